@@ -1,0 +1,36 @@
+# The two set-up commands of the Quickstart: `make demo` and `make test`.
+# Each creates .venv with Python 3.11+ when it is missing and installs logq into it.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/logq demo
+
+test: $(STAMP)
+	$(BIN)/ruff check shipper aggregator athena cli tests bench
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check shipper aggregator athena cli tests bench
+	$(BIN)/ruff format --check shipper aggregator athena cli tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/ship.py
+	$(BIN)/python bench/query.py
+
+clean:
+	rm -rf $(VENV) logq-warehouse .pytest_cache

@@ -1,0 +1,165 @@
+"""The two tables of the warehouse: the single source of truth for the Parquet writer and the DDL.
+
+Every column is declared once here with its Arrow type, its Athena type and a comment. The
+aggregator's writer builds its Arrow tables from :func:`arrow_schema`, ``athena.ddl`` renders
+``CREATE EXTERNAL TABLE`` from the same list, so the files and the DDL cannot drift apart.
+
+Layout (DESIGN.md §2): ``<warehouse>/<table>/service=<service>/dt=<YYYY-MM-DD-HH>/<file>.parquet``.
+``service`` and ``dt`` are partition columns: they live in the path, not in the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pyarrow as pa
+
+#: Partition value format for ``dt``: the UTC hour.
+DT_FORMAT = "%Y-%m-%d-%H"
+#: Athena projection format matching :data:`DT_FORMAT` (Java DateTimeFormatter pattern).
+DT_PROJECTION_FORMAT = "yyyy-MM-dd-HH"
+
+TIMESTAMP = pa.timestamp("ms", tz="UTC")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a table."""
+
+    name: str
+    """Column name, identical in Parquet, Athena and DuckDB."""
+    arrow: pa.DataType
+    """Arrow type the writer produces."""
+    athena: str
+    """Athena (Hive DDL) type."""
+    comment: str
+    """What the column holds; rendered into the DDL."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """A warehouse table: its data columns plus the partition columns ``service`` and ``dt``."""
+
+    name: str
+    columns: tuple[Column, ...]
+    comment: str
+
+    @property
+    def data_columns(self) -> tuple[Column, ...]:
+        """Columns stored inside the Parquet files (partition columns excluded)."""
+        return tuple(c for c in self.columns if c.name not in PARTITION_KEYS)
+
+    def arrow_schema(self) -> pa.Schema:
+        """Schema of the Parquet files the writer produces (no partition columns)."""
+        return pa.schema([pa.field(c.name, c.arrow) for c in self.data_columns])
+
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+def _c(name: str, arrow: pa.DataType, athena: str, comment: str) -> Column:
+    return Column(name, arrow, athena, comment)
+
+
+_COMMON_HEAD = (
+    _c("timestamp", TIMESTAMP, "timestamp", "event time, UTC, millisecond precision"),
+    _c("service", pa.string(), "string", "service name (partition column)"),
+    _c("host", pa.string(), "string", "host the shipper runs on"),
+    _c("container_id", pa.string(), "string", "container id (Docker) or pod uid/container (CRI)"),
+    _c("container_name", pa.string(), "string", "container name"),
+)
+
+ENVOY_ACCESS = Table(
+    name="envoy_access",
+    comment="One row per Envoy access-log line",
+    columns=(
+        *_COMMON_HEAD,
+        _c("method", pa.string(), "string", "HTTP method (:method)"),
+        _c("path", pa.string(), "string", "request path (x-envoy-original-path or :path)"),
+        _c("protocol", pa.string(), "string", "HTTP/1.1, HTTP/2, ..."),
+        _c("response_code", pa.int32(), "int", "HTTP status; 0 when downstream went away"),
+        _c("response_flags", pa.string(), "string", "Envoy response flags, '-' when none"),
+        _c("bytes_received", pa.int64(), "bigint", "request body bytes"),
+        _c("bytes_sent", pa.int64(), "bigint", "response body bytes"),
+        _c("duration_ms", pa.int32(), "int", "total request duration in ms"),
+        _c(
+            "upstream_service_time_ms",
+            pa.int32(),
+            "int",
+            "x-envoy-upstream-service-time, NULL for '-'",
+        ),
+        _c("x_forwarded_for", pa.string(), "string", "x-forwarded-for, NULL for '-'"),
+        _c("user_agent", pa.string(), "string", "user-agent"),
+        _c("request_id", pa.string(), "string", "x-request-id"),
+        _c("authority", pa.string(), "string", ":authority / host header"),
+        _c("upstream_host", pa.string(), "string", "upstream host:port, NULL for '-'"),
+    ),
+)
+
+CONTAINER_LOGS = Table(
+    name="container_logs",
+    comment="One row per container output line that is not an Envoy access-log line",
+    columns=(
+        *_COMMON_HEAD,
+        _c("stream", pa.string(), "string", "stdout or stderr"),
+        _c("message", pa.string(), "string", "the line, without its trailing newline"),
+    ),
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (ENVOY_ACCESS, CONTAINER_LOGS)}
+PARTITION_KEYS = ("service", "dt")
+
+
+def table(name: str) -> Table:
+    """Look a table up by name, with an error that lists the real ones."""
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise KeyError(f"unknown table {name!r}; the tables are: {', '.join(TABLES)}") from None
+
+
+# --- partition values -------------------------------------------------------------------------
+
+_UNSAFE = re.compile(r"[^a-z0-9_.-]+")
+MAX_SERVICE_LEN = 128
+UNKNOWN_SERVICE = "unknown"
+
+
+def sanitize_service(name: str | None) -> str:
+    """Make a service name safe as a partition value and a path segment.
+
+    Lower-cased, accents folded, anything but ``[a-z0-9_.-]`` replaced by ``_``, leading dots
+    stripped (no ``.`` / ``..`` segments), at most 128 characters. The same function runs in the
+    writer and in the query engines, so ``--service Recipe`` finds what the writer stored.
+    """
+    if not name:
+        return UNKNOWN_SERVICE
+    folded = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode("ascii")
+    cleaned = _UNSAFE.sub("_", folded.strip().lower()).lstrip(".")
+    cleaned = cleaned[:MAX_SERVICE_LEN].strip("_")
+    if not cleaned:
+        # Nothing printable survived (e.g. a name in another script): keep names apart by hash.
+        digest = hashlib.sha1(str(name).encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        cleaned = f"svc-{digest}"
+    return cleaned
+
+
+def dt_of(ts: datetime) -> str:
+    """The ``dt`` partition value (UTC hour) of a timestamp."""
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC).strftime(DT_FORMAT)
+
+
+def parse_dt(value: str) -> datetime:
+    """Inverse of :func:`dt_of`: the start of the hour a ``dt`` value names (UTC)."""
+    return datetime.strptime(value, DT_FORMAT).replace(tzinfo=UTC)
+
+
+def partition_path(table_name: str, service: str, dt: str) -> str:
+    """Relative folder of one partition: ``<table>/service=<service>/dt=<dt>``."""
+    return f"{table_name}/service={sanitize_service(service)}/dt={dt}"

@@ -1,0 +1,90 @@
+"""Where the tables live: a local directory or ``s3://bucket/prefix``, behind ``pyarrow.fs``.
+
+The aggregator's writer and the local query engine both open the warehouse here, so they agree
+on the layout. S3 is reached with the standard AWS settings: ``AWS_ENDPOINT_URL`` (or
+``AWS_ENDPOINT_URL_S3``), ``AWS_REGION``/``AWS_DEFAULT_REGION`` and the usual credentials chain.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+ENV_WAREHOUSE = "LOGQ_WAREHOUSE"
+DEFAULT_WAREHOUSE = "./logq-warehouse"
+
+
+class WarehouseError(ValueError):
+    """The warehouse URI cannot be used; the message says what to pass instead."""
+
+
+@dataclass(frozen=True)
+class Warehouse:
+    """An opened warehouse: a filesystem and the base path inside it (no trailing slash)."""
+
+    uri: str
+    fs: pafs.FileSystem
+    base: str
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+    def path(self, *parts: str) -> str:
+        """Path inside the filesystem of a relative location (``envoy_access/service=x/...``)."""
+        return "/".join([self.base, *[p.strip("/") for p in parts if p]])
+
+    def table_root(self, table: str) -> str:
+        return self.path(table)
+
+
+def resolve_uri(uri: str | None) -> str:
+    """The warehouse URI: the argument, else ``$LOGQ_WAREHOUSE``, else ``./logq-warehouse``."""
+    return uri or os.environ.get(ENV_WAREHOUSE) or DEFAULT_WAREHOUSE
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """pyarrow's S3 filesystem configured from the standard AWS environment."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    kwargs: dict = {"region": region}
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = parsed.scheme or "https"
+        # S3-compatible servers (SeaweedFS, MinIO) expect path-style addressing.
+        kwargs["force_virtual_addressing"] = False
+    key = os.environ.get("AWS_ACCESS_KEY_ID")
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:
+        kwargs["access_key"] = key
+        kwargs["secret_key"] = secret
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
+    return pafs.S3FileSystem(**kwargs)
+
+
+def open_warehouse(uri: str | None = None, create: bool = False) -> Warehouse:
+    """Open the warehouse at ``uri`` (see :func:`resolve_uri`).
+
+    ``create`` makes a missing local directory; S3 buckets must exist already.
+    """
+    uri = resolve_uri(uri)
+    if uri.startswith("s3://"):
+        rest = uri[len("s3://") :].strip("/")
+        if not rest:
+            raise WarehouseError(f"{uri!r} names no bucket; use s3://BUCKET or s3://BUCKET/PREFIX")
+        return Warehouse(uri=f"s3://{rest}", fs=s3_filesystem(), base=rest)
+    if "://" in uri and not uri.startswith("file://"):
+        scheme = uri.split("://", 1)[0]
+        raise WarehouseError(
+            f"unsupported warehouse scheme {scheme!r} in {uri!r}; use a local directory or s3://bucket/prefix"
+        )
+    local = Path(uri.removeprefix("file://")).expanduser().resolve()
+    if create:
+        local.mkdir(parents=True, exist_ok=True)
+    return Warehouse(uri=str(local), fs=pafs.LocalFileSystem(), base=str(local))
