@@ -125,6 +125,7 @@ def table(name: str) -> Table:
 # --- partition values -------------------------------------------------------------------------
 
 _UNSAFE = re.compile(r"[^a-z0-9_.-]+")
+_RUNS = re.compile(r"\.{2,}|_{2,}")
 MAX_SERVICE_LEN = 128
 UNKNOWN_SERVICE = "unknown"
 
@@ -132,15 +133,17 @@ UNKNOWN_SERVICE = "unknown"
 def sanitize_service(name: str | None) -> str:
     """Make a service name safe as a partition value and a path segment.
 
-    Lower-cased, accents folded, anything but ``[a-z0-9_.-]`` replaced by ``_``, leading dots
-    stripped (no ``.`` / ``..`` segments), at most 128 characters. The same function runs in the
-    writer and in the query engines, so ``--service Recipe`` finds what the writer stored.
+    Lower-cased, accents folded, anything but ``[a-z0-9_.-]`` replaced by ``_``, runs of dots
+    collapsed and dots stripped at the ends (no ``.`` / ``..`` segment), at most 128 characters;
+    a name with nothing printable left becomes ``svc-<hash>``. The same function runs in the writer
+    and in the query engines, so ``--service Recipe`` finds what the writer stored.
     """
     if not name:
         return UNKNOWN_SERVICE
     folded = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode("ascii")
-    cleaned = _UNSAFE.sub("_", folded.strip().lower()).lstrip(".")
-    cleaned = cleaned[:MAX_SERVICE_LEN].strip("_")
+    cleaned = _UNSAFE.sub("_", folded.strip().lower())
+    cleaned = _RUNS.sub("_", cleaned)  # no ".." segment, no "__" noise
+    cleaned = cleaned[:MAX_SERVICE_LEN].strip("._-")
     if not cleaned:
         # Nothing printable survived (e.g. a name in another script): keep names apart by hash.
         digest = hashlib.sha1(str(name).encode("utf-8", "surrogatepass")).hexdigest()[:10]
