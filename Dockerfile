@@ -1,0 +1,31 @@
+# One image for the three programs: logq-aggregator, logq-shipper and the logq CLI.
+#   docker build -t logq .
+#   docker run --rm logq logq-aggregator --help
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Only what the package needs (see .dockerignore): no tests, no venv, no warehouse.
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY shipper ./shipper
+COPY aggregator ./aggregator
+COPY athena ./athena
+COPY cli ./cli
+RUN pip install . && rm -rf /src
+
+# The aggregator runs unprivileged; its buffer (the WAL behind every ack) and the shipper's
+# checkpoints live under /var/lib/logq, which compose mounts as named volumes. The shipper needs
+# root only to read /var/lib/docker/containers (compose sets `user: "0:0"` for it).
+RUN useradd --system --uid 10001 --home-dir /var/lib/logq --shell /usr/sbin/nologin logq \
+    && mkdir -p /var/lib/logq/buffer /var/lib/logq/shipper \
+    && chown -R logq:logq /var/lib/logq
+USER logq
+WORKDIR /var/lib/logq
+
+# Forward protocol, Prometheus metrics.
+EXPOSE 24224 9880
+CMD ["logq-aggregator", "--listen", "0.0.0.0:24224", "--buffer-dir", "/var/lib/logq/buffer"]

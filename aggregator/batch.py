@@ -1,0 +1,149 @@
+"""Buffered events -> the rows of ``envoy_access`` and ``container_logs``, in bulk.
+
+A buffer segment holds Arrow batches of :data:`aggregator.decode.BUFFER_SCHEMA` (one row per
+event: tag, event time, the wire keys). :func:`route` splits and types them with Arrow kernels:
+
+* Envoy candidates: ``format`` starting with ``envoy``, or an image / container name mentioning
+  ``envoy`` or ``istio-proxy`` (unless ``format == "plain"``), on any stream but ``stderr`` (Envoy
+  writes its own diagnostics there; access logs go to stdout). Candidates are parsed by
+  :mod:`.envoy`; those no format parses are counted per service and kept in ``container_logs``.
+* Everything else goes to ``container_logs``, timestamped with the event time.
+
+The service of a row is the record's ``service``, else the last dot-separated part of the tag,
+sanitised by :func:`athena.schema.sanitize_service` once per distinct value. Low-cardinality
+columns stay dictionary-encoded from the wire to the Parquet file, and predicates on them are
+computed once per distinct value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from aggregator.decode import BUFFER_SCHEMA, from_ipc
+from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, parse_lines
+from athena.schema import CONTAINER_LOGS, ENVOY_ACCESS, TIMESTAMP, Table, sanitize_service
+from shipper import wire
+
+
+def records_table(payloads: Iterable[bytes]) -> pa.Table:
+    """The buffer frames of a segment as one table with contiguous, unified columns."""
+    tables = [from_ipc(p) for p in payloads]
+    if not tables:
+        return BUFFER_SCHEMA.empty_table()
+    return pa.concat_tables(tables).unify_dictionaries().combine_chunks()
+
+
+def _col(table: pa.Table, name: str) -> pa.Array:
+    column = table[name]
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+def _per_value(array: pa.Array, fn: Callable[[pa.Array], pa.Array]) -> pa.Array:
+    """``fn`` applied to a dictionary's values, then spread to the rows (or to plain rows)."""
+    if isinstance(array, pa.DictionaryArray):
+        return pc.take(fn(array.dictionary), array.indices)
+    return fn(array)
+
+
+def service_column(records: pa.Table) -> pa.DictionaryArray:
+    """Sanitised service per row: record ``service``, else the tag's last part."""
+    tag_tail = _per_value(
+        _col(records, "tag"), lambda v: pc.extract_regex(v, r"(?P<s>[^.]*)$").field("s")
+    )
+    service = _per_value(_col(records, wire.KEY_SERVICE), lambda v: v)
+    raw = pc.if_else(pc.fill_null(pc.equal(service, ""), True), tag_tail, service)
+    encoded = pc.dictionary_encode(raw)
+    names = [sanitize_service(v) for v in encoded.dictionary.to_pylist()]
+    # Several raw names may sanitise to one; re-encode so the dictionary has unique values.
+    return pc.dictionary_encode(pc.take(pa.array(names, pa.string()), encoded.indices))
+
+
+def _flag(array: pa.Array, pattern: str) -> pa.Array:
+    """Rows whose value matches ``pattern`` (case-insensitive); NULL rows are False."""
+    matched = _per_value(array, lambda v: pc.match_substring_regex(v, pattern, ignore_case=True))
+    return pc.fill_null(matched, False)
+
+
+def envoy_mask(records: pa.Table) -> pa.Array:
+    """Rows that should be tried as Envoy access lines (see the module docstring)."""
+    fmt = _col(records, wire.KEY_FORMAT)
+    hinted = _flag(fmt, "^envoy")
+    plain = _flag(fmt, "^plain$")
+    named = pc.or_(
+        _flag(_col(records, wire.KEY_IMAGE), "envoy|istio-proxy"),
+        _flag(_col(records, wire.KEY_CONTAINER_NAME), "envoy|istio-proxy"),
+    )
+    stderr = _flag(_col(records, wire.KEY_STREAM), "^stderr$")
+    candidate = pc.or_(hinted, pc.and_(named, pc.invert(plain)))
+    return pc.and_(candidate, pc.invert(stderr))
+
+
+@dataclass
+class Routed:
+    """The rows of one batch, per table, each with a ``service`` column for partitioning."""
+
+    tables: dict[str, pa.Table]
+    parse_failures: dict[str, int] = field(default_factory=dict)
+    """Envoy candidates that no format parsed, per service (they are in container_logs)."""
+
+
+def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS) -> Routed:
+    """Split and type a records table into ``envoy_access`` and ``container_logs`` rows."""
+    tables: dict[str, pa.Table] = {}
+    failures: dict[str, int] = {}
+    if records.num_rows == 0:
+        return Routed(tables, failures)
+    records = records.combine_chunks()
+    service = service_column(records)
+    mask = envoy_mask(records)
+    candidates = pc.indices_nonzero(mask)
+    plain_idx = pc.indices_nonzero(pc.invert(mask))
+    if len(candidates):
+        parsed = parse_lines(pc.take(_col(records, wire.KEY_LOG), candidates), formats)
+        if len(parsed.rows):
+            rows = pc.take(candidates, parsed.rows)
+            cols = dict(parsed.columns)
+            tables[ENVOY_ACCESS.name] = _assemble(ENVOY_ACCESS, records, service, rows, cols)
+        if len(parsed.unparsed):
+            bad = pc.take(candidates, parsed.unparsed)
+            counts = pc.value_counts(pc.take(service, bad).dictionary_decode())
+            failures = {c["values"].as_py(): c["counts"].as_py() for c in counts}
+            merged = pa.concat_arrays([plain_idx, bad])
+            plain_idx = merged.take(pc.sort_indices(merged))
+    if len(plain_idx):
+        ts = pc.cast(pc.divide(_col(records, "time_ns"), 1_000_000), pa.int64()).cast(TIMESTAMP)
+        cols = {
+            "timestamp": pc.take(ts, plain_idx),
+            "message": pc.take(_col(records, wire.KEY_LOG), plain_idx),
+        }
+        tables[CONTAINER_LOGS.name] = _assemble(CONTAINER_LOGS, records, service, plain_idx, cols)
+    return Routed(tables, failures)
+
+
+def _assemble(
+    table: Table,
+    records: pa.Table,
+    service: pa.DictionaryArray,
+    rows: pa.Array,
+    computed: dict[str, pa.Array],
+) -> pa.Table:
+    """The table's columns in schema order: computed ones, else the record column at ``rows``.
+
+    String columns may stay dictionary-encoded (the writer stores them as Parquet strings);
+    other types are cast to the schema's.
+    """
+    arrays = [pc.take(service, rows)]
+    names = ["service"]
+    for col in table.data_columns:
+        array = (
+            computed[col.name] if col.name in computed else pc.take(_col(records, col.name), rows)
+        )
+        if not (pa.types.is_dictionary(array.type) and array.type.value_type == col.arrow):
+            array = array.cast(col.arrow)
+        arrays.append(array)
+        names.append(col.name)
+    return pa.Table.from_arrays(arrays, names=names)

@@ -1,0 +1,330 @@
+"""The durable buffer: append-only segment files, fsync'd before any ack (a write-ahead log).
+
+Layout of ``--buffer-dir``::
+
+    lock                    flock'd by the running aggregator (one instance per directory)
+    node-id                 random id of this instance, prefix of every object key it writes
+    last-seq                highest segment number ever opened (numbers are never reused)
+    offsets.json            highest (source_id -> offset) committed to the warehouse (dedup.py)
+    0000000000000007.seg    segments, in order; the highest is the one being appended to
+
+A segment is a sequence of frames ``[u32 length][u32 crc32][payload]``; the payload is the msgpack
+``[tag, [[time_ns, record], ...]]`` of one Forward message. A crash can leave a torn frame at the
+end of the last segment: replay stops at the first frame whose length or checksum is wrong, which
+can only be a frame that was never acknowledged (acks go out after the fsync that covers it).
+
+Group commit: many connections append, one ``fsync`` covers every frame written before it
+started, and each append returns once its frame is covered. A segment is sealed (closed and
+handed to the flusher) on every flush interval or when it reaches ``segment_bytes``; it is deleted
+only once its Parquet objects are committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import secrets
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("logq.aggregator.buffer")
+
+_HEADER = struct.Struct(">II")
+_SEGMENT_RE = re.compile(r"^(\d{16})\.seg$")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A sealed segment: its sequence number (monotonic per buffer dir) and file."""
+
+    seq: int
+    path: Path
+
+    @property
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+
+def encode_frame(payload: bytes) -> bytes:
+    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def read_frames(path: Path) -> Iterator[bytes]:
+    """Payloads of a segment, stopping (with a warning) at a torn or corrupt frame."""
+    data = path.read_bytes()
+    pos = 0
+    while pos < len(data):
+        if pos + _HEADER.size > len(data):
+            break
+        length, crc = _HEADER.unpack_from(data, pos)
+        start = pos + _HEADER.size
+        payload = data[start : start + length]
+        if len(payload) != length or zlib.crc32(payload) != crc:
+            break
+        yield payload
+        pos = start + length
+    if pos < len(data):
+        log.warning(
+            "buffer segment %s: ignoring %d bytes of a torn or corrupt frame at offset %d "
+            "(never acknowledged)",
+            path.name,
+            len(data) - pos,
+            pos,
+        )
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Buffer:
+    """Append-only, group-committed segment log under one directory."""
+
+    def __init__(self, directory: str | os.PathLike[str], segment_bytes: int, limit_bytes: int):
+        self.dir = Path(directory)
+        self.segment_bytes = segment_bytes
+        self.limit_bytes = limit_bytes
+        self.node_id = ""
+        self._sealed: list[Segment] = []
+        self._active: Segment | None = None
+        self._fd = -1
+        self._active_size = 0
+        self._sealed_bytes = 0
+        self._waiters: list[asyncio.Future[None]] = []
+        self._lock: asyncio.Lock | None = None
+        self._kick: asyncio.Event | None = None
+        self._space: asyncio.Event | None = None
+        self._syncer: asyncio.Task[None] | None = None
+        self._closed = False
+        self._lock_fd = -1
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def open(self, node_id: str | None = None) -> list[Segment]:
+        """Create or reopen the directory; return the segments left by a previous run."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock_dir()
+        self.node_id = node_id or self._load_node_id()
+        found = sorted(
+            (int(m.group(1)), p) for p in self.dir.iterdir() if (m := _SEGMENT_RE.match(p.name))
+        )
+        for seq, path in found:
+            if path.stat().st_size == 0:
+                path.unlink()
+                continue
+            self._sealed.append(Segment(seq, path))
+        self._sealed_bytes = sum(s.size for s in self._sealed)
+        # Never reuse a sequence number, even when every segment was flushed and deleted: object
+        # keys are derived from it, and a reused one would overwrite data already committed.
+        last = max(found[-1][0] if found else 0, self._load_last_seq())
+        self._open_active(last + 1)
+        return list(self._sealed)
+
+    def _lock_dir(self) -> None:
+        """One aggregator per buffer dir: a second one would interleave segments and keys."""
+        self._lock_fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise OSError(
+                f"--buffer-dir {self.dir} is in use by another logq-aggregator; give each "
+                "instance its own buffer directory"
+            ) from None
+
+    def _load_last_seq(self) -> int:
+        path = self.dir / "last-seq"
+        try:
+            return int(path.read_text(encoding="ascii").strip())
+        except FileNotFoundError:
+            return 0
+        except ValueError:
+            raise OSError(
+                f"{path} does not hold a number; restore it, or set it above the highest "
+                "segment number in the object keys of the warehouse (<node-id>-<seq>-<n>)"
+            ) from None
+
+    def _save_last_seq(self, seq: int) -> None:
+        tmp = self.dir / ".last-seq.tmp"
+        with open(tmp, "w", encoding="ascii") as fh:
+            fh.write(f"{seq}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.dir / "last-seq")
+
+    def _load_node_id(self) -> str:
+        path = self.dir / "node-id"
+        if path.exists():
+            value = path.read_text(encoding="ascii").strip()
+            if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+                return value
+            raise OSError(f"{path} holds {value!r}, not a node id; delete it to get a new one")
+        value = secrets.token_hex(6)
+        tmp = self.dir / ".node-id.tmp"
+        tmp.write_text(value + "\n", encoding="ascii")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self.dir)
+        return value
+
+    def _open_active(self, seq: int) -> None:
+        path = self.dir / f"{seq:016d}.seg"
+        self._save_last_seq(seq)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        _fsync_dir(self.dir)
+        self._active = Segment(seq, path)
+        self._active_size = 0
+
+    def start(self) -> None:
+        """Start the group-commit task (call inside the running event loop)."""
+        self._lock = asyncio.Lock()
+        self._kick = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._syncer = asyncio.create_task(self._sync_loop(), name="buffer-fsync")
+
+    async def close(self) -> None:
+        """Seal the active segment (if it holds data) and stop; nothing pending is lost."""
+        await self.seal()
+        self._closed = True
+        if self._syncer:
+            self._syncer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._syncer
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            if self._active and self._active.size == 0:
+                self._active.path.unlink(missing_ok=True)
+        self.unlock()
+
+    def unlock(self) -> None:
+        """Release the directory lock (done by close(); the kernel does it if the process dies)."""
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    # --- appending --------------------------------------------------------------------------
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes on disk: sealed segments not yet flushed plus the active one."""
+        return self._sealed_bytes + self._active_size
+
+    @property
+    def active_bytes(self) -> int:
+        return self._active_size
+
+    @property
+    def full(self) -> bool:
+        return self.total_bytes >= self.limit_bytes
+
+    async def wait_for_space(self) -> None:
+        """Return once the buffer is under its limit (callers stop reading meanwhile)."""
+        assert self._space is not None
+        while self.full:
+            self._space.clear()
+            await self._space.wait()
+
+    def write(self, payload: bytes) -> asyncio.Future[None]:
+        """Append one frame; the returned future completes once it is fsync'd."""
+        assert self._kick is not None, "Buffer.start() was not called"
+        if self._closed:
+            raise RuntimeError("buffer is closed")
+        frame = encode_frame(payload)
+        view = memoryview(frame)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError:
+            # Disk full or I/O error mid-frame: cut the partial frame off, or replay would stop
+            # there and miss every frame appended (and acknowledged) after it.
+            os.ftruncate(self._fd, self._active_size)
+            raise
+        self._active_size += len(frame)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._kick.set()
+        return fut
+
+    async def append(self, payload: bytes) -> None:
+        await self.write(payload)
+
+    async def _sync_loop(self) -> None:
+        assert self._kick is not None and self._lock is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            async with self._lock:
+                waiters, self._waiters = self._waiters, []
+                if not waiters:
+                    continue
+                try:
+                    await loop.run_in_executor(None, os.fsync, self._fd)
+                except OSError as exc:
+                    log.error("buffer fsync failed: %s; the senders will retry", exc)
+                    for w in waiters:
+                        if not w.done():
+                            w.set_exception(exc)
+                    continue
+                for w in waiters:
+                    if not w.done():
+                        w.set_result(None)
+
+    # --- sealing and deleting ---------------------------------------------------------------
+
+    async def seal(self) -> Segment | None:
+        """Close the active segment if it holds data, open the next, return the sealed one."""
+        assert self._lock is not None
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            if self._active is None or self._active_size == 0:
+                return None
+            old, old_fd, old_size = self._active, self._fd, self._active_size
+            waiters, self._waiters = self._waiters, []
+            self._open_active(old.seq + 1)
+            try:
+                await loop.run_in_executor(None, os.fsync, old_fd)
+            except OSError as exc:
+                for w in waiters:
+                    if not w.done():
+                        w.set_exception(exc)
+                raise
+            finally:
+                os.close(old_fd)
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+            self._sealed.append(old)
+            self._sealed_bytes += old_size
+            return old
+
+    def sealed(self) -> list[Segment]:
+        """Sealed segments waiting to be flushed, oldest first."""
+        return list(self._sealed)
+
+    def delete(self, segment: Segment) -> None:
+        """Drop a segment whose Parquet objects are committed; wake readers if under limit."""
+        size = segment.size
+        segment.path.unlink(missing_ok=True)
+        self._sealed = [s for s in self._sealed if s.seq != segment.seq]
+        self._sealed_bytes = max(0, self._sealed_bytes - size)
+        if self._space is not None and not self.full:
+            self._space.set()

@@ -1,0 +1,176 @@
+"""Keeps the tables' Athena DDL current as services appear.
+
+The ``service`` partition is an ``enum`` projection (athena/ddl.py), so a new service must be added
+to the table properties before Athena can see its rows. The catalog knows the services present
+in the warehouse (listed once at start, then extended by every flush) and, whenever a new one
+appears:
+
+* writes the full current DDL next to the data, ``<warehouse>/_ddl/<table>.sql`` (the ``_``
+  prefix keeps readers away; an operator can run it by hand);
+* when ``--athena-database`` is set, applies it through Athena: ``CREATE DATABASE`` and
+  ``CREATE EXTERNAL TABLE IF NOT EXISTS`` once per start, ``ALTER TABLE … ADD COLUMNS`` for
+  columns the schema gained since the DDL last written next to the data (``_ddl/<table>.
+  columns.json``), then ``ALTER TABLE … SET TBLPROPERTIES`` with the new
+  ``projection.service.values``.
+
+A catalog failure never blocks the data path: it is logged and retried on the next new service
+or at the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from aggregator.config import Settings
+from athena import ddl
+from athena.schema import TABLES
+from athena.warehouse import Warehouse
+
+log = logging.getLogger("logq.aggregator.catalog")
+
+DDL_DIR = "_ddl"
+_PARTITION_RE = re.compile(r"^service=(.+)$")
+ATHENA_POLL_SECONDS = 0.2
+ATHENA_TIMEOUT_SECONDS = 120.0
+
+
+class CatalogError(RuntimeError):
+    """Athena refused or failed a DDL statement; the message holds Athena's reason."""
+
+
+class Catalog:
+    """The known services and the DDL rendered from them."""
+
+    def __init__(self, warehouse: Warehouse, settings: Settings):
+        self.warehouse = warehouse
+        self.settings = settings
+        self.services: set[str] = set()
+        self._lock = threading.Lock()
+        self._loaded = False
+        self._created = False
+
+    def load(self) -> set[str]:
+        """The services that already have a partition folder in any table."""
+        found: set[str] = set()
+        for table in TABLES:
+            selector = pafs.FileSelector(
+                self.warehouse.table_root(table), recursive=False, allow_not_found=True
+            )
+            for info in self.warehouse.fs.get_file_info(selector):
+                m = _PARTITION_RE.match(info.base_name)
+                if m and info.type == pafs.FileType.Directory:
+                    found.add(m.group(1))
+        self.services |= found
+        self._loaded = True
+        return found
+
+    def add_services(self, services: Iterable[str]) -> bool:
+        """Record services seen by a flush; refresh the DDL if any is new (runs in a thread).
+
+        Returns whether the DDL is current (False: the update failed and is retried with the
+        next flush's services).
+        """
+        with self._lock:
+            if not self._loaded:
+                try:
+                    self.load()
+                except OSError as exc:
+                    log.warning("cannot list services in %s: %s", self.warehouse.uri, exc)
+            new = set(services) - self.services
+            if not new and self._created:
+                return True
+            self.services |= new
+            try:
+                self.refresh()
+            except Exception as exc:
+                log.warning("could not update the table DDL (%s); retrying on the next flush", exc)
+                return False
+            self._created = True
+            return True
+
+    def statements(self) -> list[str]:
+        return ddl.create_all(self.warehouse.uri, sorted(self.services))
+
+    def refresh(self) -> None:
+        """Write the DDL files and, if configured, apply the DDL in Athena."""
+        fs = self.warehouse.fs
+        fs.create_dir(self.warehouse.path(DDL_DIR), recursive=True)
+        grown = self._grown_columns()
+        if self.settings.athena_database:
+            self.apply_athena(grown)
+        for table, statement in zip(TABLES, self.statements(), strict=True):
+            self._put(f"{table}.sql", statement + ";\n")
+            columns = [c.name for c in TABLES[table].data_columns]
+            self._put(f"{table}.columns.json", json.dumps(columns) + "\n")
+
+    def _put(self, name: str, text: str) -> None:
+        with self.warehouse.fs.open_output_stream(self.warehouse.path(DDL_DIR, name)) as out:
+            out.write(text.encode("utf-8"))
+
+    def _grown_columns(self) -> dict[str, list[str]]:
+        """Columns each table has now that the DDL last written next to the data lacked."""
+        grown: dict[str, list[str]] = {}
+        for table, spec in TABLES.items():
+            path = self.warehouse.path(DDL_DIR, f"{table}.columns.json")
+            try:
+                with self.warehouse.fs.open_input_stream(path) as fh:
+                    before = set(json.loads(fh.read().decode("utf-8")))
+            except (FileNotFoundError, OSError, ValueError):
+                continue
+            new = [c.name for c in spec.data_columns if c.name not in before]
+            if new:
+                grown[table] = new
+        return grown
+
+    # --- Athena -----------------------------------------------------------------------------
+
+    def apply_athena(self, grown: dict[str, list[str]] | None = None) -> None:
+        import boto3
+
+        # Same region rule as the S3 filesystem (athena.warehouse): AWS_REGION first.
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        client = boto3.client("athena", region_name=region)
+        db = self.settings.athena_database
+        assert db is not None
+        statements: list[tuple[str, str | None]] = []
+        if not self._created:
+            statements.append((f"CREATE DATABASE IF NOT EXISTS {ddl.quote_ident(db)}", None))
+            statements += [(s, db) for s in ddl.create_all(self.warehouse.uri, self.services, db)]
+            for table, columns in (grown or {}).items():
+                statements.append((ddl.add_columns(TABLES[table], columns, db), db))
+        statements += [(ddl.set_service_values(t, self.services, db), db) for t in TABLES.values()]
+        for sql, database in statements:
+            run_athena(client, sql, database, self.settings)
+
+
+def run_athena(client: Any, sql: str, database: str | None, settings: Settings) -> str:
+    """Run one statement and wait for it; raise :class:`CatalogError` with Athena's reason."""
+    kwargs: dict[str, Any] = {"QueryString": sql}
+    if database:
+        kwargs["QueryExecutionContext"] = {"Database": database}
+    if settings.athena_workgroup:
+        kwargs["WorkGroup"] = settings.athena_workgroup
+    if settings.athena_output:
+        kwargs["ResultConfiguration"] = {"OutputLocation": settings.athena_output}
+    qid = client.start_query_execution(**kwargs)["QueryExecutionId"]
+    deadline = time.monotonic() + ATHENA_TIMEOUT_SECONDS
+    while True:
+        status = client.get_query_execution(QueryExecutionId=qid)["QueryExecution"]["Status"]
+        state = status.get("State")
+        if state == "SUCCEEDED":
+            return qid
+        if state in ("FAILED", "CANCELLED"):
+            reason = status.get("StateChangeReason", "no reason given")
+            raise CatalogError(f"Athena {state} for {sql.splitlines()[0]!r}: {reason}")
+        if time.monotonic() > deadline:
+            raise CatalogError(f"Athena query {qid} still {state} after {ATHENA_TIMEOUT_SECONDS}s")
+        time.sleep(ATHENA_POLL_SECONDS)

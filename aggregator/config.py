@@ -1,0 +1,168 @@
+"""Settings of ``logq-aggregator``: command-line flags, a TOML ``--config`` file, and defaults.
+
+Every flag is also a key of the TOML file (dashes or underscores, e.g. ``flush-interval = 5`` or
+``flush_interval = 5``), optionally under an ``[aggregator]`` table. Precedence: flag > config
+file > environment (``LOGQ_WAREHOUSE``) > default, as Fluent Bit and Vector users expect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from athena.warehouse import resolve_uri
+
+DEFAULT_LISTEN = "127.0.0.1:24224"
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the setting and what to pass."""
+
+
+@dataclass
+class Settings:
+    """Everything the aggregator needs to run; built by :func:`load_settings`."""
+
+    listen: str = DEFAULT_LISTEN
+    """``HOST:PORT`` of the Forward server."""
+    warehouse: str | None = None
+    """Warehouse URI; None means ``$LOGQ_WAREHOUSE`` else ``./logq-warehouse``."""
+    buffer_dir: str = "./logq-buffer"
+    """Where the write-ahead buffer segments, node id and dedup offsets live."""
+    flush_interval: float = 10.0
+    """Seconds between flushes of the buffer into Parquet (data freshness)."""
+    shared_key: str | None = None
+    """Enables the Forward shared-key handshake (HELO/PING/PONG)."""
+    metrics_listen: str | None = None
+    """``HOST:PORT`` of the Prometheus ``/metrics`` and ``/healthz`` endpoint."""
+    max_frame_bytes: int = 32 * MiB
+    """Largest Forward message accepted; a larger one closes that connection."""
+    buffer_limit_bytes: int = 1024 * MiB
+    """Buffer size on disk beyond which acks are withheld and reading stops (backpressure)."""
+    segment_bytes: int = 64 * MiB
+    """A buffer segment this large is sealed and flushed before the flush interval is up."""
+    target_file_bytes: int = 128 * MiB
+    """Compaction merges a closed hour's small files into files of about this size."""
+    compact_interval: float = 0.0
+    """Seconds between compaction passes of the service; 0 (default) disables the periodic
+    task. Enable it on one instance per warehouse (see aggregator/compaction.py)."""
+    max_connections: int = 1024
+    """Connections beyond this are closed as soon as they are accepted."""
+    idle_timeout: float = 600.0
+    """A connection that sends nothing for this many seconds is closed."""
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    athena_database: str | None = None
+    athena_workgroup: str | None = None
+    athena_output: str | None = None
+    envoy_formats: list[str] = field(default_factory=list)
+    """Extra Envoy access-log format strings (``%START_TIME%`` …) tried after the built-ins."""
+    node_id: str | None = None
+    """Prefix of object keys; default: a random id persisted in the buffer dir."""
+    log_level: str = "info"
+
+    @property
+    def warehouse_uri(self) -> str:
+        return resolve_uri(self.warehouse)
+
+
+def split_host_port(value: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) as a pair, or a :class:`ConfigError` naming the flag."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{what} must be HOST:PORT (e.g. 127.0.0.1:24224), got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    ("--listen", {"help": f"HOST:PORT of the Forward server (default {DEFAULT_LISTEN})"}),
+    ("--warehouse", {"help": "local dir or s3://bucket/prefix (default $LOGQ_WAREHOUSE)"}),
+    ("--buffer-dir", {"help": "directory of the durable buffer (default ./logq-buffer)"}),
+    ("--flush-interval", {"type": float, "help": "seconds between flushes (default 10)"}),
+    ("--shared-key", {"help": "require the Forward shared-key handshake with this key"}),
+    ("--metrics-listen", {"help": "HOST:PORT for Prometheus /metrics and /healthz"}),
+    ("--max-frame-bytes", {"type": int, "help": "largest Forward message (default 32 MiB)"}),
+    ("--buffer-limit-bytes", {"type": int, "help": "buffer size that withholds acks (1 GiB)"}),
+    ("--segment-bytes", {"type": int, "help": "seal a buffer segment at this size (64 MiB)"}),
+    ("--target-file-bytes", {"type": int, "help": "compacted file size (default 128 MiB)"}),
+    ("--compact-interval", {"type": float, "help": "compact every N s (default 0: off)"}),
+    ("--max-connections", {"type": int, "help": "concurrent connections (default 1024)"}),
+    ("--idle-timeout", {"type": float, "help": "close silent connections after (600 s)"}),
+    ("--tls-cert", {"help": "PEM certificate: serve Forward over TLS"}),
+    ("--tls-key", {"help": "PEM private key of --tls-cert"}),
+    ("--athena-database", {"help": "apply the DDL to this Athena database"}),
+    ("--athena-workgroup", {"help": "Athena workgroup for the DDL queries"}),
+    ("--athena-output", {"help": "s3:// location for Athena query results"}),
+    (
+        "--envoy-format",
+        {
+            "action": "append",
+            "dest": "envoy_formats",
+            "metavar": "FORMAT",
+            "help": "extra Envoy access-log format string (repeatable)",
+        },
+    ),
+    ("--node-id", {"help": "object key prefix of this instance (default: persisted random id)"}),
+    ("--log-level", {"help": "debug, info, warning or error (default info)"}),
+]
+
+
+def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    """Add every serve flag with a default of None (so config-file values can fill the gaps)."""
+    parser.add_argument("--config", help="TOML file whose keys are these flags")
+    for flag, kwargs in _FLAGS:
+        parser.add_argument(flag, default=None, **kwargs)
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path}: not valid TOML: {exc}") from exc
+    if isinstance(data.get("aggregator"), dict):
+        data = {**{k: v for k, v in data.items() if k != "aggregator"}, **data["aggregator"]}
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """Merge flags over the ``--config`` file over defaults, and check the result."""
+    known = {f.name: f for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        file_values = _read_toml(args.config)
+        if "envoy_format" in file_values:
+            file_values["envoy_formats"] = file_values.pop("envoy_format")
+        unknown = sorted(set(file_values) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"--config {args.config}: unknown keys {unknown}; the keys are {sorted(known)}"
+            )
+        values.update(file_values)
+    for name in known:
+        flag_value = getattr(args, name, None)
+        if flag_value is not None:
+            values[name] = flag_value
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    split_host_port(s.listen, "--listen")
+    if s.metrics_listen:
+        split_host_port(s.metrics_listen, "--metrics-listen")
+    if s.flush_interval <= 0:
+        raise ConfigError("--flush-interval must be > 0 seconds")
+    for name in ("max_frame_bytes", "buffer_limit_bytes", "segment_bytes", "target_file_bytes"):
+        if int(getattr(s, name)) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of bytes")
+    if bool(s.tls_cert) != bool(s.tls_key):
+        raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    if isinstance(s.envoy_formats, str):
+        s.envoy_formats = [s.envoy_formats]

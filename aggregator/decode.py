@@ -1,0 +1,279 @@
+"""Forward messages -> Arrow record batches, fast: the aggregator's receive hot path.
+
+:func:`shipper.wire.decode_message` builds one Python object per event, which costs more than
+everything else on the path. Here a message's entries are unpacked by msgpack's C code, checked
+for shape in bulk (``map``/``set`` over the entry list, no per-entry Python function), and turned
+into Arrow columns straight away: times with numpy from the EventTime ext bytes, the wire keys
+with one list comprehension per key. Anything unusual (Fluent Bit's ``[[time, metadata],
+record]`` entries, float times, values of the wrong type, invalid UTF-8) falls back to the
+general path, :func:`shipper.wire.decode_message` plus per-record coercion, which accepts the
+same protocol; a message neither path accepts raises :class:`shipper.wire.ProtocolError`.
+
+Garbage collection: decoding allocates millions of small dicts and strings; CPython's default
+collector thresholds make it rescan them over and over (measured: ~2x the decode time). The
+service raises the thresholds at start (:func:`tune_gc`).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import operator
+import struct
+from typing import Any
+
+import msgpack
+import numpy as np
+import pyarrow as pa
+
+from shipper import wire
+
+#: Keys of the records kept as columns (besides ``log``); low-cardinality ones dictionary-coded.
+DICT_KEYS = (
+    wire.KEY_STREAM,
+    wire.KEY_SERVICE,
+    wire.KEY_CONTAINER_ID,
+    wire.KEY_CONTAINER_NAME,
+    wire.KEY_HOST,
+    wire.KEY_IMAGE,
+    wire.KEY_FORMAT,
+    wire.KEY_SOURCE_ID,
+)
+DICT_STRING = pa.dictionary(pa.int32(), pa.string())
+#: The schema of every batch in the buffer.
+BUFFER_SCHEMA = pa.schema(
+    [
+        pa.field("tag", DICT_STRING),
+        pa.field("time_ns", pa.int64()),
+        pa.field(wire.KEY_LOG, pa.string()),
+        *[pa.field(k, DICT_STRING) for k in DICT_KEYS],
+        pa.field(wire.KEY_OFFSET, pa.int64()),
+    ]
+)
+#: Keys other clients use for the line when there is no ``log`` (Fluent Bit, fluent-logger).
+MESSAGE_KEYS = ("message", "msg", "MESSAGE")
+
+
+#: Keys every logq-shipper record carries (``format`` is optional, looked up separately).
+_SHIPPER_KEY_NAMES = (
+    wire.KEY_LOG,
+    wire.KEY_STREAM,
+    wire.KEY_SERVICE,
+    wire.KEY_CONTAINER_ID,
+    wire.KEY_CONTAINER_NAME,
+    wire.KEY_HOST,
+    wire.KEY_IMAGE,
+    wire.KEY_SOURCE_ID,
+    wire.KEY_OFFSET,
+)
+_SHIPPER_KEYS = operator.itemgetter(*_SHIPPER_KEY_NAMES)
+
+
+def tune_gc() -> None:
+    """Fewer, larger young-generation collections (see the module docstring)."""
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    # EventTime stays as its 8 raw bytes; converted in bulk by _times_ns.
+    return data if code == wire.EVENT_TIME_EXT and len(data) == 8 else msgpack.ExtType(code, data)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {_text(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str | bytes):
+        return _text(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, wire.EventTime):
+        return value.to_ns()
+    return str(value)
+
+
+def message_of(record: dict[str, Any]) -> str:
+    """The line of a record that has no ``log``: a usual message key, else the record as JSON."""
+    for key in MESSAGE_KEYS:
+        if record.get(key) is not None:
+            return _text(record[key])
+    return json.dumps(_jsonable(record), ensure_ascii=False, sort_keys=True)
+
+
+def _coerce_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(_jsonable(value), ensure_ascii=False)
+    return _text(value)
+
+
+def _coerce_offset(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    return None
+
+
+def _times_ns(times: list[Any]) -> pa.Array:
+    kinds = set(map(type, times))
+    if kinds == {bytes}:
+        pairs = np.frombuffer(b"".join(times), dtype=">u4").reshape(-1, 2).astype(np.int64)
+        return pa.array(pairs[:, 0] * 1_000_000_000 + pairs[:, 1])
+    if kinds == {int}:
+        return pa.array(np.asarray(times, dtype=np.int64) * 1_000_000_000)
+    out = []
+    for t in times:
+        if isinstance(t, bytes):
+            t = wire.EventTime(*np.frombuffer(t, dtype=">u4").tolist())
+        out.append(wire.time_to_ns(t))
+    return pa.array(out, pa.int64())
+
+
+def _tag_array(tag: str, n: int) -> pa.DictionaryArray:
+    return pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(n, dtype=np.int32)), pa.array([_text(tag)], pa.string())
+    )
+
+
+def records_batch(tag: str, times_ns: pa.Array, records: list[dict[str, Any]]) -> pa.RecordBatch:
+    """Columns of :data:`BUFFER_SCHEMA` from decoded records (fast path, then coercion)."""
+    n = len(records)
+    try:
+        try:  # every logq-shipper record has these keys: one C-level pass, then transpose
+            values = list(zip(*map(_SHIPPER_KEYS, records), strict=True))
+        except KeyError:
+            values = [[r.get(k) for r in records] for k in _SHIPPER_KEY_NAMES]
+        by_key = dict(zip(_SHIPPER_KEY_NAMES, values, strict=True)) if n else {}
+        logs = by_key.get(wire.KEY_LOG, [])
+        if None in logs:
+            logs = [message_of(r) if v is None else v for v, r in zip(logs, records, strict=True)]
+        columns = [pa.array(logs, pa.string())]
+        for key in DICT_KEYS:
+            column = by_key[key] if key in by_key else [r.get(key) for r in records]
+            columns.append(pa.array(column, DICT_STRING))
+        columns.append(pa.array(by_key.get(wire.KEY_OFFSET, []), pa.int64()))
+    except (pa.ArrowException, TypeError, ValueError, OverflowError, UnicodeError):
+        logs = [_coerce_str(r.get(wire.KEY_LOG)) for r in records]
+        logs = [message_of(r) if v is None else v for v, r in zip(logs, records, strict=True)]
+        columns = [pa.array([_text(v) for v in logs], pa.string())]
+        for key in DICT_KEYS:
+            columns.append(pa.array([_coerce_str(r.get(key)) for r in records], DICT_STRING))
+        columns.append(
+            pa.array([_coerce_offset(r.get(wire.KEY_OFFSET)) for r in records], pa.int64())
+        )
+    return pa.RecordBatch.from_arrays(
+        [_tag_array(tag, n), times_ns, *columns], schema=BUFFER_SCHEMA
+    )
+
+
+def _fast_entries(tag: str, entries: list[Any]) -> pa.RecordBatch | None:
+    """The batch of well-formed ``[time, record]`` entries, or None to take the general path."""
+    if set(map(type, entries)) - {list, tuple}:
+        return None
+    if min(map(len, entries), default=2) < 2:
+        return None
+    records = [e[1] for e in entries]
+    if set(map(type, records)) - {dict}:
+        return None
+    times = [e[0] for e in entries]
+    if set(map(type, times)) - {bytes, int, wire.EventTime}:
+        return None
+    try:
+        times_ns = _times_ns(times)
+    except (wire.ProtocolError, ValueError, OverflowError):
+        return None
+    return records_batch(tag, times_ns, records)
+
+
+def _general(obj: Any, max_decompressed: int) -> pa.RecordBatch:
+    msg = wire.decode_message(obj, max_decompressed)
+    times = pa.array([e.time_ns for e in msg.events], pa.int64())
+    return records_batch(msg.tag, times, [e.record for e in msg.events])
+
+
+def _unpack_entries(blob: bytes) -> list[Any]:
+    unpacker = msgpack.Unpacker(
+        raw=False,
+        use_list=False,  # tuples are cheaper to build; entries are only read
+        ext_hook=_ext_hook,
+        strict_map_key=False,
+        unicode_errors="surrogateescape",
+        max_buffer_size=max(len(blob), 1024),
+    )
+    unpacker.feed(blob)
+    try:
+        return list(unpacker)
+    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
+        raise wire.ProtocolError(f"bad PackedForward entries: {exc}") from exc
+
+
+def decode(obj: Any, max_decompressed: int) -> tuple[pa.RecordBatch, str | None]:
+    """One unpacked Forward message -> (its events as a buffer batch, its ``chunk`` or None)."""
+    if not isinstance(obj, list) or len(obj) < 2 or not isinstance(obj[0], str | bytes):
+        return _general(obj, max_decompressed), None  # raises the precise ProtocolError
+    tag = obj[0] if isinstance(obj[0], str) else obj[0].decode("utf-8", "replace")
+    second = obj[1]
+    options = obj[2] if len(obj) > 2 and not _is_time(second) else None
+    if _is_time(second):
+        options = obj[3] if len(obj) > 3 else None
+    chunk = _chunk(options)
+    batch: pa.RecordBatch | None = None
+    if isinstance(second, bytes | str) and (options is None or isinstance(options, dict)):
+        compressed = (options or {}).get("compressed")
+        if compressed is None or compressed in ("text", b"text", "gzip", b"gzip"):
+            blob = (
+                second if isinstance(second, bytes) else second.encode("utf-8", "surrogateescape")
+            )
+            if compressed in ("gzip", b"gzip"):
+                blob = wire.gunzip_members(blob, max_decompressed)
+            batch = _fast_entries(tag, _unpack_entries(blob))
+    elif isinstance(second, list) and (options is None or isinstance(options, dict)):
+        batch = _fast_entries(tag, second)
+    if batch is None:
+        batch = _general(obj, max_decompressed)
+    return batch, chunk
+
+
+def _is_time(value: Any) -> bool:
+    return isinstance(value, wire.EventTime | int | float) and not isinstance(value, bool)
+
+
+def _chunk(options: Any) -> str | None:
+    if not isinstance(options, dict):
+        return None
+    chunk = options.get("chunk")
+    if isinstance(chunk, bytes):
+        return chunk.decode("ascii", "replace")
+    return chunk if isinstance(chunk, str) else None
+
+
+_ROWS = struct.Struct(">I")
+
+
+def to_ipc(batch: pa.RecordBatch) -> bytes:
+    """The payload of one buffer frame: the row count (u32) and the batch as an Arrow IPC
+    stream, LZ4-compressed (the count lets the flusher slice a segment without decoding)."""
+    sink = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(compression="lz4")
+    with pa.ipc.new_stream(sink, BUFFER_SCHEMA, options=options) as writer:
+        writer.write_batch(batch)
+    return _ROWS.pack(batch.num_rows) + sink.getvalue().to_pybytes()
+
+
+def from_ipc(payload: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(payload)[_ROWS.size :]).read_all()
+
+
+def ipc_rows(payload: bytes) -> int:
+    """Rows in one buffer frame (from its header)."""
+    return int(_ROWS.unpack_from(payload)[0])

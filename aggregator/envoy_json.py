@@ -1,0 +1,130 @@
+"""Envoy JSON access logs (``json_format`` and typed JSON) -> ``envoy_access`` columns.
+
+Envoy writes one JSON object per line; with ``json_format`` every value is a string (``"-"`` when
+unset), with typed JSON numbers stay numbers and unset values are ``null``. The keys are whatever
+the operator configured; the usual names (Envoy's docs, Istio's JSON encoding) are recognised,
+see :data:`ALIASES`. A batch of lines starting with ``{`` is read at once by ``pyarrow.json``;
+when the batch mixes shapes the reader cannot unify (``"-"`` here, ``12`` there), it falls back to
+``json.loads`` per line for that batch. A line without a parsable ``start_time`` or
+``response_code`` is not an access line and is left to the next parser.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+
+from aggregator.envoy import DASH_IS_NULL, INT_COLUMNS, STRING_COLUMNS, start_time_to_timestamp
+
+#: envoy_access column -> JSON keys that hold it, most usual first.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "start": ("start_time", "START_TIME", "timestamp", "@timestamp"),
+    "method": ("method", ":method", "request_method"),
+    "path": ("path", "x-envoy-original-path", ":path", "request_path"),
+    "protocol": ("protocol", "request_protocol"),
+    "response_code": ("response_code", "status", "status_code"),
+    "response_flags": ("response_flags",),
+    "bytes_received": ("bytes_received",),
+    "bytes_sent": ("bytes_sent",),
+    "duration_ms": ("duration", "duration_ms"),
+    "upstream_service_time_ms": ("upstream_service_time", "x-envoy-upstream-service-time"),
+    "x_forwarded_for": ("x_forwarded_for", "x-forwarded-for"),
+    "user_agent": ("user_agent", "user-agent"),
+    "request_id": ("request_id", "x-request-id"),
+    "authority": ("authority", ":authority", "host"),
+    "upstream_host": ("upstream_host",),
+}
+_INT_LIMITS = {pa.int32(): 9, pa.int64(): 18}
+
+
+def json_attempt(lines: pa.Array) -> tuple[pa.Array, dict[str, pa.Array]]:
+    """Parse the lines that look like JSON objects; see the module docstring."""
+    looks = pc.fill_null(pc.starts_with(pc.utf8_ltrim_whitespace(lines), "{"), False)
+    if not pc.any(looks).as_py():
+        return looks, {}
+    candidates = lines.filter(looks)
+    raw = _read(candidates)
+    columns = _typed(raw)
+    ok_rows = pc.and_(pc.is_valid(columns["timestamp"]), pc.is_valid(columns["response_code"]))
+    ok_rows = pc.fill_null(ok_rows, False)
+    mask = _spread(looks, ok_rows)
+    return mask, {k: v.filter(ok_rows) for k, v in columns.items()}
+
+
+def _read(candidates: pa.Array) -> dict[str, pa.Array]:
+    """Column -> string values (None where absent), one per candidate line."""
+    n = len(candidates)
+    body = "\n".join(candidates.to_pylist()).encode("utf-8") + b"\n"
+    try:
+        # Times stay strings (the reader would otherwise infer timestamps in its own way).
+        times = pa.schema([(k, pa.string()) for k in ALIASES["start"]])
+        options = pajson.ParseOptions(explicit_schema=times, newlines_in_values=False)
+        table = pajson.read_json(pa.py_buffer(body), parse_options=options)
+        if table.num_rows != n:
+            raise ValueError("row count changed")
+        return {col: _as_strings(table, keys, n) for col, keys in ALIASES.items()}
+    except (pa.ArrowInvalid, ValueError):
+        return _read_slow(candidates)
+
+
+def _as_strings(table: pa.Table, keys: tuple[str, ...], n: int) -> pa.Array:
+    for key in keys:
+        if key in table.column_names:
+            column = table[key].combine_chunks()
+            if pa.types.is_floating(column.type):
+                column = pc.cast(pc.cast(column, pa.int64(), safe=False), pa.string())
+            elif pa.types.is_struct(column.type) or pa.types.is_list(column.type):
+                return pa.nulls(n, pa.string())
+            return pc.cast(column, pa.string())
+    return pa.nulls(n, pa.string())
+
+
+def _read_slow(candidates: pa.Array) -> dict[str, pa.Array]:
+    objects: list[dict[str, Any]] = []
+    for line in candidates.to_pylist():
+        try:
+            obj = json.loads(line)
+        except (TypeError, ValueError):
+            obj = {}
+        objects.append(obj if isinstance(obj, dict) else {})
+    out = {}
+    for col, keys in ALIASES.items():
+        values = []
+        for obj in objects:
+            value = next((obj[k] for k in keys if k in obj), None)
+            if isinstance(value, bool | dict | list):
+                value = None
+            elif isinstance(value, float):
+                value = int(value)
+            values.append(None if value is None else str(value))
+        out[col] = pa.array(values, pa.string())
+    return out
+
+
+def _typed(raw: dict[str, pa.Array]) -> dict[str, pa.Array]:
+    start = pc.extract_regex(
+        pc.fill_null(raw["start"], ""),
+        r"^(?P<s>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(?P<f>\d{1,9}))?(?:Z|[+-]00:?00)$",
+    )
+    out = {"timestamp": start_time_to_timestamp(start.field("s"), start.field("f"))}
+    for name in STRING_COLUMNS:
+        values = raw[name]
+        if name in DASH_IS_NULL:
+            values = pc.if_else(pc.equal(values, "-"), pa.scalar(None, pa.string()), values)
+        out[name] = values
+    for name, typ in INT_COLUMNS.items():
+        digits = _INT_LIMITS[typ]
+        valid = pc.fill_null(pc.match_substring_regex(raw[name], rf"^\d{{1,{digits}}}$"), False)
+        out[name] = pc.cast(pc.if_else(valid, raw[name], pa.scalar(None, pa.string())), typ)
+    return out
+
+
+def _spread(mask: pa.Array, values: pa.Array) -> pa.Array:
+    """``values`` (one per True of ``mask``) back at ``mask``'s positions; False elsewhere."""
+    positions = pc.subtract(pc.cumulative_sum(pc.cast(mask, pa.int64())), 1)
+    index = pc.if_else(mask, positions, pa.scalar(None, pa.int64()))
+    return pc.fill_null(pc.take(values, index), False)

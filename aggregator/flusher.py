@@ -1,0 +1,131 @@
+"""Turning one sealed buffer segment into committed Parquet objects (runs in a worker thread).
+
+Order of a flush, which is what makes it exactly-once (see buffer.py and dedup.py): for each
+slice of the segment, decode -> drop resent lines (per-source offsets) -> route and parse ->
+write every partition's object under a key derived from the segment and slice -> raise the
+offsets in memory; then save the offsets -> the caller deletes the segment. A failure anywhere
+leaves the segment in place to be retried (slices already written are then dropped as resent
+lines, their objects stay as written).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from aggregator.batch import records_table, route
+from aggregator.buffer import Segment, read_frames
+from aggregator.decode import ipc_rows
+from aggregator.dedup import OffsetState
+from aggregator.envoy import EnvoyFormat
+from aggregator.writer import WrittenFile, object_name, write_partitions
+from athena.warehouse import Warehouse
+from shipper import wire
+
+log = logging.getLogger("logq.aggregator.flush")
+
+#: Records converted and written at once: bounds the flush's memory whatever the segment size.
+SLICE_ROWS = 100_000
+
+
+@dataclass
+class FlushResult:
+    """What one segment's flush did (for logs and metrics)."""
+
+    segment: int
+    records: int = 0
+    duplicates: int = 0
+    files: list[WrittenFile] = field(default_factory=list)
+    parse_failures: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    services: set[str] = field(default_factory=set)
+    """Services that got rows (the catalog extends the Athena ``service`` enum with them)."""
+
+    def rows(self, table: str) -> int:
+        return sum(f.rows for f in self.files if f.table == table)
+
+
+class Flusher:
+    """Flushes segments of one buffer into one warehouse."""
+
+    def __init__(
+        self,
+        warehouse: Warehouse,
+        offsets: OffsetState,
+        node_id: str,
+        formats: tuple[EnvoyFormat, ...],
+    ):
+        self.warehouse = warehouse
+        self.offsets = offsets
+        self.node_id = node_id
+        self.formats = formats
+
+    def flush(self, segment: Segment) -> FlushResult:
+        """Flush one segment, a slice of about :data:`SLICE_ROWS` records at a time.
+
+        Slices are cut at frame boundaries, so a replay cuts the same slices and writes the same
+        keys (``<node>-<segment>-<slice>``); memory is bounded by the slice, not the segment.
+        """
+        started = time.monotonic()
+        result = FlushResult(segment.seq)
+        for part, records in enumerate(_slices(read_frames(segment.path), SLICE_ROWS)):
+            self._flush_slice(records, object_name(self.node_id, segment.seq, part), result)
+        if result.records:
+            self.offsets.save()
+        result.seconds = time.monotonic() - started
+        log.info(
+            "flushed segment %d: %d records, %d duplicates dropped, %d files, %.3fs",
+            segment.seq,
+            result.records,
+            result.duplicates,
+            len(result.files),
+            result.seconds,
+        )
+        return result
+
+    def _flush_slice(self, records: pa.Table, name: str, result: FlushResult) -> None:
+        result.records += records.num_rows
+        keep = self.offsets.keep_mask(
+            _plain(records[wire.KEY_SOURCE_ID]), _plain(records[wire.KEY_OFFSET])
+        )
+        kept = records.filter(keep)
+        result.duplicates += records.num_rows - kept.num_rows
+        routed = route(kept, self.formats)
+        for service, count in routed.parse_failures.items():
+            result.parse_failures[service] = result.parse_failures.get(service, 0) + count
+        for table_name, table in routed.tables.items():
+            result.services |= _services(table)
+            result.files += write_partitions(self.warehouse, table_name, table, name)
+        # Raised in memory only once this slice is committed; saved once the segment is.
+        self.offsets.advance(_plain(kept[wire.KEY_SOURCE_ID]), _plain(kept[wire.KEY_OFFSET]))
+
+
+def _slices(payloads: Iterator[bytes], rows: int) -> Iterator[pa.Table]:
+    """Consecutive frames grouped into tables of at least ``rows`` records (the last: fewer)."""
+    pending: list[bytes] = []
+    count = 0
+    for payload in payloads:
+        pending.append(payload)
+        count += ipc_rows(payload)
+        if count >= rows:
+            yield records_table(pending)
+            pending, count = [], 0
+    if pending:
+        yield records_table(pending)
+
+
+def _services(table: pa.Table) -> set[str]:
+    column = table["service"].combine_chunks()
+    if isinstance(column, pa.DictionaryArray):
+        return set(column.dictionary.take(pc.unique(column.indices)).to_pylist())
+    return set(pc.unique(column).to_pylist())
+
+
+def _plain(column: pa.ChunkedArray) -> pa.Array:
+    array = column.combine_chunks()
+    return array.dictionary_decode() if isinstance(array, pa.DictionaryArray) else array

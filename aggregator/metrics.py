@@ -1,0 +1,134 @@
+"""Prometheus metrics of the aggregator and the tiny HTTP endpoint serving them (+ ``/healthz``).
+
+Each :class:`Metrics` owns its registry, so several aggregators in one test process do not share
+counters. Names follow Prometheus conventions (``_total`` counters, base units: bytes, seconds).
+"/healthz" answers 200 while the aggregator can write to its warehouse, 503 once flushes have
+been failing for longer than ``unhealthy_after`` seconds (the data is still safe in the buffer,
+but an orchestrator should know).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+log = logging.getLogger("logq.aggregator.metrics")
+
+
+class Metrics:
+    """The aggregator's counters and gauges, registered in a private registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.records_in = Counter(
+            "logq_aggregator_records_received_total", "Events received", registry=r
+        )
+        self.bytes_in = Counter(
+            "logq_aggregator_bytes_received_total", "Bytes read from connections", registry=r
+        )
+        self.acks = Counter("logq_aggregator_acks_total", "Chunks acknowledged", registry=r)
+        self.connections = Gauge(
+            "logq_aggregator_connections", "Open Forward connections", registry=r
+        )
+        self.connections_rejected = Counter(
+            "logq_aggregator_connections_closed_total",
+            "Connections closed by the server, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.buffer_bytes = Gauge(
+            "logq_aggregator_buffer_bytes", "Bytes in the durable buffer", registry=r
+        )
+        self.backpressure = Counter(
+            "logq_aggregator_backpressure_total",
+            "Times reading stopped because the buffer was full",
+            registry=r,
+        )
+        self.flush_seconds = Histogram(
+            "logq_aggregator_flush_duration_seconds",
+            "Time to flush one buffer segment",
+            registry=r,
+        )
+        self.rows_written = Counter(
+            "logq_aggregator_rows_written_total", "Rows committed", ["table"], registry=r
+        )
+        self.files_written = Counter(
+            "logq_aggregator_files_written_total", "Parquet objects committed", registry=r
+        )
+        self.storage_errors = Counter(
+            "logq_aggregator_storage_errors_total", "Failed flushes (S3 or disk)", registry=r
+        )
+        self.parse_failures = Counter(
+            "logq_aggregator_envoy_parse_failures_total",
+            "Envoy candidate lines that did not parse (stored in container_logs)",
+            ["service"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "logq_aggregator_duplicates_dropped_total",
+            "Resent records dropped by source offset",
+            registry=r,
+        )
+        self.compacted_files = Counter(
+            "logq_aggregator_compaction_files_merged_total", "Small files compacted", registry=r
+        )
+        self.failing_since: float | None = None
+        self.unhealthy_after = 300.0
+
+    def healthy(self) -> bool:
+        return self.failing_since is None or (
+            time.monotonic() - self.failing_since < self.unhealthy_after
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """``GET /metrics`` and ``GET /healthz`` over HTTP/1.1 on an asyncio server."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int):
+        self.metrics = metrics
+        self.host = host
+        self.port = port
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+            line = request.split(b"\r\n", 1)[0].decode("latin-1").split()
+            path = line[1].split("?", 1)[0] if len(line) >= 2 else "/"
+            if path == "/metrics":
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self.metrics.render()
+            elif path == "/healthz":
+                ok = self.metrics.healthy()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                ctype = "text/plain; charset=utf-8"
+                body = b"ok\n" if ok else b"flushes to the warehouse are failing\n"
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"try /metrics or /healthz\n"
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode("latin-1") + body)
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            pass
+        finally:
+            writer.close()

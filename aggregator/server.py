@@ -1,0 +1,295 @@
+"""The Forward protocol v1 server: decode, buffer durably, then ack (asyncio).
+
+Per connection: optional TLS, optional shared-key handshake (HELO / PING / PONG, digests from
+:mod:`shipper.wire`), then a stream of Forward messages in any of the four modes. All complete
+messages of one read are appended to the buffer, one group fsync covers them, and only then are
+their ``{"ack": chunk}`` replies written: an ack always means "durable".
+
+Limits keep one client from hurting the others: ``--max-frame-bytes`` bounds what a connection
+may buffer (a larger message closes it), ``--max-connections`` and the idle timeout bound sockets,
+and while the buffer is over ``--buffer-limit-bytes`` no connection is read (backpressure: the
+senders keep their data and wait for acks). Anything malformed closes only its own connection,
+with the reason logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgpack
+
+from aggregator.buffer import Buffer
+from aggregator.decode import decode, to_ipc
+from aggregator.metrics import Metrics
+from shipper import wire
+
+log = logging.getLogger("logq.aggregator.server")
+
+READ_SIZE = 256 * 1024
+HANDSHAKE_TIMEOUT = 30.0
+STOP_DRAIN_SECONDS = 0.3
+
+
+class ConnectionClosed(Exception):
+    """The server decided to close a connection; the message is the logged reason."""
+
+    def __init__(self, reason: str, label: str):
+        super().__init__(reason)
+        self.label = label
+
+
+@dataclass
+class ServerLimits:
+    max_frame_bytes: int = 32 * 1024 * 1024
+    max_connections: int = 1024
+    idle_timeout: float = 600.0
+
+    @property
+    def max_decompressed_bytes(self) -> int:
+        return max(4 * self.max_frame_bytes, 64 * 1024 * 1024)
+
+
+#: First bytes of a msgpack array (fixarray, array16, array32): every Forward message is one.
+_ARRAY_HEADS = frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])
+
+
+@dataclass
+class _Conn:
+    peer: str
+    task: asyncio.Task[None] | None = None
+    reading: bool = False
+    stopping: bool = False
+    received: int = field(default=0)
+    fed: int = 0
+    """Bytes fed to this connection's unpacker (compared with its tell())."""
+
+
+class ForwardServer:
+    """Accepts Forward connections and feeds the buffer."""
+
+    def __init__(
+        self,
+        buffer: Buffer,
+        metrics: Metrics,
+        limits: ServerLimits,
+        shared_key: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        on_append: Callable[[], None] | None = None,
+    ):
+        self.buffer = buffer
+        self.metrics = metrics
+        self.limits = limits
+        self.shared_key = shared_key
+        self.ssl_context = ssl_context
+        self.on_append = on_append
+        self.hostname = socket.gethostname()
+        self._server: asyncio.base_events.Server | None = None
+        self._conns: dict[asyncio.Task[None], _Conn] = {}
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self._server = await asyncio.start_server(
+            self._accept, host, port, backlog=1024, ssl=self.ssl_context, limit=READ_SIZE
+        )
+        sock = self._server.sockets[0].getsockname()
+        return sock[0], sock[1]
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting; let connections finish the batch they are acking, then close them."""
+        if self._server:
+            self._server.close()
+        for conn in self._conns.values():
+            conn.stopping = True
+        # Give readers a moment to take what is already in their socket buffers (clients
+        # without acks, like fluent-logger, count on it), then stop those still waiting.
+        await asyncio.sleep(STOP_DRAIN_SECONDS)
+        for task, conn in list(self._conns.items()):
+            if conn.reading:
+                task.cancel()
+        tasks = list(self._conns)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1)
+        if self._server:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), timeout=1)
+
+    # --- one connection -----------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = _peer(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._conns) >= self.limits.max_connections:
+            log.warning("closing connection from %s: over --max-connections", peer)
+            self.metrics.connections_rejected.labels("max_connections").inc()
+            writer.close()
+            return
+        conn = _Conn(peer, task)
+        self._conns[task] = conn
+        self.metrics.connections.inc()
+        try:
+            await self._serve(conn, reader, writer)
+        except ConnectionClosed as exc:
+            log.warning("closing connection from %s: %s", peer, exc)
+            self.metrics.connections_rejected.labels(exc.label).inc()
+        except asyncio.CancelledError:
+            pass
+        except (ConnectionError, ssl.SSLError, OSError) as exc:
+            log.info("connection from %s ended: %s", peer, exc)
+        except Exception:  # never let one connection take the server down
+            log.exception("closing connection from %s after an unexpected error", peer)
+            self.metrics.connections_rejected.labels("internal_error").inc()
+        finally:
+            self._conns.pop(task, None)
+            self.metrics.connections.dec()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), timeout=1)
+
+    async def _read(self, conn: _Conn, reader: asyncio.StreamReader, timeout: float) -> bytes:
+        conn.reading = True
+        try:
+            return await asyncio.wait_for(reader.read(READ_SIZE), timeout=timeout)
+        except TimeoutError:
+            raise ConnectionClosed(f"idle for {timeout:.0f}s", "idle_timeout") from None
+        finally:
+            conn.reading = False
+
+    async def _drain(self, writer: asyncio.StreamWriter) -> None:
+        """Wait for the peer to take our acks, but not forever (it holds a connection slot)."""
+        try:
+            await asyncio.wait_for(writer.drain(), timeout=self.limits.idle_timeout)
+        except TimeoutError:
+            raise ConnectionClosed(
+                f"not reading its acks for {self.limits.idle_timeout:.0f}s", "idle_timeout"
+            ) from None
+
+    def _feed(self, unpacker: msgpack.Unpacker, data: bytes) -> None:
+        try:
+            unpacker.feed(data)
+        except msgpack.BufferFull:
+            raise ConnectionClosed(
+                f"message larger than --max-frame-bytes ({self.limits.max_frame_bytes} bytes)",
+                "frame_too_large",
+            ) from None
+        self.metrics.bytes_in.inc(len(data))
+
+    async def _serve(
+        self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        unpacker = wire.new_unpacker(self.limits.max_frame_bytes)
+        if self.shared_key is not None:
+            await self._handshake(conn, reader, writer, unpacker)
+        while not conn.stopping:
+            if self.buffer.full:
+                self.metrics.backpressure.inc()
+                if self.on_append:
+                    self.on_append()
+                await self.buffer.wait_for_space()
+            data = await self._read(conn, reader, self.limits.idle_timeout)
+            if not data:
+                return
+            if unpacker.tell() == conn.fed and data[0] not in _ARRAY_HEADS:
+                # A new message starts here and it is not an array: refuse at once instead of
+                # waiting (up to the idle timeout) for the body a junk str/bin/map header announces.
+                raise ConnectionClosed(
+                    f"not the Forward protocol: a message is a msgpack array, got first byte "
+                    f"0x{data[0]:02x}",
+                    "protocol_error",
+                )
+            self._feed(unpacker, data)
+            conn.fed += len(data)
+            await self._process(unpacker, writer)
+
+    async def _process(self, unpacker: msgpack.Unpacker, writer: asyncio.StreamWriter) -> None:
+        waits: list[asyncio.Future[None]] = []
+        acks: list[str] = []
+        error: ConnectionClosed | None = None
+        try:
+            for obj in wire.iter_messages(unpacker):
+                batch, chunk = decode(obj, self.limits.max_decompressed_bytes)
+                if batch.num_rows:
+                    waits.append(self.buffer.write(to_ipc(batch)))
+                    self.metrics.records_in.inc(batch.num_rows)
+                if chunk is not None:
+                    acks.append(chunk)
+        except wire.ProtocolError as exc:
+            reason = str(exc)
+            if exc.__cause__ is not None and not str(exc.__cause__):
+                reason += type(exc.__cause__).__name__  # msgpack errors can have no message
+            error = ConnectionClosed(f"not the Forward protocol: {reason}", "protocol_error")
+        # Ack what was complete before the bad bytes: it is in the buffer either way.
+        if waits:
+            await asyncio.gather(*waits)
+            if self.on_append:
+                self.on_append()
+        if acks:
+            writer.write(b"".join(wire.encode_ack(c) for c in acks))
+            await self._drain(writer)
+            self.metrics.acks.inc(len(acks))
+        if error is not None:
+            raise error
+
+    async def _handshake(
+        self,
+        conn: _Conn,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        unpacker: msgpack.Unpacker,
+    ) -> None:
+        """HELO -> PING -> PONG as in Forward protocol v1 (no user/password auth)."""
+        assert self.shared_key is not None
+        nonce = os.urandom(16)
+        writer.write(wire.encode_helo(nonce, auth=b"", keepalive=True))
+        await self._drain(writer)
+        ping = None
+        while ping is None:
+            data = await self._read(conn, reader, HANDSHAKE_TIMEOUT)
+            if not data:
+                raise ConnectionClosed("closed during the handshake", "handshake_failed")
+            self._feed(unpacker, data)
+            conn.fed += len(data)
+            try:
+                ping = next(iter(wire.iter_messages(unpacker)), None)
+            except wire.ProtocolError as exc:
+                raise ConnectionClosed(f"bad PING: {exc}", "handshake_failed") from None
+        if not (isinstance(ping, list) and len(ping) >= 4 and ping[0] == "PING"):
+            raise ConnectionClosed("expected PING after HELO", "handshake_failed")
+        hostname, salt, digest = ping[1], ping[2], ping[3]
+        if not isinstance(hostname, str) or not isinstance(salt, bytes | str):
+            raise ConnectionClosed("PING has fields of the wrong type", "handshake_failed")
+        salt_b = salt if isinstance(salt, bytes) else salt.encode("utf-8", "surrogateescape")
+        expected = wire.ping_digest(salt_b, hostname, nonce, self.shared_key)
+        ok = digest == expected
+        reason = "" if ok else "shared_key mismatch"
+        writer.write(wire.encode_pong(ok, reason, self.hostname, salt_b, nonce, self.shared_key))
+        await self._drain(writer)
+        if not ok:
+            raise ConnectionClosed(f"handshake failed from {hostname!r}: {reason}", "auth_failed")
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """Server TLS context from PEM files, with a message that says which file is wrong."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot load --tls-cert {cert} / --tls-key {key}: {exc}") from exc
+    return ctx

@@ -1,0 +1,313 @@
+"""``logq-aggregator``: the service lifecycle (serve, flush, shut down cleanly) and its CLI.
+
+``logq-aggregator [flags]`` serves; ``logq-aggregator compact [flags]`` compacts closed hours once
+and exits. Serving:
+
+1. open the buffer (segments left by a previous run are flushed first: replay);
+2. listen (one ``listening on HOST:PORT`` line on stderr once the socket is bound);
+3. every ``--flush-interval`` seconds, or when the active segment reaches its size, seal it and
+   flush sealed segments in order; a failed flush (S3 down) is retried with capped exponential
+   backoff while the buffer keeps the data and, once full, withholds acks;
+4. on SIGTERM/SIGINT: stop accepting, let connections finish acking what they sent, seal, flush
+   everything acknowledged, exit 0 (exit 1 if the warehouse still refuses the data after
+   ``SHUTDOWN_FLUSH_SECONDS``: it stays in the buffer and is written at the next start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from aggregator import logs
+from aggregator.buffer import Buffer, Segment
+from aggregator.catalog import Catalog
+from aggregator.config import ConfigError, Settings, add_serve_flags, load_settings, split_host_port
+from aggregator.decode import tune_gc
+from aggregator.dedup import OffsetState
+from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, FormatError, compile_format
+from aggregator.flusher import Flusher, FlushResult
+from aggregator.metrics import Metrics, MetricsServer
+from aggregator.server import ForwardServer, ServerLimits, tls_context
+from athena.warehouse import WarehouseError, open_warehouse
+
+log = logging.getLogger("logq.aggregator")
+
+SHUTDOWN_FLUSH_SECONDS = 60.0
+BACKOFF_MAX_SECONDS = 60.0
+#: How long a stop waits for a DDL update under way (the DDL is rewritten at the next start).
+CATALOG_STOP_SECONDS = 15.0
+
+
+def envoy_formats(settings: Settings) -> tuple[EnvoyFormat, ...]:
+    return BUILTIN_FORMATS + tuple(compile_format(f) for f in settings.envoy_formats)
+
+
+class Aggregator:
+    """One running aggregator: buffer, Forward server, flush loop, metrics, catalog."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.formats = envoy_formats(settings)  # bad formats fail before anything is created
+        self.metrics = Metrics()
+        self.warehouse = open_warehouse(settings.warehouse, create=True)
+        self.buffer = Buffer(
+            settings.buffer_dir, settings.segment_bytes, settings.buffer_limit_bytes
+        )
+        self.catalog = Catalog(self.warehouse, settings)
+        self._flush_now = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._size_seal: asyncio.Task[None] | None = None
+        self._catalog_task: asyncio.Task[None] | None = None
+        self._catalog_pending: set[str] = set()
+        self._catalog_ready = False
+        self.server: ForwardServer | None = None
+        self.metrics_server: MetricsServer | None = None
+        self.flusher: Flusher | None = None
+        self.port = 0
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        replay = self.buffer.open(self.settings.node_id)
+        self.buffer.start()
+        offsets = OffsetState(Path(self.settings.buffer_dir) / "offsets.json").load()
+        self.flusher = Flusher(self.warehouse, offsets, self.buffer.node_id, self.formats)
+        if replay:
+            log.info("replaying %d buffer segments left by the previous run", len(replay))
+        ssl_ctx = (
+            tls_context(self.settings.tls_cert, self.settings.tls_key)
+            if self.settings.tls_cert and self.settings.tls_key
+            else None
+        )
+        self.server = ForwardServer(
+            self.buffer,
+            self.metrics,
+            ServerLimits(
+                self.settings.max_frame_bytes,
+                self.settings.max_connections,
+                self.settings.idle_timeout,
+            ),
+            shared_key=self.settings.shared_key,
+            ssl_context=ssl_ctx,
+            on_append=self._on_append,
+        )
+        host, port = split_host_port(self.settings.listen, "--listen")
+        bound_host, self.port = await self.server.start(host, port)
+        if self.settings.metrics_listen:
+            mhost, mport = split_host_port(self.settings.metrics_listen, "--metrics-listen")
+            self.metrics_server = MetricsServer(self.metrics, mhost, mport)
+            mport = await self.metrics_server.start()
+            print(f"metrics on http://{mhost}:{mport}/metrics", file=sys.stderr, flush=True)
+        print(f"listening on {bound_host}:{self.port}", file=sys.stderr, flush=True)
+        log.info(
+            "aggregator %s: warehouse %s, buffer %s",
+            self.buffer.node_id,
+            self.warehouse.uri,
+            self.settings.buffer_dir,
+        )
+        self._install_signals()
+        flush_task = asyncio.create_task(self._flush_loop(), name="flush-loop")
+        compact_task = asyncio.create_task(self._compact_loop(), name="compact-loop")
+        await self._stopping.wait()
+        return await self._shutdown(flush_task, compact_task)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._flush_now.set()  # wake the flush loop so that it returns
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+
+    async def _shutdown(
+        self, flush_task: asyncio.Task[None], compact_task: asyncio.Task[None]
+    ) -> int:
+        log.info("stopping: no new connections; flushing what was acknowledged")
+        assert self.server is not None
+        await self.server.stop()
+        compact_task.cancel()
+        # Not cancelled: a flush running in a worker thread must finish before the final one.
+        for task in (compact_task, flush_task):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.buffer.close()
+        ok = await self._flush_sealed(deadline=time.monotonic() + SHUTDOWN_FLUSH_SECONDS)
+        if self._catalog_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._catalog_task, timeout=CATALOG_STOP_SECONDS)
+        if self.metrics_server:
+            await self.metrics_server.stop()
+        if not ok:
+            log.error(
+                "could not write the buffer to %s before stopping; the data is safe in %s "
+                "and will be written at the next start",
+                self.warehouse.uri,
+                self.settings.buffer_dir,
+            )
+            return 1
+        log.info("stopped cleanly: every acknowledged record is in %s", self.warehouse.uri)
+        return 0
+
+    # --- flushing ---------------------------------------------------------------------------
+
+    def _on_append(self) -> None:
+        self.metrics.buffer_bytes.set(self.buffer.total_bytes)
+        if self.buffer.active_bytes >= self.settings.segment_bytes and self._size_seal is None:
+            # Seal now even if the flusher is busy: segments (and flush slices) stay bounded.
+            self._size_seal = asyncio.create_task(self._seal_for_size())
+        if self.buffer.full:
+            self._flush_now.set()
+
+    async def _seal_for_size(self) -> None:
+        try:
+            await self.buffer.seal()
+        finally:
+            self._size_seal = None
+            self._flush_now.set()
+
+    async def _flush_loop(self) -> None:
+        """Seal and flush every interval (or when asked) until the service stops."""
+        await self._flush_sealed()  # replay first
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), self.settings.flush_interval)
+            self._flush_now.clear()
+            if self._stopping.is_set():
+                return
+            await self.buffer.seal()
+            await self._flush_sealed()
+
+    async def _flush_sealed(self, deadline: float | None = None) -> bool:
+        """Flush every sealed segment in order, retrying with backoff; False if out of time."""
+        async with self._flush_lock:
+            for segment in self.buffer.sealed():
+                if not await self._flush_one(segment, deadline):
+                    return False
+            return True
+
+    async def _flush_one(self, segment: Segment, deadline: float | None) -> bool:
+        assert self.flusher is not None
+        delay = 0.5
+        while True:
+            try:
+                result = await asyncio.to_thread(self.flusher.flush, segment)
+            except Exception as exc:
+                self.metrics.storage_errors.inc()
+                if self.metrics.failing_since is None:
+                    self.metrics.failing_since = time.monotonic()
+                if deadline is not None and time.monotonic() + delay > deadline:
+                    log.error("flush of segment %d failed: %s", segment.seq, exc)
+                    return False
+                if deadline is None and self._stopping.is_set():
+                    return False  # the shutdown flush takes over, with its own deadline
+                log.warning(
+                    "flush of segment %d failed (%s); retrying in %.1fs, the data stays buffered",
+                    segment.seq,
+                    exc,
+                    delay,
+                )
+                if deadline is None:
+                    with contextlib.suppress(TimeoutError):  # a stop cuts the wait short
+                        await asyncio.wait_for(self._stopping.wait(), delay)
+                else:
+                    await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+                continue
+            self.metrics.failing_since = None
+            self._record(result)
+            self._catalog_services(result.services)
+            self.buffer.delete(segment)
+            self.metrics.buffer_bytes.set(self.buffer.total_bytes)
+            return True
+
+    def _catalog_services(self, services: set[str]) -> None:
+        """Hand new services to the catalog off the flush path (Athena may be slow or down)."""
+        fresh = services - self.catalog.services
+        if not fresh and self._catalog_ready:
+            return
+        self._catalog_pending |= services
+        if self._catalog_task is None or self._catalog_task.done():
+            self._catalog_task = asyncio.create_task(self._update_catalog(), name="catalog")
+
+    async def _update_catalog(self) -> None:
+        while self._catalog_pending:
+            batch, self._catalog_pending = self._catalog_pending, set()
+            self._catalog_ready = await asyncio.to_thread(self.catalog.add_services, batch)
+
+    def _record(self, result: FlushResult) -> None:
+        m = self.metrics
+        m.flush_seconds.observe(result.seconds)
+        m.duplicates.inc(result.duplicates)
+        m.files_written.inc(len(result.files))
+        for f in result.files:
+            m.rows_written.labels(f.table).inc(f.rows)
+        for service, count in result.parse_failures.items():
+            m.parse_failures.labels(service).inc(count)
+
+    async def _compact_loop(self) -> None:
+        interval = self.settings.compact_interval
+        if interval <= 0:
+            return
+        from aggregator.compaction import compact_warehouse
+
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                merged = await asyncio.to_thread(
+                    compact_warehouse, self.warehouse, self.settings.target_file_bytes
+                )
+                self.metrics.compacted_files.inc(merged)
+            except Exception as exc:
+                log.warning("compaction failed (%s); it will run again in %.0fs", exc, interval)
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="logq-aggregator",
+        description="Forward protocol server: buffers durably, writes partitioned Parquet. "
+        "Subcommand: 'logq-aggregator compact --help'.",
+    )
+    add_serve_flags(parser)
+    return parser
+
+
+def serve(argv: list[str]) -> int:
+    args = _serve_parser().parse_args(argv)
+    try:
+        settings = load_settings(args)
+        logs.setup(settings.log_level)
+        aggregator = Aggregator(settings)
+    except (ConfigError, WarehouseError, FormatError, OSError) as exc:
+        print(f"logq-aggregator: {exc}", file=sys.stderr)
+        return 2
+    tune_gc()
+    try:
+        return asyncio.run(aggregator.run())
+    except (OSError, ValueError) as exc:
+        print(f"logq-aggregator: {exc}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "compact":
+        from aggregator.compaction import compact_main
+
+        return compact_main(argv[1:])
+    return serve(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

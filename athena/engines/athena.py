@@ -1,0 +1,169 @@
+"""The Athena engine: the canned SQL runs on Amazon Athena through pyathena.
+
+What an engineer sees while it runs: one progress line on stderr (state, elapsed, data scanned)
+when stderr is a terminal; afterwards the bytes scanned and the cost (USD 5 per TB, per MB rounded
+up, 10 MB minimum). Ctrl-C stops the query on Athena (``StopQueryExecution``) before exiting, so an
+abandoned query does not keep scanning and billing. ``--max-scan-bytes`` is enforced while the
+query runs: as soon as Athena reports more data scanned than allowed, the query is cancelled.
+
+Parameters are passed in pyathena's ``pyformat`` style, so pyathena quotes every value.
+Endpoint and credentials come from the standard AWS settings (``AWS_ENDPOINT_URL_ATHENA`` /
+``AWS_ENDPOINT_URL``, ``AWS_REGION``, the credentials chain).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+from athena.engines.result import (
+    EngineError,
+    QueryResult,
+    ScanBudgetError,
+    athena_cost_usd,
+    human_bytes,
+)
+
+TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+def _human_bytes(n: int | None) -> str:
+    return human_bytes(n or 0)
+
+
+class AthenaEngine:
+    """Runs Athena SQL on Amazon Athena."""
+
+    name = "athena"
+
+    def __init__(
+        self,
+        database: str = "logq",
+        workgroup: str | None = None,
+        output: str | None = None,
+        region: str | None = None,
+        max_scan_bytes: int | None = None,
+        progress: bool = False,
+        progress_out: TextIO | None = None,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self.database = database
+        self.workgroup = workgroup
+        self.output = output
+        self.region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        self.max_scan_bytes = max_scan_bytes
+        self.progress = progress
+        self.progress_out = progress_out or sys.stderr
+        self.poll_interval = poll_interval
+        if not self.output and not self.workgroup:
+            raise EngineError(
+                "Athena needs a place for results: pass --athena-output s3://BUCKET/PREFIX/ "
+                "(or LOGQ_ATHENA_OUTPUT), or --athena-workgroup with an output location"
+            )
+        if not self.region:
+            raise EngineError("no AWS region for Athena: pass --athena-region or set AWS_REGION")
+
+    def prepare(self, sql: str, params: dict[str, Any], scopes: Any = None) -> tuple[str, dict]:
+        """The statement in pyathena's parameter style and its values."""
+        from athena.queries import to_athena
+
+        return to_athena(sql, params) if params else (sql, {})
+
+    def _connect(self) -> Any:
+        from pyathena import connect
+        from pyathena.async_cursor import AsyncCursor
+
+        kwargs: dict[str, Any] = {
+            "region_name": self.region,
+            "schema_name": self.database,
+            "cursor_class": AsyncCursor,
+            "poll_interval": self.poll_interval,
+        }
+        if self.output:
+            kwargs["s3_staging_dir"] = self.output
+        if self.workgroup:
+            kwargs["work_group"] = self.workgroup
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_ATHENA")
+        if endpoint:
+            kwargs["endpoint_url"] = endpoint
+        return connect(**kwargs)
+
+    def _show(self, state: str, started: float, scanned: int | None, final: bool = False) -> None:
+        if not self.progress:
+            return
+        line = f"athena: {state:<9} {time.monotonic() - started:6.1f}s  {_human_bytes(scanned)}"
+        end = "\n" if final else ""
+        self.progress_out.write("\r\x1b[2K" + line + end)
+        self.progress_out.flush()
+
+    def run(self, sql: str, params: dict[str, Any], scopes: Any = None) -> QueryResult:
+        """Start the query, follow it until it ends, fetch the rows."""
+        from pyathena.error import Error as AthenaError
+
+        text, values = self.prepare(sql, params)
+        conn = self._connect()
+        cursor = conn.cursor()
+        started = time.monotonic()
+        query_id = None
+        try:
+            query_id, future = cursor.execute(text, values or None)
+            scanned: int | None = 0
+            state = "QUEUED"
+            while not future.done():
+                execution = cursor.query_execution(query_id).result()
+                state = execution.state or state
+                scanned = execution.data_scanned_in_bytes
+                self._show(state, started, scanned)
+                if self.max_scan_bytes is not None and (scanned or 0) > self.max_scan_bytes:
+                    cursor.cancel(query_id).result()
+                    raise ScanBudgetError(
+                        f"Athena query {query_id} scanned {scanned:,} bytes, over "
+                        f"--max-scan-bytes {self.max_scan_bytes:,}; it was cancelled. Narrow "
+                        "--since/--until or --service"
+                    )
+                if state in TERMINAL_STATES:
+                    break
+                time.sleep(self.poll_interval)
+            result_set = future.result()
+            self._show(result_set.state or state, started, result_set.data_scanned_in_bytes, True)
+            if result_set.state != "SUCCEEDED":
+                reason = result_set.state_change_reason or "no reason given"
+                raise EngineError(f"Athena query {query_id} {result_set.state}: {reason}")
+            columns = [d[0] for d in (result_set.description or [])]
+            rows = [tuple(r) for r in result_set.fetchall()]
+            return QueryResult(
+                columns=columns,
+                rows=rows,
+                engine=self.name,
+                elapsed_s=time.monotonic() - started,
+                scanned_bytes=result_set.data_scanned_in_bytes or 0,
+                query_id=query_id,
+                sql=text,
+            )
+        except KeyboardInterrupt:
+            if query_id is not None:
+                self.progress_out.write(f"\nathena: cancelling query {query_id}\n")
+                cursor.cancel(query_id).result()
+            raise
+        except AthenaError as exc:
+            raise EngineError(f"Athena: {exc}") from exc
+        except Exception as exc:
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            if isinstance(exc, BotoCoreError | ClientError):
+                raise EngineError(f"Athena API: {exc}") from exc
+            raise
+        finally:
+            cursor.close()
+            conn.close()
+
+
+def cost_line(result: QueryResult) -> str:
+    """``scanned 1.2 GiB, about USD 0.0059 (query …)`` for the note after a query."""
+    scanned = result.scanned_bytes or 0
+    return (
+        f"Athena scanned {_human_bytes(scanned)} ({scanned:,} bytes), about USD "
+        f"{athena_cost_usd(scanned):.6f} (USD 5/TB, 10 MB minimum); query {result.query_id}"
+    )

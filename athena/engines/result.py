@@ -1,0 +1,70 @@
+"""What an engine hands back: rows plus what it cost to get them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class EngineError(RuntimeError):
+    """A query failed in an engine; the message says what to change."""
+
+
+class ScanBudgetError(EngineError):
+    """The query would scan (or scanned) more than ``--max-scan-bytes`` allows."""
+
+
+#: Athena's price per byte scanned (USD 5 per TB) and its per-query minimum (10 MB).
+USD_PER_BYTE = 5.0 / 1024**4
+MIN_BILLED_BYTES = 10 * 1024**2
+
+
+def human_bytes(n: float) -> str:
+    """1536 → ``1.5 KiB``."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    return f"{value:,.1f} TiB"
+
+
+def athena_cost_usd(scanned_bytes: int) -> float:
+    """Athena's charge for one query: per MB rounded up, 10 MB minimum, USD 5 per TB."""
+    mb = 1024**2
+    billed = max(MIN_BILLED_BYTES, -(-scanned_bytes // mb) * mb)
+    return billed * USD_PER_BYTE
+
+
+@dataclass
+class QueryResult:
+    """Rows of one query and its statistics."""
+
+    columns: list[str]
+    """Column names, in order."""
+    rows: list[tuple[Any, ...]]
+    """Row values (datetimes aware UTC, ints, floats, strings, None)."""
+    engine: str
+    """``local`` or ``athena``."""
+    elapsed_s: float = 0.0
+    """Wall time of the query itself (not listing or Python start-up)."""
+    scanned_bytes: int | None = None
+    """Athena: bytes scanned as billed. Local: total size of the files given to DuckDB."""
+    partitions: list[str] = field(default_factory=list)
+    """Partitions read (``table/service=…/dt=…``), local engine."""
+    files: int = 0
+    """Number of data files opened, local engine."""
+    query_id: str | None = None
+    """Athena query execution id."""
+    sql: str = ""
+    """The final SQL the engine ran."""
+
+    @property
+    def cost_usd(self) -> float | None:
+        """Athena's price for this query, when it ran on Athena."""
+        if self.engine != "athena" or self.scanned_bytes is None:
+            return None
+        return athena_cost_usd(self.scanned_bytes)
+
+    def dicts(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]

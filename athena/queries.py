@@ -1,0 +1,239 @@
+"""The canned queries: Athena (Trino) SQL files with ``:name`` parameters, rendered per engine.
+
+Each query is written once, in ``athena/queries/<name>.sql``, in Athena's dialect. Parameters are
+written ``:name`` and found with sqlglot's tokenizer, so a ``:`` inside a string literal or a
+comment is never mistaken for one. A list value (``service IN (:services)``) expands to one
+parameter per element. Then:
+
+* Athena: ``:name`` becomes pyathena's ``%(name)s`` and pyathena quotes each value (Trino
+  escaping); the rest of the text goes to Athena exactly as written.
+* DuckDB: sqlglot transpiles the text from ``trino`` to ``duckdb`` (``:name`` becomes ``$name``)
+  and DuckDB binds the values itself.
+
+Either way no user value is ever pasted into SQL text by this module.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+ParamValue = str | int | float | bool | list[str] | list[int] | None
+
+
+class QueryError(ValueError):
+    """A query or its parameters are unusable; the message says what is missing or wrong."""
+
+
+@dataclass(frozen=True)
+class CannedQuery:
+    """One ``.sql`` file."""
+
+    name: str
+    """File stem, also the CLI command that runs it."""
+    text: str
+    """The Athena SQL as written, with ``:name`` parameters."""
+
+    @property
+    def description(self) -> str:
+        """The leading comment's first sentence (what ``--help`` and ``--dry-run`` show)."""
+        first = self.text.lstrip().splitlines()[0] if self.text.strip() else ""
+        return first.removeprefix("--").strip()
+
+    @property
+    def parameters(self) -> list[str]:
+        """Distinct parameter names in order of first use."""
+        seen: dict[str, None] = {}
+        for _, _, name in find_placeholders(self.text):
+            seen.setdefault(name, None)
+        return list(seen)
+
+
+def query_names() -> list[str]:
+    """Names of every canned query shipped in the package."""
+    folder = resources.files("athena") / "queries"
+    return sorted(p.name[:-4] for p in folder.iterdir() if p.name.endswith(".sql"))
+
+
+#: Texts of the canned queries loaded so far: only these are cached on disk (bounded, and no
+#: ad-hoc ``logq sql`` statement is ever written to the cache).
+_CANNED_TEXTS: set[str] = set()
+
+
+@cache
+def load(name: str) -> CannedQuery:
+    """Read ``athena/queries/<name>.sql``."""
+    if not _IDENT.match(name):
+        raise QueryError(f"bad query name {name!r}")
+    path = resources.files("athena") / "queries" / f"{name}.sql"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise QueryError(
+            f"no canned query {name!r}; the queries are: {', '.join(query_names())}"
+        ) from None
+    _CANNED_TEXTS.add(text)
+    return CannedQuery(name=name, text=text)
+
+
+def find_placeholders(sql: str) -> list[tuple[int, int, str]]:
+    """``(start, end_exclusive, name)`` of every ``:name`` parameter, by sqlglot's tokenizer."""
+    from sqlglot.dialects.trino import Trino
+    from sqlglot.tokens import TokenType
+
+    tokens = Trino().tokenize(sql)
+    found = []
+    for prev, tok in itertools.pairwise(tokens):
+        if (
+            prev.token_type == TokenType.COLON
+            and tok.start == prev.end + 1
+            and _IDENT.match(tok.text)
+        ):
+            found.append((prev.start, tok.end + 1, tok.text))
+    return found
+
+
+def _flatten(sql: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Expand list parameters to ``:name__0, :name__1``; check every parameter has a value."""
+    out: list[str] = []
+    flat: dict[str, Any] = {}
+    pos = 0
+    for start, end, name in find_placeholders(sql):
+        if name not in params:
+            raise QueryError(f"the query needs a value for parameter :{name}")
+        value = params[name]
+        out.append(sql[pos:start])
+        if isinstance(value, list | tuple):
+            if not value:
+                raise QueryError(f"parameter :{name} is an empty list; SQL IN () cannot be empty")
+            names = [f"{name}__{i}" for i in range(len(value))]
+            out.append(", ".join(f":{n}" for n in names))
+            flat.update(zip(names, value, strict=True))
+        else:
+            out.append(f":{name}")
+            flat[name] = value
+        pos = end
+    out.append(sql[pos:])
+    return "".join(out), flat
+
+
+def to_athena(sql: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """SQL and parameters in pyathena's ``pyformat`` style: ``%(name)s``, literal ``%`` doubled."""
+    flat_sql, flat = _flatten(sql, params)
+    out: list[str] = []
+    pos = 0
+    for start, end, name in find_placeholders(flat_sql):
+        out.append(flat_sql[pos:start].replace("%", "%%"))
+        out.append(f"%({name})s")
+        pos = end
+    out.append(flat_sql[pos:].replace("%", "%%"))
+    return "".join(out), flat
+
+
+def athena_literal_sql(sql: str, params: dict[str, Any]) -> str:
+    """The statement exactly as Athena will receive it (pyathena's own quoting): for --dry-run."""
+    from pyathena.formatter import DefaultParameterFormatter
+
+    text, flat = to_athena(sql, params)
+    return DefaultParameterFormatter().format(text, flat) if flat else sql
+
+
+#: The warehouse tables, as the local engine names its views.
+LOCAL_TABLES = ("envoy_access", "container_logs")
+
+
+def _for_duckdb(node: Any) -> Any:
+    """Adapt an Athena tree to the local engine.
+
+    * ``approx_percentile`` becomes ``quantile_disc``: DuckDB's ``approx_quantile`` is a t-digest,
+      and locally the exact answer costs nothing.
+    * ``logs.envoy_access`` (database-qualified, as written for Athena) reads the local view.
+    """
+    from sqlglot import exp
+
+    if isinstance(node, exp.Table) and node.name.lower() in LOCAL_TABLES and node.args.get("db"):
+        node = node.copy()
+        node.set("db", None)
+        node.set("catalog", None)
+        return node
+    if isinstance(node, exp.ApproxQuantile):
+        return exp.Anonymous(
+            this="quantile_disc", expressions=[node.this.copy(), node.args["quantile"].copy()]
+        )
+    return node
+
+
+def to_duckdb(sql: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """DuckDB SQL (transpiled by sqlglot) with ``$name`` parameters, and the values to bind.
+
+    Transpilations of canned queries are cached on disk (:mod:`athena.sqlcache`); a hit needs no
+    sqlglot at all. Ad-hoc statements are always transpiled afresh.
+    """
+    from athena import sqlcache
+
+    if sql not in _CANNED_TEXTS:
+        return _transpile(sql, params)
+
+    shape = json.dumps(
+        sorted((k, len(v)) for k, v in params.items() if isinstance(v, list | tuple))
+    )
+    cache_key = sqlcache.key(sql, shape)
+    cached = sqlcache.get(cache_key)
+    if cached is not None and isinstance(cached.get("sql"), str):
+        flat = _flat_values(params)
+        used = cached.get("used", [])
+        if all(name in flat for name in used):
+            return cached["sql"], {name: flat[name] for name in used}
+    duck_sql, bound = _transpile(sql, params)
+    sqlcache.put(cache_key, {"sql": duck_sql, "used": sorted(bound)})
+    return duck_sql, bound
+
+
+def _flat_values(params: dict[str, Any]) -> dict[str, Any]:
+    """Parameter values as :func:`_flatten` names them (lists become ``name__0``, ...)."""
+    flat: dict[str, Any] = {}
+    for name, value in params.items():
+        if isinstance(value, list | tuple):
+            flat.update({f"{name}__{i}": v for i, v in enumerate(value)})
+        else:
+            flat[name] = value
+    return flat
+
+
+def _transpile(sql: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Expand, parse as Trino, adapt for DuckDB (:func:`_for_duckdb`) and generate."""
+    import sqlglot
+    from sqlglot.errors import ParseError
+
+    flat_sql, flat = _flatten(sql, params)
+    try:
+        statements = sqlglot.parse(flat_sql, read="trino")
+    except ParseError as exc:
+        raise QueryError(f"cannot parse the SQL as Athena (Trino) SQL: {exc}") from exc
+    statements = [s for s in statements if s is not None]
+    if len(statements) != 1:
+        raise QueryError(f"expected one SQL statement, got {len(statements)}")
+    tree = statements[0].transform(_for_duckdb)
+    used = {p.name for p in tree.find_all(sqlglot.exp.Placeholder)}
+    return tree.sql(dialect="duckdb", pretty=True), {k: v for k, v in flat.items() if k in used}
+
+
+def tables_of(sql: str) -> set[str]:
+    """Names of the tables a statement reads (CTE names excluded), lower-cased."""
+    import sqlglot
+    from sqlglot import exp
+    from sqlglot.errors import ParseError
+
+    try:
+        tree = sqlglot.parse_one(sql, read="trino")
+    except ParseError as exc:
+        raise QueryError(f"cannot parse the SQL as Athena (Trino) SQL: {exc}") from exc
+    ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
+    return {t.name.lower() for t in tree.find_all(exp.Table) if t.name.lower() not in ctes}

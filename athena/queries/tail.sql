@@ -1,0 +1,18 @@
+-- tail: the newest container_logs lines (application output, Envoy's own lines, unparsed access
+-- lines), newest first; the CLI prints them oldest first. --grep is a regular expression.
+-- Parameters: dt_from, dt_to, since, until, all_services, services, stream, grep, row_limit.
+SELECT
+  "timestamp",
+  service,
+  container_name,
+  stream,
+  message
+FROM container_logs
+WHERE dt BETWEEN :dt_from AND :dt_to
+  AND (:all_services OR service IN (:services))
+  AND "timestamp" >= CAST(:since AS timestamp)
+  AND "timestamp" < CAST(:until AS timestamp)
+  AND (:stream = '' OR stream = :stream)
+  AND (:grep = '' OR regexp_like(message, :grep))
+ORDER BY "timestamp" DESC
+LIMIT :row_limit

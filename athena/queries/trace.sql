@@ -1,0 +1,23 @@
+-- trace: every access-log line carrying one x-request-id, across services (the front proxy and
+-- each sidecar log the same id), in time order.
+-- Parameters: dt_from, dt_to, since, until, all_services, services, request_id, row_limit.
+SELECT
+  "timestamp",
+  service,
+  container_name,
+  method,
+  path,
+  response_code,
+  response_flags,
+  duration_ms,
+  upstream_service_time_ms,
+  upstream_host,
+  authority
+FROM envoy_access
+WHERE dt BETWEEN :dt_from AND :dt_to
+  AND (:all_services OR service IN (:services))
+  AND "timestamp" >= CAST(:since AS timestamp)
+  AND "timestamp" < CAST(:until AS timestamp)
+  AND request_id = :request_id
+ORDER BY "timestamp", service
+LIMIT :row_limit

@@ -1,0 +1,146 @@
+"""Time ranges for queries: ``--since``/``--until`` values and the ``dt`` partitions they cover.
+
+Engineers type relative times in an incident (``15m``, ``1h``, ``2d``, ``1w``) and paste ISO-8601
+times from dashboards; both become one half-open UTC range ``[since, until)``. The range also names
+the hourly ``dt`` partitions a query may touch, which is what makes Athena (and the local engine)
+read only the folders in range.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+#: Same format as ``athena.schema.DT_FORMAT`` (kept here so the CLI can parse times without
+#: importing pyarrow; a test asserts they agree).
+DT_FORMAT = "%Y-%m-%d-%H"
+
+_RELATIVE = re.compile(
+    r"^\s*(\d+)\s*(s|secs?|seconds?|m|mins?|minutes?|h|hrs?|hours?|d|days?|w|wks?|weeks?)\s*$",
+    re.IGNORECASE,
+)
+#: Seconds per unit, keyed by the unit's first letter.
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_INTERVAL = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$", re.IGNORECASE)
+
+
+class TimeRangeError(ValueError):
+    """A ``--since``/``--until``/``--every`` value could not be understood; says what works."""
+
+
+def parse_duration(value: str) -> timedelta:
+    """``15m``/``1h``/``2d``/``1w`` (also ``30s``) as a timedelta."""
+    match = _RELATIVE.match(value or "")
+    if not match:
+        raise TimeRangeError(
+            f"{value!r} is not a duration; use a number and a unit: 30s, 15m, 1h, 2d, 1w"
+        )
+    amount, unit = int(match.group(1)), match.group(2).lower()
+    return timedelta(seconds=amount * _UNITS[unit[0]])
+
+
+def parse_interval(value: str) -> timedelta:
+    """A bucket width for ``--every`` (``30s``, ``1m``, ``5m``, ``1h``, ``1d``); must be > 0."""
+    match = _INTERVAL.match(value or "")
+    if not match or int(match.group(1)) <= 0:
+        raise TimeRangeError(f"--every {value!r} is not an interval; use e.g. 30s, 1m, 5m, 1h, 1d")
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def parse_time(value: str, now: datetime) -> datetime:
+    """A point in time: ``now``, a duration before ``now``, or ISO-8601 (naive means UTC)."""
+    text = (value or "").strip()
+    if not text:
+        raise TimeRangeError("empty time; use 15m, 1h, 2d, 1w, now or an ISO-8601 time")
+    if text.lower() == "now":
+        return now
+    if _RELATIVE.match(text):
+        return now - parse_duration(text)
+    try:
+        parsed = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        raise TimeRangeError(
+            f"{value!r} is not a time; use 15m, 1h, 2d, 1w (before now) or ISO-8601 such as "
+            "2024-05-01T13:00:00Z"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def dt_of(ts: datetime) -> str:
+    """The ``dt`` partition value (UTC hour) of an aware timestamp."""
+    return ts.astimezone(UTC).strftime(DT_FORMAT)
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """A half-open UTC range ``[since, until)``."""
+
+    since: datetime
+    """Inclusive start, aware UTC."""
+    until: datetime
+    """Exclusive end, aware UTC."""
+
+    @classmethod
+    def parse(
+        cls, since: str | None, until: str | None, now: datetime | None = None, default: str = "1h"
+    ) -> TimeRange:
+        """Build the range from CLI values; ``since`` defaults to ``default`` before now."""
+        now = (now or datetime.now(UTC)).astimezone(UTC)
+        end = parse_time(until, now) if until else now
+        start = parse_time(since or default, now)
+        if start >= end:
+            raise TimeRangeError(
+                f"--since ({start:%Y-%m-%dT%H:%M:%SZ}) must be before --until "
+                f"({end:%Y-%m-%dT%H:%M:%SZ})"
+            )
+        return cls(start, end)
+
+    @property
+    def dt_from(self) -> str:
+        """First ``dt`` partition in range."""
+        return dt_of(self.since)
+
+    @property
+    def dt_to(self) -> str:
+        """Last ``dt`` partition in range (the hour holding the last included millisecond)."""
+        return dt_of(self.until - timedelta(milliseconds=1))
+
+    def hours(self) -> list[str]:
+        """Every ``dt`` value in range, oldest first."""
+        start = self.since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        last = (self.until - timedelta(milliseconds=1)).astimezone(UTC)
+        out = []
+        while start <= last:
+            out.append(start.strftime(DT_FORMAT))
+            start += timedelta(hours=1)
+        return out
+
+    def contains_dt(self, dt: str) -> bool:
+        """Whether partition ``dt`` may hold rows of this range (string order is time order)."""
+        return self.dt_from <= dt <= self.dt_to
+
+    def sql_params(self) -> dict[str, str]:
+        """The time parameters every canned query takes (SQL timestamp text, UTC)."""
+        return {
+            "dt_from": self.dt_from,
+            "dt_to": self.dt_to,
+            "since": sql_timestamp(self.since),
+            "until": sql_timestamp(self.until),
+        }
+
+
+def sql_timestamp(ts: datetime) -> str:
+    """``YYYY-MM-DD HH:MM:SS.mmm`` in UTC: what ``CAST(x AS timestamp)`` reads in both engines."""
+    ts = ts.astimezone(UTC)
+    return ts.strftime("%Y-%m-%d %H:%M:%S.") + f"{ts.microsecond // 1000:03d}"
+
+
+def iso_utc(ts: datetime) -> str:
+    """ISO-8601 UTC with milliseconds and ``Z`` (how timestamps print in json/csv)."""
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    ts = ts.astimezone(UTC)
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"

@@ -1,0 +1,384 @@
+"""Ingest benchmark: PackedForward frames of Envoy access lines -> logq-aggregator -> Parquet.
+
+Starts a real ``logq-aggregator`` on 127.0.0.1 (a free port, temp buffer and warehouse), sends
+pre-encoded PackedForward chunks of realistic Envoy lines over loopback (several chunks in flight
+per connection, each waiting for its ack), then stops the aggregator with SIGTERM, which flushes
+everything. Prints:
+
+* lines/s to acknowledged (durable in the buffer) and to committed Parquet (SIGTERM included);
+* the aggregator's peak RSS;
+* Parquet bytes vs. the bytes the same lines take in Docker json-file logs (target <= 1/12).
+
+Usage: ``python bench/ingest.py [--lines N] [--chunk N] [--connections N] [--warehouse URI]``
+(a ``s3://`` warehouse uses the standard AWS settings, e.g. a local SeaweedFS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from shipper import wire
+
+SERVICES = ["recipe", "checkout", "search", "billing", "auth", "catalog", "cart", "profile"]
+PATHS = [
+    "/api/v1/recipes",
+    "/api/v1/recipes/{id}",
+    "/api/v1/search?q={q}&page={p}",
+    "/api/v2/cart/{id}/items",
+    "/healthz",
+    "/api/v1/users/{id}/profile",
+    "/static/app.{h}.js",
+]
+AGENTS = [
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)",
+    "okhttp/4.12.0",
+    "Go-http-client/1.1",
+    "python-requests/2.32.3",
+    "Envoy/HC",
+]
+FLAGS = ["UF,URX", "UT", "UH", "UC", "DC", "NR"]
+
+
+def make_lines(n: int, seed: int = 7) -> list[tuple[int, str, str]]:
+    """``(time_ns, service, line)`` for ``n`` Envoy access lines spread over ~20 minutes."""
+    rng = random.Random(seed)
+    base = int(time.time()) - 1200
+    out = []
+    for i in range(n):
+        t = base + i * 1200 / n
+        svc = SERVICES[i % len(SERVICES)]
+        path = (
+            rng.choice(PATHS)
+            .replace("{id}", str(rng.randint(1, 5000)))
+            .replace("{q}", rng.choice(["pasta", "soup", "vegan+curry", "cake"]))
+            .replace("{p}", str(rng.randint(1, 9)))
+            .replace("{h}", "3f9a1c")
+        )
+        code, flags = 200, "-"
+        r = rng.random()
+        if r < 0.03:
+            code, flags = rng.choice([502, 503, 504]), rng.choice(FLAGS)
+        elif r < 0.08:
+            code = rng.choice([404, 401, 429])
+        dur = int(rng.expovariate(1 / 25)) + 1
+        ust = "-" if flags != "-" else str(max(0, dur - rng.randint(0, 3)))
+        when = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        line = (
+            f'[{when}] "{rng.choice(["GET", "GET", "GET", "POST", "PUT"])} {path} HTTP/1.1" '
+            f"{code} {flags} {rng.choice([0, 0, 0, rng.randint(10, 4000)])} "
+            f"{rng.randint(100, 40000)} {dur} {ust} "
+            f'"{rng.choice(["-", "-", f"10.1.{rng.randint(0, 255)}.{rng.randint(1, 254)}"])}" '
+            f'"{rng.choice(AGENTS)}" "{uuid.UUID(int=rng.getrandbits(128), version=4)}" '
+            f'"{svc}.internal:8080" "10.0.{i % 16}.{rng.randint(2, 30)}:8080"'
+        )
+        out.append((int(t * 1e9), svc, line))
+    return out
+
+
+def docker_json_bytes(lines: list[tuple[int, str, str]]) -> int:
+    """Bytes of the same lines in Docker's json-file format (one JSON object per line)."""
+    total = 0
+    for t, _, line in lines:
+        stamp = datetime.fromtimestamp(t / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z"
+        total += len(json.dumps({"log": line + "\n", "stream": "stdout", "time": stamp})) + 1
+    return total
+
+
+def encode_chunks(lines: list[tuple[int, str, str]], per_chunk: int) -> list[tuple[str, bytes]]:
+    by_service: dict[str, list] = {}
+    for i, (t, svc, line) in enumerate(lines):
+        rec = {
+            wire.KEY_LOG: line,
+            wire.KEY_STREAM: "stdout",
+            wire.KEY_SERVICE: svc,
+            wire.KEY_HOST: "ip-10-0-1-17",
+            wire.KEY_CONTAINER_ID: (svc * 8)[:12] + "a" * 52,
+            wire.KEY_CONTAINER_NAME: f"ecs-{svc}-12-envoy-d2f1",
+            wire.KEY_IMAGE: "envoyproxy/envoy:v1.31.2",
+            wire.KEY_SOURCE_ID: f"src-{svc}",
+            wire.KEY_OFFSET: (i + 1) * 300,
+        }
+        by_service.setdefault(svc, []).append((t, rec))
+    chunks = []
+    for svc, entries in by_service.items():
+        for start in range(0, len(entries), per_chunk):
+            cid = wire.new_chunk_id()
+            part = entries[start : start + per_chunk]
+            chunks.append((cid, wire.encode_packed_forward(f"logq.{svc}", part, chunk=cid)))
+    return chunks
+
+
+def send(port: int, chunks: list[tuple[str, bytes]], window: int, errors: list[str]) -> None:
+    """Send chunks with up to ``window`` unacknowledged, checking every ack."""
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            unpacker = wire.new_unpacker()
+            pending: list[str] = []
+            i = 0
+            while i < len(chunks) or pending:
+                while i < len(chunks) and len(pending) < window:
+                    cid, frame = chunks[i]
+                    sock.sendall(frame)
+                    pending.append(cid)
+                    i += 1
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError("aggregator closed the connection")
+                unpacker.feed(data)
+                for obj in unpacker:
+                    ack = wire.decode_ack(obj)
+                    if ack != pending[0]:
+                        raise RuntimeError(f"ack {ack!r} out of order, expected {pending[0]!r}")
+                    pending.pop(0)
+    except Exception as exc:
+        errors.append(repr(exc))
+
+
+def watch_hwm(proc: subprocess.Popen, peak: dict[str, int]) -> None:
+    """Track the aggregator's peak RSS (VmHWM, reset by exec, so the bench's own memory that a
+    forked child briefly shares is not counted) until it exits."""
+    status = Path(f"/proc/{proc.pid}/status")
+    while proc.poll() is None:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak["kib"] = max(peak["kib"], int(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+
+
+def parquet_stats(warehouse: str) -> tuple[int, int]:
+    """(bytes, files) of the visible Parquet objects of a local or S3 warehouse."""
+    from athena.warehouse import open_warehouse
+
+    wh = open_warehouse(warehouse)
+    infos = wh.fs.get_file_info(pafs.FileSelector(wh.base, recursive=True, allow_not_found=True))
+    files = [
+        i
+        for i in infos
+        if i.base_name.endswith(".parquet") and not i.base_name.startswith((".", "_"))
+    ]
+    return sum(i.size or 0 for i in files), len(files)
+
+
+def freshness(port: int, warehouse: str, timeout: float = 120.0) -> float:
+    """Seconds from the ack of one line to the moment a reader can see it in the warehouse."""
+    from athena.warehouse import open_warehouse
+
+    marker = f"freshness-probe-{uuid.uuid4()}"
+    rec = {wire.KEY_LOG: marker, wire.KEY_STREAM: "stdout", wire.KEY_SERVICE: "probe"}
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(wire.encode_packed_forward("logq.probe", [(time.time_ns(), rec)], "probe"))
+        unpacker = wire.new_unpacker()
+        while True:
+            unpacker.feed(sock.recv(4096))
+            if any(wire.decode_ack(o) == "probe" for o in unpacker):
+                break
+    acked = time.perf_counter()
+    wh = open_warehouse(warehouse)
+    root = wh.path("container_logs", "service=probe")
+    while time.perf_counter() - acked < timeout:
+        infos = wh.fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+        for info in infos:
+            if info.base_name.endswith(".parquet") and not info.base_name.startswith((".", "_")):
+                table = pq.read_table(info.path, filesystem=wh.fs, columns=["message"])
+                if marker in table["message"].to_pylist():
+                    return time.perf_counter() - acked
+        time.sleep(0.05)
+    return float("nan")
+
+
+def start_s3() -> tuple[object, str, dict[str, str]]:
+    """A throw-away SeaweedFS (the test suite's helper) and a warehouse URI in a new bucket."""
+    from tests.support.seaweedfs import start_seaweedfs
+
+    server = start_seaweedfs()
+    bucket = server.create_bucket()
+    env = server.env()
+    os.environ.update(env)
+    return server, f"s3://{bucket}/wh", env
+
+
+def stages(lines: int, chunk: int) -> None:
+    """The aggregator's per-line cost on ONE core, stage by stage, in this process (no I/O
+    waits, no other threads): what "lines/s on one core" means for the whole pipeline."""
+    from aggregator.batch import records_table, route
+    from aggregator.decode import decode, to_ipc, tune_gc
+    from aggregator.dedup import OffsetState
+    from aggregator.flusher import _plain
+    from aggregator.writer import write_partitions
+    from athena.warehouse import open_warehouse
+
+    tune_gc()
+    chunks = encode_chunks(make_lines(lines), chunk)
+    unpacker = wire.new_unpacker()
+    objs = []
+    for _, frame in chunks:
+        unpacker.feed(frame)
+        objs += list(unpacker)
+    tmp = tempfile.mkdtemp(prefix="logq-stages-")
+    wh = open_warehouse(tmp, create=True)
+    offsets = OffsetState(Path(tmp) / "offsets.json")
+    total = 0.0
+    print(f"one core, {lines:,} lines, best of 3 (µs/line):")
+
+    def timed(name: str, fn):
+        nonlocal total
+        best, out = float("inf"), None
+        for _ in range(3):
+            t = time.perf_counter()
+            out = fn()
+            best = min(best, time.perf_counter() - t)
+        total += best
+        print(f"  {name:34s} {best / lines * 1e6:6.2f}")
+        return out
+
+    batches = timed("decode (msgpack -> Arrow)", lambda: [decode(o, 1 << 30)[0] for o in objs])
+    payloads = timed("buffer frame (Arrow IPC, lz4)", lambda: [to_ipc(b) for b in batches])
+    records = timed("read segment", lambda: records_table(payloads))
+    timed(
+        "dedup (source offsets)",
+        lambda: offsets.keep_mask(_plain(records["source_id"]), _plain(records["offset"])),
+    )
+    routed = timed("route + Envoy parse", lambda: route(records))
+
+    def write() -> None:
+        for name, table in routed.tables.items():
+            write_partitions(wh, name, table, "stage.parquet")
+
+    timed("Parquet write (zstd, local)", write)
+    print(
+        f"  {'total':34s} {total / lines * 1e6:6.2f}  -> {lines / total:,.0f} lines/s on one core"
+    )
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--lines", type=int, default=1_000_000)
+    ap.add_argument("--chunk", type=int, default=5000, help="lines per PackedForward chunk")
+    ap.add_argument("--connections", type=int, default=2)
+    ap.add_argument("--window", type=int, default=4, help="chunks in flight per connection")
+    ap.add_argument("--flush-interval", type=float, default=5.0)
+    ap.add_argument("--warehouse", help="default: a temp dir (local disk)")
+    ap.add_argument("--s3", action="store_true", help="start a local SeaweedFS and write to it")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir")
+    ap.add_argument("--stages", action="store_true", help="only the one-core per-stage costs")
+    args = ap.parse_args()
+    if args.stages:
+        stages(args.lines, args.chunk)
+        return 0
+
+    tmp = Path(tempfile.mkdtemp(prefix="logq-bench-"))
+    s3_server = None
+    env = dict(os.environ)
+    warehouse = args.warehouse or str(tmp / "warehouse")
+    if args.s3:
+        s3_server, warehouse, s3_env = start_s3()
+        env.update(s3_env)
+    try:
+        return run(args, tmp, warehouse, env)
+    finally:
+        if s3_server is not None:
+            s3_server.stop()  # type: ignore[attr-defined]
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]) -> int:
+    print(f"generating {args.lines:,} Envoy lines ...", flush=True)
+    lines = make_lines(args.lines)
+    raw = docker_json_bytes(lines)
+    chunks = encode_chunks(lines, args.chunk)
+    del lines
+    exe = Path(sys.executable).parent / "logq-aggregator"
+    log = tmp / "aggregator.log"
+    cmd = [
+        str(exe),
+        "--listen",
+        "127.0.0.1:0",
+        "--warehouse",
+        warehouse,
+        "--buffer-dir",
+        str(tmp / "buffer"),
+        "--flush-interval",
+        str(args.flush_interval),
+        "--log-level",
+        "warning",
+    ]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    port = 0
+    deadline = time.monotonic() + 30
+    while not port:
+        m = re.search(r"listening on \S+:(\d+)", log.read_text())
+        if m:
+            port = int(m.group(1))
+        elif proc.poll() is not None or time.monotonic() > deadline:
+            print(log.read_text(), file=sys.stderr)
+            proc.kill()
+            return 1
+        time.sleep(0.05)
+    peak = {"kib": 0}
+    watcher = threading.Thread(target=watch_hwm, args=(proc, peak), daemon=True)
+    watcher.start()
+    fresh = freshness(port, warehouse)
+
+    groups = [chunks[i :: args.connections] for i in range(args.connections)]
+    errors: list[str] = []
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=send, args=(port, g, args.window, errors)) for g in groups]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    t_ack = time.perf_counter() - t0
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=600)
+    t_done = time.perf_counter() - t0
+    watcher.join(timeout=5)
+    if errors or rc != 0:
+        print(f"FAILED: rc={rc} errors={errors}\n{log.read_text()[-3000:]}", file=sys.stderr)
+        return 1
+    pq_bytes, n_files = parquet_stats(warehouse)
+    n = args.lines
+    where = "S3 (SeaweedFS)" if warehouse.startswith("s3://") else "local disk"
+    print(f"warehouse                  {where}")
+    print(f"lines                      {n:,}")
+    print(f"acknowledged (durable)     {n / t_ack:,.0f} lines/s  ({t_ack:.2f} s)")
+    print(f"committed to Parquet       {n / t_done:,.0f} lines/s  ({t_done:.2f} s, SIGTERM incl.)")
+    print(f"aggregator peak RSS        {peak['kib'] / 1024:,.0f} MiB")
+    print(f"Docker json-file bytes     {raw:,}")
+    print(f"Parquet bytes              {pq_bytes:,} in {n_files} files")
+    print(f"ratio                      1/{raw / max(pq_bytes, 1):.1f}  (target <= 1/12)")
+    print(f"freshness                  {fresh:.2f} s from ack to readable ")
+    print(f"                           (flush interval {args.flush_interval:g} s; target <= +2 s)")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

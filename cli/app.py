@@ -1,0 +1,88 @@
+"""``logq``: canned Envoy access-log queries for engineers in an incident.
+
+The same command runs on Amazon Athena (``--engine athena``) and locally with DuckDB over the
+warehouse files (``--engine local``, the default). Heavy libraries (pyarrow, duckdb, sqlglot,
+pandas, boto3) are imported inside the commands, so ``logq --help`` stays fast.
+
+This module is the table of contents: every command, with the example its ``--help`` shows.
+"""
+
+from typing import Annotated
+
+import typer
+
+from cli.commands import access, logs, tables
+
+app = typer.Typer(
+    name="logq",
+    help=(
+        "Query container and Envoy access logs in the warehouse (Athena or local DuckDB).\n\n"
+        "Example: logq errors --service recipe --since 1h"
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"logq {version('logq')}")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            typer.echo("logq (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Query container and Envoy access logs in the warehouse (Athena or local DuckDB).
+
+    Example: logq errors --service recipe --since 1h
+    """
+
+
+COMMANDS = [
+    (access.errors, "logq errors --service recipe --since 1h --status 5xx"),
+    (
+        tables.sql,
+        'logq sql "SELECT service, count(*) AS n FROM envoy_access WHERE dt >= '
+        "'2024-05-01-00' GROUP BY 1\" --format json",
+    ),
+    (access.latency, "logq latency --service recipe --since 30m --by upstream"),
+    (access.flags, "logq flags --service recipe --since 1h"),
+    (access.upstreams, "logq upstreams --service recipe --since 15m"),
+    (access.top, "logq top --by client --service recipe --since 1h --limit 20"),
+    (access.timeline, "logq timeline --service recipe --since 3h --every 5m"),
+    (access.trace, "logq trace 9f1c6a2e-77b1-4c1e-9a7f-1d2b3c4d5e6f --since 1d"),
+    (logs.tail, "logq tail --service recipe --stream stderr --grep 'ERROR|panic' -F"),
+    (tables.ddl, "logq ddl --warehouse s3://logs-bucket/warehouse > tables.sql"),
+    (tables.services, "logq services --format json"),
+]
+for command, example in COMMANDS:
+    app.command(epilog=f"Example: {example}")(command)
+
+
+@app.command(epilog="Example: logq demo")
+def demo() -> None:
+    """Make a realistic host of containers, ship its logs through a real aggregator, query them."""
+    from cli.demo import run_demo
+
+    raise typer.Exit(run_demo())
+
+
+def main() -> None:
+    """Console-script entry point (``logq``)."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

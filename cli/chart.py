@@ -1,0 +1,86 @@
+"""The terminal chart of ``logq timeline``: one bar per interval, errors in red inside it.
+
+A bar chart per row reads well in any terminal width and in scrollback, which matters more in an
+incident than a pretty plot: the spike is the long red bar, with its time and counts beside it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+BLOCKS = " ▏▎▍▌▋▊▉█"
+
+
+def fill_intervals(
+    rows: Sequence[Sequence[Any]], since: datetime, until: datetime, step: int
+) -> list[tuple[Any, ...]]:
+    """Every ``step``-second interval of ``[since, until)`` in order, zeros where ``rows`` has none.
+
+    ``rows`` are ``(interval start, count, count, ...)`` as the timeline query returns them
+    (aware from DuckDB, naive UTC from Athena). No rows at all stays no rows, so an empty range
+    still gets its "why" note instead of a chart of zeros.
+    """
+    if not rows:
+        return []
+
+    def key(ts: datetime) -> int:
+        aware = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+        return int(aware.timestamp()) // step * step
+
+    width = len(rows[0]) - 1
+    got = {key(r[0]): tuple(int(v or 0) for v in r[1:]) for r in rows}
+    out: list[tuple[Any, ...]] = []
+    t = key(since)
+    while t < until.timestamp():
+        out.append((datetime.fromtimestamp(t, UTC), *got.get(t, (0,) * width)))
+        t += step
+    return out
+
+
+def bar(value: float, scale: float, width: int) -> str:
+    """A bar of ``value`` where ``scale`` fills ``width`` cells, with eighth-cell precision."""
+    if scale <= 0 or value <= 0:
+        return ""
+    eighths = round(value / scale * width * 8)
+    full, rest = divmod(max(eighths, 1), 8)
+    return "█" * full + (BLOCKS[rest] if rest else "")
+
+
+def render_timeline(
+    rows: Sequence[tuple[datetime, int, int, int]],
+    every_label: str,
+    out: TextIO | None = None,
+    width: int | None = None,
+) -> None:
+    """Print ``(bucket, requests, errors_4xx, errors_5xx)`` rows as a bar chart."""
+    from rich.console import Console
+    from rich.text import Text
+
+    out = out or sys.stdout
+    console = Console(file=out, width=width, highlight=False)
+    bar_width = max(10, min(60, console.width - 44))
+    peak = max((r[1] for r in rows), default=0)
+    day_changes = len({r[0].date() for r in rows}) > 1
+    total = sum(r[1] for r in rows)
+    errors = sum(r[3] for r in rows)
+    console.print(
+        Text(
+            f"requests per {every_label}: {total:,} total, {errors:,} 5xx "
+            f"(red), 4xx in yellow; █ = {peak / bar_width:,.1f} requests",
+            style="bold",
+        )
+    )
+    for bucket, requests, e4, e5 in rows:
+        label = bucket.strftime("%m-%d %H:%M" if day_changes else "%H:%M")
+        if bucket.second:
+            label += bucket.strftime(":%S")
+        ok = requests - e4 - e5
+        line = Text(f"{label:>11} {requests:>8,} {e5:>6,} ")
+        line.append(bar(ok, peak, bar_width), style="green")
+        line.append(bar(e4, peak, bar_width), style="yellow")
+        line.append(bar(e5, peak, bar_width), style="bold red")
+        console.print(line, overflow="crop", no_wrap=True)
+    console.print(Text(f"{'':>11} {'requests':>8} {'5xx':>6}", style="dim"))

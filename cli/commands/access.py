@@ -1,0 +1,188 @@
+"""Commands over ``envoy_access``: errors, latency, flags, upstreams, top, timeline, trace."""
+
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from cli.errors import friendly
+from cli.options import Common, query_command
+
+
+def parse_status(value: str) -> tuple[int, int]:
+    """``--status``: ``5xx``, ``4xx`` (any ``Nxx``), a code such as ``503``, or ``4xx-5xx``."""
+    text = value.strip().lower()
+    if "-" in text:
+        lo, hi = text.split("-", 1)
+        return parse_status(lo)[0], parse_status(hi)[1]
+    if len(text) == 3 and text[0] in "12345" and text[1:] == "xx":
+        base = int(text[0]) * 100
+        return base, base + 99
+    if text.isdigit() and (int(text) == 0 or 100 <= int(text) <= 599):
+        return int(text), int(text)
+    raise ValueError(
+        f"--status {value!r}: use 5xx, 4xx, a code such as 503 or 0, or a range 4xx-5xx"
+    )
+
+
+@query_command
+def errors(
+    common: Common,
+    status: Annotated[
+        str, typer.Option(help="Status class or code: 5xx, 4xx, 503, 0 (client went away).")
+    ] = "5xx",
+) -> None:
+    """Error responses by path, status code and Envoy response flags, most frequent first."""
+    from cli import runner
+
+    with friendly():
+        lo, hi = parse_status(status)
+        prep = runner.prepare(
+            common, "errors", "envoy_access", {"status_min": lo, "status_max": hi}
+        )
+        result = runner.execute(common, prep)
+        if result is not None:
+            runner.show(common, result, prep, title=f"{status} responses")
+
+
+class LatencyBy(StrEnum):
+    """Values of ``latency --by``."""
+
+    path = "path"
+    upstream = "upstream"
+    method = "method"
+
+
+class TopBy(StrEnum):
+    """Values of ``top --by``."""
+
+    path = "path"
+    user_agent = "user_agent"
+    client = "client"
+
+
+def _rename(columns: list[str], old: str, new: str) -> list[str]:
+    return [new if c == old else c for c in columns]
+
+
+@query_command
+def latency(
+    common: Common,
+    by: Annotated[LatencyBy, typer.Option(help="Group by path, upstream host or method.")] = (
+        LatencyBy.path
+    ),
+) -> None:
+    """p50/p90/p99/max request duration and count, slowest p99 first."""
+    from cli import runner
+
+    with friendly():
+        prep = runner.prepare(common, "latency", "envoy_access", {"group_by": by.value})
+        result = runner.execute(common, prep)
+        if result is not None:
+            name = {"path": "path", "upstream": "upstream_host", "method": "method"}[by.value]
+            runner.show(
+                common, result, prep, f"latency by {by.value}", _rename(result.columns, "key", name)
+            )
+
+
+@query_command
+def flags(common: Common) -> None:
+    """Envoy response flags (UH, UF, URX, UT, NR, DC, ...) counted and explained in words."""
+    from athena.flags import check_next, explain
+    from cli import runner
+
+    with friendly():
+        prep = runner.prepare(common, "flags", "envoy_access")
+        result = runner.execute(common, prep)
+        if result is None:
+            return
+        columns = [*result.columns, "meaning", "check"]
+        rows = [(*r, explain(str(r[0])), check_next(str(r[0]))) for r in result.rows]
+        runner.show(common, result, prep, "response flags", columns, rows)
+
+
+@query_command
+def upstreams(common: Common) -> None:
+    """Per upstream host: requests, 5xx count and rate, p99 — find the one bad instance."""
+    from cli import runner
+
+    with friendly():
+        prep = runner.prepare(common, "upstreams", "envoy_access")
+        result = runner.execute(common, prep)
+        if result is not None:
+            runner.show(common, result, prep, "upstream hosts")
+
+
+@query_command
+def top(
+    common: Common,
+    by: Annotated[
+        TopBy, typer.Option(help="path, user_agent or client (first X-Forwarded-For address).")
+    ] = TopBy.path,
+) -> None:
+    """The most frequent paths, user agents or client addresses, with their 5xx counts."""
+    from cli import runner
+
+    with friendly():
+        prep = runner.prepare(common, "top", "envoy_access", {"top_by": by.value}, default_limit=20)
+        result = runner.execute(common, prep)
+        if result is not None:
+            runner.show(
+                common, result, prep, f"top {by.value}", _rename(result.columns, "key", by.value)
+            )
+
+
+@query_command
+def timeline(
+    common: Common,
+    every: Annotated[str, typer.Option(help="Interval: 30s, 1m, 5m, 1h, 1d.")] = "1m",
+) -> None:
+    """Requests and errors per interval: a chart in the terminal, rows in json/csv."""
+    from cli import runner
+    from cli.output import OutputFormat
+
+    with friendly():
+        from athena.timerange import parse_interval
+
+        step = int(parse_interval(every).total_seconds())
+        prep = runner.prepare(common, "timeline", "envoy_access", {"every_seconds": step})
+        buckets = (prep.trange.until - prep.trange.since).total_seconds() / step
+        if buckets > 5000:
+            raise ValueError(
+                f"--every {every} over this range makes {buckets:,.0f} intervals (max 5,000); "
+                "use a larger --every or a shorter range"
+            )
+        result = runner.execute(common, prep)
+        if result is None:
+            return
+        from cli.chart import fill_intervals, render_timeline
+
+        rows = fill_intervals(result.rows, prep.trange.since, prep.trange.until, step)
+        if common.fmt is OutputFormat.table and rows:
+            render_timeline(rows, every)
+            return
+        runner.show(common, result, prep, "timeline", rows=rows)
+
+
+@query_command
+def trace(
+    common: Common,
+    request_id: Annotated[str, typer.Argument(help="The x-request-id to follow.")],
+) -> None:
+    """Every hop of one request across services (same x-request-id), in time order."""
+    from cli import runner
+
+    with friendly():
+        if not request_id.strip() or len(request_id) > 256:
+            raise ValueError("REQUEST_ID must be 1-256 characters (the x-request-id header)")
+        prep = runner.prepare(
+            common,
+            "trace",
+            "envoy_access",
+            {"request_id": request_id},
+            default_since="1d",
+            default_limit=500,
+        )
+        result = runner.execute(common, prep)
+        if result is not None:
+            runner.show(common, result, prep, f"request {request_id}")

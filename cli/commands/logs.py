@@ -1,0 +1,112 @@
+"""``logq tail``: recent container output lines, optionally followed as they arrive."""
+
+import sys
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from cli.errors import friendly
+from cli.options import Common, query_command
+
+
+class Stream(StrEnum):
+    """Values of ``tail --stream``."""
+
+    stdout = "stdout"
+    stderr = "stderr"
+
+
+@query_command
+def tail(
+    common: Common,
+    grep: Annotated[
+        str | None, typer.Option(help="Only lines matching this regular expression.")
+    ] = None,
+    stream: Annotated[Stream | None, typer.Option(help="Only stdout or stderr.")] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", "-F", help="Keep printing new lines as they arrive (Ctrl-C stops)."
+        ),
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.2, help="Seconds between polls with --follow.")
+    ] = 2.0,
+) -> None:
+    """Recent container output lines (app stdout/stderr, Envoy's own lines), oldest first."""
+    from cli import runner
+
+    with friendly():
+        if grep is not None:
+            _check_regex(grep)
+        extra = {"grep": grep or "", "stream": stream.value if stream else ""}
+        prep = runner.prepare(
+            common, "tail", "container_logs", extra, default_since="15m", default_limit=100
+        )
+        result = runner.execute(common, prep)
+        if result is None:
+            return
+        rows = list(reversed(result.rows))
+        if not follow:
+            _print_log_lines(common, result, prep, rows)
+            return
+        from cli.follow import ATHENA_MIN_INTERVAL, follow_lines
+        from cli.options import EngineName
+
+        if common.engine is EngineName.athena and interval < ATHENA_MIN_INTERVAL:
+            runner.note(
+                f"logq: note: every --follow poll is an Athena query (billed, 10 MB minimum); "
+                f"polling every {ATHENA_MIN_INTERVAL:.0f} s"
+            )
+            interval = ATHENA_MIN_INTERVAL
+        follow_lines(common, prep, rows, interval, _print_log_lines)
+
+
+def _check_regex(pattern: str) -> None:
+    import re
+
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"--grep {pattern!r} is not a regular expression: {exc}") from None
+
+
+def _print_log_lines(common: Common, result, prep, rows: list, stream: bool = False) -> None:
+    """Log lines as text for people (like `tail`), rows for json/csv/markdown."""
+    from cli import runner
+    from cli.output import OutputFormat
+
+    if common.fmt is OutputFormat.table:
+        if not rows and not stream:
+            runner.show(common, result, prep, rows=rows)
+            return
+        from athena.timerange import iso_utc
+
+        for ts, service, container, out_stream, message in rows:
+            marker = "!" if out_stream == "stderr" else " "
+            sys.stdout.write(f"{iso_utc(ts)} {service} {container}{marker}| {message}\n")
+        sys.stdout.flush()
+        return
+    if stream and common.fmt is OutputFormat.csv:
+        from cli.output import to_csv
+
+        text = to_csv(result.columns, rows)
+        if getattr(result, "header_done", False):
+            text = text.split("\n", 1)[1]
+        result.header_done = True
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    if stream and common.fmt is OutputFormat.json:
+        import json
+
+        from cli.output import plain
+
+        for row in rows:
+            sys.stdout.write(
+                json.dumps(dict(zip(result.columns, map(plain, row), strict=True))) + "\n"
+            )
+        sys.stdout.flush()
+        return
+    runner.show(common, result, prep, rows=rows)

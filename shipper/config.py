@@ -1,0 +1,240 @@
+"""Settings of logq-shipper: command-line flags, an optional TOML file, and their defaults.
+
+Every flag is also a key of the ``--config`` TOML file (dashes or underscores both accepted, e.g.
+``max-line-bytes = 262144`` or ``aggregator = ["agg-1:24224", "agg-2:24224"]``). Flags given on
+the command line win over the file, the file wins over the defaults; this is what operators of
+Fluent Bit expect when they override one setting for a debugging run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from shipper.errors import ConfigError
+
+DEFAULT_PORT = 24224
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One aggregator address."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_endpoint(text: str, default_port: int = DEFAULT_PORT) -> Endpoint:
+    """``host:port``, ``host`` or ``[v6]:port`` into an :class:`Endpoint`."""
+    text = text.strip()
+    if not text:
+        raise ConfigError("empty aggregator address; expected HOST:PORT")
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.lstrip(":")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    try:
+        port = int(port_text) if port_text else default_port
+    except ValueError:
+        raise ConfigError(f"bad port in aggregator address {text!r}; expected HOST:PORT") from None
+    if not host or not 0 < port < 65536:
+        raise ConfigError(f"bad aggregator address {text!r}; expected HOST:PORT")
+    return Endpoint(host, port)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the daemon needs to know, validated."""
+
+    aggregators: tuple[Endpoint, ...] = (Endpoint("127.0.0.1", DEFAULT_PORT),)
+    docker_root: Path = Path("/var/lib/docker/containers")
+    cri_root: Path = Path("/var/log/pods")
+    paths: tuple[str, ...] = ()
+    state_dir: Path = Path("/var/lib/logq-shipper")
+    shared_key: str | None = None
+    once: bool = False
+    compress: bool = False
+    max_line_bytes: int = 256 * 1024
+    metrics_listen: Endpoint | None = None
+    tls: bool = False
+    tls_ca: Path | None = None
+    tls_verify: bool = True
+    hostname: str = field(default_factory=socket.gethostname)
+    batch_lines: int = 2048
+    batch_bytes: int = 512 * 1024
+    max_inflight_bytes: int = 8 * 1024 * 1024
+    ack_timeout: float = 30.0
+    retry_timeout: float = 30.0
+    """In ``--once`` mode: give up after this many seconds without any successful delivery."""
+    poll_interval: float = 0.25
+    """How often an idle file is checked for new data and rotation (seconds)."""
+    discover_interval: float = 1.0
+    """How often the roots are rescanned for new containers and files (seconds)."""
+    log_level: str = "info"
+
+
+_HELP = {
+    "aggregator": "aggregator HOST:PORT; repeat for failover and load spreading "
+    "(default: 127.0.0.1:24224)",
+    "docker_root": "Docker containers dir holding <id>/<id>-json.log and config.v2.json "
+    "(default: /var/lib/docker/containers)",
+    "cri_root": "kubelet pod log dir (<namespace>_<pod>_<uid>/<container>/<n>.log)",
+    "path": "plain-text log files by glob; repeatable",
+    "state_dir": "directory for the checkpoint registry (default: /var/lib/logq-shipper)",
+    "shared_key": "Forward shared key (HELO/PING/PONG handshake)",
+    "once": "ship what the files hold now, wait for every ack, exit",
+    "config": "TOML file; every flag is a key",
+    "compress": "compress batches (CompressedPackedForward)",
+    "max_line_bytes": "lines longer than this are truncated with a marker (default: 262144)",
+    "metrics_listen": "serve Prometheus metrics on HOST:PORT",
+    "tls": "connect to aggregators over TLS",
+    "tls_ca": "CA bundle to verify the aggregator's certificate (default: system CAs)",
+    "tls_no_verify": "do not verify the aggregator's certificate (testing only)",
+    "hostname": "host name put into records (default: this machine's)",
+    "batch_lines": "max lines per Forward message (default: 2048)",
+    "batch_bytes": "max bytes of log text per Forward message (default: 524288)",
+    "max_inflight_bytes": "stop reading files when this much is waiting for acks "
+    "(default: 8388608)",
+    "ack_timeout": "seconds to wait for an ack before resending (default: 30)",
+    "retry_timeout": "--once: give up after this many seconds of failed deliveries; on "
+    "SIGTERM: the longest wait for in-flight acks (default: 30)",
+    "poll_interval": "seconds between checks of an idle file (default: 0.25)",
+    "discover_interval": "seconds between scans for new containers and files (default: 1)",
+    "log_level": "debug, info, warning or error",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser; every default is None so that the TOML file can fill gaps."""
+    p = argparse.ArgumentParser(
+        prog="logq-shipper",
+        description="Tail container log files and forward them to logq-aggregator "
+        "(Fluentd Forward protocol).",
+    )
+    a = p.add_argument
+    a("--aggregator", action="append", metavar="HOST:PORT", help=_HELP["aggregator"])
+    a("--docker-root", metavar="DIR", help=_HELP["docker_root"])
+    a("--cri-root", metavar="DIR", help=_HELP["cri_root"])
+    a("--path", action="append", metavar="GLOB", help=_HELP["path"])
+    a("--state-dir", metavar="DIR", help=_HELP["state_dir"])
+    a("--shared-key", metavar="KEY", help=_HELP["shared_key"])
+    a("--once", action="store_true", default=None, help=_HELP["once"])
+    a("--config", metavar="FILE", help=_HELP["config"])
+    a("--compress", choices=["none", "gzip"], help=_HELP["compress"])
+    a("--max-line-bytes", type=int, metavar="N", help=_HELP["max_line_bytes"])
+    a("--metrics-listen", metavar="HOST:PORT", help=_HELP["metrics_listen"])
+    a("--tls", action="store_true", default=None, help=_HELP["tls"])
+    a("--tls-ca", metavar="FILE", help=_HELP["tls_ca"])
+    a("--tls-no-verify", action="store_true", default=None, help=_HELP["tls_no_verify"])
+    a("--hostname", help=_HELP["hostname"])
+    a("--batch-lines", type=int, metavar="N", help=_HELP["batch_lines"])
+    a("--batch-bytes", type=int, metavar="N", help=_HELP["batch_bytes"])
+    a("--max-inflight-bytes", type=int, metavar="N", help=_HELP["max_inflight_bytes"])
+    a("--ack-timeout", type=float, metavar="SECONDS", help=_HELP["ack_timeout"])
+    a("--retry-timeout", type=float, metavar="SECONDS", help=_HELP["retry_timeout"])
+    a("--poll-interval", type=float, metavar="SECONDS", help=_HELP["poll_interval"])
+    a("--discover-interval", type=float, metavar="SECONDS", help=_HELP["discover_interval"])
+    a("--log-level", choices=["debug", "info", "warning", "error"], help=_HELP["log_level"])
+    return p
+
+
+def _load_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    known = set(_HELP) - {"config"}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        norm = key.replace("-", "_")
+        if norm == "aggregators":
+            norm = "aggregator"
+        elif norm == "paths":
+            norm = "path"
+        if norm not in known:
+            raise ConfigError(
+                f"unknown key {key!r} in {path}; known keys: {', '.join(sorted(known))}"
+            )
+        if norm in ("aggregator", "path") and isinstance(value, str):
+            value = [value]
+        out[norm] = value
+    return out
+
+
+def _positive(name: str, value: Any, kind: type) -> Any:
+    try:
+        v = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if v <= 0:
+        raise ConfigError(f"{name} must be positive, got {value!r}")
+    return v
+
+
+def load_config(argv: list[str] | None = None) -> Config:
+    """Parse flags (and the ``--config`` file they name) into a validated :class:`Config`."""
+    args = vars(build_parser().parse_args(argv))
+    merged: dict[str, Any] = {}
+    if args.get("config"):
+        merged.update(_load_toml(args["config"]))
+    merged.update({k: v for k, v in args.items() if v is not None and k != "config"})
+    return _to_config(merged)
+
+
+def _to_config(m: dict[str, Any]) -> Config:
+    kw: dict[str, Any] = {}
+    if m.get("aggregator"):
+        kw["aggregators"] = tuple(parse_endpoint(str(a)) for a in m["aggregator"])
+    for key in ("docker_root", "cri_root", "state_dir"):
+        if m.get(key):
+            kw[key] = Path(m[key])
+    if m.get("path"):
+        kw["paths"] = tuple(str(p) for p in m["path"])
+    if m.get("shared_key"):
+        kw["shared_key"] = str(m["shared_key"])
+    kw["once"] = bool(m.get("once", False))
+    compress = m.get("compress", "none")
+    if compress not in ("none", "gzip", True, False):
+        raise ConfigError(f"compress must be 'none' or 'gzip', got {compress!r}")
+    kw["compress"] = compress in ("gzip", True)
+    if m.get("metrics_listen"):
+        kw["metrics_listen"] = parse_endpoint(str(m["metrics_listen"]), default_port=9110)
+    kw["tls"] = bool(m.get("tls", False))
+    if m.get("tls_ca"):
+        ca = Path(m["tls_ca"])
+        if not ca.is_file():
+            raise ConfigError(f"--tls-ca {ca} is not a readable file")
+        kw["tls_ca"] = ca
+    kw["tls_verify"] = not bool(m.get("tls_no_verify", False))
+    if m.get("hostname"):
+        kw["hostname"] = str(m["hostname"])
+    for key in ("max_line_bytes", "batch_lines", "batch_bytes", "max_inflight_bytes"):
+        if key in m:
+            kw[key] = _positive(key.replace("_", "-"), m[key], int)
+    for key in ("ack_timeout", "retry_timeout", "poll_interval", "discover_interval"):
+        if key in m:
+            kw[key] = _positive(key.replace("_", "-"), m[key], float)
+    if m.get("log_level"):
+        kw["log_level"] = str(m["log_level"])
+    cfg = Config(**kw)
+    if cfg.max_line_bytes < 1024:
+        raise ConfigError("max-line-bytes must be at least 1024")
+    return cfg
+
+
+def config_keys() -> list[str]:
+    """Names of the Config fields (documentation and tests)."""
+    return [f.name for f in fields(Config)]

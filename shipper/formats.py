@@ -1,0 +1,502 @@
+"""Line formats of container runtimes: Docker json-file, CRI (containerd / CRI-O) and plain text.
+
+A parser is fed *complete physical lines* (bytes, without the ``\\n``) together with the file
+offset of the first one, and returns the *logical* lines they complete as :class:`Lines`: each
+line already packed as the per-line part of its Forward entry (:mod:`shipper.entry`), plus the
+byte offset just past its last part (offsets strictly increase per file). Runtimes split long
+lines (Docker and CRI at 16 KiB): the parts are joined here, and the parser remembers an
+unfinished group across calls.
+
+Per-line Python work is the shipper's throughput limit, so Docker blocks are decoded with one
+``json.loads`` over the block joined into a JSON array, and a block of ordinary complete lines
+is then packed with list comprehensions and ``map`` (:meth:`DockerParser._feed_block`); any
+other block takes the general per-line path. Nothing is ever dropped: a line that is not valid
+JSON is shipped as raw text and counted; invalid UTF-8 is carried with U+FFFD replacement
+characters and counted; an over-long line is truncated with a visible marker and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from calendar import timegm
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import accumulate, repeat
+from operator import add, itemgetter
+
+from shipper import wire
+from shipper.entry import DEFAULT_SHARED_KEYS, EntryPacker
+
+TRUNCATION_MARKER = " [logq-shipper: truncated {dropped} bytes]"
+_K_LOG, _K_STREAM, _K_TIME, _K_OFFSET = (
+    wire.KEY_LOG,
+    wire.KEY_STREAM,
+    wire.KEY_TIME,
+    wire.KEY_OFFSET,
+)
+_EV = b"\x92\xd7\x00"  # fixarray(2) + fixext8 type 0: the start of an entry with EventTime
+_FRAC_SCALE = [10 ** (9 - n) for n in range(10)]
+_GET_LOG, _GET_STREAM, _GET_TIME = itemgetter("log"), itemgetter("stream"), itemgetter("time")
+_STREAM_NAMES = frozenset(("stdout", "stderr"))
+
+
+@dataclass(slots=True)
+class Lines:
+    """Logical lines in file order: each line's packed Forward entry and its end offset.
+
+    Only what shipping needs is kept (the texts themselves live in the packed entries);
+    :meth:`records` decodes them back, for tests and debugging.
+    """
+
+    packer: EntryPacker = field(default_factory=EntryPacker, repr=False)
+    offsets: list[int] = field(default_factory=list)
+    """Byte offset just past the line's last part in its file."""
+    packed: list[bytes] = field(default_factory=list, repr=False)
+    """Per-line msgpack part of the Forward entry (see :mod:`shipper.entry`)."""
+    nbytes: int = 0
+    """Size of the log texts (in characters, for speed)."""
+    truncated: int = 0
+    invalid_utf8: int = 0
+    malformed: int = 0
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def extend(self, other: Lines) -> None:
+        self.offsets += other.offsets
+        self.packed += other.packed
+        self.nbytes += other.nbytes
+        self.truncated += other.truncated
+        self.invalid_utf8 += other.invalid_utf8
+        self.malformed += other.malformed
+
+    def add(self, offset: int, t: str, t_ns: int, stream: str, log: str) -> None:
+        self.offsets.append(offset)
+        self.packed.append(self.packer.pack(t_ns, log, stream, t, offset))
+        self.nbytes += len(log)
+
+    def select(self, keep: list[int]) -> Lines:
+        """The lines at the indexes ``keep`` (counters kept)."""
+        out = Lines(
+            self.packer,
+            truncated=self.truncated,
+            invalid_utf8=self.invalid_utf8,
+            malformed=self.malformed,
+        )
+        for i in keep:
+            out.offsets.append(self.offsets[i])
+            out.packed.append(self.packed[i])
+            out.nbytes += len(self.packed[i])
+        return out
+
+    def records(self) -> list[tuple[int, dict[str, object]]]:
+        """(event time ns, per-line record keys) of every line, decoded from the entries."""
+        filler = b"".join(
+            wire.pack(f"_shared{i}") + b"\xc0" for i in range(self.packer.shared_keys)
+        )
+        out = []
+        for entry in self.packed:
+            unpacker = wire.new_unpacker()
+            unpacker.feed(entry + filler)
+            t, rec = next(unpacker)
+            out.append((t.to_ns(), {k: v for k, v in rec.items() if not k.startswith("_shared")}))
+        return out
+
+    @property
+    def logs(self) -> list[str]:
+        return [r[_K_LOG] for _, r in self.records()]
+
+    @property
+    def streams(self) -> list[str]:
+        return [r[_K_STREAM] for _, r in self.records()]
+
+    @property
+    def times(self) -> list[str]:
+        return [r[_K_TIME] for _, r in self.records()]
+
+    @property
+    def time_ns(self) -> list[int]:
+        return [t for t, _ in self.records()]
+
+
+class TimeParser:
+    """RFC 3339 text -> ns since the epoch, with the whole-second part cached.
+
+    Lines of one second share their prefix, so a dict lookup replaces a datetime parse for
+    almost every line. Non-UTC offsets (containerd writes local time) take the slow path.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[str, int] = {}
+
+    def to_ns(self, text: str) -> int:
+        if len(text) >= 20 and text[-1] == "Z" and text[10] == "T":
+            head = text[:19]
+            sec = self._cache.get(head)
+            if sec is None:
+                sec = self._seconds(head)
+            if text[19] == ".":
+                frac = text[20:-1]
+                if frac.isdigit():
+                    return sec * 1_000_000_000 + int(frac[:9].ljust(9, "0"))
+            elif len(text) == 20:
+                return sec * 1_000_000_000
+        return self._slow(text)
+
+    def seconds(self, head: str) -> int:
+        """Epoch seconds of ``YYYY-MM-DDTHH:MM:SS`` (UTC), cached; ValueError if malformed."""
+        sec = self._cache.get(head)
+        if sec is None:
+            sec = timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[head] = sec
+        return sec
+
+    def _seconds(self, head: str) -> int:
+        try:
+            sec = timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
+        except ValueError:
+            return self._slow(head + "Z") // 1_000_000_000
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        self._cache[head] = sec
+        return sec
+
+    def _slow(self, text: str) -> int:
+        """Any RFC 3339 form (offsets, up to 9 fraction digits); the read time if unparseable."""
+        t = text.strip()
+        frac_ns = 0
+        try:
+            main, tz = t, ""
+            if t.endswith(("Z", "z")):
+                main, tz = t[:-1], "+00:00"
+            elif len(t) > 6 and t[-6] in "+-" and t[-3] == ":":
+                main, tz = t[:-6], t[-6:]
+            if "." in main:
+                main, frac = main.split(".", 1)
+                frac_ns = int(frac[:9].ljust(9, "0"))
+            dt = datetime.fromisoformat(main.replace("t", "T") + tz)
+            if dt.tzinfo is None:
+                raise ValueError("no time zone")
+            return int(dt.timestamp()) * 1_000_000_000 + frac_ns
+        except ValueError:
+            return time.time_ns()
+
+
+def now_rfc3339(ns: int | None = None) -> str:
+    """The current time as RFC 3339 UTC with nanoseconds (the form Docker writes)."""
+    ns = time.time_ns() if ns is None else ns
+    sec, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
+
+
+def decode_text(raw: bytes, counts: Lines) -> str:
+    """UTF-8 bytes to text; invalid sequences become U+FFFD and are counted, never fatal."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        counts.invalid_utf8 += 1
+        return raw.decode("utf-8", "replace")
+
+
+def truncate(log: str, max_bytes: int) -> tuple[str, bool]:
+    """Cut ``log`` to ``max_bytes`` of UTF-8 plus a marker saying how much was dropped."""
+    if len(log) * 4 <= max_bytes:
+        return log, False
+    raw = log.encode("utf-8", "surrogatepass")
+    if len(raw) <= max_bytes:
+        return log, False
+    kept = raw[:max_bytes].decode("utf-8", "ignore")
+    return kept + TRUNCATION_MARKER.format(dropped=len(raw) - max_bytes), True
+
+
+@dataclass(slots=True)
+class _Partial:
+    """An unfinished group of runtime-split parts of one stream."""
+
+    start: int
+    time: str
+    time_ns: int
+    parts: list[str]
+    size: int = 0
+    dropped: int = 0
+
+
+class LineParser:
+    """Base class: turns complete physical lines into logical :class:`Lines`."""
+
+    format_name = "plain"
+
+    def __init__(
+        self, max_line_bytes: int = 256 * 1024, shared_keys: int = DEFAULT_SHARED_KEYS
+    ) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.times = TimeParser()
+        self.packer = EntryPacker(shared_keys)
+        self._partials: dict[str, _Partial] = {}
+
+    def new_lines(self) -> Lines:
+        return Lines(self.packer)
+
+    def reset(self) -> None:
+        """Forget unfinished groups (the file changed under us)."""
+        self._partials.clear()
+
+    def pending_start(self) -> int | None:
+        """File offset where the earliest unfinished group starts, or None: never checkpoint
+        past it, or a restart would lose the group's first parts."""
+        if not self._partials:
+            return None
+        return min(p.start for p in self._partials.values())
+
+    def feed(self, lines: list[bytes], base: int) -> Lines:
+        raise NotImplementedError
+
+    # -- shared helpers --------------------------------------------------------------------
+
+    def _emit(self, out: Lines, offset: int, t: str, t_ns: int, stream: str, log: str) -> None:
+        if len(log) * 4 > self.max_line_bytes:
+            log, cut = truncate(log, self.max_line_bytes)
+            out.truncated += cut
+        out.add(offset, t, t_ns, stream, log)
+
+    def _part(
+        self, out: Lines, start: int, end: int, t: str, stream: str, text: str, last: bool
+    ) -> None:
+        """One part of a possibly split line: joined with its predecessors, emitted when last."""
+        p = self._partials.get(stream)
+        if p is None:
+            if last:
+                self._emit(out, end, t, self.times.to_ns(t), stream, text)
+                return
+            p = self._partials[stream] = _Partial(start, t, self.times.to_ns(t), [])
+        room = self.max_line_bytes - p.size
+        if len(text) <= room:
+            p.parts.append(text)
+            p.size += len(text)
+        else:
+            p.parts.append(text[: max(room, 0)])
+            p.size += max(room, 0)
+            p.dropped += len(text) - max(room, 0)
+        if last:
+            del self._partials[stream]
+            log = "".join(p.parts)
+            if p.dropped:
+                out.truncated += 1
+                log += TRUNCATION_MARKER.format(dropped=p.dropped)
+                out.add(end, p.time, p.time_ns, stream, log)
+            else:
+                self._emit(out, end, p.time, p.time_ns, stream, log)
+
+    def _raw(self, out: Lines, end: int, raw: bytes) -> None:
+        """A line the format cannot parse: shipped as it is (counted), never dropped."""
+        out.malformed += 1
+        t_ns = time.time_ns()
+        self._emit(out, end, now_rfc3339(t_ns), t_ns, "stdout", decode_text(raw, out))
+
+
+class PlainParser(LineParser):
+    """Plain text files: one line per record, time = when it was read."""
+
+    format_name = "plain"
+
+    def feed(self, lines: list[bytes], base: int) -> Lines:
+        out = self.new_lines()
+        t_ns = time.time_ns()
+        t = now_rfc3339(t_ns)
+        pos = base
+        for raw in lines:
+            pos += len(raw) + 1
+            if raw[-1:] == b"\r":
+                raw = raw[:-1]
+            self._emit(out, pos, t, t_ns, "stdout", decode_text(raw, out))
+        return out
+
+
+class DockerParser(LineParser):
+    """Docker json-file: ``{"log":"...\\n","stream":"stdout","time":"...Z"}`` per line.
+
+    Docker splits messages over 16 KiB into entries whose ``log`` does not end in ``\\n``; only
+    the last part does. Parts are joined per stream.
+    """
+
+    format_name = "docker"
+
+    def feed(self, lines: list[bytes], base: int) -> Lines:
+        out = self.new_lines()
+        docs: list | None = None
+        if lines and all(lines):
+            try:
+                docs = json.loads(b"[" + b",".join(lines) + b"]")
+            except ValueError:  # bad JSON or invalid UTF-8 somewhere: go line by line
+                docs = None
+            if docs is not None and len(docs) != len(lines):
+                docs = None  # a line held several values ("{..},{..}"): go line by line
+            if docs is not None and not self._partials:
+                fast = self._feed_block(docs, lines, base)
+                if fast is not None:
+                    return fast
+        if docs is None:
+            docs = [self._decode(raw, out) for raw in lines]
+        # The per-line loop: complete single-part lines with Docker's fixed-width time are packed
+        # inline; everything else goes through the general path.
+        head, mh, pk = self.packer.raw
+        cache = self.times._cache
+        limit = self.max_line_bytes // 4
+        offsets, packed = out.offsets, out.packed
+        partials = self._partials
+        nbytes = 0
+        pos = base
+        for doc, raw in zip(docs, lines, strict=True):
+            start = pos
+            pos += len(raw) + 1
+            try:
+                log = doc["log"]
+                stream = doc["stream"]
+                t = doc["time"]
+                if (
+                    not partials
+                    and log.endswith("\n")
+                    and len(log) <= limit
+                    and 21 < len(t) < 31
+                    and t.endswith("Z")
+                ):
+                    # Go's RFC3339Nano drops trailing zeros: 1 to 9 fraction digits.
+                    sec = cache.get(t[:19])
+                    frac = t[20:-1]
+                    if sec is not None and frac.isdigit():
+                        log = log[:-1]
+                        ns = int(frac) * _FRAC_SCALE[len(frac)]
+                        try:
+                            body = pk((_K_LOG, log, _K_STREAM, stream, _K_TIME, t, _K_OFFSET, pos))
+                        except UnicodeEncodeError:  # lone surrogate: the general path cleans it
+                            self._part(out, start, pos, t, stream, log, True)
+                            continue
+                        packed.append(head(_EV, sec, ns, mh) + body[1:])
+                        offsets.append(pos)
+                        nbytes += len(log)
+                        continue
+                if log[-1:] == "\n":
+                    self._part(out, start, pos, t, stream, log[:-1], True)
+                else:
+                    self._part(out, start, pos, t, stream, log, False)
+            except (TypeError, KeyError, AttributeError):
+                self._lenient(out, start, pos, doc, raw)
+        out.nbytes += nbytes
+        return out
+
+    def _feed_block(self, docs: list, lines: list[bytes], base: int) -> Lines | None:
+        """The whole block at C speed (list comprehensions and ``map``) when every line is a
+        complete, ordinary Docker entry -- the common case; None sends it down the per-line
+        path, which handles everything else."""
+        try:
+            logs = list(map(_GET_LOG, docs))
+            streams = list(map(_GET_STREAM, docs))
+            times = list(map(_GET_TIME, docs))
+            if (
+                not all(map(str.endswith, logs, repeat("\n")))
+                or not set(streams) <= _STREAM_NAMES
+                or max(map(len, logs)) > self.max_line_bytes // 4
+                or not all(21 < len(t) < 31 and t[-1] == "Z" for t in times)
+            ):
+                return None
+            get = self.times._cache.get
+            secs = [get(t[:19]) for t in times]
+            if None in secs:
+                secs = [
+                    s if s is not None else self.times.seconds(t[:19])
+                    for s, t in zip(secs, times, strict=True)
+                ]
+            nss = [int(t[20:-1]) * _FRAC_SCALE[len(t) - 21] for t in times]
+            # End offset of line i: base + the lengths of lines 0..i + i + 1 newlines.
+            n = len(lines)
+            ends = list(map(add, accumulate(map(len, lines)), range(base + 1, base + n + 1)))
+            head, mh, pk = self.packer.raw
+            packed = [
+                head(_EV, sec, ns, mh)
+                + pk((_K_LOG, log[:-1], _K_STREAM, stream, _K_TIME, t, _K_OFFSET, end))[1:]
+                for sec, ns, log, stream, t, end in zip(
+                    secs, nss, logs, streams, times, ends, strict=True
+                )
+            ]
+        except (TypeError, KeyError, ValueError, UnicodeEncodeError):
+            return None
+        out = self.new_lines()
+        out.offsets = ends
+        out.packed = packed
+        out.nbytes = sum(map(len, logs)) - len(logs)
+        return out
+
+    def _lenient(self, out: Lines, start: int, end: int, doc: object, raw: bytes) -> None:
+        """Docker omits empty ``log`` and ``stream``; anything else unexpected is raw text."""
+        if isinstance(doc, dict) and isinstance(doc.get("time"), str):
+            log = doc.get("log", "")
+            stream = doc.get("stream") or "stdout"
+            if isinstance(log, str) and isinstance(stream, str):
+                last = log.endswith("\n")
+                self._part(out, start, end, doc["time"], stream, log[:-1] if last else log, last)
+                return
+        self._raw(out, end, raw)
+
+    @staticmethod
+    def _decode(raw: bytes, out: Lines) -> object:
+        try:
+            return json.loads(raw)
+        except UnicodeDecodeError:
+            out.invalid_utf8 += 1
+            try:
+                return json.loads(raw.decode("utf-8", "replace"))
+            except ValueError:
+                return None
+        except ValueError:
+            return None
+
+
+_STREAMS = {b"stdout": "stdout", b"stderr": "stderr"}
+
+
+class CriParser(LineParser):
+    """CRI (containerd, CRI-O): ``<RFC3339Nano> <stdout|stderr> <P|F>[:tags] <text>``."""
+
+    format_name = "cri"
+
+    def feed(self, lines: list[bytes], base: int) -> Lines:
+        out = self.new_lines()
+        pos = base
+        for raw in lines:
+            start = pos
+            pos += len(raw) + 1
+            fields = raw.split(b" ", 3)
+            if len(fields) == 3:
+                fields.append(b"")
+            stream = _STREAMS.get(fields[1]) if len(fields) == 4 else None
+            if stream is None or not fields[2] or not fields[0][:4].isdigit():
+                self._raw(out, pos, raw)
+                continue
+            t = fields[0].decode("ascii", "replace")
+            text = decode_text(fields[3], out)
+            self._part(out, start, pos, t, stream, text, not fields[2].startswith(b"P"))
+        return out
+
+
+PARSERS: dict[str, type[LineParser]] = {
+    "docker": DockerParser,
+    "cri": CriParser,
+    "plain": PlainParser,
+}
+
+
+def overlong_line(parser: LineParser, prefix: bytes, end: int, dropped: int) -> Lines:
+    """A physical line longer than a read block: its first bytes, a marker, counted.
+
+    The rest of the line was skipped without buffering it, so memory stays bounded whatever
+    the writer does.
+    """
+    out = parser.new_lines()
+    t_ns = time.time_ns()
+    text = decode_text(prefix, out) + TRUNCATION_MARKER.format(dropped=dropped)
+    out.truncated += 1
+    out.add(end, now_rfc3339(t_ns), t_ns, "stdout", text)
+    return out

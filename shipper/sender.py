@@ -1,0 +1,377 @@
+"""The Forward client: deliver a batch to one of several aggregators and wait for its ack.
+
+Each batch is written as one PackedForward message with a ``chunk`` option; it counts as
+delivered only when the server answers ``{"ack": chunk}``. A missing ack (timeout), a closed
+connection or a refused connect make the batch go again -- to the next endpoint (failover), after
+an exponential backoff with full jitter. Batches are spread round-robin over healthy endpoints,
+one connection per endpoint with many batches in flight on it.
+
+With a shared key the Fluentd handshake runs first: the server's ``HELO`` (nonce, auth salt),
+our ``PING`` (salted SHA-512 digest), the server's ``PONG`` (its own digest, verified here).
+TLS (``--tls``) verifies the server's certificate and host name unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import ssl
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shipper import wire
+from shipper.config import Endpoint
+from shipper.errors import DeliveryError, HandshakeError
+
+log = logging.getLogger("logq.shipper.sender")
+
+HANDSHAKE_TIMEOUT = 10.0
+WRITE_SLICE = 256 * 1024
+
+
+def tls_context(ca: Path | None, verify: bool = True) -> ssl.SSLContext:
+    """Client TLS context: system CAs or ``ca``; hostname + chain verification on by default."""
+    ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short human explanation of why a delivery attempt failed."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused; is logq-aggregator running?"
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return str(exc) or "timed out"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted ({exc.verify_message}); check --tls-ca"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed ({exc.reason or exc}); is the aggregator listening with TLS?"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+class _Connection:
+    """One TCP (or TLS) connection to an aggregator, with the acks it is waiting for."""
+
+    def __init__(self, endpoint: Endpoint, reader: Any, writer: Any, unpacker: Any) -> None:
+        self.endpoint = endpoint
+        self.reader = reader
+        self.writer = writer
+        self.unpacker = unpacker
+        self.pending: dict[str, asyncio.Future[None]] = {}
+        self.closed = False
+        self._write_lock = asyncio.Lock()
+        self.task = asyncio.get_running_loop().create_task(self._read_acks())
+
+    async def _read_acks(self) -> None:
+        error: BaseException = ConnectionError("aggregator closed the connection")
+        try:
+            while True:
+                data = await self.reader.read(65536)
+                if not data:
+                    break
+                self.unpacker.feed(data)
+                for obj in wire.iter_messages(self.unpacker):
+                    if isinstance(obj, list) and obj and obj[0] == "HELO":
+                        error = HandshakeError(
+                            f"aggregator {self.endpoint} requires a shared key; "
+                            "pass --shared-key (the aggregator's)"
+                        )
+                        return
+                    chunk = wire.decode_ack(obj)
+                    fut = self.pending.pop(chunk, None) if chunk else None
+                    if fut is not None and not fut.done():
+                        fut.set_result(None)
+        except (OSError, wire.ProtocolError) as exc:
+            error = exc
+        except asyncio.CancelledError:
+            error = ConnectionError("connection closed")
+        finally:
+            self._fail(error)
+
+    def _fail(self, error: BaseException) -> None:
+        self.closed = True
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(error)
+        self.pending.clear()
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+    async def send(self, payload: bytes, chunk: str) -> asyncio.Future[None]:
+        """Write one message; returns the future its ack resolves.
+
+        The message goes out in slices, each drained before the next, so the transport never
+        holds a second copy of a large batch; the lock keeps concurrent messages whole.
+        """
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending[chunk] = fut
+        view = memoryview(payload)
+        async with self._write_lock:
+            for i in range(0, len(view), WRITE_SLICE):
+                self.writer.write(view[i : i + WRITE_SLICE])
+                await self.writer.drain()
+        return fut
+
+    def close(self) -> None:
+        if not self.task.done():
+            self.task.cancel()
+        self._fail(ConnectionError("connection closed"))
+
+
+@dataclass(slots=True)
+class _Health:
+    failures: int = 0
+    down_until: float = 0.0
+    last_error: str = ""
+
+
+@dataclass
+class ClientStats:
+    """Counters the metrics module reads."""
+
+    retries: dict[str, int] = field(default_factory=dict)
+    delivered: int = 0
+
+
+class ForwardClient:
+    """Delivers batches with acks, retries, backoff and failover over several endpoints."""
+
+    def __init__(
+        self,
+        endpoints: tuple[Endpoint, ...],
+        *,
+        hostname: str,
+        shared_key: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        ack_timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        backoff_base: float = 0.2,
+        backoff_cap: float = 10.0,
+        give_up_after: float | None = None,
+        on_retry: Any = None,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("at least one aggregator endpoint is needed")
+        self.endpoints = endpoints
+        self.hostname = hostname
+        self.shared_key = shared_key
+        self.tls = tls
+        self.ack_timeout = ack_timeout
+        self.connect_timeout = connect_timeout
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.give_up_after = give_up_after
+        self.on_retry = on_retry
+        self.stats = ClientStats()
+        self._conns: dict[Endpoint, _Connection] = {}
+        self._connecting: dict[Endpoint, asyncio.Lock] = {}
+        self._health = {ep: _Health() for ep in endpoints}
+        self._rr = random.randrange(len(endpoints))
+        self._last_success = time.monotonic()
+
+    # -- endpoints --------------------------------------------------------------------------
+
+    def _pick(self, affinity: str | None) -> tuple[Endpoint, float]:
+        """The endpoint for a batch, or the one back soonest and how long to wait for it.
+
+        With an ``affinity`` (the source id) a source sticks to one aggregator while it is
+        healthy: a resent batch then reaches the aggregator that can drop it as a duplicate,
+        and sources still spread over all aggregators. Without one: round-robin.
+        """
+        now = time.monotonic()
+        n = len(self.endpoints)
+        if affinity is not None:
+            start = zlib.crc32(affinity.encode()) % n
+        else:
+            start = self._rr
+            self._rr = (self._rr + 1) % n
+        for i in range(n):
+            ep = self.endpoints[(start + i) % n]
+            if self._health[ep].down_until <= now:
+                return ep, 0.0
+        ep = min(self.endpoints, key=lambda e: self._health[e].down_until)
+        return ep, self._health[ep].down_until - now
+
+    def _mark_down(self, ep: Endpoint, exc: BaseException) -> None:
+        h = self._health[ep]
+        h.failures += 1
+        delay = min(self.backoff_cap, self.backoff_base * 2 ** min(h.failures - 1, 16))
+        h.down_until = time.monotonic() + random.uniform(delay / 2, delay)
+        h.last_error = describe_error(exc)
+        conn = self._conns.pop(ep, None)
+        if conn is not None:
+            conn.close()
+
+    async def _connection(self, ep: Endpoint) -> _Connection:
+        conn = self._conns.get(ep)
+        if conn is not None and not conn.closed:
+            return conn
+        lock = self._connecting.setdefault(ep, asyncio.Lock())
+        async with lock:
+            conn = self._conns.get(ep)
+            if conn is not None and not conn.closed:
+                return conn
+            conn = await self._connect(ep)
+            self._conns[ep] = conn
+            return conn
+
+    async def _connect(self, ep: Endpoint) -> _Connection:
+        # asyncio.timeout() runs in this task; wait_for() would wrap the coroutine in a task of
+        # its own whose error goes unretrieved ("Task exception was never retrieved") when this
+        # task is cancelled at the moment it fails.
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                reader, writer = await asyncio.open_connection(
+                    ep.host,
+                    ep.port,
+                    ssl=self.tls,
+                    server_hostname=ep.host if self.tls else None,
+                    limit=1 << 20,
+                )
+        except TimeoutError:
+            raise TimeoutError(f"connect timed out after {self.connect_timeout:g} s") from None
+        unpacker = wire.new_unpacker(max_buffer_size=1 << 20)
+        if self.shared_key is not None:
+            try:
+                async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                    await self._handshake(ep, reader, writer, unpacker)
+            except BaseException:
+                writer.close()
+                raise
+        log.info("connected to aggregator endpoint=%s tls=%s", ep, self.tls is not None)
+        return _Connection(ep, reader, writer, unpacker)
+
+    async def _handshake(self, ep: Endpoint, reader: Any, writer: Any, unpacker: Any) -> None:
+        try:
+            helo = await _read_one(reader, unpacker, HANDSHAKE_TIMEOUT)
+        except TimeoutError:
+            raise HandshakeError(
+                f"aggregator {ep} did not start the shared-key handshake (no HELO); "
+                "it probably has no shared key configured: drop --shared-key or set one there"
+            ) from None
+        if not (isinstance(helo, list) and len(helo) >= 2 and helo[0] == "HELO"):
+            raise HandshakeError(f"aggregator {ep} sent {helo!r} instead of HELO")
+        opts = helo[1] if isinstance(helo[1], dict) else {}
+        nonce = _as_bytes(opts.get("nonce", b""))
+        auth = _as_bytes(opts.get("auth", b""))
+        salt = os.urandom(16)
+        writer.write(
+            wire.encode_ping(self.hostname, salt, nonce, self.shared_key or "", auth_salt=auth)
+        )
+        await writer.drain()
+        pong = await _read_one(reader, unpacker, HANDSHAKE_TIMEOUT)
+        if not (isinstance(pong, list) and len(pong) >= 5 and pong[0] == "PONG"):
+            raise HandshakeError(f"aggregator {ep} sent {pong!r} instead of PONG")
+        _, ok, reason, server_host, digest = pong[:5]
+        if not ok:
+            raise HandshakeError(
+                f"aggregator {ep} rejected the handshake: {reason}; check --shared-key"
+            )
+        expected = wire.pong_digest(salt, str(server_host), nonce, self.shared_key or "")
+        if digest != expected:
+            raise HandshakeError(
+                f"aggregator {ep} does not know our shared key (PONG digest mismatch); "
+                "check --shared-key on both sides"
+            )
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    async def deliver(self, payload: bytes, chunk: str, affinity: str | None = None) -> Endpoint:
+        """Send until acknowledged; raises :class:`DeliveryError` only when giving up."""
+        attempt = 0
+        while True:
+            ep, wait = self._pick(affinity)
+            if wait > 0:
+                self._check_give_up()
+                await asyncio.sleep(min(wait, 1.0))
+                continue
+            try:
+                conn = await self._connection(ep)
+                fut = await conn.send(payload, chunk)
+                try:
+                    await asyncio.wait_for(asyncio.shield(fut), self.ack_timeout)
+                except TimeoutError:
+                    conn.pending.pop(chunk, None)
+                    raise TimeoutError(f"no ack within {self.ack_timeout:g} s") from None
+            except HandshakeError as exc:
+                self._mark_down(ep, exc)
+                self._health[ep].down_until = time.monotonic() + self.backoff_cap
+                if self.give_up_after is not None:
+                    raise
+                log.error("handshake failed endpoint=%s error=%s", ep, exc)
+            except (OSError, TimeoutError, ConnectionError, ssl.SSLError) as exc:
+                self._mark_down(ep, exc)
+                attempt += 1
+                self.stats.retries[str(ep)] = self.stats.retries.get(str(ep), 0) + 1
+                if self.on_retry is not None:
+                    self.on_retry(str(ep))
+                log.warning(
+                    "delivery failed, will retry endpoint=%s attempt=%d error=%r",
+                    ep,
+                    attempt,
+                    describe_error(exc),
+                )
+                self._check_give_up()
+            else:
+                h = self._health[ep]
+                h.failures = 0
+                h.down_until = 0.0
+                self._last_success = time.monotonic()
+                self.stats.delivered += 1
+                return ep
+
+    def _check_give_up(self) -> None:
+        if self.give_up_after is None:
+            return
+        if time.monotonic() - self._last_success < self.give_up_after:
+            return
+        if len(self.endpoints) == 1:
+            reasons = self._health[self.endpoints[0]].last_error
+        else:
+            reasons = "; ".join(
+                f"{ep}: {h.last_error}" for ep, h in self._health.items() if h.last_error
+            )
+        names = ", ".join(str(ep) for ep in self.endpoints)
+        raise DeliveryError(
+            f"cannot reach aggregator {names} after {self.give_up_after:g} s: "
+            f"{reasons or 'no endpoint answered'}"
+        )
+
+    async def close(self) -> None:
+        for conn in list(self._conns.values()):
+            conn.close()
+            with contextlib.suppress(Exception):
+                await conn.writer.wait_closed()
+        self._conns.clear()
+
+
+def _as_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    return b""
+
+
+async def _read_one(reader: Any, unpacker: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        for obj in wire.iter_messages(unpacker):
+            return obj
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("handshake timed out")
+        data = await asyncio.wait_for(reader.read(65536), remaining)
+        if not data:
+            raise ConnectionError("aggregator closed the connection during the handshake")
+        unpacker.feed(data)

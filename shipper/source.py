@@ -1,0 +1,207 @@
+"""One source's pipeline: read batches from its files, deliver them in order, commit on ack.
+
+Per source there is a reader task (tail + parse + encode, one batch ahead) and a sender task
+(deliver, wait for the ack, advance the checkpoint). Batches of one source are delivered strictly
+one after the other: the aggregator drops a record whose offset is not above the highest it has
+stored for the source, so a later batch must never overtake a resent earlier one. Sources run
+concurrently, and the :class:`Window` bounds the bytes read but not yet acknowledged across all
+of them: when it is full, reading stops and the files are the buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from shipper import wire
+from shipper.batch import Batch, encode_message, pack_entries, record_constants
+from shipper.discover import SourceSpec
+from shipper.formats import Lines
+from shipper.tailer import Tailer
+
+if TYPE_CHECKING:
+    from shipper.daemon import Shipper
+
+log = logging.getLogger("logq.shipper.source")
+
+
+class Window:
+    """A byte budget for batches in flight; ``acquire`` waits while it is spent."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self, n: int) -> None:
+        async with self._cond:
+            # A batch bigger than the whole window still goes, alone.
+            await self._cond.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+
+    async def resize(self, held: int, n: int) -> None:
+        """Turn a reservation of ``held`` bytes into one of ``n`` bytes (never waits)."""
+        async with self._cond:
+            self.used += n - held
+            self._cond.notify_all()
+
+    async def release(self, n: int) -> None:
+        async with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
+class SourceRunner:
+    """Reader + sender tasks of one source."""
+
+    def __init__(self, shipper: Shipper, spec: SourceSpec) -> None:
+        self.shipper = shipper
+        self.spec = spec
+        cfg = shipper.cfg
+        self.tailer = Tailer(spec, shipper.registry, cfg.hostname, cfg.max_line_bytes)
+        self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=1)
+        self.finishing = False
+        """The source disappeared: drain what its files hold, then end."""
+        self.stopping = False
+        """Shutdown: read nothing more, deliver what was read."""
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=self.spec.key)
+
+    async def _run(self) -> None:
+        reader = asyncio.create_task(self._read_loop())
+        sender = asyncio.create_task(self._send_loop())
+        try:
+            done, _ = await asyncio.wait({reader, sender}, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                exc = task.exception()
+                if exc is not None:
+                    raise exc
+        finally:
+            for task in (reader, sender):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(reader, sender, return_exceptions=True)
+            self.tailer.close()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        cfg = self.shipper.cfg
+        window = self.shipper.window
+        # Room for a whole batch is reserved *before* reading it: a batch waiting for the
+        # window would otherwise be memory the window does not see.
+        reserve = 2 * cfg.batch_bytes
+        while not self.stopping:
+            await window.acquire(reserve)
+            try:
+                batch = self._next_batch()
+            except OSError as exc:
+                # EIO, EACCES...: keep the source, try again later; the checkpoint holds.
+                await window.release(reserve)
+                log.error("cannot read source, retrying key=%s error=%r", self.spec.key, str(exc))
+                await asyncio.sleep(max(cfg.poll_interval, 1.0))
+                continue
+            if batch is not None:
+                await window.resize(reserve, batch.nbytes)
+                await self.queue.put(batch)
+                await asyncio.sleep(0)
+                continue
+            await window.release(reserve)
+            if self.tailer.poll(finishing=self.finishing):
+                continue
+            if cfg.once or (self.finishing and not self.tailer.cursors):
+                break
+            await asyncio.sleep(cfg.poll_interval)
+        await self.queue.put(None)  # tells the sender that nothing more comes
+
+    def _next_batch(self) -> Batch | None:
+        cfg = self.shipper.cfg
+        lines = Lines()
+        cursor = None
+        resume = 0
+        nread = 0
+        while len(lines) < cfg.batch_lines and lines.nbytes < cfg.batch_bytes:
+            try:
+                chunk = self.tailer.read(
+                    cfg.batch_lines - len(lines), cfg.batch_bytes - lines.nbytes
+                )
+            except OSError:
+                if cursor is None:
+                    raise
+                break  # ship what was read; the error comes back on the next call
+            if chunk is None:
+                break
+            cursor = chunk.cursor
+            resume = chunk.resume
+            nread += chunk.nread
+            if len(lines) == 0:
+                lines = chunk.lines
+            else:
+                lines.extend(chunk.lines)
+        if cursor is None:
+            return None
+        cursor.outstanding += 1
+        m = self.shipper.metrics
+        svc = self.spec.service
+        n = len(lines)
+        m.lines_read.labels(svc).inc(n)
+        m.bytes_read.labels(svc).inc(nread)
+        if lines.truncated:
+            m.truncated.labels(svc).inc(lines.truncated)
+        if lines.invalid_utf8:
+            m.invalid_utf8.labels(svc).inc(lines.invalid_utf8)
+        if lines.malformed:
+            m.malformed.labels(svc).inc(lines.malformed)
+        payload = b""
+        chunk_id = ""
+        if n:
+            consts = record_constants(
+                svc,
+                self.spec.container_id,
+                self.spec.container_name,
+                cfg.hostname,
+                self.spec.image,
+                cursor.source_id,
+                self.spec.format_hint,
+            )
+            chunk_id = wire.new_chunk_id()
+            payload = encode_message(
+                self.spec.tag, pack_entries(lines, consts), n, chunk_id, cfg.compress
+            )
+        return Batch(
+            tag=self.spec.tag,
+            payload=payload,
+            chunk=chunk_id,
+            lines=n,
+            nbytes=max(len(payload), 1),
+            resume=resume,
+            last_offset=lines.offsets[-1] if n else 0,
+            cursor=cursor,
+            nread=nread,
+        )
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        m = self.shipper.metrics
+        while True:
+            batch = await self.queue.get()
+            if batch is None:
+                return
+            try:
+                if batch.payload:
+                    await self.shipper.client.deliver(
+                        batch.payload, batch.chunk, affinity=batch.cursor.source_id
+                    )
+            finally:
+                await self.shipper.window.release(batch.nbytes)
+            self.tailer.commit(batch.cursor, batch.resume, batch.last_offset)
+            m.lines_acked.labels(self.spec.service).inc(batch.lines)
+            self.shipper.lines_acked += batch.lines
+            m.bytes_acked.labels(self.spec.service).inc(batch.nread)
+            # The next batch goes out only once this ack's checkpoint is on disk: after a crash
+            # at most one batch (acked or not) is read and sent again.
+            await self.shipper.checkpoint_saved(self.shipper.checkpoint_changed())

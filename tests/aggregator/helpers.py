@@ -1,0 +1,184 @@
+"""Helpers for the aggregator tests: run ``logq-aggregator`` as a process, talk Forward to it,
+read back what it wrote."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from athena.warehouse import open_warehouse
+from shipper import wire
+from tests.support.procs import console_script, log_tail, start_group, stop_group, wait_until
+
+ENVOY_IMAGE = "envoyproxy/envoy:v1.31.0"
+
+
+def envoy_line(
+    when: str = "2026-11-28T14:00:00.123Z",
+    method: str = "GET",
+    path: str = "/api/items?id=5&sort=asc",
+    code: int = 200,
+    flags: str = "-",
+    rx: int = 0,
+    tx: int = 512,
+    duration: int = 12,
+    ust: str = "10",
+    xff: str = "-",
+    ua: str = "curl/8.5.0",
+    rid: str = "6f1c1b9a-1d2e-4f00-9c6a-0d1e2f3a4b5c",
+    authority: str = "shop.internal",
+    upstream: str = "10.0.3.7:8080",
+) -> str:
+    return (
+        f'[{when}] "{method} {path} HTTP/1.1" {code} {flags} {rx} {tx} {duration} {ust} '
+        f'"{xff}" "{ua}" "{rid}" "{authority}" "{upstream}"'
+    )
+
+
+def record(log: str, service: str = "recipe", **extra: Any) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        wire.KEY_LOG: log,
+        wire.KEY_STREAM: "stdout",
+        wire.KEY_SERVICE: service,
+        wire.KEY_HOST: "host-1",
+        wire.KEY_CONTAINER_ID: "c0ffee",
+        wire.KEY_CONTAINER_NAME: f"{service}-app",
+    }
+    rec.update(extra)
+    return rec
+
+
+@dataclass
+class AggregatorProc:
+    """A ``logq-aggregator`` process started by a test."""
+
+    proc: subprocess.Popen
+    log: Path
+    port: int
+    warehouse: str
+    buffer_dir: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        return stop_group(self.proc, timeout=timeout, sig=sig)
+
+    def kill9(self) -> int:
+        return stop_group(self.proc, timeout=5.0, sig=signal.SIGKILL)
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=15)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_aggregator(
+    tmp: Path,
+    warehouse: str | None = None,
+    extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    name: str = "agg",
+) -> AggregatorProc:
+    """Start the aggregator on a kernel-chosen port; wait for its ``listening on`` line."""
+    warehouse = warehouse or str(tmp / "warehouse")
+    buffer_dir = tmp / f"{name}-buffer"
+    log = tmp / f"{name}-{time.monotonic_ns()}.log"
+    args = [
+        str(console_script("logq-aggregator")),
+        "--listen",
+        "127.0.0.1:0",
+        "--warehouse",
+        warehouse,
+        "--buffer-dir",
+        str(buffer_dir),
+        "--flush-interval",
+        "0.5",
+        *(extra or []),
+    ]
+    proc = start_group(args, log, env=env)
+    found: list[int] = []
+
+    def listening() -> bool:
+        m = re.search(r"listening on [^\s]+:(\d+)", log.read_text(errors="replace"))
+        if m:
+            found.append(int(m.group(1)))
+        return bool(m)
+
+    try:
+        wait_until(listening, 30, "logq-aggregator start", proc=proc, log=log)
+    except Exception:
+        stop_group(proc)
+        raise
+    return AggregatorProc(proc, log, found[0], warehouse, buffer_dir)
+
+
+def read_acks(sock: socket.socket, count: int, timeout: float = 30.0) -> list[str]:
+    """Read ``count`` ack maps from the socket."""
+    unpacker = wire.new_unpacker()
+    acks: list[str] = []
+    deadline = time.monotonic() + timeout
+    while len(acks) < count:
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError(f"closed after {len(acks)} of {count} acks")
+        unpacker.feed(data)
+        for obj in unpacker:
+            ack = wire.decode_ack(obj)
+            assert ack is not None, f"not an ack: {obj!r}"
+            acks.append(ack)
+    return acks
+
+
+def read_table(warehouse: str, table: str) -> pa.Table:
+    """Every visible Parquet file of a table, with ``service`` and ``dt`` from the path."""
+    wh = open_warehouse(warehouse)
+    selector = pafs.FileSelector(wh.table_root(table), recursive=True, allow_not_found=True)
+    parts = []
+    for info in wh.fs.get_file_info(selector):
+        name = info.base_name
+        if info.type != pafs.FileType.File or not name.endswith(".parquet"):
+            continue
+        if name.startswith((".", "_")):
+            continue
+        t = pq.read_table(info.path, filesystem=wh.fs)
+        m = re.search(r"service=([^/]+)/dt=([^/]+)/", info.path)
+        assert m, info.path
+        t = t.append_column("service", pa.array([m.group(1)] * t.num_rows, pa.string()))
+        t = t.append_column("dt", pa.array([m.group(2)] * t.num_rows, pa.string()))
+        parts.append(t)
+    if not parts:
+        return pa.table({})
+    return pa.concat_tables(parts)
+
+
+def parquet_files(warehouse: str, table: str | None = None) -> list[str]:
+    wh = open_warehouse(warehouse)
+    root = wh.table_root(table) if table else wh.base
+    selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
+    return sorted(
+        i.path
+        for i in wh.fs.get_file_info(selector)
+        if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+    )
+
+
+def wait_rows(warehouse: str, table: str, rows: int, proc: AggregatorProc, timeout: float = 30):
+    def enough() -> bool:
+        t = read_table(warehouse, table)
+        return t.num_rows >= rows
+
+    wait_until(enough, timeout, f"{rows} rows in {table}", proc=proc.proc, log=proc.log)
+    return read_table(warehouse, table)
+
+
+__all__ = ["log_tail"]

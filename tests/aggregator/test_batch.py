@@ -1,0 +1,132 @@
+"""Routing buffered records into the two tables, service names, and the Parquet files written."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import fastparquet
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aggregator.batch import records_table, route
+from aggregator.decode import records_batch, to_ipc
+from aggregator.writer import object_name, write_partitions
+from athena.schema import CONTAINER_LOGS, ENVOY_ACCESS
+from athena.warehouse import open_warehouse
+from tests.aggregator.helpers import ENVOY_IMAGE, envoy_line, record
+
+T0 = 1_795_860_000_000_000_000  # 2026-11-28T10:00:00Z in ns
+
+
+def table_of(events: list[tuple[str, int, dict]]) -> pa.Table:
+    return records_table([to_ipc(records_batch(tag, pa.array([t]), [r])) for tag, t, r in events])
+
+
+def test_envoy_sidecar_lines_parse_and_app_lines_stay_plain() -> None:
+    events = [
+        ("logq.recipe", T0, record(envoy_line(), image=ENVOY_IMAGE, container_name="envoy")),
+        ("logq.recipe", T0, record("GET /health 200", container_name="recipe-app")),
+        ("logq.recipe", T0, record("[info] envoy started", image=ENVOY_IMAGE, stream="stderr")),
+        ("logq.recipe", T0, record("garbage line", container_name="istio-proxy")),
+        ("logq.recipe", T0, record(envoy_line(code=502), format="envoy")),
+        ("logq.recipe", T0, record(envoy_line(), image=ENVOY_IMAGE, format="plain")),
+    ]
+    routed = route(table_of(events))
+    envoy = routed.tables["envoy_access"]
+    logs = routed.tables["container_logs"]
+    assert envoy.column("response_code").to_pylist() == [200, 502]
+    assert sorted(logs.column("message").to_pylist()) == sorted(
+        ["GET /health 200", "[info] envoy started", "garbage line", envoy_line()]
+    )
+    assert routed.parse_failures == {"recipe": 1}
+    for table, spec in ((envoy, ENVOY_ACCESS), (logs, CONTAINER_LOGS)):
+        assert table.column_names == ["service", *(c.name for c in spec.data_columns)]
+        for f, c in zip(table.schema.remove(0), spec.data_columns, strict=True):
+            assert (f.type.value_type if pa.types.is_dictionary(f.type) else f.type) == c.arrow
+
+
+def test_service_from_record_else_tag_tail_sanitised() -> None:
+    events = [
+        ("logq.recipe", T0, {"log": "a"}),
+        ("app.prod.Checkout", T0, {"message": "b"}),
+        ("x", T0, {"log": "c", "service": "../../etc"}),
+        ("x", T0, {"log": "d", "service": "Zürich/=Ü"}),
+        ("x", T0, {"log": "e", "service": "日本"}),
+    ]
+    routed = route(table_of(events))
+    logs = routed.tables["container_logs"]
+    services = dict(zip(logs["message"].to_pylist(), logs["service"].to_pylist(), strict=True))
+    assert services["a"] == "recipe"
+    assert services["b"] == "checkout"
+    assert services["c"] == "etc"
+    assert services["d"] == "zurich_u"
+    assert services["e"].startswith("svc-")
+    for s in services.values():
+        assert "/" not in s and not s.startswith(".") and "=" not in s
+
+
+def test_records_from_other_clients_and_wrong_types_are_kept() -> None:
+    events = [
+        ("fluent.app", T0, {"message": "from fluent-logger", "level": "info"}),
+        ("fluent.app", T0, {"event": "signup", "user": 7}),
+        ("fluent.app", T0, {"log": {"nested": True}, "offset": "12", "service": 5}),
+        ("fluent.app", T0, {"log": ["a", 1], "stream": "stdout"}),
+        ("fluent.app", T0, {"log": b"\xff\xfebytes", "stream": "stdout"}),
+        ("fluent.app", T0, {"log": "", "stream": "stdout", "offset": -5}),
+    ]
+    logs = route(table_of(events)).tables["container_logs"]
+    messages = logs["message"].to_pylist()
+    assert "from fluent-logger" in messages
+    assert '{"event": "signup", "user": 7}' in messages
+    assert '{"nested": true}' in messages
+    assert "\ufffd\ufffdbytes" in messages
+    assert "" in messages  # an empty line stays an empty line
+    assert '["a", 1]' in messages
+    assert logs.num_rows == 6
+
+
+def test_partition_files_sorted_zstd_and_fastparquet_readable(tmp_path: Path) -> None:
+    hour = 3600 * 10**9
+    events = [
+        ("logq.a", T0 + 2 * hour + 5, record("late", service="a")),
+        ("logq.a", T0 + 3_000_000, record("first", service="a")),
+        ("logq.a", T0 + 1_000_000, record("zeroth", service="a")),
+        ("logq.b", T0, record("other", service="b")),
+    ]
+    routed = route(table_of(events))
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    name = object_name("node1", 7)
+    written = write_partitions(wh, "container_logs", routed.tables["container_logs"], name)
+    rel = sorted(os.path.relpath(w.path, wh.base) for w in written)
+    assert rel == [
+        "container_logs/service=a/dt=2026-11-28-10/node1-0000000000000007-0000.parquet",
+        "container_logs/service=a/dt=2026-11-28-12/node1-0000000000000007-0000.parquet",
+        "container_logs/service=b/dt=2026-11-28-10/node1-0000000000000007-0000.parquet",
+    ]
+    first = next(w.path for w in written if "service=a/dt=2026-11-28-10" in w.path)
+    assert pq.read_table(first)["message"].to_pylist() == ["zeroth", "first"]
+    meta = pq.ParquetFile(first).metadata
+    assert meta.row_group(0).column(0).compression == "ZSTD"
+    logical = str(meta.schema.column(0).logical_type)
+    assert "isAdjustedToUTC=true" in logical and "timeUnit=milliseconds" in logical
+    assert meta.schema.column(0).physical_type == "INT64"
+    frame = fastparquet.ParquetFile(first).to_pandas()
+    assert frame["message"].tolist() == ["zeroth", "first"]
+    assert list(frame.columns) == [c.name for c in CONTAINER_LOGS.data_columns]
+    # A replayed flush rewrites the same keys: still three files, no temp files left.
+    write_partitions(wh, "container_logs", routed.tables["container_logs"], name)
+    all_files = sorted(p.name for p in (tmp_path / "wh").rglob("*") if p.is_file())
+    assert all_files == [name] * 3
+
+
+def test_envoy_rows_take_start_time_and_metadata(tmp_path: Path) -> None:
+    rec = record(envoy_line(when="2026-11-28T09:59:59.999Z"), image=ENVOY_IMAGE)
+    envoy = route(table_of([("logq.recipe", T0, rec)])).tables["envoy_access"]
+    row = envoy.to_pylist()[0]
+    assert row["timestamp"].isoformat() == "2026-11-28T09:59:59.999000+00:00"
+    assert (row["host"], row["container_id"], row["container_name"]) == (
+        "host-1",
+        "c0ffee",
+        "recipe-app",
+    )

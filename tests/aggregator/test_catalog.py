@@ -1,0 +1,106 @@
+"""The DDL is kept current in Athena (moto's server for the API) and metrics are served."""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+from athena.schema import sanitize_service
+from shipper import wire
+from tests.aggregator.helpers import read_acks, record, start_aggregator, wait_rows
+from tests.support.procs import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _athena(endpoint: str):
+    return boto3.client(
+        "athena",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def _queries(client, workgroup: str) -> list[str]:
+    ids = client.list_query_executions(WorkGroup=workgroup)["QueryExecutionIds"]
+    return [client.get_query_execution(QueryExecutionId=i)["QueryExecution"]["Query"] for i in ids]
+
+
+def _send(agg, service: str, chunk: str, **extra: str) -> None:
+    with agg.connect() as sock:
+        frame = wire.encode_packed_forward(
+            f"logq.{service}",
+            [(time.time_ns(), record(f"hello from {service}", service=service, **extra))],
+            chunk,
+        )
+        sock.sendall(frame)
+        assert read_acks(sock, 1) == [chunk]
+
+
+def test_ddl_applied_through_athena_and_metrics(
+    tmp_path: Path, moto_server: str, subprocess_env: dict[str, str]
+) -> None:
+    client = _athena(moto_server)
+    workgroup = f"logq-{uuid.uuid4().hex[:8]}"
+    client.create_work_group(Name=workgroup)
+    env = {
+        **subprocess_env,
+        "AWS_ENDPOINT_URL": moto_server,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+    }
+    agg = start_aggregator(
+        tmp_path,
+        env=env,
+        extra=[
+            "--athena-database", "logs",
+            "--athena-workgroup", workgroup,
+            "--athena-output", "s3://athena-results/logq/",
+            "--metrics-listen", "127.0.0.1:0",
+        ],
+    )  # fmt: skip
+    try:
+        _send(agg, "recipe", "a")
+        _send(agg, "checkout", "b")
+        wait_rows(agg.warehouse, "container_logs", 2, agg)
+        _send(agg, "New Service", "c")
+        wait_rows(agg.warehouse, "container_logs", 3, agg)
+        _send(agg, "recipe", "d", image="envoyproxy/envoy:v1.31")  # not an access line
+        metrics_port = int(re.search(r"metrics on http://[^:]+:(\d+)/", agg.log_text()).group(1))
+        base = f"http://127.0.0.1:{metrics_port}"
+        with urllib.request.urlopen(f"{base}/healthz", timeout=5) as resp:
+            assert resp.status == 200
+        rows_line = 'logq_aggregator_rows_written_total{table="container_logs"} 4.0'
+        metrics = ""
+
+        def scraped() -> bool:
+            nonlocal metrics
+            with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:
+                metrics = resp.read().decode()
+            return rows_line in metrics
+
+        wait_until(scraped, 15, "rows_written metric", proc=agg.proc, log=agg.log)
+    finally:
+        assert agg.stop() == 0
+    assert "logq_aggregator_records_received_total 4.0" in metrics
+    assert "logq_aggregator_acks_total 4.0" in metrics
+    assert 'logq_aggregator_envoy_parse_failures_total{service="recipe"} 1.0' in metrics
+    queries = _queries(client, workgroup)
+    assert any(q.startswith("CREATE DATABASE IF NOT EXISTS `logs`") for q in queries)
+    creates = [q for q in queries if q.startswith("CREATE EXTERNAL TABLE IF NOT EXISTS")]
+    assert {re.search(r"`logs`\.`(\w+)`", q).group(1) for q in creates} == {
+        "envoy_access",
+        "container_logs",
+    }
+    alters = [q for q in queries if "SET TBLPROPERTIES ('projection.service.values'" in q]
+    everyone = ",".join(sorted(["checkout", "recipe", sanitize_service("New Service")]))
+    assert any(everyone in q for q in alters), alters

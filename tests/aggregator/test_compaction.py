@@ -1,0 +1,164 @@
+"""Compaction merges a closed hour's small files without losing or duplicating a row."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import fastparquet
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from aggregator.batch import records_table, route
+from aggregator.compaction import compact_partition, compact_warehouse, finish_intents
+from aggregator.decode import records_batch, to_ipc
+from aggregator.writer import object_name, write_partitions
+from athena.schema import CONTAINER_LOGS, partition_path
+from athena.warehouse import open_warehouse
+from tests.aggregator.helpers import parquet_files, read_table, record, start_aggregator
+from tests.support.procs import console_script, wait_until
+
+HOUR = datetime(2026, 11, 27, 10, tzinfo=UTC)
+LATER = datetime.now(UTC) + timedelta(days=1)
+
+
+def flush_files(wh_uri: str, files: int, rows_per_file: int, service: str = "recipe") -> None:
+    """Simulate ``files`` flushes into one closed hour (and one row in the next hour each)."""
+    wh = open_warehouse(wh_uri, create=True)
+    for seq in range(files):
+        events = []
+        for i in range(rows_per_file):
+            t = HOUR + timedelta(seconds=(i * 37 + seq * 11) % 3600)
+            events.append((int(t.timestamp() * 1e9), record(f"f{seq}-r{i}", service=service)))
+        nxt = HOUR + timedelta(hours=1, seconds=seq)
+        events.append((int(nxt.timestamp() * 1e9), record(f"next-{seq}", service=service)))
+        batch = records_batch("logq.x", pa.array([t for t, _ in events]), [r for _, r in events])
+        routed = route(records_table([to_ipc(batch)]))
+        write_partitions(
+            wh, "container_logs", routed.tables["container_logs"], object_name("n", seq)
+        )
+
+
+def test_compaction_keeps_rows_exact_and_sorted(tmp_path: Path) -> None:
+    uri = str(tmp_path / "wh")
+    flush_files(uri, files=12, rows_per_file=50)
+    before = sorted(read_table(uri, "container_logs")["message"].to_pylist())
+    wh = open_warehouse(uri)
+    merged = compact_warehouse(wh, target_bytes=64 * 1024 * 1024, now=LATER, lookback=None)
+    assert merged == 24  # both hours are closed by LATER
+    after = read_table(uri, "container_logs")
+    assert sorted(after["message"].to_pylist()) == before
+    files = parquet_files(uri, "container_logs")
+    assert len(files) == 2
+    assert all(Path(f).name.startswith("c-") for f in files)
+    closed = next(f for f in files if "dt=2026-11-27-10" in f)
+    ts = pq.read_table(closed)["timestamp"].to_pylist()
+    assert ts == sorted(ts) and len(ts) == 600
+    assert len(fastparquet.ParquetFile(closed).to_pandas()) == 600
+    assert pq.read_schema(closed) == CONTAINER_LOGS.arrow_schema()
+    # Nothing left behind: no intents, no temp files.
+    leftovers = [p.name for p in (tmp_path / "wh").rglob("*") if p.name.startswith((".", "_"))]
+    assert leftovers == []
+    # A second pass has nothing to do.
+    assert compact_warehouse(wh, now=LATER, lookback=None) == 0
+
+
+def test_open_hours_and_young_files_are_left_alone(tmp_path: Path) -> None:
+    uri = str(tmp_path / "wh")
+    flush_files(uri, files=3, rows_per_file=5)
+    wh = open_warehouse(uri)
+    # "now" inside the next hour: only dt=…-10 is closed, and its files are young -> skipped.
+    now = HOUR + timedelta(hours=1, minutes=45)
+    assert compact_warehouse(wh, now=now, lookback=None) == 0
+    assert len(parquet_files(uri)) == 6
+
+
+def test_small_target_makes_several_files(tmp_path: Path) -> None:
+    uri = str(tmp_path / "wh")
+    flush_files(uri, files=10, rows_per_file=400)
+    wh = open_warehouse(uri)
+    folder = wh.path(partition_path("container_logs", "recipe", "2026-11-27-10"))
+    sizes = [p.stat().st_size for p in Path(folder).glob("*.parquet")]
+    compact_partition(wh, CONTAINER_LOGS, folder, target_bytes=int(max(sizes) * 3.5))
+    assert 2 <= len(list(Path(folder).glob("*.parquet"))) < 10
+    assert read_table(uri, "container_logs").num_rows == 10 * 401
+
+
+def test_interrupted_merge_is_finished_or_rolled_back(tmp_path: Path) -> None:
+    uri = str(tmp_path / "wh")
+    flush_files(uri, files=4, rows_per_file=10)
+    wh = open_warehouse(uri)
+    folder = Path(wh.path(partition_path("container_logs", "recipe", "2026-11-27-10")))
+    inputs = sorted(p.name for p in folder.glob("*.parquet"))
+    merged = pa.concat_tables([pq.read_table(folder / n) for n in inputs])
+    # Crash after the output was written, before the inputs were deleted: finish the deletes.
+    pq.write_table(merged, folder / "c-done.parquet")
+    intent = {"inputs": inputs[:2], "output": "c-done.parquet", "rows": merged.num_rows}
+    (folder / "_compact-done.json").write_text(json.dumps(intent))
+    # Crash with a short output: roll back (drop it, keep the inputs).
+    pq.write_table(merged.slice(0, 3), folder / "c-short.parquet")
+    intent = {"inputs": inputs[2:], "output": "c-short.parquet", "rows": merged.num_rows}
+    (folder / "_compact-short.json").write_text(json.dumps(intent))
+    assert finish_intents(wh, str(folder)) == 2
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["c-done.parquet", *inputs[2:]])
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_compact_command_on_s3(
+    tmp_path: Path, s3_warehouse: str, subprocess_env: dict[str, str], s3_env: dict[str, str]
+) -> None:
+    flush_files(s3_warehouse, files=5, rows_per_file=20, service="../Search Ü")
+    before = read_table(s3_warehouse, "container_logs")
+    proc = subprocess.run(
+        [
+            str(console_script("logq-aggregator")),
+            "compact",
+            "--warehouse",
+            s3_warehouse,
+            "--all",
+            "--grace-minutes",
+            "0",
+        ],
+        env={**subprocess_env, **s3_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "compacted 10 files" in proc.stderr
+    after = read_table(s3_warehouse, "container_logs")
+    assert sorted(after["message"].to_pylist()) == sorted(before["message"].to_pylist())
+    assert set(after["service"].to_pylist()) == {"search_u"}
+    assert len(parquet_files(s3_warehouse)) == 2
+
+
+def test_fresh_intent_of_another_compactor_is_respected(tmp_path: Path) -> None:
+    uri = str(tmp_path / "wh")
+    flush_files(uri, files=3, rows_per_file=5)
+    wh = open_warehouse(uri)
+    folder = Path(wh.path(partition_path("container_logs", "recipe", "2026-11-27-10")))
+    intent = {"inputs": ["x.parquet"], "output": "c-x.parquet", "rows": 1}
+    (folder / "_compact-x.json").write_text(json.dumps(intent))
+    assert compact_partition(wh, CONTAINER_LOGS, str(folder), 1 << 30) == 0
+    assert len(list(folder.glob("*.parquet"))) == 3
+    assert (folder / "_compact-x.json").exists()
+
+
+def test_periodic_compaction_in_the_service(tmp_path: Path) -> None:
+    uri = str(tmp_path / "warehouse")
+    flush_files(uri, files=6, rows_per_file=10)
+    old = time.time() - 3 * 3600
+    for p in (tmp_path / "warehouse").rglob("*.parquet"):
+        os.utime(p, (old, old))
+    agg = start_aggregator(tmp_path, warehouse=uri, extra=["--compact-interval", "0.5"])
+    try:
+        wait_until(lambda: len(parquet_files(uri)) == 2, 30, "periodic compaction", proc=agg.proc)
+    finally:
+        assert agg.stop() == 0
+    assert read_table(uri, "container_logs").num_rows == 6 * 11

@@ -1,0 +1,254 @@
+"""The vectorised Envoy access-log parser: default/Istio/custom formats and the awkward fields."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aggregator.envoy import (
+    BUILTIN_FORMATS,
+    DEFAULT_FORMAT,
+    FormatError,
+    compile_format,
+    parse_lines,
+)
+from tests.aggregator.helpers import envoy_line
+
+
+def parse_one(line: str) -> dict:
+    parsed = parse_lines(pa.array([line]))
+    assert parsed.rows.to_pylist() == [0], f"did not parse: {line}"
+    return {k: v[0].as_py() for k, v in parsed.columns.items()}
+
+
+def test_default_format_typed_values() -> None:
+    row = parse_one(envoy_line(code=503, flags="UF,URX", rx=17, tx=91, duration=3002, ust="3001"))
+    assert row["timestamp"] == datetime(2026, 11, 28, 14, 0, 0, 123000, tzinfo=UTC)
+    assert row["method"] == "GET"
+    assert row["path"] == "/api/items?id=5&sort=asc"
+    assert row["protocol"] == "HTTP/1.1"
+    assert row["response_code"] == 503
+    assert row["response_flags"] == "UF,URX"
+    assert (row["bytes_received"], row["bytes_sent"]) == (17, 91)
+    assert row["duration_ms"] == 3002
+    assert row["upstream_service_time_ms"] == 3001
+    assert row["authority"] == "shop.internal"
+    assert row["upstream_host"] == "10.0.3.7:8080"
+
+
+def test_dash_fields_become_null_but_flags_keep_dash() -> None:
+    row = parse_one(envoy_line(code=0, flags="-", ust="-", xff="-", upstream="-"))
+    assert row["upstream_service_time_ms"] is None
+    assert row["x_forwarded_for"] is None
+    assert row["upstream_host"] is None
+    assert row["response_flags"] == "-"
+    assert row["response_code"] == 0
+
+
+def test_ipv6_upstream_and_forwarded_for_list() -> None:
+    row = parse_one(envoy_line(upstream="[2001:db8::7]:8443", xff="203.0.113.9, 2001:db8::1"))
+    assert row["upstream_host"] == "[2001:db8::7]:8443"
+    assert row["x_forwarded_for"] == "203.0.113.9, 2001:db8::1"
+
+
+def test_quotes_inside_user_agent() -> None:
+    ua = 'Mozilla/5.0 (X11) "quoted" thing" x'
+    row = parse_one(envoy_line(ua=ua))
+    assert row["user_agent"] == ua
+    assert row["request_id"] == "6f1c1b9a-1d2e-4f00-9c6a-0d1e2f3a4b5c"
+
+
+def test_query_strings_with_odd_characters() -> None:
+    path = "/search?q=a%20b&tags[]=x&redirect=https://e.example/?a=1#frag"
+    assert parse_one(envoy_line(path=path))["path"] == path
+
+
+def test_nanosecond_and_second_precision_start_time() -> None:
+    row = parse_one(envoy_line(when="2026-11-28T14:00:00.123456789Z"))
+    assert row["timestamp"] == datetime(2026, 11, 28, 14, 0, 0, 123000, tzinfo=UTC)
+    row = parse_one(envoy_line(when="2026-11-28T14:00:05Z"))
+    assert row["timestamp"] == datetime(2026, 11, 28, 14, 0, 5, tzinfo=UTC)
+
+
+def test_non_access_lines_are_unparsed_not_dropped() -> None:
+    lines = pa.array(
+        [
+            "[2026-11-28 14:00:00.000][1][info][main] starting main dispatch loop",
+            envoy_line(),
+            "",
+            None,
+            envoy_line(when="2026-13-40T14:00:00.000Z"),  # not a date
+            envoy_line(code=200)[:-20],  # truncated line
+            envoy_line(tx=10**20),  # does not fit bigint
+        ]
+    )
+    parsed = parse_lines(lines)
+    assert parsed.rows.to_pylist() == [1]
+    assert parsed.unparsed.to_pylist() == [0, 2, 3, 4, 5, 6]
+
+
+def test_istio_format_parses() -> None:
+    line = (
+        '[2026-11-28T14:00:00.000Z] "GET /status/418 HTTP/1.1" 418 - via_upstream - "-" 0 135 '
+        '4 3 "-" "curl/8.1" "rid-1" "httpbin:8000" "10.244.0.7:80" '
+        "outbound|8000||httpbin.default.svc.cluster.local 10.244.0.5:46374 10.96.19.20:8000 "
+        "10.244.0.5:52350 - default"
+    )
+    row = parse_one(line)
+    assert (row["response_code"], row["bytes_sent"], row["upstream_host"]) == (
+        418,
+        135,
+        "10.244.0.7:80",
+    )
+
+
+def test_custom_format_compiles_to_parser() -> None:
+    fmt = compile_format(
+        "%START_TIME% %REQ(:AUTHORITY)% %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% "
+        '%DURATION%ms flags=%RESPONSE_FLAGS% ua="%REQ(USER-AGENT)%" up=%UPSTREAM_HOST% 100%%'
+    )
+    line = (
+        '2026-11-28T14:00:00.250Z api.internal POST /v1/x 201 37ms flags=- ua="Go-http-client/1.1" '
+        "up=10.1.1.1:9000 100%"
+    )
+    parsed = parse_lines(pa.array([line, envoy_line()]), (*BUILTIN_FORMATS, fmt))
+    assert parsed.rows.to_pylist() == [0, 1]
+    assert parsed.columns["authority"][0].as_py() == "api.internal"
+    assert parsed.columns["duration_ms"][0].as_py() == 37
+    assert parsed.columns["bytes_sent"][0].as_py() is None  # not in that format
+    assert parsed.columns["bytes_sent"][1].as_py() == 512
+
+
+def test_format_without_required_fields_is_refused() -> None:
+    with pytest.raises(FormatError, match="START_TIME"):
+        compile_format('"%REQ(:METHOD)% %REQ(:PATH)%" %RESPONSE_CODE%')
+    with pytest.raises(FormatError, match="custom time format"):
+        compile_format("%START_TIME(%s)% %RESPONSE_CODE%")
+
+
+def test_default_format_constant_matches_the_documented_one() -> None:
+    assert DEFAULT_FORMAT.startswith('[%START_TIME%] "%REQ(:METHOD)% ')
+    assert DEFAULT_FORMAT.endswith('"%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"')
+
+
+def test_large_batch_keeps_order() -> None:
+    lines = [envoy_line(duration=i) if i % 3 else f"app line {i}" for i in range(3000)]
+    parsed = parse_lines(pa.array(lines))
+    rows = parsed.rows.to_pylist()
+    assert rows == [i for i in range(3000) if i % 3]
+    assert parsed.columns["duration_ms"].to_pylist() == rows
+    assert parsed.unparsed.to_pylist() == [i for i in range(3000) if i % 3 == 0]
+
+
+JSON_STRINGS = (
+    '{"start_time":"2026-11-28T14:00:00.250Z","method":"GET","path":"/a?x=1","protocol":"HTTP/2",'
+    '"response_code":"503","response_flags":"UF,URX","bytes_received":"0","bytes_sent":"91",'
+    '"duration":"30","upstream_service_time":"-","x_forwarded_for":"-","user_agent":"a \\"b\\" c",'
+    '"request_id":"r-1","authority":"svc","upstream_host":"-"}'
+)
+JSON_TYPED = (
+    '{"start_time":"2026-11-28T14:00:01.000Z","method":"POST","path":"/b","protocol":"HTTP/1.1",'
+    '"response_code":200,"response_flags":"-","bytes_received":12,"bytes_sent":3400,'
+    '"duration":7,"upstream_service_time":5,"x_forwarded_for":null,"user_agent":"curl/8",'
+    '"request_id":"r-2","authority":"svc","upstream_host":"[2001:db8::2]:80"}'
+)
+
+
+def test_json_access_logs_string_and_typed() -> None:
+    for batch in ([JSON_STRINGS], [JSON_TYPED], [JSON_STRINGS, JSON_TYPED]):
+        parsed = parse_lines(pa.array(batch))
+        assert parsed.unparsed.to_pylist() == []
+        rows = {
+            r: {k: v[i].as_py() for k, v in parsed.columns.items()}
+            for i, r in enumerate(parsed.columns["request_id"].to_pylist())
+        }
+        if "r-1" in rows:
+            one = rows["r-1"]
+            assert one["response_code"] == 503 and one["response_flags"] == "UF,URX"
+            assert one["upstream_service_time_ms"] is None and one["upstream_host"] is None
+            assert one["user_agent"] == 'a "b" c' and one["path"] == "/a?x=1"
+            assert one["timestamp"] == datetime(2026, 11, 28, 14, 0, 0, 250000, tzinfo=UTC)
+        if "r-2" in rows:
+            two = rows["r-2"]
+            assert (two["response_code"], two["bytes_sent"], two["duration_ms"]) == (200, 3400, 7)
+            assert two["x_forwarded_for"] is None
+            assert two["upstream_host"] == "[2001:db8::2]:80"
+
+
+def test_json_lines_that_are_not_access_logs_stay_unparsed() -> None:
+    lines = pa.array(
+        [
+            '{"level":"info","msg":"envoy started"}',
+            "{not json",
+            JSON_TYPED,
+            envoy_line(),
+        ]
+    )
+    parsed = parse_lines(lines)
+    assert parsed.rows.to_pylist() == [2, 3]
+    assert parsed.unparsed.to_pylist() == [0, 1]
+
+
+_PRINTABLE = st.characters(min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters='"')
+_token = st.text(_PRINTABLE, min_size=1, max_size=30)
+
+
+@st.composite
+def access_line(draw: st.DrawFn) -> tuple[str, dict]:
+    ua = draw(
+        st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60).filter(
+            lambda u: '" "' not in u and not u.endswith('"') and not u.startswith('"')
+        )
+    )
+    expected = {
+        "method": draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "OPTIONS"])),
+        "path": "/" + draw(_token),
+        "response_code": draw(st.integers(0, 599)),
+        "response_flags": draw(st.sampled_from(["-", "UF,URX", "UH", "DC", "UT", "NR"])),
+        "bytes_received": draw(st.integers(0, 10**12)),
+        "bytes_sent": draw(st.integers(0, 10**12)),
+        "duration_ms": draw(st.integers(0, 10**6)),
+        "upstream_service_time_ms": draw(st.one_of(st.none(), st.integers(0, 10**6))),
+        "x_forwarded_for": draw(st.one_of(st.none(), st.just("10.0.0.1, 2001:db8::1"))),
+        "user_agent": ua,
+        "request_id": draw(st.uuids()).hex,
+        "authority": draw(_token),
+        "upstream_host": draw(st.one_of(st.none(), st.just("[2001:db8::9]:443"), _token)),
+    }
+    millis = draw(st.integers(0, 999))
+    line = envoy_line(
+        when=f"2026-11-28T14:00:00.{millis:03d}Z",
+        method=expected["method"],
+        path=expected["path"],
+        code=expected["response_code"],
+        flags=expected["response_flags"],
+        rx=expected["bytes_received"],
+        tx=expected["bytes_sent"],
+        duration=expected["duration_ms"],
+        ust="-"
+        if expected["upstream_service_time_ms"] is None
+        else str(expected["upstream_service_time_ms"]),
+        xff=expected["x_forwarded_for"] or "-",
+        ua=ua,
+        rid=expected["request_id"],
+        authority=expected["authority"],
+        upstream=expected["upstream_host"] or "-",
+    )
+    if expected["upstream_host"] == "-":
+        expected["upstream_host"] = None
+    expected["timestamp"] = datetime(2026, 11, 28, 14, 0, 0, millis * 1000, tzinfo=UTC)
+    return line, expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(access_line(), min_size=1, max_size=8))
+def test_any_default_format_line_round_trips(batch: list[tuple[str, dict]]) -> None:
+    parsed = parse_lines(pa.array([line for line, _ in batch]))
+    assert parsed.unparsed.to_pylist() == []
+    for i, (_, expected) in enumerate(batch):
+        got = {k: parsed.columns[k][i].as_py() for k in expected}
+        assert got == expected

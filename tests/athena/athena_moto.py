@@ -1,0 +1,92 @@
+"""Helpers to drive moto's Athena API emulation: queued results, state progression, history."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+import boto3
+
+REGION = "us-east-1"
+
+
+def _post(endpoint: str, path: str, body: dict[str, Any]) -> None:
+    req = urllib.request.Request(
+        endpoint + path,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=5):
+        pass
+
+
+def queue_result(endpoint: str, columns: list[tuple[str, str]], rows: list[list[Any]]) -> None:
+    """The next query moto runs returns ``rows`` (with a header row, as Athena does)."""
+    header = {"Data": [{"VarCharValue": name} for name, _ in columns]}
+    data = [{"Data": [{} if v is None else {"VarCharValue": str(v)} for v in row]} for row in rows]
+    info = [
+        {
+            "Name": n,
+            "Label": n,
+            "Type": t,
+            "Precision": 0,
+            "Scale": 0,
+            "Nullable": "UNKNOWN",
+            "CaseSensitive": False,
+        }
+        for n, t in columns
+    ]
+    _post(
+        endpoint,
+        "/moto-api/static/athena/query-results",
+        {"region": REGION, "results": [{"rows": [header, *data], "column_info": info}]},
+    )
+
+
+def set_progression(endpoint: str, seconds: float | None) -> None:
+    """QUEUED → RUNNING → SUCCEEDED one step per ``seconds`` (None: immediate, the default)."""
+    if seconds is None:
+        _post(
+            endpoint,
+            "/moto-api/state-manager/unset-transition",
+            {"model_name": "athena::execution"},
+        )
+        return
+    _post(
+        endpoint,
+        "/moto-api/state-manager/set-transition",
+        {
+            "model_name": "athena::execution",
+            "transition": {"progression": "time", "seconds": seconds},
+        },
+    )
+
+
+def executions(endpoint: str) -> list[dict[str, Any]]:
+    """Every query execution moto has seen (query text, state), via the real Athena API."""
+    client = boto3.client(
+        "athena",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    ids = client.list_query_executions()["QueryExecutionIds"]
+    return [client.get_query_execution(QueryExecutionId=i)["QueryExecution"] for i in ids]
+
+
+def athena_env(monkeypatch: Any, endpoint: str) -> dict[str, str]:
+    """Point boto3/pyathena's Athena client at moto (and only Athena)."""
+    env = {
+        "AWS_ENDPOINT_URL_ATHENA": endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": REGION,
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return env

@@ -1,0 +1,134 @@
+"""Test warehouses written exactly as the aggregator's writer lays them out.
+
+Rows are generated with a seeded RNG as pandas frames (kept by the tests to compute expected
+answers independently), then written per ``(service, dt)`` partition with pyarrow: zstd, INT64
+millisecond UTC timestamps, columns exactly as ``athena.schema``, no partition columns inside.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from athena.schema import CONTAINER_LOGS, ENVOY_ACCESS, dt_of
+from athena.warehouse import open_warehouse
+
+PATHS = ["/api/recipes", "/api/recipes/42", "/api/users", "/healthz", "/api/orders"]
+METHODS = ["GET", "GET", "GET", "POST", "DELETE"]
+CODES = [200] * 40 + [201, 204, 301, 304, 400, 404, 404, 429, 500, 502, 503, 503, 504, 0]
+FLAGS_BY_CODE = {
+    0: ["DC"],
+    502: ["UF", "UF,URX", "-"],
+    503: ["UH", "UO", "UF,URX", "-"],
+    504: ["UT"],
+    429: ["RL"],
+    404: ["-", "NR"],
+}
+AGENTS = ["curl/8.5.0", "Mozilla/5.0", "okhttp/4.12", None]
+
+
+def access_frame(
+    n: int, start: datetime, end: datetime, services: list[str], seed: int = 1
+) -> pd.DataFrame:
+    """``n`` envoy_access rows with timestamps uniform in ``[start, end)`` (ms precision)."""
+    rng = random.Random(seed)
+    span_ms = int((end - start).total_seconds() * 1000)
+    rows = []
+    for i in range(n):
+        ts = start + timedelta(milliseconds=rng.randrange(span_ms))
+        code = rng.choice(CODES)
+        flags = rng.choice(FLAGS_BY_CODE.get(code, ["-"]))
+        up = (
+            None
+            if flags in ("UH", "NR", "DC")
+            else f"10.0.{rng.randrange(3)}.{rng.randrange(4)}:8080"
+        )
+        xff = rng.choice([None, f"203.0.113.{rng.randrange(5)}", "198.51.100.7, 10.0.0.1"])
+        rows.append(
+            {
+                "timestamp": ts,
+                "service": services[i % len(services)],
+                "host": f"host-{i % 3}",
+                "container_id": f"c{i % 7:063d}",
+                "container_name": "envoy",
+                "method": rng.choice(METHODS),
+                "path": rng.choice(PATHS),
+                "protocol": "HTTP/1.1",
+                "response_code": code,
+                "response_flags": flags,
+                "bytes_received": rng.randrange(0, 5000),
+                "bytes_sent": rng.randrange(0, 50000),
+                "duration_ms": rng.randrange(1, 2000),
+                "upstream_service_time_ms": None if up is None else rng.randrange(0, 1500),
+                "x_forwarded_for": xff,
+                "user_agent": rng.choice(AGENTS),
+                "request_id": f"req-{i:08d}",
+                "authority": "api.example.com",
+                "upstream_host": up,
+            }
+        )
+    frame = pd.DataFrame(rows)
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).dt.floor("ms")
+    return frame
+
+
+def logs_frame(
+    n: int, start: datetime, end: datetime, services: list[str], seed: int = 2
+) -> pd.DataFrame:
+    """``n`` container_logs rows."""
+    rng = random.Random(seed)
+    span_ms = int((end - start).total_seconds() * 1000)
+    rows = []
+    for i in range(n):
+        ts = start + timedelta(milliseconds=rng.randrange(span_ms))
+        stream = rng.choice(["stdout", "stdout", "stderr"])
+        level = "ERROR" if stream == "stderr" else "INFO"
+        rows.append(
+            {
+                "timestamp": ts,
+                "service": services[i % len(services)],
+                "host": f"host-{i % 3}",
+                "container_id": f"a{i % 5:063d}",
+                "container_name": "app",
+                "stream": stream,
+                "message": f"{level} line {i} user={rng.randrange(100)}",
+            }
+        )
+    frame = pd.DataFrame(rows)
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).dt.floor("ms")
+    return frame
+
+
+def write_frame(
+    uri: str, table: str, frame: pd.DataFrame, files_per_partition: int = 1
+) -> list[str]:
+    """Write ``frame`` into the warehouse at ``uri`` as the writer would; returns file paths."""
+    schema_table = {"envoy_access": ENVOY_ACCESS, "container_logs": CONTAINER_LOGS}[table]
+    schema = schema_table.arrow_schema()
+    wh = open_warehouse(uri, create=True)
+    written = []
+    if frame.empty:
+        return written
+    dts = frame["timestamp"].map(lambda t: dt_of(t.to_pydatetime()))
+    for (service, dt), part in frame.groupby([frame["service"], dts], sort=True):
+        folder = wh.path(table, f"service={service}", f"dt={dt}")
+        wh.fs.create_dir(folder, recursive=True)
+        chunks = [part.iloc[i::files_per_partition] for i in range(files_per_partition)]
+        for k, chunk in enumerate(chunks):
+            if chunk.empty:
+                continue
+            arrow = pa.Table.from_pandas(
+                chunk.drop(columns=["service"]), schema=schema, preserve_index=False
+            ).replace_schema_metadata(None)
+            path = f"{folder}/part-{k:04d}.parquet"
+            pq.write_table(arrow, path, filesystem=wh.fs, compression="zstd")
+            written.append(path)
+    return written
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)

@@ -1,0 +1,55 @@
+"""The transpile cache: a hit equals a fresh transpilation; a bad cache never breaks a query."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from athena import queries, sqlcache
+from tests.athena.test_queries import COMMON
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("LOGQ_CACHE_DIR", str(tmp_path / "c"))
+    return tmp_path / "c"
+
+
+def test_hit_equals_fresh_and_binds_new_values(cache: Path) -> None:
+    text = queries.load("errors").text
+    fresh = queries.to_duckdb(text, COMMON)
+    assert len(list(cache.glob("*.json"))) == 1
+    again = queries.to_duckdb(text, COMMON)
+    assert again == fresh
+    other = queries.to_duckdb(text, {**COMMON, "services": ["x' OR '1'='1"], "row_limit": 3})
+    assert other[0] == fresh[0]
+    assert other[1]["services__0"] == "x' OR '1'='1" and other[1]["row_limit"] == 3
+    assert "x' OR" not in next(cache.glob("*.json")).read_text()  # values never cached
+
+
+def test_list_shape_is_part_of_the_key(cache: Path) -> None:
+    text = queries.load("errors").text
+    one = queries.to_duckdb(text, COMMON)
+    two = queries.to_duckdb(text, {**COMMON, "services": ["a", "b"]})
+    assert "$services__1" in two[0] and "$services__1" not in one[0]
+    assert len(list(cache.glob("*.json"))) == 2
+
+
+def test_corrupt_and_unwritable_cache_are_ignored(cache: Path, monkeypatch) -> None:
+    text = queries.load("latency").text
+    fresh = queries.to_duckdb(text, COMMON)
+    for f in cache.glob("*.json"):
+        f.write_text("{not json")
+    assert queries.to_duckdb(text, COMMON) == fresh
+    blocker = cache.parent / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("LOGQ_CACHE_DIR", str(blocker / "sub"))
+    assert queries.to_duckdb(text, COMMON) == fresh
+    assert sqlcache.get("missing") is None
+
+
+def test_adhoc_sql_is_never_cached(cache: Path) -> None:
+    sql, _ = queries.to_duckdb("SELECT secret_value FROM envoy_access", {})
+    assert "secret_value" in sql
+    assert not cache.exists() or not list(cache.glob("*.json"))

@@ -1,0 +1,89 @@
+"""Time ranges: relative and ISO-8601 values, and the dt partitions they cover."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from athena import schema
+from athena.timerange import (
+    DT_FORMAT,
+    TimeRange,
+    TimeRangeError,
+    iso_utc,
+    parse_duration,
+    parse_interval,
+    parse_time,
+    sql_timestamp,
+)
+
+NOW = datetime(2026, 11, 28, 0, 20, 5, 123000, tzinfo=UTC)
+
+
+def test_dt_format_agrees_with_schema() -> None:
+    assert DT_FORMAT == schema.DT_FORMAT
+
+
+@pytest.mark.parametrize(
+    ("text", "delta"),
+    [("15m", timedelta(minutes=15)), ("1h", timedelta(hours=1)), ("2d", timedelta(days=2)),
+     ("1w", timedelta(weeks=1)), ("30s", timedelta(seconds=30)), ("3 hours", timedelta(hours=3))],
+)  # fmt: skip
+def test_relative(text: str, delta: timedelta) -> None:
+    assert parse_duration(text) == delta
+    assert parse_time(text, NOW) == NOW - delta
+
+
+def test_iso_forms() -> None:
+    assert parse_time("2026-11-27T23:00:00Z", NOW) == datetime(2026, 11, 27, 23, tzinfo=UTC)
+    assert parse_time("2026-11-27T23:00:00", NOW) == datetime(2026, 11, 27, 23, tzinfo=UTC)
+    assert parse_time("2026-11-28T01:00:00+02:00", NOW) == datetime(2026, 11, 27, 23, tzinfo=UTC)
+    assert parse_time("2026-11-27", NOW) == datetime(2026, 11, 27, tzinfo=UTC)
+    assert parse_time("now", NOW) == NOW
+
+
+@pytest.mark.parametrize("bad", ["", "yesterday", "1y", "-1h", "2026-13-01", "1h; DROP"])
+def test_bad_values(bad: str) -> None:
+    with pytest.raises(TimeRangeError):
+        parse_time(bad, NOW)
+
+
+def test_range_across_day_boundary() -> None:
+    r = TimeRange.parse("1h", None, now=NOW)
+    assert r.since == NOW - timedelta(hours=1)
+    assert r.hours() == ["2026-11-27-23", "2026-11-28-00"]
+    assert (r.dt_from, r.dt_to) == ("2026-11-27-23", "2026-11-28-00")
+    assert r.contains_dt("2026-11-27-23") and not r.contains_dt("2026-11-27-22")
+    assert not r.contains_dt("2026-11-28-01")
+
+
+def test_until_on_hour_boundary_is_exclusive() -> None:
+    r = TimeRange.parse("2026-11-27T22:00:00Z", "2026-11-28T00:00:00Z", now=NOW)
+    assert r.hours() == ["2026-11-27-22", "2026-11-27-23"]
+    assert r.sql_params() == {
+        "dt_from": "2026-11-27-22",
+        "dt_to": "2026-11-27-23",
+        "since": "2026-11-27 22:00:00.000",
+        "until": "2026-11-28 00:00:00.000",
+    }
+
+
+def test_default_and_order() -> None:
+    assert TimeRange.parse(None, None, now=NOW, default="1d").since == NOW - timedelta(days=1)
+    with pytest.raises(TimeRangeError, match="must be before"):
+        TimeRange.parse("1h", "2h", now=NOW)
+
+
+def test_interval() -> None:
+    assert parse_interval("1m") == timedelta(minutes=1)
+    assert parse_interval("5m") == timedelta(minutes=5)
+    for bad in ("0m", "1w", "m", "1.5m"):
+        with pytest.raises(TimeRangeError):
+            parse_interval(bad)
+
+
+def test_formatting() -> None:
+    assert sql_timestamp(NOW) == "2026-11-28 00:20:05.123"
+    assert iso_utc(NOW) == "2026-11-28T00:20:05.123Z"
+    assert iso_utc(datetime(2026, 1, 1)) == "2026-01-01T00:00:00.000Z"

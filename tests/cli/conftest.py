@@ -1,0 +1,81 @@
+"""Fixtures for CLI tests: a warehouse across an hour and a day boundary, and a runner."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app
+from tests.athena.factory import access_frame, logs_frame, utc, write_frame
+
+START = utc(2026, 11, 27, 22, 30)
+END = utc(2026, 11, 28, 1, 30)
+SERVICES = ["recipe", "users", "billing"]
+
+
+@dataclass
+class Warehouse:
+    """A written test warehouse and the frames it holds (the independent truth)."""
+
+    uri: str
+    access: pd.DataFrame
+    logs: pd.DataFrame
+
+
+@pytest.fixture(scope="session")
+def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Warehouse:
+    root = tmp_path_factory.mktemp("wh") / "warehouse"
+    access = access_frame(4000, START, END, SERVICES, seed=7)
+    logs = logs_frame(1500, START, END, SERVICES, seed=8)
+    write_frame(str(root), "envoy_access", access, files_per_partition=2)
+    write_frame(str(root), "container_logs", logs)
+    # Files every reader must skip: temp/hidden names and non-Parquet objects.
+    part = root / "envoy_access" / "service=recipe" / "dt=2026-11-28-00"
+    (part / ".part-tmp.parquet").write_bytes(b"not parquet")
+    (part / "_SUCCESS").write_bytes(b"")
+    (part / "_tmp.parquet").write_bytes(b"garbage")
+    (part / "notes.txt").write_text("ignore me")
+    return Warehouse(str(root), access, logs)
+
+
+@dataclass
+class Run:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> list[dict]:
+        return json.loads(self.stdout)
+
+
+@pytest.fixture(autouse=True)
+def _sql_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the transpile cache in a temp dir (never the user's ~/.cache)."""
+    monkeypatch.setenv("LOGQ_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "sqlcache"))
+
+
+@pytest.fixture
+def logq(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Run]:
+    """Run ``logq ARGS`` in-process; stdout and stderr kept apart."""
+    monkeypatch.delenv("LOGQ_WAREHOUSE", raising=False)
+    monkeypatch.delenv("LOGQ_ENGINE", raising=False)
+    runner = CliRunner()
+
+    def run(*args: str) -> Run:
+        result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+        return Run(result.exit_code, result.stdout, result.stderr)
+
+    return run
+
+
+@pytest.fixture
+def empty_warehouse(tmp_path: Path) -> str:
+    path = tmp_path / "empty"
+    path.mkdir()
+    return str(path)

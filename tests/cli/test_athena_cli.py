@@ -1,0 +1,148 @@
+"""`logq ... --engine athena` against moto's Athena API."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.athena.athena_moto import athena_env, executions, queue_result, set_progression
+from tests.cli.conftest import Warehouse
+
+pytestmark = pytest.mark.integration
+
+ATHENA = ["--engine", "athena", "--athena-output", "s3://results/", "--athena-database", "logs"]
+
+
+@pytest.fixture
+def moto(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    athena_env(monkeypatch, moto_server)
+    set_progression(moto_server, None)
+    return moto_server
+
+
+def test_errors_on_athena_json(logq, moto: str) -> None:
+    queue_result(
+        moto,
+        [("path", "varchar"), ("response_code", "integer"), ("response_flags", "varchar"),
+         ("count", "bigint"), ("path_share_pct", "double"), ("path_requests", "bigint")],
+        [["/api/recipes", 503, "UH", 12, 2.5, 480]],
+    )  # fmt: skip
+    run = logq("errors", "-s", "recipe", "--since", "1h", "-f", "json", *ATHENA)
+    assert run.exit_code == 0, run.stderr
+    assert run.json() == [
+        {"path": "/api/recipes", "response_code": 503, "response_flags": "UH", "count": 12,
+         "path_share_pct": 2.5, "path_requests": 480}
+    ]  # fmt: skip
+    assert "Athena scanned" in run.stderr and "USD" in run.stderr
+    last = executions(moto)[-1]["Query"]
+    assert "service IN ('recipe')" in last and "dt BETWEEN" in last
+
+
+def test_hostile_values_on_athena(logq, moto: str) -> None:
+    queue_result(moto, [("path", "varchar")], [])
+    run = logq("errors", "--path", "x' OR '1'='1", "-f", "json", *ATHENA)
+    assert run.exit_code == 0, run.stderr
+    assert run.json() == []
+    last = executions(moto)[-1]["Query"]
+    assert "starts_with(path, 'x'' OR ''1''=''1')" in last
+    run = logq("errors", "-s", "x' OR '1'='1", "-f", "json", *ATHENA)
+    assert run.exit_code == 2 and "not a service name" in run.stderr
+
+
+def test_dry_run_on_athena_prints_final_sql_and_partitions(logq) -> None:
+    run = logq(
+        "errors", "-s", "recipe", "--since", "2026-11-27T23:30:00Z", "--until",
+        "2026-11-28T00:30:00Z", "--dry-run", *ATHENA,
+    )  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    assert "envoy_access/service=recipe/dt=2026-11-27-23" in run.stdout
+    assert "envoy_access/service=recipe/dt=2026-11-28-00" in run.stdout
+    assert "AND \"timestamp\" >= CAST('2026-11-27 23:30:00.000' AS timestamp)" in run.stdout
+    assert "service IN ('recipe')" in run.stdout
+
+
+def test_max_scan_bytes_refuses_before_starting(logq, moto: str, warehouse: Warehouse) -> None:
+    before = len(executions(moto))
+    run = logq(
+        "errors", "--since", "2026-11-27T22:00:00Z", "--until", "2026-11-28T02:00:00Z",
+        "--max-scan-bytes", "1000", "--warehouse", warehouse.uri, *ATHENA,
+    )  # fmt: skip
+    assert run.exit_code == 1 and "max-scan-bytes" in run.stderr
+    assert len(executions(moto)) == before
+
+
+def test_athena_needs_output(logq, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOGQ_ATHENA_OUTPUT", raising=False)
+    monkeypatch.delenv("LOGQ_ATHENA_WORKGROUP", raising=False)
+    run = logq("errors", "--engine", "athena")
+    assert run.exit_code == 1 and "--athena-output" in run.stderr
+
+
+def test_sql_runs_exactly_as_written(logq, moto: str) -> None:
+    statement = (
+        "SELECT service, count(*) AS n FROM envoy_access WHERE dt >= '2026-11-28-00' GROUP BY 1"
+    )
+    queue_result(moto, [("service", "varchar"), ("n", "bigint")], [["recipe", 10], ["users", 3]])
+    run = logq("sql", statement, "-f", "json", *ATHENA)
+    assert run.exit_code == 0, run.stderr
+    assert run.json() == [{"service": "recipe", "n": 10}, {"service": "users", "n": 3}]
+    assert executions(moto)[-1]["Query"] == statement
+
+
+def test_timeline_on_athena_fills_intervals(logq, moto: str) -> None:
+    queue_result(
+        moto,
+        [("bucket", "timestamp with time zone"), ("requests", "bigint"), ("errors_4xx", "bigint"),
+         ("errors_5xx", "bigint")],
+        [["2026-11-28 00:00:00.000 UTC", 5, 1, 2], ["2026-11-28 00:02:00.000 UTC", 7, 0, 0]],
+    )  # fmt: skip
+    run = logq(
+        "timeline", "--since", "2026-11-28T00:00:00Z", "--until", "2026-11-28T00:03:00Z",
+        "-f", "json", *ATHENA,
+    )  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    assert [(r["bucket"], r["requests"], r["errors_5xx"]) for r in run.json()] == [
+        ("2026-11-28T00:00:00.000Z", 5, 2),
+        ("2026-11-28T00:01:00.000Z", 0, 0),
+        ("2026-11-28T00:02:00.000Z", 7, 0),
+    ]
+
+
+def test_tail_and_services_on_athena(logq, moto: str) -> None:
+    queue_result(
+        moto,
+        [("timestamp", "timestamp"), ("service", "varchar"), ("container_name", "varchar"),
+         ("stream", "varchar"), ("message", "varchar")],
+        [["2026-11-28 00:00:02.000", "recipe", "app", "stderr", "second"],
+         ["2026-11-28 00:00:01.000", "recipe", "app", "stdout", "first"]],
+    )  # fmt: skip
+    run = logq("tail", "-s", "recipe", "--grep", "x' OR '1'='1", "-f", "json", *ATHENA)
+    assert run.exit_code == 0, run.stderr
+    assert [r["message"] for r in run.json()] == ["first", "second"]
+    assert "regexp_like(message, 'x'' OR ''1''=''1')" in executions(moto)[-1]["Query"]
+    queue_result(
+        moto,
+        [("service", "varchar"), ("newest", "timestamp"), ("access_lines", "bigint"),
+         ("log_lines", "bigint")],
+        [["recipe", "2026-11-28 00:00:02.000", 10, 4]],
+    )  # fmt: skip
+    run = logq("services", "-f", "json", *ATHENA)
+    assert run.json() == [
+        {"service": "recipe", "newest": "2026-11-28T00:00:02.000Z", "access_lines": 10,
+         "log_lines": 4}
+    ]  # fmt: skip
+    assert "FROM container_logs" in executions(moto)[-1]["Query"]
+
+
+def test_athena_settings_from_environment(logq, moto: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOGQ_ENGINE", "athena")
+    monkeypatch.setenv("LOGQ_ATHENA_OUTPUT", "s3://env-results/q/")
+    monkeypatch.setenv("LOGQ_ATHENA_DATABASE", "envdb")
+    monkeypatch.setenv("LOGQ_ATHENA_WORKGROUP", "primary")
+    queue_result(moto, [("path", "varchar")], [])
+    run = logq("errors", "-s", "recipe", "-f", "json")
+    assert run.exit_code == 0, run.stderr
+    sent = executions(moto)[-1]
+    assert sent["QueryExecutionContext"]["Database"] == "envdb"
+    assert sent["ResultConfiguration"]["OutputLocation"].startswith("s3://env-results/q/")
+    assert sent["WorkGroup"] == "primary"
+    assert "no matching rows" in run.stderr and "logq services --engine athena" in run.stderr

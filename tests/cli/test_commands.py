@@ -1,0 +1,259 @@
+"""latency, flags, upstreams, top, timeline, trace, tail: exact answers computed with pandas."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.athena.factory import access_frame, utc, write_frame
+from tests.cli.conftest import Warehouse
+
+SINCE = "2026-11-27T22:45:00Z"
+UNTIL = "2026-11-28T00:20:00Z"
+WIDE = ["--since", SINCE, "--until", UNTIL, "--limit", "10000", "-f", "json"]
+
+
+def scoped(df: pd.DataFrame, services: list[str] | None = None) -> pd.DataFrame:
+    out = df[(df["timestamp"] >= pd.Timestamp(SINCE)) & (df["timestamp"] < pd.Timestamp(UNTIL))]
+    return out[out["service"].isin(services)] if services else out
+
+
+def pct(values: pd.Series, q: float) -> int:
+    return int(np.quantile(values.to_numpy(), q, method="inverted_cdf"))
+
+
+def iso(ts: pd.Timestamp) -> str:
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+@pytest.mark.parametrize(
+    ("by", "column", "name"),
+    [("path", "path", "path"), ("upstream", "upstream_host", "upstream_host"),
+     ("method", "method", "method")],
+)  # fmt: skip
+def test_latency(logq, warehouse: Warehouse, by: str, column: str, name: str) -> None:
+    run = logq("latency", "-s", "recipe", "--by", by, "--warehouse", warehouse.uri, *WIDE)
+    assert run.exit_code == 0, run.stderr
+    df = scoped(warehouse.access, ["recipe"]).copy()
+    df[column] = df[column].fillna("-")
+    want = [
+        {
+            name: key,
+            "requests": len(g),
+            "p50_ms": pct(g["duration_ms"], 0.5),
+            "p90_ms": pct(g["duration_ms"], 0.9),
+            "p99_ms": pct(g["duration_ms"], 0.99),
+            "max_ms": int(g["duration_ms"].max()),
+        }
+        for key, g in df.groupby(column)
+    ]
+    want.sort(key=lambda r: (-r["p99_ms"], -r["requests"], r[name]))
+    assert run.json() == want
+
+
+def test_flags_counted_individually_and_explained(logq, warehouse: Warehouse) -> None:
+    run = logq("flags", "--warehouse", warehouse.uri, *WIDE)
+    assert run.exit_code == 0, run.stderr
+    df = scoped(warehouse.access)
+    total = len(df)
+    exploded = (
+        df[df["response_flags"] != "-"]
+        .assign(flag=lambda d: d["response_flags"].str.split(","))
+        .explode("flag")
+    )
+    want = [
+        {
+            "flag": flag,
+            "requests": len(g),
+            "request_share_pct": round(len(g) * 100 / total, 2),
+            "errors_5xx": int((g["response_code"] >= 500).sum()),
+        }
+        for flag, g in exploded.groupby("flag")
+    ]
+    want.sort(key=lambda r: (-r["requests"], r["flag"]))
+    got = run.json()
+    assert [{k: r[k] for k in want[0]} for r in got] == want
+    meanings = {r["flag"]: r["meaning"] for r in got}
+    assert meanings["UH"] == "no healthy upstream host in the cluster"
+    assert meanings["URX"] == "upstream retry limit exceeded"
+
+
+def test_upstreams(logq, warehouse: Warehouse) -> None:
+    run = logq("upstreams", "-s", "users", "--warehouse", warehouse.uri, *WIDE)
+    df = scoped(warehouse.access, ["users"]).copy()
+    df["upstream_host"] = df["upstream_host"].fillna("-")
+    want = []
+    for host, g in df.groupby("upstream_host"):
+        errors = int((g["response_code"] >= 500).sum())
+        want.append(
+            {
+                "upstream_host": host,
+                "requests": len(g),
+                "errors_5xx": errors,
+                "error_pct": round(errors * 100 / len(g), 2),
+                "p99_ms": pct(g["duration_ms"], 0.99),
+            }
+        )
+    want.sort(key=lambda r: (-r["error_pct"], -r["requests"], r["upstream_host"]))
+    assert run.json() == want
+
+
+@pytest.mark.parametrize("by", ["path", "user_agent", "client"])
+def test_top(logq, warehouse: Warehouse, by: str) -> None:
+    run = logq("top", "--by", by, "--warehouse", warehouse.uri, *WIDE)
+    df = scoped(warehouse.access).copy()
+    if by == "client":
+        df["k"] = df["x_forwarded_for"].map(
+            lambda v: "-" if not isinstance(v, str) else v.split(",")[0].strip()
+        )
+    else:
+        df["k"] = df[by].fillna("-")
+    want = [
+        {
+            by: key,
+            "requests": len(g),
+            "request_share_pct": round(len(g) * 100 / len(df), 2),
+            "errors_5xx": int((g["response_code"] >= 500).sum()),
+        }
+        for key, g in df.groupby("k")
+    ]
+    want.sort(key=lambda r: (-r["requests"], r[by]))
+    assert run.json() == want
+
+
+def test_timeline_rows_fill_empty_intervals(logq, warehouse: Warehouse) -> None:
+    run = logq("timeline", "-s", "billing", "--every", "10m", "--warehouse", warehouse.uri, *WIDE)
+    df = scoped(warehouse.access, ["billing"])
+    buckets = pd.date_range("2026-11-27T22:40Z", "2026-11-28T00:10Z", freq="10min")
+    floor = df["timestamp"].dt.floor("10min")
+    want = [
+        {
+            "bucket": iso(b),
+            "requests": int((floor == b).sum()),
+            "errors_4xx": int(((floor == b) & df["response_code"].between(400, 499)).sum()),
+            "errors_5xx": int(((floor == b) & (df["response_code"] >= 500)).sum()),
+        }
+        for b in buckets
+    ]
+    assert run.json() == want
+    assert want[0]["requests"] > 0
+
+
+def test_timeline_zero_buckets_and_chart(logq, tmp_path) -> None:
+    uri = str(tmp_path / "wh")
+    frame = pd.concat(
+        [
+            access_frame(40, utc(2026, 1, 1, 10, 0), utc(2026, 1, 1, 10, 1), ["s"], seed=1),
+            access_frame(10, utc(2026, 1, 1, 10, 3), utc(2026, 1, 1, 10, 4), ["s"], seed=2),
+        ]
+    )
+    write_frame(uri, "envoy_access", frame)
+    args = [
+        "--since",
+        "2026-01-01T10:00:00Z",
+        "--until",
+        "2026-01-01T10:05:00Z",
+        "--warehouse",
+        uri,
+    ]
+    rows = logq("timeline", "-f", "json", *args).json()
+    assert [r["requests"] for r in rows] == [40, 0, 0, 10, 0]
+    chart = logq("timeline", *args)
+    assert "requests per 1m: 50 total" in chart.stdout
+    assert chart.stdout.count("█") > 10 and "10:02" in chart.stdout
+    csv_rows = list(csv.DictReader(io.StringIO(logq("timeline", "-f", "csv", *args).stdout)))
+    assert [int(r["requests"]) for r in csv_rows] == [40, 0, 0, 10, 0]
+    bad = logq("timeline", "--every", "1s", "--since", "1w", "--warehouse", uri)
+    assert bad.exit_code == 2 and "larger --every" in bad.stderr
+
+
+def test_trace_across_services_in_time_order(logq, tmp_path) -> None:
+    uri = str(tmp_path / "wh")
+    frame = access_frame(60, utc(2026, 1, 1, 9, 59), utc(2026, 1, 1, 10, 1), ["front", "recipe"], 3)
+    hops = frame.iloc[[3, 10, 17]].copy()
+    frame.loc[hops.index, "request_id"] = "abc-123"
+    write_frame(uri, "envoy_access", frame)
+    run = logq(
+        "trace", "abc-123", "--since", "2026-01-01T00:00:00Z", "--until", "2026-01-02T00:00:00Z",
+        "-f", "json", "--warehouse", uri,
+    )  # fmt: skip
+    hops = frame[frame["request_id"] == "abc-123"].sort_values(["timestamp", "service"])
+    got = run.json()
+    assert [(r["timestamp"], r["service"], r["path"]) for r in got] == [
+        (iso(t), s, p)
+        for t, s, p in zip(hops["timestamp"], hops["service"], hops["path"], strict=True)
+    ]
+    hostile = logq("trace", "abc-123' OR '1'='1", "--since", "1w", "-f", "json", "--warehouse", uri)
+    assert hostile.exit_code == 0 and hostile.json() == []
+
+
+def test_tail_stream_grep_limit_oldest_first(logq, warehouse: Warehouse) -> None:
+    run = logq(
+        "tail", "-s", "recipe", "--stream", "stderr", "--grep", "user=(?:1|2)[0-9]$",
+        "--warehouse", warehouse.uri, *WIDE[:-4], "--limit", "7", "-f", "json",
+    )  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    df = scoped(warehouse.logs, ["recipe"])
+    df = df[(df["stream"] == "stderr") & df["message"].str.contains(r"user=(?:1|2)[0-9]$")]
+    want = df.sort_values("timestamp").tail(7)
+    got = run.json()
+    assert [r["message"] for r in got] == list(want["message"])
+    assert [r["timestamp"] for r in got] == sorted(r["timestamp"] for r in got)
+    text = logq("tail", "-s", "recipe", "--stream", "stderr", "--warehouse", warehouse.uri,
+                "--since", SINCE, "--until", UNTIL, "--limit", "2")  # fmt: skip
+    lines = text.stdout.splitlines()
+    assert len(lines) == 2 and all(" recipe app!| ERROR" in ln for ln in lines)
+
+
+def test_tail_bad_regex_is_clear(logq, warehouse: Warehouse) -> None:
+    run = logq("tail", "--grep", "(unclosed", "--warehouse", warehouse.uri)
+    assert run.exit_code == 2 and "not a regular expression" in run.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["latency", "--path", "' OR 1=1 --"],
+        ["flags", "--path", "x'); DROP TABLE envoy_access; --"],
+        ["upstreams", "--path", "\\' OR '1'='1"],
+        ["top", "--path", "%' OR path LIKE '%"],
+        ["timeline", "--path", "' UNION SELECT 1,2,3,4 --"],
+        ["tail", "--grep", "' OR '1'='1"],
+        ["errors", "--path", "$path_prefix"],
+    ],
+)
+def test_hostile_values_match_nothing(logq, warehouse: Warehouse, args: list[str]) -> None:
+    run = logq(*args, "--warehouse", warehouse.uri, *WIDE)
+    assert run.exit_code == 0, run.stderr
+    assert run.json() == []
+
+
+@pytest.mark.parametrize("cmd", ["latency", "flags", "upstreams", "top", "timeline", "tail"])
+def test_hostile_service_refused_everywhere(logq, warehouse: Warehouse, cmd: str) -> None:
+    run = logq(cmd, "-s", "x' OR '1'='1", "--warehouse", warehouse.uri, "-f", "json")
+    assert run.exit_code == 2 and "not a service name" in run.stderr and run.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "cmd", ["latency", "flags", "upstreams", "top", "timeline", "tail", "trace"]
+)
+def test_empty_warehouse_every_command(logq, empty_warehouse: str, cmd: str) -> None:
+    args = [cmd, "rid"] if cmd == "trace" else [cmd]
+    run = logq(*args, "-f", "json", "--warehouse", empty_warehouse)
+    assert run.exit_code == 0, run.stderr
+    assert run.json() == [] and "no results" in run.stderr
+
+
+def test_markdown_every_command_parses(logq, warehouse: Warehouse) -> None:
+    for cmd in ("latency", "flags", "upstreams", "top"):
+        run = logq(
+            cmd, "--warehouse", warehouse.uri, "--since", SINCE, "--until", UNTIL, "-f", "markdown"
+        )
+        lines = run.stdout.splitlines()
+        assert lines[0].startswith("| ") and set(lines[1]) <= set("|-: ")
+        width = lines[0].count(" | ")
+        assert all(ln.count(" | ") == width for ln in lines[2:]), cmd

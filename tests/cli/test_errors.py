@@ -1,0 +1,242 @@
+"""`logq errors`: exact answers against pandas, pruning, formats, hostile values, empty cases."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pandas as pd
+
+from tests.cli.conftest import Warehouse
+
+SINCE = "2026-11-27T23:15:00Z"
+UNTIL = "2026-11-28T00:45:00Z"
+
+
+def expected_errors(
+    access: pd.DataFrame,
+    services: list[str] | None,
+    since: str,
+    until: str,
+    lo: int = 500,
+    hi: int = 599,
+    path_prefix: str = "",
+    method: str = "",
+) -> list[dict]:
+    df = access[
+        (access["timestamp"] >= pd.Timestamp(since)) & (access["timestamp"] < pd.Timestamp(until))
+    ]
+    if services:
+        df = df[df["service"].isin(services)]
+    if path_prefix:
+        df = df[df["path"].str.startswith(path_prefix)]
+    if method:
+        df = df[df["method"] == method]
+    per_path = df.groupby("path").size()
+    err = df[(df["response_code"] >= lo) & (df["response_code"] <= hi)]
+    grouped = (
+        err.groupby(["path", "response_code", "response_flags"]).size().reset_index(name="count")
+    )
+    grouped["path_share_pct"] = [
+        round(c * 100 / per_path[p], 2)
+        for p, c in zip(grouped["path"], grouped["count"], strict=True)
+    ]
+    grouped = grouped.sort_values(
+        ["count", "path", "response_code", "response_flags"], ascending=[False, True, True, True]
+    )
+    return [
+        {
+            "path": r.path,
+            "response_code": int(r.response_code),
+            "response_flags": r.response_flags,
+            "count": int(r.count),
+            "path_share_pct": r.path_share_pct,
+        }
+        for r in grouped.itertuples()
+    ]
+
+
+def _strip(rows: list[dict]) -> list[dict]:
+    keys = ("path", "response_code", "response_flags", "count", "path_share_pct")
+    return [{k: r[k] for k in keys} for r in rows]
+
+
+def test_errors_json_matches_pandas_across_day_boundary(logq, warehouse: Warehouse) -> None:
+    run = logq(
+        "errors", "--service", "recipe", "--since", SINCE, "--until", UNTIL,
+        "--format", "json", "--warehouse", warehouse.uri, "--limit", "1000",
+    )  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    rows = run.json()
+    want = expected_errors(warehouse.access, ["recipe"], SINCE, UNTIL)
+    assert len(want) > 5
+    assert _strip(rows) == want
+    counts = [r["count"] for r in rows]
+    assert counts == sorted(counts, reverse=True)
+
+
+def test_errors_all_services_status_4xx_path_and_method(logq, warehouse: Warehouse) -> None:
+    run = logq(
+        "errors", "--status", "4xx", "--path", "/api/recipes", "--method", "get",
+        "--since", SINCE, "--until", UNTIL, "-f", "json", "--warehouse", warehouse.uri,
+        "--limit", "1000",
+    )  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    want = expected_errors(warehouse.access, None, SINCE, UNTIL, 400, 499, "/api/recipes", "GET")
+    assert want and _strip(run.json()) == want
+
+
+def test_errors_single_code_and_repeated_service(logq, warehouse: Warehouse) -> None:
+    run = logq(
+        "errors", "--status", "503", "-s", "recipe", "-s", "billing", "--since", SINCE,
+        "--until", UNTIL, "-f", "json", "--warehouse", warehouse.uri,
+    )  # fmt: skip
+    want = expected_errors(warehouse.access, ["recipe", "billing"], SINCE, UNTIL, 503, 503)
+    assert want and _strip(run.json()) == want
+
+
+def test_errors_limit(logq, warehouse: Warehouse) -> None:
+    run = logq(
+        "errors", "--since", SINCE, "--until", UNTIL, "-f", "json", "--warehouse",
+        warehouse.uri, "--limit", "3",
+    )  # fmt: skip
+    assert _strip(run.json()) == expected_errors(warehouse.access, None, SINCE, UNTIL)[:3]
+
+
+def test_errors_csv_parses_back(logq, warehouse: Warehouse) -> None:
+    run = logq(
+        "errors", "-s", "users", "--since", SINCE, "--until", UNTIL, "-f", "csv",
+        "--warehouse", warehouse.uri, "--limit", "1000",
+    )  # fmt: skip
+    assert run.exit_code == 0
+    parsed = list(csv.DictReader(io.StringIO(run.stdout)))
+    want = expected_errors(warehouse.access, ["users"], SINCE, UNTIL)
+    assert [
+        (r["path"], int(r["response_code"]), r["response_flags"], int(r["count"])) for r in parsed
+    ] == [(w["path"], w["response_code"], w["response_flags"], w["count"]) for w in want]
+    assert "\x1b[" not in run.stdout
+
+
+def test_errors_table_and_markdown(logq, warehouse: Warehouse) -> None:
+    table = logq(
+        "errors", "-s", "recipe", "--since", SINCE, "--until", UNTIL, "--warehouse", warehouse.uri
+    )
+    assert table.exit_code == 0
+    top = expected_errors(warehouse.access, ["recipe"], SINCE, UNTIL)[0]
+    assert top["path"] in table.stdout and "response code" in table.stdout
+    md = logq(
+        "errors", "-s", "recipe", "--since", SINCE, "--until", UNTIL, "-f", "markdown",
+        "--warehouse", warehouse.uri,
+    )  # fmt: skip
+    lines = md.stdout.splitlines()
+    assert lines[0].startswith("| path | response_code |")
+    assert lines[1].startswith("| --- | ---: |")
+    assert f"| {top['path']} | {top['response_code']} |" in md.stdout
+
+
+def test_dry_run_shows_only_partitions_in_range(logq, warehouse: Warehouse) -> None:
+    run = logq(
+        "errors", "-s", "recipe", "--since", SINCE, "--until", UNTIL, "--dry-run",
+        "--warehouse", warehouse.uri,
+    )  # fmt: skip
+    assert run.exit_code == 0
+    listed = [ln.split()[1] for ln in run.stdout.splitlines() if ln.startswith("--   ")]
+    assert listed == [
+        "envoy_access/service=recipe/dt=2026-11-27-23",
+        "envoy_access/service=recipe/dt=2026-11-28-00",
+    ]
+    assert "read_parquet" not in run.stdout  # the statement itself, not our view plumbing
+    assert "STARTS_WITH" in run.stdout and "$dt_from" in run.stdout
+
+
+def test_hostile_service_matches_nothing(logq, warehouse: Warehouse) -> None:
+    for hostile in (
+        "x' OR '1'='1",
+        "recipe' --",
+        "../users",
+        "recipe'); DROP TABLE envoy_access; --",
+    ):
+        run = logq(
+            "errors", "--service", hostile, "--since", SINCE, "--until", UNTIL, "-f", "json",
+            "--warehouse", warehouse.uri,
+        )  # fmt: skip
+        assert run.exit_code == 2, run.stderr
+        assert run.stdout == ""
+        assert "is not a service name" in run.stderr and "did you mean" in run.stderr
+
+
+def test_service_names_match_as_stored(logq, warehouse: Warehouse) -> None:
+    """Names are matched after the writer's sanitising: case folds, a path cannot escape."""
+    want = expected_errors(warehouse.access, ["users"], SINCE, UNTIL)
+    run = logq(
+        "errors", "-s", "USERS", "--since", SINCE, "--until", UNTIL, "-f", "json",
+        "--warehouse", warehouse.uri, "--limit", "1000",
+    )  # fmt: skip
+    assert _strip(run.json()) == want
+    run = logq("errors", "-s", "../users", "--warehouse", warehouse.uri)
+    assert run.exit_code == 2 and "did you mean 'users'" in run.stderr
+    run = logq("errors", "-s", "no-such.svc", "-f", "json", "--warehouse", warehouse.uri)
+    assert run.exit_code == 0 and run.json() == []
+    assert "unknown service 'no-such.svc'" in run.stderr and "recipe" in run.stderr
+
+
+def test_hostile_path_and_method(logq, warehouse: Warehouse) -> None:
+    run = logq(
+        "errors", "--path", "/' OR '1'='1", "--since", SINCE, "--until", UNTIL, "-f", "json",
+        "--warehouse", warehouse.uri,
+    )  # fmt: skip
+    assert run.exit_code == 0 and run.json() == []
+    bad = logq("errors", "--method", "GET' OR 1=1 --", "--warehouse", warehouse.uri)
+    assert bad.exit_code == 2 and "not an HTTP method" in bad.stderr
+
+
+def test_unknown_service_table_lists_known(logq, warehouse: Warehouse) -> None:
+    run = logq(
+        "errors", "-s", "nope", "--since", SINCE, "--until", UNTIL, "--warehouse", warehouse.uri
+    )
+    assert run.exit_code == 0
+    assert "unknown service 'nope'" in run.stdout
+    assert "billing, recipe, users" in run.stdout
+
+
+def test_no_data_in_range_says_newest_time(logq, warehouse: Warehouse) -> None:
+    run = logq(
+        "errors", "-s", "recipe", "--since", "2026-11-29T00:00:00Z", "--until",
+        "2026-11-29T01:00:00Z", "--warehouse", warehouse.uri,
+    )  # fmt: skip
+    newest = warehouse.access[warehouse.access["service"] == "recipe"]["timestamp"].max()
+    assert "no envoy_access data" in run.stdout
+    assert newest.strftime("%Y-%m-%dT%H:%M:%S") in run.stdout
+
+
+def test_empty_warehouse(logq, empty_warehouse: str) -> None:
+    run = logq("errors", "--since", "1h", "-f", "json", "--warehouse", empty_warehouse)
+    assert run.exit_code == 0 and run.json() == []
+    assert "no envoy_access data at all" in run.stderr
+
+
+def test_bad_time_and_status_are_clear_errors(logq, warehouse: Warehouse) -> None:
+    run = logq("errors", "--since", "yesterday", "--warehouse", warehouse.uri)
+    assert run.exit_code == 2 and "15m, 1h" in run.stderr
+    run = logq("errors", "--since", "1h", "--until", "2h", "--warehouse", warehouse.uri)
+    assert run.exit_code == 2 and "must be before" in run.stderr
+    run = logq("errors", "--status", "6xx", "--warehouse", warehouse.uri)
+    assert run.exit_code == 2 and "5xx" in run.stderr
+
+
+def test_env_var_warehouse(logq, warehouse: Warehouse, monkeypatch) -> None:
+    monkeypatch.setenv("LOGQ_WAREHOUSE", warehouse.uri)
+    run = logq(
+        "errors",
+        "-s",
+        "recipe",
+        "--since",
+        SINCE,
+        "--until",
+        UNTIL,
+        "-f",
+        "json",
+        "--limit",
+        "1000",
+    )
+    assert _strip(run.json()) == expected_errors(warehouse.access, ["recipe"], SINCE, UNTIL)

@@ -1,0 +1,106 @@
+"""Help texts, light start-up, shell completion, and the CLI over an S3 warehouse."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.athena.factory import access_frame, logs_frame, utc, write_frame
+
+COMMANDS = [
+    "errors", "sql", "latency", "flags", "upstreams", "top", "timeline", "trace", "tail", "ddl",
+    "services", "demo",
+]  # fmt: skip
+COMMON_OPTIONS = (
+    "--service", "--since", "--until", "--limit", "--format", "--engine", "--warehouse",
+    "--dry-run", "--path", "--method", "--max-scan-bytes",
+)  # fmt: skip
+HEAVY = ("pyarrow", "duckdb", "pandas", "sqlglot", "boto3", "pyathena", "numpy")
+
+
+def test_help_imports_no_heavy_library() -> None:
+    """`logq --help` must start fast: the heavy libraries load only inside commands."""
+    code = (
+        "import sys; from cli.app import app; from typer.testing import CliRunner; "
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0; "
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_every_command_help_has_an_example(logq, cmd: str) -> None:
+    run = logq(cmd, "--help")
+    assert run.exit_code == 0
+    assert "Example: logq " + cmd in " ".join(run.stdout.split())
+
+
+def test_common_options_on_every_query_command(logq) -> None:
+    for cmd in (
+        "errors",
+        "sql",
+        "latency",
+        "flags",
+        "upstreams",
+        "top",
+        "timeline",
+        "trace",
+        "tail",
+    ):
+        text = logq(cmd, "--help").stdout
+        for opt in COMMON_OPTIONS:
+            assert opt in text, (cmd, opt)
+
+
+def test_service_completion(warehouse, monkeypatch) -> None:
+    from cli.options import _complete_service
+
+    monkeypatch.setenv("LOGQ_WAREHOUSE", warehouse.uri)
+    assert _complete_service("") == ["billing", "recipe", "users"]
+    assert _complete_service("re") == ["recipe"]
+    monkeypatch.setenv("LOGQ_WAREHOUSE", "gopher://nowhere")
+    assert _complete_service("") == []
+
+
+def test_show_completion_script(logq) -> None:
+    run = logq("--show-completion", "bash")
+    assert run.exit_code == 0 and "_LOGQ_COMPLETE" in run.stdout
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_cli_over_s3_warehouse(logq, s3_warehouse: str) -> None:
+    start, end = utc(2026, 11, 27, 23, 0), utc(2026, 11, 28, 1, 0)
+    access = access_frame(900, start, end, ["recipe", "users"], seed=11)
+    write_frame(s3_warehouse, "envoy_access", access, files_per_partition=2)
+    write_frame(s3_warehouse, "container_logs", logs_frame(50, start, end, ["recipe"], seed=12))
+    rng = ["--since", "2026-11-27T23:30:00Z", "--until", "2026-11-28T00:30:00Z"]
+    run = logq(
+        "errors", "-s", "recipe", *rng, "-f", "json", "--limit", "1000", "--warehouse", s3_warehouse
+    )
+    assert run.exit_code == 0, run.stderr
+    df = access[
+        (access["service"] == "recipe")
+        & (access["timestamp"] >= pd.Timestamp(rng[1]))
+        & (access["timestamp"] < pd.Timestamp(rng[3]))
+        & (access["response_code"] >= 500)
+    ]
+    assert sum(r["count"] for r in run.json()) == len(df)
+    dry = logq("errors", "-s", "recipe", *rng, "--dry-run", "--warehouse", s3_warehouse)
+    listed = [ln.split()[1] for ln in dry.stdout.splitlines() if ln.startswith("--   ")]
+    assert listed == [
+        "envoy_access/service=recipe/dt=2026-11-27-23",
+        "envoy_access/service=recipe/dt=2026-11-28-00",
+    ]
+    services = logq("services", "-f", "json", "--warehouse", s3_warehouse).json()
+    assert [s["service"] for s in services] == ["recipe", "users"]
+    tail = logq("tail", "-s", "recipe", "--since", "2026-11-27T00:00:00Z", "-f", "json",
+                "--until", "2026-11-29T00:00:00Z", "--warehouse", s3_warehouse)  # fmt: skip
+    assert len(tail.json()) == 50
+    ddl = logq("ddl", "--warehouse", s3_warehouse)
+    assert f"LOCATION '{s3_warehouse}/envoy_access/'" in ddl.stdout
+    assert "'projection.service.values' = 'recipe,users'" in ddl.stdout

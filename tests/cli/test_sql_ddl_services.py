@@ -1,0 +1,146 @@
+"""`logq sql`, `logq ddl`, `logq services`, relative time ranges and the console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+
+from tests.athena.factory import access_frame, write_frame
+from tests.cli.conftest import SERVICES, Warehouse
+
+LOGQ = Path(sys.executable).with_name("logq")
+
+
+def test_sql_json_rows_with_iso_timestamps(logq, warehouse: Warehouse) -> None:
+    run = logq(
+        "sql",
+        "SELECT request_id, \"timestamp\", response_code, service, dt FROM envoy_access "
+        "WHERE service = 'billing' AND dt = '2026-11-28-01' ORDER BY request_id",
+        "--format", "json", "--warehouse", warehouse.uri,
+    )  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    rows = run.json()
+    df = warehouse.access
+    want = df[(df["service"] == "billing") & (df["timestamp"] >= pd.Timestamp("2026-11-28T01:00Z"))]
+    want = want.sort_values("request_id")
+    assert [r["request_id"] for r in rows] == list(want["request_id"])
+    assert [r["timestamp"] for r in rows] == [
+        t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+        for t in want["timestamp"]
+    ]
+    assert {r["dt"] for r in rows} == {"2026-11-28-01"}
+    assert all(isinstance(r["response_code"], int) for r in rows)
+
+
+def test_sql_aggregate_over_both_tables(logq, warehouse: Warehouse) -> None:
+    run = logq(
+        "sql",
+        "SELECT (SELECT count(*) FROM envoy_access) AS a, "
+        "(SELECT count(*) FROM container_logs) AS l",
+        "-f", "json", "--warehouse", warehouse.uri,
+    )  # fmt: skip
+    assert run.json() == [{"a": len(warehouse.access), "l": len(warehouse.logs)}]
+
+
+def test_sql_since_restricts_partitions(logq, warehouse: Warehouse) -> None:
+    run = logq(
+        "sql", "SELECT count(*) AS n FROM envoy_access", "-s", "recipe", "--since",
+        "2026-11-28T00:00:00Z", "--until", "2026-11-28T01:00:00Z", "-f", "json",
+        "--warehouse", warehouse.uri,
+    )  # fmt: skip
+    df = warehouse.access
+    hour = df[
+        (df["service"] == "recipe")
+        & (df["timestamp"].dt.strftime("%Y-%m-%d-%H") == "2026-11-28-00")
+    ]
+    assert run.json() == [{"n": len(hour)}]
+
+
+def test_sql_errors_are_clear(logq, warehouse: Warehouse) -> None:
+    run = logq("sql", "SELECT nope FROM envoy_access", "--warehouse", warehouse.uri)
+    assert run.exit_code == 1 and "DuckDB could not run the query" in run.stderr
+    run = logq("sql", "SELEKT 1 FROM", "--warehouse", warehouse.uri)
+    assert run.exit_code != 0 and "logq: error" in run.stderr
+
+
+def test_ddl_prints_both_tables(logq, warehouse: Warehouse) -> None:
+    run = logq("ddl", "--warehouse", "s3://bucket/wh", "-s", "recipe", "-s", "users")
+    assert run.exit_code == 0
+    assert run.stdout.count("CREATE EXTERNAL TABLE") == 2
+    assert "`envoy_access`" in run.stdout and "`container_logs`" in run.stdout
+    assert "'s3://bucket/wh/envoy_access/'" in run.stdout
+    assert "'projection.service.values' = 'recipe,users'" in run.stdout
+    local = logq("ddl", "--warehouse", warehouse.uri)
+    assert "'projection.service.values' = 'billing,recipe,users'" in local.stdout
+    assert "not an s3:// location" in local.stderr
+
+
+def test_services_lists_newest_time(logq, warehouse: Warehouse) -> None:
+    run = logq("services", "-f", "json", "--warehouse", warehouse.uri)
+    assert run.exit_code == 0
+    rows = {r["service"]: r for r in run.json()}
+    assert sorted(rows) == sorted(SERVICES)
+    for svc in SERVICES:
+        newest = max(
+            warehouse.access[warehouse.access["service"] == svc]["timestamp"].max(),
+            warehouse.logs[warehouse.logs["service"] == svc]["timestamp"].max(),
+        )
+        assert rows[svc]["newest"] == newest.strftime("%Y-%m-%dT%H:%M:%S.") + (
+            f"{newest.microsecond // 1000:03d}Z"
+        )
+        assert rows[svc]["access_hours"] == 4
+
+
+def test_services_empty_and_unknown(logq, warehouse: Warehouse, empty_warehouse: str) -> None:
+    run = logq("services", "-f", "json", "--warehouse", empty_warehouse)
+    assert run.json() == [] and "holds no data yet" in run.stderr
+    run = logq("services", "-s", "nope", "--warehouse", warehouse.uri, "-f", "json")
+    assert run.json() == [] and "known: billing, recipe, users" in run.stderr
+
+
+def test_relative_since_counts_only_recent_rows(logq, tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    old = access_frame(300, now - timedelta(hours=5), now - timedelta(hours=2), ["svc"], seed=3)
+    new = access_frame(
+        300, now - timedelta(minutes=50), now - timedelta(minutes=1), ["svc"], seed=4
+    )
+    uri = str(tmp_path / "wh")
+    write_frame(uri, "envoy_access", pd.concat([old, new], ignore_index=True))
+    run = logq(
+        "errors", "-s", "svc", "--since", "1h", "-f", "json", "--warehouse", uri, "--limit", "1000"
+    )
+    got = sum(r["count"] for r in run.json())
+    assert got == int((new["response_code"] >= 500).sum())
+    run = logq(
+        "errors", "-s", "svc", "--since", "1d", "-f", "json", "--warehouse", uri, "--limit", "1000"
+    )
+    both = pd.concat([old, new])
+    assert sum(r["count"] for r in run.json()) == int((both["response_code"] >= 500).sum())
+
+
+def test_console_script_contract(warehouse: Warehouse) -> None:
+    """The installed `logq` process: JSON on stdout only, LOGQ_WAREHOUSE honoured."""
+    env = {**os.environ, "LOGQ_WAREHOUSE": warehouse.uri}
+    proc = subprocess.run(
+        [str(LOGQ), "errors", "--service", "recipe", "--since", "2026-11-27T22:00:00Z",
+         "--until", "2026-11-28T02:00:00Z", "--format", "json", "--limit", "1000"],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    df = warehouse.access
+    total = int(((df["service"] == "recipe") & (df["response_code"] >= 500)).sum())
+    assert sum(r["count"] for r in rows) == total
+    assert {"path", "response_code", "response_flags", "count"} <= set(rows[0])
+
+
+def test_ddl_hostile_service_names_are_sanitised(logq) -> None:
+    run = logq("ddl", "--warehouse", "s3://b/wh", "-s", "x' OR '1'='1", "-s", "a`b")
+    assert run.exit_code == 0
+    assert "'projection.service.values' = 'a_b,x_or_1_1'" in run.stdout

@@ -1,0 +1,97 @@
+"""Shared fixtures: a real S3 server (SeaweedFS) and moto's Athena API, started only when used.
+
+* ``seaweedfs`` (session): a running ``weed server -s3`` on 127.0.0.1; ``.endpoint``,
+  ``.access_key``, ``.secret_key``, ``.region``, ``.create_bucket(name=None)``, ``.client()``,
+  ``.env()``.
+* ``s3_env`` (function): the standard AWS variables pointing at it, set with monkeypatch for the
+  test's own process and returned as a dict to merge into subprocess environments.
+* ``s3_warehouse`` (function): a fresh bucket, returned as the warehouse URI ``s3://<bucket>/wh``.
+* ``moto_server`` (session): the endpoint URL of a ``moto_server`` for Athena API tests.
+* ``subprocess_env`` (function): ``os.environ`` plus ``s3_env``-style overrides, helper for
+  tests that run our console scripts.
+
+Mark tests that use S3 with ``@pytest.mark.s3`` (and ``integration`` when they start processes).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.moto import MotoServer, start_moto
+from tests.support.seaweedfs import SeaweedFS, start_seaweedfs
+
+# Variables that would redirect or re-sign S3 calls away from the test server.
+_AWS_OVERRIDES = (
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+)
+
+
+#: Startup figures of the servers this session started, printed in the terminal summary.
+_STARTED: dict[str, float] = {}
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for name, seconds in _STARTED.items():
+        terminalreporter.write_line(f"{name} started in {seconds:.1f}s (127.0.0.1, free ports)")
+
+
+@pytest.fixture(scope="session")
+def seaweedfs() -> Iterator[SeaweedFS]:
+    """One SeaweedFS (S3) per session; stopped (then SIGKILLed) and deleted at the end."""
+    server = start_seaweedfs()
+    _STARTED["SeaweedFS S3"] = server.startup_seconds
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point the AWS SDKs at the test SeaweedFS; returns the variables for subprocess envs."""
+    for name in _AWS_OVERRIDES:
+        monkeypatch.delenv(name, raising=False)
+    env = seaweedfs.env()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def s3_warehouse(seaweedfs: SeaweedFS, s3_env: dict[str, str]) -> str:
+    """A warehouse URI in a bucket of its own: ``s3://<fresh-bucket>/wh``."""
+    bucket = seaweedfs.create_bucket()
+    return f"s3://{bucket}/wh"
+
+
+@pytest.fixture
+def subprocess_env() -> dict[str, str]:
+    """A copy of the environment for child processes, without AWS settings that would leak in.
+
+    Tests add ``s3_env`` on top when the child must reach SeaweedFS.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in _AWS_OVERRIDES}
+    env.pop("LOGQ_WAREHOUSE", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """Endpoint URL of a ``moto_server`` (Athena API emulation), killed at the end."""
+    started = time.monotonic()
+    server: MotoServer = start_moto()
+    _STARTED["moto (Athena API)"] = time.monotonic() - started
+    try:
+        yield server.endpoint
+    finally:
+        server.stop()

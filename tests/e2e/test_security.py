@@ -1,0 +1,105 @@
+"""Shared key and TLS between the real shipper and aggregator processes.
+
+A host that ships over the network to a shared aggregator fleet needs both: the Forward
+shared-key handshake (HELO/PING/PONG) keeps strangers from writing, TLS keeps the lines private.
+The right key over TLS delivers every line; a wrong key is refused with a clear message and
+nothing reaches the warehouse.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import socket
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from cli.demohost import write_host
+from tests.support.expect import assert_tables_match
+from tests.support.pipeline import run_shipper_once, start_aggregator
+
+pytestmark = pytest.mark.integration
+
+KEY = "s3cret-forward-key"
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (its own CA), as an operator would make with openssl."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "logq-aggregator.test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "aggregator.crt", folder / "aggregator.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_and_shared_key_deliver_every_line(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    manifest = write_host(tmp_path / "containers", seed=31, requests=80, long_line=False)
+    cert, key = _self_signed(tmp_path)
+    warehouse = str(tmp_path / "warehouse")
+    agg = start_aggregator(
+        warehouse, tmp_path, subprocess_env,
+        "--shared-key", KEY, "--tls-cert", str(cert), "--tls-key", str(key),
+    )  # fmt: skip
+    try:
+        done = run_shipper_once(
+            agg.address, manifest.root, tmp_path / "state", subprocess_env,
+            "--shared-key", KEY, "--tls", "--tls-ca", str(cert), "--compress", "gzip",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert agg.terminate() == 0, agg.log.read_text()
+    finally:
+        agg.kill()
+    assert_tables_match(manifest, warehouse, subprocess_env, socket.gethostname())
+
+
+def test_wrong_shared_key_is_refused_and_nothing_is_stored(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    manifest = write_host(tmp_path / "containers", seed=32, requests=20, long_line=False)
+    warehouse = tmp_path / "warehouse"
+    agg = start_aggregator(str(warehouse), tmp_path, subprocess_env, "--shared-key", KEY)
+    try:
+        done = run_shipper_once(
+            agg.address, manifest.root, tmp_path / "state", subprocess_env,
+            "--shared-key", "not-the-key", "--retry-timeout", "3",
+        )  # fmt: skip
+        assert done.returncode != 0
+        message = done.stdout + done.stderr
+        assert "--shared-key" in message, message[-2000:]  # says what to fix
+        assert "Traceback" not in message, message[-2000:]  # one clear line, not a dump
+        assert agg.terminate() == 0, agg.log.read_text()
+    finally:
+        agg.kill()
+    assert list(warehouse.rglob("*.parquet")) == []

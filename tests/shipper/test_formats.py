@@ -1,0 +1,226 @@
+"""Docker json-file, CRI and plain-text parsing: joins, offsets, bad input."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shipper.formats import (
+    CriParser,
+    DockerParser,
+    PlainParser,
+    TimeParser,
+    truncate,
+)
+from tests.shipper.hostgen import T0, cri_line, docker_line
+
+T0_NS = int(T0.timestamp()) * 10**9
+
+
+def feed(parser, data: bytes, base: int = 0):
+    assert data.endswith(b"\n")
+    return parser.feed(data[:-1].split(b"\n"), base)
+
+
+def test_docker_lines_offsets_and_times() -> None:
+    data = docker_line("one", 0) + docker_line("two", 1, "stderr")
+    out = feed(DockerParser(), data)
+    assert out.logs == ["one", "two"]
+    assert out.streams == ["stdout", "stderr"]
+    first = len(docker_line("one", 0))
+    assert out.offsets == [first, len(data)]
+    assert out.times[0] == "2026-11-28T12:00:00.000000123Z"
+    assert out.time_ns[1] == T0_NS + 1_000_123
+
+
+def test_docker_joins_16k_partials_across_feeds() -> None:
+    p = DockerParser()
+    part1 = docker_line("a" * 16384, 0, nl=False)
+    part2 = docker_line("b" * 16384, 1, nl=False)
+    last = docker_line("c" * 10, 2)
+    out = feed(p, part1 + part2)
+    assert len(out) == 0
+    assert p.pending_start() == 0
+    out = feed(p, last, base=len(part1 + part2))
+    assert out.logs == ["a" * 16384 + "b" * 16384 + "c" * 10]
+    assert out.offsets == [len(part1 + part2 + last)]
+    assert out.times == ["2026-11-28T12:00:00.000000123Z"]  # the first part's time
+    assert p.pending_start() is None
+
+
+def test_docker_partials_per_stream_interleaved() -> None:
+    data = (
+        docker_line("out-", 0, "stdout", nl=False)
+        + docker_line("err", 1, "stderr")
+        + docker_line("end", 2, "stdout")
+    )
+    out = feed(DockerParser(), data)
+    assert out.logs == ["err", "out-end"]
+    assert out.offsets == sorted(out.offsets)
+
+
+def test_docker_malformed_line_is_shipped_raw_and_counted() -> None:
+    data = docker_line("ok", 0) + b"this is not json\n" + b'{"no_log": 1}\n' + docker_line("ok2")
+    out = feed(DockerParser(), data)
+    assert out.logs == ["ok", "this is not json", '{"no_log": 1}', "ok2"]
+    assert out.malformed == 2
+
+
+def test_docker_invalid_utf8_replaced_and_counted() -> None:
+    bad = b'{"log":"caf\xe9 \xff\\n","stream":"stdout","time":"2026-11-28T12:00:00Z"}\n'
+    out = feed(DockerParser(), docker_line("fine") + bad)
+    assert out.logs == ["fine", "caf\ufffd \ufffd"]
+    assert out.invalid_utf8 == 1
+
+
+def test_docker_lone_surrogate_escape_does_not_break_packing() -> None:
+    from shipper.batch import pack_entries
+
+    line = b'{"log":"x\\ud800y\\n","stream":"stdout","time":"2026-11-28T12:00:00Z"}\n'
+    out = feed(DockerParser(shared_keys=1), line)
+    body = pack_entries(out, {"service": "s"})
+    assert b"x\xef\xbf\xbdy" in body
+
+
+def test_truncation_marker_and_counter() -> None:
+    p = DockerParser(max_line_bytes=1024)
+    out = feed(p, docker_line("x" * 5000))
+    assert out.truncated == 1
+    assert out.logs[0].startswith("x" * 1024)
+    assert out.logs[0].endswith("[logq-shipper: truncated 3976 bytes]")
+
+
+def test_joined_partials_truncated_without_buffering_everything() -> None:
+    p = DockerParser(max_line_bytes=2048)
+    data = b"".join(docker_line("y" * 1000, i, nl=False) for i in range(10)) + docker_line("z")
+    out = feed(p, data)
+    assert len(out) == 1 and out.truncated == 1
+    assert out.logs[0] == "y" * 2048 + " [logq-shipper: truncated 7953 bytes]"
+
+
+def test_cri_partial_and_full() -> None:
+    data = (
+        cri_line("hello ", 0, tag="P")
+        + cri_line("err line", 1, "stderr")
+        + cri_line("world", 2, tag="F")
+        + b"2026-11-28T12:00:00.5+01:00 stdout F with offset\n"
+        + cri_line("", 3)
+    )
+    out = feed(CriParser(), data)
+    assert out.logs == ["err line", "hello world", "with offset", ""]
+    assert out.streams == ["stderr", "stdout", "stdout", "stdout"]
+    assert out.time_ns[2] == T0_NS - 3600 * 10**9 + 500_000_000
+    assert out.malformed == 0
+
+
+def test_cri_garbage_is_raw() -> None:
+    out = feed(CriParser(), b"garbage without fields\n")
+    assert out.logs == ["garbage without fields"] and out.malformed == 1
+
+
+def test_plain_text_strips_cr_and_replaces_bad_utf8() -> None:
+    out = feed(PlainParser(), b"a\r\nb\xff\n")
+    assert out.logs == ["a", "b\ufffd"]
+    assert out.invalid_utf8 == 1
+    assert out.offsets == [3, 6]
+
+
+def test_time_parser_forms() -> None:
+    tp = TimeParser()
+    assert tp.to_ns("2026-11-28T12:00:00Z") == T0_NS
+    assert tp.to_ns("2026-11-28T12:00:00.123456789Z") == T0_NS + 123_456_789
+    assert tp.to_ns("2026-11-28T12:00:00.1Z") == T0_NS + 100_000_000
+    assert tp.to_ns("2026-11-28T13:00:00.25+01:00") == T0_NS + 250_000_000
+
+
+def test_truncate_keeps_utf8_boundaries() -> None:
+    text, cut = truncate("é" * 3000, 1025)
+    assert cut and text.startswith("é" * 512) and "truncated" in text
+
+
+@given(st.lists(st.text(min_size=0, max_size=50), min_size=1, max_size=30))
+def test_docker_roundtrip_any_text(texts: list[str]) -> None:
+    texts = [t.replace("\n", " ") for t in texts]
+    data = b"".join(
+        json.dumps({"log": t + "\n", "stream": "stdout", "time": "2026-11-28T12:00:00Z"}).encode()
+        + b"\n"
+        for t in texts
+    )
+    out = feed(DockerParser(), data)
+    assert out.logs == texts
+    assert out.offsets[-1] == len(data)
+
+
+def test_packed_entries_decode_to_the_columns() -> None:
+    """The inline-packed fast path and the general path produce the same records."""
+    from shipper import wire
+    from shipper.batch import encode_message, pack_entries
+
+    data = (
+        docker_line("first of its second", 0)
+        + docker_line("fast path", 1)
+        + docker_line("split ", 2, nl=False)
+        + docker_line("line", 3)
+        + b"raw text\n"
+        + docker_line("é ünïcode", 4, "stderr")
+    )
+    parser = DockerParser(shared_keys=2)
+    out = feed(parser, data)
+    body = pack_entries(out, {"service": "svc", "source_id": "sid"})
+    unpacker = wire.new_unpacker()
+    unpacker.feed(encode_message("logq.svc", body, len(out), "c", compress=True))
+    msg = wire.decode_message(next(iter(unpacker)))
+    recs = [e.record for e in msg.events]
+    assert [r["log"] for r in recs] == out.logs
+    assert [r["offset"] for r in recs] == out.offsets
+    assert [r["time"] for r in recs] == out.times
+    assert [r["stream"] for r in recs] == out.streams
+    assert [e.time_ns for e in msg.events] == out.time_ns
+    assert all(r["service"] == "svc" and r["source_id"] == "sid" for r in recs)
+    assert out.logs[2] == "split line" and out.logs[3] == "raw text"
+
+
+def test_docker_trimmed_fraction_and_omitted_keys() -> None:
+    data = (
+        b'{"log":"a\\n","stream":"stdout","time":"2026-11-28T12:00:00.1Z"}\n'
+        b'{"log":"b\\n","stream":"stderr","time":"2026-11-28T12:00:00.12345Z"}\n'
+        b'{"log":"c\\n","stream":"stdout","attrs":{"tag":"x"},"time":"2026-11-28T12:00:01Z"}\n'
+        b'{"log":"no stream\\n","time":"2026-11-28T12:00:02Z"}\n'
+    )
+    out = feed(DockerParser(), data)
+    assert out.logs == ["a", "b", "c", "no stream"]
+    assert out.time_ns[:2] == [T0_NS + 100_000_000, T0_NS + 123_450_000]
+    assert out.streams == ["stdout", "stderr", "stdout", "stdout"]
+    assert out.malformed == 0
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.text(max_size=40).map(lambda t: t.replace("\n", " ")),
+            st.sampled_from(["stdout", "stderr"]),
+            st.integers(min_value=0, max_value=10**9 - 1),
+            st.integers(min_value=1, max_value=9),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_block_fast_path_equals_line_by_line(rows: list[tuple[str, str, int, int]]) -> None:
+    """The whole-block path and the per-line path produce byte-identical entries."""
+    data = b""
+    for i, (text, stream, ns, digits) in enumerate(rows):
+        frac = f"{ns:09d}"[:digits]
+        t = f"2026-11-28T12:00:{i % 60:02d}.{frac}Z"
+        doc = {"log": text + "\n", "stream": stream, "time": t}
+        data += json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+    fast = feed(DockerParser(), data, base=7)
+
+    slow_parser = DockerParser()
+    slow_parser._feed_block = lambda *a: None  # type: ignore[method-assign]
+    slow = feed(slow_parser, data, base=7)
+    assert fast.packed == slow.packed
+    assert fast.offsets == slow.offsets
+    assert fast.logs == [r[0] for r in rows]

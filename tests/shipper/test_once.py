@@ -1,0 +1,192 @@
+"""End to end through the real ``logq-shipper`` program in ``--once`` mode."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shipper import wire
+from tests.shipper.hostgen import make_container
+from tests.shipper.receiver import Receiver, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def run_shipper(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shipper.daemon", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def test_once_ships_every_line_with_metadata(tmp_path: Path, receiver: Receiver) -> None:
+    root = tmp_path / "containers"
+    envoy = [
+        f'[2026-11-28T12:00:00.{i:03d}Z] "GET /r/{i} HTTP/1.1" 200 - 0 5 1 1 "-" "ua" '
+        f'"id{i}" "svc" "10.0.0.1:80"'
+        for i in range(500)
+    ]
+    make_container(
+        root,
+        "a" * 64,
+        "recipe-envoy",
+        labels={"com.amazonaws.ecs.task-definition-family": "recipe", "logq.format": "envoy"},
+        image="envoyproxy/envoy:v1.31",
+        lines=envoy,
+    )
+    make_container(
+        root,
+        "b" * 64,
+        "billing-app",
+        labels={"logq.service": "billing"},
+        lines=[f"app line {i}" for i in range(300)],
+    )
+    res = run_shipper(
+        "--aggregator",
+        receiver.address,
+        "--docker-root",
+        str(root),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--once",
+        "--cri-root",
+        str(tmp_path / "none"),
+        "--hostname",
+        "host-1",
+        "--batch-lines",
+        "128",
+    )
+    assert res.returncode == 0, res.stderr
+    recs = [r for _, _, r in receiver.records]
+    assert len(recs) == 800
+    by_service: dict[str, list[dict]] = {}
+    for tag, _, r in receiver.records:
+        assert tag == f"logq.{r['service']}"
+        by_service.setdefault(r["service"], []).append(r)
+    assert [r["log"] for r in by_service["recipe"]] == envoy
+    assert [r["log"] for r in by_service["billing"]] == [f"app line {i}" for i in range(300)]
+    first = by_service["recipe"][0]
+    assert first[wire.KEY_CONTAINER_ID] == "a" * 64
+    assert first[wire.KEY_CONTAINER_NAME] == "recipe-envoy"
+    assert first[wire.KEY_IMAGE] == "envoyproxy/envoy:v1.31"
+    assert first[wire.KEY_HOST] == "host-1"
+    assert first[wire.KEY_FORMAT] == "envoy"
+    assert first[wire.KEY_STREAM] == "stdout"
+    assert first[wire.KEY_TIME] == "2026-11-28T12:00:00.000000123Z"
+    assert "format" not in by_service["billing"][0]
+    offsets = [r["offset"] for r in by_service["recipe"]]
+    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
+    log_path = root / ("a" * 64) / f"{'a' * 64}-json.log"
+    assert offsets[-1] == log_path.stat().st_size
+    # Every message asked for an ack.
+    assert all(o.get("chunk") for o in receiver.options)
+
+    # A second run with the same state ships nothing again.
+    res = run_shipper(
+        "--aggregator",
+        receiver.address,
+        "--docker-root",
+        str(root),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--once",
+        "--cri-root",
+        str(tmp_path / "none"),
+    )
+    assert res.returncode == 0, res.stderr
+    assert len(receiver.records) == 800 and receiver.duplicates == 0
+
+
+def test_once_fails_clearly_when_no_aggregator(tmp_path: Path) -> None:
+    root = tmp_path / "containers"
+    make_container(root, "c" * 64, "web", lines=["hello"])
+    port = free_port()
+    res = run_shipper(
+        "--aggregator",
+        f"127.0.0.1:{port}",
+        "--docker-root",
+        str(root),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--once",
+        "--retry-timeout",
+        "1.5",
+    )
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("logq-shipper: cannot reach aggregator 127.0.0.1:")
+    assert "connection refused; is logq-aggregator running?" in last
+
+
+def test_once_cri_and_plain_files_with_gzip(tmp_path: Path, receiver: Receiver) -> None:
+    from tests.shipper.hostgen import cri_line
+
+    cdir = tmp_path / "pods" / "shop_checkout-5d8f7c9b6d-x2x7k_0f1e-22" / "app"
+    cdir.mkdir(parents=True)
+    (cdir / "0.log").write_bytes(
+        cri_line("hello ", 0, tag="P") + cri_line("world", 1) + cri_line("oops", 2, "stderr")
+    )
+    plain = tmp_path / "var" / "batch.log"
+    plain.parent.mkdir()
+    plain.write_bytes(b"plain one\nplain two\nno newline yet")
+    res = run_shipper(
+        "--aggregator",
+        receiver.address,
+        "--docker-root",
+        str(tmp_path / "none"),
+        "--cri-root",
+        str(tmp_path / "pods"),
+        "--path",
+        str(tmp_path / "var" / "*.log"),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--once",
+        "--compress",
+        "gzip",
+    )
+    assert res.returncode == 0, res.stderr
+    by = {}
+    for _, _, r in receiver.records:
+        by.setdefault(r["service"], []).append(r)
+    assert [(r["log"], r["stream"]) for r in by["checkout"]] == [
+        ("hello world", "stdout"),
+        ("oops", "stderr"),
+    ]
+    assert by["checkout"][0]["container_id"] == "0f1e-22/app"
+    assert by["checkout"][0]["container_name"] == "app"
+    assert [r["log"] for r in by["batch"]] == ["plain one", "plain two"]
+    assert all(o.get("compressed") == "gzip" for o in receiver.options)
+
+
+def test_once_over_tls_with_config_file(tmp_path: Path) -> None:
+    from tests.shipper.tlsgen import make_ca_and_server, server_context
+
+    ca, cert, key = make_ca_and_server(tmp_path)
+    r = Receiver(tls=server_context(cert, key), shared_key="k3y")
+    try:
+        root = tmp_path / "containers"
+        make_container(root, "e" * 64, "web", lines=["over tls"])
+        conf = tmp_path / "shipper.toml"
+        conf.write_text(
+            f'aggregator = "{r.address}"\ndocker-root = "{root}"\n'
+            f'state-dir = "{tmp_path / "state"}"\ntls = true\ntls-ca = "{ca}"\n'
+            'shared-key = "k3y"\nonce = true\n'
+        )
+        res = run_shipper("--config", str(conf))
+        assert res.returncode == 0, res.stderr
+        assert r.lines() == ["over tls"]
+    finally:
+        r.close()

@@ -1,0 +1,193 @@
+"""The Forward client against an in-test receiver: acks, resend, failover, key, TLS, gzip."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from shipper import wire
+from shipper.batch import encode_message, pack_entries
+from shipper.config import Endpoint, parse_endpoint
+from shipper.entry import EntryPacker
+from shipper.errors import DeliveryError, HandshakeError
+from shipper.formats import Lines
+from shipper.sender import ForwardClient, tls_context
+from tests.shipper.receiver import Receiver, free_port
+from tests.shipper.tlsgen import make_ca_and_server, server_context
+
+
+def message(n: int, compress: bool = False, first: int = 0) -> tuple[bytes, str]:
+    lines = Lines(EntryPacker(2))
+    for i in range(first, first + n):
+        lines.add(i + 1, "2026-11-28T12:00:00Z", 1_795_867_200 * 10**9 + i, "stdout", f"l{i}")
+    chunk = wire.new_chunk_id()
+    body = pack_entries(lines, {"service": "s", "source_id": "src"})
+    return encode_message("logq.s", body, n, chunk, compress), chunk
+
+
+def client(*addrs: str, **kw) -> ForwardClient:
+    kw.setdefault("hostname", "test-host")
+    kw.setdefault("backoff_base", 0.01)
+    kw.setdefault("backoff_cap", 0.1)
+    return ForwardClient(tuple(parse_endpoint(a) for a in addrs), **kw)
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def test_ack_and_gzip(receiver: Receiver) -> None:
+    async def go() -> None:
+        c = client(receiver.address)
+        for compress in (False, True):
+            payload, chunk = message(100, compress, first=0 if not compress else 100)
+            await c.deliver(payload, chunk)
+        await c.close()
+
+    asyncio.run(go())
+    assert [r["log"] for _, _, r in receiver.records] == [f"l{i}" for i in range(200)]
+    assert receiver.options[1]["compressed"] == "gzip"
+
+
+def test_resend_when_connection_drops_before_ack() -> None:
+    r = Receiver(drop_first=2)
+    try:
+
+        async def go() -> None:
+            c = client(r.address)
+            payload, chunk = message(10)
+            await c.deliver(payload, chunk)
+            assert sum(c.stats.retries.values()) == 2
+            await c.close()
+
+        asyncio.run(go())
+        assert len(r.records) == 10 and r.messages == 3
+    finally:
+        r.close()
+
+
+def test_failover_to_second_endpoint(receiver: Receiver) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+
+    async def go() -> None:
+        c = client(dead, receiver.address)
+        for i in range(6):
+            payload, chunk = message(5, first=i * 5)
+            await c.deliver(payload, chunk)
+        await c.close()
+
+    asyncio.run(go())
+    assert len(receiver.records) == 30
+
+
+def test_ack_timeout_then_resend(receiver: Receiver) -> None:
+    receiver.ack = False
+
+    async def go() -> None:
+        c = client(receiver.address, ack_timeout=0.3, give_up_after=1.0)
+        payload, chunk = message(1)
+        with pytest.raises(DeliveryError, match=r"no ack within 0\.3 s"):
+            await c.deliver(payload, chunk)
+        await c.close()
+
+    asyncio.run(go())
+    assert receiver.messages >= 2  # it was sent again after the timeout
+
+
+def test_give_up_names_the_endpoint() -> None:
+    port = free_port()
+
+    async def go() -> None:
+        c = client(f"127.0.0.1:{port}", give_up_after=0.3)
+        with pytest.raises(DeliveryError) as err:
+            await c.deliver(*message(1))
+        assert str(err.value).startswith(f"cannot reach aggregator 127.0.0.1:{port}")
+        assert "connection refused; is logq-aggregator running?" in str(err.value)
+
+    asyncio.run(go())
+
+
+def test_shared_key_handshake_ok_and_wrong_key() -> None:
+    r = Receiver(shared_key="s3cret")
+    try:
+
+        async def good() -> None:
+            c = client(r.address, shared_key="s3cret")
+            await c.deliver(*message(3))
+            await c.close()
+
+        asyncio.run(good())
+        assert len(r.records) == 3
+
+        async def bad() -> None:
+            c = client(r.address, shared_key="wrong", give_up_after=5.0)
+            with pytest.raises(HandshakeError, match=r"rejected the handshake.*check --shared-key"):
+                await c.deliver(*message(1))
+            await c.close()
+
+        asyncio.run(bad())
+
+        async def missing() -> None:
+            c = client(r.address, give_up_after=5.0)
+            with pytest.raises(HandshakeError, match="requires a shared key"):
+                await c.deliver(*message(1))
+            await c.close()
+
+        asyncio.run(missing())
+        assert len(r.records) == 3 and r.handshake_failures == 1
+    finally:
+        r.close()
+
+
+def test_tls_with_self_signed_ca(tmp_path: Path) -> None:
+    ca, cert, key = make_ca_and_server(tmp_path)
+    r = Receiver(tls=server_context(cert, key))
+    try:
+
+        async def good() -> None:
+            c = client(r.address, tls=tls_context(ca))
+            await c.deliver(*message(4))
+            await c.close()
+
+        asyncio.run(good())
+        assert len(r.records) == 4
+
+        async def untrusted() -> None:
+            c = client(r.address, tls=tls_context(None), give_up_after=0.3)
+            with pytest.raises(DeliveryError, match=r"certificate not trusted.*--tls-ca"):
+                await c.deliver(*message(1))
+            await c.close()
+
+        asyncio.run(untrusted())
+        assert len(r.records) == 4
+    finally:
+        r.close()
+
+
+def test_endpoint_str() -> None:
+    assert str(Endpoint("h", 1)) == "h:1"
+
+
+def test_sources_stick_to_one_aggregator_and_spread() -> None:
+    a, b = Receiver(), Receiver()
+    try:
+
+        async def go() -> None:
+            c = client(a.address, b.address)
+            for src in range(8):
+                for _ in range(3):
+                    used = await c.deliver(*message(1), affinity=f"source-{src}")
+                    assert used == (await c.deliver(*message(1), affinity=f"source-{src}"))
+            await c.close()
+
+        asyncio.run(go())
+        assert a.messages > 0 and b.messages > 0  # 8 sources spread over both
+        assert a.messages + b.messages == 48
+    finally:
+        a.close()
+        b.close()

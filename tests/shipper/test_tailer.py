@@ -1,0 +1,215 @@
+"""The tailer step by step: resume, rotation, missed rotations, copytruncate, inode reuse."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from shipper.checkpoint import FileState, Registry, file_key
+from shipper.discover import SourceSpec
+from shipper.tailer import Tailer, fingerprint
+from tests.shipper.hostgen import docker_line
+
+
+@pytest.fixture
+def reg(tmp_path: Path):
+    r = Registry(tmp_path / "state")
+    yield r
+    r.close()
+
+
+def spec_for(path: Path, fmt: str = "docker") -> SourceSpec:
+    return SourceSpec(key=f"test:{path.name}", path=path, format=fmt, service="svc")
+
+
+def append(path: Path, start: int, n: int) -> None:
+    with open(path, "ab") as f:
+        for i in range(start, start + n):
+            f.write(docker_line(f"line {i}", i))
+
+
+def drain(t: Tailer, commit: bool = True) -> list[str]:
+    """Read until nothing changes; commit every chunk as if acked."""
+    out: list[str] = []
+    while True:
+        chunk = t.read()
+        if chunk is None:
+            if not t.poll():
+                return out
+            continue
+        out += chunk.lines.logs
+        chunk.cursor.outstanding += 1
+        if commit:
+            last = chunk.lines.offsets[-1] if chunk.lines.offsets else 0
+            t.commit(chunk.cursor, chunk.resume, last)
+
+
+def test_resume_after_restart_from_checkpoint(tmp_path: Path, reg: Registry) -> None:
+    path = tmp_path / "c-json.log"
+    append(path, 0, 10)
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    assert drain(t) == [f"line {i}" for i in range(10)]
+    t.close()
+    append(path, 10, 5)
+    t2 = Tailer(spec_for(path), reg, "h", 65536)
+    assert drain(t2) == [f"line {i}" for i in range(10, 15)]
+
+
+def test_unacked_lines_are_read_again(tmp_path: Path, reg: Registry) -> None:
+    path = tmp_path / "c-json.log"
+    append(path, 0, 10)
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    assert len(drain(t, commit=False)) == 10
+    t.close()
+    t2 = Tailer(spec_for(path), reg, "h", 65536)
+    assert drain(t2) == [f"line {i}" for i in range(10)]
+
+
+def test_rename_rotation_finishes_old_file_first(tmp_path: Path, reg: Registry) -> None:
+    path = tmp_path / "c-json.log"
+    append(path, 0, 5)
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    assert drain(t) == [f"line {i}" for i in range(5)]
+    append(path, 5, 3)  # written before the rotation, not read yet
+    os.rename(path, tmp_path / "c-json.log.1")
+    append(path, 8, 4)
+    assert drain(t) == [f"line {i}" for i in range(5, 12)]
+    # The released file's checkpoint is gone; the live one's is there.
+    sources = [s.path for _, s in reg.items()]
+    assert sources == [str(path)]
+
+
+def test_two_rotations_between_polls(tmp_path: Path, reg: Registry) -> None:
+    path = tmp_path / "c-json.log"
+    append(path, 0, 3)
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    assert len(drain(t)) == 3
+    os.rename(path, tmp_path / "c-json.log.1")
+    append(path, 3, 3)
+    os.rename(tmp_path / "c-json.log.1", tmp_path / "c-json.log.2")
+    os.rename(path, tmp_path / "c-json.log.1")
+    append(path, 6, 3)
+    assert drain(t) == [f"line {i}" for i in range(3, 9)]
+
+
+def test_rotated_file_resumed_after_restart(tmp_path: Path, reg: Registry) -> None:
+    path = tmp_path / "c-json.log"
+    append(path, 0, 4)
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    assert len(drain(t)) == 4
+    t.close()
+    # While the shipper is down: more lines, then a rotation, then new lines.
+    append(path, 4, 2)
+    os.rename(path, tmp_path / "c-json.log.1")
+    append(path, 6, 2)
+    t2 = Tailer(spec_for(path), reg, "h", 65536)
+    assert drain(t2) == [f"line {i}" for i in range(4, 8)]
+
+
+def test_copytruncate_reads_the_copy_then_restarts(tmp_path: Path, reg: Registry) -> None:
+    path = tmp_path / "app.log"
+    path.write_bytes(b"".join(f"first {i}\n".encode() for i in range(5)))
+    t = Tailer(spec_for(path, "plain"), reg, "h", 65536)
+    assert len(drain(t)) == 5
+    old_sid = t.live.source_id if t.live else None
+    with open(path, "ab") as f:
+        f.write(b"late 1\nlate 2\n")  # lands in the copy only
+    shutil.copyfile(path, tmp_path / "app.log.1")
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    path.write_bytes(b"after 1\nafter 2\n")
+    assert drain(t) == ["late 1", "late 2", "after 1", "after 2"]
+    assert t.live is not None and t.live.source_id != old_sid
+
+
+def test_copytruncate_same_first_line_gets_new_source_id(tmp_path: Path, reg: Registry) -> None:
+    path = tmp_path / "app.log"
+    path.write_bytes(b"header\nbody 1\nbody 2\n")
+    t = Tailer(spec_for(path, "plain"), reg, "h", 65536)
+    assert len(drain(t)) == 3
+    old_sid = t.live.source_id if t.live else None
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    path.write_bytes(b"header\n")
+    assert drain(t) == ["header"]
+    assert t.live is not None and t.live.source_id == f"{old_sid}+1"
+
+
+def test_inode_reuse_is_not_resumed(tmp_path: Path, reg: Registry) -> None:
+    path = tmp_path / "c-json.log"
+    append(path, 0, 3)
+    st = path.stat()
+    # A checkpoint for the same device + inode but another file's first line.
+    reg.put(
+        file_key(st.st_dev, st.st_ino, "0123456789abcdef"),
+        FileState("test:c-json.log", str(path), "h:old", 10_000, 10_000),
+    )
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    assert drain(t) == ["line 0", "line 1", "line 2"]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert reg.get(file_key(st.st_dev, st.st_ino, fingerprint(fd) or "")) is not None
+    finally:
+        os.close(fd)
+
+
+def test_deleted_file_is_drained_and_released(tmp_path: Path, reg: Registry) -> None:
+    path = tmp_path / "c-json.log"
+    append(path, 0, 2)
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    assert len(drain(t)) == 2
+    append(path, 2, 2)
+    path.unlink()
+    assert drain(t) == ["line 2", "line 3"]
+    assert t.cursors == [] and reg.items() == []
+
+
+def test_one_mib_line_truncated_and_the_next_line_survives(tmp_path: Path, reg: Registry) -> None:
+    path = tmp_path / "big.log"
+    path.write_bytes(b"x" * (3 << 20) + b"\nnext\n")
+    t = Tailer(spec_for(path, "plain"), reg, "h", 256 * 1024, block_size=1 << 20)
+    out = drain(t)
+    assert len(out) == 2 and out[1] == "next"
+    assert out[0].startswith("x" * 1000)
+    assert out[0].endswith(f"[logq-shipper: truncated {(3 << 20) - 256 * 1024} bytes]")
+
+
+def test_docker_one_mib_line_joined_from_partials(tmp_path: Path, reg: Registry) -> None:
+    path = tmp_path / "c-json.log"
+    text = "".join(chr(97 + i % 26) for i in range(1 << 20))
+    with open(path, "wb") as f:
+        for i in range(0, len(text), 16384):
+            part = text[i : i + 16384]
+            f.write(docker_line(part, 0, nl=i + 16384 >= len(text)))
+        f.write(docker_line("after", 1))
+    t = Tailer(spec_for(path), reg, "h", 2 << 20, block_size=256 * 1024)
+    assert drain(t) == [text, "after"]
+
+
+def test_unterminated_last_line_of_a_rotated_file_is_shipped(tmp_path: Path, reg: Registry) -> None:
+    path = tmp_path / "app.log"
+    path.write_bytes(b"one\ntwo\nthree without newline")
+    t = Tailer(spec_for(path, "plain"), reg, "h", 65536)
+    assert drain(t) == ["one", "two"]  # the live file may still complete the line
+    os.rename(path, tmp_path / "app.log.1")
+    path.write_bytes(b"four\n")
+    assert drain(t) == ["three without newline", "four"]
+
+
+def test_two_rotations_while_down_are_both_read(tmp_path: Path, reg: Registry) -> None:
+    path = tmp_path / "c-json.log"
+    append(path, 0, 3)
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    assert len(drain(t)) == 3
+    t.close()
+    append(path, 3, 2)
+    os.rename(path, tmp_path / "c-json.log.1")
+    append(path, 5, 2)
+    os.rename(tmp_path / "c-json.log.1", tmp_path / "c-json.log.2")
+    os.rename(path, tmp_path / "c-json.log.1")
+    append(path, 7, 2)
+    t2 = Tailer(spec_for(path), reg, "h", 65536)
+    assert drain(t2) == [f"line {i}" for i in range(3, 9)]
