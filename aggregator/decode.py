@@ -26,6 +26,7 @@ import msgpack
 import numpy as np
 import pyarrow as pa
 
+from aggregator import packed
 from shipper import wire
 
 #: Keys of the records kept as columns (besides ``log``); low-cardinality ones dictionary-coded.
@@ -50,6 +51,7 @@ BUFFER_SCHEMA = pa.schema(
         pa.field(wire.KEY_OFFSET, pa.int64()),
     ]
 )
+assert packed.RAW_KEYS == DICT_KEYS, "aggregator.packed must fill the same columns"
 #: Keys other clients use for the line when there is no ``log`` (Fluent Bit, fluent-logger).
 MESSAGE_KEYS = ("message", "msg", "MESSAGE")
 
@@ -195,6 +197,20 @@ def _fast_entries(tag: str, entries: list[Any]) -> pa.RecordBatch | None:
     return records_batch(tag, times_ns, records)
 
 
+def _packed(tag: str, blob: bytes, size: object) -> pa.RecordBatch | None:
+    """The batch of a logq-shipper PackedForward blob via msgspec (:mod:`.packed`), or None."""
+    entries = packed.decode_entries(blob, size)
+    if entries is None:
+        return None
+    cols = packed.columns(entries, DICT_STRING)
+    if cols is None:
+        return None
+    times, logs, *rest = cols
+    return pa.RecordBatch.from_arrays(
+        [_tag_array(tag, len(entries)), times, logs, *rest], schema=BUFFER_SCHEMA
+    )
+
+
 def _general(obj: Any, max_decompressed: int) -> pa.RecordBatch:
     msg = wire.decode_message(obj, max_decompressed)
     times = pa.array([e.time_ns for e in msg.events], pa.int64())
@@ -236,7 +252,9 @@ def decode(obj: Any, max_decompressed: int) -> tuple[pa.RecordBatch, str | None]
             )
             if compressed in ("gzip", b"gzip"):
                 blob = wire.gunzip_members(blob, max_decompressed)
-            batch = _fast_entries(tag, _unpack_entries(blob))
+            batch = _packed(tag, blob, (options or {}).get("size"))
+            if batch is None:
+                batch = _fast_entries(tag, _unpack_entries(blob))
     elif isinstance(second, list) and (options is None or isinstance(options, dict)):
         batch = _fast_entries(tag, second)
     if batch is None:

@@ -328,6 +328,15 @@ def next_steps(warehouse: Path, service: str) -> str:
     """What to run next against the demo warehouse (only commands that exist)."""
     known = cli_commands()
     lines = ["", "Next, try (the warehouse is kept until you delete it):"]
+    bin_dir = Path(sys.executable).parent
+    on_path = any(
+        Path(p).resolve() == bin_dir.resolve()
+        for p in os.environ.get("PATH", "").split(os.pathsep)
+        if p
+    )
+    if not on_path:
+        # `make demo` runs the venv's logq; the user's shell does not have it yet.
+        lines.append(f"  source {bin_dir / 'activate'}    # puts logq on your PATH")
     lines.append(f"  export LOGQ_WAREHOUSE={warehouse}")
     for command, text in _SUGGESTIONS:
         if known is None or command in known:

@@ -1,70 +1,114 @@
-"""The msgpack bytes of one Forward entry, built as a line is parsed.
+"""The msgpack bytes of a PackedForward body, encoded in one call per batch.
 
 A PackedForward body is a concatenation of ``[EventTime, record]`` entries. Each record holds
 four per-line keys (``log``, ``stream``, ``time``, ``offset``) and the keys shared by the whole
-source (service, container, host...). The per-line part is packed right where the line is
-parsed -- one ``struct`` call and one msgpack call per line -- and the shared part is appended
-when the batch is encoded: ``shared.join(entries) + shared``. The record's map header counts both
-parts, so a parser is told how many shared keys there will be.
+source (service, container, host...). Parsers keep lines as columns (:class:`~shipper.formats.
+Lines`) with each entry's ``[EventTime,`` head already packed (one ``struct`` call per line, done
+in bulk with ``map``); here the columns are interleaved into one flat list -- the entry head, the
+map header, the per-line pairs, then the shared pairs pre-encoded once -- and msgspec encodes the
+list in a single C call. The flat list's own array header is not part of the body: the caller
+gets a view that skips it, so the (large) body is not copied again.
+
+Why this shape: per-line Python work is the shipper's throughput limit. A per-line ``pack`` call
+plus slicing and concatenation cost about 1.3 µs a line; slice assignments and one ``encode``
+cost about 0.1 µs.
 """
 
 from __future__ import annotations
 
 import re
 import struct
+from typing import Any
 
-import msgpack
+import msgspec
 
 from shipper import wire
 
 PER_LINE_KEYS = 4
-DEFAULT_SHARED_KEYS = 6
-_HEAD = struct.Struct(">3sIIc")
-_EVENT_TIME = b"\x92\xd7\x00"  # fixarray(2), fixext8 of type 0 (EventTime)
+HEAD = struct.Struct(">3sII")
+"""``[EventTime,`` of an entry: fixarray(2), fixext8 type 0, seconds, nanoseconds."""
+EVENT_TIME = b"\x92\xd7\x00"
+
+_ENCODER = msgspec.msgpack.Encoder()
+_ENCODE = _ENCODER.encode
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_K_STREAM, _K_TIME, _K_OFFSET = wire.KEY_STREAM, wire.KEY_TIME, wire.KEY_OFFSET
+_STRIDE = 10
+"""Flat-list items per entry: head, map header + "log", log, "stream", stream, "time", time,
+"offset", offset, shared pairs."""
 
 
-def map_header(shared_keys: int) -> bytes:
-    """The record's map header byte for ``shared_keys`` + the per-line keys (< 16 in all)."""
-    n = shared_keys + PER_LINE_KEYS
-    if n >= 16:
-        raise ValueError("too many record keys for a fixmap")
-    return bytes([0x80 | n])
+def entry_head(t_ns: int) -> msgspec.Raw:
+    """The pre-encoded ``[EventTime,`` start of an entry for a time in ns since the epoch."""
+    sec, ns = divmod(t_ns, 1_000_000_000)
+    return msgspec.Raw(HEAD.pack(EVENT_TIME, sec, ns))
 
 
-class EntryPacker:
-    """Packs the per-line part of entries for records with ``shared_keys`` shared keys."""
+def head_time_ns(head: msgspec.Raw) -> int:
+    """The event time (ns) of a head made by :func:`entry_head`."""
+    _, sec, ns = HEAD.unpack(bytes(head))
+    return sec * 1_000_000_000 + ns
 
-    __slots__ = ("_head", "_mh", "_pack", "shared_keys")
 
-    def __init__(self, shared_keys: int = DEFAULT_SHARED_KEYS) -> None:
-        self.shared_keys = shared_keys
-        self._mh = map_header(shared_keys)
-        self._pack = msgpack.Packer(use_bin_type=True).pack
-        self._head = _HEAD.pack
+def map_header(n: int) -> bytes:
+    """msgpack map header for ``n`` pairs."""
+    if n < 16:
+        return bytes([0x80 | n])
+    return b"\xde" + n.to_bytes(2, "big")
 
-    def pack(self, t_ns: int, log: str, stream: str, t: str, offset: int) -> bytes:
-        sec, ns = divmod(t_ns, 1_000_000_000)
-        kv = (wire.KEY_LOG, log, wire.KEY_STREAM, stream, wire.KEY_TIME, t, wire.KEY_OFFSET, offset)
+
+def pack_shared(shared: dict[str, Any]) -> bytes:
+    """The shared keys of a source's records as concatenated msgpack key/value pairs."""
+    return b"".join(_ENCODE(k) + _ENCODE(v) for k, v in shared.items())
+
+
+def _array_header_size(n: int) -> int:
+    return 1 if n < 16 else 3 if n < 0x10000 else 5
+
+
+def encode_body(
+    heads: list[msgspec.Raw],
+    logs: list[str],
+    streams: list[str],
+    times: list[str],
+    offsets: list[int],
+    shared: dict[str, Any],
+) -> memoryview:
+    """The concatenated ``[EventTime, record]`` entries of the given columns.
+
+    Lone surrogates (from JSON ``\\ud800`` escapes) cannot be UTF-8: they become U+FFFD in the
+    columns (in place) and the batch is encoded again -- never a crash.
+    """
+    n = len(heads)
+    if n == 0:
+        return memoryview(b"")
+    k = _STRIDE
+    flat: list[Any] = [None] * (n * k)
+    flat[0::k] = heads
+    flat[1::k] = [msgspec.Raw(map_header(PER_LINE_KEYS + len(shared)) + _ENCODE(wire.KEY_LOG))] * n
+    flat[3::k] = [_K_STREAM] * n
+    flat[5::k] = [_K_TIME] * n
+    flat[7::k] = [_K_OFFSET] * n
+    flat[8::k] = offsets
+    flat[9::k] = [msgspec.Raw(pack_shared(shared))] * n
+    for attempt in (0, 1):
+        flat[2::k] = logs
+        flat[4::k] = streams
+        flat[6::k] = times
         try:
-            body = self._pack(kv)
-        except UnicodeEncodeError:  # lone surrogates from JSON "\ud800" escapes
-            body = self._pack(tuple(_clean(x) for x in kv))
-        return self._head(_EVENT_TIME, sec, ns, self._mh) + body[1:]
+            out = _ENCODE(flat)
+            break
+        except UnicodeEncodeError:
+            if attempt:
+                raise
+            for column in (logs, streams, times):
+                column[:] = [_clean(s) for s in column]
+    return memoryview(out)[_array_header_size(len(flat)) :]
 
-    @property
-    def raw(self) -> tuple:
-        """(struct pack, map header, msgpack pack) for inlined hot loops."""
-        return self._head, self._mh, self._pack
 
-
-def _clean(value: object) -> object:
-    if isinstance(value, str):
+def _clean(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
         return _SURROGATE.sub("\ufffd", value)
     return value
-
-
-def pack_shared(shared: dict) -> bytes:
-    """The shared keys of a source's records, packed once per batch."""
-    pack = msgpack.Packer(use_bin_type=True).pack
-    return b"".join(pack(k) + pack(v) for k, v in shared.items())

@@ -22,11 +22,15 @@ import time
 from calendar import timegm
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import accumulate, repeat
-from operator import add, itemgetter
+from itertools import accumulate, chain, islice, repeat
+from operator import add, attrgetter, getitem, mul
+from typing import Any
+
+import msgspec
+from msgspec import Raw
 
 from shipper import wire
-from shipper.entry import DEFAULT_SHARED_KEYS, EntryPacker
+from shipper.entry import EVENT_TIME, HEAD, encode_body, entry_head, head_time_ns
 
 TRUNCATION_MARKER = " [logq-shipper: truncated {dropped} bytes]"
 _K_LOG, _K_STREAM, _K_TIME, _K_OFFSET = (
@@ -35,25 +39,42 @@ _K_LOG, _K_STREAM, _K_TIME, _K_OFFSET = (
     wire.KEY_TIME,
     wire.KEY_OFFSET,
 )
-_EV = b"\x92\xd7\x00"  # fixarray(2) + fixext8 type 0: the start of an entry with EventTime
 _FRAC_SCALE = [10 ** (9 - n) for n in range(10)]
-_GET_LOG, _GET_STREAM, _GET_TIME = itemgetter("log"), itemgetter("stream"), itemgetter("time")
-_STREAM_NAMES = frozenset(("stdout", "stderr"))
+_GET_LOG, _GET_STREAM, _GET_TIME = attrgetter("log"), attrgetter("stream"), attrgetter("time")
+_SECOND = slice(0, 19)
+_FRACTION = slice(20, -1)
+_NO_NEWLINE = slice(0, -1)
+
+
+class DockerEntry(msgspec.Struct, gc=False):
+    """One json-file line as the block fast path accepts it: all three keys, all strings
+    (unknown keys such as ``attrs`` are ignored). Anything else fails the whole block over to
+    the general per-line path, which knows Docker's omissions and bad input."""
+
+    log: str
+    stream: str
+    time: str
+
+
+_DOCKER_BLOCK = msgspec.json.Decoder(list[DockerEntry])
 
 
 @dataclass(slots=True)
 class Lines:
-    """Logical lines in file order: each line's packed Forward entry and its end offset.
+    """Logical lines in file order, as columns: what each line's Forward entry needs.
 
-    Only what shipping needs is kept (the texts themselves live in the packed entries);
-    :meth:`records` decodes them back, for tests and debugging.
+    Columns (not one object per line) let parsers fill them with whole-block C calls, and
+    :func:`shipper.entry.encode_body` interleaves them into msgpack in one call.
     """
 
-    packer: EntryPacker = field(default_factory=EntryPacker, repr=False)
     offsets: list[int] = field(default_factory=list)
     """Byte offset just past the line's last part in its file."""
-    packed: list[bytes] = field(default_factory=list, repr=False)
-    """Per-line msgpack part of the Forward entry (see :mod:`shipper.entry`)."""
+    heads: list[Raw] = field(default_factory=list, repr=False)
+    """Each entry's pre-encoded ``[EventTime,`` (see :func:`shipper.entry.entry_head`)."""
+    logs: list[str] = field(default_factory=list)
+    streams: list[str] = field(default_factory=list)
+    times: list[str] = field(default_factory=list)
+    """The runtime's own RFC 3339 time text of each line."""
     nbytes: int = 0
     """Size of the log texts (in characters, for speed)."""
     truncated: int = 0
@@ -65,7 +86,10 @@ class Lines:
 
     def extend(self, other: Lines) -> None:
         self.offsets += other.offsets
-        self.packed += other.packed
+        self.heads += other.heads
+        self.logs += other.logs
+        self.streams += other.streams
+        self.times += other.times
         self.nbytes += other.nbytes
         self.truncated += other.truncated
         self.invalid_utf8 += other.invalid_utf8
@@ -73,51 +97,43 @@ class Lines:
 
     def add(self, offset: int, t: str, t_ns: int, stream: str, log: str) -> None:
         self.offsets.append(offset)
-        self.packed.append(self.packer.pack(t_ns, log, stream, t, offset))
+        self.heads.append(entry_head(t_ns))
+        self.logs.append(log)
+        self.streams.append(stream)
+        self.times.append(t)
         self.nbytes += len(log)
 
     def select(self, keep: list[int]) -> Lines:
         """The lines at the indexes ``keep`` (counters kept)."""
         out = Lines(
-            self.packer,
-            truncated=self.truncated,
-            invalid_utf8=self.invalid_utf8,
-            malformed=self.malformed,
+            truncated=self.truncated, invalid_utf8=self.invalid_utf8, malformed=self.malformed
         )
         for i in keep:
             out.offsets.append(self.offsets[i])
-            out.packed.append(self.packed[i])
-            out.nbytes += len(self.packed[i])
+            out.heads.append(self.heads[i])
+            out.logs.append(self.logs[i])
+            out.streams.append(self.streams[i])
+            out.times.append(self.times[i])
+            out.nbytes += len(self.logs[i])
         return out
 
-    def records(self) -> list[tuple[int, dict[str, object]]]:
-        """(event time ns, per-line record keys) of every line, decoded from the entries."""
-        filler = b"".join(
-            wire.pack(f"_shared{i}") + b"\xc0" for i in range(self.packer.shared_keys)
-        )
-        out = []
-        for entry in self.packed:
-            unpacker = wire.new_unpacker()
-            unpacker.feed(entry + filler)
-            t, rec = next(unpacker)
-            out.append((t.to_ns(), {k: v for k, v in rec.items() if not k.startswith("_shared")}))
-        return out
-
-    @property
-    def logs(self) -> list[str]:
-        return [r[_K_LOG] for _, r in self.records()]
-
-    @property
-    def streams(self) -> list[str]:
-        return [r[_K_STREAM] for _, r in self.records()]
-
-    @property
-    def times(self) -> list[str]:
-        return [r[_K_TIME] for _, r in self.records()]
+    def encode(self, shared: dict[str, Any]) -> memoryview:
+        """The PackedForward body of these lines with the source's ``shared`` record keys."""
+        return encode_body(self.heads, self.logs, self.streams, self.times, self.offsets, shared)
 
     @property
     def time_ns(self) -> list[int]:
-        return [t for t, _ in self.records()]
+        """Event time of each line (ns since the epoch)."""
+        return [head_time_ns(h) for h in self.heads]
+
+    def records(self) -> list[tuple[int, dict[str, object]]]:
+        """(event time ns, per-line record keys) of every line, for tests and debugging."""
+        return [
+            (t, {_K_LOG: log, _K_STREAM: s, _K_TIME: tt, _K_OFFSET: off})
+            for t, log, s, tt, off in zip(
+                self.time_ns, self.logs, self.streams, self.times, self.offsets, strict=True
+            )
+        ]
 
 
 class TimeParser:
@@ -229,16 +245,13 @@ class LineParser:
 
     format_name = "plain"
 
-    def __init__(
-        self, max_line_bytes: int = 256 * 1024, shared_keys: int = DEFAULT_SHARED_KEYS
-    ) -> None:
+    def __init__(self, max_line_bytes: int = 256 * 1024) -> None:
         self.max_line_bytes = max_line_bytes
         self.times = TimeParser()
-        self.packer = EntryPacker(shared_keys)
         self._partials: dict[str, _Partial] = {}
 
     def new_lines(self) -> Lines:
-        return Lines(self.packer)
+        return Lines()
 
     def reset(self) -> None:
         """Forget unfinished groups (the file changed under us)."""
@@ -325,6 +338,10 @@ class DockerParser(LineParser):
     format_name = "docker"
 
     def feed(self, lines: list[bytes], base: int) -> Lines:
+        if lines and not self._partials and all(lines):
+            fast = self._feed_block(lines, base)
+            if fast is not None:
+                return fast
         out = self.new_lines()
         docs: list | None = None
         if lines and all(lines):
@@ -334,20 +351,13 @@ class DockerParser(LineParser):
                 docs = None
             if docs is not None and len(docs) != len(lines):
                 docs = None  # a line held several values ("{..},{..}"): go line by line
-            if docs is not None and not self._partials:
-                fast = self._feed_block(docs, lines, base)
-                if fast is not None:
-                    return fast
         if docs is None:
             docs = [self._decode(raw, out) for raw in lines]
-        # The per-line loop: complete single-part lines with Docker's fixed-width time are packed
-        # inline; everything else goes through the general path.
-        head, mh, pk = self.packer.raw
+        # The per-line loop: complete single-part lines with Docker's fixed-width time are
+        # handled inline; everything else goes through the general path.
         cache = self.times._cache
         limit = self.max_line_bytes // 4
-        offsets, packed = out.offsets, out.packed
         partials = self._partials
-        nbytes = 0
         pos = base
         for doc, raw in zip(docs, lines, strict=True):
             start = pos
@@ -366,17 +376,10 @@ class DockerParser(LineParser):
                     # Go's RFC3339Nano drops trailing zeros: 1 to 9 fraction digits.
                     sec = cache.get(t[:19])
                     frac = t[20:-1]
-                    if sec is not None and frac.isdigit():
-                        log = log[:-1]
-                        ns = int(frac) * _FRAC_SCALE[len(frac)]
-                        try:
-                            body = pk((_K_LOG, log, _K_STREAM, stream, _K_TIME, t, _K_OFFSET, pos))
-                        except UnicodeEncodeError:  # lone surrogate: the general path cleans it
-                            self._part(out, start, pos, t, stream, log, True)
-                            continue
-                        packed.append(head(_EV, sec, ns, mh) + body[1:])
-                        offsets.append(pos)
-                        nbytes += len(log)
+                    if sec is not None and t[19] == "." and frac.isdigit() and frac.isascii():
+                        out.add(
+                            pos, t, sec * 1_000_000_000 + int(frac.ljust(9, "0")), stream, log[:-1]
+                        )
                         continue
                 if log[-1:] == "\n":
                     self._part(out, start, pos, t, stream, log[:-1], True)
@@ -384,49 +387,62 @@ class DockerParser(LineParser):
                     self._part(out, start, pos, t, stream, log, False)
             except (TypeError, KeyError, AttributeError):
                 self._lenient(out, start, pos, doc, raw)
-        out.nbytes += nbytes
         return out
 
-    def _feed_block(self, docs: list, lines: list[bytes], base: int) -> Lines | None:
-        """The whole block at C speed (list comprehensions and ``map``) when every line is a
-        complete, ordinary Docker entry -- the common case; None sends it down the per-line
-        path, which handles everything else."""
+    def _feed_block(self, lines: list[bytes], base: int) -> Lines | None:
+        """The whole block at C speed (one msgspec decode, then ``map`` over columns) when
+        every line is a complete, ordinary Docker entry -- the common case; None sends it down
+        the general path, which handles everything else and yields the same records."""
+        n = len(lines)
         try:
-            logs = list(map(_GET_LOG, docs))
-            streams = list(map(_GET_STREAM, docs))
-            times = list(map(_GET_TIME, docs))
-            if (
-                not all(map(str.endswith, logs, repeat("\n")))
-                or not set(streams) <= _STREAM_NAMES
-                or max(map(len, logs)) > self.max_line_bytes // 4
-                or not all(21 < len(t) < 31 and t[-1] == "Z" for t in times)
-            ):
-                return None
-            get = self.times._cache.get
-            secs = [get(t[:19]) for t in times]
-            if None in secs:
+            if n == 1:
+                docs = _DOCKER_BLOCK.decode(b"[" + lines[0] + b"]")
+            else:
+                # One large allocation: the brackets ride on the first and last line.
+                docs = _DOCKER_BLOCK.decode(
+                    b",".join(
+                        chain((b"[" + lines[0],), islice(lines, 1, n - 1), (lines[-1] + b"]",))
+                    )
+                )
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return None  # not JSON, not UTF-8, a missing key, a non-string value...
+        if len(docs) != n:
+            return None  # a line held several values ("{..},{..}")
+        logs = list(map(_GET_LOG, docs))
+        times = list(map(_GET_TIME, docs))
+        lengths = set(map(len, times))
+        if (
+            not all(map(str.endswith, logs, repeat("\n")))
+            or max(map(len, logs)) > self.max_line_bytes // 4
+            or min(lengths) < 22
+            or max(lengths) > 30
+            or not all(map(str.endswith, times, repeat("Z")))
+            or set(map(getitem, times, repeat(19))) != {"."}
+        ):
+            return None
+        fractions = list(map(getitem, times, repeat(_FRACTION)))
+        digits = "".join(fractions)
+        if not (digits.isdigit() and digits.isascii()):
+            return None
+        secs = list(map(self.times._cache.get, map(getitem, times, repeat(_SECOND))))
+        if None in secs:
+            try:
                 secs = [
                     s if s is not None else self.times.seconds(t[:19])
                     for s, t in zip(secs, times, strict=True)
                 ]
-            nss = [int(t[20:-1]) * _FRAC_SCALE[len(t) - 21] for t in times]
+            except ValueError:
+                return None
+        nss = map(mul, map(int, fractions), map(_FRAC_SCALE.__getitem__, map(len, fractions)))
+        out = Lines(
             # End offset of line i: base + the lengths of lines 0..i + i + 1 newlines.
-            n = len(lines)
-            ends = list(map(add, accumulate(map(len, lines)), range(base + 1, base + n + 1)))
-            head, mh, pk = self.packer.raw
-            packed = [
-                head(_EV, sec, ns, mh)
-                + pk((_K_LOG, log[:-1], _K_STREAM, stream, _K_TIME, t, _K_OFFSET, end))[1:]
-                for sec, ns, log, stream, t, end in zip(
-                    secs, nss, logs, streams, times, ends, strict=True
-                )
-            ]
-        except (TypeError, KeyError, ValueError, UnicodeEncodeError):
-            return None
-        out = self.new_lines()
-        out.offsets = ends
-        out.packed = packed
-        out.nbytes = sum(map(len, logs)) - len(logs)
+            offsets=list(map(add, accumulate(map(len, lines)), range(base + 1, base + n + 1))),
+            heads=list(map(Raw, map(HEAD.pack, repeat(EVENT_TIME), secs, nss))),
+            logs=list(map(getitem, logs, repeat(_NO_NEWLINE))),
+            streams=list(map(_GET_STREAM, docs)),
+            times=times,
+        )
+        out.nbytes = sum(map(len, out.logs))
         return out
 
     def _lenient(self, out: Lines, start: int, end: int, doc: object, raw: bytes) -> None:
