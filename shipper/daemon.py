@@ -5,8 +5,9 @@ checkpoints as acks arrive, and handles the process lifecycle:
 
 * ``--once``: ship what the files hold now, wait for every ack, exit 0 -- or exit 1 with one
   line saying why (no aggregator reachable within ``--retry-timeout``, wrong shared key...).
-* follow mode (default): rescan for new containers every ``--discover-interval`` seconds,
-  drain and release sources that disappeared.
+* follow mode (default): rescan for new containers as soon as inotify reports a change in the
+  log roots (else every ``--discover-interval`` seconds), drain and release sources that
+  disappeared.
 * SIGTERM / SIGINT: stop reading, wait for in-flight acks (at most ``--retry-timeout``), save
   checkpoints, exit 0.
 """
@@ -20,11 +21,13 @@ import signal
 import ssl
 import sys
 import time
+from pathlib import Path
 
 from shipper.checkpoint import Registry
 from shipper.config import Config, load_config
 from shipper.discover import SourceSpec, discover_all
 from shipper.errors import ConfigError, ShipperError
+from shipper.inotify import DirectoryWatcher, directories_to_watch
 from shipper.logs import setup_logging
 from shipper.metrics import Metrics
 from shipper.sender import ForwardClient, tls_context
@@ -33,6 +36,10 @@ from shipper.source import SourceRunner, Window
 log = logging.getLogger("logq.shipper")
 
 STALE_CHECKPOINT_SECONDS = 7 * 24 * 3600
+SETTLE_SECONDS = 0.05
+"""After an inotify event, wait this long for the rest of the burst before rescanning."""
+RECHECK_SECONDS = 0.5
+"""After an event-driven rescan, rescan once more this soon (files of a new container)."""
 
 
 class Shipper:
@@ -249,13 +256,47 @@ class Shipper:
             log.info("once: done sources=%d lines_acked=%d", len(tasks), self.lines_acked)
 
     async def _follow(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.cfg.discover_interval)
-            if self._stop.is_set():
-                break
-            self._sync_sources(self._discover())
-            self._update_gauges()
+        # inotify makes discovery immediate where it exists; the interval stays as the fallback.
+        watcher = DirectoryWatcher.create()
+        if watcher is not None:
+            watcher.start(asyncio.get_running_loop())
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            recheck = False
+            while not self._stop.is_set():
+                if watcher is not None:
+                    watcher.watch_all(self._watch_dirs())
+                    # After an event, look again soon: a container's files are written one by
+                    # one, and the scan that the first event triggered may have come too early.
+                    timeout = (
+                        min(RECHECK_SECONDS, self.cfg.discover_interval)
+                        if recheck
+                        else (self.cfg.discover_interval)
+                    )
+                    change = asyncio.ensure_future(watcher.wait(timeout))
+                    await asyncio.wait([stop, change], return_when=asyncio.FIRST_COMPLETED)
+                    recheck = change.done() and not change.cancelled() and change.result()
+                    change.cancel()
+                    if recheck:
+                        await asyncio.sleep(SETTLE_SECONDS)  # let a burst of events finish
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(stop), self.cfg.discover_interval)
+                if self._stop.is_set():
+                    break
+                self._sync_sources(self._discover())
+                self._update_gauges()
+        finally:
+            stop.cancel()
+            if watcher is not None:
+                watcher.close()
+
+    def _watch_dirs(self) -> list[Path]:
+        return directories_to_watch(
+            Path(self.cfg.docker_root) if self.cfg.docker_root else None,
+            Path(self.cfg.cri_root) if self.cfg.cri_root else None,
+            list(self.cfg.paths),
+        )
 
     async def _shutdown(self) -> None:
         """Stop reading everywhere, give in-flight batches time to be acknowledged."""

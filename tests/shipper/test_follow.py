@@ -207,6 +207,30 @@ def test_new_container_picked_up_and_sigterm_saves(tmp_path: Path, receiver: Rec
     assert rc == 0 and receiver.messages == 1
 
 
+def test_inotify_finds_a_new_container_long_before_the_poll_interval(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    root = tmp_path / "containers"
+    root.mkdir()
+    sh = ShipperProc(
+        tmp_path,
+        *("--aggregator", receiver.address, "--docker-root", str(root)),
+        *("--discover-interval", "120"),  # polling alone would take two minutes
+    )
+    try:
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        make_container(root, "d" * 64, "fresh", labels={"logq.service": "fresh"}, lines=["hi"])
+        receiver.wait_for(1, timeout=20)
+        found_after = time.monotonic() - t0
+    finally:
+        rc, err = sh.stop()
+    assert rc == 0, err
+    assert receiver.lines() == ["hi"]
+    # Event-driven: seconds at most even on a loaded CI machine, where polling would need 120 s.
+    assert found_after < 10.0, f"new container shipped after {found_after:.1f} s"
+
+
 def test_aggregator_down_then_up(tmp_path: Path) -> None:
     root = tmp_path / "containers"
     make_container(root, "d" * 64, "web", lines=[f"l{i}" for i in range(1000)])
