@@ -5,8 +5,9 @@
 Writes a host of C containers (Envoy access lines of ~250 bytes, Docker json-file layout with
 config.v2.json), starts a Forward sink in its own process (acks every chunk, discards the data),
 runs ``logq-shipper --once`` in another process and prints lines/s, MB/s, CPU seconds and peak
-RSS of the shipper process. For comparison it prints the ceiling of plain Python on the same
-files: reading them in 1 MiB blocks and splitting lines (and, second, also json-decoding them).
+RSS of the shipper process. For comparison it prints, in the same run, the ceiling of plain
+Python on the same files: reading them in 1 MiB blocks and splitting lines; then also decoding
+them (msgspec into a typed struct, as the shipper's fast path does, and json.loads).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +95,16 @@ def generate(root: Path, lines: int, containers: int) -> int:
     return total
 
 
-def ceiling(root: Path, decode: bool) -> tuple[int, float]:
+def ceiling(root: Path, decode: str | None) -> tuple[int, float]:
+    """Lines/s of reading + splitting (+ decoding with ``decode``: msgspec or json)."""
+    import msgspec
+
+    class Entry(msgspec.Struct, gc=False):
+        log: str
+        stream: str
+        time: str
+
+    typed = msgspec.json.Decoder(list[Entry])
     n = 0
     t0 = time.perf_counter()
     for path in sorted(root.glob("*/*-json.log")):
@@ -105,9 +116,16 @@ def ceiling(root: Path, decode: bool) -> tuple[int, float]:
                 lines = block[: cut - 1].split(b"\n")
                 rest = block[cut:]
                 n += len(lines)
-                if decode:
+                if decode == "json":
                     json.loads(b"[" + b",".join(lines) + b"]")
+                elif decode == "msgspec":
+                    typed.decode(b"[" + b",".join(lines) + b"]")
     return n, time.perf_counter() - t0
+
+
+def _pinned(cpu: int) -> Callable[[], None]:
+    """A preexec hook that keeps the child on one CPU (wall-clock figures = one core)."""
+    return lambda: os.sched_setaffinity(0, {cpu % os.cpu_count()})
 
 
 def main() -> None:
@@ -116,6 +134,11 @@ def main() -> None:
     ap.add_argument("--containers", type=int, default=10)
     ap.add_argument("--keep", type=Path, help="write the host here and keep it")
     ap.add_argument("--compress", action="store_true", help="ship with --compress gzip")
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin the shipper to CPU 0 and the sink to CPU 1 (one core each: wall = one core)",
+    )
     args = ap.parse_args()
 
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="logq-bench-"))
@@ -129,7 +152,12 @@ def main() -> None:
         print(f"generated {args.lines:,} lines, {size / 1e6:.1f} MB in {took:.1f} s")
     size = sum(p.stat().st_size for p in root.glob("*/*-json.log"))
 
-    sink = subprocess.Popen([sys.executable, "-c", SINK], stdout=subprocess.PIPE, text=True)
+    sink = subprocess.Popen(
+        [sys.executable, "-c", SINK],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=_pinned(1) if args.pin else None,
+    )
     try:
         assert sink.stdout is not None
         port = int(sink.stdout.readline())
@@ -152,7 +180,7 @@ def main() -> None:
         if args.compress:
             cmd += ["--compress", "gzip"]
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=REPO)
+        proc = subprocess.Popen(cmd, cwd=REPO, preexec_fn=_pinned(0) if args.pin else None)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -167,10 +195,16 @@ def main() -> None:
     )
     print(f"  throughput: {args.lines / wall:,.0f} lines/s  {size / wall / 1e6:.1f} MB/s (wall)")
     print(f"  per CPU-second: {args.lines / cpu:,.0f} lines/s")
-    print(f"  peak RSS: {usage.ru_maxrss / 1024:.1f} MB")
-    n, dt = ceiling(root, decode=False)
+    print(f"  peak RSS: {usage.ru_maxrss / 1024:.1f} MB  (minor page faults {usage.ru_minflt:,})")
+    rate = args.lines / cpu
+    n, dt = ceiling(root, None)
     print(f"ceiling, read + split in Python: {n / dt:,.0f} lines/s  {size / dt / 1e6:.0f} MB/s")
-    n, dt = ceiling(root, decode=True)
+    n, dt = ceiling(root, "msgspec")
+    print(
+        f"ceiling, read + split + msgspec typed decode: {n / dt:,.0f} lines/s  "
+        f"{size / dt / 1e6:.0f} MB/s (shipper per CPU-second: {rate / (n / dt):.0%} of it)"
+    )
+    n, dt = ceiling(root, "json")
     print(f"ceiling, read + split + json.loads: {n / dt:,.0f} lines/s  {size / dt / 1e6:.0f} MB/s")
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,8 +1,8 @@
 """Turning parsed lines into one Forward PackedForward message.
 
-Every line arrives with the per-line part of its entry already packed (see
-:mod:`shipper.entry`); the keys shared by the whole source (service, container, host, image,
-source id) are packed once per batch and appended to every entry with a single ``join``.
+Lines arrive as columns with each entry's event time already packed; the body is encoded in
+one msgspec call per batch, with the keys shared by the whole source (service, container, host,
+image, source id) pre-encoded once and repeated in every record (see :mod:`shipper.entry`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from shipper import wire
-from shipper.entry import pack_shared
 from shipper.formats import Lines
 
 
@@ -58,17 +57,12 @@ def record_constants(
 
 def pack_entries(lines: Lines, shared: dict[str, Any]) -> bytes:
     """The concatenated ``[EventTime, record]`` entries of a PackedForward body."""
-    if not lines.packed:
-        return b""
-    if len(shared) != lines.packer.shared_keys:
-        raise ValueError(
-            f"lines were packed for {lines.packer.shared_keys} shared keys, got {len(shared)}"
-        )
-    tail = pack_shared(shared)
-    return tail.join(lines.packed) + tail
+    return bytes(lines.encode(shared))
 
 
-def encode_message(tag: str, body: bytes, count: int, chunk: str, compress: bool) -> bytes:
+def encode_message(
+    tag: str, body: bytes | memoryview, count: int, chunk: str, compress: bool
+) -> bytes:
     """``[tag, body, {size, chunk[, compressed]}]`` as Forward PackedForward.
 
     The array and ``bin`` headers are written by hand so that the (large) body is copied once,

@@ -15,7 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from shipper import wire
-from shipper.batch import Batch, encode_message, pack_entries, record_constants
+from shipper.batch import Batch, encode_message, record_constants
 from shipper.discover import SourceSpec
 from shipper.formats import Lines
 from shipper.tailer import Tailer
@@ -168,9 +168,7 @@ class SourceRunner:
                 self.spec.format_hint,
             )
             chunk_id = wire.new_chunk_id()
-            payload = encode_message(
-                self.spec.tag, pack_entries(lines, consts), n, chunk_id, cfg.compress
-            )
+            payload = encode_message(self.spec.tag, lines.encode(consts), n, chunk_id, cfg.compress)
         return Batch(
             tag=self.spec.tag,
             payload=payload,

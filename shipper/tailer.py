@@ -29,7 +29,6 @@ from pathlib import Path
 
 from shipper.checkpoint import FileState, Registry, file_key
 from shipper.discover import SourceSpec, rotated_siblings
-from shipper.entry import DEFAULT_SHARED_KEYS
 from shipper.formats import PARSERS, LineParser, Lines, overlong_line
 
 log = logging.getLogger("logq.shipper.tailer")
@@ -96,9 +95,11 @@ class Cursor:
             self._skip_total = len(data)
             self.read_pos += len(data)
             return Chunk(self, self.parser.new_lines(), self._skip_start, len(data))
-        lines = data[:idx].split(b"\n")
-        if len(lines) > max_lines:
-            lines = lines[:max_lines]
+        # Split no further than needed, and without copying the block: the last piece is the
+        # unterminated tail (or the lines beyond ``max_lines``), read again next time.
+        lines = data.split(b"\n", max_lines)
+        del lines[-1]
+        if len(lines) == max_lines:
             idx = sum(map(len, lines)) + max_lines - 1
         parsed = self.parser.feed(lines, self.read_pos)
         self.read_pos += idx + 1
@@ -186,8 +187,7 @@ class Tailer:
     # -- opening ----------------------------------------------------------------------------
 
     def _parser(self) -> LineParser:
-        shared = DEFAULT_SHARED_KEYS + (1 if self.spec.format_hint else 0)
-        return PARSERS[self.spec.format](self.max_line_bytes, shared)
+        return PARSERS[self.spec.format](self.max_line_bytes)
 
     def _source_id(self, ino: int, fp: str, epoch: int) -> str:
         sid = f"{self.host}:{ino:x}:{fp}"

@@ -79,7 +79,7 @@ def test_docker_lone_surrogate_escape_does_not_break_packing() -> None:
     from shipper.batch import pack_entries
 
     line = b'{"log":"x\\ud800y\\n","stream":"stdout","time":"2026-11-28T12:00:00Z"}\n'
-    out = feed(DockerParser(shared_keys=1), line)
+    out = feed(DockerParser(), line)
     body = pack_entries(out, {"service": "s"})
     assert b"x\xef\xbf\xbdy" in body
 
@@ -166,7 +166,7 @@ def test_packed_entries_decode_to_the_columns() -> None:
         + b"raw text\n"
         + docker_line("é ünïcode", 4, "stderr")
     )
-    parser = DockerParser(shared_keys=2)
+    parser = DockerParser()
     out = feed(parser, data)
     body = pack_entries(out, {"service": "svc", "source_id": "sid"})
     unpacker = wire.new_unpacker()
@@ -210,6 +210,8 @@ def test_docker_trimmed_fraction_and_omitted_keys() -> None:
 )
 def test_block_fast_path_equals_line_by_line(rows: list[tuple[str, str, int, int]]) -> None:
     """The whole-block path and the per-line path produce byte-identical entries."""
+    from shipper.batch import pack_entries
+
     data = b""
     for i, (text, stream, ns, digits) in enumerate(rows):
         frac = f"{ns:09d}"[:digits]
@@ -221,6 +223,53 @@ def test_block_fast_path_equals_line_by_line(rows: list[tuple[str, str, int, int
     slow_parser = DockerParser()
     slow_parser._feed_block = lambda *a: None  # type: ignore[method-assign]
     slow = feed(slow_parser, data, base=7)
-    assert fast.packed == slow.packed
+    shared = {"service": "s", "source_id": "id"}
+    assert pack_entries(fast, shared) == pack_entries(slow, shared)
     assert fast.offsets == slow.offsets
     assert fast.logs == [r[0] for r in rows]
+
+
+def test_ordinary_docker_block_takes_the_block_path() -> None:
+    """The equivalence test above means something only if ordinary lines use the block path."""
+    data = b"".join(docker_line(f"line {i} é", i, ("stdout", "stderr")[i % 2]) for i in range(50))
+    lines = data[:-1].split(b"\n")
+    out = DockerParser()._feed_block(lines, 100)
+    assert out is not None
+    assert out.logs == [f"line {i} é" for i in range(50)]
+    assert out.offsets[-1] == 100 + len(data)
+    assert out.time_ns[49] == T0_NS + 49_000_123
+
+
+def test_block_path_refuses_what_it_cannot_keep_exact() -> None:
+    """Blocks with anything unusual go to the general path (which counts and repairs them)."""
+    ok = docker_line("ok", 0)
+    unusual = [
+        b'{"log":"a\\n","stream":"stdout","time":"2026-11-28T12:00:00.1Z"} {"log":"b"}',
+        b'{"log":"x\\ud800\\n","stream":"stdout","time":"2026-11-28T12:00:00Z"}',
+        b'{"log":"caf\xe9\\n","stream":"stdout","time":"2026-11-28T12:00:00.1Z"}',
+        b'{"log":"no stream\\n","time":"2026-11-28T12:00:00.1Z"}',
+        b'{"log":"split","stream":"stdout","time":"2026-11-28T12:00:00.1Z"}',
+        b'{"log":"seconds only\\n","stream":"stdout","time":"2026-11-28T12:00:00Z"}',
+        b'{"log":"offset\\n","stream":"stdout","time":"2026-11-28T12:00:00.1+01:00"}',
+        b'{"log":"bad date\\n","stream":"stdout","time":"2026-13-28T12:00:00.1Z"}',
+        b'{"log":1,"stream":"stdout","time":"2026-11-28T12:00:00.1Z"}',
+    ]
+    for line in unusual:
+        lines = [ok[:-1], line]
+        assert DockerParser()._feed_block(lines, 0) is None, line
+        out = DockerParser().feed(lines, 0)  # the general path still ships every line
+        complete = 1 if b'"split"' in line else 2  # a split part waits for its last part
+        assert len(out) == complete and out.logs[0] == "ok"
+
+
+def test_records_with_many_shared_keys_use_a_map16_header() -> None:
+    """Four per-line keys + 12 shared keys no longer fit a fixmap: still valid msgpack."""
+    from shipper import wire
+    from shipper.batch import pack_entries
+
+    out = feed(DockerParser(), docker_line("one", 0) + docker_line("two", 1))
+    shared = {f"k{i}": f"v{i}" for i in range(12)}
+    events = wire.decode_message(["t", pack_entries(out, shared), {}]).events
+    assert [e.record["log"] for e in events] == ["one", "two"]
+    assert all(len(e.record) == 16 and e.record["k11"] == "v11" for e in events)
+    assert [e.time_ns for e in events] == out.time_ns

@@ -10,7 +10,6 @@ import pytest
 from shipper import wire
 from shipper.batch import encode_message, pack_entries
 from shipper.config import Endpoint, parse_endpoint
-from shipper.entry import EntryPacker
 from shipper.errors import DeliveryError, HandshakeError
 from shipper.formats import Lines
 from shipper.sender import ForwardClient, tls_context
@@ -19,7 +18,7 @@ from tests.shipper.tlsgen import make_ca_and_server, server_context
 
 
 def message(n: int, compress: bool = False, first: int = 0) -> tuple[bytes, str]:
-    lines = Lines(EntryPacker(2))
+    lines = Lines()
     for i in range(first, first + n):
         lines.add(i + 1, "2026-11-28T12:00:00Z", 1_795_867_200 * 10**9 + i, "stdout", f"l{i}")
     chunk = wire.new_chunk_id()
