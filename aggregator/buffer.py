@@ -8,10 +8,11 @@ Layout of ``--buffer-dir``::
     offsets.json            highest (source_id -> offset) committed to the warehouse (dedup.py)
     0000000000000007.seg    segments, in order; the highest is the one being appended to
 
-A segment is a sequence of frames ``[u32 length][u32 crc32][payload]``; the payload is the msgpack
-``[tag, [[time_ns, record], ...]]`` of one Forward message. A crash can leave a torn frame at the
-end of the last segment: replay stops at the first frame whose length or checksum is wrong, which
-can only be a frame that was never acknowledged (acks go out after the fsync that covers it).
+A segment is a sequence of frames ``[u32 length][u32 crc32][payload]``; the payload is the decoded
+events of one Forward message (a row count and an Arrow IPC stream, see ``decode.to_ipc``). A
+crash can leave a torn frame at the end of the last segment: replay stops at the first frame
+whose length or checksum is wrong, which can only be a frame that was never acknowledged (acks
+go out after the fsync that covers it).
 
 Group commit: many connections append, one ``fsync`` covers every frame written before it
 started, and each append returns once its frame is covered. A segment is sealed (closed and
@@ -60,25 +61,31 @@ def encode_frame(payload: bytes) -> bytes:
 
 
 def read_frames(path: Path) -> Iterator[bytes]:
-    """Payloads of a segment, stopping (with a warning) at a torn or corrupt frame."""
-    data = path.read_bytes()
+    """Payloads of a segment, stopping (with a warning) at a torn or corrupt frame.
+
+    Streamed frame by frame: a flush holds one slice of a segment in memory, never the file.
+    """
+    size = path.stat().st_size
     pos = 0
-    while pos < len(data):
-        if pos + _HEADER.size > len(data):
-            break
-        length, crc = _HEADER.unpack_from(data, pos)
-        start = pos + _HEADER.size
-        payload = data[start : start + length]
-        if len(payload) != length or zlib.crc32(payload) != crc:
-            break
-        yield payload
-        pos = start + length
-    if pos < len(data):
+    with open(path, "rb") as fh:
+        while pos + _HEADER.size <= size:
+            header = fh.read(_HEADER.size)
+            if len(header) != _HEADER.size:
+                break
+            length, crc = _HEADER.unpack(header)
+            if length > size - pos - _HEADER.size:
+                break  # torn: the frame claims more bytes than the file holds
+            payload = fh.read(length)
+            if len(payload) != length or zlib.crc32(payload) != crc:
+                break
+            yield payload
+            pos += _HEADER.size + length
+    if pos < size:
         log.warning(
             "buffer segment %s: ignoring %d bytes of a torn or corrupt frame at offset %d "
             "(never acknowledged)",
             path.name,
-            len(data) - pos,
+            size - pos,
             pos,
         )
 

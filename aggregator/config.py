@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from aggregator.decode import BUFFER_COMPRESSIONS
 from athena.warehouse import resolve_uri
 
 DEFAULT_LISTEN = "127.0.0.1:24224"
@@ -45,6 +46,8 @@ class Settings:
     """Buffer size on disk beyond which acks are withheld and reading stops (backpressure)."""
     segment_bytes: int = 64 * MiB
     """A buffer segment this large is sealed and flushed before the flush interval is up."""
+    buffer_compression: str = "none"
+    """Compression of buffer frames: none, lz4 or zstd (CPU vs. disk; see aggregator/decode)."""
     target_file_bytes: int = 128 * MiB
     """Compaction merges a closed hour's small files into files of about this size."""
     compact_interval: float = 0.0
@@ -88,6 +91,10 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--max-frame-bytes", {"type": int, "help": "largest Forward message (default 32 MiB)"}),
     ("--buffer-limit-bytes", {"type": int, "help": "buffer size that withholds acks (1 GiB)"}),
     ("--segment-bytes", {"type": int, "help": "seal a buffer segment at this size (64 MiB)"}),
+    (
+        "--buffer-compression",
+        {"choices": BUFFER_COMPRESSIONS, "help": "buffer frames: none (default), lz4 or zstd"},
+    ),
     ("--target-file-bytes", {"type": int, "help": "compacted file size (default 128 MiB)"}),
     ("--compact-interval", {"type": float, "help": "compact every N s (default 0: off)"}),
     ("--max-connections", {"type": int, "help": "concurrent connections (default 1024)"}),
@@ -162,6 +169,11 @@ def _check(s: Settings) -> None:
     for name in ("max_frame_bytes", "buffer_limit_bytes", "segment_bytes", "target_file_bytes"):
         if int(getattr(s, name)) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of bytes")
+    if s.buffer_compression not in BUFFER_COMPRESSIONS:
+        raise ConfigError(
+            f"buffer-compression must be one of {', '.join(BUFFER_COMPRESSIONS)}, "
+            f"got {s.buffer_compression!r}"
+        )
     if bool(s.tls_cert) != bool(s.tls_key):
         raise ConfigError("TLS needs both --tls-cert and --tls-key")
     if isinstance(s.envoy_formats, str):

@@ -82,6 +82,7 @@ class ForwardServer:
         shared_key: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         on_append: Callable[[], None] | None = None,
+        buffer_compression: str = "none",
     ):
         self.buffer = buffer
         self.metrics = metrics
@@ -89,6 +90,7 @@ class ForwardServer:
         self.shared_key = shared_key
         self.ssl_context = ssl_context
         self.on_append = on_append
+        self.buffer_compression = buffer_compression
         self.hostname = socket.gethostname()
         self._server: asyncio.base_events.Server | None = None
         self._conns: dict[asyncio.Task[None], _Conn] = {}
@@ -219,7 +221,7 @@ class ForwardServer:
             for obj in wire.iter_messages(unpacker):
                 batch, chunk = decode(obj, self.limits.max_decompressed_bytes)
                 if batch.num_rows:
-                    waits.append(self.buffer.write(to_ipc(batch)))
+                    waits.append(self.buffer.write(to_ipc(batch, self.buffer_compression)))
                     self.metrics.records_in.inc(batch.num_rows)
                 if chunk is not None:
                     acks.append(chunk)

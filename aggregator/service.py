@@ -97,6 +97,7 @@ class Aggregator:
             shared_key=self.settings.shared_key,
             ssl_context=ssl_ctx,
             on_append=self._on_append,
+            buffer_compression=self.settings.buffer_compression,
         )
         host, port = split_host_port(self.settings.listen, "--listen")
         bound_host, self.port = await self.server.start(host, port)

@@ -168,6 +168,17 @@ def watch_hwm(proc: subprocess.Popen, peak: dict[str, int]) -> None:
         time.sleep(0.05)
 
 
+def _status_kib(pid: int, key: str) -> int:
+    """One ``/proc/<pid>/status`` figure (VmRSS, VmHWM) in KiB, 0 if unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def parquet_stats(warehouse: str) -> tuple[int, int]:
     """(bytes, files) of the visible Parquet objects of a local or S3 warehouse."""
     from athena.warehouse import open_warehouse
@@ -180,6 +191,28 @@ def parquet_stats(warehouse: str) -> tuple[int, int]:
         if i.base_name.endswith(".parquet") and not i.base_name.startswith((".", "_"))
     ]
     return sum(i.size or 0 for i in files), len(files)
+
+
+def column_bytes(warehouse: str) -> tuple[int, dict[str, int]]:
+    """(rows, compressed bytes per column) of the ``envoy_access`` files: where the size goes."""
+    from athena.warehouse import open_warehouse
+
+    wh = open_warehouse(warehouse)
+    root = wh.path("envoy_access")
+    infos = wh.fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    rows, sizes = 0, {}
+    for info in infos:
+        if not info.base_name.endswith(".parquet") or info.base_name.startswith((".", "_")):
+            continue
+        meta = pq.ParquetFile(info.path, filesystem=wh.fs).metadata
+        rows += meta.num_rows
+        for rg in range(meta.num_row_groups):
+            for c in range(meta.num_columns):
+                col = meta.row_group(rg).column(c)
+                sizes[col.path_in_schema] = (
+                    sizes.get(col.path_in_schema, 0) + col.total_compressed_size
+                )
+    return rows, sizes
 
 
 def freshness(port: int, warehouse: str, timeout: float = 120.0) -> float:
@@ -220,7 +253,7 @@ def start_s3() -> tuple[object, str, dict[str, str]]:
     return server, f"s3://{bucket}/wh", env
 
 
-def stages(lines: int, chunk: int) -> None:
+def stages(lines: int, chunk: int, compression: str = "none") -> None:
     """The aggregator's per-line cost on ONE core, stage by stage, in this process (no I/O
     waits, no other threads): what "lines/s on one core" means for the whole pipeline."""
     from aggregator.batch import records_table, route
@@ -254,8 +287,11 @@ def stages(lines: int, chunk: int) -> None:
         print(f"  {name:34s} {best / lines * 1e6:6.2f}")
         return out
 
-    batches = timed("decode (msgpack -> Arrow)", lambda: [decode(o, 1 << 30)[0] for o in objs])
-    payloads = timed("buffer frame (Arrow IPC, lz4)", lambda: [to_ipc(b) for b in batches])
+    batches = timed("decode (msgspec -> Arrow)", lambda: [decode(o, 1 << 30)[0] for o in objs])
+    payloads = timed(
+        f"buffer frame (Arrow IPC, {compression})",
+        lambda: [to_ipc(b, compression) for b in batches],
+    )
     records = timed("read segment", lambda: records_table(payloads))
     timed(
         "dedup (source offsets)",
@@ -285,9 +321,10 @@ def main() -> int:
     ap.add_argument("--s3", action="store_true", help="start a local SeaweedFS and write to it")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     ap.add_argument("--stages", action="store_true", help="only the one-core per-stage costs")
+    ap.add_argument("--buffer-compression", default="none", choices=("none", "lz4", "zstd"))
     args = ap.parse_args()
     if args.stages:
-        stages(args.lines, args.chunk)
+        stages(args.lines, args.chunk, args.buffer_compression)
         return 0
 
     tmp = Path(tempfile.mkdtemp(prefix="logq-bench-"))
@@ -328,6 +365,8 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
         str(args.flush_interval),
         "--log-level",
         "warning",
+        "--buffer-compression",
+        args.buffer_compression,
     ]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -356,6 +395,7 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
     for th in threads:
         th.join()
     t_ack = time.perf_counter() - t0
+    hwm_acked = _status_kib(proc.pid, "VmHWM")
     proc.send_signal(signal.SIGTERM)
     rc = proc.wait(timeout=600)
     t_done = time.perf_counter() - t0
@@ -370,10 +410,20 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
     print(f"lines                      {n:,}")
     print(f"acknowledged (durable)     {n / t_ack:,.0f} lines/s  ({t_ack:.2f} s)")
     print(f"committed to Parquet       {n / t_done:,.0f} lines/s  ({t_done:.2f} s, SIGTERM incl.)")
-    print(f"aggregator peak RSS        {peak['kib'] / 1024:,.0f} MiB")
+    print(
+        f"aggregator peak RSS        {peak['kib'] / 1024:,.0f} MiB  "
+        f"({hwm_acked / 1024:,.0f} MiB until the last ack; the rest is the final flush)"
+    )
     print(f"Docker json-file bytes     {raw:,}")
     print(f"Parquet bytes              {pq_bytes:,} in {n_files} files")
     print(f"ratio                      1/{raw / max(pq_bytes, 1):.1f}  (target <= 1/12)")
+    rows, sizes = column_bytes(warehouse)
+    if rows:
+        top = sorted(sizes.items(), key=lambda kv: -kv[1])
+        print(
+            f"envoy_access bytes/row     {sum(sizes.values()) / rows:.1f}: "
+            + ", ".join(f"{name} {size / rows:.1f}" for name, size in top[:8])
+        )
     print(f"freshness                  {fresh:.2f} s from ack to readable ")
     print(f"                           (flush interval {args.flush_interval:g} s; target <= +2 s)")
     return 0

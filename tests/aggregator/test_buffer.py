@@ -104,3 +104,32 @@ def test_sequence_numbers_are_never_reused(tmp_path: Path) -> None:
 
     seqs = [run(one_run()) for _ in range(3)]
     assert seqs == sorted(set(seqs)), seqs
+
+
+def test_dedup_matches_the_rule_on_random_batches(tmp_path: Path) -> None:
+    """Rising offsets (the usual batch) and shuffled ones with repeats give the rule's answer:
+    keep a keyed row when its offset is above its source's mark and it is the first
+    occurrence of its (source, offset)."""
+    import random
+
+    rng = random.Random(4)
+    state = OffsetState(tmp_path / "offsets.json")
+    state.advance(pa.array(["a", "b"]), pa.array([50, 10], pa.int64()))
+    for shuffled in (False, True, True):
+        rows = [(rng.choice(["a", "b", "c", None]), off) for off in range(0, 200, 3)]
+        rows += [(rng.choice(["a", "b"]), None)]
+        if shuffled:
+            rows += rng.sample(rows, 20)
+            rng.shuffle(rows)
+        sources = pa.array([s for s, _ in rows], pa.string())
+        offsets = pa.array([o for _, o in rows], pa.int64())
+        seen: set[tuple[str, int]] = set()
+        expected = []
+        for s, o in rows:
+            if s is None or o is None:
+                expected.append(True)
+                continue
+            mark = state.get(s)
+            expected.append((mark is None or o > mark) and (s, o) not in seen)
+            seen.add((s, o))
+        assert state.keep_mask(sources, offsets).to_pylist() == expected
