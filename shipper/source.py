@@ -18,7 +18,7 @@ from shipper import wire
 from shipper.batch import Batch, encode_message, record_constants
 from shipper.discover import SourceSpec
 from shipper.formats import Lines
-from shipper.tailer import Tailer
+from shipper.tailer import PIN_CHECK_SECONDS, Tailer
 
 if TYPE_CHECKING:
     from shipper.daemon import Shipper
@@ -73,6 +73,7 @@ class SourceRunner:
     async def _run(self) -> None:
         reader = asyncio.create_task(self._read_loop())
         sender = asyncio.create_task(self._send_loop())
+        pinner = asyncio.create_task(self._pin_loop())
         try:
             done, _ = await asyncio.wait({reader, sender}, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -80,13 +81,23 @@ class SourceRunner:
                 if exc is not None:
                     raise exc
         finally:
-            for task in (reader, sender):
+            for task in (reader, sender, pinner):
                 if not task.done():
                     task.cancel()
-            await asyncio.gather(reader, sender, return_exceptions=True)
+            await asyncio.gather(reader, sender, pinner, return_exceptions=True)
             self.tailer.close()
 
     # -- reading ----------------------------------------------------------------------------
+
+    async def _pin_loop(self) -> None:
+        """Open files the runtime rotates in even while reading waits (behind, or acks slow):
+        an open file survives its deletion by the runtime's ``max-file``."""
+        while not self.stopping:
+            await asyncio.sleep(PIN_CHECK_SECONDS)
+            try:
+                self.tailer.pin_new_generation()
+            except OSError as exc:
+                log.warning("rotation check failed key=%s error=%r", self.spec.key, str(exc))
 
     async def _read_loop(self) -> None:
         cfg = self.shipper.cfg

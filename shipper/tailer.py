@@ -34,6 +34,10 @@ from shipper.formats import PARSERS, LineParser, Lines, overlong_line
 log = logging.getLogger("logq.shipper.tailer")
 
 FINGERPRINT_BYTES = 1024
+PIN_CHECK_SECONDS = 0.25
+"""How often a source checks whether its live file was rotated (see pin_new_generation)."""
+MAX_PINNED_FILES = 64
+"""Rotated files a source keeps open at most while it is behind (bounds descriptors)."""
 
 
 def fingerprint(fd: int) -> str | None:
@@ -183,6 +187,7 @@ class Tailer:
         self._floor: int | None = None
         """mtime of the last file finished because it was rotated away: files rotated after
         it that we never opened are newer."""
+        self._pin_limit_logged = False
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -310,6 +315,40 @@ class Tailer:
         if block < self.max_line_bytes + 4096:  # an allowed line must fit in a block
             block = self.block_size
         return self.cursors[0].read(block, max_lines)
+
+    def pin_new_generation(self) -> None:
+        """While we are behind, open each file the runtime rotates in as soon as it appears.
+
+        An open descriptor keeps a rotated file readable even after the runtime deletes it
+        (``max-file``), so a shipper that lags by more than the rotation window still loses
+        nothing. Without this, rotations would only be noticed at the end of the file being
+        read, and generations rotated *and* deleted meanwhile would be gone.
+        """
+        live = self.live
+        if live is None:
+            return
+        if len(self.cursors) >= MAX_PINNED_FILES:
+            if not self._pin_limit_logged:
+                self._pin_limit_logged = True
+                log.warning(
+                    "source is %d rotated files behind; newer rotations are found when it "
+                    "catches up, and files the runtime deletes before that are lost path=%s",
+                    len(self.cursors),
+                    self.spec.path,
+                )
+            return
+        self._pin_limit_logged = False
+        try:
+            st = os.stat(self.spec.path)
+        except OSError:
+            return  # renamed and not recreated yet, or deleted: poll() handles it at EOF
+        if (st.st_dev, st.st_ino) == (live.dev, live.ino):
+            return
+        log.info("log file rotated while behind path=%s read=%d", live.path, live.read_pos)
+        self._floor = os.fstat(live.fd).st_mtime_ns
+        self.live = None
+        if not self._open_live():
+            self.live = live  # the new file is not complete yet (no first line): later
 
     def poll(self, finishing: bool = False) -> bool:
         """At the end of the current file: handle rotation, truncation, deletion.

@@ -213,3 +213,49 @@ def test_two_rotations_while_down_are_both_read(tmp_path: Path, reg: Registry) -
     append(path, 7, 2)
     t2 = Tailer(spec_for(path), reg, "h", 65536)
     assert drain(t2) == [f"line {i}" for i in range(3, 9)]
+
+
+def _docker_rotate(path: Path, max_file: int) -> None:
+    """Rotate like Docker's json-file driver: shift .N up, drop the oldest, live -> .1."""
+    oldest = Path(f"{path}.{max_file}")
+    if oldest.exists():
+        oldest.unlink()
+    for n in range(max_file - 1, 0, -1):
+        older = Path(f"{path}.{n}")
+        if older.exists():
+            os.replace(older, f"{path}.{n + 1}")
+    os.replace(path, f"{path}.1")
+
+
+def test_lagging_reader_keeps_rotated_files_the_runtime_deletes(
+    tmp_path: Path, reg: Registry
+) -> None:
+    """Ten rotations with max-file 3 while the reader is stuck on the first file: every
+    generation was deleted from disk before it was read, yet every line arrives, in order."""
+    path = tmp_path / "c-json.log"
+    append(path, 0, 50)
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    first = t.read(max_lines=5)
+    assert first is not None and first.lines.logs == [f"line {i}" for i in range(5)]
+    for gen in range(1, 11):
+        _docker_rotate(path, max_file=3)
+        append(path, gen * 50, 50)
+        t.pin_new_generation()  # what the source's pin loop does every 0.25 s
+    assert not Path(f"{path}.4").exists() and len(list(tmp_path.glob("c-json.log*"))) == 4
+    rest = drain(t)
+    assert first.lines.logs + rest == [f"line {i}" for i in range(550)]
+
+
+def test_without_pinning_a_lagging_reader_loses_deleted_generations(
+    tmp_path: Path, reg: Registry
+) -> None:
+    """The same run without the pin checks: the loss the pin loop exists to prevent."""
+    path = tmp_path / "c-json.log"
+    append(path, 0, 50)
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    assert t.read(max_lines=5) is not None
+    for gen in range(1, 11):
+        _docker_rotate(path, max_file=3)
+        append(path, gen * 50, 50)
+    rest = drain(t)
+    assert len(rest) < 545
