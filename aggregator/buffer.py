@@ -35,6 +35,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from aggregator.durable import fsync_dir, write_atomic
+
 log = logging.getLogger("logq.aggregator.buffer")
 
 _HEADER = struct.Struct(">II")
@@ -88,14 +90,6 @@ def read_frames(path: Path) -> Iterator[bytes]:
             size - pos,
             pos,
         )
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Buffer:
@@ -166,12 +160,7 @@ class Buffer:
             ) from None
 
     def _save_last_seq(self, seq: int) -> None:
-        tmp = self.dir / ".last-seq.tmp"
-        with open(tmp, "w", encoding="ascii") as fh:
-            fh.write(f"{seq}\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.dir / "last-seq")
+        write_atomic(self.dir / "last-seq", f"{seq}\n".encode("ascii"))
 
     def _load_node_id(self) -> str:
         path = self.dir / "node-id"
@@ -181,19 +170,14 @@ class Buffer:
                 return value
             raise OSError(f"{path} holds {value!r}, not a node id; delete it to get a new one")
         value = secrets.token_hex(6)
-        tmp = self.dir / ".node-id.tmp"
-        tmp.write_text(value + "\n", encoding="ascii")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.dir)
+        write_atomic(path, f"{value}\n".encode("ascii"))
         return value
 
     def _open_active(self, seq: int) -> None:
         path = self.dir / f"{seq:016d}.seg"
         self._save_last_seq(seq)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         self._active = Segment(seq, path)
         self._active_size = 0
 

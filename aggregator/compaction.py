@@ -34,10 +34,8 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -48,7 +46,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from aggregator.storage import ROW_GROUP_ROWS, StorageError, fsync_dir, write_options
+from aggregator.durable import atomic_file
+from aggregator.storage import ROW_GROUP_ROWS, StorageError, write_options
 from athena.schema import TABLES, Table, parse_dt
 from athena.warehouse import Warehouse, WarehouseError, open_warehouse
 
@@ -152,17 +151,8 @@ def _atomic_output(wh: Warehouse, path: str) -> Iterator[IO[bytes] | pa.NativeFi
         with wh.fs.open_output_stream(path) as out:
             yield out
         return
-    final = Path(path)
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(Path(path)) as fh:
+        yield fh
 
 
 def _conform(table: pa.Table, spec: Table) -> pa.Table:

@@ -25,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from aggregator.durable import write_atomic
+
 DEFAULT_RETENTION_S = 14 * 24 * 3600
 
 
@@ -104,14 +106,5 @@ class OffsetState:
         """Persist atomically (tmp, fsync, rename, fsync dir), forgetting stale sources."""
         cutoff = time.time() - self.retention_s
         self._marks = {k: v for k, v in self._marks.items() if v[1] >= cutoff}
-        tmp = self.path.with_name("." + self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({k: [v[0], v[1]] for k, v in self._marks.items()}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        doc = {k: [v[0], v[1]] for k, v in self._marks.items()}
+        write_atomic(self.path, json.dumps(doc).encode("utf-8"))

@@ -10,14 +10,13 @@ key replaces it whole.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from aggregator.durable import atomic_file
 from athena.warehouse import Warehouse
 
 #: Rows per row group: large enough for Athena's scans, small enough to bound writer memory.
@@ -77,24 +76,8 @@ def put_table(wh: Warehouse, path: str, table: pa.Table) -> None:
 
 def _put_local(path: Path, table: pa.Table) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, **write_options(table.schema))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with atomic_file(path) as fh:
+        pq.write_table(table, fh, **write_options(table.schema))
 
 
 def list_parquet(wh: Warehouse, folder: str) -> list[pafs.FileInfo]:
