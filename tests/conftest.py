@@ -35,6 +35,15 @@ _AWS_OVERRIDES = (
 )
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        default=False,
+        help="chaos scenarios (tests/chaos): more rounds and longer outages than in `make test`",
+    )
+
+
 #: Startup figures of the servers this session started, printed in the terminal summary.
 _STARTED: dict[str, float] = {}
 
