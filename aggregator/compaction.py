@@ -47,6 +47,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from aggregator.durable import atomic_file
+from aggregator.ledger import expire_ledger
 from aggregator.storage import ROW_GROUP_ROWS, StorageError, write_options
 from athena.schema import TABLES, Table, parse_dt
 from athena.warehouse import Warehouse, WarehouseError, open_warehouse
@@ -288,8 +289,13 @@ def compact_warehouse(
     tables: list[str] | None = None,
     service: str | None = None,
 ) -> int:
-    """Compact every closed partition; return the number of input files merged."""
+    """Compact every closed partition; return the number of input files merged.
+
+    Also deletes offset-ledger hours past their retention (ledger.py): housekeeping that, like
+    compaction, must run on one instance per warehouse.
+    """
     now = now or datetime.now(UTC)
+    expire_ledger(wh, now)
     merged = 0
     for spec, folder in closed_partitions(wh, now, grace, lookback, tables, service):
         if _has_young_files(wh, folder, now - grace):

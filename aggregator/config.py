@@ -40,6 +40,8 @@ class Settings:
     """Enables the Forward shared-key handshake (HELO/PING/PONG)."""
     metrics_listen: str | None = None
     """``HOST:PORT`` of the Prometheus ``/metrics`` and ``/healthz`` endpoint."""
+    unhealthy_after: float = 300.0
+    """``/healthz`` answers 503 once flushes have failed for this many seconds."""
     max_frame_bytes: int = 32 * MiB
     """Largest Forward message accepted; a larger one closes that connection."""
     buffer_limit_bytes: int = 1024 * MiB
@@ -88,6 +90,10 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--flush-interval", {"type": float, "help": "seconds between flushes (default 10)"}),
     ("--shared-key", {"help": "require the Forward shared-key handshake with this key"}),
     ("--metrics-listen", {"help": "HOST:PORT for Prometheus /metrics and /healthz"}),
+    (
+        "--unhealthy-after",
+        {"type": float, "help": "/healthz says 503 after flushes failed this long (300 s)"},
+    ),
     ("--max-frame-bytes", {"type": int, "help": "largest Forward message (default 32 MiB)"}),
     ("--buffer-limit-bytes", {"type": int, "help": "buffer size that withholds acks (1 GiB)"}),
     ("--segment-bytes", {"type": int, "help": "seal a buffer segment at this size (64 MiB)"}),
@@ -166,6 +172,8 @@ def _check(s: Settings) -> None:
         split_host_port(s.metrics_listen, "--metrics-listen")
     if s.flush_interval <= 0:
         raise ConfigError("--flush-interval must be > 0 seconds")
+    if s.unhealthy_after <= 0:
+        raise ConfigError("--unhealthy-after must be > 0 seconds")
     for name in ("max_frame_bytes", "buffer_limit_bytes", "segment_bytes", "target_file_bytes"):
         if int(getattr(s, name)) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of bytes")

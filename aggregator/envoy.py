@@ -16,7 +16,8 @@ caller stores them in ``container_logs`` and counts them.
 
 Value rules (DESIGN.md §2/§5): ``-`` becomes NULL for ``upstream_service_time_ms``,
 ``x_forwarded_for`` and ``upstream_host`` (and for any number); ``response_flags`` keeps ``-``;
-the row's ``timestamp`` is ``START_TIME`` (UTC, truncated to milliseconds).
+the row's ``timestamp`` is ``START_TIME`` (UTC, truncated to milliseconds), printed as Envoy's
+default ISO-8601 or in a custom ``%START_TIME(spec)%`` (:mod:`.envoy_time`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from aggregator.envoy_time import TimeFormat, compile_time_format
 from athena.schema import TIMESTAMP
 
 #: Envoy's default access-log format (unchanged from 1.x to today).
@@ -122,6 +124,8 @@ class EnvoyFormat:
     columns: tuple[str, ...]
     strict_pattern: str = ""
     """The same with quoted values free of quotes: ~30% faster, tried first."""
+    time_format: TimeFormat | None = None
+    """A custom ``%START_TIME(spec)%``; None: Envoy's default ISO-8601 UTC time."""
 
 
 def compile_format(fmt: str) -> EnvoyFormat:
@@ -133,18 +137,24 @@ def compile_format(fmt: str) -> EnvoyFormat:
     fmt = fmt.rstrip("\n")
     parts: list[str] = []
     columns: list[str] = []
+    time_format: TimeFormat | None = None
     pos = 0
     for m in _TOKEN.finditer(fmt):
         literal = fmt[pos : m.start()]
         parts.append(_literal(literal))
         op = m.group(1).upper()
         quoted = literal.endswith('"')
-        if op.startswith("START_TIME") and op != "START_TIME":
-            raise FormatError(
-                f"{m.group(0)}: only the default %START_TIME% (ISO-8601 UTC) can be parsed; "
-                "drop the custom time format from the access-log format"
-            )
-        if op in _OPERATORS:
+        if op.startswith("START_TIME(") and op.endswith(")"):
+            if "start" in columns:
+                parts.append(r"(?:\S+)" if not quoted else _ANY_QUOTED)
+            else:
+                try:
+                    time_format = compile_time_format(m.group(1)[len("START_TIME(") : -1])
+                except ValueError as exc:
+                    raise FormatError(f"{exc}; fix the access-log format") from None
+                parts.append(f"(?P<start>{time_format.pattern})")
+                columns.append("start")
+        elif op in _OPERATORS:
             column, value = _OPERATORS[op]
             if column in columns:
                 parts.append(f"(?:{re.sub(r'[(][?]P<[a-z_]+>', '(?:', value)})")
@@ -166,7 +176,7 @@ def compile_format(fmt: str) -> EnvoyFormat:
         )
     lenient = "^" + "".join(parts) + r"\s*$"
     strict = lenient.replace(_ANY_QUOTED, _NO_QUOTE)
-    return EnvoyFormat(fmt, lenient, tuple(columns), strict)
+    return EnvoyFormat(fmt, lenient, tuple(columns), strict, time_format)
 
 
 def _literal(text: str) -> str:
@@ -202,9 +212,11 @@ class ParsedAccess:
 
 
 def _convert(fmt: EnvoyFormat, matched: pa.StructArray) -> dict[str, pa.Array]:
-    out = {
-        "timestamp": start_time_to_timestamp(matched.field("start"), matched.field("start_frac"))
-    }
+    if fmt.time_format is not None:
+        out = {"timestamp": fmt.time_format.to_timestamp(matched.field("start"))}
+    else:
+        start, frac = matched.field("start"), matched.field("start_frac")
+        out = {"timestamp": start_time_to_timestamp(start, frac)}
     n = len(matched)
     for name in STRING_COLUMNS:
         if name in fmt.columns:

@@ -52,7 +52,7 @@ class SplitPlan:
 
 def split_plan(fmt: EnvoyFormat) -> SplitPlan | None:
     """The plan for ``fmt``, or None when the format needs the regex (see module docstring)."""
-    if "%%" in fmt.source or not fmt.strict_pattern:
+    if "%%" in fmt.source or not fmt.strict_pattern or fmt.time_format is not None:
         return None
     segments = fmt.source.split('"')
     fields: list[Field] = []

@@ -2,10 +2,13 @@
 
 Order of a flush, which is what makes it exactly-once (see buffer.py and dedup.py): for each
 slice of the segment, decode -> drop resent lines (per-source offsets) -> route and parse ->
-write every partition's object under a key derived from the segment and slice -> raise the
+write every partition's object under a key derived from the segment and slice -> note the
+slice's ``(source_id, offset)`` pairs in the warehouse's offset ledger (ledger.py) -> raise the
 offsets in memory; then save the offsets -> the caller deletes the segment. A failure anywhere
 leaves the segment in place to be retried (slices already written are then dropped as resent
-lines, their objects stay as written).
+lines, their objects stay as written). A segment replayed after a crash is also checked
+against the lines other aggregators committed (``committed``), which catches the batches a
+shipper resent elsewhere when this aggregator died before its ack.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ import pyarrow.compute as pc
 
 from aggregator.batch import records_table, route
 from aggregator.buffer import Segment, read_frames
-from aggregator.decode import ipc_rows
+from aggregator.decode import from_ipc, ipc_rows
 from aggregator.dedup import OffsetState
 from aggregator.envoy import EnvoyFormat
+from aggregator.ledger import Committed, Ledger
 from aggregator.writer import WrittenFile, object_name, write_partitions
 from athena.warehouse import Warehouse
 from shipper import wire
@@ -63,22 +67,26 @@ class Flusher:
         offsets: OffsetState,
         node_id: str,
         formats: tuple[EnvoyFormat, ...],
+        ledger: Ledger | None = None,
     ):
         self.warehouse = warehouse
         self.offsets = offsets
         self.node_id = node_id
         self.formats = formats
+        self.ledger = ledger
 
-    def flush(self, segment: Segment) -> FlushResult:
+    def flush(self, segment: Segment, committed: Committed | None = None) -> FlushResult:
         """Flush one segment, a slice of about :data:`SLICE_ROWS` records at a time.
 
         Slices are cut at frame boundaries, so a replay cuts the same slices and writes the same
         keys (``<node>-<segment>-<slice>``); memory is bounded by the slice, not the segment.
+        ``committed``: pairs other aggregators already committed (given for replayed segments).
         """
         started = time.monotonic()
         result = FlushResult(segment.seq)
         for part, records in enumerate(_slices(read_frames(segment.path), SLICE_ROWS)):
-            self._flush_slice(records, object_name(self.node_id, segment.seq, part), result)
+            name = object_name(self.node_id, segment.seq, part)
+            self._flush_slice(records, name, result, committed)
         if result.records:
             self.offsets.save()
         # Hand the slices' Arrow buffers back to the OS between flushes (pyarrow's allocator,
@@ -95,11 +103,23 @@ class Flusher:
         )
         return result
 
-    def _flush_slice(self, records: pa.Table, name: str, result: FlushResult) -> None:
+    def sources(self, segments: list[Segment]) -> set[str]:
+        """The source ids of the records in ``segments`` (read frame by frame)."""
+        found: set[str] = set()
+        for segment in segments:
+            for payload in read_frames(segment.path):
+                column = _plain(from_ipc(payload)[wire.KEY_SOURCE_ID])
+                found.update(s for s in pc.unique(column).to_pylist() if s is not None)
+        return found
+
+    def _flush_slice(
+        self, records: pa.Table, name: str, result: FlushResult, committed: Committed | None
+    ) -> None:
         result.records += records.num_rows
-        keep = self.offsets.keep_mask(
-            _plain(records[wire.KEY_SOURCE_ID]), _plain(records[wire.KEY_OFFSET])
-        )
+        source_id, offset = _plain(records[wire.KEY_SOURCE_ID]), _plain(records[wire.KEY_OFFSET])
+        keep = self.offsets.keep_mask(source_id, offset)
+        if committed is not None and committed.pairs:
+            keep = pc.and_(keep, pc.invert(committed.seen(source_id, offset)))
         kept = records if pc.all(keep).as_py() else records.filter(keep)  # no copy: all new
         result.duplicates += records.num_rows - kept.num_rows
         parts: dict[str, list[pa.Table]] = {}
@@ -114,8 +134,11 @@ class Flusher:
             del tables[:]  # the concatenated table holds the only references now
             result.services |= _services(table)
             result.files += write_partitions(self.warehouse, table_name, table, name)
+        kept_source, kept_offset = _plain(kept[wire.KEY_SOURCE_ID]), _plain(kept[wire.KEY_OFFSET])
+        if self.ledger is not None:
+            self.ledger.record(name, kept_source, kept_offset)
         # Raised in memory only once this slice is committed; saved once the segment is.
-        self.offsets.advance(_plain(kept[wire.KEY_SOURCE_ID]), _plain(kept[wire.KEY_OFFSET]))
+        self.offsets.advance(kept_source, kept_offset)
 
 
 def _slices(payloads: Iterator[bytes], rows: int) -> Iterator[pa.Table]:

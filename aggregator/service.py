@@ -1,9 +1,11 @@
 """``logq-aggregator``: the service lifecycle (serve, flush, shut down cleanly) and its CLI.
 
 ``logq-aggregator [flags]`` serves; ``logq-aggregator compact [flags]`` compacts closed hours once
-and exits. Serving:
+and exits; ``logq-aggregator drain --buffer-dir DIR`` writes out the buffer of an aggregator that
+is gone for good (its disk re-attached elsewhere) and exits. Serving:
 
-1. open the buffer (segments left by a previous run are flushed first: replay);
+1. open the buffer (segments left by a previous run are flushed first: replay, minus the lines
+   other aggregators committed meanwhile, see ledger.py);
 2. listen (one ``listening on HOST:PORT`` line on stderr once the socket is bound);
 3. every ``--flush-interval`` seconds, or when the active segment reaches its size, seal it and
    flush sealed segments in order; a failed flush (S3 down) is retried with capped exponential
@@ -32,6 +34,7 @@ from aggregator.decode import tune_gc
 from aggregator.dedup import OffsetState
 from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, FormatError, compile_format
 from aggregator.flusher import Flusher, FlushResult
+from aggregator.ledger import Committed, Ledger
 from aggregator.metrics import Metrics, MetricsServer
 from aggregator.server import ForwardServer, ServerLimits, tls_context
 from athena.warehouse import WarehouseError, open_warehouse
@@ -42,6 +45,10 @@ SHUTDOWN_FLUSH_SECONDS = 60.0
 BACKOFF_MAX_SECONDS = 60.0
 #: How long a stop waits for a DDL update under way (the DDL is rewritten at the next start).
 CATALOG_STOP_SECONDS = 15.0
+#: How long a replay waits for live peers to commit what they acknowledged before it began.
+REPLAY_PEER_WAIT_SECONDS = 60.0
+#: How long ``drain`` keeps retrying a warehouse that refuses writes before giving up.
+DRAIN_SECONDS = 300.0
 
 
 def envoy_formats(settings: Settings) -> tuple[EnvoyFormat, ...]:
@@ -55,6 +62,7 @@ class Aggregator:
         self.settings = settings
         self.formats = envoy_formats(settings)  # bad formats fail before anything is created
         self.metrics = Metrics()
+        self.metrics.unhealthy_after = settings.unhealthy_after
         self.warehouse = open_warehouse(settings.warehouse, create=True)
         self.buffer = Buffer(
             settings.buffer_dir, settings.segment_bytes, settings.buffer_limit_bytes
@@ -70,17 +78,30 @@ class Aggregator:
         self.server: ForwardServer | None = None
         self.metrics_server: MetricsServer | None = None
         self.flusher: Flusher | None = None
+        self.ledger: Ledger | None = None
         self.port = 0
+        self._replay: set[int] = set()
+        """Segments left by a previous run: checked against the ledger when flushed."""
+        self._replay_since = 0.0
+        self._committed: Committed | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    async def run(self) -> int:
+    def _open_buffer(self) -> None:
         replay = self.buffer.open(self.settings.node_id)
         self.buffer.start()
         offsets = OffsetState(Path(self.settings.buffer_dir) / "offsets.json").load()
-        self.flusher = Flusher(self.warehouse, offsets, self.buffer.node_id, self.formats)
+        self.ledger = Ledger(self.warehouse, self.buffer.node_id)
+        self.flusher = Flusher(
+            self.warehouse, offsets, self.buffer.node_id, self.formats, self.ledger
+        )
+        self._replay = {s.seq for s in replay}
+        self._replay_since = time.time()
         if replay:
             log.info("replaying %d buffer segments left by the previous run", len(replay))
+
+    async def run(self) -> int:
+        self._open_buffer()
         ssl_ctx = (
             tls_context(self.settings.tls_cert, self.settings.tls_key)
             if self.settings.tls_cert and self.settings.tls_key
@@ -119,6 +140,35 @@ class Aggregator:
         await self._stopping.wait()
         return await self._shutdown(flush_task, compact_task)
 
+    async def drain(self) -> int:
+        """Write out every segment of the buffer dir, then exit (no server, no new data).
+
+        For an aggregator that is gone for good: attach its buffer disk anywhere and drain it
+        into the warehouse. Lines that shippers resent to other aggregators after it died are
+        skipped (ledger.py), so nothing is stored twice.
+        """
+        self._open_buffer()
+        self._install_signals()
+        await self.buffer.close()
+        if not self._replay:
+            log.info("drain: %s holds no buffered data", self.settings.buffer_dir)
+        ok = await self._flush_sealed(deadline=time.monotonic() + DRAIN_SECONDS)
+        if self._catalog_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._catalog_task, timeout=CATALOG_STOP_SECONDS)
+        if not ok:
+            log.error(
+                "drain: %s refused the data for %.0fs; it is still safe in %s, run drain again",
+                self.warehouse.uri,
+                DRAIN_SECONDS,
+                self.settings.buffer_dir,
+            )
+            return 1
+        assert self.ledger is not None
+        await asyncio.to_thread(self.ledger.forget)
+        log.info("drained %s into %s", self.settings.buffer_dir, self.warehouse.uri)
+        return 0
+
     def stop(self) -> None:
         self._stopping.set()
         self._flush_now.set()  # wake the flush loop so that it returns
@@ -155,6 +205,8 @@ class Aggregator:
                 self.settings.buffer_dir,
             )
             return 1
+        if self.ledger is not None:  # holds nothing now: replaying peers need not wait for it
+            await asyncio.to_thread(self.ledger.forget)
         log.info("stopped cleanly: every acknowledged record is in %s", self.warehouse.uri)
         return 0
 
@@ -177,15 +229,52 @@ class Aggregator:
 
     async def _flush_loop(self) -> None:
         """Seal and flush every interval (or when asked) until the service stops."""
-        await self._flush_sealed()  # replay first
+        if await self._flush_sealed():  # replay first
+            await self._heartbeat(self._replay_since)
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush_now.wait(), self.settings.flush_interval)
             self._flush_now.clear()
             if self._stopping.is_set():
                 return
+            sealed_at = time.time()
             await self.buffer.seal()
-            await self._flush_sealed()
+            if await self._flush_sealed():
+                await self._heartbeat(sealed_at)
+
+    async def _heartbeat(self, committed_through: float) -> None:
+        """Tell replaying peers that everything acked before ``committed_through`` is written."""
+        assert self.ledger is not None
+        try:
+            await asyncio.to_thread(
+                self.ledger.heartbeat, committed_through, self.settings.flush_interval
+            )
+        except OSError as exc:  # best effort: a stale heartbeat only means peers do not wait
+            log.debug("ledger heartbeat not written: %s", exc)
+
+    def _flush_segment(self, segment: Segment) -> FlushResult:
+        """Flush one segment (in a worker thread); a replayed one minus what peers committed."""
+        assert self.flusher is not None and self.ledger is not None
+        committed = None
+        if segment.seq in self._replay:
+            if self._committed is None:
+                self.ledger.wait_for_peers(self._replay_since, REPLAY_PEER_WAIT_SECONDS)
+                replayed = [s for s in self.buffer.sealed() if s.seq in self._replay]
+                sources = self.flusher.sources(replayed)
+                since = min((s.path.stat().st_mtime for s in replayed), default=self._replay_since)
+                self._committed = self.ledger.committed_elsewhere(since, sources)
+                log.info(
+                    "replay: other aggregators hold %d committed lines of the %d sources in "
+                    "the replayed segments; lines among them are skipped",
+                    self._committed.pairs,
+                    len(sources),
+                )
+            committed = self._committed
+        result = self.flusher.flush(segment, committed)
+        self._replay.discard(segment.seq)
+        if not self._replay:
+            self._committed = None
+        return result
 
     async def _flush_sealed(self, deadline: float | None = None) -> bool:
         """Flush every sealed segment in order, retrying with backoff; False if out of time."""
@@ -200,7 +289,7 @@ class Aggregator:
         delay = 0.5
         while True:
             try:
-                result = await asyncio.to_thread(self.flusher.flush, segment)
+                result = await asyncio.to_thread(self._flush_segment, segment)
             except Exception as exc:
                 self.metrics.storage_errors.inc()
                 if self.metrics.failing_since is None:
@@ -278,14 +367,31 @@ def _serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="logq-aggregator",
         description="Forward protocol server: buffers durably, writes partitioned Parquet. "
-        "Subcommand: 'logq-aggregator compact --help'.",
+        "Subcommands: 'logq-aggregator compact --help', 'logq-aggregator drain --help'.",
     )
     add_serve_flags(parser)
     return parser
 
 
-def serve(argv: list[str]) -> int:
-    args = _serve_parser().parse_args(argv)
+def _drain_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="logq-aggregator drain",
+        description="Write out the buffer of an aggregator that is gone for good (its "
+        "--buffer-dir re-attached here), skipping lines other aggregators already stored, "
+        "then exit. Takes the aggregator's flags and --config; no port is opened.",
+    )
+    add_serve_flags(parser)
+    return parser
+
+
+def serve(argv: list[str], drain: bool = False) -> int:
+    args = (_drain_parser() if drain else _serve_parser()).parse_args(argv)
+    if drain and not (args.buffer_dir or args.config):
+        print(
+            "logq-aggregator drain: pass --buffer-dir DIR (the buffer to write out)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         settings = load_settings(args)
         logs.setup(settings.log_level)
@@ -295,7 +401,7 @@ def serve(argv: list[str]) -> int:
         return 2
     tune_gc()
     try:
-        return asyncio.run(aggregator.run())
+        return asyncio.run(aggregator.drain() if drain else aggregator.run())
     except (OSError, ValueError) as exc:
         print(f"logq-aggregator: {exc}", file=sys.stderr)
         return 2
@@ -307,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         from aggregator.compaction import compact_main
 
         return compact_main(argv[1:])
+    if argv and argv[0] == "drain":
+        return serve(argv[1:], drain=True)
     return serve(argv)
 
 

@@ -126,8 +126,33 @@ def test_custom_format_compiles_to_parser() -> None:
 def test_format_without_required_fields_is_refused() -> None:
     with pytest.raises(FormatError, match="START_TIME"):
         compile_format('"%REQ(:METHOD)% %REQ(:PATH)%" %RESPONSE_CODE%')
-    with pytest.raises(FormatError, match="custom time format"):
-        compile_format("%START_TIME(%s)% %RESPONSE_CODE%")
+    with pytest.raises(FormatError, match="directive %Q is not supported"):
+        compile_format("%START_TIME(%Q)% %RESPONSE_CODE%")
+    with pytest.raises(FormatError, match="needs a year"):
+        compile_format("%START_TIME(%H:%M:%S)% %RESPONSE_CODE%")
+
+
+@pytest.mark.parametrize(
+    ("time_spec", "printed", "expected"),
+    [
+        ("%Y/%m/%dT%H:%M:%S%z", "2026/11/28T14:03:05+0100", "2026-11-28T13:03:05.000"),
+        ("%d/%b/%Y:%H:%M:%S %z", "28/Nov/2026:14:03:05 -0000", "2026-11-28T14:03:05.000"),
+        ("%Y-%m-%dT%H:%M:%S.%6fZ", "2026-11-28T14:03:05.123456Z", "2026-11-28T14:03:05.123"),
+        ("%F %T.%3f", "2026-11-28 14:03:05.007", "2026-11-28T14:03:05.007"),
+        ("%s.%3f", "1795874585.250", "2026-11-28T14:03:05.250"),
+        ("%s", "1795874585", "2026-11-28T14:03:05.000"),
+    ],
+)
+def test_custom_start_time_formats(time_spec: str, printed: str, expected: str) -> None:
+    fmt = compile_format(f'[%START_TIME({time_spec})%] "%REQ(:PATH)%" %RESPONSE_CODE% %DURATION%')
+    lines = [f'[{printed}] "/cart?id=1" 503 42', "not an access line", f'[{printed}x] "/" 200 1']
+    parsed = parse_lines(pa.array(lines), (fmt,), json_logs=False)
+    assert parsed.rows.to_pylist() == [0]
+    assert parsed.unparsed.to_pylist() == [1, 2]
+    when = parsed.columns["timestamp"][0].as_py()
+    assert when.isoformat(timespec="milliseconds") == expected + "+00:00"
+    assert parsed.columns["path"].to_pylist() == ["/cart?id=1"]
+    assert parsed.columns["response_code"].to_pylist() == [503]
 
 
 def test_default_format_constant_matches_the_documented_one() -> None:

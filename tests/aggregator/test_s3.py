@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -83,7 +86,8 @@ def test_s3_outage_keeps_data_buffered_then_writes_it(
     proxy = TcpProxy(endpoint.hostname or "127.0.0.1", endpoint.port or 80)
     proxy.up()
     env = {**subprocess_env, **s3_env, "AWS_ENDPOINT_URL": proxy.endpoint}
-    agg = start_aggregator(tmp_path, warehouse=s3_warehouse, env=env)
+    extra = ["--metrics-listen", "127.0.0.1:0", "--unhealthy-after", "3"]
+    agg = start_aggregator(tmp_path, warehouse=s3_warehouse, env=env, extra=extra)
     try:
         with agg.connect() as sock:
             sock.sendall(
@@ -91,6 +95,10 @@ def test_s3_outage_keeps_data_buffered_then_writes_it(
             )
             assert read_acks(sock, 1) == ["0"]
             wait_rows(s3_warehouse, "container_logs", 1, agg)
+            metrics = re.search(r"metrics on (http://[^/\s]+)/metrics", agg.log_text())
+            assert metrics, agg.log_text()
+            healthz = f"{metrics.group(1)}/healthz"
+            assert _status(healthz) == 200
             proxy.down()
             outage_started = time.monotonic()
             for i in range(1, 6):
@@ -99,9 +107,12 @@ def test_s3_outage_keeps_data_buffered_then_writes_it(
                 assert read_acks(sock, 1) == [str(i)]
                 time.sleep(1)
             wait_until(lambda: "failed" in agg.log_text(), 30, "a failed flush", proc=agg.proc)
+            # Failing for longer than --unhealthy-after: an orchestrator is told (data is safe).
+            wait_until(lambda: _status(healthz) == 503, 30, "/healthz 503", proc=agg.proc)
             time.sleep(max(0.0, 30 - (time.monotonic() - outage_started)))
             proxy.up()
         table = wait_rows(s3_warehouse, "container_logs", 501, agg, timeout=90)
+        wait_until(lambda: _status(healthz) == 200, 30, "/healthz 200 again", proc=agg.proc)
         assert agg.stop() == 0, agg.log_text()
     finally:
         agg.stop()
@@ -109,3 +120,11 @@ def test_s3_outage_keeps_data_buffered_then_writes_it(
     messages = table["message"].to_pylist()
     assert len(messages) == 501 and len(set(messages)) == 501
     assert "retrying in" in agg.log_text()
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code

@@ -66,7 +66,10 @@ def test_service_completion(warehouse, monkeypatch) -> None:
     assert _complete_service("") == []
 
 
-def test_show_completion_script(logq) -> None:
+def test_show_completion_script(logq, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Name the shell rather than let typer detect it from the parent processes, which fails
+    # when the test runs detached from a shell (a CI runner, a background job).
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
     run = logq("--show-completion", "bash")
     assert run.exit_code == 0 and "_LOGQ_COMPLETE" in run.stdout
 

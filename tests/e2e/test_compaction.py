@@ -26,14 +26,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.s3]
 
 
 def _objects(seaweedfs, warehouse: str) -> Counter[str]:
-    """Parquet objects per partition folder (``table/service=…/dt=…``)."""
+    """Parquet objects per partition folder (``table/service=…/dt=…``; not ``_ledger/``)."""
     bucket, _, prefix = warehouse.removeprefix("s3://").partition("/")
     pages = seaweedfs.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
-    keys = [o["Key"] for p in pages for o in p.get("Contents", [])]
+    keys = [o["Key"].removeprefix(prefix + "/") for p in pages for o in p.get("Contents", [])]
     return Counter(
-        k.removeprefix(prefix + "/").rsplit("/", 1)[0]
+        k.rsplit("/", 1)[0]
         for k in keys
-        if k.endswith(".parquet") and not k.rsplit("/", 1)[1].startswith((".", "_"))
+        if k.endswith(".parquet") and not any(p.startswith((".", "_")) for p in k.split("/"))
     )
 
 

@@ -1,0 +1,134 @@
+"""Custom ``%START_TIME(...)%`` formats: Envoy's strftime-like time specs, parsed in bulk.
+
+Envoy lets an access-log format print the start time its own way, e.g.
+``%START_TIME(%Y/%m/%dT%H:%M:%S%z)%``, ``%START_TIME(%s.%3f)%`` (epoch seconds and millis) or
+``%START_TIME(%d/%b/%Y:%H:%M:%S %z)%`` (the common log format). A spec is compiled into
+
+* a regex for the value inside the access-log line (so the format still anchors), and
+* an Arrow conversion of the captured texts to ``timestamp[ms, UTC]``: ``pc.strptime`` for
+  calendar specs (``%z`` offsets are applied, no offset means UTC, as Envoy prints UTC), integer
+  arithmetic for ``%s``; the fractional digits of ``%f`` / ``%1f`` … ``%9f`` are cut out first
+  because strptime has no sub-second directive.
+
+A directive outside the supported set is refused with a :class:`ValueError` naming it, at start
+up, never while parsing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from athena.schema import TIMESTAMP
+
+#: directive -> regex of its text (strptime understands each of these as is)
+_CALENDAR = {
+    "Y": r"\d{4}",
+    "m": r"\d{2}",
+    "d": r"\d{2}",
+    "H": r"\d{2}",
+    "M": r"\d{2}",
+    "S": r"\d{2}",
+    "y": r"\d{2}",
+    "j": r"\d{3}",
+    "b": r"[A-Za-z]{3}",
+    "h": r"[A-Za-z]{3}",
+    "z": r"(?:[+-]\d{2}:?\d{2}|Z)",
+}
+_EXPAND = {"T": "%H:%M:%S", "F": "%Y-%m-%d"}
+_DIRECTIVE = re.compile(r"%([1-9]?f|[A-Za-z%])")
+
+
+@dataclass(frozen=True)
+class TimeFormat:
+    """A compiled ``START_TIME`` spec."""
+
+    spec: str
+    pattern: str
+    """Regex of the value inside a line (no capture groups)."""
+    parts: str
+    """Regex over the value alone, groups ``a`` (before the fraction), ``f``, ``b`` (after)."""
+    strptime: str
+    """The spec without its fraction, for ``pc.strptime``; empty for an epoch (``%s``) spec."""
+    epoch: bool
+
+    def to_timestamp(self, text: pa.Array) -> pa.Array:
+        """Captured time texts -> timestamp[ms, UTC]; a text that does not parse -> NULL."""
+        pieces = pc.extract_regex(text, self.parts)
+        before, after = pieces.field("a"), pieces.field("b")
+        digits = pc.utf8_slice_codeunits(pc.fill_null(pieces.field("f"), ""), 0, 3)
+        millis = pc.cast(pc.utf8_rpad(digits, 3, "0"), pa.int64())
+        if self.epoch:
+            seconds = pc.cast(pc.binary_join_element_wise(before, after, ""), pa.int64())
+        else:
+            whole = pc.binary_join_element_wise(before, after, "")
+            parsed = pc.strptime(whole, format=self.strptime, unit="s", error_is_null=True)
+            seconds = pc.cast(parsed, pa.int64())
+        return pc.add(pc.multiply(seconds, 1000), millis).cast(TIMESTAMP)
+
+
+def compile_time_format(spec: str) -> TimeFormat:
+    """Compile an Envoy ``START_TIME`` spec; ValueError for a directive logq cannot parse."""
+    for short, long in _EXPAND.items():
+        spec = spec.replace(f"%{short}", long)
+    pattern: list[str] = []
+    before: list[str] = []
+    after: list[str] = []
+    frac = ""
+    strp: list[str] = []
+    epoch = False
+    pos = 0
+    for m in _DIRECTIVE.finditer(spec):
+        literal = re.escape(spec[pos : m.start()])
+        (after if frac else before).append(literal)
+        pattern.append(literal)
+        strp.append(spec[pos : m.start()])
+        d = m.group(1)
+        if d == "%":
+            piece, strp_piece = "%", "%%"
+        elif d.endswith("f"):
+            if frac:
+                raise ValueError(f"%START_TIME({spec})%: only one fractional-seconds directive")
+            n = int(d[0]) if len(d) == 2 else 9
+            frac = rf"\d{{{n}}}"
+            pattern.append(frac)
+            pos = m.end()
+            continue
+        elif d == "s":
+            piece, strp_piece, epoch = r"\d{1,12}", "", True
+        elif d in _CALENDAR:
+            piece, strp_piece = _CALENDAR[d], f"%{d}"
+        else:
+            raise ValueError(
+                f"%START_TIME({spec})%: the directive %{d} is not supported; use %Y %m %d %H %M "
+                "%S %y %j %b %z %T %F, %s (epoch seconds) and %f / %1f..%9f (fraction)"
+            )
+        (after if frac else before).append(piece)
+        pattern.append(piece)
+        strp.append(strp_piece)
+        pos = m.end()
+    tail = re.escape(spec[pos:])
+    (after if frac else before).append(tail)
+    pattern.append(tail)
+    strp.append(spec[pos:])
+    if epoch and any(d in spec for d in ("%Y", "%m", "%d", "%H", "%M", "%S")):
+        raise ValueError(f"%START_TIME({spec})%: %s cannot be mixed with calendar fields")
+    if not epoch and not any(f"%{d}" in spec for d in ("Y", "y")):
+        raise ValueError(f"%START_TIME({spec})%: needs a year (%Y or %y) or %s to be a time")
+    if epoch:
+        # Only the digits of %s take part in the number; literals around them are dropped.
+        before = [p if p == r"\d{1,12}" else f"(?:{p})" for p in before]
+        parts = _epoch_parts(before, frac, after)
+    else:
+        parts = f"^(?P<a>{''.join(before)})(?P<f>{frac})(?P<b>{''.join(after)})$"
+    return TimeFormat(spec, "".join(pattern), parts, "".join(strp), epoch)
+
+
+def _epoch_parts(before: list[str], frac: str, after: list[str]) -> str:
+    """Groups for an epoch spec: ``a`` = the seconds digits, ``f`` the fraction, ``b`` empty."""
+    head = "".join(f"(?P<a>{p})" if p == r"\d{1,12}" else p for p in before)
+    tail = "".join(after)
+    return f"^{head}(?P<f>{frac}){tail}(?P<b>)$"

@@ -1,0 +1,235 @@
+"""The offset ledger: which lines every aggregator has committed, kept in the warehouse itself.
+
+Each aggregator drops resent lines with its own per-source high-water marks (dedup.py). That is
+enough while a source sticks to one aggregator, but not across a failover: a shipper whose batch
+was fsync'd by aggregator A, which died before its ack went out, resends the batch to B. Both
+now hold it; B commits it, and A would commit it again when it replays its buffer (restarted, or
+drained by ``logq-aggregator drain`` after it died for good).
+
+So every flushed slice also writes a small Parquet object of the ``(source_id, offset)`` pairs it
+committed, ``<warehouse>/_ledger/<hour written>/<node>-<segment>-<slice>.parquet``, *after* the
+slice's data objects (a crash in between can only cause a duplicate, never a loss). A replaying
+aggregator reads the other nodes' ledger objects written since its oldest segment, for the
+sources in its segments, and drops the pairs found there.
+
+Before it does, it waits until every live peer has committed what it acknowledged before the
+replay began: each node publishes ``_ledger/_nodes/<node>.json`` after each flush pass,
+``{"committed_through": t}`` meaning every record it acked before unix time ``t`` is committed
+and in its ledger. Peers whose heartbeat is stale are taken as down; they reconcile against us
+when they replay. The ``_`` prefix keeps all of this out of the tables (DESIGN.md layout rule).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from aggregator.durable import write_atomic
+from aggregator.storage import StorageError, put_table
+from athena.schema import DT_FORMAT
+from athena.warehouse import Warehouse
+
+log = logging.getLogger("logq.aggregator.ledger")
+
+LEDGER_DIR = "_ledger"
+NODES_DIR = "_nodes"
+#: Ledger hours older than this are deleted by each compaction pass (a replay needs
+#: only the objects written since its oldest buffer segment).
+RETENTION = timedelta(days=7)
+#: A peer whose heartbeat is older than this many of its flush intervals (plus a minute) is down.
+STALE_INTERVALS = 10
+STALE_GRACE_S = 60.0
+
+LEDGER_SCHEMA = pa.schema([("source_id", pa.string()), ("offset", pa.int64())])
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    node: str
+    committed_through: float
+    updated: float
+    flush_interval: float
+
+    def stale(self, now: float) -> bool:
+        return now - self.updated > STALE_INTERVALS * self.flush_interval + STALE_GRACE_S
+
+
+class Committed:
+    """``(source_id, offset)`` pairs other nodes committed: a mask of the rows to drop."""
+
+    def __init__(self, table: pa.Table):
+        self.pairs = table.num_rows
+        self._keys = _keys(table["source_id"], table["offset"]) if table.num_rows else None
+
+    def seen(self, source_id: pa.Array, offset: pa.Array) -> pa.Array:
+        if self._keys is None or len(source_id) == 0:
+            return pa.array([False] * len(source_id), pa.bool_())
+        return pc.fill_null(pc.is_in(_keys(source_id, offset), value_set=self._keys), False)
+
+
+def _keys(source_id: pa.Array | pa.ChunkedArray, offset: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One string per pair (``source\\x00offset``): is_in works on one column."""
+    joined = pc.binary_join_element_wise(source_id, pc.cast(offset, pa.string()), "\x00")
+    return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
+
+
+class Ledger:
+    """One node's view of the ledger: writes its own entries, reads everyone else's."""
+
+    def __init__(self, warehouse: Warehouse, node_id: str):
+        self.warehouse = warehouse
+        self.node_id = node_id
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def record(self, name: str, source_id: pa.Array, offset: pa.Array) -> None:
+        """Note the committed pairs of one flushed slice (``name`` = its data object name)."""
+        table = pa.table({"source_id": source_id, "offset": offset}, schema=LEDGER_SCHEMA)
+        table = table.filter(pc.and_(pc.is_valid(table["source_id"]), pc.is_valid(table["offset"])))
+        if table.num_rows == 0:
+            return  # Fluent Bit / fluent-logger records carry no position: nothing to note
+        hour = datetime.now(UTC).strftime(DT_FORMAT)
+        put_table(self.warehouse, self.warehouse.path(LEDGER_DIR, f"written={hour}", name), table)
+
+    def heartbeat(self, committed_through: float, flush_interval: float) -> None:
+        """Publish that everything acked before ``committed_through`` is committed."""
+        doc = {
+            "node": self.node_id,
+            "committed_through": committed_through,
+            "updated": time.time(),
+            "flush_interval": flush_interval,
+        }
+        path = self.warehouse.path(LEDGER_DIR, NODES_DIR, f"{self.node_id}.json")
+        data = (json.dumps(doc) + "\n").encode("utf-8")
+        try:
+            if isinstance(self.warehouse.fs, pafs.LocalFileSystem):
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(Path(path), data)
+            else:
+                with self.warehouse.fs.open_output_stream(path) as out:
+                    out.write(data)
+        except (OSError, pa.ArrowException) as exc:
+            raise StorageError(f"writing {path} to {self.warehouse.uri} failed: {exc}") from exc
+
+    def forget(self) -> None:
+        """Remove this node's heartbeat: its buffer is empty (clean stop, or drained), so a
+        replaying peer need not wait for it."""
+        path = self.warehouse.path(LEDGER_DIR, NODES_DIR, f"{self.node_id}.json")
+        try:
+            self.warehouse.fs.delete_file(path)
+        except FileNotFoundError:
+            pass
+        except (OSError, pa.ArrowException) as exc:
+            log.warning("could not delete the heartbeat %s: %s", path, exc)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def peers(self) -> list[Heartbeat]:
+        """The other nodes' latest heartbeats."""
+        folder = self.warehouse.path(LEDGER_DIR, NODES_DIR)
+        beats = []
+        for info in self._list(folder):
+            if not info.base_name.endswith(".json") or info.base_name.startswith((".", "_")):
+                continue
+            try:
+                with self.warehouse.fs.open_input_stream(info.path) as fh:
+                    doc = json.loads(fh.read())
+                beat = Heartbeat(
+                    str(doc["node"]),
+                    float(doc["committed_through"]),
+                    float(doc["updated"]),
+                    float(doc["flush_interval"]),
+                )
+            except (OSError, pa.ArrowException, ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring unreadable ledger heartbeat %s: %s", info.path, exc)
+                continue
+            if beat.node != self.node_id:
+                beats.append(beat)
+        return beats
+
+    def wait_for_peers(self, since: float, timeout: float, poll: float = 1.0) -> list[str]:
+        """Wait until every live peer has committed what it acked before ``since``.
+
+        Returns the peers still behind when ``timeout`` ran out (logged: a line they hold
+        may then be written twice, never lost).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            now = time.time()
+            behind = [
+                b.node for b in self.peers() if not b.stale(now) and b.committed_through < since
+            ]
+            if not behind or time.monotonic() >= deadline:
+                if behind:
+                    log.warning(
+                        "peers %s have not committed their buffers within %.0fs; replaying "
+                        "anyway (lines they hold may be stored twice, none are lost)",
+                        behind,
+                        timeout,
+                    )
+                return behind
+            time.sleep(poll)
+
+    def committed_elsewhere(self, since: float, sources: set[str]) -> Committed:
+        """Pairs of ``sources`` that other nodes committed in ledger objects written since
+        ``since`` (unix time; read by the hour, from the hour before it)."""
+        if not sources:
+            return Committed(LEDGER_SCHEMA.empty_table())
+        wanted = pa.array(sorted(sources), pa.string())
+        start = datetime.fromtimestamp(since, UTC).replace(minute=0, second=0, microsecond=0)
+        hour, end = start - timedelta(hours=1), datetime.now(UTC) + timedelta(hours=1)
+        parts: list[pa.Table] = []
+        while hour <= end:
+            folder = self.warehouse.path(LEDGER_DIR, f"written={hour.strftime(DT_FORMAT)}")
+            for info in self._list(folder):
+                name = info.base_name
+                if not name.endswith(".parquet") or name.startswith((".", "_")):
+                    continue
+                if name.startswith(f"{self.node_id}-"):
+                    continue  # our own slices: a replay rewrites them under the same keys
+                table = self._read(info.path)
+                parts.append(table.filter(pc.is_in(table["source_id"], value_set=wanted)))
+            hour += timedelta(hours=1)
+        if not parts:
+            return Committed(LEDGER_SCHEMA.empty_table())
+        return Committed(pa.concat_tables(parts))
+
+    def _read(self, path: str) -> pa.Table:
+        try:
+            with self.warehouse.fs.open_input_file(path) as fh:
+                return pq.read_table(fh, schema=LEDGER_SCHEMA)
+        except (OSError, pa.ArrowException) as exc:
+            raise StorageError(f"reading ledger {path} from {self.warehouse.uri}: {exc}") from exc
+
+    def _list(self, folder: str) -> list[pafs.FileInfo]:
+        return _list(self.warehouse, folder)
+
+
+def expire_ledger(warehouse: Warehouse, now: datetime | None = None) -> int:
+    """Delete ledger hours older than :data:`RETENTION`; returns how many were removed."""
+    cutoff = ((now or datetime.now(UTC)) - RETENTION).strftime(DT_FORMAT)
+    removed = 0
+    for info in _list(warehouse, warehouse.path(LEDGER_DIR)):
+        name = info.base_name
+        old = name.startswith("written=") and name.removeprefix("written=") < cutoff
+        if info.type == pafs.FileType.Directory and old:
+            warehouse.fs.delete_dir(info.path)
+            removed += 1
+    return removed
+
+
+def _list(warehouse: Warehouse, folder: str) -> list[pafs.FileInfo]:
+    selector = pafs.FileSelector(folder, recursive=False, allow_not_found=True)
+    try:
+        return warehouse.fs.get_file_info(selector)
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"listing {folder} in {warehouse.uri} failed: {exc}") from exc
