@@ -86,6 +86,14 @@ class Flusher:
         result = FlushResult(segment.seq)
         for part, records in enumerate(_slices(read_frames(segment.path), SLICE_ROWS)):
             name = object_name(self.node_id, segment.seq, part)
+            if committed is not None and name in committed.done:
+                # Completed before the crash (its ledger entry is written last): skip it whole.
+                result.records += records.num_rows
+                result.duplicates += records.num_rows
+                self.offsets.advance(
+                    _plain(records[wire.KEY_SOURCE_ID]), _plain(records[wire.KEY_OFFSET])
+                )
+                continue
             self._flush_slice(records, name, result, committed)
         if result.records:
             self.offsets.save()

@@ -64,9 +64,13 @@ class Heartbeat:
 
 
 class Committed:
-    """``(source_id, offset)`` pairs other nodes committed: a mask of the rows to drop."""
+    """What a replay must not write again: ``(source_id, offset)`` pairs other nodes committed
+    (a mask of rows to drop), and this node's own slices whose ledger entry exists (``done``:
+    every data object of such a slice was written before its entry, so the whole slice is
+    skipped -- rewriting it would duplicate rows once compaction has merged its objects)."""
 
-    def __init__(self, table: pa.Table):
+    def __init__(self, table: pa.Table, done: frozenset[str] = frozenset()):
+        self.done = done
         self.pairs = table.num_rows
         self._keys = _keys(table["source_id"], table["offset"]) if table.num_rows else None
 
@@ -95,8 +99,8 @@ class Ledger:
         """Note the committed pairs of one flushed slice (``name`` = its data object name)."""
         table = pa.table({"source_id": source_id, "offset": offset}, schema=LEDGER_SCHEMA)
         table = table.filter(pc.and_(pc.is_valid(table["source_id"]), pc.is_valid(table["offset"])))
-        if table.num_rows == 0:
-            return  # Fluent Bit / fluent-logger records carry no position: nothing to note
+        # Written even when empty (Fluent Bit / fluent-logger records carry no position): the
+        # entry also says "this slice is complete" to a replay of this node (see Committed).
         hour = datetime.now(UTC).strftime(DT_FORMAT)
         put_table(self.warehouse, self.warehouse.path(LEDGER_DIR, f"written={hour}", name), table)
 
@@ -180,11 +184,11 @@ class Ledger:
             time.sleep(poll)
 
     def committed_elsewhere(self, since: float, sources: set[str]) -> Committed:
-        """Pairs of ``sources`` that other nodes committed in ledger objects written since
-        ``since`` (unix time; read by the hour, from the hour before it)."""
-        if not sources:
-            return Committed(LEDGER_SCHEMA.empty_table())
+        """Pairs of ``sources`` that other nodes committed, and this node's completed slices,
+        from ledger objects written since ``since`` (unix time; read by the hour, from the hour
+        before it)."""
         wanted = pa.array(sorted(sources), pa.string())
+        done: set[str] = set()
         start = datetime.fromtimestamp(since, UTC).replace(minute=0, second=0, microsecond=0)
         hour, end = start - timedelta(hours=1), datetime.now(UTC) + timedelta(hours=1)
         parts: list[pa.Table] = []
@@ -195,13 +199,15 @@ class Ledger:
                 if not name.endswith(".parquet") or name.startswith((".", "_")):
                     continue
                 if name.startswith(f"{self.node_id}-"):
-                    continue  # our own slices: a replay rewrites them under the same keys
+                    done.add(name)
+                    continue
+                if not sources:
+                    continue
                 table = self._read(info.path)
                 parts.append(table.filter(pc.is_in(table["source_id"], value_set=wanted)))
             hour += timedelta(hours=1)
-        if not parts:
-            return Committed(LEDGER_SCHEMA.empty_table())
-        return Committed(pa.concat_tables(parts))
+        table = pa.concat_tables(parts) if parts else LEDGER_SCHEMA.empty_table()
+        return Committed(table, frozenset(done))
 
     def _read(self, path: str) -> pa.Table:
         try:

@@ -8,6 +8,7 @@ still holds the resent batch unflushed.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -26,14 +27,30 @@ from tests.support.procs import console_script
 NOW_NS = time.time_ns()
 
 
-def _send(agg, chunk: str, offsets: range) -> None:
+def _send(agg, chunk: str, offsets: range, when_ns: int = NOW_NS) -> None:
     entries = [
-        (NOW_NS, record(f"line {o}", service="billing", source_id="host-a/c1", offset=o))
+        (when_ns, record(f"line {o}", service="billing", source_id="host-a/c1", offset=o))
         for o in offsets
     ]
     with agg.connect() as sock:
         sock.sendall(wire.encode_packed_forward("logq.billing", entries, chunk=chunk))
         assert read_acks(sock, 1) == [chunk]
+
+
+def _drain(buffer_dir: Path, warehouse: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            str(console_script("logq-aggregator")),
+            "drain",
+            "--buffer-dir",
+            str(buffer_dir),
+            "--warehouse",
+            warehouse,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _messages(warehouse: str) -> list[str]:
@@ -63,19 +80,7 @@ def test_drain_of_a_dead_aggregator_skips_what_its_peer_committed(tmp_path: Path
         b.stop()
     assert _messages(warehouse) == _expected(range(51, 151))
 
-    drain = subprocess.run(
-        [
-            str(console_script("logq-aggregator")),
-            "drain",
-            "--buffer-dir",
-            str(a.buffer_dir),
-            "--warehouse",
-            warehouse,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    drain = _drain(a.buffer_dir, warehouse)
     assert drain.returncode == 0, drain.stderr
     assert "drained" in drain.stderr
     assert _messages(warehouse) == _expected(range(1, 151))  # c1 once, c2 once
@@ -105,6 +110,45 @@ def test_restart_waits_for_a_live_peer_before_replaying(tmp_path: Path) -> None:
         b.stop()
     assert _messages(warehouse) == _expected(range(1, 151))
     assert "lines among them are skipped" in a.log_text()
+
+
+@pytest.mark.integration
+def test_replay_of_a_committed_segment_after_compaction_writes_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """A crash after a segment's objects and ledger entries were written but before the segment
+    was deleted, then compaction merged the hour: the replay must skip the segment, not rewrite
+    objects that no longer exist under their names."""
+    warehouse = str(tmp_path / "warehouse")
+    two_hours_ago = NOW_NS - 2 * 3600 * 10**9  # a closed hour: compaction may merge it
+    a = start_aggregator(tmp_path, warehouse, ["--flush-interval", "300"], name="a")
+    try:
+        _send(a, "c1", range(1, 51), two_hours_ago)
+        assert a.stop() == 0, a.log_text()  # object 1
+        a = start_aggregator(tmp_path, warehouse, ["--flush-interval", "300"], name="a")
+        _send(a, "c2", range(51, 101), two_hours_ago)
+        assert a.kill9() == -signal.SIGKILL
+    finally:
+        a.stop()
+    backup = tmp_path / "backup"
+    shutil.copytree(a.buffer_dir, backup, ignore=shutil.ignore_patterns("lock"))
+    assert _drain(a.buffer_dir, warehouse).returncode == 0  # object 2, segment deleted
+    assert _messages(warehouse) == _expected(range(1, 101))
+    # Put the buffer back as it was before the segment's deletion (the crash), and compact.
+    shutil.rmtree(a.buffer_dir)
+    shutil.copytree(backup, a.buffer_dir)
+    script = str(console_script("logq-aggregator"))
+    compact = subprocess.run(
+        [script, "compact", "--warehouse", warehouse, "--all", "--grace-minutes", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert compact.returncode == 0, compact.stderr
+    assert "compacted 2 files" in compact.stderr
+    drain = _drain(a.buffer_dir, warehouse)
+    assert drain.returncode == 0, drain.stderr
+    assert _messages(warehouse) == _expected(range(1, 101))
 
 
 @pytest.mark.integration
