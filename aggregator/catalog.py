@@ -32,7 +32,7 @@ import pyarrow.fs as pafs
 
 from aggregator.config import Settings
 from athena import ddl
-from athena.schema import TABLES
+from athena.schema import TABLES, sanitize_service
 from athena.warehouse import Warehouse
 
 log = logging.getLogger("logq.aggregator.catalog")
@@ -80,12 +80,14 @@ class Catalog:
         next flush's services).
         """
         with self._lock:
-            if not self._loaded:
+            new = set(services) - self.services
+            if new or not self._loaded:
+                # Other aggregators add services to the same tables: list the warehouse before
+                # each rewrite, or the enum written here would drop theirs.
                 try:
                     self.load()
                 except OSError as exc:
                     log.warning("cannot list services in %s: %s", self.warehouse.uri, exc)
-            new = set(services) - self.services
             if not new and self._created:
                 return True
             self.services |= new
@@ -96,6 +98,22 @@ class Catalog:
                 return False
             self._created = True
             return True
+
+    def resync(self) -> bool:
+        """Rewrite the DDL if the warehouse holds services it lacks (written by peers after
+        our last rewrite); run periodically, it closes the race of two simultaneous rewrites."""
+        with self._lock:
+            known = set(self.services)
+        try:
+            listed = Catalog(self.warehouse, self.settings).load()
+        except OSError as exc:
+            log.warning("cannot list services in %s: %s", self.warehouse.uri, exc)
+            return False
+        missing = listed - {sanitize_service(s) for s in known}
+        if not missing:
+            return True
+        log.info("services written by other aggregators join the DDL: %s", sorted(missing))
+        return self.add_services(missing)
 
     def statements(self) -> list[str]:
         return ddl.create_all(self.warehouse.uri, sorted(self.services))

@@ -45,6 +45,8 @@ SHUTDOWN_FLUSH_SECONDS = 60.0
 BACKOFF_MAX_SECONDS = 60.0
 #: How long a stop waits for a DDL update under way (the DDL is rewritten at the next start).
 CATALOG_STOP_SECONDS = 15.0
+#: How often the DDL is checked against the services in the warehouse (see Catalog.resync).
+CATALOG_RESYNC_SECONDS = 300.0
 #: How long a replay waits for live peers to commit what they acknowledged before it began.
 REPLAY_PEER_WAIT_SECONDS = 60.0
 #: How long ``drain`` keeps retrying a warehouse that refuses writes before giving up.
@@ -137,7 +139,9 @@ class Aggregator:
         self._install_signals()
         flush_task = asyncio.create_task(self._flush_loop(), name="flush-loop")
         compact_task = asyncio.create_task(self._compact_loop(), name="compact-loop")
+        resync_task = asyncio.create_task(self._catalog_resync_loop(), name="catalog-resync")
         await self._stopping.wait()
+        resync_task.cancel()
         return await self._shutdown(flush_task, compact_task)
 
     async def drain(self) -> int:
@@ -342,6 +346,13 @@ class Aggregator:
             m.rows_written.labels(f.table).inc(f.rows)
         for service, count in result.parse_failures.items():
             m.parse_failures.labels(service).inc(count)
+
+    async def _catalog_resync_loop(self) -> None:
+        """Pick up services other aggregators added, in case two DDL rewrites crossed."""
+        while True:
+            await asyncio.sleep(CATALOG_RESYNC_SECONDS)
+            if self._catalog_task is None or self._catalog_task.done():
+                await asyncio.to_thread(self.catalog.resync)
 
     async def _compact_loop(self) -> None:
         interval = self.settings.compact_interval

@@ -11,7 +11,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from athena.schema import sanitize_service
+from aggregator.catalog import Catalog
+from aggregator.config import Settings
+from athena.schema import partition_path, sanitize_service
+from athena.warehouse import open_warehouse
 from shipper import wire
 from tests.aggregator.helpers import read_acks, record, start_aggregator, wait_rows
 from tests.support.procs import wait_until
@@ -104,3 +107,36 @@ def test_ddl_applied_through_athena_and_metrics(
     alters = [q for q in queries if "SET TBLPROPERTIES ('projection.service.values'" in q]
     everyone = ",".join(sorted(["checkout", "recipe", sanitize_service("New Service")]))
     assert any(everyone in q for q in alters), alters
+
+
+def test_two_aggregators_never_drop_each_others_services_from_the_enum(tmp_path: Path) -> None:
+    """A and B share a warehouse; each rewrites the DDL when it sees a new service. The enum
+    must hold every service with data, whoever wrote it."""
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    a, b = Catalog(wh, Settings()), Catalog(wh, Settings())
+
+    def data_of(service: str) -> None:  # a flush writes the partition before the catalog runs
+        folder = Path(wh.path(partition_path("container_logs", service, "2026-11-28-10")))
+        folder.mkdir(parents=True)
+        (folder / "x.parquet").write_bytes(b"")
+
+    for s in ("a", "b"):
+        data_of(s)
+    assert a.add_services({"a", "b"})
+    data_of("c")
+    assert b.add_services({"c"})
+    data_of("d")
+    assert a.add_services({"d"})  # A last listed before c existed
+    ddl_text = (tmp_path / "wh" / "_ddl" / "container_logs.sql").read_text()
+    assert "'projection.service.values' = 'a,b,c,d'," in ddl_text
+
+    # The crossing case: B rewrote after A's listing; A's periodic resync repairs the enum.
+    data_of("e")
+    b.services.add("e")
+    b.refresh()
+    data_of("f")
+    a.services.add("f")
+    a.refresh()  # as if A had listed before e existed: e is dropped for now
+    assert "'a,b,c,d,f'," in (tmp_path / "wh" / "_ddl" / "container_logs.sql").read_text()
+    assert a.resync()
+    assert "'a,b,c,d,e,f'," in (tmp_path / "wh" / "_ddl" / "container_logs.sql").read_text()
