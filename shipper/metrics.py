@@ -60,6 +60,13 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        self.lost_files = Counter(
+            "logq_shipper_files_lost",
+            "Log files deleted or truncated before they were read to the end (their unread "
+            "lines are lost); reason: deleted_unread, truncated_without_copy, pin_limit",
+            ["service", "reason"],
+            registry=r,
+        )
         self.bytes_behind = Gauge(
             "logq_shipper_bytes_behind",
             "Bytes of a file not acknowledged yet",

@@ -59,7 +59,14 @@ class SourceRunner:
         self.shipper = shipper
         self.spec = spec
         cfg = shipper.cfg
-        self.tailer = Tailer(spec, shipper.registry, cfg.hostname, cfg.max_line_bytes)
+        lost = shipper.metrics.lost_files
+        self.tailer = Tailer(
+            spec,
+            shipper.registry,
+            cfg.hostname,
+            cfg.max_line_bytes,
+            on_loss=lambda reason: lost.labels(spec.service, reason).inc(),
+        )
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=1)
         self.finishing = False
         """The source disappeared: drain what its files hold, then end."""

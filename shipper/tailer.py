@@ -23,7 +23,7 @@ import hashlib
 import logging
 import os
 from collections import deque
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +38,12 @@ PIN_CHECK_SECONDS = 0.25
 """How often a source checks whether its live file was rotated (see pin_new_generation)."""
 MAX_PINNED_FILES = 64
 """Rotated files a source keeps open at most while it is behind (bounds descriptors)."""
+LOSS_REASONS = ("deleted_unread", "truncated_without_copy", "pin_limit")
+"""Why lines may have been lost (the ``reason`` label of ``logq_shipper_files_lost_total``):
+a file known from the checkpoint was gone at start (rotated away and deleted while the shipper
+was down); a file truncated in place (copytruncate) with no copy to finish from; the source fell
+more than :data:`MAX_PINNED_FILES` rotations behind, so files deleted before it catches up are
+never read."""
 
 
 def fingerprint(fd: int) -> str | None:
@@ -174,8 +180,11 @@ class Tailer:
         host: str,
         max_line_bytes: int,
         block_size: int = 256 * 1024,
+        on_loss: Callable[[str], None] | None = None,
     ) -> None:
         self.spec = spec
+        self.on_loss = on_loss or (lambda reason: None)
+        """Called with a reason (see :data:`LOSS_REASONS`) when lines may have been lost."""
         self.registry = registry
         self.host = host
         self.max_line_bytes = max_line_bytes
@@ -280,6 +289,25 @@ class Tailer:
         for c in self.cursors:
             log.info("resuming rotated file path=%s offset=%d", c.path, c.read_pos)
         self._open_live()
+        self._count_vanished(known)
+
+    def _count_vanished(self, known: set[str]) -> None:
+        """Checkpointed files of this source that no longer exist were rotated away and deleted
+        while we were down: what was written to them after the checkpoint is lost. Count each
+        (visible in metrics and logs) and forget it."""
+        opened = {c.key for c in self.cursors}
+        for key in known - opened:
+            state = self.registry.get(key)
+            if state is None:
+                continue  # finished and forgotten above
+            log.warning(
+                "log file deleted before it was read to the end (rotated away while the shipper "
+                "was down); lines after offset %d are lost path=%s",
+                state.offset,
+                state.path,
+            )
+            self.on_loss("deleted_unread")
+            self.registry.remove(key)
 
     def _open_live(self) -> bool:
         """Open the file now at the live path, after any files rotated since the last one we
@@ -330,6 +358,7 @@ class Tailer:
         if len(self.cursors) >= MAX_PINNED_FILES:
             if not self._pin_limit_logged:
                 self._pin_limit_logged = True
+                self.on_loss("pin_limit")
                 log.warning(
                     "source is %d rotated files behind; newer rotations are found when it "
                     "catches up, and files the runtime deletes before that are lost path=%s",
@@ -433,12 +462,21 @@ class Tailer:
                 copy = Cursor(fd, sib, head.fp, state, head.parser)
                 break
             os.close(fd)
-        log.info(
-            "log file truncated in place path=%s read=%d copy=%s",
-            head.path,
-            head.read_pos,
-            copy.path if copy else None,
-        )
+        if copy is None:
+            log.warning(
+                "log file truncated in place and no copy found to finish from; lines written "
+                "after offset %d and before the truncation are lost path=%s",
+                head.read_pos,
+                head.path,
+            )
+            self.on_loss("truncated_without_copy")
+        else:
+            log.info(
+                "log file truncated in place path=%s read=%d copy=%s",
+                head.path,
+                head.read_pos,
+                copy.path,
+            )
         epoch = head.state.epoch + 1
         head.superseded = True
         self.registry.put(

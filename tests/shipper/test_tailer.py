@@ -259,3 +259,52 @@ def test_without_pinning_a_lagging_reader_loses_deleted_generations(
         append(path, gen * 50, 50)
     rest = drain(t)
     assert len(rest) < 545
+
+
+def test_files_rotated_away_while_down_are_counted_as_lost(tmp_path: Path, reg: Registry) -> None:
+    path = tmp_path / "c-json.log"
+    append(path, 0, 4)
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    assert len(drain(t)) == 4
+    t.close()
+    # While the shipper is down: lines, then rotations past max-file delete the file we knew.
+    append(path, 4, 2)
+    path.unlink()
+    append(path, 100, 2)
+    losses: list[str] = []
+    t2 = Tailer(spec_for(path), reg, "h", 65536, on_loss=losses.append)
+    assert drain(t2) == ["line 100", "line 101"]
+    assert losses == ["deleted_unread"]
+    assert [s.path for _, s in reg.items()] == [str(path)]  # the vanished entry is forgotten
+    t2.close()
+    t3 = Tailer(spec_for(path), reg, "h", 65536, on_loss=losses.append)
+    assert drain(t3) == []
+    assert losses == ["deleted_unread"]  # counted once
+
+
+def test_nothing_lost_is_not_counted(tmp_path: Path, reg: Registry) -> None:
+    path = tmp_path / "c-json.log"
+    append(path, 0, 4)
+    losses: list[str] = []
+    t = Tailer(spec_for(path), reg, "h", 65536, on_loss=losses.append)
+    assert len(drain(t)) == 4
+    t.close()
+    append(path, 4, 2)
+    os.rename(path, tmp_path / "c-json.log.1")  # rotated while down, still there
+    append(path, 6, 2)
+    t2 = Tailer(spec_for(path), reg, "h", 65536, on_loss=losses.append)
+    assert drain(t2) == [f"line {i}" for i in range(4, 8)]
+    assert losses == []
+
+
+def test_copytruncate_without_a_copy_is_counted_as_lost(tmp_path: Path, reg: Registry) -> None:
+    path = tmp_path / "app.log"
+    path.write_bytes(b"".join(f"first {i}\n".encode() for i in range(5)))
+    losses: list[str] = []
+    t = Tailer(spec_for(path, "plain"), reg, "h", 65536, on_loss=losses.append)
+    assert len(drain(t)) == 5
+    with open(path, "r+b") as f:
+        f.truncate(0)  # no copy left next to it (e.g. compressed away at once)
+    path.write_bytes(b"after 1\n")
+    assert drain(t) == ["after 1"]
+    assert losses == ["truncated_without_copy"]
