@@ -114,6 +114,9 @@ class _Connection:
         holds a second copy of a large batch; the lock keeps concurrent messages whole.
         """
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # A batch whose write failed, timed out or was cancelled at shutdown goes again or is
+        # re-read; its future's error is expected, so mark it seen (no "never retrieved").
+        fut.add_done_callback(_consume)
         self.pending[chunk] = fut
         view = memoryview(payload)
         async with self._write_lock:
@@ -126,6 +129,11 @@ class _Connection:
         if not self.task.done():
             self.task.cancel()
         self._fail(ConnectionError("connection closed"))
+
+
+def _consume(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 @dataclass(slots=True)
