@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/ship.py
 	$(BIN)/python bench/query.py
+	$(BIN)/python bench/e2e.py
 
 clean:
 	rm -rf $(VENV) logq-warehouse .pytest_cache
