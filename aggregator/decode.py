@@ -117,12 +117,22 @@ def _coerce_offset(value: Any) -> int | None:
     return None
 
 
+#: Largest event time in whole seconds whose nanoseconds fit the int64 ``time_ns`` column.
+MAX_TIME_SECONDS = (2**63 - 1) // 1_000_000_000
+
+
 def _times_ns(times: list[Any]) -> pa.Array:
     kinds = set(map(type, times))
+    if bytes in kinds and set(map(len, (t for t in times if isinstance(t, bytes)))) != {8}:
+        # EventTime arrives as its 8 ext bytes (see _ext_hook); any other bytes are a ``bin``
+        # value in the time position.
+        raise wire.ProtocolError("event time is a binary string")
     if kinds == {bytes}:
         pairs = np.frombuffer(b"".join(times), dtype=">u4").reshape(-1, 2).astype(np.int64)
         return pa.array(pairs[:, 0] * 1_000_000_000 + pairs[:, 1])
     if kinds == {int}:
+        if max(map(abs, times)) > MAX_TIME_SECONDS:  # numpy would wrap around silently
+            raise wire.ProtocolError("event time out of range")
         return pa.array(np.asarray(times, dtype=np.int64) * 1_000_000_000)
     out = []
     for t in times:
@@ -203,8 +213,18 @@ def _packed(tag: str, blob: bytes, size: object) -> pa.RecordBatch | None:
 
 
 def _general(obj: Any, max_decompressed: int) -> pa.RecordBatch:
-    msg = wire.decode_message(obj, max_decompressed)
-    times = pa.array([e.time_ns for e in msg.events], pa.int64())
+    try:
+        msg = wire.decode_message(obj, max_decompressed)
+    except wire.ProtocolError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        # Hostile values the general decoder does not name: NaN or infinite float times, a
+        # map or an array as a map key inside PackedForward entries...
+        raise wire.ProtocolError(f"bad Forward message: {exc}") from exc
+    try:
+        times = pa.array([e.time_ns for e in msg.events], pa.int64())
+    except (OverflowError, pa.ArrowException):
+        raise wire.ProtocolError("event time out of range") from None
     return records_batch(msg.tag, times, [e.record for e in msg.events])
 
 
@@ -220,7 +240,13 @@ def _unpack_entries(blob: bytes) -> list[Any]:
     unpacker.feed(blob)
     try:
         return list(unpacker)
-    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
+    except (
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+        ValueError,
+        TypeError,  # a map or an array as a map key
+    ) as exc:
         raise wire.ProtocolError(f"bad PackedForward entries: {exc}") from exc
 
 
@@ -263,7 +289,13 @@ def _chunk(options: Any) -> str | None:
     chunk = options.get("chunk")
     if isinstance(chunk, bytes):
         return chunk.decode("ascii", "replace")
-    return chunk if isinstance(chunk, str) else None
+    if not isinstance(chunk, str):
+        return None
+    try:  # invalid UTF-8 arrives as lone surrogates (surrogateescape): no ack could echo it
+        chunk.encode("utf-8")
+    except UnicodeEncodeError:
+        raise wire.ProtocolError("the chunk option is not valid UTF-8") from None
+    return chunk
 
 
 _ROWS = struct.Struct(">I")

@@ -7,8 +7,10 @@ their ``{"ack": chunk}`` replies written: an ack always means "durable".
 
 Limits keep one client from hurting the others: ``--max-frame-bytes`` bounds what a connection
 may buffer (a larger message closes it), ``--max-connections`` and the idle timeout bound sockets,
-and while the buffer is over ``--buffer-limit-bytes`` no connection is read (backpressure: the
-senders keep their data and wait for acks). Anything malformed closes only its own connection,
+a message (and the handshake) must arrive whole within the idle timeout of its first byte (a
+slowloris client trickling one byte at a time is closed, not kept forever), and while the
+buffer is over ``--buffer-limit-bytes`` no connection is read (backpressure: the senders keep
+their data and wait for acks). Anything malformed closes only its own connection,
 with the reason logged and counted.
 """
 
@@ -20,8 +22,10 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
 
@@ -68,7 +72,13 @@ class _Conn:
     stopping: bool = False
     received: int = field(default=0)
     fed: int = 0
-    """Bytes fed to this connection's unpacker (compared with its tell())."""
+    """Bytes fed to this connection's unpacker."""
+    boundary: int = 0
+    """Stream offset just past the last complete message: ``boundary == fed`` means no message
+    is half-received. (``Unpacker.tell()`` cannot tell: it also moves past the headers and
+    the complete elements of an unfinished message.)"""
+    partial_since: float | None = None
+    """Monotonic time the unfinished message in the unpacker began arriving (None: none)."""
 
 
 class ForwardServer:
@@ -192,16 +202,25 @@ class ForwardServer:
         unpacker = wire.new_unpacker(self.limits.max_frame_bytes)
         if self.shared_key is not None:
             await self._handshake(conn, reader, writer, unpacker)
+            if conn.fed > conn.boundary:  # messages sent right behind the PING
+                await self._process(conn, unpacker, writer)
+                self._track_partial(conn)
+        idle = self.limits.idle_timeout
         while not conn.stopping:
             if self.buffer.full:
                 self.metrics.backpressure.inc()
                 if self.on_append:
                     self.on_append()
                 await self.buffer.wait_for_space()
-            data = await self._read(conn, reader, self.limits.idle_timeout)
+                if conn.partial_since is not None:  # our pause, not the client's slowness
+                    conn.partial_since = time.monotonic()
+            if conn.partial_since is None:
+                data = await self._read(conn, reader, idle)
+            else:
+                data = await self._read_rest(conn, reader, conn.partial_since + idle)
             if not data:
                 return
-            if unpacker.tell() == conn.fed and data[0] not in _ARRAY_HEADS:
+            if conn.boundary == conn.fed and data[0] not in _ARRAY_HEADS:
                 # A new message starts here and it is not an array: refuse at once instead of
                 # waiting (up to the idle timeout) for the body a junk str/bin/map header announces.
                 raise ConnectionClosed(
@@ -211,14 +230,42 @@ class ForwardServer:
                 )
             self._feed(unpacker, data)
             conn.fed += len(data)
-            await self._process(unpacker, writer)
+            await self._process(conn, unpacker, writer)
+            self._track_partial(conn)
 
-    async def _process(self, unpacker: msgpack.Unpacker, writer: asyncio.StreamWriter) -> None:
+    @staticmethod
+    def _track_partial(conn: _Conn) -> None:
+        """Note when an unfinished message started arriving (cleared once none is pending)."""
+        if conn.boundary == conn.fed:
+            conn.partial_since = None
+        elif conn.partial_since is None:
+            conn.partial_since = time.monotonic()
+
+    async def _read_rest(self, conn: _Conn, reader: asyncio.StreamReader, deadline: float) -> bytes:
+        """Read more of an unfinished message, which must be complete by ``deadline``.
+
+        Without it a client sending one byte just inside every idle timeout (slowloris) would
+        hold its connection slot and its buffer forever.
+        """
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            with contextlib.suppress(ConnectionClosed):
+                return await self._read(conn, reader, remaining)
+        raise ConnectionClosed(
+            f"a message still incomplete {self.limits.idle_timeout:.0f}s after its first byte "
+            f"(slow client)",
+            "slow_client",
+        )
+
+    async def _process(
+        self, conn: _Conn, unpacker: msgpack.Unpacker, writer: asyncio.StreamWriter
+    ) -> None:
         waits: list[asyncio.Future[None]] = []
         acks: list[str] = []
         error: ConnectionClosed | None = None
         try:
-            for obj in wire.iter_messages(unpacker):
+            for obj in _messages(unpacker):
+                conn.boundary = unpacker.tell()
                 batch, chunk = decode(obj, self.limits.max_decompressed_bytes)
                 if batch.num_rows:
                     waits.append(self.buffer.write(to_ipc(batch, self.buffer_compression)))
@@ -254,17 +301,29 @@ class ForwardServer:
         nonce = os.urandom(16)
         writer.write(wire.encode_helo(nonce, auth=b"", keepalive=True))
         await self._drain(writer)
+        limit = min(HANDSHAKE_TIMEOUT, self.limits.idle_timeout)
+        deadline = time.monotonic() + limit
         ping = None
         while ping is None:
-            data = await self._read(conn, reader, HANDSHAKE_TIMEOUT)
+            slow = ConnectionClosed(
+                f"no complete PING within {limit:.0f}s of HELO (slow client)", "slow_client"
+            )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise slow
+            try:
+                data = await self._read(conn, reader, remaining)
+            except ConnectionClosed:
+                raise slow from None
             if not data:
                 raise ConnectionClosed("closed during the handshake", "handshake_failed")
             self._feed(unpacker, data)
             conn.fed += len(data)
             try:
-                ping = next(iter(wire.iter_messages(unpacker)), None)
+                ping = next(_messages(unpacker), None)
             except wire.ProtocolError as exc:
                 raise ConnectionClosed(f"bad PING: {exc}", "handshake_failed") from None
+        conn.boundary = unpacker.tell()
         if not (isinstance(ping, list) and len(ping) >= 4 and ping[0] == "PING"):
             raise ConnectionClosed("expected PING after HELO", "handshake_failed")
         hostname, salt, digest = ping[1], ping[2], ping[3]
@@ -278,6 +337,16 @@ class ForwardServer:
         await self._drain(writer)
         if not ok:
             raise ConnectionClosed(f"handshake failed from {hostname!r}: {reason}", "auth_failed")
+
+
+def _messages(unpacker: msgpack.Unpacker) -> Iterator[Any]:
+    """:func:`shipper.wire.iter_messages`, with a map whose key is an array or a map (valid
+    msgpack, but no Python dict key: msgpack raises TypeError) also a :class:`ProtocolError`
+    rather than an unexpected error."""
+    try:
+        yield from wire.iter_messages(unpacker)
+    except TypeError as exc:
+        raise wire.ProtocolError(f"malformed msgpack: unusable map key ({exc})") from exc
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

@@ -14,6 +14,19 @@ import typer
 
 from athena.engines.result import EngineError
 
+#: Error messages echo the value at fault; a 100 KB ``--service`` must not make a 200 KB line.
+MAX_MESSAGE_CHARS = 400
+
+
+def shorten(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``message`` cut to about ``limit`` characters in the middle (the value at fault), so the
+    advice at its end survives; says how much was left out."""
+    if len(message) <= limit:
+        return message
+    head, tail = limit // 2, limit // 2 - 40
+    cut = len(message) - head - tail
+    return f"{message[:head]}[... {cut:,} characters ...]{message[-tail:]}"
+
 
 @contextmanager
 def friendly() -> Iterator[None]:
@@ -26,6 +39,6 @@ def friendly() -> Iterator[None]:
     except (EngineError, OSError, ValueError, KeyError) as exc:
         if os.environ.get("LOGQ_DEBUG"):
             raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        sys.stderr.write(f"logq: error: {message}\n")
+        message = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+        sys.stderr.write(f"logq: error: {shorten(message)}\n")
         raise typer.Exit(1 if isinstance(exc, EngineError | OSError) else 2) from None

@@ -17,12 +17,20 @@ if TYPE_CHECKING:
     from athena.engines.result import QueryResult
     from athena.partitions import Partition
     from athena.timerange import TimeRange
+    from athena.warehouse import Warehouse
 
 
 def note(message: str) -> None:
     """A line for the person at the terminal: always stderr, so pipes stay clean."""
     sys.stderr.write(message.rstrip("\n") + "\n")
     sys.stderr.flush()
+
+
+def shown(value: str, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, cut when long (a 100 KB value is not echoed)."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value):,} characters)"
 
 
 def normalise_services(values: list[str] | None) -> list[str] | None:
@@ -42,8 +50,9 @@ def normalise_services(values: list[str] | None) -> list[str] | None:
                 name = sanitize_service(part)
                 if name != part.strip().lower():
                     raise ValueError(
-                        f"--service {part!r} is not a service name (service names are stored as "
-                        f"lower-case letters, digits, '_', '.', '-'); did you mean {name!r}?"
+                        f"--service {shown(part)} is not a service name (service names are "
+                        "stored as lower-case letters, digits, '_', '.', '-'); did you mean "
+                        f"{shown(name)}?"
                     )
                 if name not in out:
                     out.append(name)
@@ -56,8 +65,36 @@ def normalise_method(value: str | None) -> str:
         return ""
     method = value.strip().upper()
     if not method.isascii() or not method.isalpha() or len(method) > 32:
-        raise ValueError(f"--method {value!r} is not an HTTP method; use e.g. GET, POST, DELETE")
+        raise ValueError(
+            f"--method {shown(value)} is not an HTTP method; use e.g. GET, POST, DELETE"
+        )
     return method
+
+
+def time_range(since: str | None, until: str | None, default: str = "1h") -> TimeRange:
+    """:meth:`TimeRange.parse`, with values beyond the calendar (``--since 99999999999w``)
+    refused in words instead of an OverflowError traceback."""
+    from athena.timerange import TimeRange
+
+    try:
+        return TimeRange.parse(since, until, default=default)
+    except OverflowError:
+        raise ValueError(
+            f"--since {since!r} / --until {until!r} is out of range: times must fall between "
+            "the years 1 and 9999"
+        ) from None
+
+
+def interval_seconds(every: str) -> int:
+    """``--every`` in seconds (:func:`parse_interval`), absurd widths refused in words."""
+    from athena.timerange import parse_interval
+
+    try:
+        return int(parse_interval(every).total_seconds())
+    except OverflowError:
+        raise ValueError(
+            f"--every {every!r} is out of range; use e.g. 30s, 1m, 5m, 1h, 1d"
+        ) from None
 
 
 @dataclass
@@ -83,9 +120,8 @@ def prepare(
 ) -> Prepared:
     """Load canned query ``name`` and fill the common parameters from the options."""
     from athena.queries import load
-    from athena.timerange import TimeRange
 
-    trange = TimeRange.parse(common.since, common.until, default=default_since)
+    trange = time_range(common.since, common.until, default=default_since)
     services = normalise_services(common.service)
     params: dict[str, Any] = {
         **trange.sql_params(),
@@ -114,7 +150,26 @@ def make_engine(common: Common) -> Any:
         )
     from athena.engines.local import LocalEngine
 
-    return LocalEngine(common.warehouse, max_scan_bytes=common.max_scan_bytes)
+    engine = LocalEngine(common.warehouse, max_scan_bytes=common.max_scan_bytes)
+    check_local(engine.warehouse)
+    return engine
+
+
+def check_local(wh: Warehouse) -> Warehouse:
+    """A local warehouse must be an existing directory: a missing one is most likely a typo,
+    better said than answered with "no results" (ValueError: exit 2, one line)."""
+    from pathlib import Path
+
+    if wh.uri.startswith("s3://"):
+        return wh
+    path = Path(wh.base)
+    if not path.is_dir():
+        problem = "is not a directory" if path.exists() else "does not exist"
+        raise ValueError(
+            f"the warehouse {wh.base} {problem}; check --warehouse / LOGQ_WAREHOUSE, or run "
+            "`logq demo` to make one"
+        )
+    return wh
 
 
 def athena_partitions(prep: Prepared) -> list[str]:

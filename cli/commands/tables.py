@@ -1,7 +1,8 @@
 """Commands about the tables themselves: ad-hoc ``sql``, the Athena ``ddl``, the ``services``."""
 
+import logging
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -17,7 +18,9 @@ def sql(
     """Ad-hoc Athena SQL against envoy_access and container_logs.
 
     Locally, --service/--since/--until restrict which partitions the tables show (all when
-    absent); on Athena the statement runs exactly as written.
+    absent), and only queries run (SELECT, WITH, VALUES, EXPLAIN, DESCRIBE, SHOW): DuckDB would
+    otherwise let a statement write files (COPY ... TO) or change settings. On Athena the
+    statement runs exactly as written.
     """
     from cli import runner
 
@@ -35,12 +38,12 @@ def sql(
         else:
             from athena.queries import tables_of
             from athena.schema import TABLES
-            from athena.timerange import TimeRange
 
+            check_read_only(statement)
             engine = runner.make_engine(common)
             services = runner.normalise_services(common.service)
             trange = (
-                TimeRange.parse(common.since, common.until)
+                runner.time_range(common.since, common.until)
                 if common.since or common.until
                 else None
             )
@@ -54,9 +57,62 @@ def sql(
                         sys.stdout.write(f"--   {p.relative}\n")
                 sys.stdout.write(engine.prepare(statement, {}, scopes)[0] + "\n")
                 return
-            result = engine.run(statement, {}, scopes)
+            result = run_local(engine, statement, scopes)
         rows = result.rows[: common.limit] if common.limit else result.rows
         runner.show(common, result, rows=rows)
+
+
+#: Statement kinds ``logq sql`` runs locally (sqlglot's names); ``Command`` is checked by word.
+_QUERY_KINDS = ("Select", "Union", "Intersect", "Except", "Values", "Subquery", "Describe")
+_QUERY_COMMANDS = ("EXPLAIN", "DESCRIBE", "SHOW")
+
+
+def check_read_only(statement: str) -> None:
+    """Refuse anything but a query on the local engine (ValueError: exit 2, one line)."""
+    import sqlglot
+    from sqlglot import exp
+    from sqlglot.errors import ParseError
+
+    quiet = logging.getLogger("sqlglot")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its "falling back to a Command" warning is noise here
+    try:
+        trees = [t for t in sqlglot.parse(statement, read="trino") if t is not None]
+    except ParseError:
+        return  # the engine reports the parse error with its position
+    finally:
+        quiet.setLevel(level)
+    if len(trees) != 1:
+        return  # the engine refuses anything but one statement, and says so
+    for tree in trees:
+        into = isinstance(tree, exp.Select) and tree.args.get("into")
+        if type(tree).__name__ in _QUERY_KINDS and not into:
+            continue
+        if isinstance(tree, exp.Command) and str(tree.this).upper() in _QUERY_COMMANDS:
+            continue
+        word = "SELECT ... INTO" if into else statement.split(None, 1)[0].upper()
+        raise ValueError(
+            f"logq sql runs queries only (SELECT, WITH, VALUES, EXPLAIN, DESCRIBE, SHOW); "
+            f"{word[:20]!r} statements are refused"
+        )
+
+
+def run_local(engine: Any, statement: str, scopes: dict[str, Any]) -> Any:
+    """Run on DuckDB; an unknown table is named in one line with the tables that exist."""
+    import re
+
+    from athena.engines.result import EngineError
+    from athena.schema import TABLES
+
+    try:
+        return engine.run(statement, {}, scopes)
+    except EngineError as exc:
+        missing = re.search(r"Table with name (\S+) does not exist", str(exc))
+        if missing is None:
+            raise
+        raise EngineError(
+            f"unknown table {missing.group(1)!r}; the tables are {', '.join(TABLES)}"
+        ) from None
 
 
 def ddl(
@@ -118,7 +174,9 @@ def services(common: Common) -> None:
         from athena.freshness import known_services, service_freshness
         from athena.warehouse import open_warehouse
 
-        wh = open_warehouse(common.warehouse)
+        if common.since or common.until:  # not used locally (all hours are listed), but a
+            runner.time_range(common.since, common.until)  # bad value is still an error
+        wh = runner.check_local(open_warehouse(common.warehouse))
         wanted = runner.normalise_services(common.service)
         names = known_services(wh)
         rows = [

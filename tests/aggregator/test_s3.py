@@ -54,7 +54,11 @@ def test_aggregator_writes_partitions_to_s3(
     logs = read_table(s3_warehouse, "container_logs")
     assert logs.num_rows == len(hostile)
     wh = open_warehouse(s3_warehouse)
-    for path in parquet_files(s3_warehouse):
+    data = parquet_files(s3_warehouse, "envoy_access") + parquet_files(
+        s3_warehouse, "container_logs"
+    )
+    assert len(data) == 1 + len(hostile)
+    for path in data:
         assert path.startswith(wh.base + "/")
         assert "/../" not in path and "//" not in path
         rel = path[len(wh.base) + 1 :].split("/")

@@ -1,0 +1,1 @@
+"""Chaos scenarios: faults injected into real pipeline processes, ending with exact checks."""
