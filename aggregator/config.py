@@ -38,6 +38,8 @@ class Settings:
     """Seconds between flushes of the buffer into Parquet (data freshness)."""
     shared_key: str | None = None
     """Enables the Forward shared-key handshake (HELO/PING/PONG)."""
+    users: list[str] = field(default_factory=list)
+    """``NAME:PASSWORD`` pairs: the handshake also checks a user (Fluentd's ``user_auth``)."""
     metrics_listen: str | None = None
     """``HOST:PORT`` of the Prometheus ``/metrics`` and ``/healthz`` endpoint."""
     unhealthy_after: float = 300.0
@@ -89,6 +91,15 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--buffer-dir", {"help": "directory of the durable buffer (default ./logq-buffer)"}),
     ("--flush-interval", {"type": float, "help": "seconds between flushes (default 10)"}),
     ("--shared-key", {"help": "require the Forward shared-key handshake with this key"}),
+    (
+        "--user",
+        {
+            "action": "append",
+            "dest": "users",
+            "metavar": "NAME:PASSWORD",
+            "help": "also require this user in the handshake (repeatable; better in --config)",
+        },
+    ),
     ("--metrics-listen", {"help": "HOST:PORT for Prometheus /metrics and /healthz"}),
     (
         "--unhealthy-after",
@@ -151,6 +162,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
         file_values = _read_toml(args.config)
         if "envoy_format" in file_values:
             file_values["envoy_formats"] = file_values.pop("envoy_format")
+        if "user" in file_values:
+            file_values["users"] = file_values.pop("user")
         unknown = sorted(set(file_values) - set(known))
         if unknown:
             raise ConfigError(
@@ -186,3 +199,19 @@ def _check(s: Settings) -> None:
         raise ConfigError("TLS needs both --tls-cert and --tls-key")
     if isinstance(s.envoy_formats, str):
         s.envoy_formats = [s.envoy_formats]
+    if isinstance(s.users, str):
+        s.users = [s.users]
+    if s.users and not s.shared_key:
+        raise ConfigError("--user needs --shared-key: user authentication is part of its handshake")
+    user_map(s)
+
+
+def user_map(s: Settings) -> dict[str, str]:
+    """``--user`` values as ``{name: password}``; ConfigError for a value without a colon."""
+    users: dict[str, str] = {}
+    for value in s.users:
+        name, sep, password = str(value).partition(":")
+        if not sep or not name or not password:
+            raise ConfigError(f"--user must be NAME:PASSWORD, got {str(value)[:40]!r}")
+        users[name] = password
+    return users

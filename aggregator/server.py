@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import socket
@@ -38,6 +39,11 @@ log = logging.getLogger("logq.aggregator.server")
 
 READ_SIZE = 256 * 1024
 HANDSHAKE_TIMEOUT = 30.0
+#: A connection left unread this long because the buffer is full is closed without reading
+#: what it sent since: its client (whose ack timeout should be longer: logq-shipper's is 30 s,
+#: Fluentd's 190 s) resends later or elsewhere, and no copy of those batches stays behind here to
+#: be stored a second time once the buffer drains.
+BACKPRESSURE_CLOSE_SECONDS = 10.0
 STOP_DRAIN_SECONDS = 0.3
 
 
@@ -91,6 +97,7 @@ class ForwardServer:
         limits: ServerLimits,
         shared_key: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        users: dict[str, str] | None = None,
         on_append: Callable[[], None] | None = None,
         buffer_compression: str = "none",
     ):
@@ -98,6 +105,8 @@ class ForwardServer:
         self.metrics = metrics
         self.limits = limits
         self.shared_key = shared_key
+        self.users = users or {}
+        """``username -> password``: user authentication in the handshake when not empty."""
         self.ssl_context = ssl_context
         self.on_append = on_append
         self.buffer_compression = buffer_compression
@@ -152,7 +161,8 @@ class ForwardServer:
         try:
             await self._serve(conn, reader, writer)
         except ConnectionClosed as exc:
-            log.warning("closing connection from %s: %s", peer, exc)
+            level = logging.ERROR if exc.label == "buffer_error" else logging.WARNING
+            log.log(level, "closing connection from %s: %s", peer, exc)
             self.metrics.connections_rejected.labels(exc.label).inc()
         except asyncio.CancelledError:
             pass
@@ -211,7 +221,14 @@ class ForwardServer:
                 self.metrics.backpressure.inc()
                 if self.on_append:
                     self.on_append()
-                await self.buffer.wait_for_space()
+                try:
+                    await asyncio.wait_for(self.buffer.wait_for_space(), BACKPRESSURE_CLOSE_SECONDS)
+                except TimeoutError:
+                    raise ConnectionClosed(
+                        f"buffer full for {BACKPRESSURE_CLOSE_SECONDS:.0f}s (the warehouse is "
+                        "not taking data): closed unread, the client resends later or elsewhere",
+                        "backpressure",
+                    ) from None
                 if conn.partial_since is not None:  # our pause, not the client's slowness
                     conn.partial_since = time.monotonic()
             if conn.partial_since is None:
@@ -260,28 +277,42 @@ class ForwardServer:
     async def _process(
         self, conn: _Conn, unpacker: msgpack.Unpacker, writer: asyncio.StreamWriter
     ) -> None:
-        waits: list[asyncio.Future[None]] = []
-        acks: list[str] = []
+        entries: list[tuple[asyncio.Future[None] | None, str | None]] = []
         error: ConnectionClosed | None = None
         try:
             for obj in _messages(unpacker):
                 conn.boundary = unpacker.tell()
                 batch, chunk = decode(obj, self.limits.max_decompressed_bytes)
+                wait = None
                 if batch.num_rows:
-                    waits.append(self.buffer.write(to_ipc(batch, self.buffer_compression)))
+                    try:
+                        wait = self.buffer.write(to_ipc(batch, self.buffer_compression))
+                    except OSError as exc:  # disk full, I/O error: this frame was cut off
+                        error = _buffer_error(exc)
+                        break
                     self.metrics.records_in.inc(batch.num_rows)
-                if chunk is not None:
-                    acks.append(chunk)
+                entries.append((wait, chunk))
         except wire.ProtocolError as exc:
             reason = str(exc)
             if exc.__cause__ is not None and not str(exc.__cause__):
                 reason += type(exc.__cause__).__name__  # msgpack errors can have no message
             error = ConnectionClosed(f"not the Forward protocol: {reason}", "protocol_error")
-        # Ack what was complete before the bad bytes: it is in the buffer either way.
-        if waits:
-            await asyncio.gather(*waits)
-            if self.on_append:
-                self.on_append()
+        # Ack, in order, what is durable before a bad message or a failed write: it is in the
+        # buffer either way, and an unacked copy would be resent and stored twice.
+        waits = [w for w, _ in entries if w is not None]
+        results = await asyncio.gather(*waits, return_exceptions=True) if waits else []
+        if waits and self.on_append:
+            self.on_append()
+        outcome = iter(results)
+        acks: list[str] = []
+        for wait, chunk in entries:
+            if wait is not None:
+                result = next(outcome)
+                if isinstance(result, BaseException):
+                    error = _buffer_error(result)
+                    break
+            if chunk is not None:
+                acks.append(chunk)
         if acks:
             writer.write(b"".join(wire.encode_ack(c) for c in acks))
             await self._drain(writer)
@@ -296,10 +327,12 @@ class ForwardServer:
         writer: asyncio.StreamWriter,
         unpacker: msgpack.Unpacker,
     ) -> None:
-        """HELO -> PING -> PONG as in Forward protocol v1 (no user/password auth)."""
+        """HELO -> PING -> PONG as in Forward protocol v1, with user authentication (the HELO
+        carries an ``auth`` salt, the PING a username and password digest) when users are set."""
         assert self.shared_key is not None
         nonce = os.urandom(16)
-        writer.write(wire.encode_helo(nonce, auth=b"", keepalive=True))
+        auth = os.urandom(16) if self.users else b""
+        writer.write(wire.encode_helo(nonce, auth=auth, keepalive=True))
         await self._drain(writer)
         limit = min(HANDSHAKE_TIMEOUT, self.limits.idle_timeout)
         deadline = time.monotonic() + limit
@@ -331,12 +364,32 @@ class ForwardServer:
             raise ConnectionClosed("PING has fields of the wrong type", "handshake_failed")
         salt_b = salt if isinstance(salt, bytes) else salt.encode("utf-8", "surrogateescape")
         expected = wire.ping_digest(salt_b, hostname, nonce, self.shared_key)
-        ok = digest == expected
+        ok = isinstance(digest, str) and hmac.compare_digest(digest, expected)
         reason = "" if ok else "shared_key mismatch"
+        if ok and self.users and not self._user_ok(ping, auth):
+            ok, reason = False, "username/password mismatch"
         writer.write(wire.encode_pong(ok, reason, self.hostname, salt_b, nonce, self.shared_key))
         await self._drain(writer)
         if not ok:
             raise ConnectionClosed(f"handshake failed from {hostname!r}: {reason}", "auth_failed")
+
+    def _user_ok(self, ping: list[Any], auth: bytes) -> bool:
+        username = ping[4] if len(ping) > 4 else None
+        digest = ping[5] if len(ping) > 5 else None
+        if not isinstance(username, str) or not isinstance(digest, str):
+            return False
+        password = self.users.get(username)
+        if password is None:
+            return False
+        return hmac.compare_digest(digest, wire.password_digest(auth, username, password))
+
+
+def _buffer_error(exc: BaseException) -> ConnectionClosed:
+    return ConnectionClosed(
+        f"could not write to the buffer ({exc}); nothing after this was acknowledged and the "
+        "client will resend it: free space under --buffer-dir",
+        "buffer_error",
+    )
 
 
 def _messages(unpacker: msgpack.Unpacker) -> Iterator[Any]:

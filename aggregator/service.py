@@ -29,7 +29,14 @@ from pathlib import Path
 from aggregator import logs
 from aggregator.buffer import Buffer, Segment
 from aggregator.catalog import Catalog
-from aggregator.config import ConfigError, Settings, add_serve_flags, load_settings, split_host_port
+from aggregator.config import (
+    ConfigError,
+    Settings,
+    add_serve_flags,
+    load_settings,
+    split_host_port,
+    user_map,
+)
 from aggregator.decode import tune_gc
 from aggregator.dedup import OffsetState
 from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, FormatError, compile_format
@@ -119,6 +126,7 @@ class Aggregator:
             ),
             shared_key=self.settings.shared_key,
             ssl_context=ssl_ctx,
+            users=user_map(self.settings),
             on_append=self._on_append,
             buffer_compression=self.settings.buffer_compression,
         )

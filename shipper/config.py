@@ -9,6 +9,7 @@ Fluent Bit expect when they override one setting for a debugging run.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -62,6 +63,8 @@ class Config:
     paths: tuple[str, ...] = ()
     state_dir: Path = Path("/var/lib/logq-shipper")
     shared_key: str | None = None
+    username: str | None = None
+    password: str | None = None
     once: bool = False
     compress: bool = False
     max_line_bytes: int = 256 * 1024
@@ -92,6 +95,8 @@ _HELP = {
     "path": "plain-text log files by glob; repeatable",
     "state_dir": "directory for the checkpoint registry (default: /var/lib/logq-shipper)",
     "shared_key": "Forward shared key (HELO/PING/PONG handshake)",
+    "username": "user name, for aggregators that also require user authentication",
+    "password": "password of --username (or $LOGQ_SHIPPER_PASSWORD, kept out of `ps`)",
     "once": "ship what the files hold now, wait for every ack, exit",
     "config": "TOML file; every flag is a key",
     "compress": "compress batches (CompressedPackedForward)",
@@ -128,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--path", action="append", metavar="GLOB", help=_HELP["path"])
     a("--state-dir", metavar="DIR", help=_HELP["state_dir"])
     a("--shared-key", metavar="KEY", help=_HELP["shared_key"])
+    a("--username", metavar="NAME", help=_HELP["username"])
+    a("--password", metavar="SECRET", help=_HELP["password"])
     a("--once", action="store_true", default=None, help=_HELP["once"])
     a("--config", metavar="FILE", help=_HELP["config"])
     a("--compress", choices=["none", "gzip"], help=_HELP["compress"])
@@ -205,6 +212,15 @@ def _to_config(m: dict[str, Any]) -> Config:
         kw["paths"] = tuple(str(p) for p in m["path"])
     if m.get("shared_key"):
         kw["shared_key"] = str(m["shared_key"])
+    password = m.get("password") or os.environ.get("LOGQ_SHIPPER_PASSWORD")
+    if m.get("username"):
+        if not m.get("shared_key"):
+            raise ConfigError("--username needs --shared-key: user auth is part of the handshake")
+        if not password:
+            raise ConfigError("--username needs --password or $LOGQ_SHIPPER_PASSWORD")
+        kw["username"], kw["password"] = str(m["username"]), str(password)
+    elif m.get("password"):
+        raise ConfigError("--password needs --username")
     kw["once"] = bool(m.get("once", False))
     compress = m.get("compress", "none")
     if compress not in ("none", "gzip", True, False):

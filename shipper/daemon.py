@@ -54,6 +54,8 @@ class Shipper:
             cfg.aggregators,
             hostname=cfg.hostname,
             shared_key=cfg.shared_key,
+            username=cfg.username,
+            password=cfg.password,
             tls=_tls(cfg),
             ack_timeout=cfg.ack_timeout,
             give_up_after=cfg.retry_timeout if cfg.once else None,

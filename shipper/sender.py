@@ -160,6 +160,8 @@ class ForwardClient:
         *,
         hostname: str,
         shared_key: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
         tls: ssl.SSLContext | None = None,
         ack_timeout: float = 30.0,
         connect_timeout: float = 5.0,
@@ -173,6 +175,8 @@ class ForwardClient:
         self.endpoints = endpoints
         self.hostname = hostname
         self.shared_key = shared_key
+        self.username = username
+        self.password = password
         self.tls = tls
         self.ack_timeout = ack_timeout
         self.connect_timeout = connect_timeout
@@ -272,9 +276,21 @@ class ForwardClient:
         opts = helo[1] if isinstance(helo[1], dict) else {}
         nonce = _as_bytes(opts.get("nonce", b""))
         auth = _as_bytes(opts.get("auth", b""))
+        if auth and not self.username:
+            raise HandshakeError(
+                f"aggregator {ep} requires user authentication; pass --username and --password"
+            )
         salt = os.urandom(16)
         writer.write(
-            wire.encode_ping(self.hostname, salt, nonce, self.shared_key or "", auth_salt=auth)
+            wire.encode_ping(
+                self.hostname,
+                salt,
+                nonce,
+                self.shared_key or "",
+                username=self.username or "",
+                password=self.password or "",
+                auth_salt=auth,
+            )
         )
         await writer.drain()
         pong = await _read_one(reader, unpacker, HANDSHAKE_TIMEOUT)
@@ -284,6 +300,7 @@ class ForwardClient:
         if not ok:
             raise HandshakeError(
                 f"aggregator {ep} rejected the handshake: {reason}; check --shared-key"
+                + (" and --username/--password" if auth else "")
             )
         expected = wire.pong_digest(salt, str(server_host), nonce, self.shared_key or "")
         if digest != expected:

@@ -87,12 +87,16 @@ def start_aggregator(
     extra: list[str] | None = None,
     env: dict[str, str] | None = None,
     name: str = "agg",
+    wrapper: list[str] | None = None,
 ) -> AggregatorProc:
-    """Start the aggregator on a kernel-chosen port; wait for its ``listening on`` line."""
+    """Start the aggregator on a kernel-chosen port; wait for its ``listening on`` line.
+
+    ``wrapper``: a command prefix that execs the rest (e.g. one that sets a resource limit)."""
     warehouse = warehouse or str(tmp / "warehouse")
     buffer_dir = tmp / f"{name}-buffer"
     log = tmp / f"{name}-{time.monotonic_ns()}.log"
     args = [
+        *(wrapper or []),
         str(console_script("logq-aggregator")),
         "--listen",
         "127.0.0.1:0",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from aggregator.server import BACKPRESSURE_CLOSE_SECONDS
 from shipper import wire
 from tests.aggregator.helpers import read_acks, read_table, record, start_aggregator
 from tests.support.procs import wait_until
@@ -17,6 +19,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_acks_withheld_while_buffer_full_then_resume(tmp_path: Path) -> None:
+    """Acks stop while the buffer is over its limit; a connection left unread for
+    BACKPRESSURE_CLOSE_SECONDS is closed unread, and the client's resend (as every Forward
+    client does without an ack) is stored once when the warehouse is back."""
     warehouse = tmp_path / "warehouse"
     warehouse.mkdir()
     blocker = warehouse / "container_logs"
@@ -26,19 +31,27 @@ def test_acks_withheld_while_buffer_full_then_resume(tmp_path: Path) -> None:
     )
     chunks = 20
     acked: list[str] = []
+    reconnects: list[int] = []
     errors: list[BaseException] = []
+
+    def batch(c: int) -> bytes:
+        lines = [(time.time_ns(), record(f"{c}-{i}-{os.urandom(100).hex()}")) for i in range(200)]
+        return wire.encode_packed_forward("logq.bp", lines, str(c))
 
     def sender() -> None:
         try:
-            with agg.connect() as sock:
-                sock.settimeout(120)
-                for c in range(chunks):
-                    lines = [
-                        (time.time_ns(), record(f"{c}-{i}-{os.urandom(100).hex()}"))
-                        for i in range(200)
-                    ]
-                    sock.sendall(wire.encode_packed_forward("logq.bp", lines, str(c)))
-                    acked.extend(read_acks(sock, 1, timeout=120))
+            c, payload = 0, batch(0)
+            while c < chunks:
+                with agg.connect() as sock:
+                    sock.settimeout(120)
+                    try:
+                        while c < chunks:
+                            sock.sendall(payload)
+                            acked.extend(read_acks(sock, 1, timeout=120))
+                            c += 1
+                            payload = batch(c)
+                    except (ConnectionError, OSError):
+                        reconnects.append(c)  # no ack: resend the same batch
         except BaseException as exc:
             errors.append(exc)
 
@@ -49,13 +62,61 @@ def test_acks_withheld_while_buffer_full_then_resume(tmp_path: Path) -> None:
         time.sleep(3)
         stalled = len(acked)
         assert 0 < stalled < chunks, "acks should stop once the buffer is over its limit"
-        time.sleep(2)
+        wait_until(
+            lambda: f"buffer full for {BACKPRESSURE_CLOSE_SECONDS:.0f}s" in agg.log_text(),
+            BACKPRESSURE_CLOSE_SECONDS + 20,
+            "the paused connection closed",
+            proc=agg.proc,
+        )
         assert len(acked) == stalled, "no ack while the buffer is full"
         blocker.unlink()  # the warehouse is back
-        thread.join(timeout=90)
+        thread.join(timeout=120)
         assert not thread.is_alive() and not errors, errors
         assert acked == [str(c) for c in range(chunks)]
+        assert reconnects, "the client should have been closed and have resent"
         assert agg.stop() == 0, agg.log_text()
     finally:
         agg.stop()
-    assert read_table(str(warehouse), "container_logs").num_rows == chunks * 200
+    messages = read_table(str(warehouse), "container_logs")["message"].to_pylist()
+    assert len(messages) == chunks * 200 and len(set(messages)) == chunks * 200
+
+
+#: Runs the rest of the command with files capped at argv[1] bytes (a disk that fills up):
+#: writes past it fail with EFBIG (CPython ignores SIGXFSZ).
+_FSIZE_LIMIT = (
+    "import os, resource, sys; n = int(sys.argv[1]); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (n, n)); os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
+def test_a_failing_buffer_write_closes_only_that_connection_and_acks_nothing_after_it(
+    tmp_path: Path,
+) -> None:
+    agg = start_aggregator(
+        tmp_path,
+        extra=["--flush-interval", "300", "--segment-bytes", "100000000"],
+        wrapper=[sys.executable, "-c", _FSIZE_LIMIT, "400000"],
+    )
+    acked: list[str] = []
+    sent: dict[str, list[str]] = {}
+    try:
+        with agg.connect() as sock, pytest.raises((ConnectionError, OSError)):
+            for c in range(100):
+                lines = [f"{c}-{i}-{os.urandom(60).hex()}" for i in range(200)]
+                sent[str(c)] = lines
+                entries = [(time.time_ns(), record(line)) for line in lines]
+                sock.sendall(wire.encode_packed_forward("logq.full", entries, str(c)))
+                acked.extend(read_acks(sock, 1, timeout=30))
+        assert 0 < len(acked) < 100, "the 400 kB file limit should stop the buffer early"
+        assert agg.proc.poll() is None, "the server must survive a failed buffer write"
+        log_text = agg.log_text()
+        assert "level=error" in log_text and "could not write to the buffer" in log_text
+        # Another client still gets in (and is refused at the same write, not crashed).
+        with agg.connect() as sock:
+            sock.sendall(wire.encode_packed_forward("logq.full", [], "empty"))
+            assert read_acks(sock, 1) == ["empty"]
+        assert agg.stop() == 0, agg.log_text()
+    finally:
+        agg.stop()
+    stored = sorted(read_table(agg.warehouse, "container_logs")["message"].to_pylist())
+    assert stored == sorted(line for c in acked for line in sent[c])  # acked: all, once

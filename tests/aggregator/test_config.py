@@ -46,6 +46,10 @@ def test_config_file_and_flag_precedence(tmp_path: Path) -> None:
         ("", ["--listen", "nohostport"], "HOST:PORT"),
         ("", ["--tls-cert", "c.pem"], "both --tls-cert and --tls-key"),
         ("", ["--flush-interval", "0"], "--flush-interval must be > 0"),
+        ("", ["--unhealthy-after", "-1"], "--unhealthy-after must be > 0"),
+        ("", ["--user", "alice:pw"], "--user needs --shared-key"),
+        ("", ["--shared-key", "k", "--user", "alice"], "--user must be NAME:PASSWORD"),
+        ('user = ["bob:"]\n', ["--shared-key", "k"], "--user must be NAME:PASSWORD"),
     ],
 )
 def test_bad_settings_say_what_to_do(

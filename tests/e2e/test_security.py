@@ -103,3 +103,41 @@ def test_wrong_shared_key_is_refused_and_nothing_is_stored(
     finally:
         agg.kill()
     assert list(warehouse.rglob("*.parquet")) == []
+
+
+def test_user_authentication_in_the_handshake(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """Fluentd's ``user_auth``: the right user delivers; a wrong password or no user is refused
+    with a message naming the flags to fix, and stores nothing."""
+    manifest = write_host(tmp_path / "containers", seed=33, requests=30, long_line=False)
+    warehouse = str(tmp_path / "warehouse")
+    config = tmp_path / "aggregator.toml"
+    config.write_text('user = ["alice:wonder land", "bob:builder"]\n')
+    agg = start_aggregator(
+        warehouse, tmp_path, subprocess_env, "--shared-key", KEY, "--config", str(config)
+    )
+    try:
+        for n, creds in enumerate(
+            (["--username", "alice", "--password", "wrong"], [], ["--username", "mallory"])
+        ):
+            env = {**subprocess_env, "LOGQ_SHIPPER_PASSWORD": "wonder land"}
+            done = run_shipper_once(
+                agg.address, manifest.root, tmp_path / f"refused-{n}", env,
+                "--shared-key", KEY, "--retry-timeout", "3", *creds,
+            )  # fmt: skip
+            message = done.stdout + done.stderr
+            assert done.returncode != 0, message[-2000:]
+            assert "--username" in message, message[-2000:]
+            assert "Traceback" not in message, message[-2000:]
+        assert list(Path(warehouse).rglob("*.parquet")) == []
+        done = run_shipper_once(
+            agg.address, manifest.root, tmp_path / "state", subprocess_env,
+            "--shared-key", KEY, "--username", "alice", "--password", "wonder land",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert agg.terminate() == 0, agg.log.read_text()
+    finally:
+        agg.kill()
+    assert "username/password mismatch" in agg.log.read_text()
+    assert_tables_match(manifest, warehouse, subprocess_env, socket.gethostname())
