@@ -84,11 +84,14 @@ class Cursor:
         self._skip: bytes | None = None
         self._skip_start = 0
         self._skip_total = 0
+        self.at_end = False
+        """The last read found nothing new: the next data may follow a truncation."""
 
     def read(self, block: int, max_lines: int = 1 << 30) -> Chunk | None:
         """The next complete lines (at most ``max_lines``), or None at the end of what is
         written so far."""
         data = os.pread(self.fd, block, self.read_pos)
+        self.at_end = not data
         if not data:
             return None
         if self._skip is not None:
@@ -339,10 +342,25 @@ class Tailer:
             self.start()
         if not self.cursors:
             return None
+        head = self.cursors[0]
+        if head is self.live and head.at_end and self._rewritten(head):
+            # Truncated in place and written past our position before we looked again:
+            # reading on from our position would ship the middle of new lines.
+            self._truncated(head)
+            if not self.cursors:
+                return None
         block = min(self.block_size, max(max_bytes, 65536))
         if block < self.max_line_bytes + 4096:  # an allowed line must fit in a block
             block = self.block_size
         return self.cursors[0].read(block, max_lines)
+
+    @staticmethod
+    def _rewritten(cur: Cursor) -> bool:
+        """Whether the file under ``cur`` is no longer the content we were reading."""
+        try:
+            return cur.size() < cur.read_pos or fingerprint(cur.fd) not in (cur.fp, None)
+        except OSError:
+            return False
 
     def pin_new_generation(self) -> None:
         """While we are behind, open each file the runtime rotates in as soon as it appears.

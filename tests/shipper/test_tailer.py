@@ -308,3 +308,22 @@ def test_copytruncate_without_a_copy_is_counted_as_lost(tmp_path: Path, reg: Reg
     path.write_bytes(b"after 1\n")
     assert drain(t) == ["after 1"]
     assert losses == ["truncated_without_copy"]
+
+
+def test_copytruncate_then_growth_past_our_position_before_we_look(
+    tmp_path: Path, reg: Registry
+) -> None:
+    """logrotate copytruncate, then the app writes more than we had read, all between two
+    looks: the new content must be read from its start, the copy's tail from the copy."""
+    path = tmp_path / "app.log"
+    path.write_bytes(b"".join(f"first {i}\n".encode() for i in range(5)))
+    t = Tailer(spec_for(path, "plain"), reg, "h", 65536)
+    assert len(drain(t)) == 5
+    with open(path, "ab") as f:
+        f.write(b"late 1\n")  # lands in the copy only
+    shutil.copyfile(path, tmp_path / "app.log.1")
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    path.write_bytes(b"".join(f"after {i:03d}\n".encode() for i in range(20)))
+    assert os.path.getsize(path) > os.path.getsize(tmp_path / "app.log.1")
+    assert drain(t) == ["late 1"] + [f"after {i:03d}" for i in range(20)]
