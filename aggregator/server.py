@@ -1,7 +1,8 @@
 """The Forward protocol v1 server: decode, buffer durably, then ack (asyncio).
 
 Per connection: optional TLS, optional shared-key handshake (HELO / PING / PONG, digests from
-:mod:`shipper.wire`), then a stream of Forward messages in any of the four modes. All complete
+:mod:`shipper.wire`, with user authentication when users are configured), then a stream of
+Forward messages in any of the four modes -- msgpack, or JSON text as Fluentd also accepts. All complete
 messages of one read are appended to the buffer, one group fsync covers them, and only then are
 their ``{"ack": chunk}`` replies written: an ack always means "durable".
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import os
 import socket
@@ -237,6 +239,10 @@ class ForwardServer:
                 data = await self._read_rest(conn, reader, conn.partial_since + idle)
             if not data:
                 return
+            if conn.boundary == conn.fed and data[:1] == b"[":
+                # Fluentd's in_forward also reads JSON text messages: so do we, for the rest of
+                # this connection.
+                return await self._serve_json(conn, reader, writer, data)
             if conn.boundary == conn.fed and data[0] not in _ARRAY_HEADS:
                 # A new message starts here and it is not an array: refuse at once instead of
                 # waiting (up to the idle timeout) for the body a junk str/bin/map header announces.
@@ -258,6 +264,40 @@ class ForwardServer:
         elif conn.partial_since is None:
             conn.partial_since = time.monotonic()
 
+    async def _serve_json(
+        self,
+        conn: _Conn,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        data: bytes,
+    ) -> None:
+        """JSON messages (``["tag", time, {record}, {"chunk": …}]``, or a Forward-mode array of
+        entries), acked as JSON; the same limits as msgpack: size, a whole message within the
+        idle timeout of its first byte, malformed text closes the connection."""
+        pending = b""
+        idle = self.limits.idle_timeout
+        while True:
+            self.metrics.bytes_in.inc(len(data))
+            pending += data
+            if len(pending) > self.limits.max_frame_bytes:
+                raise ConnectionClosed(
+                    f"JSON message larger than --max-frame-bytes ({self.limits.max_frame_bytes} "
+                    "bytes)",
+                    "frame_too_large",
+                )
+            messages, pending = _json_messages(pending)
+            if messages:
+                await self._process(conn, None, writer, messages)
+            if not pending.strip():
+                pending, conn.partial_since = b"", None
+                data = await self._read(conn, reader, idle)
+            else:
+                if conn.partial_since is None:
+                    conn.partial_since = time.monotonic()
+                data = await self._read_rest(conn, reader, conn.partial_since + idle)
+            if not data:
+                return
+
     async def _read_rest(self, conn: _Conn, reader: asyncio.StreamReader, deadline: float) -> bytes:
         """Read more of an unfinished message, which must be complete by ``deadline``.
 
@@ -275,13 +315,20 @@ class ForwardServer:
         )
 
     async def _process(
-        self, conn: _Conn, unpacker: msgpack.Unpacker, writer: asyncio.StreamWriter
+        self,
+        conn: _Conn,
+        unpacker: msgpack.Unpacker | None,
+        writer: asyncio.StreamWriter,
+        messages: list[Any] | None = None,
     ) -> None:
+        """Buffer the complete messages of ``unpacker`` (or the decoded JSON ``messages``),
+        then ack them in the connection's own encoding."""
         entries: list[tuple[asyncio.Future[None] | None, str | None]] = []
         error: ConnectionClosed | None = None
         try:
-            for obj in _messages(unpacker):
-                conn.boundary = unpacker.tell()
+            for obj in messages if unpacker is None else _messages(unpacker):
+                if unpacker is not None:
+                    conn.boundary = unpacker.tell()
                 batch, chunk = decode(obj, self.limits.max_decompressed_bytes)
                 wait = None
                 if batch.num_rows:
@@ -314,7 +361,8 @@ class ForwardServer:
             if chunk is not None:
                 acks.append(chunk)
         if acks:
-            writer.write(b"".join(wire.encode_ack(c) for c in acks))
+            encode = _json_ack if unpacker is None else wire.encode_ack
+            writer.write(b"".join(encode(c) for c in acks))
             await self._drain(writer)
             self.metrics.acks.inc(len(acks))
         if error is not None:
@@ -382,6 +430,45 @@ class ForwardServer:
         if password is None:
             return False
         return hmac.compare_digest(digest, wire.password_digest(auth, username, password))
+
+
+def _json_messages(pending: bytes) -> tuple[list[Any], bytes]:
+    """The complete JSON messages at the start of ``pending``, and the bytes after them."""
+    decoder = json.JSONDecoder()
+    try:
+        text = pending.decode("utf-8")
+        tail = b""
+    except UnicodeDecodeError as exc:
+        if exc.reason != "unexpected end of data":
+            raise ConnectionClosed(
+                "not the Forward protocol: JSON text that is not UTF-8", "protocol_error"
+            ) from None
+        text, tail = pending[: exc.start].decode("utf-8"), pending[exc.start :]
+    out: list[Any] = []
+    pos = 0
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n":
+            pos += 1
+        if pos == len(text):
+            return out, tail
+        if text[pos] != "[":
+            raise ConnectionClosed(
+                f"not the Forward protocol: a JSON message is an array, got {text[pos]!r}",
+                "protocol_error",
+            )
+        try:
+            obj, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            if exc.pos >= len(text) or exc.msg.startswith("Unterminated string"):
+                return out, text[pos:].encode("utf-8") + tail  # the rest has not arrived yet
+            raise ConnectionClosed(
+                f"not the Forward protocol: bad JSON message ({exc.msg})", "protocol_error"
+            ) from None
+        out.append(obj)
+
+
+def _json_ack(chunk: str) -> bytes:
+    return json.dumps({"ack": chunk}).encode("utf-8")
 
 
 def _buffer_error(exc: BaseException) -> ConnectionClosed:

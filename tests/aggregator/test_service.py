@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import signal
 import time
 from pathlib import Path
@@ -196,3 +197,37 @@ def test_restarts_never_overwrite_earlier_objects(tmp_path: Path) -> None:
     assert sorted(table["message"].to_pylist()) == [
         f"run{r}-{i}" for r in range(2) for i in range(3)
     ]
+
+
+def test_json_messages_as_fluentd_accepts_them(tmp_path: Path) -> None:
+    """Fluentd's in_forward also reads JSON text (``fluent-cat --json``); acks come back as JSON."""
+    agg = start_aggregator(tmp_path)
+    now = int(time.time())
+    record_one = {"log": "json one", "service": "jsonsvc"}
+    message = json.dumps(["app.json", now, record_one, {"chunk": "j1"}])
+    entries = [[now, {"log": "json two"}], [now + 0.25, {"log": "json three ü"}]]
+    forward = json.dumps(["app.json", entries, {"chunk": "j2"}], ensure_ascii=False).encode()
+    try:
+        with agg.connect() as sock:
+            sock.sendall(message.encode() + b"\n")
+            for i in range(0, len(forward), 7):  # split mid-string, mid-number, mid-UTF-8
+                sock.sendall(forward[i : i + 7])
+                time.sleep(0.01)
+            got = b""
+            while got.count(b"}") < 2:
+                got += sock.recv(1024)
+            assert [json.loads(x) for x in got.replace(b"}{", b"}\n{").splitlines()] == [
+                {"ack": "j1"},
+                {"ack": "j2"},
+            ]
+        with agg.connect() as sock:
+            sock.sendall(b'["bad", 1, {"log": "x"} oops]')
+            sock.settimeout(10)
+            assert sock.recv(1024) == b""  # closed, nothing acked
+        assert agg.stop() == 0, agg.log_text()
+    finally:
+        agg.stop()
+    table = read_table(agg.warehouse, "container_logs")
+    assert sorted(table["message"].to_pylist()) == ["json one", "json three ü", "json two"]
+    assert set(table["service"].to_pylist()) == {"jsonsvc", "json"}
+    assert "bad JSON message" in agg.log_text()
