@@ -466,11 +466,14 @@ class Tailer:
     def _truncated(self, head: Cursor) -> None:
         """copytruncate: finish the copy from our position, restart the live file at 0."""
         copy = None
+        read_all = False  # a copy exists and holds nothing past our position
         for sib in rotated_siblings(self.spec.path):
             try:
                 fd = os.open(sib, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 continue
+            if fingerprint(fd) == head.fp and os.fstat(fd).st_size <= head.read_pos:
+                read_all = True
             if fingerprint(fd) == head.fp and os.fstat(fd).st_size > head.read_pos:
                 st = os.fstat(fd)
                 state = FileState(
@@ -480,10 +483,10 @@ class Tailer:
                 copy = Cursor(fd, sib, head.fp, state, head.parser)
                 break
             os.close(fd)
-        if copy is None:
+        if copy is None and not read_all:
             log.warning(
                 "log file truncated in place and no copy found to finish from; lines written "
-                "after offset %d and before the truncation are lost path=%s",
+                "after offset %d and before the truncation, if any, are lost path=%s",
                 head.read_pos,
                 head.path,
             )
@@ -493,7 +496,7 @@ class Tailer:
                 "log file truncated in place path=%s read=%d copy=%s",
                 head.path,
                 head.read_pos,
-                copy.path,
+                copy.path if copy else "read to its end",
             )
         epoch = head.state.epoch + 1
         head.superseded = True

@@ -327,3 +327,19 @@ def test_copytruncate_then_growth_past_our_position_before_we_look(
     path.write_bytes(b"".join(f"after {i:03d}\n".encode() for i in range(20)))
     assert os.path.getsize(path) > os.path.getsize(tmp_path / "app.log.1")
     assert drain(t) == ["late 1"] + [f"after {i:03d}" for i in range(20)]
+
+
+def test_copytruncate_after_everything_was_read_is_not_a_loss(
+    tmp_path: Path, reg: Registry
+) -> None:
+    path = tmp_path / "app.log"
+    path.write_bytes(b"".join(f"first {i}\n".encode() for i in range(5)))
+    losses: list[str] = []
+    t = Tailer(spec_for(path, "plain"), reg, "h", 65536, on_loss=losses.append)
+    assert len(drain(t)) == 5
+    shutil.copyfile(path, tmp_path / "app.log.1")  # the copy holds nothing we have not read
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    path.write_bytes(b"after 1\n")
+    assert drain(t) == ["after 1"]
+    assert losses == []
