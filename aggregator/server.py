@@ -2,9 +2,9 @@
 
 Per connection: optional TLS, optional shared-key handshake (HELO / PING / PONG, digests from
 :mod:`shipper.wire`, with user authentication when users are configured), then a stream of
-Forward messages in any of the four modes -- msgpack, or JSON text as Fluentd also accepts. All complete
-messages of one read are appended to the buffer, one group fsync covers them, and only then are
-their ``{"ack": chunk}`` replies written: an ack always means "durable".
+Forward messages in any of the four modes -- msgpack, or JSON text as Fluentd also accepts.
+All complete messages of one read are appended to the buffer, one group fsync covers them, and
+only then are their ``{"ack": chunk}`` replies written: an ack always means "durable".
 
 Limits keep one client from hurting the others: ``--max-frame-bytes`` bounds what a connection
 may buffer (a larger message closes it), ``--max-connections`` and the idle timeout bound sockets,
