@@ -97,8 +97,8 @@ class Flusher:
             self._flush_slice(records, name, result, committed)
         if result.records:
             self.offsets.save()
-        # Hand the slices' Arrow buffers back to the OS between flushes (pyarrow's allocator,
-        # mimalloc, keeps freed pages cached otherwise).
+        # Hand the slices' Arrow buffers back to the OS between flushes: on the system pool
+        # (aggregator/memory.py) this is malloc_trim(0); other pools keep freed pages cached.
         pa.default_memory_pool().release_unused()
         result.seconds = time.monotonic() - started
         log.info(

@@ -42,6 +42,7 @@ from aggregator.dedup import OffsetState
 from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, FormatError, compile_format
 from aggregator.flusher import Flusher, FlushResult
 from aggregator.ledger import Committed, Ledger
+from aggregator.memory import tune_memory
 from aggregator.metrics import Metrics, MetricsServer
 from aggregator.server import ForwardServer, ServerLimits, tls_context
 from athena.warehouse import WarehouseError, open_warehouse
@@ -419,6 +420,7 @@ def serve(argv: list[str], drain: bool = False) -> int:
         print(f"logq-aggregator: {exc}", file=sys.stderr)
         return 2
     tune_gc()
+    tune_memory()
     try:
         return asyncio.run(aggregator.drain() if drain else aggregator.run())
     except (OSError, ValueError) as exc:
