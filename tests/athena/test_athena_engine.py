@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import threading
 from datetime import datetime
 
@@ -90,9 +92,9 @@ def test_ctrl_c_cancels_on_athena(moto: str) -> None:
     out = io.StringIO()
     engine = AthenaEngine(output="s3://r/", progress=True, progress_out=out, poll_interval=0.1)
     main = threading.get_ident()
-    import _thread
-
-    timer = threading.Timer(0.5, lambda: _thread.interrupt_main())
+    # A real SIGINT, as Ctrl-C sends: unlike _thread.interrupt_main() it also wakes a main
+    # thread blocked in a lock or socket wait (pyathena's futures), so it lands every time.
+    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
