@@ -42,20 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import e2e_live
 from bench.e2e_host import SERVICE_NAMES, Host, write_host
-from bench.e2e_procs import Usage, scrape_or_empty, usage
+from bench.procfs import Usage, scrape_or_empty, usage
 from tests.support.pipeline import Aggregator, Daemon, start_aggregator, start_shipper
 from tests.support.procs import console_script, free_port, log_tail
-from tests.support.seaweedfs import SeaweedFS, start_seaweedfs
+from tests.support.seaweedfs import AWS_OVERRIDES, SeaweedFS, start_seaweedfs
 
-#: Variables that would send our S3 calls elsewhere (as tests/conftest.py drops them).
-AWS_OVERRIDES = (
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_SESSION_TOKEN",
-    "AWS_PROFILE",
-    "AWS_DEFAULT_PROFILE",
-    "AWS_SHARED_CREDENTIALS_FILE",
-    "AWS_CONFIG_FILE",
-)
 COUNT_SQL = (
     "SELECT 'envoy_access' AS tbl, count(*) AS n, count(DISTINCT request_id) AS distinct_keys "
     "FROM envoy_access UNION ALL "

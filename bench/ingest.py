@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from bench.procfs import status_kib
 from shipper import wire
 
 SERVICES = ["recipe", "checkout", "search", "billing", "auth", "catalog", "cart", "profile"]
@@ -166,17 +167,6 @@ def watch_hwm(proc: subprocess.Popen, peak: dict[str, int]) -> None:
         except (OSError, ValueError):
             pass
         time.sleep(0.05)
-
-
-def _status_kib(pid: int, key: str) -> int:
-    """One ``/proc/<pid>/status`` figure (VmRSS, VmHWM) in KiB, 0 if unreadable."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
 
 
 def parquet_stats(warehouse: str) -> tuple[int, int]:
@@ -395,7 +385,7 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
     for th in threads:
         th.join()
     t_ack = time.perf_counter() - t0
-    hwm_acked = _status_kib(proc.pid, "VmHWM")
+    hwm_acked = status_kib(proc.pid, "VmHWM")
     proc.send_signal(signal.SIGTERM)
     rc = proc.wait(timeout=600)
     t_done = time.perf_counter() - t0

@@ -22,17 +22,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.moto import MotoServer, start_moto
-from tests.support.seaweedfs import SeaweedFS, start_seaweedfs
-
-# Variables that would redirect or re-sign S3 calls away from the test server.
-_AWS_OVERRIDES = (
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_SESSION_TOKEN",
-    "AWS_PROFILE",
-    "AWS_DEFAULT_PROFILE",
-    "AWS_SHARED_CREDENTIALS_FILE",
-    "AWS_CONFIG_FILE",
-)
+from tests.support.seaweedfs import AWS_OVERRIDES, SeaweedFS, start_seaweedfs
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -67,7 +57,7 @@ def seaweedfs() -> Iterator[SeaweedFS]:
 @pytest.fixture
 def s3_env(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Point the AWS SDKs at the test SeaweedFS; returns the variables for subprocess envs."""
-    for name in _AWS_OVERRIDES:
+    for name in AWS_OVERRIDES:
         monkeypatch.delenv(name, raising=False)
     env = seaweedfs.env()
     for name, value in env.items():
@@ -88,7 +78,7 @@ def subprocess_env() -> dict[str, str]:
 
     Tests add ``s3_env`` on top when the child must reach SeaweedFS.
     """
-    env = {k: v for k, v in os.environ.items() if k not in _AWS_OVERRIDES}
+    env = {k: v for k, v in os.environ.items() if k not in AWS_OVERRIDES}
     env.pop("LOGQ_WAREHOUSE", None)
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -92,8 +92,10 @@ def test_ctrl_c_cancels_on_athena(moto: str) -> None:
     out = io.StringIO()
     engine = AthenaEngine(output="s3://r/", progress=True, progress_out=out, poll_interval=0.1)
     main = threading.get_ident()
-    # A real SIGINT, as Ctrl-C sends: unlike _thread.interrupt_main() it also wakes a main
-    # thread blocked in a lock or socket wait (pyathena's futures), so it lands every time.
+    # A real SIGINT, as Ctrl-C sends, with Python's own handler: a process started in the
+    # background (a CI job, `make test &`) inherits SIGINT as ignored, and Python then installs
+    # no KeyboardInterrupt handler at all.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
     try:
@@ -101,6 +103,7 @@ def test_ctrl_c_cancels_on_athena(moto: str) -> None:
             engine.run("SELECT 'slow' AS s", {})
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert threading.get_ident() == main
     slow = [e for e in executions(moto) if e["Query"] == "SELECT 'slow' AS s"]
     assert slow and slow[-1]["Status"]["State"] == "CANCELLED"

@@ -49,6 +49,18 @@ _PORT_FLAGS = (
 )
 
 
+#: Variables that would redirect or re-sign S3 calls away from a SeaweedFS we started: drop
+#: them from the environment of anything pointed at it.
+AWS_OVERRIDES = (
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+)
+
+
 @dataclass
 class SeaweedFS:
     """A running SeaweedFS with its S3 gateway; what tests need to talk to it."""

@@ -1,4 +1,4 @@
-"""What ``bench/e2e.py`` reads from the processes it runs: /proc figures and Prometheus metrics.
+"""What the bench scripts read from the processes they run: /proc figures and Prometheus metrics.
 
 No psutil here: peak RSS is ``VmHWM`` from ``/proc/<pid>/status`` (the kernel's high-water mark
 of resident memory, reset by exec, so it is the program's own figure and not the bench's), CPU
