@@ -414,6 +414,11 @@ def serve(argv: list[str], drain: bool = False) -> int:
         return 2
     try:
         settings = load_settings(args)
+        if drain and not (Path(settings.buffer_dir) / "node-id").is_file():
+            raise ConfigError(
+                f"drain: {settings.buffer_dir} is not a logq-aggregator buffer directory (no "
+                "node-id file); pass the --buffer-dir of the aggregator to write out"
+            )
         logs.setup(settings.log_level)
         aggregator = Aggregator(settings)
     except (ConfigError, WarehouseError, FormatError, OSError) as exc:

@@ -202,3 +202,10 @@ def test_expire_ledger_drops_only_old_hours(tmp_path: Path) -> None:
     assert expire_ledger(wh, now) == 1
     assert not old.exists()
     assert expire_ledger(wh, now + timedelta(days=1)) == 0  # today's hour is kept
+
+
+def test_drain_refuses_a_directory_that_is_not_a_buffer(tmp_path: Path) -> None:
+    done = _drain(tmp_path / "typo", str(tmp_path / "warehouse"))
+    assert done.returncode == 2
+    assert "is not a logq-aggregator buffer directory" in done.stderr
+    assert not (tmp_path / "typo").exists()  # nothing created by a typo
