@@ -66,11 +66,20 @@ def known_services(wh: Warehouse) -> list[str]:
     return sorted(set(list_services(wh, "envoy_access")) | set(list_services(wh, "container_logs")))
 
 
-def service_freshness(wh: Warehouse, service: str) -> Freshness:
-    """Hours of data per table and the newest line (read from the newest hour only)."""
+def service_freshness(
+    wh: Warehouse, service: str, hours_between: tuple[str, str] | None = None
+) -> Freshness:
+    """Hours of data per table and the newest line (read from the newest hour only).
+
+    ``hours_between``: only the ``dt`` hours from the first to the second (inclusive) count.
+    """
     from athena.partitions import list_dts
 
-    hours = {t: list_dts(wh, t, service) for t in ("envoy_access", "container_logs")}
+    lo, hi = hours_between or ("", "~")
+    hours = {
+        t: [dt for dt in list_dts(wh, t, service) if lo <= dt <= hi]
+        for t in ("envoy_access", "container_logs")
+    }
     newest_dt = max((h[-1] for h in hours.values() if h), default=None)
     newest = None
     for table, dts in hours.items():

@@ -174,21 +174,29 @@ def services(common: Common) -> None:
         from athena.freshness import known_services, service_freshness
         from athena.warehouse import open_warehouse
 
-        if common.since or common.until:  # not used locally (all hours are listed), but a
-            runner.time_range(common.since, common.until)  # bad value is still an error
+        hours = None  # every hour, unless --since/--until narrow it
+        if common.since or common.until:
+            from datetime import timedelta
+
+            from athena.schema import dt_of
+
+            span = runner.time_range(common.since, common.until)
+            hours = (dt_of(span.since), dt_of(span.until - timedelta(milliseconds=1)))
         wh = runner.check_local(open_warehouse(common.warehouse))
         wanted = runner.normalise_services(common.service)
         names = known_services(wh)
-        rows = [
-            tuple(service_freshness(wh, svc)) for svc in names if wanted is None or svc in wanted
+        found = [
+            service_freshness(wh, svc, hours) for svc in names if wanted is None or svc in wanted
         ]
+        rows = [tuple(f) for f in found if f.access_hours or f.log_hours]
         columns = ["service", "access_hours", "log_hours", "newest"]
         result = QueryResult(columns=columns, rows=rows, engine="local")
         if not rows:
-            reason = (
-                f"no service matches {', '.join(wanted)}; known: {', '.join(names)}"
-                if wanted and names
-                else f"the warehouse {wh.uri} holds no data yet"
-            )
+            if found:
+                reason = f"no data between {hours[0]}h and {hours[1]}h UTC" if hours else ""
+            elif wanted and names:
+                reason = f"no service matches {', '.join(wanted)}; known: {', '.join(names)}"
+            else:
+                reason = f"the warehouse {wh.uri} holds no data yet"
             runner.note(f"logq: no results: {reason}")
         runner.show(common, result, title="services")

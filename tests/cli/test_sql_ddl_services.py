@@ -144,3 +144,22 @@ def test_ddl_hostile_service_names_are_sanitised(logq) -> None:
     run = logq("ddl", "--warehouse", "s3://b/wh", "-s", "x' OR '1'='1", "-s", "a`b")
     assert run.exit_code == 0
     assert "'projection.service.values' = 'a_b,x_or_1_1'" in run.stdout
+
+
+def test_services_counts_only_the_hours_in_range(logq, warehouse: Warehouse) -> None:
+    """Locally too, --since/--until narrow the hours counted (the data spans 4 hours)."""
+    run = logq(
+        "services", "-f", "json", "--warehouse", warehouse.uri,
+        "--since", "2026-11-28T00:00:00Z", "--until", "2026-11-28T01:00:00Z",
+    )  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    rows = run.json()
+    assert sorted(r["service"] for r in rows) == sorted(SERVICES)
+    assert {r["access_hours"] for r in rows} == {1}
+    run = logq(
+        "services", "-f", "json", "--warehouse", warehouse.uri,
+        "--since", "2026-11-20T00:00:00Z", "--until", "2026-11-21T00:00:00Z",
+    )  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    assert run.json() == []
+    assert "no data between 2026-11-20-00h and 2026-11-20-23h UTC" in run.stderr
