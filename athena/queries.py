@@ -24,6 +24,8 @@ from importlib import resources
 from typing import Any
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Terminal colour codes sqlglot puts around the offending token of a parse error.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 ParamValue = str | int | float | bool | list[str] | list[int] | None
 
@@ -216,13 +218,18 @@ def _transpile(sql: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     try:
         statements = sqlglot.parse(flat_sql, read="trino")
     except ParseError as exc:
-        raise QueryError(f"cannot parse the SQL as Athena (Trino) SQL: {exc}") from exc
+        raise _parse_error(exc) from exc
     statements = [s for s in statements if s is not None]
     if len(statements) != 1:
         raise QueryError(f"expected one SQL statement, got {len(statements)}")
     tree = statements[0].transform(_for_duckdb)
     used = {p.name for p in tree.find_all(sqlglot.exp.Placeholder)}
     return tree.sql(dialect="duckdb", pretty=True), {k: v for k, v in flat.items() if k in used}
+
+
+def _parse_error(exc: Exception) -> QueryError:
+    """sqlglot's message without its colour codes (they end up in logs and pipes as junk)."""
+    return QueryError(f"cannot parse the SQL as Athena (Trino) SQL: {_ANSI.sub('', str(exc))}")
 
 
 def tables_of(sql: str) -> set[str]:
@@ -234,6 +241,6 @@ def tables_of(sql: str) -> set[str]:
     try:
         tree = sqlglot.parse_one(sql, read="trino")
     except ParseError as exc:
-        raise QueryError(f"cannot parse the SQL as Athena (Trino) SQL: {exc}") from exc
+        raise _parse_error(exc) from exc
     ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
     return {t.name.lower() for t in tree.find_all(exp.Table) if t.name.lower() not in ctes}

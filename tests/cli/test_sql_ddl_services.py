@@ -67,6 +67,9 @@ def test_sql_errors_are_clear(logq, warehouse: Warehouse) -> None:
     assert run.exit_code == 1 and "DuckDB could not run the query" in run.stderr
     run = logq("sql", "SELEKT 1 FROM", "--warehouse", warehouse.uri)
     assert run.exit_code != 0 and "logq: error" in run.stderr
+    run = logq("sql", "SELEC x FROM envoy_access", "--warehouse", warehouse.uri)
+    assert "cannot parse the SQL" in run.stderr and "SELEC x FROM envoy_access" in run.stderr
+    assert "\x1b[" not in run.stderr  # no terminal colour codes in the message
 
 
 def test_ddl_prints_both_tables(logq, warehouse: Warehouse) -> None:
