@@ -59,7 +59,14 @@ class Catalog:
         self._created = False
 
     def load(self) -> set[str]:
-        """The services that already have a partition folder in any table."""
+        """Add the services that have a partition folder in any table; returns them."""
+        found = self.listed()
+        self.services |= found
+        self._loaded = True
+        return found
+
+    def listed(self) -> set[str]:
+        """The services that have a partition folder in any table (lists the warehouse)."""
         found: set[str] = set()
         for table in TABLES:
             selector = pafs.FileSelector(
@@ -69,8 +76,6 @@ class Catalog:
                 m = _PARTITION_RE.match(info.base_name)
                 if m and info.type == pafs.FileType.Directory:
                     found.add(m.group(1))
-        self.services |= found
-        self._loaded = True
         return found
 
     def add_services(self, services: Iterable[str]) -> bool:
@@ -105,7 +110,7 @@ class Catalog:
         with self._lock:
             known = set(self.services)
         try:
-            listed = Catalog(self.warehouse, self.settings).load()
+            listed = self.listed()
         except OSError as exc:
             log.warning("cannot list services in %s: %s", self.warehouse.uri, exc)
             return False

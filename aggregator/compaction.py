@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 
 from aggregator.durable import atomic_file
 from aggregator.ledger import expire_ledger
-from aggregator.storage import ROW_GROUP_ROWS, StorageError, write_options
+from aggregator.storage import ROW_GROUP_ROWS, StorageError, list_folder, write_options
 from athena.schema import TABLES, Table, parse_dt
 from athena.warehouse import Warehouse, WarehouseError, open_warehouse
 
@@ -80,14 +80,6 @@ def _visible(info: pafs.FileInfo) -> bool:
     )
 
 
-def _list(wh: Warehouse, folder: str, recursive: bool = False) -> list[pafs.FileInfo]:
-    selector = pafs.FileSelector(folder, recursive=recursive, allow_not_found=True)
-    try:
-        return wh.fs.get_file_info(selector)
-    except (OSError, pa.ArrowException) as exc:
-        raise StorageError(f"listing {folder} in {wh.uri} failed: {exc}") from exc
-
-
 def _delete(wh: Warehouse, path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         wh.fs.delete_file(path)
@@ -108,7 +100,7 @@ def finish_intents(wh: Warehouse, folder: str, stale_before: datetime | None = N
     merge that may still be running elsewhere and raises :class:`PartitionBusy`.
     """
     done = 0
-    for info in _list(wh, folder):
+    for info in list_folder(wh, folder):
         if not (info.base_name.startswith(INTENT_PREFIX) and info.base_name.endswith(".json")):
             continue
         if stale_before is not None and info.mtime is not None:
@@ -218,7 +210,7 @@ def compact_partition(wh: Warehouse, spec: Table, folder: str, target_bytes: int
         return 0
     files = [
         Input(i.path, i.base_name, i.size or 0)
-        for i in sorted(_list(wh, folder), key=lambda i: i.base_name)
+        for i in sorted(list_folder(wh, folder), key=lambda i: i.base_name)
         if _visible(i)
     ]
     merged = 0
@@ -262,12 +254,12 @@ def closed_partitions(
     """``(table, folder)`` of every partition whose hour ended more than ``grace`` ago."""
     for name in tables or list(TABLES):
         spec = TABLES[name]
-        for svc in _list(wh, wh.table_root(name)):
+        for svc in list_folder(wh, wh.table_root(name)):
             if svc.type != pafs.FileType.Directory or not svc.base_name.startswith("service="):
                 continue
             if service is not None and svc.base_name != f"service={service}":
                 continue
-            for part in _list(wh, svc.path):
+            for part in list_folder(wh, svc.path):
                 if part.type != pafs.FileType.Directory or not part.base_name.startswith("dt="):
                     continue
                 try:
@@ -306,7 +298,7 @@ def compact_warehouse(
 
 def _has_young_files(wh: Warehouse, folder: str, cutoff: datetime) -> bool:
     """A file written after ``cutoff`` means a flush (late data, replay) may still be landing."""
-    for info in _list(wh, folder):
+    for info in list_folder(wh, folder):
         if _visible(info) and info.mtime is not None:
             mtime = info.mtime if info.mtime.tzinfo else info.mtime.replace(tzinfo=UTC)
             if mtime > cutoff:

@@ -26,15 +26,13 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from aggregator.durable import write_atomic
-from aggregator.storage import StorageError, put_table
+from aggregator.storage import StorageError, list_folder, put_bytes, put_table
 from athena.schema import DT_FORMAT
 from athena.warehouse import Warehouse
 
@@ -112,28 +110,21 @@ class Ledger:
             "updated": time.time(),
             "flush_interval": flush_interval,
         }
-        path = self.warehouse.path(LEDGER_DIR, NODES_DIR, f"{self.node_id}.json")
-        data = (json.dumps(doc) + "\n").encode("utf-8")
-        try:
-            if isinstance(self.warehouse.fs, pafs.LocalFileSystem):
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(Path(path), data)
-            else:
-                with self.warehouse.fs.open_output_stream(path) as out:
-                    out.write(data)
-        except (OSError, pa.ArrowException) as exc:
-            raise StorageError(f"writing {path} to {self.warehouse.uri} failed: {exc}") from exc
+        put_bytes(self.warehouse, self._beat_path, (json.dumps(doc) + "\n").encode("utf-8"))
 
     def forget(self) -> None:
         """Remove this node's heartbeat: its buffer is empty (clean stop, or drained), so a
         replaying peer need not wait for it."""
-        path = self.warehouse.path(LEDGER_DIR, NODES_DIR, f"{self.node_id}.json")
         try:
-            self.warehouse.fs.delete_file(path)
+            self.warehouse.fs.delete_file(self._beat_path)
         except FileNotFoundError:
             pass
         except (OSError, pa.ArrowException) as exc:
-            log.warning("could not delete the heartbeat %s: %s", path, exc)
+            log.warning("could not delete the heartbeat %s: %s", self._beat_path, exc)
+
+    @property
+    def _beat_path(self) -> str:
+        return self.warehouse.path(LEDGER_DIR, NODES_DIR, f"{self.node_id}.json")
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -141,7 +132,7 @@ class Ledger:
         """The other nodes' latest heartbeats."""
         folder = self.warehouse.path(LEDGER_DIR, NODES_DIR)
         beats = []
-        for info in self._list(folder):
+        for info in list_folder(self.warehouse, folder):
             if not info.base_name.endswith(".json") or info.base_name.startswith((".", "_")):
                 continue
             try:
@@ -194,7 +185,7 @@ class Ledger:
         parts: list[pa.Table] = []
         while hour <= end:
             folder = self.warehouse.path(LEDGER_DIR, f"written={hour.strftime(DT_FORMAT)}")
-            for info in self._list(folder):
+            for info in list_folder(self.warehouse, folder):
                 name = info.base_name
                 if not name.endswith(".parquet") or name.startswith((".", "_")):
                     continue
@@ -216,26 +207,15 @@ class Ledger:
         except (OSError, pa.ArrowException) as exc:
             raise StorageError(f"reading ledger {path} from {self.warehouse.uri}: {exc}") from exc
 
-    def _list(self, folder: str) -> list[pafs.FileInfo]:
-        return _list(self.warehouse, folder)
-
 
 def expire_ledger(warehouse: Warehouse, now: datetime | None = None) -> int:
     """Delete ledger hours older than :data:`RETENTION`; returns how many were removed."""
     cutoff = ((now or datetime.now(UTC)) - RETENTION).strftime(DT_FORMAT)
     removed = 0
-    for info in _list(warehouse, warehouse.path(LEDGER_DIR)):
+    for info in list_folder(warehouse, warehouse.path(LEDGER_DIR)):
         name = info.base_name
         old = name.startswith("written=") and name.removeprefix("written=") < cutoff
         if info.type == pafs.FileType.Directory and old:
             warehouse.fs.delete_dir(info.path)
             removed += 1
     return removed
-
-
-def _list(warehouse: Warehouse, folder: str) -> list[pafs.FileInfo]:
-    selector = pafs.FileSelector(folder, recursive=False, allow_not_found=True)
-    try:
-        return warehouse.fs.get_file_info(selector)
-    except (OSError, pa.ArrowException) as exc:
-        raise StorageError(f"listing {folder} in {warehouse.uri} failed: {exc}") from exc

@@ -216,8 +216,7 @@ class ForwardServer:
             await self._handshake(conn, reader, writer, unpacker)
             if conn.fed > conn.boundary:  # messages sent right behind the PING
                 await self._process(conn, unpacker, writer)
-                self._track_partial(conn)
-        idle = self.limits.idle_timeout
+                _note_partial(conn, conn.boundary != conn.fed)
         while not conn.stopping:
             if self.buffer.full:
                 self.metrics.backpressure.inc()
@@ -233,10 +232,7 @@ class ForwardServer:
                     ) from None
                 if conn.partial_since is not None:  # our pause, not the client's slowness
                     conn.partial_since = time.monotonic()
-            if conn.partial_since is None:
-                data = await self._read(conn, reader, idle)
-            else:
-                data = await self._read_rest(conn, reader, conn.partial_since + idle)
+            data = await self._read_next(conn, reader)
             if not data:
                 return
             if conn.boundary == conn.fed and data[:1] == b"[":
@@ -254,15 +250,15 @@ class ForwardServer:
             self._feed(unpacker, data)
             conn.fed += len(data)
             await self._process(conn, unpacker, writer)
-            self._track_partial(conn)
+            _note_partial(conn, conn.boundary != conn.fed)
 
-    @staticmethod
-    def _track_partial(conn: _Conn) -> None:
-        """Note when an unfinished message started arriving (cleared once none is pending)."""
-        if conn.boundary == conn.fed:
-            conn.partial_since = None
-        elif conn.partial_since is None:
-            conn.partial_since = time.monotonic()
+    async def _read_next(self, conn: _Conn, reader: asyncio.StreamReader) -> bytes:
+        """The next bytes: within the idle timeout, or, while a message is unfinished, by the
+        deadline its first byte set (see :meth:`_read_rest`)."""
+        idle = self.limits.idle_timeout
+        if conn.partial_since is None:
+            return await self._read(conn, reader, idle)
+        return await self._read_rest(conn, reader, conn.partial_since + idle)
 
     async def _serve_json(
         self,
@@ -275,7 +271,6 @@ class ForwardServer:
         entries), acked as JSON; the same limits as msgpack: size, a whole message within the
         idle timeout of its first byte, malformed text closes the connection."""
         pending = b""
-        idle = self.limits.idle_timeout
         while True:
             self.metrics.bytes_in.inc(len(data))
             pending += data
@@ -289,12 +284,9 @@ class ForwardServer:
             if messages:
                 await self._process(conn, None, writer, messages)
             if not pending.strip():
-                pending, conn.partial_since = b"", None
-                data = await self._read(conn, reader, idle)
-            else:
-                if conn.partial_since is None:
-                    conn.partial_since = time.monotonic()
-                data = await self._read_rest(conn, reader, conn.partial_since + idle)
+                pending = b""
+            _note_partial(conn, bool(pending))
+            data = await self._read_next(conn, reader)
             if not data:
                 return
 
@@ -430,6 +422,14 @@ class ForwardServer:
         if password is None:
             return False
         return hmac.compare_digest(digest, wire.password_digest(auth, username, password))
+
+
+def _note_partial(conn: _Conn, partial: bool) -> None:
+    """Note when an unfinished message started arriving (cleared once none is pending)."""
+    if not partial:
+        conn.partial_since = None
+    elif conn.partial_since is None:
+        conn.partial_since = time.monotonic()
 
 
 def _json_messages(pending: bytes) -> tuple[list[Any], bytes]:

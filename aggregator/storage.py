@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from aggregator.durable import atomic_file
+from aggregator.durable import atomic_file, write_atomic
 from athena.warehouse import Warehouse
 
 #: Rows per row group: large enough for Athena's scans, small enough to bound writer memory.
@@ -80,13 +80,31 @@ def _put_local(path: Path, table: pa.Table) -> None:
         pq.write_table(table, fh, **write_options(table.schema))
 
 
-def list_parquet(wh: Warehouse, folder: str) -> list[pafs.FileInfo]:
-    """The visible Parquet files directly in ``folder`` (hidden ``.``/``_`` names skipped)."""
+def put_bytes(wh: Warehouse, path: str, data: bytes) -> None:
+    """Write a small whole object (a state file) at ``path``, atomically as :func:`put_table`."""
+    try:
+        if isinstance(wh.fs, pafs.LocalFileSystem):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(Path(path), data)
+        else:
+            with wh.fs.open_output_stream(path) as out:
+                out.write(data)
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"writing {path} to {wh.uri} failed: {exc}") from exc
+
+
+def list_folder(wh: Warehouse, folder: str) -> list[pafs.FileInfo]:
+    """Everything directly in ``folder`` (nothing if it does not exist)."""
     selector = pafs.FileSelector(folder, recursive=False, allow_not_found=True)
     try:
-        infos = wh.fs.get_file_info(selector)
+        return wh.fs.get_file_info(selector)
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"listing {folder} in {wh.uri} failed: {exc}") from exc
+
+
+def list_parquet(wh: Warehouse, folder: str) -> list[pafs.FileInfo]:
+    """The visible Parquet files directly in ``folder`` (hidden ``.``/``_`` names skipped)."""
+    infos = list_folder(wh, folder)
     return sorted(
         (i for i in infos if i.type == pafs.FileType.File and is_visible_parquet(i.base_name)),
         key=lambda i: i.base_name,
