@@ -472,16 +472,16 @@ class Tailer:
                 fd = os.open(sib, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 continue
-            if fingerprint(fd) == head.fp and os.fstat(fd).st_size <= head.read_pos:
-                read_all = True
-            if fingerprint(fd) == head.fp and os.fstat(fd).st_size > head.read_pos:
-                st = os.fstat(fd)
+            st = os.fstat(fd)
+            ours = fingerprint(fd) == head.fp
+            if ours and st.st_size > head.read_pos:
                 state = FileState(
                     self.spec.key, str(sib), head.source_id, head.read_pos, head.acked_floor
                 )
                 self.registry.put(file_key(st.st_dev, st.st_ino, head.fp), state)
                 copy = Cursor(fd, sib, head.fp, state, head.parser)
                 break
+            read_all = read_all or ours
             os.close(fd)
         if copy is None and not read_all:
             log.warning(
