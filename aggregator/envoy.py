@@ -29,8 +29,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aggregator.envoy_time import TimeFormat, compile_time_format
-from athena.schema import TIMESTAMP
+from aggregator.envoy_time import TimeFormat, compile_time_format, with_fraction
 
 #: Envoy's default access-log format (unchanged from 1.x to today).
 DEFAULT_FORMAT = (
@@ -189,10 +188,7 @@ BUILTIN_FORMATS = (compile_format(DEFAULT_FORMAT), compile_format(ISTIO_FORMAT))
 def start_time_to_timestamp(seconds_text: pa.Array, fraction: pa.Array) -> pa.Array:
     """``2018-04-03T23:06:09`` + ``123`` strings -> timestamp[ms, UTC]; invalid dates -> NULL."""
     seconds = pc.strptime(seconds_text, format="%Y-%m-%dT%H:%M:%S", unit="s", error_is_null=True)
-    digits = pc.utf8_slice_codeunits(pc.fill_null(fraction, ""), 0, 3)
-    millis = pc.cast(pc.utf8_rpad(digits, 3, "0"), pa.int64())
-    total = pc.add(pc.multiply(pc.cast(seconds, pa.int64()), 1000), millis)
-    return pc.cast(total, pa.int64()).cast(TIMESTAMP)
+    return with_fraction(pc.cast(seconds, pa.int64()), fraction)
 
 
 def _dash_to_null(values: pa.Array) -> pa.Array:

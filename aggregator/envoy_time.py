@@ -58,16 +58,21 @@ class TimeFormat:
     def to_timestamp(self, text: pa.Array) -> pa.Array:
         """Captured time texts -> timestamp[ms, UTC]; a text that does not parse -> NULL."""
         pieces = pc.extract_regex(text, self.parts)
-        before, after = pieces.field("a"), pieces.field("b")
-        digits = pc.utf8_slice_codeunits(pc.fill_null(pieces.field("f"), ""), 0, 3)
-        millis = pc.cast(pc.utf8_rpad(digits, 3, "0"), pa.int64())
+        whole = pc.binary_join_element_wise(pieces.field("a"), pieces.field("b"), "")
         if self.epoch:
-            seconds = pc.cast(pc.binary_join_element_wise(before, after, ""), pa.int64())
+            seconds = pc.cast(whole, pa.int64())
         else:
-            whole = pc.binary_join_element_wise(before, after, "")
             parsed = pc.strptime(whole, format=self.strptime, unit="s", error_is_null=True)
             seconds = pc.cast(parsed, pa.int64())
-        return pc.add(pc.multiply(seconds, 1000), millis).cast(TIMESTAMP)
+        return with_fraction(seconds, pieces.field("f"))
+
+
+def with_fraction(seconds: pa.Array, fraction: pa.Array) -> pa.Array:
+    """Epoch seconds (int64) plus the digits after the decimal point (text, NULL: none) as
+    timestamp[ms, UTC]; digits past the millisecond are cut, as everywhere in the tables."""
+    digits = pc.utf8_slice_codeunits(pc.fill_null(fraction, ""), 0, 3)
+    millis = pc.cast(pc.utf8_rpad(digits, 3, "0"), pa.int64())
+    return pc.add(pc.multiply(seconds, 1000), millis).cast(TIMESTAMP)
 
 
 def compile_time_format(spec: str) -> TimeFormat:
