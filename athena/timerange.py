@@ -37,7 +37,12 @@ def parse_duration(value: str) -> timedelta:
             f"{value!r} is not a duration; use a number and a unit: 30s, 15m, 1h, 2d, 1w"
         )
     amount, unit = int(match.group(1)), match.group(2).lower()
-    return timedelta(seconds=amount * _UNITS[unit[0]])
+    try:
+        return timedelta(seconds=amount * _UNITS[unit[0]])
+    except OverflowError:
+        raise TimeRangeError(
+            f"{value!r} is out of range: times must fall in the years 1-9999"
+        ) from None
 
 
 def parse_interval(value: str) -> timedelta:
@@ -45,7 +50,12 @@ def parse_interval(value: str) -> timedelta:
     match = _INTERVAL.match(value or "")
     if not match or int(match.group(1)) <= 0:
         raise TimeRangeError(f"--every {value!r} is not an interval; use e.g. 30s, 1m, 5m, 1h, 1d")
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2).lower()])
+    try:
+        return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2).lower()])
+    except OverflowError:
+        raise TimeRangeError(
+            f"--every {value!r} is out of range; use e.g. 30s, 1m, 5m, 1h, 1d"
+        ) from None
 
 
 def parse_time(value: str, now: datetime) -> datetime:
@@ -56,7 +66,12 @@ def parse_time(value: str, now: datetime) -> datetime:
     if text.lower() == "now":
         return now
     if _RELATIVE.match(text):
-        return now - parse_duration(text)
+        try:
+            return now - parse_duration(text)
+        except OverflowError:
+            raise TimeRangeError(
+                f"{value!r} is out of range: times must fall in the years 1-9999"
+            ) from None
     try:
         parsed = datetime.fromisoformat(text.replace("z", "Z"))
     except ValueError:

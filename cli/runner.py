@@ -71,32 +71,6 @@ def normalise_method(value: str | None) -> str:
     return method
 
 
-def time_range(since: str | None, until: str | None, default: str = "1h") -> TimeRange:
-    """:meth:`TimeRange.parse`, with values beyond the calendar (``--since 99999999999w``)
-    refused in words instead of an OverflowError traceback."""
-    from athena.timerange import TimeRange
-
-    try:
-        return TimeRange.parse(since, until, default=default)
-    except OverflowError:
-        raise ValueError(
-            f"--since {since!r} / --until {until!r} is out of range: times must fall between "
-            "the years 1 and 9999"
-        ) from None
-
-
-def interval_seconds(every: str) -> int:
-    """``--every`` in seconds (:func:`parse_interval`), absurd widths refused in words."""
-    from athena.timerange import parse_interval
-
-    try:
-        return int(parse_interval(every).total_seconds())
-    except OverflowError:
-        raise ValueError(
-            f"--every {every!r} is out of range; use e.g. 30s, 1m, 5m, 1h, 1d"
-        ) from None
-
-
 @dataclass
 class Prepared:
     """A canned query ready to run: its SQL, parameters and scope."""
@@ -120,8 +94,9 @@ def prepare(
 ) -> Prepared:
     """Load canned query ``name`` and fill the common parameters from the options."""
     from athena.queries import load
+    from athena.timerange import TimeRange
 
-    trange = time_range(common.since, common.until, default=default_since)
+    trange = TimeRange.parse(common.since, common.until, default=default_since)
     services = normalise_services(common.service)
     params: dict[str, Any] = {
         **trange.sql_params(),

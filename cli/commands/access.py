@@ -142,7 +142,9 @@ def timeline(
     from cli.output import OutputFormat
 
     with friendly():
-        step = runner.interval_seconds(every)
+        from athena.timerange import parse_interval
+
+        step = int(parse_interval(every).total_seconds())
         prep = runner.prepare(common, "timeline", "envoy_access", {"every_seconds": step})
         buckets = (prep.trange.until - prep.trange.since).total_seconds() / step
         if buckets > 5000:

@@ -38,12 +38,13 @@ def sql(
         else:
             from athena.queries import tables_of
             from athena.schema import TABLES
+            from athena.timerange import TimeRange
 
             check_read_only(statement)
             engine = runner.make_engine(common)
             services = runner.normalise_services(common.service)
             trange = (
-                runner.time_range(common.since, common.until)
+                TimeRange.parse(common.since, common.until)
                 if common.since or common.until
                 else None
             )
@@ -176,12 +177,10 @@ def services(common: Common) -> None:
 
         hours = None  # every hour, unless --since/--until narrow it
         if common.since or common.until:
-            from datetime import timedelta
+            from athena.timerange import TimeRange
 
-            from athena.schema import dt_of
-
-            span = runner.time_range(common.since, common.until)
-            hours = (dt_of(span.since), dt_of(span.until - timedelta(milliseconds=1)))
+            span = TimeRange.parse(common.since, common.until)
+            hours = (span.dt_from, span.dt_to)
         wh = runner.check_local(open_warehouse(common.warehouse))
         wanted = runner.normalise_services(common.service)
         names = known_services(wh)

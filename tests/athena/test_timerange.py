@@ -87,3 +87,15 @@ def test_formatting() -> None:
     assert sql_timestamp(NOW) == "2026-11-28 00:20:05.123"
     assert iso_utc(NOW) == "2026-11-28T00:20:05.123Z"
     assert iso_utc(datetime(2026, 1, 1)) == "2026-01-01T00:00:00.000Z"
+
+
+@pytest.mark.parametrize("since", ["99999999999w", "9" * 30 + "h"])
+def test_times_beyond_the_calendar_are_time_range_errors(since: str) -> None:
+    """Not an OverflowError traceback: a TimeRangeError (a ValueError) that says why."""
+    with pytest.raises(TimeRangeError, match="out of range"):
+        TimeRange.parse(since, None, now=NOW)
+
+
+def test_intervals_beyond_the_calendar_are_time_range_errors() -> None:
+    with pytest.raises(TimeRangeError, match="out of range"):
+        parse_interval("99999999999d")
