@@ -26,7 +26,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -318,7 +318,7 @@ class ForwardServer:
         entries: list[tuple[asyncio.Future[None] | None, str | None]] = []
         error: ConnectionClosed | None = None
         try:
-            for obj in messages if unpacker is None else _messages(unpacker):
+            for obj in messages if unpacker is None else wire.iter_messages(unpacker):
                 if unpacker is not None:
                     conn.boundary = unpacker.tell()
                 batch, chunk = decode(obj, self.limits.max_decompressed_bytes)
@@ -393,7 +393,7 @@ class ForwardServer:
             self._feed(unpacker, data)
             conn.fed += len(data)
             try:
-                ping = next(_messages(unpacker), None)
+                ping = next(wire.iter_messages(unpacker), None)
             except wire.ProtocolError as exc:
                 raise ConnectionClosed(f"bad PING: {exc}", "handshake_failed") from None
         conn.boundary = unpacker.tell()
@@ -477,16 +477,6 @@ def _buffer_error(exc: BaseException) -> ConnectionClosed:
         "client will resend it: free space under --buffer-dir",
         "buffer_error",
     )
-
-
-def _messages(unpacker: msgpack.Unpacker) -> Iterator[Any]:
-    """:func:`shipper.wire.iter_messages`, with a map whose key is an array or a map (valid
-    msgpack, but no Python dict key: msgpack raises TypeError) also a :class:`ProtocolError`
-    rather than an unexpected error."""
-    try:
-        yield from wire.iter_messages(unpacker)
-    except TypeError as exc:
-        raise wire.ProtocolError(f"malformed msgpack: unusable map key ({exc})") from exc
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

@@ -299,11 +299,16 @@ def decode_ack(obj: Any) -> str | None:
 
 
 def iter_messages(unpacker: msgpack.Unpacker) -> Iterator[Any]:
-    """Complete objects buffered in ``unpacker``; malformed bytes raise :class:`ProtocolError`."""
+    """Complete objects buffered in ``unpacker``; malformed bytes raise :class:`ProtocolError`.
+
+    A map whose key is an array or a map is valid msgpack but no Python dict key (msgpack raises
+    TypeError): also a ProtocolError, not an unexpected error."""
     try:
         yield from unpacker
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
         raise ProtocolError(f"malformed msgpack: {exc}") from exc
+    except TypeError as exc:
+        raise ProtocolError(f"malformed msgpack: unusable map key ({exc})") from exc
 
 
 # --- shared-key handshake ----------------------------------------------------------------------
