@@ -7,6 +7,7 @@ Layout of ``--buffer-dir``::
     last-seq                highest segment number ever opened (numbers are never reused)
     offsets.json            highest (source_id -> offset) committed to the warehouse (dedup.py)
     0000000000000007.seg    segments, in order; the highest is the one being appended to
+    spill/                  parsed rows of the segment being flushed (spill.py), scratch space
 
 A segment is a sequence of frames ``[u32 length][u32 crc32][payload]``; the payload is the decoded
 events of one Forward message (a row count and an Arrow IPC stream, see ``decode.to_ipc``). A
@@ -41,6 +42,8 @@ log = logging.getLogger("logq.aggregator.buffer")
 
 _HEADER = struct.Struct(">II")
 _SEGMENT_RE = re.compile(r"^(\d{16})\.seg$")
+#: Sub-folder of the buffer dir the flusher parks a segment's parsed rows in (spill.py).
+SPILL_DIR = "spill"
 
 
 @dataclass(frozen=True)

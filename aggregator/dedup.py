@@ -89,6 +89,17 @@ class OffsetState:
         first = pc.is_in(idx, value_set=firsts["i_min"])
         return pc.or_(pc.invert(keyed), pc.and_(above, first))
 
+    def fork(self) -> OffsetState:
+        """An in-memory copy to advance while a segment is flushed (:meth:`adopt` it once the
+        segment is committed; a failed flush just drops it)."""
+        copy = OffsetState(self.path, self.retention_s)
+        copy._marks = dict(self._marks)
+        return copy
+
+    def adopt(self, other: OffsetState) -> None:
+        """Take the marks of a fork whose rows are now committed."""
+        self._marks = dict(other._marks)
+
     def advance(self, source_id: pa.Array, offset: pa.Array) -> None:
         """Raise the marks to the highest offsets of the kept rows (call after the commit)."""
         table = pa.table({"s": source_id, "o": offset}).filter(

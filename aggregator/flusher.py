@@ -2,13 +2,18 @@
 
 Order of a flush, which is what makes it exactly-once (see buffer.py and dedup.py): for each
 slice of the segment, decode -> drop resent lines (per-source offsets) -> route and parse ->
-write every partition's object under a key derived from the segment and slice -> note the
-slice's ``(source_id, offset)`` pairs in the warehouse's offset ledger (ledger.py) -> raise the
-offsets in memory; then save the offsets -> the caller deletes the segment. A failure anywhere
-leaves the segment in place to be retried (slices already written are then dropped as resent
-lines, their objects stay as written). A segment replayed after a crash is also checked
-against the lines other aggregators committed (``committed``), which catches the batches a
-shipper resent elsewhere when this aggregator died before its ack.
+park the rows by partition on local disk (spill.py); then write every partition's objects under
+keys derived from the segment -> note the segment's ``(source_id, offset)`` pairs in the
+warehouse's offset ledger (ledger.py) -> raise and save the offsets -> the caller deletes the
+segment. A failure anywhere leaves the segment in place to be retried whole (the same objects
+under the same keys). A segment replayed after a crash is also checked against the lines other
+aggregators committed (``committed``), which catches the batches a shipper resent elsewhere when
+this aggregator died before its ack.
+
+One object per partition per segment (not per slice) is what keeps S3 requests and small files
+down when hundreds of services share an aggregator: raise ``--segment-bytes`` and
+``--flush-interval`` together and each object holds more rows; memory stays bounded by the slice
+and :data:`aggregator.spill.PART_ROWS`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,14 +32,15 @@ from aggregator.buffer import Segment, read_frames
 from aggregator.decode import from_ipc, ipc_rows
 from aggregator.dedup import OffsetState
 from aggregator.envoy import EnvoyFormat
-from aggregator.ledger import Committed, Ledger
-from aggregator.writer import WrittenFile, object_name, write_partitions
+from aggregator.ledger import Committed, Ledger, entry_name
+from aggregator.spill import Spill
+from aggregator.writer import WrittenFile, object_name, write_objects
 from athena.warehouse import Warehouse
 from shipper import wire
 
 log = logging.getLogger("logq.aggregator.flush")
 
-#: Records written at once (one object per partition and slice): the size of flushed files.
+#: Records decoded and deduplicated at once (memory: the raw records of one slice).
 SLICE_ROWS = 100_000
 #: Records routed and parsed at once. Parsing holds ~1.6 KB of Arrow intermediates per line
 #: (split lists, regex results, casts), so a slice is parsed in parts of this size: the Arrow
@@ -59,7 +66,7 @@ class FlushResult:
 
 
 class Flusher:
-    """Flushes segments of one buffer into one warehouse."""
+    """Flushes segments of one buffer into one warehouse (``spill_dir``: local scratch space)."""
 
     def __init__(
         self,
@@ -67,34 +74,34 @@ class Flusher:
         offsets: OffsetState,
         node_id: str,
         formats: tuple[EnvoyFormat, ...],
+        spill_dir: Path,
         ledger: Ledger | None = None,
     ):
         self.warehouse = warehouse
         self.offsets = offsets
         self.node_id = node_id
         self.formats = formats
+        self.spill_dir = spill_dir
         self.ledger = ledger
 
     def flush(self, segment: Segment, committed: Committed | None = None) -> FlushResult:
-        """Flush one segment, a slice of about :data:`SLICE_ROWS` records at a time.
+        """Flush one segment: parsed a slice of :data:`SLICE_ROWS` records at a time, written
+        as one object per partition (``<node>-<segment>-<part>``, see spill.py).
 
-        Slices are cut at frame boundaries, so a replay cuts the same slices and writes the same
-        keys (``<node>-<segment>-<slice>``); memory is bounded by the slice, not the segment.
         ``committed``: pairs other aggregators already committed (given for replayed segments).
         """
         started = time.monotonic()
         result = FlushResult(segment.seq)
-        for part, records in enumerate(_slices(read_frames(segment.path), SLICE_ROWS)):
-            name = object_name(self.node_id, segment.seq, part)
-            if committed is not None and name in committed.done:
-                # Completed before the crash (its ledger entry is written last): skip it whole.
+        if committed is not None and entry_name(self.node_id, segment.seq) in committed.done:
+            # Completed before the crash (its ledger entry is written last): skip it whole.
+            for records in _slices(read_frames(segment.path), SLICE_ROWS):
                 result.records += records.num_rows
                 result.duplicates += records.num_rows
                 self.offsets.advance(
                     _plain(records[wire.KEY_SOURCE_ID]), _plain(records[wire.KEY_OFFSET])
                 )
-                continue
-            self._flush_slice(records, name, result, committed)
+        else:
+            self._flush_segment(segment, result, committed)
         if result.records:
             self.offsets.save()
         # Hand the slices' Arrow buffers back to the OS between flushes: on the system pool
@@ -120,33 +127,60 @@ class Flusher:
                 found.update(s for s in pc.unique(column).to_pylist() if s is not None)
         return found
 
-    def _flush_slice(
-        self, records: pa.Table, name: str, result: FlushResult, committed: Committed | None
+    def _flush_segment(
+        self, segment: Segment, result: FlushResult, committed: Committed | None
     ) -> None:
+        marks = self.offsets.fork()  # advanced slice by slice; adopted once all is committed
+        kept_sources: list[pa.Array] = []
+        kept_offsets: list[pa.Array] = []
+        spill = Spill(self.spill_dir)
+        try:
+            for records in _slices(read_frames(segment.path), SLICE_ROWS):
+                kept = self._keep(records, marks, result, committed)
+                for start in range(0, kept.num_rows, ROUTE_ROWS):
+                    routed = route(kept.slice(start, ROUTE_ROWS), self.formats)
+                    for service, count in routed.parse_failures.items():
+                        result.parse_failures[service] = (
+                            result.parse_failures.get(service, 0) + count
+                        )
+                    for table_name, table in routed.tables.items():
+                        result.services |= _services(table)
+                        spill.add(table_name, table)
+                source_id, offset = _plain(kept[wire.KEY_SOURCE_ID]), _plain(kept[wire.KEY_OFFSET])
+                marks.advance(source_id, offset)
+                kept_sources.append(pc.dictionary_encode(source_id))  # a few bytes a row
+                kept_offsets.append(offset)
+            result.files += write_objects(
+                self.warehouse,
+                spill.objects(),
+                lambda part: object_name(self.node_id, segment.seq, part),
+            )
+        finally:
+            spill.close()
+        if self.ledger is not None:
+            self.ledger.record(
+                entry_name(self.node_id, segment.seq),
+                pa.chunked_array(kept_sources, pa.dictionary(pa.int32(), pa.string())),
+                pa.chunked_array(kept_offsets, pa.int64()),
+            )
+        self.offsets.adopt(marks)  # saved by the caller
+
+    def _keep(
+        self,
+        records: pa.Table,
+        marks: OffsetState,
+        result: FlushResult,
+        committed: Committed | None,
+    ) -> pa.Table:
+        """The records of a slice that are not resent lines (nor committed by a peer)."""
         result.records += records.num_rows
         source_id, offset = _plain(records[wire.KEY_SOURCE_ID]), _plain(records[wire.KEY_OFFSET])
-        keep = self.offsets.keep_mask(source_id, offset)
+        keep = marks.keep_mask(source_id, offset)
         if committed is not None and committed.pairs:
             keep = pc.and_(keep, pc.invert(committed.seen(source_id, offset)))
         kept = records if pc.all(keep).as_py() else records.filter(keep)  # no copy: all new
         result.duplicates += records.num_rows - kept.num_rows
-        parts: dict[str, list[pa.Table]] = {}
-        for start in range(0, kept.num_rows, ROUTE_ROWS):
-            routed = route(kept.slice(start, ROUTE_ROWS), self.formats)
-            for service, count in routed.parse_failures.items():
-                result.parse_failures[service] = result.parse_failures.get(service, 0) + count
-            for table_name, table in routed.tables.items():
-                parts.setdefault(table_name, []).append(table)
-        for table_name, tables in parts.items():
-            table = pa.concat_tables(tables).unify_dictionaries()
-            del tables[:]  # the concatenated table holds the only references now
-            result.services |= _services(table)
-            result.files += write_partitions(self.warehouse, table_name, table, name)
-        kept_source, kept_offset = _plain(kept[wire.KEY_SOURCE_ID]), _plain(kept[wire.KEY_OFFSET])
-        if self.ledger is not None:
-            self.ledger.record(name, kept_source, kept_offset)
-        # Raised in memory only once this slice is committed; saved once the segment is.
-        self.offsets.advance(kept_source, kept_offset)
+        return kept
 
 
 def _slices(payloads: Iterator[bytes], rows: int) -> Iterator[pa.Table]:

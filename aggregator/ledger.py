@@ -6,9 +6,9 @@ was fsync'd by aggregator A, which died before its ack went out, resends the bat
 now hold it; B commits it, and A would commit it again when it replays its buffer (restarted, or
 drained by ``logq-aggregator drain`` after it died for good).
 
-So every flushed slice also writes a small Parquet object of the ``(source_id, offset)`` pairs it
-committed, ``<warehouse>/_ledger/<hour written>/<node>-<segment>-<slice>.parquet``, *after* the
-slice's data objects (a crash in between can only cause a duplicate, never a loss). A replaying
+So every flushed segment also writes a small Parquet object of the ``(source_id, offset)`` pairs
+it committed, ``<warehouse>/_ledger/<hour written>/<node>-<segment>.parquet``, *after* the
+segment's data objects (a crash in between can only cause a duplicate, never a loss). A replaying
 aggregator reads the other nodes' ledger objects written since its oldest segment, for the
 sources in its segments, and drops the pairs found there.
 
@@ -63,8 +63,8 @@ class Heartbeat:
 
 class Committed:
     """What a replay must not write again: ``(source_id, offset)`` pairs other nodes committed
-    (a mask of rows to drop), and this node's own slices whose ledger entry exists (``done``:
-    every data object of such a slice was written before its entry, so the whole slice is
+    (a mask of rows to drop), and this node's own segments whose ledger entry exists (``done``:
+    every data object of such a segment was written before its entry, so the whole segment is
     skipped -- rewriting it would duplicate rows once compaction has merged its objects)."""
 
     def __init__(self, table: pa.Table, done: frozenset[str] = frozenset()):
@@ -84,6 +84,11 @@ def _keys(source_id: pa.Array | pa.ChunkedArray, offset: pa.Array | pa.ChunkedAr
     return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
 
 
+def entry_name(node_id: str, segment_seq: int) -> str:
+    """Name of the ledger entry of one flushed buffer segment."""
+    return f"{node_id}-{segment_seq:016d}.parquet"
+
+
 class Ledger:
     """One node's view of the ledger: writes its own entries, reads everyone else's."""
 
@@ -93,12 +98,19 @@ class Ledger:
 
     # --- writing ----------------------------------------------------------------------------
 
-    def record(self, name: str, source_id: pa.Array, offset: pa.Array) -> None:
-        """Note the committed pairs of one flushed slice (``name`` = its data object name)."""
-        table = pa.table({"source_id": source_id, "offset": offset}, schema=LEDGER_SCHEMA)
+    def record(
+        self,
+        name: str,
+        source_id: pa.Array | pa.ChunkedArray,
+        offset: pa.Array | pa.ChunkedArray,
+    ) -> None:
+        """Note the committed pairs of one flushed segment (``name``: :func:`entry_name`).
+
+        ``source_id`` may be dictionary-encoded (it is stored so and read back as strings)."""
+        table = pa.table({"source_id": source_id, "offset": offset})
         table = table.filter(pc.and_(pc.is_valid(table["source_id"]), pc.is_valid(table["offset"])))
         # Written even when empty (Fluent Bit / fluent-logger records carry no position): the
-        # entry also says "this slice is complete" to a replay of this node (see Committed).
+        # entry also says "this segment is complete" to a replay of this node (see Committed).
         hour = datetime.now(UTC).strftime(DT_FORMAT)
         put_table(self.warehouse, self.warehouse.path(LEDGER_DIR, f"written={hour}", name), table)
 
@@ -175,7 +187,7 @@ class Ledger:
             time.sleep(poll)
 
     def committed_elsewhere(self, since: float, sources: set[str]) -> Committed:
-        """Pairs of ``sources`` that other nodes committed, and this node's completed slices,
+        """Pairs of ``sources`` that other nodes committed, and this node's completed segments,
         from ledger objects written since ``since`` (unix time; read by the hour, from the hour
         before it)."""
         wanted = pa.array(sorted(sources), pa.string())

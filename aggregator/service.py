@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from aggregator import logs
-from aggregator.buffer import Buffer, Segment
+from aggregator.buffer import SPILL_DIR, Buffer, Segment
 from aggregator.catalog import Catalog
 from aggregator.config import (
     ConfigError,
@@ -103,7 +103,12 @@ class Aggregator:
         offsets = OffsetState(Path(self.settings.buffer_dir) / "offsets.json").load()
         self.ledger = Ledger(self.warehouse, self.buffer.node_id)
         self.flusher = Flusher(
-            self.warehouse, offsets, self.buffer.node_id, self.formats, self.ledger
+            self.warehouse,
+            offsets,
+            self.buffer.node_id,
+            self.formats,
+            Path(self.settings.buffer_dir) / SPILL_DIR,
+            self.ledger,
         )
         self._replay = {s.seq for s in replay}
         self._replay_since = time.time()

@@ -1,17 +1,20 @@
-"""Routed rows -> one sorted zstd Parquet object per ``service=…/dt=…`` partition.
+"""Routed rows -> sorted zstd Parquet objects, one per ``service=…/dt=…`` partition and segment.
 
-Object keys come from the buffer segment (and slice of it) the rows came from:
-``<table>/service=<svc>/dt=<hour>/<node-id>-<segment seq>-<slice>.parquet``. A flush that is
-retried, or replayed after a crash, produces the same rows under the same keys and so
-overwrites instead of duplicating. Within a file rows are sorted by ``timestamp`` (min/max
+Object keys come from the buffer segment the rows came from:
+``<table>/service=<svc>/dt=<hour>/<node-id>-<segment seq>-<part>.parquet`` (``part`` numbers the
+objects of a partition that has more rows in one segment than one object holds, see spill.py).
+A flush that is retried, or replayed after a crash, produces the same rows under the same keys
+and so overwrites instead of duplicating. Within a file rows are sorted by ``timestamp`` (min/max
 statistics then let engines skip row groups); the partition columns live in the path only.
 """
 
 from __future__ import annotations
 
 import itertools
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +23,9 @@ import pyarrow.compute as pc
 from aggregator.storage import put_table
 from athena.schema import DT_FORMAT, partition_path
 from athena.warehouse import Warehouse
+
+if TYPE_CHECKING:
+    from aggregator.spill import SpilledObject
 
 _MS_PER_HOUR = 3_600_000
 
@@ -36,7 +42,7 @@ class WrittenFile:
 
 
 def object_name(node_id: str, segment_seq: int, part: int = 0) -> str:
-    """File name of the flush of one slice of one buffer segment (the same on every retry)."""
+    """File name of one object of one buffer segment in a partition (the same on every retry)."""
     return f"{node_id}-{segment_seq:016d}-{part:04d}.parquet"
 
 
@@ -74,6 +80,8 @@ def _dt_of_hour(hour: int) -> str:
 #: Partition objects written at once: S3 PUTs cost tens of ms each, and a flush of a hundred
 #: services' rows is a hundred objects; encoding releases the GIL too.
 WRITE_THREADS = 8
+#: Rows of objects being written at once (in memory), unless a single object has more.
+WRITE_ROWS = 200_000
 
 
 def write_partitions(
@@ -94,3 +102,43 @@ def write_partitions(
         return [put(job) for job in jobs]
     with ThreadPoolExecutor(max_workers=min(WRITE_THREADS, len(jobs))) as pool:
         return list(pool.map(put, jobs))  # re-raises the first failure: the flush is retried
+
+
+def write_objects(
+    wh: Warehouse, objects: Iterable[SpilledObject], file_name: Callable[[int], str]
+) -> list[WrittenFile]:
+    """Write spilled objects, each sorted by time, ``file_name(part)`` in its partition folder.
+
+    Up to :data:`WRITE_THREADS` at once while their rows stay under :data:`WRITE_ROWS`; the
+    first failure is raised once the writes in flight have finished (the flush is retried).
+    """
+
+    def put(obj: SpilledObject) -> WrittenFile:
+        path = wh.path(partition_path(obj.table, obj.service, obj.dt), file_name(obj.part))
+        put_table(wh, path, obj.rows.sort_by("timestamp"))  # stable: ties keep arrival order
+        return WrittenFile(obj.table, obj.service, obj.dt, path, obj.rows.num_rows)
+
+    written: list[WrittenFile] = []
+    running: dict[Future[WrittenFile], int] = {}
+
+    def settle() -> None:
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            running.pop(future)
+            written.append(future.result())
+
+    with ThreadPoolExecutor(max_workers=WRITE_THREADS) as pool:
+        try:
+            for obj in objects:
+                while running and (
+                    len(running) >= WRITE_THREADS
+                    or sum(running.values()) + obj.rows.num_rows > WRITE_ROWS
+                ):
+                    settle()
+                running[pool.submit(put, obj)] = obj.rows.num_rows
+            while running:
+                settle()
+        finally:
+            for future in running:
+                future.cancel()
+    return written

@@ -1,0 +1,199 @@
+"""One segment -> one object per partition: slices parsed apart, written together, exactly once."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import fastparquet
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from aggregator import flusher as flusher_mod
+from aggregator import spill as spill_mod
+from aggregator import writer as writer_mod
+from aggregator.buffer import Segment, encode_frame
+from aggregator.decode import records_batch, to_ipc
+from aggregator.dedup import OffsetState
+from aggregator.envoy import BUILTIN_FORMATS
+from aggregator.flusher import Flusher
+from aggregator.ledger import Ledger, entry_name
+from aggregator.spill import Spill
+from aggregator.storage import StorageError
+from athena.warehouse import open_warehouse
+from shipper import wire
+from tests.aggregator.helpers import ENVOY_IMAGE, envoy_line, record
+
+T0 = 1_795_860_000_000_000_000  # 2026-11-28T10:00:00Z in ns
+SERVICES = ["recipe", "cart", "search"]
+
+
+def write_segment(path: Path, frames: int, per_frame: int, source: str = "src-1") -> int:
+    """A segment of Envoy and app lines for three services, times going back and forth
+    (as several shippers' batches interleave). Returns the record count."""
+    n = 0
+    with path.open("wb") as out:
+        for f in range(frames):
+            records, times = [], []
+            for i in range(per_frame):
+                svc = SERVICES[(f + i) % len(SERVICES)]
+                second = (f * 7 + i * 13) % 50  # not monotonic across frames
+                if i % 4 == 0:
+                    rec = record(f"app line {n}", svc, **{wire.KEY_IMAGE: "app:1"})
+                else:
+                    when = f"2026-11-28T10:00:{second:02d}.{n % 1000:03d}Z"
+                    rec = record(
+                        envoy_line(when=when, rid=f"req-{n}"), svc, **{wire.KEY_IMAGE: ENVOY_IMAGE}
+                    )
+                rec[wire.KEY_SOURCE_ID] = source
+                rec[wire.KEY_OFFSET] = n + 1
+                records.append(rec)
+                times.append(T0 + second * 10**9)
+                n += 1
+            batch = records_batch(f"logq.{SERVICES[0]}", pa.array(times, pa.int64()), records)
+            out.write(encode_frame(to_ipc(batch)))
+    return n
+
+
+def data_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.parquet") if "_ledger" not in p.parts)
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in data_files(root)
+    }
+
+
+def make_flusher(tmp: Path, wh_dir: Path, ledger: bool = True) -> Flusher:
+    wh = open_warehouse(str(wh_dir), create=True)
+    offsets = OffsetState(tmp / "offsets.json").load()
+    return Flusher(
+        wh,
+        offsets,
+        "node-a",
+        BUILTIN_FORMATS,
+        tmp / "spill",
+        Ledger(wh, "node-a") if ledger else None,
+    )
+
+
+@pytest.fixture
+def small_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(flusher_mod, "SLICE_ROWS", 200)
+    monkeypatch.setattr(flusher_mod, "ROUTE_ROWS", 70)
+
+
+@pytest.mark.usefixtures("small_slices")
+def test_a_segment_of_many_slices_writes_one_sorted_object_per_partition(tmp_path: Path) -> None:
+    seg = Segment(7, tmp_path / "0000000000000007.seg")
+    total = write_segment(seg.path, frames=30, per_frame=40)  # 1,200 records = 6 slices
+    wh_dir = tmp_path / "wh"
+    result = make_flusher(tmp_path, wh_dir).flush(seg)
+
+    assert result.records == total and result.duplicates == 0
+    files = data_files(wh_dir)
+    # 3 services x 2 tables, one hour: six objects, not six per slice
+    assert len(files) == 6 == len(result.files)
+    assert {p.name for p in files} == {"node-a-0000000000000007-0000.parquet"}
+    rows = 0
+    for path in files:
+        table = pq.read_table(path)
+        ts = table["timestamp"]
+        assert pc.all(pc.less_equal(ts[:-1], ts[1:])).as_py(), f"{path} not sorted by time"
+        assert len(fastparquet.ParquetFile(str(path)).to_pandas()) == table.num_rows
+        rows += table.num_rows
+    assert rows == total
+    assert not (tmp_path / "spill").exists(), "the spill folder is emptied after the flush"
+    ledger = list((wh_dir / "_ledger").rglob(entry_name("node-a", 7)))
+    assert len(ledger) == 1 and pq.read_table(ledger[0]).num_rows == total
+
+
+@pytest.mark.usefixtures("small_slices")
+def test_a_replayed_segment_rewrites_the_same_keys_byte_for_byte(tmp_path: Path) -> None:
+    seg = Segment(3, tmp_path / "0000000000000003.seg")
+    write_segment(seg.path, frames=12, per_frame=50)
+    first, second = tmp_path / "one", tmp_path / "two"
+    (first / "state").mkdir(parents=True)
+    (second / "state").mkdir(parents=True)
+    make_flusher(first / "state", first / "wh").flush(seg)
+    make_flusher(second / "state", second / "wh").flush(seg)  # fresh offsets: a crash replay
+    assert digest(first / "wh") == digest(second / "wh") != {}
+
+
+@pytest.mark.usefixtures("small_slices")
+def test_a_big_partition_is_cut_into_objects_of_part_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spill_mod, "PART_ROWS", 150)
+    monkeypatch.setattr(writer_mod, "WRITE_ROWS", 200)
+    seg = Segment(1, tmp_path / "0000000000000001.seg")
+    total = write_segment(seg.path, frames=20, per_frame=60)
+    wh_dir = tmp_path / "wh"
+    result = make_flusher(tmp_path, wh_dir).flush(seg)
+    by_partition: dict[Path, list[int]] = {}
+    for path in data_files(wh_dir):
+        by_partition.setdefault(path.parent, []).append(pq.read_metadata(path).num_rows)
+    assert sum(sum(v) for v in by_partition.values()) == total == result.records
+    assert all(max(v) <= 150 for v in by_partition.values())
+    assert any(len(v) > 1 for v in by_partition.values())
+    names = {p.name for p in data_files(wh_dir)}
+    assert "node-a-0000000000000001-0001.parquet" in names
+
+
+@pytest.mark.usefixtures("small_slices")
+def test_a_failed_write_keeps_the_offsets_and_the_retry_writes_every_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seg = Segment(2, tmp_path / "0000000000000002.seg")
+    total = write_segment(seg.path, frames=10, per_frame=50)
+    wh_dir = tmp_path / "wh"
+    flusher = make_flusher(tmp_path, wh_dir)
+    real_put = writer_mod.put_table
+    calls = {"n": 0}
+
+    def failing_put(wh, path, table):  # the fourth object hits an S3 outage
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise StorageError("simulated outage")
+        real_put(wh, path, table)
+
+    monkeypatch.setattr(writer_mod, "put_table", failing_put)
+    with pytest.raises(StorageError, match="simulated outage"):
+        flusher.flush(seg)
+    assert flusher.offsets.get("src-1") is None, "nothing committed, nothing marked"
+    assert not list(wh_dir.rglob(entry_name("node-a", 2))), "no ledger entry before the data"
+    monkeypatch.setattr(writer_mod, "put_table", real_put)
+    result = flusher.flush(seg)
+    assert result.duplicates == 0 and result.records == total
+    assert sum(pq.read_metadata(p).num_rows for p in data_files(wh_dir)) == total
+    assert flusher.offsets.get("src-1") == total
+    # and the segment flushed again (the caller died before deleting it) adds nothing
+    again = flusher.flush(seg)
+    assert again.duplicates == total
+    assert sum(pq.read_metadata(p).num_rows for p in data_files(wh_dir)) == total
+
+
+def test_spill_keeps_arrival_order_and_unifies_dictionaries(tmp_path: Path) -> None:
+    spill = Spill(tmp_path / "spill")
+    dt0 = pa.scalar(T0 // 10**6, pa.timestamp("ms"))
+    for part, (names, times) in enumerate([(["b", "a", "b"], [3, 1, 2]), (["a", "c"], [0, 5])]):
+        table = pa.table(
+            {
+                "timestamp": pa.array([dt0.value + t for t in times], pa.timestamp("ms")),
+                "service": pc.dictionary_encode(pa.array(names)),
+                "image": pc.dictionary_encode(pa.array([f"img{part}-{i}" for i in times])),
+            }
+        )
+        spill.add("container_logs", table)
+    objects = list(spill.objects())
+    assert [(o.service, o.part) for o in objects] == [("a", 0), ("b", 0), ("c", 0)]
+    a = objects[0].rows
+    assert a["image"].to_pylist() == ["img0-1", "img1-0"]  # arrival order, sorted at write
+    first = a["image"].chunks[0].dictionary
+    assert all(chunk.dictionary.equals(first) for chunk in a["image"].chunks)  # unified
+    spill.close()
+    assert not (tmp_path / "spill").exists()
