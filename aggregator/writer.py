@@ -115,7 +115,10 @@ def write_objects(
 
     def put(obj: SpilledObject) -> WrittenFile:
         path = wh.path(partition_path(obj.table, obj.service, obj.dt), file_name(obj.part))
-        put_table(wh, path, obj.rows.sort_by("timestamp"))  # stable: ties keep arrival order
+        rows = (
+            obj.rows if _chunks_in_order(obj.rows["timestamp"]) else obj.rows.sort_by("timestamp")
+        )
+        put_table(wh, path, rows)  # sort_by is stable: ties keep arrival order
         return WrittenFile(obj.table, obj.service, obj.dt, path, obj.rows.num_rows)
 
     written: list[WrittenFile] = []
@@ -142,3 +145,14 @@ def write_objects(
             for future in running:
                 future.cancel()
     return written
+
+
+def _chunks_in_order(ts: pa.ChunkedArray) -> bool:
+    """True when chunks that are each sorted (spilled pieces are) follow one another in time,
+    as a source's batches usually do: the whole column is sorted, no need to sort it again."""
+    chunks = [c for c in ts.chunks if len(c)]
+    if any(c.null_count for c in chunks):
+        return False
+    return all(
+        prev[len(prev) - 1].value <= nxt[0].value for prev, nxt in itertools.pairwise(chunks)
+    )

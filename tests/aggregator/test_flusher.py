@@ -20,7 +20,7 @@ from aggregator.dedup import OffsetState
 from aggregator.envoy import BUILTIN_FORMATS
 from aggregator.flusher import Flusher
 from aggregator.ledger import Ledger, entry_name
-from aggregator.spill import Spill
+from aggregator.spill import Spill, SpilledObject
 from aggregator.storage import StorageError
 from athena.warehouse import open_warehouse
 from shipper import wire
@@ -197,3 +197,27 @@ def test_spill_keeps_arrival_order_and_unifies_dictionaries(tmp_path: Path) -> N
     assert all(chunk.dictionary.equals(first) for chunk in a["image"].chunks)  # unified
     spill.close()
     assert not (tmp_path / "spill").exists()
+
+
+@pytest.mark.parametrize("pieces", [[[1, 2], [3, 5]], [[4, 6], [1, 5]], [[2], [], [2, 3]]])
+def test_objects_are_written_sorted_by_time_whatever_the_order_of_pieces(
+    tmp_path: Path, pieces: list[list[int]]
+) -> None:
+    wh = open_warehouse(str(tmp_path), create=True)
+    base = T0 // 10**6
+    batches = [
+        pa.record_batch(
+            {
+                "timestamp": pa.array([base + t for t in times], pa.timestamp("ms")),
+                "message": pa.array([f"piece{i}-{t}" for t in times], pa.string()),
+            }
+        )
+        for i, times in enumerate(pieces)
+    ]
+    obj = SpilledObject("container_logs", "svc", "2026-11-28-10", 0, pa.Table.from_batches(batches))
+    (written,) = writer_mod.write_objects(wh, [obj], lambda part: f"x-{part}.parquet")
+    got = pq.read_table(written.path)
+    want = sorted((t, f"piece{i}-{t}") for i, times in enumerate(pieces) for t in times)
+    assert list(
+        zip(got["timestamp"].cast(pa.int64()).to_pylist(), got["message"].to_pylist(), strict=True)
+    ) == [(base + t, m) for t, m in want]
