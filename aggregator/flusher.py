@@ -192,7 +192,7 @@ def _slices(payloads: Iterator[bytes], rows: int) -> Iterator[pa.Table]:
         count += ipc_rows(payload)
         if count >= rows:
             table = records_table(pending)
-            pending, count = [], 0  # let the frames go while the slice is flushed
+            pending, count = [], 0  # let the frames go while the slice is parsed
             yield table
     if pending:
         table = records_table(pending)

@@ -233,7 +233,7 @@ class Aggregator:
     def _on_append(self) -> None:
         self.metrics.buffer_bytes.set(self.buffer.total_bytes)
         if self.buffer.active_bytes >= self.settings.segment_bytes and self._size_seal is None:
-            # Seal now even if the flusher is busy: segments (and flush slices) stay bounded.
+            # Seal now even if the flusher is busy: segments (and a flush's spill) stay bounded.
             self._size_seal = asyncio.create_task(self._seal_for_size())
         if self.buffer.full:
             self._flush_now.set()
