@@ -464,7 +464,12 @@ class Tailer:
         return [c for _, c in sorted(found, key=lambda x: x[0])]
 
     def _truncated(self, head: Cursor) -> None:
-        """copytruncate: finish the copy from our position, restart the live file at 0."""
+        """copytruncate: finish the copy from our position, restart the live file at 0.
+
+        Copies made *after* ours (logrotate ran again before we looked) hold lines we never
+        read: the copy's mtime becomes the floor of the missed-rotation search, which then
+        reads them from their start, oldest first, before the live file.
+        """
         copy = None
         read_all = False  # a copy exists and holds nothing past our position
         for sib in rotated_siblings(self.spec.path):
@@ -480,8 +485,12 @@ class Tailer:
                 )
                 self.registry.put(file_key(st.st_dev, st.st_ino, head.fp), state)
                 copy = Cursor(fd, sib, head.fp, state, head.parser)
+                self._floor = st.st_mtime_ns
                 break
-            read_all = read_all or ours
+            if ours and not read_all:
+                read_all = True
+                self._floor = st.st_mtime_ns
+                self._released.append((st.st_dev, st.st_ino, head.fp))  # read: not "missed"
             os.close(fd)
         if copy is None and not read_all:
             log.warning(

@@ -343,3 +343,35 @@ def test_copytruncate_after_everything_was_read_is_not_a_loss(
     path.write_bytes(b"after 1\n")
     assert drain(t) == ["after 1"]
     assert losses == []
+
+
+@pytest.mark.parametrize("late", [True, False])
+def test_two_copytruncates_before_we_look_lose_nothing(
+    tmp_path: Path, reg: Registry, late: bool
+) -> None:
+    """logrotate ran twice between two looks (``.1`` renamed to ``.2``, a new ``.1`` copied):
+    the second copy holds lines the live file had only between the two runs."""
+    path = tmp_path / "app.log"
+    path.write_bytes(b"".join(f"first {i}\n".encode() for i in range(5)))
+    losses: list[str] = []
+    t = Tailer(spec_for(path, "plain"), reg, "h", 65536, on_loss=losses.append)
+    assert len(drain(t)) == 5
+    if late:
+        with open(path, "ab") as f:
+            f.write(b"late 1\n")  # lands in the first copy only
+    shutil.copyfile(path, tmp_path / "app.log.1")
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    path.write_bytes(b"mid 1\nmid 2\n")  # lands in the second copy only
+    os.rename(tmp_path / "app.log.1", tmp_path / "app.log.2")
+    shutil.copyfile(path, tmp_path / "app.log.1")
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    path.write_bytes(b"after 1\n")
+    expected = (["late 1"] if late else []) + ["mid 1", "mid 2", "after 1"]
+    assert drain(t) == expected
+    assert losses == []
+    t.close()
+    # A restart reads nothing twice: every copy is checkpointed at its end.
+    t2 = Tailer(spec_for(path, "plain"), reg, "h", 65536, on_loss=losses.append)
+    assert drain(t2) == []
