@@ -1,0 +1,635 @@
+"""deploy/: the Kubernetes manifest and the ECS task definitions, checked without a cluster.
+
+No kubectl, cluster or AWS account here, so the manifests are checked against the real programs
+and against each other, like docker-compose.yml in tests/test_compose.py: every logq container
+runs one of our console scripts with flags its real ``--help`` lists; the shippers' aggregator
+addresses name the aggregator pods (or ECS names) and the port the aggregator listens on; probes
+and health checks hit the ``--metrics-listen`` port and ``/healthz``; every path flag has a mount
+(read-only where the shipper only reads); the ECS task definitions pass botocore's validation of
+``RegisterTaskDefinition`` (what ``aws ecs register-task-definition --cli-input-json`` sends).
+Two tests run processes: the ECS health check command and the Kubernetes probe paths against a
+real ``logq-aggregator`` (healthy, then with failing flushes, then a closed port), and the
+DaemonSet's own shipper argv against a generated /var/log/pods.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import yaml
+
+from tests.support.pipeline import start_aggregator
+from tests.support.procs import (
+    LOCALHOST,
+    console_script,
+    free_port,
+    log_tail,
+    port_open,
+    wait_until,
+)
+from tests.test_compose import flag_values, help_flags, our_programs
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "deploy" / "kubernetes" / "logq.yaml"
+ECS_AGGREGATOR = ROOT / "deploy" / "ecs" / "aggregator-task.json"
+ECS_SHIPPER = ROOT / "deploy" / "ecs" / "shipper-task.json"
+NAMESPACE = "logq"
+IMAGE_UID = 10001  # the Dockerfile's `logq` user
+PATH_FLAGS = ("--buffer-dir", "--state-dir", "--cri-root", "--docker-root")
+READ_ONLY_FLAGS = ("--cri-root", "--docker-root")
+WORKLOAD_KINDS = ("StatefulSet", "DaemonSet", "Deployment", "CronJob", "Job")
+
+
+# -- loading --------------------------------------------------------------------------------------
+
+
+@cache
+def k8s_docs() -> tuple[dict[str, Any], ...]:
+    return tuple(d for d in yaml.safe_load_all(K8S.read_text()) if d)
+
+
+def k8s(kind: str, name: str) -> dict[str, Any]:
+    for doc in k8s_docs():
+        if doc["kind"] == kind and doc["metadata"]["name"] == name:
+            return doc
+    raise AssertionError(f"{K8S.name} has no {kind} {name}")
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    if workload["kind"] == "CronJob":
+        return workload["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return workload["spec"]["template"]["spec"]
+
+
+@cache
+def ecs(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def ecs_container(path: Path, name: str) -> dict[str, Any]:
+    return next(c for c in ecs(path)["containerDefinitions"] if c["name"] == name)
+
+
+def k8s_argv(container: dict[str, Any]) -> list[str]:
+    return [str(a) for a in container.get("command", []) + container.get("args", [])]
+
+
+def ecs_argv(container: dict[str, Any]) -> list[str]:
+    return [str(a) for a in container.get("entryPoint", []) + container.get("command", [])]
+
+
+def logq_containers() -> dict[str, list[str]]:
+    """Every container of ours in deploy/, as ``file:workload/container`` -> argv."""
+    out: dict[str, list[str]] = {}
+    for doc in k8s_docs():
+        if doc["kind"] in WORKLOAD_KINDS:
+            for c in pod_spec(doc)["containers"]:
+                out[f"k8s:{doc['metadata']['name']}/{c['name']}"] = k8s_argv(c)
+    for path in (ECS_AGGREGATOR, ECS_SHIPPER):
+        for c in ecs(path)["containerDefinitions"]:
+            out[f"ecs:{ecs(path)['family']}/{c['name']}"] = ecs_argv(c)
+    return out
+
+
+def k8s_aggregator() -> dict[str, Any]:
+    return pod_spec(k8s("StatefulSet", "logq-aggregator"))["containers"][0]
+
+
+def k8s_shipper() -> dict[str, Any]:
+    return pod_spec(k8s("DaemonSet", "logq-shipper"))["containers"][0]
+
+
+def multi_values(args: list[str], flag: str) -> list[str]:
+    """Every value of a repeatable flag (``--aggregator`` a, ``--aggregator=b``)."""
+    out = []
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            out.append(args[i + 1])
+        elif arg.startswith(flag + "="):
+            out.append(arg.split("=", 1)[1])
+    return out
+
+
+def port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def subcommand(args: list[str]) -> list[str]:
+    """``logq-aggregator compact ...`` and ``logq errors ...`` have subcommands; daemons not."""
+    if len(args) > 1 and not args[1].startswith("-") and args[0] in ("logq", "logq-aggregator"):
+        return args[:2]
+    return args[:1]
+
+
+@cache
+def is_subcommand(program: str, name: str) -> bool:
+    """True when ``program name --help`` is that subcommand's help, not the program's own (an
+    unknown word is taken as a positional and prints the program's usage)."""
+    done = subprocess.run(
+        [str(console_script(program)), name, "--help"], capture_output=True, text=True, timeout=60
+    )
+    return f"usage: {program} {name}" in done.stdout + done.stderr
+
+
+def unknown_flags(args: list[str]) -> set[str]:
+    """Flags in ``args`` that the real program's ``--help`` does not list."""
+    used = {a.split("=", 1)[0] for a in args if a.startswith("--")}
+    return used - help_flags(*subcommand(args))
+
+
+def quantity_bytes(text: str) -> int:
+    """A Kubernetes memory/storage quantity (``2Gi``, ``512Mi``, ``1G``) in bytes."""
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?", str(text))
+    assert m, f"unsupported quantity {text!r}"
+    scale = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6}
+    scale |= {"G": 10**9, "T": 10**12, None: 1}
+    return int(m.group(1)) * scale[m.group(2)]
+
+
+# -- both: the programs and their flags -----------------------------------------------------------
+
+
+def test_manifests_hold_the_pipeline() -> None:
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in k8s_docs()}
+    assert ("Namespace", NAMESPACE) in kinds
+    assert {("StatefulSet", "logq-aggregator"), ("DaemonSet", "logq-shipper")} <= kinds
+    for doc in k8s_docs():
+        assert doc.get("apiVersion") and doc["metadata"].get("name"), doc
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == NAMESPACE, doc["metadata"]
+    names = set(logq_containers())
+    assert {"ecs:logq-aggregator/aggregator", "ecs:logq-shipper/shipper"} <= names
+
+
+@pytest.mark.parametrize("name", sorted(logq_containers()))
+def test_every_logq_container_runs_our_program_with_real_flags(name: str) -> None:
+    args = logq_containers()[name]
+    assert args, f"{name} has no command: the image's CMD would run a default aggregator"
+    assert args[0] in our_programs(), f"{name} runs {args[0]!r}, not one of {our_programs()}"
+    sub = subcommand(args)
+    assert len(sub) == 1 or is_subcommand(*sub), f"{name}: no subcommand {' '.join(sub)!r}"
+    bad = unknown_flags(args)
+    assert not bad, f"{name}: {sorted(bad)} not in `{' '.join(subcommand(args))} --help`"
+
+
+def test_the_flag_check_catches_a_misspelled_flag() -> None:
+    args = k8s_argv(k8s_shipper())
+    assert not unknown_flags(args)
+    broken = [a.replace("--cri-root", "--cri-rot") for a in args]
+    assert unknown_flags(broken) == {"--cri-rot"}
+    agg = [*k8s_argv(k8s_aggregator()), "--buffer-compresion=zstd"]
+    assert unknown_flags(agg) == {"--buffer-compresion"}
+    assert is_subcommand("logq-aggregator", "compact")
+    assert not is_subcommand("logq-aggregator", "compcat")
+
+
+def test_every_logq_container_uses_one_image() -> None:
+    images = {c["image"] for c in ecs(ECS_AGGREGATOR)["containerDefinitions"]}
+    images |= {c["image"] for c in ecs(ECS_SHIPPER)["containerDefinitions"]}
+    for doc in k8s_docs():
+        if doc["kind"] in WORKLOAD_KINDS:
+            images |= {c["image"] for c in pod_spec(doc)["containers"]}
+    assert images == {"logq:latest"}
+    assert K8S.read_text().count("logq:latest  # REPLACE") == len(
+        [c for d in k8s_docs() if d["kind"] in WORKLOAD_KINDS for c in pod_spec(d)["containers"]]
+    ), "every image line says it must be replaced"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [k8s_argv(k8s_aggregator()), ecs_argv(ecs_container(ECS_AGGREGATOR, "aggregator"))],
+    ids=["k8s", "ecs"],
+)
+def test_aggregator_settings_follow_operations_md(argv: list[str]) -> None:
+    flags = flag_values(argv)
+    assert flags["--listen"].startswith("0.0.0.0:"), "shippers on other hosts must reach it"
+    assert flags["--metrics-listen"].startswith("0.0.0.0:"), (
+        "probes and Prometheus come from outside"
+    )
+    assert flags["--buffer-compression"] == "zstd"
+    assert "--warehouse" not in flags, "the warehouse comes from $LOGQ_WAREHOUSE"
+    assert flags["--buffer-dir"].startswith("/"), (
+        "a relative buffer dir lands in the image's WORKDIR"
+    )
+    assert "--compact-interval" not in flags, "compaction runs on one instance only"
+
+
+# -- Kubernetes ---------------------------------------------------------------------------------
+
+
+def test_k8s_shippers_list_every_aggregator_pod_where_it_listens() -> None:
+    sts = k8s("StatefulSet", "logq-aggregator")
+    svc = k8s("Service", sts["spec"]["serviceName"])
+    assert svc["spec"]["clusterIP"] == "None", "per-pod DNS names need a headless Service"
+    assert svc["spec"].get("publishNotReadyAddresses") is True, (
+        "an aggregator with a failing /healthz still buffers: keep its name resolvable"
+    )
+    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    assert sts["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert sts["spec"]["replicas"] == 3
+
+    listen_port = port_of(flag_values(k8s_argv(k8s_aggregator()))["--listen"])
+    container_ports = {p["name"]: p["containerPort"] for p in k8s_aggregator()["ports"]}
+    targets = {
+        p["port"]: container_ports.get(p["targetPort"], p["targetPort"])
+        for p in svc["spec"]["ports"]
+    }
+    name, ns = sts["metadata"]["name"], sts["metadata"]["namespace"]
+    wanted = [
+        f"{name}-{i}.{svc['metadata']['name']}.{ns}.svc:{listen_port}"
+        for i in range(sts["spec"]["replicas"])
+    ]
+    addresses = multi_values(k8s_argv(k8s_shipper()), "--aggregator")
+    assert addresses == wanted, "every aggregator pod, in ordinal order"
+    assert targets[listen_port] == listen_port
+
+
+def test_k8s_probes_hit_metrics_listen_and_healthz() -> None:
+    agg = k8s_aggregator()
+    metrics_port = port_of(flag_values(k8s_argv(agg))["--metrics-listen"])
+    named = {p["name"]: p["containerPort"] for p in agg["ports"]}
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = agg[probe]["httpGet"]
+        assert named.get(get["port"], get["port"]) == metrics_port, probe
+    assert agg["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    # operations.md section 5: /healthz turns 503 in an S3 outage, where a restart changes
+    # nothing; liveness asks /metrics, served by the same event loop.
+    assert agg["livenessProbe"]["httpGet"]["path"] == "/metrics"
+    assert agg["livenessProbe"]["failureThreshold"] * agg["livenessProbe"]["periodSeconds"] >= 60
+    sts = k8s("StatefulSet", "logq-aggregator")
+    annotations = sts["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == metrics_port
+
+
+def _k8s_mounts(workload: dict[str, Any], container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """mountPath -> {readOnly, source: the volume or claim template it refers to}."""
+    volumes = {v["name"]: v for v in pod_spec(workload).get("volumes", [])}
+    for tmpl in workload["spec"].get("volumeClaimTemplates", []):
+        volumes[tmpl["metadata"]["name"]] = {"claim": tmpl}
+    out = {}
+    for m in container.get("volumeMounts", []):
+        assert m["name"] in volumes, f"mount of undeclared volume {m['name']}"
+        out[m["mountPath"]] = {"readOnly": m.get("readOnly", False), "source": volumes[m["name"]]}
+    return out
+
+
+def _covering_mount(mounts: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """The mount a path lives on: the longest mount path that is it or one of its parents."""
+    covering = [p for p in mounts if path == p or path.startswith(p.rstrip("/") + "/")]
+    return mounts[max(covering, key=len)] if covering else None
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"), [("StatefulSet", "logq-aggregator"), ("DaemonSet", "logq-shipper")]
+)
+def test_k8s_every_path_flag_has_a_mount(kind: str, name: str) -> None:
+    workload = k8s(kind, name)
+    container = pod_spec(workload)["containers"][0]
+    flags = flag_values(k8s_argv(container))
+    mounts = _k8s_mounts(workload, container)
+    used = [f for f in PATH_FLAGS if f in flags]
+    assert used, f"{name} relies on default paths inside the container"
+    for flag in used:
+        mount = _covering_mount(mounts, flags[flag])
+        assert mount, f"{name}: {flag}={flags[flag]} is not on a volume"
+        assert mount["readOnly"] is (flag in READ_ONLY_FLAGS), f"{name}: {flag} read-only?"
+
+
+def test_k8s_shipper_reads_node_logs_and_keeps_state_on_the_node() -> None:
+    ds = k8s("DaemonSet", "logq-shipper")
+    spec, shipper = pod_spec(ds), k8s_shipper()
+    flags = flag_values(k8s_argv(shipper))
+    mounts = _k8s_mounts(ds, shipper)
+    assert flags["--cri-root"] == "/var/log/pods"
+    assert mounts["/var/log/pods"]["source"]["hostPath"]["path"] == "/var/log/pods"
+    state = mounts[flags["--state-dir"]]["source"]
+    assert state["hostPath"]["path"] == "/var/lib/logq-shipper", "checkpoints outlive the pod"
+    assert state["hostPath"]["type"] == "DirectoryOrCreate"
+    assert shipper["securityContext"]["runAsUser"] == 0, "kubelet log files are root's"
+    assert {"operator": "Exists"} in spec["tolerations"], "a shipper on every node"
+    # --hostname=$(NODE_NAME): Kubernetes expands it from the downward API env.
+    var = re.fullmatch(r"\$\((\w+)\)", flags["--hostname"])
+    assert var, flags["--hostname"]
+    env = {e["name"]: e for e in shipper["env"]}
+    assert env[var.group(1)]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    metrics_port = port_of(flags["--metrics-listen"])
+    assert metrics_port in {p["containerPort"] for p in shipper["ports"]}
+    assert int(ds["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]) == (
+        metrics_port
+    )
+    # SIGTERM waits up to --retry-timeout (30 s by default) for in-flight acks.
+    retry = float(flags.get("--retry-timeout", 30))
+    assert spec["terminationGracePeriodSeconds"] > retry
+
+
+def test_k8s_aggregator_buffer_volume_resources_and_shutdown() -> None:
+    sts = k8s("StatefulSet", "logq-aggregator")
+    spec, agg = pod_spec(sts), k8s_aggregator()
+    flags = flag_values(k8s_argv(agg))
+    buffer = _covering_mount(_k8s_mounts(sts, agg), flags["--buffer-dir"])
+    assert buffer and "claim" in buffer["source"], "the buffer must outlive the pod"
+    size = quantity_bytes(buffer["source"]["claim"]["spec"]["resources"]["requests"]["storage"])
+    limit = int(flags["--buffer-limit-bytes"])
+    assert size >= 2 * limit, "backpressure (buffer limit) must come well before a full volume"
+    # Shutdown flush: up to 60 s of writing out, plus the time to stop accepting.
+    assert spec["terminationGracePeriodSeconds"] >= 90
+    res = agg["resources"]
+    assert quantity_bytes(res["requests"]["memory"]) == quantity_bytes(res["limits"]["memory"])
+    assert quantity_bytes(res["limits"]["memory"]) == 2 * 2**30, "operations.md: give 2 GiB"
+    # The image runs as `logq`; a fresh volume is root's unless fsGroup hands it over.
+    assert spec["securityContext"]["runAsUser"] == IMAGE_UID
+    assert spec["securityContext"]["fsGroup"] == IMAGE_UID
+    assert f"--uid {IMAGE_UID}" in (ROOT / "Dockerfile").read_text()
+
+
+def test_k8s_warehouse_and_identity_come_from_configmap_and_service_accounts() -> None:
+    config = k8s("ConfigMap", "logq")["data"]
+    assert config["LOGQ_WAREHOUSE"].startswith("s3://")
+    for kind, name in (("StatefulSet", "logq-aggregator"), ("CronJob", "logq-compact")):
+        workload = k8s(kind, name)
+        container = pod_spec(workload)["containers"][0]
+        refs = {e["configMapRef"]["name"] for e in container.get("envFrom", [])}
+        keyed = {
+            e["name"]: e["valueFrom"]["configMapKeyRef"]
+            for e in container.get("env", [])
+            if "configMapKeyRef" in e.get("valueFrom", {})
+        }
+        assert "logq" in refs or keyed.get("LOGQ_WAREHOUSE", {}).get("name") == "logq", name
+        assert "--warehouse" not in flag_values(k8s_argv(container)), name
+    for doc in k8s_docs():
+        if doc["kind"] in WORKLOAD_KINDS:
+            account = pod_spec(doc)["serviceAccountName"]
+            k8s("ServiceAccount", account)
+    assert "eks.amazonaws.com/role-arn" in K8S.read_text(), "say where the IRSA role goes"
+
+
+def test_k8s_selectors_match_their_pods() -> None:
+    for kind, name in (("StatefulSet", "logq-aggregator"), ("DaemonSet", "logq-shipper")):
+        workload = k8s(kind, name)
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert workload["spec"]["selector"]["matchLabels"].items() <= labels.items(), name
+    pdb = k8s("PodDisruptionBudget", "logq-aggregator")
+    labels = k8s("StatefulSet", "logq-aggregator")["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["maxUnavailable"] == 1
+    # hostPath volumes are refused below the `privileged` Pod Security level.
+    namespace = k8s("Namespace", NAMESPACE)["metadata"]["labels"]
+    assert namespace["pod-security.kubernetes.io/enforce"] == "privileged"
+
+
+def test_k8s_compaction_runs_once_not_on_every_aggregator() -> None:
+    job = k8s("CronJob", "logq-compact")
+    assert job["spec"]["concurrencyPolicy"] == "Forbid", "two compactors can merge twice"
+    args = k8s_argv(pod_spec(job)["containers"][0])
+    assert args[:2] == ["logq-aggregator", "compact"]
+
+
+# -- ECS ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [ECS_AGGREGATOR, ECS_SHIPPER], ids=lambda p: p.stem)
+def test_ecs_task_definition_is_what_register_task_definition_accepts(path: Path) -> None:
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    model = botocore.session.get_session().get_service_model("ecs")
+    shape = model.operation_model("RegisterTaskDefinition").input_shape
+    report = ParamValidator().validate(ecs(path), shape)
+    assert not report.has_errors(), report.generate_report()
+    # The check itself can fail:
+    assert ParamValidator().validate({**ecs(path), "stopTimeout": 120}, shape).has_errors()
+
+
+def _ecs_mounts(path: Path, container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    volumes = {v["name"]: v for v in ecs(path).get("volumes", [])}
+    out = {}
+    for m in container.get("mountPoints", []):
+        assert m["sourceVolume"] in volumes, m
+        out[m["containerPath"]] = {
+            "readOnly": m.get("readOnly", False),
+            "source": volumes[m["sourceVolume"]],
+        }
+    return out
+
+
+@pytest.mark.parametrize(
+    ("path", "name"), [(ECS_AGGREGATOR, "aggregator"), (ECS_SHIPPER, "shipper")]
+)
+def test_ecs_every_path_flag_has_a_mount(path: Path, name: str) -> None:
+    container = ecs_container(path, name)
+    flags = flag_values(ecs_argv(container))
+    mounts = _ecs_mounts(path, container)
+    used = [f for f in PATH_FLAGS if f in flags]
+    assert used
+    for flag in used:
+        mount = _covering_mount(mounts, flags[flag])
+        assert mount, f"{name}: {flag}={flags[flag]} is not on a volume"
+        assert mount["readOnly"] is (flag in READ_ONLY_FLAGS), f"{name}: {flag} read-only?"
+        # A host path outlives the task: the buffer for a restart or a drain, the checkpoints.
+        assert mount["source"]["host"]["sourcePath"], flag
+
+
+def test_ecs_shipper_is_a_root_host_daemon_reading_docker_logs() -> None:
+    task, shipper = ecs(ECS_SHIPPER), ecs_container(ECS_SHIPPER, "shipper")
+    flags = flag_values(ecs_argv(shipper))
+    assert flags["--docker-root"] == "/var/lib/docker/containers"
+    mount = _ecs_mounts(ECS_SHIPPER, shipper)["/var/lib/docker/containers"]
+    assert mount["source"]["host"]["sourcePath"] == "/var/lib/docker/containers"
+    assert "EC2" in task["requiresCompatibilities"], "bind mounts of the host: EC2 launch type"
+    assert shipper["user"] in ("0", "root", "0:0")
+    # Host network: the default --hostname is the instance's name, as rows should say.
+    assert task["networkMode"] == "host" and "--hostname" not in flags
+    assert shipper["stopTimeout"] > float(flags.get("--retry-timeout", 30))
+
+
+def test_ecs_shippers_reach_every_aggregator_where_it_listens() -> None:
+    agg = ecs_container(ECS_AGGREGATOR, "aggregator")
+    listen_port = port_of(flag_values(ecs_argv(agg))["--listen"])
+    mapped = {p["containerPort"] for p in agg["portMappings"]}
+    assert listen_port in mapped
+    addresses = multi_values(ecs_argv(ecs_container(ECS_SHIPPER, "shipper")), "--aggregator")
+    assert len(addresses) >= 3 and len(set(addresses)) == len(addresses), addresses
+    assert {port_of(a) for a in addresses} == {listen_port}
+    hosts = [a.rsplit(":", 1)[0] for a in addresses]
+    assert all(h.split(".", 1)[1] == hosts[0].split(".", 1)[1] for h in hosts), (
+        "one service-discovery namespace"
+    )
+
+
+def test_ecs_aggregator_health_stop_and_warehouse() -> None:
+    task, agg = ecs(ECS_AGGREGATOR), ecs_container(ECS_AGGREGATOR, "aggregator")
+    flags = flag_values(ecs_argv(agg))
+    metrics_port = port_of(flags["--metrics-listen"])
+    assert metrics_port in {p["containerPort"] for p in agg["portMappings"]}
+    check = agg["healthCheck"]["command"]
+    assert check[0] == "CMD" and check[1] == "python", "the slim image has no curl or wget"
+    assert f"http://127.0.0.1:{metrics_port}/healthz" in check[-1]
+    assert agg["stopTimeout"] >= 90
+    env = {e["name"]: e["value"] for e in agg["environment"]}
+    assert env["LOGQ_WAREHOUSE"].startswith("s3://")
+    assert task["taskRoleArn"].startswith("arn:aws:iam::") and "REPLACE" in task["taskRoleArn"]
+    assert int(task["memory"]) == 2048
+
+
+# -- the health check, run for real --------------------------------------------------------------
+
+
+def _run_check(command: list[str], port: int) -> subprocess.CompletedProcess[str]:
+    """The ECS ``CMD python -c ...`` with this Python and ``port`` in place of the real one."""
+    assert command[:2] == ["CMD", "python"]
+    original = port_of(
+        flag_values(ecs_argv(ecs_container(ECS_AGGREGATOR, "aggregator")))["--metrics-listen"]
+    )
+    args = [a.replace(f"127.0.0.1:{original}/", f"127.0.0.1:{port}/") for a in command[2:]]
+    assert any(f":{port}/" in a for a in args), "the port was substituted"
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=30)
+
+
+def _get(url: str) -> int:
+    """HTTP status of a GET (urllib raises on 4xx/5xx: turn that back into the status)."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def _forward_one_record(port: int) -> None:
+    """One Forward message with a chunk id; returns once the aggregator acked it (buffered)."""
+    message = ["logq.deploy-check", [[int(time.time()), {"log": "hello\n"}]], {"chunk": "ZGVw"}]
+    with socket.create_connection((LOCALHOST, port), timeout=30) as sock:
+        sock.sendall(msgpack.packb(message))
+        unpacker = msgpack.Unpacker()
+        while True:
+            data = sock.recv(4096)
+            assert data, "the aggregator closed the connection without an ack"
+            unpacker.feed(data)
+            for reply in unpacker:
+                assert reply == {"ack": "ZGVw"}, reply
+                return
+
+
+@pytest.mark.integration
+def test_ecs_health_check_and_k8s_probes_against_a_real_aggregator(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """200 while flushes succeed: the ECS check exits 0 and both probes pass. Flushes failing
+    past --unhealthy-after: the check exits non-zero, readiness fails, liveness still passes
+    (a restart would not help). A closed port: the check exits non-zero."""
+    command = ecs_container(ECS_AGGREGATOR, "aggregator")["healthCheck"]["command"]
+    probes = {
+        p: k8s_aggregator()[p]["httpGet"]["path"] for p in ("readinessProbe", "livenessProbe")
+    }
+    metrics_port = free_port()
+    warehouse = tmp_path / "warehouse"
+    warehouse.mkdir()
+    agg = start_aggregator(
+        str(warehouse),
+        tmp_path,
+        subprocess_env,
+        "--metrics-listen",
+        f"{LOCALHOST}:{metrics_port}",
+        "--buffer-compression",
+        "zstd",
+        "--unhealthy-after",
+        "1",
+    )
+    base = f"http://{LOCALHOST}:{metrics_port}"
+    try:
+        wait_until(lambda: port_open(LOCALHOST, metrics_port), 60, "metrics", agg.proc, agg.log)
+        done = _run_check(command, metrics_port)
+        assert done.returncode == 0, done.stderr
+        for probe, path in probes.items():
+            assert _get(base + path) == 200, probe
+
+        # The warehouse refuses writes (a file where its directory was): flushes fail.
+        shutil.rmtree(warehouse)
+        warehouse.write_text("not a directory")
+        _forward_one_record(agg.port)
+        wait_until(lambda: _get(base + "/healthz") == 503, 60, "/healthz 503", agg.proc, agg.log)
+        failing = _run_check(command, metrics_port)
+        assert failing.returncode != 0, "a 503 must fail the ECS health check"
+        assert "503" in failing.stderr
+        assert _get(base + probes["readinessProbe"]) == 503
+        assert _get(base + probes["livenessProbe"]) == 200, "liveness must not restart it now"
+
+        # The warehouse is back: the shutdown flush writes the buffered record, exit 0.
+        warehouse.unlink()
+        warehouse.mkdir()
+    finally:
+        status = agg.terminate(timeout=90)
+    assert status == 0, log_tail(agg.log)
+    assert list(warehouse.rglob("*.parquet")), "the buffered record reached the warehouse"
+    closed = _run_check(command, free_port())
+    assert closed.returncode != 0
+    assert "Connection refused" in closed.stderr or "URLError" in closed.stderr
+
+
+@pytest.mark.integration
+def test_k8s_shipper_command_ships_a_cri_node_for_real(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """The DaemonSet's own argv, run with ``--once`` on a generated /var/log/pods: every line
+    arrives, ``host`` is the node name from ``$(NODE_NAME)``, and aggregator names that do not
+    resolve (a StatefulSet pod being rescheduled) are failed over like a refused connection."""
+    import pyarrow.dataset as pads
+
+    from cli.demohost import write_host
+
+    manifest = write_host(tmp_path / "pods", requests=40, long_line=False, layout="cri")
+    warehouse = tmp_path / "warehouse"
+    warehouse.mkdir()
+    agg = start_aggregator(str(warehouse), tmp_path, subprocess_env)
+    node = "node-7"
+    here = {
+        "--cri-root": str(tmp_path / "pods"),
+        "--state-dir": str(tmp_path / "state"),
+        "--metrics-listen": f"{LOCALHOST}:{free_port()}",
+    }
+    container = k8s_shipper()
+    env_names = {e["name"] for e in container["env"]}
+    args: list[str] = []
+    for arg in k8s_argv(container)[1:]:
+        name, _, value = arg.partition("=")
+        if name == "--aggregator":  # in-cluster names: unresolvable here, so they count as down
+            value = f"{value.rsplit(':', 1)[0]}.invalid:{port_of(value)}"
+        value = here.get(name, value)
+        for var in env_names:  # what the kubelet does with $(VAR) in args
+            value = value.replace(f"$({var})", node)
+        args.append(f"{name}={value}")
+    # The pod has no /var/lib/docker/containers; this machine might: point the default elsewhere.
+    args += [f"--aggregator={agg.address}", f"--docker-root={tmp_path / 'none'}", "--once"]
+    try:
+        done = subprocess.run(
+            [str(console_script("logq-shipper")), *args],
+            env=subprocess_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "name or service not known" in done.stderr or "resolution" in done.stderr
+    finally:
+        status = agg.terminate(timeout=90)
+    assert status == 0, log_tail(agg.log)
+    for table in ("envoy_access", "container_logs"):
+        rows = pads.dataset(warehouse / table, format="parquet", partitioning="hive").to_table(
+            columns=["host"]
+        )
+        assert rows.num_rows == len(manifest.rows(table)), table
+        assert set(rows.column("host").to_pylist()) == {node}, table
