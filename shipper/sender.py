@@ -3,8 +3,10 @@
 Each batch is written as one PackedForward message with a ``chunk`` option; it counts as
 delivered only when the server answers ``{"ack": chunk}``. A missing ack (timeout), a closed
 connection or a refused connect make the batch go again -- to the next endpoint (failover), after
-an exponential backoff with full jitter. Batches are spread round-robin over healthy endpoints,
-one connection per endpoint with many batches in flight on it.
+an exponential backoff with full jitter. A source's batches go to the healthy endpoint that ranks
+first for it by rendezvous hashing (sources spread evenly, and a dead endpoint's sources spread
+evenly over the survivors); batches without a source go round-robin. One connection per
+endpoint, with many batches in flight on it.
 
 With a shared key the Fluentd handshake runs first: the server's ``HELO`` (nonce, auth salt),
 our ``PING`` (salted SHA-512 digest), the server's ``PONG`` (its own digest, verified here).
@@ -15,12 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import random
 import ssl
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,22 @@ log = logging.getLogger("logq.shipper.sender")
 
 HANDSHAKE_TIMEOUT = 10.0
 WRITE_SLICE = 256 * 1024
+
+
+#: Sources whose endpoint ranking is kept (a host has hundreds; past this the cache restarts).
+RANK_CACHE = 65_536
+
+
+def rendezvous_order(affinity: str, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    """``endpoints`` by descending hash of (source, endpoint): rendezvous (highest random weight)
+    hashing. Every shipper ranks a source the same way, each endpoint comes first for an even
+    share of sources, and removing one only moves its own sources -- each to its own next
+    choice, so they spread evenly over the rest instead of all landing on one neighbour."""
+
+    def weight(ep: Endpoint) -> bytes:
+        return hashlib.blake2b(f"{affinity}\x00{ep}".encode(), digest_size=8).digest()
+
+    return tuple(sorted(endpoints, key=weight, reverse=True))
 
 
 def tls_context(ca: Path | None, verify: bool = True) -> ssl.SSLContext:
@@ -190,6 +208,7 @@ class ForwardClient:
         self._health = {ep: _Health() for ep in endpoints}
         self._rr = random.randrange(len(endpoints))
         self._last_success = time.monotonic()
+        self._ranks: dict[str, tuple[Endpoint, ...]] = {}
 
     # -- endpoints --------------------------------------------------------------------------
 
@@ -201,18 +220,28 @@ class ForwardClient:
         and sources still spread over all aggregators. Without one: round-robin.
         """
         now = time.monotonic()
-        n = len(self.endpoints)
         if affinity is not None:
-            start = zlib.crc32(affinity.encode()) % n
+            order = self._rank(affinity)
         else:
+            n = len(self.endpoints)
             start = self._rr
             self._rr = (self._rr + 1) % n
-        for i in range(n):
-            ep = self.endpoints[(start + i) % n]
+            order = tuple(self.endpoints[(start + i) % n] for i in range(n))
+        for ep in order:
             if self._health[ep].down_until <= now:
                 return ep, 0.0
         ep = min(self.endpoints, key=lambda e: self._health[e].down_until)
         return ep, self._health[ep].down_until - now
+
+    def _rank(self, affinity: str) -> tuple[Endpoint, ...]:
+        """The endpoints in a source's order of preference (cached: sources are long-lived)."""
+        order = self._ranks.get(affinity)
+        if order is None:
+            if len(self._ranks) >= RANK_CACHE:
+                self._ranks.clear()
+            order = rendezvous_order(affinity, self.endpoints)
+            self._ranks[affinity] = order
+        return order
 
     def _mark_down(self, ep: Endpoint, exc: BaseException) -> None:
         h = self._health[ep]

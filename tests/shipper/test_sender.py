@@ -12,7 +12,7 @@ from shipper.batch import encode_message, pack_entries
 from shipper.config import Endpoint, parse_endpoint
 from shipper.errors import DeliveryError, HandshakeError
 from shipper.formats import Lines
-from shipper.sender import ForwardClient, tls_context
+from shipper.sender import ForwardClient, rendezvous_order, tls_context
 from tests.shipper.receiver import Receiver, free_port
 from tests.shipper.tlsgen import make_ca_and_server, server_context
 
@@ -190,3 +190,24 @@ def test_sources_stick_to_one_aggregator_and_spread() -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_a_dead_aggregators_sources_spread_over_every_survivor() -> None:
+    """Rendezvous hashing: an even share each; when one is down only its sources move, and
+    they split over the survivors instead of all landing on its neighbour in the list."""
+    eps = tuple(Endpoint(f"agg-{i}", 24224) for i in range(4))
+    c = ForwardClient(eps, hostname="h")
+    sources = [f"host-7:{inode}:fp{inode * 31}" for inode in range(4000)]
+    before = {s: c._pick(s)[0] for s in sources}
+    shares = {ep: sum(1 for e in before.values() if e == ep) for ep in eps}
+    assert all(800 <= n <= 1200 for n in shares.values()), shares  # 1,000 expected each
+    assert before == {s: rendezvous_order(s, eps)[0] for s in sources}
+    assert rendezvous_order("x", eps) == rendezvous_order("x", tuple(reversed(eps)))
+
+    c._mark_down(eps[1], ConnectionRefusedError("down"))
+    after = {s: c._pick(s)[0] for s in sources}
+    moved = [s for s in sources if after[s] != before[s]]
+    assert set(moved) == {s for s in sources if before[s] == eps[1]}, "only its sources move"
+    landed = {ep: sum(1 for s in moved if after[s] == ep) for ep in eps}
+    assert landed[eps[1]] == 0
+    assert all(landed[ep] >= len(moved) / 6 for ep in (eps[0], eps[2], eps[3])), landed
