@@ -88,6 +88,12 @@ class Shipper:
         async with self._saved:
             await self._saved.wait_for(lambda: self._saved_generation >= generation)
 
+    async def _tick_loop(self) -> None:
+        """Prove to ``/healthz`` that the event loop runs (metrics.py)."""
+        while True:
+            self.metrics.tick()
+            await asyncio.sleep(1.0)
+
     async def _checkpoint_loop(self) -> None:
         """Persist the registry whenever acks moved it; bursts of acks share one write."""
         while True:
@@ -197,6 +203,7 @@ class Shipper:
                     "pick another --metrics-listen"
                 ) from None
         saver = asyncio.create_task(self._checkpoint_loop())
+        ticker = asyncio.create_task(self._tick_loop())
         try:
             specs = self._discover()
             if not specs:
@@ -216,6 +223,7 @@ class Shipper:
         finally:
             # Never cancel a save in progress: its thread would keep writing the same tmp file
             # as the final save below. Let the loop finish its write, then save once more.
+            ticker.cancel()
             self._saver_closing = True
             self._dirty.set()
             with contextlib.suppress(asyncio.CancelledError):

@@ -3,13 +3,28 @@
 Counters are per service so that a noisy or stuck service stands out; ``bytes_behind`` is per
 file: the bytes written by the runtime that the aggregators have not acknowledged yet -- the one
 number to alert on when shipping falls behind.
+
+The same port answers ``/healthz`` for liveness probes: 200 while the shipper's event loop ticks,
+503 once it has been stuck for :data:`STALL_SECONDS` (the HTTP server runs on its own thread, so
+a page of metrics alone would not show that). Slow or failing deliveries are not a reason to
+restart a shipper and do not fail it: alert on ``logq_shipper_bytes_behind`` and retries.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+import socket
+import threading
+import time
+from http.server import ThreadingHTTPServer
+from urllib.parse import urlparse
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.exposition import MetricsHandler
 
 from shipper.config import Endpoint
+
+#: ``/healthz`` answers 503 once the event loop has not ticked for this long.
+STALL_SECONDS = 30.0
 
 
 class Metrics:
@@ -78,5 +93,40 @@ class Metrics:
         )
         self.files = Gauge("logq_shipper_open_files", "Log files being followed", registry=r)
 
-    def serve(self, listen: Endpoint) -> None:
-        start_http_server(listen.port, addr=listen.host, registry=self.registry)
+        self.last_tick = time.monotonic()
+
+    def tick(self) -> None:
+        """Called from the event loop every second (see :meth:`health`)."""
+        self.last_tick = time.monotonic()
+
+    def health(self) -> tuple[int, str]:
+        """``/healthz``: the status and a one-line reason."""
+        stalled = time.monotonic() - self.last_tick
+        if stalled > STALL_SECONDS:
+            return 503, f"event loop stalled for {stalled:.0f}s\n"
+        return 200, "ok\n"
+
+    def serve(self, listen: Endpoint) -> ThreadingHTTPServer:
+        """Serve ``/metrics`` (any other path too, as Prometheus' own server does) and
+        ``/healthz`` on a daemon thread; returns the server (``server_address`` has the port)."""
+        metrics = self
+
+        class Handler(MetricsHandler.factory(self.registry)):  # type: ignore[misc]
+            def do_GET(self) -> None:
+                if urlparse(self.path).path != "/healthz":
+                    super().do_GET()
+                    return
+                status, text = metrics.health()
+                body = text.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        family = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM)[0][0]
+        server_class = type("MetricsServer", (ThreadingHTTPServer,), {"address_family": family})
+        server = server_class((listen.host, listen.port), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+        return server

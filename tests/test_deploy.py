@@ -32,7 +32,7 @@ import msgpack
 import pytest
 import yaml
 
-from tests.support.pipeline import start_aggregator
+from tests.support.pipeline import start_aggregator, start_shipper
 from tests.support.procs import (
     LOCALHOST,
     console_script,
@@ -491,12 +491,12 @@ def test_ecs_aggregator_health_stop_and_warehouse() -> None:
 # -- the health check, run for real --------------------------------------------------------------
 
 
-def _run_check(command: list[str], port: int) -> subprocess.CompletedProcess[str]:
+def _run_check(
+    command: list[str], port: int, task: Path = ECS_AGGREGATOR, name: str = "aggregator"
+) -> subprocess.CompletedProcess[str]:
     """The ECS ``CMD python -c ...`` with this Python and ``port`` in place of the real one."""
     assert command[:2] == ["CMD", "python"]
-    original = port_of(
-        flag_values(ecs_argv(ecs_container(ECS_AGGREGATOR, "aggregator")))["--metrics-listen"]
-    )
+    original = port_of(flag_values(ecs_argv(ecs_container(task, name)))["--metrics-listen"])
     args = [a.replace(f"127.0.0.1:{original}/", f"127.0.0.1:{port}/") for a in command[2:]]
     assert any(f":{port}/" in a for a in args), "the port was substituted"
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=30)
@@ -579,6 +579,46 @@ def test_ecs_health_check_and_k8s_probes_against_a_real_aggregator(
     closed = _run_check(command, free_port())
     assert closed.returncode != 0
     assert "Connection refused" in closed.stderr or "URLError" in closed.stderr
+
+
+def test_shipper_liveness_asks_healthz_on_its_metrics_port() -> None:
+    k8s_container = k8s_shipper()
+    port = port_of(flag_values(k8s_argv(k8s_container))["--metrics-listen"])
+    probe = k8s_container["livenessProbe"]["httpGet"]
+    named = {p["name"]: p["containerPort"] for p in k8s_container["ports"]}
+    assert (probe["path"], named.get(probe["port"], probe["port"])) == ("/healthz", port)
+    ecs_shipper = ecs_container(ECS_SHIPPER, "shipper")
+    port = port_of(flag_values(ecs_argv(ecs_shipper))["--metrics-listen"])
+    assert f"http://127.0.0.1:{port}/healthz" in ecs_shipper["healthCheck"]["command"][-1]
+
+
+@pytest.mark.integration
+def test_ecs_shipper_health_check_against_a_real_shipper(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """The shipper task's check passes against a following shipper (even with no aggregator
+    reachable: deliveries failing are not a reason to restart it) and fails on a closed port."""
+    command = ecs_container(ECS_SHIPPER, "shipper")["healthCheck"]["command"]
+    port = free_port()
+    (tmp_path / "containers").mkdir()
+    shipper = start_shipper(
+        f"{LOCALHOST}:{free_port()}",  # nobody listens there
+        tmp_path / "containers",
+        tmp_path / "state",
+        subprocess_env,
+        "--metrics-listen",
+        f"{LOCALHOST}:{port}",
+    )
+    try:
+        wait_until(lambda: port_open(LOCALHOST, port), 60, "metrics", shipper.proc, shipper.log)
+        done = _run_check(command, port, ECS_SHIPPER, "shipper")
+        assert done.returncode == 0, done.stderr
+        with urllib.request.urlopen(f"http://{LOCALHOST}:{port}/healthz", timeout=10) as resp:
+            assert resp.read() == b"ok\n", "the health page, not a page of metrics"
+    finally:
+        status = shipper.terminate(timeout=60)
+    assert status == 0, log_tail(shipper.log)
+    assert _run_check(command, free_port(), ECS_SHIPPER, "shipper").returncode != 0
 
 
 @pytest.mark.integration

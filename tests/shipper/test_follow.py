@@ -329,6 +329,8 @@ def test_metrics_endpoint(tmp_path: Path, receiver: Receiver) -> None:
         time.sleep(0.5)
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         text = body.decode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as health:
+            assert (health.status, health.read()) == (200, b"ok\n")
     finally:
         rc, err = sh.stop()
     assert rc == 0, err
