@@ -47,7 +47,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from aggregator.durable import atomic_file
-from aggregator.ledger import expire_ledger
+from aggregator.ledger import Ledger, compaction_blocker, expire_ledger
 from aggregator.storage import ROW_GROUP_ROWS, StorageError, list_folder, write_options
 from athena.schema import TABLES, Table, parse_dt
 from athena.warehouse import Warehouse, WarehouseError, open_warehouse
@@ -333,6 +333,12 @@ def compact_main(argv: list[str]) -> int:
         help="only hours that ended within this many hours (48)",
     )
     parser.add_argument("--all", action="store_true", help="every closed hour, however old")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="compact even while an aggregator that stopped without writing out its buffer "
+        "has not been restarted or drained (its replay may then store some rows twice)",
+    )
     args = parser.parse_args(argv)
     from aggregator import logs
 
@@ -343,6 +349,10 @@ def compact_main(argv: list[str]) -> int:
         target = int(
             args.target_file_bytes or conf.get("target_file_bytes") or DEFAULT_TARGET_BYTES
         )
+        blocker = compaction_blocker(Ledger(wh, "").heartbeats(), None, time.time())
+        if blocker is not None and not args.force:
+            print(f"logq-aggregator compact: deferred: {blocker} (or --force)", file=sys.stderr)
+            return 0
         started = time.monotonic()
         merged = compact_warehouse(
             wh,

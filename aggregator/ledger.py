@@ -142,6 +142,10 @@ class Ledger:
 
     def peers(self) -> list[Heartbeat]:
         """The other nodes' latest heartbeats."""
+        return [b for b in self.heartbeats() if b.node != self.node_id]
+
+    def heartbeats(self) -> list[Heartbeat]:
+        """Every node's latest heartbeat (a node removes its own on a clean stop or drain)."""
         folder = self.warehouse.path(LEDGER_DIR, NODES_DIR)
         beats = []
         for info in list_folder(self.warehouse, folder):
@@ -159,8 +163,7 @@ class Ledger:
             except (OSError, pa.ArrowException, ValueError, KeyError, TypeError) as exc:
                 log.warning("ignoring unreadable ledger heartbeat %s: %s", info.path, exc)
                 continue
-            if beat.node != self.node_id:
-                beats.append(beat)
+            beats.append(beat)
         return beats
 
     def wait_for_peers(self, since: float, timeout: float, poll: float = 1.0) -> list[str]:
@@ -218,6 +221,31 @@ class Ledger:
                 return pq.read_table(fh, schema=LEDGER_SCHEMA)
         except (OSError, pa.ArrowException) as exc:
             raise StorageError(f"reading ledger {path} from {self.warehouse.uri}: {exc}") from exc
+
+
+def compaction_blocker(beats: list[Heartbeat], node_id: str | None, now: float) -> str | None:
+    """Why ``node_id`` (None: the ``compact`` command) must not compact now, or None.
+
+    * A node whose heartbeat is stale stopped without writing out its buffer (a clean stop or
+      ``drain`` removes the heartbeat). If it crashed in the middle of a segment, its replay
+      rewrites that segment's objects: merged meanwhile, they would be stored twice. So nobody
+      compacts until it is back or drained.
+    * Of the live nodes, only the one with the smallest id compacts: ``--compact-interval`` can
+      be set on every aggregator, and a second compactor never races the first.
+    """
+    stale = sorted(b.node for b in beats if b.node != node_id and b.stale(now))
+    if stale:
+        return (
+            f"aggregator {', '.join(stale)} stopped without writing out its buffer (stale "
+            f"heartbeat in {LEDGER_DIR}/{NODES_DIR}/): merging now could store rows of a segment "
+            "it replays twice. Restart it, or run `logq-aggregator drain --buffer-dir DIR` on "
+            "its buffer; if that buffer is lost for good, delete its heartbeat file"
+        )
+    if node_id is not None:  # every other heartbeat is fresh here
+        first = min((b.node for b in beats if b.node != node_id), default=node_id)
+        if first < node_id:
+            return f"aggregator {first} compacts (the live one with the smallest node id)"
+    return None
 
 
 def expire_ledger(warehouse: Warehouse, now: datetime | None = None) -> int:

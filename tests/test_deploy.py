@@ -225,7 +225,7 @@ def test_aggregator_settings_follow_operations_md(argv: list[str]) -> None:
     assert flags["--buffer-dir"].startswith("/"), (
         "a relative buffer dir lands in the image's WORKDIR"
     )
-    assert "--compact-interval" not in flags, "compaction runs on one instance only"
+    assert "--compact-interval" not in flags, "compaction is the CronJob's (2Gi aggregators)"
 
 
 # -- Kubernetes ---------------------------------------------------------------------------------

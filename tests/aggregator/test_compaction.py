@@ -15,8 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from aggregator.batch import records_table, route
-from aggregator.compaction import compact_partition, compact_warehouse, finish_intents
+from aggregator.compaction import (
+    compact_main,
+    compact_partition,
+    compact_warehouse,
+    finish_intents,
+)
 from aggregator.decode import records_batch, to_ipc
+from aggregator.ledger import STALE_GRACE_S, Heartbeat, Ledger, compaction_blocker
 from aggregator.writer import object_name, write_partitions
 from athena.schema import CONTAINER_LOGS, partition_path
 from athena.warehouse import open_warehouse
@@ -159,6 +165,89 @@ def test_periodic_compaction_in_the_service(tmp_path: Path) -> None:
     agg = start_aggregator(tmp_path, warehouse=uri, extra=["--compact-interval", "0.5"])
     try:
         wait_until(lambda: len(parquet_files(uri)) == 2, 30, "periodic compaction", proc=agg.proc)
+    finally:
+        assert agg.stop() == 0
+    assert read_table(uri, "container_logs").num_rows == 6 * 11
+
+
+def test_only_the_smallest_live_node_compacts_and_none_while_one_is_down() -> None:
+    now = 1_800_000_000.0
+
+    def beat(node: str, age: float) -> Heartbeat:
+        return Heartbeat(node, now - age, now - age, flush_interval=10.0)
+
+    live = [beat("node-b", 5), beat("node-a", 5), beat("node-c", 5)]
+    assert compaction_blocker(live, "node-a", now) is None
+    assert compaction_blocker(live, "node-c", now) == (
+        "aggregator node-a compacts (the live one with the smallest node id)"
+    )
+    assert compaction_blocker([], "node-c", now) is None  # alone (or before any heartbeat)
+    assert compaction_blocker(live, None, now) is None  # the compact command: nobody is down
+    # node-a was killed: its heartbeat stays and goes stale; nobody merges until it is back
+    dead = [beat("node-a", 10 * 10 + STALE_GRACE_S + 1), beat("node-b", 5), beat("node-c", 5)]
+    for node in ("node-b", "node-c", None):
+        reason = compaction_blocker(dead, node, now)
+        assert reason is not None and reason.startswith("aggregator node-a stopped without")
+        assert "logq-aggregator drain" in reason
+
+
+def test_compact_command_defers_while_an_aggregator_is_down_undrained(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = str(tmp_path / "wh")
+    flush_files(uri, files=4, rows_per_file=5)
+    wh = open_warehouse(uri)
+    dead = Ledger(wh, "node-dead")
+    dead.heartbeat(time.time() - 3600, flush_interval=10.0)
+    beat_file = Path(wh.path("_ledger", "_nodes", "node-dead.json"))
+    doc = json.loads(beat_file.read_text())
+    doc["updated"] -= 3600  # written an hour ago: it died then
+    beat_file.write_text(json.dumps(doc))
+    args = ["--warehouse", uri, "--all", "--grace-minutes", "0"]
+
+    assert compact_main(args) == 0
+    err = capsys.readouterr().err
+    assert "deferred: aggregator node-dead stopped without writing out its buffer" in err
+    assert len(parquet_files(uri)) == 8, "nothing merged"
+
+    dead.forget()  # what `logq-aggregator drain` does once its buffer is written out
+    assert compact_main(args) == 0
+    assert "compacted 8 files" in capsys.readouterr().err
+    assert len(parquet_files(uri)) == 2
+
+
+def test_compact_command_force_merges_anyway(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = str(tmp_path / "wh")
+    flush_files(uri, files=3, rows_per_file=5)
+    wh = open_warehouse(uri)
+    Ledger(wh, "node-dead").heartbeat(0.0, flush_interval=10.0)
+    beat_file = Path(wh.path("_ledger", "_nodes", "node-dead.json"))
+    beat_file.write_text(json.dumps({**json.loads(beat_file.read_text()), "updated": 0.0}))
+    assert compact_main(["--warehouse", uri, "--all", "--grace-minutes", "0", "--force"]) == 0
+    assert "compacted 6 files" in capsys.readouterr().err
+    assert read_table(uri, "container_logs").num_rows == 3 * 6
+
+
+def test_service_leaves_compaction_to_the_smallest_live_node(tmp_path: Path) -> None:
+    uri = str(tmp_path / "warehouse")
+    flush_files(uri, files=6, rows_per_file=10)
+    old = time.time() - 3 * 3600
+    for p in (tmp_path / "warehouse").rglob("*.parquet"):
+        os.utime(p, (old, old))
+    first = Ledger(open_warehouse(uri), "aaa-first")
+    first.heartbeat(time.time(), flush_interval=60.0)  # a live peer that sorts first
+    agg = start_aggregator(
+        tmp_path, warehouse=uri, extra=["--compact-interval", "0.5", "--node-id", "zzz-second"]
+    )
+    try:
+        wait_until(
+            lambda: "aggregator aaa-first compacts" in agg.log_text(), 30, "skip", proc=agg.proc
+        )
+        assert len(parquet_files(uri)) == 12
+        first.forget()  # it stopped cleanly: this one takes over
+        wait_until(lambda: len(parquet_files(uri)) == 2, 30, "take over", proc=agg.proc)
     finally:
         assert agg.stop() == 0
     assert read_table(uri, "container_logs").num_rows == 6 * 11
