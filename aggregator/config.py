@@ -107,13 +107,27 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ),
     ("--max-frame-bytes", {"type": int, "help": "largest Forward message (default 32 MiB)"}),
     ("--buffer-limit-bytes", {"type": int, "help": "buffer size that withholds acks (1 GiB)"}),
-    ("--segment-bytes", {"type": int, "help": "seal a buffer segment at this size (64 MiB)"}),
+    (
+        "--segment-bytes",
+        {
+            "type": int,
+            "help": "seal a buffer segment at this size (64 MiB); a flush writes one object per "
+            "partition and segment",
+        },
+    ),
     (
         "--buffer-compression",
         {"choices": BUFFER_COMPRESSIONS, "help": "buffer frames: none (default), lz4 or zstd"},
     ),
     ("--target-file-bytes", {"type": int, "help": "compacted file size (default 128 MiB)"}),
-    ("--compact-interval", {"type": float, "help": "compact every N s (default 0: off)"}),
+    (
+        "--compact-interval",
+        {
+            "type": float,
+            "help": "compact every N s (default 0: off); safe on every aggregator: the live one "
+            "with the smallest node id compacts",
+        },
+    ),
     ("--max-connections", {"type": int, "help": "concurrent connections (default 1024)"}),
     ("--idle-timeout", {"type": float, "help": "close silent connections after (600 s)"}),
     ("--tls-cert", {"help": "PEM certificate: serve Forward over TLS"}),
