@@ -156,12 +156,18 @@ def test_fresh_intent_of_another_compactor_is_respected(tmp_path: Path) -> None:
     assert (folder / "_compact-x.json").exists()
 
 
-def test_periodic_compaction_in_the_service(tmp_path: Path) -> None:
+def closed_hours_flushed_long_ago(tmp_path: Path) -> str:
+    """A warehouse with 6 flushes into two hours, its files 3 hours old (both hours closed)."""
     uri = str(tmp_path / "warehouse")
     flush_files(uri, files=6, rows_per_file=10)
     old = time.time() - 3 * 3600
     for p in (tmp_path / "warehouse").rglob("*.parquet"):
         os.utime(p, (old, old))
+    return uri
+
+
+def test_periodic_compaction_in_the_service(tmp_path: Path) -> None:
+    uri = closed_hours_flushed_long_ago(tmp_path)
     agg = start_aggregator(tmp_path, warehouse=uri, extra=["--compact-interval", "0.5"])
     try:
         wait_until(lambda: len(parquet_files(uri)) == 2, 30, "periodic compaction", proc=agg.proc)
@@ -191,18 +197,23 @@ def test_only_the_smallest_live_node_compacts_and_none_while_one_is_down() -> No
         assert "logq-aggregator drain" in reason
 
 
-def test_compact_command_defers_while_an_aggregator_is_down_undrained(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    uri = str(tmp_path / "wh")
-    flush_files(uri, files=4, rows_per_file=5)
+def crashed_node(uri: str) -> Ledger:
+    """A node whose last heartbeat is an hour old: it died then, its buffer not written out."""
     wh = open_warehouse(uri)
     dead = Ledger(wh, "node-dead")
     dead.heartbeat(time.time() - 3600, flush_interval=10.0)
     beat_file = Path(wh.path("_ledger", "_nodes", "node-dead.json"))
     doc = json.loads(beat_file.read_text())
-    doc["updated"] -= 3600  # written an hour ago: it died then
-    beat_file.write_text(json.dumps(doc))
+    beat_file.write_text(json.dumps({**doc, "updated": doc["updated"] - 3600}))
+    return dead
+
+
+def test_compact_command_defers_while_an_aggregator_is_down_undrained(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = str(tmp_path / "wh")
+    flush_files(uri, files=4, rows_per_file=5)
+    dead = crashed_node(uri)
     args = ["--warehouse", uri, "--all", "--grace-minutes", "0"]
 
     assert compact_main(args) == 0
@@ -221,21 +232,14 @@ def test_compact_command_force_merges_anyway(
 ) -> None:
     uri = str(tmp_path / "wh")
     flush_files(uri, files=3, rows_per_file=5)
-    wh = open_warehouse(uri)
-    Ledger(wh, "node-dead").heartbeat(0.0, flush_interval=10.0)
-    beat_file = Path(wh.path("_ledger", "_nodes", "node-dead.json"))
-    beat_file.write_text(json.dumps({**json.loads(beat_file.read_text()), "updated": 0.0}))
+    crashed_node(uri)
     assert compact_main(["--warehouse", uri, "--all", "--grace-minutes", "0", "--force"]) == 0
     assert "compacted 6 files" in capsys.readouterr().err
     assert read_table(uri, "container_logs").num_rows == 3 * 6
 
 
 def test_service_leaves_compaction_to_the_smallest_live_node(tmp_path: Path) -> None:
-    uri = str(tmp_path / "warehouse")
-    flush_files(uri, files=6, rows_per_file=10)
-    old = time.time() - 3 * 3600
-    for p in (tmp_path / "warehouse").rglob("*.parquet"):
-        os.utime(p, (old, old))
+    uri = closed_hours_flushed_long_ago(tmp_path)
     first = Ledger(open_warehouse(uri), "aaa-first")
     first.heartbeat(time.time(), flush_interval=60.0)  # a live peer that sorts first
     agg = start_aggregator(
