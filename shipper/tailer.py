@@ -372,6 +372,10 @@ class Tailer:
         """
         live = self.live
         if live is None:
+            # A rotation left a new file with no complete line yet. Open it once it has one,
+            # here too: reading may be waiting for acks, and the runtime keeps rotating.
+            if self._floor is not None and len(self.cursors) < MAX_PINNED_FILES:
+                self._open_live()
             return
         if len(self.cursors) >= MAX_PINNED_FILES:
             if not self._pin_limit_logged:

@@ -246,6 +246,34 @@ def test_lagging_reader_keeps_rotated_files_the_runtime_deletes(
     assert first.lines.logs + rest == [f"line {i}" for i in range(550)]
 
 
+@pytest.mark.parametrize("pin", [True, False])
+def test_pinning_goes_on_after_a_rotation_to_a_file_not_written_yet(
+    tmp_path: Path, reg: Registry, pin: bool
+) -> None:
+    """The reader noticed a rotation while the new file was still empty (no live file open),
+    then waits for acks while the runtime rotates on with max-file 3: the pin checks open the
+    new file once it has a line, so the generations deleted meanwhile still arrive."""
+    path = tmp_path / "c-json.log"
+    append(path, 0, 5)
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    assert drain(t) == [f"line {i}" for i in range(5)]
+    _docker_rotate(path, max_file=3)
+    path.touch()  # the runtime's new file, nothing in it yet
+    assert t.read() is None and t.poll() and t.live is None
+    assert t.read() is None  # the rotated file is done; reading now waits (acks)
+    for gen in range(1, 6):
+        append(path, gen * 10, 10)
+        if pin:
+            t.pin_new_generation()  # the source's pin loop, every 0.25 s
+        _docker_rotate(path, max_file=3)
+    append(path, 60, 10)
+    rest = drain(t)
+    if pin:
+        assert rest == [f"line {i}" for i in range(10, 70)]
+    else:
+        assert len(rest) < 60  # generations deleted before anyone opened them
+
+
 def test_without_pinning_a_lagging_reader_loses_deleted_generations(
     tmp_path: Path, reg: Registry
 ) -> None:
