@@ -16,29 +16,17 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 
-from aggregator.writer import partitions
+from aggregator.writer import PartitionObject, partitions
 
 #: Most rows in one flushed object (a partition with more in one segment gets several objects).
 #: Bounds the memory of writing: an object's rows are read back, sorted and encoded at once.
 PART_ROWS = 200_000
 
 _Key = tuple[str, str, str]  # (table, service, dt)
-
-
-@dataclass(frozen=True)
-class SpilledObject:
-    """The rows of one object to write: ``part`` numbers the objects of one partition."""
-
-    table: str
-    service: str
-    dt: str
-    part: int
-    rows: pa.Table
 
 
 class Spill:
@@ -70,7 +58,7 @@ class Spill:
                     batch_no += 1
         self._files.append(path)
 
-    def objects(self, part_rows: int | None = None) -> Iterator[SpilledObject]:
+    def objects(self, part_rows: int | None = None) -> Iterator[PartitionObject]:
         """Every object to write, partition by partition (sorted keys), rows in arrival order,
         at most ``part_rows`` (default :data:`PART_ROWS`) rows each."""
         part_rows = PART_ROWS if part_rows is None else part_rows
@@ -78,12 +66,12 @@ class Spill:
             part, pending, count = 0, [], 0
             for number, batch_no, rows in self._batches[key]:
                 if pending and count + rows > part_rows:
-                    yield SpilledObject(*key, part, self._table(pending))
+                    yield PartitionObject(*key, part, self._table(pending))
                     part, pending, count = part + 1, [], 0
                 pending.append((number, batch_no))
                 count += rows
             if pending:
-                yield SpilledObject(*key, part, self._table(pending))
+                yield PartitionObject(*key, part, self._table(pending))
 
     def _table(self, refs: list[tuple[int, int]]) -> pa.Table:
         batches = [self._reader(number).get_batch(batch_no) for number, batch_no in refs]

@@ -14,7 +14,6 @@ import itertools
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -23,9 +22,6 @@ import pyarrow.compute as pc
 from aggregator.storage import put_table
 from athena.schema import DT_FORMAT, partition_path
 from athena.warehouse import Warehouse
-
-if TYPE_CHECKING:
-    from aggregator.spill import SpilledObject
 
 _MS_PER_HOUR = 3_600_000
 
@@ -39,6 +35,17 @@ class WrittenFile:
     dt: str
     path: str
     rows: int
+
+
+@dataclass(frozen=True)
+class PartitionObject:
+    """The rows of one object to write: ``part`` numbers the objects of one partition."""
+
+    table: str
+    service: str
+    dt: str
+    part: int
+    rows: pa.Table
 
 
 def object_name(node_id: str, segment_seq: int, part: int = 0) -> str:
@@ -88,32 +95,22 @@ def write_partitions(
     wh: Warehouse, table_name: str, table: pa.Table, file_name: str
 ) -> list[WrittenFile]:
     """Write every partition of ``table`` as ``file_name`` inside its folder (in parallel)."""
-    jobs = [
-        (service, dt, rows, wh.path(partition_path(table_name, service, dt), file_name))
-        for service, dt, rows in partitions(table)
+    objects = [
+        PartitionObject(table_name, service, dt, 0, rows) for service, dt, rows in partitions(table)
     ]
-
-    def put(job: tuple[str, str, pa.Table, str]) -> WrittenFile:
-        service, dt, rows, path = job
-        put_table(wh, path, rows)
-        return WrittenFile(table_name, service, dt, path, rows.num_rows)
-
-    if len(jobs) <= 1:
-        return [put(job) for job in jobs]
-    with ThreadPoolExecutor(max_workers=min(WRITE_THREADS, len(jobs))) as pool:
-        return list(pool.map(put, jobs))  # re-raises the first failure: the flush is retried
+    return write_objects(wh, objects, lambda _part: file_name)
 
 
 def write_objects(
-    wh: Warehouse, objects: Iterable[SpilledObject], file_name: Callable[[int], str]
+    wh: Warehouse, objects: Iterable[PartitionObject], file_name: Callable[[int], str]
 ) -> list[WrittenFile]:
-    """Write spilled objects, each sorted by time, ``file_name(part)`` in its partition folder.
+    """Write partition objects, each sorted by time, ``file_name(part)`` in its partition folder.
 
     Up to :data:`WRITE_THREADS` at once while their rows stay under :data:`WRITE_ROWS`; the
     first failure is raised once the writes in flight have finished (the flush is retried).
     """
 
-    def put(obj: SpilledObject) -> WrittenFile:
+    def put(obj: PartitionObject) -> WrittenFile:
         path = wh.path(partition_path(obj.table, obj.service, obj.dt), file_name(obj.part))
         rows = (
             obj.rows if _chunks_in_order(obj.rows["timestamp"]) else obj.rows.sort_by("timestamp")

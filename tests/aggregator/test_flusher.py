@@ -20,7 +20,7 @@ from aggregator.dedup import OffsetState
 from aggregator.envoy import BUILTIN_FORMATS
 from aggregator.flusher import Flusher
 from aggregator.ledger import Ledger, entry_name
-from aggregator.spill import Spill, SpilledObject
+from aggregator.spill import Spill
 from aggregator.storage import StorageError
 from athena.warehouse import open_warehouse
 from shipper import wire
@@ -214,7 +214,9 @@ def test_objects_are_written_sorted_by_time_whatever_the_order_of_pieces(
         )
         for i, times in enumerate(pieces)
     ]
-    obj = SpilledObject("container_logs", "svc", "2026-11-28-10", 0, pa.Table.from_batches(batches))
+    obj = writer_mod.PartitionObject(
+        "container_logs", "svc", "2026-11-28-10", 0, pa.Table.from_batches(batches)
+    )
     (written,) = writer_mod.write_objects(wh, [obj], lambda part: f"x-{part}.parquet")
     got = pq.read_table(written.path)
     want = sorted((t, f"piece{i}-{t}") for i, times in enumerate(pieces) for t in times)
