@@ -136,7 +136,7 @@ class Flusher:
         spill = Spill(self.spill_dir)
         try:
             for records in _slices(read_frames(segment.path), SLICE_ROWS):
-                kept = self._keep(records, marks, result, committed)
+                kept, source_id, offset = self._keep(records, marks, result, committed)
                 for start in range(0, kept.num_rows, ROUTE_ROWS):
                     routed = route(kept.slice(start, ROUTE_ROWS), self.formats)
                     for service, count in routed.parse_failures.items():
@@ -146,7 +146,6 @@ class Flusher:
                     for table_name, table in routed.tables.items():
                         result.services |= _services(table)
                         spill.add(table_name, table)
-                source_id, offset = _plain(kept[wire.KEY_SOURCE_ID]), _plain(kept[wire.KEY_OFFSET])
                 marks.advance(source_id, offset)
                 kept_sources.append(pc.dictionary_encode(source_id))  # a few bytes a row
                 kept_offsets.append(offset)
@@ -171,16 +170,18 @@ class Flusher:
         marks: OffsetState,
         result: FlushResult,
         committed: Committed | None,
-    ) -> pa.Table:
-        """The records of a slice that are not resent lines (nor committed by a peer)."""
+    ) -> tuple[pa.Table, pa.Array, pa.Array]:
+        """The records of a slice that are not resent lines (nor committed by a peer), with
+        their ``source_id`` and ``offset`` as plain arrays."""
         result.records += records.num_rows
         source_id, offset = _plain(records[wire.KEY_SOURCE_ID]), _plain(records[wire.KEY_OFFSET])
         keep = marks.keep_mask(source_id, offset)
         if committed is not None and committed.pairs:
             keep = pc.and_(keep, pc.invert(committed.seen(source_id, offset)))
-        kept = records if pc.all(keep).as_py() else records.filter(keep)  # no copy: all new
-        result.duplicates += records.num_rows - kept.num_rows
-        return kept
+        if pc.all(keep).as_py():  # the usual slice: all new, nothing copied
+            return records, source_id, offset
+        result.duplicates += records.num_rows - pc.sum(keep).as_py()
+        return records.filter(keep), source_id.filter(keep), offset.filter(keep)
 
 
 def _slices(payloads: Iterator[bytes], rows: int) -> Iterator[pa.Table]:
