@@ -47,7 +47,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from aggregator.durable import atomic_file
-from aggregator.ledger import Ledger, compaction_blocker, expire_ledger
+from aggregator.ledger import compaction_blocker, expire_ledger, read_heartbeats
 from aggregator.storage import ROW_GROUP_ROWS, StorageError, list_folder, write_options
 from athena.schema import TABLES, Table, parse_dt
 from athena.warehouse import Warehouse, WarehouseError, open_warehouse
@@ -349,9 +349,9 @@ def compact_main(argv: list[str]) -> int:
         target = int(
             args.target_file_bytes or conf.get("target_file_bytes") or DEFAULT_TARGET_BYTES
         )
-        blocker = compaction_blocker(Ledger(wh, "").heartbeats(), None, time.time())
-        if blocker is not None and not args.force:
-            print(f"logq-aggregator compact: deferred: {blocker} (or --force)", file=sys.stderr)
+        hold = compaction_blocker(read_heartbeats(wh), None, time.time())
+        if hold is not None and not args.force:
+            print(f"logq-aggregator compact: deferred: {hold.reason} (or --force)", file=sys.stderr)
             return 0
         started = time.monotonic()
         merged = compact_warehouse(

@@ -142,29 +142,7 @@ class Ledger:
 
     def peers(self) -> list[Heartbeat]:
         """The other nodes' latest heartbeats."""
-        return [b for b in self.heartbeats() if b.node != self.node_id]
-
-    def heartbeats(self) -> list[Heartbeat]:
-        """Every node's latest heartbeat (a node removes its own on a clean stop or drain)."""
-        folder = self.warehouse.path(LEDGER_DIR, NODES_DIR)
-        beats = []
-        for info in list_folder(self.warehouse, folder):
-            if not info.base_name.endswith(".json") or info.base_name.startswith((".", "_")):
-                continue
-            try:
-                with self.warehouse.fs.open_input_stream(info.path) as fh:
-                    doc = json.loads(fh.read())
-                beat = Heartbeat(
-                    str(doc["node"]),
-                    float(doc["committed_through"]),
-                    float(doc["updated"]),
-                    float(doc["flush_interval"]),
-                )
-            except (OSError, pa.ArrowException, ValueError, KeyError, TypeError) as exc:
-                log.warning("ignoring unreadable ledger heartbeat %s: %s", info.path, exc)
-                continue
-            beats.append(beat)
-        return beats
+        return [b for b in read_heartbeats(self.warehouse) if b.node != self.node_id]
 
     def wait_for_peers(self, since: float, timeout: float, poll: float = 1.0) -> list[str]:
         """Wait until every live peer has committed what it acked before ``since``.
@@ -223,7 +201,41 @@ class Ledger:
             raise StorageError(f"reading ledger {path} from {self.warehouse.uri}: {exc}") from exc
 
 
-def compaction_blocker(beats: list[Heartbeat], node_id: str | None, now: float) -> str | None:
+def read_heartbeats(warehouse: Warehouse) -> list[Heartbeat]:
+    """Every node's latest heartbeat (a node removes its own on a clean stop or drain)."""
+    beats = []
+    for info in list_folder(warehouse, warehouse.path(LEDGER_DIR, NODES_DIR)):
+        if not info.base_name.endswith(".json") or info.base_name.startswith((".", "_")):
+            continue
+        try:
+            with warehouse.fs.open_input_stream(info.path) as fh:
+                doc = json.loads(fh.read())
+            beat = Heartbeat(
+                str(doc["node"]),
+                float(doc["committed_through"]),
+                float(doc["updated"]),
+                float(doc["flush_interval"]),
+            )
+        except (OSError, pa.ArrowException, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable ledger heartbeat %s: %s", info.path, exc)
+            continue
+        beats.append(beat)
+    return beats
+
+
+@dataclass(frozen=True)
+class CompactionHold:
+    """Why a node must not compact now."""
+
+    reason: str
+    peer_down: bool
+    """A node stopped without writing out its buffer (worth a WARNING), rather than another
+    node being the one that compacts (the normal case on all but one aggregator)."""
+
+
+def compaction_blocker(
+    beats: list[Heartbeat], node_id: str | None, now: float
+) -> CompactionHold | None:
     """Why ``node_id`` (None: the ``compact`` command) must not compact now, or None.
 
     * A node whose heartbeat is stale stopped without writing out its buffer (a clean stop or
@@ -235,16 +247,18 @@ def compaction_blocker(beats: list[Heartbeat], node_id: str | None, now: float) 
     """
     stale = sorted(b.node for b in beats if b.node != node_id and b.stale(now))
     if stale:
-        return (
+        reason = (
             f"aggregator {', '.join(stale)} stopped without writing out its buffer (stale "
             f"heartbeat in {LEDGER_DIR}/{NODES_DIR}/): merging now could store rows of a segment "
             "it replays twice. Restart it, or run `logq-aggregator drain --buffer-dir DIR` on "
             "its buffer; if that buffer is lost for good, delete its heartbeat file"
         )
+        return CompactionHold(reason, peer_down=True)
     if node_id is not None:  # every other heartbeat is fresh here
         first = min((b.node for b in beats if b.node != node_id), default=node_id)
         if first < node_id:
-            return f"aggregator {first} compacts (the live one with the smallest node id)"
+            reason = f"aggregator {first} compacts (the live one with the smallest node id)"
+            return CompactionHold(reason, peer_down=False)
     return None
 
 

@@ -41,7 +41,13 @@ from aggregator.decode import tune_gc
 from aggregator.dedup import OffsetState
 from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, FormatError, compile_format
 from aggregator.flusher import Flusher, FlushResult
-from aggregator.ledger import Committed, Ledger, compaction_blocker
+from aggregator.ledger import (
+    Committed,
+    CompactionHold,
+    Ledger,
+    compaction_blocker,
+    read_heartbeats,
+)
 from aggregator.memory import tune_memory
 from aggregator.metrics import Metrics, MetricsServer
 from aggregator.server import ForwardServer, ServerLimits, tls_context
@@ -377,10 +383,10 @@ class Aggregator:
         while True:
             await asyncio.sleep(interval)
             try:
-                blocker = await asyncio.to_thread(self._compaction_blocker)
-                if blocker is not None:
-                    level = logging.INFO if "compacts (" in blocker else logging.WARNING
-                    log.log(level, "compaction skipped: %s", blocker)
+                hold = await asyncio.to_thread(self._compaction_hold)
+                if hold is not None:
+                    level = logging.WARNING if hold.peer_down else logging.INFO
+                    log.log(level, "compaction skipped: %s", hold.reason)
                     continue
                 merged = await asyncio.to_thread(
                     compact_warehouse, self.warehouse, self.settings.target_file_bytes
@@ -389,9 +395,9 @@ class Aggregator:
             except Exception as exc:
                 log.warning("compaction failed (%s); it will run again in %.0fs", exc, interval)
 
-    def _compaction_blocker(self) -> str | None:
+    def _compaction_hold(self) -> CompactionHold | None:
         assert self.ledger is not None
-        return compaction_blocker(self.ledger.heartbeats(), self.ledger.node_id, time.time())
+        return compaction_blocker(read_heartbeats(self.warehouse), self.ledger.node_id, time.time())
 
 
 # --- CLI ------------------------------------------------------------------------------------------

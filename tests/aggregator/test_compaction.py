@@ -22,7 +22,13 @@ from aggregator.compaction import (
     finish_intents,
 )
 from aggregator.decode import records_batch, to_ipc
-from aggregator.ledger import STALE_GRACE_S, Heartbeat, Ledger, compaction_blocker
+from aggregator.ledger import (
+    STALE_GRACE_S,
+    CompactionHold,
+    Heartbeat,
+    Ledger,
+    compaction_blocker,
+)
 from aggregator.writer import object_name, write_partitions
 from athena.schema import CONTAINER_LOGS, partition_path
 from athena.warehouse import open_warehouse
@@ -184,17 +190,18 @@ def test_only_the_smallest_live_node_compacts_and_none_while_one_is_down() -> No
 
     live = [beat("node-b", 5), beat("node-a", 5), beat("node-c", 5)]
     assert compaction_blocker(live, "node-a", now) is None
-    assert compaction_blocker(live, "node-c", now) == (
-        "aggregator node-a compacts (the live one with the smallest node id)"
+    assert compaction_blocker(live, "node-c", now) == CompactionHold(
+        "aggregator node-a compacts (the live one with the smallest node id)", peer_down=False
     )
     assert compaction_blocker([], "node-c", now) is None  # alone (or before any heartbeat)
     assert compaction_blocker(live, None, now) is None  # the compact command: nobody is down
     # node-a was killed: its heartbeat stays and goes stale; nobody merges until it is back
     dead = [beat("node-a", 10 * 10 + STALE_GRACE_S + 1), beat("node-b", 5), beat("node-c", 5)]
     for node in ("node-b", "node-c", None):
-        reason = compaction_blocker(dead, node, now)
-        assert reason is not None and reason.startswith("aggregator node-a stopped without")
-        assert "logq-aggregator drain" in reason
+        hold = compaction_blocker(dead, node, now)
+        assert hold is not None and hold.peer_down
+        assert hold.reason.startswith("aggregator node-a stopped without")
+        assert "logq-aggregator drain" in hold.reason
 
 
 def crashed_node(uri: str) -> Ledger:
