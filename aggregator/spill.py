@@ -58,14 +58,13 @@ class Spill:
                     batch_no += 1
         self._files.append(path)
 
-    def objects(self, part_rows: int | None = None) -> Iterator[PartitionObject]:
+    def objects(self) -> Iterator[PartitionObject]:
         """Every object to write, partition by partition (sorted keys), rows in arrival order,
-        at most ``part_rows`` (default :data:`PART_ROWS`) rows each."""
-        part_rows = PART_ROWS if part_rows is None else part_rows
+        at most :data:`PART_ROWS` rows each."""
         for key in sorted(self._batches):
             part, pending, count = 0, [], 0
             for number, batch_no, rows in self._batches[key]:
-                if pending and count + rows > part_rows:
+                if pending and count + rows > PART_ROWS:
                     yield PartitionObject(*key, part, self._table(pending))
                     part, pending, count = part + 1, [], 0
                 pending.append((number, batch_no))
