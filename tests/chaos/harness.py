@@ -22,7 +22,7 @@ A scenario, in short (``env``: the ``subprocess_env`` fixture, plus ``SeaweedFS.
         ...                        # faults: aggs[0].kill(), shipper.restart(), host.rotate(c)...
         drain(host, shipper, aggs)   # only the aggregators still alive
     finally:
-        host.halt(); shipper.kill(); [a.kill() for a in aggs]
+        stop_all(host, shipper, aggs)   # also after a failure: nothing keeps running
     assert_exact(warehouse, env, host)
 
 :class:`LiveHost` -- Docker json-file containers (``<root>/<id>/<id>-json.log`` plus
@@ -692,6 +692,15 @@ def drain(host: LiveHost, shipper: ShipperNode, aggregators: Sequence[Aggregator
     for node in aggregators:
         status = node.terminate()
         assert status == 0, f"logq-aggregator exited {status}{log_tail(node.log)}"
+
+
+def stop_all(host: LiveHost, shipper: ShipperNode, aggregators: Sequence[AggregatorNode]) -> None:
+    """The end of every scenario, whatever happened: stop the writers, kill the shipper and
+    every aggregator (the ``finally`` of each test, so that nothing outlives it)."""
+    host.halt()
+    shipper.kill()
+    for node in aggregators:
+        node.kill()
 
 
 def restart_seaweedfs(server: SeaweedFS, down_seconds: float = 0.0) -> None:

@@ -22,6 +22,7 @@ from tests.chaos.harness import (
     drain,
     sleep_random,
     start_aggregators,
+    stop_all,
 )
 from tests.support.procs import console_script
 
@@ -43,10 +44,7 @@ def test_one_aggregator_dies_for_good_shippers_fail_over_nothing_lost(
         sleep_random(chaos_rng, 3.0, 10.0 if long_mode else 5.0)
         drain(host, shipper, [alive])
     finally:
-        host.halt()
-        shipper.kill()
-        dead.kill()
-        alive.kill()
+        stop_all(host, shipper, [dead, alive])
     assert "connection refused" in shipper.log.read_text(errors="replace"), "no failover seen"
     drained = subprocess.run(
         [

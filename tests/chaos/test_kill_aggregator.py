@@ -20,6 +20,7 @@ from tests.chaos.harness import (
     drain,
     sleep_random,
     start_aggregators,
+    stop_all,
 )
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
@@ -43,9 +44,7 @@ def test_aggregator_killed_repeatedly_loses_and_duplicates_nothing(
         sleep_random(chaos_rng, 0.5, 1.5)
         drain(host, shipper, [agg])
     finally:
-        host.halt()
-        shipper.kill()
-        agg.kill()
+        stop_all(host, shipper, [agg])
     checks = assert_exact(warehouse, chaos_env, host)
     assert agg.starts == chaos_rounds + 1
     print({t: c.counted for t, c in checks.items()}, f"lines={host.lines_written}")

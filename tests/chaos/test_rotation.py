@@ -35,6 +35,7 @@ from tests.chaos.harness import (
     assert_exact,
     drain,
     start_aggregators,
+    stop_all,
     wait_caught_up,
 )
 from tests.support.procs import wait_until
@@ -108,9 +109,7 @@ def test_rotations_copytruncates_and_container_churn_lose_nothing(
             time.sleep(rng.uniform(0.5, 1.5) * STEP_SECONDS)
         drain(host, shipper, [agg])
     finally:
-        host.halt()
-        shipper.kill()
-        agg.kill()
+        stop_all(host, shipper, [agg])
     checks = assert_exact(warehouse, chaos_env, host)
     assert done == {
         "rotate": ROTATIONS * scale,
@@ -145,7 +144,5 @@ def test_copytruncate_then_growth_past_the_read_position_before_the_shipper_look
             shipper.thaw()
         drain(host, shipper, [agg])
     finally:
-        host.halt()
-        shipper.kill()
-        agg.kill()
+        stop_all(host, shipper, [agg])
     assert_exact(warehouse, chaos_env, host)

@@ -27,6 +27,7 @@ from tests.chaos.harness import (
     drain,
     start_aggregators,
     start_seaweedfs_again,
+    stop_all,
     stop_seaweedfs,
 )
 from tests.support.procs import wait_until
@@ -111,9 +112,7 @@ def test_s3_outage_turns_into_backpressure_and_loses_nothing(
         start_seaweedfs_again(private_s3)
         drain(host, shipper, [agg])
     finally:
-        host.halt()
-        shipper.kill()
-        agg.kill()
+        stop_all(host, shipper, [agg])
 
     assert full, (
         f"the buffer never reached --buffer-limit-bytes={BUFFER_LIMIT} in a {outage:.0f}s "
