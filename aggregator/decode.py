@@ -200,15 +200,15 @@ def _fast_entries(tag: str, entries: list[Any]) -> pa.RecordBatch | None:
 
 def _packed(tag: str, blob: bytes, size: object) -> pa.RecordBatch | None:
     """The batch of a logq-shipper PackedForward blob via msgspec (:mod:`.packed`), or None."""
-    entries = packed.decode_entries(blob, size)
-    if entries is None:
-        return None
-    cols = packed.columns(entries, DICT_STRING)
+    cols = packed.constant_columns(blob, size, DICT_STRING)
+    if cols is None:
+        entries = packed.decode_entries(blob, size)
+        cols = None if entries is None else packed.columns(entries, DICT_STRING)
     if cols is None:
         return None
     times, logs, *rest = cols
     return pa.RecordBatch.from_arrays(
-        [_tag_array(tag, len(entries)), times, logs, *rest], schema=BUFFER_SCHEMA
+        [_tag_array(tag, len(times)), times, logs, *rest], schema=BUFFER_SCHEMA
     )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -104,20 +105,20 @@ def split_attempt(plan: SplitPlan) -> Attempt:
         ok = pc.fill_null(pc.match_substring_regex(lines, plan.fmt.strict_pattern), False)
         if not pc.any(ok).as_py():
             return ok, {}
-        sub = pc.utf8_rtrim_whitespace(lines.filter(ok))
+        sub = _rstripped(lines if pc.all(ok).as_py() else lines.filter(ok))
         parts = pc.split_pattern(sub, '"')
         good = pc.equal(pc.list_value_length(parts), plan.segments)
         split = {}
         for seg, count in plan.tokens.items():
-            split[seg] = pc.split_pattern(pc.list_element(parts, seg), " ")
+            split[seg] = pc.split_pattern(_element(parts, seg), " ")
             good = pc.and_(good, pc.equal(pc.list_value_length(split[seg]), count))
         good = pc.fill_null(good, False)
         values: dict[str, pa.Array] = {}
         for f in plan.fields:
             if f.token is None:
-                raw = pc.list_element(parts, f.segment)
+                raw = _element(parts, f.segment)
             else:
-                raw = pc.list_element(split[f.segment], f.token)
+                raw = _element(split[f.segment], f.token)
             values[f.column] = _cut(raw, f.prefix, f.suffix)
         start = values.pop("start")
         values["start"] = pc.utf8_slice_codeunits(start, 0, 19)
@@ -130,6 +131,32 @@ def split_attempt(plan: SplitPlan) -> Attempt:
         return ok, _convert(plan.fmt, struct)
 
     return run
+
+
+_WHITESPACE = np.frombuffer(b" \t\n\v\f\r", dtype=np.uint8)
+
+
+def _rstripped(lines: pa.Array) -> pa.Array:
+    """``lines`` without trailing whitespace (the format allows it); no copy when none has."""
+    _, offset_buffer, data_buffer = lines.buffers()
+    offsets = np.frombuffer(offset_buffer, dtype=np.int32)[
+        lines.offset : lines.offset + len(lines) + 1
+    ]
+    ends = offsets[1:][offsets[1:] > offsets[:-1]] - 1
+    if not len(ends) or not np.isin(np.frombuffer(data_buffer, np.uint8)[ends], _WHITESPACE).any():
+        return lines
+    return pc.utf8_rtrim_whitespace(lines)
+
+
+def _element(lists: pa.ListArray, index: int) -> pa.Array:
+    """Element ``index`` of every list (NULL where a list is shorter): ``pc.list_element``
+    without its bounds error, and a plain ``take`` from the values, about twice as fast."""
+    offsets = lists.offsets.to_numpy()
+    at = offsets[:-1] + index
+    inside = at < offsets[1:]
+    if inside.all():
+        return lists.values.take(at)
+    return lists.values.take(pa.array(np.minimum(at, len(lists.values) - 1), mask=~inside))
 
 
 def _spread(mask: pa.Array, values: pa.Array) -> pa.Array:

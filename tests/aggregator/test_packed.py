@@ -129,3 +129,59 @@ def test_gzip_members_take_the_fast_path() -> None:
     obj = msgpack.unpackb(frame, raw=False)
     batch, _ = dec.decode(obj, 1 << 30)
     assert batch.column(wire.KEY_OFFSET).to_pylist() == [100, 200, 300, 400, 500]
+
+
+def test_constant_metadata_decoder_takes_a_shipper_batch_with_both_streams() -> None:
+    records = [shipper_record(i, stream="stderr" if i % 3 == 0 else "stdout") for i in range(30)]
+    obj = message(records)
+    assert packed.constant_columns(obj[1], 30, dec.DICT_STRING) is not None
+    batch, _ = dec.decode(obj, 1 << 30)
+    assert batch.equals(general(obj))
+    assert batch.column(wire.KEY_STREAM).to_pylist()[:4] == ["stderr", "stdout", "stdout", "stderr"]
+    assert batch.column(wire.KEY_SERVICE).to_pylist() == ["recipe"] * 30
+
+
+@pytest.mark.parametrize(
+    "later",
+    [
+        {wire.KEY_SERVICE: "checkout"},  # another value
+        {wire.KEY_SERVICE: _DROP},  # absent later
+        {wire.KEY_FORMAT: "envoy"},  # absent first, present later
+        {wire.KEY_HOST: None},  # nil later
+        {wire.KEY_IMAGE: b"envoyproxy/envoy:v1.31.2"},  # the same text as bin
+        {wire.KEY_STREAM: "console"},  # a stream the decoder does not know
+    ],
+)
+def test_a_record_that_differs_from_the_first_gets_its_own_values(later: dict[str, Any]) -> None:
+    records = [shipper_record(i, **(later if i == 7 else {})) for i in range(10)]
+    obj = message(records)
+    assert packed.constant_columns(obj[1], 10, dec.DICT_STRING) is None
+    batch, _ = dec.decode(obj, 1 << 30)
+    assert batch.equals(general(obj))
+    key, value = next(iter(later.items()))
+    expected = None if value is _DROP or value is None else value
+    if isinstance(expected, bytes):
+        expected = expected.decode()
+    assert batch.column(key).to_pylist()[7] == expected
+    assert batch.column(key).to_pylist()[6] == shipper_record(6).get(key)
+
+
+def test_huge_metadata_is_not_cached_and_still_decodes() -> None:
+    records = [shipper_record(i, container_name="n" * 5000) for i in range(4)]
+    obj = message(records)
+    before = len(packed._DECODERS)
+    assert packed.constant_columns(obj[1], 4, dec.DICT_STRING) is None
+    assert len(packed._DECODERS) == before
+    batch, _ = dec.decode(obj, 1 << 30)
+    assert batch.equals(general(obj))
+    assert batch.column(wire.KEY_CONTAINER_NAME).to_pylist() == ["n" * 5000] * 4
+
+
+def test_the_decoder_cache_is_bounded() -> None:
+    for i in range(packed._MAX_DECODERS + 20):
+        obj = message([shipper_record(0, source_id=f"src-{i}")])
+        assert packed.constant_columns(obj[1], 1, dec.DICT_STRING) is not None
+    assert len(packed._DECODERS) == packed._MAX_DECODERS
+    obj = message([shipper_record(0, source_id=f"src-{packed._MAX_DECODERS + 19}")])
+    batch, _ = dec.decode(obj, 1 << 30)
+    assert batch.column(wire.KEY_SOURCE_ID).to_pylist() == [f"src-{packed._MAX_DECODERS + 19}"]
