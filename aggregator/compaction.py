@@ -163,35 +163,43 @@ def _conform(table: pa.Table, spec: Table) -> pa.Table:
 def _merge(wh: Warehouse, spec: Table, group: list[Input], output: str) -> int:
     metas = [pq.read_metadata(f.path, filesystem=wh.fs) for f in group]
     raw = sum(m.row_group(i).total_byte_size for m in metas for i in range(m.num_row_groups))
-    schema = spec.arrow_schema()
+    if raw <= SORT_IN_MEMORY_BYTES:
+        tables = [_conform(pq.read_table(f.path, filesystem=wh.fs), spec) for f in group]
+        pieces: Iterator[pa.Table] = iter([pa.concat_tables(tables).sort_by("timestamp")])
+    else:
+        pieces = _in_time_order(wh, spec, group)
     rows = 0
-    with (
-        _atomic_output(wh, output) as out,
-        pq.ParquetWriter(out, schema, **_writer_options(schema)) as writer,
-    ):
-        if raw <= SORT_IN_MEMORY_BYTES:
-            tables = [_conform(pq.read_table(f.path, filesystem=wh.fs), spec) for f in group]
-            merged = pa.concat_tables(tables).sort_by("timestamp")
-            writer.write_table(merged, row_group_size=ROW_GROUP_ROWS)
-            rows = merged.num_rows
-        else:
-            pending: list[pa.Table] = []
-            pending_rows = 0
-            for f in sorted(group, key=lambda f: _first_ts(wh, f)):
-                t = _conform(pq.read_table(f.path, filesystem=wh.fs), spec)
-                pending.append(t)
-                pending_rows += t.num_rows
-                rows += t.num_rows
-                if pending_rows >= ROW_GROUP_ROWS:
-                    writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
-                    pending, pending_rows = [], 0
-            if pending:
-                writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
+    with _atomic_output(wh, output) as out:
+        writer: pq.ParquetWriter | None = None
+        try:
+            for piece in pieces:
+                if writer is None:  # the encodings are chosen from the first piece's values
+                    writer = pq.ParquetWriter(out, piece.schema, **_writer_options(piece))
+                writer.write_table(piece, row_group_size=ROW_GROUP_ROWS)
+                rows += piece.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
     return rows
 
 
-def _writer_options(schema: pa.Schema) -> dict:
-    opts = write_options(schema, zstd_level=3)
+def _in_time_order(wh: Warehouse, spec: Table, group: list[Input]) -> Iterator[pa.Table]:
+    """The group's files one after another, by their first timestamp, in row-group-sized
+    pieces (for groups too large to sort in memory)."""
+    pending: list[pa.Table] = []
+    pending_rows = 0
+    for f in sorted(group, key=lambda f: _first_ts(wh, f)):
+        pending.append(_conform(pq.read_table(f.path, filesystem=wh.fs), spec))
+        pending_rows += pending[-1].num_rows
+        if pending_rows >= ROW_GROUP_ROWS:
+            yield pa.concat_tables(pending)
+            pending, pending_rows = [], 0
+    if pending:
+        yield pa.concat_tables(pending)
+
+
+def _writer_options(table: pa.Table) -> dict:
+    opts = write_options(table)
     opts.pop("row_group_size", None)
     return opts
 

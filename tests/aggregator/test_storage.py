@@ -1,0 +1,79 @@
+"""The Parquet encodings chosen per column, and that every reader reads them back the same."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import duckdb
+import fastparquet
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aggregator.batch import records_table, route
+from aggregator.decode import records_batch, to_ipc
+from aggregator.storage import INT_DICTIONARY_MAX, put_table
+from athena.warehouse import open_warehouse
+from tests.aggregator.helpers import ENVOY_IMAGE, envoy_line, record
+
+T0 = 1_795_860_000_000_000_000
+
+
+def envoy_rows(n: int) -> pa.Table:
+    rng = random.Random(5)
+    batches = []
+    for i in range(n):
+        line = envoy_line(
+            when=f"2026-11-28T14:{i // 6000:02d}:{i // 100 % 60:02d}.{i % 100:03d}Z",
+            code=rng.choice([200, 200, 404, 503]),
+            tx=rng.randint(0, 10**7),  # many distinct values
+            duration=rng.randint(1, 300),
+            rid=f"{rng.getrandbits(128):032x}",
+        )
+        rec = record(line, image=ENVOY_IMAGE)
+        batches.append(to_ipc(records_batch("logq.recipe", pa.array([T0 + i]), [rec])))
+    return route(records_table(batches)).tables["envoy_access"].drop_columns(["service"])
+
+
+def encodings(path: Path) -> dict[str, set[str]]:
+    meta = pq.ParquetFile(path).metadata
+    rg = meta.row_group(0)
+    return {rg.column(c).path_in_schema: set(rg.column(c).encodings) for c in range(rg.num_columns)}
+
+
+def test_encodings_follow_the_values_and_every_reader_agrees(tmp_path: Path) -> None:
+    table = envoy_rows(INT_DICTIONARY_MAX + 2000)
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    path = tmp_path / "wh" / "one.parquet"
+    put_table(wh, str(path), table)
+    enc = encodings(path)
+    assert "RLE_DICTIONARY" in enc["response_code"]  # few distinct values
+    assert "RLE_DICTIONARY" in enc["duration_ms"]
+    assert "RLE_DICTIONARY" not in enc["bytes_sent"]  # more than INT_DICTIONARY_MAX distinct
+    assert "PLAIN" in enc["bytes_sent"]
+    assert "DELTA_BINARY_PACKED" in enc["timestamp"]
+    assert "RLE_DICTIONARY" not in enc["request_id"]
+    assert "RLE_DICTIONARY" in enc["path"]
+
+    expected = table.to_pydict()
+    assert pq.read_table(path).to_pydict() == expected
+    frame = fastparquet.ParquetFile(str(path)).to_pandas()
+    for name in ("response_code", "bytes_sent", "duration_ms", "request_id", "path"):
+        assert frame[name].tolist() == expected[name], name
+    stamps = [t.tz_localize("UTC") if t.tzinfo is None else t for t in frame["timestamp"]]
+    assert [t.to_pydatetime() for t in stamps] == expected["timestamp"]
+    query = f"select sum(bytes_sent), count(distinct duration_ms) from '{path}'"
+    got = duckdb.connect().execute(query)
+    assert got.fetchone() == (sum(expected["bytes_sent"]), len(set(expected["duration_ms"])))
+
+
+def test_ascending_offsets_are_delta_encoded(tmp_path: Path) -> None:
+    n = INT_DICTIONARY_MAX * 3
+    offsets = [300 + 2400 * i for i in range(n)]
+    table = pa.table({"source_id": ["src-1"] * n, "offset": pa.array(offsets, pa.int64())})
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    path = tmp_path / "wh" / "ledger.parquet"
+    put_table(wh, str(path), table)
+    assert "DELTA_BINARY_PACKED" in encodings(path)["offset"]
+    assert path.stat().st_size < n // 10  # a fixed step costs next to nothing
+    assert fastparquet.ParquetFile(str(path)).to_pandas()["offset"].tolist() == offsets
