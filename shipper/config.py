@@ -27,6 +27,8 @@ class Endpoint:
 
     host: str
     port: int
+    server_name: str | None = None
+    """The DNS name this address was resolved from (see shipper.resolve): TLS verifies it."""
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
@@ -87,8 +89,8 @@ class Config:
 
 
 _HELP = {
-    "aggregator": "aggregator HOST:PORT; repeat for failover and load spreading "
-    "(default: 127.0.0.1:24224)",
+    "aggregator": "aggregator HOST:PORT; repeat for failover and load spreading; a name "
+    "with several addresses is one aggregator per address (default: 127.0.0.1:24224)",
     "docker_root": "Docker containers dir holding <id>/<id>-json.log and config.v2.json "
     "(default: /var/lib/docker/containers)",
     "cri_root": "kubelet pod log dir (<namespace>_<pod>_<uid>/<container>/<n>.log)",

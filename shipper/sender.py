@@ -6,7 +6,8 @@ connection or a refused connect make the batch go again -- to the next endpoint 
 an exponential backoff with full jitter. A source's batches go to the healthy endpoint that ranks
 first for it by rendezvous hashing (sources spread evenly, and a dead endpoint's sources spread
 evenly over the survivors); batches without a source go round-robin. One connection per
-endpoint, with many batches in flight on it.
+endpoint, with many batches in flight on it. A name with several addresses is several endpoints,
+resolved again every 30 s (:mod:`shipper.resolve`).
 
 With a shared key the Fluentd handshake runs first: the server's ``HELO`` (nonce, auth salt),
 our ``PING`` (salted SHA-512 digest), the server's ``PONG`` (its own digest, verified here).
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shipper import wire
+from shipper import resolve, wire
 from shipper.config import Endpoint
 from shipper.errors import DeliveryError, HandshakeError
 
@@ -187,9 +188,13 @@ class ForwardClient:
         backoff_cap: float = 10.0,
         give_up_after: float | None = None,
         on_retry: Any = None,
+        resolver: resolve.Resolver = resolve.system_resolver,
+        dns_refresh: float = resolve.DNS_REFRESH_SECONDS,
     ) -> None:
         if not endpoints:
             raise ValueError("at least one aggregator endpoint is needed")
+        self.configured = endpoints
+        """The endpoints as given; ``endpoints`` is what they stand for now (names resolved)."""
         self.endpoints = endpoints
         self.hostname = hostname
         self.shared_key = shared_key
@@ -209,8 +214,50 @@ class ForwardClient:
         self._rr = random.randrange(len(endpoints))
         self._last_success = time.monotonic()
         self._ranks: dict[str, tuple[Endpoint, ...]] = {}
+        self._resolver = resolver
+        self._dns_refresh = dns_refresh
+        self._members: dict[Endpoint, tuple[Endpoint, ...]] = {ep: (ep,) for ep in endpoints}
+        self._resolved_at: float | None = None if resolve.needs_dns(endpoints) else float("inf")
+        self._resolving: asyncio.Task[None] | None = None
+        self._first_resolution = asyncio.Lock()
 
     # -- endpoints --------------------------------------------------------------------------
+
+    async def _resolve_when_due(self) -> None:
+        """Resolve the names before the first delivery, then again in the background."""
+        if self._resolved_at is None:
+            async with self._first_resolution:
+                if self._resolved_at is None:
+                    await self._resolve()
+            return
+        due = time.monotonic() - self._resolved_at >= self._dns_refresh
+        if due and (self._resolving is None or self._resolving.done()):
+            self._resolving = asyncio.get_running_loop().create_task(self._resolve())
+
+    async def _resolve(self) -> None:
+        try:
+            self._members = await resolve.expand(self.configured, self._resolver, self._members)
+        finally:
+            self._resolved_at = time.monotonic()
+        endpoints = resolve.flatten(self._members)
+        if endpoints != self.endpoints:
+            self._use(endpoints)
+
+    def _use(self, endpoints: tuple[Endpoint, ...]) -> None:
+        """Send to ``endpoints`` from now on; connections to dropped ones close once idle."""
+        log.info("aggregator endpoints=%s", ",".join(map(str, endpoints)))
+        self.endpoints = endpoints
+        for ep in endpoints:
+            self._health.setdefault(ep, _Health())
+        self._ranks.clear()
+        self._rr %= len(endpoints)
+        for ep, conn in list(self._conns.items()):
+            if ep not in endpoints and not conn.pending:
+                del self._conns[ep]
+                conn.close()
+        self._health = {
+            ep: h for ep, h in self._health.items() if ep in endpoints or ep in self._conns
+        }
 
     def _pick(self, affinity: str | None) -> tuple[Endpoint, float]:
         """The endpoint for a batch, or the one back soonest and how long to wait for it.
@@ -244,7 +291,7 @@ class ForwardClient:
         return order
 
     def _mark_down(self, ep: Endpoint, exc: BaseException) -> None:
-        h = self._health[ep]
+        h = self._health.setdefault(ep, _Health())
         h.failures += 1
         delay = min(self.backoff_cap, self.backoff_base * 2 ** min(h.failures - 1, 16))
         h.down_until = time.monotonic() + random.uniform(delay / 2, delay)
@@ -276,7 +323,7 @@ class ForwardClient:
                     ep.host,
                     ep.port,
                     ssl=self.tls,
-                    server_hostname=ep.host if self.tls else None,
+                    server_hostname=(ep.server_name or ep.host) if self.tls else None,
                     limit=1 << 20,
                 )
         except TimeoutError:
@@ -344,6 +391,7 @@ class ForwardClient:
         """Send until acknowledged; raises :class:`DeliveryError` only when giving up."""
         attempt = 0
         while True:
+            await self._resolve_when_due()
             ep, wait = self._pick(affinity)
             if wait > 0:
                 self._check_give_up()
@@ -377,7 +425,7 @@ class ForwardClient:
                 )
                 self._check_give_up()
             else:
-                h = self._health[ep]
+                h = self._health.setdefault(ep, _Health())
                 h.failures = 0
                 h.down_until = 0.0
                 self._last_success = time.monotonic()
@@ -402,6 +450,10 @@ class ForwardClient:
         )
 
     async def close(self) -> None:
+        if self._resolving is not None and not self._resolving.done():
+            self._resolving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resolving
         for conn in list(self._conns.values()):
             conn.close()
             with contextlib.suppress(Exception):

@@ -17,8 +17,9 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def make_ca_and_server(tmp: Path) -> tuple[Path, Path, Path]:
-    """Returns (ca.pem, server.pem, server.key)."""
+def make_ca_and_server(tmp: Path, dns_names: tuple[str, ...] = ()) -> tuple[Path, Path, Path]:
+    """Returns (ca.pem, server.pem, server.key); the certificate names 127.0.0.1 and localhost,
+    or only ``dns_names`` when given."""
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
@@ -47,7 +48,8 @@ def make_ca_and_server(tmp: Path) -> tuple[Path, Path, Path]:
         .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+                [x509.DNSName(n) for n in dns_names]
+                or [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
             ),
             critical=False,
         )
