@@ -131,3 +131,41 @@ def test_tls_verifies_the_name_not_the_address(tmp_path: Path) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_names_are_resolved_again_in_the_background() -> None:
+    a, b, c = Receiver(), Receiver(), Receiver()
+    answers = {"aggs.test": [("127.0.0.1", a.port), ("127.0.0.1", b.port)]}
+    lookups = 0
+
+    async def resolver(host: str, port: int) -> list[tuple[str, int]]:
+        nonlocal lookups
+        lookups += 1
+        return answers[host]
+
+    try:
+
+        async def go() -> None:
+            client = ForwardClient(
+                (Endpoint("aggs.test", 24224),),
+                hostname="h",
+                resolver=resolver,
+                dns_refresh=0.05,
+                give_up_after=3,
+            )
+            await client.deliver(*message(1))
+            assert lookups == 1, "resolved once before the first delivery"
+            answers["aggs.test"] = [("127.0.0.1", b.port), ("127.0.0.1", c.port)]
+            for i in range(50):
+                await asyncio.sleep(0.01)
+                await client.deliver(*message(1, first=i + 1), affinity=f"s{i}")
+                if {str(e) for e in client.endpoints} == {b.address, c.address}:
+                    break
+            assert {str(e) for e in client.endpoints} == {b.address, c.address}
+            assert lookups >= 2
+            await client.close()
+
+        asyncio.run(go())
+    finally:
+        for r in (a, b, c):
+            r.close()
