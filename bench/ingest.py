@@ -97,11 +97,15 @@ def make_lines(n: int, seed: int = 7) -> list[tuple[int, str, str]]:
 
 
 def docker_json_bytes(lines: list[tuple[int, str, str]]) -> int:
-    """Bytes of the same lines in Docker's json-file format (one JSON object per line)."""
+    """Bytes of the same lines as dockerd's json-file driver writes them: one compact JSON object
+    per line, ``<``, ``>`` and ``&`` escaped as ``\\u003c``, ``\\u003e``, ``\\u0026``."""
     total = 0
     for t, _, line in lines:
         stamp = datetime.fromtimestamp(t / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z"
-        total += len(json.dumps({"log": line + "\n", "stream": "stdout", "time": stamp})) + 1
+        doc = {"log": line + "\n", "stream": "stdout", "time": stamp}
+        text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+        text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+        total += len(text.encode()) + 1
     return total
 
 
