@@ -88,6 +88,10 @@ CONSTANT_KEYS = RAW_KEYS[1:]
 _MAX_DECODERS = 1024
 #: ... and the longest metadata (in characters) that gets one, so hostile values stay small.
 _MAX_METADATA_CHARS = 4096
+#: Smaller messages take the per-record path: building a decoder (~0.1 ms) pays off only over
+#: many records, and a client sending tiny messages with ever new metadata cannot make every
+#: message build one.
+CONSTANT_MIN_ENTRIES = 64
 _DECODERS: dict[tuple[str | None, ...], msgspec.msgpack.Decoder] = {}
 
 
@@ -163,6 +167,8 @@ def _constant(value: str | None, n: int, dict_type: pa.DataType) -> pa.Array:
 
 def constant_columns(blob: bytes, size: object, dict_type: pa.DataType) -> list[pa.Array] | None:
     """:func:`columns` of a blob whose records share their metadata, or None (see module doc)."""
+    if not isinstance(size, int) or size < CONSTANT_MIN_ENTRIES:
+        return None
     array = _sized(blob, size)
     metadata = _first_metadata(blob) if array is not None else None
     if array is None or metadata is None:

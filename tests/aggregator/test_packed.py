@@ -131,14 +131,24 @@ def test_gzip_members_take_the_fast_path() -> None:
     assert batch.column(wire.KEY_OFFSET).to_pylist() == [100, 200, 300, 400, 500]
 
 
+@pytest.fixture
+def small_batches_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The constant-metadata decoder for messages of any size (it skips small ones)."""
+    monkeypatch.setattr(packed, "CONSTANT_MIN_ENTRIES", 1)
+
+
 def test_constant_metadata_decoder_takes_a_shipper_batch_with_both_streams() -> None:
-    records = [shipper_record(i, stream="stderr" if i % 3 == 0 else "stdout") for i in range(30)]
+    n = packed.CONSTANT_MIN_ENTRIES
+    records = [shipper_record(i, stream="stderr" if i % 3 == 0 else "stdout") for i in range(n)]
     obj = message(records)
-    assert packed.constant_columns(obj[1], 30, dec.DICT_STRING) is not None
+    assert packed.constant_columns(obj[1], n, dec.DICT_STRING) is not None
+    assert packed.constant_columns(obj[1], n - 1, dec.DICT_STRING) is None  # wrong size
+    small = message(records[: n - 1])
+    assert packed.constant_columns(small[1], n - 1, dec.DICT_STRING) is None  # too small
     batch, _ = dec.decode(obj, 1 << 30)
     assert batch.equals(general(obj))
     assert batch.column(wire.KEY_STREAM).to_pylist()[:4] == ["stderr", "stdout", "stdout", "stderr"]
-    assert batch.column(wire.KEY_SERVICE).to_pylist() == ["recipe"] * 30
+    assert batch.column(wire.KEY_SERVICE).to_pylist() == ["recipe"] * n
 
 
 @pytest.mark.parametrize(
@@ -152,6 +162,7 @@ def test_constant_metadata_decoder_takes_a_shipper_batch_with_both_streams() -> 
         {wire.KEY_STREAM: "console"},  # a stream the decoder does not know
     ],
 )
+@pytest.mark.usefixtures("small_batches_too")
 def test_a_record_that_differs_from_the_first_gets_its_own_values(later: dict[str, Any]) -> None:
     records = [shipper_record(i, **(later if i == 7 else {})) for i in range(10)]
     obj = message(records)
@@ -166,6 +177,7 @@ def test_a_record_that_differs_from_the_first_gets_its_own_values(later: dict[st
     assert batch.column(key).to_pylist()[6] == shipper_record(6).get(key)
 
 
+@pytest.mark.usefixtures("small_batches_too")
 def test_huge_metadata_is_not_cached_and_still_decodes() -> None:
     records = [shipper_record(i, container_name="n" * 5000) for i in range(4)]
     obj = message(records)
@@ -177,6 +189,7 @@ def test_huge_metadata_is_not_cached_and_still_decodes() -> None:
     assert batch.column(wire.KEY_CONTAINER_NAME).to_pylist() == ["n" * 5000] * 4
 
 
+@pytest.mark.usefixtures("small_batches_too")
 def test_the_decoder_cache_is_bounded() -> None:
     for i in range(packed._MAX_DECODERS + 20):
         obj = message([shipper_record(0, source_id=f"src-{i}")])
