@@ -10,6 +10,12 @@ under the same keys). A segment replayed after a crash is also checked against t
 aggregators committed (``committed``), which catches the batches a shipper resent elsewhere when
 this aggregator died before its ack.
 
+That check can make a replay write fewer objects than the attempt that crashed (a partition whose
+rows were all resent elsewhere, or one object fewer under :data:`aggregator.spill.PART_ROWS`).
+So before writing, a flush notes the keys it is about to write in ``<buffer-dir>/flushing/``
+(added to those of earlier attempts), and after writing deletes the earlier attempts' keys it
+did not write again: no stale object keeps rows that are now elsewhere.
+
 One object per partition per segment (not per slice) is what keeps S3 requests and small files
 down when hundreds of services share an aggregator: raise ``--segment-bytes`` and
 ``--flush-interval`` together and each object holds more rows; memory stays bounded by the slice
@@ -18,6 +24,7 @@ and :data:`aggregator.spill.PART_ROWS`.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -31,10 +38,13 @@ from aggregator.batch import records_table, route
 from aggregator.buffer import Segment, read_frames
 from aggregator.decode import from_ipc, ipc_rows
 from aggregator.dedup import OffsetState
+from aggregator.durable import write_atomic
 from aggregator.envoy import EnvoyFormat
 from aggregator.ledger import Committed, Ledger, entry_name
 from aggregator.spill import Spill
+from aggregator.storage import delete_object
 from aggregator.writer import WrittenFile, object_name, write_objects
+from athena.schema import partition_path
 from athena.warehouse import Warehouse
 from shipper import wire
 
@@ -83,6 +93,8 @@ class Flusher:
         self.formats = formats
         self.spill_dir = spill_dir
         self.ledger = ledger
+        self.manifests = spill_dir.parent / "flushing"
+        """Per segment being flushed: the object keys its attempts wrote (see module doc)."""
 
     def flush(self, segment: Segment, committed: Committed | None = None) -> FlushResult:
         """Flush one segment: parsed a slice of :data:`SLICE_ROWS` records at a time, written
@@ -100,6 +112,7 @@ class Flusher:
                 self.offsets.advance(
                     _plain(records[wire.KEY_SOURCE_ID]), _plain(records[wire.KEY_OFFSET])
                 )
+            (self.manifests / f"{segment.seq}.json").unlink(missing_ok=True)
         else:
             self._flush_segment(segment, result, committed)
         if result.records:
@@ -149,6 +162,14 @@ class Flusher:
                 marks.advance(source_id, offset)
                 kept_sources.append(pc.dictionary_encode(source_id))  # a few bytes a row
                 kept_offsets.append(offset)
+            planned = [
+                self.warehouse.path(
+                    partition_path(table, service, dt),
+                    object_name(self.node_id, segment.seq, part),
+                )
+                for table, service, dt, part in spill.object_keys()
+            ]
+            stale = self._note_keys(segment.seq, planned)
             result.files += write_objects(
                 self.warehouse,
                 spill.objects(),
@@ -156,6 +177,9 @@ class Flusher:
             )
         finally:
             spill.close()
+        for path in stale:
+            delete_object(self.warehouse, path)
+            log.info("deleted %s: written by an earlier attempt at segment %d", path, segment.seq)
         if self.ledger is not None:
             self.ledger.record(
                 entry_name(self.node_id, segment.seq),
@@ -163,6 +187,22 @@ class Flusher:
                 pa.chunked_array(kept_offsets, pa.int64()),
             )
         self.offsets.adopt(marks)  # saved by the caller
+        (self.manifests / f"{segment.seq}.json").unlink(missing_ok=True)
+
+    def _note_keys(self, seq: int, planned: list[str]) -> list[str]:
+        """Add ``planned`` to the segment's manifest (durably, before any object is written);
+        return the keys earlier attempts wrote that this one does not."""
+        path = self.manifests / f"{seq}.json"
+        try:
+            earlier = json.loads(path.read_text())["objects"]
+        except FileNotFoundError:
+            earlier = []
+        stale = sorted(set(earlier) - set(planned))
+        if stale or not set(planned) <= set(earlier):
+            self.manifests.mkdir(parents=True, exist_ok=True)
+            body = {"objects": sorted(set(earlier) | set(planned))}
+            write_atomic(path, json.dumps(body).encode())
+        return stale
 
     def _keep(
         self,

@@ -61,16 +61,24 @@ class Spill:
     def objects(self) -> Iterator[PartitionObject]:
         """Every object to write, partition by partition (sorted keys), rows in arrival order,
         at most :data:`PART_ROWS` rows each."""
+        for (table, service, dt), part, refs in self._cuts():
+            yield PartitionObject(table, service, dt, part, self._table(refs))
+
+    def object_keys(self) -> list[tuple[str, str, str, int]]:
+        """``(table, service, dt, part)`` of every object :meth:`objects` yields (no data read)."""
+        return [(*key, part) for key, part, _ in self._cuts()]
+
+    def _cuts(self) -> Iterator[tuple[_Key, int, list[tuple[int, int]]]]:
         for key in sorted(self._batches):
             part, pending, count = 0, [], 0
             for number, batch_no, rows in self._batches[key]:
                 if pending and count + rows > PART_ROWS:
-                    yield PartitionObject(*key, part, self._table(pending))
+                    yield key, part, pending
                     part, pending, count = part + 1, [], 0
                 pending.append((number, batch_no))
                 count += rows
             if pending:
-                yield PartitionObject(*key, part, self._table(pending))
+                yield key, part, pending
 
     def _table(self, refs: list[tuple[int, int]]) -> pa.Table:
         batches = [self._reader(number).get_batch(batch_no) for number, batch_no in refs]

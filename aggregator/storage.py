@@ -117,6 +117,16 @@ def put_bytes(wh: Warehouse, path: str, data: bytes) -> None:
         raise StorageError(f"writing {path} to {wh.uri} failed: {exc}") from exc
 
 
+def delete_object(wh: Warehouse, path: str) -> None:
+    """Delete one object; one that is already gone is fine."""
+    try:
+        wh.fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"deleting {path} in {wh.uri} failed: {exc}") from exc
+
+
 def list_folder(wh: Warehouse, folder: str) -> list[pafs.FileInfo]:
     """Everything directly in ``folder`` (nothing if it does not exist)."""
     selector = pafs.FileSelector(folder, recursive=False, allow_not_found=True)

@@ -19,7 +19,7 @@ from aggregator.decode import records_batch, to_ipc
 from aggregator.dedup import OffsetState
 from aggregator.envoy import BUILTIN_FORMATS
 from aggregator.flusher import Flusher
-from aggregator.ledger import Ledger, entry_name
+from aggregator.ledger import Committed, Ledger, entry_name
 from aggregator.spill import Spill
 from aggregator.storage import StorageError
 from athena.warehouse import open_warehouse
@@ -223,3 +223,41 @@ def test_objects_are_written_sorted_by_time_whatever_the_order_of_pieces(
     assert list(
         zip(got["timestamp"].cast(pa.int64()).to_pylist(), got["message"].to_pylist(), strict=True)
     ) == [(base + t, m) for t, m in want]
+
+
+@pytest.mark.usefixtures("small_slices")
+def test_a_replay_that_writes_fewer_objects_deletes_the_crashed_attempts_extra_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crash between the data objects and the ledger entry, then a replay that drops the
+    rows a peer committed (here: every row of one service): the objects the crashed attempt
+    wrote for that service must go, or its rows would be stored twice."""
+    frames, per_frame = 6, 50
+    seg = Segment(3, tmp_path / "0000000000000003.seg")
+    total = write_segment(seg.path, frames=frames, per_frame=per_frame)
+    wh_dir = tmp_path / "wh"
+    flusher = make_flusher(tmp_path, wh_dir)
+
+    def crash(*_args: object) -> None:
+        raise StorageError("killed before the ledger entry")
+
+    monkeypatch.setattr(flusher.ledger, "record", crash)
+    with pytest.raises(StorageError):
+        flusher.flush(seg)
+    assert any("service=cart" in str(p) for p in data_files(wh_dir))
+    assert list((tmp_path / "flushing").glob("*.json")), "the attempt noted its keys first"
+    monkeypatch.undo()
+
+    cart = [
+        f * per_frame + i + 1  # the offsets of the cart rows (see write_segment)
+        for f in range(frames)
+        for i in range(per_frame)
+        if SERVICES[(f + i) % len(SERVICES)] == "cart"
+    ]
+    peer = pa.table({"source_id": ["src-1"] * len(cart), "offset": pa.array(cart, pa.int64())})
+    result = flusher.flush(seg, Committed(peer))
+    assert result.duplicates == len(cart)
+    files = data_files(wh_dir)
+    assert not [p for p in files if "service=cart" in str(p)], "the stale cart objects are gone"
+    assert sum(pq.read_metadata(p).num_rows for p in files) == total - len(cart)
+    assert not list((tmp_path / "flushing").glob("*.json"))
