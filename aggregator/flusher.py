@@ -14,7 +14,9 @@ That check can make a replay write fewer objects than the attempt that crashed (
 rows were all resent elsewhere, or one object fewer under :data:`aggregator.spill.PART_ROWS`).
 So before writing, a flush notes the keys it is about to write in ``<buffer-dir>/flushing/``
 (added to those of earlier attempts), and after writing deletes the earlier attempts' keys it
-did not write again: no stale object keeps rows that are now elsewhere.
+did not write again: no stale object keeps rows that are now elsewhere. A replayed segment
+without such a note (its attempt crashed under a version that wrote none, one object per
+100,000-row slice) has its partition folders listed for this segment's keys instead.
 
 One object per partition per segment (not per slice) is what keeps S3 requests and small files
 down when hundreds of services share an aggregator: raise ``--segment-bytes`` and
@@ -42,7 +44,7 @@ from aggregator.durable import write_atomic
 from aggregator.envoy import EnvoyFormat
 from aggregator.ledger import Committed, Ledger, entry_name
 from aggregator.spill import Spill
-from aggregator.storage import delete_object
+from aggregator.storage import delete_object, list_parquet
 from aggregator.writer import WrittenFile, object_name, write_objects
 from athena.schema import partition_path
 from athena.warehouse import Warehouse
@@ -169,7 +171,7 @@ class Flusher:
                 )
                 for table, service, dt, part in spill.object_keys()
             ]
-            stale = self._note_keys(segment.seq, planned)
+            stale = self._note_keys(segment.seq, planned, replay=committed is not None)
             result.files += write_objects(
                 self.warehouse,
                 spill.objects(),
@@ -189,20 +191,31 @@ class Flusher:
         self.offsets.adopt(marks)  # saved by the caller
         (self.manifests / f"{segment.seq}.json").unlink(missing_ok=True)
 
-    def _note_keys(self, seq: int, planned: list[str]) -> list[str]:
+    def _note_keys(self, seq: int, planned: list[str], replay: bool) -> list[str]:
         """Add ``planned`` to the segment's manifest (durably, before any object is written);
         return the keys earlier attempts wrote that this one does not."""
         path = self.manifests / f"{seq}.json"
         try:
             earlier = json.loads(path.read_text())["objects"]
         except FileNotFoundError:
-            earlier = []
+            earlier = self._found(seq, planned) if replay else []
         stale = sorted(set(earlier) - set(planned))
         if stale or not set(planned) <= set(earlier):
             self.manifests.mkdir(parents=True, exist_ok=True)
             body = {"objects": sorted(set(earlier) | set(planned))}
             write_atomic(path, json.dumps(body).encode())
         return stale
+
+    def _found(self, seq: int, planned: list[str]) -> list[str]:
+        """This segment's objects already in the folders ``planned`` writes to."""
+        prefix = object_name(self.node_id, seq, 0)[: -len("0000.parquet")]
+        folders = sorted({key.rsplit("/", 1)[0] for key in planned})
+        return [  # spelled as the planned keys are, so that set difference compares alike
+            f"{folder}/{info.base_name}"
+            for folder in folders
+            for info in list_parquet(self.warehouse, folder)
+            if info.base_name.startswith(prefix)
+        ]
 
     def _keep(
         self,

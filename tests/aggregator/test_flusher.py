@@ -261,3 +261,35 @@ def test_a_replay_that_writes_fewer_objects_deletes_the_crashed_attempts_extra_o
     assert not [p for p in files if "service=cart" in str(p)], "the stale cart objects are gone"
     assert sum(pq.read_metadata(p).num_rows for p in files) == total - len(cart)
     assert not list((tmp_path / "flushing").glob("*.json"))
+
+
+@pytest.mark.usefixtures("small_slices")
+def test_a_replay_without_a_note_removes_this_segments_objects_it_does_not_write(
+    tmp_path: Path,
+) -> None:
+    """A segment that crashed mid-flush under a version that wrote one object per slice (and
+    no notes): its extra slice objects are found by listing and deleted by the replay."""
+    seg = Segment(4, tmp_path / "0000000000000004.seg")
+    total = write_segment(seg.path, frames=6, per_frame=50)
+    wh_dir = tmp_path / "wh"
+    make_flusher(tmp_path / "old", wh_dir).flush(seg)  # objects ...-0000 per partition
+    first = data_files(wh_dir)
+    for path in first:  # what the older version's later slices left
+        (path.parent / path.name.replace("-0000.parquet", "-0003.parquet")).write_bytes(
+            path.read_bytes()
+        )
+    other = first[0].parent / "node-b-0000000000000004-0000.parquet"  # another node's: kept
+    other.write_bytes(first[0].read_bytes())
+    for ledger_file in wh_dir.rglob(entry_name("node-a", 4)):
+        ledger_file.unlink()  # the old version crashed before its ledger entry
+
+    result = make_flusher(tmp_path, wh_dir).flush(
+        seg,
+        Committed(
+            pa.table({"source_id": pa.array([], pa.string()), "offset": pa.array([], pa.int64())})
+        ),
+    )
+    assert result.records == total and result.duplicates == 0
+    files = data_files(wh_dir)
+    assert sorted(files) == sorted([*first, other]), "the planned objects stay, -0003 are gone"
+    assert sum(pq.read_metadata(p).num_rows for p in files if p != other) == total

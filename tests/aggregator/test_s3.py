@@ -10,9 +10,16 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import fastparquet
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
+from aggregator.buffer import Segment
+from aggregator.dedup import OffsetState
+from aggregator.envoy import BUILTIN_FORMATS
+from aggregator.flusher import Flusher
+from aggregator.ledger import Committed, Ledger, entry_name
 from athena.warehouse import open_warehouse
 from shipper import wire
 from tests.aggregator.helpers import (
@@ -26,6 +33,7 @@ from tests.aggregator.helpers import (
     wait_rows,
 )
 from tests.aggregator.proxy import TcpProxy
+from tests.aggregator.test_flusher import write_segment
 from tests.support.procs import wait_until
 
 pytestmark = [pytest.mark.s3, pytest.mark.integration]
@@ -132,3 +140,39 @@ def _status(url: str) -> int:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def test_a_replay_on_s3_deletes_only_the_earlier_attempts_extra_objects(
+    tmp_path: Path, s3_warehouse: str, s3_env: dict[str, str]
+) -> None:
+    """The replay's listing of partition folders (flusher._found) spells keys as S3 does."""
+    wh = open_warehouse(s3_warehouse)
+    seg = Segment(5, tmp_path / "0000000000000005.seg")
+    total = write_segment(seg.path, frames=4, per_frame=50)
+
+    def flusher(state: str) -> Flusher:
+        offsets = OffsetState(tmp_path / f"{state}.json").load()
+        spill = tmp_path / state / "spill"
+        return Flusher(wh, offsets, "node-a", BUILTIN_FORMATS, spill, Ledger(wh, "node-a"))
+
+    def objects() -> list[str]:
+        infos = wh.fs.get_file_info(pafs.FileSelector(wh.base, recursive=True))
+        return sorted(
+            i.path for i in infos if i.path.endswith(".parquet") and "/_ledger/" not in i.path
+        )
+
+    flusher("old").flush(seg)
+    written = objects()
+    for path in written:
+        wh.fs.copy_file(path, path.replace("-0000.parquet", "-0003.parquet"))
+    for info in wh.fs.get_file_info(pafs.FileSelector(wh.base, recursive=True)):
+        if info.base_name == entry_name("node-a", 5):
+            wh.fs.delete_file(info.path)
+    assert len(objects()) == 2 * len(written)
+
+    empty = pa.table({"source_id": pa.array([], pa.string()), "offset": pa.array([], pa.int64())})
+    result = flusher("new").flush(seg, Committed(empty))
+    assert result.records == total
+    assert objects() == written
+    rows = sum(pq.read_metadata(p, filesystem=wh.fs).num_rows for p in written)
+    assert rows == total
