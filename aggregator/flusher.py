@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -209,12 +210,13 @@ class Flusher:
     def _found(self, seq: int, planned: list[str]) -> list[str]:
         """This segment's objects already in the folders ``planned`` writes to."""
         prefix = object_name(self.node_id, seq, 0)[: -len("0000.parquet")]
+        ours = re.compile(re.escape(prefix) + r"\d{4}\.parquet")
         folders = sorted({key.rsplit("/", 1)[0] for key in planned})
         return [  # spelled as the planned keys are, so that set difference compares alike
             f"{folder}/{info.base_name}"
             for folder in folders
             for info in list_parquet(self.warehouse, folder)
-            if info.base_name.startswith(prefix)
+            if ours.fullmatch(info.base_name)
         ]
 
     def _keep(
