@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgpack
@@ -177,29 +178,18 @@ def constant_columns(blob: bytes, size: object, dict_type: pa.DataType) -> list[
         entries = _constant_decoder(metadata).decode(array)
     except (msgspec.MsgspecError, ValueError):
         return None
-    times = _times_ns(entries)
-    if times is None:
-        return None
-    records = [e.record for e in entries]
-    logs = [r.log for r in records]
-    if None in logs:
-        return None
-    n = len(records)
-    streams = [r.stream for r in records]
-    try:
-        out = [times, pa.array(logs, pa.string())]
-        if streams.count(streams[0]) == n:
-            out.append(_constant(streams[0], n, dict_type))
-        else:
-            out.append(pa.array(streams, dict_type))
-        out += [_constant(value, n, dict_type) for value in metadata]
-        out.append(pa.array([r.offset for r in records], pa.int64()))
-    except (ValueError, pa.ArrowException, OverflowError):
-        return None
-    return out
+
+    def keys(records: list[Any]) -> list[pa.Array]:
+        n = len(records)
+        streams = [r.stream for r in records]
+        same = streams.count(streams[0]) == n
+        stream = _constant(streams[0], n, dict_type) if same else pa.array(streams, dict_type)
+        return [stream, *(_constant(value, n, dict_type) for value in metadata)]
+
+    return _assemble(entries, keys)
 
 
-def _times_ns(entries: list[_Entry]) -> pa.Array | None:
+def _times_ns(entries: list[Any]) -> pa.Array | None:
     joined = b"".join([e.time for e in entries])
     if len(joined) != _ENTRY_BYTES * len(entries):
         return None
@@ -220,6 +210,18 @@ def _dict_column(raws: list[msgspec.Raw], dict_type: pa.DataType) -> pa.Array:
 
 def columns(entries: list[_Entry], dict_type: pa.DataType) -> list[pa.Array] | None:
     """``time_ns``, ``log``, the :data:`RAW_KEYS` columns and ``offset``, or None (general path)."""
+
+    def keys(records: list[Any]) -> list[pa.Array]:
+        return [_dict_column([getattr(r, key) for r in records], dict_type) for key in RAW_KEYS]
+
+    return _assemble(entries, keys)
+
+
+def _assemble(
+    entries: list[Any], keys: Callable[[list[Any]], list[pa.Array]]
+) -> list[pa.Array] | None:
+    """Times, ``log``, the ``keys`` columns of the records and ``offset``; None for what the
+    general path must do (integer times, records without ``log``, values of other types)."""
     times = _times_ns(entries)
     if times is None:
         return None
@@ -228,10 +230,11 @@ def columns(entries: list[_Entry], dict_type: pa.DataType) -> list[pa.Array] | N
     if None in logs:
         return None  # records without ``log``: message keys / JSON, done by the general path
     try:
-        out = [times, pa.array(logs, pa.string())]
-        for key in RAW_KEYS:
-            out.append(_dict_column([getattr(r, key) for r in records], dict_type))
-        out.append(pa.array([r.offset for r in records], pa.int64()))
+        return [
+            times,
+            pa.array(logs, pa.string()),
+            *keys(records),
+            pa.array([r.offset for r in records], pa.int64()),
+        ]
     except (msgspec.MsgspecError, ValueError, pa.ArrowException, OverflowError):
         return None
-    return out

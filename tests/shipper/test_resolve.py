@@ -6,15 +6,22 @@ import asyncio
 import logging
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shipper.config import Endpoint
-from shipper.resolve import addresses_of, expand, flatten
+from shipper.resolve import Resolver, addresses_of, expand, flatten
 from shipper.sender import ForwardClient, tls_context
 from tests.shipper.receiver import Receiver
 from tests.shipper.test_sender import message
 from tests.shipper.tlsgen import make_ca_and_server, server_context
+
+
+def aggs_client(resolver: Resolver, **kw: Any) -> ForwardClient:
+    """A client given the one name ``aggs.test``, resolved by ``resolver``."""
+    kw.setdefault("give_up_after", 3.0)
+    return ForwardClient((Endpoint("aggs.test", 24224),), hostname="h", resolver=resolver, **kw)
 
 
 def info(family: socket.AddressFamily, address: str, port: int = 24224) -> tuple:
@@ -78,9 +85,7 @@ def test_a_name_with_two_addresses_spreads_sources_and_follows_changes() -> None
     try:
 
         async def go() -> None:
-            client = ForwardClient(
-                (Endpoint("aggs.test", 24224),), hostname="h", resolver=resolver, give_up_after=3
-            )
+            client = aggs_client(resolver)
             for src in range(24):
                 await client.deliver(*message(1, first=src), affinity=f"source-{src}")
             assert a.messages > 0 and b.messages > 0
@@ -115,13 +120,7 @@ def test_tls_verifies_the_name_not_the_address(tmp_path: Path) -> None:
     try:
 
         async def go() -> None:
-            c = ForwardClient(
-                (Endpoint("aggs.test", 24224),),
-                hostname="h",
-                resolver=resolver,
-                tls=tls_context(ca),
-                give_up_after=3.0,
-            )
+            c = aggs_client(resolver, tls=tls_context(ca))
             for src in range(6):
                 await c.deliver(*message(1, first=src), affinity=f"source-{src}")
             await c.close()
@@ -146,13 +145,7 @@ def test_names_are_resolved_again_in_the_background() -> None:
     try:
 
         async def go() -> None:
-            client = ForwardClient(
-                (Endpoint("aggs.test", 24224),),
-                hostname="h",
-                resolver=resolver,
-                dns_refresh=0.05,
-                give_up_after=3,
-            )
+            client = aggs_client(resolver, dns_refresh=0.05)
             await client.deliver(*message(1))
             assert lookups == 1, "resolved once before the first delivery"
             answers["aggs.test"] = [("127.0.0.1", b.port), ("127.0.0.1", c.port)]
