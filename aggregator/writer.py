@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aggregator.storage import put_table
-from athena.schema import DT_FORMAT, partition_path
+from athena.schema import dt_of, partition_path
 from athena.warehouse import Warehouse
 
 _MS_PER_HOUR = 3_600_000
@@ -81,7 +81,7 @@ def partitions(table: pa.Table) -> list[tuple[str, str, pa.Table]]:
 def _dt_of_hour(hour: int) -> str:
     from datetime import UTC, datetime
 
-    return datetime.fromtimestamp(hour * 3600, tz=UTC).strftime(DT_FORMAT)
+    return dt_of(datetime.fromtimestamp(hour * 3600, tz=UTC))
 
 
 #: Partition objects written at once: S3 PUTs cost tens of ms each, and a flush of a hundred

@@ -155,7 +155,9 @@ def dt_of(ts: datetime) -> str:
     """The ``dt`` partition value (UTC hour) of a timestamp."""
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=UTC)
-    return ts.astimezone(UTC).strftime(DT_FORMAT)
+    ts = ts.astimezone(UTC)
+    # Four year digits always (strftime's %Y gives "1" for year 1 on glibc): parse_dt reads it.
+    return f"{ts.year:04d}-{ts:%m-%d-%H}"
 
 
 def parse_dt(value: str) -> datetime:

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from aggregator.batch import records_table, route
 from aggregator.decode import records_batch, to_ipc
 from aggregator.writer import object_name, write_partitions
-from athena.schema import CONTAINER_LOGS, ENVOY_ACCESS
+from athena.schema import CONTAINER_LOGS, ENVOY_ACCESS, parse_dt
 from athena.warehouse import open_warehouse
 from tests.aggregator.helpers import ENVOY_IMAGE, envoy_line, record
 
@@ -130,3 +130,15 @@ def test_envoy_rows_take_start_time_and_metadata(tmp_path: Path) -> None:
         "c0ffee",
         "recipe-app",
     )
+
+
+def test_far_years_get_four_digit_partitions_that_parse_back(tmp_path: Path) -> None:
+    events = [
+        ("logq.recipe", T0, record(envoy_line(when=when), image=ENVOY_IMAGE))
+        for when in ("0001-01-01T00:00:00.000Z", "9999-12-31T23:59:59.999Z")
+    ]
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    envoy = route(table_of(events)).tables["envoy_access"]
+    written = write_partitions(wh, "envoy_access", envoy, object_name("n", 1))
+    assert sorted(w.dt for w in written) == ["0001-01-01-00", "9999-12-31-23"]
+    assert [parse_dt(w.dt).year for w in sorted(written, key=lambda w: w.dt)] == [1, 9999]
