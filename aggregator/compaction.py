@@ -36,7 +36,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -288,8 +288,12 @@ def compact_warehouse(
     lookback: timedelta | None = DEFAULT_LOOKBACK,
     tables: list[str] | None = None,
     service: str | None = None,
+    hold: Callable[[], str | None] | None = None,
 ) -> int:
     """Compact every closed partition; return the number of input files merged.
+
+    ``hold`` is asked before each partition: a reason to stop the pass (another aggregator now
+    leads compaction, or one went down), or None to go on.
 
     Also deletes offset-ledger hours past their retention (ledger.py): housekeeping that, like
     compaction, must run on one instance per warehouse.
@@ -298,6 +302,10 @@ def compact_warehouse(
     expire_ledger(wh, now)
     merged = 0
     for spec, folder in closed_partitions(wh, now, grace, lookback, tables, service):
+        reason = hold() if hold is not None else None
+        if reason is not None:
+            log.info("compaction pass stopped before %s: %s", folder, reason)
+            break
         if _has_young_files(wh, folder, now - grace):
             continue
         merged += compact_partition(wh, spec, folder, target_bytes)

@@ -24,6 +24,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from aggregator import logs
@@ -65,6 +66,8 @@ CATALOG_RESYNC_SECONDS = 300.0
 REPLAY_PEER_WAIT_SECONDS = 60.0
 #: How long ``drain`` keeps retrying a warehouse that refuses writes before giving up.
 DRAIN_SECONDS = 300.0
+#: How often a compaction pass under way reads the heartbeats again (see _hold_checker).
+HOLD_RECHECK_SECONDS = 30.0
 
 
 def envoy_formats(settings: Settings) -> tuple[EnvoyFormat, ...]:
@@ -389,7 +392,10 @@ class Aggregator:
                     log.log(level, "compaction skipped: %s", hold.reason)
                     continue
                 merged = await asyncio.to_thread(
-                    compact_warehouse, self.warehouse, self.settings.target_file_bytes
+                    compact_warehouse,
+                    self.warehouse,
+                    self.settings.target_file_bytes,
+                    hold=self._hold_checker(),
                 )
                 self.metrics.compacted_files.inc(merged)
             except Exception as exc:
@@ -398,6 +404,21 @@ class Aggregator:
     def _compaction_hold(self) -> CompactionHold | None:
         assert self.ledger is not None
         return compaction_blocker(read_heartbeats(self.warehouse), self.ledger.node_id, time.time())
+
+    def _hold_checker(self) -> Callable[[], str | None]:
+        """For a pass under way: the hold, read again at most every HOLD_RECHECK_SECONDS (a peer
+        with a smaller id that came up, or one that went down, stops the pass)."""
+        checked = time.monotonic()
+
+        def hold() -> str | None:
+            nonlocal checked
+            if time.monotonic() - checked < HOLD_RECHECK_SECONDS:
+                return None
+            checked = time.monotonic()
+            found = self._compaction_hold()
+            return found.reason if found is not None else None
+
+        return hold
 
 
 # --- CLI ------------------------------------------------------------------------------------------

@@ -262,3 +262,23 @@ def test_service_leaves_compaction_to_the_smallest_live_node(tmp_path: Path) -> 
     finally:
         assert agg.stop() == 0
     assert read_table(uri, "container_logs").num_rows == 6 * 11
+
+
+def test_a_pass_stops_when_it_no_longer_may_compact(tmp_path: Path) -> None:
+    """A peer with a smaller id came up during the pass: the partitions not yet merged stay."""
+    uri = str(tmp_path / "wh")
+    for service in ("aaa", "bbb", "ccc"):
+        flush_files(uri, files=3, rows_per_file=5, service=service)
+    wh = open_warehouse(uri)
+    asked: list[int] = []
+
+    def hold() -> str | None:
+        asked.append(1)
+        return None if len(asked) <= 2 else "aggregator node-0 compacts"
+
+    merged = compact_warehouse(wh, now=LATER, lookback=None, hold=hold)
+    assert merged == 2 * 3, "the first two partitions (aaa's two hours) only"
+    assert len(asked) == 3
+    folders = {Path(f).parent.parent.name for f in parquet_files(uri) if Path(f).name[:2] != "c-"}
+    assert folders == {"service=bbb", "service=ccc"}
+    assert read_table(uri, "container_logs").num_rows == 3 * 3 * 6
