@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aggregator.storage import put_table
-from athena.schema import dt_of, partition_path
+from athena.schema import partition_path
+from athena.timerange import dt_of
 from athena.warehouse import Warehouse
 
 _MS_PER_HOUR = 3_600_000

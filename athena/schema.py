@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
+from athena.timerange import dt_of as dt_of  # the dt value of a time, defined there
+
 #: Partition value format for ``dt``: the UTC hour.
 DT_FORMAT = "%Y-%m-%d-%H"
 #: Athena projection format matching :data:`DT_FORMAT` (Java DateTimeFormatter pattern).
@@ -149,15 +151,6 @@ def sanitize_service(name: str | None) -> str:
         digest = hashlib.sha1(str(name).encode("utf-8", "surrogatepass")).hexdigest()[:10]
         cleaned = f"svc-{digest}"
     return cleaned
-
-
-def dt_of(ts: datetime) -> str:
-    """The ``dt`` partition value (UTC hour) of a timestamp."""
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    ts = ts.astimezone(UTC)
-    # Four year digits always (strftime's %Y gives "1" for year 1 on glibc): parse_dt reads it.
-    return f"{ts.year:04d}-{ts:%m-%d-%H}"
 
 
 def parse_dt(value: str) -> datetime:

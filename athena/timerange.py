@@ -85,8 +85,12 @@ def parse_time(value: str, now: datetime) -> datetime:
 
 
 def dt_of(ts: datetime) -> str:
-    """The ``dt`` partition value (UTC hour) of an aware timestamp."""
-    return ts.astimezone(UTC).strftime(DT_FORMAT)
+    """The ``dt`` partition value (UTC hour) of a timestamp (naive: taken as UTC)."""
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    ts = ts.astimezone(UTC)
+    # Four year digits always (strftime's %Y gives "1" for year 1 on glibc): parse_dt reads it.
+    return f"{ts.year:04d}-{ts:%m-%d-%H}"
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,7 @@ class TimeRange:
         last = (self.until - timedelta(milliseconds=1)).astimezone(UTC)
         out = []
         while start <= last:
-            out.append(start.strftime(DT_FORMAT))
+            out.append(dt_of(start))
             start += timedelta(hours=1)
         return out
 
