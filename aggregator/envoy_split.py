@@ -123,7 +123,9 @@ def split_attempt(plan: SplitPlan) -> Attempt:
         start = values.pop("start")
         values["start"] = pc.utf8_slice_codeunits(start, 0, 19)
         frac = pc.utf8_slice_codeunits(start, 20, 23)
-        values["start_frac"] = pc.replace_substring_regex(frac, r"[^0-9].*$", "")
+        if not _all_millis_z(start):  # e.g. "…:09Z", "…:09.5Z", "…:09+00:00": cut at a non-digit
+            frac = pc.replace_substring_regex(frac, r"[^0-9].*$", "")
+        values["start_frac"] = frac
         if not pc.all(good).as_py():
             values = {k: v.filter(good) for k, v in values.items()}
             ok = _spread(ok, good)
@@ -134,6 +136,13 @@ def split_attempt(plan: SplitPlan) -> Attempt:
 
 
 _WHITESPACE = np.frombuffer(b" \t\n\v\f\r", dtype=np.uint8)
+
+
+def _all_millis_z(start: pa.Array) -> bool:
+    """Every time is Envoy's default ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (24 characters ending in Z;
+    the format's pattern already matched, so characters 20-22 are the milliseconds)."""
+    lengths = pc.binary_length(start)
+    return bool(pc.all(pc.equal(lengths, 24)).as_py() and pc.all(pc.ends_with(start, "Z")).as_py())
 
 
 def _rstripped(lines: pa.Array) -> pa.Array:

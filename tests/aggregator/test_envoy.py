@@ -277,3 +277,25 @@ def test_any_default_format_line_round_trips(batch: list[tuple[str, dict]]) -> N
     for i, (_, expected) in enumerate(batch):
         got = {k: parsed.columns[k][i].as_py() for k in expected}
         assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("printed", "expected"),
+    [
+        ("2026-11-28T14:03:05.123Z", "2026-11-28T14:03:05.123"),
+        ("2026-11-28T14:03:05Z", "2026-11-28T14:03:05.000"),
+        ("2026-11-28T14:03:05.5Z", "2026-11-28T14:03:05.500"),
+        ("2026-11-28T14:03:05.123456789Z", "2026-11-28T14:03:05.123"),
+        ("2026-11-28T14:03:05+0000", "2026-11-28T14:03:05.000"),
+        ("2026-11-28T14:03:05.25+00:00", "2026-11-28T14:03:05.250"),
+    ],
+)
+def test_default_start_time_fractions_alone_and_mixed(printed: str, expected: str) -> None:
+    """Envoy's usual ``.mmmZ`` takes a short cut; every other spelling, alone or mixed in one
+    batch with the usual one, is read the same as before."""
+    usual = envoy_line(when="2026-11-28T14:00:00.001Z")
+    for lines in ([envoy_line(when=printed)], [usual, envoy_line(when=printed)]):
+        parsed = parse_lines(pa.array(lines))
+        assert parsed.rows.to_pylist() == list(range(len(lines)))
+        when = parsed.columns["timestamp"][len(lines) - 1].as_py()
+        assert when.isoformat(timespec="milliseconds") == expected + "+00:00"
