@@ -54,6 +54,10 @@ def test_encodings_follow_the_values_and_every_reader_agrees(tmp_path: Path) -> 
     assert "DELTA_BINARY_PACKED" in enc["timestamp"]
     assert "RLE_DICTIONARY" not in enc["request_id"]
     assert "RLE_DICTIONARY" in enc["path"]
+    rg = pq.ParquetFile(path).metadata.row_group(0)
+    stats = {rg.column(c).path_in_schema: rg.column(c).is_stats_set for c in range(rg.num_columns)}
+    assert stats["timestamp"] and stats["response_code"] and stats["bytes_sent"]
+    assert not stats["request_id"] and not stats["user_agent"], "no min/max on strings"
 
     expected = table.to_pydict()
     assert pq.read_table(path).to_pydict() == expected
