@@ -237,6 +237,9 @@ class ForwardClient:
     async def _resolve(self) -> None:
         try:
             self._members = await resolve.expand(self.configured, self._resolver, self._members)
+        except Exception:  # a resolver bug must not stop deliveries: keep the endpoints we have
+            log.exception("resolving aggregator names failed; keeping the current endpoints")
+            return
         finally:
             self._resolved_at = time.monotonic()
         endpoints = resolve.flatten(self._members)

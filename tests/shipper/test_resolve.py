@@ -162,3 +162,34 @@ def test_names_are_resolved_again_in_the_background() -> None:
     finally:
         for r in (a, b, c):
             r.close()
+
+
+def test_a_failing_resolver_keeps_delivering_to_what_it_has(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    a = Receiver()
+    calls = 0
+
+    async def resolver(host: str, port: int) -> list[tuple[str, int]]:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise RuntimeError("resolver bug")
+        return [("127.0.0.1", a.port), ("127.0.0.1", a.port)]  # listed twice: one endpoint
+
+    try:
+
+        async def go() -> None:
+            client = aggs_client(resolver)
+            await client.deliver(*message(1))
+            with caplog.at_level(logging.ERROR, logger="logq.shipper.sender"):
+                await client._resolve()
+            assert "resolving aggregator names failed" in caplog.text
+            assert [str(e) for e in client.endpoints] == [a.address]
+            await client.deliver(*message(1, first=1))
+            await client.close()
+
+        asyncio.run(go())
+        assert a.messages == 2
+    finally:
+        a.close()
