@@ -187,7 +187,10 @@ BUILTIN_FORMATS = (compile_format(DEFAULT_FORMAT), compile_format(ISTIO_FORMAT))
 
 def start_time_to_timestamp(seconds_text: pa.Array, fraction: pa.Array) -> pa.Array:
     """``2018-04-03T23:06:09`` + ``123`` strings -> timestamp[ms, UTC]; invalid dates -> NULL."""
-    seconds = pc.strptime(seconds_text, format="%Y-%m-%dT%H:%M:%S", unit="s", error_is_null=True)
+    try:  # Arrow's ISO-8601 cast: 4x faster than strptime, but one invalid date fails it all
+        seconds = seconds_text.cast(pa.timestamp("s"))
+    except pa.ArrowInvalid:
+        seconds = pc.strptime(seconds_text, "%Y-%m-%dT%H:%M:%S", unit="s", error_is_null=True)
     return with_fraction(pc.cast(seconds, pa.int64()), fraction)
 
 
@@ -263,7 +266,8 @@ def parse_lines(
     """Parse a batch of lines with each parser in turn (vectorised; see the module docstring).
 
     Each parser only sees the lines the previous ones left; a line whose ``timestamp`` does not
-    convert (e.g. month 13) is left for the next parser and in the end returned as unparsed.
+    convert (e.g. month 13, or year 0) is left for the next parser and in the end returned as
+    unparsed.
     """
     if isinstance(lines, pa.ChunkedArray):
         lines = lines.combine_chunks()
@@ -276,7 +280,7 @@ def parse_lines(
             break
         ok, converted = attempt(todo)
         if converted:
-            good = pc.is_valid(converted["timestamp"])
+            good = _fileable(converted["timestamp"])
             if pc.all(good).as_py():
                 rows.append(remaining.filter(ok))
                 parts.append(converted)
@@ -298,6 +302,19 @@ def parse_lines(
         columns={k: v.take(order) for k, v in columns.items()},
         unparsed=remaining,
     )
+
+
+#: START_TIMEs a row can have: a ``dt`` partition names years 1 to 9999 (0000-01-01 would stop
+#: the flush of its whole segment); a line printed outside them is kept as an unparsed line.
+MIN_START_MS = -62_135_596_800_000  # 0001-01-01T00:00:00.000Z
+MAX_START_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+
+def _fileable(timestamps: pa.Array) -> pa.Array:
+    """True where the time is valid and within MIN_START_MS..MAX_START_MS."""
+    ms = pc.cast(timestamps, pa.int64())
+    inside = pc.and_(pc.greater_equal(ms, MIN_START_MS), pc.less_equal(ms, MAX_START_MS))
+    return pc.fill_null(inside, False)
 
 
 def _scatter(mask: pa.Array, values: pa.Array) -> pa.Array:

@@ -142,3 +142,25 @@ def test_far_years_get_four_digit_partitions_that_parse_back(tmp_path: Path) -> 
     written = write_partitions(wh, "envoy_access", envoy, object_name("n", 1))
     assert sorted(w.dt for w in written) == ["0001-01-01-00", "9999-12-31-23"]
     assert [parse_dt(w.dt).year for w in sorted(written, key=lambda w: w.dt)] == [1, 9999]
+
+
+def test_a_start_time_no_partition_can_hold_is_an_unparsed_line(tmp_path: Path) -> None:
+    """Year 0 has no ``dt`` partition: such a line (text or JSON) is kept in container_logs and
+    counted, and the batch around it is written (it used to fail the whole segment's flush)."""
+    year_zero = "0000-01-01T00:00:00.000Z"
+    json_line = (
+        f'{{"start_time":"{year_zero}","method":"GET","path":"/","protocol":"HTTP/1.1",'
+        '"response_code":200}'
+    )
+    events = [
+        ("logq.recipe", T0, record(line, image=ENVOY_IMAGE))
+        for line in (envoy_line(when=year_zero), json_line, envoy_line())
+    ]
+    routed = route(table_of(events))
+    assert routed.parse_failures == {"recipe": 2}
+    assert routed.tables["envoy_access"].num_rows == 1
+    logs = routed.tables["container_logs"]
+    assert sorted(logs["message"].to_pylist()) == sorted([envoy_line(when=year_zero), json_line])
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    for name, table in routed.tables.items():
+        assert write_partitions(wh, name, table, object_name("n", 1))
