@@ -8,6 +8,9 @@ Layout of ``--buffer-dir``::
     offsets.json            highest (source_id -> offset) committed to the warehouse (dedup.py)
     0000000000000007.seg    segments, in order; the highest is the one being appended to
     spill/                  parsed rows of the segment being flushed (spill.py), scratch space
+    flushing/               object keys of the segment being flushed (flusher.py)
+    quarantine/             segments set aside after a data error: a buffer dir of its own
+                            (node id ``<node-id>-quarantine``), written out with ``drain``
 
 A segment is a sequence of frames ``[u32 length][u32 crc32][payload]``; the payload is the decoded
 events of one Forward message (a row count and an Arrow IPC stream, see ``decode.to_ipc``). A
@@ -44,6 +47,8 @@ _HEADER = struct.Struct(">II")
 _SEGMENT_RE = re.compile(r"^(\d{16})\.seg$")
 #: Sub-folder of the buffer dir the flusher parks a segment's parsed rows in (spill.py).
 SPILL_DIR = "spill"
+#: Sub-folder for segments whose flush fails with a data error (see Buffer.quarantine).
+QUARANTINE_DIR = "quarantine"
 
 
 @dataclass(frozen=True)
@@ -313,6 +318,25 @@ class Buffer:
     def sealed(self) -> list[Segment]:
         """Sealed segments waiting to be flushed, oldest first."""
         return list(self._sealed)
+
+    def quarantine(self, segment: Segment) -> Path:
+        """Move a segment that cannot be flushed (a data error, not an outage) out of the way,
+        into a buffer dir of its own that ``logq-aggregator drain`` writes out after a fix.
+        Nothing is deleted; the segments behind it flow again."""
+        folder = self.dir / QUARANTINE_DIR
+        folder.mkdir(exist_ok=True)
+        if not (folder / "node-id").exists():  # its own keys: never this node's segment keys
+            write_atomic(folder / "node-id", f"{self.node_id[:53]}-quarantine\n".encode("ascii"))
+        size = segment.size
+        target = folder / segment.path.name
+        os.replace(segment.path, target)
+        fsync_dir(folder)
+        fsync_dir(self.dir)
+        self._sealed = [s for s in self._sealed if s.seq != segment.seq]
+        self._sealed_bytes = max(0, self._sealed_bytes - size)
+        if self._space is not None and not self.full:
+            self._space.set()
+        return target
 
     def delete(self, segment: Segment) -> None:
         """Drop a segment whose Parquet objects are committed; wake readers if under limit."""

@@ -192,6 +192,18 @@ class Flusher:
         self.offsets.adopt(marks)  # saved by the caller
         (self.manifests / f"{segment.seq}.json").unlink(missing_ok=True)
 
+    def abandon(self, seq: int) -> None:
+        """Delete what failed attempts at a segment wrote (it is set aside, see
+        Buffer.quarantine): its rows are not committed, and drained later under other keys."""
+        path = self.manifests / f"{seq}.json"
+        try:
+            written = json.loads(path.read_text())["objects"]
+        except FileNotFoundError:
+            return
+        for key in written:
+            delete_object(self.warehouse, key)
+        path.unlink()
+
     def _note_keys(self, seq: int, planned: list[str], replay: bool) -> list[str]:
         """Add ``planned`` to the segment's manifest (durably, before any object is written);
         return the keys earlier attempts wrote that this one does not."""

@@ -74,6 +74,11 @@ class Metrics:
             "Resent records dropped by source offset",
             registry=r,
         )
+        self.quarantined = Counter(
+            "logq_aggregator_segments_quarantined_total",
+            "Buffer segments set aside after failing with a data error (see docs/operations.md)",
+            registry=r,
+        )
         self.compacted_files = Counter(
             "logq_aggregator_compaction_files_merged_total", "Small files compacted", registry=r
         )

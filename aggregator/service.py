@@ -68,6 +68,9 @@ REPLAY_PEER_WAIT_SECONDS = 60.0
 DRAIN_SECONDS = 300.0
 #: How often a compaction pass under way reads the heartbeats again (see _hold_checker).
 HOLD_RECHECK_SECONDS = 30.0
+#: Failed flushes of one segment in a row with the same data error (not OSError: S3, disk)
+#: before it is set aside (Buffer.quarantine) so that the segments behind it flow again.
+QUARANTINE_AFTER = 3
 
 
 def envoy_formats(settings: Settings) -> tuple[EnvoyFormat, ...]:
@@ -314,6 +317,7 @@ class Aggregator:
     async def _flush_one(self, segment: Segment, deadline: float | None) -> bool:
         assert self.flusher is not None
         delay = 0.5
+        data_errors, last_error = 0, ""
         while True:
             try:
                 result = await asyncio.to_thread(self._flush_segment, segment)
@@ -321,6 +325,13 @@ class Aggregator:
                 self.metrics.storage_errors.inc()
                 if self.metrics.failing_since is None:
                     self.metrics.failing_since = time.monotonic()
+                error = f"{type(exc).__name__}: {exc}"
+                same = not isinstance(exc, OSError) and error == last_error
+                data_errors = data_errors + 1 if same else int(not isinstance(exc, OSError))
+                last_error = error
+                if data_errors >= QUARANTINE_AFTER:
+                    await asyncio.to_thread(self._quarantine, segment, exc)
+                    return True
                 if deadline is not None and time.monotonic() + delay > deadline:
                     log.error("flush of segment %d failed: %s", segment.seq, exc)
                     return False
@@ -345,6 +356,29 @@ class Aggregator:
             self.buffer.delete(segment)
             self.metrics.buffer_bytes.set(self.buffer.total_bytes)
             return True
+
+    def _quarantine(self, segment: Segment, exc: BaseException) -> None:
+        """Set aside a segment that fails with the same kind of data error every time."""
+        assert self.flusher is not None
+        self.flusher.abandon(segment.seq)
+        target = self.buffer.quarantine(segment)
+        self._replay.discard(segment.seq)
+        if not self._replay:
+            self._committed = None
+        self.metrics.quarantined.inc()
+        self.metrics.failing_since = None
+        self.metrics.buffer_bytes.set(self.buffer.total_bytes)
+        log.error(
+            "segment %d failed %d times with a data error (%s: %s); moved it to %s so the "
+            "rest of the buffer flows. Nothing is lost: after a fix, write it out with "
+            "`logq-aggregator drain --buffer-dir %s --warehouse ...` (report the error)",
+            segment.seq,
+            QUARANTINE_AFTER,
+            type(exc).__name__,
+            exc,
+            target,
+            target.parent,
+        )
 
     def _catalog_services(self, services: set[str]) -> None:
         """Hand new services to the catalog off the flush path (Athena may be slow or down)."""

@@ -1,0 +1,109 @@
+"""A segment whose flush fails with a data error is set aside, and the buffer flows again.
+
+An S3 outage (OSError) is retried for as long as it lasts; a data error repeats on every try, so
+after QUARANTINE_AFTER tries the segment moves to ``<buffer-dir>/quarantine/`` (what Fluentd
+does with an unrecoverable chunk: its backup directory). Nothing is lost: that folder is a buffer
+dir of its own, written out with ``logq-aggregator drain`` once the cause is fixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from aggregator import flusher as flusher_mod
+from aggregator import writer as writer_mod
+from aggregator.config import Settings
+from aggregator.service import QUARANTINE_AFTER, Aggregator
+from tests.aggregator.helpers import parquet_files, read_table
+from tests.aggregator.test_flusher import write_segment
+from tests.support.procs import console_script
+
+POISONED = "-0000000000000002-"  # object keys of segment 2
+
+
+async def flush_buffer(agg: Aggregator) -> bool:
+    """Open the aggregator's buffer (its segments are replayed) and flush every segment."""
+    agg._open_buffer()
+    try:
+        return await agg._flush_sealed()
+    finally:
+        await agg.buffer.close()
+
+
+def test_a_segment_failing_with_a_data_error_is_set_aside_then_drained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buffer_dir, warehouse = tmp_path / "buffer", str(tmp_path / "warehouse")
+    buffer_dir.mkdir()
+    rows = {
+        seq: write_segment(buffer_dir / f"{seq:016d}.seg", 2, 30, source=f"src-{seq}")
+        for seq in (1, 2, 3)
+    }
+    real_put = writer_mod.put_table
+    puts: list[str] = []
+
+    def put(wh, path, table):  # segment 2: its first object lands, then the bug strikes
+        puts.append(path)
+        if POISONED in path and sum(POISONED in p for p in puts) > 1:
+            raise ValueError("simulated encoder bug")
+        real_put(wh, path, table)
+
+    monkeypatch.setattr(writer_mod, "put_table", put)
+    agg = Aggregator(Settings(warehouse=warehouse, buffer_dir=str(buffer_dir)))
+    assert asyncio.run(asyncio.wait_for(flush_buffer(agg), 60))  # the 3 segments are replayed
+    monkeypatch.undo()
+
+    quarantined = buffer_dir / "quarantine" / "0000000000000002.seg"
+    assert quarantined.exists() and not (buffer_dir / "0000000000000002.seg").exists()
+    assert agg.metrics.quarantined._value.get() == 1
+    assert not [p for p in parquet_files(warehouse) if POISONED in p], "its partial write undone"
+    assert (
+        read_table(warehouse, "envoy_access").num_rows
+        + read_table(warehouse, "container_logs").num_rows
+        == rows[1] + rows[3]
+    )
+
+    drain = [str(console_script("logq-aggregator")), "drain", "--buffer-dir"]
+    done = subprocess.run(  # the bug is fixed: write the set-aside segment out
+        [*drain, str(quarantined.parent), "--warehouse", warehouse],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    envoy, logs = read_table(warehouse, "envoy_access"), read_table(warehouse, "container_logs")
+    assert envoy.num_rows + logs.num_rows == sum(rows.values()), "every line once"
+    drained = [p for p in parquet_files(warehouse) if "-quarantine-" in p and "_ledger" not in p]
+    assert sum(pq.read_metadata(p).num_rows for p in drained) == rows[2]
+
+
+def test_errors_that_change_from_try_to_try_are_retried_not_set_aside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the same data error, again and again, sets a segment aside: a flaky one is retried."""
+    buffer_dir, warehouse = tmp_path / "buffer", str(tmp_path / "warehouse")
+    buffer_dir.mkdir()
+    rows = write_segment(buffer_dir / f"{1:016d}.seg", 2, 30)
+    real_route = flusher_mod.route
+    calls = 0
+
+    def route(*args, **kw):  # one call per try here (one slice); three different failures
+        nonlocal calls
+        calls += 1
+        if calls <= QUARANTINE_AFTER:
+            raise ValueError(f"flaky failure {calls}")
+        return real_route(*args, **kw)
+
+    monkeypatch.setattr(flusher_mod, "route", route)
+    agg = Aggregator(Settings(warehouse=warehouse, buffer_dir=str(buffer_dir)))
+    assert asyncio.run(asyncio.wait_for(flush_buffer(agg), 60))
+    assert calls == QUARANTINE_AFTER + 1
+    assert not (buffer_dir / "quarantine").exists()
+    assert agg.metrics.quarantined._value.get() == 0
+    total = read_table(warehouse, "envoy_access").num_rows
+    assert total + read_table(warehouse, "container_logs").num_rows == rows
