@@ -332,16 +332,17 @@ class Buffer:
         os.replace(segment.path, target)
         fsync_dir(folder)
         fsync_dir(self.dir)
-        self._sealed = [s for s in self._sealed if s.seq != segment.seq]
-        self._sealed_bytes = max(0, self._sealed_bytes - size)
-        if self._space is not None and not self.full:
-            self._space.set()
+        self._unseal(segment, size)
         return target
 
     def delete(self, segment: Segment) -> None:
         """Drop a segment whose Parquet objects are committed; wake readers if under limit."""
         size = segment.size
         segment.path.unlink(missing_ok=True)
+        self._unseal(segment, size)
+
+    def _unseal(self, segment: Segment, size: int) -> None:
+        """Forget a sealed segment whose file left the buffer; wake readers if under limit."""
         self._sealed = [s for s in self._sealed if s.seq != segment.seq]
         self._sealed_bytes = max(0, self._sealed_bytes - size)
         if self._space is not None and not self.full:
