@@ -48,7 +48,13 @@ import pyarrow.parquet as pq
 
 from aggregator.durable import atomic_file
 from aggregator.ledger import compaction_blocker, expire_ledger, read_heartbeats
-from aggregator.storage import ROW_GROUP_ROWS, StorageError, list_folder, write_options
+from aggregator.storage import (
+    ROW_GROUP_ROWS,
+    StorageError,
+    delete_object,
+    list_folder,
+    write_options,
+)
 from athena.schema import TABLES, Table, parse_dt
 from athena.warehouse import Warehouse, WarehouseError, open_warehouse
 
@@ -80,11 +86,6 @@ def _visible(info: pafs.FileInfo) -> bool:
     )
 
 
-def _delete(wh: Warehouse, path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        wh.fs.delete_file(path)
-
-
 def _exists(wh: Warehouse, path: str) -> bool:
     return wh.fs.get_file_info(path).type == pafs.FileType.File
 
@@ -113,10 +114,10 @@ def finish_intents(wh: Warehouse, folder: str, stale_before: datetime | None = N
         if _exists(wh, output):
             if pq.read_metadata(output, filesystem=wh.fs).num_rows == intent["rows"]:
                 for name in intent["inputs"]:
-                    _delete(wh, f"{folder}/{name}")
+                    delete_object(wh, f"{folder}/{name}")
             else:  # an output cut short: the inputs are the truth
-                _delete(wh, output)
-        _delete(wh, info.path)
+                delete_object(wh, output)
+        delete_object(wh, info.path)
         done += 1
     return done
 
@@ -234,16 +235,16 @@ def compact_partition(wh: Warehouse, spec: Table, folder: str, target_bytes: int
         try:
             rows_out = _merge(wh, spec, group, f"{folder}/{output_name}")
         except BaseException:
-            _delete(wh, f"{folder}/{output_name}")
-            _delete(wh, intent)
+            delete_object(wh, f"{folder}/{output_name}")
+            delete_object(wh, intent)
             raise
         if rows_out != rows_in:  # never delete inputs unless the output holds every row
-            _delete(wh, f"{folder}/{output_name}")
-            _delete(wh, intent)
+            delete_object(wh, f"{folder}/{output_name}")
+            delete_object(wh, intent)
             raise StorageError(f"{folder}: merged {rows_out} rows, expected {rows_in}; kept inputs")
         for f in group:
-            _delete(wh, f.path)
-        _delete(wh, intent)
+            delete_object(wh, f.path)
+        delete_object(wh, intent)
         merged += len(group)
         log.info(
             "compacted %d files (%d rows) into %s/%s", len(group), rows_in, folder, output_name
