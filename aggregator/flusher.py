@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -46,8 +45,13 @@ from aggregator.envoy import EnvoyFormat
 from aggregator.ledger import Committed, Ledger, entry_name
 from aggregator.spill import Spill
 from aggregator.storage import delete_object, list_parquet
-from aggregator.writer import WrittenFile, object_name, write_objects
-from athena.schema import partition_path
+from aggregator.writer import (
+    WrittenFile,
+    is_segment_object,
+    object_name,
+    object_path,
+    write_objects,
+)
 from athena.warehouse import Warehouse
 from shipper import wire
 
@@ -115,7 +119,7 @@ class Flusher:
                 self.offsets.advance(
                     _plain(records[wire.KEY_SOURCE_ID]), _plain(records[wire.KEY_OFFSET])
                 )
-            (self.manifests / f"{segment.seq}.json").unlink(missing_ok=True)
+            self._manifest(segment.seq).unlink(missing_ok=True)
         else:
             self._flush_segment(segment, result, committed)
         if result.records:
@@ -166,11 +170,8 @@ class Flusher:
                 kept_sources.append(pc.dictionary_encode(source_id))  # a few bytes a row
                 kept_offsets.append(offset)
             planned = [
-                self.warehouse.path(
-                    partition_path(table, service, dt),
-                    object_name(self.node_id, segment.seq, part),
-                )
-                for table, service, dt, part in spill.object_keys()
+                object_path(self.warehouse, *key, object_name(self.node_id, segment.seq, part))
+                for *key, part in spill.object_keys()
             ]
             stale = self._note_keys(segment.seq, planned, replay=committed is not None)
             result.files += write_objects(
@@ -190,45 +191,46 @@ class Flusher:
                 pa.chunked_array(kept_offsets, pa.int64()),
             )
         self.offsets.adopt(marks)  # saved by the caller
-        (self.manifests / f"{segment.seq}.json").unlink(missing_ok=True)
+        self._manifest(segment.seq).unlink(missing_ok=True)
 
     def abandon(self, seq: int) -> None:
         """Delete what failed attempts at a segment wrote (it is set aside, see
         Buffer.quarantine): its rows are not committed, and drained later under other keys."""
-        path = self.manifests / f"{seq}.json"
-        try:
-            written = json.loads(path.read_text())["objects"]
-        except FileNotFoundError:
-            return
-        for key in written:
+        for key in self._noted(seq) or []:
             delete_object(self.warehouse, key)
-        path.unlink()
+        self._manifest(seq).unlink(missing_ok=True)
+
+    def _manifest(self, seq: int) -> Path:
+        return self.manifests / f"{seq}.json"
+
+    def _noted(self, seq: int) -> list[str] | None:
+        """The keys earlier attempts at the segment noted, or None if none noted any."""
+        try:
+            return json.loads(self._manifest(seq).read_text())["objects"]
+        except FileNotFoundError:
+            return None
 
     def _note_keys(self, seq: int, planned: list[str], replay: bool) -> list[str]:
         """Add ``planned`` to the segment's manifest (durably, before any object is written);
         return the keys earlier attempts wrote that this one does not."""
-        path = self.manifests / f"{seq}.json"
-        try:
-            earlier = json.loads(path.read_text())["objects"]
-        except FileNotFoundError:
+        earlier = self._noted(seq)
+        if earlier is None:
             earlier = self._found(seq, planned) if replay else []
         stale = sorted(set(earlier) - set(planned))
         if stale or not set(planned) <= set(earlier):
             self.manifests.mkdir(parents=True, exist_ok=True)
             body = {"objects": sorted(set(earlier) | set(planned))}
-            write_atomic(path, json.dumps(body).encode())
+            write_atomic(self._manifest(seq), json.dumps(body).encode())
         return stale
 
     def _found(self, seq: int, planned: list[str]) -> list[str]:
         """This segment's objects already in the folders ``planned`` writes to."""
-        prefix = object_name(self.node_id, seq, 0)[: -len("0000.parquet")]
-        ours = re.compile(re.escape(prefix) + r"\d{4}\.parquet")
         folders = sorted({key.rsplit("/", 1)[0] for key in planned})
         return [  # spelled as the planned keys are, so that set difference compares alike
             f"{folder}/{info.base_name}"
             for folder in folders
             for info in list_parquet(self.warehouse, folder)
-            if ours.fullmatch(info.base_name)
+            if is_segment_object(info.base_name, self.node_id, seq)
         ]
 
     def _keep(

@@ -11,6 +11,7 @@ statistics then let engines skip row groups); the partition columns live in the 
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -52,6 +53,17 @@ class PartitionObject:
 def object_name(node_id: str, segment_seq: int, part: int = 0) -> str:
     """File name of one object of one buffer segment in a partition (the same on every retry)."""
     return f"{node_id}-{segment_seq:016d}-{part:04d}.parquet"
+
+
+def is_segment_object(name: str, node_id: str, segment_seq: int) -> bool:
+    """Whether ``name`` is an :func:`object_name` of this node's segment (any part)."""
+    prefix = object_name(node_id, segment_seq)[: -len("0000.parquet")]
+    return re.fullmatch(re.escape(prefix) + r"\d{4}\.parquet", name) is not None
+
+
+def object_path(wh: Warehouse, table: str, service: str, dt: str, name: str) -> str:
+    """Where the object ``name`` of one partition lives in the warehouse."""
+    return wh.path(partition_path(table, service, dt), name)
 
 
 def partitions(table: pa.Table) -> list[tuple[str, str, pa.Table]]:
@@ -112,7 +124,7 @@ def write_objects(
     """
 
     def put(obj: PartitionObject) -> WrittenFile:
-        path = wh.path(partition_path(obj.table, obj.service, obj.dt), file_name(obj.part))
+        path = object_path(wh, obj.table, obj.service, obj.dt, file_name(obj.part))
         rows = (
             obj.rows if _chunks_in_order(obj.rows["timestamp"]) else obj.rows.sort_by("timestamp")
         )
