@@ -325,10 +325,12 @@ class Aggregator:
                 self.metrics.storage_errors.inc()
                 if self.metrics.failing_since is None:
                     self.metrics.failing_since = time.monotonic()
-                error = f"{type(exc).__name__}: {exc}"
-                same = not isinstance(exc, OSError) and error == last_error
-                data_errors = data_errors + 1 if same else int(not isinstance(exc, OSError))
-                last_error = error
+                if isinstance(exc, OSError):  # S3 or disk: retried for as long as it lasts
+                    data_errors, last_error = 0, ""
+                else:
+                    error = f"{type(exc).__name__}: {exc}"
+                    data_errors = data_errors + 1 if error == last_error else 1
+                    last_error = error
                 if data_errors >= QUARANTINE_AFTER:
                     await asyncio.to_thread(self._quarantine, segment, exc)
                     return True
