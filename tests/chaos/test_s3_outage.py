@@ -1,4 +1,4 @@
-"""The warehouse's S3 goes away for a minute mid-run: backpressure, bounded memory, no loss.
+"""The warehouse's S3 goes away for 35 s mid-run: backpressure, bounded memory, no loss.
 
 A private SeaweedFS (never the session's: stopping that one would break every other S3 test)
 holds the warehouse. While it is down the aggregator's flushes fail and are retried with
@@ -44,10 +44,10 @@ RSS_BOUND = 600 * MiB
 """Peak RSS of the aggregator: generous for Python + pyarrow (about 200 MiB measured)."""
 RSS_GROWTH_BOUND = 64 * MiB
 """Peak RSS growth from the outage's start to its end (3 MiB measured): holding what the host
-wrote meanwhile (12 MiB of json-file lines, ~55,000 records) as decoded records would take
+wrote meanwhile (about 12 MiB of json-file lines, ~54,000 records) as decoded records would take
 several times that."""
-OUTAGE_RATE = 900.0
-"""Lines per second while S3 is down (about 200 KB/s: several times the buffer limit)."""
+OUTAGE_RATE = 1500.0
+"""Lines per second while S3 is down (about 330 KB/s: several times the buffer limit)."""
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_s3_outage_turns_into_backpressure_and_loses_nothing(
     long_mode: bool,
     private_s3: SeaweedFS,
 ) -> None:
-    outage = 120.0 if long_mode else 60.0
+    outage = 120.0 if long_mode else 35.0  # the issue asks for at least 30 s
     env = {**chaos_env, **private_s3.env()}
     warehouse = f"s3://{private_s3.create_bucket()}/wh"
     host = LiveHost(tmp_path / "containers", seed=chaos_rng.randrange(10**6), services=3)
