@@ -127,7 +127,8 @@ def table(name: str) -> Table:
 # --- partition values -------------------------------------------------------------------------
 
 _UNSAFE = re.compile(r"[^a-z0-9_.-]+")
-_RUNS = re.compile(r"\.{2,}|_{2,}")
+_DOTS = re.compile(r"\.{2,}")
+_UNDERSCORES = re.compile(r"_{2,}")
 MAX_SERVICE_LEN = 128
 UNKNOWN_SERVICE = "unknown"
 
@@ -144,7 +145,9 @@ def sanitize_service(name: str | None) -> str:
         return UNKNOWN_SERVICE
     folded = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode("ascii")
     cleaned = _UNSAFE.sub("_", folded.strip().lower())
-    cleaned = _RUNS.sub("_", cleaned)  # no ".." segment, no "__" noise
+    # No ".." segment, then no "__" noise (in this order: "_.." becomes "__" first). A stored
+    # name sanitises to itself, so `--service <stored name>` finds its folder.
+    cleaned = _UNDERSCORES.sub("_", _DOTS.sub("_", cleaned))
     cleaned = cleaned[:MAX_SERVICE_LEN].strip("._-")
     if not cleaned:
         # Nothing printable survived (e.g. a name in another script): keep names apart by hash.

@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from athena import ddl, schema
 
@@ -39,6 +41,8 @@ def test_tables_match_the_design_contract() -> None:
         ("café-api", "cafe-api"),
         (None, "unknown"),
         ("x" * 300, "x" * 128),
+        ("../../Evil/..\\Name", "evil_name"),  # "_.." then "__": one underscore
+        ("a_.._..b", "a_b"),
     ],
 )
 def test_sanitize_service_keeps_names_inside_their_folder(raw: str | None, expected: str) -> None:
@@ -49,6 +53,15 @@ def test_sanitize_service_keeps_names_inside_their_folder(raw: str | None, expec
 def test_sanitize_service_hashes_names_with_nothing_printable(raw: str) -> None:
     value = schema.sanitize_service(raw)
     assert value.startswith("svc-") and "/" not in value and ".." not in value
+
+
+@given(st.text(alphabet=st.sampled_from("aZ9._-/\\ =é服"), max_size=40) | st.text(max_size=40))
+def test_sanitize_service_is_idempotent(raw: str) -> None:
+    """The writer sanitises a name once more when it builds the path, and `logq` sanitises the
+    stored name a user types back: both must land on the same folder."""
+    once = schema.sanitize_service(raw)
+    assert schema.sanitize_service(once) == once
+    assert ".." not in once and "__" not in once and "/" not in once
 
 
 def test_sanitize_service_keeps_non_latin_names_apart() -> None:
