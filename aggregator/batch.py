@@ -118,10 +118,19 @@ def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS)
         ts = pc.cast(pc.divide(_col(records, "time_ns"), 1_000_000), pa.int64()).cast(TIMESTAMP)
         cols = {
             "timestamp": pc.take(ts, plain_idx),
-            "message": pc.take(_col(records, wire.KEY_LOG), plain_idx),
+            "message": _without_newline(pc.take(_col(records, wire.KEY_LOG), plain_idx)),
         }
         tables[CONTAINER_LOGS.name] = _assemble(CONTAINER_LOGS, records, service, plain_idx, cols)
     return Routed(tables, failures)
+
+
+def _without_newline(lines: pa.Array) -> pa.Array:
+    """``lines`` without one trailing ``\n``: the ``log`` that Fluent Bit and Fluentd send from
+    Docker's json-file still ends with it (logq-shipper sends lines without it)."""
+    ends = pc.ends_with(lines, "\n")
+    if not pc.any(ends).as_py():
+        return lines
+    return pc.if_else(ends, pc.utf8_slice_codeunits(lines, 0, -1), lines)
 
 
 def _assemble(

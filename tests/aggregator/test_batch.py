@@ -86,6 +86,25 @@ def test_records_from_other_clients_and_wrong_types_are_kept() -> None:
     assert logs.num_rows == 6
 
 
+def test_the_trailing_newline_other_clients_send_is_not_stored() -> None:
+    """Fluent Bit and Fluentd tailing json-file send Docker's ``log`` with its ``\n``; the
+    table holds the line without it, as for logq-shipper's lines (Envoy lines parse either way)."""
+    events = [
+        ("docker.recipe", T0, {"log": "hello from fluent bit\n", "stream": "stdout"}),
+        ("docker.recipe", T0, {"log": "two\n\n", "stream": "stdout"}),
+        ("docker.recipe", T0, {"log": "no newline", "stream": "stderr"}),
+        ("docker.recipe", T0, {"log": "\n", "stream": "stdout"}),
+        ("docker.recipe", T0, {"log": "crlf\r\n", "stream": "stdout"}),
+        ("docker.recipe", T0, {"log": envoy_line() + "\n", "format": "envoy"}),
+        ("docker.recipe", T0, {"log": "not an access line\n", "format": "envoy"}),
+    ]
+    routed = route(table_of(events))
+    assert routed.tables["envoy_access"].num_rows == 1
+    assert sorted(routed.tables["container_logs"]["message"].to_pylist()) == sorted(
+        ["hello from fluent bit", "two\n", "no newline", "", "crlf\r", "not an access line"]
+    )
+
+
 def test_partition_files_sorted_zstd_and_fastparquet_readable(tmp_path: Path) -> None:
     hour = 3600 * 10**9
     events = [
