@@ -276,6 +276,8 @@ def show(
 
     columns = columns if columns is not None else result.columns
     rows = rows if rows is not None else result.rows
+    if common.limit:  # most queries LIMIT in SQL; this holds --limit for every command
+        rows = rows[: common.limit]
     human = common.fmt in (OutputFormat.table, OutputFormat.markdown)
     if not rows and prep is not None:
         reason = explain_empty(common, prep)

@@ -137,7 +137,10 @@ def timeline(
     common: Common,
     every: Annotated[str, typer.Option(help="Interval: 30s, 1m, 5m, 1h, 1d.")] = "1m",
 ) -> None:
-    """Requests and errors per interval: a chart in the terminal, rows in json/csv."""
+    """Requests and errors per interval: a chart in the terminal, rows in json/csv.
+
+    With --limit N, the newest N intervals of the range.
+    """
     from cli import runner
     from cli.output import OutputFormat
 
@@ -158,6 +161,8 @@ def timeline(
         from cli.chart import fill_intervals, render_timeline
 
         rows = fill_intervals(result.rows, prep.trange.since, prep.trange.until, step)
+        if common.limit:
+            rows = rows[-common.limit :]  # the newest intervals: where an incident is
         if common.fmt is OutputFormat.table and rows:
             render_timeline(rows, every)
             return

@@ -143,6 +143,14 @@ def test_timeline_rows_fill_empty_intervals(logq, warehouse: Warehouse) -> None:
     assert want[0]["requests"] > 0
 
 
+def test_timeline_limit_keeps_the_newest_intervals(logq, warehouse: Warehouse) -> None:
+    args = ("timeline", "-s", "billing", "--every", "10m", "--warehouse", warehouse.uri, *WIDE)
+    every = logq(*args).json()
+    newest = logq(*args, "--limit", "2").json()
+    assert len(every) > 2
+    assert newest == every[-2:]
+
+
 def test_timeline_zero_buckets_and_chart(logq, tmp_path) -> None:
     uri = str(tmp_path / "wh")
     frame = pd.concat(

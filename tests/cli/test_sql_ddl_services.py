@@ -100,6 +100,13 @@ def test_services_lists_newest_time(logq, warehouse: Warehouse) -> None:
         assert rows[svc]["access_hours"] == 4
 
 
+def test_services_limit(logq, warehouse: Warehouse) -> None:
+    every = logq("services", "-f", "json", "--warehouse", warehouse.uri).json()
+    first = logq("services", "-f", "json", "--limit", "2", "--warehouse", warehouse.uri).json()
+    assert len(every) > 2
+    assert first == every[:2]
+
+
 def test_services_empty_and_unknown(logq, warehouse: Warehouse, empty_warehouse: str) -> None:
     run = logq("services", "-f", "json", "--warehouse", empty_warehouse)
     assert run.json() == [] and "holds no data yet" in run.stderr
