@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from athena.partitions import Partition
+    from athena.timerange import TimeRange
     from athena.warehouse import Warehouse
 
 
@@ -77,7 +78,15 @@ class LocalEngine:
         con.execute("SET TimeZone = 'UTC'")
         return con
 
-    def _register(self, con: duckdb.DuckDBPyConnection, table: str, parts: list[Partition]) -> None:
+    def _register(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        table: str,
+        parts: list[Partition],
+        rows: TimeRange | None = None,
+    ) -> None:
+        """``table`` as a view of ``parts``; with ``rows``, only rows with a ``timestamp`` in it
+        (partitions are whole hours, ``logq sql --since 15m`` means the last 15 minutes)."""
         import pyarrow as pa
 
         schema = full_schema(table)
@@ -85,12 +94,18 @@ class LocalEngine:
         if not files:
             con.register(table, pa.Table.from_batches([], schema=schema))
             return
+        where = ""
+        if rows is not None:
+            where = (
+                f' WHERE "timestamp" >= TIMESTAMPTZ {_sql_str(rows.since.isoformat())}'
+                f' AND "timestamp" < TIMESTAMPTZ {_sql_str(rows.until.isoformat())}'
+            )
         if not self.warehouse.is_s3:
             listing = ", ".join(_sql_str(f) for f in files)
             con.execute(
                 f'CREATE OR REPLACE TEMP VIEW "{table}" AS SELECT * FROM read_parquet('
                 f"[{listing}], hive_partitioning = true, union_by_name = true, "
-                "hive_types = {'service': VARCHAR, 'dt': VARCHAR})"
+                "hive_types = {'service': VARCHAR, 'dt': VARCHAR})" + where
             )
             return
         import pyarrow.dataset as ds
@@ -105,7 +120,13 @@ class LocalEngine:
             ),
             partition_base_dir=self.warehouse.table_root(table),
         )
-        con.register(table, dataset)
+        if not where:
+            con.register(table, dataset)
+            return
+        con.register(f"_logq_{table}_files", dataset)
+        con.execute(
+            f'CREATE OR REPLACE TEMP VIEW "{table}" AS SELECT * FROM "_logq_{table}_files"{where}'
+        )
 
     def prepare(
         self, sql: str, params: dict[str, Any], scopes: dict[str, list[Partition]]
@@ -120,11 +141,14 @@ class LocalEngine:
         sql: str,
         params: dict[str, Any],
         scopes: dict[str, list[Partition]] | None = None,
+        rows: TimeRange | None = None,
     ) -> QueryResult:
         """Run Athena ``sql`` with ``params`` over the partitions in ``scopes``.
 
         ``scopes`` None: every table the statement reads is read in full (found by parsing it).
         Given, it must name every warehouse table the statement reads (canned queries know).
+        ``rows``: the tables show only rows whose ``timestamp`` falls in it (``logq sql``; the
+        canned queries filter in their own SQL).
         """
         import duckdb
 
@@ -143,7 +167,7 @@ class LocalEngine:
         con = self._connect()
         try:
             for name, parts in scopes.items():
-                self._register(con, name, parts)
+                self._register(con, name, parts, rows)
             started = time.perf_counter()
             try:
                 table = con.sql(duck_sql, params=bound).to_arrow_table()

@@ -17,10 +17,10 @@ def sql(
 ) -> None:
     """Ad-hoc Athena SQL against envoy_access and container_logs.
 
-    Locally, --service/--since/--until restrict which partitions the tables show (all when
-    absent), and only queries run (SELECT, WITH, VALUES, EXPLAIN, DESCRIBE, SHOW): DuckDB would
-    otherwise let a statement write files (COPY ... TO) or change settings. On Athena the
-    statement runs exactly as written.
+    Locally, --service/--since/--until restrict the rows the tables show (all when absent;
+    --since 15m is the last 15 minutes, by each row's timestamp), and only queries run (SELECT,
+    WITH, VALUES, EXPLAIN, DESCRIBE, SHOW): DuckDB would otherwise let a statement write files
+    (COPY ... TO) or change settings. On Athena the statement runs exactly as written.
     """
     from cli import runner
 
@@ -56,9 +56,14 @@ def sql(
                     sys.stdout.write(f"-- {t}: {len(parts)} partitions\n")
                     for p in parts:
                         sys.stdout.write(f"--   {p.relative}\n")
+                if trange is not None:
+                    sys.stdout.write(
+                        f"-- rows with {trange.since.isoformat()} <= timestamp < "
+                        f"{trange.until.isoformat()}\n"
+                    )
                 sys.stdout.write(engine.prepare(statement, {}, scopes)[0] + "\n")
                 return
-            result = run_local(engine, statement, scopes)
+            result = run_local(engine, statement, scopes, trange)
         rows = result.rows[: common.limit] if common.limit else result.rows
         runner.show(common, result, rows=rows)
 
@@ -98,15 +103,16 @@ def check_read_only(statement: str) -> None:
         )
 
 
-def run_local(engine: Any, statement: str, scopes: dict[str, Any]) -> Any:
-    """Run on DuckDB; an unknown table is named in one line with the tables that exist."""
+def run_local(engine: Any, statement: str, scopes: dict[str, Any], rows: Any = None) -> Any:
+    """Run on DuckDB (the tables showing only ``rows``' time range when given); an unknown
+    table is named in one line with the tables that exist."""
     import re
 
     from athena.engines.result import EngineError
     from athena.schema import TABLES
 
     try:
-        return engine.run(statement, {}, scopes)
+        return engine.run(statement, {}, scopes, rows)
     except EngineError as exc:
         missing = re.search(r"Table with name (\S+) does not exist", str(exc))
         if missing is None:

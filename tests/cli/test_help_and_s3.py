@@ -99,6 +99,13 @@ def test_cli_over_s3_warehouse(logq, s3_warehouse: str) -> None:
         "envoy_access/service=recipe/dt=2026-11-27-23",
         "envoy_access/service=recipe/dt=2026-11-28-00",
     ]
+    sql = logq("sql", "SELECT count(*) AS n FROM envoy_access", *rng, "-f", "json",
+               "--warehouse", s3_warehouse)  # fmt: skip
+    assert sql.exit_code == 0, sql.stderr
+    in_range = (access["timestamp"] >= pd.Timestamp(rng[1])) & (
+        access["timestamp"] < pd.Timestamp(rng[3])
+    )
+    assert sql.json() == [{"n": int(in_range.sum())}]
     services = logq("services", "-f", "json", "--warehouse", s3_warehouse).json()
     assert [s["service"] for s in services] == ["recipe", "users"]
     tail = logq("tail", "-s", "recipe", "--since", "2026-11-27T00:00:00Z", "-f", "json",

@@ -62,6 +62,35 @@ def test_sql_since_restricts_partitions(logq, warehouse: Warehouse) -> None:
     assert run.json() == [{"n": len(hour)}]
 
 
+def test_sql_since_until_restrict_rows_not_just_hours(logq, warehouse: Warehouse) -> None:
+    """`--since 15m` means the last 15 minutes: the tables show rows by their timestamp, in
+    both tables, though partitions are whole hours."""
+    since, until = "2026-11-27T23:20:00Z", "2026-11-28T00:40:00Z"
+    run = logq(
+        "sql",
+        "SELECT (SELECT count(*) FROM envoy_access) AS a, (SELECT count(*) FROM container_logs) "
+        "AS l, (SELECT min(\"timestamp\") FROM envoy_access) AS first",
+        "--since", since, "--until", until, "-f", "json", "--warehouse", warehouse.uri,
+    )  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+
+    def inside(df: pd.DataFrame) -> pd.DataFrame:
+        return df[
+            (df["timestamp"] >= pd.Timestamp(since)) & (df["timestamp"] < pd.Timestamp(until))
+        ]
+
+    access, logs = inside(warehouse.access), inside(warehouse.logs)
+    assert 0 < len(access) < len(warehouse.access)
+    [row] = run.json()
+    assert (row["a"], row["l"]) == (len(access), len(logs))
+    assert row["first"] >= since.replace("Z", ".000Z")
+    dry = logq("sql", "SELECT 1 FROM envoy_access", "--since", since, "--until", until,
+               "--dry-run", "--warehouse", warehouse.uri)  # fmt: skip
+    assert "-- rows with 2026-11-27T23:20:00+00:00 <= timestamp < 2026-11-28T00:40:00+00:00" in (
+        dry.stdout
+    )
+
+
 def test_sql_errors_are_clear(logq, warehouse: Warehouse) -> None:
     run = logq("sql", "SELECT nope FROM envoy_access", "--warehouse", warehouse.uri)
     assert run.exit_code == 1 and "DuckDB could not run the query" in run.stderr
