@@ -41,6 +41,9 @@ from pathlib import Path
 
 from aggregator.durable import fsync_dir, write_atomic
 
+#: What a node id may hold: it starts every object key and ledger file this instance writes.
+NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
 log = logging.getLogger("logq.aggregator.buffer")
 
 _HEADER = struct.Struct(">II")
@@ -174,7 +177,7 @@ class Buffer:
         path = self.dir / "node-id"
         if path.exists():
             value = path.read_text(encoding="ascii").strip()
-            if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+            if NODE_ID.fullmatch(value):
                 return value
             raise OSError(f"{path} holds {value!r}, not a node id; delete it to get a new one")
         value = secrets.token_hex(6)

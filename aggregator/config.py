@@ -8,11 +8,13 @@ file > environment (``LOGQ_WAREHOUSE``) > default, as Fluent Bit and Vector user
 from __future__ import annotations
 
 import argparse
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from aggregator.buffer import NODE_ID
 from aggregator.decode import BUFFER_COMPRESSIONS
 from athena.warehouse import resolve_uri
 
@@ -183,7 +185,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
             raise ConfigError(
                 f"--config {args.config}: unknown keys {unknown}; the keys are {sorted(known)}"
             )
-        values.update(file_values)
+        for key, value in file_values.items():
+            values[key] = _typed(args.config, key, known[key].type, value)
     for name in known:
         flag_value = getattr(args, name, None)
         if flag_value is not None:
@@ -193,14 +196,60 @@ def load_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def _typed(path: str, key: str, kind: Any, value: Any) -> Any:
+    """A ``--config`` value checked against its setting's type (a TOML string where a number
+    belongs would otherwise fail much later, as a traceback)."""
+    kind = str(kind)
+    if kind == "float":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        want = "a number"
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        want = "a whole number"
+    elif kind == "list[str]":
+        ok = isinstance(value, str) or (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        )
+        want = "a string or a list of strings"
+    else:
+        ok = isinstance(value, str)
+        want = "a string"
+    if not ok:
+        raise ConfigError(f"--config {path}: {key} must be {want}, got {value!r}")
+    return value
+
+
+#: Levels ``--log-level`` accepts.
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _seconds(value: float, flag: str, zero_ok: bool = False) -> None:
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        more = ">= 0" if zero_ok else "> 0"
+        raise ConfigError(f"{flag} must be {more} seconds (a finite number), got {value}")
+
+
 def _check(s: Settings) -> None:
     split_host_port(s.listen, "--listen")
     if s.metrics_listen:
         split_host_port(s.metrics_listen, "--metrics-listen")
-    if s.flush_interval <= 0:
-        raise ConfigError("--flush-interval must be > 0 seconds")
-    if s.unhealthy_after <= 0:
-        raise ConfigError("--unhealthy-after must be > 0 seconds")
+    _seconds(s.flush_interval, "--flush-interval")
+    _seconds(s.unhealthy_after, "--unhealthy-after")
+    _seconds(s.idle_timeout, "--idle-timeout")
+    _seconds(s.compact_interval, "--compact-interval", zero_ok=True)  # 0: off
+    if s.max_connections < 1:
+        raise ConfigError(f"--max-connections must be at least 1, got {s.max_connections}")
+    if s.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(
+            f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {s.log_level!r}"
+        )
+    if s.node_id is not None and not NODE_ID.fullmatch(s.node_id):
+        raise ConfigError(
+            f"--node-id must be 1-64 letters, digits, '_' or '-' (it starts every object key), "
+            f"got {s.node_id[:80]!r}"
+        )
+    if s.warehouse is not None and not s.warehouse.strip():
+        raise ConfigError("--warehouse is empty; pass a directory or s3://bucket/prefix")
     for name in ("max_frame_bytes", "buffer_limit_bytes", "segment_bytes", "target_file_bytes"):
         if int(getattr(s, name)) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of bytes")

@@ -50,6 +50,18 @@ def test_config_file_and_flag_precedence(tmp_path: Path) -> None:
         ("", ["--user", "alice:pw"], "--user needs --shared-key"),
         ("", ["--shared-key", "k", "--user", "alice"], "--user must be NAME:PASSWORD"),
         ('user = ["bob:"]\n', ["--shared-key", "k"], "--user must be NAME:PASSWORD"),
+        ('flush_interval = "soon"\n', [], "flush_interval must be a number, got 'soon'"),
+        ("listen = 5\n", [], "listen must be a string, got 5"),
+        ("max_frame_bytes = inf\n", [], "max_frame_bytes must be a whole number, got inf"),
+        ("max-connections = true\n", [], "max_connections must be a whole number, got True"),
+        ("envoy_format = 5\n", [], "envoy_formats must be a string or a list of strings"),
+        ("flush_interval = nan\n", [], "--flush-interval must be > 0 seconds"),
+        ("", ["--idle-timeout", "-1"], "--idle-timeout must be > 0 seconds"),
+        ("", ["--compact-interval", "inf"], "--compact-interval must be >= 0 seconds"),
+        ("", ["--max-connections", "0"], "--max-connections must be at least 1"),
+        ("", ["--log-level", "verbose"], "--log-level must be one of debug, info"),
+        ("", ["--node-id", "../../escaped"], "--node-id must be 1-64 letters"),
+        ("", ["--warehouse", " "], "--warehouse is empty"),
     ],
 )
 def test_bad_settings_say_what_to_do(
