@@ -75,6 +75,18 @@ class Input:
     path: str
     name: str
     size: int
+    rows: int
+
+
+class CompactionFailed(StorageError):
+    """Some partitions of a pass could not be compacted; the others were (``merged`` files)."""
+
+    def __init__(self, failed: list[str], merged: int) -> None:
+        shown = ", ".join(failed[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
+        what = "1 partition" if len(failed) == 1 else f"{len(failed)} partitions"
+        super().__init__(f"{what} could not be compacted (see the log): {shown}")
+        self.failed = failed
+        self.merged = merged
 
 
 def _visible(info: pafs.FileInfo) -> bool:
@@ -217,18 +229,14 @@ def compact_partition(wh: Warehouse, spec: Table, folder: str, target_bytes: int
     except PartitionBusy:
         log.info("skipping %s: another compaction is under way there", folder)
         return 0
-    files = [
-        Input(i.path, i.base_name, i.size or 0)
-        for i in sorted(list_folder(wh, folder), key=lambda i: i.base_name)
-        if _visible(i)
-    ]
+    files = _readable(wh, [i for i in list_folder(wh, folder) if _visible(i)])
     merged = 0
     for group in _groups(files, target_bytes):
         names = sorted(f.name for f in group)
         gid = hashlib.sha1("\n".join(names).encode()).hexdigest()[:20]
         output_name = f"c-{gid}.parquet"
         intent = f"{folder}/{INTENT_PREFIX}{gid}.json"
-        rows_in = sum(pq.read_metadata(f.path, filesystem=wh.fs).num_rows for f in group)
+        rows_in = sum(f.rows for f in group)
         with wh.fs.open_output_stream(intent) as out:
             body = {"inputs": names, "output": output_name, "rows": rows_in}
             out.write(json.dumps(body).encode())
@@ -250,6 +258,25 @@ def compact_partition(wh: Warehouse, spec: Table, folder: str, target_bytes: int
             "compacted %d files (%d rows) into %s/%s", len(group), rows_in, folder, output_name
         )
     return merged
+
+
+def _readable(wh: Warehouse, infos: list[pafs.FileInfo]) -> list[Input]:
+    """The files whose Parquet footer reads, by name; any other is left where it is, with an
+    ERROR naming it (a truncated upload, a stray file: Athena fails on it too)."""
+    out = []
+    for info in sorted(infos, key=lambda i: i.base_name):
+        try:
+            rows = pq.read_metadata(info.path, filesystem=wh.fs).num_rows
+        except (pa.ArrowException, OSError) as exc:
+            log.error(
+                "not compacting %s: it is not a readable Parquet file (%s); queries of its "
+                "partition fail on it too: move it out of the warehouse",
+                info.path,
+                exc,
+            )
+            continue
+        out.append(Input(info.path, info.base_name, info.size or 0, rows))
+    return out
 
 
 def closed_partitions(
@@ -302,14 +329,21 @@ def compact_warehouse(
     now = now or datetime.now(UTC)
     expire_ledger(wh, now)
     merged = 0
+    failed: list[str] = []
     for spec, folder in closed_partitions(wh, now, grace, lookback, tables, service):
         reason = hold() if hold is not None else None
         if reason is not None:
             log.info("compaction pass stopped before %s: %s", folder, reason)
             break
-        if _has_young_files(wh, folder, now - grace):
-            continue
-        merged += compact_partition(wh, spec, folder, target_bytes)
+        try:
+            if _has_young_files(wh, folder, now - grace):
+                continue
+            merged += compact_partition(wh, spec, folder, target_bytes)
+        except Exception as exc:  # one bad partition must not stop the others' compaction
+            log.error("compaction of %s failed: %s; its files are unchanged", folder, exc)
+            failed.append(folder)
+    if failed:
+        raise CompactionFailed(failed, merged)
     return merged
 
 

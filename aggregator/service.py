@@ -417,7 +417,7 @@ class Aggregator:
         interval = self.settings.compact_interval
         if interval <= 0:
             return
-        from aggregator.compaction import compact_warehouse
+        from aggregator.compaction import CompactionFailed, compact_warehouse
 
         while True:
             await asyncio.sleep(interval)
@@ -434,6 +434,9 @@ class Aggregator:
                     hold=self._hold_checker(),
                 )
                 self.metrics.compacted_files.inc(merged)
+            except CompactionFailed as exc:
+                self.metrics.compacted_files.inc(exc.merged)
+                log.warning("%s; it will run again in %.0fs", exc, interval)
             except Exception as exc:
                 log.warning("compaction failed (%s); it will run again in %.0fs", exc, interval)
 

@@ -16,6 +16,7 @@ import pytest
 
 from aggregator.batch import records_table, route
 from aggregator.compaction import (
+    CompactionFailed,
     compact_main,
     compact_partition,
     compact_warehouse,
@@ -78,6 +79,51 @@ def test_compaction_keeps_rows_exact_and_sorted(tmp_path: Path) -> None:
     assert leftovers == []
     # A second pass has nothing to do.
     assert compact_warehouse(wh, now=LATER, lookback=None) == 0
+
+
+def test_a_stray_file_is_left_alone_and_the_rest_compacted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ``.parquet`` that is not Parquet (a stray upload, a truncated copy) stays where it is,
+    named in an ERROR; the files around it and the other partitions are compacted."""
+    uri = str(tmp_path / "wh")
+    flush_files(uri, files=3, rows_per_file=20, service="aaa")
+    flush_files(uri, files=3, rows_per_file=20, service="zzz")
+    wh = open_warehouse(uri)
+    folder = Path(wh.path(partition_path("container_logs", "aaa", "2026-11-27-10")))
+    (folder / "junk.parquet").write_bytes(b"junk\n")
+    (folder / "empty.parquet").write_bytes(b"")
+    assert compact_warehouse(wh, now=LATER, lookback=None) == 12
+    assert sorted(p.name for p in folder.glob("*.parquet") if not p.name.startswith("c-")) == [
+        "empty.parquet",
+        "junk.parquet",
+    ]
+    assert "junk.parquet: it is not a readable Parquet file" in caplog.text
+    assert "empty.parquet: it is not a readable Parquet file" in caplog.text
+
+
+def test_a_partition_that_fails_does_not_stop_the_pass(tmp_path: Path) -> None:
+    """A file whose footer reads but whose pages are damaged fails its partition's merge: that
+    partition keeps its files, and every other partition of the pass is still compacted."""
+    uri = str(tmp_path / "wh")
+    flush_files(uri, files=3, rows_per_file=200, service="aaa")
+    flush_files(uri, files=3, rows_per_file=200, service="zzz")
+    wh = open_warehouse(uri)
+    folder = Path(wh.path(partition_path("container_logs", "aaa", "2026-11-27-10")))
+    damaged = sorted(folder.glob("*.parquet"))[0]
+    data = bytearray(damaged.read_bytes())
+    data[4:400] = b"\xff" * 396  # the first data pages, after the "PAR1" magic
+    damaged.write_bytes(bytes(data))
+    before = sorted(p.name for p in folder.glob("*.parquet"))
+    with pytest.raises(CompactionFailed) as failed:
+        compact_warehouse(wh, now=LATER, lookback=None)
+    assert failed.value.failed == [str(folder)]
+    assert failed.value.merged == 9  # aaa's next hour and both of zzz's hours
+    assert sorted(p.name for p in folder.glob("*.parquet")) == before
+    assert [p.name for p in folder.iterdir() if p.name.startswith(("_", "."))] == []
+    zzz = Path(wh.path(partition_path("container_logs", "zzz", "2026-11-27-10")))
+    assert [p.name[:2] for p in zzz.glob("*.parquet")] == ["c-"]
+    assert compact_main(["--warehouse", uri, "--all", "--grace-minutes", "0"]) == 1
 
 
 def test_open_hours_and_young_files_are_left_alone(tmp_path: Path) -> None:
