@@ -14,9 +14,10 @@ Layout of ``--buffer-dir``::
 
 A segment is a sequence of frames ``[u32 length][u32 crc32][payload]``; the payload is the decoded
 events of one Forward message (a row count and an Arrow IPC stream, see ``decode.to_ipc``). A
-crash can leave a torn frame at the end of the last segment: replay stops at the first frame
-whose length or checksum is wrong, which can only be a frame that was never acknowledged (acks
-go out after the fsync that covers it).
+crash can leave a torn frame at the end of the last segment: replay stops at a last frame whose
+length or checksum is wrong, which can only be a frame that was never acknowledged (acks go out
+after the fsync that covers it). A damaged frame inside a segment is skipped, with an ERROR, and
+the frames after it are kept (see :func:`read_frames`).
 
 Group commit: many connections append, one ``fsync`` covers every frame written before it
 started, and each append returns once its frame is covered. A segment is sealed (closed and
@@ -38,6 +39,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from aggregator.durable import fsync_dir, write_atomic
 
@@ -74,7 +76,12 @@ def encode_frame(payload: bytes) -> bytes:
 
 
 def read_frames(path: Path) -> Iterator[bytes]:
-    """Payloads of a segment, stopping (with a warning) at a torn or corrupt frame.
+    """Payloads of a segment, skipping a damaged frame inside it and stopping at a torn tail.
+
+    A frame whose checksum fails but which is followed by a valid frame was written, fsync'd
+    and acknowledged before the frames after it: the disk damaged it. It is skipped with an
+    ERROR (its records are lost) and the frames after it are kept. A bad frame at the end is the
+    torn write of a crash, never acknowledged: replay stops there with a warning.
 
     Streamed frame by frame: a flush holds one slice of a segment in memory, never the file.
     """
@@ -82,25 +89,45 @@ def read_frames(path: Path) -> Iterator[bytes]:
     pos = 0
     with open(path, "rb") as fh:
         while pos + _HEADER.size <= size:
-            header = fh.read(_HEADER.size)
-            if len(header) != _HEADER.size:
-                break
-            length, crc = _HEADER.unpack(header)
+            length, crc = _HEADER.unpack(fh.read(_HEADER.size))
             if length > size - pos - _HEADER.size:
                 break  # torn: the frame claims more bytes than the file holds
             payload = fh.read(length)
-            if len(payload) != length or zlib.crc32(payload) != crc:
-                break
-            yield payload
-            pos += _HEADER.size + length
+            end = pos + _HEADER.size + length
+            if zlib.crc32(payload) != crc:
+                if not _valid_frame_at(fh, end, size):
+                    break
+                log.error(
+                    "buffer segment %s: the frame at offset %d (%d bytes) fails its checksum "
+                    "though frames follow it: disk damage; its records are lost, the rest of "
+                    "the segment is kept (check the disk)",
+                    path.name,
+                    pos,
+                    _HEADER.size + length,
+                )
+            else:
+                yield payload
+            pos = end
     if pos < size:
         log.warning(
             "buffer segment %s: ignoring %d bytes of a torn or corrupt frame at offset %d "
-            "(never acknowledged)",
+            "(the end of the segment: a write cut by a crash, never acknowledged)",
             path.name,
             size - pos,
             pos,
         )
+
+
+def _valid_frame_at(fh: BinaryIO, at: int, size: int) -> bool:
+    """Whether a whole frame with a good checksum starts at ``at``; ``fh`` is left there."""
+    fh.seek(at)
+    try:
+        if at + _HEADER.size > size:
+            return False
+        length, crc = _HEADER.unpack(fh.read(_HEADER.size))
+        return length <= size - at - _HEADER.size and zlib.crc32(fh.read(length)) == crc
+    finally:
+        fh.seek(at)
 
 
 class Buffer:

@@ -52,6 +52,26 @@ def test_torn_tail_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) 
     assert "torn or corrupt" in caplog.text
 
 
+def test_a_damaged_frame_inside_a_segment_loses_only_itself(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Disk damage in an acknowledged frame: the frames after it are still replayed."""
+    seg = tmp_path / "0000000000000001.seg"
+    frames = [encode_frame(f"frame-{i}".encode() * 50) for i in range(5)]
+    data = bytearray(b"".join(frames))
+    data[len(frames[0]) + 20] ^= 0x01  # one bit in frame 1's payload
+    seg.write_bytes(bytes(data))
+    assert list(read_frames(seg)) == [f"frame-{i}".encode() * 50 for i in (0, 2, 3, 4)]
+    assert "the frame at offset 358 (358 bytes) fails its checksum" in caplog.text
+    # The first and the last frames damaged: the last one reads as a torn tail.
+    data[len(frames[0]) + 20] ^= 0x01
+    data[20] ^= 0x01
+    data[-1] ^= 0x01
+    seg.write_bytes(bytes(data))
+    assert list(read_frames(seg)) == [f"frame-{i}".encode() * 50 for i in (1, 2, 3)]
+    assert "the end of the segment" in caplog.text
+
+
 def test_full_buffer_blocks_until_a_segment_is_deleted(tmp_path: Path) -> None:
     async def scenario() -> None:
         buf = Buffer(tmp_path, segment_bytes=1 << 20, limit_bytes=1000)
