@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -28,6 +31,19 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 ParamValue = str | int | float | bool | list[str] | list[int] | None
+
+
+@contextmanager
+def quiet_sqlglot() -> Iterator[None]:
+    """Mute sqlglot's "falling back to parsing as a 'Command'" warning: ``SHOW TABLES`` and
+    friends are fine as commands, and the warning lands on stderr once per parse."""
+    logger = logging.getLogger("sqlglot")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class QueryError(ValueError):
@@ -216,7 +232,8 @@ def _transpile(sql: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
     flat_sql, flat = _flatten(sql, params)
     try:
-        statements = sqlglot.parse(flat_sql, read="trino")
+        with quiet_sqlglot():
+            statements = sqlglot.parse(flat_sql, read="trino")
     except ParseError as exc:
         raise _parse_error(exc) from exc
     statements = [s for s in statements if s is not None]
@@ -228,8 +245,10 @@ def _transpile(sql: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def _parse_error(exc: Exception) -> QueryError:
-    """sqlglot's message without its colour codes (they end up in logs and pipes as junk)."""
-    return QueryError(f"cannot parse the SQL as Athena (Trino) SQL: {_ANSI.sub('', str(exc))}")
+    """sqlglot's message on one line, without its colour codes (they end up in logs and pipes
+    as junk); the statement excerpt it quotes on a second line follows the position."""
+    text = " ".join(_ANSI.sub("", str(exc)).split())
+    return QueryError(f"cannot parse the SQL as Athena (Trino) SQL: {text}")
 
 
 def tables_of(sql: str) -> set[str]:
@@ -239,7 +258,8 @@ def tables_of(sql: str) -> set[str]:
     from sqlglot.errors import ParseError
 
     try:
-        tree = sqlglot.parse_one(sql, read="trino")
+        with quiet_sqlglot():
+            tree = sqlglot.parse_one(sql, read="trino")
     except ParseError as exc:
         raise _parse_error(exc) from exc
     ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sys
 from collections.abc import Sequence
 from datetime import date, datetime
@@ -49,10 +50,29 @@ def plain(value: Any) -> Any:
     return value
 
 
+def json_ready(value: Any) -> Any:
+    """:func:`plain`, with NaN and ±Infinity as ``null``.
+
+    JSON has no such numbers: ``json.dumps`` would write the bare words ``NaN``/``Infinity``,
+    which ``jq``, ``JSON.parse`` and most other parsers reject, failing the whole document.
+    ``null`` keeps the column numeric-or-null for consumers (a string such as ``"NaN"`` would
+    put text into a numeric column); a NaN comes from 0/0-style arithmetic on no data, which
+    is what null says. The table, CSV and Markdown formats still show ``nan``/``inf``.
+    """
+    value = plain(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [json_ready(v) for v in value]
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    return value
+
+
 def to_json(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A JSON array of row objects (column order kept)."""
-    objects = [{c: plain(v) for c, v in zip(columns, row, strict=True)} for row in rows]
-    return json.dumps(objects, ensure_ascii=False, indent=2)
+    """A JSON array of row objects (column order kept); strictly valid JSON (no NaN)."""
+    objects = [{c: json_ready(v) for c, v in zip(columns, row, strict=True)} for row in rows]
+    return json.dumps(objects, ensure_ascii=False, indent=2, allow_nan=False)
 
 
 def to_csv(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

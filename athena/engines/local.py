@@ -10,6 +10,11 @@ statement reads becomes a DuckDB view over exactly the files :func:`athena.parti
   pushdown, so only the needed columns are fetched.
 
 ``service`` and ``dt`` come from the Hive-style folder names, as they do on Athena.
+
+Once the views exist the connection is locked down (:func:`_sandbox`): DuckDB may then open only
+the Parquet files the views read, cannot load extensions and cannot change a setting. ``logq sql``
+runs statements people type (or paste), and DuckDB's SQL can read any file (``read_text``), write
+files (``COPY ... TO``) and attach databases; the engine answers queries over the warehouse only.
 """
 
 from __future__ import annotations
@@ -31,6 +36,59 @@ if TYPE_CHECKING:
 def _sql_str(value: str) -> str:
     """A DuckDB string literal (quotes doubled); used only for file paths we listed ourselves."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def _one_line(message: str) -> str:
+    """A DuckDB message on one line: its ``LINE 1: ...`` context kept, the caret line dropped."""
+    lines = [ln.strip() for ln in message.splitlines()]
+    return " ".join(ln for ln in lines if ln and set(ln) != {"^"})
+
+
+def _sandbox(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
+    """Let ``con`` open only ``files`` (local Parquet the views read; none on S3, where pyarrow
+    reads), load no extension and change no setting, for the rest of its life.
+
+    ``allowed_paths`` must be set before ``enable_external_access = false`` (it cannot be widened
+    afterwards), and ``lock_configuration`` makes every later ``SET``/``RESET``/``PRAGMA`` fail,
+    including attempts to undo the two. Registered Arrow tables and datasets are not files and
+    keep working. The listed files could still be written by ``COPY ... TO`` with
+    ``USE_TMP_FILE false``: ``logq sql`` refuses every statement but a query before it gets here.
+    """
+    listing = ", ".join(_sql_str(f) for f in files)
+    con.execute(f"SET allowed_paths = [{listing}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def _refusal(exc: Exception) -> str | None:
+    """The sandbox's refusal of ``exc`` as advice, or None when it is another error."""
+    import duckdb
+
+    text = str(exc)
+    if isinstance(exc, duckdb.PermissionException) or "configuration has been locked" in text:
+        return (
+            "the local engine reads only the warehouse tables (envoy_access, container_logs): "
+            "no other files, extensions or settings; DuckDB refused: " + _one_line(text)
+        )
+    return None
+
+
+def _bad_file(exc: Exception, files: list[str]) -> str | None:
+    """The file of ``files`` a DuckDB read error names, or None (not a file's fault)."""
+    text = str(exc)
+    named = [f for f in files if f in text]
+    return max(named, key=len) if named else None
+
+
+def _unreadable(path: str, exc: Exception) -> EngineError:
+    """One line naming the file and what to do; DuckDB's reason without the path repeated (the
+    path can be long, and the message is cut at about 400 characters)."""
+    reason = (str(exc).splitlines() or [""])[0]
+    reason = " ".join(reason.replace(f"'{path}'", "").replace(path, "").split())
+    return EngineError(
+        f"cannot read the Parquet file {path} ({reason}); if it is damaged or not Parquet "
+        "(e.g. a truncated copy), move it out of the warehouse and run the command again"
+    )
 
 
 def full_schema(table: str) -> pa.Schema:
@@ -101,12 +159,22 @@ class LocalEngine:
                 f' AND "timestamp" < TIMESTAMPTZ {_sql_str(rows.until.isoformat())}'
             )
         if not self.warehouse.is_s3:
+            import duckdb
+
             listing = ", ".join(_sql_str(f) for f in files)
-            con.execute(
-                f'CREATE OR REPLACE TEMP VIEW "{table}" AS SELECT * FROM read_parquet('
-                f"[{listing}], hive_partitioning = true, union_by_name = true, "
-                "hive_types = {'service': VARCHAR, 'dt': VARCHAR})" + where
-            )
+            try:  # union_by_name reads every file's footer here: a damaged file fails now
+                con.execute(
+                    f'CREATE OR REPLACE TEMP VIEW "{table}" AS SELECT * FROM read_parquet('
+                    f"[{listing}], hive_partitioning = true, union_by_name = true, "
+                    "hive_types = {'service': VARCHAR, 'dt': VARCHAR})" + where
+                )
+            except duckdb.Error as exc:
+                bad = _bad_file(exc, files)
+                if bad is not None:
+                    raise _unreadable(bad, exc) from exc
+                raise EngineError(
+                    f"DuckDB could not read the {table} files: {_one_line(str(exc))}"
+                ) from exc
             return
         import pyarrow.dataset as ds
 
@@ -129,12 +197,18 @@ class LocalEngine:
         )
 
     def prepare(
-        self, sql: str, params: dict[str, Any], scopes: dict[str, list[Partition]]
+        self,
+        sql: str,
+        params: dict[str, Any],
+        scopes: dict[str, list[Partition]],
+        explain: str | None = None,
     ) -> tuple[str, dict[str, Any]]:
-        """The DuckDB statement and bound values for Athena ``sql`` (what --dry-run prints)."""
+        """The DuckDB statement and bound values for Athena ``sql`` (what --dry-run prints);
+        ``explain`` (``EXPLAIN``, ``EXPLAIN ANALYZE``) is put before the transpiled query."""
         from athena.queries import to_duckdb
 
-        return to_duckdb(sql, params)
+        duck_sql, bound = to_duckdb(sql, params)
+        return (f"{explain}\n{duck_sql}" if explain else duck_sql), bound
 
     def run(
         self,
@@ -142,13 +216,14 @@ class LocalEngine:
         params: dict[str, Any],
         scopes: dict[str, list[Partition]] | None = None,
         rows: TimeRange | None = None,
+        explain: str | None = None,
     ) -> QueryResult:
         """Run Athena ``sql`` with ``params`` over the partitions in ``scopes``.
 
         ``scopes`` None: every table the statement reads is read in full (found by parsing it).
         Given, it must name every warehouse table the statement reads (canned queries know).
         ``rows``: the tables show only rows whose ``timestamp`` falls in it (``logq sql``; the
-        canned queries filter in their own SQL).
+        canned queries filter in their own SQL). ``explain``: see :meth:`prepare`.
         """
         import duckdb
 
@@ -157,33 +232,71 @@ class LocalEngine:
             from athena.schema import TABLES
 
             scopes = {name: self.plan(name, None, None) for name in tables_of(sql) & set(TABLES)}
-        duck_sql, bound = self.prepare(sql, params, scopes)
+        duck_sql, bound = self.prepare(sql, params, scopes, explain)
         total = sum(p.bytes for parts in scopes.values() for p in parts)
         if self.max_scan_bytes is not None and total > self.max_scan_bytes:
             raise ScanBudgetError(
                 f"the query would read {total:,} bytes of Parquet, over --max-scan-bytes "
                 f"{self.max_scan_bytes:,}; narrow --since/--until or --service"
             )
+        files = [f.path for parts in scopes.values() for p in parts for f in p.files]
         con = self._connect()
         try:
             for name, parts in scopes.items():
                 self._register(con, name, parts, rows)
+            _sandbox(con, [] if self.warehouse.is_s3 else files)
             started = time.perf_counter()
             try:
                 table = con.sql(duck_sql, params=bound).to_arrow_table()
             except duckdb.Error as exc:
-                raise EngineError(f"DuckDB could not run the query: {exc}") from exc
+                bad = _bad_file(exc, files)
+                if bad is not None:
+                    raise _unreadable(bad, exc) from exc
+                refused = _refusal(exc)
+                if refused is not None:
+                    raise EngineError(refused) from exc
+                raise EngineError(f"DuckDB could not run the query: {_one_line(str(exc))}") from exc
             elapsed = time.perf_counter() - started
         finally:
             con.close()
         table = _integral_decimals_to_int(table)
         return QueryResult(
             columns=table.column_names,
-            rows=[tuple(r.values()) for r in table.to_pylist()],
+            rows=_python_rows(table),
             engine=self.name,
             elapsed_s=elapsed,
             scanned_bytes=total,
             partitions=[p.relative for parts in scopes.values() for p in parts],
-            files=sum(len(p.files) for parts in scopes.values() for p in parts),
+            files=len(files),
             sql=duck_sql,
         )
+
+
+def _python_rows(table: pa.Table) -> list[tuple[Any, ...]]:
+    """The rows as Python values, column by column (names may repeat: ``SELECT 1 a, 2 a``).
+
+    A column Python cannot hold (a timestamp or date past year 9999, DuckDB's ``infinity``)
+    is shown as DuckDB's own text for it (``33658-09-27 01:46:40+00``) rather than failing the
+    whole result: the value is real, people asked for it, and only Python's datetime is short.
+    """
+    columns: list[list[Any]] = []
+    for column in table.columns:
+        try:
+            columns.append(column.to_pylist())
+        except (OverflowError, ValueError):
+            columns.append(_as_text(column))
+    return list(zip(*columns, strict=True)) if columns else [()] * table.num_rows
+
+
+def _as_text(column: pa.ChunkedArray) -> list[str | None]:
+    """``column`` as DuckDB prints each value (UTC), NULL kept."""
+    import duckdb
+    import pyarrow as pa
+
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.register("_logq_column", pa.table({"v": column}))
+        return [r[0] for r in con.sql('SELECT CAST(v AS VARCHAR) FROM "_logq_column"').fetchall()]
+    finally:
+        con.close()

@@ -1,6 +1,6 @@
 """Commands about the tables themselves: ad-hoc ``sql``, the Athena ``ddl``, the ``services``."""
 
-import logging
+import re
 import sys
 from typing import Annotated, Any
 
@@ -19,8 +19,9 @@ def sql(
 
     Locally, --service/--since/--until restrict the rows the tables show (all when absent;
     --since 15m is the last 15 minutes, by each row's timestamp), and only queries run (SELECT,
-    WITH, VALUES, EXPLAIN, DESCRIBE, SHOW): DuckDB would otherwise let a statement write files
-    (COPY ... TO) or change settings. On Athena the statement runs exactly as written.
+    WITH, VALUES, EXPLAIN [ANALYZE] of a query, DESCRIBE, SHOW) over the warehouse tables:
+    DuckDB would otherwise let a statement write or read any file (COPY ... TO, read_text) or
+    change settings. On Athena the statement runs exactly as written.
     """
     from cli import runner
 
@@ -40,7 +41,8 @@ def sql(
             from athena.schema import TABLES
             from athena.timerange import TimeRange
 
-            check_read_only(statement)
+            explain, query = split_explain(statement)
+            check_read_only(query, inner=explain is not None)
             engine = runner.make_engine(common)
             services = runner.normalise_services(common.service)
             trange = (
@@ -48,9 +50,7 @@ def sql(
                 if common.since or common.until
                 else None
             )
-            scopes = {
-                t: engine.plan(t, services, trange) for t in tables_of(statement) & set(TABLES)
-            }
+            scopes = {t: engine.plan(t, services, trange) for t in tables_of(query) & set(TABLES)}
             if common.dry_run:
                 for t, parts in scopes.items():
                     sys.stdout.write(f"-- {t}: {len(parts)} partitions\n")
@@ -61,58 +61,95 @@ def sql(
                         f"-- rows with {trange.since.isoformat()} <= timestamp < "
                         f"{trange.until.isoformat()}\n"
                     )
-                sys.stdout.write(engine.prepare(statement, {}, scopes)[0] + "\n")
+                sys.stdout.write(engine.prepare(query, {}, scopes, explain)[0] + "\n")
                 return
-            result = run_local(engine, statement, scopes, trange)
+            result = run_local(engine, query, scopes, trange, explain)
         rows = result.rows[: common.limit] if common.limit else result.rows
         runner.show(common, result, rows=rows)
 
 
 #: Statement kinds ``logq sql`` runs locally (sqlglot's names); ``Command`` is checked by word.
 _QUERY_KINDS = ("Select", "Union", "Intersect", "Except", "Values", "Subquery", "Describe")
-_QUERY_COMMANDS = ("EXPLAIN", "DESCRIBE", "SHOW")
+_QUERY_COMMANDS = ("SHOW",)
+_QUERIES = "SELECT, WITH, VALUES, EXPLAIN [ANALYZE] <query>, DESCRIBE, SHOW"
+
+#: ``EXPLAIN``, ``EXPLAIN ANALYZE`` and DuckDB's option list (``EXPLAIN (FORMAT json)``) before
+#: a statement. DuckDB's EXPLAIN ANALYZE *runs* the statement, so what follows is checked too.
+_EXPLAIN = re.compile(
+    r"\s*(EXPLAIN(?:\s+ANALY[SZ]E)?(?:\s*\(\s*(?:FORMAT|ANALY[SZ]E)\b[^()]*\))?)\s+",
+    re.IGNORECASE,
+)
 
 
-def check_read_only(statement: str) -> None:
-    """Refuse anything but a query on the local engine (ValueError: exit 2, one line)."""
+def split_explain(statement: str) -> tuple[str | None, str]:
+    """``(prefix, query)``: a leading ``EXPLAIN [ANALYZE]`` apart from the statement it explains
+    (so the query is checked, scoped and transpiled like any other), or ``(None, statement)``."""
+    match = _EXPLAIN.match(statement)
+    if match is None:
+        return None, statement
+    return " ".join(match.group(1).split()), statement[match.end() :]
+
+
+def _refused(word: str) -> ValueError:
+    return ValueError(
+        f"logq sql runs queries only ({_QUERIES}); {word[:30]!r} statements are refused"
+    )
+
+
+def check_read_only(statement: str, inner: bool = False) -> None:
+    """Refuse anything but a query on the local engine (ValueError: exit 2, one line).
+
+    ``inner``: ``statement`` follows an EXPLAIN. A top-level statement sqlglot cannot parse is
+    left to the engine (which parses it the same way, so it never reaches DuckDB); after EXPLAIN
+    it must be a query sqlglot recognises, as the rest would reach DuckDB verbatim.
+    """
     import sqlglot
     from sqlglot import exp
     from sqlglot.errors import ParseError
 
-    quiet = logging.getLogger("sqlglot")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # its "falling back to a Command" warning is noise here
+    from athena.queries import quiet_sqlglot
+
+    word = (statement.split(None, 1) or ["(empty)"])[0].upper()
     try:
-        trees = [t for t in sqlglot.parse(statement, read="trino") if t is not None]
+        with quiet_sqlglot():
+            trees = [t for t in sqlglot.parse(statement, read="trino") if t is not None]
     except ParseError:
+        if inner:
+            raise _refused(f"EXPLAIN {word}") from None
         return  # the engine reports the parse error with its position
-    finally:
-        quiet.setLevel(level)
     if len(trees) != 1:
+        if inner:
+            raise ValueError("EXPLAIN takes one query; the SQL holds several statements")
         return  # the engine refuses anything but one statement, and says so
-    for tree in trees:
-        into = isinstance(tree, exp.Select) and tree.args.get("into")
-        if type(tree).__name__ in _QUERY_KINDS and not into:
-            continue
-        if isinstance(tree, exp.Command) and str(tree.this).upper() in _QUERY_COMMANDS:
-            continue
-        word = "SELECT ... INTO" if into else statement.split(None, 1)[0].upper()
-        raise ValueError(
-            f"logq sql runs queries only (SELECT, WITH, VALUES, EXPLAIN, DESCRIBE, SHOW); "
-            f"{word[:20]!r} statements are refused"
-        )
+    tree = trees[0]
+    into = isinstance(tree, exp.Select) and tree.args.get("into")
+    if type(tree).__name__ in _QUERY_KINDS and not into:
+        if isinstance(tree, exp.Describe) and not isinstance(
+            tree.this, exp.Table | exp.Query | exp.Subquery
+        ):
+            raise _refused(f"DESCRIBE {type(tree.this).__name__.upper()}")
+        return
+    if not inner and isinstance(tree, exp.Command) and str(tree.this).upper() in _QUERY_COMMANDS:
+        return
+    if into:
+        word = "SELECT ... INTO"
+    raise _refused(f"EXPLAIN {word}" if inner else word)
 
 
-def run_local(engine: Any, statement: str, scopes: dict[str, Any], rows: Any = None) -> Any:
-    """Run on DuckDB (the tables showing only ``rows``' time range when given); an unknown
-    table is named in one line with the tables that exist."""
-    import re
-
+def run_local(
+    engine: Any,
+    statement: str,
+    scopes: dict[str, Any],
+    rows: Any = None,
+    explain: str | None = None,
+) -> Any:
+    """Run on DuckDB (the tables showing only ``rows``' time range when given; ``explain`` put
+    before the query); an unknown table is named in one line with the tables that exist."""
     from athena.engines.result import EngineError
     from athena.schema import TABLES
 
     try:
-        return engine.run(statement, {}, scopes, rows)
+        return engine.run(statement, {}, scopes, rows, explain)
     except EngineError as exc:
         missing = re.search(r"Table with name (\S+) does not exist", str(exc))
         if missing is None:

@@ -1,0 +1,245 @@
+"""`logq sql` cannot write or read outside the warehouse; hostile data and values give one line.
+
+Covers: EXPLAIN ANALYZE of a non-query (DuckDB runs it) refused like the statement itself; the
+DuckDB sandbox (only the views' Parquet files, no extensions, no settings) on local and S3
+warehouses; damaged Parquet files named in one line; timestamps past Python's range; NaN and
+Infinity in --format json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from athena.engines.local import LocalEngine
+from athena.engines.result import EngineError
+from athena.warehouse import open_warehouse
+from tests.athena.factory import access_frame, logs_frame, utc, write_frame
+from tests.cli.conftest import Warehouse
+
+
+def one_line_error(stderr: str) -> str:
+    """The single ``logq: error:`` line ``stderr`` must consist of."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("logq: error: "), stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "EXPLAIN ANALYZE COPY (SELECT 42 AS x) TO '{out}'",
+        "explain   analyze\nCOPY (SELECT 42 AS x) TO '{out}' (FORMAT csv, USE_TMP_FILE false)",
+        "EXPLAIN (FORMAT json) COPY (SELECT 42 AS x) TO '{out}'",
+        "EXPLAIN ANALYZE EXPLAIN ANALYZE COPY (SELECT 42 AS x) TO '{out}'",
+        "/* c */ EXPLAIN ANALYZE COPY (SELECT 42 AS x) TO '{out}'",
+        "EXPLAIN ANALYZE CREATE TABLE t AS SELECT 1",
+        "EXPLAIN ANALYZE SET threads = 1",
+        "EXPLAIN ANALYZE SELECT 1; COPY (SELECT 42 AS x) TO '{out}'",
+    ],
+)
+def test_explain_of_a_non_query_is_refused(
+    logq, warehouse: Warehouse, tmp_path: Path, statement: str
+) -> None:
+    out = tmp_path / "pwned.csv"
+    run = logq("sql", statement.format(out=out), "--warehouse", warehouse.uri)
+    assert run.exit_code == 2, run.stderr
+    assert "runs queries only" in one_line_error(run.stderr) or "one query" in run.stderr
+    assert not out.exists()
+
+
+def test_explain_of_a_query_runs_over_the_warehouse(logq, warehouse: Warehouse) -> None:
+    for prefix in ("EXPLAIN", "EXPLAIN ANALYZE", "explain (format json)"):
+        run = logq(
+            "sql", f"{prefix} SELECT count(*) AS n FROM envoy_access WHERE service = 'recipe'",
+            "-f", "json", "--warehouse", warehouse.uri,
+        )  # fmt: skip
+        assert run.exit_code == 0, run.stderr
+        plan = " ".join(str(v) for row in run.json() for v in row.values())
+        assert "READ_PARQUET" in plan.upper(), plan
+    dry = logq("sql", "EXPLAIN ANALYZE SELECT 1 FROM envoy_access", "--dry-run",
+               "--warehouse", warehouse.uri)  # fmt: skip
+    assert dry.exit_code == 0 and "\nEXPLAIN ANALYZE\nSELECT" in dry.stdout
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT * FROM read_text('{secret}')",
+        "SELECT * FROM read_csv('{secret}')",
+        "SELECT * FROM read_blob('{secret}')",
+        "SELECT * FROM read_json('{secret_dir}/*.txt')",
+    ],
+)
+def test_sql_reads_no_file_but_the_warehouse(
+    logq, warehouse: Warehouse, tmp_path: Path, statement: str
+) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("a,b\nhunter2,2\n")
+    sql = statement.format(secret=secret, secret_dir=tmp_path)
+    run = logq("sql", sql, "-f", "json", "--warehouse", warehouse.uri)
+    assert run.exit_code == 1, run.stdout
+    line = one_line_error(run.stderr)
+    assert "reads only the warehouse tables" in line and "hunter2" not in run.stdout
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "COPY (SELECT 42 AS x) TO '{out}'",
+        "COPY (SELECT 42 AS x) TO '{part}' (FORMAT parquet)",
+        "EXPORT DATABASE '{out}.dir'",
+        "SELECT * FROM read_blob('{part}')",
+        "ATTACH '{out}.db' AS other",
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        "SET threads = 1",
+        "SET enable_external_access = true",
+        "RESET lock_configuration",
+    ],
+)
+def test_engine_sandbox_holds_without_the_statement_check(
+    warehouse: Warehouse, tmp_path: Path, statement: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below `logq sql`'s check, DuckDB itself refuses (the statement reaches it verbatim, not
+    even transpiled): files outside the views, writes elsewhere, extensions and settings. Only
+    a COPY onto a file the views read passes the sandbox (USE_TMP_FILE false); the statement
+    check is what stops that one, so it is not in this list."""
+    engine = LocalEngine(warehouse.uri)
+    monkeypatch.setattr(engine, "prepare", lambda sql, *args: (sql, {}))
+    out = tmp_path / "out.csv"
+    part = next(Path(warehouse.uri, "container_logs").rglob("part-*.parquet"))
+    sql = statement.format(out=out, part=part)
+    before = part.read_bytes()
+    with pytest.raises(EngineError) as err:
+        engine.run(sql, {}, {"envoy_access": engine.plan("envoy_access", ["recipe"], None)})
+    assert "\n" not in str(err.value)
+    assert not any(tmp_path.iterdir())
+    assert part.read_bytes() == before
+
+
+def test_settings_cannot_be_changed_mid_query(warehouse: Warehouse) -> None:
+    engine = LocalEngine(warehouse.uri)
+    result = engine.run("SELECT current_setting('enable_external_access') AS ext", {}, {})
+    assert result.rows == [(False,)]
+
+
+def write_damaged(root: Path) -> dict[str, Path]:
+    """A warehouse with good data and, in one partition of each table, a zero-byte file and a
+    file that is not Parquet though named so (an interrupted copy, a stray upload)."""
+    start, end = utc(2026, 11, 28, 10, 0), utc(2026, 11, 28, 11, 0)
+    write_frame(str(root), "envoy_access", access_frame(50, start, end, ["app"], seed=3))
+    write_frame(str(root), "container_logs", logs_frame(20, start, end, ["app"], seed=4))
+    bad = {}
+    for table, name, body in (
+        ("container_logs", "half-uploaded.parquet", b""),
+        ("envoy_access", "junk.parquet", b"PAR1" + b"x" * 100 + b"PAR1"),
+    ):
+        part = next((root / table / "service=app").iterdir())
+        bad[table] = part / name
+        bad[table].write_bytes(body)
+    return bad
+
+
+RANGE = ["--since", "2026-11-28T00:00:00Z", "--until", "2026-11-29T00:00:00Z"]
+
+
+@pytest.mark.parametrize(
+    ("args", "table"),
+    [
+        (["tail", *RANGE], "container_logs"),
+        (["sql", "SELECT count(*) FROM container_logs"], "container_logs"),
+        (["sql", "SELECT count(*) FROM envoy_access", *RANGE], "envoy_access"),
+        (["errors", *RANGE], "envoy_access"),
+        (["top", *RANGE], "envoy_access"),
+    ],
+)
+def test_damaged_parquet_file_is_named_in_one_line(
+    logq, tmp_path: Path, args: list[str], table: str
+) -> None:
+    bad = write_damaged(tmp_path / "wh")
+    run = logq(*args, "--warehouse", str(tmp_path / "wh"))
+    assert run.exit_code == 1, run.stdout
+    line = one_line_error(run.stderr)
+    assert str(bad[table]) in line and "move it out of the warehouse" in line
+
+
+def test_timestamp_beyond_python_range_is_rendered(logq, warehouse: Warehouse) -> None:
+    """Python's datetime stops at year 9999; DuckDB's text for the value is shown instead."""
+    sql = "SELECT from_unixtime(1e12) AS t, from_unixtime(1.5) AS ok, 7 AS n"
+    run = logq("sql", sql, "-f", "json", "--warehouse", warehouse.uri)
+    assert run.exit_code == 0, run.stderr
+    assert run.json() == [
+        {"t": "33658-09-27 01:46:40+00", "ok": "1970-01-01T00:00:01.500Z", "n": 7}
+    ]
+    table = logq("sql", sql, "--warehouse", warehouse.uri)
+    assert table.exit_code == 0 and "33658-09-27 01:46:40+00" in table.stdout
+
+
+def test_json_has_no_nan_or_infinity(logq, warehouse: Warehouse) -> None:
+    nan, inf = "CAST('NaN' AS double)", "CAST('Infinity' AS double)"
+    sql = f"SELECT {nan} AS a, {inf} AS b, -{inf} AS c, 1.5 AS d, ARRAY[{nan}, 2.0] AS e"
+    run = logq("sql", sql, "-f", "json", "--warehouse", warehouse.uri)
+    assert run.exit_code == 0, run.stderr
+
+    def refuse(word: str) -> None:
+        raise AssertionError(f"{word} is not JSON")
+
+    rows = json.loads(run.stdout, parse_constant=refuse)
+    assert rows == [{"a": None, "b": None, "c": None, "d": 1.5, "e": [None, 2.0]}]
+    csv = logq("sql", sql, "-f", "csv", "--warehouse", warehouse.uri)
+    assert csv.stdout.splitlines()[1].startswith("nan,inf,-inf,1.5")
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_sandbox_and_damaged_file_on_s3(logq, s3_warehouse: str) -> None:
+    """S3 tables are pyarrow datasets registered in DuckDB: they work in the sandbox, local
+    files stay out of reach, and a damaged object is named like a local file."""
+    start, end = utc(2026, 11, 28, 10, 0), utc(2026, 11, 28, 11, 0)
+    write_frame(s3_warehouse, "envoy_access", access_frame(40, start, end, ["app"], seed=5))
+    ok = logq("sql", "SELECT count(*) AS n FROM envoy_access", "-f", "json",
+              "--warehouse", s3_warehouse)  # fmt: skip
+    assert ok.exit_code == 0 and ok.json() == [{"n": 40}], ok.stderr
+    top = logq("top", *RANGE, "-f", "json", "--warehouse", s3_warehouse)
+    assert top.exit_code == 0 and top.json(), top.stderr
+    denied = logq("sql", "SELECT * FROM read_text('/etc/hostname')", "--warehouse", s3_warehouse)
+    assert denied.exit_code == 1 and "reads only the warehouse" in one_line_error(denied.stderr)
+    wh = open_warehouse(s3_warehouse)
+    bad = wh.path("envoy_access", "service=app", "dt=2026-11-28-10", "broken.parquet")
+    with wh.fs.open_output_stream(bad) as out:
+        out.write(b"")
+    run = logq("sql", "SELECT count(*) AS n FROM envoy_access", "--warehouse", s3_warehouse)
+    assert run.exit_code == 1
+    line = one_line_error(run.stderr)
+    assert bad in line and "move it out of the warehouse" in line
+
+
+def test_sql_parse_error_is_one_line(logq, warehouse: Warehouse) -> None:
+    run = logq("sql", "SELECT * FROM glob('/tmp/*')", "--warehouse", warehouse.uri)
+    assert run.exit_code == 2
+    assert "cannot parse the SQL" in one_line_error(run.stderr)
+
+
+def test_show_runs_without_sqlglot_noise(logq, warehouse: Warehouse) -> None:
+    """sqlglot parses SHOW as a generic command and warns on stderr each time; muted."""
+    run = logq("sql", "SHOW TABLES", "--warehouse", warehouse.uri)
+    assert run.exit_code == 0 and run.stderr == ""
+
+
+def test_warehouse_files_cannot_be_overwritten(logq, tmp_path: Path) -> None:
+    """The one write the DuckDB sandbox alone would let through: a COPY onto a file the views
+    read, without a temp file. The statement check refuses it in every disguise."""
+    root = tmp_path / "wh"
+    start, end = utc(2026, 11, 28, 10, 0), utc(2026, 11, 28, 11, 0)
+    write_frame(str(root), "container_logs", logs_frame(20, start, end, ["app"], seed=4))
+    part = next(root.rglob("part-*.parquet"))
+    before = part.read_bytes()
+    copy = f"COPY (SELECT * FROM container_logs) TO '{part}' (FORMAT parquet, USE_TMP_FILE false)"
+    for statement in (copy, f"EXPLAIN ANALYZE {copy}", f"EXPLAIN (FORMAT json) {copy}"):
+        run = logq("sql", statement, "--warehouse", str(root))
+        assert run.exit_code == 2 and "runs queries only" in one_line_error(run.stderr)
+        assert part.read_bytes() == before
