@@ -10,19 +10,39 @@ if TYPE_CHECKING:
 
 
 def newest_in_partition(wh: Warehouse, table: str, service: str, dt: str) -> datetime | None:
-    """Largest ``timestamp`` in one partition (reads only that column of its files)."""
+    """Largest ``timestamp`` in one partition (reads only that column of its files); None when
+    it holds no rows. A file that is not readable Parquet is an EngineError naming it."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from athena.engines.local import unreadable_file
     from athena.partitions import list_files
 
     newest = None
     for f in list_files(wh, wh.path(table, f"service={service}", f"dt={dt}")):
-        col = pq.read_table(f.path, columns=["timestamp"], filesystem=wh.fs)["timestamp"]
+        try:
+            col = pq.read_table(f.path, columns=["timestamp"], filesystem=wh.fs)["timestamp"]
+        except (pa.ArrowException, OSError) as exc:
+            raise unreadable_file(f.path, exc) from exc
         value = pc.max(col).as_py() if len(col) else None
         if value is not None and (newest is None or value > newest):
             newest = value
     return newest
+
+
+def _newest_of(wh: Warehouse, table: str, pairs: list[tuple[str, str]]) -> datetime | None:
+    """Newest ``timestamp`` over ``(dt, service)`` partitions, read newest hour first: the first
+    hour with rows answers (an hour folder can be empty, e.g. after its files were moved)."""
+    by_dt: dict[str, list[str]] = {}
+    for dt, svc in pairs:
+        by_dt.setdefault(dt, []).append(svc)
+    for dt in sorted(by_dt, reverse=True):
+        values = [newest_in_partition(wh, table, svc, dt) for svc in by_dt[dt]]
+        found = [v for v in values if v is not None]
+        if found:
+            return max(found)
+    return None
 
 
 def newest_data(wh: Warehouse, table: str, services: list[str] | None = None) -> datetime | None:
@@ -30,21 +50,7 @@ def newest_data(wh: Warehouse, table: str, services: list[str] | None = None) ->
     from athena.partitions import list_dts, list_services
 
     chosen = list_services(wh, table) if services is None else services
-    best: tuple[str, str] | None = None
-    for svc in chosen:
-        dts = list_dts(wh, table, svc)
-        if dts and (best is None or dts[-1] > best[0]):
-            best = (dts[-1], svc)
-    if best is None:
-        return None
-    newest = None
-    for svc in chosen:
-        dts = list_dts(wh, table, svc)
-        if dts and dts[-1] == best[0]:
-            value = newest_in_partition(wh, table, svc, best[0])
-            if value is not None and (newest is None or value > newest):
-                newest = value
-    return newest
+    return _newest_of(wh, table, [(dt, svc) for svc in chosen for dt in list_dts(wh, table, svc)])
 
 
 class Freshness(NamedTuple):
@@ -69,7 +75,7 @@ def known_services(wh: Warehouse) -> list[str]:
 def service_freshness(
     wh: Warehouse, service: str, hours_between: tuple[str, str] | None = None
 ) -> Freshness:
-    """Hours of data per table and the newest line (read from the newest hour only).
+    """Hours of data per table and the newest line (read from each table's newest hour with rows).
 
     ``hours_between``: only the ``dt`` hours from the first to the second (inclusive) count.
     """
@@ -80,11 +86,6 @@ def service_freshness(
         t: [dt for dt in list_dts(wh, t, service) if lo <= dt <= hi]
         for t in ("envoy_access", "container_logs")
     }
-    newest_dt = max((h[-1] for h in hours.values() if h), default=None)
-    newest = None
-    for table, dts in hours.items():
-        if dts and dts[-1] == newest_dt:
-            value = newest_in_partition(wh, table, service, dts[-1])
-            if value is not None and (newest is None or value > newest):
-                newest = value
+    values = [_newest_of(wh, t, [(dt, service) for dt in dts]) for t, dts in hours.items()]
+    newest = max((v for v in values if v is not None), default=None)
     return Freshness(service, len(hours["envoy_access"]), len(hours["container_logs"]), newest)

@@ -80,7 +80,7 @@ def _bad_file(exc: Exception, files: list[str]) -> str | None:
     return max(named, key=len) if named else None
 
 
-def _unreadable(path: str, exc: Exception) -> EngineError:
+def unreadable_file(path: str, exc: Exception) -> EngineError:
     """One line naming the file and what to do; DuckDB's reason without the path repeated (the
     path can be long, and the message is cut at about 400 characters)."""
     reason = (str(exc).splitlines() or [""])[0]
@@ -171,7 +171,7 @@ class LocalEngine:
             except duckdb.Error as exc:
                 bad = _bad_file(exc, files)
                 if bad is not None:
-                    raise _unreadable(bad, exc) from exc
+                    raise unreadable_file(bad, exc) from exc
                 raise EngineError(
                     f"DuckDB could not read the {table} files: {_one_line(str(exc))}"
                 ) from exc
@@ -251,7 +251,7 @@ class LocalEngine:
             except duckdb.Error as exc:
                 bad = _bad_file(exc, files)
                 if bad is not None:
-                    raise _unreadable(bad, exc) from exc
+                    raise unreadable_file(bad, exc) from exc
                 refused = _refusal(exc)
                 if refused is not None:
                     raise EngineError(refused) from exc

@@ -163,6 +163,26 @@ def test_relative_since_counts_only_recent_rows(logq, tmp_path: Path) -> None:
     assert sum(r["count"] for r in run.json()) == int((both["response_code"] >= 500).sum())
 
 
+def test_services_newest_skips_an_empty_hour_and_names_a_damaged_file(logq, tmp_path: Path) -> None:
+    start = datetime(2026, 11, 28, 10, tzinfo=UTC)
+    frame = access_frame(50, start, start + timedelta(hours=2), ["svc"], seed=5)
+    uri = str(tmp_path / "wh")
+    write_frame(uri, "envoy_access", frame)
+    empty = tmp_path / "wh" / "envoy_access" / "service=svc" / "dt=2026-11-28-13"
+    empty.mkdir()  # a newer hour whose files were moved away
+    [row] = logq("services", "-f", "json", "--warehouse", uri).json()
+    newest = frame["timestamp"].max()
+    assert row["newest"] == newest.strftime("%Y-%m-%dT%H:%M:%S.") + (
+        f"{newest.microsecond // 1000:03d}Z"
+    )
+    damaged = tmp_path / "wh" / "envoy_access" / "service=svc" / "dt=2026-11-28-11" / "x.parquet"
+    damaged.write_bytes(b"")
+    run = logq("services", "-f", "json", "--warehouse", uri)
+    assert run.exit_code == 1
+    assert f"cannot read the Parquet file {damaged}" in run.stderr
+    assert "move it out of the warehouse" in run.stderr
+
+
 def test_console_script_contract(warehouse: Warehouse) -> None:
     """The installed `logq` process: JSON on stdout only, LOGQ_WAREHOUSE honoured."""
     env = {**os.environ, "LOGQ_WAREHOUSE": warehouse.uri}
