@@ -51,6 +51,73 @@ def file_key(dev: int, ino: int, fingerprint: str) -> str:
     return f"{dev}:{ino}:{fingerprint}"
 
 
+#: No file offset is larger (off_t is a signed 64-bit integer); past it a value is corrupt.
+MAX_OFFSET = 2**63 - 1
+
+
+def parse_entry(value: object) -> tuple[FileState | None, str]:
+    """One registry entry as a :class:`FileState`, and what was wrong with it ('' if nothing).
+
+    An entry that does not say which source and file it is (no text ``source``, ``path``,
+    ``source_id``) is unusable: (None, problem). Bad positions -- not integers, negative, past
+    any possible file size -- are reset to the start of the file, keeping its ``source_id``, so
+    that the aggregator recognises the re-read lines as ones it has (per-source offset dedup)
+    instead of storing them again under a new id. Unknown keys (a newer shipper's) are ignored.
+    """
+    if not isinstance(value, dict):
+        return None, f"entry is a JSON {_json_type(value)}, not an object"
+    for name in ("source", "path", "source_id"):
+        if not isinstance(value.get(name), str) or not value[name]:
+            return None, f"{name} is {_short(value.get(name))}, not a non-empty string"
+    problems: list[str] = []
+    positions: dict[str, int] = {}
+    for name in ("offset", "acked", "epoch"):
+        v = value.get(name, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_OFFSET:
+            problems.append(f"{name}={_short(v)}")
+            v = 0
+        positions[name] = v
+    if any(p.startswith(("offset=", "acked=")) for p in problems):
+        # Neither position can be trusted when one is corrupt: re-read the whole file.
+        positions["offset"] = positions["acked"] = 0
+        problems.append(
+            "the file is read again from its start (the aggregator drops lines it already "
+            "stored under this source_id)"
+        )
+    elif problems:
+        problems.append("epoch reset to 0")
+    updated = value.get("updated", 0.0)
+    if (
+        isinstance(updated, bool)
+        or not isinstance(updated, int | float)
+        or not (0 <= updated < 1e11)
+    ):
+        updated = 0.0  # only orders files for rotation bookkeeping; not worth a warning
+    state = FileState(
+        source=value["source"],
+        path=value["path"],
+        source_id=value["source_id"],
+        offset=positions["offset"],
+        acked=positions["acked"],
+        epoch=positions["epoch"],
+        updated=float(updated),
+    )
+    return state, ", ".join(problems)
+
+
+def _short(value: object, limit: int = 40) -> str:
+    return _clip(repr(value), limit)
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class Registry:
     """Checkpoints of every file, persisted in ``<state-dir>/checkpoints.json``."""
 
@@ -89,23 +156,59 @@ class Registry:
             doc = json.loads(self.path.read_bytes())
         except FileNotFoundError:
             return
-        except (OSError, ValueError) as exc:
-            # Losing the registry means re-reading files from the start: duplicates, which the
-            # aggregator drops by offset, never loss. Keep the bad file for inspection.
-            bad = self.path.with_suffix(f".bad-{int(time.time())}")
-            log.error(
-                "checkpoint registry unreadable, starting fresh path=%s error=%s moved_to=%s",
-                self.path,
-                exc,
-                bad,
-            )
-            os.replace(self.path, bad)
+        except (OSError, ValueError, RecursionError) as exc:
+            self._set_aside(f"unreadable ({_clip(str(exc), 120)})")
             return
-        for key, value in (doc.get("files") or {}).items():
-            try:
-                self._files[key] = FileState(**value)
-            except TypeError:
-                log.warning("ignoring malformed checkpoint entry key=%s", key)
+        if not isinstance(doc, dict):
+            self._set_aside(f"of the wrong shape (a JSON {_json_type(doc)}, not an object)")
+            return
+        files = doc.get("files", {})
+        if not isinstance(files, dict):
+            self._set_aside(f"of the wrong shape (files is a JSON {_json_type(files)})")
+            return
+        for key, value in files.items():
+            state, problem = parse_entry(value)
+            if state is None:
+                log.warning(
+                    "ignoring malformed checkpoint entry: its file is read from its start "
+                    "as a new one path=%s key=%s problem=%s",
+                    self.path,
+                    key,
+                    problem,
+                )
+                self.dirty = True
+                continue
+            if problem:
+                log.warning(
+                    "repaired a malformed checkpoint entry path=%s key=%s file=%s problem=%s",
+                    self.path,
+                    key,
+                    state.path,
+                    problem,
+                )
+                self.dirty = True
+            self._files[key] = state
+
+    def _set_aside(self, why: str) -> None:
+        """Start with no checkpoints, keeping the bad file (renamed) for inspection.
+
+        Losing the registry means re-reading files from the start: duplicates, which the
+        aggregator drops by offset, never loss."""
+        bad = self.path.with_suffix(f".bad-{int(time.time())}")
+        log.error(
+            "checkpoint registry is %s, starting fresh: every file is read from its start "
+            "(the aggregator drops lines it already stored) path=%s moved_to=%s",
+            why,
+            self.path,
+            bad,
+        )
+        try:
+            os.replace(self.path, bad)
+        except OSError as exc:
+            raise ConfigError(
+                f"checkpoint registry {self.path} is {why} and cannot be moved aside ({exc}); "
+                "move or delete it"
+            ) from None
 
     def get(self, key: str) -> FileState | None:
         return self._files.get(key)

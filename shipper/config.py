@@ -34,11 +34,14 @@ class Endpoint:
         return f"{self.host}:{self.port}"
 
 
-def parse_endpoint(text: str, default_port: int = DEFAULT_PORT) -> Endpoint:
-    """``host:port``, ``host`` or ``[v6]:port`` into an :class:`Endpoint`."""
+def parse_endpoint(
+    text: str, default_port: int = DEFAULT_PORT, what: str = "aggregator address"
+) -> Endpoint:
+    """``host:port``, ``host`` or ``[v6]:port`` into an :class:`Endpoint`; errors name ``what``
+    (the flag the address came from)."""
     text = text.strip()
     if not text:
-        raise ConfigError("empty aggregator address; expected HOST:PORT")
+        raise ConfigError(f"empty {what}; expected HOST:PORT")
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
         port_text = rest.lstrip(":")
@@ -49,9 +52,11 @@ def parse_endpoint(text: str, default_port: int = DEFAULT_PORT) -> Endpoint:
     try:
         port = int(port_text) if port_text else default_port
     except ValueError:
-        raise ConfigError(f"bad port in aggregator address {text!r}; expected HOST:PORT") from None
-    if not host or not 0 < port < 65536:
-        raise ConfigError(f"bad aggregator address {text!r}; expected HOST:PORT")
+        raise ConfigError(f"bad port in {what} {text!r}; expected HOST:PORT") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"bad {what} {text!r}: port {port} is not in 1-65535")
+    if not host:
+        raise ConfigError(f"bad {what} {text!r}: no host; expected HOST:PORT")
     return Endpoint(host, port)
 
 
@@ -80,7 +85,8 @@ class Config:
     max_inflight_bytes: int = 8 * 1024 * 1024
     ack_timeout: float = 30.0
     retry_timeout: float = 30.0
-    """In ``--once`` mode: give up after this many seconds without any successful delivery."""
+    """In ``--once`` mode: give up after this many seconds without any successful delivery, or
+    of a source that cannot be read."""
     poll_interval: float = 0.25
     """How often an idle file is checked for new data and rotation (seconds)."""
     discover_interval: float = 1.0
@@ -113,7 +119,8 @@ _HELP = {
     "max_inflight_bytes": "stop reading files when this much is waiting for acks "
     "(default: 8388608)",
     "ack_timeout": "seconds to wait for an ack before resending (default: 30)",
-    "retry_timeout": "--once: give up after this many seconds of failed deliveries; on "
+    "retry_timeout": "--once: give up after this many seconds of failed deliveries (or of "
+    "a file that cannot be read); on "
     "SIGTERM: the longest wait for in-flight acks (default: 30)",
     "poll_interval": "seconds between checks of an idle file (default: 0.25)",
     "discover_interval": "seconds between scans for new containers and files (default: 1)",
@@ -165,6 +172,14 @@ def _load_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        # TOML is UTF-8 by definition; a Latin-1 or UTF-16 file fails here, inside tomllib.
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+            "save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     known = set(_HELP) - {"config"}
     out: dict[str, Any] = {}
     for key, value in raw.items():
@@ -229,7 +244,9 @@ def _to_config(m: dict[str, Any]) -> Config:
         raise ConfigError(f"compress must be 'none' or 'gzip', got {compress!r}")
     kw["compress"] = compress in ("gzip", True)
     if m.get("metrics_listen"):
-        kw["metrics_listen"] = parse_endpoint(str(m["metrics_listen"]), default_port=9110)
+        kw["metrics_listen"] = parse_endpoint(
+            str(m["metrics_listen"]), default_port=9110, what="--metrics-listen address"
+        )
     kw["tls"] = bool(m.get("tls", False))
     if m.get("tls_ca"):
         ca = Path(m["tls_ca"])

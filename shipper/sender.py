@@ -12,6 +12,10 @@ resolved again every 30 s (:mod:`shipper.resolve`).
 With a shared key the Fluentd handshake runs first: the server's ``HELO`` (nonce, auth salt),
 our ``PING`` (salted SHA-512 digest), the server's ``PONG`` (its own digest, verified here).
 TLS (``--tls``) verifies the server's certificate and host name unless told otherwise.
+
+An endpoint that answers something other than the protocol (bytes that are not msgpack, a
+message that is no ack, no HELO, no PONG) is a failed connection like a refused one: closed,
+backed off, its batches sent to the others.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgpack
 
 from shipper import resolve, wire
 from shipper.config import Endpoint
@@ -61,6 +67,27 @@ def tls_context(ca: Path | None, verify: bool = True) -> ssl.SSLContext:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+class PeerProtocolError(ConnectionError):
+    """The aggregator answered bytes that are not the Forward protocol (not msgpack, or not an
+    ack map): a wrong port, another service, a broken peer. A connection error like any other:
+    the connection is dropped, the endpoint backs off and its batches fail over to the others."""
+
+
+def _protocol_error(ep: Endpoint, exc: BaseException | None = None, obj: Any = None) -> str:
+    if exc is not None:
+        cause = exc.__cause__ or exc  # wire.ProtocolError wraps msgpack's own error
+        detail = str(cause).strip() or type(cause).__name__
+        what = f"bytes that are not msgpack ({detail})"
+    else:
+        what = f"{_preview(obj)} where an ack map was expected"
+    return f"aggregator {ep} answered {what}; is this address a logq-aggregator (Forward) port?"
+
+
+def _preview(obj: Any, limit: int = 60) -> str:
+    text = repr(obj)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def describe_error(exc: BaseException) -> str:
@@ -98,24 +125,39 @@ class _Connection:
                 data = await self.reader.read(65536)
                 if not data:
                     break
-                self.unpacker.feed(data)
-                for obj in wire.iter_messages(self.unpacker):
-                    if isinstance(obj, list) and obj and obj[0] == "HELO":
-                        error = HandshakeError(
-                            f"aggregator {self.endpoint} requires a shared key; "
-                            "pass --shared-key (the aggregator's)"
-                        )
-                        return
-                    chunk = wire.decode_ack(obj)
-                    fut = self.pending.pop(chunk, None) if chunk else None
-                    if fut is not None and not fut.done():
-                        fut.set_result(None)
-        except (OSError, wire.ProtocolError) as exc:
+                problem = self._take_acks(data)
+                if problem is not None:
+                    error = problem
+                    return
+        except OSError as exc:
             error = exc
         except asyncio.CancelledError:
             error = ConnectionError("connection closed")
         finally:
             self._fail(error)
+
+    def _take_acks(self, data: bytes) -> BaseException | None:
+        """Resolve the acks in ``data``; the error to fail the connection with, if any.
+
+        Acks before a malformed object still count (those batches are stored); everything
+        after it is unusable, so the connection ends there."""
+        try:
+            self.unpacker.feed(data)
+            for obj in wire.iter_messages(self.unpacker):
+                if isinstance(obj, list) and obj and obj[0] == "HELO":
+                    return HandshakeError(
+                        f"aggregator {self.endpoint} requires a shared key; "
+                        "pass --shared-key (the aggregator's)"
+                    )
+                chunk = wire.decode_ack(obj)
+                if chunk is None:
+                    return PeerProtocolError(_protocol_error(self.endpoint, obj=obj))
+                fut = self.pending.pop(chunk, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+        except (wire.ProtocolError, msgpack.UnpackException) as exc:
+            return PeerProtocolError(_protocol_error(self.endpoint, exc))
+        return None
 
     def _fail(self, error: BaseException) -> None:
         self.closed = True
@@ -344,14 +386,18 @@ class ForwardClient:
 
     async def _handshake(self, ep: Endpoint, reader: Any, writer: Any, unpacker: Any) -> None:
         try:
-            helo = await _read_one(reader, unpacker, HANDSHAKE_TIMEOUT)
+            helo = await _read_one(ep, reader, unpacker, HANDSHAKE_TIMEOUT)
         except TimeoutError:
             raise HandshakeError(
                 f"aggregator {ep} did not start the shared-key handshake (no HELO); "
                 "it probably has no shared key configured: drop --shared-key or set one there"
             ) from None
         if not (isinstance(helo, list) and len(helo) >= 2 and helo[0] == "HELO"):
-            raise HandshakeError(f"aggregator {ep} sent {helo!r} instead of HELO")
+            # Not a Forward server (or a broken one): a connection error, not a key problem.
+            raise PeerProtocolError(
+                f"aggregator {ep} answered {_preview(helo)} instead of HELO; "
+                "is this address a logq-aggregator (Forward) port?"
+            )
         opts = helo[1] if isinstance(helo[1], dict) else {}
         nonce = _as_bytes(opts.get("nonce", b""))
         auth = _as_bytes(opts.get("auth", b""))
@@ -372,9 +418,12 @@ class ForwardClient:
             )
         )
         await writer.drain()
-        pong = await _read_one(reader, unpacker, HANDSHAKE_TIMEOUT)
+        pong = await _read_one(ep, reader, unpacker, HANDSHAKE_TIMEOUT)
         if not (isinstance(pong, list) and len(pong) >= 5 and pong[0] == "PONG"):
-            raise HandshakeError(f"aggregator {ep} sent {pong!r} instead of PONG")
+            raise PeerProtocolError(
+                f"aggregator {ep} answered {_preview(pong)} instead of PONG; "
+                "is this address a logq-aggregator (Forward) port?"
+            )
         _, ok, reason, server_host, digest = pong[:5]
         if not ok:
             raise HandshakeError(
@@ -414,7 +463,13 @@ class ForwardClient:
                 if self.give_up_after is not None:
                     raise
                 log.error("handshake failed endpoint=%s error=%s", ep, exc)
-            except (OSError, TimeoutError, ConnectionError, ssl.SSLError) as exc:
+            except (
+                OSError,
+                TimeoutError,
+                ConnectionError,
+                ssl.SSLError,
+                wire.ProtocolError,
+            ) as exc:
                 self._mark_down(ep, exc)
                 attempt += 1
                 self.stats.retries[str(ep)] = self.stats.retries.get(str(ep), 0) + 1
@@ -472,15 +527,21 @@ def _as_bytes(value: Any) -> bytes:
     return b""
 
 
-async def _read_one(reader: Any, unpacker: Any, timeout: float) -> Any:
+async def _read_one(ep: Endpoint, reader: Any, unpacker: Any, timeout: float) -> Any:
     deadline = time.monotonic() + timeout
     while True:
-        for obj in wire.iter_messages(unpacker):
-            return obj
+        try:
+            for obj in wire.iter_messages(unpacker):
+                return obj
+        except wire.ProtocolError as exc:
+            raise PeerProtocolError(_protocol_error(ep, exc)) from None
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("handshake timed out")
         data = await asyncio.wait_for(reader.read(65536), remaining)
         if not data:
             raise ConnectionError("aggregator closed the connection during the handshake")
-        unpacker.feed(data)
+        try:
+            unpacker.feed(data)
+        except msgpack.UnpackException as exc:  # BufferFull: no message fits in 1 MiB
+            raise PeerProtocolError(_protocol_error(ep, exc)) from None

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from shipper import wire
 from shipper.batch import Batch, encode_message, record_constants
 from shipper.discover import SourceSpec
+from shipper.errors import ShipperError
 from shipper.formats import Lines
 from shipper.tailer import PIN_CHECK_SECONDS, Tailer
 
@@ -112,6 +114,7 @@ class SourceRunner:
         # Room for a whole batch is reserved *before* reading it: a batch waiting for the
         # window would otherwise be memory the window does not see.
         reserve = 2 * cfg.batch_bytes
+        failing_since: float | None = None
         while not self.stopping:
             await window.acquire(reserve)
             try:
@@ -119,9 +122,17 @@ class SourceRunner:
             except OSError as exc:
                 # EIO, EACCES...: keep the source, try again later; the checkpoint holds.
                 await window.release(reserve)
+                now = time.monotonic()
+                failing_since = failing_since if failing_since is not None else now
+                if cfg.once and now - failing_since >= cfg.retry_timeout:
+                    # --once must end: the error is not going away by itself.
+                    raise ShipperError(
+                        f"cannot read source {self.spec.key} for {cfg.retry_timeout:g} s: {exc}"
+                    ) from None
                 log.error("cannot read source, retrying key=%s error=%r", self.spec.key, str(exc))
                 await asyncio.sleep(max(cfg.poll_interval, 1.0))
                 continue
+            failing_since = None
             if batch is not None:
                 await window.resize(reserve, batch.nbytes)
                 await self.queue.put(batch)

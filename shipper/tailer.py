@@ -242,7 +242,16 @@ class Tailer:
             state = FileState(self.spec.key, str(path), self._source_id(st.st_ino, fp, 0), 0, 0)
             self.registry.put(key, state)
         elif state.offset > st.st_size:
-            # Truncated while we were not running: the content is new.
+            # Truncated while we were not running: the content is new. (A corrupt offset looks
+            # the same; the warning makes the possible duplicates visible.)
+            log.warning(
+                "checkpoint is past the end of the file: truncated while the shipper was down, "
+                "reading it from its start as new content path=%s offset=%d size=%d registry=%s",
+                path,
+                state.offset,
+                st.st_size,
+                self.registry.path,
+            )
             epoch = state.epoch + 1
             state = FileState(
                 self.spec.key, str(path), self._source_id(st.st_ino, fp, epoch), 0, 0, epoch

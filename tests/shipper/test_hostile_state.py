@@ -1,0 +1,308 @@
+"""Hostile local state: a corrupt checkpoint registry, a config file that is not UTF-8, a bad
+``--metrics-listen``, a source that cannot be read.
+
+What an SRE expects (as from Fluent Bit's DB or Vector's checkpoints): the shipper starts, says
+in one line which file was bad and what it reset, and reads the affected files from where the
+read-from-start policy says -- never crashing with a traceback, never hanging ``--once``, never
+losing lines. Re-read lines keep their ``source_id`` wherever the entry still names it, so the
+aggregator drops the ones it already stored (its per-source offset dedup) instead of duplicating
+them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from shipper.checkpoint import FileState, Registry, file_key
+from shipper.config import load_config
+from shipper.daemon import Shipper
+from shipper.errors import ConfigError, ShipperError
+from shipper.tailer import fingerprint
+from tests.shipper.receiver import Receiver, free_port
+from tests.shipper.test_once import run_shipper
+
+GOOD = {"source": "file:/x", "path": "/x", "source_id": "h:1:ab", "offset": 10, "acked": 9}
+
+
+def load(tmp_path: Path, doc: object, caplog: pytest.LogCaptureFixture) -> Registry:
+    (tmp_path / "checkpoints.json").write_text(json.dumps(doc))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="logq.shipper.checkpoint"):
+        reg = Registry(tmp_path)
+    reg.close()
+    return reg
+
+
+@pytest.mark.parametrize(
+    "doc, why",
+    [
+        ([1, 2, 3], "a JSON array, not an object"),
+        ("files", "a JSON string, not an object"),
+        ({"files": [1]}, "files is a JSON array"),
+        ({"files": 7}, "files is a JSON number"),
+    ],
+)
+def test_registry_of_the_wrong_shape_is_set_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, doc: object, why: str
+) -> None:
+    reg = load(tmp_path, doc, caplog)
+    assert reg.items() == []
+    (moved,) = tmp_path.glob("checkpoints.bad-*")
+    assert json.loads(moved.read_text()) == doc  # kept for inspection
+    (record,) = caplog.records
+    assert why in record.getMessage() and str(tmp_path / "checkpoints.json") in record.getMessage()
+    assert "read from its start" in record.getMessage()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\xff\x00\xfe", b"{garbage", b"[" * 100_000],
+    ids=["binary", "garbage", "deeply-nested"],
+)
+def test_unreadable_registry_is_set_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes
+) -> None:
+    (tmp_path / "checkpoints.json").write_bytes(content)
+    with caplog.at_level(logging.WARNING, logger="logq.shipper.checkpoint"):
+        reg = Registry(tmp_path)
+    reg.close()
+    assert reg.items() == []
+    assert list(tmp_path.glob("checkpoints.bad-*"))
+    assert "unreadable" in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    "entry, problem",
+    [
+        (5, "entry is a JSON number"),
+        ([1], "entry is a JSON array"),
+        ({**GOOD, "path": 5}, "path is 5"),
+        ({**GOOD, "source_id": None}, "source_id is None"),
+        ({k: v for k, v in GOOD.items() if k != "source"}, "source is None"),
+    ],
+)
+def test_unusable_entry_is_ignored_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, entry: object, problem: str
+) -> None:
+    reg = load(tmp_path, {"files": {"1:2:ab": entry, "1:3:cd": GOOD}}, caplog)
+    assert [k for k, _ in reg.items()] == ["1:3:cd"]  # the good entry survives
+    (record,) = caplog.records
+    text = record.getMessage()
+    assert problem in text and "key=1:2:ab" in text and str(reg.path) in text
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"offset": -100},
+        {"acked": -1},
+        {"offset": 10**30},
+        {"offset": 2**63},
+        {"offset": "abc"},
+        {"offset": 1.5},
+        {"acked": True},
+        {"offset": None},
+    ],
+    ids=repr,
+)
+def test_bad_position_restarts_the_file_keeping_its_source_id(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, bad: dict[str, object]
+) -> None:
+    reg = load(tmp_path, {"files": {"1:2:ab": {**GOOD, **bad}}}, caplog)
+    st = reg.get("1:2:ab")
+    assert st is not None
+    assert (st.offset, st.acked, st.source_id, st.path) == (0, 0, "h:1:ab", "/x")
+    (record,) = caplog.records
+    text = record.getMessage()
+    name, value = next(iter(bad.items()))
+    assert f"{name}={value!r}"[:40] in text and "file=/x" in text
+    assert "read again from its start" in text and str(reg.path) in text
+
+
+def test_other_damage_is_repaired_quietly_or_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    doc = {
+        "files": {
+            "a": {**GOOD, "epoch": -3},
+            "b": {**GOOD, "updated": float("nan"), "from_a_newer_shipper": 1},
+            "c": {**GOOD, "updated": 1e300},
+        }
+    }
+    (tmp_path / "checkpoints.json").write_text(json.dumps(doc))  # NaN: what json writes
+    with caplog.at_level(logging.WARNING, logger="logq.shipper.checkpoint"):
+        reg = Registry(tmp_path)
+    reg.close()
+    a, b, c = (reg.get(k) for k in "abc")
+    assert a is not None and (a.epoch, a.offset, a.acked) == (0, 10, 9)
+    assert b is not None and b.updated == 0.0 and (b.offset, b.acked) == (10, 9)
+    assert c is not None and c.updated == 0.0
+    assert [r.getMessage().count("epoch=-3") for r in caplog.records] == [1]
+
+
+def test_registry_roundtrip_survives_repair(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints.json").write_text(json.dumps({"files": {"k": {**GOOD, "offset": -1}}}))
+    reg = Registry(tmp_path)
+    reg.save()
+    reg.close()
+    again = Registry(tmp_path)
+    st = again.get("k")
+    again.close()
+    assert st is not None and (st.offset, st.acked, st.source_id) == (0, 0, "h:1:ab")
+
+
+# --- through the real program ------------------------------------------------------------------
+
+
+def shipper_args(tmp_path: Path, receiver: Receiver) -> list[str]:
+    return [
+        *("--aggregator", receiver.address, "--hostname", "h"),
+        *("--docker-root", str(tmp_path / "none"), "--cri-root", str(tmp_path / "none")),
+        *("--path", str(tmp_path / "plain" / "*.log"), "--state-dir", str(tmp_path / "state")),
+        *("--once", "--retry-timeout", "10"),
+    ]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "corrupt",
+    ["negative", "huge", "not-a-number", "wrong-shape", "files-list"],
+)
+def test_once_with_a_corrupt_checkpoint_ships_every_line_once(tmp_path: Path, corrupt: str) -> None:
+    """Before the fix: a negative offset hung ``--once`` (EINVAL from pread, retried every
+    second); the wrong shapes crashed with AttributeError."""
+    receiver = Receiver()
+    try:
+        (tmp_path / "plain").mkdir()
+        log = tmp_path / "plain" / "app.log"
+        log.write_text("".join(f"line-{i}\n" for i in range(5)))
+        args = shipper_args(tmp_path, receiver)
+        first = run_shipper(*args)
+        assert first.returncode == 0, first.stderr[-2000:]
+        registry = tmp_path / "state" / "checkpoints.json"
+        doc = json.loads(registry.read_text())
+        if corrupt in ("wrong-shape", "files-list"):
+            doc = [1, 2, 3] if corrupt == "wrong-shape" else {"files": [1]}
+        else:
+            value = {"negative": -100, "huge": 10**30, "not-a-number": "abc"}[corrupt]
+            for entry in doc["files"].values():
+                entry["offset"] = entry["acked"] = value
+        registry.write_text(json.dumps(doc))
+        with log.open("a") as f:
+            f.write("after\n")
+        second = run_shipper(*args, timeout=90)
+        assert second.returncode == 0, second.stderr[-2000:]
+        assert "Traceback" not in second.stderr, second.stderr[-3000:]
+        warned = [line for line in second.stderr.splitlines() if str(registry) in line]
+        assert len(warned) == 1 and "from its start" in warned[0], second.stderr[-2000:]
+        # Every line exactly once; the re-read ones were dropped as already stored.
+        assert receiver.lines() == [f"line-{i}" for i in range(5)] + ["after"]
+        assert receiver.duplicates == 5
+    finally:
+        receiver.close()
+
+
+def test_once_gives_up_on_a_source_it_cannot_read(tmp_path: Path) -> None:
+    """A read error that does not go away ends ``--once`` after ``--retry-timeout`` with one
+    line naming the source, instead of retrying forever."""
+    (tmp_path / "plain").mkdir()
+    log = tmp_path / "plain" / "app.log"
+    log.write_text("one\ntwo\n")
+    cfg = load_config(
+        [
+            *("--aggregator", f"127.0.0.1:{free_port()}", "--hostname", "h"),
+            *("--docker-root", str(tmp_path / "none"), "--cri-root", str(tmp_path / "none")),
+            *("--path", str(log), "--state-dir", str(tmp_path / "state")),
+            *("--once", "--retry-timeout", "1", "--poll-interval", "0.05"),
+        ]
+    )
+
+    async def go() -> None:
+        shipper = Shipper(cfg)
+        fd = os.open(log, os.O_RDONLY)
+        try:
+            st, fp = os.fstat(fd), fingerprint(fd)
+        finally:
+            os.close(fd)
+        assert fp is not None
+        # A position pread refuses (EINVAL), as a registry written by a buggy shipper could hold.
+        state = FileState(f"file:{log}", str(log), f"h:{st.st_ino:x}:{fp}", -5, 0)
+        shipper.registry.put(file_key(st.st_dev, st.st_ino, fp), state)
+        await shipper.run()
+
+    with pytest.raises(ShipperError, match=r"cannot read source file:.*app\.log for 1 s"):
+        asyncio.run(asyncio.wait_for(go(), 60))
+
+
+def test_config_file_that_is_not_utf8(tmp_path: Path) -> None:
+    conf = tmp_path / "latin1.toml"
+    conf.write_bytes('hostname = "café"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.toml is not UTF-8 text \(byte 15"):
+        load_config(["--config", str(conf)])
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(["--config", str(tmp_path)])  # a directory
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:99999", "127.0.0.1:0", ":9110", "h:port"])
+def test_bad_metrics_listen_names_the_flag(value: str) -> None:
+    with pytest.raises(ConfigError, match="--metrics-listen address") as err:
+        load_config(["--metrics-listen", value])
+    assert "aggregator" not in str(err.value)
+
+
+def test_bad_aggregator_address_still_says_aggregator() -> None:
+    with pytest.raises(ConfigError, match=r"bad aggregator address 'a:70000': port 70000"):
+        load_config(["--aggregator", "a:70000"])
+
+
+def test_main_prints_one_line_for_a_non_utf8_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from shipper.daemon import main
+
+    conf = tmp_path / "bad.toml"
+    conf.write_bytes(b"\xff\xfe = 1\n")
+    assert main(["--config", str(conf), "--once"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(conf) in err and "UTF-8" in err
+
+
+def test_checkpoint_past_the_end_is_read_as_new_content_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Offset beyond the file's size: truncated while down (copytruncate) -- or a corrupt
+    offset, which looks the same. The file is read from its start under a new epoch (no loss);
+    the warning names the file, so possible duplicates are not silent."""
+    from shipper.discover import SourceSpec
+    from shipper.tailer import Tailer
+
+    path = tmp_path / "app.log"
+    path.write_text("one\ntwo\n")
+    reg = Registry(tmp_path / "state")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            st, fp = os.fstat(fd), fingerprint(fd)
+        finally:
+            os.close(fd)
+        assert fp is not None
+        key = file_key(st.st_dev, st.st_ino, fp)
+        reg.put(key, FileState("file:app", str(path), "h:1:ab", 10**6, 10**6))
+        spec = SourceSpec(key="file:app", path=path, format="plain", service="svc")
+        tailer = Tailer(spec, reg, "h", 65536)
+        with caplog.at_level(logging.WARNING, logger="logq.shipper.tailer"):
+            tailer.start()
+        chunk = tailer.read()
+        tailer.close()
+        assert chunk is not None and chunk.lines.logs == ["one", "two"]
+        (record,) = caplog.records
+        text = record.getMessage()
+        assert "past the end" in text and str(path) in text and "offset=1000000" in text
+    finally:
+        reg.close()
