@@ -212,9 +212,9 @@ def _packed(tag: str, blob: bytes, size: object) -> pa.RecordBatch | None:
     )
 
 
-def _general(obj: Any, max_decompressed: int) -> pa.RecordBatch:
+def _general(obj: Any, max_decompressed: int, max_entries: int) -> pa.RecordBatch:
     try:
-        msg = wire.decode_message(obj, max_decompressed)
+        msg = wire.decode_message(obj, max_decompressed, max_entries)
     except wire.ProtocolError:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
@@ -228,32 +228,40 @@ def _general(obj: Any, max_decompressed: int) -> pa.RecordBatch:
     return records_batch(msg.tag, times, [e.record for e in msg.events])
 
 
-def _unpack_entries(blob: bytes) -> list[Any]:
-    unpacker = msgpack.Unpacker(
+def _unpack_entries(blob: bytes, max_entries: int = wire.MAX_MESSAGE_ENTRIES) -> list[Any]:
+    """All the entries of a PackedForward blob (a truncated one or too many of them: refused)."""
+    return wire.unpack_entries(
+        blob,
+        max_entries,
         raw=False,
         use_list=False,  # tuples are cheaper to build; entries are only read
         ext_hook=_ext_hook,
         strict_map_key=False,
         unicode_errors="surrogateescape",
-        max_buffer_size=max(len(blob), 1024),
     )
-    unpacker.feed(blob)
+
+
+def decode(
+    obj: Any, max_decompressed: int, max_entries: int = wire.MAX_MESSAGE_ENTRIES
+) -> tuple[pa.RecordBatch, str | None]:
+    """One unpacked Forward message -> (its events as a buffer batch, its ``chunk`` or None).
+
+    Whatever is wrong with the message raises :class:`shipper.wire.ProtocolError`, before
+    anything of it is stored: more than ``max_entries`` entries, a truncated PackedForward
+    blob, records nested too deeply to convert. A ``size`` option that is not the entry count
+    is ignored, as Fluentd does (every entry is decoded).
+    """
     try:
-        return list(unpacker)
-    except (
-        msgpack.ExtraData,
-        msgpack.FormatError,
-        msgpack.StackError,
-        ValueError,
-        TypeError,  # a map or an array as a map key
-    ) as exc:
-        raise wire.ProtocolError(f"bad PackedForward entries: {exc}") from exc
+        return _decode(obj, max_decompressed, max_entries)
+    except RecursionError:
+        # A record nested ~1000 deep is valid msgpack (and JSON) but overflows the recursive
+        # conversion to JSON text: the message is refused like any other malformed one.
+        raise wire.ProtocolError("a record nested too deeply to decode") from None
 
 
-def decode(obj: Any, max_decompressed: int) -> tuple[pa.RecordBatch, str | None]:
-    """One unpacked Forward message -> (its events as a buffer batch, its ``chunk`` or None)."""
+def _decode(obj: Any, max_decompressed: int, max_entries: int) -> tuple[pa.RecordBatch, str | None]:
     if not isinstance(obj, list) or len(obj) < 2 or not isinstance(obj[0], str | bytes):
-        return _general(obj, max_decompressed), None  # raises the precise ProtocolError
+        return _general(obj, max_decompressed, max_entries), None  # the precise ProtocolError
     tag = obj[0] if isinstance(obj[0], str) else obj[0].decode("utf-8", "replace")
     second = obj[1]
     options = obj[2] if len(obj) > 2 and not _is_time(second) else None
@@ -269,13 +277,19 @@ def decode(obj: Any, max_decompressed: int) -> tuple[pa.RecordBatch, str | None]
             )
             if compressed in ("gzip", b"gzip"):
                 blob = wire.gunzip_members(blob, max_decompressed)
+            # The msgspec path reads exactly ``size`` entries and nothing after them (a wrong
+            # size declines it); _unpack_entries reads them all and refuses a truncated blob.
             batch = _packed(tag, blob, (options or {}).get("size"))
             if batch is None:
-                batch = _fast_entries(tag, _unpack_entries(blob))
+                batch = _fast_entries(tag, _unpack_entries(blob, max_entries))
     elif isinstance(second, list) and (options is None or isinstance(options, dict)):
+        if len(second) > max_entries:
+            raise wire.ProtocolError(
+                f"more than {max_entries} entries in one message (the per-message entry limit)"
+            )
         batch = _fast_entries(tag, second)
     if batch is None:
-        batch = _general(obj, max_decompressed)
+        batch = _general(obj, max_decompressed, max_entries)
     return batch, chunk
 
 
@@ -289,8 +303,18 @@ def _chunk(options: Any) -> str | None:
     chunk = options.get("chunk")
     if isinstance(chunk, bytes):
         return chunk.decode("ascii", "replace")
-    if not isinstance(chunk, str):
+    if chunk is None:  # no ack wanted (Fluentd's in_forward treats nil as absent too)
         return None
+    if not isinstance(chunk, str):
+        # The spec makes ``chunk`` a string (base64 of a 128-bit id) and every Fluentd, Fluent
+        # Bit and fluent-logger sends one. Fluentd's in_forward would echo any value, but
+        # storing such a message and then acking it with a map or an array (which may not even
+        # encode back: too deep, not JSON in JSON mode) is no safer than refusing it up front,
+        # and storing it without an ack makes the client resend it: duplicates. So the message
+        # is refused before anything of it is stored, and the log says why.
+        raise wire.ProtocolError(
+            f"the chunk option must be a string (base64 id), got {type(chunk).__name__}"
+        )
     try:  # invalid UTF-8 arrives as lone surrogates (surrogateescape): no ack could echo it
         chunk.encode("utf-8")
     except UnicodeEncodeError:

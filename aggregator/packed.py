@@ -18,6 +18,11 @@ per-entry dicts, no per-entry Python hook). What makes it fast:
   (about half the cost of the :class:`msgspec.Raw` fields); a record that differs fails the
   check, and the message is decoded again with the per-record fields.
 
+The array header also makes the decode exact: msgspec reads ``size`` entries and refuses any
+byte after them, so a truncated blob or a ``size`` that is not the entry count never passes
+here; the caller's general path then refuses the truncated blob and decodes every entry of
+the other.
+
 This path is strict on purpose: anything it does not expect (no or a wrong ``size``, integer or
 float times, a value of an unexpected type, invalid UTF-8, a record without ``log``) returns
 None and the caller takes the general path (:mod:`aggregator.decode`), which accepts the whole

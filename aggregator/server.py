@@ -62,6 +62,9 @@ class ServerLimits:
     max_frame_bytes: int = 32 * 1024 * 1024
     max_connections: int = 1024
     idle_timeout: float = 600.0
+    max_message_entries: int = wire.MAX_MESSAGE_ENTRIES
+    """Entries one message may hold: its memory grows with them, not with its (compressed)
+    bytes, so this, not ``max_frame_bytes``, bounds what one message costs."""
 
     @property
     def max_decompressed_bytes(self) -> int:
@@ -211,7 +214,9 @@ class ForwardServer:
     async def _serve(
         self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        unpacker = wire.new_unpacker(self.limits.max_frame_bytes)
+        unpacker = wire.new_unpacker(
+            self.limits.max_frame_bytes, max_array_len=self.limits.max_message_entries
+        )
         if self.shared_key is not None:
             await self._handshake(conn, reader, writer, unpacker)
             if conn.fed > conn.boundary:  # messages sent right behind the PING
@@ -321,7 +326,9 @@ class ForwardServer:
             for obj in messages if unpacker is None else wire.iter_messages(unpacker):
                 if unpacker is not None:
                     conn.boundary = unpacker.tell()
-                batch, chunk = decode(obj, self.limits.max_decompressed_bytes)
+                batch, chunk = decode(
+                    obj, self.limits.max_decompressed_bytes, self.limits.max_message_entries
+                )
                 wait = None
                 if batch.num_rows:
                     try:
@@ -458,6 +465,10 @@ def _json_messages(pending: bytes) -> tuple[list[Any], bytes]:
             )
         try:
             obj, pos = decoder.raw_decode(text, pos)
+        except RecursionError:  # "[[[[…" 1000 deep: the json module parses recursively
+            raise ConnectionClosed(
+                "not the Forward protocol: JSON message nested too deeply", "protocol_error"
+            ) from None
         except json.JSONDecodeError as exc:
             if exc.pos >= len(text) or exc.msg.startswith("Unterminated string"):
                 return out, text[pos:].encode("utf-8") + tail  # the rest has not arrived yet

@@ -24,6 +24,7 @@ import base64
 import gzip
 import hashlib
 import io
+import itertools
 import os
 import struct
 import zlib
@@ -159,18 +160,90 @@ def encode_forward(
 # --- decoding (the aggregator side) ------------------------------------------------------------
 
 
-def new_unpacker(max_buffer_size: int = 64 * 1024 * 1024) -> msgpack.Unpacker:
+#: Most entries one message may hold (and longest array or map in it), unless the caller says
+#: otherwise. A message's memory grows with its entry count, not its bytes: a gzip blob of 16 KB
+#: inflates to 5 million 3-byte ``[0, {}]`` entries, ~2 GB of Python objects. Real clients send
+#: far fewer: logq-shipper 2,048 lines, Fluent Bit 2 MB chunks, Fluentd 8 MB chunks (~100,000
+#: lines of 80 bytes).
+MAX_MESSAGE_ENTRIES = 500_000
+#: PackedForward blobs are unpacked this many bytes at a time (:func:`unpack_entries`).
+_UNPACK_SLICE = 1024 * 1024
+
+
+def new_unpacker(
+    max_buffer_size: int = 64 * 1024 * 1024, max_array_len: int | None = None
+) -> msgpack.Unpacker:
     """A streaming unpacker for one connection: feed bytes, iterate complete objects.
 
     ``max_buffer_size`` bounds memory per connection: a frame larger than it raises
     ``msgpack.BufferFull`` when fed, which the server turns into closing that connection.
+    ``max_array_len`` (also applied to maps) refuses, from its header alone, an array longer
+    than that: a Forward-mode message of millions of tiny entries is not built in memory.
     """
+    limits: dict[str, int] = {}
+    if max_array_len is not None:
+        limits = {"max_array_len": max_array_len, "max_map_len": max_array_len}
     return msgpack.Unpacker(
         ext_hook=_ext_hook,
         raw=False,
         strict_map_key=False,
         unicode_errors="surrogateescape",
         max_buffer_size=max_buffer_size,
+        **limits,
+    )
+
+
+def unpack_entries(blob: bytes, max_entries: int, **options: Any) -> list[Any]:
+    """The entries of a PackedForward blob (concatenated msgpack objects), all of them or a
+    :class:`ProtocolError`: never a silently shortened list.
+
+    ``options`` are :class:`msgpack.Unpacker` options. The blob is fed a slice at a time and
+    at most ``max_entries + 1`` entries are built, so a blob of millions of tiny entries costs
+    the memory of ``max_entries`` before it is refused, whatever its size. An incomplete last
+    entry (a truncated blob) is refused too: msgpack's iteration just stops before it.
+    """
+    unpacker = msgpack.Unpacker(
+        max_buffer_size=len(blob) + 1024,  # grows only as far as one entry needs
+        max_array_len=max_entries,
+        max_map_len=max_entries,
+        **options,
+    )
+    view = memoryview(blob)
+    entries: list[Any] = []
+    try:
+        for start in range(0, len(blob), _UNPACK_SLICE):
+            unpacker.feed(view[start : start + _UNPACK_SLICE])
+            entries.extend(itertools.islice(unpacker, max_entries + 1 - len(entries)))
+            if len(entries) > max_entries:
+                raise ProtocolError(
+                    f"more than {max_entries} entries in one message (the per-message entry "
+                    "limit): send smaller chunks"
+                )
+        # Whether the blob ended between two entries: feed one nil. Between entries it comes
+        # back as a nil object of its own; inside an unfinished entry it becomes part of that
+        # entry, which then stays unfinished or completes as something that is not a nil.
+        unpacker.feed(b"\xc0")
+        tail = list(unpacker)
+    except ProtocolError:
+        raise
+    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
+        if _over_length_limit(exc):
+            raise ProtocolError(f"{exc} (the per-message entry limit)") from exc
+        raise ProtocolError(f"bad PackedForward entries: {exc}") from exc
+    except TypeError as exc:  # a map or an array as a map key
+        raise ProtocolError(f"bad PackedForward entries: unusable map key ({exc})") from exc
+    if len(tail) != 1 or tail[0] is not None:
+        raise ProtocolError(
+            f"truncated PackedForward entries: the blob ends inside the entry after "
+            f"{len(entries)} complete ones"
+        )
+    return entries
+
+
+def _over_length_limit(exc: Exception) -> bool:
+    """Whether msgpack refused an array or map longer than ``max_array_len``/``max_map_len``."""
+    return isinstance(exc, ValueError) and any(
+        f"exceeds {name}" in str(exc) for name in ("max_array_len", "max_map_len")
     )
 
 
@@ -214,40 +287,50 @@ def _entry(tag: str, entry: Any) -> Event:
 
 def gunzip_members(blob: bytes, max_bytes: int) -> bytes:
     """Decompress one or several concatenated gzip members, refusing output over ``max_bytes``."""
-    out = bytearray()
+    parts: list[bytes] = []  # one member (the usual case) is returned without another copy
+    total = 0
     data = blob
     while data:
         d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
         try:
-            out += d.decompress(data, max_bytes - len(out) + 1)
+            part = d.decompress(data, max_bytes - total + 1)
         except zlib.error as exc:
             raise ProtocolError(f"bad gzip payload: {exc}") from exc
-        if len(out) > max_bytes or d.unconsumed_tail:
+        total += len(part)
+        if total > max_bytes or d.unconsumed_tail:
             raise ProtocolError(f"decompressed payload exceeds {max_bytes} bytes")
         if not d.eof:
             raise ProtocolError("truncated gzip payload")
+        parts.append(part)
         data = d.unused_data
         # Padding zeros after the last member are tolerated (as gzip(1) does).
         if data and not data.strip(b"\x00"):
             break
-    return bytes(out)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _packed_entries(tag: str, blob: bytes) -> list[Event]:
-    unpacker = msgpack.Unpacker(
-        ext_hook=_ext_hook, raw=False, strict_map_key=False, unicode_errors="surrogateescape"
+def _packed_entries(tag: str, blob: bytes, max_entries: int) -> list[Event]:
+    entries = unpack_entries(
+        blob,
+        max_entries,
+        ext_hook=_ext_hook,
+        raw=False,
+        strict_map_key=False,
+        unicode_errors="surrogateescape",
     )
-    unpacker.feed(blob)
-    try:
-        return [_entry(tag, e) for e in unpacker]
-    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
-        if isinstance(exc, ProtocolError):
-            raise
-        raise ProtocolError(f"bad PackedForward entries: {exc}") from exc
+    return [_entry(tag, e) for e in entries]
 
 
-def decode_message(obj: Any, max_decompressed_bytes: int = 256 * 1024 * 1024) -> Message:
-    """Turn one unpacked msgpack object into a :class:`Message`, whatever its mode."""
+def decode_message(
+    obj: Any,
+    max_decompressed_bytes: int = 256 * 1024 * 1024,
+    max_entries: int = MAX_MESSAGE_ENTRIES,
+) -> Message:
+    """Turn one unpacked msgpack object into a :class:`Message`, whatever its mode.
+
+    A Forward or PackedForward message must hold at most ``max_entries`` entries. Its ``size``
+    option is not checked against them, as in Fluentd: the blob's own length already says
+    where it ends, and a truncated blob is refused (:func:`unpack_entries`)."""
     if not isinstance(obj, list | tuple) or len(obj) < 2:
         raise ProtocolError(f"expected a Forward message array, got {type(obj).__name__}")
     tag = obj[0]
@@ -264,6 +347,10 @@ def decode_message(obj: Any, max_decompressed_bytes: int = 256 * 1024 * 1024) ->
         return Message(tag, [Event(tag, time_to_ns(second), _record(obj[2]))], options)
     options = _options(obj[2] if len(obj) > 2 else None)
     if isinstance(second, list | tuple):
+        if len(second) > max_entries:
+            raise ProtocolError(
+                f"more than {max_entries} entries in one message (the per-message entry limit)"
+            )
         return Message(tag, [_entry(tag, e) for e in second], options)
     if isinstance(second, bytes | str):
         blob = second if isinstance(second, bytes) else second.encode("utf-8", "surrogateescape")
@@ -271,7 +358,7 @@ def decode_message(obj: Any, max_decompressed_bytes: int = 256 * 1024 * 1024) ->
             blob = gunzip_members(blob, max_decompressed_bytes)
         elif options.get("compressed") not in (None, "text", b"text"):
             raise ProtocolError(f"unsupported compression {options.get('compressed')!r}")
-        return Message(tag, _packed_entries(tag, blob), options)
+        return Message(tag, _packed_entries(tag, blob, max_entries), options)
     raise ProtocolError(f"cannot tell the Forward mode from a {type(second).__name__}")
 
 
@@ -306,6 +393,8 @@ def iter_messages(unpacker: msgpack.Unpacker) -> Iterator[Any]:
     try:
         yield from unpacker
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
+        if _over_length_limit(exc):  # new_unpacker's max_array_len
+            raise ProtocolError(f"message too large: {exc} (the per-message entry limit)") from exc
         raise ProtocolError(f"malformed msgpack: {exc}") from exc
     except TypeError as exc:
         raise ProtocolError(f"malformed msgpack: unusable map key ({exc})") from exc

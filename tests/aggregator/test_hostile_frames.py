@@ -1,0 +1,298 @@
+"""Hostile Forward messages the decoder must refuse whole, never ack in part.
+
+A refused message is a :class:`shipper.wire.ProtocolError` raised before anything of it is
+stored; the server then acks what was durable before it and closes the connection. Covered:
+truncated PackedForward blobs (on every decode path: the msgspec fast path, the bulk msgpack
+path, :func:`shipper.wire.decode_message`, with and without gzip), messages of more entries
+than the per-message limit (a 16 KB gzip blob inflating to millions of entries), records nested
+too deeply (RecursionError), and ``chunk`` options that are not strings.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from aggregator import decode as dec
+from aggregator import packed
+from aggregator.server import ConnectionClosed, _json_messages
+from shipper import wire
+from tests.aggregator.helpers import read_acks, read_table, record, start_aggregator
+
+T0 = 1_795_860_000_123_456_789
+
+
+def shipper_record(i: int) -> dict[str, Any]:
+    return {
+        wire.KEY_LOG: f"line {i}",
+        wire.KEY_STREAM: "stdout",
+        wire.KEY_SERVICE: "recipe",
+        wire.KEY_CONTAINER_ID: "c" * 64,
+        wire.KEY_CONTAINER_NAME: "recipe-app",
+        wire.KEY_HOST: "host-1",
+        wire.KEY_IMAGE: "recipe:1",
+        wire.KEY_SOURCE_ID: "src-1",
+        wire.KEY_OFFSET: (i + 1) * 100,
+    }
+
+
+def blob_of(n: int) -> bytes:
+    """A logq-shipper PackedForward body of ``n`` entries (EventTime, the fast path's shape)."""
+    return wire.pack_entries([(T0 + i, shipper_record(i)) for i in range(n)])
+
+
+def message(second: Any, **options: Any) -> Any:
+    """A Forward message as the server's unpacker yields it."""
+    return msgpack.unpackb(
+        wire.pack(["logq.recipe", second, options]), raw=False, ext_hook=wire._ext_hook
+    )
+
+
+def refused(obj: Any, match: str, **kwargs: Any) -> None:
+    """Both decoders refuse ``obj`` (the aggregator's and the general one), naming ``match``."""
+    with pytest.raises(wire.ProtocolError, match=match):
+        dec.decode(obj, 1 << 30, **kwargs)
+    with pytest.raises(wire.ProtocolError, match=match):
+        wire.decode_message(obj, 1 << 30, **kwargs)
+
+
+# --- truncated PackedForward and the size option -------------------------------------------------
+
+
+# 100 entries take the constant-metadata msgspec decoder, 10 the per-record one (under
+# packed.CONSTANT_MIN_ENTRIES): both must decline a cut blob, and the fallback must refuse it.
+@pytest.mark.parametrize("n", [10, 100])
+@pytest.mark.parametrize("with_size", [True, False])
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_a_truncated_packed_forward_is_refused_not_acked_short(
+    n: int, with_size: bool, gzipped: bool
+) -> None:
+    cut = blob_of(n)[:-3]  # the last entry loses its last bytes
+    options: dict[str, Any] = {"chunk": "c1"}
+    if with_size:
+        options["size"] = n
+    if gzipped:
+        options["compressed"] = "gzip"
+    obj = message(gzip.compress(cut) if gzipped else cut, **options)
+    refused(obj, "truncated PackedForward entries")
+    assert packed.decode_entries(cut, n) is None
+    assert packed.constant_columns(cut, n, dec.DICT_STRING) is None
+    with pytest.raises(wire.ProtocolError, match="truncated"):
+        dec._unpack_entries(cut)
+
+
+@pytest.mark.parametrize("size", [0, 99, 101, 5000, 10**9, "100", 100.0, True, [100]])
+@pytest.mark.parametrize("mode", ["packed", "gzip", "forward"])
+def test_a_size_option_that_is_not_the_entry_count_is_ignored(size: Any, mode: str) -> None:
+    """As in Fluentd: the blob's length says where it ends, and every entry is decoded (a
+    client bug in ``size`` must not make it resend the chunk forever)."""
+    blob = blob_of(100)
+    if mode == "forward":
+        entries = msgpack.unpackb(b"\xdd\x00\x00\x00\x64" + blob, raw=False)
+        obj = message(entries, size=size, chunk="c")
+    elif mode == "gzip":
+        obj = message(gzip.compress(blob), size=size, compressed="gzip", chunk="c")
+    else:
+        obj = message(blob, size=size, chunk="c")
+    batch, chunk = dec.decode(obj, 1 << 30)
+    assert (batch.num_rows, chunk) == (100, "c")
+    assert len(wire.decode_message(obj).events) == 100
+
+
+def test_right_or_nil_size_is_accepted_on_every_path() -> None:
+    blob = blob_of(100)
+    for obj in (
+        message(blob, size=100, chunk="c"),
+        message(gzip.compress(blob), size=100, compressed="gzip", chunk="c"),
+        message(blob, size=None, chunk="c"),
+        message(blob, chunk="c"),
+    ):
+        batch, chunk = dec.decode(obj, 1 << 30)
+        assert (batch.num_rows, chunk) == (100, "c")
+        assert len(wire.decode_message(obj).events) == 100
+    # Message mode has one event: ``size`` is not checked there (as in Fluentd).
+    frame = wire.encode_message("t", T0, {"log": "x"}, {"size": 7})
+    obj = msgpack.unpackb(frame, raw=False, ext_hook=wire._ext_hook)
+    assert dec.decode(obj, 1 << 30)[0].num_rows == 1
+
+
+def test_trailing_bytes_after_the_last_entry_are_refused() -> None:
+    obj = message(blob_of(3) + b"\x92", size=3, chunk="c")
+    refused(obj, "truncated PackedForward entries")
+
+
+# --- entries per message (decompression amplification) ------------------------------------------
+
+
+def test_a_gzip_bomb_of_tiny_entries_is_refused_at_the_entry_limit() -> None:
+    """16 KB of gzip, 16 MiB of 3-byte ``[0, {}]`` entries: 5.6 million of them. Refused once
+    the limit is passed (building at most that many), not decoded in full (~2 GB, 25 s)."""
+    body = b"\x92\x00\x80" * (16 * 1024 * 1024 // 3)
+    bomb = gzip.compress(body, 9)
+    assert len(bomb) < 20_000
+    obj = message(bomb, compressed="gzip", chunk="c")
+    refused(obj, "more than 500000 entries in one message .the per-message entry limit.")
+
+
+@pytest.mark.parametrize("mode", ["packed", "gzip", "forward"])
+def test_the_entry_limit_holds_on_every_path(mode: str) -> None:
+    blob = blob_of(100)
+    if mode == "forward":
+        second: Any = msgpack.unpackb(b"\xdd\x00\x00\x00\x64" + blob, raw=False)
+        opts: dict[str, Any] = {}
+    else:
+        second = gzip.compress(blob) if mode == "gzip" else blob
+        opts = {"compressed": "gzip"} if mode == "gzip" else {}
+    refused(message(second, **opts), "more than 99 entries", max_entries=99)
+    assert dec.decode(message(second, **opts), 1 << 30, max_entries=100)[0].num_rows == 100
+
+
+def test_the_server_unpacker_refuses_a_huge_forward_array_from_its_header() -> None:
+    unpacker = wire.new_unpacker(1 << 20, max_array_len=1000)
+    unpacker.feed(wire.pack(["t", [[0, {}]] * 1001]))
+    with pytest.raises(wire.ProtocolError, match=r"exceeds max_array_len.*entry limit"):
+        list(wire.iter_messages(unpacker))
+    unpacker = wire.new_unpacker(1 << 20, max_array_len=1000)
+    unpacker.feed(wire.pack(["t", [[0, {}]] * 1000]))
+    assert len(next(wire.iter_messages(unpacker))[1]) == 1000
+
+
+# --- records nested too deeply -------------------------------------------------------------------
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("mode", ["forward", "packed", "message"])
+def test_a_record_nested_too_deeply_is_a_protocol_error(mode: str) -> None:
+    rec = {"service": "deep", "v": _nested(900)}  # valid msgpack: under its 1024 limit
+    if mode == "message":
+        frame = wire.encode_message("t", T0, rec, {"chunk": "c"})
+        obj = msgpack.unpackb(frame, raw=False, ext_hook=wire._ext_hook)
+    elif mode == "packed":
+        obj = message(wire.pack_entries([(T0, rec)]), chunk="c")
+    else:
+        obj = message([[wire.EventTime.from_ns(T0), rec]], chunk="c")
+    with pytest.raises(wire.ProtocolError, match="nested too deeply"):
+        dec.decode(obj, 1 << 30)
+
+
+def test_json_text_nested_too_deeply_closes_as_a_protocol_error() -> None:
+    with pytest.raises(ConnectionClosed, match="nested too deeply") as info:
+        _json_messages(b'["t", 1, {"log": "ok"}]' + b"[" * 200_000)
+    assert info.value.label == "protocol_error"
+
+
+# --- chunk option --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk", [5, 1.5, False, {"id": "x"}, ["x"]])
+def test_a_chunk_option_that_is_not_a_string_is_refused_before_storing(chunk: Any) -> None:
+    with pytest.raises(wire.ProtocolError, match="chunk option must be a string"):
+        dec.decode(message(blob_of(3), chunk=chunk), 1 << 30)
+
+
+def test_string_bin_and_nil_chunks() -> None:
+    assert dec.decode(message(blob_of(3), chunk="abc"), 1 << 30)[1] == "abc"
+    assert dec.decode(message(blob_of(3), chunk=b"abc"), 1 << 30)[1] == "abc"
+    assert dec.decode(message(blob_of(3), chunk=None), 1 << 30)[1] is None
+
+
+# --- the server: refused whole, earlier messages acked, the connection closed --------------------
+
+
+def _closed(sock: socket.socket, timeout: float = 30.0) -> bytes:
+    """What the server sends until it closes the connection."""
+    sock.settimeout(timeout)
+    out = b""
+    try:
+        while data := sock.recv(65536):
+            out += data
+    except ConnectionResetError:
+        pass
+    return out
+
+
+@pytest.mark.integration
+def test_server_acks_what_came_before_a_refused_message_then_closes(tmp_path: Path) -> None:
+    agg = start_aggregator(tmp_path)
+    now = time.time_ns()
+
+    def good(name: str) -> bytes:
+        return wire.encode_packed_forward("logq.good", [(now, record(name, "good"))], name)
+
+    cut = wire.pack_entries([(now, record(f"cut-{i}", "good")) for i in range(3)])[:-3]
+    # No ``log``: the line is the record as JSON text, which the nesting overflows.
+    deep = wire.pack_entries([(now, {"service": "good", "v": _nested(900)})])
+    bad = {
+        "truncated": wire.pack(["logq.good", cut, {"size": 3, "chunk": "x1"}]),
+        "truncated_gzip": wire.pack(
+            ["logq.good", gzip.compress(cut), {"compressed": "gzip", "chunk": "x2"}]
+        ),
+        "deep": wire.pack(["logq.good", deep, {"chunk": "x3"}]),
+        "int_chunk": wire.pack(
+            ["logq.good", wire.pack_entries([(now, record("i"))]), {"chunk": 7}]
+        ),
+        "bomb": wire.pack(
+            ["logq.good", gzip.compress(b"\x92\x00\x80" * 5_000_000, 9), {"compressed": "gzip"}]
+        ),
+    }
+    try:
+        with agg.connect() as bystander:
+            for name, frame in bad.items():
+                with agg.connect() as sock:
+                    sock.sendall(good(f"before-{name}") + frame + good(f"after-{name}"))
+                    replies = msgpack.Unpacker(raw=False)
+                    replies.feed(_closed(sock))
+                    assert [wire.decode_ack(o) for o in replies] == [f"before-{name}"], name
+                bystander.sendall(good(f"bystander-{name}"))
+                assert read_acks(bystander, 1) == [f"bystander-{name}"]
+    finally:
+        assert agg.stop() == 0  # flushes everything stored, acked or (wrongly) not
+    table = read_table(agg.warehouse, "container_logs")
+    expected = {f"{kind}-{name}" for name in bad for kind in ("before", "bystander")}
+    assert sorted(table["message"].to_pylist()) == sorted(expected)
+    log = agg.log_text()
+    assert "unexpected error" not in log and "Traceback" not in log
+    for reason in (
+        "truncated PackedForward entries",
+        "nested too deeply",
+        "chunk option must be a string",
+        "per-message entry limit",
+    ):
+        assert reason in log, reason
+    assert log.count("not the Forward protocol: ") == len(bad)
+
+
+@pytest.mark.integration
+def test_json_mode_deep_nesting_closes_cleanly(tmp_path: Path) -> None:
+    agg = start_aggregator(tmp_path)
+    try:
+        with agg.connect() as sock:
+            line = json.dumps(["logq.j", int(time.time()), {"log": "json-ok"}, {"chunk": "j1"}])
+            sock.sendall(line.encode())
+            assert _closed_after_ack(sock) == b'{"ack": "j1"}'
+    finally:
+        assert agg.stop() == 0
+    log = agg.log_text()
+    assert "JSON message nested too deeply" in log
+    assert "Traceback" not in log and "RecursionError" not in log
+
+
+def _closed_after_ack(sock: socket.socket) -> bytes:
+    sock.settimeout(30)
+    ack = sock.recv(65536)
+    sock.sendall(b"[" * 200_000)
+    rest = _closed(sock)
+    return ack + rest
