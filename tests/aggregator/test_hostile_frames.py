@@ -25,22 +25,9 @@ from aggregator import packed
 from aggregator.server import ConnectionClosed, _json_messages
 from shipper import wire
 from tests.aggregator.helpers import read_acks, read_table, record, start_aggregator
+from tests.aggregator.test_packed import shipper_record
 
 T0 = 1_795_860_000_123_456_789
-
-
-def shipper_record(i: int) -> dict[str, Any]:
-    return {
-        wire.KEY_LOG: f"line {i}",
-        wire.KEY_STREAM: "stdout",
-        wire.KEY_SERVICE: "recipe",
-        wire.KEY_CONTAINER_ID: "c" * 64,
-        wire.KEY_CONTAINER_NAME: "recipe-app",
-        wire.KEY_HOST: "host-1",
-        wire.KEY_IMAGE: "recipe:1",
-        wire.KEY_SOURCE_ID: "src-1",
-        wire.KEY_OFFSET: (i + 1) * 100,
-    }
 
 
 def blob_of(n: int) -> bytes:
