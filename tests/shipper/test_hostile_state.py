@@ -39,6 +39,17 @@ def load(tmp_path: Path, doc: object, caplog: pytest.LogCaptureFixture) -> Regis
     return reg
 
 
+def identity(path: Path) -> tuple[os.stat_result, str]:
+    """``(stat, fingerprint)`` of a log file, as the tailer keys its checkpoint."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st, fp = os.fstat(fd), fingerprint(fd)
+    finally:
+        os.close(fd)
+    assert fp is not None
+    return st, fp
+
+
 @pytest.mark.parametrize(
     "doc, why",
     [
@@ -225,12 +236,7 @@ def test_once_gives_up_on_a_source_it_cannot_read(tmp_path: Path) -> None:
 
     async def go() -> None:
         shipper = Shipper(cfg)
-        fd = os.open(log, os.O_RDONLY)
-        try:
-            st, fp = os.fstat(fd), fingerprint(fd)
-        finally:
-            os.close(fd)
-        assert fp is not None
+        st, fp = identity(log)
         # A position pread refuses (EINVAL), as a registry written by a buggy shipper could hold.
         state = FileState(f"file:{log}", str(log), f"h:{st.st_ino:x}:{fp}", -5, 0)
         shipper.registry.put(file_key(st.st_dev, st.st_ino, fp), state)
@@ -286,12 +292,7 @@ def test_checkpoint_past_the_end_is_read_as_new_content_with_a_warning(
     path.write_text("one\ntwo\n")
     reg = Registry(tmp_path / "state")
     try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            st, fp = os.fstat(fd), fingerprint(fd)
-        finally:
-            os.close(fd)
-        assert fp is not None
+        st, fp = identity(path)
         key = file_key(st.st_dev, st.st_ino, fp)
         reg.put(key, FileState("file:app", str(path), "h:1:ab", 10**6, 10**6))
         spec = SourceSpec(key="file:app", path=path, format="plain", service="svc")
