@@ -22,6 +22,7 @@ default ISO-8601 or in a custom ``%START_TIME(spec)%`` (:mod:`.envoy_time`).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +50,9 @@ ISTIO_FORMAT = (
     "%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% "
     "%REQUESTED_SERVER_NAME% %ROUTE_NAME%"
 )
+
+
+log = logging.getLogger("logq.aggregator.envoy")
 
 
 class FormatError(ValueError):
@@ -278,7 +282,20 @@ def parse_lines(
     for attempt in attempts_for(formats, json_logs):
         if len(todo) == 0:
             break
-        ok, converted = attempt(todo)
+        try:
+            ok, converted = attempt(todo)
+        except (pa.ArrowException, LookupError, ValueError, TypeError) as exc:
+            # A parser bug on some input must not fail the segment's flush (it would end in
+            # quarantine with every other line of it): those lines go on to the next parsers
+            # and, if none takes them, to container_logs, counted as unparsed.
+            log.error(
+                "an Envoy access-log parser failed on a batch of %d lines (%s: %s); they are "
+                "tried with the next formats, else kept as unparsed lines",
+                len(todo),
+                type(exc).__name__,
+                exc,
+            )
+            continue
         if converted:
             good = _fileable(converted["timestamp"])
             if pc.all(good).as_py():

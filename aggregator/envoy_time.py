@@ -121,6 +121,10 @@ def compile_time_format(spec: str) -> TimeFormat:
     strp.append(spec[pos:])
     if epoch and any(d in spec for d in ("%Y", "%m", "%d", "%H", "%M", "%S")):
         raise ValueError(f"%START_TIME({spec})%: %s cannot be mixed with calendar fields")
+    if epoch and (spec.count("%s") > 1 or r"\d{1,12}" in after):
+        raise ValueError(
+            f"%START_TIME({spec})%: %s must appear once, before any fraction (%f, %3f ...)"
+        )
     if not epoch and not any(f"%{d}" in spec for d in ("Y", "y")):
         raise ValueError(f"%START_TIME({spec})%: needs a year (%Y or %y) or %s to be a time")
     if epoch:
@@ -129,7 +133,36 @@ def compile_time_format(spec: str) -> TimeFormat:
         parts = _epoch_parts(before, frac, after)
     else:
         parts = f"^(?P<a>{''.join(before)})(?P<f>{frac})(?P<b>{''.join(after)})$"
-    return TimeFormat(spec, "".join(pattern), parts, "".join(strp), epoch)
+    compiled = TimeFormat(spec, "".join(pattern), parts, "".join(strp), epoch)
+    _self_test(compiled)
+    return compiled
+
+
+#: The instant the self-test prints and parses back: 2024-03-05T06:07:08.123456789Z.
+_SAMPLE_SECONDS = 1_709_618_828
+_SAMPLE_TEXT = {
+    "Y": "2024", "m": "03", "d": "05", "H": "06", "M": "07", "S": "08", "y": "24", "j": "065",
+    "b": "Mar", "h": "Mar", "z": "+0000", "s": str(_SAMPLE_SECONDS), "%": "%",
+}  # fmt: skip
+
+
+def _self_test(fmt: TimeFormat) -> None:
+    """Print a known instant with the spec and parse it back, at start-up: a spec that compiles
+    but cannot convert (e.g. two ``%s``) must be refused here, not fail every flush later."""
+
+    def text(m: re.Match[str]) -> str:
+        d = m.group(1)
+        if d.endswith("f"):
+            return "123456789"[: int(d[0]) if len(d) == 2 else 9]
+        return _SAMPLE_TEXT[d]
+
+    sample = _DIRECTIVE.sub(text, fmt.spec)
+    try:
+        got = fmt.to_timestamp(pa.array([sample])).cast(pa.int64())[0].as_py()
+    except (pa.ArrowException, KeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"%START_TIME({fmt.spec})%: cannot be parsed back ({exc})") from None
+    if got is None or not re.fullmatch(fmt.pattern, sample):
+        raise ValueError(f"%START_TIME({fmt.spec})%: cannot be parsed back ({sample!r})")
 
 
 def _epoch_parts(before: list[str], frac: str, after: list[str]) -> str:

@@ -130,6 +130,32 @@ def test_format_without_required_fields_is_refused() -> None:
         compile_format("%START_TIME(%Q)% %RESPONSE_CODE%")
     with pytest.raises(FormatError, match="needs a year"):
         compile_format("%START_TIME(%H:%M:%S)% %RESPONSE_CODE%")
+    # These compiled, then failed every flush of a segment holding a matching line (KeyError),
+    # which ended in quarantine with every other line of the segment.
+    for spec in ("%s%s", "%3f.%s", "%s.%3f %s"):
+        with pytest.raises(FormatError, match="%s must appear once, before any fraction"):
+            compile_format(f"[%START_TIME({spec})%] %RESPONSE_CODE%")
+
+
+def test_a_parser_that_fails_leaves_its_lines_unparsed_not_the_flush_failed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defence in depth: a bug in one format's conversion (here: forced) keeps the batch going;
+    the default format still parses its lines and the rest are unparsed (container_logs)."""
+    from aggregator import envoy_time
+
+    custom = compile_format("[%START_TIME(%s.%3f)%] %RESPONSE_CODE%")
+
+    def broken(self: object, text: pa.Array) -> pa.Array:
+        raise KeyError("a")
+
+    monkeypatch.setattr(envoy_time.TimeFormat, "to_timestamp", broken)
+    lines = ["[1795874585.250] 503", envoy_line(code=502), "plain text"]
+    parsed = parse_lines(pa.array(lines), (*BUILTIN_FORMATS, custom), json_logs=False)
+    assert parsed.rows.to_pylist() == [1]
+    assert parsed.columns["response_code"].to_pylist() == [502]
+    assert parsed.unparsed.to_pylist() == [0, 2]
+    assert "an Envoy access-log parser failed on a batch of 2 lines (KeyError" in caplog.text
 
 
 @pytest.mark.parametrize(
