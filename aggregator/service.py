@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aggregator import logs
-from aggregator.buffer import SPILL_DIR, Buffer, Segment
+from aggregator.buffer import QUARANTINE_DIR, SPILL_DIR, Buffer, Segment
 from aggregator.catalog import Catalog
 from aggregator.config import (
     ConfigError,
@@ -106,6 +106,8 @@ class Aggregator:
         """Segments left by a previous run: checked against the ledger when flushed."""
         self._replay_since = 0.0
         self._committed: Committed | None = None
+        self._quarantined_here = 0
+        """Segments this process set aside (drain reports them and exits 1)."""
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -196,6 +198,15 @@ class Aggregator:
             return 1
         assert self.ledger is not None
         await asyncio.to_thread(self.ledger.forget)
+        if self._quarantined_here:
+            log.error(
+                "drain: %d segments failed with a data error and were moved to %s, not "
+                "written; the rest is in %s",
+                self._quarantined_here,
+                self.buffer.dir / QUARANTINE_DIR,
+                self.warehouse.uri,
+            )
+            return 1
         log.info("drained %s into %s", self.settings.buffer_dir, self.warehouse.uri)
         return 0
 
@@ -237,8 +248,23 @@ class Aggregator:
             return 1
         if self.ledger is not None:  # holds nothing now: replaying peers need not wait for it
             await asyncio.to_thread(self.ledger.forget)
+        set_aside = self._set_aside()
+        if set_aside:
+            log.warning(
+                "stopped: every acknowledged record is in %s, except %d quarantined segments "
+                "in %s (a data error; after a fix: logq-aggregator drain --buffer-dir %s)",
+                self.warehouse.uri,
+                set_aside,
+                self.buffer.dir / QUARANTINE_DIR,
+                self.buffer.dir / QUARANTINE_DIR,
+            )
+            return 0
         log.info("stopped cleanly: every acknowledged record is in %s", self.warehouse.uri)
         return 0
+
+    def _set_aside(self) -> int:
+        """Segments waiting in the quarantine folder (Buffer.quarantine)."""
+        return len(list((self.buffer.dir / QUARANTINE_DIR).glob("*.seg")))
 
     # --- flushing ---------------------------------------------------------------------------
 
@@ -368,6 +394,7 @@ class Aggregator:
         if not self._replay:
             self._committed = None
         self.metrics.quarantined.inc()
+        self._quarantined_here += 1
         self.metrics.failing_since = None
         self.metrics.buffer_bytes.set(self.buffer.total_bytes)
         log.error(

@@ -107,3 +107,26 @@ def test_errors_that_change_from_try_to_try_are_retried_not_set_aside(
     assert agg.metrics.quarantined._value.get() == 0
     total = read_table(warehouse, "envoy_access").num_rows
     assert total + read_table(warehouse, "container_logs").num_rows == rows
+
+
+def test_a_drain_that_sets_a_segment_aside_says_so_and_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A runbook or cron job must see that a drain left data behind (it said "drained")."""
+    buffer_dir, warehouse = tmp_path / "buffer", str(tmp_path / "warehouse")
+    buffer_dir.mkdir()
+    for seq in (1, 2):
+        write_segment(buffer_dir / f"{seq:016d}.seg", 2, 30, source=f"src-{seq}")
+    real_put = writer_mod.put_table
+
+    def put(wh, path, table):
+        if POISONED in path:
+            raise ValueError("simulated encoder bug")
+        real_put(wh, path, table)
+
+    monkeypatch.setattr(writer_mod, "put_table", put)
+    agg = Aggregator(Settings(warehouse=warehouse, buffer_dir=str(buffer_dir)))
+    assert asyncio.run(asyncio.wait_for(agg.drain(), 120)) == 1
+    assert "drain: 1 segments failed with a data error and were moved to" in caplog.text
+    assert "drained " not in caplog.text
+    assert agg._set_aside() == 1
