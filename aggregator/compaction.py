@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -357,6 +358,17 @@ def _has_young_files(wh: Warehouse, folder: str, cutoff: datetime) -> bool:
     return False
 
 
+def _check_exists(wh: Warehouse) -> None:
+    """A warehouse that is not there is a typo to report, not an empty pass (exit 0)."""
+    where = wh.base.split("/", 1)[0] if wh.is_s3 else wh.base
+    info = wh.fs.get_file_info(where)
+    if info.type != pafs.FileType.Directory:
+        what = "bucket" if wh.is_s3 else "directory"
+        raise WarehouseError(
+            f"the warehouse {wh.uri} does not exist (no {what} {where}); check --warehouse"
+        )
+
+
 def compact_main(argv: list[str]) -> int:
     """``logq-aggregator compact``: one compaction pass over the warehouse, then exit."""
     from aggregator.config import ConfigError, _read_toml
@@ -391,12 +403,19 @@ def compact_main(argv: list[str]) -> int:
         "has not been restarted or drained (its replay may then store some rows twice)",
     )
     args = parser.parse_args(argv)
+    for flag, value, most in (
+        ("--grace-minutes", args.grace_minutes, 7 * 24 * 60),
+        ("--lookback-hours", args.lookback_hours, 10 * 366 * 24),
+    ):
+        if not (math.isfinite(value) and 0 <= value <= most):
+            parser.error(f"{flag} must be a number from 0 to {most}, got {value}")
     from aggregator import logs
 
     logs.setup("info")
     try:
         conf = _read_toml(args.config) if args.config else {}
         wh = open_warehouse(args.warehouse or conf.get("warehouse"))
+        _check_exists(wh)
         target = int(
             args.target_file_bytes or conf.get("target_file_bytes") or DEFAULT_TARGET_BYTES
         )

@@ -328,3 +328,19 @@ def test_a_pass_stops_when_it_no_longer_may_compact(tmp_path: Path) -> None:
     folders = {Path(f).parent.parent.name for f in parquet_files(uri) if Path(f).name[:2] != "c-"}
     assert folders == {"service=bbb", "service=ccc"}
     assert read_table(uri, "container_logs").num_rows == 3 * 3 * 6
+
+
+def test_compact_refuses_a_missing_warehouse_and_odd_windows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo in a cron job's --warehouse must fail (it printed "compacted 0 files", exit 0)."""
+    assert compact_main(["--warehouse", str(tmp_path / "nope")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("x")
+    assert compact_main(["--warehouse", str(tmp_path / "a-file")]) == 1
+    for flag, value in (("--grace-minutes", "nan"), ("--lookback-hours", "1e30")):
+        with pytest.raises(SystemExit) as usage:
+            compact_main(["--warehouse", str(tmp_path), flag, value])
+        assert usage.value.code == 2
+        assert f"{flag} must be a number from 0 to" in capsys.readouterr().err
+    assert compact_main(["--warehouse", str(tmp_path)]) == 0  # an empty warehouse is fine
