@@ -141,6 +141,8 @@ def discover_docker(root: Path) -> list[SourceSpec]:
 
 
 _CRI_LOG = re.compile(r"^\d+\.log$")
+#: Folders under the CRI root already reported as not pod folders (warned once each).
+_NOT_PODS: set[str] = set()
 
 
 def discover_cri(root: Path) -> list[SourceSpec]:
@@ -155,9 +157,16 @@ def discover_cri(root: Path) -> list[SourceSpec]:
         return []
     for pod_dir in pod_dirs:
         parts = pod_dir.name.split("_")
-        if len(parts) != 3:
+        if len(parts) < 3:
+            if pod_dir.name not in _NOT_PODS:
+                _NOT_PODS.add(pod_dir.name)
+                log.warning(
+                    "not a pod folder (<namespace>_<pod>_<uid>), its files are not shipped path=%s",
+                    pod_dir,
+                )
             continue
-        _namespace, pod, uid = parts
+        # Namespaces and uids hold no "_" (DNS labels, UUIDs): the rest is the pod name.
+        pod, uid = "_".join(parts[1:-1]), parts[-1]
         try:
             containers = sorted(c for c in pod_dir.iterdir() if c.is_dir())
         except OSError:

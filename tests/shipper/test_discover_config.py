@@ -43,6 +43,25 @@ def test_service_name_precedence() -> None:
     assert service_name({}, "name") == "name"
 
 
+def test_odd_pod_folders_are_shipped_or_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pod folder with "_" in its pod part is still a pod (namespace and uid hold none); a
+    folder that is not one is reported once, not skipped silently."""
+    cri = tmp_path / "pods"
+    for folder in ("ns_web_v2-0_uid-1", "lost+found", "ns_only"):
+        (cri / folder / "app").mkdir(parents=True)
+        (cri / folder / "app" / "0.log").write_bytes(b"")
+    specs = [s for s in discover_all(tmp_path / "none", cri, ()) if s.format == "cri"]
+    assert [(s.key, s.container_id) for s in specs] == [
+        ("cri:ns_web_v2-0_uid-1/app/0.log", "uid-1/app")
+    ]
+    assert "not a pod folder" in caplog.text and "lost+found" in caplog.text
+    caplog.clear()
+    discover_all(tmp_path / "none", cri, ())
+    assert "not a pod folder" not in caplog.text  # once per folder
+
+
 def test_discover_docker_cri_and_paths(tmp_path: Path) -> None:
     docker = tmp_path / "containers"
     make_container(
