@@ -27,8 +27,10 @@ def quote_ident(name: str) -> str:
 
 
 def quote_string(value: str) -> str:
-    """Quote a string literal for Athena DDL / SQL (single quotes doubled)."""
-    return "'" + value.replace("'", "''") + "'"
+    """Quote a string literal for Athena DDL, which Hive parses: C-style escapes (``\\'``,
+    ``\\\\``). Doubling a quote is wrong there: Hive reads ``'a''b'`` as two adjacent
+    literals, ``ab``."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def table_location(warehouse_uri: str, table: Table) -> str:

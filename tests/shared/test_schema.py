@@ -92,5 +92,6 @@ def test_ddl_quotes_hostile_values() -> None:
     alter = ddl.set_service_values(schema.CONTAINER_LOGS, ["it's"], database="logs")
     assert alter.startswith("ALTER TABLE `logs`.`container_logs`")
     assert "'it_s'" in alter
-    assert ddl.quote_string("a'b") == "'a''b'"
+    assert ddl.quote_string("a'b") == "'a\\'b'"  # Hive DDL: C-style escapes
+    assert ddl.quote_string("s3://b/pre\\fix") == "'s3://b/pre\\\\fix'"
     assert ddl.quote_ident("we`ird") == "`we``ird`"
