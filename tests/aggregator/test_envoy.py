@@ -132,6 +132,9 @@ def test_format_without_required_fields_is_refused() -> None:
         compile_format("%START_TIME(%H:%M:%S)% %RESPONSE_CODE%")
     # These compiled, then failed every flush of a segment holding a matching line (KeyError),
     # which ended in quarantine with every other line of the segment.
+    with pytest.raises(FormatError, match="over the limits"):
+        compile_format("[%START_TIME%] %RESPONSE_CODE% " + '"%REQ(X)%" ' * 200)
+    compile_format("[%START_TIME%] %RESPONSE_CODE% " + '"%REQ(X)%" ' * 100)  # within them
     for spec in ("%s%s", "%3f.%s", "%s.%3f %s"):
         with pytest.raises(FormatError, match="%s must appear once, before any fraction"):
             compile_format(f"[%START_TIME({spec})%] %RESPONSE_CODE%")
