@@ -17,6 +17,7 @@ from typing import Any
 from aggregator.buffer import NODE_ID
 from aggregator.decode import BUFFER_COMPRESSIONS
 from athena.warehouse import resolve_uri
+from shipper.wire import MAX_MESSAGE_ENTRIES
 
 DEFAULT_LISTEN = "127.0.0.1:24224"
 MiB = 1024 * 1024
@@ -59,6 +60,8 @@ class Settings:
     compact_interval: float = 0.0
     """Seconds between compaction passes of the service; 0 (default) disables the periodic
     task. Enable it on one instance per warehouse (see aggregator/compaction.py)."""
+    max_message_entries: int = MAX_MESSAGE_ENTRIES
+    """Entries one Forward message may hold (its memory grows with them, not with its bytes)."""
     max_connections: int = 1024
     """Connections beyond this are closed as soon as they are accepted."""
     idle_timeout: float = 600.0
@@ -129,6 +132,10 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
             "help": "compact every N s (default 0: off); safe on every aggregator: the live one "
             "with the smallest node id compacts",
         },
+    ),
+    (
+        "--max-message-entries",
+        {"type": int, "help": f"entries in one Forward message (default {MAX_MESSAGE_ENTRIES:,})"},
     ),
     ("--max-connections", {"type": int, "help": "concurrent connections (default 1024)"}),
     ("--idle-timeout", {"type": float, "help": "close silent connections after (600 s)"}),
@@ -237,6 +244,8 @@ def _check(s: Settings) -> None:
     _seconds(s.unhealthy_after, "--unhealthy-after")
     _seconds(s.idle_timeout, "--idle-timeout")
     _seconds(s.compact_interval, "--compact-interval", zero_ok=True)  # 0: off
+    if s.max_message_entries < 1:
+        raise ConfigError(f"--max-message-entries must be at least 1, got {s.max_message_entries}")
     if s.max_connections < 1:
         raise ConfigError(f"--max-connections must be at least 1, got {s.max_connections}")
     if s.log_level.lower() not in LOG_LEVELS:

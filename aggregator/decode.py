@@ -278,8 +278,11 @@ def _decode(obj: Any, max_decompressed: int, max_entries: int) -> tuple[pa.Recor
             if compressed in ("gzip", b"gzip"):
                 blob = wire.gunzip_members(blob, max_decompressed)
             # The msgspec path reads exactly ``size`` entries and nothing after them (a wrong
-            # size declines it); _unpack_entries reads them all and refuses a truncated blob.
-            batch = _packed(tag, blob, (options or {}).get("size"))
+            # size declines it); _unpack_entries reads them all and refuses a truncated blob,
+            # or one of more than ``max_entries`` (a size over it skips the msgspec path).
+            size = (options or {}).get("size")
+            if not (isinstance(size, int) and size > max_entries):
+                batch = _packed(tag, blob, size)
             if batch is None:
                 batch = _fast_entries(tag, _unpack_entries(blob, max_entries))
     elif isinstance(second, list) and (options is None or isinstance(options, dict)):

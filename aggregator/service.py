@@ -143,6 +143,7 @@ class Aggregator:
                 self.settings.max_frame_bytes,
                 self.settings.max_connections,
                 self.settings.idle_timeout,
+                self.settings.max_message_entries,
             ),
             shared_key=self.settings.shared_key,
             ssl_context=ssl_ctx,

@@ -59,6 +59,7 @@ def test_config_file_and_flag_precedence(tmp_path: Path) -> None:
         ("", ["--idle-timeout", "-1"], "--idle-timeout must be > 0 seconds"),
         ("", ["--compact-interval", "inf"], "--compact-interval must be >= 0 seconds"),
         ("", ["--max-connections", "0"], "--max-connections must be at least 1"),
+        ("", ["--max-message-entries", "0"], "--max-message-entries must be at least 1"),
         ("", ["--log-level", "verbose"], "--log-level must be one of debug, info"),
         ("", ["--node-id", "../../escaped"], "--node-id must be 1-64 letters"),
         ("", ["--warehouse", " "], "--warehouse is empty"),

@@ -283,3 +283,24 @@ def _closed_after_ack(sock: socket.socket) -> bytes:
     sock.sendall(b"[" * 200_000)
     rest = _closed(sock)
     return ack + rest
+
+
+@pytest.mark.integration
+def test_the_entry_limit_is_a_flag(tmp_path: Path) -> None:
+    agg = start_aggregator(tmp_path, extra=["--max-message-entries", "10"])
+    now = time.time_ns()
+    try:
+        with agg.connect() as sock:
+            sock.sendall(
+                wire.encode_packed_forward(
+                    "logq.t", [(now, record(f"ok-{i}", "t")) for i in range(10)], "ten"
+                )
+            )
+            assert read_acks(sock, 1) == ["ten"]
+            eleven = [(now, record(f"no-{i}", "t")) for i in range(11)]
+            sock.sendall(wire.encode_packed_forward("logq.t", eleven, "eleven"))
+            assert _closed(sock) == b""
+    finally:
+        assert agg.stop() == 0
+    assert read_table(agg.warehouse, "container_logs").num_rows == 10
+    assert "more than 10 entries in one message" in agg.log_text()
