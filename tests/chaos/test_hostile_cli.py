@@ -262,7 +262,7 @@ CASES: list[tuple[str, list[str], Refused | Rows | Prints]] = [
      Refused("unsupported warehouse scheme")),
     # ddl writes SQL for Athena: hostile locations and names come out quoted, not executed.
     ("ddl-warehouse-quote", ["ddl", "--warehouse", "s3://b/p'; DROP TABLE x; --"],
-     Prints("LOCATION 's3://b/p''; DROP TABLE x; --/envoy_access/'")),
+     Prints("LOCATION 's3://b/p\\'; DROP TABLE x; --/envoy_access/'")),  # Hive escape
     ("ddl-database-backtick", ["ddl", "--warehouse", "s3://b/p", "--athena-database",
      "x`; DROP TABLE y; --"], Prints("`x``; DROP TABLE y; --`.`envoy_access`")),
     ("ddl-service-or", ["ddl", "--warehouse", "s3://b/p", "-s", INJECT],
