@@ -13,6 +13,7 @@ Endpoint and credentials come from the standard AWS settings (``AWS_ENDPOINT_URL
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -31,6 +32,22 @@ TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 def _human_bytes(n: int | None) -> str:
     return human_bytes(n or 0)
+
+
+def quiet_pyathena() -> None:
+    """Keep pyathena's own logging off the terminal.
+
+    pyathena logs every failed API call with ``_logger.exception`` (a full traceback) and then
+    raises; logq turns that exception into one clear line, so the traceback is noise. With no
+    logging configured, Python would print it through its last-resort handler. ``LOGQ_DEBUG=1``
+    (which also makes logq re-raise its own errors) leaves pyathena's logging as it is.
+    """
+    if os.environ.get("LOGQ_DEBUG"):
+        return
+    logger = logging.getLogger("pyathena")
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
+    logger.propagate = False
 
 
 class AthenaEngine:
@@ -74,6 +91,8 @@ class AthenaEngine:
     def _connect(self) -> Any:
         from pyathena import connect
         from pyathena.async_cursor import AsyncCursor
+
+        quiet_pyathena()
 
         kwargs: dict[str, Any] = {
             "region_name": self.region,

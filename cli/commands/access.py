@@ -10,19 +10,40 @@ from cli.options import Common, query_command
 
 
 def parse_status(value: str) -> tuple[int, int]:
-    """``--status``: ``5xx``, ``4xx`` (any ``Nxx``), a code such as ``503``, or ``4xx-5xx``."""
+    """``--status``: ``5xx``, ``4xx`` (any ``Nxx``), a code such as ``503``, or ``4xx-5xx``.
+
+    A range must run low to high (``5xx-1xx`` or ``503-500`` would match nothing, and a silent
+    "no results" reads as "no errors"); every error quotes the value as typed.
+    """
     text = value.strip().lower()
     if "-" in text:
-        lo, hi = text.split("-", 1)
-        return parse_status(lo)[0], parse_status(hi)[1]
+        lo_text, hi_text = text.split("-", 1)
+        lo, hi = _status_bounds(lo_text, value), _status_bounds(hi_text, value)
+        if lo[0] > hi[1]:
+            raise ValueError(
+                f"--status {_shown(value)}: the range runs backwards (it would match nothing); "
+                f"write the lower end first, e.g. {hi_text}-{lo_text}"
+            )
+        return lo[0], hi[1]
+    return _status_bounds(text, value)
+
+
+def _status_bounds(text: str, value: str) -> tuple[int, int]:
+    """One side of ``--status`` (``5xx`` or ``503``) as a code range; errors quote ``value``."""
     if len(text) == 3 and text[0] in "12345" and text[1:] == "xx":
         base = int(text[0]) * 100
         return base, base + 99
-    if text.isdigit() and (int(text) == 0 or 100 <= int(text) <= 599):
+    if text.isascii() and text.isdigit() and (int(text) == 0 or 100 <= int(text) <= 599):
         return int(text), int(text)
     raise ValueError(
-        f"--status {value!r}: use 5xx, 4xx, a code such as 503 or 0, or a range 4xx-5xx"
+        f"--status {_shown(value)}: use 5xx, 4xx, a code such as 503 or 0, or a range 4xx-5xx"
     )
+
+
+def _shown(value: str) -> str:
+    from cli.runner import shown
+
+    return shown(value)
 
 
 @query_command

@@ -39,11 +39,15 @@ def tail(
 
     with friendly():
         if grep is not None:
-            _check_regex(grep)
+            _check_regex(grep, common)
         extra = {"grep": grep or "", "stream": stream.value if stream else ""}
         prep = runner.prepare(
             common, "tail", "container_logs", extra, default_since="15m", default_limit=100
         )
+        if follow:
+            from cli.follow import follow_sql
+
+            prep.sql = follow_sql()  # with host and container_id: --follow tells rows apart
         result = runner.execute(common, prep)
         if result is None:
             return
@@ -63,13 +67,32 @@ def tail(
         follow_lines(common, prep, rows, interval, _print_log_lines)
 
 
-def _check_regex(pattern: str) -> None:
-    import re
+def _check_regex(pattern: str, common: Common) -> None:
+    """Refuse a ``--grep`` the engine would refuse, in one line, before any query runs.
+
+    The engines do not speak Python's ``re``: DuckDB uses RE2 (``\\p{L}`` works, look-arounds
+    and back-references do not), Athena uses Java-style regular expressions. So the local engine
+    asks DuckDB itself (an in-memory call on an empty string, a few ms); for Athena only what no
+    engine takes is refused here, and Athena's own error says the rest.
+    """
+    from cli.options import EngineName
+    from cli.runner import shown
+
+    if "\x00" in pattern:
+        raise ValueError(f"--grep {shown(pattern)} contains a NUL character")
+    if common.engine is not EngineName.local:
+        return
+    import duckdb
 
     try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"--grep {pattern!r} is not a regular expression: {exc}") from None
+        with duckdb.connect(":memory:") as con:
+            con.execute("SELECT regexp_matches('', $p)", {"p": pattern}).fetchall()
+    except duckdb.Error as exc:
+        reason = str(exc).splitlines()[0].removeprefix("Invalid Input Error: ")
+        raise ValueError(
+            f"--grep {shown(pattern)} is not a regular expression the local engine (RE2) "
+            f"accepts: {reason}"
+        ) from None
 
 
 def _print_log_lines(common: Common, result, prep, rows: list, stream: bool = False) -> None:

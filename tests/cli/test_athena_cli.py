@@ -146,3 +146,40 @@ def test_athena_settings_from_environment(logq, moto: str, monkeypatch: pytest.M
     assert sent["ResultConfiguration"]["OutputLocation"].startswith("s3://env-results/q/")
     assert sent["WorkGroup"] == "primary"
     assert "no matching rows" in run.stderr and "logq services --engine athena" in run.stderr
+
+
+def test_athena_api_error_is_one_line_without_pyathena_traceback(
+    moto_server: str, subprocess_env: dict[str, str]
+) -> None:
+    """pyathena logs a traceback for every failed API call; a real `logq` process (no pytest
+    log capture) must show only logq's own one-line error."""
+    import subprocess
+    import sys
+
+    env = {
+        **subprocess_env,
+        "AWS_ENDPOINT_URL_ATHENA": moto_server,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": "us-east-1",
+    }
+    env.pop("LOGQ_DEBUG", None)
+    run = subprocess.run(
+        [sys.executable, "-c", "from cli.app import main; main()", "top", "--since", "1h",
+         "--engine", "athena", "--athena-workgroup", "no-such-workgroup"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr and "Failed to" not in run.stderr, run.stderr
+    errors = [ln for ln in run.stderr.splitlines() if ln.startswith("logq: error:")]
+    assert len(errors) == 1 and "WorkGroup" in errors[0], run.stderr
+
+
+def test_tail_grep_goes_to_athena_unjudged(logq, moto: str) -> None:
+    """Athena's regular expressions are not Python's: logq does not refuse a look-ahead or
+    ``\\p{L}`` for Athena (Athena itself says if a pattern is bad)."""
+    for pattern in ("(?=x)err", r"\p{L}+"):
+        queue_result(moto, [("timestamp", "timestamp"), ("message", "varchar")], [])
+        run = logq("tail", "-s", "recipe", "--grep", pattern, "-f", "json", *ATHENA)
+        assert run.exit_code == 0, run.stderr
+        assert f"regexp_like(message, '{pattern}')" in executions(moto)[-1]["Query"]

@@ -222,6 +222,22 @@ def test_tail_bad_regex_is_clear(logq, warehouse: Warehouse) -> None:
     assert run.exit_code == 2 and "not a regular expression" in run.stderr
 
 
+def test_tail_grep_is_checked_as_re2_not_python_re(logq, warehouse: Warehouse) -> None:
+    """The local engine runs RE2: what RE2 takes passes (``\\p{L}``), Python-only syntax
+    (look-arounds, back-references, ``\\Z``, possessive ``*+``) gets one clear line, exit 2."""
+    wide = ["--warehouse", warehouse.uri, "--since", SINCE, "--until", UNTIL, "-f", "json"]
+    run = logq("tail", "-s", "recipe", "--grep", r"^\p{Lu}+ line \d+", "--limit", "3", *wide)
+    assert run.exit_code == 0, run.stderr
+    assert len(run.json()) == 3
+    run = logq("tail", "--grep", "[[:alpha:]]", "--limit", "1", *wide)
+    assert run.exit_code == 0, run.stderr
+    for bad in ("(?=a)", r"(a)\1", r"(?P<n>a)(?P=n)", r"\Z", "a*+", "(x{1000}){1000}"):
+        run = logq("tail", "--grep", bad, *wide)
+        assert run.exit_code == 2, (bad, run.stdout)
+        assert "not a regular expression the local engine (RE2) accepts" in run.stderr, bad
+        assert repr(bad) in run.stderr and "Traceback" not in run.stderr
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -224,6 +224,22 @@ def test_bad_time_and_status_are_clear_errors(logq, warehouse: Warehouse) -> Non
     assert run.exit_code == 2 and "5xx" in run.stderr
 
 
+def test_backward_and_half_status_ranges_are_refused(logq, warehouse: Warehouse) -> None:
+    """A range that matches nothing is refused (not "no results"); errors quote the value typed."""
+    for value in ("5xx-1xx", "503-500", "5xx-4xx"):
+        run = logq("errors", "--status", value, "--warehouse", warehouse.uri)
+        assert run.exit_code == 2, (value, run.stdout)
+        assert "backwards" in run.stderr and repr(value) in run.stderr
+        assert "Traceback" not in run.stderr
+    for value in ("5xx-", "-", "-5xx", "5xx-6xx"):
+        run = logq("errors", "--status", value, "--warehouse", warehouse.uri)
+        assert run.exit_code == 2 and f"--status {value!r}:" in run.stderr, (value, run.stderr)
+    run = logq("errors", "--status", "500-503", "--since", SINCE, "--until", UNTIL, "-f", "json",
+               "--warehouse", warehouse.uri)  # fmt: skip
+    assert run.exit_code == 0
+    assert {r["response_code"] for r in run.json()} <= {500, 501, 502, 503}
+
+
 def test_env_var_warehouse(logq, warehouse: Warehouse, monkeypatch) -> None:
     monkeypatch.setenv("LOGQ_WAREHOUSE", warehouse.uri)
     run = logq(

@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pandas as pd
+
 from athena.timerange import iso_utc
-from cli import runner
-from cli.follow import follow_lines
+from cli import follow, runner
+from cli.follow import follow_lines, follow_sql
 from cli.options import Common, EngineName
 from cli.output import OutputFormat
 from tests.athena.factory import logs_frame, write_frame
@@ -36,6 +38,7 @@ def test_follow_prints_late_lines_once(tmp_path: Path) -> None:
         common, "tail", "container_logs", {"grep": "", "stream": ""}, default_since="10m",
         default_limit=100,
     )  # fmt: skip
+    prep.sql = follow_sql()
     initial = list(reversed(runner.execute(common, prep).rows))
     printed: list[list[tuple]] = []
 
@@ -57,6 +60,135 @@ def test_follow_prints_late_lines_once(tmp_path: Path) -> None:
     assert sorted(r[4] for r in printed[1]) == sorted(late["message"])
     shown = [iso_utc(r[0]) for r in printed[1]]
     assert shown == sorted(shown)
+
+
+def _add_file(uri: str, tmp_path: Path, frame: pd.DataFrame, name: str) -> None:
+    """Add ``frame`` as new files next to those already in the warehouse (as a flush does)."""
+    staging = tmp_path / f"staging-{name}"
+    write_frame(str(staging), "container_logs", frame)
+    for src in staging.rglob("*.parquet"):
+        rel = src.relative_to(staging)
+        dest = Path(uri, rel.parent, f"{name}-{src.name}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        src.rename(dest)
+
+
+def _frame(rows: list[tuple[datetime, str, str, str]]) -> pd.DataFrame:
+    """container_logs rows of service ``svc`` from (timestamp, host, container_id, message)."""
+    frame = pd.DataFrame(
+        [
+            {"timestamp": ts, "service": "svc", "host": host, "container_id": cid,
+             "container_name": "app", "stream": "stdout", "message": msg}
+            for ts, host, cid, msg in rows
+        ]
+    )  # fmt: skip
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).dt.floor("ms")
+    return frame
+
+
+def _follow(
+    tmp_path: Path,
+    arrivals: list[pd.DataFrame],
+    polls: int,
+    monkeypatch,
+    limit: int = 100,
+    history: list[str] = (),
+) -> tuple[list[list[tuple]], list[str], int]:
+    """Follow ``svc``; before poll k, ``arrivals[k]`` lands. Returns the printed batches (after
+    the initial one), the notes and the number of queries the polls ran."""
+    uri = str(tmp_path / "wh")
+    now = datetime.now(UTC).replace(microsecond=0)
+    old = [(now - timedelta(seconds=60 + i), "h1", "c", msg) for i, msg in enumerate(history)]
+    write_frame(
+        uri, "container_logs", _frame([*old, (now - timedelta(seconds=50), "h1", "c", "seed")])
+    )
+    common = _common(uri)
+    prep = runner.prepare(
+        common, "tail", "container_logs", {"grep": "", "stream": ""}, default_since="10m",
+        default_limit=limit,
+    )  # fmt: skip
+    prep.sql = follow_sql()
+    initial = list(reversed(runner.execute(common, prep).rows))
+    batches: list[list[tuple]] = []
+    notes: list[str] = []
+    queries = {"n": 0}
+    real_execute = runner.execute
+
+    def counting_execute(common, prep):
+        queries["n"] += 1
+        return real_execute(common, prep)
+
+    def sleep(seconds: float) -> None:
+        k = len(batches_seen)
+        if k < len(arrivals) and not arrivals[k].empty:
+            _add_file(uri, tmp_path, arrivals[k], f"arrival{k}")
+        batches_seen.append(k)
+
+    batches_seen: list[int] = []
+
+    def printer(common, result, prep, rows, stream=False):
+        batches.append(list(rows))
+
+    monkeypatch.setattr(runner, "execute", counting_execute)
+    monkeypatch.setattr(runner, "note", notes.append)
+    monkeypatch.setattr(follow.time, "sleep", sleep)
+    follow_lines(common, prep, initial, 1.0, printer, polls=polls)
+    assert [r[4] for r in batches[0]] == ["seed"]
+    return batches[1:], notes, queries["n"]
+
+
+def test_follow_pages_through_a_burst_larger_than_a_poll(tmp_path: Path, monkeypatch) -> None:
+    """More new lines than one query returns (POLL_LIMIT) between two polls: all are printed,
+    once, in time order, and no note is needed."""
+    monkeypatch.setattr(follow, "POLL_LIMIT", 40)
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=20)
+    # 150 lines; several share a millisecond so a page boundary falls inside one.
+    burst = _frame([(base + timedelta(milliseconds=i // 3), "h1", "c", f"burst {i}")
+                    for i in range(150)])  # fmt: skip
+    batches, notes, queries = _follow(tmp_path, [burst], 2, monkeypatch)
+    printed = [r[4] for b in batches for r in b]
+    assert sorted(printed) == sorted(burst["message"]) and len(printed) == 150
+    shown = [r[0] for b in batches for r in b]
+    assert shown == sorted(shown)
+    assert notes == []
+    assert queries > 2, "a poll that got a full page read on"
+
+
+def test_follow_tells_apart_hosts_and_repeated_lines(tmp_path: Path, monkeypatch) -> None:
+    """The same line at the same millisecond from another host, arriving a poll later, is a new
+    line; so is a container printing the same line twice in one millisecond."""
+    ts = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
+    first = _frame([(ts, "hostA", "c", "GET /health 200")])
+    second = _frame([(ts, "hostB", "c", "GET /health 200"), (ts, "hostB", "c2", "GET /health 200"),
+                     (ts, "hostA", "c", "twice"), (ts, "hostA", "c", "twice")])  # fmt: skip
+    batches, notes, queries = _follow(tmp_path, [first, second, pd.DataFrame()], 3, monkeypatch)
+    assert queries == 3, "a poll on a quiet service is one query"
+    assert len(batches) == 2 and len(batches[0]) == 1 and len(batches[1]) == 4
+    assert sorted(r[4] for r in batches[1]) == sorted(second["message"])
+    assert notes == []
+
+
+def test_follow_says_when_it_cannot_read_everything(tmp_path: Path, monkeypatch) -> None:
+    """More lines in one millisecond than a query returns cannot be paged: a note says so, once,
+    and the lines it could read are still printed."""
+    monkeypatch.setattr(follow, "POLL_LIMIT", 20)
+    ts = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
+    crowd = _frame([(ts, "h1", "c", f"same ms {i}") for i in range(30)])
+    batches, notes, _ = _follow(tmp_path, [crowd, pd.DataFrame()], 2, monkeypatch)
+    assert len(notes) == 1 and "skipped" in notes[0], notes
+    assert sum(len(b) for b in batches) == 20
+
+
+def test_follow_does_not_print_lines_older_than_the_first_page(tmp_path: Path, monkeypatch) -> None:
+    """`tail -F --limit 1`: the lines before the one shown are history and stay unprinted, but a
+    line arriving late (stamped before the one shown) is news and is printed."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    late = _frame([(now - timedelta(seconds=55), "h2", "c", "late")])
+    batches, notes, _ = _follow(
+        tmp_path, [pd.DataFrame(), late, pd.DataFrame()], 3, monkeypatch, limit=1,
+        history=["old 1", "old 2"],
+    )  # fmt: skip
+    assert [[r[4] for r in b] for b in batches] == [["late"]] and notes == []
 
 
 def test_follow_cli_stops_on_ctrl_c(tmp_path: Path, monkeypatch) -> None:
