@@ -286,10 +286,7 @@ def _decode(obj: Any, max_decompressed: int, max_entries: int) -> tuple[pa.Recor
             if batch is None:
                 batch = _fast_entries(tag, _unpack_entries(blob, max_entries))
     elif isinstance(second, list) and (options is None or isinstance(options, dict)):
-        if len(second) > max_entries:
-            raise wire.ProtocolError(
-                f"more than {max_entries} entries in one message (the per-message entry limit)"
-            )
+        wire.check_entries(len(second), max_entries)
         batch = _fast_entries(tag, second)
     if batch is None:
         batch = _general(obj, max_decompressed, max_entries)

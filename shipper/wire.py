@@ -214,11 +214,7 @@ def unpack_entries(blob: bytes, max_entries: int, **options: Any) -> list[Any]:
         for start in range(0, len(blob), _UNPACK_SLICE):
             unpacker.feed(view[start : start + _UNPACK_SLICE])
             entries.extend(itertools.islice(unpacker, max_entries + 1 - len(entries)))
-            if len(entries) > max_entries:
-                raise ProtocolError(
-                    f"more than {max_entries} entries in one message (the per-message entry "
-                    "limit): send smaller chunks"
-                )
+            check_entries(len(entries), max_entries)
         # Whether the blob ended between two entries: feed one nil. Between entries it comes
         # back as a nil object of its own; inside an unfinished entry it becomes part of that
         # entry, which then stays unfinished or completes as something that is not a nil.
@@ -238,6 +234,15 @@ def unpack_entries(blob: bytes, max_entries: int, **options: Any) -> list[Any]:
             f"{len(entries)} complete ones"
         )
     return entries
+
+
+def check_entries(count: int, max_entries: int) -> None:
+    """Refuse a message of more than ``max_entries`` entries (the per-message entry limit)."""
+    if count > max_entries:
+        raise ProtocolError(
+            f"more than {max_entries} entries in one message (the per-message entry limit): "
+            "send smaller chunks"
+        )
 
 
 def _over_length_limit(exc: Exception) -> bool:
@@ -347,10 +352,7 @@ def decode_message(
         return Message(tag, [Event(tag, time_to_ns(second), _record(obj[2]))], options)
     options = _options(obj[2] if len(obj) > 2 else None)
     if isinstance(second, list | tuple):
-        if len(second) > max_entries:
-            raise ProtocolError(
-                f"more than {max_entries} entries in one message (the per-message entry limit)"
-            )
+        check_entries(len(second), max_entries)
         return Message(tag, [_entry(tag, e) for e in second], options)
     if isinstance(second, bytes | str):
         blob = second if isinstance(second, bytes) else second.encode("utf-8", "surrogateescape")
