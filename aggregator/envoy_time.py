@@ -39,6 +39,8 @@ _CALENDAR = {
     "z": r"(?:[+-]\d{2}:?\d{2}|Z)",
 }
 _EXPAND = {"T": "%H:%M:%S", "F": "%Y-%m-%d"}
+#: Regex of ``%s`` (epoch seconds); also how the epoch parts are told apart from literals.
+_EPOCH_DIGITS = r"\d{1,12}"
 _DIRECTIVE = re.compile(r"%([1-9]?f|[A-Za-z%])")
 
 
@@ -103,7 +105,7 @@ def compile_time_format(spec: str) -> TimeFormat:
             pos = m.end()
             continue
         elif d == "s":
-            piece, strp_piece, epoch = r"\d{1,12}", "", True
+            piece, strp_piece, epoch = _EPOCH_DIGITS, "", True
         elif d in _CALENDAR:
             piece, strp_piece = _CALENDAR[d], f"%{d}"
         else:
@@ -121,7 +123,7 @@ def compile_time_format(spec: str) -> TimeFormat:
     strp.append(spec[pos:])
     if epoch and any(d in spec for d in ("%Y", "%m", "%d", "%H", "%M", "%S")):
         raise ValueError(f"%START_TIME({spec})%: %s cannot be mixed with calendar fields")
-    if epoch and (spec.count("%s") > 1 or r"\d{1,12}" in after):
+    if epoch and (spec.count("%s") > 1 or _EPOCH_DIGITS in after):
         raise ValueError(
             f"%START_TIME({spec})%: %s must appear once, before any fraction (%f, %3f ...)"
         )
@@ -129,7 +131,7 @@ def compile_time_format(spec: str) -> TimeFormat:
         raise ValueError(f"%START_TIME({spec})%: needs a year (%Y or %y) or %s to be a time")
     if epoch:
         # Only the digits of %s take part in the number; literals around them are dropped.
-        before = [p if p == r"\d{1,12}" else f"(?:{p})" for p in before]
+        before = [p if p == _EPOCH_DIGITS else f"(?:{p})" for p in before]
         parts = _epoch_parts(before, frac, after)
     else:
         parts = f"^(?P<a>{''.join(before)})(?P<f>{frac})(?P<b>{''.join(after)})$"
@@ -167,6 +169,6 @@ def _self_test(fmt: TimeFormat) -> None:
 
 def _epoch_parts(before: list[str], frac: str, after: list[str]) -> str:
     """Groups for an epoch spec: ``a`` = the seconds digits, ``f`` the fraction, ``b`` empty."""
-    head = "".join(f"(?P<a>{p})" if p == r"\d{1,12}" else p for p in before)
+    head = "".join(f"(?P<a>{p})" if p == _EPOCH_DIGITS else p for p in before)
     tail = "".join(after)
     return f"^{head}(?P<f>{frac}){tail}(?P<b>)$"
