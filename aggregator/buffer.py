@@ -349,11 +349,20 @@ class Buffer:
         """Sealed segments waiting to be flushed, oldest first."""
         return list(self._sealed)
 
+    @property
+    def quarantine_dir(self) -> Path:
+        """Where :meth:`quarantine` puts segments: a buffer dir of its own."""
+        return self.dir / QUARANTINE_DIR
+
+    def quarantined(self) -> int:
+        """Segments waiting in :attr:`quarantine_dir`."""
+        return len(list(self.quarantine_dir.glob("*.seg")))
+
     def quarantine(self, segment: Segment) -> Path:
         """Move a segment that cannot be flushed (a data error, not an outage) out of the way,
         into a buffer dir of its own that ``logq-aggregator drain`` writes out after a fix.
         Nothing is deleted; the segments behind it flow again."""
-        folder = self.dir / QUARANTINE_DIR
+        folder = self.quarantine_dir
         folder.mkdir(exist_ok=True)
         if not (folder / "node-id").exists():  # its own keys: never this node's segment keys
             write_atomic(folder / "node-id", f"{self.node_id[:53]}-quarantine\n".encode("ascii"))

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aggregator import logs
-from aggregator.buffer import QUARANTINE_DIR, SPILL_DIR, Buffer, Segment
+from aggregator.buffer import SPILL_DIR, Buffer, Segment
 from aggregator.catalog import Catalog
 from aggregator.config import (
     ConfigError,
@@ -204,7 +204,7 @@ class Aggregator:
                 "drain: %d segments failed with a data error and were moved to %s, not "
                 "written; the rest is in %s",
                 self._quarantined_here,
-                self.buffer.dir / QUARANTINE_DIR,
+                self.buffer.quarantine_dir,
                 self.warehouse.uri,
             )
             return 1
@@ -249,23 +249,19 @@ class Aggregator:
             return 1
         if self.ledger is not None:  # holds nothing now: replaying peers need not wait for it
             await asyncio.to_thread(self.ledger.forget)
-        set_aside = self._set_aside()
+        set_aside = self.buffer.quarantined()
         if set_aside:
             log.warning(
                 "stopped: every acknowledged record is in %s, except %d quarantined segments "
                 "in %s (a data error; after a fix: logq-aggregator drain --buffer-dir %s)",
                 self.warehouse.uri,
                 set_aside,
-                self.buffer.dir / QUARANTINE_DIR,
-                self.buffer.dir / QUARANTINE_DIR,
+                self.buffer.quarantine_dir,
+                self.buffer.quarantine_dir,
             )
             return 0
         log.info("stopped cleanly: every acknowledged record is in %s", self.warehouse.uri)
         return 0
-
-    def _set_aside(self) -> int:
-        """Segments waiting in the quarantine folder (Buffer.quarantine)."""
-        return len(list((self.buffer.dir / QUARANTINE_DIR).glob("*.seg")))
 
     # --- flushing ---------------------------------------------------------------------------
 

@@ -129,4 +129,4 @@ def test_a_drain_that_sets_a_segment_aside_says_so_and_exits_1(
     assert asyncio.run(asyncio.wait_for(agg.drain(), 120)) == 1
     assert "drain: 1 segments failed with a data error and were moved to" in caplog.text
     assert "drained " not in caplog.text
-    assert agg._set_aside() == 1
+    assert agg.buffer.quarantined() == 1
