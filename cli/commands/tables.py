@@ -64,8 +64,7 @@ def sql(
                 sys.stdout.write(engine.prepare(query, {}, scopes, explain)[0] + "\n")
                 return
             result = run_local(engine, query, scopes, trange, explain)
-        rows = result.rows[: common.limit] if common.limit else result.rows
-        runner.show(common, result, rows=rows)
+        runner.show(common, result)  # show() holds --limit
 
 
 #: Statement kinds ``logq sql`` runs locally (sqlglot's names); ``Command`` is checked by word.
