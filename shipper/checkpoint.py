@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from shipper.errors import ConfigError
+from shipper.errors import ConfigError, clipped, preview
 
 log = logging.getLogger("logq.shipper.checkpoint")
 
@@ -68,13 +68,13 @@ def parse_entry(value: object) -> tuple[FileState | None, str]:
         return None, f"entry is a JSON {_json_type(value)}, not an object"
     for name in ("source", "path", "source_id"):
         if not isinstance(value.get(name), str) or not value[name]:
-            return None, f"{name} is {_short(value.get(name))}, not a non-empty string"
+            return None, f"{name} is {preview(value.get(name), 40)}, not a non-empty string"
     problems: list[str] = []
     positions: dict[str, int] = {}
     for name in ("offset", "acked", "epoch"):
         v = value.get(name, 0)
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_OFFSET:
-            problems.append(f"{name}={_short(v)}")
+            problems.append(f"{name}={preview(v, 40)}")
             v = 0
         positions[name] = v
     if any(p.startswith(("offset=", "acked=")) for p in problems):
@@ -105,17 +105,9 @@ def parse_entry(value: object) -> tuple[FileState | None, str]:
     return state, ", ".join(problems)
 
 
-def _short(value: object, limit: int = 40) -> str:
-    return _clip(repr(value), limit)
-
-
 def _json_type(value: object) -> str:
     names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
     return names.get(type(value), "number")
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class Registry:
@@ -157,7 +149,7 @@ class Registry:
         except FileNotFoundError:
             return
         except (OSError, ValueError, RecursionError) as exc:
-            self._set_aside(f"unreadable ({_clip(str(exc), 120)})")
+            self._set_aside(f"unreadable ({clipped(str(exc), 120)})")
             return
         if not isinstance(doc, dict):
             self._set_aside(f"of the wrong shape (a JSON {_json_type(doc)}, not an object)")

@@ -6,9 +6,13 @@
     ├── ConfigError               bad flags or config file (exit 2)
     └── DeliveryError             batches could not be delivered within the retry budget
         └── HandshakeError        the aggregator refused the shared key or demanded one
+
+and the helpers that keep a value quoted in an error message short (:func:`preview`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class ShipperError(Exception):
@@ -25,3 +29,13 @@ class DeliveryError(ShipperError):
 
 class HandshakeError(DeliveryError):
     """The shared-key handshake failed: retrying will not help until the key is fixed."""
+
+
+def clipped(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (``...`` marks the cut), for error messages."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def preview(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` for an error message, cut at ``limit`` characters."""
+    return clipped(repr(value), limit)

@@ -36,7 +36,7 @@ import msgpack
 
 from shipper import resolve, wire
 from shipper.config import Endpoint
-from shipper.errors import DeliveryError, HandshakeError
+from shipper.errors import DeliveryError, HandshakeError, preview
 
 log = logging.getLogger("logq.shipper.sender")
 
@@ -81,13 +81,8 @@ def _protocol_error(ep: Endpoint, exc: BaseException | None = None, obj: Any = N
         detail = str(cause).strip() or type(cause).__name__
         what = f"bytes that are not msgpack ({detail})"
     else:
-        what = f"{_preview(obj)} where an ack map was expected"
+        what = f"{preview(obj)} where an ack map was expected"
     return f"aggregator {ep} answered {what}; is this address a logq-aggregator (Forward) port?"
-
-
-def _preview(obj: Any, limit: int = 60) -> str:
-    text = repr(obj)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def describe_error(exc: BaseException) -> str:
@@ -395,7 +390,7 @@ class ForwardClient:
         if not (isinstance(helo, list) and len(helo) >= 2 and helo[0] == "HELO"):
             # Not a Forward server (or a broken one): a connection error, not a key problem.
             raise PeerProtocolError(
-                f"aggregator {ep} answered {_preview(helo)} instead of HELO; "
+                f"aggregator {ep} answered {preview(helo)} instead of HELO; "
                 "is this address a logq-aggregator (Forward) port?"
             )
         opts = helo[1] if isinstance(helo[1], dict) else {}
@@ -421,7 +416,7 @@ class ForwardClient:
         pong = await _read_one(ep, reader, unpacker, HANDSHAKE_TIMEOUT)
         if not (isinstance(pong, list) and len(pong) >= 5 and pong[0] == "PONG"):
             raise PeerProtocolError(
-                f"aggregator {ep} answered {_preview(pong)} instead of PONG; "
+                f"aggregator {ep} answered {preview(pong)} instead of PONG; "
                 "is this address a logq-aggregator (Forward) port?"
             )
         _, ok, reason, server_host, digest = pong[:5]
