@@ -94,6 +94,8 @@ CONSTANT_KEYS = RAW_KEYS[1:]
 _MAX_DECODERS = 1024
 #: ... and the longest metadata (in characters) that gets one, so hostile values stay small.
 _MAX_METADATA_CHARS = 4096
+#: Objects the first entry may build while its metadata is read (a shipper record: ~20).
+_MAX_FIRST_ENTRY_OBJECTS = 4096
 #: Smaller messages take the per-record path: building a decoder (~0.1 ms) pays off only over
 #: many records, and a client sending tiny messages with ever new metadata cannot make every
 #: message build one.
@@ -123,7 +125,11 @@ def _first_metadata(blob: bytes) -> tuple[str | None, ...] | None:
     """The :data:`CONSTANT_KEYS` values of the blob's first record (None: absent or nil), or
     None when that entry is not a ``[time, record]`` pair with string or nil values."""
     unpacker = msgpack.Unpacker(
-        io.BytesIO(blob), raw=False, strict_map_key=False, max_buffer_size=max(len(blob), 1024)
+        io.BytesIO(blob),
+        raw=False,
+        strict_map_key=False,
+        max_buffer_size=max(len(blob), 1024),
+        **wire.ObjectBudget(_MAX_FIRST_ENTRY_OBJECTS).hooks(),  # a ProtocolError (ValueError)
     )
     try:
         first = next(unpacker, None)

@@ -90,6 +90,8 @@ class _Conn:
     the complete elements of an unfinished message.)"""
     partial_since: float | None = None
     """Monotonic time the unfinished message in the unpacker began arriving (None: none)."""
+    budget: wire.ObjectBudget | None = None
+    """Counts the objects of the message being unpacked (:func:`shipper.wire.message_budget`)."""
 
 
 class ForwardServer:
@@ -214,8 +216,13 @@ class ForwardServer:
     async def _serve(
         self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        conn.budget = wire.message_budget(
+            self.limits.max_message_entries, self.limits.max_frame_bytes
+        )
         unpacker = wire.new_unpacker(
-            self.limits.max_frame_bytes, max_array_len=self.limits.max_message_entries
+            self.limits.max_frame_bytes,
+            max_array_len=self.limits.max_message_entries,
+            budget=conn.budget,
         )
         if self.shared_key is not None:
             await self._handshake(conn, reader, writer, unpacker)
@@ -323,7 +330,7 @@ class ForwardServer:
         entries: list[tuple[asyncio.Future[None] | None, str | None]] = []
         error: ConnectionClosed | None = None
         try:
-            for obj in messages if unpacker is None else wire.iter_messages(unpacker):
+            for obj in messages if unpacker is None else wire.iter_messages(unpacker, conn.budget):
                 if unpacker is not None:
                     conn.boundary = unpacker.tell()
                 batch, chunk = decode(
@@ -400,7 +407,7 @@ class ForwardServer:
             self._feed(unpacker, data)
             conn.fed += len(data)
             try:
-                ping = next(wire.iter_messages(unpacker), None)
+                ping = next(wire.iter_messages(unpacker, conn.budget), None)
             except wire.ProtocolError as exc:
                 raise ConnectionClosed(f"bad PING: {exc}", "handshake_failed") from None
         conn.boundary = unpacker.tell()

@@ -168,10 +168,69 @@ def encode_forward(
 MAX_MESSAGE_ENTRIES = 500_000
 #: PackedForward blobs are unpacked this many bytes at a time (:func:`unpack_entries`).
 _UNPACK_SLICE = 1024 * 1024
+#: Array and map elements one message may build, per entry of its entry limit (16,000,000 for
+#: the default): the entry limit does not reach inside records. One byte of msgpack can be one
+#: Python object of ~60 bytes (an empty map), so a 64 KB gzip frame that inflates to 64 MiB of
+#: them would cost 4.5 GB. Real records build 5 to 30 objects each (a logq-shipper one 20); a
+#: message of 16 MB or less can never reach the limit (each object takes at least one byte).
+OBJECTS_PER_ENTRY = 32
+
+
+class ObjectBudget:
+    """Counts the elements of the arrays and maps msgpack builds for one message, and refuses
+    the message (:class:`ProtocolError`) past ``limit``.
+
+    msgpack calls the hooks as each array or map completes, innermost first, so at most one
+    container's direct elements are built beyond the limit (``max_array_len`` bounds those).
+    The streaming unpacker resumes partly built messages without calling a hook twice.
+    """
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def reset(self) -> None:
+        """Start counting the next message."""
+        self.used = 0
+
+    def hooks(self) -> dict[str, Any]:
+        """:class:`msgpack.Unpacker` options that count what it builds."""
+        return {"list_hook": self._array, "object_hook": self._map}
+
+    # Each object is counted once, as an element of the array or map holding it.
+    def _array(self, items: Any) -> Any:
+        self._count(len(items))
+        return items
+
+    def _map(self, items: dict) -> dict:
+        self._count(2 * len(items))
+        return items
+
+    def _count(self, n: int) -> None:
+        self.used += n
+        if self.used > self.limit:
+            raise ProtocolError(
+                f"message builds more than {self.limit:,} msgpack objects (the per-message "
+                f"limit: {OBJECTS_PER_ENTRY} per entry of --max-message-entries); send fewer or "
+                "less deeply nested records per message"
+            )
+
+
+def message_budget(max_entries: int, max_bytes: int) -> ObjectBudget | None:
+    """The object budget of one message of at most ``max_entries`` entries and ``max_bytes``
+    bytes, or None when those bytes cannot reach it (every object takes at least one byte):
+    counting costs ~15% of unpacking rich records, so messages that cannot exceed the limit,
+    all of them under the default, are not counted."""
+    limit = OBJECTS_PER_ENTRY * max_entries
+    return ObjectBudget(limit) if max_bytes > limit else None
 
 
 def new_unpacker(
-    max_buffer_size: int = 64 * 1024 * 1024, max_array_len: int | None = None
+    max_buffer_size: int = 64 * 1024 * 1024,
+    max_array_len: int | None = None,
+    budget: ObjectBudget | None = None,
 ) -> msgpack.Unpacker:
     """A streaming unpacker for one connection: feed bytes, iterate complete objects.
 
@@ -179,10 +238,14 @@ def new_unpacker(
     ``msgpack.BufferFull`` when fed, which the server turns into closing that connection.
     ``max_array_len`` (also applied to maps) refuses, from its header alone, an array longer
     than that: a Forward-mode message of millions of tiny entries is not built in memory.
+    ``budget`` bounds the objects one message builds (pass it to :func:`iter_messages` too,
+    which starts it over for each message).
     """
-    limits: dict[str, int] = {}
+    limits: dict[str, Any] = {}
     if max_array_len is not None:
         limits = {"max_array_len": max_array_len, "max_map_len": max_array_len}
+    if budget is not None:
+        limits.update(budget.hooks())
     return msgpack.Unpacker(
         ext_hook=_ext_hook,
         raw=False,
@@ -199,13 +262,15 @@ def unpack_entries(blob: bytes, max_entries: int, **options: Any) -> list[Any]:
 
     ``options`` are :class:`msgpack.Unpacker` options. The blob is fed a slice at a time and
     at most ``max_entries + 1`` entries are built, so a blob of millions of tiny entries costs
-    the memory of ``max_entries`` before it is refused, whatever its size. An incomplete last
+    the memory of ``max_entries`` before it is refused, whatever its size; records full of tiny
+    nested values are bounded by :func:`message_budget`. An incomplete last
     entry (a truncated blob) is refused too: msgpack's iteration just stops before it.
     """
     unpacker = msgpack.Unpacker(
         max_buffer_size=len(blob) + 1024,  # grows only as far as one entry needs
         max_array_len=max_entries,
         max_map_len=max_entries,
+        **(budget.hooks() if (budget := message_budget(max_entries, len(blob))) else {}),
         **options,
     )
     view = memoryview(blob)
@@ -387,13 +452,19 @@ def decode_ack(obj: Any) -> str | None:
     return None
 
 
-def iter_messages(unpacker: msgpack.Unpacker) -> Iterator[Any]:
+def iter_messages(unpacker: msgpack.Unpacker, budget: ObjectBudget | None = None) -> Iterator[Any]:
     """Complete objects buffered in ``unpacker``; malformed bytes raise :class:`ProtocolError`.
 
     A map whose key is an array or a map is valid msgpack but no Python dict key (msgpack raises
-    TypeError): also a ProtocolError, not an unexpected error."""
+    TypeError): also a ProtocolError, not an unexpected error. ``budget`` (the unpacker's, see
+    :func:`new_unpacker`) starts over as each message completes."""
     try:
-        yield from unpacker
+        for obj in unpacker:
+            if budget is not None:
+                budget.reset()
+            yield obj
+    except ProtocolError:
+        raise
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
         if _over_length_limit(exc):  # new_unpacker's max_array_len
             raise ProtocolError(f"message too large: {exc} (the per-message entry limit)") from exc

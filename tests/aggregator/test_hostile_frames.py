@@ -5,7 +5,8 @@ stored; the server then acks what was durable before it and closes the connectio
 truncated PackedForward blobs (on every decode path: the msgspec fast path, the bulk msgpack
 path, :func:`shipper.wire.decode_message`, with and without gzip), messages of more entries
 than the per-message limit (a 16 KB gzip blob inflating to millions of entries), records nested
-too deeply (RecursionError), and ``chunk`` options that are not strings.
+too deeply (RecursionError), records of millions of tiny nested values (the object budget), and
+``chunk`` options that are not strings.
 """
 
 from __future__ import annotations
@@ -151,6 +152,60 @@ def test_the_server_unpacker_refuses_a_huge_forward_array_from_its_header() -> N
     assert len(next(wire.iter_messages(unpacker))[1]) == 1000
 
 
+# --- records of tiny nested values: the object budget --------------------------------------------
+
+
+def _junk_entries(n_entries: int, width: int) -> list[tuple[int, dict[str, Any]]]:
+    """Entries whose records each hold ``width`` empty maps (1 byte of msgpack, ~60 of Python),
+    in arrays of 50 (under any array length limit)."""
+    junk = [[{}] * 50] * (width // 50)
+    return [(T0 + i, {"log": f"j{i}", "junk": junk}) for i in range(n_entries)]
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_records_of_tiny_nested_values_are_refused_at_the_object_budget(gzipped: bool) -> None:
+    """The entry limit does not reach inside records: 10 entries of 400 empty maps each build
+    ~4,000 objects, over the budget of 32 per entry of a 100-entry limit (3,200)."""
+
+    def second(width: int) -> tuple[bytes, dict[str, Any]]:
+        blob = wire.pack_entries(_junk_entries(10, width))
+        return (gzip.compress(blob), {"compressed": "gzip"}) if gzipped else (blob, {})
+
+    blob, opts = second(400)
+    refused(message(blob, **opts), "more than 3,200 msgpack objects", max_entries=100)
+    blob, opts = second(200)
+    batch, _ = dec.decode(message(blob, **opts), 1 << 30, max_entries=100)
+    assert batch.column("log").to_pylist() == [f"j{i}" for i in range(10)]
+
+
+@pytest.mark.parametrize("n", [10, 70])  # 70: the constant-metadata decoder too
+def test_the_msgspec_path_skips_values_it_does_not_keep(n: int) -> None:
+    """With a right ``size`` the msgspec decoders read only the keys they keep and skip the
+    rest unbuilt, so the same records cost nothing there and are accepted."""
+    blob = wire.pack_entries(_junk_entries(n, 400))
+    batch, _ = dec.decode(message(blob, size=n), 1 << 30, max_entries=100)
+    assert batch.column("log").to_pylist() == [f"j{i}" for i in range(n)]
+
+
+def test_the_server_unpacker_counts_objects_per_message_across_reads() -> None:
+    """Forward and Message modes are built by the connection's unpacker: the budget holds
+    there, starts over with each message, and a message fed in small reads is counted once."""
+    budget = wire.message_budget(100, 1 << 20)  # 3,200 objects
+    assert budget is not None and wire.message_budget(100, 3200) is None  # cannot exceed it
+    unpacker = wire.new_unpacker(1 << 20, max_array_len=100, budget=budget)
+    # ~1,900 objects each: two in a row fit only if the count starts over per message.
+    ok = wire.pack(["t", [[0, {"log": "x", "junk": [[{}] * 50] * 4}] for _ in range(9)]])
+    stream = ok + ok
+    got = []
+    for start in range(0, len(stream), 7):
+        unpacker.feed(stream[start : start + 7])
+        got.extend(wire.iter_messages(unpacker, budget))
+    assert len(got) == 2 and all(len(m[1]) == 9 for m in got)
+    unpacker.feed(wire.pack(["t", 0, {"log": "x", "junk": [[{}] * 90] * 40}]))
+    with pytest.raises(wire.ProtocolError, match="more than 3,200 msgpack objects"):
+        list(wire.iter_messages(unpacker, budget))
+
+
 # --- records nested too deeply -------------------------------------------------------------------
 
 
@@ -234,6 +289,14 @@ def test_server_acks_what_came_before_a_refused_message_then_closes(tmp_path: Pa
         "bomb": wire.pack(
             ["logq.good", gzip.compress(b"\x92\x00\x80" * 5_000_000, 9), {"compressed": "gzip"}]
         ),
+        # 16 KB of gzip, 17 million empty maps inside 20 records: over the object budget.
+        "nested": wire.pack(
+            [
+                "logq.good",
+                gzip.compress(wire.pack_entries(_junk_entries(20, 850_000)), 9),
+                {"compressed": "gzip", "chunk": "x4"},
+            ]
+        ),
     }
     try:
         with agg.connect() as bystander:
@@ -257,6 +320,7 @@ def test_server_acks_what_came_before_a_refused_message_then_closes(tmp_path: Pa
         "nested too deeply",
         "chunk option must be a string",
         "per-message entry limit",
+        "msgpack objects (the per-message limit",
     ):
         assert reason in log, reason
     assert log.count("not the Forward protocol: ") == len(bad)
