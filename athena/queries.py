@@ -142,9 +142,17 @@ def _flatten(sql: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return "".join(out), flat
 
 
+#: Comments and blank lines before a statement's first keyword.
+_LEADING_COMMENTS = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)+", re.DOTALL)
+
+
 def to_athena(sql: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """SQL and parameters in pyathena's ``pyformat`` style: ``%(name)s``, literal ``%`` doubled."""
-    flat_sql, flat = _flatten(sql, params)
+    """SQL and parameters in pyathena's ``pyformat`` style: ``%(name)s``, literal ``%`` doubled.
+
+    The leading comments of the query files are dropped: pyathena picks how it escapes values
+    (Trino or Hive style) from the statement's first word, and releases before 3.35.4 read a
+    comment there, escaping ``'`` and ``\\`` the Hive way inside a Trino query."""
+    flat_sql, flat = _flatten(_LEADING_COMMENTS.sub("", sql), params)
     out: list[str] = []
     pos = 0
     for start, end, name in find_placeholders(flat_sql):

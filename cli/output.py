@@ -14,7 +14,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, TextIO
@@ -37,8 +37,10 @@ def plain(value: Any) -> Any:
         from athena.timerange import iso_utc
 
         return iso_utc(value)
-    if isinstance(value, date):
+    if isinstance(value, date | time):
         return value.isoformat()
+    if isinstance(value, timedelta):  # an Arrow duration; Athena sends intervals as text
+        return str(value)
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, bytes | bytearray | memoryview):

@@ -117,8 +117,11 @@ class AthenaEngine:
         self.progress_out.write("\r\x1b[2K" + line + end)
         self.progress_out.flush()
 
-    def run(self, sql: str, params: dict[str, Any], scopes: Any = None) -> QueryResult:
-        """Start the query, follow it until it ends, fetch the rows."""
+    def run(
+        self, sql: str, params: dict[str, Any], scopes: Any = None, max_rows: int | None = None
+    ) -> QueryResult:
+        """Start the query, follow it until it ends, fetch the rows (the first ``max_rows``
+        only when given: each 1,000 rows is a GetQueryResults call)."""
         from pyathena.error import Error as AthenaError
 
         text, values = self.prepare(sql, params)
@@ -151,7 +154,8 @@ class AthenaEngine:
                 reason = result_set.state_change_reason or "no reason given"
                 raise EngineError(f"Athena query {query_id} {result_set.state}: {reason}")
             columns = [d[0] for d in (result_set.description or [])]
-            rows = [tuple(r) for r in result_set.fetchall()]
+            fetched = result_set.fetchall() if max_rows is None else result_set.fetchmany(max_rows)
+            rows = [tuple(r) for r in fetched]
             return QueryResult(
                 columns=columns,
                 rows=rows,

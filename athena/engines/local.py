@@ -217,6 +217,7 @@ class LocalEngine:
         scopes: dict[str, list[Partition]] | None = None,
         rows: TimeRange | None = None,
         explain: str | None = None,
+        max_rows: int | None = None,
     ) -> QueryResult:
         """Run Athena ``sql`` with ``params`` over the partitions in ``scopes``.
 
@@ -224,6 +225,8 @@ class LocalEngine:
         Given, it must name every warehouse table the statement reads (canned queries know).
         ``rows``: the tables show only rows whose ``timestamp`` falls in it (``logq sql``; the
         canned queries filter in their own SQL). ``explain``: see :meth:`prepare`.
+        ``max_rows``: fetch only the first rows (``logq sql --limit``): DuckDB streams the
+        result and stops, instead of building all of it.
         """
         import duckdb
 
@@ -247,7 +250,7 @@ class LocalEngine:
             _sandbox(con, [] if self.warehouse.is_s3 else files)
             started = time.perf_counter()
             try:
-                table = con.sql(duck_sql, params=bound).to_arrow_table()
+                table = _fetch(con.sql(duck_sql, params=bound), max_rows)
             except duckdb.Error as exc:
                 bad = _bad_file(exc, files)
                 if bad is not None:
@@ -270,6 +273,22 @@ class LocalEngine:
             files=len(files),
             sql=duck_sql,
         )
+
+
+def _fetch(relation: Any, max_rows: int | None) -> pa.Table:
+    """The rows of a DuckDB relation as Arrow: all, or the first ``max_rows`` only."""
+    import pyarrow as pa
+
+    if max_rows is None:
+        return relation.to_arrow_table()
+    reader = relation.to_arrow_reader(min(max_rows, 100_000))
+    batches, count = [], 0
+    for batch in reader:
+        batches.append(batch)
+        count += batch.num_rows
+        if count >= max_rows:
+            break
+    return pa.Table.from_batches(batches, reader.schema).slice(0, max_rows)
 
 
 def _python_rows(table: pa.Table) -> list[tuple[Any, ...]]:

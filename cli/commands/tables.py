@@ -35,7 +35,7 @@ def sql(
             if common.dry_run:
                 sys.stdout.write("-- engine: athena (runs as written)\n" + statement.strip() + "\n")
                 return
-            result = runner.make_engine(common).run(statement, {})
+            result = runner.make_engine(common).run(statement, {}, max_rows=common.limit)
         else:
             from athena.queries import tables_of
             from athena.schema import TABLES
@@ -63,8 +63,8 @@ def sql(
                     )
                 sys.stdout.write(engine.prepare(query, {}, scopes, explain)[0] + "\n")
                 return
-            result = run_local(engine, query, scopes, trange, explain)
-        runner.show(common, result)  # show() holds --limit
+            result = run_local(engine, query, scopes, trange, explain, common.limit)
+        runner.show(common, result)
 
 
 #: Statement kinds ``logq sql`` runs locally (sqlglot's names); ``Command`` is checked by word.
@@ -141,14 +141,16 @@ def run_local(
     scopes: dict[str, Any],
     rows: Any = None,
     explain: str | None = None,
+    max_rows: int | None = None,
 ) -> Any:
     """Run on DuckDB (the tables showing only ``rows``' time range when given; ``explain`` put
-    before the query); an unknown table is named in one line with the tables that exist."""
+    before the query; only the first ``max_rows`` fetched); an unknown table is named in one
+    line with the tables that exist."""
     from athena.engines.result import EngineError
     from athena.schema import TABLES
 
     try:
-        return engine.run(statement, {}, scopes, rows, explain)
+        return engine.run(statement, {}, scopes, rows, explain, max_rows)
     except EngineError as exc:
         missing = re.search(r"Table with name (\S+) does not exist", str(exc))
         if missing is None:

@@ -222,3 +222,17 @@ def test_services_counts_only_the_hours_in_range(logq, warehouse: Warehouse) -> 
     assert run.exit_code == 0, run.stderr
     assert run.json() == []
     assert "no data between 2026-11-20-00h and 2026-11-20-23h UTC" in run.stderr
+
+
+def test_sql_limit_fetches_the_first_rows_in_order(logq, warehouse: Warehouse) -> None:
+    """--limit stops fetching (DuckDB streams) but keeps the statement's order."""
+    run = logq(
+        "sql", "SELECT request_id FROM envoy_access ORDER BY request_id DESC",
+        "--limit", "3", "-f", "json", "--warehouse", warehouse.uri,
+    )  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    want = sorted(warehouse.access["request_id"], reverse=True)[:3]
+    assert [r["request_id"] for r in run.json()] == want
+    every = logq("sql", "SELECT count(*) AS n FROM envoy_access", "-f", "json", "--limit", "1",
+                 "--warehouse", warehouse.uri)  # fmt: skip
+    assert every.json() == [{"n": len(warehouse.access)}]

@@ -194,6 +194,14 @@ def test_json_has_no_nan_or_infinity(logq, warehouse: Warehouse) -> None:
     assert csv.stdout.splitlines()[1].startswith("nan,inf,-inf,1.5")
 
 
+def test_json_prints_time_of_day_values(logq, warehouse: Warehouse) -> None:
+    """A TIME value (DuckDB's, and pyathena's for Athena ``time``) was a JSON traceback."""
+    sql = "SELECT TIME '01:02:03.250' AS t, CAST(NULL AS TIME) AS n"
+    run = logq("sql", sql, "-f", "json", "--warehouse", warehouse.uri)
+    assert run.exit_code == 0, run.stderr
+    assert json.loads(run.stdout) == [{"t": "01:02:03.250000", "n": None}]
+
+
 @pytest.mark.s3
 @pytest.mark.integration
 def test_sandbox_and_damaged_file_on_s3(logq, s3_warehouse: str) -> None:
