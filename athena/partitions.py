@@ -91,6 +91,12 @@ def list_files(wh: Warehouse, path: str) -> tuple[DataFile, ...]:
     return tuple(sorted(files, key=lambda f: f.path))
 
 
+#: Ranges of at most this many hours look their ``dt`` folders up by name (one listing each)
+#: instead of listing every hour a service has: on S3 a service with a year of data takes ~9
+#: sequential LIST calls, where ``--since 1h`` needs its two hours.
+PROBE_MAX_HOURS = 6
+
+
 def plan(
     wh: Warehouse,
     table: str,
@@ -109,9 +115,14 @@ def plan(
         chosen = sorted(present)
     else:
         chosen = sorted({sanitize_service(s) for s in services} & set(present))
+    hours = trange.hours() if trange is not None else []
     out = []
     for svc in chosen:
-        for dt, path in sorted(_subdirs(wh, present[svc], "dt").items()):
+        if trange is not None and len(hours) <= PROBE_MAX_HOURS:
+            folders = {dt: f"{present[svc]}/dt={dt}" for dt in hours}
+        else:
+            folders = _subdirs(wh, present[svc], "dt")
+        for dt, path in sorted(folders.items()):
             if trange is not None and not trange.contains_dt(dt):
                 continue
             files = list_files(wh, path)

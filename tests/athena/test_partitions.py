@@ -52,6 +52,38 @@ def test_plan_prunes_by_service_and_hour(local_wh) -> None:
     assert plan(wh, "container_logs", None, r) == []
 
 
+@pytest.mark.parametrize(
+    ("since", "until", "lists_hours"),
+    [
+        ("2026-11-27T23:30:00Z", "2026-11-28T00:10:00Z", False),  # 2 hours: looked up by name
+        ("2026-11-27T20:00:00Z", "2026-11-28T02:00:00Z", False),  # 6 hours
+        ("2026-11-27T19:00:00Z", "2026-11-28T02:00:00Z", True),  # 7 hours: listed
+    ],
+)
+def test_short_ranges_look_hours_up_instead_of_listing_them(
+    local_wh, monkeypatch: pytest.MonkeyPatch, since: str, until: str, lists_hours: bool
+) -> None:
+    """A service's ``dt`` folders are listed only for long ranges (on S3 a year of hours is
+    many LIST calls); either way the same partitions come out."""
+    from athena import partitions
+
+    uri, _ = local_wh
+    wh = open_warehouse(uri)
+    r = TimeRange.parse(since, until)
+    listed: list[str] = []
+    real = partitions._subdirs
+
+    def counting(wh, path, key):  # type: ignore[no-untyped-def]
+        listed.append(key)
+        return real(wh, path, key)
+
+    monkeypatch.setattr(partitions, "_subdirs", counting)
+    parts = plan(wh, "envoy_access", None, r)
+    assert ("dt" in listed) is lists_hours
+    every = [p for p in plan(wh, "envoy_access", None, None) if r.contains_dt(p.dt)]
+    assert parts == every and parts
+
+
 def test_engine_reads_only_planned_files(local_wh) -> None:
     uri, frame = local_wh
     engine = LocalEngine(uri)
