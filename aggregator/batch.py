@@ -104,6 +104,10 @@ def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS)
     plain_idx = pc.indices_nonzero(pc.invert(mask))
     if len(candidates):
         parsed = parse_lines(pc.take(_col(records, wire.KEY_LOG), candidates), formats)
+        # Every service with Envoy lines gets a count, 0 included: its metric series then
+        # exists before the first failure (an alert on increase() needs that first sample).
+        candidate_services = pc.unique(pc.take(service, candidates)).dictionary_decode()
+        failures = dict.fromkeys(candidate_services.to_pylist(), 0)
         if len(parsed.rows):
             rows = pc.take(candidates, parsed.rows)
             cols = dict(parsed.columns)
@@ -111,7 +115,7 @@ def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS)
         if len(parsed.unparsed):
             bad = pc.take(candidates, parsed.unparsed)
             counts = pc.value_counts(pc.take(service, bad).dictionary_decode())
-            failures = {c["values"].as_py(): c["counts"].as_py() for c in counts}
+            failures.update({c["values"].as_py(): c["counts"].as_py() for c in counts})
             merged = pa.concat_arrays([plain_idx, bad])
             plain_idx = merged.take(pc.sort_indices(merged))
     if len(plain_idx):

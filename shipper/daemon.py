@@ -61,6 +61,8 @@ class Shipper:
             give_up_after=cfg.retry_timeout if cfg.once else None,
             on_retry=lambda ep: self.metrics.retries.labels(ep).inc(),
         )
+        for endpoint in cfg.aggregators:  # at 0 from the start (see Metrics.watch_service)
+            self.metrics.retries.labels(str(endpoint))
         self.runners: dict[str, SourceRunner] = {}
         self._dirty = asyncio.Event()
         self._saved = asyncio.Condition()

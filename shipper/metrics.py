@@ -95,6 +95,27 @@ class Metrics:
 
         self.last_tick = time.monotonic()
 
+    def watch_service(self, service: str) -> None:
+        """Create a service's per-service series at 0 when its first source is found.
+
+        An alert on ``increase(...[1h]) > 0`` needs a sample before the first loss: a series
+        that first appears already at 1 has no increase to see. (Its next restart then shows
+        as a counter reset from 0, which ``increase`` does count.)"""
+        from shipper.tailer import LOSS_REASONS
+
+        for counter in (
+            self.lines_read,
+            self.bytes_read,
+            self.lines_acked,
+            self.bytes_acked,
+            self.truncated,
+            self.invalid_utf8,
+            self.malformed,
+        ):
+            counter.labels(service)
+        for reason in LOSS_REASONS:
+            self.lost_files.labels(service, reason)
+
     def tick(self) -> None:
         """Called from the event loop every second (see :meth:`health`)."""
         self.last_tick = time.monotonic()

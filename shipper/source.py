@@ -62,6 +62,7 @@ class SourceRunner:
         self.spec = spec
         cfg = shipper.cfg
         lost = shipper.metrics.lost_files
+        shipper.metrics.watch_service(spec.service)
         self.tailer = Tailer(
             spec,
             shipper.registry,

@@ -40,6 +40,15 @@ def test_envoy_sidecar_lines_parse_and_app_lines_stay_plain() -> None:
         ["GET /health 200", "[info] envoy started", "garbage line", envoy_line()]
     )
     assert routed.parse_failures == {"recipe": 1}
+    # A service whose Envoy lines all parse is counted at 0 (its metric series exists).
+    clean = route(
+        table_of([("logq.cart", T0, record(envoy_line(), service="cart", format="envoy"))])
+    )
+    assert clean.parse_failures == {"cart": 0}
+    assert (
+        route(table_of([("logq.cart", T0, record("app line", service="cart"))])).parse_failures
+        == {}
+    )
     for table, spec in ((envoy, ENVOY_ACCESS), (logs, CONTAINER_LOGS)):
         assert table.column_names == ["service", *(c.name for c in spec.data_columns)]
         for f, c in zip(table.schema.remove(0), spec.data_columns, strict=True):
