@@ -189,12 +189,13 @@ def _fast_entries(tag: str, entries: list[Any]) -> pa.RecordBatch | None:
     if set(map(type, records)) - {dict}:
         return None
     times = [e[0] for e in entries]
-    if {list, tuple} & set(map(type, times)):  # Fluent Bit's [[time, metadata], record]
-        heads = [t for t in times if type(t) in (list, tuple)]
-        if min(map(len, heads)) < 1:
+    kinds = set(map(type, times))
+    if kinds & {list, tuple}:  # Fluent Bit's [[time, metadata], record]
+        if min(len(t) for t in times if type(t) in (list, tuple)) < 1:
             return None
         times = [t[0] if type(t) in (list, tuple) else t for t in times]  # metadata: unused
-    if set(map(type, times)) - {bytes, int, wire.EventTime}:
+        kinds = set(map(type, times))
+    if kinds - {bytes, int, wire.EventTime}:
         return None
     try:
         times_ns = _times_ns(times)

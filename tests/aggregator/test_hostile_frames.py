@@ -368,3 +368,17 @@ def test_the_entry_limit_is_a_flag(tmp_path: Path) -> None:
         assert agg.stop() == 0
     assert read_table(agg.warehouse, "container_logs").num_rows == 10
     assert "more than 10 entries in one message" in agg.log_text()
+
+
+@pytest.mark.parametrize("packed_blob", [True, False])
+def test_fluent_bit_entries_with_metadata_take_the_bulk_path(packed_blob: bool) -> None:
+    """``[[time, metadata], record]`` entries (Fluent Bit) mixed with plain ones keep every
+    row and its own time; an empty header is refused by the general path."""
+    t1, t2 = wire.EventTime.from_ns(T0), wire.EventTime.from_ns(T0 + 5)
+    entries = [[[t1, {"m": 1}], {"log": "with-meta"}], [t2, {"log": "plain"}]]
+    obj = message(b"".join(wire.pack(e) for e in entries) if packed_blob else entries)
+    batch, _ = dec.decode(obj, 1 << 30)
+    assert batch.column("log").to_pylist() == ["with-meta", "plain"]
+    assert batch.column("time_ns").to_pylist() == [T0, T0 + 5]
+    with pytest.raises(wire.ProtocolError, match="entry header is empty"):
+        dec.decode(message([[[], {"log": "x"}]]), 1 << 30)
