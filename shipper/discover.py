@@ -177,11 +177,14 @@ def discover_cri(root: Path) -> list[SourceSpec]:
             except OSError:
                 continue
             for f in logs:
+                fmt = _pod_log_format(f)
+                if fmt is None:
+                    continue
                 out.append(
                     SourceSpec(
                         key=f"cri:{pod_dir.name}/{cdir.name}/{f.name}",
                         path=f,
-                        format="cri",
+                        format=fmt,
                         service=pod_owner_name(pod),
                         container_id=f"{uid}/{cdir.name}",
                         container_name=cdir.name,
@@ -189,6 +192,31 @@ def discover_cri(root: Path) -> list[SourceSpec]:
                     )
                 )
     return out
+
+
+#: Pod log symlinks already reported as dangling (once each, not every discovery pass).
+_DANGLING: set[str] = set()
+
+
+def _pod_log_format(path: Path) -> str | None:
+    """``cri``, or ``docker`` for a symlink into Docker's json-file logs (dockershim and
+    cri-dockerd link ``/var/log/pods`` files to ``<id>-json.log``); None (skip, reported once)
+    for a symlink whose target is not there: the folder it points into is not mounted."""
+    if not path.is_symlink():
+        return "cri"
+    target = Path(os.path.realpath(path))
+    if not target.exists():
+        if str(path) not in _DANGLING:
+            _DANGLING.add(str(path))
+            log.warning(
+                "pod log is a symlink to a file the shipper cannot see: mount %s into the "
+                "shipper (read-only is enough) path=%s target=%s",
+                target.parent.parent,
+                path,
+                target,
+            )
+        return None
+    return "docker" if target.name.endswith("-json.log") else "cri"
 
 
 def discover_paths(patterns: tuple[str, ...]) -> list[SourceSpec]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -169,6 +170,44 @@ def test_once_cri_and_plain_files_with_gzip(tmp_path: Path, receiver: Receiver) 
     assert by["checkout"][0]["container_name"] == "app"
     assert [r["log"] for r in by["batch"]] == ["plain one", "plain two"]
     assert all(o.get("compressed") == "gzip" for o in receiver.options)
+
+
+def test_pod_logs_linked_to_docker_json_files(tmp_path: Path, receiver: Receiver) -> None:
+    """dockershim / cri-dockerd: /var/log/pods files are symlinks to Docker json-file logs.
+    They are read as Docker's format (not as CRI text), and a link into a folder the shipper
+    cannot see is reported, not followed silently to nothing."""
+    cid = "d" * 64
+    target = tmp_path / "docker" / cid / f"{cid}-json.log"
+    target.parent.mkdir(parents=True)
+    lines = [("from docker\n", "stdout", "12.5"), ("to stderr\n", "stderr", "13")]
+    target.write_text(
+        "".join(
+            json.dumps({"log": log, "stream": st, "time": f"2026-11-28T10:00:{sec}Z"}) + "\n"
+            for log, st, sec in lines
+        )
+    )
+    pods = tmp_path / "pods"
+    linked = pods / "shop_cart-5d8f7c9b6d-x2x7k_0f1e-33" / "app"
+    linked.mkdir(parents=True)
+    (linked / "0.log").symlink_to(target)
+    dangling = pods / "shop_gone-5d8f7c9b6d-x2x7k_0f1e-44" / "app"
+    dangling.mkdir(parents=True)
+    (dangling / "0.log").symlink_to(tmp_path / "unmounted" / cid / f"{cid}-json.log")
+    res = run_shipper(
+        "--aggregator", receiver.address,
+        "--docker-root", str(tmp_path / "none"),
+        "--cri-root", str(pods),
+        "--state-dir", str(tmp_path / "state"),
+        "--once",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    got = [(t, r["service"], r["log"], r["stream"]) for _, t, r in receiver.records]
+    base = 1_795_860_000  # 2026-11-28T10:00:00Z
+    assert got == [
+        ((base + 12) * 10**9 + 500_000_000, "cart", "from docker", "stdout"),
+        ((base + 13) * 10**9, "cart", "to stderr", "stderr"),
+    ]
+    assert "cannot see: mount " + str(tmp_path / "unmounted") in res.stderr
 
 
 def test_once_over_tls_with_config_file(tmp_path: Path) -> None:
