@@ -18,8 +18,12 @@ COPY cli ./cli
 RUN pip install . && rm -rf /src
 
 # The aggregator runs unprivileged; its buffer (the WAL behind every ack) and the shipper's
-# checkpoints live under /var/lib/logq, which compose mounts as named volumes. The shipper needs
-# root only to read /var/lib/docker/containers (compose sets `user: "0:0"` for it).
+# checkpoints live under /var/lib/logq, which compose mounts as named volumes. The directories are
+# made here and owned by `logq` because Docker fills a new named volume from the image's
+# directory, owner included: that is what makes compose's buffer volume writable. A host path gets
+# no such copy (it is created root's): Kubernetes uses fsGroup, ECS a chown before the aggregator
+# starts (deploy/README.md). The shipper needs root only to read /var/lib/docker/containers
+# (compose sets `user: "0:0"` for it).
 RUN useradd --system --uid 10001 --home-dir /var/lib/logq --shell /usr/sbin/nologin logq \
     && mkdir -p /var/lib/logq/buffer /var/lib/logq/shipper \
     && chown -R logq:logq /var/lib/logq

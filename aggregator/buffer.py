@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -130,6 +131,40 @@ def _valid_frame_at(fh: BinaryIO, at: int, size: int) -> bool:
         fh.seek(at)
 
 
+#: errno -> why the buffer dir cannot be used and what to do, for the one-line start error. An
+#: unwritable directory is the usual first-deployment mistake: a host path created by Docker or
+#: the kubelet is root's, and the image runs as an unprivileged user.
+_UNUSABLE_DIR = {
+    errno.EACCES: (
+        "is not writable by this process",
+        "give it to that user (chown -R {uid}:{gid} {dir}) or fix the deployment's volume setup "
+        "(fsGroup on Kubernetes, a chown before start on ECS: deploy/README.md)",
+    ),
+    errno.EROFS: ("is on a read-only file system", "mount a writable volume there"),
+    errno.ENOTDIR: ("is not a directory", "a file is in the way: point it at a directory"),
+    errno.EEXIST: ("is not a directory", "a file is in the way: point it at a directory"),
+}
+_UNUSABLE_DIR[errno.EPERM] = _UNUSABLE_DIR[errno.EACCES]
+
+
+def unusable_dir_error(directory: Path, exc: OSError) -> OSError:
+    """``exc`` (raised while opening ``directory``) as one line that names the directory, the
+    uid/gid this process runs as and what to do; other errors are returned unchanged."""
+    if exc.errno not in _UNUSABLE_DIR or (
+        exc.errno == errno.EEXIST and exc.filename != str(directory)  # only mkdir's "a file"
+    ):
+        return exc
+    what, todo = _UNUSABLE_DIR[exc.errno]
+    uid, gid = os.getuid(), os.getgid()
+    cause = f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc)
+    error = type(exc)(
+        f"--buffer-dir {directory} {what} ({cause}; running as uid {uid}, gid {gid}): "
+        + todo.format(uid=uid, gid=gid, dir=directory)
+    )
+    error.errno = exc.errno
+    return error
+
+
 class Buffer:
     """Append-only, group-committed segment log under one directory."""
 
@@ -155,6 +190,15 @@ class Buffer:
 
     def open(self, node_id: str | None = None) -> list[Segment]:
         """Create or reopen the directory; return the segments left by a previous run."""
+        try:
+            return self._open(node_id)
+        except OSError as exc:
+            error = unusable_dir_error(self.dir, exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    def _open(self, node_id: str | None) -> list[Segment]:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock_dir()
         self.node_id = node_id or self._load_node_id()

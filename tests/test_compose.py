@@ -10,6 +10,7 @@ credentials and the SeaweedFS identities, the mounts and the flags that read the
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -131,6 +132,37 @@ def help_flags(*command: str) -> frozenset[str]:
     if command[0] == "weed":  # Go's flag package: "-name" rows; accept "--name" too.
         flags = {f"-{m}" for m in re.findall(r"^\s+-([\w.]+)", text, re.M)}
     return frozenset(flags)
+
+
+def dockerfile_user_dirs() -> frozenset[str]:
+    """Directories the Dockerfile creates (``mkdir``) and gives to the image's ``USER``
+    (``chown -R`` of them or of a parent), by name or uid.
+
+    Docker fills a new, empty named volume from the image's directory at its mount point, owner
+    included (copy-up): mounted at one of these, the volume is writable by the image's user. A
+    host bind mount gets no such copy: Docker creates a missing host path as root's, mode 0755.
+    """
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    user = re.search(r"^USER (\S+)", text, re.M)
+    assert user, "the Dockerfile sets no USER"
+    names = {user.group(1)}
+    uid = re.search(rf"--uid (\d+)\b.*\b{re.escape(user.group(1))}\b", text)
+    if uid:
+        names.add(uid.group(1))
+    made: set[str] = set()
+    owned: set[str] = set()
+    for run in re.findall(r"^RUN (.+)$", text, re.M):
+        for command in re.split(r"&&|;", run):
+            words = shlex.split(command)
+            operands = [w for w in words[1:] if not w.startswith("-")]
+            if words[:1] == ["mkdir"]:
+                made |= set(operands)
+            elif words[:1] == ["chown"] and "-R" in words and len(operands) > 1:
+                owner = operands[0].split(":", 1)[0]
+                owned |= set(operands[1:]) if owner in names else set()
+    return frozenset(
+        d for d in made if any(d == o or d.startswith(o.rstrip("/") + "/") for o in owned)
+    )
 
 
 def _subcommand(args: list[str]) -> list[str]:
@@ -267,6 +299,54 @@ def test_shipper_reads_docker_logs_read_only_and_keeps_state() -> None:
         flag_values(logq_services()["aggregator"])["--buffer-dir"]
     ]
     assert buffer_source in compose()["volumes"], "the buffer must survive a container restart"
+
+
+def compose_unwritable_mounts(doc: dict[str, Any]) -> list[str]:
+    """Writable mounts of our non-root services that their user could not write: a host bind
+    mount (created root's, 0755) or a named volume at a path the image does not hand to its user
+    (the copy-up would make it root's too)."""
+    problems = []
+    for name, svc in doc["services"].items():
+        if not ("build" in svc or str(svc.get("image", "")).startswith("logq")):
+            continue
+        if str(svc.get("user", "")).split(":", 1)[0] in ("0", "root"):
+            continue
+        for target, (source, mode) in _mounts(svc).items():
+            if mode == "ro":
+                continue
+            if source not in (doc.get("volumes") or {}):
+                problems.append(f"{name}: {target} is the host's {source}, root-owned")
+            elif target not in dockerfile_user_dirs():
+                problems.append(f"{name}: volume {source} at {target}, not an image user's dir")
+    return problems
+
+
+def test_non_root_services_can_write_their_volumes() -> None:
+    """The aggregator runs as the image's `logq` user: its buffer must be a named volume at a
+    directory the Dockerfile gives to that user, or it dies with `Permission denied: .../lock`."""
+    assert compose_unwritable_mounts(compose()) == []
+    assert "user" not in services()["aggregator"], "the aggregator runs unprivileged"
+    buffer_dir = flag_values(logq_services()["aggregator"])["--buffer-dir"]
+    assert buffer_dir in dockerfile_user_dirs()
+    # The check can fail: a bind mount, and a named volume where the image has no such dir.
+    for volumes, expected in (
+        (["./buffer:/var/lib/logq/buffer"], "host's ./buffer"),
+        (["aggregator-buffer:/data/buffer"], "not an image user's dir"),
+    ):
+        doc = copy.deepcopy(compose())
+        doc["services"]["aggregator"]["volumes"] = volumes
+        (problem,) = compose_unwritable_mounts(doc)
+        assert expected in problem
+
+
+def test_aggregator_takes_a_fluentd_chunk() -> None:
+    """Fluentd sends a buffer chunk (8 MB by default) as one message; a bigger one than
+    --max-frame-bytes is refused and resent forever."""
+    from aggregator.config import Settings
+
+    flags = flag_values(logq_services()["aggregator"])
+    limit = int(flags.get("--max-frame-bytes", Settings().max_frame_bytes))
+    assert limit >= 10 * 2**20
 
 
 def test_start_order_and_health() -> None:

@@ -6,7 +6,9 @@ runs one of our console scripts with flags its real ``--help`` lists; the shippe
 addresses name the aggregator pods (or ECS names) and the port the aggregator listens on; probes
 and health checks hit the ``--metrics-listen`` port (readiness ``/healthz``, liveness and the ECS
 check ``/metrics``); every path flag has a mount
-(read-only where the shipper only reads); the ECS task definitions pass botocore's validation of
+(read-only where the shipper only reads) and is writable by the user the container runs as (a
+host path is created root's: the image's ``logq`` user needs fsGroup, or a root ``chown`` that the
+ECS aggregator waits for); the ECS task definitions pass botocore's validation of
 ``RegisterTaskDefinition`` (what ``aws ecs register-task-definition --cli-input-json`` sends).
 Two tests run processes: the ECS health check command and the Kubernetes probe paths against a
 real ``logq-aggregator`` (healthy, then with failing flushes, then a closed port), and the
@@ -15,6 +17,7 @@ DaemonSet's own shipper argv against a generated /var/log/pods.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -41,7 +44,7 @@ from tests.support.procs import (
     port_open,
     wait_until,
 )
-from tests.test_compose import flag_values, help_flags, our_programs
+from tests.test_compose import dockerfile_user_dirs, flag_values, help_flags, our_programs
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "kubernetes" / "logq.yaml"
@@ -52,6 +55,9 @@ IMAGE_UID = 10001  # the Dockerfile's `logq` user
 PATH_FLAGS = ("--buffer-dir", "--state-dir", "--cri-root", "--docker-root")
 READ_ONLY_FLAGS = ("--cri-root", "--docker-root")
 WORKLOAD_KINDS = ("StatefulSet", "DaemonSet", "Deployment", "CronJob", "Job")
+#: Fluentd's default chunk_limit_size (memory buffer, 8 MB = 8 MiB: Fluentd sizes are 1024-based)
+#: plus room: the smallest --max-frame-bytes a deployment may set (docs/operations.md, clients).
+MIN_FRAME_BYTES = 10 * 2**20
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -100,9 +106,19 @@ def logq_containers() -> dict[str, list[str]]:
             for c in pod_spec(doc)["containers"]:
                 out[f"k8s:{doc['metadata']['name']}/{c['name']}"] = k8s_argv(c)
     for path in (ECS_AGGREGATOR, ECS_SHIPPER):
+        setup = ecs_setup_containers(ecs(path))
         for c in ecs(path)["containerDefinitions"]:
-            out[f"ecs:{ecs(path)['family']}/{c['name']}"] = ecs_argv(c)
+            if c["name"] not in setup:  # a one-shot `chown` (checked by the ownership tests)
+                out[f"ecs:{ecs(path)['family']}/{c['name']}"] = ecs_argv(c)
     return out
+
+
+def ecs_setup_containers(task: dict[str, Any]) -> set[str]:
+    """Non-essential containers that an essential one waits for (``dependsOn``): one-shot setup
+    steps such as the aggregator's buffer ``chown``, not daemons."""
+    containers = task["containerDefinitions"]
+    waited_for = {d["containerName"] for c in containers for d in c.get("dependsOn", [])}
+    return {c["name"] for c in containers if not c.get("essential", True)} & waited_for
 
 
 def k8s_aggregator() -> dict[str, Any]:
@@ -226,6 +242,9 @@ def test_aggregator_settings_follow_operations_md(argv: list[str]) -> None:
         "a relative buffer dir lands in the image's WORKDIR"
     )
     assert "--compact-interval" not in flags, "compaction is the CronJob's (2Gi aggregators)"
+    # A message over --max-frame-bytes is refused, and its client resends it forever: Fluentd's
+    # default chunk (8 MB, one message) must fit, with room for the tag and options.
+    assert int(flags["--max-frame-bytes"]) >= MIN_FRAME_BYTES
 
 
 # -- Kubernetes ---------------------------------------------------------------------------------
@@ -483,6 +502,260 @@ def test_ecs_aggregator_health_stop_and_warehouse() -> None:
     assert env["LOGQ_WAREHOUSE"].startswith("s3://")
     assert task["taskRoleArn"].startswith("arn:aws:iam::") and "REPLACE" in task["taskRoleArn"]
     assert int(task["memory"]) == 2048
+
+
+# -- who may write the volumes ------------------------------------------------------------------
+#
+# The image runs as `logq` (uid 10001). A host path that Docker or the kubelet creates is root's,
+# mode 0755: an aggregator whose buffer is one dies at start with `Permission denied: .../lock` and
+# restarts forever. These checks fail a deployment where a non-root container writes a volume that
+# nothing hands over to it (an init `chown`, fsGroup, or the image's own directory copied into a
+# new Docker volume).
+
+WRITTEN_FLAGS = ("--buffer-dir", "--state-dir")
+
+
+def _ecs_uid(container: dict[str, Any]) -> int:
+    """The uid an ECS container runs as: its ``user`` (``uid``, ``uid:gid``, a name), else the
+    image's USER."""
+    user = str(container.get("user", "")).split(":", 1)[0]
+    named = {"": IMAGE_UID, "logq": IMAGE_UID, "root": 0}
+    assert user in named or user.isdigit(), f"{container['name']}: unknown user {user!r}"
+    return named[user] if user in named else int(user)
+
+
+def _chowns_to(argv: list[str], uid: int, path: str) -> bool:
+    """``chown [-R] UID[:GID] PATH...`` that hands ``path`` (or a parent, with -R) to ``uid``."""
+    operands = [a for a in argv[1:] if not a.startswith("-")]
+    if argv[:1] != ["chown"] or len(operands) < 2:
+        return False
+    if operands[0].split(":", 1)[0] not in (str(uid), "logq" if uid == IMAGE_UID else str(uid)):
+        return False
+    recursive = "-R" in argv
+    return any(
+        t == path or (recursive and path.startswith(t.rstrip("/") + "/")) for t in operands[1:]
+    )
+
+
+def _ecs_owner_fixed(
+    task: dict[str, Any], container: dict[str, Any], volume: str, uid: int
+) -> bool:
+    """A setup container that ``container`` waits for (SUCCESS: it exited 0) runs as root and
+    chowns the root of ``volume`` to ``uid``."""
+    by_name = {c["name"]: c for c in task["containerDefinitions"]}
+    for dep in container.get("dependsOn", []):
+        setup = by_name[dep["containerName"]]
+        if dep["condition"] != "SUCCESS" or _ecs_uid(setup) != 0:
+            continue
+        for m in setup.get("mountPoints", []):
+            writable = m["sourceVolume"] == volume and not m.get("readOnly", False)
+            if writable and _chowns_to(ecs_argv(setup), uid, m["containerPath"]):
+                return True
+    return False
+
+
+def _ecs_copied_up(volume: dict[str, Any], container_path: str) -> bool:
+    """A Docker volume made by ECS (local driver, not a bind of a host device) that Docker fills
+    from the image's directory, owner included."""
+    config = volume.get("dockerVolumeConfiguration")
+    if not config or "host" in volume or config.get("driver", "local") != "local":
+        return False
+    if "bind" in str(config.get("driverOpts", {}).get("o", "")):
+        return False
+    autoprovisioned = config.get("scope") == "task" or config.get("autoprovision") is True
+    return autoprovisioned and container_path in dockerfile_user_dirs()
+
+
+def ecs_unwritable_mounts(task: dict[str, Any]) -> list[str]:
+    """The written path flags of a task's non-root containers that sit on a volume their user
+    cannot write on a fresh container instance."""
+    volumes = {v["name"]: v for v in task.get("volumes", [])}
+    setup = ecs_setup_containers(task)
+    problems = []
+    for container in task["containerDefinitions"]:
+        uid = _ecs_uid(container)
+        if container["name"] in setup or uid == 0:
+            continue
+        flags = flag_values(ecs_argv(container))
+        mounts = {m["containerPath"]: m for m in container.get("mountPoints", [])}
+        for flag in (f for f in WRITTEN_FLAGS if f in flags):
+            mount = _covering_mount(mounts, flags[flag])
+            if mount is None:
+                continue  # test_ecs_every_path_flag_has_a_mount reports it
+            volume = volumes[mount["sourceVolume"]]
+            if _ecs_copied_up(volume, mount["containerPath"]):
+                continue
+            if _ecs_owner_fixed(task, container, mount["sourceVolume"], uid):
+                continue
+            where = volume.get("host", {}).get("sourcePath", volume["name"])
+            problems.append(
+                f"{container['name']}: {flag}={flags[flag]} is on {where}, which the host "
+                f"creates as root's (0755); uid {uid} cannot write it (no setup container "
+                "chowns it first)"
+            )
+    return problems
+
+
+def _k8s_uid(spec: dict[str, Any], container: dict[str, Any]) -> int:
+    """The uid a container runs as: its securityContext, the pod's, else the image's USER."""
+    uid = container.get("securityContext", {}).get("runAsUser")
+    uid = spec.get("securityContext", {}).get("runAsUser") if uid is None else uid
+    return IMAGE_UID if uid is None else int(uid)
+
+
+def k8s_unwritable_mounts(workload: dict[str, Any]) -> list[str]:
+    """Writable mounts of a workload's non-root containers that their user cannot write: a
+    hostPath (created root's, and fsGroup does not apply to it) or a claim without fsGroup, unless
+    a root init container ``chown``s the volume to that user first."""
+    spec = pod_spec(workload)
+    fs_group = spec.get("securityContext", {}).get("fsGroup")
+    inits = spec.get("initContainers", [])
+    problems = []
+    for container in inits + spec["containers"]:
+        uid = _k8s_uid(spec, container)
+        if uid == 0:
+            continue
+        # Init containers run in order, all before the main ones.
+        before = inits[: inits.index(container)] if container in inits else inits
+        handed = {
+            m["name"]
+            for init in before
+            for m in init.get("volumeMounts", [])
+            if _k8s_uid(spec, init) == 0
+            and not m.get("readOnly", False)
+            and _chowns_to(k8s_argv(init), uid, m["mountPath"])
+        }
+        mounts = _k8s_mounts(workload, container)
+        for m in container.get("volumeMounts", []):
+            path, source = m["mountPath"], mounts[m["mountPath"]]["source"]
+            if m.get("readOnly", False) or m["name"] in handed:
+                continue
+            if "hostPath" in source:
+                problems.append(
+                    f"{container['name']}: {path} is the node's {source['hostPath']['path']}, "
+                    f"root's; uid {uid} cannot write it"
+                )
+            elif ("claim" in source or "persistentVolumeClaim" in source) and fs_group is None:
+                problems.append(
+                    f"{container['name']}: {path} is a new volume, root's without fsGroup; "
+                    f"uid {uid} cannot write it"
+                )
+    return problems
+
+
+@pytest.mark.parametrize("path", [ECS_AGGREGATOR, ECS_SHIPPER], ids=lambda p: p.stem)
+def test_ecs_containers_can_write_their_volumes(path: Path) -> None:
+    assert ecs_unwritable_mounts(ecs(path)) == []
+
+
+def test_ecs_buffer_owner_runs_before_the_aggregator() -> None:
+    """The aggregator's buffer is a host path (it outlives the task, on the instance's data
+    volume): a root setup container hands it to the image's user, and the aggregator starts only
+    once that exited 0."""
+    task = ecs(ECS_AGGREGATOR)
+    agg = ecs_container(ECS_AGGREGATOR, "aggregator")
+    (setup_name,) = ecs_setup_containers(task)
+    setup = ecs_container(ECS_AGGREGATOR, setup_name)
+    assert agg["dependsOn"] == [{"containerName": setup_name, "condition": "SUCCESS"}]
+    assert setup["essential"] is False, "it exits: an essential one would stop the task"
+    assert setup["image"] == agg["image"], "no second image to pull or replace"
+    assert not setup.get("portMappings") and not setup.get("healthCheck")
+    buffer = _covering_mount(
+        _ecs_mounts(ECS_AGGREGATOR, agg), flag_values(ecs_argv(agg))["--buffer-dir"]
+    )
+    assert buffer and "host" in buffer["source"]
+    assert _ecs_uid(setup) == 0 and _chowns_to(ecs_argv(setup), IMAGE_UID, "/var/lib/logq/buffer")
+
+
+def _without_setup(task: dict[str, Any]) -> dict[str, Any]:
+    """The task as it was before the fix: the aggregator alone on the host path."""
+    task = copy.deepcopy(task)
+    setup = ecs_setup_containers(task)
+    task["containerDefinitions"] = [
+        c for c in task["containerDefinitions"] if c["name"] not in setup
+    ]
+    for c in task["containerDefinitions"]:
+        c.pop("dependsOn", None)
+    return task
+
+
+def _setup_of(task: dict[str, Any]) -> dict[str, Any]:
+    (name,) = ecs_setup_containers(task)
+    return next(c for c in task["containerDefinitions"] if c["name"] == name)
+
+
+def test_ecs_ownership_check_catches_a_root_owned_buffer() -> None:
+    task = ecs(ECS_AGGREGATOR)
+    (problem,) = ecs_unwritable_mounts(_without_setup(task))
+    assert "--buffer-dir=/var/lib/logq/buffer" in problem and f"uid {IMAGE_UID}" in problem
+
+    def broken(change: Any) -> list[str]:
+        mutated = copy.deepcopy(task)
+        change(mutated)
+        return ecs_unwritable_mounts(mutated)
+
+    agg = [c["name"] for c in task["containerDefinitions"]].index("aggregator")
+    # Started, not finished: the aggregator may open the buffer before the chown.
+    assert broken(
+        lambda t: t["containerDefinitions"][agg]["dependsOn"][0].update(condition="START")
+    )
+    assert broken(lambda t: _setup_of(t).update(command=["chown", "-R", "0:0", "/var/lib/logq"]))
+    assert broken(lambda t: _setup_of(t).pop("user"))  # as `logq` it cannot chown
+    assert broken(lambda t: _setup_of(t).update(mountPoints=[]))  # chowns its own dir
+    # Root needs no help; a Docker volume autoprovisioned at the image's own buffer dir is filled
+    # from it, owner included; the same volume at a path the image lacks is root's.
+    as_root = _without_setup(task)
+    as_root["containerDefinitions"][0]["user"] = "0"
+    assert ecs_unwritable_mounts(as_root) == []
+    named = _without_setup(task)
+    named["volumes"] = [
+        {
+            "name": "buffer",
+            "dockerVolumeConfiguration": {
+                "scope": "shared",
+                "autoprovision": True,
+                "driver": "local",
+            },
+        }
+    ]
+    assert ecs_unwritable_mounts(named) == []
+    named["volumes"][0]["dockerVolumeConfiguration"]["driverOpts"] = {
+        "type": "none",
+        "o": "bind",
+        "device": "/data/logq-buffer",
+    }
+    assert ecs_unwritable_mounts(named), "a bind of a host dir is not copied up"
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [(d["kind"], d["metadata"]["name"]) for d in k8s_docs() if d["kind"] in WORKLOAD_KINDS],
+)
+def test_k8s_containers_can_write_their_volumes(kind: str, name: str) -> None:
+    assert k8s_unwritable_mounts(k8s(kind, name)) == []
+
+
+def test_k8s_ownership_check_catches_root_owned_volumes() -> None:
+    sts = copy.deepcopy(k8s("StatefulSet", "logq-aggregator"))
+    del pod_spec(sts)["securityContext"]["fsGroup"]
+    (problem,) = k8s_unwritable_mounts(sts)
+    assert "/var/lib/logq/buffer is a new volume" in problem
+    ds = copy.deepcopy(k8s("DaemonSet", "logq-shipper"))
+    pod_spec(ds)["containers"][0]["securityContext"]["runAsUser"] = IMAGE_UID
+    (problem,) = k8s_unwritable_mounts(ds)  # the checkpoints; the log mount is read-only
+    assert "/var/lib/logq-shipper" in problem
+    # Storage that ignores fsGroup: a root init container that chowns the volume fixes it.
+    init = {
+        "name": "buffer-owner",
+        "image": "logq:latest",
+        "command": ["chown", "-R", f"{IMAGE_UID}:{IMAGE_UID}", "/buffer"],
+        "securityContext": {"runAsUser": 0, "runAsNonRoot": False},
+        "volumeMounts": [{"name": "buffer", "mountPath": "/buffer"}],
+    }
+    pod_spec(sts)["initContainers"] = [init]
+    assert k8s_unwritable_mounts(sts) == []
+    init["securityContext"]["runAsUser"] = IMAGE_UID  # cannot chown
+    assert k8s_unwritable_mounts(sts)
 
 
 # -- the health check, run for real --------------------------------------------------------------

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from aggregator.buffer import Buffer
 from aggregator.config import ConfigError, Settings, add_serve_flags, load_settings
 from aggregator.service import main
+from tests.support.procs import console_script
 
 
 def parse(argv: list[str]) -> Settings:
@@ -81,3 +87,83 @@ def test_cli_exits_2_with_message(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert main(["--envoy-format", "%REQ(:PATH)%", "--warehouse", str(wh)]) == 2
     assert not wh.exists()
     assert "START_TIME" in capsys.readouterr().err
+
+
+# -- an unusable --buffer-dir: one line with the directory, the uid/gid and the fix --------------
+
+
+def _buffer_error(directory: Path) -> OSError:
+    with pytest.raises(OSError) as caught:
+        Buffer(directory, 1 << 20, 1 << 30).open()
+    return caught.value
+
+
+def test_permission_denied_names_the_dir_the_uid_and_chown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a root-owned host path (Docker's or the kubelet's) does to the image's `logq` user:
+    the kernel refuses the lock file. As root no directory refuses, so the refusal is made here
+    exactly as the kernel makes it (``os.open`` raising EACCES with the file name)."""
+    real_open = os.open
+
+    def refuse_lock(path: Any, flags: int, *args: Any) -> int:
+        if Path(path).name == "lock":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr("aggregator.buffer.os.open", refuse_lock)
+    error = _buffer_error(tmp_path / "buffer")
+    text = str(error)
+    assert isinstance(error, PermissionError) and error.errno == errno.EACCES
+    assert text.startswith(f"--buffer-dir {tmp_path / 'buffer'} is not writable")
+    assert f"Permission denied: {tmp_path / 'buffer' / 'lock'}" in text
+    assert f"uid {os.getuid()}, gid {os.getgid()}" in text
+    assert f"chown -R {os.getuid()}:{os.getgid()} {tmp_path / 'buffer'}" in text
+    assert "deploy/README.md" in text and "\n" not in text
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes a 0555 directory anyway")
+def test_read_only_dir_is_refused_with_the_uid(tmp_path: Path) -> None:
+    (tmp_path / "buffer").mkdir(mode=0o555)
+    text = str(_buffer_error(tmp_path / "buffer"))
+    assert "is not writable" in text and f"uid {os.getuid()}, gid {os.getgid()}" in text
+
+
+def test_a_file_in_the_way_is_named(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("not a directory")
+    for directory in (tmp_path / "afile" / "buffer", tmp_path / "afile"):
+        text = str(_buffer_error(directory))
+        assert text.startswith(f"--buffer-dir {directory} is not a directory"), text
+        assert f"uid {os.getuid()}, gid {os.getgid()}" in text
+    # Other errors keep their own words (a second instance on the same directory).
+    held = Buffer(tmp_path / "held", 1 << 20, 1 << 30)
+    held.open()
+    try:
+        assert "in use by another logq-aggregator" in str(_buffer_error(tmp_path / "held"))
+    finally:
+        held.unlock()
+
+
+@pytest.mark.integration
+def test_cli_prints_one_line_for_an_unusable_buffer_dir(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    (tmp_path / "afile").write_text("not a directory")
+    done = subprocess.run(
+        [
+            str(console_script("logq-aggregator")),
+            f"--warehouse={tmp_path / 'warehouse'}",
+            f"--buffer-dir={tmp_path / 'afile' / 'buffer'}",
+            "--listen=127.0.0.1:0",
+        ],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"logq-aggregator: --buffer-dir {tmp_path / 'afile' / 'buffer'} is")
+    assert f"uid {os.getuid()}, gid {os.getgid()}" in last and "point it at a directory" in last
