@@ -23,6 +23,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import socket
 import ssl
 import time
@@ -120,6 +121,10 @@ class ForwardServer:
         self.hostname = socket.gethostname()
         self._server: asyncio.base_events.Server | None = None
         self._conns: dict[asyncio.Task[None], _Conn] = {}
+        # Connection unpackers build Forward- and Message-mode messages as their bytes arrive
+        # and keep a half-received one between reads: together they may hold as many objects
+        # as one message may (so N slow clients cannot each hold one message's worth).
+        self._objects = wire.ObjectBudget(wire.OBJECTS_PER_ENTRY * limits.max_message_entries)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(
@@ -179,6 +184,8 @@ class ForwardServer:
             log.exception("closing connection from %s after an unexpected error", peer)
             self.metrics.connections_rejected.labels("internal_error").inc()
         finally:
+            if conn.budget is not None:
+                conn.budget.reset()  # its unfinished message is dropped with the connection
             self._conns.pop(task, None)
             self.metrics.connections.dec()
             writer.close()
@@ -217,7 +224,7 @@ class ForwardServer:
         self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         conn.budget = wire.message_budget(
-            self.limits.max_message_entries, self.limits.max_frame_bytes
+            self.limits.max_message_entries, self.limits.max_frame_bytes, self._objects
         )
         unpacker = wire.new_unpacker(
             self.limits.max_frame_bytes,
@@ -283,6 +290,8 @@ class ForwardServer:
         entries), acked as JSON; the same limits as msgpack: size, a whole message within the
         idle timeout of its first byte, malformed text closes the connection."""
         pending = b""
+        parsed = 0  # bytes parsed so far for the unfinished message
+        scanner = _JsonScanner()
         while True:
             self.metrics.bytes_in.inc(len(data))
             pending += data
@@ -292,7 +301,22 @@ class ForwardServer:
                     "bytes)",
                     "frame_too_large",
                 )
-            messages, pending = _json_messages(pending)
+            # The json module cannot resume a parse: an unfinished message is parsed again from
+            # its start. So a scanner (linear) says when a message is complete and only then is
+            # it parsed for sure; before that, a parse is tried only while all the tries for
+            # this message stay under a few times its size (early errors for junk, never the
+            # quadratic CPU of a message sent a byte at a time).
+            scanner.feed(data)
+            messages: list[Any] = []
+            within = (
+                parsed + len(pending) <= JSON_REPARSE_FACTOR * len(pending) + JSON_REPARSE_SLACK
+            )
+            if scanner.complete or within:
+                parsed += len(pending)
+                messages, pending = _json_messages(pending)
+                if messages:
+                    parsed = 0
+                    scanner.complete = False
             if messages:
                 await self._process(conn, None, writer, messages)
             if not pending.strip():
@@ -345,6 +369,8 @@ class ForwardServer:
                         break
                     self.metrics.records_in.inc(batch.num_rows)
                 entries.append((wait, chunk))
+        except wire.ObjectPoolFull as exc:
+            error = ConnectionClosed(str(exc), "objects_pool_full")
         except wire.ProtocolError as exc:
             reason = str(exc)
             if exc.__cause__ is not None and not str(exc.__cause__):
@@ -444,6 +470,56 @@ def _note_partial(conn: _Conn, partial: bool) -> None:
         conn.partial_since = None
     elif conn.partial_since is None:
         conn.partial_since = time.monotonic()
+
+
+#: Parses of an unfinished JSON message (each from its start) stop once they add up to this
+#: many times its size, plus the slack; then only its completion triggers one (``_serve_json``).
+JSON_REPARSE_FACTOR = 8
+JSON_REPARSE_SLACK = 1024 * 1024
+#: Deepest JSON nesting accepted (a Forward message needs ~5 levels; the json module recurses).
+MAX_JSON_DEPTH = 256
+_JSON_SIGNIFICANT = re.compile(rb'["\\\[\]{}]')
+_QUOTE, _BACKSLASH, _OPENERS, _CLOSERS = ord('"'), ord("\\"), b"[{", b"]}"
+
+
+class _JsonScanner:
+    """Follows the nesting of JSON text read so far, without parsing it: ``complete`` turns
+    True when a top-level value closes. Only ASCII bytes matter, so UTF-8 can be scanned as
+    bytes; the state carries over between reads (an escape may be split by one)."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.in_string = False
+        self.escaped = False
+        self.complete = False
+
+    def feed(self, data: bytes) -> None:
+        pos = 0
+        if self.escaped and data:
+            self.escaped, pos = False, 1
+        while (match := _JSON_SIGNIFICANT.search(data, pos)) is not None:
+            at = match.start()
+            char = data[at]
+            pos = at + 1
+            if self.in_string:
+                if char == _BACKSLASH:
+                    if pos == len(data):
+                        self.escaped = True
+                    pos += 1
+                elif char == _QUOTE:
+                    self.in_string = False
+            elif char == _QUOTE:
+                self.in_string = True
+            elif char in _OPENERS:
+                self.depth += 1
+                if self.depth > MAX_JSON_DEPTH:
+                    raise ConnectionClosed(
+                        "not the Forward protocol: JSON message nested too deeply", "protocol_error"
+                    )
+            elif char in _CLOSERS and self.depth > 0:
+                self.depth -= 1
+                if self.depth == 0:
+                    self.complete = True
 
 
 def _json_messages(pending: bytes) -> tuple[list[Any], bytes]:

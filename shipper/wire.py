@@ -176,6 +176,11 @@ _UNPACK_SLICE = 1024 * 1024
 OBJECTS_PER_ENTRY = 32
 
 
+class ObjectPoolFull(ProtocolError):
+    """The unfinished messages of all connections hold too many objects together: the
+    connection being read is closed, though what it sent may be valid."""
+
+
 class ObjectBudget:
     """Counts the elements of the arrays and maps msgpack builds for one message, and refuses
     the message (:class:`ProtocolError`) past ``limit``.
@@ -185,14 +190,19 @@ class ObjectBudget:
     The streaming unpacker resumes partly built messages without calling a hook twice.
     """
 
-    __slots__ = ("limit", "used")
+    __slots__ = ("limit", "pool", "used")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, pool: ObjectBudget | None = None) -> None:
         self.limit = limit
         self.used = 0
+        self.pool = pool
+        """Shared by every connection's budget: what all unfinished messages hold together
+        (a streaming unpacker keeps a half-received message's objects between reads)."""
 
     def reset(self) -> None:
-        """Start counting the next message."""
+        """Start counting the next message (and give this one's count back to the pool)."""
+        if self.pool is not None:
+            self.pool.used -= self.used
         self.used = 0
 
     def hooks(self) -> dict[str, Any]:
@@ -210,6 +220,14 @@ class ObjectBudget:
 
     def _count(self, n: int) -> None:
         self.used += n
+        if self.pool is not None:
+            self.pool.used += n
+            if self.pool.used > self.pool.limit:
+                raise ObjectPoolFull(
+                    f"the messages being received on all connections hold more than "
+                    f"{self.pool.limit:,} msgpack objects together: this one is closed (its "
+                    "client resends)"
+                )
         if self.used > self.limit:
             raise ProtocolError(
                 f"message builds more than {self.limit:,} msgpack objects (the per-message "
@@ -218,13 +236,14 @@ class ObjectBudget:
             )
 
 
-def message_budget(max_entries: int, max_bytes: int) -> ObjectBudget | None:
+def message_budget(
+    max_entries: int, max_bytes: int, pool: ObjectBudget | None = None
+) -> ObjectBudget | None:
     """The object budget of one message of at most ``max_entries`` entries and ``max_bytes``
-    bytes, or None when those bytes cannot reach it (every object takes at least one byte):
-    counting costs ~15% of unpacking rich records, so messages that cannot exceed the limit,
-    all of them under the default, are not counted."""
+    bytes, or None when those bytes cannot reach it (every object takes at least one byte) and
+    there is no ``pool`` to count for: counting costs ~15% of unpacking rich records."""
     limit = OBJECTS_PER_ENTRY * max_entries
-    return ObjectBudget(limit) if max_bytes > limit else None
+    return ObjectBudget(limit, pool) if max_bytes > limit or pool is not None else None
 
 
 def new_unpacker(

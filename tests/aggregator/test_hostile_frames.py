@@ -23,7 +23,7 @@ import pytest
 
 from aggregator import decode as dec
 from aggregator import packed
-from aggregator.server import ConnectionClosed, _json_messages
+from aggregator.server import MAX_JSON_DEPTH, ConnectionClosed, _json_messages, _JsonScanner
 from shipper import wire
 from tests.aggregator.helpers import read_acks, read_table, record, start_aggregator
 from tests.aggregator.test_packed import shipper_record
@@ -178,6 +178,33 @@ def test_records_of_tiny_nested_values_are_refused_at_the_object_budget(gzipped:
     assert batch.column("log").to_pylist() == [f"j{i}" for i in range(10)]
 
 
+def test_unfinished_messages_of_all_connections_share_one_object_budget() -> None:
+    """A streaming unpacker keeps the objects of a half-received message between reads: many
+    connections each holding most of a message must not add up past one shared limit."""
+    pool = wire.ObjectBudget(3_000)
+    entries = [[0, {"log": "x", "junk": [[{}] * 50] * 4}] for _ in range(9)]  # ~1,900 objects
+    half = wire.pack(["t", entries])[:-10]  # all but the end of the last entry
+
+    def connection() -> tuple[Any, Any]:
+        budget = wire.message_budget(100, 1 << 20, pool)
+        return budget, wire.new_unpacker(1 << 20, max_array_len=100, budget=budget)
+
+    a_budget, a = connection()
+    a.feed(half)
+    assert list(wire.iter_messages(a, a_budget)) == [] and pool.used > 1_500
+    b_budget, b = connection()
+    b.feed(half)
+    with pytest.raises(wire.ObjectPoolFull, match="on all connections hold more than 3,000"):
+        list(wire.iter_messages(b, b_budget))
+    b_budget.reset()  # the server does this when it closes a connection
+    a_budget.reset()
+    assert pool.used == 0
+    c_budget, c = connection()
+    c.feed(wire.pack(["t", entries]))
+    assert len(next(wire.iter_messages(c, c_budget))[1]) == 9
+    assert pool.used == 0  # a finished message gives its count back
+
+
 @pytest.mark.parametrize("n", [10, 70])  # 70: the constant-metadata decoder too
 def test_the_msgspec_path_skips_values_it_does_not_keep(n: int) -> None:
     """With a right ``size`` the msgspec decoders read only the keys they keep and skip the
@@ -234,6 +261,38 @@ def test_json_text_nested_too_deeply_closes_as_a_protocol_error() -> None:
     with pytest.raises(ConnectionClosed, match="nested too deeply") as info:
         _json_messages(b'["t", 1, {"log": "ok"}]' + b"[" * 200_000)
     assert info.value.label == "protocol_error"
+
+
+_TRICKY_JSON = [
+    json.dumps(["t", 1, {"log": 'a "quoted" ] } [ { \\ back\\slash \\"', "k": [[], {}]}]),
+    json.dumps(["t", [[1, {"log": "\\\\"}], [2, {"log": "ü ] \\u00e9 \\n"}]], {"chunk": "c"}]),
+    json.dumps(["t", 1, {"log": "x\\"}], ensure_ascii=False),
+]
+
+
+@pytest.mark.parametrize("text", _TRICKY_JSON)
+def test_the_json_scanner_finds_the_end_of_a_message_however_it_is_split(text: str) -> None:
+    """``]``, ``}``, quotes and backslashes inside strings do not fool it, and neither does a
+    read that ends inside an escape; the message is complete at its last byte, not before."""
+    data = text.encode()
+    assert json.loads(data)  # valid JSON, so the test is about splitting
+    byte_by_byte = _JsonScanner()
+    for i in range(len(data)):
+        byte_by_byte.feed(data[i : i + 1])
+        assert byte_by_byte.complete is (i == len(data) - 1), (i, data[: i + 1])
+    for cut in range(len(data) + 1):
+        two = _JsonScanner()
+        two.feed(data[:cut])
+        assert two.complete is (cut == len(data))
+        two.feed(data[cut:])
+        assert two.complete
+
+
+def test_the_json_scanner_refuses_deep_nesting_as_it_arrives() -> None:
+    scanner = _JsonScanner()
+    scanner.feed(b"[" * MAX_JSON_DEPTH)
+    with pytest.raises(ConnectionClosed, match="nested too deeply"):
+        scanner.feed(b"[")
 
 
 # --- chunk option --------------------------------------------------------------------------------
