@@ -92,6 +92,9 @@ class _Conn:
     partial_since: float | None = None
     """Monotonic time the unfinished message in the unpacker began arriving (None: none)."""
     budget: wire.ObjectBudget | None = None
+    acks: bool = False
+    """The client asked for an ack (a ``chunk`` option) at least once: it resends what is not
+    acked, so a connection stalled by a full buffer may be closed."""
     """Counts the objects of the message being unpacked (:func:`shipper.wire.message_budget`)."""
 
 
@@ -237,20 +240,7 @@ class ForwardServer:
                 await self._process(conn, unpacker, writer)
                 _note_partial(conn, conn.boundary != conn.fed)
         while not conn.stopping:
-            if self.buffer.full:
-                self.metrics.backpressure.inc()
-                if self.on_append:
-                    self.on_append()
-                try:
-                    await asyncio.wait_for(self.buffer.wait_for_space(), BACKPRESSURE_CLOSE_SECONDS)
-                except TimeoutError:
-                    raise ConnectionClosed(
-                        f"buffer full for {BACKPRESSURE_CLOSE_SECONDS:.0f}s (the warehouse is "
-                        "not taking data): closed unread, the client resends later or elsewhere",
-                        "backpressure",
-                    ) from None
-                if conn.partial_since is not None:  # our pause, not the client's slowness
-                    conn.partial_since = time.monotonic()
+            await self._wait_for_space(conn)
             data = await self._read_next(conn, reader)
             if not data:
                 return
@@ -270,6 +260,28 @@ class ForwardServer:
             conn.fed += len(data)
             await self._process(conn, unpacker, writer)
             _note_partial(conn, conn.boundary != conn.fed)
+
+    async def _wait_for_space(self, conn: _Conn) -> None:
+        """While the buffer is full, read nothing (TCP backpressure). A client that asks for
+        acks is closed after BACKPRESSURE_CLOSE_SECONDS so it resends elsewhere or later; one
+        that never asked (fluent-logger, Fluent Bit or Fluentd without require_ack_response)
+        cannot resend what it already wrote, so it waits as long as the buffer stays full."""
+        if not self.buffer.full:
+            return
+        self.metrics.backpressure.inc()
+        if self.on_append:
+            self.on_append()
+        timeout = BACKPRESSURE_CLOSE_SECONDS if conn.acks else None
+        try:
+            await asyncio.wait_for(self.buffer.wait_for_space(), timeout)
+        except TimeoutError:
+            raise ConnectionClosed(
+                f"buffer full for {BACKPRESSURE_CLOSE_SECONDS:.0f}s (the warehouse is not taking "
+                "data): closed unread, the client resends later or elsewhere",
+                "backpressure",
+            ) from None
+        if conn.partial_since is not None:  # our pause, not the client's slowness
+            conn.partial_since = time.monotonic()
 
     async def _read_next(self, conn: _Conn, reader: asyncio.StreamReader) -> bytes:
         """The next bytes: within the idle timeout, or, while a message is unfinished, by the
@@ -322,6 +334,7 @@ class ForwardServer:
             if not pending.strip():
                 pending = b""
             _note_partial(conn, bool(pending))
+            await self._wait_for_space(conn)
             data = await self._read_next(conn, reader)
             if not data:
                 return
@@ -369,6 +382,7 @@ class ForwardServer:
                         break
                     self.metrics.records_in.inc(batch.num_rows)
                 entries.append((wait, chunk))
+                conn.acks = conn.acks or chunk is not None
         except wire.ObjectPoolFull as exc:
             error = ConnectionClosed(str(exc), "objects_pool_full")
         except wire.ProtocolError as exc:

@@ -12,7 +12,7 @@ import pytest
 
 from aggregator.server import BACKPRESSURE_CLOSE_SECONDS
 from shipper import wire
-from tests.aggregator.helpers import read_acks, read_table, record, start_aggregator
+from tests.aggregator.helpers import read_acks, read_table, record, start_aggregator, wait_rows
 from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.integration
@@ -120,3 +120,50 @@ def test_a_failing_buffer_write_closes_only_that_connection_and_acks_nothing_aft
         agg.stop()
     stored = sorted(read_table(agg.warehouse, "container_logs")["message"].to_pylist())
     assert stored == sorted(line for c in acked for line in sent[c])  # acked: all, once
+
+
+def test_clients_without_acks_wait_while_the_buffer_is_full_and_lose_nothing(
+    tmp_path: Path,
+) -> None:
+    """A client that never asks for acks (fluent-logger, Fluent Bit or Fluentd without
+    require_ack_response) cannot resend what it wrote: its connection is paused by TCP
+    backpressure for as long as the buffer is full, never closed unread."""
+    warehouse = tmp_path / "warehouse"
+    warehouse.mkdir()
+    blocker = warehouse / "container_logs"
+    blocker.write_text("a file where the table folder should be: every flush fails")
+    agg = start_aggregator(
+        tmp_path, warehouse=str(warehouse), extra=["--buffer-limit-bytes", "150000"]
+    )
+    total = 3000
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def sender() -> None:
+        try:
+            with agg.connect() as sock:
+                sock.settimeout(300)
+                for i in range(total):  # Message mode, no chunk: fire and forget
+                    line = f"noack-{i}-{os.urandom(60).hex()}"
+                    sock.sendall(wire.encode_message("logq.na", time.time_ns(), record(line)))
+            done.set()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=sender, daemon=True)
+    try:
+        thread.start()
+        wait_until(lambda: "failed" in agg.log_text(), 30, "a failed flush", proc=agg.proc)
+        time.sleep(BACKPRESSURE_CLOSE_SECONDS + 3)
+        # The sender's bytes (5x the buffer limit) sit in socket buffers, unread: not closed.
+        assert f"buffer full for {BACKPRESSURE_CLOSE_SECONDS:.0f}s" not in agg.log_text()
+        blocker.unlink()  # the warehouse is back
+        thread.join(timeout=120)
+        assert done.is_set() and not errors, errors
+        # Without acks only the warehouse tells when everything sent has been read.
+        wait_rows(str(warehouse), "container_logs", total, agg, timeout=120)
+        assert agg.stop() == 0, agg.log_text()
+    finally:
+        agg.stop()
+    messages = read_table(str(warehouse), "container_logs")["message"].to_pylist()
+    assert len(messages) == total and len(set(messages)) == total
