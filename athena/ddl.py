@@ -17,6 +17,9 @@ from athena.schema import (
     sanitize_service,
 )
 
+#: The ``service`` enum's only value while no service is known (see :func:`service_enum`).
+PLACEHOLDER_SERVICE = "unknown"
+
 #: First hour the ``dt`` projection covers; Athena only enumerates within the query's own range.
 PROJECTION_START = "2020-01-01-00"
 
@@ -39,9 +42,14 @@ def table_location(warehouse_uri: str, table: Table) -> str:
 
 
 def service_enum(services: Iterable[str]) -> str:
-    """Comma-joined, sanitised, sorted service names for ``projection.service.values``."""
+    """Comma-joined, sanitised, sorted service names for ``projection.service.values``.
+
+    With no services the enum holds the placeholder ``unknown`` (an enum projection needs a
+    value): the DDL is valid but Athena finds no rows until the list is extended, so callers
+    that can have no services (``logq ddl`` on an empty warehouse) must say so.
+    """
     values = sorted({sanitize_service(s) for s in services})
-    return ",".join(values) or "unknown"
+    return ",".join(values) or PLACEHOLDER_SERVICE
 
 
 def create_table(

@@ -67,8 +67,19 @@ COMMANDS = [
     (tables.ddl, "logq ddl --warehouse s3://logs-bucket/warehouse > tables.sql"),
     (tables.services, "logq services --format json"),
 ]
+
+
+def help_text(doc: str | None) -> str:
+    """A docstring as help: paragraphs kept, the line breaks inside them dropped (rich help keeps
+    every newline, so a docstring wrapped at 100 columns would break mid-sentence on screen)."""
+    import inspect
+
+    paragraphs = inspect.cleandoc(doc or "").split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
+
+
 for command, example in COMMANDS:
-    app.command(epilog=f"Example: {example}")(command)
+    app.command(help=help_text(command.__doc__), epilog=f"Example: {example}")(command)
 
 
 @app.command(epilog="Example: logq demo")

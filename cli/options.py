@@ -7,7 +7,9 @@ module must stay light: ``logq --help`` imports it, and the help must start in w
 
 from __future__ import annotations
 
+import copy
 import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -60,6 +62,10 @@ class Common:
     athena_output: str | None
     athena_region: str | None
     max_scan_bytes: int | None
+    default_since: str = "1h"
+    """``--since`` when not given (the command's own default, also shown in its help)."""
+    default_limit: int = 50
+    """``--limit`` when not given, for queries that LIMIT in SQL."""
 
 
 _COMMON: list[tuple[str, Any, Any]] = [
@@ -126,7 +132,7 @@ _COMMON: list[tuple[str, Any, Any]] = [
             typer.Option(
                 min=1,
                 max=10_000_000,
-                help="At most this many rows (default depends on the command).",
+                help="At most this many rows.",
                 rich_help_panel=QUERY_PANEL,
             ),
         ],
@@ -239,19 +245,70 @@ _COMMON: list[tuple[str, Any, Any]] = [
 
 COMMON_NAMES = [name for name, _, _ in _COMMON]
 
+#: Shared options that filter requests (envoy_access rows) and so mean nothing to commands that
+#: do not filter requests by path and method: ``trace``, ``tail``, ``sql``, ``services``.
+REQUEST_FILTERS = ("path", "method")
 
-def query_command(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Give ``fn(common: Common, ...)`` the shared options as real CLI parameters."""
+
+def _with_default(annotation: Any, text: str) -> Any:
+    """``annotation`` (``Annotated[T, typer.Option(...)]``) with "Default: <text>." after its
+    help, so each command's --help shows its own default of a shared option."""
+    base, info = typing.get_args(annotation)
+    info = copy.copy(info)
+    info.help = f"{info.help} Default: {text}."
+    return Annotated[base, info]
+
+
+def query_command(
+    fn: Callable[..., Any] | None = None,
+    *,
+    without: tuple[str, ...] = (),
+    since: str = "1h",
+    limit: int = 50,
+    since_text: str | None = None,
+    limit_text: str | None = None,
+) -> Any:
+    """Give ``fn(common: Common, ...)`` the shared options as real CLI parameters.
+
+    ``without`` names shared options the command has no use for (``path``, ``method`` on
+    commands that do not read request paths): they are left out of its parameters and help, so
+    click refuses them as unknown instead of the command silently ignoring them, and
+    :class:`Common` carries their defaults. ``since`` and ``limit`` are the command's defaults
+    (``Common.default_since``/``default_limit``), written once here so ``--help`` shows what the
+    command does; ``since_text``/``limit_text`` say it in words where the default is not a
+    value (``sql`` reads every row). Use as ``@query_command`` or ``@query_command(...)``.
+    """
+    unknown = set(without) - set(COMMON_NAMES)
+    if unknown:
+        raise ValueError(f"not shared options: {sorted(unknown)}")
+    if fn is None:
+        return lambda f: query_command(
+            f,
+            without=without,
+            since=since,
+            limit=limit,
+            since_text=since_text,
+            limit_text=limit_text,
+        )
     sig = inspect.signature(fn)
     own = [p for p in sig.parameters.values() if p.name != "common"]
+    shown = {"since": since_text or since, "limit": limit_text or f"{limit:,} rows"}
     shared = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=ann)
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=default,
+            annotation=_with_default(ann, shown[name]) if name in shown else ann,
+        )
         for name, ann, default in _COMMON
+        if name not in without
     ]
+    fixed = {name: default for name, _, default in _COMMON if name in without}
     own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
 
     def command(**kwargs: Any) -> Any:
-        common = Common(**{name: kwargs.pop(name) for name in COMMON_NAMES})
+        values = {name: kwargs.pop(name) for name in COMMON_NAMES if name not in fixed}
+        common = Common(**values, **fixed, default_since=since, default_limit=limit)
         return fn(common=common, **kwargs)
 
     command.__name__ = fn.__name__

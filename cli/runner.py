@@ -82,6 +82,8 @@ class Prepared:
     trange: TimeRange
     services: list[str] | None
     scopes: dict[str, list[Partition]] = field(default_factory=dict)
+    services_checked: bool = False
+    """Unknown ``--service`` names were noted (once: ``tail --follow`` runs it every poll)."""
 
 
 def prepare(
@@ -89,14 +91,20 @@ def prepare(
     name: str,
     table: str,
     extra: dict[str, Any] | None = None,
-    default_since: str = "1h",
-    default_limit: int = 50,
+    default_since: str | None = None,
+    default_limit: int | None = None,
 ) -> Prepared:
-    """Load canned query ``name`` and fill the common parameters from the options."""
+    """Load canned query ``name`` and fill the common parameters from the options.
+
+    The command's own defaults for ``--since``/``--limit`` come in ``common`` (declared with
+    the command, so its --help shows them); ``default_since``/``default_limit`` override them.
+    """
     from athena.queries import load
     from athena.timerange import TimeRange
 
-    trange = TimeRange.parse(common.since, common.until, default=default_since)
+    trange = TimeRange.parse(
+        common.since, common.until, default=default_since or common.default_since
+    )
     services = normalise_services(common.service)
     params: dict[str, Any] = {
         **trange.sql_params(),
@@ -104,7 +112,7 @@ def prepare(
         "services": services or [""],
         "path_prefix": common.path or "",
         "method": normalise_method(common.method),
-        "row_limit": common.limit or default_limit,
+        "row_limit": common.limit or default_limit or common.default_limit,
     }
     params.update(extra or {})
     return Prepared(name, table, load(name).text, params, trange, services)
@@ -192,6 +200,9 @@ def execute(common: Common, prep: Prepared) -> QueryResult | None:
     engine = make_engine(common)
     if common.engine is EngineName.local:
         prep.scopes = {prep.table: engine.plan(prep.table, prep.services, prep.trange)}
+        if not prep.services_checked:
+            note_unknown_services(engine.warehouse, prep.table, prep.services)
+            prep.services_checked = True
     if common.dry_run:
         dry_run(common, engine, prep)
         return None
@@ -223,6 +234,38 @@ def check_athena_budget(common: Common, prep: Prepared) -> None:
         )
 
 
+def unknown_services_text(table: str, unknown: list[str], known: list[str]) -> str:
+    """``unknown service 'x' in <table>; known: a, b`` (at most 30 known names)."""
+    shown = ", ".join(known[:30]) + (" ..." if len(known) > 30 else "")
+    return f"unknown service {', '.join(map(repr, unknown))} in {table}; known: {shown}"
+
+
+def note_unknown_services(
+    wh: Warehouse, table: str, services: list[str] | None, all_too: bool = False
+) -> None:
+    """Name the ``--service`` values ``table`` has no folder for, on stderr, with the known ones.
+
+    A name that matches nothing is dropped by the query's ``IN (...)`` without a word; with
+    ``recipe,recipee`` the answer would look complete. When *every* name is unknown the
+    canned queries say so in their "no results" reason instead (``all_too`` False); ``logq
+    sql``, which has no such reason, asks for that case too. Like that reason, this is a note:
+    the answer (possibly empty) is still printed and the exit code stays 0.
+    """
+    if not services:
+        return
+    from athena.partitions import list_services
+
+    known = list_services(wh, table)
+    unknown = [s for s in services if s not in known]
+    if not unknown or (len(unknown) == len(services) and not all_too):
+        return
+    if not known:
+        return  # an empty table is explained by the "no data at all" reason, not per name
+    found = [s for s in services if s in known]
+    rest = f"; showing {', '.join(found)} only" if found else ""
+    note(f"logq: note: {unknown_services_text(table, unknown, known)}{rest}")
+
+
 def explain_empty(common: Common, prep: Prepared) -> str:
     """Why a query returned nothing, in words that say what to try next."""
     from athena.timerange import iso_utc
@@ -241,6 +284,9 @@ def explain_empty(common: Common, prep: Prepared) -> str:
     wh = open_warehouse(common.warehouse)
     known = list_services(wh, prep.table)
     if not known:
+        from cli.storage import check_bucket
+
+        check_bucket(wh)  # a missing bucket lists as empty: say so, not "no data"
         return (
             f"the warehouse {wh.uri} has no {prep.table} data at all; check --warehouse / "
             "LOGQ_WAREHOUSE, or run `logq demo` to make some"
@@ -248,10 +294,7 @@ def explain_empty(common: Common, prep: Prepared) -> str:
     if prep.services:
         unknown = [s for s in prep.services if s not in known]
         if len(unknown) == len(prep.services):
-            shown = ", ".join(known[:30]) + (" ..." if len(known) > 30 else "")
-            return (
-                f"unknown service {', '.join(map(repr, unknown))} in {prep.table}; known: {shown}"
-            )
+            return unknown_services_text(prep.table, unknown, known)
     if not prep.scopes.get(prep.table):
         newest = newest_data(wh, prep.table, prep.services)
         where = f" for {', '.join(prep.services)}" if prep.services else ""

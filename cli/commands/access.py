@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from cli.errors import friendly
-from cli.options import Common, query_command
+from cli.options import REQUEST_FILTERS, Common, query_command
 
 
 def parse_status(value: str) -> tuple[int, int]:
@@ -134,7 +134,7 @@ def upstreams(common: Common) -> None:
             runner.show(common, result, prep, "upstream hosts")
 
 
-@query_command
+@query_command(limit=20)
 def top(
     common: Common,
     by: Annotated[
@@ -145,7 +145,7 @@ def top(
     from cli import runner
 
     with friendly():
-        prep = runner.prepare(common, "top", "envoy_access", {"top_by": by.value}, default_limit=20)
+        prep = runner.prepare(common, "top", "envoy_access", {"top_by": by.value})
         result = runner.execute(common, prep)
         if result is not None:
             runner.show(
@@ -153,7 +153,7 @@ def top(
             )
 
 
-@query_command
+@query_command(limit_text="every interval of the range")
 def timeline(
     common: Common,
     every: Annotated[str, typer.Option(help="Interval: 30s, 1m, 5m, 1h, 1d.")] = "1m",
@@ -190,7 +190,7 @@ def timeline(
         runner.show(common, result, prep, "timeline", rows=rows)
 
 
-@query_command
+@query_command(without=REQUEST_FILTERS, since="1d", limit=500)
 def trace(
     common: Common,
     request_id: Annotated[str, typer.Argument(help="The x-request-id to follow.")],
@@ -206,8 +206,6 @@ def trace(
             "trace",
             "envoy_access",
             {"request_id": request_id},
-            default_since="1d",
-            default_limit=500,
         )
         result = runner.execute(common, prep)
         if result is not None:

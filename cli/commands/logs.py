@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from cli.errors import friendly
-from cli.options import Common, query_command
+from cli.options import REQUEST_FILTERS, Common, query_command
 
 
 class Stream(StrEnum):
@@ -17,7 +17,7 @@ class Stream(StrEnum):
     stderr = "stderr"
 
 
-@query_command
+@query_command(without=REQUEST_FILTERS, since="15m", limit=100)
 def tail(
     common: Common,
     grep: Annotated[
@@ -34,16 +34,24 @@ def tail(
         float, typer.Option(min=0.2, help="Seconds between polls with --follow.")
     ] = 2.0,
 ) -> None:
-    """Recent container output lines (app stdout/stderr, Envoy's own lines), oldest first."""
+    """Recent container output lines (app stdout/stderr, Envoy's own lines), oldest first.
+
+    Each line prints as TIME SERVICE CONTAINER| MESSAGE; a line the container wrote to stderr
+    has !| instead of | (e.g. "recipe app!| panic: ..."), so errors stand out and grep '!|'
+    finds them. json/csv carry the stream in a column instead.
+    """
     from cli import runner
 
     with friendly():
+        if follow and common.until:
+            raise ValueError(
+                "--until does not go with --follow, which prints lines up to now as they "
+                "arrive; leave out --until, or -F to read a closed range"
+            )
         if grep is not None:
             _check_regex(grep, common)
         extra = {"grep": grep or "", "stream": stream.value if stream else ""}
-        prep = runner.prepare(
-            common, "tail", "container_logs", extra, default_since="15m", default_limit=100
-        )
+        prep = runner.prepare(common, "tail", "container_logs", extra)
         if follow:
             from cli.follow import follow_sql
 

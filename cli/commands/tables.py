@@ -7,10 +7,12 @@ from typing import Annotated, Any
 import typer
 
 from cli.errors import friendly
-from cli.options import Common, EngineName, query_command
+from cli.options import REQUEST_FILTERS, Common, EngineName, query_command
 
 
-@query_command
+@query_command(
+    without=REQUEST_FILTERS, since_text="every row (no time restriction)", limit_text="every row"
+)
 def sql(
     common: Common,
     statement: Annotated[str, typer.Argument(help="One Athena (Trino) SQL statement.")],
@@ -21,7 +23,8 @@ def sql(
     --since 15m is the last 15 minutes, by each row's timestamp), and only queries run (SELECT,
     WITH, VALUES, EXPLAIN [ANALYZE] of a query, DESCRIBE, SHOW) over the warehouse tables:
     DuckDB would otherwise let a statement write or read any file (COPY ... TO, read_text) or
-    change settings. On Athena the statement runs exactly as written.
+    change settings. On Athena the statement runs exactly as written. To filter by path or
+    method, say so in the statement (WHERE starts_with(path, '/api') AND method = 'GET').
     """
     from cli import runner
 
@@ -51,6 +54,12 @@ def sql(
                 else None
             )
             scopes = {t: engine.plan(t, services, trange) for t in tables_of(query) & set(TABLES)}
+            if scopes and not any(scopes.values()):
+                from cli.storage import check_bucket
+
+                check_bucket(engine.warehouse)  # a missing bucket lists as empty
+            for t in sorted(scopes):
+                runner.note_unknown_services(engine.warehouse, t, services, all_too=True)
             if common.dry_run:
                 for t, parts in scopes.items():
                     sys.stdout.write(f"-- {t}: {len(parts)} partitions\n")
@@ -176,25 +185,35 @@ def ddl(
 ) -> None:
     """Print Athena CREATE EXTERNAL TABLE statements for both tables (partition projection).
 
-    The service enum lists --service values, else the services found in the warehouse.
+    The service enum lists --service values, else the services found in the warehouse (a
+    warehouse that cannot be listed is an error, not an empty list). With no services yet the
+    enum holds a placeholder and Athena finds no rows: apply the DDL again once data arrives, or
+    let the aggregator keep it current (--athena-database).
     """
     with friendly():
         from athena.ddl import create_all
-        from athena.partitions import list_services
         from athena.warehouse import open_warehouse, resolve_uri
 
         uri = resolve_uri(warehouse)
         names = list(service or [])
         if not names:
-            try:
-                wh = open_warehouse(uri)
-                names = sorted(
-                    set(list_services(wh, "envoy_access"))
-                    | set(list_services(wh, "container_logs"))
+            from athena.freshness import known_services
+            from cli.storage import check_bucket
+
+            wh = open_warehouse(uri)
+            names = known_services(wh)  # OSError (denied, unreachable): exit 1 with advice
+            if not names:
+                check_bucket(wh)
+                from athena.ddl import PLACEHOLDER_SERVICE
+
+                sys.stderr.write(
+                    f"logq: warning: {wh.uri} holds no services yet, so the DDL's service list "
+                    f"is only the placeholder {PLACEHOLDER_SERVICE!r} and Athena will find no "
+                    "rows; apply `logq ddl` again "
+                    "once data arrives (or run the aggregator with --athena-database, which "
+                    "keeps the list current)\n"
                 )
-                uri = wh.uri
-            except OSError:
-                names = []
+            uri = wh.uri
         if not uri.startswith("s3://"):
             sys.stderr.write(
                 f"logq: note: {uri} is not an s3:// location; Athena reads only S3 "
@@ -203,43 +222,123 @@ def ddl(
         sys.stdout.write(";\n\n".join(create_all(uri, names, athena_database)) + ";\n")
 
 
-@query_command
+#: ``logq services`` on Athena, the same columns with the same meaning as the local engine's:
+#: per service, the hour partitions with rows in the range (``dt_from``..``dt_to``, whole hours)
+#: of each table, and the newest line among them. Hours rather than line counts because the
+#: local engine answers from folder listings (a line count would read every file), and so that
+#: a service's row reads the same whichever engine answered it.
+SERVICES_SQL = """\
+-- services: every service with data in the hours in range, its hours of data and newest line.
+SELECT
+  service,
+  sum(access_hours) AS access_hours,
+  sum(log_hours) AS log_hours,
+  max(newest) AS newest
+FROM (
+  SELECT service, count(DISTINCT dt) AS access_hours, 0 AS log_hours, max("timestamp") AS newest
+  FROM envoy_access
+  WHERE dt BETWEEN :dt_from AND :dt_to
+    AND (:all_services OR service IN (:services))
+  GROUP BY service
+  UNION ALL
+  SELECT service, 0 AS access_hours, count(DISTINCT dt) AS log_hours, max("timestamp") AS newest
+  FROM container_logs
+  WHERE dt BETWEEN :dt_from AND :dt_to
+    AND (:all_services OR service IN (:services))
+  GROUP BY service
+) AS t
+GROUP BY service
+ORDER BY service
+"""
+
+SERVICES_COLUMNS = ["service", "access_hours", "log_hours", "newest"]
+
+
+@query_command(
+    without=REQUEST_FILTERS,
+    since="1d",
+    since_text="every hour locally (a folder listing), 1d on Athena (a billed scan)",
+    limit_text="every service",
+)
 def services(common: Common) -> None:
-    """Known services, the hours of data each has and the newest line (freshness)."""
+    """Known services: the hours of data each has per table and its newest line (freshness).
+
+    Columns, on either engine: service, access_hours and log_hours (UTC hour partitions with
+    data in envoy_access and container_logs within the range, counted in whole hours), newest
+    (the newest line of either table in those hours). Default range: every hour locally (it
+    only lists folders), the last 1d on Athena (where it is a billed scan).
+    """
     from cli import runner
 
     with friendly():
         if common.engine is EngineName.athena:
-            prep = runner.prepare(common, "services", "envoy_access", default_since="1d")
+            prep = runner.prepare(common, "services", "envoy_access")
+            prep.sql = SERVICES_SQL
             result = runner.execute(common, prep)
             if result is not None:
                 runner.show(common, result, prep, title="services")
             return
-        from athena.engines.result import QueryResult
-        from athena.freshness import known_services, service_freshness
-        from athena.warehouse import open_warehouse
+        _services_local(common)
 
-        hours = None  # every hour, unless --since/--until narrow it
-        if common.since or common.until:
-            from athena.timerange import TimeRange
 
-            span = TimeRange.parse(common.since, common.until)
-            hours = (span.dt_from, span.dt_to)
-        wh = runner.check_local(open_warehouse(common.warehouse))
-        wanted = runner.normalise_services(common.service)
-        names = known_services(wh)
-        found = [
-            service_freshness(wh, svc, hours) for svc in names if wanted is None or svc in wanted
-        ]
-        rows = [tuple(f) for f in found if f.access_hours or f.log_hours]
-        columns = ["service", "access_hours", "log_hours", "newest"]
-        result = QueryResult(columns=columns, rows=rows, engine="local")
-        if not rows:
-            if found:
-                reason = f"no data between {hours[0]}h and {hours[1]}h UTC" if hours else ""
-            elif wanted and names:
-                reason = f"no service matches {', '.join(wanted)}; known: {', '.join(names)}"
-            else:
-                reason = f"the warehouse {wh.uri} holds no data yet"
-            runner.note(f"logq: no results: {reason}")
-        runner.show(common, result, title="services")
+def _services_local(common: Common) -> None:
+    """``logq services`` on the local engine: folder listings, plus the ``timestamp`` column of
+    each service's newest hour with rows."""
+    from athena.engines.result import QueryResult
+    from athena.freshness import known_services, service_freshness
+    from athena.warehouse import open_warehouse
+    from cli import runner
+
+    hours = None  # every hour, unless --since/--until narrow it
+    if common.since or common.until:
+        from athena.timerange import TimeRange
+
+        span = TimeRange.parse(common.since, common.until)
+        hours = (span.dt_from, span.dt_to)
+    wh = runner.check_local(open_warehouse(common.warehouse))
+    wanted = runner.normalise_services(common.service)
+    names = known_services(wh)
+    unknown = [s for s in wanted or [] if s not in names]
+    if names and wanted and unknown and len(unknown) < len(wanted):
+        present = ", ".join(s for s in wanted if s in names)
+        runner.note(
+            "logq: note: "
+            + runner.unknown_services_text("the warehouse", unknown, names)
+            + f"; showing {present} only"
+        )
+    chosen = [svc for svc in names if wanted is None or svc in wanted]
+    if common.dry_run:
+        _services_dry_run(wh, chosen, hours)
+        return
+    found = [service_freshness(wh, svc, hours) for svc in chosen]
+    rows = [tuple(f) for f in found if f.access_hours or f.log_hours]
+    result = QueryResult(columns=list(SERVICES_COLUMNS), rows=rows, engine="local")
+    if not rows:
+        if found:
+            reason = f"no data between {hours[0]}h and {hours[1]}h UTC" if hours else ""
+        elif wanted and names:
+            reason = f"no service matches {', '.join(wanted)}; known: {', '.join(names)}"
+        else:
+            from cli.storage import check_bucket
+
+            check_bucket(wh)  # a missing bucket lists as empty: say so, not "no data"
+            reason = f"the warehouse {wh.uri} holds no data yet"
+        runner.note(f"logq: no results: {reason}")
+    runner.show(common, result, title="services")
+
+
+def _services_dry_run(wh: Any, chosen: list[str], hours: tuple[str, str] | None) -> None:
+    """What ``services`` would read locally: no SQL, folder listings and newest hours."""
+    from athena.partitions import list_dts
+
+    lo, hi = hours or ("", "~")
+    out = sys.stdout
+    out.write(
+        f"-- engine: local over {wh.uri}: no SQL; lists the service=/dt= folders of both tables "
+        "and reads the timestamp column of each service's newest hour with rows\n"
+    )
+    for table in ("envoy_access", "container_logs"):
+        for svc in chosen:
+            dts = [dt for dt in list_dts(wh, table, svc) if lo <= dt <= hi]
+            if dts:
+                out.write(f"--   {table}/service={svc}: {len(dts)} hours, newest dt={dts[-1]}\n")

@@ -261,10 +261,11 @@ CASES: list[tuple[str, list[str], Refused | Rows | Prints]] = [
     ("tail-bad-scheme", ["tail", "--warehouse", "ftp://x/" + INJECT],
      Refused("unsupported warehouse scheme")),
     # ddl writes SQL for Athena: hostile locations and names come out quoted, not executed.
-    ("ddl-warehouse-quote", ["ddl", "--warehouse", "s3://b/p'; DROP TABLE x; --"],
+    ("ddl-warehouse-quote", ["ddl", "--warehouse", "s3://b/p'; DROP TABLE x; --", "-s", "svc"],
      Prints("LOCATION 's3://b/p\\'; DROP TABLE x; --/envoy_access/'")),  # Hive escape
-    ("ddl-database-backtick", ["ddl", "--warehouse", "s3://b/p", "--athena-database",
-     "x`; DROP TABLE y; --"], Prints("`x``; DROP TABLE y; --`.`envoy_access`")),
+    ("ddl-database-backtick", ["ddl", "--warehouse", "s3://b/p", "-s", "svc",
+     "--athena-database", "x`; DROP TABLE y; --"],
+     Prints("`x``; DROP TABLE y; --`.`envoy_access`")),
     ("ddl-service-or", ["ddl", "--warehouse", "s3://b/p", "-s", INJECT],
      Prints("'projection.service.values' = 'or_1_1'")),
     # Odd but legitimate data values: matched literally, nothing injected.

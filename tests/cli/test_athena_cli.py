@@ -121,16 +121,17 @@ def test_tail_and_services_on_athena(logq, moto: str) -> None:
     assert "regexp_like(message, 'x'' OR ''1''=''1')" in executions(moto)[-1]["Query"]
     queue_result(
         moto,
-        [("service", "varchar"), ("newest", "timestamp"), ("access_lines", "bigint"),
-         ("log_lines", "bigint")],
-        [["recipe", "2026-11-28 00:00:02.000", 10, 4]],
+        [("service", "varchar"), ("access_hours", "bigint"), ("log_hours", "bigint"),
+         ("newest", "timestamp")],
+        [["recipe", 10, 4, "2026-11-28 00:00:02.000"]],
     )  # fmt: skip
     run = logq("services", "-f", "json", *ATHENA)
     assert run.json() == [
-        {"service": "recipe", "newest": "2026-11-28T00:00:02.000Z", "access_lines": 10,
-         "log_lines": 4}
+        {"service": "recipe", "access_hours": 10, "log_hours": 4,
+         "newest": "2026-11-28T00:00:02.000Z"}
     ]  # fmt: skip
-    assert "FROM container_logs" in executions(moto)[-1]["Query"]
+    sent = executions(moto)[-1]["Query"]
+    assert "FROM container_logs" in sent and "count(DISTINCT dt) AS access_hours" in sent
 
 
 def test_athena_settings_from_environment(logq, moto: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -183,3 +184,38 @@ def test_tail_grep_goes_to_athena_unjudged(logq, moto: str) -> None:
         run = logq("tail", "-s", "recipe", "--grep", pattern, "-f", "json", *ATHENA)
         assert run.exit_code == 0, run.stderr
         assert f"regexp_like(message, '{pattern}')" in executions(moto)[-1]["Query"]
+
+
+def test_services_has_the_same_columns_and_answer_on_both_engines(
+    logq, warehouse: Warehouse
+) -> None:
+    """Before: local gave service, access_hours, log_hours, newest and Athena service, newest,
+    access_lines, log_lines. The statement sent to Athena (seen with --dry-run) is run here on
+    DuckDB over the same warehouse and must give the local command's rows, column for column."""
+    from athena.engines.local import LocalEngine
+    from athena.partitions import plan
+    from athena.timerange import TimeRange
+    from athena.warehouse import open_warehouse
+    from cli.commands.tables import SERVICES_SQL
+
+    rng = ["--since", "2026-11-27T23:00:00Z", "--until", "2026-11-28T01:00:00Z"]
+    local = logq("services", *rng, "-f", "json", "--warehouse", warehouse.uri)
+    assert local.exit_code == 0, local.stderr
+    dry = logq("services", *rng, "--dry-run", *ATHENA)
+    assert "count(DISTINCT dt) AS access_hours" in dry.stdout
+    assert "dt BETWEEN '2026-11-27-23' AND '2026-11-28-00'" in dry.stdout
+
+    span = TimeRange.parse(rng[1], rng[3])
+    wh = open_warehouse(warehouse.uri)
+    scopes = {t: plan(wh, t, None, None) for t in ("envoy_access", "container_logs")}
+    params = {**span.sql_params(), "all_services": True, "services": [""]}
+    result = LocalEngine(warehouse.uri).run(SERVICES_SQL, params, scopes)
+    assert result.columns == list(local.json()[0])
+    assert result.columns == ["service", "access_hours", "log_hours", "newest"]
+    on_duckdb = [
+        {"service": r[0], "access_hours": r[1], "log_hours": r[2],
+         "newest": r[3].strftime("%Y-%m-%dT%H:%M:%S.") + f"{r[3].microsecond // 1000:03d}Z"}
+        for r in result.rows
+    ]  # fmt: skip
+    assert on_duckdb == local.json()
+    assert {r["access_hours"] for r in on_duckdb} == {2}

@@ -39,6 +39,10 @@ def test_every_command_help_has_an_example(logq, cmd: str) -> None:
     assert "Example: logq " + cmd in " ".join(run.stdout.split())
 
 
+#: Commands that do not filter requests by path or method, so do not offer the options.
+NO_REQUEST_FILTERS = ("sql", "trace", "tail", "services")
+
+
 def test_common_options_on_every_query_command(logq) -> None:
     for cmd in (
         "errors",
@@ -50,10 +54,14 @@ def test_common_options_on_every_query_command(logq) -> None:
         "timeline",
         "trace",
         "tail",
+        "services",
     ):
         text = logq(cmd, "--help").stdout
         for opt in COMMON_OPTIONS:
-            assert opt in text, (cmd, opt)
+            if cmd in NO_REQUEST_FILTERS and opt in ("--path", "--method"):
+                assert opt not in text, (cmd, opt)
+            else:
+                assert opt in text, (cmd, opt)
 
 
 def test_service_completion(warehouse, monkeypatch) -> None:

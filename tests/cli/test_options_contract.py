@@ -1,0 +1,182 @@
+"""Options do what their help says: none offered and then ignored, unknown services named,
+each command's defaults in its help, and output into a closed pipe ends quietly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.athena.factory import logs_frame, utc, write_frame
+from tests.cli.conftest import END, START, Warehouse
+
+RANGE = ["--since", START.isoformat(), "--until", END.isoformat()]
+LOGQ = Path(sys.executable).with_name("logq")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sql", "SELECT count(*) AS n FROM envoy_access"],
+        ["trace", "req-00000001"],
+        ["tail"],
+        ["services"],
+    ],
+)
+@pytest.mark.parametrize("option", [["--path", "/zzz"], ["--method", "POST"]])
+def test_request_filters_are_refused_where_they_would_be_ignored(
+    logq, warehouse: Warehouse, args: list[str], option: list[str]
+) -> None:
+    """Before: `logq sql "SELECT count(*) ..." --path /zzz` counted every row."""
+    run = logq(*args, *option, "--warehouse", warehouse.uri)
+    assert run.exit_code == 2, (args, option, run.stdout)
+    assert f"No such option: {option[0]}" in run.stderr
+    assert run.stdout == ""
+
+
+def test_request_filters_still_apply_where_offered(logq, warehouse: Warehouse) -> None:
+    every = logq("top", *RANGE, "-f", "json", "--limit", "1000", "--warehouse", warehouse.uri)
+    some = logq("top", *RANGE, "-f", "json", "--limit", "1000", "--path", "/api/recipes",
+                "--warehouse", warehouse.uri)  # fmt: skip
+    assert every.exit_code == 0 and some.exit_code == 0, some.stderr
+    assert {r["path"] for r in some.json()} == {"/api/recipes", "/api/recipes/42"}
+    assert len(every.json()) > len(some.json())
+
+
+def test_tail_follow_refuses_until(logq, warehouse: Warehouse) -> None:
+    """Before: `tail -F --until T` ignored T and printed every line since --since, then
+    followed (the initial query stopped at T, the polls did not)."""
+    run = logq("tail", "-F", *RANGE, "--warehouse", warehouse.uri)
+    assert run.exit_code == 2 and run.stdout == ""
+    assert "--until does not go with --follow" in run.stderr
+
+
+def test_services_dry_run_runs_nothing_locally(logq, warehouse: Warehouse) -> None:
+    """Before: --dry-run was accepted by `services` locally and ignored (it ran)."""
+    run = logq("services", "--dry-run", "-f", "json", "--warehouse", warehouse.uri)
+    assert run.exit_code == 0, run.stderr
+    assert run.stdout.startswith("-- engine: local")
+    assert "envoy_access/service=recipe: 4 hours" in run.stdout
+    assert all(line.startswith("--") for line in run.stdout.splitlines())
+
+
+def _recipe_errors(logq, warehouse: Warehouse, service: list[str]) -> object:
+    return logq("errors", *service, *RANGE, "-f", "json", "--limit", "1000",
+                "--warehouse", warehouse.uri)  # fmt: skip
+
+
+def test_some_unknown_services_are_named_with_the_known_ones(logq, warehouse: Warehouse) -> None:
+    """Before: `--service recipe,recipee` answered for recipe and said nothing of recipee."""
+    only = _recipe_errors(logq, warehouse, ["-s", "recipe"])
+    for service in (["-s", "recipe,recipee"], ["-s", "recipe", "-s", "recipee"]):
+        run = _recipe_errors(logq, warehouse, service)
+        assert run.exit_code == 0, run.stderr
+        assert run.json() == only.json()
+        assert (
+            "logq: note: unknown service 'recipee' in envoy_access; known: billing, recipe, "
+            "users; showing recipe only"
+        ) in run.stderr
+    assert "unknown" not in only.stderr
+
+
+def test_all_unknown_services_stay_a_no_results_reason(logq, warehouse: Warehouse) -> None:
+    """Consistent with the single-name case: a reason (exit 0), not a second note."""
+    run = _recipe_errors(logq, warehouse, ["-s", "recipee,nope"])
+    assert run.exit_code == 0 and run.json() == []
+    assert "unknown service 'recipee', 'nope' in envoy_access; known:" in run.stderr
+    assert run.stderr.count("unknown service") == 1
+
+
+def test_sql_names_unknown_services(logq, warehouse: Warehouse) -> None:
+    """Before: `logq sql ... --service recipee` printed an empty answer with no hint."""
+    query = "SELECT count(*) AS n FROM envoy_access"
+    run = logq("sql", query, "-s", "recipee", "-f", "json", "--warehouse", warehouse.uri)
+    assert run.exit_code == 0 and run.json() == [{"n": 0}]
+    assert "unknown service 'recipee' in envoy_access; known: billing, recipe, users" in (
+        run.stderr
+    )
+    run = logq("sql", query, "-s", "recipe,recipee", "-f", "json", "--warehouse", warehouse.uri)
+    n = int((warehouse.access["service"] == "recipe").sum())
+    assert run.json() == [{"n": n}]
+    assert "'recipee' in envoy_access" in run.stderr and "showing recipe only" in run.stderr
+    clean = logq("sql", query, "-s", "recipe", "-f", "json", "--warehouse", warehouse.uri)
+    assert "unknown" not in clean.stderr
+
+
+def test_services_names_some_unknown_services(logq, warehouse: Warehouse) -> None:
+    run = logq("services", "-s", "recipe,nope", "-f", "json", "--warehouse", warehouse.uri)
+    assert [r["service"] for r in run.json()] == ["recipe"]
+    assert "unknown service 'nope' in the warehouse; known: billing, recipe, users" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("cmd", "since", "limit"),
+    [
+        ("errors", "1h", "50 rows"),
+        ("latency", "1h", "50 rows"),
+        ("flags", "1h", "50 rows"),
+        ("upstreams", "1h", "50 rows"),
+        ("top", "1h", "20 rows"),
+        ("timeline", "1h", "every interval of the range"),
+        ("trace", "1d", "500 rows"),
+        ("tail", "15m", "100 rows"),
+        ("sql", "every row (no time restriction)", "every row"),
+        ("services", "every hour locally (a folder listing), 1d on Athena", "every service"),
+    ],
+)
+def test_help_shows_each_commands_defaults(
+    logq, monkeypatch: pytest.MonkeyPatch, cmd: str, since: str, limit: str
+) -> None:
+    monkeypatch.setenv("COLUMNS", "300")  # one line per option, so the text can be matched
+    lines = logq(cmd, "--help").stdout.splitlines()
+    [since_line] = [ln for ln in lines if ln.startswith("│ --since ")]
+    [limit_line] = [ln for ln in lines if ln.startswith("│ --limit ")]
+    assert f"Default: {since}" in since_line, since_line
+    assert f"Default: {limit}." in limit_line, limit_line
+
+
+def test_help_defaults_are_the_defaults_used(logq, warehouse: Warehouse) -> None:
+    """The help's defaults come from where the command uses them: trace reads 1d and 500 rows,
+    tail 15m and 100 rows, top 20 rows (seen in the SQL --dry-run prints)."""
+    for cmd, hours, limit in (("trace", 25, 500), ("tail", 2, 100), ("top", 2, 20)):
+        args = ["x"] if cmd == "trace" else []
+        run = logq(cmd, *args, "--dry-run", "--engine", "athena")
+        assert run.exit_code == 0, run.stderr
+        assert f"LIMIT {limit}" in run.stdout, (cmd, run.stdout)
+        assert f"-- partitions ({hours}," in run.stdout or f"({hours - 1}," in run.stdout, cmd
+
+
+def test_tail_help_explains_the_stderr_marker(logq, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "300")
+    text = logq("tail", "--help").stdout
+    assert "has !| instead of |" in text and "stderr" in text
+
+
+@pytest.mark.integration
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`logq tail ... | head -2`: before, "logq: error: [Errno 32] Broken pipe" and exit 1.
+
+    The output (~1 MB, written line by line) is far larger than a pipe holds, so logq is
+    still writing when the reader closes its end: the write fails with EPIPE for certain.
+    """
+    uri = str(tmp_path / "wh")
+    start = utc(2026, 11, 28, 0, 0)
+    frame = logs_frame(12000, start, start + pd.Timedelta(hours=1), ["svc"], seed=3)
+    write_frame(uri, "container_logs", frame)
+    proc = subprocess.Popen(
+        [str(LOGQ), "tail", "--since", "2026-11-27T23:00:00Z", "--until", "2026-11-28T02:00:00Z",
+         "--limit", "12000", "--warehouse", uri],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    first = [proc.stdout.readline(), proc.stdout.readline()]
+    proc.stdout.close()  # what `head -2` does after two lines
+    code = proc.wait(timeout=120)
+    stderr = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert all(b"svc" in line for line in first), first
+    assert stderr == "", stderr
+    assert code == 1  # Python's documented exit code for EPIPE (the shell reports head's)

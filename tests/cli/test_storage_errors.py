@@ -1,0 +1,124 @@
+"""S3 failures say what to check, a missing bucket is named, and `logq ddl` never hides either.
+
+Against a real SeaweedFS (wrong credentials, a bucket that does not exist, an endpoint where
+nothing listens), because the messages come from pyarrow's S3 client and only the real thing
+answers the way AWS does.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from cli.storage import advice
+from tests.support.procs import free_port
+
+CREDENTIALS = "check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("logq: error: "), stderr
+    return lines[0]
+
+
+def test_advice_names_the_settings_for_the_auditors_message() -> None:
+    """The exact line an auditor saw with wrong credentials, now followed by what to check."""
+    message = (
+        "When listing objects under key 'wh/envoy_access/' in bucket 'b': AWS Error "
+        "ACCESS_DENIED during ListObjectsV2 operation: Access Denied."
+    )
+    hint = advice(message)
+    assert hint is not None and hint.startswith(CREDENTIALS)
+    assert "AWS_ENDPOINT_URL" in hint and "LOGQ_WAREHOUSE" in hint
+    network = advice("AWS Error NETWORK_CONNECTION during ListObjectsV2 operation: curlCode: 7")
+    assert network is not None and network.startswith("check AWS_ENDPOINT_URL")
+    assert advice("[Errno 2] No such file or directory: 'x'") is None
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_wrong_credentials_query_says_what_to_check(
+    logq, s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    for args in (["errors"], ["sql", "SELECT count(*) FROM envoy_access"], ["services"]):
+        run = logq(*args, "--warehouse", s3_warehouse)
+        assert run.exit_code == 1, (args, run.stdout, run.stderr)
+        line = _one_error_line(run.stderr)
+        assert "AWS Error" in line, line  # the S3 error itself is kept
+        assert CREDENTIALS in line and "AWS_ENDPOINT_URL" in line, line
+        assert "--warehouse / LOGQ_WAREHOUSE" in line, line
+        assert run.stdout == ""
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_unreachable_endpoint_names_the_endpoint(
+    logq, s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    run = logq("errors", "--warehouse", s3_warehouse)
+    assert run.exit_code == 1, run.stdout
+    line = _one_error_line(run.stderr)
+    assert f"check AWS_ENDPOINT_URL ({endpoint}) and the network" in line, line
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_missing_bucket_is_an_error_not_no_data(logq, seaweedfs, s3_env) -> None:
+    uri = "s3://logq-no-such-bucket-4711/wh"
+    for args in (
+        ["errors", "--since", "1h"],
+        ["tail"],
+        ["services"],
+        ["sql", "SELECT count(*) AS n FROM envoy_access"],
+        ["ddl"],
+    ):
+        run = logq(*args, "--warehouse", uri)
+        assert run.exit_code == 1, (args, run.stdout, run.stderr)
+        line = _one_error_line(run.stderr)
+        assert "the bucket 'logq-no-such-bucket-4711'" in line and "does not exist" in line, line
+        assert "no envoy_access data" not in run.stdout + run.stderr
+        assert "CREATE EXTERNAL TABLE" not in run.stdout
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_ddl_with_wrong_credentials_prints_no_placeholder_ddl(
+    logq, s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: exit 0 and DDL whose service enum was 'unknown' (every Athena query empty)."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    run = logq("ddl", "--warehouse", s3_warehouse)
+    assert run.exit_code == 1
+    assert run.stdout == ""
+    line = _one_error_line(run.stderr)
+    assert CREDENTIALS in line and "AWS_ENDPOINT_URL" in line and "LOGQ_WAREHOUSE" in line
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_ddl_of_an_empty_bucket_warns_about_the_placeholder(logq, s3_warehouse: str) -> None:
+    run = logq("ddl", "--warehouse", s3_warehouse)
+    assert run.exit_code == 0, run.stderr
+    assert run.stdout.count("CREATE EXTERNAL TABLE") == 2
+    assert "logq: warning:" in run.stderr and "placeholder" in run.stderr
+    assert "--athena-database" in run.stderr
+
+
+def test_ddl_of_an_empty_local_warehouse_warns(logq, empty_warehouse: str) -> None:
+    run = logq("ddl", "--warehouse", empty_warehouse)
+    assert run.exit_code == 0
+    warning = [ln for ln in run.stderr.splitlines() if ln.startswith("logq: warning:")]
+    assert len(warning) == 1, run.stderr
+    assert "holds no services yet" in warning[0] and "apply `logq ddl` again" in warning[0]
+
+
+def test_ddl_with_services_does_not_warn(logq, warehouse) -> None:
+    run = logq("ddl", "--warehouse", warehouse.uri)
+    assert "'projection.service.values' = 'billing,recipe,users'" in run.stdout
+    assert "warning" not in run.stderr
+    named = logq("ddl", "--warehouse", "s3://bucket/wh", "-s", "recipe")
+    assert named.exit_code == 0 and "warning" not in named.stderr
