@@ -1,25 +1,21 @@
--- services: every service with data in range and its newest line, over both tables.
--- Parameters: dt_from, dt_to, since, until, all_services, services.
+-- services: every service with data in the hours in range, its hours of data and newest line.
+-- Parameters: dt_from, dt_to, all_services, services (whole hours: no since/until).
 SELECT
   service,
-  max(newest) AS newest,
-  sum(access_lines) AS access_lines,
-  sum(log_lines) AS log_lines
+  sum(access_hours) AS access_hours,
+  sum(log_hours) AS log_hours,
+  max(newest) AS newest
 FROM (
-  SELECT service, max("timestamp") AS newest, count(*) AS access_lines, 0 AS log_lines
+  SELECT service, count(DISTINCT dt) AS access_hours, 0 AS log_hours, max("timestamp") AS newest
   FROM envoy_access
   WHERE dt BETWEEN :dt_from AND :dt_to
     AND (:all_services OR service IN (:services))
-    AND "timestamp" >= CAST(:since AS timestamp)
-    AND "timestamp" < CAST(:until AS timestamp)
   GROUP BY service
   UNION ALL
-  SELECT service, max("timestamp") AS newest, 0 AS access_lines, count(*) AS log_lines
+  SELECT service, 0 AS access_hours, count(DISTINCT dt) AS log_hours, max("timestamp") AS newest
   FROM container_logs
   WHERE dt BETWEEN :dt_from AND :dt_to
     AND (:all_services OR service IN (:services))
-    AND "timestamp" >= CAST(:since AS timestamp)
-    AND "timestamp" < CAST(:until AS timestamp)
   GROUP BY service
 ) AS t
 GROUP BY service

@@ -227,30 +227,6 @@ def ddl(
 #: of each table, and the newest line among them. Hours rather than line counts because the
 #: local engine answers from folder listings (a line count would read every file), and so that
 #: a service's row reads the same whichever engine answered it.
-SERVICES_SQL = """\
--- services: every service with data in the hours in range, its hours of data and newest line.
-SELECT
-  service,
-  sum(access_hours) AS access_hours,
-  sum(log_hours) AS log_hours,
-  max(newest) AS newest
-FROM (
-  SELECT service, count(DISTINCT dt) AS access_hours, 0 AS log_hours, max("timestamp") AS newest
-  FROM envoy_access
-  WHERE dt BETWEEN :dt_from AND :dt_to
-    AND (:all_services OR service IN (:services))
-  GROUP BY service
-  UNION ALL
-  SELECT service, 0 AS access_hours, count(DISTINCT dt) AS log_hours, max("timestamp") AS newest
-  FROM container_logs
-  WHERE dt BETWEEN :dt_from AND :dt_to
-    AND (:all_services OR service IN (:services))
-  GROUP BY service
-) AS t
-GROUP BY service
-ORDER BY service
-"""
-
 SERVICES_COLUMNS = ["service", "access_hours", "log_hours", "newest"]
 
 
@@ -273,7 +249,6 @@ def services(common: Common) -> None:
     with friendly():
         if common.engine is EngineName.athena:
             prep = runner.prepare(common, "services", "envoy_access")
-            prep.sql = SERVICES_SQL
             result = runner.execute(common, prep)
             if result is not None:
                 runner.show(common, result, prep, title="services")

@@ -194,9 +194,9 @@ def test_services_has_the_same_columns_and_answer_on_both_engines(
     DuckDB over the same warehouse and must give the local command's rows, column for column."""
     from athena.engines.local import LocalEngine
     from athena.partitions import plan
+    from athena.queries import load
     from athena.timerange import TimeRange
     from athena.warehouse import open_warehouse
-    from cli.commands.tables import SERVICES_SQL
 
     rng = ["--since", "2026-11-27T23:00:00Z", "--until", "2026-11-28T01:00:00Z"]
     local = logq("services", *rng, "-f", "json", "--warehouse", warehouse.uri)
@@ -209,7 +209,7 @@ def test_services_has_the_same_columns_and_answer_on_both_engines(
     wh = open_warehouse(warehouse.uri)
     scopes = {t: plan(wh, t, None, None) for t in ("envoy_access", "container_logs")}
     params = {**span.sql_params(), "all_services": True, "services": [""]}
-    result = LocalEngine(warehouse.uri).run(SERVICES_SQL, params, scopes)
+    result = LocalEngine(warehouse.uri).run(load("services").text, params, scopes)
     assert result.columns == list(local.json()[0])
     assert result.columns == ["service", "access_hours", "log_hours", "newest"]
     on_duckdb = [
