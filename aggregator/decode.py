@@ -98,17 +98,20 @@ def _jsonable(value: Any) -> Any:
 def message_of(record: dict[str, Any]) -> str:
     """The line of a record that has no ``log``: a usual message key, else the record as JSON."""
     for key in MESSAGE_KEYS:
-        if record.get(key) is not None:
-            return _text(record[key])
+        text = _coerce_str(record.get(key))
+        if text is not None:
+            return text
     return json.dumps(_jsonable(record), ensure_ascii=False, sort_keys=True)
 
 
 def _coerce_str(value: Any) -> str | None:
+    """Text as it came; any other value as JSON (``true``, ``1.5``, ``{"k": 1}``), never as
+    Python's ``repr`` (``True``, ``{'k': 1}``)."""
     if value is None:
         return None
-    if isinstance(value, dict | list | tuple):
-        return json.dumps(_jsonable(value), ensure_ascii=False)
-    return _text(value)
+    if isinstance(value, str | bytes):
+        return _text(value)
+    return json.dumps(_jsonable(value), ensure_ascii=False)
 
 
 def _coerce_offset(value: Any) -> int | None:

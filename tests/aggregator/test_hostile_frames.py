@@ -441,3 +441,21 @@ def test_fluent_bit_entries_with_metadata_take_the_bulk_path(packed_blob: bool) 
     assert batch.column("time_ns").to_pylist() == [T0, T0 + 5]
     with pytest.raises(wire.ProtocolError, match="entry header is empty"):
         dec.decode(message([[[], {"log": "x"}]]), 1 << 30)
+
+
+@pytest.mark.parametrize(
+    ("record", "line"),
+    [
+        ({"log": True}, "true"),
+        ({"log": 1.5}, "1.5"),
+        ({"log": {"k": [1, None]}}, '{"k": [1, null]}'),
+        ({"message": {"k": 1}}, '{"k": 1}'),
+        ({"msg": False, "level": "x"}, "false"),
+        ({"log": b"bytes \xff"}, "bytes \ufffd"),
+    ],
+)
+def test_lines_that_are_not_text_are_stored_as_json(record: dict[str, Any], line: str) -> None:
+    """A ``log``/``message`` that is a map, a number or a boolean is kept as JSON text, as a
+    JSON log pipeline would print it, not as Python's repr (``{'k': 1}``, ``True``)."""
+    batch, _ = dec.decode(message([[wire.EventTime.from_ns(T0), record]]), 1 << 30)
+    assert batch.column("log").to_pylist() == [line]
