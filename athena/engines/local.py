@@ -136,6 +136,17 @@ class LocalEngine:
         con.execute("SET TimeZone = 'UTC'")
         return con
 
+    def _file_error(self, path: str, exc: Exception) -> Exception:
+        """A file DuckDB could not read: gone since the listing (:class:`_Vanished`, the query
+        runs again over a fresh listing) or damaged (:func:`unreadable_file`)."""
+        import pyarrow.fs as pafs
+
+        try:
+            gone = self.warehouse.fs.get_file_info(path).type == pafs.FileType.NotFound
+        except OSError:
+            gone = False
+        return _Vanished(path) if gone else unreadable_file(path, exc)
+
     def _register(
         self,
         con: duckdb.DuckDBPyConnection,
@@ -171,7 +182,7 @@ class LocalEngine:
             except duckdb.Error as exc:
                 bad = _bad_file(exc, files)
                 if bad is not None:
-                    raise unreadable_file(bad, exc) from exc
+                    raise self._file_error(bad, exc) from exc
                 raise EngineError(
                     f"DuckDB could not read the {table} files: {_one_line(str(exc))}"
                 ) from exc
@@ -228,13 +239,47 @@ class LocalEngine:
         ``max_rows``: fetch only the first rows (``logq sql --limit``): DuckDB streams the
         result and stops, instead of building all of it.
         """
-        import duckdb
-
         if scopes is None:
             from athena.queries import tables_of
             from athena.schema import TABLES
 
             scopes = {name: self.plan(name, None, None) for name in tables_of(sql) & set(TABLES)}
+        for attempt in range(_ATTEMPTS):
+            try:
+                return self._run_once(sql, params, scopes, rows, explain, max_rows)
+            except _Vanished as gone:
+                if attempt == _ATTEMPTS - 1:
+                    raise EngineError(
+                        f"the Parquet file {gone.path} was replaced while the query read it, "
+                        f"{_ATTEMPTS} times (compaction running?); run the command again"
+                    ) from None
+                scopes = {t: self._relisted(parts) for t, parts in scopes.items()}
+        raise AssertionError("unreachable")
+
+    def _relisted(self, parts: list[Partition]) -> list[Partition]:
+        """The same partitions with their files listed again (compaction swapped some)."""
+        from athena.partitions import Partition, list_files
+
+        out = []
+        for p in parts:
+            files = list_files(
+                self.warehouse, self.warehouse.path(p.table, f"service={p.service}", f"dt={p.dt}")
+            )
+            if files:
+                out.append(Partition(p.table, p.service, p.dt, files))
+        return out
+
+    def _run_once(
+        self,
+        sql: str,
+        params: dict[str, Any],
+        scopes: dict[str, list[Partition]],
+        rows: TimeRange | None,
+        explain: str | None,
+        max_rows: int | None,
+    ) -> QueryResult:
+        import duckdb
+
         duck_sql, bound = self.prepare(sql, params, scopes, explain)
         total = sum(p.bytes for parts in scopes.values() for p in parts)
         if self.max_scan_bytes is not None and total > self.max_scan_bytes:
@@ -254,7 +299,7 @@ class LocalEngine:
             except duckdb.Error as exc:
                 bad = _bad_file(exc, files)
                 if bad is not None:
-                    raise unreadable_file(bad, exc) from exc
+                    raise self._file_error(bad, exc) from exc
                 refused = _refusal(exc)
                 if refused is not None:
                     raise EngineError(refused) from exc
@@ -273,6 +318,18 @@ class LocalEngine:
             files=len(files),
             sql=duck_sql,
         )
+
+
+#: Runs of one query when files it was given vanish (compaction replaced them) meanwhile.
+_ATTEMPTS = 3
+
+
+class _Vanished(Exception):
+    """A file the query was given is gone: compaction merged it since the listing."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
 
 
 def _fetch(relation: Any, max_rows: int | None) -> pa.Table:

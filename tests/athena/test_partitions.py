@@ -132,3 +132,32 @@ def test_s3_warehouse_pruned_and_queried(s3_warehouse: str) -> None:
         & (frame["timestamp"] < pd.Timestamp("2026-11-28T01:00Z"))
     ]
     assert res.rows == [("a", len(want), int(want["bytes_sent"].sum()))]
+
+
+def test_files_compacted_away_during_a_query_are_read_again_not_called_damaged(
+    tmp_path: Path,
+) -> None:
+    """Compaction may replace a partition's files between the listing and the read: the query
+    runs again over a fresh listing (same answer), while a damaged file is still named."""
+    import pyarrow.parquet as pq
+
+    from athena.engines.result import EngineError
+
+    uri = str(tmp_path / "wh")
+    frame = access_frame(300, START, END, ["a"], seed=3)
+    write_frame(uri, "envoy_access", frame, files_per_partition=3)
+    engine = LocalEngine(uri)
+    scopes = {"envoy_access": engine.plan("envoy_access", None, None)}  # listed now
+    part = scopes["envoy_access"][0]
+    folder = Path(part.files[0].path).parent
+    merged = pq.read_table([f.path for f in part.files])  # what a compactor writes ...
+    for f in part.files:  # ... and the inputs it then deletes
+        Path(f.path).unlink()
+    pq.write_table(merged.drop_columns([c for c in ("service", "dt") if c in merged.column_names]),
+                   folder / "c-merged.parquet")  # fmt: skip
+    res = engine.run("SELECT count(*) AS n FROM envoy_access", {}, scopes)
+    assert res.rows == [(len(frame),)]
+    (folder / "c-merged.parquet").write_bytes(b"not parquet at all")
+    scopes = {"envoy_access": engine.plan("envoy_access", None, None)}
+    with pytest.raises(EngineError, match=r"cannot read the Parquet file .*c-merged\.parquet"):
+        engine.run("SELECT count(*) AS n FROM envoy_access", {}, scopes)
