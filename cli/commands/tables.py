@@ -183,7 +183,9 @@ def ddl(
         typer.Option("--service", "-s", help="Service names for the projection enum (repeatable)."),
     ] = None,
 ) -> None:
-    """Print Athena CREATE EXTERNAL TABLE statements for both tables (partition projection).
+    """Print Athena DDL for both tables (partition projection): CREATE EXTERNAL TABLE IF NOT
+    EXISTS, then ALTER TABLE ... SET TBLPROPERTIES with the service list, so that applying the
+    statements again also updates a table that exists (run them one at a time in Athena).
 
     The service enum lists --service values, else the services found in the warehouse (a
     warehouse that cannot be listed is an error, not an empty list). With no services yet the
@@ -191,7 +193,8 @@ def ddl(
     let the aggregator keep it current (--athena-database).
     """
     with friendly():
-        from athena.ddl import create_all
+        from athena.ddl import create_all, set_service_values
+        from athena.schema import TABLES
         from athena.warehouse import open_warehouse, resolve_uri
 
         uri = resolve_uri(warehouse)
@@ -219,7 +222,12 @@ def ddl(
                 f"logq: note: {uri} is not an s3:// location; Athena reads only S3 "
                 "(pass --warehouse s3://bucket/prefix)\n"
             )
-        sys.stdout.write(";\n\n".join(create_all(uri, names, athena_database)) + ";\n")
+        statements = []
+        for table, create in zip(
+            TABLES.values(), create_all(uri, names, athena_database), strict=True
+        ):
+            statements += [create, set_service_values(table, names, athena_database)]
+        sys.stdout.write(";\n\n".join(statements) + ";\n")
 
 
 #: ``logq services`` on Athena, the same columns with the same meaning as the local engine's:

@@ -108,6 +108,12 @@ def test_ddl_prints_both_tables(logq, warehouse: Warehouse) -> None:
     assert "`envoy_access`" in run.stdout and "`container_logs`" in run.stdout
     assert "'s3://bucket/wh/envoy_access/'" in run.stdout
     assert "'projection.service.values' = 'recipe,users'" in run.stdout
+    # Applied again, CREATE ... IF NOT EXISTS does nothing: the ALTERs update the service list.
+    for name in ("envoy_access", "container_logs"):
+        assert (
+            f"ALTER TABLE `{name}` SET TBLPROPERTIES "
+            "('projection.service.values' = 'recipe,users');" in run.stdout
+        )
     local = logq("ddl", "--warehouse", warehouse.uri)
     assert "'projection.service.values' = 'billing,recipe,users'" in local.stdout
     assert "not an s3:// location" in local.stderr
