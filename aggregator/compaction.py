@@ -9,32 +9,52 @@ Readers list every visible ``*.parquet`` and there is no atomic multi-object swa
 order of a merge is chosen so that readers may briefly see a row twice but never miss one:
 
 1. write the intent ``_compact-<id>.json`` (inputs, output, row count) in the partition (hidden
-   from readers: the ``_`` prefix);
-2. write the merged output ``c-<id>.parquet`` (atomic: tmp+rename locally, one upload on S3);
+   from readers: the ``_`` prefix), then list the partition's intents: if another compactor's is
+   there, withdraw this one and leave the partition to it;
+2. write the merged output ``c-<id>.parquet`` (atomic: tmp+rename locally, one upload on S3;
+   but pyarrow cannot abort an S3 upload, so a streamed merge that fails there publishes a
+   short file, which its rollback deletes at once);
 3. delete the inputs; 4. delete the intent.
 
-Between 2 and 3 (milliseconds; or until the next run after a crash there) the inputs and the
-output are both visible. Every run first finishes the intents it finds: if the output exists and
-holds the intent's row count the remaining inputs are deleted, otherwise the output (if any) and
-the intent are dropped and the inputs stay. ``<id>`` is a
-hash of the input names, so a repeated attempt writes the same key. Memory stays bounded: a group
-small enough (uncompressed) is loaded, sorted by ``timestamp`` and written; a larger one is
-streamed file by file, in order of each file's first timestamp, as sorted runs.
+``<id>`` is random, new for every attempt: two attempts never share an output or an intent, and
+an attempt that fails deletes only its own output, and only while that output is incomplete. An
+output that is complete (it holds the intent's row count) is never deleted by a rollback: some
+compactor may already be deleting its inputs. Between 2 and 3 (milliseconds; or until the next
+pass after a crash there) inputs and output are both visible: rows twice, never rows missing.
+
+Two compactors on one partition (cron plus the periodic task, a leadership handover, a merge
+slower than ``INTENT_STALE_AFTER``) cannot both merge the same files: each writes its intent
+before it lists the others', so whichever lists second sees the first one's intent and withdraws
+(both may withdraw; the next pass merges). The check needs no conditional put, only the
+read-after-write and list-after-write consistency of a local disk or S3. A compactor that lists
+files one has just merged reads them after its check, so it finds them deleted and withdraws.
+
+Every pass first finishes the intents it finds: one whose output is complete is finished at once
+(its remaining inputs deleted), whoever wrote it; one whose output is missing or short is taken as
+a crashed merge only when older than ``INTENT_STALE_AFTER`` (a running merge rewrites its intent
+every ``INTENT_REFRESH``, checked before each input it reads, and stops if it was dropped), and
+then its output (if any) and the intent are dropped and the inputs stay; a younger one means a
+merge under way: the partition is skipped. The one gap: a process frozen for over
+``INTENT_STALE_AFTER`` after reading its last input (SIGSTOP, a suspended VM) commits its output
+when it resumes; if another compactor has meanwhile read the same inputs, rows stay twice.
+
+Memory stays bounded: a group small enough (uncompressed) is loaded, sorted by ``timestamp``
+and written; a larger one is streamed file by file, in order of each file's first timestamp, as
+sorted runs.
 
 Run one compactor per warehouse: the periodic task is off by default (``--compact-interval``
 enables it; set it on one aggregator instance, or run ``logq-aggregator compact`` from cron). A
-second compactor that finds a fresh intent skips that partition, but two passes that list the
-same partition at the same instant could still both merge it.
+second one is safe (see above), only wasted work.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import logging
 import math
+import secrets
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -54,6 +74,7 @@ from aggregator.storage import (
     StorageError,
     delete_object,
     list_folder,
+    put_bytes,
     write_options,
 )
 from athena.schema import TABLES, Table, parse_dt
@@ -69,6 +90,9 @@ SORT_IN_MEMORY_BYTES = 256 * 1024 * 1024
 INTENT_PREFIX = "_compact-"
 #: An intent older than this is a crashed merge; a younger one may be another compactor's.
 INTENT_STALE_AFTER = timedelta(minutes=15)
+#: A running merge rewrites its intent this often (between input files), so that only a
+#: crashed (or stalled) one ever looks stale.
+INTENT_REFRESH = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -103,36 +127,88 @@ def _exists(wh: Warehouse, path: str) -> bool:
     return wh.fs.get_file_info(path).type == pafs.FileType.File
 
 
+def _complete(wh: Warehouse, output: str, rows: int) -> bool:
+    """``output`` exists, reads, and holds ``rows`` rows: it may stand for its inputs.
+
+    False (it may be deleted) only when it is missing, short or not Parquet; a storage error
+    raises instead: a complete output taken for a missing one and deleted could lose rows.
+    """
+    try:
+        return pq.read_metadata(output, filesystem=wh.fs).num_rows == rows
+    except FileNotFoundError:
+        return False
+    except pa.ArrowInvalid:  # cut short, not Parquet
+        return False
+    except (pa.ArrowException, OSError) as exc:
+        raise StorageError(f"reading {output} in {wh.uri} failed: {exc}") from exc
+
+
+def _intents(wh: Warehouse, folder: str) -> list[pafs.FileInfo]:
+    return [
+        i
+        for i in list_folder(wh, folder)
+        if i.base_name.startswith(INTENT_PREFIX) and i.base_name.endswith(".json")
+    ]
+
+
+def _put_intent(wh: Warehouse, path: str, body: dict) -> None:
+    """Whole or not at all (a reader must never parse half an intent)."""
+    put_bytes(wh, path, json.dumps(body).encode())
+
+
 class PartitionBusy(Exception):
     """Another compactor's merge is under way in this partition (a fresh intent): skip it."""
 
 
 def finish_intents(wh: Warehouse, folder: str, stale_before: datetime | None = None) -> int:
-    """Complete or drop the merges a crash interrupted in ``folder``; return how many.
+    """Complete or drop the merges other compactors left in ``folder``; return how many.
 
-    Only intents older than ``stale_before`` are taken as crashed; a younger one belongs to a
-    merge that may still be running elsewhere and raises :class:`PartitionBusy`.
+    An intent whose output is complete is finished at once, whatever its age: deleting its
+    inputs is what its writer would do next, and rows the output holds cannot be lost. One whose
+    output is missing or short is dropped (with that output) only when older than
+    ``stale_before`` (None: every one); a younger one belongs to a merge that may still be
+    running elsewhere and raises :class:`PartitionBusy`, after the complete ones are finished.
     """
     done = 0
-    for info in list_folder(wh, folder):
-        if not (info.base_name.startswith(INTENT_PREFIX) and info.base_name.endswith(".json")):
+    busy = False
+    for info in _intents(wh, folder):
+        try:
+            with wh.fs.open_input_stream(info.path) as fh:
+                intent = json.loads(fh.read().decode("utf-8"))
+            output, rows = f"{folder}/{intent['output']}", int(intent["rows"])
+            inputs = [f"{folder}/{name}" for name in intent["inputs"]]
+        except FileNotFoundError:  # its writer (or another pass) finished it meanwhile
             continue
-        if stale_before is not None and info.mtime is not None:
-            mtime = info.mtime if info.mtime.tzinfo else info.mtime.replace(tzinfo=UTC)
-            if mtime > stale_before:
-                raise PartitionBusy(folder)
-        with wh.fs.open_input_stream(info.path) as fh:
-            intent = json.loads(fh.read().decode("utf-8"))
-        output = f"{folder}/{intent['output']}"
-        if _exists(wh, output):
-            if pq.read_metadata(output, filesystem=wh.fs).num_rows == intent["rows"]:
-                for name in intent["inputs"]:
-                    delete_object(wh, f"{folder}/{name}")
-            else:  # an output cut short: the inputs are the truth
-                delete_object(wh, output)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            # Not one this version writes (they are atomic): a stray, or cut short by an
+            # older version. It would make every merge here withdraw: drop it once stale.
+            if stale_before is not None and _mtime(info) > stale_before:
+                busy = True
+            else:
+                log.warning("deleting %s: not a readable compaction intent", info.path)
+                delete_object(wh, info.path)
+            continue
+        if _complete(wh, output, rows):
+            for path in inputs:
+                delete_object(wh, path)
+            log.info("finished the interrupted merge into %s (its inputs deleted)", output)
+        elif stale_before is not None and _mtime(info) > stale_before:
+            busy = True
+            continue
+        else:  # a crashed merge: the inputs are the truth
+            delete_object(wh, output)
+            log.info("dropped the stale intent %s (its inputs kept)", info.path)
         delete_object(wh, info.path)
         done += 1
+    if busy:
+        raise PartitionBusy(folder)
     return done
+
+
+def _mtime(info: pafs.FileInfo) -> datetime:
+    if info.mtime is None:
+        return datetime.now(UTC)
+    return info.mtime if info.mtime.tzinfo else info.mtime.replace(tzinfo=UTC)
 
 
 def _groups(files: list[Input], target_bytes: int) -> list[list[Input]]:
@@ -174,14 +250,25 @@ def _conform(table: pa.Table, spec: Table) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _merge(wh: Warehouse, spec: Table, group: list[Input], output: str) -> int:
+def _merge(
+    wh: Warehouse,
+    spec: Table,
+    group: list[Input],
+    output: str,
+    progress: Callable[[], None] = lambda: None,
+) -> int:
+    """Write ``group``'s rows to ``output``; return how many. ``progress`` runs before each
+    input is read (it keeps the intent fresh, and raises to stop)."""
     metas = [pq.read_metadata(f.path, filesystem=wh.fs) for f in group]
     raw = sum(m.row_group(i).total_byte_size for m in metas for i in range(m.num_row_groups))
     if raw <= SORT_IN_MEMORY_BYTES:
-        tables = [_conform(pq.read_table(f.path, filesystem=wh.fs), spec) for f in group]
+        tables = []
+        for f in group:
+            progress()
+            tables.append(_conform(pq.read_table(f.path, filesystem=wh.fs), spec))
         pieces: Iterator[pa.Table] = iter([pa.concat_tables(tables).sort_by("timestamp")])
     else:
-        pieces = _in_time_order(wh, spec, group)
+        pieces = _in_time_order(wh, spec, group, progress)
     rows = 0
     with _atomic_output(wh, output) as out:
         writer: pq.ParquetWriter | None = None
@@ -197,12 +284,15 @@ def _merge(wh: Warehouse, spec: Table, group: list[Input], output: str) -> int:
     return rows
 
 
-def _in_time_order(wh: Warehouse, spec: Table, group: list[Input]) -> Iterator[pa.Table]:
+def _in_time_order(
+    wh: Warehouse, spec: Table, group: list[Input], progress: Callable[[], None]
+) -> Iterator[pa.Table]:
     """The group's files one after another, by their first timestamp, in row-group-sized
     pieces (for groups too large to sort in memory)."""
     pending: list[pa.Table] = []
     pending_rows = 0
     for f in sorted(group, key=lambda f: _first_ts(wh, f)):
+        progress()
         pending.append(_conform(pq.read_table(f.path, filesystem=wh.fs), spec))
         pending_rows += pending[-1].num_rows
         if pending_rows >= ROW_GROUP_ROWS:
@@ -233,32 +323,121 @@ def compact_partition(wh: Warehouse, spec: Table, folder: str, target_bytes: int
     files = _readable(wh, [i for i in list_folder(wh, folder) if _visible(i)])
     merged = 0
     for group in _groups(files, target_bytes):
-        names = sorted(f.name for f in group)
-        gid = hashlib.sha1("\n".join(names).encode()).hexdigest()[:20]
-        output_name = f"c-{gid}.parquet"
-        intent = f"{folder}/{INTENT_PREFIX}{gid}.json"
-        rows_in = sum(f.rows for f in group)
-        with wh.fs.open_output_stream(intent) as out:
-            body = {"inputs": names, "output": output_name, "rows": rows_in}
-            out.write(json.dumps(body).encode())
-        try:
-            rows_out = _merge(wh, spec, group, f"{folder}/{output_name}")
-        except BaseException:
-            delete_object(wh, f"{folder}/{output_name}")
-            delete_object(wh, intent)
-            raise
-        if rows_out != rows_in:  # never delete inputs unless the output holds every row
-            delete_object(wh, f"{folder}/{output_name}")
-            delete_object(wh, intent)
-            raise StorageError(f"{folder}: merged {rows_out} rows, expected {rows_in}; kept inputs")
-        for f in group:
-            delete_object(wh, f.path)
-        delete_object(wh, intent)
+        if not _Attempt(wh, spec, folder, group).run():
+            break  # another compactor works here: it has (or the next pass will) the rest
         merged += len(group)
-        log.info(
-            "compacted %d files (%d rows) into %s/%s", len(group), rows_in, folder, output_name
-        )
     return merged
+
+
+class _Withdrawn(Exception):
+    """This attempt leaves the partition to another compactor (its intent is there, or took
+    this one's for a crashed merge's: :meth:`_Attempt.progress`)."""
+
+    def __init__(self, reason: str, level: int = logging.INFO) -> None:
+        super().__init__(reason)
+        self.level = level
+
+
+class _Attempt:
+    """One merge of ``group`` into a new ``c-<id>.parquet`` (module docstring, steps 1-4)."""
+
+    def __init__(self, wh: Warehouse, spec: Table, folder: str, group: list[Input]) -> None:
+        self.wh, self.spec, self.folder, self.group = wh, spec, folder, group
+        uid = secrets.token_hex(10)
+        self.output_name = f"c-{uid}.parquet"
+        self.output = f"{folder}/{self.output_name}"
+        self.intent = f"{folder}/{INTENT_PREFIX}{uid}.json"
+        self.rows_in = sum(f.rows for f in group)
+        self.body = {
+            "inputs": [f.name for f in group],
+            "output": self.output_name,
+            "rows": self.rows_in,
+        }
+        self.refreshed = 0.0
+
+    def run(self) -> bool:
+        """True once the group is merged (by this attempt or, it turned out, by another);
+        False if it withdrew for another compactor. Raises if the merge failed (inputs kept)."""
+        _put_intent(self.wh, self.intent, self.body)
+        self.refreshed = time.monotonic()
+        try:
+            if any(i.path != self.intent for i in _intents(self.wh, self.folder)):
+                raise _Withdrawn("another compaction started there")
+            rows_out = _merge(self.wh, self.spec, self.group, self.output, self.progress)
+        except BaseException as exc:
+            if _complete(self.wh, self.output, self.rows_in):
+                # Written whole despite the error (a reply lost after the upload): it stands.
+                log.warning("merge into %s reported %s; its output is complete", self.output, exc)
+                return self._commit()
+            self._roll_back()
+            if isinstance(exc, _Withdrawn):
+                log.log(exc.level, "skipping %s: %s", self.folder, exc)
+                return False
+            if isinstance(exc, Exception) and self._lost_inputs():
+                log.info("skipping %s: another compactor merged its files meanwhile", self.folder)
+                return False
+            raise
+        if not _complete(self.wh, self.output, self.rows_in):
+            self._roll_back()
+            if self._lost_inputs():
+                log.info("skipping %s: another compactor merged its files meanwhile", self.folder)
+                return False
+            raise StorageError(
+                f"{self.folder}: merged {rows_out} rows, expected {self.rows_in}; kept inputs"
+            )
+        return self._commit()
+
+    def progress(self) -> None:
+        """Rewrite the intent every ``INTENT_REFRESH`` so that a long merge never looks crashed;
+        stop if another compactor already took it for a crashed one and dropped it."""
+        if time.monotonic() - self.refreshed < INTENT_REFRESH.total_seconds():
+            return
+        if not _exists(self.wh, self.intent):
+            raise _Withdrawn(
+                f"the intent of this merge was dropped as stale while it ran (a stall of over "
+                f"{INTENT_STALE_AFTER}); its inputs are kept",
+                logging.WARNING,
+            )
+        _put_intent(self.wh, self.intent, self.body)
+        self.refreshed = time.monotonic()
+
+    def _commit(self) -> bool:
+        """Delete the inputs: the output is complete, so this is safe whoever else acts here."""
+        if not _exists(self.wh, self.intent):
+            if self._lost_inputs():  # another pass finished this merge: nothing left to do
+                return True
+            # Dropped as a crashed merge's while this one stalled for INTENT_STALE_AFTER. A
+            # complete output is never deleted (a finisher may be deleting its inputs), so
+            # commit: the intent again first, so that a compactor that now starts on these
+            # inputs sees it and withdraws (one that has already read them all would store
+            # them twice: the documented limit).
+            log.warning(
+                "%s: the intent of the merge into %s was dropped as stale while it ran (a "
+                "stall of over %s); committing it",
+                self.folder,
+                self.output_name,
+                INTENT_STALE_AFTER,
+            )
+            _put_intent(self.wh, self.intent, self.body)
+        for f in self.group:
+            delete_object(self.wh, f.path)
+        delete_object(self.wh, self.intent)
+        log.info(
+            "compacted %d files (%d rows) into %s",
+            len(self.group),
+            self.rows_in,
+            self.output,
+        )
+        return True
+
+    def _roll_back(self) -> None:
+        """Drop this attempt's output, found incomplete (it stays so: no other attempt writes
+        this name), and its intent."""
+        delete_object(self.wh, self.output)
+        delete_object(self.wh, self.intent)
+
+    def _lost_inputs(self) -> bool:
+        return any(not _exists(self.wh, f.path) for f in self.group)
 
 
 def _readable(wh: Warehouse, infos: list[pafs.FileInfo]) -> list[Input]:
