@@ -54,6 +54,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import secrets
 import sys
 import time
@@ -320,13 +321,36 @@ def compact_partition(wh: Warehouse, spec: Table, folder: str, target_bytes: int
     except PartitionBusy:
         log.info("skipping %s: another compaction is under way there", folder)
         return 0
-    files = _readable(wh, [i for i in list_folder(wh, folder) if _visible(i)])
+    infos = list_folder(wh, folder)
+    _sweep_temporaries(wh, infos)
+    files = _readable(wh, [i for i in infos if _visible(i)])
     merged = 0
     for group in _groups(files, target_bytes):
         if not _Attempt(wh, spec, folder, group).run():
             break  # another compactor works here: it has (or the next pass will) the rest
         merged += len(group)
     return merged
+
+
+#: ``.<name>.<8 hex>.tmp``: a local write in progress (:func:`aggregator.durable.atomic_file`).
+_TEMPORARY = re.compile(r"\A\..+\.[0-9a-f]{8}\.tmp\Z")
+
+
+def _sweep_temporaries(wh: Warehouse, infos: list[pafs.FileInfo]) -> None:
+    """Delete the temporary files of local writes killed mid-way (``kill -9`` skips their
+    cleanup): readers skip them, but nothing else would ever remove them. Only those older
+    than INTENT_STALE_AFTER, in a closed hour: no write can still be running."""
+    cutoff = datetime.now(UTC) - INTENT_STALE_AFTER
+    for info in infos:
+        if (
+            info.type == pafs.FileType.File
+            and _TEMPORARY.match(info.base_name)
+            and info.mtime is not None
+            and info.mtime.replace(tzinfo=info.mtime.tzinfo or UTC) < cutoff
+        ):
+            log.info("removing %s: left by a write that was killed", info.path)
+            with contextlib.suppress(FileNotFoundError):
+                wh.fs.delete_file(info.path)
 
 
 class _Withdrawn(Exception):

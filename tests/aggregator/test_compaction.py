@@ -102,6 +102,25 @@ def test_a_stray_file_is_left_alone_and_the_rest_compacted(
     assert "empty.parquet: it is not a readable Parquet file" in caplog.text
 
 
+def test_temporaries_of_killed_writes_are_swept_only_when_old(tmp_path: Path) -> None:
+    """``kill -9`` during a local write leaves ``.<name>.<hex>.tmp`` (atomic_file's cleanup
+    never ran): compaction removes those older than the intent staleness, nothing else."""
+    uri = str(tmp_path / "wh")
+    flush_files(uri, files=2, rows_per_file=10)
+    wh = open_warehouse(uri)
+    folder = Path(wh.path(partition_path("container_logs", "recipe", "2026-11-27-10")))
+    old, fresh = folder / ".c-x.parquet.0a1b2c3d.tmp", folder / ".c-y.parquet.4e5f6a7b.tmp"
+    keep = folder / ".notes.tmp"  # not atomic_file's pattern
+    for path in (old, fresh, keep):
+        path.write_bytes(b"partial")
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    os.utime(keep, (an_hour_ago, an_hour_ago))
+    compact_partition(wh, CONTAINER_LOGS, str(folder), 128 << 20)
+    assert not old.exists() and fresh.exists() and keep.exists()
+    assert read_table(uri, "container_logs").num_rows == 22  # 2 x (10 + 1 in the next hour)
+
+
 def test_a_partition_that_fails_does_not_stop_the_pass(tmp_path: Path) -> None:
     """A file whose footer reads but whose pages are damaged fails its partition's merge: that
     partition keeps its files, and every other partition of the pass is still compacted."""
