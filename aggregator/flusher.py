@@ -2,13 +2,14 @@
 
 Order of a flush, which is what makes it exactly-once (see buffer.py and dedup.py): for each
 slice of the segment, decode -> drop resent lines (per-source offsets) -> route and parse ->
-park the rows by partition on local disk (spill.py); then write every partition's objects under
-keys derived from the segment -> note the segment's ``(source_id, offset)`` pairs in the
-warehouse's offset ledger (ledger.py) -> raise and save the offsets -> the caller deletes the
-segment. A failure anywhere leaves the segment in place to be retried whole (the same objects
-under the same keys). A segment replayed after a crash is also checked against the lines other
-aggregators committed (``committed``), which catches the batches a shipper resent elsewhere when
-this aggregator died before its ack.
+park the rows by partition on local disk (spill.py; in memory when that disk is full); then
+write every partition's objects under keys derived from the segment -> note the segment's
+``(source_id, offset)`` pairs in the warehouse's offset ledger (ledger.py) -> raise and save
+the offsets -> the caller deletes the segment. A failure anywhere leaves the segment in place
+to be retried (the same objects under the same keys, minus those an earlier attempt committed:
+see below). A segment replayed after a crash is also checked against the lines other
+aggregators committed (``committed``), which catches the batches a shipper resent elsewhere
+when this aggregator died before its ack.
 
 That check can make a replay write fewer objects than the attempt that crashed (a partition whose
 rows were all resent elsewhere, or one object fewer under :data:`aggregator.spill.PART_ROWS`).
@@ -17,6 +18,15 @@ So before writing, a flush notes the keys it is about to write in ``<buffer-dir>
 did not write again: no stale object keeps rows that are now elsewhere. A replayed segment
 without such a note (its attempt crashed under a version that wrote none, one object per
 100,000-row slice) has its partition folders listed for this segment's keys instead.
+
+An attempt that fails part-way (one partition refused, S3 down mid-flush) has committed some
+objects already, and compaction may merge them before the retry. So a retry does not write again
+an object an earlier attempt committed with the same rows (same row count, same partition row
+count: a replay can only drop rows, so equal counts mean equal rows); rewriting it next to its
+compacted copy would store its rows twice. The keys committed so far are kept per segment in
+memory and, when an attempt fails, in the segment's note under ``flushing/`` for a restart. (A
+kill -9 mid-flush loses the memory: its replay rewrites those objects, and compaction waits for
+it, see ledger.compaction_blocker.)
 
 One object per partition per segment (not per slice) is what keeps S3 requests and small files
 down when hundreds of services share an aggregator: raise ``--segment-bytes`` and
@@ -32,6 +42,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -102,6 +113,9 @@ class Flusher:
         self.ledger = ledger
         self.manifests = spill_dir.parent / "flushing"
         """Per segment being flushed: the object keys its attempts wrote (see module doc)."""
+        self._committed_keys: dict[int, dict[str, tuple[int, int]]] = {}
+        """Per segment whose flush failed here: objects its attempts committed, by key, with
+        (rows, rows of their partition); a retry keeps them instead of writing them again."""
 
     def flush(self, segment: Segment, committed: Committed | None = None) -> FlushResult:
         """Flush one segment: parsed a slice of :data:`SLICE_ROWS` records at a time, written
@@ -119,6 +133,7 @@ class Flusher:
                 self.offsets.advance(
                     _plain(records[wire.KEY_SOURCE_ID]), _plain(records[wire.KEY_OFFSET])
                 )
+            self._committed_keys.pop(segment.seq, None)
             self._manifest(segment.seq).unlink(missing_ok=True)
         else:
             self._flush_segment(segment, result, committed)
@@ -169,28 +184,62 @@ class Flusher:
                 marks.advance(source_id, offset)
                 kept_sources.append(pc.dictionary_encode(source_id))  # a few bytes a row
                 kept_offsets.append(offset)
-            planned = [
-                object_path(self.warehouse, *key, object_name(self.node_id, segment.seq, part))
-                for *key, part in spill.object_keys()
-            ]
-            stale = self._note_keys(segment.seq, planned, replay=committed is not None)
+            rows, totals = spill.object_rows(), spill.partition_rows()
+            paths = {
+                key: object_path(
+                    self.warehouse, *key[:3], object_name(self.node_id, segment.seq, key[3])
+                )
+                for key in rows
+            }
+            stale = self._note_keys(segment.seq, list(paths.values()), committed is not None)
+            done = self._committed_keys.setdefault(segment.seq, {})
+            earlier = self._noted_commits(segment.seq) | done
+            kept = {
+                key
+                for key, path in paths.items()
+                if earlier.get(path) == (rows[key], totals[key[:3]])
+            }
+            for key in sorted(kept):
+                done[paths[key]] = earlier[paths[key]]
+                result.files.append(WrittenFile(*key[:3], paths[key], rows[key]))
+            if kept:
+                log.info(
+                    "segment %d: keeping %d objects an earlier attempt committed (not rewritten)",
+                    segment.seq,
+                    len(kept),
+                )
+
+            def note(written: WrittenFile) -> None:
+                done[written.path] = (
+                    written.rows,
+                    totals[written.table, written.service, written.dt],
+                )
+
             result.files += write_objects(
                 self.warehouse,
-                spill.objects(),
+                spill.objects(skip=kept),
                 lambda part: object_name(self.node_id, segment.seq, part),
+                on_written=note,
             )
+            for path in stale:
+                delete_object(self.warehouse, path)
+                done.pop(path, None)
+                log.info(
+                    "deleted %s: written by an earlier attempt at segment %d", path, segment.seq
+                )
+            if self.ledger is not None:
+                self.ledger.record(
+                    entry_name(self.node_id, segment.seq),
+                    pa.chunked_array(kept_sources, pa.dictionary(pa.int32(), pa.string())),
+                    pa.chunked_array(kept_offsets, pa.int64()),
+                )
+        except BaseException:
+            self._save_commits(segment.seq)
+            raise
         finally:
             spill.close()
-        for path in stale:
-            delete_object(self.warehouse, path)
-            log.info("deleted %s: written by an earlier attempt at segment %d", path, segment.seq)
-        if self.ledger is not None:
-            self.ledger.record(
-                entry_name(self.node_id, segment.seq),
-                pa.chunked_array(kept_sources, pa.dictionary(pa.int32(), pa.string())),
-                pa.chunked_array(kept_offsets, pa.int64()),
-            )
         self.offsets.adopt(marks)  # saved by the caller
+        self._committed_keys.pop(segment.seq, None)
         self._manifest(segment.seq).unlink(missing_ok=True)
 
     def abandon(self, seq: int) -> None:
@@ -198,28 +247,57 @@ class Flusher:
         Buffer.quarantine): its rows are not committed, and drained later under other keys."""
         for key in self._noted(seq) or []:
             delete_object(self.warehouse, key)
+        self._committed_keys.pop(seq, None)
         self._manifest(seq).unlink(missing_ok=True)
 
     def _manifest(self, seq: int) -> Path:
         return self.manifests / f"{seq}.json"
 
-    def _noted(self, seq: int) -> list[str] | None:
-        """The keys earlier attempts at the segment noted, or None if none noted any."""
+    def _read_manifest(self, seq: int) -> dict[str, Any] | None:
         try:
-            return json.loads(self._manifest(seq).read_text())["objects"]
+            body: dict[str, Any] = json.loads(self._manifest(seq).read_text())
         except FileNotFoundError:
             return None
+        return body
+
+    def _noted(self, seq: int) -> list[str] | None:
+        """The keys earlier attempts at the segment noted, or None if none noted any."""
+        body = self._read_manifest(seq)
+        return None if body is None else list(body["objects"])
+
+    def _noted_commits(self, seq: int) -> dict[str, tuple[int, int]]:
+        """The objects failed attempts (maybe of an earlier run) noted as committed."""
+        body = self._read_manifest(seq) or {}
+        return {key: (rows, total) for key, (rows, total) in body.get("committed", {}).items()}
+
+    def _save_commits(self, seq: int) -> None:
+        """Note the objects committed by the attempts so far (an attempt failed), for a retry
+        after a restart. Best effort: without the note, that retry rewrites them."""
+        done = self._committed_keys.get(seq)
+        body = self._read_manifest(seq)
+        if not done or body is None:
+            return
+        body["committed"] = {key: list(value) for key, value in sorted(done.items())}
+        try:
+            write_atomic(self._manifest(seq), json.dumps(body).encode())
+        except OSError as exc:
+            log.warning("segment %d: could not note its committed objects: %s", seq, exc)
 
     def _note_keys(self, seq: int, planned: list[str], replay: bool) -> list[str]:
         """Add ``planned`` to the segment's manifest (durably, before any object is written);
         return the keys earlier attempts wrote that this one does not."""
-        earlier = self._noted(seq)
-        if earlier is None:
+        body = self._read_manifest(seq)
+        if body is not None:
+            earlier = list(body["objects"])
+        else:
             earlier = self._found(seq, planned) if replay else []
+            body = {}
         stale = sorted(set(earlier) - set(planned))
         if stale or not set(planned) <= set(earlier):
+            for key in stale:  # deleted next: never to be kept by a later attempt
+                body.get("committed", {}).pop(key, None)
             self.manifests.mkdir(parents=True, exist_ok=True)
-            body = {"objects": sorted(set(earlier) | set(planned))}
+            body["objects"] = sorted(set(earlier) | set(planned))
             write_atomic(self._manifest(seq), json.dumps(body).encode())
         return stale
 

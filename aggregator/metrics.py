@@ -2,9 +2,14 @@
 
 Each :class:`Metrics` owns its registry, so several aggregators in one test process do not share
 counters. Names follow Prometheus conventions (``_total`` counters, base units: bytes, seconds).
-"/healthz" answers 200 while the aggregator can write to its warehouse, 503 once flushes have
-been failing for longer than ``unhealthy_after`` seconds (the data is still safe in the buffer,
-but an orchestrator should know).
+"/healthz" answers 200 (``ok``) while the aggregator takes data and can write to its warehouse,
+503 with the reason in the body when
+
+* flushes have been failing for longer than ``unhealthy_after`` seconds (``--unhealthy-after``;
+  the data is still safe in the buffer, but an orchestrator should know), or
+* the ``--buffer-dir`` volume is too full to take data: appends wait (acks are withheld, shippers
+  resend later or elsewhere) until flushes free space, so that a flush always has room to run.
+  ``logq_aggregator_buffer_disk_free_bytes`` shows how close the volume is.
 """
 
 from __future__ import annotations
@@ -82,13 +87,28 @@ class Metrics:
         self.compacted_files = Counter(
             "logq_aggregator_compaction_files_merged_total", "Small files compacted", registry=r
         )
+        self.disk_free = Gauge(
+            "logq_aggregator_buffer_disk_free_bytes",
+            "Free bytes on the --buffer-dir volume (below the reserve, appends wait)",
+            registry=r,
+        )
         self.failing_since: float | None = None
         self.unhealthy_after = 300.0
+        self.disk_low: str | None = None
+        """Why appends wait for disk space under --buffer-dir, while they do."""
+
+    def problem(self) -> str | None:
+        """Why /healthz answers 503, or None while healthy."""
+        if self.disk_low is not None:
+            return self.disk_low
+        if self.failing_since is not None and (
+            time.monotonic() - self.failing_since >= self.unhealthy_after
+        ):
+            return "flushes to the warehouse are failing"
+        return None
 
     def healthy(self) -> bool:
-        return self.failing_since is None or (
-            time.monotonic() - self.failing_since < self.unhealthy_after
-        )
+        return self.problem() is None
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -121,10 +141,10 @@ class MetricsServer:
             if path == "/metrics":
                 status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self.metrics.render()
             elif path == "/healthz":
-                ok = self.metrics.healthy()
-                status = "200 OK" if ok else "503 Service Unavailable"
+                problem = self.metrics.problem()
+                status = "200 OK" if problem is None else "503 Service Unavailable"
                 ctype = "text/plain; charset=utf-8"
-                body = b"ok\n" if ok else b"flushes to the warehouse are failing\n"
+                body = b"ok\n" if problem is None else f"{problem}\n".encode()
             else:
                 status, ctype, body = "404 Not Found", "text/plain", b"try /metrics or /healthz\n"
             head = (

@@ -275,9 +275,10 @@ class ForwardServer:
         try:
             await asyncio.wait_for(self.buffer.wait_for_space(), timeout)
         except TimeoutError:
+            why = getattr(self.buffer, "disk_low", None) or "the warehouse is not taking data"
             raise ConnectionClosed(
-                f"buffer full for {BACKPRESSURE_CLOSE_SECONDS:.0f}s (the warehouse is not taking "
-                "data): closed unread, the client resends later or elsewhere",
+                f"buffer full for {BACKPRESSURE_CLOSE_SECONDS:.0f}s ({why}): closed unread, the "
+                "client resends later or elsewhere",
                 "backpressure",
             ) from None
         if conn.partial_since is not None:  # our pause, not the client's slowness

@@ -9,7 +9,8 @@ is gone for good (its disk re-attached elsewhere) and exits. Serving:
 2. listen (one ``listening on HOST:PORT`` line on stderr once the socket is bound);
 3. every ``--flush-interval`` seconds, or when the active segment reaches its size, seal it and
    flush sealed segments in order; a failed flush (S3 down) is retried with capped exponential
-   backoff while the buffer keeps the data and, once full, withholds acks;
+   backoff while the buffer keeps the data and, once full (``--buffer-limit-bytes``, or its
+   volume nearly full: see GuardedBuffer), withholds acks;
 4. on SIGTERM/SIGINT: stop accepting, let connections finish acking what they sent, seal, flush
    everything acknowledged, exit 0 (exit 1 if the warehouse still refuses the data after
    ``SHUTDOWN_FLUSH_SECONDS``: it stays in the buffer and is written at the next start).
@@ -20,7 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import signal
 import sys
 import time
@@ -71,6 +74,98 @@ HOLD_RECHECK_SECONDS = 30.0
 #: Failed flushes of one segment in a row with the same data error (not OSError: S3, disk)
 #: before it is set aside (Buffer.quarantine) so that the segments behind it flow again.
 QUARANTINE_AFTER = 3
+#: Free space kept on the --buffer-dir volume (one segment's worth, within these bounds, and at
+#: most 1/DISK_RESERVE_SHARE of the volume): below it appends wait, so that a flush, the one
+#: thing that frees the disk, always has room for its small files (offsets, notes) and usually
+#: for its spill (spill.py holds the rows in memory when it has not).
+DISK_RESERVE_MIN = 1024 * 1024
+DISK_RESERVE_MAX = 64 * 1024 * 1024
+DISK_RESERVE_SHARE = 8
+#: How long a free-space reading is trusted (minus what was appended since) when not near the
+#: reserve.
+DISK_RECHECK_SECONDS = 1.0
+
+
+def disk_reserve_bytes(segment_bytes: int, volume_bytes: int | None = None) -> int:
+    """Free bytes to keep under --buffer-dir for a flush (see :data:`DISK_RESERVE_MIN`)."""
+    reserve = max(DISK_RESERVE_MIN, min(segment_bytes, DISK_RESERVE_MAX))
+    if volume_bytes:  # a small volume: keep most of it for data
+        reserve = min(reserve, volume_bytes // DISK_RESERVE_SHARE)
+    return reserve
+
+
+def disk_space(directory: Path) -> tuple[int, int]:
+    """``(free, size)`` in bytes of the volume of ``directory`` (free: what we may write)."""
+    stat = os.statvfs(directory)
+    return stat.f_bavail * stat.f_frsize, stat.f_blocks * stat.f_frsize
+
+
+class GuardedBuffer(Buffer):
+    """The buffer, counted as full also while its volume has less than ``reserve`` bytes free.
+
+    Full means the Forward server stops reading (acks are withheld, shippers resend later or
+    elsewhere) and a flush is started: without this, appends fill the disk to the last byte and
+    a flush cannot write even its offsets file, so the segments that fill the disk are never
+    deleted. ``on_change(reason)`` hears when appends start waiting for disk (a reason naming
+    the directory and what to do) and when they resume (None).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        segment_bytes: int,
+        limit_bytes: int,
+        on_change: Callable[[str | None, int], None] | None = None,
+    ):
+        super().__init__(directory, segment_bytes, limit_bytes)
+        self.reserve = disk_reserve_bytes(segment_bytes)  # set from the volume size when read
+        self.disk_low: str | None = None
+        self._on_change = on_change
+        self._free: int | None = None
+        self._free_total = 0  # total_bytes when _free was read
+        self._free_at = 0.0
+
+    @property
+    def full(self) -> bool:
+        return super().full or self._short_of_disk()
+
+    def wake_if_space(self) -> None:
+        """Let waiting readers go on if there is room again (space freed by anything)."""
+        if self._space is not None and not self.full:
+            self._space.set()
+
+    def _short_of_disk(self) -> bool:
+        estimate = None
+        if self._free is not None and time.monotonic() - self._free_at < DISK_RECHECK_SECONDS:
+            estimate = self._free - max(0, self.total_bytes - self._free_total)
+        if estimate is None or estimate < 2 * self.reserve:  # near the reserve: read it again
+            try:
+                self._free, size = disk_space(self.dir)
+            except OSError:
+                return False  # no reading: appends go on and fail with their own error
+            self.reserve = disk_reserve_bytes(self.segment_bytes, size)
+            self._free_total, self._free_at = self.total_bytes, time.monotonic()
+            self._set_disk_low(self._free)
+        return self.disk_low is not None
+
+    def _set_disk_low(self, free: int) -> None:
+        low = free < self.reserve
+        if low == (self.disk_low is not None):
+            if self._on_change is not None:
+                self._on_change(self.disk_low, free)
+            return
+        if low:
+            self.disk_low = (
+                f"--buffer-dir {self.dir} has {free} bytes free, under the {self.reserve} a "
+                "flush needs: acks are withheld until flushes free space (give the volume more "
+                "room, lower --buffer-limit-bytes, or check the warehouse is reachable)"
+            )
+            log.warning("%s", self.disk_low)
+        else:
+            self.disk_low = None
+            log.info("--buffer-dir %s has %d bytes free again: taking data", self.dir, free)
+        if self._on_change is not None:
+            self._on_change(self.disk_low, free)
 
 
 def envoy_formats(settings: Settings) -> tuple[EnvoyFormat, ...]:
@@ -86,8 +181,11 @@ class Aggregator:
         self.metrics = Metrics()
         self.metrics.unhealthy_after = settings.unhealthy_after
         self.warehouse = open_warehouse(settings.warehouse, create=True)
-        self.buffer = Buffer(
-            settings.buffer_dir, settings.segment_bytes, settings.buffer_limit_bytes
+        self.buffer = GuardedBuffer(
+            settings.buffer_dir,
+            settings.segment_bytes,
+            settings.buffer_limit_bytes,
+            self._disk_changed,
         )
         self.catalog = Catalog(self.warehouse, settings)
         self._flush_now = asyncio.Event()
@@ -112,7 +210,18 @@ class Aggregator:
     # --- lifecycle ------------------------------------------------------------------------
 
     def _open_buffer(self) -> None:
-        replay = self.buffer.open(self.settings.node_id)
+        try:
+            replay = self.buffer.open(self.settings.node_id)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise OSError(
+                exc.errno,
+                f"--buffer-dir {self.settings.buffer_dir} is full ({exc.strerror}): not even its "
+                "small state files can be written. Its .seg files hold acknowledged data, do not "
+                "delete them: give the volume more room (or move the directory to a bigger one) "
+                "and start again; the segments are then written to the warehouse",
+            ) from exc
         self.buffer.start()
         offsets = OffsetState(Path(self.settings.buffer_dir) / "offsets.json").load()
         self.ledger = Ledger(self.warehouse, self.buffer.node_id)
@@ -265,6 +374,10 @@ class Aggregator:
 
     # --- flushing ---------------------------------------------------------------------------
 
+    def _disk_changed(self, reason: str | None, free: int) -> None:
+        self.metrics.disk_low = reason
+        self.metrics.disk_free.set(free)
+
     def _on_append(self) -> None:
         self.metrics.buffer_bytes.set(self.buffer.total_bytes)
         if self.buffer.active_bytes >= self.settings.segment_bytes and self._size_seal is None:
@@ -294,6 +407,7 @@ class Aggregator:
             await self.buffer.seal()
             if await self._flush_sealed():
                 await self._heartbeat(sealed_at)
+            self.buffer.wake_if_space()
 
     async def _heartbeat(self, committed_through: float) -> None:
         """Tell replaying peers that everything acked before ``committed_through`` is written."""

@@ -4,7 +4,8 @@ Object keys come from the buffer segment the rows came from:
 ``<table>/service=<svc>/dt=<hour>/<node-id>-<segment seq>-<part>.parquet`` (``part`` numbers the
 objects of a partition that has more rows in one segment than one object holds, see spill.py).
 A flush that is retried, or replayed after a crash, produces the same rows under the same keys
-and so overwrites instead of duplicating. Within a file rows are sorted by ``timestamp`` (min/max
+and so overwrites instead of duplicating (a retry does not even write again the objects an
+earlier attempt committed: see flusher.py). Within a file rows are sorted by ``timestamp`` (min/max
 statistics then let engines skip row groups); the partition columns live in the path only.
 """
 
@@ -115,12 +116,17 @@ def write_partitions(
 
 
 def write_objects(
-    wh: Warehouse, objects: Iterable[PartitionObject], file_name: Callable[[int], str]
+    wh: Warehouse,
+    objects: Iterable[PartitionObject],
+    file_name: Callable[[int], str],
+    on_written: Callable[[WrittenFile], None] | None = None,
 ) -> list[WrittenFile]:
     """Write partition objects, each sorted by time, ``file_name(part)`` in its partition folder.
 
-    Up to :data:`WRITE_THREADS` at once while their rows stay under :data:`WRITE_ROWS`; the
-    first failure is raised once the writes in flight have finished (the flush is retried).
+    Up to :data:`WRITE_THREADS` at once while their rows stay under :data:`WRITE_ROWS`. After a
+    failure no new write starts; the first failure is raised once the writes in flight have
+    finished. ``on_written`` hears of every object committed, also those of a call that fails:
+    a retry need not write them again (see flusher.py).
     """
 
     def put(obj: PartitionObject) -> WrittenFile:
@@ -132,13 +138,21 @@ def write_objects(
         return WrittenFile(obj.table, obj.service, obj.dt, path, obj.rows.num_rows)
 
     written: list[WrittenFile] = []
+    failures: list[BaseException] = []
     running: dict[Future[WrittenFile], int] = {}
 
     def settle() -> None:
         done, _ = wait(running, return_when=FIRST_COMPLETED)
         for future in done:
             running.pop(future)
-            written.append(future.result())
+            error = future.exception()
+            if error is not None:
+                failures.append(error)
+                continue
+            committed = future.result()
+            written.append(committed)
+            if on_written is not None:
+                on_written(committed)
 
     with ThreadPoolExecutor(max_workers=WRITE_THREADS) as pool:
         try:
@@ -148,12 +162,14 @@ def write_objects(
                     or sum(running.values()) + obj.rows.num_rows > WRITE_ROWS
                 ):
                     settle()
+                if failures:
+                    break
                 running[pool.submit(put, obj)] = obj.rows.num_rows
+        finally:  # also when reading the objects fails: what is in flight is still reported
             while running:
                 settle()
-        finally:
-            for future in running:
-                future.cancel()
+    if failures:
+        raise failures[0]
     return written
 
 
