@@ -10,7 +10,9 @@ that module cannot be imported, with pyarrow in the same layout. Then prints:
 * the query itself inside logq (DuckDB execution of the transpiled canned SQL), and the
   partition listing that precedes it;
 * DuckDB's own time for the same SQL on the same files, in the same run, as the yardstick;
-* ``logq --help`` start-up time.
+* ``logq --help`` start-up time;
+* ``logq sql "SELECT * ..." --limit 5`` against the same statement with ``LIMIT 5`` written in
+  it (time and peak RSS): ``--limit`` must stop fetching, not slice a whole result.
 
 Usage: ``python bench/query.py [--rows N] [--warehouse DIR] [--reuse] [--repeat N]``.
 """
@@ -248,6 +250,22 @@ def report(uri: str, repeat: int) -> None:
     for label, seconds, note in lines:
         print(f"  {label:<52} {seconds * 1000:8.1f} ms  {note}")
     assert len(duck_rows) == len(runs[-1].rows)
+
+    # logq sql --limit: the first rows only, not the whole result (one service, one day).
+    def sql_run(statement: str, *extra: str) -> tuple[float, int]:
+        args = [logq, "sql", statement, "--service", service, "--since", "1d", "-f", "json"]
+        started = time.perf_counter()
+        proc = subprocess.Popen([*args, *extra], env=env, stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        assert status == 0, f"logq sql exited {status}"
+        return time.perf_counter() - started, usage.ru_maxrss // 1024
+
+    flag_s, flag_mib = sql_run("SELECT * FROM envoy_access", "--limit", "5")
+    sql_s, sql_mib = sql_run("SELECT * FROM envoy_access LIMIT 5")
+    print(f"  {'logq sql SELECT * ... --limit 5 (one service, 1d)':<52} {flag_s * 1000:8.1f} ms  "
+          f"peak RSS {flag_mib} MiB")  # fmt: skip
+    print(f"  {'  same with LIMIT 5 in the SQL (the yardstick)':<52} {sql_s * 1000:8.1f} ms  "
+          f"peak RSS {sql_mib} MiB")  # fmt: skip
 
 
 if __name__ == "__main__":
