@@ -127,7 +127,7 @@ class ForwardServer:
         # Connection unpackers build Forward- and Message-mode messages as their bytes arrive
         # and keep a half-received one between reads: together they may hold as many objects
         # as one message may (so N slow clients cannot each hold one message's worth).
-        self._objects = wire.ObjectBudget(wire.OBJECTS_PER_ENTRY * limits.max_message_entries)
+        self._objects = wire.ObjectBudget(wire.message_objects(limits.max_message_entries))
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(

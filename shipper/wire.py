@@ -168,12 +168,15 @@ def encode_forward(
 MAX_MESSAGE_ENTRIES = 500_000
 #: PackedForward blobs are unpacked this many bytes at a time (:func:`unpack_entries`).
 _UNPACK_SLICE = 1024 * 1024
-#: Array and map elements one message may build, per entry of its entry limit (16,000,000 for
-#: the default): the entry limit does not reach inside records. One byte of msgpack can be one
-#: Python object of ~60 bytes (an empty map), so a 64 KB gzip frame that inflates to 64 MiB of
-#: them would cost 4.5 GB. Real records build 5 to 30 objects each (a logq-shipper one 20); a
-#: message of 16 MB or less can never reach the limit (each object takes at least one byte).
+#: Array and map elements one message may build: 32 per entry of its entry limit, and
+#: MAX_MESSAGE_OBJECTS in all. The entry limit does not reach inside records, and one byte of
+#: msgpack can be one Python object of ~60 bytes (an empty map): a 64 KB gzip frame inflating
+#: to 64 MiB of them would cost 4.5 GB; at the limit a refused message costs ~300 MB and about a
+#: second of decoding (bench/hostile.py). Real records build 5 to 30 objects each (a
+#: logq-shipper one 20); a message of 4 MB or less can never reach the limit (each object takes
+#: at least one byte), a real one only with some 40 MB of records.
 OBJECTS_PER_ENTRY = 32
+MAX_MESSAGE_OBJECTS = 4_000_000
 
 
 class ObjectPoolFull(ProtocolError):
@@ -231,9 +234,14 @@ class ObjectBudget:
         if self.used > self.limit:
             raise ProtocolError(
                 f"message builds more than {self.limit:,} msgpack objects (the per-message "
-                f"limit: {OBJECTS_PER_ENTRY} per entry of --max-message-entries); send fewer or "
-                "less deeply nested records per message"
+                f"limit: {OBJECTS_PER_ENTRY} per entry of --max-message-entries, at most "
+                f"{MAX_MESSAGE_OBJECTS:,}); send fewer or less deeply nested records per message"
             )
+
+
+def message_objects(max_entries: int) -> int:
+    """The objects one message of at most ``max_entries`` entries may build."""
+    return min(OBJECTS_PER_ENTRY * max_entries, MAX_MESSAGE_OBJECTS)
 
 
 def message_budget(
@@ -242,7 +250,7 @@ def message_budget(
     """The object budget of one message of at most ``max_entries`` entries and ``max_bytes``
     bytes, or None when those bytes cannot reach it (every object takes at least one byte) and
     there is no ``pool`` to count for: counting costs ~15% of unpacking rich records."""
-    limit = OBJECTS_PER_ENTRY * max_entries
+    limit = message_objects(max_entries)
     return ObjectBudget(limit, pool) if max_bytes > limit or pool is not None else None
 
 

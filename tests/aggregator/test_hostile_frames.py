@@ -217,6 +217,8 @@ def test_the_msgspec_path_skips_values_it_does_not_keep(n: int) -> None:
 def test_the_server_unpacker_counts_objects_per_message_across_reads() -> None:
     """Forward and Message modes are built by the connection's unpacker: the budget holds
     there, starts over with each message, and a message fed in small reads is counted once."""
+    # 32 per entry, 4 million at most (the default entry limit would allow 16 million).
+    assert wire.message_objects(wire.MAX_MESSAGE_ENTRIES) == 4_000_000
     budget = wire.message_budget(100, 1 << 20)  # 3,200 objects
     assert budget is not None and wire.message_budget(100, 3200) is None  # cannot exceed it
     unpacker = wire.new_unpacker(1 << 20, max_array_len=100, budget=budget)
