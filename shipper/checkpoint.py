@@ -118,6 +118,10 @@ class Registry:
         self.path = state_dir / "checkpoints.json"
         self._files: dict[str, FileState] = {}
         self.dirty = False
+        self.saved_at: float | None = None
+        """When the previous run last saved this registry (the file's mtime at load); None
+        on a first run or after an unreadable registry was set aside. Rotated files of a
+        source first seen are read if they were written after it."""
         self._lock_fd: int | None = None
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -145,6 +149,7 @@ class Registry:
 
     def _load(self) -> None:
         try:
+            saved_at = self.path.stat().st_mtime
             doc = json.loads(self.path.read_bytes())
         except FileNotFoundError:
             return
@@ -158,6 +163,7 @@ class Registry:
         if not isinstance(files, dict):
             self._set_aside(f"of the wrong shape (files is a JSON {_json_type(files)})")
             return
+        self.saved_at = saved_at
         for key, value in files.items():
             state, problem = parse_entry(value)
             if state is None:

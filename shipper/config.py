@@ -90,7 +90,9 @@ class Config:
     poll_interval: float = 0.25
     """How often an idle file is checked for new data and rotation (seconds)."""
     discover_interval: float = 1.0
-    """How often the roots are rescanned for new containers and files (seconds)."""
+    """How often the roots are rescanned for new containers and files (seconds); with inotify
+    covering every folder, events trigger scans and the full rescan is a safety net run every
+    max(this, daemon.FULL_SCAN_SECONDS)."""
     log_level: str = "info"
 
 
@@ -123,7 +125,9 @@ _HELP = {
     "a file that cannot be read); on "
     "SIGTERM: the longest wait for in-flight acks (default: 30)",
     "poll_interval": "seconds between checks of an idle file (default: 0.25)",
-    "discover_interval": "seconds between scans for new containers and files (default: 1)",
+    "discover_interval": "seconds between scans for new containers and files (default: 1); "
+    "where inotify watches every log folder, changes trigger scans at once and the full "
+    "rescan runs every max(this, 10) seconds",
     "log_level": "debug, info, warning or error",
 }
 
@@ -134,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="logq-shipper",
         description="Tail container log files and forward them to logq-aggregator "
         "(Fluentd Forward protocol).",
+        epilog="exit status: 0 done (--once) or stopped by SIGTERM/SIGINT; 1 delivery failed "
+        "or a log folder could not be listed (--once), wrong shared key, or checkpoints could "
+        "not be saved at exit; 2 bad configuration",
     )
     a = p.add_argument
     a("--aggregator", action="append", metavar="HOST:PORT", help=_HELP["aggregator"])
@@ -198,6 +205,18 @@ def _load_toml(path: str) -> dict[str, Any]:
     return out
 
 
+def _flag(m: dict[str, Any], key: str) -> bool:
+    """A boolean setting: a TOML ``once = "false"`` must not read as true (a non-empty string
+    is truthy in Python), so anything but a real boolean is refused."""
+    value = m.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(
+            f"{key.replace('_', '-')} must be true or false (a TOML boolean, no quotes), "
+            f"got {value!r}"
+        )
+    return value
+
+
 def _positive(name: str, value: Any, kind: type) -> Any:
     try:
         v = kind(value)
@@ -238,7 +257,7 @@ def _to_config(m: dict[str, Any]) -> Config:
         kw["username"], kw["password"] = str(m["username"]), str(password)
     elif m.get("password"):
         raise ConfigError("--password needs --username")
-    kw["once"] = bool(m.get("once", False))
+    kw["once"] = _flag(m, "once")
     compress = m.get("compress", "none")
     if compress not in ("none", "gzip", True, False):
         raise ConfigError(f"compress must be 'none' or 'gzip', got {compress!r}")
@@ -247,13 +266,18 @@ def _to_config(m: dict[str, Any]) -> Config:
         kw["metrics_listen"] = parse_endpoint(
             str(m["metrics_listen"]), default_port=9110, what="--metrics-listen address"
         )
-    kw["tls"] = bool(m.get("tls", False))
+    kw["tls"] = _flag(m, "tls")
+    no_verify = _flag(m, "tls_no_verify")
+    if not kw["tls"] and (m.get("tls_ca") or no_verify):
+        # Without --tls these would be ignored and the logs would go out as plain text.
+        flag = "--tls-ca" if m.get("tls_ca") else "--tls-no-verify"
+        raise ConfigError(f"{flag} needs --tls; without it logs would be sent unencrypted")
     if m.get("tls_ca"):
         ca = Path(m["tls_ca"])
         if not ca.is_file():
             raise ConfigError(f"--tls-ca {ca} is not a readable file")
         kw["tls_ca"] = ca
-    kw["tls_verify"] = not bool(m.get("tls_no_verify", False))
+    kw["tls_verify"] = not no_verify
     if m.get("hostname"):
         kw["hostname"] = str(m["hostname"])
     for key in ("max_line_bytes", "batch_lines", "batch_bytes", "max_inflight_bytes"):

@@ -6,10 +6,21 @@ checkpoints as acks arrive, and handles the process lifecycle:
 * ``--once``: ship what the files hold now, wait for every ack, exit 0 -- or exit 1 with one
   line saying why (no aggregator reachable within ``--retry-timeout``, wrong shared key...).
 * follow mode (default): rescan for new containers as soon as inotify reports a change in the
-  log roots (else every ``--discover-interval`` seconds), drain and release sources that
-  disappeared.
+  log roots (else every ``--discover-interval`` seconds; with inotify a full rescan still runs
+  every max(``--discover-interval``, :data:`FULL_SCAN_SECONDS`) as a safety net), drain and
+  release sources that disappeared. A pass that cannot list a folder (out of file descriptors,
+  EACCES, EIO) changes nothing: its sources are not "gone"; passes then back off.
 * SIGTERM / SIGINT: stop reading, wait for in-flight acks (at most ``--retry-timeout``), save
   checkpoints, exit 0.
+* checkpoints that cannot be written (full or read-only ``--state-dir``) do not stop shipping:
+  delivery stays at-least-once, since lines re-read after a restart keep their source ids and
+  the aggregators drop the ones they already stored (per-source offsets). It is loud instead:
+  one error line (repeated every minute), ``logq_shipper_checkpoint_write_failures_total``,
+  ``/healthz`` 503. If the last save at exit fails too, the shipper exits 1 with one line.
+
+Exit status: 0 done; 1 a delivery failure or a log folder that could not be listed in ``--once``,
+a wrong shared key, or checkpoints that could not be saved at exit; 2 a configuration error;
+130 interrupted before start-up finished.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -25,7 +37,7 @@ from pathlib import Path
 
 from shipper.checkpoint import Registry
 from shipper.config import Config, load_config
-from shipper.discover import SourceSpec, discover_all
+from shipper.discover import Discoverer, Scan, SourceSpec, node_names
 from shipper.errors import ConfigError, ShipperError
 from shipper.inotify import DirectoryWatcher, directories_to_watch
 from shipper.logs import setup_logging
@@ -40,6 +52,20 @@ SETTLE_SECONDS = 0.05
 """After an inotify event, wait this long for the rest of the burst before rescanning."""
 RECHECK_SECONDS = 0.5
 """After an event-driven rescan, rescan once more this soon (files of a new container)."""
+FULL_SCAN_SECONDS = 10.0
+"""With inotify watching every folder, the safety-net rescan runs this often (at least)."""
+MAX_BACKOFF_SECONDS = 30.0
+"""Longest pause between discovery passes that keep failing (out of file descriptors...)."""
+GAUGE_SECONDS = 1.0
+"""How often ``bytes_behind`` and the other gauges are refreshed (at most)."""
+GONE_GRACE_SECONDS = 5.0
+"""A source whose file is missing while its folder is still there is drained only once the file
+has been missing this long: a rotation renames the file before the runtime creates the next one,
+and a pass in between must not end the source (its rotated files would then be skipped)."""
+SAVE_RETRY_SECONDS = 1.0
+"""Pause between attempts to write checkpoints that failed."""
+SAVE_ERROR_LOG_SECONDS = 60.0
+"""While checkpoint writes keep failing, the error line is repeated this often."""
 
 
 class Shipper:
@@ -75,6 +101,17 @@ class Shipper:
         self.lines_acked = 0
         """Lines acknowledged since start (all sources)."""
         self._gauge_paths: set[str] = set()
+        self.discoverer = Discoverer(
+            cfg.docker_root, cfg.cri_root, cfg.paths, node_names(cfg.hostname)
+        )
+        self._missing: dict[str, float] = {}
+        """Source key -> when its file was first found missing (see GONE_GRACE_SECONDS)."""
+        self._scan_failures = 0
+        """Discovery passes in a row that could not list everything (0: the last one could)."""
+        self._save_error: str | None = None
+        """Why the last checkpoint write failed; None while writes work."""
+        self._save_failures = 0
+        self._save_error_logged = 0.0
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -86,15 +123,22 @@ class Shipper:
         return self._generation
 
     async def checkpoint_saved(self, generation: int) -> None:
-        """Wait until the registry holding ``generation`` is durable on disk."""
+        """Wait until the registry holding ``generation`` is durable on disk -- or until a
+        write fails: shipping then goes on without durable checkpoints (see the module doc)."""
         async with self._saved:
-            await self._saved.wait_for(lambda: self._saved_generation >= generation)
+            await self._saved.wait_for(
+                lambda: self._saved_generation >= generation or self._save_error is not None
+            )
 
     async def _tick_loop(self) -> None:
-        """Prove to ``/healthz`` that the event loop runs (metrics.py)."""
+        """Prove to ``/healthz`` that the event loop runs (metrics.py); refresh the gauges
+        (every ``--discover-interval``, at most :data:`GAUGE_SECONDS`: discovery passes are
+        rarer with inotify)."""
+        period = min(GAUGE_SECONDS, self.cfg.discover_interval)
         while True:
             self.metrics.tick()
-            await asyncio.sleep(1.0)
+            self._update_gauges()
+            await asyncio.sleep(period)
 
     async def _checkpoint_loop(self) -> None:
         """Persist the registry whenever acks moved it; bursts of acks share one write."""
@@ -106,14 +150,45 @@ class Shipper:
             try:
                 await self._save()
             except OSError as exc:
-                # Acks keep their place in memory; sources wait (bounded) until a write works.
-                log.error(
-                    "cannot write checkpoints, retrying path=%s error=%r",
-                    self.registry.path,
-                    str(exc),
-                )
+                # Acks keep their place in memory and the next write carries them.
+                await self._save_failed(exc)
                 self._dirty.set()
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(SAVE_RETRY_SECONDS)
+            else:
+                self._save_worked()
+
+    async def _save_failed(self, exc: OSError) -> None:
+        self.metrics.checkpoint_failures.inc()
+        self._save_failures += 1
+        reason = exc.strerror or str(exc)
+        now = time.monotonic()
+        if self._save_error is None or now - self._save_error_logged >= SAVE_ERROR_LOG_SECONDS:
+            self._save_error_logged = now
+            log.error(
+                "cannot write checkpoints: shipping goes on, but a restart now would read and "
+                "send again the lines acknowledged since the last write (the aggregators drop "
+                "them as duplicates); free space or fix permissions path=%s failures=%d error=%r",
+                self.registry.path,
+                self._save_failures,
+                reason,
+            )
+        if self._save_error is None:
+            self._save_error = reason
+            self.metrics.set_problem(
+                "checkpoints", f"cannot write checkpoints to {self.registry.path}: {reason}"
+            )
+            async with self._saved:
+                self._saved.notify_all()  # sources waiting for this write go on
+
+    def _save_worked(self) -> None:
+        if self._save_error is None:
+            return
+        log.info(
+            "checkpoints written again path=%s failures=%d", self.registry.path, self._save_failures
+        )
+        self._save_error = None
+        self._save_failures = 0
+        self.metrics.set_problem("checkpoints", None)
 
     async def _save(self) -> None:
         generation = self._generation
@@ -125,23 +200,69 @@ class Shipper:
 
     # -- sources ----------------------------------------------------------------------------
 
-    def _discover(self) -> list[SourceSpec]:
-        return discover_all(self.cfg.docker_root, self.cfg.cri_root, self.cfg.paths)
+    def _discover(self) -> Scan:
+        """One discovery pass; says once when passes start and stop failing."""
+        scan = self.discoverer.scan()
+        if scan.complete:
+            if self._scan_failures:
+                log.info("discovery works again after %d failed passes", self._scan_failures)
+            self._scan_failures = 0
+            return scan
+        self.metrics.discovery_failures.inc()
+        if not self._scan_failures:
+            log.error(
+                "discovery failed, keeping the sources already followed and retrying with "
+                "back-off failures=%d error=%r",
+                len(scan.failures),
+                scan.failures[0],
+            )
+        self._scan_failures += 1
+        return scan
 
-    def _sync_sources(self, specs: list[SourceSpec]) -> None:
-        seen = {s.key for s in specs}
-        for spec in specs:
-            if spec.key not in self.runners:
+    def _sync_sources(self, scan: Scan) -> None:
+        seen = {s.key for s in scan.specs}
+        for spec in scan.specs:
+            runner = self.runners.get(spec.key)
+            if runner is None:
                 log.info("new source key=%s service=%s path=%s", spec.key, spec.service, spec.path)
                 runner = SourceRunner(self, spec)
                 self.runners[spec.key] = runner
                 runner.start()
                 assert runner.task is not None
                 runner.task.add_done_callback(self._runner_done)
+            elif (
+                spec is not runner.spec
+                and spec != runner.spec
+                and not runner.finishing
+                and (spec.path, spec.format) == (runner.spec.path, runner.spec.format)
+            ):
+                log.info(
+                    "source metadata changed key=%s service=%s was=%s",
+                    spec.key,
+                    spec.service,
+                    runner.spec.service,
+                )
+                runner.update_spec(spec)
+        for key in seen:
+            self._missing.pop(key, None)
+        if not scan.complete:
+            return  # what is missing may only have been unreadable
+        now = time.monotonic()
         for key, runner in self.runners.items():
-            if key not in seen and not runner.finishing:
+            if key not in seen and not runner.finishing and self._gone(key, runner.spec, now):
                 log.info("source gone, draining key=%s", key)
                 runner.finishing = True
+                self._missing.pop(key, None)
+
+    def _gone(self, key: str, spec: SourceSpec, now: float) -> bool:
+        """Whether a source missing from a complete pass is really gone: its folder removed
+        (a container or pod deleted), or its file missing for GONE_GRACE_SECONDS."""
+        if os.path.isfile(spec.path):
+            self._missing.pop(key, None)
+            return False  # still there, whatever the listing said
+        if not os.path.isdir(spec.path.parent):
+            return True
+        return now - self._missing.setdefault(key, now) >= GONE_GRACE_SECONDS
 
     def _runner_done(self, task: asyncio.Task[None]) -> None:
         key = task.get_name()
@@ -206,19 +327,27 @@ class Shipper:
                 ) from None
         saver = asyncio.create_task(self._checkpoint_loop())
         ticker = asyncio.create_task(self._tick_loop())
+        exit_error: ShipperError | None = None
         try:
-            specs = self._discover()
-            if not specs:
+            scan = self._discover()
+            specs = scan.specs
+            if not specs and scan.complete:
                 log.warning(
                     "no log files found docker_root=%s cri_root=%s paths=%s",
                     self.cfg.docker_root,
                     self.cfg.cri_root,
                     ",".join(self.cfg.paths) or "-",
                 )
-            self._gc_registry(specs)
-            self._sync_sources(specs)
+            if scan.complete:
+                self._gc_registry(specs)
+            self._sync_sources(scan)
             if self.cfg.once:
                 await self._wait_once()
+                if not scan.complete and self._failure is None:
+                    # --once cannot claim that everything was shipped.
+                    self._failure = ShipperError(
+                        f"shipped the files found, but discovery was incomplete: {scan.failures[0]}"
+                    )
             else:
                 await self._follow()
             await self._shutdown()
@@ -231,7 +360,15 @@ class Shipper:
             with contextlib.suppress(asyncio.CancelledError):
                 await saver
             self._retrieve_runner_errors()
-            await self._save()
+            try:
+                await self._save()
+            except OSError as exc:
+                exit_error = ShipperError(
+                    f"cannot save checkpoints to {self.registry.path} at exit: "
+                    f"{exc.strerror or exc}; lines acknowledged since the last save will be "
+                    "read and sent again at the next start (the aggregators drop them as "
+                    "duplicates)"
+                )
             await self.client.close()
             self.registry.close()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -241,6 +378,8 @@ class Shipper:
             if isinstance(self._failure, ShipperError):
                 raise self._failure
             raise ShipperError(f"internal error: {self._failure!r}") from self._failure
+        if exit_error is not None:
+            raise exit_error
         return 0
 
     def _retrieve_runner_errors(self) -> None:
@@ -268,40 +407,61 @@ class Shipper:
             log.info("once: done sources=%d lines_acked=%d", len(tasks), self.lines_acked)
 
     async def _follow(self) -> None:
-        # inotify makes discovery immediate where it exists; the interval stays as the fallback.
+        # inotify makes discovery immediate where it exists; scanning stays as the safety net.
         watcher = DirectoryWatcher.create()
+        covered = False
         if watcher is not None:
             watcher.start(asyncio.get_running_loop())
+            covered = self._watch(watcher)
         stop = asyncio.ensure_future(self._stop.wait())
         try:
             recheck = False
             while not self._stop.is_set():
-                if watcher is not None:
-                    watcher.watch_all(self._watch_dirs())
-                    # After an event, look again soon: a container's files are written one by
-                    # one, and the scan that the first event triggered may have come too early.
-                    timeout = (
-                        min(RECHECK_SECONDS, self.cfg.discover_interval)
-                        if recheck
-                        else (self.cfg.discover_interval)
-                    )
+                timeout = self._scan_delay(recheck, covered)
+                if watcher is not None and not self._scan_failures:
                     change = asyncio.ensure_future(watcher.wait(timeout))
                     await asyncio.wait([stop, change], return_when=asyncio.FIRST_COMPLETED)
+                    # After an event, look again soon: a container's files are written one by
+                    # one, and the scan that the first event triggered may have come too early.
                     recheck = change.done() and not change.cancelled() and change.result()
                     change.cancel()
                     if recheck:
                         await asyncio.sleep(SETTLE_SECONDS)  # let a burst of events finish
                 else:
+                    # No inotify, or passes failing: events would only bring failing passes on.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(stop), self.cfg.discover_interval)
+                        await asyncio.wait_for(asyncio.shield(stop), timeout)
+                    recheck = False
+                    if watcher is not None:
+                        watcher.changed.clear()
                 if self._stop.is_set():
                     break
-                self._sync_sources(self._discover())
-                self._update_gauges()
+                scan = self._discover()
+                self._sync_sources(scan)
+                if watcher is not None and scan.complete:
+                    covered = self._watch(watcher)
         finally:
             stop.cancel()
             if watcher is not None:
                 watcher.close()
+
+    def _scan_delay(self, recheck: bool, covered: bool) -> float:
+        """Seconds until the next discovery pass unless inotify reports a change first."""
+        interval = self.cfg.discover_interval
+        if self._scan_failures:
+            return min(interval * 2 ** min(self._scan_failures, 16), MAX_BACKOFF_SECONDS)
+        if recheck:
+            return min(RECHECK_SECONDS, interval)
+        return max(interval, FULL_SCAN_SECONDS) if covered else interval
+
+    def _watch(self, watcher: DirectoryWatcher) -> bool:
+        """Watch the folders where log files appear; True when every one of them is watched
+        (events then cover every change discovery cares about)."""
+        dirs = self._watch_dirs()
+        watcher.watch_all(dirs)
+        if any(os.path.dirname(p) != _glob_dir(p) for p in self.cfg.paths):
+            return False  # a wildcard in a folder part: new folders there are not watched
+        return {str(d) for d in dirs} <= watcher.watched
 
     def _watch_dirs(self) -> list[Path]:
         return directories_to_watch(
@@ -328,6 +488,54 @@ class Shipper:
             await asyncio.wait(pending)
 
 
+def _glob_dir(pattern: str) -> str:
+    """The folder part of a ``--path`` glob up to its first wildcard."""
+    parts = []
+    for part in Path(os.path.dirname(pattern)).parts:
+        if any(ch in part for ch in "*?["):
+            break
+        parts.append(part)
+    return str(Path(*parts)) if parts else ""
+
+
+def raise_open_files_limit() -> int | None:
+    """Raise the soft limit on open files to the hard limit; returns the soft limit now.
+
+    systemd and most container runtimes start services with a soft limit of 1024: a host with
+    hundreds of containers, whose rotated files the shipper holds open while an aggregator is
+    down, reaches it, and then neither sockets nor folders can be opened. The hard limit is
+    the administrator's ceiling; going up to it is what every Go program (dockerd, containerd,
+    Promtail) has done at start-up since Go 1.19.
+    """
+    try:
+        import resource
+    except ImportError:  # not a Unix system
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    inf = resource.RLIM_INFINITY
+    shown = "unlimited" if hard == inf else str(hard)
+    target = _nr_open() if hard == inf else hard
+    if soft == inf or soft >= target:
+        log.info("open files limit soft=%s hard=%s", "unlimited" if soft == inf else soft, shown)
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open files limit soft=%d hard=%s error=%s", soft, shown, exc)
+        return soft
+    log.info("open files limit raised soft=%d was=%d hard=%s", target, soft, shown)
+    return target
+
+
+def _nr_open() -> int:
+    """The kernel's ceiling on a process's open files (RLIM_INFINITY is refused)."""
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 1 << 20
+
+
 def _tls(cfg: Config) -> ssl.SSLContext | None:
     if not cfg.tls:
         return None
@@ -345,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"logq-shipper: {exc}", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level)
+    raise_open_files_limit()
     try:
         return asyncio.run(_amain(cfg))
     except ConfigError as exc:

@@ -8,14 +8,14 @@ suffixes); else the container name.
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger("logq.shipper.discover")
 
@@ -57,13 +57,22 @@ _CRONJOB_TIME = re.compile(r"^(.+)-\d{8,10}$")
 _ORDINAL = re.compile(r"^(.+)-\d+$")
 
 
-def pod_owner_name(pod: str) -> str:
+_INDEX = re.compile(r"^(.+)-\d{1,7}$")
+
+
+def pod_owner_name(pod: str, nodes: tuple[str, ...] = ()) -> str:
     """The workload a pod belongs to, from its generated name.
 
     ``recipe-5d8f7c9b6d-x2x7k`` (Deployment) -> ``recipe``; ``agent-x2x7k`` (DaemonSet, Job)
-    -> ``agent``; ``report-28391234-x2x7k`` (CronJob) -> ``report``; ``db-0`` (StatefulSet)
-    -> ``db``. A name without such suffixes is its own owner.
+    -> ``agent``; ``report-28391234-x2x7k`` (CronJob) -> ``report``; ``train-3-x2x7k``
+    (Indexed Job) -> ``train``; ``db-0`` (StatefulSet) -> ``db``; ``kube-apiserver-node-1``
+    (static pod: ``<name>-<node>``) -> ``kube-apiserver`` when ``node-1`` is one of ``nodes``
+    (the host's names: the path does not say which node it is). A name without such suffixes
+    is its own owner.
     """
+    for node in nodes:
+        if node and pod.endswith("-" + node) and len(pod) > len(node) + 1:
+            return pod[: -len(node) - 1]
     m = _POD_RANDOM.match(pod)
     if m:
         base = m.group(1)
@@ -71,12 +80,25 @@ def pod_owner_name(pod: str) -> str:
             m2 = pattern.match(base)
             if m2:
                 return m2.group(1)
+        m2 = _INDEX.match(base)
+        if m2:  # Indexed Job: <job>-<index>-<random>; a CronJob's job has its time first
+            base = m2.group(1)
+            m3 = _CRONJOB_TIME.match(base)
+            return m3.group(1) if m3 else base
         return base
     m = _ORDINAL.match(pod)
     return m.group(1) if m else pod
 
 
-def service_name(labels: dict[str, str], container_name: str) -> str:
+def node_names(hostname: str) -> tuple[str, ...]:
+    """The names a static pod of this host may end with: the host name as given, lower-cased,
+    and its first label (``ip-10-0-0-1.ec2.internal`` -> ``ip-10-0-0-1``)."""
+    low = hostname.strip().lower()
+    names = [low, low.split(".")[0]] if low else []
+    return tuple(dict.fromkeys(n for n in names if n))
+
+
+def service_name(labels: dict[str, str], container_name: str, nodes: tuple[str, ...] = ()) -> str:
     """The service of a container by DESIGN.md §2's order of precedence."""
     for key in (LABEL_SERVICE, LABEL_ECS_FAMILY, LABEL_COMPOSE_SERVICE):
         value = labels.get(key)
@@ -84,60 +106,205 @@ def service_name(labels: dict[str, str], container_name: str) -> str:
             return value
     pod = labels.get(LABEL_K8S_POD)
     if pod:
-        return pod_owner_name(pod)
+        return pod_owner_name(pod, nodes)
     return container_name or "unknown"
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        with open(path, "rb") as f:
-            doc = json.load(f)
-    except FileNotFoundError:
+#: Errors that say the process is short of a resource, not that a file or folder is gone or
+#: bad: a listing that fails with one of these tells nothing about which sources exist.
+TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR})
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerMeta:
+    """What ``config.v2.json`` says about a container (empty when it is missing or bad)."""
+
+    name: str = ""
+    image: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(slots=True)
+class Scan:
+    """The result of one discovery pass."""
+
+    specs: list[SourceSpec] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    """Listings or reads that failed for a reason other than absence (EMFILE, EACCES, EIO...):
+    when there are any, a source missing from :attr:`specs` may still exist."""
+
+    @property
+    def complete(self) -> bool:
+        return not self.failures
+
+
+_NO_META = ContainerMeta()
+"""Metadata of a container without ``config.v2.json`` (not cached: it may appear)."""
+
+
+def _version(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class Discoverer:
+    """Scans the roots; keeps what does not change between passes.
+
+    ``config.v2.json`` is parsed again only when its (inode, mtime, size) changed: a host with
+    1000 idle containers otherwise re-parsed 1000 files of several KB on every pass. A bad file
+    is warned about once per version of it, and its fixed version is read at the next pass.
+    """
+
+    def __init__(
+        self,
+        docker_root: Path,
+        cri_root: Path,
+        patterns: tuple[str, ...],
+        nodes: tuple[str, ...] = (),
+    ) -> None:
+        self.docker_root = docker_root
+        self.cri_root = cri_root
+        self.patterns = patterns
+        self.nodes = nodes
+        """Names of this node, stripped from static pod names (see :func:`pod_owner_name`)."""
+        self._meta: dict[str, tuple[tuple[int, int, int], ContainerMeta]] = {}
+        self._specs: dict[str, tuple[ContainerMeta, SourceSpec]] = {}
+        """By ``config.v2.json`` path: the spec made from that metadata object."""
+        self._cri: dict[str, SourceSpec] = {}
+
+    def scan(self) -> Scan:
+        """Every source on the host right now, deduplicated by key."""
+        scan = Scan()
+        found: dict[str, SourceSpec] = {}
+        for spec in (
+            *self._docker(scan),
+            *_discover_cri(self.cri_root, scan, self.nodes, self._cri),
+            *discover_paths(self.patterns, scan),
+        ):
+            found.setdefault(spec.key, spec)
+        scan.specs = list(found.values())
+        return scan
+
+    # -- docker -----------------------------------------------------------------------------
+
+    def _docker(self, scan: Scan) -> list[SourceSpec]:
+        root = self.docker_root
+        try:
+            entries = sorted(os.scandir(root), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            self._meta.clear()
+            return []
+        except OSError as exc:
+            scan.failures.append(f"cannot list docker root {root}: {exc}")
+            return []
+        out = []
+        seen: set[str] = set()
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                spec = self._container(entry.path, entry.name, scan, seen)
+                if spec is not None:
+                    out.append(spec)
+        for gone in set(self._meta) - seen:
+            del self._meta[gone]
+        for gone in set(self._specs) - seen:
+            del self._specs[gone]
+        return out
+
+    def _container(self, cdir: str, cid: str, scan: Scan, seen: set[str]) -> SourceSpec | None:
+        # Plain strings and a spec reused while the metadata is the same object: this runs for
+        # every container on every pass.
+        path = f"{cdir}/{cid}-json.log"
+        if not os.path.exists(path):
+            return None
+        config = f"{cdir}/config.v2.json"
+        meta = self._metadata(config, scan, seen)
+        if meta is None:
+            return None  # cannot tell its service now; the next pass can
+        known = self._specs.get(config)
+        if known is not None and known[0] is meta:
+            return known[1]
+        spec = self._spec(Path(path), cid, meta)
+        if meta is not _NO_META:
+            self._specs[config] = (meta, spec)
+        return spec
+
+    def _spec(self, path: Path, cid: str, meta: ContainerMeta) -> SourceSpec:
+        labels = dict(meta.labels)
+        name = (meta.name or cid[:12]).lstrip("/")
+        return SourceSpec(
+            key=f"docker:{cid}",
+            path=path,
+            format="docker",
+            service=service_name(labels, name, self.nodes),
+            container_id=cid,
+            container_name=name,
+            image=meta.image,
+            format_hint=labels.get(LABEL_FORMAT) or None,
+        )
+
+    def _metadata(self, path: str, scan: Scan, seen: set[str]) -> ContainerMeta | None:
+        """The container's metadata; None when it cannot be read for now (out of fds...)."""
+        key = path
+        cached = self._meta.get(key)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return _NO_META
+        except OSError as exc:
+            return self._unreadable(path, exc, cached, scan, seen)
+        version = _version(st)
+        seen.add(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        try:
+            with open(path, "rb") as f:
+                doc = json.load(f)
+        except FileNotFoundError:
+            return _NO_META
+        except (OSError, ValueError, RecursionError) as exc:
+            if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
+                return self._unreadable(path, exc, cached, scan, seen)
+            # Shipped under the container's id until the file is fixed (warned once per version).
+            log.warning("cannot read container metadata path=%s error=%s", path, exc)
+            doc = {}
+        meta = _parse_meta(doc)
+        self._meta[key] = (version, meta)
+        return meta
+
+    @staticmethod
+    def _unreadable(
+        path: str,
+        exc: OSError,
+        cached: tuple[tuple[int, int, int], ContainerMeta] | None,
+        scan: Scan,
+        seen: set[str],
+    ) -> ContainerMeta | None:
+        if cached is not None:
+            seen.add(path)
+            return cached[1]  # what we knew is better than nothing
+        scan.failures.append(f"cannot read container metadata {path}: {exc}")
         return None
-    except (OSError, ValueError) as exc:
-        log.warning("cannot read container metadata path=%s error=%s", path, exc)
-        return None
-    return doc if isinstance(doc, dict) else None
+
+
+def _parse_meta(doc: object) -> ContainerMeta:
+    if not isinstance(doc, dict):
+        return ContainerMeta()
+    config = doc.get("Config") if isinstance(doc.get("Config"), dict) else {}
+    labels = config.get("Labels") if isinstance(config.get("Labels"), dict) else {}
+    return ContainerMeta(
+        name=str(doc.get("Name") or ""),
+        image=str(config.get("Image") or ""),
+        labels=tuple((str(k), str(v)) for k, v in (labels or {}).items()),
+    )
 
 
 def docker_source(container_dir: Path) -> SourceSpec | None:
     """The source of one ``<docker-root>/<id>`` directory, or None if it has no json-file log."""
-    cid = container_dir.name
-    path = container_dir / f"{cid}-json.log"
-    if not path.exists():
-        return None
-    doc = _read_json(container_dir / "config.v2.json") or {}
-    config = doc.get("Config") if isinstance(doc.get("Config"), dict) else {}
-    labels = config.get("Labels") if isinstance(config.get("Labels"), dict) else {}
-    labels = {str(k): str(v) for k, v in (labels or {}).items()}
-    name = str(doc.get("Name") or cid[:12]).lstrip("/")
-    return SourceSpec(
-        key=f"docker:{cid}",
-        path=path,
-        format="docker",
-        service=service_name(labels, name),
-        container_id=cid,
-        container_name=name,
-        image=str(config.get("Image") or ""),
-        format_hint=labels.get(LABEL_FORMAT) or None,
-    )
+    d = Discoverer(container_dir.parent, Path(), ())
+    return d._container(str(container_dir), container_dir.name, Scan(), set())
 
 
 def discover_docker(root: Path) -> list[SourceSpec]:
-    try:
-        entries = sorted(os.scandir(root), key=lambda e: e.name)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    except OSError as exc:
-        log.warning("cannot list docker root path=%s error=%s", root, exc)
-        return []
-    out = []
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            spec = docker_source(Path(entry.path))
-            if spec is not None:
-                out.append(spec)
-    return out
+    return Discoverer(root, Path(), ())._docker(Scan())
 
 
 _CRI_LOG = re.compile(r"^\d+\.log$")
@@ -147,14 +314,33 @@ _NOT_PODS: set[str] = set()
 
 def discover_cri(root: Path) -> list[SourceSpec]:
     """``<root>/<namespace>_<pod>_<uid>/<container>/<restart>.log`` files."""
+    return _discover_cri(root, Scan())
+
+
+def _dirs(path: str) -> list[os.DirEntry[str]]:
+    """Sub-folders of ``path``, by name (``os.scandir``: no stat per entry)."""
+    with os.scandir(path) as it:
+        return sorted((e for e in it if e.is_dir(follow_symlinks=False)), key=lambda e: e.name)
+
+
+def _discover_cri(
+    root: Path,
+    scan: Scan,
+    nodes: tuple[str, ...] = (),
+    cache: dict[str, SourceSpec] | None = None,
+) -> list[SourceSpec]:
+    """The CRI sources; ``cache`` (key -> spec, pruned here) spares re-making unchanged ones."""
     out: list[SourceSpec] = []
+    known = cache if cache is not None else {}
     try:
-        pod_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+        pod_dirs = _dirs(str(root))
     except (FileNotFoundError, NotADirectoryError):
+        known.clear()
         return []
     except OSError as exc:
-        log.warning("cannot list CRI root path=%s error=%s", root, exc)
+        scan.failures.append(f"cannot list CRI root {root}: {exc}")
         return []
+    seen: set[str] = set()
     for pod_dir in pod_dirs:
         parts = pod_dir.name.split("_")
         if len(parts) < 3:
@@ -162,35 +348,47 @@ def discover_cri(root: Path) -> list[SourceSpec]:
                 _NOT_PODS.add(pod_dir.name)
                 log.warning(
                     "not a pod folder (<namespace>_<pod>_<uid>), its files are not shipped path=%s",
-                    pod_dir,
+                    pod_dir.path,
                 )
             continue
         # Namespaces and uids hold no "_" (DNS labels, UUIDs): the rest is the pod name.
         pod, uid = "_".join(parts[1:-1]), parts[-1]
         try:
-            containers = sorted(c for c in pod_dir.iterdir() if c.is_dir())
-        except OSError:
+            containers = _dirs(pod_dir.path)
+        except FileNotFoundError:
+            continue  # the pod was removed while we looked
+        except OSError as exc:
+            scan.failures.append(f"cannot list pod folder {pod_dir.path}: {exc}")
             continue
         for cdir in containers:
             try:
-                logs = sorted(f for f in cdir.iterdir() if _CRI_LOG.match(f.name))
-            except OSError:
+                with os.scandir(cdir.path) as it:
+                    logs = sorted((f for f in it if _CRI_LOG.match(f.name)), key=lambda f: f.name)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                scan.failures.append(f"cannot list container folder {cdir.path}: {exc}")
                 continue
             for f in logs:
-                fmt = _pod_log_format(f)
+                fmt = _pod_log_format(Path(f.path)) if f.is_symlink() else "cri"
                 if fmt is None:
                     continue
-                out.append(
-                    SourceSpec(
-                        key=f"cri:{pod_dir.name}/{cdir.name}/{f.name}",
-                        path=f,
+                key = f"cri:{pod_dir.name}/{cdir.name}/{f.name}"
+                seen.add(key)
+                spec = known.get(key)
+                if spec is None or spec.format != fmt:
+                    spec = known[key] = SourceSpec(
+                        key=key,
+                        path=Path(f.path),
                         format=fmt,
-                        service=pod_owner_name(pod),
+                        service=pod_owner_name(pod, nodes),
                         container_id=f"{uid}/{cdir.name}",
                         container_name=cdir.name,
                         format_hint=None,
                     )
-                )
+                out.append(spec)
+    for gone in set(known) - seen:
+        del known[gone]
     return out
 
 
@@ -219,10 +417,16 @@ def _pod_log_format(path: Path) -> str | None:
     return "docker" if target.name.endswith("-json.log") else "cri"
 
 
-def discover_paths(patterns: tuple[str, ...]) -> list[SourceSpec]:
-    """Plain-text files matching ``--path`` globs (``**`` allowed); service = file name stem."""
+def discover_paths(patterns: tuple[str, ...], scan: Scan | None = None) -> list[SourceSpec]:
+    """Plain-text files matching ``--path`` globs (``**`` allowed); service = file name stem.
+
+    ``glob`` ignores folders it cannot list; a failure to open one (out of fds) is noted in
+    ``scan`` by probing the glob's fixed leading folder, so that its files are not taken for
+    deleted."""
     out: dict[str, SourceSpec] = {}
     for pattern in patterns:
+        if scan is not None:
+            _probe(_glob_base(os.path.expanduser(pattern)), scan)
         for name in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)):
             path = Path(name).absolute()
             if not path.is_file() or path.name.endswith(COMPRESSED_SUFFIXES):
@@ -241,12 +445,28 @@ def discover_paths(patterns: tuple[str, ...]) -> list[SourceSpec]:
     return list(out.values())
 
 
+def _glob_base(pattern: str) -> str:
+    parts: list[str] = []
+    for part in Path(pattern).parts[:-1]:
+        if any(ch in part for ch in "*?["):
+            break
+        parts.append(part)
+    return str(Path(*parts)) if parts else "."
+
+
+def _probe(folder: str, scan: Scan) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in TRANSIENT_ERRNOS:
+            scan.failures.append(f"cannot list {folder}: {exc}")
+        return
+    os.close(fd)
+
+
 def discover_all(docker_root: Path, cri_root: Path, patterns: tuple[str, ...]) -> list[SourceSpec]:
-    """Every source on the host right now, deduplicated by key."""
-    found: dict[str, SourceSpec] = {}
-    for spec in (*discover_docker(docker_root), *discover_cri(cri_root), *discover_paths(patterns)):
-        found.setdefault(spec.key, spec)
-    return list(found.values())
+    """Every source on the host right now, deduplicated by key (one pass, nothing cached)."""
+    return Discoverer(docker_root, cri_root, patterns).scan().specs
 
 
 def rotated_siblings(path: Path) -> list[Path]:

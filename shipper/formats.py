@@ -46,6 +46,12 @@ _FRACTION = slice(20, -1)
 _NO_NEWLINE = slice(0, -1)
 
 
+def _chomp(log: str) -> str:
+    """A Docker ``log`` value less its ``\n`` and one ``\r`` before it (CRLF output), as
+    plain files lose theirs."""
+    return log[:-2] if log[-2:] == "\r\n" else log[:-1]
+
+
 class DockerEntry(msgspec.Struct, gc=False):
     """One json-file line as the block fast path accepts it: all three keys, all strings
     (unknown keys such as ``attrs`` are ignored). Anything else fails the whole block over to
@@ -238,6 +244,9 @@ class _Partial:
     parts: list[str]
     size: int = 0
     dropped: int = 0
+    starts: dict[object, int] = field(default_factory=dict)
+    """Per file (:attr:`LineParser.origin`) the offset of the group's first part in it: a group
+    can span a rotation, and no file's checkpoint may pass the start of its parts."""
 
 
 class LineParser:
@@ -249,6 +258,10 @@ class LineParser:
         self.max_line_bytes = max_line_bytes
         self.times = TimeParser()
         self._partials: dict[str, _Partial] = {}
+        self.origin: object = None
+        """The file the lines being fed come from (set by the reader before :meth:`feed`).
+        One parser serves all files of a source, so that a split line whose parts straddle a
+        rotation is joined; offsets are per file, hence the tag."""
 
     def new_lines(self) -> Lines:
         return Lines()
@@ -257,12 +270,25 @@ class LineParser:
         """Forget unfinished groups (the file changed under us)."""
         self._partials.clear()
 
-    def pending_start(self) -> int | None:
-        """File offset where the earliest unfinished group starts, or None: never checkpoint
-        past it, or a restart would lose the group's first parts."""
+    def pending_start(self, origin: object = None) -> int | None:
+        """Offset in file ``origin`` (default: the current one) where the earliest unfinished
+        group has its first part there, or None: never checkpoint that file past it, or a
+        restart would lose the group's first parts."""
         if not self._partials:
             return None
-        return min(p.start for p in self._partials.values())
+        key = self.origin if origin is None else origin
+        starts = [s for p in self._partials.values() if (s := p.starts.get(key)) is not None]
+        return min(starts) if starts else None
+
+    def retag(self, old: object, new: object) -> None:
+        """File ``old`` continues as file ``new`` at the same offsets (a copytruncate copy)."""
+        for p in self._partials.values():
+            if old in p.starts:
+                p.starts[new] = p.starts.pop(old)
+
+    def pending_origins(self) -> set[object]:
+        """Files holding parts of a group that is not complete yet."""
+        return {o for p in self._partials.values() for o in p.starts}
 
     def feed(self, lines: list[bytes], base: int) -> Lines:
         raise NotImplementedError
@@ -285,6 +311,7 @@ class LineParser:
                 self._emit(out, end, t, self.times.to_ns(t), stream, text)
                 return
             p = self._partials[stream] = _Partial(start, t, self.times.to_ns(t), [])
+        p.starts.setdefault(self.origin, start)
         room = self.max_line_bytes - p.size
         if len(text) <= room:
             p.parts.append(text)
@@ -378,11 +405,15 @@ class DockerParser(LineParser):
                     frac = t[20:-1]
                     if sec is not None and t[19] == "." and frac.isdigit() and frac.isascii():
                         out.add(
-                            pos, t, sec * 1_000_000_000 + int(frac.ljust(9, "0")), stream, log[:-1]
+                            pos,
+                            t,
+                            sec * 1_000_000_000 + int(frac.ljust(9, "0")),
+                            stream,
+                            _chomp(log),
                         )
                         continue
                 if log[-1:] == "\n":
-                    self._part(out, start, pos, t, stream, log[:-1], True)
+                    self._part(out, start, pos, t, stream, _chomp(log), True)
                 else:
                     self._part(out, start, pos, t, stream, log, False)
             except (TypeError, KeyError, AttributeError):
@@ -420,6 +451,7 @@ class DockerParser(LineParser):
             or max(map(len, logs)) > self.max_line_bytes // 4
             or "" in logs
             or set(map(getitem, logs, repeat(-1))) != {"\n"}  # split parts: general path
+            or any(map(str.endswith, logs, repeat("\r\n")))  # CRLF: general path strips it
         ):
             return None
         fractions = list(map(getitem, times, repeat(_FRACTION)))
@@ -451,7 +483,7 @@ class DockerParser(LineParser):
             stream = doc.get("stream") or "stdout"
             if isinstance(log, str) and isinstance(stream, str):
                 last = log.endswith("\n")
-                self._part(out, start, end, doc["time"], stream, log[:-1] if last else log, last)
+                self._part(out, start, end, doc["time"], stream, _chomp(log) if last else log, last)
                 return
         self._raw(out, end, raw)
 
@@ -491,8 +523,9 @@ class CriParser(LineParser):
                 self._raw(out, pos, raw)
                 continue
             t = fields[0].decode("ascii", "replace")
-            text = decode_text(fields[3], out)
-            self._part(out, start, pos, t, stream, text, not fields[2].startswith(b"P"))
+            last = not fields[2].startswith(b"P")
+            body = fields[3][:-1] if last and fields[3][-1:] == b"\r" else fields[3]  # CRLF
+            self._part(out, start, pos, t, stream, decode_text(body, out), last)
         return out
 
 

@@ -6,8 +6,13 @@ number to alert on when shipping falls behind.
 
 The same port answers ``/healthz`` for liveness probes: 200 while the shipper's event loop ticks,
 503 once it has been stuck for :data:`STALL_SECONDS` (the HTTP server runs on its own thread, so
-a page of metrics alone would not show that). Slow or failing deliveries are not a reason to
-restart a shipper and do not fail it: alert on ``logq_shipper_bytes_behind`` and retries.
+a page of metrics alone would not show that), and 503 while checkpoints cannot be written (a
+full or read-only ``--state-dir``: shipping goes on, but a restart would re-send everything
+since the last write). ``/livez`` answers only the first question: use it for a liveness probe,
+since restarting a shipper does not free its disk (each restart would re-send everything since
+the last checkpoint), and ``/healthz`` for alerts and readiness. Slow or failing deliveries are
+not a reason to restart a shipper and fail neither: alert on ``logq_shipper_bytes_behind`` and
+retries.
 """
 
 from __future__ import annotations
@@ -92,6 +97,18 @@ class Metrics:
             "logq_shipper_inflight_bytes", "Bytes read and waiting for an ack", registry=r
         )
         self.files = Gauge("logq_shipper_open_files", "Log files being followed", registry=r)
+        self.checkpoint_failures = Counter(
+            "logq_shipper_checkpoint_write_failures",
+            "Failed writes of the checkpoint registry (full or read-only --state-dir)",
+            registry=r,
+        )
+        self.discovery_failures = Counter(
+            "logq_shipper_discovery_failures",
+            "Discovery passes that could not list every log folder (out of file descriptors, "
+            "permissions); the sources already followed are kept",
+            registry=r,
+        )
+        self._problems: dict[str, str] = {}
 
         self.last_tick = time.monotonic()
 
@@ -120,11 +137,28 @@ class Metrics:
         """Called from the event loop every second (see :meth:`health`)."""
         self.last_tick = time.monotonic()
 
-    def health(self) -> tuple[int, str]:
-        """``/healthz``: the status and a one-line reason."""
+    def set_problem(self, name: str, reason: str | None) -> None:
+        """Make ``/healthz`` answer 503 with ``reason`` until it is cleared with None."""
+        if reason is None:
+            self._problems.pop(name, None)
+        else:
+            self._problems[name] = reason
+
+    def liveness(self) -> tuple[int, str]:
+        """``/livez``: 503 only while the event loop is stuck (what a restart can fix)."""
         stalled = time.monotonic() - self.last_tick
         if stalled > STALL_SECONDS:
             return 503, f"event loop stalled for {stalled:.0f}s\n"
+        return 200, "ok\n"
+
+    def health(self) -> tuple[int, str]:
+        """``/healthz``: the status and a one-line reason."""
+        status, text = self.liveness()
+        if status != 200:
+            return status, text
+        problems = list(self._problems.values())  # a copy: the event loop thread writes it
+        if problems:
+            return 503, "; ".join(problems) + "\n"
         return 200, "ok\n"
 
     def serve(self, listen: Endpoint) -> ThreadingHTTPServer:
@@ -134,10 +168,11 @@ class Metrics:
 
         class Handler(MetricsHandler.factory(self.registry)):  # type: ignore[misc]
             def do_GET(self) -> None:
-                if urlparse(self.path).path != "/healthz":
+                path = urlparse(self.path).path
+                if path not in ("/healthz", "/livez"):
                     super().do_GET()
                     return
-                status, text = metrics.health()
+                status, text = metrics.health() if path == "/healthz" else metrics.liveness()
                 body = text.encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "text/plain; charset=utf-8")

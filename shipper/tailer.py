@@ -5,7 +5,14 @@ finish. Files are read strictly in order (oldest first), in large blocks with ``
 handed to the format parser as complete lines. Identity and resume points come from the
 checkpoint registry (see :mod:`shipper.checkpoint`).
 
-Rotation cases, checked whenever the file being read is at its end:
+One parser serves all files of a source, so a line the runtime split (Docker 16 KiB partial
+entries, CRI ``P`` parts) is joined even when a rotation falls between its parts. No file's
+checkpoint passes the first part of a line that is not acknowledged whole: a rotated file holding
+such parts keeps its checkpoint (at the line's start) until the batch completing the line is
+acknowledged, so a restart at any point reads the whole line again.
+
+Rotation cases, checked whenever the file being read is at its end (copytruncate also before
+every read of the live file):
 
 * rename (Docker ``-json.log`` -> ``.1``, kubelet ``0.log`` -> ``0.log.<time>``): the path now
   names another inode. The old file is at EOF and no longer written to; it is released and the
@@ -15,13 +22,23 @@ Rotation cases, checked whenever the file being read is at its end:
   (a sibling with our fingerprint) is finished from our position, then the live file restarts
   at 0 under a new ``source_id`` epoch.
 * deletion: the path is gone and the inode has no links: finish to EOF, release.
+
+A source first seen with rotated files already next to its live file (it rotated before the
+first scan, or during a shipper restart) has those read first; see :meth:`Tailer._first_seen`.
+Rotated files opened while the source is behind (pinned, so the runtime's deletions lose
+nothing) are bounded per source and by a per-process share of the open-files limit.
 """
 
 from __future__ import annotations
 
+import errno
+import gzip
 import hashlib
 import logging
 import os
+import resource
+import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Container
 from dataclasses import dataclass
@@ -38,17 +55,60 @@ PIN_CHECK_SECONDS = 0.25
 """How often a source checks whether its live file was rotated (see pin_new_generation)."""
 MAX_PINNED_FILES = 64
 """Rotated files a source keeps open at most while it is behind (bounds descriptors)."""
+FD_RESERVE_FRACTION = 0.1
+"""Share of the soft ``RLIMIT_NOFILE`` kept free of log files for sockets, the registry and
+new sources' live files: pinning rotated files stops at the rest (see :func:`pin_budget`)."""
+FD_RESERVE_MIN = 64
+OPEN_RETRY_MAX_SECONDS = 30.0
+"""Longest pause between attempts to open a file while the process is out of descriptors."""
 LOSS_REASONS = ("deleted_unread", "truncated_without_copy", "pin_limit")
 """Why lines may have been lost (the ``reason`` label of ``logq_shipper_files_lost_total``):
 a file known from the checkpoint was gone at start (rotated away and deleted while the shipper
-was down); a file truncated in place (copytruncate) with no copy to finish from; the source fell
-more than :data:`MAX_PINNED_FILES` rotations behind, so files deleted before it catches up are
-never read."""
+was down, and no ``.gz`` of it shows it was read to its end); a file truncated in place
+(copytruncate) with no copy to finish from; the source fell more than :data:`MAX_PINNED_FILES`
+rotations behind, or the process reached its descriptor budget (:func:`pin_budget`), so files
+deleted before it catches up are never read."""
 
 
-def fingerprint(fd: int) -> str | None:
-    """Hash of the file's first line (at most 1 KiB); None while that line is incomplete."""
-    head = os.pread(fd, FINGERPRINT_BYTES, 0)
+_open_files = 0
+"""Log files held open by all tailers of this process (the pin budget counts them)."""
+_budget_cache: tuple[float, int] = (0.0, 0)
+_last_active: dict[str, float] = {}
+"""Per source key, when a tailer of this process last looked at its files (wall clock): a
+source that comes back (its runner ended and discovery found it again) is not new, and its
+rotated files older than this were read by the previous tailer."""
+MAX_REMEMBERED_SOURCES = 100_000
+
+
+def _touch(key: str) -> None:
+    if key not in _last_active and len(_last_active) >= MAX_REMEMBERED_SOURCES:
+        for old in sorted(_last_active, key=_last_active.__getitem__)[: len(_last_active) // 2]:
+            del _last_active[old]
+    _last_active[key] = time.time()
+
+
+def open_files() -> int:
+    """Log files currently open in this process."""
+    return _open_files
+
+
+def pin_budget() -> int:
+    """How many log files the process may hold open before pinning more rotated files stops:
+    the soft ``RLIMIT_NOFILE`` less a reserve. Re-read every few seconds (the daemon may raise
+    the soft limit at start-up)."""
+    global _budget_cache
+    now = time.monotonic()
+    if now - _budget_cache[0] < 5.0:
+        return _budget_cache[1]
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        soft = 1 << 20
+    budget = max(soft - max(FD_RESERVE_MIN, int(soft * FD_RESERVE_FRACTION)), 1)
+    _budget_cache = (now, budget)
+    return budget
+
+
+def _fingerprint_bytes(head: bytes) -> str | None:
     nl = head.find(b"\n")
     if nl >= 0:
         head = head[: nl + 1]
@@ -57,11 +117,45 @@ def fingerprint(fd: int) -> str | None:
     return hashlib.blake2b(head, digest_size=8).hexdigest()
 
 
+def gzip_identity(path: Path) -> tuple[str | None, int] | None:
+    """(fingerprint of the uncompressed first line, uncompressed size mod 2**32) of a gzip
+    file, or None if unreadable: tells whether a file that vanished was compressed whole."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            isize = int.from_bytes(f.read(4), "little")
+            f.seek(0)
+            with gzip.GzipFile(fileobj=f) as gz:
+                head = gz.read(FINGERPRINT_BYTES)
+    except (OSError, EOFError, zlib.error, ValueError):
+        return None
+    return _fingerprint_bytes(head), isize
+
+
+def _oldest_first(files: list[tuple[int, Cursor]]) -> list[Cursor]:
+    """Cursors of rotated files by modification time; files of the same time (coarse clocks,
+    tiny files) by name: Docker's ``.2`` is older than its ``.1``, kubelet's
+    ``0.log.<time>`` names sort in time order."""
+
+    def key(item: tuple[int, Cursor]) -> tuple[int, int, str]:
+        suffix = item[1].path.name.rsplit(".", 1)[-1]
+        return item[0], -int(suffix) if suffix.isdigit() else 0, item[1].path.name
+
+    return [c for _, c in sorted(files, key=key)]
+
+
+def fingerprint(fd: int) -> str | None:
+    """Hash of the file's first line (at most 1 KiB); None while that line is incomplete."""
+    return _fingerprint_bytes(os.pread(fd, FINGERPRINT_BYTES, 0))
+
+
 class Cursor:
     """One open file and the read position in it."""
 
     def __init__(self, fd: int, path: Path, fp: str, state: FileState, parser: LineParser) -> None:
+        global _open_files
         st = os.fstat(fd)
+        _open_files += 1
         self.fd = fd
         self.path = path
         self.dev = st.st_dev
@@ -86,6 +180,15 @@ class Cursor:
         self._skip_total = 0
         self.at_end = False
         """The last read found nothing new: the next data may follow a truncation."""
+        self.checked_pos = self.read_pos
+        """Read position when the file was last found to still hold our content: bytes before
+        it are ours, bytes after it may have been read after a truncation (copytruncate)."""
+        self.held = False
+        """Released, but its checkpoint must stay: it holds the first parts of a split line
+        that is not acknowledged yet."""
+        self.frees: list[tuple[int, Cursor]] = []
+        """(resume, file): reading this file completed a split line begun in that rotated-away
+        file; once a batch up to ``resume`` is acknowledged, its checkpoint can go."""
 
     def read(self, block: int, max_lines: int = 1 << 30) -> Chunk | None:
         """The next complete lines (at most ``max_lines``), or None at the end of what is
@@ -107,25 +210,36 @@ class Cursor:
             self._skip_start = self.read_pos
             self._skip_total = len(data)
             self.read_pos += len(data)
-            return Chunk(self, self.parser.new_lines(), self._skip_start, len(data))
+            return Chunk(self, self.parser.new_lines(), self._skip_resume(), len(data))
         # Split no further than needed, and without copying the block: the last piece is the
         # unterminated tail (or the lines beyond ``max_lines``), read again next time.
         lines = data.split(b"\n", max_lines)
         del lines[-1]
         if len(lines) == max_lines:
             idx = sum(map(len, lines)) + max_lines - 1
+        self.parser.origin = self
         parsed = self.parser.feed(lines, self.read_pos)
         self.read_pos += idx + 1
         if self.acked_floor and parsed.offsets and parsed.offsets[0] <= self.acked_floor:
             parsed = _drop_upto(parsed, self.acked_floor)
-        pending = self.parser.pending_start()
-        return Chunk(self, parsed, self.read_pos if pending is None else pending, idx + 1)
+        return Chunk(self, parsed, self._resume(), idx + 1)
+
+    def _resume(self) -> int:
+        """Where a restart must read again: our position, or the start of a split line's
+        parts in this file that are not complete yet."""
+        pending = self.parser.pending_start(self)
+        return self.read_pos if pending is None else pending
+
+    def _skip_resume(self) -> int:
+        pending = self.parser.pending_start(self)
+        return self._skip_start if pending is None else min(pending, self._skip_start)
 
     def _last_line(self, data: bytes) -> Chunk:
         # Its offset counts a newline that is not there: one past the end, still increasing.
+        self.parser.origin = self
         parsed = self.parser.feed([data], self.read_pos)
         self.read_pos += len(data)
-        return Chunk(self, parsed, self.read_pos, len(data))
+        return Chunk(self, parsed, self._resume(), len(data))
 
     def has_remainder(self) -> bool:
         """Bytes after the last complete line (an unterminated line)."""
@@ -136,7 +250,7 @@ class Cursor:
         if nl < 0:
             self._skip_total += len(data)
             self.read_pos += len(data)
-            return Chunk(self, self.parser.new_lines(), self._skip_start, len(data))
+            return Chunk(self, self.parser.new_lines(), self._skip_resume(), len(data))
         prefix = self._skip or b""
         dropped = self._skip_total + nl - len(prefix)
         self._skip = None
@@ -144,7 +258,7 @@ class Cursor:
         parsed = overlong_line(self.parser, prefix, self.read_pos, dropped)
         if self.read_pos <= self.acked_floor:
             parsed = self.parser.new_lines()
-        return Chunk(self, parsed, self.read_pos, nl + 1)
+        return Chunk(self, parsed, self._resume(), nl + 1)
 
     def size(self) -> int:
         try:
@@ -153,8 +267,10 @@ class Cursor:
             return 0
 
     def close(self) -> None:
+        global _open_files
         if not self.closed:
             self.closed = True
+            _open_files -= 1
             os.close(self.fd)
 
 
@@ -200,6 +316,17 @@ class Tailer:
         """mtime of the last file finished because it was rotated away: files rotated after
         it that we never opened are newer."""
         self._pin_limit_logged = False
+        self.parser = self._parser()
+        """One parser for all files of the source: a split line (Docker 16 KiB partial
+        entries, CRI ``P`` parts) whose parts straddle a rotation is joined across it."""
+        self._held: list[Cursor] = []
+        """Released files holding the first parts of a split line not complete yet: their
+        checkpoints stay at the group's start until the line is acknowledged (see
+        :meth:`commit`), so a restart reads the whole group again."""
+        self._open_retry_at = 0.0
+        self._open_backoff = 0.0
+        """While opens fail for lack of descriptors (EMFILE/ENFILE): when to try again, and
+        the current pause (doubling up to :data:`OPEN_RETRY_MAX_SECONDS`)."""
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -222,8 +349,14 @@ class Tailer:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.warning("cannot open log file path=%s error=%s", path, exc)
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self._out_of_descriptors(path, exc)
+            else:
+                log.warning("cannot open log file path=%s error=%s", path, exc)
             return None
+        if self._open_backoff:
+            log.info("log files open again path=%s open_files=%d", path, _open_files + 1)
+            self._open_backoff = 0.0
         try:
             fp = fingerprint(fd)
             st = os.fstat(fd)
@@ -258,60 +391,162 @@ class Tailer:
             )
             self.registry.put(key, state)
         log.debug("opened path=%s ino=%d offset=%d", path, st.st_ino, state.offset)
-        return Cursor(fd, path, fp, state, self._parser())
+        return Cursor(fd, path, fp, state, self.parser)
+
+    def _may_open(self) -> bool:
+        """False while out of descriptors and the backoff has not passed."""
+        return not self._open_backoff or time.monotonic() >= self._open_retry_at
+
+    def _out_of_descriptors(self, path: Path, exc: OSError) -> None:
+        """No descriptor left: back off (doubling) instead of retrying at every check, and
+        log once per source until an open works again."""
+        if not self._open_backoff:
+            log.warning(
+                "cannot open log file: the process is out of file descriptors; retrying with "
+                "backoff (raise the open-files limit, e.g. LimitNOFILE=, ulimit -n) "
+                "path=%s open_log_files=%d error=%s",
+                path,
+                _open_files,
+                exc,
+            )
+        self._open_backoff = min(max(self._open_backoff * 2, 1.0), OPEN_RETRY_MAX_SECONDS)
+        self._open_retry_at = time.monotonic() + self._open_backoff
 
     def start(self) -> None:
         """Open the rotated files a previous run had not finished, then the live file.
 
         Files rotated *after* the last one we know of while we were down (the runtime rotated
-        twice) were never read: they are newer than it and are read too, oldest first.
+        twice) were never read: they are newer than it and are read too, oldest first. A
+        source the registry does not know (see :meth:`_first_seen`) has its rotated files read
+        too, before the live file.
         """
         self._started = True
         known = {k for k, s in self.registry.items() if s.source == self.spec.key}
-        rotated: list[tuple[int, Cursor]] = []
-        if known:
-            unknown: list[Path] = []
-            newest_known = -1
-            for sib in rotated_siblings(self.spec.path):
-                cur = self._open(sib, fresh=False)
-                if cur is None:
-                    unknown.append(sib)
-                    continue
-                mtime = os.fstat(cur.fd).st_mtime_ns
-                newest_known = max(newest_known, mtime)
-                if cur.read_pos < cur.size():
-                    rotated.append((mtime, cur))
-                else:  # finished before the restart: forget it
-                    self.registry.remove(cur.key)
-                    cur.close()
-            if newest_known < 0:
-                # The files we knew are gone (deleted by max-file): whatever was written after
-                # our last checkpoint is newer than it.
-                stamps = [st.updated for k in known if (st := self.registry.get(k)) is not None]
-                newest_known = int(max(stamps) * 1e9)
-            for sib in unknown:
-                try:
-                    newer = os.stat(sib).st_mtime_ns >= newest_known
-                except OSError:
-                    continue
-                cur = self._open(sib, fresh=True) if newer else None
-                if cur is not None:
-                    rotated.append((os.fstat(cur.fd).st_mtime_ns, cur))
-        self.cursors = [c for _, c in sorted(rotated, key=lambda x: x[0])]
-        for c in self.cursors:
-            log.info("resuming rotated file path=%s offset=%d", c.path, c.read_pos)
+        backoff = self._open_backoff
+        rotated = self._known_rotated(known) if known else self._first_seen()
+        self.cursors = _oldest_first(rotated)
         self._open_live()
+        if self._open_backoff > backoff:
+            # Out of descriptors: files that could not be opened would be taken as gone (and
+            # their checkpoints forgotten). Start again from scratch after the backoff.
+            self._started = False
+            self.close()
+            return
+        _touch(self.spec.key)
+        for c in self.cursors:
+            if c is not self.live:
+                log.info("resuming rotated file path=%s offset=%d", c.path, c.read_pos)
         self._count_vanished(known)
+
+    def _known_rotated(self, known: set[str]) -> list[tuple[int, Cursor]]:
+        """Rotated files of a source the registry knows: those not finished, and those
+        rotated after the newest one we know of."""
+        rotated: list[tuple[int, Cursor]] = []
+        unknown: list[Path] = []
+        newest_known = -1
+        for sib in rotated_siblings(self.spec.path):
+            cur = self._open(sib, fresh=False)
+            if cur is None:
+                unknown.append(sib)
+                continue
+            mtime = os.fstat(cur.fd).st_mtime_ns
+            newest_known = max(newest_known, mtime)
+            if cur.read_pos < cur.size():
+                rotated.append((mtime, cur))
+            else:  # finished before the restart: forget it
+                self.registry.remove(cur.key)
+                cur.close()
+        if newest_known < 0:
+            # The files we knew are gone (deleted by max-file): whatever was written after
+            # our last checkpoint is newer than it.
+            stamps = [st.updated for k in known if (st := self.registry.get(k)) is not None]
+            newest_known = int(max(stamps) * 1e9)
+        for sib in unknown:
+            try:
+                newer = os.stat(sib).st_mtime_ns >= newest_known
+            except OSError:
+                continue
+            cur = self._open(sib, fresh=True) if newer else None
+            if cur is not None:
+                rotated.append((os.fstat(cur.fd).st_mtime_ns, cur))
+        return rotated
+
+    def _first_seen(self) -> list[tuple[int, Cursor]]:
+        """Rotated files of a source the registry does not know, to read before its live file.
+
+        A container can rotate before the shipper first sees it (a burst in its first second,
+        or one started during a shipper restart or rollout): its rotated files hold its first
+        lines. Those last written after the previous run's final checkpoint save are read,
+        oldest first; so are all of them on the very first run (no registry yet) -- the
+        container's whole current log, as its live file is read from its start too. Older
+        ones were written while a previous run was watching the host, which read them (or was
+        configured not to watch this source): they are skipped, counted in the log.
+        Compressed rotations are never read (see :func:`shipper.discover.rotated_siblings`).
+        """
+        since = self.registry.saved_at
+        previous = _last_active.get(self.spec.key)
+        if previous is not None:
+            # Seen by this process before (its runner ended, discovery found it again): the
+            # previous tailer read what was written before it last looked. A margin for coarse
+            # file times (a jiffy): lines read twice keep their source id and offset, and the
+            # aggregator drops them.
+            previous -= 0.05
+            since = previous if since is None else max(since, previous)
+        found: list[tuple[int, Cursor]] = []
+        skipped: list[Path] = []
+        for sib in rotated_siblings(self.spec.path):
+            try:
+                st = os.stat(sib)
+            except OSError:
+                continue
+            if since is not None and st.st_mtime < since:
+                skipped.append(sib)
+                continue
+            cur = self._open(sib, fresh=True)
+            if cur is not None:
+                found.append((os.fstat(cur.fd).st_mtime_ns, cur))
+        if found:
+            log.info(
+                "new source already rotated: reading its rotated files first source=%s files=%d",
+                self.spec.key,
+                len(found),
+            )
+        if skipped:
+            log.info(
+                "new source: not reading rotated files last written before the previous run's "
+                "final checkpoint (read then, or not watched) source=%s skipped=%d oldest=%s",
+                self.spec.key,
+                len(skipped),
+                min(skipped),
+            )
+        return found
 
     def _count_vanished(self, known: set[str]) -> None:
         """Checkpointed files of this source that no longer exist were rotated away and deleted
         while we were down: what was written to them after the checkpoint is lost. Count each
-        (visible in metrics and logs) and forget it."""
+        (visible in metrics and logs) and forget it -- unless a compressed rotation of the
+        file (``.gz``, as Docker's ``compress`` and the kubelet make) shows it ended where we
+        had read to."""
         opened = {c.key for c in self.cursors}
-        for key in known - opened:
-            state = self.registry.get(key)
-            if state is None:
-                continue  # finished and forgotten above
+        vanished = [
+            (key, state)
+            for key in sorted(known - opened)
+            if (state := self.registry.get(key)) is not None  # None: finished, forgotten
+        ]
+        if not vanished:
+            return
+        compressed = self._compressed_identities()
+        for key, state in vanished:
+            self.registry.remove(key)
+            fp = key.rsplit(":", 1)[-1]
+            if (fp, state.offset % (1 << 32)) in compressed:
+                log.info(
+                    "log file was compressed after it was read to its end; nothing lost "
+                    "path=%s offset=%d",
+                    state.path,
+                    state.offset,
+                )
+                continue
             log.warning(
                 "log file deleted before it was read to the end (rotated away while the shipper "
                 "was down); lines after offset %d are lost path=%s",
@@ -319,11 +554,27 @@ class Tailer:
                 state.path,
             )
             self.on_loss("deleted_unread")
-            self.registry.remove(key)
+
+    def _compressed_identities(self) -> set[tuple[str | None, int]]:
+        """(fingerprint, size mod 2**32) of this source's gzip-compressed rotated files."""
+        try:
+            names = os.listdir(self.spec.path.parent)
+        except OSError:
+            return set()
+        prefix = self.spec.path.name + "."
+        out: set[tuple[str | None, int]] = set()
+        for name in names:
+            if name.startswith(prefix) and name.endswith(".gz"):
+                ident = gzip_identity(self.spec.path.parent / name)
+                if ident is not None:
+                    out.add(ident)
+        return out
 
     def _open_live(self) -> bool:
         """Open the file now at the live path, after any files rotated since the last one we
         finished (the runtime may rotate several times between two polls)."""
+        if not self._may_open():
+            return False
         cur = self._open(self.spec.path, fresh=True)
         if cur is None:
             return False
@@ -348,28 +599,47 @@ class Tailer:
     def read(self, max_lines: int = 1 << 30, max_bytes: int = 1 << 30) -> Chunk | None:
         """The next lines of the oldest unfinished file, or None when it is at its end."""
         if not self._started:
+            if not self._may_open():
+                return None
             self.start()
         if not self.cursors:
             return None
         head = self.cursors[0]
-        if head is self.live and head.at_end and self._rewritten(head):
-            # Truncated in place and written past our position before we looked again:
-            # reading on from our position would ship the middle of new lines.
-            self._truncated(head)
-            if not self.cursors:
-                return None
+        if head is self.live:
+            # Before every read of the live file, not only at its end: truncated in place
+            # (copytruncate) and written again before we looked, reading on from our position
+            # would ship the middle of new lines under the old content's id -- also on the
+            # first read of a file opened just before another truncation.
+            if self._rewritten(head):
+                if not self._truncated(head) or not self.cursors:
+                    return None
+            else:
+                head.checked_pos = head.read_pos
         block = min(self.block_size, max(max_bytes, 65536))
         if block < self.max_line_bytes + 4096:  # an allowed line must fit in a block
             block = self.block_size
-        return self.cursors[0].read(block, max_lines)
+        chunk = self.cursors[0].read(block, max_lines)
+        if chunk is not None and self._held:
+            self._settle_held(chunk)
+        return chunk
 
     @staticmethod
     def _rewritten(cur: Cursor) -> bool:
-        """Whether the file under ``cur`` is no longer the content we were reading."""
+        """Whether the file under ``cur`` is no longer the content we were reading (its first
+        line changed -- or is incomplete now, which ours was not -- or it shrank below our
+        position)."""
         try:
-            return cur.size() < cur.read_pos or fingerprint(cur.fd) not in (cur.fp, None)
+            return cur.size() < cur.read_pos or fingerprint(cur.fd) != cur.fp
         except OSError:
             return False
+
+    def _settle_held(self, chunk: Chunk) -> None:
+        """Split lines begun in released files that ``chunk`` completed: their files'
+        checkpoints go once the chunk is acknowledged."""
+        pending = self.parser.pending_origins()
+        for held in [h for h in self._held if h not in pending]:
+            self._held.remove(held)
+            chunk.cursor.frees.append((chunk.resume, held))
 
     def pin_new_generation(self) -> None:
         """While we are behind, open each file the runtime rotates in as soon as it appears.
@@ -383,21 +653,11 @@ class Tailer:
         if live is None:
             # A rotation left a new file with no complete line yet. Open it once it has one,
             # here too: reading may be waiting for acks, and the runtime keeps rotating.
-            if self._floor is not None and len(self.cursors) < MAX_PINNED_FILES:
+            if self._floor is not None and not self._pin_full():
                 self._open_live()
             return
-        if len(self.cursors) >= MAX_PINNED_FILES:
-            if not self._pin_limit_logged:
-                self._pin_limit_logged = True
-                self.on_loss("pin_limit")
-                log.warning(
-                    "source is %d rotated files behind; newer rotations are found when it "
-                    "catches up, and files the runtime deletes before that are lost path=%s",
-                    len(self.cursors),
-                    self.spec.path,
-                )
+        if self._pin_full():
             return
-        self._pin_limit_logged = False
         try:
             st = os.stat(self.spec.path)
         except OSError:
@@ -410,12 +670,41 @@ class Tailer:
         if not self._open_live():
             self.live = live  # the new file is not complete yet (no first line): later
 
+    def _pin_full(self) -> bool:
+        """Whether this source may not open another file while behind: it holds
+        :data:`MAX_PINNED_FILES`, or the process is at its descriptor budget
+        (:func:`pin_budget`) and this source already holds one. Logged and counted once per
+        episode per source."""
+        n = len(self.cursors)
+        over_budget = n >= 1 and _open_files >= pin_budget()
+        if n < MAX_PINNED_FILES and not over_budget:
+            self._pin_limit_logged = False
+            return False
+        if not self._pin_limit_logged:
+            self._pin_limit_logged = True
+            self.on_loss("pin_limit")
+            log.warning(
+                "source is %d rotated files behind and %s; newer rotations are found when it "
+                "catches up, and files the runtime deletes before that are lost path=%s "
+                "open_log_files=%d",
+                n,
+                "the process is at its file descriptor budget"
+                if over_budget
+                else f"at the per-source limit of {MAX_PINNED_FILES}",
+                self.spec.path,
+                _open_files,
+            )
+        return True
+
     def poll(self, finishing: bool = False) -> bool:
         """At the end of the current file: handle rotation, truncation, deletion.
 
         Returns True when something changed and reading should be tried again. With
         ``finishing`` (the source disappeared, or shutdown), files at their end are released.
         """
+        if not self._started:
+            return False  # start() was put off (no descriptors): read() retries it
+        _touch(self.spec.key)
         if not self.cursors:
             return False if finishing else self._open_live()
         head = self.cursors[0]
@@ -452,8 +741,7 @@ class Tailer:
             self._open_live()
             return True
         if os.fstat(head.fd).st_size < head.read_pos or fingerprint(head.fd) != head.fp:
-            self._truncated(head)
-            return True
+            return self._truncated(head)
         return False
 
     def _missed_rotations(self, live: Cursor) -> list[Cursor]:
@@ -474,30 +762,82 @@ class Tailer:
             if cur is not None:
                 log.debug("found a missed rotation path=%s ino=%d", sib, cur.ino)
                 found.append((st.st_mtime_ns, cur))
-        return [c for _, c in sorted(found, key=lambda x: x[0])]
+        return _oldest_first(found)
 
-    def _truncated(self, head: Cursor) -> None:
+    def _truncated(self, head: Cursor) -> bool:
         """copytruncate: finish the copy from our position, restart the live file at 0.
+
+        Returns False when it could not look (out of descriptors): nothing changed, and the
+        live file must not be read on.
 
         Copies made *after* ours (logrotate ran again before we looked) hold lines we never
         read: the copy's mtime becomes the floor of the missed-rotation search, which then
         reads them from their start, oldest first, before the live file.
+
+        A copy smaller than our position means the truncation came between our last check and
+        a read: the bytes past the copy's end were the new content's. The copy is then read
+        again from the last position known to be ours, under a new id (the old id's offsets
+        up to our position are taken at the aggregator); a few lines may arrive twice, none
+        is lost.
         """
         copy = None
         read_all = False  # a copy exists and holds nothing past our position
+        epoch = head.state.epoch + 1
         for sib in rotated_siblings(self.spec.path):
             try:
                 fd = os.open(sib, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    # The copy may be this one: deciding without it would lose its lines.
+                    # Nothing is changed yet; the next read or poll tries again.
+                    self._out_of_descriptors(sib, exc)
+                    return False
                 continue
-            st = os.fstat(fd)
-            ours = fingerprint(fd) == head.fp
-            if ours and st.st_size > head.read_pos:
+            try:
+                st = os.fstat(fd)
+                ours = fingerprint(fd) == head.fp
+            except OSError:
+                os.close(fd)
+                continue
+            if ours and head.checked_pos <= st.st_size < head.read_pos:
+                log.warning(
+                    "log file truncated while being read: bytes after offset %d were read from "
+                    "the new content; reading its copy again from offset %d under a new id "
+                    "(some lines may arrive twice) path=%s copy=%s",
+                    st.st_size,
+                    head.checked_pos,
+                    head.path,
+                    sib,
+                )
                 state = FileState(
-                    self.spec.key, str(sib), head.source_id, head.read_pos, head.acked_floor
+                    self.spec.key,
+                    str(sib),
+                    self._source_id(head.ino, head.fp, epoch),
+                    head.checked_pos,
+                    0,
+                    epoch,
+                )
+                epoch += 1
+                self.registry.put(file_key(st.st_dev, st.st_ino, head.fp), state)
+                copy = Cursor(fd, sib, head.fp, state, self.parser)
+                self._floor = st.st_mtime_ns
+                break
+            if ours and st.st_size > head.read_pos:
+                # Its checkpoint starts where head's is (what is acknowledged), reading goes
+                # on from where head's is: batches of head in flight are acked in order
+                # before the copy's first, so a crash before that reads them again.
+                state = FileState(
+                    self.spec.key,
+                    str(sib),
+                    head.source_id,
+                    head.state.offset,
+                    head.state.acked,
+                    head.state.epoch,
                 )
                 self.registry.put(file_key(st.st_dev, st.st_ino, head.fp), state)
-                copy = Cursor(fd, sib, head.fp, state, head.parser)
+                copy = Cursor(fd, sib, head.fp, state, self.parser)
+                copy.read_pos = copy.checked_pos = head.read_pos
+                copy.acked_floor = max(head.acked_floor, state.acked)
                 self._floor = st.st_mtime_ns
                 break
             if ours and not read_all:
@@ -520,7 +860,8 @@ class Tailer:
                 head.read_pos,
                 copy.path if copy else "read to its end",
             )
-        epoch = head.state.epoch + 1
+        if copy is not None:
+            self.parser.retag(head, copy)  # a split line's parts go on in the copy
         head.superseded = True
         self.registry.put(
             head.key,
@@ -539,6 +880,7 @@ class Tailer:
         if copy is not None:
             self.cursors.insert(0, copy)
         self._open_live()
+        return True
 
     def _release(self, cur: Cursor) -> None:
         log.debug("released path=%s ino=%d read=%d", cur.path, cur.ino, cur.read_pos)
@@ -546,7 +888,14 @@ class Tailer:
             self.cursors.remove(cur)
         self._released.append((cur.dev, cur.ino, cur.fp))
         cur.close()
-        if cur.outstanding == 0 and cur is not self.live and not cur.superseded:
+        if cur in self.parser.pending_origins() and not cur.superseded:
+            # The first parts of a split line whose last part is in the next file: keep the
+            # checkpoint at the group's start until the line is acknowledged.
+            cur.held = True
+            if cur not in self._held:
+                self._held.append(cur)
+            return
+        if cur.outstanding == 0 and cur is not self.live and not cur.superseded and not cur.held:
             self.registry.remove(cur.key)
 
     # -- acknowledgement -------------------------------------------------------------------
@@ -554,9 +903,11 @@ class Tailer:
     def commit(self, cur: Cursor, resume: int, acked: int) -> None:
         """A batch of ``cur`` was acknowledged: advance its checkpoint."""
         cur.outstanding -= 1
+        if cur.frees:
+            self._free_held(cur, resume)
         if cur.superseded:
             return
-        if cur.closed and cur.outstanding == 0 and cur is not self.live:
+        if cur.closed and cur.outstanding == 0 and cur is not self.live and not cur.held:
             self.registry.remove(cur.key)
             return
         st = cur.state
@@ -565,12 +916,28 @@ class Tailer:
         st.path = str(cur.path)
         self.registry.put(cur.key, st)
 
+    def _free_held(self, cur: Cursor, resume: int) -> None:
+        """Split lines begun in released files are acknowledged up to ``resume`` of ``cur``:
+        those files' checkpoints can go."""
+        keep: list[tuple[int, Cursor]] = []
+        for threshold, held in cur.frees:
+            if threshold > resume:
+                keep.append((threshold, held))
+                continue
+            held.held = False
+            if held.closed and held.outstanding == 0:
+                self.registry.remove(held.key)
+        cur.frees = keep
+
     def behind(self) -> list[tuple[str, int]]:
         """Bytes written but not acknowledged yet, per open file."""
         return [(str(c.path), max(c.size() - c.state.offset, 0)) for c in self.cursors]
 
     def close(self) -> None:
+        if self._started:
+            _touch(self.spec.key)
         for c in self.cursors:
             c.close()
         self.cursors.clear()
+        self._held.clear()
         self.live = None

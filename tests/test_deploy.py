@@ -851,15 +851,17 @@ def test_ecs_health_check_and_k8s_probes_against_a_real_aggregator(
     assert "Connection refused" in closed.stderr or "URLError" in closed.stderr
 
 
-def test_shipper_liveness_asks_healthz_on_its_metrics_port() -> None:
+def test_shipper_liveness_asks_livez_on_its_metrics_port() -> None:
+    """/livez (event loop stuck), not /healthz (also 503 on a full state disk: a restart
+    frees nothing there)."""
     k8s_container = k8s_shipper()
     port = port_of(flag_values(k8s_argv(k8s_container))["--metrics-listen"])
     probe = k8s_container["livenessProbe"]["httpGet"]
     named = {p["name"]: p["containerPort"] for p in k8s_container["ports"]}
-    assert (probe["path"], named.get(probe["port"], probe["port"])) == ("/healthz", port)
+    assert (probe["path"], named.get(probe["port"], probe["port"])) == ("/livez", port)
     ecs_shipper = ecs_container(ECS_SHIPPER, "shipper")
     port = port_of(flag_values(ecs_argv(ecs_shipper))["--metrics-listen"])
-    assert f"http://127.0.0.1:{port}/healthz" in ecs_shipper["healthCheck"]["command"][-1]
+    assert f"http://127.0.0.1:{port}/livez" in ecs_shipper["healthCheck"]["command"][-1]
 
 
 @pytest.mark.integration
@@ -883,7 +885,7 @@ def test_ecs_shipper_health_check_against_a_real_shipper(
         wait_until(lambda: port_open(LOCALHOST, port), 60, "metrics", shipper.proc, shipper.log)
         done = _run_check(command, port, ECS_SHIPPER, "shipper")
         assert done.returncode == 0, done.stderr
-        with urllib.request.urlopen(f"http://{LOCALHOST}:{port}/healthz", timeout=10) as resp:
+        with urllib.request.urlopen(f"http://{LOCALHOST}:{port}/livez", timeout=10) as resp:
             assert resp.read() == b"ok\n", "the health page, not a page of metrics"
     finally:
         status = shipper.terminate(timeout=60)

@@ -6,10 +6,19 @@ from pathlib import Path
 
 import pytest
 
+from shipper import discover as discover_mod
 from shipper.checkpoint import FileState, Registry
 from shipper.config import Endpoint, load_config, parse_endpoint
-from shipper.discover import discover_all, pod_owner_name, rotated_siblings, service_name
+from shipper.discover import (
+    Discoverer,
+    discover_all,
+    node_names,
+    pod_owner_name,
+    rotated_siblings,
+    service_name,
+)
 from shipper.errors import ConfigError
+from shipper.formats import CriParser, DockerParser
 from tests.shipper.hostgen import make_container
 
 
@@ -22,10 +31,24 @@ from tests.shipper.hostgen import make_container
         ("db-0", "db"),
         ("standalone", "standalone"),
         ("my-app-v2-7c9b6d5f8-abcde", "my-app-v2-7c9b6d5f8-abcde"),  # 'a', 'e' never generated
+        ("train-0-x2x7k", "train"),  # Indexed Job: <job>-<index>-<random>
+        ("train-12-x2x7k", "train"),
+        ("report-28391234-3-x2x7k", "report"),  # Indexed Job of a CronJob
+        ("kube-apiserver-node-1", "kube-apiserver"),  # static pod: <name>-<node>
+        ("etcd-ip-10-0-0-1", "etcd"),  # node named by its short host name
+        ("kube-apiserver-node-2", "kube-apiserver-node"),  # another node's: only an ordinal
     ],
 )
 def test_pod_owner_name(pod: str, owner: str) -> None:
-    assert pod_owner_name(pod) == owner
+    nodes = node_names("node-1") + node_names("ip-10-0-0-1.ec2.internal")
+    assert pod_owner_name(pod, nodes) == owner
+
+
+def test_static_pod_needs_the_node_name() -> None:
+    assert pod_owner_name("kube-apiserver-node-1", ("node-1",)) == "kube-apiserver"
+    assert pod_owner_name("kube-apiserver-node-1") == "kube-apiserver-node"  # ordinal rule
+    assert node_names("IP-10-0-0-1.EC2.internal") == ("ip-10-0-0-1.ec2.internal", "ip-10-0-0-1")
+    assert pod_owner_name("node-1", ("node-1",)) == "node"  # never strips to nothing
 
 
 def test_service_name_precedence() -> None:
@@ -148,3 +171,146 @@ def test_registry_roundtrip_and_lock(tmp_path: Path) -> None:
     assert fresh.items() == []
     assert list(tmp_path.glob("checkpoints.bad-*"))
     fresh.close()
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('once = "false"', "once"),
+        ('tls = "no"', "tls"),
+        ("tls = 1", "tls"),
+        ('tls-no-verify = "true"', "tls-no-verify"),
+    ],
+)
+def test_config_booleans_must_be_toml_booleans(tmp_path: Path, toml: str, key: str) -> None:
+    """Before the fix ``once = "false"`` turned --once on: a non-empty string is truthy."""
+    conf = tmp_path / "c.toml"
+    conf.write_text(toml + "\n")
+    with pytest.raises(ConfigError, match=rf"^{key} must be true or false .* got ") as err:
+        load_config(["--config", str(conf)])
+    assert "\n" not in str(err.value)
+    conf.write_text("once = false\ntls = false\n")
+    cfg = load_config(["--config", str(conf)])
+    assert (cfg.once, cfg.tls) == (False, False)
+
+
+def test_tls_options_without_tls_are_refused(tmp_path: Path) -> None:
+    """They would be ignored and the logs sent as plain text."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    with pytest.raises(ConfigError, match=r"^--tls-ca needs --tls"):
+        load_config(["--tls-ca", str(ca)])
+    with pytest.raises(ConfigError, match=r"^--tls-no-verify needs --tls"):
+        load_config(["--tls-no-verify"])
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'tls-ca = "{ca}"\n')
+    with pytest.raises(ConfigError, match="needs --tls"):
+        load_config(["--config", str(conf)])
+    assert load_config(["--tls", "--tls-no-verify"]).tls_verify is False
+
+
+def test_container_metadata_is_parsed_once_per_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Idle containers cost a stat per pass, not a JSON parse; a bad file is warned about once
+    per version, and its fixed version is picked up."""
+    docker = tmp_path / "containers"
+    for i in range(3):
+        make_container(docker, f"{i}" * 64, f"app{i}", {"logq.service": f"s{i}"}, lines=["x"])
+    parsed: list[object] = []
+    real = discover_mod._parse_meta
+    monkeypatch.setattr(discover_mod, "_parse_meta", lambda doc: parsed.append(doc) or real(doc))
+    d = Discoverer(docker, tmp_path / "none", ())
+    assert sorted(s.service for s in d.scan().specs) == ["s0", "s1", "s2"]
+    assert len(parsed) == 3
+    for _ in range(3):
+        d.scan()
+    assert len(parsed) == 3  # nothing changed: nothing parsed again
+    config = docker / ("1" * 64) / "config.v2.json"
+    config.write_text('{"Name": "/app1", "Config": {"Labels": {"logq.servi')  # torn write
+    specs = {s.container_name: s.service for s in d.scan().specs}
+    assert specs["1" * 12] == "1" * 12  # shipped under its id meanwhile
+    for _ in range(3):
+        d.scan()
+    assert caplog.text.count("cannot read container metadata") == 1
+    tmp = config.with_suffix(".tmp")
+    tmp.write_text('{"Name": "/app1", "Config": {"Labels": {"logq.service": "fixed"}}}')
+    tmp.replace(config)  # Docker's atomic write
+    assert {s.container_name: s.service for s in d.scan().specs}["app1"] == "fixed"
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["block", "per-line"])
+def test_docker_and_cri_lines_lose_a_crlf_like_plain_ones(fast: bool) -> None:
+    """Windows-style output ``text\\r\\n``: plain files always dropped the ``\\r``."""
+    import json
+
+    docs = [{"log": "crlf\r\n", "stream": "stdout", "time": "2026-11-28T12:00:00.1Z"}]
+    docs.append({"log": "plain\n", "stream": "stdout", "time": "2026-11-28T12:00:00.2Z"})
+    if not fast:  # a split entry sends the block down the per-line path
+        docs.insert(0, {"log": "part", "stream": "stderr", "time": "2026-11-28T12:00:00.0Z"})
+        docs.append({"log": "ed\r\n", "stream": "stderr", "time": "2026-11-28T12:00:00.3Z"})
+    lines = [json.dumps(d).encode() for d in docs]
+    out = DockerParser(65536).feed(lines, 0)
+    expected = ["crlf", "plain"] + (["parted"] if not fast else [])
+    assert sorted(out.logs) == sorted(expected)
+    cri = CriParser(65536).feed(
+        [
+            b"2026-11-28T12:00:00.1Z stdout F crlf\r",
+            b"2026-11-28T12:00:00.2Z stdout P part\r",  # a partial's \\r is content
+            b"2026-11-28T12:00:00.3Z stdout F ed\r",
+        ],
+        0,
+    )
+    assert cri.logs == ["crlf", "part\red"]
+
+
+def test_fixed_metadata_applies_to_new_lines_of_a_running_source(tmp_path: Path) -> None:
+    """A container whose config.v2.json was torn when first seen ships under its id; once the
+    file is fixed, its next lines carry the right service (before: never, until a restart)."""
+    import asyncio
+
+    from shipper.daemon import Shipper
+    from tests.shipper.hostgen import docker_line
+    from tests.shipper.receiver import Receiver
+
+    docker = tmp_path / "containers"
+    cid = "d" * 64
+    log = make_container(docker, cid, "real-name", lines=["one"])
+    config = docker / cid / "config.v2.json"
+    config.write_text('{"Name": "/real-name", "Config": {"Labels": {"logq.servi')
+    receiver = Receiver()
+    cfg = load_config(
+        [
+            *("--aggregator", receiver.address, "--hostname", "h"),
+            *("--docker-root", str(docker), "--cri-root", str(tmp_path / "none")),
+            *("--state-dir", str(tmp_path / "state"), "--poll-interval", "0.05"),
+            *("--discover-interval", "0.2"),
+        ]
+    )
+
+    async def go() -> None:
+        shipper = Shipper(cfg)
+        run = asyncio.create_task(shipper.run())
+        while len(receiver.records) < 1:
+            await asyncio.sleep(0.05)
+        tmp = config.with_suffix(".tmp")
+        tmp.write_text('{"Name": "/real-name", "Config": {"Labels": {"logq.service": "pay"}}}')
+        tmp.replace(config)
+        while shipper.runners[f"docker:{cid}"].spec.service != "pay":
+            await asyncio.sleep(0.05)
+        with log.open("ab") as f:
+            f.write(docker_line("two", 1))
+        while len(receiver.records) < 2:
+            await asyncio.sleep(0.05)
+        shipper.request_stop()
+        assert await run == 0
+
+    try:
+        asyncio.run(asyncio.wait_for(go(), 60))
+    finally:
+        receiver.close()
+    got = [(tag, r["service"], r["container_name"], r["log"]) for tag, _, r in receiver.records]
+    assert got == [
+        (f"logq.{cid[:12]}", cid[:12], cid[:12], "one"),
+        ("logq.pay", "pay", "real-name", "two"),
+    ]

@@ -35,9 +35,33 @@ def test_healthz_follows_the_event_loop_ticks(monkeypatch: pytest.MonkeyPatch) -
         m.last_tick -= 5
         status, text = get(base + "/healthz")
         assert status == 503 and text.startswith("event loop stalled for 5s")
+        assert get(base + "/livez")[0] == 503
         m.tick()
         monkeypatch.setattr(metrics_mod, "STALL_SECONDS", 30.0)
         assert get(base + "/healthz")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_healthz_fails_while_checkpoints_cannot_be_written() -> None:
+    """A full or read-only --state-dir is the operator's to fix: /healthz names it, and the
+    failure counter exists at 0 before the first failure (increase() alerts see the first)."""
+    m = Metrics()
+    server = m.serve(Endpoint("127.0.0.1", 0))
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        m.tick()
+        assert "logq_shipper_checkpoint_write_failures_total 0.0" in get(base + "/metrics")[1]
+        m.set_problem("checkpoints", "cannot write checkpoints to /s: No space left on device")
+        assert get(base + "/healthz") == (
+            503,
+            "cannot write checkpoints to /s: No space left on device\n",
+        )
+        # A restart would not free the disk: the liveness endpoint stays 200.
+        assert get(base + "/livez") == (200, "ok\n")
+        m.set_problem("checkpoints", None)
+        assert get(base + "/healthz") == (200, "ok\n")
     finally:
         server.shutdown()
         server.server_close()

@@ -1,0 +1,183 @@
+"""Split lines (Docker 16 KiB partial entries, CRI ``P`` parts) whose parts straddle a rotation.
+
+The parts are joined across the rotation, and no checkpoint passes the start of a group that is
+not acknowledged whole: a restart at any point re-reads the group from its first part.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from shipper.checkpoint import Registry
+from shipper.discover import SourceSpec
+from shipper.tailer import Chunk, Tailer
+from tests.shipper.hostgen import cri_line, docker_line
+
+BIG = "A" * 16384
+TAIL = "B" * 100
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+def spec_for(path: Path, fmt: str = "docker") -> SourceSpec:
+    return SourceSpec(key=f"test:{path.name}", path=path, format=fmt, service="svc")
+
+
+def write(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def commit(t: Tailer, chunk: Chunk) -> None:
+    chunk.cursor.outstanding += 1
+    last = chunk.lines.offsets[-1] if chunk.lines.offsets else 0
+    t.commit(chunk.cursor, chunk.resume, last)
+
+
+def drain(t: Tailer, ack: bool = True) -> list[str]:
+    """Read until nothing changes; acknowledge every chunk (unless ``ack`` is False)."""
+    out: list[str] = []
+    while True:
+        chunk = t.read()
+        if chunk is None:
+            if not t.poll():
+                return out
+            continue
+        out += chunk.lines.logs
+        if ack:
+            commit(t, chunk)
+
+
+def tailer(path: Path, state: Path, fmt: str = "docker") -> tuple[Tailer, Registry]:
+    reg = Registry(state)
+    return Tailer(spec_for(path, fmt), reg, "h", 65536), reg
+
+
+def restart(t: Tailer, reg: Registry, path: Path, state: Path, fmt: str = "docker"):
+    """Stop (checkpoints as acknowledged so far, persisted) and start again."""
+    t.close()
+    reg.save()
+    reg.close()
+    return tailer(path, state, fmt)
+
+
+def test_docker_partial_joined_across_rename_rotation(tmp_path: Path, state: Path) -> None:
+    path = tmp_path / "c-json.log"
+    write(path, docker_line("before", 0))
+    t, reg = tailer(path, state)
+    assert drain(t) == ["before"]
+    write(path, docker_line(BIG, 1, nl=False))  # a 16 KiB partial entry
+    assert drain(t) == []  # held: its last part is not written yet
+    os.rename(path, f"{path}.1")  # Docker's max-size rotation
+    write(path, docker_line(TAIL, 2) + docker_line("after", 3))
+    assert drain(t) == [BIG + TAIL, "after"]
+    assert len(reg.items()) == 1  # the old file is forgotten
+    reg.close()
+
+
+def test_cri_parts_joined_across_kubelet_rotation(tmp_path: Path, state: Path) -> None:
+    path = tmp_path / "0.log"
+    write(path, cri_line("hello", 0))
+    t, reg = tailer(path, state, "cri")
+    assert drain(t) == ["hello"]
+    write(path, cri_line("P" * 16384, 1, tag="P"))
+    assert drain(t) == []
+    os.rename(path, tmp_path / "0.log.20261129-031500")
+    write(path, cri_line("tail-end", 2) + cri_line("next", 3))
+    assert drain(t) == ["P" * 16384 + "tail-end", "next"]
+    reg.close()
+
+
+def test_restart_after_rotation_mid_group_reads_the_group_again(
+    tmp_path: Path, state: Path
+) -> None:
+    """Stopped with the first part read and acknowledged, rotated while down: the old file's
+    checkpoint is at the group's start, so the restart joins the whole line."""
+    path = tmp_path / "c-json.log"
+    write(path, docker_line("before", 0))
+    t, reg = tailer(path, state)
+    assert drain(t) == ["before"]
+    write(path, docker_line(BIG, 1, nl=False) + docker_line(BIG, 2, nl=False))
+    assert drain(t) == []
+    t, reg = restart(t, reg, path, state)
+    os.rename(path, f"{path}.1")
+    write(path, docker_line(TAIL, 3) + docker_line("after", 4))
+    assert drain(t) == [BIG + BIG + TAIL, "after"]
+    t, reg = restart(t, reg, path, state)
+    assert drain(t) == []  # nothing read twice once acknowledged
+    reg.close()
+
+
+def test_unacknowledged_completion_keeps_the_old_file_checkpoint(
+    tmp_path: Path, state: Path
+) -> None:
+    """The line was completed from the new file but not acknowledged when the shipper stopped:
+    the rotated file's checkpoint still holds the group's start."""
+    path = tmp_path / "c-json.log"
+    t, reg = tailer(path, state)
+    write(path, docker_line("before", 0))
+    assert drain(t) == ["before"]
+    write(path, docker_line(BIG, 1, nl=False))
+    assert drain(t) == []
+    os.rename(path, f"{path}.1")
+    write(path, docker_line(TAIL, 2))
+    assert drain(t, ack=False) == [BIG + TAIL]
+    assert len(reg.items()) == 2  # the rotated file's entry is held until acknowledged
+    t, reg = restart(t, reg, path, state)
+    assert drain(t) == [BIG + TAIL]
+    assert len(reg.items()) == 1
+    reg.close()
+
+
+def test_last_part_acked_frees_the_old_file_only_then(tmp_path: Path, state: Path) -> None:
+    path = tmp_path / "c-json.log"
+    t, reg = tailer(path, state)
+    write(path, docker_line(BIG, 1, nl=False))
+    assert drain(t) == []
+    os.rename(path, f"{path}.1")
+    write(path, docker_line(TAIL, 2))
+    chunks: list[Chunk] = []
+    while True:
+        chunk = t.read()
+        if chunk is None:
+            if not t.poll():
+                break
+            continue
+        chunks.append(chunk)
+    assert [log for c in chunks for log in c.lines.logs] == [BIG + TAIL]
+    assert len(reg.items()) == 2  # the rotated file's entry is held until acknowledged
+    for chunk in chunks:
+        commit(t, chunk)
+    assert len(reg.items()) == 1
+    reg.close()
+
+
+@pytest.mark.integration
+def test_follow_mode_joins_a_line_split_across_rotation(tmp_path: Path) -> None:
+    """The auditor's run through the real daemon: a 16 KiB partial entry, Docker rotates, the
+    last part lands in the new file. The warehouse must get the whole line."""
+    from tests.shipper.hostgen import make_container
+    from tests.shipper.receiver import Receiver
+    from tests.shipper.test_follow import ShipperProc
+
+    root = tmp_path / "containers"
+    log = make_container(root, "c1" * 32, "svc1", lines=["before"])
+    receiver = Receiver()
+    sh = ShipperProc(tmp_path, "--aggregator", receiver.address, "--docker-root", str(root))
+    try:
+        receiver.wait_for(1, timeout=60)
+        write(log, docker_line(BIG, 1, nl=False))
+        os.rename(log, f"{log}.1")
+        write(log, docker_line(TAIL, 2) + docker_line("after", 3))
+        receiver.wait_for(3, timeout=60)
+    finally:
+        rc, err = sh.stop()
+        receiver.close()
+    assert rc == 0, err
+    assert receiver.lines() == ["before", BIG + TAIL, "after"]
