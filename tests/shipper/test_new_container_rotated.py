@@ -16,6 +16,7 @@ from shipper.discover import SourceSpec
 from shipper.tailer import Tailer
 from tests.shipper.hostgen import docker_line, make_container
 from tests.shipper.receiver import Receiver
+from tests.shipper.tailing import drain
 
 
 def spec_for(path: Path) -> SourceSpec:
@@ -25,19 +26,6 @@ def spec_for(path: Path) -> SourceSpec:
 def write(path: Path | str, first: int, n: int, what: str) -> None:
     with open(path, "ab") as f:
         f.write(b"".join(docker_line(f"{what} {i}", i) for i in range(first, first + n)))
-
-
-def drain(t: Tailer) -> list[str]:
-    out: list[str] = []
-    while True:
-        chunk = t.read()
-        if chunk is None:
-            if not t.poll():
-                return out
-            continue
-        out += chunk.lines.logs
-        chunk.cursor.outstanding += 1
-        t.commit(chunk.cursor, chunk.resume, chunk.lines.offsets[-1] if chunk.lines else 0)
 
 
 def previous_run(state: Path, at: float) -> None:

@@ -18,48 +18,23 @@ import shipper.tailer as tailer_mod
 from shipper.checkpoint import Registry
 from shipper.discover import SourceSpec
 from shipper.tailer import Tailer
-from tests.shipper.hostgen import docker_line
-
-
-@pytest.fixture
-def reg(tmp_path: Path):
-    r = Registry(tmp_path / "state")
-    yield r
-    r.close()
-
-
-def append(path: Path, start: int, n: int) -> None:
-    with open(path, "ab") as f:
-        f.write(b"".join(docker_line(f"line {i}", i) for i in range(start, start + n)))
+from tests.shipper.tailing import append_docker, drain
 
 
 def rotate(path: Path) -> None:
     os.replace(path, f"{path}.1")
 
 
-def drain(t: Tailer) -> list[str]:
-    out: list[str] = []
-    while True:
-        chunk = t.read()
-        if chunk is None:
-            if not t.poll():
-                return out
-            continue
-        out += chunk.lines.logs
-        chunk.cursor.outstanding += 1
-        t.commit(chunk.cursor, chunk.resume, chunk.lines.offsets[-1] if chunk.lines else 0)
-
-
 def test_out_of_descriptors_backs_off_and_logs_once(
     tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "c-json.log"
-    append(path, 0, 50)
+    append_docker(path, 0, 50)
     t = Tailer(SourceSpec("test:c", path, "docker", "svc"), reg, "h", 65536)
     first = t.read(max_lines=5)
     assert first is not None
     rotate(path)
-    append(path, 50, 50)
+    append_docker(path, 50, 50)
 
     clock = [1000.0]
     fake_time = types.SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
@@ -94,14 +69,14 @@ def test_pinning_stops_at_the_process_budget(
     tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "c-json.log"
-    append(path, 0, 50)
+    append_docker(path, 0, 50)
     losses: list[str] = []
     t = Tailer(SourceSpec("test:c", path, "docker", "svc"), reg, "h", 65536, on_loss=losses.append)
     assert t.read(max_lines=5) is not None
     monkeypatch.setattr(tailer_mod, "pin_budget", lambda: tailer_mod.open_files())
     for gen in range(3):
         rotate(path)
-        append(path, 100 * (gen + 1), 10)
+        append_docker(path, 100 * (gen + 1), 10)
         t.pin_new_generation()
     assert len(t.cursors) == 1  # the source keeps its one file, pins nothing more
     assert losses == ["pin_limit"]  # counted once for the episode
@@ -140,15 +115,15 @@ def test_start_without_descriptors_forgets_no_checkpoint(
     logs = tmp_path / "logs"
     logs.mkdir()
     path = logs / "c-json.log"
-    append(path, 0, 10)
+    append_docker(path, 0, 10)
     reg = Registry(tmp_path / "state")
     spec = SourceSpec(f"test:{path}", path, "docker", "svc")
     t = Tailer(spec, reg, "h", 65536)
     assert drain(t) == [f"line {i}" for i in range(10)]
     t.close()
-    append(path, 10, 5)
+    append_docker(path, 10, 5)
     rotate(path)
-    append(path, 15, 5)
+    append_docker(path, 15, 5)
     clock = [1000.0]
     fake_time = types.SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
     monkeypatch.setattr(tailer_mod, "time", fake_time)

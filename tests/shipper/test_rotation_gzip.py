@@ -13,31 +13,12 @@ from shipper.checkpoint import Registry
 from shipper.discover import SourceSpec
 from shipper.tailer import Tailer
 from tests.shipper.hostgen import cri_line
-
-
-@pytest.fixture
-def reg(tmp_path: Path):
-    r = Registry(tmp_path / "state")
-    yield r
-    r.close()
+from tests.shipper.tailing import drain
 
 
 def write(path: Path, first: int, n: int) -> None:
     with open(path, "ab") as f:
         f.write(b"".join(cri_line(f"line {i:06d}", i) for i in range(first, first + n)))
-
-
-def drain(t: Tailer) -> list[str]:
-    out: list[str] = []
-    while True:
-        chunk = t.read()
-        if chunk is None:
-            if not t.poll():
-                return out
-            continue
-        out += chunk.lines.logs
-        chunk.cursor.outstanding += 1
-        t.commit(chunk.cursor, chunk.resume, chunk.lines.offsets[-1] if chunk.lines else 0)
 
 
 def rotate_and_gzip(path: Path, name: str) -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from shipper.checkpoint import Registry
-from shipper.discover import SourceSpec
 from shipper.tailer import Chunk, Tailer
 from tests.shipper.hostgen import cri_line, docker_line
+from tests.shipper.tailing import commit, drain, spec_for
 
 BIG = "A" * 16384
 TAIL = "B" * 100
@@ -25,33 +25,9 @@ def state(tmp_path: Path) -> Path:
     return tmp_path / "state"
 
 
-def spec_for(path: Path, fmt: str = "docker") -> SourceSpec:
-    return SourceSpec(key=f"test:{path.name}", path=path, format=fmt, service="svc")
-
-
 def write(path: Path, data: bytes) -> None:
     with open(path, "ab") as f:
         f.write(data)
-
-
-def commit(t: Tailer, chunk: Chunk) -> None:
-    chunk.cursor.outstanding += 1
-    last = chunk.lines.offsets[-1] if chunk.lines.offsets else 0
-    t.commit(chunk.cursor, chunk.resume, last)
-
-
-def drain(t: Tailer, ack: bool = True) -> list[str]:
-    """Read until nothing changes; acknowledge every chunk (unless ``ack`` is False)."""
-    out: list[str] = []
-    while True:
-        chunk = t.read()
-        if chunk is None:
-            if not t.poll():
-                return out
-            continue
-        out += chunk.lines.logs
-        if ack:
-            commit(t, chunk)
 
 
 def tailer(path: Path, state: Path, fmt: str = "docker") -> tuple[Tailer, Registry]:

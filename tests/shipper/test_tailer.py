@@ -9,60 +9,27 @@ from pathlib import Path
 import pytest
 
 from shipper.checkpoint import FileState, Registry, file_key
-from shipper.discover import SourceSpec
 from shipper.tailer import Tailer, fingerprint
 from tests.shipper.hostgen import docker_line
-
-
-@pytest.fixture
-def reg(tmp_path: Path):
-    r = Registry(tmp_path / "state")
-    yield r
-    r.close()
-
-
-def spec_for(path: Path, fmt: str = "docker") -> SourceSpec:
-    return SourceSpec(key=f"test:{path.name}", path=path, format=fmt, service="svc")
-
-
-def append(path: Path, start: int, n: int) -> None:
-    with open(path, "ab") as f:
-        for i in range(start, start + n):
-            f.write(docker_line(f"line {i}", i))
-
-
-def drain(t: Tailer, commit: bool = True) -> list[str]:
-    """Read until nothing changes; commit every chunk as if acked."""
-    out: list[str] = []
-    while True:
-        chunk = t.read()
-        if chunk is None:
-            if not t.poll():
-                return out
-            continue
-        out += chunk.lines.logs
-        chunk.cursor.outstanding += 1
-        if commit:
-            last = chunk.lines.offsets[-1] if chunk.lines.offsets else 0
-            t.commit(chunk.cursor, chunk.resume, last)
+from tests.shipper.tailing import append_docker, drain, spec_for
 
 
 def test_resume_after_restart_from_checkpoint(tmp_path: Path, reg: Registry) -> None:
     path = tmp_path / "c-json.log"
-    append(path, 0, 10)
+    append_docker(path, 0, 10)
     t = Tailer(spec_for(path), reg, "h", 65536)
     assert drain(t) == [f"line {i}" for i in range(10)]
     t.close()
-    append(path, 10, 5)
+    append_docker(path, 10, 5)
     t2 = Tailer(spec_for(path), reg, "h", 65536)
     assert drain(t2) == [f"line {i}" for i in range(10, 15)]
 
 
 def test_unacked_lines_are_read_again(tmp_path: Path, reg: Registry) -> None:
     path = tmp_path / "c-json.log"
-    append(path, 0, 10)
+    append_docker(path, 0, 10)
     t = Tailer(spec_for(path), reg, "h", 65536)
-    assert len(drain(t, commit=False)) == 10
+    assert len(drain(t, ack=False)) == 10
     t.close()
     t2 = Tailer(spec_for(path), reg, "h", 65536)
     assert drain(t2) == [f"line {i}" for i in range(10)]
@@ -70,12 +37,12 @@ def test_unacked_lines_are_read_again(tmp_path: Path, reg: Registry) -> None:
 
 def test_rename_rotation_finishes_old_file_first(tmp_path: Path, reg: Registry) -> None:
     path = tmp_path / "c-json.log"
-    append(path, 0, 5)
+    append_docker(path, 0, 5)
     t = Tailer(spec_for(path), reg, "h", 65536)
     assert drain(t) == [f"line {i}" for i in range(5)]
-    append(path, 5, 3)  # written before the rotation, not read yet
+    append_docker(path, 5, 3)  # written before the rotation, not read yet
     os.rename(path, tmp_path / "c-json.log.1")
-    append(path, 8, 4)
+    append_docker(path, 8, 4)
     assert drain(t) == [f"line {i}" for i in range(5, 12)]
     # The released file's checkpoint is gone; the live one's is there.
     sources = [s.path for _, s in reg.items()]
@@ -84,27 +51,27 @@ def test_rename_rotation_finishes_old_file_first(tmp_path: Path, reg: Registry) 
 
 def test_two_rotations_between_polls(tmp_path: Path, reg: Registry) -> None:
     path = tmp_path / "c-json.log"
-    append(path, 0, 3)
+    append_docker(path, 0, 3)
     t = Tailer(spec_for(path), reg, "h", 65536)
     assert len(drain(t)) == 3
     os.rename(path, tmp_path / "c-json.log.1")
-    append(path, 3, 3)
+    append_docker(path, 3, 3)
     os.rename(tmp_path / "c-json.log.1", tmp_path / "c-json.log.2")
     os.rename(path, tmp_path / "c-json.log.1")
-    append(path, 6, 3)
+    append_docker(path, 6, 3)
     assert drain(t) == [f"line {i}" for i in range(3, 9)]
 
 
 def test_rotated_file_resumed_after_restart(tmp_path: Path, reg: Registry) -> None:
     path = tmp_path / "c-json.log"
-    append(path, 0, 4)
+    append_docker(path, 0, 4)
     t = Tailer(spec_for(path), reg, "h", 65536)
     assert len(drain(t)) == 4
     t.close()
     # While the shipper is down: more lines, then a rotation, then new lines.
-    append(path, 4, 2)
+    append_docker(path, 4, 2)
     os.rename(path, tmp_path / "c-json.log.1")
-    append(path, 6, 2)
+    append_docker(path, 6, 2)
     t2 = Tailer(spec_for(path), reg, "h", 65536)
     assert drain(t2) == [f"line {i}" for i in range(4, 8)]
 
@@ -140,7 +107,7 @@ def test_copytruncate_same_first_line_gets_new_source_id(tmp_path: Path, reg: Re
 
 def test_inode_reuse_is_not_resumed(tmp_path: Path, reg: Registry) -> None:
     path = tmp_path / "c-json.log"
-    append(path, 0, 3)
+    append_docker(path, 0, 3)
     st = path.stat()
     # A checkpoint for the same device + inode but another file's first line.
     reg.put(
@@ -158,10 +125,10 @@ def test_inode_reuse_is_not_resumed(tmp_path: Path, reg: Registry) -> None:
 
 def test_deleted_file_is_drained_and_released(tmp_path: Path, reg: Registry) -> None:
     path = tmp_path / "c-json.log"
-    append(path, 0, 2)
+    append_docker(path, 0, 2)
     t = Tailer(spec_for(path), reg, "h", 65536)
     assert len(drain(t)) == 2
-    append(path, 2, 2)
+    append_docker(path, 2, 2)
     path.unlink()
     assert drain(t) == ["line 2", "line 3"]
     assert t.cursors == [] and reg.items() == []
@@ -201,16 +168,16 @@ def test_unterminated_last_line_of_a_rotated_file_is_shipped(tmp_path: Path, reg
 
 def test_two_rotations_while_down_are_both_read(tmp_path: Path, reg: Registry) -> None:
     path = tmp_path / "c-json.log"
-    append(path, 0, 3)
+    append_docker(path, 0, 3)
     t = Tailer(spec_for(path), reg, "h", 65536)
     assert len(drain(t)) == 3
     t.close()
-    append(path, 3, 2)
+    append_docker(path, 3, 2)
     os.rename(path, tmp_path / "c-json.log.1")
-    append(path, 5, 2)
+    append_docker(path, 5, 2)
     os.rename(tmp_path / "c-json.log.1", tmp_path / "c-json.log.2")
     os.rename(path, tmp_path / "c-json.log.1")
-    append(path, 7, 2)
+    append_docker(path, 7, 2)
     t2 = Tailer(spec_for(path), reg, "h", 65536)
     assert drain(t2) == [f"line {i}" for i in range(3, 9)]
 
@@ -233,13 +200,13 @@ def test_lagging_reader_keeps_rotated_files_the_runtime_deletes(
     """Ten rotations with max-file 3 while the reader is stuck on the first file: every
     generation was deleted from disk before it was read, yet every line arrives, in order."""
     path = tmp_path / "c-json.log"
-    append(path, 0, 50)
+    append_docker(path, 0, 50)
     t = Tailer(spec_for(path), reg, "h", 65536)
     first = t.read(max_lines=5)
     assert first is not None and first.lines.logs == [f"line {i}" for i in range(5)]
     for gen in range(1, 11):
         _docker_rotate(path, max_file=3)
-        append(path, gen * 50, 50)
+        append_docker(path, gen * 50, 50)
         t.pin_new_generation()  # what the source's pin loop does every 0.25 s
     assert not Path(f"{path}.4").exists() and len(list(tmp_path.glob("c-json.log*"))) == 4
     rest = drain(t)
@@ -254,7 +221,7 @@ def test_pinning_goes_on_after_a_rotation_to_a_file_not_written_yet(
     then waits for acks while the runtime rotates on with max-file 3: the pin checks open the
     new file once it has a line, so the generations deleted meanwhile still arrive."""
     path = tmp_path / "c-json.log"
-    append(path, 0, 5)
+    append_docker(path, 0, 5)
     t = Tailer(spec_for(path), reg, "h", 65536)
     assert drain(t) == [f"line {i}" for i in range(5)]
     _docker_rotate(path, max_file=3)
@@ -262,11 +229,11 @@ def test_pinning_goes_on_after_a_rotation_to_a_file_not_written_yet(
     assert t.read() is None and t.poll() and t.live is None
     assert t.read() is None  # the rotated file is done; reading now waits (acks)
     for gen in range(1, 6):
-        append(path, gen * 10, 10)
+        append_docker(path, gen * 10, 10)
         if pin:
             t.pin_new_generation()  # the source's pin loop, every 0.25 s
         _docker_rotate(path, max_file=3)
-    append(path, 60, 10)
+    append_docker(path, 60, 10)
     rest = drain(t)
     if pin:
         assert rest == [f"line {i}" for i in range(10, 70)]
@@ -279,26 +246,26 @@ def test_without_pinning_a_lagging_reader_loses_deleted_generations(
 ) -> None:
     """The same run without the pin checks: the loss the pin loop exists to prevent."""
     path = tmp_path / "c-json.log"
-    append(path, 0, 50)
+    append_docker(path, 0, 50)
     t = Tailer(spec_for(path), reg, "h", 65536)
     assert t.read(max_lines=5) is not None
     for gen in range(1, 11):
         _docker_rotate(path, max_file=3)
-        append(path, gen * 50, 50)
+        append_docker(path, gen * 50, 50)
     rest = drain(t)
     assert len(rest) < 545
 
 
 def test_files_rotated_away_while_down_are_counted_as_lost(tmp_path: Path, reg: Registry) -> None:
     path = tmp_path / "c-json.log"
-    append(path, 0, 4)
+    append_docker(path, 0, 4)
     t = Tailer(spec_for(path), reg, "h", 65536)
     assert len(drain(t)) == 4
     t.close()
     # While the shipper is down: lines, then rotations past max-file delete the file we knew.
-    append(path, 4, 2)
+    append_docker(path, 4, 2)
     path.unlink()
-    append(path, 100, 2)
+    append_docker(path, 100, 2)
     losses: list[str] = []
     t2 = Tailer(spec_for(path), reg, "h", 65536, on_loss=losses.append)
     assert drain(t2) == ["line 100", "line 101"]
@@ -312,14 +279,14 @@ def test_files_rotated_away_while_down_are_counted_as_lost(tmp_path: Path, reg: 
 
 def test_nothing_lost_is_not_counted(tmp_path: Path, reg: Registry) -> None:
     path = tmp_path / "c-json.log"
-    append(path, 0, 4)
+    append_docker(path, 0, 4)
     losses: list[str] = []
     t = Tailer(spec_for(path), reg, "h", 65536, on_loss=losses.append)
     assert len(drain(t)) == 4
     t.close()
-    append(path, 4, 2)
+    append_docker(path, 4, 2)
     os.rename(path, tmp_path / "c-json.log.1")  # rotated while down, still there
-    append(path, 6, 2)
+    append_docker(path, 6, 2)
     t2 = Tailer(spec_for(path), reg, "h", 65536, on_loss=losses.append)
     assert drain(t2) == [f"line {i}" for i in range(4, 8)]
     assert losses == []

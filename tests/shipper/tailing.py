@@ -1,0 +1,42 @@
+"""Driving a :class:`shipper.tailer.Tailer` in-process, as the shipper's source loop does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shipper.discover import SourceSpec
+from shipper.tailer import Chunk, Tailer
+from tests.shipper.hostgen import docker_line
+
+
+def spec_for(path: Path, fmt: str = "docker") -> SourceSpec:
+    return SourceSpec(key=f"test:{path.name}", path=path, format=fmt, service="svc")
+
+
+def append_docker(path: Path | str, start: int, n: int, what: str = "line") -> None:
+    """Docker json-file lines ``"<what> <i>"`` for i in ``start .. start + n - 1``."""
+    with open(path, "ab") as f:
+        f.write(b"".join(docker_line(f"{what} {i}", i) for i in range(start, start + n)))
+
+
+def commit(t: Tailer, chunk: Chunk) -> None:
+    """What an ack of ``chunk`` does."""
+    chunk.cursor.outstanding += 1
+    last = chunk.lines.offsets[-1] if chunk.lines.offsets else 0
+    t.commit(chunk.cursor, chunk.resume, last)
+
+
+def drain(t: Tailer, ack: bool = True) -> list[str]:
+    """Read until nothing changes; acknowledge every chunk (unless ``ack`` is False)."""
+    out: list[str] = []
+    while True:
+        chunk = t.read()
+        if chunk is None:
+            if not t.poll():
+                return out
+            continue
+        out += chunk.lines.logs
+        if ack:
+            commit(t, chunk)
+        else:
+            chunk.cursor.outstanding += 1
