@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,10 +19,9 @@ from tests.support.procs import wait_until
 pytestmark = pytest.mark.integration
 
 
-def test_acks_withheld_while_buffer_full_then_resume(tmp_path: Path) -> None:
-    """Acks stop while the buffer is over its limit; a connection left unread for
-    BACKPRESSURE_CLOSE_SECONDS is closed unread, and the client's resend (as every Forward
-    client does without an ack) is stored once when the warehouse is back."""
+def _blocked_aggregator(tmp_path: Path) -> tuple[Any, Path, Path]:
+    """An aggregator with a 150 KB buffer limit whose every flush fails until ``blocker`` (a
+    file where the container_logs folder should be) is removed."""
     warehouse = tmp_path / "warehouse"
     warehouse.mkdir()
     blocker = warehouse / "container_logs"
@@ -29,6 +29,14 @@ def test_acks_withheld_while_buffer_full_then_resume(tmp_path: Path) -> None:
     agg = start_aggregator(
         tmp_path, warehouse=str(warehouse), extra=["--buffer-limit-bytes", "150000"]
     )
+    return agg, warehouse, blocker
+
+
+def test_acks_withheld_while_buffer_full_then_resume(tmp_path: Path) -> None:
+    """Acks stop while the buffer is over its limit; a connection left unread for
+    BACKPRESSURE_CLOSE_SECONDS is closed unread, and the client's resend (as every Forward
+    client does without an ack) is stored once when the warehouse is back."""
+    agg, warehouse, blocker = _blocked_aggregator(tmp_path)
     chunks = 20
     acked: list[str] = []
     reconnects: list[int] = []
@@ -128,13 +136,7 @@ def test_clients_without_acks_wait_while_the_buffer_is_full_and_lose_nothing(
     """A client that never asks for acks (fluent-logger, Fluent Bit or Fluentd without
     require_ack_response) cannot resend what it wrote: its connection is paused by TCP
     backpressure for as long as the buffer is full, never closed unread."""
-    warehouse = tmp_path / "warehouse"
-    warehouse.mkdir()
-    blocker = warehouse / "container_logs"
-    blocker.write_text("a file where the table folder should be: every flush fails")
-    agg = start_aggregator(
-        tmp_path, warehouse=str(warehouse), extra=["--buffer-limit-bytes", "150000"]
-    )
+    agg, warehouse, blocker = _blocked_aggregator(tmp_path)
     total = 3000
     done = threading.Event()
     errors: list[BaseException] = []
