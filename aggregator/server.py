@@ -304,7 +304,7 @@ class ForwardServer:
         idle timeout of its first byte, malformed text closes the connection."""
         pending = b""
         parsed = 0  # bytes parsed so far for the unfinished message
-        scanner = _JsonScanner()
+        scanner = _JsonScanner(wire.message_objects(self.limits.max_message_entries))
         while True:
             self.metrics.bytes_in.inc(len(data))
             pending += data
@@ -493,20 +493,26 @@ JSON_REPARSE_FACTOR = 8
 JSON_REPARSE_SLACK = 1024 * 1024
 #: Deepest JSON nesting accepted (a Forward message needs ~5 levels; the json module recurses).
 MAX_JSON_DEPTH = 256
-_JSON_SIGNIFICANT = re.compile(rb'["\\\[\]{}]')
-_QUOTE, _BACKSLASH, _OPENERS, _CLOSERS = ord('"'), ord("\\"), b"[{", b"]}"
+_JSON_SIGNIFICANT = re.compile(rb'["\\\[\]{},]')
+_QUOTE, _BACKSLASH, _COMMA, _OPENERS, _CLOSERS = ord('"'), ord("\\"), ord(","), b"[{", b"]}"
 
 
 class _JsonScanner:
     """Follows the nesting of JSON text read so far, without parsing it: ``complete`` turns
     True when a top-level value closes. Only ASCII bytes matter, so UTF-8 can be scanned as
-    bytes; the state carries over between reads (an escape may be split by one)."""
+    bytes; the state carries over between reads (an escape may be split by one).
 
-    def __init__(self) -> None:
+    It also counts a message's values (commas and containers outside strings, at least as many
+    as the objects the json module would build) and refuses a message over ``max_values``
+    before it is parsed: the msgpack object budget, for JSON (``[[],[],…]`` is 3 bytes a list)."""
+
+    def __init__(self, max_values: int = wire.MAX_MESSAGE_OBJECTS) -> None:
         self.depth = 0
         self.in_string = False
         self.escaped = False
         self.complete = False
+        self.values = 0
+        self.max_values = max_values
 
     def feed(self, data: bytes) -> None:
         pos = 0
@@ -525,7 +531,12 @@ class _JsonScanner:
                     self.in_string = False
             elif char == _QUOTE:
                 self.in_string = True
+            elif char == _COMMA:
+                self._count()
             elif char in _OPENERS:
+                if self.depth == 0:
+                    self.values = 0  # a new message
+                self._count()
                 self.depth += 1
                 if self.depth > MAX_JSON_DEPTH:
                     raise ConnectionClosed(
@@ -535,6 +546,15 @@ class _JsonScanner:
                 self.depth -= 1
                 if self.depth == 0:
                     self.complete = True
+
+    def _count(self) -> None:
+        self.values += 1
+        if self.values > self.max_values:
+            raise ConnectionClosed(
+                f"not the Forward protocol: JSON message of more than {self.max_values:,} values "
+                "(the per-message limit)",
+                "protocol_error",
+            )
 
 
 def _json_messages(pending: bytes) -> tuple[list[Any], bytes]:

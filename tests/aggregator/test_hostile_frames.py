@@ -290,6 +290,17 @@ def test_the_json_scanner_finds_the_end_of_a_message_however_it_is_split(text: s
         assert two.complete
 
 
+def test_the_json_scanner_counts_values_per_message_before_any_parse() -> None:
+    """The object budget for JSON: ``[[],[],...]`` is 3 bytes a Python list. Commas inside
+    strings are not values, and each message starts its count over."""
+    scanner = _JsonScanner(max_values=10)
+    scanner.feed(json.dumps(["t", 1, {"log": ",,,,,,,,,,,,,,,,,,,,"}]).encode())  # 5 values
+    scanner.feed(json.dumps(["t", 1, {"log": "x", "a": [1, 2]}]).encode())  # 7: counted anew
+    assert scanner.complete
+    with pytest.raises(ConnectionClosed, match="more than 10 values"):
+        scanner.feed(b'["t", [[], [], [], [], [], [], [], [], [], [], []')
+
+
 def test_the_json_scanner_refuses_deep_nesting_as_it_arrives() -> None:
     scanner = _JsonScanner()
     scanner.feed(b"[" * MAX_JSON_DEPTH)
