@@ -273,9 +273,7 @@ def _decode(obj: Any, max_decompressed: int, max_entries: int) -> tuple[pa.Recor
         return _general(obj, max_decompressed, max_entries), None  # the precise ProtocolError
     tag = obj[0] if isinstance(obj[0], str) else obj[0].decode("utf-8", "replace")
     second = obj[1]
-    options = obj[2] if len(obj) > 2 and not _is_time(second) else None
-    if _is_time(second):
-        options = obj[3] if len(obj) > 3 else None
+    options = _options_of(obj)
     chunk = _chunk(options)
     batch: pa.RecordBatch | None = None
     if isinstance(second, bytes | str) and (options is None or isinstance(options, dict)):
@@ -300,6 +298,20 @@ def _decode(obj: Any, max_decompressed: int, max_entries: int) -> tuple[pa.Recor
     if batch is None:
         batch = _general(obj, max_decompressed, max_entries)
     return batch, chunk
+
+
+def _options_of(obj: list[Any]) -> Any:
+    """The option map of a Forward message array (None when absent): ``[tag, time, record,
+    option]`` in Message mode, ``[tag, entries, option]`` otherwise."""
+    if len(obj) > 1 and _is_time(obj[1]):
+        return obj[3] if len(obj) > 3 else None
+    return obj[2] if len(obj) > 2 else None
+
+
+def has_chunk(obj: list[Any]) -> bool:
+    """Whether a Forward message asks for an ack (has a ``chunk`` option)."""
+    options = _options_of(obj)
+    return isinstance(options, dict) and options.get("chunk") is not None
 
 
 def _is_time(value: Any) -> bool:

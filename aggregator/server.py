@@ -34,7 +34,7 @@ from typing import Any
 import msgpack
 
 from aggregator.buffer import Buffer
-from aggregator.decode import decode, to_ipc
+from aggregator.decode import decode, has_chunk, to_ipc
 from aggregator.metrics import Metrics
 from shipper import wire
 
@@ -92,10 +92,14 @@ class _Conn:
     partial_since: float | None = None
     """Monotonic time the unfinished message in the unpacker began arriving (None: none)."""
     budget: wire.ObjectBudget | None = None
-    acks: bool = False
-    """The client asked for an ack (a ``chunk`` option) at least once: it resends what is not
-    acked, so a connection stalled by a full buffer may be closed."""
     """Counts the objects of the message being unpacked (:func:`shipper.wire.message_budget`)."""
+    acks: bool | None = None
+    """Whether the client asks for acks (a ``chunk`` option; None: no message seen yet). One
+    that does resends what is not acked, so a connection stalled by a full buffer may be
+    closed; one that does not cannot resend, so it never is."""
+    early: bytes = b""
+    """Bytes read ahead while the buffer was full (to see whether the client asks for acks),
+    not fed to the unpacker yet."""
 
 
 class ForwardServer:
@@ -240,8 +244,8 @@ class ForwardServer:
                 await self._process(conn, unpacker, writer)
                 _note_partial(conn, conn.boundary != conn.fed)
         while not conn.stopping:
-            await self._wait_for_space(conn)
-            data = await self._read_next(conn, reader)
+            await self._wait_for_space(conn, reader)
+            data, conn.early = conn.early or await self._read_next(conn, reader), b""
             if not data:
                 return
             if conn.boundary == conn.fed and data[:1] == b"[":
@@ -261,28 +265,50 @@ class ForwardServer:
             await self._process(conn, unpacker, writer)
             _note_partial(conn, conn.boundary != conn.fed)
 
-    async def _wait_for_space(self, conn: _Conn) -> None:
+    async def _wait_for_space(self, conn: _Conn, reader: asyncio.StreamReader) -> None:
         """While the buffer is full, read nothing (TCP backpressure). A client that asks for
-        acks is closed after BACKPRESSURE_CLOSE_SECONDS so it resends elsewhere or later; one
-        that never asked (fluent-logger, Fluent Bit or Fluentd without require_ack_response)
-        cannot resend what it already wrote, so it waits as long as the buffer stays full."""
+        acks is closed after BACKPRESSURE_CLOSE_SECONDS so it resends elsewhere or later (and
+        no copy stays here to be stored once the buffer drains, after it gave up); one that
+        never asked (fluent-logger, Fluent Bit or Fluentd without require_ack_response) cannot
+        resend what it already wrote, so it waits as long as the buffer stays full. A new
+        connection is told apart by its first message, read ahead when the time is up."""
         if not self.buffer.full:
             return
         self.metrics.backpressure.inc()
         if self.on_append:
             self.on_append()
-        timeout = BACKPRESSURE_CLOSE_SECONDS if conn.acks else None
+        timeout = None if conn.acks is False else BACKPRESSURE_CLOSE_SECONDS
         try:
             await asyncio.wait_for(self.buffer.wait_for_space(), timeout)
         except TimeoutError:
-            why = getattr(self.buffer, "disk_low", None) or "the warehouse is not taking data"
-            raise ConnectionClosed(
-                f"buffer full for {BACKPRESSURE_CLOSE_SECONDS:.0f}s ({why}): closed unread, the "
-                "client resends later or elsewhere",
-                "backpressure",
-            ) from None
+            if conn.acks is None and not conn.early and await self._asks_no_acks(conn, reader):
+                conn.acks = False
+                await self.buffer.wait_for_space()
+            else:
+                why = getattr(self.buffer, "disk_low", None) or "the warehouse is not taking data"
+                raise ConnectionClosed(
+                    f"buffer full for {BACKPRESSURE_CLOSE_SECONDS:.0f}s ({why}): closed unread, "
+                    "the client resends later or elsewhere",
+                    "backpressure",
+                ) from None
         if conn.partial_since is not None:  # our pause, not the client's slowness
             conn.partial_since = time.monotonic()
+
+    async def _asks_no_acks(self, conn: _Conn, reader: asyncio.StreamReader) -> bool:
+        """Read what a new connection has sent (kept in ``conn.early``) and tell whether its
+        first message, complete in it, has no ``chunk`` option. Unknown (nothing sent yet, a
+        message longer than one read, not msgpack): False, the connection is closed."""
+        try:
+            conn.early = await asyncio.wait_for(reader.read(READ_SIZE), 1.0)
+        except TimeoutError:
+            return False
+        probe = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=READ_SIZE)
+        probe.feed(conn.early)
+        try:
+            first = next(probe, None)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            return False
+        return isinstance(first, list) and not has_chunk(first)
 
     async def _read_next(self, conn: _Conn, reader: asyncio.StreamReader) -> bytes:
         """The next bytes: within the idle timeout, or, while a message is unfinished, by the
@@ -335,7 +361,7 @@ class ForwardServer:
             if not pending.strip():
                 pending = b""
             _note_partial(conn, bool(pending))
-            await self._wait_for_space(conn)
+            await self._wait_for_space(conn, reader)
             data = await self._read_next(conn, reader)
             if not data:
                 return
@@ -383,7 +409,7 @@ class ForwardServer:
                         break
                     self.metrics.records_in.inc(batch.num_rows)
                 entries.append((wait, chunk))
-                conn.acks = conn.acks or chunk is not None
+                conn.acks = bool(conn.acks) or chunk is not None
         except wire.ObjectPoolFull as exc:
             error = ConnectionClosed(str(exc), "objects_pool_full")
         except wire.ProtocolError as exc:
