@@ -107,13 +107,24 @@ def test_ctrl_c_cancels_on_athena(moto: str) -> None:
     # background (a CI job, `make test &`) inherits SIGINT as ignored, and Python then installs
     # no KeyboardInterrupt handler at all.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
-    timer.start()
+    finished = threading.Event()
+
+    def press_ctrl_c() -> None:
+        # Again each second until the engine says it cancels: a KeyboardInterrupt that lands
+        # in a gc callback (hypothesis installs one) is swallowed as "unraisable".
+        while not finished.wait(0.5 if not out.getvalue() else 1.0):
+            if "cancelling query" in out.getvalue():
+                return
+            os.kill(os.getpid(), signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c, daemon=True)
+    presser.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             engine.run("SELECT 'slow' AS s", {})
     finally:
-        timer.cancel()
+        finished.set()
+        presser.join(timeout=5)
         signal.signal(signal.SIGINT, previous)
     assert threading.get_ident() == main
     slow = [e for e in executions(moto) if e["Query"] == "SELECT 'slow' AS s"]
