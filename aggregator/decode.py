@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import operator
 import struct
 from typing import Any
@@ -88,6 +89,8 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, str | bytes):
         return _text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN or Infinity
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, wire.EventTime):

@@ -129,9 +129,13 @@ class ForwardServer:
         self._server: asyncio.base_events.Server | None = None
         self._conns: dict[asyncio.Task[None], _Conn] = {}
         # Connection unpackers build Forward- and Message-mode messages as their bytes arrive
-        # and keep a half-received one between reads: together they may hold as many objects
-        # as one message may (so N slow clients cannot each hold one message's worth).
-        self._objects = wire.ObjectBudget(wire.message_objects(limits.max_message_entries))
+        # and keep a half-received one between reads. Past one message's worth of objects in
+        # all, connections in the middle of a message read no more, except the one whose
+        # message began first (it finishes and frees its share): N slow clients cannot each
+        # hold one message's worth. Twice that (plus one read) is a hard ceiling, never reached
+        # by that rule: a connection going over it is closed.
+        self._objects_soft = wire.message_objects(limits.max_message_entries)
+        self._objects = wire.ObjectBudget(2 * self._objects_soft + READ_SIZE)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(
@@ -245,6 +249,7 @@ class ForwardServer:
                 _note_partial(conn, conn.boundary != conn.fed)
         while not conn.stopping:
             await self._wait_for_space(conn, reader)
+            await self._wait_for_objects(conn)
             data, conn.early = conn.early or await self._read_next(conn, reader), b""
             if not data:
                 return
@@ -293,6 +298,26 @@ class ForwardServer:
                 ) from None
         if conn.partial_since is not None:  # our pause, not the client's slowness
             conn.partial_since = time.monotonic()
+
+    async def _wait_for_objects(self, conn: _Conn) -> None:
+        """Hold a connection in the middle of a message while the unfinished messages of all
+        connections hold more objects than one message may, unless its message began first."""
+        pool, budget = self._objects, conn.budget
+        if budget is None or not budget.used or pool.used <= self._objects_soft:
+            return
+        while pool.used > self._objects_soft and not self._first_unfinished(conn):
+            await asyncio.sleep(0.05)
+        if conn.partial_since is not None:  # our pause, not the client's slowness
+            conn.partial_since = time.monotonic()
+
+    def _first_unfinished(self, conn: _Conn) -> bool:
+        """Whether ``conn``'s unfinished message began before every other one."""
+        started = [
+            c.partial_since
+            for c in self._conns.values()
+            if c.budget is not None and c.budget.used and c.partial_since is not None
+        ]
+        return conn.partial_since is not None and conn.partial_since <= min(started)
 
     async def _asks_no_acks(self, conn: _Conn, reader: asyncio.StreamReader) -> bool:
         """Read what a new connection has sent (kept in ``conn.early``) and tell whether its
@@ -352,7 +377,7 @@ class ForwardServer:
             )
             if scanner.complete or within:
                 parsed += len(pending)
-                messages, pending = _json_messages(pending)
+                messages, pending = _json_messages(pending, unfinished=scanner.depth > 0)
                 if messages:
                     parsed = 0
                     scanner.complete = False
@@ -583,8 +608,15 @@ class _JsonScanner:
             )
 
 
-def _json_messages(pending: bytes) -> tuple[list[Any], bytes]:
-    """The complete JSON messages at the start of ``pending``, and the bytes after them."""
+#: An error this close to the end of the text read so far may be a token cut by the read.
+_JSON_TOKEN_CHARS = 64
+
+
+def _json_messages(pending: bytes, unfinished: bool = True) -> tuple[list[Any], bytes]:
+    """The complete JSON messages at the start of ``pending``, and the bytes after them.
+
+    ``unfinished``: the text ends inside a message (the scanner's view), so an error near its
+    end may be a token the read cut; when every bracket is closed, an error is an error."""
     decoder = json.JSONDecoder()
     try:
         text = pending.decode("utf-8")
@@ -614,8 +646,11 @@ def _json_messages(pending: bytes) -> tuple[list[Any], bytes]:
                 "not the Forward protocol: JSON message nested too deeply", "protocol_error"
             ) from None
         except json.JSONDecodeError as exc:
-            if exc.pos >= len(text) or exc.msg.startswith("Unterminated string"):
-                return out, text[pos:].encode("utf-8") + tail  # the rest has not arrived yet
+            cut = unfinished and exc.pos >= len(text) - _JSON_TOKEN_CHARS
+            if cut or exc.pos >= len(text) or exc.msg.startswith("Unterminated"):
+                # The rest has not arrived yet: the read ended inside a number (``23953.``), a
+                # word (``tr``) or an escape (``\u00``), which fails just before the end.
+                return out, text[pos:].encode("utf-8") + tail
             raise ConnectionClosed(
                 f"not the Forward protocol: bad JSON message ({exc.msg})", "protocol_error"
             ) from None

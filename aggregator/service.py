@@ -157,8 +157,15 @@ class GuardedBuffer(Buffer):
         if low:
             self.disk_low = (
                 f"--buffer-dir {self.dir} has {free} bytes free, under the {self.reserve} a "
-                "flush needs: acks are withheld until flushes free space (give the volume more "
-                "room, lower --buffer-limit-bytes, or check the warehouse is reachable)"
+                "flush needs: acks are withheld until there is room again; "
+                + (
+                    "the buffer holds no data, so other files on that volume take the space: "
+                    "free it or give the volume more room"
+                    if self.total_bytes == 0
+                    else "flushes free what the buffer holds once the warehouse takes it (give "
+                    "the volume more room, lower --buffer-limit-bytes, or check the warehouse "
+                    "is reachable)"
+                )
             )
             log.warning("%s", self.disk_low)
         else:

@@ -168,15 +168,16 @@ def encode_forward(
 MAX_MESSAGE_ENTRIES = 500_000
 #: PackedForward blobs are unpacked this many bytes at a time (:func:`unpack_entries`).
 _UNPACK_SLICE = 1024 * 1024
-#: Array and map elements one message may build: 32 per entry of its entry limit, and
+#: Array and map elements one message may build: 128 per entry of its entry limit, and
 #: MAX_MESSAGE_OBJECTS in all. The entry limit does not reach inside records, and one byte of
 #: msgpack can be one Python object of ~60 bytes (an empty map): a 64 KB gzip frame inflating
-#: to 64 MiB of them would cost 4.5 GB; at the limit a refused message costs ~300 MB and about a
-#: second of decoding (bench/hostile.py). Real records build 5 to 30 objects each (a
-#: logq-shipper one 20); a message of 4 MB or less can never reach the limit (each object takes
-#: at least one byte), a real one only with some 40 MB of records.
-OBJECTS_PER_ENTRY = 32
-MAX_MESSAGE_OBJECTS = 4_000_000
+#: to 64 MiB of them would cost 4.5 GB; at the limit a refused message costs ~600 MB and about
+#: two seconds of decoding (bench/hostile.py). Real records build 5 to 50 objects each (a
+#: logq-shipper one 20, a Kubernetes-enriched Fluent Bit one ~50); a message of 8 MB or less
+#: can never reach the limit (each object takes at least one byte), a real one only with some
+#: 100 MB of records.
+OBJECTS_PER_ENTRY = 128
+MAX_MESSAGE_OBJECTS = 8_000_000
 
 
 class ObjectPoolFull(ProtocolError):
@@ -225,17 +226,17 @@ class ObjectBudget:
         self.used += n
         if self.pool is not None:
             self.pool.used += n
-            if self.pool.used > self.pool.limit:
-                raise ObjectPoolFull(
-                    f"the messages being received on all connections hold more than "
-                    f"{self.pool.limit:,} msgpack objects together: this one is closed (its "
-                    "client resends)"
-                )
         if self.used > self.limit:
             raise ProtocolError(
                 f"message builds more than {self.limit:,} msgpack objects (the per-message "
                 f"limit: {OBJECTS_PER_ENTRY} per entry of --max-message-entries, at most "
                 f"{MAX_MESSAGE_OBJECTS:,}); send fewer or less deeply nested records per message"
+            )
+        if self.pool is not None and self.pool.used > self.pool.limit:
+            raise ObjectPoolFull(
+                f"the messages being received on all connections hold more than "
+                f"{self.pool.limit:,} msgpack objects together: this one is closed (its "
+                "client resends)"
             )
 
 

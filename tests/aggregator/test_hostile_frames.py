@@ -164,15 +164,15 @@ def _junk_entries(n_entries: int, width: int) -> list[tuple[int, dict[str, Any]]
 
 @pytest.mark.parametrize("gzipped", [False, True])
 def test_records_of_tiny_nested_values_are_refused_at_the_object_budget(gzipped: bool) -> None:
-    """The entry limit does not reach inside records: 10 entries of 400 empty maps each build
-    ~4,000 objects, over the budget of 32 per entry of a 100-entry limit (3,200)."""
+    """The entry limit does not reach inside records: 10 entries of 1,600 empty maps each
+    build ~16,000 objects, over the budget of 128 per entry of a 100-entry limit (12,800)."""
 
     def second(width: int) -> tuple[bytes, dict[str, Any]]:
         blob = wire.pack_entries(_junk_entries(10, width))
         return (gzip.compress(blob), {"compressed": "gzip"}) if gzipped else (blob, {})
 
-    blob, opts = second(400)
-    refused(message(blob, **opts), "more than 3,200 msgpack objects", max_entries=100)
+    blob, opts = second(1600)
+    refused(message(blob, **opts), "more than 12,800 msgpack objects", max_entries=100)
     blob, opts = second(200)
     batch, _ = dec.decode(message(blob, **opts), 1 << 30, max_entries=100)
     assert batch.column("log").to_pylist() == [f"j{i}" for i in range(10)]
@@ -217,21 +217,21 @@ def test_the_msgspec_path_skips_values_it_does_not_keep(n: int) -> None:
 def test_the_server_unpacker_counts_objects_per_message_across_reads() -> None:
     """Forward and Message modes are built by the connection's unpacker: the budget holds
     there, starts over with each message, and a message fed in small reads is counted once."""
-    # 32 per entry, 4 million at most (the default entry limit would allow 16 million).
-    assert wire.message_objects(wire.MAX_MESSAGE_ENTRIES) == 4_000_000
-    budget = wire.message_budget(100, 1 << 20)  # 3,200 objects
-    assert budget is not None and wire.message_budget(100, 3200) is None  # cannot exceed it
+    # 128 per entry, 8 million at most (the default entry limit would allow 64 million).
+    assert wire.message_objects(wire.MAX_MESSAGE_ENTRIES) == 8_000_000
+    budget = wire.message_budget(100, 1 << 20)  # 12,800 objects
+    assert budget is not None and wire.message_budget(100, 12_800) is None  # cannot exceed it
     unpacker = wire.new_unpacker(1 << 20, max_array_len=100, budget=budget)
-    # ~1,900 objects each: two in a row fit only if the count starts over per message.
-    ok = wire.pack(["t", [[0, {"log": "x", "junk": [[{}] * 50] * 4}] for _ in range(9)]])
+    # ~7,000 objects each: two in a row fit only if the count starts over per message.
+    ok = wire.pack(["t", [[0, {"log": "x", "junk": [[{}] * 50] * 15}] for _ in range(9)]])
     stream = ok + ok
     got = []
     for start in range(0, len(stream), 7):
         unpacker.feed(stream[start : start + 7])
         got.extend(wire.iter_messages(unpacker, budget))
     assert len(got) == 2 and all(len(m[1]) == 9 for m in got)
-    unpacker.feed(wire.pack(["t", 0, {"log": "x", "junk": [[{}] * 90] * 40}]))
-    with pytest.raises(wire.ProtocolError, match="more than 3,200 msgpack objects"):
+    unpacker.feed(wire.pack(["t", 0, {"log": "x", "junk": [[[{}] * 50] * 50] * 6}]))
+    with pytest.raises(wire.ProtocolError, match="more than 12,800 msgpack objects"):
         list(wire.iter_messages(unpacker, budget))
 
 
@@ -299,6 +299,20 @@ def test_the_json_scanner_counts_values_per_message_before_any_parse() -> None:
     assert scanner.complete
     with pytest.raises(ConnectionClosed, match="more than 10 values"):
         scanner.feed(b'["t", [[], [], [], [], [], [], [], [], [], [], []')
+
+
+def test_a_json_message_cut_anywhere_is_waited_for_not_refused() -> None:
+    """A read may end inside a number (``23953.``), a word (``tr``) or an escape (``\\u00``):
+    the parse error just before the end means "not arrived yet", not a bad message."""
+    text = json.dumps(
+        ["t", 23953.6459, {"log": "caf\u00e9", "ok": True, "n": None, "x": -0.0, "e": 1.5e-7}],
+        ensure_ascii=True,
+    ).encode()
+    assert json.loads(text)
+    for cut in range(1, len(text)):
+        got, rest = _json_messages(text[:cut])
+        assert got == [] and rest == text[:cut], cut
+    assert len(_json_messages(text)[0]) == 1
 
 
 def test_the_json_scanner_refuses_deep_nesting_as_it_arrives() -> None:
@@ -465,6 +479,8 @@ def test_fluent_bit_entries_with_metadata_take_the_bulk_path(packed_blob: bool) 
         ({"message": {"k": 1}}, '{"k": 1}'),
         ({"msg": False, "level": "x"}, "false"),
         ({"log": b"bytes \xff"}, "bytes \ufffd"),
+        ({"log": float("nan")}, "null"),  # JSON has no NaN
+        ({"log": {"v": float("inf")}}, '{"v": null}'),
     ],
 )
 def test_lines_that_are_not_text_are_stored_as_json(record: dict[str, Any], line: str) -> None:
@@ -472,3 +488,38 @@ def test_lines_that_are_not_text_are_stored_as_json(record: dict[str, Any], line
     JSON log pipeline would print it, not as Python's repr (``{'k': 1}``, ``True``)."""
     batch, _ = dec.decode(message([[wire.EventTime.from_ns(T0), record]]), 1 << 30)
     assert batch.column("log").to_pylist() == [line]
+
+
+@pytest.mark.integration
+def test_slow_senders_over_the_object_pool_wait_their_turn_instead_of_being_closed(
+    tmp_path: Path,
+) -> None:
+    """Three clients each hold most of a Forward-mode message: together past one message's
+    worth of objects (128 x 100 entries = 12,800). None is closed: a client in the middle of a
+    message whose turn has not come reads nothing more until the first one has finished."""
+    agg = start_aggregator(tmp_path, extra=["--max-message-entries", "100"])
+    now = time.time_ns()
+
+    def message(name: str) -> bytes:  # 90 entries of ~106 objects: ~9,500 objects
+        entries = [[wire.EventTime.from_ns(now), {"log": f"{name}-{i}", "a": [{}] * 100}]
+                   for i in range(90)]  # fmt: skip
+        return wire.pack(["logq.pool", entries, {"chunk": name}])
+
+    frames = {name: message(name) for name in ("a", "b", "c")}
+    try:
+        socks = {name: agg.connect() for name in frames}
+        for name, frame in frames.items():  # all three unfinished: ~28,000 objects
+            socks[name].sendall(frame[:-20])
+            time.sleep(0.5)
+        socks["b"].sendall(frames["b"][-20:])  # b is not first: it waits for a
+        time.sleep(1)
+        socks["a"].sendall(frames["a"][-20:])
+        socks["c"].sendall(frames["c"][-20:])
+        for name, sock in socks.items():
+            assert read_acks(sock, 1, timeout=60) == [name]
+            sock.close()
+    finally:
+        assert agg.stop() == 0
+    logs = read_table(agg.warehouse, "container_logs")["message"].to_pylist()
+    assert sorted(logs) == sorted(f"{n}-{i}" for n in frames for i in range(90))
+    assert "objects_pool" not in agg.log_text() and "closing connection" not in agg.log_text()
