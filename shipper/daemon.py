@@ -8,8 +8,10 @@ checkpoints as acks arrive, and handles the process lifecycle:
 * follow mode (default): rescan for new containers as soon as inotify reports a change in the
   log roots (else every ``--discover-interval`` seconds; with inotify a full rescan still runs
   every max(``--discover-interval``, :data:`FULL_SCAN_SECONDS`) as a safety net), drain and
-  release sources that disappeared. A pass that cannot list a folder (out of file descriptors,
-  EACCES, EIO) changes nothing: its sources are not "gone"; passes then back off.
+  release sources that disappeared. A folder that cannot be listed for now (out of file
+  descriptors, EIO) keeps its sources (they are not "gone"), the others are unaffected;
+  passes back off only while a whole root cannot be listed. A folder that can never be listed
+  (EACCES: the shipper runs as a user without access) is warned about once and skipped.
 * SIGTERM / SIGINT: stop reading, wait for in-flight acks (at most ``--retry-timeout``), save
   checkpoints, exit 0.
 * checkpoints that cannot be written (full or read-only ``--state-dir``) do not stop shipping:
@@ -18,7 +20,8 @@ checkpoints as acks arrive, and handles the process lifecycle:
   one error line (repeated every minute), ``logq_shipper_checkpoint_write_failures_total``,
   ``/healthz`` 503. If the last save at exit fails too, the shipper exits 1 with one line.
 
-Exit status: 0 done; 1 a delivery failure or a log folder that could not be listed in ``--once``,
+Exit status: 0 done; 1 a delivery failure or a log folder that could not be listed for now
+(out of file descriptors...) in ``--once``,
 a wrong shared key, or checkpoints that could not be saved at exit; 2 a configuration error;
 130 interrupted before start-up finished.
 """
@@ -108,6 +111,8 @@ class Shipper:
         """Source key -> when its file was first found missing (see GONE_GRACE_SECONDS)."""
         self._scan_failures = 0
         """Discovery passes in a row that could not list everything (0: the last one could)."""
+        self._blind_passes = 0
+        """Consecutive passes that could not list a root: discovery backs off while > 0."""
         self._save_error: str | None = None
         """Why the last checkpoint write failed; None while writes work."""
         self._save_failures = 0
@@ -203,6 +208,9 @@ class Shipper:
     def _discover(self) -> Scan:
         """One discovery pass; says once when passes start and stop failing."""
         scan = self.discoverer.scan()
+        # Back off only while a whole root cannot be listed (out of fds...): a failing folder
+        # under it says nothing about the others, whose discovery must stay prompt.
+        self._blind_passes = self._blind_passes + 1 if scan.blind else 0
         if scan.complete:
             if self._scan_failures:
                 log.info("discovery works again after %d failed passes", self._scan_failures)
@@ -211,8 +219,8 @@ class Shipper:
         self.metrics.discovery_failures.inc()
         if not self._scan_failures:
             log.error(
-                "discovery failed, keeping the sources already followed and retrying with "
-                "back-off failures=%d error=%r",
+                "discovery failed, keeping the sources under what could not be listed and "
+                "retrying failures=%d error=%r",
                 len(scan.failures),
                 scan.failures[0],
             )
@@ -245,11 +253,13 @@ class Shipper:
                 runner.update_spec(spec)
         for key in seen:
             self._missing.pop(key, None)
-        if not scan.complete:
-            return  # what is missing may only have been unreadable
         now = time.monotonic()
         for key, runner in self.runners.items():
-            if key not in seen and not runner.finishing and self._gone(key, runner.spec, now):
+            if key in seen or runner.finishing:
+                continue
+            if scan.may_have_missed(runner.spec.path):
+                continue  # its folder was unreadable this time: it may only be unlisted
+            if self._gone(key, runner.spec, now):
                 log.info("source gone, draining key=%s", key)
                 runner.finishing = True
                 self._missing.pop(key, None)
@@ -418,7 +428,7 @@ class Shipper:
             recheck = False
             while not self._stop.is_set():
                 timeout = self._scan_delay(recheck, covered)
-                if watcher is not None and not self._scan_failures:
+                if watcher is not None and not self._blind_passes:
                     change = asyncio.ensure_future(watcher.wait(timeout))
                     await asyncio.wait([stop, change], return_when=asyncio.FIRST_COMPLETED)
                     # After an event, look again soon: a container's files are written one by
@@ -428,7 +438,7 @@ class Shipper:
                     if recheck:
                         await asyncio.sleep(SETTLE_SECONDS)  # let a burst of events finish
                 else:
-                    # No inotify, or passes failing: events would only bring failing passes on.
+                    # No inotify, or a root unlistable: events would only bring failing passes.
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(stop), timeout)
                     recheck = False
@@ -438,7 +448,7 @@ class Shipper:
                     break
                 scan = self._discover()
                 self._sync_sources(scan)
-                if watcher is not None and scan.complete:
+                if watcher is not None and not scan.blind:
                     covered = self._watch(watcher)
         finally:
             stop.cancel()
@@ -448,8 +458,10 @@ class Shipper:
     def _scan_delay(self, recheck: bool, covered: bool) -> float:
         """Seconds until the next discovery pass unless inotify reports a change first."""
         interval = self.cfg.discover_interval
+        if self._blind_passes:
+            return min(interval * 2 ** min(self._blind_passes, 16), MAX_BACKOFF_SECONDS)
         if self._scan_failures:
-            return min(interval * 2 ** min(self._scan_failures, 16), MAX_BACKOFF_SECONDS)
+            return interval  # a folder failed: look again without waiting for the safety net
         if recheck:
             return min(RECHECK_SECONDS, interval)
         return max(interval, FULL_SCAN_SECONDS) if covered else interval

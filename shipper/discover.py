@@ -24,6 +24,7 @@ LABEL_FORMAT = "logq.format"
 LABEL_ECS_FAMILY = "com.amazonaws.ecs.task-definition-family"
 LABEL_COMPOSE_SERVICE = "com.docker.compose.service"
 LABEL_K8S_POD = "io.kubernetes.pod.name"
+LABEL_K8S_POD_UID = "io.kubernetes.pod.uid"
 COMPRESSED_SUFFIXES = (".gz", ".zst", ".bz2", ".xz", ".zip", ".lz4", ".tmp")
 
 
@@ -57,22 +58,28 @@ _CRONJOB_TIME = re.compile(r"^(.+)-\d{8,10}$")
 _ORDINAL = re.compile(r"^(.+)-\d+$")
 
 
-_INDEX = re.compile(r"^(.+)-\d{1,7}$")
+#: A static pod's UID: the hex digest of its manifest (kubelet's config hash); API-created pods
+#: have dashed UUIDs. Only a static pod's name ends with its node's name.
+_CONFIG_HASH = re.compile(r"^[0-9a-f]{32}$")
 
 
-def pod_owner_name(pod: str, nodes: tuple[str, ...] = ()) -> str:
+def pod_owner_name(pod: str, nodes: tuple[str, ...] = (), uid: str = "") -> str:
     """The workload a pod belongs to, from its generated name.
 
     ``recipe-5d8f7c9b6d-x2x7k`` (Deployment) -> ``recipe``; ``agent-x2x7k`` (DaemonSet, Job)
-    -> ``agent``; ``report-28391234-x2x7k`` (CronJob) -> ``report``; ``train-3-x2x7k``
-    (Indexed Job) -> ``train``; ``db-0`` (StatefulSet) -> ``db``; ``kube-apiserver-node-1``
-    (static pod: ``<name>-<node>``) -> ``kube-apiserver`` when ``node-1`` is one of ``nodes``
-    (the host's names: the path does not say which node it is). A name without such suffixes
-    is its own owner.
+    -> ``agent``; ``report-28391234-x2x7k`` (CronJob) -> ``report``; ``db-0`` (StatefulSet)
+    -> ``db``; ``kube-apiserver-node-1`` (static pod: ``<name>-<node>``) -> ``kube-apiserver``
+    when ``node-1`` is one of ``nodes`` (the host's names: the path does not say which node it
+    is) *and* ``uid`` is a 32-hex config hash: a regular pod (dashed UUID) named
+    ``spark-worker-1`` on node ``worker-1`` stays with its siblings ``spark-worker-0``/``-2``.
+    A name without such suffixes is its own owner. An Indexed Job's ``train-3-x2x7k`` gives
+    ``train-3``: from the name alone, the index cannot be told from a name that ends in a
+    number (``migrate-42``, ``gpu-driver-535``), and a wrong cut would merge workloads.
     """
-    for node in nodes:
-        if node and pod.endswith("-" + node) and len(pod) > len(node) + 1:
-            return pod[: -len(node) - 1]
+    if _CONFIG_HASH.match(uid):
+        for node in nodes:
+            if node and pod.endswith("-" + node) and len(pod) > len(node) + 1:
+                return pod[: -len(node) - 1]
     m = _POD_RANDOM.match(pod)
     if m:
         base = m.group(1)
@@ -80,11 +87,6 @@ def pod_owner_name(pod: str, nodes: tuple[str, ...] = ()) -> str:
             m2 = pattern.match(base)
             if m2:
                 return m2.group(1)
-        m2 = _INDEX.match(base)
-        if m2:  # Indexed Job: <job>-<index>-<random>; a CronJob's job has its time first
-            base = m2.group(1)
-            m3 = _CRONJOB_TIME.match(base)
-            return m3.group(1) if m3 else base
         return base
     m = _ORDINAL.match(pod)
     return m.group(1) if m else pod
@@ -106,13 +108,43 @@ def service_name(labels: dict[str, str], container_name: str, nodes: tuple[str, 
             return value
     pod = labels.get(LABEL_K8S_POD)
     if pod:
-        return pod_owner_name(pod, nodes)
+        return pod_owner_name(pod, nodes, labels.get(LABEL_K8S_POD_UID, ""))
     return container_name or "unknown"
 
 
 #: Errors that say the process is short of a resource, not that a file or folder is gone or
 #: bad: a listing that fails with one of these tells nothing about which sources exist.
-TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR})
+TRANSIENT_ERRNOS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR, errno.EIO}
+)
+
+#: Folders already reported as unlistable for good (EACCES...): warned once each, then skipped.
+_UNLISTABLE: set[str] = set()
+
+
+def _cannot_list(scan: Scan, what: str, path: str, exc: OSError, *, root: bool = False) -> None:
+    """Record a failed listing of ``path``.
+
+    A transient error (out of fds, EIO) makes the pass incomplete *for that folder only*: its
+    sources may still exist, so they are not drained. A permanent one (EACCES, ENOTDIR, ELOOP)
+    would fail at every pass: the folder is warned about once and skipped, so that one folder
+    the shipper may never read does not stall discovery of the whole host.
+    """
+    if exc.errno in TRANSIENT_ERRNOS:
+        scan.failures.append(f"cannot list {what} {path}: {exc}")
+        scan.unsure.append(path)
+        scan.roots_failed = scan.roots_failed or root
+        return
+    if path not in _UNLISTABLE:
+        _UNLISTABLE.add(path)
+        log.warning(
+            "cannot list %s, its logs are not shipped: give the shipper (uid=%d) read access "
+            "path=%s error=%s",
+            what,
+            os.geteuid(),
+            path,
+            exc,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,12 +162,31 @@ class Scan:
 
     specs: list[SourceSpec] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
-    """Listings or reads that failed for a reason other than absence (EMFILE, EACCES, EIO...):
-    when there are any, a source missing from :attr:`specs` may still exist."""
+    """Listings or reads that failed for a transient reason (:data:`TRANSIENT_ERRNOS`): a
+    source missing from :attr:`specs` may still exist. Permanent errors (EACCES...) are
+    warned about once and their folder skipped: they are not failures."""
+    unsure: list[str] = field(default_factory=list)
+    """The folders those failures concern: only sources under them may be missing wrongly."""
+    roots_failed: bool = False
+    """A root (``--docker-root``, ``--cri-root``, a ``--path`` base) could not be listed."""
 
     @property
     def complete(self) -> bool:
         return not self.failures
+
+    @property
+    def blind(self) -> bool:
+        """Whether nothing narrower than "everything" is known to be uncertain."""
+        return bool(self.failures) and (self.roots_failed or not self.unsure)
+
+    def may_have_missed(self, path: Path) -> bool:
+        """Whether ``path`` may exist although this pass did not report it."""
+        if not self.failures:
+            return False
+        if self.blind:
+            return True
+        p = str(path)
+        return any(p == d or p.startswith(d.rstrip("/") + "/") for d in self.unsure)
 
 
 _NO_META = ContainerMeta()
@@ -194,7 +245,7 @@ class Discoverer:
             self._meta.clear()
             return []
         except OSError as exc:
-            scan.failures.append(f"cannot list docker root {root}: {exc}")
+            _cannot_list(scan, "docker root", str(root), exc, root=True)
             return []
         out = []
         seen: set[str] = set()
@@ -250,7 +301,17 @@ class Discoverer:
         except FileNotFoundError:
             return _NO_META
         except OSError as exc:
-            return self._unreadable(path, exc, cached, scan, seen)
+            if exc.errno in TRANSIENT_ERRNOS:
+                return self._unreadable(path, exc, cached, scan, seen)
+            if path not in _UNLISTABLE:  # EACCES...: shipped under the container's id
+                _UNLISTABLE.add(path)
+                log.warning(
+                    "cannot read container metadata (uid=%d) path=%s error=%s",
+                    os.geteuid(),
+                    path,
+                    exc,
+                )
+            return _NO_META
         version = _version(st)
         seen.add(key)
         if cached is not None and cached[0] == version:
@@ -282,6 +343,7 @@ class Discoverer:
             seen.add(path)
             return cached[1]  # what we knew is better than nothing
         scan.failures.append(f"cannot read container metadata {path}: {exc}")
+        scan.unsure.append(os.path.dirname(path))
         return None
 
 
@@ -338,7 +400,7 @@ def _discover_cri(
         known.clear()
         return []
     except OSError as exc:
-        scan.failures.append(f"cannot list CRI root {root}: {exc}")
+        _cannot_list(scan, "CRI root", str(root), exc, root=True)
         return []
     seen: set[str] = set()
     for pod_dir in pod_dirs:
@@ -358,7 +420,7 @@ def _discover_cri(
         except FileNotFoundError:
             continue  # the pod was removed while we looked
         except OSError as exc:
-            scan.failures.append(f"cannot list pod folder {pod_dir.path}: {exc}")
+            _cannot_list(scan, "pod folder", pod_dir.path, exc)
             continue
         for cdir in containers:
             try:
@@ -367,7 +429,7 @@ def _discover_cri(
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                scan.failures.append(f"cannot list container folder {cdir.path}: {exc}")
+                _cannot_list(scan, "container folder", cdir.path, exc)
                 continue
             for f in logs:
                 fmt = _pod_log_format(Path(f.path)) if f.is_symlink() else "cri"
@@ -381,7 +443,7 @@ def _discover_cri(
                         key=key,
                         path=Path(f.path),
                         format=fmt,
-                        service=pod_owner_name(pod, nodes),
+                        service=pod_owner_name(pod, nodes, uid),
                         container_id=f"{uid}/{cdir.name}",
                         container_name=cdir.name,
                         format_hint=None,
@@ -460,6 +522,8 @@ def _probe(folder: str, scan: Scan) -> None:
     except OSError as exc:
         if exc.errno in TRANSIENT_ERRNOS:
             scan.failures.append(f"cannot list {folder}: {exc}")
+            scan.unsure.append(folder)
+            scan.roots_failed = True
         return
     os.close(fd)
 
@@ -470,10 +534,16 @@ def discover_all(docker_root: Path, cri_root: Path, patterns: tuple[str, ...]) -
 
 
 def rotated_siblings(path: Path) -> list[Path]:
-    """Uncompressed rotated copies of ``path`` (``x-json.log.1``, ``0.log.20240101-120000``)."""
+    """Uncompressed rotated copies of ``path`` (``x-json.log.1``, ``0.log.20240101-120000``).
+
+    Raises the :class:`OSError` of a transient listing failure (out of fds, EIO): "no rotated
+    files" would then be a lie, and the caller must look again later. A folder that is gone or
+    unreadable for good has none."""
     try:
         names = os.listdir(path.parent)
-    except OSError:
+    except OSError as exc:
+        if exc.errno in TRANSIENT_ERRNOS:
+            raise
         return []
     prefix = path.name + "."
     return [

@@ -97,6 +97,13 @@ class Metrics:
             "logq_shipper_inflight_bytes", "Bytes read and waiting for an ack", registry=r
         )
         self.files = Gauge("logq_shipper_open_files", "Log files being followed", registry=r)
+        self.sources_waiting = Gauge(
+            "logq_shipper_sources_waiting_for_fd",
+            "Log sources waiting for a file descriptor (the open-files limit is reached: raise "
+            "LimitNOFILE / ulimit -n)",
+            registry=r,
+        )
+        self.sources_waiting.set_function(_waiting_sources)
         self.checkpoint_failures = Counter(
             "logq_shipper_checkpoint_write_failures",
             "Failed writes of the checkpoint registry (full or read-only --state-dir)",
@@ -186,3 +193,9 @@ class Metrics:
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         return server
+
+
+def _waiting_sources() -> int:
+    from shipper.tailer import waiting_sources
+
+    return waiting_sources()

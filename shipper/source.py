@@ -161,7 +161,11 @@ class SourceRunner:
             await window.release(reserve)
             if self.tailer.poll(finishing=self.finishing):
                 continue
-            if cfg.once or (self.finishing and not self.tailer.cursors):
+            if (cfg.once and not self.tailer.waiting) or (
+                self.finishing and not self.tailer.cursors
+            ):
+                # --once waits its turn for a file descriptor (sources ending free theirs)
+                # instead of ending with its files unread.
                 break
             await asyncio.sleep(cfg.poll_interval)
         await self.queue.put(None)  # tells the sender that nothing more comes

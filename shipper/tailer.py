@@ -59,6 +59,10 @@ FD_RESERVE_FRACTION = 0.1
 """Share of the soft ``RLIMIT_NOFILE`` kept free of log files for sockets, the registry and
 new sources' live files: pinning rotated files stops at the rest (see :func:`pin_budget`)."""
 FD_RESERVE_MIN = 64
+PARK_IDLE_SECONDS = 2.0
+"""While sources wait for a descriptor, a source whose live file had nothing new for this long
+(read to its end, all acknowledged) closes it and reopens it when it grows or is rotated: with
+more sources than descriptors, every source still makes progress, in turns."""
 OPEN_RETRY_MAX_SECONDS = 30.0
 """Longest pause between attempts to open a file while the process is out of descriptors."""
 LOSS_REASONS = ("deleted_unread", "truncated_without_copy", "pin_limit")
@@ -78,6 +82,61 @@ _last_active: dict[str, float] = {}
 source that comes back (its runner ended and discovery found it again) is not new, and its
 rotated files older than this were read by the previous tailer."""
 MAX_REMEMBERED_SOURCES = 100_000
+MAX_START_RETRIES = 8
+"""Starts put off because a checkpointed file could not be proven gone (a folder listing or
+an open failed for a moment); after that many its checkpoint is kept, uncounted, and the
+source goes on (a file that is there but cannot be opened must not stall its source)."""
+WAITING_LOG_SECONDS = 60.0
+"""While sources wait for descriptors, the warning comes again at most this often, when their
+number changed."""
+_waiting: set[str] = set()
+"""Source keys waiting for room in the descriptor budget (:func:`pin_budget`) to open a file:
+live files count against it too, so the reserve stays free for sockets and checkpoints."""
+_waiting_logged_at: float | None = None
+_waiting_logged_count = 0
+
+
+def waiting_sources() -> int:
+    """Sources that wait for a file descriptor (the process is at its budget)."""
+    return len(_waiting)
+
+
+def _room() -> bool:
+    """Whether the process may open one more log file within its budget."""
+    return _open_files < pin_budget()
+
+
+def _wait_for_room(key: str) -> None:
+    """Note that ``key`` waits for a descriptor; warn when waiting starts (and every few
+    minutes while it lasts), not once per source and attempt."""
+    global _waiting_logged_at, _waiting_logged_count
+    _waiting.add(key)
+    now = time.monotonic()
+    if _waiting_logged_at is None or (
+        now - _waiting_logged_at >= WAITING_LOG_SECONDS and len(_waiting) != _waiting_logged_count
+    ):
+        _waiting_logged_at = now
+        _waiting_logged_count = len(_waiting)
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        log.warning(
+            "log sources wait for a file descriptor: the process holds its budget of %d log "
+            "files (the open-files limit %d less a reserve for sockets and checkpoints); each "
+            "is opened when another source ends or goes idle. Raise the open-files limit "
+            "(LimitNOFILE= in the unit, ulimit -n) waiting_sources=%d open_log_files=%d",
+            pin_budget(),
+            soft,
+            len(_waiting),
+            _open_files,
+        )
+
+
+def _stop_waiting(key: str) -> None:
+    global _waiting_logged_at
+    if key in _waiting:
+        _waiting.discard(key)
+        if not _waiting and _waiting_logged_at is not None:
+            _waiting_logged_at = None
+            log.info("no source waits for a file descriptor any more")
 
 
 def _touch(key: str) -> None:
@@ -323,6 +382,15 @@ class Tailer:
         """Released files holding the first parts of a split line not complete yet: their
         checkpoints stay at the group's start until the line is acknowledged (see
         :meth:`commit`), so a restart reads the whole group again."""
+        self._start_failed = False
+        """An open failed for lack of descriptors (or a file could not be proven gone) during
+        :meth:`start`: it is undone and tried again after the backoff."""
+        self._start_retries = 0
+        self._kept: set[str] = set()
+        """Checkpoints kept after :data:`MAX_START_RETRIES`: not counted as lost."""
+        self._parked: tuple[int, int, int] | None = None
+        """(device, inode, size) of the live file closed while idle (see :meth:`_park`)."""
+        self._last_data = 0.0
         self._open_retry_at = 0.0
         self._open_backoff = 0.0
         """While opens fail for lack of descriptors (EMFILE/ENFILE): when to try again, and
@@ -409,6 +477,10 @@ class Tailer:
                 _open_files,
                 exc,
             )
+        self._start_failed = True
+        self._back_off()
+
+    def _back_off(self) -> None:
         self._open_backoff = min(max(self._open_backoff * 2, 1.0), OPEN_RETRY_MAX_SECONDS)
         self._open_retry_at = time.monotonic() + self._open_backoff
 
@@ -421,22 +493,119 @@ class Tailer:
         too, before the live file.
         """
         self._started = True
+        self._start_failed = False
         known = {k for k, s in self.registry.items() if s.source == self.spec.key}
-        backoff = self._open_backoff
-        rotated = self._known_rotated(known) if known else self._first_seen()
-        self.cursors = _oldest_first(rotated)
-        self._open_live()
-        if self._open_backoff > backoff:
-            # Out of descriptors: files that could not be opened would be taken as gone (and
-            # their checkpoints forgotten). Start again from scratch after the backoff.
+        try:
+            rotated = self._known_rotated(known) if known else self._first_seen()
+            self.cursors = _oldest_first(rotated)
+            # Not held back by the budget: read() found room before the start, and a live
+            # file left closed would look gone to _vanished_ok. The few rotated files a start
+            # opens beyond the budget come out of the reserve.
+            self._open_live(within_budget=False)
+            if not self._start_failed and not self._vanished_ok(known):
+                self._start_failed = True
+        except OSError as exc:  # listing the folder failed: nothing can be decided now
+            if not self._open_backoff:  # once per episode, not at every retry
+                log.warning(
+                    "cannot look for rotated files, retrying with backoff path=%s error=%s",
+                    self.spec.path,
+                    exc,
+                )
+            self._start_failed = True
+            self._back_off()
+        if self._start_failed:
+            # Files that could not be opened (or listed) would be taken as gone, and their
+            # checkpoints forgotten; a new source's would look older than the ones opened.
+            # Undo everything, and start again from scratch after the backoff.
             self._started = False
-            self.close()
+            for c in self.cursors:
+                c.close()
+            self.cursors.clear()
+            self.live = None
+            for k in [k for k, s in self.registry.items() if s.source == self.spec.key]:
+                if k not in known:
+                    self.registry.remove(k)
             return
+        self._start_retries = 0
+        _stop_waiting(self.spec.key)
         _touch(self.spec.key)
         for c in self.cursors:
             if c is not self.live:
                 log.info("resuming rotated file path=%s offset=%d", c.path, c.read_pos)
         self._count_vanished(known)
+
+    def _vanished_ok(self, known: set[str]) -> bool:
+        """Whether every checkpointed file of this source not opened now is provably gone: no
+        file in its folder with its device and inode (ENOENT is the only proof). A listing or
+        ``stat`` that fails otherwise, or the file found there unopened (a listing that failed
+        for a moment and came back empty), puts the start off with a backoff -- up to
+        :data:`MAX_START_RETRIES` times, then the source goes on and keeps that checkpoint."""
+        opened = {c.key for c in self.cursors}
+        missing = [k for k in known - opened if self.registry.get(k) is not None]
+        if not missing:
+            return True
+        present = self._present_inodes()
+        doubt = [k for k in missing if present is None or self._still_there(k, present)]
+        if not doubt:
+            return True
+        self._start_retries += 1
+        if self._start_retries > MAX_START_RETRIES:
+            log.warning(
+                "a checkpointed file of this source is still there but could not be opened; "
+                "going on without it, its checkpoint is kept source=%s files=%d",
+                self.spec.key,
+                len(doubt),
+            )
+            self._kept = set(doubt)
+            return True
+        log.info(
+            "a checkpointed file of this source could not be found for sure; retrying "
+            "source=%s files=%d",
+            self.spec.key,
+            len(doubt),
+        )
+        self._back_off()
+        return False
+
+    def _still_there(self, key: str, present: dict[tuple[int, int], Path]) -> bool:
+        """Whether the file of checkpoint ``key`` may still exist: its inode is in the folder
+        and not reused by a file we opened or one with another first line."""
+        dev, ino, fp = key.split(":", 2)
+        where = present.get((int(dev), int(ino)))
+        if where is None or any((c.dev, c.ino) == (int(dev), int(ino)) for c in self.cursors):
+            return False
+        try:
+            fd = os.open(where, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True
+        try:
+            return fingerprint(fd) == fp
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+
+    def _present_inodes(self) -> dict[tuple[int, int], Path] | None:
+        """(device, inode) -> path of every file named like this source's files, or None when
+        the folder or one of them could not be looked at (anything but ENOENT)."""
+        try:
+            names = os.listdir(self.spec.path.parent)
+        except OSError:
+            return None
+        out: dict[tuple[int, int], Path] = {}
+        for name in names:
+            if name != self.spec.path.name and not name.startswith(self.spec.path.name + "."):
+                continue
+            try:
+                st = os.stat(self.spec.path.parent / name)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return None
+            out[(st.st_dev, st.st_ino)] = self.spec.path.parent / name
+        return out
 
     def _known_rotated(self, known: set[str]) -> list[tuple[int, Cursor]]:
         """Rotated files of a source the registry knows: those not finished, and those
@@ -527,7 +696,7 @@ class Tailer:
         (visible in metrics and logs) and forget it -- unless a compressed rotation of the
         file (``.gz``, as Docker's ``compress`` and the kubelet make) shows it ended where we
         had read to."""
-        opened = {c.key for c in self.cursors}
+        opened = {c.key for c in self.cursors} | self._kept
         vanished = [
             (key, state)
             for key in sorted(known - opened)
@@ -570,22 +739,42 @@ class Tailer:
                     out.add(ident)
         return out
 
-    def _open_live(self) -> bool:
+    def _open_live(self, within_budget: bool = True) -> bool:
         """Open the file now at the live path, after any files rotated since the last one we
         finished (the runtime may rotate several times between two polls)."""
         if not self._may_open():
             return False
+        if within_budget and not _room():
+            _wait_for_room(self.spec.key)
+            return False
         cur = self._open(self.spec.path, fresh=True)
         if cur is None:
             return False
+        _stop_waiting(self.spec.key)
         if any(c.key == cur.key for c in self.cursors):
             cur.close()
             return False
-        missed = self._missed_rotations(cur) if self._floor is not None else []
+        try:
+            missed = self._missed_rotations(cur) if self._floor is not None else []
+        except OSError as exc:
+            # The folder could not be listed (out of descriptors): files rotated in between
+            # would be skipped. Nothing is changed; the next poll tries again.
+            if not self._open_backoff:
+                log.warning(
+                    "cannot look for rotated files, retrying with backoff path=%s error=%s",
+                    cur.path,
+                    exc,
+                )
+            cur.close()
+            self._back_off()
+            return False
         self.cursors.extend(missed)
         self.cursors.append(cur)
         self.live = cur
-        log.info(
+        self._last_data = time.monotonic()
+        was_parked, self._parked = self._parked, None
+        log.log(
+            logging.DEBUG if was_parked else logging.INFO,
             "following file path=%s source=%s offset=%d missed_rotations=%d",
             cur.path,
             self.spec.key,
@@ -600,6 +789,9 @@ class Tailer:
         """The next lines of the oldest unfinished file, or None when it is at its end."""
         if not self._started:
             if not self._may_open():
+                return None
+            if not _room():
+                _wait_for_room(self.spec.key)
                 return None
             self.start()
         if not self.cursors:
@@ -619,8 +811,10 @@ class Tailer:
         if block < self.max_line_bytes + 4096:  # an allowed line must fit in a block
             block = self.block_size
         chunk = self.cursors[0].read(block, max_lines)
-        if chunk is not None and self._held:
-            self._settle_held(chunk)
+        if chunk is not None:
+            self._last_data = time.monotonic()
+            if self._held:
+                self._settle_held(chunk)
         return chunk
 
     @staticmethod
@@ -650,6 +844,8 @@ class Tailer:
         read, and generations rotated *and* deleted meanwhile would be gone.
         """
         live = self.live
+        if self._parked is not None:
+            return  # closed while idle: poll() reopens it when it changes
         if live is None:
             # A rotation left a new file with no complete line yet. Open it once it has one,
             # here too: reading may be waiting for acks, and the runtime keeps rotating.
@@ -706,6 +902,8 @@ class Tailer:
             return False  # start() was put off (no descriptors): read() retries it
         _touch(self.spec.key)
         if not self.cursors:
+            if self._parked is not None:  # also when finishing: lines written since count
+                return self._parked_changed() and self._open_live()
             return False if finishing else self._open_live()
         head = self.cursors[0]
         if head is not self.live or finishing:
@@ -742,7 +940,45 @@ class Tailer:
             return True
         if os.fstat(head.fd).st_size < head.read_pos or fingerprint(head.fd) != head.fp:
             return self._truncated(head)
+        if _waiting:
+            self._park(head)
         return False
+
+    def _park(self, head: Cursor) -> None:
+        """Other sources wait for a descriptor: close the live file if it is idle -- read to
+        its end, nothing in flight, no split line open -- keeping its checkpoint. The next
+        polls ``stat`` its path and reopen it when it grew or was rotated (the rotated file
+        is then found from ``_floor`` and finished from its checkpoint)."""
+        if (
+            len(self.cursors) != 1
+            or head.outstanding
+            or self._held
+            or head.frees
+            or time.monotonic() - self._last_data < PARK_IDLE_SECONDS
+            or self.parser.pending_origins()
+        ):
+            return
+        st = os.fstat(head.fd)
+        if st.st_size != head.read_pos or head.state.offset != head.read_pos:
+            return
+        self._parked = (head.dev, head.ino, head.read_pos)
+        self._floor = st.st_mtime_ns
+        self.cursors.clear()
+        self.live = None
+        head.close()
+        log.debug("idle log file closed for a waiting source path=%s", head.path)
+
+    def _parked_changed(self) -> bool:
+        """Whether the live file closed while idle grew, shrank or was replaced."""
+        assert self._parked is not None
+        dev, ino, size = self._parked
+        try:
+            st = os.stat(self.spec.path)
+        except FileNotFoundError:
+            return False  # renamed and not recreated yet, or the container is gone
+        except OSError:
+            return True  # let the open find out
+        return (st.st_dev, st.st_ino) != (dev, ino) or st.st_size != size
 
     def _missed_rotations(self, live: Cursor) -> list[Cursor]:
         """Rotated files newer than the last one we finished that we never opened, oldest
@@ -783,7 +1019,13 @@ class Tailer:
         copy = None
         read_all = False  # a copy exists and holds nothing past our position
         epoch = head.state.epoch + 1
-        for sib in rotated_siblings(self.spec.path):
+        try:
+            siblings = rotated_siblings(self.spec.path)
+        except OSError as exc:
+            # The copy may be among them: nothing is changed yet, the next check tries again.
+            self._out_of_descriptors(self.spec.path, exc)
+            return False
+        for sib in siblings:
             try:
                 fd = os.open(sib, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as exc:
@@ -933,7 +1175,13 @@ class Tailer:
         """Bytes written but not acknowledged yet, per open file."""
         return [(str(c.path), max(c.size() - c.state.offset, 0)) for c in self.cursors]
 
+    @property
+    def waiting(self) -> bool:
+        """Not following its files yet: put off for lack of descriptors."""
+        return not self._started or self.spec.key in _waiting
+
     def close(self) -> None:
+        _stop_waiting(self.spec.key)
         if self._started:
             _touch(self.spec.key)
         for c in self.cursors:

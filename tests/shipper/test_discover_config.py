@@ -21,34 +21,65 @@ from shipper.errors import ConfigError
 from shipper.formats import CriParser, DockerParser
 from tests.shipper.hostgen import make_container
 
+STATIC_UID = "6f2b9c3a1d4e5f60718293a4b5c6d7e8"  # kubelet's config hash: a static pod
+POD_UID = "0b2c9f3e-1111-2222-3333-4444555566aa"  # an API-created pod
+
 
 @pytest.mark.parametrize(
-    ("pod", "owner"),
+    ("pod", "uid", "owner"),
     [
-        ("recipe-5d8f7c9b6d-x2x7k", "recipe"),
-        ("node-agent-x2x7k", "node-agent"),
-        ("report-28391234-x2x7k", "report"),
-        ("db-0", "db"),
-        ("standalone", "standalone"),
-        ("my-app-v2-7c9b6d5f8-abcde", "my-app-v2-7c9b6d5f8-abcde"),  # 'a', 'e' never generated
-        ("train-0-x2x7k", "train"),  # Indexed Job: <job>-<index>-<random>
-        ("train-12-x2x7k", "train"),
-        ("report-28391234-3-x2x7k", "report"),  # Indexed Job of a CronJob
-        ("kube-apiserver-node-1", "kube-apiserver"),  # static pod: <name>-<node>
-        ("etcd-ip-10-0-0-1", "etcd"),  # node named by its short host name
-        ("kube-apiserver-node-2", "kube-apiserver-node"),  # another node's: only an ordinal
+        ("recipe-5d8f7c9b6d-x2x7k", POD_UID, "recipe"),
+        ("node-agent-x2x7k", POD_UID, "node-agent"),
+        ("report-28391234-x2x7k", POD_UID, "report"),
+        ("db-0", POD_UID, "db"),
+        ("standalone", POD_UID, "standalone"),
+        ("my-app-v2-7c9b6d5f8-abcde", POD_UID, "my-app-v2-7c9b6d5f8-abcde"),  # 'a', 'e' never
+        # Names ending in a number keep it: an Indexed Job's index cannot be told from it.
+        ("migrate-42-x2x7k", POD_UID, "migrate-42"),
+        ("gpu-driver-535-x2x7k", POD_UID, "gpu-driver-535"),
+        ("train-0-x2x7k", POD_UID, "train-0"),
+        ("report-28391234-3-x2x7k", POD_UID, "report-28391234-3"),
+        # A StatefulSet whose name ends like the node's: every replica, one service.
+        ("spark-worker-0", POD_UID, "spark-worker"),
+        ("spark-worker-1", POD_UID, "spark-worker"),  # the node is worker-1
+        ("spark-worker-2", POD_UID, "spark-worker"),
+        ("kube-apiserver-node-1", POD_UID, "kube-apiserver-node"),  # not static: ordinal
+        # Static pods (<name>-<node>, config-hash uid) lose this node's name.
+        ("kube-apiserver-node-1", STATIC_UID, "kube-apiserver"),
+        ("kube-proxy-worker-1", STATIC_UID, "kube-proxy"),
+        ("etcd-ip-10-0-0-1", STATIC_UID, "etcd"),  # node named by its short host name
+        ("kube-apiserver-node-2", STATIC_UID, "kube-apiserver-node"),  # another node's
     ],
 )
-def test_pod_owner_name(pod: str, owner: str) -> None:
-    nodes = node_names("node-1") + node_names("ip-10-0-0-1.ec2.internal")
-    assert pod_owner_name(pod, nodes) == owner
+def test_pod_owner_name(pod: str, uid: str, owner: str) -> None:
+    nodes = node_names("node-1") + node_names("worker-1") + node_names("ip-10-0-0-1.ec2.internal")
+    assert pod_owner_name(pod, nodes, uid) == owner
 
 
-def test_static_pod_needs_the_node_name() -> None:
-    assert pod_owner_name("kube-apiserver-node-1", ("node-1",)) == "kube-apiserver"
-    assert pod_owner_name("kube-apiserver-node-1") == "kube-apiserver-node"  # ordinal rule
+def test_static_pod_needs_the_node_name_and_a_config_hash_uid() -> None:
+    assert pod_owner_name("kube-apiserver-node-1", ("node-1",), STATIC_UID) == "kube-apiserver"
+    assert pod_owner_name("kube-apiserver-node-1", (), STATIC_UID) == "kube-apiserver-node"
+    assert pod_owner_name("kube-apiserver-node-1", ("node-1",)) == "kube-apiserver-node"
     assert node_names("IP-10-0-0-1.EC2.internal") == ("ip-10-0-0-1.ec2.internal", "ip-10-0-0-1")
-    assert pod_owner_name("node-1", ("node-1",)) == "node"  # never strips to nothing
+    assert pod_owner_name("node-1", ("node-1",), STATIC_UID) == "node"  # never strips to nothing
+    labels = {"io.kubernetes.pod.name": "etcd-node-1", "io.kubernetes.pod.uid": STATIC_UID}
+    assert service_name(labels, "k8s_etcd", ("node-1",)) == "etcd"  # Docker: uid from a label
+    labels["io.kubernetes.pod.uid"] = POD_UID
+    assert service_name(labels, "k8s_etcd", ("node-1",)) == "etcd-node"
+
+
+def test_cri_static_pod_named_from_its_folder_uid(tmp_path: Path) -> None:
+    pods = tmp_path / "pods"
+    for folder in (
+        f"kube-system_kube-proxy-worker-1_{STATIC_UID}",
+        f"default_spark-worker-1_{POD_UID}",
+        "default_spark-worker-2_0b2c9f3e-1111-2222-3333-4444555566bb",
+    ):
+        cdir = pods / folder / "app"
+        cdir.mkdir(parents=True)
+        (cdir / "0.log").write_bytes(b"")
+    specs = Discoverer(tmp_path / "none", pods, (), node_names("worker-1")).scan().specs
+    assert sorted(s.service for s in specs) == ["kube-proxy", "spark-worker", "spark-worker"]
 
 
 def test_service_name_precedence() -> None:

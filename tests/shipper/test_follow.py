@@ -343,6 +343,7 @@ def test_metrics_endpoint(tmp_path: Path, receiver: Receiver) -> None:
         assert f'logq_shipper_files_lost_total{{reason="{reason}",service="metered"}} 0.0' in text
     assert 'logq_shipper_invalid_utf8_lines_total{service="metered"} 0.0' in text
     assert f'logq_shipper_retries_total{{endpoint="{receiver.address}"}} 0.0' in text
+    assert "logq_shipper_sources_waiting_for_fd 0.0" in text
 
 
 def test_removed_container_is_drained_then_released(tmp_path: Path, receiver: Receiver) -> None:

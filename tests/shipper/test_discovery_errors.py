@@ -1,0 +1,232 @@
+"""Folders discovery cannot list: one such folder must not stall discovery of the whole host.
+
+Before the fix, any listing error (EACCES included) made the pass "incomplete": with the
+shipper running as a user that could not list one pod folder, every pass was incomplete for
+ever, no removed pod was ever drained (its descriptors held), inotify was ignored and passes
+backed off to 30 s, so a pod created and removed within that time was never shipped.
+
+Now a permanent error (EACCES, ENOTDIR, ELOOP) skips the folder with one warning; a transient
+one (out of fds, EIO) holds back draining only for sources under the folder that failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shipper import discover as discover_mod
+from shipper.config import load_config
+from shipper.daemon import Shipper
+from shipper.discover import Discoverer, Scan, rotated_siblings
+from tests.shipper.hostgen import make_container
+from tests.shipper.receiver import Receiver
+
+
+def _pod(root: Path, name: str, uid: str) -> Path:
+    cdir = root / f"default_{name}_{uid}" / "app"
+    cdir.mkdir(parents=True)
+    (cdir / "0.log").write_bytes(b"")
+    return cdir
+
+
+def _failing_scandir(bad: Path, err: int) -> Callable[..., Any]:
+    real = os.scandir
+
+    def scandir(path: Any = ".") -> Any:
+        if str(path) == str(bad):
+            raise OSError(err, os.strerror(err), str(path))
+        return real(path)
+
+    return scandir
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(discover_mod, "_UNLISTABLE", set())
+
+
+@pytest.mark.parametrize("err", [errno.EACCES, errno.ENOTDIR, errno.ELOOP])
+def test_a_folder_never_listable_is_skipped_with_one_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, err: int
+) -> None:
+    pods = tmp_path / "pods"
+    _pod(pods, "alpha-0", "0b2c9f3e-1111-2222-3333-4444555566aa")
+    beta = _pod(pods, "beta-0", "0b2c9f3e-1111-2222-3333-4444555566bb")
+    monkeypatch.setattr(discover_mod.os, "scandir", _failing_scandir(beta.parent, err))
+    d = Discoverer(tmp_path / "none", pods, ())
+    with caplog.at_level(logging.WARNING, logger="logq.shipper"):
+        scans = [d.scan() for _ in range(3)]
+    for scan in scans:
+        assert scan.complete and not scan.blind
+        assert [s.service for s in scan.specs] == ["alpha"]
+    warnings = [r.getMessage() for r in caplog.records if "cannot list" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once per folder, not every pass
+    assert str(beta.parent) in warnings[0] and f"uid={os.geteuid()}" in warnings[0]
+
+
+def test_a_transient_failure_is_scoped_to_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pods = tmp_path / "pods"
+    alpha = _pod(pods, "alpha-0", "0b2c9f3e-1111-2222-3333-4444555566aa")
+    beta = _pod(pods, "beta-0", "0b2c9f3e-1111-2222-3333-4444555566bb")
+    monkeypatch.setattr(discover_mod.os, "scandir", _failing_scandir(beta.parent, errno.EMFILE))
+    scan = Discoverer(tmp_path / "none", pods, ()).scan()
+    assert not scan.complete and not scan.blind
+    assert "Too many open files" in scan.failures[0]
+    assert scan.may_have_missed(beta / "0.log")
+    assert not scan.may_have_missed(alpha / "0.log")
+    assert not scan.may_have_missed(pods / "default_alpha-0-gone_x" / "app" / "0.log")
+    # A root that cannot be listed: anything under it may have been missed.
+    monkeypatch.setattr(discover_mod.os, "scandir", _failing_scandir(pods, errno.EMFILE))
+    blind = Discoverer(tmp_path / "none", pods, ()).scan()
+    assert blind.blind and blind.may_have_missed(alpha / "0.log")
+
+
+def test_a_failing_folder_does_not_stop_draining_or_back_off_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pod alpha is deleted while pod beta's folder cannot be listed (out of fds): alpha is
+    drained, beta is kept, and the next pass neither backs off nor ignores inotify."""
+    receiver = Receiver()
+    pods = tmp_path / "pods"
+    alpha = _pod(pods, "alpha-0", "0b2c9f3e-1111-2222-3333-4444555566aa")
+    beta = _pod(pods, "beta-0", "0b2c9f3e-1111-2222-3333-4444555566bb")
+    cfg = load_config(
+        [
+            *("--aggregator", receiver.address, "--hostname", "h"),
+            *("--docker-root", str(tmp_path / "none"), "--cri-root", str(pods)),
+            *("--state-dir", str(tmp_path / "state"), "--poll-interval", "0.05"),
+        ]
+    )
+
+    async def go() -> None:
+        shipper = Shipper(cfg)
+        shipper._sync_sources(shipper._discover())
+        runners = {r.spec.service: r for r in shipper.runners.values()}
+        assert sorted(runners) == ["alpha", "beta"]
+        for path in (alpha / "0.log", alpha):
+            path.unlink() if path.is_file() else path.rmdir()
+        alpha.parent.rmdir()
+        monkeypatch.setattr(discover_mod.os, "scandir", _failing_scandir(beta.parent, errno.EMFILE))
+        scan = shipper._discover()
+        assert not scan.complete
+        shipper._sync_sources(scan)
+        assert runners["alpha"].finishing  # its pod is gone
+        assert not runners["beta"].finishing  # only unlisted
+        assert shipper._blind_passes == 0
+        assert shipper._scan_delay(False, True) == cfg.discover_interval  # no back-off
+        monkeypatch.undo()
+        for r in list(shipper.runners.values()):
+            r.stopping = True
+        await asyncio.gather(*(r.task for r in list(shipper.runners.values()) if r.task))
+        await shipper.client.close()
+        shipper.registry.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(go(), 60))
+    finally:
+        receiver.close()
+
+
+def test_rotated_siblings_raises_on_a_transient_listing_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = tmp_path / "0.log"
+    live.write_bytes(b"")
+    (tmp_path / "0.log.1").write_bytes(b"")
+    assert rotated_siblings(live) == [tmp_path / "0.log.1"]
+    assert rotated_siblings(tmp_path / "gone" / "0.log") == []  # no folder: no rotated files
+
+    def listdir(path: Any) -> list[str]:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(discover_mod.os, "listdir", listdir)
+    with pytest.raises(OSError, match="Too many open files"):
+        rotated_siblings(live)  # "none" would be a lie: the caller must look again later
+
+
+def test_scan_without_scope_is_blind() -> None:
+    """A failure recorded without its folder is taken to concern everything (conservative)."""
+    scan = Scan(failures=["cannot list /x: [Errno 24] Too many open files"])
+    assert scan.blind and scan.may_have_missed(Path("/anything"))
+    assert not Scan().may_have_missed(Path("/anything"))
+
+
+REPO = Path(__file__).resolve().parents[2]
+_AS_NOBODY = """
+import json, logging, sys
+from pathlib import Path
+from shipper.discover import Discoverer
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+d = Discoverer(Path(sys.argv[1]) / "none", Path(sys.argv[1]) / "pods", ())
+scans = [d.scan() for _ in range(2)]
+print(json.dumps([[s.complete, sorted(x.service for x in s.specs)] for s in scans]))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root")
+def test_real_eacces_as_an_unprivileged_user() -> None:
+    """The auditor's case for real: the shipper runs as nobody, one pod folder is root's."""
+    top = Path(tempfile.mkdtemp(prefix="logq-eacces-", dir="/tmp"))
+    try:
+        top.chmod(0o755)
+        pods = top / "pods"
+        _pod(pods, "alpha-0", "0b2c9f3e-1111-2222-3333-4444555566aa")
+        beta = _pod(pods, "beta-0", "0b2c9f3e-1111-2222-3333-4444555566bb")
+        for d in (pods, beta.parent.parent, *pods.rglob("*")):
+            d.chmod(0o755 if d.is_dir() else 0o644)
+        beta.parent.chmod(0o700)
+        done = subprocess.run(
+            [
+                *("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"),
+                *(sys.executable, "-c", _AS_NOBODY, str(top)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [[True, ["alpha"]], [True, ["alpha"]]]
+    assert done.stderr.count("cannot list pod folder") == 1, done.stderr
+    assert "uid=65534" in done.stderr and "Permission denied" in done.stderr
+
+
+def test_container_metadata_never_readable_ships_under_the_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EACCES on ``config.v2.json`` is permanent: the container is shipped under its id (as
+    for a bad file, warned once) instead of making every pass incomplete."""
+    docker = tmp_path / "containers"
+    make_container(docker, "a" * 64, "app", {"logq.service": "pay"}, lines=["x"])
+    real_stat = os.stat
+
+    def stat(path: Any, *args: Any, **kw: Any) -> Any:
+        if str(path).endswith("config.v2.json"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_stat(path, *args, **kw)
+
+    monkeypatch.setattr(discover_mod.os, "stat", stat)
+    d = Discoverer(docker, tmp_path / "none", ())
+    with caplog.at_level(logging.WARNING, logger="logq.shipper"):
+        scans = [d.scan() for _ in range(2)]
+    for scan in scans:
+        assert scan.complete
+        assert [s.service for s in scan.specs] == ["a" * 12]
+    assert caplog.text.count("cannot read container metadata") == 1
