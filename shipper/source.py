@@ -70,6 +70,7 @@ class SourceRunner:
             cfg.hostname,
             cfg.max_line_bytes,
             on_loss=lambda reason: lost.labels(self.spec.service, reason).inc(),
+            once=cfg.once,
         )
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=1)
         self.finishing = False
@@ -165,7 +166,9 @@ class SourceRunner:
                 self.finishing and not self.tailer.cursors
             ):
                 # --once waits its turn for a file descriptor (sources ending free theirs)
-                # instead of ending with its files unread.
+                # instead of ending with its files unread. It ends at the bound the tailer set
+                # when it started (Tailer.finished), not when the writer pauses: a container
+                # writing faster than we ship cannot keep it going.
                 break
             await asyncio.sleep(cfg.poll_interval)
         await self.queue.put(None)  # tells the sender that nothing more comes

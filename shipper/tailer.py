@@ -248,18 +248,36 @@ class Cursor:
         self.frees: list[tuple[int, Cursor]] = []
         """(resume, file): reading this file completed a split line begun in that rotated-away
         file; once a batch up to ``resume`` is acknowledged, its checkpoint can go."""
+        self.stop_at: int | None = None
+        """``--once``: read no byte at or past this offset (what the file held when the
+        source started); None reads on as the file grows."""
+        self.bound_reached = False
+        """``--once``: every complete line below :attr:`stop_at` is read; what is left below
+        it (an unfinished last line) is for the next run."""
 
     def read(self, block: int, max_lines: int = 1 << 30) -> Chunk | None:
         """The next complete lines (at most ``max_lines``), or None at the end of what is
-        written so far."""
-        data = os.pread(self.fd, block, self.read_pos)
+        written so far (or at :attr:`stop_at`)."""
+        limit = block
+        if self.stop_at is not None:
+            limit = min(block, self.stop_at - self.read_pos)
+            if limit <= 0:
+                self.at_end = self.bound_reached = True
+                return None
+        data = os.pread(self.fd, limit, self.read_pos)
         self.at_end = not data
         if not data:
             return None
         if self._skip is not None:
+            # At the bound, the rest of an overlong line is for the next run (it resumes at
+            # the line's start): the skip stops there, and the next read ends the file.
             return self._skip_more(data)
         idx = data.rfind(b"\n")
         if idx < 0:
+            if limit < block and len(data) == limit:
+                # The bound falls inside a line: left whole for the next run.
+                self.at_end = self.bound_reached = True
+                return None
             if len(data) < block:
                 if self.final:  # rotated away with an unterminated last line: ship it as is
                     return self._last_line(data)
@@ -359,8 +377,15 @@ class Tailer:
         max_line_bytes: int,
         block_size: int = 256 * 1024,
         on_loss: Callable[[str], None] | None = None,
+        once: bool = False,
     ) -> None:
         self.spec = spec
+        self.once = once
+        """``--once``: ship what the files hold when the source starts, then end (see
+        :meth:`finished`); lines written later are for the next run."""
+        self._bounded = False
+        """``--once``: :meth:`start` set the bound; files opened after it hold only newer
+        lines and are not read (their checkpoints let the next run read them)."""
         self.on_loss = on_loss or (lambda reason: None)
         """Called with a reason (see :data:`LOSS_REASONS`) when lines may have been lost."""
         self.registry = registry
@@ -527,6 +552,13 @@ class Tailer:
                     self.registry.remove(k)
             return
         self._start_retries = 0
+        if self.once:
+            # The bound: what the live file holds now. Rotated files opened above end where
+            # they are (no longer written); a rotation during the run keeps the live file's
+            # bytes below the bound in the open descriptor (or the copy, for copytruncate).
+            if self.live is not None:
+                self.live.stop_at = self.live.size()
+            self._bounded = True
         _stop_waiting(self.spec.key)
         _touch(self.spec.key)
         for c in self.cursors:
@@ -768,6 +800,9 @@ class Tailer:
             cur.close()
             self._back_off()
             return False
+        if self._bounded:
+            for late in (*missed, cur):  # rotated in or created after the bound: next run
+                late.stop_at = late.read_pos
         self.cursors.extend(missed)
         self.cursors.append(cur)
         self.live = cur
@@ -901,6 +936,8 @@ class Tailer:
         if not self._started:
             return False  # start() was put off (no descriptors): read() retries it
         _touch(self.spec.key)
+        if self.finished():
+            return False
         if not self.cursors:
             if self._parked is not None:  # also when finishing: lines written since count
                 return self._parked_changed() and self._open_live()
@@ -1062,6 +1099,7 @@ class Tailer:
                 epoch += 1
                 self.registry.put(file_key(st.st_dev, st.st_ino, head.fp), state)
                 copy = Cursor(fd, sib, head.fp, state, self.parser)
+                copy.stop_at = head.stop_at  # same bytes at the same offsets as head's
                 self._floor = st.st_mtime_ns
                 break
             if ours and st.st_size > head.read_pos:
@@ -1080,6 +1118,7 @@ class Tailer:
                 copy = Cursor(fd, sib, head.fp, state, self.parser)
                 copy.read_pos = copy.checked_pos = head.read_pos
                 copy.acked_floor = max(head.acked_floor, state.acked)
+                copy.stop_at = head.stop_at
                 self._floor = st.st_mtime_ns
                 break
             if ours and not read_all:
@@ -1170,6 +1209,17 @@ class Tailer:
             if held.closed and held.outstanding == 0:
                 self.registry.remove(held.key)
         cur.frees = keep
+
+    def finished(self) -> bool:
+        """``--once``: everything below the bound set at :meth:`start` is read -- the file
+        being read has reached its :attr:`Cursor.stop_at`, or no file is left. Files after it
+        were rotated in or created during the run: the next run reads them."""
+        if not (self.once and self._bounded):
+            return False
+        if not self.cursors:
+            return True
+        head = self.cursors[0]
+        return head.stop_at is not None and (head.bound_reached or head.read_pos >= head.stop_at)
 
     def behind(self) -> list[tuple[str, int]]:
         """Bytes written but not acknowledged yet, per open file."""
