@@ -327,7 +327,7 @@ class ForwardServer:
             conn.early = await asyncio.wait_for(reader.read(READ_SIZE), 1.0)
         except TimeoutError:
             return False
-        probe = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=READ_SIZE)
+        probe = wire.new_unpacker(READ_SIZE)
         probe.feed(conn.early)
         try:
             first = next(probe, None)

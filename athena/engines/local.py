@@ -262,9 +262,7 @@ class LocalEngine:
 
         out = []
         for p in parts:
-            files = list_files(
-                self.warehouse, self.warehouse.path(p.table, f"service={p.service}", f"dt={p.dt}")
-            )
+            files = list_files(self.warehouse, self.warehouse.path(p.relative))
             if files:
                 out.append(Partition(p.table, p.service, p.dt, files))
         return out
