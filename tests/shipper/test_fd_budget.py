@@ -152,20 +152,25 @@ def test_a_failed_listing_at_restart_does_not_make_a_rotated_file_lost(
     assert got == [f"line {i}" for i in range(30, 110)]
 
 
+def _restart(tmp_path: Path, path: Path) -> tuple[list[str], list[str]]:
+    """A new run over ``path`` with the saved checkpoints: (lines read, losses counted)."""
+    reg = Registry(tmp_path / "state")
+    losses: list[str] = []
+    t = Tailer(_source(path), reg, "h", 65536, on_loss=losses.append)
+    try:
+        return drain(t), losses
+    finally:
+        t.close()
+        reg.close()
+
+
 def test_a_rotated_file_really_deleted_is_still_counted_lost(
     tmp_path: Path, clock: list[float]
 ) -> None:
     """ENOENT proves it gone: the check above does not hide real losses."""
     path = _half_read_then_rotated(tmp_path)
     os.unlink(f"{path}.1")
-    reg = Registry(tmp_path / "state")
-    losses: list[str] = []
-    t = Tailer(_source(path), reg, "h", 65536, on_loss=losses.append)
-    try:
-        got = drain(t)
-    finally:
-        t.close()
-        reg.close()
+    got, losses = _restart(tmp_path, path)
     assert losses == ["deleted_unread"]
     assert got == [f"line {i}" for i in range(100, 110)]
 
@@ -180,14 +185,7 @@ def test_inode_reused_by_the_new_live_file_is_not_taken_for_the_old_one(
     os.unlink(f"{path}.1")
     os.unlink(path)
     append_docker(path, 200, 5, "other")  # likely the same inode number, never our content
-    reg = Registry(tmp_path / "state")
-    losses: list[str] = []
-    t = Tailer(_source(path), reg, "h", 65536, on_loss=losses.append)
-    try:
-        got = drain(t)
-    finally:
-        t.close()
-        reg.close()
+    got, losses = _restart(tmp_path, path)
     assert losses == ["deleted_unread"], (old.st_ino, os.stat(path).st_ino)
     assert got == [f"other {i}" for i in range(200, 205)]
 
@@ -377,13 +375,6 @@ def test_a_restart_near_the_budget_opens_the_rotated_and_the_live_file(
     one (the start was let in; a live file left closed would look gone and put it off)."""
     path = _half_read_then_rotated(tmp_path)
     monkeypatch.setattr(tailer_mod, "pin_budget", lambda: own_counts + 1)
-    reg = Registry(tmp_path / "state")
-    losses: list[str] = []
-    t = Tailer(_source(path), reg, "h", 65536, on_loss=losses.append)
-    try:
-        got = drain(t)
-    finally:
-        t.close()
-        reg.close()
+    got, losses = _restart(tmp_path, path)
     assert losses == [] and waiting_sources() == 0
     assert got == [f"line {i}" for i in range(30, 110)]
