@@ -83,7 +83,8 @@ class Metrics:
         self.lost_files = Counter(
             "logq_shipper_files_lost",
             "Log files deleted or truncated before they were read to the end (their unread "
-            "lines are lost); reason: deleted_unread, truncated_without_copy, pin_limit",
+            "lines are lost); reason: deleted_unread, truncated_without_copy, pin_limit, "
+            "rotated_unseen",
             ["service", "reason"],
             registry=r,
         )

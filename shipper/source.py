@@ -37,10 +37,13 @@ class Window:
         self.used = 0
         self._cond = asyncio.Condition()
 
+    def has_room(self, n: int) -> bool:
+        # A batch bigger than the whole window still goes, alone.
+        return self.used == 0 or self.used + n <= self.limit
+
     async def acquire(self, n: int) -> None:
         async with self._cond:
-            # A batch bigger than the whole window still goes, alone.
-            await self._cond.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            await self._cond.wait_for(lambda: self.has_room(n))
             self.used += n
 
     async def resize(self, held: int, n: int) -> None:
@@ -79,8 +82,12 @@ class SourceRunner:
         """Shutdown: read nothing more, deliver what was read."""
         self.task: asyncio.Task[None] | None = None
         self._waiting = asyncio.Event()
-        """Set while the reader waits for the window or for the sender: only then do rotations
-        need watching from outside (an idle reader at the end of its file sees them itself)."""
+        """Set while the reader waits for the window or for the sender."""
+        self._read_since_check = False
+        """The reader read a batch since the pin loop last looked: it is behind, busy."""
+        self._active = asyncio.Event()
+        """Wakes the pin loop: the reader read a batch or began to wait. An idle reader at the
+        end of its file sets neither, and sees rotations itself (:meth:`Tailer.poll`)."""
 
     def update_spec(self, spec: SourceSpec) -> None:
         """New metadata of the same file (``config.v2.json`` fixed or relabelled): lines read
@@ -114,16 +121,21 @@ class SourceRunner:
     # -- reading ----------------------------------------------------------------------------
 
     async def _pin_loop(self) -> None:
-        """Open files the runtime rotates in even while reading waits (behind, or acks slow):
-        an open file survives its deletion by the runtime's ``max-file``.
+        """Open files the runtime rotates in while the reader is behind -- waiting for acks, or
+        busy with older lines -- every :data:`PIN_CHECK_SECONDS`: an open file survives its
+        deletion by the runtime's ``max-file``.
 
-        Sleeps on :attr:`_waiting` while the reader is not blocked: with 1000 idle sources,
-        a check every 0.25 s each was about a tenth of a core for nothing."""
+        A busy reader counts, not only a waiting one: a CPU-bound reader waits for moments
+        only, and files rotated in and deleted while it worked were lost without a count.
+        Sleeps on :attr:`_active` while the reader is idle at the end of its file: with 1000
+        idle sources, a check every 0.25 s each was about a tenth of a core for nothing."""
         while not self.stopping:
-            await self._waiting.wait()
+            await self._active.wait()
             await asyncio.sleep(PIN_CHECK_SECONDS)
-            if not self._waiting.is_set():
+            if not (self._waiting.is_set() or self._read_since_check):
+                self._active.clear()
                 continue
+            self._read_since_check = False
             try:
                 self.tailer.pin_new_generation()
             except OSError as exc:
@@ -137,7 +149,7 @@ class SourceRunner:
         reserve = 2 * cfg.batch_bytes
         failing_since: float | None = None
         while not self.stopping:
-            await self._blocking(window.acquire(reserve))
+            await self._blocking(window.acquire(reserve), not window.has_room(reserve))
             try:
                 batch = self._next_batch()
             except OSError as exc:
@@ -155,8 +167,10 @@ class SourceRunner:
                 continue
             failing_since = None
             if batch is not None:
+                self._read_since_check = True
+                self._active.set()
                 await window.resize(reserve, batch.nbytes)
-                await self._blocking(self.queue.put(batch))
+                await self._blocking(self.queue.put(batch), self.queue.full())
                 await asyncio.sleep(0)
                 continue
             await window.release(reserve)
@@ -173,9 +187,14 @@ class SourceRunner:
             await asyncio.sleep(cfg.poll_interval)
         await self.queue.put(None)  # tells the sender that nothing more comes
 
-    async def _blocking(self, aw: Awaitable[None]) -> None:
-        """Await something that may wait for acks, with rotations watched meanwhile."""
+    async def _blocking(self, aw: Awaitable[None], waits: bool) -> None:
+        """Await something that may wait for acks, with rotations watched meanwhile when it
+        ``waits`` (known beforehand: an idle source's turns must not wake its pin loop)."""
+        if not waits:
+            await aw
+            return
         self._waiting.set()
+        self._active.set()
         try:
             await aw
         finally:

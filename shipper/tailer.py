@@ -65,13 +65,15 @@ PARK_IDLE_SECONDS = 2.0
 more sources than descriptors, every source still makes progress, in turns."""
 OPEN_RETRY_MAX_SECONDS = 30.0
 """Longest pause between attempts to open a file while the process is out of descriptors."""
-LOSS_REASONS = ("deleted_unread", "truncated_without_copy", "pin_limit")
+LOSS_REASONS = ("deleted_unread", "truncated_without_copy", "pin_limit", "rotated_unseen")
 """Why lines may have been lost (the ``reason`` label of ``logq_shipper_files_lost_total``):
 a file known from the checkpoint was gone at start (rotated away and deleted while the shipper
 was down, and no ``.gz`` of it shows it was read to its end); a file truncated in place
 (copytruncate) with no copy to finish from; the source fell more than :data:`MAX_PINNED_FILES`
 rotations behind, or the process reached its descriptor budget (:func:`pin_budget`), so files
-deleted before it catches up are never read."""
+deleted before it catches up are never read; the file that was live at the last check is
+deleted already (see :meth:`Tailer._check_overrun`), so files may have been rotated in and
+deleted between two checks, never opened."""
 
 
 _open_files = 0
@@ -896,10 +898,46 @@ class Tailer:
         if (st.st_dev, st.st_ino) == (live.dev, live.ino):
             return
         log.info("log file rotated while behind path=%s read=%d", live.path, live.read_pos)
+        self._check_overrun(live)
         self._floor = os.fstat(live.fd).st_mtime_ns
         self.live = None
         if not self._open_live():
             self.live = live  # the new file is not complete yet (no first line): later
+
+    def _check_overrun(self, last: Cursor) -> None:
+        """``last`` was the live file when we last looked (or opened it) and the path now
+        names another file. If ``last`` is deleted already while a rotated copy newer than it
+        is there, the runtime rotated ``max-file`` times or more since that look: files
+        rotated in and deleted in between were never opened, and their lines are lost. How
+        many there were cannot be known (exactly ``max-file`` rotations lose nothing), so this
+        counts one possible loss and says what to change.
+
+        A deleted ``last`` with no newer rotated copy is a single rotation whose copy the
+        runtime compressed (Docker ``compress``): we hold ``last`` open and lose nothing."""
+        try:
+            if os.fstat(last.fd).st_nlink != 0:
+                return
+            floor = os.fstat(last.fd).st_mtime_ns
+            newer = 0
+            for sib in rotated_siblings(self.spec.path):
+                try:
+                    newer += os.stat(sib).st_mtime_ns >= floor
+                except OSError:
+                    continue
+        except OSError:
+            return
+        if not newer:
+            return
+        self.on_loss("rotated_unseen")
+        log.warning(
+            "log file rotated away and deleted between two checks of its path: the runtime "
+            "rotates faster than the shipper looks (every %g s while behind), and files "
+            "rotated in and deleted in between may be lost; raise the rotation size or count "
+            "(Docker max-size/max-file, kubelet containerLogMaxSize/containerLogMaxFiles) "
+            "path=%s",
+            PIN_CHECK_SECONDS,
+            self.spec.path,
+        )
 
     def _pin_full(self) -> bool:
         """Whether this source may not open another file while behind: it holds
@@ -967,6 +1005,7 @@ class Tailer:
             return False
         if (st.st_dev, st.st_ino) != (head.dev, head.ino):
             log.info("log file rotated path=%s read=%d", head.path, head.read_pos)
+            self._check_overrun(head)
             self.live = None
             self._floor = os.fstat(head.fd).st_mtime_ns
             if head.has_remainder():

@@ -1,0 +1,179 @@
+"""A container rotating its log faster than a busy shipper reads it.
+
+The reader here is CPU-bound (each read is slowed down, as parsing a large backlog is), not
+waiting for acks: it waits only for moments. Files the runtime rotates in meanwhile must be
+opened (pinned) while they exist, and when the runtime rotated a file in and deleted it between
+two checks, the possible loss is counted (``files_lost_total{reason="rotated_unseen"}``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from shipper.config import load_config
+from shipper.daemon import Shipper
+from shipper.tailer import PIN_CHECK_SECONDS, Tailer
+from tests.shipper.hostgen import docker_line, make_container
+from tests.shipper.receiver import Receiver
+
+BACKLOG = 120
+READ_SECONDS = 0.1
+"""Each read of the slowed reader blocks the event loop this long (5 lines a batch): the
+backlog keeps it busy for about two seconds."""
+
+
+def _rotate(path: Path, max_file: int) -> None:
+    """Docker's json-file rotation with ``max-file``: the oldest generation is deleted."""
+    for n in range(max_file - 1, 0, -1):
+        older = Path(f"{path}.{n}")
+        if older.exists():
+            if n == max_file - 1:
+                older.unlink()
+            else:
+                os.replace(older, f"{path}.{n + 1}")
+    os.replace(path, f"{path}.1")
+
+
+def _generation(path: Path, gen: int) -> list[str]:
+    texts = [f"g{gen}-{i}" for i in range(5)]
+    path.write_bytes(b"".join(docker_line(t, i) for i, t in enumerate(texts)))
+    return texts
+
+
+def _run(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    rotate: Callable[[Path, Callable[[], bool]], Awaitable[None]],
+) -> tuple[Receiver, float]:
+    """Ship a backlog with a slowed reader while ``rotate`` rotates the log (its second argument
+    tells whether the reader is still on the backlog); returns the receiver (after the shipper
+    stopped) and the ``rotated_unseen`` count."""
+    real_read = Tailer.read
+
+    def slow_read(self: Tailer, *args: int) -> object:
+        time.sleep(READ_SECONDS)  # a CPU-bound parse: the event loop is busy, nothing waits
+        return real_read(self, *args)
+
+    monkeypatch.setattr(Tailer, "read", slow_read)
+    docker = tmp_path / "containers"
+    log_path = make_container(
+        docker, "7" * 64, "fast", lines=[f"backlog-{i}" for i in range(BACKLOG)]
+    )
+    receiver = Receiver()
+    cfg = load_config(
+        [
+            *("--aggregator", receiver.address, "--hostname", "h"),
+            *("--docker-root", str(docker), "--cri-root", str(tmp_path / "none")),
+            *("--state-dir", str(tmp_path / "state"), "--poll-interval", "0.05"),
+            *("--batch-lines", "5", "--retry-timeout", "5"),
+        ]
+    )
+    unseen = 0.0
+
+    async def go() -> None:
+        nonlocal unseen
+        shipper = Shipper(cfg)
+        run = asyncio.create_task(shipper.run())
+        while len(receiver.records) < 10:
+            await asyncio.sleep(0.01)
+        (source,) = shipper.runners.values()
+        await rotate(log_path, lambda: len(receiver.records) < BACKLOG)
+        while not receiver.records or receiver.lines()[-1] != "g-last":
+            await asyncio.sleep(0.05)
+        shipper.request_stop()
+        await run
+        unseen = shipper.metrics.registry.get_sample_value(
+            "logq_shipper_files_lost_total",
+            {"service": source.spec.service, "reason": "rotated_unseen"},
+        )
+
+    try:
+        asyncio.run(asyncio.wait_for(go(), 60))
+    finally:
+        receiver.close()
+    return receiver, unseen or 0.0
+
+
+def _finish(path: Path, max_file: int) -> None:
+    _rotate(path, max_file)
+    path.write_bytes(docker_line("g-last"))
+
+
+def test_a_busy_reader_opens_every_rotated_file_before_it_is_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """max-file 2, a rotation every 0.4 s while the reader is still on its backlog: each
+    rotated file is deleted 0.8 s after it appeared, long before the reader reaches it. All
+    are pinned by the check that runs every 0.25 s; nothing is lost, nothing counted."""
+    written: list[str] = []
+
+    async def rotate(path: Path, busy: Callable[[], bool]) -> None:
+        for gen in range(1, 4):
+            _rotate(path, max_file=2)
+            written.extend(_generation(path, gen))
+            await asyncio.sleep(0.4)
+            assert busy(), "the reader caught up: the test proves nothing"
+        _finish(path, max_file=2)
+
+    receiver, unseen = _run(tmp_path, monkeypatch, rotate)
+    lines = receiver.lines()
+    assert lines == [f"backlog-{i}" for i in range(BACKLOG)] + written + ["g-last"]
+    assert unseen == 0
+
+
+def test_files_rotated_in_and_deleted_between_two_checks_are_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three rotations with max-file 2 between two checks: the file being read is held open and
+    read whole, the generation rotated in and deleted at once is lost, and that is counted."""
+    written: list[str] = []
+
+    async def rotate(path: Path, busy: Callable[[], bool]) -> None:
+        await asyncio.sleep(2 * PIN_CHECK_SECONDS)  # the backlog file was checked as live
+        for gen in range(1, 4):  # no await in between: no check can fall between them
+            _rotate(path, max_file=2)
+            texts = _generation(path, gen)
+            if gen != 1:
+                written.extend(texts)
+        await asyncio.sleep(3 * PIN_CHECK_SECONDS)
+        assert busy(), "the reader caught up: the test proves nothing"
+        _finish(path, max_file=2)
+
+    receiver, unseen = _run(tmp_path, monkeypatch, rotate)
+    lines = receiver.lines()
+    assert lines == [f"backlog-{i}" for i in range(BACKLOG)] + written + ["g-last"]
+    assert unseen == 1
+
+
+def test_a_rotated_file_compressed_at_once_is_no_loss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Docker's ``compress``: the rotated file becomes ``.1.gz`` and the plain copy is deleted
+    right after the rotation. The file being read is held open and read whole, so nothing is
+    lost and nothing may be counted."""
+    written: list[str] = []
+
+    async def rotate(path: Path, busy: Callable[[], bool]) -> None:
+        await asyncio.sleep(2 * PIN_CHECK_SECONDS)
+        _rotate(path, max_file=2)
+        rotated = Path(f"{path}.1")
+        Path(f"{path}.1.gz").write_bytes(gzip.compress(rotated.read_bytes()))
+        rotated.unlink()
+        written.extend(_generation(path, 1))
+        await asyncio.sleep(3 * PIN_CHECK_SECONDS)
+        assert busy(), "the reader caught up: the test proves nothing"
+        Path(f"{path}.1.gz").unlink()
+        _rotate(path, max_file=2)
+        path.write_bytes(docker_line("g-last"))
+
+    receiver, unseen = _run(tmp_path, monkeypatch, rotate)
+    lines = receiver.lines()
+    assert lines == [f"backlog-{i}" for i in range(BACKLOG)] + written + ["g-last"]
+    assert unseen == 0
