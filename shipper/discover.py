@@ -118,8 +118,16 @@ TRANSIENT_ERRNOS = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR, errno.EIO}
 )
 
-#: Folders already reported as unlistable for good (EACCES...): warned once each, then skipped.
+#: Folders (and metadata files) reported as unreadable for good (EACCES...) that still fail:
+#: warned once each, then skipped. One that can be read again leaves the set (:func:`_readable`),
+#: so a later failure is warned about again, and the set holds only what fails now.
 _UNLISTABLE: set[str] = set()
+
+
+def _readable(path: str) -> None:
+    """``path`` was listed or read: it is warned about again if it fails later."""
+    if _UNLISTABLE:
+        _UNLISTABLE.discard(path)
 
 
 def _cannot_list(scan: Scan, what: str, path: str, exc: OSError, *, root: bool = False) -> None:
@@ -247,6 +255,7 @@ class Discoverer:
         except OSError as exc:
             _cannot_list(scan, "docker root", str(root), exc, root=True)
             return []
+        _readable(str(root))
         out = []
         seen: set[str] = set()
         for entry in entries:
@@ -264,8 +273,16 @@ class Discoverer:
         # Plain strings and a spec reused while the metadata is the same object: this runs for
         # every container on every pass.
         path = f"{cdir}/{cid}-json.log"
-        if not os.path.exists(path):
+        try:
+            os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as exc:
+            # EACCES: Docker's folders are root's (0700 or 0710); a shipper that is not root
+            # must be told why nothing of this container arrives, not skip it in silence.
+            _cannot_list(scan, "container folder", cdir, exc)
+            return None
+        _readable(cdir)
         config = f"{cdir}/config.v2.json"
         meta = self._metadata(config, scan, seen)
         if meta is None:
@@ -312,6 +329,7 @@ class Discoverer:
                     exc,
                 )
             return _NO_META
+        _readable(path)
         version = _version(st)
         seen.add(key)
         if cached is not None and cached[0] == version:
@@ -402,6 +420,7 @@ def _discover_cri(
     except OSError as exc:
         _cannot_list(scan, "CRI root", str(root), exc, root=True)
         return []
+    _readable(str(root))
     seen: set[str] = set()
     for pod_dir in pod_dirs:
         parts = pod_dir.name.split("_")
@@ -422,6 +441,7 @@ def _discover_cri(
         except OSError as exc:
             _cannot_list(scan, "pod folder", pod_dir.path, exc)
             continue
+        _readable(pod_dir.path)
         for cdir in containers:
             try:
                 with os.scandir(cdir.path) as it:
@@ -431,6 +451,7 @@ def _discover_cri(
             except OSError as exc:
                 _cannot_list(scan, "container folder", cdir.path, exc)
                 continue
+            _readable(cdir.path)
             for f in logs:
                 fmt = _pod_log_format(Path(f.path)) if f.is_symlink() else "cri"
                 if fmt is None:

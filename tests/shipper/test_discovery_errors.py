@@ -71,6 +71,52 @@ def test_a_folder_never_listable_is_skipped_with_one_warning(
     assert str(beta.parent) in warnings[0] and f"uid={os.geteuid()}" in warnings[0]
 
 
+def test_a_folder_failing_again_after_it_recovered_is_warned_about_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    pods = tmp_path / "pods"
+    _pod(pods, "alpha-0", "0b2c9f3e-1111-2222-3333-4444555566aa")
+    beta = _pod(pods, "beta-0", "0b2c9f3e-1111-2222-3333-4444555566bb")
+    real = discover_mod.os.scandir
+    d = Discoverer(tmp_path / "none", pods, ())
+    with caplog.at_level(logging.WARNING, logger="logq.shipper"):
+        for failing in (True, True, False, False, True):
+            scandir = _failing_scandir(beta.parent, errno.EACCES) if failing else real
+            monkeypatch.setattr(discover_mod.os, "scandir", scandir)
+            services = sorted(s.service for s in d.scan().specs)
+            assert services == (["alpha"] if failing else ["alpha", "beta"])
+    warnings = [r.getMessage() for r in caplog.records if "cannot list" in r.getMessage()]
+    assert len(warnings) == 2, warnings  # the first failure and the one after the recovery
+    assert not discover_mod._UNLISTABLE - {str(beta.parent)}
+
+
+def test_a_docker_container_folder_the_shipper_cannot_enter_is_warned_about(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Docker keeps container folders root's (0700/0710): a shipper running as another user
+    used to skip them in silence. (Simulated: the tests may run as root, who can enter.)"""
+    docker = tmp_path / "containers"
+    make_container(docker, "a" * 64, "alpha", lines=["x"])
+    hidden = make_container(docker, "b" * 64, "beta", lines=["y"])
+    real = discover_mod.os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if str(path).startswith(str(hidden.parent)):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(discover_mod.os, "stat", stat)
+    d = Discoverer(docker, tmp_path / "none", ())
+    with caplog.at_level(logging.WARNING, logger="logq.shipper"):
+        scans = [d.scan() for _ in range(3)]
+    for scan in scans:
+        assert scan.complete
+        assert [s.service for s in scan.specs] == ["alpha"]
+    warnings = [r.getMessage() for r in caplog.records if "cannot list" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert str(hidden.parent) in warnings[0] and f"uid={os.geteuid()}" in warnings[0]
+
+
 def test_a_transient_failure_is_scoped_to_its_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
