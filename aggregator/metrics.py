@@ -74,6 +74,13 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        self.rows_outside_projection = Counter(
+            "logq_aggregator_rows_outside_projection_total",
+            "Rows stamped before 2020 or more than 15 minutes ahead (a broken clock): stored, "
+            "but outside Athena's dt projection, so only the local engine finds them",
+            ["table", "service"],
+            registry=r,
+        )
         self.duplicates = Counter(
             "logq_aggregator_duplicates_dropped_total",
             "Resent records dropped by source offset",

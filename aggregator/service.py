@@ -55,9 +55,14 @@ from aggregator.ledger import (
 from aggregator.memory import tune_memory
 from aggregator.metrics import Metrics, MetricsServer
 from aggregator.server import ForwardServer, ServerLimits, tls_context
+from athena.ddl import outside_projection
 from athena.warehouse import WarehouseError, open_warehouse
 
 log = logging.getLogger("logq.aggregator")
+
+#: Rows outside the Athena projection are logged at most this often per table and service
+#: (the counter counts them all).
+CLOCK_WARNING_SECONDS = 600.0
 
 SHUTDOWN_FLUSH_SECONDS = 60.0
 BACKOFF_MAX_SECONDS = 60.0
@@ -201,6 +206,8 @@ class Aggregator:
         self._size_seal: asyncio.Task[None] | None = None
         self._catalog_task: asyncio.Task[None] | None = None
         self._catalog_pending: set[str] = set()
+        self._clock_warned: dict[tuple[str, str], float] = {}
+        """(table, service) -> when rows outside the Athena projection were last logged."""
         self._catalog_ready = False
         self.server: ForwardServer | None = None
         self.metrics_server: MetricsServer | None = None
@@ -550,6 +557,30 @@ class Aggregator:
             m.rows_written.labels(f.table).inc(f.rows)
         for service, count in result.parse_failures.items():
             m.parse_failures.labels(service).inc(count)
+        now = time.time()
+        for f in result.files:
+            if outside_projection(f.dt, now):
+                m.rows_outside_projection.labels(f.table, f.service).inc(f.rows)
+                self._warn_clock(f.table, f.service, f.dt, now)
+
+    def _warn_clock(self, table: str, service: str, dt: str, now: float) -> None:
+        """Say (at most every :data:`CLOCK_WARNING_SECONDS` per table and service) that rows
+        went where Athena does not look."""
+        last = self._clock_warned.get((table, service))
+        if last is not None and now - last < CLOCK_WARNING_SECONDS:
+            return
+        if len(self._clock_warned) >= 10_000:
+            self._clock_warned.clear()
+        self._clock_warned[table, service] = now
+        log.warning(
+            "rows stamped outside the Athena partition projection (before 2020 or more than "
+            "15 minutes ahead: a broken clock at the source); they are stored, and only the "
+            "local engine finds them (logq sql ... --since/--until around that time) table=%s "
+            "service=%s dt=%s",
+            table,
+            service,
+            dt,
+        )
 
     async def _catalog_resync_loop(self) -> None:
         """Pick up services other aggregators added, in case two DDL rewrites crossed."""

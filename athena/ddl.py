@@ -22,6 +22,22 @@ PLACEHOLDER_SERVICE = "unknown"
 
 #: First hour the ``dt`` projection covers; Athena only enumerates within the query's own range.
 PROJECTION_START = "2020-01-01-00"
+#: Rows this far ahead of the aggregator's clock count as out of the projection (``..NOW``):
+#: a few minutes of skew between hosts is normal, and such rows become visible as time passes.
+FUTURE_SLACK_SECONDS = 15 * 60
+
+
+def outside_projection(dt: str, now: float) -> bool:
+    """Whether Athena's ``dt`` projection (:data:`PROJECTION_START` to ``NOW``) misses the hour
+    ``dt`` (``YYYY-MM-DD-HH``) at ``now`` (epoch seconds), beyond :data:`FUTURE_SLACK_SECONDS`:
+    rows stamped by a broken clock, before 2020 or well in the future. They are stored, and
+    only the local engine finds them."""
+    from datetime import UTC, datetime
+
+    from athena.timerange import dt_of
+
+    latest = dt_of(datetime.fromtimestamp(now + FUTURE_SLACK_SECONDS, tz=UTC))
+    return dt < PROJECTION_START or dt > latest
 
 
 def quote_ident(name: str) -> str:
