@@ -253,6 +253,8 @@ class _Partial:
     parts: list[str]
     size: int = 0
     dropped: int = 0
+    end: int = 0
+    """Offset just past the last part received (in the file of that part)."""
     starts: dict[object, int] = field(default_factory=dict)
     """Per file (:attr:`LineParser.origin`) the offset of the group's first part in it: a group
     can span a rotation, and no file's checkpoint may pass the start of its parts."""
@@ -302,6 +304,30 @@ class LineParser:
     def feed(self, lines: list[bytes], base: int) -> Lines:
         raise NotImplementedError
 
+    def flush(self, origin: object) -> Lines:
+        """The unfinished groups whose parts all lie in file ``origin``, as they are: their
+        last part is not coming (the container died mid-line) or not soon. Fluent Bit does
+        the same after ``Docker_Mode_Flush`` seconds. A part arriving later starts a new line.
+        """
+        out = self.new_lines()
+        for stream, p in list(self._partials.items()):
+            if set(p.starts) != {origin}:
+                continue
+            del self._partials[stream]
+            log = "".join(p.parts)
+            if p.dropped:
+                out.truncated += 1
+                out.add(
+                    p.end,
+                    p.time,
+                    p.time_ns,
+                    stream,
+                    log + TRUNCATION_MARKER.format(dropped=p.dropped),
+                )
+            else:
+                self._emit(out, p.end, p.time, p.time_ns, stream, log)
+        return out
+
     # -- shared helpers --------------------------------------------------------------------
 
     def _emit(self, out: Lines, offset: int, t: str, t_ns: int, stream: str, log: str) -> None:
@@ -326,6 +352,7 @@ class LineParser:
                 return
             p = self._partials[stream] = _Partial(start, t, self.times.to_ns(t), [])
         p.starts.setdefault(self.origin, start)
+        p.end = end
         room = self.max_line_bytes - p.size
         if len(text) <= room:
             p.parts.append(text)

@@ -59,6 +59,11 @@ FD_RESERVE_FRACTION = 0.1
 """Share of the soft ``RLIMIT_NOFILE`` kept free of log files for sockets, the registry and
 new sources' live files: pinning rotated files stops at the rest (see :func:`pin_budget`)."""
 FD_RESERVE_MIN = 64
+SPLIT_FLUSH_SECONDS = 5.0
+"""A line the runtime split (Docker 16 KiB partial entries, CRI ``P`` parts) whose next part has
+not come for this long, while the file has nothing new, is shipped as it is (Fluent Bit's
+``Docker_Mode_Flush``, 4 s by default): a container that died mid-line would otherwise hold it,
+and its file's checkpoint, for as long as the source lives."""
 PARK_IDLE_SECONDS = 2.0
 """While sources wait for a descriptor, a source whose live file had nothing new for this long
 (read to its end, all acknowledged) closes it and reopens it when it grows or is rotated: with
@@ -852,7 +857,32 @@ class Tailer:
             self._last_data = time.monotonic()
             if self._held:
                 self._settle_held(chunk)
+        elif head is self.live and len(self.cursors) == 1:
+            chunk = self._flush_split(head)
         return chunk
+
+    def _flush_split(self, head: Cursor) -> Chunk | None:
+        """At the end of the live file, a split line whose parts all lie in it and whose next
+        part has not come for :data:`SPLIT_FLUSH_SECONDS`: shipped as it is."""
+        if (
+            self.once  # --once leaves unfinished lines to the next run
+            or self._held
+            or time.monotonic() - self._last_data < SPLIT_FLUSH_SECONDS
+            or self.parser.pending_origins() != {head}
+        ):
+            return None
+        self.parser.origin = head
+        lines = self.parser.flush(head)
+        if not len(lines):
+            return None
+        log.info(
+            "shipping an unfinished split line as it is: its next part has not come for %g s "
+            "path=%s offset=%d",
+            SPLIT_FLUSH_SECONDS,
+            head.path,
+            lines.offsets[0],
+        )
+        return Chunk(head, lines, head._resume(), 0)
 
     @staticmethod
     def _rewritten(cur: Cursor) -> bool:

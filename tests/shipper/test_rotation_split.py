@@ -7,6 +7,7 @@ not acknowledged whole: a restart at any point re-reads the group from its first
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,51 @@ def test_follow_mode_joins_a_line_split_across_rotation(tmp_path: Path) -> None:
         receiver.close()
     assert rc == 0, err
     assert receiver.lines() == ["before", BIG + TAIL, "after"]
+
+
+@pytest.mark.parametrize("fmt", ["docker", "cri"])
+def test_a_split_line_whose_last_part_never_comes_is_shipped_as_it_is(
+    tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """A container that died mid-line: after SPLIT_FLUSH_SECONDS without its next part, the
+    parts read so far go out as one line (Fluent Bit's Docker_Mode_Flush), and the file's
+    checkpoint moves past them, so a restart neither holds nor ships them again."""
+    import shipper.tailer as tailer_mod
+
+    monkeypatch.setattr(tailer_mod, "SPLIT_FLUSH_SECONDS", 0.2)
+    path = tmp_path / ("c-json.log" if fmt == "docker" else "0.log")
+    if fmt == "docker":
+        line = docker_line
+        parts = docker_line(BIG, 1, nl=False) + docker_line("more", 2, nl=False)
+    else:
+        line = cri_line
+        parts = cri_line(BIG, 1, tag="P") + cri_line("more", 2, tag="P")
+    write(path, line("before", 0) + parts)
+    t, reg = tailer(path, state, fmt)
+    assert drain(t) == ["before"]  # the split line waits for its next part
+    key = next(iter(reg.items()))[0]
+    held_at = reg.get(key).offset
+    time.sleep(0.3)
+    assert drain(t) == [BIG + "more"]
+    assert reg.get(key).offset == path.stat().st_size  # past the parts: not read again
+    write(path, line("after", 3))
+    assert drain(t) == ["after"]
+    t, reg = restart(t, reg, path, state, fmt)
+    assert drain(t) == []
+    assert held_at < path.stat().st_size
+    reg.close()
+
+
+def test_a_split_line_completed_in_time_is_not_cut(
+    tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shipper.tailer as tailer_mod
+
+    monkeypatch.setattr(tailer_mod, "SPLIT_FLUSH_SECONDS", 30.0)
+    path = tmp_path / "c-json.log"
+    write(path, docker_line(BIG, 1, nl=False))
+    t, reg = tailer(path, state)
+    assert drain(t) == []
+    write(path, docker_line(TAIL, 2))
+    assert drain(t) == [BIG + TAIL]
+    reg.close()
