@@ -1,7 +1,7 @@
 """Commands over ``envoy_access``: errors, latency, flags, upstreams, top, timeline, trace."""
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -207,6 +207,44 @@ def trace(
             "envoy_access",
             {"request_id": request_id},
         )
-        result = runner.execute(common, prep)
-        if result is not None:
-            runner.show(common, result, prep, f"request {request_id}")
+        if common.dry_run:
+            runner.execute(common, prep)
+            return
+        result, prep = _recent_first(common, prep, request_id)
+        runner.show(common, result, prep, f"request {request_id}")
+
+
+#: ``trace`` looks in the newest hour of its range first: a request's hops start within seconds
+#: of each other, and most traces are of recent requests. On Athena that scans a 24th of the
+#: default day (about USD 0.04 instead of 1 at 100,000 lines/s); the whole range is read only
+#: when the id is not there, or when its first hop is so close to the hour's start that earlier
+#: hops may lie before it.
+TRACE_FIRST_LOOK_SECONDS = 3600
+TRACE_MARGIN_SECONDS = 300
+
+
+def _recent_first(common: Common, prep: Any, request_id: str) -> tuple[Any, Any]:
+    """(result, prepared query) of ``trace``: the newest hour, else the whole range."""
+    from dataclasses import replace
+    from datetime import timedelta
+
+    from cli import runner
+
+    trange = prep.trange
+    first_look = timedelta(seconds=TRACE_FIRST_LOOK_SECONDS)
+    margin = timedelta(seconds=TRACE_MARGIN_SECONDS)
+    if trange.until - trange.since <= first_look + margin:
+        return runner.execute(common, prep), prep
+    start = trange.until - first_look
+    near = replace(common, since=start.isoformat(), until=trange.until.isoformat())
+    recent = runner.prepare(near, "trace", "envoy_access", {"request_id": request_id})
+    found = runner.execute(near, recent)
+    if found.rows:
+        at = found.columns.index("timestamp")
+        if min(row[at] for row in found.rows) - start >= margin:
+            return found, recent
+    whole = runner.execute(common, prep)
+    whole.elapsed_s += found.elapsed_s
+    if whole.scanned_bytes is not None and found.scanned_bytes is not None:
+        whole.scanned_bytes += found.scanned_bytes  # both are billed
+    return whole, prep
