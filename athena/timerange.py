@@ -93,6 +93,21 @@ def dt_of(ts: datetime) -> str:
     return f"{ts.year:04d}-{ts:%m-%d-%H}"
 
 
+#: Where a range with no start begins (``logq sql`` without ``--since``).
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _ceil_ms(ts: datetime) -> datetime:
+    """``ts`` rounded up to the next whole millisecond (unchanged when it is one)."""
+    extra = ts.microsecond % 1000
+    if not extra:
+        return ts
+    try:
+        return ts + timedelta(microseconds=1000 - extra)
+    except OverflowError:
+        return ts - timedelta(microseconds=extra)
+
+
 @dataclass(frozen=True)
 class TimeRange:
     """A half-open UTC range ``[since, until)``."""
@@ -104,16 +119,35 @@ class TimeRange:
 
     @classmethod
     def parse(
-        cls, since: str | None, until: str | None, now: datetime | None = None, default: str = "1h"
+        cls,
+        since: str | None,
+        until: str | None,
+        now: datetime | None = None,
+        default: str = "1h",
+        open_start: bool = False,
     ) -> TimeRange:
-        """Build the range from CLI values; ``since`` defaults to ``default`` before now."""
+        """Build the range from CLI values.
+
+        Without ``since``, the range is ``default`` long and ends at ``until`` (``--until
+        04:00`` alone means the hour before 04:00, not the hour before now), or starts at
+        :data:`EPOCH` with ``open_start`` (``logq sql``: every row). Both ends are rounded up
+        to the millisecond, the precision of the stored times, so that a bound between two
+        milliseconds neither takes in nor leaves out the row at the earlier one.
+        """
         now = (now or datetime.now(UTC)).astimezone(UTC)
         end = parse_time(until, now) if until else now
-        start = parse_time(since or default, now)
+        if since:
+            start = parse_time(since, now)
+        elif open_start:
+            start = EPOCH
+        elif _RELATIVE.match(default):
+            start = end - parse_duration(default)
+        else:
+            start = parse_time(default, now)
+        start, end = _ceil_ms(start), _ceil_ms(end)
         if start >= end:
             raise TimeRangeError(
-                f"--since ({start:%Y-%m-%dT%H:%M:%SZ}) must be before --until "
-                f"({end:%Y-%m-%dT%H:%M:%SZ})"
+                f"--since ({iso_utc(start)}) must be before --until ({iso_utc(end)})"
             )
         return cls(start, end)
 

@@ -89,7 +89,8 @@ _COMMON: list[tuple[str, Any, Any]] = [
         Annotated[
             str | None,
             typer.Option(
-                help="Start: 15m, 1h, 2d, 1w before now, or ISO-8601 (UTC when no zone).",
+                help="Start: 15m, 1h, 2d, 1w before now, or ISO-8601 (UTC when no zone); "
+                "when absent, the default span ends at --until.",
                 rich_help_panel=QUERY_PANEL,
             ),
         ],

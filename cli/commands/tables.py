@@ -49,7 +49,7 @@ def sql(
             engine = runner.make_engine(common)
             services = runner.normalise_services(common.service)
             trange = (
-                TimeRange.parse(common.since, common.until)
+                TimeRange.parse(common.since, common.until, open_start=True)
                 if common.since or common.until
                 else None
             )
@@ -276,7 +276,7 @@ def _services_local(common: Common) -> None:
     if common.since or common.until:
         from athena.timerange import TimeRange
 
-        span = TimeRange.parse(common.since, common.until)
+        span = TimeRange.parse(common.since, common.until, open_start=True)
         hours = (span.dt_from, span.dt_to)
     wh = runner.check_local(open_warehouse(common.warehouse))
     wanted = runner.normalise_services(common.service)

@@ -75,6 +75,30 @@ def test_default_and_order() -> None:
         TimeRange.parse("1h", "2h", now=NOW)
 
 
+def test_until_alone_ends_the_default_span_there() -> None:
+    """``--until 04:00`` alone: the default span before 04:00 (not before now), or every row
+    before it for ``logq sql`` (``open_start``)."""
+    until = "2026-11-27T04:00:00Z"
+    r = TimeRange.parse(None, until, now=NOW, default="1h")
+    assert (r.since, r.until) == (datetime(2026, 11, 27, 3, tzinfo=UTC), parse_time(until, NOW))
+    open_ended = TimeRange.parse(None, until, now=NOW, open_start=True)
+    assert open_ended.since == datetime(1970, 1, 1, tzinfo=UTC)
+    assert open_ended.until == parse_time(until, NOW)
+
+
+def test_bounds_between_milliseconds_round_up_to_the_next_one() -> None:
+    """Rows are stored to the millisecond: [.0005, ...) starts at .001, [..., .0005) ends
+    after the row at .000."""
+    r = TimeRange.parse("2026-11-27T00:00:00Z", "2026-11-27T00:00:00.0005Z", now=NOW)
+    assert r.until == datetime(2026, 11, 27, 0, 0, 0, 1000, tzinfo=UTC)
+    assert r.sql_params()["until"] == "2026-11-27 00:00:00.001"
+    r = TimeRange.parse("2026-11-26T23:59:59.9995Z", "2026-11-27T00:00:01Z", now=NOW)
+    assert r.since == datetime(2026, 11, 27, tzinfo=UTC)
+    assert r.dt_from == "2026-11-27-00"
+    with pytest.raises(TimeRangeError, match=r"\(2026-11-27T00:00:00\.002Z\) must be before"):
+        TimeRange.parse("2026-11-27T00:00:00.0011Z", "2026-11-27T00:00:00.002Z", now=NOW)
+
+
 def test_interval() -> None:
     assert parse_interval("1m") == timedelta(minutes=1)
     assert parse_interval("5m") == timedelta(minutes=5)

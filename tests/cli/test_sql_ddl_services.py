@@ -242,3 +242,20 @@ def test_sql_limit_fetches_the_first_rows_in_order(logq, warehouse: Warehouse) -
     every = logq("sql", "SELECT count(*) AS n FROM envoy_access", "-f", "json", "--limit", "1",
                  "--warehouse", warehouse.uri)  # fmt: skip
     assert every.json() == [{"n": len(warehouse.access)}]
+
+
+def test_until_alone_reads_every_row_before_it(logq, warehouse: Warehouse) -> None:
+    """`sql` and `services` without --since have no start: --until alone keeps every row
+    before it (it used to mean the hour before now, and a past --until was refused)."""
+    until = "2026-11-28T00:40:00Z"
+    run = logq(
+        "sql", "SELECT count(*) AS n FROM envoy_access", "--until", until,
+        "-f", "json", "--warehouse", warehouse.uri,
+    )  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    before = warehouse.access[warehouse.access["timestamp"] < pd.Timestamp(until)]
+    assert 0 < len(before) < len(warehouse.access)
+    assert run.json() == [{"n": len(before)}]
+    services = logq("services", "-f", "json", "--until", until, "--warehouse", warehouse.uri)
+    assert services.exit_code == 0, services.stderr
+    assert sorted(r["service"] for r in services.json()) == sorted(SERVICES)
