@@ -181,6 +181,12 @@ def _for_duckdb(node: Any) -> Any:
     * ``approx_percentile`` becomes ``quantile_disc``: DuckDB's ``approx_quantile`` is a t-digest,
       and locally the exact answer costs nothing.
     * ``logs.envoy_access`` (database-qualified, as written for Athena) reads the local view.
+    * ``date_diff(unit, a, b)`` counts whole units, as Trino does (DuckDB's ``date_diff``
+      counts unit boundaries crossed; its ``date_sub`` is Trino's meaning): 23:45 to 03:56 the
+      next day is 0 days, not 1.
+    * ``regexp_extract`` is NULL when the pattern does not match, as in Trino (DuckDB gives '').
+    Integer division truncates as in Trino through the connection's ``integer_division``
+    setting (see :mod:`athena.engines.local`).
     """
     from sqlglot import exp
 
@@ -193,6 +199,18 @@ def _for_duckdb(node: Any) -> Any:
         return exp.Anonymous(
             this="quantile_disc", expressions=[node.this.copy(), node.args["quantile"].copy()]
         )
+    if isinstance(node, exp.DateDiff) and node.args.get("unit") is not None:
+        unit = exp.Literal.string(node.args["unit"].name.lower())
+        return exp.Anonymous(
+            this="date_sub", expressions=[unit, node.expression.copy(), node.this.copy()]
+        )
+    if isinstance(node, exp.RegexpExtract) and not node.args.get("_logq_checked"):
+        extract = node.copy()
+        extract.set("_logq_checked", True)
+        matches = exp.Anonymous(
+            this="regexp_matches", expressions=[node.this.copy(), node.expression.copy()]
+        )
+        return exp.Case(ifs=[exp.If(this=matches, true=extract)])
     return node
 
 

@@ -134,6 +134,9 @@ class LocalEngine:
         con = duckdb.connect(":memory:")
         # date_trunc, casts and printing of TIMESTAMPTZ follow the session zone: make it UTC.
         con.execute("SET TimeZone = 'UTC'")
+        # The SQL is Athena's (Trino): an integer divided by an integer is an integer there,
+        # truncated toward zero (7/2 = 3, count_if(...)*100/count(*) a whole percent).
+        con.execute("SET integer_division = true")
         return con
 
     def _file_error(self, path: str, exc: Exception) -> Exception:

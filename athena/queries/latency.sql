@@ -1,6 +1,7 @@
 -- latency: p50/p90/p99/max of duration_ms and request count per path, upstream host or method
--- (--by). Slowest p99 first. On DuckDB the percentiles are exact; Athena's approx_percentile is
--- within about 1% rank error.
+-- (--by). Slowest p99 first. On DuckDB the percentiles are exact (nearest rank, quantile_disc);
+-- Athena's approx_percentile (t-digest) is within about 1% rank error on large groups, and can
+-- differ more on small ones (of 100 requests or fewer, its p99 may be the maximum).
 -- Parameters: the common filter set, group_by ('path' | 'upstream' | 'method'), row_limit.
 SELECT
   CASE :group_by

@@ -93,7 +93,13 @@ def latency(
         LatencyBy.path
     ),
 ) -> None:
-    """p50/p90/p99/max request duration and count, slowest p99 first."""
+    """p50/p90/p99/max request duration and count, slowest p99 first.
+
+    Percentiles are exact locally (nearest rank: the smallest value with at least that share
+    of requests at or below it). Athena's approx_percentile (a t-digest) can differ, most in
+    small groups: of 100 requests or fewer, its p99 may be the maximum. The ranking by p99 can
+    then differ between the engines too.
+    """
     from cli import runner
 
     with friendly():
@@ -124,7 +130,11 @@ def flags(common: Common) -> None:
 
 @query_command
 def upstreams(common: Common) -> None:
-    """Per upstream host: requests, 5xx count and rate, p99 — find the one bad instance."""
+    """Per upstream host: requests, 5xx count and rate, p99 — find the one bad instance.
+
+    p99 is exact locally (nearest rank); Athena's approx_percentile can differ, most for hosts
+    with few requests (see latency --help).
+    """
     from cli import runner
 
     with friendly():

@@ -259,3 +259,36 @@ def test_until_alone_reads_every_row_before_it(logq, warehouse: Warehouse) -> No
     services = logq("services", "-f", "json", "--until", until, "--warehouse", warehouse.uri)
     assert services.exit_code == 0, services.stderr
     assert sorted(r["service"] for r in services.json()) == sorted(SERVICES)
+
+
+def test_sql_keeps_athena_meaning_of_division_date_diff_and_regexp_extract(
+    logq, warehouse: Warehouse
+) -> None:
+    """The statement is Athena's (Trino) SQL; locally it must mean the same. Trino: integer
+    division truncates toward zero, date_diff counts whole units, regexp_extract without a
+    match is NULL (DuckDB's own functions give 3.5, 1 and '')."""
+    run = logq(
+        "sql",
+        "SELECT 7/2 AS half, -7/2 AS neg, 7.0/2 AS real_half, "
+        "date_diff('day', CAST('2022-05-01 23:45:09' AS timestamp), "
+        "CAST('2022-05-02 03:56:31' AS timestamp)) AS days, "
+        "date_diff('hour', CAST('2022-05-01 23:45:09' AS timestamp), "
+        "CAST('2022-05-02 03:56:31' AS timestamp)) AS hours, "
+        "regexp_extract('no digits here', '\\d+') AS rx, "
+        "regexp_extract('order 42 and 7', '(\\d+) and (\\d+)', 2) AS second, "
+        "(SELECT count_if(response_code >= 500) * 100 / count(*) FROM envoy_access) AS pct",
+        "-f", "json", "--warehouse", warehouse.uri,
+    )  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    [row] = run.json()
+    errors = int((warehouse.access["response_code"] >= 500).sum())
+    assert row == {
+        "half": 3,
+        "neg": -3,
+        "real_half": 3.5,
+        "days": 0,
+        "hours": 4,
+        "rx": None,
+        "second": "7",
+        "pct": errors * 100 // len(warehouse.access),
+    }
