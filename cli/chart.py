@@ -54,8 +54,13 @@ def render_timeline(
     every_label: str,
     out: TextIO | None = None,
     width: int | None = None,
+    until: datetime | None = None,
+    step: int = 0,
 ) -> None:
-    """Print ``(bucket, requests, errors_4xx, errors_5xx)`` rows as a bar chart."""
+    """Print ``(bucket, requests, errors_4xx, errors_5xx)`` rows as a bar chart.
+
+    With ``until`` and ``step``: a last interval that ends after ``until`` (the range ends
+    inside it, e.g. now) is marked, so that its shorter bar does not read as a drop."""
     from rich.console import Console
     from rich.text import Text
 
@@ -84,3 +89,14 @@ def render_timeline(
         line.append(bar(e5, peak, bar_width), style="bold red")
         console.print(line, overflow="crop", no_wrap=True)
     console.print(Text(f"{'':>11} {'requests':>8} {'5xx':>6}", style="dim"))
+    if until is not None and step and rows:
+        last = rows[-1][0]
+        last = last if last.tzinfo is not None else last.replace(tzinfo=UTC)
+        if last.timestamp() + step > until.timestamp():
+            console.print(
+                Text(
+                    f"the last interval is partial: the range ends at "
+                    f"{until.astimezone(UTC):%H:%M:%S} UTC",
+                    style="dim",
+                )
+            )

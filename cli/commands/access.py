@@ -180,6 +180,7 @@ def timeline(
 
         step = int(parse_interval(every).total_seconds())
         prep = runner.prepare(common, "timeline", "envoy_access", {"every_seconds": step})
+        _align_start(prep, step)
         buckets = (prep.trange.until - prep.trange.since).total_seconds() / step
         if buckets > 5000:
             raise ValueError(
@@ -195,9 +196,23 @@ def timeline(
         if common.limit:
             rows = rows[-common.limit :]  # the newest intervals: where an incident is
         if common.fmt is OutputFormat.table and rows:
-            render_timeline(rows, every)
+            render_timeline(rows, every, until=prep.trange.until, step=step)
             return
         runner.show(common, result, prep, "timeline", rows=rows)
+
+
+def _align_start(prep: Any, step: int) -> None:
+    """Start the range at an interval boundary (``--since 1h --every 10m`` at 10:37 starts at
+    09:30): a first interval cut short would read as a drop in traffic."""
+    from datetime import UTC, datetime
+
+    from athena.timerange import TimeRange
+
+    since = prep.trange.since
+    aligned = datetime.fromtimestamp(int(since.timestamp()) // step * step, UTC)
+    if aligned != since:
+        prep.trange = TimeRange(aligned, prep.trange.until)
+        prep.params.update(prep.trange.sql_params())
 
 
 @query_command(without=REQUEST_FILTERS, since="1d", limit=500)

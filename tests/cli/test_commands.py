@@ -126,8 +126,13 @@ def test_top(logq, warehouse: Warehouse, by: str) -> None:
 
 
 def test_timeline_rows_fill_empty_intervals(logq, warehouse: Warehouse) -> None:
+    """--since 22:45 with --every 10m starts at 22:40: the first interval is whole, not cut
+    short (a short first bar read as a drop in traffic)."""
     run = logq("timeline", "-s", "billing", "--every", "10m", "--warehouse", warehouse.uri, *WIDE)
-    df = scoped(warehouse.access, ["billing"])
+    df = warehouse.access
+    df = df[(df["timestamp"] >= pd.Timestamp("2026-11-27T22:40Z")) & (df["timestamp"] < UNTIL)]
+    df = df[df["service"] == "billing"]
+    assert (df["timestamp"] < pd.Timestamp(SINCE)).any()  # rows the aligned start takes in
     buckets = pd.date_range("2026-11-27T22:40Z", "2026-11-28T00:10Z", freq="10min")
     floor = df["timestamp"].dt.floor("10min")
     want = [
@@ -172,6 +177,9 @@ def test_timeline_zero_buckets_and_chart(logq, tmp_path) -> None:
     assert [r["requests"] for r in rows] == [40, 0, 0, 10, 0]
     chart = logq("timeline", *args)
     assert "requests per 1m: 50 total" in chart.stdout
+    assert "partial" not in chart.stdout  # 10:05 ends an interval
+    cut = logq("timeline", *args[:2], "--until", "2026-01-01T10:04:30Z", *args[4:])
+    assert "the last interval is partial: the range ends at 10:04:30 UTC" in cut.stdout
     assert chart.stdout.count("█") > 10 and "10:02" in chart.stdout
     csv_rows = list(csv.DictReader(io.StringIO(logq("timeline", "-f", "csv", *args).stdout)))
     assert [int(r["requests"]) for r in csv_rows] == [40, 0, 0, 10, 0]
