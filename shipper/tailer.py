@@ -626,24 +626,34 @@ class Tailer:
         finally:
             os.close(fd)
 
+    def _rotation_path(self) -> Path:
+        """Where the runtime rotates this source's file: the path itself, or the target of a
+        symlink (``/var/log/pods/.../0.log`` -> Docker's ``<id>-json.log`` under cri-dockerd),
+        whose rotated copies (``<id>-json.log.1``) lie beside the target, not the link."""
+        path = self.spec.path
+        if not path.is_symlink():
+            return path
+        return Path(os.path.realpath(path))
+
     def _present_inodes(self) -> dict[tuple[int, int], Path] | None:
         """(device, inode) -> path of every file named like this source's files, or None when
         the folder or one of them could not be looked at (anything but ENOENT)."""
+        rot = self._rotation_path()
         try:
-            names = os.listdir(self.spec.path.parent)
+            names = os.listdir(rot.parent)
         except OSError:
             return None
         out: dict[tuple[int, int], Path] = {}
         for name in names:
-            if name != self.spec.path.name and not name.startswith(self.spec.path.name + "."):
+            if name != rot.name and not name.startswith(rot.name + "."):
                 continue
             try:
-                st = os.stat(self.spec.path.parent / name)
+                st = os.stat(rot.parent / name)
             except FileNotFoundError:
                 continue
             except OSError:
                 return None
-            out[(st.st_dev, st.st_ino)] = self.spec.path.parent / name
+            out[(st.st_dev, st.st_ino)] = rot.parent / name
         return out
 
     def _known_rotated(self, known: set[str]) -> list[tuple[int, Cursor]]:
@@ -652,7 +662,7 @@ class Tailer:
         rotated: list[tuple[int, Cursor]] = []
         unknown: list[Path] = []
         newest_known = -1
-        for sib in rotated_siblings(self.spec.path):
+        for sib in rotated_siblings(self._rotation_path()):
             cur = self._open(sib, fresh=False)
             if cur is None:
                 unknown.append(sib)
@@ -702,7 +712,7 @@ class Tailer:
             since = previous if since is None else max(since, previous)
         found: list[tuple[int, Cursor]] = []
         skipped: list[Path] = []
-        for sib in rotated_siblings(self.spec.path):
+        for sib in rotated_siblings(self._rotation_path()):
             try:
                 st = os.stat(sib)
             except OSError:
@@ -765,15 +775,16 @@ class Tailer:
 
     def _compressed_identities(self) -> set[tuple[str | None, int]]:
         """(fingerprint, size mod 2**32) of this source's gzip-compressed rotated files."""
+        rot = self._rotation_path()
         try:
-            names = os.listdir(self.spec.path.parent)
+            names = os.listdir(rot.parent)
         except OSError:
             return set()
-        prefix = self.spec.path.name + "."
+        prefix = rot.name + "."
         out: set[tuple[str | None, int]] = set()
         for name in names:
             if name.startswith(prefix) and name.endswith(".gz"):
-                ident = gzip_identity(self.spec.path.parent / name)
+                ident = gzip_identity(rot.parent / name)
                 if ident is not None:
                     out.add(ident)
         return out
@@ -949,7 +960,7 @@ class Tailer:
                 return
             floor = os.fstat(last.fd).st_mtime_ns
             newer = 0
-            for sib in rotated_siblings(self.spec.path):
+            for sib in rotated_siblings(self._rotation_path()):
                 try:
                     newer += os.stat(sib).st_mtime_ns >= floor
                 except OSError:
@@ -1091,7 +1102,7 @@ class Tailer:
         first: they were live for a moment between two polls."""
         floor = self._floor or 0
         found: list[tuple[int, Cursor]] = []
-        for sib in rotated_siblings(self.spec.path):
+        for sib in rotated_siblings(self._rotation_path()):
             try:
                 st = os.stat(sib)
             except OSError:
@@ -1126,7 +1137,7 @@ class Tailer:
         read_all = False  # a copy exists and holds nothing past our position
         epoch = head.state.epoch + 1
         try:
-            siblings = rotated_siblings(self.spec.path)
+            siblings = rotated_siblings(self._rotation_path())
         except OSError as exc:
             # The copy may be among them: nothing is changed yet, the next check tries again.
             self._out_of_descriptors(self.spec.path, exc)
