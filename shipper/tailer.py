@@ -64,6 +64,11 @@ SPLIT_FLUSH_SECONDS = 5.0
 not come for this long, while the file has nothing new, is shipped as it is (Fluent Bit's
 ``Docker_Mode_Flush``, 4 s by default): a container that died mid-line would otherwise hold it,
 and its file's checkpoint, for as long as the source lives."""
+ROTATE_WAIT_SECONDS = 5.0
+"""A file renamed away stays open this long, or until the new file has data, and what is
+appended to it meanwhile is read: logrotate's ``create`` mode renames the file and creates a new
+one before the program reopens its log (on a signal, or later), so the program's last lines go
+to the renamed file. Fluent Bit's tail ``Rotate_Wait`` (5 s by default) does the same."""
 PARK_IDLE_SECONDS = 2.0
 """While sources wait for a descriptor, a source whose live file had nothing new for this long
 (read to its end, all acknowledged) closes it and reopens it when it grows or is rotated: with
@@ -261,6 +266,9 @@ class Cursor:
         self.bound_reached = False
         """``--once``: every complete line below :attr:`stop_at` is read; what is left below
         it (an unfinished last line) is for the next run."""
+        self.rotated_at: float | None = None
+        """When the path was found to name another file (renamed away, still on disk): its
+        writer may still append for a moment (see :data:`ROTATE_WAIT_SECONDS`)."""
 
     def read(self, block: int, max_lines: int = 1 << 30) -> Chunk | None:
         """The next complete lines (at most ``max_lines``), or None at the end of what is
@@ -940,6 +948,7 @@ class Tailer:
             return
         log.info("log file rotated while behind path=%s read=%d", live.path, live.read_pos)
         self._check_overrun(live)
+        live.rotated_at = time.monotonic()
         self._floor = os.fstat(live.fd).st_mtime_ns
         self.live = None
         if not self._open_live():
@@ -1023,6 +1032,8 @@ class Tailer:
             return False if finishing else self._open_live()
         head = self.cursors[0]
         if head is not self.live or finishing:
+            if not finishing and self._rotate_wait(head):
+                return False
             if head.has_remainder():
                 head.final = True
                 return True
@@ -1049,10 +1060,10 @@ class Tailer:
             self._check_overrun(head)
             self.live = None
             self._floor = os.fstat(head.fd).st_mtime_ns
-            if head.has_remainder():
-                head.final = True  # finish its unterminated last line first, then release it
-            else:
-                self._release(head)
+            # Kept at the head: its writer may still append (logrotate's create mode) until
+            # the new file has data; then its unterminated last line, if any, is finished as it
+            # is and it is released (the branch above).
+            head.rotated_at = time.monotonic()
             self._open_live()
             return True
         if os.fstat(head.fd).st_size < head.read_pos or fingerprint(head.fd) != head.fp:
@@ -1060,6 +1071,24 @@ class Tailer:
         if _waiting:
             self._park(head)
         return False
+
+    def _rotate_wait(self, head: Cursor) -> bool:
+        """Whether ``head``, renamed away and read to its end, may still get lines: for
+        :data:`ROTATE_WAIT_SECONDS` after the rename, while it is on disk and the file after
+        it has no data yet (a writer that has moved to the new file is done with the old)."""
+        if self.once or head.rotated_at is None:
+            return False
+        if time.monotonic() - head.rotated_at >= ROTATE_WAIT_SECONDS:
+            return False
+        try:
+            if os.fstat(head.fd).st_nlink == 0:
+                return False
+        except OSError:
+            return False
+        if self.live is None:
+            self._open_live()  # the new file, once it has a first line
+        later = self.cursors[1] if len(self.cursors) > 1 else None
+        return later is None or later.size() == 0
 
     def _park(self, head: Cursor) -> None:
         """Other sources wait for a descriptor: close the live file if it is idle -- read to

@@ -206,3 +206,55 @@ def test_a_split_line_completed_in_time_is_not_cut(
     write(path, docker_line(TAIL, 2))
     assert drain(t) == [BIG + TAIL]
     reg.close()
+
+
+def _plain(path: Path, texts: list[str]) -> None:
+    with open(path, "ab") as f:
+        f.write(b"".join(t.encode() + b"\n" for t in texts))
+
+
+def test_logrotate_create_lines_written_to_the_renamed_file_before_the_reopen_arrive(
+    tmp_path: Path, state: Path
+) -> None:
+    """logrotate's default create mode: rename app.log to app.log.1, create an empty app.log,
+    then signal the program, which reopens a moment later; until then it appends to
+    app.log.1. Those lines used to be lost in silence (the renamed file was released as soon
+    as the rotation was seen)."""
+    path = tmp_path / "app.log"
+    _plain(path, ["a0", "a1"])
+    t, reg = tailer(path, state, "plain")
+    assert drain(t) == ["a0", "a1"]
+    os.rename(path, f"{path}.1")
+    path.write_bytes(b"")  # create
+    assert drain(t) == []  # the rotation is seen; the renamed file is still watched
+    _plain(Path(f"{path}.1"), ["a2", "a3"])  # the program has not reopened yet
+    assert drain(t) == ["a2", "a3"]
+    _plain(path, ["b0"])  # reopened: the new file has data, the old one is done
+    assert drain(t) == ["b0"]
+    _plain(Path(f"{path}.1"), ["stray"])  # (a second writer; nothing waits for it any more)
+    assert drain(t) == []
+    reg.close()
+
+
+def test_a_renamed_file_is_released_after_the_rotate_wait(
+    tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shipper.tailer as tailer_mod
+
+    monkeypatch.setattr(tailer_mod, "ROTATE_WAIT_SECONDS", 0.2)
+    path = tmp_path / "app.log"
+    _plain(path, ["a0"])
+    t, reg = tailer(path, state, "plain")
+    assert drain(t) == ["a0"]
+    os.rename(path, f"{path}.1")
+    path.write_bytes(b"")
+    old = os.stat(f"{path}.1").st_ino
+    assert drain(t) == []
+    assert [c.ino for c in t.cursors] == [old]  # watched while the new file is empty
+    time.sleep(0.3)
+    assert drain(t) == []
+    assert old not in [c.ino for c in t.cursors]  # then let go
+    _plain(Path(f"{path}.1"), ["late"])
+    _plain(path, ["b0"])
+    assert drain(t) == ["b0"]
+    reg.close()
