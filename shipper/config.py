@@ -101,7 +101,8 @@ _HELP = {
     "with several addresses is one aggregator per address (default: 127.0.0.1:24224)",
     "docker_root": "Docker containers dir holding <id>/<id>-json.log and config.v2.json "
     "(default: /var/lib/docker/containers)",
-    "cri_root": "kubelet pod log dir (<namespace>_<pod>_<uid>/<container>/<n>.log)",
+    "cri_root": "kubelet pod log dir (<namespace>_<pod>_<uid>/<container>/<n>.log) "
+    "(default: /var/log/pods)",
     "path": "plain-text log files by glob; repeatable",
     "state_dir": "directory for the checkpoint registry (default: /var/lib/logq-shipper)",
     "shared_key": "Forward shared key (HELO/PING/PONG handshake)",

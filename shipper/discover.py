@@ -501,7 +501,8 @@ def _pod_log_format(path: Path) -> str | None:
 
 
 def discover_paths(patterns: tuple[str, ...], scan: Scan | None = None) -> list[SourceSpec]:
-    """Plain-text files matching ``--path`` globs (``**`` allowed); service = file name stem.
+    """Plain-text files matching ``--path`` globs (``**`` allowed); service = the file name up
+    to its first dot.
 
     ``glob`` ignores folders it cannot list; a failure to open one (out of fds) is noted in
     ``scan`` by probing the glob's fixed leading folder, so that its files are not taken for

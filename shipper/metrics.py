@@ -82,9 +82,11 @@ class Metrics:
         )
         self.lost_files = Counter(
             "logq_shipper_files_lost",
-            "Log files deleted or truncated before they were read to the end (their unread "
-            "lines are lost); reason: deleted_unread, truncated_without_copy, pin_limit, "
-            "rotated_unseen",
+            "Log files deleted, compressed or truncated before they were read to the end "
+            "(their unread lines are lost); reason: deleted_unread, truncated_without_copy, "
+            "rotated_unseen (one per file when compressed copies show them, else one per look "
+            "that found files may be missing), pin_limit (one per episode of files that may be "
+            "lost)",
             ["service", "reason"],
             registry=r,
         )

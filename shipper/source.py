@@ -21,7 +21,7 @@ from shipper.batch import Batch, encode_message, record_constants
 from shipper.discover import SourceSpec
 from shipper.errors import ShipperError
 from shipper.formats import Lines
-from shipper.tailer import PIN_CHECK_SECONDS, Tailer
+from shipper.tailer import Tailer
 
 if TYPE_CHECKING:
     from shipper.daemon import Shipper
@@ -122,7 +122,7 @@ class SourceRunner:
 
     async def _pin_loop(self) -> None:
         """Open files the runtime rotates in while the reader is behind -- waiting for acks, or
-        busy with older lines -- every :data:`PIN_CHECK_SECONDS`: an open file survives its
+        busy with older lines -- every :meth:`Tailer.pin_check_seconds`: an open file survives its
         deletion by the runtime's ``max-file``.
 
         A busy reader counts, not only a waiting one: a CPU-bound reader waits for moments
@@ -131,7 +131,7 @@ class SourceRunner:
         idle sources, a check every 0.25 s each was about a tenth of a core for nothing."""
         while not self.stopping:
             await self._active.wait()
-            await asyncio.sleep(PIN_CHECK_SECONDS)
+            await asyncio.sleep(self.tailer.pin_check_seconds())
             if not (self._waiting.is_set() or self._read_since_check):
                 self._active.clear()
                 continue
@@ -184,7 +184,8 @@ class SourceRunner:
                 # when it started (Tailer.finished), not when the writer pauses: a container
                 # writing faster than we ship cannot keep it going.
                 break
-            await asyncio.sleep(cfg.poll_interval)
+            # A source rotating fast is looked at more often (Tailer.pin_check_seconds).
+            await asyncio.sleep(min(cfg.poll_interval, self.tailer.pin_check_seconds()))
         await self.queue.put(None)  # tells the sender that nothing more comes
 
     async def _blocking(self, aw: Awaitable[None], waits: bool) -> None:

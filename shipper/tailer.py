@@ -53,6 +53,11 @@ log = logging.getLogger("logq.shipper.tailer")
 FINGERPRINT_BYTES = 1024
 PIN_CHECK_SECONDS = 0.25
 """How often a source checks whether its live file was rotated (see pin_new_generation)."""
+PIN_CHECK_FAST_SECONDS = 0.05
+"""The same for a source whose file rotated within :data:`FAST_ROTATION_WINDOW` seconds: with
+compressed rotations (Docker ``compress``) a file exists uncompressed only while it is live,
+and one rotated away between two checks is never read."""
+FAST_ROTATION_WINDOW = 30.0
 MAX_PINNED_FILES = 64
 """Rotated files a source keeps open at most while it is behind (bounds descriptors)."""
 FD_RESERVE_FRACTION = 0.1
@@ -415,6 +420,13 @@ class Tailer:
         """mtime of the last file finished because it was rotated away: files rotated after
         it that we never opened are newer."""
         self._pin_limit_logged = False
+        self.last_rotation = -FAST_ROTATION_WINDOW
+        """When a rotation of this source was last seen (monotonic)."""
+        self._opened: dict[str, None] = {}
+        """Fingerprints of the files this source opened (the newest 1,024): a compressed
+        rotated copy whose first line is not among them was never read."""
+        self._counted: set[tuple[str, int]] = set()
+        """Compressed copies already counted as lost (``rotated_unseen``)."""
         self.parser = self._parser()
         """One parser for all files of the source: a split line (Docker 16 KiB partial
         entries, CRI ``P`` parts) whose parts straddle a rotation is joined across it."""
@@ -499,6 +511,9 @@ class Tailer:
             )
             self.registry.put(key, state)
         log.debug("opened path=%s ino=%d offset=%d", path, st.st_ino, state.offset)
+        self._opened[fp] = None
+        if len(self._opened) > 1024:
+            del self._opened[next(iter(self._opened))]
         return Cursor(fd, path, fp, state, self.parser)
 
     def _may_open(self) -> bool:
@@ -954,40 +969,85 @@ class Tailer:
         if not self._open_live():
             self.live = live  # the new file is not complete yet (no first line): later
 
+    def pin_check_seconds(self) -> float:
+        """How long until the next rotation check while behind (see PIN_CHECK_FAST_SECONDS)."""
+        recent = time.monotonic() - self.last_rotation < FAST_ROTATION_WINDOW
+        return PIN_CHECK_FAST_SECONDS if recent else PIN_CHECK_SECONDS
+
     def _check_overrun(self, last: Cursor) -> None:
         """``last`` was the live file when we last looked (or opened it) and the path now
-        names another file. If ``last`` is deleted already while a rotated copy newer than it
-        is there, the runtime rotated ``max-file`` times or more since that look: files
-        rotated in and deleted in between were never opened, and their lines are lost. How
-        many there were cannot be known (exactly ``max-file`` rotations lose nothing), so this
-        counts one possible loss and says what to change.
+        names another file (also notes the rotation's time, see :meth:`pin_check_seconds`).
+        If ``last`` is gone from the folder already, files may have been
+        rotated in and gone between two looks, never opened:
 
-        A deleted ``last`` with no newer rotated copy is a single rotation whose copy the
-        runtime compressed (Docker ``compress``): we hold ``last`` open and lose nothing."""
+        * with compressed rotations (Docker ``compress``, kubelet), each ``.gz`` newer than
+          ``last`` whose first line is none we opened is such a file: each counts once;
+        * else, a plain rotated copy newer than ``last`` means the runtime rotated
+          ``max-file`` times or more since that look. How many files were lost cannot be known
+          (exactly ``max-file`` rotations lose nothing): one possible loss is counted.
+
+        A ``last`` compressed away after a single rotation loses nothing (we hold it open)."""
+        self.last_rotation = time.monotonic()
         try:
             if os.fstat(last.fd).st_nlink != 0:
                 return
             floor = os.fstat(last.fd).st_mtime_ns
+            rot = self._rotation_path()
             newer = 0
-            for sib in rotated_siblings(self._rotation_path()):
+            for sib in rotated_siblings(rot):
                 try:
                     newer += os.stat(sib).st_mtime_ns >= floor
                 except OSError:
                     continue
+            compressed, unseen = self._unseen_compressed(rot, floor)
         except OSError:
             return
-        if not newer:
+        lost = len(unseen) if compressed else int(newer > 0)
+        for _ in range(lost):
+            self.on_loss("rotated_unseen")
+        if not lost:
             return
-        self.on_loss("rotated_unseen")
         log.warning(
-            "log file rotated away and deleted between two checks of its path: the runtime "
-            "rotates faster than the shipper looks (every %g s while behind), and files "
-            "rotated in and deleted in between may be lost; raise the rotation size or count "
-            "(Docker max-size/max-file, kubelet containerLogMaxSize/containerLogMaxFiles) "
-            "path=%s",
+            "log file rotated away between two checks of its path: the runtime rotates faster "
+            "than the shipper looks (every %g s while behind), and %s; raise the rotation size "
+            "or count (Docker max-size/max-file, kubelet containerLogMaxSize/"
+            "containerLogMaxFiles) path=%s",
             PIN_CHECK_SECONDS,
+            f"{lost} file(s) were compressed before they were read (their lines are lost)"
+            if compressed
+            else "files rotated in and deleted in between may be lost",
             self.spec.path,
         )
+
+    def _unseen_compressed(self, rot: Path, floor: int) -> tuple[bool, list[tuple[str, int]]]:
+        """(whether ``rot`` has compressed rotated copies at all, the identities of those newer
+        than ``floor`` whose first line is none this source opened and that were not counted
+        before). Their lines were never read: compressed files are not shipped."""
+        names = os.listdir(rot.parent)
+        prefix = rot.name + "."
+        compressed = False
+        unseen: list[tuple[str, int]] = []
+        for name in names:
+            if not (name.startswith(prefix) and name.endswith(".gz")):
+                continue
+            compressed = True
+            path = rot.parent / name
+            try:
+                if os.stat(path).st_mtime_ns < floor:
+                    continue
+            except OSError:
+                continue
+            ident = gzip_identity(path)
+            if ident is None or ident[0] is None:
+                continue  # being written: the next look counts it
+            fp, size = ident[0], ident[1]
+            if fp in self._opened or (fp, size) in self._counted:
+                continue
+            if len(self._counted) >= 4096:
+                self._counted.clear()  # older copies are below any later floor anyway
+            self._counted.add((fp, size))
+            unseen.append((fp, size))
+        return compressed, unseen
 
     def _pin_full(self) -> bool:
         """Whether this source may not open another file while behind: it holds
