@@ -24,6 +24,28 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 log = logging.getLogger("logq.aggregator.metrics")
 
 
+#: Buckets of ``logq_aggregator_flush_duration_seconds`` (seconds).
+FLUSH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 60, 120, 300, 600, 1200)
+
+#: Every ``reason`` of ``logq_aggregator_connections_closed_total`` (server.py), created at 0
+#: so that ``increase()`` alerts see the first close of each.
+CLOSE_REASONS = (
+    "auth_failed",
+    "handshake_failed",
+    "protocol_error",
+    "frame_too_large",
+    "max_connections",
+    "idle_timeout",
+    "slow_client",
+    "backpressure",
+    "objects_pool_full",
+    "buffer_error",
+    "internal_error",
+)
+#: Tables of ``logq_aggregator_rows_written_total`` (created at 0, see CLOSE_REASONS).
+TABLES = ("envoy_access", "container_logs")
+
+
 class Metrics:
     """The aggregator's counters and gauges, registered in a private registry."""
 
@@ -57,6 +79,10 @@ class Metrics:
         self.flush_seconds = Histogram(
             "logq_aggregator_flush_duration_seconds",
             "Time to flush one buffer segment",
+            # Up to 20 minutes: the alert compares p99 with --flush-interval (10 s by default,
+            # 60-300 s in the sizing guide), and histogram_quantile cannot exceed the highest
+            # finite bucket (prometheus-client's default stops at 10 s).
+            buckets=FLUSH_BUCKETS,
             registry=r,
         )
         self.rows_written = Counter(
@@ -99,6 +125,10 @@ class Metrics:
             "Free bytes on the --buffer-dir volume (below the reserve, appends wait)",
             registry=r,
         )
+        for reason in CLOSE_REASONS:
+            self.connections_rejected.labels(reason)
+        for table in TABLES:
+            self.rows_written.labels(table)
         self.failing_since: float | None = None
         self.unhealthy_after = 300.0
         self.disk_low: str | None = None

@@ -97,7 +97,7 @@ def test_ddl_applied_through_athena_and_metrics(
     assert "logq_aggregator_records_received_total 4.0" in metrics
     assert "logq_aggregator_acks_total 4.0" in metrics
     assert 'logq_aggregator_envoy_parse_failures_total{service="recipe"} 1.0' in metrics
-    assert 'logq_aggregator_envoy_parse_failures_total{service="checkout"}' not in metrics
+    assert 'logq_aggregator_envoy_parse_failures_total{service="checkout"} 0.0' in metrics
     queries = _queries(client, workgroup)
     assert any(q.startswith("CREATE DATABASE IF NOT EXISTS `logs`") for q in queries)
     creates = [q for q in queries if q.startswith("CREATE EXTERNAL TABLE IF NOT EXISTS")]
