@@ -483,9 +483,24 @@ class Shipper:
         )
 
     async def _shutdown(self) -> None:
-        """Stop reading everywhere, give in-flight batches time to be acknowledged."""
+        """Stop reading everywhere, give in-flight batches time to be acknowledged.
+
+        A source reading a file the runtime deleted (held open: it was behind) reads it to
+        its end first, within the same time: a restart could not read it any more."""
+        draining = 0
         for runner in self.runners.values():
-            runner.stopping = True
+            if runner.tailer.holds_deleted():
+                runner.drain_deleted = True
+                draining += 1
+            else:
+                runner.stopping = True
+        if draining:
+            log.info(
+                "stopping: %d sources first read the deleted files they hold to their end "
+                "(at most %g s)",
+                draining,
+                self.cfg.retry_timeout,
+            )
         tasks = [r.task for r in self.runners.values() if r.task is not None and not r.task.done()]
         if not tasks:
             return

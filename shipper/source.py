@@ -80,6 +80,9 @@ class SourceRunner:
         """The source disappeared: drain what its files hold, then end."""
         self.stopping = False
         """Shutdown: read nothing more, deliver what was read."""
+        self.drain_deleted = False
+        """Shutdown, but the file being read is deleted (held open since the runtime removed
+        it): read on while that holds, then stop -- a restart could not read those lines."""
         self.task: asyncio.Task[None] | None = None
         self._waiting = asyncio.Event()
         """Set while the reader waits for the window or for the sender."""
@@ -149,6 +152,8 @@ class SourceRunner:
         reserve = 2 * cfg.batch_bytes
         failing_since: float | None = None
         while not self.stopping:
+            if self.drain_deleted and not self.tailer.holds_deleted():
+                break
             await self._blocking(window.acquire(reserve), not window.has_room(reserve))
             try:
                 batch = self._next_batch()

@@ -790,7 +790,8 @@ class Tailer:
                 continue
             log.warning(
                 "log file deleted before it was read to the end (rotated away while the shipper "
-                "was down); lines after offset %d are lost path=%s",
+                "was down, or while it was behind at its last stop); lines after offset %d are "
+                "lost path=%s",
                 state.offset,
                 state.path,
             )
@@ -1393,6 +1394,16 @@ class Tailer:
     def behind(self) -> list[tuple[str, int]]:
         """Bytes written but not acknowledged yet, per open file."""
         return [(str(c.path), max(c.size() - c.state.offset, 0)) for c in self.cursors]
+
+    def holds_deleted(self) -> bool:
+        """Whether the file being read (the oldest held) is deleted: its unread lines exist
+        only behind our descriptor, and a restart could not read them."""
+        if not self.cursors:
+            return False
+        try:
+            return os.fstat(self.cursors[0].fd).st_nlink == 0
+        except OSError:
+            return False
 
     @property
     def waiting(self) -> bool:

@@ -242,3 +242,52 @@ def test_a_source_that_rotated_is_looked_at_more_often(tmp_path: Path) -> None:
     t.last_rotation -= FAST_ROTATION_WINDOW
     assert t.pin_check_seconds() == PIN_CHECK_SECONDS
     reg.close()
+
+
+def test_a_stop_reads_deleted_files_it_holds_to_their_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while the reader is on a file the runtime deleted (held open): the file is read
+    to its end before the shipper exits, since a restart could not read it. Before, its unread
+    lines were lost and blamed on downtime (deleted_unread at the next start)."""
+    real_read = Tailer.read
+
+    def slow_read(self: Tailer, *args: int) -> object:
+        time.sleep(READ_SECONDS)
+        return real_read(self, *args)
+
+    monkeypatch.setattr(Tailer, "read", slow_read)
+    docker = tmp_path / "containers"
+    log_path = make_container(
+        docker, "8" * 64, "stopping", lines=[f"backlog-{i}" for i in range(BACKLOG)]
+    )
+    receiver = Receiver()
+    cfg = load_config(
+        [
+            *("--aggregator", receiver.address, "--hostname", "h"),
+            *("--docker-root", str(docker), "--cri-root", str(tmp_path / "none")),
+            *("--state-dir", str(tmp_path / "state"), "--poll-interval", "0.05"),
+            *("--batch-lines", "5", "--retry-timeout", "30"),
+        ]
+    )
+
+    async def go() -> None:
+        shipper = Shipper(cfg)
+        run = asyncio.create_task(shipper.run())
+        while len(receiver.records) < 10:
+            await asyncio.sleep(0.01)
+        (source,) = shipper.runners.values()
+        for gen in (1, 2):  # max-file 2: the backlog file is deleted at the second rotation
+            _rotate(log_path, max_file=2)
+            _generation(log_path, gen)
+            await asyncio.sleep(2 * PIN_CHECK_SECONDS)
+        assert source.tailer.holds_deleted() and len(receiver.records) < BACKLOG
+        shipper.request_stop()
+        await run
+
+    try:
+        asyncio.run(asyncio.wait_for(go(), 60))
+    finally:
+        receiver.close()
+    lines = receiver.lines()
+    assert lines[:BACKLOG] == [f"backlog-{i}" for i in range(BACKLOG)]
