@@ -80,15 +80,24 @@ PARK_IDLE_SECONDS = 2.0
 more sources than descriptors, every source still makes progress, in turns."""
 OPEN_RETRY_MAX_SECONDS = 30.0
 """Longest pause between attempts to open a file while the process is out of descriptors."""
-LOSS_REASONS = ("deleted_unread", "truncated_without_copy", "pin_limit", "rotated_unseen")
+LOSS_REASONS = (
+    "deleted_unread",
+    "truncated_without_copy",
+    "truncated_in_place",
+    "pin_limit",
+    "rotated_unseen",
+)
 """Why lines may have been lost (the ``reason`` label of ``logq_shipper_files_lost_total``):
 a file known from the checkpoint was gone at start (rotated away and deleted while the shipper
 was down, and no ``.gz`` of it shows it was read to its end); a file truncated in place
-(copytruncate) with no copy to finish from; the source fell more than :data:`MAX_PINNED_FILES`
-rotations behind, or the process reached its descriptor budget (:func:`pin_budget`), so files
-deleted before it catches up are never read; the file that was live at the last check is
-deleted already (see :meth:`Tailer._check_overrun`), so files may have been rotated in and
-deleted between two checks, never opened."""
+(copytruncate) with no copy to finish from, while lines we had not read were in it
+(``truncated_without_copy``: lost for sure), or after we had read all we saw
+(``truncated_in_place``: lines written between our last look and the truncation, if any, are
+lost; Docker ``max-file=1`` truncates its file at every rotation); the source fell more than
+:data:`MAX_PINNED_FILES` rotations behind, or the process reached its descriptor budget
+(:func:`pin_budget`), so files deleted before it catches up are never read; the file that
+was live at the last check is gone already (see :meth:`Tailer._check_overrun`), so files may
+have been rotated in and gone between two checks, never opened."""
 
 
 _open_files = 0
@@ -274,6 +283,8 @@ class Cursor:
         self.rotated_at: float | None = None
         """When the path was found to name another file (renamed away, still on disk): its
         writer may still append for a moment (see :data:`ROTATE_WAIT_SECONDS`)."""
+        self.unread_seen = False
+        """The last read filled its block: the file held bytes we had not read yet."""
 
     def read(self, block: int, max_lines: int = 1 << 30) -> Chunk | None:
         """The next complete lines (at most ``max_lines``), or None at the end of what is
@@ -286,6 +297,7 @@ class Cursor:
                 return None
         data = os.pread(self.fd, limit, self.read_pos)
         self.at_end = not data
+        self.unread_seen = len(data) == limit
         if not data:
             return None
         if self._skip is not None:
@@ -420,6 +432,7 @@ class Tailer:
         """mtime of the last file finished because it was rotated away: files rotated after
         it that we never opened are newer."""
         self._pin_limit_logged = False
+        self._in_place_warned = False
         self.last_rotation = -FAST_ROTATION_WINDOW
         """When a rotation of this source was last seen (monotonic)."""
         self._opened: dict[str, None] = {}
@@ -1297,13 +1310,32 @@ class Tailer:
                 self._released.append((st.st_dev, st.st_ino, head.fp))  # read: not "missed"
             os.close(fd)
         if copy is None and not read_all:
-            log.warning(
-                "log file truncated in place and no copy found to finish from; lines written "
-                "after offset %d and before the truncation, if any, are lost path=%s",
-                head.read_pos,
-                head.path,
-            )
-            self.on_loss("truncated_without_copy")
+            read_all, unread = self._compressed_copy(head)
+        if copy is None and not read_all:
+            if head.unread_seen or unread:
+                log.warning(
+                    "log file truncated in place and no copy found to finish from; lines "
+                    "written after offset %d and before the truncation are lost path=%s",
+                    head.read_pos,
+                    head.path,
+                )
+                self.on_loss("truncated_without_copy")
+            else:
+                # All we had seen was read: only lines written since our last look, if any,
+                # are lost. Docker's max-file=1 (its default with max-size alone) does this at
+                # every rotation; a warning each time would drown the log.
+                self.on_loss("truncated_in_place")
+                level = logging.INFO if self._in_place_warned else logging.WARNING
+                self._in_place_warned = True
+                log.log(
+                    level,
+                    "log file truncated in place with no copy, after we had read all we saw "
+                    "(offset %d); lines written after our last look and before the "
+                    "truncation, if any, are lost (Docker max-file=1 truncates at every "
+                    "rotation: keep max-file 2 or more) path=%s",
+                    head.read_pos,
+                    head.path,
+                )
         else:
             log.info(
                 "log file truncated in place path=%s read=%d copy=%s",
@@ -1332,6 +1364,28 @@ class Tailer:
             self.cursors.insert(0, copy)
         self._open_live()
         return True
+
+    def _compressed_copy(self, head: Cursor) -> tuple[bool, bool]:
+        """(read all, lines unread) as a compressed copy of ``head`` tells (copytruncate with
+        immediate compression): its uncompressed size against our position. (False, False)
+        without such a copy."""
+        rot = self._rotation_path()
+        try:
+            names = os.listdir(rot.parent)
+        except OSError:
+            return False, False
+        prefix = rot.name + "."
+        for name in names:
+            if not (name.startswith(prefix) and name.endswith(".gz")):
+                continue
+            ident = gzip_identity(rot.parent / name)
+            if ident is None or ident[0] != head.fp:
+                continue
+            size = ident[1]
+            if size == head.read_pos % (1 << 32):
+                return True, False
+            return False, True
+        return False, False
 
     def _release(self, cur: Cursor) -> None:
         log.debug("released path=%s ino=%d read=%d", cur.path, cur.ino, cur.read_pos)

@@ -339,7 +339,10 @@ def test_metrics_endpoint(tmp_path: Path, receiver: Receiver) -> None:
     assert 'logq_shipper_truncated_lines_total{service="metered"} 1.0' in text
     assert 'logq_shipper_bytes_behind{path="' in text
     # Series that have not counted anything yet exist at 0, so increase() alerts see their first.
-    for reason in ("deleted_unread", "truncated_without_copy", "pin_limit", "rotated_unseen"):
+    from shipper.tailer import LOSS_REASONS
+
+    assert "truncated_in_place" in LOSS_REASONS
+    for reason in LOSS_REASONS:
         assert f'logq_shipper_files_lost_total{{reason="{reason}",service="metered"}} 0.0' in text
     assert 'logq_shipper_invalid_utf8_lines_total{service="metered"} 0.0' in text
     assert f'logq_shipper_retries_total{{endpoint="{receiver.address}"}} 0.0' in text

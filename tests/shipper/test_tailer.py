@@ -292,17 +292,61 @@ def test_nothing_lost_is_not_counted(tmp_path: Path, reg: Registry) -> None:
     assert losses == []
 
 
-def test_copytruncate_without_a_copy_is_counted_as_lost(tmp_path: Path, reg: Registry) -> None:
+def test_truncation_in_place_after_all_was_read_is_a_possible_loss(
+    tmp_path: Path, reg: Registry
+) -> None:
+    """No copy, and we had read all we saw (Docker max-file=1 truncates at every rotation):
+    only lines written since our last look may be lost. Counted apart
+    (truncated_in_place), so that max-file=1 does not page as a certain loss."""
     path = tmp_path / "app.log"
     path.write_bytes(b"".join(f"first {i}\n".encode() for i in range(5)))
     losses: list[str] = []
     t = Tailer(spec_for(path, "plain"), reg, "h", 65536, on_loss=losses.append)
     assert len(drain(t)) == 5
     with open(path, "r+b") as f:
-        f.truncate(0)  # no copy left next to it (e.g. compressed away at once)
+        f.truncate(0)
+    path.write_bytes(b"after 1\n")
+    assert drain(t) == ["after 1"]
+    assert losses == ["truncated_in_place"]
+
+
+def test_truncation_in_place_with_unread_lines_is_counted_as_lost(
+    tmp_path: Path, reg: Registry
+) -> None:
+    path = tmp_path / "app.log"
+    path.write_bytes(b"".join(f"first {i:05d} {'x' * 80}\n".encode() for i in range(2000)))
+    losses: list[str] = []
+    t = Tailer(spec_for(path, "plain"), reg, "h", 1024, on_loss=losses.append)
+    chunk = t.read(max_bytes=1)  # one 64 KiB block of the ~190 KB: the rest is unread
+    assert chunk is not None and 0 < len(chunk.lines) < 2000
+    with open(path, "r+b") as f:
+        f.truncate(0)
     path.write_bytes(b"after 1\n")
     assert drain(t) == ["after 1"]
     assert losses == ["truncated_without_copy"]
+
+
+@pytest.mark.parametrize("extra", [0, 3], ids=["read-whole", "lines-unread"])
+def test_a_compressed_copy_tells_whether_a_truncation_lost_lines(
+    tmp_path: Path, reg: Registry, extra: int
+) -> None:
+    """copytruncate with immediate compression: the .gz holds the old content whole; its
+    size against our position says whether anything was lost."""
+    import gzip
+
+    path = tmp_path / "app.log"
+    old = b"".join(f"first {i}\n".encode() for i in range(5))
+    path.write_bytes(old)
+    losses: list[str] = []
+    t = Tailer(spec_for(path, "plain"), reg, "h", 65536, on_loss=losses.append)
+    assert len(drain(t)) == 5
+    old += b"".join(f"late {i}\n".encode() for i in range(extra))
+    (tmp_path / "app.log.1.gz").write_bytes(gzip.compress(old))
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    path.write_bytes(b"after 1\n")
+    assert drain(t) == ["after 1"]
+    assert losses == (["truncated_without_copy"] if extra else [])
 
 
 def test_copytruncate_then_growth_past_our_position_before_we_look(
