@@ -253,8 +253,6 @@ class _Partial:
     parts: list[str]
     size: int = 0
     dropped: int = 0
-    end: int = 0
-    """Offset just past the last part received (in the file of that part)."""
     starts: dict[object, int] = field(default_factory=dict)
     """Per file (:attr:`LineParser.origin`) the offset of the group's first part in it: a group
     can span a rotation, and no file's checkpoint may pass the start of its parts."""
@@ -304,28 +302,28 @@ class LineParser:
     def feed(self, lines: list[bytes], base: int) -> Lines:
         raise NotImplementedError
 
-    def flush(self, origin: object) -> Lines:
-        """The unfinished groups whose parts all lie in file ``origin``, as they are: their
-        last part is not coming (the container died mid-line) or not soon. Fluent Bit does
-        the same after ``Docker_Mode_Flush`` seconds. A part arriving later starts a new line.
-        """
+    def flush(self, origin: object, at: int, every: bool = False) -> Lines:
+        """The unfinished groups whose parts all lie in file ``origin`` (``every``: all
+        groups), as they are: their last part is not coming (the container died mid-line, or
+        it was in a file lost to rotation) or not soon. Fluent Bit does the same after
+        ``Docker_Mode_Flush`` seconds. A part arriving later starts a new line.
+
+        They get offsets ``at``, ``at + 1``, ... in ``origin`` (one past its read position:
+        above every line read from it, whatever the stream, and below the next line's end),
+        since the aggregator drops a record whose offset is not above those it has."""
         out = self.new_lines()
         for stream, p in list(self._partials.items()):
-            if set(p.starts) != {origin}:
+            if not every and set(p.starts) != {origin}:
                 continue
             del self._partials[stream]
             log = "".join(p.parts)
             if p.dropped:
                 out.truncated += 1
-                out.add(
-                    p.end,
-                    p.time,
-                    p.time_ns,
-                    stream,
-                    log + TRUNCATION_MARKER.format(dropped=p.dropped),
-                )
+                log += TRUNCATION_MARKER.format(dropped=p.dropped)
+                out.add(at, p.time, p.time_ns, stream, log)
             else:
-                self._emit(out, p.end, p.time, p.time_ns, stream, log)
+                self._emit(out, at, p.time, p.time_ns, stream, log)
+            at += 1
         return out
 
     # -- shared helpers --------------------------------------------------------------------
@@ -352,7 +350,6 @@ class LineParser:
                 return
             p = self._partials[stream] = _Partial(start, t, self.times.to_ns(t), [])
         p.starts.setdefault(self.origin, start)
-        p.end = end
         room = self.max_line_bytes - p.size
         if len(text) <= room:
             p.parts.append(text)

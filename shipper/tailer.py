@@ -285,6 +285,9 @@ class Cursor:
         writer may still append for a moment (see :data:`ROTATE_WAIT_SECONDS`)."""
         self.unread_seen = False
         """The last read filled its block: the file held bytes we had not read yet."""
+        self.gap_after = False
+        """Files rotated in after this one were lost (see :meth:`Tailer._check_overrun`): a
+        split line still open at its end is not continued by the next file's parts."""
 
     def read(self, block: int, max_lines: int = 1 << 30) -> Chunk | None:
         """The next complete lines (at most ``max_lines``), or None at the end of what is
@@ -432,6 +435,8 @@ class Tailer:
         """mtime of the last file finished because it was rotated away: files rotated after
         it that we never opened are newer."""
         self._pin_limit_logged = False
+        self._gap_flush: Cursor | None = None
+        """A file after which files were lost: its open split lines go out at the next read."""
         self._in_place_warned = False
         self.last_rotation = -FAST_ROTATION_WINDOW
         """When a rotation of this source was last seen (monotonic)."""
@@ -887,6 +892,8 @@ class Tailer:
         if not self.cursors:
             return None
         head = self.cursors[0]
+        if self._gap_flush is head:
+            return self._flush_at_gap(head)
         if head is self.live:
             # Before every read of the live file, not only at its end: truncated in place
             # (copytruncate) and written again before we looked, reading on from our position
@@ -909,6 +916,26 @@ class Tailer:
             chunk = self._flush_split(head)
         return chunk
 
+    def _flush_at_gap(self, head: Cursor) -> Chunk | None:
+        """The split lines still open at the end of ``head``, after which files were lost,
+        as they are (:attr:`Cursor.gap_after`)."""
+        self._gap_flush = None
+        head.gap_after = False
+        self.parser.origin = head
+        lines = self.parser.flush(head, head.read_pos + 1, every=True)
+        if not len(lines):
+            return None
+        log.warning(
+            "shipping %d split line(s) as they are: their next parts were in files rotated "
+            "away unread path=%s",
+            len(lines),
+            head.path,
+        )
+        chunk = Chunk(head, lines, head._resume(), 0)
+        if self._held:
+            self._settle_held(chunk)
+        return chunk
+
     def _flush_split(self, head: Cursor) -> Chunk | None:
         """At the end of the live file, a split line whose parts all lie in it and whose next
         part has not come for :data:`SPLIT_FLUSH_SECONDS`: shipped as it is."""
@@ -920,7 +947,7 @@ class Tailer:
         ):
             return None
         self.parser.origin = head
-        lines = self.parser.flush(head)
+        lines = self.parser.flush(head, head.read_pos + 1)
         if not len(lines):
             return None
         log.info(
@@ -1021,6 +1048,7 @@ class Tailer:
             self.on_loss("rotated_unseen")
         if not lost:
             return
+        last.gap_after = True
         log.warning(
             "log file rotated away between two checks of its path: the runtime rotates faster "
             "than the shipper looks (every %g s while behind), and %s; raise the rotation size "
@@ -1110,6 +1138,12 @@ class Tailer:
                 return False
             if head.has_remainder():
                 head.final = True
+                return True
+            if head.gap_after and head in self.parser.pending_origins():
+                # Files after this one were lost: the parts of a split line still open here
+                # would be joined to another line's parts in the next file. Shipped as they
+                # are by the next read, before the file is let go.
+                self._gap_flush = head
                 return True
             if head is self.live:
                 self.live = None

@@ -258,3 +258,31 @@ def test_a_renamed_file_is_released_after_the_rotate_wait(
     _plain(path, ["b0"])
     assert drain(t) == ["b0"]
     reg.close()
+
+
+def test_a_split_line_is_not_joined_across_a_lost_file(tmp_path: Path, state: Path) -> None:
+    """The file holding the last part of line X and the first part of line Y was rotated in
+    and deleted between two looks (counted rotated_unseen). X's first part must not be joined
+    to Y's last part in the next file: each goes out as it is (the rotation auditor saw one
+    corrupt 56,384-character record made of two lines)."""
+    path = tmp_path / "c-json.log"
+    write(path, docker_line("before", 0) + docker_line("X-first", 1, nl=False))
+    losses: list[str] = []
+    reg = Registry(state)
+    t = Tailer(spec_for(path), reg, "h", 65536, on_loss=losses.append)
+    assert drain(t) == ["before"]
+
+    def rotate() -> None:  # max-file 2: the rotated copy before it is deleted
+        Path(f"{path}.1").unlink(missing_ok=True)
+        os.rename(path, f"{path}.1")
+
+    rotate()
+    write(path, docker_line("X-last", 2) + docker_line("Y-first", 3, nl=False))
+    rotate()
+    write(path, docker_line("Y-last", 4))
+    rotate()  # the file with X-last and Y-first is gone, never opened
+    write(path, docker_line("after", 5))
+    t.pin_new_generation()  # the look that finds the live file it held deleted
+    assert losses == ["rotated_unseen"]
+    assert drain(t) == ["X-first", "Y-last", "after"]
+    reg.close()
