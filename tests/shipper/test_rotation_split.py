@@ -286,3 +286,27 @@ def test_a_split_line_is_not_joined_across_a_lost_file(tmp_path: Path, state: Pa
     assert losses == ["rotated_unseen"]
     assert drain(t) == ["X-first", "Y-last", "after"]
     reg.close()
+
+
+def test_a_flushed_split_line_gets_an_offset_above_the_lines_read_after_its_parts(
+    tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stdout's split line is open while a whole stderr line follows it: the flushed line's
+    offset must be above the stderr line's, or the aggregator (which drops a record whose
+    offset is not above those it has for the file) would drop it."""
+    import shipper.tailer as tailer_mod
+    from tests.shipper.tailing import commit
+
+    monkeypatch.setattr(tailer_mod, "SPLIT_FLUSH_SECONDS", 0.1)
+    path = tmp_path / "c-json.log"
+    write(path, docker_line("out-part", 0, nl=False) + docker_line("err", 1, stream="stderr"))
+    t, reg = tailer(path, state)
+    first = t.read()
+    assert first is not None and first.lines.logs == ["err"]
+    commit(t, first)
+    assert t.read() is None
+    time.sleep(0.2)
+    flushed = t.read()
+    assert flushed is not None and flushed.lines.logs == ["out-part"]
+    assert flushed.lines.offsets[0] > first.lines.offsets[0]
+    reg.close()
