@@ -241,9 +241,9 @@ def trace(
 
 #: ``trace`` looks in the newest hour of its range first: a request's hops start within seconds
 #: of each other, and most traces are of recent requests. On Athena that scans 2 of the default
-#: day's 25 partition-hours (about USD 0.04 instead of 0.5 at 100,000 lines/s); the whole range is read only
-#: when the id is not there, or when its first hop is so close to the hour's start that earlier
-#: hops may lie before it.
+#: day's 25 partition-hours (about USD 0.04 instead of 0.5 at 100,000 lines/s); the whole range
+#: is read only when the id is not there, or when its first hop is so close to the hour's start
+#: that earlier hops may lie before it.
 TRACE_FIRST_LOOK_SECONDS = 3600
 TRACE_MARGIN_SECONDS = 300
 
