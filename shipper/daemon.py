@@ -504,13 +504,20 @@ class Shipper:
         tasks = [r.task for r in self.runners.values() if r.task is not None and not r.task.done()]
         if not tasks:
             return
+        # Before the tasks end: their tailers close the files they hold.
         _, pending = await asyncio.wait(tasks, timeout=self.cfg.retry_timeout)
+        unfinished = [r for r in self.runners.values() if r.task in pending]
+        lost = sum(r.tailer.forget_deleted() for r in unfinished if r.drain_deleted)
         for task in pending:
             task.cancel()
         if pending:
             log.warning(
-                "exiting with unacknowledged batches (they will be re-read) sources=%d",
+                "exiting with unacknowledged batches (they will be re-read) sources=%d%s",
                 len(pending),
+                f"; {lost} deleted files were not read to their end (their unread lines are "
+                "lost, counted as deleted_unread)"
+                if lost
+                else "",
             )
             await asyncio.wait(pending)
 

@@ -85,9 +85,9 @@ class Metrics:
             "Log files deleted, compressed or truncated before they were read to the end "
             "(their unread lines are lost); reason: deleted_unread, truncated_without_copy, "
             "truncated_in_place (possible: only lines written since the last look), "
-            "rotated_unseen (one per file when compressed copies show them, else one per look "
-            "that found files may be missing), pin_limit (one per episode of files that may be "
-            "lost)",
+            "rotated_unseen (at least one per file when compressed copies show them, else one "
+            "per look that found files may be missing), pin_limit (one per episode of files "
+            "that may be lost)",
             ["service", "reason"],
             registry=r,
         )

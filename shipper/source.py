@@ -188,6 +188,12 @@ class SourceRunner:
                 # instead of ending with its files unread. It ends at the bound the tailer set
                 # when it started (Tailer.finished), not when the writer pauses: a container
                 # writing faster than we ship cannot keep it going.
+                if self.finishing and self.tailer.parser.pending_origins():
+                    log.warning(
+                        "source ended with a split line unfinished (the container stopped in "
+                        "the middle of a line); its parts are not shipped key=%s",
+                        self.spec.key,
+                    )
                 break
             # A source rotating fast is looked at more often (Tailer.pin_check_seconds).
             await asyncio.sleep(min(cfg.poll_interval, self.tailer.pin_check_seconds()))

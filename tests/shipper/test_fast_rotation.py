@@ -222,9 +222,10 @@ def test_files_compressed_before_they_were_read_are_counted_one_each(
 
 
 def test_a_source_that_rotated_is_looked_at_more_often(tmp_path: Path) -> None:
-    """After a rotation, checks come every PIN_CHECK_FAST_SECONDS for a while (with compressed
-    rotations a file is readable only while it is live: at one rotation every 0.19 s, a look
-    every 0.25 s lost 10 of 137 files in the rotation auditor's run, and 1 with this)."""
+    """After two quick rotations, checks come every PIN_CHECK_FAST_SECONDS for a while (with
+    compressed rotations a file is readable only while it is live: at one rotation every
+    0.19 s, a look every 0.25 s lost 10 of 137 files in the rotation auditor's run, and 1 with
+    this); a source rotating now and then keeps the slower pace (a sixth of a core for 200)."""
     from shipper.checkpoint import Registry
     from shipper.tailer import FAST_ROTATION_WINDOW, PIN_CHECK_FAST_SECONDS
     from tests.shipper.tailing import append_docker, drain, spec_for
@@ -238,7 +239,11 @@ def test_a_source_that_rotated_is_looked_at_more_often(tmp_path: Path) -> None:
     _rotate(path, max_file=2)
     append_docker(path, 3, 3)
     assert len(drain(t)) == 3
-    assert t.pin_check_seconds() == PIN_CHECK_FAST_SECONDS
+    assert t.pin_check_seconds() == PIN_CHECK_SECONDS  # one rotation: not a fast rotator
+    _rotate(path, max_file=2)
+    append_docker(path, 6, 3)
+    assert len(drain(t)) == 3
+    assert t.pin_check_seconds() == PIN_CHECK_FAST_SECONDS  # two within FAST_ROTATION_GAP
     t.last_rotation -= FAST_ROTATION_WINDOW
     assert t.pin_check_seconds() == PIN_CHECK_SECONDS
     reg.close()
@@ -291,3 +296,53 @@ def test_a_stop_reads_deleted_files_it_holds_to_their_end(
         receiver.close()
     lines = receiver.lines()
     assert lines[:BACKLOG] == [f"backlog-{i}" for i in range(BACKLOG)]
+
+
+def test_a_stop_cut_short_counts_the_deleted_files_it_could_not_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No acks come (the aggregator is down), so the deleted file held open cannot be read to
+    its end within --retry-timeout: it is counted as lost at the stop and its checkpoint
+    dropped (a restart would otherwise blame the downtime and count it again)."""
+    docker = tmp_path / "containers"
+    log_path = make_container(
+        docker, "9" * 64, "cut", lines=[f"backlog-{i}" for i in range(BACKLOG)]
+    )
+    receiver = Receiver()
+    cfg = load_config(
+        [
+            *("--aggregator", receiver.address, "--hostname", "h"),
+            *("--docker-root", str(docker), "--cri-root", str(tmp_path / "none")),
+            *("--state-dir", str(tmp_path / "state"), "--poll-interval", "0.05"),
+            *("--batch-lines", "5", "--retry-timeout", "1"),
+        ]
+    )
+    counted = 0.0
+
+    async def go() -> None:
+        nonlocal counted
+        shipper = Shipper(cfg)
+        run = asyncio.create_task(shipper.run())
+        while len(receiver.records) < 10:
+            await asyncio.sleep(0.01)
+        receiver.ack = False  # from now on nothing is acknowledged
+        (source,) = shipper.runners.values()
+        for gen in (1, 2):
+            _rotate(log_path, max_file=2)
+            _generation(log_path, gen)
+            await asyncio.sleep(2 * PIN_CHECK_SECONDS)
+        assert source.tailer.holds_deleted()
+        shipper.request_stop()
+        await run
+        counted = shipper.metrics.registry.get_sample_value(
+            "logq_shipper_files_lost_total",
+            {"service": source.spec.service, "reason": "deleted_unread"},
+        )
+
+    try:
+        asyncio.run(asyncio.wait_for(go(), 60))
+    finally:
+        receiver.close()
+    assert counted == 1
+    saved = (tmp_path / "state" / "checkpoints.json").read_text()
+    assert '"offset"' in saved and saved.count('"path"') == 2  # generations 1 and 2 only

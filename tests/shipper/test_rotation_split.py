@@ -310,3 +310,51 @@ def test_a_flushed_split_line_gets_an_offset_above_the_lines_read_after_its_part
     assert flushed is not None and flushed.lines.logs == ["out-part"]
     assert flushed.lines.offsets[0] > first.lines.offsets[0]
     reg.close()
+
+
+@pytest.mark.parametrize("mode", ["parts-in-old-file", "parts-across-rotation"])
+def test_a_split_line_cut_by_a_rotation_is_flushed_too(
+    tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """CRI parts of a line, then a kubelet rotation, and the last part never comes (the
+    container died): the parts go out as they are after SPLIT_FLUSH_SECONDS, whether they all
+    lie in the rotated file (the new one stays empty) or also in the new one. They used to be
+    held for as long as the source lived, and dropped with it."""
+    import shipper.tailer as tailer_mod
+
+    monkeypatch.setattr(tailer_mod, "SPLIT_FLUSH_SECONDS", 0.3)
+    monkeypatch.setattr(tailer_mod, "ROTATE_WAIT_SECONDS", 0.1)
+    path = tmp_path / "0.log"
+    write(path, cri_line("full", 0) + cri_line("part-a ", 1, tag="P"))
+    t, reg = tailer(path, state, "cri")
+    assert drain(t) == ["full"]
+    os.rename(path, f"{path}.20260101-000000")
+    path.write_bytes(b"")
+    if mode == "parts-across-rotation":
+        write(path, cri_line("part-b", 2, tag="P"))
+    assert drain(t) == []
+    time.sleep(0.4)
+    want = "part-a part-b" if mode == "parts-across-rotation" else "part-a "
+    assert drain(t) == [want]
+    write(path, cri_line("next", 3))
+    assert drain(t) == ["next"]
+    t, reg = restart(t, reg, path, state, "cri")
+    assert drain(t) == []  # nothing shipped twice
+    reg.close()
+
+
+def test_a_restart_during_the_rotate_wait_still_reads_what_the_renamed_file_gets(
+    tmp_path: Path, state: Path
+) -> None:
+    path = tmp_path / "app.log"
+    _plain(path, ["a0", "a1"])
+    t, reg = tailer(path, state, "plain")
+    assert drain(t) == ["a0", "a1"]
+    _plain(path, ["a2"])
+    os.rename(path, f"{path}.1")
+    path.write_bytes(b"")  # logrotate create; the shipper restarts at this moment
+    t, reg = restart(t, reg, path, state, "plain")
+    assert drain(t) == ["a2"]
+    _plain(Path(f"{path}.1"), ["a3"])  # the program has not reopened yet
+    assert drain(t) == ["a3"]
+    reg.close()
