@@ -288,6 +288,8 @@ class Cursor:
         writer may still append for a moment (see :data:`ROTATE_WAIT_SECONDS`)."""
         self.unread_seen = False
         """The last read filled its block: the file held bytes we had not read yet."""
+        self.linger_size = 0
+        """Its size when it was set aside to linger (see :meth:`Tailer._check_lingering`)."""
         self.gap_after = False
         """Files rotated in after this one were lost (see :meth:`Tailer._check_overrun`): a
         split line still open at its end is not continued by the next file's parts."""
@@ -438,6 +440,9 @@ class Tailer:
         """mtime of the last file finished because it was rotated away: files rotated after
         it that we never opened are newer."""
         self._pin_limit_logged = False
+        self._lingering: list[Cursor] = []
+        """Files renamed away whose next file has data, watched for the rest of the rotate
+        wait: another writer may still append (see :meth:`_check_lingering`)."""
         self._gap_flush: Cursor | None = None
         """A file after which files were lost: its open split lines go out at the next read."""
         self._in_place_warned = False
@@ -899,6 +904,8 @@ class Tailer:
                 _wait_for_room(self.spec.key)
                 return None
             self.start()
+        if self._lingering:
+            self._check_lingering()
         if not self.cursors:
             return None
         head = self.cursors[0]
@@ -1153,6 +1160,13 @@ class Tailer:
             if head.has_remainder():
                 head.final = True
                 return True
+            if not finishing and self._lingers(head):
+                # The next file has data, but another writer may still append to this one
+                # (several processes reopen one after another): watched until the wait ends.
+                self.cursors.remove(head)
+                head.linger_size = head.size()
+                self._lingering.append(head)
+                return True
             if head.gap_after and head in self.parser.pending_origins():
                 # Files after this one were lost: the parts of a split line still open here
                 # would be joined to another line's parts in the next file. Shipped as they
@@ -1213,6 +1227,38 @@ class Tailer:
             self._gap_flush = head
             return False
         return True
+
+    def _lingers(self, head: Cursor) -> bool:
+        """Whether ``head`` (renamed away, read to its end, the file after it has data) is
+        still within :data:`ROTATE_WAIT_SECONDS` of its rename and on disk."""
+        if self.once or head.rotated_at is None or head in self.parser.pending_origins():
+            return False
+        if time.monotonic() - head.rotated_at >= ROTATE_WAIT_SECONDS:
+            return False
+        try:
+            return os.fstat(head.fd).st_nlink > 0
+        except OSError:
+            return False
+
+    def _check_lingering(self) -> None:
+        """Files renamed away within the rotate wait: one that grew is read again first; one
+        whose wait is over (or that was deleted) is let go."""
+        for cur in list(self._lingering):
+            try:
+                st = os.fstat(cur.fd)
+            except OSError:
+                st = None
+            expired = (
+                st is None
+                or st.st_nlink == 0
+                or time.monotonic() - (cur.rotated_at or 0.0) >= ROTATE_WAIT_SECONDS
+            )
+            grew = st is not None and st.st_size > cur.linger_size
+            if grew or expired:
+                self._lingering.remove(cur)
+                if expired:
+                    cur.rotated_at = None  # then let go as any file read to its end
+                self.cursors.insert(0, cur)  # read what it got first
 
     def _rotate_wait(self, head: Cursor) -> bool:
         """Whether ``head``, renamed away and read to its end, may still get lines: for
@@ -1552,8 +1598,9 @@ class Tailer:
         _stop_waiting(self.spec.key)
         if self._started:
             _touch(self.spec.key)
-        for c in self.cursors:
+        for c in (*self.cursors, *self._lingering):
             c.close()
         self.cursors.clear()
+        self._lingering.clear()
         self._held.clear()
         self.live = None

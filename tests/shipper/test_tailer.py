@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import shipper.tailer as tailer_mod
 from shipper.checkpoint import FileState, Registry, file_key
 from shipper.tailer import Tailer, fingerprint
 from tests.shipper.hostgen import docker_line
@@ -44,7 +45,10 @@ def test_rename_rotation_finishes_old_file_first(tmp_path: Path, reg: Registry) 
     os.rename(path, tmp_path / "c-json.log.1")
     append_docker(path, 8, 4)
     assert drain(t) == [f"line {i}" for i in range(5, 12)]
-    # The released file's checkpoint is gone; the live one's is there.
+    # The renamed file is watched for the rotate wait (another writer may append), then let
+    # go: its checkpoint is gone, the live one's is there.
+    t._lingering[0].rotated_at -= tailer_mod.ROTATE_WAIT_SECONDS
+    assert drain(t) == []
     sources = [s.path for _, s in reg.items()]
     assert sources == [str(path)]
 
