@@ -73,10 +73,11 @@ not come for this long, while the file has nothing new, is shipped as it is (Flu
 ``Docker_Mode_Flush``, 4 s by default): a container that died mid-line would otherwise hold it,
 and its file's checkpoint, for as long as the source lives."""
 ROTATE_WAIT_SECONDS = 5.0
-"""A file renamed away stays open this long, or until the new file has data, and what is
-appended to it meanwhile is read: logrotate's ``create`` mode renames the file and creates a new
-one before the program reopens its log (on a signal, or later), so the program's last lines go
-to the renamed file. Fluent Bit's tail ``Rotate_Wait`` (5 s by default) does the same."""
+"""A file renamed away stays open this long, also once the new file has data (another writer
+may not have reopened yet), and what is appended to it meanwhile is read: logrotate's
+``create`` mode renames the file and creates a new one before the program reopens its log (on
+a signal, or later), so the program's last lines go to the renamed file. Fluent Bit's tail
+``Rotate_Wait`` (5 s by default) does the same."""
 PARK_IDLE_SECONDS = 2.0
 """While sources wait for a descriptor, a source whose live file had nothing new for this long
 (read to its end, all acknowledged) closes it and reopens it when it grows or is rotated: with
