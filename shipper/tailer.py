@@ -939,20 +939,11 @@ class Tailer:
         as they are (:attr:`Cursor.gap_after`)."""
         self._gap_flush = None
         head.gap_after = False
-        self.parser.origin = head
-        lines = self.parser.flush(head, head.read_pos + 1, every=True)
-        if not len(lines):
-            return None
-        log.warning(
-            "shipping %d split line(s) as they are: their next parts were in files rotated "
-            "away unread path=%s",
-            len(lines),
-            head.path,
+        return self._flushed(
+            head,
+            logging.WARNING,
+            "shipping split lines as they are: their next parts were in files rotated away unread",
         )
-        chunk = Chunk(head, lines, head._resume(), 0)
-        if self._held:
-            self._settle_held(chunk)
-        return chunk
 
     def _flush_split(self, head: Cursor) -> Chunk | None:
         """At the end of the live file, split lines whose next part has not come for
@@ -963,17 +954,21 @@ class Tailer:
         origins = self.parser.pending_origins()
         if not origins or not origins <= {head, *self._held}:
             return None
+        return self._flushed(
+            head,
+            logging.INFO,
+            f"shipping an unfinished split line as it is: its next part has not come for "
+            f"{SPLIT_FLUSH_SECONDS:g} s",
+        )
+
+    def _flushed(self, head: Cursor, level: int, why: str) -> Chunk | None:
+        """Every open split line, as it is, in a chunk of ``head`` (offsets one past its read
+        position); held files are freed once it is acknowledged."""
         self.parser.origin = head
         lines = self.parser.flush(head, head.read_pos + 1, every=True)
         if not len(lines):
             return None
-        log.info(
-            "shipping an unfinished split line as it is: its next part has not come for %g s "
-            "path=%s offset=%d",
-            SPLIT_FLUSH_SECONDS,
-            head.path,
-            lines.offsets[0],
-        )
+        log.log(level, "%s lines=%d path=%s", why, len(lines), head.path)
         chunk = Chunk(head, lines, head._resume(), 0)
         if self._held:
             self._settle_held(chunk)

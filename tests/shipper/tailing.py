@@ -40,3 +40,17 @@ def drain(t: Tailer, ack: bool = True) -> list[str]:
             commit(t, chunk)
         else:
             chunk.cursor.outstanding += 1
+
+
+def rotate_docker(path: Path, max_file: int = 3) -> None:
+    """Docker's json-file rotation with ``max-file``: the oldest generation is deleted."""
+    import os
+
+    for n in range(max_file - 1, 0, -1):
+        older = Path(f"{path}.{n}")
+        if older.exists():
+            if n == max_file - 1:
+                older.unlink()
+            else:
+                os.replace(older, f"{path}.{n + 1}")
+    os.replace(path, f"{path}.1")

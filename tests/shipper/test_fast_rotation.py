@@ -14,31 +14,22 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shipper.config import load_config
 from shipper.daemon import Shipper
+from shipper.source import SourceRunner
 from shipper.tailer import PIN_CHECK_SECONDS, Tailer
 from tests.shipper.hostgen import docker_line, make_container
 from tests.shipper.receiver import Receiver
+from tests.shipper.tailing import rotate_docker
 
 BACKLOG = 120
 READ_SECONDS = 0.1
 """Each read of the slowed reader blocks the event loop this long (5 lines a batch): the
 backlog keeps it busy for about two seconds."""
-
-
-def _rotate(path: Path, max_file: int) -> None:
-    """Docker's json-file rotation with ``max-file``: the oldest generation is deleted."""
-    for n in range(max_file - 1, 0, -1):
-        older = Path(f"{path}.{n}")
-        if older.exists():
-            if n == max_file - 1:
-                older.unlink()
-            else:
-                os.replace(older, f"{path}.{n + 1}")
-    os.replace(path, f"{path}.1")
 
 
 def _generation(path: Path, gen: int) -> list[str]:
@@ -47,14 +38,8 @@ def _generation(path: Path, gen: int) -> list[str]:
     return texts
 
 
-def _run(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    rotate: Callable[[Path, Callable[[], bool]], Awaitable[None]],
-) -> tuple[Receiver, float]:
-    """Ship a backlog with a slowed reader while ``rotate`` rotates the log (its second argument
-    tells whether the reader is still on the backlog); returns the receiver (after the shipper
-    stopped) and the ``rotated_unseen`` count."""
+def _slow_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every read blocks the event loop for READ_SECONDS, as a CPU-bound parse does."""
     real_read = Tailer.read
 
     def slow_read(self: Tailer, *args: int) -> object:
@@ -62,6 +47,10 @@ def _run(
         return real_read(self, *args)
 
     monkeypatch.setattr(Tailer, "read", slow_read)
+
+
+def _backlog(tmp_path: Path, retry_timeout: float) -> tuple[Path, Receiver, Any]:
+    """A container with BACKLOG lines, a receiver, and a shipper config for both."""
     docker = tmp_path / "containers"
     log_path = make_container(
         docker, "7" * 64, "fast", lines=[f"backlog-{i}" for i in range(BACKLOG)]
@@ -72,37 +61,65 @@ def _run(
             *("--aggregator", receiver.address, "--hostname", "h"),
             *("--docker-root", str(docker), "--cri-root", str(tmp_path / "none")),
             *("--state-dir", str(tmp_path / "state"), "--poll-interval", "0.05"),
-            *("--batch-lines", "5", "--retry-timeout", "5"),
+            *("--batch-lines", "5", "--retry-timeout", str(retry_timeout)),
         ]
     )
-    unseen = 0.0
+    return log_path, receiver, cfg
+
+
+def _drive(
+    cfg: Any,
+    receiver: Receiver,
+    scenario: Callable[[SourceRunner], Awaitable[None]],
+    reason: str,
+) -> float:
+    """Run a shipper; once it has shipped 10 lines, await ``scenario`` with its one source,
+    then stop it. Returns ``files_lost_total{reason}`` of that source."""
+    lost = 0.0
 
     async def go() -> None:
-        nonlocal unseen
+        nonlocal lost
         shipper = Shipper(cfg)
         run = asyncio.create_task(shipper.run())
         while len(receiver.records) < 10:
             await asyncio.sleep(0.01)
         (source,) = shipper.runners.values()
-        await rotate(log_path, lambda: len(receiver.records) < BACKLOG)
-        while not receiver.records or receiver.lines()[-1] != "g-last":
-            await asyncio.sleep(0.05)
+        await scenario(source)
         shipper.request_stop()
         await run
-        unseen = shipper.metrics.registry.get_sample_value(
-            "logq_shipper_files_lost_total",
-            {"service": source.spec.service, "reason": "rotated_unseen"},
+        lost = shipper.metrics.registry.get_sample_value(
+            "logq_shipper_files_lost_total", {"service": source.spec.service, "reason": reason}
         )
 
     try:
         asyncio.run(asyncio.wait_for(go(), 60))
     finally:
         receiver.close()
-    return receiver, unseen or 0.0
+    return lost or 0.0
+
+
+def _run(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    rotate: Callable[[Path, Callable[[], bool]], Awaitable[None]],
+) -> tuple[Receiver, float]:
+    """Ship a backlog with a slowed reader while ``rotate`` rotates the log (its second argument
+    tells whether the reader is still on the backlog); returns the receiver (after the shipper
+    stopped) and the ``rotated_unseen`` count."""
+    _slow_reader(monkeypatch)
+    log_path, receiver, cfg = _backlog(tmp_path, 5)
+
+    async def scenario(source: SourceRunner) -> None:
+        await rotate(log_path, lambda: len(receiver.records) < BACKLOG)
+        while not receiver.records or receiver.lines()[-1] != "g-last":
+            await asyncio.sleep(0.05)
+
+    unseen = _drive(cfg, receiver, scenario, "rotated_unseen")
+    return receiver, unseen
 
 
 def _finish(path: Path, max_file: int) -> None:
-    _rotate(path, max_file)
+    rotate_docker(path, max_file)
     path.write_bytes(docker_line("g-last"))
 
 
@@ -116,7 +133,7 @@ def test_a_busy_reader_opens_every_rotated_file_before_it_is_deleted(
 
     async def rotate(path: Path, busy: Callable[[], bool]) -> None:
         for gen in range(1, 4):
-            _rotate(path, max_file=2)
+            rotate_docker(path, max_file=2)
             written.extend(_generation(path, gen))
             await asyncio.sleep(0.4)
             assert busy(), "the reader caught up: the test proves nothing"
@@ -138,7 +155,7 @@ def test_files_rotated_in_and_deleted_between_two_checks_are_counted(
     async def rotate(path: Path, busy: Callable[[], bool]) -> None:
         await asyncio.sleep(2 * PIN_CHECK_SECONDS)  # the backlog file was checked as live
         for gen in range(1, 4):  # no await in between: no check can fall between them
-            _rotate(path, max_file=2)
+            rotate_docker(path, max_file=2)
             texts = _generation(path, gen)
             if gen != 1:
                 written.extend(texts)
@@ -162,7 +179,7 @@ def test_a_rotated_file_compressed_at_once_is_no_loss(
 
     async def rotate(path: Path, busy: Callable[[], bool]) -> None:
         await asyncio.sleep(2 * PIN_CHECK_SECONDS)
-        _rotate(path, max_file=2)
+        rotate_docker(path, max_file=2)
         rotated = Path(f"{path}.1")
         Path(f"{path}.1.gz").write_bytes(gzip.compress(rotated.read_bytes()))
         rotated.unlink()
@@ -170,7 +187,7 @@ def test_a_rotated_file_compressed_at_once_is_no_loss(
         await asyncio.sleep(3 * PIN_CHECK_SECONDS)
         assert busy(), "the reader caught up: the test proves nothing"
         Path(f"{path}.1.gz").unlink()
-        _rotate(path, max_file=2)
+        rotate_docker(path, max_file=2)
         path.write_bytes(docker_line("g-last"))
 
     receiver, unseen = _run(tmp_path, monkeypatch, rotate)
@@ -236,11 +253,11 @@ def test_a_source_that_rotated_is_looked_at_more_often(tmp_path: Path) -> None:
     t = Tailer(spec_for(path), reg, "h", 65536)
     assert len(drain(t)) == 3
     assert t.pin_check_seconds() == PIN_CHECK_SECONDS  # idle sources cost no more than before
-    _rotate(path, max_file=2)
+    rotate_docker(path, max_file=2)
     append_docker(path, 3, 3)
     assert len(drain(t)) == 3
     assert t.pin_check_seconds() == PIN_CHECK_SECONDS  # one rotation: not a fast rotator
-    _rotate(path, max_file=2)
+    rotate_docker(path, max_file=2)
     append_docker(path, 6, 3)
     assert len(drain(t)) == 3
     assert t.pin_check_seconds() == PIN_CHECK_FAST_SECONDS  # two within FAST_ROTATION_GAP
@@ -255,47 +272,23 @@ def test_a_stop_reads_deleted_files_it_holds_to_their_end(
     """SIGTERM while the reader is on a file the runtime deleted (held open): the file is read
     to its end before the shipper exits, since a restart could not read it. Before, its unread
     lines were lost and blamed on downtime (deleted_unread at the next start)."""
-    real_read = Tailer.read
+    _slow_reader(monkeypatch)
+    log_path, receiver, cfg = _backlog(tmp_path, 30)
 
-    def slow_read(self: Tailer, *args: int) -> object:
-        time.sleep(READ_SECONDS)
-        return real_read(self, *args)
-
-    monkeypatch.setattr(Tailer, "read", slow_read)
-    docker = tmp_path / "containers"
-    log_path = make_container(
-        docker, "8" * 64, "stopping", lines=[f"backlog-{i}" for i in range(BACKLOG)]
-    )
-    receiver = Receiver()
-    cfg = load_config(
-        [
-            *("--aggregator", receiver.address, "--hostname", "h"),
-            *("--docker-root", str(docker), "--cri-root", str(tmp_path / "none")),
-            *("--state-dir", str(tmp_path / "state"), "--poll-interval", "0.05"),
-            *("--batch-lines", "5", "--retry-timeout", "30"),
-        ]
-    )
-
-    async def go() -> None:
-        shipper = Shipper(cfg)
-        run = asyncio.create_task(shipper.run())
-        while len(receiver.records) < 10:
-            await asyncio.sleep(0.01)
-        (source,) = shipper.runners.values()
-        for gen in (1, 2):  # max-file 2: the backlog file is deleted at the second rotation
-            _rotate(log_path, max_file=2)
-            _generation(log_path, gen)
-            await asyncio.sleep(2 * PIN_CHECK_SECONDS)
+    async def scenario(source: SourceRunner) -> None:
+        await _delete_the_backlog_file(log_path)
         assert source.tailer.holds_deleted() and len(receiver.records) < BACKLOG
-        shipper.request_stop()
-        await run
 
-    try:
-        asyncio.run(asyncio.wait_for(go(), 60))
-    finally:
-        receiver.close()
-    lines = receiver.lines()
-    assert lines[:BACKLOG] == [f"backlog-{i}" for i in range(BACKLOG)]
+    _drive(cfg, receiver, scenario, "deleted_unread")
+    assert receiver.lines()[:BACKLOG] == [f"backlog-{i}" for i in range(BACKLOG)]
+
+
+async def _delete_the_backlog_file(log_path: Path) -> None:
+    """Two rotations with max-file 2: the backlog file is deleted (still held open)."""
+    for gen in (1, 2):
+        rotate_docker(log_path, max_file=2)
+        _generation(log_path, gen)
+        await asyncio.sleep(2 * PIN_CHECK_SECONDS)
 
 
 def test_a_stop_cut_short_counts_the_deleted_files_it_could_not_finish(
@@ -304,45 +297,13 @@ def test_a_stop_cut_short_counts_the_deleted_files_it_could_not_finish(
     """No acks come (the aggregator is down), so the deleted file held open cannot be read to
     its end within --retry-timeout: it is counted as lost at the stop and its checkpoint
     dropped (a restart would otherwise blame the downtime and count it again)."""
-    docker = tmp_path / "containers"
-    log_path = make_container(
-        docker, "9" * 64, "cut", lines=[f"backlog-{i}" for i in range(BACKLOG)]
-    )
-    receiver = Receiver()
-    cfg = load_config(
-        [
-            *("--aggregator", receiver.address, "--hostname", "h"),
-            *("--docker-root", str(docker), "--cri-root", str(tmp_path / "none")),
-            *("--state-dir", str(tmp_path / "state"), "--poll-interval", "0.05"),
-            *("--batch-lines", "5", "--retry-timeout", "1"),
-        ]
-    )
-    counted = 0.0
+    log_path, receiver, cfg = _backlog(tmp_path, 1)
 
-    async def go() -> None:
-        nonlocal counted
-        shipper = Shipper(cfg)
-        run = asyncio.create_task(shipper.run())
-        while len(receiver.records) < 10:
-            await asyncio.sleep(0.01)
+    async def scenario(source: SourceRunner) -> None:
         receiver.ack = False  # from now on nothing is acknowledged
-        (source,) = shipper.runners.values()
-        for gen in (1, 2):
-            _rotate(log_path, max_file=2)
-            _generation(log_path, gen)
-            await asyncio.sleep(2 * PIN_CHECK_SECONDS)
+        await _delete_the_backlog_file(log_path)
         assert source.tailer.holds_deleted()
-        shipper.request_stop()
-        await run
-        counted = shipper.metrics.registry.get_sample_value(
-            "logq_shipper_files_lost_total",
-            {"service": source.spec.service, "reason": "deleted_unread"},
-        )
 
-    try:
-        asyncio.run(asyncio.wait_for(go(), 60))
-    finally:
-        receiver.close()
-    assert counted == 1
+    assert _drive(cfg, receiver, scenario, "deleted_unread") == 1
     saved = (tmp_path / "state" / "checkpoints.json").read_text()
     assert '"offset"' in saved and saved.count('"path"') == 2  # generations 1 and 2 only

@@ -26,6 +26,7 @@ from shipper.daemon import Shipper, raise_open_files_limit
 from shipper.discover import Discoverer, Scan
 from tests.shipper.hostgen import make_container
 from tests.shipper.receiver import Receiver
+from tests.shipper.tailing import rotate_docker
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -213,18 +214,6 @@ def test_fd_check_helper_sees_real_emfile(tmp_path: Path) -> None:
     assert not scan.complete and "Too many open files" in scan.failures[0]
 
 
-def _rotate(path: Path, max_file: int = 3) -> None:
-    """Docker's json-file rotation with ``max-file``: the oldest generation is deleted."""
-    for n in range(max_file - 1, 0, -1):
-        older = Path(f"{path}.{n}")
-        if older.exists():
-            if n == max_file - 1:
-                older.unlink()
-            else:
-                os.replace(older, f"{path}.{n + 1}")
-    os.replace(path, f"{path}.1")
-
-
 def test_rotations_are_pinned_only_while_reading_waits(tmp_path: Path) -> None:
     """The pin check runs while the reader waits for acks (where it prevents losses) and not
     for idle sources at the end of their file (1000 of them cost a tenth of a core): after
@@ -272,7 +261,7 @@ def test_rotations_are_pinned_only_while_reading_waits(tmp_path: Path) -> None:
         while not busy._waiting.is_set():
             await asyncio.sleep(0.05)
         for gen in range(1, 6):
-            _rotate(busy_log)
+            rotate_docker(busy_log)
             busy_log.write_bytes(b"".join(docker_line(f"g{gen}-{i}", i) for i in range(5)))
             await asyncio.sleep(3 * PIN_CHECK_SECONDS)
         # Every generation is held open, though max-file 3 deleted most of them from disk.
