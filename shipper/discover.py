@@ -561,6 +561,17 @@ def rotated_siblings(path: Path) -> list[Path]:
     Raises the :class:`OSError` of a transient listing failure (out of fds, EIO): "no rotated
     files" would then be a lie, and the caller must look again later. A folder that is gone or
     unreadable for good has none."""
+    return [p for p in _siblings(path) if not p.name.endswith(COMPRESSED_SUFFIXES)]
+
+
+def compressed_siblings(path: Path) -> list[Path]:
+    """gzip-compressed rotated copies of ``path`` (``x-json.log.1.gz``, Docker ``compress``,
+    kubelet); listing errors as for :func:`rotated_siblings`."""
+    return [p for p in _siblings(path) if p.name.endswith(".gz")]
+
+
+def _siblings(path: Path) -> list[Path]:
+    """Files named ``<path's name>.<anything>`` beside it (see :func:`rotated_siblings`)."""
     try:
         names = os.listdir(path.parent)
     except OSError as exc:
@@ -568,8 +579,4 @@ def rotated_siblings(path: Path) -> list[Path]:
             raise
         return []
     prefix = path.name + "."
-    return [
-        path.parent / n
-        for n in names
-        if n.startswith(prefix) and not n.endswith(COMPRESSED_SUFFIXES)
-    ]
+    return [path.parent / n for n in names if n.startswith(prefix)]

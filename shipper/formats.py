@@ -316,13 +316,7 @@ class LineParser:
             if not every and set(p.starts) != {origin}:
                 continue
             del self._partials[stream]
-            log = "".join(p.parts)
-            if p.dropped:
-                out.truncated += 1
-                log += TRUNCATION_MARKER.format(dropped=p.dropped)
-                out.add(at, p.time, p.time_ns, stream, log)
-            else:
-                self._emit(out, at, p.time, p.time_ns, stream, log)
+            self._emit_group(out, at, stream, p, complete=False)
             at += 1
         return out
 
@@ -360,15 +354,23 @@ class LineParser:
             p.dropped += len(text) - max(room, 0)
         if last:
             del self._partials[stream]
-            log = "".join(p.parts)
-            if p.dropped:
-                out.truncated += 1
-                log += TRUNCATION_MARKER.format(dropped=p.dropped)
-                out.add(end, p.time, p.time_ns, stream, log)
-            else:
-                if log[-1:] == "\r":
-                    log = log[:-1]
-                self._emit(out, end, p.time, p.time_ns, stream, log)
+            self._emit_group(out, end, stream, p, complete=True)
+
+    def _emit_group(
+        self, out: Lines, offset: int, stream: str, p: _Partial, complete: bool
+    ) -> None:
+        """The parts of ``p`` as one line (marked when parts were cut at the line limit); a
+        ``complete`` line loses the ``\r`` of its CRLF end."""
+        log = "".join(p.parts)
+        if p.dropped:
+            out.truncated += 1
+            out.add(
+                offset, p.time, p.time_ns, stream, log + TRUNCATION_MARKER.format(dropped=p.dropped)
+            )
+            return
+        if complete and log[-1:] == "\r":
+            log = log[:-1]
+        self._emit(out, offset, p.time, p.time_ns, stream, log)
 
     def _raw(self, out: Lines, end: int, raw: bytes) -> None:
         """A line the format cannot parse: shipped as it is (counted), never dropped."""

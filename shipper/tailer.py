@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shipper.checkpoint import FileState, Registry, file_key
-from shipper.discover import SourceSpec, rotated_siblings
+from shipper.discover import SourceSpec, compressed_siblings, rotated_siblings
 from shipper.formats import PARSERS, LineParser, Lines, overlong_line
 
 log = logging.getLogger("logq.shipper.tailer")
@@ -383,6 +383,14 @@ class Cursor:
             return os.fstat(self.fd).st_size
         except OSError:
             return 0
+
+    def deleted(self) -> bool:
+        """Whether the file has no name left (the runtime deleted it; only our descriptor
+        keeps it readable). False when that cannot be told."""
+        try:
+            return os.fstat(self.fd).st_nlink == 0
+        except OSError:
+            return False
 
     def close(self) -> None:
         global _open_files
@@ -833,18 +841,15 @@ class Tailer:
 
     def _compressed_identities(self) -> set[tuple[str | None, int]]:
         """(fingerprint, size mod 2**32) of this source's gzip-compressed rotated files."""
-        rot = self._rotation_path()
         try:
-            names = os.listdir(rot.parent)
+            copies = compressed_siblings(self._rotation_path())
         except OSError:
             return set()
-        prefix = rot.name + "."
         out: set[tuple[str | None, int]] = set()
-        for name in names:
-            if name.startswith(prefix) and name.endswith(".gz"):
-                ident = gzip_identity(rot.parent / name)
-                if ident is not None:
-                    out.add(ident)
+        for copy in copies:
+            ident = gzip_identity(copy)
+            if ident is not None:
+                out.add(ident)
         return out
 
     def _open_live(self, within_budget: bool = True) -> bool:
@@ -1046,9 +1051,9 @@ class Tailer:
         A ``last`` compressed away after a single rotation loses nothing (we hold it open)."""
         now = time.monotonic()
         self.rotation_gap, self.last_rotation = now - self.last_rotation, now
+        if not last.deleted():
+            return
         try:
-            if os.fstat(last.fd).st_nlink != 0:
-                return
             floor = os.fstat(last.fd).st_mtime_ns
             rot = self._rotation_path()
             newer = 0
@@ -1082,15 +1087,9 @@ class Tailer:
         """(whether ``rot`` has compressed rotated copies at all, the identities of those newer
         than ``floor`` whose first line is none this source opened and that were not counted
         before). Their lines were never read: compressed files are not shipped."""
-        names = os.listdir(rot.parent)
-        prefix = rot.name + "."
-        compressed = False
+        copies = compressed_siblings(rot)
         unseen: list[tuple[str, int]] = []
-        for name in names:
-            if not (name.startswith(prefix) and name.endswith(".gz")):
-                continue
-            compressed = True
-            path = rot.parent / name
+        for path in copies:
             try:
                 if os.stat(path).st_mtime_ns < floor:
                     continue
@@ -1106,7 +1105,7 @@ class Tailer:
                 self._counted.clear()  # older copies are below any later floor anyway
             self._counted.add((fp, size))
             unseen.append((fp, size))
-        return compressed, unseen
+        return bool(copies), unseen
 
     def _pin_full(self) -> bool:
         """Whether this source may not open another file while behind: it holds
@@ -1224,32 +1223,29 @@ class Tailer:
             return False
         return True
 
-    def _lingers(self, head: Cursor) -> bool:
-        """Whether ``head`` (renamed away, read to its end, the file after it has data) is
-        still within :data:`ROTATE_WAIT_SECONDS` of its rename and on disk."""
-        if self.once or head.rotated_at is None or head in self.parser.pending_origins():
+    def _in_rotate_wait(self, cur: Cursor) -> bool:
+        """Whether ``cur`` was renamed away less than :data:`ROTATE_WAIT_SECONDS` ago and is
+        still on disk: its writer may still append (never under ``--once``)."""
+        if self.once or cur.rotated_at is None:
             return False
-        if time.monotonic() - head.rotated_at >= ROTATE_WAIT_SECONDS:
+        if time.monotonic() - cur.rotated_at >= ROTATE_WAIT_SECONDS:
             return False
         try:
-            return os.fstat(head.fd).st_nlink > 0
+            return os.fstat(cur.fd).st_nlink > 0
         except OSError:
             return False
+
+    def _lingers(self, head: Cursor) -> bool:
+        """Whether ``head`` (renamed away, read to its end, the file after it has data) is
+        still in its rotate wait, with no split line open in it."""
+        return head not in self.parser.pending_origins() and self._in_rotate_wait(head)
 
     def _check_lingering(self) -> None:
         """Files renamed away within the rotate wait: one that grew is read again first; one
         whose wait is over (or that was deleted) is let go."""
         for cur in list(self._lingering):
-            try:
-                st = os.fstat(cur.fd)
-            except OSError:
-                st = None
-            expired = (
-                st is None
-                or st.st_nlink == 0
-                or time.monotonic() - (cur.rotated_at or 0.0) >= ROTATE_WAIT_SECONDS
-            )
-            grew = st is not None and st.st_size > cur.linger_size
+            expired = not self._in_rotate_wait(cur)
+            grew = cur.size() > cur.linger_size
             if grew or expired:
                 self._lingering.remove(cur)
                 if expired:
@@ -1260,14 +1256,7 @@ class Tailer:
         """Whether ``head``, renamed away and read to its end, may still get lines: for
         :data:`ROTATE_WAIT_SECONDS` after the rename, while it is on disk and the file after
         it has no data yet (a writer that has moved to the new file is done with the old)."""
-        if self.once or head.rotated_at is None:
-            return False
-        if time.monotonic() - head.rotated_at >= ROTATE_WAIT_SECONDS:
-            return False
-        try:
-            if os.fstat(head.fd).st_nlink == 0:
-                return False
-        except OSError:
+        if not self._in_rotate_wait(head):
             return False
         if self.live is None:
             self._open_live()  # the new file, once it has a first line
@@ -1479,16 +1468,12 @@ class Tailer:
         """(read all, lines unread) as a compressed copy of ``head`` tells (copytruncate with
         immediate compression): its uncompressed size against our position. (False, False)
         without such a copy."""
-        rot = self._rotation_path()
         try:
-            names = os.listdir(rot.parent)
+            copies = compressed_siblings(self._rotation_path())
         except OSError:
             return False, False
-        prefix = rot.name + "."
-        for name in names:
-            if not (name.startswith(prefix) and name.endswith(".gz")):
-                continue
-            ident = gzip_identity(rot.parent / name)
+        for copy in copies:
+            ident = gzip_identity(copy)
             if ident is None or ident[0] != head.fp:
                 continue
             size = ident[1]
@@ -1565,11 +1550,7 @@ class Tailer:
         and count them again). Returns how many."""
         n = 0
         for cur in self.cursors:
-            try:
-                gone = os.fstat(cur.fd).st_nlink == 0
-            except OSError:
-                continue
-            if gone:
+            if cur.deleted():
                 self.registry.remove(cur.key)
                 self.on_loss("deleted_unread")
                 n += 1
@@ -1578,12 +1559,7 @@ class Tailer:
     def holds_deleted(self) -> bool:
         """Whether the file being read (the oldest held) is deleted: its unread lines exist
         only behind our descriptor, and a restart could not read them."""
-        if not self.cursors:
-            return False
-        try:
-            return os.fstat(self.cursors[0].fd).st_nlink == 0
-        except OSError:
-            return False
+        return bool(self.cursors) and self.cursors[0].deleted()
 
     @property
     def waiting(self) -> bool:
