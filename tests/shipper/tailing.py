@@ -42,15 +42,23 @@ def drain(t: Tailer, ack: bool = True) -> list[str]:
             chunk.cursor.outstanding += 1
 
 
-def rotate_docker(path: Path, max_file: int = 3) -> None:
-    """Docker's json-file rotation with ``max-file``: the oldest generation is deleted."""
+def rotate_docker(path: Path, max_file: int = 3, compress: bool = False) -> None:
+    """Docker's json-file rotation with ``max-file``: the oldest generation is deleted. With
+    ``compress``, the rotated copies are ``.N.gz``: the live file becomes ``.1`` and is
+    compressed to ``.1.gz`` at once (the plain copy removed)."""
+    import gzip
     import os
 
+    gz = ".gz" if compress else ""
     for n in range(max_file - 1, 0, -1):
-        older = Path(f"{path}.{n}")
+        older = Path(f"{path}.{n}{gz}")
         if older.exists():
             if n == max_file - 1:
                 older.unlink()
             else:
-                os.replace(older, f"{path}.{n + 1}")
+                os.replace(older, f"{path}.{n + 1}{gz}")
     os.replace(path, f"{path}.1")
+    if compress:
+        rotated = Path(f"{path}.1")
+        Path(f"{path}.1.gz").write_bytes(gzip.compress(rotated.read_bytes()))
+        rotated.unlink()

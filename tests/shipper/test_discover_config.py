@@ -303,6 +303,7 @@ def test_fixed_metadata_applies_to_new_lines_of_a_running_source(tmp_path: Path)
     from shipper.daemon import Shipper
     from tests.shipper.hostgen import docker_line
     from tests.shipper.receiver import Receiver
+    from tests.shipper.shipping import shipper_args
 
     docker = tmp_path / "containers"
     cid = "d" * 64
@@ -311,13 +312,11 @@ def test_fixed_metadata_applies_to_new_lines_of_a_running_source(tmp_path: Path)
     config.write_text('{"Name": "/real-name", "Config": {"Labels": {"logq.servi')
     receiver = Receiver()
     cfg = load_config(
-        [
-            *("--aggregator", receiver.address, "--hostname", "h"),
-            *("--docker-root", str(docker), "--cri-root", str(tmp_path / "none")),
-            *("--state-dir", str(tmp_path / "state"), "--poll-interval", "0.05"),
-            *("--discover-interval", "0.2"),
-        ]
-    )
+        shipper_args(
+            tmp_path, receiver, "--poll-interval", "0.05", "--discover-interval", "0.2",
+            docker=docker,
+        )
+    )  # fmt: skip
 
     async def go() -> None:
         shipper = Shipper(cfg)

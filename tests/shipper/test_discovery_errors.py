@@ -27,6 +27,7 @@ from shipper.daemon import Shipper
 from shipper.discover import Discoverer, Scan, rotated_siblings
 from tests.shipper.hostgen import make_container
 from tests.shipper.receiver import Receiver
+from tests.shipper.shipping import shipper_args, stop_runners
 
 
 def _pod(root: Path, name: str, uid: str) -> Path:
@@ -145,13 +146,7 @@ def test_a_failing_folder_does_not_stop_draining_or_back_off_the_others(
     pods = tmp_path / "pods"
     alpha = _pod(pods, "alpha-0", "0b2c9f3e-1111-2222-3333-4444555566aa")
     beta = _pod(pods, "beta-0", "0b2c9f3e-1111-2222-3333-4444555566bb")
-    cfg = load_config(
-        [
-            *("--aggregator", receiver.address, "--hostname", "h"),
-            *("--docker-root", str(tmp_path / "none"), "--cri-root", str(pods)),
-            *("--state-dir", str(tmp_path / "state"), "--poll-interval", "0.05"),
-        ]
-    )
+    cfg = load_config(shipper_args(tmp_path, receiver, "--poll-interval", "0.05", cri=pods))
 
     async def go() -> None:
         shipper = Shipper(cfg)
@@ -170,11 +165,7 @@ def test_a_failing_folder_does_not_stop_draining_or_back_off_the_others(
         assert shipper._blind_passes == 0
         assert shipper._scan_delay(False, True) == cfg.discover_interval  # no back-off
         monkeypatch.undo()
-        for r in list(shipper.runners.values()):
-            r.stopping = True
-        await asyncio.gather(*(r.task for r in list(shipper.runners.values()) if r.task))
-        await shipper.client.close()
-        shipper.registry.close()
+        await stop_runners(shipper)
 
     try:
         asyncio.run(asyncio.wait_for(go(), 60))

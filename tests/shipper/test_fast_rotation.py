@@ -9,8 +9,6 @@ two checks, the possible loss is counted (``files_lost_total{reason="rotated_uns
 from __future__ import annotations
 
 import asyncio
-import gzip
-import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -24,6 +22,7 @@ from shipper.source import SourceRunner
 from shipper.tailer import PIN_CHECK_SECONDS, Tailer
 from tests.shipper.hostgen import docker_line, make_container
 from tests.shipper.receiver import Receiver
+from tests.shipper.shipping import shipper_args
 from tests.shipper.tailing import rotate_docker
 
 BACKLOG = 120
@@ -57,13 +56,11 @@ def _backlog(tmp_path: Path, retry_timeout: float) -> tuple[Path, Receiver, Any]
     )
     receiver = Receiver()
     cfg = load_config(
-        [
-            *("--aggregator", receiver.address, "--hostname", "h"),
-            *("--docker-root", str(docker), "--cri-root", str(tmp_path / "none")),
-            *("--state-dir", str(tmp_path / "state"), "--poll-interval", "0.05"),
-            *("--batch-lines", "5", "--retry-timeout", str(retry_timeout)),
-        ]
-    )
+        shipper_args(
+            tmp_path, receiver, "--poll-interval", "0.05", "--batch-lines", "5",
+            "--retry-timeout", str(retry_timeout), docker=docker,
+        )
+    )  # fmt: skip
     return log_path, receiver, cfg
 
 
@@ -179,10 +176,7 @@ def test_a_rotated_file_compressed_at_once_is_no_loss(
 
     async def rotate(path: Path, busy: Callable[[], bool]) -> None:
         await asyncio.sleep(2 * PIN_CHECK_SECONDS)
-        rotate_docker(path, max_file=2)
-        rotated = Path(f"{path}.1")
-        Path(f"{path}.1.gz").write_bytes(gzip.compress(rotated.read_bytes()))
-        rotated.unlink()
+        rotate_docker(path, max_file=2, compress=True)
         written.extend(_generation(path, 1))
         await asyncio.sleep(3 * PIN_CHECK_SECONDS)
         assert busy(), "the reader caught up: the test proves nothing"
@@ -196,22 +190,6 @@ def test_a_rotated_file_compressed_at_once_is_no_loss(
     assert unseen == 0
 
 
-def _rotate_compressed(path: Path, max_file: int) -> None:
-    """Docker's rotation with ``compress``: older ``.N.gz`` shift, the live file becomes ``.1``
-    and is compressed to ``.1.gz`` at once (the plain copy removed)."""
-    for n in range(max_file - 1, 0, -1):
-        older = Path(f"{path}.{n}.gz")
-        if older.exists():
-            if n == max_file - 1:
-                older.unlink()
-            else:
-                os.replace(older, f"{path}.{n + 1}.gz")
-    os.replace(path, f"{path}.1")
-    rotated = Path(f"{path}.1")
-    Path(f"{path}.1.gz").write_bytes(gzip.compress(rotated.read_bytes()))
-    rotated.unlink()
-
-
 def test_files_compressed_before_they_were_read_are_counted_one_each(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -223,13 +201,13 @@ def test_files_compressed_before_they_were_read_are_counted_one_each(
     async def rotate(path: Path, busy: Callable[[], bool]) -> None:
         await asyncio.sleep(2 * PIN_CHECK_SECONDS)
         for gen in range(1, 4):  # no await in between: no check can fall between them
-            _rotate_compressed(path, max_file=4)
+            rotate_docker(path, max_file=4, compress=True)
             texts = _generation(path, gen)
             if gen == 3:
                 written.extend(texts)
         await asyncio.sleep(3 * PIN_CHECK_SECONDS)
         assert busy(), "the reader caught up: the test proves nothing"
-        _rotate_compressed(path, max_file=4)
+        rotate_docker(path, max_file=4, compress=True)
         path.write_bytes(docker_line("g-last"))
 
     receiver, unseen = _run(tmp_path, monkeypatch, rotate)

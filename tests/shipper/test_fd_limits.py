@@ -26,6 +26,7 @@ from shipper.daemon import Shipper, raise_open_files_limit
 from shipper.discover import Discoverer, Scan
 from tests.shipper.hostgen import make_container
 from tests.shipper.receiver import Receiver
+from tests.shipper.shipping import shipper_args, stop_runners
 from tests.shipper.tailing import rotate_docker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -145,14 +146,8 @@ def test_a_failed_pass_drains_nothing_and_a_file_still_there_is_not_gone(
     receiver = Receiver()
     log = tmp_path / "app.log"
     log.write_text("one\n")
-    cfg = load_config(
-        [
-            *("--aggregator", receiver.address, "--hostname", "h"),
-            *("--docker-root", str(tmp_path / "none"), "--cri-root", str(tmp_path / "none")),
-            *("--path", str(log), "--state-dir", str(tmp_path / "state")),
-            *("--poll-interval", "0.05"),
-        ]
-    )
+    args = shipper_args(tmp_path, receiver, "--path", str(log), "--poll-interval", "0.05")
+    cfg = load_config(args)
     failing = Scan(failures=["cannot list /x: [Errno 24] Too many open files"])
 
     async def go() -> None:
@@ -181,11 +176,7 @@ def test_a_failed_pass_drains_nothing_and_a_file_still_there_is_not_gone(
         shipper._sync_sources(shipper._discover())
         assert "discovery works again after 3 failed passes" in caplog.text
         assert shipper._scan_delay(False, True) == 10.0  # inotify covers all: safety net only
-        for r in list(shipper.runners.values()):
-            r.stopping = True
-        await asyncio.gather(*(r.task for r in list(shipper.runners.values()) if r.task))
-        await shipper.client.close()
-        shipper.registry.close()
+        await stop_runners(shipper)
 
     try:
         with caplog.at_level(logging.INFO, logger="logq.shipper"):
@@ -226,13 +217,11 @@ def test_rotations_are_pinned_only_while_reading_waits(tmp_path: Path) -> None:
     idle_log = make_container(docker, "1" * 64, "idle", lines=["x"])
     receiver = Receiver()
     cfg = load_config(
-        [
-            *("--aggregator", receiver.address, "--hostname", "h"),
-            *("--docker-root", str(docker), "--cri-root", str(tmp_path / "none")),
-            *("--state-dir", str(tmp_path / "state"), "--poll-interval", "0.05"),
-            *("--batch-lines", "5", "--retry-timeout", "1"),
-        ]
-    )
+        shipper_args(
+            tmp_path, receiver, "--poll-interval", "0.05", "--batch-lines", "5",
+            "--retry-timeout", "1", docker=docker,
+        )
+    )  # fmt: skip
 
     async def go() -> None:
         shipper = Shipper(cfg)
@@ -284,13 +273,7 @@ def test_once_with_an_incomplete_discovery_does_not_claim_success(tmp_path: Path
     receiver = Receiver()
     log = tmp_path / "app.log"
     log.write_text("one\n")
-    cfg = load_config(
-        [
-            *("--aggregator", receiver.address, "--hostname", "h", "--once"),
-            *("--docker-root", str(tmp_path / "none"), "--cri-root", str(tmp_path / "none")),
-            *("--path", str(log), "--state-dir", str(tmp_path / "state")),
-        ]
-    )
+    cfg = load_config(shipper_args(tmp_path, receiver, "--once", "--path", str(log)))
 
     async def go() -> None:
         shipper = Shipper(cfg)

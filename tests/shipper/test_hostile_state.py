@@ -25,6 +25,7 @@ from shipper.daemon import Shipper
 from shipper.errors import ConfigError, ShipperError
 from shipper.tailer import fingerprint
 from tests.shipper.receiver import Receiver, free_port
+from tests.shipper.shipping import shipper_args
 from tests.shipper.test_once import run_shipper
 
 GOOD = {"source": "file:/x", "path": "/x", "source_id": "h:1:ab", "offset": 10, "acked": 9}
@@ -171,13 +172,9 @@ def test_registry_roundtrip_survives_repair(tmp_path: Path) -> None:
 # --- through the real program ------------------------------------------------------------------
 
 
-def shipper_args(tmp_path: Path, receiver: Receiver) -> list[str]:
-    return [
-        *("--aggregator", receiver.address, "--hostname", "h"),
-        *("--docker-root", str(tmp_path / "none"), "--cri-root", str(tmp_path / "none")),
-        *("--path", str(tmp_path / "plain" / "*.log"), "--state-dir", str(tmp_path / "state")),
-        *("--once", "--retry-timeout", "10"),
-    ]
+def _args(tmp_path: Path, receiver: Receiver) -> list[str]:
+    plain = str(tmp_path / "plain" / "*.log")
+    return shipper_args(tmp_path, receiver, "--path", plain, "--once", "--retry-timeout", "10")
 
 
 @pytest.mark.integration
@@ -193,7 +190,7 @@ def test_once_with_a_corrupt_checkpoint_ships_every_line_once(tmp_path: Path, co
         (tmp_path / "plain").mkdir()
         log = tmp_path / "plain" / "app.log"
         log.write_text("".join(f"line-{i}\n" for i in range(5)))
-        args = shipper_args(tmp_path, receiver)
+        args = _args(tmp_path, receiver)
         first = run_shipper(*args)
         assert first.returncode == 0, first.stderr[-2000:]
         registry = tmp_path / "state" / "checkpoints.json"

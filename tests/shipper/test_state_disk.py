@@ -24,6 +24,7 @@ from shipper.config import load_config
 from shipper.daemon import Shipper, main
 from shipper.errors import ShipperError
 from tests.shipper.receiver import Receiver
+from tests.shipper.shipping import shipper_args
 
 LINES = [f"line-{i}" for i in range(20)]
 
@@ -32,12 +33,10 @@ def _args(tmp_path: Path, receiver: Receiver) -> list[str]:
     (tmp_path / "plain").mkdir(exist_ok=True)
     log = tmp_path / "plain" / "app.log"
     log.write_text("".join(f"{x}\n" for x in LINES))
-    return [
-        *("--aggregator", receiver.address, "--hostname", "h"),
-        *("--docker-root", str(tmp_path / "none"), "--cri-root", str(tmp_path / "none")),
-        *("--path", str(log), "--state-dir", str(tmp_path / "state")),
+    return shipper_args(
+        tmp_path, receiver, "--path", str(log),
         *("--batch-lines", "2", "--poll-interval", "0.05", "--retry-timeout", "30"),
-    ]
+    )  # fmt: skip
 
 
 def _full_disk(self: Registry, data: bytes) -> None:

@@ -1,0 +1,39 @@
+"""A shipper sending to a test :class:`~tests.shipper.receiver.Receiver`: its arguments, and the
+stop of one driven in-process (``Shipper`` run on the test's own event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from shipper.daemon import Shipper
+from tests.shipper.receiver import Receiver
+
+
+def shipper_args(
+    tmp_path: Path,
+    receiver: Receiver,
+    *extra: str,
+    docker: Path | None = None,
+    cri: Path | None = None,
+) -> list[str]:
+    """Arguments of a shipper that sends to ``receiver`` as host ``h``, with its state under
+    ``tmp_path/state``, the Docker and CRI roots given (else a folder that does not exist),
+    then ``extra``."""
+    none = tmp_path / "none"
+    return [
+        *("--aggregator", receiver.address, "--hostname", "h"),
+        *("--docker-root", str(docker or none), "--cri-root", str(cri or none)),
+        *("--state-dir", str(tmp_path / "state")),
+        *extra,
+    ]
+
+
+async def stop_runners(shipper: Shipper) -> None:
+    """Stop a shipper whose sources were started by hand (``_sync_sources``, no ``run()``):
+    its runners, its client and its registry."""
+    for runner in list(shipper.runners.values()):
+        runner.stopping = True
+    await asyncio.gather(*(r.task for r in list(shipper.runners.values()) if r.task))
+    await shipper.client.close()
+    shipper.registry.close()
