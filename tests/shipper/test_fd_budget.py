@@ -16,7 +16,6 @@ import errno
 import logging
 import os
 import resource
-import subprocess
 import sys
 import time
 import types
@@ -312,7 +311,6 @@ def test_more_containers_than_descriptors_all_ship_and_the_daemon_stays_reachabl
     expected = [f"c{i} {j}" for i in range(n) for j in range(3)]
 
     def small_limit() -> None:
-        procs._die_with_parent()
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
     receiver = Receiver()
@@ -324,16 +322,7 @@ def test_more_containers_than_descriptors_all_ship_and_the_daemon_stays_reachabl
         *("--cri-root", str(tmp_path / "none"), "--state-dir", str(tmp_path / "state")),
         *("--metrics-listen", f"127.0.0.1:{port}", "--poll-interval", "0.1"),
     ]
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            start_new_session=True,
-            preexec_fn=small_limit,
-        )
+    proc = procs.start_group(cmd, log_path, cwd=REPO, before_exec=small_limit)
     most_fds = 0
 
     def shipped(count: int) -> bool:

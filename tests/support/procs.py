@@ -110,8 +110,22 @@ def _die_with_parent() -> None:
 PR_SET_PDEATHSIG = 1
 
 
-def start_group(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start ``args`` in a new process group with stdout+stderr going to ``log``."""
+def start_group(
+    args: list[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    before_exec: Callable[[], None] | None = None,
+) -> subprocess.Popen:
+    """Start ``args`` in a new process group with stdout+stderr going to ``log``;
+    ``before_exec`` runs in the child first (e.g. to set a resource limit)."""
+
+    def child() -> None:
+        if sys.platform == "linux":
+            _die_with_parent()
+        if before_exec is not None:
+            before_exec()
+
     with open(log, "ab") as out:
         return subprocess.Popen(
             args,
@@ -119,8 +133,9 @@ def start_group(args: list[str], log: Path, env: dict[str, str] | None = None) -
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=child,
         )
 
 
