@@ -197,21 +197,29 @@ def _for_duckdb(node: Any) -> Any:
         return node
     if isinstance(node, exp.ApproxQuantile):
         return exp.Anonymous(
-            this="quantile_disc", expressions=[node.this.copy(), node.args["quantile"].copy()]
+            this="quantile_disc", expressions=[_adapted(node.this), _adapted(node.args["quantile"])]
         )
     if isinstance(node, exp.DateDiff) and node.args.get("unit") is not None:
         unit = exp.Literal.string(node.args["unit"].name.lower())
         return exp.Anonymous(
-            this="date_sub", expressions=[unit, node.expression.copy(), node.this.copy()]
+            this="date_sub", expressions=[unit, _adapted(node.expression), _adapted(node.this)]
         )
-    if isinstance(node, exp.RegexpExtract) and not node.args.get("_logq_checked"):
+    if isinstance(node, exp.RegexpExtract):
         extract = node.copy()
-        extract.set("_logq_checked", True)
+        for key in ("this", "expression"):
+            extract.set(key, _adapted(node.args[key]))
         matches = exp.Anonymous(
-            this="regexp_matches", expressions=[node.this.copy(), node.expression.copy()]
+            this="regexp_matches", expressions=[extract.this.copy(), extract.expression.copy()]
         )
         return exp.Case(ifs=[exp.If(this=matches, true=extract)])
     return node
+
+
+def _adapted(node: Any) -> Any:
+    """A copy of ``node`` adapted by :func:`_for_duckdb`: the arguments of a call it rewrites.
+    (``transform`` does not visit what a rewrite returns, so without this a call nested in a
+    rewritten one would keep DuckDB's meaning.)"""
+    return node.copy().transform(_for_duckdb)
 
 
 def to_duckdb(sql: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -276,7 +276,10 @@ def test_sql_keeps_athena_meaning_of_division_date_diff_and_regexp_extract(
         "CAST('2022-05-02 03:56:31' AS timestamp)) AS hours, "
         "regexp_extract('no digits here', '\\d+') AS rx, "
         "regexp_extract('order 42 and 7', '(\\d+) and (\\d+)', 2) AS second, "
-        "(SELECT count_if(response_code >= 500) * 100 / count(*) FROM envoy_access) AS pct",
+        "(SELECT count_if(response_code >= 500) * 100 / count(*) FROM envoy_access) AS pct, "
+        "regexp_extract(regexp_extract('no digits here', '\\d+'), '.*') AS nested_rx, "
+        "(SELECT approx_percentile(date_diff('day', CAST('2022-05-01 23:45:09' AS timestamp), "
+        "CAST('2022-05-02 03:56:31' AS timestamp)), 0.5)) AS nested_days",
         "-f", "json", "--warehouse", warehouse.uri,
     )  # fmt: skip
     assert run.exit_code == 0, run.stderr
@@ -291,4 +294,6 @@ def test_sql_keeps_athena_meaning_of_division_date_diff_and_regexp_extract(
         "rx": None,
         "second": "7",
         "pct": errors * 100 // len(warehouse.access),
+        "nested_rx": None,  # the same meaning inside another rewritten call
+        "nested_days": 0,
     }
