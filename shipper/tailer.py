@@ -221,6 +221,20 @@ def gzip_identity(path: Path) -> tuple[str | None, int] | None:
     return _fingerprint_bytes(head), isize
 
 
+def _modified_since(paths: list[Path], floor_ns: int) -> list[tuple[Path, os.stat_result]]:
+    """(path, stat) of those of ``paths`` last modified at ``floor_ns`` or later; files gone
+    (or unreadable) meanwhile are left out."""
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if st.st_mtime_ns >= floor_ns:
+            out.append((path, st))
+    return out
+
+
 def _oldest_first(files: list[tuple[int, Cursor]]) -> list[Cursor]:
     """Cursors of rotated files by modification time; files of the same time (coarse clocks,
     tiny files) by name: Docker's ``.2`` is older than its ``.1``, kubelet's
@@ -1056,12 +1070,7 @@ class Tailer:
         try:
             floor = os.fstat(last.fd).st_mtime_ns
             rot = self._rotation_path()
-            newer = 0
-            for sib in rotated_siblings(rot):
-                try:
-                    newer += os.stat(sib).st_mtime_ns >= floor
-                except OSError:
-                    continue
+            newer = len(_modified_since(rotated_siblings(rot), floor))
             compressed, unseen = self._unseen_compressed(rot, floor)
         except OSError:
             return
@@ -1089,12 +1098,7 @@ class Tailer:
         before). Their lines were never read: compressed files are not shipped."""
         copies = compressed_siblings(rot)
         unseen: list[tuple[str, int]] = []
-        for path in copies:
-            try:
-                if os.stat(path).st_mtime_ns < floor:
-                    continue
-            except OSError:
-                continue
+        for path, _ in _modified_since(copies, floor):
             ident = gzip_identity(path)
             if ident is None or ident[0] is None:
                 continue  # being written: the next look counts it
@@ -1302,14 +1306,9 @@ class Tailer:
     def _missed_rotations(self, live: Cursor) -> list[Cursor]:
         """Rotated files newer than the last one we finished that we never opened, oldest
         first: they were live for a moment between two polls."""
-        floor = self._floor or 0
         found: list[tuple[int, Cursor]] = []
-        for sib in rotated_siblings(self._rotation_path()):
-            try:
-                st = os.stat(sib)
-            except OSError:
-                continue
-            if st.st_mtime_ns < floor or st.st_ino == live.ino:
+        for sib, st in _modified_since(rotated_siblings(self._rotation_path()), self._floor or 0):
+            if st.st_ino == live.ino:
                 continue
             if any(c.ino == st.st_ino for c in self.cursors):
                 continue
