@@ -30,6 +30,9 @@ class Batch:
     """The :class:`~shipper.tailer.Cursor` whose checkpoint the ack advances."""
     nread: int = 0
     """File bytes consumed by this batch (lines, split parts, skipped bytes)."""
+    save_first: bool = False
+    """The checkpoints must be written before this batch is sent (see
+    :attr:`shipper.tailer.Chunk.save_first`)."""
 
 
 def record_constants(

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from shipper.errors import ConfigError, clipped, preview
@@ -45,6 +45,16 @@ class FileState:
     epoch: int = 0
     """Bumped when the file was truncated in place (copytruncate): keeps source ids distinct."""
     updated: float = 0.0
+    cuts: list[list[int]] = field(default_factory=list)
+    """``[position, offset]`` pairs: where an unfinished split line was shipped as it was (its
+    next part had not come), and the offset its record got. Kept until the checkpoint passes
+    the position: a restart that reads the parts again must cut them there again, into the same
+    record, which the aggregator then recognises as one it has -- joined with a part written
+    later, the parts would be stored twice."""
+
+
+#: Cuts kept per file at most (each one is a split line flushed and not acknowledged yet).
+MAX_CUTS = 64
 
 
 def file_key(dev: int, ino: int, fingerprint: str) -> str:
@@ -93,6 +103,10 @@ def parse_entry(value: object) -> tuple[FileState | None, str]:
         or not (0 <= updated < 1e11)
     ):
         updated = 0.0  # only orders files for rotation bookkeeping; not worth a warning
+    cuts = value.get("cuts", [])
+    if not _valid_cuts(cuts):
+        problems.append(f"cuts={preview(cuts, 40)} dropped")
+        cuts = []
     state = FileState(
         source=value["source"],
         path=value["path"],
@@ -101,8 +115,22 @@ def parse_entry(value: object) -> tuple[FileState | None, str]:
         acked=positions["acked"],
         epoch=positions["epoch"],
         updated=float(updated),
+        cuts=cuts,
     )
     return state, ", ".join(problems)
+
+
+def _valid_cuts(cuts: object) -> bool:
+    return (
+        isinstance(cuts, list)
+        and len(cuts) <= MAX_CUTS
+        and all(
+            isinstance(c, list)
+            and len(c) == 2
+            and all(type(v) is int and 0 <= v <= MAX_OFFSET for v in c)
+            for c in cuts
+        )
+    )
 
 
 def _json_type(value: object) -> str:

@@ -218,6 +218,7 @@ class SourceRunner:
         cursor = None
         resume = 0
         nread = 0
+        save_first = False
         while len(lines) < cfg.batch_lines and lines.nbytes < cfg.batch_bytes:
             try:
                 chunk = self.tailer.read(
@@ -232,6 +233,7 @@ class SourceRunner:
             cursor = chunk.cursor
             resume = chunk.resume
             nread += chunk.nread
+            save_first = save_first or chunk.save_first
             if len(lines) == 0:
                 lines = chunk.lines
             else:
@@ -274,6 +276,7 @@ class SourceRunner:
             last_offset=lines.offsets[-1] if n else 0,
             cursor=cursor,
             nread=nread,
+            save_first=save_first,
         )
 
     # -- sending ----------------------------------------------------------------------------
@@ -284,6 +287,9 @@ class SourceRunner:
             batch = await self.queue.get()
             if batch is None:
                 return
+            if batch.save_first:
+                # A flushed split line's cut must survive a crash before its record is sent.
+                await self.shipper.checkpoint_saved(self.shipper.checkpoint_changed())
             try:
                 if batch.payload:
                     await self.shipper.client.deliver(

@@ -44,7 +44,7 @@ from collections.abc import Callable, Container
 from dataclasses import dataclass
 from pathlib import Path
 
-from shipper.checkpoint import FileState, Registry, file_key
+from shipper.checkpoint import MAX_CUTS, FileState, Registry, file_key
 from shipper.discover import SourceSpec, compressed_siblings, rotated_siblings
 from shipper.formats import PARSERS, LineParser, Lines, overlong_line
 
@@ -308,11 +308,20 @@ class Cursor:
         self.gap_after = False
         """Files rotated in after this one were lost (see :meth:`Tailer._check_overrun`): a
         split line still open at its end is not continued by the next file's parts."""
+        self.cuts = sorted(tuple(c) for c in state.cuts if c[0] > self.read_pos)
+        """``(position, offset)`` of split lines flushed before a restart (see
+        :attr:`FileState.cuts`) that reading has not reached again yet."""
 
     def read(self, block: int, max_lines: int = 1 << 30) -> Chunk | None:
         """The next complete lines (at most ``max_lines``), or None at the end of what is
         written so far (or at :attr:`stop_at`)."""
         limit = block
+        if self.cuts:
+            pos, offset = self.cuts[0]
+            if self.read_pos >= pos:
+                del self.cuts[0]
+                return self._cut_again(offset)
+            limit = min(limit, pos - self.read_pos)
         if self.stop_at is not None:
             limit = min(block, self.stop_at - self.read_pos)
             if limit <= 0:
@@ -355,6 +364,20 @@ class Cursor:
         if self.acked_floor and parsed.offsets and parsed.offsets[0] <= self.acked_floor:
             parsed = _drop_upto(parsed, self.acked_floor)
         return Chunk(self, parsed, self._resume(), idx + 1)
+
+    def _cut_again(self, offset: int) -> Chunk:
+        """Back at a place where a split line was flushed before a restart: its parts go out as
+        the same record again, under the same offset (the aggregator drops it if it has it), and
+        a next part written since starts a line of its own, as it did in the first run."""
+        self.parser.origin = self
+        lines = self.parser.flush(self, offset, every=True)
+        if self.acked_floor:
+            lines = _drop_upto(lines, self.acked_floor)
+        if len(lines):
+            log.info(
+                "cutting a split line where it was flushed before the restart path=%s", self.path
+            )
+        return Chunk(self, lines, self._resume(), 0)
 
     def _resume(self) -> int:
         """Where a restart must read again: our position, or the start of a split line's
@@ -427,6 +450,9 @@ class Chunk:
     lines: Lines
     resume: int
     nread: int
+    save_first: bool = False
+    """The registry holds something that must be on disk before these lines are sent (a
+    flushed split line's cut, :attr:`FileState.cuts`)."""
 
 
 class Tailer:
@@ -988,7 +1014,11 @@ class Tailer:
         if not len(lines):
             return None
         log.log(level, "%s lines=%d path=%s", why, len(lines), head.path)
-        chunk = Chunk(head, lines, head._resume(), 0)
+        # Where the parts were cut, for a restart that reads them again before this is acked.
+        if len(head.state.cuts) < MAX_CUTS:
+            head.state.cuts.append([head.read_pos, head.read_pos + 1])
+            self.registry.put(head.key, head.state)
+        chunk = Chunk(head, lines, head._resume(), 0, save_first=True)
         if self._held:
             self._settle_held(chunk)
         return chunk
@@ -1511,6 +1541,8 @@ class Tailer:
             return
         st = cur.state
         st.offset = resume
+        if st.cuts:
+            st.cuts = [c for c in st.cuts if c[0] > resume]
         st.acked = max(st.acked, acked)
         st.path = str(cur.path)
         self.registry.put(cur.key, st)

@@ -158,6 +158,28 @@ def test_other_damage_is_repaired_quietly_or_with_a_warning(
     assert [r.getMessage().count("epoch=-3") for r in caplog.records] == [1]
 
 
+def test_split_line_cuts_are_kept_or_dropped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A damaged ``cuts`` list is dropped (a flushed split line may then be stored twice after
+    a restart, never lost); the entry's positions stay."""
+    doc = {
+        "files": {
+            "ok": {**GOOD, "cuts": [[120, 121], [300, 301]]},
+            "short": {**GOOD, "cuts": [[120]]},
+            "text": {**GOOD, "cuts": "120"},
+            "negative": {**GOOD, "cuts": [[-1, 5]]},
+            "bool": {**GOOD, "cuts": [[True, 5]]},
+        }
+    }
+    reg = load(tmp_path, doc, caplog)
+    assert reg.get("ok").cuts == [[120, 121], [300, 301]]  # type: ignore[union-attr]
+    for key in ("short", "text", "negative", "bool"):
+        st = reg.get(key)
+        assert st is not None and st.cuts == [] and (st.offset, st.acked) == (10, 9), key
+    assert sum("cuts=" in r.getMessage() for r in caplog.records) == 4
+
+
 def test_registry_roundtrip_survives_repair(tmp_path: Path) -> None:
     (tmp_path / "checkpoints.json").write_text(json.dumps({"files": {"k": {**GOOD, "offset": -1}}}))
     reg = Registry(tmp_path)

@@ -358,3 +358,43 @@ def test_a_restart_during_the_rotate_wait_still_reads_what_the_renamed_file_gets
     _plain(Path(f"{path}.1"), ["a3"])  # the program has not reopened yet
     assert drain(t) == ["a3"]
     reg.close()
+
+
+@pytest.mark.parametrize("fmt", ["docker", "cri"])
+def test_a_flushed_split_line_is_cut_again_at_the_same_place_after_a_restart(
+    tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """The flushed parts were sent but their ack was lost; the line's next part came, then the
+    shipper restarted. Re-read from the checkpoint (the parts' start), the parts must go out
+    again as the same record -- same text, same offset, so the aggregator drops it as one it
+    has -- and the next part as a line of its own. Joined instead, the parts were stored twice:
+    once flushed, once inside the joined line under a higher offset."""
+    import shipper.tailer as tailer_mod
+
+    monkeypatch.setattr(tailer_mod, "SPLIT_FLUSH_SECONDS", 0.1)
+    path = tmp_path / ("c-json.log" if fmt == "docker" else "0.log")
+
+    def line(text: str, i: int, partial: bool = False) -> bytes:
+        if fmt == "docker":
+            return docker_line(text, i, nl=not partial)
+        return cri_line(text, i, tag="P" if partial else "F")
+
+    write(path, line("before", 0) + line("X-part ", 1, partial=True))
+    t, reg = tailer(path, state, fmt)
+    assert drain(t) == ["before"]
+    time.sleep(0.2)
+    flushed = t.read()
+    assert flushed is not None and flushed.lines.logs == ["X-part "]
+    flushed.cursor.outstanding += 1  # sent; its ack never comes
+    write(path, line("X-rest", 2) + line("after", 3))
+    t, reg = restart(t, reg, path, state, fmt)
+    sent: list[tuple[str, int]] = []
+    while (chunk := t.read()) is not None:
+        assert chunk.cursor.source_id == flushed.cursor.source_id
+        sent += zip(chunk.lines.logs, chunk.lines.offsets, strict=True)
+        commit(t, chunk)
+    assert [log for log, _ in sent] == ["X-part ", "X-rest", "after"]
+    assert sent[0][1] == flushed.lines.offsets[0]
+    t, reg = restart(t, reg, path, state, fmt)
+    assert drain(t) == []  # everything acknowledged: nothing comes a third time
+    reg.close()
