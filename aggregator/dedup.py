@@ -6,7 +6,8 @@ a shipper crash makes the shipper resend lines the aggregator already has; those
 again and dropped here, at flush time, for the whole batch at once (Arrow group-by, no per-line
 loop). A record is kept when its offset is above the highest committed for its source and it is
 the first occurrence of its ``(source_id, offset)`` in the batch. Records without ``source_id``
-(Fluent Bit, fluent-logger …) are never deduplicated.
+(Fluent Bit, fluent-logger …) are not deduplicated here; a resent message of theirs is
+recognised by its ``chunk`` id when it arrives (:mod:`aggregator.chunks`).
 
 The high-water marks are saved (tmp, fsync, rename) *after* the batch's Parquet objects are
 committed and *before* the buffer segment is deleted, so a crash at any point either replays the

@@ -109,7 +109,13 @@ class Metrics:
         )
         self.duplicates = Counter(
             "logq_aggregator_duplicates_dropped_total",
-            "Resent records dropped by source offset",
+            "Resent records dropped (by source offset, or in a chunk already received)",
+            registry=r,
+        )
+        self.duplicate_chunks = Counter(
+            "logq_aggregator_duplicate_chunks_total",
+            "Messages acked without storing them: their chunk id was received a moment ago "
+            "(a client resending after a lost ack)",
             registry=r,
         )
         self.quarantined = Counter(

@@ -34,6 +34,7 @@ from typing import Any
 import msgpack
 
 from aggregator.buffer import Buffer
+from aggregator.chunks import RecentChunks
 from aggregator.decode import decode, has_chunk, to_ipc
 from aggregator.metrics import Metrics
 from shipper import wire
@@ -126,6 +127,8 @@ class ForwardServer:
         self.on_append = on_append
         self.buffer_compression = buffer_compression
         self.hostname = socket.gethostname()
+        self.chunks = RecentChunks()
+        """Chunk ids buffered recently: a resend of one is acked and not stored again."""
         self._server: asyncio.base_events.Server | None = None
         self._conns: dict[asyncio.Task[None], _Conn] = {}
         # Connection unpackers build Forward- and Message-mode messages as their bytes arrive
@@ -426,6 +429,15 @@ class ForwardServer:
                     obj, self.limits.max_decompressed_bytes, self.limits.max_message_entries
                 )
                 wait = None
+                known, earlier = self.chunks.earlier(chunk) if chunk else (False, None)
+                if known and batch.num_rows:
+                    # A resend (its ack was lost): acked once the first copy is durable.
+                    self.metrics.records_in.inc(batch.num_rows)
+                    self.metrics.duplicates.inc(batch.num_rows)
+                    self.metrics.duplicate_chunks.inc()
+                    entries.append((earlier, chunk))
+                    conn.acks = True
+                    continue
                 if batch.num_rows:
                     try:
                         wait = self.buffer.write(to_ipc(batch, self.buffer_compression))
@@ -433,6 +445,8 @@ class ForwardServer:
                         error = _buffer_error(exc)
                         break
                     self.metrics.records_in.inc(batch.num_rows)
+                    if chunk:
+                        self.chunks.add(chunk, wait)
                 entries.append((wait, chunk))
                 conn.acks = bool(conn.acks) or chunk is not None
         except wire.ObjectPoolFull as exc:
