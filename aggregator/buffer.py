@@ -185,6 +185,8 @@ class Buffer:
         self._syncer: asyncio.Task[None] | None = None
         self._closed = False
         self._lock_fd = -1
+        self._next_seq = 1
+        """Number of the next active segment (none is open after a start on a full volume)."""
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -214,7 +216,22 @@ class Buffer:
         # Never reuse a sequence number, even when every segment was flushed and deleted: object
         # keys are derived from it, and a reused one would overwrite data already committed.
         last = max(found[-1][0] if found else 0, self._load_last_seq())
-        self._open_active(last + 1)
+        self._next_seq = last + 1
+        try:
+            self._open_active(last + 1)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._sealed:
+                raise
+            # The segments left behind are what fills the volume: writing them to the
+            # warehouse deletes them. Start without an active segment; the first append
+            # after that opens one (appends wait while the volume is under its reserve).
+            log.warning(
+                "--buffer-dir %s is full (%s): the %d segments left by the previous run are "
+                "written to the warehouse first, which frees it; new data waits until then",
+                self.dir,
+                exc.strerror or exc,
+                len(self._sealed),
+            )
         return list(self._sealed)
 
     def _lock_dir(self) -> None:
@@ -262,6 +279,7 @@ class Buffer:
         fsync_dir(self.dir)
         self._active = Segment(seq, path)
         self._active_size = 0
+        self._next_seq = seq + 1
 
     def start(self) -> None:
         """Start the group-commit task (call inside the running event loop)."""
@@ -319,6 +337,8 @@ class Buffer:
         assert self._kick is not None, "Buffer.start() was not called"
         if self._closed:
             raise RuntimeError("buffer is closed")
+        if self._fd < 0:
+            self._open_active(self._next_seq)  # started on a full volume: raises while it is
         frame = encode_frame(payload)
         view = memoryview(frame)
         try:

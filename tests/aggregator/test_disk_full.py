@@ -278,3 +278,61 @@ def test_a_buffer_dir_too_full_to_open_says_which_and_what_to_do(
         agg._open_buffer()
     assert caught.value.errno == errno.ENOSPC
     assert f"--buffer-dir {buffer_dir} is full" in str(caught.value)
+
+
+def test_an_aggregator_restarted_on_a_full_volume_writes_out_its_segments_then_takes_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The buffer volume filled up (a long S3 outage) and the aggregator restarted: the segments
+    it left are what fills the volume, and writing them to the warehouse frees it. It used to
+    exit 2 at start (no room for its next segment's state file), so they could never go."""
+    from aggregator import buffer as buffer_mod
+
+    buffer_dir = tmp_path / "buf"
+    buffer_dir.mkdir()
+    (buffer_dir / "node-id").write_text("abcdef012345\n")
+    (buffer_dir / "last-seq").write_text("1\n")
+    left = write_segment(buffer_dir / f"{1:016d}.seg", frames=3, per_frame=20)
+    volume = _Volume(MIB // 2)
+    monkeypatch.setattr(service_mod, "disk_space", volume)
+    real_write_atomic = buffer_mod.write_atomic
+
+    def write_atomic(path: Path, data: bytes) -> None:
+        if volume.free < MIB:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write_atomic(path, data)
+
+    monkeypatch.setattr(buffer_mod, "write_atomic", write_atomic)
+    settings = Settings(
+        listen="127.0.0.1:0",
+        warehouse=str(tmp_path / "wh"),
+        buffer_dir=str(buffer_dir),
+        flush_interval=0.2,
+    )
+    agg = service_mod.Aggregator(settings)
+
+    def stored() -> int:
+        tables = [read_table(settings.warehouse, t) for t in ("container_logs", "envoy_access")]
+        return sum(t.num_rows for t in tables)
+
+    async def scenario() -> None:
+        running = asyncio.ensure_future(agg.run())
+        segment = buffer_dir / f"{1:016d}.seg"
+        while segment.exists():  # the previous run's segment goes out although the disk is full
+            assert not running.done(), running.result()
+            await asyncio.sleep(0.1)
+        assert stored() == left
+        later = asyncio.ensure_future(_ack(agg.port, "c1", "after the restart"))
+        await asyncio.sleep(1.0)
+        assert not later.done(), "no ack while the volume is under the reserve"
+        volume.free = 100 * MIB  # what the flush freed
+        assert await asyncio.wait_for(later, 60) == {"ack": "c1"}
+        agg.stop()
+        assert await asyncio.wait_for(running, 120) == 0
+
+    with caplog.at_level(logging.WARNING, logger="logq.aggregator"):
+        asyncio.run(asyncio.wait_for(scenario(), 240))
+    assert stored() == left + 1
+    logs = read_table(settings.warehouse, "container_logs")["message"].to_pylist()
+    assert "after the restart" in logs
+    assert f"--buffer-dir {buffer_dir} is full" in caplog.text
