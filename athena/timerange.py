@@ -84,6 +84,12 @@ def parse_time(value: str, now: datetime) -> datetime:
     return parsed.astimezone(UTC)
 
 
+def as_utc(ts: datetime) -> datetime:
+    """A timestamp from either engine as an aware UTC datetime: Athena (pyathena) returns naive
+    UTC ones, DuckDB aware ones, and the two cannot be compared or subtracted."""
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
 def dt_of(ts: datetime) -> str:
     """The ``dt`` partition value (UTC hour) of a timestamp (naive: taken as UTC)."""
     if ts.tzinfo is None:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from athena.timerange import as_utc
 from cli.options import Common
 
 #: How far back each poll looks for lines that arrived late.
@@ -79,7 +80,7 @@ def follow_lines(
     newest = floor
     for row in first:
         seen.add(row)
-        newest = max(newest, _aware(row[0]))
+        newest = max(newest, as_utc(row[0]))
     done = 0
     try:
         if first and len(first) >= int(prep.params["row_limit"]):
@@ -96,9 +97,9 @@ def follow_lines(
             since = max(floor, min(newest - LOOKBACK, now - LOOKBACK))
             rows, gap = read_window(common, prep, since, now + timedelta(seconds=1))
             seen.forget_before(since)
-            fresh = sorted(seen.new_rows(rows), key=lambda r: _aware(r[0]))
+            fresh = sorted(seen.new_rows(rows), key=lambda r: as_utc(r[0]))
             for row in fresh:
-                newest = max(newest, _aware(row[0]))
+                newest = max(newest, as_utc(row[0]))
             if fresh:
                 printer(common, result, prep, [r[:5] for r in fresh], stream=True)
             if gap is not None:
@@ -138,19 +139,14 @@ def read_window(
             return rows, None
         # A full page may stop in the middle of its oldest millisecond: keep what is newer and
         # read that millisecond again with the next page (whose end is exclusive).
-        oldest = min(_aware(r[0]) for r in page)
-        newer = [r for r in page if _aware(r[0]) > oldest]
+        oldest = min(as_utc(r[0]) for r in page)
+        newer = [r for r in page if as_utc(r[0]) > oldest]
         if not newer:  # more than POLL_LIMIT lines in one millisecond: cannot page past it
             rows.extend(page)
             return rows, oldest
         rows.extend(newer)
         upper = oldest + _MS
     return rows, upper - _MS
-
-
-def _aware(ts: datetime) -> datetime:
-    """Athena returns naive UTC timestamps, DuckDB aware ones: compare them as aware."""
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
 
 
 class _Seen:
@@ -176,7 +172,7 @@ class _Seen:
 
     def forget_before(self, since: datetime) -> None:
         """Drop rows older than the window: later polls never read them again."""
-        for key in [k for k in self.counts if _aware(k[0]) < since]:
+        for key in [k for k in self.counts if as_utc(k[0]) < since]:
             del self.counts[key]
 
 

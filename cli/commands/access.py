@@ -253,6 +253,7 @@ def _recent_first(common: Common, prep: Any, request_id: str) -> tuple[Any, Any]
     from dataclasses import replace
     from datetime import timedelta
 
+    from athena.timerange import as_utc
     from cli import runner
 
     trange = prep.trange
@@ -266,7 +267,7 @@ def _recent_first(common: Common, prep: Any, request_id: str) -> tuple[Any, Any]
     found = runner.execute(near, recent)
     if found.rows:
         at = found.columns.index("timestamp")
-        if min(row[at] for row in found.rows) - start >= margin:
+        if as_utc(min(row[at] for row in found.rows)) - start >= margin:
             return found, recent
     whole = runner.execute(common, prep)
     whole.elapsed_s += found.elapsed_s

@@ -107,6 +107,28 @@ def test_timeline_on_athena_fills_intervals(logq, moto: str) -> None:
     ]
 
 
+def test_trace_on_athena_finds_a_request_in_the_newest_hour(logq, moto: str) -> None:
+    """Athena returns naive UTC timestamps: the first, newest-hour look compared them with an
+    aware bound and crashed, the usual case of a trace (the request is recent)."""
+    from datetime import UTC, datetime, timedelta
+
+    recent = (datetime.now(UTC) - timedelta(minutes=10)).strftime("%Y-%m-%d %H:%M:%S.000")
+    queue_result(
+        moto,
+        [("timestamp", "timestamp"), ("service", "varchar"), ("container_name", "varchar"),
+         ("method", "varchar"), ("path", "varchar"), ("response_code", "integer"),
+         ("response_flags", "varchar"), ("duration_ms", "integer"),
+         ("upstream_service_time_ms", "integer"), ("upstream_host", "varchar"),
+         ("authority", "varchar")],
+        [[recent, "recipe", "envoy", "GET", "/r", 200, "-", 5, 4, "10.0.0.1:80", "recipe"]],
+    )  # fmt: skip
+    before = len(executions(moto))
+    run = logq("trace", "abc-123", "-f", "json", *ATHENA)
+    assert run.exit_code == 0, run.stderr
+    assert [(r["service"], r["path"]) for r in run.json()] == [("recipe", "/r")]
+    assert len(executions(moto)) == before + 1  # found in the newest hour: the day is not read
+
+
 def test_tail_and_services_on_athena(logq, moto: str) -> None:
     queue_result(
         moto,
