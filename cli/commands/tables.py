@@ -175,17 +175,26 @@ def ddl(
         typer.Option(envvar="LOGQ_WAREHOUSE", help="s3://bucket/prefix the tables live in."),
     ] = None,
     athena_database: Annotated[
-        str | None,
-        typer.Option(envvar="LOGQ_ATHENA_DATABASE", help="Qualify table names with a database."),
-    ] = None,
+        str,
+        typer.Option(
+            envvar="LOGQ_ATHENA_DATABASE",
+            help="Database of the tables: the one `logq --engine athena` queries.",
+        ),
+    ] = "logq",
     service: Annotated[
         list[str] | None,
-        typer.Option("--service", "-s", help="Service names for the projection enum (repeatable)."),
+        typer.Option(
+            "--service",
+            "-s",
+            help="Service names for the projection enum (repeatable, or comma-separated).",
+        ),
     ] = None,
 ) -> None:
-    """Print Athena DDL for both tables (partition projection): CREATE EXTERNAL TABLE IF NOT
-    EXISTS, then ALTER TABLE ... SET TBLPROPERTIES with the service list, so that applying the
-    statements again also updates a table that exists (run them one at a time in Athena).
+    """Print Athena DDL for both tables (partition projection): CREATE DATABASE IF NOT EXISTS,
+    CREATE EXTERNAL TABLE IF NOT EXISTS, then ALTER TABLE ... SET TBLPROPERTIES with the service
+    list, so that applying the statements again also updates a table that exists (run them one
+    at a time in Athena). Table names are qualified with --athena-database, the database the
+    query commands use (default logq), whatever database the Athena console has selected.
 
     The service enum lists --service values, else the services found in the warehouse (a
     warehouse that cannot be listed is an error, not an empty list). With no services yet the
@@ -193,12 +202,15 @@ def ddl(
     let the aggregator keep it current (--athena-database).
     """
     with friendly():
-        from athena.ddl import create_all, set_service_values
+        from athena.ddl import create_all, quote_ident, set_service_values
         from athena.schema import TABLES
         from athena.warehouse import open_warehouse, resolve_uri
+        from cli.runner import normalise_services
 
         uri = resolve_uri(warehouse)
-        names = list(service or [])
+        # The names as the query commands take them: a list split at commas, refused (with the
+        # stored spelling) where the writer would have rewritten them.
+        names = normalise_services(service) or []
         if not names:
             from athena.freshness import known_services
             from cli.storage import check_bucket
@@ -222,7 +234,7 @@ def ddl(
                 f"logq: note: {uri} is not an s3:// location; Athena reads only S3 "
                 "(pass --warehouse s3://bucket/prefix)\n"
             )
-        statements = []
+        statements = [f"CREATE DATABASE IF NOT EXISTS {quote_ident(athena_database)}"]
         for table, create in zip(
             TABLES.values(), create_all(uri, names, athena_database), strict=True
         ):

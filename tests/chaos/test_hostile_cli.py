@@ -267,7 +267,7 @@ CASES: list[tuple[str, list[str], Refused | Rows | Prints]] = [
      "--athena-database", "x`; DROP TABLE y; --"],
      Prints("`x``; DROP TABLE y; --`.`envoy_access`")),
     ("ddl-service-or", ["ddl", "--warehouse", "s3://b/p", "-s", INJECT],
-     Prints("'projection.service.values' = 'or_1_1'")),
+     Refused("did you mean 'or_1_1'")),
     # Odd but legitimate data values: matched literally, nothing injected.
     ("top-path-underscore", ["top", "--path", "/api/a_", "-f", "json", *RANGE],
      Rows(by_path_prefix("/api/a_"))),
