@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import threading
 import time
@@ -57,6 +56,7 @@ class Catalog:
         self._lock = threading.Lock()
         self._loaded = False
         self._created = False
+        self._region_warned = False
 
     def load(self) -> set[str]:
         """Add the services that have a partition folder in any table; returns them."""
@@ -159,8 +159,18 @@ class Catalog:
     def apply_athena(self, grown: dict[str, list[str]] | None = None) -> None:
         import boto3
 
-        # Same region rule as the S3 filesystem (athena.warehouse): AWS_REGION first.
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        from athena.engines.athena import default_region
+
+        # The SDKs' rule (AWS_REGION, AWS_DEFAULT_REGION, the profile), as `logq` resolves it.
+        region = default_region()
+        if region is None:
+            region = "us-east-1"
+            if not self._region_warned:
+                self._region_warned = True
+                log.warning(
+                    "no AWS region set (AWS_REGION or the profile): applying the Athena DDL "
+                    "in us-east-1; set AWS_REGION to the region logq queries"
+                )
         client = boto3.client("athena", region_name=region)
         db = self.settings.athena_database
         assert db is not None

@@ -131,6 +131,28 @@ def delete_object(wh: Warehouse, path: str) -> None:
         raise StorageError(f"deleting {path} in {wh.uri} failed: {exc}") from exc
 
 
+#: Deletes in flight at once on S3 (one request each: pyarrow has no batch delete).
+DELETE_PARALLEL = 16
+
+
+def delete_objects(wh: Warehouse, paths: list[str]) -> None:
+    """Delete ``paths`` (gone already is fine): on S3 :data:`DELETE_PARALLEL` at a time, so a
+    compacted hour's thousand small inputs go in about a second instead of tens of seconds --
+    the time readers see the partition's rows twice. Every delete is tried; the first error is
+    raised after them."""
+    if isinstance(wh.fs, pafs.LocalFileSystem) or len(paths) < 2:
+        for path in paths:
+            delete_object(wh, path)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(DELETE_PARALLEL, len(paths))) as pool:
+        futures = [pool.submit(delete_object, wh, path) for path in paths]
+    errors = [exc for f in futures if (exc := f.exception()) is not None]
+    if errors:
+        raise errors[0]
+
+
 def list_folder(wh: Warehouse, folder: str) -> list[pafs.FileInfo]:
     """Everything directly in ``folder`` (nothing if it does not exist)."""
     selector = pafs.FileSelector(folder, recursive=False, allow_not_found=True)

@@ -8,13 +8,14 @@ query runs: as soon as Athena reports more data scanned than allowed, the query 
 
 Parameters are passed in pyathena's ``pyformat`` style, so pyathena quotes every value.
 Endpoint and credentials come from the standard AWS settings (``AWS_ENDPOINT_URL_ATHENA`` /
-``AWS_ENDPOINT_URL``, ``AWS_REGION``, the credentials chain).
+``AWS_ENDPOINT_URL``, ``AWS_REGION`` or the profile's region, the credentials chain).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from typing import Any, TextIO
@@ -28,6 +29,20 @@ from athena.engines.result import (
 )
 
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+#: How Athena says that a file it listed was gone when it came to read it: compaction replaced
+#: the partition's small files meanwhile (they are deleted once the merged file is complete).
+VANISHED_FILE = re.compile(
+    r"HIVE_CANNOT_OPEN_SPLIT|HIVE_FILE_NOT_FOUND|NoSuchKey|The specified key does not exist"
+    r"|File does not exist",
+    re.IGNORECASE,
+)
+#: Runs of a query again after such a failure (the listing is then the compacted one).
+VANISHED_RETRIES = 2
+
+
+class _VanishedFile(EngineError):
+    """The query failed because a file it listed was deleted before it was read."""
 
 
 def _human_bytes(n: int | None) -> str:
@@ -69,7 +84,7 @@ class AthenaEngine:
         self.database = database
         self.workgroup = workgroup
         self.output = output
-        self.region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        self.region = region or default_region()
         self.max_scan_bytes = max_scan_bytes
         self.progress = progress
         self.progress_out = progress_out or sys.stderr
@@ -80,7 +95,10 @@ class AthenaEngine:
                 "(or LOGQ_ATHENA_OUTPUT), or --athena-workgroup with an output location"
             )
         if not self.region:
-            raise EngineError("no AWS region for Athena: pass --athena-region or set AWS_REGION")
+            raise EngineError(
+                "no AWS region for Athena: pass --athena-region, set AWS_REGION, or set a "
+                "region in the AWS profile"
+            )
 
     def prepare(self, sql: str, params: dict[str, Any], scopes: Any = None) -> tuple[str, dict]:
         """The statement in pyathena's parameter style and its values."""
@@ -121,7 +139,26 @@ class AthenaEngine:
         self, sql: str, params: dict[str, Any], scopes: Any = None, max_rows: int | None = None
     ) -> QueryResult:
         """Start the query, follow it until it ends, fetch the rows (the first ``max_rows``
-        only when given: each 1,000 rows is a GetQueryResults call)."""
+        only when given: each 1,000 rows is a GetQueryResults call).
+
+        A query that failed because compaction deleted a file it had listed runs again (up to
+        :data:`VANISHED_RETRIES` times): the local engine does the same, and Athena does not
+        bill failed queries."""
+        for attempt in range(VANISHED_RETRIES + 1):
+            try:
+                return self._run_once(sql, params, max_rows)
+            except _VanishedFile as exc:
+                if attempt == VANISHED_RETRIES:
+                    raise EngineError(
+                        f"{exc}; the partition's files were being compacted, try again"
+                    ) from exc
+                self.progress_out.write(
+                    "athena: a file was replaced by compaction while the query read it; "
+                    "running the query again\n"
+                )
+        raise AssertionError("unreachable")
+
+    def _run_once(self, sql: str, params: dict[str, Any], max_rows: int | None) -> QueryResult:
         from pyathena.error import Error as AthenaError
 
         text, values = self.prepare(sql, params)
@@ -138,6 +175,8 @@ class AthenaEngine:
                 state = execution.state or state
                 scanned = execution.data_scanned_in_bytes
                 self._show(state, started, scanned)
+                if state in TERMINAL_STATES:
+                    break  # finished: its rows are paid for, whatever it scanned
                 if self.max_scan_bytes is not None and (scanned or 0) > self.max_scan_bytes:
                     cursor.cancel(query_id).result()
                     raise ScanBudgetError(
@@ -145,14 +184,20 @@ class AthenaEngine:
                         f"--max-scan-bytes {self.max_scan_bytes:,}; it was cancelled. Narrow "
                         "--since/--until or --service"
                     )
-                if state in TERMINAL_STATES:
-                    break
                 time.sleep(self.poll_interval)
             result_set = future.result()
             self._show(result_set.state or state, started, result_set.data_scanned_in_bytes, True)
             if result_set.state != "SUCCEEDED":
                 reason = result_set.state_change_reason or "no reason given"
-                raise EngineError(f"Athena query {query_id} {result_set.state}: {reason}")
+                failed = _VanishedFile if VANISHED_FILE.search(reason) else EngineError
+                raise failed(f"Athena query {query_id} {result_set.state}: {reason}")
+            final = result_set.data_scanned_in_bytes or 0
+            if self.max_scan_bytes is not None and final > self.max_scan_bytes:
+                self.progress_out.write(
+                    f"athena: warning: the query scanned {final:,} bytes, over --max-scan-bytes "
+                    f"{self.max_scan_bytes:,}; it finished before it could be stopped (a "
+                    "workgroup's BytesScannedCutoffPerQuery is a hard limit)\n"
+                )
             columns = [d[0] for d in (result_set.description or [])]
             fetched = result_set.fetchall() if max_rows is None else result_set.fetchmany(max_rows)
             rows = [tuple(r) for r in fetched]
@@ -181,6 +226,17 @@ class AthenaEngine:
         finally:
             cursor.close()
             conn.close()
+
+
+def default_region() -> str | None:
+    """The AWS region as the SDKs resolve it: AWS_REGION, AWS_DEFAULT_REGION, then the profile
+    (``~/.aws/config``, ``AWS_CONFIG_FILE``); None when none of them names one."""
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        return region
+    import boto3
+
+    return boto3.session.Session().region_name
 
 
 def cost_line(result: QueryResult) -> str:

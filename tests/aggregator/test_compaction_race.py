@@ -20,6 +20,7 @@ import pyarrow.fs as pafs
 import pytest
 
 import aggregator.compaction as compaction
+import aggregator.storage as storage
 from aggregator.compaction import (
     CompactionFailed,
     compact_partition,
@@ -174,6 +175,7 @@ def crash_on_first_input_delete(monkeypatch: pytest.MonkeyPatch) -> None:
         real(wh, path)
 
     monkeypatch.setattr(compaction, "delete_object", delete)
+    monkeypatch.setattr(storage, "delete_object", delete)  # what delete_objects calls
 
 
 def test_a_crash_after_the_output_is_finished_by_the_next_pass_at_once(

@@ -8,7 +8,9 @@ from pathlib import Path
 import duckdb
 import fastparquet
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import pytest
 
 from aggregator.batch import records_table, route
 from aggregator.decode import records_batch, to_ipc
@@ -81,3 +83,18 @@ def test_ascending_offsets_are_delta_encoded(tmp_path: Path) -> None:
     assert "DELTA_BINARY_PACKED" in encodings(path)["offset"]
     assert path.stat().st_size < n // 10  # a fixed step costs next to nothing
     assert fastparquet.ParquetFile(str(path)).to_pandas()["offset"].tolist() == offsets
+
+
+@pytest.mark.integration
+@pytest.mark.s3
+def test_delete_objects_on_s3_deletes_every_one_and_skips_missing_ones(s3_warehouse: str) -> None:
+    from aggregator.storage import delete_objects
+
+    wh = open_warehouse(s3_warehouse)
+    paths = [f"{wh.base}/t/f-{i}.parquet" for i in range(40)]
+    for p in paths:
+        with wh.fs.open_output_stream(p) as out:
+            out.write(b"x")
+    delete_objects(wh, [*paths, f"{wh.base}/t/never-written.parquet"])
+    left = wh.fs.get_file_info(pafs.FileSelector(f"{wh.base}/t", allow_not_found=True))
+    assert [i.path for i in left if i.type == pafs.FileType.File] == []

@@ -137,8 +137,60 @@ def test_needs_output_and_region(monkeypatch: pytest.MonkeyPatch) -> None:
         AthenaEngine()
     monkeypatch.delenv("AWS_REGION", raising=False)
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
     with pytest.raises(EngineError, match="region"):
         AthenaEngine(output="s3://r/")
+
+
+def test_region_from_the_aws_profile(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """As boto3 resolves it: no AWS_REGION, the profile's region (it used to be refused)."""
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    config = tmp_path / "config"
+    config.write_text("[default]\nregion = eu-west-3\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    assert AthenaEngine(output="s3://r/").region == "eu-west-3"
+
+
+def test_a_query_that_lost_a_file_to_compaction_runs_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from athena.engines import athena as athena_mod
+    from athena.engines.result import QueryResult
+
+    out = io.StringIO()
+    engine = AthenaEngine(output="s3://r/", region="us-east-1", progress_out=out)
+    reasons = [
+        "HIVE_CANNOT_OPEN_SPLIT: Error opening Hive split s3://b/wh/x.parquet: "
+        "The specified key does not exist.",
+        "HIVE_FILE_NOT_FOUND: File does not exist",
+    ]
+    calls: list[str] = []
+
+    def once(sql: str, params: dict, max_rows: int | None) -> QueryResult:
+        calls.append(sql)
+        if reasons:
+            raise athena_mod._VanishedFile(f"Athena query q FAILED: {reasons.pop(0)}")
+        return QueryResult(columns=["n"], rows=[(1,)], engine="athena", elapsed_s=0.1)
+
+    monkeypatch.setattr(engine, "_run_once", once)
+    assert engine.run("SELECT 1 AS n", {}).rows == [(1,)]
+    assert len(calls) == 3 and out.getvalue().count("running the query again") == 2
+    reasons[:] = ["NoSuchKey"] * 3
+    with pytest.raises(EngineError, match="being compacted, try again"):
+        engine.run("SELECT 1 AS n", {})
+    assert athena_mod.VANISHED_FILE.search("Table with name x does not exist") is None
+
+
+def test_a_query_over_budget_that_already_finished_returns_its_rows(moto: str) -> None:
+    """Its scan is paid for: the rows come with a warning, not a 'cancelled' error."""
+    queue_result(moto, [("b", "varchar")], [["x"]])
+    out = io.StringIO()
+    engine = AthenaEngine(output="s3://r/", max_scan_bytes=-1, poll_interval=0.05, progress_out=out)
+    assert engine.run("SELECT 'finished' AS b", {}).rows == [("x",)]
+    assert "over --max-scan-bytes" in out.getvalue() and "finished before" in out.getvalue()
 
 
 def test_scan_budget_error_type() -> None:
