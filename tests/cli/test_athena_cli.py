@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from athena.schema import TABLES
 from tests.athena.athena_moto import athena_env, executions, queue_result, set_progression
 from tests.cli.conftest import Warehouse
 
@@ -67,6 +68,30 @@ def test_max_scan_bytes_refuses_before_starting(logq, moto: str, warehouse: Ware
         "--max-scan-bytes", "1000", "--warehouse", warehouse.uri, *ATHENA,
     )  # fmt: skip
     assert run.exit_code == 1 and "max-scan-bytes" in run.stderr
+    assert len(executions(moto)) == before
+
+
+def test_max_scan_bytes_counts_every_table_the_query_reads(
+    logq, moto: str, warehouse: Warehouse
+) -> None:
+    """``services`` reads envoy_access and container_logs: a budget above the first alone but
+    below both must refuse it (only envoy_access was counted)."""
+    from athena.partitions import plan
+    from athena.timerange import TimeRange
+    from athena.warehouse import open_warehouse
+
+    since, until = "2026-11-27T22:00:00Z", "2026-11-28T02:00:00Z"
+    wh = open_warehouse(warehouse.uri)
+    trange = TimeRange.parse(since, until)
+    sizes = {t: sum(p.bytes for p in plan(wh, t, None, trange)) for t in TABLES}
+    assert all(sizes.values())
+    budget = sizes["envoy_access"] + sizes["container_logs"] // 2
+    before = len(executions(moto))
+    run = logq(
+        "services", "--since", since, "--until", until, "--max-scan-bytes", str(budget),
+        "--warehouse", warehouse.uri, *ATHENA,
+    )  # fmt: skip
+    assert run.exit_code == 1 and "max-scan-bytes" in run.stderr, run.stderr
     assert len(executions(moto)) == before
 
 
