@@ -115,10 +115,11 @@ def plan(
         chosen = sorted(present)
     else:
         chosen = sorted({sanitize_service(s) for s in services} & set(present))
-    hours = trange.hours() if trange is not None else []
+    probe = trange is not None and trange.hour_count() <= PROBE_MAX_HOURS
+    hours = trange.hours() if probe and trange is not None else []
     out = []
     for svc in chosen:
-        if trange is not None and len(hours) <= PROBE_MAX_HOURS:
+        if probe:
             folders = {dt: f"{present[svc]}/dt={dt}" for dt in hours}
         else:
             folders = _subdirs(wh, present[svc], "dt")

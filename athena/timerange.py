@@ -167,8 +167,17 @@ class TimeRange:
         """Last ``dt`` partition in range (the hour holding the last included millisecond)."""
         return dt_of(self.until - timedelta(milliseconds=1))
 
+    def hour_count(self) -> int:
+        """How many ``dt`` values the range spans (without listing them: ``--since 0001-01-01``
+        spans 18 million)."""
+        start = self.since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        last = (self.until - timedelta(milliseconds=1)).astimezone(UTC)
+        if last < start:
+            return 0
+        return int((last - start) // timedelta(hours=1)) + 1
+
     def hours(self) -> list[str]:
-        """Every ``dt`` value in range, oldest first."""
+        """Every ``dt`` value in range, oldest first (see :meth:`hour_count` first)."""
         start = self.since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
         last = (self.until - timedelta(milliseconds=1)).astimezone(UTC)
         out = []

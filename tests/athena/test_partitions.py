@@ -84,6 +84,24 @@ def test_short_ranges_look_hours_up_instead_of_listing_them(
     assert parts == every and parts
 
 
+def test_a_range_of_centuries_is_planned_without_listing_its_hours(
+    local_wh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--since 0001-01-01`` spans 17.7 million hours: building their list to learn that it
+    is long took 86 s and 1.3 GB before the query started."""
+    uri, _ = local_wh
+    wh = open_warehouse(uri)
+    r = TimeRange.parse("0001-01-01T00:00:00Z", "2026-11-28T02:00:00Z")
+    assert r.hour_count() == (r.until - r.since).total_seconds() // 3600
+    assert TimeRange.parse("2026-11-27T23:30:00Z", "2026-11-28T00:10:00Z").hour_count() == 2
+
+    def never(self: TimeRange) -> list[str]:
+        raise AssertionError("hours() listed for a long range")
+
+    monkeypatch.setattr(TimeRange, "hours", never)
+    assert len(plan(wh, "envoy_access", None, r)) == 12
+
+
 def test_engine_reads_only_planned_files(local_wh) -> None:
     uri, frame = local_wh
     engine = LocalEngine(uri)

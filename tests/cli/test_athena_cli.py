@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from athena.schema import TABLES
@@ -59,6 +61,11 @@ def test_dry_run_on_athena_prints_final_sql_and_partitions(logq) -> None:
     assert "envoy_access/service=recipe/dt=2026-11-28-00" in run.stdout
     assert "AND \"timestamp\" >= CAST('2026-11-27 23:30:00.000' AS timestamp)" in run.stdout
     assert "service IN ('recipe')" in run.stdout
+    long = logq("errors", "-s", "recipe", "--since", "0001-01-01", "--dry-run", *ATHENA)
+    assert long.exit_code == 0, long.stderr
+    span = re.search(r"service=recipe/dt=0001-01-01-00\.\.\S+ \(([\d,]+) hours\)", long.stdout)
+    assert span and int(span.group(1).replace(",", "")) > 17_000_000  # one line, not millions
+    assert len(long.stdout.splitlines()) < 60
 
 
 def test_max_scan_bytes_refuses_before_starting(logq, moto: str, warehouse: Warehouse) -> None:
