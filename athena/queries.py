@@ -262,13 +262,13 @@ def _flat_values(params: dict[str, Any]) -> dict[str, Any]:
 def _transpile(sql: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Expand, parse as Trino, adapt for DuckDB (:func:`_for_duckdb`) and generate."""
     import sqlglot
-    from sqlglot.errors import ParseError
+    from sqlglot.errors import ParseError, TokenError
 
     flat_sql, flat = _flatten(sql, params)
     try:
         with quiet_sqlglot():
             statements = sqlglot.parse(flat_sql, read="trino")
-    except ParseError as exc:
+    except (ParseError, TokenError) as exc:
         raise _parse_error(exc) from exc
     statements = [s for s in statements if s is not None]
     if len(statements) != 1:
@@ -289,12 +289,12 @@ def tables_of(sql: str) -> set[str]:
     """Names of the tables a statement reads (CTE names excluded), lower-cased."""
     import sqlglot
     from sqlglot import exp
-    from sqlglot.errors import ParseError
+    from sqlglot.errors import ParseError, TokenError
 
     try:
         with quiet_sqlglot():
             tree = sqlglot.parse_one(sql, read="trino")
-    except ParseError as exc:
+    except (ParseError, TokenError) as exc:
         raise _parse_error(exc) from exc
     ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
     return {t.name.lower() for t in tree.find_all(exp.Table) if t.name.lower() not in ctes}

@@ -113,7 +113,7 @@ def check_read_only(statement: str, inner: bool = False) -> None:
     """
     import sqlglot
     from sqlglot import exp
-    from sqlglot.errors import ParseError
+    from sqlglot.errors import ParseError, TokenError
 
     from athena.queries import quiet_sqlglot
 
@@ -121,7 +121,7 @@ def check_read_only(statement: str, inner: bool = False) -> None:
     try:
         with quiet_sqlglot():
             trees = [t for t in sqlglot.parse(statement, read="trino") if t is not None]
-    except ParseError:
+    except (ParseError, TokenError):  # an unclosed quote or comment is a TokenError
         if inner:
             raise _refused(f"EXPLAIN {word}") from None
         return  # the engine reports the parse error with its position

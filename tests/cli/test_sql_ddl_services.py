@@ -98,6 +98,11 @@ def test_sql_errors_are_clear(logq, warehouse: Warehouse) -> None:
     assert run.exit_code != 0 and "logq: error" in run.stderr
     run = logq("sql", "SELEC x FROM envoy_access", "--warehouse", warehouse.uri)
     assert "cannot parse the SQL" in run.stderr and "SELEC x FROM envoy_access" in run.stderr
+    # An unclosed quote or comment fails in sqlglot's tokenizer, not its parser.
+    for sql in ("SELECT x FROM envoy_access WHERE path = '/a", 'SELECT "a', "SELECT 1 /* x"):
+        run = logq("sql", sql, "--warehouse", warehouse.uri)
+        assert run.exit_code == 2 and "cannot parse the SQL" in run.stderr, run.stderr
+        assert "Traceback" not in run.stderr
     assert "\x1b[" not in run.stderr  # no terminal colour codes in the message
 
 
