@@ -12,6 +12,7 @@ A lock file keeps two shippers from sharing one state directory.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -138,6 +139,46 @@ def _json_type(value: object) -> str:
     return names.get(type(value), "number")
 
 
+#: errno -> why the state directory cannot be used and what to do. An unwritable directory is
+#: the usual first-deployment mistake: a host path created by Docker or the kubelet belongs to
+#: root while the image runs as another user, or the volume is mounted read-only.
+_UNUSABLE = {
+    errno.EACCES: (
+        "is not writable by this process",
+        "give it to that user (chown -R {uid}:{gid} {dir}) or point --state-dir at a "
+        "writable directory",
+    ),
+    errno.EROFS: (
+        "is on a read-only file system",
+        "mount a writable volume there (the checkpoints must survive restarts)",
+    ),
+    errno.ENOTDIR: ("is not a directory", "a file is in the way: point --state-dir at a directory"),
+    errno.EEXIST: ("is not a directory", "a file is in the way: point --state-dir at a directory"),
+    errno.ENOSPC: ("is on a full file system", "free space there or use another volume"),
+}
+_UNUSABLE[errno.EPERM] = _UNUSABLE[errno.EACCES]
+
+
+def unusable_state_dir(state_dir: Path, exc: OSError) -> ConfigError:
+    """``exc`` (raised while creating or locking ``state_dir``) as one line naming the
+    directory, the cause, the uid/gid this process runs as and what to do."""
+    what, todo = _UNUSABLE.get(
+        exc.errno or 0, ("cannot be used", "check the directory and its volume")
+    )
+    if exc.errno in (errno.EACCES, errno.EPERM) and not state_dir.is_dir():
+        what = "cannot be created by this process"
+        todo = (
+            "create it for that user (install -d -o {uid} -g {gid} {dir}) or point --state-dir "
+            "at a writable directory"
+        )
+    uid, gid = os.getuid(), os.getgid()
+    cause = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
+    return ConfigError(
+        f"--state-dir {state_dir} {what} ({cause}; running as uid {uid}, gid {gid}): "
+        + todo.format(uid=uid, gid=gid, dir=state_dir)
+    )
+
+
 class Registry:
     """Checkpoints of every file, persisted in ``<state-dir>/checkpoints.json``."""
 
@@ -154,12 +195,15 @@ class Registry:
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"cannot create --state-dir {state_dir}: {exc}") from None
+            raise unusable_state_dir(state_dir, exc) from None
         self._lock()
         self._load()
 
     def _lock(self) -> None:
-        fd = os.open(self.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise unusable_state_dir(self.state_dir, exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -168,6 +212,9 @@ class Registry:
                 f"--state-dir {self.state_dir} is in use by another logq-shipper; "
                 "give each shipper its own state directory"
             ) from None
+        except OSError as exc:  # ENOLCK: a file system without locks (some NFS setups)
+            os.close(fd)
+            raise unusable_state_dir(self.state_dir, exc) from None
         self._lock_fd = fd
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ Fluent Bit expect when they override one setting for a debugging run.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 import tomllib
@@ -16,9 +17,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from shipper.errors import ConfigError
+from shipper.errors import ConfigError, preview
 
 DEFAULT_PORT = 24224
+
+#: Levels ``--log-level`` (and the ``log_level`` key) accepts.
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,21 +42,35 @@ def parse_endpoint(
     text: str, default_port: int = DEFAULT_PORT, what: str = "aggregator address"
 ) -> Endpoint:
     """``host:port``, ``host`` or ``[v6]:port`` into an :class:`Endpoint`; errors name ``what``
-    (the flag the address came from)."""
+    (the flag the address came from).
+
+    An IPv6 address needs its brackets: without them ``::1:24224`` cannot be split (is 24224
+    the port or the last group?), and a guess would fail much later as "name or service not
+    known". A trailing ``:`` with no port is refused too rather than read as the default port:
+    it is usually a variable that expanded to nothing."""
     text = text.strip()
     if not text:
         raise ConfigError(f"empty {what}; expected HOST:PORT")
+    example = f"HOST:PORT, or [::1]:{default_port} for IPv6"
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest.lstrip(":")
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
+        host, close, rest = text[1:].partition("]")
+        if not close or (rest and not rest.startswith(":")):
+            raise ConfigError(f"bad {what} {text!r}; expected {example}")
+        sep, port_text = rest[:1], rest[1:]
+    elif text.count(":") > 1:
+        raise ConfigError(
+            f"bad {what} {text!r}: IPv6 addresses need brackets: [::1]:{default_port}"
+        )
     else:
-        host, port_text = text, ""
-    try:
-        port = int(port_text) if port_text else default_port
-    except ValueError:
-        raise ConfigError(f"bad port in {what} {text!r}; expected HOST:PORT") from None
+        host, sep, port_text = text.partition(":")
+    if sep and not port_text:
+        raise ConfigError(
+            f"bad {what} {text!r}: no port after ':'; write {text[:-1] or 'HOST'}:PORT, or "
+            f"leave out the ':' for port {default_port}"
+        )
+    if port_text and not (port_text.isascii() and port_text.isdigit()):
+        raise ConfigError(f"bad port in {what} {text!r}; expected {example}")
+    port = int(port_text) if port_text else default_port
     if not 0 < port < 65536:
         raise ConfigError(f"bad {what} {text!r}: port {port} is not in 1-65535")
     if not host:
@@ -97,8 +115,9 @@ class Config:
 
 
 _HELP = {
-    "aggregator": "aggregator HOST:PORT; repeat for failover and load spreading; a name "
-    "with several addresses is one aggregator per address (default: 127.0.0.1:24224)",
+    "aggregator": "aggregator HOST:PORT ([::1]:24224 for IPv6); repeat for failover and load "
+    "spreading; a name with several addresses is one aggregator per address "
+    "(default: 127.0.0.1:24224)",
     "docker_root": "Docker containers dir holding <id>/<id>-json.log and config.v2.json "
     "(default: /var/lib/docker/containers)",
     "cri_root": "kubelet pod log dir (<namespace>_<pod>_<uid>/<container>/<n>.log) "
@@ -121,14 +140,14 @@ _HELP = {
     "batch_bytes": "max bytes of log text per Forward message (default: 524288)",
     "max_inflight_bytes": "stop reading files when this much is waiting for acks "
     "(default: 8388608)",
-    "ack_timeout": "seconds to wait for an ack before resending (default: 30)",
+    "ack_timeout": "seconds to wait for an ack before resending (default: 30, at least 0.1)",
     "retry_timeout": "--once: give up after this many seconds of failed deliveries (or of "
     "a file that cannot be read); on "
-    "SIGTERM: the longest wait for in-flight acks (default: 30)",
-    "poll_interval": "seconds between checks of an idle file (default: 0.25)",
-    "discover_interval": "seconds between scans for new containers and files (default: 1); "
-    "where inotify watches every log folder, changes trigger scans at once and the full "
-    "rescan runs every max(this, 10) seconds",
+    "SIGTERM: the longest wait for in-flight acks (default: 30, at least 0.1)",
+    "poll_interval": "seconds between checks of an idle file (default: 0.25, at least 0.01)",
+    "discover_interval": "seconds between scans for new containers and files (default: 1, "
+    "at least 0.1); where inotify watches every log folder, changes trigger scans at once and "
+    "the full rescan runs every max(this, 10) seconds",
     "log_level": "debug, info, warning or error",
 }
 
@@ -168,11 +187,70 @@ def build_parser() -> argparse.ArgumentParser:
     a("--retry-timeout", type=float, metavar="SECONDS", help=_HELP["retry_timeout"])
     a("--poll-interval", type=float, metavar="SECONDS", help=_HELP["poll_interval"])
     a("--discover-interval", type=float, metavar="SECONDS", help=_HELP["discover_interval"])
-    a("--log-level", choices=["debug", "info", "warning", "error"], help=_HELP["log_level"])
+    a("--log-level", choices=LOG_LEVELS, help=_HELP["log_level"])
     return p
 
 
+#: What each setting holds. The ``--config`` file is checked against it: a wrong TOML type would
+#: otherwise surface later as a traceback, or be read as something else (``batch_lines = 1.9``
+#: as 1, ``compress = 1`` as gzip).
+_KINDS: dict[str, str] = {
+    "aggregator": "strings",
+    "path": "strings",
+    "docker_root": "string",
+    "cri_root": "string",
+    "state_dir": "string",
+    "shared_key": "string",
+    "username": "string",
+    "password": "string",
+    "metrics_listen": "string",
+    "tls_ca": "string",
+    "hostname": "string",
+    "log_level": "string",
+    "compress": "compress",
+    "once": "bool",
+    "tls": "bool",
+    "tls_no_verify": "bool",
+    "max_line_bytes": "int",
+    "batch_lines": "int",
+    "batch_bytes": "int",
+    "max_inflight_bytes": "int",
+    "ack_timeout": "seconds",
+    "retry_timeout": "seconds",
+    "poll_interval": "seconds",
+    "discover_interval": "seconds",
+}
+
+#: The smallest value of each seconds setting: below it the shipper spins (a 1 ns poll burns a
+#: core) or gives up before any aggregator could answer.
+MIN_SECONDS = {
+    "ack_timeout": 0.1,
+    "retry_timeout": 0.1,
+    "poll_interval": 0.01,
+    "discover_interval": 0.1,
+}
+
+#: What a text setting expects, for the error of an empty one: an empty value is refused (an
+#: unset variable in a deployment template; ``--state-dir ""`` silently meant the default).
+_EXPECTED = {
+    "aggregator": "HOST:PORT",
+    "path": "a glob such as /var/log/app/*.log",
+    "docker_root": "a directory",
+    "cri_root": "a directory",
+    "state_dir": "a directory",
+    "shared_key": "the key",
+    "username": "a user name",
+    "password": "a password (or set $LOGQ_SHIPPER_PASSWORD)",
+    "metrics_listen": "HOST:PORT",
+    "tls_ca": "a PEM file",
+    "hostname": "a host name",
+    "log_level": f"one of {', '.join(LOG_LEVELS)}",
+}
+
+
 def _load_toml(path: str) -> dict[str, Any]:
+    if not path.strip():
+        raise ConfigError("--config is empty; pass the path of a TOML file or leave --config out")
     try:
         with open(path, "rb") as f:
             raw = tomllib.load(f)
@@ -200,10 +278,37 @@ def _load_toml(path: str) -> dict[str, Any]:
             raise ConfigError(
                 f"unknown key {key!r} in {path}; known keys: {', '.join(sorted(known))}"
             )
+        _check_type(path, key, _KINDS[norm], value)
         if norm in ("aggregator", "path") and isinstance(value, str):
             value = [value]
         out[norm] = value
     return out
+
+
+def _check_type(path: str, key: str, kind: str, value: Any) -> None:
+    """Refuse a TOML value of the wrong type, naming the key, the value and what to write."""
+    if kind == "strings":
+        ok = isinstance(value, str) or (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        )
+        want = f'a string or a list of strings in quotes, e.g. {key} = ["a", "b"]'
+    elif kind == "string":
+        ok = isinstance(value, str)
+        want = f'a string in quotes, e.g. {key} = "..."'
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        want = f"a whole number without quotes or decimal point, e.g. {key} = 1024"
+    elif kind == "seconds":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        want = f"a number of seconds without quotes, e.g. {key} = 0.5"
+    else:
+        return  # booleans and compress: checked with the flags (_flag, _to_config)
+    texts = value if isinstance(value, list) else [value]
+    if ok and kind in ("strings", "string") and any("\x00" in v for v in texts):
+        # A TOML "\u0000" would reach os.mkdir & co. as a ValueError traceback.
+        ok, want = False, "text without NUL characters (no path or name holds one)"
+    if not ok:
+        raise ConfigError(f"--config {path}: {key} must be {want}; got {preview(value)}")
 
 
 def _flag(m: dict[str, Any], key: str) -> bool:
@@ -218,54 +323,86 @@ def _flag(m: dict[str, Any], key: str) -> bool:
     return value
 
 
-def _positive(name: str, value: Any, kind: type) -> Any:
-    try:
-        v = kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {value!r}") from None
-    if v <= 0:
+def _positive(name: str, value: int) -> int:
+    if value <= 0:
         raise ConfigError(f"{name} must be positive, got {value!r}")
-    return v
+    return value
+
+
+def _seconds(key: str, value: float) -> float:
+    """A finite number of seconds, at least :data:`MIN_SECONDS` (``nan`` compares false with
+    everything, so a plain ``> 0`` check lets it through: an ack timeout of nan gave up at
+    once)."""
+    least = MIN_SECONDS[key]
+    try:
+        seconds = float(value)
+    except OverflowError:  # a TOML integer past any float
+        seconds = math.inf
+    if not (math.isfinite(seconds) and seconds >= least):
+        raise ConfigError(
+            f"--{key.replace('_', '-')} must be a finite number of seconds, at least {least:g}; "
+            f"got {preview(value)}"
+        )
+    return seconds
 
 
 def load_config(argv: list[str] | None = None) -> Config:
     """Parse flags (and the ``--config`` file they name) into a validated :class:`Config`."""
     args = vars(build_parser().parse_args(argv))
     merged: dict[str, Any] = {}
-    if args.get("config"):
+    if args.get("config") is not None:
         merged.update(_load_toml(args["config"]))
     merged.update({k: v for k, v in args.items() if v is not None and k != "config"})
     return _to_config(merged)
 
 
+def _refuse_empty(m: dict[str, Any]) -> None:
+    for key, expected in _EXPECTED.items():
+        values = m.get(key)
+        if values is None:
+            continue
+        if key == "aggregator" and not values:
+            raise ConfigError("aggregator = [] lists no aggregator; list one or leave it out")
+        for value in values if isinstance(values, list) else [values]:
+            if not value.strip():
+                raise ConfigError(
+                    f"--{key.replace('_', '-')} is empty (an unset variable?); pass "
+                    f"{expected} or leave it out"
+                )
+
+
 def _to_config(m: dict[str, Any]) -> Config:
+    _refuse_empty(m)
     kw: dict[str, Any] = {}
     if m.get("aggregator"):
-        kw["aggregators"] = tuple(parse_endpoint(str(a)) for a in m["aggregator"])
+        kw["aggregators"] = tuple(parse_endpoint(a) for a in m["aggregator"])
     for key in ("docker_root", "cri_root", "state_dir"):
         if m.get(key):
             kw[key] = Path(m[key])
     if m.get("path"):
-        kw["paths"] = tuple(str(p) for p in m["path"])
+        kw["paths"] = tuple(m["path"])
     if m.get("shared_key"):
-        kw["shared_key"] = str(m["shared_key"])
+        kw["shared_key"] = m["shared_key"]
     password = m.get("password") or os.environ.get("LOGQ_SHIPPER_PASSWORD")
     if m.get("username"):
         if not m.get("shared_key"):
             raise ConfigError("--username needs --shared-key: user auth is part of the handshake")
         if not password:
             raise ConfigError("--username needs --password or $LOGQ_SHIPPER_PASSWORD")
-        kw["username"], kw["password"] = str(m["username"]), str(password)
+        kw["username"], kw["password"] = m["username"], password
     elif m.get("password"):
         raise ConfigError("--password needs --username")
     kw["once"] = _flag(m, "once")
     compress = m.get("compress", "none")
-    if compress not in ("none", "gzip", True, False):
-        raise ConfigError(f"compress must be 'none' or 'gzip', got {compress!r}")
-    kw["compress"] = compress in ("gzip", True)
+    if isinstance(compress, bool):  # TOML compress = true / false
+        kw["compress"] = compress
+    elif compress in ("none", "gzip"):
+        kw["compress"] = compress == "gzip"
+    else:  # 1 == True in Python: compared with the booleans, compress = 1 meant gzip
+        raise ConfigError(f"compress must be 'none' or 'gzip', got {preview(compress)}")
     if m.get("metrics_listen"):
         kw["metrics_listen"] = parse_endpoint(
-            str(m["metrics_listen"]), default_port=9110, what="--metrics-listen address"
+            m["metrics_listen"], default_port=9110, what="--metrics-listen address"
         )
     kw["tls"] = _flag(m, "tls")
     no_verify = _flag(m, "tls_no_verify")
@@ -280,15 +417,20 @@ def _to_config(m: dict[str, Any]) -> Config:
         kw["tls_ca"] = ca
     kw["tls_verify"] = not no_verify
     if m.get("hostname"):
-        kw["hostname"] = str(m["hostname"])
+        kw["hostname"] = m["hostname"]
     for key in ("max_line_bytes", "batch_lines", "batch_bytes", "max_inflight_bytes"):
         if key in m:
-            kw[key] = _positive(key.replace("_", "-"), m[key], int)
-    for key in ("ack_timeout", "retry_timeout", "poll_interval", "discover_interval"):
+            kw[key] = _positive(key.replace("_", "-"), m[key])
+    for key in MIN_SECONDS:
         if key in m:
-            kw[key] = _positive(key.replace("_", "-"), m[key], float)
+            kw[key] = _seconds(key, m[key])
     if m.get("log_level"):
-        kw["log_level"] = str(m["log_level"])
+        level = m["log_level"].strip().lower()
+        if level not in LOG_LEVELS:
+            raise ConfigError(
+                f"log-level must be one of {', '.join(LOG_LEVELS)}, got {preview(m['log_level'])}"
+            )
+        kw["log_level"] = level
     cfg = Config(**kw)
     if cfg.max_line_bytes < 1024:
         raise ConfigError("max-line-bytes must be at least 1024")

@@ -90,14 +90,40 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused; is logq-aggregator running?"
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        if not str(exc) and _passed_through(exc.__cause__ or exc.__context__, "_handshake"):
+            # asyncio.timeout() around _handshake: the aggregator accepted the connection but
+            # never started (HELO) or finished (PONG) the handshake -- a server without a key
+            # just waits for messages.
+            return (
+                f"the shared-key handshake timed out after {HANDSHAKE_TIMEOUT:g} s (no HELO or "
+                "PONG); does the aggregator have --shared-key?"
+            )
         return str(exc) or "timed out"
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate not trusted ({exc.verify_message}); check --tls-ca"
     if isinstance(exc, ssl.SSLError):
         return f"TLS failed ({exc.reason or exc}); is the aggregator listening with TLS?"
+    if type(exc) is ConnectionResetError and not exc.args:
+        # Only asyncio's TLS layer raises it bare: the peer closed the connection before the TLS
+        # handshake finished, as a plain-text Forward server does on a ClientHello.
+        return (
+            "connection closed during the TLS handshake; is the aggregator serving TLS "
+            "(--tls-cert)?"
+        )
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc) or type(exc).__name__
+
+
+def _passed_through(exc: BaseException | None, function: str) -> bool:
+    """Whether ``exc`` was raised in or through a function of this module named ``function``."""
+    tb = exc.__traceback__ if exc is not None else None
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == function and frame.f_globals.get("__name__") == __name__:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 class _Connection:
