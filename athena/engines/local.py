@@ -20,9 +20,14 @@ files (``COPY ... TO``) and attach databases; the engine answers queries over th
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from athena.engines.result import EngineError, QueryResult, ScanBudgetError
+
+T = TypeVar("T")
+#: After Ctrl-C, how long to wait for DuckDB to stop the query before exiting anyway.
+INTERRUPT_WAIT_SECONDS = 5.0
 
 if TYPE_CHECKING:
     import duckdb
@@ -296,7 +301,9 @@ class LocalEngine:
             _sandbox(con, [] if self.warehouse.is_s3 else files)
             started = time.perf_counter()
             try:
-                table = _fetch(con.sql(duck_sql, params=bound), max_rows)
+                table = _interruptible(
+                    con, lambda: _fetch(con.sql(duck_sql, params=bound), max_rows)
+                )
             except duckdb.Error as exc:
                 bad = _bad_file(exc, files)
                 if bad is not None:
@@ -331,6 +338,45 @@ class _Vanished(Exception):
     def __init__(self, path: str) -> None:
         super().__init__(path)
         self.path = path
+
+
+def _interruptible(con: Any, work: Callable[[], T]) -> T:
+    """``work()`` (a query on ``con``) in a worker thread, so that Ctrl-C stops it.
+
+    A query running in the main thread held it inside DuckDB: Python's SIGINT handler never
+    ran, and ``logq sql`` with a runaway join ignored Ctrl-C for minutes. Here the main thread
+    waits, takes the KeyboardInterrupt, and has DuckDB interrupt the query
+    (``con.interrupt()``, made for a call from another thread). It waits on an Event, not
+    ``Thread.join``: a join interrupted by Ctrl-C marks a running thread as ended on Python
+    3.11, and the connection was then closed under the query (DuckDB aborted at exit)."""
+    import threading
+
+    outcome: list[Any] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append((True, work()))
+        except BaseException as exc:  # handed to the main thread as it is
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="logq-duckdb", daemon=True).start()
+    try:
+        while not done.wait(0.1):
+            pass
+    except KeyboardInterrupt:
+        con.interrupt()
+        done.wait(INTERRUPT_WAIT_SECONDS)
+        # Its error's traceback holds the result reader, and with it the connection: let go,
+        # or closing the connection fails ("busy").
+        outcome.clear()
+        raise
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 def _fetch(relation: Any, max_rows: int | None) -> pa.Table:

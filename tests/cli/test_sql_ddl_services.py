@@ -312,3 +312,40 @@ def test_sql_keeps_athena_meaning_of_division_date_diff_and_regexp_extract(
         "nested_rx": None,  # the same meaning inside another rewritten call
         "nested_days": 0,
     }
+
+
+def test_ctrl_c_stops_a_runaway_local_query(warehouse: Warehouse) -> None:
+    """A join that would run for hours: Ctrl-C ends it at once with 'logq: interrupted' and
+    exit 130. The query ran in the main thread, inside DuckDB, where Python's SIGINT handler
+    never got to run: the process went on for minutes (then printed a traceback)."""
+    import signal
+    import time
+
+    from bench.procfs import cpu_seconds
+
+    runaway = (
+        "SELECT count(*) FROM envoy_access a, envoy_access b, envoy_access c "
+        "WHERE a.path || b.path || c.path LIKE '%zz%'"
+    )
+    proc = subprocess.Popen(
+        [str(LOGQ), "sql", runaway, "--warehouse", warehouse.uri],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # Test runners may ignore SIGINT (pytest-xdist workers); a terminal's Ctrl-C is default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while cpu_seconds(proc.pid) < 3.0:  # imports are well under that: the query runs
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the query never started"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert err == "logq: interrupted\n"
