@@ -181,6 +181,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
     """Merge flags over the ``--config`` file over defaults, and check the result."""
     known = {f.name: f for f in fields(Settings)}
     values: dict[str, Any] = {}
+    if getattr(args, "config", None) is not None and not args.config.strip():
+        raise ConfigError("--config is empty; pass the path of a TOML file or leave --config out")
     if getattr(args, "config", None):
         file_values = _read_toml(args.config)
         if "envoy_format" in file_values:
@@ -237,6 +239,13 @@ def _seconds(value: float, flag: str, zero_ok: bool = False) -> None:
 
 
 def _check(s: Settings) -> None:
+    # An empty value is an unset variable in a template: a --buffer-dir "" meant the current
+    # directory.
+    for name in ("buffer_dir", "tls_cert", "tls_key", "shared_key", "metrics_listen"):
+        value = getattr(s, name)
+        if value is not None and not str(value).strip():
+            flag = f"--{name.replace('_', '-')}"
+            raise ConfigError(f"{flag} is empty (an unset variable?); give a value or leave it out")
     split_host_port(s.listen, "--listen")
     if s.metrics_listen:
         split_host_port(s.metrics_listen, "--metrics-listen")

@@ -43,7 +43,14 @@ class Warehouse:
 
 
 def resolve_uri(uri: str | None) -> str:
-    """The warehouse URI: the argument, else ``$LOGQ_WAREHOUSE``, else ``./logq-warehouse``."""
+    """The warehouse URI: the argument, else ``$LOGQ_WAREHOUSE``, else ``./logq-warehouse``.
+
+    An empty argument is refused (an unset variable in a script: it silently meant
+    ``$LOGQ_WAREHOUSE`` or the default)."""
+    if uri is not None and not uri.strip():
+        raise WarehouseError(
+            "--warehouse (or LOGQ_WAREHOUSE) is empty; pass a directory or s3://bucket/prefix"
+        )
     return uri or os.environ.get(ENV_WAREHOUSE) or DEFAULT_WAREHOUSE
 
 
@@ -74,9 +81,14 @@ def open_warehouse(uri: str | None = None, create: bool = False) -> Warehouse:
     ``create`` makes a missing local directory; S3 buckets must exist already.
     """
     uri = resolve_uri(uri)
+    if uri.lower().startswith("s3:") and not uri.startswith("s3://"):
+        # Not a local folder named "s3:": a slash too few (s3:/bucket) or a capital S3.
+        raise WarehouseError(
+            f"{uri!r} is not an S3 address; write s3://BUCKET/PREFIX (two slashes, lower case)"
+        )
     if uri.startswith("s3://"):
         rest = uri[len("s3://") :].strip("/")
-        if not rest:
+        if not rest or uri.startswith("s3:///"):
             raise WarehouseError(f"{uri!r} names no bucket; use s3://BUCKET or s3://BUCKET/PREFIX")
         return Warehouse(uri=f"s3://{rest}", fs=s3_filesystem(), base=rest)
     if "://" in uri and not uri.startswith("file://"):
@@ -85,6 +97,12 @@ def open_warehouse(uri: str | None = None, create: bool = False) -> Warehouse:
             f"unsupported warehouse scheme {scheme!r} in {uri!r}; use a local directory or s3://bucket/prefix"
         )
     local = Path(uri.removeprefix("file://")).expanduser().resolve()
+    if local == local.parent:
+        # file:/// or /: the aggregator would make _ledger/, envoy_access/ ... at the root.
+        raise WarehouseError(
+            f"{uri!r} is the root of the file system; use a folder of its own, e.g. "
+            "/var/lib/logq/warehouse"
+        )
     if create:
         local.mkdir(parents=True, exist_ok=True)
     return Warehouse(uri=str(local), fs=pafs.LocalFileSystem(), base=str(local))

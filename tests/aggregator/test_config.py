@@ -69,6 +69,9 @@ def test_config_file_and_flag_precedence(tmp_path: Path) -> None:
         ("", ["--log-level", "verbose"], "--log-level must be one of debug, info"),
         ("", ["--node-id", "../../escaped"], "--node-id must be 1-64 letters"),
         ("", ["--warehouse", " "], "--warehouse is empty"),
+        ("", ["--buffer-dir", ""], "--buffer-dir is empty"),
+        ("", ["--tls-cert", "", "--tls-key", ""], "--tls-cert is empty"),
+        ("", ["--metrics-listen", " "], "--metrics-listen is empty"),
     ],
 )
 def test_bad_settings_say_what_to_do(
@@ -78,6 +81,29 @@ def test_bad_settings_say_what_to_do(
     conf.write_text(content)
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse(["--config", str(conf), *argv])
+
+
+def test_mistyped_warehouses_are_refused_before_anything_is_written(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``s3:/bucket`` made a local folder named ``s3:`` (the operator believed the data went to
+    S3), ``file:///`` put the ledger at the file system's root, ``s3:///x`` read as bucket x,
+    and ``--config ""`` was ignored."""
+    monkeypatch.chdir(tmp_path)
+    buf = tmp_path / "buf"
+    for uri, message in [
+        ("s3:/mybucket/logs", "is not an S3 address; write s3://BUCKET/PREFIX"),
+        ("S3://mybucket/logs", "is not an S3 address"),
+        ("s3:///x", "names no bucket"),
+        ("file:///", "is the root of the file system"),
+        ("/", "is the root of the file system"),
+    ]:
+        assert main(["--warehouse", uri, "--buffer-dir", str(buf)]) == 2, uri
+        assert message in capsys.readouterr().err, uri
+    assert main(["--config", "", "--buffer-dir", str(buf)]) == 2
+    assert "--config is empty" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no buffer, no "s3:" folder
+    assert not Path("/_ledger").exists()
 
 
 def test_cli_exits_2_with_message(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

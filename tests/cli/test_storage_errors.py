@@ -122,3 +122,19 @@ def test_ddl_with_services_does_not_warn(logq, warehouse) -> None:
     assert "warning" not in run.stderr
     named = logq("ddl", "--warehouse", "s3://bucket/wh", "-s", "recipe")
     assert named.exit_code == 0 and "warning" not in named.stderr
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("s3:/mybucket/logs", "is not an S3 address; write s3://BUCKET/PREFIX"),
+        ("s3:///x", "names no bucket"),
+        ("file:///", "is the root of the file system"),
+        ("", "is empty"),
+    ],
+)
+def test_mistyped_warehouses_are_usage_errors(logq, uri: str, message: str) -> None:
+    """Each was taken as something else: a local folder 's3:', the root, bucket 'x', or
+    LOGQ_WAREHOUSE instead of the empty --warehouse given."""
+    run = logq("errors", "--warehouse", uri)
+    assert run.exit_code == 2 and message in run.stderr, run.stderr
