@@ -25,6 +25,7 @@ import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -89,6 +90,25 @@ DISK_RESERVE_SHARE = 8
 #: How long a free-space reading is trusted (minus what was appended since) when not near the
 #: reserve.
 DISK_RECHECK_SECONDS = 1.0
+
+
+def listen_error(flag: str, address: str, exc: OSError) -> OSError:
+    """A failed bind as one line naming the flag, the address and what to do (the bare error
+    named neither the flag nor a remedy)."""
+    hints = {
+        errno.EADDRINUSE: "another process listens there: stop it or pick another port",
+        errno.EACCES: "ports below 1024 need root (or CAP_NET_BIND_SERVICE): pick one above 1023",
+        errno.EADDRNOTAVAIL: "this host has no such address: use 127.0.0.1, 0.0.0.0 or one of its "
+        "own addresses",
+    }
+    code = exc.errno or 0
+    reason = os.strerror(code).lower() if code > 0 else (exc.strerror or str(exc))
+    hint = hints.get(code, "check the address")
+    if isinstance(exc, socket.gaierror):
+        hint = "the host name does not resolve: use an IP address or a name this host knows"
+    error = OSError(f"cannot listen on {address} ({flag}): {reason}; {hint}")
+    error.errno = exc.errno
+    return error
 
 
 def disk_reserve_bytes(segment_bytes: int, volume_bytes: int | None = None) -> int:
@@ -254,6 +274,27 @@ class Aggregator:
 
     async def run(self) -> int:
         self._open_buffer()
+        try:
+            await self._start_serving()
+        except BaseException:
+            # A port in use, a bad certificate...: leave the buffer as found (unlocked, no empty
+            # segment), for a second try in this process as for the next start.
+            if self.server is not None:
+                await self.server.stop(grace=0)
+            if self.metrics_server is not None:
+                await self.metrics_server.stop()
+            await self.buffer.close()
+            raise
+        self._install_signals()
+        flush_task = asyncio.create_task(self._flush_loop(), name="flush-loop")
+        compact_task = asyncio.create_task(self._compact_loop(), name="compact-loop")
+        resync_task = asyncio.create_task(self._catalog_resync_loop(), name="catalog-resync")
+        await self._stopping.wait()
+        resync_task.cancel()
+        return await self._shutdown(flush_task, compact_task)
+
+    async def _start_serving(self) -> None:
+        """The Forward server and the metrics endpoint, listening."""
         ssl_ctx = (
             tls_context(self.settings.tls_cert, self.settings.tls_key)
             if self.settings.tls_cert and self.settings.tls_key
@@ -275,11 +316,17 @@ class Aggregator:
             buffer_compression=self.settings.buffer_compression,
         )
         host, port = split_host_port(self.settings.listen, "--listen")
-        bound_host, self.port = await self.server.start(host, port)
+        try:
+            bound_host, self.port = await self.server.start(host, port)
+        except OSError as exc:
+            raise listen_error("--listen", self.settings.listen, exc) from exc
         if self.settings.metrics_listen:
             mhost, mport = split_host_port(self.settings.metrics_listen, "--metrics-listen")
             self.metrics_server = MetricsServer(self.metrics, mhost, mport)
-            mport = await self.metrics_server.start()
+            try:
+                mport = await self.metrics_server.start()
+            except OSError as exc:
+                raise listen_error("--metrics-listen", self.settings.metrics_listen, exc) from exc
             print(f"metrics on http://{mhost}:{mport}/metrics", file=sys.stderr, flush=True)
         print(f"listening on {bound_host}:{self.port}", file=sys.stderr, flush=True)
         log.info(
@@ -288,13 +335,6 @@ class Aggregator:
             self.warehouse.uri,
             self.settings.buffer_dir,
         )
-        self._install_signals()
-        flush_task = asyncio.create_task(self._flush_loop(), name="flush-loop")
-        compact_task = asyncio.create_task(self._compact_loop(), name="compact-loop")
-        resync_task = asyncio.create_task(self._catalog_resync_loop(), name="catalog-resync")
-        await self._stopping.wait()
-        resync_task.cancel()
-        return await self._shutdown(flush_task, compact_task)
 
     async def drain(self) -> int:
         """Write out every segment of the buffer dir, then exit (no server, no new data).

@@ -186,3 +186,25 @@ def test_cli_prints_one_line_for_an_unusable_buffer_dir(
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"logq-aggregator: --buffer-dir {tmp_path / 'afile' / 'buffer'} is")
     assert f"uid {os.getuid()}, gid {os.getgid()}" in last and "point it at a directory" in last
+
+
+def test_a_port_in_use_names_the_flag_and_what_to_do(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["--buffer-dir", str(tmp_path / "buf"), "--warehouse", str(tmp_path / "wh")]
+        assert main(["--listen", f"127.0.0.1:{port}", *args]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot listen on 127.0.0.1:{port} (--listen): address already in use" in err
+        assert "pick another port" in err
+        assert (
+            main(["--listen", "127.0.0.1:0", "--metrics-listen", f"127.0.0.1:{port}", *args]) == 2
+        )
+        assert "(--metrics-listen): address already in use" in capsys.readouterr().err
+    # The failed starts left the buffer unlocked (the second could open it) and no segment.
+    assert not list((tmp_path / "buf").glob("*.seg"))
