@@ -98,6 +98,8 @@ class Shipper:
         self._generation = 0
         self._saved_generation = 0
         self._stop = asyncio.Event()
+        self._stop_now = asyncio.Event()
+        """A second stop request: do not wait for the in-flight acks."""
         self._saver_closing = False
         """Set at exit: the checkpoint loop finishes its write in progress, then returns."""
         self._failure: BaseException | None = None
@@ -319,7 +321,21 @@ class Shipper:
     # -- lifecycle --------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        log.info("stop requested: finishing in-flight batches")
+        """SIGTERM/SIGINT: finish the in-flight batches (at most ``--retry-timeout``); a second
+        one exits without waiting, as people expect of a second Ctrl-C."""
+        if self._stop.is_set():
+            if not self._stop_now.is_set():
+                log.warning(
+                    "second stop request: exiting now; batches not acknowledged yet are read "
+                    "and sent again at the next start"
+                )
+            self._stop_now.set()
+            return
+        log.info(
+            "stop requested: finishing in-flight batches (at most %g s; stop again to exit at "
+            "once)",
+            self.cfg.retry_timeout,
+        )
         self._stop.set()
 
     async def run(self) -> int:
@@ -505,7 +521,13 @@ class Shipper:
         if not tasks:
             return
         # Before the tasks end: their tailers close the files they hold.
-        _, pending = await asyncio.wait(tasks, timeout=self.cfg.retry_timeout)
+        everything = asyncio.gather(*tasks, return_exceptions=True)
+        now = asyncio.ensure_future(self._stop_now.wait())
+        await asyncio.wait(
+            [everything, now], timeout=self.cfg.retry_timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        now.cancel()
+        pending = {t for t in tasks if not t.done()}
         unfinished = [r for r in self.runners.values() if r.task in pending]
         lost = sum(r.tailer.forget_deleted() for r in unfinished if r.drain_deleted)
         for task in pending:

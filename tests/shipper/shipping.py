@@ -4,6 +4,7 @@ stop of one driven in-process (``Shipper`` run on the test's own event loop)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from shipper.daemon import Shipper
@@ -37,3 +38,10 @@ async def stop_runners(shipper: Shipper) -> None:
     await asyncio.gather(*(r.task for r in list(shipper.runners.values()) if r.task))
     await shipper.client.close()
     shipper.registry.close()
+
+
+async def until(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait on the running loop until ``check()`` holds (a TimeoutError after ``timeout``)."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.02)

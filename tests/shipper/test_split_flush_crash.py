@@ -20,13 +20,7 @@ from shipper.config import load_config
 from shipper.daemon import Shipper
 from tests.shipper.hostgen import docker_line, make_container
 from tests.shipper.receiver import Receiver
-from tests.shipper.shipping import shipper_args
-
-
-async def _until(check, timeout: float = 30.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.02)
+from tests.shipper.shipping import shipper_args, until
 
 
 def test_a_crash_after_a_flushed_split_line_lost_its_ack_stores_it_once(
@@ -45,9 +39,9 @@ def test_a_crash_after_a_flushed_split_line_lost_its_ack_stores_it_once(
     async def first_run() -> dict:
         shipper = Shipper(load_config(shipper_args(tmp_path, receiver, *extra, docker=docker)))
         run = asyncio.create_task(shipper.run())
-        await _until(lambda: receiver.lines() == ["before"])
+        await until(lambda: receiver.lines() == ["before"])
         receiver.ack = False  # the aggregator stores what comes next; its ack is lost
-        await _until(lambda: receiver.lines() == ["before", "X-part "])
+        await until(lambda: receiver.lines() == ["before", "X-part "])
         # What a kill -9 at this instant leaves on disk.
         on_disk = json.loads((tmp_path / "state" / "checkpoints.json").read_bytes())
         shutil.copytree(tmp_path / "state", tmp_path / "crashed", ignore=_no_lock)
@@ -61,7 +55,7 @@ def test_a_crash_after_a_flushed_split_line_lost_its_ack_stores_it_once(
         args[args.index(str(tmp_path / "state"))] = str(tmp_path / "crashed")
         shipper = Shipper(load_config(args))
         run = asyncio.create_task(shipper.run())
-        await _until(lambda: receiver.lines()[-1:] == ["after"])
+        await until(lambda: receiver.lines()[-1:] == ["after"])
         shipper.request_stop()
         assert await run == 0
 
