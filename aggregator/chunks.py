@@ -8,6 +8,10 @@ the SHA-512 of the message's entries, Fluentd's the unique id of its buffer chun
 server remembers the chunk ids it buffered recently and answers a resend with an ack once the
 first copy is durable, storing nothing -- what Fluentd's own ``in_forward`` does not do.
 
+A resend is recognised by its chunk id together with its row count and its first and last
+event times (:func:`chunk_key`): a client that numbers its chunks (1, 2, ...) and starts again
+after a restart sends new data under an old id, which must not be taken for a resend.
+
 Memory holds the last :data:`DEFAULT_LIMIT` ids (about 220 bytes each: 22 MB), minutes of
 traffic from hundreds of clients; older ones are forgotten, so a resend later than that is
 stored again, as is one sent to another aggregator or arriving after a restart (see
@@ -19,8 +23,17 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 
+import pyarrow as pa
+
 #: Chunk ids remembered: at one message a second from each of 500 clients, 200 s of traffic.
 DEFAULT_LIMIT = 100_000
+
+
+def chunk_key(chunk: str, batch: pa.RecordBatch) -> str:
+    """What identifies a message for resends: its ``chunk`` id, row count, first and last event
+    time (the same for a resend of the same entries, different for new data under a reused id)."""
+    times = batch.column("time_ns")
+    return f"{chunk}\x00{batch.num_rows}\x00{times[0].as_py()}\x00{times[-1].as_py()}"
 
 
 class RecentChunks:

@@ -34,7 +34,7 @@ from typing import Any
 import msgpack
 
 from aggregator.buffer import Buffer
-from aggregator.chunks import RecentChunks
+from aggregator.chunks import RecentChunks, chunk_key
 from aggregator.decode import decode, has_chunk, to_ipc
 from aggregator.metrics import Metrics
 from shipper import wire
@@ -429,7 +429,8 @@ class ForwardServer:
                     obj, self.limits.max_decompressed_bytes, self.limits.max_message_entries
                 )
                 wait = None
-                known, earlier = self.chunks.earlier(chunk) if chunk else (False, None)
+                key = chunk_key(chunk, batch) if chunk and batch.num_rows else None
+                known, earlier = self.chunks.earlier(key) if key else (False, None)
                 if known and batch.num_rows:
                     # A resend (its ack was lost): acked once the first copy is durable.
                     self.metrics.records_in.inc(batch.num_rows)
@@ -445,8 +446,8 @@ class ForwardServer:
                         error = _buffer_error(exc)
                         break
                     self.metrics.records_in.inc(batch.num_rows)
-                    if chunk:
-                        self.chunks.add(chunk, wait)
+                    if key:
+                        self.chunks.add(key, wait)
                 entries.append((wait, chunk))
                 conn.acks = bool(conn.acks) or chunk is not None
         except wire.ObjectPoolFull as exc:

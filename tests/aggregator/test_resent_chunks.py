@@ -58,6 +58,28 @@ def test_a_message_resent_after_a_lost_ack_is_acked_and_stored_once(tmp_path: Pa
     assert "logq_aggregator_duplicates_dropped_total 6.0" in metrics
 
 
+@pytest.mark.integration
+def test_new_data_under_a_reused_chunk_id_is_stored(tmp_path: Path) -> None:
+    """A client that numbers its chunks and starts again at 1 after a restart: same id, other
+    entries. Taken for a resend, they would be acked and lost."""
+    agg = start_aggregator(tmp_path)
+    try:
+        with agg.connect() as sock:
+            for texts in (["run-1 a", "run-1 b"], ["run-2 a", "run-2 b"], ["run-3 a"]):
+                now = time.time_ns()
+                body = wire.pack_entries([(now + i, {"log": t}) for i, t in enumerate(texts)])
+                sock.sendall(wire.pack(["app.web", body, {"chunk": "1"}]))
+                assert read_acks(sock, 1) == ["1"]
+                time.sleep(0.01)
+        table = wait_rows(agg.warehouse, "container_logs", 5, agg)
+        assert agg.stop() == 0
+    finally:
+        agg.stop()
+    assert sorted(table["message"].to_pylist()) == [
+        "run-1 a", "run-1 b", "run-2 a", "run-2 b", "run-3 a"
+    ]  # fmt: skip
+
+
 def test_a_chunk_whose_write_failed_is_forgotten_and_old_ones_age_out() -> None:
     async def go() -> None:
         loop = asyncio.get_running_loop()
