@@ -338,6 +338,11 @@ class Cursor:
             return self._skip_more(data)
         idx = data.rfind(b"\n")
         if idx < 0:
+            if self.cuts and self.read_pos + len(data) == self.cuts[0][0]:
+                # A cut inside a line: not where this file was cut (it is not what was read
+                # then). Forget it rather than stop there for good.
+                del self.cuts[0]
+                return self.read(block, max_lines)
             if limit < block and len(data) == limit:
                 # The bound falls inside a line: left whole for the next run.
                 self.at_end = self.bound_reached = True

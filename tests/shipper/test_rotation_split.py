@@ -398,3 +398,21 @@ def test_a_flushed_split_line_is_cut_again_at_the_same_place_after_a_restart(
     t, reg = restart(t, reg, path, state, fmt)
     assert drain(t) == []  # everything acknowledged: nothing comes a third time
     reg.close()
+
+
+def test_a_cut_that_is_not_at_a_line_boundary_is_dropped_not_stopped_at(
+    tmp_path: Path, state: Path
+) -> None:
+    """A checkpoint whose cut falls inside a line (the file is not what was cut): reading
+    goes on, every line whole; it used to stop at the cut for good."""
+    path = tmp_path / "c-json.log"
+    write(path, docker_line("first", 0))
+    t, reg = tailer(path, state)
+    assert drain(t) == ["first"]
+    write(path, docker_line("second, a longer line", 1) + docker_line("third", 2))
+    ((key, st),) = reg.items()
+    st.cuts = [[st.offset + 10, st.offset + 11]]  # inside "second"
+    reg.put(key, st)
+    t, reg = restart(t, reg, path, state)
+    assert drain(t) == ["second, a longer line", "third"]
+    reg.close()
