@@ -323,7 +323,7 @@ class Cursor:
                 return self._cut_again(offset)
             limit = min(limit, pos - self.read_pos)
         if self.stop_at is not None:
-            limit = min(block, self.stop_at - self.read_pos)
+            limit = min(limit, self.stop_at - self.read_pos)
             if limit <= 0:
                 self.at_end = self.bound_reached = True
                 return None
@@ -1429,10 +1429,12 @@ class Tailer:
                     head.state.offset,
                     head.state.acked,
                     head.state.epoch,
+                    cuts=[list(c) for c in head.state.cuts],  # same bytes, same cuts
                 )
                 self.registry.put(file_key(st.st_dev, st.st_ino, head.fp), state)
                 copy = Cursor(fd, sib, head.fp, state, self.parser)
                 copy.read_pos = copy.checked_pos = head.read_pos
+                copy.cuts = list(head.cuts)
                 copy.acked_floor = max(head.acked_floor, state.acked)
                 copy.stop_at = head.stop_at
                 self._floor = st.st_mtime_ns

@@ -416,3 +416,74 @@ def test_a_cut_that_is_not_at_a_line_boundary_is_dropped_not_stopped_at(
     t, reg = restart(t, reg, path, state)
     assert drain(t) == ["second, a longer line", "third"]
     reg.close()
+
+
+def test_once_cuts_a_flushed_split_line_again_and_leaves_an_unfinished_one(
+    tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The restart after the lost ack is a --once run: its bound must not override the cut
+    (the parts were joined with the next part, and an unfinished line at the end went out
+    under an offset below the others, then dropped, its checkpoint passed)."""
+    import shipper.tailer as tailer_mod
+
+    monkeypatch.setattr(tailer_mod, "SPLIT_FLUSH_SECONDS", 0.1)
+    path = tmp_path / "c-json.log"
+    write(path, docker_line("before", 0) + docker_line("X-part ", 1, nl=False))
+    t, reg = tailer(path, state)
+    assert drain(t) == ["before"]
+    time.sleep(0.2)
+    flushed = t.read()
+    assert flushed is not None and flushed.lines.logs == ["X-part "]
+    flushed.cursor.outstanding += 1  # its ack never comes
+    write(path, docker_line("X-rest", 2) + docker_line("after", 3))
+    write(path, docker_line("Y-part ", 4, nl=False))  # unfinished: for the next run
+    t.close()
+    reg.save()
+    reg.close()
+    reg = Registry(state)
+    t = Tailer(spec_for(path), reg, "h", 65536, once=True)
+    sent: list[tuple[str, int]] = []
+    while (chunk := t.read()) is not None or t.poll():
+        if chunk is not None:
+            sent += zip(chunk.lines.logs, chunk.lines.offsets, strict=True)
+            commit(t, chunk)
+    assert [log for log, _ in sent] == ["X-part ", "X-rest", "after"]
+    assert sent[0][1] == flushed.lines.offsets[0]
+    assert [off for _, off in sent] == sorted(off for _, off in sent)
+    ((_, st),) = reg.items()
+    assert st.offset < path.stat().st_size  # Y-part's start: read again by the next run
+    reg.close()
+
+
+def test_a_copytruncate_keeps_the_cut_of_a_flushed_split_line(
+    tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flushed, ack lost, then a copytruncate and a restart: the copy carries the same bytes,
+    so it carries the cut too (it started with none, and the parts were joined again)."""
+    import shutil
+
+    import shipper.tailer as tailer_mod
+
+    monkeypatch.setattr(tailer_mod, "SPLIT_FLUSH_SECONDS", 0.1)
+    path = tmp_path / "c-json.log"
+    write(path, docker_line("before", 0) + docker_line("X-part ", 1, nl=False))
+    t, reg = tailer(path, state)
+    assert drain(t) == ["before"]
+    time.sleep(0.2)
+    flushed = t.read()
+    assert flushed is not None and flushed.lines.logs == ["X-part "]
+    flushed.cursor.outstanding += 1  # its ack never comes
+    write(path, docker_line("X-rest", 2) + docker_line("after", 3))
+    shutil.copy(path, f"{path}.1")  # logrotate's copytruncate
+    os.truncate(path, 0)
+    write(path, docker_line("new", 4))
+    assert drain(t, ack=False) == ["X-rest", "after", "new"]  # nothing acked either
+    t, reg = restart(t, reg, path, state)
+    sent: list[tuple[str, int]] = []
+    while (chunk := t.read()) is not None or t.poll():
+        if chunk is not None:
+            sent += zip(chunk.lines.logs, chunk.lines.offsets, strict=True)
+            commit(t, chunk)
+    assert [log for log, _ in sent] == ["X-part ", "X-rest", "after", "new"]
+    assert sent[0][1] == flushed.lines.offsets[0]
+    reg.close()
