@@ -80,6 +80,7 @@ _ARRAY_HEADS = frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])
 @dataclass
 class _Conn:
     peer: str
+    """``host:port`` of the client."""
     task: asyncio.Task[None] | None = None
     reading: bool = False
     stopping: bool = False
@@ -101,6 +102,11 @@ class _Conn:
     early: bytes = b""
     """Bytes read ahead while the buffer was full (to see whether the client asks for acks),
     not fed to the unpacker yet."""
+
+    @property
+    def client(self) -> str:
+        """The client's host, without the port (a resend comes on a new connection)."""
+        return self.peer.rsplit(":", 1)[0]
 
 
 class ForwardServer:
@@ -429,7 +435,7 @@ class ForwardServer:
                     obj, self.limits.max_decompressed_bytes, self.limits.max_message_entries
                 )
                 wait = None
-                key = chunk_key(chunk, batch) if chunk and batch.num_rows else None
+                key = chunk_key(chunk, batch, conn.client) if chunk and batch.num_rows else None
                 known, earlier = self.chunks.earlier(key) if key else (False, None)
                 if known and batch.num_rows:
                     # A resend (its ack was lost): acked once the first copy is durable.

@@ -15,7 +15,7 @@ import pytest
 
 from aggregator.chunks import RecentChunks
 from shipper import wire
-from tests.aggregator.helpers import read_acks, start_aggregator, wait_rows
+from tests.aggregator.helpers import read_acks, read_table, start_aggregator, wait_rows
 
 
 def fluent_bit_message(tag: str, texts: list[str]) -> tuple[bytes, str]:
@@ -80,25 +80,74 @@ def test_new_data_under_a_reused_chunk_id_is_stored(tmp_path: Path) -> None:
     ]  # fmt: skip
 
 
+@pytest.mark.integration
+def test_the_same_entries_from_another_host_or_tag_are_not_a_resend(tmp_path: Path) -> None:
+    """Fluent Bit's chunk id is a hash of the entries: two replicas that log the same line in
+    the same millisecond (time taken from the line, no metadata) send the same id. Only a
+    resend from the same host under the same tag is one."""
+    import socket
+
+    agg = start_aggregator(tmp_path)
+    when = time.time_ns()
+    body = wire.pack_entries([(when, {"log": "GET /healthz 200"})])
+    chunk = hashlib.sha512(body).hexdigest()[:32]
+
+    def send(tag: str, source: str) -> None:
+        with socket.socket() as sock:
+            sock.bind((source, 0))  # the loopback answers every 127.x address
+            sock.settimeout(15)
+            sock.connect(("127.0.0.1", agg.port))
+            sock.sendall(wire.pack([tag, body, {"chunk": chunk}]))
+            assert read_acks(sock, 1) == [chunk]
+
+    try:
+        send("kube.web-1", "127.0.0.1")
+        send("kube.web-2", "127.0.0.1")  # another tag
+        send("kube.web-1", "127.0.0.2")  # another host
+        send("kube.web-1", "127.0.0.1")  # a resend
+        table = wait_rows(agg.warehouse, "container_logs", 3, agg)
+        assert agg.stop() == 0
+        table = read_table(agg.warehouse, "container_logs")
+    finally:
+        agg.stop()
+    assert table["message"].to_pylist() == ["GET /healthz 200"] * 3
+
+
+def test_keys_are_small_whatever_the_chunk_id() -> None:
+    """A client's chunk id may be megabytes: the remembered key is a 16-byte digest."""
+    import pyarrow as pa
+
+    from aggregator.chunks import chunk_key
+    from aggregator.decode import BUFFER_SCHEMA
+
+    batch = pa.RecordBatch.from_pylist(
+        [{"tag": "t", "time_ns": 1, "log": "x"}], schema=BUFFER_SCHEMA
+    )
+    key = chunk_key("c" * (1 << 20), batch, "10.0.0.1")
+    assert len(key) == 16
+    assert key == chunk_key("c" * (1 << 20), batch, "10.0.0.1")
+    assert key != chunk_key("c" * (1 << 20), batch, "10.0.0.2")
+
+
 def test_a_chunk_whose_write_failed_is_forgotten_and_old_ones_age_out() -> None:
     async def go() -> None:
         loop = asyncio.get_running_loop()
         chunks = RecentChunks(limit=2)
         failed: asyncio.Future[None] = loop.create_future()
-        chunks.add("failed", failed)
-        assert chunks.earlier("failed") == (True, failed)  # pending: wait for that write
+        chunks.add(b"failed", failed)
+        assert chunks.earlier(b"failed") == (True, failed)  # pending: wait for that write
         failed.set_exception(OSError("disk full"))
         failed.exception()
         await asyncio.sleep(0)
-        assert chunks.earlier("failed") == (False, None)  # never acked: store the resend
+        assert chunks.earlier(b"failed") == (False, None)  # never acked: store the resend
         done: asyncio.Future[None] = loop.create_future()
-        chunks.add("done", done)
+        chunks.add(b"done", done)
         done.set_result(None)
         await asyncio.sleep(0)
-        assert chunks.earlier("done") == (True, None)
-        chunks.add("x", None)
-        chunks.add("y", None)
-        assert chunks.earlier("done") == (False, None)  # beyond the limit: forgotten
+        assert chunks.earlier(b"done") == (True, None)
+        chunks.add(b"x", None)
+        chunks.add(b"y", None)
+        assert chunks.earlier(b"done") == (False, None)  # beyond the limit: forgotten
         assert len(chunks) == 2
 
     asyncio.run(go())
