@@ -51,7 +51,17 @@ def resolve_uri(uri: str | None) -> str:
         raise WarehouseError(
             "--warehouse (or LOGQ_WAREHOUSE) is empty; pass a directory or s3://bucket/prefix"
         )
-    return uri or os.environ.get(ENV_WAREHOUSE) or DEFAULT_WAREHOUSE
+    if uri:
+        return uri
+    env = os.environ.get(ENV_WAREHOUSE)
+    if env is not None and not env.strip():
+        # Set but blank: a template filled from an unset variable. The default would put the
+        # warehouse on the container's own disk, gone with it.
+        raise WarehouseError(
+            f"{ENV_WAREHOUSE} is set but empty; set it to a directory or s3://bucket/prefix, or "
+            "unset it for the default ./logq-warehouse"
+        )
+    return env or DEFAULT_WAREHOUSE
 
 
 def s3_filesystem() -> pafs.S3FileSystem:

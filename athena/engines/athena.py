@@ -33,8 +33,9 @@ TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
 #: How Athena says that a file it listed was gone when it came to read it: compaction replaced
 #: the partition's small files meanwhile (they are deleted once the merged file is complete).
 VANISHED_FILE = re.compile(
-    r"HIVE_CANNOT_OPEN_SPLIT|HIVE_FILE_NOT_FOUND|NoSuchKey|The specified key does not exist"
-    r"|File does not exist",
+    # Not every HIVE_CANNOT_OPEN_SPLIT: "Access Denied" (KMS, IAM) or a damaged file is not
+    # cured by running again.
+    r"HIVE_FILE_NOT_FOUND|NoSuchKey|The specified key does not exist|File does not exist",
     re.IGNORECASE,
 )
 #: Runs of a query again after such a failure (the listing is then the compacted one).
@@ -235,8 +236,15 @@ def default_region() -> str | None:
     if region:
         return region
     import boto3
+    from botocore.exceptions import ProfileNotFound
 
-    return boto3.session.Session().region_name
+    try:
+        return boto3.session.Session().region_name
+    except ProfileNotFound as exc:
+        raise EngineError(
+            f"{exc}: AWS_PROFILE names a profile that is not in the AWS config files; fix or "
+            "unset AWS_PROFILE, or set AWS_REGION"
+        ) from None
 
 
 def cost_line(result: QueryResult) -> str:

@@ -207,6 +207,8 @@ def ddl(
         from athena.warehouse import open_warehouse, resolve_uri
         from cli.runner import normalise_services
 
+        if not athena_database.strip():
+            raise ValueError("--athena-database is empty; name a database (default: logq)")
         uri = resolve_uri(warehouse)
         # The names as the query commands take them: a list split at commas, refused (with the
         # stored spelling) where the writer would have rewritten them.

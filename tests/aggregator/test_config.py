@@ -102,6 +102,9 @@ def test_mistyped_warehouses_are_refused_before_anything_is_written(
         assert message in capsys.readouterr().err, uri
     assert main(["--config", "", "--buffer-dir", str(buf)]) == 2
     assert "--config is empty" in capsys.readouterr().err
+    monkeypatch.setenv("LOGQ_WAREHOUSE", "")
+    assert main(["--buffer-dir", str(buf)]) == 2
+    assert "LOGQ_WAREHOUSE is set but empty" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # no buffer, no "s3:" folder
     assert not Path("/_ledger").exists()
 

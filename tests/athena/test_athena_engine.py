@@ -154,6 +154,15 @@ def test_region_from_the_aws_profile(monkeypatch: pytest.MonkeyPatch, tmp_path) 
     assert AthenaEngine(output="s3://r/").region == "eu-west-3"
 
 
+def test_a_missing_aws_profile_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_PROFILE", "nope")
+    with pytest.raises(EngineError, match="AWS_PROFILE names a profile"):
+        AthenaEngine(output="s3://r/")
+
+
 def test_a_query_that_lost_a_file_to_compaction_runs_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -182,6 +191,9 @@ def test_a_query_that_lost_a_file_to_compaction_runs_again(
     with pytest.raises(EngineError, match="being compacted, try again"):
         engine.run("SELECT 1 AS n", {})
     assert athena_mod.VANISHED_FILE.search("Table with name x does not exist") is None
+    # Not cured by running again: said at once, not as "being compacted".
+    denied = "HIVE_CANNOT_OPEN_SPLIT: Error opening Hive split s3://b/x.parquet: Access Denied"
+    assert athena_mod.VANISHED_FILE.search(denied) is None
 
 
 def test_a_query_over_budget_that_already_finished_returns_its_rows(moto: str) -> None:

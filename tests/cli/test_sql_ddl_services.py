@@ -224,6 +224,8 @@ def test_ddl_takes_service_names_as_the_query_commands_do(logq) -> None:
     run = logq("ddl", "--warehouse", "s3://b/wh", "-s", "recipe", "--athena-database", "a`b")
     assert "CREATE DATABASE IF NOT EXISTS `a``b`;" in run.stdout
     assert "ALTER TABLE `a``b`.`envoy_access`" in run.stdout
+    run = logq("ddl", "--warehouse", "s3://b/wh", "-s", "recipe", "--athena-database", " ")
+    assert run.exit_code == 2 and "--athena-database is empty" in run.stderr
 
 
 def test_services_counts_only_the_hours_in_range(logq, warehouse: Warehouse) -> None:

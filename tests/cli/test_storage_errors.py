@@ -138,3 +138,13 @@ def test_mistyped_warehouses_are_usage_errors(logq, uri: str, message: str) -> N
     LOGQ_WAREHOUSE instead of the empty --warehouse given."""
     run = logq("errors", "--warehouse", uri)
     assert run.exit_code == 2 and message in run.stderr, run.stderr
+
+
+def test_a_blank_logq_warehouse_is_refused(logq, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set but empty (a template filled from an unset variable): the default would put the
+    warehouse on the container's own disk."""
+    for blank in ("", " "):
+        monkeypatch.setenv("LOGQ_WAREHOUSE", blank)
+        run = logq("services")
+        assert run.exit_code == 2, run.stderr
+        assert "LOGQ_WAREHOUSE" in run.stderr and "empty" in run.stderr, run.stderr
