@@ -15,7 +15,7 @@ replicas that log the same line in the same millisecond send the same entries, s
 hash: neither must be taken for a resend. Keys are 16-byte digests, whatever the client puts in
 its ``chunk``.
 
-Memory holds the last :data:`DEFAULT_LIMIT` ids (about 220 bytes each: 22 MB), minutes of
+Memory holds the last :data:`DEFAULT_LIMIT` keys (about 155 bytes each: 15 MB), minutes of
 traffic from hundreds of clients; older ones are forgotten, so a resend later than that is
 stored again, as is one sent to another aggregator or arriving after a restart (see
 docs/operations.md).
