@@ -28,18 +28,22 @@ def commit(t: Tailer, chunk: Chunk) -> None:
 
 def drain(t: Tailer, ack: bool = True) -> list[str]:
     """Read until nothing changes; acknowledge every chunk (unless ``ack`` is False)."""
-    out: list[str] = []
-    while True:
-        chunk = t.read()
+    return [log for log, _, _ in drain_sent(t, ack)]
+
+
+def drain_sent(t: Tailer, ack: bool = True) -> list[tuple[str, int, str]]:
+    """:func:`drain`, with each line's offset and source id (what the aggregator dedups by)."""
+    out: list[tuple[str, int, str]] = []
+    while (chunk := t.read()) is not None or t.poll():
         if chunk is None:
-            if not t.poll():
-                return out
             continue
-        out += chunk.lines.logs
+        lines, sid = chunk.lines, chunk.cursor.source_id
+        out += [(log, off, sid) for log, off in zip(lines.logs, lines.offsets, strict=True)]
         if ack:
             commit(t, chunk)
         else:
             chunk.cursor.outstanding += 1
+    return out
 
 
 def rotate_docker(path: Path, max_file: int = 3, compress: bool = False) -> None:

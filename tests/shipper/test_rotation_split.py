@@ -15,7 +15,7 @@ import pytest
 from shipper.checkpoint import Registry
 from shipper.tailer import Chunk, Tailer
 from tests.shipper.hostgen import cri_line, docker_line
-from tests.shipper.tailing import commit, drain, spec_for
+from tests.shipper.tailing import commit, drain, drain_sent, spec_for
 
 BIG = "A" * 16384
 TAIL = "B" * 100
@@ -360,6 +360,16 @@ def test_a_restart_during_the_rotate_wait_still_reads_what_the_renamed_file_gets
     reg.close()
 
 
+def _flush_unacked(t: Tailer) -> Chunk:
+    """Wait out the split flush: the parts ``X-part `` go out as they are; their ack never
+    comes."""
+    time.sleep(0.2)
+    flushed = t.read()
+    assert flushed is not None and flushed.lines.logs == ["X-part "]
+    flushed.cursor.outstanding += 1
+    return flushed
+
+
 @pytest.mark.parametrize("fmt", ["docker", "cri"])
 def test_a_flushed_split_line_is_cut_again_at_the_same_place_after_a_restart(
     tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
@@ -382,19 +392,13 @@ def test_a_flushed_split_line_is_cut_again_at_the_same_place_after_a_restart(
     write(path, line("before", 0) + line("X-part ", 1, partial=True))
     t, reg = tailer(path, state, fmt)
     assert drain(t) == ["before"]
-    time.sleep(0.2)
-    flushed = t.read()
-    assert flushed is not None and flushed.lines.logs == ["X-part "]
-    flushed.cursor.outstanding += 1  # sent; its ack never comes
+    flushed = _flush_unacked(t)
     write(path, line("X-rest", 2) + line("after", 3))
     t, reg = restart(t, reg, path, state, fmt)
-    sent: list[tuple[str, int]] = []
-    while (chunk := t.read()) is not None:
-        assert chunk.cursor.source_id == flushed.cursor.source_id
-        sent += zip(chunk.lines.logs, chunk.lines.offsets, strict=True)
-        commit(t, chunk)
-    assert [log for log, _ in sent] == ["X-part ", "X-rest", "after"]
+    sent = drain_sent(t)
+    assert [log for log, _, _ in sent] == ["X-part ", "X-rest", "after"]
     assert sent[0][1] == flushed.lines.offsets[0]
+    assert {sid for _, _, sid in sent} == {flushed.cursor.source_id}
     t, reg = restart(t, reg, path, state, fmt)
     assert drain(t) == []  # everything acknowledged: nothing comes a third time
     reg.close()
@@ -431,10 +435,7 @@ def test_once_cuts_a_flushed_split_line_again_and_leaves_an_unfinished_one(
     write(path, docker_line("before", 0) + docker_line("X-part ", 1, nl=False))
     t, reg = tailer(path, state)
     assert drain(t) == ["before"]
-    time.sleep(0.2)
-    flushed = t.read()
-    assert flushed is not None and flushed.lines.logs == ["X-part "]
-    flushed.cursor.outstanding += 1  # its ack never comes
+    flushed = _flush_unacked(t)
     write(path, docker_line("X-rest", 2) + docker_line("after", 3))
     write(path, docker_line("Y-part ", 4, nl=False))  # unfinished: for the next run
     t.close()
@@ -442,14 +443,10 @@ def test_once_cuts_a_flushed_split_line_again_and_leaves_an_unfinished_one(
     reg.close()
     reg = Registry(state)
     t = Tailer(spec_for(path), reg, "h", 65536, once=True)
-    sent: list[tuple[str, int]] = []
-    while (chunk := t.read()) is not None or t.poll():
-        if chunk is not None:
-            sent += zip(chunk.lines.logs, chunk.lines.offsets, strict=True)
-            commit(t, chunk)
-    assert [log for log, _ in sent] == ["X-part ", "X-rest", "after"]
+    sent = drain_sent(t)
+    assert [log for log, _, _ in sent] == ["X-part ", "X-rest", "after"]
     assert sent[0][1] == flushed.lines.offsets[0]
-    assert [off for _, off in sent] == sorted(off for _, off in sent)
+    assert [off for _, off, _ in sent] == sorted(off for _, off, _ in sent)
     ((_, st),) = reg.items()
     assert st.offset < path.stat().st_size  # Y-part's start: read again by the next run
     reg.close()
@@ -469,21 +466,14 @@ def test_a_copytruncate_keeps_the_cut_of_a_flushed_split_line(
     write(path, docker_line("before", 0) + docker_line("X-part ", 1, nl=False))
     t, reg = tailer(path, state)
     assert drain(t) == ["before"]
-    time.sleep(0.2)
-    flushed = t.read()
-    assert flushed is not None and flushed.lines.logs == ["X-part "]
-    flushed.cursor.outstanding += 1  # its ack never comes
+    flushed = _flush_unacked(t)
     write(path, docker_line("X-rest", 2) + docker_line("after", 3))
     shutil.copy(path, f"{path}.1")  # logrotate's copytruncate
     os.truncate(path, 0)
     write(path, docker_line("new", 4))
     assert drain(t, ack=False) == ["X-rest", "after", "new"]  # nothing acked either
     t, reg = restart(t, reg, path, state)
-    sent: list[tuple[str, int]] = []
-    while (chunk := t.read()) is not None or t.poll():
-        if chunk is not None:
-            sent += zip(chunk.lines.logs, chunk.lines.offsets, strict=True)
-            commit(t, chunk)
-    assert [log for log, _ in sent] == ["X-part ", "X-rest", "after", "new"]
+    sent = drain_sent(t)
+    assert [log for log, _, _ in sent] == ["X-part ", "X-rest", "after", "new"]
     assert sent[0][1] == flushed.lines.offsets[0]
     reg.close()
