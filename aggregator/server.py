@@ -437,7 +437,7 @@ class ForwardServer:
                 wait = None
                 key = chunk_key(chunk, batch, conn.client) if chunk and batch.num_rows else None
                 known, earlier = self.chunks.earlier(key) if key else (False, None)
-                if known and batch.num_rows:
+                if known:
                     # A resend (its ack was lost): acked once the first copy is durable.
                     self.metrics.records_in.inc(batch.num_rows)
                     self.metrics.duplicates.inc(batch.num_rows)

@@ -136,10 +136,11 @@ DELETE_PARALLEL = 16
 
 
 def delete_objects(wh: Warehouse, paths: list[str]) -> None:
-    """Delete ``paths`` (gone already is fine): on S3 :data:`DELETE_PARALLEL` at a time, so a
-    compacted hour's thousand small inputs go in about a second instead of tens of seconds --
-    the time readers see the partition's rows twice. Every delete is tried; the first error is
-    raised after them."""
+    """Delete ``paths`` (gone already is fine): on S3 :data:`DELETE_PARALLEL` at a time, to
+    shorten the time readers see a compacted partition's rows twice (S3 answers each request
+    after tens of milliseconds; not measurable on the tests' SeaweedFS, where 1,000 deletes took
+    3.1 s one by one and 4.2 s 16 at a time). Every delete is tried; the first error is raised
+    after them."""
     if isinstance(wh.fs, pafs.LocalFileSystem) or len(paths) < 2:
         for path in paths:
             delete_object(wh, path)

@@ -167,19 +167,22 @@ class TimeRange:
         """Last ``dt`` partition in range (the hour holding the last included millisecond)."""
         return dt_of(self.until - timedelta(milliseconds=1))
 
+    def _hour_span(self) -> tuple[datetime, datetime]:
+        """(the start of the first hour, the last included millisecond), UTC."""
+        start = self.since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        return start, (self.until - timedelta(milliseconds=1)).astimezone(UTC)
+
     def hour_count(self) -> int:
         """How many ``dt`` values the range spans (without listing them: ``--since 0001-01-01``
         spans 18 million)."""
-        start = self.since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-        last = (self.until - timedelta(milliseconds=1)).astimezone(UTC)
+        start, last = self._hour_span()
         if last < start:
             return 0
         return int((last - start) // timedelta(hours=1)) + 1
 
     def hours(self) -> list[str]:
         """Every ``dt`` value in range, oldest first (see :meth:`hour_count` first)."""
-        start = self.since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-        last = (self.until - timedelta(milliseconds=1)).astimezone(UTC)
+        start, last = self._hour_span()
         out = []
         while start <= last:
             out.append(dt_of(start))

@@ -6,7 +6,6 @@ they share (time range, services, pruning, engines, output, errors) is here.
 
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -232,12 +231,13 @@ def check_athena_budget(common: Common, prep: Prepared) -> None:
     """
     from athena.engines.result import ScanBudgetError
     from athena.partitions import plan
+    from athena.queries import tables_of
     from athena.schema import TABLES
     from athena.warehouse import open_warehouse
 
     wh = open_warehouse(common.warehouse)
     # Every table the statement reads (``services`` reads both), not only the main one.
-    tables = [t for t in TABLES if re.search(rf"\b{t}\b", prep.sql)] or [prep.table]
+    tables = sorted(tables_of(prep.sql) & set(TABLES)) or [prep.table]
     size = sum(p.bytes for t in tables for p in plan(wh, t, prep.services, prep.trange))
     if common.max_scan_bytes is not None and size > common.max_scan_bytes:
         raise ScanBudgetError(
