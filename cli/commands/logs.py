@@ -118,7 +118,9 @@ def _print_log_lines(common: Common, result, prep, rows: list, stream: bool = Fa
 
         for ts, service, container, out_stream, message in rows:
             marker = "!" if out_stream == "stderr" else " "
-            sys.stdout.write(f"{iso_utc(ts)} {service} {container}{marker}| {message}\n")
+            # Records of other Forward clients may carry no container name (nor stream).
+            name = container or "-"
+            sys.stdout.write(f"{iso_utc(ts)} {service} {name}{marker}| {message}\n")
         sys.stdout.flush()
         return
     if stream and common.fmt is OutputFormat.csv:

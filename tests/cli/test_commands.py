@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.athena.factory import access_frame, utc, write_frame
-from tests.cli.conftest import Warehouse
+from tests.athena.factory import access_frame, logs_frame, utc, write_frame
+from tests.cli.conftest import END, START, Warehouse
 
 SINCE = "2026-11-27T22:45:00Z"
 UNTIL = "2026-11-28T00:20:00Z"
@@ -289,3 +290,15 @@ def test_markdown_every_command_parses(logq, warehouse: Warehouse) -> None:
         assert lines[0].startswith("| ") and set(lines[1]) <= set("|-: ")
         width = lines[0].count(" | ")
         assert all(ln.count(" | ") == width for ln in lines[2:]), cmd
+
+
+def test_tail_text_shows_a_missing_container_name_as_a_dash(logq, tmp_path: Path) -> None:
+    """Rows from fluent-logger or Fluent Bit may have no container name: ``-``, not ``None``."""
+    frame = logs_frame(3, START, END, ["recipe"], seed=3)
+    frame["container_name"] = None
+    write_frame(str(tmp_path / "wh"), "container_logs", frame)
+    wide = ["--since", "2026-11-27T22:00:00Z", "--until", "2026-11-28T02:00:00Z"]
+    run = logq("tail", "--warehouse", tmp_path / "wh", *wide)
+    assert run.exit_code == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert len(lines) == 3 and all(" recipe -" in ln and "None" not in ln for ln in lines)
