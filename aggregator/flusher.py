@@ -254,9 +254,22 @@ class Flusher:
         return self.manifests / f"{seq}.json"
 
     def _read_manifest(self, seq: int) -> dict[str, Any] | None:
+        """The segment's note, or None if there is none or it names another warehouse."""
         try:
             body: dict[str, Any] = json.loads(self._manifest(seq).read_text())
         except FileNotFoundError:
+            return None
+        noted_in = body.get("warehouse", self.warehouse.uri)  # older notes name none
+        if noted_in != self.warehouse.uri:
+            # Its keys are paths of that warehouse's filesystem (an S3 bucket's "logs/wh/..."
+            # would be a folder under the current directory here): never delete them here.
+            log.warning(
+                "segment %d: the note of an earlier attempt names the warehouse %s, this run "
+                "writes to %s; the objects written there are left as they are",
+                seq,
+                noted_in,
+                self.warehouse.uri,
+            )
             return None
         return body
 
@@ -297,6 +310,7 @@ class Flusher:
             for key in stale:  # deleted next: never to be kept by a later attempt
                 body.get("committed", {}).pop(key, None)
             self.manifests.mkdir(parents=True, exist_ok=True)
+            body["warehouse"] = self.warehouse.uri
             body["objects"] = sorted(set(earlier) | set(planned))
             write_atomic(self._manifest(seq), json.dumps(body).encode())
         return stale

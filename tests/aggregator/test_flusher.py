@@ -293,3 +293,32 @@ def test_a_replay_without_a_note_removes_this_segments_objects_it_does_not_write
     files = data_files(wh_dir)
     assert sorted(files) == sorted([*first, other]), "the planned objects stay, -0003 are gone"
     assert sum(pq.read_metadata(p).num_rows for p in files if p != other) == total
+
+
+@pytest.mark.usefixtures("small_slices")
+def test_a_note_of_another_warehouse_deletes_nothing_outside_this_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt at warehouse A fails after writing some objects; the segment is then drained
+    into warehouse B (``drain --warehouse B``, or a restart with another ``--warehouse``). The
+    note's keys are paths of A: B's flush must not delete them (on S3 they were relative paths,
+    which a local warehouse read as folders under the current directory)."""
+    seg = Segment(5, tmp_path / "0000000000000005.seg")
+    total = write_segment(seg.path, frames=6, per_frame=50)
+    first = make_flusher(tmp_path, tmp_path / "wh-a")
+
+    def crash(*_args: object) -> None:
+        raise StorageError("S3 refused the ledger entry")
+
+    monkeypatch.setattr(first.ledger, "record", crash)
+    with pytest.raises(StorageError):
+        first.flush(seg)
+    monkeypatch.undo()
+    in_a = digest(tmp_path / "wh-a")
+    assert in_a
+
+    result = make_flusher(tmp_path, tmp_path / "wh-b").flush(seg)
+    assert result.records == total
+    assert digest(tmp_path / "wh-a") == in_a, "warehouse A's objects are not touched"
+    assert sum(pq.read_metadata(p).num_rows for p in data_files(tmp_path / "wh-b")) == total
+    assert not list((tmp_path / "flushing").glob("*.json"))
