@@ -30,6 +30,8 @@ RUN useradd --system --uid 10001 --home-dir /var/lib/logq --shell /usr/sbin/nolo
 USER logq
 WORKDIR /var/lib/logq
 
-# Forward protocol, Prometheus metrics.
+# Forward protocol, Prometheus metrics. Without LOGQ_WAREHOUSE (or --warehouse) the default CMD
+# writes the warehouse to /var/lib/logq/logq-warehouse inside the container: set it.
 EXPOSE 24224 9880
-CMD ["logq-aggregator", "--listen", "0.0.0.0:24224", "--buffer-dir", "/var/lib/logq/buffer"]
+CMD ["logq-aggregator", "--listen", "0.0.0.0:24224", "--metrics-listen", "0.0.0.0:9880", \
+     "--buffer-dir", "/var/lib/logq/buffer"]

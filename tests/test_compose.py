@@ -349,6 +349,13 @@ def test_aggregator_takes_a_fluentd_chunk() -> None:
     assert limit >= 10 * 2**20
 
 
+def test_the_aggregator_compacts() -> None:
+    """Nothing else compacts here (no cron): without it every flush stays a small file and the
+    offset ledger's hours never expire."""
+    flags = flag_values(logq_services()["aggregator"])
+    assert int(flags["--compact-interval"]) > 0
+
+
 def test_start_order_and_health() -> None:
     s = services()
     assert s["create-bucket"]["depends_on"]["seaweedfs"]["condition"] == "service_healthy"
@@ -390,6 +397,19 @@ def test_dockerfile_installs_the_package_from_the_build_context() -> None:
         if "build" in svc:
             assert svc["build"] in (".", "./"), name
     assert "24224" in re.search(r"^EXPOSE (.+)$", text, re.M).group(1)  # type: ignore[union-attr]
+
+
+def test_the_images_default_command_is_a_real_aggregator_serving_what_it_exposes() -> None:
+    """``docker run logq`` runs the CMD: real flags, and a port for every port it EXPOSEs."""
+    text = re.sub(r"\\\n\s*", "", DOCKERFILE.read_text())  # join continued lines
+    cmd = json.loads(re.search(r"^CMD (\[.+\])$", text, re.M).group(1))  # type: ignore[union-attr]
+    assert cmd[0] == "logq-aggregator"
+    used = {a.split("=", 1)[0] for a in cmd if a.startswith("--")}
+    assert used <= help_flags(*_subcommand(cmd))
+    flags = flag_values(cmd)
+    listening = {flags[f].rsplit(":", 1)[1] for f in ("--listen", "--metrics-listen")}
+    exposed = set(re.search(r"^EXPOSE (.+)$", text, re.M).group(1).split())  # type: ignore[union-attr]
+    assert exposed == listening
 
 
 def test_a_non_editable_install_gets_every_module_and_data_file() -> None:
