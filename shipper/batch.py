@@ -27,12 +27,12 @@ class Batch:
     resume: int
     last_offset: int
     cursor: Any = None
-    """The :class:`~shipper.tailer.Cursor` whose checkpoint the ack advances."""
+    """The :class:`~shipper.cursor.Cursor` whose checkpoint the ack advances."""
     nread: int = 0
     """File bytes consumed by this batch (lines, split parts, skipped bytes)."""
     save_first: bool = False
     """The checkpoints must be written before this batch is sent (see
-    :attr:`shipper.tailer.Chunk.save_first`)."""
+    :attr:`shipper.cursor.Chunk.save_first`)."""
 
 
 def record_constants(

@@ -200,6 +200,6 @@ class Metrics:
 
 
 def _waiting_sources() -> int:
-    from shipper.tailer import waiting_sources
+    from shipper.fd_budget import waiting_sources
 
     return waiting_sources()

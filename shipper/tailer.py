@@ -1,9 +1,10 @@
 """Following one source's files across rotation, truncation and deletion.
 
 A :class:`Tailer` owns the files of one source: the live path plus rotated files it still has to
-finish. Files are read strictly in order (oldest first), in large blocks with ``os.pread``, and
-handed to the format parser as complete lines. Identity and resume points come from the
-checkpoint registry (see :mod:`shipper.checkpoint`).
+finish. Files are read strictly in order (oldest first), each through a
+:class:`~shipper.cursor.Cursor` (large ``os.pread`` blocks, complete lines to the format parser).
+Identity and resume points come from the checkpoint registry (see :mod:`shipper.checkpoint`),
+a file's identity from its first line (see :mod:`shipper.fingerprint`).
 
 One parser serves all files of a source, so a line the runtime split (Docker 16 KiB partial
 entries, CRI ``P`` parts) is joined even when a rotation falls between its parts. No file's
@@ -17,7 +18,7 @@ every read of the live file):
 * rename (Docker ``-json.log`` -> ``.1``, kubelet ``0.log`` -> ``0.log.<time>``): the path now
   names another inode. The old file is at EOF and no longer written to; it is released and the
   new file is opened. Files rotated in between (the writer rotated twice between two polls) are
-  found among the siblings by modification time and read first.
+  found among the siblings by modification time and read first (see :mod:`shipper.rotated`).
 * copytruncate: same inode, but smaller than our position or its first line changed. The copy
   (a sibling with our fingerprint) is finished from our position, then the live file restarts
   at 0 under a new ``source_id`` epoch.
@@ -26,31 +27,36 @@ every read of the live file):
 A source first seen with rotated files already next to its live file (it rotated before the
 first scan, or during a shipper restart) has those read first; see :meth:`Tailer._first_seen`.
 Rotated files opened while the source is behind (pinned, so the runtime's deletions lose
-nothing) are bounded per source and by a per-process share of the open-files limit.
+nothing) are bounded per source (:data:`MAX_PINNED_FILES`) and by the process's open-files
+budget (see :mod:`shipper.fd_budget`), which live files count against too.
 """
 
 from __future__ import annotations
 
 import errno
-import gzip
-import hashlib
 import logging
 import os
-import resource
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable, Container
-from dataclasses import dataclass
 from pathlib import Path
 
+from shipper import fd_budget
 from shipper.checkpoint import MAX_CUTS, FileState, Registry, file_key
+from shipper.cursor import Chunk, Cursor
 from shipper.discover import SourceSpec, compressed_siblings, rotated_siblings
-from shipper.formats import PARSERS, LineParser, Lines, overlong_line
+from shipper.fingerprint import fingerprint, gzip_identity
+from shipper.formats import PARSERS, LineParser
+from shipper.rotated import (
+    compressed_copy,
+    compressed_identities,
+    modified_since,
+    oldest_first,
+    rotation_path,
+)
 
 log = logging.getLogger("logq.shipper.tailer")
 
-FINGERPRINT_BYTES = 1024
 PIN_CHECK_SECONDS = 0.25
 """How often a source checks whether its live file was rotated (see pin_new_generation)."""
 PIN_CHECK_FAST_SECONDS = 0.05
@@ -63,10 +69,6 @@ FAST_ROTATION_GAP = 2.0
 FAST_ROTATION_WINDOW = 30.0
 MAX_PINNED_FILES = 64
 """Rotated files a source keeps open at most while it is behind (bounds descriptors)."""
-FD_RESERVE_FRACTION = 0.1
-"""Share of the soft ``RLIMIT_NOFILE`` kept free of log files for sockets, the registry and
-new sources' live files: pinning rotated files stops at the rest (see :func:`pin_budget`)."""
-FD_RESERVE_MIN = 64
 SPLIT_FLUSH_SECONDS = 5.0
 """A line the runtime split (Docker 16 KiB partial entries, CRI ``P`` parts) whose next part has
 not come for this long, while the file has nothing new, is shipped as it is (Fluent Bit's
@@ -99,14 +101,11 @@ was down, and no ``.gz`` of it shows it was read to its end); a file truncated i
 (``truncated_in_place``: lines written between our last look and the truncation, if any, are
 lost; Docker ``max-file=1`` truncates its file at every rotation); the source fell more than
 :data:`MAX_PINNED_FILES` rotations behind, or the process reached its descriptor budget
-(:func:`pin_budget`), so files deleted before it catches up are never read; the file that
-was live at the last check is gone already (see :meth:`Tailer._check_overrun`), so files may
-have been rotated in and gone between two checks, never opened."""
+(:func:`shipper.fd_budget.pin_budget`), so files deleted before it catches up are never read;
+the file that was live at the last check is gone already (see :meth:`Tailer._check_overrun`),
+so files may have been rotated in and gone between two checks, never opened."""
 
 
-_open_files = 0
-"""Log files held open by all tailers of this process (the pin budget counts them)."""
-_budget_cache: tuple[float, int] = (0.0, 0)
 _last_active: dict[str, float] = {}
 """Per source key, when a tailer of this process last looked at its files (wall clock): a
 source that comes back (its runner ended and discovery found it again) is not new, and its
@@ -116,57 +115,6 @@ MAX_START_RETRIES = 8
 """Starts put off because a checkpointed file could not be proven gone (a folder listing or
 an open failed for a moment); after that many its checkpoint is kept, uncounted, and the
 source goes on (a file that is there but cannot be opened must not stall its source)."""
-WAITING_LOG_SECONDS = 60.0
-"""While sources wait for descriptors, the warning comes again at most this often, when their
-number changed."""
-_waiting: set[str] = set()
-"""Source keys waiting for room in the descriptor budget (:func:`pin_budget`) to open a file:
-live files count against it too, so the reserve stays free for sockets and checkpoints."""
-_waiting_logged_at: float | None = None
-_waiting_logged_count = 0
-
-
-def waiting_sources() -> int:
-    """Sources that wait for a file descriptor (the process is at its budget)."""
-    return len(_waiting)
-
-
-def _room() -> bool:
-    """Whether the process may open one more log file within its budget."""
-    return _open_files < pin_budget()
-
-
-def _wait_for_room(key: str) -> None:
-    """Note that ``key`` waits for a descriptor; warn when waiting starts (and every few
-    minutes while it lasts), not once per source and attempt."""
-    global _waiting_logged_at, _waiting_logged_count
-    _waiting.add(key)
-    now = time.monotonic()
-    if _waiting_logged_at is None or (
-        now - _waiting_logged_at >= WAITING_LOG_SECONDS and len(_waiting) != _waiting_logged_count
-    ):
-        _waiting_logged_at = now
-        _waiting_logged_count = len(_waiting)
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        log.warning(
-            "log sources wait for a file descriptor: the process holds its budget of %d log "
-            "files (the open-files limit %d less a reserve for sockets and checkpoints); each "
-            "is opened when another source ends or goes idle. Raise the open-files limit "
-            "(LimitNOFILE= in the unit, ulimit -n) waiting_sources=%d open_log_files=%d",
-            pin_budget(),
-            soft,
-            len(_waiting),
-            _open_files,
-        )
-
-
-def _stop_waiting(key: str) -> None:
-    global _waiting_logged_at
-    if key in _waiting:
-        _waiting.discard(key)
-        if not _waiting and _waiting_logged_at is not None:
-            _waiting_logged_at = None
-            log.info("no source waits for a file descriptor any more")
 
 
 def _touch(key: str) -> None:
@@ -174,290 +122,6 @@ def _touch(key: str) -> None:
         for old in sorted(_last_active, key=_last_active.__getitem__)[: len(_last_active) // 2]:
             del _last_active[old]
     _last_active[key] = time.time()
-
-
-def open_files() -> int:
-    """Log files currently open in this process."""
-    return _open_files
-
-
-def pin_budget() -> int:
-    """How many log files the process may hold open before pinning more rotated files stops:
-    the soft ``RLIMIT_NOFILE`` less a reserve. Re-read every few seconds (the daemon may raise
-    the soft limit at start-up)."""
-    global _budget_cache
-    now = time.monotonic()
-    if now - _budget_cache[0] < 5.0:
-        return _budget_cache[1]
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft <= 0:
-        soft = 1 << 20
-    budget = max(soft - max(FD_RESERVE_MIN, int(soft * FD_RESERVE_FRACTION)), 1)
-    _budget_cache = (now, budget)
-    return budget
-
-
-def _fingerprint_bytes(head: bytes) -> str | None:
-    nl = head.find(b"\n")
-    if nl >= 0:
-        head = head[: nl + 1]
-    elif len(head) < FINGERPRINT_BYTES:
-        return None
-    return hashlib.blake2b(head, digest_size=8).hexdigest()
-
-
-def gzip_identity(path: Path) -> tuple[str | None, int] | None:
-    """(fingerprint of the uncompressed first line, uncompressed size mod 2**32) of a gzip
-    file, or None if unreadable: tells whether a file that vanished was compressed whole."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(-4, os.SEEK_END)
-            isize = int.from_bytes(f.read(4), "little")
-            f.seek(0)
-            with gzip.GzipFile(fileobj=f) as gz:
-                head = gz.read(FINGERPRINT_BYTES)
-    except (OSError, EOFError, zlib.error, ValueError):
-        return None
-    return _fingerprint_bytes(head), isize
-
-
-def _modified_since(paths: list[Path], floor_ns: int) -> list[tuple[Path, os.stat_result]]:
-    """(path, stat) of those of ``paths`` last modified at ``floor_ns`` or later; files gone
-    (or unreadable) meanwhile are left out."""
-    out = []
-    for path in paths:
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue
-        if st.st_mtime_ns >= floor_ns:
-            out.append((path, st))
-    return out
-
-
-def _oldest_first(files: list[tuple[int, Cursor]]) -> list[Cursor]:
-    """Cursors of rotated files by modification time; files of the same time (coarse clocks,
-    tiny files) by name: Docker's ``.2`` is older than its ``.1``, kubelet's
-    ``0.log.<time>`` names sort in time order."""
-
-    def key(item: tuple[int, Cursor]) -> tuple[int, int, str]:
-        suffix = item[1].path.name.rsplit(".", 1)[-1]
-        return item[0], -int(suffix) if suffix.isdigit() else 0, item[1].path.name
-
-    return [c for _, c in sorted(files, key=key)]
-
-
-def fingerprint(fd: int) -> str | None:
-    """Hash of the file's first line (at most 1 KiB); None while that line is incomplete."""
-    return _fingerprint_bytes(os.pread(fd, FINGERPRINT_BYTES, 0))
-
-
-class Cursor:
-    """One open file and the read position in it."""
-
-    def __init__(self, fd: int, path: Path, fp: str, state: FileState, parser: LineParser) -> None:
-        global _open_files
-        st = os.fstat(fd)
-        _open_files += 1
-        self.fd = fd
-        self.path = path
-        self.dev = st.st_dev
-        self.ino = st.st_ino
-        self.fp = fp
-        self.key = file_key(st.st_dev, st.st_ino, fp)
-        self.state = state
-        self.source_id = state.source_id
-        self.read_pos = state.offset
-        self.acked_floor = state.acked
-        self.parser = parser
-        self.outstanding = 0
-        """Batches read from this file and not acknowledged yet."""
-        self.closed = False
-        self.superseded = False
-        """Truncated in place: its checkpoint entry now belongs to the new content."""
-        self.final = False
-        """No more writes will come (rotated away, deleted): an unterminated last line is
-        complete as it is."""
-        self._skip: bytes | None = None
-        self._skip_start = 0
-        self._skip_total = 0
-        self.at_end = False
-        """The last read found nothing new: the next data may follow a truncation."""
-        self.checked_pos = self.read_pos
-        """Read position when the file was last found to still hold our content: bytes before
-        it are ours, bytes after it may have been read after a truncation (copytruncate)."""
-        self.held = False
-        """Released, but its checkpoint must stay: it holds the first parts of a split line
-        that is not acknowledged yet."""
-        self.frees: list[tuple[int, Cursor]] = []
-        """(resume, file): reading this file completed a split line begun in that rotated-away
-        file; once a batch up to ``resume`` is acknowledged, its checkpoint can go."""
-        self.stop_at: int | None = None
-        """``--once``: read no byte at or past this offset (what the file held when the
-        source started); None reads on as the file grows."""
-        self.bound_reached = False
-        """``--once``: every complete line below :attr:`stop_at` is read; what is left below
-        it (an unfinished last line) is for the next run."""
-        self.rotated_at: float | None = None
-        """When the path was found to name another file (renamed away, still on disk): its
-        writer may still append for a moment (see :data:`ROTATE_WAIT_SECONDS`)."""
-        self.unread_seen = False
-        """The last read filled its block: the file held bytes we had not read yet."""
-        self.linger_size = 0
-        """Its size when it was set aside to linger (see :meth:`Tailer._check_lingering`)."""
-        self.gap_after = False
-        """Files rotated in after this one were lost (see :meth:`Tailer._check_overrun`): a
-        split line still open at its end is not continued by the next file's parts."""
-        self.cuts = sorted(tuple(c) for c in state.cuts if c[0] > self.read_pos)
-        """``(position, offset)`` of split lines flushed before a restart (see
-        :attr:`FileState.cuts`) that reading has not reached again yet."""
-
-    def read(self, block: int, max_lines: int = 1 << 30) -> Chunk | None:
-        """The next complete lines (at most ``max_lines``), or None at the end of what is
-        written so far (or at :attr:`stop_at`)."""
-        limit = block
-        if self.cuts:
-            pos, offset = self.cuts[0]
-            if self.read_pos >= pos:
-                del self.cuts[0]
-                return self._cut_again(offset)
-            limit = min(limit, pos - self.read_pos)
-        if self.stop_at is not None:
-            limit = min(limit, self.stop_at - self.read_pos)
-            if limit <= 0:
-                self.at_end = self.bound_reached = True
-                return None
-        data = os.pread(self.fd, limit, self.read_pos)
-        self.at_end = not data
-        self.unread_seen = len(data) == limit
-        if not data:
-            return None
-        if self._skip is not None:
-            # At the bound, the rest of an overlong line is for the next run (it resumes at
-            # the line's start): the skip stops there, and the next read ends the file.
-            return self._skip_more(data)
-        idx = data.rfind(b"\n")
-        if idx < 0:
-            if self.cuts and self.read_pos + len(data) == self.cuts[0][0]:
-                # A cut inside a line: not where this file was cut (it is not what was read
-                # then). Forget it rather than stop there for good.
-                del self.cuts[0]
-                return self.read(block, max_lines)
-            if limit < block and len(data) == limit:
-                # The bound falls inside a line: left whole for the next run.
-                self.at_end = self.bound_reached = True
-                return None
-            if len(data) < block:
-                if self.final:  # rotated away with an unterminated last line: ship it as is
-                    return self._last_line(data)
-                return None  # the last line is not complete yet
-            # One physical line longer than a whole block: keep its head, skip the rest.
-            self._skip = data[: self.parser.max_line_bytes]
-            self._skip_start = self.read_pos
-            self._skip_total = len(data)
-            self.read_pos += len(data)
-            return Chunk(self, self.parser.new_lines(), self._skip_resume(), len(data))
-        # Split no further than needed, and without copying the block: the last piece is the
-        # unterminated tail (or the lines beyond ``max_lines``), read again next time.
-        lines = data.split(b"\n", max_lines)
-        del lines[-1]
-        if len(lines) == max_lines:
-            idx = sum(map(len, lines)) + max_lines - 1
-        self.parser.origin = self
-        parsed = self.parser.feed(lines, self.read_pos)
-        self.read_pos += idx + 1
-        if self.acked_floor and parsed.offsets and parsed.offsets[0] <= self.acked_floor:
-            parsed = _drop_upto(parsed, self.acked_floor)
-        return Chunk(self, parsed, self._resume(), idx + 1)
-
-    def _cut_again(self, offset: int) -> Chunk:
-        """Back at a place where a split line was flushed before a restart: its parts go out as
-        the same record again, under the same offset (the aggregator drops it if it has it), and
-        a next part written since starts a line of its own, as it did in the first run."""
-        self.parser.origin = self
-        lines = self.parser.flush(self, offset, every=True)
-        if self.acked_floor:
-            lines = _drop_upto(lines, self.acked_floor)
-        if len(lines):
-            log.info(
-                "cutting a split line where it was flushed before the restart path=%s", self.path
-            )
-        return Chunk(self, lines, self._resume(), 0)
-
-    def _resume(self) -> int:
-        """Where a restart must read again: our position, or the start of a split line's
-        parts in this file that are not complete yet."""
-        pending = self.parser.pending_start(self)
-        return self.read_pos if pending is None else pending
-
-    def _skip_resume(self) -> int:
-        pending = self.parser.pending_start(self)
-        return self._skip_start if pending is None else min(pending, self._skip_start)
-
-    def _last_line(self, data: bytes) -> Chunk:
-        # Its offset counts a newline that is not there: one past the end, still increasing.
-        self.parser.origin = self
-        parsed = self.parser.feed([data], self.read_pos)
-        self.read_pos += len(data)
-        return Chunk(self, parsed, self._resume(), len(data))
-
-    def has_remainder(self) -> bool:
-        """Bytes after the last complete line (an unterminated line)."""
-        return not self.final and self.size() > self.read_pos
-
-    def _skip_more(self, data: bytes) -> Chunk:
-        nl = data.find(b"\n")
-        if nl < 0:
-            self._skip_total += len(data)
-            self.read_pos += len(data)
-            return Chunk(self, self.parser.new_lines(), self._skip_resume(), len(data))
-        prefix = self._skip or b""
-        dropped = self._skip_total + nl - len(prefix)
-        self._skip = None
-        self.read_pos += nl + 1
-        parsed = overlong_line(self.parser, prefix, self.read_pos, dropped)
-        if self.read_pos <= self.acked_floor:
-            parsed = self.parser.new_lines()
-        return Chunk(self, parsed, self._resume(), nl + 1)
-
-    def size(self) -> int:
-        try:
-            return os.fstat(self.fd).st_size
-        except OSError:
-            return 0
-
-    def deleted(self) -> bool:
-        """Whether the file has no name left (the runtime deleted it; only our descriptor
-        keeps it readable). False when that cannot be told."""
-        try:
-            return os.fstat(self.fd).st_nlink == 0
-        except OSError:
-            return False
-
-    def close(self) -> None:
-        global _open_files
-        if not self.closed:
-            self.closed = True
-            _open_files -= 1
-            os.close(self.fd)
-
-
-def _drop_upto(lines: Lines, floor: int) -> Lines:
-    """Lines already acknowledged before a restart are not sent again."""
-    return lines.select([i for i, off in enumerate(lines.offsets) if off > floor])
-
-
-@dataclass(slots=True)
-class Chunk:
-    """Lines read from one file in one block, and the checkpoint they allow once acked."""
-
-    cursor: Cursor
-    lines: Lines
-    resume: int
-    nread: int
-    save_first: bool = False
-    """The registry holds something that must be on disk before these lines are sent (a
-    flushed split line's cut, :attr:`FileState.cuts`)."""
 
 
 class Tailer:
@@ -557,7 +221,7 @@ class Tailer:
                 log.warning("cannot open log file path=%s error=%s", path, exc)
             return None
         if self._open_backoff:
-            log.info("log files open again path=%s open_files=%d", path, _open_files + 1)
+            log.info("log files open again path=%s open_files=%d", path, fd_budget.open_files() + 1)
             self._open_backoff = 0.0
         try:
             fp = fingerprint(fd)
@@ -611,7 +275,7 @@ class Tailer:
                 "backoff (raise the open-files limit, e.g. LimitNOFILE=, ulimit -n) "
                 "path=%s open_log_files=%d error=%s",
                 path,
-                _open_files,
+                fd_budget.open_files(),
                 exc,
             )
         self._start_failed = True
@@ -634,7 +298,7 @@ class Tailer:
         known = {k for k, s in self.registry.items() if s.source == self.spec.key}
         try:
             rotated = self._known_rotated(known) if known else self._first_seen()
-            self.cursors = _oldest_first(rotated)
+            self.cursors = oldest_first(rotated)
             now = time.time()
             for mtime_ns, cur in rotated:  # renamed moments ago: its writer may still append
                 age = now - mtime_ns / 1e9
@@ -676,7 +340,7 @@ class Tailer:
             if self.live is not None:
                 self.live.stop_at = self.live.size()
             self._bounded = True
-        _stop_waiting(self.spec.key)
+        fd_budget.stop_waiting(self.spec.key)
         _touch(self.spec.key)
         for c in self.cursors:
             if c is not self.live:
@@ -736,19 +400,10 @@ class Tailer:
         finally:
             os.close(fd)
 
-    def _rotation_path(self) -> Path:
-        """Where the runtime rotates this source's file: the path itself, or the target of a
-        symlink (``/var/log/pods/.../0.log`` -> Docker's ``<id>-json.log`` under cri-dockerd),
-        whose rotated copies (``<id>-json.log.1``) lie beside the target, not the link."""
-        path = self.spec.path
-        if not path.is_symlink():
-            return path
-        return Path(os.path.realpath(path))
-
     def _present_inodes(self) -> dict[tuple[int, int], Path] | None:
         """(device, inode) -> path of every file named like this source's files, or None when
         the folder or one of them could not be looked at (anything but ENOENT)."""
-        rot = self._rotation_path()
+        rot = rotation_path(self.spec.path)
         try:
             names = os.listdir(rot.parent)
         except OSError:
@@ -772,7 +427,7 @@ class Tailer:
         rotated: list[tuple[int, Cursor]] = []
         unknown: list[Path] = []
         newest_known = -1
-        for sib in rotated_siblings(self._rotation_path()):
+        for sib in rotated_siblings(rotation_path(self.spec.path)):
             cur = self._open(sib, fresh=False)
             if cur is None:
                 unknown.append(sib)
@@ -822,7 +477,7 @@ class Tailer:
             since = previous if since is None else max(since, previous)
         found: list[tuple[int, Cursor]] = []
         skipped: list[Path] = []
-        for sib in rotated_siblings(self._rotation_path()):
+        for sib in rotated_siblings(rotation_path(self.spec.path)):
             try:
                 st = os.stat(sib)
             except OSError:
@@ -863,7 +518,7 @@ class Tailer:
         ]
         if not vanished:
             return
-        compressed = self._compressed_identities()
+        compressed = compressed_identities(self.spec.path)
         for key, state in vanished:
             self.registry.remove(key)
             fp = key.rsplit(":", 1)[-1]
@@ -884,31 +539,18 @@ class Tailer:
             )
             self.on_loss("deleted_unread")
 
-    def _compressed_identities(self) -> set[tuple[str | None, int]]:
-        """(fingerprint, size mod 2**32) of this source's gzip-compressed rotated files."""
-        try:
-            copies = compressed_siblings(self._rotation_path())
-        except OSError:
-            return set()
-        out: set[tuple[str | None, int]] = set()
-        for copy in copies:
-            ident = gzip_identity(copy)
-            if ident is not None:
-                out.add(ident)
-        return out
-
     def _open_live(self, within_budget: bool = True) -> bool:
         """Open the file now at the live path, after any files rotated since the last one we
         finished (the runtime may rotate several times between two polls)."""
         if not self._may_open():
             return False
-        if within_budget and not _room():
-            _wait_for_room(self.spec.key)
+        if within_budget and not fd_budget.room():
+            fd_budget.wait_for_room(self.spec.key)
             return False
         cur = self._open(self.spec.path, fresh=True)
         if cur is None:
             return False
-        _stop_waiting(self.spec.key)
+        fd_budget.stop_waiting(self.spec.key)
         if any(c.key == cur.key for c in self.cursors):
             cur.close()
             return False
@@ -951,8 +593,8 @@ class Tailer:
         if not self._started:
             if not self._may_open():
                 return None
-            if not _room():
-                _wait_for_room(self.spec.key)
+            if not fd_budget.room():
+                fd_budget.wait_for_room(self.spec.key)
                 return None
             self.start()
         if self._lingering:
@@ -1104,8 +746,8 @@ class Tailer:
             return
         try:
             floor = os.fstat(last.fd).st_mtime_ns
-            rot = self._rotation_path()
-            newer = len(_modified_since(rotated_siblings(rot), floor))
+            rot = rotation_path(self.spec.path)
+            newer = len(modified_since(rotated_siblings(rot), floor))
             compressed, unseen = self._unseen_compressed(rot, floor)
         except OSError:
             return
@@ -1133,7 +775,7 @@ class Tailer:
         before). Their lines were never read: compressed files are not shipped."""
         copies = compressed_siblings(rot)
         unseen: list[tuple[str, int]] = []
-        for path, _ in _modified_since(copies, floor):
+        for path, _ in modified_since(copies, floor):
             ident = gzip_identity(path)
             if ident is None or ident[0] is None:
                 continue  # being written: the next look counts it
@@ -1149,10 +791,10 @@ class Tailer:
     def _pin_full(self) -> bool:
         """Whether this source may not open another file while behind: it holds
         :data:`MAX_PINNED_FILES`, or the process is at its descriptor budget
-        (:func:`pin_budget`) and this source already holds one. Logged and counted once per
-        episode per source."""
+        (:func:`shipper.fd_budget.pin_budget`) and this source already holds one. Logged and
+        counted once per episode per source."""
         n = len(self.cursors)
-        over_budget = n >= 1 and _open_files >= pin_budget()
+        over_budget = n >= 1 and fd_budget.open_files() >= fd_budget.pin_budget()
         if n < MAX_PINNED_FILES and not over_budget:
             self._pin_limit_logged = False
             return False
@@ -1168,7 +810,7 @@ class Tailer:
                 if over_budget
                 else f"at the per-source limit of {MAX_PINNED_FILES}",
                 self.spec.path,
-                _open_files,
+                fd_budget.open_files(),
             )
         return True
 
@@ -1242,7 +884,7 @@ class Tailer:
             return True
         if os.fstat(head.fd).st_size < head.read_pos or fingerprint(head.fd) != head.fp:
             return self._truncated(head)
-        if _waiting:
+        if fd_budget.waiting_sources():
             self._park(head)
         return False
 
@@ -1342,7 +984,8 @@ class Tailer:
         """Rotated files newer than the last one we finished that we never opened, oldest
         first: they were live for a moment between two polls."""
         found: list[tuple[int, Cursor]] = []
-        for sib, st in _modified_since(rotated_siblings(self._rotation_path()), self._floor or 0):
+        siblings = rotated_siblings(rotation_path(self.spec.path))
+        for sib, st in modified_since(siblings, self._floor or 0):
             if st.st_ino == live.ino:
                 continue
             if any(c.ino == st.st_ino for c in self.cursors):
@@ -1351,7 +994,7 @@ class Tailer:
             if cur is not None:
                 log.debug("found a missed rotation path=%s ino=%d", sib, cur.ino)
                 found.append((st.st_mtime_ns, cur))
-        return _oldest_first(found)
+        return oldest_first(found)
 
     def _truncated(self, head: Cursor) -> bool:
         """copytruncate: finish the copy from our position, restart the live file at 0.
@@ -1373,7 +1016,7 @@ class Tailer:
         read_all = False  # a copy exists and holds nothing past our position
         epoch = head.state.epoch + 1
         try:
-            siblings = rotated_siblings(self._rotation_path())
+            siblings = rotated_siblings(rotation_path(self.spec.path))
         except OSError as exc:
             # The copy may be among them: nothing is changed yet, the next check tries again.
             self._out_of_descriptors(self.spec.path, exc)
@@ -1445,7 +1088,7 @@ class Tailer:
                 self._released.append((st.st_dev, st.st_ino, head.fp))  # read: not "missed"
             os.close(fd)
         if copy is None and not read_all:
-            read_all, unread = self._compressed_copy(head)
+            read_all, unread = compressed_copy(self.spec.path, head.fp, head.read_pos)
         if copy is None and not read_all:
             if head.unread_seen or unread:
                 log.warning(
@@ -1499,24 +1142,6 @@ class Tailer:
             self.cursors.insert(0, copy)
         self._open_live()
         return True
-
-    def _compressed_copy(self, head: Cursor) -> tuple[bool, bool]:
-        """(read all, lines unread) as a compressed copy of ``head`` tells (copytruncate with
-        immediate compression): its uncompressed size against our position. (False, False)
-        without such a copy."""
-        try:
-            copies = compressed_siblings(self._rotation_path())
-        except OSError:
-            return False, False
-        for copy in copies:
-            ident = gzip_identity(copy)
-            if ident is None or ident[0] != head.fp:
-                continue
-            size = ident[1]
-            if size == head.read_pos % (1 << 32):
-                return True, False
-            return False, True
-        return False, False
 
     def _release(self, cur: Cursor) -> None:
         log.debug("released path=%s ino=%d read=%d", cur.path, cur.ino, cur.read_pos)
@@ -1602,10 +1227,10 @@ class Tailer:
     @property
     def waiting(self) -> bool:
         """Not following its files yet: put off for lack of descriptors."""
-        return not self._started or self.spec.key in _waiting
+        return not self._started or fd_budget.is_waiting(self.spec.key)
 
     def close(self) -> None:
-        _stop_waiting(self.spec.key)
+        fd_budget.stop_waiting(self.spec.key)
         if self._started:
             _touch(self.spec.key)
         for c in (*self.cursors, *self._lingering):

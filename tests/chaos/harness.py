@@ -105,7 +105,7 @@ from cli.demohost import Container, HostWriter, Manifest
 from cli.demoservices import SERVICES
 from cli.demotraffic import AccessRow, LogRow
 from shipper.checkpoint import file_key
-from shipper.tailer import fingerprint
+from shipper.fingerprint import fingerprint
 from tests.support.expect import COLUMNS, as_counter, expected_rows, select_table
 from tests.support.pipeline import Aggregator, Daemon, logq_json
 from tests.support.procs import (

@@ -635,7 +635,7 @@ def hostile_lines(when: datetime) -> list[HostileLine]:
         ),
         HostileLine(  # one 1 MiB entry (a writer that does not split like dockerd)
             whole_raw,
-            # Longer than a read block: shipper/tailer.py keeps its first --max-line-bytes
+            # Longer than a read block: shipper/cursor.py keeps its first --max-line-bytes
             # bytes *unparsed* (shipper/formats.overlong_line), marks and counts it.
             whole_raw[:MAX_LINE_BYTES].decode()
             + TRUNCATION_MARKER.format(dropped=len(whole_raw) - 1 - MAX_LINE_BYTES),

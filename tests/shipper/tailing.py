@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shipper.cursor import Chunk
 from shipper.discover import SourceSpec
-from shipper.tailer import Chunk, Tailer
+from shipper.tailer import Tailer
 from tests.shipper.hostgen import docker_line
 
 

@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from shipper.config import Endpoint, parse_endpoint
+from shipper.fingerprint import fingerprint
 from shipper.sender import ForwardClient, rendezvous_order
-from shipper.tailer import fingerprint
 from tests.shipper.receiver import Receiver
 from tests.shipper.test_sender import message
 from tests.support.pipeline import start_aggregator

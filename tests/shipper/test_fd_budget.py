@@ -25,10 +25,12 @@ from pathlib import Path
 
 import pytest
 
+import shipper.fd_budget as fd_budget
 import shipper.tailer as tailer_mod
 from shipper.checkpoint import Registry
 from shipper.discover import SourceSpec
-from shipper.tailer import Tailer, waiting_sources
+from shipper.fd_budget import waiting_sources
+from shipper.tailer import Tailer
 from tests.shipper.hostgen import make_container
 from tests.shipper.receiver import Receiver
 from tests.shipper.tailing import append_docker, commit, drain
@@ -40,9 +42,9 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(autouse=True)
 def own_counts(monkeypatch: pytest.MonkeyPatch) -> int:
     """Files other tests left open count in the process; so would their waiting sources."""
-    monkeypatch.setattr(tailer_mod, "_waiting", set())
-    monkeypatch.setattr(tailer_mod, "_waiting_logged_at", None)
-    return tailer_mod.open_files()
+    monkeypatch.setattr(fd_budget, "_waiting", set())
+    monkeypatch.setattr(fd_budget, "_waiting_logged_at", None)
+    return fd_budget.open_files()
 
 
 @pytest.fixture
@@ -86,7 +88,7 @@ def test_an_emfile_on_any_rotated_file_at_start_is_not_hidden_by_a_later_open(
 
     monkeypatch.setattr(tailer_mod.os, "open", emfile_once)
     assert t.read() is None  # the start is put off, nothing half-done stays
-    assert failed[0] and not t.cursors and tailer_mod.open_files() == own_counts
+    assert failed[0] and not t.cursors and fd_budget.open_files() == own_counts
     assert [s for _, s in reg.items()] == []
     monkeypatch.setattr(tailer_mod.os, "open", real_open)
     clock[0] += 100
@@ -196,7 +198,7 @@ def test_live_files_count_against_the_budget_and_waiters_get_freed_descriptors(
     caplog: pytest.LogCaptureFixture,
     own_counts: int,
 ) -> None:
-    monkeypatch.setattr(tailer_mod, "pin_budget", lambda: own_counts + 3)
+    monkeypatch.setattr(fd_budget, "pin_budget", lambda: own_counts + 3)
     tailers = []
     for i in range(5):
         d = tmp_path / f"c{i}"
@@ -207,7 +209,7 @@ def test_live_files_count_against_the_budget_and_waiters_get_freed_descriptors(
     try:
         got = [drain(t) for t in tailers]
         assert [len(g) for g in got] == [4, 4, 4, 0, 0]
-        assert tailer_mod.open_files() == own_counts + 3 and waiting_sources() == 2
+        assert fd_budget.open_files() == own_counts + 3 and waiting_sources() == 2
         assert [t.waiting for t in tailers] == [False, False, False, True, True]
         warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
         assert len(warnings) == 1, warnings
@@ -231,7 +233,7 @@ def test_live_files_count_against_the_budget_and_waiters_get_freed_descriptors(
     finally:
         for t in tailers:
             t.close()
-    assert tailer_mod.open_files() == own_counts and waiting_sources() == 0
+    assert fd_budget.open_files() == own_counts and waiting_sources() == 0
 
 
 def test_idle_live_files_make_room_for_waiting_sources_and_reopen_on_growth_or_rotation(
@@ -243,7 +245,7 @@ def test_idle_live_files_make_room_for_waiting_sources_and_reopen_on_growth_or_r
 ) -> None:
     """More sources than descriptors: idle sources close their live files in turn, and lines
     written while closed -- also across a rotation -- are all read, once."""
-    monkeypatch.setattr(tailer_mod, "pin_budget", lambda: own_counts + 2)
+    monkeypatch.setattr(fd_budget, "pin_budget", lambda: own_counts + 2)
     paths = []
     for i in range(3):
         d = tmp_path / f"c{i}"
@@ -256,17 +258,17 @@ def test_idle_live_files_make_room_for_waiting_sources_and_reopen_on_growth_or_r
         assert waiting_sources() == 1
         for t in tailers[:2]:
             assert not t.poll()
-        assert tailer_mod.open_files() == own_counts + 2  # not idle long enough yet
+        assert fd_budget.open_files() == own_counts + 2  # not idle long enough yet
         clock[0] += tailer_mod.PARK_IDLE_SECONDS
         for t in tailers[:2]:
             assert not t.poll()
-        assert tailer_mod.open_files() == own_counts
+        assert fd_budget.open_files() == own_counts
         assert drain(tailers[2]) == [f"c2 {i}" for i in range(3)]
         assert waiting_sources() == 0
 
         for t in tailers[:2]:
             assert not t.poll()  # nothing changed: stays closed
-        assert tailer_mod.open_files() == own_counts + 1
+        assert fd_budget.open_files() == own_counts + 1
         append_docker(paths[0], 3, 2, "c0")
         append_docker(paths[1], 3, 2, "c1")  # written while closed, then rotated away
         os.replace(paths[1], f"{paths[1]}.1")
@@ -363,7 +365,7 @@ def test_a_restart_near_the_budget_opens_the_rotated_and_the_live_file(
     """Room for one file: a known source's start still opens its live file after its rotated
     one (the start was let in; a live file left closed would look gone and put it off)."""
     path = _half_read_then_rotated(tmp_path)
-    monkeypatch.setattr(tailer_mod, "pin_budget", lambda: own_counts + 1)
+    monkeypatch.setattr(fd_budget, "pin_budget", lambda: own_counts + 1)
     got, losses = _restart(tmp_path, path)
     assert losses == [] and waiting_sources() == 0
     assert got == [f"line {i}" for i in range(30, 110)]

@@ -23,7 +23,7 @@ from shipper.checkpoint import FileState, Registry, file_key
 from shipper.config import load_config
 from shipper.daemon import Shipper
 from shipper.errors import ConfigError, ShipperError
-from shipper.tailer import fingerprint
+from shipper.fingerprint import fingerprint
 from tests.shipper.receiver import Receiver, free_port
 from tests.shipper.shipping import shipper_args
 from tests.shipper.test_once import run_shipper

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import shipper.fd_budget as fd_budget
 import shipper.tailer as tailer_mod
 from shipper.checkpoint import Registry
 from shipper.discover import SourceSpec
@@ -73,14 +74,14 @@ def test_pinning_stops_at_the_process_budget(
     losses: list[str] = []
     t = Tailer(SourceSpec("test:c", path, "docker", "svc"), reg, "h", 65536, on_loss=losses.append)
     assert t.read(max_lines=5) is not None
-    monkeypatch.setattr(tailer_mod, "pin_budget", lambda: tailer_mod.open_files())
+    monkeypatch.setattr(fd_budget, "pin_budget", lambda: fd_budget.open_files())
     for gen in range(3):
         rotate(path)
         append_docker(path, 100 * (gen + 1), 10)
         t.pin_new_generation()
     assert len(t.cursors) == 1  # the source keeps its one file, pins nothing more
     assert losses == ["pin_limit"]  # counted once for the episode
-    monkeypatch.setattr(tailer_mod, "pin_budget", lambda: 1 << 20)
+    monkeypatch.setattr(fd_budget, "pin_budget", lambda: 1 << 20)
     t.pin_new_generation()
     assert len(t.cursors) >= 2 and t.live is not None and t.live.path == path
     t.close()
@@ -88,8 +89,8 @@ def test_pinning_stops_at_the_process_budget(
 
 def test_budget_leaves_a_reserve_below_the_soft_limit() -> None:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    budget = tailer_mod.pin_budget()
-    assert 0 < budget <= soft - tailer_mod.FD_RESERVE_MIN
+    budget = fd_budget.pin_budget()
+    assert 0 < budget <= soft - fd_budget.FD_RESERVE_MIN
 
 
 def _fail_opens(monkeypatch: pytest.MonkeyPatch, under: Path) -> list[int]:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from shipper.checkpoint import Registry
-from shipper.tailer import Chunk, Tailer
+from shipper.cursor import Chunk
+from shipper.tailer import Tailer
 from tests.shipper.hostgen import cri_line, docker_line
 from tests.shipper.tailing import commit, drain, drain_sent, spec_for
 

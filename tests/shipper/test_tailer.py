@@ -10,7 +10,8 @@ import pytest
 
 import shipper.tailer as tailer_mod
 from shipper.checkpoint import FileState, Registry, file_key
-from shipper.tailer import Tailer, fingerprint
+from shipper.fingerprint import fingerprint
+from shipper.tailer import Tailer
 from tests.shipper.hostgen import docker_line
 from tests.shipper.tailing import append_docker, drain, spec_for
 

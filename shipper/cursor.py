@@ -1,0 +1,233 @@
+"""One open log file and the read position in it; the lines it yields, block by block.
+
+Reading a file is kept apart from deciding which file to read: a :class:`Cursor` reads its
+file in large blocks with ``os.pread`` and hands complete lines to the source's parser, keeps
+the resume point a restart needs (our position, or the start of a split line not complete yet),
+skips the rest of a line longer than a block, drops lines a previous run had acknowledged, and
+cuts a split line again where a previous run shipped it unfinished
+(:attr:`shipper.checkpoint.FileState.cuts`), so it goes out as the same record. When to open,
+finish or let go of a file is the tailer's (see :mod:`shipper.tailer`); each cursor counts
+against the process's open-files budget (see :mod:`shipper.fd_budget`) while it is open.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from shipper import fd_budget
+from shipper.checkpoint import FileState, file_key
+from shipper.formats import LineParser, Lines, overlong_line
+
+log = logging.getLogger("logq.shipper.tailer")
+"""The tailer's logger: these are its messages, and the split into modules changed none."""
+
+
+class Cursor:
+    """One open file and the read position in it."""
+
+    def __init__(self, fd: int, path: Path, fp: str, state: FileState, parser: LineParser) -> None:
+        st = os.fstat(fd)
+        fd_budget.count_open()
+        self.fd = fd
+        self.path = path
+        self.dev = st.st_dev
+        self.ino = st.st_ino
+        self.fp = fp
+        self.key = file_key(st.st_dev, st.st_ino, fp)
+        self.state = state
+        self.source_id = state.source_id
+        self.read_pos = state.offset
+        self.acked_floor = state.acked
+        self.parser = parser
+        self.outstanding = 0
+        """Batches read from this file and not acknowledged yet."""
+        self.closed = False
+        self.superseded = False
+        """Truncated in place: its checkpoint entry now belongs to the new content."""
+        self.final = False
+        """No more writes will come (rotated away, deleted): an unterminated last line is
+        complete as it is."""
+        self._skip: bytes | None = None
+        self._skip_start = 0
+        self._skip_total = 0
+        self.at_end = False
+        """The last read found nothing new: the next data may follow a truncation."""
+        self.checked_pos = self.read_pos
+        """Read position when the file was last found to still hold our content: bytes before
+        it are ours, bytes after it may have been read after a truncation (copytruncate)."""
+        self.held = False
+        """Released, but its checkpoint must stay: it holds the first parts of a split line
+        that is not acknowledged yet."""
+        self.frees: list[tuple[int, Cursor]] = []
+        """(resume, file): reading this file completed a split line begun in that rotated-away
+        file; once a batch up to ``resume`` is acknowledged, its checkpoint can go."""
+        self.stop_at: int | None = None
+        """``--once``: read no byte at or past this offset (what the file held when the
+        source started); None reads on as the file grows."""
+        self.bound_reached = False
+        """``--once``: every complete line below :attr:`stop_at` is read; what is left below
+        it (an unfinished last line) is for the next run."""
+        self.rotated_at: float | None = None
+        """When the path was found to name another file (renamed away, still on disk): its
+        writer may still append for a moment (see :data:`shipper.tailer.ROTATE_WAIT_SECONDS`)."""
+        self.unread_seen = False
+        """The last read filled its block: the file held bytes we had not read yet."""
+        self.linger_size = 0
+        """Its size when it was set aside to linger (see
+        :meth:`shipper.tailer.Tailer._check_lingering`)."""
+        self.gap_after = False
+        """Files rotated in after this one were lost (see
+        :meth:`shipper.tailer.Tailer._check_overrun`): a split line still open at its end is
+        not continued by the next file's parts."""
+        self.cuts = sorted(tuple(c) for c in state.cuts if c[0] > self.read_pos)
+        """``(position, offset)`` of split lines flushed before a restart (see
+        :attr:`FileState.cuts`) that reading has not reached again yet."""
+
+    def read(self, block: int, max_lines: int = 1 << 30) -> Chunk | None:
+        """The next complete lines (at most ``max_lines``), or None at the end of what is
+        written so far (or at :attr:`stop_at`)."""
+        limit = block
+        if self.cuts:
+            pos, offset = self.cuts[0]
+            if self.read_pos >= pos:
+                del self.cuts[0]
+                return self._cut_again(offset)
+            limit = min(limit, pos - self.read_pos)
+        if self.stop_at is not None:
+            limit = min(limit, self.stop_at - self.read_pos)
+            if limit <= 0:
+                self.at_end = self.bound_reached = True
+                return None
+        data = os.pread(self.fd, limit, self.read_pos)
+        self.at_end = not data
+        self.unread_seen = len(data) == limit
+        if not data:
+            return None
+        if self._skip is not None:
+            # At the bound, the rest of an overlong line is for the next run (it resumes at
+            # the line's start): the skip stops there, and the next read ends the file.
+            return self._skip_more(data)
+        idx = data.rfind(b"\n")
+        if idx < 0:
+            if self.cuts and self.read_pos + len(data) == self.cuts[0][0]:
+                # A cut inside a line: not where this file was cut (it is not what was read
+                # then). Forget it rather than stop there for good.
+                del self.cuts[0]
+                return self.read(block, max_lines)
+            if limit < block and len(data) == limit:
+                # The bound falls inside a line: left whole for the next run.
+                self.at_end = self.bound_reached = True
+                return None
+            if len(data) < block:
+                if self.final:  # rotated away with an unterminated last line: ship it as is
+                    return self._last_line(data)
+                return None  # the last line is not complete yet
+            # One physical line longer than a whole block: keep its head, skip the rest.
+            self._skip = data[: self.parser.max_line_bytes]
+            self._skip_start = self.read_pos
+            self._skip_total = len(data)
+            self.read_pos += len(data)
+            return Chunk(self, self.parser.new_lines(), self._skip_resume(), len(data))
+        # Split no further than needed, and without copying the block: the last piece is the
+        # unterminated tail (or the lines beyond ``max_lines``), read again next time.
+        lines = data.split(b"\n", max_lines)
+        del lines[-1]
+        if len(lines) == max_lines:
+            idx = sum(map(len, lines)) + max_lines - 1
+        self.parser.origin = self
+        parsed = self.parser.feed(lines, self.read_pos)
+        self.read_pos += idx + 1
+        if self.acked_floor and parsed.offsets and parsed.offsets[0] <= self.acked_floor:
+            parsed = _drop_upto(parsed, self.acked_floor)
+        return Chunk(self, parsed, self._resume(), idx + 1)
+
+    def _cut_again(self, offset: int) -> Chunk:
+        """Back at a place where a split line was flushed before a restart: its parts go out as
+        the same record again, under the same offset (the aggregator drops it if it has it), and
+        a next part written since starts a line of its own, as it did in the first run."""
+        self.parser.origin = self
+        lines = self.parser.flush(self, offset, every=True)
+        if self.acked_floor:
+            lines = _drop_upto(lines, self.acked_floor)
+        if len(lines):
+            log.info(
+                "cutting a split line where it was flushed before the restart path=%s", self.path
+            )
+        return Chunk(self, lines, self._resume(), 0)
+
+    def _resume(self) -> int:
+        """Where a restart must read again: our position, or the start of a split line's
+        parts in this file that are not complete yet."""
+        pending = self.parser.pending_start(self)
+        return self.read_pos if pending is None else pending
+
+    def _skip_resume(self) -> int:
+        pending = self.parser.pending_start(self)
+        return self._skip_start if pending is None else min(pending, self._skip_start)
+
+    def _last_line(self, data: bytes) -> Chunk:
+        # Its offset counts a newline that is not there: one past the end, still increasing.
+        self.parser.origin = self
+        parsed = self.parser.feed([data], self.read_pos)
+        self.read_pos += len(data)
+        return Chunk(self, parsed, self._resume(), len(data))
+
+    def has_remainder(self) -> bool:
+        """Bytes after the last complete line (an unterminated line)."""
+        return not self.final and self.size() > self.read_pos
+
+    def _skip_more(self, data: bytes) -> Chunk:
+        nl = data.find(b"\n")
+        if nl < 0:
+            self._skip_total += len(data)
+            self.read_pos += len(data)
+            return Chunk(self, self.parser.new_lines(), self._skip_resume(), len(data))
+        prefix = self._skip or b""
+        dropped = self._skip_total + nl - len(prefix)
+        self._skip = None
+        self.read_pos += nl + 1
+        parsed = overlong_line(self.parser, prefix, self.read_pos, dropped)
+        if self.read_pos <= self.acked_floor:
+            parsed = self.parser.new_lines()
+        return Chunk(self, parsed, self._resume(), nl + 1)
+
+    def size(self) -> int:
+        try:
+            return os.fstat(self.fd).st_size
+        except OSError:
+            return 0
+
+    def deleted(self) -> bool:
+        """Whether the file has no name left (the runtime deleted it; only our descriptor
+        keeps it readable). False when that cannot be told."""
+        try:
+            return os.fstat(self.fd).st_nlink == 0
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            fd_budget.count_closed()
+            os.close(self.fd)
+
+
+def _drop_upto(lines: Lines, floor: int) -> Lines:
+    """Lines already acknowledged before a restart are not sent again."""
+    return lines.select([i for i, off in enumerate(lines.offsets) if off > floor])
+
+
+@dataclass(slots=True)
+class Chunk:
+    """Lines read from one file in one block, and the checkpoint they allow once acked."""
+
+    cursor: Cursor
+    lines: Lines
+    resume: int
+    nread: int
+    save_first: bool = False
+    """The registry holds something that must be on disk before these lines are sent (a
+    flushed split line's cut, :attr:`FileState.cuts`)."""

@@ -1,0 +1,88 @@
+"""What a source's rotated files tell the tailer: where they lie, which changed since a given
+time, in which order to read them, and what their gzip-compressed copies show.
+
+Finding the files is :mod:`shipper.discover`'s (:func:`~shipper.discover.rotated_siblings`,
+:func:`~shipper.discover.compressed_siblings`), following them :mod:`shipper.tailer`'s; these
+stateless helpers sit between. Compressed copies are never read, but their identity (first line
+and size, see :func:`shipper.fingerprint.gzip_identity`) tells whether a file that is gone was
+read to its end before it was compressed, or lost lines.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from shipper.cursor import Cursor
+from shipper.discover import compressed_siblings
+from shipper.fingerprint import gzip_identity
+
+
+def rotation_path(path: Path) -> Path:
+    """Where the runtime rotates the file of a source at ``path``: the path itself, or the
+    target of a symlink (``/var/log/pods/.../0.log`` -> Docker's ``<id>-json.log`` under
+    cri-dockerd), whose rotated copies (``<id>-json.log.1``) lie beside the target, not the
+    link."""
+    if not path.is_symlink():
+        return path
+    return Path(os.path.realpath(path))
+
+
+def modified_since(paths: list[Path], floor_ns: int) -> list[tuple[Path, os.stat_result]]:
+    """(path, stat) of those of ``paths`` last modified at ``floor_ns`` or later; files gone
+    (or unreadable) meanwhile are left out."""
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if st.st_mtime_ns >= floor_ns:
+            out.append((path, st))
+    return out
+
+
+def oldest_first(files: list[tuple[int, Cursor]]) -> list[Cursor]:
+    """Cursors of rotated files by modification time; files of the same time (coarse clocks,
+    tiny files) by name: Docker's ``.2`` is older than its ``.1``, kubelet's
+    ``0.log.<time>`` names sort in time order."""
+
+    def key(item: tuple[int, Cursor]) -> tuple[int, int, str]:
+        suffix = item[1].path.name.rsplit(".", 1)[-1]
+        return item[0], -int(suffix) if suffix.isdigit() else 0, item[1].path.name
+
+    return [c for _, c in sorted(files, key=key)]
+
+
+def compressed_identities(path: Path) -> set[tuple[str | None, int]]:
+    """(fingerprint, size mod 2**32) of the gzip-compressed rotated files of the source at
+    ``path``."""
+    try:
+        copies = compressed_siblings(rotation_path(path))
+    except OSError:
+        return set()
+    out: set[tuple[str | None, int]] = set()
+    for copy in copies:
+        ident = gzip_identity(copy)
+        if ident is not None:
+            out.add(ident)
+    return out
+
+
+def compressed_copy(path: Path, fp: str, read_pos: int) -> tuple[bool, bool]:
+    """(read all, lines unread) as a compressed copy of the file with first line ``fp``, read
+    to ``read_pos``, of the source at ``path`` tells (copytruncate with immediate compression):
+    its uncompressed size against our position. (False, False) without such a copy."""
+    try:
+        copies = compressed_siblings(rotation_path(path))
+    except OSError:
+        return False, False
+    for copy in copies:
+        ident = gzip_identity(copy)
+        if ident is None or ident[0] != fp:
+            continue
+        size = ident[1]
+        if size == read_pos % (1 << 32):
+            return True, False
+        return False, True
+    return False, False
