@@ -15,8 +15,10 @@ counters. Names follow Prometheus conventions (``_total`` counters, base units: 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -44,6 +46,13 @@ CLOSE_REASONS = (
 )
 #: Tables of ``logq_aggregator_rows_written_total`` (created at 0, see CLOSE_REASONS).
 TABLES = ("envoy_access", "container_logs")
+#: A service's own series (parse failures, rows outside the projection) are removed after this
+#: long without rows: services come and go (renames, retired services, a Docker fluentd driver
+#: that tags every container with its id), and series kept for ever would grow /metrics and
+#: Prometheus without bound. One that comes back starts again at 0 (increase() takes resets).
+SERVICE_SERIES_IDLE_SECONDS = 24 * 3600.0
+#: How often (seconds) idle services are looked for.
+_SWEEP_SECONDS = 60.0
 
 
 class Metrics:
@@ -135,10 +144,36 @@ class Metrics:
             self.connections_rejected.labels(reason)
         for table in TABLES:
             self.rows_written.labels(table)
+        self._service_seen: dict[str, float] = {}
+        self._swept_at = time.monotonic()
         self.failing_since: float | None = None
         self.unhealthy_after = 300.0
         self.disk_low: str | None = None
         """Why appends wait for disk space under --buffer-dir, while they do."""
+
+    def services_seen(self, services: Iterable[str], now: float | None = None) -> None:
+        """Services with rows in a flush: their series exist from then on, at 0 until the first
+        failure (an alert on increase() needs that first sample); the series of services without
+        rows for :data:`SERVICE_SERIES_IDLE_SECONDS` are removed."""
+        now = time.monotonic() if now is None else now
+        for service in services:
+            if service not in self._service_seen:
+                self.parse_failures.labels(service)
+                for table in TABLES:
+                    self.rows_outside_projection.labels(table, service)
+            self._service_seen[service] = now
+        if now - self._swept_at < _SWEEP_SECONDS:
+            return
+        self._swept_at = now
+        idle = [s for s, t in self._service_seen.items() if now - t >= SERVICE_SERIES_IDLE_SECONDS]
+        for service in idle:
+            del self._service_seen[service]
+            for metric, labels in (
+                (self.parse_failures, (service,)),
+                *((self.rows_outside_projection, (table, service)) for table in TABLES),
+            ):
+                with contextlib.suppress(KeyError):  # never created (no rows of that table)
+                    metric.remove(*labels)
 
     def problem(self) -> str | None:
         """Why /healthz answers 503, or None while healthy."""

@@ -54,7 +54,7 @@ from aggregator.ledger import (
     read_heartbeats,
 )
 from aggregator.memory import tune_memory
-from aggregator.metrics import TABLES, Metrics, MetricsServer
+from aggregator.metrics import Metrics, MetricsServer
 from aggregator.server import ForwardServer, ServerLimits, tls_context
 from athena.ddl import outside_projection
 from athena.warehouse import WarehouseError, open_warehouse
@@ -595,10 +595,7 @@ class Aggregator:
         m.files_written.inc(len(result.files))
         for f in result.files:
             m.rows_written.labels(f.table).inc(f.rows)
-        for service in result.services:  # at 0 from a service's first rows: increase() sees
-            m.parse_failures.labels(service)  # its first failure or broken clock
-            for table in TABLES:
-                m.rows_outside_projection.labels(table, service)
+        m.services_seen({*result.services, *result.parse_failures})
         for service, count in result.parse_failures.items():
             m.parse_failures.labels(service).inc(count)
         now = time.time()
