@@ -44,6 +44,15 @@ Memory stays bounded: a group small enough (uncompressed) is loaded, sorted by `
 and written; a larger one is streamed file by file, in order of each file's first timestamp, as
 sorted runs.
 
+A pass lists each partition once and reuses that listing for the young-file check, the
+intents and the choice of files; a partition with no intent and fewer than two small files (the
+usual state of a compacted hour) is left without reading a footer. Only the intent check of
+step 1 lists again, just before a merge. A pass looks back ``--lookback-hours`` (48) from now,
+or, for the periodic task and ``compact`` without ``--lookback-hours``, from that long before
+the start of the last completed pass over the whole warehouse (``_compaction/last-pass.json``,
+at most 30 days), so that the hours of a pause (a stale heartbeat over a weekend, an outage) are
+compacted when it ends. A pass that fails in a partition or is stopped does not move it.
+
 Run one compactor per warehouse: the periodic task is off by default (``--compact-interval``
 enables it; set it on one aggregator instance, or run ``logq-aggregator compact`` from cron). A
 second one is safe (see above), only wasted work.
@@ -147,12 +156,13 @@ def _complete(wh: Warehouse, output: str, rows: int) -> bool:
         raise StorageError(f"reading {output} in {wh.uri} failed: {exc}") from exc
 
 
+def _is_intent(info: pafs.FileInfo) -> bool:
+    return info.base_name.startswith(INTENT_PREFIX) and info.base_name.endswith(".json")
+
+
 def _intents(wh: Warehouse, folder: str) -> list[pafs.FileInfo]:
-    return [
-        i
-        for i in list_folder(wh, folder)
-        if i.base_name.startswith(INTENT_PREFIX) and i.base_name.endswith(".json")
-    ]
+    """The intents in ``folder`` now (a fresh LIST: the two-compactors check needs one)."""
+    return [i for i in list_folder(wh, folder) if _is_intent(i)]
 
 
 def _put_intent(wh: Warehouse, path: str, body: dict) -> None:
@@ -164,8 +174,15 @@ class PartitionBusy(Exception):
     """Another compactor's merge is under way in this partition (a fresh intent): skip it."""
 
 
-def finish_intents(wh: Warehouse, folder: str, stale_before: datetime | None = None) -> int:
+def finish_intents(
+    wh: Warehouse,
+    folder: str,
+    stale_before: datetime | None = None,
+    intents: list[pafs.FileInfo] | None = None,
+) -> int:
     """Complete or drop the merges other compactors left in ``folder``; return how many.
+
+    ``intents``: those of the caller's listing of ``folder`` (None: list it here).
 
     An intent whose output is complete is finished at once, whatever its age: deleting its
     inputs is what its writer would do next, and rows the output holds cannot be lost. One whose
@@ -175,7 +192,7 @@ def finish_intents(wh: Warehouse, folder: str, stale_before: datetime | None = N
     """
     done = 0
     busy = False
-    for info in _intents(wh, folder):
+    for info in _intents(wh, folder) if intents is None else intents:
         try:
             with wh.fs.open_input_stream(info.path) as fh:
                 intent = json.loads(fh.read().decode("utf-8"))
@@ -317,16 +334,34 @@ def _first_ts(wh: Warehouse, f: Input) -> int:
     return int(stats.min.timestamp() * 1000) if stats is not None and stats.has_min_max else 0
 
 
-def compact_partition(wh: Warehouse, spec: Table, folder: str, target_bytes: int) -> int:
-    """Merge the small files of one partition folder; return the number of input files merged."""
-    try:
-        finish_intents(wh, folder, datetime.now(UTC) - INTENT_STALE_AFTER)
-    except PartitionBusy:
-        log.info("skipping %s: another compaction is under way there", folder)
-        return 0
-    infos = list_folder(wh, folder)
+def compact_partition(
+    wh: Warehouse,
+    spec: Table,
+    folder: str,
+    target_bytes: int,
+    infos: list[pafs.FileInfo] | None = None,
+) -> int:
+    """Merge the small files of one partition folder; return the number of input files merged.
+
+    ``infos``: the caller's listing of ``folder`` (None: list it here). A pass lists each
+    partition once and decides from that listing alone, without reading a footer, that most
+    partitions (already compacted: one file, or no two small ones) have nothing to merge.
+    """
+    if infos is None:
+        infos = list_folder(wh, folder)
+    intents = [i for i in infos if _is_intent(i)]
+    if intents:
+        try:
+            finish_intents(wh, folder, datetime.now(UTC) - INTENT_STALE_AFTER, intents)
+        except PartitionBusy:
+            log.info("skipping %s: another compaction is under way there", folder)
+            return 0
+        infos = list_folder(wh, folder)  # finishing a merge deleted its inputs: list again
     _sweep_temporaries(wh, infos)
-    files = _readable(wh, [i for i in infos if _visible(i)])
+    small = [i for i in infos if _visible(i) and (i.size or 0) < target_bytes // 2]
+    if len(small) < 2:  # _groups merges only small files, two or more: no footer to read
+        return 0
+    files = _readable(wh, small)
     merged = 0
     for group in _groups(files, target_bytes):
         if not _Attempt(wh, spec, folder, group).run():
@@ -523,44 +558,124 @@ def compact_warehouse(
     tables: list[str] | None = None,
     service: str | None = None,
     hold: Callable[[], str | None] | None = None,
+    resume: bool = False,
 ) -> int:
     """Compact every closed partition; return the number of input files merged.
 
     ``hold`` is asked before each partition: a reason to stop the pass (another aggregator now
     leads compaction, or one went down), or None to go on.
 
+    ``resume``: look back from ``lookback`` before the last completed pass (:func:`last_pass`)
+    rather than from ``now``, so that hours a pause outlived are compacted too (at most
+    :data:`MAX_RESUME_LOOKBACK`). A pass over the whole warehouse (no ``tables``/``service``)
+    with ``resume`` or no ``lookback`` records itself when it completes; one that failed
+    in a partition or was stopped does not.
+
     Also deletes offset-ledger hours past their retention (ledger.py): housekeeping that, like
     compaction, must run on one instance per warehouse.
     """
     now = now or datetime.now(UTC)
+    if resume and lookback is not None:
+        lookback = resume_lookback(wh, now, lookback)
     expire_ledger(wh, now)
     merged = 0
     failed: list[str] = []
+    stopped = False
     for spec, folder in closed_partitions(wh, now, grace, lookback, tables, service):
         reason = hold() if hold is not None else None
         if reason is not None:
             log.info("compaction pass stopped before %s: %s", folder, reason)
+            stopped = True
             break
         try:
-            if _has_young_files(wh, folder, now - grace):
+            infos = list_folder(wh, folder)  # the one listing: young files, intents, merge
+            if _has_young_files(infos, now - grace):
                 continue
-            merged += compact_partition(wh, spec, folder, target_bytes)
+            merged += compact_partition(wh, spec, folder, target_bytes, infos)
         except Exception as exc:  # one bad partition must not stop the others' compaction
             log.error("compaction of %s failed: %s; its files are unchanged", folder, exc)
             failed.append(folder)
     if failed:
         raise CompactionFailed(failed, merged)
+    if not stopped and tables is None and service is None and (resume or lookback is None):
+        _record_pass(wh, now)
     return merged
 
 
-def _has_young_files(wh: Warehouse, folder: str, cutoff: datetime) -> bool:
+def _has_young_files(infos: list[pafs.FileInfo], cutoff: datetime) -> bool:
     """A file written after ``cutoff`` means a flush (late data, replay) may still be landing."""
-    for info in list_folder(wh, folder):
-        if _visible(info) and info.mtime is not None:
-            mtime = info.mtime if info.mtime.tzinfo else info.mtime.replace(tzinfo=UTC)
-            if mtime > cutoff:
-                return True
-    return False
+    return any(_visible(i) and i.mtime is not None and _mtime(i) > cutoff for i in infos)
+
+
+# --- where the next pass resumes ----------------------------------------------------------------
+
+#: ``<warehouse>/_compaction/last-pass.json``: hidden from the tables by its ``_`` prefix, like
+#: the ledger's heartbeats (``_ledger/_nodes/``), and written the same way (one atomic put).
+STATE_DIR = "_compaction"
+LAST_PASS = "last-pass.json"
+#: A resumed pass looks back at most this far (a pause this long is an incident: the hours
+#: before it need ``logq-aggregator compact --all`` or ``--lookback-hours``).
+MAX_RESUME_LOOKBACK = timedelta(days=30)
+
+
+def _last_pass_path(wh: Warehouse) -> str:
+    return wh.path(STATE_DIR, LAST_PASS)
+
+
+def last_pass(wh: Warehouse) -> datetime | None:
+    """When the last completed pass over the whole warehouse started (its ``now``: every hour
+    closed by then was considered), or None (never, or the record is unreadable)."""
+    path = _last_pass_path(wh)
+    try:
+        with wh.fs.open_input_stream(path) as fh:
+            doc = json.loads(fh.read().decode("utf-8"))
+        return datetime.fromtimestamp(float(doc["covered_through"]), UTC)
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError) as exc:
+        log.warning("ignoring the unreadable compaction record %s: %s", path, exc)
+        return None
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"reading {path} in {wh.uri} failed: {exc}") from exc
+
+
+def _record_pass(wh: Warehouse, now: datetime) -> None:
+    """Note a completed pass (whole or not at all: :func:`put_bytes`). Failing to is only
+    logged: the next pass then looks back further than it needs to, which is safe."""
+    doc = {"covered_through": now.timestamp(), "finished": time.time()}
+    try:
+        put_bytes(wh, _last_pass_path(wh), (json.dumps(doc) + "\n").encode("utf-8"))
+    except StorageError as exc:
+        log.warning("could not record the completed compaction pass: %s", exc)
+
+
+def resume_lookback(wh: Warehouse, now: datetime, base: timedelta = DEFAULT_LOOKBACK) -> timedelta:
+    """``base`` before the last completed pass, counted from ``now`` (``base`` if there was
+    none or it is recent), so that the hours of a pause are not skipped; at most
+    :data:`MAX_RESUME_LOOKBACK`, with a WARNING naming what is left out."""
+    last = last_pass(wh)
+    if last is None or last >= now:
+        return base
+    wanted = now - last + base
+    if wanted <= base:
+        return base
+    if wanted > MAX_RESUME_LOOKBACK:
+        log.warning(
+            "the last completed compaction pass started at %s; this one looks back only %s: "
+            "hours that ended before %s are not compacted (run `logq-aggregator compact --all` "
+            "or --lookback-hours for them)",
+            last.isoformat(timespec="seconds"),
+            MAX_RESUME_LOOKBACK,
+            (now - MAX_RESUME_LOOKBACK).isoformat(timespec="seconds"),
+        )
+        return MAX_RESUME_LOOKBACK
+    if now - last > base:
+        log.info(
+            "the last completed compaction pass started at %s: looking back %.0f hours",
+            last.isoformat(timespec="seconds"),
+            wanted.total_seconds() / 3600,
+        )
+    return wanted
 
 
 def _check_exists(wh: Warehouse) -> None:
@@ -572,6 +687,12 @@ def _check_exists(wh: Warehouse) -> None:
         raise WarehouseError(
             f"the warehouse {wh.uri} does not exist (no {what} {where}); check --warehouse"
         )
+
+
+def _lookback(every: bool, hours: float | None) -> timedelta | None:
+    if every:
+        return None
+    return DEFAULT_LOOKBACK if hours is None else timedelta(hours=hours)
 
 
 def compact_main(argv: list[str]) -> int:
@@ -597,8 +718,8 @@ def compact_main(argv: list[str]) -> int:
     parser.add_argument(
         "--lookback-hours",
         type=float,
-        default=DEFAULT_LOOKBACK.total_seconds() / 3600,
-        help="only hours that ended within this many hours (48)",
+        help="only hours that ended within this many hours (default: 48 before the last "
+        "completed pass, at least 48, at most 30 days)",
     )
     parser.add_argument("--all", action="store_true", help="every closed hour, however old")
     parser.add_argument(
@@ -612,6 +733,8 @@ def compact_main(argv: list[str]) -> int:
         ("--grace-minutes", args.grace_minutes, 7 * 24 * 60),
         ("--lookback-hours", args.lookback_hours, 10 * 366 * 24),
     ):
+        if value is None:
+            continue
         if not (math.isfinite(value) and 0 <= value <= most):
             parser.error(f"{flag} must be a number from 0 to {most}, got {value}")
     from aggregator import logs
@@ -633,9 +756,10 @@ def compact_main(argv: list[str]) -> int:
             wh,
             target,
             grace=timedelta(minutes=args.grace_minutes),
-            lookback=None if args.all else timedelta(hours=args.lookback_hours),
+            lookback=_lookback(args.all, args.lookback_hours),
             tables=args.table,
             service=args.service,
+            resume=args.lookback_hours is None and not args.all,
         )
     except (ConfigError, WarehouseError, StorageError, OSError) as exc:
         print(f"logq-aggregator compact: {exc}", file=sys.stderr)
@@ -644,4 +768,10 @@ def compact_main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["compact_main", "compact_partition", "compact_warehouse"]
+__all__ = [
+    "compact_main",
+    "compact_partition",
+    "compact_warehouse",
+    "last_pass",
+    "resume_lookback",
+]

@@ -40,9 +40,11 @@ log = logging.getLogger("logq.aggregator.ledger")
 
 LEDGER_DIR = "_ledger"
 NODES_DIR = "_nodes"
-#: Ledger hours older than this are deleted by each compaction pass (a replay needs
-#: only the objects written since its oldest buffer segment).
+#: Ledger hours older than this are deleted by each compaction pass, and hourly by an aggregator
+#: that does not compact (a replay needs only the objects written since its oldest segment).
 RETENTION = timedelta(days=7)
+#: How often an aggregator without ``--compact-interval`` runs :func:`expire_unless_held`.
+EXPIRY_INTERVAL_S = 3600.0
 #: A peer whose heartbeat is older than this many of its flush intervals (plus a minute) is down.
 STALE_INTERVALS = 10
 STALE_GRACE_S = 60.0
@@ -272,4 +274,28 @@ def expire_ledger(warehouse: Warehouse, now: datetime | None = None) -> int:
         if info.type == pafs.FileType.Directory and old:
             warehouse.fs.delete_dir(info.path)
             removed += 1
+    return removed
+
+
+def expire_unless_held(warehouse: Warehouse, node_id: str, now: float | None = None) -> int | None:
+    """Expire the ledger (:func:`expire_ledger`) if ``node_id`` may: the number of hours
+    removed, or None when it must not (logged).
+
+    The ledger is what a replay reads, so it is expired under the rule that guards compaction
+    (:func:`compaction_blocker`), not only by whoever compacts: while a node that stopped
+    without writing out its buffer is neither back nor drained (stale heartbeat), nothing is
+    deleted, since its replay, however late, reads the peers' entries written since its oldest
+    segment and its own ones (to skip segments already written). Expiring only this node's own
+    entries would not be safer: a down peer's replay needs them. Of the live nodes, only the
+    one with the smallest id expires, as it would compact.
+    """
+    now = time.time() if now is None else now
+    hold = compaction_blocker(read_heartbeats(warehouse), node_id, now)
+    if hold is not None:
+        if hold.peer_down:
+            log.warning("ledger expiry deferred: %s", hold.reason)
+        return None
+    removed = expire_ledger(warehouse, datetime.fromtimestamp(now, UTC))
+    if removed:
+        log.info("deleted %d ledger hours older than %s", removed, RETENTION)
     return removed

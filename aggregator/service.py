@@ -631,8 +631,11 @@ class Aggregator:
                 await asyncio.to_thread(self.catalog.resync)
 
     async def _compact_loop(self) -> None:
+        """Every ``--compact-interval``: a compaction pass, resumed from the last completed one
+        (hours a pause outlived are compacted too). Off: only the hourly ledger expiry."""
         interval = self.settings.compact_interval
         if interval <= 0:
+            await self._ledger_expiry_loop()
             return
         from aggregator.compaction import CompactionFailed, compact_warehouse
 
@@ -649,6 +652,7 @@ class Aggregator:
                     self.warehouse,
                     self.settings.target_file_bytes,
                     hold=self._hold_checker(),
+                    resume=True,
                 )
                 self.metrics.compacted_files.inc(merged)
             except CompactionFailed as exc:
@@ -656,6 +660,22 @@ class Aggregator:
                 log.warning("%s; it will run again in %.0fs", exc, interval)
             except Exception as exc:
                 log.warning("compaction failed (%s); it will run again in %.0fs", exc, interval)
+
+    async def _ledger_expiry_loop(self) -> None:
+        """Without compaction nothing else deletes old ledger hours (``_ledger/`` would grow
+        by an object per segment per node for ever): expire them hourly, under the rule that
+        guards compaction (:func:`aggregator.ledger.expire_unless_held`)."""
+        from aggregator.ledger import EXPIRY_INTERVAL_S, expire_unless_held
+
+        assert self.ledger is not None
+        while True:
+            await asyncio.sleep(EXPIRY_INTERVAL_S)
+            try:
+                await asyncio.to_thread(expire_unless_held, self.warehouse, self.ledger.node_id)
+            except Exception as exc:
+                log.warning(
+                    "ledger expiry failed (%s); it will run again in %.0fs", exc, EXPIRY_INTERVAL_S
+                )
 
     def _compaction_hold(self) -> CompactionHold | None:
         assert self.ledger is not None

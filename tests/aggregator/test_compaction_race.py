@@ -22,6 +22,7 @@ import pytest
 import aggregator.compaction as compaction
 import aggregator.storage as storage
 from aggregator.compaction import (
+    INTENT_PREFIX,
     CompactionFailed,
     compact_partition,
     compact_warehouse,
@@ -369,7 +370,9 @@ def test_two_compactor_processes_at_once(tmp_path: Path, subprocess_env: dict[st
         errs = [p.communicate(timeout=120)[1] for p in procs]
         assert [p.returncode for p in procs] == [0, 0], errs
         assert rows(uri) == before, errs
-        leftovers = [p.name for p in Path(uri).rglob("*") if p.name.startswith(("_comp", "."))]
+        leftovers = [
+            p.name for p in Path(uri).rglob("*") if p.name.startswith((INTENT_PREFIX, "."))
+        ]
         assert leftovers == [], errs
 
 
