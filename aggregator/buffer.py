@@ -6,6 +6,7 @@ Layout of ``--buffer-dir``::
     node-id                 random id of this instance, prefix of every object key it writes
     last-seq                highest segment number ever opened (numbers are never reused)
     offsets.json            highest (source_id -> offset) committed to the warehouse (dedup.py)
+    offsets.journal         the marks each flush raised since offsets.json was written
     0000000000000007.seg    segments, in order; the highest is the one being appended to
     spill/                  parsed rows of the segment being flushed (spill.py), scratch space
     flushing/               object keys of the segment being flushed (flusher.py)

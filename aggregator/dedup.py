@@ -9,26 +9,76 @@ the first occurrence of its ``(source_id, offset)`` in the batch. Records withou
 (Fluent Bit, fluent-logger …) are not deduplicated here; a resent message of theirs is
 recognised by its ``chunk`` id when it arrives (:mod:`aggregator.chunks`).
 
-The high-water marks are saved (tmp, fsync, rename) *after* the batch's Parquet objects are
-committed and *before* the buffer segment is deleted, so a crash at any point either replays the
-segment with the old marks (rewriting the same object keys with the same rows) or finds every
-row already committed. Sources unseen for ``retention_s`` are forgotten so the file stays small.
+The high-water marks are saved durably *after* the batch's Parquet objects are committed and
+*before* the buffer segment is deleted, so a crash at any point either replays the segment with
+the old marks (rewriting the same object keys with the same rows) or finds every row already
+committed.
+
+Why a snapshot plus a journal. A source id is ``host:inode:fingerprint``, so every rotated file is
+a new source: an aggregator remembers hundreds of thousands of them (~33k new a day at the
+documented sizing, kept 14 days). Rewriting them all at every flush cost seconds and tens of MB
+per flush, and ``json.dumps`` of the whole map held the GIL, stalling acks. So a flush appends
+only the marks it changed to ``offsets.journal`` (one checksummed record ``[u32 length][u32
+crc32][JSON list of [source, offset, seen]]``, fsync'd, the same framing as buffer segments);
+the snapshot ``offsets.json`` (the same JSON object as before: ``{source: [offset, seen]}``) is
+rewritten only when the journal outgrows it (or :data:`JOURNAL_MIN_BYTES`) and at a clean stop,
+in chunks that let other threads run. Loading reads the snapshot then replays the journal;
+merging takes the highest offset and latest time, so a replay is idempotent (a crash between a
+snapshot's rename and the journal's truncation replays marks the snapshot already holds). A torn
+last journal record is a save cut by a crash: its segment was not deleted, so the record is
+dropped (and cut off the file) and the segment is replayed with the older marks. A directory
+with only an ``offsets.json`` (an earlier version) loads as before.
+
+A flush advances a :meth:`OffsetState.fork`: an overlay of the marks its segment raised over the
+live map (nothing copied, so a flush costs what its segment changed, not what is remembered);
+:meth:`OffsetState.adopt` merges the overlay once the segment is committed. The overlay reads
+through to the live map, which is safe because one buffer's segments are flushed one at a time
+and in order (service.py ``_flush_lock``), as the high-water rule requires anyway. Adopting
+merges (highest offset wins) rather than replacing the map, so no fork can lower a mark.
+
+Why 14 days (:data:`DEFAULT_RETENTION_S`). Sources unseen that long are forgotten at snapshot
+time. A mark only matters when a shipper resends lines this aggregator already committed, and
+the shipper resends from its checkpoint (shipper/checkpoint.py: the last *acknowledged* offset
+per file, kept as long as the file exists). A host cut off or powered off, or all aggregators
+down (docs/operations.md section 1-2: "the log files are the buffer"), delays that resend by the
+length of the outage, which nothing in the aggregator bounds: only the hosts' log retention does.
+A shorter retention would turn a long outage's resend into duplicates; at ~100 bytes a source
+the 14 days cost ~45 MB of disk and ~150 MB of memory at the documented sizing
+(bench/offsets.py), and no longer any per-flush cost, so the retention stays.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import itertools
+import logging
 import os
+import struct
+import threading
 import time
+import zlib
 from pathlib import Path
+from typing import BinaryIO
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aggregator.durable import write_atomic
+from aggregator.durable import atomic_file, fsync_dir
+
+log = logging.getLogger("logq.aggregator.dedup")
 
 DEFAULT_RETENTION_S = 14 * 24 * 3600
+#: The journal is folded into a new snapshot once it is larger than the snapshot and than this.
+JOURNAL_MIN_BYTES = 8 << 20
+#: Sources encoded at once when a snapshot is written (each part lets other threads run).
+SNAPSHOT_CHUNK = 10_000
+
+_HEADER = struct.Struct(">II")
+_Mark = tuple[int, float]
+_SNAPSHOT_TYPE = dict[str, tuple[int, float]]
+_RECORD_TYPE = list[tuple[str, int, float]]
 
 
 def _increasing_per_source(keyed: pa.Array, row_source: pa.Array, offset: pa.Array) -> bool:
@@ -41,33 +91,130 @@ def _increasing_per_source(keyed: pa.Array, row_source: pa.Array, offset: pa.Arr
     return bool(np.all(~same_source | (offsets[1:] > offsets[:-1])))
 
 
-class OffsetState:
-    """``source_id -> (highest committed offset, last seen unix time)``, persisted as JSON."""
+def _merge(current: _Mark | None, offset: int, seen: float) -> _Mark:
+    """The higher offset and the later time (marks only rise; merging twice changes nothing)."""
+    if current is None:
+        return (offset, seen)
+    return (max(offset, current[0]), max(seen, current[1]))
 
-    def __init__(self, path: str | os.PathLike[str], retention_s: float = DEFAULT_RETENTION_S):
+
+def journal_path(snapshot: Path) -> Path:
+    """``<dir>/offsets.json`` -> ``<dir>/offsets.journal``."""
+    return snapshot.with_name(f"{snapshot.stem}.journal")
+
+
+class OffsetState:
+    """``source_id -> (highest committed offset, last seen unix time)``: a JSON snapshot plus an
+    append-only journal of the marks each flush changed (see the module docstring).
+
+    A state made by :meth:`fork` is an overlay: it reads through to its base and holds only the
+    marks raised since; it is never saved itself, only adopted by its base.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        retention_s: float = DEFAULT_RETENTION_S,
+        journal_min_bytes: int = JOURNAL_MIN_BYTES,
+    ):
         self.path = Path(path)
+        self.journal = journal_path(self.path)
         self.retention_s = retention_s
-        self._marks: dict[str, tuple[int, float]] = {}
+        self.journal_min_bytes = journal_min_bytes
+        self._marks: dict[str, _Mark] = {}
+        """The base's map; a fork's marks raised since it was made."""
+        self._base: OffsetState | None = None
+        self._dirty: dict[str, _Mark] = {}
+        """Marks changed since the last save (the next journal record)."""
+        self._lock = threading.RLock()
+        """Serialises changes to the map with saves (two flush threads may share the base)."""
+        self._journal_bytes = 0
+        self._snapshot_bytes = 0
+
+    # --- loading --------------------------------------------------------------------------
 
     def load(self) -> OffsetState:
+        """Read the snapshot, then replay the journal (a torn last record is cut off)."""
         try:
-            raw = json.loads(self.path.read_text(encoding="utf-8"))
+            data = self.path.read_bytes()
+            self._snapshot_bytes = len(data)
+            snapshot = msgspec.json.decode(data, type=_SNAPSHOT_TYPE)
         except FileNotFoundError:
-            return self
-        except (OSError, ValueError) as exc:
+            snapshot = {}
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise OSError(
                 f"{self.path} is unreadable ({exc}); restore it or delete it (resent lines "
                 "may then be stored twice)"
             ) from exc
-        self._marks = {str(k): (int(v[0]), float(v[1])) for k, v in raw.items()}
+        self._marks = snapshot  # decoded as (int, float) tuples: no second copy
+        self._replay_journal()
         return self
 
+    def _replay_journal(self) -> None:
+        if not self.journal.exists():
+            return
+        with open(self.journal, "r+b") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            pos = 0
+            while pos + _HEADER.size <= size:
+                length, crc = _HEADER.unpack(fh.read(_HEADER.size))
+                if length > size - pos - _HEADER.size:
+                    break  # torn: the record claims more bytes than the file holds
+                payload = fh.read(length)
+                end = pos + _HEADER.size + length
+                if zlib.crc32(payload) != crc or not self._apply(payload):
+                    if not _valid_record_at(fh, end, size):
+                        break
+                    log.error(
+                        "%s: the record at offset %d (%d bytes) is damaged though records "
+                        "follow it (disk damage): its marks are lost, so lines its sources "
+                        "resend may be stored twice (check the disk)",
+                        self.journal,
+                        pos,
+                        end - pos,
+                    )
+                pos = end
+            if pos < size:
+                log.warning(
+                    "%s: cutting off %d bytes of a torn record at offset %d (a save cut by a "
+                    "crash: its segment is replayed with the older marks)",
+                    self.journal,
+                    size - pos,
+                    pos,
+                )
+                fh.truncate(pos)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._journal_bytes = pos
+
+    def _apply(self, payload: bytes) -> bool:
+        """Merge one journal record's marks; False if it does not decode."""
+        if not payload:
+            return True  # a zero-filled tail reads as empty records: nothing in them
+        try:
+            entries = msgspec.json.decode(payload, type=_RECORD_TYPE)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        marks = self._marks
+        for sid, offset, seen in entries:
+            marks[sid] = _merge(marks.get(sid), offset, seen)
+        return True
+
+    # --- reading --------------------------------------------------------------------------
+
     def __len__(self) -> int:
-        return len(self._marks)
+        if self._base is None:
+            return len(self._marks)
+        return len(self._base) + sum(1 for s in self._marks if self._base.get(s) is None)
 
     def get(self, source_id: str) -> int | None:
         mark = self._marks.get(source_id)
-        return None if mark is None else mark[0]
+        if self._base is None:
+            return None if mark is None else mark[0]
+        below = self._base.get(source_id)
+        if mark is None:
+            return below
+        return mark[0] if below is None else max(mark[0], below)
 
     def keep_mask(self, source_id: pa.Array, offset: pa.Array) -> pa.Array:
         """Boolean mask of the rows to keep (see the module docstring for the rule)."""
@@ -90,16 +237,23 @@ class OffsetState:
         first = pc.is_in(idx, value_set=firsts["i_min"])
         return pc.or_(pc.invert(keyed), pc.and_(above, first))
 
+    # --- changing -------------------------------------------------------------------------
+
     def fork(self) -> OffsetState:
-        """An in-memory copy to advance while a segment is flushed (:meth:`adopt` it once the
-        segment is committed; a failed flush just drops it)."""
-        copy = OffsetState(self.path, self.retention_s)
-        copy._marks = dict(self._marks)
-        return copy
+        """An overlay to advance while a segment is flushed (:meth:`adopt` it once the segment
+        is committed; a failed flush just drops it). Nothing is copied: it reads through."""
+        overlay = OffsetState(self.path, self.retention_s, self.journal_min_bytes)
+        overlay._base = self
+        return overlay
 
     def adopt(self, other: OffsetState) -> None:
-        """Take the marks of a fork whose rows are now committed."""
-        self._marks = dict(other._marks)
+        """Merge the marks of a fork whose rows are now committed (saved by :meth:`save`)."""
+        if other._base is not self:
+            raise ValueError("adopt() takes a fork of this state")
+        with self._lock:
+            for sid, (offset, seen) in other._marks.items():
+                self._raise(sid, offset, seen)
+        other._marks = {}
 
     def advance(self, source_id: pa.Array, offset: pa.Array) -> None:
         """Raise the marks to the highest offsets of the kept rows (call after the commit)."""
@@ -110,13 +264,106 @@ class OffsetState:
             return
         now = time.time()
         maxima = table.group_by("s", use_threads=False).aggregate([("o", "max")])
-        for sid, off in zip(maxima["s"].to_pylist(), maxima["o_max"].to_pylist(), strict=True):
-            current = self.get(sid)
-            self._marks[sid] = (off if current is None else max(off, current), now)
+        with self._lock:
+            for sid, off in zip(maxima["s"].to_pylist(), maxima["o_max"].to_pylist(), strict=True):
+                self._raise(sid, off, now)
+
+    def _raise(self, sid: str, offset: int, seen: float) -> None:
+        mark = _merge(self._marks.get(sid), offset, seen)
+        self._marks[sid] = mark
+        if self._base is None:
+            self._dirty[sid] = mark
+
+    # --- saving ---------------------------------------------------------------------------
 
     def save(self) -> None:
-        """Persist atomically (tmp, fsync, rename, fsync dir), forgetting stale sources."""
-        cutoff = time.time() - self.retention_s
-        self._marks = {k: v for k, v in self._marks.items() if v[1] >= cutoff}
-        doc = {k: [v[0], v[1]] for k, v in self._marks.items()}
-        write_atomic(self.path, json.dumps(doc).encode("utf-8"))
+        """Make the marks changed since the last save durable: one fsync'd journal record, or
+        a new snapshot when the journal has outgrown it (see the module docstring)."""
+        if self._base is not None:
+            raise ValueError("a fork is not saved: adopt() it into its base")
+        with self._lock:
+            if not self._dirty:
+                return
+            payload = msgspec.json.encode([(sid, *mark) for sid, mark in self._dirty.items()])
+            record = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+            bound = max(self.journal_min_bytes, self._snapshot_bytes)
+            if self._journal_bytes + len(record) > bound:
+                self.snapshot()
+                return
+            created = not self.journal.exists()
+            with open(self.journal, "ab") as fh:
+                start = fh.tell()
+                try:
+                    fh.write(record)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                except BaseException:
+                    # A half-written record (disk full) would read as damage once the next
+                    # one follows it: cut it off; the marks stay dirty for the next save.
+                    with contextlib.suppress(OSError):
+                        fh.truncate(start)
+                    raise
+            if created:
+                fsync_dir(self.journal.parent)
+            self._journal_bytes = start + len(record)
+            self._dirty.clear()
+
+    def snapshot(self) -> None:
+        """Rewrite ``offsets.json`` with every mark, forgetting sources unseen for
+        ``retention_s``, then empty the journal. Encoded in parts of :data:`SNAPSHOT_CHUNK`
+        sources, so the event loop gets the GIL between them."""
+        if self._base is not None:
+            raise ValueError("a fork is not saved: adopt() it into its base")
+        with self._lock:
+            cutoff = time.time() - self.retention_s
+            expired: list[str] = []
+            encoder = msgspec.json.Encoder()
+            items = iter(self._marks.items())  # changed only under the lock, held here
+            with atomic_file(self.path) as fh:
+                fh.write(b"{")
+                first = True
+                while part := list(itertools.islice(items, SNAPSHOT_CHUNK)):
+                    keep = {}
+                    for sid, mark in part:
+                        if mark[1] < cutoff:
+                            expired.append(sid)
+                        else:
+                            keep[sid] = mark
+                    if keep:
+                        body = encoder.encode(keep)[1:-1]
+                        fh.write(body if first else b"," + body)
+                        first = False
+                    time.sleep(0)  # hand the GIL over between parts
+                fh.write(b"}")
+                size = fh.tell()
+            for sid in expired:
+                del self._marks[sid]
+            self._snapshot_bytes = size
+            self._dirty.clear()
+            if self._journal_bytes or self.journal.exists():
+                with open(self.journal, "r+b") as jh:
+                    jh.truncate(0)
+                    jh.flush()
+                    os.fsync(jh.fileno())
+            self._journal_bytes = 0
+            if expired:
+                log.info("forgot %d sources unseen for %.0f s", len(expired), self.retention_s)
+
+    def close(self) -> None:
+        """At a clean stop: fold the journal into the snapshot (the next start reads one file)."""
+        with self._lock:
+            if self._dirty or self._journal_bytes:
+                self.snapshot()
+
+
+def _valid_record_at(fh: BinaryIO, at: int, size: int) -> bool:
+    """Whether a whole journal record with a good checksum starts at ``at``; ``fh`` is left
+    there."""
+    fh.seek(at)
+    try:
+        if at + _HEADER.size > size:
+            return False
+        length, crc = _HEADER.unpack(fh.read(_HEADER.size))
+        return length <= size - at - _HEADER.size and zlib.crc32(fh.read(length)) == crc
+    finally:
+        fh.seek(at)

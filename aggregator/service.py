@@ -397,6 +397,11 @@ class Aggregator:
                 await task
         await self.buffer.close()
         ok = await self._flush_sealed(deadline=time.monotonic() + SHUTDOWN_FLUSH_SECONDS)
+        if self.flusher is not None:  # one offsets file for the next start (dedup.py)
+            try:
+                await asyncio.to_thread(self.flusher.offsets.close)
+            except OSError as exc:  # the journal still holds every mark: nothing is lost
+                log.warning("could not fold the offsets journal into offsets.json: %s", exc)
         if self._catalog_task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._catalog_task, timeout=CATALOG_STOP_SECONDS)
