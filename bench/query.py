@@ -15,6 +15,12 @@ that module cannot be imported, with pyarrow in the same layout. Then prints:
   it (time and peak RSS): ``--limit`` must stop fetching, not slice a whole result.
 
 Usage: ``python bench/query.py [--rows N] [--warehouse DIR] [--reuse] [--repeat N]``.
+
+``--files N [--old-share F]``: instead, a warehouse of N tiny envoy_access files (100 services,
+one file per service-hour, as compaction leaves them), a share F of them (the oldest hours) of an
+older schema version without ``upstream_host`` and ``x_forwarded_for``; prints wall time and peak
+RSS of ``logq errors``, ``logq upstreams`` (reads a column the old files lack) and
+``logq sql "SELECT count(*) ..."`` over all of them: the local engine's cost per file.
 """
 
 from __future__ import annotations
@@ -156,7 +162,11 @@ def main() -> int:
     ap.add_argument("--warehouse", default=None, help="directory (default: a temp dir, removed)")
     ap.add_argument("--reuse", action="store_true", help="query an existing --warehouse as is")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--files", type=int, default=0, help="many-files mode: this many files")
+    ap.add_argument("--old-share", type=float, default=0.0, help="--files: old-schema share")
     args = ap.parse_args()
+    if args.files:
+        return many_files(args.files, args.old_share, args.warehouse)
 
     tmp = None
     uri = args.warehouse
@@ -173,6 +183,65 @@ def main() -> int:
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def many_files(count: int, old_share: float, uri: str | None) -> int:
+    """The ``--files`` mode: build the warehouse (hard links to two 3-row templates), time
+    three commands over every file, remove it (unless ``--warehouse`` was given)."""
+    import pyarrow.parquet as pq
+
+    from athena.schema import DT_FORMAT
+
+    services = min(100, count)
+    hours = -(-count // services)
+    root = Path(uri or tempfile.mkdtemp(prefix="logq-bench-files-"))
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    try:
+        schema = ENVOY_ACCESS.arrow_schema()
+        table = service_table(
+            "svc", 3, int(now.timestamp() * 1000) - 1000, 1, np.random.default_rng(1)
+        )
+        table = table.drop_columns(["service"]).cast(schema)
+        root.mkdir(parents=True, exist_ok=True)
+        current, old = root / "template-current.parquet", root / "template-old.parquet"
+        pq.write_table(table, current)
+        pq.write_table(table.drop_columns(["upstream_host", "x_forwarded_for"]), old)
+        first_old = hours - int(hours * old_share)  # hours ago from which files are old
+        made = 0
+        for s in range(services):
+            for h in range(1, hours + 1):
+                if made == count:
+                    break
+                dt = (now - timedelta(hours=h)).strftime(DT_FORMAT)
+                folder = root / "envoy_access" / f"service=svc{s:03d}" / f"dt={dt}"
+                folder.mkdir(parents=True, exist_ok=True)
+                os.link(old if h > first_old else current, folder / f"c-{s}-{h}.parquet")
+                made += 1
+        print(f"{made:,} files ({services} services x {hours} h, "
+              f"{old_share:.0%} old schema) at {root}")  # fmt: skip
+        logq = str(Path(sys.executable).with_name("logq"))
+        env = {**os.environ, "LOGQ_WAREHOUSE": str(root)}
+        since = f"{hours + 1}h"
+        commands = [
+            ["errors", "--since", since],
+            ["upstreams", "--since", since],
+            ["sql", "SELECT count(*) AS n FROM envoy_access", "--since", since],
+        ]
+        for args in commands:
+            started = time.perf_counter()
+            quiet = subprocess.DEVNULL
+            proc = subprocess.Popen(
+                [logq, *args, "-f", "json"], env=env, stdout=quiet, stderr=quiet
+            )
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - started
+            shown = " ".join(a if " " not in a else repr(a) for a in args)
+            print(f"  logq {shown:<58} {wall:7.1f} s  peak RSS {usage.ru_maxrss // 1024:5} MiB"
+                  f"{'' if status == 0 else f'  (exit status {status})'}")  # fmt: skip
+    finally:
+        if uri is None:
+            shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

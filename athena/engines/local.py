@@ -11,6 +11,28 @@ statement reads becomes a DuckDB view over exactly the files :func:`athena.parti
 
 ``service`` and ``dt`` come from the Hive-style folder names, as they do on Athena.
 
+Local files are read by column name against the *first* file's schema, not with
+``union_by_name``. With ``union_by_name = true`` DuckDB reads and keeps every file's footer when
+the view is bound, and a view is bound again at each reference to it (``logq errors`` reads its
+table twice): about 110 KB per file and reference, ``logq errors --since 10d`` over 24,000 files
+peaked at 2.7 GB. Against the first file, binding reads one footer and the scan opens the
+others one at a time: 0.41 GB for the same query, and about twice as fast. The view names every
+column of :func:`full_schema`, so files of an older schema version (the writer only ever *adds*
+columns, Athena follows with ``ADD COLUMNS``) cannot go unnoticed: if the first file lacks a
+column, binding the view fails; if a later one does, DuckDB fails with "schema mismatch" when a
+query reads that column; a column whose type changed fails its cast. Any of these runs the query
+again with that table read ``union_by_name`` (the missing column NULL): mixed tables pay the old
+price, uniform ones (what the writer produces) do not. The newest hour's files go first, so
+that only queries that read a column the old files lack pay it (see :meth:`LocalEngine._register`).
+Nothing is printed before the result is complete (``--limit`` included), so the second run shows
+only in the time taken.
+
+Weighed and left: one view per schema version (knowing a file's schema means reading its
+footer, the cost avoided), ``parquet_metadata_cache`` (it keeps the footers: the memory avoided)
+and materialising the footers once per query (still every footer in memory). Past
+:data:`MANY_FILES` files a query warns on stderr and suggests ``--service`` or a shorter
+``--since``; it still runs.
+
 Once the views exist the connection is locked down (:func:`_sandbox`): DuckDB may then open only
 the Parquet files the views read, cannot load extensions and cannot change a setting. ``logq sql``
 runs statements people type (or paste), and DuckDB's SQL can read any file (``read_text``), write
@@ -19,6 +41,7 @@ files (``COPY ... TO``) and attach databases; the engine answers queries over th
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,6 +49,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from athena.engines.result import EngineError, QueryResult, ScanBudgetError
 
 T = TypeVar("T")
+#: Past this many Parquet files, a local query says on stderr how to make it smaller. It still
+#: runs: DuckDB needs a few tens of KB per file and a second or so per thousand files.
+MANY_FILES = 20_000
 #: After Ctrl-C, how long to wait for DuckDB to stop the query before exiting anyway.
 INTERRUPT_WAIT_SECONDS = 5.0
 
@@ -85,6 +111,20 @@ def _bad_file(exc: Exception, files: list[str]) -> str | None:
     return max(named, key=len) if named else None
 
 
+def _schema_mismatch(exc: Exception) -> bool:
+    """Whether ``exc`` is DuckDB finding a file whose columns differ from the first file's: one
+    lacking a column ("schema mismatch in glob") or holding it with another type (its cast
+    failed while reading the file). Neither is damage: the table is read ``union_by_name``."""
+    import duckdb
+
+    text = str(exc)
+    if isinstance(exc, duckdb.InvalidInputException) and "schema mismatch" in text:
+        return True
+    return isinstance(exc, duckdb.ConversionException) and (
+        "failed to cast column" in text and "reading file" in text
+    )
+
+
 def unreadable_file(path: str, exc: Exception) -> EngineError:
     """One line naming the file and what to do; DuckDB's reason without the path repeated (the
     path can be long, and the message is cut at about 400 characters)."""
@@ -142,6 +182,9 @@ class LocalEngine:
         # The SQL is Athena's (Trino): an integer divided by an integer is an integer there,
         # truncated toward zero (7/2 = 3, count_if(...)*100/count(*) a whole percent).
         con.execute("SET integer_division = true")
+        # DuckDB draws a progress bar on stdout for queries past 2 s when it thinks it runs
+        # interactively (``python -c``, notebooks): it would land in the JSON/CSV output.
+        con.execute("SET enable_progress_bar = false")
         return con
 
     def _file_error(self, path: str, exc: Exception) -> Exception:
@@ -161,12 +204,24 @@ class LocalEngine:
         table: str,
         parts: list[Partition],
         rows: TimeRange | None = None,
+        by_name: bool = False,
     ) -> None:
         """``table`` as a view of ``parts``; with ``rows``, only rows with a ``timestamp`` in it
-        (partitions are whole hours, ``logq sql --since 15m`` means the last 15 minutes)."""
+        (partitions are whole hours, ``logq sql --since 15m`` means the last 15 minutes).
+
+        Local files are matched to the first file's columns unless ``by_name`` (DuckDB's
+        ``union_by_name``, for tables that mix schema versions: see the module docstring);
+        :class:`_MixedSchemas` when the first file lacks a column of the table."""
         import pyarrow as pa
 
         schema = full_schema(table)
+        # The newest hour first: DuckDB takes the first file's columns, and files of an older
+        # schema version are the older ones. So queries that do not read the columns they lack
+        # stay on the cheap path, and those that do fail early: each service's oldest files
+        # come first after it (the partitions are in service, dt order).
+        if parts:
+            first = max(range(len(parts)), key=lambda i: parts[i].dt)
+            parts = [parts[first], *parts[:first], *parts[first + 1 :]]
         files = [f.path for p in parts for f in p.files]
         if not files:
             con.register(table, pa.Table.from_batches([], schema=schema))
@@ -181,12 +236,20 @@ class LocalEngine:
             import duckdb
 
             listing = ", ".join(_sql_str(f) for f in files)
-            try:  # union_by_name reads every file's footer here: a damaged file fails now
+            columns = ", ".join(f'"{name}"' for name in schema.names)
+            try:  # binding reads the first footer (all of them by_name): a damaged one fails now
                 con.execute(
-                    f'CREATE OR REPLACE TEMP VIEW "{table}" AS SELECT * FROM read_parquet('
-                    f"[{listing}], hive_partitioning = true, union_by_name = true, "
+                    f'CREATE OR REPLACE TEMP VIEW "{table}" AS SELECT {columns} FROM read_parquet('
+                    f"[{listing}], hive_partitioning = true, "
+                    f"union_by_name = {str(by_name).lower()}, "
                     "hive_types = {'service': VARCHAR, 'dt': VARCHAR})" + where
                 )
+            except duckdb.BinderException as exc:
+                if by_name:
+                    raise EngineError(
+                        f"DuckDB could not read the {table} files: {_one_line(str(exc))}"
+                    ) from exc
+                raise _MixedSchemas(table) from exc  # our own SQL: the first file lacks a column
             except duckdb.Error as exc:
                 bad = _bad_file(exc, files)
                 if bad is not None:
@@ -252,17 +315,24 @@ class LocalEngine:
             from athena.schema import TABLES
 
             scopes = {name: self.plan(name, None, None) for name in tables_of(sql) & set(TABLES)}
-        for attempt in range(_ATTEMPTS):
+        _warn_if_many(scopes)
+        by_name: set[str] = set()  # tables found to mix schema versions: read union_by_name
+        attempt = 0
+        while True:
             try:
-                return self._run_once(sql, params, scopes, rows, explain, max_rows)
+                return self._run_once(sql, params, scopes, rows, explain, max_rows, by_name)
+            except _MixedSchemas as mixed:
+                if mixed.tables <= by_name:  # cannot happen (read by name, no mismatch): no loop
+                    raise EngineError(f"DuckDB could not read the {mixed} files") from mixed
+                by_name |= mixed.tables  # one more run per table, at most
             except _Vanished as gone:
-                if attempt == _ATTEMPTS - 1:
+                attempt += 1
+                if attempt == _ATTEMPTS:
                     raise EngineError(
                         f"the Parquet file {gone.path} was replaced while the query read it, "
                         f"{_ATTEMPTS} times (compaction running?); run the command again"
                     ) from None
                 scopes = {t: self._relisted(parts) for t, parts in scopes.items()}
-        raise AssertionError("unreachable")
 
     def _relisted(self, parts: list[Partition]) -> list[Partition]:
         """The same partitions with their files listed again (compaction swapped some)."""
@@ -283,6 +353,7 @@ class LocalEngine:
         rows: TimeRange | None,
         explain: str | None,
         max_rows: int | None,
+        by_name: set[str],
     ) -> QueryResult:
         import duckdb
 
@@ -297,7 +368,7 @@ class LocalEngine:
         con = self._connect()
         try:
             for name, parts in scopes.items():
-                self._register(con, name, parts, rows)
+                self._register(con, name, parts, rows, by_name=name in by_name)
             _sandbox(con, [] if self.warehouse.is_s3 else files)
             started = time.perf_counter()
             try:
@@ -305,6 +376,9 @@ class LocalEngine:
                     con, lambda: _fetch(con.sql(duck_sql, params=bound), max_rows)
                 )
             except duckdb.Error as exc:
+                mixed = _mixed_tables(exc, scopes, by_name, self.warehouse.is_s3)
+                if mixed:
+                    raise _MixedSchemas(*mixed) from exc
                 bad = _bad_file(exc, files)
                 if bad is not None:
                     raise self._file_error(bad, exc) from exc
@@ -338,6 +412,43 @@ class _Vanished(Exception):
     def __init__(self, path: str) -> None:
         super().__init__(path)
         self.path = path
+
+
+class _MixedSchemas(Exception):
+    """Files of these tables differ in columns: read them ``union_by_name`` and run again."""
+
+    def __init__(self, *tables: str) -> None:
+        super().__init__(", ".join(tables))
+        self.tables = set(tables)
+
+
+def _mixed_tables(
+    exc: Exception, scopes: dict[str, list[Partition]], by_name: set[str], s3: bool
+) -> set[str]:
+    """The tables not yet read ``union_by_name`` whose files ``exc`` says mix schemas: the
+    table of the file it names, or every such table when it names none of theirs."""
+    if s3 or not _schema_mismatch(exc):
+        return set()
+    candidates = {t: parts for t, parts in scopes.items() if t not in by_name and parts}
+    text = str(exc)
+    named = {
+        t for t, parts in candidates.items() if any(f.path in text for p in parts for f in p.files)
+    }
+    return named or set(candidates)
+
+
+def _warn_if_many(scopes: dict[str, list[Partition]]) -> None:
+    """Say on stderr how to narrow a query that reads more than :data:`MANY_FILES` files (it
+    runs anyway: it worked before, only slowly and with a lot of memory)."""
+    count = sum(len(p.files) for parts in scopes.values() for p in parts)
+    if count > MANY_FILES:
+        hours = len({p.dt for parts in scopes.values() for p in parts})
+        sys.stderr.write(
+            f"logq: warning: this query reads {count:,} Parquet files ({hours:,} hours); "
+            "DuckDB needs memory and time for each: narrow it with --service or a shorter "
+            "--since\n"
+        )
+        sys.stderr.flush()
 
 
 def _interruptible(con: Any, work: Callable[[], T]) -> T:
