@@ -4,20 +4,32 @@ Arrow picks its native memory pool from ``ARROW_DEFAULT_MEMORY_POOL`` when pyarr
 glibc's arena limit only binds threads created after it is set (see :mod:`.memory`). Both must
 happen before :mod:`.service` imports pyarrow and the AWS SDK starts its threads, so the console
 script enters here rather than in :mod:`.service`.
+
+This module imports nothing heavy itself: :func:`main` imports with SIGINT held back
+(:func:`shipper.startup.deferred_interrupts`), so a Ctrl-C during start-up -- importing pyarrow
+and boto3 takes a few hundred milliseconds, before the service takes SIGINT over for a graceful
+stop -- ends with exit status 130 and one line, not a ``KeyboardInterrupt`` traceback.
 """
 
 from __future__ import annotations
 
 import sys
 
+from shipper.startup import deferred_interrupts, interrupted, is_interrupt
+
 
 def main(argv: list[str] | None = None) -> int:
-    from aggregator.memory import tune_memory_early
+    with deferred_interrupts("logq-aggregator"):
+        from aggregator.memory import tune_memory_early
 
-    tune_memory_early()
-    from aggregator.service import main as service_main
-
-    return service_main(argv)
+        tune_memory_early()
+        from aggregator.service import main as service_main
+    try:
+        return service_main(argv)
+    except (KeyboardInterrupt, RuntimeError) as exc:
+        if not is_interrupt(exc):
+            raise
+        return interrupted("logq-aggregator")
 
 
 if __name__ == "__main__":

@@ -7,11 +7,16 @@ pandas, boto3) are imported inside the commands, so ``logq --help`` stays fast.
 This module is the table of contents: every command, with the example its ``--help`` shows.
 """
 
-from typing import Annotated
+from shipper.startup import deferred_interrupts, interrupted, is_interrupt
 
-import typer
+# The console script imports this module before main() runs: a Ctrl-C during these imports
+# (~0.1 s, typer and click) waits until they are done, then exits 130 with one line.
+with deferred_interrupts("logq"):
+    from typing import Annotated
 
-from cli.commands import access, logs, tables
+    import typer
+
+    from cli.commands import access, logs, tables
 
 app = typer.Typer(
     name="logq",
@@ -91,8 +96,17 @@ def demo() -> None:
 
 
 def main() -> None:
-    """Console-script entry point (``logq``)."""
-    app()
+    """Console-script entry point (``logq``).
+
+    Inside a command typer ends a Ctrl-C with status 130 itself; one anywhere else (typer
+    building the click command, rich imported for the help) also ends with 130 and one line,
+    not a traceback."""
+    try:
+        app()
+    except (KeyboardInterrupt, RuntimeError) as exc:
+        if not is_interrupt(exc):
+            raise
+        raise SystemExit(interrupted("logq")) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

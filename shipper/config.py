@@ -35,6 +35,17 @@ class Endpoint:
     """The DNS name this address was resolved from (see shipper.resolve): TLS verifies it."""
 
     def __str__(self) -> str:
+        """``host:port`` for logs, errors and metric labels; an IPv6 host in brackets
+        (``[::1]:24224``), which :func:`parse_endpoint` reads back."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def hash_key(self) -> str:
+        """What rendezvous hashing ranks this endpoint by: ``host:port`` without brackets, as
+        ``str()`` printed it before IPv6 hosts got them. Never change it: every source would
+        rank the aggregators anew, and during a rolling upgrade a source would move to an
+        aggregator whose offset dedup has not seen its resent batches."""
         return f"{self.host}:{self.port}"
 
 

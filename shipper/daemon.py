@@ -28,25 +28,32 @@ a wrong shared key, or checkpoints that could not be saved at exit; 2 a configur
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import os
-import signal
-import ssl
 import sys
-import time
-from pathlib import Path
 
-from shipper.checkpoint import Registry
-from shipper.config import Config, load_config
-from shipper.discover import Discoverer, Scan, SourceSpec, node_names
-from shipper.errors import ConfigError, ShipperError
-from shipper.inotify import DirectoryWatcher, directories_to_watch
-from shipper.logs import setup_logging
-from shipper.metrics import Metrics
-from shipper.sender import ForwardClient, tls_context
-from shipper.source import SourceRunner, Window
+from shipper.startup import deferred_interrupts, interrupted, is_interrupt
+
+# The console script imports this module before main() runs: a Ctrl-C during these imports
+# (~0.1 s: asyncio, msgpack, prometheus_client...) waits until they are done, then exits 130
+# with one line.
+with deferred_interrupts("logq-shipper"):
+    import asyncio
+    import contextlib
+    import logging
+    import os
+    import signal
+    import ssl
+    import time
+    from pathlib import Path
+
+    from shipper.checkpoint import Registry
+    from shipper.config import Config, load_config
+    from shipper.discover import Discoverer, Scan, SourceSpec, node_names
+    from shipper.errors import ConfigError, ShipperError
+    from shipper.inotify import DirectoryWatcher, directories_to_watch
+    from shipper.logs import setup_logging
+    from shipper.metrics import Metrics
+    from shipper.sender import ForwardClient, tls_context
+    from shipper.source import SourceRunner, Window
 
 log = logging.getLogger("logq.shipper")
 
@@ -602,7 +609,19 @@ def _tls(cfg: Config) -> ssl.SSLContext | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point; returns the process exit status."""
+    """Console entry point; returns the process exit status.
+
+    A Ctrl-C before :meth:`Shipper.run` takes SIGINT over (a graceful stop from then on) ends
+    start-up with 130 and one line."""
+    try:
+        return _main(argv)
+    except (KeyboardInterrupt, RuntimeError) as exc:
+        if not is_interrupt(exc):
+            raise
+        return interrupted("logq-shipper")
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         cfg = load_config(argv)
     except ConfigError as exc:
@@ -618,8 +637,6 @@ def main(argv: list[str] | None = None) -> int:
     except ShipperError as exc:
         print(f"logq-shipper: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
 
 
 async def _amain(cfg: Config) -> int:

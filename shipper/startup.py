@@ -1,0 +1,69 @@
+"""Ctrl-C while a console script starts: exit status 130 and one line, not a traceback.
+
+``logq-shipper``, ``logq-aggregator`` and ``logq`` spend their first 0.1-0.5 s importing
+(asyncio, msgpack, pyarrow, typer...) before any signal handler of theirs exists, and the
+console scripts import the entry module before calling ``main()``. A SIGINT landing inside an
+import surfaces wherever Python happens to check for signals: as a ``KeyboardInterrupt``
+traceback, as a ``RuntimeError`` (in a class's ``__set_name__``), or printed as "Exception
+ignored" and lost (in one of importlib's weakref callbacks). So each entry module imports inside
+:func:`deferred_interrupts`, which holds the signal back until the imports are done, and guards
+its ``main()`` with :func:`is_interrupt` / :func:`interrupted`. Standard library only: importing
+this module adds nothing to start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+
+INTERRUPTED = 130
+"""128 + SIGINT: the status shells report for a program stopped by Ctrl-C."""
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` is a Ctrl-C -- also as Python 3.11 reports one landing in a
+    ``__set_name__`` call while a class is created (a dataclass defined by a module being
+    imported): a ``RuntimeError`` caused by the ``KeyboardInterrupt``."""
+    cause: BaseException | None = exc
+    for _ in range(8):  # a chain of causes is short; a cycle must not hang the exit
+        if cause is None:
+            return False
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def interrupted(program: str) -> int:
+    """Say ``PROGRAM: interrupted`` on stderr; returns the exit status for it (130)."""
+    print(f"{program}: interrupted", file=sys.stderr)
+    return INTERRUPTED
+
+
+@contextlib.contextmanager
+def deferred_interrupts(program: str) -> Iterator[None]:
+    """Run the block (a program's imports) with SIGINT blocked; a Ctrl-C meanwhile waits in
+    the kernel and, delivered when the block ends, exits 130 with one line.
+
+    The mask is the calling thread's: it holds the signal back in a process that has no other
+    thread yet, as a console script while it imports (threads started in the block inherit
+    it). The previous mask comes back, so an importer that had SIGINT blocked keeps it so.
+    Outside the main thread (where Python raises ``KeyboardInterrupt``) nothing is blocked."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    except (KeyboardInterrupt, RuntimeError) as exc:  # raised by hand, or before the block
+        if not is_interrupt(exc):
+            raise
+        raise SystemExit(interrupted(program)) from None
+    finally:
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a pending SIGINT lands here
+        except KeyboardInterrupt:
+            raise SystemExit(interrupted(program)) from None

@@ -1,0 +1,223 @@
+"""Ctrl-C while a program is still starting: exit 130 with one line, never a traceback.
+
+The console scripts spend their first 0.1-0.5 s importing (pyarrow, typer, msgpack...), before
+any signal handler of ours exists; a SIGINT then printed a ``KeyboardInterrupt`` traceback.
+
+Now the entry modules import with SIGINT blocked (shipper.startup.deferred_interrupts): a
+Ctrl-C waits until the imports are done, then ends the program. Two ways to land the signal
+there. Deterministic: a ``sitecustomize`` hook (on ``PYTHONPATH``)
+makes the program SIGINT itself when it first imports a given module, as a Ctrl-C pressed at that
+moment would. Realistic: the test sends SIGINT after a few delays, counted from the program's
+first import of its own (the hook touches a file then). Earlier, while the interpreter starts
+(``site``, the editable install's finder) and the console script locates the entry module, no
+code of ours runs yet: a signal there is Python's to report.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from shipper.startup import deferred_interrupts, is_interrupt
+from tests.support.procs import console_script, free_port, start_group, stop_group
+
+pytestmark = pytest.mark.integration
+
+SITECUSTOMIZE = '''\
+"""Test hook of tests/test_interrupt_at_start.py (see there)."""
+import os
+import signal
+import sys
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the parent ignored SIGINT
+
+
+class _At:
+    """When this process first looks for module $LOGQ_TEST_AT: touch $LOGQ_TEST_REACHED and,
+    with $LOGQ_TEST_SIGINT set, SIGINT itself."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == os.environ["LOGQ_TEST_AT"]:
+            sys.meta_path.remove(_At)
+            open(os.environ["LOGQ_TEST_REACHED"], "w").close()
+            if os.environ.get("LOGQ_TEST_SIGINT"):
+                os.kill(os.getpid(), signal.SIGINT)  # raises KeyboardInterrupt right here
+        return None
+
+
+if os.environ.get("LOGQ_TEST_AT"):
+    sys.meta_path.insert(0, _At)
+'''
+
+#: A module each program imports early in its guarded start-up imports: the delays count from
+#: when it is looked for.
+FIRST_IMPORT = {
+    "logq-shipper": "shipper.checkpoint",
+    "logq-aggregator": "aggregator.memory",
+    "logq": "typer",
+}
+
+
+@dataclass
+class Run:
+    """One start of a program: its exit status and everything it wrote (stdout + stderr)."""
+
+    status: int
+    output: str
+
+
+def _args(program: str, work: Path) -> list[str]:
+    """Arguments that keep ``program`` running (the daemons) or finish at once (``logq``)."""
+    if program == "logq-shipper":
+        (work / "containers").mkdir(exist_ok=True)
+        return [
+            "--aggregator", "127.0.0.1:9",
+            "--docker-root", str(work / "containers"),
+            "--state-dir", str(work / "state"),
+        ]  # fmt: skip
+    if program == "logq-aggregator":
+        return [
+            "--listen", f"127.0.0.1:{free_port()}",
+            "--warehouse", str(work / "warehouse"),
+            "--buffer-dir", str(work / "buffer"),
+        ]  # fmt: skip
+    return ["--help"]
+
+
+@pytest.fixture
+def hook(tmp_path: Path) -> Iterator[Path]:
+    """A folder holding the ``sitecustomize`` hook, for ``PYTHONPATH``."""
+    folder = tmp_path / "hook"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    yield folder
+
+
+def _start(program: str, work: Path, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "output.log"
+    cmd = [str(console_script(program)), *_args(program, work)]
+    return start_group(cmd, log, env=env, cwd=work), log
+
+
+def _finish(proc: subprocess.Popen, log: Path) -> Run:
+    try:
+        status = proc.wait(60)
+    finally:
+        stop_group(proc, timeout=0, sig=signal.SIGKILL)
+    return Run(status, log.read_text(errors="replace"))
+
+
+@pytest.mark.parametrize(
+    ("program", "module"),
+    [
+        ("logq-shipper", "shipper.checkpoint"),  # the first of shipper.daemon's own modules
+        ("logq-shipper", "msgpack"),  # deep inside it (shipper.sender -> shipper.wire)
+        ("logq-shipper", "shipper.source"),  # its last
+        ("logq-aggregator", "aggregator.memory"),
+        ("logq-aggregator", "pyarrow"),
+        ("logq", "typer"),
+        ("logq", "cli.commands"),
+    ],
+)
+def test_sigint_while_importing_exits_130_without_traceback(
+    program: str, module: str, tmp_path: Path, hook: Path, subprocess_env: dict[str, str]
+) -> None:
+    reached = tmp_path / "reached"
+    env = {
+        **subprocess_env,
+        "PYTHONPATH": str(hook),
+        "LOGQ_TEST_AT": module,
+        "LOGQ_TEST_REACHED": str(reached),
+        "LOGQ_TEST_SIGINT": "1",
+    }
+    proc, log = _start(program, tmp_path / "work", env)
+    run = _finish(proc, log)
+    assert reached.exists(), f"{program} never imported {module}:\n{run.output}"
+    assert "Traceback" not in run.output, run.output
+    assert run.status == 130, run.output
+    assert run.output.strip().splitlines()[-1] == f"{program}: interrupted", run.output
+
+
+#: Seconds from the program's first import of its own (FIRST_IMPORT) to the SIGINT.
+DELAYS = (0.0, 0.01, 0.03, 0.06, 0.1, 0.2, 0.4)
+
+
+@pytest.mark.parametrize("program", list(FIRST_IMPORT))
+def test_sigint_soon_after_start_never_prints_a_traceback(
+    program: str, tmp_path: Path, hook: Path, subprocess_env: dict[str, str]
+) -> None:
+    """Whenever it lands: 130 while starting; later the daemons stop gracefully (exit 0), and
+    ``logq --help`` is stopped by typer (130) or has finished (0, or killed by the signal while
+    Python shuts down)."""
+    for i, delay in enumerate(DELAYS):
+        reached = tmp_path / f"reached-{i}"
+        env = {
+            **subprocess_env,
+            "PYTHONPATH": str(hook),
+            "LOGQ_TEST_AT": FIRST_IMPORT[program],
+            "LOGQ_TEST_REACHED": str(reached),
+        }
+        proc, log = _start(program, tmp_path / f"work-{i}", env)
+        try:
+            while not reached.exists() and proc.poll() is None:
+                time.sleep(0.001)
+            time.sleep(delay)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        finally:
+            run = _finish(proc, log)
+        where = f"{program}, SIGINT {delay} s into its imports, exit {run.status}:\n"
+        assert "Traceback" not in run.output, where + run.output
+        if run.status == 130 and program != "logq":  # (typer says nothing on its own 130)
+            assert run.output.strip().splitlines()[-1] == f"{program}: interrupted", where
+        elif run.status not in (130, -signal.SIGINT):
+            # (Python resets SIGINT to the default action late in its shutdown: a program that
+            # has done its work, printed the help, then dies of the signal -- quietly.)
+            assert run.status == 0, where + run.output
+
+
+class _InterruptedSetName:
+    """A descriptor whose ``__set_name__`` is where the Ctrl-C lands."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        raise KeyboardInterrupt
+
+
+def test_a_ctrl_c_in_a_class_definition_counts_as_one() -> None:
+    """Python 3.11 wraps it in ``RuntimeError("Error calling __set_name__...")``: seen in
+    ``logq --help`` when the signal landed while rich defined a dataclass."""
+    with pytest.raises(BaseException) as caught:
+
+        class _Defined:
+            field = _InterruptedSetName()
+
+    assert is_interrupt(caught.value)
+    assert not is_interrupt(RuntimeError("Error calling __set_name__"))
+    assert not is_interrupt(ValueError("x"))
+
+
+def test_a_ctrl_c_during_the_block_waits_for_its_end(capsys: pytest.CaptureFixture[str]) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach Python code in the main thread only")
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    ran_to_the_end = False
+    try:
+        with pytest.raises(SystemExit) as done, deferred_interrupts("prog"):
+            # To this thread: the test runner has threads of its own that do not block it.
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # held back, not raised
+            ran_to_the_end = True
+        assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert ran_to_the_end
+    assert done.value.code == 130
+    assert capsys.readouterr().err == "prog: interrupted\n"
