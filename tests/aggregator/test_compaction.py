@@ -36,7 +36,10 @@ from athena.warehouse import open_warehouse
 from tests.aggregator.helpers import parquet_files, read_table, record, start_aggregator
 from tests.support.procs import console_script, wait_until
 
-HOUR = datetime(2026, 11, 27, 10, tzinfo=UTC)
+#: A closed hour within the periodic pass's 48-hour lookback whenever the tests run (a fixed date
+#: fell out of it two days later, and the service's periodic compaction left it alone).
+HOUR = (datetime.now(UTC) - timedelta(hours=6)).replace(minute=0, second=0, microsecond=0)
+DT = HOUR.strftime("%Y-%m-%d-%H")
 LATER = datetime.now(UTC) + timedelta(days=1)
 
 
@@ -69,7 +72,7 @@ def test_compaction_keeps_rows_exact_and_sorted(tmp_path: Path) -> None:
     files = parquet_files(uri, "container_logs")
     assert len(files) == 2
     assert all(Path(f).name.startswith("c-") for f in files)
-    closed = next(f for f in files if "dt=2026-11-27-10" in f)
+    closed = next(f for f in files if f"dt={DT}" in f)
     ts = pq.read_table(closed)["timestamp"].to_pylist()
     assert ts == sorted(ts) and len(ts) == 600
     assert len(fastparquet.ParquetFile(closed).to_pandas()) == 600
@@ -91,7 +94,7 @@ def test_a_stray_file_is_left_alone_and_the_rest_compacted(
     flush_files(uri, files=3, rows_per_file=20, service="aaa")
     flush_files(uri, files=3, rows_per_file=20, service="zzz")
     wh = open_warehouse(uri)
-    folder = Path(wh.path(partition_path("container_logs", "aaa", "2026-11-27-10")))
+    folder = Path(wh.path(partition_path("container_logs", "aaa", DT)))
     (folder / "junk.parquet").write_bytes(b"junk\n")
     (folder / "empty.parquet").write_bytes(b"")
     assert compact_warehouse(wh, now=LATER, lookback=None) == 12
@@ -109,7 +112,7 @@ def test_temporaries_of_killed_writes_are_swept_only_when_old(tmp_path: Path) ->
     uri = str(tmp_path / "wh")
     flush_files(uri, files=2, rows_per_file=10)
     wh = open_warehouse(uri)
-    folder = Path(wh.path(partition_path("container_logs", "recipe", "2026-11-27-10")))
+    folder = Path(wh.path(partition_path("container_logs", "recipe", DT)))
     old, fresh = folder / ".c-x.parquet.0a1b2c3d.tmp", folder / ".c-y.parquet.4e5f6a7b.tmp"
     keep = folder / ".notes.tmp"  # not atomic_file's pattern
     for path in (old, fresh, keep):
@@ -129,7 +132,7 @@ def test_a_partition_that_fails_does_not_stop_the_pass(tmp_path: Path) -> None:
     flush_files(uri, files=3, rows_per_file=200, service="aaa")
     flush_files(uri, files=3, rows_per_file=200, service="zzz")
     wh = open_warehouse(uri)
-    folder = Path(wh.path(partition_path("container_logs", "aaa", "2026-11-27-10")))
+    folder = Path(wh.path(partition_path("container_logs", "aaa", DT)))
     damaged = sorted(folder.glob("*.parquet"))[0]
     data = bytearray(damaged.read_bytes())
     data[4:400] = b"\xff" * 396  # the first data pages, after the "PAR1" magic
@@ -141,7 +144,7 @@ def test_a_partition_that_fails_does_not_stop_the_pass(tmp_path: Path) -> None:
     assert failed.value.merged == 9  # aaa's next hour and both of zzz's hours
     assert sorted(p.name for p in folder.glob("*.parquet")) == before
     assert [p.name for p in folder.iterdir() if p.name.startswith(("_", "."))] == []
-    zzz = Path(wh.path(partition_path("container_logs", "zzz", "2026-11-27-10")))
+    zzz = Path(wh.path(partition_path("container_logs", "zzz", DT)))
     assert [p.name[:2] for p in zzz.glob("*.parquet")] == ["c-"]
     assert compact_main(["--warehouse", uri, "--all", "--grace-minutes", "0"]) == 1
 
@@ -160,7 +163,7 @@ def test_small_target_makes_several_files(tmp_path: Path) -> None:
     uri = str(tmp_path / "wh")
     flush_files(uri, files=10, rows_per_file=400)
     wh = open_warehouse(uri)
-    folder = wh.path(partition_path("container_logs", "recipe", "2026-11-27-10"))
+    folder = wh.path(partition_path("container_logs", "recipe", DT))
     sizes = [p.stat().st_size for p in Path(folder).glob("*.parquet")]
     compact_partition(wh, CONTAINER_LOGS, folder, target_bytes=int(max(sizes) * 3.5))
     assert 2 <= len(list(Path(folder).glob("*.parquet"))) < 10
@@ -171,7 +174,7 @@ def test_interrupted_merge_is_finished_or_rolled_back(tmp_path: Path) -> None:
     uri = str(tmp_path / "wh")
     flush_files(uri, files=4, rows_per_file=10)
     wh = open_warehouse(uri)
-    folder = Path(wh.path(partition_path("container_logs", "recipe", "2026-11-27-10")))
+    folder = Path(wh.path(partition_path("container_logs", "recipe", DT)))
     inputs = sorted(p.name for p in folder.glob("*.parquet"))
     merged = pa.concat_tables([pq.read_table(folder / n) for n in inputs])
     # Crash after the output was written, before the inputs were deleted: finish the deletes.
@@ -220,7 +223,7 @@ def test_fresh_intent_of_another_compactor_is_respected(tmp_path: Path) -> None:
     uri = str(tmp_path / "wh")
     flush_files(uri, files=3, rows_per_file=5)
     wh = open_warehouse(uri)
-    folder = Path(wh.path(partition_path("container_logs", "recipe", "2026-11-27-10")))
+    folder = Path(wh.path(partition_path("container_logs", "recipe", DT)))
     intent = {"inputs": ["x.parquet"], "output": "c-x.parquet", "rows": 1}
     (folder / "_compact-x.json").write_text(json.dumps(intent))
     assert compact_partition(wh, CONTAINER_LOGS, str(folder), 1 << 30) == 0
