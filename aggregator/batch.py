@@ -9,7 +9,8 @@ event: tag, event time, the wire keys). :func:`route` splits and types them with
   :mod:`.envoy`; those no format parses are counted per service and kept in ``container_logs``.
 * Everything else goes to ``container_logs``, timestamped with the event time.
 
-The service of a row is the record's ``service``, else the last dot-separated part of the tag,
+The service of a row is the record's ``service`` (for other clients, filled from their metadata
+at decode time: :mod:`.clientmeta`), else the last dot-separated part of the tag,
 sanitised by :func:`athena.schema.sanitize_service` once per distinct value. Low-cardinality
 columns stay dictionary-encoded from the wire to the Parquet file, and predicates on them are
 computed once per distinct value.

@@ -27,7 +27,7 @@ import msgpack
 import numpy as np
 import pyarrow as pa
 
-from aggregator import packed
+from aggregator import clientmeta, packed
 from shipper import wire
 
 #: Keys of the records kept as columns (besides ``log``); low-cardinality ones dictionary-coded.
@@ -155,13 +155,19 @@ def _tag_array(tag: str, n: int) -> pa.DictionaryArray:
 
 
 def records_batch(tag: str, times_ns: pa.Array, records: list[dict[str, Any]]) -> pa.RecordBatch:
-    """Columns of :data:`BUFFER_SCHEMA` from decoded records (fast path, then coercion)."""
+    """Columns of :data:`BUFFER_SCHEMA` from decoded records (fast path, then coercion).
+
+    Records that lack a key logq-shipper always sends get it from other clients' metadata
+    (:mod:`.clientmeta`); a shipper's records take the one C-level pass only.
+    """
     n = len(records)
+    try:  # every logq-shipper record has these keys: one C-level pass, then transpose
+        values = list(zip(*map(_SHIPPER_KEYS, records), strict=True))
+        filled: dict[str, dict[int, str]] = {}
+    except KeyError:
+        values = [[r.get(k) for r in records] for k in _SHIPPER_KEY_NAMES]
+        filled = clientmeta.record_fills(records, tag)
     try:
-        try:  # every logq-shipper record has these keys: one C-level pass, then transpose
-            values = list(zip(*map(_SHIPPER_KEYS, records), strict=True))
-        except KeyError:
-            values = [[r.get(k) for r in records] for k in _SHIPPER_KEY_NAMES]
         by_key = dict(zip(_SHIPPER_KEY_NAMES, values, strict=True)) if n else {}
         logs = by_key.get(wire.KEY_LOG, [])
         if None in logs:
@@ -169,20 +175,31 @@ def records_batch(tag: str, times_ns: pa.Array, records: list[dict[str, Any]]) -
         columns = [pa.array(logs, pa.string())]
         for key in DICT_KEYS:
             column = by_key[key] if key in by_key else [r.get(key) for r in records]
-            columns.append(pa.array(column, DICT_STRING))
+            columns.append(pa.array(_filled(column, filled.get(key)), DICT_STRING))
         columns.append(pa.array(by_key.get(wire.KEY_OFFSET, []), pa.int64()))
     except (pa.ArrowException, TypeError, ValueError, OverflowError, UnicodeError):
         logs = [_coerce_str(r.get(wire.KEY_LOG)) for r in records]
         logs = [message_of(r) if v is None else v for v, r in zip(logs, records, strict=True)]
         columns = [pa.array([_text(v) for v in logs], pa.string())]
         for key in DICT_KEYS:
-            columns.append(pa.array([_coerce_str(r.get(key)) for r in records], DICT_STRING))
+            column = _filled([r.get(key) for r in records], filled.get(key))
+            columns.append(pa.array([_coerce_str(v) for v in column], DICT_STRING))
         columns.append(
             pa.array([_coerce_offset(r.get(wire.KEY_OFFSET)) for r in records], pa.int64())
         )
     return pa.RecordBatch.from_arrays(
         [_tag_array(tag, n), times_ns, *columns], schema=BUFFER_SCHEMA
     )
+
+
+def _filled(column: Any, fills: dict[int, str] | None) -> Any:
+    """``column`` with the values at ``fills``' indices replaced (itself when there are none)."""
+    if not fills:
+        return column
+    column = list(column)
+    for i, value in fills.items():
+        column[i] = value
+    return column
 
 
 def _fast_entries(tag: str, entries: list[Any]) -> pa.RecordBatch | None:
@@ -215,7 +232,10 @@ def _packed(tag: str, blob: bytes, size: object) -> pa.RecordBatch | None:
     cols = packed.constant_columns(blob, size, DICT_STRING)
     if cols is None:
         entries = packed.decode_entries(blob, size)
-        cols = None if entries is None else packed.columns(entries, DICT_STRING)
+        if entries is not None:
+            cols = packed.columns(entries, DICT_STRING)
+        else:  # e.g. other clients' metadata (``kubernetes``, ``source``...), or a bad blob
+            cols = packed.client_columns(blob, size, DICT_STRING, tag)
     if cols is None:
         return None
     times, logs, *rest = cols

@@ -27,6 +27,12 @@ This path is strict on purpose: anything it does not expect (no or a wrong ``siz
 float times, a value of an unexpected type, invalid UTF-8, a record without ``log``) returns
 None and the caller takes the general path (:mod:`aggregator.decode`), which accepts the whole
 protocol and coerces what it can. Both produce identical batches for identical input.
+
+Records of Fluent Bit's kubernetes filter, FireLens and Docker's fluentd driver carry their
+metadata under other keys (``kubernetes``, ``source``, ``ecs_task_definition``): the two
+decoders above refuse such a record in C, and :func:`client_columns` decodes the message with
+those keys as :class:`msgspec.Raw` slices and fills the keys the records lack
+(:mod:`.clientmeta`), as the general path does.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any, Literal
 
 import msgpack
@@ -41,6 +48,7 @@ import msgspec
 import numpy as np
 import pyarrow as pa
 
+from aggregator import clientmeta
 from shipper import wire
 
 _NIL = msgspec.Raw(b"\xc0")
@@ -61,6 +69,11 @@ class _Record(msgspec.Struct):
     format: msgspec.Raw = _NIL
     source_id: msgspec.Raw = _NIL
     offset: int | None = None
+    # Other clients' metadata (:mod:`.clientmeta`): a record carrying any of it fails here
+    # (msgspec checks it in C, nothing is built) and the message takes :func:`client_columns`.
+    source: None = None
+    kubernetes: None = None
+    ecs_task_definition: None = None
 
 
 class _Entry(msgspec.Struct, array_like=True):
@@ -137,6 +150,8 @@ def _first_metadata(blob: bytes) -> tuple[str | None, ...] | None:
         return None
     if not isinstance(first, list) or len(first) != 2 or not isinstance(first[1], dict):
         return None
+    if any(first[1].get(key) is not None for key in clientmeta.CLIENT_KEYS):
+        return None  # another client's record: :func:`client_columns`
     values = tuple(first[1].get(key) for key in CONSTANT_KEYS)
     if not all(v is None or isinstance(v, str) for v in values):
         return None
@@ -154,6 +169,7 @@ def _constant_decoder(metadata: tuple[str | None, ...]) -> msgspec.msgpack.Decod
         (wire.KEY_LOG, str | None, None),
         (wire.KEY_STREAM, Literal["stdout", "stderr"] | None, None),
         (wire.KEY_OFFSET, int | None, None),
+        *((key, None, None) for key in clientmeta.CLIENT_KEYS),  # see _Record
     ]
     for key, value in zip(CONSTANT_KEYS, metadata, strict=True):
         # A value is required and must be equal; an absent (or nil) one must stay absent or nil.
@@ -226,6 +242,171 @@ def columns(entries: list[_Entry], dict_type: pa.DataType) -> list[pa.Array] | N
         return [_dict_column([getattr(r, key) for r in records], dict_type) for key in RAW_KEYS]
 
     return _assemble(entries, keys)
+
+
+#: The default of a key a record lacks, told apart from an explicit nil (``_NIL``).
+_ABSENT = msgspec.Raw(b"")
+
+
+class _ClientRecord(msgspec.Struct):
+    """A record of another Forward client: the logq keys (absent ones kept as ``_ABSENT``) and
+    the metadata :mod:`.clientmeta` maps to them."""
+
+    log: str | None = None
+    stream: msgspec.Raw = _ABSENT
+    service: msgspec.Raw = _ABSENT
+    container_id: msgspec.Raw = _ABSENT
+    container_name: msgspec.Raw = _ABSENT
+    host: msgspec.Raw = _ABSENT
+    image: msgspec.Raw = _ABSENT
+    format: msgspec.Raw = _ABSENT
+    source_id: msgspec.Raw = _ABSENT
+    offset: int | None = None
+    source: msgspec.Raw = _ABSENT
+    kubernetes: msgspec.Raw = _ABSENT
+    ecs_task_definition: msgspec.Raw = _ABSENT
+
+
+class _ClientEntry(msgspec.Struct, array_like=True):
+    time: msgspec.Raw
+    record: _ClientRecord
+
+
+class _Labels(msgspec.Struct, rename={"service": clientmeta.LABEL_SERVICE}):
+    service: str | None = None
+
+
+class _Annotations(msgspec.Struct, rename={"config_hash": clientmeta.ANNOTATION_CONFIG_HASH}):
+    config_hash: str | None = None
+
+
+class _KubeMap(msgspec.Struct):
+    """The keys of a Fluent Bit ``kubernetes`` map that logq reads; the rest is skipped unbuilt.
+    Any other shape (not a map, a value that is not text) fails: the general path decides."""
+
+    pod_name: str | None = None
+    host: str | None = None
+    container_name: str | None = None
+    docker_id: str | None = None
+    container_image: str | None = None
+    pod_id: str | None = None
+    labels: _Labels | None = None
+    annotations: _Annotations | None = None
+
+
+_CLIENT_ENTRIES = msgspec.msgpack.Decoder(list[_ClientEntry])
+_KUBE = msgspec.msgpack.Decoder(_KubeMap)
+_FILLABLE = tuple(k for k in RAW_KEYS if k != wire.KEY_FORMAT and k != wire.KEY_SOURCE_ID)
+
+
+def _kube(raw: msgspec.Raw) -> clientmeta.Kube | None:
+    """The :class:`clientmeta.Kube` of a ``kubernetes`` value (None when absent or nil)."""
+    m = _KUBE.decode(raw) if raw is not _ABSENT else None
+    if m is None:
+        return None
+    return clientmeta.Kube(
+        *(getattr(m, k) or None for k in clientmeta.KUBE_FIELDS),
+        label_service=(m.labels.service or None) if m.labels else None,
+        config_hash=(m.annotations.config_hash or None) if m.annotations else None,
+    )
+
+
+def _texts(raws: list[msgspec.Raw], decode: Callable[[msgspec.Raw], Any] = _TEXT.decode) -> list:
+    """``raws`` decoded (``_ABSENT``: None), once per run of equal values: one client's chunk
+    mostly repeats one value (its records come from one container)."""
+    out: list[Any] = []
+    prev: msgspec.Raw | None = None
+    value: Any = None
+    for raw in raws:
+        if raw is not prev and raw != prev:
+            prev = raw
+            value = None if raw is _ABSENT else decode(raw)
+        out.append(value)
+    return out
+
+
+def _raw_column(raws: list[msgspec.Raw], dict_type: pa.DataType) -> pa.Array:
+    """:func:`_dict_column` of raws that may be ``_ABSENT`` (a null)."""
+    first = raws[0]
+    if raws.count(first) == len(raws):
+        return _constant(None if first is _ABSENT else _TEXT.decode(first), len(raws), dict_type)
+    return pa.array(_texts(raws), dict_type)
+
+
+#: Record keys whose values decide :func:`clientmeta.fills` (with which keys are present).
+_FILL_INPUTS = (*clientmeta.CLIENT_KEYS, wire.KEY_CONTAINER_NAME, wire.KEY_CONTAINER_ID)
+
+
+def _fills_of(raws: dict[str, list[msgspec.Raw]], i: int, tag: str) -> dict[str, str]:
+    """:func:`clientmeta.fills` of record ``i``."""
+
+    def text(key: str) -> str | None:
+        raw = raws[key][i]
+        return None if raw is _ABSENT else _TEXT.decode(raw)
+
+    return clientmeta.fills(
+        {key for key in _FILLABLE if raws[key][i] is not _ABSENT},
+        text(clientmeta.KEY_SOURCE),
+        _kube(raws[clientmeta.KEY_KUBERNETES][i]),
+        text(clientmeta.KEY_ECS_TASK_DEFINITION),
+        text(wire.KEY_CONTAINER_NAME),
+        text(wire.KEY_CONTAINER_ID),
+        tag,
+    )
+
+
+def _client_keys(records: list[_ClientRecord], dict_type: pa.DataType, tag: str) -> list[pa.Array]:
+    """The :data:`RAW_KEYS` columns of other clients' records, their lacking keys filled from
+    their metadata by :func:`clientmeta.fills` (as the general path does for dicts).
+
+    A chunk of one container (Fluent Bit tags by log file, FireLens by container) has the same
+    metadata and the same keys on every record: its fills are computed once. Otherwise they
+    are computed once per distinct combination."""
+    n = len(records)
+    raws = {k: list(map(attrgetter(k), records)) for k in (*RAW_KEYS, *clientmeta.CLIENT_KEYS)}
+    if all(raws[k].count(raws[k][0]) == n for k in _FILL_INPUTS) and all(
+        raws[k].count(_ABSENT) in (0, n) for k in _FILLABLE
+    ):
+        fills = _fills_of(raws, 0, tag)
+        return [
+            _constant(fills[k], n, dict_type) if k in fills else _raw_column(raws[k], dict_type)
+            for k in RAW_KEYS
+        ]
+    values = {key: _texts(raws[key]) for key in RAW_KEYS}
+    sources = _texts(raws[clientmeta.KEY_SOURCE])
+    task_definitions = _texts(raws[clientmeta.KEY_ECS_TASK_DEFINITION])
+    kubes = _texts(raws[clientmeta.KEY_KUBERNETES], _kube)
+    names, ids = values[wire.KEY_CONTAINER_NAME], values[wire.KEY_CONTAINER_ID]
+    memo: dict[tuple[Any, ...], dict[str, str]] = {}
+    for i in range(n):
+        source, kube, task_definition = sources[i], kubes[i], task_definitions[i]
+        if source is None and kube is None and task_definition is None:
+            continue  # no metadata (or nil): nothing to fill
+        present = tuple(raws[key][i] is not _ABSENT for key in _FILLABLE)
+        memo_key = (present, source, id(kube), task_definition, names[i], ids[i])
+        fills = memo.get(memo_key)
+        if fills is None:
+            has = {key for key, p in zip(_FILLABLE, present, strict=True) if p}
+            fills = clientmeta.fills(has, source, kube, task_definition, names[i], ids[i], tag)
+            memo[memo_key] = fills
+        for key, value in fills.items():
+            values[key][i] = value
+    return [pa.array(values[key], dict_type) for key in RAW_KEYS]
+
+
+def client_columns(
+    blob: bytes, size: object, dict_type: pa.DataType, tag: str = ""
+) -> list[pa.Array] | None:
+    """:func:`columns` for records of Fluent Bit, FireLens or Docker's fluentd driver (see
+    :mod:`.clientmeta`), or None for anything the general path must decide."""
+    array = _sized(blob, size)
+    if array is None:
+        return None
+    try:
+        entries = _CLIENT_ENTRIES.decode(array)
+    except (msgspec.MsgspecError, ValueError):
+        return None
+    return _assemble(entries, lambda records: _client_keys(records, dict_type, tag))
 
 
 def _assemble(

@@ -1,0 +1,181 @@
+"""Well-known metadata of other Forward clients -> the record keys logq reads.
+
+logq-shipper sends ``stream``, ``service``, ``container_id``, ``container_name``, ``host`` and
+``image`` at the top level of every record. Stock clients carry the same facts under their own
+keys, and without this mapping their lines land under the tag's last part as service, with no
+stream and no Envoy parsing:
+
+* Fluent Bit's ``kubernetes`` filter: a ``kubernetes`` map (``pod_name``, ``host``,
+  ``container_name``, ``docker_id``, ``container_image``, ``labels``, ``annotations``, ``pod_id``);
+* ECS FireLens: ``ecs_task_definition`` (``family:revision``) and ``source`` (the stream);
+* Docker's fluentd log driver: ``source`` and ``container_name`` as Docker's API gives it
+  (``/recipe-1``).
+
+Only keys that a record *lacks* are filled (absent, not nil: a logq-shipper record has them all
+and never reaches this module), so a client's own top-level ``service`` or ``host`` still wins.
+The service follows the shipper's rules (DESIGN.md §2): the ECS task-definition family, else the
+``logq.service`` pod label, else the pod's owner name by :func:`shipper.discover.pod_owner_name`;
+a record still without one takes the tag's last part later (``aggregator.batch.service_column``).
+
+Hostile shapes (``kubernetes`` not a map, ``labels`` not a map, values that are not strings,
+absurdly long pod names) count as absent: they never raise and never cost more than a lookup.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Container
+from dataclasses import dataclass
+from typing import Any
+
+from shipper import wire
+from shipper.discover import node_names, pod_owner_name
+
+KEY_SOURCE = "source"
+KEY_KUBERNETES = "kubernetes"
+KEY_ECS_TASK_DEFINITION = "ecs_task_definition"
+#: Record keys that carry client metadata; a record with none of them is left as it is.
+CLIENT_KEYS = (KEY_SOURCE, KEY_KUBERNETES, KEY_ECS_TASK_DEFINITION)
+#: Keys of the ``kubernetes`` map that are read (all strings).
+KUBE_FIELDS = ("pod_name", "host", "container_name", "docker_id", "container_image", "pod_id")
+LABEL_SERVICE = "logq.service"
+#: Set by the kubelet on a static pod (and its mirror): the uid its log folder is named after.
+ANNOTATION_CONFIG_HASH = "kubernetes.io/config.hash"
+_STREAMS = frozenset(("stdout", "stderr"))
+#: Kubernetes object names are DNS subdomains (<= 253 characters): a longer "pod name" is not
+#: one, and is not handed to the owner-name regexes.
+_MAX_POD_NAME = 253
+_MAX_UID = 64
+_SHORT_ID = 12
+
+
+@dataclass(frozen=True, slots=True)
+class Kube:
+    """The strings of a Fluent Bit ``kubernetes`` map that logq reads (None: absent or not text)."""
+
+    pod_name: str | None = None
+    host: str | None = None
+    container_name: str | None = None
+    docker_id: str | None = None
+    container_image: str | None = None
+    pod_id: str | None = None
+    label_service: str | None = None
+    config_hash: str | None = None
+
+    @property
+    def service(self) -> str | None:
+        """``labels["logq.service"]``, else the pod's owner name, else None."""
+        if self.label_service:
+            return self.label_service
+        if self.pod_name and len(self.pod_name) <= _MAX_POD_NAME:
+            # Cut to what a node name and a uid can be: the cache below never holds big keys.
+            uid = (self.config_hash or self.pod_id or "")[:_MAX_UID]
+            return _owner(self.pod_name, (self.host or "")[:_MAX_POD_NAME], uid)
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _owner(pod: str, host: str, uid: str) -> str:
+    # A static pod is named ``<name>-<node>``: the node is the map's ``host``. Its log folder
+    # (what the shipper reads) is named after the config hash, which Fluent Bit gives as an
+    # annotation (``pod_id`` is the API server's mirror-pod uid).
+    return pod_owner_name(pod, node_names(host), uid)
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _get_str(mapping: object, key: str) -> str | None:
+    return _str(mapping.get(key)) if isinstance(mapping, dict) else None
+
+
+def kube_of(value: object) -> Kube | None:
+    """The :class:`Kube` of a decoded ``kubernetes`` value (None unless it is a map)."""
+    if not isinstance(value, dict):
+        return None
+    return Kube(
+        *(_str(value.get(k)) for k in KUBE_FIELDS),
+        label_service=_get_str(value.get("labels"), LABEL_SERVICE),
+        config_hash=_get_str(value.get("annotations"), ANNOTATION_CONFIG_HASH),
+    )
+
+
+def family_of(task_definition: object) -> str | None:
+    """``recipe`` from FireLens's ``ecs_task_definition`` ``recipe:12`` (text before the last
+    ``:``): the label ``com.amazonaws.ecs.task-definition-family`` the shipper reads."""
+    text = _str(task_definition)
+    if text is None:
+        return None
+    return _str(text.rpartition(":")[0] if ":" in text else text)
+
+
+def fills(
+    present: Container[str],
+    source: object,
+    kube: Kube | None,
+    task_definition: object,
+    container_name: object,
+    container_id: object = None,
+    tag: str = "",
+) -> dict[str, str]:
+    """The values to put in a record's lacking keys (``present`` holds the keys it has).
+
+    A record whose stream comes from ``source`` (Docker's fluentd log driver, FireLens on EC2)
+    also loses Docker's leading ``/`` of ``container_name``; when its tag is Docker's default
+    (the short container id, which names no service), its service is that container name:
+    the shipper's last rule for a container without labels.
+    """
+    out: dict[str, str] = {}
+    stream = source if isinstance(source, str) and source in _STREAMS else None
+    name = _str(container_name)
+    if stream is not None and wire.KEY_STREAM not in present:
+        out[wire.KEY_STREAM] = stream
+        if name is not None and name.startswith("/"):
+            name = out[wire.KEY_CONTAINER_NAME] = name[1:]
+    if wire.KEY_SERVICE not in present:
+        service = family_of(task_definition) or (kube.service if kube else None)
+        if not service and stream is not None and _is_short_id(tag, container_id):
+            service = name
+        if service:
+            out[wire.KEY_SERVICE] = service
+    if kube is not None:
+        for key, value in (
+            (wire.KEY_CONTAINER_NAME, kube.container_name),
+            (wire.KEY_CONTAINER_ID, kube.docker_id),
+            (wire.KEY_HOST, kube.host),
+            (wire.KEY_IMAGE, kube.container_image),
+        ):
+            if value and key not in present:
+                out[key] = value
+    return out
+
+
+def _is_short_id(tag: str, container_id: object) -> bool:
+    """Whether ``tag`` is Docker's default fluentd tag ``{{.ID}}``: the container id's first 12."""
+    return len(tag) == _SHORT_ID and isinstance(container_id, str) and container_id[:12] == tag
+
+
+def has_client_keys(record: dict[Any, Any]) -> bool:
+    """Whether a decoded record carries any of :data:`CLIENT_KEYS`."""
+    return KEY_SOURCE in record or KEY_KUBERNETES in record or KEY_ECS_TASK_DEFINITION in record
+
+
+def record_fills(records: list[dict[Any, Any]], tag: str) -> dict[str, dict[int, str]]:
+    """Per key, the filled values by record index, for records decoded as Python dicts."""
+    out: dict[str, dict[int, str]] = {}
+    for i, rec in enumerate(records):
+        if not has_client_keys(rec):
+            continue
+        values = fills(
+            rec,
+            rec.get(KEY_SOURCE),
+            kube_of(rec.get(KEY_KUBERNETES)),
+            rec.get(KEY_ECS_TASK_DEFINITION),
+            rec.get(wire.KEY_CONTAINER_NAME),
+            rec.get(wire.KEY_CONTAINER_ID),
+            tag,
+        )
+        for key, value in values.items():
+            out.setdefault(key, {})[i] = value
+    return out
