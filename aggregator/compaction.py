@@ -51,11 +51,14 @@ step 1 lists again, just before a merge. A pass looks back ``--lookback-hours`` 
 or, for the periodic task and ``compact`` without ``--lookback-hours``, from that long before
 the start of the last completed pass over the whole warehouse (``_compaction/last-pass.json``,
 at most 30 days), so that the hours of a pause (a stale heartbeat over a weekend, an outage) are
-compacted when it ends. A pass that fails in a partition or is stopped does not move it.
+compacted when it ends. A pass that is stopped, or where every partition failed (an outage),
+does not move it; one where only some partitions failed does (they stay in reach 48 hours).
 
-Run one compactor per warehouse: the periodic task is off by default (``--compact-interval``
-enables it; set it on one aggregator instance, or run ``logq-aggregator compact`` from cron). A
-second one is safe (see above), only wasted work.
+Run one compactor per warehouse: the periodic task is off by default. Set ``--compact-interval``
+on *every* aggregator (only the live one with the smallest node id compacts, see
+:func:`aggregator.ledger.compaction_blocker`, which cannot tell whether that one has it set), or
+run ``logq-aggregator compact`` from cron on one machine. A second compactor is safe (see
+above), only wasted work.
 """
 
 from __future__ import annotations
@@ -581,7 +584,9 @@ def compact_warehouse(
     merged = 0
     failed: list[str] = []
     stopped = False
+    walked = 0
     for spec, folder in closed_partitions(wh, now, grace, lookback, tables, service):
+        walked += 1
         reason = hold() if hold is not None else None
         if reason is not None:
             log.info("compaction pass stopped before %s: %s", folder, reason)
@@ -595,10 +600,16 @@ def compact_warehouse(
         except Exception as exc:  # one bad partition must not stop the others' compaction
             log.error("compaction of %s failed: %s; its files are unchanged", folder, exc)
             failed.append(folder)
+    # A pass that walked every partition counts as completed even if some failed: one partition
+    # that always fails (a damaged file) must not hold the record back, or every later pass
+    # would look back further, up to 30 days of listings, to fail on it again. Its hours stay
+    # in reach for 48 hours, as before. Only a pass where everything failed (the warehouse
+    # refused: an outage) does not count.
+    whole = tables is None and service is None and (resume or lookback is None)
+    if whole and not stopped and (not failed or len(failed) < walked):
+        _record_pass(wh, now)
     if failed:
         raise CompactionFailed(failed, merged)
-    if not stopped and tables is None and service is None and (resume or lookback is None):
-        _record_pass(wh, now)
     return merged
 
 

@@ -116,6 +116,8 @@ class Flusher:
         self._committed_keys: dict[int, dict[str, tuple[int, int]]] = {}
         """Per segment whose flush failed here: objects its attempts committed, by key, with
         (rows, rows of their partition); a retry keeps them instead of writing them again."""
+        self._unsaved: dict[int, FlushResult] = {}
+        """Segments committed whole whose offset marks could not be saved: a retry saves."""
 
     def flush(self, segment: Segment, committed: Committed | None = None) -> FlushResult:
         """Flush one segment: parsed a slice of :data:`SLICE_ROWS` records at a time, written
@@ -124,6 +126,14 @@ class Flusher:
         ``committed``: pairs other aggregators already committed (given for replayed segments).
         """
         started = time.monotonic()
+        unsaved = self._unsaved.get(segment.seq)
+        if unsaved is not None:
+            # An earlier attempt committed the segment (objects, ledger entry) and raised the
+            # marks, then failed to save them: only the save is left. Flushing again would find
+            # every row covered by those marks and replace the ledger entry with an empty one.
+            self.offsets.save()
+            del self._unsaved[segment.seq]
+            return unsaved
         result = FlushResult(segment.seq)
         if committed is not None and entry_name(self.node_id, segment.seq) in committed.done:
             # Completed before the crash (its ledger entry is written last): skip it whole.
@@ -137,8 +147,9 @@ class Flusher:
             self._manifest(segment.seq).unlink(missing_ok=True)
         else:
             self._flush_segment(segment, result, committed)
-        if result.records:
-            self.offsets.save()
+        self._unsaved[segment.seq] = result
+        self.offsets.save()
+        del self._unsaved[segment.seq]
         # Hand the slices' Arrow buffers back to the OS between flushes: on the system pool
         # (aggregator/memory.py) this is malloc_trim(0); other pools keep freed pages cached.
         pa.default_memory_pool().release_unused()

@@ -145,7 +145,8 @@ class Metrics:
         for table in TABLES:
             self.rows_written.labels(table)
         self._service_seen: dict[str, float] = {}
-        self._swept_at = time.monotonic()
+        self._swept_at: float | None = None
+        """When idle services were last looked for (the clock of the first call before that)."""
         self.failing_since: float | None = None
         self.unhealthy_after = 300.0
         self.disk_low: str | None = None
@@ -162,6 +163,8 @@ class Metrics:
                 for table in TABLES:
                     self.rows_outside_projection.labels(table, service)
             self._service_seen[service] = now
+        if self._swept_at is None:
+            self._swept_at = now
         if now - self._swept_at < _SWEEP_SECONDS:
             return
         self._swept_at = now

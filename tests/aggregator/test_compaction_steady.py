@@ -245,6 +245,30 @@ def test_a_failed_or_stopped_pass_does_not_move_the_record(
     assert rows(root) == before
 
 
+def test_one_partition_that_always_fails_does_not_hold_the_record_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A damaged partition fails every pass; the others compact. Holding the record back for
+    it would make every later pass look back further (up to 30 days) to fail on it again."""
+    root = tmp_path / "wh"
+    wh = open_warehouse(str(root), create=True)
+    compact_warehouse(wh, now=NOW - timedelta(hours=61), resume=True)
+    good = write_hour(root, 60, 3)
+    bad = write_hour(root, 50, 3)
+    real = compaction._Attempt.run
+
+    def damaged(self: compaction._Attempt) -> bool:
+        if self.folder == bad:
+            raise OSError("ZSTD decompression failed")
+        return real(self)
+
+    monkeypatch.setattr(compaction._Attempt, "run", damaged)
+    with pytest.raises(CompactionFailed):
+        compact_warehouse(wh, now=NOW, resume=True)
+    assert last_pass(wh) == NOW
+    assert parquet_count(good) == 1 and parquet_count(bad) == 3
+
+
 def test_a_partial_pass_does_not_move_the_record(tmp_path: Path) -> None:
     """A pass over one service, or with an explicit lookback, covers less than a resumed one."""
     root = tmp_path / "wh"

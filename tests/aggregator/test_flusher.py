@@ -322,3 +322,34 @@ def test_a_note_of_another_warehouse_deletes_nothing_outside_this_one(
     assert digest(tmp_path / "wh-a") == in_a, "warehouse A's objects are not touched"
     assert sum(pq.read_metadata(p).num_rows for p in data_files(tmp_path / "wh-b")) == total
     assert not list((tmp_path / "flushing").glob("*.json"))
+
+
+def test_a_retry_after_the_offsets_save_failed_only_saves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The segment is committed (objects, ledger entry) and its marks raised, then saving the
+    marks fails (a full buffer disk). The retry must not flush again: with the marks raised it
+    would drop every row as resent and replace the ledger entry, which peers read to skip
+    lines they replay, with an empty one."""
+    seg = Segment(6, tmp_path / "0000000000000006.seg")
+    total = write_segment(seg.path, frames=3, per_frame=50)
+    wh_dir = tmp_path / "wh"
+    flusher = make_flusher(tmp_path, wh_dir)
+    save = OffsetState.save
+
+    def disk_full(self: OffsetState) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(OffsetState, "save", disk_full)
+    with pytest.raises(OSError):
+        flusher.flush(seg)
+    monkeypatch.setattr(OffsetState, "save", save)
+    ledger = [p for p in wh_dir.rglob(f"*{entry_name('node-a', 6)}*") if p.is_file()]
+    assert len(ledger) == 1 and pq.read_metadata(ledger[0]).num_rows == total
+
+    result = flusher.flush(seg)
+    assert pq.read_metadata(ledger[0]).num_rows == total, "the ledger entry keeps its lines"
+    assert result.records == total and result.duplicates == 0 and len(result.files) == 6
+    assert sum(pq.read_metadata(p).num_rows for p in data_files(wh_dir)) == total
+    reloaded = OffsetState(tmp_path / "offsets.json").load()
+    assert not reloaded.keep_mask(pa.array(["src-1"]), pa.array([total], pa.int64()))[0].as_py()
