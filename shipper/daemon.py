@@ -12,6 +12,9 @@ checkpoints as acks arrive, and handles the process lifecycle:
   descriptors, EIO) keeps its sources (they are not "gone"), the others are unaffected;
   passes back off only while a whole root cannot be listed. A folder that can never be listed
   (EACCES: the shipper runs as a user without access) is warned about once and skipped.
+  An idle source sleeps until inotify reports a change of its live file (at most
+  :data:`~shipper.source.IDLE_CEILING_SECONDS`), else it looks every ``--poll-interval``
+  (no inotify, watch limit reached, network filesystems); see :class:`FileWatcher`.
 * SIGTERM / SIGINT: stop reading, wait for in-flight acks (at most ``--retry-timeout``), save
   checkpoints, exit 0.
 * checkpoints that cannot be written (full or read-only ``--state-dir``) do not stop shipping:
@@ -49,7 +52,7 @@ with deferred_interrupts("logq-shipper"):
     from shipper.config import Config, load_config
     from shipper.discover import Discoverer, Scan, SourceSpec, node_names
     from shipper.errors import ConfigError, ShipperError
-    from shipper.inotify import DirectoryWatcher, directories_to_watch
+    from shipper.inotify import DirectoryWatcher, FileWatcher, directories_to_watch
     from shipper.logs import setup_logging
     from shipper.metrics import Metrics
     from shipper.sender import ForwardClient, tls_context
@@ -100,6 +103,9 @@ class Shipper:
         for endpoint in cfg.aggregators:  # at 0 from the start (see Metrics.watch_service)
             self.metrics.retries.labels(str(endpoint))
         self.runners: dict[str, SourceRunner] = {}
+        self.file_watcher: FileWatcher | None = None
+        """inotify on the sources' live files (follow mode, where available): idle sources
+        sleep until their file changes instead of polling it (see SourceRunner._idle)."""
         self._dirty = asyncio.Event()
         self._saved = asyncio.Condition()
         self._generation = 0
@@ -361,6 +367,10 @@ class Shipper:
         saver = asyncio.create_task(self._checkpoint_loop())
         ticker = asyncio.create_task(self._tick_loop())
         exit_error: ShipperError | None = None
+        if not self.cfg.once:  # --once ends at the end of its files: it polls its few waits
+            self.file_watcher = FileWatcher.create()
+            if self.file_watcher is not None:
+                self.file_watcher.start(loop)
         try:
             scan = self._discover()
             specs = scan.specs
@@ -404,6 +414,8 @@ class Shipper:
                 )
             await self.client.close()
             self.registry.close()
+            if self.file_watcher is not None:
+                self.file_watcher.close()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)

@@ -1224,6 +1224,29 @@ class Tailer:
         only behind our descriptor, and a restart could not read them."""
         return bool(self.cursors) and self.cursors[0].deleted()
 
+    def settled(self) -> Cursor | None:
+        """The live file, when it is all this source has open, is read to its end (the caller
+        knows) and nothing here is driven by time: no split line waiting for
+        :data:`SPLIT_FLUSH_SECONDS`, no renamed file in its :data:`ROTATE_WAIT_SECONDS`, no
+        held or gap-flushed file, not parked, no open backoff. Only then may the source sleep
+        until the file changes (an inotify event) instead of polling; else None."""
+        live = self.live
+        if (
+            live is None
+            or len(self.cursors) != 1
+            or self.cursors[0] is not live
+            or live.rotated_at is not None
+            or live.gap_after
+            or self._lingering
+            or self._held
+            or self._gap_flush is not None
+            or self._parked is not None
+            or self._open_backoff
+            or self.parser.pending_origins()
+        ):
+            return None
+        return live
+
     @property
     def waiting(self) -> bool:
         """Not following its files yet: put off for lack of descriptors."""

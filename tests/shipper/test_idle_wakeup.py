@@ -1,0 +1,363 @@
+"""Idle sources sleep until their live file changes (inotify), polling kept as the safety net.
+
+The ceiling of that sleep is raised to a minute here: a line that arrives within the tests'
+(generous) waits was brought by an event, not by the ceiling. Every time-driven duty of the
+tailer (split-line flush, rotate wait) must still fire while the source waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+import shipper.inotify as inotify_mod
+import shipper.source as source_mod
+import shipper.tailer as tailer_mod
+from shipper.config import load_config
+from shipper.daemon import Shipper
+from shipper.inotify import FileWatcher
+from shipper.source import SourceRunner
+from tests.shipper.hostgen import docker_line, make_container
+from tests.shipper.receiver import Receiver
+from tests.shipper.shipping import shipper_args, until
+
+WAIT = 30.0
+"""Generous, and well below the patched ceiling: only an event can bring a line in time."""
+
+
+@pytest.fixture(autouse=True)
+def long_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(source_mod, "IDLE_CEILING_SECONDS", 60.0)
+    monkeypatch.setattr(tailer_mod, "ROTATE_WAIT_SECONDS", 0.2)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@asynccontextmanager
+async def running(
+    tmp_path: Path, receiver: Receiver, docker: Path, poll: str = "0.05"
+) -> AsyncIterator[Shipper]:
+    args = ("--poll-interval", poll, "--discover-interval", "0.2", "--retry-timeout", "5")
+    shipper = Shipper(load_config(shipper_args(tmp_path, receiver, *args, docker=docker)))
+    run = asyncio.create_task(shipper.run())
+    try:
+        yield shipper
+    finally:
+        shipper.request_stop()
+        assert await asyncio.wait_for(run, WAIT) == 0
+
+
+def only_runner(shipper: Shipper) -> SourceRunner:
+    (runner,) = shipper.runners.values()
+    return runner
+
+
+async def settled_on(runner: SourceRunner, path: Path) -> None:
+    """Wait until the reader watches the file now at ``path``, then a moment more: its next
+    idle turn is the long wait (a turn of --poll-interval follows a new watch)."""
+    st = os.stat(path)
+    await until(lambda: (runner._watched or (0, 0))[:2] == (st.st_dev, st.st_ino), WAIT)
+    await asyncio.sleep(0.5)
+
+
+def append(path: Path, *texts: str, start: int = 100) -> None:
+    with open(path, "ab") as f:
+        for i, text in enumerate(texts):
+            f.write(docker_line(text, start + i))
+
+
+def arrived(receiver: Receiver, *texts: str) -> Callable[[], bool]:
+    return lambda: receiver.lines()[-len(texts) :] == list(texts)
+
+
+def test_an_idle_watched_source_ships_an_appended_line_at_once(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    docker = tmp_path / "docker"
+    log = make_container(docker, "a" * 64, "app", lines=["before"])
+
+    async def scenario() -> None:
+        async with running(tmp_path, receiver, docker) as shipper:
+            await until(arrived(receiver, "before"), WAIT)
+            runner = only_runner(shipper)
+            for n in range(3):  # woken again and again, not once
+                await settled_on(runner, log)
+                append(log, f"after-{n}", start=10 + n)
+                await until(arrived(receiver, f"after-{n}"), WAIT)
+
+    asyncio.run(scenario())
+    assert receiver.lines() == ["before", "after-0", "after-1", "after-2"]
+    assert receiver.duplicates == 0
+
+
+def test_a_file_written_line_by_line_is_read_in_batches_not_a_turn_per_write(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """Events coalesce, and a source woken by writes looks no more often than polling would:
+    200 writes over about 2 s, polled every second, come in a handful of messages."""
+    docker = tmp_path / "docker"
+    log = make_container(docker, "f" * 64, "app", lines=["before"])
+    texts = [f"line-{i}" for i in range(200)]
+
+    async def scenario() -> int:
+        async with running(tmp_path, receiver, docker, poll="1.0") as shipper:
+            await until(arrived(receiver, "before"), WAIT)
+            await settled_on(only_runner(shipper), log)
+            before = receiver.messages
+            for i, text in enumerate(texts):
+                append(log, text, start=10 + i)
+                await asyncio.sleep(0.01)
+            await until(arrived(receiver, texts[-1]), WAIT)
+            return receiver.messages - before
+
+    messages = asyncio.run(scenario())
+    assert receiver.lines() == ["before", *texts]
+    assert messages < 40  # a turn per write would be about 200
+
+
+def test_rename_rotation_of_a_watched_file_is_followed(tmp_path: Path, receiver: Receiver) -> None:
+    docker = tmp_path / "docker"
+    log = make_container(docker, "b" * 64, "app", lines=["first"])
+
+    async def scenario() -> None:
+        async with running(tmp_path, receiver, docker) as shipper:
+            await until(arrived(receiver, "first"), WAIT)
+            runner = only_runner(shipper)
+            await settled_on(runner, log)
+            # Docker's json-file rotation: rename, then a new file with the next lines.
+            append(log, "last-of-old", start=1)
+            log.rename(log.with_name(log.name + ".1"))
+            append(log, "first-of-new", start=2)
+            await until(arrived(receiver, "last-of-old", "first-of-new"), WAIT)
+            await settled_on(runner, log)  # the watch moved to the new file
+            append(log, "later", start=3)
+            await until(arrived(receiver, "later"), WAIT)
+
+    asyncio.run(scenario())
+    assert receiver.lines() == ["first", "last-of-old", "first-of-new", "later"]
+
+
+def test_copytruncate_of_a_watched_file_is_followed(tmp_path: Path, receiver: Receiver) -> None:
+    docker = tmp_path / "docker"
+    log = make_container(docker, "c" * 64, "app", lines=["one", "two"])
+
+    async def scenario() -> None:
+        async with running(tmp_path, receiver, docker) as shipper:
+            await until(arrived(receiver, "one", "two"), WAIT)
+            runner = only_runner(shipper)
+            await settled_on(runner, log)
+            # logrotate copytruncate: copy, truncate in place, the writer goes on at 0.
+            shutil.copyfile(log, log.with_name(log.name + ".1"))
+            with open(log, "r+b") as f:
+                f.truncate(0)
+            append(log, "after-truncate", start=50)
+            await until(arrived(receiver, "after-truncate"), WAIT)
+            await settled_on(runner, log)
+            append(log, "later", start=51)
+            await until(arrived(receiver, "later"), WAIT)
+
+    asyncio.run(scenario())
+    assert receiver.lines() == ["one", "two", "after-truncate", "later"]
+
+
+def test_a_split_line_is_flushed_while_the_source_waits(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tailer_mod, "SPLIT_FLUSH_SECONDS", 0.3)
+    docker = tmp_path / "docker"
+    log = make_container(docker, "d" * 64, "app", lines=["before"])
+
+    async def scenario() -> None:
+        async with running(tmp_path, receiver, docker) as shipper:
+            await until(arrived(receiver, "before"), WAIT)
+            await settled_on(only_runner(shipper), log)
+            with open(log, "ab") as f:  # the first 16 KiB part of a line; the rest never comes
+                f.write(docker_line("X-part ", 1, nl=False))
+            # Nothing more is written: no event comes, only the flush deadline can ship it.
+            await until(arrived(receiver, "X-part "), WAIT)
+
+    asyncio.run(scenario())
+    assert receiver.lines() == ["before", "X-part "]
+
+
+def test_without_inotify_sources_poll(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FileWatcher, "create", classmethod(lambda cls: None))
+    docker = tmp_path / "docker"
+    log = make_container(docker, "e" * 64, "app", lines=["before"])
+
+    async def scenario() -> None:
+        async with running(tmp_path, receiver, docker) as shipper:
+            await until(arrived(receiver, "before"), WAIT)
+            assert shipper.file_watcher is None  # run() tried to create it before discovery
+            await asyncio.sleep(0.5)
+            append(log, "polled")
+            await until(arrived(receiver, "polled"), WAIT)
+            assert only_runner(shipper)._watched is None
+
+    asyncio.run(scenario())
+    assert receiver.lines() == ["before", "polled"]
+
+
+def test_a_file_the_watcher_refuses_is_polled(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch limit reached (ENOSPC) or a network filesystem: that source polls."""
+    monkeypatch.setattr(FileWatcher, "watch", lambda self, fd, dev, wake: None)
+    docker = tmp_path / "docker"
+    log = make_container(docker, "9" * 64, "app", lines=["before"])
+
+    async def scenario() -> None:
+        async with running(tmp_path, receiver, docker) as shipper:
+            await until(arrived(receiver, "before"), WAIT)
+            runner = only_runner(shipper)
+            await until(lambda: runner._unwatchable is not None, WAIT)
+            append(log, "polled")
+            await until(arrived(receiver, "polled"), WAIT)
+            assert runner._watched is None
+
+    asyncio.run(scenario())
+    assert receiver.lines() == ["before", "polled"]
+
+
+def test_a_refused_file_is_offered_to_the_watcher_again(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Watches freed by sources that ended serve a source refused before (limit reached)."""
+    monkeypatch.setattr(source_mod, "WATCH_RETRY_SECONDS", 0.3)
+    real_watch = FileWatcher.watch
+    calls: list[int] = []
+
+    def refuse_first(self: FileWatcher, fd: int, dev: int, wake: asyncio.Event) -> int | None:
+        calls.append(fd)
+        return None if len(calls) == 1 else real_watch(self, fd, dev, wake)
+
+    monkeypatch.setattr(FileWatcher, "watch", refuse_first)
+    docker = tmp_path / "docker"
+    log = make_container(docker, "8" * 64, "app", lines=["before"])
+
+    async def scenario() -> None:
+        async with running(tmp_path, receiver, docker) as shipper:
+            await until(arrived(receiver, "before"), WAIT)
+            runner = only_runner(shipper)
+            await settled_on(runner, log)  # watched at the second offer
+            append(log, "woken")
+            await until(arrived(receiver, "woken"), WAIT)
+
+    asyncio.run(scenario())
+    assert len(calls) == 2
+
+
+def test_files_on_a_network_filesystem_are_not_watched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "app.log"
+    path.write_bytes(b"x\n")
+    magic = int(
+        subprocess.run(
+            ["stat", "-f", "-c", "%t", str(tmp_path)], check=True, capture_output=True, text=True
+        ).stdout,
+        16,
+    )
+
+    async def scenario() -> tuple[int | None, int | None]:
+        fd = os.open(path, os.O_RDONLY)
+        dev = os.fstat(fd).st_dev
+        local, remote = FileWatcher.create(), FileWatcher.create()
+        assert local is not None and remote is not None
+        try:
+            with monkeypatch.context() as m:
+                m.setattr(inotify_mod, "NETWORK_FILESYSTEMS", {magic: "nfs"})
+                remote_wd = remote.watch(fd, dev, asyncio.Event())
+            return local.watch(fd, dev, asyncio.Event()), remote_wd
+        finally:
+            local.close()
+            remote.close()
+            os.close(fd)
+
+    local_wd, remote_wd = asyncio.run(scenario())
+    assert local_wd is not None and remote_wd is None
+
+
+def kernel_watches(watcher: FileWatcher) -> int:
+    """Watches the kernel holds on the watcher's descriptor (``/proc/self/fdinfo``)."""
+    info = Path(f"/proc/self/fdinfo/{watcher._fd}").read_text()
+    return sum(1 for line in info.splitlines() if line.startswith("inotify wd:"))
+
+
+def test_watches_are_removed_when_sources_end(tmp_path: Path, receiver: Receiver) -> None:
+    """Sources come and go by whole folders moved out of the root: their files live on, so
+    only the shipper's own unwatch can drop their watches."""
+    docker = tmp_path / "docker"
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    keep = [make_container(docker, f"{i:064x}", f"keep{i}", lines=["k"]) for i in range(5)]
+
+    async def scenario() -> None:
+        async with running(tmp_path, receiver, docker) as shipper:
+            await until(lambda: len(shipper.runners) == 5, WAIT)
+            watcher = shipper.file_watcher
+            assert watcher is not None
+            for round_ in range(3):
+                batch = [
+                    make_container(docker, f"{1000 + 100 * round_ + i:064x}", "x", lines=["t"])
+                    for i in range(15)
+                ]
+                await until(lambda: watcher.watches == 20, WAIT)
+                assert kernel_watches(watcher) == 20
+                for path in batch:
+                    path.parent.rename(gone / path.parent.name)
+                await until(lambda: len(shipper.runners) == 5 and watcher.watches == 5, WAIT)
+                assert kernel_watches(watcher) == 5
+            assert {r.spec.path for r in shipper.runners.values()} == set(keep)
+
+    asyncio.run(scenario())
+    assert receiver.lines().count("t") == 45
+
+
+def test_one_watch_serves_every_source_of_a_file_and_goes_with_the_last(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "app.log"
+    path.write_bytes(b"x\n")
+
+    async def scenario() -> None:
+        watcher = FileWatcher.create()
+        assert watcher is not None
+        watcher.start(asyncio.get_running_loop())
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            a, b = asyncio.Event(), asyncio.Event()
+            wd = watcher.watch(fd, os.fstat(fd).st_dev, a)
+            assert wd is not None and watcher.watch(fd, os.fstat(fd).st_dev, b) == wd
+            with open(path, "ab") as f:
+                for _ in range(100):  # a burst: one Event each, set
+                    f.write(b"y\n")
+                    f.flush()
+            await asyncio.wait_for(asyncio.gather(a.wait(), b.wait()), WAIT)
+            watcher.unwatch(wd, a)
+            assert watcher.watching(wd, b) and not watcher.watching(wd, a)
+            assert kernel_watches(watcher) == 1
+            b.clear()
+            path.rename(tmp_path / "app.log.1")  # a rename wakes too
+            await asyncio.wait_for(b.wait(), WAIT)
+            watcher.unwatch(wd, b)
+            assert watcher.watches == 0 and kernel_watches(watcher) == 0
+        finally:
+            os.close(fd)
+            watcher.close()
+
+    asyncio.run(scenario())
