@@ -368,9 +368,11 @@ class Shipper:
         ticker = asyncio.create_task(self._tick_loop())
         exit_error: ShipperError | None = None
         if not self.cfg.once:  # --once ends at the end of its files: it polls its few waits
-            self.file_watcher = FileWatcher.create()
-            if self.file_watcher is not None:
-                self.file_watcher.start(loop)
+            self.file_watcher = watcher = FileWatcher.create()
+            if watcher is not None:
+                watcher.start(loop)
+                self.metrics.file_watches.set_function(lambda: watcher.watches)
+                self.metrics.file_watches_refused.set_function(lambda: watcher.limit_hits)
         try:
             scan = self._discover()
             specs = scan.specs

@@ -108,6 +108,17 @@ class Metrics:
             registry=r,
         )
         self.sources_waiting.set_function(_waiting_sources)
+        self.file_watches = Gauge(
+            "logq_shipper_file_watches",
+            "Live log files watched with inotify (the others are polled every --poll-interval)",
+            registry=r,
+        )
+        self.file_watches_refused = Gauge(
+            "logq_shipper_file_watches_refused",
+            "Watches the kernel refused since start (fs.inotify.max_user_watches reached: "
+            "those files are polled; raise the limit)",
+            registry=r,
+        )
         self.checkpoint_failures = Counter(
             "logq_shipper_checkpoint_write_failures",
             "Failed writes of the checkpoint registry (full or read-only --state-dir)",

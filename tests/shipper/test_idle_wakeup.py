@@ -96,6 +96,9 @@ def test_an_idle_watched_source_ships_an_appended_line_at_once(
                 await settled_on(runner, log)
                 append(log, f"after-{n}", start=10 + n)
                 await until(arrived(receiver, f"after-{n}"), WAIT)
+            await settled_on(runner, log)
+            watches = shipper.metrics.registry.get_sample_value("logq_shipper_file_watches")
+            assert watches == 1.0, "the watch shows in /metrics"
 
     asyncio.run(scenario())
     assert receiver.lines() == ["before", "after-0", "after-1", "after-2"]
@@ -228,6 +231,8 @@ def test_a_file_the_watcher_refuses_is_polled(
             append(log, "polled")
             await until(arrived(receiver, "polled"), WAIT)
             assert runner._watched is None
+            registry = shipper.metrics.registry
+            assert registry.get_sample_value("logq_shipper_file_watches") == 0.0
 
     asyncio.run(scenario())
     assert receiver.lines() == ["before", "polled"]
