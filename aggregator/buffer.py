@@ -36,21 +36,18 @@ import logging
 import os
 import re
 import secrets
-import struct
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from aggregator.durable import fsync_dir, write_atomic
+from aggregator.frames import Scan, encode_frame, scan_frames
 
 #: What a node id may hold: it starts every object key and ledger file this instance writes.
 NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 log = logging.getLogger("logq.aggregator.buffer")
 
-_HEADER = struct.Struct(">II")
 _SEGMENT_RE = re.compile(r"^(\d{16})\.seg$")
 #: Sub-folder of the buffer dir the flusher parks a segment's parsed rows in (spill.py).
 SPILL_DIR = "spill"
@@ -73,10 +70,6 @@ class Segment:
             return 0
 
 
-def encode_frame(payload: bytes) -> bytes:
-    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-
-
 def read_frames(path: Path) -> Iterator[bytes]:
     """Payloads of a segment, skipping a damaged frame inside it and stopping at a torn tail.
 
@@ -87,49 +80,29 @@ def read_frames(path: Path) -> Iterator[bytes]:
 
     Streamed frame by frame: a flush holds one slice of a segment in memory, never the file.
     """
+
+    def damaged(pos: int, length: int) -> None:
+        log.error(
+            "buffer segment %s: the frame at offset %d (%d bytes) fails its checksum "
+            "though frames follow it: disk damage; its records are lost, the rest of "
+            "the segment is kept (check the disk)",
+            path.name,
+            pos,
+            length,
+        )
+
     size = path.stat().st_size
-    pos = 0
+    scan = Scan()
     with open(path, "rb") as fh:
-        while pos + _HEADER.size <= size:
-            length, crc = _HEADER.unpack(fh.read(_HEADER.size))
-            if length > size - pos - _HEADER.size:
-                break  # torn: the frame claims more bytes than the file holds
-            payload = fh.read(length)
-            end = pos + _HEADER.size + length
-            if zlib.crc32(payload) != crc:
-                if not _valid_frame_at(fh, end, size):
-                    break
-                log.error(
-                    "buffer segment %s: the frame at offset %d (%d bytes) fails its checksum "
-                    "though frames follow it: disk damage; its records are lost, the rest of "
-                    "the segment is kept (check the disk)",
-                    path.name,
-                    pos,
-                    _HEADER.size + length,
-                )
-            else:
-                yield payload
-            pos = end
-    if pos < size:
+        yield from scan_frames(fh, size, scan, damaged)
+    if scan.end < size:
         log.warning(
             "buffer segment %s: ignoring %d bytes of a torn or corrupt frame at offset %d "
             "(the end of the segment: a write cut by a crash, never acknowledged)",
             path.name,
-            size - pos,
-            pos,
+            size - scan.end,
+            scan.end,
         )
-
-
-def _valid_frame_at(fh: BinaryIO, at: int, size: int) -> bool:
-    """Whether a whole frame with a good checksum starts at ``at``; ``fh`` is left there."""
-    fh.seek(at)
-    try:
-        if at + _HEADER.size > size:
-            return False
-        length, crc = _HEADER.unpack(fh.read(_HEADER.size))
-        return length <= size - at - _HEADER.size and zlib.crc32(fh.read(length)) == crc
-    finally:
-        fh.seek(at)
 
 
 #: errno -> why the buffer dir cannot be used and what to do, for the one-line start error. An

@@ -53,12 +53,9 @@ import contextlib
 import itertools
 import logging
 import os
-import struct
 import threading
 import time
-import zlib
 from pathlib import Path
-from typing import BinaryIO
 
 import msgspec
 import numpy as np
@@ -66,6 +63,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aggregator.durable import atomic_file, fsync_dir
+from aggregator.frames import HEADER, Scan, encode_frame, scan_frames
 
 log = logging.getLogger("logq.aggregator.dedup")
 
@@ -75,7 +73,6 @@ JOURNAL_MIN_BYTES = 8 << 20
 #: Sources encoded at once when a snapshot is written (each part lets other threads run).
 SNAPSHOT_CHUNK = 10_000
 
-_HEADER = struct.Struct(">II")
 _Mark = tuple[int, float]
 _SNAPSHOT_TYPE = dict[str, tuple[int, float]]
 _RECORD_TYPE = list[tuple[str, int, float]]
@@ -153,39 +150,35 @@ class OffsetState:
     def _replay_journal(self) -> None:
         if not self.journal.exists():
             return
+
+        def damaged(pos: int, length: int) -> None:
+            log.error(
+                "%s: the record at offset %d (%d bytes) is damaged though records follow it "
+                "(disk damage): its marks are lost, so lines its sources resend may be stored "
+                "twice (check the disk)",
+                self.journal,
+                pos,
+                length,
+            )
+
         with open(self.journal, "r+b") as fh:
             size = os.fstat(fh.fileno()).st_size
-            pos = 0
-            while pos + _HEADER.size <= size:
-                length, crc = _HEADER.unpack(fh.read(_HEADER.size))
-                if length > size - pos - _HEADER.size:
-                    break  # torn: the record claims more bytes than the file holds
-                payload = fh.read(length)
-                end = pos + _HEADER.size + length
-                if zlib.crc32(payload) != crc or not self._apply(payload):
-                    if not _valid_record_at(fh, end, size):
-                        break
-                    log.error(
-                        "%s: the record at offset %d (%d bytes) is damaged though records "
-                        "follow it (disk damage): its marks are lost, so lines its sources "
-                        "resend may be stored twice (check the disk)",
-                        self.journal,
-                        pos,
-                        end - pos,
-                    )
-                pos = end
-            if pos < size:
+            scan = Scan()
+            for payload in scan_frames(fh, size, scan, damaged):
+                if not self._apply(payload):
+                    damaged(scan.end - HEADER.size - len(payload), HEADER.size + len(payload))
+            if scan.end < size:
                 log.warning(
                     "%s: cutting off %d bytes of a torn record at offset %d (a save cut by a "
                     "crash: its segment is replayed with the older marks)",
                     self.journal,
-                    size - pos,
-                    pos,
+                    size - scan.end,
+                    scan.end,
                 )
-                fh.truncate(pos)
+                fh.truncate(scan.end)
                 fh.flush()
                 os.fsync(fh.fileno())
-            self._journal_bytes = pos
+            self._journal_bytes = scan.end
 
     def _apply(self, payload: bytes) -> bool:
         """Merge one journal record's marks; False if it does not decode."""
@@ -285,7 +278,7 @@ class OffsetState:
             if not self._dirty:
                 return
             payload = msgspec.json.encode([(sid, *mark) for sid, mark in self._dirty.items()])
-            record = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+            record = encode_frame(payload)
             bound = max(self.journal_min_bytes, self._snapshot_bytes)
             if self._journal_bytes + len(record) > bound:
                 self.snapshot()
@@ -354,16 +347,3 @@ class OffsetState:
         with self._lock:
             if self._dirty or self._journal_bytes:
                 self.snapshot()
-
-
-def _valid_record_at(fh: BinaryIO, at: int, size: int) -> bool:
-    """Whether a whole journal record with a good checksum starts at ``at``; ``fh`` is left
-    there."""
-    fh.seek(at)
-    try:
-        if at + _HEADER.size > size:
-            return False
-        length, crc = _HEADER.unpack(fh.read(_HEADER.size))
-        return length <= size - at - _HEADER.size and zlib.crc32(fh.read(length)) == crc
-    finally:
-        fh.seek(at)

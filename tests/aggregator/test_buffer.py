@@ -8,8 +8,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from aggregator.buffer import Buffer, encode_frame, read_frames
+from aggregator.buffer import Buffer, read_frames
 from aggregator.dedup import OffsetState
+from aggregator.frames import encode_frame
 
 
 def run(coro):

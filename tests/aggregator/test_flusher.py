@@ -14,11 +14,12 @@ import pytest
 from aggregator import flusher as flusher_mod
 from aggregator import spill as spill_mod
 from aggregator import writer as writer_mod
-from aggregator.buffer import Segment, encode_frame
+from aggregator.buffer import Segment
 from aggregator.decode import records_batch, to_ipc
 from aggregator.dedup import OffsetState
 from aggregator.envoy import BUILTIN_FORMATS
 from aggregator.flusher import Flusher
+from aggregator.frames import encode_frame
 from aggregator.ledger import Committed, Ledger, entry_name
 from aggregator.spill import Spill
 from aggregator.storage import StorageError
