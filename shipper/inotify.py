@@ -62,6 +62,20 @@ def _libc() -> ctypes.CDLL | None:
     return libc
 
 
+def _inotify(unavailable: str) -> tuple[ctypes.CDLL, int] | None:
+    """The C library and a new non-blocking inotify descriptor, or None (``unavailable`` is
+    logged when the system has inotify but refuses one: the per-user instance limit)."""
+    libc = _libc()
+    if libc is None:
+        return None
+    fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        log.warning("%s error=%s", unavailable, os.strerror(err))
+        return None
+    return libc, fd
+
+
 class DirectoryWatcher:
     """Sets :attr:`changed` when any watched directory gains, loses or renames an entry."""
 
@@ -77,15 +91,8 @@ class DirectoryWatcher:
     @classmethod
     def create(cls) -> DirectoryWatcher | None:
         """A watcher, or None where inotify is not available (discovery then only polls)."""
-        libc = _libc()
-        if libc is None:
-            return None
-        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
-            err = ctypes.get_errno()
-            log.warning("inotify unavailable, polling only error=%s", os.strerror(err))
-            return None
-        return cls(libc, fd)
+        made = _inotify("inotify unavailable, polling only")
+        return None if made is None else cls(*made)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Begin delivering events into ``loop`` (call from inside it)."""
@@ -204,16 +211,11 @@ class FileWatcher:
     @classmethod
     def create(cls) -> FileWatcher | None:
         """A watcher, or None where inotify is not available (sources then only poll)."""
-        libc = _libc()
-        if libc is None:
+        if _libc() is None:
             log.info("no inotify on this system: log files are polled every --poll-interval")
             return None
-        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
-            err = ctypes.get_errno()
-            log.warning("inotify unavailable, log files are polled error=%s", os.strerror(err))
-            return None
-        return cls(libc, fd)
+        made = _inotify("inotify unavailable, log files are polled")
+        return None if made is None else cls(*made)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Begin delivering events into ``loop`` (call from inside it)."""
