@@ -156,7 +156,8 @@ _HELP = {
     "a file that cannot be read); on "
     "SIGTERM: the longest wait for in-flight acks (default: 30, at least 0.1)",
     "poll_interval": "seconds between checks of an idle file (default: 0.25, at least 0.01); "
-    "a file inotify watches is looked at when it changes, and every 2 s at least",
+    "a file inotify watches is looked at when it changes (at most this often) and at least "
+    "every 2 s",
     "discover_interval": "seconds between scans for new containers and files (default: 1, "
     "at least 0.1); where inotify watches every log folder, changes trigger scans at once and "
     "the full rescan runs every max(this, 10) seconds",

@@ -372,7 +372,7 @@ class Shipper:
             if watcher is not None:
                 watcher.start(loop)
                 self.metrics.file_watches.set_function(lambda: watcher.watches)
-                self.metrics.file_watches_refused.set_function(lambda: watcher.limit_hits)
+                watcher.on_refused = self.metrics.file_watches_refused.inc
         try:
             scan = self._discover()
             specs = scan.specs

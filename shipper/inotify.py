@@ -22,6 +22,7 @@ import errno
 import logging
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("logq.shipper.inotify")
@@ -205,8 +206,11 @@ class FileWatcher:
         self._remote: dict[int, str | None] = {}
         """Device -> its network filesystem's name, None for a local one (asked once)."""
         self._logged: set[str] = set()
-        self.limit_hits = 0
-        """Watches refused because ``fs.inotify.max_user_watches`` was reached."""
+        self.on_refused: Callable[[], None] | None = None
+        """Called once per file the kernel refuses a watch (``fs.inotify.max_user_watches``
+        reached): a metric. A file offered again after a refusal is not counted again."""
+        self._refused: set[tuple[int, int]] = set()
+        """(device, inode) of files refused a watch (bounded: cleared past 100,000)."""
 
     @classmethod
     def create(cls) -> FileWatcher | None:
@@ -240,7 +244,7 @@ class FileWatcher:
         if wd < 0:
             err = ctypes.get_errno()
             if err == errno.ENOSPC:
-                self.limit_hits += 1
+                self._count_refused(file_fd, dev)
                 self._log_once(
                     "limit",
                     "inotify watch limit reached: log files beyond it are polled every "
@@ -255,6 +259,19 @@ class FileWatcher:
             return None
         self._subscribers.setdefault(wd, set()).add(wake)
         return wd
+
+    def _count_refused(self, file_fd: int, dev: int) -> None:
+        try:
+            ino = os.fstat(file_fd).st_ino
+        except OSError:
+            return
+        if (dev, ino) in self._refused:
+            return
+        if len(self._refused) >= 100_000:
+            self._refused.clear()
+        self._refused.add((dev, ino))
+        if self.on_refused is not None:
+            self.on_refused()
 
     def watching(self, wd: int, wake: asyncio.Event) -> bool:
         """Whether ``wake`` still gets the events of ``wd`` (the kernel drops a watch when its

@@ -113,10 +113,10 @@ class Metrics:
             "Live log files watched with inotify (the others are polled every --poll-interval)",
             registry=r,
         )
-        self.file_watches_refused = Gauge(
+        self.file_watches_refused = Counter(
             "logq_shipper_file_watches_refused",
-            "Watches the kernel refused since start (fs.inotify.max_user_watches reached: "
-            "those files are polled; raise the limit)",
+            "Log files the kernel refused an inotify watch (fs.inotify.max_user_watches "
+            "reached): they are polled every --poll-interval; raise the limit",
             registry=r,
         )
         self.checkpoint_failures = Counter(

@@ -366,3 +366,52 @@ def test_one_watch_serves_every_source_of_a_file_and_goes_with_the_last(
             watcher.close()
 
     asyncio.run(scenario())
+
+
+def test_a_file_refused_a_watch_is_counted_once_however_often_it_is_offered(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel's watch limit reached (ENOSPC): each refused file counts once, not once per
+    offer (a refused file is offered again every WATCH_RETRY_SECONDS)."""
+    import ctypes
+    import errno
+
+    monkeypatch.setattr(source_mod, "WATCH_RETRY_SECONDS", 0.1)
+    real_create = FileWatcher.create.__func__  # type: ignore[attr-defined]
+
+    class FullLibc:
+        def __init__(self, libc: ctypes.CDLL) -> None:
+            self._real = libc
+
+        def inotify_add_watch(self, *_args: object) -> int:
+            ctypes.set_errno(errno.ENOSPC)
+            return -1
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._real, name)
+
+    def create(cls: type[FileWatcher]) -> FileWatcher | None:
+        watcher = real_create(cls)
+        if watcher is not None:
+            watcher._libc = FullLibc(watcher._libc)
+        return watcher
+
+    monkeypatch.setattr(FileWatcher, "create", classmethod(create))
+    docker = tmp_path / "docker"
+    make_container(docker, "c" * 64, "app", lines=["one"])
+    make_container(docker, "d" * 64, "app", lines=["two"])
+
+    async def scenario() -> None:
+        async with running(tmp_path, receiver, docker) as shipper:
+            await until(arrived(receiver, "one", "two"), WAIT)
+            runners = list(shipper.runners.values())
+            await until(lambda: all(r._unwatchable is not None for r in runners), WAIT)
+            refused = [r._unwatchable for r in runners]
+            # Several offers each (0.1 s apart) ...
+            await until(lambda: [r._unwatchable for r in runners] != refused, WAIT)
+            await asyncio.sleep(0.5)
+            registry = shipper.metrics.registry
+            count = registry.get_sample_value("logq_shipper_file_watches_refused_total")
+            assert count == 2.0, "... one count per file"
+
+    asyncio.run(scenario())
