@@ -312,15 +312,23 @@ def _kube(raw: msgspec.Raw) -> clientmeta.Kube | None:
 
 
 def _texts(raws: list[msgspec.Raw], decode: Callable[[msgspec.Raw], Any] = _TEXT.decode) -> list:
-    """``raws`` decoded (``_ABSENT``: None), once per run of equal values: one client's chunk
-    mostly repeats one value (its records come from one container)."""
+    """``raws`` decoded (``_ABSENT``: None), once per distinct value: a client's chunk repeats
+    a few values (its records come from one container, or a few interleaved: stdout and
+    stderr, the pods behind one tag), and equal values decode to the same object."""
     out: list[Any] = []
     prev: msgspec.Raw | None = None
     value: Any = None
+    seen: dict[bytes, Any] = {}
     for raw in raws:
         if raw is not prev and raw != prev:
             prev = raw
-            value = None if raw is _ABSENT else decode(raw)
+            if raw is _ABSENT:
+                value = None
+            else:
+                key = bytes(raw)
+                value = seen.get(key, seen)
+                if value is seen:
+                    value = seen[key] = decode(raw)
         out.append(value)
     return out
 
