@@ -32,6 +32,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/ship.py
 	$(BIN)/python bench/query.py
 	$(BIN)/python bench/e2e.py
+	$(BIN)/python bench/idle.py
+	$(BIN)/python bench/offsets.py
 
 clean:
 	rm -rf $(VENV) logq-warehouse .pytest_cache
