@@ -31,7 +31,7 @@ from aggregator.compaction import (
 from athena.schema import CONTAINER_LOGS, partition_path
 from athena.warehouse import Warehouse, open_warehouse
 from tests.aggregator.helpers import read_table
-from tests.aggregator.test_compaction import LATER, flush_files
+from tests.aggregator.test_compaction import DT, LATER, flush_files
 
 TARGET = 1 << 30
 
@@ -47,7 +47,7 @@ def partition(tmp_or_uri: Path | str, files: int = 5) -> tuple[str, Warehouse, s
     uri = tmp_or_uri if isinstance(tmp_or_uri, str) else str(tmp_or_uri / "wh")
     flush_files(uri, files=files, rows_per_file=20)
     wh = open_warehouse(uri)
-    return uri, wh, wh.path(partition_path("container_logs", "recipe", "2026-11-27-10"))
+    return uri, wh, wh.path(partition_path("container_logs", "recipe", DT))
 
 
 def names(wh: Warehouse, folder: str) -> list[str]:
