@@ -77,14 +77,41 @@ def _inotify(unavailable: str) -> tuple[ctypes.CDLL, int] | None:
     return libc, fd
 
 
-class DirectoryWatcher:
-    """Sets :attr:`changed` when any watched directory gains, loses or renames an entry."""
+class _Inotify:
+    """One inotify descriptor delivering its events into an event loop (:meth:`_on_readable`)."""
 
     def __init__(self, libc: ctypes.CDLL, fd: int) -> None:
         self._libc = libc
         self._fd = fd
-        self._watched: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Begin delivering events into ``loop`` (call from inside it)."""
+        self._loop = loop
+        loop.add_reader(self._fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        raise NotImplementedError
+
+    def _forget(self) -> None:
+        """Drop what the watches were for (the descriptor is closed)."""
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        self._forget()
+
+
+class DirectoryWatcher(_Inotify):
+    """Sets :attr:`changed` when any watched directory gains, loses or renames an entry."""
+
+    def __init__(self, libc: ctypes.CDLL, fd: int) -> None:
+        super().__init__(libc, fd)
+        self._watched: dict[str, int] = {}
         self._limit_logged = False
         self.changed = asyncio.Event()
         """Set by an event; the waiter clears it before rescanning."""
@@ -94,11 +121,6 @@ class DirectoryWatcher:
         """A watcher, or None where inotify is not available (discovery then only polls)."""
         made = _inotify("inotify unavailable, polling only")
         return None if made is None else cls(*made)
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Begin delivering events into ``loop`` (call from inside it)."""
-        self._loop = loop
-        loop.add_reader(self._fd, self._on_readable)
 
     @property
     def watched(self) -> set[str]:
@@ -155,13 +177,7 @@ class DirectoryWatcher:
         self.changed.clear()
         return True
 
-    def close(self) -> None:
-        if self._fd < 0:
-            return
-        if self._loop is not None:
-            self._loop.remove_reader(self._fd)
-        os.close(self._fd)
-        self._fd = -1
+    def _forget(self) -> None:
         self._watched.clear()
 
 
@@ -185,7 +201,7 @@ inotify reports only the writes made through this kernel, so their files are pol
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 
 
-class FileWatcher:
+class FileWatcher(_Inotify):
     """One inotify descriptor for the live files of every source: a change sets the
     :class:`asyncio.Event` of each source watching that file.
 
@@ -198,9 +214,7 @@ class FileWatcher:
     """
 
     def __init__(self, libc: ctypes.CDLL, fd: int) -> None:
-        self._libc = libc
-        self._fd = fd
-        self._loop: asyncio.AbstractEventLoop | None = None
+        super().__init__(libc, fd)
         self._subscribers: dict[int, set[asyncio.Event]] = {}
         """Watch descriptor -> the Events of the sources following that file."""
         self._remote: dict[int, str | None] = {}
@@ -220,11 +234,6 @@ class FileWatcher:
             return None
         made = _inotify("inotify unavailable, log files are polled")
         return None if made is None else cls(*made)
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Begin delivering events into ``loop`` (call from inside it)."""
-        self._loop = loop
-        loop.add_reader(self._fd, self._on_readable)
 
     @property
     def watches(self) -> int:
@@ -342,13 +351,7 @@ class FileWatcher:
         for event in woken:
             event.set()
 
-    def close(self) -> None:
-        if self._fd < 0:
-            return
-        if self._loop is not None:
-            self._loop.remove_reader(self._fd)
-        os.close(self._fd)
-        self._fd = -1
+    def _forget(self) -> None:
         self._subscribers.clear()
 
 
