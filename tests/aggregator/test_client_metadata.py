@@ -307,8 +307,15 @@ def test_firelens_through_fluent_logger_lands_by_task_family(
             log=agg.log,
         )
         url = f"http://127.0.0.1:{metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            metrics = resp.read().decode()
+
+        def scraped() -> str:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                return resp.read().decode()
+
+        # The files are visible a moment before the flush's metrics are recorded.
+        series = 'logq_aggregator_envoy_parse_failures_total{service="recipe"}'
+        wait_until(lambda: series in scraped(), 60, "the flush's metrics", proc=agg.proc)
+        metrics = scraped()
     finally:
         assert agg.terminate() == 0
     sql = "SELECT service, container_name, path FROM envoy_access"
