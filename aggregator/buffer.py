@@ -42,6 +42,7 @@ from pathlib import Path
 
 from aggregator.durable import fsync_dir, write_atomic
 from aggregator.frames import Scan, encode_frame, scan_frames
+from shipper.errors import unusable_dir_message
 
 #: What a node id may hold: it starts every object key and ledger file this instance writes.
 NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -129,12 +130,7 @@ def unusable_dir_error(directory: Path, exc: OSError) -> OSError:
     ):
         return exc
     what, todo = _UNUSABLE_DIR[exc.errno]
-    uid, gid = os.getuid(), os.getgid()
-    cause = f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc)
-    error = type(exc)(
-        f"--buffer-dir {directory} {what} ({cause}; running as uid {uid}, gid {gid}): "
-        + todo.format(uid=uid, gid=gid, dir=directory)
-    )
+    error = type(exc)(unusable_dir_message("--buffer-dir", directory, exc, what, todo))
     error.errno = exc.errno
     return error
 

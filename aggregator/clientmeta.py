@@ -153,7 +153,9 @@ def fills(
 
 def _is_short_id(tag: str, container_id: object) -> bool:
     """Whether ``tag`` is Docker's default fluentd tag ``{{.ID}}``: the container id's first 12."""
-    return len(tag) == _SHORT_ID and isinstance(container_id, str) and container_id[:12] == tag
+    return (
+        len(tag) == _SHORT_ID and isinstance(container_id, str) and container_id[:_SHORT_ID] == tag
+    )
 
 
 def has_client_keys(record: dict[Any, Any]) -> bool:

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shipper.errors import ConfigError, clipped, preview
+from shipper.errors import ConfigError, clipped, preview, unusable_dir_message
 
 log = logging.getLogger("logq.shipper.checkpoint")
 
@@ -171,12 +171,7 @@ def unusable_state_dir(state_dir: Path, exc: OSError) -> ConfigError:
             "create it for that user (install -d -o {uid} -g {gid} {dir}) or point --state-dir "
             "at a writable directory"
         )
-    uid, gid = os.getuid(), os.getgid()
-    cause = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
-    return ConfigError(
-        f"--state-dir {state_dir} {what} ({cause}; running as uid {uid}, gid {gid}): "
-        + todo.format(uid=uid, gid=gid, dir=state_dir)
-    )
+    return ConfigError(unusable_dir_message("--state-dir", state_dir, exc, what, todo))
 
 
 class Registry:

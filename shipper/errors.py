@@ -7,11 +7,14 @@
     └── DeliveryError             batches could not be delivered within the retry budget
         └── HandshakeError        the aggregator refused the shared key or demanded one
 
-and the helpers that keep a value quoted in an error message short (:func:`preview`).
+and the helpers that keep a value quoted in an error message short (:func:`preview`) and that
+say why a directory cannot be used (:func:`unusable_dir_message`, also the aggregator's).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 
@@ -39,3 +42,14 @@ def clipped(text: str, limit: int) -> str:
 def preview(value: Any, limit: int = 60) -> str:
     """``repr(value)`` for an error message, cut at ``limit`` characters."""
     return clipped(repr(value), limit)
+
+
+def unusable_dir_message(flag: str, directory: Path, exc: OSError, what: str, todo: str) -> str:
+    """One line for a directory a program cannot use (``--state-dir``, ``--buffer-dir``): the
+    flag and directory, ``what`` is wrong, the cause, the uid/gid this process runs as, and
+    ``todo`` (which may name ``{uid}``, ``{gid}`` and ``{dir}``)."""
+    uid, gid = os.getuid(), os.getgid()
+    cause = f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
+    return f"{flag} {directory} {what} ({cause}; running as uid {uid}, gid {gid}): " + todo.format(
+        uid=uid, gid=gid, dir=directory
+    )
