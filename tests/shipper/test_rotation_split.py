@@ -361,14 +361,30 @@ def test_a_restart_during_the_rotate_wait_still_reads_what_the_renamed_file_gets
     reg.close()
 
 
-def _flush_unacked(t: Tailer) -> Chunk:
-    """Wait out the split flush: the parts ``X-part `` go out as they are; their ack never
-    comes."""
+def _split_line(fmt: str, text: str, i: int, partial: bool = False) -> bytes:
+    if fmt == "docker":
+        return docker_line(text, i, nl=not partial)
+    return cri_line(text, i, tag="P" if partial else "F")
+
+
+def _flushed_unacked_then_completed(
+    path: Path, state: Path, monkeypatch: pytest.MonkeyPatch, fmt: str = "docker"
+) -> tuple[Tailer, Registry, Chunk]:
+    """``before`` read and acknowledged; the split parts ``X-part `` flushed as they are after
+    the split-flush wait, their ack never coming; then the line's next part ``X-rest`` and a
+    line ``after`` written. Returns the tailer, its registry and the flushed chunk."""
+    import shipper.tailer as tailer_mod
+
+    monkeypatch.setattr(tailer_mod, "SPLIT_FLUSH_SECONDS", 0.1)
+    write(path, _split_line(fmt, "before", 0) + _split_line(fmt, "X-part ", 1, partial=True))
+    t, reg = tailer(path, state, fmt)
+    assert drain(t) == ["before"]
     time.sleep(0.2)
     flushed = t.read()
     assert flushed is not None and flushed.lines.logs == ["X-part "]
     flushed.cursor.outstanding += 1
-    return flushed
+    write(path, _split_line(fmt, "X-rest", 2) + _split_line(fmt, "after", 3))
+    return t, reg, flushed
 
 
 @pytest.mark.parametrize("fmt", ["docker", "cri"])
@@ -380,21 +396,8 @@ def test_a_flushed_split_line_is_cut_again_at_the_same_place_after_a_restart(
     again as the same record -- same text, same offset, so the aggregator drops it as one it
     has -- and the next part as a line of its own. Joined instead, the parts were stored twice:
     once flushed, once inside the joined line under a higher offset."""
-    import shipper.tailer as tailer_mod
-
-    monkeypatch.setattr(tailer_mod, "SPLIT_FLUSH_SECONDS", 0.1)
     path = tmp_path / ("c-json.log" if fmt == "docker" else "0.log")
-
-    def line(text: str, i: int, partial: bool = False) -> bytes:
-        if fmt == "docker":
-            return docker_line(text, i, nl=not partial)
-        return cri_line(text, i, tag="P" if partial else "F")
-
-    write(path, line("before", 0) + line("X-part ", 1, partial=True))
-    t, reg = tailer(path, state, fmt)
-    assert drain(t) == ["before"]
-    flushed = _flush_unacked(t)
-    write(path, line("X-rest", 2) + line("after", 3))
+    t, reg, flushed = _flushed_unacked_then_completed(path, state, monkeypatch, fmt)
     t, reg = restart(t, reg, path, state, fmt)
     sent = drain_sent(t)
     assert [log for log, _, _ in sent] == ["X-part ", "X-rest", "after"]
@@ -429,15 +432,8 @@ def test_once_cuts_a_flushed_split_line_again_and_leaves_an_unfinished_one(
     """The restart after the lost ack is a --once run: its bound must not override the cut
     (the parts were joined with the next part, and an unfinished line at the end went out
     under an offset below the others, then dropped, its checkpoint passed)."""
-    import shipper.tailer as tailer_mod
-
-    monkeypatch.setattr(tailer_mod, "SPLIT_FLUSH_SECONDS", 0.1)
     path = tmp_path / "c-json.log"
-    write(path, docker_line("before", 0) + docker_line("X-part ", 1, nl=False))
-    t, reg = tailer(path, state)
-    assert drain(t) == ["before"]
-    flushed = _flush_unacked(t)
-    write(path, docker_line("X-rest", 2) + docker_line("after", 3))
+    t, reg, flushed = _flushed_unacked_then_completed(path, state, monkeypatch)
     write(path, docker_line("Y-part ", 4, nl=False))  # unfinished: for the next run
     t.close()
     reg.save()
@@ -460,15 +456,8 @@ def test_a_copytruncate_keeps_the_cut_of_a_flushed_split_line(
     so it carries the cut too (it started with none, and the parts were joined again)."""
     import shutil
 
-    import shipper.tailer as tailer_mod
-
-    monkeypatch.setattr(tailer_mod, "SPLIT_FLUSH_SECONDS", 0.1)
     path = tmp_path / "c-json.log"
-    write(path, docker_line("before", 0) + docker_line("X-part ", 1, nl=False))
-    t, reg = tailer(path, state)
-    assert drain(t) == ["before"]
-    flushed = _flush_unacked(t)
-    write(path, docker_line("X-rest", 2) + docker_line("after", 3))
+    t, reg, flushed = _flushed_unacked_then_completed(path, state, monkeypatch)
     shutil.copy(path, f"{path}.1")  # logrotate's copytruncate
     os.truncate(path, 0)
     write(path, docker_line("new", 4))
