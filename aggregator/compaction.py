@@ -55,9 +55,9 @@ compacted when it ends. A pass that is stopped, or where every partition failed 
 does not move it; one where only some partitions failed does (they stay in reach 48 hours).
 
 Run one compactor per warehouse: the periodic task is off by default. Set ``--compact-interval``
-on *every* aggregator (only the live one with the smallest node id compacts, see
-:func:`aggregator.ledger.compaction_blocker`, which cannot tell whether that one has it set), or
-run ``logq-aggregator compact`` from cron on one machine. A second compactor is safe (see
+on every aggregator, or on some (of the live ones that have it, said in their heartbeats, only
+the one with the smallest node id compacts, see :func:`aggregator.ledger.compaction_blocker`),
+or run ``logq-aggregator compact`` from cron on one machine. A second compactor is safe (see
 above), only wasted work.
 """
 

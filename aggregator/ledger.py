@@ -58,6 +58,9 @@ class Heartbeat:
     committed_through: float
     updated: float
     flush_interval: float
+    compacts: bool = True
+    """Whether the node runs the periodic compaction (``--compact-interval``). Heartbeats of
+    versions before this field count as compacting, which is what every node assumed then."""
 
     def stale(self, now: float) -> bool:
         return now - self.updated > STALE_INTERVALS * self.flush_interval + STALE_GRACE_S
@@ -94,9 +97,10 @@ def entry_name(node_id: str, segment_seq: int) -> str:
 class Ledger:
     """One node's view of the ledger: writes its own entries, reads everyone else's."""
 
-    def __init__(self, warehouse: Warehouse, node_id: str):
+    def __init__(self, warehouse: Warehouse, node_id: str, *, compacts: bool = True):
         self.warehouse = warehouse
         self.node_id = node_id
+        self.compacts = compacts
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -123,6 +127,7 @@ class Ledger:
             "committed_through": committed_through,
             "updated": time.time(),
             "flush_interval": flush_interval,
+            "compacts": self.compacts,
         }
         put_bytes(self.warehouse, self._beat_path, (json.dumps(doc) + "\n").encode("utf-8"))
 
@@ -217,12 +222,19 @@ def read_heartbeats(warehouse: Warehouse) -> list[Heartbeat]:
                 float(doc["committed_through"]),
                 float(doc["updated"]),
                 float(doc["flush_interval"]),
+                _flag(doc.get("compacts", True)),
             )
         except (OSError, pa.ArrowException, ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable ledger heartbeat %s: %s", info.path, exc)
             continue
         beats.append(beat)
     return beats
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"'compacts' is {value!r}, not true or false")
+    return value
 
 
 @dataclass(frozen=True)
@@ -236,7 +248,7 @@ class CompactionHold:
 
 
 def compaction_blocker(
-    beats: list[Heartbeat], node_id: str | None, now: float
+    beats: list[Heartbeat], node_id: str | None, now: float, *, compacts: bool = True
 ) -> CompactionHold | None:
     """Why ``node_id`` (None: the ``compact`` command) must not compact now, or None.
 
@@ -244,8 +256,13 @@ def compaction_blocker(
       ``drain`` removes the heartbeat). If it crashed in the middle of a segment, its replay
       rewrites that segment's objects: merged meanwhile, they would be stored twice. So nobody
       compacts until it is back or drained.
-    * Of the live nodes, only the one with the smallest id compacts: ``--compact-interval`` can
-      be set on every aggregator, and a second compactor never races the first.
+    * Of the live nodes that compact (``--compact-interval``, said in their heartbeat), only
+      the one with the smallest id does: the flag can be set on every aggregator, and a
+      second compactor never races the first. A node set alone would otherwise wait for ever
+      behind a smaller one that never compacts.
+    * The ledger's expiry (``compacts=False``: a node without the flag, hourly) follows the
+      same election, so that exactly one node expires: none of them while a live node
+      compacts (its passes expire the ledger), else the live one with the smallest id.
     """
     stale = sorted(b.node for b in beats if b.node != node_id and b.stale(now))
     if stale:
@@ -256,10 +273,21 @@ def compaction_blocker(
             "its buffer; if that buffer is lost for good, delete its heartbeat file"
         )
         return CompactionHold(reason, peer_down=True)
-    if node_id is not None:  # every other heartbeat is fresh here
-        first = min((b.node for b in beats if b.node != node_id), default=node_id)
+    if node_id is None:
+        return None
+    others = [b for b in beats if b.node != node_id]  # every one of them is fresh here
+    compactors = sorted(b.node for b in others if b.compacts)
+    if compacts:
+        if compactors and compactors[0] < node_id:
+            reason = f"aggregator {compactors[0]} compacts (the live one with the smallest node id)"
+            return CompactionHold(reason, peer_down=False)
+    elif compactors:
+        reason = f"aggregator {compactors[0]} compacts, which expires the ledger"
+        return CompactionHold(reason, peer_down=False)
+    else:
+        first = min((b.node for b in others), default=node_id)
         if first < node_id:
-            reason = f"aggregator {first} compacts (the live one with the smallest node id)"
+            reason = f"aggregator {first} expires the ledger (the live one with the smallest id)"
             return CompactionHold(reason, peer_down=False)
     return None
 
@@ -286,11 +314,12 @@ def expire_unless_held(warehouse: Warehouse, node_id: str, now: float | None = N
     without writing out its buffer is neither back nor drained (stale heartbeat), nothing is
     deleted, since its replay, however late, reads the peers' entries written since its oldest
     segment and its own ones (to skip segments already written). Expiring only this node's own
-    entries would not be safer: a down peer's replay needs them. Of the live nodes, only the
-    one with the smallest id expires, as it would compact.
+    entries would not be safer: a down peer's replay needs them. Of the live nodes, none
+    expires while one of them compacts (its passes expire the ledger), else only the one with
+    the smallest id.
     """
     now = time.time() if now is None else now
-    hold = compaction_blocker(read_heartbeats(warehouse), node_id, now)
+    hold = compaction_blocker(read_heartbeats(warehouse), node_id, now, compacts=False)
     if hold is not None:
         if hold.peer_down:
             log.warning("ledger expiry deferred: %s", hold.reason)

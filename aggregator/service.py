@@ -258,7 +258,8 @@ class Aggregator:
             ) from exc
         self.buffer.start()
         offsets = OffsetState(Path(self.settings.buffer_dir) / "offsets.json").load()
-        self.ledger = Ledger(self.warehouse, self.buffer.node_id)
+        compacts = self.settings.compact_interval > 0
+        self.ledger = Ledger(self.warehouse, self.buffer.node_id, compacts=compacts)
         self.flusher = Flusher(
             self.warehouse,
             offsets,

@@ -29,6 +29,7 @@ from aggregator.ledger import (
     Heartbeat,
     Ledger,
     compaction_blocker,
+    read_heartbeats,
 )
 from aggregator.writer import object_name, write_partitions
 from athena.schema import CONTAINER_LOGS, partition_path
@@ -273,6 +274,33 @@ def test_only_the_smallest_live_node_compacts_and_none_while_one_is_down() -> No
         assert "logq-aggregator drain" in hold.reason
 
 
+def test_only_nodes_that_compact_are_elected_to(tmp_path: Path) -> None:
+    """The heartbeat says whether a node has --compact-interval: a node with it is not held
+    back by a smaller id that never compacts (nothing would ever be merged)."""
+    now = time.time()
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    Ledger(wh, "node-a", compacts=False).heartbeat(now, 10.0)
+    Ledger(wh, "node-b", compacts=True).heartbeat(now, 10.0)
+    Ledger(wh, "node-c", compacts=True).heartbeat(now, 10.0)
+    beats = read_heartbeats(wh)
+    assert {b.node: b.compacts for b in beats} == {"node-a": False, "node-b": True, "node-c": True}
+    assert compaction_blocker(beats, "node-b", now) is None
+    assert compaction_blocker(beats, "node-c", now) == CompactionHold(
+        "aggregator node-b compacts (the live one with the smallest node id)", peer_down=False
+    )
+    # A heartbeat of an older version, without the field, counts as compacting (as then);
+    # one with a value that is not a boolean is ignored (logged), like any unreadable one.
+    nodes = tmp_path / "wh" / "_ledger" / "_nodes"
+    old = json.loads((nodes / "node-a.json").read_text())
+    del old["compacts"]
+    (nodes / "node-a.json").write_text(json.dumps(old))
+    (nodes / "node-0.json").write_text(json.dumps({**old, "node": "node-0", "compacts": "no"}))
+    beats = read_heartbeats(wh)
+    assert {b.node: b.compacts for b in beats} == {"node-a": True, "node-b": True, "node-c": True}
+    hold = compaction_blocker(beats, "node-b", now)
+    assert hold is not None and hold.reason.startswith("aggregator node-a compacts")
+
+
 def crashed_node(uri: str) -> Ledger:
     """A node whose last heartbeat is an hour old: it died then, its buffer not written out."""
     wh = open_warehouse(uri)
@@ -318,6 +346,8 @@ def test_service_leaves_compaction_to_the_smallest_live_node(tmp_path: Path) -> 
     uri = closed_hours_flushed_long_ago(tmp_path)
     first = Ledger(open_warehouse(uri), "aaa-first")
     first.heartbeat(time.time(), flush_interval=60.0)  # a live peer that sorts first
+    # A live peer sorting before both, without --compact-interval: it is never waited for.
+    Ledger(open_warehouse(uri), "aaa-0", compacts=False).heartbeat(time.time(), 60.0)
     agg = start_aggregator(
         tmp_path, warehouse=uri, extra=["--compact-interval", "0.5", "--node-id", "zzz-second"]
     )
@@ -328,6 +358,8 @@ def test_service_leaves_compaction_to_the_smallest_live_node(tmp_path: Path) -> 
         assert len(parquet_files(uri)) == 12
         first.forget()  # it stopped cleanly: this one takes over
         wait_until(lambda: len(parquet_files(uri)) == 2, 30, "take over", proc=agg.proc)
+        own = {b.node: b.compacts for b in read_heartbeats(open_warehouse(uri))}
+        assert own == {"aaa-0": False, "zzz-second": True}
     finally:
         assert agg.stop() == 0
     assert read_table(uri, "container_logs").num_rows == 6 * 11

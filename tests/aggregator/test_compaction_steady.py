@@ -30,7 +30,9 @@ from aggregator.ledger import (
     RETENTION,
     STALE_GRACE_S,
     Ledger,
+    compaction_blocker,
     expire_unless_held,
+    read_heartbeats,
 )
 from aggregator.storage import StorageError
 from aggregator.writer import object_name, write_partitions
@@ -310,8 +312,8 @@ def test_the_ledger_is_expired_without_compaction_unless_a_peer_is_down(tmp_path
         entry.parent.mkdir(parents=True)
         entry.write_bytes(b"PAR1")
     now = time.time()
-    Ledger(wh, "node-a").heartbeat(now, 10.0)
-    down = Ledger(wh, "node-c")
+    Ledger(wh, "node-a", compacts=False).heartbeat(now, 10.0)
+    down = Ledger(wh, "node-c", compacts=False)
     down.heartbeat(now, 10.0)
     path = root / LEDGER_DIR / "_nodes" / "node-c.json"
     doc = json.loads(path.read_text())
@@ -323,8 +325,14 @@ def test_the_ledger_is_expired_without_compaction_unless_a_peer_is_down(tmp_path
     assert _ledger_hours(root) == [f"written={old}", f"written={new}"]
 
     down.forget()  # drained
-    Ledger(wh, "node-0").heartbeat(now, 10.0)  # a live node with a smaller id does it
+    Ledger(wh, "node-0", compacts=False).heartbeat(now, 10.0)  # a smaller live id does it
     assert expire_unless_held(wh, "node-a", now) is None
     assert _ledger_hours(root) == [f"written={old}", f"written={new}"]
     assert expire_unless_held(wh, "node-0", now) == 1
     assert _ledger_hours(root) == [f"written={new}"]
+
+    # A live node that compacts expires the ledger in its passes: nobody else does, whatever
+    # its id (else two nodes would delete the same hours).
+    Ledger(wh, "node-z", compacts=True).heartbeat(now, 10.0)
+    hold = compaction_blocker(read_heartbeats(wh), "node-0", now, compacts=False)
+    assert hold is not None and "node-z compacts" in hold.reason
