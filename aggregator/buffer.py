@@ -7,6 +7,7 @@ Layout of ``--buffer-dir``::
     last-seq                highest segment number ever opened (numbers are never reused)
     offsets.json            highest (source_id -> offset) committed to the warehouse (dedup.py)
     offsets.journal         the marks each flush raised since offsets.json was written
+    chunks.journal          chunk keys of the segments flushed in the last minutes (chunks.py)
     0000000000000007.seg    segments, in order; the highest is the one being appended to
     spill/                  parsed rows of the segment being flushed (spill.py), scratch space
     flushing/               object keys of the segment being flushed (flusher.py)
@@ -14,7 +15,8 @@ Layout of ``--buffer-dir``::
                             (node id ``<node-id>-quarantine``), written out with ``drain``
 
 A segment is a sequence of frames ``[u32 length][u32 crc32][payload]``; the payload is the decoded
-events of one Forward message (a row count and an Arrow IPC stream, see ``decode.to_ipc``). A
+events of one Forward message (a row count and an Arrow IPC stream, see ``decode.to_ipc``; a
+message with a ``chunk`` also carries its chunk key, see ``chunks.frame_payload``). A
 crash can leave a torn frame at the end of the last segment: replay stops at a last frame whose
 length or checksum is wrong, which can only be a frame that was never acknowledged (acks go out
 after the fsync that covers it). A damaged frame inside a segment is skipped, with an ERROR, and
@@ -40,6 +42,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from aggregator.chunks import JOURNAL_NAME, FlushedChunks, frame_chunks
 from aggregator.durable import fsync_dir, write_atomic
 from aggregator.frames import Scan, encode_frame, scan_frames
 from shipper.errors import unusable_dir_message
@@ -106,6 +109,14 @@ def read_frames(path: Path) -> Iterator[bytes]:
         )
 
 
+def _quiet_frames(path: Path) -> Iterator[bytes]:
+    """The good payloads of a segment, like :func:`read_frames` but leaving the reports of
+    damage to the flush that reads it next."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        yield from scan_frames(fh, size, Scan(), lambda pos, length: None)
+
+
 #: errno -> why the buffer dir cannot be used and what to do, for the one-line start error. An
 #: unwritable directory is the usual first-deployment mistake: a host path created by Docker or
 #: the kubelet is root's, and the image runs as an unprivileged user.
@@ -157,6 +168,9 @@ class Buffer:
         self._lock_fd = -1
         self._next_seq = 1
         """Number of the next active segment (none is open after a start on a full volume)."""
+        self._chunks: dict[int, list[bytes]] = {}
+        """Chunk keys of the messages in each segment (see :meth:`recent_chunks`)."""
+        self.flushed_chunks = FlushedChunks(self.dir / JOURNAL_NAME)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -302,8 +316,10 @@ class Buffer:
             self._space.clear()
             await self._space.wait()
 
-    def write(self, payload: bytes) -> asyncio.Future[None]:
-        """Append one frame; the returned future completes once it is fsync'd."""
+    def write(self, payload: bytes, chunk: bytes | None = None) -> asyncio.Future[None]:
+        """Append one frame; the returned future completes once it is fsync'd. ``chunk``: the
+        chunk key the frame carries (``chunks.frame_payload``), journaled when the segment is
+        flushed."""
         assert self._kick is not None, "Buffer.start() was not called"
         if self._closed:
             raise RuntimeError("buffer is closed")
@@ -321,6 +337,9 @@ class Buffer:
             os.ftruncate(self._fd, self._active_size)
             raise
         self._active_size += len(frame)
+        if chunk is not None:
+            assert self._active is not None
+            self._chunks.setdefault(self._active.seq, []).append(chunk)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         self._kick.set()
@@ -383,6 +402,41 @@ class Buffer:
         """Sealed segments waiting to be flushed, oldest first."""
         return list(self._sealed)
 
+    # --- chunk keys across a restart (chunks.py) -------------------------------------------------
+
+    def recent_chunks(self) -> list[bytes]:
+        """The chunk keys of messages made durable before this start, oldest first: those of
+        segments flushed in the last minutes (``chunks.journal``), then those in the segments
+        left by the previous run (read from their frames: the whole buffer is read once)."""
+        keys = self.flushed_chunks.load()
+        for segment in self._sealed:
+            if segment.seq not in self._chunks:
+                found = frame_chunks(_quiet_frames(segment.path))
+                if found:
+                    self._chunks[segment.seq] = found
+            keys.extend(self._chunks.get(segment.seq, ()))
+        return keys
+
+    def retire_chunks(self, segment: Segment) -> None:
+        """Journal the chunk keys of a segment about to leave the buffer (flushed or set aside),
+        so that a restart still recognises resends of its messages. Blocking (an fsync): the
+        service calls it in a worker thread; :meth:`delete` calls it if it was not. A failure
+        (a full disk) is logged and the segment goes anyway: the buffer must free its space."""
+        keys = self._chunks.pop(segment.seq, None)
+        if not keys:
+            return
+        try:
+            self.flushed_chunks.add(keys)
+        except OSError as exc:
+            log.warning(
+                "could not note the %d chunk ids of segment %d in %s (%s): after a restart, "
+                "resends of those messages would be stored again",
+                len(keys),
+                segment.seq,
+                self.flushed_chunks.path,
+                exc,
+            )
+
     @property
     def quarantine_dir(self) -> Path:
         """Where :meth:`quarantine` puts segments: a buffer dir of its own."""
@@ -402,6 +456,7 @@ class Buffer:
             write_atomic(folder / "node-id", f"{self.node_id[:53]}-quarantine\n".encode("ascii"))
         size = segment.size
         target = folder / segment.path.name
+        self.retire_chunks(segment)  # its rows are not stored yet, but will be by a drain
         os.replace(segment.path, target)
         fsync_dir(folder)
         fsync_dir(self.dir)
@@ -410,6 +465,7 @@ class Buffer:
 
     def delete(self, segment: Segment) -> None:
         """Drop a segment whose Parquet objects are committed; wake readers if under limit."""
+        self.retire_chunks(segment)
         size = segment.size
         segment.path.unlink(missing_ok=True)
         self._unseal(segment, size)

@@ -17,20 +17,65 @@ its ``chunk``.
 
 Memory holds the last :data:`DEFAULT_LIMIT` keys (about 155 bytes each: 15 MB), minutes of
 traffic from hundreds of clients; older ones are forgotten, so a resend later than that is
-stored again, as is one sent to another aggregator or arriving after a restart (see
-docs/operations.md).
+stored again, as is one sent to another aggregator.
+
+Across a restart. The classic lost ack is the aggregator's own death (kill -9, OOM, a host
+reboot) between the fsync of a message and its ack: the client resends to the restarted
+aggregator. So the key is also on disk, where the records are:
+
+* in the buffer frame itself (:func:`frame_payload`): the Arrow IPC record batch carries it as
+  custom metadata (``logq.chunk``), written and fsync'd with the records, atomically with them
+  (one checksummed frame). Readers that do not look for it (from_ipc, an older logq) get the
+  same table: a buffer written by this version replays under the previous one (a downgrade),
+  and segments of the previous version (no key) replay here, only without keys. At start the
+  segments left by the previous run are read for their keys (:func:`frame_chunk`);
+* in ``<buffer-dir>/chunks.journal`` (:class:`FlushedChunks`) once the segment is flushed and
+  deleted: its keys are appended and fsync'd before the segment goes, and kept for
+  :data:`RESEND_WINDOW_SECONDS` (and at most :data:`DEFAULT_LIMIT` keys): a crash a few seconds
+  after a flush does not forget the messages that flush took out of the buffer.
+
+So after a restart a resend is recognised if its first copy is still in the buffer (any age) or
+was flushed less than ten minutes before (and is among the last 100,000 such keys). A message
+whose frame was torn by the crash was never acked nor kept: its resend is stored, once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-from collections import OrderedDict
+import logging
+import os
+import struct
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import pyarrow as pa
 
+from aggregator.decode import BUFFER_SCHEMA, to_ipc
+from aggregator.durable import atomic_file
+from aggregator.frames import Scan, encode_frame, scan_frames
+
+log = logging.getLogger("logq.aggregator.chunks")
+
 #: Chunk ids remembered: at one message a second from each of 500 clients, 200 s of traffic.
 DEFAULT_LIMIT = 100_000
+#: How long the keys of a flushed segment are kept on disk for a restart. A client resends
+#: after its ack timeout (Fluentd: 190 s by default; Fluent Bit: when the connection breaks)
+#: plus its retry backoff and the restart: seconds to a few minutes.
+RESEND_WINDOW_SECONDS = 600.0
+#: File of the keys of recently flushed segments, in the buffer dir.
+JOURNAL_NAME = "chunks.journal"
+#: Custom metadata key of the record batch of a buffer frame that holds a message with a chunk.
+CHUNK_METADATA = b"logq.chunk"
+KEY_BYTES = 16
+
+_ROWS = struct.Struct(">I")  # the row count that starts every buffer frame (decode.to_ipc)
+_WHEN = struct.Struct(">d")
+_FRAME_OVERHEAD = len(encode_frame(_WHEN.pack(0.0)))  # a journal frame without its keys
+_IPC_OPTIONS: dict[str, pa.ipc.IpcWriteOptions] = {}
 
 
 def chunk_key(chunk: str, batch: pa.RecordBatch, client: str) -> bytes:
@@ -90,3 +135,188 @@ class RecentChunks:
             del self._ids[chunk]
         else:
             self._ids[chunk] = None
+
+    def restore(self, keys: Iterable[bytes]) -> None:
+        """Remember ``keys`` (oldest first) of messages durable before a restart."""
+        for key in keys:
+            self.add(key, None)
+
+
+def frame_payload(batch: pa.RecordBatch, compression: str, key: bytes | None) -> bytes:
+    """The buffer frame of a message: :func:`aggregator.decode.to_ipc`'s, with the message's
+    chunk ``key`` (if it has one) as custom metadata of its record batch, so that the key is
+    durable exactly when the records are. ``from_ipc`` reads the same table from both."""
+    if key is None:
+        return to_ipc(batch, compression)
+    options = _IPC_OPTIONS.get(compression)
+    if options is None:
+        codec = None if compression == "none" else compression
+        options = _IPC_OPTIONS[compression] = pa.ipc.IpcWriteOptions(
+            compression=codec, use_threads=False
+        )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, BUFFER_SCHEMA, options=options) as writer:
+        writer.write_batch(batch, custom_metadata={CHUNK_METADATA: key.hex().encode("ascii")})
+    return _ROWS.pack(batch.num_rows) + sink.getvalue().to_pybytes()
+
+
+def frame_chunk(payload: bytes) -> bytes | None:
+    """The chunk key a buffer frame carries (:func:`frame_payload`); None for a message without
+    ``chunk``, a frame written by an older version, or one that does not decode (the flusher
+    reports those)."""
+    if CHUNK_METADATA not in payload:  # a quick scan spares decoding frames without a key
+        return None
+    try:
+        reader = pa.ipc.open_stream(pa.py_buffer(payload)[_ROWS.size :])
+        _, metadata = reader.read_next_batch_with_custom_metadata()
+    except (pa.ArrowException, StopIteration, ValueError, OSError):
+        return None
+    value = metadata.get(CHUNK_METADATA) if metadata is not None else None
+    if value is None:
+        return None
+    try:
+        key = bytes.fromhex(value.decode("ascii") if isinstance(value, bytes) else value)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return key if len(key) == KEY_BYTES else None
+
+
+def frame_chunks(payloads: Iterable[bytes]) -> list[bytes]:
+    """The chunk keys of a segment's frames, in order."""
+    return [key for payload in payloads if (key := frame_chunk(payload)) is not None]
+
+
+class FlushedChunks:
+    """``<buffer-dir>/chunks.journal``: the chunk keys of segments flushed recently.
+
+    A segment leaves the buffer once its rows are committed; a crash right after that must not
+    forget its keys, or a client whose ack the crash cut off resends and the rows are stored
+    twice. Each flushed (or quarantined) segment appends one frame (:mod:`aggregator.frames`:
+    ``[when: f64][key]*``), fsync'd before the segment is deleted. Frames older than
+    ``window`` seconds, and keys beyond the newest ``limit``, are dropped: at start, and
+    whenever dropped frames make up more than half the file (rewritten whole, atomically).
+    So the file holds at most about ``limit`` keys (1.6 MB) plus as much again.
+    """
+
+    def __init__(
+        self, path: Path, window: float = RESEND_WINDOW_SECONDS, limit: int = DEFAULT_LIMIT
+    ) -> None:
+        self.path = path
+        self.window = window
+        self.limit = limit
+        self._entries: deque[tuple[float, bytes]] = deque()
+        """Live frames: (when, keys concatenated), oldest first."""
+        self._keys = 0
+        self._file_bytes = 0
+        self._loaded = False
+        self._scan = Scan()
+
+    def load(self, now: float | None = None) -> list[bytes]:
+        """The live keys, oldest first; rewrites the file without the dead ones (and without a
+        torn tail a crash may have left)."""
+        now = time.time() if now is None else now
+        self._entries.clear()
+        self._keys = 0
+        for when, keys in self._read():
+            self._entries.append((when, keys))
+            self._keys += len(keys) // KEY_BYTES
+        self._expire(now)
+        self._loaded = True
+        try:
+            self._rewrite()
+        except OSError as exc:  # a full disk: keep the file, minus a torn tail appends would hide
+            log.warning("could not rewrite %s (%s); appending to it as it is", self.path, exc)
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, self._scan.end)
+            self._file_bytes = self._scan.end
+        return list(self.keys())
+
+    def keys(self) -> Iterator[bytes]:
+        for _, keys in self._entries:
+            for at in range(0, len(keys), KEY_BYTES):
+                yield keys[at : at + KEY_BYTES]
+
+    def add(self, keys: list[bytes], now: float | None = None) -> None:
+        """Append the keys of one segment leaving the buffer, durably (fsync'd)."""
+        if not keys:
+            return
+        now = time.time() if now is None else now
+        if not self._loaded:
+            self.load(now)
+        blob = b"".join(keys)
+        frame = encode_frame(_WHEN.pack(now) + blob)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(frame)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):  # no partial frame: it would hide later ones
+                    os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
+        self._file_bytes = size + len(frame)
+        self._entries.append((now, blob))
+        self._keys += len(keys)
+        self._expire(now)
+        if self._file_bytes > 2 * self._live_bytes() + (1 << 20):
+            self._rewrite()
+
+    def _live_bytes(self) -> int:
+        """Bytes the live frames take in the file."""
+        return len(self._entries) * _FRAME_OVERHEAD + self._keys * KEY_BYTES
+
+    def _expire(self, now: float) -> None:
+        while self._entries and (
+            self._entries[0][0] < now - self.window or self._keys > self.limit
+        ):
+            when, keys = self._entries[0]
+            count = len(keys) // KEY_BYTES
+            if when >= now - self.window and self._keys - count < self.limit:
+                # Only part of this frame is over the limit: keep its newest keys.
+                keep = self.limit - (self._keys - count)
+                self._entries[0] = (when, keys[-keep * KEY_BYTES :])
+                self._keys = self.limit
+                break
+            self._entries.popleft()
+            self._keys -= count
+
+    def _read(self) -> Iterator[tuple[float, bytes]]:
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+
+            def damaged(pos: int, length: int) -> None:
+                log.error(
+                    "%s: the frame at offset %d (%d bytes) fails its checksum (disk damage); "
+                    "resends of the chunks it held would be stored again",
+                    self.path,
+                    pos,
+                    length,
+                )
+
+            self._scan = Scan()
+            for payload in scan_frames(fh, size, self._scan, damaged):
+                if len(payload) < _WHEN.size or (len(payload) - _WHEN.size) % KEY_BYTES:
+                    log.error(
+                        "%s: a frame of %d bytes is not a journal frame", self.path, len(payload)
+                    )
+                    continue
+                yield _WHEN.unpack_from(payload)[0], payload[_WHEN.size :]
+
+    def _rewrite(self) -> None:
+        """Replace the file with the live frames (atomically: a crash keeps one or the other)."""
+        if not self._entries:
+            if self._file_bytes or self.path.exists():
+                self.path.unlink(missing_ok=True)
+            self._file_bytes = 0
+            return
+        with atomic_file(self.path) as fh:
+            for when, keys in self._entries:
+                fh.write(encode_frame(_WHEN.pack(when) + keys))
+        self._file_bytes = self._live_bytes()

@@ -34,8 +34,8 @@ from typing import Any
 import msgpack
 
 from aggregator.buffer import Buffer
-from aggregator.chunks import RecentChunks, chunk_key
-from aggregator.decode import decode, has_chunk, to_ipc
+from aggregator.chunks import RecentChunks, chunk_key, frame_payload
+from aggregator.decode import decode, has_chunk
 from aggregator.metrics import Metrics
 from shipper import wire
 
@@ -134,7 +134,8 @@ class ForwardServer:
         self.buffer_compression = buffer_compression
         self.hostname = socket.gethostname()
         self.chunks = RecentChunks()
-        """Chunk ids buffered recently: a resend of one is acked and not stored again."""
+        """Chunk ids buffered recently: a resend of one is acked and not stored again. Those of
+        a previous run are restored before listening (``Aggregator._restore_chunks``)."""
         self._server: asyncio.base_events.Server | None = None
         self._conns: dict[asyncio.Task[None], _Conn] = {}
         # Connection unpackers build Forward- and Message-mode messages as their bytes arrive
@@ -447,7 +448,8 @@ class ForwardServer:
                     continue
                 if batch.num_rows:
                     try:
-                        wait = self.buffer.write(to_ipc(batch, self.buffer_compression))
+                        payload = frame_payload(batch, self.buffer_compression, key)
+                        wait = self.buffer.write(payload, chunk=key)
                     except OSError as exc:  # disk full, I/O error: this frame was cut off
                         error = _buffer_error(exc)
                         break

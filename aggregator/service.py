@@ -316,6 +316,7 @@ class Aggregator:
             on_append=self._on_append,
             buffer_compression=self.settings.buffer_compression,
         )
+        await self._restore_chunks(self.server)
         host, port = split_host_port(self.settings.listen, "--listen")
         try:
             bound_host, self.port = await self.server.start(host, port)
@@ -336,6 +337,23 @@ class Aggregator:
             self.warehouse.uri,
             self.settings.buffer_dir,
         )
+
+    async def _restore_chunks(self, server: ForwardServer) -> None:
+        """Remember the chunk ids made durable before this start (chunks.py): a client whose
+        ack the previous run's death cut off resends to this one, which must not store it
+        again. Done before listening: resends come first."""
+        try:
+            keys = await asyncio.to_thread(self.buffer.recent_chunks)
+        except OSError as exc:
+            log.warning(
+                "could not read the chunk ids of the previous run (%s): resends of messages "
+                "it buffered without acking them will be stored again",
+                exc,
+            )
+            return
+        server.chunks.restore(keys)
+        if keys:
+            log.info("remembering %d chunk ids buffered before this start", len(keys))
 
     async def drain(self) -> int:
         """Write out every segment of the buffer dir, then exit (no server, no new data).
@@ -552,6 +570,7 @@ class Aggregator:
             self.metrics.failing_since = None
             self._record(result)
             self._catalog_services(result.services)
+            await asyncio.to_thread(self.buffer.retire_chunks, segment)  # an fsync: off the loop
             self.buffer.delete(segment)
             self.metrics.buffer_bytes.set(self.buffer.total_bytes)
             return True

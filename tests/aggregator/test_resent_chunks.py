@@ -7,15 +7,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import socket
 import time
 import urllib.request
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from aggregator.chunks import RecentChunks
 from shipper import wire
-from tests.aggregator.helpers import read_acks, read_table, start_aggregator, wait_rows
+from tests.aggregator.helpers import (
+    AggregatorProc,
+    read_acks,
+    read_table,
+    start_aggregator,
+    wait_rows,
+)
+from tests.support.procs import wait_until
 
 
 def fluent_bit_message(tag: str, texts: list[str]) -> tuple[bytes, str]:
@@ -151,3 +160,257 @@ def test_a_chunk_whose_write_failed_is_forgotten_and_old_ones_age_out() -> None:
         assert len(chunks) == 2
 
     asyncio.run(go())
+
+
+# --- across a restart ------------------------------------------------------------------------
+
+
+def _metric(agg: AggregatorProc, name: str) -> float:
+    port = int(re.search(r"metrics on http://[^:]+:(\d+)/", agg.log_text()).group(1))
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    found = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def _send_unread(agg: AggregatorProc, messages: list[bytes]) -> socket.socket:
+    """Send ``messages`` and never read the acks; return once the aggregator has written them
+    (the records are fsync'd), with the connection still open: the kill -9 that follows cuts it
+    off, so for the client those acks are lost."""
+    sock = agg.connect()
+    for message in messages:
+        sock.sendall(message)
+    wait_until(
+        lambda: _metric(agg, "logq_aggregator_acks_total") >= len(messages),
+        120,
+        "acks written",
+        proc=agg.proc,
+        log=agg.log,
+    )
+    return sock
+
+
+def _segments_with_data(agg: AggregatorProc) -> list[Path]:
+    return [p for p in agg.buffer_dir.glob("*.seg") if p.stat().st_size > 0]
+
+
+def _restart(tmp_path: Path, agg: AggregatorProc) -> AggregatorProc:
+    agg.kill9()
+    return start_aggregator(tmp_path, extra=["--metrics-listen", "127.0.0.1:0"])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("flushed", [False, True], ids=["in-the-buffer", "flushed"])
+def test_a_resend_after_a_kill_9_between_fsync_and_ack_is_stored_once(
+    tmp_path: Path, flushed: bool
+) -> None:
+    """The aggregator dies after fsync'ing a message but before its ack reaches the client,
+    which resends it to the restarted aggregator: the rows are stored once. Whether the first
+    copy was still in the buffer at the kill (replayed at start) or already flushed (its segment
+    deleted: the chunk ids are kept in ``chunks.journal``)."""
+    interval = "0.5" if flushed else "3600"
+    first, first_id = fluent_bit_message("kube.web", ["a-1", "a-2", "a-3"])
+    second, second_id = fluent_bit_message("kube.web", ["b-1", "b-2"])
+    agg = start_aggregator(
+        tmp_path, extra=["--metrics-listen", "127.0.0.1:0", "--flush-interval", interval]
+    )
+    try:
+        sock = _send_unread(agg, [first, second])
+        if flushed:
+            wait_rows(agg.warehouse, "container_logs", 5, agg, timeout=120)
+            wait_until(lambda: not _segments_with_data(agg), 120, "segments deleted")
+        else:
+            assert _segments_with_data(agg)
+        agg = _restart(tmp_path, agg)
+        sock.close()
+        with agg.connect() as again:
+            again.sendall(first)  # the client's retry, to the restarted aggregator
+            again.sendall(second)
+            assert read_acks(again, 2) == [first_id, second_id]
+        wait_rows(agg.warehouse, "container_logs", 5, agg, timeout=120)
+        duplicate_chunks = _metric(agg, "logq_aggregator_duplicate_chunks_total")
+        assert agg.stop() == 0
+        table = read_table(agg.warehouse, "container_logs")
+    finally:
+        agg.stop()
+    assert sorted(table["message"].to_pylist()) == ["a-1", "a-2", "a-3", "b-1", "b-2"]
+    assert duplicate_chunks == 2
+
+
+@pytest.mark.integration
+def test_new_data_under_a_reused_chunk_id_after_a_restart_is_stored(tmp_path: Path) -> None:
+    """A client that numbers its chunks restarts with the aggregator and sends other entries
+    under id "1": not a resend (the key holds row count and event times), so stored; a real
+    resend of the first message is still recognised."""
+
+    def numbered(texts: list[str], start: int) -> bytes:
+        body = wire.pack_entries([(start + i, {"log": t}) for i, t in enumerate(texts)])
+        return wire.pack(["app.web", body, {"chunk": "1"}])
+
+    now = time.time_ns()
+    before = numbered(["before a", "before b"], now)
+    agg = start_aggregator(
+        tmp_path, extra=["--metrics-listen", "127.0.0.1:0", "--flush-interval", "3600"]
+    )
+    try:
+        sock = _send_unread(agg, [before])
+        agg = _restart(tmp_path, agg)
+        sock.close()
+        with agg.connect() as again:
+            again.sendall(numbered(["after a", "after b"], now + 10_000))  # other times
+            again.sendall(numbered(["after c", "after d", "after e"], now))  # other count
+            again.sendall(before)  # a resend
+            assert read_acks(again, 3) == ["1", "1", "1"]
+        wait_rows(agg.warehouse, "container_logs", 7, agg, timeout=120)
+        assert agg.stop() == 0
+        table = read_table(agg.warehouse, "container_logs")
+    finally:
+        agg.stop()
+    assert sorted(table["message"].to_pylist()) == [
+        "after a", "after b", "after c", "after d", "after e", "before a", "before b"
+    ]  # fmt: skip
+
+
+@pytest.mark.integration
+def test_a_segment_of_the_previous_version_still_replays(tmp_path: Path) -> None:
+    """Frames without a chunk key (written before keys were kept) replay as before; they only
+    bring no chunk ids, so their resends are stored (the previous behaviour)."""
+    import pyarrow as pa
+
+    from aggregator.buffer import Buffer
+    from aggregator.decode import BUFFER_SCHEMA, to_ipc
+
+    batch = pa.RecordBatch.from_pylist(
+        [{"tag": "app.old", "time_ns": time.time_ns() + i, "log": f"old-{i}"} for i in range(3)],
+        schema=BUFFER_SCHEMA,
+    )
+
+    async def write_old_segment() -> None:
+        buffer = Buffer(tmp_path / "agg-buffer", 1 << 20, 1 << 30)
+        buffer.open()
+        buffer.start()
+        await buffer.append(to_ipc(batch))  # what the previous version wrote, no key
+        await buffer.close()
+
+    asyncio.run(write_old_segment())
+    agg = start_aggregator(tmp_path)
+    try:
+        wait_rows(agg.warehouse, "container_logs", 3, agg, timeout=120)
+        assert agg.stop() == 0
+        table = read_table(agg.warehouse, "container_logs")
+    finally:
+        agg.stop()
+    assert sorted(table["message"].to_pylist()) == ["old-0", "old-1", "old-2"]
+    assert "Traceback" not in agg.log_text()
+
+
+# --- the pieces, in process ---------------------------------------------------------------------
+
+
+def _batch(texts: list[str], start: int = 1) -> pa.RecordBatch:
+    from aggregator.decode import BUFFER_SCHEMA
+
+    return pa.RecordBatch.from_pylist(
+        [{"tag": "t", "time_ns": start + i, "log": t} for i, t in enumerate(texts)],
+        schema=BUFFER_SCHEMA,
+    )
+
+
+@pytest.mark.parametrize("compression", ["none", "lz4", "zstd"])
+def test_a_keyed_frame_reads_as_the_same_table_for_old_and_new_readers(compression: str) -> None:
+    """The key rides as custom metadata of the record batch: ``from_ipc`` (and so the previous
+    version, after a downgrade) reads the very table ``to_ipc`` would have written."""
+    from aggregator.batch import records_table
+    from aggregator.chunks import frame_chunk, frame_payload
+    from aggregator.decode import from_ipc, ipc_rows, to_ipc
+
+    batch = _batch(["x", "y", "logq.chunk"])
+    key = bytes(range(16))
+    keyed = frame_payload(batch, compression, key)
+    plain = to_ipc(batch, compression)
+    assert frame_payload(batch, compression, None) == plain
+    assert ipc_rows(keyed) == 3
+    assert from_ipc(keyed).equals(from_ipc(plain), check_metadata=True)
+    assert records_table([keyed, plain]).equals(records_table([plain, plain]), check_metadata=True)
+    assert frame_chunk(keyed) == key
+    assert frame_chunk(plain) is None  # even with "logq.chunk" among its lines
+    assert frame_chunk(b"\x00\x00\x00\x01logq.chunk garbage") is None
+
+
+def test_a_reopened_buffer_knows_the_chunks_of_its_segments_and_of_flushed_ones(
+    tmp_path: Path,
+) -> None:
+    """In process: keys of a buffer left by a crash (no close) come back from its segments; those
+    of a segment deleted after its flush from ``chunks.journal``."""
+    from aggregator.buffer import Buffer
+    from aggregator.chunks import frame_payload
+
+    keys = [bytes([i]) * 16 for i in range(4)]
+
+    async def crash_with_two_segments() -> None:
+        buffer = Buffer(tmp_path, 1 << 20, 1 << 30)
+        buffer.open()
+        buffer.start()
+        await buffer.write(frame_payload(_batch(["a"]), "none", keys[0]), chunk=keys[0])
+        await buffer.write(frame_payload(_batch(["plain"]), "none", None))
+        await buffer.seal()
+        await buffer.write(frame_payload(_batch(["b"]), "zstd", keys[1]), chunk=keys[1])
+        buffer.unlock()  # the process dies: no seal, nothing closed
+
+    async def flush_one_then_crash() -> None:
+        buffer = Buffer(tmp_path, 1 << 20, 1 << 30)
+        replay = buffer.open()
+        assert buffer.recent_chunks() == keys[:2]
+        buffer.start()
+        buffer.retire_chunks(replay[0])
+        buffer.delete(replay[0])  # flushed: its key goes to the journal
+        await buffer.write(frame_payload(_batch(["c"]), "none", keys[2]), chunk=keys[2])
+        buffer.unlock()
+
+    asyncio.run(crash_with_two_segments())
+    asyncio.run(flush_one_then_crash())
+    buffer = Buffer(tmp_path, 1 << 20, 1 << 30)
+    buffer.open()
+    assert buffer.recent_chunks() == [keys[0], keys[1], keys[2]]
+    buffer.unlock()
+
+
+def test_the_journal_keeps_recent_keys_within_its_limit_and_survives_a_torn_tail(
+    tmp_path: Path,
+) -> None:
+    from aggregator.chunks import FlushedChunks
+
+    path = tmp_path / "chunks.journal"
+    journal = FlushedChunks(path, window=600, limit=5)
+    key = [bytes([i]) * 16 for i in range(10)]
+    journal.add(key[0:2], now=1000)
+    journal.add(key[2:4], now=1500)
+    assert FlushedChunks(path, window=600, limit=5).load(now=1550) == key[0:4]
+    assert FlushedChunks(path, window=600, limit=5).load(now=1700) == key[2:4]  # aged out
+    journal = FlushedChunks(path, window=600, limit=5)
+    journal.add(key[4:8], now=1800)  # 6 live keys: the oldest goes
+    assert journal.load(now=1800) == key[3:8]
+    with open(path, "ab") as fh:  # a crash in the middle of an append
+        fh.write(b"\x00\x00\x00\x30\x12\x34")
+    journal = FlushedChunks(path, window=600, limit=5)
+    assert journal.load(now=1800) == key[3:8]
+    journal.add(key[8:9], now=1801)
+    assert FlushedChunks(path, window=600, limit=5).load(now=1802) == key[4:9]
+    assert FlushedChunks(path, window=600, limit=5).load(now=5000) == []
+    assert not path.exists()
+
+
+def test_the_journal_is_rewritten_once_mostly_dead(tmp_path: Path) -> None:
+    """Appends only, until dead frames (out of the window) take more than half the file."""
+    from aggregator.chunks import FlushedChunks
+
+    path = tmp_path / "chunks.journal"
+    journal = FlushedChunks(path, window=10, limit=100_000)
+    sizes = []
+    for i in range(100):  # 64 KB a segment: 6.4 MB appended, ~700 KB live at any time
+        journal.add([i.to_bytes(16, "big")] * 4_000, now=float(i))
+        sizes.append(path.stat().st_size)
+    assert max(sizes) < 3 * (1 << 20)
+    assert journal.load(now=99.0) == [
+        i.to_bytes(16, "big") for i in range(89, 100) for _ in range(4_000)
+    ]
