@@ -13,8 +13,8 @@ appears:
   columns.json``), then ``ALTER TABLE … SET TBLPROPERTIES`` with the new
   ``projection.service.values``.
 
-A catalog failure never blocks the data path: it is logged and retried on the next new service
-or at the next start.
+A catalog failure never blocks the data path: it is logged and retried with the next flush
+(and by the periodic resync) until the DDL holds every known service.
 """
 
 from __future__ import annotations
@@ -56,6 +56,10 @@ class Catalog:
         self._lock = threading.Lock()
         self._loaded = False
         self._created = False
+        self._applied: frozenset[str] = frozenset()
+        """The services of the last DDL that was written (and applied in Athena) whole: a
+        failed update leaves the ones it missed out of it, so the next flush or resync tries
+        again even when no service is new to it."""
         self._region_warned = False
 
     def load(self) -> set[str]:
@@ -93,9 +97,9 @@ class Catalog:
                     self.load()
                 except OSError as exc:
                     log.warning("cannot list services in %s: %s", self.warehouse.uri, exc)
-            if not new and self._created:
-                return True
             self.services |= new
+            if self._created and self.services <= self._applied:
+                return True
             try:
                 self.refresh()
             except Exception as exc:
@@ -108,7 +112,7 @@ class Catalog:
         """Rewrite the DDL if the warehouse holds services it lacks (written by peers after
         our last rewrite); run periodically, it closes the race of two simultaneous rewrites."""
         with self._lock:
-            known = set(self.services)
+            known = set(self._applied)
         try:
             listed = self.listed()
         except OSError as exc:
@@ -125,6 +129,7 @@ class Catalog:
 
     def refresh(self) -> None:
         """Write the DDL files and, if configured, apply the DDL in Athena."""
+        services = frozenset(self.services)
         fs = self.warehouse.fs
         fs.create_dir(self.warehouse.path(DDL_DIR), recursive=True)
         grown = self._grown_columns()
@@ -134,6 +139,7 @@ class Catalog:
             self._put(f"{table}.sql", statement + ";\n")
             columns = [c.name for c in TABLES[table].data_columns]
             self._put(f"{table}.columns.json", json.dumps(columns) + "\n")
+        self._applied = services
 
     def _put(self, name: str, text: str) -> None:
         with self.warehouse.fs.open_output_stream(self.warehouse.path(DDL_DIR, name)) as out:

@@ -11,7 +11,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from aggregator.catalog import Catalog
+from aggregator.catalog import Catalog, CatalogError
 from aggregator.config import Settings
 from athena.schema import partition_path, sanitize_service
 from athena.warehouse import open_warehouse
@@ -141,3 +141,39 @@ def test_two_aggregators_never_drop_each_others_services_from_the_enum(tmp_path:
     assert "'a,b,c,d,f'," in (tmp_path / "wh" / "_ddl" / "container_logs.sql").read_text()
     assert a.resync()
     assert "'a,b,c,d,e,f'," in (tmp_path / "wh" / "_ddl" / "container_logs.sql").read_text()
+
+
+def test_a_failed_enum_update_is_retried_until_athena_has_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Athena refused one ALTER (throttling, a concurrent Glue update): the service it added
+    must reach the enum at the next flush or resync, not only when another service appears."""
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    catalog = Catalog(wh, Settings(athena_database="logq"))
+    applied: list[list[str]] = []
+    refuse = {"next": False}
+
+    def apply_athena(grown: object = None) -> None:  # stands in for Athena's API
+        if refuse["next"]:
+            refuse["next"] = False
+            raise CatalogError("TooManyRequestsException: Rate exceeded")
+        applied.append(sorted(catalog.services))
+
+    monkeypatch.setattr(catalog, "apply_athena", apply_athena)
+    assert catalog.add_services({"recipe"})
+    refuse["next"] = True
+    assert not catalog.add_services({"checkout"})
+    assert applied == [["recipe"]]
+    assert catalog.add_services({"checkout"})  # the next flush of the same service
+    assert applied[-1] == ["checkout", "recipe"]
+    ddl_text = (tmp_path / "wh" / "_ddl" / "envoy_access.sql").read_text()
+    assert "'projection.service.values' = 'checkout,recipe'," in ddl_text
+    assert catalog.add_services({"checkout"}) and len(applied) == 2  # current: nothing to do
+
+    # Refused again, then no flush brings the service back: the periodic resync does it.
+    folder = Path(wh.path(partition_path("envoy_access", "search", "2026-11-28-10")))
+    folder.mkdir(parents=True)
+    refuse["next"] = True
+    assert not catalog.add_services({"search"})
+    assert catalog.resync()
+    assert applied[-1] == ["checkout", "recipe", "search"]
