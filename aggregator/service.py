@@ -204,6 +204,12 @@ def envoy_formats(settings: Settings) -> tuple[EnvoyFormat, ...]:
     return BUILTIN_FORMATS + tuple(compile_format(f) for f in settings.envoy_formats)
 
 
+def seal_wait(interval: float, last_seal: float, now: float) -> float:
+    """Seconds until the next seal: ``interval`` after the last one (monotonic times), at once
+    when the flush since then took longer than that."""
+    return max(0.0, interval - (now - last_seal))
+
+
 class Aggregator:
     """One running aggregator: buffer, Forward server, flush loop, metrics, catalog."""
 
@@ -472,15 +478,23 @@ class Aggregator:
             self._flush_now.set()
 
     async def _flush_loop(self) -> None:
-        """Seal and flush every interval (or when asked) until the service stops."""
+        """Seal and flush every interval (or when asked) until the service stops.
+
+        The interval runs from one seal to the next, not from the end of a flush: a flush that
+        takes seconds (hundreds of services' objects to upload) would otherwise add its time to
+        every cycle, and a line acked just after a seal would wait two flushes plus the
+        interval instead of one flush plus the interval."""
         if await self._flush_sealed():  # replay first
             await self._heartbeat(self._replay_since)
+        last_seal = time.monotonic()
         while not self._stopping.is_set():
+            wait = seal_wait(self.settings.flush_interval, last_seal, time.monotonic())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_now.wait(), self.settings.flush_interval)
+                await asyncio.wait_for(self._flush_now.wait(), wait)
             self._flush_now.clear()
             if self._stopping.is_set():
                 return
+            last_seal = time.monotonic()
             sealed_at = time.time()
             await self.buffer.seal()
             if await self._flush_sealed():

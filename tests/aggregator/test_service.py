@@ -231,3 +231,14 @@ def test_json_messages_as_fluentd_accepts_them(tmp_path: Path) -> None:
     assert sorted(table["message"].to_pylist()) == ["json one", "json three ü", "json two"]
     assert set(table["service"].to_pylist()) == {"jsonsvc", "json"}
     assert "bad JSON message" in agg.log_text()
+
+
+def test_the_flush_interval_runs_from_seal_to_seal() -> None:
+    """A flush that takes 7 s of a 10 s interval leaves 3 s until the next seal (it waited
+    another 10 s: lines waited interval + two flushes); one slower than the interval seals at
+    once."""
+    from aggregator.service import seal_wait
+
+    assert seal_wait(10.0, last_seal=100.0, now=100.0) == 10.0
+    assert seal_wait(10.0, last_seal=100.0, now=107.0) == 3.0
+    assert seal_wait(10.0, last_seal=100.0, now=125.0) == 0.0
