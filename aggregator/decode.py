@@ -4,10 +4,11 @@
 everything else on the path. Here a message's entries are unpacked by msgpack's C code, checked
 for shape in bulk (``map``/``set`` over the entry list, no per-entry Python function), and turned
 into Arrow columns straight away: times with numpy from the EventTime ext bytes, the wire keys
-with one list comprehension per key. Anything unusual (Fluent Bit's ``[[time, metadata],
-record]`` entries, float times, values of the wrong type, invalid UTF-8) falls back to the
-general path, :func:`shipper.wire.decode_message` plus per-record coercion, which accepts the
-same protocol; a message neither path accepts raises :class:`shipper.wire.ProtocolError`.
+with one list comprehension per key. PackedForward blobs, with or without a ``size`` option,
+first try :mod:`.packed` (msgspec). Anything unusual (float times, values of the wrong type,
+invalid UTF-8) falls back to the general path, :func:`shipper.wire.decode_message` plus
+per-record coercion, which accepts the same protocol; a message neither path accepts raises
+:class:`shipper.wire.ProtocolError`.
 
 Garbage collection: decoding allocates millions of small dicts and strings; CPython's default
 collector thresholds make it rescan them over and over (measured: ~2x the decode time). The
@@ -45,7 +46,7 @@ BUFFER_SCHEMA = pa.schema(
     ]
 )
 #: Keys other clients use for the line when there is no ``log`` (Fluent Bit, fluent-logger).
-MESSAGE_KEYS = ("message", "msg", "MESSAGE")
+MESSAGE_KEYS = packed.MESSAGE_KEYS
 
 
 #: Keys every logq-shipper record carries (``format`` is optional, looked up separately).
@@ -124,7 +125,7 @@ def _coerce_offset(value: Any) -> int | None:
 
 
 #: Largest event time in whole seconds whose nanoseconds fit the int64 ``time_ns`` column.
-MAX_TIME_SECONDS = (2**63 - 1) // 1_000_000_000
+MAX_TIME_SECONDS = packed.MAX_TIME_SECONDS
 
 
 def _times_ns(times: list[Any]) -> pa.Array:
@@ -244,6 +245,20 @@ def _packed(tag: str, blob: bytes, size: object) -> pa.RecordBatch | None:
     )
 
 
+def _counted(tag: str, blob: bytes, max_entries: int) -> pa.RecordBatch | None:
+    """:func:`_packed` of a blob without a ``size`` option, its entries counted first; None
+    when the general path must decide (which then accepts or refuses as it always has)."""
+    size = packed.count_entries(blob, max_entries)
+    if size is None:
+        return None
+    try:
+        return _packed(tag, blob, size)
+    except RecursionError:
+        # msgspec's limit on nesting is lower than msgpack's: a value nested ~1,000 deep that
+        # msgpack builds (and the record's line does not need) is the general path's to take.
+        return None
+
+
 def _general(obj: Any, max_decompressed: int, max_entries: int) -> pa.RecordBatch:
     try:
         msg = wire.decode_message(obj, max_decompressed, max_entries)
@@ -311,7 +326,12 @@ def _decode(obj: Any, max_decompressed: int, max_entries: int) -> tuple[pa.Recor
             # size declines it); _unpack_entries reads them all and refuses a truncated blob,
             # or one of more than ``max_entries`` (a size over it skips the msgspec path).
             size = (options or {}).get("size")
-            if not (isinstance(size, int) and size > max_entries):
+            if size is None or isinstance(size, bool) or not isinstance(size, int):
+                # No usable size (Fluent Bit without Send_options, Fluentd, fluent-logger):
+                # counted, when the general path would accept the whole blob (see
+                # packed.count_entries), so both paths refuse the same blobs.
+                batch = _counted(tag, blob, max_entries)
+            elif not size > max_entries:
                 batch = _packed(tag, blob, size)
             if batch is None:
                 batch = _fast_entries(tag, _unpack_entries(blob, max_entries))

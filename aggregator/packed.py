@@ -11,7 +11,9 @@ per-entry dicts, no per-entry Python hook). What makes it fast:
   kept as :class:`msgspec.Raw` slices: a shipper's batch comes from one file, so each of them is
   almost always one value for the whole message and is decoded once (a constant dictionary
   column) instead of once per line;
-* EventTime stays as its raw fixext8 bytes and is converted for the whole batch with numpy;
+* EventTime stays as its raw fixext8 bytes and is converted for the whole batch with numpy
+  (integer times and Fluent Bit's ``[[time, metadata], record]`` headers, their metadata
+  skipped unbuilt, one entry at a time);
 * first of all, the *constant-metadata* decoder: the first entry is read with msgpack, and a
   decoder is built (and cached) whose record type has those metadata values as ``Literal``
   fields. msgspec then checks every record against them without building any per-record value
@@ -23,10 +25,16 @@ byte after them, so a truncated blob or a ``size`` that is not the entry count n
 here; the caller's general path then refuses the truncated blob and decodes every entry of
 the other.
 
-This path is strict on purpose: anything it does not expect (no or a wrong ``size``, integer or
-float times, a value of an unexpected type, invalid UTF-8, a record without ``log``) returns
-None and the caller takes the general path (:mod:`aggregator.decode`), which accepts the whole
-protocol and coerces what it can. Both produce identical batches for identical input.
+A blob without a ``size`` option (Fluent Bit without ``Send_options``, Fluentd, fluent-logger)
+has its entries counted first (:func:`count_entries`, in C, nothing built), but only when the
+general path would accept every byte of it: skipping values unbuilt must not make this path
+accept a blob that the general path refuses (past its object budget, its entry limit, msgpack's
+nesting limit...). The general path then refuses it as before, with its reason.
+
+This path is strict on purpose: anything it does not expect (a wrong ``size``, float times, a
+value of an unexpected type, invalid UTF-8, a record without ``log``) returns None and the
+caller takes the general path (:mod:`aggregator.decode`), which accepts the whole protocol and
+coerces what it can. Both produce identical batches for identical input.
 
 Records of Fluent Bit's kubernetes filter, FireLens and Docker's fluentd driver carry their
 metadata under other keys (``kubernetes``, ``source``, ``ecs_task_definition``): the two
@@ -38,9 +46,10 @@ those keys as :class:`msgspec.Raw` slices and fills the keys the records lack
 from __future__ import annotations
 
 import io
+import itertools
 import struct
 from collections.abc import Callable
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any, Literal
 
 import msgpack
@@ -52,6 +61,11 @@ from aggregator import clientmeta
 from shipper import wire
 
 _NIL = msgspec.Raw(b"\xc0")
+#: The default of a key a record lacks, told apart from an explicit nil (``_NIL``).
+_ABSENT = msgspec.Raw(b"")
+#: Keys other clients use for the line when there is no ``log`` (Fluent Bit, fluent-logger),
+#: in the order the general path looks them up (:func:`aggregator.decode.message_of`).
+MESSAGE_KEYS = ("message", "msg", "MESSAGE")
 _FIXEXT8_EVENT_TIME = (0xD7, wire.EVENT_TIME_EXT)
 _ENTRY_BYTES = 10  # fixext8 EventTime: d7 00 + 4 bytes seconds + 4 bytes nanoseconds
 
@@ -69,6 +83,10 @@ class _Record(msgspec.Struct):
     format: msgspec.Raw = _NIL
     source_id: msgspec.Raw = _NIL
     offset: int | None = None
+    # The line of a record without ``log`` (:func:`_lines`): kept unbuilt until needed.
+    message: msgspec.Raw = _ABSENT
+    msg: msgspec.Raw = _ABSENT
+    MESSAGE: msgspec.Raw = _ABSENT
     # Other clients' metadata (:mod:`.clientmeta`): a record carrying any of it fails here
     # (msgspec checks it in C, nothing is built) and the message takes :func:`client_columns`.
     source: None = None
@@ -123,6 +141,157 @@ def _sized(blob: bytes, size: object) -> bytes | None:
     return _ARRAY32.pack(0xDD, size) + blob
 
 
+def count_entries(blob: bytes, max_entries: int) -> int | None:
+    """The number of entries of a blob sent without a (usable) ``size`` option, so that the
+    msgspec decoders can read it; None when the general path must decide.
+
+    The msgspec decoders skip the values they do not keep without building them, so by
+    themselves they would accept hostile records that the general path
+    (:func:`shipper.wire.unpack_entries`, which builds every value) refuses. A count is given
+    only when the general path would build every entry of the blob without refusing any, so
+    both paths accept the same blobs and the general path keeps giving its reasons:
+
+    * the object budget (:func:`shipper.wire.message_budget`) cannot be reached: every object
+      takes a byte, so a blob of at most :func:`shipper.wire.message_objects` bytes never
+      reaches it (a longer one is left to the general path, which counts);
+    * the blob is whole entries, at most ``max_entries`` of them, none nested deeper than
+      msgpack's stack or holding a byte msgpack refuses: msgpack's C ``skip`` walks it
+      without building anything (it stops where the general path would stop too);
+    * no array or map is longer than ``max_entries`` and no ext is a malformed msgpack
+      Timestamp (two refusals ``skip`` does not check): the few entries whose bytes could
+      hold one (see :func:`_suspect_entries`) are built as the general path builds them.
+
+    Not checked: a map or an array holding a map used as a map key, inside a value the
+    msgspec decoders skip. Python cannot hash it, so the general path refuses the message;
+    the msgspec path stores the record without that value, as it does for a blob with a
+    ``size`` option (and as Fluentd, in Ruby, accepts it).
+    """
+    if not blob or max_entries < _MIN_COUNTED_LIMIT:
+        return None
+    if len(blob) > wire.message_objects(max_entries):
+        return None
+    ends = _entry_ends(blob, max_entries)
+    if not ends or ends[-1] != len(blob):
+        return None  # a truncated last entry or trailing bytes: refused by the general path
+    spots = _spots(blob, max_entries)
+    if spots is None:
+        return None
+    if spots:
+        try:
+            wire.unpack_entries(
+                _suspect_entries(blob, ends, spots),
+                max_entries,
+                raw=False,
+                use_list=False,  # as aggregator.decode unpacks them: arrays as map keys hash
+                strict_map_key=False,
+                unicode_errors="surrogateescape",
+            )
+        except wire.ProtocolError:
+            return None
+    return len(ends)
+
+
+#: Below this entry limit a fixarray or fixmap (up to 15 items) could exceed it: not counted.
+_MIN_COUNTED_LIMIT = 16
+_ARRAY16, _ARRAY32_HEADER, _MAP16, _MAP32 = 0xDC, 0xDD, 0xDE, 0xDF
+_TIMESTAMP_EXT = 0xFF  # ext type -1
+_STOP = object()
+
+
+def _entry_ends(blob: bytes, max_entries: int) -> list[int] | None:
+    """Where each complete entry at the start of the blob ends, or None when the general path
+    would refuse the blob whatever follows: more than ``max_entries`` entries, nesting deeper
+    than msgpack's stack, a byte that is no msgpack type."""
+    unpacker = msgpack.Unpacker(max_buffer_size=len(blob) + 1024)
+    unpacker.feed(blob)
+    skips = itertools.islice(iter(unpacker.skip, _STOP), max_entries + 1)
+    ends: list[int] = []
+    try:  # a C loop: msgpack's skip() then tell(), appended as they come
+        ends.extend(map(itemgetter(1), zip(skips, iter(unpacker.tell, _STOP), strict=False)))
+    except msgpack.OutOfData:
+        pass  # the end of the blob, or a truncated entry: told by the last end
+    except (msgpack.UnpackException, ValueError):  # StackError, FormatError
+        return None
+    return ends if len(ends) <= max_entries else None
+
+
+#: Most header-like bytes :func:`_spots` looks at per KiB of blob before it leaves the blob to
+#: the general path (real records: a few per 100 entries, mostly in EventTimes).
+_MAX_SPOTS_PER_KIB = 16
+
+
+def _spots(blob: bytes, max_entries: int) -> list[int] | None:
+    """Where the blob's bytes may hold an array or map longer than ``max_entries`` (an
+    array16/32 or map16/32 header announcing more) or an ext of type -1 (a msgpack Timestamp,
+    which msgpack refuses unless well-formed): the header byte of each. None when there are too
+    many such bytes to look at each (binary data, a hostile blob): the general path decides.
+
+    Found from the bytes alone (``bytes.find`` runs at memory speed), without parsing, so most
+    are bytes inside strings, integers or EventTimes that only look like such a header."""
+    size = len(blob)
+    budget = _MAX_SPOTS_PER_KIB * (size // 1024 + 1)
+    widths = {_ARRAY32_HEADER: 4, _MAP32: 4}
+    if max_entries < 0xFFFF:
+        widths |= {_ARRAY16: 2, _MAP16: 2}
+    spots: list[int] = []
+    for byte in (*widths, _TIMESTAMP_EXT):
+        needle = bytes((byte,))
+        find = blob.find
+        at = find(needle)
+        while at >= 0:
+            budget -= 1
+            if budget < 0:
+                return None
+            if byte == _TIMESTAMP_EXT:
+                if _after_ext_header(blob, at):
+                    spots.append(at)
+            else:
+                width = widths[byte]
+                if (
+                    at + width >= size
+                    or int.from_bytes(blob[at + 1 : at + 1 + width], "big") > max_entries
+                ):
+                    spots.append(at)
+            at = find(needle, at + 1)
+    return spots
+
+
+def _after_ext_header(blob: bytes, at: int) -> bool:
+    """Whether ``blob[at]`` may be the type byte of an ext: right after fixext 1..16
+    (d4..d8), or after ext 8/16/32 (c7, c8, c9) and their 1, 2 or 4 length bytes."""
+    return (
+        (at >= 1 and 0xD4 <= blob[at - 1] <= 0xD8)
+        or (at >= 2 and blob[at - 2] == 0xC7)
+        or (at >= 3 and blob[at - 3] == 0xC8)
+        or (at >= 5 and blob[at - 5] == 0xC9)
+    )
+
+
+def _suspect_entries(blob: bytes, ends: list[int], spots: list[int]) -> bytes:
+    """The entries holding a spot (:func:`_spots`), concatenated. A spot inside an entry's
+    EventTime (the 8 bytes after its ``[`` and ``d7 00``, or after ``[[`` and ``d7 00`` in
+    Fluent Bit's ``[[time, metadata], record]``) is no header: most spots are there, and are
+    dropped."""
+    stops = np.asarray(ends, dtype=np.int64)
+    starts = np.concatenate(([0], stops[:-1]))
+    where = np.asarray(spots, dtype=np.int64)
+    index = np.searchsorted(stops, where, side="right")
+    first = starts[index]
+    offset = where - first
+    data = np.frombuffer(blob, dtype=np.uint8)
+    last = len(data) - 1
+
+    def at(k: int) -> np.ndarray:
+        return data[np.minimum(first + k, last)]
+
+    head, time_type = (at(0) == 0x92), _FIXEXT8_EVENT_TIME
+    plain = head & (at(1) == time_type[0]) & (at(2) == time_type[1]) & (offset >= 3)
+    headed = head & (at(1) == 0x92) & (at(2) == time_type[0]) & (at(3) == time_type[1])
+    in_time = (plain & (offset <= 10)) | (headed & (offset >= 4) & (offset <= 11))
+    kept = np.unique(index[~in_time]).tolist()
+    return b"".join(blob[int(starts[i]) : ends[i]] for i in kept)
+
+
 def decode_entries(blob: bytes, size: object) -> list[_Entry] | None:
     """The entries of a PackedForward blob whose ``size`` option is right, else None."""
     array = _sized(blob, size)
@@ -169,6 +338,7 @@ def _constant_decoder(metadata: tuple[str | None, ...]) -> msgspec.msgpack.Decod
         (wire.KEY_LOG, str | None, None),
         (wire.KEY_STREAM, Literal["stdout", "stderr"] | None, None),
         (wire.KEY_OFFSET, int | None, None),
+        *((key, msgspec.Raw, _ABSENT) for key in MESSAGE_KEYS),
         *((key, None, None) for key in clientmeta.CLIENT_KEYS),  # see _Record
     ]
     for key, value in zip(CONSTANT_KEYS, metadata, strict=True):
@@ -217,14 +387,55 @@ def constant_columns(blob: bytes, size: object, dict_type: pa.DataType) -> list[
 
 
 def _times_ns(entries: list[Any]) -> pa.Array | None:
-    joined = b"".join([e.time for e in entries])
-    if len(joined) != _ENTRY_BYTES * len(entries):
+    """The entries' times as ns, or None for what the general path must decide.
+
+    The usual case, every time an EventTime, is converted in bulk with numpy; integer times
+    and Fluent Bit's ``[time, metadata]`` headers (their metadata skipped unbuilt) one entry
+    at a time (:func:`_time_ns`)."""
+    raws = [e.time for e in entries]
+    joined = b"".join(raws)
+    if len(joined) == _ENTRY_BYTES * len(entries):
+        # Each time starts where the one before ends, so when every 10-byte row starts with
+        # the fixext8 EventTime header, every time is one (a fixext8 is exactly 10 bytes).
+        raw = np.frombuffer(joined, dtype=np.uint8).reshape(-1, _ENTRY_BYTES)
+        if ((raw[:, 0] == _FIXEXT8_EVENT_TIME[0]) & (raw[:, 1] == _FIXEXT8_EVENT_TIME[1])).all():
+            pairs = raw[:, 2:].copy().view(">u4").astype(np.int64)
+            return pa.array(pairs[:, 0] * 1_000_000_000 + pairs[:, 1])
+    out = [_time_ns(r) for r in raws]
+    return None if None in out else pa.array(out, pa.int64())
+
+
+#: Largest event time in whole seconds whose nanoseconds fit the int64 ``time_ns`` column.
+MAX_TIME_SECONDS = (2**63 - 1) // 1_000_000_000
+_TIME_VALUE = msgspec.msgpack.Decoder(int | msgspec.msgpack.Ext)
+_TIME_HEAD = msgspec.msgpack.Decoder(tuple[msgspec.Raw, ...])
+_EVENT_TIME = struct.Struct(">II")
+
+
+def _time_ns(raw: msgspec.Raw) -> int | None:
+    """One entry's time as ns: an EventTime or integer seconds, alone or first in a Fluent Bit
+    ``[time, metadata]`` header; None for anything else (float times, an empty header, other
+    ext types, a time out of range: the general path accepts or refuses them as it does)."""
+    try:
+        value = _TIME_VALUE.decode(raw)
+    except msgspec.ValidationError:
+        try:
+            head = _TIME_HEAD.decode(raw)
+            value = _TIME_VALUE.decode(head[0]) if head else None
+        except (msgspec.MsgspecError, ValueError):
+            return None
+    except (msgspec.MsgspecError, ValueError):
         return None
-    raw = np.frombuffer(joined, dtype=np.uint8).reshape(-1, _ENTRY_BYTES)
-    if not ((raw[:, 0] == _FIXEXT8_EVENT_TIME[0]) & (raw[:, 1] == _FIXEXT8_EVENT_TIME[1])).all():
-        return None
-    pairs = raw[:, 2:].copy().view(">u4").astype(np.int64)
-    return pa.array(pairs[:, 0] * 1_000_000_000 + pairs[:, 1])
+    if isinstance(value, int):
+        return value * 1_000_000_000 if abs(value) <= MAX_TIME_SECONDS else None
+    if (
+        isinstance(value, msgspec.msgpack.Ext)
+        and value.code == wire.EVENT_TIME_EXT
+        and len(value.data) == _EVENT_TIME.size
+    ):
+        seconds, nanoseconds = _EVENT_TIME.unpack(value.data)
+        return int(seconds * 1_000_000_000 + nanoseconds)
+    return None
 
 
 def _dict_column(raws: list[msgspec.Raw], dict_type: pa.DataType) -> pa.Array:
@@ -244,10 +455,6 @@ def columns(entries: list[_Entry], dict_type: pa.DataType) -> list[pa.Array] | N
     return _assemble(entries, keys)
 
 
-#: The default of a key a record lacks, told apart from an explicit nil (``_NIL``).
-_ABSENT = msgspec.Raw(b"")
-
-
 class _ClientRecord(msgspec.Struct):
     """A record of another Forward client: the logq keys (absent ones kept as ``_ABSENT``) and
     the metadata :mod:`.clientmeta` maps to them."""
@@ -262,6 +469,9 @@ class _ClientRecord(msgspec.Struct):
     format: msgspec.Raw = _ABSENT
     source_id: msgspec.Raw = _ABSENT
     offset: int | None = None
+    message: msgspec.Raw = _ABSENT
+    msg: msgspec.Raw = _ABSENT
+    MESSAGE: msgspec.Raw = _ABSENT
     source: msgspec.Raw = _ABSENT
     kubernetes: msgspec.Raw = _ABSENT
     ecs_task_definition: msgspec.Raw = _ABSENT
@@ -417,6 +627,29 @@ def client_columns(
     return _assemble(entries, lambda records: _client_keys(records, dict_type, tag))
 
 
+def _lines(records: list[Any], logs: list[str | None]) -> list[str] | None:
+    """``logs`` with the line of each record without ``log``: its first message key (see
+    :data:`MESSAGE_KEYS`) that is not nil, when that is text; else None (the general path
+    then writes other values, or the whole record, as JSON)."""
+    out: list[str] = []
+    for record, log in zip(records, logs, strict=True):
+        if log is None:
+            for key in MESSAGE_KEYS:
+                raw = getattr(record, key)
+                if raw is _ABSENT:
+                    continue
+                try:
+                    log = _TEXT.decode(raw)
+                except (msgspec.MsgspecError, ValueError):  # not text, or invalid UTF-8
+                    return None
+                if log is not None:
+                    break
+            else:
+                return None
+        out.append(log)
+    return out
+
+
 def _assemble(
     entries: list[Any], keys: Callable[[list[Any]], list[pa.Array]]
 ) -> list[pa.Array] | None:
@@ -428,7 +661,10 @@ def _assemble(
     records = [e.record for e in entries]
     logs = [r.log for r in records]
     if None in logs:
-        return None  # records without ``log``: message keys / JSON, done by the general path
+        lines = _lines(records, logs)
+        if lines is None:
+            return None  # a record whose line is itself as JSON: done by the general path
+        logs = lines
     try:
         return [
             times,

@@ -9,8 +9,10 @@ everything. Prints:
 * the aggregator's peak RSS;
 * Parquet bytes vs. the bytes the same lines take in Docker json-file logs (target <= 1/12).
 
-Usage: ``python bench/ingest.py [--lines N] [--chunk N] [--connections N] [--warehouse URI]``
-(a ``s3://`` warehouse uses the standard AWS settings, e.g. a local SeaweedFS).
+Usage: ``python bench/ingest.py [--lines N] [--chunk N] [--connections N] [--warehouse URI]
+[--unsized]`` (a ``s3://`` warehouse uses the standard AWS settings, e.g. a local SeaweedFS;
+``--unsized`` sends the chunks without the ``size`` option, as Fluent Bit without
+``Send_options true``, Fluentd and fluent-logger do).
 """
 
 from __future__ import annotations
@@ -109,7 +111,11 @@ def docker_json_bytes(lines: list[tuple[int, str, str]]) -> int:
     return total
 
 
-def encode_chunks(lines: list[tuple[int, str, str]], per_chunk: int) -> list[tuple[str, bytes]]:
+def encode_chunks(
+    lines: list[tuple[int, str, str]], per_chunk: int, sized: bool = True
+) -> list[tuple[str, bytes]]:
+    """PackedForward frames of ``per_chunk`` lines of one service each, with a ``chunk`` option
+    and (unless ``sized`` is False) the ``size`` option."""
     by_service: dict[str, list] = {}
     for i, (t, svc, line) in enumerate(lines):
         rec = {
@@ -129,7 +135,11 @@ def encode_chunks(lines: list[tuple[int, str, str]], per_chunk: int) -> list[tup
         for start in range(0, len(entries), per_chunk):
             cid = wire.new_chunk_id()
             part = entries[start : start + per_chunk]
-            chunks.append((cid, wire.encode_packed_forward(f"logq.{svc}", part, chunk=cid)))
+            if sized:
+                frame = wire.encode_packed_forward(f"logq.{svc}", part, chunk=cid)
+            else:
+                frame = wire.pack([f"logq.{svc}", wire.pack_entries(part), {"chunk": cid}])
+            chunks.append((cid, frame))
     return chunks
 
 
@@ -247,7 +257,7 @@ def start_s3() -> tuple[object, str, dict[str, str]]:
     return server, f"s3://{bucket}/wh", env
 
 
-def stages(lines: int, chunk: int, compression: str = "none") -> None:
+def stages(lines: int, chunk: int, compression: str = "none", sized: bool = True) -> None:
     """The aggregator's per-line cost on ONE core, stage by stage, in this process (no I/O
     waits; pinned to one CPU, so the writer's threads share it): what "lines/s on one core"
     means for the whole pipeline."""
@@ -261,7 +271,7 @@ def stages(lines: int, chunk: int, compression: str = "none") -> None:
 
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     tune_gc()
-    chunks = encode_chunks(make_lines(lines), chunk)
+    chunks = encode_chunks(make_lines(lines), chunk, sized)
     unpacker = wire.new_unpacker()
     objs = []
     for _, frame in chunks:
@@ -271,7 +281,8 @@ def stages(lines: int, chunk: int, compression: str = "none") -> None:
     wh = open_warehouse(tmp, create=True)
     offsets = OffsetState(Path(tmp) / "offsets.json")
     total = 0.0
-    print(f"one core, {lines:,} lines, best of 3 (µs/line):")
+    sizing = "with" if sized else "without"
+    print(f"one core, {lines:,} lines, {sizing} the size option, best of 3 (µs/line):")
 
     def timed(name: str, fn):
         nonlocal total
@@ -326,9 +337,14 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     ap.add_argument("--stages", action="store_true", help="only the one-core per-stage costs")
     ap.add_argument("--buffer-compression", default="none", choices=("none", "lz4", "zstd"))
+    ap.add_argument(
+        "--unsized",
+        action="store_true",
+        help="frames without the size option (Fluent Bit without Send_options, Fluentd)",
+    )
     args = ap.parse_args()
     if args.stages:
-        stages(args.lines, args.chunk, args.buffer_compression)
+        stages(args.lines, args.chunk, args.buffer_compression, not args.unsized)
         return 0
 
     tmp = Path(tempfile.mkdtemp(prefix="logq-bench-"))
@@ -353,7 +369,7 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
     print(f"generating {args.lines:,} Envoy lines ...", flush=True)
     lines = make_lines(args.lines)
     raw = docker_json_bytes(lines)
-    chunks = encode_chunks(lines, args.chunk)
+    chunks = encode_chunks(lines, args.chunk, not args.unsized)
     del lines
     exe = Path(sys.executable).parent / "logq-aggregator"
     log = tmp / "aggregator.log"
@@ -411,7 +427,7 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
     n = args.lines
     where = "S3 (SeaweedFS)" if warehouse.startswith("s3://") else "local disk"
     print(f"warehouse                  {where}")
-    print(f"lines                      {n:,}")
+    print(f"lines                      {n:,} ({'without' if args.unsized else 'with'} size)")
     print(f"acknowledged (durable)     {n / t_ack:,.0f} lines/s  ({t_ack:.2f} s)")
     print(f"committed to Parquet       {n / t_done:,.0f} lines/s  ({t_done:.2f} s, SIGTERM incl.)")
     print(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -523,3 +524,210 @@ def test_slow_senders_over_the_object_pool_wait_their_turn_instead_of_being_clos
     logs = read_table(agg.warehouse, "container_logs")["message"].to_pylist()
     assert sorted(logs) == sorted(f"{n}-{i}" for n in frames for i in range(90))
     assert "objects_pool" not in agg.log_text() and "closing connection" not in agg.log_text()
+
+
+# --- blobs without a size option: the msgspec path only where the general path accepts them ----
+
+
+def _entry(value: bytes, log: bytes = b"\xa1x") -> bytes:
+    """One ``[EventTime, {"log": ..., "v": value}]`` entry, ``value`` given as msgpack bytes."""
+    time_ext = msgpack.packb(wire.EventTime.from_ns(T0).to_ext())
+    return b"\x92" + time_ext + b"\x82\xa3log" + log + b"\xa1v" + value
+
+
+def _before(obj: Any, max_entries: int) -> Any:
+    """What :func:`aggregator.decode.decode` did with an unsized PackedForward message before it
+    could take the msgspec path: the general path alone (a batch, or the refusal's text)."""
+    blob = obj[1]
+    try:
+        if obj[2].get("compressed") == "gzip":
+            blob = wire.gunzip_members(blob, 1 << 30)
+        batch = dec._fast_entries(obj[0], dec._unpack_entries(blob, max_entries))
+        return batch or dec._general(obj, 1 << 30, max_entries)
+    except RecursionError:
+        return "a record nested too deeply to decode"
+    except wire.ProtocolError as exc:
+        return str(exc)
+
+
+def _now(obj: Any, max_entries: int) -> Any:
+    try:
+        return dec.decode(obj, 1 << 30, max_entries)[0]
+    except wire.ProtocolError as exc:
+        return str(exc)
+
+
+_LIMIT = 1000  # --max-message-entries for the cases below: 128,000 objects, 16-bit headers
+_HOSTILE_UNSIZED: dict[str, tuple[bytes, str]] = {
+    # msgpack's stack is 1,024 deep: skip() stops there, as the general path's unpacker does.
+    "nested deeper than msgpack's stack": (
+        _entry(b"\x91" * 1100 + b"\xc0") * 3,
+        "bad PackedForward",
+    ),
+    "a byte that is no msgpack type": (_entry(b"\xc1") * 3, "bad PackedForward entries"),
+    "a map longer than the entry limit": (
+        _entry(msgpack.packb({i: 0 for i in range(_LIMIT + 1)})),
+        "1001 exceeds max_map_len.1000. .the per-message entry limit.",
+    ),
+    "an array longer than the entry limit": (
+        _entry(msgpack.packb([None] * (_LIMIT + 1))) * 2,
+        "1001 exceeds max_array_len.1000. .the per-message entry limit.",
+    ),
+    # An array16 header right after "d7 00" (here an integer's bytes): only a real EventTime's
+    # bytes, at the start of an entry, are not taken for a header.
+    "a long array after bytes that look like an EventTime": (
+        _entry(b"\x92\xcd\xd7\x00" + msgpack.packb([None] * (_LIMIT + 1))),
+        "exceeds max_array_len",
+    ),
+    "a malformed msgpack Timestamp": (_entry(b"\xd4\xff\x00") * 3, "invalid timestamp data"),
+    "a malformed msgpack Timestamp (ext 8)": (_entry(b"\xc7\x01\xff\x00"), "invalid timestamp"),
+    "more entries than the limit": (_entry(b"\xc0") * (_LIMIT + 1), "more than 1000 entries"),
+    "a truncated last entry": (_entry(b"\xc0") * 3 + _entry(b"\xc0")[:-4], "truncated"),
+    "a trailing byte": (_entry(b"\xc0") * 3 + b"\x92", "truncated PackedForward entries"),
+    "a trailing nil": (_entry(b"\xc0") * 3 + b"\xc0", "entry must be .time, record."),
+    "records of many tiny objects": (
+        wire.pack_entries(_junk_entries(10, 15_000)),  # over 128,000 objects
+        "more than 128,000 msgpack objects",
+    ),
+    "deep records without a line": (
+        wire.pack_entries([(T0, {"v": _nested(900)})] * 2),
+        "nested too deeply",
+    ),
+}
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+@pytest.mark.parametrize("case", sorted(_HOSTILE_UNSIZED))
+def test_hostile_unsized_blobs_are_refused_as_before(case: str, gzipped: bool) -> None:
+    """Counting the entries of an unsized blob must not let the msgspec path accept what the
+    general path refuses: each is refused, with the general path's own reason."""
+    blob, reason = _HOSTILE_UNSIZED[case]
+    obj = message(
+        gzip.compress(blob) if gzipped else blob,
+        chunk="c",
+        **({"compressed": "gzip"} if gzipped else {}),
+    )
+    before = _before(obj, _LIMIT)
+    assert isinstance(before, str) and re.search(reason, before), before
+    assert _now(obj, _LIMIT) == before
+    # Refused by msgpack: not counted. The other two are whole msgpack entries, refused after.
+    counted = packed.count_entries(blob, _LIMIT) is not None
+    assert counted is (case in ("a trailing nil", "deep records without a line"))
+
+
+# Look like the hostile ones, but the general path accepts them: so does the msgspec path.
+_ACCEPTED_UNSIZED: dict[str, bytes] = {
+    "nested 1,000 deep (msgspec's own limit is lower)": _entry(b"\x91" * 1000 + b"\xc0") * 3,
+    "nested 1,020 deep": _entry(b"\x91" * 1020 + b"\xc0") * 2,
+    "a map as long as the entry limit": _entry(msgpack.packb({i: 0 for i in range(_LIMIT)})),
+    "a well-formed msgpack Timestamp": _entry(b"\xd6\xff\x00\x00\x00\x01") * 3,
+    "header-like bytes in strings": _entry(msgpack.packb("\u0740\u07ff" * 50 + "\xff")) * 3,
+    "header-like bytes in binary": _entry(msgpack.packb(b"\xdd\xff\xff\xff\xff\xd4\xff" * 9)),
+    "many objects in a blob too small to reach the budget": wire.pack_entries(
+        _junk_entries(10, 1_000)
+    ),
+    "an array as a map key": _entry(b"\x81\x92\x01\x02\x03") * 3,
+}
+
+
+@pytest.mark.parametrize("case", sorted(_ACCEPTED_UNSIZED))
+def test_unsized_blobs_the_general_path_accepts_decode_the_same(case: str) -> None:
+    blob = _ACCEPTED_UNSIZED[case]
+    obj = message(blob, chunk="c")
+    before = _before(obj, _LIMIT)
+    assert not isinstance(before, str), before
+    assert _now(obj, _LIMIT).equals(before)
+
+
+def test_an_array32_longer_than_the_entry_limit_is_refused_as_before() -> None:
+    """Past 65,535 items an array has a 32-bit length: found by its header too."""
+    limit = 70_000
+    blob = _entry(b"\x92\xcd\xd7\x00" + msgpack.packb([None] * (limit + 1)))
+    assert b"\xcd\xd7\x00\xdd" in blob  # array32, right after an integer's "d7 00"
+    obj = message(blob, chunk="c")
+    assert (
+        _before(obj, limit)
+        == _now(obj, limit)
+        == ("70001 exceeds max_array_len(70000) (the per-message entry limit)")
+    )
+    ok = _entry(msgpack.packb([None] * limit))
+    assert packed.count_entries(ok, limit) == 1
+    assert _now(message(ok, chunk="c"), limit).equals(_before(message(ok, chunk="c"), limit))
+
+
+def test_binary_full_of_header_like_bytes_is_left_to_the_general_path() -> None:
+    """Too many bytes that look like a header to check each one (binary data): not counted,
+    the general path decodes it as before."""
+    blob = _entry(msgpack.packb(b"\xd4\xff\xdd\xff\xff\xff\xff" * 4000)) * 2
+    assert packed.count_entries(blob, _LIMIT) is None
+    obj = message(blob, chunk="c")
+    assert _now(obj, _LIMIT).equals(_before(obj, _LIMIT))
+
+
+def test_a_map_as_a_map_key_in_a_skipped_value_is_the_one_difference() -> None:
+    """Python cannot hash a map: the general path refuses a record with one as a map key. The
+    msgspec path skips values it does not keep unbuilt, so an unsized blob (counted) is now
+    stored like a sized one always was, without that value (Fluentd, in Ruby, accepts it)."""
+    blob = _entry(b"\x81\x81\x01\x02\x03") * 3
+    assert "unusable map key" in _before(message(blob, chunk="c"), _LIMIT)
+    batch = _now(message(blob, chunk="c"), _LIMIT)
+    assert batch.equals(dec.decode(message(blob, chunk="c", size=3), 1 << 30, _LIMIT)[0])
+    assert batch.column("log").to_pylist() == ["x"] * 3
+
+
+def test_an_unsized_blob_over_the_object_budget_bytes_is_left_to_the_general_path() -> None:
+    """Over message_objects(max_entries) bytes the general path counts objects, which the
+    count cannot: such a blob (real records at the default limit: over 8 MB) is not counted."""
+    ok = wire.pack_entries([(T0 + i, shipper_record(i)) for i in range(100)])
+    assert packed.count_entries(ok, _LIMIT) == 100
+    limit = len(ok) // 128  # message_objects(limit) = 128 * limit < len(ok)
+    assert wire.message_objects(limit) < len(ok) and packed.count_entries(ok, limit) is None
+    assert dec.decode(message(ok, chunk="c"), 1 << 30, limit)[0].num_rows == 100
+
+
+@pytest.mark.integration
+def test_server_refuses_hostile_unsized_blobs_and_stores_good_ones(tmp_path: Path) -> None:
+    """Unsized blobs through a real server: good ones (Fluentd style, EventTime and integer
+    times, Fluent Bit's [[time, metadata], record]) stored and acked; each hostile one refused
+    with its reason in the log, what came before it acked, and the server still serving."""
+    agg = start_aggregator(tmp_path, extra=["--max-message-entries", str(_LIMIT)])
+    now = time.time_ns()
+
+    def good(name: str, n: int = 3) -> bytes:
+        plain = [wire.pack([wire.EventTime.from_ns(now), record(f"{name}-{i}", "good")])
+                 for i in range(n)]  # fmt: skip
+        ints = [wire.pack([now // 10**9, record(f"{name}-int-{i}", "good")]) for i in range(n)]
+        headed = [wire.pack([[wire.EventTime.from_ns(now), {}], record(f"{name}-fb-{i}", "good")])
+                  for i in range(n)]  # fmt: skip
+        return wire.pack(["logq.good", b"".join(plain + ints + headed), {"chunk": name}])
+
+    bad = {
+        name: wire.pack(["logq.good", blob, {"chunk": f"bad-{i}"}])
+        for i, (name, (blob, _)) in enumerate(sorted(_HOSTILE_UNSIZED.items()))
+    }
+    try:
+        with agg.connect() as bystander:
+            for i, (name, frame) in enumerate(bad.items()):
+                with agg.connect() as sock:
+                    sock.sendall(good(f"before{i}") + frame + good(f"after{i}"))
+                    replies = msgpack.Unpacker(raw=False)
+                    replies.feed(_closed(sock))
+                    assert [wire.decode_ack(o) for o in replies] == [f"before{i}"], name
+                bystander.sendall(good(f"bystander{i}", 70))  # the constant decoder too
+                assert read_acks(bystander, 1) == [f"bystander{i}"]
+    finally:
+        assert agg.stop() == 0
+    stored = read_table(agg.warehouse, "container_logs")["message"].to_pylist()
+    expected = [
+        f"{kind}{i}-{form}{j}"
+        for i in range(len(bad))
+        for kind, n in (("before", 3), ("bystander", 70))
+        for form in ("", "int-", "fb-")
+        for j in range(n)
+    ]
+    assert sorted(stored) == sorted(expected)
+    log = agg.log_text()
+    assert "unexpected error" not in log and "Traceback" not in log
+    for _, reason in _HOSTILE_UNSIZED.values():
+        assert re.search(reason, log), reason
+    assert log.count("not the Forward protocol: ") == len(bad)

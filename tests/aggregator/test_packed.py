@@ -7,6 +7,7 @@ be equal. Cases the fast path must decline are checked to reach the general path
 
 from __future__ import annotations
 
+import gzip
 from typing import Any
 
 import msgpack
@@ -48,7 +49,8 @@ def message(records: list[dict[str, Any]], **options: Any) -> Any:
 
 def general(obj: Any) -> Any:
     blob = obj[1]
-    return dec._fast_entries(obj[0], dec._unpack_entries(blob)) or dec._general(obj, 1 << 30)
+    batch = dec._fast_entries(obj[0], dec._unpack_entries(blob))
+    return batch or dec._general(obj, 1 << 30, wire.MAX_MESSAGE_ENTRIES)
 
 
 def test_shipper_batch_takes_the_fast_path_and_matches() -> None:
@@ -105,12 +107,36 @@ def test_unusual_records_match_the_general_path(over: dict[str, Any]) -> None:
     assert batch.equals(general(obj))
 
 
-def test_integer_times_take_the_general_path() -> None:
+def test_integer_times_take_the_fast_path_and_match() -> None:
     entries = b"".join(wire.pack([1_795_860_000 + i, shipper_record(i)]) for i in range(3))
     obj = ["logq.recipe", entries, {"size": 3}]
-    assert packed.columns(packed.decode_entries(entries, 3), dec.DICT_STRING) is None
+    assert packed.columns(packed.decode_entries(entries, 3), dec.DICT_STRING) is not None
     batch, _ = dec.decode(obj, 1 << 30)
+    assert batch.equals(general(obj))
     assert batch.column("time_ns").to_pylist() == [(1_795_860_000 + i) * 10**9 for i in range(3)]
+
+
+@pytest.mark.parametrize(
+    "time",
+    [1.5, True, -(2**62), 2**63, wire.EventTime(1, 2).to_ext(), msgpack.ExtType(0, b"\x00" * 4)],
+)
+def test_other_times_are_left_to_the_general_path(time: Any) -> None:
+    """Float, boolean or out-of-range times, EventTimes of the wrong length: the general path
+    accepts (the EventTime, the float) or refuses them, as it always has."""
+    entries = wire.pack([T0 // 10**9, shipper_record(0)]) + wire.pack([time, shipper_record(1)])
+    obj = ["logq.recipe", entries, {"size": 2}]
+    if isinstance(time, msgpack.ExtType) and len(time.data) == 8:
+        assert packed.columns(packed.decode_entries(entries, 2), dec.DICT_STRING) is not None
+    else:
+        assert packed.columns(packed.decode_entries(entries, 2), dec.DICT_STRING) is None
+    try:
+        expected = general(obj)
+    except wire.ProtocolError as exc:
+        with pytest.raises(wire.ProtocolError) as info:
+            dec.decode(obj, 1 << 30)
+        assert str(info.value) == str(exc)
+    else:
+        assert dec.decode(obj, 1 << 30)[0].equals(expected)
 
 
 def test_invalid_utf8_is_replaced_not_dropped() -> None:
@@ -198,3 +224,154 @@ def test_the_decoder_cache_is_bounded() -> None:
     obj = message([shipper_record(0, source_id=f"src-{packed._MAX_DECODERS + 19}")])
     batch, _ = dec.decode(obj, 1 << 30)
     assert batch.column(wire.KEY_SOURCE_ID).to_pylist() == [f"src-{packed._MAX_DECODERS + 19}"]
+
+
+# --- blobs without a size option (Fluent Bit without Send_options, Fluentd, fluent-logger) ---
+
+
+def _entries_blob(times: list[Any], records: list[dict[str, Any]], headed: bool = False) -> bytes:
+    """Concatenated ``[time, record]`` entries (``[[time, metadata], record]`` when headed)."""
+    packer = msgpack.Packer(default=wire._default, use_bin_type=True)
+    return b"".join(
+        packer.pack([[t, {"stream": "F"}] if headed else t, r])
+        for t, r in zip(times, records, strict=True)
+    )
+
+
+def _event_times(n: int) -> list[Any]:
+    return [wire.EventTime.from_ns(T0 + i * 1_000_003) for i in range(n)]
+
+
+def _int_times(n: int) -> list[Any]:
+    return [T0 // 10**9 + i for i in range(n)]
+
+
+def _mixed_times(n: int) -> list[Any]:
+    return [t if i % 3 else T0 // 10**9 + i for i, t in enumerate(_event_times(n))]
+
+
+def _kube_record(i: int) -> dict[str, Any]:
+    """A Fluent Bit record with its kubernetes filter's metadata (the client decoder)."""
+    return {
+        "log": f"kube {i}\n",
+        "stream": "stdout",
+        "kubernetes": {"pod_name": "web-1", "container_name": "app", "docker_id": "d" * 64},
+    }
+
+
+def _bin_record(i: int) -> dict[str, Any]:
+    """Strings sent as msgpack bin (older clients): the general path's to decode."""
+    return {"log": f"bin {i}".encode(), "stream": b"stderr", "service": b"recipe"}
+
+
+_RECORDS = {
+    "shipper": shipper_record,
+    "fluent-logger": lambda i: {"message": f"m{i}", "level": "info"},
+    # The line of a record without ``log``: the first message key that is not nil, as text;
+    # other values, or no such key, as JSON (the general path's part).
+    "message keys": lambda i: [
+        {"log": None, "message": None, "msg": f"msg {i}", "MESSAGE": "not this"},
+        {"MESSAGE": f"journald {i}", "_PID": 1},
+        {"message": {"k": [i, None]}},
+        {"msg": i, "message": None},
+        {"level": "info", "n": i},
+        {"log": f"log {i}", "message": {"ignored": True}},
+        {"message": f"m{i}".encode()},
+    ][i % 7],
+    "kubernetes": _kube_record,
+    "bin": _bin_record,
+    "mixed": lambda i: shipper_record(i) if i % 2 else _bin_record(i),
+}
+_TIMES = {"event": _event_times, "int": _int_times, "mixed": _mixed_times}
+
+
+def _unsized_and_sized(blob: bytes, n: int, **options: Any) -> tuple[Any, Any]:
+    def obj(**more: Any) -> Any:
+        frame = wire.pack(["logq.recipe", blob, {"chunk": "c", **options, **more}])
+        return msgpack.unpackb(frame, raw=False, ext_hook=wire._ext_hook)
+
+    return obj(), obj(size=n)
+
+
+def _reference(obj: Any, max_entries: int = wire.MAX_MESSAGE_ENTRIES) -> Any:
+    """What :func:`aggregator.decode.decode` gave a PackedForward message without ``size``
+    before such messages could take the msgspec path: the general path alone."""
+    blob = obj[1]
+    if obj[2].get("compressed") == "gzip":
+        blob = wire.gunzip_members(blob, 1 << 30)
+    batch = dec._fast_entries(obj[0], dec._unpack_entries(blob, max_entries))
+    return batch or dec._general(obj, 1 << 30, max_entries)
+
+
+@pytest.mark.parametrize("n", [10, 100])  # 100: the constant-metadata decoder too
+@pytest.mark.parametrize("times", sorted(_TIMES))
+@pytest.mark.parametrize("records", sorted(_RECORDS))
+@pytest.mark.parametrize("headed", [False, True])
+def test_an_unsized_blob_decodes_to_the_same_batch_as_a_sized_one(
+    n: int, times: str, records: str, headed: bool
+) -> None:
+    blob = _entries_blob(_TIMES[times](n), [_RECORDS[records](i) for i in range(n)], headed)
+    unsized, sized = _unsized_and_sized(blob, n)
+    assert packed.count_entries(blob, wire.MAX_MESSAGE_ENTRIES) == n
+    batch, chunk = dec.decode(unsized, 1 << 30)
+    assert chunk == "c"
+    assert batch.equals(dec.decode(sized, 1 << 30)[0])
+    assert batch.equals(_reference(unsized))
+    assert batch.num_rows == n
+
+
+@pytest.mark.parametrize("n", [10, 100])
+@pytest.mark.parametrize("headed", [False, True])
+@pytest.mark.parametrize("times", ["event", "int"])
+def test_an_unsized_blob_takes_the_msgspec_path(
+    n: int, headed: bool, times: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """logq-shipper's, Fluent Bit's (``[[time, metadata], record]`` too, kubernetes metadata)
+    and fluent-logger's (``message``) records without ``size``: msgspec decodes them, the
+    general path is not reached."""
+    blobs = [
+        _entries_blob(_TIMES[times](n), [make(i) for i in range(n)], headed)
+        for make in (shipper_record, _kube_record, _RECORDS["fluent-logger"])
+    ]
+    expected = [dec.decode(_unsized_and_sized(b, n)[1], 1 << 30)[0] for b in blobs]
+
+    def no_general(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the general path was taken")
+
+    monkeypatch.setattr(dec, "_unpack_entries", no_general)
+    monkeypatch.setattr(dec, "_general", no_general)
+    for blob, batch in zip(blobs, expected, strict=True):
+        assert dec.decode(_unsized_and_sized(blob, n)[0], 1 << 30)[0].equals(batch)
+
+
+def test_records_with_a_message_key_take_the_msgspec_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record without ``log`` takes its line from ``message``, ``msg`` or ``MESSAGE`` (the
+    first that is not nil) on the msgspec path too, sized or not; as text only: any other
+    value goes to the general path, which writes it as JSON."""
+    records = [_RECORDS["message keys"](i) for i in (0, 1, 5)] * 30
+    blob = _entries_blob(_event_times(90), records)
+    unsized, sized = _unsized_and_sized(blob, 90)
+    expected = _reference(unsized)
+    assert expected.column("log").to_pylist()[:3] == ["msg 0", "journald 1", "log 5"]
+    monkeypatch.setattr(dec, "_general", None)  # not called
+    monkeypatch.setattr(dec, "_unpack_entries", None)
+    for obj in (unsized, sized):
+        assert dec.decode(obj, 1 << 30)[0].equals(expected)
+    for other in ({"message": 5}, {"message": b"bin"}, {"msg": None}):
+        blob = _entries_blob(_event_times(2), [records[0], other])
+        assert packed.columns(packed.decode_entries(blob, 2), dec.DICT_STRING) is None
+
+
+def test_unsized_gzip_members_take_the_msgspec_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CompressedPackedForward as Fluentd sends it: several gzip members, one after another."""
+    blobs = [_entries_blob(_event_times(70), [shipper_record(i) for i in range(70)])] * 3
+    whole = b"".join(blobs)
+    members = b"".join(gzip.compress(b) for b in blobs)
+    unsized, sized = _unsized_and_sized(members, 210, compressed="gzip")
+    expected = dec.decode(sized, 1 << 30)[0]
+    assert expected.equals(_reference(unsized))
+    assert packed.count_entries(whole, wire.MAX_MESSAGE_ENTRIES) == 210
+    monkeypatch.setattr(dec, "_unpack_entries", None)  # not called
+    batch, _ = dec.decode(unsized, 1 << 30)
+    assert batch.equals(expected)
+    assert batch.column(wire.KEY_OFFSET).to_pylist() == [(i % 70 + 1) * 100 for i in range(210)]
