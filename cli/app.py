@@ -107,6 +107,15 @@ def main() -> None:
         if not is_interrupt(exc):
             raise
         raise SystemExit(interrupted("logq")) from None
+    except SystemExit as exc:
+        # Output into a closed pipe outside a command body (the help, typer's own messages)
+        # ends like inside one: quietly, with the same status (see cli.errors).
+        from cli.errors import READER_GONE_EXIT, ended_by_closed_pipe, quiet_stdout
+
+        if exc.code == 1 and ended_by_closed_pipe(exc):
+            quiet_stdout()
+            raise SystemExit(READER_GONE_EXIT) from None
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

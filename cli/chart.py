@@ -2,6 +2,9 @@
 
 A bar chart per row reads well in any terminal width and in scrollback, which matters more in an
 incident than a pretty plot: the spike is the long red bar, with its time and counts beside it.
+Colour is not the only cue: each class has its own glyph (█ ok, ▒ 4xx, X 5xx), so the chart
+reads the same with ``NO_COLOR``, in a pipe, a ticket or on a monochrome screen. Times are UTC,
+as everywhere in logq, and the column header says so.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 BLOCKS = " ▏▎▍▌▋▊▉█"
+#: Glyphs of the three classes: requests that did not fail, 4xx, 5xx (whole cells each).
+OK_GLYPH, E4_GLYPH, E5_GLYPH = "█", "▒", "X"
+LEGEND = f"{OK_GLYPH} ok  {E4_GLYPH} 4xx  {E5_GLYPH} 5xx"
 
 
 def fill_intervals(
@@ -49,6 +55,14 @@ def bar(value: float, scale: float, width: int) -> str:
     return "█" * full + (BLOCKS[rest] if rest else "")
 
 
+def cells(value: float, scale: float, width: int, glyph: str) -> str:
+    """A run of ``glyph`` for ``value`` where ``scale`` fills ``width`` cells: whole cells (a
+    shade has no eighths), at least one for any non-zero count so a single error shows."""
+    if scale <= 0 or value <= 0:
+        return ""
+    return glyph * max(1, round(value / scale * width))
+
+
 def render_timeline(
     rows: Sequence[tuple[datetime, int, int, int]],
     every_label: str,
@@ -61,11 +75,12 @@ def render_timeline(
 
     With ``until`` and ``step``: a last interval that ends after ``until`` (the range ends
     inside it, e.g. now) is marked, so that its shorter bar does not read as a drop."""
-    from rich.console import Console
     from rich.text import Text
 
+    from cli.output import console as make_console
+
     out = out or sys.stdout
-    console = Console(file=out, width=width, highlight=False)
+    console = make_console(out, width=width)
     bar_width = max(10, min(60, console.width - 44))
     peak = max((r[1] for r in rows), default=0)
     day_changes = len({r[0].date() for r in rows}) > 1
@@ -73,11 +88,13 @@ def render_timeline(
     errors = sum(r[3] for r in rows)
     console.print(
         Text(
-            f"requests per {every_label}: {total:,} total, {errors:,} 5xx "
-            f"(red), 4xx in yellow; █ = {peak / bar_width:,.1f} requests",
+            f"requests per {every_label}: {total:,} total, {errors:,} 5xx; "
+            f"one cell = {peak / bar_width:,.1f} requests",
             style="bold",
         )
     )
+    columns = Text(f"{'time UTC':>11} {'requests':>8} {'5xx':>6} {LEGEND}", style="dim")
+    console.print(columns)
     for bucket, requests, e4, e5 in rows:
         label = bucket.strftime("%m-%d %H:%M" if day_changes else "%H:%M")
         if bucket.second:
@@ -85,10 +102,10 @@ def render_timeline(
         ok = requests - e4 - e5
         line = Text(f"{label:>11} {requests:>8,} {e5:>6,} ")
         line.append(bar(ok, peak, bar_width), style="green")
-        line.append(bar(e4, peak, bar_width), style="yellow")
-        line.append(bar(e5, peak, bar_width), style="bold red")
+        line.append(cells(e4, peak, bar_width, E4_GLYPH), style="yellow")
+        line.append(cells(e5, peak, bar_width, E5_GLYPH), style="bold red")
         console.print(line, overflow="crop", no_wrap=True)
-    console.print(Text(f"{'':>11} {'requests':>8} {'5xx':>6}", style="dim"))
+    console.print(columns)  # again below: the end of a long chart is where one reads it
     if until is not None and step and rows:
         last = rows[-1][0]
         last = last if last.tzinfo is not None else last.replace(tzinfo=UTC)

@@ -4,11 +4,19 @@ Exit codes: 2 for bad input (time ranges, service names, SQL that does not parse
 and storage failures (DuckDB, Athena, S3), 130 for Ctrl-C. ``LOGQ_DEBUG=1`` re-raises instead, to
 show the traceback. Anything else is a bug and keeps its traceback.
 
-A reader that stops early (``logq timeline | head -2``) is no failure: the output ends quietly,
-as Python's documentation recommends for SIGPIPE (stdout pointed at /dev/null, exit 1, no
-message), rather than "Broken pipe" on the terminal of someone who asked for two lines.
+A reader that stops early (``logq timeline | head -2``) is no failure: logq stops writing at
+once, says nothing and exits 0 (:data:`READER_GONE_EXIT`), whatever the command and however
+much output was left, as ripgrep does. Not 1: that is an engine failure, and a pipeline
+under ``set -o pipefail`` would fail on it. Not 141 (a death by SIGPIPE, as GNU tools die):
+whether a writer still has output left when ``head`` quits depends on how much fits in the pipe
+buffer, so ``logq services | head -1`` would exit 0 and ``logq tail | head -1`` 141, the same
+script passing on a small warehouse and failing on a big one. The reader's own exit status says
+whether it failed. Stdout is then pointed at /dev/null (Python's advice for SIGPIPE), so the
+interpreter's last flush cannot raise again; large output is written in pieces
+(:func:`cli.output.write_all`) so that a closed pipe is noticed at all.
 """
 
+import errno
 import os
 import sys
 from collections.abc import Iterator
@@ -18,6 +26,9 @@ import typer
 
 from athena.engines.result import EngineError
 from cli.storage import advice
+
+#: Exit status when the reader of stdout went away (``| head``): success, see above.
+READER_GONE_EXIT = 0
 
 #: Error messages echo the value at fault; a 100 KB ``--service`` must not make a 200 KB line.
 MAX_MESSAGE_CHARS = 400
@@ -45,6 +56,23 @@ def quiet_stdout() -> None:
     os.close(devnull)
 
 
+def ended_by_closed_pipe(exc: BaseException) -> bool:
+    """Whether ``exc`` (a ``SystemExit``) was raised while handling a write into a closed pipe.
+
+    The libraries that print for logq outside its command bodies end the program on EPIPE with
+    status 1 themselves: click (typer) for ``logq --help | head -1``, Rich when its own console
+    cannot write. Both raise it inside their ``except`` clause, so the EPIPE error is the exit's
+    ``__context__``; an engine failure's exit never has one."""
+    seen: BaseException | None = exc.__context__
+    for _ in range(3):  # the EPIPE error, possibly re-raised once or twice
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno == errno.EPIPE:
+            return True
+        seen = seen.__context__
+    return False
+
+
 @contextmanager
 def friendly() -> Iterator[None]:
     """Run a command body, translating expected failures into a message and an exit code."""
@@ -52,7 +80,7 @@ def friendly() -> Iterator[None]:
         yield
     except BrokenPipeError:
         quiet_stdout()
-        raise typer.Exit(1) from None
+        raise typer.Exit(READER_GONE_EXIT) from None
     except KeyboardInterrupt:
         sys.stderr.write("logq: interrupted\n")
         raise typer.Exit(130) from None

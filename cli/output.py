@@ -4,14 +4,22 @@
 no progress); timestamps are ISO-8601 UTC with a ``Z``. ``table`` is for a person in an incident:
 status codes coloured by class, numbers right-aligned with thousands separators and units taken
 from the column name (``_ms`` → ms, ``_pct`` → %, ``bytes`` → KiB/MiB).
+
+Two rules keep the human formats truthful. A value is never broken across lines where the break
+would make it read as another value (``10.0.5.7`` + ``7:8080``): numbers, hosts, timestamps, ids,
+codes and flags never wrap; only prose (a log message, a user agent) wraps, and a path is cut with
+an ellipsis. When even that cannot fit the terminal, rows print one record at a time instead. And
+text from the logs is data, never terminal control: control characters in it are shown escaped
+(``\x1b``, ``\r``, ``\n``), as ``journalctl`` and ``less`` do, so a user agent such as
+``\x1b[2J`` cannot clear the screen of the person reading it, nor fake output.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
+import re
 import sys
 from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta
@@ -77,19 +85,35 @@ def to_json(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return json.dumps(objects, ensure_ascii=False, indent=2, allow_nan=False)
 
 
+class _RowsEndingLF:
+    """A file for ``csv.writer`` whose rows end in ``\n``, though the writer's terminator is
+    ``\r\n``: Python's writer quotes a field only for the characters of its terminator, so with
+    ``\n`` a log line holding a bare ``\r`` went out unquoted and every reader split the row
+    there. The writer hands over one whole row per ``write``, terminator last."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def write(self, row: str) -> int:
+        self.parts.append(row[:-2] + "\n" if row.endswith("\r\n") else row)
+        return len(row)
+
+
 def to_csv(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """CSV with a header row; NULL is the empty field."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    """CSV with a header row, rows ending in ``\n``; NULL is the empty field. A field holding
+    a line break (``\n`` or ``\r``) is quoted, so it stays one field."""
+    buf = _RowsEndingLF()
+    writer = csv.writer(buf, lineterminator="\r\n")
     writer.writerow(columns)
     for row in rows:
         writer.writerow(["" if v is None else plain(v) for v in row])
-    return buf.getvalue()
+    return "".join(buf.parts)
 
 
 def _md_cell(value: Any) -> str:
     text = "" if value is None else str(plain(value))
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    text = visible(text.replace("\n", " "))  # a document shown on terminals too: no controls
+    return text.replace("\\", "\\\\").replace("|", "\\|")
 
 
 def to_markdown(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -179,8 +203,153 @@ def header(column: str) -> str:
     return text.replace("_", " ")
 
 
-#: Width of the table when stdout is not a terminal (Rich would otherwise assume 80).
-PIPE_WIDTH = 200
+# --- terminal safety: log text is data, never control ------------------------------------------
+
+#: C0 controls but tab, DEL, C1 controls, and the Unicode format characters that reorder or break
+#: what a terminal shows (bidi overrides and isolates, line/paragraph separators).
+_CONTROL = re.compile(
+    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+_NAMED = {"\n": "\\n", "\r": "\\r", "\x1b": "\\x1b"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def visible(text: str) -> str:
+    """``text`` with every control character shown escaped (``\\x1b``, ``\\r``, ``\\n``,
+    ``\\u202e``), for output a person reads on a terminal: a log line or user agent holding
+    ``ESC [2J`` must not clear the screen, set the window title or fake other output. Tabs stay.
+    json/csv keep the raw text (JSON escapes it itself; CSV is data for programs)."""
+    return _CONTROL.sub(_escape, text)
+
+
+# --- writing: large output in pieces -----------------------------------------------------------
+
+#: Largest single write to stdout. A reader that quits early (``| head -c 10``) must be noticed:
+#: CPython 3.11 can report a multi-megabyte ``write`` to a pipe as done after the first 64 KiB
+#: when the reader closes meanwhile, losing the rest without an error; pieces are written one by
+#: one, so the next one raises ``BrokenPipeError`` and logq stops instead of rendering on.
+WRITE_CHUNK = 16 * 1024
+
+
+def write_all(out: TextIO, text: str) -> None:
+    """Write ``text`` to ``out`` in pieces of at most :data:`WRITE_CHUNK` characters."""
+    for start in range(0, len(text), WRITE_CHUNK):
+        out.write(text[start : start + WRITE_CHUNK])
+
+
+class ChunkedFile:
+    """A text file whose ``write`` goes through :func:`write_all` (Rich writes a whole table in
+    one call); everything else (``isatty``, ``fileno``, ``encoding``) is the wrapped file's."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def write(self, text: str) -> int:
+        write_all(self._out, text)
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._out, name)
+
+
+def console(out: TextIO, **options: Any) -> Any:
+    """A Rich console writing to ``out`` in pieces, whose closed-pipe handling is logq's own.
+
+    Rich ends the program itself on ``BrokenPipeError`` (``SystemExit(1)``, the status of an
+    engine failure); here the error goes on to :func:`cli.errors.friendly`, which ends every
+    command the same way when the reader went away."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True  # nothing more to write: the reader is gone
+            raise BrokenPipeError(32, "Broken pipe")
+
+    return _Console(file=ChunkedFile(out), highlight=False, **options)
+
+
+# --- the human table: layout -------------------------------------------------------------------
+
+#: Prose: wrapped at spaces, a word longer than the column folded (read on as one text).
+PROSE_COLUMNS = frozenset({"message", "user_agent", "meaning", "check"})
+#: Free text that may be cut short with an ellipsis (visibly incomplete, never a wrong value).
+CUT_COLUMNS = frozenset({"path", "container_name"})
+#: What a prose or cut column keeps at least before rows print as records.
+MIN_FREE_WIDTH = 10
+
+
+def _is_terminal(out: TextIO) -> bool:
+    return bool(hasattr(out, "isatty") and out.isatty())
+
+
+def _cells(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """Rich ``Text`` cells: units, status colours, control characters escaped."""
+    from rich.text import Text
+
+    out = []
+    for row in rows:
+        cells = []
+        for col, value in zip(columns, row, strict=True):
+            style = status_style(value) if col in ("response_code", "status") else ""
+            if col in ("errors_5xx", "error_pct") and value:
+                style = "red"
+            cells.append(Text(visible(format_cell(col, value)), style=style))
+        out.append(cells)
+    return out
+
+
+def _widest(texts: Sequence[Any]) -> int:
+    return max((t.cell_len for t in texts), default=0)
+
+
+def _header_word(title: str) -> int:
+    from rich.cells import cell_len
+
+    return max((cell_len(w) for w in title.split()), default=0)
+
+
+def table_widths(
+    columns: Sequence[str], cells: Sequence[Sequence[Any]], whole_titles: bool = False
+) -> tuple[list[int], list[bool]]:
+    """(width each column needs, whether it may be narrower): a fixed column needs its widest
+    value, and its whole title with ``whole_titles`` (else the title wraps between words); prose
+    and cut columns can go down to :data:`MIN_FREE_WIDTH` (or their widest value, if smaller)."""
+    from rich.cells import cell_len
+
+    widths, free = [], []
+    for i, col in enumerate(columns):
+        values = _widest([row[i] for row in cells])
+        name = visible(header(col))
+        title = cell_len(name) if whole_titles else _header_word(name)
+        if col in PROSE_COLUMNS or col in CUT_COLUMNS:
+            widths.append(max(min(values, MIN_FREE_WIDTH), min(title, MIN_FREE_WIDTH), 1))
+            free.append(True)
+        else:
+            widths.append(max(values, title, 1))
+            free.append(False)
+    return widths, free
+
+
+def frame_width(count: int) -> int:
+    """Columns Rich's default box takes around ``count`` columns: a bar and a space each side."""
+    return 3 * count + 1
+
+
+def natural_width(columns: Sequence[str], cells: Sequence[Sequence[Any]]) -> int:
+    """Width of the table with nothing wrapped: every value and title on one line."""
+    from rich.cells import cell_len
+
+    total = 0
+    for i, col in enumerate(columns):
+        total += max(_widest([row[i] for row in cells]), cell_len(visible(header(col))), 1)
+    return total + frame_width(len(columns))
 
 
 def render_table(
@@ -191,28 +360,107 @@ def render_table(
     width: int | None = None,
     color: bool | None = None,
 ) -> None:
-    """Print a Rich table (colour only when ``out`` is a terminal, unless ``color`` says)."""
-    from rich.console import Console
+    """Print rows for people (colour only when ``out`` is a terminal, unless ``color`` says).
+
+    Into a file or a pipe (no ``width``) the table is as wide as its longest values: nothing is
+    wrapped, whatever reads it (``grep``, ``less -S``, a ticket) sees each row on one line. On a
+    terminal (or with ``width``) only prose wraps and paths are cut with "…", then titles wrap
+    between words; when the values that must stay whole still do not fit, every row prints as a
+    record, one ``name value`` per line.
+    """
+    out = out or sys.stdout
+    cells = _cells(columns, rows)
+    pipe = width is None and not _is_terminal(out)
+    if pipe:
+        width = max(natural_width(columns, cells), len(title or ""), 20)  # never wrapped
+    con = console(out, width=width, force_terminal=color, markup=False)
+    if pipe or not rows or natural_width(columns, cells) <= con.width:
+        _print_table(con, columns, rows, cells, title, None, wrap_titles=not pipe)
+        return
+    for whole_titles in (True, False):
+        need, _ = table_widths(columns, cells, whole_titles)
+        if sum(need) + frame_width(len(columns)) <= con.width:
+            _print_table(con, columns, rows, cells, title, need, wrap_titles=True)
+            return
+    _print_records(con, columns, cells, title)
+
+
+def _print_table(
+    console: Any,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    cells: Sequence[Sequence[Any]],
+    title: str | None,
+    fixed: list[int] | None,
+    wrap_titles: bool,
+) -> None:
+    """A Rich table. With ``fixed`` (the widths of :func:`table_widths`), fixed columns are
+    exactly that wide and never wrap; prose and cut columns take the rest. Without, every
+    column is as wide as its widest value or title (the table fits as it is)."""
     from rich.table import Table
     from rich.text import Text
 
-    out = out or sys.stdout
-    if width is None and not (hasattr(out, "isatty") and out.isatty()):
-        width = PIPE_WIDTH  # a file or a pipe: do not wrap at 80 columns
-    console = Console(file=out, width=width, highlight=False, force_terminal=color)
-    table = Table(title=title, header_style="bold", show_lines=False, title_justify="left")
-    numeric = [_is_numeric_column(rows, i) for i in range(len(columns))]
-    for col, num in zip(columns, numeric, strict=True):
-        table.add_column(header(col), justify="right" if num else "left", overflow="fold")
-    for row in rows:
-        cells = []
-        for col, value in zip(columns, row, strict=True):
-            style = status_style(value) if col in ("response_code", "status") else ""
-            if col in ("errors_5xx", "error_pct") and value:
-                style = "red"
-            cells.append(Text(format_cell(col, value), style=style))
-        table.add_row(*cells)
+    # A prose or cut column whose values fit its least width is fixed too: Rich shrinks the
+    # free columns evenly, and a short container name would take room from a long path.
+    free = [
+        (c in PROSE_COLUMNS or c in CUT_COLUMNS)
+        and (fixed is None or _widest([row[i] for row in cells]) > fixed[i])
+        for i, c in enumerate(columns)
+    ]
+    _print_title(console, title)
+    table = Table(header_style="bold", show_lines=False)
+    for i, col in enumerate(columns):
+        numeric = _is_numeric_column(rows, i)
+        name = Text(visible(header(col)), no_wrap=not wrap_titles, overflow="fold")
+        if free[i] and fixed is not None:
+            overflow = "fold" if col in PROSE_COLUMNS else "ellipsis"
+            table.add_column(name, justify="left", no_wrap=False, overflow=overflow)
+        else:
+            table.add_column(
+                name,
+                justify="right" if numeric else "left",
+                no_wrap=True,
+                overflow="ellipsis",
+                width=None if fixed is None else fixed[i],
+            )
+    for row in cells:
+        table.add_row(*row)
     console.print(table)
+
+
+def _print_title(console: Any, title: str | None) -> None:
+    """The title above a table or records: its own line, as wide as it is (a table's title
+    would wrap at the width of a narrow table)."""
+    from rich.text import Text
+
+    if title:
+        console.print(Text(visible(title), style="italic"), overflow="fold")
+
+
+def _print_records(
+    console: Any, columns: Sequence[str], cells: Sequence[Sequence[Any]], title: str | None
+) -> None:
+    """Rows too wide for the terminal, one record per row (like ``psql``'s expanded display):
+    ``name  value`` lines, a value that does not fit beside its name on its own line below."""
+    from rich.text import Text
+
+    _print_title(console, title)
+    names = [visible(header(c)) for c in columns]
+    label = max(len(n) for n in names)
+    for number, row in enumerate(cells, 1):
+        rule = f"── {number} of {len(cells)} "
+        console.print(Text(rule + "─" * max(0, min(console.width, 40) - len(rule)), style="dim"))
+        for name, cell in zip(names, row, strict=True):
+            if label + 2 + cell.cell_len <= console.width:
+                line = Text()
+                line.append(f"{name:<{label}}  ", style="bold")
+                line.append_text(cell)
+                console.print(line, no_wrap=True, overflow="ellipsis")
+            else:  # prose wraps between words; only a longer word is folded
+                console.print(Text(name, style="bold"))
+                for piece in cell.wrap(console, max(1, console.width - 2), overflow="fold"):
+                    piece.rstrip()
+                    console.print(Text("  ") + piece, no_wrap=True, overflow="ellipsis")
 
 
 def emit(
@@ -222,14 +470,14 @@ def emit(
     out: TextIO | None = None,
     title: str | None = None,
 ) -> None:
-    """Write the result in ``fmt`` to ``out`` (stdout by default)."""
+    """Write the result in ``fmt`` to ``out`` (stdout by default), in pieces (see WRITE_CHUNK)."""
     out = out or sys.stdout
     if fmt is OutputFormat.json:
-        out.write(to_json(columns, rows) + "\n")
+        write_all(out, to_json(columns, rows) + "\n")
     elif fmt is OutputFormat.csv:
-        out.write(to_csv(columns, rows))
+        write_all(out, to_csv(columns, rows))
     elif fmt is OutputFormat.markdown:
-        out.write(to_markdown(columns, rows))
+        write_all(out, to_markdown(columns, rows))
     else:
         render_table(columns, rows, out=out, title=title)
     out.flush()

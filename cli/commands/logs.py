@@ -115,12 +115,15 @@ def _print_log_lines(common: Common, result, prep, rows: list, stream: bool = Fa
             runner.show(common, result, prep, rows=rows)
             return
         from athena.timerange import iso_utc
+        from cli.output import visible
 
         for ts, service, container, out_stream, message in rows:
             marker = "!" if out_stream == "stderr" else " "
             # Records of other Forward clients may carry no container name (nor stream).
-            name = container or "-"
-            sys.stdout.write(f"{iso_utc(ts)} {service} {name}{marker}| {message}\n")
+            name = visible(container or "-")
+            # Escaped: a logged "\r\x1b[2K" or "\x1b]0;...\x07" must not rewrite the terminal.
+            text = visible("" if message is None else str(message))
+            sys.stdout.write(f"{iso_utc(ts)} {visible(str(service))} {name}{marker}| {text}\n")
         sys.stdout.flush()
         return
     if stream and common.fmt is OutputFormat.csv:

@@ -1,0 +1,405 @@
+"""What a person sees: values never broken into other plausible values, log text that cannot
+drive the terminal, a timeline readable without colour, and one exit status for a closed pipe.
+
+Each test builds data with the values an incident brings (IPv6 upstreams, long paths, user
+agents and log lines holding escape sequences) and checks the rendered text itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from cli.chart import BLOCKS, render_timeline
+from cli.output import (
+    WRITE_CHUNK,
+    OutputFormat,
+    emit,
+    render_table,
+    to_markdown,
+    visible,
+)
+from tests.athena.factory import access_frame, logs_frame, utc, write_frame
+
+LOGQ = Path(sys.executable).with_name("logq")
+
+#: The columns ``logq trace`` prints, and hops with values that used to be folded into others.
+TRACE_COLUMNS = [
+    "timestamp", "service", "container_name", "method", "path", "response_code",
+    "response_flags", "duration_ms", "upstream_service_time_ms", "upstream_host", "authority",
+]  # fmt: skip
+IPV6 = "[2600:1f18:4a3:6901::99]:9200"
+LONG_PATH = "/api/v2/recipes/42/ingredients/" + "x" * 150 + "?expand=nutrition"
+TS = datetime(2026, 11, 29, 11, 33, 49, tzinfo=UTC)
+TRACE_ROWS = [
+    (TS, "front", "envoy", "GET", LONG_PATH, 200, "-", 1924, 1015, "10.0.5.77:8080",
+     "api.example.com"),
+    (TS + timedelta(milliseconds=3), "recipe", "envoy", "GET", "/api/recipes/42", 503, "UF,URX",
+     37, None, IPV6, "recipe.internal"),
+]  # fmt: skip
+WHOLE = ["2026-11-29T11:33:49.000Z", "2026-11-29T11:33:49.003Z", "10.0.5.77:8080", IPV6,
+         "UF,URX", "1,924 ms", "1,015 ms", "api.example.com", "recipe.internal"]  # fmt: skip
+
+#: Control characters a log line or a request header can carry.
+RAW_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+HOSTILE_AGENT = "evil\x1b[2J\x1b[Hfake [bold]ok[/bold]"
+HOSTILE_PATH = "/p\x1b]0;pwned\x07ath"
+HOSTILE_LINES = [
+    "progress\r\x1b[2Kdone",
+    "\x1b]0;title\x07 title set",
+    "\x1b[31mred\x1b[0m and [bold]markup[/bold]",
+    "two\nlines\tand a tab \x9b2J",
+]
+
+
+class Terminal(io.StringIO):
+    """A StringIO that says it is a terminal (as a person's stdout does)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def _table(rows=TRACE_ROWS, columns=TRACE_COLUMNS, **kwargs) -> str:
+    out = kwargs.pop("out", None) or io.StringIO()
+    render_table(columns, rows, out=out, title="request abc", **kwargs)
+    return out.getvalue()
+
+
+# --- 1. values are never broken into other values ----------------------------------------------
+
+
+def test_a_pipe_gets_every_row_on_one_line() -> None:
+    """Not a terminal: no wrapping at all, however long the path (it used to fold at 200)."""
+    text = _table()
+    rows = [line for line in text.splitlines() if line.startswith("│")]
+    assert len(rows) == 2, text
+    assert LONG_PATH in rows[0] and "10.0.5.77:8080" in rows[0]
+    assert IPV6 in rows[1] and "2026-11-29T11:33:49.003Z" in rows[1]
+
+
+@pytest.mark.parametrize("width", [200, 170, 120, 80, 40])
+def test_a_terminal_never_breaks_an_identifier(width: int) -> None:
+    """At any width: each timestamp, host, flag and number whole on one line, nothing wider
+    than the terminal; a path is cut with "…" in a table (each row stays one line), or in
+    records folded whole under its name."""
+    text = _table(width=width)
+    assert max(len(line) for line in text.splitlines()) <= width, text
+    for value in WHOLE:
+        assert value in text, (width, value, text)
+    if "── 1 of 2" in text:  # records
+        assert LONG_PATH in text.replace("\n  ", "") and "/api/recipes/42" in text
+    else:
+        rows = [line for line in text.splitlines() if line.startswith("│")]
+        assert len(rows) == 2, text
+        for row, path in zip(rows, (LONG_PATH, "/api/recipes/42"), strict=True):
+            cell = row.split("│")[5].strip()
+            assert cell == path or (cell.endswith("…") and path.startswith(cell[:-1])), row
+
+
+def test_a_narrow_terminal_prints_records() -> None:
+    """When the whole values cannot fit side by side, one record per row, ``name value``."""
+    text = _table(width=80)
+    assert "┃" not in text and "── 1 of 2" in text and "── 2 of 2" in text
+    assert re.search(r"^upstream host +\[2600:1f18:4a3:6901::99\]:9200$", text, re.M), text
+    assert re.search(r"^response code +503$", text, re.M)
+    assert LONG_PATH in text.replace("\n  ", "")  # folded under its name, nothing dropped
+
+
+def test_percentages_stay_whole_in_forty_columns() -> None:
+    columns = ["service", "path", "requests", "request_share_pct", "errors_5xx", "error_pct"]
+    rows = [("recipe", "/api/recipes/42", 123456, 37.91, 1234, 12.5)] * 3
+    text = _table(rows, columns, width=40)
+    assert "37.91 %" in text and "12.50 %" in text and "123,456" in text, text
+    assert max(len(line) for line in text.splitlines()) <= 40
+
+
+def test_prose_wraps_between_words_and_titles_before_values() -> None:
+    """A table that fits once titles and prose wrap stays a table, identifiers still whole."""
+    columns = ["service", "flag", "requests", "meaning", "check"]
+    meaning = "upstream connection failure, in addition to the request being retried"
+    rows = [("recipe", "UF,URX", 1200, meaning, "upstream process up? listening?")]
+    text = _table(rows, columns, width=70)
+    assert "┃" in text and "UF,URX" in text and "1,200" in text, text
+    assert max(len(line) for line in text.splitlines()) <= 70
+    words = " ".join(
+        cell.strip()
+        for line in text.splitlines()
+        if line.startswith("│")
+        for cell in line.split("│")[4:5]
+    )
+    assert " ".join(words.split()) == meaning  # all words, in order, none cut
+
+
+def test_a_wide_terminal_shows_the_table_as_it_is() -> None:
+    text = _table(width=400)
+    assert LONG_PATH in text and "upstream service time ms" in text  # titles not wrapped
+    assert len([line for line in text.splitlines() if line.startswith("│")]) == 2
+
+
+def test_a_terminal_is_not_treated_as_a_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The terminal's width counts (COLUMNS=80): records, not a 300-column table."""
+    monkeypatch.setenv("COLUMNS", "80")
+    text = _table(out=Terminal())
+    assert "── 1 of 2" in text and max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_trace_in_a_pipe_keeps_every_hop_on_one_line(logq, tmp_path: Path) -> None:
+    """`logq trace ID > file`: each hop one line, every value whole (it folded at 200)."""
+    uri = str(tmp_path / "wh")
+    frame = access_frame(30, utc(2026, 11, 29, 11, 30), utc(2026, 11, 29, 11, 35), ["front"], 1)
+    frame.loc[[2, 5], "request_id"] = "abc-123"
+    frame.loc[2, "upstream_host"] = "10.0.5.77:8080"
+    frame.loc[5, "upstream_host"] = IPV6
+    frame.loc[5, "path"] = LONG_PATH
+    write_frame(uri, "envoy_access", frame)
+    run = logq("trace", "abc-123", "--since", "2026-11-29T11:00:00Z", "--until",
+               "2026-11-29T12:00:00Z", "--warehouse", uri)  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    rows = [line for line in run.stdout.splitlines() if line.startswith("│")]
+    assert len(rows) == 2, run.stdout
+    assert "10.0.5.77:8080" in run.stdout and IPV6 in run.stdout and LONG_PATH in run.stdout
+    for hop in frame.loc[[2, 5], "timestamp"]:
+        assert hop.strftime("%Y-%m-%dT%H:%M:%S.") in run.stdout
+
+
+# --- 2. log text is data, never terminal control ------------------------------------------------
+
+
+def test_visible_escapes_controls_but_tabs() -> None:
+    assert visible("a\x1b[2Jb") == "a\\x1b[2Jb"
+    assert visible("x\r\ny\tz") == "x\\r\\ny\tz"
+    assert visible("\x07\x00\x7f\x9b") == "\\x07\\x00\\x7f\\x9b"
+    assert visible("a\u202eb\u2028") == "a\\u202eb\\u2028"  # bidi override, line separator
+    assert visible("plain [bold]é ü 日本[/bold]") == "plain [bold]é ü 日本[/bold]"
+
+
+def test_a_table_shows_escape_sequences_and_markup_as_text() -> None:
+    columns = ["service", "user_agent", "path", "requests"]
+    rows = [("recipe", HOSTILE_AGENT, HOSTILE_PATH, 7)]
+    for width in (None, 200, 50, 30):
+        text = _table(rows, columns, width=width)
+        assert not RAW_CONTROL.search(text.replace("\n", "")), repr(text)
+        if width is None or width == 200:  # one line per row: the text as it is
+            assert "evil\\x1b[2J\\x1b[Hfake [bold]ok[/bold]" in text, text  # no markup
+            assert "/p\\x1b]0;pwned\\x07ath" in text
+
+
+def test_a_title_and_column_names_are_not_markup() -> None:
+    text = _table([(1,)], ["[red]n"], width=80)
+    assert "request abc" in text and "[red]n" in text
+
+
+def test_colour_codes_are_only_logq_own() -> None:
+    """On a terminal Rich colours the status; the data's own ESC stays escaped."""
+    columns = ["user_agent", "response_code"]
+    text = _table([(HOSTILE_AGENT, 503)], columns, width=120, color=True)
+    assert "\\x1b[2J" in text and "\x1b[2J" not in text and "\x1b[H" not in text
+    assert re.search(r"\x1b\[1;31m\s*503", text)
+
+
+def test_markdown_escapes_controls() -> None:
+    text = to_markdown(["user_agent"], [(HOSTILE_AGENT,)])
+    assert "\x1b" not in text and "\\\\x1b[2J" in text  # \x1b, with Markdown's own escape
+
+
+def _hostile_warehouse(tmp_path: Path) -> str:
+    uri = str(tmp_path / "wh")
+    start = utc(2026, 11, 29, 11, 0)
+    logs = logs_frame(len(HOSTILE_LINES), start, start + timedelta(minutes=1), ["recipe"], 2)
+    logs["message"] = HOSTILE_LINES
+    logs["container_name"] = "app\x1b[8m"
+    write_frame(uri, "container_logs", logs)
+    access = access_frame(40, start, start + timedelta(minutes=1), ["recipe"], 3)
+    access["user_agent"] = HOSTILE_AGENT
+    write_frame(uri, "envoy_access", access)
+    return uri
+
+
+RANGE = ["--since", "2026-11-29T10:00:00Z", "--until", "2026-11-29T12:00:00Z"]
+
+
+def test_tail_escapes_control_characters(logq, tmp_path: Path) -> None:
+    uri = _hostile_warehouse(tmp_path)
+    run = logq("tail", *RANGE, "--warehouse", uri)
+    assert run.exit_code == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert len(lines) == len(HOSTILE_LINES), run.stdout  # "\n" in a message: still one line
+    assert not RAW_CONTROL.search(run.stdout.replace("\n", "")), repr(run.stdout)
+    for line in (
+        "progress\\r\\x1b[2Kdone",
+        "\\x1b]0;title\\x07 title set",
+        "\\x1b[31mred\\x1b[0m and [bold]markup[/bold]",
+        "two\\nlines\tand a tab \\x9b2J",
+    ):
+        assert any(ln.endswith("| " + line) for ln in lines), (line, lines)
+    assert all(" app\\x1b[8m" in ln for ln in lines)
+
+
+def test_json_and_csv_keep_the_raw_text(logq, tmp_path: Path) -> None:
+    uri = _hostile_warehouse(tmp_path)
+    rows = logq("tail", *RANGE, "-f", "json", "--warehouse", uri).json()
+    assert sorted(r["message"] for r in rows) == sorted(HOSTILE_LINES)
+    text = logq("tail", *RANGE, "-f", "csv", "--warehouse", uri).stdout
+    assert sorted(r["message"] for r in csv.DictReader(io.StringIO(text))) == sorted(HOSTILE_LINES)
+
+
+def test_top_user_agent_table_is_escaped(logq, tmp_path: Path) -> None:
+    uri = _hostile_warehouse(tmp_path)
+    run = logq("top", "--by", "user_agent", *RANGE, "--warehouse", uri)
+    assert run.exit_code == 0, run.stderr
+    assert not RAW_CONTROL.search(run.stdout.replace("\n", "")), repr(run.stdout)
+    assert "evil\\x1b[2J\\x1b[Hfake [bold]ok[/bold]" in run.stdout
+    raw = logq("top", "--by", "user_agent", *RANGE, "-f", "json", "--warehouse", uri).json()
+    assert raw[0]["user_agent"] == HOSTILE_AGENT
+
+
+# --- 3. the timeline without colour -------------------------------------------------------------
+
+
+def test_timeline_classes_differ_without_colour() -> None:
+    """ok, 4xx and 5xx each have a glyph of their own (colour alone said it before)."""
+    t0 = datetime(2026, 11, 29, 11, 0, tzinfo=UTC)
+    rows = [
+        (t0, 100, 0, 0),  # all fine
+        (t0 + timedelta(minutes=1), 100, 100, 0),  # all 4xx
+        (t0 + timedelta(minutes=2), 100, 0, 100),  # all 5xx
+        (t0 + timedelta(minutes=3), 100, 30, 30),
+    ]
+    out = io.StringIO()
+    render_timeline(rows, "1m", out=out, width=100)
+    text = out.getvalue()
+    assert "\x1b[" not in text
+    bars = {}
+    for line in text.splitlines():
+        match = re.match(r"^\s+(\d\d:\d\d)\s+[\d,]+\s+[\d,]+ (.*)$", line)
+        if match:  # eighths of a cell end the ok part
+            bars[match.group(1)] = {"█" if c in BLOCKS else c for c in match.group(2)}
+    assert bars["11:00"] == {"█"} and bars["11:01"] == {"▒"} and bars["11:02"] == {"X"}
+    assert bars["11:03"] == {"█", "▒", "X"}
+    headers = [line for line in text.splitlines() if "time UTC" in line]
+    assert len(headers) == 2 and all("█ ok" in h and "▒ 4xx" in h and "X 5xx" in h for h in headers)
+
+
+def test_timeline_shows_a_single_error() -> None:
+    t0 = datetime(2026, 11, 29, 11, 0, tzinfo=UTC)
+    out = io.StringIO()
+    render_timeline([(t0, 100_000, 1, 1)], "1m", out=out, width=100)
+    assert "▒X" in out.getvalue()  # one request in 100,000 still gets its cell
+
+
+# --- 4. a reader that quits early ---------------------------------------------------------------
+
+
+class Recorder(io.StringIO):
+    """Keeps the size of every write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def write(self, text: str) -> int:
+        self.sizes.append(len(text))
+        return super().write(text)
+
+
+@pytest.mark.parametrize("fmt", list(OutputFormat))
+def test_large_output_is_written_in_pieces(fmt: OutputFormat) -> None:
+    """One multi-megabyte write into a pipe can lose its tail silently when the reader quits;
+    pieces make the next write fail instead, which ends logq."""
+    rows = [(TS, f"/api/{i}", 200, i) for i in range(1_500)]
+    out = Recorder()
+    emit(fmt, ["timestamp", "path", "response_code", "count"], rows, out=out)
+    assert sum(out.sizes) > 2 * WRITE_CHUNK and max(out.sizes) <= WRITE_CHUNK
+
+
+@pytest.fixture(scope="module")
+def big_warehouse(tmp_path_factory: pytest.TempPathFactory) -> str:
+    uri = str(tmp_path_factory.mktemp("pipe") / "wh")
+    start = utc(2026, 11, 29, 11, 0)
+    write_frame(uri, "container_logs", logs_frame(1500, start, start + timedelta(hours=1),
+                                                  ["svc"], seed=3))  # fmt: skip
+    write_frame(uri, "envoy_access", access_frame(1500, start, start + timedelta(hours=1),
+                                                  ["svc"], seed=4))  # fmt: skip
+    return uri
+
+
+def _into_closed_pipe(args: list[str], read: int = 0) -> tuple[int, str, bytes]:
+    """Run logq with stdout a pipe whose reader reads ``read`` bytes (0: none) and quits."""
+    proc = subprocess.Popen([str(LOGQ), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    got = proc.stdout.read(read) if read else b""
+    proc.stdout.close()  # what `head` does
+    code = proc.wait(timeout=120)
+    stderr = proc.stderr.read().decode()
+    proc.stderr.close()
+    return code, stderr, got
+
+
+PIPE_RANGE = ["--since", "2026-11-29T10:00:00Z", "--until", "2026-11-29T13:00:00Z"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["tail", *PIPE_RANGE, "--limit", "1500"],
+        ["sql", "SELECT * FROM envoy_access", "-f", "json"],
+        ["sql", "SELECT * FROM envoy_access", "-f", "csv"],
+        ["latency", *PIPE_RANGE],
+        ["timeline", *PIPE_RANGE],
+        ["--help"],
+    ],
+    ids=["tail", "sql-json", "sql-csv", "latency-table", "timeline-chart", "help"],
+)
+def test_every_command_ends_the_same_into_a_closed_pipe(big_warehouse: str, args) -> None:
+    """Exit 0, nothing on stderr: like `| head` reading nothing (tail, the chart, the help
+    and tables exited 1 before, the status of an engine failure)."""
+    warehouse = [] if args == ["--help"] else ["--warehouse", big_warehouse]
+    code, stderr, _ = _into_closed_pipe([*args, *warehouse])
+    assert (code, stderr) == (0, "")
+
+
+@pytest.mark.integration
+def test_a_reader_that_stops_mid_output(big_warehouse: str) -> None:
+    """`logq sql ... -f json | head -c 10`: the reader takes a little, then quits."""
+    code, stderr, got = _into_closed_pipe(
+        ["sql", "SELECT * FROM envoy_access", "-f", "json", "--warehouse", big_warehouse], 10
+    )
+    assert (code, stderr) == (0, "") and got.startswith(b"[")
+
+
+@pytest.mark.integration
+def test_a_failure_into_a_closed_pipe_is_still_a_failure(big_warehouse: str) -> None:
+    """The reader's going away changes nothing about an engine failure or bad input."""
+    code, stderr, _ = _into_closed_pipe(
+        ["sql", "SELECT CAST('x' AS INTEGER) AS n", "--warehouse", big_warehouse]
+    )
+    assert code == 1 and "Conversion Error" in stderr
+    code, stderr, _ = _into_closed_pipe(["tail", "--since", "soon", "--warehouse", big_warehouse])
+    assert code == 2 and "is not a time" in stderr
+
+
+def test_csv_quotes_a_bare_carriage_return() -> None:
+    """A log line with a lone CR (a progress bar) stays one field: Python's writer quoted only
+    the characters of its line terminator, so "a\rb" went out bare and readers split the row."""
+    out = io.StringIO()
+    emit(OutputFormat.csv, ["message", "n"], [("a\rb", 1), ("c\r\nd", 2), ("e\nf", 3)], out=out)
+    text = out.getvalue()
+    assert text.endswith("3\n") and "\r\n" not in text.replace('"c\r\nd"', "")
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert rows == [["message", "n"], ["a\rb", "1"], ["c\r\nd", "2"], ["e\nf", "3"]]
+
+
+def test_json_rows_still_parse_after_pieces() -> None:
+    rows = [(TS, "é" * 5000 + str(i), i) for i in range(50)]
+    out = io.StringIO()
+    emit(OutputFormat.json, ["timestamp", "text", "n"], rows, out=out)
+    assert [r["n"] for r in json.loads(out.getvalue())] == list(range(50))
