@@ -328,6 +328,8 @@ class Shipper:
             with contextlib.suppress(KeyError):
                 self.metrics.bytes_behind.remove(gone)
         self._gauge_paths = paths
+        # Per-service series of services without a source for a day go (see Metrics).
+        self.metrics.services_seen({runner.spec.service for runner in self.runners.values()})
         self.metrics.files.set(len(paths))
         self.metrics.inflight_bytes.set(self.window.used)
 

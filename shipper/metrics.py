@@ -4,6 +4,12 @@ Counters are per service so that a noisy or stuck service stands out; ``bytes_be
 file: the bytes written by the runtime that the aggregators have not acknowledged yet -- the one
 number to alert on when shipping falls behind.
 
+Services come and go (Docker names such as ``vigilant_turing``, short-lived ECS tasks and
+Kubernetes jobs): a service's own series are removed once no source of it has been followed for
+:data:`SERVICE_SERIES_IDLE_SECONDS`, or ``/metrics`` (and Prometheus) would grow with every
+container the host ever ran. One that comes back starts again at 0 (``increase()`` takes
+resets). ``bytes_behind`` goes with its file.
+
 The same port answers ``/healthz`` for liveness probes: 200 while the shipper's event loop ticks,
 503 once it has been stuck for :data:`STALL_SECONDS` (the HTTP server runs on its own thread, so
 a page of metrics alone would not show that), and 503 while checkpoints cannot be written (a
@@ -17,9 +23,11 @@ retries.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterable
 from http.server import ThreadingHTTPServer
 from urllib.parse import urlparse
 
@@ -30,12 +38,21 @@ from shipper.config import Endpoint
 
 #: ``/healthz`` answers 503 once the event loop has not ticked for this long.
 STALL_SECONDS = 30.0
+#: A service's own series are removed after this long without a source of it being followed
+#: (the aggregator keeps its per-service series as long: ``aggregator.metrics``).
+SERVICE_SERIES_IDLE_SECONDS = 24 * 3600.0
+#: How often (seconds) idle services are looked for.
+SWEEP_SECONDS = 60.0
 
 
 class Metrics:
     """The shipper's metrics in their own registry (several shippers can live in one process)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        """The one clock of :meth:`watch_service` and :meth:`services_seen` (monotonic: a
+        wall clock stepped back a day would keep idle series, stepped forward drop live ones).
+        Tests pass their own."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.lines_read = Counter(
@@ -131,6 +148,10 @@ class Metrics:
             registry=r,
         )
         self._problems: dict[str, str] = {}
+        self._service_seen: dict[str, float] = {}
+        """Service -> when a source of it was last followed (:attr:`clock`)."""
+        self._swept_at: float | None = None
+        """When idle services were last looked for (:attr:`clock`)."""
 
         self.last_tick = time.monotonic()
 
@@ -139,10 +160,45 @@ class Metrics:
 
         An alert on ``increase(...[1h]) > 0`` needs a sample before the first loss: a series
         that first appears already at 1 has no increase to see. (Its next restart then shows
-        as a counter reset from 0, which ``increase`` does count.)"""
-        from shipper.tailer import LOSS_REASONS
+        as a counter reset from 0, which ``increase`` does count.) The service counts as seen
+        now: a source that ends before the next :meth:`services_seen` still has its series
+        removed a day later."""
+        if service not in self._service_seen:
+            for counter in self._service_counters():
+                counter.labels(service)
+            for reason in _loss_reasons():
+                self.lost_files.labels(service, reason)
+        self._service_seen[service] = self.clock()
 
-        for counter in (
+    def services_seen(self, services: Iterable[str]) -> None:
+        """The services of the sources followed now (called every second or so): their series
+        stay (created if need be); those of services without a source for
+        :data:`SERVICE_SERIES_IDLE_SECONDS` are removed, at most every :data:`SWEEP_SECONDS`."""
+        for service in services:
+            self.watch_service(service)
+        now = self.clock()
+        if self._swept_at is None:
+            self._swept_at = now
+        if now - self._swept_at < SWEEP_SECONDS:
+            return
+        self._swept_at = now
+        idle = [s for s, t in self._service_seen.items() if now - t >= SERVICE_SERIES_IDLE_SECONDS]
+        for service in idle:
+            del self._service_seen[service]
+            for counter in self._service_counters():
+                with contextlib.suppress(KeyError):
+                    counter.remove(service)
+            for reason in _loss_reasons():
+                with contextlib.suppress(KeyError):
+                    self.lost_files.remove(service, reason)
+
+    def services(self) -> int:
+        """How many services have series now."""
+        return len(self._service_seen)
+
+    def _service_counters(self) -> tuple[Counter, ...]:
+        """The counters labelled by ``service`` alone."""
+        return (
             self.lines_read,
             self.bytes_read,
             self.lines_acked,
@@ -150,10 +206,7 @@ class Metrics:
             self.truncated,
             self.invalid_utf8,
             self.malformed,
-        ):
-            counter.labels(service)
-        for reason in LOSS_REASONS:
-            self.lost_files.labels(service, reason)
+        )
 
     def tick(self) -> None:
         """Called from the event loop every second (see :meth:`health`)."""
@@ -208,6 +261,12 @@ class Metrics:
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         return server
+
+
+def _loss_reasons() -> tuple[str, ...]:
+    from shipper.tailer import LOSS_REASONS  # tailer imports much; metrics is imported early
+
+    return tuple(LOSS_REASONS)
 
 
 def _waiting_sources() -> int:

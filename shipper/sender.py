@@ -345,6 +345,12 @@ class ForwardClient:
             self._ranks[affinity] = order
         return order
 
+    def forget(self, affinity: str) -> None:
+        """``affinity`` (a file's source id) is done: its file was read to its end and
+        acknowledged. Its ranking goes, or the cache would keep one per file the host ever
+        had (up to :data:`RANK_CACHE`). Only a cache: a later batch of it is ranked the same."""
+        self._ranks.pop(affinity, None)
+
     def _mark_down(self, ep: Endpoint, exc: BaseException) -> None:
         h = self._health.setdefault(ep, _Health())
         h.failures += 1

@@ -26,6 +26,7 @@ from shipper.tailer import Tailer
 
 if TYPE_CHECKING:
     from shipper.daemon import Shipper
+    from shipper.metrics import Metrics
 
 log = logging.getLogger("logq.shipper.source")
 
@@ -172,6 +173,10 @@ class SourceRunner:
             await asyncio.gather(reader, sender, pinner, return_exceptions=True)
             self._unwatch()
             self.tailer.close()
+            if self.shipper.registry.dirty:
+                # The files' checkpoints were dropped (read to their end and acknowledged):
+                # checkpoints.json forgets them now, not at some other source's next ack.
+                self.shipper.checkpoint_changed()
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -411,24 +416,41 @@ class SourceRunner:
 
     async def _send_loop(self) -> None:
         m = self.shipper.metrics
-        while True:
-            batch = await self.queue.get()
-            if batch is None:
-                return
-            if batch.save_first:
-                # A flushed split line's cut must survive a crash before its record is sent.
-                await self.shipper.checkpoint_saved(self.shipper.checkpoint_changed())
-            try:
-                if batch.payload:
-                    await self.shipper.client.deliver(
-                        batch.payload, batch.chunk, affinity=batch.cursor.source_id
-                    )
-            finally:
-                await self.shipper.window.release(batch.nbytes)
-            self.tailer.commit(batch.cursor, batch.resume, batch.last_offset)
-            m.lines_acked.labels(self.spec.service).inc(batch.lines)
-            self.shipper.lines_acked += batch.lines
-            m.bytes_acked.labels(self.spec.service).inc(batch.nread)
-            # The next batch goes out only once this ack's checkpoint is on disk: after a crash
-            # at most one batch (acked or not) is read and sent again.
+        client = self.shipper.client
+        affinity: str | None = None
+        """The source id (file) of the last batch: a batch of another file means that one is
+        done (batches go out in file order), and so is the last one when the source ends --
+        their endpoint rankings go (see ForwardClient.forget)."""
+        try:
+            while True:
+                batch = await self.queue.get()
+                if batch is None:
+                    return
+                if affinity != batch.cursor.source_id:
+                    if affinity is not None:
+                        client.forget(affinity)
+                    affinity = batch.cursor.source_id
+                await self._send(batch, m)
+        finally:
+            if affinity is not None:
+                client.forget(affinity)
+
+    async def _send(self, batch: Batch, m: Metrics) -> None:
+        """Deliver one batch, then advance and persist its checkpoint."""
+        if batch.save_first:
+            # A flushed split line's cut must survive a crash before its record is sent.
             await self.shipper.checkpoint_saved(self.shipper.checkpoint_changed())
+        try:
+            if batch.payload:
+                await self.shipper.client.deliver(
+                    batch.payload, batch.chunk, affinity=batch.cursor.source_id
+                )
+        finally:
+            await self.shipper.window.release(batch.nbytes)
+        self.tailer.commit(batch.cursor, batch.resume, batch.last_offset)
+        m.lines_acked.labels(self.spec.service).inc(batch.lines)
+        self.shipper.lines_acked += batch.lines
+        m.bytes_acked.labels(self.spec.service).inc(batch.nread)
+        # The next batch goes out only once this ack's checkpoint is on disk: after a crash
+        # at most one batch (acked or not) is read and sent again.
+        await self.shipper.checkpoint_saved(self.shipper.checkpoint_changed())

@@ -109,7 +109,8 @@ so files may have been rotated in and gone between two checks, never opened."""
 _last_active: dict[str, float] = {}
 """Per source key, when a tailer of this process last looked at its files (wall clock): a
 source that comes back (its runner ended and discovery found it again) is not new, and its
-rotated files older than this were read by the previous tailer."""
+rotated files older than this were read by the previous tailer. A source whose folder is gone
+when its tailer closes is forgotten (see :meth:`Tailer.close`)."""
 MAX_REMEMBERED_SOURCES = 100_000
 MAX_START_RETRIES = 8
 """Starts put off because a checkpointed file could not be proven gone (a folder listing or
@@ -1255,7 +1256,14 @@ class Tailer:
     def close(self) -> None:
         fd_budget.stop_waiting(self.spec.key)
         if self._started:
-            _touch(self.spec.key)
+            if os.path.isdir(self.spec.path.parent):
+                _touch(self.spec.key)
+            else:
+                # Its folder is gone: a removed container or pod, whose key never comes back
+                # (ids are unique). Remembering it would keep an entry per container the host
+                # ever ran (up to MAX_REMEMBERED_SOURCES). A --path folder deleted and made
+                # again holds new files, which a first sighting reads as it should.
+                _last_active.pop(self.spec.key, None)
         for c in (*self.cursors, *self._lingering):
             c.close()
         self.cursors.clear()
