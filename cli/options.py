@@ -30,13 +30,17 @@ class EngineName(StrEnum):
     athena = "athena"
 
 
-def _complete_service(incomplete: str) -> list[str]:
-    """Shell completion of ``--service`` from the warehouse's partition folders."""
+def _complete_service(incomplete: str, ctx: typer.Context = None) -> list[str]:
+    """Shell completion of ``--service`` from the partition folders of the warehouse that
+    ``--warehouse`` names on the same command line (else LOGQ_WAREHOUSE, else the default).
+
+    Typer passes ``ctx`` by its annotation (a ``Context | None`` union would not be seen)."""
     try:
         from athena.partitions import list_services
         from athena.warehouse import open_warehouse
 
-        wh = open_warehouse(None)
+        given = (ctx.params or {}).get("warehouse") if ctx is not None else None
+        wh = open_warehouse(given if isinstance(given, str) and given else None)
         names = set(list_services(wh, "envoy_access")) | set(list_services(wh, "container_logs"))
     except Exception:  # completion must never print a traceback into the shell
         return []
@@ -143,7 +147,13 @@ _COMMON: list[tuple[str, Any, Any]] = [
         "fmt",
         Annotated[
             OutputFormat,
-            typer.Option("--format", "-f", help="Output format.", rich_help_panel=QUERY_PANEL),
+            typer.Option(
+                "--format",
+                "-f",
+                help="Output format.",
+                case_sensitive=False,
+                rich_help_panel=QUERY_PANEL,
+            ),
         ],
         OutputFormat.table,
     ),
@@ -153,6 +163,7 @@ _COMMON: list[tuple[str, Any, Any]] = [
             EngineName,
             typer.Option(
                 envvar="LOGQ_ENGINE",
+                case_sensitive=False,
                 help="local: DuckDB over the warehouse files; athena: Amazon Athena.",
                 rich_help_panel=ENGINE_PANEL,
             ),
@@ -244,6 +255,13 @@ _COMMON: list[tuple[str, Any, Any]] = [
     ),
 ]
 
+#: Appended to every query command's help (a paragraph of its own).
+EXIT_STATUS = (
+    "\n\n    Exit status: 0 with an answer, also an empty one; 3 when there is nothing to ask "
+    "(every --service unknown, or the warehouse has no data of the table: the answer is empty "
+    "and the reason is printed); 2 for bad input; 1 for engine or storage failures."
+)
+
 COMMON_NAMES = [name for name, _, _ in _COMMON]
 
 #: Shared options that filter requests (envoy_access rows) and so mean nothing to commands that
@@ -314,7 +332,7 @@ def query_command(
 
     command.__name__ = fn.__name__
     command.__qualname__ = fn.__qualname__
-    command.__doc__ = fn.__doc__
+    command.__doc__ = (fn.__doc__ or "").rstrip() + EXIT_STATUS
     command.__module__ = fn.__module__
     command.__signature__ = sig.replace(parameters=own + shared)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in own + shared}

@@ -31,14 +31,36 @@ def _endpoint() -> str:
     return f"AWS_ENDPOINT_URL ({value})" if value else "AWS_ENDPOINT_URL (unset: AWS itself)"
 
 
+#: botocore's words (Athena, STS, S3 through boto3) for credentials that are missing or refused;
+#: pyarrow's S3 errors say "AWS Error" instead and are matched apart.
+_BOTO_CREDENTIALS = (
+    "Unable to locate credentials",
+    "NoCredentialsError",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+    "ExpiredToken",
+    "security token included in the request is",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "Partial credentials found",
+)
+
+CREDENTIALS = "the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
+
+
 def advice(message: str) -> str | None:
-    """What to check for an S3 error ``message`` (None when it is not an AWS error).
+    """What to check for an S3 or AWS API error ``message`` (None when it is not one).
 
     The likeliest cause comes first, the other two after it, so one line is enough to act on.
     """
     if "AWS Error" not in message:
+        if any(words in message for words in _BOTO_CREDENTIALS):
+            return (
+                f"check {CREDENTIALS}: `aws sts get-caller-identity` must work in this shell "
+                "(an expired SSO session: `aws sso login`)"
+            )
         return None
-    credentials = "the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
+    credentials = CREDENTIALS
     endpoint = _endpoint()
     bucket = "the bucket in --warehouse / LOGQ_WAREHOUSE"
     if any(word in message for word in _NETWORK):

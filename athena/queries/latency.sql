@@ -1,19 +1,30 @@
--- latency: p50/p90/p99/max of duration_ms and request count per path, upstream host or method
--- (--by). Slowest p99 first. On DuckDB the percentiles are exact (nearest rank, quantile_disc);
--- Athena's approx_percentile (t-digest) is within about 1% rank error on large groups, and can
--- differ more on small ones (of 100 requests or fewer, its p99 may be the maximum).
--- Parameters: the common filter set, group_by ('path' | 'upstream' | 'method'), row_limit.
+-- latency: p50/p90/p99/max of duration_ms and request count per service and route, upstream
+-- host or method (--by). Slowest p99 first. On DuckDB the percentiles are exact (nearest rank,
+-- quantile_disc); Athena's approx_percentile (t-digest) is within about 1% rank error on large
+-- groups, and can differ more on small ones (of 100 requests or fewer, its p99 may be the max).
+-- Route: the path without its query string, id-like segments folded to {id} (see errors.sql);
+-- with raw_paths the path as logged. total_rows: the row count before the LIMIT.
+-- Parameters: the common filter set, group_by ('path' | 'upstream' | 'method'), raw_paths,
+-- row_limit.
 SELECT
+  service,
   CASE :group_by
     WHEN 'upstream' THEN coalesce(upstream_host, '-')
     WHEN 'method' THEN method
-    ELSE path
+    WHEN 'path' THEN CASE WHEN :raw_paths THEN path ELSE
+      regexp_replace(
+        regexp_replace(
+          regexp_replace(split_part(path, '?', 1), '/([0-9]+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{16,}|[^/]*[0-9]{4}[^/]*)/', '/{id}/'),
+          '/([0-9]+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{16,}|[^/]*[0-9]{4}[^/]*)/', '/{id}/'),
+        '/([0-9]+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{16,}|[^/]*[0-9]{4}[^/]*)$', '/{id}')
+    END
   END AS "key",
   count(*) AS requests,
   approx_percentile(duration_ms, 0.5) AS p50_ms,
   approx_percentile(duration_ms, 0.9) AS p90_ms,
   approx_percentile(duration_ms, 0.99) AS p99_ms,
-  max(duration_ms) AS max_ms
+  max(duration_ms) AS max_ms,
+  count(*) OVER () AS total_rows
 FROM envoy_access
 WHERE dt BETWEEN :dt_from AND :dt_to
   AND (:all_services OR service IN (:services))
@@ -21,6 +32,6 @@ WHERE dt BETWEEN :dt_from AND :dt_to
   AND "timestamp" < CAST(:until AS timestamp)
   AND (:path_prefix = '' OR starts_with(path, :path_prefix))
   AND (:method = '' OR method = :method)
-GROUP BY 1
-ORDER BY p99_ms DESC, requests DESC, 1
+GROUP BY 1, 2
+ORDER BY p99_ms DESC, requests DESC, 1, 2
 LIMIT :row_limit

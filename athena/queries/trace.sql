@@ -1,5 +1,5 @@
 -- trace: every access-log line carrying one x-request-id, across services (the front proxy and
--- each sidecar log the same id), in time order.
+-- each sidecar log the same id), in time order. The id matches without regard to case.
 -- Parameters: dt_from, dt_to, since, until, all_services, services, request_id, row_limit.
 SELECT
   "timestamp",
@@ -18,6 +18,6 @@ WHERE dt BETWEEN :dt_from AND :dt_to
   AND (:all_services OR service IN (:services))
   AND "timestamp" >= CAST(:since AS timestamp)
   AND "timestamp" < CAST(:until AS timestamp)
-  AND request_id = :request_id
+  AND lower(request_id) = lower(:request_id)
 ORDER BY "timestamp", service
 LIMIT :row_limit

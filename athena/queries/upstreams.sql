@@ -1,13 +1,14 @@
 -- upstreams: per upstream host (one instance of a backend): requests, 5xx count and rate, p99 —
 -- to find the one bad instance. Worst error rate first. '-' collects requests that never reached
--- an upstream (no route, no healthy host, ...).
+-- an upstream (no route, no healthy host, ...). total_rows: the row count before the LIMIT.
 -- Parameters: the common filter set, row_limit.
 SELECT
   coalesce(upstream_host, '-') AS upstream_host,
   count(*) AS requests,
   count_if(response_code >= 500) AS errors_5xx,
   round(CAST(count_if(response_code >= 500) AS double) * 100 / count(*), 2) AS error_pct,
-  approx_percentile(duration_ms, 0.99) AS p99_ms
+  approx_percentile(duration_ms, 0.99) AS p99_ms,
+  count(*) OVER () AS total_rows
 FROM envoy_access
 WHERE dt BETWEEN :dt_from AND :dt_to
   AND (:all_services OR service IN (:services))

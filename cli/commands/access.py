@@ -8,6 +8,18 @@ import typer
 from cli.errors import friendly
 from cli.options import REQUEST_FILTERS, Common, query_command
 
+#: ``--raw-paths``: by default paths are grouped as routes (no query string, id-like segments
+#: folded to ``{id}``), so one slow endpoint is one row, not thousands of single-request rows.
+RawPaths = Annotated[
+    bool,
+    typer.Option(
+        "--raw-paths",
+        help="Group by the path exactly as logged (query string, ids) instead of by route: "
+        "by default the query string is dropped and id-like segments (all digits, UUIDs, 16+ "
+        "hex digits, or a run of 4+ digits as in SKU-99880) become {id}.",
+    ),
+]
+
 
 def parse_status(value: str) -> tuple[int, int]:
     """``--status``: ``5xx``, ``4xx`` (any ``Nxx``), a code such as ``503``, or ``4xx-5xx``.
@@ -52,15 +64,20 @@ def errors(
     status: Annotated[
         str, typer.Option(help="Status class or code: 5xx, 4xx, 503, 0 (client went away).")
     ] = "5xx",
+    raw_paths: RawPaths = False,
 ) -> None:
-    """Error responses by path, status code and Envoy response flags, most frequent first."""
+    """Error responses by service, route, status code and Envoy response flags, most frequent
+    first.
+
+    Routes are paths without the query string, with id-like segments as {id} (--raw-paths
+    keeps them as logged). The service column is left out when exactly one --service is given.
+    """
     from cli import runner
 
     with friendly():
         lo, hi = parse_status(status)
-        prep = runner.prepare(
-            common, "errors", "envoy_access", {"status_min": lo, "status_max": hi}
-        )
+        extra = {"status_min": lo, "status_max": hi, "raw_paths": raw_paths}
+        prep = runner.prepare(common, "errors", "envoy_access", extra)
         result = runner.execute(common, prep)
         if result is not None:
             runner.show(common, result, prep, title=f"{status} responses")
@@ -89,11 +106,15 @@ def _rename(columns: list[str], old: str, new: str) -> list[str]:
 @query_command
 def latency(
     common: Common,
-    by: Annotated[LatencyBy, typer.Option(help="Group by path, upstream host or method.")] = (
-        LatencyBy.path
-    ),
+    by: Annotated[
+        LatencyBy, typer.Option(help="Group by route (path), upstream host or method.")
+    ] = LatencyBy.path,
+    raw_paths: RawPaths = False,
 ) -> None:
-    """p50/p90/p99/max request duration and count, slowest p99 first.
+    """p50/p90/p99/max request duration and count per service, slowest p99 first.
+
+    --by path groups by route: the path without its query string, id-like segments as {id}
+    (--raw-paths keeps paths as logged).
 
     Percentiles are exact locally (nearest rank: the smallest value with at least that share
     of requests at or below it). Athena's approx_percentile (a t-digest) can differ, most in
@@ -103,7 +124,8 @@ def latency(
     from cli import runner
 
     with friendly():
-        prep = runner.prepare(common, "latency", "envoy_access", {"group_by": by.value})
+        extra = {"group_by": by.value, "raw_paths": raw_paths}
+        prep = runner.prepare(common, "latency", "envoy_access", extra)
         result = runner.execute(common, prep)
         if result is not None:
             name = {"path": "path", "upstream": "upstream_host", "method": "method"}[by.value]
@@ -114,7 +136,10 @@ def latency(
 
 @query_command
 def flags(common: Common) -> None:
-    """Envoy response flags (UH, UF, URX, UT, NR, DC, ...) counted and explained in words."""
+    """Envoy response flags (UH, UF, URX, UT, NR, DC, ...) per service, counted and explained.
+
+    request_share_pct is the flag's share of that service's requests in range.
+    """
     from athena.flags import check_next, explain
     from cli import runner
 
@@ -124,7 +149,8 @@ def flags(common: Common) -> None:
         if result is None:
             return
         columns = [*result.columns, "meaning", "check"]
-        rows = [(*r, explain(str(r[0])), check_next(str(r[0]))) for r in result.rows]
+        at = result.columns.index("flag")
+        rows = [(*r, explain(str(r[at])), check_next(str(r[at]))) for r in result.rows]
         runner.show(common, result, prep, "response flags", columns, rows)
 
 
@@ -150,12 +176,18 @@ def top(
     by: Annotated[
         TopBy, typer.Option(help="path, user_agent or client (first X-Forwarded-For address).")
     ] = TopBy.path,
+    raw_paths: RawPaths = False,
 ) -> None:
-    """The most frequent paths, user agents or client addresses, with their 5xx counts."""
+    """The most frequent routes, user agents or client addresses per service, with 5xx counts.
+
+    Routes are paths without the query string, id-like segments as {id} (--raw-paths keeps
+    them as logged); request_share_pct is of every request in range.
+    """
     from cli import runner
 
     with friendly():
-        prep = runner.prepare(common, "top", "envoy_access", {"top_by": by.value})
+        extra = {"top_by": by.value, "raw_paths": raw_paths}
+        prep = runner.prepare(common, "top", "envoy_access", extra)
         result = runner.execute(common, prep)
         if result is not None:
             runner.show(
@@ -220,11 +252,16 @@ def trace(
     common: Common,
     request_id: Annotated[str, typer.Argument(help="The x-request-id to follow.")],
 ) -> None:
-    """Every hop of one request across services (same x-request-id), in time order."""
+    """Every hop of one request across services (same x-request-id), in time order.
+
+    The id is matched without surrounding blanks and without regard to case (Envoy writes
+    lower-case UUIDs; a copy from an upper-casing tool still matches).
+    """
     from cli import runner
 
     with friendly():
-        if not request_id.strip() or len(request_id) > 256:
+        request_id = request_id.strip()
+        if not request_id or len(request_id) > 256:
             raise ValueError("REQUEST_ID must be 1-256 characters (the x-request-id header)")
         prep = runner.prepare(
             common,
@@ -236,7 +273,21 @@ def trace(
             runner.execute(common, prep)
             return
         result, prep = _recent_first(common, prep, request_id)
+        prep.empty_hint = _tail_hint(common, request_id)
         runner.show(common, result, prep, f"request {request_id}")
+
+
+def _tail_hint(common: Common, request_id: str) -> str:
+    """``try `logq tail --grep ID --since 1d```: an id that no access line carries may still be
+    in container_logs (an application that logs it, an access line that did not parse)."""
+    import re
+    import shlex
+
+    window = f" --since {shlex.quote(common.since or common.default_since)}"
+    if common.until:
+        window += f" --until {shlex.quote(common.until)}"
+    grep = shlex.quote("(?i)" + re.escape(request_id))
+    return f"the id may be in the container logs: try `logq tail --grep {grep}{window}`"
 
 
 #: ``trace`` looks in the newest hour of its range first: a request's hops start within seconds

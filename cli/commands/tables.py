@@ -298,10 +298,9 @@ def _services_local(common: Common) -> None:
     unknown = [s for s in wanted or [] if s not in names]
     if names and wanted and unknown and len(unknown) < len(wanted):
         present = ", ".join(s for s in wanted if s in names)
+        rest = f"; showing {present} only"
         runner.note(
-            "logq: note: "
-            + runner.unknown_services_text("the warehouse", unknown, names)
-            + f"; showing {present} only"
+            "logq: note: " + runner.unknown_services_text("the warehouse", unknown, names, rest)
         )
     chosen = [svc for svc in names if wanted is None or svc in wanted]
     if common.dry_run:
@@ -310,18 +309,24 @@ def _services_local(common: Common) -> None:
     found = [service_freshness(wh, svc, hours) for svc in chosen]
     rows = [tuple(f) for f in found if f.access_hours or f.log_hours]
     result = QueryResult(columns=list(SERVICES_COLUMNS), rows=rows, engine="local")
+    nothing = False  # nothing to ask: every --service unknown, or no data at all (exit 3)
     if not rows:
         if found:
             reason = f"no data between {hours[0]}h and {hours[1]}h UTC" if hours else ""
         elif wanted and names:
-            reason = f"no service matches {', '.join(wanted)}; known: {', '.join(names)}"
+            reason = runner.unknown_services_text("the warehouse", wanted, names)
+            nothing = True
         else:
             from cli.storage import check_bucket
 
             check_bucket(wh)  # a missing bucket lists as empty: say so, not "no data"
-            reason = f"the warehouse {wh.uri} holds no data yet"
+            off = runner.one_level_off(wh)
+            reason = f"the warehouse {wh.uri} holds no data yet" + (f"; {off}" if off else "")
+            nothing = True
         runner.note(f"logq: no results: {reason}")
     runner.show(common, result, title="services")
+    if nothing:
+        raise typer.Exit(runner.NO_DATA_EXIT)
 
 
 def _services_dry_run(wh: Any, chosen: list[str], hours: tuple[str, str] | None) -> None:

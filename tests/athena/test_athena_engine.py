@@ -29,6 +29,7 @@ PARAMS = {
     "row_limit": 20,
     "status_min": 500,
     "status_max": 599,
+    "raw_paths": False,
 }
 
 

@@ -25,6 +25,7 @@ COMMON = {
     "request_id": "r",
     "stream": "",
     "grep": "",
+    "raw_paths": False,
 }
 
 
@@ -92,3 +93,70 @@ def test_unknown_query() -> None:
 def test_database_qualified_tables_read_local_views() -> None:
     sql, _ = to_duckdb('SELECT count(*) FROM "logs".envoy_access JOIN db.other ON true', {})
     assert "FROM envoy_access" in sql and "db.other" in sql
+
+
+ROUTE_PATHS = [
+    "/api/v1/products?ids=447,337,646",
+    "/api/v1/carts/3F2A9C1E-77B1-4C1E-9A7F-1D2B3C4D5E6F/items/12",
+    "/api/v1/orders/1/2/3/4",
+    "/static/0123456789abcdef0123/app.js",
+    "/api/v1/users/me",
+    "/api/v1/v2beta/abc123",
+    "/a/12/",
+    "/",
+    "relative/7",
+    "/deadbeef/cafe",
+    "/api/v1/products/SKU-99880/reviews/2024-05-01",
+    "/v2/h264/oauth2",
+]
+
+
+@pytest.mark.parametrize("name", ["errors", "latency", "top"])
+def test_routes_fold_ids_the_same_on_duckdb_as_in_python(name: str) -> None:
+    """The route expression, run for real on DuckDB after transpiling, agrees with an
+    independent Python split, and --raw-paths gives the paths back as logged."""
+    import duckdb
+    import pandas as pd
+
+    from tests.cli.routes import route
+
+    rows = pd.DataFrame(
+        {
+            "dt": "2026-11-27-23",
+            "service": "recipe",
+            "timestamp": pd.Timestamp("2026-11-27 23:10:00"),
+            "path": ROUTE_PATHS,
+            "method": "GET",
+            "response_code": 503,
+            "response_flags": "UH",
+            "duration_ms": 5,
+            "upstream_host": None,
+            "user_agent": None,
+            "x_forwarded_for": None,
+        }
+    )
+    con = duckdb.connect()
+    con.register("envoy_access", rows)
+    params = {**COMMON, "row_limit": 100}
+    for raw in (False, True):
+        sql, bound = to_duckdb(queries.load(name).text, {**params, "raw_paths": raw})
+        cursor = con.execute(sql, bound)
+        columns = [d[0] for d in cursor.description]
+        at = columns.index("path" if name == "errors" else "key")
+        got = sorted(r[at] for r in cursor.fetchall())
+        want = sorted(ROUTE_PATHS if raw else {route(p) for p in ROUTE_PATHS})
+        assert got == want, (name, raw)
+    assert route(ROUTE_PATHS[1]) == "/api/v1/carts/{id}/items/{id}"
+    assert route(ROUTE_PATHS[2]) == "/api/v1/orders/{id}/{id}/{id}/{id}"
+    assert route("/a/12/") == "/a/{id}/" and route("/api/v1/v2beta/abc123") == ROUTE_PATHS[5]
+    assert route(ROUTE_PATHS[10]) == "/api/v1/products/{id}/reviews/{id}"
+    assert route("/v2/h264/oauth2") == "/v2/h264/oauth2"
+
+
+def test_routes_on_athena_replace_every_match() -> None:
+    """Trino's regexp_replace replaces every match by itself (DuckDB needs 'g', which the
+    transpiler adds): the Athena text carries the patterns as written, without a 'g'."""
+    sql, _ = to_athena(queries.load("errors").text, {**COMMON, "raw_paths": False})
+    assert sql.count("regexp_replace(") == 3 and "'g'" not in sql
+    duck, _ = to_duckdb(queries.load("errors").text, {**COMMON, "raw_paths": False})
+    assert duck.count("'g'") == 3

@@ -12,6 +12,7 @@ import pytest
 
 from tests.athena.factory import access_frame, logs_frame, utc, write_frame
 from tests.cli.conftest import END, START, Warehouse
+from tests.cli.routes import route
 
 SINCE = "2026-11-27T22:45:00Z"
 UNTIL = "2026-11-28T00:20:00Z"
@@ -40,7 +41,7 @@ def test_latency(logq, warehouse: Warehouse, by: str, column: str, name: str) ->
     run = logq("latency", "-s", "recipe", "--by", by, "--warehouse", warehouse.uri, *WIDE)
     assert run.exit_code == 0, run.stderr
     df = scoped(warehouse.access, ["recipe"]).copy()
-    df[column] = df[column].fillna("-")
+    df[column] = df[column].fillna("-").map(route) if by == "path" else df[column].fillna("-")
     want = [
         {
             name: key,
@@ -60,7 +61,7 @@ def test_flags_counted_individually_and_explained(logq, warehouse: Warehouse) ->
     run = logq("flags", "--warehouse", warehouse.uri, *WIDE)
     assert run.exit_code == 0, run.stderr
     df = scoped(warehouse.access)
-    total = len(df)
+    total = df.groupby("service").size()  # the share is of the service's own requests
     exploded = (
         df[df["response_flags"] != "-"]
         .assign(flag=lambda d: d["response_flags"].str.split(","))
@@ -68,14 +69,15 @@ def test_flags_counted_individually_and_explained(logq, warehouse: Warehouse) ->
     )
     want = [
         {
+            "service": service,
             "flag": flag,
             "requests": len(g),
-            "request_share_pct": round(len(g) * 100 / total, 2),
+            "request_share_pct": round(len(g) * 100 / total[service], 2),
             "errors_5xx": int((g["response_code"] >= 500).sum()),
         }
-        for flag, g in exploded.groupby("flag")
+        for (service, flag), g in exploded.groupby(["service", "flag"])
     ]
-    want.sort(key=lambda r: (-r["requests"], r["flag"]))
+    want.sort(key=lambda r: (-r["requests"], r["service"], r["flag"]))
     got = run.json()
     assert [{k: r[k] for k in want[0]} for r in got] == want
     meanings = {r["flag"]: r["meaning"] for r in got}
@@ -111,18 +113,21 @@ def test_top(logq, warehouse: Warehouse, by: str) -> None:
         df["k"] = df["x_forwarded_for"].map(
             lambda v: "-" if not isinstance(v, str) else v.split(",")[0].strip()
         )
+    elif by == "path":
+        df["k"] = df["path"].map(route)
     else:
         df["k"] = df[by].fillna("-")
     want = [
         {
+            "service": service,
             by: key,
             "requests": len(g),
             "request_share_pct": round(len(g) * 100 / len(df), 2),
             "errors_5xx": int((g["response_code"] >= 500).sum()),
         }
-        for key, g in df.groupby("k")
+        for (service, key), g in df.groupby(["service", "k"])
     ]
-    want.sort(key=lambda r: (-r["requests"], r[by]))
+    want.sort(key=lambda r: (-r["requests"], r["service"], r[by]))
     assert run.json() == want
 
 
@@ -277,8 +282,9 @@ def test_hostile_service_refused_everywhere(logq, warehouse: Warehouse, cmd: str
 def test_empty_warehouse_every_command(logq, empty_warehouse: str, cmd: str) -> None:
     args = [cmd, "rid"] if cmd == "trace" else [cmd]
     run = logq(*args, "-f", "json", "--warehouse", empty_warehouse)
-    assert run.exit_code == 0, run.stderr
+    assert run.exit_code == 3, run.stderr  # no data at all: not an empty answer (exit 0)
     assert run.json() == [] and "no results" in run.stderr
+    assert "has no" in run.stderr and "data at all" in run.stderr
 
 
 def test_markdown_every_command_parses(logq, warehouse: Warehouse) -> None:

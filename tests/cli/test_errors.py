@@ -8,6 +8,7 @@ import io
 import pandas as pd
 
 from tests.cli.conftest import Warehouse
+from tests.cli.routes import route
 
 SINCE = "2026-11-27T23:15:00Z"
 UNTIL = "2026-11-28T00:45:00Z"
@@ -22,7 +23,10 @@ def expected_errors(
     hi: int = 599,
     path_prefix: str = "",
     method: str = "",
+    raw: bool = False,
 ) -> list[dict]:
+    """The rows of ``errors`` as pandas computes them: by service (unless exactly one is asked
+    for) and route (the path as logged with ``raw``)."""
     df = access[
         (access["timestamp"] >= pd.Timestamp(since)) & (access["timestamp"] < pd.Timestamp(until))
     ]
@@ -32,20 +36,20 @@ def expected_errors(
         df = df[df["path"].str.startswith(path_prefix)]
     if method:
         df = df[df["method"] == method]
-    per_path = df.groupby("path").size()
+    df = df.assign(path=df["path"] if raw else df["path"].map(route))
+    by_service = not services or len(services) > 1
+    per_path = df.groupby(["service", "path"]).size()
     err = df[(df["response_code"] >= lo) & (df["response_code"] <= hi)]
-    grouped = (
-        err.groupby(["path", "response_code", "response_flags"]).size().reset_index(name="count")
-    )
+    keys = ["service", "path", "response_code", "response_flags"]
+    grouped = err.groupby(keys).size().reset_index(name="count")
     grouped["path_share_pct"] = [
-        round(c * 100 / per_path[p], 2)
-        for p, c in zip(grouped["path"], grouped["count"], strict=True)
+        round(c * 100 / per_path[(s, p)], 2)
+        for s, p, c in zip(grouped["service"], grouped["path"], grouped["count"], strict=True)
     ]
-    grouped = grouped.sort_values(
-        ["count", "path", "response_code", "response_flags"], ascending=[False, True, True, True]
-    )
+    grouped = grouped.sort_values(["count", *keys], ascending=[False, True, True, True, True])
     return [
         {
+            **({"service": r.service} if by_service else {}),
             "path": r.path,
             "response_code": int(r.response_code),
             "response_flags": r.response_flags,
@@ -57,8 +61,8 @@ def expected_errors(
 
 
 def _strip(rows: list[dict]) -> list[dict]:
-    keys = ("path", "response_code", "response_flags", "count", "path_share_pct")
-    return [{k: r[k] for k in keys} for r in rows]
+    keys = ("service", "path", "response_code", "response_flags", "count", "path_share_pct")
+    return [{k: r[k] for k in keys if k in r} for r in rows]
 
 
 def test_errors_json_matches_pandas_across_day_boundary(logq, warehouse: Warehouse) -> None:
@@ -176,8 +180,9 @@ def test_service_names_match_as_stored(logq, warehouse: Warehouse) -> None:
     run = logq("errors", "-s", "../users", "--warehouse", warehouse.uri)
     assert run.exit_code == 2 and "did you mean 'users'" in run.stderr
     run = logq("errors", "-s", "no-such.svc", "-f", "json", "--warehouse", warehouse.uri)
-    assert run.exit_code == 0 and run.json() == []
-    assert "unknown service 'no-such.svc'" in run.stderr and "recipe" in run.stderr
+    assert run.exit_code == 3 and run.json() == []  # nothing to ask: not "no errors"
+    assert "unknown service 'no-such.svc'" in run.stderr
+    assert "known: billing, recipe, users" in run.stderr  # no name is close: all are listed
 
 
 def test_hostile_path_and_method(logq, warehouse: Warehouse) -> None:
@@ -194,9 +199,39 @@ def test_unknown_service_table_lists_known(logq, warehouse: Warehouse) -> None:
     run = logq(
         "errors", "-s", "nope", "--since", SINCE, "--until", UNTIL, "--warehouse", warehouse.uri
     )
-    assert run.exit_code == 0
+    assert run.exit_code == 3
     assert "unknown service 'nope'" in run.stdout
     assert "billing, recipe, users" in run.stdout
+
+
+def test_unknown_service_suggests_the_closest_name(logq, warehouse: Warehouse) -> None:
+    """A typo gets the closest known name, not a list; every name unknown exits 3."""
+    wide = ["--since", SINCE, "--until", UNTIL, "--warehouse", warehouse.uri]
+    run = logq("errors", "-s", "recipee", "-f", "json", *wide)
+    assert run.exit_code == 3 and run.json() == []
+    assert run.stderr.rstrip().endswith(
+        "unknown service 'recipee' in envoy_access; known: billing, recipe, users; "
+        "did you mean 'recipe'?"
+    )
+    some = logq("errors", "-s", "recipe,bilinng", "-f", "json", *wide)
+    assert some.exit_code == 0 and some.json()  # one known name: an answer, and a note
+    assert "showing recipe only; did you mean 'billing'?" in some.stderr
+    assert "service" not in some.json()[0]  # recipe alone: no service column
+
+
+def test_unknown_service_among_many_names_only_the_closest() -> None:
+    """With 60 services, the 30 first names would hide the one meant: only the closest."""
+    from cli.runner import unknown_services_text
+
+    known = sorted([f"svc-{i:02d}" for i in range(59)] + ["checkout"])
+    text = unknown_services_text("envoy_access", ["chekout"], known)
+    assert text == (
+        "unknown service 'chekout' in envoy_access (60 known services; `logq services` lists "
+        "them); did you mean 'checkout'?"
+    )
+    far = unknown_services_text("envoy_access", ["zzz"], known)
+    assert far.startswith("unknown service 'zzz' in envoy_access; known: checkout, svc-00")
+    assert far.endswith("... (60 in all)")
 
 
 def test_no_data_in_range_says_newest_time(logq, warehouse: Warehouse) -> None:
@@ -211,7 +246,7 @@ def test_no_data_in_range_says_newest_time(logq, warehouse: Warehouse) -> None:
 
 def test_empty_warehouse(logq, empty_warehouse: str) -> None:
     run = logq("errors", "--since", "1h", "-f", "json", "--warehouse", empty_warehouse)
-    assert run.exit_code == 0 and run.json() == []
+    assert run.exit_code == 3 and run.json() == []
     assert "no envoy_access data at all" in run.stderr
 
 

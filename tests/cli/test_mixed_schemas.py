@@ -94,12 +94,14 @@ def test_canned_queries_over_mixed_files(logq, tmp_path: Path, old: str) -> None
     want = Counter(_none(v) or "-" for v in truth["upstream_host"])
     assert {r["upstream_host"]: r["requests"] for r in run.json()} == dict(want)
 
-    run = logq("errors", *RANGE, "--limit", "1000", "-f", "json", "--warehouse", uri)
+    run = logq("errors", *RANGE, "--limit", "1000", "-f", "json", "--raw-paths", "--warehouse", uri)
     assert run.exit_code == 0, run.stderr
     errors = truth[truth["response_code"] >= 500]
-    keys = zip(errors["path"], errors["response_code"], errors["response_flags"], strict=True)
+    keys = zip(errors["service"], errors["path"], errors["response_code"],
+               errors["response_flags"], strict=True)  # fmt: skip
     want = Counter(keys)
-    got = {(r["path"], r["response_code"], r["response_flags"]): r["count"] for r in run.json()}
+    got = {(r["service"], r["path"], r["response_code"], r["response_flags"]): r["count"]
+           for r in run.json()}  # fmt: skip
     assert got == dict(want)
 
 
