@@ -189,12 +189,10 @@ def test_new_container_picked_up_and_sigterm_saves(tmp_path: Path, receiver: Rec
     sh = ShipperProc(tmp_path, "--aggregator", receiver.address, "--docker-root", str(root))
     try:
         time.sleep(0.5)
-        t0 = time.monotonic()
         make_container(
             root, "c" * 64, "late", labels={"logq.service": "late"}, lines=["hello", "world"]
         )
-        receiver.wait_for(2, timeout=10)
-        assert time.monotonic() - t0 < 5
+        receiver.wait_for(2, timeout=60)
     finally:
         rc, err = sh.stop()
     assert rc == 0, err
@@ -202,9 +200,12 @@ def test_new_container_picked_up_and_sigterm_saves(tmp_path: Path, receiver: Rec
     assert (tmp_path / "state" / "checkpoints.json").exists()
     # Restart: nothing is sent twice.
     sh = ShipperProc(tmp_path, "--aggregator", receiver.address, "--docker-root", str(root))
-    time.sleep(1.0)
+    # Stopped once it follows the file again (a SIGTERM before its handlers are installed, as a
+    # fixed sleep allowed on a loaded machine, kills it with -15 instead).
+    wait_until(lambda: "new source" in sh.log_path.read_text(), 60, "the source followed again")
     rc, err = sh.stop()
-    assert rc == 0 and receiver.messages == 1
+    assert rc == 0, err
+    assert receiver.messages == 1
 
 
 def test_inotify_finds_a_new_container_long_before_the_poll_interval(
@@ -219,16 +220,13 @@ def test_inotify_finds_a_new_container_long_before_the_poll_interval(
     )
     try:
         time.sleep(0.5)
-        t0 = time.monotonic()
         make_container(root, "d" * 64, "fresh", labels={"logq.service": "fresh"}, lines=["hi"])
-        receiver.wait_for(1, timeout=20)
-        found_after = time.monotonic() - t0
+        # Polling alone would find it after 120 s: within 60 s, only an inotify event did.
+        receiver.wait_for(1, timeout=60)
     finally:
         rc, err = sh.stop()
     assert rc == 0, err
     assert receiver.lines() == ["hi"]
-    # Event-driven: seconds at most even on a loaded CI machine, where polling would need 120 s.
-    assert found_after < 10.0, f"new container shipped after {found_after:.1f} s"
 
 
 def test_aggregator_down_then_up(tmp_path: Path) -> None:
@@ -386,11 +384,10 @@ def test_sigterm_with_aggregator_down_exits_without_advancing(tmp_path: Path) ->
         "--retry-timeout",
         "1",
     )
-    time.sleep(1.0)
-    t0 = time.monotonic()
-    rc, err = sh.stop()
+    wait_until(lambda: "new source" in sh.log_path.read_text(), 60, "the source followed")
+    # --retry-timeout 1 bounds the stop; the default (30 s) would outlast this 20 s wait.
+    rc, err = sh.stop(timeout=20)
     assert rc == 0, err
-    assert time.monotonic() - t0 < 10
     assert "unacknowledged batches" in err
     doc = json.loads((tmp_path / "state" / "checkpoints.json").read_text())
     assert [f["offset"] for f in doc["files"].values()] == [0]
