@@ -29,7 +29,8 @@ slower than ``INTENT_STALE_AFTER``) cannot both merge the same files: each write
 before it lists the others', so whichever lists second sees the first one's intent and withdraws
 (both may withdraw; the next pass merges). The check needs no conditional put, only the
 read-after-write and list-after-write consistency of a local disk or S3. A compactor that lists
-files one has just merged reads them after its check, so it finds them deleted and withdraws.
+files one has just merged finds them missing from the listing of that check (the other one
+deleted them before its intent), and withdraws, even if it read small ones before its intent.
 
 Every pass first finishes the intents it finds: one whose output is complete is finished at once
 (its remaining inputs deleted), whoever wrote it; one whose output is missing or short is taken as
@@ -44,15 +45,31 @@ Memory stays bounded: a group small enough (uncompressed) is loaded, sorted by `
 and written; a larger one is streamed file by file, in order of each file's first timestamp, as
 sorted runs.
 
-A pass lists each partition once and reuses that listing for the young-file check, the
-intents and the choice of files; a partition with no intent and fewer than two small files (the
-usual state of a compacted hour) is left without reading a footer. Only the intent check of
-step 1 lists again, just before a merge. A pass looks back ``--lookback-hours`` (48) from now,
-or, for the periodic task and ``compact`` without ``--lookback-hours``, from that long before
-the start of the last completed pass over the whole warehouse (``_compaction/last-pass.json``,
-at most 30 days), so that the hours of a pause (a stale heartbeat over a weekend, an outage) are
-compacted when it ends. A pass that is stopped, or where every partition failed (an outage),
-does not move it; one where only some partitions failed does (they stay in reach 48 hours).
+Throughput: on S3 every request waits tens of milliseconds, so a pass works on many at once.
+Services are listed ``LIST_THREADS`` at a time and partitions merged ``MERGE_PARTITIONS`` at a
+time; each merge reads ``READ_THREADS`` inputs at a time and deletes them 16 at a time. Each
+input is fetched once: a small one (a flush file) is read whole with its footer, a larger one
+has its footer read once and its rows read once when merged. The merges running at once hold no more
+decoded bytes than ``MERGE_MEMORY_BYTES`` (the size of one group sorted in memory, so the
+memory a compacting node needs is that of one such group, as before): a merge waits for room
+before it writes its intent. ``hold`` is asked before each partition, for one with something
+to merge once a merge slot is free, right before it starts: once it says stop, the merges under
+way finish and no other starts.
+
+A pass lists each service folder once, recursively (on S3 one request per 1,000 objects, not
+one per partition-hour: an idle pass over 500 services x 48 hours x 2 tables was 49,000 LISTs).
+A partition with no intent and fewer than two small files there (the usual state of a compacted
+hour) is left at that: no other request. Any other is listed again, fresh, and that listing
+serves the young-file check, the intents and the choice of files; only the intent check of
+step 1 lists again, just before a merge. A file that lands in a compacted hour after its
+service was listed is merged by the next pass. Hours compacted by an earlier pass are listed
+again all the same: late data can land in any hour, and only a listing shows it. A pass looks
+back ``--lookback-hours`` (48) from now, or, for the periodic task and ``compact`` without
+``--lookback-hours``, from that long before the start of the last completed pass over the whole
+warehouse (``_compaction/last-pass.json``, at most 30 days), so that the hours of a pause (a
+stale heartbeat over a weekend, an outage) are compacted when it ends. A pass that is stopped,
+or where every partition failed (an outage), does not move it; one where only some partitions
+failed does (they stay in reach 48 hours).
 
 Run one compactor per warehouse: the periodic task is off by default. Set ``--compact-interval``
 on every aggregator, or on some (of the live ones that have it, said in their heartbeats, only
@@ -71,14 +88,18 @@ import math
 import re
 import secrets
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -97,6 +118,8 @@ from athena.schema import TABLES, Table, parse_dt
 from athena.warehouse import Warehouse, WarehouseError, open_warehouse
 
 log = logging.getLogger("logq.aggregator.compaction")
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 DEFAULT_TARGET_BYTES = 128 * 1024 * 1024
 DEFAULT_GRACE = timedelta(minutes=30)
@@ -110,6 +133,30 @@ INTENT_STALE_AFTER = timedelta(minutes=15)
 #: crashed (or stalled) one ever looks stale.
 INTENT_REFRESH = timedelta(minutes=1)
 
+# --- concurrency (see "Throughput" in the module docstring) ---------------------------------------
+#: Service folders listed at once (an idle pass is one LIST request per 1,000 objects of each,
+#: each a round trip of tens of milliseconds on S3).
+LIST_THREADS = 16
+#: Partitions merged at once (each reads :data:`READ_THREADS` inputs at a time and deletes
+#: ``DELETE_PARALLEL`` at a time). Their memory is bounded by :data:`MERGE_MEMORY_BYTES`.
+MERGE_PARTITIONS = 4
+#: Input files of one merge read at once (footers first, then the rows).
+READ_THREADS = 8
+#: Decoded bytes (Parquet's uncompressed size) that the merges running at once may hold: no
+#: more than the one largest group sorted in memory needs alone, so running several merges at
+#: once never needs more memory than before (a group this large or larger runs alone).
+MERGE_MEMORY_BYTES = SORT_IN_MEMORY_BYTES
+#: What a streamed group (too large to sort in memory) is counted for: its pieces and read-ahead.
+STREAM_MEMORY_BYTES = SORT_IN_MEMORY_BYTES // 2
+#: A streamed merge reads ahead at most this many (compressed) bytes of input.
+STREAM_READAHEAD_BYTES = 32 * 1024 * 1024
+#: Inputs up to this size are read whole with their footer (one GET: pyarrow's footer read
+#: fetches the last 64 KiB anyway), so a flush file is fetched once, not once per step.
+WHOLE_READ_BYTES = 1024 * 1024
+#: At most this many bytes of whole inputs are kept per partition between its footer reads and
+#: its merges (the rest are read again when merged).
+PREFETCH_BYTES = 64 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class Input:
@@ -117,6 +164,10 @@ class Input:
     name: str
     size: int
     rows: int
+    #: The footer, as read by :func:`_readable` (None: read it again).
+    meta: pq.FileMetaData | None = field(default=None, compare=False, repr=False)
+    #: The whole file, for small ones (None: read it when merged).
+    data: pa.Buffer | None = field(default=None, compare=False, repr=False)
 
 
 class CompactionFailed(StorageError):
@@ -213,8 +264,7 @@ def finish_intents(
                 delete_object(wh, info.path)
             continue
         if _complete(wh, output, rows):
-            for path in inputs:
-                delete_object(wh, path)
+            delete_objects(wh, inputs)
             log.info("finished the interrupted merge into %s (its inputs deleted)", output)
         elif stale_before is not None and _mtime(info) > stale_before:
             busy = True
@@ -283,14 +333,11 @@ def _merge(
 ) -> int:
     """Write ``group``'s rows to ``output``; return how many. ``progress`` runs before each
     input is read (it keeps the intent fresh, and raises to stop)."""
-    metas = [pq.read_metadata(f.path, filesystem=wh.fs) for f in group]
-    raw = sum(m.row_group(i).total_byte_size for m in metas for i in range(m.num_row_groups))
-    if raw <= SORT_IN_MEMORY_BYTES:
-        tables = []
-        for f in group:
-            progress()
-            tables.append(_conform(pq.read_table(f.path, filesystem=wh.fs), spec))
+    group = [_with_footer(wh, f) for f in group]
+    if _raw_bytes(group) <= SORT_IN_MEMORY_BYTES:
+        tables = list(_read_inputs(wh, spec, group, progress, window=None))
         pieces: Iterator[pa.Table] = iter([pa.concat_tables(tables).sort_by("timestamp")])
+        del tables
     else:
         pieces = _in_time_order(wh, spec, group, progress)
     rows = 0
@@ -308,6 +355,95 @@ def _merge(
     return rows
 
 
+def _with_footer(wh: Warehouse, f: Input) -> Input:
+    """``f`` with its footer (read now if :func:`_readable` did not keep it)."""
+    if f.meta is not None:
+        return f
+    meta = pq.read_metadata(f.path, filesystem=wh.fs)
+    return Input(f.path, f.name, f.size, f.rows, meta, f.data)
+
+
+def _raw_bytes(group: list[Input]) -> int:
+    """The group's uncompressed size, from the footers (what sorting it in memory costs)."""
+    total = 0
+    for f in group:
+        meta = f.meta
+        if meta is None:  # not read yet: count it as the largest that could be
+            return SORT_IN_MEMORY_BYTES + 1
+        total += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    return total
+
+
+def _memory_cost(group: list[Input]) -> int:
+    """What merging ``group`` holds in memory, for :class:`_MemoryBudget`."""
+    raw = _raw_bytes(group)
+    kept = sum(f.size for f in group if f.data is not None)
+    return kept + (raw if raw <= SORT_IN_MEMORY_BYTES else STREAM_MEMORY_BYTES)
+
+
+def _read_input(wh: Warehouse, spec: Table, f: Input) -> pa.Table:
+    """One input's rows, from the bytes :func:`_readable` kept or with one more open (the
+    footer is not read again)."""
+    if f.data is not None:
+        return _conform(pq.ParquetFile(pa.BufferReader(f.data), metadata=f.meta).read(), spec)
+    with _open(wh, f.path, f.size) as fh:
+        table = pq.ParquetFile(fh, metadata=f.meta, pre_buffer=True).read()
+    return _conform(table, spec)
+
+
+_PARQUET = pads.ParquetFileFormat()
+
+
+def _open(wh: Warehouse, path: str, size: int | None) -> pa.NativeFile:
+    """``path`` for reading, its ``size`` taken from the listing: on S3 that spares the HEAD
+    request that opening by name sends first (one round trip of two per small input). A file
+    rewritten since it was listed may then read short and fail: it is left for the next pass,
+    like any input that fails."""
+    if size is None:
+        return wh.fs.open_input_file(path)
+    return _PARQUET.make_fragment(path, filesystem=wh.fs, file_size=size).open()
+
+
+def _read_inputs(
+    wh: Warehouse,
+    spec: Table,
+    files: list[Input],
+    progress: Callable[[], None],
+    window: int | None,
+) -> Iterator[pa.Table]:
+    """The rows of ``files``, in their order, read :data:`READ_THREADS` at a time and at most
+    ``window`` compressed bytes ahead of the consumer (None: no limit). ``progress`` runs in
+    the caller's thread before each input is started, so an exception it raises stops the
+    reads (those under way finish; the others are not started)."""
+    if not files:
+        return
+    pending: deque[tuple[Input, Future[pa.Table]]] = deque()
+    ahead = 0
+    index = 0
+    pool = ThreadPoolExecutor(min(READ_THREADS, len(files)), thread_name_prefix="compact-read")
+    try:
+        while index < len(files) or pending:
+            while index < len(files) and (
+                not pending
+                or (
+                    len(pending) < READ_THREADS
+                    and (window is None or ahead + files[index].size <= window)
+                )
+            ):
+                f = files[index]
+                index += 1
+                progress()
+                pending.append((f, pool.submit(_read_input, wh, spec, f)))
+                ahead += f.size
+            f, future = pending.popleft()
+            ahead -= f.size
+            yield future.result()
+    finally:
+        for _, future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
+
+
 def _in_time_order(
     wh: Warehouse, spec: Table, group: list[Input], progress: Callable[[], None]
 ) -> Iterator[pa.Table]:
@@ -315,10 +451,10 @@ def _in_time_order(
     pieces (for groups too large to sort in memory)."""
     pending: list[pa.Table] = []
     pending_rows = 0
-    for f in sorted(group, key=lambda f: _first_ts(wh, f)):
-        progress()
-        pending.append(_conform(pq.read_table(f.path, filesystem=wh.fs), spec))
-        pending_rows += pending[-1].num_rows
+    ordered = sorted(group, key=_first_ts)
+    for table in _read_inputs(wh, spec, ordered, progress, window=STREAM_READAHEAD_BYTES):
+        pending.append(table)
+        pending_rows += table.num_rows
         if pending_rows >= ROW_GROUP_ROWS:
             yield pa.concat_tables(pending)
             pending, pending_rows = [], 0
@@ -332,9 +468,37 @@ def _writer_options(table: pa.Table) -> dict:
     return opts
 
 
-def _first_ts(wh: Warehouse, f: Input) -> int:
-    stats = pq.read_metadata(f.path, filesystem=wh.fs).row_group(0).column(0).statistics
+def _first_ts(f: Input) -> int:
+    meta = f.meta
+    if meta is None or meta.num_row_groups == 0:
+        return 0
+    stats = meta.row_group(0).column(0).statistics
     return int(stats.min.timestamp() * 1000) if stats is not None and stats.has_min_max else 0
+
+
+class _MemoryBudget:
+    """Bytes that the merges running at once may hold (:func:`_memory_cost`): a merge waits
+    until its cost fits beside the others'; one costlier than the whole budget waits until it
+    runs alone. A merge reserves before it writes its intent (a wait is no stall of a merge
+    under way) and holds one reservation at a time, so waiting cannot deadlock."""
+
+    def __init__(self, total: int) -> None:
+        self.total = max(1, total)
+        self.used = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, cost: int) -> Iterator[None]:
+        cost = min(max(0, cost), self.total)
+        with self._cond:
+            self._cond.wait_for(lambda: self.used + cost <= self.total)
+            self.used += cost
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= cost
+                self._cond.notify_all()
 
 
 def compact_partition(
@@ -343,12 +507,15 @@ def compact_partition(
     folder: str,
     target_bytes: int,
     infos: list[pafs.FileInfo] | None = None,
+    budget: _MemoryBudget | None = None,
 ) -> int:
     """Merge the small files of one partition folder; return the number of input files merged.
 
     ``infos``: the caller's listing of ``folder`` (None: list it here). A pass lists each
     partition once and decides from that listing alone, without reading a footer, that most
     partitions (already compacted: one file, or no two small ones) have nothing to merge.
+
+    ``budget``: shared by the partitions a pass merges at once (None: this call's own).
     """
     if infos is None:
         infos = list_folder(wh, folder)
@@ -364,11 +531,13 @@ def compact_partition(
     small = [i for i in infos if _visible(i) and (i.size or 0) < target_bytes // 2]
     if len(small) < 2:  # _groups merges only small files, two or more: no footer to read
         return 0
+    budget = budget or _MemoryBudget(MERGE_MEMORY_BYTES)
     files = _readable(wh, small)
     merged = 0
     for group in _groups(files, target_bytes):
-        if not _Attempt(wh, spec, folder, group).run():
-            break  # another compactor works here: it has (or the next pass will) the rest
+        with budget.reserve(_memory_cost(group)):
+            if not _Attempt(wh, spec, folder, group).run():
+                break  # another compactor works here: it has (or the next pass will) the rest
         merged += len(group)
     return merged
 
@@ -426,8 +595,7 @@ class _Attempt:
         _put_intent(self.wh, self.intent, self.body)
         self.refreshed = time.monotonic()
         try:
-            if any(i.path != self.intent for i in _intents(self.wh, self.folder)):
-                raise _Withdrawn("another compaction started there")
+            self._check()
             rows_out = _merge(self.wh, self.spec, self.group, self.output, self.progress)
         except BaseException as exc:
             if _complete(self.wh, self.output, self.rows_in):
@@ -451,6 +619,25 @@ class _Attempt:
                 f"{self.folder}: merged {rows_out} rows, expected {self.rows_in}; kept inputs"
             )
         return self._commit()
+
+    def _check(self) -> None:
+        """Withdraw if another compactor's intent is there, or if an input is gone or changed.
+
+        One LIST, after this attempt's intent is written. The inputs were read (small ones
+        whole) before it: a compactor that merged them since then has deleted them before
+        deleting its intent, so either its intent or the inputs' absence shows here
+        (list-after-write consistency, as for the intents). One that starts later sees this
+        intent and withdraws. So inputs read before the intent are as good as read after it.
+        """
+        listing = list_folder(self.wh, self.folder)
+        if any(_is_intent(i) and i.path != self.intent for i in listing):
+            raise _Withdrawn("another compaction started there")
+        sizes = {i.base_name: i.size or 0 for i in listing if i.type == pafs.FileType.File}
+        changed = [f.name for f in self.group if f.name not in sizes or sizes[f.name] != f.size]
+        if changed:
+            raise _Withdrawn(
+                f"{len(changed)} of its files ({changed[0]}…) were merged or rewritten meanwhile"
+            )
 
     def progress(self) -> None:
         """Rewrite the intent every ``INTENT_REFRESH`` so that a long merge never looks crashed;
@@ -506,21 +693,45 @@ class _Attempt:
 
 def _readable(wh: Warehouse, infos: list[pafs.FileInfo]) -> list[Input]:
     """The files whose Parquet footer reads, by name; any other is left where it is, with an
-    ERROR naming it (a truncated upload, a stray file: Athena fails on it too)."""
-    out = []
-    for info in sorted(infos, key=lambda i: i.base_name):
-        try:
-            rows = pq.read_metadata(info.path, filesystem=wh.fs).num_rows
-        except (pa.ArrowException, OSError) as exc:
-            log.error(
-                "not compacting %s: it is not a readable Parquet file (%s); queries of its "
-                "partition fail on it too: move it out of the warehouse",
-                info.path,
-                exc,
-            )
-            continue
-        out.append(Input(info.path, info.base_name, info.size or 0, rows))
-    return out
+    ERROR naming it (a truncated upload, a stray file: Athena fails on it too).
+
+    Read :data:`READ_THREADS` at a time; files up to :data:`WHOLE_READ_BYTES` are read whole
+    (their first :data:`PREFETCH_BYTES`), so that their merge needs no other request."""
+    ordered = sorted(infos, key=lambda i: i.base_name)
+    whole: list[bool] = []
+    kept = 0
+    for info in ordered:
+        size = info.size or 0
+        take = size <= WHOLE_READ_BYTES and kept + size <= PREFETCH_BYTES
+        kept += size if take else 0
+        whole.append(take)
+    if not ordered:
+        return []
+    with ThreadPoolExecutor(min(READ_THREADS, len(ordered)), "compact-footer") as pool:
+        results = list(pool.map(lambda a: _read_footer(wh, *a), zip(ordered, whole, strict=True)))
+    return [f for f in results if f is not None]
+
+
+def _read_footer(wh: Warehouse, info: pafs.FileInfo, whole: bool) -> Input | None:
+    """``info``'s footer (and, if ``whole``, all its bytes), or None with an ERROR."""
+    try:
+        data: pa.Buffer | None = None
+        with _open(wh, info.path, info.size) as fh:
+            if whole:
+                data = fh.read_buffer()
+                meta = pq.read_metadata(pa.BufferReader(data))
+            else:
+                meta = pq.read_metadata(fh)
+    except (pa.ArrowException, OSError) as exc:
+        log.error(
+            "not compacting %s: it is not a readable Parquet file (%s); queries of its "
+            "partition fail on it too: move it out of the warehouse",
+            info.path,
+            exc,
+        )
+        return None
+    size = len(data) if data is not None else info.size or 0
+    return Input(info.path, info.base_name, size, meta.num_rows, meta, data)
 
 
 def closed_partitions(
@@ -532,24 +743,93 @@ def closed_partitions(
     service: str | None = None,
 ) -> Iterator[tuple[Table, str]]:
     """``(table, folder)`` of every partition whose hour ended more than ``grace`` ago."""
+    for spec, folder, _ in _closed_partitions_listed(wh, now, grace, lookback, tables, service):
+        yield spec, folder
+
+
+def _closed_partitions_listed(
+    wh: Warehouse,
+    now: datetime,
+    grace: timedelta,
+    lookback: timedelta | None,
+    tables: list[str] | None,
+    service: str | None,
+) -> Iterator[tuple[Table, str, list[pafs.FileInfo]]]:
+    """:func:`closed_partitions`, each with what its folder held when its service's folder was
+    listed: one recursive listing per service (on S3 one LIST request per 1,000 objects, not
+    one per partition), :data:`LIST_THREADS` services at a time, a few ahead of the caller."""
     for name in tables or list(TABLES):
         spec = TABLES[name]
-        for svc in list_folder(wh, wh.table_root(name)):
-            if svc.type != pafs.FileType.Directory or not svc.base_name.startswith("service="):
-                continue
-            if service is not None and svc.base_name != f"service={service}":
-                continue
-            for part in list_folder(wh, svc.path):
-                if part.type != pafs.FileType.Directory or not part.base_name.startswith("dt="):
-                    continue
-                try:
-                    start = parse_dt(part.base_name[3:])
-                except ValueError:
-                    continue
-                end = start + timedelta(hours=1)
-                if end + grace > now or (lookback is not None and end < now - lookback):
-                    continue
-                yield spec, part.path
+        services = [
+            svc.path
+            for svc in list_folder(wh, wh.table_root(name))
+            if svc.type == pafs.FileType.Directory
+            and svc.base_name.startswith("service=")
+            and (service is None or svc.base_name == f"service={service}")
+        ]
+        listed = _bounded_map(lambda path: (path, list_tree(wh, path)), services, LIST_THREADS)
+        with contextlib.closing(listed):
+            for folder, infos in listed:
+                for part, files in sorted(_by_partition(folder, infos).items()):
+                    try:
+                        start = parse_dt(part[3:])
+                    except ValueError:
+                        continue
+                    end = start + timedelta(hours=1)
+                    if end + grace > now or (lookback is not None and end < now - lookback):
+                        continue
+                    yield spec, f"{folder}/{part}", files
+
+
+def list_tree(wh: Warehouse, folder: str) -> list[pafs.FileInfo]:
+    """Everything under ``folder``, at any depth (nothing if it does not exist). On S3 one
+    request per 1,000 objects (pyarrow lists a recursive selector without a delimiter)."""
+    selector = pafs.FileSelector(folder, recursive=True, allow_not_found=True)
+    try:
+        return wh.fs.get_file_info(selector)
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"listing {folder} in {wh.uri} failed: {exc}") from exc
+
+
+def _by_partition(folder: str, infos: list[pafs.FileInfo]) -> dict[str, list[pafs.FileInfo]]:
+    """The ``dt=`` folders directly in ``folder`` (a service's), each with the entries directly
+    in it."""
+    parts: dict[str, list[pafs.FileInfo]] = {}
+    prefix = folder.rstrip("/") + "/"
+    for info in infos:
+        if not info.path.startswith(prefix):
+            continue
+        part, sep, rest = info.path[len(prefix) :].partition("/")
+        if not part.startswith("dt="):
+            continue
+        entries = parts.setdefault(part, [])
+        if sep and rest and "/" not in rest:
+            entries.append(info)
+    return parts
+
+
+def _bounded_map(
+    fn: Callable[[_T], _R], items: list[_T], threads: int, ahead: int | None = None
+) -> Iterator[_R]:
+    """``fn`` over ``items`` in ``threads`` threads, results in order, at most ``ahead``
+    (2 x ``threads``) started beyond the one the caller waits for: results are not piled up
+    faster than they are used. Closing the iterator cancels what has not started."""
+    if not items:
+        return
+    ahead = ahead or 2 * threads
+    pool = ThreadPoolExecutor(min(threads, len(items)), thread_name_prefix="compact-list")
+    pending: deque[Future[_R]] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
 
 
 def compact_warehouse(
@@ -585,19 +865,40 @@ def compact_warehouse(
     failed: list[str] = []
     stopped = False
     walked = 0
-    for spec, folder in closed_partitions(wh, now, grace, lookback, tables, service):
-        walked += 1
-        reason = hold() if hold is not None else None
-        if reason is not None:
-            log.info("compaction pass stopped before %s: %s", folder, reason)
-            stopped = True
-            break
-        try:
-            infos = list_folder(wh, folder)  # the one listing: young files, intents, merge
-            if _has_young_files(infos, now - grace):
-                continue
-            merged += compact_partition(wh, spec, folder, target_bytes, infos)
-        except Exception as exc:  # one bad partition must not stop the others' compaction
+    budget = _MemoryBudget(MERGE_MEMORY_BYTES)
+    merging = threading.Semaphore(MERGE_PARTITIONS)
+    started: list[tuple[str, Future[int]]] = []
+    partitions = _closed_partitions_listed(wh, now, grace, lookback, tables, service)
+    with ThreadPoolExecutor(MERGE_PARTITIONS, "compact") as pool, contextlib.closing(partitions):
+        for spec, folder, infos in partitions:
+            walked += 1
+            # A compacted partition (the usual state) needs no request beyond its service's
+            # LIST. Any other waits for a free merge slot first, so that ``hold`` is asked
+            # right before its merge starts, as when partitions were merged one by one.
+            work = _may_need_work(infos, target_bytes)
+            if work:
+                merging.acquire()  # released by _pass_partition, or below
+            try:
+                reason = hold() if hold is not None else None
+                if reason is not None:  # the merges under way finish; no other starts
+                    stopped = True
+                    log.info("compaction pass stopped before %s: %s", folder, reason)
+                    break
+                if work:
+                    future = pool.submit(
+                        _pass_partition, wh, spec, folder, target_bytes, now - grace, budget
+                    )
+                    future.add_done_callback(lambda _: merging.release())
+                    started.append((folder, future))
+                    work = False  # the slot is the worker's now
+            finally:
+                if work:
+                    merging.release()
+    for folder, future in started:  # all done: the pool has shut down
+        exc = future.exception()
+        if exc is None:
+            merged += future.result()
+        else:  # one bad partition must not stop the others' compaction
             log.error("compaction of %s failed: %s; its files are unchanged", folder, exc)
             failed.append(folder)
     # A pass that walked every partition counts as completed even if some failed: one partition
@@ -611,6 +912,40 @@ def compact_warehouse(
     if failed:
         raise CompactionFailed(failed, merged)
     return merged
+
+
+def _pass_partition(
+    wh: Warehouse,
+    spec: Table,
+    folder: str,
+    target_bytes: int,
+    cutoff: datetime,
+    budget: _MemoryBudget,
+) -> int:
+    """One partition of a pass (in a worker thread): list it, then merge unless a file is
+    younger than ``cutoff``. The listing is its own, fresh (its service's may be minutes old
+    by now): the young-file check and the choice of files rest on it as before."""
+    infos = list_folder(wh, folder)  # the one listing: young files, intents, merge
+    if _has_young_files(infos, cutoff):
+        return 0
+    return compact_partition(wh, spec, folder, target_bytes, infos, budget)
+
+
+def _may_need_work(infos: list[pafs.FileInfo], target_bytes: int) -> bool:
+    """What :func:`compact_partition` would do anything about: an intent, a killed write's
+    temporary file, or two small files to merge. Anything else (one merged file, the usual
+    state of a compacted hour) is left without another request."""
+    small = 0
+    for info in infos:
+        if info.type != pafs.FileType.File:
+            continue
+        if _is_intent(info) or _TEMPORARY.match(info.base_name):
+            return True
+        if _visible(info) and (info.size or 0) < target_bytes // 2:
+            small += 1
+            if small >= 2:
+                return True
+    return False
 
 
 def _has_young_files(infos: list[pafs.FileInfo], cutoff: datetime) -> bool:

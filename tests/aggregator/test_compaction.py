@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import aggregator.compaction as compaction
 from aggregator.batch import records_table, route
 from aggregator.compaction import (
     CompactionFailed,
@@ -41,6 +45,7 @@ from tests.support.procs import console_script, wait_until
 #: fell out of it two days later, and the service's periodic compaction left it alone).
 HOUR = (datetime.now(UTC) - timedelta(hours=6)).replace(minute=0, second=0, microsecond=0)
 DT = HOUR.strftime("%Y-%m-%d-%H")
+NEXT_DT = (HOUR + timedelta(hours=1)).strftime("%Y-%m-%d-%H")
 LATER = datetime.now(UTC) + timedelta(days=1)
 
 
@@ -399,3 +404,188 @@ def test_compact_refuses_a_missing_warehouse_and_odd_windows(
         assert usage.value.code == 2
         assert f"{flag} must be a number from 0 to" in capsys.readouterr().err
     assert compact_main(["--warehouse", str(tmp_path)]) == 0  # an empty warehouse is fine
+
+
+# --- several partitions at once -------------------------------------------------------------------
+
+
+def service_rows(uri: str) -> Counter[tuple[str, str]]:
+    """Every visible row as (service, message): an exact multiset."""
+    table = read_table(uri, "container_logs")
+    return Counter(zip(table["service"].to_pylist(), table["message"].to_pylist(), strict=True))
+
+
+def folder_of(uri: str, service: str, dt: str = DT) -> Path:
+    return Path(open_warehouse(uri).path(partition_path("container_logs", service, dt)))
+
+
+def patch_merge(monkeypatch: pytest.MonkeyPatch, around: object) -> None:
+    """Run ``around(output, merge)`` instead of each merge (``merge()`` does the real one)."""
+    real = compaction._merge
+
+    def merge(*args: object, **kwargs: object) -> int:
+        return around(str(args[3]), lambda: real(*args, **kwargs))  # type: ignore[operator]
+
+    monkeypatch.setattr(compaction, "_merge", merge)
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_several_partitions_are_merged_at_once_on_s3(
+    s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One pass merges partitions concurrently (the first two merges meet at a barrier, which a
+    pass merging one partition after the other would break) and keeps every row exactly once."""
+    services = [f"svc{i}" for i in range(5)]
+    for service in services:
+        flush_files(s3_warehouse, files=4, rows_per_file=30, service=service)
+    before = service_rows(s3_warehouse)
+    meet = threading.Barrier(2, timeout=120)
+    lock = threading.Lock()
+    calls: list[str] = []
+
+    def around(output: str, merge: Callable[[], int]) -> int:
+        with lock:
+            calls.append(output)
+            first_two = len(calls) <= 2
+        if first_two:
+            meet.wait()
+        return merge()
+
+    patch_merge(monkeypatch, around)
+    wh = open_warehouse(s3_warehouse)
+    assert compact_warehouse(wh, now=LATER, lookback=None) == 5 * 2 * 4
+    assert len(calls) == 10
+    assert service_rows(s3_warehouse) == before
+    files = parquet_files(s3_warehouse, "container_logs")
+    assert len(files) == 10 and all(f.rsplit("/", 1)[1].startswith("c-") for f in files)
+    assert compact_warehouse(wh, now=LATER, lookback=None) == 0
+
+
+def test_a_partition_failing_beside_others_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A merge that fails while another partition's runs (they meet first) keeps its own files
+    and leaves nothing behind; the partitions merged beside it are complete; the pass names it."""
+    uri = str(tmp_path / "wh")
+    for service in ("aaa", "bad", "zzz"):
+        flush_files(uri, files=3, rows_per_file=20, service=service)
+    bad = folder_of(uri, "bad")
+    bad_files = sorted(p.name for p in bad.iterdir())
+    before = service_rows(uri)
+    meet = threading.Barrier(2, timeout=120)
+
+    def around(output: str, merge: Callable[[], int]) -> int:
+        if output.startswith(f"{bad}/"):
+            meet.wait()
+            raise OSError("injected failure in one of the merges under way")
+        if output.startswith(str(folder_of(uri, "aaa", NEXT_DT))):
+            meet.wait()  # aaa's second partition runs beside bad's first
+        return merge()
+
+    patch_merge(monkeypatch, around)
+    with pytest.raises(CompactionFailed) as failed:
+        compact_warehouse(open_warehouse(uri), now=LATER, lookback=None)
+    assert failed.value.failed == [str(bad)]
+    assert failed.value.merged == 5 * 3
+    assert sorted(p.name for p in bad.iterdir()) == bad_files  # no intent, no output left
+    assert service_rows(uri) == before
+    merged = [Path(f) for f in parquet_files(uri, "container_logs") if Path(f).parent != bad]
+    assert len(merged) == 5 and all(p.name.startswith("c-") for p in merged)
+
+
+def test_a_stopped_pass_lets_the_merge_under_way_finish_and_starts_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``hold`` says stop while the first partition's merge is still running: that merge
+    completes (its rows stay exact) and no other partition is started."""
+    uri = str(tmp_path / "wh")
+    for service in ("aaa", "bbb"):
+        flush_files(uri, files=3, rows_per_file=5, service=service)
+    before = service_rows(uri)
+    stopped = threading.Event()
+    started: list[str] = []
+
+    def around(output: str, merge: Callable[[], int]) -> int:
+        started.append(output)
+        assert stopped.wait(120)  # still merging when the pass is told to stop
+        return merge()
+
+    asked: list[int] = []
+
+    def hold() -> str | None:
+        asked.append(1)
+        if len(asked) == 1:
+            return None
+        stopped.set()
+        return "aggregator node-0 compacts"
+
+    patch_merge(monkeypatch, around)
+    merged = compact_warehouse(open_warehouse(uri), now=LATER, lookback=None, hold=hold)
+    assert merged == 3 and len(asked) == 2
+    assert [Path(o).parent for o in started] == [folder_of(uri, "aaa")]
+    assert service_rows(uri) == before
+    assert [Path(f).name[:2] for f in parquet_files(uri) if "service=aaa" in f].count("c-") == 1
+    assert len(parquet_files(uri)) == 1 + 3 * 3
+
+
+def test_merges_at_once_stay_within_the_memory_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a budget smaller than any group, merges run one at a time (each alone) and still
+    all complete: the budget bounds memory, it never blocks a merge for good."""
+    uri = str(tmp_path / "wh")
+    for service in ("aaa", "bbb", "ccc"):
+        flush_files(uri, files=3, rows_per_file=20, service=service)
+    before = service_rows(uri)
+    monkeypatch.setattr(compaction, "MERGE_MEMORY_BYTES", 1)
+    lock = threading.Lock()
+    running: list[int] = [0, 0]  # now, most at once
+
+    def around(output: str, merge: Callable[[], int]) -> int:
+        with lock:
+            running[0] += 1
+            running[1] = max(running)
+        try:
+            time.sleep(0.05)  # room for another merge to start, were it allowed to
+            return merge()
+        finally:
+            with lock:
+                running[0] -= 1
+
+    patch_merge(monkeypatch, around)
+    assert compact_warehouse(open_warehouse(uri), now=LATER, lookback=None) == 3 * 2 * 3
+    assert running[1] == 1
+    assert service_rows(uri) == before
+
+
+def test_hold_is_asked_when_a_merge_slot_is_free_right_before_the_merge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one merge at a time, the pass asks ``hold`` about the next partition only once the
+    merge before it has ended (not when it was listed, minutes earlier): told to stop then, it
+    starts nothing more, as when partitions were merged one by one."""
+    uri = str(tmp_path / "wh")
+    for service in ("aaa", "bbb"):
+        flush_files(uri, files=3, rows_per_file=5, service=service)
+    before = service_rows(uri)
+    monkeypatch.setattr(compaction, "MERGE_PARTITIONS", 1)
+    events: list[str] = []
+
+    def around(output: str, merge: Callable[[], int]) -> int:
+        events.append("merge " + Path(output).parent.parent.name)
+        try:
+            return merge()
+        finally:
+            events.append("merged")
+
+    def hold() -> str | None:
+        events.append("hold")
+        return None if events.count("hold") <= 1 else "aggregator node-0 compacts"
+
+    patch_merge(monkeypatch, around)
+    merged = compact_warehouse(open_warehouse(uri), now=LATER, lookback=None, hold=hold)
+    assert events == ["hold", "merge service=aaa", "merged", "hold"]
+    assert merged == 3
+    assert service_rows(uri) == before
+    assert len(parquet_files(uri)) == 1 + 3 * 3

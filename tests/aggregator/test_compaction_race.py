@@ -16,7 +16,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 import aggregator.compaction as compaction
@@ -40,6 +42,15 @@ def rows(uri: str) -> Counter[str]:
     """What a reader of the warehouse sees: every visible file's rows, as a multiset."""
     table = read_table(uri, "container_logs")
     return Counter(table["message"].to_pylist()) if table.num_rows else Counter()
+
+
+def folder_rows(wh: Warehouse, folder: str) -> Counter[str]:
+    """The rows a reader sees in one partition folder, as a multiset."""
+    out: Counter[str] = Counter()
+    for info in wh.fs.get_file_info(pafs.FileSelector(folder)):
+        if info.base_name.endswith(".parquet") and not info.base_name.startswith((".", "_")):
+            out.update(pq.read_table(info.path, filesystem=wh.fs)["message"].to_pylist())
+    return out
 
 
 def partition(tmp_or_uri: Path | str, files: int = 5) -> tuple[str, Warehouse, str]:
@@ -108,7 +119,7 @@ def test_first_compactor_whose_files_were_merged_after_it_listed_them(
     ``c-<hash of the inputs>``, so A's failure on a missing input deleted B's output. Now A's
     output is its own: A finds its inputs gone, withdraws, and deletes nothing of B's."""
     uri, wh, folder = partition(tmp_path)
-    before = rows(uri)
+    before, here = rows(uri), folder_rows(wh, folder)
     real_groups = compaction._groups
     calls: list[int] = []
 
@@ -117,7 +128,8 @@ def test_first_compactor_whose_files_were_merged_after_it_listed_them(
             calls.append(1)
             if len(calls) == 1:  # A has listed the partition; B runs its whole pass now
                 assert compact_partition(wh, CONTAINER_LOGS, folder, TARGET) == 5
-                assert rows(uri) == before
+                # (that partition alone: A may be merging the next hour at the same time)
+                assert folder_rows(wh, folder) == here
         return real_groups(files, target_bytes)
 
     monkeypatch.setattr(compaction, "_groups", groups)
@@ -195,6 +207,36 @@ def test_a_crash_after_the_output_is_finished_by_the_next_pass_at_once(
     assert rows(uri) == before | doubled, "the documented worst case: each row twice"
     assert compact_partition(wh, CONTAINER_LOGS, folder, TARGET) == 0  # nothing left to merge
     assert rows(uri) == before
+    assert merged_only(wh, folder)
+
+
+def test_an_input_rewritten_after_it_was_read_makes_the_merge_withdraw(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small inputs are read whole before the intent is written: one rewritten after that
+    read (a replayed flush) is caught by the check after the intent, and the merge withdraws
+    rather than store the old bytes; the next pass merges the new ones."""
+    uri, wh, folder = partition(tmp_path)
+    inputs = names(wh, folder)
+    before = rows(uri)
+    real_groups = compaction._groups
+    calls: list[int] = []
+
+    def groups(files: list[Any], target_bytes: int) -> list[list[Any]]:
+        calls.append(1)
+        if len(calls) == 1:  # read; now a flush rewrites the first input, one row longer
+            path = Path(files[0].path)
+            table = pq.read_table(path)
+            pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), path)
+        return real_groups(files, target_bytes)
+
+    monkeypatch.setattr(compaction, "_groups", groups)
+    assert compact_partition(wh, CONTAINER_LOGS, folder, TARGET) == 0
+    assert names(wh, folder) == inputs  # no intent, no output left
+    after = rows(uri)
+    assert sum(after.values()) == sum(before.values()) + 1  # the rewritten file's rows
+    assert compact_partition(wh, CONTAINER_LOGS, folder, TARGET) == 5
+    assert rows(uri) == after
     assert merged_only(wh, folder)
 
 

@@ -144,29 +144,61 @@ def rows(root: Path) -> int:
 # --- one listing per partition, no footer read where nothing can merge ----------------------------
 
 
-def test_an_idle_pass_lists_each_partition_once_and_reads_no_footer(tmp_path: Path) -> None:
+def test_an_idle_pass_lists_each_service_once_and_reads_no_footer(tmp_path: Path) -> None:
+    """One recursive listing per service folder (on S3 a request per 1,000 objects) instead of
+    one per partition-hour; a partition with something to merge is listed again, fresh."""
     root = tmp_path / "wh"
     single = [write_hour(root, h, 1, service=s) for h in (2, 5, 30) for s in ("a", "b")]
     busy = write_hour(root, 7, 4, service="a")
+    services = sorted({str(Path(f).parent) for f in single})
     before = rows(root)
     wh, fs = counting_warehouse(root)
 
     assert compact_warehouse(wh, now=NOW) == 4
     assert rows(root) == before  # exact: nothing lost, nothing twice
     assert parquet_count(busy) == 1
+    assert [fs.listings[s] for s in services] == [1, 1]
     for folder in single:
-        assert fs.listings[folder] == 1, folder  # not three times (young check, intents, merge)
+        assert fs.listings[folder] == 0, folder  # its service's listing showed it compacted
         assert not [p for p in fs.opens if p.startswith(folder + "/")], folder  # no footer
-    # The partition with something to merge: its listing, and the intent check before the merge.
+    # The partition with something to merge: its own fresh listing, and the intent check.
     assert fs.listings[busy] == 2
 
     fs.listings.clear()
     fs.opens.clear()
     assert compact_warehouse(wh, now=NOW) == 0  # steady state: now every partition is single
+    assert [fs.listings[s] for s in services] == [1, 1]
     for folder in [*single, busy]:
-        assert fs.listings[folder] == 1, folder
+        assert fs.listings[folder] == 0, folder
     assert not [p for p in fs.opens if p.endswith(".parquet")]
     assert rows(root) == before
+
+
+def test_a_file_landing_in_a_compacted_hour_is_merged_by_the_next_pass(tmp_path: Path) -> None:
+    """Late data in an hour an earlier pass compacted (a replay, a slow shipper): the hour is
+    not skipped for having been compacted; the next pass merges the newcomer."""
+    root = tmp_path / "wh"
+    folder = write_hour(root, 5, 3)
+    wh = open_warehouse(str(root))
+    assert compact_warehouse(wh, now=NOW) == 3
+    write_hour(root, 5, 1)  # a late flush into that hour (written "long ago" too: not young)
+    assert parquet_count(folder) == 2
+    before = rows(root)
+    assert compact_warehouse(wh, now=NOW) == 2
+    assert parquet_count(folder) == 1 and rows(root) == before
+
+
+def test_a_merge_opens_each_input_once(tmp_path: Path) -> None:
+    """The audit's 4 opens per input (footer check, footer again, rows, ...) on S3 each cost a
+    round trip: a small input is now read whole with its footer, once."""
+    root = tmp_path / "wh"
+    busy = write_hour(root, 7, 6)
+    inputs = sorted(str(p) for p in Path(busy).iterdir())
+    before = rows(root)
+    wh, fs = counting_warehouse(root)
+    assert compact_warehouse(wh, now=NOW) == 6
+    assert {path: fs.opens[path] for path in inputs} == dict.fromkeys(inputs, 1)
+    assert rows(root) == before and parquet_count(busy) == 1
 
 
 def test_a_partition_with_an_intent_is_still_finished(tmp_path: Path) -> None:

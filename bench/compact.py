@@ -1,0 +1,248 @@
+"""Compaction benchmark: how fast closed partitions of small flush files are merged, and what an
+idle pass (nothing left to merge) costs, on a local disk and on a private SeaweedFS (S3).
+
+The sizing in docs/operations.md rests on two figures this script measures:
+
+* **merge**: ``--partitions`` closed partition-hours of ``--files`` small files of ``--rows``
+  rows each (1,080 x 50 rows is the documented worst case per partition-hour at
+  ``--flush-interval 10`` with 3 aggregators; the files here are ~5 KiB of random ids, the
+  audit's were ~7 KB), merged by one ``compact_warehouse`` pass: wall time of the pass, input
+  files merged per second and the process's peak RSS (VmHWM, the set-up included); the rows are
+  then counted back (every row exactly once, or the script fails);
+* **idle**: ``--idle-services`` services x ``--idle-hours`` hours x 2 tables of partitions
+  already compacted (one file each): wall time of a pass that only lists them (one LIST per
+  partition-hour before, one recursive listing per service folder since).
+
+``--impl PATH`` measures another ``compaction.py`` (e.g. the previous revision, from
+``git show HEAD~1:aggregator/compaction.py > /tmp/old.py``) for before/after figures.
+
+Usage: ``python bench/compact.py [--backend local|s3|both] [--partitions N] [--files N]
+[--rows N] [--idle-services N] [--idle-hours N] [--impl PATH]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import ModuleType
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from aggregator.storage import write_options
+from athena.schema import CONTAINER_LOGS, TABLES, partition_path
+from athena.warehouse import Warehouse, open_warehouse
+
+#: Uploads while building the warehouse (setup only, not measured).
+SETUP_THREADS = 16
+NOW = datetime.now(UTC)
+#: A closed hour well inside the default lookback.
+HOUR = (NOW - timedelta(hours=6)).replace(minute=0, second=0, microsecond=0)
+
+
+def load_impl(path: str | None) -> ModuleType:
+    """The compaction module to measure: the work tree's, or the file at ``path``."""
+    if path is None:
+        import aggregator.compaction
+
+        return aggregator.compaction
+    spec = importlib.util.spec_from_file_location("bench_compaction_impl", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def flush_file(part: int, seq: int, rows: int) -> bytes:
+    """One small flush file of ``rows`` container_logs rows (unique messages), as the writer
+    encodes it."""
+    base = int(HOUR.timestamp() * 1000)
+    rnd = random.Random(part * 1_000_003 + seq)  # ids as random as real ones: ~7 KB a file
+    table = pa.table(
+        {
+            "timestamp": pa.array(
+                [base + ((k * 37 + seq * 11) % 3600) * 1000 for k in range(rows)],
+                pa.timestamp("ms", tz="UTC"),
+            ),
+            "host": [f"host-{seq % 3}"] * rows,
+            "container_id": [f"{seq % 7:064x}"] * rows,
+            "container_name": [f"svc-{part}"] * rows,
+            "stream": ["stdout"] * rows,
+            "message": [
+                f"p{part}-f{seq}-r{k} GET /api/v1/items/{rnd.randrange(10**6)} 200 "
+                f"req={rnd.getrandbits(128):032x} trace={rnd.getrandbits(64):016x} "
+                f"user={rnd.getrandbits(48):012x} span={rnd.getrandbits(128):032x} "
+                f"session={rnd.getrandbits(128):032x} took {rnd.randrange(2000)} ms"
+                for k in range(rows)
+            ],
+        },
+        schema=CONTAINER_LOGS.arrow_schema(),
+    )
+    sink = io.BytesIO()
+    pq.write_table(table, sink, **write_options(table))
+    return sink.getvalue()
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size so far (``VmHWM``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def put(wh: Warehouse, path: str, data: bytes) -> None:
+    if isinstance(wh.fs, pafs.LocalFileSystem):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(data)
+        return
+    with wh.fs.open_output_stream(path) as out:
+        out.write(data)
+
+
+def upload(wh: Warehouse, items: list[tuple[str, Callable[[], bytes]]]) -> None:
+    with ThreadPoolExecutor(SETUP_THREADS) as pool:
+        for f in [pool.submit(lambda p=p, d=d: put(wh, p, d())) for p, d in items]:
+            f.result()
+
+
+def count_rows(wh: Warehouse, folder: str) -> tuple[int, int]:
+    """(rows, distinct messages) of the visible files in ``folder``."""
+    infos = wh.fs.get_file_info(pafs.FileSelector(folder, recursive=False))
+    messages: list[str] = []
+    for info in infos:
+        if info.base_name.endswith(".parquet") and not info.base_name.startswith((".", "_")):
+            messages += pq.read_table(info.path, filesystem=wh.fs)["message"].to_pylist()
+    return len(messages), len(set(messages))
+
+
+def bench_merge(
+    impl: ModuleType, uri: str, partitions: int, files: int, rows: int, label: str
+) -> None:
+    wh = open_warehouse(uri, create=True)
+    items: list[tuple[str, Callable[[], bytes]]] = []
+    folders = []
+    for part in range(partitions):
+        folder = wh.path(
+            partition_path("container_logs", f"svc-{part}", HOUR.strftime("%Y-%m-%d-%H"))
+        )
+        folders.append(folder)
+        for seq in range(files):
+            name = f"n{seq % 3}-{seq:016d}-0000.parquet"
+            items.append((f"{folder}/{name}", lambda p=part, s=seq: flush_file(p, s, rows)))
+    started = time.monotonic()
+    upload(wh, items)
+    size = sum(len(flush_file(0, s, rows)) for s in range(3)) / 3
+    print(
+        f"[{label}] built {partitions} partitions x {files} files of {rows} rows "
+        f"(~{size / 1024:.1f} KiB each) in {time.monotonic() - started:.1f}s"
+    )
+    started = time.monotonic()
+    merged = impl.compact_warehouse(wh, now=NOW + timedelta(days=1), lookback=None)
+    wall = time.monotonic() - started
+    print(
+        f"[{label}] merge pass: {merged} files merged in {wall:.2f}s: "
+        f"{merged / wall:.0f} files/s, {wall / partitions:.2f}s per partition; "
+        f"peak RSS {peak_rss_mib():.0f} MiB"
+    )
+    for folder in folders:
+        got, distinct = count_rows(wh, folder)
+        if got != files * rows or distinct != got:
+            raise SystemExit(f"{folder}: {got} rows, {distinct} distinct; want {files * rows}")
+    print(f"[{label}] rows checked: {partitions * files * rows} rows, each exactly once")
+
+
+def bench_idle(impl: ModuleType, uri: str, services: int, hours: int, label: str) -> None:
+    wh = open_warehouse(uri, create=True)
+    data = flush_file(0, 0, 5)
+    items: list[tuple[str, Callable[[], bytes]]] = []
+    top = NOW.replace(minute=0, second=0, microsecond=0)
+    for table in TABLES:
+        for svc in range(services):
+            for h in range(1, hours + 1):
+                dt = (top - timedelta(hours=h)).strftime("%Y-%m-%d-%H")
+                path = wh.path(partition_path(table, f"idle-{svc}", dt), "c-merged.parquet")
+                items.append((path, lambda: data))
+    started = time.monotonic()
+    upload(wh, items)
+    print(
+        f"[{label}] built {services} services x {hours} h x {len(TABLES)} tables "
+        f"({len(items)} compacted partitions) in {time.monotonic() - started:.1f}s"
+    )
+    for run in (1, 2):
+        started = time.monotonic()
+        merged = impl.compact_warehouse(wh, now=NOW, lookback=timedelta(hours=hours + 1))
+        wall = time.monotonic() - started
+        print(
+            f"[{label}] idle pass {run}: {merged} merged, {len(items)} partitions in "
+            f"{wall:.2f}s ({len(items) / wall:.0f} partitions/s)"
+        )
+
+
+def run_backend(args: argparse.Namespace, impl: ModuleType, backend: str) -> None:
+    if backend == "local":
+        root = Path(tempfile.mkdtemp(prefix="logq-bench-compact-"))
+        try:
+            if args.files:
+                bench_merge(
+                    impl, str(root / "merge"), args.partitions, args.files, args.rows, "local"
+                )
+            if args.idle_services:
+                bench_idle(impl, str(root / "idle"), args.idle_services, args.idle_hours, "local")
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return
+    from tests.support.seaweedfs import AWS_OVERRIDES, start_seaweedfs
+
+    server = start_seaweedfs()
+    try:
+        for name in AWS_OVERRIDES:
+            os.environ.pop(name, None)
+        os.environ.update(server.env())
+        if args.files:
+            uri = f"s3://{server.create_bucket()}/wh"
+            bench_merge(impl, uri, args.partitions, args.files, args.rows, "s3")
+        if args.idle_services:
+            uri = f"s3://{server.create_bucket()}/wh"
+            bench_idle(impl, uri, args.idle_services, args.idle_hours, "s3")
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=["local", "s3", "both"], default="both")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--files", type=int, default=1080, help="per partition (0: no merge)")
+    parser.add_argument("--rows", type=int, default=50, help="per file")
+    parser.add_argument("--idle-services", type=int, default=200, help="0: no idle pass")
+    parser.add_argument("--idle-hours", type=int, default=48)
+    parser.add_argument("--impl", help="a compaction.py to measure instead of the work tree's")
+    args = parser.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    impl = load_impl(args.impl)
+    print(f"compaction: {impl.__file__}; {os.cpu_count()} CPUs")
+    for backend in ("local", "s3") if args.backend == "both" else (args.backend,):
+        run_backend(args, impl, backend)
+
+
+if __name__ == "__main__":
+    main()
