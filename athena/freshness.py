@@ -1,11 +1,18 @@
-"""How fresh the data is: the newest row of a service (for `services` and empty-result notes)."""
+"""How fresh the data is: the newest (and oldest) row of a service or of planned partitions.
+
+Two ways to find it: reading a partition's ``timestamp`` column (``logq services``), or only the
+Parquet footers' row-group statistics of the newest files (the stale-data note, which runs with
+every query and must cost next to nothing). Both read the warehouse, never run a query.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    from athena.partitions import Partition
     from athena.warehouse import Warehouse
 
 
@@ -89,3 +96,110 @@ def service_freshness(
     values = [_newest_of(wh, t, [(dt, service) for dt in dts]) for t, dts in hours.items()]
     newest = max((v for v in values if v is not None), default=None)
     return Freshness(service, len(hours["envoy_access"]), len(hours["container_logs"]), newest)
+
+
+#: Footers read per partition at most when looking for the newest row (the newest files of
+#: each writer node, by name: names carry a per-node increasing segment number).
+MAX_FOOTERS = 16
+
+
+def oldest_data(wh: Warehouse, table: str, services: list[str] | None) -> datetime | None:
+    """Oldest ``timestamp`` of ``services`` (None: all) from their oldest hour with files."""
+    from athena.partitions import list_dts, list_files, list_services
+
+    chosen = list_services(wh, table) if services is None else services
+    firsts = []
+    for svc in chosen:
+        for dt in list_dts(wh, table, svc):
+            files = list_files(wh, wh.path(table, f"service={svc}", f"dt={dt}"))
+            if files:
+                firsts.append((dt, files))
+                break
+    if not firsts:
+        return None
+    dt0 = min(dt for dt, _ in firsts)
+    found = [footer_bound(wh, f.path, low=True) for dt, fs in firsts if dt == dt0 for f in fs]
+    values = [v for v in found if v is not None]
+    return min(values) if values else None
+
+
+def newest_data_quick(wh: Warehouse, table: str, services: list[str] | None) -> datetime | None:
+    """Newest ``timestamp`` of ``services`` (None: all) from the Parquet footers of their newest
+    hours: one listing per service finds its hours, then :func:`newest_in`."""
+    from athena.partitions import Partition, list_dts, list_files, list_services
+
+    chosen = list_services(wh, table) if services is None else services
+    parts = [
+        Partition(table, svc, dt, list_files(wh, wh.path(table, f"service={svc}", f"dt={dt}")))
+        for svc in chosen
+        for dt in list_dts(wh, table, svc)[-2:]
+    ]
+    return newest_in(wh, parts)
+
+
+def newest_in(wh: Warehouse, parts: list[Partition]) -> datetime | None:
+    """Newest ``timestamp`` in ``parts``, read from the footers of the newest files of their
+    newest hour; an hour whose files hold no rows falls back to the hour before it."""
+    for dt in sorted({p.dt for p in parts}, reverse=True):
+        files = [f.path for p in parts if p.dt == dt for f in p.files]
+        values = [footer_bound(wh, path) for path in newest_files(files)]
+        found = [v for v in values if v is not None]
+        if found:
+            return max(found)
+    return None
+
+
+def newest_files(paths: Iterable[str]) -> list[str]:
+    """The last files by name of each writer node (``<node>-<seq>-<part>.parquet``), at most
+    :data:`MAX_FOOTERS` in all; other names count as one node each."""
+    import re
+
+    groups: dict[str, list[str]] = {}
+    for path in paths:
+        match = re.fullmatch(r"(.*)-\d{16}-\d{4}\.parquet", path.rsplit("/", 1)[-1])
+        groups.setdefault(match.group(1) if match else path, []).append(path)
+    picked = [p for g in groups.values() for p in sorted(g)[-2:]]
+    return sorted(picked)[-MAX_FOOTERS:]
+
+
+def footer_bound(wh: Warehouse, path: str, low: bool = False) -> datetime | None:
+    """Max (or min, ``low``) ``timestamp`` of one file from its footer's row-group statistics;
+    the column itself is read only when a row group has none. None for a file with no rows."""
+    from datetime import UTC
+    from datetime import datetime as dt_type
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from athena.engines.local import unreadable_file
+
+    try:
+        meta = pq.read_metadata(path, filesystem=wh.fs)
+        names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+        col = names.index("timestamp")
+        bounds = []
+        for i in range(meta.num_row_groups):
+            group = meta.row_group(i)
+            if group.num_rows == 0:
+                continue
+            stats = group.column(col).statistics
+            if stats is None or not stats.has_min_max:
+                table = pq.read_table(path, columns=["timestamp"], filesystem=wh.fs)
+                value = (pc.min if low else pc.max)(table["timestamp"]).as_py()
+                return None if value is None else _utc(value)
+            bounds.append(stats.min if low else stats.max)
+    except (pa.ArrowException, ValueError) as exc:
+        raise unreadable_file(path, exc) from exc
+    if not bounds:
+        return None
+    values = [
+        dt_type.fromtimestamp(v / 1000, UTC) if isinstance(v, int) else _utc(v) for v in bounds
+    ]
+    return min(values) if low else max(values)
+
+
+def _utc(value: datetime) -> datetime:
+    from datetime import UTC
+
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -53,7 +53,7 @@ def _status_bounds(text: str, value: str) -> tuple[int, int]:
 
 
 def _shown(value: str) -> str:
-    from cli.runner import shown
+    from cli.notes import shown
 
     return shown(value)
 

@@ -66,10 +66,11 @@ def tail(
             _print_log_lines(common, result, prep, rows)
             return
         from cli.follow import ATHENA_MIN_INTERVAL, follow_lines
+        from cli.notes import note
         from cli.options import EngineName
 
         if common.engine is EngineName.athena and interval < ATHENA_MIN_INTERVAL:
-            runner.note(
+            note(
                 f"logq: note: every --follow poll is an Athena query (billed, 10 MB minimum); "
                 f"polling every {ATHENA_MIN_INTERVAL:.0f} s"
             )
@@ -85,8 +86,8 @@ def _check_regex(pattern: str, common: Common) -> None:
     asks DuckDB itself (an in-memory call on an empty string, a few ms); for Athena only what no
     engine takes is refused here, and Athena's own error says the rest.
     """
+    from cli.notes import shown
     from cli.options import EngineName
-    from cli.runner import shown
 
     if "\x00" in pattern:
         raise ValueError(f"--grep {shown(pattern)} contains a NUL character")

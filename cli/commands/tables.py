@@ -27,11 +27,13 @@ def sql(
     method, say so in the statement (WHERE starts_with(path, '/api') AND method = 'GET').
     """
     from cli import runner
+    from cli.explain import note_unknown_services
+    from cli.notes import note
 
     with friendly():
         if common.engine is EngineName.athena:
             if common.service or common.since or common.until:
-                runner.note(
+                note(
                     "logq: note: on Athena the statement runs as written; --service/--since/"
                     "--until apply only to the local engine (put them in the WHERE clause)"
                 )
@@ -59,7 +61,7 @@ def sql(
 
                 check_bucket(engine.warehouse)  # a missing bucket lists as empty
             for t in sorted(scopes):
-                runner.note_unknown_services(engine.warehouse, t, services, all_too=True)
+                note_unknown_services(engine.warehouse, t, services, all_too=True)
             if common.dry_run:
                 for t, parts in scopes.items():
                     sys.stdout.write(f"-- {t}: {len(parts)} partitions\n")
@@ -285,6 +287,8 @@ def _services_local(common: Common) -> None:
     from athena.freshness import known_services, service_freshness
     from athena.warehouse import open_warehouse
     from cli import runner
+    from cli.explain import NO_DATA_EXIT, one_level_off, unknown_services_text
+    from cli.notes import note
 
     hours = None  # every hour, unless --since/--until narrow it
     if common.since or common.until:
@@ -299,9 +303,7 @@ def _services_local(common: Common) -> None:
     if names and wanted and unknown and len(unknown) < len(wanted):
         present = ", ".join(s for s in wanted if s in names)
         rest = f"; showing {present} only"
-        runner.note(
-            "logq: note: " + runner.unknown_services_text("the warehouse", unknown, names, rest)
-        )
+        note("logq: note: " + unknown_services_text("the warehouse", unknown, names, rest))
     chosen = [svc for svc in names if wanted is None or svc in wanted]
     if common.dry_run:
         _services_dry_run(wh, chosen, hours)
@@ -314,19 +316,19 @@ def _services_local(common: Common) -> None:
         if found:
             reason = f"no data between {hours[0]}h and {hours[1]}h UTC" if hours else ""
         elif wanted and names:
-            reason = runner.unknown_services_text("the warehouse", wanted, names)
+            reason = unknown_services_text("the warehouse", wanted, names)
             nothing = True
         else:
             from cli.storage import check_bucket
 
             check_bucket(wh)  # a missing bucket lists as empty: say so, not "no data"
-            off = runner.one_level_off(wh)
+            off = one_level_off(wh)
             reason = f"the warehouse {wh.uri} holds no data yet" + (f"; {off}" if off else "")
             nothing = True
-        runner.note(f"logq: no results: {reason}")
+        note(f"logq: no results: {reason}")
     runner.show(common, result, title="services")
     if nothing:
-        raise typer.Exit(runner.NO_DATA_EXIT)
+        raise typer.Exit(NO_DATA_EXIT)
 
 
 def _services_dry_run(wh: Any, chosen: list[str], hours: tuple[str, str] | None) -> None:

@@ -221,7 +221,7 @@ def test_unknown_service_suggests_the_closest_name(logq, warehouse: Warehouse) -
 
 def test_unknown_service_among_many_names_only_the_closest() -> None:
     """With 60 services, the 30 first names would hide the one meant: only the closest."""
-    from cli.runner import unknown_services_text
+    from cli.explain import unknown_services_text
 
     known = sorted([f"svc-{i:02d}" for i in range(59)] + ["checkout"])
     text = unknown_services_text("envoy_access", ["chekout"], known)

@@ -1,0 +1,295 @@
+"""Why an answer is empty or may be stale, in words that say what to try next.
+
+An empty table in an incident reads as "all is well"; so does "no errors" from a window the
+pipeline never filled. These explanations tell those apart from a real empty answer: a warehouse
+path one folder off, unknown ``--service`` names (with the closest known ones), a window before
+or after the data, how many requests the window held, and a newest row minutes old. They are
+notes and reasons around the answer, never a change to it; only "no possible answer" changes
+the exit status (:data:`NO_DATA_EXIT`). Running and printing the query is :mod:`cli.runner`'s.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cli.notes import note_once
+from cli.options import Common, EngineName
+
+if TYPE_CHECKING:
+    from athena.warehouse import Warehouse
+    from cli.runner import Prepared
+
+
+#: Known services listed in full by an unknown-service message; with more, only the closest
+#: names are (a list of 200 hides the one that was meant).
+LIST_KNOWN_MAX = 10
+
+
+def unknown_services_text(table: str, unknown: list[str], known: list[str], rest: str = "") -> str:
+    """``unknown service 'chekout' in <table>; known: a, b; did you mean 'checkout'?``.
+
+    The closest known names (difflib) end the message; the known names are listed when there
+    are few (or when none is close), else counted. ``rest`` goes before the suggestion.
+    """
+    import difflib
+
+    close: list[str] = []
+    for name in unknown:
+        for match in difflib.get_close_matches(name, known, n=3, cutoff=0.6):
+            if match not in close:
+                close.append(match)
+    text = f"unknown service {', '.join(map(repr, unknown))} in {table}"
+    if len(known) <= LIST_KNOWN_MAX or not close:
+        listed = ", ".join(known[:30]) + (f" ... ({len(known)} in all)" if len(known) > 30 else "")
+        text += f"; known: {listed}"
+    else:
+        text += f" ({len(known)} known services; `logq services` lists them)"
+    text += rest
+    if close:
+        text += f"; did you mean {' or '.join(map(repr, close))}?"
+    return text
+
+
+def note_unknown_services(
+    wh: Warehouse, table: str, services: list[str] | None, all_too: bool = False
+) -> None:
+    """Name the ``--service`` values ``table`` has no folder for, on stderr, with the known ones.
+
+    A name that matches nothing is dropped by the query's ``IN (...)`` without a word; with
+    ``recipe,recipee`` the answer would look complete. When *every* name is unknown the
+    canned queries say so in their "no results" reason instead (``all_too`` False); ``logq
+    sql``, which has no such reason, asks for that case too. Like that reason, this is a note:
+    the answer (possibly empty) is still printed and the exit code stays 0.
+    """
+    if not services:
+        return
+    from athena.partitions import list_services
+
+    known = list_services(wh, table)
+    unknown = [s for s in services if s not in known]
+    if not unknown or (len(unknown) == len(services) and not all_too):
+        return
+    if not known:
+        return  # an empty table is explained by the "no data at all" reason, not per name
+    found = [s for s in services if s in known]
+    rest = f"; showing {', '.join(found)} only" if found else ""
+    note_once(f"logq: note: {unknown_services_text(table, unknown, known, rest)}")
+
+
+#: Exit status when the question cannot have an answer: every ``--service`` is unknown, or the
+#: warehouse holds no data of the table at all (a typo, or a path one level off). The empty
+#: answer is still printed; 3 lets a script tell it from "no matching rows" (0).
+NO_DATA_EXIT = 3
+
+#: Canned queries over envoy_access whose empty answer is explained by how many requests the
+#: window held (one ``requests`` query on the same partitions, locally).
+COUNTED = frozenset({"errors", "latency", "top", "flags", "upstreams", "timeline"})
+
+
+def no_data_reason(common: Common, prep: Prepared) -> str | None:
+    """Why the question has no answer at all (locally): the table has no data, or every
+    ``--service`` is unknown. None when the data is there (an empty answer is then a real one)."""
+    if common.engine is not EngineName.local:
+        return None
+    from athena.partitions import list_services
+    from athena.warehouse import open_warehouse
+
+    wh = open_warehouse(common.warehouse)
+    known = list_services(wh, prep.table)
+    if not known:
+        from cli.storage import check_bucket
+
+        check_bucket(wh)  # a missing bucket lists as empty: say so, not "no data"
+        off = one_level_off(wh)
+        return f"the warehouse {wh.uri} has no {prep.table} data at all; " + (
+            off or "check --warehouse / LOGQ_WAREHOUSE, or run `logq demo` to make some"
+        )
+    if prep.services:
+        unknown = [s for s in prep.services if s not in known]
+        if len(unknown) == len(prep.services):
+            return unknown_services_text(prep.table, unknown, known)
+    return None
+
+
+def one_level_off(wh: Warehouse) -> str | None:
+    """``did you mean --warehouse X?`` when ``wh`` is one folder off a real warehouse: its parent
+    (a folder holding a warehouse), or a table or partition folder inside one."""
+    import pyarrow.fs as pafs
+
+    from athena.schema import TABLES
+
+    root = wh.base.rstrip("/")
+    prefix = "s3://" if wh.is_s3 else ""
+    name = root.rsplit("/", 1)[-1]
+    if _inside(name):
+        parts = root.split("/")
+        while parts and _inside(parts[-1]):
+            parts.pop()
+        if parts and parts != [""]:
+            up = "/".join(parts)
+            return (
+                f"{wh.uri} is a folder inside a warehouse: did you mean --warehouse {prefix}{up}?"
+            )
+    try:
+        infos = wh.fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        for info in sorted(infos, key=lambda i: i.path):
+            if info.type != pafs.FileType.Directory:
+                continue
+            inner = wh.fs.get_file_info(pafs.FileSelector(info.path, allow_not_found=True))
+            if any(i.base_name in TABLES for i in inner):
+                return (
+                    f"{info.base_name}/ inside it is a warehouse: did you mean --warehouse "
+                    f"{prefix}{info.path}?"
+                )
+    except OSError:
+        return None
+    return None
+
+
+def _inside(name: str) -> bool:
+    """Whether a folder name is one a warehouse has inside it (a table or a partition)."""
+    from athena.schema import TABLES
+
+    return name in TABLES or name.startswith(("service=", "dt="))
+
+
+def explain_empty(common: Common, prep: Prepared, data_known: bool = False) -> str:
+    """Why a query returned nothing, in words that say what to try next (``data_known``: the
+    caller found :func:`no_data_reason` None already)."""
+    from athena.timerange import iso_utc
+
+    span = f"between {iso_utc(prep.trange.since)} and {iso_utc(prep.trange.until)}"
+    hint = f"; {prep.empty_hint}" if prep.empty_hint else ""
+    if common.engine is not EngineName.local:
+        where = f" for {', '.join(prep.services)}" if prep.services else ""
+        return (
+            f"no matching rows {span}{where}; `logq services --engine athena --since 1d` lists "
+            f"the services with recent data{hint}"
+        )
+    reason = None if data_known else no_data_reason(common, prep)
+    if reason is not None:
+        return reason
+    return explain_no_rows(common, prep, span, hint)
+
+
+def explain_no_rows(common: Common, prep: Prepared, span: str, hint: str) -> str:
+    """The local reason for an empty answer over data that exists: where the data is when the
+    window has none, else how many requests the window had."""
+    from athena.freshness import newest_data_quick
+    from athena.timerange import iso_utc
+    from athena.warehouse import open_warehouse
+
+    wh = open_warehouse(common.warehouse)
+    where = f" for {', '.join(prep.services)}" if prep.services else ""
+    if not prep.scopes.get(prep.table):
+        return no_partitions_reason(wh, prep, span, where) + hint
+    files = sum(len(p.files) for p in prep.scopes[prep.table])
+    read = f"{len(prep.scopes[prep.table])} partitions, {files} files read"
+    if prep.table == "envoy_access" and prep.name in COUNTED:
+        requests = count_requests(common, prep)
+        if requests:
+            return f"{requests:,} requests {span}{where}, none matched ({read}){hint}"
+        newest = newest_data_quick(wh, prep.table, prep.services)
+        tail = f"; newest data{where}: {iso_utc(newest)}" if newest else ""
+        return f"no requests {span}{where}{filters_text(common)} ({read}){tail}{hint}"
+    return f"no matching rows {span} ({read}){hint}"
+
+
+def filters_text(common: Common) -> str:
+    """`` matching --path /x --method GET`` for the filters given (empty without any)."""
+    given = [f"--{n} {v}" for n, v in (("path", common.path), ("method", common.method)) if v]
+    return f" matching {' '.join(given)}" if given else ""
+
+
+def count_requests(common: Common, prep: Prepared) -> int:
+    """Requests in the window with the common filters (one local query, same partitions)."""
+    from athena.queries import load
+    from cli.runner import make_engine
+
+    engine = make_engine(common)
+    result = engine.run(load("requests").text, prep.params, {prep.table: prep.scopes[prep.table]})
+    return int(result.rows[0][0]) if result.rows else 0
+
+
+def no_partitions_reason(wh: Warehouse, prep: Prepared, span: str, where: str) -> str:
+    """No partition in range: say where the data is, and which way to move the window."""
+    from athena.freshness import newest_data, oldest_data
+    from athena.timerange import as_utc, iso_utc
+
+    newest = newest_data(wh, prep.table, prep.services)
+    text = f"no {prep.table} data {span}{where}"
+    if newest is None:
+        return f"{text}; widen --since"
+    oldest = oldest_data(wh, prep.table, prep.services)
+    if oldest is not None and prep.trange.until <= as_utc(oldest):
+        return (
+            f"{text}; the data{where} starts at {iso_utc(oldest)}: move --since/--until later "
+            f"(newest: {iso_utc(newest)})"
+        )
+    if prep.trange.since > as_utc(newest):
+        return f"{text}; newest data{where}: {iso_utc(newest)}; start --since before it"
+    return f"{text} (a gap in the data); newest data{where}: {iso_utc(newest)}"
+
+
+#: A newest row older than this, with ``--until`` now, gets a note: the aggregator flushes every
+#: 10 s by default and docs/operations.md suggests 60-300 s in production, so up to five minutes
+#: of lag is routine there; 2 minutes flags it early, and the note says both readings ("not
+#: flushed yet" or "stalled") instead of guessing. A note, never an error: the answer stands.
+STALE_AFTER_SECONDS = 120
+
+
+def note_stale(common: Common, prep: Prepared) -> None:
+    """With ``--until`` now, say on stderr when the newest row of the selected services is old:
+    rows after it may not be flushed yet, or the pipeline stalled. "No errors" read from a
+    window the pipeline never filled is the trap this closes.
+
+    Cost: none beyond Parquet footers when the window has data: the newest partition the query
+    already planned holds the newest row (``--until`` is now), and the footers of its newest
+    files give it (row-group statistics; no data pages). A service with nothing in the window
+    costs one listing of its hours. On Athena no query is run: the check uses the warehouse
+    listing when ``--warehouse`` names the s3:// location, and is skipped otherwise (a second
+    Athena query would add seconds and a 10 MB minimum charge to every call).
+    """
+    if common.until is not None or common.dry_run or prep.stale_checked:
+        return
+    prep.stale_checked = True  # once: ``tail --follow`` runs the query every poll
+    if common.engine is EngineName.athena and not (common.warehouse or "").startswith("s3://"):
+        return
+    from athena.engines.result import EngineError
+    from athena.freshness import newest_data_quick, newest_in
+    from athena.timerange import as_utc, iso_utc
+    from athena.warehouse import open_warehouse
+
+    try:
+        wh = open_warehouse(common.warehouse)
+        planned = prep.scopes.get(prep.table) or []
+        for name in (prep.services or [None])[:10]:
+            parts = [p for p in planned if name is None or p.service == name]
+            if parts:
+                newest = newest_in(wh, parts)
+            else:
+                newest = newest_data_quick(wh, prep.table, None if name is None else [name])
+            if newest is None:
+                continue
+            age = (prep.trange.until - as_utc(newest)).total_seconds()
+            if age > STALE_AFTER_SECONDS:
+                who = f"for {name}" if name else f"in {prep.table}"
+                note_once(
+                    f"logq: note: newest data {who}: {iso_utc(newest)} ({human_age(age)} ago): "
+                    "rows after it may not be flushed yet or the pipeline is stalled (or there "
+                    "was no traffic since)"
+                )
+    except (OSError, EngineError):
+        return  # a note is best effort; the query itself reports storage failures
+
+
+def human_age(seconds: float) -> str:
+    """``45s``, ``9m``, ``3h05m``, ``2d04h``."""
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 172800:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
