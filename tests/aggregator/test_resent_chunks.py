@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import re
 import socket
+import struct
 import time
 import urllib.request
 from pathlib import Path
@@ -335,6 +336,11 @@ def test_a_keyed_frame_reads_as_the_same_table_for_old_and_new_readers(compressi
     assert frame_chunk(keyed) == key
     assert frame_chunk(plain) is None  # even with "logq.chunk" among its lines
     assert frame_chunk(b"\x00\x00\x00\x01logq.chunk garbage") is None
+    # Lines that spell the key-value's bytes forge no key: only the batch header is read.
+    value = (struct.pack("<I", 32) + b"f" * 32 + b"\x00").decode("latin-1")
+    forged = _batch([f"\n\x00\x00\x00logq.chunk\x00{value}"] * 3)
+    assert frame_chunk(to_ipc(forged, compression)) is None
+    assert frame_chunk(frame_payload(forged, compression, key)) == key
 
 
 def test_a_reopened_buffer_knows_the_chunks_of_its_segments_and_of_flushed_ones(
