@@ -58,9 +58,10 @@ class Heartbeat:
     committed_through: float
     updated: float
     flush_interval: float
-    compacts: bool = True
-    """Whether the node runs the periodic compaction (``--compact-interval``). Heartbeats of
-    versions before this field count as compacting, which is what every node assumed then."""
+    compacts: bool | None = None
+    """Whether the node runs the periodic compaction (``--compact-interval``); None for the
+    heartbeat of a version before this field, which may or may not: such a node is never
+    waited for (see :func:`compaction_blocker`)."""
 
     def stale(self, now: float) -> bool:
         return now - self.updated > STALE_INTERVALS * self.flush_interval + STALE_GRACE_S
@@ -222,7 +223,7 @@ def read_heartbeats(warehouse: Warehouse) -> list[Heartbeat]:
                 float(doc["committed_through"]),
                 float(doc["updated"]),
                 float(doc["flush_interval"]),
-                _flag(doc.get("compacts", True)),
+                _flag(doc.get("compacts")),
             )
         except (OSError, pa.ArrowException, ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable ledger heartbeat %s: %s", info.path, exc)
@@ -231,8 +232,8 @@ def read_heartbeats(warehouse: Warehouse) -> list[Heartbeat]:
     return beats
 
 
-def _flag(value: object) -> bool:
-    if not isinstance(value, bool):
+def _flag(value: object) -> bool | None:
+    if value is not None and not isinstance(value, bool):
         raise TypeError(f"'compacts' is {value!r}, not true or false")
     return value
 
@@ -263,6 +264,10 @@ def compaction_blocker(
     * The ledger's expiry (``compacts=False``: a node without the flag, hourly) follows the
       same election, so that exactly one node expires: none of them while a live node
       compacts (its passes expire the ledger), else the live one with the smallest id.
+    * A node of an older version (no ``compacts`` in its heartbeat) is not waited for as the
+      compactor: during a rolling upgrade it may compact beside the elected node (safe, only
+      wasted work, see :mod:`aggregator.compaction`) rather than each node deferring to the
+      other and none compacting or expiring the ledger.
     """
     stale = sorted(b.node for b in beats if b.node != node_id and b.stale(now))
     if stale:
@@ -276,7 +281,7 @@ def compaction_blocker(
     if node_id is None:
         return None
     others = [b for b in beats if b.node != node_id]  # every one of them is fresh here
-    compactors = sorted(b.node for b in others if b.compacts)
+    compactors = sorted(b.node for b in others if b.compacts is True)
     if compacts:
         if compactors and compactors[0] < node_id:
             reason = f"aggregator {compactors[0]} compacts (the live one with the smallest node id)"

@@ -261,7 +261,7 @@ def test_only_the_smallest_live_node_compacts_and_none_while_one_is_down() -> No
     now = 1_800_000_000.0
 
     def beat(node: str, age: float) -> Heartbeat:
-        return Heartbeat(node, now - age, now - age, flush_interval=10.0)
+        return Heartbeat(node, now - age, now - age, flush_interval=10.0, compacts=True)
 
     live = [beat("node-b", 5), beat("node-a", 5), beat("node-c", 5)]
     assert compaction_blocker(live, "node-a", now) is None
@@ -293,17 +293,23 @@ def test_only_nodes_that_compact_are_elected_to(tmp_path: Path) -> None:
     assert compaction_blocker(beats, "node-c", now) == CompactionHold(
         "aggregator node-b compacts (the live one with the smallest node id)", peer_down=False
     )
-    # A heartbeat of an older version, without the field, counts as compacting (as then);
-    # one with a value that is not a boolean is ignored (logged), like any unreadable one.
+    # A heartbeat of an older version, without the field, is not waited for (that node,
+    # by its own rule, defers to the smallest live id: waiting for it would stall both); one
+    # with a value that is not a boolean is ignored (logged), like any unreadable one.
     nodes = tmp_path / "wh" / "_ledger" / "_nodes"
     old = json.loads((nodes / "node-a.json").read_text())
     del old["compacts"]
     (nodes / "node-a.json").write_text(json.dumps(old))
     (nodes / "node-0.json").write_text(json.dumps({**old, "node": "node-0", "compacts": "no"}))
     beats = read_heartbeats(wh)
-    assert {b.node: b.compacts for b in beats} == {"node-a": True, "node-b": True, "node-c": True}
-    hold = compaction_blocker(beats, "node-b", now)
-    assert hold is not None and hold.reason.startswith("aggregator node-a compacts")
+    assert {b.node: b.compacts for b in beats} == {"node-a": None, "node-b": True, "node-c": True}
+    assert compaction_blocker(beats, "node-b", now) is None
+    # Nor for the ledger's expiry: with no node saying it compacts, the smallest live id
+    # expires, be it the old node (it expires hourly by its own rule) or this one.
+    only_old = [b for b in beats if b.node == "node-a"]
+    assert compaction_blocker(only_old, "node-0", now, compacts=False) is None
+    hold = compaction_blocker(only_old, "node-b", now, compacts=False)
+    assert hold is not None and "node-a expires the ledger" in hold.reason
 
 
 def crashed_node(uri: str) -> Ledger:
