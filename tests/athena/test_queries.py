@@ -160,3 +160,146 @@ def test_routes_on_athena_replace_every_match() -> None:
     assert sql.count("regexp_replace(") == 3 and "'g'" not in sql
     duck, _ = to_duckdb(queries.load("errors").text, {**COMMON, "raw_paths": False})
     assert duck.count("'g'") == 3
+
+
+# latency.sql as it was when it folded every request's path (three regexp_replace per row): the
+# reference the distinct-path version must agree with.
+_ID_RE = (
+    "'/([0-9]+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    "|[0-9a-fA-F]{16,}|[^/]*[0-9]{4}[^/]*)"
+)
+LATENCY_PER_ROW = f"""
+SELECT
+  service,
+  CASE :group_by
+    WHEN 'upstream' THEN coalesce(upstream_host, '-')
+    WHEN 'method' THEN method
+    WHEN 'path' THEN CASE WHEN :raw_paths THEN path ELSE
+      regexp_replace(
+        regexp_replace(
+          regexp_replace(split_part(path, '?', 1), {_ID_RE}/', '/{{id}}/'),
+          {_ID_RE}/', '/{{id}}/'),
+        {_ID_RE}$', '/{{id}}')
+    END
+  END AS "key",
+  count(*) AS requests,
+  approx_percentile(duration_ms, 0.5) AS p50_ms,
+  approx_percentile(duration_ms, 0.9) AS p90_ms,
+  approx_percentile(duration_ms, 0.99) AS p99_ms,
+  max(duration_ms) AS max_ms,
+  count(*) OVER () AS total_rows
+FROM envoy_access
+WHERE dt BETWEEN :dt_from AND :dt_to
+  AND (:all_services OR service IN (:services))
+  AND "timestamp" >= CAST(:since AS timestamp)
+  AND "timestamp" < CAST(:until AS timestamp)
+  AND (:path_prefix = '' OR starts_with(path, :path_prefix))
+  AND (:method = '' OR method = :method)
+GROUP BY 1, 2
+ORDER BY p99_ms DESC, requests DESC, 1, 2
+LIMIT :row_limit
+"""
+
+
+def _many_paths(n: int) -> list[str | None]:
+    """``n`` request paths over a few routes: numeric ids, UUIDs, long hex, SKU-like and date
+    segments, neighbouring ids, query strings (some with ids and slashes in them), NULLs."""
+    import random
+    import uuid
+
+    rng = random.Random(7)
+    out: list[str | None] = []
+    for i in range(n):
+        num, hexid = rng.randint(0, 10**7), f"{rng.getrandbits(80):020x}"
+        uid = str(uuid.UUID(int=rng.getrandbits(128)))
+        pick = rng.choice(
+            [
+                f"/api/v1/orders/{num}",
+                f"/api/v1/orders/{num}/items/{rng.randint(1, 99)}",
+                f"/api/v1/carts/{uid.upper() if i % 2 else uid}/items",
+                f"/static/{hexid}/app.js",
+                f"/api/v1/products/SKU-{num}/reviews/2024-05-{rng.randint(10, 28)}",
+                f"/api/v1/orders/{num}/{num + 1}/{num + 2}",
+                f"/api/v1/search?q=term{num}&page={rng.randint(1, 9)}",
+                f"/api/v1/users/{num}?next=/api/v1/users/{num}/",
+                "/api/v1/users/me",
+                f"/a/{num}/",
+                "/",
+                f"/v2/h264/oauth2?state={hexid}",
+                None,
+            ]
+        )
+        out.append(pick)
+    return out
+
+
+def test_latency_routes_once_per_path_same_answers_as_per_request() -> None:
+    """latency.sql folds each distinct path once and joins the route back; on data with many
+    distinct paths (ids, query strings, NULL paths) it answers exactly as folding every request
+    did, for every --by, with and without raw_paths, with filters and a LIMIT."""
+    import random
+
+    import duckdb
+    import pandas as pd
+
+    n = 6000
+    rng = random.Random(11)
+    paths = _many_paths(n)
+    rows = pd.DataFrame(
+        {
+            "dt": [rng.choice(["2026-11-27-22", "2026-11-27-23"]) for _ in range(n)],
+            "service": [rng.choice(["recipe", "cart", "auth"]) for _ in range(n)],
+            "timestamp": [
+                pd.Timestamp("2026-11-27 22:30:00") + pd.Timedelta(seconds=rng.randint(0, 7200))
+                for _ in range(n)
+            ],
+            "path": paths,
+            "method": [rng.choice(["GET", "GET", "POST", "DELETE"]) for _ in range(n)],
+            "duration_ms": [rng.randint(0, 3000) for _ in range(n)],
+            "upstream_host": [rng.choice(["10.0.0.1:80", "10.0.0.2:80", None]) for _ in range(n)],
+        }
+    )
+    distinct = {p.split("?", 1)[0] for p in paths if p is not None}
+    assert len(distinct) > 2000 and any(p is None for p in paths)
+    assert sum(1 for p in paths if p and "?" in p) > 500
+    con = duckdb.connect()
+    con.register("envoy_access", rows)
+    base = {**COMMON, "all_services": True, "services": [""], "row_limit": 100000}
+    cases = [
+        {"group_by": by, "raw_paths": raw}
+        for by in ("path", "upstream", "method")
+        for raw in (False, True)
+    ] + [
+        {"group_by": "path", "raw_paths": False, "services": ["cart"], "all_services": False},
+        {"group_by": "path", "raw_paths": False, "path_prefix": "/api/v1/orders/"},
+        {"group_by": "path", "raw_paths": False, "method": "POST", "row_limit": 7},
+    ]
+    new_text = queries.load("latency").text
+    routed_groups = 0
+    for case in cases:
+        params = {**base, **case}
+        want_sql, want_bound = to_duckdb(LATENCY_PER_ROW, params)
+        got_sql, got_bound = to_duckdb(new_text, params)
+        want = con.execute(want_sql, want_bound).fetchall()
+        got = con.execute(got_sql, got_bound).fetchall()
+        assert want, case
+        assert got == want, case
+        if case["group_by"] == "path" and not case["raw_paths"] and "services" not in case:
+            routed_groups = max(routed_groups, len(got))
+    # Folding made a few routes of thousands of paths (NULL stays one group per service).
+    assert 10 <= routed_groups < 100
+    keys = {r[1] for r in got}  # the last case: POST, routed, LIMIT 7
+    assert len(got) == 7 and all(k is None or "?" not in k for k in keys)
+
+
+def test_latency_sql_is_trino_with_athena_percentiles() -> None:
+    """The Athena text parses as Trino, uses approx_percentile and carries each route regex
+    once (in the distinct-path step), with no DuckDB 'g' flag."""
+    import sqlglot
+
+    text = queries.athena_literal_sql(queries.load("latency").text, COMMON)
+    tree = sqlglot.parse_one(text, read="trino")
+    assert tree is not None
+    sql, _ = to_athena(queries.load("latency").text, COMMON)
+    assert sql.count("approx_percentile(duration_ms, 0.99)") == 1
+    assert sql.count("regexp_replace(") == 3 and "'g'" not in sql
