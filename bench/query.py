@@ -21,6 +21,16 @@ one file per service-hour, as compaction leaves them), a share F of them (the ol
 older schema version without ``upstream_host`` and ``x_forwarded_for``; prints wall time and peak
 RSS of ``logq errors``, ``logq upstreams`` (reads a column the old files lack) and
 ``logq sql "SELECT count(*) ..."`` over all of them: the local engine's cost per file.
+
+``--listing s3|local [--services N] [--hours H] [--e2e]``: instead, the cost of *planning* a query
+over every service (no ``--service``): N services (default 500) x the last H hours (default 48),
+one tiny file per service-hour, on a private SeaweedFS (``s3``, started and stopped here) or in a
+local directory. For ``--since 1h``, ``1d``, ``2d`` (and ``30d`` when H >= 720) it prints the
+filesystem listings :func:`athena.partitions.plan` makes (recursive ones apart: those page
+through a whole service folder), its wall time and the peak RSS of a process that only plans;
+``--e2e`` also runs ``logq errors --since 1d`` (wall time, peak RSS). ``--latency-ms MS`` (S3)
+plans again through a relay that delays every request by MS, as a real S3 round trip does;
+``--code DIR`` plans with the ``athena`` package of another checkout (before/after figures).
 """
 
 from __future__ import annotations
@@ -157,14 +167,35 @@ def timed(fn, repeat: int) -> tuple[float, object]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=10_000_000)
-    ap.add_argument("--services", type=int, default=20)
-    ap.add_argument("--hours", type=int, default=24)
+    ap.add_argument("--services", type=int, default=None, help="default 20 (--listing: 500)")
+    ap.add_argument("--hours", type=int, default=None, help="default 24 (--listing: 48)")
     ap.add_argument("--warehouse", default=None, help="directory (default: a temp dir, removed)")
     ap.add_argument("--reuse", action="store_true", help="query an existing --warehouse as is")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--files", type=int, default=0, help="many-files mode: this many files")
     ap.add_argument("--old-share", type=float, default=0.0, help="--files: old-schema share")
+    ap.add_argument("--listing", choices=["s3", "local"], default=None,
+                    help="planning mode: listing cost over many services")  # fmt: skip
+    ap.add_argument("--e2e", action="store_true", help="--listing: also logq errors --since 1d")
+    ap.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="--listing s3: also plan through a relay adding this per request",
+    )
+    ap.add_argument(
+        "--code",
+        default=None,
+        help="--listing: plan with the athena package of this checkout (compare)",
+    )
     args = ap.parse_args()
+    if args.listing:
+        return planning(
+            args.listing, args.services or 500, args.hours or 48, args.e2e,
+            args.latency_ms, args.code,
+        )  # fmt: skip
+    args.services = args.services or 20
+    args.hours = args.hours or 24
     if args.files:
         return many_files(args.files, args.old_share, args.warehouse)
 
@@ -335,6 +366,211 @@ def report(uri: str, repeat: int) -> None:
           f"peak RSS {flag_mib} MiB")  # fmt: skip
     print(f"  {'  same with LIMIT 5 in the SQL (the yardstick)':<52} {sql_s * 1000:8.1f} ms  "
           f"peak RSS {sql_mib} MiB")  # fmt: skip
+
+
+# --- --listing: the cost of planning a query over every service ------------------------------
+
+#: The child that plans once and reports: listings, seconds, partitions, files, peak RSS.
+_PLAN_CHILD = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from athena import partitions
+from athena.timerange import TimeRange
+from athena.warehouse import Warehouse, open_warehouse
+
+class Counting:  # the warehouse filesystem, counting listings (recursive ones apart)
+    def __init__(self, fs):
+        self.fs, self.flat, self.recursive = fs, 0, 0
+    def get_file_info(self, what):
+        if getattr(what, "recursive", None) is True:
+            self.recursive += 1
+        elif hasattr(what, "base_dir"):
+            self.flat += 1
+        return self.fs.get_file_info(what)
+    def __getattr__(self, name):
+        return getattr(self.fs, name)
+
+real = open_warehouse(sys.argv[2])
+fs = Counting(real.fs)
+wh = Warehouse(uri=real.uri, fs=fs, base=real.base)
+trange = TimeRange.parse(sys.argv[3], None)
+started = time.perf_counter()
+parts = partitions.plan(wh, "envoy_access", None, trange)
+seconds = time.perf_counter() - started
+hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+print(json.dumps({"flat": fs.flat, "recursive": fs.recursive, "seconds": seconds,
+                  "partitions": len(parts), "files": sum(len(p.files) for p in parts),
+                  "peak_kib": hwm}))
+"""
+
+
+def planning(
+    where: str,
+    services: int,
+    hours: int,
+    e2e: bool,
+    latency_ms: float = 0.0,
+    code_dir: str | None = None,
+) -> int:
+    """The ``--listing`` mode: build ``services`` x ``hours`` one-file partitions on a private
+    SeaweedFS or in a temp dir, plan ``--since 1h/1d/2d`` over every service, print figures;
+    again through :class:`_SlowProxy` with ``latency_ms``; with the ``athena`` package of
+    ``code_dir`` (an older checkout, to compare) instead of this one."""
+    import json
+
+    server = proxy = None
+    root = Path(tempfile.mkdtemp(prefix="logq-bench-listing-"))
+    env = {**os.environ}
+    try:
+        if where == "s3":
+            from tests.support.seaweedfs import AWS_OVERRIDES, start_seaweedfs
+
+            server = start_seaweedfs()
+            for name in AWS_OVERRIDES:  # this process writes the files, its children plan
+                os.environ.pop(name, None)
+            os.environ.update(server.env())
+            env = {**os.environ}
+            uri = f"s3://{server.create_bucket()}/wh"
+        else:
+            uri = str(root / "wh")
+        t0 = time.perf_counter()
+        _build_listing_warehouse(uri, root, services, hours)
+        print(f"{where}: {services} services x {hours} h = {services * hours:,} one-file "
+              f"partitions built in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+        windows = ["1h", "1d", "2d"] + (["30d"] if hours >= 720 else [])
+        code = str(Path(code_dir).resolve()) if code_dir else str(Path(__file__).parents[1])
+        setups = [("", env)]
+        if server is not None and latency_ms > 0:
+            proxy = _SlowProxy(server.endpoint, latency_ms / 1000)
+            setups.append(
+                (f"{latency_ms:g} ms per request", {**env, "AWS_ENDPOINT_URL": proxy.endpoint})
+            )
+        for label, child_env in setups:
+            if label:
+                print(f" through a relay adding {label}:")
+            for since in windows:
+                out = subprocess.run(
+                    [sys.executable, "-c", _PLAN_CHILD, code, uri, since],
+                    env=child_env, capture_output=True, text=True, check=True,
+                )  # fmt: skip
+                got = json.loads(out.stdout)
+                print(f"  plan --since {since:<4} (every service): {got['flat']:>7,} listings "
+                      f"+ {got['recursive']:>5,} recursive  {got['seconds']:7.2f} s  "
+                      f"{got['partitions']:>7,} partitions {got['files']:>7,} files  "
+                      f"peak RSS {got['peak_kib'] // 1024} MiB")  # fmt: skip
+        if e2e:
+            logq = str(Path(sys.executable).with_name("logq"))
+            cache = str(root / "cache")
+            cmd = [logq, "errors", "--since", "1d", "-f", "json"]
+            started = time.perf_counter()
+            proc = subprocess.Popen(
+                cmd, env={**env, "LOGQ_WAREHOUSE": uri, "LOGQ_CACHE_DIR": cache},
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - started
+            print(
+                f"  logq errors --since 1d (every service): {wall:7.1f} s  "
+                f"peak RSS {usage.ru_maxrss // 1024} MiB"
+                f"{'' if status == 0 else f'  (exit status {status}: {err.strip()[:200]})'}"
+            )
+    finally:
+        if proxy is not None:
+            proxy.close()
+        if server is not None:
+            server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+def _build_listing_warehouse(uri: str, root: Path, services: int, hours: int) -> None:
+    """One 3-row Parquet file in each of the last ``hours`` hours of ``services`` services
+    (hard links of one template locally, 16 concurrent PUTs on S3)."""
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.parquet as pq
+
+    from athena.schema import DT_FORMAT
+
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    table = service_table("svc", 3, int(now.timestamp() * 1000), 1, np.random.default_rng(1))
+    table = table.drop_columns(["service"]).cast(ENVOY_ACCESS.arrow_schema())
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    data = buf.getvalue()
+    dts = [(now - timedelta(hours=h)).strftime(DT_FORMAT) for h in range(hours)]
+    wh = open_warehouse(uri, create=True)
+    rel = [f"envoy_access/service=svc{s:03d}/dt={dt}" for s in range(services) for dt in dts]
+    if not wh.is_s3:
+        for i, r in enumerate(rel):
+            if i % hours == 0:  # a template per service: a file takes at most 65,000 links
+                template = root / f"template-{i // hours}.parquet"
+                template.write_bytes(data)
+            folder = Path(wh.path(r))
+            folder.mkdir(parents=True, exist_ok=True)
+            os.link(template, folder / "c-0.parquet")
+        return
+
+    def put(r: str) -> None:
+        with wh.fs.open_output_stream(wh.path(r, "c-0.parquet")) as f:
+            f.write(data)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, rel))
+
+
+class _SlowProxy:
+    """A TCP relay on 127.0.0.1 that holds each chunk a client sends for ``delay`` seconds
+    before passing it on: every S3 request then waits about one round trip, as on real S3
+    (SeaweedFS on loopback answers in about a millisecond, which hides what concurrency buys).
+    The Host header passes unchanged, so signed requests stay valid."""
+
+    def __init__(self, upstream: str, delay: float) -> None:
+        import socket
+        import threading
+        from urllib.parse import urlparse
+
+        target = urlparse(upstream)
+        self.target = (target.hostname or "127.0.0.1", target.port or 80)
+        self.delay = delay
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            for src, dst, wait in ((client, server, self.delay), (server, client, 0.0)):
+                threading.Thread(target=self._pipe, args=(src, dst, wait), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst, wait: float) -> None:  # type: ignore[no-untyped-def]
+        import contextlib
+        import socket
+
+        try:
+            while data := src.recv(65536):
+                if wait:
+                    time.sleep(wait)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 if __name__ == "__main__":

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
 from athena.engines.local import LocalEngine
-from athena.partitions import is_data_file, plan
-from athena.timerange import TimeRange
-from athena.warehouse import open_warehouse
+from athena.partitions import (
+    Partition,
+    is_data_file,
+    list_dts,
+    list_files,
+    list_services,
+    plan,
+)
+from athena.timerange import TimeRange, dt_of
+from athena.warehouse import Warehouse, open_warehouse
 from tests.athena.factory import access_frame, utc, write_frame
 
 START, END = utc(2026, 11, 27, 22, 0), utc(2026, 11, 28, 2, 0)
@@ -179,3 +190,189 @@ def test_files_compacted_away_during_a_query_are_read_again_not_called_damaged(
     scopes = {"envoy_access": engine.plan("envoy_access", None, None)}
     with pytest.raises(EngineError, match=r"cannot read the Parquet file .*c-merged\.parquet"):
         engine.run("SELECT count(*) AS n FROM envoy_access", {}, scopes)
+
+
+# --- Concurrent and recursive listing: the same plan as one listing after the other -----------
+
+#: Hours of the layout below: "long" has 30 (two files each), "short" 5, "odd" 8 with junk.
+LONG_END = utc(2026, 11, 28, 3, 0)
+
+
+def _put(wh: Warehouse, rel: str, data: bytes = b"x") -> None:
+    path = wh.path("envoy_access", rel)
+    if not wh.is_s3:
+        wh.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with wh.fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def _layout(wh: Warehouse) -> None:
+    """Services with short and long histories, several files per hour (written out of name
+    order) and everything a reader must skip: temporary names, deeper folders, folders that are
+    not partitions, an empty ``dt=`` value, an hour holding only such files."""
+    for h in range(30):
+        dt = dt_of(LONG_END - timedelta(hours=h + 1))
+        _put(wh, f"service=long/dt={dt}/c-b.parquet", b"bb")
+        _put(wh, f"service=long/dt={dt}/c-a.parquet", b"a")
+    for h in range(5):
+        _put(wh, f"service=short/dt={dt_of(LONG_END - timedelta(hours=h + 1))}/c.parquet")
+    for h in range(8):
+        dt = dt_of(LONG_END - timedelta(hours=h + 1))
+        if h != 3:
+            _put(wh, f"service=odd/dt={dt}/c-{h}.parquet", b"o" * h)
+        _put(wh, f"service=odd/dt={dt}/.inflight.parquet")
+        _put(wh, f"service=odd/dt={dt}/_tmp.parquet")
+        _put(wh, f"service=odd/dt={dt}/x.json")
+        _put(wh, f"service=odd/dt={dt}/sub/deep.parquet")
+    _put(wh, "service=odd/not-a-partition/f.parquet")
+    _put(wh, "service=odd/dt=/f.parquet")
+    _put(wh, "service=odd/stray.parquet")
+
+
+def _sequential(
+    wh: Warehouse, services: list[str] | None, trange: TimeRange | None
+) -> list[Partition]:
+    """The plain plan, one listing after the other: every service folder, every ``dt`` folder
+    of it in range, that folder's files."""
+    out = []
+    for svc in list_services(wh, "envoy_access"):
+        if services is not None and svc not in services:
+            continue
+        for dt in list_dts(wh, "envoy_access", svc):
+            if trange is None or trange.contains_dt(dt):
+                path = wh.path("envoy_access", f"service={svc}", f"dt={dt}")
+                files = list_files(wh, path)
+                if files:
+                    out.append(Partition("envoy_access", svc, dt, files))
+    return out
+
+
+class _Recording:
+    """The warehouse filesystem, recording each listing: (base folder, recursive, thread)."""
+
+    def __init__(self, fs: Any, fail: dict[str, tuple[float, str]] | None = None) -> None:
+        self.fs = fs
+        self.calls: list[tuple[str, bool, str]] = []
+        self.fail = fail or {}
+
+    def get_file_info(self, what: Any) -> Any:
+        base = getattr(what, "base_dir", None)
+        if base is not None:
+            self.calls.append((base, what.recursive, threading.current_thread().name))
+            for part, (delay, message) in self.fail.items():
+                if f"/{part}" in base + "/":
+                    time.sleep(delay)
+                    raise OSError(message)
+        return self.fs.get_file_info(what)
+
+
+def _recorded(wh: Warehouse, fail: dict[str, tuple[float, str]] | None = None) -> Warehouse:
+    return Warehouse(uri=wh.uri, fs=_Recording(wh.fs, fail), base=wh.base)  # type: ignore[arg-type]
+
+
+RANGES = [
+    None,  # every hour
+    ("2026-11-28T00:30:00Z", "2026-11-28T02:10:00Z"),  # 3 hours: each looked up by name
+    ("2026-11-27T20:00:00Z", "2026-11-28T03:00:00Z"),  # 7 hours: all of short, 7/30 of long
+    ("2026-11-27T06:00:00Z", "2026-11-28T03:00:00Z"),  # 21 hours: 21/30 of long
+    ("2026-11-20T00:00:00Z", "2026-11-21T00:00:00Z"),  # before everything
+]
+
+
+def _check_same_plans(wh: Warehouse) -> list[tuple[str, bool, str]]:
+    """Every range, all services and two of them: the plan equals the sequential one (files,
+    sizes and order); returns the listings made."""
+    calls = []
+    for bounds in RANGES:
+        r = TimeRange.parse(*bounds) if bounds else None
+        for services in (None, ["odd", "long"]):
+            want = _sequential(wh, services, r)
+            recorded = _recorded(wh)
+            assert plan(recorded, "envoy_access", services, r) == want, (bounds, services)
+            calls += recorded.fs.calls  # type: ignore[attr-defined]
+    every = _sequential(wh, None, None)
+    assert [p.relative.split("/", 1)[1] for p in every if p.service != "long"] == [
+        *(f"service=odd/dt={dt_of(LONG_END - timedelta(hours=h))}" for h in (8, 7, 6, 5, 3, 2, 1)),
+        *(f"service=short/dt={dt_of(LONG_END - timedelta(hours=h))}" for h in (5, 4, 3, 2, 1)),
+    ]
+    long_hour = next(p for p in every if p.service == "long")
+    assert [f.path.rsplit("/", 1)[1] for f in long_hour.files] == ["c-a.parquet", "c-b.parquet"]
+    assert [f.size for f in long_hour.files] == [1, 2]
+    return calls
+
+
+def test_local_plans_equal_the_sequential_listing(tmp_path: Path) -> None:
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    _layout(wh)
+    calls = _check_same_plans(wh)
+    assert not any(recursive for _, recursive, _ in calls)  # symlinks: never walked locally
+    assert {thread for _, _, thread in calls} == {threading.current_thread().name}
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_s3_plans_equal_the_sequential_listing(s3_warehouse: str) -> None:
+    """On S3 the listings run concurrently, and a service whose history the range mostly
+    covers is listed in one recursive listing: same partitions, files, sizes and order."""
+    import pyarrow as pa
+
+    wh = open_warehouse(s3_warehouse)
+    _layout(wh)
+    io_threads = pa.io_thread_count()
+    calls = _check_same_plans(wh)
+    assert pa.io_thread_count() == io_threads  # raised while listing only
+    walked = {base.rsplit("/", 1)[1] for base, recursive, _ in calls if recursive}
+    assert walked == {"service=long", "service=short", "service=odd"}
+    hours_listed = {base.rsplit("/", 2)[1] for base, recursive, _ in calls if "/dt=" in base}
+    assert "service=long" in hours_listed  # 7 of its 30 hours: listed one by one
+    assert len({thread for _, _, thread in calls if thread.startswith("logq-listing")}) > 1
+
+
+def _failures(wh: Warehouse, bounds: tuple[str, str] | None) -> None:
+    """A listing failing in the middle of the plan raises that listing's own error, and the
+    first one in (service, dt) order when several fail, whichever fails first in time."""
+    r = TimeRange.parse(*bounds) if bounds else None
+    denied = "AWS Error ACCESS_DENIED during ListObjectsV2 operation: Access Denied"
+    fail = {"service=odd": (0.3, f"{denied} (odd)"), "service=short": (0.0, f"{denied} (short)")}
+    for failing in (fail, {"service=short": fail["service=short"]}):
+        with pytest.raises(OSError) as sequential:
+            _sequential(_recorded(wh, failing), None, r)
+        with pytest.raises(OSError) as concurrent:
+            plan(_recorded(wh, failing), "envoy_access", None, r)
+        assert str(concurrent.value) == str(sequential.value) == failing[min(failing)][1]
+        assert type(concurrent.value) is type(sequential.value)
+
+
+@pytest.mark.parametrize("bounds", [RANGES[1], RANGES[2], None])
+def test_local_listing_errors_are_raised_as_one_after_the_other(
+    tmp_path: Path, bounds: tuple[str, str] | None
+) -> None:
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    _layout(wh)
+    _failures(wh, bounds)
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+@pytest.mark.parametrize("bounds", [RANGES[1], RANGES[2], None])
+def test_s3_listing_errors_are_raised_as_one_after_the_other(
+    s3_warehouse: str, bounds: tuple[str, str] | None
+) -> None:
+    wh = open_warehouse(s3_warehouse)
+    _layout(wh)
+    _failures(wh, bounds)
+
+
+def test_a_real_listing_error_is_the_same_error(tmp_path: Path) -> None:
+    """A folder pyarrow cannot list (a symbolic link to itself, listed by name for a short
+    range) fails the plan with pyarrow's own error, as before."""
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    _layout(wh)
+    r = TimeRange.parse(*RANGES[1])
+    Path(wh.path("envoy_access", f"service=short/dt={r.dt_from}")).rename(tmp_path / "away")
+    Path(wh.path("envoy_access", f"service=short/dt={r.dt_from}")).symlink_to(f"dt={r.dt_from}")
+    with pytest.raises(OSError, match="Too many levels of symbolic links") as sequential:
+        list_files(wh, wh.path("envoy_access", f"service=short/dt={r.dt_from}"))
+    with pytest.raises(OSError) as planned:
+        plan(wh, "envoy_access", None, r)
+    assert str(planned.value) == str(sequential.value)
