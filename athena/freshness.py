@@ -98,8 +98,8 @@ def service_freshness(
     return Freshness(service, len(hours["envoy_access"]), len(hours["container_logs"]), newest)
 
 
-#: Footers read per partition at most when looking for the newest row (the newest files of
-#: each writer node, by name: names carry a per-node increasing segment number).
+#: Footers read per hour at most when looking for the newest row (the newest files of each
+#: writer node, by name: names carry a per-node increasing segment number).
 MAX_FOOTERS = 16
 
 
@@ -150,24 +150,48 @@ def newest_in(wh: Warehouse, parts: list[Partition]) -> datetime | None:
 
 
 def newest_files(paths: Iterable[str]) -> list[str]:
-    """The last files by name of each writer node (``<node>-<seq>-<part>.parquet``), at most
-    :data:`MAX_FOOTERS` in all; other names count as one node each."""
+    """The files most likely to hold the newest row, at most :data:`MAX_FOOTERS`.
+
+    The writer names files ``<node>-<seq>-<part>.parquet`` with a segment number that grows per
+    node across every service folder (one segment is flushed into each service it holds), so
+    per node the highest numbers are its latest flushes whichever folder they are in; the files
+    of each node's two newest segments are taken newest first, one node after the other, so a
+    busy service is read before services whose last rows came many segments ago. Other names
+    (compaction outputs, hand-written files) carry no order and come after, one each.
+    """
     import re
 
-    groups: dict[str, list[str]] = {}
+    by_node: dict[str, list[tuple[int, int, str]]] = {}
+    others: list[str] = []
     for path in paths:
-        match = re.fullmatch(r"(.*)-\d{16}-\d{4}\.parquet", path.rsplit("/", 1)[-1])
-        groups.setdefault(match.group(1) if match else path, []).append(path)
-    picked = [p for g in groups.values() for p in sorted(g)[-2:]]
-    return sorted(picked)[-MAX_FOOTERS:]
+        match = re.fullmatch(r"(.*)-(\d{16})-(\d{4})\.parquet", path.rsplit("/", 1)[-1])
+        if match:
+            key = (int(match.group(2)), int(match.group(3)), path)
+            by_node.setdefault(match.group(1), []).append(key)
+        else:
+            others.append(path)
+    queues: list[list[str]] = []
+    for files in by_node.values():
+        files.sort(reverse=True)
+        keep = sorted({seq for seq, _, _ in files}, reverse=True)[:2]
+        queues.append([path for seq, _, path in files if seq in keep])
+    queues.extend([path] for path in sorted(others, reverse=True))
+    picked: list[str] = []
+    for rank in range(max((len(q) for q in queues), default=0)):
+        picked.extend(q[rank] for q in queues if rank < len(q))
+        if len(picked) >= MAX_FOOTERS:
+            break
+    return picked[:MAX_FOOTERS]
 
 
 def footer_bound(wh: Warehouse, path: str, low: bool = False) -> datetime | None:
     """Max (or min, ``low``) ``timestamp`` of one file from its footer's row-group statistics;
-    the column itself is read only when a row group has none. None for a file with no rows."""
-    from datetime import UTC
-    from datetime import datetime as dt_type
+    the column itself is read only when a row group has none. None for a file with no rows.
 
+    The statistics are read raw (int64) and converted with the column's Parquet time unit:
+    pyarrow's ``statistics.max`` converts timestamps through pandas, whose import alone costs
+    more than the whole note (it runs with every query).
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -178,28 +202,53 @@ def footer_bound(wh: Warehouse, path: str, low: bool = False) -> datetime | None
         meta = pq.read_metadata(path, filesystem=wh.fs)
         names = [meta.schema.column(i).name for i in range(meta.num_columns)]
         col = names.index("timestamp")
-        bounds = []
+        unit = _time_unit(meta.schema.column(col))
+        bounds: list[int] = []
         for i in range(meta.num_row_groups):
             group = meta.row_group(i)
             if group.num_rows == 0:
                 continue
             stats = group.column(col).statistics
-            if stats is None or not stats.has_min_max:
+            raw = None
+            if stats is not None and stats.has_min_max and unit is not None:
+                raw = stats.min_raw if low else stats.max_raw
+            if not isinstance(raw, int):  # no statistics, or not an int64 time (e.g. INT96)
                 table = pq.read_table(path, columns=["timestamp"], filesystem=wh.fs)
-                value = (pc.min if low else pc.max)(table["timestamp"]).as_py()
-                return None if value is None else _utc(value)
-            bounds.append(stats.min if low else stats.max)
+                ts = table["timestamp"]
+                if pa.types.is_timestamp(ts.type):
+                    unit, ts = ts.type.unit, pc.cast(ts, pa.int64())
+                value = (pc.min if low else pc.max)(ts).as_py()
+                return None if value is None else from_epoch(value, unit or "ms")
+            bounds.append(raw)
     except (pa.ArrowException, ValueError) as exc:
         raise unreadable_file(path, exc) from exc
-    if not bounds:
+    if not bounds or unit is None:
         return None
-    values = [
-        dt_type.fromtimestamp(v / 1000, UTC) if isinstance(v, int) else _utc(v) for v in bounds
-    ]
-    return min(values) if low else max(values)
+    return from_epoch(min(bounds) if low else max(bounds), unit)
 
 
-def _utc(value: datetime) -> datetime:
-    from datetime import UTC
+#: Parquet's ``timeUnit`` names and Arrow's, as Arrow's unit strings.
+_UNITS = {"milliseconds": "ms", "microseconds": "us", "nanoseconds": "ns", "ms": "ms", "us": "us",
+          "ns": "ns", "s": "s"}  # fmt: skip
 
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+def _time_unit(column: object) -> str | None:
+    """``ms``/``us``/``ns`` of a Parquet INT64 TIMESTAMP column; ``ms`` for a plain INT64 (epoch
+    milliseconds, as the first writers stored it); None for any other physical type."""
+    import json
+
+    if getattr(column, "physical_type", None) != "INT64":
+        return None
+    logical = json.loads(column.logical_type.to_json())  # type: ignore[attr-defined]
+    if logical.get("Type") != "Timestamp":
+        return "ms"
+    return _UNITS.get(str(logical.get("timeUnit")))
+
+
+def from_epoch(value: int, unit: str) -> datetime:
+    """An aware UTC datetime from an integer count of ``unit`` since the epoch (integer
+    arithmetic: no float rounding; nanoseconds are cut to the microsecond)."""
+    from datetime import UTC, timedelta
+
+    micros = {"s": value * 1_000_000, "ms": value * 1000, "us": value, "ns": value // 1000}[unit]
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)

@@ -231,29 +231,41 @@ def no_partitions_reason(wh: Warehouse, prep: Prepared, span: str, where: str) -
     return f"{text} (a gap in the data); newest data{where}: {iso_utc(newest)}"
 
 
-#: A newest row older than this, with ``--until`` now, gets a note: the aggregator flushes every
+#: A newest row older than this, without ``--until``, gets a note: the aggregator flushes every
 #: 10 s by default and docs/operations.md suggests 60-300 s in production, so up to five minutes
 #: of lag is routine there; 2 minutes flags it early, and the note says both readings ("not
 #: flushed yet" or "stalled") instead of guessing. A note, never an error: the answer stands.
 STALE_AFTER_SECONDS = 120
 
 
+#: Services the stale-data note looks at one by one when the query planned none of their files
+#: (on Athena, always): each costs three listings (its hours, the files of its two newest).
+STALE_LISTED_SERVICES = 10
+
+
 def note_stale(common: Common, prep: Prepared) -> None:
-    """With ``--until`` now, say on stderr when the newest row of the selected services is old:
+    """With no ``--until``, say on stderr when the newest row of the selected services is old:
     rows after it may not be flushed yet, or the pipeline stalled. "No errors" read from a
-    window the pipeline never filled is the trap this closes.
+    window the pipeline never filled is the trap this closes. Any ``--until`` (even one at now)
+    turns it off: a closed window is history, not a live view.
 
     Cost: none beyond Parquet footers when the window has data: the newest partition the query
-    already planned holds the newest row (``--until`` is now), and the footers of its newest
-    files give it (row-group statistics; no data pages). A service with nothing in the window
-    costs one listing of its hours. On Athena no query is run: the check uses the warehouse
-    listing when ``--warehouse`` names the s3:// location, and is skipped otherwise (a second
-    Athena query would add seconds and a 10 MB minimum charge to every call).
+    already planned holds the newest row, and the footers of its newest files give it (row-group
+    statistics; no data pages). A service with nothing in the window costs three listings (its
+    hours, then the files of its two newest), for at most :data:`STALE_LISTED_SERVICES` of the
+    ``--service`` values. Without ``--service`` and nothing planned, every service would be
+    listed so (1 + 3N listings: 1,500 S3 round trips for 500 services): that is done only on
+    a local-disk warehouse. On Athena no query is run and nothing is planned: the check lists
+    the warehouse when ``--warehouse`` names the s3:// location and ``--service`` names the
+    services, and is skipped otherwise (a second Athena query would add seconds and a 10 MB
+    minimum charge to every call).
     """
     if common.until is not None or common.dry_run or prep.stale_checked:
         return
     prep.stale_checked = True  # once: ``tail --follow`` runs the query every poll
-    if common.engine is EngineName.athena and not (common.warehouse or "").startswith("s3://"):
+    if common.engine is EngineName.athena and (
+        not prep.services or not (common.warehouse or "").startswith("s3://")
+    ):
         return
     from athena.engines.result import EngineError
     from athena.freshness import newest_data_quick, newest_in
@@ -263,10 +275,12 @@ def note_stale(common: Common, prep: Prepared) -> None:
     try:
         wh = open_warehouse(common.warehouse)
         planned = prep.scopes.get(prep.table) or []
-        for name in (prep.services or [None])[:10]:
+        for name in (prep.services or [None])[:STALE_LISTED_SERVICES]:
             parts = [p for p in planned if name is None or p.service == name]
             if parts:
                 newest = newest_in(wh, parts)
+            elif name is None and wh.is_s3:
+                return  # every service listed one by one: too many round trips for a note
             else:
                 newest = newest_data_quick(wh, prep.table, None if name is None else [name])
             if newest is None:

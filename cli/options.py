@@ -257,10 +257,11 @@ _COMMON: list[tuple[str, Any, Any]] = [
 
 #: Appended to every query command's help (a paragraph of its own).
 EXIT_STATUS = (
-    "\n\n    Exit status: 0 with an answer, also an empty one; 3 when there is nothing to ask "
-    "(every --service unknown, or the warehouse has no data of the table: the answer is empty "
-    "and the reason is printed); 2 for bad input; 1 for engine or storage failures. A reader "
-    "that stops early (| head) is no failure: 0."
+    "\n\n    Exit status: 0 with an answer, also an empty one; 3 (local engine) when there is "
+    "nothing to ask (every --service unknown, or the warehouse has no data of the table: the "
+    "answer is empty and the reason is printed; Athena answers those with an empty result, 0); "
+    "2 for bad input; 1 for engine or storage failures. A reader that stops early (| head) is "
+    "no failure: 0."
 )
 
 COMMON_NAMES = [name for name, _, _ in _COMMON]

@@ -229,6 +229,17 @@ def visible(text: str) -> str:
     return _CONTROL.sub(_escape, text)
 
 
+#: Tab stops of table cells: a tab expands to the next multiple of this many columns.
+TAB_SIZE = 8
+
+
+def cell_text(text: str) -> str:
+    """:func:`visible` text for a table cell, tabs expanded to spaces. Rich measures a tab as no
+    width but prints it eight columns wide, so a cell holding tabs (a Java stack trace's
+    indented frames) was sized too narrow and cut with "…"; spaces are measured as printed."""
+    return visible(text).expandtabs(TAB_SIZE)
+
+
 # --- writing: large output in pieces -----------------------------------------------------------
 
 #: Largest single write to stdout. A reader that quits early (``| head -c 10``) must be noticed:
@@ -300,7 +311,7 @@ def _cells(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[list[A
             style = status_style(value) if col in ("response_code", "status") else ""
             if col in ("errors_5xx", "error_pct") and value:
                 style = "red"
-            cells.append(Text(visible(format_cell(col, value)), style=style))
+            cells.append(Text(cell_text(format_cell(col, value)), style=style))
         out.append(cells)
     return out
 

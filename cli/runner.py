@@ -267,8 +267,8 @@ def check_athena_budget(common: Common, prep: Prepared) -> None:
         )
 
 
-#: The canned queries that group by service: the service column is dropped when exactly one
-#: ``--service`` is given (it would repeat that one name on every row).
+#: The canned queries that group by service: in a table (or markdown) the service column is
+#: dropped when exactly one ``--service`` is given (it would repeat that one name on every row).
 BY_SERVICE = frozenset({"errors", "latency", "top", "flags"})
 
 
@@ -282,23 +282,27 @@ def show(
 ) -> None:
     """Print a result in ``--format``; empty results get a reason (stderr for json/csv).
 
-    A ``total_rows`` column (the canned queries count their rows before the LIMIT) is dropped
-    and turns into "showing 50 of 124 rows" when the limit cut rows. The service column of the
-    queries that group by service is dropped when exactly one ``--service`` was given. When the
-    question had no possible answer (:func:`no_data_reason`), the exit status is
-    :data:`NO_DATA_EXIT`.
+    A canned query's ``total_rows`` column (they count their rows before the LIMIT) is dropped
+    and turns into "showing 50 of 124 rows" when the limit cut rows; ``logq sql`` (no ``prep``)
+    prints its columns as the user named them, ``total_rows`` included. The service column of
+    the queries that group by service is dropped from table and markdown output when exactly
+    one ``--service`` was given (json and csv keep it: their columns never depend on the
+    arguments). When the question had no possible answer (:func:`no_data_reason`), the exit
+    status is :data:`NO_DATA_EXIT`.
     """
     from cli.output import emit
 
     columns = list(columns if columns is not None else result.columns)
     rows = list(rows if rows is not None else result.rows)
     total = None
-    if "total_rows" in columns:
+    if prep is not None and "total_rows" in columns:  # a canned query's count, not a user's
         at = columns.index("total_rows")
         total = int(rows[0][at]) if rows else 0
         columns, rows = _without(columns, rows, at)
+    human = common.fmt in (OutputFormat.table, OutputFormat.markdown)
     if (
-        prep is not None
+        human  # json/csv keep every column whatever the arguments: scripts read them by name
+        and prep is not None
         and prep.name in BY_SERVICE
         and "service" in columns
         and one_service(common, prep)
@@ -306,7 +310,6 @@ def show(
         columns, rows = _without(columns, rows, columns.index("service"))
     if common.limit:  # most queries LIMIT in SQL; this holds --limit for every command
         rows = rows[: common.limit]
-    human = common.fmt in (OutputFormat.table, OutputFormat.markdown)
     exit_code = 0
     if not rows and prep is not None:
         reason = no_data_reason(common, prep)

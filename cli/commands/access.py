@@ -6,7 +6,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.errors import friendly
-from cli.options import REQUEST_FILTERS, Common, query_command
+from cli.options import REQUEST_FILTERS, Common, EngineName, query_command
 
 #: ``--raw-paths``: by default paths are grouped as routes (no query string, id-like segments
 #: folded to ``{id}``), so one slow endpoint is one row, not thousands of single-request rows.
@@ -70,7 +70,8 @@ def errors(
     first.
 
     Routes are paths without the query string, with id-like segments as {id} (--raw-paths
-    keeps them as logged). The service column is left out when exactly one --service is given.
+    keeps them as logged). Tables leave the service column out when exactly one --service is
+    given; json and csv always have it.
     """
     from cli import runner
 
@@ -287,7 +288,35 @@ def _tail_hint(common: Common, request_id: str) -> str:
     if common.until:
         window += f" --until {shlex.quote(common.until)}"
     grep = shlex.quote("(?i)" + re.escape(request_id))
-    return f"the id may be in the container logs: try `logq tail --grep {grep}{window}`"
+    where = engine_options(common)
+    return f"the id may be in the container logs: try `logq tail --grep {grep}{window}{where}`"
+
+
+def engine_options(common: Common) -> str:
+    """`` --engine athena --warehouse s3://b/wh``: the engine options of this invocation that its
+    environment does not already set, so a suggested command runs where this one ran."""
+    import os
+    import shlex
+
+    given = [
+        ("--engine", "LOGQ_ENGINE", common.engine.value, EngineName.local.value),
+        ("--warehouse", "LOGQ_WAREHOUSE", common.warehouse, None),
+    ]
+    if common.engine is EngineName.athena:
+        given += [
+            ("--athena-database", "LOGQ_ATHENA_DATABASE", common.athena_database, "logq"),
+            ("--athena-workgroup", "LOGQ_ATHENA_WORKGROUP", common.athena_workgroup, None),
+            ("--athena-output", "LOGQ_ATHENA_OUTPUT", common.athena_output, None),
+            ("--athena-region", "LOGQ_ATHENA_REGION", common.athena_region, None),
+        ]
+    out = ""
+    for flag, env, value, default in given:
+        unsaid = os.environ.get(env) or default  # what the suggested command gets without it
+        if flag == "--engine" and value:  # LOGQ_ENGINE is read case-insensitively
+            value, unsaid = value.lower(), (unsaid or "").lower()
+        if value and value != unsaid:
+            out += f" {flag} {shlex.quote(value)}"
+    return out
 
 
 #: ``trace`` looks in the newest hour of its range first: a request's hops start within seconds

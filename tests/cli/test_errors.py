@@ -25,8 +25,8 @@ def expected_errors(
     method: str = "",
     raw: bool = False,
 ) -> list[dict]:
-    """The rows of ``errors`` as pandas computes them: by service (unless exactly one is asked
-    for) and route (the path as logged with ``raw``)."""
+    """The rows of ``errors --format json`` as pandas computes them: by service (json keeps the
+    column even for one ``--service``) and route (the path as logged with ``raw``)."""
     df = access[
         (access["timestamp"] >= pd.Timestamp(since)) & (access["timestamp"] < pd.Timestamp(until))
     ]
@@ -37,7 +37,6 @@ def expected_errors(
     if method:
         df = df[df["method"] == method]
     df = df.assign(path=df["path"] if raw else df["path"].map(route))
-    by_service = not services or len(services) > 1
     per_path = df.groupby(["service", "path"]).size()
     err = df[(df["response_code"] >= lo) & (df["response_code"] <= hi)]
     keys = ["service", "path", "response_code", "response_flags"]
@@ -49,7 +48,7 @@ def expected_errors(
     grouped = grouped.sort_values(["count", *keys], ascending=[False, True, True, True, True])
     return [
         {
-            **({"service": r.service} if by_service else {}),
+            "service": r.service,
             "path": r.path,
             "response_code": int(r.response_code),
             "response_flags": r.response_flags,
@@ -216,7 +215,7 @@ def test_unknown_service_suggests_the_closest_name(logq, warehouse: Warehouse) -
     some = logq("errors", "-s", "recipe,bilinng", "-f", "json", *wide)
     assert some.exit_code == 0 and some.json()  # one known name: an answer, and a note
     assert "showing recipe only; did you mean 'billing'?" in some.stderr
-    assert "service" not in some.json()[0]  # recipe alone: no service column
+    assert {r["service"] for r in some.json()} == {"recipe"}  # json always has the column
 
 
 def test_unknown_service_among_many_names_only_the_closest() -> None:

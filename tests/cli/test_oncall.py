@@ -131,7 +131,7 @@ def test_latency_groups_by_route_so_a_spike_ranks_first(logq, tmp_path: Path) ->
     }  # fmt: skip
     assert rows[0]["path"] == "/api/v1/carts/{id}/items/{id}"  # the spike, on top
     assert {r["path"]: r["requests"] for r in rows} == df.groupby("r").size().to_dict()
-    assert "service" not in rows[0]  # one --service: its name is not repeated on every row
+    assert {r["service"] for r in rows} == {"shop"}  # json keeps the column with one --service
     raw = logq("latency", "-s", "shop", *WIDE, "-f", "json", "--limit", "1000", "--raw-paths",
                "--warehouse", uri)  # fmt: skip
     assert len(raw.json()) == df["path"].nunique() > 150
@@ -216,8 +216,12 @@ def test_trace_strips_blanks_folds_case_and_hints_at_tail(logq, tmp_path: Path) 
     assert missing.exit_code == 0 and missing.stdout.startswith("No results:")
     hint = re.search(r"try `(logq tail [^`]+)`", missing.stdout)
     assert hint, missing.stdout
-    follow = [*shlex.split(hint.group(1))[1:], "--warehouse", uri, "-f", "json"]
-    assert "--grep" in follow and "--until" in follow
+    follow = [*shlex.split(hint.group(1))[1:], "-f", "json"]  # names the warehouse it read
+    assert (
+        "--grep" in follow
+        and "--until" in follow
+        and follow[follow.index("--warehouse") + 1] == uri
+    )
     found = logq(*follow)  # the hint, run as printed, finds the line
     assert found.exit_code == 0, found.stderr
     assert [r["message"] for r in found.json()] == [logs.loc[3, "message"]]

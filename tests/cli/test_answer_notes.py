@@ -1,0 +1,239 @@
+"""What the CLI adds to an answer stays true to the data and cheap: a user's own
+``total_rows`` column, the stale-data note over many services and its cost (listings, pandas),
+the service column in json/csv, tabs in table cells, and hints that run as printed."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from athena.freshness import footer_bound, newest_files
+from athena.warehouse import open_warehouse
+from cli.explain import STALE_LISTED_SERVICES, note_stale
+from cli.options import Common, EngineName
+from cli.output import OutputFormat
+from cli.runner import prepare
+from tests.athena.factory import access_frame, write_frame
+from tests.cli.conftest import Warehouse
+
+RANGE = ["--since", "2026-11-27T22:00:00Z", "--until", "2026-11-28T02:00:00Z"]
+TOTALS = (
+    "SELECT service, count(*) AS total_rows FROM envoy_access GROUP BY service "
+    "ORDER BY service LIMIT 2"
+)
+
+
+def test_sql_keeps_a_total_rows_column_the_user_named(logq, warehouse: Warehouse) -> None:
+    """``total_rows`` is the canned queries' helper column; in ``logq sql`` it is the user's."""
+    want = warehouse.access.groupby("service").size().sort_index().head(2)
+    js = logq("sql", TOTALS, *RANGE, "-f", "json", "--warehouse", warehouse.uri)
+    assert js.exit_code == 0, js.stderr
+    assert js.json() == [{"service": s, "total_rows": int(n)} for s, n in want.items()]
+    assert "showing" not in js.stderr
+    rows = list(csv.reader(io.StringIO(
+        logq("sql", TOTALS, *RANGE, "-f", "csv", "--warehouse", warehouse.uri).stdout
+    )))  # fmt: skip
+    assert rows[0] == ["service", "total_rows"] and len(rows) == 3
+    table = logq("sql", TOTALS, *RANGE, "--warehouse", warehouse.uri)
+    assert "total rows" in table.stdout and "showing" not in table.stderr  # headers read as words
+    assert f"{int(want.iloc[0]):,}" in table.stdout
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def aggregator_named(uri: str, ages: dict[str, tuple[int, int]], code: int = 200) -> None:
+    """envoy_access with one file per service in the hour of its newest row, named as the
+    aggregator names them: ``node-a-<seq>-0000.parquet``; ``ages``: service -> (seconds old,
+    segment number of the flush that wrote it)."""
+    now = _now()
+    for service, (age, seq) in ages.items():
+        newest = now - timedelta(seconds=age)
+        frame = access_frame(1, newest, newest + timedelta(milliseconds=1), [service])
+        frame["response_code"] = code
+        for path in write_frame(uri, "envoy_access", frame):
+            folder = path.rsplit("/", 1)[0]
+            Path(path).rename(f"{folder}/node-a-{seq:016d}-0000.parquet")
+
+
+def test_stale_note_without_service_reads_the_newest_flushes(logq, tmp_path: Path) -> None:
+    """A busy service flushed 5 s ago and two quiet ones whose names sort after it, last
+    flushed 5 minutes ago: the table is not stale. Before, the alphabetically last files were
+    read and the note said "newest data ... 5m ago"."""
+    uri = str(tmp_path / "wh")
+    aggregator_named(uri, {"aaa-busy": (5, 31), "yyy-quiet": (300, 2), "zzz-quiet": (300, 1)})
+    run = logq("errors", "--since", "1h", "--status", "2xx", "--warehouse", uri)
+    assert run.exit_code == 0, run.stderr
+    assert "newest data" not in run.stderr
+    # ... and when every service is quiet, the note is still given.
+    old = str(tmp_path / "old")
+    aggregator_named(old, {"aaa-busy": (400, 31), "yyy-quiet": (300, 2), "zzz-quiet": (500, 1)})
+    stale = logq("errors", "--since", "1h", "--status", "2xx", "--warehouse", old)
+    assert "newest data in envoy_access:" in stale.stderr and "(5m ago)" in stale.stderr
+
+
+def test_newest_files_prefers_each_nodes_latest_segments() -> None:
+    names = [f"t/service={s}/dt=h/{n}-{q:016d}-0000.parquet"
+             for s, n, q in [("a", "n1", 40), ("z", "n1", 3), ("y", "n1", 2), ("b", "n2", 7),
+                             ("c", "n2", 9), ("m", "n1", 39)]]  # fmt: skip
+    picked = newest_files([*names, "t/service=q/dt=h/c-1.parquet"])
+    assert picked[:2] == [names[0], names[4]]  # each node's newest flush first
+    assert set(picked) == {names[0], names[4], names[5], names[3], "t/service=q/dt=h/c-1.parquet"}
+    many = [f"t/service=s{i:03d}/dt=h/n1-{i:016d}-0000.parquet" for i in range(100)]
+    assert newest_files(many) == many[99:97:-1]  # the two newest segments only
+
+
+@pytest.mark.parametrize("unit", ["ms", "us", "ns"])
+@pytest.mark.parametrize("stats", [True, False])
+def test_footer_bound_reads_each_time_unit(tmp_path: Path, unit: str, stats: bool) -> None:
+    """Raw int64 statistics converted with the column's unit (and the column read when a file
+    has no statistics) give the same aware datetimes as the values written."""
+    values = [datetime(2026, 11, 29, 13, 59, 58, 123000, tzinfo=UTC),
+              datetime(2026, 11, 29, 14, 0, 1, 456000, tzinfo=UTC)]  # fmt: skip
+    path = str(tmp_path / f"{unit}.parquet")
+    table = pa.table({"timestamp": pa.array(values, pa.timestamp(unit, tz="UTC"))})
+    pq.write_table(table, path, write_statistics=stats)
+    wh = open_warehouse(str(tmp_path))
+    assert footer_bound(wh, path) == values[1]
+    assert footer_bound(wh, path, low=True) == values[0]
+    assert footer_bound(wh, path).tzinfo is not None  # type: ignore[union-attr]
+
+
+def test_stale_note_does_not_import_pandas(tmp_path: Path) -> None:
+    """The note runs with every query; pandas' import alone (~250 ms) cost more than it."""
+    uri = str(tmp_path / "wh")
+    aggregator_named(uri, {"checkout": (400, 3)}, code=503)  # an answer: no empty-answer path
+    code = (
+        "import sys\n"
+        "from cli.app import main\n"
+        f"sys.argv = ['logq', 'errors', '-s', 'checkout', '--since', '1h', '-f', 'json', "
+        f"'--warehouse', {uri!r}]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('PANDAS', 'pandas' in sys.modules, file=sys.stderr)\n"
+    )
+    env = {**os.environ, "LOGQ_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120, check=False)  # fmt: skip
+    assert '"response_code": 503' in run.stdout and "newest data for checkout:" in run.stderr
+    assert "PANDAS False" in run.stderr, run.stderr
+
+
+def test_json_and_csv_columns_do_not_depend_on_the_services_given(
+    logq, warehouse: Warehouse
+) -> None:
+    """Scripts read json/csv columns by name: ``service`` is there with one, several or
+    partly unknown ``--service`` values; only table and markdown drop the repeated name."""
+    wide = [*RANGE, "--limit", "1000", "--warehouse", warehouse.uri]
+    keys = set()
+    for services in ("recipe", "recipe,nosuch", "recipe,billing"):
+        rows = logq("errors", "-s", services, "-f", "json", *wide).json()
+        assert rows and all("service" in r for r in rows), services
+        keys.add(tuple(rows[0]))
+        header = logq("errors", "-s", services, "-f", "csv", *wide).stdout.splitlines()[0]
+        assert header.split(",")[0] == "service", services
+    assert len(keys) == 1  # the same columns every time
+    table = logq("errors", "-s", "recipe,nosuch", *wide).stdout
+    assert "service" not in _header(table) and "│ recipe " not in table
+    markdown = logq("errors", "-s", "recipe", "-f", "markdown", *wide).stdout
+    assert "service" not in _header(markdown)
+    both = logq("errors", "-s", "recipe,billing", *wide).stdout
+    assert "service" in _header(both) and "│ billing " in both
+
+
+def _header(text: str) -> str:
+    """The header line of a table or markdown output (the one naming the path column)."""
+    return next(line for line in text.splitlines() if " path " in line)
+
+
+def test_tabs_in_table_cells_are_not_cut(logq, warehouse: Warehouse) -> None:
+    """A Java stack trace's tab-indented frames: Rich measures a tab as no width and prints
+    eight columns, so the cell was cut with "…"; tabs are expanded before measuring."""
+    frame = "at com.example.Foo.bar(Foo.java:42)"
+    statement = (
+        f"SELECT 'boom' || chr(10) || chr(9) || '{frame}' || chr(9) || 'end' AS message, "
+        "1 AS n FROM envoy_access LIMIT 1"
+    )
+    run = logq("sql", statement, *RANGE, "--warehouse", warehouse.uri)
+    assert run.exit_code == 0, run.stderr
+    assert frame in run.stdout and "end" in run.stdout and "…" not in run.stdout, run.stdout
+    assert "\t" not in run.stdout and "boom\\n" in run.stdout
+
+
+def _common(engine: EngineName, warehouse: str, services: list[str] | None) -> Common:
+    return Common(
+        service=services, since="1h", until=None, path=None, method=None, limit=None,
+        fmt=OutputFormat.json, engine=engine, warehouse=warehouse, dry_run=False,
+        athena_database="logq", athena_workgroup=None, athena_output=None, athena_region=None,
+        max_scan_bytes=None,
+    )  # fmt: skip
+
+
+@pytest.mark.integration
+@pytest.mark.s3
+def test_stale_note_listings_are_bounded_on_s3(
+    s3_warehouse: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --service, nothing planned (Athena plans nothing) and an s3:// warehouse, the
+    note would list every service, its hours and their files: 1 + 3N S3 round trips per query
+    (1,501 for 500 services). It is skipped then; a --service list costs 3 per name, 10 names
+    at most. The listings are counted around the real functions, over real SeaweedFS."""
+    import athena.partitions as partitions
+
+    now = _now()
+    services = [f"svc-{i:02d}" for i in range(12)]
+    frame = access_frame(24, now - timedelta(minutes=7), now - timedelta(minutes=5), services)
+    write_frame(s3_warehouse, "envoy_access", frame)
+    calls: list[str] = []
+    for name in ("list_services", "list_dts", "list_files"):
+        real = getattr(partitions, name)
+
+        def counted(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            calls.append(_name)
+            return _real(*args)
+
+        monkeypatch.setattr(partitions, name, counted)
+
+    def stale_note(engine: EngineName, chosen: list[str] | None) -> tuple[int, str]:
+        common = _common(engine, s3_warehouse, chosen)
+        prep = prepare(common, "errors", "envoy_access")  # nothing planned: scopes empty
+        calls.clear()
+        capsys.readouterr()
+        note_stale(common, prep)
+        return len(calls), capsys.readouterr().err
+
+    assert stale_note(EngineName.athena, None) == (0, "")
+    assert stale_note(EngineName.local, None) == (0, "")
+    count, err = stale_note(EngineName.athena, ["svc-03"])
+    assert count <= 3 and "newest data for svc-03:" in err
+    count, err = stale_note(EngineName.athena, services)
+    assert count <= 3 * STALE_LISTED_SERVICES and err.count("newest data for svc-") == 10
+
+
+def test_tail_hint_names_the_engine_options_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suggested ``logq tail`` must run where ``trace`` ran: the engine options given on
+    the command line are repeated, those its environment sets already are not."""
+    from cli.commands.access import _tail_hint
+
+    for name in ("LOGQ_ENGINE", "LOGQ_WAREHOUSE", "LOGQ_ATHENA_WORKGROUP"):
+        monkeypatch.delenv(name, raising=False)
+    common = _common(EngineName.athena, "s3://b/wh", None)
+    common.athena_workgroup = "on call"
+    hint = _tail_hint(common, "req-1")
+    assert hint.endswith("--since 1h --engine athena --warehouse s3://b/wh "
+                         "--athena-workgroup 'on call'`")  # fmt: skip
+    monkeypatch.setenv("LOGQ_WAREHOUSE", "s3://b/wh")
+    monkeypatch.setenv("LOGQ_ENGINE", "ATHENA")
+    assert _tail_hint(common, "req-1").endswith("--since 1h --athena-workgroup 'on call'`")
+    local = _tail_hint(_common(EngineName.local, "s3://b/wh", None), "req-1")
+    assert local.endswith("--since 1h --engine local`")  # the environment names the rest
