@@ -46,24 +46,29 @@ and written; a larger one is streamed file by file, in order of each file's firs
 sorted runs.
 
 Throughput: on S3 every request waits tens of milliseconds, so a pass works on many at once.
-Services are listed ``LIST_THREADS`` at a time and partitions merged ``MERGE_PARTITIONS`` at a
-time; each merge reads ``READ_THREADS`` inputs at a time and deletes them 16 at a time. Each
-input is fetched once: a small one (a flush file) is read whole with its footer, a larger one
-has its footer read once and its rows read once when merged. The merges running at once hold no more
-decoded bytes than ``MERGE_MEMORY_BYTES`` (the size of one group sorted in memory, so the
-memory a compacting node needs is that of one such group, as before): a merge waits for room
-before it writes its intent. ``hold`` is asked before each partition, for one with something
-to merge once a merge slot is free, right before it starts: once it says stop, the merges under
-way finish and no other starts.
+Services are listed ``LIST_THREADS`` at a time, their hours ``PARTITION_LIST_THREADS`` at a
+time, and partitions merged ``MERGE_PARTITIONS`` at a time; each merge reads ``READ_THREADS``
+inputs at a time and deletes them 16 at a time. Each input is fetched once: a small one (a
+flush file) is read whole with its footer, a larger one has its footer read once and its rows
+read once when merged. The merges running at once hold no more decoded bytes than
+``MERGE_MEMORY_BYTES`` (the size of one group sorted in memory, so the memory a compacting node
+needs is that of one such group, as before): a merge waits for room before it writes its
+intent. ``hold`` is asked before each partition, for one with something to merge once a merge
+slot is free, right before it starts: once it says stop, the merges under way finish and no
+other starts.
 
-A pass lists each service folder once, recursively (on S3 one request per 1,000 objects, not
-one per partition-hour: an idle pass over 500 services x 48 hours x 2 tables was 49,000 LISTs).
+A pass lists what its window holds, never a service's whole history: each service folder is
+listed without recursion for its hour folders (on S3 one request per 1,000 hours), then only
+the hours within the window are listed, 32 at a time; a young service, whose hours are nearly
+all within the window (at most 96 hours in all), is listed whole instead, recursively (one
+request per 1,000 objects: an idle pass over 200 young services x 48 hours x 2 tables is 800
+LISTs, not 19,200). Entries of hours outside the window are dropped as soon as they are listed.
 A partition with no intent and fewer than two small files there (the usual state of a compacted
 hour) is left at that: no other request. Any other is listed again, fresh, and that listing
-serves the young-file check, the intents and the choice of files; only the intent check of
-step 1 lists again, just before a merge. A file that lands in a compacted hour after its
-service was listed is merged by the next pass. Hours compacted by an earlier pass are listed
-again all the same: late data can land in any hour, and only a listing shows it. A pass looks
+serves the young-file check, the intents and the choice of files; only the intent check of step
+1 lists again, just before a merge. A file that lands in a compacted hour after it was
+listed is merged by the next pass. Hours compacted by an earlier pass are listed again all the
+same: late data can land in any hour, and only a listing shows it. A pass looks
 back ``--lookback-hours`` (48) from now, or, for the periodic task and ``compact`` without
 ``--lookback-hours``, from that long before the start of the last completed pass over the whole
 warehouse (``_compaction/last-pass.json``, at most 30 days), so that the hours of a pause (a
@@ -91,7 +96,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -134,9 +139,14 @@ INTENT_STALE_AFTER = timedelta(minutes=15)
 INTENT_REFRESH = timedelta(minutes=1)
 
 # --- concurrency (see "Throughput" in the module docstring) ---------------------------------------
-#: Service folders listed at once (an idle pass is one LIST request per 1,000 objects of each,
-#: each a round trip of tens of milliseconds on S3).
+#: Service folders listed at once (each one LIST request per 1,000 of its hour folders, and,
+#: for a young service, one per 1,000 objects; a round trip of tens of milliseconds on S3).
 LIST_THREADS = 16
+#: Partition-hours listed at once, for services whose folder is not listed whole.
+PARTITION_LIST_THREADS = 32
+#: A service folder with more hour folders than this is never listed whole (recursively): its
+#: hours within the window are listed one by one (see :func:`_recurse`).
+RECURSIVE_MAX_HOURS = 96
 #: Partitions merged at once (each reads :data:`READ_THREADS` inputs at a time and deletes
 #: ``DELETE_PARALLEL`` at a time). Their memory is bounded by :data:`MERGE_MEMORY_BYTES`.
 MERGE_PARTITIONS = 4
@@ -755,9 +765,14 @@ def _closed_partitions_listed(
     tables: list[str] | None,
     service: str | None,
 ) -> Iterator[tuple[Table, str, list[pafs.FileInfo]]]:
-    """:func:`closed_partitions`, each with what its folder held when its service's folder was
-    listed: one recursive listing per service (on S3 one LIST request per 1,000 objects, not
-    one per partition), :data:`LIST_THREADS` services at a time, a few ahead of the caller."""
+    """:func:`closed_partitions`, each with what its folder held when it was listed.
+
+    Each service folder is listed without recursion first (its ``dt=`` hour folders: on S3 one
+    request per 1,000 hours), :data:`LIST_THREADS` services at a time; only its hours within
+    the window are then listed, :data:`PARTITION_LIST_THREADS` at a time, or, when they are
+    nearly all its hours (a young service, see :func:`_recurse`), the whole folder at once (one
+    request per 1,000 objects). Either way a pass lists, and holds, what the window holds, not
+    the service's history. Results come in order, a few ahead of the caller."""
     for name in tables or list(TABLES):
         spec = TABLES[name]
         services = [
@@ -767,18 +782,69 @@ def _closed_partitions_listed(
             and svc.base_name.startswith("service=")
             and (service is None or svc.base_name == f"service={service}")
         ]
-        listed = _bounded_map(lambda path: (path, list_tree(wh, path)), services, LIST_THREADS)
-        with contextlib.closing(listed):
-            for folder, infos in listed:
-                for part, files in sorted(_by_partition(folder, infos).items()):
-                    try:
-                        start = parse_dt(part[3:])
-                    except ValueError:
-                        continue
-                    end = start + timedelta(hours=1)
-                    if end + grace > now or (lookback is not None and end < now - lookback):
-                        continue
-                    yield spec, f"{folder}/{part}", files
+        listed = _bounded_map(
+            lambda path: _list_service(wh, path, now, grace, lookback), services, LIST_THREADS
+        )
+        parts = _bounded_map(_list_partition(wh), _flatten(listed), PARTITION_LIST_THREADS)
+        with contextlib.closing(listed), contextlib.closing(parts):
+            for folder, infos in parts:
+                yield spec, folder, infos
+
+
+#: (partition folder, its entries, or None: not listed yet).
+_Partition = tuple[str, list[pafs.FileInfo] | None]
+
+
+def _flatten(services: Iterator[list[_Partition]]) -> Iterator[_Partition]:
+    for partitions in services:
+        yield from partitions
+
+
+def _list_partition(wh: Warehouse) -> Callable[[_Partition], tuple[str, list[pafs.FileInfo]]]:
+    def listed(part: _Partition) -> tuple[str, list[pafs.FileInfo]]:
+        folder, infos = part
+        return folder, (list_folder(wh, folder) if infos is None else infos)
+
+    return listed
+
+
+def _list_service(
+    wh: Warehouse, folder: str, now: datetime, grace: timedelta, lookback: timedelta | None
+) -> list[_Partition]:
+    """The closed partitions of the service ``folder`` within ``lookback``, in order: with
+    their entries when the folder was listed whole (:func:`_recurse`), else to be listed."""
+    hours = [
+        info.base_name
+        for info in list_folder(wh, folder)
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("dt=")
+    ]
+    wanted = sorted(h for h in hours if _in_window(h, now, grace, lookback))
+    if not wanted:
+        return []
+    if not _recurse(len(wanted), len(hours)):
+        return [(f"{folder}/{part}", None) for part in wanted]
+    # Entries of the other hours are dropped at once: only the window's are kept.
+    entries = _by_partition(folder, list_tree(wh, folder), set(wanted))
+    return [(f"{folder}/{part}", entries.get(part, [])) for part in wanted]
+
+
+def _in_window(part: str, now: datetime, grace: timedelta, lookback: timedelta | None) -> bool:
+    """``part`` (``dt=...``) is an hour that ended over ``grace`` ago and within ``lookback``."""
+    try:
+        start = parse_dt(part[3:])
+    except ValueError:
+        return False
+    end = start + timedelta(hours=1)
+    return end + grace <= now and (lookback is None or end >= now - lookback)
+
+
+def _recurse(wanted: int, hours: int) -> bool:
+    """List a service folder whole rather than hour by hour: when the hours to look at are
+    nearly all of its hours (the others, at most a quarter of these, are the open ones and a
+    few just past the window), and not more than :data:`RECURSIVE_MAX_HOURS` in all (a pass
+    over a long window, ``--all`` or a resumed one, lists hour by hour and so holds a few
+    hours' entries at a time, not the whole folder's)."""
+    return hours <= RECURSIVE_MAX_HOURS and hours - wanted <= max(2, wanted // 4)
 
 
 def list_tree(wh: Warehouse, folder: str) -> list[pafs.FileInfo]:
@@ -791,33 +857,31 @@ def list_tree(wh: Warehouse, folder: str) -> list[pafs.FileInfo]:
         raise StorageError(f"listing {folder} in {wh.uri} failed: {exc}") from exc
 
 
-def _by_partition(folder: str, infos: list[pafs.FileInfo]) -> dict[str, list[pafs.FileInfo]]:
-    """The ``dt=`` folders directly in ``folder`` (a service's), each with the entries directly
-    in it."""
-    parts: dict[str, list[pafs.FileInfo]] = {}
+def _by_partition(
+    folder: str, infos: list[pafs.FileInfo], wanted: set[str]
+) -> dict[str, list[pafs.FileInfo]]:
+    """The entries directly in each ``wanted`` ``dt=`` folder of ``folder`` (a service's)."""
+    parts: dict[str, list[pafs.FileInfo]] = {part: [] for part in wanted}
     prefix = folder.rstrip("/") + "/"
     for info in infos:
         if not info.path.startswith(prefix):
             continue
         part, sep, rest = info.path[len(prefix) :].partition("/")
-        if not part.startswith("dt="):
-            continue
-        entries = parts.setdefault(part, [])
-        if sep and rest and "/" not in rest:
+        entries = parts.get(part)
+        if entries is not None and sep and rest and "/" not in rest:
             entries.append(info)
     return parts
 
 
 def _bounded_map(
-    fn: Callable[[_T], _R], items: list[_T], threads: int, ahead: int | None = None
+    fn: Callable[[_T], _R], items: Iterable[_T], threads: int, ahead: int | None = None
 ) -> Iterator[_R]:
     """``fn`` over ``items`` in ``threads`` threads, results in order, at most ``ahead``
     (2 x ``threads``) started beyond the one the caller waits for: results are not piled up
-    faster than they are used. Closing the iterator cancels what has not started."""
-    if not items:
-        return
+    faster than they are used; ``items`` is drawn from as they are started. Closing the
+    iterator cancels what has not started."""
     ahead = ahead or 2 * threads
-    pool = ThreadPoolExecutor(min(threads, len(items)), thread_name_prefix="compact-list")
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="compact-list")
     pending: deque[Future[_R]] = deque()
     try:
         for item in items:

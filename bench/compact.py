@@ -11,13 +11,17 @@ The sizing in docs/operations.md rests on two figures this script measures:
   then counted back (every row exactly once, or the script fails);
 * **idle**: ``--idle-services`` services x ``--idle-hours`` hours x 2 tables of partitions
   already compacted (one file each): wall time of a pass that only lists them (one LIST per
-  partition-hour before, one recursive listing per service folder since).
+  service folder for its hour folders, then one recursive listing of a young service's
+  folder, or one LIST per hour in the window for one with a longer history); with
+  ``--idle-history N``, each service also has N older hours, past the pass's lookback, which
+  a pass must not list (N uncompacted files each: ``--idle-history-files``).
 
 ``--impl PATH`` measures another ``compaction.py`` (e.g. the previous revision, from
 ``git show HEAD~1:aggregator/compaction.py > /tmp/old.py``) for before/after figures.
 
 Usage: ``python bench/compact.py [--backend local|s3|both] [--partitions N] [--files N]
-[--rows N] [--idle-services N] [--idle-hours N] [--impl PATH]``
+[--rows N] [--idle-services N] [--idle-hours N] [--idle-history N] [--idle-history-files N]
+[--impl PATH]``
 """
 
 from __future__ import annotations
@@ -168,7 +172,15 @@ def bench_merge(
     print(f"[{label}] rows checked: {partitions * files * rows} rows, each exactly once")
 
 
-def bench_idle(impl: ModuleType, uri: str, services: int, hours: int, label: str) -> None:
+def bench_idle(
+    impl: ModuleType,
+    uri: str,
+    services: int,
+    hours: int,
+    label: str,
+    history: int = 0,
+    history_files: int = 1,
+) -> None:
     wh = open_warehouse(uri, create=True)
     data = flush_file(0, 0, 5)
     items: list[tuple[str, Callable[[], bytes]]] = []
@@ -179,19 +191,30 @@ def bench_idle(impl: ModuleType, uri: str, services: int, hours: int, label: str
                 dt = (top - timedelta(hours=h)).strftime("%Y-%m-%d-%H")
                 path = wh.path(partition_path(table, f"idle-{svc}", dt), "c-merged.parquet")
                 items.append((path, lambda: data))
+    partitions = len(items)
+    for table in TABLES:  # older hours, past the lookback: uncompacted, never to be listed
+        for svc in range(services):
+            for h in range(hours + 3, hours + 3 + history):
+                folder = partition_path(
+                    table, f"idle-{svc}", (top - timedelta(hours=h)).strftime("%Y-%m-%d-%H")
+                )
+                for seq in range(history_files):
+                    items.append((wh.path(folder, f"n0-{seq:016d}-0000.parquet"), lambda: data))
     started = time.monotonic()
     upload(wh, items)
     print(
         f"[{label}] built {services} services x {hours} h x {len(TABLES)} tables "
-        f"({len(items)} compacted partitions) in {time.monotonic() - started:.1f}s"
+        f"({partitions} compacted partitions; {services} x {history} h x {history_files} "
+        f"files of history past the lookback) in {time.monotonic() - started:.1f}s"
     )
     for run in (1, 2):
         started = time.monotonic()
         merged = impl.compact_warehouse(wh, now=NOW, lookback=timedelta(hours=hours + 1))
         wall = time.monotonic() - started
         print(
-            f"[{label}] idle pass {run}: {merged} merged, {len(items)} partitions in "
-            f"{wall:.2f}s ({len(items) / wall:.0f} partitions/s)"
+            f"[{label}] idle pass {run}: {merged} merged, {partitions} partitions in "
+            f"{wall:.2f}s ({partitions / wall:.0f} partitions/s); peak RSS (set-up included) "
+            f"{peak_rss_mib():.0f} MiB"
         )
 
 
@@ -204,7 +227,15 @@ def run_backend(args: argparse.Namespace, impl: ModuleType, backend: str) -> Non
                     impl, str(root / "merge"), args.partitions, args.files, args.rows, "local"
                 )
             if args.idle_services:
-                bench_idle(impl, str(root / "idle"), args.idle_services, args.idle_hours, "local")
+                bench_idle(
+                    impl,
+                    str(root / "idle"),
+                    args.idle_services,
+                    args.idle_hours,
+                    "local",
+                    args.idle_history,
+                    args.idle_history_files,
+                )
         finally:
             shutil.rmtree(root, ignore_errors=True)
         return
@@ -220,7 +251,15 @@ def run_backend(args: argparse.Namespace, impl: ModuleType, backend: str) -> Non
             bench_merge(impl, uri, args.partitions, args.files, args.rows, "s3")
         if args.idle_services:
             uri = f"s3://{server.create_bucket()}/wh"
-            bench_idle(impl, uri, args.idle_services, args.idle_hours, "s3")
+            bench_idle(
+                impl,
+                uri,
+                args.idle_services,
+                args.idle_hours,
+                "s3",
+                args.idle_history,
+                args.idle_history_files,
+            )
     finally:
         server.stop()
 
@@ -233,6 +272,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=50, help="per file")
     parser.add_argument("--idle-services", type=int, default=200, help="0: no idle pass")
     parser.add_argument("--idle-hours", type=int, default=48)
+    parser.add_argument(
+        "--idle-history", type=int, default=0, help="older hours per service, past the lookback"
+    )
+    parser.add_argument("--idle-history-files", type=int, default=1, help="per older hour")
     parser.add_argument("--impl", help="a compaction.py to measure instead of the work tree's")
     args = parser.parse_args()
     import logging

@@ -468,6 +468,38 @@ def test_several_partitions_are_merged_at_once_on_s3(
     assert compact_warehouse(wh, now=LATER, lookback=None) == 0
 
 
+@pytest.mark.s3
+@pytest.mark.integration
+def test_hours_are_listed_one_by_one_or_the_folder_whole_on_s3(
+    s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On S3 too: the service folder's hour folders are listed (prefixes), then only the hour
+    within the lookback (never the folder whole: list_tree fails here); a later pass over
+    every hour lists the young folder whole and merges the other hour."""
+    flush_files(s3_warehouse, files=4, rows_per_file=10, service="svc")
+    before = service_rows(s3_warehouse)
+    wh = open_warehouse(s3_warehouse)
+    folder = wh.path(partition_path("container_logs", "svc", DT))
+    next_folder = wh.path(partition_path("container_logs", "svc", NEXT_DT))
+
+    def files_in(path: str) -> int:
+        return len([f for f in parquet_files(s3_warehouse, "container_logs") if f.startswith(path)])
+
+    def whole(*_: object) -> None:
+        raise AssertionError("a service folder was listed whole")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(compaction, "RECURSIVE_MAX_HOURS", 1)
+        patch.setattr(compaction, "list_tree", whole)
+        lookback = LATER - (HOUR + timedelta(minutes=90))  # NEXT_DT's hour, not DT's
+        assert compact_warehouse(wh, now=LATER, lookback=lookback) == 4
+    assert files_in(folder + "/") == 4  # outside the lookback: untouched
+    assert files_in(next_folder + "/") == 1
+    assert compact_warehouse(wh, now=LATER, lookback=None) == 4  # listed whole: 2 hours
+    assert files_in(folder + "/") == 1
+    assert service_rows(s3_warehouse) == before
+
+
 def test_a_partition_failing_beside_others_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

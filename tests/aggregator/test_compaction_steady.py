@@ -45,11 +45,14 @@ OLD = time.time() - 3 * 86400  # mtime of every file: long past any grace period
 
 
 class CountingHandler(pafs.FileSystemHandler):
-    """A real local filesystem that counts folder listings and file opens, per path."""
+    """A real local filesystem that counts folder listings (and the recursive ones) and file
+    opens, per path, and keeps every path a listing returned."""
 
     def __init__(self) -> None:
         self.fs = pafs.LocalFileSystem()
         self.listings: Counter[str] = Counter()
+        self.recursive: Counter[str] = Counter()
+        self.listed: list[str] = []
         self.opens: Counter[str] = Counter()
 
     def get_type_name(self) -> str:
@@ -66,7 +69,10 @@ class CountingHandler(pafs.FileSystemHandler):
 
     def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
         self.listings[selector.base_dir.rstrip("/")] += 1
-        return self.fs.get_file_info(selector)
+        self.recursive[selector.base_dir.rstrip("/")] += selector.recursive
+        infos = self.fs.get_file_info(selector)
+        self.listed += [info.path for info in infos]
+        return infos
 
     def create_dir(self, path: str, recursive: bool) -> None:
         self.fs.create_dir(path, recursive=recursive)
@@ -144,9 +150,10 @@ def rows(root: Path) -> int:
 # --- one listing per partition, no footer read where nothing can merge ----------------------------
 
 
-def test_an_idle_pass_lists_each_service_once_and_reads_no_footer(tmp_path: Path) -> None:
-    """One recursive listing per service folder (on S3 a request per 1,000 objects) instead of
-    one per partition-hour; a partition with something to merge is listed again, fresh."""
+def test_an_idle_pass_lists_each_young_service_whole_and_reads_no_footer(tmp_path: Path) -> None:
+    """A service whose hours are all in the window (a young one) is listed whole, once (on S3 a
+    request per 1,000 objects), after its hour folders, instead of once per partition-hour; a
+    partition with something to merge is listed again, fresh."""
     root = tmp_path / "wh"
     single = [write_hour(root, h, 1, service=s) for h in (2, 5, 30) for s in ("a", "b")]
     busy = write_hour(root, 7, 4, service="a")
@@ -157,7 +164,8 @@ def test_an_idle_pass_lists_each_service_once_and_reads_no_footer(tmp_path: Path
     assert compact_warehouse(wh, now=NOW) == 4
     assert rows(root) == before  # exact: nothing lost, nothing twice
     assert parquet_count(busy) == 1
-    assert [fs.listings[s] for s in services] == [1, 1]
+    assert [fs.listings[s] for s in services] == [2, 2]  # its hour folders, then all of it
+    assert [fs.recursive[s] for s in services] == [1, 1]
     for folder in single:
         assert fs.listings[folder] == 0, folder  # its service's listing showed it compacted
         assert not [p for p in fs.opens if p.startswith(folder + "/")], folder  # no footer
@@ -167,11 +175,57 @@ def test_an_idle_pass_lists_each_service_once_and_reads_no_footer(tmp_path: Path
     fs.listings.clear()
     fs.opens.clear()
     assert compact_warehouse(wh, now=NOW) == 0  # steady state: now every partition is single
-    assert [fs.listings[s] for s in services] == [1, 1]
+    assert [fs.listings[s] for s in services] == [2, 2]
     for folder in [*single, busy]:
         assert fs.listings[folder] == 0, folder
     assert not [p for p in fs.opens if p.endswith(".parquet")]
     assert rows(root) == before
+
+
+def test_a_pass_lists_only_the_hours_within_its_lookback(tmp_path: Path) -> None:
+    """Hours past the lookback (a service's history, uncompacted if compaction was enabled
+    late) are neither listed nor held: the service's folder is listed for its hour folders,
+    then only the hours in the window, one by one; a late file there is still merged."""
+    root = tmp_path / "wh"
+    old = [write_hour(root, h, 2, service="old") for h in range(60, 72)]
+    compacted = write_hour(root, 3, 1, service="old")
+    late = write_hour(root, 10, 3, service="old")
+    service = str(Path(late).parent)
+    wh, fs = counting_warehouse(root)
+
+    assert compact_warehouse(wh, now=NOW) == 3  # the window's hour of small files
+    assert fs.recursive[service] == 0 and fs.listings[service] == 1
+    assert fs.listings[compacted] == 1  # listed on its own, then left: compacted
+    for folder in old:
+        assert fs.listings[folder] == 0, folder
+        assert not [p for p in fs.listed if p.startswith(folder + "/")], folder
+        assert parquet_count(folder) == 2, folder  # outside the lookback: left as it is
+
+    write_hour(root, 10, 1, service="old")  # a late flush into the compacted hour
+    before = rows(root)
+    fs.listings.clear()
+    fs.listed.clear()
+    assert compact_warehouse(wh, now=NOW) == 2
+    assert parquet_count(late) == 1 and rows(root) == before
+    assert not [p for p in fs.listed if any(p.startswith(f + "/") for f in old)]
+    assert sum(n for path, n in fs.listings.items() if path in old) == 0
+
+
+def test_a_long_window_lists_hour_by_hour_never_the_whole_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--all`` (no lookback) or a long resumed window: a folder with more hours than
+    RECURSIVE_MAX_HOURS is listed hour by hour (a few hours' entries held at a time), and every
+    hour is still compacted."""
+    monkeypatch.setattr(compaction, "RECURSIVE_MAX_HOURS", 4)
+    root = tmp_path / "wh"
+    hours = [write_hour(root, h, 2) for h in (2, 3, 5, 100, 200, 300)]
+    service = str(Path(hours[0]).parent)
+    before = rows(root)
+    wh, fs = counting_warehouse(root)
+    assert compact_warehouse(wh, now=NOW, lookback=None) == 12
+    assert fs.recursive[service] == 0
+    assert [parquet_count(f) for f in hours] == [1] * 6 and rows(root) == before
 
 
 def test_a_file_landing_in_a_compacted_hour_is_merged_by_the_next_pass(tmp_path: Path) -> None:
