@@ -34,6 +34,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/e2e.py
 	$(BIN)/python bench/idle.py
 	$(BIN)/python bench/offsets.py
+	$(BIN)/python bench/compact.py
+	$(BIN)/python bench/churn.py
 
 clean:
 	rm -rf $(VENV) logq-warehouse .pytest_cache
