@@ -175,7 +175,7 @@ def explain_empty(common: Common, prep: Prepared, data_known: bool = False) -> s
 def explain_no_rows(common: Common, prep: Prepared, span: str, hint: str) -> str:
     """The local reason for an empty answer over data that exists: where the data is when the
     window has none, else how many requests the window had."""
-    from athena.freshness import newest_data_quick
+    from athena.freshness import newest_data_quick, newest_in
     from athena.timerange import iso_utc
     from athena.warehouse import open_warehouse
 
@@ -189,8 +189,11 @@ def explain_no_rows(common: Common, prep: Prepared, span: str, hint: str) -> str
         requests = count_requests(common, prep)
         if requests:
             return f"{requests:,} requests {span}{where}, none matched ({read}){hint}"
-        newest = newest_data_quick(wh, prep.table, prep.services)
-        tail = f"; newest data{where}: {iso_utc(newest)}" if newest else ""
+        if lists_every_service(wh, prep):  # the partitions read: footers, no listing
+            newest, what = newest_in(wh, prep.scopes[prep.table]), "in those partitions"
+        else:
+            newest, what = newest_data_quick(wh, prep.table, prep.services), f"data{where}"
+        tail = f"; newest {what}: {iso_utc(newest)}" if newest else ""
         return f"no requests {span}{where}{filters_text(common)} ({read}){tail}{hint}"
     return f"no matching rows {span} ({read}){hint}"
 
@@ -216,8 +219,10 @@ def no_partitions_reason(wh: Warehouse, prep: Prepared, span: str, where: str) -
     from athena.freshness import newest_data, oldest_data
     from athena.timerange import as_utc, iso_utc
 
-    newest = newest_data(wh, prep.table, prep.services)
     text = f"no {prep.table} data {span}{where}"
+    if lists_every_service(wh, prep):
+        return f"{text}; `logq services --since 1d` shows each service's newest data"
+    newest = newest_data(wh, prep.table, prep.services)
     if newest is None:
         return f"{text}; widen --since"
     oldest = oldest_data(wh, prep.table, prep.services)
@@ -241,6 +246,13 @@ STALE_AFTER_SECONDS = 120
 #: Services the stale-data note looks at one by one when the query planned none of their files
 #: (on Athena, always): each costs three listings (its hours, the files of its two newest).
 STALE_LISTED_SERVICES = 10
+
+
+def lists_every_service(wh: Warehouse, prep: Prepared) -> bool:
+    """Whether saying where the data is would list the folders of every service (or of more
+    than :data:`STALE_LISTED_SERVICES`) on S3: 1 + 3N requests one after another, minutes
+    for hundreds of services. An empty answer then points to `logq services` instead."""
+    return wh.is_s3 and (not prep.services or len(prep.services) > STALE_LISTED_SERVICES)
 
 
 def note_stale(common: Common, prep: Prepared) -> None:

@@ -237,3 +237,59 @@ def test_tail_hint_names_the_engine_options_given(monkeypatch: pytest.MonkeyPatc
     assert _tail_hint(common, "req-1").endswith("--since 1h --athena-workgroup 'on call'`")
     local = _tail_hint(_common(EngineName.local, "s3://b/wh", None), "req-1")
     assert local.endswith("--since 1h --engine local`")  # the environment names the rest
+
+
+ERRORS_5XX = {"status_min": 500, "status_max": 599, "raw_paths": False}
+
+
+@pytest.mark.integration
+@pytest.mark.s3
+def test_empty_answers_over_every_service_do_not_list_them_all_on_s3(
+    s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty answer says where the data is: over every service of an s3:// warehouse that
+    was 1 + 3N listings one after another (minutes for hundreds of services). It now reads
+    the footers of the partitions the query planned, or points to `logq services`. Counted
+    around the real listing functions, over real SeaweedFS."""
+    import athena.partitions as partitions
+    from cli.explain import explain_empty
+    from cli.runner import execute
+
+    now = _now()
+    services = [f"svc-{i:02d}" for i in range(12)]
+    frame = access_frame(24, now - timedelta(minutes=7), now - timedelta(minutes=5), services)
+    write_frame(s3_warehouse, "envoy_access", frame)
+    calls: list[str] = []
+    for name in ("list_services", "list_dts", "list_files"):
+        real = getattr(partitions, name)
+
+        def counted(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            calls.append(_name)
+            return _real(*args)
+
+        monkeypatch.setattr(partitions, name, counted)
+
+    def explained(since: str, until: str | None, path: str | None) -> tuple[int, str]:
+        common = _common(EngineName.local, s3_warehouse, None)
+        common.since, common.until, common.path = since, until, path
+        prep = prepare(common, "errors", "envoy_access", ERRORS_5XX)
+        result = execute(common, prep)
+        assert result is not None and not result.rows
+        calls.clear()
+        text = explain_empty(common, prep)
+        return len(calls), text
+
+    # Partitions in range, no request matches --path: the newest row of what was read. (The
+    # one listing left is of the table's service folders: is there any data at all.)
+    count, text = explained("1h", None, "/no-such-path")
+    assert count <= 1 and "no requests" in text and "newest in those partitions: " in text
+    # No partition in range (a window of last week): a pointer instead of listing them all.
+    count, text = explained("8d", "7d", None)
+    assert count <= 1 and "`logq services --since 1d`" in text
+    # One service: where its data is, as before (a few listings).
+    common = _common(EngineName.local, s3_warehouse, ["svc-03"])
+    common.since, common.until = "8d", "7d"
+    prep = prepare(common, "errors", "envoy_access", ERRORS_5XX)
+    execute(common, prep)
+    calls.clear()
+    assert "the data for svc-03 starts at " in explain_empty(common, prep) and 0 < len(calls) <= 10
