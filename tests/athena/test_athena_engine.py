@@ -111,12 +111,17 @@ def test_ctrl_c_cancels_on_athena(moto: str) -> None:
     finished = threading.Event()
 
     def press_ctrl_c() -> None:
-        # Again each second until the engine says it cancels: a KeyboardInterrupt that lands
-        # in a gc callback (hypothesis installs one) is swallowed as "unraisable".
-        while not finished.wait(0.5 if not out.getvalue() else 1.0):
-            if "cancelling query" in out.getvalue():
+        # Once the query runs (its progress line is out: a Ctrl-C before that stops the engine
+        # before it started anything, as a loaded machine showed), again each second until the
+        # engine says it cancels: a KeyboardInterrupt that lands in a gc callback (hypothesis
+        # installs one) is swallowed as "unraisable".
+        while not finished.wait(0.1):
+            text = out.getvalue()
+            if "cancelling query" in text:
                 return
-            os.kill(os.getpid(), signal.SIGINT)
+            if text:
+                os.kill(os.getpid(), signal.SIGINT)
+                finished.wait(1.0)
 
     presser = threading.Thread(target=press_ctrl_c, daemon=True)
     presser.start()
