@@ -55,7 +55,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from aggregator.decode import BUFFER_SCHEMA, to_ipc
+from aggregator.decode import to_ipc
 from aggregator.durable import atomic_file
 from aggregator.frames import Scan, encode_frame, scan_frames
 
@@ -76,7 +76,6 @@ KEY_BYTES = 16
 _ROWS = struct.Struct(">I")  # the row count that starts every buffer frame (decode.to_ipc)
 _WHEN = struct.Struct(">d")
 _FRAME_OVERHEAD = len(encode_frame(_WHEN.pack(0.0)))  # a journal frame without its keys
-_IPC_OPTIONS: dict[str, pa.ipc.IpcWriteOptions] = {}
 
 
 def chunk_key(chunk: str, batch: pa.RecordBatch, client: str) -> bytes:
@@ -147,18 +146,8 @@ def frame_payload(batch: pa.RecordBatch, compression: str, key: bytes | None) ->
     """The buffer frame of a message: :func:`aggregator.decode.to_ipc`'s, with the message's
     chunk ``key`` (if it has one) as custom metadata of its record batch, so that the key is
     durable exactly when the records are. ``from_ipc`` reads the same table from both."""
-    if key is None:
-        return to_ipc(batch, compression)
-    options = _IPC_OPTIONS.get(compression)
-    if options is None:
-        codec = None if compression == "none" else compression
-        options = _IPC_OPTIONS[compression] = pa.ipc.IpcWriteOptions(
-            compression=codec, use_threads=False
-        )
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, BUFFER_SCHEMA, options=options) as writer:
-        writer.write_batch(batch, custom_metadata={CHUNK_METADATA: key.hex().encode("ascii")})
-    return _ROWS.pack(batch.num_rows) + sink.getvalue().to_pybytes()
+    metadata = None if key is None else {CHUNK_METADATA: key.hex().encode("ascii")}
+    return to_ipc(batch, compression, metadata)
 
 
 def frame_chunk(payload: bytes) -> bytes | None:

@@ -400,12 +400,16 @@ _IPC_OPTIONS = {
 }
 
 
-def to_ipc(batch: pa.RecordBatch, compression: str = "none") -> bytes:
+def to_ipc(
+    batch: pa.RecordBatch, compression: str = "none", metadata: dict[bytes, bytes] | None = None
+) -> bytes:
     """The payload of one buffer frame: the row count (u32) and the batch as an Arrow IPC
-    stream, optionally compressed (the count lets the flusher slice a segment without decoding)."""
+    stream, optionally compressed (the count lets the flusher slice a segment without decoding).
+    ``metadata``: custom metadata of the record batch (a message's chunk key, see
+    :func:`aggregator.chunks.frame_payload`); readers that do not ask for it get the same table."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, BUFFER_SCHEMA, options=_IPC_OPTIONS[compression]) as writer:
-        writer.write_batch(batch)
+        writer.write_batch(batch, custom_metadata=metadata)
     return _ROWS.pack(batch.num_rows) + sink.getvalue().to_pybytes()
 
 
