@@ -179,21 +179,11 @@ def _common(engine: EngineName, warehouse: str, services: list[str] | None) -> C
     )  # fmt: skip
 
 
-@pytest.mark.integration
-@pytest.mark.s3
-def test_stale_note_listings_are_bounded_on_s3(
-    s3_warehouse: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Without --service, nothing planned (Athena plans nothing) and an s3:// warehouse, the
-    note would list every service, its hours and their files: 1 + 3N S3 round trips per query
-    (1,501 for 500 services). It is skipped then; a --service list costs 3 per name, 10 names
-    at most. The listings are counted around the real functions, over real SeaweedFS."""
+def _count_listings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the listing functions called from now on (each one listing, on S3 a LIST
+    request), counted around the real functions."""
     import athena.partitions as partitions
 
-    now = _now()
-    services = [f"svc-{i:02d}" for i in range(12)]
-    frame = access_frame(24, now - timedelta(minutes=7), now - timedelta(minutes=5), services)
-    write_frame(s3_warehouse, "envoy_access", frame)
     calls: list[str] = []
     for name in ("list_services", "list_dts", "list_files"):
         real = getattr(partitions, name)
@@ -203,6 +193,23 @@ def test_stale_note_listings_are_bounded_on_s3(
             return _real(*args)
 
         monkeypatch.setattr(partitions, name, counted)
+    return calls
+
+
+@pytest.mark.integration
+@pytest.mark.s3
+def test_stale_note_listings_are_bounded_on_s3(
+    s3_warehouse: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --service, nothing planned (Athena plans nothing) and an s3:// warehouse, the
+    note would list every service, its hours and their files: 1 + 3N S3 round trips per query
+    (1,501 for 500 services). It is skipped then; a --service list costs 3 per name, 10 names
+    at most. The listings are counted around the real functions, over real SeaweedFS."""
+    now = _now()
+    services = [f"svc-{i:02d}" for i in range(12)]
+    frame = access_frame(24, now - timedelta(minutes=7), now - timedelta(minutes=5), services)
+    write_frame(s3_warehouse, "envoy_access", frame)
+    calls = _count_listings(monkeypatch)
 
     def stale_note(engine: EngineName, chosen: list[str] | None) -> tuple[int, str]:
         common = _common(engine, s3_warehouse, chosen)
@@ -251,7 +258,6 @@ def test_empty_answers_over_every_service_do_not_list_them_all_on_s3(
     was 1 + 3N listings one after another (minutes for hundreds of services). It now reads
     the footers of the partitions the query planned, or points to `logq services`. Counted
     around the real listing functions, over real SeaweedFS."""
-    import athena.partitions as partitions
     from cli.explain import explain_empty
     from cli.runner import execute
 
@@ -259,15 +265,7 @@ def test_empty_answers_over_every_service_do_not_list_them_all_on_s3(
     services = [f"svc-{i:02d}" for i in range(12)]
     frame = access_frame(24, now - timedelta(minutes=7), now - timedelta(minutes=5), services)
     write_frame(s3_warehouse, "envoy_access", frame)
-    calls: list[str] = []
-    for name in ("list_services", "list_dts", "list_files"):
-        real = getattr(partitions, name)
-
-        def counted(*args: Any, _real: Any = real, _name: str = name) -> Any:
-            calls.append(_name)
-            return _real(*args)
-
-        monkeypatch.setattr(partitions, name, counted)
+    calls = _count_listings(monkeypatch)
 
     def explained(since: str, until: str | None, path: str | None) -> tuple[int, str]:
         common = _common(EngineName.local, s3_warehouse, None)
