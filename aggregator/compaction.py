@@ -96,12 +96,12 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -120,11 +120,10 @@ from aggregator.storage import (
     write_options,
 )
 from athena.schema import TABLES, Table, parse_dt
+from athena.threads import ordered_map
 from athena.warehouse import Warehouse, WarehouseError, open_warehouse
 
 log = logging.getLogger("logq.aggregator.compaction")
-_T = TypeVar("_T")
-_R = TypeVar("_R")
 
 DEFAULT_TARGET_BYTES = 128 * 1024 * 1024
 DEFAULT_GRACE = timedelta(minutes=30)
@@ -782,10 +781,15 @@ def _closed_partitions_listed(
             and svc.base_name.startswith("service=")
             and (service is None or svc.base_name == f"service={service}")
         ]
-        listed = _bounded_map(
-            lambda path: _list_service(wh, path, now, grace, lookback), services, LIST_THREADS
+        listed = ordered_map(
+            lambda path: _list_service(wh, path, now, grace, lookback),
+            services,
+            LIST_THREADS,
+            name="compact-list",
         )
-        parts = _bounded_map(_list_partition(wh), _flatten(listed), PARTITION_LIST_THREADS)
+        parts = ordered_map(
+            _list_partition(wh), _flatten(listed), PARTITION_LIST_THREADS, name="compact-list"
+        )
         with contextlib.closing(listed), contextlib.closing(parts):
             for folder, infos in parts:
                 yield spec, folder, infos
@@ -871,29 +875,6 @@ def _by_partition(
         if entries is not None and sep and rest and "/" not in rest:
             entries.append(info)
     return parts
-
-
-def _bounded_map(
-    fn: Callable[[_T], _R], items: Iterable[_T], threads: int, ahead: int | None = None
-) -> Iterator[_R]:
-    """``fn`` over ``items`` in ``threads`` threads, results in order, at most ``ahead``
-    (2 x ``threads``) started beyond the one the caller waits for: results are not piled up
-    faster than they are used; ``items`` is drawn from as they are started. Closing the
-    iterator cancels what has not started."""
-    ahead = ahead or 2 * threads
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="compact-list")
-    pending: deque[Future[_R]] = deque()
-    try:
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) > ahead:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()
-        pool.shutdown(wait=True)
 
 
 def compact_warehouse(

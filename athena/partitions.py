@@ -236,11 +236,7 @@ def _ordered(work: Callable[[T], R], items: Sequence[T], workers: int) -> list[R
     cancelled rather than run for nothing."""
     if workers <= 1 or len(items) <= 1:
         return [work(i) for i in items]
-    from concurrent.futures import ThreadPoolExecutor
+    from athena.threads import ordered_map
 
-    pool = ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="logq-listing")
-    try:
-        futures = [pool.submit(work, i) for i in items]
-        return [f.result() for f in futures]
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    threads = min(workers, len(items))
+    return list(ordered_map(work, items, threads, ahead=len(items), name="logq-listing"))
