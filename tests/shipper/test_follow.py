@@ -238,10 +238,9 @@ def test_aggregator_down_then_up(tmp_path: Path) -> None:
     root = tmp_path / "containers"
     make_container(root, "d" * 64, "web", lines=[f"l{i}" for i in range(1000)])
     port = free_port()
-    res: dict[str, subprocess.CompletedProcess[str]] = {}
-
-    def run() -> None:
-        res["p"] = subprocess.run(
+    log_path = tmp_path / "shipper.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -259,22 +258,24 @@ def test_aggregator_down_then_up(tmp_path: Path) -> None:
                 "20",
             ],
             cwd=REPO,
-            capture_output=True,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
             text=True,
-            timeout=60,
         )
-
-    th = threading.Thread(target=run)
-    th.start()
-    time.sleep(1.5)
-    r = Receiver(port=port)
+    r: Receiver | None = None
     try:
-        th.join(60)
-        assert res["p"].returncode == 0, res["p"].stderr
+        # The aggregator comes up once the shipper has found it down (a fixed sleep let a slow
+        # start connect to the receiver first on a loaded machine).
+        wait_until(lambda: "connection refused" in log_path.read_text(), 60, "a refused connection")
+        r = Receiver(port=port)
+        assert proc.wait(timeout=60) == 0, log_path.read_text()
         assert r.lines() == [f"l{i}" for i in range(1000)]
-        assert "connection refused" in res["p"].stderr
     finally:
-        r.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if r is not None:
+            r.close()
 
 
 def test_wrong_shared_key_exits_with_clear_error(tmp_path: Path) -> None:
@@ -461,6 +462,9 @@ def test_sigterm_waits_for_the_in_flight_ack(tmp_path: Path) -> None:
         assert rc == 0, err
         # The ack arrived before the exit and was checkpointed: a restart sends nothing.
         sh = ShipperProc(tmp_path, "--aggregator", r.address, "--docker-root", str(root))
+        # Stopped once it follows the file (a SIGTERM before its handlers are installed kills
+        # it with -15), and has had time to send anything it would send.
+        wait_until(lambda: "new source" in sh.log_path.read_text(), 60, "the source followed")
         time.sleep(1.0)
         rc, err = sh.stop()
         assert rc == 0, err
