@@ -307,7 +307,7 @@ _SUGGESTIONS = (
     ("timeline", "logq timeline --service {service} --since 1h"),
     ("tail", "logq tail --service {service} --since 3h --limit 20"),
     ("sql", 'logq sql "SELECT service, count(*) AS n FROM envoy_access GROUP BY service"'),
-    ("ddl", "logq ddl    # Athena CREATE TABLE statements for the same files on S3"),
+    ("ddl", "logq ddl    # the tables' Athena DDL, with partition projection"),
 )
 
 
