@@ -12,6 +12,7 @@ A lock file keeps two shippers from sharing one state directory.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -300,14 +301,24 @@ class Registry:
         return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
     def write(self, data: bytes) -> None:
-        """Atomically replace the registry file with ``data``: tmp -> fsync -> rename."""
+        """Atomically replace the registry file with ``data``: tmp -> fsync -> rename.
+
+        A nearly full disk makes ``write`` return short without an error: every byte is written
+        or :class:`OSError` is raised (and the partial tmp removed), never a truncated registry
+        renamed into place."""
         tmp = self.state_dir / ".checkpoints.json.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.write(fd, data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        os.close(fd)
         os.replace(tmp, self.path)
         dfd = os.open(self.state_dir, os.O_RDONLY)
         try:

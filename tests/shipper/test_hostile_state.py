@@ -191,6 +191,50 @@ def test_registry_roundtrip_survives_repair(tmp_path: Path) -> None:
     assert st is not None and (st.offset, st.acked, st.source_id) == (0, 0, "h:1:ab")
 
 
+def _many_files(reg: Registry, n: int) -> None:
+    for i in range(n):
+        state = FileState(source="s", path=f"/p/{i}", source_id=f"h:{i}", offset=i, acked=i)
+        reg.put(f"k{i}", state)
+
+
+def test_short_writes_of_a_full_disk_never_leave_a_truncated_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A nearly full disk makes write(2) return short without an error (the auditor saw an
+    8,192-byte registry of invalid JSON renamed into place), then fail with ENOSPC."""
+    import errno
+
+    import shipper.checkpoint as checkpoint
+
+    reg = Registry(tmp_path)
+    _many_files(reg, 10)
+    reg.save()
+    before = (tmp_path / "checkpoints.json").read_bytes()
+    _many_files(reg, 300)
+    real_write = os.write
+    calls = []
+
+    def full_disk(fd: int, data: bytes) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[:4096]))  # short, and no error
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        reg.save()
+    assert (tmp_path / "checkpoints.json").read_bytes() == before  # the last good one stays
+    assert not (tmp_path / ".checkpoints.json.tmp").exists()
+
+    # Short writes that succeed in the end give the whole document.
+    monkeypatch.setattr(checkpoint.os, "write", lambda fd, data: real_write(fd, bytes(data[:999])))
+    reg.save()
+    reg.close()
+    again = Registry(tmp_path)
+    assert len(again.items()) == 300
+    again.close()
+
+
 # --- through the real program ------------------------------------------------------------------
 
 
