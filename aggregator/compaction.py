@@ -20,9 +20,10 @@ order of a merge is chosen so that readers may briefly see a row twice but never
 an attempt that fails deletes only its own output, and only while that output is incomplete. An
 output that is complete (it holds the intent's row count) is never deleted by a rollback: some
 compactor may already be deleting its inputs. Between 2 and 3 (milliseconds on a local disk;
-on S3 a request per input, 16 at a time: about a second for a thousand inputs; or until the
-next pass after a crash there) inputs and output are both visible: rows twice, never rows
-missing.
+on S3 one DeleteObjects request per 1,000 inputs; or until the next pass after a crash or a
+failed delete there) inputs and output are both visible: rows twice, never rows missing. A
+delete that fails, whole or for some keys, leaves the intent in place: the next pass finishes
+the merge (step 3 again, then 4).
 
 Two compactors on one partition (cron plus the periodic task, a leadership handover, a merge
 slower than ``INTENT_STALE_AFTER``) cannot both merge the same files: each writes its intent
@@ -48,21 +49,25 @@ sorted runs.
 Throughput: on S3 every request waits tens of milliseconds, so a pass works on many at once.
 Services are listed ``LIST_THREADS`` at a time, their hours ``PARTITION_LIST_THREADS`` at a
 time, and partitions merged ``MERGE_PARTITIONS`` at a time; each merge reads ``READ_THREADS``
-inputs at a time and deletes them 16 at a time. Each input is fetched once: a small one (a
-flush file) is read whole with its footer, a larger one has its footer read once and its rows
-read once when merged. The merges running at once hold no more decoded bytes than
+inputs at a time and deletes them in one request per 1,000. Each input is fetched once: a small
+one (a flush file) is read whole with its footer, a larger one has its footer read once and its
+rows read once when merged. The merges running at once hold no more decoded bytes than
 ``MERGE_MEMORY_BYTES`` (the size of one group sorted in memory, so the memory a compacting node
 needs is that of one such group, as before): a merge waits for room before it writes its
 intent. ``hold`` is asked before each partition, for one with something to merge once a merge
 slot is free, right before it starts: once it says stop, the merges under way finish and no
 other starts.
 
-A pass lists what its window holds, never a service's whole history: each service folder is
-listed without recursion for its hour folders (on S3 one request per 1,000 hours), then only
-the hours within the window are listed, 32 at a time; a young service, whose hours are nearly
-all within the window (at most 96 hours in all), is listed whole instead, recursively (one
-request per 1,000 objects: an idle pass over 200 young services x 48 hours x 2 tables is 800
-LISTs, not 19,200). Entries of hours outside the window are dropped as soon as they are listed.
+A pass lists what its window holds, never a service's whole history. On S3, a window of at
+most 96 hours (the usual 48-hour lookback) is listed in one go per service folder, from its
+first hour on (ListObjectsV2 ``StartAfter``: one request per 1,000 objects, usually one for a
+compacted window whatever the history before it: an idle pass over 500 services x 2 tables is
+1,000 LISTs, not 49,000). Otherwise each service folder is listed without recursion for its
+hour folders (on S3 one request per 1,000 hours), then only the hours within the window are
+listed, 32 at a time; a young service, whose hours are nearly all within the window (at most 96
+hours in all), is listed whole instead, recursively (one request per 1,000 objects: an idle pass
+over 200 young services x 48 hours x 2 tables is 800 LISTs, not 19,200). Entries of hours
+outside the window are dropped as soon as they are listed.
 A partition with no intent and fewer than two small files there (the usual state of a compacted
 hour) is left at that: no other request. Any other is listed again, fresh, and that listing
 serves the young-file check, the intents and the choice of files; only the intent check of step
@@ -116,10 +121,11 @@ from aggregator.storage import (
     delete_object,
     delete_objects,
     list_folder,
+    list_tree_after,
     put_bytes,
     write_options,
 )
-from athena.schema import TABLES, Table, parse_dt
+from athena.schema import DT_FORMAT, TABLES, Table, parse_dt
 from athena.threads import ordered_map
 from athena.warehouse import Warehouse, WarehouseError, open_warehouse
 
@@ -144,10 +150,12 @@ LIST_THREADS = 16
 #: Partition-hours listed at once, for services whose folder is not listed whole.
 PARTITION_LIST_THREADS = 32
 #: A service folder with more hour folders than this is never listed whole (recursively): its
-#: hours within the window are listed one by one (see :func:`_recurse`).
+#: hours within the window are listed one by one (see :func:`_recurse`). On S3, a window of at
+#: most this many hours is listed in one go from its first hour (see :func:`_list_window`):
+#: either way a listing holds at most this many hours' entries.
 RECURSIVE_MAX_HOURS = 96
 #: Partitions merged at once (each reads :data:`READ_THREADS` inputs at a time and deletes
-#: ``DELETE_PARALLEL`` at a time). Their memory is bounded by :data:`MERGE_MEMORY_BYTES`.
+#: them in one request per 1,000 on S3). Their memory is bounded by :data:`MERGE_MEMORY_BYTES`.
 MERGE_PARTITIONS = 4
 #: Input files of one merge read at once (footers first, then the rows).
 READ_THREADS = 8
@@ -680,7 +688,13 @@ class _Attempt:
                 INTENT_STALE_AFTER,
             )
             _put_intent(self.wh, self.intent, self.body)
-        delete_objects(self.wh, [f.path for f in self.group])
+        try:
+            delete_objects(self.wh, [f.path for f in self.group])
+        except StorageError as exc:  # the intent stays: the next pass finishes the merge
+            raise StorageError(
+                f"merged {len(self.group)} files into {self.output_name}, but deleting them "
+                f"failed ({exc}); their rows show twice until the next pass deletes them"
+            ) from exc
         delete_object(self.wh, self.intent)
         log.info(
             "compacted %d files (%d rows) into %s",
@@ -766,8 +780,10 @@ def _closed_partitions_listed(
 ) -> Iterator[tuple[Table, str, list[pafs.FileInfo]]]:
     """:func:`closed_partitions`, each with what its folder held when it was listed.
 
-    Each service folder is listed without recursion first (its ``dt=`` hour folders: on S3 one
-    request per 1,000 hours), :data:`LIST_THREADS` services at a time; only its hours within
+    On S3 with a window of at most :data:`RECURSIVE_MAX_HOURS` hours, each service folder is
+    listed from the window's first hour on (:func:`_list_window`), :data:`LIST_THREADS`
+    services at a time. Otherwise each service folder is listed without recursion first (its
+    ``dt=`` hour folders: on S3 one request per 1,000 hours); only its hours within
     the window are then listed, :data:`PARTITION_LIST_THREADS` at a time, or, when they are
     nearly all its hours (a young service, see :func:`_recurse`), the whole folder at once (one
     request per 1,000 objects). Either way a pass lists, and holds, what the window holds, not
@@ -816,7 +832,11 @@ def _list_service(
     wh: Warehouse, folder: str, now: datetime, grace: timedelta, lookback: timedelta | None
 ) -> list[_Partition]:
     """The closed partitions of the service ``folder`` within ``lookback``, in order: with
-    their entries when the folder was listed whole (:func:`_recurse`), else to be listed."""
+    their entries when the folder was listed whole (:func:`_recurse`) or from the window's
+    first hour on (:func:`_list_window`), else to be listed."""
+    listed = _list_window(wh, folder, now, grace, lookback)
+    if listed is not None:
+        return listed
     hours = [
         info.base_name
         for info in list_folder(wh, folder)
@@ -830,6 +850,40 @@ def _list_service(
     # Entries of the other hours are dropped at once: only the window's are kept.
     entries = _by_partition(folder, list_tree(wh, folder), set(wanted))
     return [(f"{folder}/{part}", entries.get(part, [])) for part in wanted]
+
+
+def _list_window(
+    wh: Warehouse, folder: str, now: datetime, grace: timedelta, lookback: timedelta | None
+) -> list[_Partition] | None:
+    """On S3, a window of at most :data:`RECURSIVE_MAX_HOURS` hours is listed in one go from
+    its first hour on (:func:`list_tree_after`: the hours before it are skipped by the server,
+    the few after it, still open, are dropped here): one LIST request for a service whose
+    window is compacted, instead of one for its hour folders and one per hour. None: list
+    otherwise (a local disk, no lookback or a longer one, whose entries are not held at once).
+    """
+    if lookback is None or lookback > timedelta(hours=RECURSIVE_MAX_HOURS):
+        return None
+    # The window's first hour starts at most an hour before ``now - lookback`` (its end is
+    # within). Start after the hour before that one: S3 lists from "dt=<that hour>/…" on (keys
+    # sort after their own prefix), SeaweedFS from the next folder (it skips the one named):
+    # either way no hour of the window is missed, and at most one more hour is listed.
+    first = (now - lookback - timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+    infos = list_tree_after(wh, folder, f"dt={(first - timedelta(hours=1)).strftime(DT_FORMAT)}")
+    if infos is None:
+        return None
+    hours = {part for part in _hours_of(folder, infos) if _in_window(part, now, grace, lookback)}
+    entries = _by_partition(folder, infos, hours)
+    return [(f"{folder}/{part}", entries[part]) for part in sorted(hours)]
+
+
+def _hours_of(folder: str, infos: list[pafs.FileInfo]) -> set[str]:
+    """The ``dt=`` folder names the entries of ``folder`` (listed at any depth) are in."""
+    prefix = folder.rstrip("/") + "/"
+    return {
+        i.path[len(prefix) :].partition("/")[0]
+        for i in infos
+        if i.path.startswith(prefix) and i.path[len(prefix) :].startswith("dt=")
+    }
 
 
 def _in_window(part: str, now: datetime, grace: timedelta, lookback: timedelta | None) -> bool:
@@ -944,7 +998,9 @@ def compact_warehouse(
         if exc is None:
             merged += future.result()
         else:  # one bad partition must not stop the others' compaction
-            log.error("compaction of %s failed: %s; its files are unchanged", folder, exc)
+            log.error(
+                "compaction of %s failed: %s; no row is lost: a later pass retries", folder, exc
+            )
             failed.append(folder)
     # A pass that walked every partition counts as completed even if some failed: one partition
     # that always fails (a damaged file) must not hold the record back, or every later pass

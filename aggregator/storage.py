@@ -11,6 +11,7 @@ key replaces it whole.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,7 +19,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from aggregator.durable import atomic_file, write_atomic
-from athena.warehouse import Warehouse
+from athena.warehouse import Warehouse, s3_client
 
 #: Rows per row group: large enough for Athena's scans, small enough to bound writer memory.
 ROW_GROUP_ROWS = 1_000_000
@@ -131,16 +132,28 @@ def delete_object(wh: Warehouse, path: str) -> None:
         raise StorageError(f"deleting {path} in {wh.uri} failed: {exc}") from exc
 
 
-#: Deletes in flight at once on S3 (one request each: pyarrow has no batch delete).
+#: Single-object deletes in flight at once on S3 (a filesystem other than the one
+#: :func:`open_warehouse` builds, which :func:`delete_objects` deletes from in batches).
 DELETE_PARALLEL = 16
+#: Keys in one S3 DeleteObjects request: the API's limit.
+DELETE_BATCH = 1000
 
 
 def delete_objects(wh: Warehouse, paths: list[str]) -> None:
-    """Delete ``paths`` (gone already is fine): on S3 :data:`DELETE_PARALLEL` at a time, to
-    shorten the time readers see a compacted partition's rows twice (S3 answers each request
-    after tens of milliseconds; not measurable on the tests' SeaweedFS, where 1,000 deletes took
-    3.1 s one by one and 4.2 s 16 at a time). Every delete is tried; the first error is raised
-    after them."""
+    """Delete ``paths`` (gone already is fine). Every delete is tried; if any failed, a
+    :class:`StorageError` naming the first is raised after them.
+
+    On S3, one DeleteObjects request per 1,000 keys (boto3: pyarrow has no batch delete for
+    chosen keys, only ``delete_dir_contents``, which would also take files landing in the
+    folder meanwhile): a merge of 360 flush files costs 1 request, not 360, and readers see
+    its rows twice for one round trip. A key the server refuses is reported in the answer
+    (its ``Errors``), not as a failed request: it fails the call like a failed single delete.
+    Elsewhere (a local disk, or a filesystem :func:`open_warehouse` did not build) one request
+    per path, :data:`DELETE_PARALLEL` at a time on S3.
+    """
+    if wh.s3 is not None and isinstance(wh.fs, pafs.S3FileSystem) and len(paths) > 1:
+        _delete_batched(wh, s3_client(wh.s3), paths)
+        return
     if isinstance(wh.fs, pafs.LocalFileSystem) or len(paths) < 2:
         for path in paths:
             delete_object(wh, path)
@@ -154,6 +167,56 @@ def delete_objects(wh: Warehouse, paths: list[str]) -> None:
         raise errors[0]
 
 
+def _delete_batched(wh: Warehouse, client: Any, paths: list[str]) -> None:
+    """:func:`delete_objects` on S3: the batches of each bucket one after another (a merge's
+    inputs are one partition's: one bucket, and rarely more than one batch)."""
+    keys: dict[str, list[str]] = {}
+    for path in dict.fromkeys(paths):  # the same key twice in one request is refused
+        bucket, _, key = path.partition("/")
+        keys.setdefault(bucket, []).append(key)
+    refused: list[str] = []
+    failed: StorageError | None = None
+    for bucket, names in keys.items():
+        for start in range(0, len(names), DELETE_BATCH):
+            try:
+                refused += _delete_batch(wh, client, bucket, names[start : start + DELETE_BATCH])
+            except StorageError as exc:
+                failed = failed or exc
+    if refused:
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise StorageError(
+            f"S3 refused to delete {len(refused)} of {len(paths)} objects in {wh.uri}: "
+            f"{refused[0]}{more}"
+        )
+    if failed is not None:
+        raise failed
+
+
+#: Error codes of a DeleteObjects answer that mean the key is gone already (S3 itself reports
+#: a missing key as deleted; some S3-compatible servers answer NoSuchKey).
+_GONE = frozenset({"NoSuchKey"})
+
+
+def _delete_batch(wh: Warehouse, client: Any, bucket: str, keys: list[str]) -> list[str]:
+    """One DeleteObjects request (quiet: the answer lists only the keys that failed); return
+    ``<bucket>/<key> (<code>: <message>)`` for each key the server refused."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        answer = client.delete_objects(
+            Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True}
+        )
+    except (BotoCoreError, ClientError) as exc:
+        raise StorageError(
+            f"deleting {len(keys)} objects ({bucket}/{keys[0]}…) in {wh.uri} failed: {exc}"
+        ) from exc
+    return [
+        f"{bucket}/{e.get('Key')} ({e.get('Code')}: {e.get('Message')})"
+        for e in answer.get("Errors", [])
+        if e.get("Code") not in _GONE
+    ]
+
+
 def list_folder(wh: Warehouse, folder: str) -> list[pafs.FileInfo]:
     """Everything directly in ``folder`` (nothing if it does not exist)."""
     selector = pafs.FileSelector(folder, recursive=False, allow_not_found=True)
@@ -161,6 +224,44 @@ def list_folder(wh: Warehouse, folder: str) -> list[pafs.FileInfo]:
         return wh.fs.get_file_info(selector)
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"listing {folder} in {wh.uri} failed: {exc}") from exc
+
+
+def list_tree_after(wh: Warehouse, folder: str, after: str) -> list[pafs.FileInfo] | None:
+    """The objects under ``folder``, at any depth, whose path below it sorts after ``after``
+    (``dt=2026-11-27-10`` skips every hour before it: the hour folders sort by time; whether
+    that hour's own objects are listed depends on the server: S3's keys sort after their
+    prefix, SeaweedFS skips the folder named), with their sizes and times; None where this
+    cannot be done in one go (a local disk, or a filesystem :func:`open_warehouse` did not
+    build): list otherwise.
+
+    On S3, ListObjectsV2 with ``StartAfter`` (boto3: pyarrow's selector has no such option),
+    one request per 1,000 objects listed: a service's last hours cost a request or two
+    whatever the length of its history. Folder markers (keys ending in ``/``) are left out.
+    """
+    if wh.s3 is None or not isinstance(wh.fs, pafs.S3FileSystem):
+        return None
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, prefix = folder.strip("/").partition("/")
+    prefix = f"{prefix}/" if prefix else ""
+    pages = s3_client(wh.s3).get_paginator("list_objects_v2")
+    infos: list[pafs.FileInfo] = []
+    try:
+        for page in pages.paginate(Bucket=bucket, Prefix=prefix, StartAfter=prefix + after):
+            for obj in page.get("Contents", []):
+                if obj["Key"].endswith("/"):
+                    continue
+                infos.append(
+                    pafs.FileInfo(
+                        f"{bucket}/{obj['Key']}",
+                        pafs.FileType.File,
+                        size=obj["Size"],
+                        mtime=obj["LastModified"],
+                    )
+                )
+    except (BotoCoreError, ClientError) as exc:
+        raise StorageError(f"listing {folder} in {wh.uri} failed: {exc}") from exc
+    return infos
 
 
 def list_parquet(wh: Warehouse, folder: str) -> list[pafs.FileInfo]:

@@ -8,8 +8,10 @@ on the layout. S3 is reached with the standard AWS settings: ``AWS_ENDPOINT_URL`
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -29,6 +31,9 @@ class Warehouse:
     uri: str
     fs: pafs.FileSystem
     base: str
+    #: What ``fs`` was built from, for an S3 warehouse opened by :func:`open_warehouse` (None:
+    #: a local one, or a filesystem built elsewhere: only pyarrow's requests are then used).
+    s3: S3Settings | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_s3(self) -> bool:
@@ -64,25 +69,105 @@ def resolve_uri(uri: str | None) -> str:
     return env or DEFAULT_WAREHOUSE
 
 
-def s3_filesystem() -> pafs.S3FileSystem:
-    """pyarrow's S3 filesystem configured from the standard AWS environment."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    kwargs: dict = {"region": region}
-    if endpoint:
+@dataclass(frozen=True)
+class S3Settings:
+    """How to reach S3, read once from the standard AWS settings when a warehouse is opened.
+
+    Both clients of an S3 warehouse are built from it: pyarrow's filesystem (reads, writes,
+    listings) and boto3's, for the two requests compaction needs that pyarrow cannot send
+    (DeleteObjects, up to 1,000 keys a request, and ListObjectsV2 with ``StartAfter``: see
+    :mod:`aggregator.storage`). So they talk to the same endpoint, in the same region, as the
+    same identity.
+    """
+
+    region: str
+    #: ``host[:port]`` of an S3-compatible server (``AWS_ENDPOINT_URL``), None for AWS's own.
+    endpoint: str | None = None
+    scheme: str = "https"
+    #: From the environment; None: the SDKs' own credentials chain (profile, container, IMDS).
+    access_key: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls) -> S3Settings:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        key = os.environ.get("AWS_ACCESS_KEY_ID")
+        secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+        explicit = bool(key and secret)
+        settings = cls(
+            region=region,
+            access_key=key if explicit else None,
+            secret_key=secret if explicit else None,
+            session_token=(os.environ.get("AWS_SESSION_TOKEN") or None) if explicit else None,
+        )
+        if not endpoint:
+            return settings
         parsed = urlparse(endpoint)
-        kwargs["endpoint_override"] = parsed.netloc or parsed.path
-        kwargs["scheme"] = parsed.scheme or "https"
+        return replace(
+            settings, endpoint=parsed.netloc or parsed.path, scheme=parsed.scheme or "https"
+        )
+
+
+def s3_filesystem(settings: S3Settings | None = None) -> pafs.S3FileSystem:
+    """pyarrow's S3 filesystem configured from ``settings`` (None: the standard AWS
+    environment, read now)."""
+    settings = settings or S3Settings.from_env()
+    kwargs: dict = {"region": settings.region}
+    if settings.endpoint:
+        kwargs["endpoint_override"] = settings.endpoint
+        kwargs["scheme"] = settings.scheme
         # S3-compatible servers (SeaweedFS, MinIO) expect path-style addressing.
         kwargs["force_virtual_addressing"] = False
-    key = os.environ.get("AWS_ACCESS_KEY_ID")
-    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
-    if key and secret:
-        kwargs["access_key"] = key
-        kwargs["secret_key"] = secret
-        if os.environ.get("AWS_SESSION_TOKEN"):
-            kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
+    if settings.access_key and settings.secret_key:
+        kwargs["access_key"] = settings.access_key
+        kwargs["secret_key"] = settings.secret_key
+        if settings.session_token:
+            kwargs["session_token"] = settings.session_token
     return pafs.S3FileSystem(**kwargs)
+
+
+#: Connections the shared boto3 client keeps open (pyarrow's S3 client keeps up to 25).
+S3_CLIENT_CONNECTIONS = 32
+_CLIENTS: dict[S3Settings, Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def s3_client(settings: S3Settings) -> Any:  # an S3 client (boto3 stubs are not installed)
+    """A boto3 S3 client for ``settings``, as pyarrow's filesystem is configured (same endpoint,
+    addressing, region, credentials, and pyarrow's retry policy: standard, 3 attempts); one
+    per settings, shared (boto3 clients are thread-safe). boto3 is imported here, on first
+    use: the CLI's start-up never pays for it."""
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(settings)
+        if client is None:
+            client = _CLIENTS[settings] = _new_s3_client(settings)
+        return client
+
+
+def _new_s3_client(settings: S3Settings) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 3},
+        # Compaction lists 16 service folders at once beside its merges' deletes: more than
+        # boto3's 10 pooled connections (the extra ones would be opened and dropped each time).
+        max_pool_connections=S3_CLIENT_CONNECTIONS,
+        # Like pyarrow: path-style for an S3-compatible server; for AWS, boto3's default. With no
+        # endpoint given, one from an AWS config file must not apply to this client alone.
+        s3={"addressing_style": "path"} if settings.endpoint else None,
+        ignore_configured_endpoint_urls=settings.endpoint is None,
+    )
+    session = boto3.session.Session(  # a session of its own: creating one is thread-safe
+        aws_access_key_id=settings.access_key,
+        aws_secret_access_key=settings.secret_key,
+        aws_session_token=settings.session_token,
+        region_name=settings.region,
+    )
+    endpoint = f"{settings.scheme}://{settings.endpoint}" if settings.endpoint else None
+    return session.client("s3", endpoint_url=endpoint, config=config)
 
 
 def open_warehouse(uri: str | None = None, create: bool = False) -> Warehouse:
@@ -100,7 +185,8 @@ def open_warehouse(uri: str | None = None, create: bool = False) -> Warehouse:
         rest = uri[len("s3://") :].strip("/")
         if not rest or uri.startswith("s3:///"):
             raise WarehouseError(f"{uri!r} names no bucket; use s3://BUCKET or s3://BUCKET/PREFIX")
-        return Warehouse(uri=f"s3://{rest}", fs=s3_filesystem(), base=rest)
+        settings = S3Settings.from_env()
+        return Warehouse(uri=f"s3://{rest}", fs=s3_filesystem(settings), base=rest, s3=settings)
     if "://" in uri and not uri.startswith("file://"):
         scheme = uri.split("://", 1)[0]
         raise WarehouseError(

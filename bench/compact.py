@@ -16,6 +16,9 @@ The sizing in docs/operations.md rests on two figures this script measures:
   ``--idle-history N``, each service also has N older hours, past the pass's lookback, which
   a pass must not list (N uncompacted files each: ``--idle-history-files``).
 
+On SeaweedFS each pass also prints the S3 requests it sent, by kind, as the server counted them
+(its metrics; HEAD counts as GET): exact, where the wall times vary with the machine's load.
+
 ``--impl PATH`` measures another ``compaction.py`` (e.g. the previous revision, from
 ``git show HEAD~1:aggregator/compaction.py > /tmp/old.py``) for before/after figures.
 
@@ -35,6 +38,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -136,8 +140,33 @@ def count_rows(wh: Warehouse, folder: str) -> tuple[int, int]:
     return len(messages), len(set(messages))
 
 
+#: The S3 requests the server has answered so far for a bucket, by kind (SeaweedFS only).
+Requests = Callable[[str], Counter[str]]
+
+
+def request_mix(requests: Requests | None, wh: Warehouse, before: Counter[str]) -> str:
+    """`` (requests: 12 GET, 3 LIST, ...)``: what the server answered since ``before``."""
+    if requests is None:
+        return ""
+    bucket = wh.base.split("/", 1)[0]
+    # The server counts a request just after answering it: let the last ones land.
+    time.sleep(0.5)
+    sent = requests(bucket) - before
+    return " (requests: " + ", ".join(f"{n} {kind}" for kind, n in sent.most_common()) + ")"
+
+
+def requests_now(requests: Requests | None, wh: Warehouse) -> Counter[str]:
+    return requests(wh.base.split("/", 1)[0]) if requests is not None else Counter()
+
+
 def bench_merge(
-    impl: ModuleType, uri: str, partitions: int, files: int, rows: int, label: str
+    impl: ModuleType,
+    uri: str,
+    partitions: int,
+    files: int,
+    rows: int,
+    label: str,
+    requests: Requests | None = None,
 ) -> None:
     wh = open_warehouse(uri, create=True)
     items: list[tuple[str, Callable[[], bytes]]] = []
@@ -157,13 +186,14 @@ def bench_merge(
         f"[{label}] built {partitions} partitions x {files} files of {rows} rows "
         f"(~{size / 1024:.1f} KiB each) in {time.monotonic() - started:.1f}s"
     )
+    before = requests_now(requests, wh)
     started = time.monotonic()
     merged = impl.compact_warehouse(wh, now=NOW + timedelta(days=1), lookback=None)
     wall = time.monotonic() - started
     print(
         f"[{label}] merge pass: {merged} files merged in {wall:.2f}s: "
         f"{merged / wall:.0f} files/s, {wall / partitions:.2f}s per partition; "
-        f"peak RSS {peak_rss_mib():.0f} MiB"
+        f"peak RSS {peak_rss_mib():.0f} MiB{request_mix(requests, wh, before)}"
     )
     for folder in folders:
         got, distinct = count_rows(wh, folder)
@@ -180,6 +210,7 @@ def bench_idle(
     label: str,
     history: int = 0,
     history_files: int = 1,
+    requests: Requests | None = None,
 ) -> None:
     wh = open_warehouse(uri, create=True)
     data = flush_file(0, 0, 5)
@@ -208,13 +239,14 @@ def bench_idle(
         f"files of history past the lookback) in {time.monotonic() - started:.1f}s"
     )
     for run in (1, 2):
+        before = requests_now(requests, wh)
         started = time.monotonic()
         merged = impl.compact_warehouse(wh, now=NOW, lookback=timedelta(hours=hours + 1))
         wall = time.monotonic() - started
         print(
             f"[{label}] idle pass {run}: {merged} merged, {partitions} partitions in "
             f"{wall:.2f}s ({partitions / wall:.0f} partitions/s); peak RSS (set-up included) "
-            f"{peak_rss_mib():.0f} MiB"
+            f"{peak_rss_mib():.0f} MiB{request_mix(requests, wh, before)}"
         )
 
 
@@ -248,7 +280,7 @@ def run_backend(args: argparse.Namespace, impl: ModuleType, backend: str) -> Non
         os.environ.update(server.env())
         if args.files:
             uri = f"s3://{server.create_bucket()}/wh"
-            bench_merge(impl, uri, args.partitions, args.files, args.rows, "s3")
+            bench_merge(impl, uri, args.partitions, args.files, args.rows, "s3", server.requests)
         if args.idle_services:
             uri = f"s3://{server.create_bucket()}/wh"
             bench_idle(
@@ -259,6 +291,7 @@ def run_backend(args: argparse.Namespace, impl: ModuleType, backend: str) -> Non
                 "s3",
                 args.idle_history,
                 args.idle_history_files,
+                server.requests,
             )
     finally:
         server.stop()

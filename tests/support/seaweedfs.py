@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import time
+import urllib.request
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +49,8 @@ _PORT_FLAGS = (
     "filer.port.grpc",
     "s3.port",
     "s3.port.grpc",
+    # Prometheus metrics (bound to -ip.bind): what tests count the server's requests by.
+    "metricsPort",
 )
 
 
@@ -59,6 +64,10 @@ AWS_OVERRIDES = (
     "AWS_SHARED_CREDENTIALS_FILE",
     "AWS_CONFIG_FILE",
 )
+
+
+#: ``SeaweedFS_s3_request_total{bucket="b",code="200",type="PUT"} 3`` in the metrics text.
+_REQUESTS = re.compile(r"\ASeaweedFS_s3_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)\Z")
 
 
 @dataclass
@@ -109,6 +118,22 @@ class SeaweedFS:
             "AWS_DEFAULT_REGION": self.region,
             "AWS_EC2_METADATA_DISABLED": "true",
         }
+
+    def requests(self, bucket: str) -> Counter[str]:
+        """The S3 requests this server has answered for ``bucket`` so far, by kind, whatever
+        their status: ``PUT``, ``GET``, ``HEAD``, ``LIST``, ``DELETE`` (DeleteObject and
+        DeleteObjects alike: one each) ..., as its Prometheus metrics count them. Counted just
+        after the answer is sent: wait for a count to arrive before asserting it exactly."""
+        url = f"http://{LOCALHOST}:{self.ports['metricsPort']}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode("utf-8")
+        counts: Counter[str] = Counter()
+        for line in text.splitlines():
+            match = _REQUESTS.match(line)
+            if match and f'bucket="{bucket}"' in match["labels"]:
+                kind = re.search(r'type="([^"]*)"', match["labels"])
+                counts[kind[1] if kind else "?"] += int(float(match["value"]))
+        return counts
 
     def stop(self) -> None:
         """Stop the server (bounded wait, then SIGKILL) and remove its files."""

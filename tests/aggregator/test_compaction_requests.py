@@ -1,0 +1,259 @@
+"""What compaction costs in S3 requests, counted by the real server (SeaweedFS's request
+metrics): a merge's inputs are deleted in batches (DeleteObjects, 1,000 keys a request), and a
+key the server refuses keeps the merge's guarantees (no row lost, the intent kept, the next
+pass finishing it); a service's window is listed in one request, not one per hour."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pytest
+
+import aggregator.storage as storage
+from aggregator.compaction import INTENT_PREFIX, CompactionFailed, compact_warehouse
+from aggregator.storage import DELETE_BATCH, StorageError, delete_objects, put_bytes, put_table
+from athena.schema import CONTAINER_LOGS, DT_FORMAT, partition_path
+from athena.warehouse import S3Settings, Warehouse, open_warehouse, s3_client
+from tests.aggregator.test_compaction import (
+    DT,
+    HOUR,
+    LATER,
+    NEXT_DT,
+    flush_files,
+    service_rows,
+)
+from tests.support.procs import wait_until
+from tests.support.seaweedfs import SeaweedFS
+
+
+def bucket_of(wh: Warehouse) -> str:
+    return wh.base.split("/", 1)[0]
+
+
+def requests_after(
+    server: SeaweedFS, wh: Warehouse, before: Counter[str], kind: str | None, expected: int
+) -> int:
+    """Requests (of ``kind``, None: of any kind) the server counted for the warehouse's bucket
+    since ``before``, once at least ``expected`` have arrived (it counts each just after
+    answering it)."""
+
+    def since() -> int:
+        now = server.requests(bucket_of(wh))
+        return sum((now - before).values()) if kind is None else now[kind] - before[kind]
+
+    wait_until(lambda: since() >= expected, 30, f"{expected} {kind or 'S3'} requests counted")
+    return since()
+
+
+def one_row(message: str) -> pa.Table:
+    """A merged file's content, one row of ``container_logs`` (less its partition columns)."""
+    return pa.Table.from_pylist(
+        [
+            {
+                "timestamp": HOUR,
+                "host": "h",
+                "container_id": "c",
+                "container_name": "old",
+                "stream": "stdout",
+                "message": message,
+            }
+        ],
+        schema=CONTAINER_LOGS.arrow_schema(),
+    )
+
+
+def entries(wh: Warehouse, folder: str) -> list[str]:
+    infos = wh.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_deleting_n_objects_costs_one_request_per_1000(
+    seaweedfs: SeaweedFS, s3_warehouse: str
+) -> None:
+    """2,001 keys (a few written, the rest never were: S3 deletes a missing key as a success)
+    cost 3 requests in all, not 2,001 deletes (each was a HEAD, then a DELETE if found, through
+    pyarrow); the written ones are gone."""
+    wh = open_warehouse(s3_warehouse)
+    written = [f"{wh.base}/t/f-{i}.parquet" for i in range(5)]
+    for path in written:
+        put_bytes(wh, path, b"x")
+    paths = written + [f"{wh.base}/t/never-{i}.parquet" for i in range(1996)]
+    before = seaweedfs.requests(bucket_of(wh))
+    delete_objects(wh, paths)
+    assert requests_after(seaweedfs, wh, before, None, 3) == 3
+    assert seaweedfs.requests(bucket_of(wh))["DELETE"] - before["DELETE"] == 3
+    assert math.ceil(len(paths) / DELETE_BATCH) == 3
+    assert entries(wh, f"{wh.base}/t") == []
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_a_merge_deletes_its_inputs_in_one_request(seaweedfs: SeaweedFS, s3_warehouse: str) -> None:
+    """A pass over two partitions of 12 flush files each: per partition one DeleteObjects for
+    the inputs and one DELETE for the intent (was 12 + 1), and every row exactly once."""
+    flush_files(s3_warehouse, files=12, rows_per_file=10, service="svc")
+    rows = service_rows(s3_warehouse)
+    wh = open_warehouse(s3_warehouse)
+    before = seaweedfs.requests(bucket_of(wh))
+    assert compact_warehouse(wh, now=LATER, lookback=None) == 2 * 12
+    assert requests_after(seaweedfs, wh, before, "DELETE", 4) == 2 * (1 + 1)
+    assert service_rows(s3_warehouse) == rows
+    for dt in (DT, NEXT_DT):
+        names = entries(wh, wh.path(partition_path("container_logs", "svc", dt)))
+        assert len(names) == 1 and names[0].startswith("c-"), names
+
+
+class Refusing:
+    """The warehouse's S3 client, in front of which the server refuses to delete the object
+    at ``path``: it is left out of the request and reported in the answer's ``Errors``, as S3
+    reports a key a policy denies (the request itself succeeds)."""
+
+    def __init__(self, real: Any, path: str) -> None:
+        self.real = real
+        self.key = path.split("/", 1)[1]  # bucket/key
+        self.refused: list[str] = []
+
+    def delete_objects(self, Bucket: str, Delete: dict) -> dict:
+        keep = [o for o in Delete["Objects"] if o["Key"] != self.key]
+        refused = [o["Key"] for o in Delete["Objects"] if o["Key"] == self.key]
+        self.refused += refused
+        answer = self.real.delete_objects(Bucket=Bucket, Delete={**Delete, "Objects": keep})
+        errors = [{"Key": k, "Code": "AccessDenied", "Message": "Access Denied"} for k in refused]
+        return {**answer, "Errors": [*answer.get("Errors", []), *errors]}
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_a_key_the_server_refuses_keeps_the_intent_and_the_next_pass_finishes_the_merge(
+    s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One input of a merge refused by DeleteObjects (the others deleted): the pass names the
+    partition as failed, the other partition is merged, no row is missing (the refused file's
+    rows show twice, the documented window), the intent stays; the next pass finishes the
+    merge: every row exactly once, one file, no intent."""
+    flush_files(s3_warehouse, files=6, rows_per_file=10, service="svc")
+    rows = service_rows(s3_warehouse)
+    wh = open_warehouse(s3_warehouse)
+    hour = wh.path(partition_path("container_logs", "svc", DT))
+    inputs = entries(wh, hour)
+    assert wh.s3 is not None
+    client = Refusing(s3_client(wh.s3), f"{hour}/{inputs[2]}")
+    with monkeypatch.context() as patch, pytest.raises(CompactionFailed) as failed:
+        patch.setattr(storage, "s3_client", lambda settings: client)
+        compact_warehouse(wh, now=LATER, lookback=None)
+    assert failed.value.failed == [hour] and failed.value.merged == 6  # the next hour's six
+    assert client.refused == [f"{hour.split('/', 1)[1]}/{inputs[2]}"]
+    left = entries(wh, hour)
+    assert [n for n in left if n in inputs] == [inputs[2]]  # the others were deleted
+    assert len([n for n in left if n.startswith(INTENT_PREFIX)]) == 1
+    assert len([n for n in left if n.startswith("c-")]) == 1
+    twice = service_rows(s3_warehouse)
+    assert set(twice) == set(rows) and +(twice - rows) == Counter(
+        {r: 1 for r in rows if r[1].startswith("f2-")}  # the refused file: flush 2's rows
+    )
+
+    assert compact_warehouse(wh, now=LATER, lookback=None) == 0  # finished, nothing to merge
+    assert service_rows(s3_warehouse) == rows
+    left = entries(wh, hour)
+    assert len(left) == 1 and left[0].startswith("c-"), left
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_a_refused_key_fails_the_call_after_every_batch_was_sent(
+    seaweedfs: SeaweedFS, s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like a failed single delete: the other keys, in its batch and the next, are deleted;
+    the error names the refused key and how many were refused."""
+    monkeypatch.setattr(storage, "DELETE_BATCH", 3)
+    wh = open_warehouse(s3_warehouse)
+    paths = [f"{wh.base}/t/f-{i}.parquet" for i in range(7)]
+    for path in paths:
+        put_bytes(wh, path, b"x")
+    assert wh.s3 is not None
+    client = Refusing(s3_client(wh.s3), paths[1])
+    monkeypatch.setattr(storage, "s3_client", lambda settings: client)
+    with pytest.raises(StorageError, match=r"refused to delete 1 of 7 objects .*f-1\.parquet"):
+        delete_objects(wh, paths)
+    assert entries(wh, f"{wh.base}/t") == ["f-1.parquet"]
+
+
+def test_the_batch_client_is_built_from_the_warehouse_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Same endpoint, path-style addressing and region as pyarrow's filesystem; keys from the
+    environment; nothing for a local warehouse."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDLOGQ")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    wh = open_warehouse("s3://bucket/wh")
+    assert wh.s3 == S3Settings("eu-west-3", "127.0.0.1:9", "http", "AKIDLOGQ", "secret")
+    client = s3_client(wh.s3)
+    assert client.meta.endpoint_url == "http://127.0.0.1:9"
+    assert client.meta.region_name == "eu-west-3"
+    assert client.meta.config.s3["addressing_style"] == "path"
+    assert client._request_signer._credentials.access_key == "AKIDLOGQ"
+    assert s3_client(wh.s3) is client  # one per settings
+    assert isinstance(wh.fs, pafs.S3FileSystem) and wh.fs.region == "eu-west-3"
+    assert open_warehouse("/tmp/logq-not-s3").s3 is None
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_a_service_with_a_long_history_is_listed_in_one_request_per_pass(
+    seaweedfs: SeaweedFS, s3_warehouse: str
+) -> None:
+    """A service with 100 compacted hours before the 48-hour window and 20 within it, and two
+    to merge: the pass lists the window from its first hour on in one request (was one for
+    the hour folders and one per hour in the window: 23 here), merges both hours and leaves
+    the history alone."""
+    flush_files(s3_warehouse, files=3, rows_per_file=10, service="old")
+    wh = open_warehouse(s3_warehouse)
+    for ago in [*range(8, 28), *range(60, 160)]:  # 20 hours in the window, 100 before it
+        dt = (HOUR - timedelta(hours=ago)).strftime(DT_FORMAT)
+        path = wh.path(partition_path("container_logs", "old", dt), "c-x.parquet")
+        put_table(wh, path, one_row(f"hour {ago} ago"))
+    rows = service_rows(s3_warehouse)
+    now = HOUR + timedelta(hours=12)  # DT and NEXT_DT are closed, the window starts at -36 h
+    before = seaweedfs.requests(bucket_of(wh))
+    assert compact_warehouse(wh, now=now, lookback=timedelta(hours=48)) == 2 * 3
+    # The ledger's folder (its expiry), two table roots, the service's window, and per
+    # merged hour its fresh listing and the intent check.
+    assert requests_after(seaweedfs, wh, before, "LIST", 8) == 1 + 2 + 1 + 2 * 2
+    assert service_rows(s3_warehouse) == rows
+    for dt in (DT, NEXT_DT):
+        names = entries(wh, wh.path(partition_path("container_logs", "old", dt)))
+        assert len(names) == 1 and names[0].startswith("c-"), names
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_the_window_listed_from_its_first_hour_keeps_its_edges(s3_warehouse: str) -> None:
+    """The first hour of a 48-hour window (it ends exactly 48 hours ago) is merged; the hour
+    before it, which the listing starts after, is not; nor is the hour still within grace."""
+    wh = open_warehouse(s3_warehouse)
+    now = HOUR + timedelta(hours=12)
+    hours = {
+        "first": now - timedelta(hours=49),  # ends at now - 48 h: in the window
+        "before": now - timedelta(hours=50),  # ends before it
+        "open": now - timedelta(hours=1),  # ended now: within the 30-minute grace
+    }
+    folders = {}
+    for name, start in hours.items():
+        folders[name] = wh.path(partition_path("container_logs", "edge", start.strftime(DT_FORMAT)))
+        for seq in range(2):
+            put_table(wh, f"{folders[name]}/n-{seq}.parquet", one_row(f"{name} {seq}"))
+    assert compact_warehouse(wh, now=now, lookback=timedelta(hours=48)) == 2
+    assert [n[:2] for n in entries(wh, folders["first"])] == ["c-"]
+    assert entries(wh, folders["before"]) == ["n-0.parquet", "n-1.parquet"]
+    assert entries(wh, folders["open"]) == ["n-0.parquet", "n-1.parquet"]
