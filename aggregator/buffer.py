@@ -38,7 +38,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,9 +184,25 @@ class Buffer:
                 raise
             raise error from exc
 
+    def lock(self) -> None:
+        """Create the directory and take its lock, if not yet held (:meth:`open` does it too).
+
+        Cheap, unlike reading the segments: the service takes it before it binds any port, so
+        that a second aggregator on the same directory exits with that reason alone, without
+        holding a port meanwhile."""
+        if self._lock_fd >= 0:
+            return
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._lock_dir()
+        except OSError as exc:
+            error = unusable_dir_error(self.dir, exc)
+            if error is exc:
+                raise
+            raise error from exc
+
     def _open(self, node_id: str | None) -> list[Segment]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock_dir()
+        self.lock()
         self.node_id = node_id or self._load_node_id()
         found = sorted(
             (int(m.group(1)), p) for p in self.dir.iterdir() if (m := _SEGMENT_RE.match(p.name))
@@ -404,17 +420,23 @@ class Buffer:
 
     # --- chunk keys across a restart (chunks.py) -------------------------------------------------
 
-    def recent_chunks(self) -> list[bytes]:
+    def recent_chunks(self, progress: Callable[[int, int], None] | None = None) -> list[bytes]:
         """The chunk keys of messages made durable before this start, oldest first: those of
         segments flushed in the last minutes (``chunks.journal``), then those in the segments
-        left by the previous run (read from their frames: the whole buffer is read once)."""
+        left by the previous run (read from their frames: the whole buffer is read once, which
+        takes seconds per GiB, see docs/operations.md). ``progress(segments_read, bytes_read)``
+        hears after each segment (in the calling thread)."""
         keys = self.flushed_chunks.load()
-        for segment in self._sealed:
+        done = 0
+        for count, segment in enumerate(self._sealed, 1):
             if segment.seq not in self._chunks:
                 found = frame_chunks(_quiet_frames(segment.path))
                 if found:
                     self._chunks[segment.seq] = found
             keys.extend(self._chunks.get(segment.seq, ()))
+            if progress is not None:
+                done += segment.size
+                progress(count, done)
         return keys
 
     def retire_chunks(self, segment: Segment) -> None:

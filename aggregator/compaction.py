@@ -5,6 +5,14 @@ opened, so once an hour is closed (its end plus ``grace`` has passed, and no fil
 than ``grace``) its small files are merged. Run by ``logq-aggregator compact`` and by the
 service every ``--compact-interval`` seconds.
 
+The grace is never shorter than :func:`safe_grace`: the time after which a crashed aggregator's
+heartbeat counts as stale (10 of its flush intervals plus a minute, ledger.py) plus a margin.
+Until then nobody knows it crashed, compaction is not held, and a merge could take the objects
+of the segment it was flushing when it died; its replay would write them again (duplicate
+rows). With the grace above that point, its last objects are too young to merge until its
+heartbeat is stale, and from then on compaction waits for its restart or drain. The floor
+follows the largest ``flush_interval`` in the heartbeats (``--flush-interval 300``: 56 minutes).
+
 Readers list every visible ``*.parquet`` and there is no atomic multi-object swap on S3, so the
 order of a merge is chosen so that readers may briefly see a row twice but never miss one:
 
@@ -114,7 +122,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from aggregator.durable import atomic_file
-from aggregator.ledger import compaction_blocker, expire_ledger, read_heartbeats
+from aggregator.ledger import (
+    Heartbeat,
+    compaction_blocker,
+    expire_ledger,
+    read_heartbeats,
+    stale_after,
+)
 from aggregator.storage import (
     ROW_GROUP_ROWS,
     StorageError,
@@ -133,6 +147,9 @@ log = logging.getLogger("logq.aggregator.compaction")
 
 DEFAULT_TARGET_BYTES = 128 * 1024 * 1024
 DEFAULT_GRACE = timedelta(minutes=30)
+#: Added to the staleness point of the slowest-flushing node (see :func:`safe_grace`): file
+#: mtimes come from the store's clock, heartbeat times from each node's.
+SAFE_GRACE_MARGIN = timedelta(minutes=5)
 DEFAULT_LOOKBACK = timedelta(hours=48)
 #: Groups up to this many uncompressed bytes are sorted in memory; larger ones are streamed.
 SORT_IN_MEMORY_BYTES = 256 * 1024 * 1024
@@ -931,6 +948,52 @@ def _by_partition(
     return parts
 
 
+def safe_grace(beats: list[Heartbeat], flush_interval: float = 0.0) -> timedelta:
+    """The shortest grace that cannot merge a crashed node's last objects before its heartbeat
+    counts as stale (see the module docstring): the staleness point of the node that flushes
+    least often (``flush_interval``: this node's own, its heartbeat may not be written yet),
+    plus :data:`SAFE_GRACE_MARGIN`. Zero when no node has a heartbeat and none is given."""
+    after = [b.stale_after for b in beats]
+    if flush_interval > 0:
+        after.append(stale_after(flush_interval))
+    if not after:
+        return timedelta(0)
+    return timedelta(seconds=max(after)) + SAFE_GRACE_MARGIN
+
+
+def effective_grace(
+    wh: Warehouse, grace: timedelta, flush_interval: float = 0.0, *, enforce: bool = True
+) -> timedelta:
+    """``grace``, raised to :func:`safe_grace` of the heartbeats in ``wh`` (logged when it
+    is), unless ``enforce`` is off (``compact --force``: logged as a warning)."""
+    floor = safe_grace(read_heartbeats(wh), flush_interval)
+    if grace >= floor:
+        return grace
+    if not enforce:
+        log.warning(
+            "compaction grace of %s minutes is below the safe %s (--force): objects of a "
+            "segment that a crashed aggregator replays may be merged, and its rows stored twice",
+            _minutes(grace),
+            _minutes(floor),
+        )
+        return grace
+    log.info(
+        "compaction grace raised from %s to %s minutes: a crashed aggregator counts as down "
+        "only 10 of its flush intervals plus a minute after its last heartbeat (%s minutes for "
+        "the slowest-flushing one here, plus %s of margin); until then the objects of the "
+        "segment it was flushing must not be merged, or its replay stores their rows twice",
+        _minutes(grace),
+        _minutes(floor),
+        _minutes(floor - SAFE_GRACE_MARGIN),
+        _minutes(SAFE_GRACE_MARGIN),
+    )
+    return floor
+
+
+def _minutes(span: timedelta) -> str:
+    return f"{span.total_seconds() / 60:.3g}"
+
+
 def compact_warehouse(
     wh: Warehouse,
     target_bytes: int = DEFAULT_TARGET_BYTES,
@@ -941,8 +1004,13 @@ def compact_warehouse(
     service: str | None = None,
     hold: Callable[[], str | None] | None = None,
     resume: bool = False,
+    flush_interval: float = 0.0,
+    safe: bool = True,
 ) -> int:
     """Compact every closed partition; return the number of input files merged.
+
+    ``grace`` is raised to :func:`safe_grace` (``flush_interval``: the caller's own
+    ``--flush-interval``, if it is an aggregator) unless ``safe`` is off (``compact --force``).
 
     ``hold`` is asked before each partition: a reason to stop the pass (another aggregator now
     leads compaction, or one went down), or None to go on.
@@ -957,6 +1025,7 @@ def compact_warehouse(
     compaction, must run on one instance per warehouse.
     """
     now = now or datetime.now(UTC)
+    grace = effective_grace(wh, grace, flush_interval, enforce=safe)
     if resume and lookback is not None:
         lookback = resume_lookback(wh, now, lookback)
     expire_ledger(wh, now)
@@ -1160,7 +1229,9 @@ def compact_main(argv: list[str]) -> int:
         "--grace-minutes",
         type=float,
         default=DEFAULT_GRACE.total_seconds() / 60,
-        help="an hour is closed this long after it ends, if no file is younger (30)",
+        help="an hour is closed this long after it ends, if no file is younger (30; raised "
+        "to 10 flush intervals of the slowest-flushing aggregator + 6 minutes when longer, "
+        "unless --force)",
     )
     parser.add_argument(
         "--lookback-hours",
@@ -1173,7 +1244,8 @@ def compact_main(argv: list[str]) -> int:
         "--force",
         action="store_true",
         help="compact even while an aggregator that stopped without writing out its buffer "
-        "has not been restarted or drained (its replay may then store some rows twice)",
+        "has not been restarted or drained, and with a --grace-minutes below the safe one "
+        "(its replay may then store some rows twice)",
     )
     args = parser.parse_args(argv)
     for flag, value, most in (
@@ -1207,6 +1279,7 @@ def compact_main(argv: list[str]) -> int:
             tables=args.table,
             service=args.service,
             resume=args.lookback_hours is None and not args.all,
+            safe=not args.force,
         )
     except (ConfigError, WarehouseError, StorageError, OSError) as exc:
         print(f"logq-aggregator compact: {exc}", file=sys.stderr)
@@ -1219,6 +1292,8 @@ __all__ = [
     "compact_main",
     "compact_partition",
     "compact_warehouse",
+    "effective_grace",
     "last_pass",
     "resume_lookback",
+    "safe_grace",
 ]

@@ -49,6 +49,15 @@ EXPIRY_INTERVAL_S = 3600.0
 STALE_INTERVALS = 10
 STALE_GRACE_S = 60.0
 
+
+def stale_after(flush_interval: float) -> float:
+    """Seconds without a heartbeat after which a node flushing every ``flush_interval`` seconds
+    counts as down. Compaction waits on a down node (:func:`compaction_blocker`), and merges no
+    file younger than this (:func:`aggregator.compaction.safe_grace`): until then nobody knows
+    that a node crashed in the middle of a flush."""
+    return STALE_INTERVALS * flush_interval + STALE_GRACE_S
+
+
 LEDGER_SCHEMA = pa.schema([("source_id", pa.string()), ("offset", pa.int64())])
 
 
@@ -63,8 +72,13 @@ class Heartbeat:
     heartbeat of a version before this field, which may or may not: such a node is never
     waited for (see :func:`compaction_blocker`)."""
 
+    @property
+    def stale_after(self) -> float:
+        """Seconds without a new heartbeat after which this node counts as down."""
+        return stale_after(self.flush_interval)
+
     def stale(self, now: float) -> bool:
-        return now - self.updated > STALE_INTERVALS * self.flush_interval + STALE_GRACE_S
+        return now - self.updated > self.stale_after
 
 
 class Committed:

@@ -5,6 +5,10 @@ counters. Names follow Prometheus conventions (``_total`` counters, base units: 
 "/healthz" answers 200 (``ok``) while the aggregator takes data and can write to its warehouse,
 503 with the reason in the body when
 
+* it is starting: the endpoint is up first, before the buffer left by the previous run is read
+  (seconds per GiB), and says ``starting: ...`` (with the progress) until the Forward port
+  listens. ``/metrics`` answers 200 all along: it is the liveness check, /healthz the readiness
+  one (a restart during a long start would only begin the reading again);
 * flushes have been failing for longer than ``unhealthy_after`` seconds (``--unhealthy-after``;
   the data is still safe in the buffer, but an orchestrator should know), or
 * the ``--buffer-dir`` volume is too full to take data: appends wait (acks are withheld, shippers
@@ -151,6 +155,8 @@ class Metrics:
         self.unhealthy_after = 300.0
         self.disk_low: str | None = None
         """Why appends wait for disk space under --buffer-dir, while they do."""
+        self.starting: str | None = "starting"
+        """What a start is doing until the Forward port listens (None from then on)."""
 
     def services_seen(self, services: Iterable[str], now: float | None = None) -> None:
         """Services with rows in a flush: their series exist from then on, at 0 until the first
@@ -180,6 +186,8 @@ class Metrics:
 
     def problem(self) -> str | None:
         """Why /healthz answers 503, or None while healthy."""
+        if self.starting is not None:
+            return self.starting
         if self.disk_low is not None:
             return self.disk_low
         if self.failing_since is not None and (

@@ -4,14 +4,18 @@
 and exits; ``logq-aggregator drain --buffer-dir DIR`` writes out the buffer of an aggregator that
 is gone for good (its disk re-attached elsewhere) and exits. Serving:
 
-1. open the buffer (segments left by a previous run are flushed first: replay, minus the lines
-   other aggregators committed meanwhile, see ledger.py);
-2. listen (one ``listening on HOST:PORT`` line on stderr once the socket is bound);
-3. every ``--flush-interval`` seconds, or when the active segment reaches its size, seal it and
+1. lock ``--buffer-dir`` (a second aggregator on it exits 2 before it binds any port), then
+   serve ``--metrics-listen``: ``/metrics`` answers from here on (liveness), ``/healthz`` says
+   ``starting: ...`` (503, with the progress) until step 3;
+2. open the buffer and read the chunk ids in the segments left by a previous run (seconds per
+   GiB: the reason /metrics comes first); those segments are flushed first once serving
+   (replay, minus the lines other aggregators committed meanwhile, see ledger.py);
+3. listen (one ``listening on HOST:PORT`` line on stderr once the socket is bound);
+4. every ``--flush-interval`` seconds, or when the active segment reaches its size, seal it and
    flush sealed segments in order; a failed flush (S3 down) is retried with capped exponential
    backoff while the buffer keeps the data and, once full (``--buffer-limit-bytes``, or its
    volume nearly full: see GuardedBuffer), withholds acks;
-4. on SIGTERM/SIGINT: stop accepting, let connections finish acking what they sent, seal, flush
+5. on SIGTERM/SIGINT: stop accepting, let connections finish acking what they sent, seal, flush
    everything acknowledged, exit 0 (exit 1 if the warehouse still refuses the data after
    ``SHUTDOWN_FLUSH_SECONDS``: it stays in the buffer and is written at the next start).
 """
@@ -250,6 +254,13 @@ class Aggregator:
     # --- lifecycle ------------------------------------------------------------------------
 
     def _open_buffer(self) -> None:
+        """Open the buffer, its offsets and the ledger, and start the buffer's fsync task."""
+        self._read_buffer_dir()
+        self.buffer.start()
+
+    def _read_buffer_dir(self) -> None:
+        """The blocking part of :meth:`_open_buffer` (a worker thread may run it: it touches
+        no event loop object)."""
         try:
             replay = self.buffer.open(self.settings.node_id)
         except OSError as exc:
@@ -262,7 +273,6 @@ class Aggregator:
                 "delete them: give the volume more room (or move the directory to a bigger one) "
                 "and start again; the segments are then written to the warehouse",
             ) from exc
-        self.buffer.start()
         offsets = OffsetState(Path(self.settings.buffer_dir) / "offsets.json").load()
         compacts = self.settings.compact_interval > 0
         self.ledger = Ledger(self.warehouse, self.buffer.node_id, compacts=compacts)
@@ -280,8 +290,18 @@ class Aggregator:
             log.info("replaying %d buffer segments left by the previous run", len(replay))
 
     async def run(self) -> int:
-        self._open_buffer()
+        # The lock first (cheap): a second aggregator on this buffer dir exits with that
+        # reason and never holds the metrics port. Then /metrics and /healthz, so that an
+        # orchestrator's liveness check passes while a large buffer is read (seconds per GiB).
+        self.buffer.lock()
+        started = False
+        self.metrics.starting = "starting: opening the buffer (--buffer-dir)"
         try:
+            await self._start_metrics()
+            await asyncio.to_thread(self._read_buffer_dir)
+            self.buffer.start()
+            started = True
+            self.metrics.buffer_bytes.set(self.buffer.total_bytes)
             await self._start_serving()
         except BaseException:
             # A port in use, a bad certificate...: leave the buffer as found (unlocked, no empty
@@ -290,7 +310,10 @@ class Aggregator:
                 await self.server.stop(grace=0)
             if self.metrics_server is not None:
                 await self.metrics_server.stop()
-            await self.buffer.close()
+            if started:
+                await self.buffer.close()
+            else:
+                self.buffer.unlock()
             raise
         self._install_signals()
         flush_task = asyncio.create_task(self._flush_loop(), name="flush-loop")
@@ -300,8 +323,20 @@ class Aggregator:
         resync_task.cancel()
         return await self._shutdown(flush_task, compact_task)
 
+    async def _start_metrics(self) -> None:
+        """``/metrics`` and ``/healthz`` on ``--metrics-listen`` (if set), listening."""
+        if not self.settings.metrics_listen:
+            return
+        mhost, mport = split_host_port(self.settings.metrics_listen, "--metrics-listen")
+        self.metrics_server = MetricsServer(self.metrics, mhost, mport)
+        try:
+            mport = await self.metrics_server.start()
+        except OSError as exc:
+            raise listen_error("--metrics-listen", self.settings.metrics_listen, exc) from exc
+        print(f"metrics on http://{mhost}:{mport}/metrics", file=sys.stderr, flush=True)
+
     async def _start_serving(self) -> None:
-        """The Forward server and the metrics endpoint, listening."""
+        """The Forward server, listening once the chunk ids of the previous run are read."""
         ssl_ctx = (
             tls_context(self.settings.tls_cert, self.settings.tls_key)
             if self.settings.tls_cert and self.settings.tls_key
@@ -323,19 +358,13 @@ class Aggregator:
             buffer_compression=self.settings.buffer_compression,
         )
         await self._restore_chunks(self.server)
+        self.metrics.starting = "starting: opening the Forward port (--listen)"
         host, port = split_host_port(self.settings.listen, "--listen")
         try:
             bound_host, self.port = await self.server.start(host, port)
         except OSError as exc:
             raise listen_error("--listen", self.settings.listen, exc) from exc
-        if self.settings.metrics_listen:
-            mhost, mport = split_host_port(self.settings.metrics_listen, "--metrics-listen")
-            self.metrics_server = MetricsServer(self.metrics, mhost, mport)
-            try:
-                mport = await self.metrics_server.start()
-            except OSError as exc:
-                raise listen_error("--metrics-listen", self.settings.metrics_listen, exc) from exc
-            print(f"metrics on http://{mhost}:{mport}/metrics", file=sys.stderr, flush=True)
+        self.metrics.starting = None  # ready: /healthz reports on flushes and disk from now on
         print(f"listening on {bound_host}:{self.port}", file=sys.stderr, flush=True)
         log.info(
             "aggregator %s: warehouse %s, buffer %s",
@@ -347,9 +376,9 @@ class Aggregator:
     async def _restore_chunks(self, server: ForwardServer) -> None:
         """Remember the chunk ids made durable before this start (chunks.py): a client whose
         ack the previous run's death cut off resends to this one, which must not store it
-        again. Done before listening: resends come first."""
+        again. Done before listening: resends come first. /healthz shows the progress."""
         try:
-            keys = await asyncio.to_thread(self.buffer.recent_chunks)
+            keys = await asyncio.to_thread(self.buffer.recent_chunks, self._reading_progress())
         except OSError as exc:
             log.warning(
                 "could not read the chunk ids of the previous run (%s): resends of messages "
@@ -360,6 +389,25 @@ class Aggregator:
         server.chunks.restore(keys)
         if keys:
             log.info("remembering %d chunk ids buffered before this start", len(keys))
+
+    def _reading_progress(self) -> Callable[[int, int], None]:
+        """Sets the /healthz ``starting: ...`` reason while the segments left by the previous
+        run are read (called from the reading thread: one attribute store, atomic)."""
+        segments = len(self.buffer.sealed())
+        total = sum(s.size for s in self.buffer.sealed())
+
+        def progress(read: int, read_bytes: int) -> None:
+            self.metrics.starting = (
+                f"starting: reading the {segments} buffer segments left by the previous run: "
+                f"{read} done, {read_bytes / 1e6:.0f} of {total / 1e6:.0f} MB; the Forward port "
+                "opens after the last"
+            )
+
+        if segments:
+            progress(0, 0)
+        else:
+            self.metrics.starting = "starting: reading the chunk ids of the last flushes"
+        return progress
 
     async def drain(self) -> int:
         """Write out every segment of the buffer dir, then exit (no server, no new data).
@@ -692,6 +740,7 @@ class Aggregator:
                     self.settings.target_file_bytes,
                     hold=self._hold_checker(),
                     resume=True,
+                    flush_interval=self.settings.flush_interval,
                 )
                 self.metrics.compacted_files.inc(merged)
             except CompactionFailed as exc:

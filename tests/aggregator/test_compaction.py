@@ -412,6 +412,67 @@ def test_compact_refuses_a_missing_warehouse_and_odd_windows(
     assert compact_main(["--warehouse", str(tmp_path)]) == 0  # an empty warehouse is fine
 
 
+# --- the grace never undercuts a crashed peer's staleness -------------------------------------
+
+
+def files_aged(uri: str, tmp_path: Path, age: timedelta, now: datetime) -> None:
+    """Flushes into HOUR (and the next hour), every file ``age`` old at ``now``."""
+    flush_files(uri, files=4, rows_per_file=5)
+    at = (now - age).timestamp()
+    for path in (tmp_path / "wh").rglob("*.parquet"):
+        os.utime(path, (at, at))
+
+
+@pytest.mark.parametrize(("flush_interval", "merged"), [(300.0, 0), (10.0, 4)])
+def test_grace_waits_until_a_crashed_peer_counts_as_stale(
+    tmp_path: Path, flush_interval: float, merged: int
+) -> None:
+    """A peer flushing every 300 s counts as down 51 minutes after its last heartbeat: a
+    partition closed 35 minutes ago (past the 30-minute default grace) may hold objects of the
+    segment it was flushing when it crashed, so it is not merged yet; its replay would write
+    them again. With a peer flushing every 10 s (stale after 160 s) it is."""
+    uri = str(tmp_path / "wh")
+    now = HOUR + timedelta(hours=1, minutes=35)
+    files_aged(uri, tmp_path, timedelta(minutes=34), now)
+    wh = open_warehouse(uri)
+    Ledger(wh, "peer").heartbeat(time.time(), flush_interval=flush_interval)
+    assert compact_warehouse(wh, now=now, lookback=None) == merged
+    assert read_table(uri, "container_logs").num_rows == 4 * 6
+
+
+def test_service_own_flush_interval_raises_the_grace(tmp_path: Path) -> None:
+    """The service passes its own --flush-interval (its heartbeat may not be written yet)."""
+    uri = str(tmp_path / "wh")
+    now = HOUR + timedelta(hours=1, minutes=35)
+    files_aged(uri, tmp_path, timedelta(minutes=34), now)
+    wh = open_warehouse(uri)
+    assert compact_warehouse(wh, now=now, lookback=None, flush_interval=300.0) == 0
+    assert compact_warehouse(wh, now=now, lookback=None, flush_interval=10.0) == 4
+
+
+def test_compact_command_raises_a_short_grace_unless_forced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--grace-minutes 0`` is honoured only down to the safe minimum (logged), and
+    ``--force`` goes below it (with a warning)."""
+    uri = str(tmp_path / "wh")
+    files_aged(uri, tmp_path, timedelta(minutes=35), datetime.now(UTC))
+    wh = open_warehouse(uri)
+    Ledger(wh, "peer").heartbeat(time.time(), flush_interval=300.0)
+    args = ["--warehouse", uri, "--all", "--grace-minutes", "0"]
+    assert compact_main(args) == 0
+    err = capsys.readouterr().err
+    assert "compaction grace raised from 0 to 56 minutes" in err
+    assert "compacted 0 files" in err
+    assert len(parquet_files(uri)) == 8
+    assert compact_main([*args, "--force"]) == 0
+    err = capsys.readouterr().err
+    assert "is below the safe" in err
+    assert "compacted 8 files" in err
+    assert len(parquet_files(uri)) == 2
+    assert read_table(uri, "container_logs").num_rows == 4 * 6
+
+
 # --- several partitions at once -------------------------------------------------------------------
 
 

@@ -166,12 +166,16 @@ def test_the_audit_case_partial_flush_compacted_then_retried_stores_each_row_onc
                 "--grace-minutes",
                 "0",
                 "--all",
+                # The running aggregator's files are seconds old: under the safe grace, which
+                # would raise 0 to minutes (compaction.safe_grace) and merge nothing.
+                "--force",
             ],
             capture_output=True,
             text=True,
             timeout=120,
         )
         assert compact.returncode == 0, compact.stderr
+        assert "compacted 0 files" not in compact.stderr, "the aaa hour must be merged"
         aaa = read_table(str(warehouse), "container_logs")
         assert aaa.num_rows == 150, "the failed attempt committed the aaa object"
         blocker.unlink()
