@@ -1,8 +1,10 @@
 """Settings of ``logq-aggregator``: command-line flags, a TOML ``--config`` file, and defaults.
 
 Every flag is also a key of the TOML file (dashes or underscores, e.g. ``flush-interval = 5`` or
-``flush_interval = 5``), optionally under an ``[aggregator]`` table. Precedence: flag > config
-file > environment (``LOGQ_WAREHOUSE``) > default, as Fluent Bit and Vector users expect.
+``flush_interval = 5``), optionally under an ``[aggregator]`` table; a ``[shipper]`` table is the
+shipper's and skipped, so one file can serve both daemons (:func:`shipper.config.program_keys`).
+Precedence: flag > config file > environment (``LOGQ_WAREHOUSE``) > default, as Fluent Bit and
+Vector users expect.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from aggregator.buffer import NODE_ID
 from aggregator.decode import BUFFER_COMPRESSIONS
 from athena.warehouse import resolve_uri
+from shipper.config import program_keys
 from shipper.wire import MAX_MESSAGE_ENTRIES
 
 DEFAULT_LISTEN = "127.0.0.1:24224"
@@ -160,7 +163,9 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
 
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     """Add every serve flag with a default of None (so config-file values can fill the gaps)."""
-    parser.add_argument("--config", help="TOML file whose keys are these flags")
+    parser.add_argument(
+        "--config", help="TOML file whose keys are these flags (optionally under [aggregator])"
+    )
     for flag, kwargs in _FLAGS:
         parser.add_argument(flag, default=None, **kwargs)
 
@@ -172,9 +177,7 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: no such file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--config {path}: not valid TOML: {exc}") from exc
-    if isinstance(data.get("aggregator"), dict):
-        data = {**{k: v for k, v in data.items() if k != "aggregator"}, **data["aggregator"]}
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    return {k.replace("-", "_"): v for k, v in program_keys(data, "aggregator").items()}
 
 
 def load_settings(args: argparse.Namespace) -> Settings:

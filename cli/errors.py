@@ -1,8 +1,11 @@
 """One place where the project's own errors become one line on stderr and an exit code.
 
-Exit codes: 2 for bad input (time ranges, service names, SQL that does not parse), 1 for engine
-and storage failures (DuckDB, Athena, S3), 130 for Ctrl-C. ``LOGQ_DEBUG=1`` re-raises instead, to
-show the traceback. Anything else is a bug and keeps its traceback.
+Exit codes: 2 for bad input (time ranges, service names, SQL that does not parse, and the SQL of
+``logq sql`` that the engine refuses as written: no such column or table, a type error, the local
+sandbox's refusal), 1 for engine and storage failures (DuckDB, Athena, S3; also a canned query
+the engine refuses, which is logq's bug, not the user's), 130 for Ctrl-C. A script may retry on
+1; retrying on 2 cannot help. ``LOGQ_DEBUG=1`` re-raises instead, to show the traceback.
+Anything else is a bug and keeps its traceback.
 
 A reader that stops early (``logq timeline | head -2``) is no failure: logq stops writing at
 once, says nothing and exits 0 (:data:`READER_GONE_EXIT`), whatever the command and however
@@ -24,7 +27,7 @@ from contextlib import contextmanager
 
 import typer
 
-from athena.engines.result import EngineError
+from athena.engines.result import EngineError, StatementError
 from cli.storage import advice
 
 #: Exit status when the reader of stdout went away (``| head``): success, see above.
@@ -74,8 +77,11 @@ def ended_by_closed_pipe(exc: BaseException) -> bool:
 
 
 @contextmanager
-def friendly() -> Iterator[None]:
-    """Run a command body, translating expected failures into a message and an exit code."""
+def friendly(user_sql: bool = False) -> Iterator[None]:
+    """Run a command body, translating expected failures into a message and an exit code.
+
+    ``user_sql``: the body runs SQL the user wrote (``logq sql``), so a
+    :class:`StatementError` is bad input (2) rather than an engine failure (1)."""
     try:
         yield
     except BrokenPipeError:
@@ -89,8 +95,11 @@ def friendly() -> Iterator[None]:
             raise
         message = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
         line = shorten(message)
-        hint = advice(message) if isinstance(exc, EngineError | OSError) else None
+        failure = isinstance(exc, EngineError | OSError) and not (
+            user_sql and isinstance(exc, StatementError)
+        )
+        hint = advice(message) if failure else None
         if hint:
             line = f"{line.rstrip('. ')}; {hint}"
         sys.stderr.write(f"logq: error: {line}\n")
-        raise typer.Exit(1 if isinstance(exc, EngineError | OSError) else 2) from None
+        raise typer.Exit(1 if failure else 2) from None

@@ -1,9 +1,11 @@
 """Settings of logq-shipper: command-line flags, an optional TOML file, and their defaults.
 
 Every flag is also a key of the ``--config`` TOML file (dashes or underscores both accepted, e.g.
-``max-line-bytes = 262144`` or ``aggregator = ["agg-1:24224", "agg-2:24224"]``). Flags given on
-the command line win over the file, the file wins over the defaults; this is what operators of
-Fluent Bit expect when they override one setting for a debugging run.
+``max-line-bytes = 262144`` or ``aggregator = ["agg-1:24224", "agg-2:24224"]``), optionally under
+a ``[shipper]`` table. Flags given on the command line win over the file, the file wins over the
+defaults; this is what operators of Fluent Bit expect when they override one setting for a
+debugging run. One file can serve both daemons (:func:`program_keys`): each reads the top-level
+keys and its own table, and skips the other's.
 """
 
 from __future__ import annotations
@@ -139,10 +141,10 @@ _HELP = {
     "username": "user name, for aggregators that also require user authentication",
     "password": "password of --username (or $LOGQ_SHIPPER_PASSWORD, kept out of `ps`)",
     "once": "ship what the files hold now, wait for every ack, exit",
-    "config": "TOML file; every flag is a key",
+    "config": "TOML file; every flag is a key (optionally under [shipper])",
     "compress": "compress batches (CompressedPackedForward)",
     "max_line_bytes": "lines longer than this are truncated with a marker (default: 262144)",
-    "metrics_listen": "serve Prometheus metrics on HOST:PORT",
+    "metrics_listen": "serve Prometheus metrics on HOST:PORT (a HOST alone: port 9110)",
     "tls": "connect to aggregators over TLS",
     "tls_ca": "CA bundle to verify the aggregator's certificate (default: system CAs)",
     "tls_no_verify": "do not verify the aggregator's certificate (testing only)",
@@ -261,6 +263,21 @@ _EXPECTED = {
 }
 
 
+#: The table of each daemon's own keys in a ``--config`` file (``[shipper]``, ``[aggregator]``).
+PROGRAM_TABLES = ("shipper", "aggregator")
+
+
+def program_keys(raw: dict[str, Any], program: str) -> dict[str, Any]:
+    """The keys of a parsed ``--config`` file that ``program`` (``shipper`` or ``aggregator``)
+    reads: the top-level ones, overridden by those of its own ``[program]`` table, without the
+    other daemon's table. So one file configures both daemons, with the keys both take (such
+    as ``shared_key``) at the top. Only a table is a program's: in the shipper,
+    ``aggregator = ["a:24224"]`` is its own setting, ``[aggregator]`` the aggregator's table."""
+    top = {k: v for k, v in raw.items() if not (k in PROGRAM_TABLES and isinstance(v, dict))}
+    own = raw.get(program)
+    return {**top, **own} if isinstance(own, dict) else top
+
+
 def _load_toml(path: str) -> dict[str, Any]:
     if not path.strip():
         raise ConfigError("--config is empty; pass the path of a TOML file or leave --config out")
@@ -281,7 +298,7 @@ def _load_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     known = set(_HELP) - {"config"}
     out: dict[str, Any] = {}
-    for key, value in raw.items():
+    for key, value in program_keys(raw, "shipper").items():
         norm = key.replace("-", "_")
         if norm == "aggregators":
             norm = "aggregator"

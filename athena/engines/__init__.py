@@ -6,6 +6,6 @@ Both take the same Athena SQL and parameters and return a
 
 from __future__ import annotations
 
-from athena.engines.result import EngineError, QueryResult, ScanBudgetError
+from athena.engines.result import EngineError, QueryResult, ScanBudgetError, StatementError
 
-__all__ = ["EngineError", "QueryResult", "ScanBudgetError"]
+__all__ = ["EngineError", "QueryResult", "ScanBudgetError", "StatementError"]

@@ -24,6 +24,7 @@ from athena.engines.result import (
     EngineError,
     QueryResult,
     ScanBudgetError,
+    StatementError,
     athena_cost_usd,
     human_bytes,
 )
@@ -40,6 +41,21 @@ VANISHED_FILE = re.compile(
 )
 #: Runs of a query again after such a failure (the listing is then the compacted one).
 VANISHED_RETRIES = 2
+
+#: How Athena says that it refused the statement itself (:class:`StatementError`): the reason
+#: starts with one of Trino's user error codes (``COLUMN_NOT_FOUND: line 1:8: Column 'x' cannot
+#: be resolved``), or, without a code, with the position in the statement of a syntax error
+#: (``line 1:1: mismatched input 'SELEC'``). Storage and service failures (``HIVE_BAD_DATA``,
+#: ``HIVE_CANNOT_OPEN_SPLIT``, Access Denied, ``GENERIC_INTERNAL_ERROR``, exhausted resources)
+#: carry other codes and no position, and stay engine failures.
+STATEMENT_FAILURE = re.compile(
+    r"(?:SYNTAX_ERROR|COLUMN_NOT_FOUND|TABLE_NOT_FOUND|SCHEMA_NOT_FOUND|CATALOG_NOT_FOUND"
+    r"|FUNCTION_NOT_FOUND|AMBIGUOUS_NAME|MISSING_COLUMN_NAME|DUPLICATE_COLUMN_NAME"
+    r"|TYPE_MISMATCH|TYPE_NOT_FOUND|INVALID_LITERAL|INVALID_FUNCTION_ARGUMENT"
+    r"|INVALID_CAST_ARGUMENT|DIVISION_BY_ZERO|NUMERIC_VALUE_OUT_OF_RANGE"
+    r"|EXPRESSION_NOT_AGGREGATE|EXPRESSION_NOT_SCALAR)\b"
+    r"|line \d+:\d+: (?:mismatched input|extraneous input|no viable alternative)",
+)
 
 
 class _VanishedFile(EngineError):
@@ -190,8 +206,7 @@ class AthenaEngine:
             self._show(result_set.state or state, started, result_set.data_scanned_in_bytes, True)
             if result_set.state != "SUCCEEDED":
                 reason = result_set.state_change_reason or "no reason given"
-                failed = _VanishedFile if VANISHED_FILE.search(reason) else EngineError
-                raise failed(f"Athena query {query_id} {result_set.state}: {reason}")
+                raise _failure(reason)(f"Athena query {query_id} {result_set.state}: {reason}")
             final = result_set.data_scanned_in_bytes or 0
             if self.max_scan_bytes is not None and final > self.max_scan_bytes:
                 self.progress_out.write(
@@ -227,6 +242,16 @@ class AthenaEngine:
         finally:
             cursor.close()
             conn.close()
+
+
+def _failure(reason: str) -> type[EngineError]:
+    """The error for a query that ended FAILED with ``reason``: a file that compaction replaced
+    (run it again), the statement refused as written, or another engine failure."""
+    if VANISHED_FILE.search(reason):
+        return _VanishedFile
+    if STATEMENT_FAILURE.match(reason.strip()):
+        return StatementError
+    return EngineError
 
 
 def default_region() -> str | None:

@@ -37,6 +37,10 @@ Once the views exist the connection is locked down (:func:`_sandbox`): DuckDB ma
 the Parquet files the views read, cannot load extensions and cannot change a setting. ``logq sql``
 runs statements people type (or paste), and DuckDB's SQL can read any file (``read_text``), write
 files (``COPY ... TO``) and attach databases; the engine answers queries over the warehouse only.
+
+A statement DuckDB refuses as written (no such column or table, a type or syntax error, the
+sandbox's refusal) is a :class:`StatementError`, anything else an :class:`EngineError`: only
+the caller knows whether the SQL was the user's (``logq sql``: bad input) or logq's own.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from athena.engines.result import EngineError, QueryResult, ScanBudgetError
+from athena.engines.result import EngineError, QueryResult, ScanBudgetError, StatementError
 
 T = TypeVar("T")
 #: Past this many Parquet files, a local query says on stderr how to make it smaller. It still
@@ -102,6 +106,36 @@ def _refusal(exc: Exception) -> str | None:
             "no other files, extensions or settings; DuckDB refused: " + _one_line(text)
         )
     return None
+
+
+#: How DuckDB words a failure to *read* data, whatever its exception class: pyarrow's scan of
+#: an S3 dataset failing (S3 down, access denied: an InvalidInputException), a file that does
+#: not match the first one's columns or types. Never the statement's fault.
+_READ_FAILURES = ("reading the stream registered as", "schema mismatch", "reading file")
+
+
+def _statement_fault(exc: Exception) -> bool:
+    """Whether DuckDB refused the statement itself (see :class:`StatementError`): a syntax,
+    binder or catalog error (no such column, table or function), a type mismatch, a value the
+    SQL cannot convert or that overflows, an invalid argument (a bad regular expression), a
+    feature DuckDB lacks. I/O, memory, interruption and internal errors are not, and neither is
+    anything :data:`_READ_FAILURES` describes."""
+    import duckdb
+
+    faults = (
+        duckdb.ParserException,
+        duckdb.SyntaxException,
+        duckdb.BinderException,
+        duckdb.CatalogException,
+        duckdb.ConversionException,
+        duckdb.TypeMismatchException,
+        duckdb.InvalidTypeException,
+        duckdb.OutOfRangeException,
+        duckdb.InvalidInputException,
+        duckdb.NotImplementedException,
+    )
+    text = str(exc)
+    return isinstance(exc, faults) and not any(marker in text for marker in _READ_FAILURES)
 
 
 def _bad_file(exc: Exception, files: list[str]) -> str | None:
@@ -384,8 +418,9 @@ class LocalEngine:
                     raise self._file_error(bad, exc) from exc
                 refused = _refusal(exc)
                 if refused is not None:
-                    raise EngineError(refused) from exc
-                raise EngineError(f"DuckDB could not run the query: {_one_line(str(exc))}") from exc
+                    raise StatementError(refused) from exc
+                failed = StatementError if _statement_fault(exc) else EngineError
+                raise failed(f"DuckDB could not run the query: {_one_line(str(exc))}") from exc
             elapsed = time.perf_counter() - started
         finally:
             con.close()

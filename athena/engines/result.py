@@ -10,6 +10,16 @@ class EngineError(RuntimeError):
     """A query failed in an engine; the message says what to change."""
 
 
+class StatementError(EngineError):
+    """The engine refused the statement itself: a column, table or function that does not
+    exist, a syntax or type error, a value its SQL cannot convert, a file or setting the local
+    sandbox does not allow. Running it again cannot help; the SQL has to change.
+
+    Whose fault that is depends on who wrote the SQL, which only the caller knows: for
+    ``logq sql`` it is bad input (exit 2, :func:`cli.errors.friendly` with ``user_sql``); for
+    a canned query it is logq's own bug, an engine failure like any other (exit 1)."""
+
+
 class ScanBudgetError(EngineError):
     """The query would scan (or scanned) more than ``--max-scan-bytes`` allows."""
 

@@ -30,7 +30,7 @@ def sql(
     from cli.explain import note_unknown_services
     from cli.notes import note
 
-    with friendly():
+    with friendly(user_sql=True):  # the engine refusing the statement is bad input: exit 2
         if common.engine is EngineName.athena:
             if common.service or common.since or common.until:
                 note(
@@ -157,16 +157,16 @@ def run_local(
     """Run on DuckDB (the tables showing only ``rows``' time range when given; ``explain`` put
     before the query; only the first ``max_rows`` fetched); an unknown table is named in one
     line with the tables that exist."""
-    from athena.engines.result import EngineError
+    from athena.engines.result import StatementError
     from athena.schema import TABLES
 
     try:
         return engine.run(statement, {}, scopes, rows, explain, max_rows)
-    except EngineError as exc:
+    except StatementError as exc:
         missing = re.search(r"Table with name (\S+) does not exist", str(exc))
         if missing is None:
             raise
-        raise EngineError(
+        raise StatementError(
             f"unknown table {missing.group(1)!r}; the tables are {', '.join(TABLES)}"
         ) from None
 

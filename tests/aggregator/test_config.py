@@ -44,10 +44,36 @@ def test_config_file_and_flag_precedence(tmp_path: Path) -> None:
     assert s.envoy_formats == ["%START_TIME% %RESPONSE_CODE%"]
 
 
+def test_one_config_file_serves_both_daemons(tmp_path: Path) -> None:
+    """Each daemon reads the top-level keys and its own table, and skips the other's: before,
+    the aggregator refused a ``[shipper]`` table and the shipper an ``[aggregator]`` one."""
+    from shipper.config import Endpoint, load_config
+
+    conf = tmp_path / "logq.toml"
+    conf.write_text(
+        'shared_key = "k"\nlog_level = "debug"\n'
+        '[shipper]\naggregator = ["agg-1:24224"]\nstate_dir = "/tmp/logq-shipper-state"\n'
+        'log_level = "warning"\n'
+        '[aggregator]\nlisten = "0.0.0.0:24300"\nflush_interval = 3\n'
+    )
+    agg = parse(["--config", str(conf)])
+    assert (agg.listen, agg.flush_interval, agg.shared_key) == ("0.0.0.0:24300", 3, "k")
+    assert agg.log_level == "debug"
+    ship = load_config(["--config", str(conf)])
+    assert ship.aggregators == (Endpoint("agg-1", 24224),)
+    assert (str(ship.state_dir), ship.shared_key, ship.log_level) == (
+        "/tmp/logq-shipper-state",
+        "k",
+        "warning",
+    )
+
+
 @pytest.mark.parametrize(
     ("content", "argv", "message"),
     [
         ("flush_intervall = 3\n", [], "unknown keys ['flush_intervall']"),
+        ('shipper = "a:24224"\n', [], "unknown keys ['shipper']"),  # not a table: a typo
+        ("[aggregator]\nstate_dir = 3\n", [], "unknown keys ['state_dir']"),
         ("listen = [\n", [], "not valid TOML"),
         ("", ["--listen", "nohostport"], "HOST:PORT"),
         ("", ["--tls-cert", "c.pem"], "both --tls-cert and --tls-key"),

@@ -301,3 +301,60 @@ def test_athena_without_credentials_says_what_to_check(
     assert "Unable to locate credentials" in run.stderr
     assert "check the credentials (AWS_ACCESS_KEY_ID" in run.stderr
     assert "aws sts get-caller-identity" in run.stderr and len(run.stderr.splitlines()) == 1
+
+
+def fail_on_athena(monkeypatch: pytest.MonkeyPatch, marker: str, reason: str) -> None:
+    """Queries whose text holds ``marker`` end FAILED with ``reason``, as Athena reports it in
+    the execution's StateChangeReason. moto runs every query to SUCCEEDED, so the execution
+    pyathena reads from moto is changed there; the API calls, pyathena's polling and logq's
+    handling of the failure are the real ones."""
+    from pyathena.model import AthenaQueryExecution
+
+    real_init = AthenaQueryExecution.__init__
+
+    def init(self: AthenaQueryExecution, response: dict) -> None:
+        real_init(self, response)
+        if marker in (self.query or "") and self.state == "SUCCEEDED":
+            self._state, self._state_change_reason = "FAILED", reason
+
+    monkeypatch.setattr(AthenaQueryExecution, "__init__", init)
+
+
+COLUMN_NOT_FOUND = (
+    "COLUMN_NOT_FOUND: line 1:8: Column 'nosuchcol' cannot be resolved or requester is not "
+    "authorized to access requested resources"
+)
+
+
+@pytest.mark.parametrize(
+    ("reason", "code"),
+    [
+        (COLUMN_NOT_FOUND, 2),
+        ("TABLE_NOT_FOUND: line 1:15: Table 'awsdatacatalog.logs.nosuch' does not exist", 2),
+        ("SYNTAX_ERROR: line 1:8: Column 'nosuchcol' cannot be resolved", 2),
+        ("line 1:1: mismatched input 'SELEC'. Expecting: 'ALTER', 'ANALYZE', 'CALL'", 2),
+        ("HIVE_BAD_DATA: Error reading file s3://b/wh/x.parquet", 1),
+        ("HIVE_CANNOT_OPEN_SPLIT: Error opening Hive split s3://b/x.parquet: Access Denied", 1),
+        ("GENERIC_INTERNAL_ERROR: null", 1),
+    ],
+)
+def test_sql_refused_by_athena_is_bad_input(
+    logq, moto: str, monkeypatch: pytest.MonkeyPatch, reason: str, code: int
+) -> None:
+    """As locally: the statement refused as written exits 2 (running it again cannot help);
+    a failure to read the data or of the service exits 1."""
+    fail_on_athena(monkeypatch, "nosuchcol", reason)
+    run = logq("sql", "SELECT nosuchcol FROM envoy_access", *ATHENA)
+    assert run.exit_code == code, run.stderr
+    errors = [ln for ln in run.stderr.splitlines() if ln.startswith("logq: error:")]
+    assert len(errors) == 1 and reason in errors[0], run.stderr
+
+
+def test_canned_query_refused_by_athena_is_an_engine_failure(
+    logq, moto: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """logq's own SQL refused is logq's bug, not the user's input: exit 1."""
+    fail_on_athena(monkeypatch, "envoy_access", COLUMN_NOT_FOUND)
+    run = logq("errors", "-s", "recipe", "--since", "1h", *ATHENA)
+    assert run.exit_code == 1, run.stderr
+    assert "COLUMN_NOT_FOUND" in run.stderr

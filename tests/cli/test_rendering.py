@@ -377,12 +377,21 @@ def test_a_reader_that_stops_mid_output(big_warehouse: str) -> None:
 
 
 @pytest.mark.integration
-def test_a_failure_into_a_closed_pipe_is_still_a_failure(big_warehouse: str) -> None:
+def test_a_failure_into_a_closed_pipe_is_still_a_failure(
+    big_warehouse: str, tmp_path: Path
+) -> None:
     """The reader's going away changes nothing about an engine failure or bad input."""
+    from tests.cli.test_sql_sandbox import write_damaged
+
+    bad = write_damaged(tmp_path / "damaged")
+    code, stderr, _ = _into_closed_pipe(
+        ["sql", "SELECT count(*) FROM envoy_access", "--warehouse", str(tmp_path / "damaged")]
+    )
+    assert code == 1 and str(bad["envoy_access"]) in stderr
     code, stderr, _ = _into_closed_pipe(
         ["sql", "SELECT CAST('x' AS INTEGER) AS n", "--warehouse", big_warehouse]
     )
-    assert code == 1 and "Conversion Error" in stderr
+    assert code == 2 and "Conversion Error" in stderr  # the user's SQL: bad input
     code, stderr, _ = _into_closed_pipe(["tail", "--since", "soon", "--warehouse", big_warehouse])
     assert code == 2 and "is not a time" in stderr
 

@@ -93,7 +93,7 @@ def test_sql_since_until_restrict_rows_not_just_hours(logq, warehouse: Warehouse
 
 def test_sql_errors_are_clear(logq, warehouse: Warehouse) -> None:
     run = logq("sql", "SELECT nope FROM envoy_access", "--warehouse", warehouse.uri)
-    assert run.exit_code == 1 and "DuckDB could not run the query" in run.stderr
+    assert run.exit_code == 2 and "DuckDB could not run the query" in run.stderr
     run = logq("sql", "SELEKT 1 FROM", "--warehouse", warehouse.uri)
     assert run.exit_code != 0 and "logq: error" in run.stderr
     run = logq("sql", "SELEC x FROM envoy_access", "--warehouse", warehouse.uri)

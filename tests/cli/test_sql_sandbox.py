@@ -81,7 +81,7 @@ def test_sql_reads_no_file_but_the_warehouse(
     secret.write_text("a,b\nhunter2,2\n")
     sql = statement.format(secret=secret, secret_dir=tmp_path)
     run = logq("sql", sql, "-f", "json", "--warehouse", warehouse.uri)
-    assert run.exit_code == 1, run.stdout
+    assert run.exit_code == 2, run.stdout  # the statement must change: bad input
     line = one_line_error(run.stderr)
     assert "reads only the warehouse tables" in line and "hunter2" not in run.stdout
 
@@ -215,7 +215,7 @@ def test_sandbox_and_damaged_file_on_s3(logq, s3_warehouse: str) -> None:
     top = logq("top", *RANGE, "-f", "json", "--warehouse", s3_warehouse)
     assert top.exit_code == 0 and top.json(), top.stderr
     denied = logq("sql", "SELECT * FROM read_text('/etc/hostname')", "--warehouse", s3_warehouse)
-    assert denied.exit_code == 1 and "reads only the warehouse" in one_line_error(denied.stderr)
+    assert denied.exit_code == 2 and "reads only the warehouse" in one_line_error(denied.stderr)
     wh = open_warehouse(s3_warehouse)
     bad = wh.path("envoy_access", "service=app", "dt=2026-11-28-10", "broken.parquet")
     with wh.fs.open_output_stream(bad) as out:

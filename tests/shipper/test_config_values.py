@@ -104,6 +104,27 @@ def test_toml_values_of_the_right_type_still_work(tmp_path: Path) -> None:
     assert (cfg.log_level, cfg.compress) == ("debug", True)
 
 
+def test_keys_under_a_shipper_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """As the aggregator reads ``[aggregator]``: the ``[shipper]`` table's keys over the
+    top-level ones, the ``[aggregator]`` table skipped (it is the aggregator's), flags over
+    both. Before: "unknown key 'shipper'"."""
+    conf = toml(
+        tmp_path,
+        'shared_key = "k"\nlog_level = "info"\n'
+        '[shipper]\naggregator = ["agg-1:24224", "agg-2:24225"]\nlog-level = "warning"\n'
+        "batch_lines = 7\n"
+        '[aggregator]\nlisten = "0.0.0.0:24224"\nflush_interval = 3',
+    )
+    cfg = load_config(["--config", conf, "--batch-lines", "9"])
+    assert cfg.aggregators == (Endpoint("agg-1", 24224), Endpoint("agg-2", 24225))
+    assert (cfg.shared_key, cfg.log_level, cfg.batch_lines) == ("k", "warning", 9)
+    # The shipper's table holds shipper keys only, and is checked like the top level.
+    err = refused(["--config", toml(tmp_path, "[shipper]\nflush_interval = 3"), "--once"], capsys)
+    assert "unknown key 'flush_interval'" in err
+    err = refused(["--config", toml(tmp_path, '[shipper]\nbatch_lines = "7"'), "--once"], capsys)
+    assert "batch_lines must be a whole number" in err
+
+
 def test_log_level_key_is_checked_like_the_flag(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
