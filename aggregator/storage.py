@@ -10,6 +10,7 @@ key replaces it whole.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ import pyarrow.parquet as pq
 
 from aggregator.durable import atomic_file, write_atomic
 from athena.warehouse import Warehouse, s3_client
+
+log = logging.getLogger("logq.aggregator.storage")
 
 #: Rows per row group: large enough for Athena's scans, small enough to bound writer memory.
 ROW_GROUP_ROWS = 1_000_000
@@ -151,9 +154,19 @@ def delete_objects(wh: Warehouse, paths: list[str]) -> None:
     Elsewhere (a local disk, or a filesystem :func:`open_warehouse` did not build) one request
     per path, :data:`DELETE_PARALLEL` at a time on S3.
     """
-    if wh.s3 is not None and isinstance(wh.fs, pafs.S3FileSystem) and len(paths) > 1:
+    if (
+        wh.s3 is not None
+        and isinstance(wh.fs, pafs.S3FileSystem)
+        and len(paths) > 1
+        and wh.s3 not in _NO_BATCH_DELETE
+    ):
         _delete_batched(wh, s3_client(wh.s3), paths)
         return
+    _delete_one_by_one(wh, paths)
+
+
+def _delete_one_by_one(wh: Warehouse, paths: list[str]) -> None:
+    """:func:`delete_objects` a request per path (:data:`DELETE_PARALLEL` at a time on S3)."""
     if isinstance(wh.fs, pafs.LocalFileSystem) or len(paths) < 2:
         for path in paths:
             delete_object(wh, path)
@@ -197,9 +210,31 @@ def _delete_batched(wh: Warehouse, client: Any, paths: list[str]) -> None:
 _GONE = frozenset({"NoSuchKey"})
 
 
+#: Error codes of S3-compatible stores that do not take DeleteObjects as boto3 sends it (some
+#: want a Content-MD5 header, some have no multi-object delete): deleted one by one from then on.
+_BATCH_UNSUPPORTED = frozenset(
+    {
+        "MissingContentMD5",
+        "InvalidRequest",
+        "NotImplemented",
+        "MethodNotAllowed",
+        "MalformedXML",
+        "InvalidDigest",
+        "BadDigest",
+    }
+)
+#: The S3 settings whose store refused a DeleteObjects request for one of those reasons.
+_NO_BATCH_DELETE: set[Any] = set()
+
+
 def _delete_batch(wh: Warehouse, client: Any, bucket: str, keys: list[str]) -> list[str]:
     """One DeleteObjects request (quiet: the answer lists only the keys that failed); return
-    ``<bucket>/<key> (<code>: <message>)`` for each key the server refused."""
+    ``<bucket>/<key> (<code>: <message>)`` for each key the server refused.
+
+    A request that fails whole (a store without DeleteObjects or that wants what boto3 does
+    not send, a TLS setting only pyarrow's client has, a network error) falls back to one
+    delete per key through pyarrow, so a merge's inputs never stay beside its output for want
+    of a batch request; a store that refuses the request itself is not asked again."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
@@ -207,9 +242,16 @@ def _delete_batch(wh: Warehouse, client: Any, bucket: str, keys: list[str]) -> l
             Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True}
         )
     except (BotoCoreError, ClientError) as exc:
-        raise StorageError(
-            f"deleting {len(keys)} objects ({bucket}/{keys[0]}…) in {wh.uri} failed: {exc}"
-        ) from exc
+        code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+        if code in _BATCH_UNSUPPORTED and wh.s3 not in _NO_BATCH_DELETE:
+            _NO_BATCH_DELETE.add(wh.s3)
+            log.warning(
+                "%s refuses DeleteObjects (%s): compaction deletes its inputs one request each",
+                wh.uri,
+                exc,
+            )
+        _delete_one_by_one(wh, [f"{bucket}/{k}" for k in keys])
+        return []
     return [
         f"{bucket}/{e.get('Key')} ({e.get('Code')}: {e.get('Message')})"
         for e in answer.get("Errors", [])
@@ -244,9 +286,9 @@ def list_tree_after(wh: Warehouse, folder: str, after: str) -> list[pafs.FileInf
 
     bucket, _, prefix = folder.strip("/").partition("/")
     prefix = f"{prefix}/" if prefix else ""
-    pages = s3_client(wh.s3).get_paginator("list_objects_v2")
     infos: list[pafs.FileInfo] = []
     try:
+        pages = s3_client(wh.s3).get_paginator("list_objects_v2")
         for page in pages.paginate(Bucket=bucket, Prefix=prefix, StartAfter=prefix + after):
             for obj in page.get("Contents", []):
                 if obj["Key"].endswith("/"):
@@ -260,7 +302,12 @@ def list_tree_after(wh: Warehouse, folder: str, after: str) -> list[pafs.FileInf
                     )
                 )
     except (BotoCoreError, ClientError) as exc:
-        raise StorageError(f"listing {folder} in {wh.uri} failed: {exc}") from exc
+        # A store without StartAfter (S3 directory buckets), a TLS setting only pyarrow's client
+        # has, an outage: pyarrow's listing decides (and raises what it cannot list).
+        log.warning(
+            "listing %s in %s from %s failed (%s): listed hour by hour", folder, wh.uri, after, exc
+        )
+        return None
     return infos
 
 

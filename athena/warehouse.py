@@ -167,7 +167,25 @@ def _new_s3_client(settings: S3Settings) -> Any:
         region_name=settings.region,
     )
     endpoint = f"{settings.scheme}://{settings.endpoint}" if settings.endpoint else None
-    return session.client("s3", endpoint_url=endpoint, config=config)
+    client = session.client("s3", endpoint_url=endpoint, config=config)
+    client.meta.events.register("before-sign.s3.DeleteObjects", _content_md5)
+    return client
+
+
+def _content_md5(request: Any, **_: Any) -> None:
+    """Give DeleteObjects a Content-MD5 header: boto3 1.36 and later send only a CRC32 checksum,
+    which S3 takes but S3-compatible stores that predate it (MinIO releases, Ceph, OVH...)
+    refuse with ``MissingContentMD5``. S3 accepts both together."""
+    import base64
+    import hashlib
+
+    body = request.body
+    if isinstance(body, str):
+        body = body.encode()
+    if not isinstance(body, bytes) or "Content-MD5" in request.headers:
+        return
+    digest = hashlib.md5(body, usedforsecurity=False).digest()
+    request.headers["Content-MD5"] = base64.b64encode(digest).decode()
 
 
 def open_warehouse(uri: str | None = None, create: bool = False) -> Warehouse:

@@ -260,3 +260,109 @@ def test_the_window_listed_from_its_first_hour_keeps_its_edges(s3_warehouse: str
     assert [n[:2] for n in entries(wh, folders["first"])] == ["c-"]
     assert entries(wh, folders["before"]) == ["n-0.parquet", "n-1.parquet"]
     assert entries(wh, folders["open"]) == ["n-0.parquet", "n-1.parquet"]
+
+
+class RefusingBatches:
+    """A store that refuses DeleteObjects as boto3 1.36+ sends it (MinIO releases, Ceph, OVH:
+    ``MissingContentMD5``); every other request goes to the real server."""
+
+    def __init__(self, real: Any, code: str = "MissingContentMD5") -> None:
+        self.real, self.code, self.calls = real, code, 0
+
+    def delete_objects(self, **_: Any) -> dict:
+        from botocore.exceptions import ClientError
+
+        self.calls += 1
+        error = {"Code": self.code, "Message": "Missing required header: Content-Md5."}
+        raise ClientError({"Error": error}, "DeleteObjects")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_a_store_without_batch_deletes_still_gets_every_merge_finished(
+    s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DeleteObjects refused whole: the inputs are deleted one by one, the merge finishes (no
+    row twice for good), and that store is not asked for a batch again."""
+    monkeypatch.setattr(storage, "_NO_BATCH_DELETE", set())
+    flush_files(s3_warehouse, files=6, rows_per_file=10, service="svc")
+    rows = service_rows(s3_warehouse)
+    wh = open_warehouse(s3_warehouse)
+    assert wh.s3 is not None
+    client = RefusingBatches(s3_client(wh.s3))
+    monkeypatch.setattr(storage, "s3_client", lambda settings: client)
+    assert compact_warehouse(wh, now=LATER, lookback=None) == 12  # both hours, one pass
+    assert client.calls == 1  # the second merge deleted one by one without asking again
+    assert service_rows(s3_warehouse) == rows
+    for dt in (DT, NEXT_DT):
+        left = entries(wh, wh.path(partition_path("container_logs", "svc", dt)))
+        assert len(left) == 1 and left[0].startswith("c-"), left
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_delete_objects_carries_a_content_md5_of_its_body(s3_warehouse: str) -> None:
+    """Stores that predate boto3's CRC32 checksums want Content-MD5 on DeleteObjects; the real
+    server takes the request with it, and the header is the MD5 of the body sent."""
+    import base64
+    import hashlib
+
+    wh = open_warehouse(s3_warehouse)
+    assert wh.s3 is not None
+    paths = [f"{wh.base}/md5/f-{i}.parquet" for i in range(3)]
+    for path in paths:
+        put_bytes(wh, path, b"x")
+    sent: list[tuple[str | None, bytes]] = []
+
+    def capture(request: Any, **_: Any) -> None:
+        body = request.body if isinstance(request.body, bytes) else request.body.encode()
+        md5 = request.headers.get("Content-MD5")
+        sent.append((md5.decode() if isinstance(md5, bytes) else md5, body))
+
+    client = s3_client(wh.s3)
+    client.meta.events.register("before-send.s3.DeleteObjects", capture)
+    try:
+        delete_objects(wh, paths)
+    finally:
+        client.meta.events.unregister("before-send.s3.DeleteObjects", capture)
+    assert len(sent) == 1
+    md5, body = sent[0]
+    assert md5 == base64.b64encode(hashlib.md5(body).digest()).decode()
+    assert entries(wh, f"{wh.base}/md5") == []
+
+
+class NoStartAfter:
+    """A store whose listing refuses ``StartAfter`` (S3 directory buckets)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.calls = real, 0
+
+    def get_paginator(self, name: str) -> Any:
+        from botocore.exceptions import ClientError
+
+        self.calls += 1
+        error = {"Code": "InvalidArgument", "Message": "StartAfter is not supported"}
+        raise ClientError({"Error": error}, "ListObjectsV2")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_a_store_without_start_after_is_listed_hour_by_hour(
+    s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window's one-request listing refused: the pass lists hour by hour and merges."""
+    flush_files(s3_warehouse, files=6, rows_per_file=10, service="svc")
+    rows = service_rows(s3_warehouse)
+    wh = open_warehouse(s3_warehouse)
+    assert wh.s3 is not None
+    client = NoStartAfter(s3_client(wh.s3))
+    monkeypatch.setattr(storage, "s3_client", lambda settings: client)
+    assert compact_warehouse(wh, now=LATER, lookback=timedelta(hours=48)) == 12
+    assert client.calls >= 1  # it was asked, and refused
+    assert service_rows(s3_warehouse) == rows
