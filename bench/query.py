@@ -20,7 +20,10 @@ Usage: ``python bench/query.py [--rows N] [--warehouse DIR] [--reuse] [--repeat 
 one file per service-hour, as compaction leaves them), a share F of them (the oldest hours) of an
 older schema version without ``upstream_host`` and ``x_forwarded_for``; prints wall time and peak
 RSS of ``logq errors``, ``logq upstreams`` (reads a column the old files lack) and
-``logq sql "SELECT count(*) ..."`` over all of them: the local engine's cost per file.
+``logq sql "SELECT count(*) ..."`` over all of them: the local engine's cost per file. ``--s3``:
+the files are on a private SeaweedFS (started and stopped here; PUTs take ~10 ms a file), read
+through pyarrow's S3 filesystem as ``s3://`` warehouses are; ``--code DIR``: the commands run the
+code of another checkout (before/after figures).
 
 ``--listing s3|local [--services N] [--hours H] [--e2e]``: instead, the cost of *planning* a query
 over every service (no ``--service``): N services (default 500) x the last H hours (default 48),
@@ -45,6 +48,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -164,6 +168,49 @@ def timed(fn, repeat: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
+#: Runs ``logq`` with the arguments after the first, then writes the process's peak RSS (KiB,
+#: ``VmHWM``) to the file named by the first. ``ru_maxrss`` from ``wait4`` cannot tell it: Linux
+#: carries the RSS of the process that spawned the command (this one, with its SeaweedFS client
+#: and test data) into the command's figure, which then showed the bench, not logq.
+_PEAK_CHILD = """
+import atexit, sys
+peak_file = sys.argv.pop(1)
+def _peak() -> None:
+    with open("/proc/self/status") as status:
+        kib = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(peak_file, "w") as out:
+        out.write(kib)
+atexit.register(_peak)
+from cli.app import main
+sys.argv[0] = "logq"
+sys.exit(main())
+"""
+
+
+class Run(NamedTuple):
+    """One ``logq`` process: wall time, exit status, peak RSS, what it printed on stderr."""
+
+    seconds: float
+    status: int
+    peak_mib: int
+    stderr: str
+
+
+def run_logq(args: list[str], env: dict[str, str]) -> Run:
+    """``logq ARGS`` (stdout thrown away) with its own peak RSS (see :data:`_PEAK_CHILD`).
+    ``-P``: the code is that of the environment (``PYTHONPATH``, ``--code``), not that of the
+    current directory, as for the ``logq`` script."""
+    with tempfile.NamedTemporaryFile(prefix="logq-bench-peak-") as peak:
+        started = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-P", "-c", _PEAK_CHILD, peak.name, *args],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        seconds = time.perf_counter() - started
+        kib = Path(peak.name).read_text().strip()
+    return Run(seconds, proc.returncode, int(kib or 0) // 1024, proc.stderr)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=10_000_000)
@@ -174,6 +221,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--files", type=int, default=0, help="many-files mode: this many files")
     ap.add_argument("--old-share", type=float, default=0.0, help="--files: old-schema share")
+    ap.add_argument("--s3", action="store_true", help="--files: on a private SeaweedFS")
     ap.add_argument("--listing", choices=["s3", "local"], default=None,
                     help="planning mode: listing cost over many services")  # fmt: skip
     ap.add_argument("--e2e", action="store_true", help="--listing: also logq errors --since 1d")
@@ -186,7 +234,7 @@ def main() -> int:
     ap.add_argument(
         "--code",
         default=None,
-        help="--listing: plan with the athena package of this checkout (compare)",
+        help="--listing, --files: run the code of this checkout (before/after figures)",
     )
     args = ap.parse_args()
     if args.listing:
@@ -197,7 +245,7 @@ def main() -> int:
     args.services = args.services or 20
     args.hours = args.hours or 24
     if args.files:
-        return many_files(args.files, args.old_share, args.warehouse)
+        return many_files(args.files, args.old_share, args.warehouse, args.s3, args.code)
 
     tmp = None
     uri = args.warehouse
@@ -217,63 +265,103 @@ def main() -> int:
     return 0
 
 
-def many_files(count: int, old_share: float, uri: str | None) -> int:
-    """The ``--files`` mode: build the warehouse (hard links to two 3-row templates), time
-    three commands over every file, remove it (unless ``--warehouse`` was given)."""
+def many_files(
+    count: int, old_share: float, uri: str | None, s3: bool = False, code_dir: str | None = None
+) -> int:
+    """The ``--files`` mode: build the warehouse (hard links to two 3-row templates; with ``s3``,
+    PUTs of them to a private SeaweedFS), time three commands over every file (with the code of
+    ``code_dir`` if given), remove it (unless ``--warehouse`` was given, locally)."""
+    services = min(100, count)
+    hours = -(-count // services)
+    root = Path(uri if uri and not s3 else tempfile.mkdtemp(prefix="logq-bench-files-"))
+    server = None
+    env = {**os.environ}
+    try:
+        if s3:
+            from tests.support.seaweedfs import AWS_OVERRIDES, start_seaweedfs
+
+            server = start_seaweedfs()
+            for name in AWS_OVERRIDES:  # this process writes the files, the commands read them
+                env.pop(name, None)
+            env.update(server.env())
+            os.environ.update(server.env())
+            target = f"s3://{server.create_bucket()}/wh"
+        else:
+            target = str(root)
+        t0 = time.perf_counter()
+        made = _build_many_files(target, root, count, services, hours, old_share)
+        print(f"{made:,} files ({services} services x {hours} h, {old_share:.0%} old schema) "
+              f"at {target}, built in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+        if code_dir:
+            env["PYTHONPATH"] = str(Path(code_dir).resolve())
+            print(f"  with the code of {env['PYTHONPATH']}")
+        _run_many_files(target, hours, env, str(root / "cache"))
+    finally:
+        if server is not None:
+            server.stop()
+        if uri is None or s3:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+def _build_many_files(
+    uri: str, root: Path, count: int, services: int, hours: int, old_share: float
+) -> int:
+    """``count`` 3-row envoy_access files, one a service-hour, the oldest ``old_share`` of the
+    hours without ``upstream_host`` and ``x_forwarded_for``: hard links of two templates in a
+    local warehouse, 16 concurrent PUTs on S3. Returns how many were made."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import pyarrow.parquet as pq
 
     from athena.schema import DT_FORMAT
 
-    services = min(100, count)
-    hours = -(-count // services)
-    root = Path(uri or tempfile.mkdtemp(prefix="logq-bench-files-"))
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    try:
-        schema = ENVOY_ACCESS.arrow_schema()
-        table = service_table(
-            "svc", 3, int(now.timestamp() * 1000) - 1000, 1, np.random.default_rng(1)
-        )
-        table = table.drop_columns(["service"]).cast(schema)
-        root.mkdir(parents=True, exist_ok=True)
-        current, old = root / "template-current.parquet", root / "template-old.parquet"
-        pq.write_table(table, current)
-        pq.write_table(table.drop_columns(["upstream_host", "x_forwarded_for"]), old)
-        first_old = hours - int(hours * old_share)  # hours ago from which files are old
-        made = 0
-        for s in range(services):
-            for h in range(1, hours + 1):
-                if made == count:
-                    break
-                dt = (now - timedelta(hours=h)).strftime(DT_FORMAT)
-                folder = root / "envoy_access" / f"service=svc{s:03d}" / f"dt={dt}"
-                folder.mkdir(parents=True, exist_ok=True)
-                os.link(old if h > first_old else current, folder / f"c-{s}-{h}.parquet")
-                made += 1
-        print(f"{made:,} files ({services} services x {hours} h, "
-              f"{old_share:.0%} old schema) at {root}")  # fmt: skip
-        logq = str(Path(sys.executable).with_name("logq"))
-        env = {**os.environ, "LOGQ_WAREHOUSE": str(root)}
-        since = f"{hours + 1}h"
-        commands = [
-            ["errors", "--since", since],
-            ["upstreams", "--since", since],
-            ["sql", "SELECT count(*) AS n FROM envoy_access", "--since", since],
-        ]
-        for args in commands:
-            started = time.perf_counter()
-            quiet = subprocess.DEVNULL
-            proc = subprocess.Popen(
-                [logq, *args, "-f", "json"], env=env, stdout=quiet, stderr=quiet
-            )
-            _, status, usage = os.wait4(proc.pid, 0)
-            wall = time.perf_counter() - started
-            shown = " ".join(a if " " not in a else repr(a) for a in args)
-            print(f"  logq {shown:<58} {wall:7.1f} s  peak RSS {usage.ru_maxrss // 1024:5} MiB"
-                  f"{'' if status == 0 else f'  (exit status {status})'}")  # fmt: skip
-    finally:
-        if uri is None:
-            shutil.rmtree(root, ignore_errors=True)
-    return 0
+    schema = ENVOY_ACCESS.arrow_schema()
+    table = service_table("svc", 3, int(now.timestamp() * 1000) - 1000, 1, np.random.default_rng(1))
+    table = table.drop_columns(["service"]).cast(schema)
+    root.mkdir(parents=True, exist_ok=True)
+    current, old = root / "template-current.parquet", root / "template-old.parquet"
+    pq.write_table(table, current)
+    pq.write_table(table.drop_columns(["upstream_host", "x_forwarded_for"]), old)
+    first_old = hours - int(hours * old_share)  # hours ago from which files are old
+    wanted = [
+        (f"envoy_access/service=svc{s:03d}/dt={(now - timedelta(hours=h)).strftime(DT_FORMAT)}",
+         f"c-{s}-{h}.parquet", old if h > first_old else current)
+        for s in range(services) for h in range(1, hours + 1)
+    ][:count]  # fmt: skip
+    wh = open_warehouse(uri, create=True)
+    if not wh.is_s3:
+        for folder, name, template in wanted:
+            Path(wh.path(folder)).mkdir(parents=True, exist_ok=True)
+            os.link(template, Path(wh.path(folder, name)))
+        return len(wanted)
+    data = {template: template.read_bytes() for template in (current, old)}
+
+    def put(item: tuple[str, str, Path]) -> None:
+        folder, name, template = item
+        with wh.fs.open_output_stream(wh.path(folder, name)) as f:
+            f.write(data[template])
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, wanted))
+    return len(wanted)
+
+
+def _run_many_files(uri: str, hours: int, env: dict[str, str], cache: str) -> None:
+    """Wall time and peak RSS of three commands over every file of the warehouse at ``uri``."""
+    env = {**env, "LOGQ_WAREHOUSE": uri, "LOGQ_CACHE_DIR": cache}
+    since = f"{hours + 1}h"
+    commands = [
+        ["errors", "--since", since],
+        ["upstreams", "--since", since],
+        ["sql", "SELECT count(*) AS n FROM envoy_access", "--since", since],
+    ]
+    for args in commands:
+        run = run_logq([*args, "-f", "json"], env)
+        shown = " ".join(a if " " not in a else repr(a) for a in args)
+        print(f"  logq {shown:<58} {run.seconds:7.1f} s  peak RSS {run.peak_mib:5} MiB"
+              f"{'' if run.status == 0 else f'  (exit status {run.status})'}")  # fmt: skip
 
 
 def report(uri: str, repeat: int) -> None:
@@ -353,12 +441,10 @@ def report(uri: str, repeat: int) -> None:
 
     # logq sql --limit: the first rows only, not the whole result (one service, one day).
     def sql_run(statement: str, *extra: str) -> tuple[float, int]:
-        args = [logq, "sql", statement, "--service", service, "--since", "1d", "-f", "json"]
-        started = time.perf_counter()
-        proc = subprocess.Popen([*args, *extra], env=env, stdout=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        assert status == 0, f"logq sql exited {status}"
-        return time.perf_counter() - started, usage.ru_maxrss // 1024
+        args = ["sql", statement, "--service", service, "--since", "1d", "-f", "json"]
+        run = run_logq([*args, *extra], env)
+        assert run.status == 0, f"logq sql exited {run.status}: {run.stderr}"
+        return run.seconds, run.peak_mib
 
     flag_s, flag_mib = sql_run("SELECT * FROM envoy_access", "--limit", "5")
     sql_s, sql_mib = sql_run("SELECT * FROM envoy_access LIMIT 5")
@@ -459,21 +545,15 @@ def planning(
                       f"{got['partitions']:>7,} partitions {got['files']:>7,} files  "
                       f"peak RSS {got['peak_kib'] // 1024} MiB")  # fmt: skip
         if e2e:
-            logq = str(Path(sys.executable).with_name("logq"))
             cache = str(root / "cache")
-            cmd = [logq, "errors", "--since", "1d", "-f", "json"]
-            started = time.perf_counter()
-            proc = subprocess.Popen(
-                cmd, env={**env, "LOGQ_WAREHOUSE": uri, "LOGQ_CACHE_DIR": cache},
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            )  # fmt: skip
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            _, status, usage = os.wait4(proc.pid, 0)
-            wall = time.perf_counter() - started
+            run = run_logq(
+                ["errors", "--since", "1d", "-f", "json"],
+                {**env, "LOGQ_WAREHOUSE": uri, "LOGQ_CACHE_DIR": cache},
+            )
+            failed = f"  (exit status {run.status}: {run.stderr.strip()[:200]})"
             print(
-                f"  logq errors --since 1d (every service): {wall:7.1f} s  "
-                f"peak RSS {usage.ru_maxrss // 1024} MiB"
-                f"{'' if status == 0 else f'  (exit status {status}: {err.strip()[:200]})'}"
+                f"  logq errors --since 1d (every service): {run.seconds:7.1f} s  "
+                f"peak RSS {run.peak_mib} MiB{'' if run.status == 0 else failed}"
             )
     finally:
         if proxy is not None:

@@ -7,7 +7,9 @@ statement reads becomes a DuckDB view over exactly the files :func:`athena.parti
   statistics, parallel scan);
 * an S3 warehouse: a ``pyarrow.dataset`` over the same list through pyarrow's S3 filesystem
   (DuckDB's httpfs extension is not available offline); DuckDB scans it with projection and filter
-  pushdown, so only the needed columns are fetched.
+  pushdown, so only the needed columns are fetched. It reads the files a few hundred at a time
+  (:mod:`athena.engines.s3scan`): a plain dataset kept every footer it read until the query
+  ended, ~50 KB a file (``logq errors --since 1d`` over 12,000 files: 870 MiB, now 300 MiB).
 
 ``service`` and ``dt`` come from the Hive-style folder names, as they do on Athena.
 
@@ -45,6 +47,7 @@ the caller knows whether the SQL was the user's (``logq sql``: bad input) or log
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -71,6 +74,22 @@ if TYPE_CHECKING:
 def _sql_str(value: str) -> str:
     """A DuckDB string literal (quotes doubled); used only for file paths we listed ourselves."""
     return "'" + value.replace("'", "''") + "'"
+
+
+#: What pyarrow appends to an error raised in Python code it called (the S3 scan reads its files
+#: in a Python generator, :mod:`athena.engines.s3scan`): the traceback, then the error again.
+_PYTHON_DETAIL = re.compile(
+    r"\. Detail: Python exception: Traceback \(most recent call last\):.*", re.S
+)
+#: How Python words an OSError that pyarrow raised (``[Errno 2] Path does not exist``) when the
+#: error passes through Python on its way back to DuckDB; pyarrow's own words lack the number.
+_PYTHON_ERRNO = re.compile(r"(IOError: )\[Errno \d+\] ")
+
+
+def _duckdb_text(exc: Exception) -> str:
+    """DuckDB's message for ``exc`` as it reads without the Python code between DuckDB and
+    pyarrow on S3: the same words as a plain dataset scan, no traceback."""
+    return _PYTHON_ERRNO.sub(r"\1", _PYTHON_DETAIL.sub("", str(exc)))
 
 
 def _one_line(message: str) -> str:
@@ -111,7 +130,12 @@ def _refusal(exc: Exception) -> str | None:
 #: How DuckDB words a failure to *read* data, whatever its exception class: pyarrow's scan of
 #: an S3 dataset failing (S3 down, access denied: an InvalidInputException), a file that does
 #: not match the first one's columns or types. Never the statement's fault.
-_READ_FAILURES = ("reading the stream registered as", "schema mismatch", "reading file")
+_READ_FAILURES = (
+    "reading the stream registered as",  # DuckDB 2: a registered pyarrow dataset's read failed
+    "arrow_scan: get_next failed",  # the same before DuckDB 2 (pyproject allows 1.1 and later)
+    "schema mismatch",
+    "reading file",
+)
 
 
 def _statement_fault(exc: Exception) -> bool:
@@ -162,7 +186,7 @@ def _schema_mismatch(exc: Exception) -> bool:
 def unreadable_file(path: str, exc: Exception) -> EngineError:
     """One line naming the file and what to do; DuckDB's reason without the path repeated (the
     path can be long, and the message is cut at about 400 characters)."""
-    reason = (str(exc).splitlines() or [""])[0]
+    reason = (_duckdb_text(exc).splitlines() or [""])[0]
     reason = " ".join(reason.replace(f"'{path}'", "").replace(path, "").split())
     return EngineError(
         f"cannot read the Parquet file {path} ({reason}); if it is damaged or not Parquet "
@@ -294,15 +318,16 @@ class LocalEngine:
             return
         import pyarrow.dataset as ds
 
-        dataset = ds.dataset(
+        from athena.engines.s3scan import chunked_dataset
+
+        dataset = chunked_dataset(
             files,
-            schema=schema,
-            format="parquet",
-            filesystem=self.warehouse.fs,
-            partitioning=ds.partitioning(
+            schema,
+            self.warehouse.fs,
+            self.warehouse.table_root(table),
+            ds.partitioning(
                 pa.schema([("service", pa.string()), ("dt", pa.string())]), flavor="hive"
             ),
-            partition_base_dir=self.warehouse.table_root(table),
         )
         if not where:
             con.register(table, dataset)
@@ -420,7 +445,9 @@ class LocalEngine:
                 if refused is not None:
                     raise StatementError(refused) from exc
                 failed = StatementError if _statement_fault(exc) else EngineError
-                raise failed(f"DuckDB could not run the query: {_one_line(str(exc))}") from exc
+                raise failed(
+                    f"DuckDB could not run the query: {_one_line(_duckdb_text(exc))}"
+                ) from exc
             elapsed = time.perf_counter() - started
         finally:
             con.close()
