@@ -57,6 +57,10 @@ STATEMENT_FAILURE = re.compile(
     r"|line \d+:\d+: (?:mismatched input|extraneous input|no viable alternative)",
 )
 
+#: A statement refused at submission for where it is wrong in it (other InvalidRequestExceptions,
+#: such as a workgroup without an output location, are no fault of the statement).
+SUBMIT_REFUSAL = re.compile(r"line \d+:\d+: ")
+
 
 class _VanishedFile(EngineError):
     """The query failed because a file it listed was deleted before it was read."""
@@ -232,7 +236,10 @@ class AthenaEngine:
                 cursor.cancel(query_id).result()
             raise
         except AthenaError as exc:
-            raise EngineError(f"Athena: {exc}") from exc
+            # Athena refuses a statement that does not parse when it is submitted
+            # (InvalidRequestException "line 1:8: mismatched input ..."), not as a FAILED query.
+            refused = "InvalidRequestException" in str(exc) and SUBMIT_REFUSAL.search(str(exc))
+            raise (StatementError if refused else EngineError)(f"Athena: {exc}") from exc
         except Exception as exc:
             from botocore.exceptions import BotoCoreError, ClientError
 

@@ -350,6 +350,45 @@ def test_sql_refused_by_athena_is_bad_input(
     assert len(errors) == 1 and reason in errors[0], run.stderr
 
 
+def refuse_on_submit(monkeypatch: pytest.MonkeyPatch, marker: str, message: str) -> None:
+    """StartQueryExecution of a query whose text holds ``marker`` is refused with an
+    InvalidRequestException, as Athena refuses a statement that does not parse (moto takes
+    every query); the other API calls go to moto."""
+    from botocore.client import BaseClient
+    from botocore.exceptions import ClientError
+
+    real = BaseClient._make_api_call
+
+    def call(self: BaseClient, operation: str, params: dict) -> dict:
+        if operation == "StartQueryExecution" and marker in params.get("QueryString", ""):
+            error = {"Code": "InvalidRequestException", "Message": message}
+            raise ClientError({"Error": error}, operation)
+        return real(self, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", call)
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ("line 1:1: mismatched input 'SELEC'. Expecting: 'ALTER', 'ANALYZE', 'CALL'", 2),
+        ("line 1:20: extraneous input ',' expecting {<EOF>, ';'}", 2),
+        ("No output location provided. An output location is required", 1),
+    ],
+)
+def test_sql_refused_at_submission_by_athena(
+    logq, moto: str, monkeypatch: pytest.MonkeyPatch, message: str, code: int
+) -> None:
+    """Athena refuses a statement that does not parse when it is submitted, not as a FAILED
+    query: exit 2 like any SQL that cannot run as written; another refusal of the request (no
+    output location) is no fault of the statement: exit 1."""
+    refuse_on_submit(monkeypatch, "nosuchcol", message)
+    run = logq("sql", "SELEC nosuchcol FROM envoy_access", *ATHENA)
+    assert run.exit_code == code, run.stderr
+    errors = [ln for ln in run.stderr.splitlines() if ln.startswith("logq: error:")]
+    assert len(errors) == 1 and message in errors[0], run.stderr
+
+
 def test_canned_query_refused_by_athena_is_an_engine_failure(
     logq, moto: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
