@@ -1228,10 +1228,9 @@ def compact_main(argv: list[str]) -> int:
     parser.add_argument(
         "--grace-minutes",
         type=float,
-        default=DEFAULT_GRACE.total_seconds() / 60,
         help="an hour is closed this long after it ends, if no file is younger (30; raised "
         "to 10 flush intervals of the slowest-flushing aggregator + 6 minutes when longer, "
-        "unless --force)",
+        "unless given with --force)",
     )
     parser.add_argument(
         "--lookback-hours",
@@ -1244,8 +1243,8 @@ def compact_main(argv: list[str]) -> int:
         "--force",
         action="store_true",
         help="compact even while an aggregator that stopped without writing out its buffer "
-        "has not been restarted or drained, and with a --grace-minutes below the safe one "
-        "(its replay may then store some rows twice)",
+        "has not been restarted or drained, and with a --grace-minutes given below the safe "
+        "one (its replay may then store some rows twice)",
     )
     args = parser.parse_args(argv)
     for flag, value, most in (
@@ -1271,15 +1270,17 @@ def compact_main(argv: list[str]) -> int:
             print(f"logq-aggregator compact: deferred: {hold.reason} (or --force)", file=sys.stderr)
             return 0
         started = time.monotonic()
+        explicit_grace = args.grace_minutes is not None
         merged = compact_warehouse(
             wh,
             target,
-            grace=timedelta(minutes=args.grace_minutes),
+            grace=timedelta(minutes=args.grace_minutes) if explicit_grace else DEFAULT_GRACE,
             lookback=_lookback(args.all, args.lookback_hours),
             tables=args.table,
             service=args.service,
             resume=args.lookback_hours is None and not args.all,
-            safe=not args.force,
+            # --force alone (a crashed peer not back yet) keeps the grace floor for live ones.
+            safe=not (args.force and explicit_grace),
         )
     except (ConfigError, WarehouseError, StorageError, OSError) as exc:
         print(f"logq-aggregator compact: {exc}", file=sys.stderr)

@@ -92,7 +92,12 @@ class S3Settings:
     @classmethod
     def from_env(cls) -> S3Settings:
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        region = (
+            os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or _profile_region()
+            or "us-east-1"
+        )
         key = os.environ.get("AWS_ACCESS_KEY_ID")
         secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
         explicit = bool(key and secret)
@@ -108,6 +113,18 @@ class S3Settings:
         return replace(
             settings, endpoint=parsed.netloc or parsed.path, scheme=parsed.scheme or "https"
         )
+
+
+def _profile_region() -> str | None:
+    """The region of the AWS profile (``~/.aws/config``, ``AWS_CONFIG_FILE``, ``AWS_PROFILE``),
+    as the SDKs and the Athena engine read it; None without one (or an unusable profile)."""
+    import botocore.session
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        return botocore.session.get_session().get_config_variable("region")
+    except BotoCoreError:
+        return None
 
 
 def s3_filesystem(settings: S3Settings | None = None) -> pafs.S3FileSystem:

@@ -454,7 +454,7 @@ def test_compact_command_raises_a_short_grace_unless_forced(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``--grace-minutes 0`` is honoured only down to the safe minimum (logged), and
-    ``--force`` goes below it (with a warning)."""
+    ``--force`` with it goes below (with a warning); ``--force`` alone does not."""
     uri = str(tmp_path / "wh")
     files_aged(uri, tmp_path, timedelta(minutes=35), datetime.now(UTC))
     wh = open_warehouse(uri)
@@ -464,6 +464,10 @@ def test_compact_command_raises_a_short_grace_unless_forced(
     err = capsys.readouterr().err
     assert "compaction grace raised from 0 to 56 minutes" in err
     assert "compacted 0 files" in err
+    assert len(parquet_files(uri)) == 8
+    # --force alone (a crashed peer not back yet) keeps the floor for the live ones.
+    assert compact_main(["--warehouse", uri, "--all", "--force"]) == 0
+    assert "compacted 0 files" in capsys.readouterr().err
     assert len(parquet_files(uri)) == 8
     assert compact_main([*args, "--force"]) == 0
     err = capsys.readouterr().err

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -209,6 +210,23 @@ def test_the_batch_client_is_built_from_the_warehouse_settings(
     assert s3_client(wh.s3) is client  # one per settings
     assert isinstance(wh.fs, pafs.S3FileSystem) and wh.fs.region == "eu-west-3"
     assert open_warehouse("/tmp/logq-not-s3").s3 is None
+
+
+def test_without_a_region_in_the_environment_the_profile_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the SDKs and the Athena engine read it (the README says so): ``~/.aws/config``'s
+    region, then us-east-1 when no profile names one."""
+    config = tmp_path / "config"
+    config.write_text("[default]\nregion = eu-west-3\n")
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    wh = open_warehouse("s3://bucket/wh")
+    assert wh.s3 is not None and wh.s3.region == "eu-west-3"
+    assert isinstance(wh.fs, pafs.S3FileSystem) and wh.fs.region == "eu-west-3"
+    config.write_text("[default]\n")
+    assert S3Settings.from_env().region == "us-east-1"
 
 
 @pytest.mark.s3
