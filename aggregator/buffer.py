@@ -273,10 +273,17 @@ class Buffer:
         return value
 
     def _open_active(self, seq: int) -> None:
+        """Open segment ``seq`` for appending; on an error (a full volume) none is open and
+        nothing changed but maybe an empty file, which the next try or start reuses or drops."""
         path = self.dir / f"{seq:016d}.seg"
         self._save_last_seq(seq)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        fsync_dir(self.dir)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fsync_dir(self.dir)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
         self._active = Segment(seq, path)
         self._active_size = 0
         self._next_seq = seq + 1
@@ -290,19 +297,25 @@ class Buffer:
         self._syncer = asyncio.create_task(self._sync_loop(), name="buffer-fsync")
 
     async def close(self) -> None:
-        """Seal the active segment (if it holds data) and stop; nothing pending is lost."""
-        await self.seal()
-        self._closed = True
-        if self._syncer:
-            self._syncer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._syncer
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-            if self._active and self._active.size == 0:
-                self._active.path.unlink(missing_ok=True)
-        self.unlock()
+        """Seal the active segment (if it holds data) and stop; nothing pending is lost.
+
+        No next segment is opened: a stop on a full volume must not fail on a file it would
+        never use. Stops even when the seal raises (its fsync failed), then re-raises: the
+        segment is in :meth:`sealed` all the same, for the stop's flush."""
+        try:
+            await self.seal(open_next=False)
+        finally:
+            self._closed = True
+            if self._syncer:
+                self._syncer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._syncer
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+                if self._active and self._active.size == 0:
+                    self._active.path.unlink(missing_ok=True)
+            self.unlock()
 
     def unlock(self) -> None:
         """Release the directory lock (done by close(); the kernel does it if the process dies)."""
@@ -376,8 +389,12 @@ class Buffer:
                     continue
                 try:
                     await loop.run_in_executor(None, os.fsync, self._fd)
-                except OSError as exc:
-                    log.error("buffer fsync failed: %s; the senders will retry", exc)
+                except Exception as exc:  # never end this task: every later ack would hang
+                    log.error(
+                        "buffer fsync failed: %s; the senders will retry",
+                        exc,
+                        exc_info=not isinstance(exc, OSError),  # anything else is a bug
+                    )
                     for w in waiters:
                         if not w.done():
                             w.set_exception(exc)
@@ -388,31 +405,60 @@ class Buffer:
 
     # --- sealing and deleting ---------------------------------------------------------------
 
-    async def seal(self) -> Segment | None:
-        """Close the active segment if it holds data, open the next, return the sealed one."""
+    async def seal(self, open_next: bool = True) -> Segment | None:
+        """Close the active segment if it holds data, open the next, return the sealed one.
+
+        The segment is sealed (in :meth:`sealed`, for the flusher) whatever fails: an fsync
+        error fails only the appends it should have covered (their clients resend), and a next
+        segment that cannot be opened (a full volume) is opened by the next append or the next
+        seal, as after a start on a full volume. Either error is raised afterwards, for the
+        caller to report; the buffer stays usable. With no active segment (one could not be
+        opened), this tries to open one and raises if it still cannot. ``open_next=False`` (a
+        stop) opens none.
+        """
         assert self._lock is not None
-        loop = asyncio.get_running_loop()
         async with self._lock:
-            if self._active is None or self._active_size == 0:
+            if self._active is None:
+                if open_next and not self._closed and self._fd < 0:
+                    self._open_active(self._next_seq)  # the retry of a failed open
+                return None
+            if self._active_size == 0:
                 return None
             old, old_fd, old_size = self._active, self._fd, self._active_size
             waiters, self._waiters = self._waiters, []
-            self._open_active(old.seq + 1)
+            self._active, self._fd, self._active_size = None, -1, 0
+            # The next segment opens before the fsync below lets other tasks run: an append
+            # meanwhile goes to it (or, if it could not open, opens one itself, which no later
+            # step replaces: its frame would be acknowledged from an orphaned file).
+            open_error: OSError | None = None
+            if open_next:
+                try:
+                    self._open_active(old.seq + 1)
+                except OSError as exc:
+                    open_error = exc
             try:
-                await loop.run_in_executor(None, os.fsync, old_fd)
-            except OSError as exc:
-                for w in waiters:
-                    if not w.done():
-                        w.set_exception(exc)
-                raise
-            finally:
-                os.close(old_fd)
+                await self._sync_sealed(old_fd, waiters)
+            finally:  # flushed once fsync'd, or (the fsync failed) for its acknowledged frames
+                self._sealed.append(old)
+                self._sealed_bytes += old_size
+            if open_error is not None:
+                raise open_error
+            return old
+
+    async def _sync_sealed(self, fd: int, waiters: list[asyncio.Future[None]]) -> None:
+        """Fsync and close a sealed segment's file, then settle the appends waiting for it."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, os.fsync, fd)
+        except OSError as exc:
             for w in waiters:
                 if not w.done():
-                    w.set_result(None)
-            self._sealed.append(old)
-            self._sealed_bytes += old_size
-            return old
+                    w.set_exception(exc)
+            raise
+        finally:
+            os.close(fd)
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
 
     def sealed(self) -> list[Segment]:
         """Sealed segments waiting to be flushed, oldest first."""

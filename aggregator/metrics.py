@@ -13,7 +13,12 @@ counters. Names follow Prometheus conventions (``_total`` counters, base units: 
   the data is still safe in the buffer, but an orchestrator should know), or
 * the ``--buffer-dir`` volume is too full to take data: appends wait (acks are withheld, shippers
   resend later or elsewhere) until flushes free space, so that a flush always has room to run.
-  ``logq_aggregator_buffer_disk_free_bytes`` shows how close the volume is.
+  ``logq_aggregator_buffer_disk_free_bytes`` shows how close the volume is, or
+* the buffer has failed to seal or open its segments (a full volume, an I/O error) for longer
+  than ``unhealthy_after`` (each failure counts in ``logq_aggregator_storage_errors_total``;
+  the next flush interval tries again), or
+* a background task of the aggregator (the flush loop, compaction...) stopped on an internal
+  error: that needs a restart, and the log holds its traceback.
 """
 
 from __future__ import annotations
@@ -105,7 +110,9 @@ class Metrics:
             "logq_aggregator_files_written_total", "Parquet objects committed", registry=r
         )
         self.storage_errors = Counter(
-            "logq_aggregator_storage_errors_total", "Failed flushes (S3 or disk)", registry=r
+            "logq_aggregator_storage_errors_total",
+            "Failed flushes (S3 or disk) and buffer segments that failed to seal or open",
+            registry=r,
         )
         self.parse_failures = Counter(
             "logq_aggregator_envoy_parse_failures_total",
@@ -157,6 +164,11 @@ class Metrics:
         """Why appends wait for disk space under --buffer-dir, while they do."""
         self.starting: str | None = "starting"
         """What a start is doing until the Forward port listens (None from then on)."""
+        self.buffer_error: str | None = None
+        """Why the buffer could not seal or open a segment, until it can again."""
+        self.buffer_failing_since: float | None = None
+        self.broken: str | None = None
+        """Which background task stopped on an internal error, and what to do (for good)."""
 
     def services_seen(self, services: Iterable[str], now: float | None = None) -> None:
         """Services with rows in a flush: their series exist from then on, at 0 until the first
@@ -188,12 +200,18 @@ class Metrics:
         """Why /healthz answers 503, or None while healthy."""
         if self.starting is not None:
             return self.starting
+        if self.broken is not None:
+            return self.broken
         if self.disk_low is not None:
             return self.disk_low
-        if self.failing_since is not None and (
-            time.monotonic() - self.failing_since >= self.unhealthy_after
-        ):
+        now = time.monotonic()
+        if self.failing_since is not None and now - self.failing_since >= self.unhealthy_after:
             return "flushes to the warehouse are failing"
+        if (
+            self.buffer_failing_since is not None
+            and now - self.buffer_failing_since >= self.unhealthy_after
+        ):
+            return f"the buffer cannot seal or open its segments: {self.buffer_error}"
         return None
 
     def healthy(self) -> bool:

@@ -17,7 +17,8 @@ is gone for good (its disk re-attached elsewhere) and exits. Serving:
    volume nearly full: see GuardedBuffer), withholds acks;
 5. on SIGTERM/SIGINT: stop accepting, let connections finish acking what they sent, seal, flush
    everything acknowledged, exit 0 (exit 1 if the warehouse still refuses the data after
-   ``SHUTDOWN_FLUSH_SECONDS``: it stays in the buffer and is written at the next start).
+   ``SHUTDOWN_FLUSH_SECONDS``: it stays in the buffer and is written at the next start); a
+   second signal exits 1 at once (the buffer holds everything acknowledged).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aggregator import logs
@@ -250,6 +251,10 @@ class Aggregator:
         self._committed: Committed | None = None
         self._quarantined_here = 0
         """Segments this process set aside (drain reports them and exits 1)."""
+        self._cycle_error = ""
+        """The last error of a flush cycle (logged with its traceback when it changes)."""
+        self._exit_now: Callable[[int], object] = os._exit
+        """How a second stop request ends the process (tests replace it)."""
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -451,16 +456,59 @@ class Aggregator:
         self._stopping.set()
         self._flush_now.set()  # wake the flush loop so that it returns
 
+    def _stop_requested(self) -> None:
+        """SIGTERM/SIGINT: a clean stop; a second one exits at once, as people expect of a
+        second Ctrl-C (a stop can wait up to a minute for a warehouse that refuses data)."""
+        if not self._stopping.is_set():
+            self.stop()
+            return
+        self._exit_at_once()
+
+    def _exit_at_once(self) -> None:
+        """Exit 1 without waiting for the flush under way. Nothing acknowledged is lost: every
+        acked record is fsync'd in the buffer, which is only emptied by a committed flush (as
+        after ``kill -9``: the next start writes it, minus what was already committed)."""
+        log.error(
+            "second stop request: exiting now without finishing the flush; the data is safe in "
+            "%s and will be written at the next start",
+            self.settings.buffer_dir,
+        )
+        for handler in logging.getLogger().handlers:  # the line above must be out first
+            handler.flush()
+        sys.stderr.flush()
+        self._exit_now(1)  # os._exit: a worker thread stuck in a write must not hold the exit
+
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.stop)
+                loop.add_signal_handler(sig, self._stop_requested)
 
     async def _shutdown(
         self, flush_task: asyncio.Task[None], compact_task: asyncio.Task[None]
     ) -> int:
-        log.info("stopping: no new connections; flushing what was acknowledged")
+        """Stop taking data, flush what was acknowledged; 0 once it is all in the warehouse,
+        else 1 with the line that says where the data is (a disk error included: the exit
+        codes are a contract, and a bare errno said neither)."""
+        log.info(
+            "stopping: no new connections; flushing what was acknowledged (stop again to exit "
+            "at once: the data then stays in %s)",
+            self.settings.buffer_dir,
+        )
+        try:
+            return await self._stop_and_flush(flush_task, compact_task)
+        except OSError as exc:
+            log.error(
+                "could not finish the stop (%s); the data is safe in %s and will be written at "
+                "the next start",
+                exc,
+                self.settings.buffer_dir,
+            )
+            return 1
+
+    async def _stop_and_flush(
+        self, flush_task: asyncio.Task[None], compact_task: asyncio.Task[None]
+    ) -> int:
         assert self.server is not None
         await self.server.stop()
         compact_task.cancel()
@@ -468,7 +516,14 @@ class Aggregator:
         for task in (compact_task, flush_task):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self.buffer.close()
+        try:
+            await self.buffer.close()
+        except OSError as exc:  # its fsync failed: the segment is sealed all the same
+            log.error(
+                "could not seal the last buffer segment (%s): flushing every sealed one; "
+                "messages it did not cover were not acknowledged (their clients resend them)",
+                exc,
+            )
         ok = await self._flush_sealed(deadline=time.monotonic() + SHUTDOWN_FLUSH_SECONDS)
         if self.flusher is not None:  # one offsets file for the next start (dedup.py)
             try:
@@ -520,20 +575,30 @@ class Aggregator:
 
     async def _seal_for_size(self) -> None:
         try:
-            await self.buffer.seal()
+            await self._supervised("size seal", self._seal, forever=False)
         finally:
             self._size_seal = None
             self._flush_now.set()
 
     async def _flush_loop(self) -> None:
+        await self._supervised("flush loop", self._flush_forever)
+
+    async def _flush_forever(self) -> None:
         """Seal and flush every interval (or when asked) until the service stops.
 
         The interval runs from one seal to the next, not from the end of a flush: a flush that
         takes seconds (hundreds of services' objects to upload) would otherwise add its time to
         every cycle, and a line acked just after a seal would wait two flushes plus the
-        interval instead of one flush plus the interval."""
-        if await self._flush_sealed():  # replay first
-            await self._heartbeat(self._replay_since)
+        interval instead of one flush plus the interval. A cycle that fails is logged, counted
+        and tried again at the next interval: one error (a full disk) must not stop flushing
+        until a restart."""
+        try:
+            if await self._flush_sealed():  # replay first
+                await self._heartbeat(self._replay_since)
+        except Exception as exc:
+            self._cycle_failed(exc)
+        else:
+            self._cycle_ok()
         last_seal = time.monotonic()
         while not self._stopping.is_set():
             wait = seal_wait(self.settings.flush_interval, last_seal, time.monotonic())
@@ -543,11 +608,91 @@ class Aggregator:
             if self._stopping.is_set():
                 return
             last_seal = time.monotonic()
-            sealed_at = time.time()
+            try:
+                await self._flush_cycle()
+            except Exception as exc:
+                self._cycle_failed(exc)
+            else:
+                self._cycle_ok()
+
+    async def _flush_cycle(self) -> None:
+        """Seal the active segment, flush every sealed one, tell the peers how far it got."""
+        sealed_at = time.time()
+        await self._seal()
+        if await self._flush_sealed():
+            await self._heartbeat(sealed_at)
+        self.buffer.wake_if_space()
+
+    def _cycle_failed(self, exc: Exception) -> None:
+        """Count a failed flush cycle (a bug or an unforeseen error: flush errors are retried
+        inside it); its traceback is logged when the error is new, one line after that."""
+        self.metrics.storage_errors.inc()
+        if self.metrics.failing_since is None:
+            self.metrics.failing_since = time.monotonic()
+        error = f"{type(exc).__name__}: {exc}"
+        log.error(
+            "flush cycle failed (%s); trying again in %gs, the data stays in the buffer "
+            "(report the error if it persists)",
+            error,
+            self.settings.flush_interval,
+            exc_info=error != self._cycle_error,
+        )
+        self._cycle_error = error
+
+    def _cycle_ok(self) -> None:
+        """A whole cycle ran (everything sealed is flushed): forget a failed one."""
+        if self._cycle_error:
+            log.info("flush cycles work again")
+            self._cycle_error = ""
+            self.metrics.failing_since = None
+
+    async def _seal(self) -> None:
+        """Seal the active segment for the flusher. An OSError (the volume full, an I/O error)
+        is logged, counted and fails /healthz once it lasts ``--unhealthy-after``; the sealed
+        data is flushed all the same and the next seal tries again."""
+        m = self.metrics
+        try:
             await self.buffer.seal()
-            if await self._flush_sealed():
-                await self._heartbeat(sealed_at)
-            self.buffer.wake_if_space()
+        except OSError as exc:
+            m.storage_errors.inc()
+            error = f"{exc.strerror or exc} under --buffer-dir {self.settings.buffer_dir}"
+            if m.buffer_error != error:
+                log.error(
+                    "buffer segment not sealed or opened: %s; what is sealed is flushed, the "
+                    "next seal tries again and new data waits until one opens (free space on "
+                    "that volume if it is full)",
+                    error,
+                )
+            m.buffer_error = error
+            if m.buffer_failing_since is None:
+                m.buffer_failing_since = time.monotonic()
+            return
+        if m.buffer_error is not None:
+            log.info("the buffer under --buffer-dir %s takes data again", self.settings.buffer_dir)
+        m.buffer_error, m.buffer_failing_since = None, None
+
+    async def _supervised(
+        self, what: str, body: Callable[[], Awaitable[None]], forever: bool = True
+    ) -> None:
+        """Run a background task of the service; if it raises (an exception its own handling
+        did not foresee) or, being a loop (``forever``), ends while the service is not stopping,
+        say so loudly (ERROR, traceback) and fail /healthz for good, instead of the silent death
+        of a task nobody awaits until the stop."""
+        try:
+            await body()
+        except Exception as exc:
+            reason = f"the {what} stopped on an internal error ({type(exc).__name__}: {exc})"
+            log.error("%s", reason, exc_info=True)
+        else:
+            if self._stopping.is_set() or not forever:
+                return
+            reason = f"the {what} ended while the aggregator runs"
+            log.error("%s", reason)
+        if not self._stopping.is_set() and self.metrics.broken is None:
+            self.metrics.broken = (
+                f"{reason}: restart the aggregator (acknowledged data is safe in "
+                f"{self.settings.buffer_dir}) and report the error"
+            )
 
     async def _heartbeat(self, committed_through: float) -> None:
         """Tell replaying peers that everything acked before ``committed_through`` is written."""
@@ -671,6 +816,9 @@ class Aggregator:
             self._catalog_task = asyncio.create_task(self._update_catalog(), name="catalog")
 
     async def _update_catalog(self) -> None:
+        await self._supervised("catalog update", self._add_pending_services, forever=False)
+
+    async def _add_pending_services(self) -> None:
         while self._catalog_pending:
             batch, self._catalog_pending = self._catalog_pending, set()
             self._catalog_ready = await asyncio.to_thread(self.catalog.add_services, batch)
@@ -711,6 +859,9 @@ class Aggregator:
         )
 
     async def _catalog_resync_loop(self) -> None:
+        await self._supervised("catalog resync loop", self._catalog_resync_forever)
+
+    async def _catalog_resync_forever(self) -> None:
         """Pick up services other aggregators added, in case two DDL rewrites crossed."""
         while True:
             await asyncio.sleep(CATALOG_RESYNC_SECONDS)
@@ -718,6 +869,9 @@ class Aggregator:
                 await asyncio.to_thread(self.catalog.resync)
 
     async def _compact_loop(self) -> None:
+        await self._supervised("compaction loop", self._compact_forever)
+
+    async def _compact_forever(self) -> None:
         """Every ``--compact-interval``: a compaction pass, resumed from the last completed one
         (hours a pause outlived are compacted too). Off: only the hourly ledger expiry."""
         interval = self.settings.compact_interval

@@ -336,3 +336,260 @@ def test_an_aggregator_restarted_on_a_full_volume_writes_out_its_segments_then_t
     logs = read_table(settings.warehouse, "container_logs")["message"].to_pylist()
     assert "after the restart" in logs
     assert f"--buffer-dir {buffer_dir} is full" in caplog.text
+
+
+# --- a full volume when a segment is sealed (the flush loop used to die of it) -------------------
+
+
+class _StateFiles:
+    """The buffer's small state files (``last-seq``, written before each segment opens) hit
+    ENOSPC while ``full`` is set: the one write a seal needs on a full volume."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from aggregator import buffer as buffer_mod
+
+        self.full = False
+        self.refused = 0
+        real = buffer_mod.write_atomic
+
+        def write_atomic(path: Path, data: bytes) -> None:
+            if self.full:
+                self.refused += 1
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real(path, data)
+
+        monkeypatch.setattr(buffer_mod, "write_atomic", write_atomic)
+
+
+def _frames(segment: Segment) -> list[bytes]:
+    from aggregator.buffer import read_frames
+
+    return list(read_frames(segment.path))
+
+
+def test_a_seal_on_a_full_volume_seals_and_opens_the_next_segment_once_there_is_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit: ENOSPC opening the next segment raised out of seal() before the full one was
+    sealed, so nothing was flushed again until a restart."""
+    from aggregator.buffer import Buffer
+
+    disk = _StateFiles(monkeypatch)
+    buffer = Buffer(tmp_path / "buf", 1 << 20, 1 << 30)
+
+    async def scenario() -> None:
+        buffer.open("node-a")
+        buffer.start()
+        try:
+            await buffer.write(b"one")
+            disk.full = True
+            with pytest.raises(OSError) as caught:
+                await buffer.seal()
+            assert caught.value.errno == errno.ENOSPC
+            [first] = buffer.sealed()
+            assert _frames(first) == [b"one"], "sealed although the next one cannot open"
+            with pytest.raises(OSError):  # still full: the next seal tries again and says so
+                await buffer.seal()
+            with pytest.raises(OSError):  # an append cannot open one either
+                buffer.write(b"lost")
+            disk.full = False
+            await buffer.write(b"two")  # opens the next segment itself
+            second = await buffer.seal()
+            assert second is not None and second.seq == first.seq + 1
+            assert [_frames(s) for s in buffer.sealed()] == [[b"one"], [b"two"]]
+        finally:
+            await buffer.close()
+
+    asyncio.run(scenario())
+    assert disk.refused >= 3
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_an_append_during_a_seal_lands_in_a_segment_that_is_flushed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, full: bool
+) -> None:
+    """While a seal waits for its fsync, an append goes to the next segment, or (the volume
+    full at the seal, room again since) opens one itself; nothing replaces that segment after
+    the fsync (its acked frame would sit in an orphaned file, seen only by a restart: the
+    tmpfs reproduction lost a batch that way)."""
+    from aggregator.buffer import Buffer
+
+    disk = _StateFiles(monkeypatch)
+    buffer = Buffer(tmp_path / "buf", 1 << 20, 1 << 30)
+
+    async def scenario() -> None:
+        buffer.open("node-a")
+        buffer.start()
+        try:
+            await buffer.write(b"before")
+            disk.full = full
+            sealing = asyncio.ensure_future(buffer.seal())
+            await asyncio.sleep(0)  # the seal now waits for its fsync in a worker thread
+            assert not sealing.done()
+            disk.full = False
+            during = buffer.write(b"during")
+            if full:
+                with pytest.raises(OSError):
+                    await sealing
+            else:
+                await sealing
+            await during
+            await buffer.seal()
+        finally:
+            await buffer.close()
+
+    asyncio.run(scenario())
+    assert [_frames(s) for s in buffer.sealed()] == [[b"before"], [b"during"]]
+    on_disk = sorted(p.name for p in (tmp_path / "buf").glob("*.seg"))
+    assert on_disk == [s.path.name for s in buffer.sealed()], "no orphaned segment file"
+
+
+def test_a_seal_whose_fsync_fails_still_hands_its_acknowledged_frames_to_the_flusher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fsync at seal fails (an I/O error): the appends it should have covered fail (their
+    clients resend), but the segment's earlier frames were acknowledged and must be flushed;
+    it used to be left out of the sealed list, unseen until a restart."""
+    import os
+
+    from aggregator.buffer import Buffer
+
+    buffer = Buffer(tmp_path / "buf", 1 << 20, 1 << 30)
+    real_fsync = os.fsync
+    failing: list[int] = []
+
+    def fsync(fd: int) -> None:
+        if fd in failing:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    async def scenario() -> None:
+        buffer.open("node-a")
+        buffer.start()
+        try:
+            await buffer.write(b"acked")
+            pending = buffer.write(b"not acked")
+            failing.append(buffer._fd)
+            monkeypatch.setattr(os, "fsync", fsync)
+            with pytest.raises(OSError, match="Input/output error"):
+                await buffer.seal()
+            monkeypatch.setattr(os, "fsync", real_fsync)
+            with pytest.raises(OSError, match="Input/output error"):
+                await pending
+            await buffer.write(b"next")  # the next segment was opened all the same
+        finally:
+            await buffer.close()
+
+    asyncio.run(scenario())
+    assert [_frames(s)[:1] for s in buffer.sealed()] == [[b"acked"], [b"next"]]
+
+
+def test_close_on_a_full_volume_seals_without_opening_another_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit: SIGTERM with the buffer volume full exited 2 with a bare ENOSPC: close() sealed
+    through the path that opens the next segment."""
+    from aggregator.buffer import Buffer
+
+    disk = _StateFiles(monkeypatch)
+    buffer = Buffer(tmp_path / "buf", 1 << 20, 1 << 30)
+
+    async def scenario() -> None:
+        buffer.open("node-a")
+        buffer.start()
+        await buffer.write(b"acked")
+        disk.full = True
+        await buffer.close()
+
+    asyncio.run(scenario())
+    [segment] = buffer.sealed()
+    assert _frames(segment) == [b"acked"]
+    assert sorted(p.name for p in (tmp_path / "buf").glob("*.seg")) == [segment.path.name]
+    again = Buffer(tmp_path / "buf", 1 << 20, 1 << 30)  # the lock was released
+    assert [s.seq for s in again.open("node-a")] == [segment.seq]
+    again.unlock()
+
+
+async def _wait_for(check: Any, running: asyncio.Future[int], what: str) -> None:
+    """Poll ``check`` until true; fail at once if the aggregator stopped meanwhile."""
+    deadline = time.monotonic() + 60
+    while not check():
+        assert not running.done(), f"the aggregator ended while waiting for {what}"
+        assert time.monotonic() < deadline, f"no {what} after 60 s"
+        await asyncio.sleep(0.05)
+
+
+def test_the_flush_loop_outlives_a_full_volume_at_seal_and_recovers_by_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Audit (tmpfs filled by dd for 2.5 s): one ENOSPC at seal ended the flush loop for good,
+    silently (/healthz 200, storage_errors_total 0). Now it is logged, counted, reported by
+    /healthz (after --unhealthy-after, 0 here) and retried; flushing resumes by itself."""
+    disk = _StateFiles(monkeypatch)
+    settings = Settings(
+        listen="127.0.0.1:0",
+        metrics_listen="127.0.0.1:0",
+        warehouse=str(tmp_path / "wh"),
+        buffer_dir=str(tmp_path / "buf"),
+        flush_interval=0.2,
+        unhealthy_after=0.0,
+    )
+    agg = service_mod.Aggregator(settings)
+
+    def stored() -> list[str]:
+        if not list((tmp_path / "wh" / "container_logs").rglob("*.parquet")):
+            return []
+        return sorted(read_table(settings.warehouse, "container_logs")["message"].to_pylist())
+
+    async def scenario() -> None:
+        running = asyncio.ensure_future(agg.run())
+        await _wait_for(lambda: agg.port and agg.metrics_server, running, "start")
+        assert agg.metrics_server is not None
+        mport = agg.metrics_server.port
+        disk.full = True
+        assert await _ack(agg.port, "c1", "before") == {"ack": "c1"}
+        await _wait_for(lambda: stored() == ["before"], running, "flush of the sealed segment")
+        status, body = await _get(mport, "/healthz")
+        assert status == 503 and "cannot seal or open its segments" in body, body
+        assert agg.metrics.storage_errors._value.get() >= 1
+        disk.full = False  # the space comes back: the next seal opens a segment
+        await _wait_for(lambda: agg.metrics.buffer_error is None, running, "recovery")
+        assert await _get(mport, "/healthz") == (200, "ok\n")
+        assert await _ack(agg.port, "c2", "after") == {"ack": "c2"}
+        await _wait_for(lambda: "after" in stored(), running, "a flush after the recovery")
+        agg.stop()
+        assert await asyncio.wait_for(running, 120) == 0
+
+    with caplog.at_level(logging.INFO, logger="logq.aggregator"):
+        asyncio.run(asyncio.wait_for(scenario(), 240))
+    assert stored() == ["after", "before"]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors and all("No space left on device" in r.getMessage() for r in errors)
+    assert len(errors) == 1, "one line per failure, not one per interval"
+    assert "takes data again" in caplog.text
+
+
+def test_sigterm_with_the_buffer_volume_full_flushes_and_exits_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audit: exit 2 with a bare "[Errno 28] No space left on device" and no flush."""
+    disk = _StateFiles(monkeypatch)
+    settings = Settings(
+        listen="127.0.0.1:0",
+        warehouse=str(tmp_path / "wh"),
+        buffer_dir=str(tmp_path / "buf"),
+        flush_interval=300,
+    )
+    agg = service_mod.Aggregator(settings)
+
+    async def scenario() -> int:
+        running = asyncio.ensure_future(agg.run())
+        await _wait_for(lambda: agg.port, running, "start")
+        assert await _ack(agg.port, "c1", "acked") == {"ack": "c1"}
+        disk.full = True
+        agg.stop()
+        return await asyncio.wait_for(running, 120)
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 240)) == 0
+    assert read_table(settings.warehouse, "container_logs")["message"].to_pylist() == ["acked"]
+    assert list((tmp_path / "buf").glob("*.seg")) == []

@@ -1,0 +1,188 @@
+"""Stopping ``logq-aggregator``, and its background tasks failing while it runs.
+
+A second SIGTERM/Ctrl-C exits at once (as the shipper's does), exit 1 with the line that says
+where the data is; a background loop never dies silently: a failed flush cycle is retried at the
+next interval, and a loop that ends anyway fails /healthz and logs its traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aggregator import service as service_mod
+from aggregator.config import Settings
+from shipper import wire
+from tests.aggregator.helpers import read_acks, read_table, record, start_aggregator
+from tests.aggregator.test_disk_full import _ack, _get, _wait_for
+from tests.support.procs import wait_until
+
+
+def _settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "metrics_listen": "127.0.0.1:0",
+        "warehouse": str(tmp_path / "wh"),
+        "buffer_dir": str(tmp_path / "buf"),
+        "flush_interval": 0.2,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def _stored(settings: Settings) -> list[str]:
+    if not list(Path(settings.warehouse, "container_logs").rglob("*.parquet")):
+        return []
+    return sorted(read_table(settings.warehouse, "container_logs")["message"].to_pylist())
+
+
+def test_a_second_stop_request_exits_at_once_saying_where_the_data_is(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stop's flush hangs (a warehouse write that does not return): the second request
+    ends the process with 1 without waiting for it. It used to be ignored."""
+    settings = _settings(tmp_path, flush_interval=300)
+    agg = service_mod.Aggregator(settings)
+    exits: list[int] = []
+    agg._exit_now = exits.append
+    release = threading.Event()
+    real_flush = agg._flush_segment
+
+    def hanging_flush(segment: Any) -> Any:
+        release.wait(120)
+        return real_flush(segment)
+
+    agg._flush_segment = hanging_flush  # type: ignore[method-assign]
+
+    async def scenario() -> int:
+        running = asyncio.ensure_future(agg.run())
+        await _wait_for(lambda: agg.port, running, "start")
+        assert await _ack(agg.port, "c1", "acked") == {"ack": "c1"}
+        agg._stop_requested()
+        await _wait_for(lambda: "stopping:" in caplog.text, running, "the stop")
+        assert not exits
+        agg._stop_requested()
+        assert exits == [1]  # os._exit(1) in the real process
+        release.set()  # here the process goes on: let it finish
+        return await asyncio.wait_for(running, 120)
+
+    with caplog.at_level(logging.INFO, logger="logq.aggregator"):
+        assert asyncio.run(asyncio.wait_for(scenario(), 240)) == 0
+    assert "stop again to exit at once" in caplog.text
+    line = next(r.getMessage() for r in caplog.records if "second stop request" in r.getMessage())
+    assert f"the data is safe in {settings.buffer_dir}" in line
+
+
+@pytest.mark.integration
+def test_a_second_sigterm_ends_a_stalled_stop_with_exit_1_and_the_data_stays(
+    tmp_path: Path,
+) -> None:
+    """The process: the warehouse refuses writes (a file where a table folder goes), so the stop
+    retries for up to a minute; a second SIGTERM exits 1 at once and the buffer keeps the
+    acked lines, which the next start writes once the warehouse takes them."""
+    warehouse = tmp_path / "warehouse"
+    warehouse.mkdir()
+    (warehouse / "container_logs").write_text("in the way\n")
+    agg = start_aggregator(tmp_path, warehouse=str(warehouse))
+    try:
+        with agg.connect() as sock:
+            entries = [(time.time_ns(), record("kept", service="stop"))]
+            sock.sendall(wire.encode_packed_forward("logq.stop", entries, "k1"))
+            assert read_acks(sock, 1) == ["k1"]
+        wait_until(lambda: "flush of segment" in agg.log_text(), 30, "a refused flush", agg.proc)
+        agg.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "stopping:" in agg.log_text(), 30, "the stop", agg.proc)
+        agg.proc.send_signal(signal.SIGTERM)
+        code = agg.proc.wait(30)  # the stop alone would retry for SHUTDOWN_FLUSH_SECONDS (60)
+    finally:
+        agg.stop()
+    assert code == 1, agg.log_text()
+    assert f"the data is safe in {agg.buffer_dir}" in agg.log_text()
+    assert list(agg.buffer_dir.glob("*.seg")), "the acked line stays in the buffer"
+    (warehouse / "container_logs").unlink()
+    again = start_aggregator(tmp_path, warehouse=str(warehouse))
+    try:
+        assert again.stop() == 0, again.log_text()
+    finally:
+        again.stop()
+    assert read_table(str(warehouse), "container_logs")["message"].to_pylist() == ["kept"]
+
+
+def test_a_failed_flush_cycle_is_logged_counted_and_retried_at_the_next_interval(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error nobody foresaw inside a cycle (here the heartbeat raising a non-OSError) used
+    to end the flush loop silently; now the next interval flushes again."""
+    settings = _settings(tmp_path)
+    agg = service_mod.Aggregator(settings)
+    failures = [1]
+    real_heartbeat = agg._heartbeat
+
+    async def heartbeat(committed_through: float) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise RuntimeError("unforeseen")
+        await real_heartbeat(committed_through)
+
+    agg._heartbeat = heartbeat  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        running = asyncio.ensure_future(agg.run())
+        await _wait_for(lambda: agg.port, running, "start")
+        assert await _ack(agg.port, "c1", "first") == {"ack": "c1"}  # the replay's heartbeat
+        await _wait_for(lambda: _stored(settings) == ["first"], running, "the first flush")
+        assert await _ack(agg.port, "c2", "second") == {"ack": "c2"}
+        await _wait_for(lambda: "second" in _stored(settings), running, "a flush after it")
+        assert agg.metrics.storage_errors._value.get() == 1
+        agg.stop()
+        assert await asyncio.wait_for(running, 120) == 0
+
+    with caplog.at_level(logging.INFO, logger="logq.aggregator"):
+        asyncio.run(asyncio.wait_for(scenario(), 240))
+    [error] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "flush cycle failed (RuntimeError: unforeseen)" in error.getMessage()
+    assert error.exc_info is not None, "the traceback is logged"
+
+
+def test_a_background_loop_that_dies_fails_healthz_and_logs_its_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Audit: tasks made by asyncio.create_task and never awaited until the stop died without
+    a word. The compaction loop stands for every supervised loop here."""
+    settings = _settings(tmp_path, compact_interval=0.05)
+    agg = service_mod.Aggregator(settings)
+
+    async def dying() -> None:
+        raise ValueError("a bug outside the pass")
+
+    agg._compact_forever = dying  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        running = asyncio.ensure_future(agg.run())
+        await _wait_for(lambda: agg.port and agg.metrics_server, running, "start")
+        assert agg.metrics_server is not None
+        deadline = time.monotonic() + 60
+        status, body = await _get(agg.metrics_server.port, "/healthz")
+        while status != 503:  # at once (a dead loop needs a restart), polled for the test
+            assert time.monotonic() < deadline, f"/healthz still {status} {body!r} after 60 s"
+            await asyncio.sleep(0.05)
+            status, body = await _get(agg.metrics_server.port, "/healthz")
+        assert "compaction loop stopped on an internal error" in body
+        assert f"safe in {settings.buffer_dir}" in body
+        assert await _ack(agg.port, "c1", "still served") == {"ack": "c1"}
+        agg.stop()
+        assert await asyncio.wait_for(running, 120) == 0
+
+    with caplog.at_level(logging.INFO, logger="logq.aggregator"):
+        asyncio.run(asyncio.wait_for(scenario(), 240))
+    [error] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "ValueError: a bug outside the pass" in error.getMessage()
+    assert error.exc_info is not None
+    assert _stored(settings) == ["still served"]
