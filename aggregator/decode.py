@@ -22,7 +22,9 @@ import json
 import math
 import operator
 import struct
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import msgpack
 import numpy as np
@@ -125,10 +127,30 @@ def _coerce_offset(value: Any) -> int | None:
 
 
 #: Largest event time in whole seconds whose nanoseconds fit the int64 ``time_ns`` column.
-MAX_TIME_SECONDS = packed.MAX_TIME_SECONDS
+MAX_TIME_SECONDS = wire.MAX_TIME_SECONDS
+_NS = wire.NS_PER_SECOND
+_SECONDS = operator.attrgetter("seconds")
+_NANOSECONDS = operator.attrgetter("nanoseconds")
+
+#: Called with the rows of one message whose time could not be kept as sent (0, NaN, infinite,
+#: beyond the int64 ``time_ns`` column, EventTime nanoseconds over 999,999,999) and were
+#: stamped with the receive time instead, and the first such time as sent.
+OnReplacedTimes = Callable[[pa.RecordBatch, str], None]
 
 
-def _times_ns(times: list[Any]) -> pa.Array:
+class _Times(NamedTuple):
+    """Event times of a message's entries (ns), with those that could not be kept as sent."""
+
+    ns: pa.Array
+    replaced: list[int]
+    """Rows stamped with the receive time (see :data:`OnReplacedTimes`)."""
+    example: str = ""
+    """The first replaced time as it was sent, for the warning."""
+
+
+def _times_ns(times: list[Any]) -> _Times:
+    """The entries' times as ns: in bulk (numpy) when all are EventTimes or all integers that
+    can be kept as sent (the usual cases), else one by one (:func:`_stamped`)."""
     kinds = set(map(type, times))
     if bytes in kinds and set(map(len, (t for t in times if isinstance(t, bytes)))) != {8}:
         # EventTime arrives as its 8 ext bytes (see _ext_hook); any other bytes are a ``bin``
@@ -136,17 +158,50 @@ def _times_ns(times: list[Any]) -> pa.Array:
         raise wire.ProtocolError("event time is a binary string")
     if kinds == {bytes}:
         pairs = np.frombuffer(b"".join(times), dtype=">u4").reshape(-1, 2).astype(np.int64)
-        return pa.array(pairs[:, 0] * 1_000_000_000 + pairs[:, 1])
-    if kinds == {int}:
-        if max(map(abs, times)) > MAX_TIME_SECONDS:  # numpy would wrap around silently
-            raise wire.ProtocolError("event time out of range")
-        return pa.array(np.asarray(times, dtype=np.int64) * 1_000_000_000)
-    out = []
-    for t in times:
+        seconds, nanoseconds = pairs[:, 0], pairs[:, 1]
+    elif kinds == {wire.EventTime}:  # Forward mode (Fluent Bit's default)
+        seconds = np.fromiter(map(_SECONDS, times), np.int64, len(times))
+        nanoseconds = np.fromiter(map(_NANOSECONDS, times), np.int64, len(times))
+    elif (
+        kinds == {int}
+        and 0 not in times
+        and max(times) <= MAX_TIME_SECONDS  # beyond, numpy would wrap around silently
+        and min(times) >= -MAX_TIME_SECONDS
+    ):
+        return _Times(pa.array(np.asarray(times, dtype=np.int64) * _NS), [])
+    else:
+        return _stamped(times)
+    if ((seconds == 0) | (nanoseconds >= _NS)).any():  # EventTimes that cannot be kept
+        return _stamped(times)
+    return _Times(pa.array(seconds * _NS + nanoseconds), [])
+
+
+def _stamped(times: list[Any]) -> _Times:
+    """Times one by one; those that cannot be kept as sent get the receive time (as Fluentd's
+    in_forward does for time 0) rather than refuse the message: the good entries beside them
+    would be lost, and every resend refused the same way."""
+    out: list[int] = []
+    replaced: list[int] = []
+    now = time.time_ns()
+    for i, t in enumerate(times):
         if isinstance(t, bytes):
             t = wire.EventTime(*np.frombuffer(t, dtype=">u4").tolist())
-        out.append(wire.time_to_ns(t))
-    return pa.array(out, pa.int64())
+        ns = wire.time_to_ns(t)
+        if ns is None:
+            replaced.append(i)
+            ns = now
+        out.append(ns)
+    example = _as_sent(times[replaced[0]]) if replaced else ""
+    return _Times(pa.array(out, pa.int64()), replaced, example)
+
+
+def _as_sent(value: Any) -> str:
+    """A time as the client sent it, for a log line (EventTime as ``EventTime(s, ns)``)."""
+    if isinstance(value, bytes):
+        value = wire.EventTime(*np.frombuffer(value, dtype=">u4").tolist())
+    if isinstance(value, wire.EventTime):
+        return f"EventTime({value.seconds}, {value.nanoseconds})"
+    return repr(value)
 
 
 def _tag_array(tag: str, n: int) -> pa.DictionaryArray:
@@ -203,7 +258,7 @@ def _filled(column: Any, fills: dict[int, str] | None) -> Any:
     return column
 
 
-def _fast_entries(tag: str, entries: list[Any]) -> pa.RecordBatch | None:
+def _fast_entries(tag: str, entries: list[Any]) -> tuple[pa.RecordBatch, _Times] | None:
     """The batch of well-formed ``[time, record]`` entries, or None to take the general path."""
     if set(map(type, entries)) - {list, tuple}:
         return None
@@ -225,7 +280,7 @@ def _fast_entries(tag: str, entries: list[Any]) -> pa.RecordBatch | None:
         times_ns = _times_ns(times)
     except (wire.ProtocolError, ValueError, OverflowError):
         return None
-    return records_batch(tag, times_ns, records)
+    return records_batch(tag, times_ns.ns, records), times_ns
 
 
 def _packed(tag: str, blob: bytes, size: object) -> pa.RecordBatch | None:
@@ -259,20 +314,42 @@ def _counted(tag: str, blob: bytes, max_entries: int) -> pa.RecordBatch | None:
         return None
 
 
-def _general(obj: Any, max_decompressed: int, max_entries: int) -> pa.RecordBatch:
+def _general(obj: Any, max_decompressed: int, max_entries: int) -> tuple[pa.RecordBatch, _Times]:
     try:
         msg = wire.decode_message(obj, max_decompressed, max_entries)
     except wire.ProtocolError:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
-        # Hostile values the general decoder does not name: NaN or infinite float times, a
-        # map or an array as a map key inside PackedForward entries...
+        # Hostile values the general decoder does not name: a map or an array as a map key
+        # inside PackedForward entries... (NaN or infinite float times are stamped, below.)
         raise wire.ProtocolError(f"bad Forward message: {exc}") from exc
-    try:
-        times = pa.array([e.time_ns for e in msg.events], pa.int64())
-    except (OverflowError, pa.ArrowException):
-        raise wire.ProtocolError("event time out of range") from None
-    return records_batch(msg.tag, times, [e.record for e in msg.events])
+    times = [e.time_ns for e in msg.events]
+    replaced = [i for i, t in enumerate(times) if t is None]
+    example = ""
+    if replaced:
+        now = time.time_ns()
+        times = [now if t is None else t for t in times]
+        example = _as_sent(_sent_time(obj, replaced[0]))
+    stamped = _Times(pa.array(times, pa.int64()), replaced, example)
+    return records_batch(msg.tag, stamped.ns, [e.record for e in msg.events]), stamped
+
+
+class _InBlob:
+    def __repr__(self) -> str:
+        return "a time inside a PackedForward blob"
+
+
+_IN_BLOB = _InBlob()
+
+
+def _sent_time(obj: Any, index: int) -> Any:
+    """The time of entry ``index`` as sent in Message or Forward mode (for the warning); the
+    PackedForward blob is not unpacked again."""
+    second = obj[1]
+    if not isinstance(second, list | tuple):
+        return second if index == 0 and not isinstance(second, bytes | str) else _IN_BLOB
+    head = second[index][0]
+    return head[0] if isinstance(head, list | tuple) else head
 
 
 def _unpack_entries(blob: bytes, max_entries: int = wire.MAX_MESSAGE_ENTRIES) -> list[Any]:
@@ -289,31 +366,43 @@ def _unpack_entries(blob: bytes, max_entries: int = wire.MAX_MESSAGE_ENTRIES) ->
 
 
 def decode(
-    obj: Any, max_decompressed: int, max_entries: int = wire.MAX_MESSAGE_ENTRIES
+    obj: Any,
+    max_decompressed: int,
+    max_entries: int = wire.MAX_MESSAGE_ENTRIES,
+    on_replaced_times: OnReplacedTimes | None = None,
 ) -> tuple[pa.RecordBatch, str | None]:
     """One unpacked Forward message -> (its events as a buffer batch, its ``chunk`` or None).
 
     Whatever is wrong with the message raises :class:`shipper.wire.ProtocolError`, before
     anything of it is stored: more than ``max_entries`` entries, a truncated PackedForward
     blob, records nested too deeply to convert. A ``size`` option that is not the entry count
-    is ignored, as Fluentd does (every entry is decoded).
+    is ignored, as Fluentd does (every entry is decoded). An event time that cannot be kept as
+    sent does not refuse the message: the event gets the receive time, and
+    ``on_replaced_times`` hears of it (see :data:`OnReplacedTimes`).
     """
     try:
-        return _decode(obj, max_decompressed, max_entries)
+        batch, chunk, times = _decode(obj, max_decompressed, max_entries)
     except RecursionError:
         # A record nested ~1000 deep is valid msgpack (and JSON) but overflows the recursive
         # conversion to JSON text: the message is refused like any other malformed one.
         raise wire.ProtocolError("a record nested too deeply to decode") from None
+    if times is not None and times.replaced and on_replaced_times is not None:
+        on_replaced_times(batch.take(pa.array(times.replaced, pa.int32())), times.example)
+    return batch, chunk
 
 
-def _decode(obj: Any, max_decompressed: int, max_entries: int) -> tuple[pa.RecordBatch, str | None]:
+def _decode(
+    obj: Any, max_decompressed: int, max_entries: int
+) -> tuple[pa.RecordBatch, str | None, _Times | None]:
     if not isinstance(obj, list) or len(obj) < 2 or not isinstance(obj[0], str | bytes):
-        return _general(obj, max_decompressed, max_entries), None  # the precise ProtocolError
+        batch, times = _general(obj, max_decompressed, max_entries)  # the precise ProtocolError
+        return batch, None, times
     tag = obj[0] if isinstance(obj[0], str) else obj[0].decode("utf-8", "replace")
     second = obj[1]
     options = _options_of(obj)
     chunk = _chunk(options)
     batch: pa.RecordBatch | None = None
+    decoded: tuple[pa.RecordBatch, _Times] | None = None
     if isinstance(second, bytes | str) and (options is None or isinstance(options, dict)):
         compressed = (options or {}).get("compressed")
         if compressed is None or compressed in ("text", b"text", "gzip", b"gzip"):
@@ -325,6 +414,7 @@ def _decode(obj: Any, max_decompressed: int, max_entries: int) -> tuple[pa.Recor
             # The msgspec path reads exactly ``size`` entries and nothing after them (a wrong
             # size declines it); _unpack_entries reads them all and refuses a truncated blob,
             # or one of more than ``max_entries`` (a size over it skips the msgspec path).
+            # It also declines times that cannot be kept as sent: the paths below stamp them.
             size = (options or {}).get("size")
             if size is None or isinstance(size, bool) or not isinstance(size, int):
                 # No usable size (Fluent Bit without Send_options, Fluentd, fluent-logger):
@@ -334,13 +424,15 @@ def _decode(obj: Any, max_decompressed: int, max_entries: int) -> tuple[pa.Recor
             elif not size > max_entries:
                 batch = _packed(tag, blob, size)
             if batch is None:
-                batch = _fast_entries(tag, _unpack_entries(blob, max_entries))
+                decoded = _fast_entries(tag, _unpack_entries(blob, max_entries))
     elif isinstance(second, list) and (options is None or isinstance(options, dict)):
         wire.check_entries(len(second), max_entries)
-        batch = _fast_entries(tag, second)
-    if batch is None:
-        batch = _general(obj, max_decompressed, max_entries)
-    return batch, chunk
+        decoded = _fast_entries(tag, second)
+    if batch is not None:
+        return batch, chunk, None
+    if decoded is None:
+        decoded = _general(obj, max_decompressed, max_entries)
+    return decoded[0], chunk, decoded[1]
 
 
 def _options_of(obj: list[Any]) -> Any:

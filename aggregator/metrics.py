@@ -29,8 +29,12 @@ import logging
 import time
 from collections.abc import Iterable
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from aggregator.batch import service_column
 
 log = logging.getLogger("logq.aggregator.metrics")
 
@@ -127,6 +131,15 @@ class Metrics:
             ["table", "service"],
             registry=r,
         )
+        self.times_replaced = Counter(
+            "logq_aggregator_event_times_replaced_total",
+            "Events whose time could not be kept as sent (0, NaN, infinite, beyond year 2262 "
+            "e.g. milliseconds sent as seconds, EventTime nanoseconds over 999,999,999): stored "
+            "with the time the aggregator received them",
+            ["service"],
+            registry=r,
+        )
+        self._times_warned: set[str] = set()
         self.duplicates = Counter(
             "logq_aggregator_duplicates_dropped_total",
             "Resent records dropped (by source offset, or in a chunk already received)",
@@ -178,6 +191,7 @@ class Metrics:
         for service in services:
             if service not in self._service_seen:
                 self.parse_failures.labels(service)
+                self.times_replaced.labels(service)
                 for table in TABLES:
                     self.rows_outside_projection.labels(table, service)
             self._service_seen[service] = now
@@ -191,10 +205,35 @@ class Metrics:
             del self._service_seen[service]
             for metric, labels in (
                 (self.parse_failures, (service,)),
+                (self.times_replaced, (service,)),
                 *((self.rows_outside_projection, (table, service)) for table in TABLES),
             ):
                 with contextlib.suppress(KeyError):  # never created (no rows of that table)
                     metric.remove(*labels)
+
+    def event_times_replaced(self, rows: pa.RecordBatch, example: str) -> None:
+        """Count the ``rows`` of one message whose time was replaced by the receive time, per
+        (sanitised) service; say so once per service, with the time as it was sent, which
+        is not kept (:data:`aggregator.decode.OnReplacedTimes`)."""
+        services = service_column(pa.Table.from_batches([rows]))
+        for item in pc.value_counts(services).to_pylist():
+            service, count = str(item["values"]), int(item["counts"])
+            self.times_replaced.labels(service).inc(count)
+            if service in self._times_warned:
+                continue
+            if len(self._times_warned) >= 10_000:
+                self._times_warned.clear()
+            self._times_warned.add(service)
+            log.warning(
+                "an event time that cannot be kept as sent (0, NaN, infinite, beyond year 2262 "
+                "such as milliseconds sent as seconds, or EventTime nanoseconds over "
+                "999,999,999) was replaced by the time it was received; fix the sender's clock "
+                "or encoder (said once per service; logq_aggregator_event_times_replaced_total "
+                "counts them) service=%s tag=%s sent=%s",
+                service,
+                rows.column("tag")[0].as_py(),
+                example,
+            )
 
     def problem(self) -> str | None:
         """Why /healthz answers 503, or None while healthy."""

@@ -400,13 +400,16 @@ def _times_ns(entries: list[Any]) -> pa.Array | None:
         raw = np.frombuffer(joined, dtype=np.uint8).reshape(-1, _ENTRY_BYTES)
         if ((raw[:, 0] == _FIXEXT8_EVENT_TIME[0]) & (raw[:, 1] == _FIXEXT8_EVENT_TIME[1])).all():
             pairs = raw[:, 2:].copy().view(">u4").astype(np.int64)
-            return pa.array(pairs[:, 0] * 1_000_000_000 + pairs[:, 1])
+            if ((pairs[:, 0] == 0) | (pairs[:, 1] >= _NS)).any():
+                return None  # a time that cannot be kept as sent: the general path stamps it
+            return pa.array(pairs[:, 0] * _NS + pairs[:, 1])
     out = [_time_ns(r) for r in raws]
     return None if None in out else pa.array(out, pa.int64())
 
 
 #: Largest event time in whole seconds whose nanoseconds fit the int64 ``time_ns`` column.
-MAX_TIME_SECONDS = (2**63 - 1) // 1_000_000_000
+MAX_TIME_SECONDS = wire.MAX_TIME_SECONDS
+_NS = wire.NS_PER_SECOND
 _TIME_VALUE = msgspec.msgpack.Decoder(int | msgspec.msgpack.Ext)
 _TIME_HEAD = msgspec.msgpack.Decoder(tuple[msgspec.Raw, ...])
 _EVENT_TIME = struct.Struct(">II")
@@ -415,7 +418,7 @@ _EVENT_TIME = struct.Struct(">II")
 def _time_ns(raw: msgspec.Raw) -> int | None:
     """One entry's time as ns: an EventTime or integer seconds, alone or first in a Fluent Bit
     ``[time, metadata]`` header; None for anything else (float times, an empty header, other
-    ext types, a time out of range: the general path accepts or refuses them as it does)."""
+    ext types, a time that cannot be kept as sent: the other paths decide or stamp them)."""
     try:
         value = _TIME_VALUE.decode(raw)
     except msgspec.ValidationError:
@@ -427,14 +430,15 @@ def _time_ns(raw: msgspec.Raw) -> int | None:
     except (msgspec.MsgspecError, ValueError):
         return None
     if isinstance(value, int):
-        return value * 1_000_000_000 if abs(value) <= MAX_TIME_SECONDS else None
+        return value * _NS if wire.keepable_seconds(value) else None
     if (
         isinstance(value, msgspec.msgpack.Ext)
         and value.code == wire.EVENT_TIME_EXT
         and len(value.data) == _EVENT_TIME.size
     ):
         seconds, nanoseconds = _EVENT_TIME.unpack(value.data)
-        return int(seconds * 1_000_000_000 + nanoseconds)
+        if seconds and nanoseconds < _NS:
+            return int(seconds * _NS + nanoseconds)
     return None
 
 

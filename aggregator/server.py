@@ -433,7 +433,10 @@ class ForwardServer:
                 if unpacker is not None:
                     conn.boundary = unpacker.tell()
                 batch, chunk = decode(
-                    obj, self.limits.max_decompressed_bytes, self.limits.max_message_entries
+                    obj,
+                    self.limits.max_decompressed_bytes,
+                    self.limits.max_message_entries,
+                    self.metrics.event_times_replaced,
                 )
                 wait = None
                 key = chunk_key(chunk, batch, conn.client) if chunk and batch.num_rows else None

@@ -38,8 +38,17 @@ _STRIDE = 10
 "offset", offset, shared pairs."""
 
 
+#: Event times an EventTime can carry and the aggregator keeps as sent (ns since the epoch):
+#: from 1970-01-01T00:00:01Z (its seconds are unsigned, and a time of 0 is replaced on receipt,
+#: as Fluentd's in_forward does) up to 2106-02-07T06:28:15.999999999Z (32-bit seconds).
+MIN_EVENT_TIME_NS = 1_000_000_000
+MAX_EVENT_TIME_NS = 2**32 * 1_000_000_000 - 1
+
+
 def entry_head(t_ns: int) -> msgspec.Raw:
-    """The pre-encoded ``[EventTime,`` start of an entry for a time in ns since the epoch."""
+    """The pre-encoded ``[EventTime,`` start of an entry for a time in ns since the epoch
+    (within :data:`MIN_EVENT_TIME_NS` .. :data:`MAX_EVENT_TIME_NS`; parsers stamp lines
+    outside with their read time, see :class:`shipper.formats.TimeParser`)."""
     sec, ns = divmod(t_ns, 1_000_000_000)
     return msgspec.Raw(HEAD.pack(EVENT_TIME, sec, ns))
 

@@ -13,7 +13,9 @@ columns with ``map`` over whole lists (:meth:`DockerParser._feed_block`); any ot
 the general path (``json.loads``, then line by line), which yields the same records for the
 lines both accept. Nothing is ever dropped: a line that is not valid JSON is shipped as raw
 text and counted; invalid UTF-8 is carried with U+FFFD replacement characters and counted; an
-over-long line is truncated with a visible marker and counted.
+over-long line is truncated with a visible marker and counted; a runtime time that cannot be
+parsed or sent as an EventTime (before 1970, from 2106-02-07) is replaced by the read time,
+counted, and kept as text in the record.
 """
 
 from __future__ import annotations
@@ -31,7 +33,15 @@ import msgspec
 from msgspec import Raw
 
 from shipper import wire
-from shipper.entry import EVENT_TIME, HEAD, encode_body, entry_head, head_time_ns
+from shipper.entry import (
+    EVENT_TIME,
+    HEAD,
+    MAX_EVENT_TIME_NS,
+    MIN_EVENT_TIME_NS,
+    encode_body,
+    entry_head,
+    head_time_ns,
+)
 
 TRUNCATION_MARKER = " [logq-shipper: truncated {dropped} bytes]"
 _K_LOG, _K_STREAM, _K_TIME, _K_OFFSET = (
@@ -95,6 +105,9 @@ class Lines:
     truncated: int = 0
     invalid_utf8: int = 0
     malformed: int = 0
+    bad_times: int = 0
+    """Lines whose runtime time is unparseable or outside :data:`MIN_EVENT_TIME_NS` ..
+    :data:`MAX_EVENT_TIME_NS`: their event time is the read time (the text stays in ``time``)."""
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -109,6 +122,7 @@ class Lines:
         self.truncated += other.truncated
         self.invalid_utf8 += other.invalid_utf8
         self.malformed += other.malformed
+        self.bad_times += other.bad_times
 
     def add(self, offset: int, t: str, t_ns: int, stream: str, log: str) -> None:
         self.offsets.append(offset)
@@ -121,7 +135,10 @@ class Lines:
     def select(self, keep: list[int]) -> Lines:
         """The lines at the indexes ``keep`` (counters kept)."""
         out = Lines(
-            truncated=self.truncated, invalid_utf8=self.invalid_utf8, malformed=self.malformed
+            truncated=self.truncated,
+            invalid_utf8=self.invalid_utf8,
+            malformed=self.malformed,
+            bad_times=self.bad_times,
         )
         for i in keep:
             out.offsets.append(self.offsets[i])
@@ -156,47 +173,60 @@ class TimeParser:
 
     Lines of one second share their prefix, so a dict lookup replaces a datetime parse for
     almost every line. Non-UTC offsets (containerd writes local time) take the slow path.
+    Only times an EventTime can carry (:data:`MIN_EVENT_TIME_NS` .. :data:`MAX_EVENT_TIME_NS`)
+    are ever cached or returned: the parsers' fast paths read the cache directly.
     """
 
     def __init__(self) -> None:
         self._cache: dict[str, int] = {}
 
-    def to_ns(self, text: str) -> int:
+    def to_ns(self, text: str) -> int | None:
+        """ns since the epoch; None when ``text`` is not RFC 3339 or is a time an EventTime
+        cannot carry (before 1970, from 2106-02-07): the caller stamps the read time."""
         if len(text) >= 20 and text[-1] == "Z" and text[10] == "T":
             head = text[:19]
             sec = self._cache.get(head)
             if sec is None:
                 sec = self._seconds(head)
-            if text[19] == ".":
-                frac = text[20:-1]
-                if frac.isdigit():
-                    return sec * 1_000_000_000 + int(frac[:9].ljust(9, "0"))
-            elif len(text) == 20:
-                return sec * 1_000_000_000
-        return self._slow(text)
+            # Cached seconds are in range, and so is any fraction added to them.
+            if sec is not None:
+                if text[19] == ".":
+                    frac = text[20:-1]
+                    if frac.isdigit():
+                        return sec * 1_000_000_000 + int(frac[:9].ljust(9, "0"))
+                elif len(text) == 20:
+                    return sec * 1_000_000_000
+        ns = self._slow(text)
+        return ns if ns is not None and MIN_EVENT_TIME_NS <= ns <= MAX_EVENT_TIME_NS else None
 
     def seconds(self, head: str) -> int:
-        """Epoch seconds of ``YYYY-MM-DDTHH:MM:SS`` (UTC), cached; ValueError if malformed."""
+        """Epoch seconds of ``YYYY-MM-DDTHH:MM:SS`` (UTC), cached; ValueError if malformed or
+        outside what an EventTime carries."""
         sec = self._cache.get(head)
         if sec is None:
             sec = timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
-            if len(self._cache) > 4096:
-                self._cache.clear()
-            self._cache[head] = sec
+            self._remember(head, sec)
         return sec
 
-    def _seconds(self, head: str) -> int:
-        try:
-            sec = timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
-        except ValueError:
-            return self._slow(head + "Z") // 1_000_000_000
+    def _remember(self, head: str, sec: int) -> None:
+        """Cache ``sec``; ValueError (nothing cached) when an EventTime cannot carry it."""
+        if not MIN_EVENT_TIME_NS <= sec * 1_000_000_000 <= MAX_EVENT_TIME_NS - 999_999_999:
+            raise ValueError(f"{head} is outside the EventTime range")
         if len(self._cache) > 4096:
             self._cache.clear()
         self._cache[head] = sec
+
+    def _seconds(self, head: str) -> int | None:
+        """Epoch seconds of ``head`` (cached), or None: :meth:`to_ns` takes the slow path."""
+        try:
+            sec = timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
+            self._remember(head, sec)
+        except ValueError:
+            return None
         return sec
 
-    def _slow(self, text: str) -> int:
-        """Any RFC 3339 form (offsets, up to 9 fraction digits); the read time if unparseable."""
+    def _slow(self, text: str) -> int | None:
+        """Any RFC 3339 form (offsets, up to 9 fraction digits); None if unparseable."""
         t = text.strip()
         frac_ns = 0
         try:
@@ -212,8 +242,8 @@ class TimeParser:
             if dt.tzinfo is None:
                 raise ValueError("no time zone")
             return int(dt.timestamp()) * 1_000_000_000 + frac_ns
-        except ValueError:
-            return time.time_ns()
+        except (ValueError, OverflowError):
+            return None
 
 
 def now_rfc3339(ns: int | None = None) -> str:
@@ -337,12 +367,15 @@ class LineParser:
         joining, since the writer's split may fall between the ``\r`` and the ``\n``."""
         p = self._partials.get(stream)
         if p is None:
+            t_ns = self.times.to_ns(t)
+            if t_ns is None:
+                t_ns = self._read_time(out)
             if last:
                 if text[-1:] == "\r":
                     text = text[:-1]
-                self._emit(out, end, t, self.times.to_ns(t), stream, text)
+                self._emit(out, end, t, t_ns, stream, text)
                 return
-            p = self._partials[stream] = _Partial(start, t, self.times.to_ns(t), [])
+            p = self._partials[stream] = _Partial(start, t, t_ns, [])
         p.starts.setdefault(self.origin, start)
         room = self.max_line_bytes - p.size
         if len(text) <= room:
@@ -355,6 +388,14 @@ class LineParser:
         if last:
             del self._partials[stream]
             self._emit_group(out, end, stream, p, complete=True)
+
+    @staticmethod
+    def _read_time(out: Lines) -> int:
+        """The event time of a line whose runtime time does not parse or an EventTime cannot
+        carry: the read time, counted in ``out``. Fluent Bit keeps such a record too: one odd
+        line must not stop its file (its time text stays in the record)."""
+        out.bad_times += 1
+        return time.time_ns()
 
     def _emit_group(
         self, out: Lines, offset: int, stream: str, p: _Partial, complete: bool

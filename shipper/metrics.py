@@ -97,6 +97,13 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        self.bad_times = Counter(
+            "logq_shipper_bad_time_lines",
+            "Lines whose runtime time does not parse or is outside what an EventTime carries "
+            "(before 1970, from 2106-02-07): shipped with the read time, the text kept",
+            ["service"],
+            registry=r,
+        )
         self.lost_files = Counter(
             "logq_shipper_files_lost",
             "Log files deleted, compressed or truncated before they were read to the end "
@@ -206,6 +213,7 @@ class Metrics:
             self.truncated,
             self.invalid_utf8,
             self.malformed,
+            self.bad_times,
         )
 
     def tick(self) -> None:

@@ -112,6 +112,8 @@ class SourceRunner:
         self._active = asyncio.Event()
         """Wakes the pin loop: the reader read a batch or began to wait. An idle reader at the
         end of its file sets neither, and sees rotations itself (:meth:`Tailer.poll`)."""
+        self._times_warned = False
+        """The source's first line with an unusable runtime time was logged (once a source)."""
 
     @property
     def finishing(self) -> bool:
@@ -385,6 +387,9 @@ class SourceRunner:
             m.invalid_utf8.labels(svc).inc(lines.invalid_utf8)
         if lines.malformed:
             m.malformed.labels(svc).inc(lines.malformed)
+        if lines.bad_times:
+            m.bad_times.labels(svc).inc(lines.bad_times)
+            self._warn_bad_times()
         payload = b""
         chunk_id = ""
         if n:
@@ -410,6 +415,20 @@ class SourceRunner:
             cursor=cursor,
             nread=nread,
             save_first=save_first,
+        )
+
+    def _warn_bad_times(self) -> None:
+        """Say once per source that lines went out stamped with their read time."""
+        if self._times_warned:
+            return
+        self._times_warned = True
+        log.warning(
+            "lines whose runtime time does not parse or is before 1970 or from 2106-02-07 "
+            "(outside what the Forward protocol's EventTime carries) are shipped with the time "
+            "they were read; their own time text stays in the record's 'time' key (said once "
+            "per source; logq_shipper_bad_time_lines_total counts them) key=%s service=%s",
+            self.spec.key,
+            self.spec.service,
         )
 
     # -- sending ----------------------------------------------------------------------------

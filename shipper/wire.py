@@ -25,6 +25,7 @@ import gzip
 import hashlib
 import io
 import itertools
+import math
 import os
 import struct
 import zlib
@@ -36,6 +37,10 @@ import msgpack
 
 EVENT_TIME_EXT = 0
 _EVENT_TIME = struct.Struct(">II")
+NS_PER_SECOND = 1_000_000_000
+#: Largest event time in whole seconds whose nanoseconds fit an int64 (the aggregator's
+#: ``time_ns`` column): 2262-04-11.
+MAX_TIME_SECONDS = (2**63 - 1) // NS_PER_SECOND
 
 
 class ProtocolError(ValueError):
@@ -78,7 +83,8 @@ class Event:
     """One decoded event: the tag it came under, its time in ns since the epoch, its record."""
 
     tag: str
-    time_ns: int
+    time_ns: int | None
+    """None: a time that cannot be kept as sent (:func:`time_to_ns`); the receiver stamps it."""
     record: dict[str, Any]
 
 
@@ -345,19 +351,32 @@ def _over_length_limit(exc: Exception) -> bool:
     )
 
 
-def time_to_ns(value: Any) -> int:
-    """An entry's time as ns: EventTime, integer seconds or float seconds."""
+def time_to_ns(value: Any) -> int | None:
+    """An entry's time as ns: EventTime, integer seconds or float seconds; None for a time that
+    cannot be kept as sent (see :func:`keepable_seconds`), which the receiver replaces with its
+    receive time rather than refuse the message (and lose the good entries beside it)."""
     if isinstance(value, EventTime):
+        if not keepable_seconds(value.seconds) or value.nanoseconds >= NS_PER_SECOND:
+            return None
         return value.to_ns()
     if isinstance(value, bool):
         raise ProtocolError("event time is a boolean")
     if isinstance(value, int):
-        return value * 1_000_000_000
+        return value * NS_PER_SECOND if keepable_seconds(value) else None
     if isinstance(value, float):
-        return int(value * 1_000_000_000)
+        if not (math.isfinite(value) and keepable_seconds(int(value))):
+            return None
+        return int(value * NS_PER_SECOND)
     if isinstance(value, msgpack.ExtType):
         raise ProtocolError(f"unknown ext type {value.code} as event time")
     raise ProtocolError(f"event time must be EventTime or an integer, got {type(value).__name__}")
+
+
+def keepable_seconds(seconds: int) -> bool:
+    """Whether an event time of ``seconds`` (whole, truncated toward zero) can be kept: not 0
+    (Fluentd's in_forward stamps such an event with the time it receives it: a sender without
+    a clock), and its nanoseconds fit an int64 (beyond is e.g. milliseconds sent as seconds)."""
+    return seconds != 0 and -MAX_TIME_SECONDS <= seconds <= MAX_TIME_SECONDS
 
 
 def _record(value: Any) -> dict[str, Any]:
@@ -376,7 +395,9 @@ def _entry(tag: str, entry: Any) -> Event:
     if not isinstance(entry, list | tuple) or len(entry) < 2:
         raise ProtocolError("entry must be [time, record]")
     head = entry[0]
-    if isinstance(head, list | tuple):  # Fluent Bit >= 5.0.5: [[time, metadata], record]
+    # Fluent Bit >= 5.0.5: [[time, metadata], record]. (An ExtType is a tuple too: another ext
+    # type in the time's place is no header, whose first item, its code, would pass for a time.)
+    if isinstance(head, list | tuple) and not isinstance(head, msgpack.ExtType):
         if not head:
             raise ProtocolError("entry header is empty")
         head = head[0]

@@ -542,8 +542,8 @@ def _before(obj: Any, max_entries: int) -> Any:
     try:
         if obj[2].get("compressed") == "gzip":
             blob = wire.gunzip_members(blob, 1 << 30)
-        batch = dec._fast_entries(obj[0], dec._unpack_entries(blob, max_entries))
-        return batch or dec._general(obj, 1 << 30, max_entries)
+        decoded = dec._fast_entries(obj[0], dec._unpack_entries(blob, max_entries))
+        return (decoded or dec._general(obj, 1 << 30, max_entries))[0]
     except RecursionError:
         return "a record nested too deeply to decode"
     except wire.ProtocolError as exc:
