@@ -58,6 +58,7 @@ import pyarrow as pa
 from aggregator.decode import to_ipc
 from aggregator.durable import atomic_file
 from aggregator.frames import Scan, encode_frame, scan_frames
+from shipper.wire import KEY_LOG
 
 log = logging.getLogger("logq.aggregator.chunks")
 
@@ -78,17 +79,22 @@ _WHEN = struct.Struct(">d")
 _FRAME_OVERHEAD = len(encode_frame(_WHEN.pack(0.0)))  # a journal frame without its keys
 
 
-def chunk_key(chunk: str, batch: pa.RecordBatch, client: str) -> bytes:
+def chunk_key(chunk: str, batch: pa.RecordBatch, client: str, by_text: bool = False) -> bytes:
     """What identifies a message for resends: the sending host (``client``, without the port:
     a resend comes on a new connection), its tag, ``chunk`` id, row count, first and last event
     time. The same for a resend of the same entries; different for new data under a reused id
     or the same entries from another host or tag. A 16-byte digest: a client's ``chunk`` may be
-    any size."""
-    times = batch.column("time_ns")
+    any size.
+
+    ``by_text``: some event times of the message were replaced by the receive time (they could
+    not be kept as sent), which a resend would not repeat: the first and last lines stand in
+    for the first and last times."""
+    column = batch.column(KEY_LOG if by_text else "time_ns")
     tag = batch.column("tag")[0].as_py()
-    text = "\x00".join(
-        map(str, (client, tag, chunk, batch.num_rows, times[0].as_py(), times[-1].as_py()))
-    )
+    first, last = column[0].as_py(), column[-1].as_py()
+    if by_text:
+        first, last = f"text:{first}", f"text:{last}"
+    text = "\x00".join(map(str, (client, tag, chunk, batch.num_rows, first, last)))
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 

@@ -417,6 +417,24 @@ class ForwardServer:
             "slow_client",
         )
 
+    def _decode(self, obj: Any) -> tuple[Any, str | None, bool]:
+        """:func:`decode` ``obj``: its batch, its ``chunk``, and whether some of its event times
+        were replaced by the receive time (counted here; its chunk key then cannot use them)."""
+        replaced = False
+
+        def on_replaced(rows: Any, example: str) -> None:
+            nonlocal replaced
+            replaced = True
+            self.metrics.event_times_replaced(rows, example)
+
+        batch, chunk = decode(
+            obj,
+            self.limits.max_decompressed_bytes,
+            self.limits.max_message_entries,
+            on_replaced,
+        )
+        return batch, chunk, replaced
+
     async def _process(
         self,
         conn: _Conn,
@@ -432,14 +450,13 @@ class ForwardServer:
             for obj in messages if unpacker is None else wire.iter_messages(unpacker, conn.budget):
                 if unpacker is not None:
                     conn.boundary = unpacker.tell()
-                batch, chunk = decode(
-                    obj,
-                    self.limits.max_decompressed_bytes,
-                    self.limits.max_message_entries,
-                    self.metrics.event_times_replaced,
-                )
+                batch, chunk, replaced = self._decode(obj)
                 wait = None
-                key = chunk_key(chunk, batch, conn.client) if chunk and batch.num_rows else None
+                key = (
+                    chunk_key(chunk, batch, conn.client, by_text=replaced)
+                    if chunk and batch.num_rows
+                    else None
+                )
                 known, earlier = self.chunks.earlier(key) if key else (False, None)
                 if known:
                     # A resend (its ack was lost): acked once the first copy is durable.

@@ -198,3 +198,24 @@ def test_messages_with_bad_times_are_acked_stored_and_counted(tmp_path: Path) ->
     warnings = [line for line in agg.log_text().splitlines() if "cannot be kept as sent" in line]
     assert len(warnings) == 1, warnings
     assert "service=skew" in warnings[0] and "sent=0" in warnings[0]
+
+
+@pytest.mark.integration
+def test_a_resend_of_a_message_with_replaced_times_is_recognised(tmp_path: Path) -> None:
+    """A resend (its ack was lost) gets another receive time for the times it replaces: its
+    chunk key cannot use them, or the resend would be stored twice."""
+    agg = start_aggregator(tmp_path, extra=["--metrics-listen", "127.0.0.1:0"])
+    try:
+        for mode in ("message", "packed"):
+            for _ in range(2):  # the first copy, then the resend on a new connection
+                with agg.connect() as sock:
+                    sock.sendall(frame(mode, BAD_TIMES["int 0"][0], chunk=f"resent-{mode}"))
+                    assert read_acks(sock, 1) == [f"resent-{mode}"]
+        table = wait_rows(agg.warehouse, "container_logs", 1 + 3, agg)
+        port = int(re.search(r"metrics on http://[^:]+:(\d+)/", agg.log_text()).group(1))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            metrics = resp.read().decode()
+    finally:
+        agg.stop()
+    assert sorted(table["message"].to_pylist()) == ["bad", "bad", "good after", "good before"]
+    assert "logq_aggregator_duplicate_chunks_total 2.0" in metrics
