@@ -58,13 +58,15 @@ Throughput: on S3 every request waits tens of milliseconds, so a pass works on m
 Services are listed ``LIST_THREADS`` at a time, their hours ``PARTITION_LIST_THREADS`` at a
 time, and partitions merged ``MERGE_PARTITIONS`` at a time; each merge reads ``READ_THREADS``
 inputs at a time and deletes them in one request per 1,000. Each input is fetched once: a small
-one (a flush file) is read whole with its footer, a larger one has its footer read once and its
-rows read once when merged. The merges running at once hold no more decoded bytes than
-``MERGE_MEMORY_BYTES`` (the size of one group sorted in memory, so the memory a compacting node
-needs is that of one such group, as before): a merge waits for room before it writes its
-intent. ``hold`` is asked before each partition, for one with something to merge once a merge
-slot is free, right before it starts: once it says stop, the merges under way finish and no
-other starts.
+one (a flush file) is read whole with its footer (on S3 in one GET, through boto3: pyarrow sends
+a HEAD first), a larger one has its footer read once and its rows read once when merged. A
+merge's other deletes (its intent; a rolled-back output) are one DELETE each on S3 (pyarrow's
+are a HEAD, the DELETE and a PUT recreating the folder marker). The merges running at once
+hold no more decoded bytes than ``MERGE_MEMORY_BYTES`` (the size of one group sorted in memory,
+so the memory a compacting node needs is that of one such group, as before): a merge waits for
+room before it writes its intent. ``hold`` is asked before each partition, for one with
+something to merge once a merge slot is free, right before it starts: once it says stop, the
+merges under way finish and no other starts.
 
 A pass lists what its window holds, never a service's whole history. On S3, a window of at
 most 96 hours (the usual 48-hour lookback) is listed in one go per service folder, from its
@@ -117,7 +119,6 @@ from pathlib import Path
 from typing import IO
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -134,6 +135,7 @@ from aggregator.storage import (
     StorageError,
     delete_object,
     delete_objects,
+    fetch_object,
     list_folder,
     list_tree_after,
     put_bytes,
@@ -184,8 +186,9 @@ MERGE_MEMORY_BYTES = SORT_IN_MEMORY_BYTES
 STREAM_MEMORY_BYTES = SORT_IN_MEMORY_BYTES // 2
 #: A streamed merge reads ahead at most this many (compressed) bytes of input.
 STREAM_READAHEAD_BYTES = 32 * 1024 * 1024
-#: Inputs up to this size are read whole with their footer (one GET: pyarrow's footer read
-#: fetches the last 64 KiB anyway), so a flush file is fetched once, not once per step.
+#: Inputs up to this size are read whole with their footer (on S3 one GET, see
+#: :func:`_fetch_whole`; the footer read would fetch the last 64 KiB anyway), so a flush file
+#: is fetched once, not once per step.
 WHOLE_READ_BYTES = 1024 * 1024
 #: At most this many bytes of whole inputs are kept per partition between its footer reads and
 #: its merges (the rest are read again when merged).
@@ -416,26 +419,35 @@ def _memory_cost(group: list[Input]) -> int:
 
 
 def _read_input(wh: Warehouse, spec: Table, f: Input) -> pa.Table:
-    """One input's rows, from the bytes :func:`_readable` kept or with one more open (the
-    footer is not read again)."""
-    if f.data is not None:
-        return _conform(pq.ParquetFile(pa.BufferReader(f.data), metadata=f.meta).read(), spec)
-    with _open(wh, f.path, f.size) as fh:
+    """One input's rows, from the bytes :func:`_readable` kept or with one more read (the
+    footer is not read again): a small one whole (on S3 one GET), a larger one through
+    pyarrow, its columns in one go."""
+    data = f.data
+    if data is None and f.size <= WHOLE_READ_BYTES:
+        data = fetch_object(wh, f.path)
+    if data is not None:
+        return _conform(pq.ParquetFile(pa.BufferReader(data), metadata=f.meta).read(), spec)
+    with _open(wh, f.path) as fh:
         table = pq.ParquetFile(fh, metadata=f.meta, pre_buffer=True).read()
     return _conform(table, spec)
 
 
-_PARQUET = pads.ParquetFileFormat()
+def _open(wh: Warehouse, path: str) -> pa.NativeFile:
+    """``path`` for reading through pyarrow. On S3 that is a HEAD (for the size) before the
+    reads: pyarrow's Python API opens a file by name only, even ``Fragment.open`` given the
+    size (measured on pyarrow 26), so small inputs are fetched with :func:`_fetch_whole`."""
+    return wh.fs.open_input_file(path)
 
 
-def _open(wh: Warehouse, path: str, size: int | None) -> pa.NativeFile:
-    """``path`` for reading, its ``size`` taken from the listing: on S3 that spares the HEAD
-    request that opening by name sends first (one round trip of two per small input). A file
-    rewritten since it was listed may then read short and fail: it is left for the next pass,
-    like any input that fails."""
-    if size is None:
-        return wh.fs.open_input_file(path)
-    return _PARQUET.make_fragment(path, filesystem=wh.fs, file_size=size).open()
+def _fetch_whole(wh: Warehouse, path: str) -> pa.Buffer:
+    """All of ``path``'s bytes: on S3 in one GET (:func:`fetch_object`, where pyarrow sends a
+    HEAD and a GET), elsewhere through pyarrow. Either way FileNotFoundError for a file gone,
+    another OSError for a failed read, as :func:`_read_footer` and the merge expect."""
+    data = fetch_object(wh, path)
+    if data is not None:
+        return data
+    with _open(wh, path) as fh:
+        return fh.read_buffer()
 
 
 def _read_inputs(
@@ -756,11 +768,11 @@ def _read_footer(wh: Warehouse, info: pafs.FileInfo, whole: bool) -> Input | Non
     """``info``'s footer (and, if ``whole``, all its bytes), or None with an ERROR."""
     try:
         data: pa.Buffer | None = None
-        with _open(wh, info.path, info.size) as fh:
-            if whole:
-                data = fh.read_buffer()
-                meta = pq.read_metadata(pa.BufferReader(data))
-            else:
+        if whole:
+            data = _fetch_whole(wh, info.path)
+            meta = pq.read_metadata(pa.BufferReader(data))
+        else:
+            with _open(wh, info.path) as fh:
                 meta = pq.read_metadata(fh)
     except (pa.ArrowException, OSError) as exc:
         log.error(

@@ -74,10 +74,11 @@ class S3Settings:
     """How to reach S3, read once from the standard AWS settings when a warehouse is opened.
 
     Both clients of an S3 warehouse are built from it: pyarrow's filesystem (reads, writes,
-    listings) and boto3's, for the two requests compaction needs that pyarrow cannot send
-    (DeleteObjects, up to 1,000 keys a request, and ListObjectsV2 with ``StartAfter``: see
-    :mod:`aggregator.storage`). So they talk to the same endpoint, in the same region, as the
-    same identity.
+    listings) and boto3's, for the requests pyarrow cannot send or sends more of (DeleteObjects,
+    up to 1,000 keys a request; ListObjectsV2 with ``StartAfter``; a small object fetched whole
+    in one GET, where pyarrow sends a HEAD first; a delete in one DELETE, where pyarrow adds a
+    HEAD and a folder-marker PUT: see :mod:`aggregator.storage`). So they talk to the same
+    endpoint, in the same region, as the same identity.
     """
 
     region: str
@@ -145,8 +146,10 @@ def s3_filesystem(settings: S3Settings | None = None) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
-#: Connections the shared boto3 client keeps open (pyarrow's S3 client keeps up to 25).
-S3_CLIENT_CONNECTIONS = 32
+#: Connections the shared boto3 client keeps open (pyarrow's S3 client keeps up to 25): a
+#: compaction pass sends at once up to 32 GETs (4 merges reading 8 inputs each), 16 listings and
+#: 4 deletes. Beyond the pool urllib3 opens a connection, then drops it with a WARNING.
+S3_CLIENT_CONNECTIONS = 64
 _CLIENTS: dict[S3Settings, Any] = {}
 _CLIENTS_LOCK = threading.Lock()
 
@@ -169,8 +172,8 @@ def _new_s3_client(settings: S3Settings) -> Any:
 
     config = Config(
         retries={"mode": "standard", "max_attempts": 3},
-        # Compaction lists 16 service folders at once beside its merges' deletes: more than
-        # boto3's 10 pooled connections (the extra ones would be opened and dropped each time).
+        # Compaction reads, lists and deletes many at once: far more than boto3's 10 pooled
+        # connections (the extra ones would be opened and dropped each time).
         max_pool_connections=S3_CLIENT_CONNECTIONS,
         # Like pyarrow: path-style for an S3-compatible server; for AWS, boto3's default. With no
         # endpoint given, one from an AWS config file must not apply to this client alone.

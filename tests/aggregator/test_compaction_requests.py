@@ -1,7 +1,8 @@
 """What compaction costs in S3 requests, counted by the real server (SeaweedFS's request
-metrics): a merge's inputs are deleted in batches (DeleteObjects, 1,000 keys a request), and a
-key the server refuses keeps the merge's guarantees (no row lost, the intent kept, the next
-pass finishing it); a service's window is listed in one request, not one per hour."""
+metrics): a small input is fetched in one GET; a merge's inputs are deleted in batches
+(DeleteObjects, 1,000 keys a request), its other deletes one request each, and a key the server
+refuses keeps the merge's guarantees (no row lost, the intent kept, the next pass finishing it);
+a service's window is listed in one request, not one per hour."""
 
 from __future__ import annotations
 
@@ -13,10 +14,17 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
+import aggregator.compaction as compaction
 import aggregator.storage as storage
-from aggregator.compaction import INTENT_PREFIX, CompactionFailed, compact_warehouse
+from aggregator.compaction import (
+    INTENT_PREFIX,
+    CompactionFailed,
+    compact_partition,
+    compact_warehouse,
+)
 from aggregator.storage import DELETE_BATCH, StorageError, delete_objects, put_bytes, put_table
 from athena.schema import CONTAINER_LOGS, DT_FORMAT, partition_path
 from athena.warehouse import S3Settings, Warehouse, open_warehouse, s3_client
@@ -26,6 +34,7 @@ from tests.aggregator.test_compaction import (
     LATER,
     NEXT_DT,
     flush_files,
+    patch_merge,
     service_rows,
 )
 from tests.support.procs import wait_until
@@ -49,6 +58,20 @@ def requests_after(
 
     wait_until(lambda: since() >= expected, 30, f"{expected} {kind or 'S3'} requests counted")
     return since()
+
+
+def settled(server: SeaweedFS, wh: Warehouse) -> Counter[str]:
+    """The server's counts for the warehouse's bucket once every request sent so far is
+    counted: it counts each just after answering it, so a count taken right after a set-up
+    may miss the set-up's last request. A DeleteObject of a key that is not there is sent,
+    then waited for (the requests before it were answered before it was sent); the set-up
+    must have no DELETE of its own left uncounted."""
+    assert wh.s3 is not None
+    bucket = bucket_of(wh)
+    deletes = server.requests(bucket)["DELETE"]
+    s3_client(wh.s3).delete_object(Bucket=bucket, Key="logq-tests/not-there")
+    wait_until(lambda: server.requests(bucket)["DELETE"] > deletes, 30, "the marker DELETE counted")
+    return server.requests(bucket)
 
 
 def one_row(message: str) -> pa.Table:
@@ -86,7 +109,7 @@ def test_deleting_n_objects_costs_one_request_per_1000(
     for path in written:
         put_bytes(wh, path, b"x")
     paths = written + [f"{wh.base}/t/never-{i}.parquet" for i in range(1996)]
-    before = seaweedfs.requests(bucket_of(wh))
+    before = settled(seaweedfs, wh)
     delete_objects(wh, paths)
     assert requests_after(seaweedfs, wh, before, "DELETE", 3) == 3
     # Nothing else either (no HEAD, GET or folder-marker PUT): PUTs are left out, as the count
@@ -105,13 +128,173 @@ def test_a_merge_deletes_its_inputs_in_one_request(seaweedfs: SeaweedFS, s3_ware
     flush_files(s3_warehouse, files=12, rows_per_file=10, service="svc")
     rows = service_rows(s3_warehouse)
     wh = open_warehouse(s3_warehouse)
-    before = seaweedfs.requests(bucket_of(wh))
+    before = settled(seaweedfs, wh)
     assert compact_warehouse(wh, now=LATER, lookback=None) == 2 * 12
     assert requests_after(seaweedfs, wh, before, "DELETE", 4) == 2 * (1 + 1)
     assert service_rows(s3_warehouse) == rows
     for dt in (DT, NEXT_DT):
         names = entries(wh, wh.path(partition_path("container_logs", "svc", dt)))
         assert len(names) == 1 and names[0].startswith("c-"), names
+
+
+#: Requests of the GET kind (SeaweedFS counts a HEAD as a GET) a merge sends besides reading
+#: its inputs: its output's footer read back for the row count (a HEAD and a GET: pyarrow opens
+#: it by name) and the check that its intent is still there (a HEAD).
+MERGE_CHECK_GETS = 3
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_a_merge_fetches_each_small_input_in_one_get(
+    seaweedfs: SeaweedFS, s3_warehouse: str
+) -> None:
+    """Two partitions of 12 flush files: each input is fetched whole, with its footer, in one
+    GET (pyarrow sent a HEAD before each GET: 2 per input, 56 GET-kind requests here in all,
+    the intent's delete adding a HEAD per merge), and every row is there exactly once."""
+    flush_files(s3_warehouse, files=12, rows_per_file=10, service="svc")
+    rows = service_rows(s3_warehouse)
+    wh = open_warehouse(s3_warehouse)
+    before = settled(seaweedfs, wh)
+    assert compact_warehouse(wh, now=LATER, lookback=None) == 2 * 12
+    expected = 2 * 12 + 2 * MERGE_CHECK_GETS
+    assert requests_after(seaweedfs, wh, before, "GET", expected) == expected
+    assert service_rows(s3_warehouse) == rows
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_a_small_input_not_kept_is_fetched_whole_in_one_get_when_merged(
+    seaweedfs: SeaweedFS, s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no room to keep inputs between their footer reads and the merge (as for the inputs
+    past a partition's first 64 MiB), a small input's footer is read first (pyarrow: a HEAD and
+    a GET) and its rows with one more GET, the whole file (was a HEAD and a GET again)."""
+    monkeypatch.setattr(compaction, "PREFETCH_BYTES", 0)
+    flush_files(s3_warehouse, files=12, rows_per_file=10, service="svc")
+    rows = service_rows(s3_warehouse)
+    wh = open_warehouse(s3_warehouse)
+    before = settled(seaweedfs, wh)
+    assert compact_warehouse(wh, now=LATER, lookback=None) == 2 * 12
+    expected = 2 * 12 * (2 + 1) + 2 * MERGE_CHECK_GETS
+    assert requests_after(seaweedfs, wh, before, "GET", expected) == expected
+    assert service_rows(s3_warehouse) == rows
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_a_merge_deletes_its_intent_without_recreating_a_folder_marker(
+    seaweedfs: SeaweedFS, s3_warehouse: str
+) -> None:
+    """A merge's PUTs are the objects it writes, one each (pyarrow uploads a small object in
+    one part): its intent and its output, and the pass its record; deleting the intent sends
+    one DELETE and no PUT (pyarrow's delete re-created the folder marker: 7 PUTs here)."""
+    flush_files(s3_warehouse, files=3, rows_per_file=10, service="svc")
+    wh = open_warehouse(s3_warehouse)
+    before = settled(seaweedfs, wh)
+    assert compact_warehouse(wh, now=LATER, lookback=None) == 2 * 3
+    assert requests_after(seaweedfs, wh, before, "DELETE", 4) == 2 * (1 + 1)
+    assert requests_after(seaweedfs, wh, before, "PUT", 5) == 2 * (1 + 1) + 1
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_a_rolled_back_merge_costs_one_delete_per_object(
+    seaweedfs: SeaweedFS, s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A merge that fails before its output is written deletes the output's key and its
+    intent: one DELETE each (one already gone costs no more), no PUT but the intent's (was a
+    HEAD for each, a DELETE for the intent and a folder marker PUT after it); its inputs stay,
+    no intent is left."""
+
+    def fail(output: str, merge: Any) -> int:
+        raise StorageError(f"writing {output} failed: injected")
+
+    patch_merge(monkeypatch, fail)
+    flush_files(s3_warehouse, files=3, rows_per_file=10, service="svc")
+    rows = service_rows(s3_warehouse)
+    wh = open_warehouse(s3_warehouse)
+    before = settled(seaweedfs, wh)
+    with pytest.raises(CompactionFailed):
+        compact_warehouse(wh, now=LATER, lookback=None)
+    assert requests_after(seaweedfs, wh, before, "PUT", 2) == 2  # the two intents
+    assert requests_after(seaweedfs, wh, before, "DELETE", 4) == 2 * 2
+    assert service_rows(s3_warehouse) == rows
+    for dt in (DT, NEXT_DT):
+        names = entries(wh, wh.path(partition_path("container_logs", "svc", dt)))
+        assert len(names) == 3 and all(n.endswith(".parquet") for n in names), names
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_unreadable_and_vanished_inputs_on_s3_are_left_with_an_error(
+    s3_warehouse: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As on a local disk: a stray ``.parquet`` that is not Parquet, an empty one, and an input
+    deleted between the listing and its read are each named in an ERROR and left out; the
+    other inputs are merged, their rows exactly once."""
+    flush_files(s3_warehouse, files=4, rows_per_file=10, service="svc")
+    wh = open_warehouse(s3_warehouse)
+    folder = wh.path(partition_path("container_logs", "svc", DT))
+    vanished = f"{folder}/{entries(wh, folder)[0]}"
+    messages = pq.read_table(vanished, filesystem=wh.fs)["message"].to_pylist()
+    gone = Counter(("svc", m) for m in messages)
+    assert len(gone) == 10
+    rows = service_rows(s3_warehouse) - gone
+    put_bytes(wh, f"{folder}/junk.parquet", b"junk\n")
+    put_bytes(wh, f"{folder}/empty.parquet", b"")
+    listing = wh.fs.get_file_info(pafs.FileSelector(folder))
+    wh.fs.delete_file(vanished)
+    assert compact_partition(wh, CONTAINER_LOGS, folder, 128 << 20, infos=listing) == 3
+    names = entries(wh, folder)
+    assert sorted(n for n in names if not n.startswith("c-")) == ["empty.parquet", "junk.parquet"]
+    for name in ("junk.parquet", "empty.parquet", vanished.rsplit("/", 1)[1]):
+        assert f"{name}: it is not a readable Parquet file" in caplog.text
+    delete_objects(wh, [f"{folder}/junk.parquet", f"{folder}/empty.parquet"])
+    assert service_rows(s3_warehouse) == rows
+
+
+class Unreachable:
+    """boto3's client where its GETs and single DELETEs cannot reach the store (a TLS setting
+    only pyarrow's client has, a network error); its other requests are the real ones."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.calls = real, 0
+
+    def _fail(self, **_: Any) -> dict:
+        from botocore.exceptions import EndpointConnectionError
+
+        self.calls += 1
+        raise EndpointConnectionError(endpoint_url="https://s3.unreachable.invalid")
+
+    get_object = delete_object = _fail
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_gets_and_deletes_boto3_cannot_send_are_left_to_pyarrow(
+    s3_warehouse: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """boto3's GetObject and DeleteObject failing: pyarrow reads the inputs and deletes the
+    intents, as before; both partitions are merged, every row once; one WARNING says so."""
+    monkeypatch.setattr(storage, "_FELL_BACK", set())
+    flush_files(s3_warehouse, files=3, rows_per_file=10, service="svc")
+    rows = service_rows(s3_warehouse)
+    wh = open_warehouse(s3_warehouse)
+    assert wh.s3 is not None
+    client = Unreachable(s3_client(wh.s3))
+    monkeypatch.setattr(storage, "s3_client", lambda settings: client)
+    assert compact_warehouse(wh, now=LATER, lookback=None) == 2 * 3
+    assert client.calls == 2 * (3 + 1)  # per partition its three inputs and its intent
+    assert service_rows(s3_warehouse) == rows
+    for dt in (DT, NEXT_DT):
+        left = entries(wh, wh.path(partition_path("container_logs", "svc", dt)))
+        assert len(left) == 1 and left[0].startswith("c-"), left
+    warned = [r for r in caplog.records if "through boto3 failed" in r.getMessage()]
+    assert [r.levelname for r in warned if r.levelname == "WARNING"] == ["WARNING"]
+    assert "pyarrow sends it" in warned[0].getMessage()
 
 
 class Refusing:
@@ -123,6 +306,9 @@ class Refusing:
         self.real = real
         self.key = path.split("/", 1)[1]  # bucket/key
         self.refused: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:  # its other requests (GET, DELETE) are the real ones
+        return getattr(self.real, name)
 
     def delete_objects(self, Bucket: str, Delete: dict) -> dict:
         keep = [o for o in Delete["Objects"] if o["Key"] != self.key]
@@ -246,7 +432,7 @@ def test_a_service_with_a_long_history_is_listed_in_one_request_per_pass(
         put_table(wh, path, one_row(f"hour {ago} ago"))
     rows = service_rows(s3_warehouse)
     now = HOUR + timedelta(hours=12)  # DT and NEXT_DT are closed, the window starts at -36 h
-    before = seaweedfs.requests(bucket_of(wh))
+    before = settled(seaweedfs, wh)
     assert compact_warehouse(wh, now=now, lookback=timedelta(hours=48)) == 2 * 3
     # The heartbeats (the grace's floor), the ledger's folder (its expiry), two table roots,
     # the service's window, and per merged hour its fresh listing and the intent check.

@@ -1,4 +1,5 @@
-"""The Parquet encodings chosen per column, and that every reader reads them back the same."""
+"""The Parquet encodings chosen per column, and that every reader reads them back the same; what
+the warehouse's reads and deletes cost on S3, counted by the real server."""
 
 from __future__ import annotations
 
@@ -14,9 +15,17 @@ import pytest
 
 from aggregator.batch import records_table, route
 from aggregator.decode import records_batch, to_ipc
-from aggregator.storage import INT_DICTIONARY_MAX, put_table
+from aggregator.storage import (
+    INT_DICTIONARY_MAX,
+    delete_object,
+    fetch_object,
+    put_bytes,
+    put_table,
+)
 from athena.warehouse import open_warehouse
 from tests.aggregator.helpers import ENVOY_IMAGE, envoy_line, record
+from tests.aggregator.test_compaction_requests import bucket_of, requests_after, settled
+from tests.support.seaweedfs import SeaweedFS
 
 T0 = 1_795_860_000_000_000_000
 
@@ -98,3 +107,46 @@ def test_delete_objects_on_s3_deletes_every_one_and_skips_missing_ones(s3_wareho
     delete_objects(wh, [*paths, f"{wh.base}/t/never-written.parquet"])
     left = wh.fs.get_file_info(pafs.FileSelector(f"{wh.base}/t", allow_not_found=True))
     assert [i.path for i in left if i.type == pafs.FileType.File] == []
+
+
+@pytest.mark.integration
+@pytest.mark.s3
+def test_delete_object_on_s3_is_one_request_and_a_gone_one_is_fine(
+    seaweedfs: SeaweedFS, s3_warehouse: str
+) -> None:
+    """One DELETE, whether the object is there or gone already (pyarrow's ``delete_file`` sent
+    a HEAD, the DELETE and a PUT re-creating the folder marker; a HEAD alone for a gone one)."""
+    wh = open_warehouse(s3_warehouse)
+    path = f"{wh.base}/t/intent.json"
+    put_bytes(wh, path, b"{}")
+    for _ in range(2):  # there, then gone
+        before = settled(seaweedfs, wh)
+        delete_object(wh, path)
+        assert requests_after(seaweedfs, wh, before, None, 1) == 1
+        assert seaweedfs.requests(bucket_of(wh))["DELETE"] - before["DELETE"] == 1
+        assert wh.fs.get_file_info(path).type == pafs.FileType.NotFound
+
+
+@pytest.mark.integration
+@pytest.mark.s3
+def test_fetch_object_on_s3_is_one_get(seaweedfs: SeaweedFS, s3_warehouse: str) -> None:
+    """The whole object in one GET (pyarrow opened it with a HEAD first, even given its size);
+    a gone one raises FileNotFoundError, as pyarrow does; a local warehouse: None (read it
+    through pyarrow)."""
+    wh = open_warehouse(s3_warehouse)
+    path = f"{wh.base}/t/f.parquet"
+    body = bytes(range(256)) * 40
+    put_bytes(wh, path, body)
+    before = settled(seaweedfs, wh)
+    data = fetch_object(wh, path)
+    assert data is not None and data.to_pybytes() == body
+    assert requests_after(seaweedfs, wh, before, None, 1) == 1
+    assert seaweedfs.requests(bucket_of(wh))["GET"] - before["GET"] == 1
+    with pytest.raises(FileNotFoundError, match=r"t/gone\.parquet is no longer in s3://"):
+        fetch_object(wh, f"{wh.base}/t/gone.parquet")
+
+
+def test_fetch_object_leaves_a_local_warehouse_to_pyarrow(tmp_path: Path) -> None:
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    put_bytes(wh, wh.path("f.bin"), b"x")
+    assert fetch_object(wh, wh.path("f.bin")) is None
