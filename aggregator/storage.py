@@ -313,12 +313,12 @@ def _delete_batch(wh: Warehouse, client: Any, bucket: str, keys: list[str]) -> l
     """One DeleteObjects request (quiet: the answer lists only the keys that failed); return
     ``<bucket>/<key> (<code>: <message>)`` for each key the server refused.
 
-    A request that fails whole (a store without DeleteObjects or that wants what boto3 does
-    not send, a TLS setting only pyarrow's client has, a network error) falls back to one
+    A request refused whole by a store without DeleteObjects or that wants what boto3 does not
+    send, or failed on TLS (a certificate setting only pyarrow's client has), falls back to one
     delete per key (:func:`delete_object`: boto3's DeleteObject, else pyarrow's), so a merge's
     inputs never stay beside its output for want of a batch request; a store that refuses the
     request itself is not asked again."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, SSLError
 
     try:
         answer = client.delete_objects(
@@ -326,13 +326,20 @@ def _delete_batch(wh: Warehouse, client: Any, bucket: str, keys: list[str]) -> l
         )
     except (BotoCoreError, ClientError) as exc:
         code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
-        if code in _BATCH_UNSUPPORTED and wh.s3 not in _NO_BATCH_DELETE:
-            _NO_BATCH_DELETE.add(wh.s3)
-            log.warning(
-                "%s refuses DeleteObjects (%s): compaction deletes its inputs one request each",
-                wh.uri,
-                exc,
-            )
+        if code in _BATCH_UNSUPPORTED:
+            if wh.s3 not in _NO_BATCH_DELETE:
+                _NO_BATCH_DELETE.add(wh.s3)
+                log.warning(
+                    "%s refuses DeleteObjects (%s): compaction deletes its inputs one request each",
+                    wh.uri,
+                    exc,
+                )
+        elif not isinstance(exc, SSLError):
+            # Throttling (SlowDown), a server error, the network: a thousand single deletes
+            # would fare no better. The merge's intent stays; the next pass deletes them.
+            raise StorageError(
+                f"deleting {len(keys)} objects ({bucket}/{keys[0]}...) in {wh.uri} failed: {exc}"
+            ) from exc
         _delete_one_by_one(wh, [f"{bucket}/{k}" for k in keys])
         return []
     return [
@@ -363,7 +370,7 @@ def list_tree_after(wh: Warehouse, folder: str, after: str) -> list[pafs.FileInf
     one request per 1,000 objects listed: a service's last hours cost a request or two
     whatever the length of its history. Folder markers (keys ending in ``/``) are left out.
     """
-    if wh.s3 is None or not isinstance(wh.fs, pafs.S3FileSystem):
+    if wh.s3 is None or not isinstance(wh.fs, pafs.S3FileSystem) or wh.s3 in _NO_START_AFTER:
         return None
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -386,12 +393,33 @@ def list_tree_after(wh: Warehouse, folder: str, after: str) -> list[pafs.FileInf
                 )
     except (BotoCoreError, ClientError) as exc:
         # A store without StartAfter (S3 directory buckets), a TLS setting only pyarrow's client
-        # has, an outage: pyarrow's listing decides (and raises what it cannot list).
-        log.warning(
-            "listing %s in %s from %s failed (%s): listed hour by hour", folder, wh.uri, after, exc
-        )
+        # has, an outage: pyarrow's listing decides (and raises what it cannot list). A store
+        # that refuses the request is not asked again; each cause is logged once.
+        code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+        if code in _LISTING_UNSUPPORTED:
+            _NO_START_AFTER.add(wh.s3)
+        cause = (wh.s3, code or type(exc).__name__)
+        if cause not in _LISTING_FAILURES:
+            _LISTING_FAILURES.add(cause)
+            log.warning(
+                "listing %s in %s from %s failed (%s): compaction lists hour by hour",
+                folder,
+                wh.uri,
+                after,
+                exc,
+            )
         return None
     return infos
+
+
+#: Error codes of stores that do not take ListObjectsV2 with ``StartAfter``.
+_LISTING_UNSUPPORTED = frozenset(
+    {"InvalidArgument", "InvalidRequest", "NotImplemented", "MethodNotAllowed"}
+)
+#: The S3 settings whose store refused it: listed hour by hour from then on.
+_NO_START_AFTER: set[Any] = set()
+#: (settings, error code or exception name) already logged by :func:`list_tree_after`.
+_LISTING_FAILURES: set[tuple[Any, str]] = set()
 
 
 def list_parquet(wh: Warehouse, folder: str) -> list[pafs.FileInfo]:

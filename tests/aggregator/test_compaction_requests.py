@@ -560,7 +560,10 @@ class NoStartAfter:
 def test_a_store_without_start_after_is_listed_hour_by_hour(
     s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The window's one-request listing refused: the pass lists hour by hour and merges."""
+    """The window's one-request listing refused: the pass lists hour by hour and merges, and
+    the store is not asked again (nor logged about again) on the next pass."""
+    monkeypatch.setattr(storage, "_NO_START_AFTER", set())
+    monkeypatch.setattr(storage, "_LISTING_FAILURES", set())
     flush_files(s3_warehouse, files=6, rows_per_file=10, service="svc")
     rows = service_rows(s3_warehouse)
     wh = open_warehouse(s3_warehouse)
@@ -568,5 +571,33 @@ def test_a_store_without_start_after_is_listed_hour_by_hour(
     client = NoStartAfter(s3_client(wh.s3))
     monkeypatch.setattr(storage, "s3_client", lambda settings: client)
     assert compact_warehouse(wh, now=LATER, lookback=timedelta(hours=48)) == 12
-    assert client.calls >= 1  # it was asked, and refused
+    assert client.calls == 1  # asked once, refused
+    assert service_rows(s3_warehouse) == rows
+    assert compact_warehouse(wh, now=LATER, lookback=timedelta(hours=48)) == 0
+    assert client.calls == 1
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_a_throttled_batch_delete_is_left_to_the_next_pass(
+    s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SlowDown is no reason to send a thousand single deletes instead: the merge's delete
+    step fails (its intent stays, rows show twice meanwhile, none missing) and the next pass,
+    unthrottled, finishes it."""
+    monkeypatch.setattr(storage, "_NO_BATCH_DELETE", set())
+    flush_files(s3_warehouse, files=6, rows_per_file=10, service="svc")
+    rows = service_rows(s3_warehouse)
+    wh = open_warehouse(s3_warehouse)
+    assert wh.s3 is not None
+    real = s3_client(wh.s3)
+    throttled = RefusingBatches(real, code="SlowDown")
+    with monkeypatch.context() as patch, pytest.raises(CompactionFailed):
+        patch.setattr(storage, "s3_client", lambda settings: throttled)
+        compact_warehouse(wh, now=LATER, lookback=None)
+    assert throttled.calls == 2  # one batch per partition, no single deletes after it
+    twice = service_rows(s3_warehouse)
+    assert set(twice) == set(rows) and all(twice[r] == 2 for r in rows)
+    assert not storage._NO_BATCH_DELETE  # the store does take batches
+    compact_warehouse(wh, now=LATER, lookback=None)
     assert service_rows(s3_warehouse) == rows
