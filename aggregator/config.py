@@ -18,6 +18,7 @@ from typing import Any
 
 from aggregator.buffer import NODE_ID
 from aggregator.decode import BUFFER_COMPRESSIONS
+from aggregator.server import MAX_INFLIGHT_BYTES
 from athena.warehouse import resolve_uri
 from shipper.config import program_keys
 from shipper.wire import MAX_MESSAGE_ENTRIES
@@ -67,6 +68,10 @@ class Settings:
     """Entries one Forward message may hold (its memory grows with them, not with its bytes)."""
     max_connections: int = 1024
     """Connections beyond this are closed as soon as they are accepted."""
+    max_inflight_bytes: int = MAX_INFLIGHT_BYTES
+    """Bytes of Forward messages read and not yet durable, all connections together: past it
+    connections stop reading, in turn (aggregator/inflight.py); it bounds memory whatever the
+    number of clients sending at once."""
     idle_timeout: float = 600.0
     """A connection that sends nothing for this many seconds is closed."""
     tls_cert: str | None = None
@@ -141,6 +146,14 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
         {"type": int, "help": f"entries in one Forward message (default {MAX_MESSAGE_ENTRIES:,})"},
     ),
     ("--max-connections", {"type": int, "help": "concurrent connections (default 1024)"}),
+    (
+        "--max-inflight-bytes",
+        {
+            "type": int,
+            "help": "bytes of messages read and not yet durable, all connections together; "
+            "past it reading waits (default 256 MiB)",
+        },
+    ),
     ("--idle-timeout", {"type": float, "help": "close silent connections after (600 s)"}),
     ("--tls-cert", {"help": "PEM certificate: serve Forward over TLS"}),
     ("--tls-key", {"help": "PEM private key of --tls-cert"}),
@@ -271,7 +284,13 @@ def _check(s: Settings) -> None:
         )
     if s.warehouse is not None and not s.warehouse.strip():
         raise ConfigError("--warehouse is empty; pass a directory or s3://bucket/prefix")
-    for name in ("max_frame_bytes", "buffer_limit_bytes", "segment_bytes", "target_file_bytes"):
+    for name in (
+        "max_frame_bytes",
+        "buffer_limit_bytes",
+        "segment_bytes",
+        "target_file_bytes",
+        "max_inflight_bytes",
+    ):
         if int(getattr(s, name)) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of bytes")
     if s.buffer_compression not in BUFFER_COMPRESSIONS:

@@ -8,6 +8,8 @@ only then are their ``{"ack": chunk}`` replies written: an ack always means "dur
 
 Limits keep one client from hurting the others: ``--max-frame-bytes`` bounds what a connection
 may buffer (a larger message closes it), ``--max-connections`` and the idle timeout bound sockets,
+``--max-inflight-bytes`` bounds the bytes of messages read and not yet durable on all
+connections together (past it connections read no more, in turn: :mod:`aggregator.inflight`),
 a message (and the handshake) must arrive whole within the idle timeout of its first byte (a
 slowloris client trickling one byte at a time is closed, not kept forever), and while the
 buffer is over ``--buffer-limit-bytes`` no connection is read (backpressure: the senders keep
@@ -27,7 +29,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,12 +38,32 @@ import msgpack
 from aggregator.buffer import Buffer
 from aggregator.chunks import RecentChunks, chunk_key, frame_payload
 from aggregator.decode import decode, has_chunk
+from aggregator.inflight import InflightBytes, Share
 from aggregator.metrics import Metrics
 from shipper import wire
 
 log = logging.getLogger("logq.aggregator.server")
 
 READ_SIZE = 256 * 1024
+#: Read of a connection between messages: charged to the in-flight budget without waiting for
+#: room to be reserved (an idle connection must not hold any), so it is kept small.
+FIRST_READ = 64 * 1024
+#: ``StreamReader`` limit: asyncio reads a socket ahead until twice this is buffered, on every
+#: connection, outside the in-flight budget (so, per connection: 128 KiB plus one recv).
+STREAM_LIMIT = 64 * 1024
+#: Kernel receive buffer of each connection (``SO_RCVBUF``; Linux doubles it, capped by
+#: ``net.core.rmem_max``). Left to autotuning it grows to ``tcp_rmem``'s maximum (6-32 MiB):
+#: a thousand connections held back by the in-flight budget then queue gigabytes in the kernel,
+#: charged to the pod's memory cgroup, and drive TCP into memory pressure (dropped segments,
+#: senders backing off for minutes). 256 KiB still moves ~250 MB/s per connection at 1 ms RTT.
+SOCKET_RCVBUF = 128 * 1024
+#: A connection's unpacker keeps the buffer its largest message needed for as long as the
+#: connection lives (msgpack grows it, never shrinks it): between messages, past this many
+#: bytes fed, it is replaced by a new one (a Fluent Bit connection lives for hours).
+UNPACKER_RENEW_BYTES = 1024 * 1024
+#: Default of ``--max-inflight-bytes``: bytes of messages read and not yet durable, all
+#: connections together (docs/operations.md section 3, "memory").
+MAX_INFLIGHT_BYTES = 256 * 1024 * 1024
 HANDSHAKE_TIMEOUT = 30.0
 #: A connection left unread this long because the buffer is full is closed without reading
 #: what it sent since: its client (whose ack timeout should be longer: logq-shipper's is 30 s,
@@ -67,6 +89,9 @@ class ServerLimits:
     max_message_entries: int = wire.MAX_MESSAGE_ENTRIES
     """Entries one message may hold: its memory grows with them, not with its (compressed)
     bytes, so this, not ``max_frame_bytes``, bounds what one message costs."""
+    max_inflight_bytes: int = MAX_INFLIGHT_BYTES
+    """Bytes of messages read and not yet durable on all connections together: past it,
+    connections stop reading (TCP backpressure), in turn (:mod:`aggregator.inflight`)."""
 
     @property
     def max_decompressed_bytes(self) -> int:
@@ -102,6 +127,8 @@ class _Conn:
     early: bytes = b""
     """Bytes read ahead while the buffer was full (to see whether the client asks for acks),
     not fed to the unpacker yet."""
+    share: Share | None = None
+    """What this connection holds of the server's in-flight byte budget."""
 
     @property
     def client(self) -> str:
@@ -146,12 +173,20 @@ class ForwardServer:
         # by that rule: a connection going over it is closed.
         self._objects_soft = wire.message_objects(limits.max_message_entries)
         self._objects = wire.ObjectBudget(2 * self._objects_soft + READ_SIZE)
+        self.inflight = InflightBytes(limits.max_inflight_bytes, FIRST_READ)
+        """Bytes of messages read and not yet durable, all connections together."""
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(
-            self._accept, host, port, backlog=1024, ssl=self.ssl_context, limit=READ_SIZE
+            self._accept, host, port, backlog=1024, ssl=self.ssl_context, limit=STREAM_LIMIT
         )
+        for listening in self._server.sockets:  # accepted sockets inherit it
+            listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
         sock = self._server.sockets[0].getsockname()
+        log.info(
+            "at most %s bytes of messages in flight on all connections (--max-inflight-bytes)",
+            f"{self.inflight.limit:,}",
+        )
         return sock[0], sock[1]
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -188,7 +223,7 @@ class ForwardServer:
             self.metrics.connections_rejected.labels("max_connections").inc()
             writer.close()
             return
-        conn = _Conn(peer, task)
+        conn = _Conn(peer, task, share=self.inflight.share())
         self._conns[task] = conn
         self.metrics.connections.inc()
         try:
@@ -207,16 +242,20 @@ class ForwardServer:
         finally:
             if conn.budget is not None:
                 conn.budget.reset()  # its unfinished message is dropped with the connection
+            if conn.share is not None:
+                conn.share.close()
             self._conns.pop(task, None)
             self.metrics.connections.dec()
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), timeout=1)
 
-    async def _read(self, conn: _Conn, reader: asyncio.StreamReader, timeout: float) -> bytes:
+    async def _read(
+        self, conn: _Conn, reader: asyncio.StreamReader, timeout: float, size: int = READ_SIZE
+    ) -> bytes:
         conn.reading = True
         try:
-            return await asyncio.wait_for(reader.read(READ_SIZE), timeout=timeout)
+            return await asyncio.wait_for(reader.read(size), timeout=timeout)
         except TimeoutError:
             raise ConnectionClosed(f"idle for {timeout:.0f}s", "idle_timeout") from None
         finally:
@@ -247,11 +286,7 @@ class ForwardServer:
         conn.budget = wire.message_budget(
             self.limits.max_message_entries, self.limits.max_frame_bytes, self._objects
         )
-        unpacker = wire.new_unpacker(
-            self.limits.max_frame_bytes,
-            max_array_len=self.limits.max_message_entries,
-            budget=conn.budget,
-        )
+        unpacker = self._renew_unpacker(conn)
         if self.shared_key is not None:
             await self._handshake(conn, reader, writer, unpacker)
             if conn.fed > conn.boundary:  # messages sent right behind the PING
@@ -260,7 +295,7 @@ class ForwardServer:
         while not conn.stopping:
             await self._wait_for_space(conn, reader)
             await self._wait_for_objects(conn)
-            data, conn.early = conn.early or await self._read_next(conn, reader), b""
+            data = await self._read_next(conn, reader)
             if not data:
                 return
             if conn.boundary == conn.fed and data[:1] == b"[":
@@ -277,8 +312,21 @@ class ForwardServer:
                 )
             self._feed(unpacker, data)
             conn.fed += len(data)
+            del data  # a whole read: not kept while the messages in it are made durable
             await self._process(conn, unpacker, writer)
             _note_partial(conn, conn.boundary != conn.fed)
+            if conn.boundary == conn.fed > UNPACKER_RENEW_BYTES:
+                unpacker = self._renew_unpacker(conn)
+
+    def _renew_unpacker(self, conn: _Conn) -> msgpack.Unpacker:
+        """A fresh unpacker for a connection between messages (its old one holds a buffer as
+        large as the largest message it took, for good): the stream offsets start over."""
+        conn.fed = conn.boundary = 0
+        return wire.new_unpacker(
+            self.limits.max_frame_bytes,
+            max_array_len=self.limits.max_message_entries,
+            budget=conn.budget,
+        )
 
     async def _wait_for_space(self, conn: _Conn, reader: asyncio.StreamReader) -> None:
         """While the buffer is full, read nothing (TCP backpressure). A client that asks for
@@ -321,13 +369,16 @@ class ForwardServer:
             conn.partial_since = time.monotonic()
 
     def _first_unfinished(self, conn: _Conn) -> bool:
-        """Whether ``conn``'s unfinished message began before every other one."""
+        """Whether ``conn``'s unfinished message began before every other one. Told by the
+        in-flight budget's tickets, the order that budget lets the oldest message go in: the
+        two rules must agree on it, or each could hold the message the other lets go."""
+        ticket = conn.share.ticket if conn.share is not None else None
         started = [
-            c.partial_since
+            c.share.ticket
             for c in self._conns.values()
-            if c.budget is not None and c.budget.used and c.partial_since is not None
+            if c.budget is not None and c.budget.used and c.share and c.share.ticket is not None
         ]
-        return conn.partial_since is not None and conn.partial_since <= min(started)
+        return ticket is not None and ticket <= min(started, default=ticket)
 
     async def _asks_no_acks(self, conn: _Conn, reader: asyncio.StreamReader) -> bool:
         """Read what a new connection has sent (kept in ``conn.early``) and tell whether its
@@ -346,12 +397,39 @@ class ForwardServer:
         return isinstance(first, list) and not has_chunk(first)
 
     async def _read_next(self, conn: _Conn, reader: asyncio.StreamReader) -> bytes:
-        """The next bytes: within the idle timeout, or, while a message is unfinished, by the
+        """The next bytes (those read ahead first), in turn with the other connections (the
+        in-flight budget): within the idle timeout, or, while a message is unfinished, by the
         deadline its first byte set (see :meth:`_read_rest`)."""
+        assert conn.share is not None
+        if conn.early:
+            data, conn.early = conn.early, b""
+            conn.share.take(len(data))
+            return data
         idle = self.limits.idle_timeout
-        if conn.partial_since is None:
-            return await self._read(conn, reader, idle)
-        return await self._read_rest(conn, reader, conn.partial_since + idle)
+
+        async def read(size: int) -> bytes:
+            if conn.partial_since is None:
+                return await self._read(conn, reader, idle, size)
+            return await self._read_rest(conn, reader, conn.partial_since + idle, size)
+
+        return await self._read_in_turn(conn, read)
+
+    async def _read_in_turn(self, conn: _Conn, read: Callable[[int], Awaitable[bytes]]) -> bytes:
+        """``read(size)``, once the in-flight budget lets ``conn`` read: between messages
+        after waiting for room, charged for what it got; in the middle of one, with the read
+        reserved in turn (the oldest message always goes, so it finishes)."""
+        share = conn.share
+        assert share is not None
+        if conn.fed == conn.boundary:
+            await share.wait_for_room()
+            data = await read(FIRST_READ)
+            share.take(len(data))
+            return data
+        if await share.reserve(READ_SIZE) and conn.partial_since is not None:
+            conn.partial_since = time.monotonic()  # our pause, not the client's slowness
+        data = await read(READ_SIZE)
+        share.give_back(READ_SIZE - len(data))
+        return data
 
     async def _serve_json(
         self,
@@ -368,6 +446,7 @@ class ForwardServer:
         scanner = _JsonScanner(wire.message_objects(self.limits.max_message_entries))
         while True:
             self.metrics.bytes_in.inc(len(data))
+            conn.fed += len(data)
             pending += data
             if len(pending) > self.limits.max_frame_bytes:
                 raise ConnectionClosed(
@@ -391,17 +470,22 @@ class ForwardServer:
                 if messages:
                     parsed = 0
                     scanner.complete = False
-            if messages:
-                await self._process(conn, None, writer, messages)
             if not pending.strip():
                 pending = b""
+            conn.boundary = conn.fed - len(pending)
+            if messages:
+                await self._process(conn, None, writer, messages)
+            assert conn.share is not None
+            conn.share.keep(len(pending))  # also what was only whitespace
             _note_partial(conn, bool(pending))
             await self._wait_for_space(conn, reader)
             data = await self._read_next(conn, reader)
             if not data:
                 return
 
-    async def _read_rest(self, conn: _Conn, reader: asyncio.StreamReader, deadline: float) -> bytes:
+    async def _read_rest(
+        self, conn: _Conn, reader: asyncio.StreamReader, deadline: float, size: int = READ_SIZE
+    ) -> bytes:
         """Read more of an unfinished message, which must be complete by ``deadline``.
 
         Without it a client sending one byte just inside every idle timeout (slowloris) would
@@ -410,7 +494,7 @@ class ForwardServer:
         remaining = deadline - time.monotonic()
         if remaining > 0:
             with contextlib.suppress(ConnectionClosed):
-                return await self._read(conn, reader, remaining)
+                return await self._read(conn, reader, remaining, size)
         raise ConnectionClosed(
             f"a message still incomplete {self.limits.idle_timeout:.0f}s after its first byte "
             f"(slow client)",
@@ -443,52 +527,15 @@ class ForwardServer:
         messages: list[Any] | None = None,
     ) -> None:
         """Buffer the complete messages of ``unpacker`` (or the decoded JSON ``messages``),
-        then ack them in the connection's own encoding."""
-        entries: list[tuple[asyncio.Future[None] | None, str | None]] = []
-        error: ConnectionClosed | None = None
-        try:
-            for obj in messages if unpacker is None else wire.iter_messages(unpacker, conn.budget):
-                if unpacker is not None:
-                    conn.boundary = unpacker.tell()
-                batch, chunk, replaced = self._decode(obj)
-                wait = None
-                key = (
-                    chunk_key(chunk, batch, conn.client, by_text=replaced)
-                    if chunk and batch.num_rows
-                    else None
-                )
-                known, earlier = self.chunks.earlier(key) if key else (False, None)
-                if known:
-                    # A resend (its ack was lost): acked once the first copy is durable.
-                    self.metrics.records_in.inc(batch.num_rows)
-                    self.metrics.duplicates.inc(batch.num_rows)
-                    self.metrics.duplicate_chunks.inc()
-                    entries.append((earlier, chunk))
-                    conn.acks = True
-                    continue
-                if batch.num_rows:
-                    try:
-                        payload = frame_payload(batch, self.buffer_compression, key)
-                        wait = self.buffer.write(payload, chunk=key)
-                    except OSError as exc:  # disk full, I/O error: this frame was cut off
-                        error = _buffer_error(exc)
-                        break
-                    self.metrics.records_in.inc(batch.num_rows)
-                    if key:
-                        self.chunks.add(key, wait)
-                entries.append((wait, chunk))
-                conn.acks = bool(conn.acks) or chunk is not None
-        except wire.ObjectPoolFull as exc:
-            error = ConnectionClosed(str(exc), "objects_pool_full")
-        except wire.ProtocolError as exc:
-            reason = str(exc)
-            if exc.__cause__ is not None and not str(exc.__cause__):
-                reason += type(exc.__cause__).__name__  # msgpack errors can have no message
-            error = ConnectionClosed(f"not the Forward protocol: {reason}", "protocol_error")
+        then ack them in the connection's own encoding once durable, and give their bytes
+        back to the in-flight budget."""
+        entries, error = self._store(conn, unpacker, messages)
         # Ack, in order, what is durable before a bad message or a failed write: it is in the
         # buffer either way, and an unacked copy would be resent and stored twice.
         waits = [w for w, _ in entries if w is not None]
         results = await asyncio.gather(*waits, return_exceptions=True) if waits else []
+        assert conn.share is not None
+        conn.share.keep(conn.fed - conn.boundary)  # durable: only the unfinished message stays
         if waits and self.on_append:
             self.on_append()
         outcome = iter(results)
@@ -508,6 +555,68 @@ class ForwardServer:
             self.metrics.acks.inc(len(acks))
         if error is not None:
             raise error
+
+    def _store(
+        self, conn: _Conn, unpacker: msgpack.Unpacker | None, messages: list[Any] | None
+    ) -> tuple[list[tuple[asyncio.Future[None] | None, str | None]], ConnectionClosed | None]:
+        """Decode and append the complete messages: for each, its fsync future (None: nothing
+        to store) and its chunk, and the error that stopped them, if one did.
+
+        Apart from :meth:`_process` so that no decoded message, batch or frame outlives it:
+        they are garbage before the fsync is awaited (N connections waiting for it would
+        otherwise hold N messages, three times their wire size). ``messages`` is emptied."""
+        entries: list[tuple[asyncio.Future[None] | None, str | None]] = []
+        error: ConnectionClosed | None = None
+        try:
+            for obj in messages if unpacker is None else wire.iter_messages(unpacker, conn.budget):
+                if unpacker is not None:
+                    conn.boundary = unpacker.tell()
+                try:
+                    entries.append(self._store_one(conn, obj))
+                except ConnectionClosed as exc:  # the buffer write failed
+                    error = exc
+                    break
+        except wire.ObjectPoolFull as exc:
+            error = ConnectionClosed(str(exc), "objects_pool_full")
+        except wire.ProtocolError as exc:
+            reason = str(exc)
+            if exc.__cause__ is not None and not str(exc.__cause__):
+                reason += type(exc.__cause__).__name__  # msgpack errors can have no message
+            error = ConnectionClosed(f"not the Forward protocol: {reason}", "protocol_error")
+        if messages is not None:
+            messages.clear()
+        return entries, error
+
+    def _store_one(self, conn: _Conn, obj: Any) -> tuple[asyncio.Future[None] | None, str | None]:
+        """Decode one message and append it to the buffer (unless it is a resend of a chunk
+        stored recently): its fsync future (None: nothing stored) and its chunk; ConnectionClosed
+        when the buffer write failed."""
+        batch, chunk, replaced = self._decode(obj)
+        key = (
+            chunk_key(chunk, batch, conn.client, by_text=replaced)
+            if chunk and batch.num_rows
+            else None
+        )
+        known, earlier = self.chunks.earlier(key) if key else (False, None)
+        if known:
+            # A resend (its ack was lost): acked once the first copy is durable.
+            self.metrics.records_in.inc(batch.num_rows)
+            self.metrics.duplicates.inc(batch.num_rows)
+            self.metrics.duplicate_chunks.inc()
+            conn.acks = True
+            return earlier, chunk
+        wait = None
+        if batch.num_rows:
+            try:
+                payload = frame_payload(batch, self.buffer_compression, key)
+                wait = self.buffer.write(payload, chunk=key)
+            except OSError as exc:  # disk full, I/O error: this frame was cut off
+                raise _buffer_error(exc) from exc
+            self.metrics.records_in.inc(batch.num_rows)
+            if key:
+                self.chunks.add(key, wait)
+        conn.acks = bool(conn.acks) or chunk is not None
+        return wait, chunk
 
     async def _handshake(
         self,
@@ -534,7 +643,9 @@ class ForwardServer:
             if remaining <= 0:
                 raise slow
             try:
-                data = await self._read(conn, reader, remaining)
+                data = await self._read_in_turn(
+                    conn, lambda size: self._read(conn, reader, deadline - time.monotonic(), size)
+                )
             except ConnectionClosed:
                 raise slow from None
             if not data:
@@ -546,6 +657,8 @@ class ForwardServer:
             except wire.ProtocolError as exc:
                 raise ConnectionClosed(f"bad PING: {exc}", "handshake_failed") from None
         conn.boundary = unpacker.tell()
+        assert conn.share is not None
+        conn.share.keep(conn.fed - conn.boundary)  # the PING's bytes; messages behind it stay
         if not (isinstance(ping, list) and len(ping) >= 4 and ping[0] == "PING"):
             raise ConnectionClosed("expected PING after HELO", "handshake_failed")
         hostname, salt, digest = ping[1], ping[2], ping[3]

@@ -355,6 +355,7 @@ class Aggregator:
                 self.settings.max_connections,
                 self.settings.idle_timeout,
                 self.settings.max_message_entries,
+                max_inflight_bytes=self.settings.max_inflight_bytes,
             ),
             shared_key=self.settings.shared_key,
             ssl_context=ssl_ctx,
