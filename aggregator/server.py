@@ -583,6 +583,11 @@ class ForwardServer:
             if exc.__cause__ is not None and not str(exc.__cause__):
                 reason += type(exc.__cause__).__name__  # msgpack errors can have no message
             error = ConnectionClosed(f"not the Forward protocol: {reason}", "protocol_error")
+        except Exception as exc:  # a bug decoding one message: still ack those before it
+            log.exception("a message from %s could not be decoded", conn.peer)
+            error = ConnectionClosed(
+                f"unexpected error decoding a message: {exc!r}", "internal_error"
+            )
         if messages is not None:
             messages.clear()
         return entries, error

@@ -366,7 +366,8 @@ def time_to_ns(value: Any) -> int | None:
     if isinstance(value, float):
         if not (math.isfinite(value) and keepable_seconds(int(value))):
             return None
-        return int(value * NS_PER_SECOND)
+        ns = int(value * NS_PER_SECOND)  # 9223372036.9 s passes the seconds, not the int64
+        return ns if -(2**63) <= ns < 2**63 else None
     if isinstance(value, msgpack.ExtType):
         raise ProtocolError(f"unknown ext type {value.code} as event time")
     raise ProtocolError(f"event time must be EventTime or an integer, got {type(value).__name__}")

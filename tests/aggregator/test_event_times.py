@@ -46,6 +46,10 @@ BAD_TIMES: dict[str, tuple[Any, str]] = {
     "2^64-1": (2**64 - 1, str(2**64 - 1)),
     "float 1e20": (1e20, "1e+20"),
     "float 0.5": (0.5, "0.5"),
+    # Whole seconds within the int64 nanoseconds, the fraction past them (it raised
+    # OverflowError out of decode: the connection closed, durable messages unacked).
+    "float int64 max + 0.9 s": (MAX_S + 0.9, repr(MAX_S + 0.9)),
+    "float int64 min - 0.9 s": (-MAX_S - 0.9, repr(-MAX_S - 0.9)),
     "NaN": (float("nan"), "nan"),
     "inf": (float("inf"), "inf"),
     "-inf": (float("-inf"), "-inf"),

@@ -731,3 +731,51 @@ def test_server_refuses_hostile_unsized_blobs_and_stores_good_ones(tmp_path: Pat
     for _, reason in _HOSTILE_UNSIZED.values():
         assert re.search(reason, log), reason
     assert log.count("not the Forward protocol: ") == len(bad)
+
+
+def test_a_bug_decoding_one_message_still_acks_the_durable_ones_before_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An unexpected error decoding a message (a bug, e.g. R2's OverflowError of a float time
+    just past int64) closes that connection; the messages before it in the same read are
+    durable, and are acked first (unacked, their client would resend and store them twice)."""
+    import asyncio
+
+    import aggregator.server as server_module
+    from aggregator.metrics import Metrics
+    from aggregator.server import ForwardServer, ServerLimits
+    from tests.aggregator.test_inflight import HeldBuffer, _message
+
+    real = server_module.decode
+
+    def decode(obj: Any, *args: Any) -> Any:
+        if obj[0] == "logq.bug":
+            raise OverflowError("int too big to convert")
+        return real(obj, *args)
+
+    monkeypatch.setattr(server_module, "decode", decode)
+
+    async def scenario() -> list[str]:
+        buffer = HeldBuffer()
+        metrics = Metrics()
+        server = ForwardServer(buffer, metrics, ServerLimits())  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        bug = wire.encode_packed_forward("logq.bug", [(time.time_ns(), {"log": "x"})], chunk="b")
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(_message("first", 3) + _message("second", 3) + bug)
+            while len(buffer.waits) < 2:
+                await asyncio.sleep(0.01)
+            buffer.sync(0)
+            buffer.sync(1)
+            unpacker = wire.new_unpacker()
+            while data := await asyncio.wait_for(reader.read(4096), 30):
+                unpacker.feed(data)
+            writer.close()
+            acks = [wire.decode_ack(obj) for obj in unpacker]
+            assert metrics.connections_rejected.labels("internal_error")._value.get() == 1
+            return acks
+        finally:
+            await server.stop(grace=5)
+
+    assert asyncio.run(scenario()) == ["first", "second"]
