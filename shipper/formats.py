@@ -192,7 +192,7 @@ class TimeParser:
             if sec is not None:
                 if text[19] == ".":
                     frac = text[20:-1]
-                    if frac.isdigit():
+                    if frac.isdigit() and frac.isascii():
                         return sec * 1_000_000_000 + int(frac[:9].ljust(9, "0"))
                 elif len(text) == 20:
                     return sec * 1_000_000_000

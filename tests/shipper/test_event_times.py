@@ -132,6 +132,15 @@ def test_time_parser_caches_only_times_an_event_time_carries() -> None:
     assert tp.to_ns("2026-11-28T12:00:00Z") == T0_NS
 
 
+def test_a_fraction_of_non_ascii_digits_is_a_bad_time_not_an_error() -> None:
+    """``"²".isdigit()`` is true and ``int("²")`` raises: the fast path must not take it."""
+    tp = TimeParser()
+    tp.to_ns("2026-11-28T12:00:00Z")  # the second cached: the fast path is taken
+    assert tp.to_ns("2026-11-28T12:00:00.\u00b2Z") is None
+    out = feed(DockerParser(), docker_at("odd", "2026-11-28T12:00:00.\u00b2Z"))
+    assert out.bad_times == 1 and len(out.time_ns) == 1
+
+
 @pytest.mark.integration
 def test_shipper_once_ships_every_line_around_bad_times(
     tmp_path: Path, subprocess_env: dict[str, str]
