@@ -415,6 +415,26 @@ def test_without_a_region_in_the_environment_the_profile_names_it(
     assert S3Settings.from_env().region == "us-east-1"
 
 
+def test_without_a_config_file_the_region_lookup_imports_no_botocore(tmp_path: Path) -> None:
+    """The CLI's start-up on an S3 warehouse does not pay ~0.3 s for botocore to learn that
+    there is no profile."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["AWS_CONFIG_FILE"] = str(tmp_path / "none")
+    code = (
+        "import sys; from athena.warehouse import open_warehouse; "
+        "wh = open_warehouse('s3://bucket/wh'); "
+        "print(wh.s3.region, 'botocore' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["us-east-1", "False"]
+
+
 @pytest.mark.s3
 @pytest.mark.integration
 def test_a_service_with_a_long_history_is_listed_in_one_request_per_pass(
