@@ -71,6 +71,8 @@ log = logging.getLogger("logq.aggregator")
 CLOCK_WARNING_SECONDS = 600.0
 
 SHUTDOWN_FLUSH_SECONDS = 60.0
+#: A second stop request this soon after the first is taken as the same one, delivered twice.
+STOP_REPEAT_IGNORED_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0
 #: How long a stop waits for a DDL update under way (the DDL is rewritten at the next start).
 CATALOG_STOP_SECONDS = 15.0
@@ -233,6 +235,8 @@ class Aggregator:
         self.catalog = Catalog(self.warehouse, settings)
         self._flush_now = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._clock: Callable[[], float] = time.monotonic  # tests move it
+        self._stop_requested_at = 0.0
         self._flush_lock = asyncio.Lock()
         self._size_seal: asyncio.Task[None] | None = None
         self._catalog_task: asyncio.Task[None] | None = None
@@ -459,9 +463,16 @@ class Aggregator:
 
     def _stop_requested(self) -> None:
         """SIGTERM/SIGINT: a clean stop; a second one exits at once, as people expect of a
-        second Ctrl-C (a stop can wait up to a minute for a warehouse that refuses data)."""
+        second Ctrl-C (a stop can wait up to a minute for a warehouse that refuses data). A
+        repeat within :data:`STOP_REPEAT_IGNORED_SECONDS` is the same request delivered twice
+        (a wrapper forwarding the signal its process group also got), not a second one."""
+        now = self._clock()
         if not self._stopping.is_set():
+            self._stop_requested_at = now
             self.stop()
+            return
+        if now - self._stop_requested_at < STOP_REPEAT_IGNORED_SECONDS:
+            log.info("stop requested again at once: taken as the same request")
             return
         self._exit_at_once()
 
