@@ -88,7 +88,9 @@ def chunk_key(chunk: str, batch: pa.RecordBatch, client: str, by_text: bool = Fa
 
     ``by_text``: some event times of the message were replaced by the receive time (they could
     not be kept as sent), which a resend would not repeat: the first and last lines stand in
-    for the first and last times."""
+    for the first and last times. So two sends of the same lines under the same content-hash
+    chunk id (Fluent Bit's ids are hashes) by a client without a clock count as one: the
+    price of not storing its resends twice."""
     column = batch.column(KEY_LOG if by_text else "time_ns")
     tag = batch.column("tag")[0].as_py()
     first, last = column[0].as_py(), column[-1].as_py()
