@@ -93,6 +93,23 @@ class Metrics:
         self.buffer_bytes = Gauge(
             "logq_aggregator_buffer_bytes", "Bytes in the durable buffer", registry=r
         )
+        self.inflight_bytes = Gauge(
+            "logq_aggregator_inflight_bytes",
+            "Bytes of Forward messages read and not yet durable, across connections (bounded by "
+            "--max-inflight-bytes)",
+            registry=r,
+        )
+        self.inflight_waiting = Gauge(
+            "logq_aggregator_inflight_waiting_connections",
+            "Connections waiting for room in the in-flight budget (--max-inflight-bytes)",
+            registry=r,
+        )
+        self.inflight_closed = Counter(
+            "logq_aggregator_inflight_wait_closed_total",
+            "Connections closed unread after waiting too long for the in-flight budget (their "
+            "clients resend later or elsewhere)",
+            registry=r,
+        )
         self.backpressure = Counter(
             "logq_aggregator_backpressure_total",
             "Times reading stopped because the buffer was full",

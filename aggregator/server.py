@@ -70,6 +70,10 @@ HANDSHAKE_TIMEOUT = 30.0
 #: Fluentd's 190 s) resends later or elsewhere, and no copy of those batches stays behind here to
 #: be stored a second time once the buffer drains.
 BACKPRESSURE_CLOSE_SECONDS = 10.0
+#: An unfinished message that gets no byte for this long while other connections wait for the
+#: in-flight budget is closed (its connection is the one the budget lets read first). Shorter
+#: than BACKPRESSURE_CLOSE_SECONDS, the longest those others wait.
+MESSAGE_STALL_SECONDS = 5.0
 STOP_DRAIN_SECONDS = 0.3
 
 
@@ -175,6 +179,8 @@ class ForwardServer:
         self._objects = wire.ObjectBudget(2 * self._objects_soft + READ_SIZE)
         self.inflight = InflightBytes(limits.max_inflight_bytes, FIRST_READ)
         """Bytes of messages read and not yet durable, all connections together."""
+        metrics.inflight_bytes.set_function(lambda: self.inflight.used)
+        metrics.inflight_waiting.set_function(lambda: self.inflight.waiting)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(
@@ -410,7 +416,21 @@ class ForwardServer:
         async def read(size: int) -> bytes:
             if conn.partial_since is None:
                 return await self._read(conn, reader, idle, size)
-            return await self._read_rest(conn, reader, conn.partial_since + idle, size)
+            deadline = conn.partial_since + idle
+            while time.monotonic() + MESSAGE_STALL_SECONDS < deadline:
+                # While others wait for the budget, an unfinished message must keep coming, or
+                # one stalled client would hold every other one up to --idle-timeout.
+                try:
+                    return await self._read(conn, reader, MESSAGE_STALL_SECONDS, size)
+                except ConnectionClosed:
+                    if self.inflight.waiting:
+                        raise ConnectionClosed(
+                            f"no byte of its unfinished message for {MESSAGE_STALL_SECONDS:.0f}s "
+                            "while other connections wait for the in-flight budget (slow "
+                            "client)",
+                            "slow_client",
+                        ) from None
+            return await self._read_rest(conn, reader, deadline, size)
 
         return await self._read_in_turn(conn, read)
 
@@ -421,15 +441,33 @@ class ForwardServer:
         share = conn.share
         assert share is not None
         if conn.fed == conn.boundary:
-            await share.wait_for_room()
+            await self._in_turn(conn, share.wait_for_room())
             data = await read(FIRST_READ)
             share.take(len(data))
             return data
-        if await share.reserve(READ_SIZE) and conn.partial_since is not None:
+        if await self._in_turn(conn, share.reserve(READ_SIZE)) and conn.partial_since is not None:
             conn.partial_since = time.monotonic()  # our pause, not the client's slowness
         data = await read(READ_SIZE)
         share.give_back(READ_SIZE - len(data))
         return data
+
+    async def _in_turn(self, conn: _Conn, turn: Awaitable[bool | None]) -> bool | None:
+        """Wait for the in-flight budget's ``turn``. A client that asks for acks gives up on a
+        message it gets no ack for (logq-shipper after 30 s) and sends it elsewhere, while its
+        bytes still wait in this socket: read later, they would be stored twice. So, like a
+        full buffer, a wait past BACKPRESSURE_CLOSE_SECONDS closes such a connection unread
+        (its message is resent later or elsewhere); one that never asks for acks waits."""
+        timeout = None if conn.acks is False else BACKPRESSURE_CLOSE_SECONDS
+        try:
+            return await asyncio.wait_for(turn, timeout)
+        except TimeoutError:
+            self.metrics.inflight_closed.inc()
+            raise ConnectionClosed(
+                f"waited {BACKPRESSURE_CLOSE_SECONDS:.0f}s for the in-flight budget "
+                f"(--max-inflight-bytes {self.inflight.limit}, {self.inflight.waiting} "
+                "connections waiting): closed unread, the client resends later or elsewhere",
+                "backpressure",
+            ) from None
 
     async def _serve_json(
         self,
@@ -648,11 +686,14 @@ class ForwardServer:
             if remaining <= 0:
                 raise slow
             try:
-                data = await self._read_in_turn(
-                    conn, lambda size: self._read(conn, reader, deadline - time.monotonic(), size)
-                )
+                # Not queued for the in-flight budget, only charged: a PING is a few hundred
+                # bytes, and a wait there would run out its deadline (a rush of clients with a
+                # shared key would all fail the handshake while the budget is full).
+                data = await self._read(conn, reader, remaining, FIRST_READ)
             except ConnectionClosed:
                 raise slow from None
+            assert conn.share is not None
+            conn.share.take(len(data))
             if not data:
                 raise ConnectionClosed("closed during the handshake", "handshake_failed")
             self._feed(unpacker, data)

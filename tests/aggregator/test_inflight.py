@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+import aggregator.server as server_mod
 from aggregator.config import ConfigError, add_serve_flags, load_settings
 from aggregator.inflight import InflightBytes
 from aggregator.metrics import Metrics
@@ -304,3 +305,127 @@ def test_the_budget_is_a_flag_and_a_config_key(tmp_path: Path) -> None:
     assert settings.max_inflight_bytes == 1 << 20
     with pytest.raises(ConfigError, match="--max-inflight-bytes must be a positive number"):
         load_settings(parser.parse_args(["--max-inflight-bytes", "0"]))
+
+
+def _rejected(metrics: Metrics, label: str) -> float:
+    return metrics.connections_rejected.labels(label)._value.get()
+
+
+def test_a_connection_asking_for_acks_is_closed_unread_after_waiting_too_long(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its client gives up on an unacked message and resends it elsewhere, while its bytes
+    still wait in this socket: read once the budget has room, they would be stored twice. So a
+    wait past BACKPRESSURE_CLOSE_SECONDS closes it unread, as a full buffer does."""
+    monkeypatch.setattr(server_mod, "BACKPRESSURE_CLOSE_SECONDS", 0.5)
+
+    async def scenario() -> None:
+        buffer = HeldBuffer()
+        metrics = Metrics()
+        server = ForwardServer(buffer, metrics, ServerLimits(max_inflight_bytes=FIRST_READ))  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            r1, w1 = await asyncio.open_connection(host, port)
+            w1.write(_message("big", 1500))
+            await _until(lambda: len(buffer.frames) == 1)  # appended, not durable: budget full
+            r2, w2 = await asyncio.open_connection(host, port)
+            w2.write(_message("given-up", 10))
+            await w2.drain()
+            assert await asyncio.wait_for(r2.read(), 30) == b""  # closed, nothing acked
+            assert _rejected(metrics, "backpressure") == 1
+            assert metrics.inflight_closed._value.get() == 1
+            buffer.sync(0)
+            assert await _ack(r1) == "big"
+            await asyncio.sleep(0.2)
+            assert len(buffer.frames) == 1  # the given-up message was never read
+            for writer in (w1, w2):
+                writer.close()
+        finally:
+            await server.stop(grace=5)
+
+    _run(scenario())
+
+
+def test_a_handshake_is_not_queued_behind_a_full_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PING sent at once gets its PONG while the budget is full (it waited for the budget
+    past the handshake deadline and was refused as a slow client: a rush of shared-key
+    clients would all fail)."""
+    monkeypatch.setattr(server_mod, "HANDSHAKE_TIMEOUT", 1.0)
+
+    async def handshake(host: str, port: int) -> tuple[asyncio.StreamReader, Any, Any]:
+        reader, writer = await asyncio.open_connection(host, port)
+        unpacker = wire.new_unpacker()
+        helo = None
+        while helo is None:
+            unpacker.feed(await reader.read(4096))
+            helo = next(unpacker, None)
+        writer.write(wire.encode_ping("client", b"salt", helo[1]["nonce"], "k"))
+        return reader, writer, unpacker
+
+    async def pong(reader: asyncio.StreamReader, unpacker: Any) -> Any:
+        while (obj := next(unpacker, None)) is None:
+            data = await asyncio.wait_for(reader.read(4096), 30)
+            if not data:
+                return "closed"
+            unpacker.feed(data)
+        return obj
+
+    async def scenario() -> None:
+        buffer = HeldBuffer()
+        metrics = Metrics()
+        limits = ServerLimits(max_inflight_bytes=FIRST_READ)
+        server = ForwardServer(buffer, metrics, limits, shared_key="k")  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            r1, w1, u1 = await handshake(host, port)
+            assert (await pong(r1, u1))[:2] == ["PONG", True]
+            w1.write(_message("big", 1500))
+            await _until(lambda: len(buffer.frames) == 1)  # the budget is full
+            r2, w2, u2 = await handshake(host, port)
+            await asyncio.sleep(1.5)  # past HANDSHAKE_TIMEOUT with the budget still full
+            buffer.sync(0)
+            assert (await pong(r2, u2))[:2] == ["PONG", True]
+            assert _rejected(metrics, "slow_client") == 0
+            for writer in (w1, w2):
+                writer.close()
+        finally:
+            await server.stop(grace=5)
+
+    _run(scenario())
+
+
+def test_a_stalled_message_does_not_hold_the_others_up_to_the_idle_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The message the budget lets read first stops coming half-way: while others wait, it is
+    closed after MESSAGE_STALL_SECONDS without a byte, not after --idle-timeout."""
+    monkeypatch.setattr(server_mod, "MESSAGE_STALL_SECONDS", 0.5)
+
+    class DurableBuffer(HeldBuffer):
+        def write(self, payload: bytes, chunk: bytes | None = None) -> asyncio.Future[None]:
+            wait = super().write(payload, chunk)
+            wait.set_result(None)
+            return wait
+
+    async def scenario() -> None:
+        buffer = DurableBuffer()
+        metrics = Metrics()
+        limits = ServerLimits(max_inflight_bytes=4 * FIRST_READ, idle_timeout=600.0)
+        server = ForwardServer(buffer, metrics, limits)  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            stalled = _message("stalled", 3000)
+            r1, w1 = await asyncio.open_connection(host, port)
+            w1.write(stalled[: len(stalled) // 2])  # half a message, then nothing
+            await _until(lambda: server.inflight.used >= 4 * FIRST_READ)
+            r2, w2 = await asyncio.open_connection(host, port)
+            w2.write(_message("small", 5))
+            assert await asyncio.wait_for(_ack(r2), 30) == "small"
+            assert _rejected(metrics, "slow_client") == 1
+            assert await asyncio.wait_for(r1.read(), 30) == b""
+            for writer in (w1, w2):
+                writer.close()
+        finally:
+            await server.stop(grace=5)
+
+    _run(scenario())
