@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/offsets.py
 	$(BIN)/python bench/compact.py
 	$(BIN)/python bench/churn.py
+	$(BIN)/python bench/herd.py
 
 clean:
 	rm -rf $(VENV) logq-warehouse .pytest_cache
