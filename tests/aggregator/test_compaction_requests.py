@@ -486,22 +486,23 @@ def test_the_window_listed_from_its_first_hour_keeps_its_edges(s3_warehouse: str
     assert entries(wh, folders["open"]) == ["n-0.parquet", "n-1.parquet"]
 
 
-class RefusingBatches:
-    """A store that refuses DeleteObjects as boto3 1.36+ sends it (MinIO releases, Ceph, OVH:
-    ``MissingContentMD5``); every other request goes to the real server."""
+class Refuses:
+    """The warehouse's S3 client in front of a store that refuses one request whole with
+    ``code`` (every other request goes to the real server): DeleteObjects as boto3 1.36+ sends
+    it (MinIO releases, Ceph, OVH: ``MissingContentMD5``), a listing with ``StartAfter`` (S3
+    directory buckets), or throttling."""
 
-    def __init__(self, real: Any, code: str = "MissingContentMD5") -> None:
-        self.real, self.code, self.calls = real, code, 0
+    def __init__(self, real: Any, method: str, code: str) -> None:
+        self.real, self.method, self.code, self.calls = real, method, code, 0
 
-    def delete_objects(self, **_: Any) -> dict:
+    def _refuse(self, *_: Any, **__: Any) -> Any:
         from botocore.exceptions import ClientError
 
         self.calls += 1
-        error = {"Code": self.code, "Message": "Missing required header: Content-Md5."}
-        raise ClientError({"Error": error}, "DeleteObjects")
+        raise ClientError({"Error": {"Code": self.code, "Message": "refused"}}, self.method)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
+        return self._refuse if name == self.method else getattr(self.real, name)
 
 
 @pytest.mark.s3
@@ -516,7 +517,7 @@ def test_a_store_without_batch_deletes_still_gets_every_merge_finished(
     rows = service_rows(s3_warehouse)
     wh = open_warehouse(s3_warehouse)
     assert wh.s3 is not None
-    client = RefusingBatches(s3_client(wh.s3))
+    client = Refuses(s3_client(wh.s3), "delete_objects", "MissingContentMD5")
     monkeypatch.setattr(storage, "s3_client", lambda settings: client)
     assert compact_warehouse(wh, now=LATER, lookback=None) == 12  # both hours, one pass
     assert client.calls == 1  # the second merge deleted one by one without asking again
@@ -558,23 +559,6 @@ def test_delete_objects_carries_a_content_md5_of_its_body(s3_warehouse: str) -> 
     assert entries(wh, f"{wh.base}/md5") == []
 
 
-class NoStartAfter:
-    """A store whose listing refuses ``StartAfter`` (S3 directory buckets)."""
-
-    def __init__(self, real: Any) -> None:
-        self.real, self.calls = real, 0
-
-    def get_paginator(self, name: str) -> Any:
-        from botocore.exceptions import ClientError
-
-        self.calls += 1
-        error = {"Code": "InvalidArgument", "Message": "StartAfter is not supported"}
-        raise ClientError({"Error": error}, "ListObjectsV2")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
-
-
 @pytest.mark.s3
 @pytest.mark.integration
 def test_a_store_without_start_after_is_listed_hour_by_hour(
@@ -588,7 +572,7 @@ def test_a_store_without_start_after_is_listed_hour_by_hour(
     rows = service_rows(s3_warehouse)
     wh = open_warehouse(s3_warehouse)
     assert wh.s3 is not None
-    client = NoStartAfter(s3_client(wh.s3))
+    client = Refuses(s3_client(wh.s3), "get_paginator", "InvalidArgument")
     monkeypatch.setattr(storage, "s3_client", lambda settings: client)
     assert compact_warehouse(wh, now=LATER, lookback=timedelta(hours=48)) == 12
     assert client.calls == 1  # asked once, refused
@@ -611,7 +595,7 @@ def test_a_throttled_batch_delete_is_left_to_the_next_pass(
     wh = open_warehouse(s3_warehouse)
     assert wh.s3 is not None
     real = s3_client(wh.s3)
-    throttled = RefusingBatches(real, code="SlowDown")
+    throttled = Refuses(real, "delete_objects", "SlowDown")
     with monkeypatch.context() as patch, pytest.raises(CompactionFailed):
         patch.setattr(storage, "s3_client", lambda settings: throttled)
         compact_warehouse(wh, now=LATER, lookback=None)
