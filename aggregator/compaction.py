@@ -68,15 +68,16 @@ room before it writes its intent. ``hold`` is asked before each partition, for o
 something to merge once a merge slot is free, right before it starts: once it says stop, the
 merges under way finish and no other starts.
 
-A pass lists what its window holds, never a service's whole history. On S3, a window of at
-most 96 hours (the usual 48-hour lookback) is listed in one go per service folder, from its
-first hour on (ListObjectsV2 ``StartAfter``: one request per 1,000 objects, usually one for a
-compacted window whatever the history before it: an idle pass over 500 services x 2 tables is
-1,000 LISTs, not 49,000). Otherwise each service folder is listed without recursion for its
-hour folders (on S3 one request per 1,000 hours), then only the hours within the window are
-listed, 32 at a time; a young service, whose hours are nearly all within the window (at most 96
-hours in all), is listed whole instead, recursively (one request per 1,000 objects: an idle pass
-over 200 young services x 48 hours x 2 tables is 800 LISTs, not 19,200). Entries of hours
+A pass lists what its window holds, never a service's whole history. Each service folder is
+listed without recursion for its hour folders first (pyarrow; on S3 one request per 1,000
+hours). A young service, whose hours are nearly all within the window (at most 96 hours in
+all), is then listed whole, recursively (one request per 1,000 objects: an idle pass over 200
+young services x 48 hours x 2 tables is 800 LISTs, not 19,200). A longer history is listed, on
+S3 with a window of at most 96 hours (the usual 48-hour lookback), from the window's first hour
+on (ListObjectsV2 ``StartAfter``, through boto3: one request per 1,000 objects, whatever the
+history before it: 2 LISTs per service folder, not 49); otherwise only the hours within the
+window are listed, 32 at a time. (botocore parses a listing in Python, several times pyarrow's
+cost per object: young services, where it would save no request, stay on pyarrow.) Entries of hours
 outside the window are dropped as soon as they are listed.
 A partition with no intent and fewer than two small files there (the usual state of a compacted
 hour) is left at that: no other request. Any other is listed again, fresh, and that listing
@@ -862,10 +863,12 @@ def _list_service(
 ) -> list[_Partition]:
     """The closed partitions of the service ``folder`` within ``lookback``, in order: with
     their entries when the folder was listed whole (:func:`_recurse`) or from the window's
-    first hour on (:func:`_list_window`), else to be listed."""
-    listed = _list_window(wh, folder, now, grace, lookback)
-    if listed is not None:
-        return listed
+    first hour on (:func:`_list_window`), else to be listed.
+
+    The hour folders are listed first (pyarrow: one request per 1,000 hours). A young service
+    is then listed whole, also by pyarrow; only a longer history is listed from the window's
+    first hour with boto3 (one request instead of one per hour; botocore parses each object
+    listed in Python, several times pyarrow's cost, which the young ones need not pay)."""
     hours = [
         info.base_name
         for info in list_folder(wh, folder)
@@ -875,6 +878,9 @@ def _list_service(
     if not wanted:
         return []
     if not _recurse(len(wanted), len(hours)):
+        listed = _list_window(wh, folder, now, grace, lookback)
+        if listed is not None:
+            return listed
         return [(f"{folder}/{part}", None) for part in wanted]
     # Entries of the other hours are dropped at once: only the window's are kept.
     entries = _by_partition(folder, list_tree(wh, folder), set(wanted))

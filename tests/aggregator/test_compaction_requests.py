@@ -441,9 +441,9 @@ def test_a_service_with_a_long_history_is_listed_in_one_request_per_pass(
     seaweedfs: SeaweedFS, s3_warehouse: str
 ) -> None:
     """A service with 100 compacted hours before the 48-hour window and 20 within it, and two
-    to merge: the pass lists the window from its first hour on in one request (was one for
-    the hour folders and one per hour in the window: 23 here), merges both hours and leaves
-    the history alone."""
+    to merge: the pass lists its hour folders, then the window from its first hour on in one
+    request (was one per hour in the window: 22 here), merges both hours and leaves the
+    history alone."""
     flush_files(s3_warehouse, files=3, rows_per_file=10, service="old")
     wh = open_warehouse(s3_warehouse)
     for ago in [*range(8, 28), *range(60, 160)]:  # 20 hours in the window, 100 before it
@@ -455,8 +455,9 @@ def test_a_service_with_a_long_history_is_listed_in_one_request_per_pass(
     before = settled(seaweedfs, wh)
     assert compact_warehouse(wh, now=now, lookback=timedelta(hours=48)) == 2 * 3
     # The heartbeats (the grace's floor), the ledger's folder (its expiry), two table roots,
-    # the service's window, and per merged hour its fresh listing and the intent check.
-    assert requests_after(seaweedfs, wh, before, "LIST", 9) == 1 + 1 + 2 + 1 + 2 * 2
+    # the service's hour folders and its window, and per merged hour its fresh listing and the
+    # intent check.
+    assert requests_after(seaweedfs, wh, before, "LIST", 10) == 1 + 1 + 2 + 2 + 2 * 2
     assert service_rows(s3_warehouse) == rows
     for dt in (DT, NEXT_DT):
         names = entries(wh, wh.path(partition_path("container_logs", "old", dt)))
@@ -569,8 +570,13 @@ def test_a_store_without_start_after_is_listed_hour_by_hour(
     monkeypatch.setattr(storage, "_NO_START_AFTER", set())
     monkeypatch.setattr(storage, "_LISTING_FAILURES", set())
     flush_files(s3_warehouse, files=6, rows_per_file=10, service="svc")
-    rows = service_rows(s3_warehouse)
     wh = open_warehouse(s3_warehouse)
+    for ago in range(60, 160):  # a long history: the window is not listed with the folder
+        dt = (HOUR - timedelta(hours=ago)).strftime(DT_FORMAT)
+        put_table(
+            wh, wh.path(partition_path("container_logs", "svc", dt), "c-x.parquet"), one_row(dt)
+        )
+    rows = service_rows(s3_warehouse)
     assert wh.s3 is not None
     client = Refuses(s3_client(wh.s3), "get_paginator", "InvalidArgument")
     monkeypatch.setattr(storage, "s3_client", lambda settings: client)
