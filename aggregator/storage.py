@@ -159,6 +159,12 @@ def _boto3_failed(wh: Warehouse, what: str, exc: Exception) -> None:
     log.log(level, "%s in %s through boto3 failed (%s): pyarrow sends it", what, wh.uri, exc)
 
 
+def _with_boto3(wh: Warehouse) -> bool:
+    """Whether ``wh`` is an S3 warehouse :func:`open_warehouse` built, whose settings also build
+    the boto3 client (elsewhere: a local disk, or a filesystem built by someone else)."""
+    return wh.s3 is not None and isinstance(wh.fs, pafs.S3FileSystem)
+
+
 def _error_code(exc: Any) -> str:
     """The S3 error code of a botocore ``ClientError`` (``NoSuchKey``, ``404``, ...)."""
     return str(exc.response.get("Error", {}).get("Code", ""))
@@ -169,7 +175,7 @@ def _deleted_with_boto3(wh: Warehouse, path: str) -> bool:
     success; a store answering NoSuchKey is taken at its word: gone). False where pyarrow
     must delete instead: a local disk, a filesystem :func:`open_warehouse` did not build, or
     a request that failed (a TLS setting only pyarrow's client has, a network error)."""
-    if wh.s3 is None or not isinstance(wh.fs, pafs.S3FileSystem):
+    if not _with_boto3(wh):
         return False
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -199,7 +205,7 @@ def fetch_object(wh: Warehouse, path: str) -> pa.Buffer | None:
 
     Raises FileNotFoundError when the object is gone, as pyarrow does.
     """
-    if wh.s3 is None or not isinstance(wh.fs, pafs.S3FileSystem):
+    if not _with_boto3(wh):
         return None
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -236,12 +242,7 @@ def delete_objects(wh: Warehouse, paths: list[str]) -> None:
     Elsewhere (a local disk, or a filesystem :func:`open_warehouse` did not build) one request
     per path, :data:`DELETE_PARALLEL` at a time on S3.
     """
-    if (
-        wh.s3 is not None
-        and isinstance(wh.fs, pafs.S3FileSystem)
-        and len(paths) > 1
-        and wh.s3 not in _NO_BATCH_DELETE
-    ):
+    if _with_boto3(wh) and len(paths) > 1 and wh.s3 not in _NO_BATCH_DELETE:
         _delete_batched(wh, s3_client(wh.s3), paths)
         return
     _delete_one_by_one(wh, paths)
@@ -325,7 +326,7 @@ def _delete_batch(wh: Warehouse, client: Any, bucket: str, keys: list[str]) -> l
             Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True}
         )
     except (BotoCoreError, ClientError) as exc:
-        code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+        code = _error_code(exc) if isinstance(exc, ClientError) else ""
         if code in _BATCH_UNSUPPORTED:
             if wh.s3 not in _NO_BATCH_DELETE:
                 _NO_BATCH_DELETE.add(wh.s3)
@@ -370,7 +371,7 @@ def list_tree_after(wh: Warehouse, folder: str, after: str) -> list[pafs.FileInf
     one request per 1,000 objects listed: a service's last hours cost a request or two
     whatever the length of its history. Folder markers (keys ending in ``/``) are left out.
     """
-    if wh.s3 is None or not isinstance(wh.fs, pafs.S3FileSystem) or wh.s3 in _NO_START_AFTER:
+    if not _with_boto3(wh) or wh.s3 in _NO_START_AFTER:
         return None
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -395,7 +396,7 @@ def list_tree_after(wh: Warehouse, folder: str, after: str) -> list[pafs.FileInf
         # A store without StartAfter (S3 directory buckets), a TLS setting only pyarrow's client
         # has, an outage: pyarrow's listing decides (and raises what it cannot list). A store
         # that refuses the request is not asked again; each cause is logged once.
-        code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+        code = _error_code(exc) if isinstance(exc, ClientError) else ""
         if code in _LISTING_UNSUPPORTED:
             _NO_START_AFTER.add(wh.s3)
         cause = (wh.s3, code or type(exc).__name__)

@@ -3,6 +3,7 @@ read back what it wrote."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import socket
@@ -186,3 +187,15 @@ def wait_rows(warehouse: str, table: str, rows: int, proc: AggregatorProc, timeo
 
 
 __all__ = ["log_tail"]
+
+
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    """``GET path`` on 127.0.0.1:``port`` (the metrics server): its status and body, read from
+    the test's own event loop (an aggregator running in it must keep serving meanwhile)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    response = (await reader.read()).decode()
+    writer.close()
+    head, _, body = response.partition("\r\n\r\n")
+    return int(head.split()[1]), body

@@ -29,7 +29,7 @@ from aggregator.config import Settings
 from aggregator.ledger import entry_name
 from aggregator.service import GuardedBuffer
 from shipper import wire
-from tests.aggregator.helpers import read_table, record
+from tests.aggregator.helpers import http_get, read_table, record
 from tests.aggregator.test_flusher import data_files, make_flusher, write_segment
 
 MIB = 1024 * 1024
@@ -205,16 +205,6 @@ async def _ack(port: int, chunk: str, text: str) -> dict[str, Any]:
         writer.close()
 
 
-async def _get(port: int, path: str) -> tuple[int, str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    await writer.drain()
-    response = (await reader.read()).decode()
-    writer.close()
-    head, _, body = response.partition("\r\n\r\n")
-    return int(head.split()[1]), body
-
-
 def test_a_full_volume_withholds_acks_and_fails_healthz_until_space_returns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -237,24 +227,23 @@ def test_a_full_volume_withholds_acks_and_fails_healthz_until_space_returns(
             await asyncio.sleep(0.05)
         mport = agg.metrics_server.port
         assert await _ack(agg.port, "c1", "before") == {"ack": "c1"}
-        assert await _get(mport, "/healthz") == (200, "ok\n")
+        assert await http_get(mport, "/healthz") == (200, "ok\n")
 
         volume.free = MIB // 2  # under the 1 MiB reserve (seen within DISK_RECHECK_SECONDS)
         status, body = 0, ""
         while status != 503:
-            status, body = await _get(mport, "/healthz")
+            status, body = await http_get(mport, "/healthz")
             await asyncio.sleep(0.05)
         assert f"--buffer-dir {tmp_path / 'buf'}" in body and "acks are withheld" in body
         later = asyncio.ensure_future(_ack(agg.port, "c2", "while full"))
         await asyncio.sleep(1.0)
         assert not later.done(), "no ack while the volume is under the reserve"
-        assert (
-            "logq_aggregator_buffer_disk_free_bytes 524288.0" in (await _get(mport, "/metrics"))[1]
-        )
+        _, metrics = await http_get(mport, "/metrics")
+        assert "logq_aggregator_buffer_disk_free_bytes 524288.0" in metrics
 
         volume.free = 100 * MIB  # flushes (or anything) freed space: data flows again
         assert await asyncio.wait_for(later, 60) == {"ack": "c2"}
-        assert await _get(mport, "/healthz") == (200, "ok\n")
+        assert await http_get(mport, "/healthz") == (200, "ok\n")
         agg.stop()
         assert await asyncio.wait_for(running, 120) == 0
 
@@ -549,12 +538,12 @@ def test_the_flush_loop_outlives_a_full_volume_at_seal_and_recovers_by_itself(
         disk.full = True
         assert await _ack(agg.port, "c1", "before") == {"ack": "c1"}
         await _wait_for(lambda: stored() == ["before"], running, "flush of the sealed segment")
-        status, body = await _get(mport, "/healthz")
+        status, body = await http_get(mport, "/healthz")
         assert status == 503 and "cannot seal or open its segments" in body, body
         assert agg.metrics.storage_errors._value.get() >= 1
         disk.full = False  # the space comes back: the next seal opens a segment
         await _wait_for(lambda: agg.metrics.buffer_error is None, running, "recovery")
-        assert await _get(mport, "/healthz") == (200, "ok\n")
+        assert await http_get(mport, "/healthz") == (200, "ok\n")
         assert await _ack(agg.port, "c2", "after") == {"ack": "c2"}
         await _wait_for(lambda: "after" in stored(), running, "a flush after the recovery")
         agg.stop()

@@ -22,7 +22,7 @@ import pytest
 from aggregator import buffer as buffer_mod
 from aggregator import service as service_mod
 from aggregator.config import Settings
-from tests.aggregator.helpers import read_table
+from tests.aggregator.helpers import http_get, read_table
 from tests.aggregator.test_flusher import write_segment
 
 SEGMENTS = 3
@@ -38,16 +38,6 @@ def free_port() -> int:
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-async def get(port: int, path: str) -> tuple[int, str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    await writer.drain()
-    response = (await reader.read()).decode()
-    writer.close()
-    head, _, body = response.partition("\r\n\r\n")
-    return int(head.split()[1]), body
 
 
 def gauge(exposition: str, name: str) -> float:
@@ -111,18 +101,18 @@ def test_healthz_says_starting_until_the_forward_port_listens(
         running = asyncio.ensure_future(agg.run())
         try:
             await gate.wait_reached()
-            status, body = await get(metrics, "/healthz")
+            status, body = await http_get(metrics, "/healthz")
             assert status == 503, body
             assert body.startswith(f"starting: reading the {SEGMENTS} buffer segments"), body
             assert ": 1 done, " in body and "the Forward port opens after the last" in body
-            status, body = await get(metrics, "/metrics")
+            status, body = await http_get(metrics, "/metrics")
             assert status == 200  # liveness passes while the buffer is read
             backlog = sum(f.stat().st_size for f in (tmp_path / "buf").glob("*.seg"))
             assert gauge(body, "logq_aggregator_buffer_bytes") == backlog
             assert not port_open(forward), "the Forward port listens only once ready"
         finally:
             gate.open()
-        while (await get(metrics, "/healthz"))[0] != 200:  # bounded by the wait_for below
+        while (await http_get(metrics, "/healthz"))[0] != 200:  # bounded by the wait_for below
             await asyncio.sleep(0.05)
         assert port_open(forward)
         agg.stop()
