@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+from shipper.config import Config, load_config
 from shipper.daemon import Shipper
 from tests.shipper.receiver import Receiver
 
@@ -28,6 +29,13 @@ def shipper_args(
         *("--state-dir", str(tmp_path / "state")),
         *extra,
     ]
+
+
+def quick_config(tmp_path: Path, receiver: Receiver, docker: Path) -> Config:
+    """The loaded config of a shipper of ``docker``'s containers that polls its files every
+    50 ms and looks for new ones every 200 ms (tests that follow files as they change)."""
+    args = ("--poll-interval", "0.05", "--discover-interval", "0.2")
+    return load_config(shipper_args(tmp_path, receiver, *args, docker=docker))
 
 
 async def stop_runners(shipper: Shipper) -> None:

@@ -19,12 +19,11 @@ import pytest
 
 from shipper import fd_budget, tailer
 from shipper.checkpoint import Registry
-from shipper.config import load_config
 from shipper.discover import SourceSpec
 from shipper.tailer import Tailer
 from tests.shipper.hostgen import docker_line, make_container
 from tests.shipper.receiver import Receiver
-from tests.shipper.shipping import shipper_args
+from tests.shipper.shipping import quick_config
 from tests.shipper.tailing import drain
 
 CONTAINERS = 4
@@ -79,12 +78,7 @@ def test_removed_containers_leave_nothing_behind(tmp_path: Path) -> None:
         for i, cid in enumerate(cids)
     ]
     receiver = Receiver()
-    cfg = load_config(
-        shipper_args(
-            tmp_path, receiver, "--poll-interval", "0.05", "--discover-interval", "0.2",
-            docker=docker,
-        )
-    )  # fmt: skip
+    cfg = quick_config(tmp_path, receiver, docker)
 
     async def until(condition: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + 90

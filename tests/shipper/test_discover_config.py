@@ -303,7 +303,7 @@ def test_fixed_metadata_applies_to_new_lines_of_a_running_source(tmp_path: Path)
     from shipper.daemon import Shipper
     from tests.shipper.hostgen import docker_line
     from tests.shipper.receiver import Receiver
-    from tests.shipper.shipping import shipper_args
+    from tests.shipper.shipping import quick_config
 
     docker = tmp_path / "containers"
     cid = "d" * 64
@@ -311,12 +311,7 @@ def test_fixed_metadata_applies_to_new_lines_of_a_running_source(tmp_path: Path)
     config = docker / cid / "config.v2.json"
     config.write_text('{"Name": "/real-name", "Config": {"Labels": {"logq.servi')
     receiver = Receiver()
-    cfg = load_config(
-        shipper_args(
-            tmp_path, receiver, "--poll-interval", "0.05", "--discover-interval", "0.2",
-            docker=docker,
-        )
-    )  # fmt: skip
+    cfg = quick_config(tmp_path, receiver, docker)
 
     async def go() -> None:
         shipper = Shipper(cfg)

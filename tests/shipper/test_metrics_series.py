@@ -17,11 +17,10 @@ import pytest
 from prometheus_client import generate_latest
 
 from shipper import metrics as metrics_mod
-from shipper.config import load_config
 from shipper.metrics import SERVICE_SERIES_IDLE_SECONDS, SWEEP_SECONDS, Metrics
 from tests.shipper.hostgen import make_container
 from tests.shipper.receiver import Receiver
-from tests.shipper.shipping import shipper_args
+from tests.shipper.shipping import quick_config
 
 DAY = SERVICE_SERIES_IDLE_SECONDS
 
@@ -123,12 +122,7 @@ def test_the_shipper_drops_the_series_of_a_removed_container_a_day_later(
     first = "a" * 64
     make_container(docker, first, "short-job", lines=["one", "two"])
     receiver = Receiver()
-    cfg = load_config(
-        shipper_args(
-            tmp_path, receiver, "--poll-interval", "0.05", "--discover-interval", "0.2",
-            docker=docker,
-        )
-    )  # fmt: skip
+    cfg = quick_config(tmp_path, receiver, docker)
     clock = FakeClock()
     metrics = Metrics(clock=clock)
 
