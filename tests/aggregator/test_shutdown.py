@@ -20,8 +20,8 @@ import pytest
 from aggregator import service as service_mod
 from aggregator.config import Settings
 from shipper import wire
-from tests.aggregator.helpers import read_acks, read_table, record, start_aggregator
-from tests.aggregator.test_disk_full import _ack, _get, _wait_for
+from tests.aggregator.helpers import http_get, read_acks, read_table, record, start_aggregator
+from tests.aggregator.test_disk_full import _ack, _wait_for
 from tests.support.procs import wait_until
 
 
@@ -176,11 +176,11 @@ def test_a_background_loop_that_dies_fails_healthz_and_logs_its_traceback(
         await _wait_for(lambda: agg.port and agg.metrics_server, running, "start")
         assert agg.metrics_server is not None
         deadline = time.monotonic() + 60
-        status, body = await _get(agg.metrics_server.port, "/healthz")
+        status, body = await http_get(agg.metrics_server.port, "/healthz")
         while status != 503:  # at once (a dead loop needs a restart), polled for the test
             assert time.monotonic() < deadline, f"/healthz still {status} {body!r} after 60 s"
             await asyncio.sleep(0.05)
-            status, body = await _get(agg.metrics_server.port, "/healthz")
+            status, body = await http_get(agg.metrics_server.port, "/healthz")
         assert "compaction loop stopped on an internal error" in body
         assert f"safe in {settings.buffer_dir}" in body
         assert await _ack(agg.port, "c1", "still served") == {"ack": "c1"}
