@@ -980,11 +980,17 @@ def safe_grace(beats: list[Heartbeat], flush_interval: float = 0.0) -> timedelta
 
 
 def effective_grace(
-    wh: Warehouse, grace: timedelta, flush_interval: float = 0.0, *, enforce: bool = True
+    wh: Warehouse,
+    grace: timedelta,
+    flush_interval: float = 0.0,
+    *,
+    enforce: bool = True,
+    beats: list[Heartbeat] | None = None,
 ) -> timedelta:
     """``grace``, raised to :func:`safe_grace` of the heartbeats in ``wh`` (logged when it
-    is), unless ``enforce`` is off (``compact --force``: logged as a warning)."""
-    floor = safe_grace(read_heartbeats(wh), flush_interval)
+    is), unless ``enforce`` is off (``compact --force``: logged as a warning). ``beats``: the
+    heartbeats if the caller has just read them (for its hold check), else they are read."""
+    floor = safe_grace(read_heartbeats(wh) if beats is None else beats, flush_interval)
     if grace >= floor:
         return grace
     if not enforce:
@@ -1024,11 +1030,14 @@ def compact_warehouse(
     resume: bool = False,
     flush_interval: float = 0.0,
     safe: bool = True,
+    beats: list[Heartbeat] | None = None,
 ) -> int:
     """Compact every closed partition; return the number of input files merged.
 
     ``grace`` is raised to :func:`safe_grace` (``flush_interval``: the caller's own
     ``--flush-interval``, if it is an aggregator) unless ``safe`` is off (``compact --force``).
+    ``beats``: the heartbeats, when the caller has just read them to decide whether to compact
+    at all (one LIST and a GET per aggregator fewer), else they are read here.
 
     ``hold`` is asked before each partition: a reason to stop the pass (another aggregator now
     leads compaction, or one went down), or None to go on.
@@ -1043,7 +1052,7 @@ def compact_warehouse(
     compaction, must run on one instance per warehouse.
     """
     now = now or datetime.now(UTC)
-    grace = effective_grace(wh, grace, flush_interval, enforce=safe)
+    grace = effective_grace(wh, grace, flush_interval, enforce=safe, beats=beats)
     if resume and lookback is not None:
         lookback = resume_lookback(wh, now, lookback)
     expire_ledger(wh, now)
@@ -1283,7 +1292,8 @@ def compact_main(argv: list[str]) -> int:
         target = int(
             args.target_file_bytes or conf.get("target_file_bytes") or DEFAULT_TARGET_BYTES
         )
-        hold = compaction_blocker(read_heartbeats(wh), None, time.time())
+        beats = read_heartbeats(wh)
+        hold = compaction_blocker(beats, None, time.time())
         if hold is not None and not args.force:
             print(f"logq-aggregator compact: deferred: {hold.reason} (or --force)", file=sys.stderr)
             return 0
@@ -1299,6 +1309,7 @@ def compact_main(argv: list[str]) -> int:
             resume=args.lookback_hours is None and not args.all,
             # --force alone (a crashed peer not back yet) keeps the grace floor for live ones.
             safe=not (args.force and explicit_grace),
+            beats=beats,
         )
     except (ConfigError, WarehouseError, StorageError, OSError) as exc:
         print(f"logq-aggregator compact: {exc}", file=sys.stderr)

@@ -54,6 +54,7 @@ from aggregator.flusher import Flusher, FlushResult
 from aggregator.ledger import (
     Committed,
     CompactionHold,
+    Heartbeat,
     Ledger,
     compaction_blocker,
     read_heartbeats,
@@ -895,7 +896,8 @@ class Aggregator:
         while True:
             await asyncio.sleep(interval)
             try:
-                hold = await asyncio.to_thread(self._compaction_hold)
+                beats = await asyncio.to_thread(read_heartbeats, self.warehouse)
+                hold = self._compaction_hold(beats)
                 if hold is not None:
                     level = logging.WARNING if hold.peer_down else logging.INFO
                     log.log(level, "compaction skipped: %s", hold.reason)
@@ -907,6 +909,7 @@ class Aggregator:
                     hold=self._hold_checker(),
                     resume=True,
                     flush_interval=self.settings.flush_interval,
+                    beats=beats,
                 )
                 self.metrics.compacted_files.inc(merged)
             except CompactionFailed as exc:
@@ -931,9 +934,13 @@ class Aggregator:
                     "ledger expiry failed (%s); it will run again in %.0fs", exc, EXPIRY_INTERVAL_S
                 )
 
-    def _compaction_hold(self) -> CompactionHold | None:
+    def _compaction_hold(self, beats: list[Heartbeat] | None = None) -> CompactionHold | None:
+        """What stops this node compacting now, from ``beats`` (read from the warehouse if
+        not given)."""
         assert self.ledger is not None
-        return compaction_blocker(read_heartbeats(self.warehouse), self.ledger.node_id, time.time())
+        if beats is None:
+            beats = read_heartbeats(self.warehouse)
+        return compaction_blocker(beats, self.ledger.node_id, time.time())
 
     def _hold_checker(self) -> Callable[[], str | None]:
         """For a pass under way: the hold, read again at most every HOLD_RECHECK_SECONDS (a peer

@@ -15,6 +15,7 @@ Mark tests that use S3 with ``@pytest.mark.s3`` (and ``integration`` when they s
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -41,6 +42,18 @@ _STARTED: dict[str, float] = {}
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for name, seconds in _STARTED.items():
         terminalreporter.write_line(f"{name} started in {seconds:.1f}s (127.0.0.1, free ports)")
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """Entry points called in-process (``compact_main``, the CLIs) install their own root
+    handler on the ``sys.stderr`` of that moment, which pytest closes after the test: restore
+    the root logger, or a later test's log line fails on the closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -450,6 +450,24 @@ def test_service_own_flush_interval_raises_the_grace(tmp_path: Path) -> None:
     assert compact_warehouse(wh, now=now, lookback=None, flush_interval=10.0) == 4
 
 
+def test_a_pass_reads_the_heartbeats_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hold check and the grace floor share one read of the heartbeats (one LIST and a
+    GET per aggregator): heartbeats handed in decide the grace, nothing is read again."""
+    uri = str(tmp_path / "wh")
+    now = HOUR + timedelta(hours=1, minutes=35)
+    files_aged(uri, tmp_path, timedelta(minutes=34), now)
+    wh = open_warehouse(uri)
+    Ledger(wh, "peer").heartbeat(time.time(), flush_interval=300.0)
+    beats = read_heartbeats(wh)
+    reads: list[str] = []
+    real = compaction.read_heartbeats
+    monkeypatch.setattr(compaction, "read_heartbeats", lambda w: reads.append("x") or real(w))
+    assert compact_warehouse(wh, now=now, lookback=None, beats=beats) == 0  # peer's floor held
+    assert reads == []
+    assert compact_main(["--warehouse", uri, "--all"]) == 0
+    assert reads == ["x"]
+
+
 def test_compact_command_raises_a_short_grace_unless_forced(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
