@@ -509,7 +509,8 @@ class Aggregator:
             self.settings.buffer_dir,
         )
         try:
-            return await self._stop_and_flush(flush_task, compact_task)
+            code = await self._stop_and_flush(flush_task, compact_task)
+            return 1 if self.metrics.broken is not None else code  # restart after a bug
         except OSError as exc:
             log.error(
                 "could not finish the stop (%s); the data is safe in %s and will be written at "
@@ -689,8 +690,12 @@ class Aggregator:
     ) -> None:
         """Run a background task of the service; if it raises (an exception its own handling
         did not foresee) or, being a loop (``forever``), ends while the service is not stopping,
-        say so loudly (ERROR, traceback) and fail /healthz for good, instead of the silent death
-        of a task nobody awaits until the stop."""
+        say so loudly (ERROR, traceback), fail /healthz and stop as on SIGTERM (the final flush
+        included), exiting 1, instead of the silent death of a task nobody awaits until the
+        stop. A process that runs on without its flusher or compactor only looks alive: the
+        deploy files' liveness checks (``/metrics``) would never restart it, while every
+        service manager restarts a process that exits 1, and the next start replays the
+        buffer."""
         try:
             await body()
         except Exception as exc:
@@ -701,11 +706,18 @@ class Aggregator:
                 return
             reason = f"the {what} ended while the aggregator runs"
             log.error("%s", reason)
-        if not self._stopping.is_set() and self.metrics.broken is None:
-            self.metrics.broken = (
-                f"{reason}: restart the aggregator (acknowledged data is safe in "
-                f"{self.settings.buffer_dir}) and report the error"
-            )
+        if self._stopping.is_set() or self.metrics.broken is not None:
+            return
+        self.metrics.broken = (
+            f"{reason}: the aggregator stops and exits 1 to be restarted (acknowledged data "
+            f"is safe in {self.settings.buffer_dir}); report the error"
+        )
+        log.error(
+            "stopping after an internal error so that the service manager restarts the "
+            "aggregator: acknowledged data is safe in %s",
+            self.settings.buffer_dir,
+        )
+        self.stop()
 
     async def _heartbeat(self, committed_through: float) -> None:
         """Tell replaying peers that everything acked before ``committed_through`` is written."""

@@ -158,38 +158,51 @@ def test_a_failed_flush_cycle_is_logged_counted_and_retried_at_the_next_interval
     assert error.exc_info is not None, "the traceback is logged"
 
 
-def test_a_background_loop_that_dies_fails_healthz_and_logs_its_traceback(
+def test_a_background_loop_that_dies_stops_the_aggregator_with_exit_1(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Audit: tasks made by asyncio.create_task and never awaited until the stop died without
-    a word. The compaction loop stands for every supervised loop here."""
+    a word; then an aggregator without its flusher only failed /healthz, and the deploy files'
+    liveness check (/metrics) never restarted it. Now it logs the traceback, says so on
+    /healthz, and stops as on SIGTERM (the acked lines are written) with exit 1, for the
+    service manager to restart it. The compaction loop stands for every supervised loop."""
     settings = _settings(tmp_path, compact_interval=0.05)
     agg = service_mod.Aggregator(settings)
+    die = asyncio.Event()
+    healthz: list[tuple[int, str]] = []
 
     async def dying() -> None:
+        await die.wait()
+        assert agg.metrics_server is not None
+        healthz.append(await http_get(agg.metrics_server.port, "/healthz"))
         raise ValueError("a bug outside the pass")
 
     agg._compact_forever = dying  # type: ignore[method-assign]
+    real_shutdown = agg._shutdown
 
-    async def scenario() -> None:
+    async def shutdown(*tasks: Any) -> int:
+        assert agg.metrics_server is not None
+        healthz.append(await http_get(agg.metrics_server.port, "/healthz"))
+        return await real_shutdown(*tasks)
+
+    agg._shutdown = shutdown  # type: ignore[method-assign]
+
+    async def scenario() -> int:
         running = asyncio.ensure_future(agg.run())
         await _wait_for(lambda: agg.port and agg.metrics_server, running, "start")
-        assert agg.metrics_server is not None
-        deadline = time.monotonic() + 60
-        status, body = await http_get(agg.metrics_server.port, "/healthz")
-        while status != 503:  # at once (a dead loop needs a restart), polled for the test
-            assert time.monotonic() < deadline, f"/healthz still {status} {body!r} after 60 s"
-            await asyncio.sleep(0.05)
-            status, body = await http_get(agg.metrics_server.port, "/healthz")
-        assert "compaction loop stopped on an internal error" in body
-        assert f"safe in {settings.buffer_dir}" in body
-        assert await _ack(agg.port, "c1", "still served") == {"ack": "c1"}
-        agg.stop()
-        assert await asyncio.wait_for(running, 120) == 0
+        assert await _ack(agg.port, "c1", "acked before the bug") == {"ack": "c1"}
+        die.set()
+        return await asyncio.wait_for(running, 120)  # no stop() from the test
 
     with caplog.at_level(logging.INFO, logger="logq.aggregator"):
-        asyncio.run(asyncio.wait_for(scenario(), 240))
-    [error] = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert "ValueError: a bug outside the pass" in error.getMessage()
-    assert error.exc_info is not None
-    assert _stored(settings) == ["still served"]
+        assert asyncio.run(asyncio.wait_for(scenario(), 240)) == 1
+    assert healthz[0][0] == 200
+    status, body = healthz[1]
+    assert status == 503
+    assert "compaction loop stopped on an internal error" in body
+    assert f"safe in {settings.buffer_dir}" in body
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "ValueError: a bug outside the pass" in errors[0].getMessage()
+    assert errors[0].exc_info is not None
+    assert "so that the service manager restarts the aggregator" in errors[1].getMessage()
+    assert _stored(settings) == ["acked before the bug"]
