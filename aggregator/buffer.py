@@ -9,6 +9,9 @@ Layout of ``--buffer-dir``::
     offsets.journal         the marks each flush raised since offsets.json was written
     chunks.journal          chunk keys of the segments flushed in the last minutes (chunks.py)
     0000000000000007.seg    segments, in order; the highest is the one being appended to
+    0000000000000007.acked  rarely: the bytes of segment 7 that were acknowledged, when a
+                            failed fsync left unacknowledged frames after them that could not
+                            be cut off (see "A failed fsync" below)
     spill/                  parsed rows of the segment being flushed (spill.py), scratch space
     flushing/               object keys of the segment being flushed (flusher.py)
     quarantine/             segments set aside after a data error: a buffer dir of its own
@@ -23,9 +26,22 @@ after the fsync that covers it). A damaged frame inside a segment is skipped, wi
 the frames after it are kept (see :func:`read_frames`).
 
 Group commit: many connections append, one ``fsync`` covers every frame written before it
-started, and each append returns once its frame is covered. A segment is sealed (closed and
-handed to the flusher) on every flush interval or when it reaches ``segment_bytes``; it is deleted
-only once its Parquet objects are committed.
+started, and each append returns once its frame is covered.
+
+A failed fsync (an I/O error, a full thin volume) fails the appends it should have covered, and
+those written since: their clients resend them (Fluent Bit, Fluentd: same chunk id, no source
+offset the flusher could drop the copy by). So none of those frames may be flushed from this
+segment, or every resent line would be stored twice. The segment is cut back to the end of
+its last good fsync (``ftruncate`` + ``fsync``) and sealed there; the next append goes to a
+new segment, never after bytes whose durability is unknown. If the cut itself fails, the good
+length is kept with the segment (:attr:`Segment.end`) and written beside it (``<seq>.acked``)
+so that the flusher, a restart's replay and its chunk ids all stop there. (A crash before
+the cut or the marker is durable replays those frames, as it replays any frame written but not
+yet acknowledged at a crash: their chunk ids are restored with them, so a resend after the
+restart is recognised, see chunks.py.)
+
+A segment is sealed (closed and handed to the flusher) on every flush interval or when it
+reaches ``segment_bytes``; it is deleted only once its Parquet objects are committed.
 """
 
 from __future__ import annotations
@@ -65,6 +81,9 @@ class Segment:
 
     seq: int
     path: Path
+    end: int | None = None
+    """Where its acknowledged frames end, when unacknowledged ones follow them (a failed fsync
+    whose frames could not be cut off); None: the whole file. Readers stop there."""
 
     @property
     def size(self) -> int:
@@ -74,8 +93,9 @@ class Segment:
             return 0
 
 
-def read_frames(path: Path) -> Iterator[bytes]:
-    """Payloads of a segment, skipping a damaged frame inside it and stopping at a torn tail.
+def read_frames(path: Path, end: int | None = None) -> Iterator[bytes]:
+    """Payloads of a segment, skipping a damaged frame inside it and stopping at a torn tail
+    (or at ``end``: :attr:`Segment.end`).
 
     A frame whose checksum fails but which is followed by a valid frame was written, fsync'd
     and acknowledged before the frames after it: the disk damaged it. It is skipped with an
@@ -95,7 +115,7 @@ def read_frames(path: Path) -> Iterator[bytes]:
             length,
         )
 
-    size = path.stat().st_size
+    size = _readable(path, end)
     scan = Scan()
     with open(path, "rb") as fh:
         yield from scan_frames(fh, size, scan, damaged)
@@ -109,12 +129,37 @@ def read_frames(path: Path) -> Iterator[bytes]:
         )
 
 
-def _quiet_frames(path: Path) -> Iterator[bytes]:
+def _quiet_frames(path: Path, end: int | None) -> Iterator[bytes]:
     """The good payloads of a segment, like :func:`read_frames` but leaving the reports of
     damage to the flush that reads it next."""
-    size = path.stat().st_size
+    size = _readable(path, end)
     with open(path, "rb") as fh:
         yield from scan_frames(fh, size, Scan(), lambda pos, length: None)
+
+
+def _readable(path: Path, end: int | None) -> int:
+    """Bytes of a segment file to read: all of them, or those up to ``end``."""
+    size = path.stat().st_size
+    return size if end is None else min(size, end)
+
+
+def end_marker(path: Path) -> Path:
+    """The file that holds :attr:`Segment.end` of the segment at ``path`` (see module doc)."""
+    return path.with_suffix(".acked")
+
+
+def _load_end(path: Path) -> int | None:
+    """The recorded end of a segment's acknowledged frames, or None (the whole file)."""
+    try:
+        text = end_marker(path).read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return None
+    if not text.isdigit():
+        raise OSError(
+            f"{end_marker(path)} does not hold a byte count; restore it or, if the segment's "
+            "frames after the last acknowledged one may be stored twice, delete it"
+        )
+    return int(text)
 
 
 #: errno -> why the buffer dir cannot be used and what to do, for the one-line start error. An
@@ -158,6 +203,8 @@ class Buffer:
         self._active: Segment | None = None
         self._fd = -1
         self._active_size = 0
+        self._synced = _Synced()
+        """What the last good fsync of the active segment covered (acknowledged frames)."""
         self._sealed_bytes = 0
         self._waiters: list[asyncio.Future[None]] = []
         self._lock: asyncio.Lock | None = None
@@ -210,9 +257,13 @@ class Buffer:
         for seq, path in found:
             if path.stat().st_size == 0:
                 path.unlink()
+                end_marker(path).unlink(missing_ok=True)
                 continue
-            self._sealed.append(Segment(seq, path))
+            self._sealed.append(Segment(seq, path, _load_end(path)))
         self._sealed_bytes = sum(s.size for s in self._sealed)
+        for marker in self.dir.glob("*.acked"):  # left by a crash right after its segment went
+            if not marker.with_suffix(".seg").exists():
+                marker.unlink()
         # Never reuse a sequence number, even when every segment was flushed and deleted: object
         # keys are derived from it, and a reused one would overwrite data already committed.
         last = max(found[-1][0] if found else 0, self._load_last_seq())
@@ -286,6 +337,7 @@ class Buffer:
         self._fd = fd
         self._active = Segment(seq, path)
         self._active_size = 0
+        self._synced = _Synced()
         self._next_seq = seq + 1
 
     def start(self) -> None:
@@ -387,6 +439,7 @@ class Buffer:
                 waiters, self._waiters = self._waiters, []
                 if not waiters:
                     continue
+                covers = self._covered()
                 try:
                     await loop.run_in_executor(None, os.fsync, self._fd)
                 except Exception as exc:  # never end this task: every later ack would hang
@@ -395,13 +448,59 @@ class Buffer:
                         exc,
                         exc_info=not isinstance(exc, OSError),  # anything else is a bug
                     )
-                    for w in waiters:
-                        if not w.done():
-                            w.set_exception(exc)
+                    await self._drop_unsynced(exc, waiters)
                     continue
-                for w in waiters:
-                    if not w.done():
-                        w.set_result(None)
+                self._synced = covers
+                _settle(waiters)
+
+    def _covered(self) -> _Synced:
+        """What an fsync starting now covers: every frame of the active segment so far."""
+        seq = self._active.seq if self._active is not None else -1
+        return _Synced(self._active_size, len(self._chunks.get(seq, ())))
+
+    async def _drop_unsynced(self, exc: BaseException, waiters: list[asyncio.Future[None]]) -> None:
+        """After a failed fsync of the active segment: fail its appends not yet covered by a
+        good fsync (those of the fsync and those written since), and seal the segment cut back
+        to its acknowledged frames; the next append opens a new one (see module doc). The
+        appends fail once that is done: none is resent while its frame may still be flushed."""
+        waiters, self._waiters = waiters + self._waiters, []
+        old, fd, synced = self._active, self._fd, self._synced
+        assert old is not None
+        self._active, self._fd, self._active_size = None, -1, 0
+        try:
+            self._open_active(old.seq + 1)
+        except OSError as error:  # a full volume: the next append or seal opens one
+            log.warning("could not open buffer segment %d yet: %s", old.seq + 1, error)
+        try:
+            await self._seal_acked(old, fd, synced)
+        finally:
+            _settle(waiters, exc)
+
+    async def _seal_acked(self, segment: Segment, fd: int, synced: _Synced) -> None:
+        """Seal ``segment`` (its file open at ``fd``, closed here) without the frames after its
+        last good fsync: cut off, or else marked as not to be read (:attr:`Segment.end`)."""
+        keys = self._chunks.pop(segment.seq, [])[: synced.chunks]
+        if keys:  # those of failed appends are forgotten: their resends must be stored
+            self._chunks[segment.seq] = keys
+        cut = await asyncio.get_running_loop().run_in_executor(
+            None, _cut_back, segment.path, fd, synced.size
+        )
+        log.warning(
+            "buffer segment %s %s at its last good fsync (%d bytes): the messages written after "
+            "it were not acknowledged, their clients resend them, and they are not flushed from it",
+            segment.path.name,
+            "dropped" if synced.size == 0 else "sealed",
+            synced.size,
+        )
+        if synced.size == 0:  # nothing in it was acknowledged
+            with contextlib.suppress(OSError):  # (else flushed as empty: end 0)
+                segment.path.unlink()
+                end_marker(segment.path).unlink(missing_ok=True)
+                return
+        if not cut:
+            segment = Segment(segment.seq, segment.path, synced.size)
+        self._sealed.append(segment)
+        self._sealed_bytes += segment.size
 
     # --- sealing and deleting ---------------------------------------------------------------
 
@@ -409,7 +508,8 @@ class Buffer:
         """Close the active segment if it holds data, open the next, return the sealed one.
 
         The segment is sealed (in :meth:`sealed`, for the flusher) whatever fails: an fsync
-        error fails only the appends it should have covered (their clients resend), and a next
+        error fails the appends it should have covered (their clients resend them) and seals
+        the segment without their frames (:meth:`_seal_acked`), and a next
         segment that cannot be opened (a full volume) is opened by the next append or the next
         seal, as after a start on a full volume. Either error is raised afterwards, for the
         caller to report; the buffer stays usable. With no active segment (one could not be
@@ -426,6 +526,7 @@ class Buffer:
                 return None
             old, old_fd, old_size = self._active, self._fd, self._active_size
             waiters, self._waiters = self._waiters, []
+            synced = self._synced
             self._active, self._fd, self._active_size = None, -1, 0
             # The next segment opens before the fsync below lets other tasks run: an append
             # meanwhile goes to it (or, if it could not open, opens one itself, which no later
@@ -437,28 +538,21 @@ class Buffer:
                 except OSError as exc:
                     open_error = exc
             try:
-                await self._sync_sealed(old_fd, waiters)
-            finally:  # flushed once fsync'd, or (the fsync failed) for its acknowledged frames
-                self._sealed.append(old)
-                self._sealed_bytes += old_size
+                await asyncio.get_running_loop().run_in_executor(None, os.fsync, old_fd)
+            except OSError as exc:
+                # Flushed for its acknowledged frames only: the others' clients resend them.
+                try:
+                    await self._seal_acked(old, old_fd, synced)
+                finally:
+                    _settle(waiters, exc)
+                raise
+            os.close(old_fd)
+            _settle(waiters)
+            self._sealed.append(old)
+            self._sealed_bytes += old_size
             if open_error is not None:
                 raise open_error
             return old
-
-    async def _sync_sealed(self, fd: int, waiters: list[asyncio.Future[None]]) -> None:
-        """Fsync and close a sealed segment's file, then settle the appends waiting for it."""
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, os.fsync, fd)
-        except OSError as exc:
-            for w in waiters:
-                if not w.done():
-                    w.set_exception(exc)
-            raise
-        finally:
-            os.close(fd)
-        for w in waiters:
-            if not w.done():
-                w.set_result(None)
 
     def sealed(self) -> list[Segment]:
         """Sealed segments waiting to be flushed, oldest first."""
@@ -476,7 +570,7 @@ class Buffer:
         done = 0
         for count, segment in enumerate(self._sealed, 1):
             if segment.seq not in self._chunks:
-                found = frame_chunks(_quiet_frames(segment.path))
+                found = frame_chunks(_quiet_frames(segment.path, segment.end))
                 if found:
                     self._chunks[segment.seq] = found
             keys.extend(self._chunks.get(segment.seq, ()))
@@ -525,7 +619,10 @@ class Buffer:
         size = segment.size
         target = folder / segment.path.name
         self.retire_chunks(segment)  # its rows are not stored yet, but will be by a drain
+        if segment.end is not None:  # before the segment: never one without its marker
+            _mark_end(target, segment.end)
         os.replace(segment.path, target)
+        end_marker(segment.path).unlink(missing_ok=True)
         fsync_dir(folder)
         fsync_dir(self.dir)
         self._unseal(segment, size)
@@ -536,6 +633,7 @@ class Buffer:
         self.retire_chunks(segment)
         size = segment.size
         segment.path.unlink(missing_ok=True)
+        end_marker(segment.path).unlink(missing_ok=True)  # after: never a segment without it
         self._unseal(segment, size)
 
     def _unseal(self, segment: Segment, size: int) -> None:
@@ -544,3 +642,61 @@ class Buffer:
         self._sealed_bytes = max(0, self._sealed_bytes - size)
         if self._space is not None and not self.full:
             self._space.set()
+
+
+@dataclass(frozen=True)
+class _Synced:
+    """What a good fsync of the active segment covered: its first ``size`` bytes, holding the
+    first ``chunks`` chunk keys of its messages. Frames past it are not acknowledged."""
+
+    size: int = 0
+    chunks: int = 0
+
+
+def _settle(waiters: list[asyncio.Future[None]], exc: BaseException | None = None) -> None:
+    """Complete the appends waiting for an fsync: durable, or failed with ``exc``."""
+    for w in waiters:
+        if w.done():
+            continue
+        if exc is None:
+            w.set_result(None)
+        else:
+            w.set_exception(exc)
+
+
+def _cut_back(path: Path, fd: int, size: int) -> bool:
+    """Truncate a segment's file to ``size`` durably and close it; if the disk refuses either
+    step, record ``size`` as where its acknowledged frames end and return False (blocking)."""
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+        return True
+    except OSError as exc:
+        log.error(
+            "buffer segment %s: could not cut off the unacknowledged frames after a failed "
+            "fsync (%s); they are marked as not to be read (%s) and are never flushed",
+            path.name,
+            exc,
+            end_marker(path).name,
+        )
+        _mark_end(path, size)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _mark_end(path: Path, end: int) -> None:
+    """Record where the acknowledged frames of the segment at ``path`` end, for a restart.
+    In memory the segment knows it anyway: a failure is logged, not raised."""
+    try:
+        write_atomic(end_marker(path), f"{end}\n".encode("ascii"))
+    except OSError as exc:
+        log.error(
+            "could not write %s (%s): if the aggregator restarts before segment %s is flushed, "
+            "its frames after byte %d, never acknowledged, are replayed with it, and the lines "
+            "their clients resent since may be stored twice (check the disk)",
+            end_marker(path),
+            exc,
+            path.name,
+            end,
+        )

@@ -132,9 +132,9 @@ _NS = wire.NS_PER_SECOND
 _SECONDS = operator.attrgetter("seconds")
 _NANOSECONDS = operator.attrgetter("nanoseconds")
 
-#: Called with the rows of one message whose time could not be kept as sent (0, NaN, infinite,
-#: beyond the int64 ``time_ns`` column, EventTime nanoseconds over 999,999,999) and were
-#: stamped with the receive time instead, and the first such time as sent.
+#: Called with the rows of one message whose time could not be kept as sent (nil, a string, 0,
+#: NaN, infinite, beyond the int64 ``time_ns`` column, EventTime nanoseconds over 999,999,999)
+#: and were stamped with the receive time instead, and the first such time as sent.
 OnReplacedTimes = Callable[[pa.RecordBatch, str], None]
 
 
@@ -196,8 +196,9 @@ def _stamped(times: list[Any]) -> _Times:
 
 
 def _as_sent(value: Any) -> str:
-    """A time as the client sent it, for a log line (EventTime as ``EventTime(s, ns)``)."""
-    if isinstance(value, bytes):
+    """A time as the client sent it, for a log line (EventTime as ``EventTime(s, ns)``; other
+    bytes are a ``bin`` value)."""
+    if isinstance(value, bytes) and len(value) == 8:
         value = wire.EventTime(*np.frombuffer(value, dtype=">u4").tolist())
     if isinstance(value, wire.EventTime):
         return f"EventTime({value.seconds}, {value.nanoseconds})"
@@ -450,6 +451,10 @@ def has_chunk(obj: list[Any]) -> bool:
 
 
 def _is_time(value: Any) -> bool:
+    """Whether ``value``, second in a message, makes it Message mode (nil: a time the receiver
+    stamps, as Fluentd's in_forward does; see :func:`shipper.wire.time_to_ns`)."""
+    if value is None:
+        return True
     return isinstance(value, wire.EventTime | int | float) and not isinstance(value, bool)
 
 

@@ -137,7 +137,7 @@ class Flusher:
         result = FlushResult(segment.seq)
         if committed is not None and entry_name(self.node_id, segment.seq) in committed.done:
             # Completed before the crash (its ledger entry is written last): skip it whole.
-            for records in _slices(read_frames(segment.path), SLICE_ROWS):
+            for records in _slices(read_frames(segment.path, segment.end), SLICE_ROWS):
                 result.records += records.num_rows
                 result.duplicates += records.num_rows
                 self.offsets.advance(
@@ -168,7 +168,7 @@ class Flusher:
         """The source ids of the records in ``segments`` (read frame by frame)."""
         found: set[str] = set()
         for segment in segments:
-            for payload in read_frames(segment.path):
+            for payload in read_frames(segment.path, segment.end):
                 column = _plain(from_ipc(payload)[wire.KEY_SOURCE_ID])
                 found.update(s for s in pc.unique(column).to_pylist() if s is not None)
         return found
@@ -181,7 +181,7 @@ class Flusher:
         kept_offsets: list[pa.Array] = []
         spill = Spill(self.spill_dir)
         try:
-            for records in _slices(read_frames(segment.path), SLICE_ROWS):
+            for records in _slices(read_frames(segment.path, segment.end), SLICE_ROWS):
                 kept, source_id, offset = self._keep(records, marks, result, committed)
                 for start in range(0, kept.num_rows, ROUTE_ROWS):
                     routed = route(kept.slice(start, ROUTE_ROWS), self.formats)

@@ -150,9 +150,9 @@ class Metrics:
         )
         self.times_replaced = Counter(
             "logq_aggregator_event_times_replaced_total",
-            "Events whose time could not be kept as sent (0, NaN, infinite, beyond year 2262 "
-            "e.g. milliseconds sent as seconds, EventTime nanoseconds over 999,999,999): stored "
-            "with the time the aggregator received them",
+            "Events whose time could not be kept as sent (nil, a string, 0, NaN, infinite, "
+            "beyond year 2262 e.g. milliseconds sent as seconds, EventTime nanoseconds over "
+            "999,999,999): stored with the time the aggregator received them",
             ["service"],
             registry=r,
         )
@@ -242,11 +242,11 @@ class Metrics:
                 self._times_warned.clear()
             self._times_warned.add(service)
             log.warning(
-                "an event time that cannot be kept as sent (0, NaN, infinite, beyond year 2262 "
-                "such as milliseconds sent as seconds, or EventTime nanoseconds over "
-                "999,999,999) was replaced by the time it was received; fix the sender's clock "
-                "or encoder (said once per service; logq_aggregator_event_times_replaced_total "
-                "counts them) service=%s tag=%s sent=%s",
+                "an event time that cannot be kept as sent (nil, a string, 0, NaN, infinite, "
+                "beyond year 2262 such as milliseconds sent as seconds, or EventTime nanoseconds "
+                "over 999,999,999) was replaced by the time it was received; fix the sender's "
+                "clock or encoder (said once per service; "
+                "logq_aggregator_event_times_replaced_total counts them) service=%s tag=%s sent=%s",
                 service,
                 rows.column("tag")[0].as_py(),
                 example,

@@ -15,10 +15,12 @@ is gone for good (its disk re-attached elsewhere) and exits. Serving:
    flush sealed segments in order; a failed flush (S3 down) is retried with capped exponential
    backoff while the buffer keeps the data and, once full (``--buffer-limit-bytes``, or its
    volume nearly full: see GuardedBuffer), withholds acks;
-5. on SIGTERM/SIGINT: stop accepting, let connections finish acking what they sent, seal, flush
-   everything acknowledged, exit 0 (exit 1 if the warehouse still refuses the data after
-   ``SHUTDOWN_FLUSH_SECONDS``: it stays in the buffer and is written at the next start); a
-   second signal exits 1 at once (the buffer holds everything acknowledged).
+5. on SIGTERM/SIGINT: before step 3 is done (a large buffer takes a while to read), stop
+   starting: release the lock, leave the buffer as found, one line, exit 0 (nothing was
+   acknowledged in this run); once serving: stop accepting, let connections finish acking
+   what they sent, seal, flush everything acknowledged, exit 0 (exit 1 if the warehouse still
+   refuses the data after ``SHUTDOWN_FLUSH_SECONDS``: it stays in the buffer and is written at
+   the next start); a second signal exits 1 at once (the buffer holds everything acknowledged).
 """
 
 from __future__ import annotations
@@ -98,6 +100,11 @@ DISK_RESERVE_SHARE = 8
 #: How long a free-space reading is trusted (minus what was appended since) when not near the
 #: reserve.
 DISK_RECHECK_SECONDS = 1.0
+
+
+class StartInterrupted(Exception):
+    """A stop was requested while the aggregator was still starting: it ends the start-up
+    (raised between its steps, and between the segments of the buffer read)."""
 
 
 def listen_error(flag: str, address: str, exc: OSError) -> OSError:
@@ -303,19 +310,25 @@ class Aggregator:
         # The lock first (cheap): a second aggregator on this buffer dir exits with that
         # reason and never holds the metrics port. Then /metrics and /healthz, so that an
         # orchestrator's liveness check passes while a large buffer is read (seconds per GiB).
+        # The signal handlers come before that read: a stop during it ends the start-up cleanly
+        # (exit 0) instead of killing the process with the default action.
         self.buffer.lock()
+        self._install_signals()
         started = False
         self.metrics.starting = "starting: opening the buffer (--buffer-dir)"
         try:
             await self._start_metrics()
+            self._check_stop()
             await asyncio.to_thread(self._read_buffer_dir)
+            self._check_stop()
             self.buffer.start()
             started = True
             self.metrics.buffer_bytes.set(self.buffer.total_bytes)
             await self._start_serving()
-        except BaseException:
-            # A port in use, a bad certificate...: leave the buffer as found (unlocked, no empty
-            # segment), for a second try in this process as for the next start.
+        except BaseException as exc:
+            # A port in use, a bad certificate, a stop...: leave the buffer as found (unlocked,
+            # no empty segment), for a second try in this process as for the next start.
+            phase = self.metrics.starting
             if self.server is not None:
                 await self.server.stop(grace=0)
             if self.metrics_server is not None:
@@ -324,14 +337,27 @@ class Aggregator:
                 await self.buffer.close()
             else:
                 self.buffer.unlock()
-            raise
-        self._install_signals()
+            if not isinstance(exc, StartInterrupted):
+                raise
+            log.info(
+                "stopped during start-up (%s): nothing was acknowledged in this run; the "
+                "buffered data stays in %s and is written at the next start",
+                (phase or "starting").removeprefix("starting: ").split(";")[0],
+                self.settings.buffer_dir,
+            )
+            return 0
         flush_task = asyncio.create_task(self._flush_loop(), name="flush-loop")
         compact_task = asyncio.create_task(self._compact_loop(), name="compact-loop")
         resync_task = asyncio.create_task(self._catalog_resync_loop(), name="catalog-resync")
         await self._stopping.wait()
         resync_task.cancel()
         return await self._shutdown(flush_task, compact_task)
+
+    def _check_stop(self) -> None:
+        """Raise :class:`StartInterrupted` if a stop was requested (while starting). Also called
+        from the thread that reads the buffer: ``is_set`` only reads a flag."""
+        if self._stopping.is_set():
+            raise StartInterrupted
 
     async def _start_metrics(self) -> None:
         """``/metrics`` and ``/healthz`` on ``--metrics-listen`` (if set), listening."""
@@ -369,6 +395,7 @@ class Aggregator:
             buffer_compression=self.settings.buffer_compression,
         )
         await self._restore_chunks(self.server)
+        self._check_stop()
         self.metrics.starting = "starting: opening the Forward port (--listen)"
         host, port = split_host_port(self.settings.listen, "--listen")
         try:
@@ -408,6 +435,7 @@ class Aggregator:
         total = sum(s.size for s in self.buffer.sealed())
 
         def progress(read: int, read_bytes: int) -> None:
+            self._check_stop()  # ends the read between two segments
             self.metrics.starting = (
                 f"starting: reading the {segments} buffer segments left by the previous run: "
                 f"{read} done, {read_bytes / 1e6:.0f} of {total / 1e6:.0f} MB; the Forward port "
@@ -470,6 +498,9 @@ class Aggregator:
         now = self._clock()
         if not self._stopping.is_set():
             self._stop_requested_at = now
+            if self.metrics.starting is not None:
+                phase = self.metrics.starting.removeprefix("starting: ").split(";")[0]
+                log.info("stop requested during start-up: ending it (%s)", phase)
             self.stop()
             return
         if now - self._stop_requested_at < STOP_REPEAT_IGNORED_SECONDS:

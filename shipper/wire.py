@@ -3,7 +3,7 @@
 Spec: fluentd wiki, "Forward Protocol Specification v1" (see DESIGN.md §5). A message is a msgpack
 array whose *second* element tells the mode:
 
-* Message                  ``[tag, time, record, option?]``        time is an int or EventTime
+* Message                  ``[tag, time, record, option?]``        time: int, EventTime or nil
 * Forward                  ``[tag, [[time, record], ...], option?]``
 * PackedForward            ``[tag, <bin/str: concatenated msgpack [time, record]>, option?]``
 * CompressedPackedForward  PackedForward with ``option["compressed"] == "gzip"``; the blob may be
@@ -354,7 +354,16 @@ def _over_length_limit(exc: Exception) -> bool:
 def time_to_ns(value: Any) -> int | None:
     """An entry's time as ns: EventTime, integer seconds or float seconds; None for a time that
     cannot be kept as sent (see :func:`keepable_seconds`), which the receiver replaces with its
-    receive time rather than refuse the message (and lose the good entries beside it)."""
+    receive time rather than refuse the message (and lose the good entries beside it).
+
+    Also None for a nil or string time (msgpack str or bin: both are a Ruby String), as
+    Fluentd's ``in_forward`` does: it stamps an entry with ``Fluent::EventTime.now`` when
+    ``time.nil? || time.to_i == 0`` (Forward mode) or ``time.to_i == 0`` (Message mode), and a
+    string that is not a number has ``to_i == 0``. A numeric string it passes on as a string,
+    which later stages choke on; logq does not guess its unit (seconds? milliseconds?) and
+    stamps it too, counted and logged like the others."""
+    if value is None or isinstance(value, str | bytes):
+        return None
     if isinstance(value, EventTime):
         if not keepable_seconds(value.seconds) or value.nanoseconds >= NS_PER_SECOND:
             return None
@@ -459,8 +468,9 @@ def decode_message(
     if not isinstance(tag, str):
         raise ProtocolError("tag must be a string")
     second = obj[1]
-    if isinstance(second, EventTime | int | float) and not isinstance(second, bool):
-        # Message mode: [tag, time, record, option?]
+    is_time = isinstance(second, EventTime | int | float) and not isinstance(second, bool)
+    if is_time or second is None:
+        # Message mode: [tag, time, record, option?] (a nil time is stamped, see time_to_ns)
         if len(obj) < 3:
             raise ProtocolError("Message mode needs [tag, time, record]")
         options = _options(obj[3] if len(obj) > 3 else None)

@@ -10,6 +10,7 @@ events beside it keep theirs, the message is acked, and the replacement is count
 from __future__ import annotations
 
 import gzip
+import json
 import re
 import struct
 import time
@@ -151,11 +152,50 @@ def test_odd_times_that_can_be_kept_are_kept(kept: tuple[Any, int], mode: str) -
     assert heard == []
 
 
-def test_string_times_are_still_refused() -> None:
-    """Not a time at all: the message is refused as before (the client sees the connection
-    closed, and its log says why)."""
-    with pytest.raises(wire.ProtocolError, match="event time must be EventTime or an integer"):
-        dec.decode(unpacked(frame("forward", "2026-01-01T00:00:00Z")), 1 << 30)
+#: Times that are no number, which Fluentd's in_forward stamps with the receive time
+#: (``time.nil? || time.to_i == 0``; a string that is not a number has ``to_i == 0``), with
+#: the text the warning shows for them. A string second in a message is a PackedForward blob,
+#: so a string time exists in entries only; nil is also a Message-mode time.
+NOT_NUMBERS: dict[str, tuple[Any, str]] = {
+    "nil": (None, "None"),
+    "ISO-8601 string": ("2026-01-01T00:00:00Z", "'2026-01-01T00:00:00Z'"),
+    "numeric string": ("1700000000", "'1700000000'"),
+    "empty string": ("", "''"),
+    "bin": (b"\x00\x01\x02", "b'\\x00\\x01\\x02'"),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [(n, m) for n in NOT_NUMBERS for m in MODES if m != "message" or n == "nil"],
+)
+def test_nil_and_string_times_get_the_receive_time(name: str, mode: str) -> None:
+    """They refused the whole message (every entry beside them lost, every resend refused)."""
+    bad, shown = NOT_NUMBERS[name]
+    heard: list[tuple[pa.RecordBatch, str]] = []
+    before = time.time_ns()
+    message = unpacked(frame(mode, bad, chunk="c1"))
+    batch, chunk = dec.decode(message, 1 << 30, on_replaced_times=_append(heard))
+    after = time.time_ns()
+    assert chunk == "c1" and dec.has_chunk(message)
+    logs = batch.column(wire.KEY_LOG).to_pylist()
+    times = batch.column("time_ns").to_pylist()
+    assert logs == (["bad"] if mode == "message" else ["good before", "bad", "good after"])
+    if mode != "message":
+        assert times[0] == times[2] == GOOD_S * NS + 7
+    assert before <= times[logs.index("bad")] <= after
+    [(rows, example)] = heard
+    assert rows.column(wire.KEY_LOG).to_pylist() == ["bad"]
+    assert example == ("a time inside a PackedForward blob" if mode.startswith("packed") else shown)
+
+
+def test_a_json_message_with_a_null_time_is_stamped() -> None:
+    """Fluentd's in_forward also takes JSON text: ``null`` is its nil."""
+    heard: list[tuple[pa.RecordBatch, str]] = []
+    message = json.loads('["x.skew", null, {"log": "bad", "service": "skew"}, {"chunk": "j"}]')
+    batch, chunk = dec.decode(message, 1 << 30, on_replaced_times=_append(heard))
+    assert chunk == "j" and batch.column(wire.KEY_LOG).to_pylist() == ["bad"]
+    assert [example for _, example in heard] == ["None"]
 
 
 def test_another_ext_type_is_not_taken_for_a_fluent_bit_header() -> None:
@@ -223,3 +263,44 @@ def test_a_resend_of_a_message_with_replaced_times_is_recognised(tmp_path: Path)
         agg.stop()
     assert sorted(table["message"].to_pylist()) == ["bad", "bad", "good after", "good before"]
     assert "logq_aggregator_duplicate_chunks_total 2.0" in metrics
+
+
+@pytest.mark.integration
+def test_messages_with_nil_and_string_times_are_acked_stored_and_counted(tmp_path: Path) -> None:
+    """Through a running aggregator: a nil time (Message, Forward, PackedForward, JSON) or a
+    string one no longer refuses the message (the connection closed, the client resending it
+    in vain): every entry is stored and acked, the stamped ones counted, the reason logged."""
+    agg = start_aggregator(tmp_path, extra=["--metrics-listen", "127.0.0.1:0"])
+    cases = [
+        ("message", "nil"),
+        ("forward", "nil"),
+        ("forward-headed", "ISO-8601 string"),
+        ("packed", "nil"),
+        ("packed-sized", "numeric string"),
+        ("packed-gzip", "empty string"),
+        ("forward", "bin"),
+    ]
+    json_message = {"chunk": "j1"}
+    try:
+        with agg.connect() as sock:
+            for i, (mode, name) in enumerate(cases):
+                sock.sendall(frame(mode, NOT_NUMBERS[name][0], chunk=f"c{i}"))
+            assert read_acks(sock, len(cases)) == [f"c{i}" for i in range(len(cases))]
+        with agg.connect() as sock:  # JSON text, as Fluentd's in_forward also takes
+            text = ["x.skew", None, record("bad", service="skew"), json_message]
+            sock.sendall(json.dumps(text).encode())
+            assert json.loads(sock.recv(4096)) == {"ack": "j1"}
+        rows = sum(1 if mode == "message" else 3 for mode, _ in cases) + 1
+        table = wait_rows(agg.warehouse, "container_logs", rows, agg)
+        port = int(re.search(r"metrics on http://[^:]+:(\d+)/", agg.log_text()).group(1))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            metrics = resp.read().decode()
+    finally:
+        agg.stop()
+    messages = table["message"].to_pylist()
+    assert messages.count("bad") == len(cases) + 1 and len(messages) == rows
+    assert "not the Forward protocol" not in agg.log_text()
+    counted = f'logq_aggregator_event_times_replaced_total{{service="skew"}} {len(cases) + 1}.0'
+    assert counted in metrics
+    warnings = [line for line in agg.log_text().splitlines() if "cannot be kept as sent" in line]
+    assert len(warnings) == 1 and "service=skew" in warnings[0] and "sent=None" in warnings[0]

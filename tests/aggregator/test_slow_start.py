@@ -12,6 +12,7 @@ and the Forward port while it is held, then lets it go on.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 from collections.abc import Iterable
@@ -162,7 +163,7 @@ def test_a_second_aggregator_on_the_buffer_dir_exits_2_and_holds_no_port(
             return await asyncio.to_thread(service_mod.main, argv)
         finally:
             gate.open()
-            agg.stop()  # it still starts, then stops at once
+            agg.stop()  # it ends its start-up (exit 0)
             assert await running == 0
 
     assert asyncio.run(asyncio.wait_for(scenario(), 120)) == 2
@@ -172,3 +173,39 @@ def test_a_second_aggregator_on_the_buffer_dir_exits_2_and_holds_no_port(
     if not same_metrics_port:
         with socket.socket() as s:
             s.bind(("127.0.0.1", second_metrics))  # not held by the exited second one
+
+
+def test_a_stop_while_the_buffer_is_read_ends_the_start_up_and_leaves_the_buffer_as_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What SIGTERM does mid-read (tests/aggregator/test_stop_during_start.py runs the process):
+    the read ends after its segment, the Forward port never opens, nothing is flushed, no
+    empty segment is left behind and the lock is free again; 0, as nothing was acked."""
+    buffer_dir = tmp_path / "buf"
+    left_by_a_previous_run(buffer_dir)
+    segments = sorted(p.name for p in buffer_dir.glob("*.seg"))
+    gate = Gate(monkeypatch)
+    settings = Settings(
+        listen="127.0.0.1:0", warehouse=str(tmp_path / "wh"), buffer_dir=str(buffer_dir)
+    )
+    agg = service_mod.Aggregator(settings)
+
+    async def scenario() -> int:
+        running = asyncio.ensure_future(agg.run())
+        try:
+            await gate.wait_reached()
+            agg._stop_requested()  # the SIGTERM handler
+        finally:
+            gate.open()
+        return await running
+
+    with caplog.at_level(logging.INFO, logger="logq.aggregator"):
+        assert asyncio.run(asyncio.wait_for(scenario(), 120)) == 0
+    assert agg.port == 0, "the Forward port never opened"
+    assert sorted(p.name for p in buffer_dir.glob("*.seg")) == segments
+    assert read_table(settings.warehouse, "container_logs").num_rows == 0
+    again = buffer_mod.Buffer(buffer_dir, 1 << 20, 1 << 30)
+    again.lock()  # raises while the stopped aggregator still holds it
+    again.unlock()
+    [line] = [r.getMessage() for r in caplog.records if "stopped during start-up" in r.getMessage()]
+    assert f"reading the {SEGMENTS} buffer segments left by the previous run: 1 done" in line
