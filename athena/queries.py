@@ -185,10 +185,14 @@ def _for_duckdb(node: Any) -> Any:
       counts unit boundaries crossed; its ``date_sub`` is Trino's meaning): 23:45 to 03:56 the
       next day is 0 days, not 1.
     * ``regexp_extract`` is NULL when the pattern does not match, as in Trino (DuckDB gives '').
+    * ``regexp_replace``, ``split_part`` and ``format`` keep Trino's meaning, and functions only
+      Athena has are refused with what to use instead (:mod:`athena.trinofuncs`).
     Integer division truncates as in Trino through the connection's ``integer_division``
     setting (see :mod:`athena.engines.local`).
     """
     from sqlglot import exp
+
+    from athena import trinofuncs
 
     if isinstance(node, exp.Table) and node.name.lower() in LOCAL_TABLES and node.args.get("db"):
         node = node.copy()
@@ -204,6 +208,14 @@ def _for_duckdb(node: Any) -> Any:
         return exp.Anonymous(
             this="date_sub", expressions=[unit, _adapted(node.expression), _adapted(node.this)]
         )
+    if isinstance(node, exp.RegexpReplace):
+        return trinofuncs.regexp_replace(node, _adapted)
+    if isinstance(node, exp.SplitPart):
+        return trinofuncs.split_part(node, _adapted)
+    if isinstance(node, exp.Format):
+        return trinofuncs.format_call(node, _adapted)
+    if isinstance(node, exp.Anonymous) and str(node.this).lower() in trinofuncs.ATHENA_ONLY:
+        raise trinofuncs.athena_only(str(node.this))
     if isinstance(node, exp.RegexpExtract):
         extract = node.copy()
         for key in ("this", "expression"):
@@ -286,9 +298,8 @@ def _parse_error(exc: Exception) -> QueryError:
 
 
 def tables_of(sql: str) -> set[str]:
-    """Names of the tables a statement reads (CTE names excluded), lower-cased."""
+    """Names of the tables a statement reads (CTEs that shadow them excluded), lower-cased."""
     import sqlglot
-    from sqlglot import exp
     from sqlglot.errors import ParseError, TokenError
 
     try:
@@ -296,5 +307,30 @@ def tables_of(sql: str) -> set[str]:
             tree = sqlglot.parse_one(sql, read="trino")
     except (ParseError, TokenError) as exc:
         raise _parse_error(exc) from exc
+    return {t.name.lower() for t in table_references(tree)}
+
+
+def table_references(tree: Any) -> list[Any]:
+    """The ``exp.Table`` nodes of a parsed statement that read a stored table: a name that is
+    database-qualified, or not a CTE its part of the statement sees. So in
+    ``WITH envoy_access AS (SELECT ... FROM envoy_access WHERE ...) SELECT ... FROM
+    envoy_access`` only the first reference is the table (Trino's WITH is not recursive unless
+    it says so). sqlglot's scope analysis knows which CTEs each part sees; statements it does
+    not analyse (DESCRIBE, SHOW) count every name that is no CTE at all."""
+    from sqlglot import exp
+    from sqlglot.errors import SqlglotError
+    from sqlglot.optimizer.scope import traverse_scope
+
     ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
-    return {t.name.lower() for t in tree.find_all(exp.Table) if t.name.lower() not in ctes}
+    fallback = [t for t in tree.find_all(exp.Table) if t.name.lower() not in ctes]
+    if not isinstance(tree, exp.Query):
+        return fallback
+    try:
+        scopes = traverse_scope(tree)
+    except SqlglotError:  # a statement it cannot analyse: the names that are no CTE at all
+        return fallback
+    refs = []
+    for scope in scopes:
+        seen = {name.lower() for name in scope.cte_sources}
+        refs += [t for t in scope.tables if t.args.get("db") or t.name.lower() not in seen]
+    return refs

@@ -32,14 +32,16 @@ def cache_dir() -> Path:
 
 
 def _code_fingerprint() -> str:
-    """sqlglot's version and the source of the module that transforms the tree."""
+    """sqlglot's version and the source of the modules that transform the tree."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         sqlglot_version = version("sqlglot")
     except PackageNotFoundError:  # pragma: no cover - sqlglot is a dependency
         sqlglot_version = "?"
-    source = (Path(__file__).parent / "queries.py").read_bytes()
+    source = b"".join(
+        (Path(__file__).parent / name).read_bytes() for name in ("queries.py", "trinofuncs.py")
+    )
     return sqlglot_version + ":" + hashlib.sha256(source).hexdigest()[:16]
 
 

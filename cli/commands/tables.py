@@ -19,42 +19,37 @@ def sql(
 ) -> None:
     """Ad-hoc Athena SQL against envoy_access and container_logs.
 
-    Locally, --service/--since/--until restrict the rows the tables show (all when absent;
-    --since 15m is the last 15 minutes, by each row's timestamp), and only queries run (SELECT,
-    WITH, VALUES, EXPLAIN [ANALYZE] of a query, DESCRIBE, SHOW) over the warehouse tables:
-    DuckDB would otherwise let a statement write or read any file (COPY ... TO, read_text) or
-    change settings. On Athena the statement runs exactly as written. To filter by path or
-    method, say so in the statement (WHERE starts_with(path, '/api') AND method = 'GET').
+    On either engine --service/--since/--until restrict the rows the tables show (all when
+    absent; --since 15m is the last 15 minutes, by each row's timestamp). On Athena each
+    reference to a table becomes a subquery with dt, service and timestamp conditions, so that
+    Athena reads only those partitions (--dry-run shows the SQL sent). Without --since, a
+    statement with no condition on dt makes Athena consider every hour since 2020 of every
+    service: add --since, or WHERE dt >= '2026-01-31-00' (dt is the UTC hour, YYYY-MM-DD-HH).
+    Locally only queries run (SELECT, WITH, VALUES, EXPLAIN [ANALYZE] of a query, DESCRIBE,
+    SHOW) over the warehouse tables: DuckDB would otherwise let a statement write or read any
+    file (COPY ... TO, read_text) or change settings. To filter by path or method, say so in
+    the statement (WHERE starts_with(path, '/api') AND method = 'GET').
     """
     from cli import runner
     from cli.explain import note_unknown_services
-    from cli.notes import note
 
     with friendly(user_sql=True):  # the engine refusing the statement is bad input: exit 2
         if common.engine is EngineName.athena:
-            if common.service or common.since or common.until:
-                note(
-                    "logq: note: on Athena the statement runs as written; --service/--since/"
-                    "--until apply only to the local engine (put them in the WHERE clause)"
-                )
-            if common.dry_run:
-                sys.stdout.write("-- engine: athena (runs as written)\n" + statement.strip() + "\n")
+            from cli.commands.sql_athena import run_on_athena
+
+            result = run_on_athena(common, statement)
+            if result is None:
                 return
-            result = runner.make_engine(common).run(statement, {}, max_rows=common.limit)
         else:
             from athena.queries import tables_of
             from athena.schema import TABLES
-            from athena.timerange import TimeRange
 
             explain, query = split_explain(statement)
             check_read_only(query, inner=explain is not None)
             engine = runner.make_engine(common)
-            services = runner.normalise_services(common.service)
-            trange = (
-                TimeRange.parse(common.since, common.until, open_start=True)
-                if common.since or common.until
-                else None
-            )
+            from cli.commands.sql_athena import flag_scope
+
+            services, trange = flag_scope(common)
             scopes = {t: engine.plan(t, services, trange) for t in tables_of(query) & set(TABLES)}
             if scopes and not any(scopes.values()):
                 from cli.storage import check_bucket

@@ -1,0 +1,229 @@
+"""Trino functions whose DuckDB namesake means something else, rewritten on the parsed tree.
+
+sqlglot transpiles names and argument orders; a few functions keep their name and change their
+meaning, so that ``logq sql`` would answer differently on the two engines. Rewritten here (each
+documented in Trino's "Functions and operators" pages):
+
+* ``regexp_replace(s, pattern, replacement)``: Trino's replacement is Java's (``$1`` a group,
+  ``\\$`` a dollar sign, ``\\\\`` a backslash); DuckDB's is RE2's (``\\1``). A literal
+  replacement is rewritten; ``$10`` and ``${name}`` have no RE2 spelling and are refused.
+* ``split_part(s, delimiter, index)``: Trino gives NULL past the last field, DuckDB ''; Trino
+  refuses an index below 1, DuckDB counts from the end.
+* ``format(fmt, args...)``: Java's ``String.format``; DuckDB's ``format`` is fmt's ``{}`` syntax
+  and leaves ``%d`` as it is. A literal format becomes one ``printf`` per conversion, joined
+  with ``||`` (a NULL argument prints ``null``, as in Java).
+
+Functions Athena has and DuckDB lacks (:data:`ATHENA_ONLY`) are refused before DuckDB sees
+them, with what to write instead that works on both engines.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from athena.queries import QueryError
+
+#: A URL's scheme and authority (optional), the part before its path.
+_BEFORE_PATH = "^(?:[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*)?"
+#: Functions of Athena (Trino) that the local engine has not, and what works on both engines.
+ATHENA_ONLY: dict[str, str] = {
+    "format_datetime": "date_format(ts, '%Y-%m-%d %H:%i:%s') (MySQL-style patterns)",
+    "parse_datetime": "date_parse(text, '%Y-%m-%d %H:%i:%s') (MySQL-style patterns)",
+    "to_iso8601": "date_format(ts, '%Y-%m-%dT%H:%i:%s.%f')",
+    "url_extract_host": "regexp_extract(url, '^[A-Za-z][A-Za-z0-9+.-]*://([^/?#:@]+)', 1)",
+    "url_extract_path": f"regexp_extract(url, '{_BEFORE_PATH}([^?#]*)', 1)",
+    "url_extract_parameter": "url_decode(regexp_extract(url, '[?&]NAME=([^&#]*)', 1))",
+    "url_extract_query": "regexp_extract(url, '[?]([^#]*)', 1)",
+    "url_extract_fragment": "regexp_extract(url, '#(.*)$', 1)",
+    "url_extract_protocol": "regexp_extract(url, '^([A-Za-z][A-Za-z0-9+.-]*):', 1)",
+    "url_extract_port": "CAST(regexp_extract(url, '^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*:([0-9]+)', "
+    "1) AS bigint)",
+    "human_readable_seconds": "",
+    "parse_duration": "",
+    "format_number": "",
+    "parse_data_size": "",
+    "current_timezone": "",
+    "at_timezone": "",
+    "with_timezone": "",
+    "to_milliseconds": "",
+    "codepoint": "",
+    "word_stem": "",
+    "luhn_check": "",
+}
+
+
+def athena_only(name: str) -> QueryError:
+    """The local engine's refusal of an Athena-only function, with what to use instead."""
+    advice = ATHENA_ONLY.get(name.lower(), "")
+    if advice:
+        then = f"use {advice} instead (it works on both engines), or run the statement with"
+    else:
+        then = "it has no local equivalent: run the statement with"
+    return QueryError(
+        f"{name.lower()}() is an Athena (Trino) function the local engine (DuckDB) does not "
+        f"have; {then} --engine athena"
+    )
+
+
+#: One unit of a Java replacement: an escaped character, a group reference, or a plain run.
+_JAVA_REPLACEMENT = re.compile(r"\\(.)|\$(\d+|\{[^}]*\}|)|([^\\$]+)|(\\)$", re.S)
+
+
+def re2_replacement(java: str) -> str:
+    """A Java (Trino) ``regexp_replace`` replacement spelled for RE2 (DuckDB): ``$1`` ->
+    ``\\1``, ``\\$`` -> ``$``, ``\\\\`` -> ``\\\\`` (RE2's own escape for a backslash)."""
+    out: list[str] = []
+    for escaped, group, plain, trailing in _JAVA_REPLACEMENT.findall(java):
+        if plain:
+            out.append(plain)  # no backslash in it: RE2 reads it as it is
+        elif trailing:
+            raise QueryError(
+                "regexp_replace: the replacement ends in a lone backslash (Athena refuses it: "
+                "write \\\\ for a backslash)"
+            )
+        elif escaped:
+            out.append("\\\\" if escaped == "\\" else escaped)
+        elif len(group) == 1:
+            out.append("\\" + group)
+        elif not group:
+            raise QueryError(
+                "regexp_replace: the replacement has a $ that names no group (Athena refuses "
+                "it: write \\$ for a dollar sign)"
+            )
+        else:
+            raise QueryError(
+                f"regexp_replace: the replacement's ${group} has no local equivalent (DuckDB "
+                "refers to groups $0 to $9 only, by number); use $1..$9, or --engine athena"
+            )
+    return "".join(out)
+
+
+def regexp_replace(node: Any, adapt: Callable[[Any], Any]) -> Any:
+    """``node`` (exp.RegexpReplace) with its literal replacement in RE2's spelling."""
+    from sqlglot import exp
+
+    out = node.copy()
+    for key, value in node.args.items():
+        if isinstance(value, exp.Expression):
+            out.set(key, adapt(value))
+    replacement = node.args.get("replacement")
+    if isinstance(replacement, exp.Lambda):
+        raise QueryError(
+            "regexp_replace() with a lambda has no local equivalent (DuckDB's takes a "
+            "replacement string: $1..$9 for groups); use one, or --engine athena"
+        )
+    if isinstance(replacement, exp.Literal) and replacement.is_string:
+        out.set("replacement", exp.Literal.string(re2_replacement(replacement.this)))
+    return out
+
+
+def split_part(node: Any, adapt: Callable[[Any], Any]) -> Any:
+    """``node`` (exp.SplitPart) with Trino's meaning: NULL past the last field, an error for
+    an index below 1. A literal 1 is left alone (the first field always exists; the canned
+    queries split paths this way, and counting the fields costs a list per row)."""
+    from sqlglot import exp
+
+    text, delimiter = adapt(node.this), adapt(node.args["delimiter"])
+    index = adapt(node.args["part_index"])
+    call = exp.SplitPart(this=text, delimiter=delimiter, part_index=index)
+    if isinstance(index, exp.Literal) and not index.is_string:
+        if int(index.this) < 1:
+            raise QueryError(f"split_part: index {index.this} is below 1, which Athena refuses")
+        if int(index.this) == 1:
+            return call
+    fields = exp.Anonymous(
+        this="len",
+        expressions=[exp.Anonymous(this="string_split", expressions=[text.copy(), delimiter])],
+    )
+    below = exp.LT(this=index.copy(), expression=exp.Literal.number(1))
+    refuse = exp.Anonymous(
+        this="error", expressions=[exp.Literal.string("split_part: index must be 1 or more")]
+    )
+    within = exp.LTE(this=index.copy(), expression=fields)
+    return exp.Case(ifs=[exp.If(this=below, true=refuse), exp.If(this=within, true=call)])
+
+
+#: A Java format specifier: %[index$][flags][width][.precision]conversion.
+_JAVA_SPEC = re.compile(r"%(?:(\d+)\$|(<))?([-#+ 0,(]*)(\d+)?(?:\.(\d+))?([a-zA-Z%])")
+#: Java conversions printf writes the same way (given the cast for s/S), by kind.
+_NUMERIC = frozenset("dxXofeE")
+
+
+def format_call(node: Any, adapt: Callable[[Any], Any]) -> Any:
+    """``node`` (exp.Format, Trino's ``format``) as the same text on DuckDB: literal parts and
+    one ``printf`` per conversion, joined with ``||``.
+
+    Java's conversions s, S, d, x, X, o, f, e, E with flags ``-#+ 0,``, width, precision and
+    ``n$`` argument indexes, plus ``%%`` and ``%n``, print as printf prints them (``%s`` of a
+    number through a cast to varchar; a NULL argument as ``null``). Others (``%g``, which Java
+    prints unlike C, ``%b``, ``%t`` dates, ``%<s``) are refused with what to do."""
+    from sqlglot import exp
+
+    fmt = node.this
+    if not (isinstance(fmt, exp.Literal) and fmt.is_string):
+        raise QueryError(
+            "format() with a format that is not a string literal has no local equivalent "
+            "(DuckDB's format is another language); write the format as a literal, or use "
+            "--engine athena"
+        )
+    args = [adapt(a) for a in node.expressions]
+    parts: list[Any] = []
+    pos, ordinary = 0, 0
+    text = fmt.this
+    for spec in _JAVA_SPEC.finditer(text):
+        parts += _literal(text[pos : spec.start()])
+        pos = spec.end()
+        index, relative, flags, width, precision, conversion = spec.groups()
+        if conversion in "%n":
+            parts.append(exp.Literal.string("%" if conversion == "%" else "\n"))
+            continue
+        if relative or conversion not in _NUMERIC | {"s", "S"} or "(" in flags:
+            raise QueryError(
+                f"format(): {spec.group(0)!r} has no local equivalent (the local engine takes "
+                "%s %S %d %x %X %o %f %e %E, flags -#+ 0, width, precision, n$); use "
+                "--engine athena"
+            )
+        if index is None:
+            ordinary += 1
+        at = int(index) if index is not None else ordinary
+        if not 1 <= at <= len(args):
+            raise QueryError(f"format(): {spec.group(0)!r} has no argument {at}")
+        parts.append(_conversion(args[at - 1].copy(), flags, width, precision, conversion))
+    parts += _literal(text[pos:])
+    if not parts:
+        return exp.Literal.string("")
+    out = parts[0]
+    for part in parts[1:]:
+        out = exp.DPipe(this=out, expression=part)
+    return out
+
+
+def _literal(text: str) -> list[Any]:
+    """The text between two conversions (none when empty); a ``%`` in it began no complete
+    conversion, which Java refuses (UnknownFormatConversionException)."""
+    from sqlglot import exp
+
+    if "%" in text:
+        raise QueryError(f"format(): {text!r} holds an incomplete % conversion (write %% for %)")
+    return [exp.Literal.string(text)] if text else []
+
+
+def _conversion(arg: Any, flags: str, width: str | None, precision: str | None, conv: str) -> Any:
+    """``coalesce(printf('%<spec>', arg), '<null, padded>')`` for one Java conversion."""
+    from sqlglot import exp
+
+    spec = "%" + flags + (width or "") + (f".{precision}" if precision else "")
+    value = arg
+    if conv in "sS":
+        value = exp.Cast(this=arg, to=exp.DataType.build("varchar"))
+    printed = exp.Anonymous(
+        this="printf", expressions=[exp.Literal.string(spec + conv.lower()), value]
+    )
+    pad = "%" + ("-" if "-" in flags else "") + (width or "") + "s"
+    null = exp.Anonymous(
+        this="printf", expressions=[exp.Literal.string(pad), exp.Literal.string("null")]
+    )
+    out = exp.Coalesce(this=printed, expressions=[null])
+    return exp.Upper(this=out) if conv == "S" else out

@@ -1,0 +1,152 @@
+"""Ad-hoc Trino SQL means on DuckDB what it means on Athena (athena/trinofuncs.py).
+
+Each test runs the Trino text through the local engine (transpiled and run by DuckDB, as
+`logq sql` does) and compares with the value Trino's documentation gives.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from athena.engines.local import LocalEngine
+from athena.engines.result import StatementError
+from athena.queries import QueryError, to_duckdb
+
+
+@pytest.fixture(scope="module")
+def duck(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``duck(sql)``: the first row of ``sql`` (Trino) run by the local engine."""
+    engine = LocalEngine(str(tmp_path_factory.mktemp("empty-warehouse")))
+
+    def run(sql: str) -> tuple[Any, ...]:
+        return engine.run(sql, {}).rows[0]
+
+    return run
+
+
+def test_regexp_replace_groups_as_trino(duck) -> None:
+    """https://trino.io/docs/current/functions/regexp.html#regexp_replace: "Capturing groups
+    can be referenced in replacement using $g ... A dollar sign ($) may be included in the
+    replacement by escaping it with a backslash (\\$)", and
+    regexp_replace('1a 2b 14m', '(\\d+)([ab]) ', '3c$2 ') is '3ca 3cb 14m'. DuckDB's
+    replacement is RE2's (\\1): before, '$2' came out as the text '$2'."""
+    documented = r"SELECT regexp_replace('1a 2b 14m', '(\d+)([ab]) ', '3c$2 ')"
+    assert duck(documented) == ("3ca 3cb 14m",)
+    # $0 the whole match; \$ a dollar; \\ a backslash; a backslash before any other character
+    # is that character (Java's Matcher.appendReplacement).
+    assert duck(r"SELECT regexp_replace('/a/12/b', '/([0-9]+)/', '/<$1>\$\\$0\x/')") == (
+        r"/a/<12>$\/12/x/b",
+    )
+    assert duck(r"SELECT regexp_replace('1a 2b 14m', '\d+[ab] ')") == ("14m",)
+
+
+@pytest.mark.parametrize(
+    ("replacement", "says"),
+    [("$12", "$12 has no local equivalent"), ("${name}", "${name} has no local"),
+     ("a$", "names no group"), ("a\\", "lone backslash"),
+     ("x -> x[1]", "with a lambda has no local equivalent")],
+)  # fmt: skip
+def test_regexp_replace_without_local_spelling_is_refused(replacement: str, says: str) -> None:
+    with pytest.raises(QueryError, match=re.escape(says)):
+        quoted = replacement if "->" in replacement else f"'{replacement}'"
+        to_duckdb(f"SELECT regexp_replace(path, '(a)', {quoted}) FROM envoy_access", {})
+
+
+def test_split_part_past_the_last_field_is_null(duck) -> None:
+    """https://trino.io/docs/current/functions/string.html#split_part: "Field indexes start
+    with 1. If the index is larger than the number of fields, then null is returned."
+    DuckDB returned ''. Trino refuses an index below 1 (DuckDB counted from the end)."""
+    assert duck("SELECT split_part('a,b', ',', 3), split_part('a,b', ',', 2), "
+                "split_part('a,b', ',', 1), split_part('', ',', 1), split_part('a', ',', 2)") == (
+        None, "b", "a", "", None,
+    )  # fmt: skip
+    rows = duck("SELECT array_agg(split_part('a,b', ',', i) ORDER BY i) FROM (VALUES 1, 2, 3) t(i)")
+    assert rows == (["a", "b", None],)
+    with pytest.raises(StatementError, match="index must be 1 or more"):
+        duck("SELECT split_part('a,b', ',', i) FROM (VALUES -1) t(i)")
+    with pytest.raises(QueryError, match="below 1"):
+        to_duckdb("SELECT split_part(path, '/', 0) FROM envoy_access", {})
+
+
+def test_format_as_trino_documents(duck) -> None:
+    """https://trino.io/docs/current/functions/conversion.html#format (Java's Formatter):
+    format('%s%%', 123) '123%', format('%.5f', pi()) '3.14159', format('%03d', 8) '008',
+    format('%,.2f', 1234567.89) '1,234,567.89', format('%-7s,%7s', 'hello', 'world')
+    'hello  ,  world', format('%2$s %3$s %1$s', 'a', 'b', 'c') 'b c a'. DuckDB's format is
+    fmt's {} language: it returned '%s=%d' for format('%s=%d', ...)."""
+    assert duck(
+        "SELECT format('%s%%', 123), format('%.5f', pi()), format('%03d', 8), "
+        "format('%,.2f', 1234567.89), format('%-7s,%7s', 'hello', 'world'), "
+        "format('%2$s %3$s %1$s', 'a', 'b', 'c'), format('%s=%d', 'a', 5)"
+    ) == ("123%", "3.14159", "008", "1,234,567.89", "hello  ,  world", "b c a", "a=5")
+    # Java prints a NULL argument as "null" (padded to the width), %S upper-cases, %n a newline,
+    # %s takes any type (DuckDB's printf refuses %s for a double).
+    assert duck("SELECT format('%s|%5d|%S|%n|%s', NULL, NULL, 'abc', 1.5E0)") == (
+        "null| null|ABC|\n|1.5",
+    )
+
+
+@pytest.mark.parametrize(
+    "call",
+    ["format('%tY', current_date)", "format('%g', 1.0E0)", "format('%b', true)",
+     "format(path, 1)", "format('100%')"],
+)  # fmt: skip
+def test_format_without_local_equivalent_is_refused(call: str) -> None:
+    with pytest.raises(QueryError, match="format"):
+        to_duckdb(f"SELECT {call} FROM envoy_access", {})
+
+
+@pytest.mark.parametrize(
+    ("call", "instead", "trino_value"),
+    [
+        ("url_extract_host('http://www.example.com:80/stuff/x?k=v#f')", "regexp_extract",
+         "www.example.com"),
+        ("url_extract_path('http://www.example.com:80/stuff/x?k=v#f')", "regexp_extract",
+         "/stuff/x"),
+        ("url_extract_parameter('http://www.example.com/x?k=v%20w&j=2', 'k')", "url_decode",
+         "v w"),
+        ("url_extract_query('http://www.example.com/x?k=v&j=2#f')", "regexp_extract", "k=v&j=2"),
+        ("url_extract_protocol('https://www.example.com/x')", "regexp_extract", "https"),
+    ],
+)  # fmt: skip
+def test_athena_only_functions_say_what_to_use(
+    duck, call: str, instead: str, trino_value: str
+) -> None:
+    """https://trino.io/docs/current/functions/url.html: the URL functions read
+    [protocol:][//host[:port]][path][?query][#fragment]. DuckDB has none of them: the local
+    error names the function as Athena-only, and the expression it suggests (works on both
+    engines) gives Trino's value here."""
+    with pytest.raises(QueryError) as refused:
+        to_duckdb(f"SELECT {call}", {})
+    message = str(refused.value)
+    assert "is an Athena (Trino) function the local engine (DuckDB) does not have" in message
+    assert instead in message and "--engine athena" in message
+    suggestion = message.split("use ", 1)[1].split(" instead", 1)[0]
+    url = call.split("'")[1]
+    filled = suggestion.replace("(url,", f"('{url}',").replace("NAME", "k")
+    assert duck(f"SELECT {filled}") == (trino_value,)
+
+
+def test_athena_only_function_without_equivalent_and_in_logq_sql(
+    logq_sql_local: Any,
+) -> None:
+    run = logq_sql_local("SELECT human_readable_seconds(96) AS t")
+    assert run.exit_code == 2
+    assert "human_readable_seconds() is an Athena (Trino) function" in run.stderr
+    assert "no local equivalent" in run.stderr and "--engine athena" in run.stderr
+
+
+@pytest.fixture
+def logq_sql_local(tmp_path: Path) -> Any:
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    def run(statement: str) -> Any:
+        return CliRunner().invoke(app, ["sql", statement, "--warehouse", str(tmp_path)])
+
+    return run
