@@ -16,6 +16,7 @@ from cli.notes import note_once
 from cli.options import Common, EngineName
 
 if TYPE_CHECKING:
+    from athena.projection import ServiceEnum
     from athena.warehouse import Warehouse
     from cli.runner import Prepared
 
@@ -76,6 +77,54 @@ def note_unknown_services(
     note_once(f"logq: note: {unknown_services_text(table, unknown, known, rest)}")
 
 
+def note_outside_enum(common: Common, database: str, region: str | None, prep: Prepared) -> None:
+    """On Athena, name the ``--service`` values missing from the table's ``service`` enum, on
+    stderr, with the way to add them; record them in ``prep.outside_enum``.
+
+    Athena reads only the partitions its projection enumerates, so such a service answers
+    "no results" (or, in a list, is left out) while its data sits in S3: the enum is fixed
+    when the DDL is applied by hand (``logq ddl``), and only an aggregator with
+    ``--athena-database`` extends it as services appear. One Glue call, only with
+    ``--service``; when the list cannot be read (permissions, network) nothing is said.
+    """
+    if not prep.services:
+        return
+    from athena.projection import service_enum
+
+    found = service_enum(database, prep.table, region)
+    if found is None:
+        return
+    missing = [s for s in prep.services if s not in found.values]
+    prep.outside_enum = missing
+    if missing:
+        note_once(f"logq: note: {outside_enum_text(common, database, prep, found, missing)}")
+
+
+def outside_enum_text(
+    common: Common, database: str, prep: Prepared, found: ServiceEnum, missing: list[str]
+) -> str:
+    """Which names Athena cannot see, why, and the commands that fix it (the warehouse taken
+    from the table's LOCATION when --warehouse does not name an s3:// one)."""
+    import difflib
+
+    names = ", ".join(map(repr, missing))
+    shown_ = [s for s in prep.services or [] if s not in missing]
+    rest = f"; showing {', '.join(shown_)} only" if shown_ else ""
+    given = common.warehouse if (common.warehouse or "").startswith("s3://") else None
+    uri = given or found.warehouse or "s3://BUCKET/PREFIX"
+    close = {m for s in missing for m in difflib.get_close_matches(s, found.values, 3, 0.6)}
+    typo = f"; did you mean {' or '.join(map(repr, sorted(close)))}?" if close else ""
+    return (
+        f"{names} {'is' if len(missing) == 1 else 'are'} not in the service list "
+        f"(projection.service.values) of the Athena table {database}.{prep.table}, so Athena "
+        f"reads none of {'its' if len(missing) == 1 else 'their'} data{rest}. The list is "
+        "fixed when the DDL is applied by hand: apply again the DDL that `logq ddl "
+        f"--warehouse {uri} --athena-database {database}` prints (it lists the services now "
+        "in the warehouse), or run an aggregator with --athena-database, which keeps the list "
+        f"current; meanwhile `--engine local --warehouse {uri}` reads the data{typo}"
+    )
+
+
 #: Exit status when the question cannot have an answer: every ``--service`` is unknown, or the
 #: warehouse holds no data of the table at all (a typo, or a path one level off). The empty
 #: answer is still printed; 3 lets a script tell it from "no matching rows" (0).
@@ -90,6 +139,12 @@ def no_data_reason(common: Common, prep: Prepared) -> str | None:
     """Why the question has no answer at all (locally): the table has no data, or every
     ``--service`` is unknown. None when the data is there (an empty answer is then a real one)."""
     if common.engine is not EngineName.local:
+        missing = prep.outside_enum or []
+        if prep.services and len(missing) == len(prep.services):
+            return (
+                f"Athena reads no partition of {', '.join(map(repr, missing))}: not in the "
+                f"service list of {common.athena_database}.{prep.table} (see the note above)"
+            )
         return None
     from athena.partitions import list_services
     from athena.warehouse import open_warehouse
@@ -162,6 +217,12 @@ def explain_empty(common: Common, prep: Prepared, data_known: bool = False) -> s
     hint = f"; {prep.empty_hint}" if prep.empty_hint else ""
     if common.engine is not EngineName.local:
         where = f" for {', '.join(prep.services)}" if prep.services else ""
+        if prep.outside_enum:  # the services query reads the same list: no use pointing to it
+            return (
+                f"no matching rows {span}{where}; Athena does not read "
+                f"{', '.join(map(repr, prep.outside_enum))}, which the table's service list "
+                f"lacks (see the note above){hint}"
+            )
         return (
             f"no matching rows {span}{where}; `logq services --engine athena --since 1d` lists "
             f"the services with recent data{hint}"

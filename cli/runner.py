@@ -17,6 +17,7 @@ from cli.explain import (
     NO_DATA_EXIT,
     explain_empty,
     no_data_reason,
+    note_outside_enum,
     note_stale,
     note_unknown_services,
 )
@@ -86,6 +87,9 @@ class Prepared:
     """The newest data was checked for staleness (once per preparation)."""
     empty_hint: str = ""
     """What to try next when the answer is empty, after the reason (e.g. ``trace``'s tail)."""
+    outside_enum: list[str] | None = None
+    """On Athena, the ``--service`` names the table's ``service`` enum lacks (None: not looked
+    up, or the lookup failed)."""
 
 
 def prepare(
@@ -237,6 +241,9 @@ def execute(common: Common, prep: Prepared) -> QueryResult | None:
     else:
         if common.max_scan_bytes is not None and common.warehouse:
             check_athena_budget(common, prep)
+        if not prep.services_checked:
+            note_outside_enum(common, engine.database, engine.region, prep)
+            prep.services_checked = True
         result = engine.run(prep.sql, prep.params)
     note_stale(common, prep)
     return result
@@ -341,11 +348,12 @@ def show(
 
 def one_service(common: Common, prep: Prepared) -> bool:
     """Whether the ``--service`` values name exactly one service (locally: one that the table
-    has; ``-s recipe,recipee`` is recipe alone, with a note on the unknown name)."""
+    has; ``-s recipe,recipee`` is recipe alone, with a note on the unknown name; on Athena: one
+    in the table's service enum, when it was read)."""
     if not prep.services:
         return False
     if len(prep.services) == 1 or common.engine is not EngineName.local:
-        return len(prep.services) == 1
+        return len([s for s in prep.services if s not in (prep.outside_enum or [])]) == 1
     from athena.partitions import list_services
     from athena.warehouse import open_warehouse
 

@@ -1,9 +1,17 @@
 -- flags: each Envoy response flag (UH, UF, URX, ...) counted on its own per service (a line with
 -- "UF,URX" counts for both), with its share of that service's requests in range and how many
 -- were 5xx. total_rows: the row count before the LIMIT.
+-- The table is read once: lines are counted per service and flag string first (counted), with
+-- each service's total as a window over those few rows; the flags are split from there. A WITH
+-- query used twice would be read twice: Athena (Trino) inlines it wherever it is named.
 -- Parameters: the common filter set, row_limit.
-WITH scoped AS (
-  SELECT service, response_flags, response_code
+WITH counted AS (
+  SELECT
+    service,
+    response_flags,
+    count(*) AS n,
+    count_if(response_code >= 500) AS errors,
+    sum(count(*)) OVER (PARTITION BY service) AS service_requests
   FROM envoy_access
   WHERE dt BETWEEN :dt_from AND :dt_to
     AND (:all_services OR service IN (:services))
@@ -11,21 +19,18 @@ WITH scoped AS (
     AND "timestamp" < CAST(:until AS timestamp)
     AND (:path_prefix = '' OR starts_with(path, :path_prefix))
     AND (:method = '' OR method = :method)
-),
-total AS (
-  SELECT service, count(*) AS requests FROM scoped GROUP BY service
+  GROUP BY service, response_flags
 )
 SELECT
-  s.service,
+  c.service,
   f.flag,
-  count(*) AS requests,
-  round(CAST(count(*) AS double) * 100 / max(total.requests), 2) AS request_share_pct,
-  count_if(s.response_code >= 500) AS errors_5xx,
+  CAST(sum(c.n) AS bigint) AS requests,
+  round(CAST(sum(c.n) AS double) * 100 / max(c.service_requests), 2) AS request_share_pct,
+  CAST(sum(c.errors) AS bigint) AS errors_5xx,
   count(*) OVER () AS total_rows
-FROM scoped s
-CROSS JOIN UNNEST(split(s.response_flags, ',')) AS f (flag)
-JOIN total ON total.service = s.service
-WHERE s.response_flags IS NOT NULL AND s.response_flags <> '-' AND f.flag <> ''
-GROUP BY s.service, f.flag
-ORDER BY requests DESC, s.service, f.flag
+FROM counted c
+CROSS JOIN UNNEST(split(c.response_flags, ',')) AS f (flag)
+WHERE c.response_flags IS NOT NULL AND c.response_flags <> '-' AND f.flag <> ''
+GROUP BY c.service, f.flag
+ORDER BY requests DESC, c.service, f.flag
 LIMIT :row_limit

@@ -117,10 +117,8 @@ def latency(
     --by path groups by route: the path without its query string, id-like segments as {id}
     (--raw-paths keeps paths as logged).
 
-    Percentiles are exact locally (nearest rank: the smallest value with at least that share
-    of requests at or below it). Athena's approx_percentile (a t-digest) can differ, most in
-    small groups: of 100 requests or fewer, its p99 may be the maximum. The ranking by p99 can
-    then differ between the engines too.
+    Percentiles are exact on both engines (nearest rank: the smallest value with at least that
+    share of requests at or below it), so Athena and the local engine rank alike.
     """
     from cli import runner
 

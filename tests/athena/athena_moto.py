@@ -1,7 +1,9 @@
-"""Helpers to drive moto's Athena API emulation: queued results, state progression, history."""
+"""Helpers to drive moto's Athena API emulation: queued results, state progression, history,
+and the Glue catalog tables (their properties) that Athena reads."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.request
 from typing import Any
@@ -77,10 +79,38 @@ def executions(endpoint: str) -> list[dict[str, Any]]:
     return [client.get_query_execution(QueryExecutionId=i)["QueryExecution"] for i in ids]
 
 
+def glue_table(
+    endpoint: str, database: str, table: str, parameters: dict[str, str], location: str
+) -> None:
+    """Create ``database.table`` in moto's Glue catalog (where Athena keeps its tables), with
+    these table properties (``projection.service.values`` ...) and LOCATION."""
+    glue = boto3.client(
+        "glue",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    with contextlib.suppress(glue.exceptions.AlreadyExistsException):
+        glue.create_database(DatabaseInput={"Name": database})
+    glue.create_table(
+        DatabaseName=database,
+        TableInput={
+            "Name": table,
+            "TableType": "EXTERNAL_TABLE",
+            "Parameters": parameters,
+            "StorageDescriptor": {"Location": location, "Columns": []},
+            "PartitionKeys": [{"Name": "service", "Type": "string"}],
+        },
+    )
+
+
 def athena_env(monkeypatch: Any, endpoint: str) -> dict[str, str]:
-    """Point boto3/pyathena's Athena client at moto (and only Athena)."""
+    """Point boto3/pyathena's Athena and Glue clients at moto (and only those: the Glue
+    catalog holds the tables' properties, which ``logq`` reads for the service enum)."""
     env = {
         "AWS_ENDPOINT_URL_ATHENA": endpoint,
+        "AWS_ENDPOINT_URL_GLUE": endpoint,
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_REGION": REGION,

@@ -74,9 +74,46 @@ def test_athena_literal_quotes_hostile_values() -> None:
     assert "LIMIT 10" in text
 
 
-def test_percentiles_exact_on_duckdb() -> None:
-    sql, _ = to_duckdb(queries.load("latency").text, COMMON)
-    assert "QUANTILE_DISC(duration_ms, 0.99)" in sql
+def test_latency_percentiles_are_nearest_rank_on_both_engines() -> None:
+    """latency.sql ranks durations itself (running counts over per-duration counts, so the table
+    is read once), with no approx_percentile for Athena: on DuckDB its answer equals
+    quantile_disc, ties and NULL durations included (a NULL counts as a request, not a time)."""
+    import random
+
+    import duckdb
+    import pandas as pd
+
+    assert "approx_percentile" not in to_athena(queries.load("latency").text, COMMON)[0]
+    rng = random.Random(5)
+    sizes = [1, 2, 3, 7, 10, 99, 100, 101, 250]
+    rows = pd.DataFrame(
+        [
+            {
+                "dt": "2026-11-27-23",
+                "service": "recipe",
+                "timestamp": pd.Timestamp("2026-11-27 23:10:00"),
+                "path": f"/g{size}",
+                "method": "GET",
+                "upstream_host": None,
+                "duration_ms": None if rng.random() < 0.1 else rng.choice([5, 5, 7, 40, 900]),
+            }
+            for size in sizes
+            for _ in range(size)
+        ]
+        + [{"dt": "2026-11-27-23", "service": "recipe", "path": "/none", "method": "GET",
+            "timestamp": pd.Timestamp("2026-11-27 23:10:00"), "upstream_host": None,
+            "duration_ms": None}]
+    ).astype({"duration_ms": "Int32"})  # fmt: skip
+    con = duckdb.connect()
+    con.register("envoy_access", rows)
+    want = con.execute(
+        "SELECT path, count(*), quantile_disc(duration_ms, 0.5), quantile_disc(duration_ms, 0.9),"
+        " quantile_disc(duration_ms, 0.99), max(duration_ms) FROM envoy_access GROUP BY path"
+    ).fetchall()
+    sql, bound = to_duckdb(queries.load("latency").text, {**COMMON, "row_limit": 100})
+    got = [r[1:7] for r in con.execute(sql, bound).fetchall()]
+    assert sorted(got, key=str) == sorted(want, key=str)
+    assert ("/none", 1, None, None, None, None) in got
 
 
 def test_tables_of() -> None:
@@ -162,8 +199,8 @@ def test_routes_on_athena_replace_every_match() -> None:
     assert duck.count("'g'") == 3
 
 
-# latency.sql as it was when it folded every request's path (three regexp_replace per row): the
-# reference the distinct-path version must agree with.
+# latency.sql as it was when it folded every request's path (three regexp_replace per row) and
+# took quantile_disc on DuckDB: the reference the one-scan version must agree with.
 _ID_RE = (
     "'/([0-9]+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
     "|[0-9a-fA-F]{16,}|[^/]*[0-9]{4}[^/]*)"
@@ -234,9 +271,10 @@ def _many_paths(n: int) -> list[str | None]:
 
 
 def test_latency_routes_once_per_path_same_answers_as_per_request() -> None:
-    """latency.sql folds each distinct path once and joins the route back; on data with many
-    distinct paths (ids, query strings, NULL paths) it answers exactly as folding every request
-    did, for every --by, with and without raw_paths, with filters and a LIMIT."""
+    """latency.sql reads the table once, folds each distinct path once and ranks durations
+    from per-duration counts; on data with many distinct paths (ids, query strings, NULL paths)
+    it answers exactly as folding every request and quantile_disc did, for every --by, with
+    and without raw_paths, with filters and a LIMIT."""
     import random
 
     import duckdb
@@ -292,14 +330,13 @@ def test_latency_routes_once_per_path_same_answers_as_per_request() -> None:
     assert len(got) == 7 and all(k is None or "?" not in k for k in keys)
 
 
-def test_latency_sql_is_trino_with_athena_percentiles() -> None:
-    """The Athena text parses as Trino, uses approx_percentile and carries each route regex
-    once (in the distinct-path step), with no DuckDB 'g' flag."""
+def test_latency_sql_is_trino_with_each_route_regex_once() -> None:
+    """The Athena text parses as Trino and carries each route regex once (in the step over
+    distinct paths and durations), with no DuckDB 'g' flag."""
     import sqlglot
 
     text = queries.athena_literal_sql(queries.load("latency").text, COMMON)
     tree = sqlglot.parse_one(text, read="trino")
     assert tree is not None
     sql, _ = to_athena(queries.load("latency").text, COMMON)
-    assert sql.count("approx_percentile(duration_ms, 0.99)") == 1
     assert sql.count("regexp_replace(") == 3 and "'g'" not in sql
