@@ -192,7 +192,10 @@ class Catalog:
 
 
 def run_athena(client: Any, sql: str, database: str | None, settings: Settings) -> str:
-    """Run one statement and wait for it; raise :class:`CatalogError` with Athena's reason."""
+    """Run one statement and wait for it; raise :class:`CatalogError` with Athena's reason.
+
+    A statement still not finished after :data:`ATHENA_TIMEOUT_SECONDS` is stopped before the
+    error is raised, so giving up on it does not leave it queued or running."""
     kwargs: dict[str, Any] = {"QueryString": sql}
     if database:
         kwargs["QueryExecutionContext"] = {"Database": database}
@@ -211,5 +214,22 @@ def run_athena(client: Any, sql: str, database: str | None, settings: Settings) 
             reason = status.get("StateChangeReason", "no reason given")
             raise CatalogError(f"Athena {state} for {sql.splitlines()[0]!r}: {reason}")
         if time.monotonic() > deadline:
-            raise CatalogError(f"Athena query {qid} still {state} after {ATHENA_TIMEOUT_SECONDS}s")
+            stopped = _stop(client, qid)
+            raise CatalogError(
+                f"Athena query {qid} still {state} after {ATHENA_TIMEOUT_SECONDS:.0f}s; "
+                + ("it was stopped" if stopped else "stopping it failed")
+                + " and the DDL is tried again with the next flush"
+            )
         time.sleep(ATHENA_POLL_SECONDS)
+
+
+def _stop(client: Any, qid: str) -> bool:
+    """Stop a DDL query that is given up on (StopQueryExecution): left running, it could still
+    apply after the retry that follows, an older enum overwriting a newer one. Whether the stop
+    was accepted; a failure is logged, the retry goes ahead either way."""
+    try:
+        client.stop_query_execution(QueryExecutionId=qid)
+    except Exception as exc:
+        log.warning("could not stop Athena query %s (%s)", qid, exc)
+        return False
+    return True

@@ -3,9 +3,10 @@
 Exit codes: 2 for bad input (time ranges, service names, SQL that does not parse, and the SQL of
 ``logq sql`` that the engine refuses as written: no such column or table, a type error, the local
 sandbox's refusal), 1 for engine and storage failures (DuckDB, Athena, S3; also a canned query
-the engine refuses, which is logq's bug, not the user's), 130 for Ctrl-C. A script may retry on
-1; retrying on 2 cannot help. ``LOGQ_DEBUG=1`` re-raises instead, to show the traceback.
-Anything else is a bug and keeps its traceback.
+the engine refuses, which is logq's bug, not the user's), 130 for Ctrl-C, 143 (SIGTERM) and 129
+(SIGHUP) when those stop an Athena query (:class:`~athena.engines.result.Terminated`). A script
+may retry on 1; retrying on 2 cannot help. ``LOGQ_DEBUG=1`` re-raises instead, to show the
+traceback. Anything else is a bug and keeps its traceback.
 
 A reader that stops early (``logq timeline | head -2``) is no failure: logq stops writing at
 once, says nothing and exits 0 (:data:`READER_GONE_EXIT`), whatever the command and however
@@ -19,6 +20,7 @@ interpreter's last flush cannot raise again; large output is written in pieces
 (:func:`cli.output.write_all`) so that a closed pipe is noticed at all.
 """
 
+import contextlib
 import errno
 import os
 import sys
@@ -27,7 +29,7 @@ from contextlib import contextmanager
 
 import typer
 
-from athena.engines.result import EngineError, StatementError
+from athena.engines.result import EngineError, StatementError, Terminated
 from cli.storage import advice
 
 #: Exit status when the reader of stdout went away (``| head``): success, see above.
@@ -87,9 +89,14 @@ def friendly(user_sql: bool = False) -> Iterator[None]:
     except BrokenPipeError:
         quiet_stdout()
         raise typer.Exit(READER_GONE_EXIT) from None
-    except KeyboardInterrupt:
-        sys.stderr.write("logq: interrupted\n")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        stopped = isinstance(exc, Terminated)
+        # After SIGHUP the terminal may be gone (EIO): the exit status must still come out.
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(
+                f"logq: stopped by {exc.signame}\n" if stopped else "logq: interrupted\n"
+            )
+        raise typer.Exit(exc.exit_status if stopped else 130) from None
     except (EngineError, OSError, ValueError, KeyError) as exc:
         if os.environ.get("LOGQ_DEBUG"):
             raise

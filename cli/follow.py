@@ -111,7 +111,11 @@ def follow_lines(
                     "--stream or --grep)"
                 )
                 floor = max(floor, gap + _MS)  # said once, not again every poll
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from athena.engines.result import Terminated
+
+        if isinstance(exc, Terminated):  # SIGTERM/SIGHUP: not the user's "stop following"
+            raise
         return
 
 

@@ -28,6 +28,7 @@ from cli.output import OutputFormat
 if TYPE_CHECKING:
     from athena.engines.result import QueryResult
     from athena.partitions import Partition
+    from athena.projection import Projected
     from athena.timerange import TimeRange
     from athena.warehouse import Warehouse
 
@@ -191,8 +192,11 @@ def athena_partitions(prep: Prepared) -> list[str]:
     return [f"{prep.table}/service={s}/dt={h}" for s in svcs for h in hours]
 
 
-def dry_run(common: Common, engine: Any, prep: Prepared) -> None:
-    """Print the final SQL for the engine and the partitions it would read."""
+def dry_run(
+    common: Common, engine: Any, prep: Prepared, projected: list[Projected] | None = None
+) -> None:
+    """Print the final SQL for the engine and the partitions it would read (on Athena, with
+    ``projected``: how many partitions its projection makes, services counted)."""
     import json
 
     out = sys.stdout
@@ -201,10 +205,17 @@ def dry_run(common: Common, engine: Any, prep: Prepared) -> None:
 
         parts = athena_partitions(prep)
         out.write(f"-- engine: athena (database {common.athena_database})\n")
-        count = prep.trange.hour_count() * len(prep.services or ["*"])
-        out.write(f"-- partitions ({count:,}, pruned by partition projection):\n")
-        for p in parts:
-            out.write(f"--   {p}\n")
+        main, *others = projected or [None]
+        shown = f"{main.describe()}, " if main else ""
+        out.write(f"-- partitions ({shown}pruned by partition projection):\n")
+        for part in parts:
+            out.write(f"--   {part}\n")
+        for other in others:
+            out.write(f"-- {other.table} too: {other.describe()}\n")
+        if main is not None and main.count is None:
+            out.write(
+                f"-- services not counted: {main.unknown}; with --service they need no lookup\n"
+            )
         out.write(athena_literal_sql(prep.sql, prep.params).strip() + "\n")
         return
     for table in prep.scopes:
@@ -225,7 +236,9 @@ def dry_run(common: Common, engine: Any, prep: Prepared) -> None:
 def execute(common: Common, prep: Prepared) -> QueryResult | None:
     """Run a prepared canned query (or print it for --dry-run, returning None)."""
     if common.dry_run and common.engine is EngineName.athena:
-        dry_run(common, None, prep)  # needs no connection, region or credentials
+        projected = athena_projection(common, prep)
+        check_projection(projected)
+        dry_run(common, None, prep, projected)  # needs no output location or credentials
         return None
     engine = make_engine(common)
     if common.engine is EngineName.local:
@@ -239,6 +252,7 @@ def execute(common: Common, prep: Prepared) -> QueryResult | None:
     if common.engine is EngineName.local:
         result = engine.run(prep.sql, prep.params, prep.scopes)
     else:
+        check_projection(athena_projection(common, prep))
         if common.max_scan_bytes is not None and common.warehouse:
             check_athena_budget(common, prep)
         if not prep.services_checked:
@@ -247,6 +261,69 @@ def execute(common: Common, prep: Prepared) -> QueryResult | None:
         result = engine.run(prep.sql, prep.params)
     note_stale(common, prep)
     return result
+
+
+def athena_projection(common: Common, prep: Prepared) -> list[Projected]:
+    """The partitions Athena projects of each table the query reads (the main one first).
+
+    With ``--service`` the names are counted; without, the size of the table's service enum,
+    which takes one API call (:func:`athena.projection.service_enum_size`): when that fails
+    (no credentials for a dry run, no such table) the count is unknown and nothing is refused
+    on it."""
+    from athena.engines.athena import default_region
+    from athena.engines.result import EngineError
+    from athena.projection import Projected, projected_hours, service_enum_size
+    from athena.queries import tables_of
+    from athena.schema import TABLES
+
+    read = tables_of(prep.sql) & set(TABLES)
+    tables = [prep.table, *sorted(read - {prep.table})]
+    hours = projected_hours(prep.trange)
+    out = []
+    for table in tables:
+        if prep.services:
+            out.append(Projected(table, hours, len(prep.services)))
+            continue
+        try:
+            region = common.athena_region or default_region()
+            if not region:
+                raise LookupError("no AWS region to ask Athena")
+            out.append(
+                Projected(table, hours, service_enum_size(common.athena_database, table, region))
+            )
+        except (LookupError, EngineError) as exc:
+            out.append(Projected(table, hours, None, str(exc)))
+    return out
+
+
+def check_projection(projected: list[Projected]) -> None:
+    """Refuse (exit 2) a query that Athena would fail for projecting more than its
+    :data:`~athena.projection.PARTITION_LIMIT` partitions of a table, after queueing and
+    planning it; warn past :data:`~athena.projection.PARTITION_WARNING`."""
+    from athena.projection import PARTITION_LIMIT, PARTITION_WARNING
+    from cli.notes import note_once
+
+    known = [p for p in projected if p.count is not None and p.services]
+    if not known:
+        return
+    worst = max(known, key=lambda p: p.count or 0)
+    assert worst.count is not None and worst.services
+    most_hours = PARTITION_LIMIT // worst.services
+    narrow = (
+        f"narrow --since/--until (at most {most_hours:,} hours, about {most_hours // 24:,} days, "
+        f"for {worst.services:,} services) or add --service"
+    )
+    if worst.count > PARTITION_LIMIT:
+        raise ValueError(
+            f"Athena would project {worst.describe()} partitions of {worst.table}, over its "
+            f"limit of {PARTITION_LIMIT:,} (the query would fail with "
+            f"HIVE_EXCEEDED_PARTITION_LIMIT); {narrow}"
+        )
+    if worst.count > PARTITION_WARNING:
+        note_once(
+            f"logq: warning: Athena projects {worst.describe()} partitions of {worst.table}; "
+            f"planning that many is slow: {narrow}"
+        )
 
 
 def check_athena_budget(common: Common, prep: Prepared) -> None:

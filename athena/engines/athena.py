@@ -3,8 +3,11 @@
 What an engineer sees while it runs: one progress line on stderr (state, elapsed, data scanned)
 when stderr is a terminal; afterwards the bytes scanned and the cost (USD 5 per TB, per MB rounded
 up, 10 MB minimum). Ctrl-C stops the query on Athena (``StopQueryExecution``) before exiting, so an
-abandoned query does not keep scanning and billing. ``--max-scan-bytes`` is enforced while the
-query runs: as soon as Athena reports more data scanned than allowed, the query is cancelled.
+abandoned query does not keep scanning and billing; so do SIGTERM and SIGHUP while a query runs
+(``timeout``, a CI job's kill, a closed terminal), also one that lands while
+``StartQueryExecution`` is in flight: see :mod:`athena.engines.interrupts`. ``--max-scan-bytes``
+is enforced while the query runs: as soon as Athena reports more data scanned than allowed, the
+query is cancelled.
 
 Parameters are passed in pyathena's ``pyformat`` style, so pyathena quotes every value.
 Endpoint and credentials come from the standard AWS settings (``AWS_ENDPOINT_URL_ATHENA`` /
@@ -13,18 +16,22 @@ Endpoint and credentials come from the standard AWS settings (``AWS_ENDPOINT_URL
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
+from athena.engines.interrupts import Interrupts
 from athena.engines.result import (
     EngineError,
     QueryResult,
     ScanBudgetError,
     StatementError,
+    Terminated,
     athena_cost_usd,
     human_bytes,
 )
@@ -57,6 +64,21 @@ STATEMENT_FAILURE = re.compile(
     r"|line \d+:\d+: (?:mismatched input|extraneous input|no viable alternative)",
 )
 
+#: How Athena says that the database or one of logq's tables is not in its catalog:
+#: ``TABLE_NOT_FOUND: line 1:15: Table 'awsdatacatalog.logs.envoy_access' does not exist``,
+#: ``SCHEMA_NOT_FOUND: line 1:15: Schema 'logs' does not exist``.
+MISSING_TABLE = re.compile(r"TABLE_NOT_FOUND\b.*?Table '([^']+)' does not exist")
+MISSING_SCHEMA = re.compile(r"SCHEMA_NOT_FOUND\b.*?Schema '([^']+)' does not exist")
+
+#: How Athena says that a query projects more partitions than it allows (1,000,000 with
+#: partition projection): Trino's Hive connector code and words ("Query over table 'x' can
+#: potentially read more than 1000000 partitions"), or another "exceeded ... partitions".
+PARTITION_LIMIT = re.compile(
+    r"HIVE_EXCEEDED_PARTITION_LIMIT|can potentially read more than [\d,]+ partitions"
+    r"|exceed\w*\b[^.;]*\bpartitions",
+    re.IGNORECASE,
+)
+
 #: A statement refused at submission for where it is wrong in it (other InvalidRequestExceptions,
 #: such as a workgroup without an output location, are no fault of the statement).
 SUBMIT_REFUSAL = re.compile(r"line \d+:\d+: ")
@@ -64,6 +86,23 @@ SUBMIT_REFUSAL = re.compile(r"line \d+:\d+: ")
 
 class _VanishedFile(EngineError):
     """The query failed because a file it listed was deleted before it was read."""
+
+
+@functools.cache
+def _cursor_class() -> type:
+    """pyathena's ``AsyncCursor``, telling :attr:`announce` which query a second interrupt
+    stopped while its ``StartQueryExecution`` was in flight (pyathena waits for the id, then
+    cancels the query; this only lets logq say so)."""
+    from pyathena.async_cursor import AsyncCursor
+
+    class _Cursor(AsyncCursor):  # type: ignore[misc]
+        announce: Callable[[str], None] | None = None
+
+        def _set_interrupted_execution_id(self, execution_id: str) -> None:
+            if self.announce is not None:
+                self.announce(execution_id)
+
+    return _Cursor
 
 
 def _human_bytes(n: int | None) -> str:
@@ -110,6 +149,7 @@ class AthenaEngine:
         self.progress = progress
         self.progress_out = progress_out or sys.stderr
         self.poll_interval = poll_interval
+        self._interrupts = Interrupts()
         if not self.output and not self.workgroup:
             raise EngineError(
                 "Athena needs a place for results: pass --athena-output s3://BUCKET/PREFIX/ "
@@ -129,14 +169,13 @@ class AthenaEngine:
 
     def _connect(self) -> Any:
         from pyathena import connect
-        from pyathena.async_cursor import AsyncCursor
 
         quiet_pyathena()
 
         kwargs: dict[str, Any] = {
             "region_name": self.region,
             "schema_name": self.database,
-            "cursor_class": AsyncCursor,
+            "cursor_class": _cursor_class(),
             "poll_interval": self.poll_interval,
         }
         if self.output:
@@ -147,6 +186,28 @@ class AthenaEngine:
         if endpoint:
             kwargs["endpoint_url"] = endpoint
         return connect(**kwargs)
+
+    def _say(self, line: str) -> None:
+        """Write a line on the progress stream; a terminal that is gone (SIGHUP after the ssh
+        session closed: EIO) must not keep logq from stopping the query."""
+        try:
+            self.progress_out.write(line)
+            self.progress_out.flush()
+        except (OSError, ValueError):
+            pass
+
+    def _stop(self, cursor: Any, query_id: str, why: BaseException) -> None:
+        """Stop ``query_id`` on Athena (StopQueryExecution) and say so; when that fails, say
+        how to stop it by hand (the interrupt still ends logq)."""
+        cause = f" ({why.signame})" if isinstance(why, Terminated) else ""
+        self._say(f"\nathena: cancelling query {query_id}{cause}\n")
+        try:
+            cursor.cancel(query_id).result()
+        except Exception as exc:
+            self._say(
+                f"athena: could not cancel query {query_id} ({exc}); stop it with `aws athena "
+                f"stop-query-execution --query-execution-id {query_id}`\n"
+            )
 
     def _show(self, state: str, started: float, scanned: int | None, final: bool = False) -> None:
         if not self.progress:
@@ -164,7 +225,12 @@ class AthenaEngine:
 
         A query that failed because compaction deleted a file it had listed runs again (up to
         :data:`VANISHED_RETRIES` times): the local engine does the same, and Athena does not
-        bill failed queries."""
+        bill failed queries. Ctrl-C, SIGTERM and SIGHUP stop the query on Athena
+        (:mod:`athena.engines.interrupts`)."""
+        with self._interrupts.taken():
+            return self._run_retrying(sql, params, max_rows)
+
+    def _run_retrying(self, sql: str, params: dict[str, Any], max_rows: int | None) -> QueryResult:
         for attempt in range(VANISHED_RETRIES + 1):
             try:
                 return self._run_once(sql, params, max_rows)
@@ -185,10 +251,12 @@ class AthenaEngine:
         text, values = self.prepare(sql, params)
         conn = self._connect()
         cursor = conn.cursor()
+        cursor.announce = lambda qid: self._say(f"\nathena: cancelling query {qid}\n")
         started = time.monotonic()
         query_id = None
         try:
-            query_id, future = cursor.execute(text, values or None)
+            with self._interrupts.starting():  # a signal now is raised once the query has an id
+                query_id, future = cursor.execute(text, values or None)
             scanned: int | None = 0
             state = "QUEUED"
             while not future.done():
@@ -210,7 +278,8 @@ class AthenaEngine:
             self._show(result_set.state or state, started, result_set.data_scanned_in_bytes, True)
             if result_set.state != "SUCCEEDED":
                 reason = result_set.state_change_reason or "no reason given"
-                raise _failure(reason)(f"Athena query {query_id} {result_set.state}: {reason}")
+                failed = f"Athena query {query_id} {result_set.state}: {reason}"
+                raise _failure(reason)(failed + self.next_step(reason))
             final = result_set.data_scanned_in_bytes or 0
             if self.max_scan_bytes is not None and final > self.max_scan_bytes:
                 self.progress_out.write(
@@ -230,10 +299,11 @@ class AthenaEngine:
                 query_id=query_id,
                 sql=text,
             )
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
+            # Without an id: the start failed, or a second interrupt came while it was in
+            # flight (pyathena then waited for the id and cancelled the query itself).
             if query_id is not None:
-                self.progress_out.write(f"\nathena: cancelling query {query_id}\n")
-                cursor.cancel(query_id).result()
+                self._stop(cursor, query_id, stop)
             raise
         except AthenaError as exc:
             # Athena refuses a statement that does not parse when it is submitted
@@ -249,6 +319,31 @@ class AthenaEngine:
         finally:
             cursor.close()
             conn.close()
+
+    def next_step(self, reason: str) -> str:
+        """What to do about a failed query's ``reason`` ("; ..." to append), or ``""``: create
+        the tables when Athena does not have them, narrow the query when it projects too many
+        partitions."""
+        from athena.schema import TABLES
+
+        table = MISSING_TABLE.search(reason)
+        schema = MISSING_SCHEMA.search(reason)
+        parts = table.group(1).split(".") if table else []
+        if schema or (parts and parts[-1] in TABLES):
+            db = schema.group(1) if schema else (parts[-2] if len(parts) > 1 else self.database)
+            return (
+                f"; Athena has no logq tables in database {db!r}: create them with the "
+                f"statements of `logq ddl --warehouse s3://BUCKET/PREFIX --athena-database {db}`"
+                f", or run logq-aggregator with --athena-database {db}; or pass the right "
+                "--athena-database"
+            )
+        if PARTITION_LIMIT.search(reason):
+            return (
+                "; the query projects more partitions (hours x services) than Athena allows "
+                "(1,000,000): narrow --since/--until or add --service (logq sql: constrain dt "
+                "and service in WHERE)"
+            )
+        return ""
 
 
 def _failure(reason: str) -> type[EngineError]:

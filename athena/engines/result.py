@@ -24,6 +24,28 @@ class ScanBudgetError(EngineError):
     """The query would scan (or scanned) more than ``--max-scan-bytes`` allows."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived while an Athena query ran (``timeout``, a CI job's kill, a
+    closed terminal or ssh session).
+
+    A :class:`KeyboardInterrupt`, so that everything that stops a query on Ctrl-C stops it on
+    these too (pyathena's cancel of a query whose start was in flight included); the program
+    then exits :attr:`exit_status`, 128 + the signal's number, the status shells and
+    ``timeout --preserve-status`` report for a program the signal ended (143 for SIGTERM).
+    Not Ctrl-C's 130: a script or CI log then tells a user's Ctrl-C from a kill."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.signame = signal.Signals(signum).name
+        super().__init__(self.signame)
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+
 #: Athena's price per byte scanned (USD 5 per TB) and its per-query minimum (10 MB).
 USD_PER_BYTE = 5.0 / 1024**4
 MIN_BILLED_BYTES = 10 * 1024**2

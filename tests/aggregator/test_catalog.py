@@ -177,3 +177,29 @@ def test_a_failed_enum_update_is_retried_until_athena_has_it(
     assert not catalog.add_services({"search"})
     assert catalog.resync()
     assert applied[-1] == ["checkout", "recipe", "search"]
+
+
+def test_a_ddl_statement_given_up_on_is_stopped_in_athena(
+    moto_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, run_athena raised after its timeout and left the statement queued or running
+    (it could still apply later, after the retry)."""
+    from aggregator import catalog as catalog_mod
+    from tests.athena.athena_moto import set_progression
+
+    client = _athena(moto_server)
+    monkeypatch.setattr(catalog_mod, "ATHENA_TIMEOUT_SECONDS", 0.3)
+    monkeypatch.setattr(catalog_mod, "ATHENA_POLL_SECONDS", 0.05)
+    statement = f"ALTER TABLE `logs`.`t_{uuid.uuid4().hex[:8]}` SET TBLPROPERTIES ('a' = 'b')"
+    set_progression(moto_server, 30)  # the statement stays QUEUED far past the timeout
+    try:
+        with pytest.raises(CatalogError, match="it was stopped and the DDL is tried again"):
+            catalog_mod.run_athena(
+                client, statement, "logs", Settings(athena_output="s3://athena-results/")
+            )
+    finally:
+        set_progression(moto_server, None)
+    ids = client.list_query_executions()["QueryExecutionIds"]
+    runs = [client.get_query_execution(QueryExecutionId=i)["QueryExecution"] for i in ids]
+    mine = [r for r in runs if r["Query"] == statement]
+    assert len(mine) == 1 and mine[0]["Status"]["State"] == "CANCELLED"

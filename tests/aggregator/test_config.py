@@ -98,6 +98,9 @@ def test_one_config_file_serves_both_daemons(tmp_path: Path) -> None:
         ("", ["--buffer-dir", ""], "--buffer-dir is empty"),
         ("", ["--tls-cert", "", "--tls-key", ""], "--tls-cert is empty"),
         ("", ["--metrics-listen", " "], "--metrics-listen is empty"),
+        # Every DDL statement failed, one warning per flush: said once, at start-up.
+        ("", ["--athena-database", "logs"], "--athena-database needs a place for Athena's"),
+        ('athena_database = "logs"\n', [], "pass --athena-output s3://BUCKET/PREFIX/, or"),
     ],
 )
 def test_bad_settings_say_what_to_do(
@@ -107,6 +110,22 @@ def test_bad_settings_say_what_to_do(
     conf.write_text(content)
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse(["--config", str(conf), *argv])
+
+
+def test_athena_database_with_output_or_workgroup(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOGQ_WAREHOUSE", "s3://bucket/prefix")
+    for where in (["--athena-output", "s3://results/"], ["--athena-workgroup", "primary"]):
+        assert parse(["--athena-database", "logs", *where]).athena_database == "logs"
+
+
+def test_athena_database_without_results_location_exits_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    wh, buf = tmp_path / "wh", tmp_path / "buf"
+    argv = ["--athena-database", "logs", "--warehouse", str(wh), "--buffer-dir", str(buf)]
+    assert main(argv) == 2
+    assert "--athena-database needs a place for Athena's results" in capsys.readouterr().err
+    assert not wh.exists() and not buf.exists()
 
 
 def test_mistyped_warehouses_are_refused_before_anything_is_written(

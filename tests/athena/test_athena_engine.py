@@ -227,3 +227,32 @@ def test_scan_budget_cancels_running_query(moto: str) -> None:
         engine.run("SELECT 'budget' AS b", {})
     sent = [e for e in executions(moto) if e["Query"] == "SELECT 'budget' AS b"]
     assert sent[-1]["Status"]["State"] == "CANCELLED"
+
+
+def test_signals_ignored_on_purpose_stay_ignored() -> None:
+    """``nohup logq ...`` ignores SIGHUP: the engine must not turn it back into a stop. The
+    signals it takes get their handlers back afterwards."""
+    from athena.engines.interrupts import Interrupts
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    term = signal.getsignal(signal.SIGTERM)
+    try:
+        with Interrupts().taken():
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, term)
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == term
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
+def test_a_signal_while_a_query_starts_is_raised_once_it_has_an_id() -> None:
+    from athena.engines.interrupts import Interrupts
+    from athena.engines.result import Terminated
+
+    interrupts = Interrupts()
+    started = []
+    with interrupts.taken(), pytest.raises(Terminated) as stopped, interrupts.starting():
+        os.kill(os.getpid(), signal.SIGTERM)
+        started.append("query id")  # the start went on to its end
+    assert started == ["query id"] and stopped.value.exit_status == 143

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -397,3 +403,244 @@ def test_canned_query_refused_by_athena_is_an_engine_failure(
     run = logq("errors", "-s", "recipe", "--since", "1h", *ATHENA)
     assert run.exit_code == 1, run.stderr
     assert "COLUMN_NOT_FOUND" in run.stderr
+
+
+def _logq_process(
+    moto_server: str, env: dict[str, str], args: list[str], prelude: str = ""
+) -> subprocess.Popen[str]:
+    """A real ``logq ARGS`` process against moto (``prelude``: Python run before logq)."""
+    env = {
+        **env,
+        "AWS_ENDPOINT_URL_ATHENA": moto_server,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": "us-east-1",
+    }
+    env.pop("LOGQ_DEBUG", None)
+    code = prelude + "\nimport sys\nfrom cli.app import main\nsys.argv[0] = 'logq'\nmain()\n"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_query(moto_server: str, marker: str, proc: subprocess.Popen[str]) -> dict:
+    """The execution whose text holds ``marker``, once moto has it (the process is alive)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = [e for e in executions(moto_server) if marker in e["Query"]]
+        if found:
+            return found[-1]
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError(f"no query with {marker!r} reached moto")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_sighup_stops_the_athena_query(
+    moto_server: str, subprocess_env: dict[str, str], signum: signal.Signals
+) -> None:
+    """`timeout 30 logq ...`, a CI job's kill, a closed terminal: the query must not go on
+    scanning and billing on Athena after logq is gone. Exit 128 + the signal, as shells say."""
+    set_progression(moto_server, 30)
+    marker = f"/stopped-by-{signum.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        proc = _logq_process(
+            moto_server, subprocess_env, ["errors", "--path", marker, "--since", "1h", *ATHENA]
+        )
+        running = _wait_for_query(moto_server, marker, proc)
+        assert running["Status"]["State"] in ("QUEUED", "RUNNING")
+        proc.send_signal(signum)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        set_progression(moto_server, None)
+    qid = running["QueryExecutionId"]
+    assert proc.returncode == 128 + signum, err
+    assert f"athena: cancelling query {qid} ({signum.name})" in err
+    assert f"logq: stopped by {signum.name}" in err and "Traceback" not in err
+    state = next(e for e in executions(moto_server) if e["QueryExecutionId"] == qid)
+    assert state["Status"]["State"] == "CANCELLED"
+
+
+#: Python run in the logq process first: SIGTERM arrives while StartQueryExecution is in flight
+#: (sent from inside the request, before Athena answered with the query's id).
+SIGTERM_DURING_START = """
+import os, signal
+from botocore.client import BaseClient
+_real = BaseClient._make_api_call
+def _call(self, operation, params):
+    if operation == "StartQueryExecution":
+        os.kill(os.getpid(), signal.SIGTERM)
+    return _real(self, operation, params)
+BaseClient._make_api_call = _call
+"""
+
+
+def test_a_signal_while_the_query_starts_stops_it_once_it_has_an_id(
+    moto_server: str, subprocess_env: dict[str, str]
+) -> None:
+    """Before, a signal that landed while StartQueryExecution was in flight left the query
+    that request started running, with no id to stop it by."""
+    set_progression(moto_server, 30)
+    marker = f"/stopped-while-starting-{uuid.uuid4().hex[:8]}"
+    try:
+        proc = _logq_process(
+            moto_server,
+            subprocess_env,
+            ["errors", "--path", marker, "--since", "1h", *ATHENA],
+            prelude=SIGTERM_DURING_START,
+        )
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        set_progression(moto_server, None)
+    assert proc.returncode == 143, err
+    started = [e for e in executions(moto_server) if marker in e["Query"]]
+    assert len(started) == 1 and started[0]["Status"]["State"] == "CANCELLED", started
+    assert f"cancelling query {started[0]['QueryExecutionId']} (SIGTERM)" in err
+
+
+@pytest.mark.parametrize(
+    ("reason", "advice"),
+    [
+        (
+            "TABLE_NOT_FOUND: line 5:6: Table 'awsdatacatalog.logs.envoy_access' does not exist",
+            "logq ddl --warehouse s3://BUCKET/PREFIX --athena-database logs`, or run "
+            "logq-aggregator with --athena-database logs",
+        ),
+        (
+            "SCHEMA_NOT_FOUND: line 5:6: Schema 'logs' does not exist",
+            "no logq tables in database 'logs'",
+        ),
+        (
+            "HIVE_EXCEEDED_PARTITION_LIMIT: Query over table 'logs.envoy_access' can potentially "
+            "read more than 1000000 partitions",
+            "narrow --since/--until or add --service",
+        ),
+        (
+            "Query exceeded the maximum number of projected partitions",
+            "narrow --since/--until or add --service",
+        ),
+    ],
+)
+def test_athena_failures_say_what_to_do_next(
+    logq, moto: str, monkeypatch: pytest.MonkeyPatch, reason: str, advice: str
+) -> None:
+    """Missing tables: how to create them; too many partitions: how to narrow the query. On
+    the one error line, whole (the line is cut in the middle past 400 characters)."""
+    fail_on_athena(monkeypatch, "envoy_access", reason)
+    run = logq("errors", "--since", "100d", *ATHENA)
+    assert run.exit_code == 1, run.stderr
+    errors = [ln for ln in run.stderr.splitlines() if ln.startswith("logq: error:")]
+    assert len(errors) == 1 and reason in errors[0] and advice in errors[0], run.stderr
+    assert "characters ...]" not in errors[0]
+
+
+@pytest.fixture
+def table_enum(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int | None], list[dict]]]:
+    """``table_enum(n)``: Glue's GetTable (the catalog Athena projects from) answers that the
+    table's ``projection.service.values`` holds ``n`` services (None: the table is not
+    found); the other API calls go to moto. Returns the requests it answered."""
+    from botocore.client import BaseClient
+    from botocore.exceptions import ClientError
+
+    from athena.projection import forget_enums
+
+    real = BaseClient._make_api_call
+    asked: list[dict] = []
+
+    def answer(services: int | None) -> list[dict]:
+        def call(self: BaseClient, operation: str, params: dict) -> dict:
+            if operation != "GetTable":
+                return real(self, operation, params)
+            asked.append(params)
+            if services is None:
+                error = {"Code": "EntityNotFoundException", "Message": "Table not found"}
+                raise ClientError({"Error": error}, operation)
+            values = ",".join(f"svc{i}" for i in range(services))
+            parameters = {
+                "projection.enabled": "true",
+                "projection.service.type": "enum",
+                "projection.service.values": values,
+            }
+            return {"Table": {"Name": params["Name"], "Parameters": parameters}}
+
+        forget_enums()
+        monkeypatch.setattr(BaseClient, "_make_api_call", call)
+        return asked
+
+    yield answer
+    forget_enums()
+
+
+def _projected(stdout: str) -> tuple[int, int, int]:
+    found = re.search(r"-- partitions \(([\d,]+) = ([\d,]+) hours x ([\d,]+) services?", stdout)
+    assert found, stdout
+    count, hours, services = (int(g.replace(",", "")) for g in found.groups())
+    return count, hours, services
+
+
+def test_dry_run_counts_every_service_of_the_enum(logq, moto: str, table_enum) -> None:
+    """Athena projects hours x every service in projection.service.values when no --service
+    is given: the count said 2,401 for 100 days however many services there were."""
+    asked = table_enum(120)
+    run = logq("errors", "--since", "100d", "--dry-run", *ATHENA)
+    assert run.exit_code == 0, run.stderr
+    count, hours, services = _projected(run.stdout)
+    assert hours in (2400, 2401) and services == 120 and count == hours * 120
+    assert asked == [{"DatabaseName": "logs", "Name": "envoy_access"}]
+    one = logq("errors", "-s", "recipe", "--since", "100d", "--dry-run", *ATHENA)
+    assert _projected(one.stdout)[2] == 1 and len(asked) == 1  # named: no lookup
+
+
+def test_over_athenas_partition_limit_is_refused_before_running(
+    logq, moto: str, table_enum
+) -> None:
+    """2,401 hours x 500 services = 1.2 million partitions: Athena would queue, plan and fail
+    the query (HIVE_EXCEEDED_PARTITION_LIMIT); refused before anything is sent (exit 2)."""
+    table_enum(500)
+    before = len(executions(moto))
+    for dry in ([], ["--dry-run"]):
+        run = logq("errors", "--since", "100d", *dry, *ATHENA)
+        assert run.exit_code == 2, run.stderr
+        assert "over its limit of 1,000,000" in run.stderr and "x 500 services" in run.stderr
+        assert "narrow --since/--until (at most 2,000 hours" in run.stderr
+        assert "or add --service" in run.stderr and run.stdout == ""
+    assert len(executions(moto)) == before
+    queue_result(moto, [("path", "varchar")], [])
+    named = logq("errors", "-s", "svc1", "--since", "100d", "-f", "json", *ATHENA)
+    assert named.exit_code == 0, named.stderr
+    assert len(executions(moto)) == before + 1
+
+
+def test_many_projected_partitions_warn_and_an_unknown_enum_refuses_nothing(
+    logq, moto: str, table_enum
+) -> None:
+    table_enum(200)  # 2,401 x 200 = 480,200: under the limit, over the warning
+    queue_result(moto, [("path", "varchar")], [])
+    run = logq("errors", "--since", "100d", "-f", "json", *ATHENA)
+    assert run.exit_code == 0, run.stderr
+    assert "logq: warning: Athena projects" in run.stderr and "x 200 services" in run.stderr
+    table_enum(None)  # the enum cannot be read: the count is unknown, said, not guessed
+    dry = logq("errors", "--since", "100d", "--dry-run", *ATHENA)
+    assert dry.exit_code == 0, dry.stderr
+    assert re.search(r"-- partitions \(2,40[01] hours x \? services", dry.stdout), dry.stdout
+    assert "-- services not counted: table logs.envoy_access not read" in dry.stdout
+
+
+def test_projected_hours_are_those_of_the_dt_projection() -> None:
+    """The dt projection runs from 2020 to the current hour: Athena projects no hour outside."""
+    from datetime import UTC, datetime
+
+    from athena.projection import projected_hours
+    from athena.timerange import TimeRange
+
+    now = datetime(2026, 11, 28, 12, 30, tzinfo=UTC)
+    assert projected_hours(TimeRange.parse("100d", None, now=now), now) == 2401
+    ancient = TimeRange.parse("0001-01-01T00:00:00Z", "2020-01-01T02:00:00Z", now=now)
+    assert projected_hours(ancient, now) == 2  # 2020-01-01-00 and -01
+    ahead = TimeRange.parse("2026-11-28T11:00:00Z", "2026-12-01T00:00:00Z", now=now)
+    assert projected_hours(ahead, now) == 2  # 11:00 and the current hour, 12:00
+    assert projected_hours(TimeRange.parse("2019-01-01", "2019-02-01", now=now), now) == 0
