@@ -29,9 +29,12 @@ an attempt that fails deletes only its own output, and only while that output is
 output that is complete (it holds the intent's row count) is never deleted by a rollback: some
 compactor may already be deleting its inputs. Between 2 and 3 (milliseconds on a local disk;
 on S3 one DeleteObjects request per 1,000 inputs; or until the next pass after a crash or a
-failed delete there) inputs and output are both visible: rows twice, never rows missing. A
-delete that fails, whole or for some keys, leaves the intent in place: the next pass finishes
-the merge (step 3 again, then 4).
+failed delete there) inputs and output are both visible: Athena counts their rows twice, never
+misses one; ``logq``'s local engine reads each once (it skips the inputs of a complete output,
+by the rule of :mod:`athena.intents`, which :func:`finish_intents` applies too). A delete that
+fails, whole or for some keys, leaves the intent in place: the next pass finishes the merge
+(step 3 again, then 4), even while the hour holds files younger than the grace (the merged
+output is one of them).
 
 Two compactors on one partition (cron plus the periodic task, a leadership handover, a merge
 slower than ``INTENT_STALE_AFTER``) cannot both merge the same files: each writes its intent
@@ -142,6 +145,7 @@ from aggregator.storage import (
     put_bytes,
     write_options,
 )
+from athena.intents import INTENT_PREFIX, is_intent, output_complete, read_intent
 from athena.schema import DT_FORMAT, TABLES, Table, parse_dt
 from athena.threads import ordered_map
 from athena.warehouse import Warehouse, WarehouseError, open_warehouse
@@ -156,7 +160,6 @@ SAFE_GRACE_MARGIN = timedelta(minutes=5)
 DEFAULT_LOOKBACK = timedelta(hours=48)
 #: Groups up to this many uncompressed bytes are sorted in memory; larger ones are streamed.
 SORT_IN_MEMORY_BYTES = 256 * 1024 * 1024
-INTENT_PREFIX = "_compact-"
 #: An intent older than this is a crashed merge; a younger one may be another compactor's.
 INTENT_STALE_AFTER = timedelta(minutes=15)
 #: A running merge rewrites its intent this often (between input files), so that only a
@@ -233,23 +236,16 @@ def _exists(wh: Warehouse, path: str) -> bool:
 
 
 def _complete(wh: Warehouse, output: str, rows: int) -> bool:
-    """``output`` exists, reads, and holds ``rows`` rows: it may stand for its inputs.
-
-    False (it may be deleted) only when it is missing, short or not Parquet; a storage error
-    raises instead: a complete output taken for a missing one and deleted could lose rows.
-    """
+    """``output`` may stand for its inputs (:func:`athena.intents.output_complete`: the rule
+    readers apply too); a storage error is a StorageError."""
     try:
-        return pq.read_metadata(output, filesystem=wh.fs).num_rows == rows
-    except FileNotFoundError:
-        return False
-    except pa.ArrowInvalid:  # cut short, not Parquet
-        return False
+        return output_complete(wh.fs, output, rows)
     except (pa.ArrowException, OSError) as exc:
         raise StorageError(f"reading {output} in {wh.uri} failed: {exc}") from exc
 
 
 def _is_intent(info: pafs.FileInfo) -> bool:
-    return info.base_name.startswith(INTENT_PREFIX) and info.base_name.endswith(".json")
+    return is_intent(info.base_name)
 
 
 def _intents(wh: Warehouse, folder: str) -> list[pafs.FileInfo]:
@@ -286,13 +282,12 @@ def finish_intents(
     busy = False
     for info in _intents(wh, folder) if intents is None else intents:
         try:
-            with wh.fs.open_input_stream(info.path) as fh:
-                intent = json.loads(fh.read().decode("utf-8"))
-            output, rows = f"{folder}/{intent['output']}", int(intent["rows"])
-            inputs = [f"{folder}/{name}" for name in intent["inputs"]]
+            intent = read_intent(wh.fs, info.path)
+            output, rows = f"{folder}/{intent.output}", intent.rows
+            inputs = [f"{folder}/{name}" for name in intent.inputs]
         except FileNotFoundError:  # its writer (or another pass) finished it meanwhile
             continue
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        except ValueError:
             # Not one this version writes (they are atomic): a stray, or cut short by an
             # older version. It would make every merge here withdraw: drop it once stale.
             if stale_before is not None and _mtime(info) > stale_before:
@@ -1124,8 +1119,22 @@ def _pass_partition(
     by now): the young-file check and the choice of files rest on it as before."""
     infos = list_folder(wh, folder)  # the one listing: young files, intents, merge
     if _has_young_files(infos, cutoff):
+        _finish_early(wh, folder, infos)
         return 0
     return compact_partition(wh, spec, folder, target_bytes, infos, budget)
+
+
+def _finish_early(wh: Warehouse, folder: str, infos: list[pafs.FileInfo]) -> None:
+    """Finish the merges left in a partition that is not to be merged yet (a file younger than
+    the grace: a late flush, or the merged output of a pass that just failed to delete its
+    inputs, which is young itself). Deleting a complete output's inputs is safe whatever the
+    ages (:func:`finish_intents`), and Athena counts those rows twice until it is done: were
+    it left to a pass after the grace, a failed delete would double them for 30+ minutes."""
+    intents = [i for i in infos if _is_intent(i)]
+    if not intents:
+        return
+    with contextlib.suppress(PartitionBusy):  # a merge under way: the pass after it finishes
+        finish_intents(wh, folder, datetime.now(UTC) - INTENT_STALE_AFTER, intents)
 
 
 def _may_need_work(infos: list[pafs.FileInfo], target_bytes: int) -> bool:

@@ -8,7 +8,9 @@ concurrently and a service mostly in range is listed in one recursive listing (s
 the plan is the same as listing each folder in turn, only sooner.
 
 Reader rule shared with every writer: read every object ending in ``.parquet`` whose name does not
-start with ``_`` or ``.`` (writers expose only complete files under such names).
+start with ``_`` or ``.`` (writers expose only complete files under such names), except the inputs
+of a compaction merge whose complete output is already there (or a short output of one that is
+not): :mod:`athena.intents`, the rule compaction's own recovery applies.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
+    from pyarrow.fs import FileInfo
+
     from athena.timerange import TimeRange
     from athena.warehouse import Warehouse
 
@@ -87,10 +91,23 @@ def list_files(wh: Warehouse, path: str) -> tuple[DataFile, ...]:
     import pyarrow.fs as pafs
 
     infos = wh.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return _data_files(wh, path, [i for i in infos if i.type == pafs.FileType.File])
+
+
+def _data_files(wh: Warehouse, folder: str, infos: list[FileInfo]) -> tuple[DataFile, ...]:
+    """The data files among ``infos`` (the files of one listing of ``folder``), in name order,
+    less those a compaction intent there says are replaced (:func:`athena.intents.superseded`:
+    a merge whose input deletes failed, or were cut by a kill, would count its rows twice until
+    the next compaction pass). Reading the intents is the only cost, and only when there is one.
+    """
+    from athena.intents import is_intent, superseded
+
+    names = [i.base_name for i in infos]
+    skipped = superseded(wh.fs, folder, names) if any(map(is_intent, names)) else frozenset()
     files = [
         DataFile(i.path, i.size or 0)
         for i in infos
-        if i.type == pafs.FileType.File and is_data_file(i.base_name)
+        if is_data_file(i.base_name) and i.base_name not in skipped
     ]
     return tuple(sorted(files, key=lambda f: f.path))
 
@@ -213,16 +230,16 @@ def _walk_service(wh: Warehouse, path: str) -> dict[str, tuple[DataFile, ...]]:
 
     infos = wh.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
     start = len(path) + 1
-    found: dict[str, list[DataFile]] = {}
+    found: dict[str, list[FileInfo]] = {}
     for info in infos:
         if info.type != pafs.FileType.File or not info.path.startswith(path + "/"):
             continue
-        folder, _, name = info.path[start:].rpartition("/")
+        folder = info.path[start:].rpartition("/")[0]
         if not folder.startswith("dt=") or "/" in folder or len(folder) == 3:
             continue
-        if is_data_file(name):
-            found.setdefault(folder[3:], []).append(DataFile(info.path, info.size or 0))
-    return {dt: tuple(sorted(files, key=lambda f: f.path)) for dt, files in found.items()}
+        found.setdefault(folder, []).append(info)
+    hours = {folder[3:]: _data_files(wh, f"{path}/{folder}", got) for folder, got in found.items()}
+    return {dt: files for dt, files in hours.items() if files}
 
 
 T = TypeVar("T")

@@ -1,5 +1,6 @@
 -- trace: every access-log line carrying one x-request-id, across services (the front proxy and
 -- each sidecar log the same id), in time order. The id matches without regard to case.
+-- total_rows: the hop count before the LIMIT (the CLI says "showing N of M" when it cuts).
 -- Parameters: dt_from, dt_to, since, until, all_services, services, request_id, row_limit.
 SELECT
   "timestamp",
@@ -12,7 +13,8 @@ SELECT
   duration_ms,
   upstream_service_time_ms,
   upstream_host,
-  authority
+  authority,
+  count(*) OVER () AS total_rows
 FROM envoy_access
 WHERE dt BETWEEN :dt_from AND :dt_to
   AND (:all_services OR service IN (:services))

@@ -271,9 +271,13 @@ def trace(
         if common.dry_run:
             runner.execute(common, prep)
             return
-        result, prep = _recent_first(common, prep, request_id)
+        result, prep, rest = _recent_first(common, prep, request_id)
         prep.empty_hint = _tail_hint(common, request_id)
         runner.show(common, result, prep, f"request {request_id}")
+        if rest is not None:
+            from cli.notes import note
+
+            note(_unsearched_note(common, request_id, rest, _first_hop(result)))
 
 
 def _tail_hint(common: Common, request_id: str) -> str:
@@ -321,24 +325,31 @@ def engine_options(common: Common) -> str:
 #: of each other, and most traces are of recent requests. On Athena that scans 2 of the default
 #: day's 25 partition-hours (about USD 0.04 instead of 0.5 at 100,000 lines/s); the whole range
 #: is read only when the id is not there, or when its first hop is so close to the hour's start
-#: that earlier hops may lie before it.
+#: that earlier hops may lie before it. When the newest hour answers, the rest of the range is
+#: not read: the same id used again hours earlier (a client-supplied id, a retry with the same
+#: id), or a request whose hops span more than the margin, would be missed. Checking the rest
+#: would cost as much as reading it (ids are random: no Parquet statistics prune them), which
+#: is the whole-range query the shortcut exists to avoid; so ``trace`` says on stderr what it
+#: searched and gives the command that searches the rest (:func:`_unsearched_note`).
 TRACE_FIRST_LOOK_SECONDS = 3600
 TRACE_MARGIN_SECONDS = 300
 
 
-def _recent_first(common: Common, prep: Any, request_id: str) -> tuple[Any, Any]:
-    """(result, prepared query) of ``trace``: the newest hour, else the whole range."""
+def _recent_first(common: Common, prep: Any, request_id: str) -> tuple[Any, Any, Any]:
+    """(result, prepared query, range not searched) of ``trace``: the newest hour, else the
+    whole range. The last is None when the whole range was searched, else the
+    :class:`~athena.timerange.TimeRange` before the newest hour, which was not."""
     from dataclasses import replace
     from datetime import timedelta
 
-    from athena.timerange import as_utc
+    from athena.timerange import TimeRange, as_utc
     from cli import runner
 
     trange = prep.trange
     first_look = timedelta(seconds=TRACE_FIRST_LOOK_SECONDS)
     margin = timedelta(seconds=TRACE_MARGIN_SECONDS)
     if trange.until - trange.since <= first_look + margin:
-        return runner.execute(common, prep), prep
+        return runner.execute(common, prep), prep, None
     start = trange.until - first_look
     near = replace(common, since=start.isoformat(), until=trange.until.isoformat())
     recent = runner.prepare(near, "trace", "envoy_access", {"request_id": request_id})
@@ -346,9 +357,41 @@ def _recent_first(common: Common, prep: Any, request_id: str) -> tuple[Any, Any]
     if found.rows:
         at = found.columns.index("timestamp")
         if as_utc(min(row[at] for row in found.rows)) - start >= margin:
-            return found, recent
+            return found, recent, TimeRange(trange.since, start)
     whole = runner.execute(common, prep)
     whole.elapsed_s += found.elapsed_s
     if whole.scanned_bytes is not None and found.scanned_bytes is not None:
         whole.scanned_bytes += found.scanned_bytes  # both are billed
-    return whole, prep
+    return whole, prep, None
+
+
+def _first_hop(result: Any) -> Any:
+    """The earliest ``timestamp`` of a trace answer that has rows."""
+    from athena.timerange import as_utc
+
+    at = result.columns.index("timestamp")
+    return as_utc(min(row[at] for row in result.rows))
+
+
+def _unsearched_note(common: Common, request_id: str, rest: Any, first: Any) -> str:
+    """What a newest-hour answer did not search, and the command that searches it: hops
+    before ``rest.until`` are not in the answer (``first``: its earliest hop)."""
+    import math
+    import shlex
+    from datetime import UTC, datetime
+
+    def iso(t: Any) -> str:
+        return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    since = datetime.fromtimestamp(math.floor(rest.since.timestamp()), UTC)
+    until = datetime.fromtimestamp(math.ceil(rest.until.timestamp()), UTC)  # overlaps, no gap
+    span = max(1, int((first - rest.until).total_seconds() // 60))
+    command = f"logq trace {shlex.quote(request_id)} --since {iso(since)} --until {iso(until)}"
+    for name in common.service or []:
+        command += f" -s {shlex.quote(name)}"
+    command += engine_options(common)
+    return (
+        f"logq: searched only the newest hour of the range (from {iso(rest.until)}), where "
+        f"the id was found; hops logged before it (the same id used earlier, or a request "
+        f"whose hops span over {span} minutes) are not shown: `{command}` searches the rest"
+    )

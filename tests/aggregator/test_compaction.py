@@ -35,6 +35,7 @@ from aggregator.ledger import (
     compaction_blocker,
     read_heartbeats,
 )
+from aggregator.storage import StorageError
 from aggregator.writer import object_name, write_partitions
 from athena.schema import CONTAINER_LOGS, partition_path
 from athena.warehouse import open_warehouse
@@ -438,6 +439,31 @@ def test_grace_waits_until_a_crashed_peer_counts_as_stale(
     Ledger(wh, "peer").heartbeat(time.time(), flush_interval=flush_interval)
     assert compact_warehouse(wh, now=now, lookback=None) == merged
     assert read_table(uri, "container_logs").num_rows == 4 * 6
+
+
+def test_the_next_pass_finishes_a_failed_delete_though_the_output_is_young(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass whose input deletes failed leaves its merged outputs beside their inputs (Athena
+    counts those rows twice): the very next pass deletes the inputs, though each output is
+    younger than the grace (which holds a merge, not the end of one)."""
+    uri = str(tmp_path / "wh")
+    files_aged(uri, tmp_path, timedelta(hours=2), datetime.now(UTC))
+    wh = open_warehouse(uri)
+    before = service_rows(uri)
+
+    def refused(wh: object, paths: list[str]) -> None:
+        raise StorageError("DeleteObjects failed (503 SlowDown)")
+
+    with monkeypatch.context() as patch, pytest.raises(CompactionFailed):
+        patch.setattr(compaction, "delete_objects", refused)
+        compact_warehouse(wh, lookback=None)
+    assert service_rows(uri) == before + before  # both hours: every row twice
+    assert compact_warehouse(wh, lookback=None) == 0  # finished, nothing merged
+    assert service_rows(uri) == before
+    left = [p.name for p in (tmp_path / "wh" / "container_logs").rglob("*")]
+    assert not [n for n in left if n.startswith("_")], left
+    assert len([n for n in left if n.startswith("c-")]) == 2
 
 
 def test_service_own_flush_interval_raises_the_grace(tmp_path: Path) -> None:
