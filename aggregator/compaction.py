@@ -146,7 +146,7 @@ from aggregator.storage import (
     write_options,
 )
 from athena.intents import INTENT_PREFIX, is_intent, output_complete, read_intent
-from athena.schema import DT_FORMAT, TABLES, Table, parse_dt
+from athena.schema import DT_FORMAT, TABLES, Table, compacted_object_name, parse_dt
 from athena.threads import ordered_map
 from athena.warehouse import Warehouse, WarehouseError, open_warehouse
 
@@ -620,7 +620,7 @@ class _Attempt:
     def __init__(self, wh: Warehouse, spec: Table, folder: str, group: list[Input]) -> None:
         self.wh, self.spec, self.folder, self.group = wh, spec, folder, group
         uid = secrets.token_hex(10)
-        self.output_name = f"c-{uid}.parquet"
+        self.output_name = compacted_object_name(uid)
         self.output = f"{folder}/{self.output_name}"
         self.intent = f"{folder}/{INTENT_PREFIX}{uid}.json"
         self.rows_in = sum(f.rows for f in group)

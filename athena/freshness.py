@@ -3,22 +3,36 @@
 Two ways to find it: reading a partition's ``timestamp`` column (``logq services``), or only the
 Parquet footers' row-group statistics of the newest files (the stale-data note, which runs with
 every query and must cost next to nothing). Both read the warehouse, never run a query.
+
+``before``: rows stamped after it are not counted. A source whose clock is ahead writes rows
+"from the future"; the newest row overall then says nothing about how far behind the pipeline
+is, and as long as those rows are the newest, a stalled pipeline would never look stale. So the
+freshness figures (the stale-data note, the newest data an empty answer names) take the newest
+row at or before now, and say separately that rows are stamped ahead. Footers give only a
+file's largest time: a file whose largest is after ``before`` has its ``timestamp`` column read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NamedTuple
 
+from athena.timerange import dt_of
+
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from athena.partitions import Partition
     from athena.warehouse import Warehouse
 
 
-def newest_in_partition(wh: Warehouse, table: str, service: str, dt: str) -> datetime | None:
-    """Largest ``timestamp`` in one partition (reads only that column of its files); None when
-    it holds no rows. A file that is not readable Parquet is an EngineError naming it."""
+def newest_in_partition(
+    wh: Warehouse, table: str, service: str, dt: str, before: datetime | None = None
+) -> datetime | None:
+    """Largest ``timestamp`` in one partition (reads only that column of its files), at or
+    before ``before`` when given; None when it holds no such rows. A file that is not readable
+    Parquet is an EngineError naming it."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -32,32 +46,42 @@ def newest_in_partition(wh: Warehouse, table: str, service: str, dt: str) -> dat
             col = pq.read_table(f.path, columns=["timestamp"], filesystem=wh.fs)["timestamp"]
         except (pa.ArrowException, OSError) as exc:
             raise unreadable_file(f.path, exc) from exc
-        value = pc.max(col).as_py() if len(col) else None
+        if before is not None:
+            value = _newest_at_or_before(col, before)
+        else:
+            value = pc.max(col).as_py() if len(col) else None
         if value is not None and (newest is None or value > newest):
             newest = value
     return newest
 
 
-def _newest_of(wh: Warehouse, table: str, pairs: list[tuple[str, str]]) -> datetime | None:
+def _newest_of(
+    wh: Warehouse, table: str, pairs: list[tuple[str, str]], before: datetime | None = None
+) -> datetime | None:
     """Newest ``timestamp`` over ``(dt, service)`` partitions, read newest hour first: the first
     hour with rows answers (an hour folder can be empty, e.g. after its files were moved)."""
     by_dt: dict[str, list[str]] = {}
     for dt, svc in pairs:
-        by_dt.setdefault(dt, []).append(svc)
+        if before is None or dt <= dt_of(before):
+            by_dt.setdefault(dt, []).append(svc)
     for dt in sorted(by_dt, reverse=True):
-        values = [newest_in_partition(wh, table, svc, dt) for svc in by_dt[dt]]
+        values = [newest_in_partition(wh, table, svc, dt, before) for svc in by_dt[dt]]
         found = [v for v in values if v is not None]
         if found:
             return max(found)
     return None
 
 
-def newest_data(wh: Warehouse, table: str, services: list[str] | None = None) -> datetime | None:
-    """Newest ``timestamp`` in ``table`` over ``services`` (None: all), from their newest hour."""
+def newest_data(
+    wh: Warehouse, table: str, services: list[str] | None = None, before: datetime | None = None
+) -> datetime | None:
+    """Newest ``timestamp`` in ``table`` over ``services`` (None: all), from their newest hour
+    (at or before ``before``: see the module docstring)."""
     from athena.partitions import list_dts, list_services
 
     chosen = list_services(wh, table) if services is None else services
-    return _newest_of(wh, table, [(dt, svc) for svc in chosen for dt in list_dts(wh, table, svc)])
+    pairs = [(dt, svc) for svc in chosen for dt in list_dts(wh, table, svc)]
+    return _newest_of(wh, table, pairs, before)
 
 
 class Freshness(NamedTuple):
@@ -123,26 +147,34 @@ def oldest_data(wh: Warehouse, table: str, services: list[str] | None) -> dateti
     return min(values) if values else None
 
 
-def newest_data_quick(wh: Warehouse, table: str, services: list[str] | None) -> datetime | None:
+def newest_data_quick(
+    wh: Warehouse, table: str, services: list[str] | None, before: datetime | None = None
+) -> datetime | None:
     """Newest ``timestamp`` of ``services`` (None: all) from the Parquet footers of their newest
-    hours: one listing per service finds its hours, then :func:`newest_in`."""
+    hours (at or before ``before``): one listing per service finds its hours, then
+    :func:`newest_in`."""
     from athena.partitions import Partition, list_dts, list_files, list_services
 
     chosen = list_services(wh, table) if services is None else services
+    last = "~" if before is None else dt_of(before)
     parts = [
         Partition(table, svc, dt, list_files(wh, wh.path(table, f"service={svc}", f"dt={dt}")))
         for svc in chosen
-        for dt in list_dts(wh, table, svc)[-2:]
+        for dt in [dt for dt in list_dts(wh, table, svc) if dt <= last][-2:]
     ]
-    return newest_in(wh, parts)
+    return newest_in(wh, parts, before)
 
 
-def newest_in(wh: Warehouse, parts: list[Partition]) -> datetime | None:
-    """Newest ``timestamp`` in ``parts``, read from the footers of the newest files of their
-    newest hour; an hour whose files hold no rows falls back to the hour before it."""
-    for dt in sorted({p.dt for p in parts}, reverse=True):
+def newest_in(
+    wh: Warehouse, parts: list[Partition], before: datetime | None = None
+) -> datetime | None:
+    """Newest ``timestamp`` in ``parts`` (at or before ``before``), read from the footers of the
+    newest files of their newest hour; an hour whose files hold no rows falls back to the hour
+    before it."""
+    last = "~" if before is None else dt_of(before)
+    for dt in sorted({p.dt for p in parts if p.dt <= last}, reverse=True):
         files = [f.path for p in parts if p.dt == dt for f in p.files]
-        values = [footer_bound(wh, path) for path in newest_files(files)]
+        values = [footer_bound(wh, path, before=before) for path in newest_files(files)]
         found = [v for v in values if v is not None]
         if found:
             return max(found)
@@ -184,9 +216,12 @@ def newest_files(paths: Iterable[str]) -> list[str]:
     return picked[:MAX_FOOTERS]
 
 
-def footer_bound(wh: Warehouse, path: str, low: bool = False) -> datetime | None:
+def footer_bound(
+    wh: Warehouse, path: str, low: bool = False, before: datetime | None = None
+) -> datetime | None:
     """Max (or min, ``low``) ``timestamp`` of one file from its footer's row-group statistics;
-    the column itself is read only when a row group has none. None for a file with no rows.
+    the column itself is read only when a row group has none, or (``before``) when the max is
+    after ``before``: then the max at or before it. None for a file with no such rows.
 
     The statistics are read raw (int64) and converted with the column's Parquet time unit:
     pyarrow's ``statistics.max`` converts timestamps through pandas, whose import alone costs
@@ -224,7 +259,38 @@ def footer_bound(wh: Warehouse, path: str, low: bool = False) -> datetime | None
         raise unreadable_file(path, exc) from exc
     if not bounds or unit is None:
         return None
-    return from_epoch(min(bounds) if low else max(bounds), unit)
+    bound = from_epoch(min(bounds) if low else max(bounds), unit)
+    if before is not None and not low and bound > before:
+        return _max_before(wh, path, before)
+    return bound
+
+
+def _max_before(wh: Warehouse, path: str, before: datetime) -> datetime | None:
+    """The largest ``timestamp`` of one file at or before ``before`` (reads that column)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from athena.engines.local import unreadable_file
+
+    try:
+        col = pq.read_table(path, columns=["timestamp"], filesystem=wh.fs)["timestamp"]
+    except (pa.ArrowException, OSError) as exc:
+        raise unreadable_file(path, exc) from exc
+    return _newest_at_or_before(col, before)
+
+
+def _newest_at_or_before(col: pa.ChunkedArray, before: datetime) -> datetime | None:
+    """The largest time of a ``timestamp`` column at or before ``before`` (aware UTC)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not pa.types.is_timestamp(col.type):  # epoch milliseconds of the first writers
+        col = pc.cast(pc.cast(col, pa.int64()), pa.timestamp("ms", tz="UTC"))
+    elif col.type.tz is None:
+        col = pc.cast(col, pa.timestamp(col.type.unit, tz="UTC"))
+    kept = col.filter(pc.less_equal(col, pa.scalar(before, col.type)))
+    value = pc.max(kept).as_py() if len(kept) else None
+    return None if value is None else value.astimezone(UTC)
 
 
 #: Parquet's ``timeUnit`` names and Arrow's, as Arrow's unit strings.

@@ -114,6 +114,24 @@ CONTAINER_LOGS = Table(
 
 TABLES: dict[str, Table] = {t.name: t for t in (ENVOY_ACCESS, CONTAINER_LOGS)}
 PARTITION_KEYS = ("service", "dt")
+#: The name of a compaction output: ``c-`` and 20 hex digits. A flush object is named
+#: ``<node id>-<16 digits>-<4 digits>.parquet`` (a node may be called ``c``), so the two never
+#: match each other. A compaction output holds rows of the flush files it merged:
+#: ``logq tail --follow``, which prints the rows of new objects, must not print them again.
+_COMPACTED_NAME = re.compile(r"c-[0-9a-f]{20}\.parquet")
+
+
+def compacted_object_name(uid: str) -> str:
+    """The name of the compaction output with id ``uid`` (20 hex digits)."""
+    name = f"c-{uid}.parquet"
+    if not is_compacted_object(name):
+        raise ValueError(f"a compaction output id is 20 hex digits, got {uid!r}")
+    return name
+
+
+def is_compacted_object(name: str) -> bool:
+    """Whether the file name ``name`` is a compaction output (see :func:`compacted_object_name`)."""
+    return _COMPACTED_NAME.fullmatch(name) is not None
 
 
 def table(name: str) -> Table:

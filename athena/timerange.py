@@ -23,10 +23,21 @@ _RELATIVE = re.compile(
 #: Seconds per unit, keyed by the unit's first letter.
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _INTERVAL = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$", re.IGNORECASE)
+#: ``1M`` is a month in Grafana's time picker (and Java's, Elasticsearch's date maths), a minute
+#: to a case-blind parser. Refused rather than guessed: a month read as a minute answers another
+#: question with no sign of it.
+AMBIGUOUS_UNIT = "M is ambiguous: use 30d for a month, 1m or 60s for a minute"
 
 
 class TimeRangeError(ValueError):
     """A ``--since``/``--until``/``--every`` value could not be understood; says what works."""
+
+
+def _refuse_month(value: str, unit: str) -> None:
+    """Refuse a bare upper-case ``M`` unit (``1M``): see :data:`AMBIGUOUS_UNIT`. Every other
+    spelling keeps its meaning whatever its case (``15m``, ``15MIN``, ``1H``, ``2D``)."""
+    if unit == "M":
+        raise TimeRangeError(f"{value.strip()!r}: {AMBIGUOUS_UNIT}")
 
 
 def parse_duration(value: str) -> timedelta:
@@ -36,6 +47,7 @@ def parse_duration(value: str) -> timedelta:
         raise TimeRangeError(
             f"{value!r} is not a duration; use a number and a unit: 30s, 15m, 1h, 2d, 1w"
         )
+    _refuse_month(value, match.group(2))
     amount, unit = int(match.group(1)), match.group(2).lower()
     try:
         return timedelta(seconds=amount * _UNITS[unit[0]])
@@ -48,6 +60,8 @@ def parse_duration(value: str) -> timedelta:
 def parse_interval(value: str) -> timedelta:
     """A bucket width for ``--every`` (``30s``, ``1m``, ``5m``, ``1h``, ``1d``); must be > 0."""
     match = _INTERVAL.match(value or "")
+    if match and match.group(2) == "M":
+        raise TimeRangeError(f"--every {value.strip()!r}: {AMBIGUOUS_UNIT}")
     if not match or int(match.group(1)) <= 0:
         raise TimeRangeError(f"--every {value!r} is not an interval; use e.g. 30s, 1m, 5m, 1h, 1d")
     try:

@@ -2,7 +2,8 @@
 
 A bar chart per row reads well in any terminal width and in scrollback, which matters more in an
 incident than a pretty plot: the spike is the long red bar, with its time and counts beside it.
-Colour is not the only cue: each class has its own glyph (█ ok, ▒ 4xx, X 5xx), so the chart
+Colour is not the only cue: each class has its own glyph (█ ok, ▒ 4xx, X 5xx, 0 for response
+code 0, the client gone before Envoy answered: no success, and not an upstream error), so the chart
 reads the same with ``NO_COLOR``, in a pipe, a ticket or on a monochrome screen. Times are UTC,
 as everywhere in logq, and the column header says so.
 """
@@ -15,9 +16,9 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 BLOCKS = " ▏▎▍▌▋▊▉█"
-#: Glyphs of the three classes: requests that did not fail, 4xx, 5xx (whole cells each).
-OK_GLYPH, E4_GLYPH, E5_GLYPH = "█", "▒", "X"
-LEGEND = f"{OK_GLYPH} ok  {E4_GLYPH} 4xx  {E5_GLYPH} 5xx"
+#: Glyphs of the classes: requests that did not fail, 4xx, 5xx, code 0 (whole cells each).
+OK_GLYPH, E4_GLYPH, E5_GLYPH, GONE_GLYPH = "█", "▒", "X", "0"
+LEGEND = f"{OK_GLYPH} ok  {E4_GLYPH} 4xx  {E5_GLYPH} 5xx  {GONE_GLYPH} code 0"
 
 
 def fill_intervals(
@@ -64,14 +65,18 @@ def cells(value: float, scale: float, width: int, glyph: str) -> str:
 
 
 def render_timeline(
-    rows: Sequence[tuple[datetime, int, int, int]],
+    rows: Sequence[tuple[Any, ...]],
     every_label: str,
     out: TextIO | None = None,
     width: int | None = None,
     until: datetime | None = None,
     step: int = 0,
 ) -> None:
-    """Print ``(bucket, requests, errors_4xx, errors_5xx)`` rows as a bar chart.
+    """Print ``(bucket, requests, errors_4xx, errors_5xx[, no_response])`` rows as a bar chart.
+
+    ``no_response`` (code 0: the downstream went away first, Envoy's way of logging a client
+    that gave up, often on a slow upstream) is neither ok nor an HTTP error: it gets its own
+    cells, so a wave of clients timing out does not draw as healthy traffic.
 
     With ``until`` and ``step``: a last interval that ends after ``until`` (the range ends
     inside it, e.g. now) is marked, so that its shorter bar does not read as a drop."""
@@ -86,24 +91,29 @@ def render_timeline(
     day_changes = len({r[0].date() for r in rows}) > 1
     total = sum(r[1] for r in rows)
     errors = sum(r[3] for r in rows)
+    gone = sum(_no_response(r) for r in rows)
+    gone_text = f", {gone:,} code 0 (client went away)" if gone else ""
     console.print(
         Text(
-            f"requests per {every_label}: {total:,} total, {errors:,} 5xx; "
+            f"requests per {every_label}: {total:,} total, {errors:,} 5xx{gone_text}; "
             f"one cell = {peak / bar_width:,.1f} requests",
             style="bold",
         )
     )
     columns = Text(f"{'time UTC':>11} {'requests':>8} {'5xx':>6} {LEGEND}", style="dim")
     console.print(columns)
-    for bucket, requests, e4, e5 in rows:
+    for row in rows:
+        bucket, requests, e4, e5 = row[:4]
+        gone = _no_response(row)
         label = bucket.strftime("%m-%d %H:%M" if day_changes else "%H:%M")
         if bucket.second:
             label += bucket.strftime(":%S")
-        ok = requests - e4 - e5
+        ok = requests - e4 - e5 - gone
         line = Text(f"{label:>11} {requests:>8,} {e5:>6,} ")
         line.append(bar(ok, peak, bar_width), style="green")
         line.append(cells(e4, peak, bar_width, E4_GLYPH), style="yellow")
         line.append(cells(e5, peak, bar_width, E5_GLYPH), style="bold red")
+        line.append(cells(gone, peak, bar_width, GONE_GLYPH), style="magenta")
         console.print(line, overflow="crop", no_wrap=True)
     console.print(columns)  # again below: the end of a long chart is where one reads it
     if until is not None and step and rows:
@@ -117,3 +127,8 @@ def render_timeline(
                     style="dim",
                 )
             )
+
+
+def _no_response(row: Sequence[Any]) -> int:
+    """The code-0 count of a timeline row (0 for a row of the four counted columns only)."""
+    return int(row[4] or 0) if len(row) > 4 else 0

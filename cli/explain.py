@@ -10,6 +10,8 @@ the exit status (:data:`NO_DATA_EXIT`). Running and printing the query is :mod:`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from cli.notes import note_once
@@ -19,6 +21,40 @@ if TYPE_CHECKING:
     from athena.projection import ServiceEnum
     from athena.warehouse import Warehouse
     from cli.runner import Prepared
+
+#: Finds the newest row at or before a time (None: of all rows), e.g. :func:`newest_in`.
+NewestFinder = Callable[[datetime | None], datetime | None]
+
+
+def newest_and_ahead(find: NewestFinder) -> tuple[datetime | None, datetime | None]:
+    """The newest row at or before now, and the newest row stamped ahead of now (else None).
+
+    Freshness is the newest row *not* in the future: rows a source with its clock ahead wrote
+    say nothing of how far behind the pipeline is, and while they were the newest a stalled
+    pipeline never looked stale (the stale note and an empty answer's "newest data" also named
+    two different times). Those rows are named apart (:func:`ahead_text`). ``find`` runs once
+    when nothing is ahead, as before; twice otherwise.
+    """
+    from datetime import UTC, timedelta
+
+    from athena.timerange import as_utc
+    from cli.output import CLOCK_TOLERANCE_SECONDS
+
+    top = find(None)
+    cap = datetime.now(UTC) + timedelta(seconds=CLOCK_TOLERANCE_SECONDS)
+    if top is None or as_utc(top) <= cap:
+        return top, None
+    return find(cap), top
+
+
+def ahead_text(ahead: datetime | None) -> str:
+    """`` (rows stamped up to <time>: in 2h 5m, ahead of this clock: ...)``, or empty."""
+    if ahead is None:
+        return ""
+    from athena.timerange import iso_utc
+    from cli.output import since_text
+
+    return f" (rows stamped up to {iso_utc(ahead)}: {since_text(ahead)})"
 
 
 #: Known services listed in full by an unknown-service message; with more, only the closest
@@ -51,6 +87,46 @@ def unknown_services_text(table: str, unknown: list[str], known: list[str], rest
     return text
 
 
+#: Each table in words, with the command that reads it (for "it has container logs: ...").
+TABLE_WORDS = {
+    "envoy_access": ("Envoy access logs", "logq errors -s"),
+    "container_logs": ("container logs", "logq tail -s"),
+}
+
+
+def elsewhere_text(table: str, names: list[str]) -> str:
+    """``service 'app' has no Envoy access logs (it has container logs: logq tail -s app)``:
+    for names the *other* table has. Not "unknown": the service exists, and the closest name in
+    this table (``did you mean 'api'?``) was a wrong lead."""
+    what = TABLE_WORDS.get(table, (table, ""))[0]
+    other = next((t for t in TABLE_WORDS if t != table), table)
+    other_what, command = TABLE_WORDS[other]
+    quoted = ", ".join(map(repr, names))
+    has = "it has" if len(names) == 1 else "they have"
+    return (
+        f"{'service' if len(names) == 1 else 'services'} {quoted} "
+        f"{'has' if len(names) == 1 else 'have'} no {what} "
+        f"({has} {other_what}: {command} {','.join(names)})"
+    )
+
+
+def missing_services_text(
+    wh: Warehouse, table: str, missing: list[str], known: list[str], rest: str = ""
+) -> str:
+    """Why ``table`` has no folder for the ``missing`` services: those the other table has
+    (:func:`elsewhere_text`), then the unknown ones (:func:`unknown_services_text`)."""
+    from athena.partitions import list_services
+
+    others = [t for t in TABLE_WORDS if t != table]
+    there = {s for t in others for s in list_services(wh, t)} if table in TABLE_WORDS else set()
+    elsewhere = [s for s in missing if s in there]
+    nowhere = [s for s in missing if s not in there]
+    if not nowhere:
+        return elsewhere_text(table, elsewhere) + rest
+    unknown = unknown_services_text(table, nowhere, known, rest)
+    return f"{elsewhere_text(table, elsewhere)}; {unknown}" if elsewhere else unknown
+
+
 def note_unknown_services(
     wh: Warehouse, table: str, services: list[str] | None, all_too: bool = False
 ) -> None:
@@ -74,7 +150,7 @@ def note_unknown_services(
         return  # an empty table is explained by the "no data at all" reason, not per name
     found = [s for s in services if s in known]
     rest = f"; showing {', '.join(found)} only" if found else ""
-    note_once(f"logq: note: {unknown_services_text(table, unknown, known, rest)}")
+    note_once(f"logq: note: {missing_services_text(wh, table, unknown, known, rest)}")
 
 
 def note_outside_enum(common: Common, database: str, region: str | None, prep: Prepared) -> None:
@@ -136,8 +212,11 @@ COUNTED = frozenset({"errors", "latency", "top", "flags", "upstreams", "timeline
 
 
 def no_data_reason(common: Common, prep: Prepared) -> str | None:
-    """Why the question has no answer at all (locally): the table has no data, or every
-    ``--service`` is unknown. None when the data is there (an empty answer is then a real one)."""
+    """Why the question has no answer at all (locally): the table has no data, or no
+    ``--service`` has data in it (unknown, or with only the other table's lines: ``errors -s
+    app`` for an app without an Envoy sidecar). None when the data is there (an empty answer is
+    then a real one). Either way the exit status is :data:`NO_DATA_EXIT`: the question about
+    this table cannot have an answer, which "0, no errors" would misstate."""
     if common.engine is not EngineName.local:
         missing = prep.outside_enum or []
         if prep.services and len(missing) == len(prep.services):
@@ -162,7 +241,7 @@ def no_data_reason(common: Common, prep: Prepared) -> str | None:
     if prep.services:
         unknown = [s for s in prep.services if s not in known]
         if len(unknown) == len(prep.services):
-            return unknown_services_text(prep.table, unknown, known)
+            return missing_services_text(wh, prep.table, unknown, known)
     return None
 
 
@@ -250,11 +329,17 @@ def explain_no_rows(common: Common, prep: Prepared, span: str, hint: str) -> str
         requests = count_requests(common, prep)
         if requests:
             return f"{requests:,} requests {span}{where}, none matched ({read}){hint}"
+        parts = prep.scopes[prep.table]
         if lists_every_service(wh, prep):  # the partitions read: footers, no listing
-            newest, what = newest_in(wh, prep.scopes[prep.table]), "in those partitions"
+            what = "in those partitions"
+            newest, ahead = newest_and_ahead(lambda before: newest_in(wh, parts, before))
         else:
-            newest, what = newest_data_quick(wh, prep.table, prep.services), f"data{where}"
+            what = f"data{where}"
+            newest, ahead = newest_and_ahead(
+                lambda before: newest_data_quick(wh, prep.table, prep.services, before)
+            )
         tail = f"; newest {what}: {iso_utc(newest)}" if newest else ""
+        tail += ahead_text(ahead)
         return f"no requests {span}{where}{filters_text(common)} ({read}){tail}{hint}"
     return f"no matching rows {span} ({read}){hint}"
 
@@ -283,18 +368,21 @@ def no_partitions_reason(wh: Warehouse, prep: Prepared, span: str, where: str) -
     text = f"no {prep.table} data {span}{where}"
     if lists_every_service(wh, prep):
         return f"{text}; `logq services --since 1d` shows each service's newest data"
-    newest = newest_data(wh, prep.table, prep.services)
+    newest, ahead = newest_and_ahead(
+        lambda before: newest_data(wh, prep.table, prep.services, before)
+    )
     if newest is None:
-        return f"{text}; widen --since"
+        return f"{text}; widen --since{ahead_text(ahead)}"
+    last = f"{iso_utc(newest)}{ahead_text(ahead)}"  # rows ahead are named beside the newest
     oldest = oldest_data(wh, prep.table, prep.services)
     if oldest is not None and prep.trange.until <= as_utc(oldest):
         return (
             f"{text}; the data{where} starts at {iso_utc(oldest)}: move --since/--until later "
-            f"(newest: {iso_utc(newest)})"
+            f"(newest: {last})"
         )
     if prep.trange.since > as_utc(newest):
-        return f"{text}; newest data{where}: {iso_utc(newest)}; start --since before it"
-    return f"{text} (a gap in the data); newest data{where}: {iso_utc(newest)}"
+        return f"{text}; newest data{where}: {last}; start --since before it"
+    return f"{text} (a gap in the data); newest data{where}: {last}"
 
 
 #: A newest row older than this, without ``--until``, gets a note: the aggregator flushes every
@@ -340,10 +428,13 @@ def note_stale(common: Common, prep: Prepared) -> None:
         not prep.services or not (common.warehouse or "").startswith("s3://")
     ):
         return
+    from functools import partial
+
     from athena.engines.result import EngineError
     from athena.freshness import newest_data_quick, newest_in
     from athena.timerange import as_utc, iso_utc
     from athena.warehouse import open_warehouse
+    from cli.output import since_text
 
     try:
         wh = open_warehouse(common.warehouse)
@@ -351,16 +442,22 @@ def note_stale(common: Common, prep: Prepared) -> None:
         for name in (prep.services or [None])[:STALE_LISTED_SERVICES]:
             parts = [p for p in planned if name is None or p.service == name]
             if parts:
-                newest = newest_in(wh, parts)
+                newest, ahead = newest_and_ahead(partial(newest_in, wh, parts))
             elif name is None and wh.is_s3:
                 return  # every service listed one by one: too many round trips for a note
             else:
-                newest = newest_data_quick(wh, prep.table, None if name is None else [name])
+                svcs = None if name is None else [name]
+                newest, ahead = newest_and_ahead(partial(newest_data_quick, wh, prep.table, svcs))
+            who = f"for {name}" if name else f"in {prep.table}"
+            if ahead is not None:
+                note_once(
+                    f"logq: note: rows {who} are stamped up to {iso_utc(ahead)}: "
+                    f"{since_text(ahead)} They are left out of the newest-data figures."
+                )
             if newest is None:
                 continue
             age = (prep.trange.until - as_utc(newest)).total_seconds()
             if age > STALE_AFTER_SECONDS:
-                who = f"for {name}" if name else f"in {prep.table}"
                 note_once(
                     f"logq: note: newest data {who}: {iso_utc(newest)} ({human_age(age)} ago): "
                     "rows after it may not be flushed yet or the pipeline is stalled (or there "

@@ -1,19 +1,34 @@
 """``logq tail --follow``: poll the warehouse for new container lines and print them once each.
 
-Lines reach the warehouse seconds after they were written (the aggregator flushes on an
-interval), and their timestamps are the container's, not the flush time. So each poll re-reads a
-window reaching back before the newest line already shown and prints only the rows it has not
-printed, instead of asking only for "after the last timestamp", which would miss late arrivals.
+Lines reach the warehouse seconds to minutes after they were written: each aggregator flushes
+on its own ``--flush-interval`` (docs/operations.md suggests up to 300 s), one that restarts
+replays its buffer later still, and a line's timestamp is the container's, not the flush time.
+So "rows newer than the last one printed", or any fixed look-back in time, misses late lines.
 
-Two things keep that exact:
+On the local engine, follow therefore tracks *objects*, not times. Each poll lists the partition
+hours it watches (those of the last :data:`TRACK`, from ``--since`` on) and reads only the
+objects that were not there before: an object is news whatever the timestamps of its rows, so a
+line is printed once however late it arrives, and an idle poll is a listing, not a query. The
+objects the first answer read are history. Two kinds of new objects are not news:
 
-* A row is known by all of its columns, host and container id included (the same line at the
-  same millisecond from two hosts is two lines), and counted: a container that writes the same
-  line twice in one millisecond printed it twice, so both are shown.
-* A poll that gets a full page (``POLL_LIMIT`` rows, newest first) reads on, page by page,
-  towards older rows, until it has the whole window. On a quiet service a poll is one query;
-  only a burst costs more. If it still cannot read everything (more than ``POLL_LIMIT`` lines in
-  one millisecond, or more than ``MAX_PAGES`` pages), it says on stderr which lines it skipped.
+* a compaction output (:func:`athena.schema.is_compacted_object`): its rows were in the flush
+  files it merged, printed when those arrived;
+* an object rewritten under the same name (a replayed flush writes the same key): not new.
+
+Limits: a line whose hour is older than :data:`TRACK` when it arrives is not printed (the
+listing would grow with the length of the follow); a line stamped in a later hour than the
+CLI's clock is printed when that hour comes. Memory: the names of the objects of the watched
+hours.
+
+Athena has no listing to follow (its answer does not name the object a row came from), so there
+each poll re-reads the last :data:`ATHENA_LOOKBACK` before the newest line printed and prints
+the rows it has not printed yet (all columns, counted: the same line twice in one millisecond is
+two lines). A line that reaches the warehouse later than that is not printed there; the start
+note says so.
+
+Either way a poll that gets a full page (``POLL_LIMIT`` rows, newest first) reads on, page by
+page, towards older rows. If it still cannot read everything (more than ``POLL_LIMIT`` lines in
+one millisecond, or more than ``MAX_PAGES`` pages), it says on stderr which lines it skipped.
 """
 
 from __future__ import annotations
@@ -21,13 +36,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from athena.timerange import as_utc
-from cli.options import Common
+from athena.timerange import DT_FORMAT, TimeRange, as_utc
+from cli.options import Common, EngineName
 
-#: How far back each poll looks for lines that arrived late.
-LOOKBACK = timedelta(minutes=2)
+if TYPE_CHECKING:
+    from athena.partitions import Partition
+
+#: Local engine: how far back from now follow watches partition hours for new objects. A line
+#: is printed if it reaches the warehouse while its hour is watched: up to an hour late (twelve
+#: times the longest flush interval operations.md suggests), two hours for a line early in its hour.
+TRACK = timedelta(hours=1)
+#: Athena: how far back each poll looks for lines that arrived late.
+ATHENA_LOOKBACK = timedelta(minutes=2)
 #: Shortest poll interval on Athena, where every poll is a billed query.
 ATHENA_MIN_INTERVAL = 10.0
 #: Most lines one query of a poll fetches (one page).
@@ -37,9 +59,12 @@ MAX_PAGES = 50
 #: The columns printed (those of ``logq tail``); the query adds ``host`` and ``container_id``.
 DISPLAY_COLUMNS = ["timestamp", "service", "container_name", "stream", "message"]
 _MS = timedelta(milliseconds=1)
+_HOUR = timedelta(hours=1)
 
 Row = tuple[Any, ...]
 Printer = Callable[..., None]
+#: Runs the follow query over ``[since, until)`` with ``row_limit`` set; returns its rows.
+Fetch = Callable[[datetime, datetime], list[Row]]
 
 
 def follow_sql() -> str:
@@ -56,6 +81,19 @@ def follow_sql() -> str:
     return f"{head.rstrip()},\n  host,\n  container_id{sep}{rest}"
 
 
+def start_note(engine: EngineName) -> str | None:
+    """What following cannot do on ``engine`` (said once, at the start), or None."""
+    if engine is EngineName.local:
+        return None
+    minutes = ATHENA_LOOKBACK.total_seconds() / 60
+    return (
+        f"logq: note: every --follow poll is an Athena query (billed, 10 MB minimum), every "
+        f"{ATHENA_MIN_INTERVAL:.0f} s at least; a line that reaches the warehouse more than "
+        f"{minutes:.0f} min after its timestamp is not printed (--engine local follows the "
+        "warehouse's objects and prints it)"
+    )
+
+
 def follow_lines(
     common: Common,
     prep: Any,
@@ -66,51 +104,20 @@ def follow_lines(
 ) -> None:
     """Print ``first`` (oldest first), then new lines every ``interval`` s until Ctrl-C/``polls``.
 
-    ``prep`` runs :func:`follow_sql`; ``first`` are its rows. Lines already in the warehouse
-    that ``first`` left out (older than its oldest, beyond ``--limit``) are history, not news:
-    the window is read once before polling and those rows count as printed, so the first poll
-    does not print minutes of old lines out of order, and a line that arrives late is still new.
+    ``prep`` ran :func:`follow_sql`; ``first`` are its rows. Lines already in the warehouse
+    that ``first`` left out (older than its oldest, beyond ``--limit``) are history, not news.
     """
-    from cli import runner
-
     result = _Rows(DISPLAY_COLUMNS)
-    seen = _Seen()
     printer(common, result, prep, [r[:5] for r in first], stream=True)
-    floor = prep.trange.since  # lines before --since were not asked for
-    newest = floor
-    for row in first:
-        seen.add(row)
-        newest = max(newest, as_utc(row[0]))
-    done = 0
-    try:
-        if first and len(first) >= int(prep.params["row_limit"]):
-            now = datetime.now(UTC)
-            since = max(floor, min(newest - LOOKBACK, now - LOOKBACK))
-            rows, gap = read_window(common, prep, since, newest + _MS)
-            seen.new_rows(rows)
-            if gap is not None:
-                floor = max(floor, gap + _MS)
-        while polls is None or done < polls:
-            time.sleep(interval)
-            done += 1
-            now = datetime.now(UTC)
-            since = max(floor, min(newest - LOOKBACK, now - LOOKBACK))
-            rows, gap = read_window(common, prep, since, now + timedelta(seconds=1))
-            seen.forget_before(since)
-            fresh = sorted(seen.new_rows(rows), key=lambda r: as_utc(r[0]))
-            for row in fresh:
-                newest = max(newest, as_utc(row[0]))
-            if fresh:
-                printer(common, result, prep, [r[:5] for r in fresh], stream=True)
-            if gap is not None:
-                from athena.timerange import iso_utc
 
-                runner.note(
-                    f"logq: note: too many lines to follow: lines from {iso_utc(since)} to "
-                    f"{iso_utc(gap)} that were not printed yet are skipped (narrow --service, "
-                    "--stream or --grep)"
-                )
-                floor = max(floor, gap + _MS)  # said once, not again every poll
+    def show(rows: list[Row]) -> None:
+        printer(common, result, prep, [r[:5] for r in rows], stream=True)
+
+    try:
+        if common.engine is EngineName.local:
+            _follow_objects(common, prep, interval, show, polls)
+        else:
+            _follow_window(common, prep, first, interval, show, polls)
     except KeyboardInterrupt as exc:
         from athena.engines.result import Terminated
 
@@ -119,25 +126,136 @@ def follow_lines(
         return
 
 
+def _follow_objects(
+    common: Common,
+    prep: Any,
+    interval: float,
+    show: Callable[[list[Row]], None],
+    polls: int | None,
+) -> None:
+    """The local engine's follow: print the rows of the objects that appear (module docstring)."""
+    from cli import runner
+
+    engine = runner.make_engine(common)
+    floor = prep.trange.since  # lines before --since were not asked for
+    objects = _Objects()
+    objects.known(prep.scopes.get(prep.table, []))  # what the first answer read: history
+    done = 0
+    while polls is None or done < polls:
+        time.sleep(interval)
+        done += 1
+        now = datetime.now(UTC)
+        watched = TimeRange(max(floor, now - TRACK), now + timedelta(seconds=1))
+        parts = engine.plan(prep.table, prep.services, watched)
+        objects.forget_before(watched.dt_from)
+        fresh = objects.new(parts)
+        if not fresh:
+            continue
+        # Every row of a new object is news, however old (but not before --since), up to the
+        # end of the newest hour listed (rows stamped ahead of this clock included).
+        end = datetime.strptime(watched.dt_to, DT_FORMAT).replace(tzinfo=UTC)
+        rows, gap = read_window(_local_fetch(engine, prep, fresh), floor, end + _HOUR)
+        if rows:
+            show(sorted(rows, key=lambda r: as_utc(r[0])))
+        if gap is not None:
+            _note_gap(floor, gap)
+
+
+def _local_fetch(engine: Any, prep: Any, parts: list[Partition]) -> Fetch:
+    """Run the follow query on the local engine over ``parts`` only (the new objects)."""
+
+    def fetch(since: datetime, until: datetime) -> list[Row]:
+        trange = TimeRange(since, until)
+        params = {**prep.params, **trange.sql_params(), "row_limit": POLL_LIMIT}
+        return list(engine.run(prep.sql, params, {prep.table: parts}).rows)
+
+    return fetch
+
+
+def _follow_window(
+    common: Common,
+    prep: Any,
+    first: list[Row],
+    interval: float,
+    show: Callable[[list[Row]], None],
+    polls: int | None,
+) -> None:
+    """Athena's follow: re-read a window of :data:`ATHENA_LOOKBACK` and print what is new.
+
+    The window is read once before polling when ``first`` was cut by ``--limit``, and those
+    rows count as printed, so the first poll does not print minutes of old lines out of order.
+    """
+    seen = _Seen()
+    floor = prep.trange.since  # lines before --since were not asked for
+    newest = floor
+    for row in first:
+        seen.add(row)
+        newest = max(newest, as_utc(row[0]))
+    fetch = _query_fetch(common, prep)
+    if first and len(first) >= int(prep.params["row_limit"]):
+        now = datetime.now(UTC)
+        since = max(floor, min(newest - ATHENA_LOOKBACK, now - ATHENA_LOOKBACK))
+        rows, gap = read_window(fetch, since, newest + _MS)
+        seen.new_rows(rows)
+        if gap is not None:
+            floor = max(floor, gap + _MS)
+    done = 0
+    while polls is None or done < polls:
+        time.sleep(interval)
+        done += 1
+        now = datetime.now(UTC)
+        since = max(floor, min(newest - ATHENA_LOOKBACK, now - ATHENA_LOOKBACK))
+        rows, gap = read_window(fetch, since, now + timedelta(seconds=1))
+        seen.forget_before(since)
+        fresh = sorted(seen.new_rows(rows), key=lambda r: as_utc(r[0]))
+        for row in fresh:
+            newest = max(newest, as_utc(row[0]))
+        if fresh:
+            show(fresh)
+        if gap is not None:
+            _note_gap(since, gap)
+            floor = max(floor, gap + _MS)  # said once, not again every poll
+
+
+def _query_fetch(common: Common, prep: Any) -> Fetch:
+    """Run the follow query through :func:`cli.runner.execute` (Athena: one query a page)."""
+    from cli import runner
+
+    def fetch(since: datetime, until: datetime) -> list[Row]:
+        prep.trange = TimeRange(since, until)
+        prep.params.update(prep.trange.sql_params())
+        prep.params["row_limit"] = POLL_LIMIT
+        fetched = runner.execute(common, prep)
+        return list(fetched.rows) if fetched else []
+
+    return fetch
+
+
+def _note_gap(since: datetime, gap: datetime) -> None:
+    """Say which lines a poll could not read (too many to page through)."""
+    from athena.timerange import iso_utc
+    from cli import runner
+
+    runner.note(
+        f"logq: note: too many lines to follow: lines from {iso_utc(since)} to "
+        f"{iso_utc(gap)} that were not printed yet are skipped (narrow --service, "
+        "--stream or --grep)"
+    )
+
+
 def read_window(
-    common: Common, prep: Any, since: datetime, until: datetime
+    fetch: Fetch, since: datetime, until: datetime
 ) -> tuple[list[Row], datetime | None]:
-    """Every row in ``[since, until)``, newest page first, and where reading stopped short.
+    """Every row ``fetch`` finds in ``[since, until)``, newest page first, and where reading
+    stopped short.
 
     The second value is None when the window was read in full; else rows before it (and at it,
     partly) were not read.
     """
-    from athena.timerange import TimeRange
-    from cli import runner
-
     rows: list[Row] = []
     upper = until
     for _ in range(MAX_PAGES):
-        prep.trange = TimeRange(since, upper)
-        prep.params.update(prep.trange.sql_params())
-        prep.params["row_limit"] = POLL_LIMIT
-        fetched = runner.execute(common, prep)
-        page = list(fetched.rows) if fetched else []
+        page = fetch(since, upper)
         if len(page) < POLL_LIMIT:
             rows.extend(page)
             return rows, None
@@ -151,6 +269,41 @@ def read_window(
         rows.extend(newer)
         upper = oldest + _MS
     return rows, upper - _MS
+
+
+class _Objects:
+    """The objects of the watched partition hours that follow has read or counts as history."""
+
+    def __init__(self) -> None:
+        self.by_partition: dict[tuple[str, str], set[str]] = {}
+
+    def known(self, parts: list[Partition]) -> None:
+        """Count every object of ``parts`` as already read."""
+        for part in parts:
+            self.by_partition.setdefault((part.service, part.dt), set()).update(
+                f.path for f in part.files
+            )
+
+    def new(self, parts: list[Partition]) -> list[Partition]:
+        """``parts`` reduced to the objects not seen before (now counted as seen), compaction
+        outputs left out; partitions with none are dropped."""
+        from athena.partitions import Partition
+        from athena.schema import is_compacted_object
+
+        out = []
+        for part in parts:
+            seen = self.by_partition.setdefault((part.service, part.dt), set())
+            fresh = tuple(f for f in part.files if f.path not in seen)
+            seen.update(f.path for f in fresh)
+            news = tuple(f for f in fresh if not is_compacted_object(f.path.rsplit("/", 1)[-1]))
+            if news:
+                out.append(Partition(part.table, part.service, part.dt, news))
+        return out
+
+    def forget_before(self, dt: str) -> None:
+        """Drop the partition hours before ``dt``: they are no longer listed."""
+        for key in [k for k in self.by_partition if k[1] < dt]:
+            del self.by_partition[key]
 
 
 class _Seen:

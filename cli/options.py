@@ -93,7 +93,8 @@ _COMMON: list[tuple[str, Any, Any]] = [
         Annotated[
             str | None,
             typer.Option(
-                help="Start: 15m, 1h, 2d, 1w before now, or ISO-8601 (UTC when no zone); "
+                help="Start: 30s, 15m, 1h, 2d, 1w before now (1M is refused: 30d or 1m), or "
+                "ISO-8601 (UTC when no zone); "
                 "when absent, the default span ends at --until.",
                 rich_help_panel=QUERY_PANEL,
             ),
@@ -258,7 +259,8 @@ _COMMON: list[tuple[str, Any, Any]] = [
 #: Appended to every query command's help (a paragraph of its own).
 EXIT_STATUS = (
     "\n\n    Exit status: 0 with an answer, also an empty one; 3 (local engine) when there is "
-    "nothing to ask (every --service unknown, or the warehouse has no data of the table: the "
+    "nothing to ask (no --service has data in the table, being unknown or having only the "
+    "other table's logs, or the warehouse has no data of the table: the "
     "answer is empty and the reason is printed; Athena answers those with an empty result, 0); "
     "2 for bad input; 1 for engine or storage failures. A reader that stops early (| head) is "
     "no failure: 0."

@@ -145,7 +145,7 @@ def format_cell(column: str, value: Any) -> str:
         from athena.timerange import iso_utc
 
         if column == "newest":  # freshness: how long ago, at a glance
-            return f"{iso_utc(value)} ({age(value)} ago)"
+            return f"{iso_utc(value)} ({since_text(value)})"
         return iso_utc(value)
     if isinstance(value, Decimal):
         value = float(value)
@@ -162,13 +162,37 @@ def format_cell(column: str, value: Any) -> str:
     return str(value)
 
 
+#: How far ahead of this machine's clock a time may be and still read as "0s ago": hosts'
+#: clocks (NTP-kept) differ by far less; more is a clock that is wrong, worth saying.
+CLOCK_TOLERANCE_SECONDS = 2
+
+
 def age(ts: datetime, now: datetime | None = None) -> str:
-    """``2h 5m``, ``42s``: time since ``ts`` (naive means UTC), largest two units."""
+    """``2h 5m``, ``42s``: time since ``ts`` (naive means UTC), largest two units. A time
+    ahead of ``now`` reads ``0s``; :func:`since_text` says so instead."""
     from datetime import UTC
 
     now = now or datetime.now(UTC)
     aware = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
-    seconds = max(0, int((now - aware).total_seconds()))
+    return _span(max(0, int((now - aware).total_seconds())))
+
+
+def since_text(ts: datetime, now: datetime | None = None) -> str:
+    """``26m ago``, or for a time ahead of ``now`` (past :data:`CLOCK_TOLERANCE_SECONDS`)
+    ``in 1h 34m, ahead of this clock: a source clock is wrong?``. Clamping it to "0s ago" made
+    rows stamped hours ahead (a host's clock off) read as perfectly fresh data."""
+    from datetime import UTC
+
+    now = now or datetime.now(UTC)
+    aware = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+    ahead = int((aware - now).total_seconds())
+    if ahead > CLOCK_TOLERANCE_SECONDS:
+        return f"in {_span(ahead)}, ahead of this clock: a source clock is wrong?"
+    return f"{age(ts, now)} ago"
+
+
+def _span(seconds: int) -> str:
+    """``2h 5m``, ``42s``: a non-negative number of seconds in its largest two units."""
     parts = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if seconds >= size or (unit == "s" and not parts):

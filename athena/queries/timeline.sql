@@ -1,11 +1,14 @@
--- timeline: requests, 4xx and 5xx per interval of every_seconds, oldest first. Buckets with no
--- requests are absent here; the CLI fills them with zeros for the chart.
+-- timeline: requests, 4xx, 5xx and code-0 responses (no_response: the client went away before
+-- Envoy answered) per interval of every_seconds, oldest first. Buckets with no requests are
+-- absent here; the CLI fills them with zeros for the chart. no_response is drawn by the chart
+-- and not printed in json/csv, whose columns stay bucket, requests, errors_4xx, errors_5xx.
 -- Parameters: the common filter set, every_seconds.
 SELECT
   from_unixtime(floor(to_unixtime("timestamp") / :every_seconds) * :every_seconds) AS bucket,
   count(*) AS requests,
   count_if(response_code BETWEEN 400 AND 499) AS errors_4xx,
-  count_if(response_code >= 500) AS errors_5xx
+  count_if(response_code >= 500) AS errors_5xx,
+  count_if(response_code < 100) AS no_response
 FROM envoy_access
 WHERE dt BETWEEN :dt_from AND :dt_to
   AND (:all_services OR service IN (:services))

@@ -229,7 +229,10 @@ def timeline(
         if common.fmt is OutputFormat.table and rows:
             render_timeline(rows, every, until=prep.trange.until, step=step)
             return
-        runner.show(common, result, prep, "timeline", rows=rows)
+        # The chart's no_response count stays out of json/csv: their columns are unchanged.
+        shown = [c for c in result.columns if c != "no_response"]
+        rows = [r[: len(shown)] for r in rows]
+        runner.show(common, result, prep, "timeline", columns=shown, rows=rows)
 
 
 def _align_start(prep: Any, step: int) -> None:

@@ -65,16 +65,15 @@ def tail(
         if not follow:
             _print_log_lines(common, result, prep, rows)
             return
-        from cli.follow import ATHENA_MIN_INTERVAL, follow_lines
+        from cli.follow import ATHENA_MIN_INTERVAL, follow_lines, start_note
         from cli.notes import note
         from cli.options import EngineName
 
-        if common.engine is EngineName.athena and interval < ATHENA_MIN_INTERVAL:
-            note(
-                f"logq: note: every --follow poll is an Athena query (billed, 10 MB minimum); "
-                f"polling every {ATHENA_MIN_INTERVAL:.0f} s"
-            )
-            interval = ATHENA_MIN_INTERVAL
+        limits = start_note(common.engine)
+        if limits is not None:
+            note(limits)
+        if common.engine is EngineName.athena:
+            interval = max(interval, ATHENA_MIN_INTERVAL)
         follow_lines(common, prep, rows, interval, _print_log_lines)
 
 

@@ -35,6 +35,26 @@ def test_relative(text: str, delta: timedelta) -> None:
     assert parse_time(text, NOW) == NOW - delta
 
 
+@pytest.mark.parametrize("text", ["1M", "15M", " 2 M "])
+def test_upper_case_m_is_refused_as_ambiguous(text: str) -> None:
+    """``1M`` is a month in Grafana: read as a minute it silently answered another question."""
+    for parse in (parse_duration, lambda v: parse_time(v, NOW)):
+        with pytest.raises(TimeRangeError, match="M is ambiguous: use 30d for a month, 1m"):
+            parse(text)
+    with pytest.raises(TimeRangeError, match=r"--every .*M is ambiguous"):
+        parse_interval(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "delta"),
+    [("1m", timedelta(minutes=1)), ("15MIN", timedelta(minutes=15)),
+     ("2Mins", timedelta(minutes=2)), ("1H", timedelta(hours=1)), ("2D", timedelta(days=2)),
+     ("1W", timedelta(weeks=1))],
+)  # fmt: skip
+def test_other_cases_of_units_keep_their_meaning(text: str, delta: timedelta) -> None:
+    assert parse_time(text, NOW) == NOW - delta
+
+
 def test_iso_forms() -> None:
     assert parse_time("2026-11-27T23:00:00Z", NOW) == datetime(2026, 11, 27, 23, tzinfo=UTC)
     assert parse_time("2026-11-27T23:00:00", NOW) == datetime(2026, 11, 27, 23, tzinfo=UTC)

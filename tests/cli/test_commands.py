@@ -194,6 +194,26 @@ def test_timeline_zero_buckets_and_chart(logq, tmp_path) -> None:
     assert bad.exit_code == 2 and "larger --every" in bad.stderr
 
 
+def test_timeline_draws_code_0_apart_from_ok(logq, tmp_path) -> None:
+    """Response code 0 (the client went away first) is neither ok nor a 4xx/5xx: the chart
+    gives it its own cells and says how many; json keeps its four columns."""
+    uri = str(tmp_path / "wh")
+    frame = access_frame(40, utc(2026, 1, 1, 10, 0), utc(2026, 1, 1, 10, 1), ["s"], seed=1)
+    frame["response_code"] = [0] * 30 + [200] * 10
+    write_frame(uri, "envoy_access", frame)
+    args = ["--since", "2026-01-01T10:00:00Z", "--until", "2026-01-01T10:01:00Z"]
+    chart = logq("timeline", *args, "--warehouse", uri)
+    assert chart.exit_code == 0, chart.stderr
+    assert "40 total, 0 5xx, 30 code 0 (client went away)" in chart.stdout
+    bar = next(ln for ln in chart.stdout.splitlines() if ln.strip().startswith("10:00"))
+    cells = bar.split()[-1]
+    assert cells.count("0") >= 3 * cells.count("█") > 0, bar  # 30 gone, 10 ok: not 40 ok
+    rows = logq("timeline", *args, "--warehouse", uri, "-f", "json").json()
+    assert rows == [
+        {"bucket": "2026-01-01T10:00:00.000Z", "requests": 40, "errors_4xx": 0, "errors_5xx": 0}
+    ]
+
+
 def test_trace_across_services_in_time_order(logq, tmp_path) -> None:
     uri = str(tmp_path / "wh")
     frame = access_frame(60, utc(2026, 1, 1, 9, 59), utc(2026, 1, 1, 10, 1), ["front", "recipe"], 3)

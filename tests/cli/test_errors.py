@@ -218,6 +218,42 @@ def test_unknown_service_suggests_the_closest_name(logq, warehouse: Warehouse) -
     assert {r["service"] for r in some.json()} == {"recipe"}  # json always has the column
 
 
+def test_a_service_with_container_logs_only_is_not_called_unknown(logq, tmp_path) -> None:
+    """`errors -s app` for an app without an Envoy sidecar: not "unknown service 'app' ... did
+    you mean 'api'?", but what it has and how to read it. Still exit 3: the question about
+    access logs has no answer (0 would read as "no errors"). `tail` says the same the other
+    way round."""
+    from datetime import UTC, datetime, timedelta
+
+    from tests.athena.factory import access_frame, logs_frame, write_frame
+
+    uri = str(tmp_path / "wh")
+    now = datetime.now(UTC)
+    write_frame(uri, "envoy_access", access_frame(20, now - timedelta(minutes=30), now, ["api"]))
+    write_frame(uri, "container_logs", logs_frame(20, now - timedelta(minutes=30), now, ["app"]))
+    run = logq("errors", "-s", "app", "--warehouse", uri)
+    assert run.exit_code == 3, run.stderr
+    assert run.stdout == (
+        "No results: service 'app' has no Envoy access logs (it has container logs: "
+        "logq tail -s app)\n"
+    )
+    both = logq("errors", "-s", "app,apx", "-f", "json", "--warehouse", uri)
+    assert both.exit_code == 3 and both.json() == []
+    assert both.stderr.rstrip().endswith(
+        "service 'app' has no Envoy access logs (it has container logs: logq tail -s app); "
+        "unknown service 'apx' in envoy_access; known: api; did you mean 'api'?"
+    )
+    some = logq("errors", "-s", "api,app", "-f", "json", "--warehouse", uri)
+    assert some.exit_code == 0, some.stderr
+    assert "service 'app' has no Envoy access logs (it has container logs: logq tail -s app); " \
+        "showing api only" in some.stderr  # fmt: skip
+    tail = logq("tail", "-s", "api", "--warehouse", uri)
+    assert tail.exit_code == 3
+    assert "service 'api' has no container logs (it has Envoy access logs: logq errors -s api)" in (
+        tail.stdout
+    )
+
+
 def test_unknown_service_among_many_names_only_the_closest() -> None:
     """With 60 services, the 30 first names would hide the one meant: only the closest."""
     from cli.explain import unknown_services_text
@@ -254,6 +290,8 @@ def test_bad_time_and_status_are_clear_errors(logq, warehouse: Warehouse) -> Non
     assert run.exit_code == 2 and "15m, 1h" in run.stderr
     run = logq("errors", "--since", "1h", "--until", "2h", "--warehouse", warehouse.uri)
     assert run.exit_code == 2 and "must be before" in run.stderr
+    run = logq("errors", "--since", "1M", "--warehouse", warehouse.uri)
+    assert run.exit_code == 2 and "M is ambiguous: use 30d for a month" in run.stderr
     run = logq("errors", "--status", "6xx", "--warehouse", warehouse.uri)
     assert run.exit_code == 2 and "5xx" in run.stderr
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 
+from athena.engines.local import LocalEngine
 from athena.timerange import iso_utc
 from cli import follow, runner
 from cli.follow import follow_lines, follow_sql
@@ -88,14 +91,15 @@ def _frame(rows: list[tuple[datetime, str, str, str]]) -> pd.DataFrame:
 
 def _follow(
     tmp_path: Path,
-    arrivals: list[pd.DataFrame],
+    arrivals: list[pd.DataFrame | Callable[[str], object]],
     polls: int,
     monkeypatch,
     limit: int = 100,
     history: list[str] = (),
 ) -> tuple[list[list[tuple]], list[str], int]:
-    """Follow ``svc``; before poll k, ``arrivals[k]`` lands. Returns the printed batches (after
-    the initial one), the notes and the number of queries the polls ran."""
+    """Follow ``svc``; before poll k, ``arrivals[k]`` lands (as new objects, as a flush adds
+    them) or runs (a callable, given the warehouse). Returns the printed batches (after the
+    initial one), the notes and the number of queries the polls ran."""
     uri = str(tmp_path / "wh")
     now = datetime.now(UTC).replace(microsecond=0)
     old = [(now - timedelta(seconds=60 + i), "h1", "c", msg) for i, msg in enumerate(history)]
@@ -112,15 +116,17 @@ def _follow(
     batches: list[list[tuple]] = []
     notes: list[str] = []
     queries = {"n": 0}
-    real_execute = runner.execute
+    real_run = LocalEngine.run
 
-    def counting_execute(common, prep):
+    def counting_run(self, *args, **kwargs):
         queries["n"] += 1
-        return real_execute(common, prep)
+        return real_run(self, *args, **kwargs)
 
     def sleep(seconds: float) -> None:
         k = len(batches_seen)
-        if k < len(arrivals) and not arrivals[k].empty:
+        if k < len(arrivals) and callable(arrivals[k]):
+            arrivals[k](uri)
+        elif k < len(arrivals) and not arrivals[k].empty:
             _add_file(uri, tmp_path, arrivals[k], f"arrival{k}")
         batches_seen.append(k)
 
@@ -129,7 +135,7 @@ def _follow(
     def printer(common, result, prep, rows, stream=False):
         batches.append(list(rows))
 
-    monkeypatch.setattr(runner, "execute", counting_execute)
+    monkeypatch.setattr(LocalEngine, "run", counting_run)
     monkeypatch.setattr(runner, "note", notes.append)
     monkeypatch.setattr(follow.time, "sleep", sleep)
     follow_lines(common, prep, initial, 1.0, printer, polls=polls)
@@ -162,7 +168,7 @@ def test_follow_tells_apart_hosts_and_repeated_lines(tmp_path: Path, monkeypatch
     second = _frame([(ts, "hostB", "c", "GET /health 200"), (ts, "hostB", "c2", "GET /health 200"),
                      (ts, "hostA", "c", "twice"), (ts, "hostA", "c", "twice")])  # fmt: skip
     batches, notes, queries = _follow(tmp_path, [first, second, pd.DataFrame()], 3, monkeypatch)
-    assert queries == 3, "a poll on a quiet service is one query"
+    assert queries == 2, "a poll that finds no new object runs no query"
     assert len(batches) == 2 and len(batches[0]) == 1 and len(batches[1]) == 4
     assert sorted(r[4] for r in batches[1]) == sorted(second["message"])
     assert notes == []
@@ -191,6 +197,55 @@ def test_follow_does_not_print_lines_older_than_the_first_page(tmp_path: Path, m
     assert [[r[4] for r in b] for b in batches] == [["late"]] and notes == []
 
 
+def test_follow_prints_lines_that_arrive_minutes_late_once(tmp_path: Path, monkeypatch) -> None:
+    """Another aggregator flushing minutes behind: its lines are stamped minutes before the
+    newest one printed (150 s, 9 min). Each is printed once, when its object appears; later
+    polls print nothing again. (Before: a 2-minute look-back skipped both, silently.)"""
+    now = datetime.now(UTC).replace(microsecond=0)
+    fresh = _frame([(now - timedelta(seconds=1), "h1", "c", "fresh")])
+    late = _frame([(now - timedelta(seconds=150), "h2", "c", "late 150 s"),
+                   (now - timedelta(minutes=9), "h2", "c", "late 9 min")])  # fmt: skip
+    batches, notes, queries = _follow(
+        tmp_path, [fresh, late, pd.DataFrame(), pd.DataFrame()], 4, monkeypatch
+    )
+    assert [[r[4] for r in b] for b in batches] == [["fresh"], ["late 9 min", "late 150 s"]]
+    assert notes == [] and queries == 2
+
+
+def test_follow_does_not_print_a_compaction_output_again(tmp_path: Path, monkeypatch) -> None:
+    """Compaction merges the flush files already printed into one new object (and deletes
+    them): its rows are not news. A line that lands after it still is."""
+    from aggregator.compaction import compact_partition
+    from athena.schema import CONTAINER_LOGS
+    from athena.warehouse import open_warehouse
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    merged: list[int] = []
+
+    def compact(uri: str) -> None:
+        wh = open_warehouse(uri)
+        for folder in Path(uri, "container_logs", "service=svc").iterdir():
+            merged.append(compact_partition(wh, CONTAINER_LOGS, str(folder), 1 << 30))
+
+    one = _frame([(now - timedelta(seconds=3), "h1", "c", "one")])
+    after = _frame([(now - timedelta(seconds=2), "h1", "c", "after compaction")])
+    batches, notes, _ = _follow(tmp_path, [one, compact, after, pd.DataFrame()], 4, monkeypatch)
+    assert sum(merged) >= 2, "the seed's and the first arrival's objects were merged"
+    assert [[r[4] for r in b] for b in batches] == [["one"], ["after compaction"]]
+    assert notes == []
+
+
+def test_a_flush_object_of_a_node_called_c_is_not_taken_for_compaction() -> None:
+    """Follow skips compaction outputs by name: a node id may be ``c``, so the prefix alone
+    would have skipped that node's flushes."""
+    from aggregator.writer import object_name
+    from athena.schema import compacted_object_name, is_compacted_object
+
+    assert is_compacted_object(compacted_object_name("0123456789abcdef0123"))
+    assert not is_compacted_object(object_name("c", 1))
+    assert not is_compacted_object(object_name("c-0123456789abcdef0123", 1))
+
+
 def test_follow_cli_stops_on_ctrl_c(tmp_path: Path, monkeypatch) -> None:
     """The CLI path: --follow with json prints NDJSON and exits 0 on Ctrl-C."""
     import json
@@ -214,3 +269,40 @@ def test_follow_cli_stops_on_ctrl_c(tmp_path: Path, monkeypatch) -> None:
     lines = [json.loads(ln) for ln in result.stdout.splitlines()]
     assert len(lines) == 3 and calls["n"] == 1
     assert [ln["timestamp"] for ln in lines] == sorted(ln["timestamp"] for ln in lines)
+
+
+def test_athena_follow_reads_a_window_and_says_its_limit(monkeypatch) -> None:
+    """Athena's answer names no object, so there follow re-reads the last ATHENA_LOOKBACK: a
+    line up to that late is printed once; one later than that is not, as the start note says."""
+    from types import SimpleNamespace
+
+    from athena.timerange import TimeRange
+    from cli.follow import start_note
+
+    note = start_note(EngineName.athena)
+    assert note is not None and "more than 2 min after its timestamp is not printed" in note
+    assert start_note(EngineName.local) is None
+    now = datetime.now(UTC).replace(microsecond=0)
+    table: list[tuple] = [(now - timedelta(seconds=50), "svc", "app", "stdout", "seed", "h", "c")]
+    arrivals = [
+        [(now - timedelta(seconds=60), "svc", "app", "stdout", "late 60 s", "h2", "c")],
+        [(now - timedelta(minutes=5), "svc", "app", "stdout", "late 5 min", "h2", "c")],
+        [],
+    ]
+
+    def execute(common, prep):  # Athena's answer: the rows in range, newest first
+        rows = [r for r in table if prep.trange.since <= r[0] < prep.trange.until]
+        return SimpleNamespace(rows=sorted(rows, key=lambda r: r[0], reverse=True))
+
+    def sleep(seconds: float) -> None:
+        table.extend(arrivals.pop(0))
+
+    printed: list[list[tuple]] = []
+    monkeypatch.setattr(runner, "execute", execute)
+    monkeypatch.setattr(follow.time, "sleep", sleep)
+    common = replace(_common("s3://unused/wh"), engine=EngineName.athena)
+    prep = SimpleNamespace(
+        trange=TimeRange(now - timedelta(minutes=10), now), params={"row_limit": 100}
+    )
+    follow_lines(common, prep, list(table), 10.0, lambda *a, **k: printed.append(a[3]), polls=3)
+    assert [[r[4] for r in b] for b in printed] == [["seed"], ["late 60 s"]]

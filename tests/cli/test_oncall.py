@@ -76,6 +76,32 @@ def test_window_with_no_requests_names_the_newest_data(logq, tmp_path: Path) -> 
     assert "none matched" not in run.stdout
 
 
+def test_rows_stamped_ahead_of_the_clock_do_not_read_as_fresh(logq, tmp_path: Path) -> None:
+    """A host whose clock is 2 h ahead: its rows are not "0s ago" data. The newest data an
+    empty answer names and the stale note's are the same time (the newest row not in the
+    future), and the rows ahead are named as such. (Before: "0s ago" in `services`; stdout
+    named the future row, stderr the 9-minute-old one.)"""
+    uri, newest = stalled(tmp_path)
+    ahead = access_frame(3, _now() + timedelta(hours=2), _now() + timedelta(hours=2, seconds=5),
+                         ["checkout"], seed=9)  # fmt: skip
+    write_frame(str(tmp_path / "ahead"), "envoy_access", ahead)
+    for src in (tmp_path / "ahead").rglob("*.parquet"):
+        dest = Path(uri) / src.relative_to(tmp_path / "ahead")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        src.rename(dest.with_name("skewed-" + dest.name))
+    future = _iso(ahead["timestamp"].max().to_pydatetime())
+    run = logq("errors", "-s", "checkout", "--since", "30s", "--warehouse", uri)
+    assert run.exit_code == 0, run.stderr
+    said = re.search(r"newest data for checkout: (\S+) \(rows stamped up to (\S+): in [12]h[^,]*, "
+                     r"ahead of this clock: a source clock is wrong\?\)", run.stdout)  # fmt: skip
+    assert said and said.groups() == (_iso(newest), future), run.stdout
+    noted = re.search(r"newest data for checkout: (\S+) \(9m ago\)", run.stderr)
+    assert noted and noted.group(1) == _iso(newest), run.stderr
+    services = logq("services", "--warehouse", uri)
+    assert "ahead of this clock: a source clock is wrong?" in services.stdout, services.stdout
+    assert "0s ago" not in services.stdout
+
+
 def test_no_stale_note_for_fresh_data_or_a_closed_window(logq, tmp_path: Path) -> None:
     uri, _ = stalled(tmp_path, minutes_ago=0)
     fresh = logq("latency", "-s", "checkout", "--since", "10m", "--warehouse", uri)

@@ -6,7 +6,7 @@ import csv
 import io
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from cli.output import (
@@ -103,4 +103,17 @@ def test_freshness_age() -> None:
     assert age(datetime(2026, 1, 2, 2, 55, 30, tzinfo=UTC), now) == "4m 30s"
     assert age(datetime(2026, 1, 1, 1, 0, 0), now) == "1d 2h"
     assert age(now, now) == "0s"
+
+
+def test_a_time_ahead_of_the_clock_says_so() -> None:
+    """Clamped to "0s ago", rows stamped hours ahead (a wrong clock) read as the freshest."""
+    from cli.output import since_text
+
+    now = datetime(2026, 1, 2, 3, 0, 0, tzinfo=UTC)
+    assert since_text(now + timedelta(hours=2, minutes=5), now) == (
+        "in 2h 5m, ahead of this clock: a source clock is wrong?"
+    )
+    assert since_text(now + timedelta(seconds=1), now) == "0s ago"  # clocks a second apart
+    assert since_text(now - timedelta(minutes=26), now) == "26m ago"
+    assert "ahead of this clock" in format_cell("newest", datetime.now(UTC) + timedelta(hours=2))
     assert format_cell("newest", datetime(2026, 1, 1, tzinfo=UTC)).endswith(" ago)")
