@@ -21,6 +21,7 @@ import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -186,7 +187,11 @@ def _for_duckdb(node: Any) -> Any:
       next day is 0 days, not 1.
     * ``regexp_extract`` is NULL when the pattern does not match, as in Trino (DuckDB gives '').
     * ``regexp_replace``, ``split_part`` and ``format`` keep Trino's meaning, and functions only
-      Athena has are refused with what to use instead (:mod:`athena.trinofuncs`).
+      Athena has are refused with what to use instead (:mod:`athena.trinofuncs`); so do a
+      double divided by zero and ``approx_distinct`` (exact locally), in ad-hoc statements.
+    * A timestamp with time zone (``AT TIME ZONE``, ``with_timezone``, ...) is the instant, and
+      functions that read its fields read them in its zone (:mod:`athena.trinotime`), as do
+      casts; ``CAST(ts AS varchar)`` prints Trino's text.
     Integer division truncates as in Trino through the connection's ``integer_division``
     setting (see :mod:`athena.engines.local`).
     """
@@ -216,6 +221,16 @@ def _for_duckdb(node: Any) -> Any:
         return trinofuncs.format_call(node, _adapted)
     if isinstance(node, exp.Anonymous) and str(node.this).lower() in trinofuncs.ATHENA_ONLY:
         raise trinofuncs.athena_only(str(node.this))
+    zoned = _zoned(node)
+    if zoned is not None:
+        return zoned
+    if _ADHOC.get(False):
+        if isinstance(node, exp.ApproxDistinct):
+            return trinofuncs.approx_distinct(node, _adapted)
+        if isinstance(node, exp.Div):
+            divided = trinofuncs.float_division(node, _adapted)
+            if divided is not None:
+                return divided
     if isinstance(node, exp.RegexpExtract):
         extract = node.copy()
         for key in ("this", "expression"):
@@ -227,11 +242,49 @@ def _for_duckdb(node: Any) -> Any:
     return node
 
 
+def _zoned(node: Any) -> Any | None:
+    """``node`` rewritten by :mod:`athena.trinotime` (a timestamp with time zone, a function or
+    cast that reads one, a cast of a timestamp to text), or None."""
+    from sqlglot import exp
+
+    from athena import trinotime
+
+    source = trinotime.instant(node, _adapted)
+    if source is not None:
+        return source
+    if isinstance(node, exp.Cast):
+        return trinotime.cast(node, _adapted, _timestamp_columns())
+    return trinotime.in_zone(node, _adapted)
+
+
+@cache
+def _timestamp_columns() -> frozenset[str]:
+    """Names of the tables' timestamp columns (Trino ``timestamp(3)``)."""
+    import pyarrow as pa
+
+    from athena.schema import TABLES, table
+
+    return frozenset(
+        f.name
+        for name in TABLES
+        for f in table(name).arrow_schema()
+        if pa.types.is_timestamp(f.type)
+    )
+
+
+#: Whether the statement being transpiled is ad-hoc (``logq sql``): rewrites that would change
+#: the canned queries' SQL apply to those only (no canned query divides a double by zero, nor
+#: asks for approx_distinct).
+_ADHOC: ContextVar[bool] = ContextVar("logq_adhoc_sql")
+
+
 def _adapted(node: Any) -> Any:
     """A copy of ``node`` adapted by :func:`_for_duckdb`: the arguments of a call it rewrites.
     (``transform`` does not visit what a rewrite returns, so without this a call nested in a
     rewritten one would keep DuckDB's meaning.)"""
-    return node.copy().transform(_for_duckdb)
+    copy = node.copy()
+    copy.parent = node.parent  # so that a column still finds its SELECT (athena.trinotime)
+    return copy.transform(_for_duckdb)
 
 
 def to_duckdb(sql: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -243,7 +296,7 @@ def to_duckdb(sql: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     from athena import sqlcache
 
     if sql not in _CANNED_TEXTS:
-        return _transpile(sql, params)
+        return _transpile(sql, params, adhoc=True)
 
     shape = json.dumps(
         sorted((k, len(v)) for k, v in params.items() if isinstance(v, list | tuple))
@@ -271,10 +324,12 @@ def _flat_values(params: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _transpile(sql: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def _transpile(sql: str, params: dict[str, Any], adhoc: bool = False) -> tuple[str, dict[str, Any]]:
     """Expand, parse as Trino, adapt for DuckDB (:func:`_for_duckdb`) and generate."""
     import sqlglot
     from sqlglot.errors import ParseError, TokenError
+
+    from athena import trinotime
 
     flat_sql, flat = _flatten(sql, params)
     try:
@@ -285,7 +340,13 @@ def _transpile(sql: str, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     statements = [s for s in statements if s is not None]
     if len(statements) != 1:
         raise QueryError(f"expected one SQL statement, got {len(statements)}")
-    tree = statements[0].transform(_for_duckdb)
+    tree = statements[0]
+    adhoc_token = _ADHOC.set(adhoc)
+    try:
+        with trinotime.zoned_aliases(tree, _adapted):
+            tree = tree.transform(_for_duckdb, copy=False)
+    finally:
+        _ADHOC.reset(adhoc_token)
     used = {p.name for p in tree.find_all(sqlglot.exp.Placeholder)}
     return tree.sql(dialect="duckdb", pretty=True), {k: v for k, v in flat.items() if k in used}
 

@@ -12,6 +12,11 @@ documented in Trino's "Functions and operators" pages):
 * ``format(fmt, args...)``: Java's ``String.format``; DuckDB's ``format`` is fmt's ``{}`` syntax
   and leaves ``%d`` as it is. A literal format becomes one ``printf`` per conversion, joined
   with ``||`` (a NULL argument prints ``null``, as in Java).
+* ``x / y`` of a double or real: IEEE 754 on Trino (``1E0 / 0`` is Infinity, ``0E0 / 0`` NaN);
+  DuckDB's ``/`` under ``integer_division`` refused a division by zero of any type. An integer
+  or decimal division by zero stays an error, as on Trino.
+* ``approx_distinct(x)``: a HyperLogLog on Trino (standard error 2.3%), exact locally
+  (``count(DISTINCT x)``), as the local percentiles are: the same answer within Trino's error.
 
 Functions Athena has and DuckDB lacks (:data:`ATHENA_ONLY`) are refused before DuckDB sees
 them, with what to write instead that works on both engines.
@@ -45,8 +50,6 @@ ATHENA_ONLY: dict[str, str] = {
     "format_number": "",
     "parse_data_size": "",
     "current_timezone": "",
-    "at_timezone": "",
-    "with_timezone": "",
     "to_milliseconds": "",
     "codepoint": "",
     "word_stem": "",
@@ -227,3 +230,43 @@ def _conversion(arg: Any, flags: str, width: str | None, precision: str | None, 
     )
     out = exp.Coalesce(this=printed, expressions=[null])
     return exp.Upper(this=out) if conv == "S" else out
+
+
+def float_division(node: Any, adapt: Callable[[Any], Any]) -> Any | None:
+    """``node`` (exp.Div) as DuckDB's IEEE division when an operand is a double or real, else
+    None (the connection's ``integer_division`` keeps Trino's integer meaning).
+
+    The local connection sets ``integer_division``, and DuckDB then reads ``/`` as ``//`` for
+    every type, which refuses a division by zero; its ``"/"`` function is the float division
+    (``ieee_floating_point_ops``: ``1E0 / 0`` is inf). The types are sqlglot's inference: a
+    column of an inner query it cannot type keeps the error."""
+    from sqlglot import exp
+    from sqlglot.optimizer.annotate_types import annotate_types
+
+    typed = node.copy()
+    for literal in list(typed.find_all(exp.Literal)):
+        if _decimal_literal(literal):  # Trino reads 1.5 as a decimal, sqlglot as a double
+            literal.replace(exp.Cast(this=literal.copy(), to=exp.DataType.build("DECIMAL")))
+    typed = annotate_types(typed)
+    floats = (exp.DataType.Type.DOUBLE, exp.DataType.Type.FLOAT)
+    if not any(
+        side is not None and side.type is not None and side.type.this in floats
+        for side in (typed.this, typed.expression)
+    ):
+        return None
+    return exp.Anonymous(
+        this=exp.to_identifier("/", quoted=True),
+        expressions=[adapt(node.this), adapt(node.expression)],
+    )
+
+
+def _decimal_literal(node: Any) -> bool:
+    """Whether ``node`` is a number literal Trino reads as a decimal (``1.5``, not ``1.5E0``)."""
+    return not node.is_string and "." in node.this and "e" not in node.this.lower()
+
+
+def approx_distinct(node: Any, adapt: Callable[[Any], Any]) -> Any:
+    """``approx_distinct(x[, e])`` as the exact ``count(DISTINCT x)`` (see the module docs)."""
+    from sqlglot import exp
+
+    return exp.Count(this=exp.Distinct(expressions=[adapt(node.this)]))
