@@ -212,7 +212,9 @@ def run_athena(client: Any, sql: str, database: str | None, settings: Settings) 
             return qid
         if state in ("FAILED", "CANCELLED"):
             reason = status.get("StateChangeReason", "no reason given")
-            raise CatalogError(f"Athena {state} for {sql.splitlines()[0]!r}: {reason}")
+            raise CatalogError(
+                f"Athena {state} for {sql.splitlines()[0]!r}: {reason}{_hint(settings)}"
+            )
         if time.monotonic() > deadline:
             stopped = _stop(client, qid)
             raise CatalogError(
@@ -221,6 +223,18 @@ def run_athena(client: Any, sql: str, database: str | None, settings: Settings) 
                 + " and the DDL is tried again with the next flush"
             )
         time.sleep(ATHENA_POLL_SECONDS)
+
+
+def _hint(settings: Settings) -> str:
+    """What to add when Athena had no result location of ours: the request then went to the
+    ``primary`` workgroup, which may have none (the usual cause of such a failure)."""
+    if settings.athena_output or settings.athena_workgroup:
+        return ""
+    return (
+        " (no --athena-output or --athena-workgroup was given: Athena used the primary "
+        "workgroup, which needs a query result location; pass --athena-output "
+        "s3://BUCKET/PREFIX/ or --athena-workgroup NAME)"
+    )
 
 
 def _stop(client: Any, qid: str) -> bool:

@@ -300,7 +300,6 @@ def _check(s: Settings) -> None:
         )
     if bool(s.tls_cert) != bool(s.tls_key):
         raise ConfigError("TLS needs both --tls-cert and --tls-key")
-    _check_athena(s)
     if isinstance(s.envoy_formats, str):
         s.envoy_formats = [s.envoy_formats]
     if isinstance(s.users, str):
@@ -308,20 +307,6 @@ def _check(s: Settings) -> None:
     if s.users and not s.shared_key:
         raise ConfigError("--user needs --shared-key: user authentication is part of its handshake")
     user_map(s)
-
-
-def _check_athena(s: Settings) -> None:
-    """``--athena-database`` needs a place for Athena's results, or every DDL statement fails
-    (one warning per flush, forever). Athena takes it from the request (``--athena-output``) or
-    from the workgroup's settings (``--athena-workgroup``); a request with neither goes to the
-    ``primary`` workgroup, which may or may not have one, so that is not guessed at: naming the
-    workgroup is the same rule ``logq --engine athena`` follows."""
-    if s.athena_database and not (s.athena_output or s.athena_workgroup):
-        raise ConfigError(
-            "--athena-database needs a place for Athena's results: pass --athena-output "
-            "s3://BUCKET/PREFIX/, or --athena-workgroup NAME of a workgroup with an output "
-            "location (--athena-workgroup primary when the primary workgroup has one)"
-        )
 
 
 def user_map(s: Settings) -> dict[str, str]:

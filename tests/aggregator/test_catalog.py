@@ -203,3 +203,39 @@ def test_a_ddl_statement_given_up_on_is_stopped_in_athena(
     runs = [client.get_query_execution(QueryExecutionId=i)["QueryExecution"] for i in ids]
     mine = [r for r in runs if r["Query"] == statement]
     assert len(mine) == 1 and mine[0]["Status"]["State"] == "CANCELLED"
+
+
+class _Refusing:
+    """An Athena client whose every statement fails as Athena fails one without a result
+    location (moto's server runs every query it is given)."""
+
+    def start_query_execution(self, **kwargs: object) -> dict:
+        self.kwargs = kwargs
+        return {"QueryExecutionId": "q1"}
+
+    def get_query_execution(self, QueryExecutionId: str) -> dict:
+        reason = "No output location provided. An output location is required."
+        return {"QueryExecution": {"Status": {"State": "FAILED", "StateChangeReason": reason}}}
+
+
+@pytest.mark.parametrize(
+    ("settings", "hinted"),
+    [
+        (Settings(athena_database="logs"), True),
+        (Settings(athena_database="logs", athena_workgroup="etl"), False),
+        (Settings(athena_database="logs", athena_output="s3://r/"), False),
+    ],
+)
+def test_a_ddl_refused_without_a_result_location_says_which_flag_to_add(
+    settings: Settings, hinted: bool
+) -> None:
+    from aggregator.catalog import run_athena
+
+    client = _Refusing()
+    with pytest.raises(CatalogError) as refused:
+        run_athena(client, "CREATE DATABASE IF NOT EXISTS `logs`", None, settings)
+    assert "No output location provided" in str(refused.value)
+    assert (
+        "pass --athena-output s3://BUCKET/PREFIX/ or --athena-workgroup" in str(refused.value)
+    ) is hinted
+    assert ("WorkGroup" in client.kwargs) is (settings.athena_workgroup is not None)

@@ -98,9 +98,6 @@ def test_one_config_file_serves_both_daemons(tmp_path: Path) -> None:
         ("", ["--buffer-dir", ""], "--buffer-dir is empty"),
         ("", ["--tls-cert", "", "--tls-key", ""], "--tls-cert is empty"),
         ("", ["--metrics-listen", " "], "--metrics-listen is empty"),
-        # Every DDL statement failed, one warning per flush: said once, at start-up.
-        ("", ["--athena-database", "logs"], "--athena-database needs a place for Athena's"),
-        ('athena_database = "logs"\n', [], "pass --athena-output s3://BUCKET/PREFIX/, or"),
     ],
 )
 def test_bad_settings_say_what_to_do(
@@ -118,14 +115,13 @@ def test_athena_database_with_output_or_workgroup(monkeypatch: pytest.MonkeyPatc
         assert parse(["--athena-database", "logs", *where]).athena_database == "logs"
 
 
-def test_athena_database_without_results_location_exits_2(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    wh, buf = tmp_path / "wh", tmp_path / "buf"
-    argv = ["--athena-database", "logs", "--warehouse", str(wh), "--buffer-dir", str(buf)]
-    assert main(argv) == 2
-    assert "--athena-database needs a place for Athena's results" in capsys.readouterr().err
-    assert not wh.exists() and not buf.exists()
+def test_athena_database_alone_is_a_valid_setting() -> None:
+    """Without --athena-output or --athena-workgroup Athena runs the DDL in the primary
+    workgroup, with its result location if it has one (R2: a start-up refusal stopped the
+    ingestion of deployments whose primary workgroup has one)."""
+    from aggregator.config import _check
+
+    _check(Settings(athena_database="logs"))  # no ConfigError
 
 
 def test_mistyped_warehouses_are_refused_before_anything_is_written(
