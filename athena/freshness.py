@@ -104,11 +104,15 @@ def known_services(wh: Warehouse) -> list[str]:
 
 
 def service_freshness(
-    wh: Warehouse, service: str, hours_between: tuple[str, str] | None = None
+    wh: Warehouse,
+    service: str,
+    hours_between: tuple[str, str] | None = None,
+    before: datetime | None = None,
 ) -> Freshness:
     """Hours of data per table and the newest line (read from each table's newest hour with rows).
 
     ``hours_between``: only the ``dt`` hours from the first to the second (inclusive) count.
+    ``before``: the newest line at or before it (see the module docstring).
     """
     from athena.partitions import list_dts
 
@@ -117,7 +121,7 @@ def service_freshness(
         t: [dt for dt in list_dts(wh, t, service) if lo <= dt <= hi]
         for t in ("envoy_access", "container_logs")
     }
-    values = [_newest_of(wh, t, [(dt, service) for dt in dts]) for t, dts in hours.items()]
+    values = [_newest_of(wh, t, [(dt, service) for dt in dts], before) for t, dts in hours.items()]
     newest = max((v for v in values if v is not None), default=None)
     return Freshness(service, len(hours["envoy_access"]), len(hours["container_logs"]), newest)
 

@@ -279,7 +279,7 @@ def _services_local(common: Common) -> None:
     """``logq services`` on the local engine: folder listings, plus the ``timestamp`` column of
     each service's newest hour with rows."""
     from athena.engines.result import QueryResult
-    from athena.freshness import known_services, service_freshness
+    from athena.freshness import known_services
     from athena.warehouse import open_warehouse
     from cli import runner
     from cli.explain import NO_DATA_EXIT, one_level_off, unknown_services_text
@@ -303,7 +303,7 @@ def _services_local(common: Common) -> None:
     if common.dry_run:
         _services_dry_run(wh, chosen, hours)
         return
-    found = [service_freshness(wh, svc, hours) for svc in chosen]
+    found, ahead = _freshness(wh, chosen, hours)
     rows = [tuple(f) for f in found if f.access_hours or f.log_hours]
     result = QueryResult(columns=list(SERVICES_COLUMNS), rows=rows, engine="local")
     nothing = False  # nothing to ask: every --service unknown, or no data at all (exit 3)
@@ -322,8 +322,38 @@ def _services_local(common: Common) -> None:
             nothing = True
         note(f"logq: no results: {reason}")
     runner.show(common, result, title="services")
+    for svc, when in ahead.items():
+        from cli.explain import ahead_text
+
+        note(f"logq: note: {svc} also has rows{ahead_text(when)}")
     if nothing:
         raise typer.Exit(NO_DATA_EXIT)
+
+
+def _freshness(
+    wh: Any, chosen: list[str], hours: tuple[str, str] | None
+) -> tuple[list[Any], dict[str, Any]]:
+    """Each service's :class:`~athena.freshness.Freshness`, its newest line being the newest
+    not stamped in the future (as the stale note and empty answers count it: rows from a clock
+    that is ahead would hide a stall), and the newest time of those ahead, by service."""
+    from athena.freshness import service_freshness
+    from cli.explain import newest_and_ahead
+
+    found, ahead = [], {}
+    for svc in chosen:
+        fresh = service_freshness(wh, svc, hours)
+
+        def newest(before: Any, svc: str = svc, fresh: Any = fresh) -> Any:
+            if before is None:
+                return fresh.newest
+            return service_freshness(wh, svc, hours, before).newest
+
+        last, later = newest_and_ahead(newest)
+        if later is not None:
+            ahead[svc] = later
+            fresh = fresh._replace(newest=last)
+        found.append(fresh)
+    return found, ahead
 
 
 def _services_dry_run(wh: Any, chosen: list[str], hours: tuple[str, str] | None) -> None:
