@@ -46,6 +46,20 @@ class CatalogError(RuntimeError):
     """Athena refused or failed a DDL statement; the message holds Athena's reason."""
 
 
+class StillRunning(CatalogError):
+    """A DDL statement not finished after :data:`ATHENA_TIMEOUT_SECONDS` (a slow DDL queue).
+    It is left to finish: stopping it would only send it to the back of the queue again (a
+    queue that stays that slow would then never apply it), and the next update waits for it
+    rather than racing it (an older enum landing after a newer one)."""
+
+    def __init__(self, qid: str, state: str) -> None:
+        super().__init__(
+            f"Athena query {qid} still {state} after {ATHENA_TIMEOUT_SECONDS:.0f}s; the next "
+            "DDL update waits for it to finish"
+        )
+        self.qid = qid
+
+
 class Catalog:
     """The known services and the DDL rendered from them."""
 
@@ -61,6 +75,9 @@ class Catalog:
         failed update leaves the ones it missed out of it, so the next flush or resync tries
         again even when no service is new to it."""
         self._region_warned = False
+        self._pending: str | None = None
+        """A DDL statement given up on while still queued or running: the next update waits
+        for it (:class:`StillRunning`)."""
 
     def load(self) -> set[str]:
         """Add the services that have a partition folder in any table; returns them."""
@@ -187,15 +204,25 @@ class Catalog:
             for table, columns in (grown or {}).items():
                 statements.append((ddl.add_columns(TABLES[table], columns, db), db))
         statements += [(ddl.set_service_values(t, self.services, db), db) for t in TABLES.values()]
+        if self._pending is not None:  # the last update's statement, still queued or running
+            state = _state(client, self._pending)
+            if state in ("QUEUED", "RUNNING"):
+                raise CatalogError(
+                    f"the DDL statement {self._pending} sent earlier is still {state} in "
+                    "Athena; the update is sent once it has finished"
+                )
+            self._pending = None  # finished either way: this update sends the whole DDL again
         for sql, database in statements:
-            run_athena(client, sql, database, self.settings)
+            try:
+                run_athena(client, sql, database, self.settings)
+            except StillRunning as slow:
+                self._pending = slow.qid
+                raise
 
 
 def run_athena(client: Any, sql: str, database: str | None, settings: Settings) -> str:
-    """Run one statement and wait for it; raise :class:`CatalogError` with Athena's reason.
-
-    A statement still not finished after :data:`ATHENA_TIMEOUT_SECONDS` is stopped before the
-    error is raised, so giving up on it does not leave it queued or running."""
+    """Run one statement and wait for it; raise :class:`CatalogError` with Athena's reason, or
+    :class:`StillRunning` when it has not finished after :data:`ATHENA_TIMEOUT_SECONDS`."""
     kwargs: dict[str, Any] = {"QueryString": sql}
     if database:
         kwargs["QueryExecutionContext"] = {"Database": database}
@@ -216,13 +243,19 @@ def run_athena(client: Any, sql: str, database: str | None, settings: Settings) 
                 f"Athena {state} for {sql.splitlines()[0]!r}: {reason}{_hint(settings)}"
             )
         if time.monotonic() > deadline:
-            stopped = _stop(client, qid)
-            raise CatalogError(
-                f"Athena query {qid} still {state} after {ATHENA_TIMEOUT_SECONDS:.0f}s; "
-                + ("it was stopped" if stopped else "stopping it failed")
-                + " and the DDL is tried again with the next flush"
-            )
+            raise StillRunning(qid, str(state))
         time.sleep(ATHENA_POLL_SECONDS)
+
+
+def _state(client: Any, qid: str) -> str:
+    """The state of an earlier DDL statement; one that cannot be read counts as finished (the
+    update then goes ahead, as before it was given up on)."""
+    try:
+        execution = client.get_query_execution(QueryExecutionId=qid)["QueryExecution"]
+    except Exception as exc:
+        log.warning("could not read the state of Athena query %s (%s)", qid, exc)
+        return "UNKNOWN"
+    return str(execution["Status"].get("State"))
 
 
 def _hint(settings: Settings) -> str:
@@ -235,15 +268,3 @@ def _hint(settings: Settings) -> str:
         "workgroup, which needs a query result location; pass --athena-output "
         "s3://BUCKET/PREFIX/ or --athena-workgroup NAME)"
     )
-
-
-def _stop(client: Any, qid: str) -> bool:
-    """Stop a DDL query that is given up on (StopQueryExecution): left running, it could still
-    apply after the retry that follows, an older enum overwriting a newer one. Whether the stop
-    was accepted; a failure is logged, the retry goes ahead either way."""
-    try:
-        client.stop_query_execution(QueryExecutionId=qid)
-    except Exception as exc:
-        log.warning("could not stop Athena query %s (%s)", qid, exc)
-        return False
-    return True

@@ -179,30 +179,45 @@ def test_a_failed_enum_update_is_retried_until_athena_has_it(
     assert applied[-1] == ["checkout", "recipe", "search"]
 
 
-def test_a_ddl_statement_given_up_on_is_stopped_in_athena(
-    moto_server: str, monkeypatch: pytest.MonkeyPatch
+def test_a_ddl_statement_given_up_on_is_waited_for_not_raced(
+    tmp_path: Path, moto_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Before, run_athena raised after its timeout and left the statement queued or running
-    (it could still apply later, after the retry)."""
+    """A statement still queued after the timeout is left to finish (stopping it sent it to
+    the back of a slow queue on every retry: R2), and the next update sends nothing until it
+    has finished (a newer enum must not race an older one)."""
     from aggregator import catalog as catalog_mod
-    from tests.athena.athena_moto import set_progression
+    from tests.athena.athena_moto import athena_env, executions, set_progression
 
-    client = _athena(moto_server)
-    monkeypatch.setattr(catalog_mod, "ATHENA_TIMEOUT_SECONDS", 0.3)
+    athena_env(monkeypatch, moto_server)
+    monkeypatch.setattr(catalog_mod, "ATHENA_TIMEOUT_SECONDS", 0.2)
     monkeypatch.setattr(catalog_mod, "ATHENA_POLL_SECONDS", 0.05)
-    statement = f"ALTER TABLE `logs`.`t_{uuid.uuid4().hex[:8]}` SET TBLPROPERTIES ('a' = 'b')"
-    set_progression(moto_server, 30)  # the statement stays QUEUED far past the timeout
+    db = f"logs_{uuid.uuid4().hex[:8]}"
+    catalog = Catalog(
+        open_warehouse(str(tmp_path / "wh"), create=True),
+        Settings(athena_database=db, athena_output="s3://athena-results/"),
+    )
+    catalog.services = {"recipe"}
+
+    def mine() -> list[dict]:
+        return [e for e in executions(moto_server) if db in e["Query"]]
+
+    set_progression(moto_server, 1.0)  # QUEUED, RUNNING, SUCCEEDED: a step a second
     try:
-        with pytest.raises(CatalogError, match="it was stopped and the DDL is tried again"):
-            catalog_mod.run_athena(
-                client, statement, "logs", Settings(athena_output="s3://athena-results/")
-            )
+        with pytest.raises(catalog_mod.StillRunning):
+            catalog.apply_athena()
+        [first] = mine()
+        with pytest.raises(CatalogError, match=r"sent earlier is still (QUEUED|RUNNING)"):
+            catalog.apply_athena()
+        assert [e["QueryExecutionId"] for e in mine()] == [first["QueryExecutionId"]]
+        wait_until(
+            lambda: mine()[0]["Status"]["State"] == "SUCCEEDED", 30, "the slow statement to end"
+        )
     finally:
         set_progression(moto_server, None)
-    ids = client.list_query_executions()["QueryExecutionIds"]
-    runs = [client.get_query_execution(QueryExecutionId=i)["QueryExecution"] for i in ids]
-    mine = [r for r in runs if r["Query"] == statement]
-    assert len(mine) == 1 and mine[0]["Status"]["State"] == "CANCELLED"
+    catalog.apply_athena()  # the earlier statement finished: the whole DDL goes out again
+    runs = mine()
+    assert len(runs) > 1 and all(r["Status"]["State"] == "SUCCEEDED" for r in runs)
+    assert not any(r["Status"]["State"] == "CANCELLED" for r in runs)
 
 
 class _Refusing:
