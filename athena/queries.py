@@ -174,6 +174,11 @@ def athena_literal_sql(sql: str, params: dict[str, Any]) -> str:
 
 #: The warehouse tables, as the local engine names its views.
 LOCAL_TABLES = ("envoy_access", "container_logs")
+#: Columns Athena's Hive tables have beyond their schema, left out of ``SELECT *`` (Trino's Hive
+#: connector, ``HiveColumnHandle``; the Athena guide shows ``"$path"``, ``"$file_size"`` and
+#: ``"$file_modified_time"``). ``"$bucket"`` exists only on bucketed tables (ours are not). The
+#: local engine's tables have none of them (:func:`_for_duckdb` refuses them).
+HIDDEN_COLUMNS = ("$path", "$file_size", "$file_modified_time", "$partition", "$bucket")
 
 
 def _for_duckdb(node: Any) -> Any:
@@ -192,6 +197,8 @@ def _for_duckdb(node: Any) -> Any:
     * A timestamp with time zone (``AT TIME ZONE``, ``with_timezone``, ...) is the instant, and
       functions that read its fields read them in its zone (:mod:`athena.trinotime`), as do
       casts; ``CAST(ts AS varchar)`` prints Trino's text.
+    * Athena's hidden columns (:data:`HIDDEN_COLUMNS`) are refused: the local views have no
+      such column, and DuckDB's "not found" listed ``path`` as the likely one.
     Integer division truncates as in Trino through the connection's ``integer_division``
     setting (see :mod:`athena.engines.local`).
     """
@@ -199,6 +206,12 @@ def _for_duckdb(node: Any) -> Any:
 
     from athena import trinofuncs
 
+    if isinstance(node, exp.Column) and node.name.lower() in HIDDEN_COLUMNS:
+        raise QueryError(
+            f'"{node.name.lower()}" is a hidden column of the Athena tables (which S3 object, '
+            "of what size and age, or which partition a row came from); the local engine's "
+            "tables have no such column: run the statement with --engine athena"
+        )
     if isinstance(node, exp.Table) and node.name.lower() in LOCAL_TABLES and node.args.get("db"):
         node = node.copy()
         node.set("db", None)

@@ -16,6 +16,16 @@ only those hours of those services: without them a statement makes Athena consid
 since :data:`athena.ddl.PROJECTION_START` of every service (over a million partitions, Athena's
 limit, from 17 services up).
 
+Athena's hidden columns (:data:`athena.queries.HIDDEN_COLUMNS`, e.g. ``"$path"``, a row's object)
+are not part of ``*`` in Trino, so a subquery ``SELECT *`` would hide them from the statement:
+those the statement names are added to the subquery's select list (``SELECT *, "$path"``).
+(The local engine has no such columns and refuses them: :func:`athena.queries._for_duckdb`.)
+
+A statement that is no query (``PREPARE``, ``SHOW STATS FOR``, ``CREATE TABLE AS``, ...) is
+refused with the flags when it names a warehouse table: its tables are not references logq
+can wrap (sqlglot parses many of them as an opaque ``Command``), and sending it unscoped would
+answer another question than the one asked.
+
 sqlglot finds the references (its scope analysis tells a CTE from a table) and where they are in
 the text; only those spans are replaced, so the rest of the statement reaches Athena exactly as
 typed (a round trip through sqlglot's generator could change what it does not model). The
@@ -28,7 +38,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from athena.queries import LOCAL_TABLES, QueryError, quiet_sqlglot, table_references
+from athena.queries import (
+    HIDDEN_COLUMNS,
+    LOCAL_TABLES,
+    QueryError,
+    quiet_sqlglot,
+    table_references,
+)
 
 if TYPE_CHECKING:
     from athena.timerange import TimeRange
@@ -104,11 +120,23 @@ def scope_statement(statement: str, scope: Scope) -> ScopedStatement:
     if tree is None:
         return ScopedStatement(statement, frozenset(), False)
     if not scope.empty:
-        _check_scopable(tree)
+        _check_scopable(tree, statement)
     refs = _warehouse_references(tree)
     tables = frozenset(ref.name.lower() for ref in refs)
-    sql = statement if scope.empty else _splice(statement, refs, tree, scope.condition())
+    if scope.empty:
+        return ScopedStatement(statement, tables, _names_dt(tree))
+    select = ", ".join(["*", *(f'"{c}"' for c in hidden_columns(tree))])
+    sql = _splice(statement, refs, tree, select, scope.condition())
     return ScopedStatement(sql, tables, _names_dt(tree))
+
+
+def hidden_columns(tree: Any) -> list[str]:
+    """The :data:`~athena.queries.HIDDEN_COLUMNS` the statement names (in that order; Trino
+    folds the case of identifiers, quoted or not)."""
+    from sqlglot import exp
+
+    named = {column.name.lower() for column in tree.find_all(exp.Column)}
+    return [c for c in HIDDEN_COLUMNS if c in named]
 
 
 def _parse(statement: str, required: bool) -> Any:
@@ -136,21 +164,45 @@ def _parse(statement: str, required: bool) -> Any:
     return trees[0]
 
 
-def _check_scopable(tree: Any) -> None:
-    """Refuse a statement that is no query but reads a warehouse table through one (``CREATE
-    TABLE ... AS SELECT``, ``INSERT ... SELECT``): its tables are not all read (an INSERT's
-    target is written), so the flags cannot be applied by wrapping references, and ignoring
-    them would answer another question than the one asked."""
+def _check_scopable(tree: Any, statement: str) -> None:
+    """Refuse a statement that is no query (nor DESCRIBE) but names a warehouse table: ``CREATE
+    TABLE ... AS SELECT``, ``INSERT ... SELECT`` (an INSERT's target is written, not read),
+    ``PREPARE p FROM SELECT``, ``SHOW STATS FOR (SELECT ...)`` (sqlglot parses these last two,
+    and others, as an opaque ``Command`` whose tables it does not see). The flags cannot be
+    applied by wrapping references there, and ignoring them would answer another question
+    than the one asked. The words of the text are checked, so a ``Command`` is caught too."""
     from sqlglot import exp
 
-    if isinstance(tree, exp.Query | exp.Describe) or tree.find(exp.Query) is None:
+    if isinstance(tree, exp.Query | exp.Describe) or not _names_warehouse_table(statement):
         return
-    if any(t.name.lower() in LOCAL_TABLES for t in tree.find_all(exp.Table)):
-        raise QueryError(
-            "--service/--since/--until apply to queries (SELECT, WITH, VALUES), not to a "
-            f"{type(tree).__name__.upper()} statement; put the conditions on dt, service and "
-            "timestamp in its WHERE clause and leave the flags out"
-        )
+    kind = str(tree.this) if isinstance(tree, exp.Command) else type(tree).__name__
+    raise QueryError(
+        "--service/--since/--until apply to queries (SELECT, WITH, VALUES), not to a "
+        f"{kind.upper()} statement; put the conditions on dt, service and timestamp in the "
+        "statement itself (its query's WHERE clause) and leave the flags out"
+    )
+
+
+def _names_warehouse_table(statement: str) -> bool:
+    """Whether a word (a name, quoted or not; not a string or a comment) of the statement is
+    a warehouse table's name."""
+    return any(word.lower() in LOCAL_TABLES for word in _names(statement))
+
+
+def _names(text: str) -> list[str]:
+    """The names (identifiers) in ``text`` by Trino's tokenizer. The tokenizer keeps the rest
+    of a statement that starts with a command word (``PREPARE``, ``SHOW``, ...) as one string
+    token, not quoted in the text: that text is tokenized in turn."""
+    from sqlglot.dialects.dialect import Dialect
+    from sqlglot.tokens import TokenType
+
+    out: list[str] = []
+    for token in Dialect.get_or_raise("trino").tokenize(text):
+        if token.token_type in (TokenType.VAR, TokenType.IDENTIFIER):
+            out.append(token.text)
+        elif token.token_type is TokenType.STRING and text[token.start] != "'":
+            out += _names(token.text)
+    return out
 
 
 def _warehouse_references(tree: Any) -> list[Any]:
@@ -173,9 +225,10 @@ def _span(*parts: Any) -> tuple[int, int]:
     return min(m["start"] for m in metas), max(m["end"] for m in metas) + 1
 
 
-def _splice(statement: str, refs: list[Any], tree: Any, condition: str) -> str:
-    """The text with each reference in ``refs`` replaced by its scoped subquery (keeping its
-    alias, or aliased by its own name so that ``envoy_access.path`` still resolves), and
+def _splice(statement: str, refs: list[Any], tree: Any, select: str, condition: str) -> str:
+    """The text with each reference in ``refs`` replaced by its scoped subquery (``SELECT
+    <select> ... WHERE <condition>``, keeping its alias, or aliased by its own name so that
+    ``envoy_access.path`` still resolves), and
     ``logs.envoy_access.path`` column qualifiers shortened to ``envoy_access.path`` (the
     subquery's alias is the table's name alone)."""
     from sqlglot import exp
@@ -185,7 +238,7 @@ def _splice(statement: str, refs: list[Any], tree: Any, condition: str) -> str:
         start, end = _span(ref.args.get("catalog"), ref.args.get("db"), ref.this)
         name = statement[start:end]
         alias = "" if ref.args.get("alias") else " AS " + statement[_span(ref.this)[0] : end]
-        edits.append((start, end, f"(SELECT * FROM {name} WHERE {condition}){alias}"))
+        edits.append((start, end, f"(SELECT {select} FROM {name} WHERE {condition}){alias}"))
     for column in tree.find_all(exp.Column):
         qualifier = column.args.get("db")
         table = column.args.get("table")

@@ -11,7 +11,25 @@ documented in Trino's "Functions and operators" pages):
   refuses an index below 1, DuckDB counts from the end.
 * ``format(fmt, args...)``: Java's ``String.format``; DuckDB's ``format`` is fmt's ``{}`` syntax
   and leaves ``%d`` as it is. A literal format becomes one ``printf`` per conversion, joined
-  with ``||`` (a NULL argument prints ``null``, as in Java).
+  with ``||`` (a NULL argument prints ``null``, as in Java). Trino hands Java a DECIMAL as a
+  ``BigDecimal``, a DOUBLE as a ``Double`` and a TIMESTAMP as a ``LocalDateTime`` (its
+  ``FormatFunction``), which print unlike DuckDB's printf and casts; the argument's type is
+  known only when DuckDB runs, so each is told apart there (``typeof``):
+
+  - ``%f`` of a DECIMAL: Java rounds the exact decimal half-up (``format('%.2f', 2.675)``
+    ``2.68``); printf goes through a double (``2.67``). The decimal is rounded exactly first.
+  - ``%s`` of a TIMESTAMP: Java's ``2020-01-01T00:00`` (seconds only when not zero, then
+    3, 6 or 9 fraction digits); written so from DuckDB's text. The tables' ``timestamp`` is a
+    TIMESTAMP on Athena and WITH TIME ZONE (UTC) locally: both print as Athena prints it (a
+    TIMESTAMP WITH TIME ZONE of Trino's own, ``current_timestamp``, prints with its zone there).
+  - ``%s`` of a DOUBLE or REAL: Java's ``Double.toString``, as DuckDB's text between 1e-3 and
+    1e7 (``0.5``, ``10000.0``), ``NaN``/``Infinity``; outside that range Java writes
+    ``1.0E7``, which is not rebuilt here: the query fails saying to use ``%e``/``%f``.
+
+  Left as they are, and differing only there: ``%e`` of a DECIMAL and ties of ``%f`` of a
+  DOUBLE or REAL (Java rounds the shortest decimal form half-up, printf the binary value),
+  ``%f`` of DECIMALs past a double's 17 digits, ``%s`` of a DECIMAL under 1e-6 (Java's
+  ``BigDecimal`` writes ``1E-7``), and years past 9999 in a TIMESTAMP.
 * ``x / y`` of a double or real: IEEE 754 on Trino (``1E0 / 0`` is Infinity, ``0E0 / 0`` NaN);
   DuckDB's ``/`` under ``integer_division`` refused a division by zero of any type. An integer
   or decimal division by zero stays an error, as on Trino.
@@ -220,7 +238,9 @@ def _conversion(arg: Any, flags: str, width: str | None, precision: str | None, 
     spec = "%" + flags + (width or "") + (f".{precision}" if precision else "")
     value = arg
     if conv in "sS":
-        value = exp.Cast(this=arg, to=exp.DataType.build("varchar"))
+        value = _java_text(arg)
+    elif conv == "f":
+        value = _from_template(_DECIMAL_ROUNDED.format(digits=int(precision or 6)), arg)
     printed = exp.Anonymous(
         this="printf", expressions=[exp.Literal.string(spec + conv.lower()), value]
     )
@@ -270,3 +290,57 @@ def approx_distinct(node: Any, adapt: Callable[[Any], Any]) -> Any:
     from sqlglot import exp
 
     return exp.Count(this=exp.Distinct(expressions=[adapt(node.this)]))
+
+
+#: ``%f`` of a DECIMAL rounded exactly first (DuckDB rounds a DECIMAL half away from zero, as
+#: Java's HALF_UP), so printf's trip through a double cannot land on the other side of a tie.
+_DECIMAL_ROUNDED = (
+    "CASE WHEN typeof(__arg__) LIKE 'DECIMAL%' THEN round(__arg__, {digits}) ELSE __arg__ END"
+)
+
+#: What ``%s`` prints of a value, as Java prints what Trino passes it (see the module doc).
+_JAVA_TEXT = """
+CASE
+  WHEN typeof(__arg__) IN ('DOUBLE', 'FLOAT') THEN CASE
+    WHEN CAST(__arg__ AS VARCHAR) = 'nan' THEN 'NaN'
+    WHEN CAST(__arg__ AS VARCHAR) = 'inf' THEN 'Infinity'
+    WHEN CAST(__arg__ AS VARCHAR) = '-inf' THEN '-Infinity'
+    WHEN abs(CAST(CAST(__arg__ AS VARCHAR) AS DOUBLE)) >= 1e7
+      OR (abs(CAST(CAST(__arg__ AS VARCHAR) AS DOUBLE)) < 1e-3
+          AND CAST(CAST(__arg__ AS VARCHAR) AS DOUBLE) <> 0)
+    THEN error('format(): %s of the DOUBLE ' || CAST(__arg__ AS VARCHAR) || ' prints in '
+      || 'Java''s scientific notation on Athena (1.0E7, 1.0E-4), which the local engine '
+      || 'does not write; use %e or %.Nf, or --engine athena')
+    ELSE CAST(__arg__ AS VARCHAR) END
+  WHEN typeof(__arg__) LIKE 'TIMESTAMP%' THEN
+    split_part(CAST(__arg__ AS VARCHAR), ' ', 1) || 'T'
+    || substr(split_part(CAST(__arg__ AS VARCHAR), ' ', 2), 1, 5)
+    || CASE WHEN regexp_matches(CAST(__arg__ AS VARCHAR), ' [0-9:]{5}:00([+-]|$)') THEN ''
+       ELSE ':' || substr(split_part(CAST(__arg__ AS VARCHAR), ' ', 2), 7, 2) END
+    || CASE WHEN NOT contains(CAST(__arg__ AS VARCHAR), '.') THEN ''
+       ELSE '.' || rpad(
+         regexp_extract(CAST(__arg__ AS VARCHAR), '[.]([0-9]+)', 1),
+         CASE WHEN length(regexp_extract(CAST(__arg__ AS VARCHAR), '[.]([0-9]+)', 1)) <= 3
+           THEN 3
+           WHEN length(regexp_extract(CAST(__arg__ AS VARCHAR), '[.]([0-9]+)', 1)) <= 6
+           THEN 6 ELSE 9 END,
+         '0') END
+  ELSE CAST(__arg__ AS VARCHAR)
+END
+"""
+
+
+def _java_text(arg: Any) -> Any:
+    """``arg`` as the text Java's ``%s`` prints of it on Athena (:data:`_JAVA_TEXT`)."""
+    return _from_template(_JAVA_TEXT, arg)
+
+
+def _from_template(template: str, arg: Any) -> Any:
+    """The DuckDB expression ``template`` with ``arg`` in place of each ``__arg__``."""
+    import sqlglot
+    from sqlglot import exp
+
+    tree = sqlglot.parse_one(template, read="duckdb")
+    return tree.transform(
+        lambda node: arg.copy() if isinstance(node, exp.Column) and node.name == "__arg__" else node
+    )

@@ -129,62 +129,74 @@ def missing_services_text(
 
 def note_unknown_services(
     wh: Warehouse, table: str, services: list[str] | None, all_too: bool = False
-) -> None:
-    """Name the ``--service`` values ``table`` has no folder for, on stderr, with the known ones.
+) -> list[str]:
+    """Name the ``--service`` values ``table`` has no folder for, on stderr, with the known ones;
+    return them (empty without ``--service``).
 
     A name that matches nothing is dropped by the query's ``IN (...)`` without a word; with
     ``recipe,recipee`` the answer would look complete. When *every* name is unknown the
     canned queries say so in their "no results" reason instead (``all_too`` False); ``logq
     sql``, which has no such reason, asks for that case too. Like that reason, this is a note:
-    the answer (possibly empty) is still printed and the exit code stays 0.
+    the answer (possibly empty) is still printed; the caller decides the exit status.
     """
     if not services:
-        return
+        return []
     from athena.partitions import list_services
 
     known = list_services(wh, table)
     unknown = [s for s in services if s not in known]
     if not unknown or (len(unknown) == len(services) and not all_too):
-        return
+        return unknown
     if not known:
-        return  # an empty table is explained by the "no data at all" reason, not per name
+        return unknown  # an empty table is explained by the "no data at all" reason
     found = [s for s in services if s in known]
     rest = f"; showing {', '.join(found)} only" if found else ""
     note_once(f"logq: note: {missing_services_text(wh, table, unknown, known, rest)}")
+    return unknown
 
 
-def note_outside_enum(common: Common, database: str, region: str | None, prep: Prepared) -> None:
-    """On Athena, name the ``--service`` values missing from the table's ``service`` enum, on
-    stderr, with the way to add them; record them in ``prep.outside_enum``.
+def note_outside_enum(
+    common: Common, database: str, region: str | None, table: str, services: list[str] | None
+) -> list[str] | None:
+    """On Athena, name the ``--service`` values missing from ``table``'s ``service`` enum, on
+    stderr, with the way to add them; return them (None: no ``--service``, or the list could
+    not be read).
 
     Athena reads only the partitions its projection enumerates, so such a service answers
     "no results" (or, in a list, is left out) while its data sits in S3: the enum is fixed
     when the DDL is applied by hand (``logq ddl``), and only an aggregator with
-    ``--athena-database`` extends it as services appear. One Glue call, only with
-    ``--service``; when the list cannot be read (permissions, network) nothing is said.
+    ``--athena-database`` extends it as services appear. One Glue call per table and process,
+    only with ``--service``; when the list cannot be read (permissions, network) nothing is
+    said. The canned commands and ``logq sql`` (once per table it reads) share it.
     """
-    if not prep.services:
-        return
+    if not services:
+        return None
     from athena.projection import service_enum
 
-    found = service_enum(database, prep.table, region)
+    found = service_enum(database, table, region)
     if found is None:
-        return
-    missing = [s for s in prep.services if s not in found.values]
-    prep.outside_enum = missing
+        return None
+    missing = [s for s in services if s not in found.values]
     if missing:
-        note_once(f"logq: note: {outside_enum_text(common, database, prep, found, missing)}")
+        text = outside_enum_text(common, database, table, services, found, missing)
+        note_once(f"logq: note: {text}")
+    return missing
 
 
 def outside_enum_text(
-    common: Common, database: str, prep: Prepared, found: ServiceEnum, missing: list[str]
+    common: Common,
+    database: str,
+    table: str,
+    services: list[str],
+    found: ServiceEnum,
+    missing: list[str],
 ) -> str:
     """Which names Athena cannot see, why, and the commands that fix it (the warehouse taken
     from the table's LOCATION when --warehouse does not name an s3:// one)."""
     import difflib
 
     names = ", ".join(map(repr, missing))
-    shown_ = [s for s in prep.services or [] if s not in missing]
+    shown_ = [s for s in services if s not in missing]
     rest = f"; showing {', '.join(shown_)} only" if shown_ else ""
     given = common.warehouse if (common.warehouse or "").startswith("s3://") else None
     uri = given or found.warehouse or "s3://BUCKET/PREFIX"
@@ -192,12 +204,23 @@ def outside_enum_text(
     typo = f"; did you mean {' or '.join(map(repr, sorted(close)))}?" if close else ""
     return (
         f"{names} {'is' if len(missing) == 1 else 'are'} not in the service list "
-        f"(projection.service.values) of the Athena table {database}.{prep.table}, so Athena "
+        f"(projection.service.values) of the Athena table {database}.{table}, so Athena "
         f"reads none of {'its' if len(missing) == 1 else 'their'} data{rest}. The list is "
         "fixed when the DDL is applied by hand: apply again the DDL that `logq ddl "
         f"--warehouse {uri} --athena-database {database}` prints (it lists the services now "
         "in the warehouse), or run an aggregator with --athena-database, which keeps the list "
         f"current; meanwhile `--engine local --warehouse {uri}` reads the data{typo}"
+    )
+
+
+def outside_enum_reason(database: str, tables: list[str], missing: list[str]) -> str:
+    """The "no results" reason when no ``--service`` is in the service list of any table read:
+    Athena reads none of their partitions, so the empty answer is no answer (exit
+    :data:`NO_DATA_EXIT`)."""
+    where = ", ".join(f"{database}.{t}" for t in tables)
+    return (
+        f"Athena reads no partition of {', '.join(map(repr, missing))}: not in the service "
+        f"list of {where} (see the note above)"
     )
 
 
@@ -220,10 +243,7 @@ def no_data_reason(common: Common, prep: Prepared) -> str | None:
     if common.engine is not EngineName.local:
         missing = prep.outside_enum or []
         if prep.services and len(missing) == len(prep.services):
-            return (
-                f"Athena reads no partition of {', '.join(map(repr, missing))}: not in the "
-                f"service list of {common.athena_database}.{prep.table} (see the note above)"
-            )
+            return outside_enum_reason(common.athena_database, [prep.table], missing)
         return None
     from athena.partitions import list_services
     from athena.warehouse import open_warehouse

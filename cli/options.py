@@ -261,7 +261,8 @@ EXIT_STATUS = (
     "\n\n    Exit status: 0 with an answer, also an empty one; 3 (local engine) when there is "
     "nothing to ask (no --service has data in the table, being unknown or having only the "
     "other table's logs, or the warehouse has no data of the table: the "
-    "answer is empty and the reason is printed; Athena answers those with an empty result, 0); "
+    "answer is empty and the reason is printed), and on Athena when the answer is empty and "
+    "no --service is in the table's service list (a note says how to add them); "
     "2 for bad input; 1 for engine or storage failures. A reader that stops early (| head) is "
     "no failure: 0."
 )

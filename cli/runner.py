@@ -256,7 +256,9 @@ def execute(common: Common, prep: Prepared) -> QueryResult | None:
         if common.max_scan_bytes is not None and common.warehouse:
             check_athena_budget(common, prep)
         if not prep.services_checked:
-            note_outside_enum(common, engine.database, engine.region, prep)
+            prep.outside_enum = note_outside_enum(
+                common, engine.database, engine.region, prep.table, prep.services
+            )
             prep.services_checked = True
         result = engine.run(prep.sql, prep.params)
     note_stale(common, prep)

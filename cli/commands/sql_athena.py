@@ -30,13 +30,19 @@ def flag_scope(common: Common) -> tuple[list[str] | None, Any]:
     return services, TimeRange.parse(common.since, common.until, open_start=True)
 
 
-def run_on_athena(common: Common, statement: str) -> Any:
+def run_on_athena(common: Common, statement: str) -> tuple[Any, str | None]:
     """``logq sql`` on Athena: the statement with its table references scoped by the flags
     (:mod:`athena.scoped`, the local engine's meaning), sent as typed when no flag is given;
     a note when Athena may consider every partition; ``--max-scan-bytes`` checked before it
-    starts. The result, or None after ``--dry-run`` (which needs no connection)."""
+    starts; ``--service`` names compared with each table's service enum, as the canned
+    commands do. The result (None after ``--dry-run``, which needs no connection), and why
+    the question has no answer when no ``--service`` is in the enum of any table read (None
+    otherwise: the caller exits :data:`cli.explain.NO_DATA_EXIT` when the answer is empty)."""
     from athena.scoped import Scope, scope_statement
     from cli import runner
+    from cli.notes import forget_notes
+
+    forget_notes()  # a new command (tests run many in one process) notes afresh
 
     services, trange = flag_scope(common)
     scope = Scope(services, trange)
@@ -51,9 +57,31 @@ def run_on_athena(common: Common, statement: str) -> Any:
             tables = ", ".join(sorted(scoped.tables))
             sys.stdout.write(f"-- {tables}: {scope.describe()}\n")
         sys.stdout.write(sent.strip() + "\n")
-        return None
+        return None, None
     _check_athena_budget(common, sorted(scoped.tables), services, trange)
-    return runner.make_engine(common).run(sent, {}, max_rows=common.limit)
+    engine = runner.make_engine(common)
+    no_answer = _outside_enum(common, engine, sorted(scoped.tables), services)
+    return engine.run(sent, {}, max_rows=common.limit), no_answer
+
+
+def _outside_enum(
+    common: Common, engine: Any, tables: list[str], services: list[str] | None
+) -> str | None:
+    """Note the ``--service`` names missing from the service enum of each table the statement
+    reads (:func:`cli.explain.note_outside_enum`, one cached Glue lookup per table): Athena
+    reads none of their partitions, and the scoped statement's ``service IN (...)`` would
+    answer ``[]`` without a word. The "no results" reason when every name is missing from
+    every table's enum (None when any is there, or an enum could not be read)."""
+    if not services or not tables:
+        return None
+    from cli.explain import note_outside_enum, outside_enum_reason
+
+    missing = [
+        note_outside_enum(common, engine.database, engine.region, t, services) for t in tables
+    ]
+    if all(m is not None and len(m) == len(services) for m in missing):
+        return outside_enum_reason(engine.database, tables, services)
+    return None
 
 
 def _note_every_partition(tables: list[str], services: list[str] | None) -> None:

@@ -25,19 +25,26 @@ def sql(
     Athena reads only those partitions (--dry-run shows the SQL sent). Without --since, a
     statement with no condition on dt makes Athena consider every hour since 2020 of every
     service: add --since, or WHERE dt >= '2026-01-31-00' (dt is the UTC hour, YYYY-MM-DD-HH).
+    Athena's hidden columns ("$path", "$file_size", ...) work there, flags or not; the local
+    engine has none. With the flags, a statement that is no query but names a table (PREPARE,
+    SHOW STATS FOR, CREATE TABLE AS) is refused: put the conditions in the statement. A
+    --service missing from a table's service list on Athena is named (exit 3 if the answer is
+    empty and no --service is in the list).
     Locally only queries run (SELECT, WITH, VALUES, EXPLAIN [ANALYZE] of a query, DESCRIBE,
     SHOW) over the warehouse tables: DuckDB would otherwise let a statement write or read any
     file (COPY ... TO, read_text) or change settings. To filter by path or method, say so in
     the statement (WHERE starts_with(path, '/api') AND method = 'GET').
     """
     from cli import runner
-    from cli.explain import note_unknown_services
+    from cli.explain import NO_DATA_EXIT, note_unknown_services
+    from cli.notes import note
 
+    no_answer: str | None = None  # no --service has data in (Athena: is listed for) any table
     with friendly(user_sql=True):  # the engine refusing the statement is bad input: exit 2
         if common.engine is EngineName.athena:
             from cli.commands.sql_athena import run_on_athena
 
-            result = run_on_athena(common, statement)
+            result, no_answer = run_on_athena(common, statement)
             if result is None:
                 return
         else:
@@ -55,8 +62,14 @@ def sql(
                 from cli.storage import check_bucket
 
                 check_bucket(engine.warehouse)  # a missing bucket lists as empty
-            for t in sorted(scopes):
+            unknown = [
                 note_unknown_services(engine.warehouse, t, services, all_too=True)
+                for t in sorted(scopes)
+            ]
+            if services and unknown and all(len(u) == len(services) for u in unknown):
+                no_answer = (  # as on Athena with names outside every table's service list
+                    f"no data of {', '.join(map(repr, services))} in {', '.join(sorted(scopes))}"
+                )
             if common.dry_run:
                 for t, parts in scopes.items():
                     sys.stdout.write(f"-- {t}: {len(parts)} partitions\n")
@@ -70,7 +83,12 @@ def sql(
                 sys.stdout.write(engine.prepare(query, {}, scopes, explain)[0] + "\n")
                 return
             result = run_local(engine, query, scopes, trange, explain, common.limit)
+        no_answer = no_answer if not result.rows else None
+        if no_answer is not None:
+            note(f"logq: no results: {no_answer}")
         runner.show(common, result)
+    if no_answer is not None:
+        raise typer.Exit(NO_DATA_EXIT)
 
 
 #: Statement kinds ``logq sql`` runs locally (sqlglot's names); ``Command`` is checked by word.

@@ -101,3 +101,41 @@ def test_flags_on_a_statement_that_is_no_query_are_refused(statement: str) -> No
     with pytest.raises(QueryError, match="apply to queries"):
         scope_statement(statement, ONLY_RECIPE)
     assert scope_statement(statement, Scope(None, None)).sql == statement
+
+
+def test_hidden_columns_the_statement_names_reach_it() -> None:
+    """Trino leaves hidden columns out of ``*``: before, ``SELECT *`` in the subquery hid
+    "$path" from the statement (COLUMN_NOT_FOUND on Athena with any flag)."""
+    statement = 'SELECT "$path", e."$FILE_SIZE", count(*) FROM envoy_access e GROUP BY 1, 2'
+    scoped = scope_statement(statement, ONLY_RECIPE)
+    assert scoped.sql == (
+        'SELECT "$path", e."$FILE_SIZE", count(*) FROM (SELECT *, "$path", "$file_size" FROM '
+        f"envoy_access {WHERE}) e GROUP BY 1, 2"
+    )
+    plain = scope_statement("SELECT path FROM envoy_access", ONLY_RECIPE).sql
+    assert plain.startswith(f"SELECT path FROM (SELECT * FROM envoy_access {WHERE})")
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["PREPARE p FROM SELECT count(*) FROM envoy_access",
+     "SHOW STATS FOR (SELECT * FROM envoy_access WHERE method = 'GET')",
+     'SHOW STATS FOR "Container_Logs"',
+     "EXPLAIN (TYPE IO) SELECT * FROM logs.envoy_access",
+     "DROP TABLE envoy_access"],
+)  # fmt: skip
+def test_commands_naming_a_table_are_refused_with_flags(statement: str) -> None:
+    """sqlglot parses these as an opaque Command (no tables, no query inside): before, they
+    went to Athena unscoped, the flags ignored without a word."""
+    with pytest.raises(QueryError, match=r"apply to queries .* put the conditions"):
+        scope_statement(statement, ONLY_RECIPE)
+    assert scope_statement(statement, Scope(None, None)).sql == statement
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["SHOW TABLES", "EXECUTE p", "PREPARE p FROM SELECT 'envoy_access' -- envoy_access"],
+)  # fmt: skip
+def test_commands_naming_no_table_pass(statement: str) -> None:
+    """A table name in a string or a comment is not a table."""
+    assert scope_statement(statement, ONLY_RECIPE).sql == statement

@@ -150,3 +150,58 @@ def logq_sql_local(tmp_path: Path) -> Any:
         return CliRunner().invoke(app, ["sql", statement, "--warehouse", str(tmp_path)])
 
     return run
+
+
+def test_format_f_of_a_decimal_rounds_the_exact_value_half_up(duck) -> None:
+    """Trino hands Java a BigDecimal: format('%.2f', 2.675) is 2.68 on Athena (HALF_UP of the
+    exact decimal); printf through a double printed 2.67 (and 0.2 for %.1f of 0.25)."""
+    assert duck(
+        "SELECT format('%.2f', 2.675), format('%.2f', -2.675), format('%.1f', 0.25), "
+        "format('%,.2f', 1234567.885), format('%.2f', 2.675E0)"
+    ) == ("2.68", "-2.68", "0.3", "1,234,567.89", "2.67")  # the DOUBLE is left as it was
+
+
+def test_format_s_of_a_timestamp_as_java_prints_it(duck, tmp_path: Path) -> None:
+    """Trino hands Java a LocalDateTime: seconds only when not zero, then 3, 6 or 9 digits.
+    The tables' timestamp (WITH TIME ZONE locally, plain on Athena) prints the same."""
+    assert duck(
+        "SELECT format('%s|%s|%s|%s|%s', TIMESTAMP '2020-01-01 00:00:00', "
+        "TIMESTAMP '2020-01-01 00:00:05', TIMESTAMP '2020-01-01 00:00:00.1', "
+        "TIMESTAMP '2020-01-01 10:20:00.1234', DATE '2020-01-01')"
+    ) == (
+        "2020-01-01T00:00|2020-01-01T00:00:05|2020-01-01T00:00:00.100|"
+        "2020-01-01T10:20:00.123400|2020-01-01",
+    )
+    from tests.athena.factory import access_frame, utc, write_frame
+
+    write_frame(
+        str(tmp_path),
+        "envoy_access",
+        access_frame(5, utc(2026, 11, 28), utc(2026, 11, 28, 1), ["a"], seed=3),
+    )
+    engine = LocalEngine(str(tmp_path))
+    scopes = {"envoy_access": engine.plan("envoy_access", None, None)}
+    rows = engine.run(
+        'SELECT format(\'%s\', "timestamp"), "timestamp" FROM envoy_access', {}, scopes
+    ).rows
+    for text, ts in rows:
+        assert text == ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}"
+
+
+def test_format_s_of_a_double_as_java_or_refused(duck) -> None:
+    """Java's Double.toString: as DuckDB's text between 1e-3 and 1e7, NaN and Infinity by
+    name; past that range Java writes 1.0E7, which the local engine refuses to guess."""
+    assert duck(
+        "SELECT format('%s|%s|%s|%s|%s', 10000.0E0, 0.5E0, 0.001E0, CAST('NaN' AS double), "
+        "CAST('-Infinity' AS double))"
+    ) == ("10000.0|0.5|0.001|NaN|-Infinity",)
+    for value in ("1.0E7", "1.0E-4"):
+        with pytest.raises(StatementError, match="Java's scientific notation on Athena"):
+            duck(f"SELECT format('%s', {value})")
+
+
+def test_hidden_columns_are_refused_locally() -> None:
+    """Before: DuckDB's "column "$path" not found ... Candidate bindings: "path"", a lead to
+    the wrong column."""
+    with pytest.raises(QueryError, match=r'"[$]path" is a hidden column .* --engine athena'):
+        to_duckdb('SELECT "$path", count(*) FROM envoy_access GROUP BY 1', {})
