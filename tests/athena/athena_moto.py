@@ -68,13 +68,7 @@ def set_progression(endpoint: str, seconds: float | None) -> None:
 
 def executions(endpoint: str) -> list[dict[str, Any]]:
     """Every query execution moto has seen (query text, state), via the real Athena API."""
-    client = boto3.client(
-        "athena",
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    client = _client("athena", endpoint)
     ids = client.list_query_executions()["QueryExecutionIds"]
     return [client.get_query_execution(QueryExecutionId=i)["QueryExecution"] for i in ids]
 
@@ -84,13 +78,7 @@ def glue_table(
 ) -> None:
     """Create ``database.table`` in moto's Glue catalog (where Athena keeps its tables), with
     these table properties (``projection.service.values`` ...) and LOCATION."""
-    glue = boto3.client(
-        "glue",
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    glue = _client("glue", endpoint)
     with contextlib.suppress(glue.exceptions.AlreadyExistsException):
         glue.create_database(DatabaseInput={"Name": database})
     glue.create_table(
@@ -105,16 +93,32 @@ def glue_table(
     )
 
 
-def athena_env(monkeypatch: Any, endpoint: str) -> dict[str, str]:
-    """Point boto3/pyathena's Athena and Glue clients at moto (and only those: the Glue
-    catalog holds the tables' properties, which ``logq`` reads for the service enum)."""
-    env = {
+def moto_env(endpoint: str) -> dict[str, str]:
+    """Environment that points boto3/pyathena's Athena and Glue clients at moto (and only
+    those: the Glue catalog holds the tables' properties, which ``logq`` reads for the service
+    enum), for this process or a real ``logq`` child."""
+    return {
         "AWS_ENDPOINT_URL_ATHENA": endpoint,
         "AWS_ENDPOINT_URL_GLUE": endpoint,
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_REGION": REGION,
     }
+
+
+def _client(service: str, endpoint: str) -> Any:
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+
+
+def athena_env(monkeypatch: Any, endpoint: str) -> dict[str, str]:
+    """Point this process's Athena and Glue clients at moto (:func:`moto_env`)."""
+    env = moto_env(endpoint)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)

@@ -13,7 +13,13 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from athena.schema import TABLES
-from tests.athena.athena_moto import athena_env, executions, queue_result, set_progression
+from tests.athena.athena_moto import (
+    athena_env,
+    executions,
+    moto_env,
+    queue_result,
+    set_progression,
+)
 from tests.cli.conftest import Warehouse
 
 pytestmark = pytest.mark.integration
@@ -217,13 +223,7 @@ def test_athena_api_error_is_one_line_without_pyathena_traceback(
     import subprocess
     import sys
 
-    env = {
-        **subprocess_env,
-        "AWS_ENDPOINT_URL_ATHENA": moto_server,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_REGION": "us-east-1",
-    }
+    env = {**subprocess_env, **moto_env(moto_server)}
     env.pop("LOGQ_DEBUG", None)
     run = subprocess.run(
         [sys.executable, "-c", "from cli.app import main; main()", "top", "--since", "1h",
@@ -409,13 +409,7 @@ def _logq_process(
     moto_server: str, env: dict[str, str], args: list[str], prelude: str = ""
 ) -> subprocess.Popen[str]:
     """A real ``logq ARGS`` process against moto (``prelude``: Python run before logq)."""
-    env = {
-        **env,
-        "AWS_ENDPOINT_URL_ATHENA": moto_server,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_REGION": "us-east-1",
-    }
+    env = {**env, **moto_env(moto_server)}
     env.pop("LOGQ_DEBUG", None)
     code = prelude + "\nimport sys\nfrom cli.app import main\nsys.argv[0] = 'logq'\nmain()\n"
     return subprocess.Popen(
