@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -25,6 +26,12 @@ if TYPE_CHECKING:
 
 #: Intents are ``_compact-<id>.json``: the ``_`` prefix hides them from every reader of data.
 INTENT_PREFIX = "_compact-"
+#: The youngest a file can be when compaction merges it, unless forced (``compact --force
+#: --grace-minutes``): :func:`aggregator.compaction.safe_grace` for a node that flushes all the
+#: time (a minute past its last heartbeat, plus a 5-minute margin); more for slower flushes.
+#: Here for readers that must not import the aggregator: ``tail --follow`` lists each hour more
+#: often than this, so it sees every flush object before a merge can take it.
+GRACE_FLOOR = timedelta(minutes=6)
 
 
 class Intent(NamedTuple):

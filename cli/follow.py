@@ -8,17 +8,27 @@ So "rows newer than the last one printed", or any fixed look-back in time, misse
 On the local engine, follow therefore tracks *objects*, not times. Each poll lists the partition
 hours it watches (those of the last :data:`TRACK`, from ``--since`` on) and reads only the
 objects that were not there before: an object is news whatever the timestamps of its rows, so a
-line is printed once however late it arrives, and an idle poll is a listing, not a query. The
-objects the first answer read are history. Two kinds of new objects are not news:
+line is printed once however late it arrives within the watched hours (the limits are below),
+and an idle poll is a listing, not a query. The objects the first answer read (those it read
+in the end, after any listing again) are history. Two kinds of new objects are not news:
 
-* a compaction output (:func:`athena.schema.is_compacted_object`): its rows were in the flush
-  files it merged, printed when those arrived;
+* a compaction output (:func:`athena.schema.is_compacted_object`) in an hour listed before:
+  its rows were in the flush files it merged, printed when those arrived (compaction merges
+  no file younger than :data:`athena.intents.GRACE_FLOOR`, and follow lists more often);
 * an object rewritten under the same name (a replayed flush writes the same key): not new.
+
+A new object is read alone, never its whole hour: one that vanishes before it is read
+(compaction merged it) is dropped from the read. A pause (``| less``, a laptop asleep) is
+caught up: the next poll lists from :data:`TRACK` before the previous listing. If it was
+longer than the grace floor and an hour watched was compacted meanwhile, lines flushed into
+that hour during the pause may be in the merged object only; a note says so and gives the
+command that shows that hour (which of the object's rows were printed is not known).
 
 Limits: a line whose hour is older than :data:`TRACK` when it arrives is not printed (the
 listing would grow with the length of the follow); a line stamped in a later hour than the
-CLI's clock is printed when that hour comes. Memory: the names of the objects of the watched
-hours.
+CLI's clock is printed when that hour comes; ``compact --force`` with a grace below the
+floor can merge a flush before follow lists it. Memory: the names of the objects of the
+watched hours.
 
 Athena has no listing to follow (its answer does not name the object a row came from), so there
 each poll re-reads the last :data:`ATHENA_LOOKBACK` before the newest line printed and prints
@@ -38,6 +48,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from athena.intents import GRACE_FLOOR
 from athena.timerange import DT_FORMAT, TimeRange, as_utc
 from cli.options import Common, EngineName
 
@@ -108,6 +119,7 @@ def follow_lines(
     that ``first`` left out (older than its oldest, beyond ``--limit``) are history, not news.
     """
     result = _Rows(DISPLAY_COLUMNS)
+    listed = _now()  # about when the first answer listed: printing it may block (``| less``)
     printer(common, result, prep, [r[:5] for r in first], stream=True)
 
     def show(rows: list[Row]) -> None:
@@ -115,7 +127,7 @@ def follow_lines(
 
     try:
         if common.engine is EngineName.local:
-            _follow_objects(common, prep, interval, show, polls)
+            _follow_objects(common, prep, interval, show, polls, listed)
         else:
             _follow_window(common, prep, first, interval, show, polls)
     except KeyboardInterrupt as exc:
@@ -132,8 +144,11 @@ def _follow_objects(
     interval: float,
     show: Callable[[list[Row]], None],
     polls: int | None,
+    listed: datetime,
 ) -> None:
-    """The local engine's follow: print the rows of the objects that appear (module docstring)."""
+    """The local engine's follow: print the rows of the objects that appear (module docstring).
+
+    ``listed``: when the first answer's files were listed (at most)."""
     from cli import runner
 
     engine = runner.make_engine(common)
@@ -144,30 +159,73 @@ def _follow_objects(
     while polls is None or done < polls:
         time.sleep(interval)
         done += 1
-        now = datetime.now(UTC)
-        watched = TimeRange(max(floor, now - TRACK), now + timedelta(seconds=1))
+        now = _now()
+        # From TRACK before the last listing: a pause (``| less``, a laptop asleep) longer
+        # than TRACK does not leave the hours it spanned unlisted.
+        watched = TimeRange(max(floor, min(now, listed) - TRACK), now + timedelta(seconds=1))
         parts = engine.plan(prep.table, prep.services, watched)
-        objects.forget_before(watched.dt_from)
-        fresh = objects.new(parts)
-        if not fresh:
-            continue
-        # Every row of a new object is news, however old (but not before --since), up to the
-        # end of the newest hour listed (rows stamped ahead of this clock included).
-        end = datetime.strptime(watched.dt_to, DT_FORMAT).replace(tzinfo=UTC)
-        rows, gap = read_window(_local_fetch(engine, prep, fresh), floor, end + _HOUR)
-        if rows:
-            show(sorted(rows, key=lambda r: as_utc(r[0])))
-        if gap is not None:
-            _note_gap(floor, gap)
+        fresh, merged = objects.new(parts)
+        if now - listed > GRACE_FLOOR and merged:
+            _note_merged_while_paused(common, now - listed, merged)
+        listed = now
+        if fresh:
+            # Every row of a new object is news, however old (but not before --since), up to
+            # the end of the newest hour listed (rows stamped ahead of this clock included).
+            end = datetime.strptime(watched.dt_to, DT_FORMAT).replace(tzinfo=UTC)
+            rows, gap = read_window(_local_fetch(engine, prep, fresh), floor, end + _HOUR)
+            if rows:
+                show(sorted(rows, key=lambda r: as_utc(r[0])))
+            if gap is not None:
+                _note_gap(floor, gap)
+        objects.forget_before(TimeRange(max(floor, now - TRACK), now).dt_from)
+
+
+def _now() -> datetime:
+    """The wall clock (not a monotonic one: a laptop's sleep counts, as it does for the
+    compaction grace, which compares the store's file times)."""
+    return datetime.now(UTC)
+
+
+def _note_merged_while_paused(common: Common, paused: timedelta, merged: list[str]) -> None:
+    """Say that lines may have been missed: compaction merged hours follow watches while it
+    was paused longer than :data:`athena.intents.GRACE_FLOOR`.
+
+    A flush that landed in such an hour during the pause may be in the merged object only,
+    which follow skips (its other rows were printed). Which of its rows are new is not known:
+    the object does not say which flushes it merged once its intent is gone.
+    """
+    from athena.timerange import iso_utc
+    from cli import runner
+
+    first = datetime.strptime(min(merged), DT_FORMAT).replace(tzinfo=UTC)
+    last = datetime.strptime(max(merged), DT_FORMAT).replace(tzinfo=UTC) + _HOUR
+    services = "".join(f" --service {s}" for s in common.service or [])
+    hours = sorted(set(merged))
+    which = f"hour {hours[0]} was" if len(hours) == 1 else f"hours {', '.join(hours)} were"
+    runner.note(
+        f"logq: note: follow was paused for {paused.total_seconds() / 60:.0f} min, longer than "
+        f"the {GRACE_FLOOR.total_seconds() / 60:.0f} min after which compaction may merge a "
+        f"flush, and the {which} compacted meanwhile: lines flushed into it during the "
+        "pause may not have been printed; to see them all: logq "
+        f"tail{services} --since {iso_utc(first)} --until {iso_utc(last)}"
+    )
 
 
 def _local_fetch(engine: Any, prep: Any, parts: list[Partition]) -> Fetch:
-    """Run the follow query on the local engine over ``parts`` only (the new objects)."""
+    """Run the follow query on the local engine over ``parts`` only (the new objects).
+
+    ``exact``: an object that vanishes before it is read (compaction merged it) is dropped
+    from the read, never replaced by a listing of its whole hour (which printed every line of
+    the hour again). Its rows are in the merged object, already printed: either that object
+    was (the inputs of a merge finished between listing and read, hidden until then), or the
+    object was older than :data:`GRACE_FLOOR` and so read by an earlier poll, unless a pause
+    that long came between (:func:`_note_merged_while_paused` then speaks).
+    """
 
     def fetch(since: datetime, until: datetime) -> list[Row]:
         trange = TimeRange(since, until)
         params = {**prep.params, **trange.sql_params(), "row_limit": POLL_LIMIT}
-        return list(engine.run(prep.sql, params, {prep.table: parts}).rows)
+        return list(engine.run(prep.sql, params, {prep.table: parts}, exact=True).rows)
 
     return fetch
 
@@ -284,21 +342,31 @@ class _Objects:
                 f.path for f in part.files
             )
 
-    def new(self, parts: list[Partition]) -> list[Partition]:
-        """``parts`` reduced to the objects not seen before (now counted as seen), compaction
-        outputs left out; partitions with none are dropped."""
+    def new(self, parts: list[Partition]) -> tuple[list[Partition], list[str]]:
+        """``parts`` reduced to the objects not seen before (now counted as seen), partitions
+        with none dropped; and the hours (``dt``) where a compaction output is among them.
+
+        A compaction output is left out where follow listed its hour before: its rows were
+        in the flush objects it merged, read when they appeared. In an hour never listed (one
+        that a long pause skipped past) nothing was read, so it is news like any object."""
         from athena.partitions import Partition
         from athena.schema import is_compacted_object
 
         out = []
+        merged = []
         for part in parts:
-            seen = self.by_partition.setdefault((part.service, part.dt), set())
+            key = (part.service, part.dt)
+            listed = key in self.by_partition
+            seen = self.by_partition.setdefault(key, set())
             fresh = tuple(f for f in part.files if f.path not in seen)
             seen.update(f.path for f in fresh)
-            news = tuple(f for f in fresh if not is_compacted_object(f.path.rsplit("/", 1)[-1]))
+            outputs = {f.path for f in fresh if is_compacted_object(f.path.rsplit("/", 1)[-1])}
+            if outputs and listed:
+                merged.append(part.dt)
+            news = tuple(f for f in fresh if not (listed and f.path in outputs))
             if news:
                 out.append(Partition(part.table, part.service, part.dt, news))
-        return out
+        return out, merged
 
     def forget_before(self, dt: str) -> None:
         """Drop the partition hours before ``dt``: they are no longer listed."""

@@ -251,6 +251,7 @@ def execute(common: Common, prep: Prepared) -> QueryResult | None:
         return None
     if common.engine is EngineName.local:
         result = engine.run(prep.sql, prep.params, prep.scopes)
+        prep.scopes = result.scopes or prep.scopes  # as read: a vanished file meant a relisting
     else:
         check_projection(athena_projection(common, prep))
         if common.max_scan_bytes is not None and common.warehouse:

@@ -359,6 +359,7 @@ class LocalEngine:
         rows: TimeRange | None = None,
         explain: str | None = None,
         max_rows: int | None = None,
+        exact: bool = False,
     ) -> QueryResult:
         """Run Athena ``sql`` with ``params`` over the partitions in ``scopes``.
 
@@ -391,15 +392,19 @@ class LocalEngine:
                         f"the Parquet file {gone.path} was replaced while the query read it, "
                         f"{_ATTEMPTS} times (compaction running?); run the command again"
                     ) from None
-                scopes = {t: self._relisted(parts) for t, parts in scopes.items()}
+                scopes = {t: self._relisted(parts, exact) for t, parts in scopes.items()}
 
-    def _relisted(self, parts: list[Partition]) -> list[Partition]:
-        """The same partitions with their files listed again (compaction swapped some)."""
+    def _relisted(self, parts: list[Partition], exact: bool = False) -> list[Partition]:
+        """The same partitions with their files listed again (compaction swapped some); with
+        ``exact``, only the files of ``parts`` that are still there (and still stand)."""
         from athena.partitions import Partition, list_files
 
         out = []
         for p in parts:
             files = list_files(self.warehouse, self.warehouse.path(p.relative))
+            if exact:
+                chosen = {f.path for f in p.files}
+                files = tuple(f for f in files if f.path in chosen)
             if files:
                 out.append(Partition(p.table, p.service, p.dt, files))
         return out
@@ -461,6 +466,7 @@ class LocalEngine:
             partitions=[p.relative for parts in scopes.values() for p in parts],
             files=len(files),
             sql=duck_sql,
+            scopes=scopes,
         )
 
 

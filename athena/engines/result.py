@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from athena.partitions import Partition
 
 
 class EngineError(RuntimeError):
@@ -86,6 +89,10 @@ class QueryResult:
     """Partitions read (``table/service=…/dt=…``), local engine."""
     files: int = 0
     """Number of data files opened, local engine."""
+    scopes: dict[str, list[Partition]] = field(default_factory=dict)
+    """Local engine: the files each table was read from in the end. Not always those it was
+    given: a file that vanished under the query (compaction) sent it back to a fresh listing.
+    ``tail --follow`` counts these as printed history."""
     query_id: str | None = None
     """Athena query execution id."""
     sql: str = ""

@@ -11,6 +11,7 @@ compacted away mid-query is still found again by the relisting retry.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Any
 
 import duckdb
@@ -222,6 +223,30 @@ def test_a_file_compacted_away_mid_query_is_relisted_on_s3(
     )
     assert result.rows == [(len(frame), len(frame))]
     assert result.files == len(files) - 1
+
+
+def test_an_exact_read_drops_a_vanished_file_and_adds_none_on_s3(
+    s3_access: tuple[str, pd.DataFrame, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``exact`` (``tail --follow``, which reads only the objects it has not read): a chosen
+    file that vanished is dropped; the relisting adds nothing of what else the partition holds
+    (a merged output, the files not chosen), and the answer says what it read."""
+    uri, _, files = s3_access
+    monkeypatch.setattr(s3scan, "FILES_PER_SCAN", 4)
+    engine = LocalEngine(uri)
+    wh = open_warehouse(uri)
+    pair = sorted(f for f in files if "service=b/dt=2026-11-28-12" in f)
+    parts = [p for p in engine.plan("envoy_access", ["b"], None) if p.dt == "2026-11-28-12"]
+    chosen = [replace(p, files=tuple(f for f in p.files if f.path == pair[1])) for p in parts]
+    merged = pa.concat_tables([pq.read_table(f, filesystem=wh.fs) for f in pair])
+    pq.write_table(merged, pair[0].replace("part-0000", "merged"), filesystem=wh.fs)
+    wh.fs.delete_file(pair[1])
+    sql = "SELECT count(*) AS n FROM envoy_access"
+    result = engine.run(sql, {}, {"envoy_access": chosen}, exact=True)
+    assert result.rows == [(0,)] and result.files == 0
+    assert result.scopes == {"envoy_access": []}
+    relisted = engine.run(sql, {}, {"envoy_access": chosen})  # a whole-partition read
+    assert relisted.rows == [(len(merged) + pq.read_metadata(pair[0], filesystem=wh.fs).num_rows,)]
 
 
 def test_a_file_that_fails_its_cast_is_one_line_without_python_traceback(

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from athena.engines.local import LocalEngine
 from athena.timerange import iso_utc
@@ -306,3 +307,223 @@ def test_athena_follow_reads_a_window_and_says_its_limit(monkeypatch) -> None:
     )
     follow_lines(common, prep, list(table), 10.0, lambda *a, **k: printed.append(a[3]), polls=3)
     assert [[r[4] for r in b] for b in printed] == [["seed"], ["late 60 s"]]
+
+
+def _compact_hours(uri: str) -> None:
+    """Run compaction over every hour of ``svc`` now (no grace: the test decides when)."""
+    from aggregator.compaction import compact_partition
+    from athena.schema import CONTAINER_LOGS
+    from athena.warehouse import open_warehouse
+
+    wh = open_warehouse(uri)
+    for folder in Path(uri, "container_logs", "service=svc").iterdir():
+        compact_partition(wh, CONTAINER_LOGS, str(folder), 1 << 30)
+
+
+def test_follow_does_not_reprint_history_when_a_listed_object_vanishes(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """(Review R2.) A merge whose input deletes failed leaves inputs, output and intent in the
+    hour; the first answer reads the output (the inputs are superseded). The next compaction
+    pass then finishes the merge between a poll's listing and its read of the intent: the poll
+    takes the inputs for new objects, finds them gone, and must print nothing. (Before: the
+    engine listed the whole hour again and every line of it was printed a second time.)"""
+    from aggregator import compaction
+    from aggregator.storage import StorageError
+    from athena import intents
+    from athena.schema import CONTAINER_LOGS
+    from athena.warehouse import open_warehouse
+
+    uri = str(tmp_path / "wh")
+    now = datetime.now(UTC).replace(microsecond=0)
+    rows = [(now - timedelta(seconds=30 + i), "h1", "c", f"old {i}") for i in range(6)]
+    write_frame(uri, "container_logs", _frame(rows), files_per_partition=2)
+    wh = open_warehouse(uri)
+
+    def failing_delete(wh, paths):  # S3 SlowDown / AccessDenied on the input deletes
+        raise StorageError("SlowDown")
+
+    monkeypatch.setattr(compaction, "delete_objects", failing_delete)
+    for folder in Path(uri, "container_logs", "service=svc").iterdir():
+        with pytest.raises(StorageError):
+            compaction.compact_partition(wh, CONTAINER_LOGS, str(folder), 1 << 30)
+    monkeypatch.undo()
+    left = sorted(p.name for p in Path(uri, "container_logs").rglob("*") if p.is_file())
+    assert any(n.startswith("_compact-") for n in left) and len(left) >= 4, left
+
+    common = _common(uri)
+    prep = runner.prepare(
+        common, "tail", "container_logs", {"grep": "", "stream": ""}, default_since="10m",
+        default_limit=100,
+    )  # fmt: skip
+    prep.sql = follow_sql()
+    initial = list(reversed(runner.execute(common, prep).rows))
+    assert sorted(r[4] for r in initial) == sorted(r[3] for r in rows)  # each line once
+    real_read = intents.read_intent
+
+    def finished_meanwhile(fs, path):
+        """The compactor's next pass deletes the inputs, then the intent, right after the
+        poll listed the folder."""
+        folder = path.rsplit("/", 1)[0]
+        for name in real_read(fs, path).inputs:
+            fs.delete_file(f"{folder}/{name}")
+        fs.delete_file(path)
+        return real_read(fs, path)  # FileNotFoundError, as the reader then gets
+
+    printed: list[list[tuple]] = []
+    monkeypatch.setattr(intents, "read_intent", finished_meanwhile)
+    monkeypatch.setattr(follow.time, "sleep", lambda s: None)
+    follow_lines(common, prep, initial, 1.0, lambda *a, **k: printed.append(list(a[3])), polls=2)
+    again = [r[4] for batch in printed[1:] for r in batch]
+    assert again == [], f"printed again: {again}"
+
+
+def test_follow_does_not_reprint_a_flush_the_first_answer_read_after_a_relisting(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Compaction swaps the hour's files under the first answer's query and a flush lands at
+    that moment: the engine lists the hour again and the first answer prints the flush's line.
+    The polls must count what that answer read, not its first listing: the flush is history.
+    (Before: the first poll printed it a second time.)"""
+    now = datetime.now(UTC).replace(microsecond=0)
+    flush = _frame([(now - timedelta(seconds=20), "h2", "c", "landed during the relisting")])
+    seed = _frame([(now - timedelta(seconds=50 + i), "h1", "c", f"old {i}") for i in range(3)])
+    uri = str(tmp_path / "wh")
+    write_frame(uri, "container_logs", seed, files_per_partition=3)
+    real_run_once = LocalEngine._run_once
+    swaps: list[int] = []
+
+    def swapped_under_the_query(self, *args, **kwargs):
+        if not swaps:  # the first run only: compaction, then a flush, after the listing
+            swaps.append(1)
+            _compact_hours(uri)
+            _add_file(uri, tmp_path, flush, "during")
+        return real_run_once(self, *args, **kwargs)
+
+    monkeypatch.setattr(LocalEngine, "_run_once", swapped_under_the_query)
+    common = _common(uri)
+    prep = runner.prepare(
+        common, "tail", "container_logs", {"grep": "", "stream": ""}, default_since="10m",
+        default_limit=100,
+    )  # fmt: skip
+    prep.sql = follow_sql()
+    initial = list(reversed(runner.execute(common, prep).rows))
+    assert swaps and "landed during the relisting" in [r[4] for r in initial]
+    printed: list[list[tuple]] = []
+    monkeypatch.setattr(follow.time, "sleep", lambda s: None)
+    follow_lines(common, prep, initial, 1.0, lambda *a, **k: printed.append(list(a[3])), polls=2)
+    assert [r[4] for b in printed[1:] for r in b] == []
+
+
+def _paused_clock(monkeypatch) -> dict[str, timedelta]:
+    """follow's clock, running ``offset`` ahead of the real one (a test moves it on)."""
+    clock = {"offset": timedelta(0)}
+    monkeypatch.setattr(follow, "_now", lambda: datetime.now(UTC) + clock["offset"])
+    return clock
+
+
+def test_follow_says_when_a_pause_let_compaction_take_a_late_flush(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """(Review R2.) A flush lands in a watched hour; then follow is paused longer than the
+    compaction grace floor (``| less`` left paused, a laptop asleep) and compaction merges
+    that hour. The merged object is skipped (its other rows were printed), so the late lines
+    are not printed: a note must say so, with the command that shows them. (Before: silent.)"""
+    from athena.intents import GRACE_FLOOR
+
+    clock = _paused_clock(monkeypatch)
+    now = datetime.now(UTC).replace(microsecond=0)
+    late = _frame([(now - timedelta(seconds=50), "h2", "c", "late flush")])  # the seed's hour
+
+    def lands_then_compacted(uri: str) -> None:
+        _add_file(uri, tmp_path, late, "late")
+        clock["offset"] = GRACE_FLOOR + timedelta(minutes=1)
+        _compact_hours(uri)
+
+    batches, notes, _ = _follow(tmp_path, [lands_then_compacted, pd.DataFrame()], 2, monkeypatch)
+    assert [r[4] for b in batches for r in b] == []
+    assert len(notes) == 1, notes
+    hour = f"{now - timedelta(seconds=50):%Y-%m-%d-%H}"
+    assert "paused for 7 min" in notes[0] and "may not have been printed" in notes[0]
+    assert f"the hour {hour} was compacted" in notes[0], notes[0]
+    assert "logq tail --service svc --since " in notes[0], notes[0]
+
+
+def test_follow_says_nothing_of_a_pause_shorter_than_the_grace_floor(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Compaction merging hours follow printed (an ``--force`` pass with no grace here) is no
+    loss when follow listed in time: no note, nothing printed again."""
+    _paused_clock(monkeypatch)
+    batches, notes, _ = _follow(tmp_path, [_compact_hours, pd.DataFrame()], 2, monkeypatch)
+    assert batches == [] and notes == []
+
+
+def test_follow_catches_up_on_hours_a_long_pause_skipped(tmp_path: Path, monkeypatch) -> None:
+    """A pause longer than TRACK (a night asleep): the hours it spanned were never listed, and
+    may have been compacted meanwhile. Their lines are all news, merged or not. (Before: the
+    next poll listed only the last hour; they were lost without a note.)"""
+    clock = _paused_clock(monkeypatch)
+    now = datetime.now(UTC).replace(microsecond=0)
+    ahead = now + timedelta(hours=1)
+    spanned = [_frame([(ahead + timedelta(seconds=i), "h1", "c", f"while away {i}")])
+               for i in range(2)]  # fmt: skip
+
+    def night(uri: str) -> None:
+        for i, frame in enumerate(spanned):
+            _add_file(uri, tmp_path, frame, f"night{i}")
+        clock["offset"] = timedelta(hours=3)
+        for folder in Path(uri, "container_logs", "service=svc").iterdir():
+            if folder.name == f"dt={ahead:%Y-%m-%d-%H}":
+                from aggregator.compaction import compact_partition
+                from athena.schema import CONTAINER_LOGS
+                from athena.warehouse import open_warehouse
+
+                assert compact_partition(open_warehouse(uri), CONTAINER_LOGS, str(folder), 1 << 30)
+
+    batches, notes, _ = _follow(tmp_path, [night, pd.DataFrame()], 2, monkeypatch)
+    assert [[r[4] for r in b] for b in batches] == [["while away 0", "while away 1"]]
+    assert notes == []
+
+
+def test_grace_floor_is_compactions_own() -> None:
+    """The CLI reads the floor from athena.intents (it must not import the aggregator): it
+    must be what compaction's safe grace is for the fastest-flushing node."""
+    from aggregator.compaction import safe_grace
+    from athena.intents import GRACE_FLOOR
+
+    assert GRACE_FLOOR <= safe_grace([], flush_interval=0.001) < GRACE_FLOOR + timedelta(seconds=1)
+
+
+def test_follow_counts_a_pause_while_printing_the_first_answer(tmp_path: Path, monkeypatch) -> None:
+    """``logq tail -F | less``: the first answer's printing blocks until the reader scrolls.
+    A flush that lands then and is compacted before the first poll is a pause like any other:
+    the note is given. (Before, the pause was timed from after that printing: silent.)"""
+    from athena.intents import GRACE_FLOOR
+
+    clock = _paused_clock(monkeypatch)
+    uri = str(tmp_path / "wh")
+    now = datetime.now(UTC).replace(microsecond=0)
+    write_frame(uri, "container_logs", _frame([(now - timedelta(seconds=50), "h1", "c", "seed")]))
+    common = _common(uri)
+    prep = runner.prepare(
+        common, "tail", "container_logs", {"grep": "", "stream": ""}, default_since="10m",
+        default_limit=100,
+    )  # fmt: skip
+    prep.sql = follow_sql()
+    initial = list(reversed(runner.execute(common, prep).rows))
+    late = _frame([(now - timedelta(seconds=50), "h2", "c", "late flush")])
+    printed: list[list[tuple]] = []
+    notes: list[str] = []
+
+    def blocked_printer(*args, **kwargs) -> None:
+        printed.append(list(args[3]))
+        if len(printed) == 1:  # the reader comes back GRACE_FLOOR + 1 min later
+            _add_file(uri, tmp_path, late, "late")
+            clock["offset"] = GRACE_FLOOR + timedelta(minutes=1)
+            _compact_hours(uri)
+
+    monkeypatch.setattr(runner, "note", notes.append)
+    monkeypatch.setattr(follow.time, "sleep", lambda s: None)
+    follow_lines(common, prep, initial, 1.0, blocked_printer, polls=1)
+    assert len(printed) == 1 and len(notes) == 1 and "may not have been printed" in notes[0]
