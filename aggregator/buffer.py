@@ -40,6 +40,14 @@ the cut or the marker is durable replays those frames, as it replays any frame w
 yet acknowledged at a crash: their chunk ids are restored with them, so a resend after the
 restart is recognised, see chunks.py.)
 
+A failed write (a full volume, an I/O error) can leave part of its frame in the file. It is
+cut off (``ftruncate`` to the end of the last whole frame); frames appended after a partial
+one would be lost (a reader skips a damaged frame by scanning for the next good one, which can
+start inside the frames after it). If even that cut fails, the segment is set aside for the
+group-commit task, which seals it like a failed fsync's (``fsync``, then cut or
+``<seq>.acked``, at the end of its last whole frame), and the next append goes to a new
+segment.
+
 A segment is sealed (closed and handed to the flusher) on every flush interval or when it
 reaches ``segment_bytes``; it is deleted only once its Parquet objects are committed.
 """
@@ -207,6 +215,9 @@ class Buffer:
         """What the last good fsync of the active segment covered (acknowledged frames)."""
         self._sealed_bytes = 0
         self._waiters: list[asyncio.Future[None]] = []
+        self._torn: list[_Torn] = []
+        """Segments a failed write left with a partial frame it could not cut off, waiting for
+        the group-commit task to seal them (:meth:`_seal_torn`), oldest first."""
         self._lock: asyncio.Lock | None = None
         self._kick: asyncio.Event | None = None
         self._space: asyncio.Event | None = None
@@ -380,7 +391,7 @@ class Buffer:
     @property
     def total_bytes(self) -> int:
         """Bytes on disk: sealed segments not yet flushed plus the active one."""
-        return self._sealed_bytes + self._active_size
+        return self._sealed_bytes + self._active_size + sum(t.end for t in self._torn)
 
     @property
     def active_bytes(self) -> int:
@@ -413,9 +424,7 @@ class Buffer:
                 written = os.write(self._fd, view)
                 view = view[written:]
         except OSError:
-            # Disk full or I/O error mid-frame: cut the partial frame off, or replay would stop
-            # there and miss every frame appended (and acknowledged) after it.
-            os.ftruncate(self._fd, self._active_size)
+            self._cut_partial_frame()  # the client resends the message: it is not acknowledged
             raise
         self._active_size += len(frame)
         if chunk is not None:
@@ -429,6 +438,34 @@ class Buffer:
     async def append(self, payload: bytes) -> None:
         await self.write(payload)
 
+    def _cut_partial_frame(self) -> None:
+        """After a write failed mid-frame (disk full, I/O error): cut its partial frame off, or
+        the frames appended after it could be lost to the reader's scan past a damaged frame.
+        If the disk refuses the cut too, the segment is set aside to be sealed at the end of
+        its last whole frame (:meth:`_seal_torn`, kicked here) and the next append goes to a
+        new segment: none is ever written after those bytes."""
+        try:
+            os.ftruncate(self._fd, self._active_size)
+            return
+        except OSError as exc:
+            error = exc
+        old = self._active
+        assert old is not None and self._kick is not None
+        log.error(
+            "buffer segment %s: could not cut off the partial frame of a failed write (%s); "
+            "the segment is sealed at its last whole frame (byte %d) and appends go to a new one",
+            old.path.name,
+            error,
+            self._active_size,
+        )
+        self._torn.append(_Torn(old, self._fd, self._active_size, self._synced, self._waiters))
+        self._active, self._fd, self._active_size, self._waiters = None, -1, 0, []
+        try:
+            self._open_active(old.seq + 1)
+        except OSError as exc:  # a full volume: the next append or seal opens one
+            log.warning("could not open buffer segment %d yet: %s", old.seq + 1, exc)
+        self._kick.set()  # the group-commit task seals it (it may be in an fsync of its fd now)
+
     async def _sync_loop(self) -> None:
         assert self._kick is not None and self._lock is not None
         loop = asyncio.get_running_loop()
@@ -436,10 +473,11 @@ class Buffer:
             await self._kick.wait()
             self._kick.clear()
             async with self._lock:
+                await self._seal_torn()
                 waiters, self._waiters = self._waiters, []
                 if not waiters:
                     continue
-                covers = self._covered()
+                active, covers = self._active, self._covered()
                 try:
                     await loop.run_in_executor(None, os.fsync, self._fd)
                 except Exception as exc:  # never end this task: every later ack would hang
@@ -448,10 +486,66 @@ class Buffer:
                         exc,
                         exc_info=not isinstance(exc, OSError),  # anything else is a bug
                     )
-                    await self._drop_unsynced(exc, waiters)
+                    torn = self._torn_of(active)
+                    if torn is None:
+                        await self._drop_unsynced(exc, waiters)
+                    else:  # a torn write set it aside meanwhile
+                        torn.failed, torn.waiters = exc, waiters + torn.waiters
+                        await self._seal_torn()
                     continue
-                self._synced = covers
+                torn = self._torn_of(active)
+                if torn is None:
+                    self._synced = covers
+                else:
+                    torn.synced = covers
                 _settle(waiters)
+
+    def _torn_of(self, segment: Segment | None) -> _Torn | None:
+        """The record of ``segment`` if a torn write set it aside (see _cut_partial_frame)."""
+        return next((t for t in self._torn if t.segment is segment), None)
+
+    async def _seal_torn(self) -> None:
+        """Seal the segments set aside by torn writes, oldest first (called under the lock,
+        before anything newer is sealed): their appends not yet covered by an fsync are fsync'd
+        (or fail, as after any failed fsync), and the partial frame is cut off or marked as not
+        to be read (:attr:`Segment.end`), like the frames of a failed fsync."""
+        loop = asyncio.get_running_loop()
+        while self._torn:
+            torn = self._torn.pop(0)
+            exc = torn.failed
+            if exc is None:
+                try:
+                    await loop.run_in_executor(None, os.fsync, torn.fd)
+                except Exception as error:  # as in _sync_loop: this task must not end
+                    log.error("buffer fsync failed: %s; the senders will retry", error)
+                    exc = error
+            if exc is not None:
+                try:
+                    await self._seal_acked(torn.segment, torn.fd, torn.synced)
+                finally:
+                    _settle(torn.waiters, exc)
+                continue
+            try:
+                await self._seal_whole_frames(torn)
+            finally:
+                _settle(torn.waiters)
+
+    async def _seal_whole_frames(self, torn: _Torn) -> None:
+        """Seal a torn segment whose whole frames are fsync'd (acknowledged once this returns)
+        at the end of the last one: cut there, or else marked (closes its file)."""
+        segment = torn.segment
+        cut = await asyncio.get_running_loop().run_in_executor(
+            None, _cut_back, segment.path, torn.fd, torn.end, "the partial frame of a failed write"
+        )
+        if torn.end == 0:  # the failed write was its first: nothing to flush
+            with contextlib.suppress(OSError):
+                segment.path.unlink()
+                end_marker(segment.path).unlink(missing_ok=True)
+            return
+        if not cut:
+            segment = Segment(segment.seq, segment.path, torn.end)
+        self._sealed.append(segment)
+        self._sealed_bytes += segment.size
 
     def _covered(self) -> _Synced:
         """What an fsync starting now covers: every frame of the active segment so far."""
@@ -518,6 +612,7 @@ class Buffer:
         """
         assert self._lock is not None
         async with self._lock:
+            await self._seal_torn()
             if self._active is None:
                 if open_next and not self._closed and self._fd < 0:
                     self._open_active(self._next_seq)  # the retry of a failed open
@@ -611,21 +706,35 @@ class Buffer:
     def quarantine(self, segment: Segment) -> Path:
         """Move a segment that cannot be flushed (a data error, not an outage) out of the way,
         into a buffer dir of its own that ``logq-aggregator drain`` writes out after a fix.
-        Nothing is deleted; the segments behind it flow again."""
+        Nothing is deleted; the segments behind it flow again.
+
+        Raises OSError, the segment left where it is (still sealed here), when it cannot be set
+        aside whole: moved without its ``.acked`` marker (:attr:`Segment.end`), a drain would
+        write out its unacknowledged frames, which their clients resent and were stored."""
         folder = self.quarantine_dir
         folder.mkdir(exist_ok=True)
         if not (folder / "node-id").exists():  # its own keys: never this node's segment keys
             write_atomic(folder / "node-id", f"{self.node_id[:53]}-quarantine\n".encode("ascii"))
-        size = segment.size
         target = folder / segment.path.name
-        self.retire_chunks(segment)  # its rows are not stored yet, but will be by a drain
         if segment.end is not None:  # before the segment: never one without its marker
-            _mark_end(target, segment.end)
+            write_atomic(end_marker(target), f"{segment.end}\n".encode("ascii"))
+        size = segment.size
+        self.retire_chunks(segment)  # its rows are not stored yet, but will be by a drain
         os.replace(segment.path, target)
-        end_marker(segment.path).unlink(missing_ok=True)
-        fsync_dir(folder)
-        fsync_dir(self.dir)
-        self._unseal(segment, size)
+        self._unseal(segment, size)  # it has left: whatever fails next, it is not retried here
+        try:
+            fsync_dir(folder)
+            fsync_dir(self.dir)
+            end_marker(segment.path).unlink(missing_ok=True)  # after: a rename undone by a
+        except OSError as exc:  # crash must not find the segment back without its marker
+            log.warning(
+                "segment %s moved to %s, but the move may not be durable (%s): after a crash it "
+                "may be back in %s, and is then flushed or set aside again",
+                segment.path.name,
+                folder,
+                exc,
+                self.dir,
+            )
         return target
 
     def delete(self, segment: Segment) -> None:
@@ -642,6 +751,24 @@ class Buffer:
         self._sealed_bytes = max(0, self._sealed_bytes - size)
         if self._space is not None and not self.full:
             self._space.set()
+
+
+@dataclass
+class _Torn:
+    """An active segment set aside after a failed write whose partial frame could not be cut
+    off (see Buffer._cut_partial_frame), until the group-commit task seals it."""
+
+    segment: Segment
+    fd: int
+    """Its file, still open: an fsync of it may be running when it is set aside."""
+    end: int
+    """Where its last whole frame ends (the partial frame follows)."""
+    synced: _Synced
+    """What its last good fsync covered (updated by one running when it was set aside)."""
+    waiters: list[asyncio.Future[None]]
+    """Its appends not yet covered by an fsync."""
+    failed: BaseException | None = None
+    """The error of an fsync of it that failed after it was set aside."""
 
 
 @dataclass(frozen=True)
@@ -664,18 +791,22 @@ def _settle(waiters: list[asyncio.Future[None]], exc: BaseException | None = Non
             w.set_exception(exc)
 
 
-def _cut_back(path: Path, fd: int, size: int) -> bool:
+def _cut_back(
+    path: Path, fd: int, size: int, what: str = "the unacknowledged frames after a failed fsync"
+) -> bool:
     """Truncate a segment's file to ``size`` durably and close it; if the disk refuses either
-    step, record ``size`` as where its acknowledged frames end and return False (blocking)."""
+    step, record ``size`` as where its acknowledged frames end and return False (blocking).
+    ``what`` follows ``size``, for the log line."""
     try:
         os.ftruncate(fd, size)
         os.fsync(fd)
         return True
     except OSError as exc:
         log.error(
-            "buffer segment %s: could not cut off the unacknowledged frames after a failed "
-            "fsync (%s); they are marked as not to be read (%s) and are never flushed",
+            "buffer segment %s: could not cut off %s (%s); they are marked as not to be read "
+            "(%s) and are never flushed",
             path.name,
+            what,
             exc,
             end_marker(path).name,
         )

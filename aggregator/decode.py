@@ -72,9 +72,26 @@ def tune_gc() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
+_EVENT_TIME = struct.Struct(">II")
+
+
+class RawEventTime(bytes):
+    """An EventTime as its 8 ext bytes (4 seconds, 4 nanoseconds, big-endian), converted in
+    bulk by :func:`_times_ns`. Its own type, so that an 8-byte msgpack ``bin`` in the time's
+    place (plain ``bytes``: a string time, stamped with the receive time, see
+    :func:`shipper.wire.time_to_ns`) is never read as one."""
+
+    __slots__ = ()
+
+    def event_time(self) -> wire.EventTime:
+        seconds, nanoseconds = _EVENT_TIME.unpack(self)
+        return wire.EventTime(seconds, nanoseconds)
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
-    # EventTime stays as its 8 raw bytes; converted in bulk by _times_ns.
-    return data if code == wire.EVENT_TIME_EXT and len(data) == 8 else msgpack.ExtType(code, data)
+    if code == wire.EVENT_TIME_EXT and len(data) == 8:
+        return RawEventTime(data)
+    return msgpack.ExtType(code, data)
 
 
 def _text(value: Any) -> str:
@@ -152,11 +169,7 @@ def _times_ns(times: list[Any]) -> _Times:
     """The entries' times as ns: in bulk (numpy) when all are EventTimes or all integers that
     can be kept as sent (the usual cases), else one by one (:func:`_stamped`)."""
     kinds = set(map(type, times))
-    if bytes in kinds and set(map(len, (t for t in times if isinstance(t, bytes)))) != {8}:
-        # EventTime arrives as its 8 ext bytes (see _ext_hook); any other bytes are a ``bin``
-        # value in the time position.
-        raise wire.ProtocolError("event time is a binary string")
-    if kinds == {bytes}:
+    if kinds == {RawEventTime}:  # PackedForward through _unpack_entries
         pairs = np.frombuffer(b"".join(times), dtype=">u4").reshape(-1, 2).astype(np.int64)
         seconds, nanoseconds = pairs[:, 0], pairs[:, 1]
     elif kinds == {wire.EventTime}:  # Forward mode (Fluent Bit's default)
@@ -184,8 +197,8 @@ def _stamped(times: list[Any]) -> _Times:
     replaced: list[int] = []
     now = time.time_ns()
     for i, t in enumerate(times):
-        if isinstance(t, bytes):
-            t = wire.EventTime(*np.frombuffer(t, dtype=">u4").tolist())
+        if type(t) is RawEventTime:  # a plain ``bytes`` is a bin: stamped (time_to_ns)
+            t = t.event_time()
         ns = wire.time_to_ns(t)
         if ns is None:
             replaced.append(i)
@@ -196,10 +209,10 @@ def _stamped(times: list[Any]) -> _Times:
 
 
 def _as_sent(value: Any) -> str:
-    """A time as the client sent it, for a log line (EventTime as ``EventTime(s, ns)``; other
+    """A time as the client sent it, for a log line (EventTime as ``EventTime(s, ns)``; plain
     bytes are a ``bin`` value)."""
-    if isinstance(value, bytes) and len(value) == 8:
-        value = wire.EventTime(*np.frombuffer(value, dtype=">u4").tolist())
+    if type(value) is RawEventTime:
+        value = value.event_time()
     if isinstance(value, wire.EventTime):
         return f"EventTime({value.seconds}, {value.nanoseconds})"
     return repr(value)
@@ -275,7 +288,7 @@ def _fast_entries(tag: str, entries: list[Any]) -> tuple[pa.RecordBatch, _Times]
             return None
         times = [t[0] if type(t) in (list, tuple) else t for t in times]  # metadata: unused
         kinds = set(map(type, times))
-    if kinds - {bytes, int, wire.EventTime}:
+    if kinds - {RawEventTime, bytes, int, wire.EventTime}:
         return None
     try:
         times_ns = _times_ns(times)

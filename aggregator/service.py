@@ -809,8 +809,7 @@ class Aggregator:
                     error = f"{type(exc).__name__}: {exc}"
                     data_errors = data_errors + 1 if error == last_error else 1
                     last_error = error
-                if data_errors >= QUARANTINE_AFTER:
-                    await asyncio.to_thread(self._quarantine, segment, exc)
+                if data_errors >= QUARANTINE_AFTER and await self._set_aside(segment, exc):
                     return True
                 if deadline is not None and time.monotonic() + delay > deadline:
                     log.error("flush of segment %d failed: %s", segment.seq, exc)
@@ -837,6 +836,29 @@ class Aggregator:
             self.buffer.delete(segment)
             self.metrics.buffer_bytes.set(self.buffer.total_bytes)
             return True
+
+    async def _set_aside(self, segment: Segment, exc: BaseException) -> bool:
+        """Quarantine a segment (:meth:`_quarantine`); False if its volume refused the move.
+
+        It then stays in the buffer and the caller retries it as after any failed flush: the
+        next try flushes it (the error may be gone) or sets it aside again. Never skipped: a
+        segment flushed after those behind it would lose its lines to their offset marks."""
+        try:
+            await asyncio.to_thread(self._quarantine, segment, exc)
+        except OSError as error:
+            log.error(
+                "segment %d failed %d times with a data error (%s: %s) and could not be moved "
+                "to %s (%s); it stays in the buffer and is tried again, the segments behind it "
+                "wait (free space or fix permissions on that volume, and report the error)",
+                segment.seq,
+                QUARANTINE_AFTER,
+                type(exc).__name__,
+                exc,
+                self.buffer.quarantine_dir,
+                error,
+            )
+            return False
+        return True
 
     def _quarantine(self, segment: Segment, exc: BaseException) -> None:
         """Set aside a segment that fails with the same kind of data error every time."""

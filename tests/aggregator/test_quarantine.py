@@ -9,14 +9,17 @@ dir of its own, written out with ``logq-aggregator drain`` once the cause is fix
 from __future__ import annotations
 
 import asyncio
+import errno
 import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from aggregator import buffer as buffer_mod
 from aggregator import flusher as flusher_mod
 from aggregator import writer as writer_mod
+from aggregator.buffer import end_marker
 from aggregator.config import Settings
 from aggregator.service import QUARANTINE_AFTER, Aggregator
 from tests.aggregator.helpers import parquet_files, read_table
@@ -130,3 +133,60 @@ def test_a_drain_that_sets_a_segment_aside_says_so_and_exits_1(
     assert "drain: 1 segments failed with a data error and were moved to" in caplog.text
     assert "drained " not in caplog.text
     assert agg.buffer.quarantined() == 1
+
+
+def test_a_segment_whose_marker_cannot_be_set_aside_stays_until_it_can(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Segment 2 ends with a frame a failed fsync left unacknowledged (``<seq>.acked``). The
+    first move to quarantine/ cannot write that marker: it used to log that and move the
+    segment anyway, and the drain then wrote out the unacknowledged frame (whose client had
+    resent it: stored twice). Now the segment stays, the next try sets it aside whole, the
+    segment behind it flows, and the drain writes its acknowledged frames only."""
+    buffer_dir, warehouse = tmp_path / "buffer", str(tmp_path / "warehouse")
+    buffer_dir.mkdir()
+    rows = {
+        seq: write_segment(buffer_dir / f"{seq:016d}.seg", 1, 30, source=f"src-{seq}")
+        for seq in (1, 2, 3)
+    }
+    poisoned = buffer_dir / f"{2:016d}.seg"
+    acked_end = poisoned.stat().st_size
+    write_segment(tmp_path / "unacked.seg", 1, 30, source="unacked")
+    with poisoned.open("ab") as out:  # the frame after the acknowledged ones
+        out.write((tmp_path / "unacked.seg").read_bytes())
+    end_marker(poisoned).write_text(f"{acked_end}\n")
+    real_put, real_write_atomic = writer_mod.put_table, buffer_mod.write_atomic
+    refused: list[Path] = []
+
+    def put(wh, path, table):
+        if POISONED in path:
+            raise ValueError("simulated encoder bug")
+        real_put(wh, path, table)
+
+    def write_atomic(path: Path, data: bytes) -> None:
+        if path.parent.name == "quarantine" and path.suffix == ".acked" and not refused:
+            refused.append(path)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write_atomic(path, data)
+
+    monkeypatch.setattr(writer_mod, "put_table", put)
+    monkeypatch.setattr(buffer_mod, "write_atomic", write_atomic)
+    agg = Aggregator(Settings(warehouse=warehouse, buffer_dir=str(buffer_dir)))
+    assert asyncio.run(asyncio.wait_for(flush_buffer(agg), 60))
+    monkeypatch.undo()
+
+    assert refused, "the first move was refused"
+    quarantined = buffer_dir / "quarantine" / poisoned.name
+    assert end_marker(quarantined).read_text() == f"{acked_end}\n"
+    assert "could not be moved to" in caplog.text and "it stays in the buffer" in caplog.text
+    assert not poisoned.exists() and not end_marker(poisoned).exists()
+    assert agg.metrics.quarantined._value.get() == 1
+
+    def written() -> int:
+        return sum(read_table(warehouse, t).num_rows for t in ("envoy_access", "container_logs"))
+
+    assert written() == rows[1] + rows[3]
+
+    drain = Aggregator(Settings(warehouse=warehouse, buffer_dir=str(quarantined.parent)))
+    assert asyncio.run(asyncio.wait_for(drain.drain(), 120)) == 0
+    assert written() == sum(rows.values()), "the unacknowledged frame is not written"
