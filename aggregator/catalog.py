@@ -194,7 +194,7 @@ class Catalog:
                     "no AWS region set (AWS_REGION or the profile): applying the Athena DDL "
                     "in us-east-1; set AWS_REGION to the region logq queries"
                 )
-        client = boto3.client("athena", region_name=region)
+        client = boto3.session.Session().client("athena", region_name=region)
         db = self.settings.athena_database
         assert db is not None
         statements: list[tuple[str, str | None]] = []

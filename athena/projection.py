@@ -121,7 +121,7 @@ def _read_enum(database: str, table: str, region: str | None) -> tuple[ServiceEn
     )
     name = f"{database}.{table}"
     try:
-        glue = boto3.client("glue", region_name=region, config=config)
+        glue = boto3.session.Session().client("glue", region_name=region, config=config)
         found = glue.get_table(DatabaseName=database, Name=table)["Table"]
     except (BotoCoreError, ClientError) as exc:
         return None, f"table {name} not read: {exc}"
