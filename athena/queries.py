@@ -192,11 +192,8 @@ def _for_duckdb(node: Any) -> Any:
       next day is 0 days, not 1.
     * ``regexp_extract`` is NULL when the pattern does not match, as in Trino (DuckDB gives '').
     * ``regexp_replace``, ``split_part`` and ``format`` keep Trino's meaning, and functions only
-      Athena has are refused with what to use instead (:mod:`athena.trinofuncs`); so do a
-      double divided by zero and ``approx_distinct`` (exact locally), in ad-hoc statements.
-    * A timestamp with time zone (``AT TIME ZONE``, ``with_timezone``, ...) is the instant, and
-      functions that read its fields read them in its zone (:mod:`athena.trinotime`), as do
-      casts; ``CAST(ts AS varchar)`` prints Trino's text.
+      Athena has are refused with what to use instead (:mod:`athena.trinofuncs`);
+      ``approx_distinct`` is exact locally (``count(DISTINCT x)``), in ad-hoc statements.
     * Athena's hidden columns (:data:`HIDDEN_COLUMNS`) are refused: the local views have no
       such column, and DuckDB's "not found" listed ``path`` as the likely one.
     Integer division truncates as in Trino through the connection's ``integer_division``
@@ -234,16 +231,8 @@ def _for_duckdb(node: Any) -> Any:
         return trinofuncs.format_call(node, _adapted)
     if isinstance(node, exp.Anonymous) and str(node.this).lower() in trinofuncs.ATHENA_ONLY:
         raise trinofuncs.athena_only(str(node.this))
-    zoned = _zoned(node)
-    if zoned is not None:
-        return zoned
-    if _ADHOC.get(False):
-        if isinstance(node, exp.ApproxDistinct):
-            return trinofuncs.approx_distinct(node, _adapted)
-        if isinstance(node, exp.Div):
-            divided = trinofuncs.float_division(node, _adapted)
-            if divided is not None:
-                return divided
+    if _ADHOC.get(False) and isinstance(node, exp.ApproxDistinct):
+        return trinofuncs.approx_distinct(node, _adapted)
     if isinstance(node, exp.RegexpExtract):
         extract = node.copy()
         for key in ("this", "expression"):
@@ -255,39 +244,8 @@ def _for_duckdb(node: Any) -> Any:
     return node
 
 
-def _zoned(node: Any) -> Any | None:
-    """``node`` rewritten by :mod:`athena.trinotime` (a timestamp with time zone, a function or
-    cast that reads one, a cast of a timestamp to text), or None."""
-    from sqlglot import exp
-
-    from athena import trinotime
-
-    source = trinotime.instant(node, _adapted)
-    if source is not None:
-        return source
-    if isinstance(node, exp.Cast):
-        return trinotime.cast(node, _adapted, _timestamp_columns())
-    return trinotime.in_zone(node, _adapted)
-
-
-@cache
-def _timestamp_columns() -> frozenset[str]:
-    """Names of the tables' timestamp columns (Trino ``timestamp(3)``)."""
-    import pyarrow as pa
-
-    from athena.schema import TABLES, table
-
-    return frozenset(
-        f.name
-        for name in TABLES
-        for f in table(name).arrow_schema()
-        if pa.types.is_timestamp(f.type)
-    )
-
-
 #: Whether the statement being transpiled is ad-hoc (``logq sql``): rewrites that would change
-#: the canned queries' SQL apply to those only (no canned query divides a double by zero, nor
-#: asks for approx_distinct).
+#: the canned queries' SQL apply to those only (no canned query asks for approx_distinct).
 _ADHOC: ContextVar[bool] = ContextVar("logq_adhoc_sql")
 
 
@@ -296,7 +254,7 @@ def _adapted(node: Any) -> Any:
     (``transform`` does not visit what a rewrite returns, so without this a call nested in a
     rewritten one would keep DuckDB's meaning.)"""
     copy = node.copy()
-    copy.parent = node.parent  # so that a column still finds its SELECT (athena.trinotime)
+    copy.parent = node.parent
     return copy.transform(_for_duckdb)
 
 
@@ -342,8 +300,6 @@ def _transpile(sql: str, params: dict[str, Any], adhoc: bool = False) -> tuple[s
     import sqlglot
     from sqlglot.errors import ParseError, TokenError
 
-    from athena import trinotime
-
     flat_sql, flat = _flatten(sql, params)
     try:
         with quiet_sqlglot():
@@ -356,8 +312,7 @@ def _transpile(sql: str, params: dict[str, Any], adhoc: bool = False) -> tuple[s
     tree = statements[0]
     adhoc_token = _ADHOC.set(adhoc)
     try:
-        with trinotime.zoned_aliases(tree, _adapted):
-            tree = tree.transform(_for_duckdb, copy=False)
+        tree = tree.transform(_for_duckdb, copy=False)
     finally:
         _ADHOC.reset(adhoc_token)
     used = {p.name for p in tree.find_all(sqlglot.exp.Placeholder)}

@@ -30,9 +30,6 @@ documented in Trino's "Functions and operators" pages):
   DOUBLE or REAL (Java rounds the shortest decimal form half-up, printf the binary value),
   ``%f`` of DECIMALs past a double's 17 digits, ``%s`` of a DECIMAL under 1e-6 (Java's
   ``BigDecimal`` writes ``1E-7``), and years past 9999 in a TIMESTAMP.
-* ``x / y`` of a double or real: IEEE 754 on Trino (``1E0 / 0`` is Infinity, ``0E0 / 0`` NaN);
-  DuckDB's ``/`` under ``integer_division`` refused a division by zero of any type. An integer
-  or decimal division by zero stays an error, as on Trino.
 * ``approx_distinct(x)``: a HyperLogLog on Trino (standard error 2.3%), exact locally
   (``count(DISTINCT x)``), as the local percentiles are: the same answer within Trino's error.
 
@@ -68,6 +65,8 @@ ATHENA_ONLY: dict[str, str] = {
     "format_number": "",
     "parse_data_size": "",
     "current_timezone": "",
+    "at_timezone": "",
+    "with_timezone": "",
     "to_milliseconds": "",
     "codepoint": "",
     "word_stem": "",
@@ -250,39 +249,6 @@ def _conversion(arg: Any, flags: str, width: str | None, precision: str | None, 
     )
     out = exp.Coalesce(this=printed, expressions=[null])
     return exp.Upper(this=out) if conv == "S" else out
-
-
-def float_division(node: Any, adapt: Callable[[Any], Any]) -> Any | None:
-    """``node`` (exp.Div) as DuckDB's IEEE division when an operand is a double or real, else
-    None (the connection's ``integer_division`` keeps Trino's integer meaning).
-
-    The local connection sets ``integer_division``, and DuckDB then reads ``/`` as ``//`` for
-    every type, which refuses a division by zero; its ``"/"`` function is the float division
-    (``ieee_floating_point_ops``: ``1E0 / 0`` is inf). The types are sqlglot's inference: a
-    column of an inner query it cannot type keeps the error."""
-    from sqlglot import exp
-    from sqlglot.optimizer.annotate_types import annotate_types
-
-    typed = node.copy()
-    for literal in list(typed.find_all(exp.Literal)):
-        if _decimal_literal(literal):  # Trino reads 1.5 as a decimal, sqlglot as a double
-            literal.replace(exp.Cast(this=literal.copy(), to=exp.DataType.build("DECIMAL")))
-    typed = annotate_types(typed)
-    floats = (exp.DataType.Type.DOUBLE, exp.DataType.Type.FLOAT)
-    if not any(
-        side is not None and side.type is not None and side.type.this in floats
-        for side in (typed.this, typed.expression)
-    ):
-        return None
-    return exp.Anonymous(
-        this=exp.to_identifier("/", quoted=True),
-        expressions=[adapt(node.this), adapt(node.expression)],
-    )
-
-
-def _decimal_literal(node: Any) -> bool:
-    """Whether ``node`` is a number literal Trino reads as a decimal (``1.5``, not ``1.5E0``)."""
-    return not node.is_string and "." in node.this and "e" not in node.this.lower()
 
 
 def approx_distinct(node: Any, adapt: Callable[[Any], Any]) -> Any:
