@@ -62,7 +62,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +97,7 @@ class Segment:
     def size(self) -> int:
         try:
             return self.path.stat().st_size
-        except FileNotFoundError:
+        except OSError:  # gone (flushed) or unreadable: counts as nothing buffered
             return 0
 
 
@@ -473,7 +473,7 @@ class Buffer:
             await self._kick.wait()
             self._kick.clear()
             async with self._lock:
-                await self._seal_torn()
+                await self._guarded(self._seal_torn())
                 waiters, self._waiters = self._waiters, []
                 if not waiters:
                     continue
@@ -488,10 +488,10 @@ class Buffer:
                     )
                     torn = self._torn_of(active)
                     if torn is None:
-                        await self._drop_unsynced(exc, waiters)
+                        await self._guarded(self._drop_unsynced(exc, waiters))
                     else:  # a torn write set it aside meanwhile
                         torn.failed, torn.waiters = exc, waiters + torn.waiters
-                        await self._seal_torn()
+                        await self._guarded(self._seal_torn())
                     continue
                 torn = self._torn_of(active)
                 if torn is None:
@@ -499,6 +499,14 @@ class Buffer:
                 else:
                     torn.synced = covers
                 _settle(waiters)
+
+    async def _guarded(self, step: Awaitable[None]) -> None:
+        """Run a sealing step of the fsync task; an error is logged, not raised: this task
+        must not end, or every later ack would hang (its appends are settled by the step)."""
+        try:
+            await step
+        except Exception as exc:
+            log.error("buffer segment not sealed cleanly: %s", exc, exc_info=True)
 
     def _torn_of(self, segment: Segment | None) -> _Torn | None:
         """The record of ``segment`` if a torn write set it aside (see _cut_partial_frame)."""
@@ -641,7 +649,7 @@ class Buffer:
                 finally:
                     _settle(waiters, exc)
                 raise
-            os.close(old_fd)
+            _close(old_fd, old.path)
             _settle(waiters)
             self._sealed.append(old)
             self._sealed_bytes += old_size
@@ -813,7 +821,20 @@ def _cut_back(
         _mark_end(path, size)
         return False
     finally:
+        _close(fd, path)
+
+
+def _close(fd: int, path: Path) -> None:
+    """Close a segment's file; an error is logged, never raised. Whether its frames are durable
+    was settled by the fsync (and cut) before it, and Linux releases the descriptor even when
+    close reports a deferred write error (EIO on NFS/EFS): raising here ended the fsync task,
+    and every later ack hung (R4)."""
+    try:
         os.close(fd)
+    except OSError as exc:
+        log.warning(
+            "closing buffer segment %s reported %s (its fsync had succeeded)", path.name, exc
+        )
 
 
 def _mark_end(path: Path, end: int) -> None:

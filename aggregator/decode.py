@@ -103,6 +103,8 @@ def _text(value: Any) -> str:
 
 
 def _jsonable(value: Any) -> Any:
+    if type(value) is RawEventTime:  # an EventTime in a record, as Forward mode stores it
+        return value.event_time().to_ns()
     if isinstance(value, dict):
         return {_text(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -132,7 +134,7 @@ def _coerce_str(value: Any) -> str | None:
     Python's ``repr`` (``True``, ``{'k': 1}``)."""
     if value is None:
         return None
-    if isinstance(value, str | bytes):
+    if isinstance(value, str | bytes) and type(value) is not RawEventTime:
         return _text(value)
     return json.dumps(_jsonable(value), ensure_ascii=False)
 
