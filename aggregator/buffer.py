@@ -711,14 +711,17 @@ class Buffer:
         """Segments waiting in :attr:`quarantine_dir`."""
         return len(list(self.quarantine_dir.glob("*.seg")))
 
-    def quarantine(self, segment: Segment) -> Path:
+    def quarantine(self, segment: Segment, before_move: Callable[[], None] | None = None) -> Path:
         """Move a segment that cannot be flushed (a data error, not an outage) out of the way,
         into a buffer dir of its own that ``logq-aggregator drain`` writes out after a fix.
         Nothing is deleted; the segments behind it flow again.
 
         Raises OSError, the segment left where it is (still sealed here), when it cannot be set
         aside whole: moved without its ``.acked`` marker (:attr:`Segment.end`), a drain would
-        write out its unacknowledged frames, which their clients resent and were stored."""
+        write out its unacknowledged frames, which their clients resent and were stored.
+        ``before_move`` runs once the target is ready, right before the move: the caller's
+        clean-up of the segment's failed flushes (not done for a move that cannot happen, or
+        each retry would write and delete them again: R4)."""
         folder = self.quarantine_dir
         folder.mkdir(exist_ok=True)
         if not (folder / "node-id").exists():  # its own keys: never this node's segment keys
@@ -726,6 +729,8 @@ class Buffer:
         target = folder / segment.path.name
         if segment.end is not None:  # before the segment: never one without its marker
             write_atomic(end_marker(target), f"{segment.end}\n".encode("ascii"))
+        if before_move is not None:
+            before_move()
         size = segment.size
         self.retire_chunks(segment)  # its rows are not stored yet, but will be by a drain
         os.replace(segment.path, target)

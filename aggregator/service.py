@@ -862,9 +862,9 @@ class Aggregator:
 
     def _quarantine(self, segment: Segment, exc: BaseException) -> None:
         """Set aside a segment that fails with the same kind of data error every time."""
-        assert self.flusher is not None
-        self.flusher.abandon(segment.seq)
-        target = self.buffer.quarantine(segment)
+        flusher = self.flusher
+        assert flusher is not None
+        target = self.buffer.quarantine(segment, lambda: flusher.abandon(segment.seq))
         self._replay.discard(segment.seq)
         if not self._replay:
             self._committed = None

@@ -172,10 +172,21 @@ def test_a_segment_whose_marker_cannot_be_set_aside_stays_until_it_can(
     monkeypatch.setattr(writer_mod, "put_table", put)
     monkeypatch.setattr(buffer_mod, "write_atomic", write_atomic)
     agg = Aggregator(Settings(warehouse=warehouse, buffer_dir=str(buffer_dir)))
+    abandoned: list[int] = []
+    real_open = agg._open_buffer
+
+    def open_buffer() -> None:  # count the clean-ups of failed flushes (the flusher is new)
+        real_open()
+        assert agg.flusher is not None
+        real_abandon = agg.flusher.abandon
+        agg.flusher.abandon = lambda seq: abandoned.append(seq) or real_abandon(seq)
+
+    agg._open_buffer = open_buffer  # type: ignore[method-assign]
     assert asyncio.run(asyncio.wait_for(flush_buffer(agg), 60))
     monkeypatch.undo()
 
     assert refused, "the first move was refused"
+    assert abandoned == [2], "a move that could not happen cleaned up nothing (R4)"
     quarantined = buffer_dir / "quarantine" / poisoned.name
     assert end_marker(quarantined).read_text() == f"{acked_end}\n"
     assert "could not be moved to" in caplog.text and "it stays in the buffer" in caplog.text
