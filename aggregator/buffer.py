@@ -540,18 +540,24 @@ class Buffer:
 
     async def _seal_whole_frames(self, torn: _Torn) -> None:
         """Seal a torn segment whose whole frames are fsync'd (acknowledged once this returns)
-        at the end of the last one: cut there, or else marked (closes its file)."""
-        segment = torn.segment
+        at the end of the last one (:meth:`_seal_at`)."""
+        await self._seal_at(torn.segment, torn.fd, torn.end, "the partial frame of a failed write")
+
+    async def _seal_at(self, segment: Segment, fd: int, size: int, what: str) -> None:
+        """Seal ``segment`` (its file open at ``fd``, closed here) at ``size`` bytes: cut there,
+        or else marked as not to be read past it (:attr:`Segment.end`). A segment with nothing
+        before ``size`` is deleted instead (if that fails, it is sealed empty: end 0). ``what``
+        names the bytes after ``size``, for the log line of a failed cut."""
         cut = await asyncio.get_running_loop().run_in_executor(
-            None, _cut_back, segment.path, torn.fd, torn.end, "the partial frame of a failed write"
+            None, _cut_back, segment.path, fd, size, what
         )
-        if torn.end == 0:  # the failed write was its first: nothing to flush
+        if size == 0:
             with contextlib.suppress(OSError):
                 segment.path.unlink()
                 end_marker(segment.path).unlink(missing_ok=True)
-            return
+                return
         if not cut:
-            segment = Segment(segment.seq, segment.path, torn.end)
+            segment = Segment(segment.seq, segment.path, size)
         self._sealed.append(segment)
         self._sealed_bytes += segment.size
 
@@ -580,13 +586,10 @@ class Buffer:
 
     async def _seal_acked(self, segment: Segment, fd: int, synced: _Synced) -> None:
         """Seal ``segment`` (its file open at ``fd``, closed here) without the frames after its
-        last good fsync: cut off, or else marked as not to be read (:attr:`Segment.end`)."""
+        last good fsync (:meth:`_seal_at`)."""
         keys = self._chunks.pop(segment.seq, [])[: synced.chunks]
         if keys:  # those of failed appends are forgotten: their resends must be stored
             self._chunks[segment.seq] = keys
-        cut = await asyncio.get_running_loop().run_in_executor(
-            None, _cut_back, segment.path, fd, synced.size
-        )
         log.warning(
             "buffer segment %s %s at its last good fsync (%d bytes): the messages written after "
             "it were not acknowledged, their clients resend them, and they are not flushed from it",
@@ -594,15 +597,9 @@ class Buffer:
             "dropped" if synced.size == 0 else "sealed",
             synced.size,
         )
-        if synced.size == 0:  # nothing in it was acknowledged
-            with contextlib.suppress(OSError):  # (else flushed as empty: end 0)
-                segment.path.unlink()
-                end_marker(segment.path).unlink(missing_ok=True)
-                return
-        if not cut:
-            segment = Segment(segment.seq, segment.path, synced.size)
-        self._sealed.append(segment)
-        self._sealed_bytes += segment.size
+        await self._seal_at(
+            segment, fd, synced.size, "the unacknowledged frames after a failed fsync"
+        )
 
     # --- sealing and deleting ---------------------------------------------------------------
 
@@ -804,9 +801,7 @@ def _settle(waiters: list[asyncio.Future[None]], exc: BaseException | None = Non
             w.set_exception(exc)
 
 
-def _cut_back(
-    path: Path, fd: int, size: int, what: str = "the unacknowledged frames after a failed fsync"
-) -> bool:
+def _cut_back(path: Path, fd: int, size: int, what: str) -> bool:
     """Truncate a segment's file to ``size`` durably and close it; if the disk refuses either
     step, record ``size`` as where its acknowledged frames end and return False (blocking).
     ``what`` follows ``size``, for the log line."""
