@@ -337,21 +337,30 @@ def check_athena_budget(common: Common, prep: Prepared) -> None:
     query runs.
     """
     from athena.engines.result import ScanBudgetError
-    from athena.partitions import plan
     from athena.queries import tables_of
     from athena.schema import TABLES
-    from athena.warehouse import open_warehouse
 
-    wh = open_warehouse(common.warehouse)
     # Every table the statement reads (``services`` reads both), not only the main one.
     tables = sorted(tables_of(prep.sql) & set(TABLES)) or [prep.table]
-    size = sum(p.bytes for t in tables for p in plan(wh, t, prep.services, prep.trange))
+    size = partition_bytes(common, tables, prep.services, prep.trange)
     if common.max_scan_bytes is not None and size > common.max_scan_bytes:
         raise ScanBudgetError(
             f"the partitions in range hold {size:,} bytes, over --max-scan-bytes "
             f"{common.max_scan_bytes:,}; the query was not started. Narrow --since/--until or "
             "--service"
         )
+
+
+def partition_bytes(
+    common: Common, tables: list[str], services: list[str] | None, trange: Any
+) -> int:
+    """Bytes of the files of ``tables`` in the partitions of ``services`` and ``trange`` (all
+    when None), listed in ``--warehouse``: what bounds an Athena scan of them."""
+    from athena.partitions import plan
+    from athena.warehouse import open_warehouse
+
+    wh = open_warehouse(common.warehouse)
+    return sum(p.bytes for t in tables for p in plan(wh, t, services, trange))
 
 
 #: The canned queries that group by service: in a table (or markdown) the service column is

@@ -120,11 +120,9 @@ def _check_athena_budget(
     if common.max_scan_bytes is None or not common.warehouse or not tables:
         return
     from athena.engines.result import ScanBudgetError
-    from athena.partitions import plan
-    from athena.warehouse import open_warehouse
+    from cli.runner import partition_bytes
 
-    wh = open_warehouse(common.warehouse)
-    size = sum(p.bytes for t in tables for p in plan(wh, t, services, trange))
+    size = partition_bytes(common, tables, services, trange)
     if size > common.max_scan_bytes:
         scope = "in range" if trange is not None else "of every hour (no --since/--until)"
         raise ScanBudgetError(
