@@ -4,6 +4,7 @@ read back what it wrote."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import socket
@@ -199,3 +200,17 @@ async def http_get(port: int, path: str) -> tuple[int, str]:
     writer.close()
     head, _, body = response.partition("\r\n\r\n")
     return int(head.split()[1]), body
+
+
+#: The real system calls, before a test's fault injection replaces them (os.* is patched).
+REAL_FSYNC = os.fsync
+REAL_FTRUNCATE = os.ftruncate
+REAL_WRITE = os.write
+
+
+def is_segment(fd: int) -> bool:
+    """Whether ``fd`` is open on a buffer segment file (fault injection hits only those)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}").endswith(".seg")
+    except OSError:
+        return False

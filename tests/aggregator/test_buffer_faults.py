@@ -18,17 +18,7 @@ from pathlib import Path
 import pytest
 
 from aggregator.buffer import Buffer, read_frames
-
-_REAL_FSYNC = os.fsync
-_REAL_FTRUNCATE = os.ftruncate
-_REAL_WRITE = os.write
-
-
-def _is_segment(fd: int) -> bool:
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}").endswith(".seg")
-    except OSError:
-        return False
+from tests.aggregator.helpers import REAL_FSYNC, REAL_FTRUNCATE, REAL_WRITE, is_segment
 
 
 class RandomDisk:
@@ -52,20 +42,20 @@ class RandomDisk:
         monkeypatch.undo()
 
     def write(self, fd: int, data: bytes | memoryview) -> int:
-        if self.armed and _is_segment(fd) and self.tears.random() < 0.08:
-            _REAL_WRITE(fd, bytes(data)[: self.tears.randrange(1, len(data))])
+        if self.armed and is_segment(fd) and self.tears.random() < 0.08:
+            REAL_WRITE(fd, bytes(data)[: self.tears.randrange(1, len(data))])
             raise OSError(errno.ENOSPC, "No space left on device")
-        return _REAL_WRITE(fd, data)
+        return REAL_WRITE(fd, data)
 
     def fsync(self, fd: int) -> None:
-        if self.armed and _is_segment(fd) and self.fsyncs.random() < 0.25:
+        if self.armed and is_segment(fd) and self.fsyncs.random() < 0.25:
             raise OSError(errno.EIO, "Input/output error")
-        _REAL_FSYNC(fd)
+        REAL_FSYNC(fd)
 
     def ftruncate(self, fd: int, n: int) -> None:
-        if self.armed and _is_segment(fd) and self.truncates.random() < 0.3:
+        if self.armed and is_segment(fd) and self.truncates.random() < 0.3:
             raise OSError(errno.EIO, "Input/output error")
-        _REAL_FTRUNCATE(fd, n)
+        REAL_FTRUNCATE(fd, n)
 
 
 def _key(payload: bytes) -> bytes:

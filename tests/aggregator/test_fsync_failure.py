@@ -33,17 +33,7 @@ from aggregator.chunks import frame_payload
 from aggregator.config import Settings
 from aggregator.decode import records_batch
 from shipper import wire
-from tests.aggregator.helpers import read_table, record
-
-_REAL_FSYNC = os.fsync
-_REAL_FTRUNCATE = os.ftruncate
-
-
-def _is_segment(fd: int) -> bool:
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}").endswith(".seg")
-    except OSError:
-        return False
+from tests.aggregator.helpers import REAL_FSYNC, REAL_FTRUNCATE, is_segment, read_table, record
 
 
 class FailingDisk:
@@ -61,10 +51,10 @@ class FailingDisk:
         monkeypatch.setattr(os, "ftruncate", self.ftruncate)
 
     def ftruncate(self, fd: int, length: int) -> None:
-        if self.truncates and _is_segment(fd):
+        if self.truncates and is_segment(fd):
             self.truncates -= 1
             raise OSError(errno.EIO, "Input/output error")
-        _REAL_FTRUNCATE(fd, length)
+        REAL_FTRUNCATE(fd, length)
 
     def arm(self, cut: bool) -> None:
         """Fail the next fsync of a segment, and if not ``cut``, the cut that follows it."""
@@ -72,7 +62,7 @@ class FailingDisk:
         self.truncates = 0 if cut else 1
 
     def __call__(self, fd: int) -> None:
-        if self.fail and _is_segment(fd):
+        if self.fail and is_segment(fd):
             self.fail -= 1
             self.failed += 1
             self.entered.set()
@@ -80,7 +70,7 @@ class FailingDisk:
                 assert self.gate.wait(30), "the test never opened the gate"
                 self.gate = None
             raise OSError(errno.EIO, "Input/output error")
-        _REAL_FSYNC(fd)
+        REAL_FSYNC(fd)
 
 
 #: Chunk keys (16 bytes, as chunks.chunk_key makes them).

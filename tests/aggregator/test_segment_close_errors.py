@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from aggregator.buffer import Buffer
-from tests.aggregator.test_torn_write import Disk, _frame, _is_segment, _texts
+from tests.aggregator.helpers import is_segment
+from tests.aggregator.test_torn_write import Disk, _frame, _texts
 
 _REAL_CLOSE = os.close
 
@@ -26,7 +27,7 @@ def test_a_close_error_while_sealing_aside_does_not_stop_the_acks(
     fail_close: list[int] = []
 
     def close(fd: int) -> None:
-        segment = _is_segment(fd)
+        segment = is_segment(fd)
         _REAL_CLOSE(fd)
         if fail_close and segment:
             fail_close.pop()

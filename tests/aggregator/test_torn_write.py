@@ -21,17 +21,7 @@ from pathlib import Path
 import pytest
 
 from aggregator.buffer import Buffer, Segment, end_marker, read_frames
-
-_REAL_FSYNC = os.fsync
-_REAL_FTRUNCATE = os.ftruncate
-_REAL_WRITE = os.write
-
-
-def _is_segment(fd: int) -> bool:
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}").endswith(".seg")
-    except OSError:
-        return False
+from tests.aggregator.helpers import REAL_FSYNC, REAL_FTRUNCATE, REAL_WRITE, is_segment
 
 
 class Disk:
@@ -48,20 +38,20 @@ class Disk:
         monkeypatch.setattr(os, "fsync", self.fsync)
 
     def write(self, fd: int, data: bytes | memoryview) -> int:
-        if self.tears and _is_segment(fd):
+        if self.tears and is_segment(fd):
             self.tears -= 1
-            _REAL_WRITE(fd, bytes(data)[:10])  # part of the frame reaches the file...
+            REAL_WRITE(fd, bytes(data)[:10])  # part of the frame reaches the file...
             raise OSError(errno.ENOSPC, "No space left on device")  # ...then the disk fills
-        return _REAL_WRITE(fd, data)
+        return REAL_WRITE(fd, data)
 
     def ftruncate(self, fd: int, length: int) -> None:
-        if self.truncates and _is_segment(fd):
+        if self.truncates and is_segment(fd):
             self.truncates -= 1
             raise OSError(errno.EIO, "Input/output error")
-        _REAL_FTRUNCATE(fd, length)
+        REAL_FTRUNCATE(fd, length)
 
     def fsync(self, fd: int) -> None:
-        if _is_segment(fd):
+        if is_segment(fd):
             if self.gate is not None:
                 gate, self.gate = self.gate, None
                 self.entered.set()
@@ -69,7 +59,7 @@ class Disk:
             if self.fsyncs:
                 self.fsyncs -= 1
                 raise OSError(errno.EIO, "Input/output error")
-        _REAL_FSYNC(fd)
+        REAL_FSYNC(fd)
 
 
 def _frame(text: str) -> bytes:
