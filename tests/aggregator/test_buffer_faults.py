@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -62,27 +63,38 @@ def _key(payload: bytes) -> bytes:
     return payload[:16].ljust(16, b"-")
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_random_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+@dataclass
+class Run:
+    """What a random run did: the buffer after it (closed), and its appends by outcome."""
+
+    buffer: Buffer
+    acked: list[bytes] = field(default_factory=list)
+    failed: list[bytes] = field(default_factory=list)
+    torn: list[bytes] = field(default_factory=list)
+
+
+def run_random(path: Path, monkeypatch: pytest.MonkeyPatch, seed: int, pipeline: int = 1) -> Run:
+    """Six writers append 60 frames each, ``pipeline`` at a time before awaiting them, while a
+    sealer seals 40 times, on a disk that fails at random (:class:`RandomDisk`)."""
     disk = RandomDisk(seed)
-    buffer = Buffer(tmp_path / "buf", 4096, 1 << 30)
-    acked: list[bytes] = []
-    failed: list[bytes] = []
-    torn: list[bytes] = []
+    run = Run(Buffer(path, 4096, 1 << 30))
+    buffer = run.buffer
 
     async def writer(w: int) -> None:
-        for i in range(60):
-            payload = f"w{w}-{i}".encode().ljust(40, b".")
-            try:
-                fut = buffer.write(payload, chunk=_key(payload))
-            except OSError:
-                torn.append(payload)
-                continue
-            try:
-                await fut
-                acked.append(payload)
-            except OSError:
-                failed.append(payload)
+        for i in range(0, 60, pipeline):
+            futs = []
+            for j in range(i, i + pipeline):
+                payload = f"w{w}-{j:03d}".encode().ljust(40, b".")
+                try:
+                    futs.append((payload, buffer.write(payload, chunk=_key(payload))))
+                except OSError:  # a torn write: refused at once
+                    run.torn.append(payload)
+            for payload, fut in futs:
+                try:
+                    await fut
+                    run.acked.append(payload)
+                except OSError:
+                    run.failed.append(payload)
             if disk.writers.random() < 0.3:
                 await asyncio.sleep(0)
 
@@ -103,6 +115,13 @@ def test_random_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: 
             await buffer.close()
 
     asyncio.run(scenario())
+    return run
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    run = run_random(tmp_path / "buf", monkeypatch, seed)
+    buffer, acked, failed, torn = run.buffer, run.acked, run.failed, run.torn
     assert failed and acked and torn, "every kind of failure was injected"
     stored = [p for s in buffer.sealed() for p in read_frames(s.path, s.end)]
     assert sorted(stored) == sorted(acked), (len(stored), len(acked), len(failed), len(torn))
