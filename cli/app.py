@@ -53,6 +53,9 @@ def _main(
 
     Example: logq errors --service recipe --since 1h
     """
+    from cli.notes import forget_notes
+
+    forget_notes()  # a new invocation notes afresh (tests run many in one process)
 
 
 COMMANDS = [

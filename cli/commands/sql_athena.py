@@ -40,9 +40,6 @@ def run_on_athena(common: Common, statement: str) -> tuple[Any, str | None]:
     otherwise: the caller exits :data:`cli.explain.NO_DATA_EXIT` when the answer is empty)."""
     from athena.scoped import Scope, scope_statement
     from cli import runner
-    from cli.notes import forget_notes
-
-    forget_notes()  # a new command (tests run many in one process) notes afresh
 
     services, trange = flag_scope(common)
     scope = Scope(services, trange)
