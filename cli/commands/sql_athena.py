@@ -13,21 +13,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from cli.commands.tables import split_explain
+from cli.commands.tables import flag_scope, split_explain
 from cli.options import Common
-
-
-def flag_scope(common: Common) -> tuple[list[str] | None, Any]:
-    """``--service`` and ``--since``/``--until`` as the rows the tables show, on either engine:
-    the stored service names (None: all) and the time range (None: every row; without --since
-    it starts at the epoch)."""
-    from athena.timerange import TimeRange
-    from cli import runner
-
-    services = runner.normalise_services(common.service)
-    if not (common.since or common.until):
-        return services, None
-    return services, TimeRange.parse(common.since, common.until, open_start=True)
 
 
 def run_on_athena(common: Common, statement: str) -> tuple[Any, str | None]:

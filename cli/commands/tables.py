@@ -54,8 +54,6 @@ def sql(
             explain, query = split_explain(statement)
             check_read_only(query, inner=explain is not None)
             engine = runner.make_engine(common)
-            from cli.commands.sql_athena import flag_scope
-
             services, trange = flag_scope(common)
             scopes = {t: engine.plan(t, services, trange) for t in tables_of(query) & set(TABLES)}
             if scopes and not any(scopes.values()):
@@ -89,6 +87,19 @@ def sql(
         runner.show(common, result)
     if no_answer is not None:
         raise typer.Exit(NO_DATA_EXIT)
+
+
+def flag_scope(common: Common) -> tuple[list[str] | None, Any]:
+    """``--service`` and ``--since``/``--until`` as the rows the tables show, on either engine:
+    the stored service names (None: all) and the time range (None: every row; without --since
+    it starts at the epoch)."""
+    from athena.timerange import TimeRange
+    from cli import runner
+
+    services = runner.normalise_services(common.service)
+    if not (common.since or common.until):
+        return services, None
+    return services, TimeRange.parse(common.since, common.until, open_start=True)
 
 
 #: Statement kinds ``logq sql`` runs locally (sqlglot's names); ``Command`` is checked by word.
