@@ -292,16 +292,44 @@ def services(common: Common) -> None:
     (the newest line of either table in those hours). Default range: every hour locally (it
     only lists folders), the last 1d on Athena (where it is a billed scan).
     """
-    from cli import runner
 
     with friendly():
         if common.engine is EngineName.athena:
-            prep = runner.prepare(common, "services", "envoy_access")
-            result = runner.execute(common, prep)
-            if result is not None:
-                runner.show(common, result, prep, title="services")
+            _services_athena(common)
             return
         _services_local(common)
+
+
+def _services_athena(common: Common) -> None:
+    """``logq services`` on Athena: the canned query, whose ``newest`` is the newest line not
+    stamped ahead of this clock, as locally; its ``ahead`` column becomes a note per service."""
+    from datetime import UTC, datetime, timedelta
+
+    from athena.timerange import sql_timestamp
+    from cli import runner
+    from cli.explain import ahead_text
+    from cli.notes import note
+    from cli.output import CLOCK_TOLERANCE_SECONDS
+
+    cap = datetime.now(UTC) + timedelta(seconds=CLOCK_TOLERANCE_SECONDS)
+    prep = runner.prepare(common, "services", "envoy_access", {"now": sql_timestamp(cap)})
+    result = runner.execute(common, prep)
+    if result is None:
+        return
+    ahead = split_ahead(result)
+    runner.show(common, result, prep, title="services")
+    for svc, when in ahead.items():
+        note(f"logq: note: {svc} also has rows{ahead_text(when)}")
+
+
+def split_ahead(result: Any) -> dict[str, Any]:
+    """Take the ``ahead`` column out of a ``services`` answer: the newest time of the rows
+    stamped ahead of the clock, by service (services without such rows left out)."""
+    at = result.columns.index("ahead")
+    ahead = {row[0]: row[at] for row in result.rows if row[at] is not None}
+    result.columns = [c for i, c in enumerate(result.columns) if i != at]
+    result.rows = [row[:at] + row[at + 1 :] for row in result.rows]
+    return ahead
 
 
 def _services_local(common: Common) -> None:

@@ -12,6 +12,7 @@ COMMON = {
     "dt_to": "2026-11-28-00",
     "since": "2026-11-27 23:00:00.000",
     "until": "2026-11-28 00:30:00.000",
+    "now": "2026-11-28 00:31:00.000",
     "all_services": False,
     "services": ["recipe"],
     "path_prefix": "",

@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -188,16 +189,27 @@ def test_tail_and_services_on_athena(logq, moto: str) -> None:
     queue_result(
         moto,
         [("service", "varchar"), ("access_hours", "bigint"), ("log_hours", "bigint"),
-         ("newest", "timestamp")],
-        [["recipe", 10, 4, "2026-11-28 00:00:02.000"]],
+         ("newest", "timestamp"), ("ahead", "timestamp")],
+        [["recipe", 10, 4, "2026-11-28 00:00:02.000", None],
+         ["search", 3, 0, "2026-11-28 00:00:01.000", "2099-01-01 00:00:00.000"]],
     )  # fmt: skip
     run = logq("services", "-f", "json", *ATHENA)
+    assert run.exit_code == 0, run.stderr
     assert run.json() == [
         {"service": "recipe", "access_hours": 10, "log_hours": 4,
-         "newest": "2026-11-28T00:00:02.000Z"}
+         "newest": "2026-11-28T00:00:02.000Z"},
+        {"service": "search", "access_hours": 3, "log_hours": 0,
+         "newest": "2026-11-28T00:00:01.000Z"},
     ]  # fmt: skip
+    # Rows ahead of this clock are named apart, as the local engine does, not as the newest.
+    assert "search also has rows (rows stamped up to 2099-01-01T00:00:00.000Z" in run.stderr
+    assert "recipe also has rows" not in run.stderr
     sent = executions(moto)[-1]["Query"]
     assert "FROM container_logs" in sent and "count(DISTINCT dt) AS access_hours" in sent
+    now = re.search(r"\"timestamp\" <= CAST\('([0-9: .-]+)' AS timestamp\)", sent)
+    assert now is not None, sent
+    sent_now = datetime.fromisoformat(now[1] + "+00:00")
+    assert abs(sent_now - datetime.now(UTC)) < timedelta(minutes=1)
 
 
 def test_athena_settings_from_environment(logq, moto: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -255,8 +267,9 @@ def test_services_has_the_same_columns_and_answer_on_both_engines(
     from athena.engines.local import LocalEngine
     from athena.partitions import plan
     from athena.queries import load
-    from athena.timerange import TimeRange
+    from athena.timerange import TimeRange, sql_timestamp
     from athena.warehouse import open_warehouse
+    from cli.commands.tables import split_ahead
 
     rng = ["--since", "2026-11-27T23:00:00Z", "--until", "2026-11-28T01:00:00Z"]
     local = logq("services", *rng, "-f", "json", "--warehouse", warehouse.uri)
@@ -269,7 +282,9 @@ def test_services_has_the_same_columns_and_answer_on_both_engines(
     wh = open_warehouse(warehouse.uri)
     scopes = {t: plan(wh, t, None, None) for t in ("envoy_access", "container_logs")}
     params = {**span.sql_params(), "all_services": True, "services": [""]}
+    params["now"] = sql_timestamp(datetime.now(UTC))
     result = LocalEngine(warehouse.uri).run(load("services").text, params, scopes)
+    assert split_ahead(result) == {}
     assert result.columns == list(local.json()[0])
     assert result.columns == ["service", "access_hours", "log_hours", "newest"]
     on_duckdb = [
