@@ -40,6 +40,10 @@ DDL_DIR = "_ddl"
 _PARTITION_RE = re.compile(r"^service=(.+)$")
 ATHENA_POLL_SECONDS = 0.2
 ATHENA_TIMEOUT_SECONDS = 120.0
+#: How long a DDL statement left to finish (:class:`StillRunning`) is waited for before it is
+#: stopped and the DDL sent again: a statement stuck that long (Athena lets DDL run for hours)
+#: would otherwise keep every new service out of the enum, so out of every query, until then.
+PENDING_LIMIT_SECONDS = 1800.0
 
 
 class CatalogError(RuntimeError):
@@ -75,9 +79,10 @@ class Catalog:
         failed update leaves the ones it missed out of it, so the next flush or resync tries
         again even when no service is new to it."""
         self._region_warned = False
-        self._pending: str | None = None
-        """A DDL statement given up on while still queued or running: the next update waits
-        for it (:class:`StillRunning`)."""
+        self._pending: tuple[str, float] | None = None
+        """A DDL statement given up on while still queued or running, and when (monotonic)
+        it was: the next update waits for it (:class:`StillRunning`), for up to
+        :data:`PENDING_LIMIT_SECONDS`."""
 
     def load(self) -> set[str]:
         """Add the services that have a partition folder in any table; returns them."""
@@ -205,19 +210,42 @@ class Catalog:
                 statements.append((ddl.add_columns(TABLES[table], columns, db), db))
         statements += [(ddl.set_service_values(t, self.services, db), db) for t in TABLES.values()]
         if self._pending is not None:  # the last update's statement, still queued or running
-            state = _state(client, self._pending)
-            if state in ("QUEUED", "RUNNING"):
-                raise CatalogError(
-                    f"the DDL statement {self._pending} sent earlier is still {state} in "
-                    "Athena; the update is sent once it has finished"
-                )
-            self._pending = None  # finished either way: this update sends the whole DDL again
+            self._wait_for_pending(client, *self._pending)
+            self._pending = None  # finished or stopped: this update sends the whole DDL again
         for sql, database in statements:
             try:
                 run_athena(client, sql, database, self.settings)
             except StillRunning as slow:
-                self._pending = slow.qid
+                self._pending = (slow.qid, time.monotonic())
                 raise
+
+    def _wait_for_pending(self, client: Any, qid: str, since: float) -> None:
+        """Raise :class:`CatalogError` while the statement ``qid`` given up on at ``since`` is
+        still queued or running; once it has been for :data:`PENDING_LIMIT_SECONDS`, stop it
+        (its enum is older than the one about to be sent, so nothing is lost)."""
+        state = _state(client, qid)
+        if state not in ("QUEUED", "RUNNING"):
+            return
+        waited = time.monotonic() - since
+        if waited < PENDING_LIMIT_SECONDS:
+            raise CatalogError(
+                f"the DDL statement {qid} sent earlier is still {state} in Athena; the update "
+                "is sent once it has finished"
+            )
+        log.warning(
+            "the DDL statement %s sent %.0f minutes ago is still %s in Athena: stopping it and "
+            "sending the DDL again (check the workgroup's queue if this repeats)",
+            qid,
+            waited / 60,
+            state,
+        )
+        try:
+            client.stop_query_execution(QueryExecutionId=qid)
+        except Exception as exc:
+            raise CatalogError(
+                f"the DDL statement {qid} sent earlier is still {state} in Athena and could not "
+                f"be stopped ({exc}); the update is sent once it has finished"
+            ) from exc
 
 
 def run_athena(client: Any, sql: str, database: str | None, settings: Settings) -> str:

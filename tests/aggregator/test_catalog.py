@@ -220,6 +220,46 @@ def test_a_ddl_statement_given_up_on_is_waited_for_not_raced(
     assert not any(r["Status"]["State"] == "CANCELLED" for r in runs)
 
 
+def test_a_ddl_statement_pending_past_the_limit_is_stopped_and_the_ddl_sent_again(
+    tmp_path: Path, moto_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A statement left to finish is waited for only up to PENDING_LIMIT_SECONDS: one stuck
+    longer (Athena lets DDL run for hours) is stopped and the whole DDL sent again, rather than
+    keeping new services out of the enum until Athena gives up on it."""
+    from aggregator import catalog as catalog_mod
+    from tests.athena.athena_moto import athena_env, executions, set_progression
+
+    athena_env(monkeypatch, moto_server)
+    monkeypatch.setattr(catalog_mod, "ATHENA_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr(catalog_mod, "ATHENA_POLL_SECONDS", 0.05)
+    db = f"logs_{uuid.uuid4().hex[:8]}"
+    catalog = Catalog(
+        open_warehouse(str(tmp_path / "wh"), create=True),
+        Settings(athena_database=db, athena_output="s3://athena-results/"),
+    )
+    catalog.services = {"recipe"}
+
+    def mine() -> list[dict]:
+        return [e for e in executions(moto_server) if db in e["Query"]]
+
+    set_progression(moto_server, 600.0)  # stays QUEUED for the whole test
+    try:
+        with pytest.raises(catalog_mod.StillRunning):
+            catalog.apply_athena()
+        [stuck] = mine()
+        with pytest.raises(CatalogError, match="sent earlier is still QUEUED"):
+            catalog.apply_athena()  # within the limit: waited for, nothing sent
+        assert len(mine()) == 1
+        monkeypatch.setattr(catalog_mod, "PENDING_LIMIT_SECONDS", 0.0)  # as if 30 min passed
+        with pytest.raises(catalog_mod.StillRunning):
+            catalog.apply_athena()  # past it: stopped, and the DDL sent again
+        runs = {e["QueryExecutionId"]: e for e in mine()}
+        assert runs[stuck["QueryExecutionId"]]["Status"]["State"] == "CANCELLED"
+        assert len(runs) == 2
+    finally:
+        set_progression(moto_server, None)
+
+
 class _Refusing:
     """An Athena client whose every statement fails as Athena fails one without a result
     location (moto's server runs every query it is given)."""
