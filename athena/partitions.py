@@ -86,24 +86,29 @@ def list_dts(wh: Warehouse, table: str, service: str) -> list[str]:
     return sorted(_subdirs(wh, wh.path(table, f"service={service}"), "dt"))
 
 
-def list_files(wh: Warehouse, path: str) -> tuple[DataFile, ...]:
-    """The data files of one partition folder, by the reader rule, in name order."""
+def list_files(wh: Warehouse, path: str, every_file: bool = False) -> tuple[DataFile, ...]:
+    """The data files of one partition folder, by the reader rule, in name order (with
+    ``every_file``, the inputs of an unfinished compaction too: Athena reads them)."""
     import pyarrow.fs as pafs
 
     infos = wh.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return _data_files(wh, path, [i for i in infos if i.type == pafs.FileType.File])
+    return _data_files(wh, path, [i for i in infos if i.type == pafs.FileType.File], every_file)
 
 
-def _data_files(wh: Warehouse, folder: str, infos: list[FileInfo]) -> tuple[DataFile, ...]:
+def _data_files(
+    wh: Warehouse, folder: str, infos: list[FileInfo], every_file: bool = False
+) -> tuple[DataFile, ...]:
     """The data files among ``infos`` (the files of one listing of ``folder``), in name order,
-    less those a compaction intent there says are replaced (:func:`athena.intents.superseded`:
-    a merge whose input deletes failed, or were cut by a kill, would count its rows twice until
-    the next compaction pass). Reading the intents is the only cost, and only when there is one.
+    less (unless ``every_file``) those a compaction intent there says are replaced
+    (:func:`athena.intents.superseded`: a merge whose input deletes failed, or were cut by a
+    kill, would count its rows twice until the next compaction pass). Reading the intents is
+    the only cost, and only when there is one.
     """
     from athena.intents import is_intent, superseded
 
     names = [i.base_name for i in infos]
-    skipped = superseded(wh.fs, folder, names) if any(map(is_intent, names)) else frozenset()
+    skip = not every_file and any(map(is_intent, names))
+    skipped = superseded(wh.fs, folder, names) if skip else frozenset()
     files = [
         DataFile(i.path, i.size or 0)
         for i in infos
@@ -129,11 +134,14 @@ def plan(
     table: str,
     services: list[str] | None,
     trange: TimeRange | None,
+    every_file: bool = False,
 ) -> list[Partition]:
     """Partitions (with files) a query over ``table`` reads, in (service, dt) order.
 
     ``services`` None means every service; names are matched as sanitised partition values.
     ``trange`` None means every hour. Partitions without data files are left out.
+    ``every_file``: what Athena reads, which cannot skip the inputs of an unfinished compaction
+    (see :func:`list_files`), rather than what the local engine reads.
 
     How each service's files are found (on S3 :data:`S3_LISTING_THREADS` listings at once,
     :func:`_ordered`; the result is the same either way):
@@ -162,8 +170,8 @@ def plan(
         def files_of(job: _Job) -> tuple[DataFile, ...] | dict[str, tuple[DataFile, ...]]:
             svc, dt = job
             if dt is None:
-                return _walk_service(wh, present[svc])
-            return list_files(wh, f"{present[svc]}/dt={dt}")
+                return _walk_service(wh, present[svc], every_file)
+            return list_files(wh, f"{present[svc]}/dt={dt}", every_file)
 
         listed = _ordered(files_of, jobs, workers)
     out = []
@@ -221,7 +229,9 @@ def _io_threads(count: int) -> Iterator[None]:
         pa.set_io_thread_count(before)
 
 
-def _walk_service(wh: Warehouse, path: str) -> dict[str, tuple[DataFile, ...]]:
+def _walk_service(
+    wh: Warehouse, path: str, every_file: bool = False
+) -> dict[str, tuple[DataFile, ...]]:
     """``dt -> data files`` of every ``dt=`` folder directly under the S3 service folder
     ``path``, from one recursive listing (one request per 1,000 keys, no delimiter). The same
     files :func:`list_files` finds in each folder: files nested deeper, or in folders that are
@@ -238,7 +248,10 @@ def _walk_service(wh: Warehouse, path: str) -> dict[str, tuple[DataFile, ...]]:
         if not folder.startswith("dt=") or "/" in folder or len(folder) == 3:
             continue
         found.setdefault(folder, []).append(info)
-    hours = {folder[3:]: _data_files(wh, f"{path}/{folder}", got) for folder, got in found.items()}
+    hours = {
+        folder[3:]: _data_files(wh, f"{path}/{folder}", got, every_file)
+        for folder, got in found.items()
+    }
     return {dt: files for dt, files in hours.items() if files}
 
 

@@ -360,7 +360,7 @@ def partition_bytes(
     from athena.warehouse import open_warehouse
 
     wh = open_warehouse(common.warehouse)
-    return sum(p.bytes for t in tables for p in plan(wh, t, services, trange))
+    return sum(p.bytes for t in tables for p in plan(wh, t, services, trange, every_file=True))
 
 
 #: The canned queries that group by service: in a table (or markdown) the service column is

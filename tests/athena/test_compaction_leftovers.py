@@ -208,6 +208,28 @@ def test_a_complete_output_stands_for_its_inputs(hour_folder) -> None:
     assert _rows(uri) == rows
 
 
+def test_the_athena_scan_budget_counts_what_athena_reads_inputs_included(
+    hour_folder,
+) -> None:
+    """Athena cannot skip the inputs of a merge whose deletes are pending: ``--max-scan-bytes``
+    on Athena must count them (it counted what the local engine reads, so it let through
+    queries that then scanned more than the budget)."""
+    from types import SimpleNamespace
+
+    from cli.runner import partition_bytes
+
+    uri, folder, names, _ = hour_folder
+    merged = names[:3]
+    _intent(folder, merged, "c-0005.parquet", _merged(folder, merged, "c-0005.parquet"))
+    on_disk = sum((folder / n).stat().st_size for n in [*names, "c-0005.parquet"])
+    read_locally = sum(f.size for f in list_files(open_warehouse(uri), str(folder)))
+    assert read_locally < on_disk
+    common: Any = SimpleNamespace(warehouse=uri)  # all partition_bytes reads of the options
+    hour = TimeRange.parse("2026-11-27T22:00:00Z", "2026-11-27T23:00:00Z")
+    assert partition_bytes(common, ["envoy_access"], ["a"], hour) == on_disk
+    assert partition_bytes(common, ["envoy_access"], None, None) == on_disk
+
+
 def test_a_short_output_is_skipped_and_its_inputs_read(hour_folder) -> None:
     """Cut short (a streamed S3 merge that failed, before its rollback deletes it): the inputs
     are the truth, as compaction's recovery decides."""
