@@ -131,7 +131,7 @@ def structure_sizes(shipper: Any) -> dict[str, int]:
     (attributes a checkout may not have count as -1)."""
     import shipper.discover as discover
     import shipper.fd_budget as fd_budget
-    import shipper.tailer as tailer
+    import shipper.resume as resume
 
     def size(obj: Any, *names: str) -> int:
         for name in names:
@@ -158,7 +158,7 @@ def structure_sizes(shipper: Any) -> dict[str, int]:
         "missing": size(shipper, "_missing"),
         "gauge_paths": size(shipper, "_gauge_paths"),
         "checkpoints": size(shipper, "registry", "_files"),
-        "last_active": size(tailer, "_last_active"),
+        "last_active": size(resume, "last_active"),
         "disc_cache": sum(
             max(size(shipper, "discoverer", name), 0) for name in ("_meta", "_specs", "_cri")
         ),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shipper import wire
-from shipper.formats import Lines
+from shipper.lines import Lines
 
 
 @dataclass(slots=True)

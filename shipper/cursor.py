@@ -19,7 +19,8 @@ from pathlib import Path
 
 from shipper import fd_budget
 from shipper.checkpoint import FileState, file_key
-from shipper.formats import LineParser, Lines, overlong_line
+from shipper.formats import LineParser, overlong_line
+from shipper.lines import Lines
 
 log = logging.getLogger("logq.shipper.tailer")
 """The tailer's logger: these are its messages, and the split into modules changed none."""
@@ -72,15 +73,16 @@ class Cursor:
         it (an unfinished last line) is for the next run."""
         self.rotated_at: float | None = None
         """When the path was found to name another file (renamed away, still on disk): its
-        writer may still append for a moment (see :data:`shipper.tailer.ROTATE_WAIT_SECONDS`)."""
+        writer may still append for a moment (see
+        :data:`shipper.rotate_wait.ROTATE_WAIT_SECONDS`)."""
         self.unread_seen = False
         """The last read filled its block: the file held bytes we had not read yet."""
         self.linger_size = 0
         """Its size when it was set aside to linger (see
-        :meth:`shipper.tailer.Tailer._check_lingering`)."""
+        :meth:`shipper.rotate_wait.RotateWait._check_lingering`)."""
         self.gap_after = False
         """Files rotated in after this one were lost (see
-        :meth:`shipper.tailer.Tailer._check_overrun`): a split line still open at its end is
+        :meth:`shipper.pinning.Pinning._check_overrun`): a split line still open at its end is
         not continued by the next file's parts."""
         self.cuts = sorted(tuple(c) for c in state.cuts if c[0] > self.read_pos)
         """``(position, offset)`` of split lines flushed before a restart (see

@@ -2,7 +2,7 @@
 
 A PackedForward body is a concatenation of ``[EventTime, record]`` entries. Each record holds
 four per-line keys (``log``, ``stream``, ``time``, ``offset``) and the keys shared by the whole
-source (service, container, host...). Parsers keep lines as columns (:class:`~shipper.formats.
+source (service, container, host...). Parsers keep lines as columns (:class:`~shipper.lines.
 Lines`) with each entry's ``[EventTime,`` head already packed (one ``struct`` call per line, done
 in bulk with ``map``); here the columns are interleaved into one flat list -- the entry head, the
 map header, the per-line pairs, then the shared pairs pre-encoded once -- and msgspec encodes the
@@ -48,7 +48,7 @@ MAX_EVENT_TIME_NS = 2**32 * 1_000_000_000 - 1
 def entry_head(t_ns: int) -> msgspec.Raw:
     """The pre-encoded ``[EventTime,`` start of an entry for a time in ns since the epoch
     (within :data:`MIN_EVENT_TIME_NS` .. :data:`MAX_EVENT_TIME_NS`; parsers stamp lines
-    outside with their read time, see :class:`shipper.formats.TimeParser`)."""
+    outside with their read time, see :class:`shipper.rfc3339.TimeParser`)."""
     sec, ns = divmod(t_ns, 1_000_000_000)
     return msgspec.Raw(HEAD.pack(EVENT_TIME, sec, ns))
 

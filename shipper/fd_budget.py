@@ -6,7 +6,7 @@ allows. Log files may use the soft ``RLIMIT_NOFILE`` less a reserve (see :func:`
 so sockets to the aggregators, the checkpoint save and the metrics server always find a
 descriptor. A source that finds the budget spent waits for room (see :func:`wait_for_room`):
 one warning while waiting lasts, and idle sources close their live files for it (see
-:meth:`shipper.tailer.Tailer._park`).
+:meth:`shipper.opening.Opening._park`).
 
 The state is per process: :class:`shipper.cursor.Cursor` counts itself in and out.
 """

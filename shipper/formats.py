@@ -1,11 +1,11 @@
 """Line formats of container runtimes: Docker json-file, CRI (containerd / CRI-O) and plain text.
 
 A parser is fed *complete physical lines* (bytes, without the ``\\n``) together with the file
-offset of the first one, and returns the *logical* lines they complete as :class:`Lines`:
-columns of what each line's Forward entry needs (its event time already packed, see
-:mod:`shipper.entry`), plus the byte offset just past its last part (offsets strictly increase
-per file). Runtimes split long lines (Docker and CRI at 16 KiB): the parts are joined here, and
-the parser remembers an unfinished group across calls.
+offset of the first one, and returns the *logical* lines they complete as
+:class:`~shipper.lines.Lines`: columns of what each line's Forward entry needs (its event time
+already packed, see :mod:`shipper.entry`), plus the byte offset just past its last part (offsets
+strictly increase per file). Runtimes split long lines (Docker and CRI at 16 KiB): the parts are
+joined here, and the parser remembers an unfinished group across calls.
 
 Per-line Python work is the shipper's throughput limit, so a Docker block of ordinary complete
 lines is decoded with one msgspec call (typed, into :class:`DockerEntry`) and turned into
@@ -22,34 +22,18 @@ from __future__ import annotations
 
 import json
 import time
-from calendar import timegm
 from dataclasses import dataclass, field
-from datetime import datetime
 from itertools import accumulate, chain, islice, repeat
 from operator import add, attrgetter, getitem
-from typing import Any
 
 import msgspec
 from msgspec import Raw
 
-from shipper import wire
-from shipper.entry import (
-    EVENT_TIME,
-    HEAD,
-    MAX_EVENT_TIME_NS,
-    MIN_EVENT_TIME_NS,
-    encode_body,
-    entry_head,
-    head_time_ns,
-)
+from shipper.entry import EVENT_TIME, HEAD
+from shipper.lines import Lines
+from shipper.rfc3339 import TimeParser, now_rfc3339
 
 TRUNCATION_MARKER = " [logq-shipper: truncated {dropped} bytes]"
-_K_LOG, _K_STREAM, _K_TIME, _K_OFFSET = (
-    wire.KEY_LOG,
-    wire.KEY_STREAM,
-    wire.KEY_TIME,
-    wire.KEY_OFFSET,
-)
 _GET_LOG, _GET_STREAM, _GET_TIME = attrgetter("log"), attrgetter("stream"), attrgetter("time")
 _SECOND = slice(0, 19)
 _FRACTION = slice(20, -1)
@@ -82,175 +66,6 @@ class DockerEntry(msgspec.Struct, gc=False):
 
 
 _DOCKER_BLOCK = msgspec.json.Decoder(list[DockerEntry])
-
-
-@dataclass(slots=True)
-class Lines:
-    """Logical lines in file order, as columns: what each line's Forward entry needs.
-
-    Columns (not one object per line) let parsers fill them with whole-block C calls, and
-    :func:`shipper.entry.encode_body` interleaves them into msgpack in one call.
-    """
-
-    offsets: list[int] = field(default_factory=list)
-    """Byte offset just past the line's last part in its file."""
-    heads: list[Raw] = field(default_factory=list, repr=False)
-    """Each entry's pre-encoded ``[EventTime,`` (see :func:`shipper.entry.entry_head`)."""
-    logs: list[str] = field(default_factory=list)
-    streams: list[str] = field(default_factory=list)
-    times: list[str] = field(default_factory=list)
-    """The runtime's own RFC 3339 time text of each line."""
-    nbytes: int = 0
-    """Size of the log texts (in characters, for speed)."""
-    truncated: int = 0
-    invalid_utf8: int = 0
-    malformed: int = 0
-    bad_times: int = 0
-    """Lines whose runtime time is unparseable or outside :data:`MIN_EVENT_TIME_NS` ..
-    :data:`MAX_EVENT_TIME_NS`: their event time is the read time (the text stays in ``time``)."""
-
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-    def extend(self, other: Lines) -> None:
-        self.offsets += other.offsets
-        self.heads += other.heads
-        self.logs += other.logs
-        self.streams += other.streams
-        self.times += other.times
-        self.nbytes += other.nbytes
-        self.truncated += other.truncated
-        self.invalid_utf8 += other.invalid_utf8
-        self.malformed += other.malformed
-        self.bad_times += other.bad_times
-
-    def add(self, offset: int, t: str, t_ns: int, stream: str, log: str) -> None:
-        self.offsets.append(offset)
-        self.heads.append(entry_head(t_ns))
-        self.logs.append(log)
-        self.streams.append(stream)
-        self.times.append(t)
-        self.nbytes += len(log)
-
-    def select(self, keep: list[int]) -> Lines:
-        """The lines at the indexes ``keep`` (counters kept)."""
-        out = Lines(
-            truncated=self.truncated,
-            invalid_utf8=self.invalid_utf8,
-            malformed=self.malformed,
-            bad_times=self.bad_times,
-        )
-        for i in keep:
-            out.offsets.append(self.offsets[i])
-            out.heads.append(self.heads[i])
-            out.logs.append(self.logs[i])
-            out.streams.append(self.streams[i])
-            out.times.append(self.times[i])
-            out.nbytes += len(self.logs[i])
-        return out
-
-    def encode(self, shared: dict[str, Any]) -> memoryview:
-        """The PackedForward body of these lines with the source's ``shared`` record keys."""
-        return encode_body(self.heads, self.logs, self.streams, self.times, self.offsets, shared)
-
-    @property
-    def time_ns(self) -> list[int]:
-        """Event time of each line (ns since the epoch)."""
-        return [head_time_ns(h) for h in self.heads]
-
-    def records(self) -> list[tuple[int, dict[str, object]]]:
-        """(event time ns, per-line record keys) of every line, for tests and debugging."""
-        return [
-            (t, {_K_LOG: log, _K_STREAM: s, _K_TIME: tt, _K_OFFSET: off})
-            for t, log, s, tt, off in zip(
-                self.time_ns, self.logs, self.streams, self.times, self.offsets, strict=True
-            )
-        ]
-
-
-class TimeParser:
-    """RFC 3339 text -> ns since the epoch, with the whole-second part cached.
-
-    Lines of one second share their prefix, so a dict lookup replaces a datetime parse for
-    almost every line. Non-UTC offsets (containerd writes local time) take the slow path.
-    Only times an EventTime can carry (:data:`MIN_EVENT_TIME_NS` .. :data:`MAX_EVENT_TIME_NS`)
-    are ever cached or returned: the parsers' fast paths read the cache directly.
-    """
-
-    def __init__(self) -> None:
-        self._cache: dict[str, int] = {}
-
-    def to_ns(self, text: str) -> int | None:
-        """ns since the epoch; None when ``text`` is not RFC 3339 or is a time an EventTime
-        cannot carry (before 1970, from 2106-02-07): the caller stamps the read time."""
-        if len(text) >= 20 and text[-1] == "Z" and text[10] == "T":
-            head = text[:19]
-            sec = self._cache.get(head)
-            if sec is None:
-                sec = self._seconds(head)
-            # Cached seconds are in range, and so is any fraction added to them.
-            if sec is not None:
-                if text[19] == ".":
-                    frac = text[20:-1]
-                    if frac.isdigit() and frac.isascii():
-                        return sec * 1_000_000_000 + int(frac[:9].ljust(9, "0"))
-                elif len(text) == 20:
-                    return sec * 1_000_000_000
-        ns = self._slow(text)
-        return ns if ns is not None and MIN_EVENT_TIME_NS <= ns <= MAX_EVENT_TIME_NS else None
-
-    def seconds(self, head: str) -> int:
-        """Epoch seconds of ``YYYY-MM-DDTHH:MM:SS`` (UTC), cached; ValueError if malformed or
-        outside what an EventTime carries."""
-        sec = self._cache.get(head)
-        if sec is None:
-            sec = timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
-            self._remember(head, sec)
-        return sec
-
-    def _remember(self, head: str, sec: int) -> None:
-        """Cache ``sec``; ValueError (nothing cached) when an EventTime cannot carry it."""
-        if not MIN_EVENT_TIME_NS <= sec * 1_000_000_000 <= MAX_EVENT_TIME_NS - 999_999_999:
-            raise ValueError(f"{head} is outside the EventTime range")
-        if len(self._cache) > 4096:
-            self._cache.clear()
-        self._cache[head] = sec
-
-    def _seconds(self, head: str) -> int | None:
-        """Epoch seconds of ``head`` (cached), or None: :meth:`to_ns` takes the slow path."""
-        try:
-            sec = timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
-            self._remember(head, sec)
-        except ValueError:
-            return None
-        return sec
-
-    def _slow(self, text: str) -> int | None:
-        """Any RFC 3339 form (offsets, up to 9 fraction digits); None if unparseable."""
-        t = text.strip()
-        frac_ns = 0
-        try:
-            main, tz = t, ""
-            if t.endswith(("Z", "z")):
-                main, tz = t[:-1], "+00:00"
-            elif len(t) > 6 and t[-6] in "+-" and t[-3] == ":":
-                main, tz = t[:-6], t[-6:]
-            if "." in main:
-                main, frac = main.split(".", 1)
-                frac_ns = int(frac[:9].ljust(9, "0"))
-            dt = datetime.fromisoformat(main.replace("t", "T") + tz)
-            if dt.tzinfo is None:
-                raise ValueError("no time zone")
-            return int(dt.timestamp()) * 1_000_000_000 + frac_ns
-        except (ValueError, OverflowError):
-            return None
-
-
-def now_rfc3339(ns: int | None = None) -> str:
-    """The current time as RFC 3339 UTC with nanoseconds (the form Docker writes)."""
-    ns = time.time_ns() if ns is None else ns
-    sec, frac = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
 
 
 def decode_text(raw: bytes, counts: Lines) -> str:

@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import MetricsHandler
 
 from shipper.config import Endpoint
+from shipper.losses import LOSS_REASONS
 
 #: ``/healthz`` answers 503 once the event loop has not ticked for this long.
 STALL_SECONDS = 30.0
@@ -173,7 +174,7 @@ class Metrics:
         if service not in self._service_seen:
             for counter in self._service_counters():
                 counter.labels(service)
-            for reason in _loss_reasons():
+            for reason in LOSS_REASONS:
                 self.lost_files.labels(service, reason)
         self._service_seen[service] = self.clock()
 
@@ -195,7 +196,7 @@ class Metrics:
             for counter in self._service_counters():
                 with contextlib.suppress(KeyError):
                     counter.remove(service)
-            for reason in _loss_reasons():
+            for reason in LOSS_REASONS:
                 with contextlib.suppress(KeyError):
                     self.lost_files.remove(service, reason)
 
@@ -269,12 +270,6 @@ class Metrics:
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         return server
-
-
-def _loss_reasons() -> tuple[str, ...]:
-    from shipper.tailer import LOSS_REASONS  # tailer imports much; metrics is imported early
-
-    return tuple(LOSS_REASONS)
 
 
 def _waiting_sources() -> int:

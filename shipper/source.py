@@ -21,7 +21,7 @@ from shipper import fd_budget, wire
 from shipper.batch import Batch, encode_message, record_constants
 from shipper.discover import SourceSpec
 from shipper.errors import ShipperError
-from shipper.formats import Lines
+from shipper.lines import Lines
 from shipper.tailer import Tailer
 
 if TYPE_CHECKING:

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import sys
+import time
+import types
 from pathlib import Path
+
+import pytest
 
 from shipper.cursor import Chunk
 from shipper.discover import SourceSpec
 from shipper.tailer import Tailer
 from tests.shipper.hostgen import docker_line
+
+
+def set_clock(monkeypatch: pytest.MonkeyPatch, clock: list[float]) -> None:
+    """Make every part of :class:`Tailer` read ``clock[0]`` as the monotonic time, so backoffs
+    and waits pass when the test moves it. The parts live in several modules (see
+    :mod:`shipper.tailer`), each with its own ``time``: all of them are patched."""
+    fake = types.SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
+    parts = {sys.modules[cls.__module__] for cls in Tailer.__mro__}
+    for module in parts:
+        if getattr(module, "time", None) is time:
+            monkeypatch.setattr(module, "time", fake)
 
 
 def spec_for(path: Path, fmt: str = "docker") -> SourceSpec:

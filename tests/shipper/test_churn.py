@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from shipper import fd_budget, tailer
+from shipper import fd_budget, resume
 from shipper.checkpoint import Registry
 from shipper.discover import SourceSpec
 from shipper.tailer import Tailer
@@ -58,10 +58,10 @@ def test_a_tailer_forgets_a_source_whose_folder_is_gone(tmp_path: Path, removed:
             assert t.read() is None
             t.poll(finishing=True)
         t.close()
-        assert (f"docker:{cid}" in tailer._last_active) is not removed
+        assert (f"docker:{cid}" in resume.last_active) is not removed
         assert reg.items() == []
     finally:
-        tailer._last_active.pop(f"docker:{cid}", None)
+        resume.last_active.pop(f"docker:{cid}", None)
         reg.close()
 
 
@@ -103,7 +103,7 @@ def test_removed_containers_leave_nothing_behind(tmp_path: Path) -> None:
         await until(lambda: not shipper._gauge_paths, "a gauge tick without their files")
 
         assert shipper.client._ranks == {}, "endpoint rankings of files long done"
-        assert [k for k in tailer._last_active if k.removeprefix("docker:") in cids] == []
+        assert [k for k in resume.last_active if k.removeprefix("docker:") in cids] == []
         assert shipper.registry.items() == []
         saved = tmp_path / "state" / "checkpoints.json"
         await until(lambda: json.loads(saved.read_bytes())["files"] == {}, "the saved registry")

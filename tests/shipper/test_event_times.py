@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from shipper import wire
-from shipper.formats import CriParser, DockerParser, TimeParser
+from shipper.formats import CriParser, DockerParser
+from shipper.rfc3339 import TimeParser
 from tests.shipper.hostgen import T0, cri_line, make_container, ts
 from tests.shipper.receiver import Receiver
 from tests.support.procs import console_script

@@ -18,8 +18,9 @@ import pytest
 
 from shipper.config import load_config
 from shipper.daemon import Shipper
+from shipper.pinning import PIN_CHECK_SECONDS
 from shipper.source import SourceRunner
-from shipper.tailer import PIN_CHECK_SECONDS, Tailer
+from shipper.tailer import Tailer
 from tests.shipper.hostgen import docker_line, make_container
 from tests.shipper.receiver import Receiver
 from tests.shipper.shipping import shipper_args
@@ -222,7 +223,7 @@ def test_a_source_that_rotated_is_looked_at_more_often(tmp_path: Path) -> None:
     0.19 s, a look every 0.25 s lost 10 of 137 files in the rotation auditor's run, and 1 with
     this); a source rotating now and then keeps the slower pace (a sixth of a core for 200)."""
     from shipper.checkpoint import Registry
-    from shipper.tailer import FAST_ROTATION_WINDOW, PIN_CHECK_FAST_SECONDS
+    from shipper.pinning import FAST_ROTATION_WINDOW, PIN_CHECK_FAST_SECONDS
     from tests.shipper.tailing import append_docker, drain, spec_for
 
     path = tmp_path / "c-json.log"

@@ -18,7 +18,6 @@ import os
 import resource
 import sys
 import time
-import types
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,14 +25,15 @@ from pathlib import Path
 import pytest
 
 import shipper.fd_budget as fd_budget
-import shipper.tailer as tailer_mod
+import shipper.opening as opening
+import shipper.resume as resume
 from shipper.checkpoint import Registry
 from shipper.discover import SourceSpec
 from shipper.fd_budget import waiting_sources
 from shipper.tailer import Tailer
 from tests.shipper.hostgen import make_container
 from tests.shipper.receiver import Receiver
-from tests.shipper.tailing import append_docker, commit, drain
+from tests.shipper.tailing import append_docker, commit, drain, set_clock
 from tests.support import procs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,9 +51,7 @@ def own_counts(monkeypatch: pytest.MonkeyPatch) -> int:
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """A monotonic clock the test moves by hand (backoffs pass instantly)."""
     now = [1000.0]
-    monkeypatch.setattr(
-        tailer_mod, "time", types.SimpleNamespace(monotonic=lambda: now[0], time=time.time)
-    )
+    set_clock(monkeypatch, now)
     return now
 
 
@@ -86,11 +84,11 @@ def test_an_emfile_on_any_rotated_file_at_start_is_not_hidden_by_a_later_open(
             raise OSError(errno.EMFILE, "Too many open files")
         return real_open(p, *args, **kwargs)
 
-    monkeypatch.setattr(tailer_mod.os, "open", emfile_once)
+    monkeypatch.setattr(os, "open", emfile_once)
     assert t.read() is None  # the start is put off, nothing half-done stays
     assert failed[0] and not t.cursors and fd_budget.open_files() == own_counts
     assert [s for _, s in reg.items()] == []
-    monkeypatch.setattr(tailer_mod.os, "open", real_open)
+    monkeypatch.setattr(os, "open", real_open)
     clock[0] += 100
     got = drain(t)
     t.close()
@@ -126,7 +124,7 @@ def test_a_failed_listing_at_restart_does_not_make_a_rotated_file_lost(
 ) -> None:
     """Whether ``rotated_siblings`` raises the EMFILE or (older behaviour) returns []."""
     path = _half_read_then_rotated(tmp_path)
-    real = tailer_mod.rotated_siblings
+    real = resume.rotated_siblings
     calls = [0]
 
     def flaky(p: Path) -> list[Path]:
@@ -137,7 +135,7 @@ def test_a_failed_listing_at_restart_does_not_make_a_rotated_file_lost(
             return []
         return real(p)
 
-    monkeypatch.setattr(tailer_mod, "rotated_siblings", flaky)
+    monkeypatch.setattr(resume, "rotated_siblings", flaky)
     reg = Registry(tmp_path / "state")
     losses: list[str] = []
     t = Tailer(_source(path), reg, "h", 65536, on_loss=losses.append)
@@ -259,7 +257,7 @@ def test_idle_live_files_make_room_for_waiting_sources_and_reopen_on_growth_or_r
         for t in tailers[:2]:
             assert not t.poll()
         assert fd_budget.open_files() == own_counts + 2  # not idle long enough yet
-        clock[0] += tailer_mod.PARK_IDLE_SECONDS
+        clock[0] += opening.PARK_IDLE_SECONDS
         for t in tailers[:2]:
             assert not t.poll()
         assert fd_budget.open_files() == own_counts
@@ -276,7 +274,7 @@ def test_idle_live_files_make_room_for_waiting_sources_and_reopen_on_growth_or_r
         assert drain(tailers[0]) == ["c0 3", "c0 4"]
         assert drain(tailers[1]) == []  # no room: tailers 0 and 2 hold the budget
         assert waiting_sources() == 1 and tailers[1].waiting
-        clock[0] += tailer_mod.PARK_IDLE_SECONDS
+        clock[0] += opening.PARK_IDLE_SECONDS
         for t in (tailers[0], tailers[2]):
             t.poll()
         assert drain(tailers[1]) == [f"c1 {i}" for i in range(3, 7)]

@@ -210,7 +210,7 @@ def test_rotations_are_pinned_only_while_reading_waits(tmp_path: Path) -> None:
     for idle sources at the end of their file (1000 of them cost a tenth of a core): after
     their last read, one check and no more. (Checks while the reader is busy instead:
     tests/shipper/test_fast_rotation.py.)"""
-    from shipper.tailer import PIN_CHECK_SECONDS
+    from shipper.pinning import PIN_CHECK_SECONDS
     from tests.shipper.hostgen import docker_line
 
     docker = tmp_path / "containers"

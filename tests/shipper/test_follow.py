@@ -343,7 +343,7 @@ def test_metrics_endpoint(tmp_path: Path, receiver: Receiver) -> None:
     assert 'logq_shipper_truncated_lines_total{service="metered"} 1.0' in text
     assert 'logq_shipper_bytes_behind{path="' in text
     # Series that have not counted anything yet exist at 0, so increase() alerts see their first.
-    from shipper.tailer import LOSS_REASONS
+    from shipper.losses import LOSS_REASONS
 
     assert "truncated_in_place" in LOSS_REASONS
     for reason in LOSS_REASONS:

@@ -11,9 +11,9 @@ from shipper.formats import (
     CriParser,
     DockerParser,
     PlainParser,
-    TimeParser,
     truncate,
 )
+from shipper.rfc3339 import TimeParser
 from tests.shipper.hostgen import T0, cri_line, docker_line
 
 T0_NS = int(T0.timestamp()) * 10**9

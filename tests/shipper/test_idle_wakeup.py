@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 import shipper.inotify as inotify_mod
+import shipper.rotate_wait as rotate_wait
 import shipper.source as source_mod
-import shipper.tailer as tailer_mod
+import shipper.split_lines as split_lines
 from shipper.config import load_config
 from shipper.daemon import Shipper
 from shipper.inotify import FileWatcher
@@ -35,7 +36,7 @@ WAIT = 30.0
 @pytest.fixture(autouse=True)
 def long_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(source_mod, "IDLE_CEILING_SECONDS", 60.0)
-    monkeypatch.setattr(tailer_mod, "ROTATE_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(rotate_wait, "ROTATE_WAIT_SECONDS", 0.2)
 
 
 @pytest.fixture
@@ -178,7 +179,7 @@ def test_copytruncate_of_a_watched_file_is_followed(tmp_path: Path, receiver: Re
 def test_a_split_line_is_flushed_while_the_source_waits(
     tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tailer_mod, "SPLIT_FLUSH_SECONDS", 0.3)
+    monkeypatch.setattr(split_lines, "SPLIT_FLUSH_SECONDS", 0.3)
     docker = tmp_path / "docker"
     log = make_container(docker, "d" * 64, "app", lines=["before"])
 

@@ -8,18 +8,15 @@ import logging
 import os
 import resource
 import shutil
-import time
-import types
 from pathlib import Path
 
 import pytest
 
 import shipper.fd_budget as fd_budget
-import shipper.tailer as tailer_mod
 from shipper.checkpoint import Registry
 from shipper.discover import SourceSpec
 from shipper.tailer import Tailer
-from tests.shipper.tailing import append_docker, drain
+from tests.shipper.tailing import append_docker, drain, set_clock
 
 
 def rotate(path: Path) -> None:
@@ -38,8 +35,7 @@ def test_out_of_descriptors_backs_off_and_logs_once(
     append_docker(path, 50, 50)
 
     clock = [1000.0]
-    fake_time = types.SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
-    monkeypatch.setattr(tailer_mod, "time", fake_time)
+    set_clock(monkeypatch, clock)
     real_open = os.open
     attempts = [0]
 
@@ -49,7 +45,7 @@ def test_out_of_descriptors_backs_off_and_logs_once(
             raise OSError(errno.EMFILE, "Too many open files")
         return real_open(p, *args, **kwargs)
 
-    monkeypatch.setattr(tailer_mod.os, "open", emfile)
+    monkeypatch.setattr(os, "open", emfile)
     caplog.set_level(logging.INFO, logger="logq.shipper.tailer")
     for _ in range(240):  # one simulated minute of pin checks every 0.25 s
         t.pin_new_generation()
@@ -58,7 +54,7 @@ def test_out_of_descriptors_backs_off_and_logs_once(
     assert len(warnings) == 1 and "out of file descriptors" in warnings[0].getMessage()
     assert 3 <= attempts[0] <= 8  # 1, 2, 4, 8, 16, 30 s pauses, not 240 tries
 
-    monkeypatch.setattr(tailer_mod.os, "open", real_open)  # descriptors are back
+    monkeypatch.setattr(os, "open", real_open)  # descriptors are back
     clock[0] += 60
     t.pin_new_generation()
     assert t.live is not None and t.live.path == path and len(t.cursors) == 2
@@ -104,7 +100,7 @@ def _fail_opens(monkeypatch: pytest.MonkeyPatch, under: Path) -> list[int]:
             raise OSError(errno.EMFILE, "Too many open files")
         return real_open(p, *args, **kwargs)
 
-    monkeypatch.setattr(tailer_mod.os, "open", emfile)
+    monkeypatch.setattr(os, "open", emfile)
     return attempts
 
 
@@ -126,8 +122,7 @@ def test_start_without_descriptors_forgets_no_checkpoint(
     rotate(path)
     append_docker(path, 15, 5)
     clock = [1000.0]
-    fake_time = types.SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
-    monkeypatch.setattr(tailer_mod, "time", fake_time)
+    set_clock(monkeypatch, clock)
     _fail_opens(monkeypatch, logs)
     losses: list[str] = []
     t = Tailer(spec, reg, "h", 65536, on_loss=losses.append)
@@ -157,8 +152,7 @@ def test_copytruncate_without_descriptors_waits_for_the_copy(
         f.truncate(0)
     path.write_bytes(b"after 1\nafter 2\nafter 3\nafter 4\nafter 5\nafter 6\n")
     clock = [1000.0]
-    fake_time = types.SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
-    monkeypatch.setattr(tailer_mod, "time", fake_time)
+    set_clock(monkeypatch, clock)
     _fail_opens(monkeypatch, logs)
     assert t.read() is None  # cannot look for the copy: neither reads on nor gives up
     assert not t.poll()

@@ -168,9 +168,9 @@ def test_a_split_line_whose_last_part_never_comes_is_shipped_as_it_is(
     """A container that died mid-line: after SPLIT_FLUSH_SECONDS without its next part, the
     parts read so far go out as one line (Fluent Bit's Docker_Mode_Flush), and the file's
     checkpoint moves past them, so a restart neither holds nor ships them again."""
-    import shipper.tailer as tailer_mod
+    import shipper.split_lines as split_lines
 
-    monkeypatch.setattr(tailer_mod, "SPLIT_FLUSH_SECONDS", 0.2)
+    monkeypatch.setattr(split_lines, "SPLIT_FLUSH_SECONDS", 0.2)
     path = tmp_path / ("c-json.log" if fmt == "docker" else "0.log")
     if fmt == "docker":
         line = docker_line
@@ -197,9 +197,9 @@ def test_a_split_line_whose_last_part_never_comes_is_shipped_as_it_is(
 def test_a_split_line_completed_in_time_is_not_cut(
     tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import shipper.tailer as tailer_mod
+    import shipper.split_lines as split_lines
 
-    monkeypatch.setattr(tailer_mod, "SPLIT_FLUSH_SECONDS", 30.0)
+    monkeypatch.setattr(split_lines, "SPLIT_FLUSH_SECONDS", 30.0)
     path = tmp_path / "c-json.log"
     write(path, docker_line(BIG, 1, nl=False))
     t, reg = tailer(path, state)
@@ -240,9 +240,9 @@ def test_logrotate_create_lines_written_to_the_renamed_file_before_the_reopen_ar
 def test_a_renamed_file_is_released_after_the_rotate_wait(
     tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import shipper.tailer as tailer_mod
+    import shipper.rotate_wait as rotate_wait
 
-    monkeypatch.setattr(tailer_mod, "ROTATE_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr(rotate_wait, "ROTATE_WAIT_SECONDS", 0.2)
     path = tmp_path / "app.log"
     _plain(path, ["a0"])
     t, reg = tailer(path, state, "plain")
@@ -295,10 +295,10 @@ def test_a_flushed_split_line_gets_an_offset_above_the_lines_read_after_its_part
     """stdout's split line is open while a whole stderr line follows it: the flushed line's
     offset must be above the stderr line's, or the aggregator (which drops a record whose
     offset is not above those it has for the file) would drop it."""
-    import shipper.tailer as tailer_mod
+    import shipper.split_lines as split_lines
     from tests.shipper.tailing import commit
 
-    monkeypatch.setattr(tailer_mod, "SPLIT_FLUSH_SECONDS", 0.1)
+    monkeypatch.setattr(split_lines, "SPLIT_FLUSH_SECONDS", 0.1)
     path = tmp_path / "c-json.log"
     write(path, docker_line("out-part", 0, nl=False) + docker_line("err", 1, stream="stderr"))
     t, reg = tailer(path, state)
@@ -321,10 +321,11 @@ def test_a_split_line_cut_by_a_rotation_is_flushed_too(
     container died): the parts go out as they are after SPLIT_FLUSH_SECONDS, whether they all
     lie in the rotated file (the new one stays empty) or also in the new one. They used to be
     held for as long as the source lived, and dropped with it."""
-    import shipper.tailer as tailer_mod
+    import shipper.rotate_wait as rotate_wait
+    import shipper.split_lines as split_lines
 
-    monkeypatch.setattr(tailer_mod, "SPLIT_FLUSH_SECONDS", 0.3)
-    monkeypatch.setattr(tailer_mod, "ROTATE_WAIT_SECONDS", 0.1)
+    monkeypatch.setattr(split_lines, "SPLIT_FLUSH_SECONDS", 0.3)
+    monkeypatch.setattr(rotate_wait, "ROTATE_WAIT_SECONDS", 0.1)
     path = tmp_path / "0.log"
     write(path, cri_line("full", 0) + cri_line("part-a ", 1, tag="P"))
     t, reg = tailer(path, state, "cri")
@@ -373,9 +374,9 @@ def _flushed_unacked_then_completed(
     """``before`` read and acknowledged; the split parts ``X-part `` flushed as they are after
     the split-flush wait, their ack never coming; then the line's next part ``X-rest`` and a
     line ``after`` written. Returns the tailer, its registry and the flushed chunk."""
-    import shipper.tailer as tailer_mod
+    import shipper.split_lines as split_lines
 
-    monkeypatch.setattr(tailer_mod, "SPLIT_FLUSH_SECONDS", 0.1)
+    monkeypatch.setattr(split_lines, "SPLIT_FLUSH_SECONDS", 0.1)
     write(path, _split_line(fmt, "before", 0) + _split_line(fmt, "X-part ", 1, partial=True))
     t, reg = tailer(path, state, fmt)
     assert drain(t) == ["before"]

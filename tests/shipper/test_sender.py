@@ -11,7 +11,7 @@ from shipper import wire
 from shipper.batch import encode_message, pack_entries
 from shipper.config import Endpoint, parse_endpoint
 from shipper.errors import DeliveryError, HandshakeError
-from shipper.formats import Lines
+from shipper.lines import Lines
 from shipper.sender import ForwardClient, rendezvous_order, tls_context
 from tests.shipper.receiver import Receiver, free_port
 from tests.shipper.tlsgen import make_ca_and_server, server_context

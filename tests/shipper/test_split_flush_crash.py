@@ -26,9 +26,9 @@ from tests.shipper.shipping import shipper_args, until
 def test_a_crash_after_a_flushed_split_line_lost_its_ack_stores_it_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import shipper.tailer as tailer_mod
+    import shipper.split_lines as split_lines
 
-    monkeypatch.setattr(tailer_mod, "SPLIT_FLUSH_SECONDS", 0.3)
+    monkeypatch.setattr(split_lines, "SPLIT_FLUSH_SECONDS", 0.3)
     docker = tmp_path / "docker"
     log = make_container(docker, "c" * 64, "app", lines=["before"])
     with open(log, "ab") as f:

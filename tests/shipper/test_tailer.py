@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import shipper.tailer as tailer_mod
+import shipper.rotate_wait as rotate_wait
 from shipper.checkpoint import FileState, Registry, file_key
 from shipper.fingerprint import fingerprint
 from shipper.tailer import Tailer
@@ -48,7 +48,7 @@ def test_rename_rotation_finishes_old_file_first(tmp_path: Path, reg: Registry) 
     assert drain(t) == [f"line {i}" for i in range(5, 12)]
     # The renamed file is watched for the rotate wait (another writer may append), then let
     # go: its checkpoint is gone, the live one's is there.
-    t._lingering[0].rotated_at -= tailer_mod.ROTATE_WAIT_SECONDS
+    t._lingering[0].rotated_at -= rotate_wait.ROTATE_WAIT_SECONDS
     assert drain(t) == []
     sources = [s.path for _, s in reg.items()]
     assert sources == [str(path)]

@@ -1,0 +1,185 @@
+"""copytruncate: the live file truncated in place, after (or without) a copy of it.
+
+Same inode, but smaller than our position or its first line changed. The copy (a sibling with
+our fingerprint) is finished from our position, then the live file restarts at 0 under a new
+``source_id`` epoch. Checked before every read of the live file, and at its end.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from shipper.checkpoint import FileState, file_key
+from shipper.cursor import Cursor
+from shipper.discover import rotated_siblings
+from shipper.fingerprint import fingerprint
+from shipper.rotated import compressed_copy, rotation_path
+
+if TYPE_CHECKING:
+    from shipper.tailer import Tailer
+
+log = logging.getLogger("logq.shipper.tailer")
+
+
+class CopyTruncate:
+    """Part of :class:`~shipper.tailer.Tailer`: noticing and handling copytruncate."""
+
+    @staticmethod
+    def _rewritten(cur: Cursor) -> bool:
+        """Whether the file under ``cur`` is no longer the content we were reading (its first
+        line changed -- or is incomplete now, which ours was not -- or it shrank below our
+        position)."""
+        try:
+            return cur.size() < cur.read_pos or fingerprint(cur.fd) != cur.fp
+        except OSError:
+            return False
+
+    def _truncated(self: Tailer, head: Cursor) -> bool:
+        """copytruncate: finish the copy from our position, restart the live file at 0.
+
+        Returns False when it could not look (out of descriptors): nothing changed, and the
+        live file must not be read on.
+
+        Copies made *after* ours (logrotate ran again before we looked) hold lines we never
+        read: the copy's mtime becomes the floor of the missed-rotation search, which then
+        reads them from their start, oldest first, before the live file.
+
+        A copy smaller than our position means the truncation came between our last check and
+        a read: the bytes past the copy's end were the new content's. The copy is then read
+        again from the last position known to be ours, under a new id (the old id's offsets
+        up to our position are taken at the aggregator); a few lines may arrive twice, none
+        is lost.
+        """
+        copy = None
+        read_all = False  # a copy exists and holds nothing past our position
+        epoch = head.state.epoch + 1
+        try:
+            siblings = rotated_siblings(rotation_path(self.spec.path))
+        except OSError as exc:
+            # The copy may be among them: nothing is changed yet, the next check tries again.
+            self._out_of_descriptors(self.spec.path, exc)
+            return False
+        for sib in siblings:
+            try:
+                fd = os.open(sib, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    # The copy may be this one: deciding without it would lose its lines.
+                    # Nothing is changed yet; the next read or poll tries again.
+                    self._out_of_descriptors(sib, exc)
+                    return False
+                continue
+            try:
+                st = os.fstat(fd)
+                ours = fingerprint(fd) == head.fp
+            except OSError:
+                os.close(fd)
+                continue
+            if ours and head.checked_pos <= st.st_size < head.read_pos:
+                log.warning(
+                    "log file truncated while being read: bytes after offset %d were read from "
+                    "the new content; reading its copy again from offset %d under a new id "
+                    "(some lines may arrive twice) path=%s copy=%s",
+                    st.st_size,
+                    head.checked_pos,
+                    head.path,
+                    sib,
+                )
+                state = FileState(
+                    self.spec.key,
+                    str(sib),
+                    self._source_id(head.ino, head.fp, epoch),
+                    head.checked_pos,
+                    0,
+                    epoch,
+                )
+                epoch += 1
+                self.registry.put(file_key(st.st_dev, st.st_ino, head.fp), state)
+                copy = Cursor(fd, sib, head.fp, state, self.parser)
+                copy.stop_at = head.stop_at  # same bytes at the same offsets as head's
+                self._floor = st.st_mtime_ns
+                break
+            if ours and st.st_size > head.read_pos:
+                # Its checkpoint starts where head's is (what is acknowledged), reading goes
+                # on from where head's is: batches of head in flight are acked in order
+                # before the copy's first, so a crash before that reads them again.
+                state = FileState(
+                    self.spec.key,
+                    str(sib),
+                    head.source_id,
+                    head.state.offset,
+                    head.state.acked,
+                    head.state.epoch,
+                    cuts=[list(c) for c in head.state.cuts],  # same bytes, same cuts
+                )
+                self.registry.put(file_key(st.st_dev, st.st_ino, head.fp), state)
+                copy = Cursor(fd, sib, head.fp, state, self.parser)
+                copy.read_pos = copy.checked_pos = head.read_pos
+                copy.cuts = list(head.cuts)
+                copy.acked_floor = max(head.acked_floor, state.acked)
+                copy.stop_at = head.stop_at
+                self._floor = st.st_mtime_ns
+                break
+            if ours and not read_all:
+                read_all = True
+                self._floor = st.st_mtime_ns
+                self._released.append((st.st_dev, st.st_ino, head.fp))  # read: not "missed"
+            os.close(fd)
+        if copy is None and not read_all:
+            read_all, unread = compressed_copy(self.spec.path, head.fp, head.read_pos)
+        if copy is None and not read_all:
+            if head.unread_seen or unread:
+                log.warning(
+                    "log file truncated in place and no copy found to finish from; lines "
+                    "written after offset %d and before the truncation are lost path=%s",
+                    head.read_pos,
+                    head.path,
+                )
+                self.on_loss("truncated_without_copy")
+            else:
+                # All we had seen was read: only lines written since our last look, if any,
+                # are lost. Docker's max-file=1 (its default with max-size alone) does this at
+                # every rotation; a warning each time would drown the log.
+                self.on_loss("truncated_in_place")
+                level = logging.INFO if self._in_place_warned else logging.WARNING
+                self._in_place_warned = True
+                log.log(
+                    level,
+                    "log file truncated in place with no copy, after we had read all we saw "
+                    "(offset %d); lines written after our last look and before the "
+                    "truncation, if any, are lost (Docker max-file=1 truncates at every "
+                    "rotation: keep max-file 2 or more) path=%s",
+                    head.read_pos,
+                    head.path,
+                )
+        else:
+            log.info(
+                "log file truncated in place path=%s read=%d copy=%s",
+                head.path,
+                head.read_pos,
+                copy.path if copy else "read to its end",
+            )
+        if copy is not None:
+            self.parser.retag(head, copy)  # a split line's parts go on in the copy
+        head.superseded = True
+        self.registry.put(
+            head.key,
+            FileState(
+                self.spec.key,
+                str(head.path),
+                self._source_id(head.ino, head.fp, epoch),
+                0,
+                0,
+                epoch,
+            ),
+        )
+        self.cursors.remove(head)
+        head.close()
+        self.live = None
+        if copy is not None:
+            self.cursors.insert(0, copy)
+        self._open_live()
+        return True

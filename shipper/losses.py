@@ -1,0 +1,25 @@
+"""Why a tailer may have lost lines: the ``reason`` label of ``logq_shipper_files_lost_total``.
+
+Kept apart from :mod:`shipper.tailer` (which imports much) so that :mod:`shipper.metrics`, imported
+early, can name them.
+"""
+
+LOSS_REASONS = (
+    "deleted_unread",
+    "truncated_without_copy",
+    "truncated_in_place",
+    "pin_limit",
+    "rotated_unseen",
+)
+"""Why lines may have been lost (the ``reason`` label of ``logq_shipper_files_lost_total``):
+a file known from the checkpoint was gone at start (rotated away and deleted while the shipper
+was down, and no ``.gz`` of it shows it was read to its end); a file truncated in place
+(copytruncate) with no copy to finish from, while lines we had not read were in it
+(``truncated_without_copy``: lost for sure), or after we had read all we saw
+(``truncated_in_place``: lines written between our last look and the truncation, if any, are
+lost; Docker ``max-file=1`` truncates its file at every rotation); the source fell more than
+:data:`~shipper.pinning.MAX_PINNED_FILES` rotations behind, or the process reached its descriptor
+budget (:func:`shipper.fd_budget.pin_budget`), so files deleted before it catches up are never
+read; the file that was live at the last check is gone already (see
+:meth:`shipper.pinning.Pinning._check_overrun`), so files may have been rotated in and gone
+between two checks, never opened."""

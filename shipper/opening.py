@@ -1,0 +1,227 @@
+"""Opening a source's files: at their checkpoint, within the process's descriptor budget.
+
+A file's identity and resume point come from the checkpoint registry (see
+:mod:`shipper.checkpoint`), its identity from its first line (see :mod:`shipper.fingerprint`).
+The live file is opened after any files rotated since the last one finished (the runtime may
+rotate several times between two polls). Out of descriptors, opens back off (doubling up to
+:data:`OPEN_RETRY_MAX_SECONDS`), and while sources wait for a descriptor an idle live file is
+closed (parked) and reopened when it changes (see :mod:`shipper.fd_budget`).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from collections.abc import Container
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shipper import fd_budget
+from shipper.checkpoint import FileState, file_key
+from shipper.cursor import Cursor
+from shipper.discover import rotated_siblings
+from shipper.fingerprint import fingerprint
+from shipper.rotated import modified_since, oldest_first, rotation_path
+
+if TYPE_CHECKING:
+    from shipper.tailer import Tailer
+
+log = logging.getLogger("logq.shipper.tailer")
+
+PARK_IDLE_SECONDS = 2.0
+"""While sources wait for a descriptor, a source whose live file had nothing new for this long
+(read to its end, all acknowledged) closes it and reopens it when it grows or is rotated: with
+more sources than descriptors, every source still makes progress, in turns."""
+OPEN_RETRY_MAX_SECONDS = 30.0
+"""Longest pause between attempts to open a file while the process is out of descriptors."""
+
+
+class Opening:
+    """Part of :class:`~shipper.tailer.Tailer`: opening its files, backing off, parking."""
+
+    def _source_id(self: Tailer, ino: int, fp: str, epoch: int) -> str:
+        sid = f"{self.host}:{ino:x}:{fp}"
+        return f"{sid}+{epoch}" if epoch else sid
+
+    def _open(
+        self: Tailer, path: Path, fresh: bool, exclude: Container[tuple[int, int, str]] = ()
+    ) -> Cursor | None:
+        """Open ``path`` at its checkpoint (or at 0 when ``fresh`` and unknown), else None.
+
+        Files whose (device, inode, fingerprint) is in ``exclude`` are not opened.
+        """
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self._out_of_descriptors(path, exc)
+            else:
+                log.warning("cannot open log file path=%s error=%s", path, exc)
+            return None
+        if self._open_backoff:
+            log.info("log files open again path=%s open_files=%d", path, fd_budget.open_files() + 1)
+            self._open_backoff = 0.0
+        try:
+            fp = fingerprint(fd)
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            return None
+        if fp is None or (st.st_dev, st.st_ino, fp) in exclude:
+            os.close(fd)
+            return None
+        key = file_key(st.st_dev, st.st_ino, fp)
+        state = self.registry.get(key)
+        if state is None:
+            if not fresh:
+                os.close(fd)
+                return None
+            state = FileState(self.spec.key, str(path), self._source_id(st.st_ino, fp, 0), 0, 0)
+            self.registry.put(key, state)
+        elif state.offset > st.st_size:
+            # Truncated while we were not running: the content is new. (A corrupt offset looks
+            # the same; the warning makes the possible duplicates visible.)
+            log.warning(
+                "checkpoint is past the end of the file: truncated while the shipper was down, "
+                "reading it from its start as new content path=%s offset=%d size=%d registry=%s",
+                path,
+                state.offset,
+                st.st_size,
+                self.registry.path,
+            )
+            epoch = state.epoch + 1
+            state = FileState(
+                self.spec.key, str(path), self._source_id(st.st_ino, fp, epoch), 0, 0, epoch
+            )
+            self.registry.put(key, state)
+        log.debug("opened path=%s ino=%d offset=%d", path, st.st_ino, state.offset)
+        self._opened[fp] = None
+        if len(self._opened) > 1024:
+            del self._opened[next(iter(self._opened))]
+        return Cursor(fd, path, fp, state, self.parser)
+
+    def _may_open(self: Tailer) -> bool:
+        """False while out of descriptors and the backoff has not passed."""
+        return not self._open_backoff or time.monotonic() >= self._open_retry_at
+
+    def _out_of_descriptors(self: Tailer, path: Path, exc: OSError) -> None:
+        """No descriptor left: back off (doubling) instead of retrying at every check, and
+        log once per source until an open works again."""
+        if not self._open_backoff:
+            log.warning(
+                "cannot open log file: the process is out of file descriptors; retrying with "
+                "backoff (raise the open-files limit, e.g. LimitNOFILE=, ulimit -n) "
+                "path=%s open_log_files=%d error=%s",
+                path,
+                fd_budget.open_files(),
+                exc,
+            )
+        self._start_failed = True
+        self._back_off()
+
+    def _back_off(self: Tailer) -> None:
+        self._open_backoff = min(max(self._open_backoff * 2, 1.0), OPEN_RETRY_MAX_SECONDS)
+        self._open_retry_at = time.monotonic() + self._open_backoff
+
+    def _open_live(self: Tailer, within_budget: bool = True) -> bool:
+        """Open the file now at the live path, after any files rotated since the last one we
+        finished (the runtime may rotate several times between two polls)."""
+        if not self._may_open():
+            return False
+        if within_budget and not fd_budget.room():
+            fd_budget.wait_for_room(self.spec.key)
+            return False
+        cur = self._open(self.spec.path, fresh=True)
+        if cur is None:
+            return False
+        fd_budget.stop_waiting(self.spec.key)
+        if any(c.key == cur.key for c in self.cursors):
+            cur.close()
+            return False
+        try:
+            missed = self._missed_rotations(cur) if self._floor is not None else []
+        except OSError as exc:
+            # The folder could not be listed (out of descriptors): files rotated in between
+            # would be skipped. Nothing is changed; the next poll tries again.
+            if not self._open_backoff:
+                log.warning(
+                    "cannot look for rotated files, retrying with backoff path=%s error=%s",
+                    cur.path,
+                    exc,
+                )
+            cur.close()
+            self._back_off()
+            return False
+        if self._bounded:
+            for late in (*missed, cur):  # rotated in or created after the bound: next run
+                late.stop_at = late.read_pos
+        self.cursors.extend(missed)
+        self.cursors.append(cur)
+        self.live = cur
+        self._last_data = time.monotonic()
+        was_parked, self._parked = self._parked, None
+        log.log(
+            logging.DEBUG if was_parked else logging.INFO,
+            "following file path=%s source=%s offset=%d missed_rotations=%d",
+            cur.path,
+            self.spec.key,
+            cur.read_pos,
+            len(missed),
+        )
+        return True
+
+    def _missed_rotations(self: Tailer, live: Cursor) -> list[Cursor]:
+        """Rotated files newer than the last one we finished that we never opened, oldest
+        first: they were live for a moment between two polls."""
+        found: list[tuple[int, Cursor]] = []
+        siblings = rotated_siblings(rotation_path(self.spec.path))
+        for sib, st in modified_since(siblings, self._floor or 0):
+            if st.st_ino == live.ino:
+                continue
+            if any(c.ino == st.st_ino for c in self.cursors):
+                continue
+            cur = self._open(sib, fresh=True, exclude=self._released)
+            if cur is not None:
+                log.debug("found a missed rotation path=%s ino=%d", sib, cur.ino)
+                found.append((st.st_mtime_ns, cur))
+        return oldest_first(found)
+
+    def _park(self: Tailer, head: Cursor) -> None:
+        """Other sources wait for a descriptor: close the live file if it is idle -- read to
+        its end, nothing in flight, no split line open -- keeping its checkpoint. The next
+        polls ``stat`` its path and reopen it when it grew or was rotated (the rotated file
+        is then found from ``_floor`` and finished from its checkpoint)."""
+        if (
+            len(self.cursors) != 1
+            or head.outstanding
+            or self._held
+            or head.frees
+            or time.monotonic() - self._last_data < PARK_IDLE_SECONDS
+            or self.parser.pending_origins()
+        ):
+            return
+        st = os.fstat(head.fd)
+        if st.st_size != head.read_pos or head.state.offset != head.read_pos:
+            return
+        self._parked = (head.dev, head.ino, head.read_pos)
+        self._floor = st.st_mtime_ns
+        self.cursors.clear()
+        self.live = None
+        head.close()
+        log.debug("idle log file closed for a waiting source path=%s", head.path)
+
+    def _parked_changed(self: Tailer) -> bool:
+        """Whether the live file closed while idle grew, shrank or was replaced."""
+        assert self._parked is not None
+        dev, ino, size = self._parked
+        try:
+            st = os.stat(self.spec.path)
+        except FileNotFoundError:
+            return False  # renamed and not recreated yet, or the container is gone
+        except OSError:
+            return True  # let the open find out
+        return (st.st_dev, st.st_ino) != (dev, ino) or st.st_size != size

@@ -1,0 +1,303 @@
+"""Starting a source: what a previous run (or an earlier tailer of this process) left.
+
+A source the registry knows has the rotated files it had not finished read first, then those
+rotated after the newest one it knows of. A source first seen with rotated files already next to
+its live file (it rotated before the first scan, or during a shipper restart) has those read
+first; see :meth:`Resume._first_seen`. Checkpointed files that are provably gone are counted as
+lost (see :data:`shipper.losses.LOSS_REASONS`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shipper import fd_budget, rotate_wait
+from shipper.cursor import Cursor
+from shipper.discover import rotated_siblings
+from shipper.fingerprint import fingerprint
+from shipper.rotated import compressed_identities, oldest_first, rotation_path
+
+if TYPE_CHECKING:
+    from shipper.tailer import Tailer
+
+log = logging.getLogger("logq.shipper.tailer")
+
+last_active: dict[str, float] = {}
+"""Per source key, when a tailer of this process last looked at its files (wall clock): a
+source that comes back (its runner ended and discovery found it again) is not new, and its
+rotated files older than this were read by the previous tailer. A source whose folder is gone
+when its tailer closes is forgotten (see :meth:`shipper.tailer.Tailer.close`)."""
+MAX_REMEMBERED_SOURCES = 100_000
+MAX_START_RETRIES = 8
+"""Starts put off because a checkpointed file could not be proven gone (a folder listing or
+an open failed for a moment); after that many its checkpoint is kept, uncounted, and the
+source goes on (a file that is there but cannot be opened must not stall its source)."""
+
+
+def touch(key: str) -> None:
+    if key not in last_active and len(last_active) >= MAX_REMEMBERED_SOURCES:
+        for old in sorted(last_active, key=last_active.__getitem__)[: len(last_active) // 2]:
+            del last_active[old]
+    last_active[key] = time.time()
+
+
+class Resume:
+    """Part of :class:`~shipper.tailer.Tailer`: its start, resuming from the checkpoints."""
+
+    def start(self: Tailer) -> None:
+        """Open the rotated files a previous run had not finished, then the live file.
+
+        Files rotated *after* the last one we know of while we were down (the runtime rotated
+        twice) were never read: they are newer than it and are read too, oldest first. A
+        source the registry does not know (see :meth:`_first_seen`) has its rotated files read
+        too, before the live file.
+        """
+        self._started = True
+        self._start_failed = False
+        known = {k for k, s in self.registry.items() if s.source == self.spec.key}
+        try:
+            rotated = self._known_rotated(known) if known else self._first_seen()
+            self.cursors = oldest_first(rotated)
+            now = time.time()
+            for mtime_ns, cur in rotated:  # renamed moments ago: its writer may still append
+                age = now - mtime_ns / 1e9
+                if age < rotate_wait.ROTATE_WAIT_SECONDS:
+                    cur.rotated_at = time.monotonic() - max(age, 0.0)
+            # Not held back by the budget: read() found room before the start, and a live
+            # file left closed would look gone to _vanished_ok. The few rotated files a start
+            # opens beyond the budget come out of the reserve.
+            self._open_live(within_budget=False)
+            if not self._start_failed and not self._vanished_ok(known):
+                self._start_failed = True
+        except OSError as exc:  # listing the folder failed: nothing can be decided now
+            if not self._open_backoff:  # once per episode, not at every retry
+                log.warning(
+                    "cannot look for rotated files, retrying with backoff path=%s error=%s",
+                    self.spec.path,
+                    exc,
+                )
+            self._start_failed = True
+            self._back_off()
+        if self._start_failed:
+            # Files that could not be opened (or listed) would be taken as gone, and their
+            # checkpoints forgotten; a new source's would look older than the ones opened.
+            # Undo everything, and start again from scratch after the backoff.
+            self._started = False
+            for c in self.cursors:
+                c.close()
+            self.cursors.clear()
+            self.live = None
+            for k in [k for k, s in self.registry.items() if s.source == self.spec.key]:
+                if k not in known:
+                    self.registry.remove(k)
+            return
+        self._start_retries = 0
+        if self.once:
+            # The bound: what the live file holds now. Rotated files opened above end where
+            # they are (no longer written); a rotation during the run keeps the live file's
+            # bytes below the bound in the open descriptor (or the copy, for copytruncate).
+            if self.live is not None:
+                self.live.stop_at = self.live.size()
+            self._bounded = True
+        fd_budget.stop_waiting(self.spec.key)
+        touch(self.spec.key)
+        for c in self.cursors:
+            if c is not self.live:
+                log.info("resuming rotated file path=%s offset=%d", c.path, c.read_pos)
+        self._count_vanished(known)
+
+    def _vanished_ok(self: Tailer, known: set[str]) -> bool:
+        """Whether every checkpointed file of this source not opened now is provably gone: no
+        file in its folder with its device and inode (ENOENT is the only proof). A listing or
+        ``stat`` that fails otherwise, or the file found there unopened (a listing that failed
+        for a moment and came back empty), puts the start off with a backoff -- up to
+        :data:`MAX_START_RETRIES` times, then the source goes on and keeps that checkpoint."""
+        opened = {c.key for c in self.cursors}
+        missing = [k for k in known - opened if self.registry.get(k) is not None]
+        if not missing:
+            return True
+        present = self._present_inodes()
+        doubt = [k for k in missing if present is None or self._still_there(k, present)]
+        if not doubt:
+            return True
+        self._start_retries += 1
+        if self._start_retries > MAX_START_RETRIES:
+            log.warning(
+                "a checkpointed file of this source is still there but could not be opened; "
+                "going on without it, its checkpoint is kept source=%s files=%d",
+                self.spec.key,
+                len(doubt),
+            )
+            self._kept = set(doubt)
+            return True
+        log.info(
+            "a checkpointed file of this source could not be found for sure; retrying "
+            "source=%s files=%d",
+            self.spec.key,
+            len(doubt),
+        )
+        self._back_off()
+        return False
+
+    def _still_there(self: Tailer, key: str, present: dict[tuple[int, int], Path]) -> bool:
+        """Whether the file of checkpoint ``key`` may still exist: its inode is in the folder
+        and not reused by a file we opened or one with another first line."""
+        dev, ino, fp = key.split(":", 2)
+        where = present.get((int(dev), int(ino)))
+        if where is None or any((c.dev, c.ino) == (int(dev), int(ino)) for c in self.cursors):
+            return False
+        try:
+            fd = os.open(where, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True
+        try:
+            return fingerprint(fd) == fp
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+
+    def _present_inodes(self: Tailer) -> dict[tuple[int, int], Path] | None:
+        """(device, inode) -> path of every file named like this source's files, or None when
+        the folder or one of them could not be looked at (anything but ENOENT)."""
+        rot = rotation_path(self.spec.path)
+        try:
+            names = os.listdir(rot.parent)
+        except OSError:
+            return None
+        out: dict[tuple[int, int], Path] = {}
+        for name in names:
+            if name != rot.name and not name.startswith(rot.name + "."):
+                continue
+            try:
+                st = os.stat(rot.parent / name)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return None
+            out[(st.st_dev, st.st_ino)] = rot.parent / name
+        return out
+
+    def _known_rotated(self: Tailer, known: set[str]) -> list[tuple[int, Cursor]]:
+        """Rotated files of a source the registry knows: those not finished, and those
+        rotated after the newest one we know of."""
+        rotated: list[tuple[int, Cursor]] = []
+        unknown: list[Path] = []
+        newest_known = -1
+        for sib in rotated_siblings(rotation_path(self.spec.path)):
+            cur = self._open(sib, fresh=False)
+            if cur is None:
+                unknown.append(sib)
+                continue
+            mtime = os.fstat(cur.fd).st_mtime_ns
+            newest_known = max(newest_known, mtime)
+            if cur.read_pos < cur.size():
+                rotated.append((mtime, cur))
+            else:  # finished before the restart: forget it
+                self.registry.remove(cur.key)
+                cur.close()
+        if newest_known < 0:
+            # The files we knew are gone (deleted by max-file): whatever was written after
+            # our last checkpoint is newer than it.
+            stamps = [st.updated for k in known if (st := self.registry.get(k)) is not None]
+            newest_known = int(max(stamps) * 1e9)
+        for sib in unknown:
+            try:
+                newer = os.stat(sib).st_mtime_ns >= newest_known
+            except OSError:
+                continue
+            cur = self._open(sib, fresh=True) if newer else None
+            if cur is not None:
+                rotated.append((os.fstat(cur.fd).st_mtime_ns, cur))
+        return rotated
+
+    def _first_seen(self: Tailer) -> list[tuple[int, Cursor]]:
+        """Rotated files of a source the registry does not know, to read before its live file.
+
+        A container can rotate before the shipper first sees it (a burst in its first second,
+        or one started during a shipper restart or rollout): its rotated files hold its first
+        lines. Those last written after the previous run's final checkpoint save are read,
+        oldest first; so are all of them on the very first run (no registry yet) -- the
+        container's whole current log, as its live file is read from its start too. Older
+        ones were written while a previous run was watching the host, which read them (or was
+        configured not to watch this source): they are skipped, counted in the log.
+        Compressed rotations are never read (see :func:`shipper.discover.rotated_siblings`).
+        """
+        since = self.registry.saved_at
+        previous = last_active.get(self.spec.key)
+        if previous is not None:
+            # Seen by this process before (its runner ended, discovery found it again): the
+            # previous tailer read what was written before it last looked. A margin for coarse
+            # file times (a jiffy): lines read twice keep their source id and offset, and the
+            # aggregator drops them.
+            previous -= 0.05
+            since = previous if since is None else max(since, previous)
+        found: list[tuple[int, Cursor]] = []
+        skipped: list[Path] = []
+        for sib in rotated_siblings(rotation_path(self.spec.path)):
+            try:
+                st = os.stat(sib)
+            except OSError:
+                continue
+            if since is not None and st.st_mtime < since:
+                skipped.append(sib)
+                continue
+            cur = self._open(sib, fresh=True)
+            if cur is not None:
+                found.append((os.fstat(cur.fd).st_mtime_ns, cur))
+        if found:
+            log.info(
+                "new source already rotated: reading its rotated files first source=%s files=%d",
+                self.spec.key,
+                len(found),
+            )
+        if skipped:
+            log.info(
+                "new source: not reading rotated files last written before the previous run's "
+                "final checkpoint (read then, or not watched) source=%s skipped=%d oldest=%s",
+                self.spec.key,
+                len(skipped),
+                min(skipped),
+            )
+        return found
+
+    def _count_vanished(self: Tailer, known: set[str]) -> None:
+        """Checkpointed files of this source that no longer exist were rotated away and deleted
+        while we were down: what was written to them after the checkpoint is lost. Count each
+        (visible in metrics and logs) and forget it -- unless a compressed rotation of the
+        file (``.gz``, as Docker's ``compress`` and the kubelet make) shows it ended where we
+        had read to."""
+        opened = {c.key for c in self.cursors} | self._kept
+        vanished = [
+            (key, state)
+            for key in sorted(known - opened)
+            if (state := self.registry.get(key)) is not None  # None: finished, forgotten
+        ]
+        if not vanished:
+            return
+        compressed = compressed_identities(self.spec.path)
+        for key, state in vanished:
+            self.registry.remove(key)
+            fp = key.rsplit(":", 1)[-1]
+            if (fp, state.offset % (1 << 32)) in compressed:
+                log.info(
+                    "log file was compressed after it was read to its end; nothing lost "
+                    "path=%s offset=%d",
+                    state.path,
+                    state.offset,
+                )
+                continue
+            log.warning(
+                "log file deleted before it was read to the end (rotated away while the shipper "
+                "was down, or while it was behind at its last stop); lines after offset %d are "
+                "lost path=%s",
+                state.offset,
+                state.path,
+            )
+            self.on_loss("deleted_unread")
