@@ -16,7 +16,7 @@ checkpoints as acks arrive, and handles the process lifecycle:
   :data:`~shipper.source.IDLE_CEILING_SECONDS`), else it looks every ``--poll-interval``
   (no inotify, watch limit reached, network filesystems); see :class:`FileWatcher`.
 * SIGTERM / SIGINT: stop reading, wait for in-flight acks (at most ``--retry-timeout``), save
-  checkpoints, exit 0.
+  checkpoints, exit 0. SIGHUP: a warning that there is no configuration reload; it goes on.
 * checkpoints that cannot be written (full or read-only ``--state-dir``) do not stop shipping:
   delivery stays at-least-once, since lines re-read after a restart keep their source ids and
   the aggregators drop the ones they already stored (per-source offsets). It is loud instead:
@@ -46,6 +46,7 @@ with deferred_interrupts("logq-shipper"):
     import signal
     import ssl
     import time
+    from collections.abc import Callable
     from pathlib import Path
 
     from shipper.checkpoint import Registry
@@ -353,11 +354,26 @@ class Shipper:
         )
         self._stop.set()
 
+    def hang_up(self) -> None:
+        """SIGHUP: what Fluent Bit does without hot reload, say so and go on. It was the
+        default action, an exit without the final checkpoint save (a ``systemctl reload``, a
+        closed terminal), whose lines were then all read and sent again."""
+        log.warning(
+            "SIGHUP received: logq-shipper does not reload its configuration and keeps "
+            "running; restart it to apply a changed configuration (SIGTERM stops it cleanly)"
+        )
+
+    def _signal_handlers(self) -> list[tuple[int, Callable[[], None]]]:
+        handlers = [(signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop)]
+        if hasattr(signal, "SIGHUP"):  # not on Windows
+            handlers.append((signal.SIGHUP, self.hang_up))
+        return handlers
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig, handler in self._signal_handlers():
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.request_stop)
+                loop.add_signal_handler(sig, handler)
         if self.cfg.metrics_listen is not None:
             try:
                 self.metrics.serve(self.cfg.metrics_listen)
@@ -420,7 +436,7 @@ class Shipper:
             self.registry.close()
             if self.file_watcher is not None:
                 self.file_watcher.close()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig, _ in self._signal_handlers():
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
         if self._failure is not None:

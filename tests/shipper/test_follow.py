@@ -451,6 +451,29 @@ def test_reading_stops_when_nothing_is_acked(tmp_path: Path) -> None:
         r.close()
 
 
+def test_sighup_is_a_warning_not_an_exit(tmp_path: Path) -> None:
+    """SIGHUP (``systemctl reload``, a closed terminal) killed the shipper without its final
+    checkpoint save: every line since the last save was read and sent again. It now says there
+    is no reload, as Fluent Bit does without hot reload, and goes on shipping."""
+    r = Receiver()
+    try:
+        root = tmp_path / "containers"
+        log_file = make_container(root, "7" * 64, "web", lines=["before"])
+        sh = ShipperProc(tmp_path, "--aggregator", r.address, "--docker-root", str(root))
+        wait_until(lambda: r.lines() == ["before"], 60, "the first line")
+        sh.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "SIGHUP received" in sh.log_path.read_text(), 30, "the warning")
+        with open(log_file, "ab") as f:
+            f.write(docker_line("after", 1))
+        wait_until(lambda: r.lines() == ["before", "after"], 60, "a line after the SIGHUP")
+        assert sh.proc.poll() is None
+        rc, err = sh.stop()
+        assert rc == 0, err
+        assert "does not reload its configuration" in err
+    finally:
+        r.close()
+
+
 def test_sigterm_waits_for_the_in_flight_ack(tmp_path: Path) -> None:
     r = Receiver(ack_delay=1.5)
     try:
