@@ -63,7 +63,7 @@ class Settings:
     """Compaction merges a closed hour's small files into files of about this size."""
     compact_interval: float = 0.0
     """Seconds between compaction passes of the service; 0 (default) disables the periodic
-    task. Enable it on one instance per warehouse (see aggregator/compaction.py)."""
+    task. Enable it on one instance per warehouse (see aggregator/compaction/)."""
     max_message_entries: int = MAX_MESSAGE_ENTRIES
     """Entries one Forward message may hold (its memory grows with them, not with its bytes)."""
     max_connections: int = 1024

@@ -3,7 +3,7 @@
 Arrow picks its native memory pool from ``ARROW_DEFAULT_MEMORY_POOL`` when pyarrow loads, and
 glibc's arena limit only binds threads created after it is set (see :mod:`.memory`). Both must
 happen before :mod:`.service` imports pyarrow and the AWS SDK starts its threads, so the console
-script enters here rather than in :mod:`.service`.
+script enters here rather than in :mod:`.commands`.
 
 This module imports nothing heavy itself: :func:`main` imports with SIGINT held back
 (:func:`shipper.startup.deferred_interrupts`), so a Ctrl-C during start-up -- importing pyarrow
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         from aggregator.memory import tune_memory_early
 
         tune_memory_early()
-        from aggregator.service import main as service_main
+        from aggregator.commands import main as service_main
     try:
         return service_main(argv)
     except (KeyboardInterrupt, RuntimeError) as exc:

@@ -53,7 +53,7 @@ STALE_GRACE_S = 60.0
 def stale_after(flush_interval: float) -> float:
     """Seconds without a heartbeat after which a node flushing every ``flush_interval`` seconds
     counts as down. Compaction waits on a down node (:func:`compaction_blocker`), and merges no
-    file younger than this (:func:`aggregator.compaction.safe_grace`): until then nobody knows
+    file younger than this (:func:`aggregator.compaction.grace.safe_grace`): until then nobody knows
     that a node crashed in the middle of a flush."""
     return STALE_INTERVALS * flush_interval + STALE_GRACE_S
 

@@ -1,8 +1,6 @@
-"""``logq-aggregator``: the service lifecycle (serve, flush, shut down cleanly) and its CLI.
+"""``logq-aggregator``: the service lifecycle (serve, flush, shut down cleanly).
 
-``logq-aggregator [flags]`` serves; ``logq-aggregator compact [flags]`` compacts closed hours once
-and exits; ``logq-aggregator drain --buffer-dir DIR`` writes out the buffer of an aggregator that
-is gone for good (its disk re-attached elsewhere) and exits. Serving:
+The command line (serve, ``compact``, ``drain``) is :mod:`aggregator.commands`. Serving:
 
 1. lock ``--buffer-dir`` (a second aggregator on it exits 2 before it binds any port), then
    serve ``--metrics-listen``: ``/metrics`` answers from here on (liveness), ``/healthz`` says
@@ -14,7 +12,7 @@ is gone for good (its disk re-attached elsewhere) and exits. Serving:
 4. every ``--flush-interval`` seconds, or when the active segment reaches its size, seal it and
    flush sealed segments in order; a failed flush (S3 down) is retried with capped exponential
    backoff while the buffer keeps the data and, once full (``--buffer-limit-bytes``, or its
-   volume nearly full: see GuardedBuffer), withholds acks;
+   volume nearly full: see diskguard.py), withholds acks;
 5. on SIGTERM/SIGINT: before step 3 is done (a large buffer takes a while to read), stop
    starting: release the lock, leave the buffer as found, one line, exit 0 (nothing was
    acknowledged in this run); once serving: stop accepting, let connections finish acking
@@ -25,7 +23,6 @@ is gone for good (its disk re-attached elsewhere) and exits. Serving:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import errno
@@ -38,34 +35,19 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from aggregator import logs
-from aggregator.buffer import SPILL_DIR, Buffer, Segment
+from aggregator.buffer import SPILL_DIR, Segment
 from aggregator.catalog import Catalog
-from aggregator.config import (
-    ConfigError,
-    Settings,
-    add_serve_flags,
-    load_settings,
-    split_host_port,
-    user_map,
-)
-from aggregator.decode import tune_gc
+from aggregator.compact_loop import PeriodicCompaction
+from aggregator.config import Settings, split_host_port, user_map
 from aggregator.dedup import OffsetState
-from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, FormatError, compile_format
+from aggregator.diskguard import GuardedBuffer
+from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, compile_format
 from aggregator.flusher import Flusher, FlushResult
-from aggregator.ledger import (
-    Committed,
-    CompactionHold,
-    Heartbeat,
-    Ledger,
-    compaction_blocker,
-    read_heartbeats,
-)
-from aggregator.memory import tune_memory
+from aggregator.ledger import Committed, Ledger
 from aggregator.metrics import Metrics, MetricsServer
 from aggregator.server import ForwardServer, ServerLimits, tls_context
 from athena.ddl import outside_projection
-from athena.warehouse import WarehouseError, open_warehouse
+from athena.warehouse import open_warehouse
 
 log = logging.getLogger("logq.aggregator")
 
@@ -85,21 +67,9 @@ CATALOG_RESYNC_SECONDS = 300.0
 REPLAY_PEER_WAIT_SECONDS = 60.0
 #: How long ``drain`` keeps retrying a warehouse that refuses writes before giving up.
 DRAIN_SECONDS = 300.0
-#: How often a compaction pass under way reads the heartbeats again (see _hold_checker).
-HOLD_RECHECK_SECONDS = 30.0
 #: Failed flushes of one segment in a row with the same data error (not OSError: S3, disk)
 #: before it is set aside (Buffer.quarantine) so that the segments behind it flow again.
 QUARANTINE_AFTER = 3
-#: Free space kept on the --buffer-dir volume (one segment's worth, within these bounds, and at
-#: most 1/DISK_RESERVE_SHARE of the volume): below it appends wait, so that a flush, the one
-#: thing that frees the disk, always has room for its small files (offsets, notes) and usually
-#: for its spill (spill.py holds the rows in memory when it has not).
-DISK_RESERVE_MIN = 1024 * 1024
-DISK_RESERVE_MAX = 64 * 1024 * 1024
-DISK_RESERVE_SHARE = 8
-#: How long a free-space reading is trusted (minus what was appended since) when not near the
-#: reserve.
-DISK_RECHECK_SECONDS = 1.0
 
 
 class StartInterrupted(Exception):
@@ -124,95 +94,6 @@ def listen_error(flag: str, address: str, exc: OSError) -> OSError:
     error = OSError(f"cannot listen on {address} ({flag}): {reason}; {hint}")
     error.errno = exc.errno
     return error
-
-
-def disk_reserve_bytes(segment_bytes: int, volume_bytes: int | None = None) -> int:
-    """Free bytes to keep under --buffer-dir for a flush (see :data:`DISK_RESERVE_MIN`)."""
-    reserve = max(DISK_RESERVE_MIN, min(segment_bytes, DISK_RESERVE_MAX))
-    if volume_bytes:  # a small volume: keep most of it for data
-        reserve = min(reserve, volume_bytes // DISK_RESERVE_SHARE)
-    return reserve
-
-
-def disk_space(directory: Path) -> tuple[int, int]:
-    """``(free, size)`` in bytes of the volume of ``directory`` (free: what we may write)."""
-    stat = os.statvfs(directory)
-    return stat.f_bavail * stat.f_frsize, stat.f_blocks * stat.f_frsize
-
-
-class GuardedBuffer(Buffer):
-    """The buffer, counted as full also while its volume has less than ``reserve`` bytes free.
-
-    Full means the Forward server stops reading (acks are withheld, shippers resend later or
-    elsewhere) and a flush is started: without this, appends fill the disk to the last byte and
-    a flush cannot write even its offsets file, so the segments that fill the disk are never
-    deleted. ``on_change(reason)`` hears when appends start waiting for disk (a reason naming
-    the directory and what to do) and when they resume (None).
-    """
-
-    def __init__(
-        self,
-        directory: str | os.PathLike[str],
-        segment_bytes: int,
-        limit_bytes: int,
-        on_change: Callable[[str | None, int], None] | None = None,
-    ):
-        super().__init__(directory, segment_bytes, limit_bytes)
-        self.reserve = disk_reserve_bytes(segment_bytes)  # set from the volume size when read
-        self.disk_low: str | None = None
-        self._on_change = on_change
-        self._free: int | None = None
-        self._free_total = 0  # total_bytes when _free was read
-        self._free_at = 0.0
-
-    @property
-    def full(self) -> bool:
-        return super().full or self._short_of_disk()
-
-    def wake_if_space(self) -> None:
-        """Let waiting readers go on if there is room again (space freed by anything)."""
-        if self._space is not None and not self.full:
-            self._space.set()
-
-    def _short_of_disk(self) -> bool:
-        estimate = None
-        if self._free is not None and time.monotonic() - self._free_at < DISK_RECHECK_SECONDS:
-            estimate = self._free - max(0, self.total_bytes - self._free_total)
-        if estimate is None or estimate < 2 * self.reserve:  # near the reserve: read it again
-            try:
-                self._free, size = disk_space(self.dir)
-            except OSError:
-                return False  # no reading: appends go on and fail with their own error
-            self.reserve = disk_reserve_bytes(self.segment_bytes, size)
-            self._free_total, self._free_at = self.total_bytes, time.monotonic()
-            self._set_disk_low(self._free)
-        return self.disk_low is not None
-
-    def _set_disk_low(self, free: int) -> None:
-        low = free < self.reserve
-        if low == (self.disk_low is not None):
-            if self._on_change is not None:
-                self._on_change(self.disk_low, free)
-            return
-        if low:
-            self.disk_low = (
-                f"--buffer-dir {self.dir} has {free} bytes free, under the {self.reserve} a "
-                "flush needs: acks are withheld until there is room again; "
-                + (
-                    "the buffer holds no data, so other files on that volume take the space: "
-                    "free it or give the volume more room"
-                    if self.total_bytes == 0
-                    else "flushes free what the buffer holds once the warehouse takes it (give "
-                    "the volume more room, lower --buffer-limit-bytes, or check the warehouse "
-                    "is reachable)"
-                )
-            )
-            log.warning("%s", self.disk_low)
-        else:
-            self.disk_low = None
-            log.info("--buffer-dir %s has %d bytes free again: taking data", self.dir, free)
-        if self._on_change is not None:
-            self._on_change(self.disk_low, free)
 
 
 def envoy_formats(settings: Settings) -> tuple[EnvoyFormat, ...]:
@@ -950,142 +831,7 @@ class Aggregator:
         await self._supervised("compaction loop", self._compact_forever)
 
     async def _compact_forever(self) -> None:
-        """Every ``--compact-interval``: a compaction pass, resumed from the last completed one
-        (hours a pause outlived are compacted too). Off: only the hourly ledger expiry."""
-        interval = self.settings.compact_interval
-        if interval <= 0:
-            await self._ledger_expiry_loop()
-            return
-        from aggregator.compaction import CompactionFailed, compact_warehouse
-
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                beats = await asyncio.to_thread(read_heartbeats, self.warehouse)
-                hold = self._compaction_hold(beats)
-                if hold is not None:
-                    level = logging.WARNING if hold.peer_down else logging.INFO
-                    log.log(level, "compaction skipped: %s", hold.reason)
-                    continue
-                merged = await asyncio.to_thread(
-                    compact_warehouse,
-                    self.warehouse,
-                    self.settings.target_file_bytes,
-                    hold=self._hold_checker(),
-                    resume=True,
-                    flush_interval=self.settings.flush_interval,
-                    beats=beats,
-                )
-                self.metrics.compacted_files.inc(merged)
-            except CompactionFailed as exc:
-                self.metrics.compacted_files.inc(exc.merged)
-                log.warning("%s; it will run again in %.0fs", exc, interval)
-            except Exception as exc:
-                log.warning("compaction failed (%s); it will run again in %.0fs", exc, interval)
-
-    async def _ledger_expiry_loop(self) -> None:
-        """Without compaction nothing else deletes old ledger hours (``_ledger/`` would grow
-        by an object per segment per node for ever): expire them hourly, under the rule that
-        guards compaction (:func:`aggregator.ledger.expire_unless_held`)."""
-        from aggregator.ledger import EXPIRY_INTERVAL_S, expire_unless_held
-
+        """Every ``--compact-interval``: a compaction pass (see :class:`PeriodicCompaction`)."""
         assert self.ledger is not None
-        while True:
-            await asyncio.sleep(EXPIRY_INTERVAL_S)
-            try:
-                await asyncio.to_thread(expire_unless_held, self.warehouse, self.ledger.node_id)
-            except Exception as exc:
-                log.warning(
-                    "ledger expiry failed (%s); it will run again in %.0fs", exc, EXPIRY_INTERVAL_S
-                )
-
-    def _compaction_hold(self, beats: list[Heartbeat] | None = None) -> CompactionHold | None:
-        """What stops this node compacting now, from ``beats`` (read from the warehouse if
-        not given)."""
-        assert self.ledger is not None
-        if beats is None:
-            beats = read_heartbeats(self.warehouse)
-        return compaction_blocker(beats, self.ledger.node_id, time.time())
-
-    def _hold_checker(self) -> Callable[[], str | None]:
-        """For a pass under way: the hold, read again at most every HOLD_RECHECK_SECONDS (a peer
-        with a smaller id that came up, or one that went down, stops the pass)."""
-        checked = time.monotonic()
-
-        def hold() -> str | None:
-            nonlocal checked
-            if time.monotonic() - checked < HOLD_RECHECK_SECONDS:
-                return None
-            checked = time.monotonic()
-            found = self._compaction_hold()
-            return found.reason if found is not None else None
-
-        return hold
-
-
-# --- CLI ------------------------------------------------------------------------------------------
-
-
-def _serve_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="logq-aggregator",
-        description="Forward protocol server: buffers durably, writes partitioned Parquet. "
-        "Subcommands: 'logq-aggregator compact --help', 'logq-aggregator drain --help'.",
-    )
-    add_serve_flags(parser)
-    return parser
-
-
-def _drain_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="logq-aggregator drain",
-        description="Write out the buffer of an aggregator that is gone for good (its "
-        "--buffer-dir re-attached here), skipping lines other aggregators already stored, "
-        "then exit. Takes the aggregator's flags and --config; no port is opened.",
-    )
-    add_serve_flags(parser)
-    return parser
-
-
-def serve(argv: list[str], drain: bool = False) -> int:
-    args = (_drain_parser() if drain else _serve_parser()).parse_args(argv)
-    if drain and not (args.buffer_dir or args.config):
-        print(
-            "logq-aggregator drain: pass --buffer-dir DIR (the buffer to write out)",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        settings = load_settings(args)
-        if drain and not (Path(settings.buffer_dir) / "node-id").is_file():
-            raise ConfigError(
-                f"drain: {settings.buffer_dir} is not a logq-aggregator buffer directory (no "
-                "node-id file); pass the --buffer-dir of the aggregator to write out"
-            )
-        logs.setup(settings.log_level)
-        aggregator = Aggregator(settings)
-    except (ConfigError, WarehouseError, FormatError, OSError) as exc:
-        print(f"logq-aggregator: {exc}", file=sys.stderr)
-        return 2
-    tune_gc()
-    tune_memory()
-    try:
-        return asyncio.run(aggregator.drain() if drain else aggregator.run())
-    except (OSError, ValueError) as exc:
-        print(f"logq-aggregator: {exc}", file=sys.stderr)
-        return 2
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "compact":
-        from aggregator.compaction import compact_main
-
-        return compact_main(argv[1:])
-    if argv and argv[0] == "drain":
-        return serve(argv[1:], drain=True)
-    return serve(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        compaction = PeriodicCompaction(self.warehouse, self.settings, self.metrics, self.ledger)
+        await compaction.forever()

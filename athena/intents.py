@@ -1,6 +1,6 @@
 """Compaction intents, read the same way by the compactor's recovery and by the local engine.
 
-A merge (``aggregator/compaction.py``) writes ``_compact-<id>.json`` (its inputs, its output,
+A merge (``aggregator/compaction/``) writes ``_compact-<id>.json`` (its inputs, its output,
 the row count), then the merged ``c-<id>.parquet``, then deletes the inputs, then the intent.
 Between the output and the deletes -- milliseconds, or until the next compaction pass when a
 delete failed or the compactor was killed there -- both the inputs and the output are in the
@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 #: Intents are ``_compact-<id>.json``: the ``_`` prefix hides them from every reader of data.
 INTENT_PREFIX = "_compact-"
 #: The youngest a file can be when compaction merges it, unless forced (``compact --force
-#: --grace-minutes``): :func:`aggregator.compaction.safe_grace` for a node that flushes all the
-#: time (a minute past its last heartbeat, plus a 5-minute margin); more for slower flushes.
+#: --grace-minutes``): :func:`aggregator.compaction.grace.safe_grace` for a node that flushes
+#: all the time (a minute past its last heartbeat, plus a 5-minute margin); more for slower
+#: flushes.
 #: Here for readers that must not import the aggregator: ``tail --follow`` lists each hour more
 #: often than this, so it sees every flush object before a merge can take it.
 GRACE_FLOOR = timedelta(minutes=6)

@@ -19,8 +19,10 @@ The sizing in docs/operations.md rests on two figures this script measures:
 On SeaweedFS each pass also prints the S3 requests it sent, by kind, as the server counted them
 (its metrics; HEAD counts as GET): exact, where the wall times vary with the machine's load.
 
-``--impl PATH`` measures another ``compaction.py`` (e.g. the previous revision, from
-``git show HEAD~1:aggregator/compaction.py > /tmp/old.py``) for before/after figures.
+``--impl PATH`` measures another single-file ``compaction.py`` (a revision from before the
+``aggregator/compaction/`` package, e.g. ``git show 97a917d:aggregator/compaction.py >
+/tmp/old.py``) for before/after figures; for a later revision, run this script in a worktree
+of it.
 
 Usage: ``python bench/compact.py [--backend local|s3|both] [--partitions N] [--files N]
 [--rows N] [--idle-services N] [--idle-hours N] [--idle-history N] [--idle-history-files N]
@@ -63,11 +65,12 @@ HOUR = (NOW - timedelta(hours=6)).replace(minute=0, second=0, microsecond=0)
 
 
 def load_impl(path: str | None) -> ModuleType:
-    """The compaction module to measure: the work tree's, or the file at ``path``."""
+    """The compaction module to measure (its ``compact_warehouse``): the work tree's, or the
+    file at ``path``."""
     if path is None:
-        import aggregator.compaction
+        import aggregator.compaction.passes
 
-        return aggregator.compaction
+        return aggregator.compaction.passes
     spec = importlib.util.spec_from_file_location("bench_compaction_impl", path)
     if spec is None or spec.loader is None:
         raise SystemExit(f"cannot load {path}")
@@ -309,7 +312,9 @@ def main() -> None:
         "--idle-history", type=int, default=0, help="older hours per service, past the lookback"
     )
     parser.add_argument("--idle-history-files", type=int, default=1, help="per older hour")
-    parser.add_argument("--impl", help="a compaction.py to measure instead of the work tree's")
+    parser.add_argument(
+        "--impl", help="a single-file compaction.py to measure instead of the work tree's"
+    )
     args = parser.parse_args()
     import logging
 

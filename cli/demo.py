@@ -34,7 +34,7 @@ QUERY_TIMEOUT = 60.0
 _MODULES = {
     "logq": "cli.app",
     "logq-shipper": "shipper.daemon",
-    "logq-aggregator": "aggregator.service",
+    "logq-aggregator": "aggregator.commands",
 }
 
 

@@ -17,15 +17,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import aggregator.compaction as compaction
+import aggregator.compaction.attempt as attempt_mod
+import aggregator.compaction.command as command_mod
+import aggregator.compaction.grace as grace_mod
+import aggregator.compaction.listing as listing_mod
+import aggregator.compaction.passes as passes_mod
 from aggregator.batch import records_table, route
-from aggregator.compaction import (
-    CompactionFailed,
-    compact_main,
-    compact_partition,
-    compact_warehouse,
-    finish_intents,
-)
+from aggregator.compaction.command import compact_main
+from aggregator.compaction.intents import finish_intents
+from aggregator.compaction.partition import compact_partition
+from aggregator.compaction.passes import CompactionFailed, compact_warehouse
 from aggregator.decode import records_batch, to_ipc
 from aggregator.ledger import (
     STALE_GRACE_S,
@@ -456,7 +457,7 @@ def test_the_next_pass_finishes_a_failed_delete_though_the_output_is_young(
         raise StorageError("DeleteObjects failed (503 SlowDown)")
 
     with monkeypatch.context() as patch, pytest.raises(CompactionFailed):
-        patch.setattr(compaction, "delete_objects", refused)
+        patch.setattr(attempt_mod, "delete_objects", refused)
         compact_warehouse(wh, lookback=None)
     assert service_rows(uri) == before + before  # both hours: every row twice
     assert compact_warehouse(wh, lookback=None) == 0  # finished, nothing merged
@@ -486,8 +487,9 @@ def test_a_pass_reads_the_heartbeats_once(tmp_path: Path, monkeypatch: pytest.Mo
     Ledger(wh, "peer").heartbeat(time.time(), flush_interval=300.0)
     beats = read_heartbeats(wh)
     reads: list[str] = []
-    real = compaction.read_heartbeats
-    monkeypatch.setattr(compaction, "read_heartbeats", lambda w: reads.append("x") or real(w))
+    real = grace_mod.read_heartbeats
+    for mod in (grace_mod, command_mod):  # the grace floor's read, and compact_main's own
+        monkeypatch.setattr(mod, "read_heartbeats", lambda w: reads.append("x") or real(w))
     assert compact_warehouse(wh, now=now, lookback=None, beats=beats) == 0  # peer's floor held
     assert reads == []
     assert compact_main(["--warehouse", uri, "--all"]) == 0
@@ -536,12 +538,12 @@ def folder_of(uri: str, service: str, dt: str = DT) -> Path:
 
 def patch_merge(monkeypatch: pytest.MonkeyPatch, around: object) -> None:
     """Run ``around(output, merge)`` instead of each merge (``merge()`` does the real one)."""
-    real = compaction._merge
+    real = attempt_mod._merge
 
     def merge(*args: object, **kwargs: object) -> int:
         return around(str(args[3]), lambda: real(*args, **kwargs))  # type: ignore[operator]
 
-    monkeypatch.setattr(compaction, "_merge", merge)
+    monkeypatch.setattr(attempt_mod, "_merge", merge)
 
 
 @pytest.mark.s3
@@ -598,8 +600,8 @@ def test_hours_are_listed_one_by_one_or_the_folder_whole_on_s3(
         raise AssertionError("a service folder was listed whole")
 
     with monkeypatch.context() as patch:
-        patch.setattr(compaction, "RECURSIVE_MAX_HOURS", 1)
-        patch.setattr(compaction, "list_tree", whole)
+        patch.setattr(listing_mod, "RECURSIVE_MAX_HOURS", 1)
+        patch.setattr(listing_mod, "list_tree", whole)
         lookback = LATER - (HOUR + timedelta(minutes=90))  # NEXT_DT's hour, not DT's
         assert compact_warehouse(wh, now=LATER, lookback=lookback) == 4
     assert files_in(folder + "/") == 4  # outside the lookback: untouched
@@ -685,7 +687,7 @@ def test_merges_at_once_stay_within_the_memory_budget(
     for service in ("aaa", "bbb", "ccc"):
         flush_files(uri, files=3, rows_per_file=20, service=service)
     before = service_rows(uri)
-    monkeypatch.setattr(compaction, "MERGE_MEMORY_BYTES", 1)
+    monkeypatch.setattr(passes_mod, "MERGE_MEMORY_BYTES", 1)
     lock = threading.Lock()
     running: list[int] = [0, 0]  # now, most at once
 
@@ -716,7 +718,7 @@ def test_hold_is_asked_when_a_merge_slot_is_free_right_before_the_merge(
     for service in ("aaa", "bbb"):
         flush_files(uri, files=3, rows_per_file=5, service=service)
     before = service_rows(uri)
-    monkeypatch.setattr(compaction, "MERGE_PARTITIONS", 1)
+    monkeypatch.setattr(passes_mod, "MERGE_PARTITIONS", 1)
     events: list[str] = []
 
     def around(output: str, merge: Callable[[], int]) -> int:

@@ -21,15 +21,16 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-import aggregator.compaction as compaction
+import aggregator.compaction.attempt as attempt_mod
+import aggregator.compaction.intents as intents_mod
+import aggregator.compaction.merge as merge_mod
+import aggregator.compaction.partition as partition_mod
 import aggregator.storage as storage
-from aggregator.compaction import (
-    INTENT_PREFIX,
-    CompactionFailed,
-    compact_partition,
-    compact_warehouse,
-    finish_intents,
-)
+from aggregator.compaction.attempt import _Attempt
+from aggregator.compaction.intents import finish_intents
+from aggregator.compaction.partition import compact_partition
+from aggregator.compaction.passes import CompactionFailed, compact_warehouse
+from athena.intents import INTENT_PREFIX
 from athena.schema import CONTAINER_LOGS, partition_path
 from athena.warehouse import Warehouse, open_warehouse
 from tests.aggregator.helpers import read_table
@@ -75,7 +76,7 @@ def merged_only(wh: Warehouse, folder: str) -> bool:
 
 def patch_merge(monkeypatch: pytest.MonkeyPatch, before: Any = None, after: Any = None) -> None:
     """Run ``before``/``after`` around the first compactor's merge (once)."""
-    real = compaction._merge
+    real = attempt_mod._merge
     calls: list[int] = []
 
     def merge(*args: Any, **kwargs: Any) -> int:
@@ -88,7 +89,7 @@ def patch_merge(monkeypatch: pytest.MonkeyPatch, before: Any = None, after: Any 
             after()
         return out
 
-    monkeypatch.setattr(compaction, "_merge", merge)
+    monkeypatch.setattr(attempt_mod, "_merge", merge)
 
 
 def test_second_compactor_during_the_first_ones_merge_skips(
@@ -120,7 +121,7 @@ def test_first_compactor_whose_files_were_merged_after_it_listed_them(
     output is its own: A finds its inputs gone, withdraws, and deletes nothing of B's."""
     uri, wh, folder = partition(tmp_path)
     before, here = rows(uri), folder_rows(wh, folder)
-    real_groups = compaction._groups
+    real_groups = partition_mod._groups
     calls: list[int] = []
 
     def groups(files: list[Any], target_bytes: int) -> list[list[Any]]:
@@ -132,7 +133,7 @@ def test_first_compactor_whose_files_were_merged_after_it_listed_them(
                 assert folder_rows(wh, folder) == here
         return real_groups(files, target_bytes)
 
-    monkeypatch.setattr(compaction, "_groups", groups)
+    monkeypatch.setattr(partition_mod, "_groups", groups)
     try:
         merged: int | None = compact_warehouse(wh, now=LATER, lookback=None)
     except CompactionFailed:
@@ -150,7 +151,7 @@ def test_intents_written_at_the_same_time_let_only_one_merge(
     merges. Whatever the order of the four writes and lists, at most one merges."""
     uri, wh, folder = partition(tmp_path)
     before, files = rows(uri), names(wh, folder)
-    real_put = compaction._put_intent
+    real_put = attempt_mod._put_intent
     calls: list[tuple[str, dict]] = []
 
     def put(wh_: Warehouse, path: str, body: dict) -> None:
@@ -164,7 +165,7 @@ def test_intents_written_at_the_same_time_let_only_one_merge(
             path, body = calls[0]
         real_put(wh_, path, body)
 
-    monkeypatch.setattr(compaction, "_put_intent", put)
+    monkeypatch.setattr(attempt_mod, "_put_intent", put)
     assert compact_partition(wh, CONTAINER_LOGS, folder, TARGET) == 5
     assert len(calls) == 2
     assert rows(uri) == before and merged_only(wh, folder)
@@ -179,15 +180,16 @@ class Crash(BaseException):
 
 
 def crash_on_first_input_delete(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = compaction.delete_object
+    real = attempt_mod.delete_object
 
     def delete(wh: Warehouse, path: str) -> None:
         name = path.rsplit("/", 1)[-1]
-        if not name.startswith((compaction.INTENT_PREFIX, "c-")):
+        if not name.startswith((INTENT_PREFIX, "c-")):
             raise Crash(path)
         real(wh, path)
 
-    monkeypatch.setattr(compaction, "delete_object", delete)
+    monkeypatch.setattr(attempt_mod, "delete_object", delete)  # a merge's own deletes
+    monkeypatch.setattr(intents_mod, "delete_object", delete)  # those finishing a merge
     monkeypatch.setattr(storage, "delete_object", delete)  # what delete_objects calls
 
 
@@ -219,7 +221,7 @@ def test_an_input_rewritten_after_it_was_read_makes_the_merge_withdraw(
     uri, wh, folder = partition(tmp_path)
     inputs = names(wh, folder)
     before = rows(uri)
-    real_groups = compaction._groups
+    real_groups = partition_mod._groups
     calls: list[int] = []
 
     def groups(files: list[Any], target_bytes: int) -> list[list[Any]]:
@@ -230,7 +232,7 @@ def test_an_input_rewritten_after_it_was_read_makes_the_merge_withdraw(
             pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), path)
         return real_groups(files, target_bytes)
 
-    monkeypatch.setattr(compaction, "_groups", groups)
+    monkeypatch.setattr(partition_mod, "_groups", groups)
     assert compact_partition(wh, CONTAINER_LOGS, folder, TARGET) == 0
     assert names(wh, folder) == inputs  # no intent, no output left
     after = rows(uri)
@@ -279,11 +281,11 @@ def test_a_long_merge_whose_intent_was_taken_for_stale_stops(
     inputs; the other pass merges them. Streamed merges have written part of it by then."""
     uri, wh, folder = partition(tmp_path)
     before = rows(uri)
-    monkeypatch.setattr(compaction, "INTENT_REFRESH", timedelta(0))
+    monkeypatch.setattr(attempt_mod, "INTENT_REFRESH", timedelta(0))
     if not sort_in_memory:
-        monkeypatch.setattr(compaction, "SORT_IN_MEMORY_BYTES", 0)
-        monkeypatch.setattr(compaction, "ROW_GROUP_ROWS", 20)  # a piece per input file
-    real_progress = compaction._Attempt.progress
+        monkeypatch.setattr(merge_mod, "SORT_IN_MEMORY_BYTES", 0)
+        monkeypatch.setattr(merge_mod, "ROW_GROUP_ROWS", 20)  # a piece per input file
+    real_progress = _Attempt.progress
     calls: list[int] = []
 
     def progress(self: Any) -> None:
@@ -293,7 +295,7 @@ def test_a_long_merge_whose_intent_was_taken_for_stale_stops(
             assert compact_partition(wh, CONTAINER_LOGS, folder, TARGET) == 5
         real_progress(self)
 
-    monkeypatch.setattr(compaction._Attempt, "progress", progress)
+    monkeypatch.setattr(_Attempt, "progress", progress)
     assert compact_partition(wh, CONTAINER_LOGS, folder, TARGET) == 0
     assert rows(uri) == before
     assert merged_only(wh, folder)
@@ -325,7 +327,7 @@ def test_a_failed_merge_deletes_only_its_own_incomplete_output(
     def fail(*args: Any, **kwargs: Any) -> int:
         raise OSError("injected read failure")
 
-    monkeypatch.setattr(compaction, "_merge", fail)
+    monkeypatch.setattr(attempt_mod, "_merge", fail)
     with pytest.raises(OSError, match="injected"):
         compact_partition(wh, CONTAINER_LOGS, folder, TARGET)
     assert rows(uri) == before
@@ -348,7 +350,7 @@ def test_second_compactor_during_the_first_ones_merge_on_s3(
 
     uri2, wh2, folder2 = partition(s3_warehouse.replace("/wh", "/wh2"))
     before2 = rows(uri2)
-    real_groups = compaction._groups
+    real_groups = partition_mod._groups
     calls: list[int] = []
 
     def groups(files: list[Any], target_bytes: int) -> list[list[Any]]:
@@ -357,7 +359,7 @@ def test_second_compactor_during_the_first_ones_merge_on_s3(
             assert compact_partition(wh2, CONTAINER_LOGS, folder2, TARGET) == 5
         return real_groups(files, target_bytes)
 
-    monkeypatch.setattr(compaction, "_groups", groups)
+    monkeypatch.setattr(partition_mod, "_groups", groups)
     assert compact_partition(wh2, CONTAINER_LOGS, folder2, TARGET) == 0
     assert rows(uri2) == before2
     assert merged_only(wh2, folder2)
@@ -380,7 +382,7 @@ def test_an_unreadable_intent_blocks_only_until_stale(tmp_path: Path) -> None:
 COMPACT_AT = """
 import sys, time
 at, delay = float(sys.argv[1]), float(sys.argv[2])
-from aggregator.compaction import compact_main
+from aggregator.compaction.command import compact_main
 while time.time() < at:
     time.sleep(0.0005)
 time.sleep(delay)
@@ -426,12 +428,12 @@ def test_an_output_written_whole_despite_an_error_is_committed(
     deleted; the merge commits."""
     uri, wh, folder = partition(tmp_path)
     before = rows(uri)
-    real = compaction._merge
+    real = attempt_mod._merge
 
     def merge(*args: Any, **kwargs: Any) -> int:
         real(*args, **kwargs)
         raise OSError("connection reset after the upload completed")
 
-    monkeypatch.setattr(compaction, "_merge", merge)
+    monkeypatch.setattr(attempt_mod, "_merge", merge)
     assert compact_partition(wh, CONTAINER_LOGS, folder, TARGET) == 5
     assert rows(uri) == before and merged_only(wh, folder)

@@ -17,15 +17,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-import aggregator.compaction as compaction
+import aggregator.compaction.inputs as inputs_mod
 import aggregator.storage as storage
-from aggregator.compaction import (
-    INTENT_PREFIX,
-    CompactionFailed,
-    compact_partition,
-    compact_warehouse,
-)
+from aggregator.compaction.partition import compact_partition
+from aggregator.compaction.passes import CompactionFailed, compact_warehouse
 from aggregator.storage import DELETE_BATCH, StorageError, delete_objects, put_bytes, put_table
+from athena.intents import INTENT_PREFIX
 from athena.schema import CONTAINER_LOGS, DT_FORMAT, partition_path
 from athena.warehouse import S3Settings, Warehouse, open_warehouse, s3_client
 from tests.aggregator.test_compaction import (
@@ -169,7 +166,7 @@ def test_a_small_input_not_kept_is_fetched_whole_in_one_get_when_merged(
     """With no room to keep inputs between their footer reads and the merge (as for the inputs
     past a partition's first 64 MiB), a small input's footer is read first (pyarrow: a HEAD and
     a GET) and its rows with one more GET, the whole file (was a HEAD and a GET again)."""
-    monkeypatch.setattr(compaction, "PREFETCH_BYTES", 0)
+    monkeypatch.setattr(inputs_mod, "PREFETCH_BYTES", 0)
     flush_files(s3_warehouse, files=12, rows_per_file=10, service="svc")
     rows = service_rows(s3_warehouse)
     wh = open_warehouse(s3_warehouse)

@@ -15,15 +15,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-import aggregator.compaction as compaction
+import aggregator.compaction.listing as listing_mod
 from aggregator.batch import records_table, route
-from aggregator.compaction import (
-    CompactionFailed,
-    compact_main,
-    compact_warehouse,
-    last_pass,
-    resume_lookback,
-)
+from aggregator.compaction.attempt import _Attempt
+from aggregator.compaction.command import compact_main
+from aggregator.compaction.last_pass import MAX_RESUME_LOOKBACK, last_pass, resume_lookback
+from aggregator.compaction.listing import DEFAULT_LOOKBACK
+from aggregator.compaction.passes import CompactionFailed, compact_warehouse
 from aggregator.decode import records_batch, to_ipc
 from aggregator.ledger import (
     LEDGER_DIR,
@@ -217,7 +215,7 @@ def test_a_long_window_lists_hour_by_hour_never_the_whole_folder(
     """``--all`` (no lookback) or a long resumed window: a folder with more hours than
     RECURSIVE_MAX_HOURS is listed hour by hour (a few hours' entries held at a time), and every
     hour is still compacted."""
-    monkeypatch.setattr(compaction, "RECURSIVE_MAX_HOURS", 4)
+    monkeypatch.setattr(listing_mod, "RECURSIVE_MAX_HOURS", 4)
     root = tmp_path / "wh"
     hours = [write_hour(root, h, 2) for h in (2, 3, 5, 100, 200, 300)]
     service = str(Path(hours[0]).parent)
@@ -285,7 +283,7 @@ def test_the_next_pass_after_a_long_pause_compacts_the_paused_hours(tmp_path: Pa
     assert rows(root) == before
     assert last_pass(wh) == NOW
     # Caught up: the next pass looks back the usual 48 hours again.
-    assert resume_lookback(wh, NOW) == compaction.DEFAULT_LOOKBACK
+    assert resume_lookback(wh, NOW) == DEFAULT_LOOKBACK
 
 
 def test_without_a_record_a_pass_looks_back_48_hours(tmp_path: Path) -> None:
@@ -299,7 +297,7 @@ def test_without_a_record_a_pass_looks_back_48_hours(tmp_path: Path) -> None:
 def test_a_resumed_lookback_is_bounded(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     wh = open_warehouse(str(tmp_path / "wh"), create=True)
     compact_warehouse(wh, now=NOW - timedelta(days=90), resume=True)
-    assert resume_lookback(wh, NOW) == compaction.MAX_RESUME_LOOKBACK
+    assert resume_lookback(wh, NOW) == MAX_RESUME_LOOKBACK
     assert "are not compacted (run `logq-aggregator compact --all`" in caplog.text
 
 
@@ -316,18 +314,18 @@ def test_a_failed_or_stopped_pass_does_not_move_the_record(
     assert compact_warehouse(wh, now=NOW, resume=True, hold=lambda: "a peer went down") == 0
     assert last_pass(wh) == start  # stopped
 
-    real = compaction._Attempt.run
+    real = _Attempt.run
 
-    def failing(self: compaction._Attempt) -> bool:
+    def failing(self: _Attempt) -> bool:
         raise StorageError("the warehouse refused the write")
 
-    monkeypatch.setattr(compaction._Attempt, "run", failing)
+    monkeypatch.setattr(_Attempt, "run", failing)
     with pytest.raises(CompactionFailed):
         compact_warehouse(wh, now=NOW, resume=True)
     assert last_pass(wh) == start  # failed
     assert parquet_count(folder) == 3
 
-    monkeypatch.setattr(compaction._Attempt, "run", real)
+    monkeypatch.setattr(_Attempt, "run", real)
     assert compact_warehouse(wh, now=NOW, resume=True) == 3  # the hour is still in reach
     assert last_pass(wh) == NOW
     assert rows(root) == before
@@ -343,14 +341,14 @@ def test_one_partition_that_always_fails_does_not_hold_the_record_back(
     compact_warehouse(wh, now=NOW - timedelta(hours=61), resume=True)
     good = write_hour(root, 60, 3)
     bad = write_hour(root, 50, 3)
-    real = compaction._Attempt.run
+    real = _Attempt.run
 
-    def damaged(self: compaction._Attempt) -> bool:
+    def damaged(self: _Attempt) -> bool:
         if self.folder == bad:
             raise OSError("ZSTD decompression failed")
         return real(self)
 
-    monkeypatch.setattr(compaction._Attempt, "run", damaged)
+    monkeypatch.setattr(_Attempt, "run", damaged)
     with pytest.raises(CompactionFailed):
         compact_warehouse(wh, now=NOW, resume=True)
     assert last_pass(wh) == NOW

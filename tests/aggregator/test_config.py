@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from aggregator.buffer import Buffer
+from aggregator.commands import main
 from aggregator.config import ConfigError, Settings, add_serve_flags, load_settings
-from aggregator.service import main
 from tests.support.procs import console_script
 
 

@@ -22,12 +22,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from aggregator import diskguard as diskguard_mod
 from aggregator import flusher as flusher_mod
 from aggregator import service as service_mod
 from aggregator.buffer import Segment
 from aggregator.config import Settings
+from aggregator.diskguard import GuardedBuffer
 from aggregator.ledger import entry_name
-from aggregator.service import GuardedBuffer
 from shipper import wire
 from tests.aggregator.helpers import http_get, read_table, record
 from tests.aggregator.test_flusher import data_files, make_flusher, write_segment
@@ -150,7 +151,7 @@ def test_the_buffer_counts_as_full_while_its_volume_is_under_the_reserve(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     volume = _Volume(3 * MIB // 2)  # near the reserve: read again at every check
-    monkeypatch.setattr(service_mod, "disk_space", volume)
+    monkeypatch.setattr(diskguard_mod, "disk_space", volume)
     heard: list[tuple[str | None, int]] = []
     buffer = GuardedBuffer(tmp_path / "buf", 200_000, 1 << 30, lambda r, f: heard.append((r, f)))
 
@@ -181,11 +182,11 @@ def test_the_buffer_counts_as_full_while_its_volume_is_under_the_reserve(
 
 
 def test_disk_reserve_is_one_segment_within_bounds() -> None:
-    assert service_mod.disk_reserve_bytes(200_000) == service_mod.DISK_RESERVE_MIN
-    assert service_mod.disk_reserve_bytes(16 * MIB) == 16 * MIB
-    assert service_mod.disk_reserve_bytes(1 << 30) == service_mod.DISK_RESERVE_MAX
+    assert diskguard_mod.disk_reserve_bytes(200_000) == diskguard_mod.DISK_RESERVE_MIN
+    assert diskguard_mod.disk_reserve_bytes(16 * MIB) == 16 * MIB
+    assert diskguard_mod.disk_reserve_bytes(1 << 30) == diskguard_mod.DISK_RESERVE_MAX
     # a 2 MiB volume keeps most of itself for data (the audit's tmpfs)
-    assert service_mod.disk_reserve_bytes(64 * MIB, 2 * MIB) == 256 * 1024
+    assert diskguard_mod.disk_reserve_bytes(64 * MIB, 2 * MIB) == 256 * 1024
 
 
 async def _ack(port: int, chunk: str, text: str) -> dict[str, Any]:
@@ -210,7 +211,7 @@ def test_a_full_volume_withholds_acks_and_fails_healthz_until_space_returns(
 ) -> None:
     """In process: the free space of the buffer volume is what the test says."""
     volume = _Volume(100 * MIB)
-    monkeypatch.setattr(service_mod, "disk_space", volume)
+    monkeypatch.setattr(diskguard_mod, "disk_space", volume)
     settings = Settings(
         listen="127.0.0.1:0",
         metrics_listen="127.0.0.1:0",
@@ -283,7 +284,7 @@ def test_an_aggregator_restarted_on_a_full_volume_writes_out_its_segments_then_t
     (buffer_dir / "last-seq").write_text("1\n")
     left = write_segment(buffer_dir / f"{1:016d}.seg", frames=3, per_frame=20)
     volume = _Volume(MIB // 2)
-    monkeypatch.setattr(service_mod, "disk_space", volume)
+    monkeypatch.setattr(diskguard_mod, "disk_space", volume)
     real_write_atomic = buffer_mod.write_atomic
 
     def write_atomic(path: Path, data: bytes) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from aggregator import buffer as buffer_mod
+from aggregator import commands as commands_mod
 from aggregator import service as service_mod
 from aggregator.config import Settings
 from tests.aggregator.helpers import http_get, read_table
@@ -160,7 +161,7 @@ def test_a_second_aggregator_on_the_buffer_dir_exits_2_and_holds_no_port(
         running = asyncio.ensure_future(agg.run())
         try:
             await gate.wait_reached()  # the first one holds the lock and its metrics port
-            return await asyncio.to_thread(service_mod.main, argv)
+            return await asyncio.to_thread(commands_mod.main, argv)
         finally:
             gate.open()
             agg.stop()  # it ends its start-up (exit 0)

@@ -19,9 +19,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-import aggregator.compaction as compaction
+import aggregator.compaction.attempt as attempt_mod
 import aggregator.storage as storage
-from aggregator.compaction import CompactionFailed, compact_warehouse
+from aggregator.compaction.passes import CompactionFailed, compact_warehouse
 from aggregator.storage import StorageError
 from athena.engines.local import LocalEngine
 from athena.intents import INTENT_PREFIX
@@ -125,7 +125,7 @@ def test_a_merge_whose_deletes_failed_is_read_once_locally(
         raise StorageError("DeleteObjects failed (503 SlowDown)")
 
     check_failed_merge_then_next_pass(
-        uri, frame, _Patched(monkeypatch, compaction, "delete_objects", refused)
+        uri, frame, _Patched(monkeypatch, attempt_mod, "delete_objects", refused)
     )
 
 

@@ -216,7 +216,7 @@ def test_follow_prints_lines_that_arrive_minutes_late_once(tmp_path: Path, monke
 def test_follow_does_not_print_a_compaction_output_again(tmp_path: Path, monkeypatch) -> None:
     """Compaction merges the flush files already printed into one new object (and deletes
     them): its rows are not news. A line that lands after it still is."""
-    from aggregator.compaction import compact_partition
+    from aggregator.compaction.partition import compact_partition
     from athena.schema import CONTAINER_LOGS
     from athena.warehouse import open_warehouse
 
@@ -311,7 +311,7 @@ def test_athena_follow_reads_a_window_and_says_its_limit(monkeypatch) -> None:
 
 def _compact_hours(uri: str) -> None:
     """Run compaction over every hour of ``svc`` now (no grace: the test decides when)."""
-    from aggregator.compaction import compact_partition
+    from aggregator.compaction.partition import compact_partition
     from athena.schema import CONTAINER_LOGS
     from athena.warehouse import open_warehouse
 
@@ -328,7 +328,8 @@ def test_follow_does_not_reprint_history_when_a_listed_object_vanishes(
     pass then finishes the merge between a poll's listing and its read of the intent: the poll
     takes the inputs for new objects, finds them gone, and must print nothing. (Before: the
     engine listed the whole hour again and every line of it was printed a second time.)"""
-    from aggregator import compaction
+    from aggregator.compaction import attempt
+    from aggregator.compaction.partition import compact_partition
     from aggregator.storage import StorageError
     from athena import intents
     from athena.schema import CONTAINER_LOGS
@@ -343,10 +344,10 @@ def test_follow_does_not_reprint_history_when_a_listed_object_vanishes(
     def failing_delete(wh, paths):  # S3 SlowDown / AccessDenied on the input deletes
         raise StorageError("SlowDown")
 
-    monkeypatch.setattr(compaction, "delete_objects", failing_delete)
+    monkeypatch.setattr(attempt, "delete_objects", failing_delete)
     for folder in Path(uri, "container_logs", "service=svc").iterdir():
         with pytest.raises(StorageError):
-            compaction.compact_partition(wh, CONTAINER_LOGS, str(folder), 1 << 30)
+            compact_partition(wh, CONTAINER_LOGS, str(folder), 1 << 30)
     monkeypatch.undo()
     left = sorted(p.name for p in Path(uri, "container_logs").rglob("*") if p.is_file())
     assert any(n.startswith("_compact-") for n in left) and len(left) >= 4, left
@@ -475,7 +476,7 @@ def test_follow_catches_up_on_hours_a_long_pause_skipped(tmp_path: Path, monkeyp
         clock["offset"] = timedelta(hours=3)
         for folder in Path(uri, "container_logs", "service=svc").iterdir():
             if folder.name == f"dt={ahead:%Y-%m-%d-%H}":
-                from aggregator.compaction import compact_partition
+                from aggregator.compaction.partition import compact_partition
                 from athena.schema import CONTAINER_LOGS
                 from athena.warehouse import open_warehouse
 
@@ -489,7 +490,7 @@ def test_follow_catches_up_on_hours_a_long_pause_skipped(tmp_path: Path, monkeyp
 def test_grace_floor_is_compactions_own() -> None:
     """The CLI reads the floor from athena.intents (it must not import the aggregator): it
     must be what compaction's safe grace is for the fastest-flushing node."""
-    from aggregator.compaction import safe_grace
+    from aggregator.compaction.grace import safe_grace
     from athena.intents import GRACE_FLOOR
 
     assert GRACE_FLOOR <= safe_grace([], flush_interval=0.001) < GRACE_FLOOR + timedelta(seconds=1)

@@ -1,0 +1,88 @@
+"""The ``logq-aggregator`` command line: serve, ``compact`` and ``drain``.
+
+``logq-aggregator [flags]`` serves; ``logq-aggregator compact [flags]`` compacts closed hours once
+and exits; ``logq-aggregator drain --buffer-dir DIR`` writes out the buffer of an aggregator that
+is gone for good (its disk re-attached elsewhere) and exits. Serving is
+:class:`aggregator.service.Aggregator`; the console script enters through
+:mod:`aggregator.launch` (allocator settings first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from aggregator import logs
+from aggregator.config import ConfigError, add_serve_flags, load_settings
+from aggregator.decode import tune_gc
+from aggregator.envoy import FormatError
+from aggregator.memory import tune_memory
+from aggregator.service import Aggregator
+from athena.warehouse import WarehouseError
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="logq-aggregator",
+        description="Forward protocol server: buffers durably, writes partitioned Parquet. "
+        "Subcommands: 'logq-aggregator compact --help', 'logq-aggregator drain --help'.",
+    )
+    add_serve_flags(parser)
+    return parser
+
+
+def _drain_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="logq-aggregator drain",
+        description="Write out the buffer of an aggregator that is gone for good (its "
+        "--buffer-dir re-attached here), skipping lines other aggregators already stored, "
+        "then exit. Takes the aggregator's flags and --config; no port is opened.",
+    )
+    add_serve_flags(parser)
+    return parser
+
+
+def serve(argv: list[str], drain: bool = False) -> int:
+    args = (_drain_parser() if drain else _serve_parser()).parse_args(argv)
+    if drain and not (args.buffer_dir or args.config):
+        print(
+            "logq-aggregator drain: pass --buffer-dir DIR (the buffer to write out)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        settings = load_settings(args)
+        if drain and not (Path(settings.buffer_dir) / "node-id").is_file():
+            raise ConfigError(
+                f"drain: {settings.buffer_dir} is not a logq-aggregator buffer directory (no "
+                "node-id file); pass the --buffer-dir of the aggregator to write out"
+            )
+        logs.setup(settings.log_level)
+        aggregator = Aggregator(settings)
+    except (ConfigError, WarehouseError, FormatError, OSError) as exc:
+        print(f"logq-aggregator: {exc}", file=sys.stderr)
+        return 2
+    tune_gc()
+    tune_memory()
+    try:
+        return asyncio.run(aggregator.drain() if drain else aggregator.run())
+    except (OSError, ValueError) as exc:
+        print(f"logq-aggregator: {exc}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "compact":
+        from aggregator.compaction.command import compact_main
+
+        return compact_main(argv[1:])
+    if argv and argv[0] == "drain":
+        return serve(argv[1:], drain=True)
+    return serve(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

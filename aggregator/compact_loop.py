@@ -1,0 +1,110 @@
+"""An aggregator's background compaction: a pass every ``--compact-interval`` when this node is
+the one to compact (:func:`aggregator.ledger.compaction_blocker`), else the hourly ledger expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from aggregator.config import Settings
+from aggregator.ledger import (
+    CompactionHold,
+    Heartbeat,
+    Ledger,
+    compaction_blocker,
+    read_heartbeats,
+)
+from aggregator.metrics import Metrics
+from athena.warehouse import Warehouse
+
+log = logging.getLogger("logq.aggregator")
+
+#: How often a compaction pass under way reads the heartbeats again (see _hold_checker).
+HOLD_RECHECK_SECONDS = 30.0
+
+
+class PeriodicCompaction:
+    """The compaction task of one running aggregator (:meth:`forever`), on its warehouse, with
+    its settings, metrics and ledger."""
+
+    def __init__(
+        self, warehouse: Warehouse, settings: Settings, metrics: Metrics, ledger: Ledger
+    ) -> None:
+        self.warehouse = warehouse
+        self.settings = settings
+        self.metrics = metrics
+        self.ledger = ledger
+
+    async def forever(self) -> None:
+        """Every ``--compact-interval``: a compaction pass, resumed from the last completed one
+        (hours a pause outlived are compacted too). Off: only the hourly ledger expiry."""
+        interval = self.settings.compact_interval
+        if interval <= 0:
+            await self._ledger_expiry_loop()
+            return
+        from aggregator.compaction.passes import CompactionFailed, compact_warehouse
+
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                beats = await asyncio.to_thread(read_heartbeats, self.warehouse)
+                hold = self._compaction_hold(beats)
+                if hold is not None:
+                    level = logging.WARNING if hold.peer_down else logging.INFO
+                    log.log(level, "compaction skipped: %s", hold.reason)
+                    continue
+                merged = await asyncio.to_thread(
+                    compact_warehouse,
+                    self.warehouse,
+                    self.settings.target_file_bytes,
+                    hold=self._hold_checker(),
+                    resume=True,
+                    flush_interval=self.settings.flush_interval,
+                    beats=beats,
+                )
+                self.metrics.compacted_files.inc(merged)
+            except CompactionFailed as exc:
+                self.metrics.compacted_files.inc(exc.merged)
+                log.warning("%s; it will run again in %.0fs", exc, interval)
+            except Exception as exc:
+                log.warning("compaction failed (%s); it will run again in %.0fs", exc, interval)
+
+    async def _ledger_expiry_loop(self) -> None:
+        """Without compaction nothing else deletes old ledger hours (``_ledger/`` would grow
+        by an object per segment per node for ever): expire them hourly, under the rule that
+        guards compaction (:func:`aggregator.ledger.expire_unless_held`)."""
+        from aggregator.ledger import EXPIRY_INTERVAL_S, expire_unless_held
+
+        while True:
+            await asyncio.sleep(EXPIRY_INTERVAL_S)
+            try:
+                await asyncio.to_thread(expire_unless_held, self.warehouse, self.ledger.node_id)
+            except Exception as exc:
+                log.warning(
+                    "ledger expiry failed (%s); it will run again in %.0fs", exc, EXPIRY_INTERVAL_S
+                )
+
+    def _compaction_hold(self, beats: list[Heartbeat] | None = None) -> CompactionHold | None:
+        """What stops this node compacting now, from ``beats`` (read from the warehouse if
+        not given)."""
+        if beats is None:
+            beats = read_heartbeats(self.warehouse)
+        return compaction_blocker(beats, self.ledger.node_id, time.time())
+
+    def _hold_checker(self) -> Callable[[], str | None]:
+        """For a pass under way: the hold, read again at most every HOLD_RECHECK_SECONDS (a peer
+        with a smaller id that came up, or one that went down, stops the pass)."""
+        checked = time.monotonic()
+
+        def hold() -> str | None:
+            nonlocal checked
+            if time.monotonic() - checked < HOLD_RECHECK_SECONDS:
+                return None
+            checked = time.monotonic()
+            found = self._compaction_hold()
+            return found.reason if found is not None else None
+
+        return hold

@@ -1,0 +1,114 @@
+"""The compaction of one partition folder: the merges left there finished, then its small files
+merged in groups of about the target size, one :mod:`attempt <aggregator.compaction.attempt>`
+each."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from datetime import UTC, datetime
+
+import pyarrow.fs as pafs
+
+from aggregator.compaction.attempt import _Attempt
+from aggregator.compaction.inputs import Input, _readable
+from aggregator.compaction.intents import (
+    INTENT_STALE_AFTER,
+    PartitionBusy,
+    _is_intent,
+    finish_intents,
+)
+from aggregator.compaction.merge import MERGE_MEMORY_BYTES, _memory_cost, _MemoryBudget
+from aggregator.storage import list_folder
+from athena.schema import Table
+from athena.warehouse import Warehouse
+
+log = logging.getLogger("logq.aggregator.compaction")
+
+
+def _visible(info: pafs.FileInfo) -> bool:
+    name = info.base_name
+    return (
+        info.type == pafs.FileType.File
+        and name.endswith(".parquet")
+        and not name.startswith((".", "_"))
+    )
+
+
+def _groups(files: list[Input], target_bytes: int) -> list[list[Input]]:
+    """Consecutive small files packed into groups of at most ``target_bytes`` (2+ files each)."""
+    small = [f for f in files if f.size < target_bytes // 2]
+    groups: list[list[Input]] = []
+    current: list[Input] = []
+    size = 0
+    for f in small:
+        if current and size + f.size > target_bytes:
+            groups.append(current)
+            current, size = [], 0
+        current.append(f)
+        size += f.size
+    groups.append(current)
+    return [g for g in groups if len(g) >= 2]
+
+
+def compact_partition(
+    wh: Warehouse,
+    spec: Table,
+    folder: str,
+    target_bytes: int,
+    infos: list[pafs.FileInfo] | None = None,
+    budget: _MemoryBudget | None = None,
+) -> int:
+    """Merge the small files of one partition folder; return the number of input files merged.
+
+    ``infos``: the caller's listing of ``folder`` (None: list it here). A pass lists each
+    partition once and decides from that listing alone, without reading a footer, that most
+    partitions (already compacted: one file, or no two small ones) have nothing to merge.
+
+    ``budget``: shared by the partitions a pass merges at once (None: this call's own).
+    """
+    if infos is None:
+        infos = list_folder(wh, folder)
+    intents = [i for i in infos if _is_intent(i)]
+    if intents:
+        try:
+            finish_intents(wh, folder, datetime.now(UTC) - INTENT_STALE_AFTER, intents)
+        except PartitionBusy:
+            log.info("skipping %s: another compaction is under way there", folder)
+            return 0
+        infos = list_folder(wh, folder)  # finishing a merge deleted its inputs: list again
+    _sweep_temporaries(wh, infos)
+    small = [i for i in infos if _visible(i) and (i.size or 0) < target_bytes // 2]
+    if len(small) < 2:  # _groups merges only small files, two or more: no footer to read
+        return 0
+    budget = budget or _MemoryBudget(MERGE_MEMORY_BYTES)
+    files = _readable(wh, small)
+    merged = 0
+    for group in _groups(files, target_bytes):
+        with budget.reserve(_memory_cost(group)):
+            if not _Attempt(wh, spec, folder, group).run():
+                break  # another compactor works here: it has (or the next pass will) the rest
+        merged += len(group)
+    return merged
+
+
+#: ``.<name>.<8 hex>.tmp``: a local write in progress (:func:`aggregator.durable.atomic_file`).
+_TEMPORARY = re.compile(r"\A\..+\.[0-9a-f]{8}\.tmp\Z")
+
+
+def _sweep_temporaries(wh: Warehouse, infos: list[pafs.FileInfo]) -> None:
+    """Delete the temporary files of local writes killed mid-way (``kill -9`` skips their
+    cleanup): readers skip them, but nothing else would ever remove them. Only those older
+    than INTENT_STALE_AFTER, in a closed hour: no write can still be running."""
+    cutoff = datetime.now(UTC) - INTENT_STALE_AFTER
+    for info in infos:
+        if (
+            info.type == pafs.FileType.File
+            and _TEMPORARY.match(info.base_name)
+            and info.mtime is not None
+            and info.mtime.replace(tzinfo=info.mtime.tzinfo or UTC) < cutoff
+        ):
+            log.info("removing %s: left by a write that was killed", info.path)
+            with contextlib.suppress(FileNotFoundError):
+                wh.fs.delete_file(info.path)

@@ -1,0 +1,115 @@
+"""The buffer's guard against a full ``--buffer-dir`` volume: the buffer counts as full while the
+volume has less than a reserve free, so that a flush, the one thing that frees the disk, always
+has room for its files (:class:`GuardedBuffer`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from aggregator.buffer import Buffer
+
+log = logging.getLogger("logq.aggregator")
+
+#: Free space kept on the --buffer-dir volume (one segment's worth, within these bounds, and at
+#: most 1/DISK_RESERVE_SHARE of the volume): below it appends wait, so that a flush, the one
+#: thing that frees the disk, always has room for its small files (offsets, notes) and usually
+#: for its spill (spill.py holds the rows in memory when it has not).
+DISK_RESERVE_MIN = 1024 * 1024
+DISK_RESERVE_MAX = 64 * 1024 * 1024
+DISK_RESERVE_SHARE = 8
+#: How long a free-space reading is trusted (minus what was appended since) when not near the
+#: reserve.
+DISK_RECHECK_SECONDS = 1.0
+
+
+def disk_reserve_bytes(segment_bytes: int, volume_bytes: int | None = None) -> int:
+    """Free bytes to keep under --buffer-dir for a flush (see :data:`DISK_RESERVE_MIN`)."""
+    reserve = max(DISK_RESERVE_MIN, min(segment_bytes, DISK_RESERVE_MAX))
+    if volume_bytes:  # a small volume: keep most of it for data
+        reserve = min(reserve, volume_bytes // DISK_RESERVE_SHARE)
+    return reserve
+
+
+def disk_space(directory: Path) -> tuple[int, int]:
+    """``(free, size)`` in bytes of the volume of ``directory`` (free: what we may write)."""
+    stat = os.statvfs(directory)
+    return stat.f_bavail * stat.f_frsize, stat.f_blocks * stat.f_frsize
+
+
+class GuardedBuffer(Buffer):
+    """The buffer, counted as full also while its volume has less than ``reserve`` bytes free.
+
+    Full means the Forward server stops reading (acks are withheld, shippers resend later or
+    elsewhere) and a flush is started: without this, appends fill the disk to the last byte and
+    a flush cannot write even its offsets file, so the segments that fill the disk are never
+    deleted. ``on_change(reason)`` hears when appends start waiting for disk (a reason naming
+    the directory and what to do) and when they resume (None).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        segment_bytes: int,
+        limit_bytes: int,
+        on_change: Callable[[str | None, int], None] | None = None,
+    ):
+        super().__init__(directory, segment_bytes, limit_bytes)
+        self.reserve = disk_reserve_bytes(segment_bytes)  # set from the volume size when read
+        self.disk_low: str | None = None
+        self._on_change = on_change
+        self._free: int | None = None
+        self._free_total = 0  # total_bytes when _free was read
+        self._free_at = 0.0
+
+    @property
+    def full(self) -> bool:
+        return super().full or self._short_of_disk()
+
+    def wake_if_space(self) -> None:
+        """Let waiting readers go on if there is room again (space freed by anything)."""
+        if self._space is not None and not self.full:
+            self._space.set()
+
+    def _short_of_disk(self) -> bool:
+        estimate = None
+        if self._free is not None and time.monotonic() - self._free_at < DISK_RECHECK_SECONDS:
+            estimate = self._free - max(0, self.total_bytes - self._free_total)
+        if estimate is None or estimate < 2 * self.reserve:  # near the reserve: read it again
+            try:
+                self._free, size = disk_space(self.dir)
+            except OSError:
+                return False  # no reading: appends go on and fail with their own error
+            self.reserve = disk_reserve_bytes(self.segment_bytes, size)
+            self._free_total, self._free_at = self.total_bytes, time.monotonic()
+            self._set_disk_low(self._free)
+        return self.disk_low is not None
+
+    def _set_disk_low(self, free: int) -> None:
+        low = free < self.reserve
+        if low == (self.disk_low is not None):
+            if self._on_change is not None:
+                self._on_change(self.disk_low, free)
+            return
+        if low:
+            self.disk_low = (
+                f"--buffer-dir {self.dir} has {free} bytes free, under the {self.reserve} a "
+                "flush needs: acks are withheld until there is room again; "
+                + (
+                    "the buffer holds no data, so other files on that volume take the space: "
+                    "free it or give the volume more room"
+                    if self.total_bytes == 0
+                    else "flushes free what the buffer holds once the warehouse takes it (give "
+                    "the volume more room, lower --buffer-limit-bytes, or check the warehouse "
+                    "is reachable)"
+                )
+            )
+            log.warning("%s", self.disk_low)
+        else:
+            self.disk_low = None
+            log.info("--buffer-dir %s has %d bytes free again: taking data", self.dir, free)
+        if self._on_change is not None:
+            self._on_change(self.disk_low, free)
