@@ -19,6 +19,7 @@ The command line (serve, ``compact``, ``drain``) is :mod:`aggregator.commands`. 
    what they sent, seal, flush everything acknowledged, exit 0 (exit 1 if the warehouse still
    refuses the data after ``SHUTDOWN_FLUSH_SECONDS``: it stays in the buffer and is written at
    the next start); a second signal exits 1 at once (the buffer holds everything acknowledged).
+   SIGHUP is no reload: a warning, and the aggregator goes on.
 """
 
 from __future__ import annotations
@@ -70,6 +71,17 @@ DRAIN_SECONDS = 300.0
 #: Failed flushes of one segment in a row with the same data error (not OSError: S3, disk)
 #: before it is set aside (Buffer.quarantine) so that the segments behind it flow again.
 QUARANTINE_AFTER = 3
+
+
+def _hang_up() -> None:
+    """SIGHUP: what Fluentd and Fluent Bit users send to reload. There is no reload here, so
+    say so and go on; it was the default action, an exit that left every acknowledged record
+    for the next start to write."""
+    log.warning(
+        "SIGHUP received: logq-aggregator does not reload its configuration and keeps "
+        "running; restart it (SIGTERM, which writes out everything acknowledged) to apply a "
+        "changed configuration"
+    )
 
 
 class StartInterrupted(Exception):
@@ -405,9 +417,12 @@ class Aggregator:
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        handlers = [(signal.SIGTERM, self._stop_requested), (signal.SIGINT, self._stop_requested)]
+        if hasattr(signal, "SIGHUP"):  # not on Windows
+            handlers.append((signal.SIGHUP, _hang_up))
+        for sig, handler in handlers:
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._stop_requested)
+                loop.add_signal_handler(sig, handler)
 
     async def _shutdown(
         self, flush_task: asyncio.Task[None], compact_task: asyncio.Task[None]

@@ -122,6 +122,28 @@ def test_a_second_sigterm_ends_a_stalled_stop_with_exit_1_and_the_data_stays(
     assert read_table(str(warehouse), "container_logs")["message"].to_pylist() == ["kept"]
 
 
+@pytest.mark.integration
+def test_sighup_is_a_warning_and_the_aggregator_goes_on(tmp_path: Path) -> None:
+    """SIGHUP (a Fluentd user's reload, a closed terminal) killed the aggregator with the
+    default action. It now says there is no reload, and keeps acking and writing."""
+    agg = start_aggregator(tmp_path)
+    try:
+        agg.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "SIGHUP received" in agg.log_text(), 30, "the warning", agg.proc)
+        with agg.connect() as sock:
+            entries = [(time.time_ns(), record("after the hang-up", service="hup"))]
+            sock.sendall(wire.encode_packed_forward("logq.hup", entries, "h1"))
+            assert read_acks(sock, 1) == ["h1"]
+        assert agg.proc.poll() is None
+        code = agg.stop()
+    finally:
+        agg.stop()
+    assert code == 0, agg.log_text()
+    assert "does not reload its configuration" in agg.log_text()
+    messages = read_table(agg.warehouse, "container_logs")["message"].to_pylist()
+    assert messages == ["after the hang-up"]
+
+
 def test_a_failed_flush_cycle_is_logged_counted_and_retried_at_the_next_interval(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
