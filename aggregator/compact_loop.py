@@ -66,10 +66,14 @@ class PeriodicCompaction:
                     beats=beats,
                 )
                 self.metrics.compacted_files.inc(merged)
+                self.metrics.compaction_failed_partitions.set(0)
             except CompactionFailed as exc:
                 self.metrics.compacted_files.inc(exc.merged)
+                self.metrics.compaction_failed_partitions.set(len(exc.failed))
+                self.metrics.compaction_pass_failures.inc()
                 log.warning("%s; it will run again in %.0fs", exc, interval)
             except Exception as exc:
+                self.metrics.compaction_pass_failures.inc()
                 log.warning("compaction failed (%s); it will run again in %.0fs", exc, interval)
 
     async def _ledger_expiry_loop(self) -> None:

@@ -176,6 +176,17 @@ class Metrics:
         self.compacted_files = Counter(
             "logq_aggregator_compaction_files_merged_total", "Small files compacted", registry=r
         )
+        self.compaction_failed_partitions = Gauge(
+            "logq_aggregator_compaction_failed_partitions",
+            "Partitions the last compaction pass could not compact (0: none, or no pass yet); "
+            "a merge whose input deletes fail shows its rows twice on Athena until one succeeds",
+            registry=r,
+        )
+        self.compaction_pass_failures = Counter(
+            "logq_aggregator_compaction_pass_failures_total",
+            "Compaction passes that failed, in part (see ..._failed_partitions) or whole",
+            registry=r,
+        )
         self.disk_free = Gauge(
             "logq_aggregator_buffer_disk_free_bytes",
             "Free bytes on the --buffer-dir volume (below the reserve, appends wait)",

@@ -259,6 +259,52 @@ def test_periodic_compaction_in_the_service(tmp_path: Path) -> None:
     assert read_table(uri, "container_logs").num_rows == 6 * 11
 
 
+def test_partitions_that_fail_to_compact_are_a_metric(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DeleteObject refused (a bucket policy): every merge of the pass fails after writing its
+    output, which Athena then reads beside the inputs (rows twice). Only a WARNING said so; the
+    failed partitions are now a gauge and the failed passes a counter, and the gauge goes back
+    to 0 once a pass gets through."""
+    import asyncio
+
+    from aggregator.compact_loop import PeriodicCompaction
+    from aggregator.config import Settings
+    from aggregator.metrics import Metrics
+
+    uri = closed_hours_flushed_long_ago(tmp_path)
+    wh = open_warehouse(uri)
+    metrics = Metrics()
+    loop = PeriodicCompaction(
+        wh, Settings(compact_interval=0.05), metrics, Ledger(wh, "node-a", compacts=True)
+    )
+
+    def sample(name: str) -> float:
+        value = metrics.registry.get_sample_value(name)
+        assert value is not None, name
+        return value
+
+    def refused(wh: object, paths: list[str]) -> None:
+        raise StorageError("DeleteObjects failed (AccessDenied)")
+
+    async def until(condition: Callable[[], bool]) -> None:
+        task = asyncio.create_task(loop.forever())
+        try:
+            async with asyncio.timeout(30):
+                while not condition():
+                    await asyncio.sleep(0.02)
+        finally:
+            task.cancel()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(attempt_mod, "delete_objects", refused)
+        asyncio.run(until(lambda: sample("logq_aggregator_compaction_pass_failures_total") > 0))
+    assert sample("logq_aggregator_compaction_failed_partitions") == 2  # both hours
+    asyncio.run(until(lambda: sample("logq_aggregator_compaction_failed_partitions") == 0))
+    assert len(parquet_files(uri)) == 2
+    assert read_table(uri, "container_logs").num_rows == 6 * 11
+
+
 def test_only_the_smallest_live_node_compacts_and_none_while_one_is_down() -> None:
     now = 1_800_000_000.0
 
