@@ -4,7 +4,9 @@ A buffer segment holds Arrow batches of :data:`aggregator.decode.BUFFER_SCHEMA` 
 event: tag, event time, the wire keys). :func:`route` splits and types them with Arrow kernels:
 
 * Envoy candidates: ``format`` starting with ``envoy``, or an image / container name mentioning
-  ``envoy`` or ``istio-proxy`` (unless ``format == "plain"``), on any stream but ``stderr`` (Envoy
+  ``envoy`` or ``istio-proxy`` (in a name's last ``/`` part: logq-shipper's CRI container names
+  are ``<namespace>/<pod>/<container>``, and an ``envoy-gateway-...`` pod's other containers are
+  not Envoy) (unless ``format == "plain"``), on any stream but ``stderr`` (Envoy
   writes its own diagnostics there; access logs go to stdout). Candidates are parsed by
   :mod:`.envoy`; those no format parses are counted per service and kept in ``container_logs``.
 * Everything else goes to ``container_logs``, timestamped with the event time.
@@ -76,7 +78,7 @@ def envoy_mask(records: pa.Table) -> pa.Array:
     plain = _flag(fmt, "^plain$")
     named = pc.or_(
         _flag(_col(records, wire.KEY_IMAGE), "envoy|istio-proxy"),
-        _flag(_col(records, wire.KEY_CONTAINER_NAME), "envoy|istio-proxy"),
+        _flag(_col(records, wire.KEY_CONTAINER_NAME), "(envoy|istio-proxy)[^/]*$"),
     )
     stderr = _flag(_col(records, wire.KEY_STREAM), "^stderr$")
     candidate = pc.or_(hinted, pc.and_(named, pc.invert(plain)))

@@ -263,6 +263,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(sizes_path), "--"]
     cmd += ["--aggregator", agg.address, "--hostname", "churn"]
     none = str(work / "none")
+    os.makedirs(none, exist_ok=True)  # a root given must exist
     docker, cri = (str(host), none) if args.layout == "docker" else (none, str(host))
     cmd += ["--docker-root", docker, "--cri-root", cri]
     cmd += ["--state-dir", str(state), "--log-level", "warning"]

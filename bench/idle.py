@@ -60,6 +60,7 @@ def run(mode: str, args: argparse.Namespace, host: Path, work: Path) -> dict[str
     else:
         cmd += ["-m", "shipper.daemon"]
     cmd += ["--aggregator", receiver.address, "--hostname", "bench"]
+    (work / "none").mkdir(exist_ok=True)  # a --cri-root given must exist
     cmd += ["--docker-root", str(host), "--cri-root", str(work / "none")]
     cmd += ["--state-dir", str(state), "--log-level", "warning"]
     proc = start_group(cmd, work / f"shipper-{mode}.log", cwd=args.src or REPO)

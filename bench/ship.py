@@ -161,6 +161,7 @@ def main() -> None:
     try:
         assert sink.stdout is not None
         port = int(sink.stdout.readline())
+        (tmp / "none").mkdir(exist_ok=True)  # a --cri-root given must exist
         cmd = [
             sys.executable,
             "-m",

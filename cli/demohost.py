@@ -47,12 +47,15 @@ class Container:
 
     id: str
     name: str
-    """Docker name without the leading ``/`` (what ``container_name`` holds)."""
+    """Docker name without the leading ``/``; a pod's container name in the ``cri`` layout."""
     service: str
     role: str
     """``envoy`` (the sidecar) or ``app``."""
     image: str
     log_path: Path
+    container_name: str
+    """What the rows' ``container_name`` holds: the ECS label ``container-name`` (``envoy``,
+    ``recipe``), or ``<namespace>/<pod>/<container>`` for a pod."""
 
 
 @dataclass
@@ -142,7 +145,10 @@ class HostWriter:
         folder = self.root / f"{K8S_NAMESPACE}_{pod}_{uid}" / name
         folder.mkdir(parents=True)
         image = ENVOY_IMAGE if role == "envoy" else spec.app_image
-        container = Container(f"{uid}/{name}", name, spec.name, role, image, folder / "0.log")
+        container = Container(
+            f"{uid}/{name}", name, spec.name, role, image, folder / "0.log",
+            container_name=f"{K8S_NAMESPACE}/{pod}/{name}",
+        )  # fmt: skip
         self.manifest.containers.append(container)
         return container
 
@@ -178,7 +184,9 @@ class HostWriter:
             env=[f"SERVICE_NAME={spec.name}", "AWS_REGION=eu-west-1"],
         )
         (folder / "config.v2.json").write_text(json.dumps(config))
-        container = Container(cid, name, spec.name, role, image, folder / f"{cid}-json.log")
+        container = Container(
+            cid, name, spec.name, role, image, folder / f"{cid}-json.log", container_name=ecs_name
+        )
         self.manifest.containers.append(container)
         return container
 
@@ -217,7 +225,7 @@ class HostWriter:
         base = {
             "service": container.service,
             "container_id": container.id,
-            "container_name": container.name,
+            "container_name": container.container_name,
         }
         for row in access:
             expected = {"timestamp": _ms(row.start), **base, **_access_values(row)}

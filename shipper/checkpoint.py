@@ -261,12 +261,16 @@ class Registry:
     def _set_aside(self, why: str) -> None:
         """Start with no checkpoints, keeping the bad file (renamed) for inspection.
 
-        Losing the registry means re-reading files from the start: duplicates, which the
-        aggregator drops by offset, never loss."""
+        Losing the registry means re-reading files from the start: duplicates, never loss.
+        The aggregator drops them by offset only if their source ids are those it stored,
+        and a source id embeds the host name (``--hostname``): one that differs from the
+        previous run's (a container's default, new at each restart) stores them again."""
         bad = self.path.with_suffix(f".bad-{int(time.time())}")
         log.error(
-            "checkpoint registry is %s, starting fresh: every file is read from its start "
-            "(the aggregator drops lines it already stored) path=%s moved_to=%s",
+            "checkpoint registry is %s, starting fresh: every file is read from its start; "
+            "the aggregator drops the lines it already stored only if --hostname is the same "
+            "as in the previous run (it is part of each file's source id), else they are "
+            "stored twice path=%s moved_to=%s",
             why,
             self.path,
             bad,

@@ -125,17 +125,23 @@ class Config:
     covering every folder, events trigger scans and the full rescan is a safety net run every
     max(this, daemon.FULL_SCAN_SECONDS)."""
     log_level: str = "info"
+    given: frozenset[str] = frozenset()
+    """Names of the settings given by a flag or the ``--config`` file rather than defaulted
+    (``docker_root``...): an explicit root that does not exist is an error, a default one
+    is not (see :func:`shipper.discover.check_roots`)."""
 
 
 _HELP = {
     "aggregator": "aggregator HOST:PORT ([::1]:24224 for IPv6); repeat for failover and load "
     "spreading; a name with several addresses is one aggregator per address "
     "(default: 127.0.0.1:24224)",
-    "docker_root": "Docker containers dir holding <id>/<id>-json.log and config.v2.json "
-    "(default: /var/lib/docker/containers)",
-    "cri_root": "kubelet pod log dir (<namespace>_<pod>_<uid>/<container>/<n>.log) "
-    "(default: /var/log/pods)",
-    "path": "plain-text log files by glob; repeatable",
+    "docker_root": "Docker containers dir holding <id>/<id>-json.log and config.v2.json; "
+    "an error if given and missing (default: /var/lib/docker/containers, may be missing)",
+    "cri_root": "kubelet pod log dir (<namespace>_<pod>_<uid>/<container>/<n>.log), not "
+    "/var/log/containers; an error if given and missing (default: /var/log/pods, may be "
+    "missing)",
+    "path": "plain-text log files by glob; repeatable (kubelet's /var/log/containers symlinks "
+    "are read as the CRI pod logs they point to)",
     "state_dir": "directory for the checkpoint registry (default: /var/lib/logq-shipper)",
     "shared_key": "Forward shared key (HELO/PING/PONG handshake)",
     "username": "user name, for aggregators that also require user authentication",
@@ -175,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(Fluentd Forward protocol).",
         epilog="exit status: 0 done (--once) or stopped by SIGTERM/SIGINT; 1 delivery failed "
         "or a log folder could not be listed (--once), wrong shared key, or checkpoints could "
-        "not be saved at exit; 2 bad configuration",
+        "not be saved at exit; 2 bad configuration (also a --docker-root or --cri-root given "
+        "that does not exist)",
     )
     a = p.add_argument
     a("--aggregator", action="append", metavar="HOST:PORT", help=_HELP["aggregator"])
@@ -403,7 +410,7 @@ def _refuse_empty(m: dict[str, Any]) -> None:
 
 def _to_config(m: dict[str, Any]) -> Config:
     _refuse_empty(m)
-    kw: dict[str, Any] = {}
+    kw: dict[str, Any] = {"given": frozenset(k for k, v in m.items() if v is not None)}
     if m.get("aggregator"):
         kw["aggregators"] = tuple(parse_endpoint(a) for a in m["aggregator"])
     for key in ("docker_root", "cri_root", "state_dir"):

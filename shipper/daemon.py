@@ -25,7 +25,9 @@ checkpoints as acks arrive, and handles the process lifecycle:
 
 Exit status: 0 done; 1 a delivery failure or a log folder that could not be listed for now
 (out of file descriptors...) in ``--once``,
-a wrong shared key, or checkpoints that could not be saved at exit; 2 a configuration error;
+a wrong shared key, or checkpoints that could not be saved at exit; 2 a configuration error
+(also a ``--docker-root`` / ``--cri-root`` given that does not exist with ``--once``, or kubelet's
+``/var/log/containers`` given as a root: :func:`~shipper.discover.check_roots`);
 130 interrupted before start-up finished.
 """
 
@@ -51,7 +53,7 @@ with deferred_interrupts("logq-shipper"):
 
     from shipper.checkpoint import Registry
     from shipper.config import Config, load_config
-    from shipper.discover import Discoverer, Scan, SourceSpec, node_names
+    from shipper.discover import Discoverer, Scan, SourceSpec, check_roots, node_names
     from shipper.errors import ConfigError, ShipperError
     from shipper.inotify import DirectoryWatcher, FileWatcher, directories_to_watch
     from shipper.logs import setup_logging
@@ -86,6 +88,8 @@ class Shipper:
     """The daemon's state: configuration, registry, client, and the running sources."""
 
     def __init__(self, cfg: Config, metrics: Metrics | None = None) -> None:
+        # Before the registry takes its lock: a root that cannot be meant ends start-up here.
+        check_roots(cfg.docker_root, cfg.cri_root, cfg.given, cfg.once)
         self.cfg = cfg
         self.metrics = metrics or Metrics()
         self.registry = Registry(cfg.state_dir)

@@ -4,6 +4,19 @@ Each source is one *live* path plus the metadata every record of it carries. The
 follows DESIGN.md §2: label ``logq.service``; ECS ``com.amazonaws.ecs.task-definition-family``;
 ``com.docker.compose.service``; the Kubernetes pod's owner (pod name less its generated
 suffixes); else the container name.
+
+``container_name`` says which container wrote a line: Docker's name, or on ECS the name the
+task definition gives it (label ``com.amazonaws.ecs.container-name``: Docker's own name,
+``ecs-recipe-12-app-e8a4c0...``, changes with every task); for a CRI pod log
+``<namespace>/<pod>/<container>``, since the service name (the pod's owner) is the same in every
+namespace and for every pod of a workload. Pod labels are not read on Kubernetes: the kubelet's
+files do not carry them (the API server does), so ``logq.service`` / ``logq.format`` apply to
+Docker containers only.
+
+Kubelet's ``/var/log/containers/<pod>_<namespace>_<container>-<id>.log`` (what Fluent Bit users
+point ``Path`` at) are symlinks to ``/var/log/pods``: given as ``--path`` they are followed and
+shipped as the CRI sources they are (:func:`kubelet_link_target`); as ``--docker-root`` or
+``--cri-root`` they are refused at start-up (:func:`check_roots`).
 """
 
 from __future__ import annotations
@@ -14,8 +27,12 @@ import json
 import logging
 import os
 import re
+import stat
+from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from shipper.errors import ConfigError
 
 log = logging.getLogger("logq.shipper.discover")
 
@@ -23,6 +40,7 @@ LABEL_SERVICE = "logq.service"
 LABEL_FORMAT = "logq.format"
 LABEL_ECS_FAMILY = "com.amazonaws.ecs.task-definition-family"
 LABEL_COMPOSE_SERVICE = "com.docker.compose.service"
+LABEL_ECS_CONTAINER = "com.amazonaws.ecs.container-name"
 LABEL_K8S_POD = "io.kubernetes.pod.name"
 LABEL_K8S_POD_UID = "io.kubernetes.pod.uid"
 COMPRESSED_SUFFIXES = (".gz", ".zst", ".bz2", ".xz", ".zip", ".lz4", ".tmp")
@@ -237,7 +255,7 @@ class Discoverer:
         for spec in (
             *self._docker(scan),
             *_discover_cri(self.cri_root, scan, self.nodes, self._cri),
-            *discover_paths(self.patterns, scan),
+            *discover_paths(self.patterns, scan, self.nodes),
         ):
             found.setdefault(spec.key, spec)
         scan.specs = list(found.values())
@@ -297,7 +315,8 @@ class Discoverer:
 
     def _spec(self, path: Path, cid: str, meta: ContainerMeta) -> SourceSpec:
         labels = dict(meta.labels)
-        name = (meta.name or cid[:12]).lstrip("/")
+        # ECS: the task definition's container name (``app``), not Docker's generated one.
+        name = labels.get(LABEL_ECS_CONTAINER) or (meta.name or cid[:12]).lstrip("/")
         return SourceSpec(
             key=f"docker:{cid}",
             path=path,
@@ -423,8 +442,7 @@ def _discover_cri(
     _readable(str(root))
     seen: set[str] = set()
     for pod_dir in pod_dirs:
-        parts = pod_dir.name.split("_")
-        if len(parts) < 3:
+        if _pod_folder(pod_dir.name) is None:
             if pod_dir.name not in _NOT_PODS:
                 _NOT_PODS.add(pod_dir.name)
                 log.warning(
@@ -432,8 +450,6 @@ def _discover_cri(
                     pod_dir.path,
                 )
             continue
-        # Namespaces and uids hold no "_" (DNS labels, UUIDs): the rest is the pod name.
-        pod, uid = "_".join(parts[1:-1]), parts[-1]
         try:
             containers = _dirs(pod_dir.path)
         except FileNotFoundError:
@@ -456,23 +472,49 @@ def _discover_cri(
                 fmt = _pod_log_format(Path(f.path)) if f.is_symlink() else "cri"
                 if fmt is None:
                     continue
-                key = f"cri:{pod_dir.name}/{cdir.name}/{f.name}"
+                key = _cri_key(pod_dir.name, cdir.name, f.name)
                 seen.add(key)
                 spec = known.get(key)
                 if spec is None or spec.format != fmt:
-                    spec = known[key] = SourceSpec(
-                        key=key,
-                        path=Path(f.path),
-                        format=fmt,
-                        service=pod_owner_name(pod, nodes, uid),
-                        container_id=f"{uid}/{cdir.name}",
-                        container_name=cdir.name,
-                        format_hint=None,
-                    )
+                    spec = known[key] = _cri_spec(Path(f.path), fmt, nodes)
                 out.append(spec)
     for gone in set(known) - seen:
         del known[gone]
     return out
+
+
+def _pod_folder(name: str) -> tuple[str, str, str] | None:
+    """(namespace, pod, uid) of a ``<namespace>_<pod>_<uid>`` pod log folder name, else None.
+
+    Namespaces and uids hold no ``_`` (DNS labels, UUIDs): the rest is the pod name."""
+    parts = name.split("_")
+    if len(parts) < 3:
+        return None
+    return parts[0], "_".join(parts[1:-1]), parts[-1]
+
+
+def _cri_key(pod_folder: str, container: str, log_name: str) -> str:
+    return f"cri:{pod_folder}/{container}/{log_name}"
+
+
+def _cri_spec(path: Path, fmt: str, nodes: tuple[str, ...]) -> SourceSpec:
+    """The source of pod log ``<root>/<namespace>_<pod>_<uid>/<container>/<n>.log``.
+
+    ``container_name`` is ``<namespace>/<pod>/<container>``: what Fluent Bit's kubernetes
+    filter gives as ``namespace_name``/``pod_name``/``container_name`` (dockershim's container
+    names held the same), since the service (the pod's owner) does not tell namespaces or
+    pods apart."""
+    container = path.parent.name
+    namespace, pod, uid = _pod_folder(path.parent.parent.name) or ("", "", "")
+    return SourceSpec(
+        key=_cri_key(path.parent.parent.name, container, path.name),
+        path=path,
+        format=fmt,
+        service=pod_owner_name(pod, nodes, uid),
+        container_id=f"{uid}/{container}",
+        container_name=f"{namespace}/{pod}/{container}",
+        format_hint=None,
+    )
 
 
 #: Pod log symlinks already reported as dangling (once each, not every discovery pass).
@@ -500,9 +542,13 @@ def _pod_log_format(path: Path) -> str | None:
     return "docker" if target.name.endswith("-json.log") else "cri"
 
 
-def discover_paths(patterns: tuple[str, ...], scan: Scan | None = None) -> list[SourceSpec]:
+def discover_paths(
+    patterns: tuple[str, ...], scan: Scan | None = None, nodes: tuple[str, ...] = ()
+) -> list[SourceSpec]:
     """Plain-text files matching ``--path`` globs (``**`` allowed); service = the file name up
-    to its first dot.
+    to its first dot. A kubelet ``/var/log/containers`` symlink is the CRI pod log it points to
+    (:func:`_linked_pod_log`), under the same key as from ``--cri-root``: given both, each file
+    is shipped once.
 
     ``glob`` ignores folders it cannot list; a failure to open one (out of fds) is noted in
     ``scan`` by probing the glob's fixed leading folder, so that its files are not taken for
@@ -513,13 +559,20 @@ def discover_paths(patterns: tuple[str, ...], scan: Scan | None = None) -> list[
             _probe(_glob_base(os.path.expanduser(pattern)), scan)
         for name in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)):
             path = Path(name).absolute()
+            target = kubelet_link_target(path) if KUBELET_LINK.match(path.name) else None
+            if target is not None:
+                spec = _linked_pod_log(pattern, path, target, nodes)
+                if spec is not None:
+                    out.setdefault(spec.key, spec)
+                continue
             if not path.is_file() or path.name.endswith(COMPRESSED_SUFFIXES):
                 continue
             stem = path.name.split(".")[0] or path.name
+            key = f"file:{path}"
             out.setdefault(
-                str(path),
+                key,
                 SourceSpec(
-                    key=f"file:{path}",
+                    key=key,
                     path=path,
                     format="plain",
                     service=stem,
@@ -527,6 +580,144 @@ def discover_paths(patterns: tuple[str, ...], scan: Scan | None = None) -> list[
                 ),
             )
     return list(out.values())
+
+
+#: Kubelet's ``/var/log/containers`` names: ``<pod>_<namespace>_<container>-<container id>.log``
+#: (pod, namespace and container names hold no ``_``; the id is 64 hex digits).
+KUBELET_LINK = re.compile(r"^[^_/]+_[^_/]+_[^_/]+-[0-9a-f]{64}\.log$")
+_MAX_HOPS = 8
+#: ``--path`` patterns already reported as matching kubelet symlinks, and pod log folders
+#: already reported as not visible (once each, not every discovery pass).
+_LINKS_NOTED: set[str] = set()
+_UNSEEN_PODS: set[str] = set()
+
+
+def _is_pod_log(path: Path) -> bool:
+    """Whether ``path`` is laid out as ``<root>/<namespace>_<pod>_<uid>/<container>/<n>.log``."""
+    return bool(_CRI_LOG.match(path.name)) and _pod_folder(path.parent.parent.name) is not None
+
+
+def kubelet_link_target(path: Path) -> Path | None:
+    """The pod log (``/var/log/pods/<namespace>_<pod>_<uid>/<container>/<n>.log``) that the
+    symlink ``path`` leads to, followed one link at a time (under dockershim the pod log is
+    itself a link into Docker's folder); None when ``path`` is no such link.
+
+    Only the links are read: the pod log itself may be out of the shipper's sight (its folder
+    not mounted), which the caller reports."""
+    current = path
+    for _ in range(_MAX_HOPS):
+        try:
+            target = os.readlink(current)
+        except OSError:  # not a link (any more)
+            return None
+        current = Path(os.path.normpath(current.parent / target))
+        if _is_pod_log(current):
+            return current
+    return None
+
+
+def _linked_pod_log(
+    pattern: str, link: Path, target: Path, nodes: tuple[str, ...]
+) -> SourceSpec | None:
+    """The CRI source behind kubelet symlink ``link`` (a ``--path`` match), or None: the pod
+    log is gone (its pod was just removed; the kubelet removes the link next), or the folder
+    of pod logs is not visible at all (not mounted into the shipper: reported once).
+
+    Shipped as plain text, the link would carry the runtime's framing (``<time> stdout F``) in
+    every line and the container id in the service name; read as the pod log, it gets the
+    same records as with ``--cri-root``, and rotated siblings (``0.log.<time>``) are found
+    beside the real file."""
+    if pattern not in _LINKS_NOTED:
+        _LINKS_NOTED.add(pattern)
+        log.info(
+            "--path matches kubelet's symlinks: shipping the pod logs they point to as CRI "
+            "sources, as --cri-root %s would pattern=%s",
+            target.parent.parent.parent,
+            pattern,
+        )
+    if not os.path.lexists(target):
+        pods = str(target.parent.parent.parent)
+        if os.path.isdir(pods):
+            return None  # a pod removed between the kubelet's two deletions
+        if pods not in _UNSEEN_PODS:
+            _UNSEEN_PODS.add(pods)
+            log.warning(
+                "kubelet's symlinks point into %s, which the shipper cannot see: mount it into "
+                "the shipper (read-only is enough) link=%s target=%s",
+                pods,
+                link,
+                target,
+            )
+        return None
+    fmt = _pod_log_format(target)
+    return None if fmt is None else _cri_spec(target, fmt, nodes)
+
+
+def check_roots(
+    docker_root: Path, cri_root: Path, given: Container[str], once: bool = True
+) -> None:
+    """Refuse at start-up a ``--docker-root`` / ``--cri-root`` that cannot be what was meant,
+    with a :class:`ConfigError` (exit 2) that says what to pass instead.
+
+    A root that was given (a flag or ``--config`` key: ``given`` holds the setting names) and
+    is missing: with ``--once`` an error (a typo in a cron job shipped nothing and exited 0);
+    as a daemon a WARNING, and it is read once it appears (as Fluent Bit's tail does with a
+    ``Path`` that matches nothing yet: a host booting may start the shipper before dockerd
+    makes its folder, and the README's example gives both roots, one of which a host lacks).
+    A default root may be missing (a Kubernetes node has no Docker root). A given root that is
+    a file is an error. Either must not be kubelet's ``/var/log/containers``, whose symlinks no
+    root scan reads: ``--cri-root /var/log/pods`` is the folder they point into."""
+    for key, root in (("docker_root", docker_root), ("cri_root", cri_root)):
+        flag = "--" + key.replace("_", "-")
+        if key in given:
+            _check_given_root(flag, root, once)
+        pods = _kubelet_links_folder(root)
+        if pods is not None:
+            raise ConfigError(
+                f"{flag} {root} holds kubelet's symlinks (<pod>_<namespace>_<container>-<id>.log)"
+                f", not {'containers' if key == 'docker_root' else 'pod folders'}: "
+                f"use --cri-root {pods}, the folder they point into (mount it read-only into "
+                "the shipper's container)"
+            )
+
+
+def _check_given_root(flag: str, root: Path, once: bool) -> None:
+    try:
+        st = os.stat(root)
+    except (FileNotFoundError, NotADirectoryError):
+        if not once:
+            log.warning(
+                "%s %s does not exist (yet): its logs are read once it does; if it is a typo, "
+                "fix the path",
+                flag,
+                root,
+            )
+            return
+        raise ConfigError(
+            f"{flag} {root} does not exist: fix the path, or leave {flag} out to use its "
+            "default (which may be missing)"
+        ) from None
+    except OSError:
+        return  # EACCES...: discovery says so, naming what to do
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{flag} {root} is not a directory: give the folder that holds the logs")
+
+
+def _kubelet_links_folder(root: Path) -> str | None:
+    """If ``root`` is kubelet's ``/var/log/containers`` (by its path, or by holding kubelet's
+    symlinks and no pod folder), the folder to use instead: where the links point, else
+    ``/var/log/pods``."""
+    try:
+        with os.scandir(root) as it:
+            entries = list(it)
+    except OSError:
+        return None  # missing (a default root) or unreadable: discovery reports it
+    links = [e for e in entries if KUBELET_LINK.match(e.name)]
+    by_path = os.path.normpath(root) == "/var/log/containers"
+    if not by_path and (not links or any(e.is_dir(follow_symlinks=False) for e in entries)):
+        return None
+    target = kubelet_link_target(Path(links[0].path)) if links else None
+    return str(target.parent.parent.parent) if target is not None else "/var/log/pods"
 
 
 def _glob_base(pattern: str) -> str:

@@ -21,6 +21,7 @@ counted, and kept as text in the record.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, islice, repeat
@@ -38,6 +39,10 @@ _GET_LOG, _GET_STREAM, _GET_TIME = attrgetter("log"), attrgetter("stream"), attr
 _SECOND = slice(0, 19)
 _FRACTION = slice(20, -1)
 _NO_NEWLINE = slice(0, -1)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: A JSON escape of a UTF-16 surrogate (``\\ud800`` to ``\\udfff``, any case): what can put
+#: one into a decoded string.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def _chomp(log: str) -> str:
@@ -269,15 +274,18 @@ class DockerParser(LineParser):
                 return fast
         out = self.new_lines()
         docs: list | None = None
+        joined = b",".join(lines)
         if lines and all(lines):
             try:
-                docs = json.loads(b"[" + b",".join(lines) + b"]")
+                docs = json.loads(b"[" + joined + b"]")
             except ValueError:  # bad JSON or invalid UTF-8 somewhere: go line by line
                 docs = None
             if docs is not None and len(docs) != len(lines):
                 docs = None  # a line held several values ("{..},{..}"): go line by line
         if docs is None:
             docs = [self._decode(raw, out) for raw in lines]
+        if _SURROGATE_ESCAPE.search(joined):  # one C scan of the block
+            _replace_surrogates(docs, out)
         # The per-line loop: complete single-part lines with Docker's fixed-width time are
         # handled inline; everything else goes through the general path.
         cache = self.times._cache
@@ -396,6 +404,21 @@ class DockerParser(LineParser):
                 return None
         except ValueError:
             return None
+
+
+def _replace_surrogates(docs: list[object], out: Lines) -> None:
+    """Lone surrogates in ``log`` values (JSON ``\\udc80`` escapes, which ``json.loads``
+    accepts and msgspec refuses) become U+FFFD, counted in ``out.invalid_utf8`` like invalid
+    UTF-8 bytes: they are not text either, and the encoder would replace them uncounted.
+
+    Only called for blocks holding such an escape (Docker itself writes none: Go's encoder
+    emits raw UTF-8, and U+FFFD for bytes that are not)."""
+    for doc in docs:
+        if isinstance(doc, dict):
+            log = doc.get("log")
+            if isinstance(log, str) and _SURROGATE.search(log):
+                doc["log"] = _SURROGATE.sub("\ufffd", log)
+                out.invalid_utf8 += 1
 
 
 _STREAMS = {b"stdout": "stdout", b"stderr": "stderr"}

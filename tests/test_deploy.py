@@ -929,7 +929,9 @@ def test_k8s_shipper_command_ships_a_cri_node_for_real(
         for var in env_names:  # what the kubelet does with $(VAR) in args
             value = value.replace(f"$({var})", node)
         args.append(f"{name}={value}")
-    # The pod has no /var/lib/docker/containers; this machine might: point the default elsewhere.
+    # The pod has no /var/lib/docker/containers; this machine might: point the default elsewhere
+    # (at an empty folder: a --docker-root given that does not exist is an error).
+    (tmp_path / "none").mkdir()
     args += [f"--aggregator={agg.address}", f"--docker-root={tmp_path / 'none'}", "--once"]
     try:
         done = subprocess.run(

@@ -192,3 +192,19 @@ def test_a_start_time_no_partition_can_hold_is_an_unparsed_line(tmp_path: Path) 
     wh = open_warehouse(str(tmp_path / "wh"), create=True)
     for name, table in routed.tables.items():
         assert write_partitions(wh, name, table, object_name("n", 1))
+
+
+def test_envoy_by_the_last_part_of_a_pod_container_name() -> None:
+    """logq-shipper names a CRI container ``<namespace>/<pod>/<container>``: the sidecar is
+    found by its own name, and a pod or namespace named after Envoy makes no other container
+    of it an Envoy candidate."""
+    pod = "envoy-gateway-system/envoy-gateway-5d8f7c9b6d-x2x7k"
+    events = [
+        ("logq.recipe", T0, record(envoy_line(), container_name="shop/recipe-5d8-x2x7k/envoy")),
+        ("logq.recipe", T0, record(envoy_line(code=503), container_name="shop/r-x/istio-proxy")),
+        ("logq.gw", T0, record(envoy_line(code=404), service="gw", container_name=f"{pod}/mgr")),
+    ]
+    routed = route(table_of(events))
+    assert routed.tables["envoy_access"].column("response_code").to_pylist() == [200, 503]
+    assert routed.tables["container_logs"].column("message").to_pylist() == [envoy_line(code=404)]
+    assert routed.parse_failures == {"recipe": 0}

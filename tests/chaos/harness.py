@@ -546,7 +546,8 @@ class ShipperNode:
     starts: int = 0
 
     def __post_init__(self) -> None:
-        self.work.mkdir(parents=True, exist_ok=True)
+        # An empty --cri-root: a root given that does not exist is an error.
+        (self.work / "no-cri").mkdir(parents=True, exist_ok=True)
 
     @property
     def state_dir(self) -> Path:

@@ -72,6 +72,7 @@ def test_docker_layout_and_ecs_metadata(host) -> None:
         assert config["ID"] == c.id and config["Name"] == f"/{c.name}"
         labels = config["Config"]["Labels"]
         assert labels["com.amazonaws.ecs.task-definition-family"] == c.service
+        assert labels["com.amazonaws.ecs.container-name"] == c.container_name  # the column
         assert labels["com.amazonaws.ecs.task-arn"].startswith("arn:aws:ecs:")
         for key in ("cluster", "container-name", "task-definition-version"):
             assert labels[f"com.amazonaws.ecs.{key}"]
@@ -107,8 +108,9 @@ def test_every_entry_is_docker_json_and_matches_the_manifest(host) -> None:
                 access_rows.append(
                     {
                         "timestamp": start, "service": c.service, "container_id": cid,
-                        "container_name": c.name, "method": m["method"], "path": m["path"],
-                        "protocol": m["protocol"], "response_code": int(m["code"]),
+                        "container_name": c.container_name, "method": m["method"],
+                        "path": m["path"], "protocol": m["protocol"],
+                        "response_code": int(m["code"]),
                         "response_flags": m["flags"], "bytes_received": int(m["rx"]),
                         "bytes_sent": int(m["tx"]), "duration_ms": int(m["dur"]),
                         "upstream_service_time_ms": None if m["ust"] == "-" else int(m["ust"]),
@@ -121,7 +123,7 @@ def test_every_entry_is_docker_json_and_matches_the_manifest(host) -> None:
                 log_rows.append(
                     {
                         "timestamp": stamp, "service": c.service, "container_id": cid,
-                        "container_name": c.name, "stream": e["stream"], "message": line,
+                        "container_name": c.container_name, "stream": e["stream"], "message": line,
                     }
                 )  # fmt: skip
         assert pending == ""

@@ -47,6 +47,7 @@ def test_two_aggregators_share_one_warehouse(
     """A shipper spreading over two aggregators: both write, neither overwrites the other."""
     manifest = write_host(tmp_path / "pods", seed=43, requests=150, layout="cri")
     warehouse = str(tmp_path / "warehouse")
+    (tmp_path / "no-docker").mkdir()  # a --docker-root given must exist
     aggs = [
         start_aggregator(warehouse, tmp_path, subprocess_env, buffer_dir=tmp_path / f"buf{i}")
         for i in range(2)

@@ -20,15 +20,23 @@ def shipper_args(
     cri: Path | None = None,
 ) -> list[str]:
     """Arguments of a shipper that sends to ``receiver`` as host ``h``, with its state under
-    ``tmp_path/state``, the Docker and CRI roots given (else a folder that does not exist),
-    then ``extra``."""
-    none = tmp_path / "none"
+    ``tmp_path/state``, the Docker and CRI roots given (else an empty folder), then
+    ``extra``."""
+    none = empty_root(tmp_path)
     return [
         *("--aggregator", receiver.address, "--hostname", "h"),
         *("--docker-root", str(docker or none), "--cri-root", str(cri or none)),
         *("--state-dir", str(tmp_path / "state")),
         *extra,
     ]
+
+
+def empty_root(tmp_path: Path, name: str = "none") -> Path:
+    """An empty folder ``tmp_path/name`` (made if missing) for a log root the test does not
+    use: a ``--docker-root`` / ``--cri-root`` given that does not exist is an error."""
+    folder = tmp_path / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def quick_config(tmp_path: Path, receiver: Receiver, docker: Path) -> Config:

@@ -25,6 +25,7 @@ from shipper.config import Endpoint, parse_endpoint
 from shipper.fingerprint import fingerprint
 from shipper.sender import ForwardClient, rendezvous_order
 from tests.shipper.receiver import Receiver
+from tests.shipper.shipping import empty_root
 from tests.shipper.test_sender import message
 from tests.support.pipeline import start_aggregator
 from tests.support.procs import console_script, start_group, stop_group, wait_until
@@ -196,7 +197,8 @@ def test_shipper_delivers_everything_once_through_the_healthy_aggregator(
         cmd = [
             str(console_script("logq-shipper")),
             *("--aggregator", bad.address, "--aggregator", agg.address),
-            *("--docker-root", str(tmp_path / "none"), "--cri-root", str(tmp_path / "none")),
+            *("--docker-root", str(empty_root(tmp_path))),
+            *("--cri-root", str(empty_root(tmp_path))),
             *("--path", str(tmp_path / "plain" / "*.log"), "--state-dir", str(state)),
             *("--hostname", "h", "--retry-timeout", "60", "--ack-timeout", "30"),
         ]

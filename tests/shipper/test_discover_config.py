@@ -204,6 +204,20 @@ def test_registry_roundtrip_and_lock(tmp_path: Path) -> None:
     fresh.close()
 
 
+def test_fresh_start_says_when_duplicates_are_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The aggregator drops re-read lines by source id, which embeds the host name: the
+    message must not promise that unconditionally (a DaemonSet pod's default host name is new
+    at every rollout)."""
+    (tmp_path / "checkpoints.json").write_text("{broken")
+    Registry(tmp_path).close()
+    assert (
+        "the aggregator drops the lines it already stored only if --hostname is the same as in "
+        "the previous run (it is part of each file's source id), else they are stored twice"
+    ) in caplog.text
+
+
 @pytest.mark.parametrize(
     ("toml", "key"),
     [

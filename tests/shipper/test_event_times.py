@@ -21,6 +21,7 @@ from shipper.formats import CriParser, DockerParser
 from shipper.rfc3339 import TimeParser
 from tests.shipper.hostgen import T0, cri_line, make_container, ts
 from tests.shipper.receiver import Receiver
+from tests.shipper.shipping import empty_root
 from tests.support.procs import console_script
 
 T0_NS = int(T0.timestamp()) * 10**9
@@ -159,7 +160,8 @@ def test_shipper_once_ships_every_line_around_bad_times(
             [
                 str(console_script("logq-shipper")),
                 *("--aggregator", receiver.address, "--docker-root", str(root)),
-                *("--cri-root", str(tmp_path / "none"), "--state-dir", str(tmp_path / "state")),
+                *("--cri-root", str(empty_root(tmp_path))),
+                *("--state-dir", str(tmp_path / "state")),
                 *("--retry-timeout", "30", "--once"),
             ],
             env=subprocess_env,

@@ -33,6 +33,7 @@ from shipper.fd_budget import waiting_sources
 from shipper.tailer import Tailer
 from tests.shipper.hostgen import make_container
 from tests.shipper.receiver import Receiver
+from tests.shipper.shipping import empty_root
 from tests.shipper.tailing import append_docker, commit, drain, set_clock
 from tests.support import procs
 
@@ -319,7 +320,8 @@ def test_more_containers_than_descriptors_all_ship_and_the_daemon_stays_reachabl
     cmd = [
         *(sys.executable, "-m", "shipper.daemon", "--hostname", "h"),
         *("--aggregator", receiver.address, "--docker-root", str(root)),
-        *("--cri-root", str(tmp_path / "none"), "--state-dir", str(tmp_path / "state")),
+        *("--cri-root", str(empty_root(tmp_path))),
+        *("--state-dir", str(tmp_path / "state")),
         *("--metrics-listen", f"127.0.0.1:{port}", "--poll-interval", "0.1"),
     ]
     proc = procs.start_group(cmd, log_path, cwd=REPO, before_exec=small_limit)

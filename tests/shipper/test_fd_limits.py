@@ -26,7 +26,7 @@ from shipper.daemon import Shipper, raise_open_files_limit
 from shipper.discover import Discoverer, Scan
 from tests.shipper.hostgen import make_container
 from tests.shipper.receiver import Receiver
-from tests.shipper.shipping import shipper_args, stop_runners
+from tests.shipper.shipping import empty_root, shipper_args, stop_runners
 from tests.shipper.tailing import rotate_docker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +68,8 @@ def test_the_daemon_raises_its_limit_and_logs_it(tmp_path: Path) -> None:
             [
                 *(sys.executable, "-m", "shipper.daemon", "--once", "--hostname", "h"),
                 *("--aggregator", receiver.address, "--path", str(tmp_path / "*.log")),
-                *("--docker-root", str(tmp_path / "none"), "--cri-root", str(tmp_path / "none")),
+                *("--docker-root", str(empty_root(tmp_path))),
+                *("--cri-root", str(empty_root(tmp_path))),
                 *("--state-dir", str(tmp_path / "state")),
             ],
             capture_output=True,

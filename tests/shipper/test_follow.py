@@ -16,6 +16,7 @@ import pytest
 
 from tests.shipper.hostgen import docker_line, make_container
 from tests.shipper.receiver import Receiver, free_port
+from tests.shipper.shipping import empty_root
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -36,7 +37,7 @@ class ShipperProc:
                 "--state-dir",
                 str(tmp / "state"),
                 "--cri-root",
-                str(tmp / "no-pods"),
+                str(empty_root(tmp, "no-pods")),
                 "--poll-interval",
                 "0.05",
                 "--discover-interval",
@@ -252,7 +253,7 @@ def test_aggregator_down_then_up(tmp_path: Path) -> None:
                 "--state-dir",
                 str(tmp_path / "state"),
                 "--cri-root",
-                str(tmp_path / "x"),
+                str(empty_root(tmp_path, "x")),
                 "--once",
                 "--retry-timeout",
                 "20",
@@ -447,6 +448,22 @@ def test_reading_stops_when_nothing_is_acked(tmp_path: Path) -> None:
         )
         assert 0 < read < 10_000
         assert len(r.records) == read  # everything read was sent, nothing more was read
+    finally:
+        r.close()
+
+
+def test_a_root_given_that_appears_later_is_read_once_it_does(tmp_path: Path) -> None:
+    """A daemon started before dockerd made its folder (a host booting) is told, and ships the
+    folder's logs once it exists; with ``--once`` the same missing root is an error (exit 2)."""
+    r = Receiver()
+    try:
+        root = tmp_path / "docker" / "containers"  # not there yet
+        sh = ShipperProc(tmp_path, "--aggregator", r.address, "--docker-root", str(root))
+        wait_until(lambda: "does not exist (yet)" in sh.log_path.read_text(), 30, "the warning")
+        make_container(root, "8" * 64, "late", lines=["first line"])
+        wait_until(lambda: r.lines() == ["first line"], 60, "the line of the new root")
+        rc, err = sh.stop()
+        assert rc == 0, err
     finally:
         r.close()
 

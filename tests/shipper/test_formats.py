@@ -84,6 +84,22 @@ def test_docker_lone_surrogate_escape_does_not_break_packing() -> None:
     assert b"x\xef\xbf\xbdy" in body
 
 
+def test_docker_lone_surrogates_are_counted_as_invalid_utf8() -> None:
+    """A JSON ``\\udc80`` escape is no more text than a stray ``\\xff`` byte: both become
+    U+FFFD and both are counted (the audit saw one count for two bad lines). An escaped valid
+    pair (an emoji) is text; upper-case hex (``\\uDFFF``, here in a split line's first part)
+    is caught too."""
+    surrogate = b'{"log":"bad \\udc80 s\\n","stream":"stdout","time":"2026-11-28T12:00:01Z"}\n'
+    byte = b'{"log":"bad \xff b\\n","stream":"stdout","time":"2026-11-28T12:00:02Z"}\n'
+    emoji = b'{"log":"\\ud83d\\ude00\\n","stream":"stdout","time":"2026-11-28T12:00:03Z"}\n'
+    part = b'{"log":"p\\uDFFF","stream":"stderr","time":"2026-11-28T12:00:04Z"}\n'
+    out = feed(DockerParser(), docker_line("fine") + surrogate + byte + emoji + part)
+    assert out.invalid_utf8 == 3
+    assert out.logs == ["fine", "bad \ufffd s", "bad \ufffd b", "\U0001f600"]
+    alone = feed(DockerParser(), surrogate)  # one line: no block fallback in between
+    assert (alone.invalid_utf8, alone.logs) == (1, ["bad \ufffd s"])
+
+
 def test_truncation_marker_and_counter() -> None:
     p = DockerParser(max_line_bytes=1024)
     out = feed(p, docker_line("x" * 5000))

@@ -25,7 +25,7 @@ from shipper.daemon import Shipper
 from shipper.errors import ConfigError, ShipperError
 from shipper.fingerprint import fingerprint
 from tests.shipper.receiver import Receiver, free_port
-from tests.shipper.shipping import shipper_args
+from tests.shipper.shipping import empty_root, shipper_args
 from tests.shipper.test_once import run_shipper
 
 GOOD = {"source": "file:/x", "path": "/x", "source_id": "h:1:ab", "offset": 10, "acked": 9}
@@ -291,7 +291,8 @@ def test_once_gives_up_on_a_source_it_cannot_read(tmp_path: Path) -> None:
     cfg = load_config(
         [
             *("--aggregator", f"127.0.0.1:{free_port()}", "--hostname", "h"),
-            *("--docker-root", str(tmp_path / "none"), "--cri-root", str(tmp_path / "none")),
+            *("--docker-root", str(empty_root(tmp_path))),
+            *("--cri-root", str(empty_root(tmp_path))),
             *("--path", str(log), "--state-dir", str(tmp_path / "state")),
             *("--once", "--retry-timeout", "1", "--poll-interval", "0.05"),
         ]

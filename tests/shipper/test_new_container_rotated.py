@@ -16,6 +16,7 @@ from shipper.discover import SourceSpec
 from shipper.tailer import Tailer
 from tests.shipper.hostgen import docker_line, make_container
 from tests.shipper.receiver import Receiver
+from tests.shipper.shipping import empty_root
 from tests.shipper.tailing import drain
 
 
@@ -93,7 +94,7 @@ def test_first_start_ships_rotated_files_of_every_container(tmp_path: Path) -> N
     try:
         res = subprocess.run(
             [sys.executable, "-m", "shipper.daemon", "--aggregator", receiver.address,
-             "--docker-root", str(root), "--cri-root", str(tmp_path / "none"),
+             "--docker-root", str(root), "--cri-root", str(empty_root(tmp_path)),
              "--state-dir", str(tmp_path / "state"), "--once"],
             capture_output=True, text=True, timeout=120,
             cwd=Path(__file__).resolve().parents[2],

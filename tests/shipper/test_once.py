@@ -12,6 +12,7 @@ import pytest
 from shipper import wire
 from tests.shipper.hostgen import make_container
 from tests.shipper.receiver import Receiver, free_port
+from tests.shipper.shipping import empty_root
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +65,7 @@ def test_once_ships_every_line_with_metadata(tmp_path: Path, receiver: Receiver)
         str(tmp_path / "state"),
         "--once",
         "--cri-root",
-        str(tmp_path / "none"),
+        str(empty_root(tmp_path)),
         "--hostname",
         "host-1",
         "--batch-lines",
@@ -105,7 +106,7 @@ def test_once_ships_every_line_with_metadata(tmp_path: Path, receiver: Receiver)
         str(tmp_path / "state"),
         "--once",
         "--cri-root",
-        str(tmp_path / "none"),
+        str(empty_root(tmp_path)),
     )
     assert res.returncode == 0, res.stderr
     assert len(receiver.records) == 800 and receiver.duplicates == 0
@@ -147,7 +148,7 @@ def test_once_cri_and_plain_files_with_gzip(tmp_path: Path, receiver: Receiver) 
         "--aggregator",
         receiver.address,
         "--docker-root",
-        str(tmp_path / "none"),
+        str(empty_root(tmp_path)),
         "--cri-root",
         str(tmp_path / "pods"),
         "--path",
@@ -167,7 +168,7 @@ def test_once_cri_and_plain_files_with_gzip(tmp_path: Path, receiver: Receiver) 
         ("oops", "stderr"),
     ]
     assert by["checkout"][0]["container_id"] == "0f1e-22/app"
-    assert by["checkout"][0]["container_name"] == "app"
+    assert by["checkout"][0]["container_name"] == "shop/checkout-5d8f7c9b6d-x2x7k/app"
     assert [r["log"] for r in by["batch"]] == ["plain one", "plain two"]
     assert all(o.get("compressed") == "gzip" for o in receiver.options)
 
@@ -195,7 +196,7 @@ def test_pod_logs_linked_to_docker_json_files(tmp_path: Path, receiver: Receiver
     (dangling / "0.log").symlink_to(tmp_path / "unmounted" / cid / f"{cid}-json.log")
     res = run_shipper(
         "--aggregator", receiver.address,
-        "--docker-root", str(tmp_path / "none"),
+        "--docker-root", str(empty_root(tmp_path)),
         "--cri-root", str(pods),
         "--state-dir", str(tmp_path / "state"),
         "--once",

@@ -26,6 +26,7 @@ from shipper.checkpoint import Registry
 from shipper.tailer import Tailer
 from tests.shipper.hostgen import docker_line, make_container
 from tests.shipper.receiver import Receiver
+from tests.shipper.shipping import empty_root
 from tests.shipper.tailing import commit, drain, spec_for
 from tests.support.procs import start_group
 
@@ -72,7 +73,7 @@ def start_once(
         sys.executable, "-m", "shipper.daemon",
         "--aggregator", receiver.address,
         "--docker-root", str(root),
-        "--cri-root", str(root.parent / "no-cri"),
+        "--cri-root", str(empty_root(root.parent, "no-cri")),
         "--state-dir", str(state),
         "--once",
         "--batch-lines", str(batch_lines),
