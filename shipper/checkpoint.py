@@ -47,12 +47,14 @@ class FileState:
     epoch: int = 0
     """Bumped when the file was truncated in place (copytruncate): keeps source ids distinct."""
     updated: float = 0.0
-    cuts: list[list[int]] = field(default_factory=list)
-    """``[position, offset]`` pairs: where an unfinished split line was shipped as it was (its
-    next part had not come), and the offset its record got. Kept until the checkpoint passes
-    the position: a restart that reads the parts again must cut them there again, into the same
-    record, which the aggregator then recognises as one it has -- joined with a part written
-    later, the parts would be stored twice."""
+    cuts: list[list[int | str]] = field(default_factory=list)
+    """``[position, offset, stream]``: where an unfinished split line of ``stream`` was shipped
+    as it was (its next part had not come), and the offset its record got (``[position,
+    offset]``, written before the stream was kept: every line open there). Kept until the
+    checkpoint passes the position: a restart that reads the parts again must cut them there
+    again, into the same record, which the aggregator then recognises as one it has -- joined
+    with a part written later, the parts would be stored twice. The stream says which line: the
+    other stream's, still waiting for its next part then, is not cut."""
 
 
 #: Cuts kept per file at most (each one is a split line flushed and not acknowledged yet).
@@ -128,8 +130,9 @@ def _valid_cuts(cuts: object) -> bool:
         and len(cuts) <= MAX_CUTS
         and all(
             isinstance(c, list)
-            and len(c) == 2
-            and all(type(v) is int and 0 <= v <= MAX_OFFSET for v in c)
+            and len(c) in (2, 3)
+            and all(type(v) is int and 0 <= v <= MAX_OFFSET for v in c[:2])
+            and (len(c) == 2 or isinstance(c[2], str))
             for c in cuts
         )
     )

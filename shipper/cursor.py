@@ -84,19 +84,24 @@ class Cursor:
         """Files rotated in after this one were lost (see
         :meth:`shipper.pinning.Pinning._check_overrun`): a split line still open at its end is
         not continued by the next file's parts."""
-        self.cuts = sorted(tuple(c) for c in state.cuts if c[0] > self.read_pos)
-        """``(position, offset)`` of split lines flushed before a restart (see
-        :attr:`FileState.cuts`) that reading has not reached again yet."""
+        self.cuts: list[tuple[int, int, str | None]] = sorted(
+            (int(c[0]), int(c[1]), str(c[2]) if len(c) > 2 else None)
+            for c in state.cuts
+            if int(c[0]) > self.read_pos
+        )
+        """``(position, offset, stream)`` of split lines flushed before a restart (see
+        :attr:`FileState.cuts`; stream None: every line open there) that reading has not
+        reached again yet."""
 
     def read(self, block: int, max_lines: int = 1 << 30) -> Chunk | None:
         """The next complete lines (at most ``max_lines``), or None at the end of what is
         written so far (or at :attr:`stop_at`)."""
         limit = block
         if self.cuts:
-            pos, offset = self.cuts[0]
+            pos, offset, stream = self.cuts[0]
             if self.read_pos >= pos:
                 del self.cuts[0]
-                return self._cut_again(offset)
+                return self._cut_again(offset, stream)
             limit = min(limit, pos - self.read_pos)
         if self.stop_at is not None:
             limit = min(limit, self.stop_at - self.read_pos)
@@ -146,12 +151,14 @@ class Cursor:
             parsed = _drop_upto(parsed, self.acked_floor)
         return Chunk(self, parsed, self._resume(), idx + 1)
 
-    def _cut_again(self, offset: int) -> Chunk:
-        """Back at a place where a split line was flushed before a restart: its parts go out as
-        the same record again, under the same offset (the aggregator drops it if it has it), and
-        a next part written since starts a line of its own, as it did in the first run."""
+    def _cut_again(self, offset: int, stream: str | None) -> Chunk:
+        """Back at a place where a split line of ``stream`` (None: every open one) was flushed
+        before a restart: its parts go out as the same record again, under the same offset (the
+        aggregator drops it if it has it), and a next part written since starts a line of its
+        own, as it did in the first run."""
         self.parser.origin = self
-        lines = self.parser.flush(self, offset, every=True)
+        streams = None if stream is None else (stream,)
+        lines = self.parser.flush(self, offset, every=True, streams=streams)
         if self.acked_floor:
             lines = _drop_upto(lines, self.acked_floor)
         if len(lines):

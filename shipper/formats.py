@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, islice, repeat
 from operator import add, attrgetter, getitem
@@ -106,6 +107,10 @@ class _Partial:
     starts: dict[object, int] = field(default_factory=dict)
     """Per file (:attr:`LineParser.origin`) the offset of the group's first part in it: a group
     can span a rotation, and no file's checkpoint may pass the start of its parts."""
+    read_at: float = 0.0
+    """When its newest part was read (the reader's clock, :attr:`LineParser.reading_at`): the
+    wait for its next part is timed from it, per stream, not from the file's newest line --
+    another stream's lines must not hold it."""
 
 
 class LineParser:
@@ -121,6 +126,9 @@ class LineParser:
         """The file the lines being fed come from (set by the reader before :meth:`feed`).
         One parser serves all files of a source, so that a split line whose parts straddle a
         rotation is joined; offsets are per file, hence the tag."""
+        self.reading_at = 0.0
+        """The reader's clock (monotonic) when the lines being fed were read, set with
+        :attr:`origin`: a part fed now is stamped with it (:attr:`_Partial.read_at`)."""
 
     def new_lines(self) -> Lines:
         return Lines()
@@ -145,18 +153,36 @@ class LineParser:
             if old in p.starts:
                 p.starts[new] = p.starts.pop(old)
 
-    def pending_origins(self) -> set[object]:
-        """Files holding parts of a group that is not complete yet."""
-        return {o for p in self._partials.values() for o in p.starts}
+    def pending_origins(self, streams: Collection[str] | None = None) -> set[object]:
+        """Files holding parts of a group that is not complete yet (of ``streams`` only, when
+        given)."""
+        return {
+            o
+            for stream, p in self._partials.items()
+            if streams is None or stream in streams
+            for o in p.starts
+        }
+
+    def waiting_since(self, read_before: float) -> list[str]:
+        """Streams whose unfinished group got its newest part before ``read_before`` (the
+        reader's clock): their next part is overdue."""
+        return [stream for stream, p in self._partials.items() if p.read_at < read_before]
 
     def feed(self, lines: list[bytes], base: int) -> Lines:
         raise NotImplementedError
 
-    def flush(self, origin: object, at: int, every: bool = False) -> Lines:
+    def flush(
+        self,
+        origin: object,
+        at: int,
+        every: bool = False,
+        streams: Collection[str] | None = None,
+    ) -> Lines:
         """The unfinished groups whose parts all lie in file ``origin`` (``every``: all
-        groups), as they are: their last part is not coming (the container died mid-line, or
-        it was in a file lost to rotation) or not soon. Fluent Bit does the same after
-        ``Docker_Mode_Flush`` seconds. A part arriving later starts a new line.
+        groups; ``streams``: only those streams' groups), as they are: their last part is not
+        coming (the container died mid-line, or it was in a file lost to rotation) or not
+        soon. Fluent Bit does the same after ``Docker_Mode_Flush`` seconds. A part arriving
+        later starts a new line.
 
         They get offsets ``at``, ``at + 1``, ... in ``origin`` (one past its read position:
         above every line read from it, whatever the stream, and below the next line's end),
@@ -164,6 +190,8 @@ class LineParser:
         out = self.new_lines()
         for stream, p in list(self._partials.items()):
             if not every and set(p.starts) != {origin}:
+                continue
+            if streams is not None and stream not in streams:
                 continue
             del self._partials[stream]
             self._emit_group(out, at, stream, p, complete=False)
@@ -197,6 +225,7 @@ class LineParser:
                 return
             p = self._partials[stream] = _Partial(start, t, t_ns, [])
         p.starts.setdefault(self.origin, start)
+        p.read_at = self.reading_at
         room = self.max_line_bytes - p.size
         if len(text) <= room:
             p.parts.append(text)

@@ -246,13 +246,10 @@ class SourceRunner:
                 # --once waits its turn for a file descriptor (sources ending free theirs)
                 # instead of ending with its files unread. It ends at the bound the tailer set
                 # when it started (Tailer.finished), not when the writer pauses: a container
-                # writing faster than we ship cannot keep it going.
-                if self.finishing and self.tailer.parser.pending_origins():
-                    log.warning(
-                        "source ended with a split line unfinished (the container stopped in "
-                        "the middle of a line); its parts are not shipped key=%s",
-                        self.spec.key,
-                    )
+                # writing faster than we ship cannot keep it going. A split line left open
+                # (the container stopped mid-line) is shipped as it is first (Tailer.end).
+                if self.tailer.end():
+                    continue
                 break
             await self._idle()
         await self.queue.put(None)  # tells the sender that nothing more comes

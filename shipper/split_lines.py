@@ -23,9 +23,11 @@ log = logging.getLogger("logq.shipper.tailer")
 
 SPLIT_FLUSH_SECONDS = 5.0
 """A line the runtime split (Docker 16 KiB partial entries, CRI ``P`` parts) whose next part has
-not come for this long, while the file has nothing new, is shipped as it is (Fluent Bit's
-``Docker_Mode_Flush``, 4 s by default): a container that died mid-line would otherwise hold it,
-and its file's checkpoint, for as long as the source lives."""
+not come for this long after its newest part was read, with the file read to its end, is
+shipped as it is (Fluent Bit's ``Docker_Mode_Flush``, 4 s by default): a container that died
+mid-line would otherwise hold it, and its file's checkpoint, for as long as the source lives.
+Timed per stream: a container that keeps writing whole lines on stderr does not hold a stdout
+line left unfinished (a prompt without ``\n``)."""
 
 
 class SplitLines:
@@ -44,11 +46,15 @@ class SplitLines:
 
     def _flush_split(self: Tailer, head: Cursor) -> Chunk | None:
         """At the end of the live file, split lines whose next part has not come for
-        :data:`SPLIT_FLUSH_SECONDS`, their parts in it or in files rotated away before it
-        (held): shipped as they are. The held files' checkpoints go once they are acked."""
-        if self.once or time.monotonic() - self._last_data < SPLIT_FLUSH_SECONDS:
-            return None  # --once leaves unfinished lines to the next run
-        origins = self.parser.pending_origins()
+        :data:`SPLIT_FLUSH_SECONDS` since their newest part was read, their parts in it or in
+        files rotated away before it (held): shipped as they are. The held files'
+        checkpoints go once they are acked."""
+        if self.once:
+            return None  # --once ships them when its source ends (see end())
+        streams = self.parser.waiting_since(time.monotonic() - SPLIT_FLUSH_SECONDS)
+        if not streams:
+            return None
+        origins = self.parser.pending_origins(streams)
         if not origins or not origins <= {head, *self._held}:
             return None
         return self._flushed(
@@ -56,20 +62,69 @@ class SplitLines:
             logging.INFO,
             f"shipping an unfinished split line as it is: its next part has not come for "
             f"{SPLIT_FLUSH_SECONDS:g} s",
+            streams,
         )
 
-    def _flushed(self: Tailer, head: Cursor, level: int, why: str) -> Chunk | None:
-        """Every open split line, as it is, in a chunk of ``head`` (offsets one past its read
-        position); held files are freed once it is acknowledged."""
+    def end(self: Tailer) -> bool:
+        """The source ends: its container or pod was removed (its files are gone or going),
+        or ``--once`` read what it had to. Returns whether split lines are still open; if so,
+        the next :meth:`read` ships them as they are, as Fluent Bit does with its pending
+        Docker-mode lines when a file's ingestion stops (``flb_tail_dmode_pending_flush_all``):
+        a container's last line written without a newline (a crash message) would otherwise
+        never be shipped -- a removed file cannot be read again, and a next run would not
+        even open it.
+
+        The cut is in the checkpoint before the record is sent, as for the 5 s flush, and the
+        ack moves the checkpoint past the parts. So a ``--once`` run after this one starts
+        after them and does not ship them again, a crash before the ack cuts them again into
+        the same record (which the aggregator drops by offset), and a next part the container
+        writes later starts a line of its own -- what a Fluent Bit user sees after it was
+        stopped (or its flush timer fired) between two parts. ``--once`` thus cuts a line
+        whose parts were being written while it started; it is that or hold the line to the
+        next run, which never comes for a removed container."""
+        self._ending = True
+        return bool(self.parser.pending_origins())
+
+    def _flush_ending(self: Tailer) -> Chunk | None:
+        """The split lines left open when the source ends (:meth:`end`), as they are, in a
+        chunk of the file being read, or else of the newest file holding their parts."""
+        origins = self.parser.pending_origins()
+        if not origins:
+            return None
+        files = self.cursors[:1] or self._held[-1:] or [o for o in origins if isinstance(o, Cursor)]
+        if not files:  # not a file of ours: nothing to attach the lines to
+            self.parser.reset()
+            return None
+        why = (
+            "the --once run ends here; a next part written later starts a line of its own"
+            if self.once
+            else "its source ended (the container or pod was removed in the middle of a line)"
+        )
+        return self._flushed(
+            files[0], logging.INFO, f"shipping an unfinished split line as it is: {why}"
+        )
+
+    def _flushed(
+        self: Tailer,
+        head: Cursor,
+        level: int,
+        why: str,
+        streams: list[str] | None = None,
+    ) -> Chunk | None:
+        """Every open split line (of ``streams`` only, when given), as it is, in a chunk of
+        ``head`` (offsets one past its read position); held files are freed once it is
+        acknowledged."""
         self.parser.origin = head
-        lines = self.parser.flush(head, head.read_pos + 1, every=True)
+        at = head.read_pos + 1
+        lines = self.parser.flush(head, at, every=True, streams=streams)
         if not len(lines):
             return None
         log.log(level, "%s lines=%d path=%s", why, len(lines), head.path)
         # Where the parts were cut, for a restart that reads them again before this is acked.
-        if len(head.state.cuts) < MAX_CUTS:
-            head.state.cuts.append([head.read_pos, head.read_pos + 1])
-            self.registry.put(head.key, head.state)
+        for offset, stream in zip(lines.offsets, lines.streams, strict=True):
+            if len(head.state.cuts) < MAX_CUTS:
+                head.state.cuts.append([head.read_pos, offset, stream])
+        self.registry.put(head.key, head.state)
         chunk = Chunk(head, lines, head._resume(), 0, save_first=True)
         if self._held:
             self._settle_held(chunk)

@@ -116,6 +116,9 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         self._parked: tuple[int, int, int] | None = None
         """(device, inode, size) of the live file closed while idle (see :meth:`_park`)."""
         self._last_data = 0.0
+        self._ending = False
+        """The source ends (see :meth:`~shipper.split_lines.SplitLines.end`): its open split
+        lines go out with the next read."""
         self._open_retry_at = 0.0
         self._open_backoff = 0.0
         """While opens fail for lack of descriptors (EMFILE/ENFILE): when to try again, and
@@ -137,6 +140,8 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
             self.start()
         if self._lingering:
             self._check_lingering()
+        if self._ending and self.parser.pending_origins():
+            return self._flush_ending()
         if not self.cursors:
             return None
         head = self.cursors[0]
@@ -155,11 +160,15 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         block = min(self.block_size, max(max_bytes, 65536))
         if block < self.max_line_bytes + 4096:  # an allowed line must fit in a block
             block = self.block_size
+        self.parser.reading_at = time.monotonic()
         chunk = self.cursors[0].read(block, max_lines)
         if chunk is not None:
-            self._last_data = time.monotonic()
+            self._last_data = self.parser.reading_at
             if self._held:
                 self._settle_held(chunk)
+        elif self.once and self.finished():
+            # Its bound reached, the run ends for this source: a line left open goes now.
+            chunk = self._flush_ending() if self.end() else None
         elif head is self.live and len(self.cursors) == 1:
             chunk = self._flush_split(head)
         return chunk

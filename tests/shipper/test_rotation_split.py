@@ -427,26 +427,34 @@ def test_a_cut_that_is_not_at_a_line_boundary_is_dropped_not_stopped_at(
     reg.close()
 
 
-def test_once_cuts_a_flushed_split_line_again_and_leaves_an_unfinished_one(
+def test_once_cuts_a_flushed_split_line_again_and_ships_an_unfinished_one_at_its_end(
     tmp_path: Path, state: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The restart after the lost ack is a --once run: its bound must not override the cut
     (the parts were joined with the next part, and an unfinished line at the end went out
-    under an offset below the others, then dropped, its checkpoint passed)."""
+    under an offset below the others, then dropped, its checkpoint passed). The unfinished
+    line at the end goes out last, above every offset, and the next run does not send it
+    again."""
     path = tmp_path / "c-json.log"
     t, reg, flushed = _flushed_unacked_then_completed(path, state, monkeypatch)
-    write(path, docker_line("Y-part ", 4, nl=False))  # unfinished: for the next run
+    write(path, docker_line("Y-part ", 4, nl=False))  # unfinished: shipped as it is at the end
     t.close()
     reg.save()
     reg.close()
     reg = Registry(state)
     t = Tailer(spec_for(path), reg, "h", 65536, once=True)
     sent = drain_sent(t)
-    assert [log for log, _, _ in sent] == ["X-part ", "X-rest", "after"]
+    assert [log for log, _, _ in sent] == ["X-part ", "X-rest", "after", "Y-part "]
     assert sent[0][1] == flushed.lines.offsets[0]
     assert [off for _, off, _ in sent] == sorted(off for _, off, _ in sent)
     ((_, st),) = reg.items()
-    assert st.offset < path.stat().st_size  # Y-part's start: read again by the next run
+    assert st.offset == path.stat().st_size  # past Y-part: the next run starts after it
+    t.close()
+    reg.save()
+    reg.close()
+    reg = Registry(state)
+    t = Tailer(spec_for(path), reg, "h", 65536, once=True)
+    assert drain(t) == []
     reg.close()
 
 
