@@ -2,8 +2,15 @@
 
 One JSON document under ``--state-dir`` maps *file identity* -> position. A file's identity is
 ``<device>:<inode>:<fingerprint>`` where the fingerprint hashes the file's first line (at most
-1 KiB): a recycled inode holding a new file gets a new fingerprint, so it is never resumed at the
-old file's offset. Entries advance only after the aggregator acknowledged the batch, and the
+1 KiB). A recycled inode holding a new file usually gets a new fingerprint -- but not when every
+file of a program starts with the same line (a fixed banner), nor when a file is truncated in
+place and written again from the same first line. So each entry also keeps a hash of the bytes
+just before its position (:attr:`FileState.tail`, up to 256 bytes the shipper read and had
+acknowledged): a file whose bytes there differ at the next open, or that is shorter than the
+position, holds other content (replaced while the shipper was down), and is read from its start
+under a new ``source_id`` epoch (see :meth:`shipper.resume.Resume._verified`). What is left
+undetected: new content whose bytes before that position are the very same as the old ones.
+Entries advance only after the aggregator acknowledged the batch, and the
 document is replaced atomically (write tmp, fsync, rename, fsync the directory), so after a
 crash -- also ``kill -9`` -- the shipper resumes at the last acknowledged line.
 
@@ -27,6 +34,8 @@ from shipper.errors import ConfigError, clipped, preview, unusable_dir_message
 log = logging.getLogger("logq.shipper.checkpoint")
 
 FORMAT_VERSION = 1
+"""Still 1 with :attr:`FileState.tail` added: an older shipper ignores keys it does not know, and
+an entry without it resumes unchecked, as before."""
 
 
 @dataclass(slots=True)
@@ -55,6 +64,10 @@ class FileState:
     again, into the same record, which the aggregator then recognises as one it has -- joined
     with a part written later, the parts would be stored twice. The stream says which line: the
     other stream's, still waiting for its next part then, is not cut."""
+    tail: str = ""
+    """Hash of the bytes just before :attr:`offset` (see :func:`shipper.fingerprint.tail_hash`),
+    '' when unknown (offset 0, an entry written by an older shipper, a file closed before its
+    last acknowledgement): a file whose bytes there differ is not resumed at :attr:`offset`."""
 
 
 #: Cuts kept per file at most (each one is a split line flushed and not acknowledged yet).
@@ -111,6 +124,12 @@ def parse_entry(value: object) -> tuple[FileState | None, str]:
     if not _valid_cuts(cuts):
         problems.append(f"cuts={preview(cuts, 40)} dropped")
         cuts = []
+    tail = value.get("tail", "")
+    if not _valid_tail(tail):
+        # Only a check: without it the file resumes at its offset, as entries of older
+        # shippers (which have none) do.
+        problems.append(f"tail={preview(tail, 40)} dropped")
+        tail = ""
     state = FileState(
         source=value["source"],
         path=value["path"],
@@ -120,6 +139,7 @@ def parse_entry(value: object) -> tuple[FileState | None, str]:
         epoch=positions["epoch"],
         updated=float(updated),
         cuts=cuts,
+        tail=tail,
     )
     return state, ", ".join(problems)
 
@@ -136,6 +156,13 @@ def _valid_cuts(cuts: object) -> bool:
             for c in cuts
         )
     )
+
+
+def _valid_tail(tail: object) -> bool:
+    return isinstance(tail, str) and len(tail) <= 64 and all(c in _HEX for c in tail)
+
+
+_HEX = frozenset("0123456789abcdef")
 
 
 def _json_type(value: object) -> str:

@@ -99,6 +99,7 @@ class CopyTruncate:
                 epoch += 1
                 self.registry.put(file_key(st.st_dev, st.st_ino, head.fp), state)
                 copy = Cursor(fd, sib, head.fp, state, self.parser)
+                state.tail = copy.tail(head.checked_pos)  # checked at a restart before its ack
                 copy.stop_at = head.stop_at  # same bytes at the same offsets as head's
                 self._floor = st.st_mtime_ns
                 break
@@ -114,6 +115,7 @@ class CopyTruncate:
                     head.state.acked,
                     head.state.epoch,
                     cuts=[list(c) for c in head.state.cuts],  # same bytes, same cuts
+                    tail=head.state.tail,
                 )
                 self.registry.put(file_key(st.st_dev, st.st_ino, head.fp), state)
                 copy = Cursor(fd, sib, head.fp, state, self.parser)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from shipper import fd_budget
 from shipper.checkpoint import FileState, file_key
+from shipper.fingerprint import tail_hash
 from shipper.formats import LineParser, overlong_line
 from shipper.lines import Lines
 
@@ -202,6 +203,18 @@ class Cursor:
         if self.read_pos <= self.acked_floor:
             parsed = self.parser.new_lines()
         return Chunk(self, parsed, self._resume(), nl + 1)
+
+    def tail(self, pos: int) -> str:
+        """The checkpoint's check of the bytes before ``pos`` (see
+        :attr:`FileState.tail`), '' when it cannot be taken: a closed descriptor's number may
+        belong to another file by now, and a file shorter than ``pos`` was truncated since it
+        was read (the next read notices)."""
+        if self.closed:
+            return ""
+        try:
+            return tail_hash(self.fd, pos) or ""
+        except OSError:
+            return ""
 
     def size(self) -> int:
         try:

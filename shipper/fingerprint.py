@@ -16,6 +16,8 @@ import zlib
 from pathlib import Path
 
 FINGERPRINT_BYTES = 1024
+TAIL_BYTES = 256
+"""Bytes just before a checkpoint's position that its :func:`tail_hash` covers."""
 
 
 def _fingerprint_bytes(head: bytes) -> str | None:
@@ -30,6 +32,26 @@ def _fingerprint_bytes(head: bytes) -> str | None:
 def fingerprint(fd: int) -> str | None:
     """Hash of the file's first line (at most 1 KiB); None while that line is incomplete."""
     return _fingerprint_bytes(os.pread(fd, FINGERPRINT_BYTES, 0))
+
+
+def tail_hash(fd: int, pos: int) -> str | None:
+    """Hash of the (at most :data:`TAIL_BYTES`) bytes just before ``pos``; None at 0 or when
+    the file no longer holds them all.
+
+    The first line tells files apart only while it differs: a program that starts its log with
+    a fixed banner writes the same first line into every file, and a file deleted and created
+    again gets the inode just freed, so ``(device, inode, first line)`` names the old and the
+    new content alike. The bytes just before a checkpoint's position were read and
+    acknowledged: kept as a hash in the checkpoint, they tell at the next open whether that
+    position still follows the same content (see :meth:`shipper.resume.Resume._verified`).
+    """
+    start = max(pos - TAIL_BYTES, 0)
+    if pos <= start:
+        return None
+    data = os.pread(fd, pos - start, start)
+    if len(data) != pos - start:
+        return None
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
 def gzip_identity(path: Path) -> tuple[str | None, int] | None:

@@ -17,7 +17,8 @@ was down, and no ``.gz`` of it shows it was read to its end); a file truncated i
 (copytruncate) with no copy to finish from, while lines we had not read were in it
 (``truncated_without_copy``: lost for sure), or after we had read all we saw
 (``truncated_in_place``: lines written between our last look and the truncation, if any, are
-lost; Docker ``max-file=1`` truncates its file at every rotation); the source fell more than
+lost; Docker ``max-file=1`` truncates its file at every rotation; also a file found replaced at
+its checkpoint when opened, see :meth:`shipper.resume.Resume._verified`); the source fell more than
 :data:`~shipper.pinning.MAX_PINNED_FILES` rotations behind, or the process reached its descriptor
 budget (:func:`shipper.fd_budget.pin_budget`), so files deleted before it catches up are never
 read; the file that was live at the last check is gone already (see

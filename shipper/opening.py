@@ -1,7 +1,9 @@
 """Opening a source's files: at their checkpoint, within the process's descriptor budget.
 
 A file's identity and resume point come from the checkpoint registry (see
-:mod:`shipper.checkpoint`), its identity from its first line (see :mod:`shipper.fingerprint`).
+:mod:`shipper.checkpoint`), its identity from its first line (see :mod:`shipper.fingerprint`);
+the resume point is checked against the bytes read before it (see
+:meth:`shipper.resume.Resume._verified`).
 The live file is opened after any files rotated since the last one finished (the runtime may
 rotate several times between two polls). Out of descriptors, opens back off (doubling up to
 :data:`OPEN_RETRY_MAX_SECONDS`), and while sources wait for a descriptor an idle live file is
@@ -82,22 +84,8 @@ class Opening:
                 return None
             state = FileState(self.spec.key, str(path), self._source_id(st.st_ino, fp, 0), 0, 0)
             self.registry.put(key, state)
-        elif state.offset > st.st_size:
-            # Truncated while we were not running: the content is new. (A corrupt offset looks
-            # the same; the warning makes the possible duplicates visible.)
-            log.warning(
-                "checkpoint is past the end of the file: truncated while the shipper was down, "
-                "reading it from its start as new content path=%s offset=%d size=%d registry=%s",
-                path,
-                state.offset,
-                st.st_size,
-                self.registry.path,
-            )
-            epoch = state.epoch + 1
-            state = FileState(
-                self.spec.key, str(path), self._source_id(st.st_ino, fp, epoch), 0, 0, epoch
-            )
-            self.registry.put(key, state)
+        elif state.offset:
+            state = self._verified(fd, path, st, fp, state)
         log.debug("opened path=%s ino=%d offset=%d", path, st.st_ino, state.offset)
         self._opened[fp] = None
         if len(self._opened) > 1024:

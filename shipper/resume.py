@@ -4,7 +4,9 @@ A source the registry knows has the rotated files it had not finished read first
 rotated after the newest one it knows of. A source first seen with rotated files already next to
 its live file (it rotated before the first scan, or during a shipper restart) has those read
 first; see :meth:`Resume._first_seen`. Checkpointed files that are provably gone are counted as
-lost (see :data:`shipper.losses.LOSS_REASONS`).
+lost (see :data:`shipper.losses.LOSS_REASONS`). A file opened at its checkpoint must still hold
+the bytes read before it, else it was replaced and is read from its start (see
+:meth:`Resume._verified`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shipper import fd_budget, rotate_wait
+from shipper.checkpoint import FileState, file_key
 from shipper.cursor import Cursor
 from shipper.discover import rotated_siblings
-from shipper.fingerprint import fingerprint
+from shipper.fingerprint import fingerprint, tail_hash
 from shipper.rotated import compressed_identities, oldest_first, rotation_path
 
 if TYPE_CHECKING:
@@ -109,6 +112,58 @@ class Resume:
             if c is not self.live:
                 log.info("resuming rotated file path=%s offset=%d", c.path, c.read_pos)
         self._count_vanished(known)
+
+    def _verified(
+        self: Tailer, fd: int, path: Path, st: os.stat_result, fp: str, state: FileState
+    ) -> FileState:
+        """``state``, the checkpoint of the file just opened as ``fd``, if the file still holds
+        the content it was taken in; else a new one reading the file from its start.
+
+        The key (device, inode, first line) matches a file deleted and created again (the
+        inode reused) or truncated in place and written again (copytruncate), both while the
+        shipper was down, when the new content starts with the same line (a fixed banner).
+        Then the checkpoint's offset falls past the end or into the new content: resumed there,
+        the lines before it would never be read, and even read from 0 under the old
+        ``source_id`` the aggregator would drop them as resends. So the new content is read
+        from its start under a new epoch -- what :mod:`shipper.copytruncate` does when it sees
+        the truncation -- and counted as ``truncated_in_place``: the old content's lines
+        written after the checkpoint, if any, were lost while the shipper was down.
+
+        One ``pread`` per file opened at a position; entries without a :attr:`FileState.tail`
+        (an older shipper's) are only checked against the size, as before.
+        """
+        if state.offset > st.st_size:
+            why = "checkpoint is past the end of the file: truncated while the shipper was down"
+        else:
+            if not state.tail:
+                return state
+            try:
+                if tail_hash(fd, state.offset) == state.tail:
+                    return state
+            except OSError:
+                return state  # cannot tell: as before the check existed
+            why = (
+                "the bytes before the checkpoint are not the ones read there: the file was "
+                "replaced (deleted and created again, or truncated and written again) while the "
+                "shipper was down or had it closed"
+            )
+        # (A corrupt offset looks the same; the warning makes the possible duplicates visible.)
+        log.warning(
+            "%s; reading it from its start as new content under a new id (lines the old "
+            "content got after the checkpoint, if any, are lost) path=%s offset=%d size=%d "
+            "registry=%s",
+            why,
+            path,
+            state.offset,
+            st.st_size,
+            self.registry.path,
+        )
+        self.on_loss("truncated_in_place")
+        epoch = state.epoch + 1
+        sid = self._source_id(st.st_ino, fp, epoch)
+        fresh = FileState(self.spec.key, str(path), sid, 0, 0, epoch)
+        self.registry.put(file_key(st.st_dev, st.st_ino, fp), fresh)
+        return fresh
 
     def _vanished_ok(self: Tailer, known: set[str]) -> bool:
         """Whether every checkpointed file of this source not opened now is provably gone: no

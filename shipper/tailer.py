@@ -280,6 +280,7 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         if st.cuts:
             st.cuts = [c for c in st.cuts if c[0] > resume]
         st.acked = max(st.acked, acked)
+        st.tail = cur.tail(resume)
         st.path = str(cur.path)
         self.registry.put(cur.key, st)
 

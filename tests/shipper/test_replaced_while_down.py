@@ -1,0 +1,216 @@
+"""A file whose content was replaced while the shipper was down, under the same checkpoint key.
+
+A checkpoint's key is (device, inode, first line). Many programs start every log file with the
+same banner, so a file deleted and created again on the inode just freed, or truncated in place
+(copytruncate) and written again, has the old key: resumed at the old offset, the new lines
+before it were lost without a word, and even read from 0 under the old ``source_id`` the
+aggregator would drop them as resends. The checkpoint keeps a hash of the bytes just before its
+position; a file whose bytes there differ is read from its start under a new id, with a WARNING
+naming it, and counted as a possible loss (``truncated_in_place``).
+
+The :class:`~tests.shipper.receiver.Receiver` drops records at or below the highest offset
+stored for their ``source_id``, as the aggregator does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from shipper import wire
+from shipper.checkpoint import FileState, Registry, file_key, parse_entry
+from shipper.discover import SourceSpec
+from shipper.fingerprint import TAIL_BYTES, tail_hash
+from shipper.tailer import Tailer
+from tests.shipper.receiver import Receiver
+from tests.shipper.shipping import empty_root
+from tests.shipper.tailing import drain_sent
+from tests.shipper.test_hostile_state import identity
+from tests.shipper.test_once import run_shipper
+
+pytestmark = pytest.mark.integration
+
+BANNER = "=== worker log ==="
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def banner_log(prefix: str, n: int) -> bytes:
+    """A log as many programs write it: a fixed banner, then ``n`` lines."""
+    return "".join([f"{BANNER}\n", *(f"{prefix} line {i}\n" for i in range(1, n + 1))]).encode()
+
+
+def ship_once(tmp_path: Path, receiver: Receiver, log: Path) -> str:
+    """One ``logq-shipper --once`` run over ``log``; its stderr."""
+    res = run_shipper(
+        *("--aggregator", receiver.address, "--hostname", "h"),
+        *("--docker-root", str(empty_root(tmp_path)), "--cri-root", str(empty_root(tmp_path))),
+        *("--path", str(log), "--state-dir", str(tmp_path / "state")),
+        "--once",
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stderr
+
+
+def stored(receiver: Receiver, prefix: str) -> list[str]:
+    return [r["log"] for _, _, r in receiver.records if r["log"].startswith(prefix)]
+
+
+def recreate_on_same_inode(path: Path, content: bytes) -> None:
+    """Delete ``path`` and create it again with ``content`` on the inode just freed, as a file
+    system does when nothing else takes it first (ext4 hands out the lowest free inode of the
+    group: files created until one gets it, the others deleted)."""
+    ino = path.stat().st_ino
+    path.unlink()
+    spares = []
+    for i in range(200):
+        spare = path.with_name(f".spare{i}")
+        spare.write_bytes(content)
+        if spare.stat().st_ino == ino:
+            spare.rename(path)
+            break
+        spares.append(spare)
+    else:
+        pytest.skip("this file system did not hand the freed inode to a new file")
+    for spare in spares:
+        spare.unlink()
+
+
+def test_truncated_while_down_and_written_past_the_old_offset(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """copytruncate (no copy kept) while the shipper is down, then more lines than before: the
+    shipper must read the new content from its start, not from the old offset."""
+    log = tmp_path / "app.log"
+    log.write_bytes(banner_log("old", 50))
+    ship_once(tmp_path, receiver, log)
+    assert len(stored(receiver, "old")) == 50
+    ino = log.stat().st_ino
+    with log.open("r+b") as f:  # truncated in place: same inode, then written again
+        f.truncate(0)
+        f.write(banner_log("new", 80))
+    assert log.stat().st_ino == ino
+    err = ship_once(tmp_path, receiver, log)
+    assert stored(receiver, "new") == [f"new line {i}" for i in range(1, 81)]
+    assert stored(receiver, BANNER) == [BANNER, BANNER]  # the new content's banner too
+    assert receiver.duplicates == 0
+    assert "file was replaced" in err and f"path={log}" in err and "level=warning" in err
+
+
+def test_deleted_and_created_again_on_the_same_inode(tmp_path: Path, receiver: Receiver) -> None:
+    """The auditor's case: a log deleted and created again while the shipper is down gets the
+    inode just freed, and the same banner; the new file is longer than the old offset."""
+    log = tmp_path / "worker.log"
+    log.write_bytes(banner_log("run1", 100))
+    ship_once(tmp_path, receiver, log)
+    recreate_on_same_inode(log, banner_log("run2", 300))
+    err = ship_once(tmp_path, receiver, log)
+    assert stored(receiver, "run1") == [f"run1 line {i}" for i in range(1, 101)]
+    assert stored(receiver, "run2") == [f"run2 line {i}" for i in range(1, 301)]
+    assert stored(receiver, BANNER) == [BANNER, BANNER]
+    assert "file was replaced" in err and f"path={log}" in err
+    # A new source id: the aggregator's per-source dedup must not take them for resends.
+    ids = {r[wire.KEY_SOURCE_ID] for _, _, r in receiver.records}
+    assert len(ids) == 2
+
+
+def test_a_grown_file_resumes_at_its_checkpoint_without_a_warning(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """The check must not fire on the usual case: the same content, appended to."""
+    log = tmp_path / "app.log"
+    log.write_bytes(banner_log("a", 100))
+    ship_once(tmp_path, receiver, log)
+    with log.open("ab") as f:
+        f.write(b"".join(f"b line {i}\n".encode() for i in range(20)))
+    err = ship_once(tmp_path, receiver, log)
+    assert "level=warning" not in err
+    assert len(stored(receiver, "a")) == 100 and len(stored(receiver, "b")) == 20
+    assert receiver.messages == 2  # the second run sent only the new lines
+    files = json.loads((tmp_path / "state" / "checkpoints.json").read_bytes())["files"]
+    (entry,) = files.values()
+    fd = os.open(log, os.O_RDONLY)
+    try:
+        assert entry["offset"] == log.stat().st_size > TAIL_BYTES
+        assert entry["tail"] == tail_hash(fd, entry["offset"])
+    finally:
+        os.close(fd)
+
+
+def _tailer(tmp_path: Path, path: Path, state: FileState, losses: list[str]) -> Tailer:
+    reg = Registry(tmp_path / "state")
+    st, fp = identity(path)
+    reg.put(file_key(st.st_dev, st.st_ino, fp), state)
+    spec = SourceSpec(key="file:app", path=path, format="plain", service="svc")
+    return Tailer(spec, reg, "h", 65536, on_loss=losses.append)
+
+
+def test_replaced_content_is_counted_and_read_under_a_new_epoch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "app.log"
+    path.write_bytes(banner_log("new", 10))
+    offset = len(banner_log("old", 5))
+    state = FileState("file:app", str(path), "h:1:ab", offset, offset - 1, tail="0" * 16)
+    losses: list[str] = []
+    tailer = _tailer(tmp_path, path, state, losses)
+    try:
+        with caplog.at_level(logging.WARNING, logger="logq.shipper.tailer"):
+            sent = drain_sent(tailer)
+        assert [log for log, _, _ in sent] == [BANNER, *(f"new line {i}" for i in range(1, 11))]
+        st, fp = identity(path)
+        assert {sid for _, _, sid in sent} == {f"h:{st.st_ino:x}:{fp}+1"}
+        assert losses == ["truncated_in_place"]
+        (record,) = caplog.records
+        assert f"offset={offset}" in record.getMessage() and str(path) in record.getMessage()
+    finally:
+        tailer.close()
+        tailer.registry.close()
+
+
+def test_an_older_shippers_entry_without_tail_resumes_at_its_offset(tmp_path: Path) -> None:
+    """Backward compatible: entries written before the check existed carry no ``tail``; they
+    resume where they say, as before (only a position past the end restarts the file)."""
+    path = tmp_path / "app.log"
+    path.write_bytes(banner_log("x", 10))
+    offset = len(banner_log("x", 4))
+    st, fp = identity(path)
+    key = file_key(st.st_dev, st.st_ino, fp)
+    entry = {"source": "file:app", "path": str(path), "source_id": "h:old", "offset": offset}
+    (tmp_path / "state").mkdir()
+    doc = {"version": 1, "files": {key: {**entry, "acked": offset - 1, "epoch": 0}}}
+    (tmp_path / "state" / "checkpoints.json").write_text(json.dumps(doc))
+    reg = Registry(tmp_path / "state")
+    spec = SourceSpec(key="file:app", path=path, format="plain", service="svc")
+    losses: list[str] = []
+    tailer = Tailer(spec, reg, "h", 65536, on_loss=losses.append)
+    try:
+        sent = drain_sent(tailer)
+        assert [log for log, _, _ in sent] == [f"x line {i}" for i in range(5, 11)]
+        assert {sid for _, _, sid in sent} == {"h:old"} and losses == []
+        state = reg.get(key)
+        assert state is not None and state.tail  # taken at the first acknowledgement
+    finally:
+        tailer.close()
+        reg.close()
+
+
+@pytest.mark.parametrize("bad", [5, "not hex", "a" * 65, None])
+def test_a_malformed_tail_is_dropped_and_the_entry_kept(bad: object) -> None:
+    """A damaged ``tail`` only loses the check: the entry resumes at its offset, as an older
+    shipper's entry does."""
+    entry = {"source": "file:/x", "path": "/x", "source_id": "h:1:ab", "offset": 10, "acked": 9}
+    state, problem = parse_entry({**entry, "tail": bad})
+    assert state is not None and state.offset == 10 and state.tail == ""
+    assert problem.startswith("tail=") and problem.endswith("dropped")
+    state, problem = parse_entry({**entry, "tail": "0123456789abcdef"})
+    assert state is not None and state.tail == "0123456789abcdef" and problem == ""
