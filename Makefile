@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check shipper aggregator athena cli tests bench
-	$(BIN)/python -m pytest -q -n 2 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check shipper aggregator athena cli tests bench

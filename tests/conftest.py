@@ -25,6 +25,40 @@ import pytest
 from tests.support.moto import MotoServer, start_moto
 from tests.support.seaweedfs import AWS_OVERRIDES, SeaweedFS, start_seaweedfs
 
+#: Start order of the modules under ``make test`` (pytest-xdist): lower first. Chaos scenarios take
+#: 15-65 s each, other integration tests (real processes) seconds, most of the rest milliseconds.
+_CHAOS, _INTEGRATION, _UNIT = 0, 1, 2
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, run the longest modules first and the millisecond ones last.
+
+    ``make test`` hands a whole module at a time to whichever of its two workers is free, in
+    this order (``--dist loadscope --no-loadscope-reorder``; a module's fixtures are then built
+    once, e.g. the ~70 ``logq`` runs of ``tests/chaos/test_hostile_cli.py``). A 60-second chaos
+    scenario that starts near the end keeps one worker busy while the other idles; started
+    first, it overlaps with the rest, and the run ends on modules without processes, mostly
+    milliseconds each (a few take longer: ``tests/shipper/test_fast_rotation.py``, ~20 s). The
+    sort is stable, so modules keep their order within a rank and tests theirs within a
+    module. A plain ``pytest`` run (no workers) keeps the collection order.
+    """
+    if not hasattr(config, "workerinput"):
+        return
+    rank: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        rank[module] = min(rank.get(module, _UNIT), _start_rank(item))
+    items.sort(key=lambda item: rank[item.nodeid.split("::", 1)[0]])
+
+
+def _start_rank(item: pytest.Item) -> int:
+    """``_CHAOS``, ``_INTEGRATION`` or ``_UNIT``, from the test's markers."""
+    if item.get_closest_marker("chaos"):
+        return _CHAOS
+    if item.get_closest_marker("integration"):
+        return _INTEGRATION
+    return _UNIT
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(

@@ -38,8 +38,10 @@ from tests.support.procs import wait_until
 
 pytestmark = [pytest.mark.s3, pytest.mark.integration]
 
-OUTAGE_SECONDS = 12.0
-"""Longer than --unhealthy-after (3 s) plus the flush backoff's first steps."""
+OUTAGE_SECONDS = 6.0
+"""Twice --unhealthy-after (3 s): /healthz must turn 503 during the outage and the flush must
+have failed and been retried (backoff 0.5, 1, 2 s...) before S3 is back. The long outage with
+backpressure is tests/chaos/test_s3_outage.py's."""
 
 
 def test_aggregator_writes_partitions_to_s3(
@@ -96,7 +98,7 @@ def test_aggregator_writes_partitions_to_s3(
 def test_s3_outage_keeps_data_buffered_then_writes_it(
     tmp_path: Path, s3_warehouse: str, s3_env: dict[str, str], subprocess_env: dict[str, str]
 ) -> None:
-    """S3 unreachable for 12 s: acks continue (the buffer holds the data), nothing is lost.
+    """S3 unreachable for 6 s: acks continue (the buffer holds the data), nothing is lost.
 
     (SeaweedFS itself stopped for 35 s, with backpressure: tests/chaos/test_s3_outage.py.)"""
     endpoint = urlparse(s3_env["AWS_ENDPOINT_URL"])
