@@ -6,6 +6,7 @@ import re
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import boto3
@@ -179,14 +180,13 @@ def test_a_failed_enum_update_is_retried_until_athena_has_it(
     assert applied[-1] == ["checkout", "recipe", "search"]
 
 
-def test_a_ddl_statement_given_up_on_is_waited_for_not_raced(
+def _impatient_catalog(
     tmp_path: Path, moto_server: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A statement still queued after the timeout is left to finish (stopping it sent it to
-    the back of a slow queue on every retry: R2), and the next update sends nothing until it
-    has finished (a newer enum must not race an older one)."""
+) -> tuple[Catalog, Callable[[], list[dict]]]:
+    """A catalog of one service on moto's Athena that gives a statement up after 0.2 s, and
+    the executions of its own database (other tests share the server)."""
     from aggregator import catalog as catalog_mod
-    from tests.athena.athena_moto import athena_env, executions, set_progression
+    from tests.athena.athena_moto import athena_env, executions
 
     athena_env(monkeypatch, moto_server)
     monkeypatch.setattr(catalog_mod, "ATHENA_TIMEOUT_SECONDS", 0.2)
@@ -200,6 +200,20 @@ def test_a_ddl_statement_given_up_on_is_waited_for_not_raced(
 
     def mine() -> list[dict]:
         return [e for e in executions(moto_server) if db in e["Query"]]
+
+    return catalog, mine
+
+
+def test_a_ddl_statement_given_up_on_is_waited_for_not_raced(
+    tmp_path: Path, moto_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A statement still queued after the timeout is left to finish (stopping it sent it to
+    the back of a slow queue on every retry: R2), and the next update sends nothing until it
+    has finished (a newer enum must not race an older one)."""
+    from aggregator import catalog as catalog_mod
+    from tests.athena.athena_moto import set_progression
+
+    catalog, mine = _impatient_catalog(tmp_path, moto_server, monkeypatch)
 
     set_progression(moto_server, 1.0)  # QUEUED, RUNNING, SUCCEEDED: a step a second
     try:
@@ -227,20 +241,9 @@ def test_a_ddl_statement_pending_past_the_limit_is_stopped_and_the_ddl_sent_agai
     longer (Athena lets DDL run for hours) is stopped and the whole DDL sent again, rather than
     keeping new services out of the enum until Athena gives up on it."""
     from aggregator import catalog as catalog_mod
-    from tests.athena.athena_moto import athena_env, executions, set_progression
+    from tests.athena.athena_moto import set_progression
 
-    athena_env(monkeypatch, moto_server)
-    monkeypatch.setattr(catalog_mod, "ATHENA_TIMEOUT_SECONDS", 0.2)
-    monkeypatch.setattr(catalog_mod, "ATHENA_POLL_SECONDS", 0.05)
-    db = f"logs_{uuid.uuid4().hex[:8]}"
-    catalog = Catalog(
-        open_warehouse(str(tmp_path / "wh"), create=True),
-        Settings(athena_database=db, athena_output="s3://athena-results/"),
-    )
-    catalog.services = {"recipe"}
-
-    def mine() -> list[dict]:
-        return [e for e in executions(moto_server) if db in e["Query"]]
+    catalog, mine = _impatient_catalog(tmp_path, moto_server, monkeypatch)
 
     set_progression(moto_server, 600.0)  # stays QUEUED for the whole test
     try:

@@ -11,7 +11,7 @@ import asyncio
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -37,13 +37,6 @@ WAIT = 30.0
 def long_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(source_mod, "IDLE_CEILING_SECONDS", 60.0)
     monkeypatch.setattr(rotate_wait, "ROTATE_WAIT_SECONDS", 0.2)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
 
 
 @asynccontextmanager

@@ -33,13 +33,6 @@ CID = "9" * 64
 PANIC = "panic: runtime error: index out of range"
 
 
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
-
-
 def _crashed_container(tmp_path: Path, fmt: str) -> tuple[Path, Path, Path]:
     """A container whose last line (stderr) has no newline: (Docker root or CRI root, the
     folder a removal deletes, the log file)."""

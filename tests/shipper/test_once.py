@@ -27,13 +27,6 @@ def run_shipper(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[
     )
 
 
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
-
-
 def test_once_ships_every_line_with_metadata(tmp_path: Path, receiver: Receiver) -> None:
     root = tmp_path / "containers"
     envoy = [

@@ -37,13 +37,6 @@ pytestmark = pytest.mark.integration
 BANNER = "=== worker log ==="
 
 
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
-
-
 def banner_log(prefix: str, n: int) -> bytes:
     """A log as many programs write it: a fixed banner, then ``n`` lines."""
     return "".join([f"{BANNER}\n", *(f"{prefix} line {i}\n" for i in range(1, n + 1))]).encode()

@@ -33,13 +33,6 @@ def client(*addrs: str, **kw) -> ForwardClient:
     return ForwardClient(tuple(parse_endpoint(a) for a in addrs), **kw)
 
 
-@pytest.fixture
-def receiver():
-    r = Receiver()
-    yield r
-    r.close()
-
-
 def test_ack_and_gzip(receiver: Receiver) -> None:
     async def go() -> None:
         c = client(receiver.address)
