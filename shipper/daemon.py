@@ -532,6 +532,9 @@ class Shipper:
         watcher.watch_all(dirs)
         if any(os.path.dirname(p) != _glob_dir(p) for p in self.cfg.paths):
             return False  # a wildcard in a folder part: new folders there are not watched
+        roots = {"docker_root": self.cfg.docker_root, "cri_root": self.cfg.cri_root}
+        if any(key in self.cfg.given and not os.path.isdir(roots[key] or "") for key in roots):
+            return False  # a root given that is not there yet (a host booting): scan for it
         return {str(d) for d in dirs} <= watcher.watched
 
     def _watch_dirs(self) -> list[Path]:
