@@ -55,6 +55,9 @@ class PeriodicCompaction:
                 if hold is not None:
                     level = logging.WARNING if hold.peer_down else logging.INFO
                     log.log(level, "compaction skipped: %s", hold.reason)
+                    # This node's last pass says nothing of the warehouse any more (another
+                    # node compacts, or none may): a failure it saw must not alert for ever.
+                    self.metrics.compaction_failed_partitions.set(0)
                     continue
                 merged = await asyncio.to_thread(
                     compact_warehouse,
