@@ -40,9 +40,11 @@ DDL_DIR = "_ddl"
 _PARTITION_RE = re.compile(r"^service=(.+)$")
 ATHENA_POLL_SECONDS = 0.2
 ATHENA_TIMEOUT_SECONDS = 120.0
-#: How long a DDL statement left to finish (:class:`StillRunning`) is waited for before it is
-#: stopped and the DDL sent again: a statement stuck that long (Athena lets DDL run for hours)
-#: would otherwise keep every new service out of the enum, so out of every query, until then.
+#: How long a DDL statement left to finish (:class:`StillRunning`) may be RUNNING before it is
+#: stopped and the DDL sent again: one stuck that long (Athena lets DDL run for hours; a DDL
+#: statement takes seconds) would keep every new service out of the enum, so out of every
+#: query, until then. A QUEUED one is never stopped: that would only send it to the back of
+#: the queue again (a queue that slow would then never run it).
 PENDING_LIMIT_SECONDS = 1800.0
 
 
@@ -54,7 +56,8 @@ class StillRunning(CatalogError):
     """A DDL statement not finished after :data:`ATHENA_TIMEOUT_SECONDS` (a slow DDL queue).
     It is left to finish: stopping it would only send it to the back of the queue again (a
     queue that stays that slow would then never apply it), and the next update waits for it
-    rather than racing it (an older enum landing after a newer one)."""
+    rather than racing it (an older enum landing after a newer one). Only one RUNNING for
+    :data:`PENDING_LIMIT_SECONDS` is stopped (:meth:`Catalog._wait_for_pending`)."""
 
     def __init__(self, qid: str, state: str) -> None:
         super().__init__(
@@ -220,32 +223,30 @@ class Catalog:
                 raise
 
     def _wait_for_pending(self, client: Any, qid: str, since: float) -> None:
-        """Raise :class:`CatalogError` while the statement ``qid`` given up on at ``since`` is
-        still queued or running; once it has been for :data:`PENDING_LIMIT_SECONDS`, stop it
-        (its enum is older than the one about to be sent, so nothing is lost)."""
+        """Return once the statement ``qid`` given up on at ``since`` has ended; until then
+        raise :class:`CatalogError` (the update is sent at a later try, never racing it). One
+        still RUNNING :data:`PENDING_LIMIT_SECONDS` after it was given up on is stopped (its
+        enum is older than the one to be sent, so nothing is lost); the update goes out once
+        Athena says it has ended, so a stop that takes a while cannot let it land last."""
         state = _state(client, qid)
         if state not in ("QUEUED", "RUNNING"):
             return
         waited = time.monotonic() - since
-        if waited < PENDING_LIMIT_SECONDS:
-            raise CatalogError(
-                f"the DDL statement {qid} sent earlier is still {state} in Athena; the update "
-                "is sent once it has finished"
+        if state == "RUNNING" and waited >= PENDING_LIMIT_SECONDS:
+            log.warning(
+                "the DDL statement %s sent %.0f minutes ago is still RUNNING in Athena: stopping "
+                "it; the DDL is sent again once it has ended",
+                qid,
+                waited / 60,
             )
-        log.warning(
-            "the DDL statement %s sent %.0f minutes ago is still %s in Athena: stopping it and "
-            "sending the DDL again (check the workgroup's queue if this repeats)",
-            qid,
-            waited / 60,
-            state,
+            try:
+                client.stop_query_execution(QueryExecutionId=qid)
+            except Exception as exc:
+                log.warning("could not stop Athena query %s (%s)", qid, exc)
+        raise CatalogError(
+            f"the DDL statement {qid} sent earlier is still {state} in Athena; the update is "
+            "sent once it has finished"
         )
-        try:
-            client.stop_query_execution(QueryExecutionId=qid)
-        except Exception as exc:
-            raise CatalogError(
-                f"the DDL statement {qid} sent earlier is still {state} in Athena and could not "
-                f"be stopped ({exc}); the update is sent once it has finished"
-            ) from exc
 
 
 def run_athena(client: Any, sql: str, database: str | None, settings: Settings) -> str:
