@@ -27,6 +27,7 @@ from shipper.daemon import main
 from shipper.errors import ConfigError, DeliveryError
 from shipper.sender import describe_error, tls_context
 from tests.shipper.receiver import Receiver
+from tests.shipper.shipping import plain_id
 from tests.shipper.test_sender import client, message
 
 
@@ -225,6 +226,7 @@ def test_seconds_in_the_config_file_are_checked_too(
         ("--aggregator", "[::1", "expected HOST:PORT, or [::1]:24224 for IPv6"),
         ("--aggregator", "host:+1", "bad port"),
     ],
+    ids=plain_id,
 )
 def test_addresses_are_not_guessed(
     capsys: pytest.CaptureFixture[str], flag: str, value: str, says: str

@@ -14,6 +14,7 @@ import pytest
 
 from shipper.config import Endpoint, parse_endpoint
 from shipper.sender import rendezvous_order
+from tests.shipper.shipping import plain_id
 
 ENDPOINTS = (
     Endpoint("::1", 24224),
@@ -52,6 +53,7 @@ RANKINGS = {
         (Endpoint("10.0.0.1", 24224), "10.0.0.1:24224"),
         (Endpoint("agg.example", 1), "agg.example:1"),
     ],
+    ids=plain_id,
 )
 def test_ipv6_hosts_print_in_brackets(endpoint: Endpoint, shown: str) -> None:
     assert str(endpoint) == shown
