@@ -159,7 +159,9 @@ def _valid_cuts(cuts: object) -> bool:
 
 
 def _valid_tail(tail: object) -> bool:
-    return isinstance(tail, str) and len(tail) <= 64 and all(c in _HEX for c in tail)
+    """'' (unknown) or a hash as :func:`~shipper.fingerprint.tail_hash` makes it (16 hex
+    digits): a damaged value would force a re-read from 0 under a new id (R1)."""
+    return tail == "" or (isinstance(tail, str) and len(tail) == 16 and set(tail) <= _HEX)
 
 
 _HEX = frozenset("0123456789abcdef")

@@ -115,10 +115,12 @@ class CopyTruncate:
                     head.state.acked,
                     head.state.epoch,
                     cuts=[list(c) for c in head.state.cuts],  # same bytes, same cuts
-                    tail=head.state.tail,
                 )
                 self.registry.put(file_key(st.st_dev, st.st_ino, head.fp), state)
                 copy = Cursor(fd, sib, head.fp, state, self.parser)
+                # From the copy's own bytes: head's hash may have been taken after the
+                # truncation (an ack between it and this poll), of the new content (R1).
+                state.tail = copy.tail(state.offset)
                 copy.read_pos = copy.checked_pos = head.read_pos
                 copy.cuts = list(head.cuts)
                 copy.acked_floor = max(head.acked_floor, state.acked)

@@ -79,9 +79,9 @@ class SplitLines:
         after them and does not ship them again, a crash before the ack cuts them again into
         the same record (which the aggregator drops by offset), and a next part the container
         writes later starts a line of its own -- what a Fluent Bit user sees after it was
-        stopped (or its flush timer fired) between two parts. ``--once`` thus cuts a line
-        whose parts were being written while it started; it is that or hold the line to the
-        next run, which never comes for a removed container."""
+        stopped (or its flush timer fired) between two parts. ``--once`` cuts only a line at
+        the very end of its file: one whose next part is already written (it was being
+        written as the run started) is left whole to the next run, which reads on from it."""
         self._ending = True
         return bool(self.parser.pending_origins())
 
@@ -115,7 +115,7 @@ class SplitLines:
         ``head`` (offsets one past its read position); held files are freed once it is
         acknowledged."""
         self.parser.origin = head
-        at = head.read_pos + 1
+        at = self._flush_offset(head)
         lines = self.parser.flush(head, at, every=True, streams=streams)
         if not len(lines):
             return None
@@ -129,6 +129,18 @@ class SplitLines:
         if self._held:
             self._settle_held(chunk)
         return chunk
+
+    def _flush_offset(self: Tailer, head: Cursor) -> int:
+        """The first record offset for split lines flushed at ``head``'s read position: one
+        past it, and past every offset given at that position before (another stream's line
+        flushed earlier, acknowledged or still in flight): the aggregator keeps a record only
+        when its offset is above the source's highest, so a second line at the same offset
+        was dropped (R1). The line that comes next ends at least a whole entry further on."""
+        at = head.read_pos + 1
+        earlier = [int(c[1]) for c in head.state.cuts if c[0] == head.read_pos]
+        if head.state.acked >= at:
+            earlier.append(head.state.acked)
+        return max([at, *(offset + 1 for offset in earlier)])
 
     def _settle_held(self: Tailer, chunk: Chunk) -> None:
         """Split lines begun in released files that ``chunk`` completed: their files'

@@ -167,8 +167,12 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
             if self._held:
                 self._settle_held(chunk)
         elif self.once and self.finished():
-            # Its bound reached, the run ends for this source: a line left open goes now.
-            chunk = self._flush_ending() if self.end() else None
+            # Its bound reached, the run ends for this source: a line left open goes now, as
+            # it is, when the file ends there (a container that died mid-line). When more bytes
+            # follow (its next part was being written as the run started), the next run reads
+            # the line whole: cut here, it was stored as two records (R1).
+            if self.cursors[0].size() <= self.cursors[0].read_pos:
+                chunk = self._flush_ending() if self.end() else None
         elif head is self.live and len(self.cursors) == 1:
             chunk = self._flush_split(head)
         return chunk

@@ -188,3 +188,84 @@ def test_a_restart_cuts_again_only_the_stream_that_was_cut(
     t = Tailer(spec_for(path), reg, "h", 65536)
     assert drain_sent(t) == first
     reg.close()
+
+
+def test_once_does_not_cut_a_split_line_whose_next_part_is_already_in_the_file(
+    tmp_path: Path,
+) -> None:
+    """--once takes its bound when it starts; a 16 KiB line whose parts straddle the bound
+    (the runtime was writing them just then) is cut at the end of the run although its next
+    part is already in the file, and the next run ships the rest as a line of its own: one
+    log line stored as two records (R1). It is left whole to the next run."""
+    path = tmp_path / "c-json.log"
+    state = tmp_path / "state"
+    path.write_bytes(docker_line("before", 0) + docker_line("A" * 16384, 1, nl=False))
+    reg = Registry(state)
+    t = Tailer(spec_for(path), reg, "h", 65536, once=True)
+    t.read()  # the run starts: its bound is the size now
+    with open(path, "ab") as f:
+        f.write(docker_line("tail", 2))  # the line's last part, written a moment later
+    first = drain(t)
+    t.close()
+    reg.save()
+    reg.close()
+    reg = Registry(state)
+    t = Tailer(spec_for(path), reg, "h", 65536, once=True)
+    second = drain(t)
+    reg.close()
+    shipped = [line for line in [*first, *second] if line.startswith(("A", "tail"))]
+    assert shipped == ["A" * 16384 + "tail"], [s[:12] for s in shipped]
+
+
+def test_two_streams_flushed_one_after_the_other_get_distinct_offsets(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The split-line wait is timed per stream, so one stream's line may be flushed and
+    another's later with nothing read in between: both got offset read_pos + 1, and the
+    aggregator (which keeps a record only when its offset is above the source's highest)
+    dropped the second (R1).
+    E.g. a container that writes a prompt on stdout, then a crash message on stderr, both
+    without a newline, and hangs or dies without being removed: the crash message is lost."""
+    import shipper.split_lines as split_lines
+
+    clock = [1000.0]
+    set_clock(monkeypatch, clock)
+    path = tmp_path / "c-json.log"
+    path.write_bytes(docker_line("started", 0))
+    reg = Registry(tmp_path / "state")
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    sent: list[tuple[str, int, str]] = []
+
+    def ship_all() -> None:
+        while (chunk := t.read()) is not None or t.poll():
+            if chunk is None:
+                continue
+            sid = chunk.cursor.source_id
+            sent.extend(
+                (log, off, sid)
+                for log, off in zip(chunk.lines.logs, chunk.lines.offsets, strict=False)
+            )
+            chunk.cursor.outstanding += 1
+            t.commit(chunk.cursor, chunk.resume, chunk.lines.offsets[-1] if len(chunk.lines) else 0)
+
+    ship_all()
+    with open(path, "ab") as f:
+        f.write(docker_line("password: ", 1, "stdout", nl=False))
+    ship_all()
+    clock[0] += 2.0
+    with open(path, "ab") as f:
+        f.write(docker_line("fatal: out of memory", 2, "stderr", nl=False))
+    ship_all()
+    clock[0] += split_lines.SPLIT_FLUSH_SECONDS - 1.5  # stdout overdue (5.5 s), stderr not (3.5 s)
+    ship_all()
+    clock[0] += 2.0  # now stderr too (5.5 s); nothing was written in between
+    ship_all()
+    reg.close()
+    # what the aggregator keeps: per source_id, records whose offset is above the highest
+    kept, highest = [], {}
+    for log, off, sid in sent:
+        if off > highest.get(sid, -1):
+            highest[sid] = off
+            kept.append(log)
+    assert [log for log, _, _ in sent] == ["started", "password: ", "fatal: out of memory"]
+    assert kept == ["started", "password: ", "fatal: out of memory"], sent

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ from shipper.fingerprint import TAIL_BYTES, tail_hash
 from shipper.tailer import Tailer
 from tests.shipper.receiver import Receiver
 from tests.shipper.shipping import empty_root
-from tests.shipper.tailing import drain_sent
+from tests.shipper.tailing import commit, drain_sent, spec_for
 from tests.shipper.test_hostile_state import identity
 from tests.shipper.test_once import run_shipper
 
@@ -197,7 +198,7 @@ def test_an_older_shippers_entry_without_tail_resumes_at_its_offset(tmp_path: Pa
         reg.close()
 
 
-@pytest.mark.parametrize("bad", [5, "not hex", "a" * 65, None])
+@pytest.mark.parametrize("bad", [5, "not hex", "a" * 65, "abc", "0123456789ABCDEF", None])
 def test_a_malformed_tail_is_dropped_and_the_entry_kept(bad: object) -> None:
     """A damaged ``tail`` only loses the check: the entry resumes at its offset, as an older
     shipper's entry does."""
@@ -207,3 +208,37 @@ def test_a_malformed_tail_is_dropped_and_the_entry_kept(bad: object) -> None:
     assert problem.startswith("tail=") and problem.endswith("dropped")
     state, problem = parse_entry({**entry, "tail": "0123456789abcdef"})
     assert state is not None and state.tail == "0123456789abcdef" and problem == ""
+
+
+def test_copytruncate_copy_keeps_a_tail_of_its_own_bytes(tmp_path: Path) -> None:
+    """An ack that lands after a copytruncate but before the poll that notices it hashes the
+    NEW content at the old offset; the copy's checkpoint inherits that hash (copytruncate.py,
+    second branch) and found a 'mismatch' at a restart before the copy's first ack, which
+    re-read the whole copy under a new epoch: duplicates the aggregator keeps (R1)."""
+    state = tmp_path / "state"
+    path = tmp_path / "app.log"
+    path.write_bytes(b"".join(f"old {i}\n".encode() for i in range(50)))
+    reg = Registry(state)
+    t = Tailer(spec_for(path, "plain"), reg, "h", 65536)
+    chunk = t.read()
+    assert chunk is not None and len(chunk.lines.logs) == 50
+    resume = chunk.resume
+    # logrotate copytruncate while the batch is in flight, with lines we have not read yet
+    with open(path, "ab") as f:
+        f.write(b"late 1\nlate 2\n")
+    shutil.copyfile(path, tmp_path / "app.log.1")
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    # the writer goes on (a busy one, or one without O_APPEND writing at its old offset)
+    path.write_bytes(b"".join(f"new {i}\n".encode() for i in range(100)))
+    assert path.stat().st_size > resume
+    commit(t, chunk)  # the ack arrives before the poll
+    assert t.poll()  # notices the truncation, finds the copy (bigger than our position)
+    reg.save()
+    reg.close()  # kill -9 here: the copy's first ack has not come
+    reg2 = Registry(state)
+    t2 = Tailer(spec_for(path, "plain"), reg2, "h", 65536)
+    sent = [log for log, _, _ in drain_sent(t2)]
+    reg2.close()
+    old_again = [s for s in sent if s.startswith("old ")]
+    assert old_again == [], f"{len(old_again)} lines of the copy sent again under a new id"
