@@ -37,7 +37,15 @@ KEY_ECS_TASK_DEFINITION = "ecs_task_definition"
 #: Record keys that carry client metadata; a record with none of them is left as it is.
 CLIENT_KEYS = (KEY_SOURCE, KEY_KUBERNETES, KEY_ECS_TASK_DEFINITION)
 #: Keys of the ``kubernetes`` map that are read (all strings).
-KUBE_FIELDS = ("pod_name", "host", "container_name", "docker_id", "container_image", "pod_id")
+KUBE_FIELDS = (
+    "pod_name",
+    "host",
+    "container_name",
+    "docker_id",
+    "container_image",
+    "pod_id",
+    "namespace_name",
+)
 LABEL_SERVICE = "logq.service"
 #: Set by the kubelet on a static pod (and its mirror): the uid its log folder is named after.
 ANNOTATION_CONFIG_HASH = "kubernetes.io/config.hash"
@@ -59,8 +67,17 @@ class Kube:
     docker_id: str | None = None
     container_image: str | None = None
     pod_id: str | None = None
+    namespace_name: str | None = None
     label_service: str | None = None
     config_hash: str | None = None
+
+    @property
+    def qualified_container_name(self) -> str | None:
+        """``<namespace>/<pod>/<container>``, as logq-shipper names a Kubernetes container
+        (one name tells namespaces and pods apart), else the bare container name."""
+        if self.namespace_name and self.pod_name and self.container_name:
+            return f"{self.namespace_name}/{self.pod_name}/{self.container_name}"
+        return self.container_name
 
     @property
     def service(self) -> str | None:
@@ -141,7 +158,7 @@ def fills(
             out[wire.KEY_SERVICE] = service
     if kube is not None:
         for key, value in (
-            (wire.KEY_CONTAINER_NAME, kube.container_name),
+            (wire.KEY_CONTAINER_NAME, kube.qualified_container_name),
             (wire.KEY_CONTAINER_ID, kube.docker_id),
             (wire.KEY_HOST, kube.host),
             (wire.KEY_IMAGE, kube.container_image),

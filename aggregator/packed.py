@@ -504,6 +504,7 @@ class _KubeMap(msgspec.Struct):
     docker_id: str | None = None
     container_image: str | None = None
     pod_id: str | None = None
+    namespace_name: str | None = None
     labels: _Labels | None = None
     annotations: _Annotations | None = None
 

@@ -38,6 +38,8 @@ from tests.support.procs import free_port, wait_until
 
 DOCKER_ID = "4f3a" + "0" * 56 + "beef"
 POD = "recipe-7d9f8b6c5d-x2x9z"
+#: How logq-shipper names the container too: namespace and pod tell replicas apart.
+ENVOY_NAME = f"default/{POD}/envoy"
 K8S_TAG = f"kube.var.log.containers.{POD}_default_envoy-{DOCKER_ID}.log"
 IMAGE = "envoyproxy/envoy:v1.31.2"
 TASK_ARN = "arn:aws:ecs:eu-west-1:123456789012:task/prod/0f4e8d2c6b7a4b1e9c3d5f7a9b1c3d5e"
@@ -137,7 +139,7 @@ def test_fluent_bit_kubernetes_records_get_service_container_image_host() -> Non
     batch = decode_all_ways(K8S_TAG, records)
     assert column(batch, "service") == ["recipe", "recipe"]  # the pod's owner, not "log"
     assert column(batch, "stream") == ["stdout", "stderr"]
-    assert column(batch, "container_name") == ["envoy", "envoy"]
+    assert column(batch, "container_name") == [ENVOY_NAME, ENVOY_NAME]
     assert column(batch, "container_id") == [DOCKER_ID, DOCKER_ID]
     assert column(batch, "host") == ["node-1", "node-1"]
     assert column(batch, "image") == [IMAGE, IMAGE]
@@ -155,7 +157,7 @@ def test_a_shipper_sized_kubernetes_message_takes_the_msgspec_path() -> None:
     assert cols is not None  # not declined to the general path
     batch = decode_all_ways(K8S_TAG, records)
     assert set(column(batch, "service")) == {"recipe"}
-    assert set(column(batch, "container_name")) == {"envoy"}
+    assert set(column(batch, "container_name")) == {ENVOY_NAME}
 
 
 @pytest.mark.parametrize(
@@ -216,6 +218,13 @@ def test_docker_fluentd_driver_with_its_own_tag_keeps_the_tag_rule() -> None:
     assert column(batch, "container_name") == ["recipe-envoy-1"]
 
 
+def test_a_kubernetes_map_without_a_namespace_gives_the_bare_container_name() -> None:
+    rec = kube_record("hello")
+    del rec["kubernetes"]["namespace_name"]
+    batch = decode_all_ways(K8S_TAG, [rec])
+    assert column(batch, "container_name") == ["envoy"]
+
+
 def test_a_clients_own_top_level_keys_win() -> None:
     """Fluent Bit's ``Merge_Log On`` lifts the application's keys: they are the record's."""
     rec = kube_record("hello", labels={"logq.service": "from-label"})
@@ -225,7 +234,7 @@ def test_a_clients_own_top_level_keys_win() -> None:
     assert column(batch, "service") == ["own"]
     assert column(batch, "host") == ["own-host"]
     assert column(batch, "stream") == ["stderr"]
-    assert column(batch, "container_name") == ["envoy"]  # the one key it lacked
+    assert column(batch, "container_name") == [ENVOY_NAME]  # the one key it lacked
 
 
 def test_records_without_client_metadata_are_unchanged() -> None:
@@ -352,7 +361,7 @@ def test_fluent_bit_kubernetes_compressed_packed_forward_lands_by_pod_owner(
     finally:
         assert agg.stop() == 0
     assert set(access["service"].to_pylist()) == {"recipe"}
-    assert set(access["container_name"].to_pylist()) == {"envoy"}
+    assert set(access["container_name"].to_pylist()) == {ENVOY_NAME}
     assert set(access["host"].to_pylist()) == {"node-1"}
     assert set(access["container_id"].to_pylist()) == {DOCKER_ID}
     assert logs.select(["service", "stream", "message"]).to_pylist() == [
@@ -377,12 +386,12 @@ def test_a_message_mixing_clients_and_pods_fills_each_record() -> None:
     batch = decode_all_ways("relay", records)
     assert column(batch, "service") == ["recipe", "db", "recipe", "plain", None, "recipe"]
     assert column(batch, "container_name") == [
-        "envoy",
-        "postgres",
+        ENVOY_NAME,
+        "default/db-0/postgres",
         "ecs-recipe-12-envoy-a4eafbb3d4c7f1e16e00",
         None,
         "recipe-envoy-1",
-        "envoy",
+        ENVOY_NAME,
     ]
     assert column(batch, "image") == [IMAGE, "pg:16", None, None, None, IMAGE]
     assert column(batch, "stream") == ["stdout", "stdout", "stderr", None, "stdout", "stdout"]
@@ -395,4 +404,4 @@ def test_fluent_bit_5_entries_with_metadata_fill_too() -> None:
     for obj in ([K8S_TAG, entries], [K8S_TAG, blob, {"size": 1, "compressed": "text"}]):
         batch, _ = dec.decode(obj, 1 << 30)
         assert column(batch, "service") == ["recipe"]
-        assert column(batch, "container_name") == ["envoy"]
+        assert column(batch, "container_name") == [ENVOY_NAME]
