@@ -263,6 +263,11 @@ class Resume:
             stamps = [st.updated for k in known if (st := self.registry.get(k)) is not None]
             newest_known = int(max(stamps) * 1e9)
         for sib in unknown:
+            if self._adopt_copy(sib, known):
+                cur = self._open(sib, fresh=False)
+                if cur is not None:
+                    rotated.append((os.fstat(cur.fd).st_mtime_ns, cur))
+                continue
             try:
                 newer = os.stat(sib).st_mtime_ns >= newest_known
             except OSError:
@@ -271,6 +276,51 @@ class Resume:
             if cur is not None:
                 rotated.append((os.fstat(cur.fd).st_mtime_ns, cur))
         return rotated
+
+    def _adopt_copy(self: Tailer, sib: Path, known: set[str]) -> bool:
+        """Whether the rotated file ``sib``, unknown to the registry, is a copy of a file it
+        knows (logrotate's ``copytruncate`` while the shipper was down, the copy kept): the
+        same first line, and the bytes before that file's checkpoint are the copy's too (its
+        :attr:`~shipper.checkpoint.FileState.tail`). If so, the copy gets that checkpoint and
+        source id, as a copytruncate seen while running does, so it resumes where the original
+        was acknowledged rather than being read whole under a new id (every line stored
+        twice). An entry without a ``tail`` (an older shipper's) adopts nothing."""
+        try:
+            fd = os.open(sib, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fp = fingerprint(fd)
+            st = os.fstat(fd)
+            for key in sorted(known):
+                state = self.registry.get(key)
+                if fp is None or state is None or not state.tail or key.split(":", 2)[2] != fp:
+                    continue
+                if tail_hash(fd, state.offset) != state.tail:
+                    continue
+                copy = FileState(
+                    self.spec.key,
+                    str(sib),
+                    state.source_id,
+                    state.offset,
+                    state.acked,
+                    state.epoch,
+                    cuts=[list(c) for c in state.cuts],
+                    tail=state.tail,
+                )
+                self.registry.put(file_key(st.st_dev, st.st_ino, fp), copy)
+                log.info(
+                    "resuming a copy of a file truncated while the shipper was down at its "
+                    "checkpoint path=%s offset=%d",
+                    sib,
+                    state.offset,
+                )
+                return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        return False
 
     def _first_seen(self: Tailer) -> list[tuple[int, Cursor]]:
         """Rotated files of a source the registry does not know, to read before its live file.
@@ -337,8 +387,11 @@ class Resume:
         if not vanished:
             return
         compressed = compressed_identities(self.spec.path)
+        taken = {c.state.source_id for c in self.cursors}
         for key, state in vanished:
             self.registry.remove(key)
+            if state.source_id in taken:  # a copy of it goes on from here (_adopt_copy)
+                continue
             fp = key.rsplit(":", 1)[-1]
             if (fp, state.offset % (1 << 32)) in compressed:
                 log.info(

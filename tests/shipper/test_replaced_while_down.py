@@ -242,3 +242,43 @@ def test_copytruncate_copy_keeps_a_tail_of_its_own_bytes(tmp_path: Path) -> None
     reg2.close()
     old_again = [s for s in sent if s.startswith("old ")]
     assert old_again == [], f"{len(old_again)} lines of the copy sent again under a new id"
+
+
+def test_a_copy_made_while_down_resumes_at_the_checkpoint_of_the_file_it_copies(
+    tmp_path: Path,
+) -> None:
+    """logrotate ``copytruncate`` while the shipper was down, the copy kept (``app.log.1``):
+    the copy is a new inode the registry does not know, and was read whole under a new id, so
+    every line already stored was stored again (H6's note). A copy whose first line and bytes
+    before the original's checkpoint are the original's resumes at that checkpoint, under its
+    source id; the truncated live file is read from its start under a new one."""
+    state = tmp_path / "state"
+    path = tmp_path / "app.log"
+    path.write_bytes(b"".join(f"old {i}\n".encode() for i in range(50)))
+    reg = Registry(state)
+    t = Tailer(spec_for(path, "plain"), reg, "h", 65536)
+    first = drain_sent(t)
+    t.close()
+    reg.save()
+    reg.close()  # the shipper stops; while it is down:
+    with open(path, "ab") as f:
+        f.write(b"".join(f"old {i}\n".encode() for i in range(50, 60)))
+    shutil.copyfile(path, tmp_path / "app.log.1")
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    path.write_bytes(b"".join(f"new {i}\n".encode() for i in range(20)))
+    reg = Registry(state)
+    lost: list[str] = []
+    t = Tailer(spec_for(path, "plain"), reg, "h", 65536, on_loss=lost.append)
+    second = drain_sent(t)
+    t.close()
+    reg.close()
+    kept: list[str] = []
+    highest: dict[str, int] = {}
+    for log, offset, sid in [*first, *second]:  # what the aggregator keeps
+        if offset > highest.get(sid, -1):
+            highest[sid] = offset
+            kept.append(log)
+    assert kept == [f"old {i}" for i in range(60)] + [f"new {i}" for i in range(20)]
+    assert [log for log, _, _ in second][:10] == [f"old {i}" for i in range(50, 60)]
+    assert lost == []  # the original's lines went on in the copy: nothing to count
