@@ -147,6 +147,20 @@ class Resume:
                 "replaced (deleted and created again, or truncated and written again) while the "
                 "shipper was down or had it closed"
             )
+        epoch = state.epoch + 1
+        sid = self._source_id(st.st_ino, fp, epoch)
+        fresh = FileState(self.spec.key, str(path), sid, 0, 0, epoch)
+        self.registry.put(file_key(st.st_dev, st.st_ino, fp), fresh)
+        if any(
+            s.source_id == state.source_id and s.path != str(path) for _, s in self.registry.items()
+        ):  # a copy kept by copytruncate goes on from the checkpoint (_adopt_copy): no loss
+            log.info(
+                "%s; a copy of it goes on from its checkpoint, and it is read from its start "
+                "as new content under a new id path=%s",
+                why,
+                path,
+            )
+            return fresh
         # (A corrupt offset looks the same; the warning makes the possible duplicates visible.)
         log.warning(
             "%s; reading it from its start as new content under a new id (lines the old "
@@ -159,10 +173,6 @@ class Resume:
             self.registry.path,
         )
         self.on_loss("truncated_in_place")
-        epoch = state.epoch + 1
-        sid = self._source_id(st.st_ino, fp, epoch)
-        fresh = FileState(self.spec.key, str(path), sid, 0, 0, epoch)
-        self.registry.put(file_key(st.st_dev, st.st_ino, fp), fresh)
         return fresh
 
     def _vanished_ok(self: Tailer, known: set[str]) -> bool:
@@ -284,7 +294,13 @@ class Resume:
         :attr:`~shipper.checkpoint.FileState.tail`). If so, the copy gets that checkpoint and
         source id, as a copytruncate seen while running does, so it resumes where the original
         was acknowledged rather than being read whole under a new id (every line stored
-        twice). An entry without a ``tail`` (an older shipper's) adopts nothing."""
+        twice). An entry without a ``tail`` (an older shipper's) adopts nothing.
+
+        Only the checkpoint of the file copytruncate rewrites in place counts: the live path's
+        inode, which no longer holds what was read there (:meth:`_replaced_live`). Any other
+        entry may match a different file by chance -- a plain file with a fixed banner and
+        repeated lines, renamed by logrotate ``create`` -- and adopting it would read that file
+        from the middle under another file's id, its lines dropped as resends (R3)."""
         try:
             fd = os.open(sib, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -295,6 +311,8 @@ class Resume:
             for key in sorted(known):
                 state = self.registry.get(key)
                 if fp is None or state is None or not state.tail or key.split(":", 2)[2] != fp:
+                    continue
+                if not self._replaced_live(key, state):
                     continue
                 if tail_hash(fd, state.offset) != state.tail:
                     continue
@@ -321,6 +339,27 @@ class Resume:
         finally:
             os.close(fd)
         return False
+
+    def _replaced_live(self: Tailer, key: str, state: FileState) -> bool:
+        """Whether checkpoint ``key`` is of the file now at the live path (same device and
+        inode) and that file no longer holds what was read there: another first line, shorter
+        than the checkpoint, or other bytes before it."""
+        dev, ino, fp = key.split(":", 2)
+        try:
+            fd = os.open(self.spec.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != (int(dev), int(ino)):
+                return False
+            if fingerprint(fd) != fp or st.st_size < state.offset:
+                return True
+            return tail_hash(fd, state.offset) != state.tail
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
     def _first_seen(self: Tailer) -> list[tuple[int, Cursor]]:
         """Rotated files of a source the registry does not know, to read before its live file.

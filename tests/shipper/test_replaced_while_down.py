@@ -252,33 +252,134 @@ def test_a_copy_made_while_down_resumes_at_the_checkpoint_of_the_file_it_copies(
     every line already stored was stored again (H6's note). A copy whose first line and bytes
     before the original's checkpoint are the original's resumes at that checkpoint, under its
     source id; the truncated live file is read from its start under a new one."""
-    state = tmp_path / "state"
-    path = tmp_path / "app.log"
+    state, path = tmp_path / "state", tmp_path / "app.log"
     path.write_bytes(b"".join(f"old {i}\n".encode() for i in range(50)))
-    reg = Registry(state)
-    t = Tailer(spec_for(path, "plain"), reg, "h", 65536)
-    first = drain_sent(t)
-    t.close()
-    reg.save()
-    reg.close()  # the shipper stops; while it is down:
-    with open(path, "ab") as f:
+    first = _first_run(state, path)
+    with open(path, "ab") as f:  # while the shipper is down:
         f.write(b"".join(f"old {i}\n".encode() for i in range(50, 60)))
     shutil.copyfile(path, tmp_path / "app.log.1")
     with open(path, "r+b") as f:
         f.truncate(0)
     path.write_bytes(b"".join(f"new {i}\n".encode() for i in range(20)))
+    second, lost = _second_run(state, path)
+    kept = _kept([*first, *second])
+    assert kept == [f"old {i}" for i in range(60)] + [f"new {i}" for i in range(20)]
+    assert [log for log, _, _ in second][:10] == [f"old {i}" for i in range(50, 60)]
+    assert lost == []  # the original's lines went on in the copy: nothing to count
+
+
+def _kept(batches: list[tuple[str, int, str]]) -> list[str]:
+    kept: list[str] = []
+    highest: dict[str, int] = {}
+    for log, offset, sid in batches:
+        if offset > highest.get(sid, -1):
+            highest[sid] = offset
+            kept.append(log)
+    return kept
+
+
+def _first_run(state: Path, path: Path) -> list[tuple[str, int, str]]:
+    reg = Registry(state)
+    t = Tailer(spec_for(path, "plain"), reg, "h", 65536)
+    first = drain_sent(t)
+    t.close()
+    reg.save()
+    reg.close()
+    return first
+
+
+def _second_run(state: Path, path: Path) -> tuple[list[tuple[str, int, str]], list[str]]:
     reg = Registry(state)
     lost: list[str] = []
     t = Tailer(spec_for(path, "plain"), reg, "h", 65536, on_loss=lost.append)
     second = drain_sent(t)
     t.close()
     reg.close()
-    kept: list[str] = []
-    highest: dict[str, int] = {}
-    for log, offset, sid in [*first, *second]:  # what the aggregator keeps
-        if offset > highest.get(sid, -1):
-            highest[sid] = offset
-            kept.append(log)
-    assert kept == [f"old {i}" for i in range(60)] + [f"new {i}" for i in range(20)]
-    assert [log for log, _, _ in second][:10] == [f"old {i}" for i in range(50, 60)]
-    assert lost == []  # the original's lines went on in the copy: nothing to count
+    return second, lost
+
+
+def test_banner_copytruncate_while_down_counts_no_loss(tmp_path: Path) -> None:
+    """The live file keeps its first line (a banner): it is re-read under a new epoch, and its
+    copy goes on from the checkpoint, so nothing was lost and nothing is counted (R3)."""
+    state, path = tmp_path / "state", tmp_path / "app.log"
+    path.write_bytes(b"BANNER\n" + b"".join(f"old {i}\n".encode() for i in range(50)))
+    first = _first_run(state, path)
+    with open(path, "ab") as f:
+        f.write(b"".join(f"old {i}\n".encode() for i in range(50, 60)))
+    shutil.copyfile(path, tmp_path / "app.log.1")
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    path.write_bytes(b"BANNER\n" + b"".join(f"new {i}\n".encode() for i in range(20)))
+    second, lost = _second_run(state, path)
+    kept = _kept([*first, *second])
+    assert kept == ["BANNER"] + [f"old {i}" for i in range(60)] + ["BANNER"] + [
+        f"new {i}" for i in range(20)
+    ]
+    assert lost == [], lost
+
+
+def test_rename_rotation_with_banner_and_repeated_lines_is_not_adopted(tmp_path: Path) -> None:
+    """Plain file, logrotate ``create`` (rename) twice while down; a banner first line and
+    lines without timestamps (e.g. a health-check tick): the newer rotated file matches the
+    older one's checkpoint bytes by chance and must not be adopted (R3)."""
+    state, path = tmp_path / "state", tmp_path / "app.log"
+    path.write_bytes(b"BANNER\n" + b"tick\n" * 100)
+    first = _first_run(state, path)
+    with open(path, "ab") as f:
+        f.write(b"tick\n" * 5 + b"end of A\n")
+    os.rename(path, tmp_path / "app.log.2")  # inode A, known
+    path.write_bytes(b"BANNER\n" + b"tick\n" * 150 + b"end of C\n")
+    os.rename(path, tmp_path / "app.log.1")  # inode C, unknown
+    path.write_bytes(b"BANNER\nlive\n")
+    second, _ = _second_run(state, path)
+    logs = [log for log, _, _ in second]
+    kept = _kept([*first, *second])
+    # C holds the banner and 150 ticks: all must be stored (it is a different file)
+    assert kept.count("tick") == 100 + 5 + 150, (kept.count("tick"), logs[:5])
+    assert "end of C" in kept
+
+
+def test_plain_restart_after_one_rename_rotation_does_not_adopt_the_old_file(
+    tmp_path: Path,
+) -> None:
+    """One logrotate ``create`` rotation, read to its end while running (forgotten), then a
+    plain restart: the old file .1 is unknown to the registry again, and matches the live
+    file's checkpoint bytes by chance; adopted, the live file's new lines were dropped (R3)."""
+    state, path = tmp_path / "state", tmp_path / "app.log"
+    path.write_bytes(b"BANNER\n" + b"tick\n" * 105 + b"end of A\n")
+    first = _first_run(state, path)
+    os.rename(path, tmp_path / "app.log.1")
+    path.write_bytes(b"BANNER\n" + b"tick\n" * 50)
+    second = _first_run(state, path)  # .1 finished: forgotten; live C read to 257
+    reg = Registry(state)
+    t = Tailer(spec_for(path, "plain"), reg, "h", 65536)
+    third = drain_sent(t)
+    with open(path, "ab") as f:
+        f.write(b"".join(f"C {i}\n".encode() for i in range(60)))
+    third += drain_sent(t)
+    t.close()
+    reg.close()
+    kept = _kept([*first, *second, *third])
+    assert "end of A" not in [log for log, _, _ in third], "old file read again"
+    assert [k for k in kept if k.startswith("C ")] == [f"C {i}" for i in range(60)]
+
+
+def test_two_copies_of_one_checkpoint(tmp_path: Path) -> None:
+    """``copy`` then ``copytruncate`` while down: both copies resume at the checkpoint."""
+    state, path = tmp_path / "state", tmp_path / "app.log"
+    path.write_bytes(b"".join(f"l {i}\n".encode() for i in range(50)))
+    first = _first_run(state, path)
+    with open(path, "ab") as f:
+        f.write(b"".join(f"l {i}\n".encode() for i in range(50, 60)))
+    shutil.copyfile(path, tmp_path / "app.log.2")
+    with open(path, "ab") as f:
+        f.write(b"".join(f"l {i}\n".encode() for i in range(60, 70)))
+    shutil.copyfile(path, tmp_path / "app.log.1")
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    path.write_bytes(b"".join(f"new {i}\n".encode() for i in range(5)))
+    second, lost = _second_run(state, path)
+    assert _kept([*first, *second]) == [f"l {i}" for i in range(70)] + [
+        f"new {i}" for i in range(5)
+    ]
+    assert lost == []
