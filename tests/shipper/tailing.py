@@ -83,3 +83,15 @@ def rotate_docker(path: Path, max_file: int = 3, compress: bool = False) -> None
         rotated = Path(f"{path}.1")
         Path(f"{path}.1.gz").write_bytes(gzip.compress(rotated.read_bytes()))
         rotated.unlink()
+
+
+def aggregator_keeps(sent: list[tuple[str, int, str]]) -> list[str]:
+    """The lines of ``sent`` (as :func:`drain_sent` gives them) the aggregator stores: per
+    ``source_id``, a record only when its offset is above the highest stored before."""
+    kept: list[str] = []
+    highest: dict[str, int] = {}
+    for log, offset, sid in sent:
+        if offset > highest.get(sid, -1):
+            highest[sid] = offset
+            kept.append(log)
+    return kept

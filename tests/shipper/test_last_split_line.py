@@ -27,7 +27,7 @@ from shipper.tailer import Tailer
 from tests.shipper.hostgen import cri_line, docker_line, make_container
 from tests.shipper.receiver import Receiver
 from tests.shipper.shipping import shipper_args, until
-from tests.shipper.tailing import drain, drain_sent, set_clock, spec_for
+from tests.shipper.tailing import aggregator_keeps, drain, drain_sent, set_clock, spec_for
 
 CID = "9" * 64
 PANIC = "panic: runtime error: index out of range"
@@ -261,11 +261,6 @@ def test_two_streams_flushed_one_after_the_other_get_distinct_offsets(
     clock[0] += 2.0  # now stderr too (5.5 s); nothing was written in between
     ship_all()
     reg.close()
-    # what the aggregator keeps: per source_id, records whose offset is above the highest
-    kept, highest = [], {}
-    for log, off, sid in sent:
-        if off > highest.get(sid, -1):
-            highest[sid] = off
-            kept.append(log)
+    kept = aggregator_keeps(sent)
     assert [log for log, _, _ in sent] == ["started", "password: ", "fatal: out of memory"]
     assert kept == ["started", "password: ", "fatal: out of memory"], sent

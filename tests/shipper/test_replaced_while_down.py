@@ -29,7 +29,7 @@ from shipper.fingerprint import TAIL_BYTES, tail_hash
 from shipper.tailer import Tailer
 from tests.shipper.receiver import Receiver
 from tests.shipper.shipping import empty_root
-from tests.shipper.tailing import commit, drain_sent, spec_for
+from tests.shipper.tailing import aggregator_keeps, commit, drain_sent, spec_for
 from tests.shipper.test_hostile_state import identity
 from tests.shipper.test_once import run_shipper
 
@@ -199,7 +199,7 @@ def test_an_older_shippers_entry_without_tail_resumes_at_its_offset(tmp_path: Pa
 
 
 @pytest.mark.parametrize("bad", [5, "not hex", "a" * 65, "abc", "0123456789ABCDEF", None])
-def test_a_malformed_tail_is_dropped_and_the_entry_kept(bad: object) -> None:
+def test_a_malformed_tail_is_dropped_and_the_entryaggregator_keeps(bad: object) -> None:
     """A damaged ``tail`` only loses the check: the entry resumes at its offset, as an older
     shipper's entry does."""
     entry = {"source": "file:/x", "path": "/x", "source_id": "h:1:ab", "offset": 10, "acked": 9}
@@ -217,7 +217,7 @@ def test_copytruncate_copy_keeps_a_tail_of_its_own_bytes(tmp_path: Path) -> None
     re-read the whole copy under a new epoch: duplicates the aggregator keeps (R1)."""
     state = tmp_path / "state"
     path = tmp_path / "app.log"
-    path.write_bytes(b"".join(f"old {i}\n".encode() for i in range(50)))
+    path.write_bytes(_numbered("old", 0, 50))
     reg = Registry(state)
     t = Tailer(spec_for(path, "plain"), reg, "h", 65536)
     chunk = t.read()
@@ -226,11 +226,8 @@ def test_copytruncate_copy_keeps_a_tail_of_its_own_bytes(tmp_path: Path) -> None
     # logrotate copytruncate while the batch is in flight, with lines we have not read yet
     with open(path, "ab") as f:
         f.write(b"late 1\nlate 2\n")
-    shutil.copyfile(path, tmp_path / "app.log.1")
-    with open(path, "r+b") as f:
-        f.truncate(0)
     # the writer goes on (a busy one, or one without O_APPEND writing at its old offset)
-    path.write_bytes(b"".join(f"new {i}\n".encode() for i in range(100)))
+    _copytruncate(path, "app.log.1", _numbered("new", 0, 100))
     assert path.stat().st_size > resume
     commit(t, chunk)  # the ack arrives before the poll
     assert t.poll()  # notices the truncation, finds the copy (bigger than our position)
@@ -253,29 +250,30 @@ def test_a_copy_made_while_down_resumes_at_the_checkpoint_of_the_file_it_copies(
     before the original's checkpoint are the original's resumes at that checkpoint, under its
     source id; the truncated live file is read from its start under a new one."""
     state, path = tmp_path / "state", tmp_path / "app.log"
-    path.write_bytes(b"".join(f"old {i}\n".encode() for i in range(50)))
+    path.write_bytes(_numbered("old", 0, 50))
     first = _first_run(state, path)
     with open(path, "ab") as f:  # while the shipper is down:
-        f.write(b"".join(f"old {i}\n".encode() for i in range(50, 60)))
-    shutil.copyfile(path, tmp_path / "app.log.1")
-    with open(path, "r+b") as f:
-        f.truncate(0)
-    path.write_bytes(b"".join(f"new {i}\n".encode() for i in range(20)))
+        f.write(_numbered("old", 50, 60))
+    _copytruncate(path, "app.log.1", _numbered("new", 0, 20))
     second, lost = _second_run(state, path)
-    kept = _kept([*first, *second])
+    kept = aggregator_keeps([*first, *second])
     assert kept == [f"old {i}" for i in range(60)] + [f"new {i}" for i in range(20)]
     assert [log for log, _, _ in second][:10] == [f"old {i}" for i in range(50, 60)]
     assert lost == []  # the original's lines went on in the copy: nothing to count
 
 
-def _kept(batches: list[tuple[str, int, str]]) -> list[str]:
-    kept: list[str] = []
-    highest: dict[str, int] = {}
-    for log, offset, sid in batches:
-        if offset > highest.get(sid, -1):
-            highest[sid] = offset
-            kept.append(log)
-    return kept
+def _numbered(prefix: str, start: int, stop: int) -> bytes:
+    """Plain lines ``<prefix> <i>`` for i in ``start .. stop - 1``."""
+    return b"".join(f"{prefix} {i}\n".encode() for i in range(start, stop))
+
+
+def _copytruncate(path: Path, copy: str, then: bytes) -> None:
+    """logrotate ``copytruncate``: ``path`` copied to ``copy`` beside it and truncated in
+    place; then the writer goes on with ``then``."""
+    shutil.copyfile(path, path.parent / copy)
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    path.write_bytes(then)
 
 
 def _first_run(state: Path, path: Path) -> list[tuple[str, int, str]]:
@@ -302,16 +300,13 @@ def test_banner_copytruncate_while_down_counts_no_loss(tmp_path: Path) -> None:
     """The live file keeps its first line (a banner): it is re-read under a new epoch, and its
     copy goes on from the checkpoint, so nothing was lost and nothing is counted (R3)."""
     state, path = tmp_path / "state", tmp_path / "app.log"
-    path.write_bytes(b"BANNER\n" + b"".join(f"old {i}\n".encode() for i in range(50)))
+    path.write_bytes(b"BANNER\n" + _numbered("old", 0, 50))
     first = _first_run(state, path)
     with open(path, "ab") as f:
-        f.write(b"".join(f"old {i}\n".encode() for i in range(50, 60)))
-    shutil.copyfile(path, tmp_path / "app.log.1")
-    with open(path, "r+b") as f:
-        f.truncate(0)
-    path.write_bytes(b"BANNER\n" + b"".join(f"new {i}\n".encode() for i in range(20)))
+        f.write(_numbered("old", 50, 60))
+    _copytruncate(path, "app.log.1", b"BANNER\n" + _numbered("new", 0, 20))
     second, lost = _second_run(state, path)
-    kept = _kept([*first, *second])
+    kept = aggregator_keeps([*first, *second])
     assert kept == ["BANNER"] + [f"old {i}" for i in range(60)] + ["BANNER"] + [
         f"new {i}" for i in range(20)
     ]
@@ -333,7 +328,7 @@ def test_rename_rotation_with_banner_and_repeated_lines_is_not_adopted(tmp_path:
     path.write_bytes(b"BANNER\nlive\n")
     second, _ = _second_run(state, path)
     logs = [log for log, _, _ in second]
-    kept = _kept([*first, *second])
+    kept = aggregator_keeps([*first, *second])
     # C holds the banner and 150 ticks: all must be stored (it is a different file)
     assert kept.count("tick") == 100 + 5 + 150, (kept.count("tick"), logs[:5])
     assert "end of C" in kept
@@ -355,11 +350,11 @@ def test_plain_restart_after_one_rename_rotation_does_not_adopt_the_old_file(
     t = Tailer(spec_for(path, "plain"), reg, "h", 65536)
     third = drain_sent(t)
     with open(path, "ab") as f:
-        f.write(b"".join(f"C {i}\n".encode() for i in range(60)))
+        f.write(_numbered("C", 0, 60))
     third += drain_sent(t)
     t.close()
     reg.close()
-    kept = _kept([*first, *second, *third])
+    kept = aggregator_keeps([*first, *second, *third])
     assert "end of A" not in [log for log, _, _ in third], "old file read again"
     assert [k for k in kept if k.startswith("C ")] == [f"C {i}" for i in range(60)]
 
@@ -367,19 +362,16 @@ def test_plain_restart_after_one_rename_rotation_does_not_adopt_the_old_file(
 def test_two_copies_of_one_checkpoint(tmp_path: Path) -> None:
     """``copy`` then ``copytruncate`` while down: both copies resume at the checkpoint."""
     state, path = tmp_path / "state", tmp_path / "app.log"
-    path.write_bytes(b"".join(f"l {i}\n".encode() for i in range(50)))
+    path.write_bytes(_numbered("l", 0, 50))
     first = _first_run(state, path)
     with open(path, "ab") as f:
-        f.write(b"".join(f"l {i}\n".encode() for i in range(50, 60)))
+        f.write(_numbered("l", 50, 60))
     shutil.copyfile(path, tmp_path / "app.log.2")
     with open(path, "ab") as f:
-        f.write(b"".join(f"l {i}\n".encode() for i in range(60, 70)))
-    shutil.copyfile(path, tmp_path / "app.log.1")
-    with open(path, "r+b") as f:
-        f.truncate(0)
-    path.write_bytes(b"".join(f"new {i}\n".encode() for i in range(5)))
+        f.write(_numbered("l", 60, 70))
+    _copytruncate(path, "app.log.1", _numbered("new", 0, 5))
     second, lost = _second_run(state, path)
-    assert _kept([*first, *second]) == [f"l {i}" for i in range(70)] + [
+    assert aggregator_keeps([*first, *second]) == [f"l {i}" for i in range(70)] + [
         f"new {i}" for i in range(5)
     ]
     assert lost == []
