@@ -16,6 +16,7 @@ import asyncio
 import errno
 import os
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,22 @@ def _texts(segment: Segment) -> list[str]:
     return [p.rstrip(b".").decode() for p in read_frames(segment.path, segment.end)]
 
 
+def _run(directory: Path, steps: Callable[[Buffer], Awaitable[None]]) -> Buffer:
+    """A buffer in ``directory``, opened and started, put through ``steps``, then closed."""
+    buffer = Buffer(directory, 1 << 20, 1 << 30)
+
+    async def scenario() -> None:
+        buffer.open("node-a")
+        buffer.start()
+        try:
+            await steps(buffer)
+        finally:
+            await buffer.close()
+
+    asyncio.run(scenario())
+    return buffer
+
+
 def _replayed(directory: Path) -> list[list[str]]:
     """The segments a restart finds, as their frames' texts."""
     again = Buffer(directory, 1 << 20, 1 << 30)
@@ -86,24 +103,18 @@ def test_acked_frame_survives_torn_write_then_failed_fsync(
     """R1's case: a torn write whose cut fails, an acknowledged append, a failed fsync. The
     acknowledged frames are all stored (after a restart too), the failed ones are not."""
     disk = Disk(monkeypatch)
-    buffer = Buffer(tmp_path / "buf", 1 << 20, 1 << 30)
 
-    async def scenario() -> None:
-        buffer.open("node-a")
-        buffer.start()
-        try:
-            await buffer.write(_frame("first"))
-            disk.tears, disk.truncates = 1, 1 if cut else 2  # and the cut at its seal
-            with pytest.raises(OSError, match="No space left"):
-                buffer.write(_frame("torn"))
-            await buffer.write(_frame("acked"))  # in a new segment: acknowledged
-            disk.fsyncs = 1
-            with pytest.raises(OSError, match="Input/output error"):
-                await buffer.write(_frame("failed"))
-        finally:
-            await buffer.close()
+    async def steps(buffer: Buffer) -> None:
+        await buffer.write(_frame("first"))
+        disk.tears, disk.truncates = 1, 1 if cut else 2  # and the cut at its seal
+        with pytest.raises(OSError, match="No space left"):
+            buffer.write(_frame("torn"))
+        await buffer.write(_frame("acked"))  # in a new segment: acknowledged
+        disk.fsyncs = 1
+        with pytest.raises(OSError, match="Input/output error"):
+            await buffer.write(_frame("failed"))
 
-    asyncio.run(scenario())
+    buffer = _run(tmp_path / "buf", steps)
     torn, second = buffer.sealed()
     assert [_texts(torn), _texts(second)] == [["first"], ["acked"]]
     assert second.seq == torn.seq + 1
@@ -122,33 +133,27 @@ def test_a_torn_write_during_a_group_fsync_settles_that_fsync_on_its_own_segment
     """The segment is set aside while an fsync of it runs: that fsync's append is acknowledged
     if it succeeds and fails if not, and the new segment's appends are not confused with it."""
     disk = Disk(monkeypatch)
-    buffer = Buffer(tmp_path / "buf", 1 << 20, 1 << 30)
 
-    async def scenario() -> None:
-        buffer.open("node-a")
-        buffer.start()
-        try:
-            await buffer.write(_frame("acked"))
-            gate = disk.gate = threading.Event()
-            disk.fsyncs = 0 if fsync_ok else 1
-            pending = buffer.write(_frame("pending"))
-            assert await asyncio.to_thread(disk.entered.wait, 30)
-            disk.tears = disk.truncates = 1
-            with pytest.raises(OSError, match="No space left"):
-                buffer.write(_frame("torn"))
-            after = buffer.write(_frame("after"))  # to the new segment
-            gate.set()
-            if fsync_ok:
+    async def steps(buffer: Buffer) -> None:
+        await buffer.write(_frame("acked"))
+        gate = disk.gate = threading.Event()
+        disk.fsyncs = 0 if fsync_ok else 1
+        pending = buffer.write(_frame("pending"))
+        assert await asyncio.to_thread(disk.entered.wait, 30)
+        disk.tears = disk.truncates = 1
+        with pytest.raises(OSError, match="No space left"):
+            buffer.write(_frame("torn"))
+        after = buffer.write(_frame("after"))  # to the new segment
+        gate.set()
+        if fsync_ok:
+            await pending
+        else:
+            with pytest.raises(OSError, match="Input/output error"):
                 await pending
-            else:
-                with pytest.raises(OSError, match="Input/output error"):
-                    await pending
-            await after
-            assert buffer.recent_chunks() == []
-        finally:
-            await buffer.close()
+        await after
+        assert buffer.recent_chunks() == []
 
-    asyncio.run(scenario())
+    buffer = _run(tmp_path / "buf", steps)
     stored = [_texts(s) for s in buffer.sealed()]
     first = ["acked", "pending"] if fsync_ok else ["acked"]
     assert stored == [first, ["after"]]
@@ -159,20 +164,14 @@ def test_a_torn_first_write_of_a_segment_leaves_no_segment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     disk = Disk(monkeypatch)
-    buffer = Buffer(tmp_path / "buf", 1 << 20, 1 << 30)
 
-    async def scenario() -> None:
-        buffer.open("node-a")
-        buffer.start()
-        try:
-            disk.tears, disk.truncates = 1, 2  # the write's cut and the one at its seal
-            with pytest.raises(OSError, match="No space left"):
-                buffer.write(_frame("torn"))
-            await buffer.write(_frame("next"))
-        finally:
-            await buffer.close()
+    async def steps(buffer: Buffer) -> None:
+        disk.tears, disk.truncates = 1, 2  # the write's cut and the one at its seal
+        with pytest.raises(OSError, match="No space left"):
+            buffer.write(_frame("torn"))
+        await buffer.write(_frame("next"))
 
-    asyncio.run(scenario())
+    buffer = _run(tmp_path / "buf", steps)
     [segment] = buffer.sealed()
     assert _texts(segment) == ["next"]
     assert sorted(p.name for p in (tmp_path / "buf").glob("*.seg")) == [segment.path.name]
@@ -184,20 +183,14 @@ def test_a_torn_write_whose_cut_works_keeps_appending_to_its_segment(
 ) -> None:
     """The usual case: the partial frame is cut off and the segment goes on."""
     disk = Disk(monkeypatch)
-    buffer = Buffer(tmp_path / "buf", 1 << 20, 1 << 30)
 
-    async def scenario() -> None:
-        buffer.open("node-a")
-        buffer.start()
-        try:
-            await buffer.write(_frame("first"))
-            disk.tears = 1
-            with pytest.raises(OSError, match="No space left"):
-                buffer.write(_frame("torn"))
-            await buffer.write(_frame("second"))
-        finally:
-            await buffer.close()
+    async def steps(buffer: Buffer) -> None:
+        await buffer.write(_frame("first"))
+        disk.tears = 1
+        with pytest.raises(OSError, match="No space left"):
+            buffer.write(_frame("torn"))
+        await buffer.write(_frame("second"))
 
-    asyncio.run(scenario())
+    buffer = _run(tmp_path / "buf", steps)
     [segment] = buffer.sealed()
     assert _texts(segment) == ["first", "second"] and segment.end is None
