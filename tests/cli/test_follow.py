@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -27,6 +28,18 @@ def _common(uri: str, fmt: OutputFormat = OutputFormat.json) -> Common:
     )  # fmt: skip
 
 
+def _tail_shown(uri: str, limit: int = 100) -> tuple[Common, Any, list[tuple]]:
+    """What ``logq tail --follow`` over ``uri`` starts from: its options, the prepared query
+    (with the follow SQL) and the lines the first answer printed, oldest first."""
+    common = _common(uri)
+    prep = runner.prepare(
+        common, "tail", "container_logs", {"grep": "", "stream": ""}, default_since="10m",
+        default_limit=limit,
+    )  # fmt: skip
+    prep.sql = follow_sql()
+    return common, prep, list(reversed(runner.execute(common, prep).rows))
+
+
 def test_follow_prints_late_lines_once(tmp_path: Path) -> None:
     uri = str(tmp_path / "wh")
     now = datetime.now(UTC)
@@ -37,13 +50,7 @@ def test_follow_prints_late_lines_once(tmp_path: Path) -> None:
     late["container_id"] = "late"
     write_frame(uri, "container_logs", first)
 
-    common = _common(uri)
-    prep = runner.prepare(
-        common, "tail", "container_logs", {"grep": "", "stream": ""}, default_since="10m",
-        default_limit=100,
-    )  # fmt: skip
-    prep.sql = follow_sql()
-    initial = list(reversed(runner.execute(common, prep).rows))
+    common, prep, initial = _tail_shown(uri)
     printed: list[list[tuple]] = []
 
     def printer(common, result, prep, rows, stream=False):
@@ -107,13 +114,7 @@ def _follow(
     write_frame(
         uri, "container_logs", _frame([*old, (now - timedelta(seconds=50), "h1", "c", "seed")])
     )
-    common = _common(uri)
-    prep = runner.prepare(
-        common, "tail", "container_logs", {"grep": "", "stream": ""}, default_since="10m",
-        default_limit=limit,
-    )  # fmt: skip
-    prep.sql = follow_sql()
-    initial = list(reversed(runner.execute(common, prep).rows))
+    common, prep, initial = _tail_shown(uri, limit)
     batches: list[list[tuple]] = []
     notes: list[str] = []
     queries = {"n": 0}
@@ -352,13 +353,7 @@ def test_follow_does_not_reprint_history_when_a_listed_object_vanishes(
     left = sorted(p.name for p in Path(uri, "container_logs").rglob("*") if p.is_file())
     assert any(n.startswith("_compact-") for n in left) and len(left) >= 4, left
 
-    common = _common(uri)
-    prep = runner.prepare(
-        common, "tail", "container_logs", {"grep": "", "stream": ""}, default_since="10m",
-        default_limit=100,
-    )  # fmt: skip
-    prep.sql = follow_sql()
-    initial = list(reversed(runner.execute(common, prep).rows))
+    common, prep, initial = _tail_shown(uri)
     assert sorted(r[4] for r in initial) == sorted(r[3] for r in rows)  # each line once
     real_read = intents.read_intent
 
@@ -402,13 +397,7 @@ def test_follow_does_not_reprint_a_flush_the_first_answer_read_after_a_relisting
         return real_run_once(self, *args, **kwargs)
 
     monkeypatch.setattr(LocalEngine, "_run_once", swapped_under_the_query)
-    common = _common(uri)
-    prep = runner.prepare(
-        common, "tail", "container_logs", {"grep": "", "stream": ""}, default_since="10m",
-        default_limit=100,
-    )  # fmt: skip
-    prep.sql = follow_sql()
-    initial = list(reversed(runner.execute(common, prep).rows))
+    common, prep, initial = _tail_shown(uri)
     assert swaps and "landed during the relisting" in [r[4] for r in initial]
     printed: list[list[tuple]] = []
     monkeypatch.setattr(follow.time, "sleep", lambda s: None)
@@ -506,13 +495,7 @@ def test_follow_counts_a_pause_while_printing_the_first_answer(tmp_path: Path, m
     uri = str(tmp_path / "wh")
     now = datetime.now(UTC).replace(microsecond=0)
     write_frame(uri, "container_logs", _frame([(now - timedelta(seconds=50), "h1", "c", "seed")]))
-    common = _common(uri)
-    prep = runner.prepare(
-        common, "tail", "container_logs", {"grep": "", "stream": ""}, default_since="10m",
-        default_limit=100,
-    )  # fmt: skip
-    prep.sql = follow_sql()
-    initial = list(reversed(runner.execute(common, prep).rows))
+    common, prep, initial = _tail_shown(uri)
     late = _frame([(now - timedelta(seconds=50), "h2", "c", "late flush")])
     printed: list[list[tuple]] = []
     notes: list[str] = []
