@@ -51,6 +51,10 @@ class Settings:
     """``HOST:PORT`` of the Prometheus ``/metrics`` and ``/healthz`` endpoint."""
     unhealthy_after: float = 300.0
     """``/healthz`` answers 503 once flushes have failed for this many seconds."""
+    retry_max_interval: float = 60.0
+    """Longest wait between two tries of a failing flush (the wait starts at 0.5 s and doubles;
+    Fluentd's ``retry_max_interval``). Shorter: a warehouse that is back is written to sooner,
+    at the price of more failing requests while it is down."""
     max_frame_bytes: int = 32 * MiB
     """Largest Forward message accepted; a larger one closes that connection."""
     buffer_limit_bytes: int = 1024 * MiB
@@ -117,6 +121,10 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     (
         "--unhealthy-after",
         {"type": float, "help": "/healthz says 503 after flushes failed this long (300 s)"},
+    ),
+    (
+        "--retry-max-interval",
+        {"type": float, "help": "longest wait between retries of a failing flush (60 s)"},
     ),
     ("--max-frame-bytes", {"type": int, "help": "largest Forward message (default 32 MiB)"}),
     ("--buffer-limit-bytes", {"type": int, "help": "buffer size that withholds acks (1 GiB)"}),
@@ -267,6 +275,7 @@ def _check(s: Settings) -> None:
         split_host_port(s.metrics_listen, "--metrics-listen")
     _seconds(s.flush_interval, "--flush-interval")
     _seconds(s.unhealthy_after, "--unhealthy-after")
+    _seconds(s.retry_max_interval, "--retry-max-interval")
     _seconds(s.idle_timeout, "--idle-timeout")
     _seconds(s.compact_interval, "--compact-interval", zero_ok=True)  # 0: off
     if s.max_message_entries < 1:

@@ -59,7 +59,6 @@ CLOCK_WARNING_SECONDS = 600.0
 SHUTDOWN_FLUSH_SECONDS = 60.0
 #: A second stop request this soon after the first is taken as the same one, delivered twice.
 STOP_REPEAT_IGNORED_SECONDS = 1.0
-BACKOFF_MAX_SECONDS = 60.0
 #: How long a stop waits for a DDL update under way (the DDL is rewritten at the next start).
 CATALOG_STOP_SECONDS = 15.0
 #: How often the DDL is checked against the services in the warehouse (see Catalog.resync).
@@ -723,7 +722,7 @@ class Aggregator:
                         await asyncio.wait_for(self._stopping.wait(), delay)
                 else:
                     await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+                delay = min(delay * 2, self.settings.retry_max_interval)
                 continue
             self.metrics.failing_since = None
             self._record(result)

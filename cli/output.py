@@ -80,9 +80,33 @@ def json_ready(value: Any) -> Any:
 
 
 def to_json(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A JSON array of row objects (column order kept); strictly valid JSON (no NaN)."""
-    objects = [{c: json_ready(v) for c, v in zip(columns, row, strict=True)} for row in rows]
-    return json.dumps(objects, ensure_ascii=False, indent=2, allow_nan=False)
+    """A JSON array of row objects (column order kept), one object per line; strictly valid
+    JSON (no NaN).
+
+    One line per row rather than ``indent=2``: ``json.dumps`` with an indent runs its
+    pure-Python encoder, about 100 µs a row, so printing 100,000 rows took 10 s; without one it
+    runs in C. A row per line also suits ``grep`` and line-oriented tools. Columns whose values
+    are all text, integers or NULL (most of them) skip :func:`json_ready` altogether.
+    """
+    ready = [_json_column([row[i] for row in rows]) for i in range(len(columns))]
+    encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+    lines = (
+        [encode(dict(zip(columns, values, strict=True))) for values in zip(*ready, strict=True)]
+        if ready
+        else ["{}"] * len(rows)
+    )
+    return "[\n  " + ",\n  ".join(lines) + "\n]" if lines else "[]"
+
+
+def _json_column(values: list[Any]) -> list[Any]:
+    """``values`` through :func:`json_ready`, or as they are when JSON takes them unchanged."""
+    if all(v is None or type(v) in _JSON_AS_IS for v in values):
+        return values
+    return [json_ready(v) for v in values]
+
+
+#: Types whose every value JSON writes as is (``bool`` is not an ``int`` subclass to ``type``).
+_JSON_AS_IS = frozenset({str, int, bool})
 
 
 class _RowsEndingLF:

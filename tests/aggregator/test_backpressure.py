@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -18,16 +19,24 @@ from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.integration
 
+RETRY_MAX = 1.5
+"""--retry-max-interval of the blocked aggregators (the default, 60 s, would make each test wait
+up to a minute for the warehouse to come back)."""
+RETRYING = re.compile(r"retrying in (\d+\.\d)s")
+
 
 def _blocked_aggregator(tmp_path: Path) -> tuple[Any, Path, Path]:
     """An aggregator with a 150 KB buffer limit whose every flush fails until ``blocker`` (a
-    file where the container_logs folder should be) is removed."""
+    file where the container_logs folder should be) is removed. Failing flushes are retried at
+    least every RETRY_MAX seconds, so the warehouse's return is seen within that."""
     warehouse = tmp_path / "warehouse"
     warehouse.mkdir()
     blocker = warehouse / "container_logs"
     blocker.write_text("a file where the table folder should be: every flush fails")
     agg = start_aggregator(
-        tmp_path, warehouse=str(warehouse), extra=["--buffer-limit-bytes", "150000"]
+        tmp_path,
+        warehouse=str(warehouse),
+        extra=["--buffer-limit-bytes", "150000", "--retry-max-interval", str(RETRY_MAX)],
     )
     return agg, warehouse, blocker
 
@@ -85,6 +94,8 @@ def test_acks_withheld_while_buffer_full_then_resume(tmp_path: Path) -> None:
         assert agg.stop() == 0, agg.log_text()
     finally:
         agg.stop()
+    waits = [float(w) for w in RETRYING.findall(agg.log_text())]
+    assert max(waits) == RETRY_MAX, f"the retry waits double up to --retry-max-interval: {waits}"
     messages = read_table(str(warehouse), "container_logs")["message"].to_pylist()
     assert len(messages) == chunks * 200 and len(set(messages)) == chunks * 200
 

@@ -89,6 +89,7 @@ def test_one_config_file_serves_both_daemons(tmp_path: Path) -> None:
         ("envoy_format = 5\n", [], "envoy_formats must be a string or a list of strings"),
         ("flush_interval = nan\n", [], "--flush-interval must be > 0 seconds"),
         ("", ["--idle-timeout", "-1"], "--idle-timeout must be > 0 seconds"),
+        ("retry_max_interval = 0\n", [], "--retry-max-interval must be > 0 seconds"),
         ("", ["--compact-interval", "inf"], "--compact-interval must be >= 0 seconds"),
         ("", ["--max-connections", "0"], "--max-connections must be at least 1"),
         ("", ["--max-message-entries", "0"], "--max-message-entries must be at least 1"),

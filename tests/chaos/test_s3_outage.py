@@ -78,6 +78,7 @@ def test_s3_outage_turns_into_backpressure_and_loses_nothing(
         env,
         "--buffer-limit-bytes", str(BUFFER_LIMIT),
         "--segment-bytes", str(BUFFER_LIMIT // 4),
+        "--retry-max-interval", "3",  # S3 back: flushing within 3 s, not up to 60
         flush_interval=1,
         metrics=True,
     )  # fmt: skip
