@@ -42,6 +42,12 @@ class Cursor:
         self.state = state
         self.source_id = state.source_id
         self.read_pos = state.offset
+        self.opened_at = state.offset
+        """The checkpoint it was opened at. While a file before it holds its checkpoint back
+        (:attr:`held`), this one's stays here: see :meth:`shipper.tailer.Tailer.commit`."""
+        self.acked_to = state.offset
+        """Where the acknowledged batches end (their resume point): the checkpoint, unless it
+        is kept at :attr:`opened_at`."""
         self.acked_floor = state.acked
         self.parser = parser
         self.outstanding = 0

@@ -74,6 +74,8 @@ class Resume:
             # file left closed would look gone to _vanished_ok. The few rotated files a start
             # opens beyond the budget come out of the reserve.
             self._open_live(within_budget=False)
+            if self.live is None and not self._start_failed:
+                self._floor = self._floor_at_start()
             if not self._start_failed and not self._vanished_ok(known):
                 self._start_failed = True
         except OSError as exc:  # listing the folder failed: nothing can be decided now
@@ -112,6 +114,26 @@ class Resume:
             if c is not self.live:
                 log.info("resuming rotated file path=%s offset=%d", c.path, c.read_pos)
         self._count_vanished(known)
+
+    def _floor_at_start(self: Tailer) -> int:
+        """Where to look for missed rotations (:attr:`Tailer._floor`) when the live file
+        could not be opened at the start: it was empty or had no complete first line yet (a
+        container that has not written, a file the runtime has just rotated in), or was not
+        there. Its lines come later, and the runtime may rotate it away before the next look
+        -- a burst, or while the source reads a backlog of rotated files after a restart.
+        Without a floor nothing looks for it then: the next file is opened, and this one was
+        never read, nor counted as lost.
+
+        The newest modification time of the live file and its rotated copies now: files
+        rotated away later hold lines written after this, and those already here were opened
+        by :meth:`start` (or deliberately skipped) and are told apart by identity."""
+        stamps = [0]
+        for path in (self.spec.path, *rotated_siblings(rotation_path(self.spec.path))):
+            try:
+                stamps.append(os.stat(path).st_mtime_ns)
+            except OSError:  # gone, or not to be looked at: a lower floor only looks wider
+                continue
+        return max(stamps)
 
     def _verified(
         self: Tailer, fd: int, path: Path, st: os.stat_result, fp: str, state: FileState
@@ -266,6 +288,7 @@ class Resume:
                 rotated.append((mtime, cur))
             else:  # finished before the restart: forget it
                 self.registry.remove(cur.key)
+                self._released.append((cur.dev, cur.ino, cur.fp))  # not a missed rotation
                 cur.close()
         if newest_known < 0:
             # The files we knew are gone (deleted by max-file): whatever was written after

@@ -175,6 +175,7 @@ class SplitLines:
                 keep.append((threshold, held))
                 continue
             held.held = False
+            self._holding.discard(held)
             if held.closed and held.outstanding == 0:
                 self.registry.remove(held.key)
         cur.frees = keep

@@ -107,6 +107,9 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         """Released files holding the first parts of a split line not complete yet: their
         checkpoints stay at the group's start until the line is acknowledged (see
         :meth:`commit`), so a restart reads the whole group again."""
+        self._holding: set[Cursor] = set()
+        """Files whose checkpoints are held back (:attr:`Cursor.held`), from their release until
+        the line they hold is acknowledged (see :meth:`commit`)."""
         self._start_failed = False
         """An open failed for lack of descriptors (or a file could not be proven gone) during
         :meth:`start`: it is undone and tried again after the backoff."""
@@ -261,6 +264,7 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
             # The first parts of a split line whose last part is in the next file: keep the
             # checkpoint at the group's start until the line is acknowledged.
             cur.held = True
+            self._holding.add(cur)
             if cur not in self._held:
                 self._held.append(cur)
             return
@@ -280,13 +284,31 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
             self.registry.remove(cur.key)
             return
         st = cur.state
-        st.offset = resume
+        cur.acked_to = resume
+        st.offset = self._checkpoint_offset(cur, resume)
         if st.cuts:
-            st.cuts = [c for c in st.cuts if c[0] > resume]
+            st.cuts = [c for c in st.cuts if c[0] > st.offset]
         st.acked = max(st.acked, acked)
-        st.tail = cur.tail(resume)
+        st.tail = cur.tail(st.offset)
         st.path = str(cur.path)
         self.registry.put(cur.key, st)
+
+    def _checkpoint_offset(self, cur: Cursor, resume: int) -> int:
+        """Where a restart reads ``cur`` again once a batch up to ``resume`` is acknowledged:
+        ``resume``, unless a file before it holds its checkpoint back (:attr:`Cursor.held`).
+
+        A held file is read again from the start of the split line it holds, and with it the
+        first parts of every line begun after that point -- also of other streams' lines that
+        ``cur`` completed and that were acknowledged. Those parts must meet their next parts
+        again, so ``cur`` is read again from where it was opened: the lines come out as the
+        same records (offsets at or below :attr:`FileState.acked` are not sent again). Read on
+        from ``resume``, they were joined to a later line and stored a second time (R1).
+        A held file is let go once its line is completed (usually by the next file's first
+        part) or flushed as it is (:data:`~shipper.split_lines.SPLIT_FLUSH_SECONDS` at the
+        live file's end) and acknowledged: only a restart in that moment reads more again."""
+        if any(h is not cur for h in self._holding):
+            return min(resume, cur.opened_at)
+        return resume
 
     def finished(self) -> bool:
         """``--once``: everything below the bound set at :meth:`start` is read -- the file
@@ -301,7 +323,7 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
 
     def behind(self) -> list[tuple[str, int]]:
         """Bytes written but not acknowledged yet, per open file."""
-        return [(str(c.path), max(c.size() - c.state.offset, 0)) for c in self.cursors]
+        return [(str(c.path), max(c.size() - c.acked_to, 0)) for c in self.cursors]
 
     def forget_deleted(self) -> int:
         """At a stop cut short: the deleted files still held cannot be read by a restart.
@@ -365,4 +387,5 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         self.cursors.clear()
         self._lingering.clear()
         self._held.clear()
+        self._holding.clear()
         self.live = None

@@ -16,7 +16,7 @@ from shipper.checkpoint import Registry
 from shipper.cursor import Chunk
 from shipper.tailer import Tailer
 from tests.shipper.hostgen import cri_line, docker_line
-from tests.shipper.tailing import commit, drain, drain_sent, spec_for
+from tests.shipper.tailing import aggregator_keeps, commit, drain, drain_sent, spec_for
 
 BIG = "A" * 16384
 TAIL = "B" * 100
@@ -132,6 +132,41 @@ def test_last_part_acked_frees_the_old_file_only_then(tmp_path: Path, state: Pat
     assert len(reg.items()) == 2  # the rotated file's entry is held until acknowledged
     for chunk in chunks:
         commit(t, chunk)
+    assert len(reg.items()) == 1
+    reg.close()
+
+
+@pytest.mark.parametrize("fmt", ["docker", "cri"])
+def test_restart_while_the_old_file_is_held_stores_no_part_twice(
+    tmp_path: Path, state: Path, fmt: str
+) -> None:
+    """The rotated file ends with the first parts of a stdout and a stderr line; the new file
+    completes the stderr line only, and that is acknowledged. The rotated file's checkpoint is
+    held at the stdout line's start, so a restart reads the stderr line's first part again
+    too: the new file must be read again from where it was opened (its acknowledged lines are
+    not sent again), else that part is joined to the next stderr line and stored twice (found
+    by the randomized model, ``test_tailer_model.py``)."""
+    path = tmp_path / ("c-json.log" if fmt == "docker" else "0.log")
+
+    def part(text: str, i: int, stream: str, last: bool) -> bytes:
+        if fmt == "docker":
+            return docker_line(text, i, stream, nl=last)
+        return cri_line(text, i, stream, tag="F" if last else "P")
+
+    t, reg = tailer(path, state, fmt)
+    write(path, part("out-1 ", 0, "stdout", False) + part("err-1 ", 1, "stderr", False))
+    assert drain(t) == []
+    os.rename(path, f"{path}.1")
+    write(path, part("err-2", 2, "stderr", True) + part("err-3", 3, "stderr", True))
+    sent = drain_sent(t)
+    assert [log for log, _, _ in sent] == ["err-1 err-2", "err-3"]
+    assert len(reg.items()) == 2  # the rotated file is held for the stdout line
+    t, reg = restart(t, reg, path, state, fmt)
+    write(path, part("err-4", 4, "stderr", True) + part("out-2", 5, "stdout", True))
+    sent += drain_sent(t)
+    assert aggregator_keeps(sent) == ["err-1 err-2", "err-3", "err-4", "out-1 out-2"]
+    t, reg = restart(t, reg, path, state, fmt)
+    assert drain(t) == []
     assert len(reg.items()) == 1
     reg.close()
 
