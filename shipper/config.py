@@ -99,6 +99,9 @@ class Config:
     docker_root: Path = Path("/var/lib/docker/containers")
     cri_root: Path = Path("/var/log/pods")
     paths: tuple[str, ...] = ()
+    excludes: tuple[str, ...] = ()
+    """``--exclude`` globs: sources whose service, container name or path match are not read
+    (see :mod:`shipper.exclude`)."""
     state_dir: Path = Path("/var/lib/logq-shipper")
     shared_key: str | None = None
     username: str | None = None
@@ -142,6 +145,12 @@ _HELP = {
     "missing)",
     "path": "plain-text log files by glob; repeatable (kubelet's /var/log/containers symlinks "
     "are read as the CRI pod logs they point to)",
+    "exclude": "do not read sources that match this shell glob (case-sensitive; * also "
+    "matches /): matched against the service name, the container name (Docker's name, the ECS "
+    "container name, <namespace>/<pod>/<container> on Kubernetes, a --path file's name) and "
+    "the log file's path (<docker-root>/<id>/<id>-json.log, /var/log/pods/..., the --path file "
+    "or the /var/log/containers symlink it was found through); any match excludes; repeatable. "
+    "Docker containers labelled logq.exclude=true are excluded too",
     "state_dir": "directory for the checkpoint registry (default: /var/lib/logq-shipper)",
     "shared_key": "Forward shared key (HELO/PING/PONG handshake)",
     "username": "user name, for aggregators that also require user authentication",
@@ -189,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--docker-root", metavar="DIR", help=_HELP["docker_root"])
     a("--cri-root", metavar="DIR", help=_HELP["cri_root"])
     a("--path", action="append", metavar="GLOB", help=_HELP["path"])
+    a("--exclude", action="append", metavar="PATTERN", help=_HELP["exclude"])
     a("--state-dir", metavar="DIR", help=_HELP["state_dir"])
     a("--shared-key", metavar="KEY", help=_HELP["shared_key"])
     a("--username", metavar="NAME", help=_HELP["username"])
@@ -219,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 _KINDS: dict[str, str] = {
     "aggregator": "strings",
     "path": "strings",
+    "exclude": "strings",
     "docker_root": "string",
     "cri_root": "string",
     "state_dir": "string",
@@ -257,6 +268,7 @@ MIN_SECONDS = {
 _EXPECTED = {
     "aggregator": "HOST:PORT",
     "path": "a glob such as /var/log/app/*.log",
+    "exclude": "a glob such as 'debug-*' or '/var/log/pods/kube-system_*'",
     "docker_root": "a directory",
     "cri_root": "a directory",
     "state_dir": "a directory",
@@ -316,7 +328,7 @@ def _load_toml(path: str) -> dict[str, Any]:
                 f"unknown key {key!r} in {path}; known keys: {', '.join(sorted(known))}"
             )
         _check_type(path, key, _KINDS[norm], value)
-        if norm in ("aggregator", "path") and isinstance(value, str):
+        if norm in ("aggregator", "path", "exclude") and isinstance(value, str):
             value = [value]
         out[norm] = value
     return out
@@ -418,6 +430,8 @@ def _to_config(m: dict[str, Any]) -> Config:
             kw[key] = Path(m[key])
     if m.get("path"):
         kw["paths"] = tuple(m["path"])
+    if m.get("exclude"):
+        kw["excludes"] = tuple(m["exclude"])
     if m.get("shared_key"):
         kw["shared_key"] = m["shared_key"]
     password = m.get("password") or os.environ.get("LOGQ_SHIPPER_PASSWORD")

@@ -55,6 +55,7 @@ with deferred_interrupts("logq-shipper"):
     from shipper.config import Config, load_config
     from shipper.discover import Discoverer, Scan, SourceSpec, check_roots, node_names
     from shipper.errors import ConfigError, ShipperError
+    from shipper.exclude import Excluder
     from shipper.inotify import DirectoryWatcher, FileWatcher, directories_to_watch
     from shipper.logs import setup_logging
     from shipper.metrics import Metrics
@@ -125,8 +126,17 @@ class Shipper:
         """Lines acknowledged since start (all sources)."""
         self._gauge_paths: set[str] = set()
         self.discoverer = Discoverer(
-            cfg.docker_root, cfg.cri_root, cfg.paths, node_names(cfg.hostname)
+            cfg.docker_root,
+            cfg.cri_root,
+            cfg.paths,
+            node_names(cfg.hostname),
+            Excluder(cfg.excludes),
         )
+        self._excluded: set[str] = set()
+        """Keys of the sources excluded at the last pass, each logged once when first seen."""
+        self._stopped_excluded: set[str] = set()
+        """Keys of sources being shipped when they became excluded: stopped, their runner
+        removed once it has delivered what it had read (see :meth:`_stop_excluded`)."""
         self._missing: dict[str, float] = {}
         """Source key -> when its file was first found missing (see GONE_GRACE_SECONDS)."""
         self._scan_failures = 0
@@ -247,7 +257,47 @@ class Shipper:
         self._scan_failures += 1
         return scan
 
+    def _note_excluded(self, scan: Scan) -> None:
+        """One INFO line per source when it is first found excluded (not at every pass), and
+        the gauge: an operator can see that exclusion works, and on what it matched."""
+        for key, (spec, why) in scan.excluded.items():
+            if key in self._excluded:
+                continue
+            running = key in self.runners and key not in self._stopped_excluded
+            log.info(
+                "%s key=%s service=%s container_name=%s path=%s matched=%s rule=%r",
+                "source excluded: stops reading, what was read is delivered, its checkpoint kept"
+                if running
+                else "source excluded, not read",
+                key,
+                spec.service,
+                spec.container_name or "-",
+                spec.path,
+                why.matched,
+                why.rule,
+            )
+        # An incomplete pass may miss excluded sources that are still there: keep them.
+        keys = set(scan.excluded)
+        self._excluded = keys if scan.complete else self._excluded | keys
+        self.metrics.excluded_sources.set(len(scan.excluded))
+
+    def _stop_excluded(self, scan: Scan) -> None:
+        """Stop the sources being shipped that are now excluded (a container renamed to a name
+        that matches): they read nothing more, deliver what they read, and their checkpoints
+        stay, so that lifting the exclusion later resumes there: nothing is sent twice, and
+        what the container wrote meanwhile is shipped then (what its files still hold). A
+        restart with a new ``--exclude`` never starts them at all; their checkpoints stay too.
+        """
+        for key in scan.excluded.keys() & self.runners.keys():
+            runner = self.runners[key]
+            if key in self._stopped_excluded or runner.finishing:
+                continue
+            self._stopped_excluded.add(key)
+            runner.stopping = True
+
     def _sync_sources(self, scan: Scan) -> None:
+        self._note_excluded(scan)
+        self._stop_excluded(scan)
         seen = {s.key for s in scan.specs}
         for spec in scan.specs:
             runner = self.runners.get(spec.key)
@@ -275,7 +325,7 @@ class Shipper:
             self._missing.pop(key, None)
         now = time.monotonic()
         for key, runner in self.runners.items():
-            if key in seen or runner.finishing:
+            if key in seen or runner.finishing or key in scan.excluded:
                 continue
             if scan.may_have_missed(runner.spec.path):
                 continue  # its folder was unreadable this time: it may only be unlisted
@@ -298,8 +348,10 @@ class Shipper:
         key = task.get_name()
         runner = self.runners.get(key)
         exc = None if task.cancelled() else task.exception()
-        if runner is not None and runner.task is task and (runner.finishing or exc is not None):
+        ends = exc is not None or key in self._stopped_excluded
+        if runner is not None and runner.task is task and (runner.finishing or ends):
             del self.runners[key]
+            self._stopped_excluded.discard(key)
         if exc is None:
             return
         if isinstance(exc, ShipperError) or self.cfg.once:
@@ -316,8 +368,10 @@ class Shipper:
                 exc_info=exc,
             )
 
-    def _gc_registry(self, specs: list[SourceSpec]) -> None:
-        live = {s.key for s in specs}
+    def _gc_registry(self, live: set[str]) -> None:
+        """Forget the checkpoints of sources gone for :data:`STALE_CHECKPOINT_SECONDS`; those
+        of ``live`` sources stay, excluded ones included: an exclusion lifted a month later
+        resumes at the checkpoint instead of sending again what was already stored."""
         cutoff = time.time() - STALE_CHECKPOINT_SECONDS
         for key, state in self.registry.items():
             if state.source not in live and state.updated < cutoff:
@@ -400,13 +454,17 @@ class Shipper:
             specs = scan.specs
             if not specs and scan.complete:
                 log.warning(
-                    "no log files found docker_root=%s cri_root=%s paths=%s",
+                    "%s docker_root=%s cri_root=%s paths=%s excluded=%d",
+                    "every log file found is excluded (--exclude, label logq.exclude)"
+                    if scan.excluded
+                    else "no log files found",
                     self.cfg.docker_root,
                     self.cfg.cri_root,
                     ",".join(self.cfg.paths) or "-",
+                    len(scan.excluded),
                 )
             if scan.complete:
-                self._gc_registry(specs)
+                self._gc_registry({s.key for s in specs} | scan.excluded.keys())
             self._sync_sources(scan)
             if self.cfg.once:
                 await self._wait_once()
@@ -473,7 +531,12 @@ class Shipper:
             with contextlib.suppress(asyncio.CancelledError):
                 await done_all
         if self._failure is None:
-            log.info("once: done sources=%d lines_acked=%d", len(tasks), self.lines_acked)
+            log.info(
+                "once: done sources=%d excluded=%d lines_acked=%d",
+                len(tasks),
+                len(self._excluded),
+                self.lines_acked,
+            )
 
     async def _follow(self) -> None:
         # inotify makes discovery immediate where it exists; scanning stays as the safety net.
@@ -551,6 +614,8 @@ class Shipper:
         its end first, within the same time: a restart could not read it any more."""
         draining = 0
         for runner in self.runners.values():
+            if runner.stopping:
+                continue  # excluded meanwhile (_stop_excluded): nothing more is read from it
             if runner.tailer.holds_deleted():
                 runner.drain_deleted = True
                 draining += 1

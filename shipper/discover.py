@@ -17,6 +17,10 @@ Kubelet's ``/var/log/containers/<pod>_<namespace>_<container>-<id>.log`` (what F
 point ``Path`` at) are symlinks to ``/var/log/pods``: given as ``--path`` they are followed and
 shipped as the CRI sources they are (:func:`kubelet_link_target`); as ``--docker-root`` or
 ``--cri-root`` they are refused at start-up (:func:`check_roots`).
+
+Sources that ``--exclude`` or the label ``logq.exclude`` keep out (:mod:`shipper.exclude`) are
+found like the others, then set aside in :attr:`Scan.excluded`: the daemon reports them and
+never reads them.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shipper.errors import ConfigError
+from shipper.exclude import Excluder, Exclusion
 
 log = logging.getLogger("logq.shipper.discover")
 
@@ -195,6 +200,9 @@ class Scan:
     """The folders those failures concern: only sources under them may be missing wrongly."""
     roots_failed: bool = False
     """A root (``--docker-root``, ``--cri-root``, a ``--path`` base) could not be listed."""
+    excluded: dict[str, tuple[SourceSpec, Exclusion]] = field(default_factory=dict)
+    """Sources found but kept out (``--exclude``, label ``logq.exclude``), by key: not in
+    :attr:`specs`, never to be read (see :mod:`shipper.exclude`)."""
 
     @property
     def complete(self) -> bool:
@@ -237,33 +245,68 @@ class Discoverer:
         cri_root: Path,
         patterns: tuple[str, ...],
         nodes: tuple[str, ...] = (),
+        excluder: Excluder | None = None,
     ) -> None:
         self.docker_root = docker_root
         self.cri_root = cri_root
         self.patterns = patterns
         self.nodes = nodes
         """Names of this node, stripped from static pod names (see :func:`pod_owner_name`)."""
+        self.excluder = excluder if excluder is not None else Excluder()
+        """``--exclude`` patterns; the label ``logq.exclude`` is honoured without any."""
         self._meta: dict[str, tuple[tuple[int, int, int], ContainerMeta]] = {}
         self._specs: dict[str, tuple[ContainerMeta, SourceSpec]] = {}
         """By ``config.v2.json`` path: the spec made from that metadata object."""
         self._cri: dict[str, SourceSpec] = {}
+        self._verdicts: dict[str, tuple[SourceSpec, tuple[Path, ...], Exclusion | None]] = {}
+        """By key: the verdict on a spec object (and the symlinks it was found through). Docker
+        and CRI specs are reused while nothing changed: 1000 sources are not matched against
+        every pattern again at every pass (about 4 ms with 3 patterns)."""
 
     def scan(self) -> Scan:
-        """Every source on the host right now, deduplicated by key."""
+        """Every source on the host right now, deduplicated by key; those excluded (by any of
+        the ways the same file was found) in :attr:`Scan.excluded`, not in :attr:`Scan.specs`."""
         scan = Scan()
         found: dict[str, SourceSpec] = {}
-        for spec in (
-            *self._docker(scan),
-            *_discover_cri(self.cri_root, scan, self.nodes, self._cri),
-            *discover_paths(self.patterns, scan, self.nodes),
-        ):
+        check = self._excluded
+        candidates: list[tuple[SourceSpec, Exclusion | None]] = [
+            (spec, check(spec, (), meta)) for spec, meta in self._docker(scan)
+        ]
+        candidates += [
+            (spec, check(spec))
+            for spec in _discover_cri(self.cri_root, scan, self.nodes, self._cri)
+        ]
+        candidates += [
+            (spec, check(spec, links))
+            for spec, links in _path_sources(self.patterns, scan, self.nodes)
+        ]
+        for spec, exclusion in candidates:
             found.setdefault(spec.key, spec)
-        scan.specs = list(found.values())
+            if exclusion is not None:
+                scan.excluded.setdefault(spec.key, (spec, exclusion))
+        scan.specs = [spec for key, spec in found.items() if key not in scan.excluded]
+        for gone in self._verdicts.keys() - found.keys():
+            del self._verdicts[gone]
+        self.excluder.retain(found.keys())
         return scan
+
+    def _excluded(
+        self, spec: SourceSpec, links: tuple[Path, ...] = (), meta: ContainerMeta | None = None
+    ) -> Exclusion | None:
+        """Why ``spec`` is kept out (None: it is not); ``meta`` holds a Docker container's
+        labels, ``links`` the kubelet symlinks a ``--path`` pod log was found through."""
+        known = self._verdicts.get(spec.key)
+        if known is not None and known[0] is spec and known[1] == links:
+            return known[2]
+        labels = None if meta is None else dict(meta.labels)
+        names = {"service": spec.service, "container_name": spec.container_name}
+        verdict = self.excluder.check(spec.key, names, (spec.path, *links), labels)
+        self._verdicts[spec.key] = (spec, links, verdict)
+        return verdict
 
     # -- docker -----------------------------------------------------------------------------
 
-    def _docker(self, scan: Scan) -> list[SourceSpec]:
+    def _docker(self, scan: Scan) -> list[tuple[SourceSpec, ContainerMeta]]:
         root = self.docker_root
         try:
             entries = sorted(os.scandir(root), key=lambda e: e.name)
@@ -278,16 +321,20 @@ class Discoverer:
         seen: set[str] = set()
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                spec = self._container(entry.path, entry.name, scan, seen)
-                if spec is not None:
-                    out.append(spec)
+                found = self._container(entry.path, entry.name, scan, seen)
+                if found is not None:
+                    out.append(found)
         for gone in set(self._meta) - seen:
             del self._meta[gone]
         for gone in set(self._specs) - seen:
             del self._specs[gone]
         return out
 
-    def _container(self, cdir: str, cid: str, scan: Scan, seen: set[str]) -> SourceSpec | None:
+    def _container(
+        self, cdir: str, cid: str, scan: Scan, seen: set[str]
+    ) -> tuple[SourceSpec, ContainerMeta] | None:
+        """The container's source and the metadata it was made from (its labels say whether it
+        is excluded), or None: no json-file log, or its metadata cannot be read for now."""
         # Plain strings and a spec reused while the metadata is the same object: this runs for
         # every container on every pass.
         path = f"{cdir}/{cid}-json.log"
@@ -307,11 +354,11 @@ class Discoverer:
             return None  # cannot tell its service now; the next pass can
         known = self._specs.get(config)
         if known is not None and known[0] is meta:
-            return known[1]
+            return known[1], meta
         spec = self._spec(Path(path), cid, meta)
         if meta is not _NO_META:
             self._specs[config] = (meta, spec)
-        return spec
+        return spec, meta
 
     def _spec(self, path: Path, cid: str, meta: ContainerMeta) -> SourceSpec:
         labels = dict(meta.labels)
@@ -399,11 +446,12 @@ def _parse_meta(doc: object) -> ContainerMeta:
 def docker_source(container_dir: Path) -> SourceSpec | None:
     """The source of one ``<docker-root>/<id>`` directory, or None if it has no json-file log."""
     d = Discoverer(container_dir.parent, Path(), ())
-    return d._container(str(container_dir), container_dir.name, Scan(), set())
+    found = d._container(str(container_dir), container_dir.name, Scan(), set())
+    return None if found is None else found[0]
 
 
 def discover_docker(root: Path) -> list[SourceSpec]:
-    return Discoverer(root, Path(), ())._docker(Scan())
+    return [spec for spec, _ in Discoverer(root, Path(), ())._docker(Scan())]
 
 
 _CRI_LOG = re.compile(r"^\d+\.log$")
@@ -553,7 +601,15 @@ def discover_paths(
     ``glob`` ignores folders it cannot list; a failure to open one (out of fds) is noted in
     ``scan`` by probing the glob's fixed leading folder, so that its files are not taken for
     deleted."""
-    out: dict[str, SourceSpec] = {}
+    return [spec for spec, _ in _path_sources(patterns, scan, nodes)]
+
+
+def _path_sources(
+    patterns: tuple[str, ...], scan: Scan | None, nodes: tuple[str, ...]
+) -> list[tuple[SourceSpec, tuple[Path, ...]]]:
+    """:func:`discover_paths`, each source with the kubelet symlinks it was found through
+    (``--exclude`` matches their paths too: Fluent Bit's ``Exclude_Path`` patterns name them)."""
+    out: dict[str, tuple[SourceSpec, tuple[Path, ...]]] = {}
     for pattern in patterns:
         if scan is not None:
             _probe(_glob_base(os.path.expanduser(pattern)), scan)
@@ -563,22 +619,18 @@ def discover_paths(
             if target is not None:
                 spec = _linked_pod_log(pattern, path, target, nodes)
                 if spec is not None:
-                    out.setdefault(spec.key, spec)
+                    first, links = out.get(spec.key, (spec, ()))
+                    out[spec.key] = (first, links if path in links else (*links, path))
                 continue
             if not path.is_file() or path.name.endswith(COMPRESSED_SUFFIXES):
                 continue
             stem = path.name.split(".")[0] or path.name
             key = f"file:{path}"
-            out.setdefault(
-                key,
-                SourceSpec(
-                    key=key,
-                    path=path,
-                    format="plain",
-                    service=stem,
-                    container_name=path.name,
-                ),
-            )
+            if key not in out:
+                spec = SourceSpec(
+                    key=key, path=path, format="plain", service=stem, container_name=path.name
+                )
+                out[key] = (spec, ())
     return list(out.values())
 
 

@@ -126,6 +126,12 @@ class Metrics:
             "logq_shipper_inflight_bytes", "Bytes read and waiting for an ack", registry=r
         )
         self.files = Gauge("logq_shipper_open_files", "Log files being followed", registry=r)
+        self.excluded_sources = Gauge(
+            "logq_shipper_excluded_sources",
+            "Log sources found at the last discovery pass and not read: they match --exclude "
+            "or carry the label logq.exclude=true",
+            registry=r,
+        )
         self.sources_waiting = Gauge(
             "logq_shipper_sources_waiting_for_fd",
             "Log sources waiting for a file descriptor (the open-files limit is reached: raise "
