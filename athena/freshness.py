@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NamedTuple
 
+from athena.arrow_values import scalar_value
 from athena.timerange import dt_of
 
 if TYPE_CHECKING:
@@ -43,13 +44,15 @@ def newest_in_partition(
     newest = None
     for f in list_files(wh, wh.path(table, f"service={service}", f"dt={dt}")):
         try:
-            col = pq.read_table(f.path, columns=["timestamp"], filesystem=wh.fs)["timestamp"]
+            # ParquetFile, not read_table: that imports pyarrow.dataset, and with it pandas
+            # (half a second of every `logq services`).
+            col = pq.ParquetFile(f.path, filesystem=wh.fs).read(columns=["timestamp"])["timestamp"]
         except (pa.ArrowException, OSError) as exc:
             raise unreadable_file(f.path, exc) from exc
         if before is not None:
             value = _newest_at_or_before(col, before)
         else:
-            value = pc.max(col).as_py() if len(col) else None
+            value = scalar_value(pc.max(col)) if len(col) else None
         if value is not None and (newest is None or value > newest):
             newest = value
     return newest
@@ -256,7 +259,7 @@ def footer_bound(
                 ts = table["timestamp"]
                 if pa.types.is_timestamp(ts.type):
                     unit, ts = ts.type.unit, pc.cast(ts, pa.int64())
-                value = (pc.min if low else pc.max)(ts).as_py()
+                value = scalar_value((pc.min if low else pc.max)(ts))
                 return None if value is None else from_epoch(value, unit or "ms")
             bounds.append(raw)
     except (pa.ArrowException, ValueError) as exc:
@@ -293,7 +296,7 @@ def _newest_at_or_before(col: pa.ChunkedArray, before: datetime) -> datetime | N
     elif col.type.tz is None:
         col = pc.cast(col, pa.timestamp(col.type.unit, tz="UTC"))
     kept = col.filter(pc.less_equal(col, pa.scalar(before, col.type)))
-    value = pc.max(kept).as_py() if len(kept) else None
+    value = scalar_value(pc.max(kept)) if len(kept) else None
     return None if value is None else value.astimezone(UTC)
 
 

@@ -53,6 +53,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from athena.arrow_values import column_values
 from athena.engines.result import EngineError, QueryResult, ScanBudgetError, StatementError
 
 T = TypeVar("T")
@@ -584,7 +585,7 @@ def _python_rows(table: pa.Table) -> list[tuple[Any, ...]]:
     columns: list[list[Any]] = []
     for column in table.columns:
         try:
-            columns.append(column.to_pylist())
+            columns.append(column_values(column))
         except (OverflowError, ValueError):
             columns.append(_as_text(column))
     return list(zip(*columns, strict=True)) if columns else [()] * table.num_rows
