@@ -52,9 +52,9 @@ class Settings:
     unhealthy_after: float = 300.0
     """``/healthz`` answers 503 once flushes have failed for this many seconds."""
     retry_max_interval: float = 60.0
-    """Longest wait between two tries of a failing flush (the wait starts at 0.5 s and doubles;
-    Fluentd's ``retry_max_interval``). Shorter: a warehouse that is back is written to sooner,
-    at the price of more failing requests while it is down."""
+    """Longest wait between two tries of a failing flush (the wait starts at 0.5 s, or this if
+    less, and doubles; Fluentd's ``retry_max_interval``). Shorter: a warehouse that is back is
+    written to sooner, at the price of more failing requests while it is down."""
     max_frame_bytes: int = 32 * MiB
     """Largest Forward message accepted; a larger one closes that connection."""
     buffer_limit_bytes: int = 1024 * MiB

@@ -689,7 +689,7 @@ class Aggregator:
 
     async def _flush_one(self, segment: Segment, deadline: float | None) -> bool:
         assert self.flusher is not None
-        delay = 0.5
+        delay = min(0.5, self.settings.retry_max_interval)
         data_errors, last_error = 0, ""
         while True:
             try:

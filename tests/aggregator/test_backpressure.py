@@ -25,10 +25,10 @@ up to a minute for the warehouse to come back)."""
 RETRYING = re.compile(r"retrying in (\d+\.\d)s")
 
 
-def _blocked_aggregator(tmp_path: Path) -> tuple[Any, Path, Path]:
+def _blocked_aggregator(tmp_path: Path, retry_max: float = RETRY_MAX) -> tuple[Any, Path, Path]:
     """An aggregator with a 150 KB buffer limit whose every flush fails until ``blocker`` (a
     file where the container_logs folder should be) is removed. Failing flushes are retried at
-    least every RETRY_MAX seconds, so the warehouse's return is seen within that."""
+    least every ``retry_max`` seconds, so the warehouse's return is seen within that."""
     warehouse = tmp_path / "warehouse"
     warehouse.mkdir()
     blocker = warehouse / "container_logs"
@@ -36,7 +36,7 @@ def _blocked_aggregator(tmp_path: Path) -> tuple[Any, Path, Path]:
     agg = start_aggregator(
         tmp_path,
         warehouse=str(warehouse),
-        extra=["--buffer-limit-bytes", "150000", "--retry-max-interval", str(RETRY_MAX)],
+        extra=["--buffer-limit-bytes", "150000", "--retry-max-interval", str(retry_max)],
     )
     return agg, warehouse, blocker
 
@@ -150,7 +150,7 @@ def test_clients_without_acks_wait_while_the_buffer_is_full_and_lose_nothing(
     while the buffer is full is told apart by its first message: without a chunk it waits too;
     with one it is closed after BACKPRESSURE_CLOSE_SECONDS and nothing of it is stored (its
     client resends elsewhere: a copy stored here later would be a duplicate)."""
-    agg, warehouse, blocker = _blocked_aggregator(tmp_path)
+    agg, warehouse, blocker = _blocked_aggregator(tmp_path, retry_max=0.2)  # below the first
     total = 3000
     done = threading.Event()
     errors: list[BaseException] = []
@@ -193,4 +193,6 @@ def test_clients_without_acks_wait_while_the_buffer_is_full_and_lose_nothing(
     messages = read_table(str(warehouse), "container_logs")["message"].to_pylist()
     assert len(messages) == total + 20 and len(set(messages)) == total + 20
     assert sum(m.startswith("late-noack-") for m in messages) == 20
+    waits = {float(w) for w in RETRYING.findall(agg.log_text())}
+    assert waits == {0.2}, f"a --retry-max-interval under 0.5 s is the first wait too: {waits}"
     assert not any(m.startswith("late-acked-") for m in messages)
