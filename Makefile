@@ -21,7 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check shipper aggregator athena cli tests bench
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder tests
+	@# PYTHONDONTWRITEBYTECODE emptied: with it set (some machines do), every one of the
+	@# suite's many program runs compiled logq's modules again, and pytest re-rewrote every
+	@# test module on each worker.
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check shipper aggregator athena cli tests bench
