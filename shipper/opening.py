@@ -164,13 +164,18 @@ class Opening:
 
     def _missed_rotations(self: Tailer, live: Cursor) -> list[Cursor]:
         """Rotated files newer than the last one we finished that we never opened, oldest
-        first: they were live for a moment between two polls."""
+        first: they were live for a moment between two polls.
+
+        Files set aside in their rotate wait (:attr:`_lingering`) are open too: one that its
+        writer still appends to is newer than the file whose rotation was just seen. Opened a
+        second time, its lines not acknowledged yet were read twice, and the second cursor,
+        released at its end, dropped the file's checkpoint while the first still followed it.
+        """
         found: list[tuple[int, Cursor]] = []
         siblings = rotated_siblings(rotation_path(self.spec.path))
+        followed = {(c.dev, c.ino) for c in (live, *self.cursors, *self._lingering)}
         for sib, st in modified_since(siblings, self._floor or 0):
-            if st.st_ino == live.ino:
-                continue
-            if any(c.ino == st.st_ino for c in self.cursors):
+            if (st.st_dev, st.st_ino) in followed:
                 continue
             cur = self._open(sib, fresh=True, exclude=self._released)
             if cur is not None:

@@ -353,8 +353,10 @@ class SourceRunner:
         save_first = False
         while len(lines) < cfg.batch_lines and lines.nbytes < cfg.batch_bytes:
             try:
+                # One file per batch (see Tailer.read): the batch's source id and the
+                # checkpoint its ack advances are that file's.
                 chunk = self.tailer.read(
-                    cfg.batch_lines - len(lines), cfg.batch_bytes - lines.nbytes
+                    cfg.batch_lines - len(lines), cfg.batch_bytes - lines.nbytes, of=cursor
                 )
             except OSError:
                 if cursor is None:

@@ -132,8 +132,19 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
 
     # -- reading ----------------------------------------------------------------------------
 
-    def read(self, max_lines: int = 1 << 30, max_bytes: int = 1 << 30) -> Chunk | None:
-        """The next lines of the oldest unfinished file, or None when it is at its end."""
+    def read(
+        self, max_lines: int = 1 << 30, max_bytes: int = 1 << 30, of: Cursor | None = None
+    ) -> Chunk | None:
+        """The next lines of the oldest unfinished file, or None when it is at its end.
+
+        With ``of`` (the file a Forward message is being filled from), also None when the next
+        lines are another file's: they start the next message. A message carries one file's
+        ``source_id`` and its ack advances one file's checkpoint, but a renamed file in its
+        rotate wait that grew comes first again, also between two reads of one message (see
+        :meth:`~shipper.rotate_wait.RotateWait._check_lingering`). Joined to it, the new file's
+        lines went out under the renamed file's id at their own, lower offsets: the aggregator
+        dropped them as resends, and the new file's checkpoint moved past them.
+        """
         if not self._started:
             if not self._may_open():
                 return None
@@ -143,6 +154,8 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
             self.start()
         if self._lingering:
             self._check_lingering()
+        if of is not None and (not self.cursors or self.cursors[0] is not of):
+            return None
         if self._ending and self.parser.pending_origins():
             return self._flush_ending()
         if not self.cursors:

@@ -42,9 +42,9 @@ def _slow_reader(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every read blocks the event loop for READ_SECONDS, as a CPU-bound parse does."""
     real_read = Tailer.read
 
-    def slow_read(self: Tailer, *args: int) -> object:
+    def slow_read(self: Tailer, *args: Any, **kw: Any) -> object:
         time.sleep(READ_SECONDS)  # a CPU-bound parse: the event loop is busy, nothing waits
-        return real_read(self, *args)
+        return real_read(self, *args, **kw)
 
     monkeypatch.setattr(Tailer, "read", slow_read)
 
