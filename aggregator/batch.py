@@ -54,15 +54,27 @@ def _per_value(array: pa.Array, fn: Callable[[pa.Array], pa.Array]) -> pa.Array:
 
 def service_column(records: pa.Table) -> pa.DictionaryArray:
     """Sanitised service per row: record ``service``, else the tag's last part."""
-    tag_tail = _per_value(
-        _col(records, "tag"), lambda v: pc.extract_regex(v, r"(?P<s>[^.]*)$").field("s")
-    )
-    service = _per_value(_col(records, wire.KEY_SERVICE), lambda v: v)
-    raw = pc.if_else(pc.fill_null(pc.equal(service, ""), True), tag_tail, service)
-    encoded = pc.dictionary_encode(raw)
+    service = _col(records, wire.KEY_SERVICE)
+    if (
+        isinstance(service, pa.DictionaryArray)
+        and not service.null_count
+        and not service.dictionary.null_count
+        and not pc.any(pc.equal(service.dictionary, "")).as_py()
+    ):  # every record names its service (logq-shipper's do): no row needs its tag
+        encoded = service
+    else:
+        tag_tail = _per_value(
+            _col(records, "tag"), lambda v: pc.extract_regex(v, r"(?P<s>[^.]*)$").field("s")
+        )
+        service = _per_value(service, lambda v: v)
+        raw = pc.if_else(pc.fill_null(pc.equal(service, ""), True), tag_tail, service)
+        encoded = pc.dictionary_encode(raw)
     names = [sanitize_service(v) for v in encoded.dictionary.to_pylist()]
-    # Several raw names may sanitise to one; re-encode so the dictionary has unique values.
-    return pc.dictionary_encode(pc.take(pa.array(names, pa.string()), encoded.indices))
+    # Several raw names may sanitise to one: the dictionary gets each name once.
+    unique = list(dict.fromkeys(names))
+    index = {name: i for i, name in enumerate(unique)}
+    indices = pc.take(pa.array([index[name] for name in names], pa.int32()), encoded.indices)
+    return pa.DictionaryArray.from_arrays(indices, pa.array(unique, pa.string()))
 
 
 def _flag(array: pa.Array, pattern: str) -> pa.Array:
@@ -106,7 +118,8 @@ def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS)
     candidates = pc.indices_nonzero(mask)
     plain_idx = pc.indices_nonzero(pc.invert(mask))
     if len(candidates):
-        parsed = parse_lines(pc.take(_col(records, wire.KEY_LOG), candidates), formats)
+        logs = _col(records, wire.KEY_LOG)
+        parsed = parse_lines(logs if not len(plain_idx) else pc.take(logs, candidates), formats)
         # Every service with Envoy lines gets a count, 0 included: its metric series then
         # exists before the first failure (an alert on increase() needs that first sample).
         candidate_services = pc.unique(pc.take(service, candidates)).dictionary_decode()

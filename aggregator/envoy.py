@@ -6,12 +6,13 @@ runs a list of *attempts* over the batch, each seeing only the lines the previou
 
 1. JSON access logs (lines starting with ``{``; :mod:`.envoy_json`, read with ``pyarrow.json``);
 2. per text format (the default one, Istio's, then any from ``--envoy-format``):
-   a split plan (:mod:`.envoy_split`: DFA match + ``split_pattern``, ~2x faster than capturing),
+   a split plan (:mod:`.envoy_split`: DFA match, then the values cut out at the format's quotes
+   and spaces; a fraction of the cost of capturing),
    the strict regex (quoted values without quotes), then the lenient one (quotes allowed inside
    a quoted value, as user agents have).
 
-Everything runs as Arrow kernels over the whole batch (``extract_regex``, ``split_pattern``,
-casts): there is no Python loop per line. Lines no attempt parses are returned as unparsed; the
+Everything runs as Arrow kernels (``extract_regex``, ``take``, casts) or numpy over the whole
+batch: there is no Python loop per line. Lines no attempt parses are returned as unparsed; the
 caller stores them in ``container_logs`` and counts them.
 
 Value rules (DESIGN.md §2/§5): ``-`` becomes NULL for ``upstream_service_time_ms``,
@@ -27,6 +28,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -225,8 +227,14 @@ class ParsedAccess:
     """int64 positions of the lines no format matched."""
 
 
-def _convert(fmt: EnvoyFormat, matched: pa.StructArray) -> dict[str, pa.Array]:
-    if fmt.time_format is not None:
+def _convert(
+    fmt: EnvoyFormat, matched: pa.StructArray, timestamp: pa.Array | None = None
+) -> dict[str, pa.Array]:
+    """Typed columns of the matched values; ``timestamp``: the rows' times, when the parser
+    already has them (else converted from ``start`` and ``start_frac``)."""
+    if timestamp is not None:
+        out = {"timestamp": timestamp}
+    elif fmt.time_format is not None:
         out = {"timestamp": fmt.time_format.to_timestamp(matched.field("start"))}
     else:
         start, frac = matched.field("start"), matched.field("start_frac")
@@ -286,7 +294,7 @@ def parse_lines(
     """
     if isinstance(lines, pa.ChunkedArray):
         lines = lines.combine_chunks()
-    remaining = pa.array(range(len(lines)), pa.int64())
+    remaining = pa.array(np.arange(len(lines), dtype=np.int64))  # pa.array(range): ~0.2 µs a line
     todo = lines
     rows: list[pa.Array] = []
     parts: list[dict[str, pa.Array]] = []

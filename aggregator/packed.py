@@ -70,8 +70,12 @@ _FIXEXT8_EVENT_TIME = (0xD7, wire.EVENT_TIME_EXT)
 _ENTRY_BYTES = 10  # fixext8 EventTime: d7 00 + 4 bytes seconds + 4 bytes nanoseconds
 
 
-class _Record(msgspec.Struct):
-    """The keys of a logq-shipper record that the buffer keeps (others are skipped)."""
+class _Record(msgspec.Struct, gc=False):
+    """The keys of a logq-shipper record that the buffer keeps (others are skipped).
+
+    ``gc=False`` here and on every struct decoded per record: they hold only text, numbers and
+    other such structs (no reference cycle), and the collector then never tracks or scans the
+    hundreds of thousands a segment decodes."""
 
     log: str | None = None
     stream: msgspec.Raw = _NIL
@@ -94,7 +98,7 @@ class _Record(msgspec.Struct):
     ecs_task_definition: None = None
 
 
-class _Entry(msgspec.Struct, array_like=True):
+class _Entry(msgspec.Struct, array_like=True, gc=False):
     """``[time, record]``; the time kept as its msgpack bytes (converted in bulk)."""
 
     time: msgspec.Raw
@@ -344,9 +348,9 @@ def _constant_decoder(metadata: tuple[str | None, ...]) -> msgspec.msgpack.Decod
     for key, value in zip(CONSTANT_KEYS, metadata, strict=True):
         # A value is required and must be equal; an absent (or nil) one must stay absent or nil.
         fields.append((key, Literal[value]) if value is not None else (key, None, None))
-    record = msgspec.defstruct("_ConstantRecord", fields, kw_only=True)
+    record = msgspec.defstruct("_ConstantRecord", fields, kw_only=True, gc=False)
     entry = msgspec.defstruct(
-        "_ConstantEntry", [("time", msgspec.Raw), ("record", record)], array_like=True
+        "_ConstantEntry", [("time", msgspec.Raw), ("record", record)], array_like=True, gc=False
     )
     decoder = msgspec.msgpack.Decoder(list[entry])  # type: ignore[valid-type]
     if len(_DECODERS) >= _MAX_DECODERS:
@@ -459,7 +463,7 @@ def columns(entries: list[_Entry], dict_type: pa.DataType) -> list[pa.Array] | N
     return _assemble(entries, keys)
 
 
-class _ClientRecord(msgspec.Struct):
+class _ClientRecord(msgspec.Struct, gc=False):
     """A record of another Forward client: the logq keys (absent ones kept as ``_ABSENT``) and
     the metadata :mod:`.clientmeta` maps to them."""
 
@@ -481,7 +485,7 @@ class _ClientRecord(msgspec.Struct):
     ecs_task_definition: msgspec.Raw = _ABSENT
 
 
-class _ClientEntry(msgspec.Struct, array_like=True):
+class _ClientEntry(msgspec.Struct, array_like=True, gc=False):
     time: msgspec.Raw
     record: _ClientRecord
 

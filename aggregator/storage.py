@@ -87,7 +87,14 @@ def write_options(table: pa.Table) -> dict:
 
 def _int_encoding(values: pa.ChunkedArray) -> str | None:
     """None (a dictionary) for few distinct values; DELTA_BINARY_PACKED for mostly ascending
-    ones (the ledger's offsets); PLAIN for the rest."""
+    ones (the ledger's offsets); PLAIN for the rest.
+
+    Values within a range of :data:`INT_DICTIONARY_MAX` (codes, durations) cannot have more
+    distinct ones: a min/max scan tells, where counting them hashes every value."""
+    bounds = pc.min_max(values)
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    if low is not None and high - low < INT_DICTIONARY_MAX:
+        return None
     if pc.count_distinct(values).as_py() <= INT_DICTIONARY_MAX:
         return None
     steps = pc.pairwise_diff(values.combine_chunks())

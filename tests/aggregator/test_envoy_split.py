@@ -1,0 +1,199 @@
+"""The split parser (aggregator/envoy_split.py) is a shortcut: for any batch of lines, Envoy's
+formats parse to exactly what the regex parsers alone give, line for line and value for value."""
+
+from __future__ import annotations
+
+import logging
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aggregator import envoy_split
+from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, ParsedAccess, compile_format, parse_lines
+from aggregator.envoy import log as envoy_log
+from tests.aggregator.helpers import envoy_line
+
+#: A custom format with non-ASCII literals around its values (cut by bytes, not characters),
+#: single-operator segments with literals (``«%PROTOCOL%»``) and a literal-only quoted segment.
+CUSTOM = compile_format(
+    '[%START_TIME%] «%PROTOCOL%» "é=%REQ(:METHOD)%" %RESPONSE_CODE%ms "%REQ(USER-AGENT)%" '
+    '"x" up=%UPSTREAM_HOST%'
+)
+FORMATS = (*BUILTIN_FORMATS, CUSTOM)
+
+
+def _parse(lines: list[str | None], split: bool) -> ParsedAccess:
+    """The lines parsed with the split parser, or with the regexes only."""
+    failures: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = failures.append  # type: ignore[method-assign]
+    with pytest.MonkeyPatch.context() as patch:
+        if not split:
+            patch.setattr(envoy_split, "split_plan", lambda fmt: None)
+        envoy_log.addHandler(handler)
+        try:
+            parsed = parse_lines(pa.array(lines, pa.string()), FORMATS)
+        finally:
+            envoy_log.removeHandler(handler)
+    # A parser that raises leaves its lines to the next ones (the same result, but slower).
+    assert not failures, failures[0].getMessage()
+    return parsed
+
+
+def _assert_same(lines: list[str | None]) -> None:
+    fast, regex = _parse(lines, split=True), _parse(lines, split=False)
+    assert fast.rows.to_pylist() == regex.rows.to_pylist()
+    assert fast.unparsed.to_pylist() == regex.unparsed.to_pylist()
+    assert fast.columns.keys() == regex.columns.keys()
+    for name, values in regex.columns.items():
+        assert fast.columns[name].to_pylist() == values.to_pylist(), name
+
+
+#: Short values of characters that matter to the parsers: delimiters, blanks, multi-byte UTF-8.
+_TEXT = st.text("aZ09/-_.:,[]\"'\\%é€😀\t ", min_size=0, max_size=12)
+_TIMES = st.sampled_from(
+    [
+        "2026-11-28T14:00:00.123Z",
+        "2026-11-28T14:00:00Z",
+        "2026-11-28T14:00:00.5Z",
+        "2026-11-28T14:00:00.123456789Z",
+        "2026-11-28T14:00:00+00:00",
+        "2026-13-28T14:00:00.123Z",  # not a date
+        "0000-01-01T00:00:00.000Z",  # before any partition
+        "1969-12-31T23:59:59.999Z",
+    ]
+)
+
+
+@st.composite
+def default_line(draw: st.DrawFn) -> str:
+    """A default-format line whose values may break the format (quotes, spaces, tabs...)."""
+    word = st.one_of(_TEXT, st.sampled_from(["GET", "/api/x?y=1", "-", "200", "10.0.0.1:80"]))
+    number = st.one_of(st.integers(0, 10**19).map(str), st.just("-"), _TEXT)
+    return envoy_line(
+        when=draw(_TIMES),
+        method=draw(word),
+        path=draw(word),
+        code=draw(number),  # type: ignore[arg-type]
+        flags=draw(st.one_of(st.sampled_from(["-", "UF,URX", "UH"]), _TEXT)),
+        rx=draw(number),  # type: ignore[arg-type]
+        tx=draw(number),  # type: ignore[arg-type]
+        duration=draw(number),  # type: ignore[arg-type]
+        ust=draw(number),
+        xff=draw(word),
+        ua=draw(st.one_of(_TEXT, st.just("Mozilla/5.0 (X11; Linux) é"))),
+        rid=draw(word),
+        authority=draw(word),
+        upstream=draw(word),
+    ) + draw(st.sampled_from(["", " ", "\t", " \n", "x"]))
+
+
+@st.composite
+def custom_line(draw: st.DrawFn) -> str:
+    def value(*usual: str) -> str:
+        return draw(st.one_of(st.sampled_from(usual), _TEXT))
+
+    return (
+        f'[{draw(_TIMES)}] «{value("HTTP/1.1", "é»")}» "é={value("GET", "PÖST")}" '
+        f'{value("503", "0")}ms "{value("curl/8 (x)", "")}" "x" up={value("10.0.0.1:80", "-")}'
+    )
+
+
+ISTIO_LINE = (
+    '[2026-11-28T14:00:00.000Z] "GET /status/418 HTTP/1.1" 418 - via_upstream - "-" 0 135 '
+    '4 3 "-" "curl/8.1" "rid-1" "httpbin:8000" "10.244.0.7:80" '
+    "outbound|8000||httpbin.default.svc.cluster.local 10.244.0.5:46374 10.96.19.20:8000 "
+    "10.244.0.5:52350 - default"
+)
+#: Istio's line with a quote in an unquoted value (a route name): it matches the format, but
+#: the split parser cannot cut it at its quotes and leaves it to the regexes.
+ISTIO_QUOTED = ISTIO_LINE.replace(" default", ' de"fault')
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(
+            default_line(),
+            custom_line(),
+            st.sampled_from([envoy_line(), ISTIO_LINE, ISTIO_QUOTED, "", None, "{}"]),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_split_parser_gives_what_the_regexes_give(lines: list[str | None]) -> None:
+    _assert_same(lines)
+
+
+def test_the_usual_lines_take_the_split_parser() -> None:
+    """The shortcut is taken (the property above would hold without it too): the default,
+    Istio's and the custom format each have a plan."""
+    plans = [envoy_split.split_plan(fmt) for fmt in FORMATS]
+    assert all(plans)
+    custom = plans[2]
+    assert custom is not None
+    fields = {f.column: f for f in custom.fields}
+    # «%PROTOCOL%» is one segment-less token whose literals are 2 UTF-8 bytes each.
+    assert (fields["protocol"].prefix, fields["protocol"].suffix) == (2, 2)
+    assert (fields["method"].token, fields["method"].prefix) == (None, 3)  # "é=" in bytes
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [envoy_line(ua='a "quoted" agent'), envoy_line()],  # more quotes: the regexes take it
+        [envoy_line(path="/a\tb"), envoy_line(method="G E T")],  # no match at all
+        [envoy_line() + "  ", envoy_line(when="2026-11-28T14:00:00Z")],  # mixed spellings
+        [envoy_line(when="2026-02-30T14:00:00.000Z"), envoy_line()],  # one invalid date
+        [ISTIO_LINE, envoy_line(), "plain"],
+        [ISTIO_QUOTED, ISTIO_LINE, envoy_line()],
+    ],
+)
+def test_awkward_batches_parse_the_same(lines: list[str | None]) -> None:
+    _assert_same(lines)
+
+
+def test_a_format_of_one_value_between_literals_parses() -> None:
+    fmt: EnvoyFormat = compile_format("<%START_TIME%> code=%RESPONSE_CODE%;")
+    lines = ["<2026-11-28T14:00:00.250Z> code=503;", "<2026-11-28T14:00:00.250Z> code=5 03;"]
+    parsed = parse_lines(pa.array(lines), (fmt,), json_logs=False)
+    assert parsed.rows.to_pylist() == [0]
+    assert parsed.columns["response_code"].to_pylist() == [503]
+    assert parsed.columns["timestamp"][0].as_py().isoformat() == "2026-11-28T14:00:00.250000+00:00"
+
+
+def test_cut_at_tells_the_strings_that_hold_the_delimiter_as_often_as_asked() -> None:
+    strings = pa.array(['"', "ab", 'x"y', 'é"€'])
+    fit, pieces = envoy_split._cut_at(strings, ord('"'), 2)
+    assert fit.tolist() == [True, False, True, True]
+    assert pieces is None  # the caller keeps the fitting ones and cuts again
+    fit, pieces = envoy_split._cut_at(strings.filter(pa.array(fit)), ord('"'), 2)
+    assert fit.all() and pieces is not None
+    assert pieces.part(0).to_pylist() == ["", "x", "é"]
+    assert pieces.part(1).to_pylist() == ["", "y", "€"]
+    # As many delimiters in all as asked, but not one per string: told apart all the same.
+    fit, pieces = envoy_split._cut_at(pa.array(['"a"', "b"]), ord('"'), 2)
+    assert fit.tolist() == [False, False] and pieces is None
+
+
+def test_values_stay_aligned_with_the_lines_that_fit_the_plan() -> None:
+    """Lines with the format's quotes but a space too many, next to lines with a quote too many:
+    the values returned are those of exactly the lines marked as fitting, in order (the parsers
+    only hand over lines the format's pattern matched, so this guards the cut on its own)."""
+    plan = envoy_split.split_plan(BUILTIN_FORMATS[0])
+    assert plan is not None
+    line = envoy_line(rid="rid-0")
+    lines = [
+        line,
+        line.replace('"GET ', '"GET  ', 1),  # an extra space in the method/path/protocol part
+        line.replace('"rid-0"', '"rid"-1"', 1),  # an extra quote
+        envoy_line(rid="rid-3"),
+    ]
+    assert '"GET ' in line
+    fit, values = envoy_split._values(pa.array(lines, pa.string()), plan)
+    assert fit.tolist() == [True, False, False, True]
+    assert values["request_id"].to_pylist() == ["rid-0", "rid-3"]
+    assert all(len(v) == 2 for v in values.values())
