@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from shipper.errors import ConfigError, preview
+from shipper.exclude import split_patterns
 
 DEFAULT_PORT = 24224
 
@@ -149,8 +150,10 @@ _HELP = {
     "matches /): matched against the service name, the container name (Docker's name, the ECS "
     "container name, <namespace>/<pod>/<container> on Kubernetes, a --path file's name) and "
     "the log file's path (<docker-root>/<id>/<id>-json.log, /var/log/pods/..., the --path file "
-    "or the /var/log/containers symlink it was found through); any match excludes; repeatable. "
-    "Docker containers labelled logq.exclude=true are excluded too",
+    "or kubelet's /var/log/containers symlink to it); any match excludes; repeatable, and "
+    "several patterns may be given separated by commas, as in Fluent Bit's Exclude_Path "
+    "('*.gz,*.zip'). Prefer names ('kube-system/*') to symlink paths. Docker containers "
+    "labelled logq.exclude=true are excluded too",
     "state_dir": "directory for the checkpoint registry (default: /var/lib/logq-shipper)",
     "shared_key": "Forward shared key (HELO/PING/PONG handshake)",
     "username": "user name, for aggregators that also require user authentication",
@@ -268,7 +271,7 @@ MIN_SECONDS = {
 _EXPECTED = {
     "aggregator": "HOST:PORT",
     "path": "a glob such as /var/log/app/*.log",
-    "exclude": "a glob such as 'debug-*' or '/var/log/pods/kube-system_*'",
+    "exclude": "a glob such as 'debug-*' or 'kube-system/*' (or several: 'debug-*,*.gz')",
     "docker_root": "a directory",
     "cri_root": "a directory",
     "state_dir": "a directory",
@@ -420,6 +423,22 @@ def _refuse_empty(m: dict[str, Any]) -> None:
                 )
 
 
+def _exclude_patterns(values: list[str]) -> tuple[str, ...]:
+    """Every ``--exclude`` value split on commas, as Fluent Bit's ``Exclude_Path`` is
+    (:func:`~shipper.exclude.split_patterns`); an empty item is refused as an empty value is:
+    ``"$A,$B"`` with ``B`` unset must not leave the operator believing it is kept out."""
+    out: list[str] = []
+    for value in values:
+        items = split_patterns(value)
+        if not all(items):
+            raise ConfigError(
+                f"--exclude {value!r} holds an empty pattern (a comma too many, or an unset "
+                "variable?); list globs separated by commas, such as '*.gz,*.zip'"
+            )
+        out += items
+    return tuple(out)
+
+
 def _to_config(m: dict[str, Any]) -> Config:
     _refuse_empty(m)
     kw: dict[str, Any] = {"given": frozenset(k for k, v in m.items() if v is not None)}
@@ -431,7 +450,7 @@ def _to_config(m: dict[str, Any]) -> Config:
     if m.get("path"):
         kw["paths"] = tuple(m["path"])
     if m.get("exclude"):
-        kw["excludes"] = tuple(m["exclude"])
+        kw["excludes"] = _exclude_patterns(m["exclude"])
     if m.get("shared_key"):
         kw["shared_key"] = m["shared_key"]
     password = m.get("password") or os.environ.get("LOGQ_SHIPPER_PASSWORD")

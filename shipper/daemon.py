@@ -55,7 +55,7 @@ with deferred_interrupts("logq-shipper"):
     from shipper.config import Config, load_config
     from shipper.discover import Discoverer, Scan, SourceSpec, check_roots, node_names
     from shipper.errors import ConfigError, ShipperError
-    from shipper.exclude import Excluder
+    from shipper.exclude import Excluder, Exclusion
     from shipper.inotify import DirectoryWatcher, FileWatcher, directories_to_watch
     from shipper.logs import setup_logging
     from shipper.metrics import Metrics
@@ -132,8 +132,13 @@ class Shipper:
             node_names(cfg.hostname),
             Excluder(cfg.excludes),
         )
-        self._excluded: set[str] = set()
-        """Keys of the sources excluded at the last pass, each logged once when first seen."""
+        self._excluded: dict[str, tuple[SourceSpec, Exclusion]] = {}
+        """The sources excluded at the last pass, each logged once when first seen; also those
+        whose file is missing for less than GONE_GRACE_SECONDS (a rotation between rename and
+        create): they are not logged again, and the gauge does not dip."""
+        self._kept_out: set[str] = set()
+        """Keys of the sources excluded in this run and not read since: when the exclusion is
+        lifted, their files deleted meanwhile are not counted as lost (Tailer.kept_out)."""
         self._stopped_excluded: set[str] = set()
         """Keys of sources being shipped when they became excluded: stopped, their runner
         removed once it has delivered what it had read (see :meth:`_stop_excluded`)."""
@@ -261,11 +266,12 @@ class Shipper:
         """One INFO line per source when it is first found excluded (not at every pass), and
         the gauge: an operator can see that exclusion works, and on what it matched."""
         for key, (spec, why) in scan.excluded.items():
+            self._missing.pop(key, None)
             if key in self._excluded:
                 continue
             running = key in self.runners and key not in self._stopped_excluded
             log.info(
-                "%s key=%s service=%s container_name=%s path=%s matched=%s rule=%r",
+                "%s key=%s service=%s container_name=%s path=%s matched=%s rule=%r via=%s",
                 "source excluded: stops reading, what was read is delivered, its checkpoint kept"
                 if running
                 else "source excluded, not read",
@@ -275,11 +281,29 @@ class Shipper:
                 spec.path,
                 why.matched,
                 why.rule,
+                why.via or "-",
             )
-        # An incomplete pass may miss excluded sources that are still there: keep them.
-        keys = set(scan.excluded)
-        self._excluded = keys if scan.complete else self._excluded | keys
-        self.metrics.excluded_sources.set(len(scan.excluded))
+        self._excluded = {**self._still_excluded(scan), **scan.excluded}
+        self._kept_out |= scan.excluded.keys()
+        self._kept_out &= self._excluded.keys() | {s.key for s in scan.specs}
+        self.metrics.excluded_sources.set(len(self._excluded))
+
+    def _still_excluded(self, scan: Scan) -> dict[str, tuple[SourceSpec, Exclusion]]:
+        """The sources excluded before that this pass did not report, and may still exist: a
+        pass that failed to list their folder, or one between a rotation's rename and the
+        runtime's new file (missing for less than GONE_GRACE_SECONDS, folder still there). A
+        source shipped now (its exclusion lifted) is not one of them."""
+        shipped = {s.key for s in scan.specs}
+        now = time.monotonic()
+        kept = {}
+        for key, entry in self._excluded.items():
+            if key in scan.excluded or key in shipped:
+                continue
+            if scan.may_have_missed(entry[0].path) or not self._gone(key, entry[0], now):
+                kept[key] = entry
+            else:
+                self._missing.pop(key, None)
+        return kept
 
     def _stop_excluded(self, scan: Scan) -> None:
         """Stop the sources being shipped that are now excluded (a container renamed to a name
@@ -303,7 +327,8 @@ class Shipper:
             runner = self.runners.get(spec.key)
             if runner is None:
                 log.info("new source key=%s service=%s path=%s", spec.key, spec.service, spec.path)
-                runner = SourceRunner(self, spec)
+                runner = SourceRunner(self, spec, kept_out=spec.key in self._kept_out)
+                self._kept_out.discard(spec.key)
                 self.runners[spec.key] = runner
                 runner.start()
                 assert runner.task is not None

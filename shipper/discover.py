@@ -20,7 +20,9 @@ shipped as the CRI sources they are (:func:`kubelet_link_target`); as ``--docker
 
 Sources that ``--exclude`` or the label ``logq.exclude`` keep out (:mod:`shipper.exclude`) are
 found like the others, then set aside in :attr:`Scan.excluded`: the daemon reports them and
-never reads them.
+never reads them. One file may be found by several routes under different keys (a ``--path``
+glob over the Docker root gives ``file:<path>`` beside ``docker:<id>``): excluded by one, it is
+excluded by all (:func:`_exclude_same_files`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shipper.errors import ConfigError
-from shipper.exclude import Excluder, Exclusion
+from shipper.exclude import Excluder, Exclusion, kubelet_link_paths
 
 log = logging.getLogger("logq.shipper.discover")
 
@@ -185,6 +187,10 @@ class ContainerMeta:
     name: str = ""
     image: str = ""
     labels: tuple[tuple[str, str], ...] = ()
+    read: bool = True
+    """False when ``config.v2.json`` is missing, unreadable or not JSON: the labels are
+    unknown then, not absent (``docker rm`` deletes the folder's files one by one), and an
+    excluded container keeps its verdict meanwhile (see :meth:`Discoverer._excluded`)."""
 
 
 @dataclass(slots=True)
@@ -223,8 +229,15 @@ class Scan:
         return any(p == d or p.startswith(d.rstrip("/") + "/") for d in self.unsure)
 
 
-_NO_META = ContainerMeta()
+_NO_META = ContainerMeta(read=False)
 """Metadata of a container without ``config.v2.json`` (not cached: it may appear)."""
+
+#: Where kubelet makes its ``<pod>_<namespace>_<container>-<id>.log`` symlinks on a node.
+KUBELET_LINKS = "/var/log/containers"
+
+#: What :meth:`Discoverer._excluded` matched for a source: service, container name, live path,
+#: symlink paths, Docker labels (None elsewhere). Equal again, the verdict is reused.
+_Subject = tuple[str, str, str, tuple[str, ...], tuple[tuple[str, str], ...] | None]
 
 
 def _version(st: os.stat_result) -> tuple[int, int, int]:
@@ -258,50 +271,99 @@ class Discoverer:
         self._specs: dict[str, tuple[ContainerMeta, SourceSpec]] = {}
         """By ``config.v2.json`` path: the spec made from that metadata object."""
         self._cri: dict[str, SourceSpec] = {}
-        self._verdicts: dict[str, tuple[SourceSpec, tuple[Path, ...], Exclusion | None]] = {}
-        """By key: the verdict on a spec object (and the symlinks it was found through). Docker
-        and CRI specs are reused while nothing changed: 1000 sources are not matched against
-        every pattern again at every pass (about 4 ms with 3 patterns)."""
+        self._verdicts: dict[str, tuple[_Subject, Exclusion | None]] = {}
+        """By key: the strings last matched and the verdict on them. Keyed by what is matched,
+        not by spec object: ``--path`` sources and kubelet links are new objects at every
+        pass, and 1000 sources are not matched against every pattern again at every pass
+        (about 4 ms with 3 patterns)."""
+        self._link_folders: set[str] = {
+            KUBELET_LINKS,
+            *(os.path.abspath(_glob_base(os.path.expanduser(p))) for p in patterns),
+        }
+        """Where kubelet's symlinks are (or may be) seen: its own folder, the fixed part of
+        each ``--path`` glob, and every folder a ``--path`` glob found one in."""
+        self._future: dict[str, tuple[int, tuple[str, ...]]] = {}
+        """By CRI key: (how many link folders were known, :meth:`_future_links` then); the
+        folders only grow, so their number tells whether the links are still complete."""
 
     def scan(self) -> Scan:
         """Every source on the host right now, deduplicated by key; those excluded (by any of
         the ways the same file was found) in :attr:`Scan.excluded`, not in :attr:`Scan.specs`."""
         scan = Scan()
-        found: dict[str, SourceSpec] = {}
-        check = self._excluded
-        candidates: list[tuple[SourceSpec, Exclusion | None]] = [
-            (spec, check(spec, (), meta)) for spec, meta in self._docker(scan)
-        ]
-        candidates += [
-            (spec, check(spec))
-            for spec in _discover_cri(self.cri_root, scan, self.nodes, self._cri)
-        ]
-        candidates += [
-            (spec, check(spec, links))
-            for spec, links in _path_sources(self.patterns, scan, self.nodes)
-        ]
-        for spec, exclusion in candidates:
-            found.setdefault(spec.key, spec)
+        # By key: the source as first found (Docker, CRI, then --path), its container's
+        # metadata, and the kubelet symlinks --path found it through.
+        found: dict[str, tuple[SourceSpec, ContainerMeta | None, tuple[str, ...]]] = {}
+        docker = self._docker(scan)
+        for spec, meta in docker:
+            found[spec.key] = (spec, meta, ())
+        cri = _discover_cri(self.cri_root, scan, self.nodes, self._cri)
+        for spec in cri:
+            found.setdefault(spec.key, (spec, None, ()))
+        paths = _path_sources(self.patterns, scan, self.nodes)
+        for spec, links in paths:
+            first = found.setdefault(spec.key, (spec, None, ()))
+            if links:
+                named = tuple(map(os.fspath, links))
+                self._link_folders.update(name.rpartition("/")[0] for name in named)
+                found[spec.key] = (first[0], first[1], (*first[2], *named))
+        for key, (spec, meta, links) in found.items():
+            future = self._future_links(key)
+            exclusion = self._excluded(spec, (*links, *future) if links else future, meta)
             if exclusion is not None:
-                scan.excluded.setdefault(spec.key, (spec, exclusion))
-        scan.specs = [spec for key, spec in found.items() if key not in scan.excluded]
-        for gone in self._verdicts.keys() - found.keys():
-            del self._verdicts[gone]
+                scan.excluded[key] = (spec, exclusion)
+        # One file has two keys only when found by two routes, or by two --path globs.
+        if scan.excluded and (sum(map(bool, (docker, cri, paths))) > 1 or len(self.patterns) > 1):
+            _exclude_same_files({key: entry[0] for key, entry in found.items()}, scan)
+        scan.specs = [entry[0] for key, entry in found.items() if key not in scan.excluded]
+        if scan.complete:  # a folder not listed now still holds its sources and verdicts
+            for cache in (self._verdicts, self._future):
+                for gone in cache.keys() - found.keys():
+                    del cache[gone]
         self.excluder.retain(found.keys())
         return scan
 
+    def _future_links(self, key: str) -> tuple[str, ...]:
+        """For a pod log, the paths of kubelet's symlink to it in each of
+        :attr:`_link_folders`, also before kubelet made it: it does so only once the container
+        started (and at every restart), and ``Exclude_Path /var/log/containers/*_kube-system_*``
+        must keep out the first lines too, written before the link exists
+        (:func:`kubelet_link_paths`). Made once a source (and again when a folder is added)."""
+        if not self.excluder or not key.startswith("cri:"):
+            return ()
+        folders = len(self._link_folders)
+        known = self._future.get(key)
+        if known is not None and known[0] == folders:
+            return known[1]
+        pod_folder, container, _ = key[4:].split("/")
+        links = tuple(kubelet_link_paths(sorted(self._link_folders), pod_folder, container))
+        self._future[key] = (folders, links)
+        return links
+
     def _excluded(
-        self, spec: SourceSpec, links: tuple[Path, ...] = (), meta: ContainerMeta | None = None
+        self, spec: SourceSpec, links: tuple[str, ...] = (), meta: ContainerMeta | None = None
     ) -> Exclusion | None:
         """Why ``spec`` is kept out (None: it is not); ``meta`` holds a Docker container's
-        labels, ``links`` the kubelet symlinks a ``--path`` pod log was found through."""
+        labels, ``links`` the paths of kubelet's symlinks to a pod log.
+
+        While a container's metadata cannot be read (``docker rm`` deleting its files, a bad
+        write, EACCES) its last verdict stands: taken as "no labels", a container excluded
+        by its label or name was read whole from its first line."""
         known = self._verdicts.get(spec.key)
-        if known is not None and known[0] is spec and known[1] == links:
-            return known[2]
+        if known is not None and meta is not None and not meta.read:
+            return known[1]
+        subject: _Subject = (
+            spec.service,
+            spec.container_name,
+            os.fspath(spec.path),
+            links,
+            None if meta is None else meta.labels,
+        )
+        if known is not None and known[0] == subject:
+            return known[1]
         labels = None if meta is None else dict(meta.labels)
         names = {"service": spec.service, "container_name": spec.container_name}
-        verdict = self.excluder.check(spec.key, names, (spec.path, *links), labels)
-        self._verdicts[spec.key] = (spec, links, verdict)
+        verdict = self.excluder.check(spec.key, names, (subject[2], *links), labels)
+        self._verdicts[spec.key] = (subject, verdict)
         return verdict
 
     # -- docker -----------------------------------------------------------------------------
@@ -410,8 +472,8 @@ class Discoverer:
                 return self._unreadable(path, exc, cached, scan, seen)
             # Shipped under the container's id until the file is fixed (warned once per version).
             log.warning("cannot read container metadata path=%s error=%s", path, exc)
-            doc = {}
-        meta = _parse_meta(doc)
+            doc = None
+        meta = ContainerMeta(read=False) if doc is None else _parse_meta(doc)
         self._meta[key] = (version, meta)
         return meta
 
@@ -429,6 +491,39 @@ class Discoverer:
         scan.failures.append(f"cannot read container metadata {path}: {exc}")
         scan.unsure.append(os.path.dirname(path))
         return None
+
+
+def _exclude_same_files(found: dict[str, SourceSpec], scan: Scan) -> None:
+    """Exclude, under its own key, every source whose file is one that an excluded source
+    reads: one file found by two routes has two keys (``docker:<id>`` and ``file:<path>``
+    for a ``--path`` glob over the Docker root, ``cri:...`` for a dockershim pod log linked
+    to a Docker log), and only the Docker key knows the labels, only the CRI key the
+    namespace. Files are the same by their absolute path (which a rotation between the two
+    stats cannot part) or by (device, inode) (symlinks, bind mounts). One stat a source, and
+    only while something is excluded and two routes found files."""
+    excluded: dict[object, str] = {}
+    for key, (spec, _) in scan.excluded.items():
+        for identity in _identities(spec.path):
+            excluded.setdefault(identity, key)
+    for key, spec in found.items():
+        if key in scan.excluded:
+            continue
+        via = next((k for i in _identities(spec.path) if (k := excluded.get(i))), None)
+        if via is not None:
+            scan.excluded[key] = (spec, scan.excluded[via][1]._replace(via=via))
+
+
+def _identities(path: Path) -> list[object]:
+    """The absolute path of a file as found, and its (device, inode) when it exists (for
+    symlinks, ``..`` in a root, bind mounts)."""
+    name = os.fspath(path)
+    out: list[object] = [name if name.startswith("/") else os.path.abspath(name)]
+    try:
+        st = os.stat(name)
+    except OSError:
+        return out
+    out.append((st.st_dev, st.st_ino))
+    return out
 
 
 def _parse_meta(doc: object) -> ContainerMeta:

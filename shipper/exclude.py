@@ -13,8 +13,14 @@ A pattern is a shell glob (:func:`fnmatch.fnmatchcase`: case-sensitive, ``*`` al
   ``--path`` file),
 * the path of its live log file (``<docker-root>/<id>/<id>-json.log``,
   ``/var/log/pods/<namespace>_<pod>_<uid>/<container>/<n>.log``, a ``--path`` file made
-  absolute) and, for a pod log found through one of kubelet's ``/var/log/containers`` symlinks
-  given as ``--path``, that symlink's path too (so Fluent Bit's ``Exclude_Path`` patterns work).
+  absolute) and, for a pod log, the path of kubelet's ``/var/log/containers`` symlink to it
+  (so Fluent Bit's ``Exclude_Path`` patterns work), also before that link exists
+  (:func:`kubelet_link_paths`): kubelet makes it only after the container started, and the
+  first lines must not slip out meanwhile.
+
+Like Fluent Bit's ``Exclude_Path``, one value may list several patterns separated by commas
+(:func:`split_patterns`). A file excluded by any route (a Docker root, a CRI root, a ``--path``
+glob) is excluded by every route that finds it (:mod:`shipper.discover`).
 
 A Docker container (ECS and Compose ones too) with the label ``logq.exclude=true`` is excluded
 as well. Kubernetes pods cannot be labelled this way: the shipper reads the kubelet's files,
@@ -46,6 +52,38 @@ class Exclusion(NamedTuple):
     """What matched: ``label``, ``service``, ``container_name`` or ``path``."""
     rule: str
     """The ``--exclude`` pattern, or ``logq.exclude=<value>`` for the label."""
+    via: str = ""
+    """The key of the source this file was excluded as, when it is the same file found by
+    another route (a ``--path`` glob over a Docker root...); '' for the source itself."""
+
+
+#: A comma outside ``[...]``: Fluent Bit's list separator (``[,]`` matches a comma).
+_COMMA = re.compile(r",(?![^\[\]]*\])")
+
+
+def split_patterns(value: str) -> list[str]:
+    """The patterns of one ``--exclude`` value: Fluent Bit's ``Exclude_Path *.gz,*.zip`` is a
+    comma-separated list, and taken whole it was one glob that matched nothing, silently.
+    Items are stripped of spaces (``a, b``); a comma inside brackets (``[,]``) stays a
+    character to match. Empty items are kept, for the caller to refuse."""
+    return [item.strip() for item in _COMMA.split(value)]
+
+
+LINK_ID_PLACEHOLDER = "0" * 64
+"""The container id in :func:`kubelet_link_paths` (64 hex digits, as kubelet writes)."""
+
+
+def kubelet_link_paths(folders: Iterable[str], pod_folder: str, container: str) -> list[str]:
+    """The paths, in each of ``folders``, of the symlink kubelet makes to the pod log of
+    ``container`` in ``<namespace>_<pod>_<uid>`` (``<pod>_<namespace>_<container>-<id>.log``).
+
+    The container id is in no file the shipper reads, so :data:`LINK_ID_PLACEHOLDER` stands
+    for it: a pattern that depends on the id (which changes at every restart) is honoured only
+    once the link exists."""
+    namespace, _, rest = pod_folder.partition("_")
+    pod = rest.rpartition("_")[0]
+    name = f"{pod}_{namespace}_{container}-{LINK_ID_PLACEHOLDER}.log"
+    return [f"{folder.rstrip('/')}/{name}" for folder in folders]
 
 
 class Excluder:
@@ -54,7 +92,7 @@ class Excluder:
     any pattern matches, and only a match looks for which one did (rare: once a source)."""
 
     def __init__(self, patterns: Iterable[str] = ()) -> None:
-        self.patterns = tuple(patterns)
+        self.patterns = tuple(p for value in patterns for p in split_patterns(value) if p)
         self._any = (
             re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in self.patterns))
             if self.patterns
@@ -70,13 +108,14 @@ class Excluder:
         self,
         key: str,
         fields: Mapping[str, str],
-        paths: Iterable[Path] = (),
+        paths: Iterable[Path | str] = (),
         labels: Mapping[str, str] | None = None,
     ) -> Exclusion | None:
         """Why the source ``key`` is excluded, or None.
 
         ``fields`` maps ``service`` / ``container_name`` to their values, ``paths`` are the
-        live file's paths, ``labels`` the Docker container's labels (None elsewhere)."""
+        live file's paths (and kubelet links), ``labels`` the Docker container's labels (None
+        elsewhere)."""
         if labels is not None:
             by_label = self._label(key, labels)
             if by_label is not None:

@@ -439,7 +439,8 @@ class Resume:
         while we were down: what was written to them after the checkpoint is lost. Count each
         (visible in metrics and logs) and forget it -- unless a compressed rotation of the
         file (``.gz``, as Docker's ``compress`` and the kubelet make) shows it ended where we
-        had read to."""
+        had read to, or the source was excluded until now (:attr:`Tailer.kept_out`): lines
+        kept out on purpose are not lost, and a page for them would be a false alarm."""
         opened = {c.key for c in self.cursors} | self._kept
         vanished = [
             (key, state)
@@ -461,6 +462,15 @@ class Resume:
                     "path=%s offset=%d",
                     state.path,
                     state.offset,
+                )
+                continue
+            if self.kept_out:
+                # Not a loss: operations.md pages on deleted_unread.
+                log.info(
+                    "log file deleted while its source was excluded: its lines after offset %d "
+                    "were kept out on purpose, not lost path=%s",
+                    state.offset,
+                    state.path,
                 )
                 continue
             log.warning(

@@ -76,7 +76,8 @@ class Window:
 class SourceRunner:
     """Reader + sender tasks of one source."""
 
-    def __init__(self, shipper: Shipper, spec: SourceSpec) -> None:
+    def __init__(self, shipper: Shipper, spec: SourceSpec, kept_out: bool = False) -> None:
+        """``kept_out``: the source was excluded until now (see :attr:`Tailer.kept_out`)."""
         self.shipper = shipper
         self.spec = spec
         cfg = shipper.cfg
@@ -89,6 +90,7 @@ class SourceRunner:
             cfg.max_line_bytes,
             on_loss=lambda reason: lost.labels(self.spec.service, reason).inc(),
             once=cfg.once,
+            kept_out=kept_out,
         )
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=1)
         self._wake = asyncio.Event()

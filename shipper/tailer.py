@@ -62,11 +62,16 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         block_size: int = 256 * 1024,
         on_loss: Callable[[str], None] | None = None,
         once: bool = False,
+        kept_out: bool = False,
     ) -> None:
         self.spec = spec
         self.once = once
         """``--once``: ship what the files hold when the source starts, then end (see
         :meth:`finished`); lines written later are for the next run."""
+        self.kept_out = kept_out
+        """The source was excluded (``--exclude``, label ``logq.exclude``) until now: its
+        checkpointed files deleted meanwhile held lines kept out on purpose, not lost (see
+        :meth:`~shipper.resume.Resume._count_vanished`)."""
         self._bounded = False
         """``--once``: :meth:`start` set the bound; files opened after it hold only newer
         lines and are not read (their checkpoints let the next run read them)."""
