@@ -271,7 +271,7 @@ class Shipper:
                 continue
             running = key in self.runners and key not in self._stopped_excluded
             log.info(
-                "%s key=%s service=%s container_name=%s path=%s matched=%s rule=%r via=%s",
+                "%s key=%s service=%s container_name=%s path=%s matched=%s rule=%r",
                 "source excluded: stops reading, what was read is delivered, its checkpoint kept"
                 if running
                 else "source excluded, not read",
@@ -281,7 +281,6 @@ class Shipper:
                 spec.path,
                 why.matched,
                 why.rule,
-                why.via or "-",
             )
         self._excluded = {**self._still_excluded(scan), **scan.excluded}
         self._kept_out |= scan.excluded.keys()
@@ -312,7 +311,8 @@ class Shipper:
         what the container wrote meanwhile is shipped then (what its files still hold). A
         restart with a new ``--exclude`` never starts them at all; their checkpoints stay too.
         """
-        for key in scan.excluded.keys() & self.runners.keys():
+        # A source another route now reads is stopped the same way (see Discoverer._read_once).
+        for key in (scan.excluded.keys() | scan.read_as) & self.runners.keys():
             runner = self.runners[key]
             if key in self._stopped_excluded or runner.finishing:
                 continue
@@ -350,7 +350,7 @@ class Shipper:
             self._missing.pop(key, None)
         now = time.monotonic()
         for key, runner in self.runners.items():
-            if key in seen or runner.finishing or key in scan.excluded:
+            if key in seen or runner.finishing or key in scan.excluded or key in scan.read_as:
                 continue
             if scan.may_have_missed(runner.spec.path):
                 continue  # its folder was unreadable this time: it may only be unlisted

@@ -20,9 +20,9 @@ shipped as the CRI sources they are (:func:`kubelet_link_target`); as ``--docker
 
 Sources that ``--exclude`` or the label ``logq.exclude`` keep out (:mod:`shipper.exclude`) are
 found like the others, then set aside in :attr:`Scan.excluded`: the daemon reports them and
-never reads them. One file may be found by several routes under different keys (a ``--path``
-glob over the Docker root gives ``file:<path>`` beside ``docker:<id>``): excluded by one, it is
-excluded by all (:func:`_exclude_same_files`).
+never reads them. One file found by several routes under different keys (a ``--path`` glob
+over the Docker root gives ``file:<path>`` beside ``docker:<id>``) is one source, the first
+route's (:meth:`Discoverer._read_once`): its exclusion holds whatever the route.
 """
 
 from __future__ import annotations
@@ -209,6 +209,9 @@ class Scan:
     excluded: dict[str, tuple[SourceSpec, Exclusion]] = field(default_factory=dict)
     """Sources found but kept out (``--exclude``, label ``logq.exclude``), by key: not in
     :attr:`specs`, never to be read (see :mod:`shipper.exclude`)."""
+    read_as: set[str] = field(default_factory=set)
+    """Keys of sources whose file another source (another route) reads: not in :attr:`specs`
+    (see :meth:`Discoverer._read_once`)."""
 
     @property
     def complete(self) -> bool:
@@ -238,6 +241,9 @@ KUBELET_LINKS = "/var/log/containers"
 #: What :meth:`Discoverer._excluded` matched for a source: service, container name, live path,
 #: symlink paths, Docker labels (None elsewhere). Equal again, the verdict is reused.
 _Subject = tuple[str, str, str, tuple[str, ...], tuple[tuple[str, str], ...] | None]
+#: By key: a source as first found, its container's metadata (Docker), the kubelet symlinks
+#: ``--path`` found it through.
+_Found = dict[str, tuple[SourceSpec, ContainerMeta | None, tuple[str, ...]]]
 
 
 def _version(st: os.stat_result) -> tuple[int, int, int]:
@@ -285,6 +291,9 @@ class Discoverer:
         self._future: dict[str, tuple[int, tuple[str, ...]]] = {}
         """By CRI key: (how many link folders were known, :meth:`_future_links` then); the
         folders only grow, so their number tells whether the links are still complete."""
+        self._read_as: set[str] = set()
+        """Keys of the sources that were another's file at the last pass (see
+        :meth:`_read_once`), warned about when they first were."""
 
     def scan(self) -> Scan:
         """Every source on the host right now, deduplicated by key; those excluded (by any of
@@ -292,7 +301,7 @@ class Discoverer:
         scan = Scan()
         # By key: the source as first found (Docker, CRI, then --path), its container's
         # metadata, and the kubelet symlinks --path found it through.
-        found: dict[str, tuple[SourceSpec, ContainerMeta | None, tuple[str, ...]]] = {}
+        found: _Found = {}
         docker = self._docker(scan)
         for spec, meta in docker:
             found[spec.key] = (spec, meta, ())
@@ -306,14 +315,13 @@ class Discoverer:
                 named = tuple(map(os.fspath, links))
                 self._link_folders.update(name.rpartition("/")[0] for name in named)
                 found[spec.key] = (first[0], first[1], (*first[2], *named))
+        if sum(map(bool, (docker, cri, paths))) > 1 or len(self.patterns) > 1:
+            scan.read_as = self._read_once(found)
         for key, (spec, meta, links) in found.items():
             future = self._future_links(key)
             exclusion = self._excluded(spec, (*links, *future) if links else future, meta)
             if exclusion is not None:
                 scan.excluded[key] = (spec, exclusion)
-        # One file has two keys only when found by two routes, or by two --path globs.
-        if scan.excluded and (sum(map(bool, (docker, cri, paths))) > 1 or len(self.patterns) > 1):
-            _exclude_same_files({key: entry[0] for key, entry in found.items()}, scan)
         scan.specs = [entry[0] for key, entry in found.items() if key not in scan.excluded]
         if scan.complete:  # a folder not listed now still holds its sources and verdicts
             for cache in (self._verdicts, self._future):
@@ -321,6 +329,38 @@ class Discoverer:
                     del cache[gone]
         self.excluder.retain(found.keys())
         return scan
+
+    def _read_once(self, found: _Found) -> set[str]:
+        """Keep one source a file: the first route that found it (Docker, then CRI, then
+        ``--path``). A Fluent Bit user's ``Path /var/lib/docker/containers/*/*.log`` given as
+        ``--path`` finds Docker's json logs a second time, as plain text: two readers of one
+        file under one checkpoint, whichever sent first won at the aggregator, and the row could
+        be the raw JSON framing under a service named ``<id>-json``; another aggregator stored
+        both. Dockershim's ``/var/log/pods`` links into Docker's folder are the same case.
+        Two ``--path`` globs reaching one file by two paths (a symlinked folder) are the same
+        case. Same file: same absolute path, or same (device, inode); one stat a source, and
+        only when two routes (or globs) found files. Warned about once while it lasts. Returns
+        the keys left out."""
+        owner: dict[object, str] = {}
+        dropped: set[str] = set()
+        for key in list(found):
+            identities = _identities(found[key][0].path)
+            first = next((owner[i] for i in identities if i in owner), None)
+            if first is None:
+                owner.update((i, key) for i in identities)
+                continue
+            del found[key]
+            dropped.add(key)
+            if key not in self._read_as:
+                log.warning(
+                    "the same log file is found twice; it is read once, as the first source "
+                    "(remove the --path glob that reaches it) key=%s read_as=%s path=%s",
+                    key,
+                    first,
+                    found[first][0].path,
+                )
+        self._read_as = dropped
+        return dropped
 
     def _future_links(self, key: str) -> tuple[str, ...]:
         """For a pod log, the paths of kubelet's symlink to it in each of
@@ -491,26 +531,6 @@ class Discoverer:
         scan.failures.append(f"cannot read container metadata {path}: {exc}")
         scan.unsure.append(os.path.dirname(path))
         return None
-
-
-def _exclude_same_files(found: dict[str, SourceSpec], scan: Scan) -> None:
-    """Exclude, under its own key, every source whose file is one that an excluded source
-    reads: one file found by two routes has two keys (``docker:<id>`` and ``file:<path>``
-    for a ``--path`` glob over the Docker root, ``cri:...`` for a dockershim pod log linked
-    to a Docker log), and only the Docker key knows the labels, only the CRI key the
-    namespace. Files are the same by their absolute path (which a rotation between the two
-    stats cannot part) or by (device, inode) (symlinks, bind mounts). One stat a source, and
-    only while something is excluded and two routes found files."""
-    excluded: dict[object, str] = {}
-    for key, (spec, _) in scan.excluded.items():
-        for identity in _identities(spec.path):
-            excluded.setdefault(identity, key)
-    for key, spec in found.items():
-        if key in scan.excluded:
-            continue
-        via = next((k for i in _identities(spec.path) if (k := excluded.get(i))), None)
-        if via is not None:
-            scan.excluded[key] = (spec, scan.excluded[via][1]._replace(via=via))
 
 
 def _identities(path: Path) -> list[object]:

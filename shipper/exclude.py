@@ -52,9 +52,6 @@ class Exclusion(NamedTuple):
     """What matched: ``label``, ``service``, ``container_name`` or ``path``."""
     rule: str
     """The ``--exclude`` pattern, or ``logq.exclude=<value>`` for the label."""
-    via: str = ""
-    """The key of the source this file was excluded as, when it is the same file found by
-    another route (a ``--path`` glob over a Docker root...); '' for the source itself."""
 
 
 #: A comma outside ``[...]``: Fluent Bit's list separator (``[,]`` matches a comma).

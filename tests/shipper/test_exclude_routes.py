@@ -67,23 +67,20 @@ def test_a_file_excluded_by_one_route_is_excluded_by_every_route(tmp_path: Path)
     pod_log(pods, "prod", "web-0", "main", ["w1"])
     globs = (f"{docker}/*/*-json.log", f"{pods}/*/*/*.log")
     scan = discoverer(["debug", "kube-system/*"], docker, pods, globs).scan()
+    # Each file is one source, the Docker or CRI one (Discoverer._read_once), so the
+    # exclusions of the docker:/cri: keys hold for the file whatever the route.
     assert sorted(s.key for s in scan.specs) == [
         f"cri:prod_web-0_{UID}/main/0.log",
         f"docker:{'a' * 64}",
-        f"file:{docker}/{'a' * 64}/{'a' * 64}-json.log",
-        f"file:{pods}/prod_web-0_{UID}/main/0.log",
     ]
-    via_path = {key: why for key, (_, why) in scan.excluded.items() if key.startswith("file:")}
-    assert via_path == {
-        f"file:{docker}/{'b' * 64}/{'b' * 64}-json.log": Exclusion(
-            "label", "logq.exclude=true", f"docker:{'b' * 64}"
-        ),
-        f"file:{docker}/{'c' * 64}/{'c' * 64}-json.log": Exclusion(
-            "service", "debug", f"docker:{'c' * 64}"
-        ),
-        f"file:{pods}/kube-system_vault-0_{UID}/agent/0.log": Exclusion(
-            "container_name", "kube-system/*", f"cri:kube-system_vault-0_{UID}/agent/0.log"
-        ),
+    assert sorted(scan.excluded) == [
+        f"cri:kube-system_vault-0_{UID}/agent/0.log",
+        f"docker:{'b' * 64}",
+        f"docker:{'c' * 64}",
+    ]
+    assert scan.read_as == {f"file:{docker}/{c * 64}/{c * 64}-json.log" for c in "abc"} | {
+        f"file:{pods}/{pod}_{UID}/{ctr}/0.log"
+        for pod, ctr in (("kube-system_vault-0", "agent"), ("prod_web-0", "main"))
     }
 
 
@@ -97,7 +94,7 @@ def test_a_dockershim_pod_log_of_a_labelled_container_is_excluded(tmp_path: Path
     (folder / "0.log").symlink_to(log)
     scan = discoverer((), docker, pods).scan()
     assert scan.specs == []
-    assert scan.excluded[f"cri:prod_vault-0_{UID}/agent/0.log"][1].via == f"docker:{'b' * 64}"
+    assert scan.read_as == {f"cri:prod_vault-0_{UID}/agent/0.log"}  # read as the Docker one
 
 
 def test_a_file_excluded_by_one_glob_is_excluded_by_another(tmp_path: Path) -> None:
@@ -110,11 +107,9 @@ def test_a_file_excluded_by_one_glob_is_excluded_by_another(tmp_path: Path) -> N
     (tmp_path / "alias").symlink_to(logs)
     globs = (f"{logs}/*.log", f"{tmp_path}/alias/*.log")
     scan = discoverer([f"{logs}/debug.log"], paths=globs).scan()
-    assert sorted(s.key for s in scan.specs) == [
-        f"file:{tmp_path}/alias/api.log",
-        f"file:{logs}/api.log",
-    ]
-    assert scan.excluded[f"file:{tmp_path}/alias/debug.log"][1].via == f"file:{logs}/debug.log"
+    assert [s.key for s in scan.specs] == [f"file:{logs}/api.log"]  # one file, one source
+    assert list(scan.excluded) == [f"file:{logs}/debug.log"]
+    assert scan.read_as == {f"file:{tmp_path}/alias/api.log", f"file:{tmp_path}/alias/debug.log"}
 
 
 def test_a_container_excluded_by_label_is_not_shipped_through_path(
@@ -333,3 +328,20 @@ def test_lifting_an_exclusion_after_rotations_counts_no_loss(
     assert lost(metrics, "deleted_unread") == 0.0
     assert "deleted before it was read to the end" not in caplog.text
     assert "deleted while its source was excluded" in caplog.text
+
+
+def test_a_docker_log_also_reached_by_path_is_shipped_once_as_docker(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """Fluent Bit's usual ``Path /var/lib/docker/containers/*/*.log``, given as ``--path`` on a
+    host whose Docker root is read too: each line once, parsed as the Docker record it is
+    (not also as a plain line holding the JSON framing, under a service named ``<id>-json``)."""
+    docker = tmp_path / "containers"
+    make_container(docker, "a" * 64, "app", lines=["a1", "a2", "a3"])
+    stderr = ship_once(tmp_path, receiver, "--path", f"{docker}/*/*.log", docker=docker)
+    logs = sorted(r["log"] for _, _, r in receiver.records)
+    assert logs == ["a1", "a2", "a3"]
+    assert {r["service"] for _, _, r in receiver.records} == {"app"}
+    # One reader: an aggregator that does not drop resent offsets (Fluentd) gets 3 lines too.
+    assert "sources=1 excluded=0 lines_acked=3" in stderr
+    assert "the same log file is found twice" in stderr
