@@ -19,6 +19,7 @@ import pytest
 from athena.ddl import outside_projection
 from shipper import wire
 from tests.aggregator.helpers import read_acks, record, start_aggregator, wait_rows
+from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -54,8 +55,16 @@ def test_rows_from_a_broken_clock_are_kept_counted_and_logged(tmp_path: Path) ->
             assert read_acks(sock, 1) == ["c1"]
         table = wait_rows(agg.warehouse, "container_logs", 5, agg)
         port = int(re.search(r"metrics on http://[^:]+:(\d+)/", agg.log_text()).group(1))
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            metrics = resp.read().decode()
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                return resp.read().decode()
+
+        # The rows are readable once the flush's files are renamed in; its counts are added
+        # when the flush returns, a moment later.
+        counted = 'rows_outside_projection_total{service="other",table="container_logs"}'
+        wait_until(lambda: counted in scrape(), 30, "the flush's counts", proc=agg.proc)
+        metrics = scrape()
     finally:
         agg.stop()
     assert sorted(table["message"].to_pylist()) == sorted(
