@@ -64,6 +64,12 @@ class FileState:
     again, into the same record, which the aggregator then recognises as one it has -- joined
     with a part written later, the parts would be stored twice. The stream says which line: the
     other stream's, still waiting for its next part then, is not cut."""
+    acked_to: int = 0
+    """Where the acknowledged batches end when :attr:`offset` is kept below it (a file read
+    while an earlier one held a split line's first part, see
+    :meth:`shipper.tailer.Tailer._checkpoint_offset`); 0 when it is :attr:`offset`. A file
+    compressed while the shipper was down whose size is this was read to its end: not a loss
+    (see :meth:`shipper.resume.Resume._count_vanished`). Entries written before it have none."""
     tail: str = ""
     """Hash of the bytes just before :attr:`offset` (see :func:`shipper.fingerprint.tail_hash`),
     '' when unknown (offset 0, an entry written by an older shipper, a file closed before its
@@ -98,7 +104,7 @@ def parse_entry(value: object) -> tuple[FileState | None, str]:
             return None, f"{name} is {preview(value.get(name), 40)}, not a non-empty string"
     problems: list[str] = []
     positions: dict[str, int] = {}
-    for name in ("offset", "acked", "epoch"):
+    for name in ("offset", "acked", "epoch", "acked_to"):
         v = value.get(name, 0)
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_OFFSET:
             problems.append(f"{name}={preview(v, 40)}")
@@ -106,13 +112,13 @@ def parse_entry(value: object) -> tuple[FileState | None, str]:
         positions[name] = v
     if any(p.startswith(("offset=", "acked=")) for p in problems):
         # Neither position can be trusted when one is corrupt: re-read the whole file.
-        positions["offset"] = positions["acked"] = 0
+        positions["offset"] = positions["acked"] = positions["acked_to"] = 0
         problems.append(
             "the file is read again from its start (the aggregator drops lines it already "
             "stored under this source_id)"
         )
     elif problems:
-        problems.append("epoch reset to 0")
+        problems.append("reset to 0")
     updated = value.get("updated", 0.0)
     if (
         isinstance(updated, bool)
@@ -137,6 +143,7 @@ def parse_entry(value: object) -> tuple[FileState | None, str]:
         offset=positions["offset"],
         acked=positions["acked"],
         epoch=positions["epoch"],
+        acked_to=positions["acked_to"],
         updated=float(updated),
         cuts=cuts,
         tail=tail,

@@ -115,6 +115,7 @@ class CopyTruncate:
                     head.state.acked,
                     head.state.epoch,
                     cuts=[list(c) for c in head.state.cuts],  # same bytes, same cuts
+                    acked_to=head.state.acked_to,
                 )
                 self.registry.put(file_key(st.st_dev, st.st_ino, head.fp), state)
                 copy = Cursor(fd, sib, head.fp, state, self.parser)

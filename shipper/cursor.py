@@ -45,9 +45,9 @@ class Cursor:
         self.opened_at = state.offset
         """The checkpoint it was opened at. While a file before it holds its checkpoint back
         (:attr:`held`), this one's stays here: see :meth:`shipper.tailer.Tailer.commit`."""
-        self.acked_to = state.offset
+        self.acked_to = max(state.offset, state.acked_to)
         """Where the acknowledged batches end (their resume point): the checkpoint, unless it
-        is kept at :attr:`opened_at`."""
+        is kept at :attr:`opened_at` (then also kept in :attr:`FileState.acked_to`)."""
         self.acked_floor = state.acked
         self.parser = parser
         self.outstanding = 0

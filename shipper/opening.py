@@ -12,6 +12,7 @@ closed (parked) and reopened when it changes (see :mod:`shipper.fd_budget`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -125,24 +126,15 @@ class Opening:
             return False
         cur = self._open(self.spec.path, fresh=True)
         if cur is None:
-            return False
+            return self._missed_without_live()
         fd_budget.stop_waiting(self.spec.key)
         if any(c.key == cur.key for c in self.cursors):
             cur.close()
             return False
-        try:
-            missed = self._missed_rotations(cur) if self._floor is not None else []
-        except OSError as exc:
-            # The folder could not be listed (out of descriptors): files rotated in between
-            # would be skipped. Nothing is changed; the next poll tries again.
-            if not self._open_backoff:
-                log.warning(
-                    "cannot look for rotated files, retrying with backoff path=%s error=%s",
-                    cur.path,
-                    exc,
-                )
+        self._searched = None
+        missed = self._look_for_missed(cur) if self._floor is not None else []
+        if missed is None:
             cur.close()
-            self._back_off()
             return False
         if self._bounded:
             for late in (*missed, cur):  # rotated in or created after the bound: next run
@@ -162,7 +154,66 @@ class Opening:
         )
         return True
 
-    def _missed_rotations(self: Tailer, live: Cursor) -> list[Cursor]:
+    def _missed_without_live(self: Tailer) -> bool:
+        """With a live file that cannot be opened yet (empty, or no complete first line),
+        still follow the files rotated in and away since :attr:`_floor`: the runtime may
+        rotate twice between two looks and the newest file stay empty (a quiet container
+        after a burst; the kubelet creates it empty), and they were read only once it got a
+        line (R1). Searched only when the live path names another file than at the last such
+        search (a rotation changes it), so an empty live file costs one ``stat`` per look, not
+        a folder listing. Whether files were found."""
+        if self._floor is None:
+            return False
+        try:
+            st = os.stat(self.spec.path)
+        except OSError:
+            # Renamed away and not created again yet: the writer may still append to the
+            # renamed file, which is read once the new file is there (as a followed live
+            # file is kept until then, see poll).
+            return False
+        now = (st.st_dev, st.st_ino)
+        if now == self._searched:
+            return False
+        missed = self._look_for_missed(None)
+        if missed is None:
+            return False
+        self._searched = now
+        if self._bounded:
+            for late in missed:
+                late.stop_at = late.read_pos
+        self.cursors.extend(missed)
+        if missed:
+            log.info(
+                "following rotated files while the live file is empty path=%s source=%s "
+                "missed_rotations=%d",
+                self.spec.path,
+                self.spec.key,
+                len(missed),
+            )
+        return bool(missed)
+
+    def _look_for_missed(self: Tailer, live: Cursor | None) -> list[Cursor] | None:
+        """:meth:`_missed_rotations`, and the compressed copies newer than :attr:`_floor`
+        that were never read counted as lost (see
+        :meth:`~shipper.pinning.Pinning._count_unseen`); None when the folder could not be
+        listed (out of descriptors: files rotated in between would be skipped; nothing is
+        changed, and the next look tries again)."""
+        try:
+            missed = self._missed_rotations(live)
+        except OSError as exc:
+            if not self._open_backoff:
+                log.warning(
+                    "cannot look for rotated files, retrying with backoff path=%s error=%s",
+                    self.spec.path,
+                    exc,
+                )
+            self._back_off()
+            return None
+        with contextlib.suppress(OSError):  # only a count: the next rotation looks again
+            self._count_unseen(self._floor or 0, self.cursors[-1] if self.cursors else None)
+        return missed
+
+    def _missed_rotations(self: Tailer, live: Cursor | None) -> list[Cursor]:
         """Rotated files newer than the last one we finished that we never opened, oldest
         first: they were live for a moment between two polls.
 
@@ -173,11 +224,14 @@ class Opening:
         """
         found: list[tuple[int, Cursor]] = []
         siblings = rotated_siblings(rotation_path(self.spec.path))
-        followed = {(c.dev, c.ino) for c in (live, *self.cursors, *self._lingering)}
+        followed = {(c.dev, c.ino) for c in (*self.cursors, *self._lingering)}
+        if live is not None:
+            followed.add((live.dev, live.ino))
+        left = {*self._released, *self._passed_over}
         for sib, st in modified_since(siblings, self._floor or 0):
             if (st.st_dev, st.st_ino) in followed:
                 continue
-            cur = self._open(sib, fresh=True, exclude=self._released)
+            cur = self._open(sib, fresh=True, exclude=left)
             if cur is not None:
                 log.debug("found a missed rotation path=%s ino=%d", sib, cur.ino)
                 found.append((st.st_mtime_ns, cur))

@@ -124,6 +124,30 @@ class Pinning:
             self.spec.path,
         )
 
+    def _count_unseen(self: Tailer, floor: int, before: Cursor | None) -> None:
+        """Count the compressed rotated copies newer than ``floor`` that were never read (see
+        :meth:`_unseen_compressed`) as ``rotated_unseen``, when the live file is looked for
+        without one just seen rotated (:meth:`_check_overrun` counts those): one empty, or
+        not there, when the source started or after a rotation, that the runtime wrote,
+        rotated and compressed before it was opened. A split line open at the end of
+        ``before`` (the newest file still to read, if any) is not continued by later parts."""
+        _, unseen = self._unseen_compressed(rotation_path(self.spec.path), floor)
+        for _ in unseen:
+            self.on_loss("rotated_unseen")
+        if unseen:
+            if before is not None:
+                before.gap_after = True
+            log.warning(
+                "log file rotated away and compressed before the shipper could open it: %d "
+                "file(s) were compressed before they were read (their lines are lost); the "
+                "runtime rotates faster than the shipper looks (every %g s), raise the "
+                "rotation size or count (Docker max-size/max-file, kubelet "
+                "containerLogMaxSize/containerLogMaxFiles) path=%s",
+                len(unseen),
+                PIN_CHECK_SECONDS,
+                self.spec.path,
+            )
+
     def _unseen_compressed(
         self: Tailer, rot: Path, floor: int
     ) -> tuple[bool, list[tuple[str, int]]]:
@@ -132,7 +156,9 @@ class Pinning:
         before). Their lines were never read: compressed files are not shipped."""
         copies = compressed_siblings(rot)
         unseen: list[tuple[str, int]] = []
-        for path, _ in modified_since(copies, floor):
+        for path, st in modified_since(copies, floor):
+            if (st.st_dev, st.st_ino, st.st_mtime_ns) in self._gz_at_start:
+                continue  # compressed before this start: its file is the start's to judge
             ident = gzip_identity(path)
             if ident is None or ident[0] is None:
                 continue  # being written: the next look counts it

@@ -11,6 +11,7 @@ the bytes read before it, else it was replaced and is read from its start (see
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -20,9 +21,9 @@ from typing import TYPE_CHECKING
 from shipper import fd_budget, rotate_wait
 from shipper.checkpoint import FileState, file_key
 from shipper.cursor import Cursor
-from shipper.discover import rotated_siblings
+from shipper.discover import compressed_siblings, rotated_siblings
 from shipper.fingerprint import fingerprint, tail_hash
-from shipper.rotated import compressed_identities, oldest_first, rotation_path
+from shipper.rotated import age, compressed_identities, oldest_first, rotation_path
 
 if TYPE_CHECKING:
     from shipper.tailer import Tailer
@@ -39,6 +40,18 @@ MAX_START_RETRIES = 8
 """Starts put off because a checkpointed file could not be proven gone (a folder listing or
 an open failed for a moment); after that many its checkpoint is kept, uncounted, and the
 source goes on (a file that is there but cannot be opened must not stall its source)."""
+
+
+def _latest_write(st: os.stat_result) -> float:
+    """When the file was last written at the latest (seconds): its modification time, or the
+    end of that second when the time is a whole second -- a coarse file system's (1 s), which
+    drops the fraction. Compared with the previous run's last save (exact), a file written just
+    after it looked older, and a source first seen skipped it unread (R1). A fine time is
+    taken as it is: a file finished and forgotten just before the save is not read again (its
+    lines would go out again, and the first part of a split line shipped cut would be joined
+    to a later part and stored twice)."""
+    ns = st.st_mtime_ns
+    return (ns + (1_000_000_000 if ns % 1_000_000_000 == 0 else 0)) / 1e9
 
 
 def touch(key: str) -> None:
@@ -65,6 +78,7 @@ class Resume:
         try:
             rotated = self._known_rotated(known) if known else self._first_seen()
             self.cursors = oldest_first(rotated)
+            self._pass_over()
             now = time.time()
             for mtime_ns, cur in rotated:  # renamed moments ago: its writer may still append
                 age = now - mtime_ns / 1e9
@@ -96,6 +110,9 @@ class Resume:
                 c.close()
             self.cursors.clear()
             self.live = None
+            self._floor = None  # taken again, with what is passed over, by the next start
+            self._passed_over.clear()
+            self._gz_at_start.clear()
             for k in [k for k, s in self.registry.items() if s.source == self.spec.key]:
                 if k not in known:
                     self.registry.remove(k)
@@ -115,6 +132,49 @@ class Resume:
                 log.info("resuming rotated file path=%s offset=%d", c.path, c.read_pos)
         self._count_vanished(known)
 
+    def _pass_over(self: Tailer) -> None:
+        """Remember the rotated files this start found and did not open -- finished by a
+        previous run and forgotten, or older than a first sighting reads (:meth:`_first_seen`)
+        -- by identity (:attr:`Tailer._passed_over`), and the compressed copies there now
+        (:attr:`Tailer._gz_at_start`).
+
+        The search for missed rotations (:meth:`~shipper.opening.Opening._missed_rotations`)
+        takes every rotated file modified at its floor or later. With the floor taken at the
+        start (:meth:`_floor_at_start`: the newest file time then), or with file times that
+        tie (1 s clocks: a rename and the new file's first write in one tick), that is also a
+        file the start deliberately left: it was opened again from 0 and its lines sent again;
+        the first part of a split line that had been shipped cut was joined to the next file's
+        part and stored twice (R1). Their fingerprints join :attr:`Tailer._opened`, so that
+        their compressed copies, made later, are not taken for files never read either."""
+        followed = {(c.dev, c.ino) for c in self.cursors}
+        rot = rotation_path(self.spec.path)
+        for sib in rotated_siblings(rot):
+            try:
+                fd = os.open(sib, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    self._out_of_descriptors(sib, exc)  # the start is undone and tried again
+                    return
+                continue  # unreadable: not opened by the search either (it logs why)
+            try:
+                st = os.fstat(fd)
+                fp = None if (st.st_dev, st.st_ino) in followed else fingerprint(fd)
+            except OSError:
+                fp = None
+            finally:
+                os.close(fd)
+            if fp is not None:
+                self._passed_over.add((st.st_dev, st.st_ino, fp))
+                self._opened[fp] = None
+        for gz in compressed_siblings(rot):
+            try:
+                st = os.stat(gz)
+            except OSError:
+                continue
+            self._gz_at_start.add((st.st_dev, st.st_ino, st.st_mtime_ns))
+
     def _floor_at_start(self: Tailer) -> int:
         """Where to look for missed rotations (:attr:`Tailer._floor`) when the live file
         could not be opened at the start: it was empty or had no complete first line yet (a
@@ -126,7 +186,7 @@ class Resume:
 
         The newest modification time of the live file and its rotated copies now: files
         rotated away later hold lines written after this, and those already here were opened
-        by :meth:`start` (or deliberately skipped) and are told apart by identity."""
+        by :meth:`start` or passed over (:meth:`_pass_over`), told apart by identity."""
         stamps = [0]
         for path in (self.spec.path, *rotated_siblings(rotation_path(self.spec.path))):
             try:
@@ -273,28 +333,31 @@ class Resume:
 
     def _known_rotated(self: Tailer, known: set[str]) -> list[tuple[int, Cursor]]:
         """Rotated files of a source the registry knows: those not finished, and those
-        rotated after the newest one we know of."""
+        rotated after the newest one we know of.
+
+        "After" by :func:`~shipper.rotated.age`: of files with the same modification time
+        (1 s clocks), the name tells the order. By time alone, an older file finished and
+        forgotten by a previous run was taken for a newer one and read again from 0 (R1)."""
         rotated: list[tuple[int, Cursor]] = []
         unknown: list[Path] = []
-        newest_known = -1
+        newest_known: tuple[int, int, str] = (-1, 0, "")
         for sib in rotated_siblings(rotation_path(self.spec.path)):
             cur = self._open(sib, fresh=False)
             if cur is None:
                 unknown.append(sib)
                 continue
             mtime = os.fstat(cur.fd).st_mtime_ns
-            newest_known = max(newest_known, mtime)
+            newest_known = max(newest_known, age(mtime, sib))
             if cur.read_pos < cur.size():
                 rotated.append((mtime, cur))
             else:  # finished before the restart: forget it
-                self.registry.remove(cur.key)
-                self._released.append((cur.dev, cur.ino, cur.fp))  # not a missed rotation
+                self.registry.remove(cur.key)  # and passed over (see _pass_over)
                 cur.close()
-        if newest_known < 0:
+        if newest_known[0] < 0:
             # The files we knew are gone (deleted by max-file): whatever was written after
-            # our last checkpoint is newer than it.
+            # our last checkpoint (at that time too, whatever its name) is newer than it.
             stamps = [st.updated for k in known if (st := self.registry.get(k)) is not None]
-            newest_known = int(max(stamps) * 1e9)
+            newest_known = (int(max(stamps) * 1e9), -(1 << 62), "")
         for sib in unknown:
             if self._adopt_copy(sib, known):
                 cur = self._open(sib, fresh=False)
@@ -302,7 +365,7 @@ class Resume:
                     rotated.append((os.fstat(cur.fd).st_mtime_ns, cur))
                 continue
             try:
-                newer = os.stat(sib).st_mtime_ns >= newest_known
+                newer = age(os.stat(sib).st_mtime_ns, sib) > newest_known
             except OSError:
                 continue
             cur = self._open(sib, fresh=True) if newer else None
@@ -348,6 +411,7 @@ class Resume:
                     state.epoch,
                     cuts=[list(c) for c in state.cuts],
                     tail=state.tail,
+                    acked_to=state.acked_to,
                 )
                 self.registry.put(file_key(st.st_dev, st.st_ino, fp), copy)
                 log.info(
@@ -412,7 +476,7 @@ class Resume:
                 st = os.stat(sib)
             except OSError:
                 continue
-            if since is not None and st.st_mtime < since:
+            if since is not None and _latest_write(st) < since:
                 skipped.append(sib)
                 continue
             cur = self._open(sib, fresh=True)
@@ -456,12 +520,13 @@ class Resume:
             if state.source_id in taken:  # a copy of it goes on from here (_adopt_copy)
                 continue
             fp = key.rsplit(":", 1)[-1]
-            if (fp, state.offset % (1 << 32)) in compressed:
+            end = max(state.offset, state.acked_to)  # acknowledged to, also when kept back
+            if (fp, end % (1 << 32)) in compressed:
                 log.info(
                     "log file was compressed after it was read to its end; nothing lost "
                     "path=%s offset=%d",
                     state.path,
-                    state.offset,
+                    end,
                 )
                 continue
             if self.kept_out:
@@ -469,7 +534,7 @@ class Resume:
                 log.info(
                     "log file deleted while its source was excluded: its lines after offset %d "
                     "were kept out on purpose, not lost path=%s",
-                    state.offset,
+                    end,
                     state.path,
                 )
                 continue
@@ -477,7 +542,7 @@ class Resume:
                 "log file deleted before it was read to the end (rotated away while the shipper "
                 "was down, or while it was behind at its last stop); lines after offset %d are "
                 "lost path=%s",
-                state.offset,
+                end,
                 state.path,
             )
             self.on_loss("deleted_unread")

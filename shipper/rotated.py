@@ -42,16 +42,17 @@ def modified_since(paths: list[Path], floor_ns: int) -> list[tuple[Path, os.stat
     return out
 
 
+def age(mtime_ns: int, path: Path) -> tuple[int, int, str]:
+    """Where a rotated file sorts among its siblings, oldest first: by modification time, and
+    files of the same time (coarse clocks, tiny files) by name: Docker's ``.2`` is older than
+    its ``.1``, kubelet's ``0.log.<time>`` names sort in time order."""
+    suffix = path.name.rsplit(".", 1)[-1]
+    return mtime_ns, -int(suffix) if suffix.isdigit() else 0, path.name
+
+
 def oldest_first(files: list[tuple[int, Cursor]]) -> list[Cursor]:
-    """Cursors of rotated files by modification time; files of the same time (coarse clocks,
-    tiny files) by name: Docker's ``.2`` is older than its ``.1``, kubelet's
-    ``0.log.<time>`` names sort in time order."""
-
-    def key(item: tuple[int, Cursor]) -> tuple[int, int, str]:
-        suffix = item[1].path.name.rsplit(".", 1)[-1]
-        return item[0], -int(suffix) if suffix.isdigit() else 0, item[1].path.name
-
-    return [c for _, c in sorted(files, key=key)]
+    """Cursors of rotated files by :func:`age`."""
+    return [c for _, c in sorted(files, key=lambda item: age(item[0], item[1].path))]
 
 
 def compressed_identities(path: Path) -> set[tuple[str | None, int]]:

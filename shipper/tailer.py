@@ -85,6 +85,19 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         self.cursors: list[Cursor] = []
         self.live: Cursor | None = None
         self._released: deque[tuple[int, int, str]] = deque(maxlen=64)
+        """(device, inode, fingerprint) of the newest files let go: not "missed" rotations."""
+        self._passed_over: set[tuple[int, int, str]] = set()
+        """The same for the rotated files :meth:`start` found and did not open (finished by a
+        previous run, or older than a first sighting reads): never missed rotations either,
+        whatever their modification times (see :meth:`~shipper.resume.Resume._pass_over`)."""
+        self._gz_at_start: set[tuple[int, int, int]] = set()
+        """(device, inode, mtime) of the compressed rotated copies there at :meth:`start`:
+        never counted as files rotated away unseen (see
+        :meth:`~shipper.pinning.Pinning._unseen_compressed`)."""
+        self._searched: tuple[int, int] | None = None
+        """(device, inode) of the file at the live path when rotated files were last looked
+        for without a live file to follow (see
+        :meth:`~shipper.opening.Opening._missed_without_live`)."""
         self._started = False
         self._floor: int | None = None
         """mtime of the last file finished because it was rotated away: files rotated after
@@ -101,8 +114,9 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         self.rotation_gap = float("inf")
         """Seconds between the last two rotations seen."""
         self._opened: dict[str, None] = {}
-        """Fingerprints of the files this source opened (the newest 1,024): a compressed
-        rotated copy whose first line is not among them was never read."""
+        """Fingerprints of the files this source opened or passed over at its start (the
+        newest 1,024): a compressed rotated copy whose first line is not among them was never
+        read."""
         self._counted: set[tuple[str, int]] = set()
         """Compressed copies already counted as lost (``rotated_unseen``)."""
         self.parser = self._parser()
@@ -302,8 +316,9 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
             self.registry.remove(cur.key)
             return
         st = cur.state
-        cur.acked_to = resume
+        cur.acked_to = max(cur.acked_to, resume)
         st.offset = self._checkpoint_offset(cur, resume)
+        st.acked_to = cur.acked_to if cur.acked_to > st.offset else 0
         if st.cuts:
             st.cuts = [c for c in st.cuts if c[0] > st.offset]
         st.acked = max(st.acked, acked)

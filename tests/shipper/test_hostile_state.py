@@ -158,6 +158,29 @@ def test_other_damage_is_repaired_quietly_or_with_a_warning(
     assert [r.getMessage().count("epoch=-3") for r in caplog.records] == [1]
 
 
+def test_where_the_acknowledged_batches_end_is_optional_and_repaired_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``acked_to`` (where the acknowledged batches of a file whose checkpoint is kept back
+    end) is new: entries of older shippers load without it, and a damaged one is set to 0 --
+    only a loss may then be counted for a file compressed while the shipper was down -- while
+    the positions stay."""
+    doc = {
+        "files": {
+            "old": GOOD,
+            "kept": {**GOOD, "acked_to": 120},
+            "bad": {**GOOD, "acked_to": -4},
+        }
+    }
+    reg = load(tmp_path, doc, caplog)
+    old, kept, bad = (reg.get(k) for k in ("old", "kept", "bad"))
+    assert old is not None and old.acked_to == 0 and (old.offset, old.acked) == (10, 9)
+    assert kept is not None and kept.acked_to == 120
+    assert bad is not None and bad.acked_to == 0 and (bad.offset, bad.acked) == (10, 9)
+    (record,) = caplog.records
+    assert "acked_to=-4" in record.getMessage() and "key=bad" in record.getMessage()
+
+
 def test_split_line_cuts_are_kept_or_dropped_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

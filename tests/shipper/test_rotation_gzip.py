@@ -1,5 +1,5 @@
 """A checkpointed file rotated and compressed while the shipper was down: a loss only if the
-compressed file shows lines past our checkpoint (or no trace of the file is left)."""
+compressed file shows lines past what was acknowledged (or no trace of the file is left)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from shipper.checkpoint import Registry
 from shipper.discover import SourceSpec
 from shipper.tailer import Tailer
-from tests.shipper.hostgen import cri_line
-from tests.shipper.tailing import drain
+from tests.shipper.hostgen import cri_line, docker_line
+from tests.shipper.tailing import drain, rotate_docker, set_clock, spec_for
 
 
 def write(path: Path, first: int, n: int) -> None:
@@ -47,3 +47,38 @@ def test_compressed_after_read_to_its_end_is_no_loss(
     t = Tailer(spec, reg, "h", 65536, on_loss=losses.append)
     assert drain(t) == [f"line {i:06d}" for i in range(5000, 5010)]
     assert losses == (["deleted_unread"] if tail else [])
+
+
+def test_a_file_read_whole_while_another_held_a_split_line_is_no_loss_once_compressed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Docker ``compress``: the rotated file ends with the first part of a stdout line (held);
+    the next file's whole stderr lines are all read and acknowledged, but its checkpoint stays
+    where it was opened (0) while the other is held. Rotated and compressed while the shipper
+    is down, it was counted lost ("lines after offset 0"), though every line of it was
+    acknowledged: where the acknowledged batches end is kept too (R1 #4). One loss: the held
+    part of the first file."""
+    clock = [1000.0]
+    set_clock(monkeypatch, clock)
+    path = tmp_path / "c-json.log"
+    losses: list[str] = []
+    path.write_bytes(docker_line("x 0", 0) + docker_line("out-1 ", 1, "stdout", nl=False))
+    reg = Registry(tmp_path / "state")
+    t = Tailer(spec_for(path), reg, "h", 65536, on_loss=losses.append)
+    assert drain(t) == ["x 0"]
+    rotate_docker(path, max_file=3, compress=True)  # .1 gzipped at once; we hold it open
+    path.write_bytes(docker_line("err-1", 2, "stderr") + docker_line("err-2", 3, "stderr"))
+    assert drain(t) == ["err-1", "err-2"]
+    ino = os.stat(path).st_ino
+    live = next(s for k, s in reg.items() if int(k.split(":")[1]) == ino)
+    assert live.offset == 0 and live.acked_to == os.stat(path).st_size
+    t.close()
+    reg.save()
+    reg.close()
+    rotate_docker(path, max_file=3, compress=True)  # while the shipper is down
+    path.write_bytes(docker_line("out-2", 4, "stdout"))
+    reg = Registry(tmp_path / "state")
+    t = Tailer(spec_for(path), reg, "h", 65536, on_loss=losses.append)
+    assert drain(t) == ["out-2"]
+    assert losses == ["deleted_unread"]
+    reg.close()
