@@ -23,6 +23,16 @@ def tailer(path: Path, losses: list[str]) -> tuple[Tailer, Registry]:
     return Tailer(spec_for(path), reg, "h", 65536, on_loss=losses.append), reg
 
 
+def _three_lines_read_then_stopped(path: Path, losses: list[str]) -> None:
+    """A run that reads three lines, saves its checkpoint and stops."""
+    append_docker(path, 0, 3, "a")
+    t, reg = tailer(path, losses)
+    assert drain(t) == ["a 0", "a 1", "a 2"]
+    t.close()
+    reg.save()
+    reg.close()
+
+
 def rotate(path: Path) -> None:
     """Docker's rename rotation: ``.1`` -> ``.2``, the live file -> ``.1``; no new file yet."""
     if Path(f"{path}.1").exists():
@@ -50,13 +60,8 @@ def test_restart_with_a_backlog_and_an_empty_live_file(tmp_path: Path) -> None:
     """Rotated while the shipper was down (the new file still empty), then written full and
     rotated again while the restarted shipper reads its backlog."""
     path = tmp_path / "c-json.log"
-    append_docker(path, 0, 3, "a")
     losses: list[str] = []
-    t, reg = tailer(path, losses)
-    assert drain(t) == ["a 0", "a 1", "a 2"]
-    t.close()
-    reg.save()
-    reg.close()
+    _three_lines_read_then_stopped(path, losses)
     append_docker(path, 3, 2, "a")  # while the shipper is down
     rotate(path)
     path.write_bytes(b"")
@@ -79,13 +84,8 @@ def test_a_file_finished_before_the_restart_is_not_taken_for_a_missed_one(
     at the start) and has the very modification time of the new, empty live file (coarse file
     times): it is not read again when the missed-rotation search looks from that time."""
     path = tmp_path / "c-json.log"
-    append_docker(path, 0, 3, "a")
     losses: list[str] = []
-    t, reg = tailer(path, losses)
-    assert drain(t) == ["a 0", "a 1", "a 2"]
-    t.close()
-    reg.save()
-    reg.close()
+    _three_lines_read_then_stopped(path, losses)
     rotate(path)
     path.write_bytes(b"")
     stamp = os.stat(path).st_mtime_ns
