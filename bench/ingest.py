@@ -280,19 +280,25 @@ def stages(lines: int, chunk: int, compression: str = "none", sized: bool = True
     tmp = tempfile.mkdtemp(prefix="logq-stages-")
     wh = open_warehouse(tmp, create=True)
     offsets = OffsetState(Path(tmp) / "offsets.json")
-    total = 0.0
+    total = cpu_total = 0.0
     sizing = "with" if sized else "without"
     print(f"one core, {lines:,} lines, {sizing} the size option, best of 3 (µs/line):")
+    print(f"  {'stage':34s} {'wall':>6s} {'CPU':>6s}")
 
     def timed(name: str, fn):
-        nonlocal total
-        best, out = float("inf"), None
+        """Best of three, by the wall clock and by the process's CPU time: on a shared machine
+        another process's turns make the wall clock slower, not the CPU time."""
+        nonlocal total, cpu_total
+        best = best_cpu = float("inf")
+        out = None
         for _ in range(3):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             out = fn()
             best = min(best, time.perf_counter() - t)
+            best_cpu = min(best_cpu, time.process_time() - c)
         total += best
-        print(f"  {name:34s} {best / lines * 1e6:6.2f}")
+        cpu_total += best_cpu
+        print(f"  {name:34s} {best / lines * 1e6:6.2f} {best_cpu / lines * 1e6:6.2f}")
         return out
 
     batches = timed("decode (msgspec -> Arrow)", lambda: [decode(o, 1 << 30)[0] for o in objs])
@@ -320,7 +326,8 @@ def stages(lines: int, chunk: int, compression: str = "none", sized: bool = True
     )
     parked.close()
     print(
-        f"  {'total':34s} {total / lines * 1e6:6.2f}  -> {lines / total:,.0f} lines/s on one core"
+        f"  {'total':34s} {total / lines * 1e6:6.2f} {cpu_total / lines * 1e6:6.2f}  -> "
+        f"{lines / total:,.0f} lines/s on one core ({lines / cpu_total:,.0f} per CPU-second)"
     )
     shutil.rmtree(tmp, ignore_errors=True)
 
