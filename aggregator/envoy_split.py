@@ -122,8 +122,7 @@ def _cut(values: pa.Array, prefix: int, suffix: int) -> pa.Array:
     if not prefix and not suffix:
         return values
     # (stop=None fails in pyarrow 26: "Negative buffer resize")
-    cut = pc.binary_slice(values.view(pa.binary()), prefix, -suffix if suffix else 2**31 - 1)
-    return cut.view(pa.string())
+    return _slice(values, prefix, -suffix if suffix else 2**31 - 1)
 
 
 def split_attempt(plan: SplitPlan) -> Attempt:
@@ -261,7 +260,8 @@ def _usual_timestamp(start: pa.Array) -> pa.Array | None:
 
 
 def _slice(values: pa.Array, start: int, stop: int) -> pa.Array:
-    """Bytes ``start:stop`` of ASCII ``values`` (bytes and code points alike there)."""
+    """Bytes ``start:stop`` of ``values``: valid UTF-8 only when those bounds fall between
+    characters (ASCII values, or literal text cut off: :func:`_cut`)."""
     return pc.binary_slice(values.view(pa.binary()), start, stop).view(pa.string())
 
 

@@ -374,8 +374,9 @@ class Discoverer:
         known = self._future.get(key)
         if known is not None and known[0] == folders:
             return known[1]
-        pod_folder, container, _ = key[4:].split("/")
-        links = tuple(kubelet_link_paths(sorted(self._link_folders), pod_folder, container))
+        pod_folder, container, _ = key[4:].split("/")  # see _cri_key
+        namespace, pod, _ = _pod_folder(pod_folder) or ("", "", "")
+        links = tuple(kubelet_link_paths(sorted(self._link_folders), namespace, pod, container))
         self._future[key] = (folders, links)
         return links
 

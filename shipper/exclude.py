@@ -70,15 +70,15 @@ LINK_ID_PLACEHOLDER = "0" * 64
 """The container id in :func:`kubelet_link_paths` (64 hex digits, as kubelet writes)."""
 
 
-def kubelet_link_paths(folders: Iterable[str], pod_folder: str, container: str) -> list[str]:
+def kubelet_link_paths(
+    folders: Iterable[str], namespace: str, pod: str, container: str
+) -> list[str]:
     """The paths, in each of ``folders``, of the symlink kubelet makes to the pod log of
-    ``container`` in ``<namespace>_<pod>_<uid>`` (``<pod>_<namespace>_<container>-<id>.log``).
+    ``container`` of ``pod`` in ``namespace`` (``<pod>_<namespace>_<container>-<id>.log``).
 
     The container id is in no file the shipper reads, so :data:`LINK_ID_PLACEHOLDER` stands
     for it: a pattern that depends on the id (which changes at every restart) is honoured only
     once the link exists."""
-    namespace, _, rest = pod_folder.partition("_")
-    pod = rest.rpartition("_")[0]
     name = f"{pod}_{namespace}_{container}-{LINK_ID_PLACEHOLDER}.log"
     return [f"{folder.rstrip('/')}/{name}" for folder in folders]
 
