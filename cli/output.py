@@ -84,9 +84,10 @@ def to_json(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     JSON (no NaN).
 
     One line per row rather than ``indent=2``: ``json.dumps`` with an indent runs its
-    pure-Python encoder, about 100 µs a row, so printing 100,000 rows took 10 s; without one it
-    runs in C. A row per line also suits ``grep`` and line-oriented tools. Columns whose values
-    are all text, integers or NULL (most of them) skip :func:`json_ready` altogether.
+    pure-Python encoder (`logq sql` printing 30,000 Envoy rows took 5.7 s, 3.7 s this way);
+    without one it runs in C. A row per line also suits ``grep`` and line-oriented tools.
+    Columns whose values are all text, integers or NULL (most of them) skip :func:`json_ready`
+    altogether.
     """
     ready = [_json_column([row[i] for row in rows]) for i in range(len(columns))]
     encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
