@@ -32,9 +32,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aggregator.envoy_time import TimeFormat, compile_time_format, with_fraction
+from aggregator.envoy_time import TimeFormat, compile_time_format, with_fraction, without_rollover
 
-#: Envoy's default access-log format (unchanged from 1.x to today).
+#: Envoy's default access-log format (its lines unchanged from 1.x to today; recent Envoy sources
+#: spell it with the long operator names, see :func:`operator_key`).
 DEFAULT_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
     "%RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% "
@@ -66,14 +67,17 @@ _TIME_SECONDS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"
 # operator (upper-cased, without %) -> (column, regex of its value)
 _INT32 = r"\d{1,9}|-"
 _INT64 = r"\d{1,18}|-"
+_PATH = r"\S+"
 _OPERATORS: dict[str, tuple[str, str]] = {
     "START_TIME": (
         "start",
         rf"(?P<start>{_TIME_SECONDS})(?:\.(?P<start_frac>\d{{1,9}}))?(?:Z|[+-]00:?00)",
     ),
     "REQ(:METHOD)": ("method", r"[^\s\"]+"),
-    "REQ(X-ENVOY-ORIGINAL-PATH?:PATH)": ("path", r"[^\s\"]+"),
-    "REQ(:PATH)": ("path", r"[^\s\"]+"),
+    # Envoy logs a path as received, quotes included (scanners send /?q="or"1"="1): it holds no
+    # space, so the space before %PROTOCOL% still ends it.
+    "REQ(X-ENVOY-ORIGINAL-PATH?:PATH)": ("path", _PATH),
+    "REQ(:PATH)": ("path", _PATH),
     "PROTOCOL": ("protocol", r"[^\s\"]+"),
     "RESPONSE_CODE": ("response_code", r"\d{1,9}"),
     "RESPONSE_FLAGS": ("response_flags", r"[A-Za-z,_-]+"),
@@ -158,7 +162,7 @@ def compile_format(fmt: str) -> EnvoyFormat:
     for m in _TOKEN.finditer(fmt):
         literal = fmt[pos : m.start()]
         parts.append(_literal(literal))
-        op = m.group(1).upper()
+        op = operator_key(m.group(1))
         quoted = literal.endswith('"')
         if op.startswith("START_TIME(") and op.endswith(")"):
             if "start" in columns:
@@ -195,6 +199,26 @@ def compile_format(fmt: str) -> EnvoyFormat:
     return EnvoyFormat(fmt, lenient, tuple(columns), strict, time_format)
 
 
+#: Envoy's long operator names (recent Envoy releases write their own default format with them,
+#: as do Cilium's gateway defaults) -> the short names :data:`_OPERATORS` knows: same values.
+_LONG_NAMES = (
+    ("REQUEST_HEADER(", "REQ("),
+    ("RESPONSE_HEADER(", "RESP("),
+    ("RESPONSE_TRAILER(", "TRAILER("),
+)
+
+
+def operator_key(name: str) -> str:
+    """An operator as :data:`_OPERATORS` names it: upper case, ``%REQUEST_HEADER(X)%`` as
+    ``%REQ(X)%`` (and so on): else a format written with the long names would match its lines
+    but leave their method, path, user agent... NULL."""
+    key = name.upper()
+    for long, short in _LONG_NAMES:
+        if key.startswith(long):
+            return short + key[len(long) :]
+    return key
+
+
 def _literal(text: str) -> str:
     return re.escape(text.replace("%%", "%"))
 
@@ -203,12 +227,17 @@ BUILTIN_FORMATS = (compile_format(DEFAULT_FORMAT), compile_format(ISTIO_FORMAT))
 
 
 def start_time_to_timestamp(seconds_text: pa.Array, fraction: pa.Array) -> pa.Array:
-    """``2018-04-03T23:06:09`` + ``123`` strings -> timestamp[ms, UTC]; invalid dates -> NULL."""
+    """``2018-04-03T23:06:09`` + ``123`` strings -> timestamp[ms, UTC]; invalid dates -> NULL.
+
+    Invalid includes dates strptime would roll over (``2018-02-30`` is not March 2nd): the
+    cast refuses them, and the fallback must too (:func:`without_rollover`)."""
     try:  # Arrow's ISO-8601 cast: 4x faster than strptime, but one invalid date fails it all
-        seconds = seconds_text.cast(pa.timestamp("s"))
+        seconds = pc.cast(seconds_text.cast(pa.timestamp("s")), pa.int64())
     except pa.ArrowInvalid:
-        seconds = pc.strptime(seconds_text, "%Y-%m-%dT%H:%M:%S", unit="s", error_is_null=True)
-    return with_fraction(pc.cast(seconds, pa.int64()), fraction)
+        parsed = pc.strptime(seconds_text, "%Y-%m-%dT%H:%M:%S", unit="s", error_is_null=True)
+        day, second = (pc.utf8_slice_codeunits(seconds_text, i, i + 2) for i in (8, 17))
+        seconds = without_rollover(pc.cast(parsed, pa.int64()), {"d": day, "S": second})
+    return with_fraction(seconds, fraction)
 
 
 def _dash_to_null(values: pa.Array) -> pa.Array:

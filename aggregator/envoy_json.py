@@ -2,16 +2,19 @@
 
 Envoy writes one JSON object per line; with ``json_format`` every value is a string (``"-"`` when
 unset), with typed JSON numbers stay numbers and unset values are ``null``. The keys are whatever
-the operator configured; the usual names (Envoy's docs, Istio's JSON encoding) are recognised,
-see :data:`ALIASES`. A batch of lines starting with ``{`` is read at once by ``pyarrow.json``;
-when the batch mixes shapes the reader cannot unify (``"-"`` here, ``12`` there), it falls back to
-``json.loads`` per line for that batch. A line without a parsable ``start_time`` or
-``response_code`` is not an access line and is left to the next parser.
+the operator configured; the usual names (Envoy's docs, Istio's and Envoy Gateway's defaults) are
+recognised, see :data:`ALIASES`, line by line (one batch mixes services and their spellings). A
+batch of lines starting with ``{`` is read at once by ``pyarrow.json``; when the batch mixes
+shapes the reader cannot unify (``"-"`` here, ``12`` there), it is read again with the number
+keys' quoted values unquoted, and only if that fails too with ``json.loads`` per line. A line
+without a parsable ``start_time`` or ``response_code`` is not an access line and is left to the
+next parser.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pyarrow as pa
@@ -24,7 +27,8 @@ from aggregator.envoy import DASH_IS_NULL, INT_COLUMNS, STRING_COLUMNS, start_ti
 ALIASES: dict[str, tuple[str, ...]] = {
     "start": ("start_time", "START_TIME", "timestamp", "@timestamp"),
     "method": ("method", ":method", "request_method"),
-    "path": ("path", "x-envoy-original-path", ":path", "request_path"),
+    # Envoy Gateway's default JSON names the path "x-envoy-origin-path" (sic).
+    "path": ("path", "x-envoy-original-path", "x-envoy-origin-path", ":path", "request_path"),
     "protocol": ("protocol", "request_protocol"),
     "response_code": ("response_code", "status", "status_code"),
     "response_flags": ("response_flags",),
@@ -39,6 +43,10 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "upstream_host": ("upstream_host",),
 }
 _INT_LIMITS = {pa.int32(): 9, pa.int64(): 18}
+#: The keys of the number columns, as a regex alternation (see :func:`_numbers_unquoted`).
+_NUMBER_KEYS = "|".join(
+    dict.fromkeys(re.escape(key) for column in INT_COLUMNS for key in ALIASES[column])
+)
 
 
 def json_attempt(lines: pa.Array) -> tuple[pa.Array, dict[str, pa.Array]]:
@@ -57,30 +65,57 @@ def json_attempt(lines: pa.Array) -> tuple[pa.Array, dict[str, pa.Array]]:
 
 def _read(candidates: pa.Array) -> dict[str, pa.Array]:
     """Column -> string values (None where absent), one per candidate line."""
-    n = len(candidates)
-    body = "\n".join(candidates.to_pylist()).encode("utf-8") + b"\n"
     try:
-        # Times stay strings (the reader would otherwise infer timestamps in its own way).
-        times = pa.schema([(k, pa.string()) for k in ALIASES["start"]])
-        options = pajson.ParseOptions(explicit_schema=times, newlines_in_values=False)
-        table = pajson.read_json(pa.py_buffer(body), parse_options=options)
-        if table.num_rows != n:
-            raise ValueError("row count changed")
-        return {col: _as_strings(table, keys, n) for col, keys in ALIASES.items()}
+        return _read_bulk(candidates)
+    except (pa.ArrowInvalid, ValueError):
+        pass
+    try:  # a key typed differently by two lines, most often numbers as strings beside numbers
+        return _read_bulk(_numbers_unquoted(candidates))
     except (pa.ArrowInvalid, ValueError):
         return _read_slow(candidates)
 
 
+def _read_bulk(candidates: pa.Array) -> dict[str, pa.Array]:
+    """:func:`_read` with ``pyarrow.json``: ArrowInvalid when two lines type a key differently."""
+    n = len(candidates)
+    body = "\n".join(candidates.to_pylist()).encode("utf-8") + b"\n"
+    # Times stay strings (the reader would otherwise infer timestamps in its own way).
+    times = pa.schema([(k, pa.string()) for k in ALIASES["start"]])
+    options = pajson.ParseOptions(explicit_schema=times, newlines_in_values=False)
+    table = pajson.read_json(pa.py_buffer(body), parse_options=options)
+    if table.num_rows != n:
+        raise ValueError("row count changed")
+    return {col: _as_strings(table, keys, n) for col, keys in ALIASES.items()}
+
+
+def _numbers_unquoted(lines: pa.Array) -> pa.Array:
+    """``lines`` with the number keys' quoted values as JSON numbers (``"12"`` -> ``12``) or null
+    (``"-"``, ``""``): ``json_format`` prints strings, typed JSON numbers, and one batch mixes
+    services; the bulk reader refuses a key it sees as both, and the per-line fallback costs
+    ~10x. (A key inside a string value has its quotes escaped: it does not match.)"""
+    key = rf'("(?:{_NUMBER_KEYS})"\s*:\s*)'
+    digits = pc.replace_substring_regex(lines, key + r'"(\d{1,18})"', r"\1\2")
+    return pc.replace_substring_regex(digits, key + r'"-?"', r"\1null")
+
+
 def _as_strings(table: pa.Table, keys: tuple[str, ...], n: int) -> pa.Array:
-    for key in keys:
-        if key in table.column_names:
-            column = table[key].combine_chunks()
-            if pa.types.is_floating(column.type):
-                column = pc.cast(pc.cast(column, pa.int64(), safe=False), pa.string())
-            elif pa.types.is_struct(column.type) or pa.types.is_list(column.type):
-                return pa.nulls(n, pa.string())
-            return pc.cast(column, pa.string())
-    return pa.nulls(n, pa.string())
+    """Per line, the first of ``keys`` it holds a value for, as text. Per line, not per batch:
+    one batch mixes services, whose formats may name a column differently (Istio's ``path``,
+    Envoy Gateway's ``x-envoy-origin-path``)."""
+    found = [_text(table[key].combine_chunks()) for key in keys if key in table.column_names]
+    if not found:
+        return pa.nulls(n, pa.string())
+    return found[0] if len(found) == 1 else pc.coalesce(*found)
+
+
+def _text(column: pa.Array) -> pa.Array:
+    """A JSON column as text: whole numbers as digits; objects, arrays and booleans as NULL
+    (no column of the table holds them), as :func:`_read_slow` does."""
+    if pa.types.is_floating(column.type):
+        return pc.cast(pc.cast(column, pa.int64(), safe=False), pa.string())
+    if pa.types.is_nested(column.type) or pa.types.is_boolean(column.type):
+        return pa.nulls(len(column), pa.string())
+    return pc.cast(column, pa.string())
 
 
 def _read_slow(candidates: pa.Array) -> dict[str, pa.Array]:
@@ -95,14 +130,22 @@ def _read_slow(candidates: pa.Array) -> dict[str, pa.Array]:
     for col, keys in ALIASES.items():
         values = []
         for obj in objects:
-            value = next((obj[k] for k in keys if k in obj), None)
-            if isinstance(value, bool | dict | list):
-                value = None
-            elif isinstance(value, float):
-                value = int(value)
-            values.append(None if value is None else str(value))
+            texts = (_scalar(obj.get(k)) for k in keys)
+            values.append(next((t for t in texts if t is not None), None))
         out[col] = pa.array(values, pa.string())
     return out
+
+
+def _scalar(value: Any) -> str | None:
+    """A JSON value as text, as :func:`_text` gives it; None for null, objects, arrays, booleans."""
+    if value is None or isinstance(value, bool | dict | list):
+        return None
+    if isinstance(value, float):
+        try:
+            return str(int(value))
+        except (OverflowError, ValueError):  # inf / nan (Python's json reads them)
+            return None
+    return str(value)
 
 
 def _typed(raw: dict[str, pa.Array]) -> dict[str, pa.Array]:
@@ -110,7 +153,10 @@ def _typed(raw: dict[str, pa.Array]) -> dict[str, pa.Array]:
         pc.fill_null(raw["start"], ""),
         r"^(?P<s>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(?P<f>\d{1,9}))?(?:Z|[+-]00:?00)$",
     )
-    out = {"timestamp": start_time_to_timestamp(start.field("s"), start.field("f"))}
+    # flatten(), not field(): the fields of a line that did not match must be NULL, not "" (one
+    # "" fails Arrow's fast cast of the whole batch).
+    seconds, fraction = start.flatten()
+    out = {"timestamp": start_time_to_timestamp(seconds, fraction)}
     for name in STRING_COLUMNS:
         values = raw[name]
         if name in DASH_IS_NULL:

@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aggregator.envoy import _OPERATORS, _TOKEN, Attempt, EnvoyFormat, _convert
+from aggregator.envoy import _OPERATORS, _TOKEN, Attempt, EnvoyFormat, _convert, operator_key
 from athena.schema import TIMESTAMP
 
 #: Operators whose value may hold spaces: only usable as a whole quoted segment.
@@ -79,10 +79,10 @@ def split_plan(fmt: EnvoyFormat) -> SplitPlan | None:
         if not ops:
             continue
         if len(ops) == 1 and (
-            ops[0].span() == (0, len(seg)) or ops[0].group(1).upper() in _NO_SPACE
+            ops[0].span() == (0, len(seg)) or operator_key(ops[0].group(1)) in _NO_SPACE
         ):  # the value whole, or between literals that a cut removes
             m = ops[0]
-            _add(fields, seen, m.group(1).upper(), Field("", i, None, *_literals(seg, m)))
+            _add(fields, seen, operator_key(m.group(1)), Field("", i, None, *_literals(seg, m)))
             continue
         parts = seg.split(" ")
         tokens[i] = len(parts)
@@ -92,7 +92,7 @@ def split_plan(fmt: EnvoyFormat) -> SplitPlan | None:
                 return None
             if not found:
                 continue
-            op = found[0].group(1).upper()
+            op = operator_key(found[0].group(1))
             if op in _OPERATORS and op not in _NO_SPACE:
                 return None  # a value that may hold spaces, inside a space-split segment
             if op not in _OPERATORS and i % 2 == 1:

@@ -1,0 +1,165 @@
+"""Envoy access lines as current Envoy, Istio and Envoy Gateway print them, and the formats their
+documentation gives: every column lands where it belongs."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from aggregator import envoy_json
+from aggregator.envoy import BUILTIN_FORMATS, compile_format, parse_lines
+from aggregator.envoy_split import split_plan
+from tests.aggregator.helpers import envoy_line
+
+#: Envoy's default format as its source writes it now (long operator names), plus one field, so
+#: that its lines are not the builtin default's and the custom format must read them.
+LONG_NAMES_FORMAT = (
+    '[%START_TIME%] "%REQUEST_HEADER(:METHOD)% %REQUEST_HEADER(X-ENVOY-ORIGINAL-PATH?:PATH)% '
+    '%PROTOCOL%" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% '
+    '%RESPONSE_HEADER(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQUEST_HEADER(X-FORWARDED-FOR)%" '
+    '"%REQUEST_HEADER(USER-AGENT)%" "%REQUEST_HEADER(X-REQUEST-ID)%" '
+    '"%REQUEST_HEADER(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER%'
+)
+
+
+def test_long_operator_names_fill_the_same_columns_as_the_short_ones() -> None:
+    fmt = compile_format(LONG_NAMES_FORMAT)
+    assert split_plan(fmt) is not None  # the fast parser still takes such a format
+    line = envoy_line(method="POST", path="/v1/x", ust="7", xff="10.1.1.1", ua="grpc-go/1.6")
+    parsed = parse_lines(pa.array([line + " backend", line]), (*BUILTIN_FORMATS, fmt))
+    assert parsed.unparsed.to_pylist() == []
+    for i in (0, 1):
+        row = {k: v[i].as_py() for k, v in parsed.columns.items()}
+        assert (row["method"], row["path"], row["upstream_service_time_ms"]) == ("POST", "/v1/x", 7)
+        assert (row["x_forwarded_for"], row["user_agent"]) == ("10.1.1.1", "grpc-go/1.6")
+        assert (row["request_id"], row["authority"]) == (
+            "6f1c1b9a-1d2e-4f00-9c6a-0d1e2f3a4b5c",
+            "shop.internal",
+        )
+
+
+#: A line of Envoy Gateway's default JSON access log (typed values; its path key is
+#: "x-envoy-origin-path"), as its documentation shows one.
+ENVOY_GATEWAY = {
+    ":authority": "backend:3000",
+    "bytes_received": 0,
+    "bytes_sent": 466,
+    "connection_termination_details": None,
+    "duration": 1,
+    "method": "GET",
+    "protocol": "HTTP/1.1",
+    "response_code": 200,
+    "response_code_details": "via_upstream",
+    "response_flags": "-",
+    "route_name": "httproute/envoy-gateway-system/backend/rule/0/match/0/backend",
+    "start_time": "2025-04-09T11:44:45.639Z",
+    "upstream_host": "10.244.0.13:3000",
+    "user-agent": "curl/7.88.1",
+    "x-envoy-origin-path": "/gateway?x=1",
+    "x-envoy-upstream-service-time": "3",
+    "x-forwarded-for": "10.244.0.12",
+    "x-request-id": "ab1e4da7-5f1d-45ea-bb4a-fa1ccd03b82b",
+}
+#: Istio's JSON encoding of the same request (snake_case keys).
+ISTIO = {
+    "start_time": "2025-04-09T11:44:46.000Z",
+    "method": "PUT",
+    "path": "/istio",
+    "protocol": "HTTP/2",
+    "response_code": 201,
+    "response_flags": "-",
+    "bytes_received": 10,
+    "bytes_sent": 0,
+    "duration": 4,
+    "upstream_service_time": "2",
+    "x_forwarded_for": None,
+    "user_agent": "istio-ua",
+    "request_id": "r-istio",
+    "authority": "svc:80",
+    "upstream_host": "10.0.0.9:80",
+}
+EXPECTED = {
+    "/gateway?x=1": ("curl/7.88.1", "backend:3000", "ab1e4da7-5f1d-45ea-bb4a-fa1ccd03b82b", 3),
+    "/istio": ("istio-ua", "svc:80", "r-istio", 2),
+}
+
+
+def _by_path(lines: list[str]) -> dict[str | None, tuple]:
+    parsed = parse_lines(pa.array(lines))
+    assert parsed.unparsed.to_pylist() == []
+    cols = parsed.columns
+    return {
+        cols["path"][i].as_py(): (
+            cols["user_agent"][i].as_py(),
+            cols["authority"][i].as_py(),
+            cols["request_id"][i].as_py(),
+            cols["upstream_service_time_ms"][i].as_py(),
+        )
+        for i in range(len(lines))
+    }
+
+
+def test_envoy_gateway_json_keeps_its_path() -> None:
+    by_path = _by_path([json.dumps(ENVOY_GATEWAY)])
+    assert by_path == {"/gateway?x=1": EXPECTED["/gateway?x=1"]}
+
+
+def test_one_batch_of_json_lines_with_different_key_names_keeps_each_lines_values() -> None:
+    """A buffer segment mixes services: Istio's and Envoy Gateway's lines share a batch, in
+    the bulk JSON reader and in its per-line fallback (a key typed differently forces it)."""
+    gateway, istio = json.dumps(ENVOY_GATEWAY), json.dumps(ISTIO)
+    odd = json.dumps({**ISTIO, "path": "/odd", "protocol": 2})  # 2 beside "HTTP/2": mixed types
+    assert _by_path([gateway, istio]) == EXPECTED
+    assert _by_path([istio, gateway]) == EXPECTED
+    assert _by_path([istio, gateway, odd]) == {**EXPECTED, "/odd": EXPECTED["/istio"]}
+
+
+def test_quotes_in_the_path_are_kept_not_the_line_left_unparsed() -> None:
+    """Envoy logs the path as received, quotes unescaped (envoyproxy/envoy#4191): scanners and
+    injection probes send them, the very requests one looks for in access logs."""
+    probe = '/search?q="or"1"="1'
+    istio = (
+        f'[2026-11-28T14:00:00.000Z] "GET {probe} HTTP/1.1" 403 - rbac_access_denied - "-" 0 19 '
+        '0 - "-" "sqlmap/1.7" "rid-1" "shop:80" "-" inbound|80|| - 10.0.0.1:80 10.0.0.2:3 - -'
+    )
+    lines = [envoy_line(), envoy_line(path=probe, code=404), istio, envoy_line(path='/a"')]
+    parsed = parse_lines(pa.array(lines))
+    assert parsed.unparsed.to_pylist() == []
+    assert parsed.columns["path"].to_pylist() == ["/api/items?id=5&sort=asc", probe, probe, '/a"']
+    assert parsed.columns["response_code"].to_pylist() == [200, 404, 403, 200]
+    assert parsed.columns["user_agent"].to_pylist()[1:3] == ["curl/8.5.0", "sqlmap/1.7"]
+
+
+def test_the_start_time_example_of_envoys_documentation_reads_its_lines() -> None:
+    """``%START_TIME(%Y/%m/%dT%H:%M:%S%z %s)%`` is Envoy's own example (docs since 1.7): the
+    aggregator refused to start with it; the epoch seconds give the time."""
+    fmt = compile_format("[%START_TIME(%Y/%m/%dT%H:%M:%S%z %s)%] %RESPONSE_CODE% %DURATION%")
+    lines = ["[2026/11/28T14:03:05+0000 1795874585] 503 7", "[2026/11/28T14:03:05+0000] 503 7"]
+    parsed = parse_lines(pa.array(lines), (fmt,), json_logs=False)
+    assert parsed.rows.to_pylist() == [0]
+    assert parsed.unparsed.to_pylist() == [1]
+    assert parsed.columns["timestamp"][0].as_py().isoformat() == "2026-11-28T14:03:05+00:00"
+    assert parsed.columns["duration_ms"].to_pylist() == [7]
+
+
+def test_numbers_as_strings_beside_numbers_are_read_in_bulk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``json_format`` prints ``"503"`` and ``"-"``, typed JSON ``503`` and ``null``: one batch of
+    both (two services) is still read by ``pyarrow.json``, not line by line (~10x the cost)."""
+
+    def line_by_line(candidates: pa.Array) -> dict[str, pa.Array]:
+        raise AssertionError("read line by line")
+
+    monkeypatch.setattr(envoy_json, "_read_slow", line_by_line)
+    strings = {**ISTIO, "response_code": "503", "duration": "-", "bytes_sent": "91"}
+    strings["upstream_service_time"] = "-"
+    parsed = parse_lines(pa.array([json.dumps(ENVOY_GATEWAY), json.dumps(strings)]))
+    assert parsed.unparsed.to_pylist() == []
+    assert parsed.columns["path"].to_pylist() == ["/gateway?x=1", "/istio"]
+    assert parsed.columns["response_code"].to_pylist() == [200, 503]
+    assert parsed.columns["duration_ms"].to_pylist() == [1, None]
+    assert parsed.columns["bytes_sent"].to_pylist() == [466, 91]
+    assert parsed.columns["upstream_service_time_ms"].to_pylist() == [3, None]
