@@ -84,7 +84,7 @@ class Settings:
     athena_workgroup: str | None = None
     athena_output: str | None = None
     envoy_formats: list[str] = field(default_factory=list)
-    """Extra Envoy access-log format strings (``%START_TIME%`` …) tried after the built-ins."""
+    """Extra Envoy access-log format strings (``%START_TIME%`` …), tried before the built-ins."""
     node_id: str | None = None
     """Prefix of object keys; default: a random id persisted in the buffer dir."""
     log_level: str = "info"
@@ -174,7 +174,7 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
             "action": "append",
             "dest": "envoy_formats",
             "metavar": "FORMAT",
-            "help": "extra Envoy access-log format string (repeatable)",
+            "help": "Envoy access-log format string, tried before the built-in ones (repeatable)",
         },
     ),
     ("--node-id", {"help": "object key prefix of this instance (default: persisted random id)"}),

@@ -9,8 +9,10 @@ import pyarrow as pa
 import pytest
 
 from aggregator import envoy_json
-from aggregator.envoy import BUILTIN_FORMATS, compile_format, parse_lines
+from aggregator.config import Settings
+from aggregator.envoy import BUILTIN_FORMATS, DEFAULT_FORMAT, compile_format, parse_lines
 from aggregator.envoy_split import split_plan
+from aggregator.service import envoy_formats
 from tests.aggregator.helpers import envoy_line
 
 #: Envoy's default format as its source writes it now (long operator names), plus one field, so
@@ -163,3 +165,23 @@ def test_numbers_as_strings_beside_numbers_are_read_in_bulk(
     assert parsed.columns["duration_ms"].to_pylist() == [1, None]
     assert parsed.columns["bytes_sent"].to_pylist() == [466, 91]
     assert parsed.columns["upstream_service_time_ms"].to_pylist() == [3, None]
+
+
+def test_a_configured_format_wins_over_a_built_in_one_of_the_same_shape() -> None:
+    """Envoy's default format with ``X-Real-IP`` where ``X-Forwarded-For`` was and
+    ``%RESPONSE_DURATION%`` for ``%DURATION%``: its lines fit the built-in format too, which
+    would store the real IP as ``x_forwarded_for`` and the response duration as the request's.
+    The configured format must take them (and the built-in one still takes its own lines)."""
+    custom = DEFAULT_FORMAT.replace("%REQ(X-FORWARDED-FOR)%", "%REQ(X-REAL-IP)%").replace(
+        "%DURATION%", "%RESPONSE_DURATION%"
+    )
+    formats = envoy_formats(Settings(envoy_formats=[custom]))
+    default = envoy_line(xff="10.9.8.7", duration=12)
+    parsed = parse_lines(pa.array([default, default]), formats)
+    assert parsed.unparsed.to_pylist() == []
+    assert parsed.columns["x_forwarded_for"].to_pylist() == [None, None]
+    assert parsed.columns["duration_ms"].to_pylist() == [None, None]
+    assert parsed.columns["response_code"].to_pylist() == [200, 200]
+    plain = parse_lines(pa.array([default]), envoy_formats(Settings()))
+    assert plain.columns["x_forwarded_for"].to_pylist() == ["10.9.8.7"]
+    assert plain.columns["duration_ms"].to_pylist() == [12]
