@@ -5,11 +5,12 @@ RE2 pattern with a named group per known operator (:func:`compile_format`). :fun
 runs a list of *attempts* over the batch, each seeing only the lines the previous ones left:
 
 1. JSON access logs (lines starting with ``{``; :mod:`.envoy_json`, read with ``pyarrow.json``);
-2. per text format (the default one, Istio's, then any from ``--envoy-format``):
-   a split plan (:mod:`.envoy_split`: DFA match, then the values cut out at the format's quotes
-   and spaces; a fraction of the cost of capturing),
-   the strict regex (quoted values without quotes), then the lenient one (quotes allowed inside
-   a quoted value, as user agents have).
+2. the text formats (the aggregator's: any from ``--envoy-format``, then the default one and
+   Istio's, see ``aggregator.service.envoy_formats``), in rounds (:func:`attempts_for`): each
+   format's split plan (:mod:`.envoy_split`: DFA match, then the values cut out at the format's
+   quotes and spaces; a fraction of the cost of capturing), each strict regex (quoted values
+   without quotes), then each lenient one (quotes allowed inside a quoted value, as user
+   agents have).
 
 Everything runs as Arrow kernels (``extract_regex``, ``take``, casts) or numpy over the whole
 batch: there is no Python loop per line. Lines no attempt parses are returned as unparsed; the
@@ -289,26 +290,35 @@ Attempt = Callable[[pa.Array], tuple[pa.Array, dict[str, pa.Array]]]
 
 def text_attempt(fmt: EnvoyFormat, pattern: str) -> Attempt:
     def run(lines: pa.Array) -> tuple[pa.Array, dict[str, pa.Array]]:
-        matched = pc.extract_regex(lines, pattern)
-        ok = pc.is_valid(matched)
+        # Matching alone (no captures) first: most lines that reach a later format's regex do
+        # not fit it, and capturing costs several times more than refusing.
+        ok = pc.fill_null(pc.match_substring_regex(lines, pattern), False)
         if not pc.any(ok).as_py():
             return ok, {}
-        return ok, _convert(fmt, matched.filter(ok))
+        return ok, _convert(fmt, pc.extract_regex(lines.filter(ok), pattern))
 
     return run
 
 
 def attempts_for(formats: tuple[EnvoyFormat, ...], json_logs: bool = True) -> list[Attempt]:
-    """JSON access logs first (they start with ``{``), then each text format, strict first."""
+    """JSON access logs first (they start with ``{``), then the text formats in three rounds:
+    every format's split plan, every strict regex (both in the order of ``formats``), then the
+    lenient regexes, built-in formats first.
+
+    By rounds, not format by format: a lenient regex lets a quoted value run over quotes, so a
+    configured format shorter than the default one would take the default's lines with their
+    last values shifted one column (a user agent holding the request id). The strict and split
+    rounds count the quotes, so there a configured format takes only lines of its own shape,
+    and one of the default's shape with other operators wins over the default, as configured."""
     from aggregator.envoy_json import json_attempt
     from aggregator.envoy_split import split_attempt, split_plan
 
     attempts: list[Attempt] = [json_attempt] if json_logs else []
-    for fmt in formats:
-        plan = split_plan(fmt)
-        if plan is not None:
-            attempts.append(split_attempt(plan))
-        attempts += [text_attempt(fmt, p) for p in (fmt.strict_pattern, fmt.pattern) if p]
+    plans = (split_plan(fmt) for fmt in formats)
+    attempts += [split_attempt(plan) for plan in plans if plan is not None]
+    attempts += [text_attempt(fmt, fmt.strict_pattern) for fmt in formats if fmt.strict_pattern]
+    lenient = sorted(formats, key=lambda fmt: fmt not in BUILTIN_FORMATS)  # stable
+    attempts += [text_attempt(fmt, fmt.pattern) for fmt in lenient]
     return attempts
 
 

@@ -43,6 +43,9 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "upstream_host": ("upstream_host",),
 }
 _INT_LIMITS = {pa.int32(): 9, pa.int64(): 18}
+#: Texts that hold no number: json_format prints an unset number as ``"-"`` (the re-read of
+#: :func:`_numbers_unquoted` makes them null, so every reader must treat them as absent).
+UNSET_NUMBERS = pa.array(["-", ""], pa.string())
 #: The keys of the number columns, as a regex alternation (see :func:`_numbers_unquoted`).
 _NUMBER_KEYS = "|".join(
     dict.fromkeys(re.escape(key) for column in INT_COLUMNS for key in ALIASES[column])
@@ -85,7 +88,7 @@ def _read_bulk(candidates: pa.Array) -> dict[str, pa.Array]:
     table = pajson.read_json(pa.py_buffer(body), parse_options=options)
     if table.num_rows != n:
         raise ValueError("row count changed")
-    return {col: _as_strings(table, keys, n) for col, keys in ALIASES.items()}
+    return {col: _as_strings(table, keys, n, col in INT_COLUMNS) for col, keys in ALIASES.items()}
 
 
 def _numbers_unquoted(lines: pa.Array) -> pa.Array:
@@ -98,11 +101,17 @@ def _numbers_unquoted(lines: pa.Array) -> pa.Array:
     return pc.replace_substring_regex(digits, key + r'"-?"', r"\1null")
 
 
-def _as_strings(table: pa.Table, keys: tuple[str, ...], n: int) -> pa.Array:
+def _as_strings(table: pa.Table, keys: tuple[str, ...], n: int, number: bool) -> pa.Array:
     """Per line, the first of ``keys`` it holds a value for, as text. Per line, not per batch:
     one batch mixes services, whose formats may name a column differently (Istio's ``path``,
-    Envoy Gateway's ``x-envoy-origin-path``)."""
+    Envoy Gateway's ``x-envoy-origin-path``). For a ``number`` column ``"-"`` and ``""`` hold
+    no value (:data:`UNSET_NUMBERS`), as in every reader of this module, so a line's value never
+    depends on which reader its batch needed."""
     found = [_text(table[key].combine_chunks()) for key in keys if key in table.column_names]
+    if number:
+        found = [
+            pc.if_else(pc.is_in(f, UNSET_NUMBERS), pa.scalar(None, pa.string()), f) for f in found
+        ]
     if not found:
         return pa.nulls(n, pa.string())
     return found[0] if len(found) == 1 else pc.coalesce(*found)
@@ -128,10 +137,11 @@ def _read_slow(candidates: pa.Array) -> dict[str, pa.Array]:
         objects.append(obj if isinstance(obj, dict) else {})
     out = {}
     for col, keys in ALIASES.items():
+        unset = {None, *UNSET_NUMBERS.to_pylist()} if col in INT_COLUMNS else {None}
         values = []
         for obj in objects:
             texts = (_scalar(obj.get(k)) for k in keys)
-            values.append(next((t for t in texts if t is not None), None))
+            values.append(next((t for t in texts if t not in unset), None))
         out[col] = pa.array(values, pa.string())
     return out
 

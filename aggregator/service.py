@@ -112,8 +112,9 @@ def envoy_formats(settings: Settings) -> tuple[EnvoyFormat, ...]:
     first, so one that differs from a built-in format only in its operators (Envoy's default
     with ``%RESPONSE_DURATION%`` for ``%DURATION%``, ``%REQ(X-REAL-IP)%`` in the
     ``X-Forwarded-For`` place) takes its lines; the built-in one would match them too and store
-    the other fields' values in its columns. Lines in a built-in format cost one failed attempt
-    more (only where a format is configured)."""
+    the other fields' values in its columns. (The order within each round of attempts:
+    :func:`aggregator.envoy.attempts_for`.) Lines in a built-in format cost one refused split
+    attempt more, where a format is configured."""
     return tuple(compile_format(f) for f in settings.envoy_formats) + BUILTIN_FORMATS
 
 

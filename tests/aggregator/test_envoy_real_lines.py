@@ -171,7 +171,8 @@ def test_a_configured_format_wins_over_a_built_in_one_of_the_same_shape() -> Non
     """Envoy's default format with ``X-Real-IP`` where ``X-Forwarded-For`` was and
     ``%RESPONSE_DURATION%`` for ``%DURATION%``: its lines fit the built-in format too, which
     would store the real IP as ``x_forwarded_for`` and the response duration as the request's.
-    The configured format must take them (and the built-in one still takes its own lines)."""
+    The configured format must take them: configured formats are tried first (without one, the
+    built-in format takes the same lines)."""
     custom = DEFAULT_FORMAT.replace("%REQ(X-FORWARDED-FOR)%", "%REQ(X-REAL-IP)%").replace(
         "%DURATION%", "%RESPONSE_DURATION%"
     )
@@ -185,3 +186,36 @@ def test_a_configured_format_wins_over_a_built_in_one_of_the_same_shape() -> Non
     plain = parse_lines(pa.array([default]), envoy_formats(Settings()))
     assert plain.columns["x_forwarded_for"].to_pylist() == ["10.9.8.7"]
     assert plain.columns["duration_ms"].to_pylist() == [12]
+
+
+def test_a_configured_format_shorter_than_the_default_leaves_default_lines_alone() -> None:
+    """A service logs Envoy's default format less its last field; every other service keeps the
+    default. The default lines fit the shorter format only by letting its quoted user agent run
+    over the next field's quotes, which shifts request id, authority and upstream host one
+    column left: they must stay the built-in format's lines, as they were before 5cb6338."""
+    shorter = DEFAULT_FORMAT.replace(' "%UPSTREAM_HOST%"', "")
+    formats = envoy_formats(Settings(envoy_formats=[shorter]))
+    default = envoy_line(ua="curl/8.5.0", rid="rid-1", authority="shop:80", upstream="10.0.0.9:80")
+    own = default.rsplit(' "', 1)[0]  # the shorter format's own line
+    parsed = parse_lines(pa.array([default, own]), formats)
+    assert parsed.unparsed.to_pylist() == []
+    cols = parsed.columns
+    assert cols["user_agent"].to_pylist() == ["curl/8.5.0", "curl/8.5.0"]
+    assert cols["request_id"].to_pylist() == ["rid-1", "rid-1"]
+    assert cols["authority"].to_pylist() == ["shop:80", "shop:80"]
+    assert cols["upstream_host"].to_pylist() == ["10.0.0.9:80", None]
+
+
+def test_a_json_line_reads_the_same_whatever_its_batch() -> None:
+    """A line's values must not depend on its neighbours: alone (first bulk read), beside
+    json_format and typed lines (the re-read with numbers unquoted) and beside a broken line
+    (per-line fallback), ``{"duration": "-", "duration_ms": 7}`` gives one duration."""
+    line = json.dumps({**ISTIO, "duration": "-", "duration_ms": 7})
+    typed = json.dumps(ENVOY_GATEWAY)
+    strings = json.dumps({**ISTIO, "path": "/s", "bytes_sent": "91"})
+    durations = set()
+    for batch in ([line], [line, typed, strings], [line, '{"start_time": "broken']):
+        parsed = parse_lines(pa.array(batch))
+        assert parsed.rows.to_pylist()[0] == 0
+        durations.add(parsed.columns["duration_ms"][0].as_py())
+    assert len(durations) == 1, durations

@@ -197,3 +197,30 @@ def test_values_stay_aligned_with_the_lines_that_fit_the_plan() -> None:
     assert fit.tolist() == [True, False, False, True]
     assert values["request_id"].to_pylist() == ["rid-0", "rid-3"]
     assert all(len(v) == 2 for v in values.values())
+
+
+#: A path as Envoy logs it: any non-blank text, quotes included (scanners send them).
+_QUOTED_PATH = st.text("a/?=&\"'\\%é", min_size=1, max_size=10)
+_AGENT = st.text("a \"'-()é", max_size=10)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_QUOTED_PATH, _AGENT), min_size=1, max_size=6), st.booleans())
+def test_quotes_in_paths_shift_no_other_value(requests: list[tuple[str, str]], istio: bool) -> None:
+    """A path holds no blank but may hold quotes (``\\S+``): whatever quotes a path and a user
+    agent hold, the split parser and the regexes agree, and protocol, user agent and request id
+    are read where they were printed, not a field off."""
+    lines = [
+        ISTIO_LINE.replace("/status/418", path, 1).replace('"curl/8.1"', f'"{agent}"', 1)
+        if istio
+        else envoy_line(path=path, ua=agent, rid=f"rid-{i}")
+        for i, (path, agent) in enumerate(requests)
+    ]
+    _assert_same(lines)
+    parsed = _parse(lines, split=True)
+    assert parsed.unparsed.to_pylist() == []
+    assert parsed.columns["path"].to_pylist() == [path for path, _ in requests]
+    assert parsed.columns["user_agent"].to_pylist() == [agent for _, agent in requests]
+    assert set(parsed.columns["protocol"].to_pylist()) == {"HTTP/1.1"}
+    if not istio:
+        assert parsed.columns["request_id"].to_pylist() == [f"rid-{i}" for i in range(len(lines))]
