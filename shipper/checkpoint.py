@@ -12,7 +12,11 @@ under a new ``source_id`` epoch (see :meth:`shipper.resume.Resume._verified`). W
 undetected: new content whose bytes before that position are the very same as the old ones.
 Entries advance only after the aggregator acknowledged the batch, and the
 document is replaced atomically (write tmp, fsync, rename, fsync the directory), so after a
-crash -- also ``kill -9`` -- the shipper resumes at the last acknowledged line.
+crash -- also ``kill -9`` -- the shipper resumes at the last acknowledged line. A file's entry
+is also saved soon after the file is opened (:attr:`Registry.on_new`), so that a file deleted
+while the shipper is down is known, and counted as lost, even if nothing of it was acknowledged.
+Files read to their end and forgotten are kept for a moment under ``finished`` (see
+:meth:`Registry.finish`), so that a restart does not read them again.
 
 A lock file keeps two shippers from sharing one state directory.
 """
@@ -26,6 +30,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,8 +39,9 @@ from shipper.errors import ConfigError, clipped, preview, unusable_dir_message
 log = logging.getLogger("logq.shipper.checkpoint")
 
 FORMAT_VERSION = 1
-"""Still 1 with :attr:`FileState.tail` added: an older shipper ignores keys it does not know, and
-an entry without it resumes unchecked, as before."""
+"""Still 1 with :attr:`FileState.tail` and the document's ``finished`` part added: an older
+shipper ignores keys it does not know, an entry without a tail resumes unchecked, as before, and
+a document without ``finished`` has no file finished moments before its save."""
 
 
 @dataclass(slots=True)
@@ -78,6 +84,12 @@ class FileState:
 
 #: Cuts kept per file at most (each one is a split line flushed and not acknowledged yet).
 MAX_CUTS = 64
+
+FINISHED_SAVE_SECONDS = 2.0
+"""A file finished (read to its end, acknowledged, forgotten) is saved in the registry's
+``finished`` part for this long after: see :meth:`Registry.finish`."""
+MAX_FINISHED = 4096
+"""Finished files remembered at most (the oldest go first)."""
 
 
 def file_key(dev: int, ino: int, fingerprint: str) -> str:
@@ -151,6 +163,20 @@ def parse_entry(value: object) -> tuple[FileState | None, str]:
     return state, ", ".join(problems)
 
 
+def _finished_entries(value: object) -> dict[str, FileState]:
+    """The ``finished`` part of a registry document (see :meth:`Registry.finish`); entries
+    that do not parse cleanly are dropped without a word: only a guard against reading a
+    finished file again, and a registry written before it existed has none."""
+    if not isinstance(value, dict):
+        return {}
+    out: dict[str, FileState] = {}
+    for key, entry in list(value.items())[:MAX_FINISHED]:
+        state, problem = parse_entry(entry)
+        if isinstance(key, str) and state is not None and not problem:
+            out[key] = state
+    return out
+
+
 def _valid_cuts(cuts: object) -> bool:
     return (
         isinstance(cuts, list)
@@ -221,11 +247,23 @@ class Registry:
         self.state_dir = state_dir
         self.path = state_dir / "checkpoints.json"
         self._files: dict[str, FileState] = {}
+        self._finished: dict[str, FileState] = {}
+        """Files finished by this process, by key (see :meth:`finish`)."""
+        self._inherited: dict[str, FileState] = {}
+        """Files the previous run had finished moments before its last save, by key: kept
+        until their source starts (see :meth:`forget_finished`)."""
         self.dirty = False
         self.saved_at: float | None = None
         """When the previous run last saved this registry (the file's mtime at load); None
         on a first run or after an unreadable registry was set aside. Rotated files of a
         source first seen are read if they were written after it."""
+        self.on_new: Callable[[], None] | None = None
+        """Called when an entry for a file the registry did not know is put (a file just
+        opened, at offset 0): the daemon then saves soon (see
+        :meth:`shipper.daemon.Shipper.checkpoint_changed`), not only at the file's first
+        acknowledgement. Killed before that ack, with the file rotated away and deleted (or
+        compressed) while it was down, the next start did not know the file had existed: its
+        unread lines were lost without a count (``deleted_unread``)."""
         self._lock_fd: int | None = None
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -274,6 +312,7 @@ class Registry:
             self._set_aside(f"of the wrong shape (files is a JSON {_json_type(files)})")
             return
         self.saved_at = saved_at
+        self._inherited = _finished_entries(doc.get("finished"))
         for key, value in files.items():
             state, problem = parse_entry(value)
             if state is None:
@@ -327,19 +366,69 @@ class Registry:
 
     def put(self, key: str, state: FileState) -> None:
         state.updated = time.time()
+        new = key not in self._files
         self._files[key] = state
         self.dirty = True
+        if new and self.on_new is not None:
+            self.on_new()
 
     def remove(self, key: str) -> None:
         if self._files.pop(key, None) is not None:
             self.dirty = True
+
+    def finish(self, key: str, end: int, tail: str) -> None:
+        """Forget the checkpoint of a file read to ``end`` and acknowledged there (``tail``:
+        the check of the bytes before it, '' when unknown), remembering it for
+        :data:`FINISHED_SAVE_SECONDS` (saved under ``finished``).
+
+        A start reads a source's rotated files if they were written after the previous run's
+        last save (see :meth:`shipper.resume.Resume._first_seen`). With file times of whole
+        seconds (a coarse file system) a file finished and forgotten just before that save
+        looks written after it: it was read again from its start, and the first part of a
+        split line shipped cut was joined to a later part and stored twice (R1). A start that
+        finds it here passes over it (see :meth:`finished`). Later saves are later than the
+        file's last write, and its time alone tells: not saved any more."""
+        state = self._files.pop(key, None)
+        if state is None:
+            return
+        state.updated = time.time()
+        # Done to its end: a checkpoint held back for a split line (or kept below the
+        # acknowledged batches) would read parts again that went out joined to later ones.
+        state.offset = max(state.offset, end)
+        state.acked_to = 0
+        state.tail = tail if state.offset == end else ""
+        state.cuts = [c for c in state.cuts if int(c[0]) > state.offset]
+        self._finished.pop(key, None)
+        self._finished[key] = state
+        if len(self._finished) > MAX_FINISHED:
+            del self._finished[next(iter(self._finished))]
+        self.dirty = True
+
+    def finished(self, key: str) -> FileState | None:
+        """The last checkpoint of the file ``key`` if it was finished moments ago (see
+        :meth:`finish`), else None."""
+        return self._finished.get(key) or self._inherited.get(key)
+
+    def forget_finished(self, source: str) -> None:
+        """``source`` has started: its files finished by the previous run are passed over by
+        identity from now on (see :meth:`shipper.resume.Resume._pass_over`)."""
+        for key in [k for k, s in self._inherited.items() if s.source == source]:
+            del self._inherited[key]
 
     def items(self) -> list[tuple[str, FileState]]:
         return list(self._files.items())
 
     def snapshot(self) -> bytes:
         """The document to persist, taken in the event loop (cheap) before writing elsewhere."""
-        doc = {"version": FORMAT_VERSION, "files": {k: asdict(v) for k, v in self._files.items()}}
+        recent = time.time() - FINISHED_SAVE_SECONDS
+        for key in [k for k, s in self._finished.items() if s.updated < recent]:
+            del self._finished[key]
+        doc: dict[str, object] = {
+            "version": FORMAT_VERSION,
+            "files": {k: asdict(v) for k, v in self._files.items()},
+        }
+        if self._finished:
+            doc["finished"] = {k: asdict(v) for k, v in self._finished.items()}
         self.dirty = False
         return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 

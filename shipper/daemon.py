@@ -122,6 +122,10 @@ class Shipper:
         self._saver_closing = False
         """Set at exit: the checkpoint loop finishes its write in progress, then returns."""
         self._failure: BaseException | None = None
+        # A file opened is on disk soon, acknowledged or not (see Registry.on_new). Not waited
+        # for: the write joins the checkpoint loop's next one (bursts share a write), so a
+        # burst of new containers costs a few more writes, never a pause in reading.
+        self.registry.on_new = self.checkpoint_changed
         self.lines_acked = 0
         """Lines acknowledged since start (all sources)."""
         self._gauge_paths: set[str] = set()

@@ -25,7 +25,7 @@ from shipper import fd_budget
 from shipper.checkpoint import FileState, file_key
 from shipper.cursor import Cursor
 from shipper.discover import rotated_siblings
-from shipper.fingerprint import fingerprint
+from shipper.fingerprint import fingerprint, tail_hash
 from shipper.rotated import modified_since, oldest_first, rotation_path
 
 if TYPE_CHECKING:
@@ -79,6 +79,10 @@ class Opening:
             return None
         key = file_key(st.st_dev, st.st_ino, fp)
         state = self.registry.get(key)
+        if state is None and self._finished_before(fd, path, st, key):
+            os.close(fd)
+            self._opened[fp] = None
+            return None
         if state is None:
             if not fresh:
                 os.close(fd)
@@ -92,6 +96,25 @@ class Opening:
         if len(self._opened) > 1024:
             del self._opened[next(iter(self._opened))]
         return Cursor(fd, path, fp, state, self.parser)
+
+    def _finished_before(self: Tailer, fd: int, path: Path, st: os.stat_result, key: str) -> bool:
+        """Whether file ``key`` was finished and forgotten moments ago (see
+        :meth:`shipper.checkpoint.Registry.finish`) and still holds what was read then (not
+        shorter, the same bytes before where it ended). Such a file is passed over, as a file
+        this process let go is (:attr:`Tailer._released`): read again, its lines went out
+        twice -- the first part of a split line shipped cut joined to a later part -- and
+        what a writer that never reopened appended after its rotate wait came out of order."""
+        state = self.registry.finished(key)
+        if state is None or st.st_size < state.offset:
+            return False
+        try:
+            if state.tail and tail_hash(fd, state.offset) != state.tail:
+                return False
+        except OSError:
+            return False
+        self._passed_over.add((st.st_dev, st.st_ino, key.split(":", 2)[2]))
+        log.debug("passing over a file finished moments ago path=%s", path)
+        return True
 
     def _may_open(self: Tailer) -> bool:
         """False while out of descriptors and the backoff has not passed."""

@@ -54,6 +54,15 @@ def _latest_write(st: os.stat_result) -> float:
     return (ns + (1_000_000_000 if ns % 1_000_000_000 == 0 else 0)) / 1e9
 
 
+def _may_grow(st: os.stat_result) -> bool:
+    """Whether a rotated file read to its end was written less than
+    :data:`~shipper.rotate_wait.ROTATE_WAIT_SECONDS` ago: its writer may not have reopened yet
+    (the kubelet's runtime writes on to ``0.log.<time>`` until it does) and append more. Let
+    go at the start, what it got next was never read, nor counted (R1); kept, it has its
+    rotate wait as any file renamed while we run."""
+    return time.time() - _latest_write(st) < rotate_wait.ROTATE_WAIT_SECONDS
+
+
 def touch(key: str) -> None:
     if key not in last_active and len(last_active) >= MAX_REMEMBERED_SOURCES:
         for old in sorted(last_active, key=last_active.__getitem__)[: len(last_active) // 2]:
@@ -127,6 +136,7 @@ class Resume:
             self._bounded = True
         fd_budget.stop_waiting(self.spec.key)
         touch(self.spec.key)
+        self.registry.forget_finished(self.spec.key)
         for c in self.cursors:
             if c is not self.live:
                 log.info("resuming rotated file path=%s offset=%d", c.path, c.read_pos)
@@ -346,12 +356,13 @@ class Resume:
             if cur is None:
                 unknown.append(sib)
                 continue
-            mtime = os.fstat(cur.fd).st_mtime_ns
-            newest_known = max(newest_known, age(mtime, sib))
-            if cur.read_pos < cur.size():
-                rotated.append((mtime, cur))
+            st = os.fstat(cur.fd)
+            newest_known = max(newest_known, age(st.st_mtime_ns, sib))
+            if cur.read_pos < st.st_size or _may_grow(st):
+                rotated.append((st.st_mtime_ns, cur))
             else:  # finished before the restart: forget it
-                self.registry.remove(cur.key)  # and passed over (see _pass_over)
+                # Forgotten, and passed over (see _pass_over).
+                self.registry.finish(cur.key, cur.read_pos, cur.tail(cur.read_pos))
                 cur.close()
         if newest_known[0] < 0:
             # The files we knew are gone (deleted by max-file): whatever was written after

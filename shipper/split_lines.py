@@ -177,5 +177,5 @@ class SplitLines:
             held.held = False
             self._holding.discard(held)
             if held.closed and held.outstanding == 0:
-                self.registry.remove(held.key)
+                self.registry.finish(held.key, held.read_pos, "")
         cur.frees = keep

@@ -263,6 +263,12 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
                     head.final = True
                     return True
                 log.info("log file deleted, released path=%s", head.path)
+                # Renamed away and then deleted (Docker max-file, the kubelet's gzip) while
+                # the path named no file: the files the runtime created, renamed and wrote
+                # meanwhile are newer than it, and are looked for once the path names a file
+                # again (see Opening._open_live). Without a floor nothing looked: never read,
+                # never counted.
+                self._floor = os.fstat(head.fd).st_mtime_ns
                 self.live = None
                 self._release(head)
                 return True
@@ -291,6 +297,7 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         if cur in self.cursors:
             self.cursors.remove(cur)
         self._released.append((cur.dev, cur.ino, cur.fp))
+        tail = cur.tail(cur.read_pos)
         cur.close()
         if cur in self.parser.pending_origins() and not cur.superseded:
             # The first parts of a split line whose last part is in the next file: keep the
@@ -301,7 +308,7 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
                 self._held.append(cur)
             return
         if cur.outstanding == 0 and cur is not self.live and not cur.superseded and not cur.held:
-            self.registry.remove(cur.key)
+            self.registry.finish(cur.key, cur.read_pos, tail)
 
     # -- acknowledgement -------------------------------------------------------------------
 
@@ -313,7 +320,7 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         if cur.superseded:
             return
         if cur.closed and cur.outstanding == 0 and cur is not self.live and not cur.held:
-            self.registry.remove(cur.key)
+            self.registry.finish(cur.key, cur.read_pos, "")
             return
         st = cur.state
         cur.acked_to = max(cur.acked_to, resume)

@@ -165,6 +165,8 @@ def test_restart_while_the_old_file_is_held_stores_no_part_twice(
     write(path, part("err-4", 4, "stderr", True) + part("out-2", 5, "stdout", True))
     sent += drain_sent(t)
     assert aggregator_keeps(sent) == ["err-1 err-2", "err-3", "err-4", "out-1 out-2"]
+    stamp = os.stat(f"{path}.1").st_mtime_ns - 10**10  # renamed longer than the rotate wait ago
+    os.utime(f"{path}.1", ns=(stamp, stamp))
     t, reg = restart(t, reg, path, state, fmt)
     assert drain(t) == []
     assert len(reg.items()) == 1

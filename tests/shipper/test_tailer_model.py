@@ -116,20 +116,34 @@ class Runtime:
 
 class Shipper:
     """One shipper process over the source: batches read and not sent yet, batches sent and
-    not acknowledged yet, in order; every ack's checkpoint saved, as the daemon does."""
+    not acknowledged yet, in order; every ack's checkpoint saved, and so is the registry after
+    a step that opened a file (:attr:`Registry.on_new`), as the daemon does."""
 
     def __init__(self, path: Path, fmt: str, state: Path, losses: list[str]) -> None:
         self.registry = Registry(state)
+        self.registry.on_new = self._opened
+        self.new_entry = False
         self.tailer = Tailer(spec_for(path, fmt), self.registry, "h", 65536, on_loss=losses.append)
         self.queue: list[Chunk] = []
         self.sent: list[Chunk] = []
         self.read_since_pin = False
 
+    def _opened(self) -> None:
+        self.new_entry = True
+
+    def save_new(self) -> None:
+        """The daemon's checkpoint loop, which writes soon after a file was opened."""
+        if self.new_entry:
+            self.new_entry = False
+            self.registry.save()
+
     def read(self) -> None:
         chunk = self.tailer.read()
         if chunk is None:
             self.tailer.poll()
+            self.save_new()
             return
+        self.save_new()
         chunk.cursor.outstanding += 1  # as SourceRunner._next_batch does
         self.queue.append(chunk)
         self.read_since_pin = True
@@ -157,6 +171,7 @@ class Shipper:
         if self.read_since_pin:
             self.read_since_pin = False
             self.tailer.pin_new_generation()
+            self.save_new()
 
     def kill(self) -> None:
         """kill -9: batches in flight are gone, the descriptors closed, the registry file is
@@ -231,6 +246,18 @@ def run(tmp_path: Path, fmt: str, seed: int, clock: list[float], losses: list[st
         assert aggregator.text(stream) == want, stream
 
 
+def model_process(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The model's clock (moved by the walk; see :func:`tests.shipper.tailing.set_clock`), a
+    5 s split-line flush, and a process that has seen no source yet; the clock."""
+    clock = [1000.0]
+    set_clock(monkeypatch, clock)
+    monkeypatch.setattr(shipper.split_lines, "SPLIT_FLUSH_SECONDS", 5.0)
+    fresh: dict[str, float] = {}  # this test's process memory, not the previous tests'
+    monkeypatch.setattr(shipper.resume, "last_active", fresh)
+    monkeypatch.setattr(shipper.tailer, "last_active", fresh)
+    return clock
+
+
 @pytest.mark.parametrize("seed", range(SEEDS))
 @pytest.mark.parametrize("fmt", ["docker", "cri"])
 def test_model(
@@ -240,12 +267,7 @@ def test_model(
     seed: int,
     fmt: str,
 ) -> None:
-    clock = [1000.0]
-    set_clock(monkeypatch, clock)
-    monkeypatch.setattr(shipper.split_lines, "SPLIT_FLUSH_SECONDS", 5.0)
-    fresh: dict[str, float] = {}  # this test's process memory, not the previous tests'
-    monkeypatch.setattr(shipper.resume, "last_active", fresh)
-    monkeypatch.setattr(shipper.tailer, "last_active", fresh)
+    clock = model_process(monkeypatch)
     caplog.set_level(logging.WARNING)
     losses: list[str] = []
     run(tmp_path, fmt, seed, clock, losses)
