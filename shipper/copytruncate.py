@@ -12,6 +12,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from shipper.birth import birth_time
 from shipper.checkpoint import FileState, file_key
 from shipper.cursor import Cursor
 from shipper.discover import rotated_siblings
@@ -91,7 +92,7 @@ class CopyTruncate:
                 state = FileState(
                     self.spec.key,
                     str(sib),
-                    self._source_id(head.ino, head.fp, epoch),
+                    self._source_id(head.ino, head.fp, epoch, head.birth),
                     head.checked_pos,
                     0,
                     epoch,
@@ -131,7 +132,8 @@ class CopyTruncate:
             if ours and not read_all:
                 read_all = True
                 self._floor = st.st_mtime_ns
-                self._released.append((st.st_dev, st.st_ino, head.fp))  # read: not "missed"
+                read = (st.st_dev, st.st_ino, head.fp, birth_time(fd))
+                self._released.append(read)  # read: not "missed"
             os.close(fd)
         if copy is None and not read_all:
             read_all, unread = compressed_copy(self.spec.path, head.fp, head.read_pos)
@@ -175,7 +177,7 @@ class CopyTruncate:
             FileState(
                 self.spec.key,
                 str(head.path),
-                self._source_id(head.ino, head.fp, epoch),
+                self._source_id(head.ino, head.fp, epoch, head.birth),
                 0,
                 0,
                 epoch,

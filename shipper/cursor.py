@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shipper import fd_budget
+from shipper.birth import birth_time
 from shipper.checkpoint import FileState, file_key
 from shipper.fingerprint import tail_hash
 from shipper.formats import LineParser, overlong_line
@@ -38,6 +39,8 @@ class Cursor:
         self.dev = st.st_dev
         self.ino = st.st_ino
         self.fp = fp
+        self.birth = birth_time(fd)
+        """When its inode was created (see :mod:`shipper.birth`), None where unknown."""
         self.key = file_key(st.st_dev, st.st_ino, fp)
         self.state = state
         self.source_id = state.source_id

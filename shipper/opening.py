@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shipper import fd_budget
+from shipper.birth import Identity, birth_time
 from shipper.checkpoint import FileState, file_key
 from shipper.cursor import Cursor
 from shipper.discover import rotated_siblings
@@ -41,19 +42,32 @@ OPEN_RETRY_MAX_SECONDS = 30.0
 """Longest pause between attempts to open a file while the process is out of descriptors."""
 
 
+def source_id(host: str, ino: int, fp: str, epoch: int, birth: int | None) -> str:
+    """The ``source_id`` of a file first seen: ``host:inode:fingerprint@birth``, ``+epoch``
+    after a truncation in place. The birth time (see :mod:`shipper.birth`) tells a file from a
+    later one on its inode with the same first line, which the aggregator took for resends of
+    the old one. Without one (NFS, an old kernel) it is ``host:inode:fingerprint`` as before.
+    Registry entries keep the id they were given (an upgrade resends nothing, duplicates
+    nothing)."""
+    sid = f"{host}:{ino:x}:{fp}"
+    if birth is not None:
+        sid = f"{sid}@{birth:x}"
+    return f"{sid}+{epoch}" if epoch else sid
+
+
 class Opening:
     """Part of :class:`~shipper.tailer.Tailer`: opening its files, backing off, parking."""
 
-    def _source_id(self: Tailer, ino: int, fp: str, epoch: int) -> str:
-        sid = f"{self.host}:{ino:x}:{fp}"
-        return f"{sid}+{epoch}" if epoch else sid
+    def _source_id(self: Tailer, ino: int, fp: str, epoch: int, birth: int | None) -> str:
+        return source_id(self.host, ino, fp, epoch, birth)
 
     def _open(
-        self: Tailer, path: Path, fresh: bool, exclude: Container[tuple[int, int, str]] = ()
+        self: Tailer, path: Path, fresh: bool, exclude: Container[Identity] = ()
     ) -> Cursor | None:
         """Open ``path`` at its checkpoint (or at 0 when ``fresh`` and unknown), else None.
 
-        Files whose (device, inode, fingerprint) is in ``exclude`` are not opened.
+        Files whose (device, inode, fingerprint, birth time) is in ``exclude`` are not opened:
+        a new file on the inode of one let go, with the same first line, is.
         """
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -74,12 +88,13 @@ class Opening:
         except OSError:
             os.close(fd)
             return None
-        if fp is None or (st.st_dev, st.st_ino, fp) in exclude:
+        birth = birth_time(fd)
+        if fp is None or (st.st_dev, st.st_ino, fp, birth) in exclude:
             os.close(fd)
             return None
         key = file_key(st.st_dev, st.st_ino, fp)
         state = self.registry.get(key)
-        if state is None and self._finished_before(fd, path, st, key):
+        if state is None and self._finished_before(fd, path, st, key, birth):
             os.close(fd)
             self._opened[fp] = None
             return None
@@ -87,7 +102,8 @@ class Opening:
             if not fresh:
                 os.close(fd)
                 return None
-            state = FileState(self.spec.key, str(path), self._source_id(st.st_ino, fp, 0), 0, 0)
+            sid = self._source_id(st.st_ino, fp, 0, birth)
+            state = FileState(self.spec.key, str(path), sid, 0, 0)
             self.registry.put(key, state)
         elif state.offset:
             state = self._verified(fd, path, st, fp, state)
@@ -97,7 +113,9 @@ class Opening:
             del self._opened[next(iter(self._opened))]
         return Cursor(fd, path, fp, state, self.parser)
 
-    def _finished_before(self: Tailer, fd: int, path: Path, st: os.stat_result, key: str) -> bool:
+    def _finished_before(
+        self: Tailer, fd: int, path: Path, st: os.stat_result, key: str, birth: int | None
+    ) -> bool:
         """Whether file ``key`` was finished and forgotten moments ago (see
         :meth:`shipper.checkpoint.Registry.finish`) and still holds what was read then (not
         shorter, the same bytes before where it ended). Such a file is passed over, as a file
@@ -112,7 +130,7 @@ class Opening:
                 return False
         except OSError:
             return False
-        self._passed_over.add((st.st_dev, st.st_ino, key.split(":", 2)[2]))
+        self._passed_over.add((st.st_dev, st.st_ino, key.split(":", 2)[2], birth))
         log.debug("passing over a file finished moments ago path=%s", path)
         return True
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shipper import fd_budget, rotate_wait
+from shipper.birth import birth_time
 from shipper.checkpoint import FileState, file_key
 from shipper.cursor import Cursor
 from shipper.discover import compressed_siblings, rotated_siblings
@@ -171,12 +172,13 @@ class Resume:
             try:
                 st = os.fstat(fd)
                 fp = None if (st.st_dev, st.st_ino) in followed else fingerprint(fd)
+                birth = birth_time(fd)
             except OSError:
                 fp = None
             finally:
                 os.close(fd)
             if fp is not None:
-                self._passed_over.add((st.st_dev, st.st_ino, fp))
+                self._passed_over.add((st.st_dev, st.st_ino, fp, birth))
                 self._opened[fp] = None
         for gz in compressed_siblings(rot):
             try:
@@ -240,7 +242,7 @@ class Resume:
                 "shipper was down or had it closed"
             )
         epoch = state.epoch + 1
-        sid = self._source_id(st.st_ino, fp, epoch)
+        sid = self._source_id(st.st_ino, fp, epoch, birth_time(fd))
         fresh = FileState(self.spec.key, str(path), sid, 0, 0, epoch)
         self.registry.put(file_key(st.st_dev, st.st_ino, fp), fresh)
         if any(

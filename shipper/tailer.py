@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Callable
 
 from shipper import fd_budget
+from shipper.birth import Identity
 from shipper.checkpoint import Registry
 from shipper.copytruncate import CopyTruncate
 from shipper.cursor import Chunk, Cursor
@@ -84,9 +85,11 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         self.block_size = max(block_size, max_line_bytes + 4096)
         self.cursors: list[Cursor] = []
         self.live: Cursor | None = None
-        self._released: deque[tuple[int, int, str]] = deque(maxlen=64)
-        """(device, inode, fingerprint) of the newest files let go: not "missed" rotations."""
-        self._passed_over: set[tuple[int, int, str]] = set()
+        self._released: deque[Identity] = deque(maxlen=64)
+        """(device, inode, fingerprint, birth time) of the newest files let go: not "missed"
+        rotations. The birth time (see :mod:`shipper.birth`) keeps a new file on the inode of
+        one let go, with the same first line, from being taken for it and never read."""
+        self._passed_over: set[Identity] = set()
         """The same for the rotated files :meth:`start` found and did not open (finished by a
         previous run, or older than a first sighting reads): never missed rotations either,
         whatever their modification times (see :meth:`~shipper.resume.Resume._pass_over`)."""
@@ -296,7 +299,7 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         log.debug("released path=%s ino=%d read=%d", cur.path, cur.ino, cur.read_pos)
         if cur in self.cursors:
             self.cursors.remove(cur)
-        self._released.append((cur.dev, cur.ino, cur.fp))
+        self._released.append((cur.dev, cur.ino, cur.fp, cur.birth))
         tail = cur.tail(cur.read_pos)
         cur.close()
         if cur in self.parser.pending_origins() and not cur.superseded:

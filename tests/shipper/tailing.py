@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import types
@@ -9,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from shipper.birth import birth_time
 from shipper.cursor import Chunk
 from shipper.discover import SourceSpec
+from shipper.fingerprint import fingerprint
+from shipper.opening import source_id
 from shipper.tailer import Tailer
 from tests.shipper.hostgen import docker_line
 
@@ -34,6 +38,16 @@ def append_docker(path: Path | str, start: int, n: int, what: str = "line") -> N
     """Docker json-file lines ``"<what> <i>"`` for i in ``start .. start + n - 1``."""
     with open(path, "ab") as f:
         f.write(b"".join(docker_line(f"{what} {i}", i) for i in range(start, start + n)))
+
+
+def new_source_id(host: str, path: Path, epoch: int = 0) -> str:
+    """The ``source_id`` a shipper of ``host`` gives the file at ``path`` when it first sees it
+    (with its birth time, where the file system records one)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return source_id(host, os.fstat(fd).st_ino, fingerprint(fd) or "", epoch, birth_time(fd))
+    finally:
+        os.close(fd)
 
 
 def commit(t: Tailer, chunk: Chunk) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -22,10 +21,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from shipper.config import Endpoint, parse_endpoint
-from shipper.fingerprint import fingerprint
 from shipper.sender import ForwardClient, rendezvous_order
 from tests.shipper.receiver import Receiver
 from tests.shipper.shipping import empty_root
+from tests.shipper.tailing import new_source_id
 from tests.shipper.test_sender import message
 from tests.support.pipeline import start_aggregator
 from tests.support.procs import console_script, start_group, stop_group, wait_until
@@ -156,12 +155,7 @@ def write_files(plain: Path, bad: Endpoint, good: Endpoint, hostname: str) -> li
         path = plain / f"app-{n}.log"
         path.write_text("".join(f"{line}\n" for line in body))
         lines += body
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            source_id = f"{hostname}:{os.fstat(fd).st_ino:x}:{fingerprint(fd)}"
-        finally:
-            os.close(fd)
-        if n >= 2 and rendezvous_order(source_id, (bad, good))[0] == bad:
+        if n >= 2 and rendezvous_order(new_source_id(hostname, path), (bad, good))[0] == bad:
             return lines
     raise AssertionError("no source prefers the bad endpoint")
 

@@ -29,7 +29,7 @@ from shipper.fingerprint import TAIL_BYTES, tail_hash
 from shipper.tailer import Tailer
 from tests.shipper.receiver import Receiver
 from tests.shipper.shipping import empty_root
-from tests.shipper.tailing import aggregator_keeps, commit, drain_sent, spec_for
+from tests.shipper.tailing import aggregator_keeps, commit, drain_sent, new_source_id, spec_for
 from tests.shipper.test_hostile_state import identity
 from tests.shipper.test_once import run_shipper
 
@@ -161,8 +161,7 @@ def test_replaced_content_is_counted_and_read_under_a_new_epoch(
         with caplog.at_level(logging.WARNING, logger="logq.shipper.tailer"):
             sent = drain_sent(tailer)
         assert [log for log, _, _ in sent] == [BANNER, *(f"new line {i}" for i in range(1, 11))]
-        st, fp = identity(path)
-        assert {sid for _, _, sid in sent} == {f"h:{st.st_ino:x}:{fp}+1"}
+        assert {sid for _, _, sid in sent} == {new_source_id("h", path, epoch=1)}
         assert losses == ["truncated_in_place"]
         (record,) = caplog.records
         assert f"offset={offset}" in record.getMessage() and str(path) in record.getMessage()
