@@ -5,7 +5,8 @@ everything else on the path. Here a message's entries are unpacked by msgpack's 
 for shape in bulk (``map``/``set`` over the entry list, no per-entry Python function), and turned
 into Arrow columns straight away: times with numpy from the EventTime ext bytes, the wire keys
 with one list comprehension per key. PackedForward blobs, with or without a ``size`` option,
-first try :mod:`.packed` (msgspec). Anything unusual (float times, values of the wrong type,
+first try :mod:`.packed_scan` (a logq-shipper blob read column-wise from its bytes, with numpy),
+then :mod:`.packed` (msgspec). Anything unusual (float times, values of the wrong type,
 invalid UTF-8) falls back to the general path, :func:`shipper.wire.decode_message` plus
 per-record coercion, which accepts the same protocol; a message neither path accepts raises
 :class:`shipper.wire.ProtocolError`.
@@ -30,7 +31,7 @@ import msgpack
 import numpy as np
 import pyarrow as pa
 
-from aggregator import clientmeta, packed
+from aggregator import clientmeta, packed, packed_scan
 from shipper import wire
 
 #: Keys of the records kept as columns (besides ``log``); low-cardinality ones dictionary-coded.
@@ -300,8 +301,11 @@ def _fast_entries(tag: str, entries: list[Any]) -> tuple[pa.RecordBatch, _Times]
 
 
 def _packed(tag: str, blob: bytes, size: object) -> pa.RecordBatch | None:
-    """The batch of a logq-shipper PackedForward blob via msgspec (:mod:`.packed`), or None."""
-    cols = packed.constant_columns(blob, size, DICT_STRING)
+    """The batch of a PackedForward blob read by :mod:`.packed_scan` (a logq-shipper's), else
+    by msgspec (:mod:`.packed`), or None."""
+    cols = packed_scan.scan_columns(blob, size, DICT_STRING)
+    if cols is None:
+        cols = packed.constant_columns(blob, size, DICT_STRING)
     if cols is None:
         entries = packed.decode_entries(blob, size)
         if entries is not None:

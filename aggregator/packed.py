@@ -31,6 +31,10 @@ general path would accept every byte of it: skipping values unbuilt must not mak
 accept a blob that the general path refuses (past its object budget, its entry limit, msgpack's
 nesting limit...). The general path then refuses it as before, with its reason.
 
+A logq-shipper blob of :data:`CONSTANT_MIN_ENTRIES` or more entries is first read by
+:mod:`.packed_scan` (column-wise, from its bytes, no per-line object); what that declines
+comes here.
+
 This path is strict on purpose: anything it does not expect (a wrong ``size``, float times, a
 value of an unexpected type, invalid UTF-8, a record without ``log``) returns None and the
 caller takes the general path (:mod:`aggregator.decode`), which accepts the whole protocol and
@@ -359,7 +363,8 @@ def _constant_decoder(metadata: tuple[str | None, ...]) -> msgspec.msgpack.Decod
     return decoder
 
 
-def _constant(value: str | None, n: int, dict_type: pa.DataType) -> pa.Array:
+def constant_column(value: str | None, n: int, dict_type: pa.DataType) -> pa.Array:
+    """``n`` rows of one value (None: NULL) as a dictionary column of ``dict_type``."""
     if value is None:
         return pa.nulls(n, dict_type)
     return pa.DictionaryArray.from_arrays(
@@ -384,8 +389,8 @@ def constant_columns(blob: bytes, size: object, dict_type: pa.DataType) -> list[
         n = len(records)
         streams = [r.stream for r in records]
         same = streams.count(streams[0]) == n
-        stream = _constant(streams[0], n, dict_type) if same else pa.array(streams, dict_type)
-        return [stream, *(_constant(value, n, dict_type) for value in metadata)]
+        stream = constant_column(streams[0], n, dict_type) if same else pa.array(streams, dict_type)
+        return [stream, *(constant_column(value, n, dict_type) for value in metadata)]
 
     return _assemble(entries, keys)
 
@@ -450,7 +455,7 @@ def _dict_column(raws: list[msgspec.Raw], dict_type: pa.DataType) -> pa.Array:
     """A dictionary column from msgpack values; decoded once when they are all the same."""
     first = raws[0]
     if raws.count(first) == len(raws):
-        return _constant(_TEXT.decode(first), len(raws), dict_type)
+        return constant_column(_TEXT.decode(first), len(raws), dict_type)
     return pa.array([_TEXT.decode(r) for r in raws], dict_type)
 
 
@@ -556,7 +561,9 @@ def _raw_column(raws: list[msgspec.Raw], dict_type: pa.DataType) -> pa.Array:
     """:func:`_dict_column` of raws that may be ``_ABSENT`` (a null)."""
     first = raws[0]
     if raws.count(first) == len(raws):
-        return _constant(None if first is _ABSENT else _TEXT.decode(first), len(raws), dict_type)
+        return constant_column(
+            None if first is _ABSENT else _TEXT.decode(first), len(raws), dict_type
+        )
     return pa.array(_texts(raws), dict_type)
 
 
@@ -596,7 +603,9 @@ def _client_keys(records: list[_ClientRecord], dict_type: pa.DataType, tag: str)
     ):
         fills = _fills_of(raws, 0, tag)
         return [
-            _constant(fills[k], n, dict_type) if k in fills else _raw_column(raws[k], dict_type)
+            constant_column(fills[k], n, dict_type)
+            if k in fills
+            else _raw_column(raws[k], dict_type)
             for k in RAW_KEYS
         ]
     values = {key: _texts(raws[key]) for key in RAW_KEYS}

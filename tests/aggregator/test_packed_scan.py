@@ -1,0 +1,160 @@
+"""The column-wise scan of shipper PackedForward blobs (:mod:`aggregator.packed_scan`).
+
+It must take what logq-shipper sends, and for every blob either give exactly the batch the
+decoder gives without it (msgspec, else the general path) or decline: checked on the shipper's
+own encoder, on values of every msgpack width, and on many blobs cut or with a byte changed.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import msgpack
+import pyarrow as pa
+import pytest
+
+from aggregator import decode as dec
+from aggregator import packed, packed_scan
+from shipper import wire
+from shipper.batch import record_constants
+from shipper.lines import Lines
+from tests.aggregator.test_packed import T0, shipper_record
+
+N = packed.CONSTANT_MIN_ENTRIES
+
+
+def scanned(blob: bytes, size: int) -> list[pa.Array] | None:
+    return packed_scan.scan_columns(blob, size, dec.DICT_STRING)
+
+
+def message(blob: bytes, size: Any) -> Any:
+    """A PackedForward message as the server's unpacker yields it."""
+    frame = wire.pack(["logq.recipe", blob, {"chunk": "c", "size": size}])
+    return msgpack.unpackb(frame, raw=False, ext_hook=wire._ext_hook)
+
+
+def without_scan(obj: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The decoder's batch (or its ProtocolError) with the scan switched off."""
+    with monkeypatch.context() as patched:
+        patched.setattr(packed_scan, "scan_columns", lambda *args: None)
+        try:
+            return dec.decode(obj, 1 << 30)[0]
+        except wire.ProtocolError as exc:
+            return exc
+
+
+def assert_same_as_without_scan(obj: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = without_scan(obj, monkeypatch)
+    if isinstance(expected, wire.ProtocolError):
+        with pytest.raises(wire.ProtocolError):
+            dec.decode(obj, 1 << 30)
+        return
+    batch, _ = dec.decode(obj, 1 << 30)
+    assert batch.equals(expected)
+
+
+def blob_of(records: list[dict[str, Any]]) -> bytes:
+    return wire.pack_entries([(T0 + i * 1_000_003, r) for i, r in enumerate(records)])
+
+
+def test_the_shippers_own_bytes_are_scanned_as_msgspec_decodes_them() -> None:
+    """The body logq-shipper's encoder writes (``time`` per line, shared keys after), with
+    both streams, lines of every string width and offsets of every integer width."""
+    lines = Lines()
+    widths = ["", "x" * 31, "é" * 40, "y" * 300, "z" * 70_000]  # fixstr, str8, str16, str32
+    offsets = [0, 127, 255, 65_535, 2**32 - 1, 2**40]
+    for i in range(3 * N):
+        stream = "stderr" if i % 4 == 0 else "stdout"
+        text = f"line {i} {widths[i % len(widths)]}"
+        lines.add(offsets[i % len(offsets)] + i, "2026-11-28T10:00:00Z", T0 + i, stream, text)
+    shared = record_constants(
+        "recipe", "c" * 64, "ecs-recipe-envoy", "ip-1", "envoy:v1", "src", None
+    )
+    blob = bytes(lines.encode(shared))
+    columns = scanned(blob, len(lines))
+    assert columns is not None
+    expected = packed.constant_columns(blob, len(lines), dec.DICT_STRING)
+    assert expected is not None
+    for got, want in zip(columns, expected, strict=True):
+        assert got.equals(want)
+    assert columns[1].to_pylist() == lines.logs
+    assert columns[-1].to_pylist() == lines.offsets
+
+
+@pytest.mark.parametrize(
+    "later",
+    [
+        {wire.KEY_STREAM: None},
+        {wire.KEY_OFFSET: None},
+        {wire.KEY_STREAM: "console"},
+        {wire.KEY_OFFSET: -1},
+        {wire.KEY_SERVICE: "checkout"},
+        {wire.KEY_LOG: None, "message": "from message"},
+        {wire.KEY_TIME: 5},
+        {"kubernetes": {"pod_name": "web-1"}},
+        {wire.KEY_LOG: b"bin \xff"},
+    ],
+)
+def test_a_record_unlike_the_others_gives_the_same_batch(
+    later: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = [shipper_record(i, **(later if i == N // 2 else {})) for i in range(N)]
+    assert_same_as_without_scan(message(blob_of(records), N), monkeypatch)
+
+
+def test_what_it_takes_and_what_it_leaves() -> None:
+    records = [shipper_record(i) for i in range(N)]
+    blob = blob_of(records)
+    assert scanned(blob, N) is not None
+    assert scanned(blob, N - 1) is None  # a wrong size
+    assert scanned(blob + b"\xc0", N) is None  # a byte after the last entry
+    assert scanned(blob[:-1], N) is None  # a truncated last entry
+    small = blob_of(records[: N - 1])
+    assert scanned(small, N - 1) is None  # too few entries to pay off: msgspec takes them
+    reordered = blob_of([dict(reversed(r.items())) for r in records])
+    assert scanned(reordered, N) is not None  # any key order, the same in every record
+    mixed = blob_of([dict(reversed(r.items())) if i == 3 else r for i, r in enumerate(records)])
+    assert scanned(mixed, N) is None
+
+
+def test_an_invalid_utf8_line_is_left_to_the_other_paths(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    records = [shipper_record(i, log="line ###") for i in range(N)]
+    blob = blob_of(records).replace(b"line ###", b"line \xff##", 1)
+    assert scanned(blob, N) is None
+    obj = message(blob, N)
+    assert_same_as_without_scan(obj, monkeypatch)
+    assert dec.decode(obj, 1 << 30)[0].column("log")[0].as_py() == "line ?##"
+
+
+def test_bytes_that_look_like_an_entry_start_are_not_taken_for_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An offset of ``92 d7 00 ...`` followed by a map header's byte: a false entry start."""
+    fake = int.from_bytes(b"\x92\xd7\x00\x00\x00\x00\x00\x8a", "big")
+    records = [shipper_record(i, offset=fake + i if i == 5 else i) for i in range(N)]
+    blob = blob_of(records)
+    assert b"\xcf\x92\xd7\x00" in blob
+    assert scanned(blob, N) is None
+    assert_same_as_without_scan(message(blob, N), monkeypatch)
+
+
+def test_cut_or_changed_blobs_give_the_same_batch_or_the_same_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seeded: every cut of the last entries, and bytes changed anywhere to values that
+    matter to msgpack (headers of each width, nil, the entry start) or to random ones."""
+    records = [shipper_record(i, offset=(i * 7919) << (i % 40)) for i in range(N)]
+    blob = blob_of(records)
+    last = len(blob) - len(blob_of(records[-1:]))
+    for cut in range(last - 20, len(blob) + 1):
+        assert_same_as_without_scan(message(blob[:cut], N), monkeypatch)
+    rng = random.Random(15)
+    special = [0x00, 0x7F, 0x80, 0x8A, 0x92, 0xA0, 0xA6, 0xBF, 0xC0, 0xCC, 0xCF, 0xD7, 0xD9, 0xDB]
+    for _ in range(400):
+        changed = bytearray(blob)
+        at = rng.randrange(len(blob))
+        changed[at] = rng.choice(special) if rng.random() < 0.7 else rng.randrange(256)
+        assert_same_as_without_scan(message(bytes(changed), N), monkeypatch)
