@@ -406,8 +406,13 @@ class Registry:
 
     def finished(self, key: str) -> FileState | None:
         """The last checkpoint of the file ``key`` if it was finished moments ago (see
-        :meth:`finish`), else None."""
-        return self._finished.get(key) or self._inherited.get(key)
+        :meth:`finish`), else None. Only for :data:`FINISHED_SAVE_SECONDS`, as saved: kept
+        until the next save prunes it, on a quiet host a new file on its inode with its first
+        line (a plain log's banner) was passed over for as long (R2)."""
+        state = self._finished.get(key)
+        if state is not None and state.updated >= time.time() - FINISHED_SAVE_SECONDS:
+            return state
+        return self._inherited.get(key)
 
     def forget_finished(self, source: str) -> None:
         """``source`` has started: its files finished by the previous run are passed over by

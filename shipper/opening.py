@@ -55,6 +55,19 @@ def source_id(host: str, ino: int, fp: str, epoch: int, birth: int | None) -> st
     return f"{sid}+{epoch}" if epoch else sid
 
 
+def another_life(sid: str, st: os.stat_result, birth: int | None) -> bool:
+    """Whether ``sid``, a checkpoint's id, names the inode of ``st`` born at another time: it
+    was given to a file deleted since, whose inode the file ``st`` got. Its checkpoint is not
+    this file's, whatever their first lines and bytes. A copy's checkpoint (copytruncate,
+    :meth:`~shipper.resume.Resume._adopt_copy`) carries the id of the file it copies, another
+    inode: not compared; nor are ids without a birth time (an older shipper's)."""
+    parts = sid.rsplit(":", 2)
+    if birth is None or len(parts) != 3 or "@" not in parts[2]:
+        return False
+    born = parts[2].partition("@")[2].partition("+")[0]
+    return parts[1] == f"{st.st_ino:x}" and born != f"{birth:x}"
+
+
 class Opening:
     """Part of :class:`~shipper.tailer.Tailer`: opening its files, backing off, parking."""
 
@@ -105,8 +118,8 @@ class Opening:
             sid = self._source_id(st.st_ino, fp, 0, birth)
             state = FileState(self.spec.key, str(path), sid, 0, 0)
             self.registry.put(key, state)
-        elif state.offset:
-            state = self._verified(fd, path, st, fp, state)
+        elif state.offset or another_life(state.source_id, st, birth):
+            state = self._verified(fd, path, st, fp, state, birth)
         log.debug("opened path=%s ino=%d offset=%d", path, st.st_ino, state.offset)
         self._opened[fp] = None
         if len(self._opened) > 1024:
@@ -125,6 +138,8 @@ class Opening:
         state = self.registry.finished(key)
         if state is None or st.st_size < state.offset:
             return False
+        if another_life(state.source_id, st, birth):
+            return False  # a new file on the inode of the one finished (see shipper.birth)
         try:
             if state.tail and tail_hash(fd, state.offset) != state.tail:
                 return False

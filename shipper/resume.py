@@ -24,6 +24,7 @@ from shipper.checkpoint import FileState, file_key
 from shipper.cursor import Cursor
 from shipper.discover import compressed_siblings, rotated_siblings
 from shipper.fingerprint import fingerprint, tail_hash
+from shipper.opening import another_life
 from shipper.rotated import age, compressed_identities, oldest_first, rotation_path
 
 if TYPE_CHECKING:
@@ -208,7 +209,13 @@ class Resume:
         return max(stamps)
 
     def _verified(
-        self: Tailer, fd: int, path: Path, st: os.stat_result, fp: str, state: FileState
+        self: Tailer,
+        fd: int,
+        path: Path,
+        st: os.stat_result,
+        fp: str,
+        state: FileState,
+        birth: int | None,
     ) -> FileState:
         """``state``, the checkpoint of the file just opened as ``fd``, if the file still holds
         the content it was taken in; else a new one reading the file from its start.
@@ -224,9 +231,16 @@ class Resume:
         written after the checkpoint, if any, were lost while the shipper was down.
 
         One ``pread`` per file opened at a position; entries without a :attr:`FileState.tail`
-        (an older shipper's) are only checked against the size, as before.
+        (an older shipper's) are only checked against the size, as before. A checkpoint whose
+        id names this inode with another birth time (:func:`~shipper.opening.another_life`)
+        was a deleted file's, even at 0 or with the same bytes before it (a header-only file).
         """
-        if state.offset > st.st_size:
+        if another_life(state.source_id, st, birth):
+            why = (
+                "the file was replaced (deleted, and another created on its inode) while the "
+                "shipper was down"
+            )
+        elif state.offset > st.st_size:
             why = "checkpoint is past the end of the file: truncated while the shipper was down"
         else:
             if not state.tail:
@@ -242,7 +256,7 @@ class Resume:
                 "shipper was down or had it closed"
             )
         epoch = state.epoch + 1
-        sid = self._source_id(st.st_ino, fp, epoch, birth_time(fd))
+        sid = self._source_id(st.st_ino, fp, epoch, birth)
         fresh = FileState(self.spec.key, str(path), sid, 0, 0, epoch)
         self.registry.put(file_key(st.st_dev, st.st_ino, fp), fresh)
         if any(
