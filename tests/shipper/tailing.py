@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import shipper.resume
+import shipper.tailer
 from shipper.birth import birth_time
 from shipper.cursor import Chunk
 from shipper.discover import SourceSpec
@@ -28,6 +30,35 @@ def set_clock(monkeypatch: pytest.MonkeyPatch, clock: list[float]) -> None:
     for module in parts:
         if getattr(module, "time", None) is time:
             monkeypatch.setattr(module, "time", fake)
+
+
+def fresh_process(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """A tailer clock at 1000 (see :func:`set_clock`) and a process that has not seen any
+    source yet (``last_active`` empty): what the tests of restarts and rotations start from."""
+    now = [1000.0]
+    set_clock(monkeypatch, now)
+    fresh: dict[str, float] = {}
+    monkeypatch.setattr(shipper.resume, "last_active", fresh)
+    monkeypatch.setattr(shipper.tailer, "last_active", fresh)
+    return now
+
+
+def create_on_inode(path: Path, content: bytes, ino: int) -> None:
+    """Create ``path`` with ``content`` on inode ``ino``, just freed, as a file system does when
+    nothing else takes it first (ext4 hands out the lowest free inode of the group: files are
+    created until one gets it, the others deleted). Skips where the file system never does."""
+    spares = []
+    for i in range(200):
+        spare = path.with_name(f".spare{i}")
+        spare.write_bytes(content)
+        if spare.stat().st_ino == ino:
+            spare.rename(path)
+            break
+        spares.append(spare)
+    else:
+        pytest.skip("this file system did not hand the freed inode to a new file")
+    for spare in spares:
+        spare.unlink()
 
 
 def spec_for(path: Path, fmt: str = "docker") -> SourceSpec:

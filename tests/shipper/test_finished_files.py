@@ -24,18 +24,13 @@ import shipper.tailer
 from shipper.checkpoint import FileState, Registry
 from shipper.tailer import Tailer
 from tests.shipper.hostgen import docker_line
-from tests.shipper.tailing import aggregator_keeps, drain_sent, set_clock, spec_for
+from tests.shipper.tailing import aggregator_keeps, drain_sent, fresh_process, spec_for
 
 
 @pytest.fixture(autouse=True)
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    now = [1000.0]
-    set_clock(monkeypatch, now)
     monkeypatch.setattr(shipper.split_lines, "SPLIT_FLUSH_SECONDS", 5.0)
-    fresh: dict[str, float] = {}
-    monkeypatch.setattr(shipper.resume, "last_active", fresh)
-    monkeypatch.setattr(shipper.tailer, "last_active", fresh)
-    return now
+    return fresh_process(monkeypatch)
 
 
 def start(path: Path, losses: list[str]) -> tuple[Tailer, Registry]:

@@ -19,22 +19,15 @@ from pathlib import Path
 
 import pytest
 
-import shipper.resume
-import shipper.tailer
 from shipper.checkpoint import Registry
 from shipper.tailer import Tailer
 from tests.shipper.hostgen import cri_line
-from tests.shipper.tailing import drain, set_clock, spec_for
+from tests.shipper.tailing import drain, fresh_process, spec_for
 
 
 @pytest.fixture(autouse=True)
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    now = [1000.0]
-    set_clock(monkeypatch, now)
-    fresh: dict[str, float] = {}
-    monkeypatch.setattr(shipper.resume, "last_active", fresh)
-    monkeypatch.setattr(shipper.tailer, "last_active", fresh)
-    return now
+    return fresh_process(monkeypatch)
 
 
 def tailer(path: Path, losses: list[str]) -> tuple[Tailer, Registry]:

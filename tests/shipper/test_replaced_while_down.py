@@ -29,7 +29,14 @@ from shipper.fingerprint import TAIL_BYTES, tail_hash
 from shipper.tailer import Tailer
 from tests.shipper.receiver import Receiver
 from tests.shipper.shipping import empty_root
-from tests.shipper.tailing import aggregator_keeps, commit, drain_sent, new_source_id, spec_for
+from tests.shipper.tailing import (
+    aggregator_keeps,
+    commit,
+    create_on_inode,
+    drain_sent,
+    new_source_id,
+    spec_for,
+)
 from tests.shipper.test_hostile_state import identity
 from tests.shipper.test_once import run_shipper
 
@@ -60,23 +67,10 @@ def stored(receiver: Receiver, prefix: str) -> list[str]:
 
 
 def recreate_on_same_inode(path: Path, content: bytes) -> None:
-    """Delete ``path`` and create it again with ``content`` on the inode just freed, as a file
-    system does when nothing else takes it first (ext4 hands out the lowest free inode of the
-    group: files created until one gets it, the others deleted)."""
+    """Delete ``path`` and create it again with ``content`` on the inode just freed."""
     ino = path.stat().st_ino
     path.unlink()
-    spares = []
-    for i in range(200):
-        spare = path.with_name(f".spare{i}")
-        spare.write_bytes(content)
-        if spare.stat().st_ino == ino:
-            spare.rename(path)
-            break
-        spares.append(spare)
-    else:
-        pytest.skip("this file system did not hand the freed inode to a new file")
-    for spare in spares:
-        spare.unlink()
+    create_on_inode(path, content, ino)
 
 
 def test_truncated_while_down_and_written_past_the_old_offset(

@@ -31,7 +31,7 @@ from shipper.fingerprint import fingerprint
 from shipper.tailer import Tailer
 from tests.shipper.receiver import Receiver
 from tests.shipper.shipping import shipper_args, until
-from tests.shipper.tailing import aggregator_keeps, drain, drain_sent, spec_for
+from tests.shipper.tailing import aggregator_keeps, create_on_inode, drain, drain_sent, spec_for
 
 pytestmark = pytest.mark.integration
 
@@ -117,20 +117,7 @@ def _write(path: Path, lines: list[str]) -> None:
 
 
 def _create_on_inode(path: Path, lines: list[str], ino: int) -> None:
-    """Create ``path`` with ``lines`` on inode ``ino`` just freed (ext4 hands it to the next
-    file created, unless another free inode comes first: files are created until one gets it)."""
-    spares = []
-    for i in range(200):
-        spare = path.with_name(f".spare{i}")
-        _write(spare, lines)
-        if spare.stat().st_ino == ino:
-            os.rename(spare, path)
-            break
-        spares.append(spare)
-    else:
-        pytest.skip("this file system did not hand the freed inode to a new file")
-    for spare in spares:
-        spare.unlink()
+    create_on_inode(path, "".join(f"{line}\n" for line in lines).encode(), ino)
 
 
 def test_a_missed_rotation_on_the_inode_of_a_file_let_go_is_read(

@@ -18,24 +18,23 @@ from pathlib import Path
 
 import pytest
 
-import shipper.resume
-import shipper.tailer
 from shipper.checkpoint import Registry
 from shipper.tailer import Tailer
 from tests.shipper.hostgen import cri_line, docker_line
-from tests.shipper.tailing import aggregator_keeps, drain_sent, rotate_docker, set_clock, spec_for
+from tests.shipper.tailing import (
+    aggregator_keeps,
+    drain_sent,
+    fresh_process,
+    rotate_docker,
+    spec_for,
+)
 
 
 @pytest.fixture(autouse=True)
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The tailer's clock (moved by the tests past the rotate wait and the split-line flush),
     and a process that has not seen any source yet."""
-    now = [1000.0]
-    set_clock(monkeypatch, now)
-    fresh: dict[str, float] = {}
-    monkeypatch.setattr(shipper.resume, "last_active", fresh)
-    monkeypatch.setattr(shipper.tailer, "last_active", fresh)
-    return now
+    return fresh_process(monkeypatch)
 
 
 def tailer(path: Path, losses: list[str], fmt: str = "docker") -> tuple[Tailer, Registry]:
