@@ -18,7 +18,8 @@ identity without it, as before.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -34,9 +35,8 @@ _BTIME_AT = 0x50
 
 def _load_statx() -> Callable[..., int] | None:
     """libc's ``statx``, or None where libc has none (glibc < 2.28, other libcs)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.statx
+    try:  # the process's own symbols, libc's among them (find_library would run ldconfig)
+        fn = ctypes.CDLL(None, use_errno=True).statx
     except (OSError, AttributeError):
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
@@ -45,6 +45,9 @@ def _load_statx() -> Callable[..., int] | None:
 
 
 _statx = _load_statx()
+log = logging.getLogger("logq.shipper.birth")
+_told = False
+"""Whether the missing birth times were logged (once a process)."""
 
 Identity = tuple[int, int, str, int | None]
 """(device, inode, fingerprint, birth time) of a file: one life of an inode, with its content's
@@ -55,15 +58,31 @@ def birth_time(fd: int) -> int | None:
     """The birth time of the open file ``fd`` in nanoseconds since the epoch, or None when
     the system or the file system does not tell it (see the module's docstring)."""
     if _statx is None:
-        return None
+        return _unknown("this C library has no statx()")
     buf = ctypes.create_string_buffer(_STATX_SIZE)
     if _statx(fd, b"", _AT_EMPTY_PATH, _STATX_BTIME, buf) != 0:
-        return None  # ENOSYS (old kernel), EPERM (an old seccomp profile): as if unknown
+        # ENOSYS (old kernel), EPERM (an old seccomp profile): as if unknown
+        return _unknown(f"statx() failed: {os.strerror(ctypes.get_errno())}")
     raw = buf.raw
     if not int.from_bytes(raw[_MASK_AT : _MASK_AT + 4], sys.byteorder) & _STATX_BTIME:
-        return None
+        return _unknown("the file system does not record them")
     sec = int.from_bytes(raw[_BTIME_AT : _BTIME_AT + 8], sys.byteorder, signed=True)
     nsec = int.from_bytes(raw[_BTIME_AT + 8 : _BTIME_AT + 12], sys.byteorder)
-    if sec <= 0 and nsec == 0:
-        return None  # not recorded (some file systems fill the mask with a zero time)
+    if sec <= 0 and nsec == 0:  # some file systems fill the mask with a zero time
+        return _unknown("the file system does not record them")
     return sec * 1_000_000_000 + nsec
+
+
+def _unknown(reason: str) -> None:
+    """None, and once a process a WARNING: without birth times the protection is off."""
+    global _told
+    if not _told:
+        _told = True
+        log.warning(
+            "file birth times are not available (%s): a log file created on the inode of a "
+            "deleted one with the same first line (a fixed header or banner) may have its "
+            "lines taken for resends of the old file's and dropped; keep log files on a file "
+            "system that records them (ext4, xfs, btrfs, tmpfs) where that matters",
+            reason,
+        )
+    return None
