@@ -16,6 +16,7 @@ for their ``source_id``, as the aggregator does.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 
@@ -185,11 +186,14 @@ def test_a_checkpoint_of_an_older_shipper_resumes_under_its_stored_source_id(
 
 
 def test_without_a_birth_time_the_source_id_is_as_before(
-    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Where the birth time is unknown (no ``statx`` in libc or the kernel, a file system that
-    does not record it: NFS), a file's id is ``host:inode:fingerprint``, as it always was."""
+    does not record it: NFS), a file's id is ``host:inode:fingerprint``, as it always was, and
+    one WARNING says the protection is off."""
     monkeypatch.setattr(birth, "_statx", None)
+    monkeypatch.setattr(birth, "_told", False)
+    caplog.set_level(logging.WARNING, logger="logq.shipper.birth")
     path = tmp_path / "app.csv"
     _write(path, [HEADER, "a 1"])
     fd = os.open(path, os.O_RDONLY)
@@ -200,6 +204,8 @@ def test_without_a_birth_time_the_source_id_is_as_before(
         os.close(fd)
     t = Tailer(spec_for(path, "plain"), reg, "h", 65536)
     assert {sid for _, _, sid in drain_sent(t)} == {expected}
+    warned = [r.getMessage() for r in caplog.records if r.name == "logq.shipper.birth"]
+    assert len(warned) == 1 and "no statx()" in warned[0], warned
 
 
 def test_a_file_system_that_records_no_birth_time_gives_none() -> None:
