@@ -8,6 +8,7 @@ own encoder, on values of every msgpack width, and on many blobs cut or with a b
 from __future__ import annotations
 
 import random
+import tracemalloc
 from typing import Any
 
 import msgpack
@@ -22,6 +23,13 @@ from shipper.lines import Lines
 from tests.aggregator.test_packed import T0, shipper_record
 
 N = packed.CONSTANT_MIN_ENTRIES
+
+
+@pytest.fixture(autouse=True)
+def _scan_small_blobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blobs here are small (fast tests): let the scan take them, as it takes the large
+    ones it is for (see :data:`packed_scan.MIN_ENTRIES`)."""
+    monkeypatch.setattr(packed_scan, "MIN_ENTRIES", packed.CONSTANT_MIN_ENTRIES)
 
 
 def scanned(blob: bytes, size: int) -> list[pa.Array] | None:
@@ -158,3 +166,28 @@ def test_cut_or_changed_blobs_give_the_same_batch_or_the_same_refusal(
         at = rng.randrange(len(blob))
         changed[at] = rng.choice(special) if rng.random() < 0.7 else rng.randrange(256)
         assert_same_as_without_scan(message(bytes(changed), N), monkeypatch)
+
+
+def test_a_blob_of_entry_start_bytes_is_declined_in_memory_of_its_size() -> None:
+    """A valid first entry, then 4 MiB of ``0x92`` (the first byte of an entry): each was
+    listed as an int64 candidate start (8 bytes a byte, and as much again for the gathers),
+    so a 64 KiB gzip frame of 128 MiB took GiBs and seconds of the event loop."""
+    first = blob_of([shipper_record(0)])
+    blob = first + b"\x92" * (4 << 20)
+    tracemalloc.start()
+    try:
+        assert scanned(blob, N) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * len(blob)  # the padded copy and one byte mask, not 8 bytes a byte
+
+
+def test_blobs_under_the_scan_s_size_go_to_msgspec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below :data:`packed_scan.MIN_ENTRIES` the scan's fixed cost is more than msgspec's whole
+    decode: such a blob is declined, and one of that size taken."""
+    monkeypatch.setattr(packed_scan, "MIN_ENTRIES", 1024)
+    small = blob_of([shipper_record(i) for i in range(1023)])
+    large = blob_of([shipper_record(i) for i in range(1024)])
+    assert scanned(small, 1023) is None
+    assert scanned(large, 1024) is not None

@@ -9,6 +9,7 @@ import random
 import pyarrow as pa
 import pytest
 
+from aggregator import writer
 from aggregator.writer import partitions
 from athena.schema import TIMESTAMP
 
@@ -74,3 +75,31 @@ def test_rows_in_order_are_sliced_not_copied() -> None:
         [f"a{i}" for i in range(5)],
         ["b0"],
     ]
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [("a", T0, "only")],
+        [("a", T0, "t0"), ("a", T0, "t1"), ("a", T0, "t2"), ("b", T0, "t3")],  # ties
+        [("a", T0 + i * HOUR_MS // 3, f"a{i}") for i in range(7)] + [("b", T0, "b0")],
+        [("a", T0, "a0"), ("b", T0 + 1, "b0"), ("b", T0, "b1"), ("a", T0 - 1, "a1")],  # not
+        [("a", T0, "a0"), ("b", T0 + 1, "b0"), ("a", T0 + 2, "a1")],  # in time, not service
+    ],
+)
+@pytest.mark.parametrize("cut", [None, 1, 3])
+def test_rows_in_order_give_what_the_sort_gives(
+    rows: list[tuple[str, int, str]], cut: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The skipped sort is invisible: the same pieces as with it, also from a table of
+    several chunks (a piece then spans two of them) and with ties in time."""
+    table = table_of(rows)
+    if cut is not None and cut < len(rows):
+        table = pa.concat_tables([table.slice(0, cut), table.slice(cut)])
+    got = partitions(table)
+    monkeypatch.setattr(writer, "_in_order", lambda *_: False)
+    sorted_pieces = partitions(table)
+    assert [(s, dt, p.to_pylist()) for s, dt, p in got] == [
+        (s, dt, p.to_pylist()) for s, dt, p in sorted_pieces
+    ]
+    assert partitions(table.slice(0, 0)) == []
