@@ -404,6 +404,10 @@ class Registry:
             del self._finished[next(iter(self._finished))]
         self.dirty = True
 
+    def holds_finished(self) -> bool:
+        """Whether the next :meth:`snapshot` may still save files finished moments ago."""
+        return bool(self._finished)
+
     def finished(self, key: str) -> FileState | None:
         """The last checkpoint of the file ``key`` if it was finished moments ago (see
         :meth:`finish`), else None. Only for :data:`FINISHED_SAVE_SECONDS`, as saved: kept
