@@ -112,7 +112,7 @@ ISTIO_LINE = (
 ISTIO_QUOTED = ISTIO_LINE.replace(" default", ' de"fault')
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(
         st.one_of(
@@ -204,7 +204,7 @@ _QUOTED_PATH = st.text("a/?=&\"'\\%é", min_size=1, max_size=10)
 _AGENT = st.text("a \"'-()é", max_size=10)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(_QUOTED_PATH, _AGENT), min_size=1, max_size=6), st.booleans())
 def test_quotes_in_paths_shift_no_other_value(requests: list[tuple[str, str]], istio: bool) -> None:
     """A path holds no blank but may hold quotes (``\\S+``): whatever quotes a path and a user
