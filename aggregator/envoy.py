@@ -79,6 +79,9 @@ _OPERATORS: dict[str, tuple[str, str]] = {
     # space, so the space before %PROTOCOL% still ends it.
     "REQ(X-ENVOY-ORIGINAL-PATH?:PATH)": ("path", _PATH),
     "REQ(:PATH)": ("path", _PATH),
+    # The path without its query string (Envoy 1.16+), as some operators log it.
+    "REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)": ("path", _PATH),
+    "REQ_WITHOUT_QUERY(:PATH)": ("path", _PATH),
     "PROTOCOL": ("protocol", r"[^\s\"]+"),
     "RESPONSE_CODE": ("response_code", r"\d{1,9}"),
     "RESPONSE_FLAGS": ("response_flags", r"[A-Za-z,_-]+"),

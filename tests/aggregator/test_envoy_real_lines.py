@@ -219,3 +219,16 @@ def test_a_json_line_reads_the_same_whatever_its_batch() -> None:
         assert parsed.rows.to_pylist()[0] == 0
         durations.add(parsed.columns["duration_ms"][0].as_py())
     assert len(durations) == 1, durations
+
+
+def test_a_path_logged_without_its_query_fills_path() -> None:
+    """``%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%`` (Envoy 1.16+) in place of the usual
+    path operator: the format's lines fill ``path`` (it was NULL), through the split parser."""
+    custom = DEFAULT_FORMAT.replace(
+        "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%", "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%"
+    )
+    fmt = compile_format(custom)
+    assert split_plan(fmt) is not None
+    parsed = parse_lines(pa.array([envoy_line(path="/api/items")]), (fmt,))
+    assert parsed.unparsed.to_pylist() == []
+    assert parsed.columns["path"].to_pylist() == ["/api/items"]
