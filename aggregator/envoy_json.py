@@ -72,10 +72,14 @@ def _read(candidates: pa.Array) -> dict[str, pa.Array]:
         return _read_bulk(candidates)
     except (pa.ArrowInvalid, ValueError):
         pass
-    try:  # a key typed differently by two lines, most often numbers as strings beside numbers
-        return _read_bulk(_numbers_unquoted(candidates))
-    except (pa.ArrowInvalid, ValueError):
-        return _read_slow(candidates)
+    # A key typed differently by two lines, most often numbers as strings beside numbers: read
+    # again with them unquoted, if the batch has any (else that cannot help: a broken line).
+    if pc.any(pc.match_substring_regex(candidates, _NUMBER_KEY + _QUOTED_NUMBER)).as_py():
+        try:
+            return _read_bulk(_numbers_unquoted(candidates))
+        except (pa.ArrowInvalid, ValueError):
+            pass
+    return _read_slow(candidates)
 
 
 def _read_bulk(candidates: pa.Array) -> dict[str, pa.Array]:
@@ -91,14 +95,18 @@ def _read_bulk(candidates: pa.Array) -> dict[str, pa.Array]:
     return {col: _as_strings(table, keys, n, col in INT_COLUMNS) for col, keys in ALIASES.items()}
 
 
+#: A number key and its colon (group 1), then a quoted value :func:`_numbers_unquoted` rewrites.
+_NUMBER_KEY = rf'("(?:{_NUMBER_KEYS})"\s*:\s*)'
+_QUOTED_NUMBER = r'"(?:\d{1,18}|-?)"'
+
+
 def _numbers_unquoted(lines: pa.Array) -> pa.Array:
     """``lines`` with the number keys' quoted values as JSON numbers (``"12"`` -> ``12``) or null
     (``"-"``, ``""``): ``json_format`` prints strings, typed JSON numbers, and one batch mixes
     services; the bulk reader refuses a key it sees as both, and the per-line fallback costs
     ~10x. (A key inside a string value has its quotes escaped: it does not match.)"""
-    key = rf'("(?:{_NUMBER_KEYS})"\s*:\s*)'
-    digits = pc.replace_substring_regex(lines, key + r'"(\d{1,18})"', r"\1\2")
-    return pc.replace_substring_regex(digits, key + r'"-?"', r"\1null")
+    digits = pc.replace_substring_regex(lines, _NUMBER_KEY + r'"(\d{1,18})"', r"\1\2")
+    return pc.replace_substring_regex(digits, _NUMBER_KEY + r'"-?"', r"\1null")
 
 
 def _as_strings(table: pa.Table, keys: tuple[str, ...], n: int, number: bool) -> pa.Array:

@@ -232,3 +232,23 @@ def test_a_path_logged_without_its_query_fills_path() -> None:
     parsed = parse_lines(pa.array([envoy_line(path="/api/items")]), (fmt,))
     assert parsed.unparsed.to_pylist() == []
     assert parsed.columns["path"].to_pylist() == ["/api/items"]
+
+
+def test_a_broken_line_without_quoted_numbers_skips_the_second_bulk_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The second bulk read (numbers unquoted) helps only a batch holding quoted numbers; a
+    broken line beside typed ones goes straight to the per-line read (R1: 27-31 -> 38 µs a
+    line when both bulk reads ran), with the same values."""
+    calls: list[int] = []
+    unquote = envoy_json._numbers_unquoted
+    monkeypatch.setattr(
+        envoy_json, "_numbers_unquoted", lambda lines: calls.append(len(lines)) or unquote(lines)
+    )
+    typed = json.dumps({**ENVOY_GATEWAY, "x-envoy-upstream-service-time": 3})  # no quoted number
+    parsed = parse_lines(pa.array([typed, '{"start_time": "broken', typed]))
+    assert calls == []
+    assert parsed.rows.to_pylist() == [0, 2] and parsed.unparsed.to_pylist() == [1]
+    strings = json.dumps({**ISTIO, "bytes_sent": "91"})
+    parse_lines(pa.array([typed, strings]))
+    assert calls == [2]  # quoted numbers beside typed ones: the re-read is what helps
