@@ -121,6 +121,17 @@ def _create_on_inode(path: Path, lines: list[str], ino: int) -> None:
     create_on_inode(path, "".join(f"{line}\n" for line in lines).encode(), ino)
 
 
+def rotated_and_let_go(t: Tailer, path: Path, one: Path) -> int:
+    """Rotate ``path`` (read by ``t``) to ``one`` under a new live file ``[HEADER, "b 1"]``,
+    past the rotate wait: the inode of ``one``, which the tailer has let go."""
+    os.rename(path, one)
+    _write(path, [HEADER, "b 1"])
+    assert drain(t) == [HEADER, "b 1"]
+    t._lingering[0].rotated_at -= rotate_wait.ROTATE_WAIT_SECONDS
+    assert drain(t) == []
+    return one.stat().st_ino
+
+
 def test_a_missed_rotation_on_the_inode_of_a_file_let_go_is_read(
     tmp_path: Path, reg: Registry
 ) -> None:
@@ -132,12 +143,7 @@ def test_a_missed_rotation_on_the_inode_of_a_file_let_go_is_read(
     _write(path, [HEADER, "a 1"])
     t = Tailer(spec_for(path, "plain"), reg, "h", 65536)
     assert drain(t) == [HEADER, "a 1"]
-    os.rename(path, one)
-    _write(path, [HEADER, "b 1"])
-    assert drain(t) == [HEADER, "b 1"]
-    t._lingering[0].rotated_at -= rotate_wait.ROTATE_WAIT_SECONDS
-    assert drain(t) == []
-    freed = one.stat().st_ino
+    freed = rotated_and_let_go(t, path, one)
     assert freed not in {c.ino for c in (*t.cursors, *t._lingering)}  # let go
     # logrotate create, rotate 2, twice before the tailer looks again: the file let go is
     # deleted, and the next live file, created on its inode, is rotated away at once.

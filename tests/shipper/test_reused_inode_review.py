@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-import shipper.rotate_wait as rotate_wait
 from shipper.birth import birth_time
 from shipper.checkpoint import Registry
 from shipper.opening import another_life
 from shipper.tailer import Tailer
 from tests.shipper.tailing import aggregator_keeps, drain, drain_sent, spec_for
-from tests.shipper.test_reused_inode import HEADER, _create_on_inode, _write
+from tests.shipper.test_reused_inode import HEADER, _create_on_inode, _write, rotated_and_let_go
 
 
 @pytest.fixture(autouse=True)
@@ -65,12 +64,7 @@ def test_a_new_file_on_the_inode_of_a_header_only_file_let_go_is_read(
     _write(path, [HEADER])
     t = Tailer(spec_for(path, "plain"), reg, "h", 65536)
     assert drain(t) == [HEADER]
-    os.rename(path, one)
-    _write(path, [HEADER, "b 1"])
-    assert drain(t) == [HEADER, "b 1"]
-    t._lingering[0].rotated_at -= rotate_wait.ROTATE_WAIT_SECONDS
-    assert drain(t) == []
-    freed = one.stat().st_ino
+    freed = rotated_and_let_go(t, path, one)
     # logrotate create, rotate 2: the header-only file let go is deleted, the next live file
     # is created on its inode; then the next rotation.
     one.unlink()
