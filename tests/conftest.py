@@ -33,10 +33,10 @@ _CHAOS, _INTEGRATION, _UNIT = 0, 1, 2
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist, run the longest modules first and the millisecond ones last.
 
-    ``make test`` hands a whole module at a time to whichever of its two workers is free, in
+    ``make test`` hands a whole module at a time to whichever of its workers is free, in
     this order (``--dist loadscope --no-loadscope-reorder``; a module's fixtures are then built
     once, e.g. the ~70 ``logq`` runs of ``tests/chaos/test_hostile_cli.py``). A 60-second chaos
-    scenario that starts near the end keeps one worker busy while the other idles; started
+    scenario that starts near the end keeps one worker busy while the others idle; started
     first, it overlaps with the rest, and the run ends on modules without processes, mostly
     milliseconds each (a few take longer: ``tests/shipper/test_fast_rotation.py``, ~20 s). The
     sort is stable, so modules keep their order within a rank and tests theirs within a
