@@ -99,7 +99,7 @@ class CopyTruncate:
                 )
                 epoch += 1
                 self.registry.put(file_key(st.st_dev, st.st_ino, head.fp), state)
-                copy = Cursor(fd, sib, head.fp, state, self.parser)
+                copy = Cursor(fd, sib, head.fp, state, self.parser, birth_time(fd))
                 state.tail = copy.tail(head.checked_pos)  # checked at a restart before its ack
                 copy.stop_at = head.stop_at  # same bytes at the same offsets as head's
                 self._floor = st.st_mtime_ns
@@ -119,7 +119,7 @@ class CopyTruncate:
                     acked_to=head.state.acked_to,
                 )
                 self.registry.put(file_key(st.st_dev, st.st_ino, head.fp), state)
-                copy = Cursor(fd, sib, head.fp, state, self.parser)
+                copy = Cursor(fd, sib, head.fp, state, self.parser, birth_time(fd))
                 # From the copy's own bytes: head's hash may have been taken after the
                 # truncation (an ack between it and this poll), of the new content (R1).
                 state.tail = copy.tail(state.offset)

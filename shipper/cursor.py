@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shipper import fd_budget
-from shipper.birth import birth_time
 from shipper.checkpoint import FileState, file_key
 from shipper.fingerprint import tail_hash
 from shipper.formats import LineParser, overlong_line
@@ -31,7 +30,15 @@ log = logging.getLogger("logq.shipper.tailer")
 class Cursor:
     """One open file and the read position in it."""
 
-    def __init__(self, fd: int, path: Path, fp: str, state: FileState, parser: LineParser) -> None:
+    def __init__(
+        self,
+        fd: int,
+        path: Path,
+        fp: str,
+        state: FileState,
+        parser: LineParser,
+        birth: int | None,
+    ) -> None:
         st = os.fstat(fd)
         fd_budget.count_open()
         self.fd = fd
@@ -39,8 +46,9 @@ class Cursor:
         self.dev = st.st_dev
         self.ino = st.st_ino
         self.fp = fp
-        self.birth = birth_time(fd)
-        """When its inode was created (see :mod:`shipper.birth`), None where unknown."""
+        self.birth = birth
+        """When its inode was created (:func:`shipper.birth.birth_time`, which the opener
+        already called), None where unknown."""
         self.key = file_key(st.st_dev, st.st_ino, fp)
         self.state = state
         self.source_id = state.source_id

@@ -101,13 +101,17 @@ class Opening:
         except OSError:
             os.close(fd)
             return None
+        if fp is None:
+            os.close(fd)
+            return None
         birth = birth_time(fd)
-        if fp is None or (st.st_dev, st.st_ino, fp, birth) in exclude:
+        identity = (st.st_dev, st.st_ino, fp, birth)
+        if identity in exclude:
             os.close(fd)
             return None
         key = file_key(st.st_dev, st.st_ino, fp)
         state = self.registry.get(key)
-        if state is None and self._finished_before(fd, path, st, key, birth):
+        if state is None and self._finished_before(fd, path, st, key, identity):
             os.close(fd)
             self._opened[fp] = None
             return None
@@ -124,10 +128,10 @@ class Opening:
         self._opened[fp] = None
         if len(self._opened) > 1024:
             del self._opened[next(iter(self._opened))]
-        return Cursor(fd, path, fp, state, self.parser)
+        return Cursor(fd, path, fp, state, self.parser, birth)
 
     def _finished_before(
-        self: Tailer, fd: int, path: Path, st: os.stat_result, key: str, birth: int | None
+        self: Tailer, fd: int, path: Path, st: os.stat_result, key: str, identity: Identity
     ) -> bool:
         """Whether file ``key`` was finished and forgotten moments ago (see
         :meth:`shipper.checkpoint.Registry.finish`) and still holds what was read then (not
@@ -138,14 +142,14 @@ class Opening:
         state = self.registry.finished(key)
         if state is None or st.st_size < state.offset:
             return False
-        if another_life(state.source_id, st, birth):
+        if another_life(state.source_id, st, identity[3]):
             return False  # a new file on the inode of the one finished (see shipper.birth)
         try:
             if state.tail and tail_hash(fd, state.offset) != state.tail:
                 return False
         except OSError:
             return False
-        self._passed_over.add((st.st_dev, st.st_ino, key.split(":", 2)[2], birth))
+        self._passed_over.add(identity)
         log.debug("passing over a file finished moments ago path=%s", path)
         return True
 
