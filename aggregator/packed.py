@@ -409,11 +409,17 @@ def _times_ns(entries: list[Any]) -> pa.Array | None:
         raw = np.frombuffer(joined, dtype=np.uint8).reshape(-1, _ENTRY_BYTES)
         if ((raw[:, 0] == _FIXEXT8_EVENT_TIME[0]) & (raw[:, 1] == _FIXEXT8_EVENT_TIME[1])).all():
             pairs = raw[:, 2:].copy().view(">u4").astype(np.int64)
-            if ((pairs[:, 0] == 0) | (pairs[:, 1] >= _NS)).any():
-                return None  # a time that cannot be kept as sent: the general path stamps it
-            return pa.array(pairs[:, 0] * _NS + pairs[:, 1])
+            return event_times_ns(pairs[:, 0], pairs[:, 1])
     out = [_time_ns(r) for r in raws]
     return None if None in out else pa.array(out, pa.int64())
+
+
+def event_times_ns(seconds: np.ndarray, nanoseconds: np.ndarray) -> pa.Array | None:
+    """EventTimes' two halves (int64) as ns, or None when one cannot be kept as sent (second
+    0, nanoseconds of a second or more): the general path stamps those."""
+    if ((seconds == 0) | (nanoseconds >= _NS)).any():
+        return None
+    return pa.array(seconds * _NS + nanoseconds)
 
 
 #: Largest event time in whole seconds whose nanoseconds fit the int64 ``time_ns`` column.

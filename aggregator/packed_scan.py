@@ -49,7 +49,6 @@ _UINT_WIDTH[:0x80] = 0
 _UINT_WIDTH[[_NIL, _UINT8, _UINT16, _UINT32, _UINT64]] = [0, 1, 2, 4, 8]
 #: Keys whose meaning needs the msgspec decoders (a record without ``log``, other clients).
 _DECLINED_KEYS = frozenset((*packed.MESSAGE_KEYS, *clientmeta.CLIENT_KEYS))
-_NS = wire.NS_PER_SECOND
 #: The record keys read per line (any other key's value is a string skipped, as ``time``).
 _KINDS = {wire.KEY_LOG: "log", wire.KEY_STREAM: "stream", wire.KEY_OFFSET: "offset"}
 #: A blob with more than one ``0x92`` byte in this many is declined before its candidate entry
@@ -307,13 +306,11 @@ class _Walk:
 
 def _times_ns(words: np.ndarray, starts: np.ndarray) -> pa.Array | None:
     """The entries' EventTimes as ns (None: one that cannot be kept as sent, see
-    :func:`packed._times_ns`)."""
+    :func:`packed.event_times_ns`)."""
     both = words[starts + _TIME_AT].byteswap()  # big-endian: seconds << 32 | nanoseconds
     seconds = (both >> np.uint64(32)).astype(np.int64)
     nanoseconds = (both & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    if ((seconds == 0) | (nanoseconds >= _NS)).any():
-        return None
-    return pa.array(seconds * _NS + nanoseconds)
+    return packed.event_times_ns(seconds, nanoseconds)
 
 
 def _logs(blob: bytes, start: np.ndarray, length: np.ndarray) -> pa.Array | None:
