@@ -291,11 +291,24 @@ Attempt = Callable[[pa.Array], tuple[pa.Array, dict[str, pa.Array]]]
 """A parser: lines -> (mask of the lines it parsed, typed columns of those lines)."""
 
 
+def format_matches(lines: pa.Array, pattern: str) -> pa.Array:
+    """Which ``lines`` (valid UTF-8, no NULLs) a compiled format ``pattern`` matches.
+
+    Matched as bytes: RE2 then runs its DFA over Latin-1, ~20% faster on Envoy lines than over
+    UTF-8 (smaller states). Same answers, for every pattern :func:`compile_format` builds:
+    their classes and counted repetitions are of ASCII characters (``\\d{1,9}``, ``[A-Za-z]{3}``),
+    a class that excludes ASCII characters (``[^"]*``, ``\\S+``) takes a multi-byte character's
+    bytes as it took the character, and a literal's UTF-8 bytes match the same bytes.
+    """
+    as_bytes = pa.large_binary() if pa.types.is_large_string(lines.type) else pa.binary()
+    return pc.match_substring_regex(lines.view(as_bytes), pattern)
+
+
 def text_attempt(fmt: EnvoyFormat, pattern: str) -> Attempt:
     def run(lines: pa.Array) -> tuple[pa.Array, dict[str, pa.Array]]:
         # Matching alone (no captures) first: most lines that reach a later format's regex do
         # not fit it, and capturing costs several times more than refusing.
-        ok = pc.fill_null(pc.match_substring_regex(lines, pattern), False)
+        ok = pc.fill_null(format_matches(lines, pattern), False)
         if not pc.any(ok).as_py():
             return ok, {}
         return ok, _convert(fmt, pc.extract_regex(lines.filter(ok), pattern))

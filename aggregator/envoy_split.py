@@ -36,7 +36,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aggregator.envoy import _OPERATORS, _TOKEN, Attempt, EnvoyFormat, _convert, operator_key
+from aggregator.envoy import (
+    _OPERATORS,
+    _TOKEN,
+    Attempt,
+    EnvoyFormat,
+    _convert,
+    format_matches,
+    operator_key,
+)
 from athena.schema import TIMESTAMP
 
 #: Operators whose value may hold spaces: only usable as a whole quoted segment.
@@ -127,7 +135,7 @@ def _cut(values: pa.Array, prefix: int, suffix: int) -> pa.Array:
 
 def split_attempt(plan: SplitPlan) -> Attempt:
     def run(lines: pa.Array) -> tuple[pa.Array, dict[str, pa.Array]]:
-        ok = pc.fill_null(pc.match_substring_regex(lines, plan.fmt.strict_pattern), False)
+        ok = pc.fill_null(format_matches(lines, plan.fmt.strict_pattern), False)
         if not pc.any(ok).as_py():
             return ok, {}
         sub = _rstripped(lines if pc.all(ok).as_py() else lines.filter(ok))

@@ -6,12 +6,20 @@ from __future__ import annotations
 import logging
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aggregator import envoy_split
-from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, ParsedAccess, compile_format, parse_lines
+from aggregator.envoy import (
+    BUILTIN_FORMATS,
+    EnvoyFormat,
+    ParsedAccess,
+    compile_format,
+    format_matches,
+    parse_lines,
+)
 from aggregator.envoy import log as envoy_log
 from tests.aggregator.helpers import envoy_line
 
@@ -224,3 +232,39 @@ def test_quotes_in_paths_shift_no_other_value(requests: list[tuple[str, str]], i
     assert set(parsed.columns["protocol"].to_pylist()) == {"HTTP/1.1"}
     if not istio:
         assert parsed.columns["request_id"].to_pylist() == [f"rid-{i}" for i in range(len(lines))]
+
+
+#: A custom time and non-ASCII literals: every kind of piece compile_format builds a pattern of.
+TIMED = compile_format(
+    '%START_TIME(%d/%b/%Y:%H:%M:%S.%3f %z)% ü "%REQ(:METHOD)% %X%" %RESPONSE_CODE%'
+)
+
+
+@settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(
+            default_line(),
+            custom_line(),
+            _TEXT.map(lambda v: f'28/Nov/2026:14:00:00.123 +0000 ü "{v} {v}" 5'),
+            st.sampled_from([ISTIO_LINE, ISTIO_QUOTED, "é", ""]),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_patterns_match_bytes_as_they_match_characters(lines: list[str]) -> None:
+    """The formats' patterns run over the lines' bytes (a faster DFA): they must accept exactly
+    the lines they accept as UTF-8 text, multi-byte characters in values and literals included."""
+    text = pa.array(lines, pa.string())
+    for fmt in (*FORMATS, TIMED):
+        for pattern in (fmt.pattern, fmt.strict_pattern):
+            as_text = pc.match_substring_regex(text, pattern)
+            assert format_matches(text, pattern).to_pylist() == as_text.to_pylist(), pattern
+
+
+def test_a_pattern_counting_characters_would_tell_bytes_apart() -> None:
+    """What the property above guards against: a count of any characters differs over bytes."""
+    text = pa.array(["é"])
+    assert pc.match_substring_regex(text, "^.$").to_pylist() == [True]
+    assert format_matches(text, "^.$").to_pylist() == [False]
