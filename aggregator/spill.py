@@ -21,6 +21,7 @@ segments).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 from collections.abc import Container, Iterator
@@ -48,7 +49,6 @@ class Spill:
         self.folder = folder
         self._files: list[Path | list[pa.RecordBatch]] = []
         """Per part added: its IPC file, or its batches when the disk refused them."""
-        self._readers: dict[int, tuple[pa.OSFile, pa.ipc.RecordBatchFileReader]] = {}
         self._batches: dict[_Key, list[tuple[int, int, int]]] = {}
         """Per partition, in arrival order: (part number, batch number, rows)."""
         self.in_memory = False
@@ -127,23 +127,29 @@ class Spill:
                 yield key, part, pending, count
 
     def _table(self, refs: list[tuple[int, int]]) -> pa.Table:
-        batches = [self._batch(number, batch_no) for number, batch_no in refs]
+        batches = []
+        for number, part_refs in itertools.groupby(refs, key=lambda ref: ref[0]):
+            batches += self._read(number, [batch_no for _, batch_no in part_refs])
         return pa.Table.from_batches(batches).unify_dictionaries()
 
-    def _batch(self, number: int, batch_no: int) -> pa.RecordBatch:
+    def _read(self, number: int, batch_nos: list[int]) -> list[pa.RecordBatch]:
+        """Batches of one part, their columns views of its file's pages (memory-mapped).
+
+        Read into memory instead, every batch took fresh pages (faulted in and zeroed by the
+        kernel) and a copy of bytes the page cache holds anyway. The file is mapped for this
+        object only: Arrow unmaps it once the object's rows are dropped, so the process maps
+        the objects being written, not the whole spill. The views outlive the closed file
+        (Arrow keeps the mapping while a buffer refers to it) and even its deletion by
+        :meth:`close`; a spill file is never shortened, so no view points past its end."""
         part = self._files[number]
         if isinstance(part, list):
-            return part[batch_no]
-        if number not in self._readers:
-            source = pa.OSFile(str(part), "rb")
-            self._readers[number] = (source, pa.ipc.open_file(source))
-        return self._readers[number][1].get_batch(batch_no)
+            return [part[batch_no] for batch_no in batch_nos]
+        with pa.memory_map(str(part)) as source:
+            reader = pa.ipc.open_file(source)
+            return [reader.get_batch(batch_no) for batch_no in batch_nos]
 
     def close(self) -> None:
-        """Close the files and delete them."""
-        for source, _ in self._readers.values():
-            source.close()
-        self._readers.clear()
+        """Delete the files (rows already read back stay readable)."""
         self._batches.clear()
         self._files.clear()
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -200,6 +200,44 @@ def test_spill_keeps_arrival_order_and_unifies_dictionaries(tmp_path: Path) -> N
     assert not (tmp_path / "spill").exists()
 
 
+def test_spilled_rows_are_read_back_as_views_of_the_file(tmp_path: Path) -> None:
+    """The objects' rows are the spill file's pages (memory-mapped), not a copy in Arrow's
+    memory; they stay readable after close() deletes the files (close runs in a ``finally``:
+    nothing should reach the rows then, but a view must never point at freed memory), and
+    the file is unmapped with the last of them (the process maps the objects being written,
+    not a whole segment's spill)."""
+    n = 40_000
+    names = ["recipe", "cart"] * (n // 2)
+    messages = [f"line {i} " + "x" * 60 for i in range(n)]
+    table = pa.table(
+        {
+            "timestamp": pa.array([T0 // 10**6 + i for i in range(n)], pa.timestamp("ms")),
+            "service": pc.dictionary_encode(pa.array(names)),
+            "message": pa.array(messages),
+        }
+    )
+    folder = tmp_path / "spill"
+    spill = Spill(folder)
+    spill.add("container_logs", table)
+    for obj in spill.objects():  # as write_objects takes them: one after another
+        assert obj.rows.num_rows == n // 2
+        assert str(folder) in Path("/proc/self/maps").read_text()
+    del obj
+    assert str(folder) not in Path("/proc/self/maps").read_text()  # the spill is still open
+    before = pa.total_allocated_bytes()
+    objects = list(spill.objects())
+    assert pa.total_allocated_bytes() - before < table.nbytes // 20
+    assert str(folder) in Path("/proc/self/maps").read_text()
+    spill.close()
+    assert not folder.exists()
+    assert [o.service for o in objects] == ["cart", "recipe"]
+    for obj in objects:
+        expected = [m for m, name in zip(messages, names, strict=True) if name == obj.service]
+        assert obj.rows["message"].to_pylist() == expected
+    del objects, obj
+    assert str(folder) not in Path("/proc/self/maps").read_text()
+
+
 @pytest.mark.parametrize("pieces", [[[1, 2], [3, 5]], [[4, 6], [1, 5]], [[2], [], [2, 3]]])
 def test_objects_are_written_sorted_by_time_whatever_the_order_of_pieces(
     tmp_path: Path, pieces: list[list[int]]

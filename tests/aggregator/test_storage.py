@@ -9,6 +9,7 @@ from pathlib import Path
 import duckdb
 import fastparquet
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
@@ -21,6 +22,7 @@ from aggregator.storage import (
     fetch_object,
     put_bytes,
     put_table,
+    write_options,
 )
 from athena.warehouse import open_warehouse
 from tests.aggregator.helpers import ENVOY_IMAGE, envoy_line, record
@@ -92,6 +94,47 @@ def test_ascending_offsets_are_delta_encoded(tmp_path: Path) -> None:
     assert "DELTA_BINARY_PACKED" in encodings(path)["offset"]
     assert path.stat().st_size < n // 10  # a fixed step costs next to nothing
     assert fastparquet.ParquetFile(str(path)).to_pandas()["offset"].tolist() == offsets
+
+
+def spread_column(distinct: int, rows: int, step: int, dtype: pa.DataType) -> pa.ChunkedArray:
+    """``distinct`` different values ``step`` apart around 0, every one at least once, in a
+    shuffled order with some nulls, in three chunks (as an object's spilled pieces are)."""
+    rng = random.Random(distinct * 31 + step)
+    values: list[int | None] = [(i - distinct // 2) * step for i in range(distinct)]
+    values += [rng.choice(values) for _ in range(rows - distinct)]
+    rng.shuffle(values)
+    values = [x for i, v in enumerate(values) for x in ([None, v] if i % 97 == 5 else [v])]
+    third = len(values) // 3
+    return pa.chunked_array(
+        [
+            pa.array(values[a:b], dtype)
+            for a, b in [(0, third), (third, 2 * third), (2 * third, None)]
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("dtype", "step"),
+    [
+        (pa.int16(), 5),  # close together (a bitmap counts them), over half int16's range
+        (pa.int32(), 1),
+        (pa.int64(), 3),
+        (pa.int64(), 1_000_003),  # far apart (hashed)
+        (pa.int32(), 100_003),
+    ],
+)
+@pytest.mark.parametrize("extra", [0, 1])
+def test_the_integer_dictionary_limit_is_exact(dtype: pa.DataType, step: int, extra: int) -> None:
+    """Exactly :data:`INT_DICTIONARY_MAX` distinct values get a dictionary, one more do not,
+    however the values are spread, chunked or interleaved with nulls (which do not count): the
+    choice must not depend on anything but the values, since a retried flush overwrites the
+    same key and its bytes should be the same."""
+    distinct = INT_DICTIONARY_MAX + extra
+    column = spread_column(distinct, distinct + 2000, step, dtype)
+    assert pc.count_distinct(column).as_py() == distinct and column.null_count > 0
+    options = write_options(pa.table({"n": column}))
+    assert ("n" in options["use_dictionary"]) == (extra == 0)
+    assert options["column_encoding"].get("n") == (None if extra == 0 else "PLAIN")
 
 
 @pytest.mark.integration
