@@ -13,12 +13,16 @@ stop -- ends with exit status 130 and one line, not a ``KeyboardInterrupt`` trac
 
 from __future__ import annotations
 
+import faulthandler
 import sys
 
 from shipper.startup import deferred_interrupts, interrupted, is_interrupt
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A fatal signal (SIGBUS when a memory-mapped spill file cannot be read back after a disk
+    # error, see aggregator/spill.py) then leaves the Python stack on stderr, not just "signal 7".
+    faulthandler.enable()
     with deferred_interrupts("logq-aggregator"):
         from aggregator.memory import tune_memory_early
 

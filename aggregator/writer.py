@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -181,8 +182,24 @@ def write_objects(
             while running:
                 settle()
     if failures:
-        raise failures[0]
+        _raise_first(failures)
     return written
+
+
+def _raise_first(failures: list[BaseException]) -> NoReturn:
+    """Raise the first failure, keeping no reference to it in this module's frames.
+
+    Raised from ``write_objects`` itself, the error's traceback would hold that frame, whose
+    ``failures`` list holds the error: a reference cycle, freed only when Python's cycle
+    collector runs, with the failed objects' rows in it (the put frames'). Those rows are
+    views of the spill's files (spill.py): the deleted files would keep their disk space
+    across the retry, which writes a fresh spill, for as long as the cycle lives."""
+    error = failures[0]
+    failures.clear()
+    try:
+        raise error
+    finally:
+        del error  # this frame is in the traceback too
 
 
 def _chunks_in_order(ts: pa.ChunkedArray) -> bool:

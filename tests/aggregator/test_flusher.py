@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from pathlib import Path
 
@@ -176,6 +177,42 @@ def test_a_failed_write_keeps_the_offsets_and_the_retry_writes_every_row(
     again = flusher.flush(seg)
     assert again.duplicates == total
     assert sum(pq.read_metadata(p).num_rows for p in data_files(wh_dir)) == total
+
+
+def test_a_failed_write_leaves_no_deleted_spill_file_mapped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spilled rows are views of the spill files' pages: while any view lives, a file deleted
+    by close() keeps its disk space. A failed write must hand them back once its error is
+    dropped (the service retries after a backoff, writing a fresh spill), not whenever
+    Python's cycle collector runs: the error's traceback must not sit in a reference cycle
+    with the rows (it did through ``write_objects``'s list of failures). The collector is off
+    here so that only reference counting frees them."""
+    seg = Segment(2, tmp_path / "0000000000000002.seg")
+    write_segment(seg.path, frames=10, per_frame=50)
+    flusher = make_flusher(tmp_path, tmp_path / "wh")
+
+    def failing_put(wh, path, table):  # an S3 outage
+        raise StorageError("simulated outage")
+
+    monkeypatch.setattr(writer_mod, "put_table", failing_put)
+    spill_dir = str(tmp_path / "spill")
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for _attempt in range(2):
+            try:
+                flusher.flush(seg)
+            except StorageError:
+                pass
+            else:
+                pytest.fail("the write did not fail")
+            assert not (tmp_path / "spill").exists()
+            mapped = Path("/proc/self/maps").read_text().splitlines()
+            assert [line for line in mapped if spill_dir in line] == []
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def test_spill_keeps_arrival_order_and_unifies_dictionaries(tmp_path: Path) -> None:

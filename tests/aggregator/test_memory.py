@@ -154,3 +154,27 @@ def test_early_tuning_moves_arrows_native_pool_too(subprocess_env: dict[str, str
     assert early["mimalloc_max"] == 0
     assert early["leaked"] is False
     assert early["again"] is False  # once pyarrow is loaded it is too late: says so
+
+
+_FATAL = """
+import os, signal
+import aggregator.commands
+aggregator.commands.main = lambda argv: os.kill(os.getpid(), signal.SIGBUS)
+from aggregator.launch import main
+main([])
+"""
+
+
+def test_a_fatal_signal_leaves_the_python_stack(subprocess_env: dict[str, str]) -> None:
+    """Spilled rows are memory-mapped (aggregator/spill.py): a disk error while one is read
+    back is SIGBUS. The console entry then prints where it happened, not just a dead process."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FATAL],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == -7  # SIGBUS
+    assert "Fatal Python error: Bus error" in done.stderr
+    assert 'File "<string>", line 4' in done.stderr  # the lambda that raised it

@@ -3,17 +3,22 @@ the warehouse's reads and deletes cost on S3, counted by the real server."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 
 import duckdb
 import fastparquet
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from aggregator import storage as storage_mod
 from aggregator.batch import records_table, route
 from aggregator.decode import records_batch, to_ipc
 from aggregator.storage import (
@@ -193,3 +198,45 @@ def test_fetch_object_leaves_a_local_warehouse_to_pyarrow(tmp_path: Path) -> Non
     wh = open_warehouse(str(tmp_path / "wh"), create=True)
     put_bytes(wh, wh.path("f.bin"), b"x")
     assert fetch_object(wh, wh.path("f.bin")) is None
+
+
+INT_TYPES = [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint32(), pa.uint64()]
+
+
+@st.composite
+def int_columns(draw: st.DrawFn) -> pa.ChunkedArray:
+    """An integer column of any width and sign, with nulls, extreme values, runs that ascend or
+    descend, and empty chunks among its pieces."""
+    dtype = draw(st.sampled_from(INT_TYPES))
+    bounds = np.iinfo(dtype.to_pandas_dtype())
+    low, high = int(bounds.min), int(bounds.max)
+    value = st.one_of(
+        st.integers(low, high), st.sampled_from([low, high]), st.integers(max(low, -20), 20)
+    )
+    values = draw(st.lists(st.none() | value, max_size=60))
+    if draw(st.booleans()):
+        values = sorted(values, key=lambda v: (v is None, v or 0), reverse=draw(st.booleans()))
+    cuts = sorted(draw(st.lists(st.integers(0, len(values)), max_size=4)))
+    pieces = [values[a:b] for a, b in itertools.pairwise([0, *cuts, len(values)])]
+    return pa.chunked_array([pa.array(piece, dtype) for piece in pieces], dtype)
+
+
+@given(int_columns(), st.sampled_from([0, 1, 3, 10]))
+@settings(max_examples=400, deadline=None)
+def test_the_integer_encoding_follows_the_values_only(column: pa.ChunkedArray, limit: int) -> None:
+    """The choice for any integer column (narrow, unsigned, all null, one row, chunked with
+    empty chunks) is what the values say, computed here the plain way: a dictionary for at most
+    the limit of distinct values, DELTA when at least 90% of neighbours ascend, else PLAIN.
+    Never an error (compaction runs the same choice over whatever the files hold), never an
+    answer bent by wrap-around (an unsigned difference is never negative)."""
+    values = column.to_pylist()
+    present = [v for v in values if v is not None]
+    if len(set(present)) <= limit:
+        expected = None
+    else:
+        pairs = itertools.pairwise(values)
+        ascending = sum(1 for a, b in pairs if a is not None and b is not None and b >= a)
+        expected = "DELTA_BINARY_PACKED" if ascending >= 0.9 * (len(values) - 1) else "PLAIN"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(storage_mod, "INT_DICTIONARY_MAX", limit)
+        assert storage_mod._int_encoding(column) == expected
