@@ -122,10 +122,10 @@ def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS)
         parsed = parse_lines(logs if not len(plain_idx) else pc.take(logs, candidates), formats)
         # Every service with Envoy lines gets a count, 0 included: its metric series then
         # exists before the first failure (an alert on increase() needs that first sample).
-        candidate_services = pc.unique(pc.take(service, candidates)).dictionary_decode()
+        candidate_services = pc.unique(_at(service, candidates)).dictionary_decode()
         failures = dict.fromkeys(candidate_services.to_pylist(), 0)
         if len(parsed.rows):
-            rows = pc.take(candidates, parsed.rows)
+            rows = _at(candidates, parsed.rows)
             cols = dict(parsed.columns)
             tables[ENVOY_ACCESS.name] = _assemble(ENVOY_ACCESS, records, service, rows, cols)
         if len(parsed.unparsed):
@@ -153,6 +153,12 @@ def _without_newline(lines: pa.Array) -> pa.Array:
     return pc.if_else(ends, pc.utf8_slice_codeunits(lines, 0, -1), lines)
 
 
+def _at(array: pa.Array, rows: pa.Array) -> pa.Array:
+    """``array`` at ``rows`` (ascending, distinct): ``array`` itself when they are all of its
+    rows, as in a batch of Envoy lines only (a take would copy every column for nothing)."""
+    return array if len(rows) == len(array) else pc.take(array, rows)
+
+
 def _assemble(
     table: Table,
     records: pa.Table,
@@ -165,12 +171,10 @@ def _assemble(
     String columns may stay dictionary-encoded (the writer stores them as Parquet strings);
     other types are cast to the schema's.
     """
-    arrays = [pc.take(service, rows)]
+    arrays = [_at(service, rows)]
     names = ["service"]
     for col in table.data_columns:
-        array = (
-            computed[col.name] if col.name in computed else pc.take(_col(records, col.name), rows)
-        )
+        array = computed[col.name] if col.name in computed else _at(_col(records, col.name), rows)
         if not (pa.types.is_dictionary(array.type) and array.type.value_type == col.arrow):
             array = array.cast(col.arrow)
         arrays.append(array)

@@ -17,6 +17,7 @@ import json
 import re
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
@@ -54,7 +55,7 @@ _NUMBER_KEYS = "|".join(
 
 def json_attempt(lines: pa.Array) -> tuple[pa.Array, dict[str, pa.Array]]:
     """Parse the lines that look like JSON objects; see the module docstring."""
-    looks = pc.fill_null(pc.starts_with(pc.utf8_ltrim_whitespace(lines), "{"), False)
+    looks = _looks_like_json(lines)
     if not pc.any(looks).as_py():
         return looks, {}
     candidates = lines.filter(looks)
@@ -64,6 +65,39 @@ def json_attempt(lines: pa.Array) -> tuple[pa.Array, dict[str, pa.Array]]:
     ok_rows = pc.fill_null(ok_rows, False)
     mask = _spread(looks, ok_rows)
     return mask, {k: v.filter(ok_rows) for k, v in columns.items()}
+
+
+def _looks_like_json(lines: pa.Array) -> pa.Array:
+    """Which lines start with ``{`` once leading whitespace is trimmed (NULLs: False).
+
+    A line's first byte tells, unless it may begin whitespace (ASCII blanks and controls, any
+    non-ASCII byte): only such lines are trimmed (``utf8_ltrim_whitespace``, the rule), which
+    spares copying every line of a text access-log batch to look at one byte of each."""
+    if not pa.types.is_string(lines.type) or not len(lines):  # (large strings: the rule)
+        return pc.fill_null(pc.starts_with(pc.utf8_ltrim_whitespace(lines), "{"), False)
+    offsets, data = _offsets_and_bytes(lines)
+    starts = offsets[:-1]
+    filled = offsets[1:] > starts
+    first = np.zeros(len(lines), np.uint8)
+    first[filled] = data[starts[filled]]
+    looks = first == ord("{")
+    unsure = filled & ((first <= ord(" ")) | (first > ord("~")))
+    if unsure.any():
+        rows = np.flatnonzero(unsure)
+        trimmed = pc.utf8_ltrim_whitespace(lines.take(pa.array(rows)))
+        told = pc.fill_null(pc.starts_with(trimmed, "{"), False)
+        looks[rows] = told.to_numpy(zero_copy_only=False)
+    if lines.null_count:
+        looks &= lines.is_valid().to_numpy(zero_copy_only=False)
+    return pa.array(looks)
+
+
+def _offsets_and_bytes(lines: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The offsets (n + 1, int32) and data bytes of a string array, without a copy."""
+    _, offset_buffer, data_buffer = lines.buffers()
+    offsets = np.frombuffer(offset_buffer, np.int32)[lines.offset : lines.offset + len(lines) + 1]
+    data = np.frombuffer(data_buffer, np.uint8) if data_buffer else np.zeros(0, np.uint8)
+    return offsets, data
 
 
 def _read(candidates: pa.Array) -> dict[str, pa.Array]:

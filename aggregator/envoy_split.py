@@ -192,7 +192,8 @@ class _Pieces:
 
     def part(self, index: int) -> pa.Array:
         """Part ``index`` of every string, as a compact column (the one copy of its bytes)."""
-        return self.pieces.take(np.arange(2 * index, len(self.pieces), 2 * self.parts - 1))
+        every = np.arange(2 * index, len(self.pieces), 2 * self.parts - 1, dtype=np.int32)
+        return pc.take(self.pieces, pa.array(every), boundscheck=False)  # in bounds: built so
 
 
 def _cut_at(strings: pa.Array, byte: int, parts: int) -> tuple[np.ndarray, _Pieces | None]:
@@ -245,7 +246,9 @@ def _each_holds(at: np.ndarray, offsets: np.ndarray, count: int) -> bool:
     return bool((groups[:, 0] >= offsets[:-1]).all() and (groups[:, -1] < offsets[1:]).all())
 
 
-_WHITESPACE = np.frombuffer(b" \t\n\v\f\r", dtype=np.uint8)
+#: What a format's ``\s*$`` lets a line end with: RE2's ``\s`` (no ``\v``, no Unicode blanks).
+_TRAILING = " \t\n\f\r"
+_WHITESPACE = np.frombuffer(_TRAILING.encode(), dtype=np.uint8)
 
 
 def _all_millis_z(start: pa.Array) -> bool:
@@ -274,7 +277,9 @@ def _slice(values: pa.Array, start: int, stop: int) -> pa.Array:
 
 
 def _rstripped(lines: pa.Array) -> pa.Array:
-    """``lines`` without trailing whitespace (the format allows it); no copy when none has."""
+    """``lines`` without the trailing blanks a format's pattern allows (RE2's ``\\s``: a ``\\v``
+    or an ideographic space there belongs to the last value, as the regexes read it); no copy
+    when no line ends with one."""
     _, offset_buffer, data_buffer = lines.buffers()
     offsets = np.frombuffer(offset_buffer, dtype=np.int32)[
         lines.offset : lines.offset + len(lines) + 1
@@ -282,7 +287,7 @@ def _rstripped(lines: pa.Array) -> pa.Array:
     ends = offsets[1:][offsets[1:] > offsets[:-1]] - 1
     if not len(ends) or not np.isin(np.frombuffer(data_buffer, np.uint8)[ends], _WHITESPACE).any():
         return lines
-    return pc.utf8_rtrim_whitespace(lines)
+    return pc.utf8_rtrim(lines, characters=_TRAILING)
 
 
 def _spread(mask: pa.Array, values: pa.Array) -> pa.Array:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,6 +17,7 @@ from aggregator.envoy import (
     compile_format,
     parse_lines,
 )
+from aggregator.envoy_json import _looks_like_json
 from tests.aggregator.helpers import envoy_line
 
 
@@ -245,6 +247,30 @@ def test_json_lines_that_are_not_access_logs_stay_unparsed() -> None:
     parsed = parse_lines(lines)
     assert parsed.rows.to_pylist() == [2, 3]
     assert parsed.unparsed.to_pylist() == [0, 1]
+
+
+#: Characters a JSON line may start with: Unicode blanks (what ``utf8_ltrim_whitespace``
+#: trims), ASCII controls, other non-ASCII text and printable ASCII around ``{``.
+_LEADING = st.sampled_from(
+    [
+        *(" ", "\t", "\n", "\v", "\f", "\r", "\x1c", "\x1f", "\x7f", "\x85", "\xa0"),
+        *("\u2003", "\u3000", "\u200b", "\ufeff", "é", "😀", "{", "[", "x", "}", "~", "!", "\x00"),
+    ]
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.none(), st.just(""), st.text(_LEADING, max_size=4).map(lambda t: t + "{}"))
+    )
+)
+def test_json_lines_are_told_as_trimming_would_tell(lines: list[str | None]) -> None:
+    """Lines are told JSON by their first byte where it decides, else by trimming them: the
+    same answer as trimming every line (sliced batches included)."""
+    batch = pa.array(["x", *lines], pa.string())[1:]
+    trimmed = pc.starts_with(pc.utf8_ltrim_whitespace(batch), "{")
+    assert _looks_like_json(batch).to_pylist() == pc.fill_null(trimmed, False).to_pylist()
 
 
 _PRINTABLE = st.characters(min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters='"')

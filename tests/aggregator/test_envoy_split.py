@@ -106,9 +106,11 @@ def custom_line(draw: st.DrawFn) -> str:
     return (
         f'[{draw(_TIMES)}] «{value("HTTP/1.1", "é»")}» "é={value("GET", "PÖST")}" '
         f'{value("503", "0")}ms "{value("curl/8 (x)", "")}" "x" up={value("10.0.0.1:80", "-")}'
+        + draw(st.sampled_from(["", " ", "\t\n"]))  # after a value: trimmed off
     )
 
 
+CUSTOM_LINE = '[2026-11-28T14:00:00.123Z] «HTTP/1.1» "é=GET" 503ms "curl/8 (x)" "x" up=10.0.0.1:80'
 ISTIO_LINE = (
     '[2026-11-28T14:00:00.000Z] "GET /status/418 HTTP/1.1" 418 - via_upstream - "-" 0 135 '
     '4 3 "-" "curl/8.1" "rid-1" "httpbin:8000" "10.244.0.7:80" '
@@ -158,6 +160,8 @@ def test_the_usual_lines_take_the_split_parser() -> None:
         [envoy_line(when="2026-02-30T14:00:00.000Z"), envoy_line()],  # one invalid date
         [ISTIO_LINE, envoy_line(), "plain"],
         [ISTIO_QUOTED, ISTIO_LINE, envoy_line()],
+        # Blanks RE2's \s does not hold end the last unquoted value, after trailing blanks too.
+        [CUSTOM_LINE + "\v", CUSTOM_LINE + "\u3000 ", CUSTOM_LINE + "\x1c\t", CUSTOM_LINE],
     ],
 )
 def test_awkward_batches_parse_the_same(lines: list[str | None]) -> None:
@@ -268,3 +272,43 @@ def test_a_pattern_counting_characters_would_tell_bytes_apart() -> None:
     text = pa.array(["é"])
     assert pc.match_substring_regex(text, "^.$").to_pylist() == [True]
     assert format_matches(text, "^.$").to_pylist() == [False]
+
+
+@st.composite
+def mutated_line(draw: st.DrawFn) -> str:
+    """A line of one of the formats with a few characters that matter inserted or deleted
+    anywhere: in a free-text value, a literal between quoted values, a number, the end...
+    (Not blanks that RE2's ``\\s`` does not know: before a last unquoted value's trailing
+    whitespace, the split parser trims them off that value and the regexes do not.)"""
+    usual = [envoy_line(), envoy_line(xff="10.0.0.1", ua="Mozilla/5.0 (X11) é"), ISTIO_LINE]
+    line = draw(st.one_of(st.sampled_from(usual), default_line(), custom_line()))
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.sampled_from(range(len(line) + 1)))  # (integers favour the ends)
+        if draw(st.booleans()):
+            line = line[:at] + draw(st.text('" \t\né-x', min_size=1, max_size=2)) + line[at:]
+        else:
+            line = line[:at] + line[at + 1 :]
+    return line
+
+
+#: Values without a quote: a line of them has the default format's quotes, whatever blanks
+#: (which only the free-text values may hold) they put where.
+_UNQUOTED = st.text("a09/-:,é😀\t\v\n\x1c\u3000 ", min_size=1, max_size=6)
+
+
+@st.composite
+def quoted_line(draw: st.DrawFn) -> str:
+    """A default-format line of quote-free values, a few of them odd (blanks anywhere)."""
+    usual = {"method": "GET", "path": "/a", "flags": "-", "xff": "-", "ua": "curl/8"}
+    usual |= {"rid": "r-1", "authority": "a.internal", "upstream": "10.0.0.1:80"}
+    odd = draw(st.sets(st.sampled_from(sorted(usual)), max_size=2))
+    values = {name: draw(_UNQUOTED) if name in odd else value for name, value in usual.items()}
+    return envoy_line(**values) + draw(st.sampled_from(["", " ", "\t\n", "\v", "x"]))
+
+
+@settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(mutated_line(), quoted_line()), min_size=1, max_size=12))
+def test_mutated_lines_parse_as_the_regexes_parse_them(lines: list[str]) -> None:
+    """Lines a character or two off their format (a quote, a blank, a tab where none goes):
+    the split parser takes exactly those the regexes take, with the same values."""
+    _assert_same(lines)
