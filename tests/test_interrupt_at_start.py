@@ -53,8 +53,33 @@ class _At:
         return None
 
 
+class _After:
+    """When module $LOGQ_TEST_AFTER has been imported (its body has run): touch
+    $LOGQ_TEST_REACHED and SIGINT this process, as a Ctrl-C landing then would."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name != os.environ["LOGQ_TEST_AFTER"]:
+            return None
+        sys.meta_path.remove(_After)
+        import importlib.util
+
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            open(os.environ["LOGQ_TEST_REACHED"], "w").close()
+            os.kill(os.getpid(), signal.SIGINT)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
 if os.environ.get("LOGQ_TEST_AT"):
     sys.meta_path.insert(0, _At)
+if os.environ.get("LOGQ_TEST_AFTER"):
+    sys.meta_path.insert(0, _After)
 '''
 
 #: A module each program imports early in its guarded start-up imports: the delays count from
@@ -145,6 +170,26 @@ def test_sigint_while_importing_exits_130_without_traceback(
     assert "Traceback" not in run.output, run.output
     assert run.status == 130, run.output
     assert run.output.strip().splitlines()[-1] == f"{program}: interrupted", run.output
+
+
+def test_sigint_after_the_cli_module_ran_exits_130_without_traceback(
+    tmp_path: Path, hook: Path, subprocess_env: dict[str, str]
+) -> None:
+    """``cli.app`` goes on after its guarded imports (the typer app, the commands): a Ctrl-C
+    landing there, before its ``main`` runs, must end like one during the imports (the console
+    entry, cli/launch.py, imports the whole module with SIGINT held back)."""
+    reached = tmp_path / "reached"
+    env = {
+        **subprocess_env,
+        "PYTHONPATH": str(hook),
+        "LOGQ_TEST_AFTER": "cli.app",
+        "LOGQ_TEST_REACHED": str(reached),
+    }
+    proc, log = _start("logq", tmp_path / "work", env)
+    run = _finish(proc, log)
+    assert reached.exists(), run.output
+    assert "Traceback" not in run.output, run.output
+    assert run.status == 130, run.output
 
 
 #: Seconds from the program's first import of its own (FIRST_IMPORT) to the SIGINT.

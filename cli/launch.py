@@ -1,0 +1,23 @@
+"""The ``logq`` console entry: the CLI imported with SIGINT held back, then run.
+
+A Ctrl-C while ``logq`` starts must end with status 130 and one line, never a traceback.
+:mod:`cli.app` holds SIGINT back around its imports, but its module body goes on after them
+(the typer app, every command's registration: tens of milliseconds on a loaded machine), and a
+signal landing there, before :func:`cli.app.main` runs, was Python's to report. Imported from
+here, the whole module is inside :func:`~shipper.startup.deferred_interrupts` (as
+``aggregator/launch.py`` does for ``logq-aggregator``). This module imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+from shipper.startup import deferred_interrupts
+
+
+def main() -> None:
+    with deferred_interrupts("logq"):
+        from cli.app import main as run
+    run()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
