@@ -221,10 +221,8 @@ def _as_sent(value: Any) -> str:
     return repr(value)
 
 
-def _tag_array(tag: str, n: int) -> pa.DictionaryArray:
-    return pa.DictionaryArray.from_arrays(
-        pa.array(np.zeros(n, dtype=np.int32)), pa.array([_text(tag)], pa.string())
-    )
+def _tag_array(tag: str, n: int) -> pa.Array:
+    return packed.constant_column(_text(tag), n, DICT_STRING)
 
 
 def records_batch(tag: str, times_ns: pa.Array, records: list[dict[str, Any]]) -> pa.RecordBatch:
@@ -524,9 +522,10 @@ def to_ipc(
     ``metadata``: custom metadata of the record batch (a message's chunk key, see
     :func:`aggregator.chunks.frame_payload`); readers that do not ask for it get the same table."""
     sink = pa.BufferOutputStream()
+    sink.write(_ROWS.pack(batch.num_rows))  # first: the payload is then copied once, not twice
     with pa.ipc.new_stream(sink, BUFFER_SCHEMA, options=_IPC_OPTIONS[compression]) as writer:
         writer.write_batch(batch, custom_metadata=metadata)
-    return _ROWS.pack(batch.num_rows) + sink.getvalue().to_pybytes()
+    return sink.getvalue().to_pybytes()
 
 
 def from_ipc(payload: bytes) -> pa.Table:

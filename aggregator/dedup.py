@@ -212,12 +212,18 @@ class OffsetState:
     def keep_mask(self, source_id: pa.Array, offset: pa.Array) -> pa.Array:
         """Boolean mask of the rows to keep (see the module docstring for the rule)."""
         n = len(source_id)
+        if isinstance(source_id, pa.DictionaryArray):
+            # dictionary_encode() would return it as is: a dictionary holding a source twice
+            # would then give that source two marks' rows (and miss its repeats).
+            source_id = source_id.dictionary_decode()
         keyed = pc.and_(pc.is_valid(source_id), pc.is_valid(offset))
         if n == 0 or not pc.any(keyed).as_py():
             return pa.array([True] * n, pa.bool_())
-        uniques = pc.unique(source_id.filter(keyed))
-        stored = pa.array([self.get(s) for s in uniques.to_pylist()], pa.int64())
-        row_source = pc.index_in(source_id, value_set=uniques)
+        # One hashing pass gives both each row's source and the sources (their marks are
+        # looked up once each): unique() then index_in() hashed every row twice.
+        encoded = pc.dictionary_encode(source_id)
+        stored = pa.array([self.get(s) for s in encoded.dictionary.to_pylist()], pa.int64())
+        row_source = encoded.indices
         row_stored = pc.take(stored, row_source)
         above = pc.fill_null(pc.greater(offset, row_stored), True)
         if _increasing_per_source(keyed, row_source, offset):

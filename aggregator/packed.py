@@ -49,6 +49,7 @@ those keys as :class:`msgspec.Raw` slices and fills the keys the records lack
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import struct
@@ -364,12 +365,43 @@ def _constant_decoder(metadata: tuple[str | None, ...]) -> msgspec.msgpack.Decod
 
 
 def constant_column(value: str | None, n: int, dict_type: pa.DataType) -> pa.Array:
-    """``n`` rows of one value (None: NULL) as a dictionary column of ``dict_type``."""
+    """``n`` rows of one value (None: NULL) as a dictionary column of ``dict_type``.
+
+    A source sends many messages of the same size (a busy one: its sender's largest) with the
+    same metadata, so short values' columns are kept (Arrow arrays are immutable): a message's
+    eight (its tag and metadata keys) then cost a lookup each, not ~40,000 instructions.
+    NULL columns are not kept: their buffers are ``n`` rows long each (not shared zeros), so
+    1,024 kept ones of messages of many sizes (up to 500,000 entries) would hold GiBs."""
     if value is None:
         return pa.nulls(n, dict_type)
+    if len(value) > _MAX_KEPT_CHARS:
+        return _new_constant_column(value, n, dict_type)
+    return _kept_constant_column(value, n, dict_type)
+
+
+#: Constant columns kept, and the longest value kept (together at most ~4 MiB of values).
+_KEPT_COLUMNS = 1024
+_MAX_KEPT_CHARS = 1024
+
+
+def _new_constant_column(value: str, n: int, dict_type: pa.DataType) -> pa.Array:
+    """``n`` rows of ``value``: int32 zeros (shared, see :func:`_zeros`) indexing a one-string
+    dictionary (``dict_type`` is only the NULL column's, as before)."""
     return pa.DictionaryArray.from_arrays(
-        pa.array(np.zeros(n, dtype=np.int32)), pa.array([value], pa.string())
+        _zeros(1 << max(n - 1, 0).bit_length()).slice(0, n),
+        pa.array([value], pa.string()),
+        safe=False,  # zeros index the one value
     )
+
+
+_kept_constant_column = functools.lru_cache(maxsize=_KEPT_COLUMNS)(_new_constant_column)
+
+
+@functools.lru_cache(maxsize=8)
+def _zeros(length: int) -> pa.Array:
+    """``length`` int32 zeros, shared by the constant columns' indices (a power of two: few
+    lengths, a few MiB together at most, are kept)."""
+    return pa.array(np.zeros(length, np.int32))
 
 
 def constant_columns(blob: bytes, size: object, dict_type: pa.DataType) -> list[pa.Array] | None:

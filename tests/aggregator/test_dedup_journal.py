@@ -268,3 +268,26 @@ def test_the_aggregator_journals_each_flush_and_folds_the_journal_at_a_clean_sto
         assert agg.stop() == 0, agg.log_text()
     table = read_table(agg.warehouse, "container_logs")
     assert sorted(table["message"].to_pylist()) == ["line 10", "line 20", "line 30", "line 40"]
+
+
+def test_keep_mask_keeps_a_known_source_s_row_without_offset(tmp_path: Path) -> None:
+    """A row of a source with a mark but a NULL offset cannot be a resent line: kept, and
+    the keyed rows of that source still compared with the mark (one hash of the sources)."""
+    state = OffsetState(tmp_path / "offsets.json")
+    _advance(state, {"a": 10})
+    sources = pa.array(["a", "a", "a", None, "b", "a"])
+    offsets = pa.array([None, 5, 11, 3, None, 11], pa.int64())
+    assert state.keep_mask(sources, offsets).to_pylist() == [True, False, True, True, True, False]
+
+
+def test_keep_mask_of_a_dictionary_column_is_that_of_its_values(tmp_path: Path) -> None:
+    """A dictionary holding a source twice (as concatenated batches' can) is one source: its
+    repeated (source, offset) is dropped as in the plain column."""
+    state = OffsetState(tmp_path / "offsets.json")
+    _advance(state, {"b": 3})
+    indices = pa.array([0, 1, 2, 3], pa.int32())
+    sources = pa.DictionaryArray.from_arrays(indices, pa.array(["a", "a", "b", "b"]))
+    offsets = pa.array([5, 5, 1, 4], pa.int64())
+    plain = state.keep_mask(sources.dictionary_decode(), offsets).to_pylist()
+    assert plain == [True, False, False, True]
+    assert state.keep_mask(sources, offsets).to_pylist() == plain

@@ -11,6 +11,7 @@ import gzip
 from typing import Any
 
 import msgpack
+import pyarrow as pa
 import pytest
 
 from aggregator import decode as dec
@@ -376,3 +377,14 @@ def test_unsized_gzip_members_take_the_msgspec_path(monkeypatch: pytest.MonkeyPa
     batch, _ = dec.decode(unsized, 1 << 30)
     assert batch.equals(expected)
     assert batch.column(wire.KEY_OFFSET).to_pylist() == [(i % 70 + 1) * 100 for i in range(210)]
+
+
+def test_null_constant_columns_are_not_kept_for_every_size() -> None:
+    """NULL columns' buffers are ``n`` rows long: kept per message size (up to 500,000
+    entries), 1,024 of them would hold GiBs. Built for many sizes, none is retained."""
+    before = pa.total_allocated_bytes()
+    for n in range(100_000, 100_050):
+        column = packed.constant_column(None, n, dec.DICT_STRING)
+        assert column.null_count == n and column.type == dec.DICT_STRING
+    del column
+    assert pa.total_allocated_bytes() - before < 1 << 20

@@ -191,3 +191,91 @@ def test_blobs_under_the_scan_s_size_go_to_msgspec(monkeypatch: pytest.MonkeyPat
     large = blob_of([shipper_record(i) for i in range(1024)])
     assert scanned(small, 1023) is None
     assert scanned(large, 1024) is not None
+
+
+def test_ascii_blobs_cut_or_changed_give_the_same_batch_or_the_same_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """All-ASCII lines skip the UTF-8 validation (:func:`packed_scan._ascii`): a byte changed
+    to a non-ASCII one in a line, or a cut, must still give msgspec's batch or its refusal."""
+    records = [shipper_record(i, log=f"GET /api/{i} 200") for i in range(N)]
+    blob = blob_of(records)
+    assert scanned(blob, N) is not None  # ASCII: taken
+    for cut in range(len(blob) - 30, len(blob) + 1):
+        assert_same_as_without_scan(message(blob[:cut], N), monkeypatch)
+    rng = random.Random(16)
+    lines = [at for at in range(len(blob)) if blob.startswith(b"GET /api/", at)]
+    for _ in range(200):
+        changed = bytearray(blob)
+        at = rng.choice(lines) + rng.randrange(9)
+        changed[at] = rng.choice([0x80, 0x92, 0xC3, 0xE9, 0xFF, rng.randrange(0x80, 0x100)])
+        assert scanned(bytes(changed), N) is None  # a lone non-ASCII byte: not UTF-8
+        assert_same_as_without_scan(message(bytes(changed), N), monkeypatch)
+
+
+@pytest.mark.parametrize(
+    "streams",
+    [
+        ["stderr", "stdout"],
+        ["stderr", None, "stdout"],
+        [None, "stderr"],
+        [None, "stdout", "stderr"],
+        [None],
+    ],
+)
+def test_mixed_and_nil_streams_are_scanned_as_msgspec_decodes_them(
+    streams: list[str | None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``stream`` column's dictionary holds the streams in the order they first appear
+    (stderr first here), NULL where nil: as :func:`packed.constant_columns` builds it."""
+    records = [shipper_record(i, stream=streams[i * 7 % len(streams)]) for i in range(N)]
+    blob = blob_of(records)
+    columns = scanned(blob, N)
+    assert columns is not None
+    expected = packed.constant_columns(blob, N, dec.DICT_STRING)
+    assert expected is not None
+    assert columns[2].equals(expected[2])
+    assert columns[2].to_pylist() == [r[wire.KEY_STREAM] for r in records]
+    assert_same_as_without_scan(message(blob, N), monkeypatch)
+
+
+def test_a_blob_of_entry_start_bytes_in_every_word_is_declined_in_memory_of_its_size() -> None:
+    """A ``0x92`` in every 8-byte word (one in 8 bytes: under the byte share) is declined on
+    the words' count, before a position is listed for each (8 bytes each: the blob's size)."""
+    first = blob_of([shipper_record(0)])
+    blob = first + (b"\x92" + b"a" * 7) * (1 << 19)
+    tracemalloc.start()
+    try:
+        assert scanned(blob, N) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * len(blob)
+
+
+def test_lines_full_of_0x92_bytes_are_still_scanned() -> None:
+    """UTF-8 of ``Ғ`` is ``d2 92``: lines of it are not entry starts, and a blob of them whose
+    words rarely hold a ``0x92`` is taken (a real blob is not declined for its text)."""
+    records = [shipper_record(i, log=f"{i} {'Ғ' * (i % 3)}") for i in range(N)]
+    blob = blob_of(records)
+    assert b"\xd2\x92" in blob
+    columns = scanned(blob, N)
+    assert columns is not None
+    assert columns[1].to_pylist() == [r[wire.KEY_LOG] for r in records]
+
+
+@pytest.mark.parametrize("wide", [2**32, 2**40, 2**63 - 1, 2**63, 2**64 - 1])
+def test_a_uint64_offset_among_small_ones_is_read_whole_or_left(
+    wide: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One uint64 (``cf`` and 8 bytes: more than the header's gather) among fixints: read
+    from its own 8 bytes; over int64's range the blob is left to the other paths."""
+    records = [shipper_record(i, offset=wide if i == N // 3 else i) for i in range(N)]
+    blob = blob_of(records)
+    columns = scanned(blob, N)
+    if wide < 2**63:
+        assert columns is not None
+        assert columns[-1].to_pylist() == [r[wire.KEY_OFFSET] for r in records]
+    else:
+        assert columns is None
+    assert_same_as_without_scan(message(blob, N), monkeypatch)
