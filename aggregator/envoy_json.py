@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from aggregator.envoy import DASH_IS_NULL, INT_COLUMNS, STRING_COLUMNS, start_time_to_timestamp
+from aggregator.string_bytes import offsets_and_bytes
 
 #: envoy_access column -> JSON keys that hold it, most usual first.
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -75,7 +76,7 @@ def _looks_like_json(lines: pa.Array) -> pa.Array:
     spares copying every line of a text access-log batch to look at one byte of each."""
     if not pa.types.is_string(lines.type) or not len(lines):  # (large strings: the rule)
         return pc.fill_null(pc.starts_with(pc.utf8_ltrim_whitespace(lines), "{"), False)
-    offsets, data = _offsets_and_bytes(lines)
+    offsets, data = offsets_and_bytes(lines)
     starts = offsets[:-1]
     filled = offsets[1:] > starts
     first = np.zeros(len(lines), np.uint8)
@@ -90,14 +91,6 @@ def _looks_like_json(lines: pa.Array) -> pa.Array:
     if lines.null_count:
         looks &= lines.is_valid().to_numpy(zero_copy_only=False)
     return pa.array(looks)
-
-
-def _offsets_and_bytes(lines: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """The offsets (n + 1, int32) and data bytes of a string array, without a copy."""
-    _, offset_buffer, data_buffer = lines.buffers()
-    offsets = np.frombuffer(offset_buffer, np.int32)[lines.offset : lines.offset + len(lines) + 1]
-    data = np.frombuffer(data_buffer, np.uint8) if data_buffer else np.zeros(0, np.uint8)
-    return offsets, data
 
 
 def _read(candidates: pa.Array) -> dict[str, pa.Array]:

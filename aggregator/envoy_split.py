@@ -45,6 +45,7 @@ from aggregator.envoy import (
     format_matches,
     operator_key,
 )
+from aggregator.string_bytes import offsets_and_bytes
 from athena.schema import TIMESTAMP
 
 #: Operators whose value may hold spaces: only usable as a whole quoted segment.
@@ -202,9 +203,7 @@ def _cut_at(strings: pa.Array, byte: int, parts: int) -> tuple[np.ndarray, _Piec
     n = len(strings)
     if not n:
         return np.ones(0, bool), _Pieces(strings, parts)
-    _, offset_buffer, data_buffer = strings.buffers()
-    offsets = np.frombuffer(offset_buffer, np.int32)[strings.offset : strings.offset + n + 1]
-    data = np.frombuffer(data_buffer, np.uint8)
+    offsets, data = offsets_and_bytes(strings)
     at = _positions(data, byte, int(offsets[0]), int(offsets[-1]))
     if not _each_holds(at, offsets, parts - 1):
         return np.diff(np.searchsorted(at, offsets)) == parts - 1, None
@@ -215,7 +214,7 @@ def _cut_at(strings: pa.Array, byte: int, parts: int) -> tuple[np.ndarray, _Piec
     bounds[:, 2::2] = bounds[:, 1::2] + 1
     value_offsets[-1] = offsets[-1]
     pieces = pa.StringArray.from_buffers(
-        n * (2 * parts - 1), pa.py_buffer(value_offsets), data_buffer
+        n * (2 * parts - 1), pa.py_buffer(value_offsets), strings.buffers()[2]
     )
     return np.ones(n, bool), _Pieces(pieces, parts)
 
@@ -280,12 +279,9 @@ def _rstripped(lines: pa.Array) -> pa.Array:
     """``lines`` without the trailing blanks a format's pattern allows (RE2's ``\\s``: a ``\\v``
     or an ideographic space there belongs to the last value, as the regexes read it); no copy
     when no line ends with one."""
-    _, offset_buffer, data_buffer = lines.buffers()
-    offsets = np.frombuffer(offset_buffer, dtype=np.int32)[
-        lines.offset : lines.offset + len(lines) + 1
-    ]
+    offsets, data = offsets_and_bytes(lines)
     ends = offsets[1:][offsets[1:] > offsets[:-1]] - 1
-    if not len(ends) or not np.isin(np.frombuffer(data_buffer, np.uint8)[ends], _WHITESPACE).any():
+    if not len(ends) or not np.isin(data[ends], _WHITESPACE).any():
         return lines
     return pc.utf8_rtrim(lines, characters=_TRAILING)
 
