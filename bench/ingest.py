@@ -7,7 +7,8 @@ everything. Prints:
 
 * lines/s to acknowledged (durable in the buffer) and to committed Parquet (SIGTERM included);
 * the aggregator's peak RSS;
-* Parquet bytes vs. the bytes the same lines take in Docker json-file logs (target <= 1/12).
+* Parquet bytes vs. the bytes the same lines take in Docker json-file logs (target <= 1/12),
+  where the bytes of a row go, and the least zstd can store the random request ids in.
 
 Usage: ``python bench/ingest.py [--lines N] [--chunk N] [--connections N] [--warehouse URI]
 [--unsized]`` (a ``s3://`` warehouse uses the standard AWS settings, e.g. a local SeaweedFS;
@@ -63,9 +64,10 @@ FLAGS = ["UF,URX", "UT", "UH", "UC", "DC", "NR"]
 
 
 def make_lines(n: int, seed: int = 7) -> list[tuple[int, str, str]]:
-    """``(time_ns, service, line)`` for ``n`` Envoy access lines spread over ~20 minutes."""
+    """``(time_ns, service, line)`` for ``n`` Envoy access lines spread over ~20 minutes of the
+    hour before this one (a closed hour: compaction may merge it)."""
     rng = random.Random(seed)
-    base = int(time.time()) - 1200
+    base = int(time.time()) // 3600 * 3600 - 3600 + 1200
     out = []
     for i in range(n):
         t = base + i * 1200 / n
@@ -113,9 +115,10 @@ def docker_json_bytes(lines: list[tuple[int, str, str]]) -> int:
 
 def encode_chunks(
     lines: list[tuple[int, str, str]], per_chunk: int, sized: bool = True
-) -> list[tuple[str, bytes]]:
-    """PackedForward frames of ``per_chunk`` lines of one service each, with a ``chunk`` option
-    and (unless ``sized`` is False) the ``size`` option."""
+) -> list[tuple[str, str, bytes]]:
+    """``(service, chunk id, frame)``: PackedForward frames of ``per_chunk`` lines of one service
+    each, with a ``chunk`` option and (unless ``sized`` is False) the ``size`` option. The
+    services take turns, and each service's frames come in the order of its offsets."""
     by_service: dict[str, list] = {}
     for i, (t, svc, line) in enumerate(lines):
         rec = {
@@ -131,16 +134,31 @@ def encode_chunks(
         }
         by_service.setdefault(svc, []).append((t, rec))
     chunks = []
-    for svc, entries in by_service.items():
-        for start in range(0, len(entries), per_chunk):
-            cid = wire.new_chunk_id()
+    for start in range(0, max(len(e) for e in by_service.values()), per_chunk):
+        for svc, entries in by_service.items():
             part = entries[start : start + per_chunk]
+            if not part:
+                continue
+            cid = wire.new_chunk_id()
             if sized:
                 frame = wire.encode_packed_forward(f"logq.{svc}", part, chunk=cid)
             else:
                 frame = wire.pack([f"logq.{svc}", wire.pack_entries(part), {"chunk": cid}])
-            chunks.append((cid, frame))
+            chunks.append((svc, cid, frame))
     return chunks
+
+
+def per_connection(chunks: list[tuple[str, str, bytes]], n: int) -> list[list[tuple[str, bytes]]]:
+    """The chunks for each of ``n`` connections: all of a service's on one, in order, as a
+    shipper sends a source. (Spread over connections, a service's later chunk could overtake an
+    earlier one, whose lines the aggregator then drops as resent: their offsets are below what
+    it has stored for that source.)"""
+    services = list(dict.fromkeys(svc for svc, _, _ in chunks))
+    home = {svc: i % n for i, svc in enumerate(services)}
+    groups: list[list[tuple[str, bytes]]] = [[] for _ in range(n)]
+    for svc, cid, frame in chunks:
+        groups[home[svc]].append((cid, frame))
+    return groups
 
 
 def send(port: int, chunks: list[tuple[str, bytes]], window: int, errors: list[str]) -> None:
@@ -219,6 +237,38 @@ def column_bytes(warehouse: str) -> tuple[int, dict[str, int]]:
     return rows, sizes
 
 
+def text_floor(warehouse: str, column: str) -> float:
+    """Bytes a row that a string column of ``envoy_access`` cannot go under with zstd: the
+    order-0 entropy of its characters times their count. zstd codes the literals it finds no
+    match for (all of a random id) with Huffman codes, one code per byte and the same codes
+    wherever the byte stands, so it cannot use what the position tells (a UUID's dashes, its
+    version digit)."""
+    import numpy as np
+
+    from athena.warehouse import open_warehouse
+
+    wh = open_warehouse(warehouse)
+    root = wh.path("envoy_access")
+    infos = wh.fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    counts = np.zeros(256, np.int64)
+    rows = 0
+    for info in infos:
+        if not info.base_name.endswith(".parquet") or info.base_name.startswith((".", "_")):
+            continue
+        values = pq.read_table(info.path, columns=[column], filesystem=wh.fs)[column]
+        rows += len(values)
+        for chunk in values.chunks:
+            data = chunk.buffers()[2]
+            offsets = np.frombuffer(chunk.buffers()[1], np.int32)[chunk.offset :]
+            used = np.frombuffer(data, np.uint8)[offsets[0] : offsets[len(chunk)]]
+            counts += np.bincount(used, minlength=256)
+    total = counts.sum()
+    if not rows or not total:
+        return 0.0
+    p = counts[counts > 0] / total
+    return float(-(p * np.log2(p)).sum() * total / 8 / rows)
+
+
 def freshness(port: int, warehouse: str, timeout: float = 120.0) -> float:
     """Seconds from the ack of one line to the moment a reader can see it in the warehouse."""
     from athena.warehouse import open_warehouse
@@ -282,7 +332,7 @@ def stages(
     chunks = encode_chunks(make_lines(lines), chunk, sized)
     unpacker = wire.new_unpacker()
     objs = []
-    for _, frame in chunks:
+    for _, _, frame in chunks:
         unpacker.feed(frame)
         objs += list(unpacker)
     tmp = tempfile.mkdtemp(prefix="logq-stages-")
@@ -444,7 +494,7 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
     watcher.start()
     fresh = freshness(port, warehouse)
 
-    groups = [chunks[i :: args.connections] for i in range(args.connections)]
+    groups = per_connection(chunks, args.connections)
     errors: list[str] = []
     t0 = time.perf_counter()
     threads = [threading.Thread(target=send, args=(port, g, args.window, errors)) for g in groups]
@@ -476,14 +526,39 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
     print(f"Parquet bytes              {pq_bytes:,} in {n_files} files")
     print(f"ratio                      1/{raw / max(pq_bytes, 1):.1f}  (target <= 1/12)")
     rows, sizes = column_bytes(warehouse)
+    if rows != n:  # every line is an access line in the default format
+        print(f"FAILED: {rows:,} envoy_access rows for {n:,} lines sent", file=sys.stderr)
+        return 1
     if rows:
         top = sorted(sizes.items(), key=lambda kv: -kv[1])
         print(
             f"envoy_access bytes/row     {sum(sizes.values()) / rows:.1f}: "
             + ", ".join(f"{name} {size / rows:.1f}" for name, size in top[:8])
         )
+        print(
+            f"                           1/12 leaves {raw / 12 / rows:.1f} B/row; zstd's floor for "
+            f"request_id text: {text_floor(warehouse, 'request_id'):.1f} (its characters' entropy)"
+        )
     print(f"freshness                  {fresh:.2f} s from ack to readable ")
     print(f"                           (flush interval {args.flush_interval:g} s; target <= +2 s)")
+    return compacted(warehouse, env, raw, n)
+
+
+def compacted(warehouse: str, env: dict[str, str], raw: int, n: int) -> int:
+    """Compact the warehouse as ``logq-aggregator compact`` does once the hour is closed, and
+    print the ratio of what is then stored for good. A flush writes one small file per service
+    and hour, whose pages compress less; compaction merges them."""
+    exe = Path(sys.executable).parent / "logq-aggregator"
+    cmd = [str(exe), "compact", "--warehouse", warehouse, "--all", "--grace-minutes", "0"]
+    done = subprocess.run([*cmd, "--force"], env=env, capture_output=True, text=True)
+    rows, sizes = column_bytes(warehouse)
+    if done.returncode != 0 or rows != n:
+        print(f"FAILED: compact rc={done.returncode}, {rows:,} rows\n{done.stderr[-3000:]}")
+        return 1
+    pq_bytes, n_files = parquet_stats(warehouse)
+    print(f"compacted                  {pq_bytes:,} bytes in {n_files} files")
+    print(f"ratio, compacted           1/{raw / max(pq_bytes, 1):.1f}  (target <= 1/12)")
+    print(f"envoy_access bytes/row     {sum(sizes.values()) / rows:.1f}")
     return 0
 
 
