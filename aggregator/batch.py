@@ -3,12 +3,23 @@
 A buffer segment holds Arrow batches of :data:`aggregator.decode.BUFFER_SCHEMA` (one row per
 event: tag, event time, the wire keys). :func:`route` splits and types them with Arrow kernels:
 
-* Envoy candidates: ``format`` starting with ``envoy``, or an image / container name mentioning
-  ``envoy`` or ``istio-proxy`` (in a name's last ``/`` part: logq-shipper's CRI container names
-  are ``<namespace>/<pod>/<container>``, and an ``envoy-gateway-...`` pod's other containers are
-  not Envoy) (unless ``format == "plain"``), on any stream but ``stderr`` (Envoy
-  writes its own diagnostics there; access logs go to stdout). Candidates are parsed by
-  :mod:`.envoy`; those no format parses are counted per service and kept in ``container_logs``.
+* Envoy candidates: ``format`` starting with ``envoy``, or (unless ``format == "plain"``) an
+  Envoy data plane told by its image or container name (:data:`ENVOY_IMAGE` and
+  :data:`ENVOY_NAME`): an image mentioning ``envoy`` or ``istio-proxy``, or whose repository's
+  last part is ``consul-dataplane`` (Consul), ``kuma-dp`` (Kuma, Kong Mesh), ``emissary``,
+  ``ambassador`` or ``aes`` (Emissary-ingress, Ambassador) or ``ecs-service-connect-agent``
+  (ECS Service Connect); a container name whose last ``/`` part (logq-shipper's CRI container
+  names are ``<namespace>/<pod>/<container>``, and an ``envoy-gateway-...`` pod's other
+  containers are not Envoy) mentions ``envoy`` or ``istio-proxy``, holds ``consul-dataplane``,
+  ``kuma-sidecar`` or ``ecs-service-connect`` as ``-``-separated parts (so the Docker names of
+  ECS tasks, ``ecs-<family>-<n>-consul-dataplane-<hex>``, match too), or is ``ambassador`` or
+  ``emissary-ingress`` exactly (a word that apps use in their names too). Candidates are parsed
+  by :mod:`.envoy` on every stream; on any but ``stderr`` those no format parses are counted
+  per service and kept in ``container_logs``. On ``stderr``, where Envoy writes its own
+  diagnostics (and an access logger may write to ``/dev/stderr``), a parsed line is an access
+  line like any other and an unparsed one is kept in ``container_logs`` uncounted: the count
+  means "access lines we could not read", and a service gets one (0 included) only for its
+  candidates on other streams.
 * Everything else goes to ``container_logs``, timestamped with the event time.
 
 The service of a row is the record's ``service`` (for other clients, filled from their metadata
@@ -83,18 +94,41 @@ def _flag(array: pa.Array, pattern: str) -> pa.Array:
     return pc.fill_null(matched, False)
 
 
-def envoy_mask(records: pa.Table) -> pa.Array:
-    """Rows that should be tried as Envoy access lines (see the module docstring)."""
+#: Images of Envoy data planes: any mentioning Envoy or Istio's proxy, and those named otherwise
+#: by the last part of their repository (``hashicorp/consul-dataplane:1.5``,
+#: ``kumahq/kuma-dp``, ``emissaryingress/emissary``, ``datawire/aes``, ECS Service Connect's
+#: ``ecs-service-connect-agent:interface-v1``), so ``ambassador/ambassador-agent`` (not Envoy)
+#: and a registry's host are not taken for one.
+ENVOY_IMAGE = (
+    r"envoy|istio-proxy"
+    r"|(?:^|/)(?:consul-dataplane|kuma-dp|emissary|ambassador|aes|ecs-service-connect-agent)"
+    r"(?:[:@]|$)"
+)
+#: Container names of Envoy data planes, matched on the name's last ``/`` part (see the module
+#: docstring): consul-k8s names its sidecar ``consul-dataplane`` (``consul-dataplane-<service>``
+#: in a multi-port pod), consul-ecs ``consul-dataplane``, Kuma ``kuma-sidecar``, ECS Service
+#: Connect ``ecs-service-connect-<suffix>``; Emissary's manifests ``ambassador``, its Helm chart
+#: ``emissary-ingress``, matched whole (``brand-ambassador-api`` is an app).
+ENVOY_NAME = (
+    r"(?:envoy|istio-proxy)[^/]*$"
+    r"|(?:^|[/-])(?:consul-dataplane|kuma-sidecar|ecs-service-connect)(?:-[^/]*)?$"
+    r"|(?:^|/)(?:ambassador|emissary-ingress)$"
+)
+
+
+def envoy_rows(records: pa.Table) -> tuple[pa.Array, pa.Array | None]:
+    """Rows to try as Envoy access lines, and those of them on ``stderr`` (None when there are
+    none, as in the usual batch), whose unparsed lines are not counted (module docstring)."""
     fmt = _col(records, wire.KEY_FORMAT)
     hinted = _flag(fmt, "^envoy")
     plain = _flag(fmt, "^plain$")
     named = pc.or_(
-        _flag(_col(records, wire.KEY_IMAGE), "envoy|istio-proxy"),
-        _flag(_col(records, wire.KEY_CONTAINER_NAME), "(envoy|istio-proxy)[^/]*$"),
+        _flag(_col(records, wire.KEY_IMAGE), ENVOY_IMAGE),
+        _flag(_col(records, wire.KEY_CONTAINER_NAME), ENVOY_NAME),
     )
-    stderr = _flag(_col(records, wire.KEY_STREAM), "^stderr$")
     candidate = pc.or_(hinted, pc.and_(named, pc.invert(plain)))
-    return pc.and_(candidate, pc.invert(stderr))
+    on_stderr = pc.and_(candidate, _flag(_col(records, wire.KEY_STREAM), "^stderr$"))
+    return candidate, (on_stderr if pc.any(on_stderr).as_py() else None)
 
 
 @dataclass
@@ -114,7 +148,7 @@ def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS)
         return Routed(tables, failures)
     records = records.combine_chunks()
     service = service_column(records)
-    mask = envoy_mask(records)
+    mask, on_stderr = envoy_rows(records)
     candidates = pc.indices_nonzero(mask)
     plain_idx = pc.indices_nonzero(pc.invert(mask))
     if len(candidates):
@@ -122,7 +156,9 @@ def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS)
         parsed = parse_lines(logs if not len(plain_idx) else pc.take(logs, candidates), formats)
         # Every service with Envoy lines gets a count, 0 included: its metric series then
         # exists before the first failure (an alert on increase() needs that first sample).
-        candidate_services = pc.unique(_at(service, candidates)).dictionary_decode()
+        # Lines on stderr are never counted, so they give no series that could only stay 0.
+        counted = _counted(candidates, on_stderr)
+        candidate_services = pc.unique(_at(service, counted)).dictionary_decode()
         failures = dict.fromkeys(candidate_services.to_pylist(), 0)
         if len(parsed.rows):
             rows = _at(candidates, parsed.rows)
@@ -130,7 +166,7 @@ def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS)
             tables[ENVOY_ACCESS.name] = _assemble(ENVOY_ACCESS, records, service, rows, cols)
         if len(parsed.unparsed):
             bad = pc.take(candidates, parsed.unparsed)
-            counts = pc.value_counts(pc.take(service, bad).dictionary_decode())
+            counts = pc.value_counts(pc.take(service, _counted(bad, on_stderr)).dictionary_decode())
             failures.update({c["values"].as_py(): c["counts"].as_py() for c in counts})
             merged = pa.concat_arrays([plain_idx, bad])
             plain_idx = merged.take(pc.sort_indices(merged))
@@ -142,6 +178,11 @@ def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS)
         }
         tables[CONTAINER_LOGS.name] = _assemble(CONTAINER_LOGS, records, service, plain_idx, cols)
     return Routed(tables, failures)
+
+
+def _counted(rows: pa.Array, on_stderr: pa.Array | None) -> pa.Array:
+    """``rows`` less those on stderr, whose unparsed lines are Envoy's own diagnostics."""
+    return rows if on_stderr is None else rows.filter(pc.invert(pc.take(on_stderr, rows)))
 
 
 def _without_newline(lines: pa.Array) -> pa.Array:

@@ -44,6 +44,8 @@ K8S_TAG = f"kube.var.log.containers.{POD}_default_envoy-{DOCKER_ID}.log"
 IMAGE = "envoyproxy/envoy:v1.31.2"
 TASK_ARN = "arn:aws:ecs:eu-west-1:123456789012:task/prod/0f4e8d2c6b7a4b1e9c3d5f7a9b1c3d5e"
 ENVOY_DIAG = "[2026-11-29 10:00:00.000][1][info][main] [source/server/server.cc:432] initializing"
+#: Docker's name of consul-ecs's sidecar, as FireLens sends it.
+CONSUL_DOCKER_NAME = "/ecs-recipe-12-consul-dataplane-b6fbbc4e5d8f2a27f100"
 
 
 def _now_line() -> str:
@@ -305,6 +307,11 @@ def test_firelens_through_fluent_logger_lands_by_task_family(
         )
         assert logger.emit(None, firelens_record(_now_line())), logger.last_error
         assert logger.emit(None, firelens_record(ENVOY_DIAG, source="stderr")), logger.last_error
+        # consul-ecs's sidecar, with Consul's proxy-defaults AccessLogs { Type = "stderr" }: its
+        # access lines share stderr with Envoy's diagnostics.
+        for line in (_now_line().replace("/api/items", "/consul"), ENVOY_DIAG + " (consul)"):
+            rec = firelens_record(line, source="stderr", container_name=CONSUL_DOCKER_NAME)
+            assert logger.emit(None, rec), logger.last_error
         logger.close()
         wait_until(
             lambda: all(
@@ -327,18 +334,26 @@ def test_firelens_through_fluent_logger_lands_by_task_family(
         metrics = scraped()
     finally:
         assert agg.terminate() == 0
-    sql = "SELECT service, container_name, path FROM envoy_access"
+    sql = "SELECT service, container_name, path FROM envoy_access ORDER BY container_name"
     access = pipeline.logq_json(["sql", sql, "--warehouse", warehouse], subprocess_env)
     assert access == [
         {
             "service": "recipe",
+            "container_name": CONSUL_DOCKER_NAME.lstrip("/"),
+            "path": "/consul?id=5&sort=asc",
+        },
+        {
+            "service": "recipe",
             "container_name": "ecs-recipe-12-envoy-a4eafbb3d4c7f1e16e00",
             "path": "/api/items?id=5&sort=asc",
-        }
+        },
     ]
-    sql = "SELECT service, stream, message FROM container_logs"
+    sql = "SELECT service, stream, message FROM container_logs ORDER BY message"
     logs = pipeline.logq_json(["sql", sql, "--warehouse", warehouse], subprocess_env)
-    assert logs == [{"service": "recipe", "stream": "stderr", "message": ENVOY_DIAG}]
+    assert logs == [
+        {"service": "recipe", "stream": "stderr", "message": ENVOY_DIAG},
+        {"service": "recipe", "stream": "stderr", "message": ENVOY_DIAG + " (consul)"},
+    ]
     assert 'logq_aggregator_envoy_parse_failures_total{service="recipe"} 0.0' in metrics
 
 
