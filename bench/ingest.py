@@ -11,9 +11,10 @@ everything. Prints:
   where the bytes of a row go, and the least zstd can store the random request ids in.
 
 Usage: ``python bench/ingest.py [--lines N] [--chunk N] [--connections N] [--warehouse URI]
-[--unsized]`` (a ``s3://`` warehouse uses the standard AWS settings, e.g. a local SeaweedFS;
-``--unsized`` sends the chunks without the ``size`` option, as Fluent Bit without
-``Send_options true``, Fluentd and fluent-logger do).
+[--unsized] [--istio]`` (a ``s3://`` warehouse uses the standard AWS settings, e.g. a local
+SeaweedFS; ``--istio`` sends lines in Istio's proxy format; ``--unsized`` sends the chunks
+without the ``size`` option, as Fluent Bit without ``Send_options true``, Fluentd and
+fluent-logger do).
 """
 
 from __future__ import annotations
@@ -63,9 +64,40 @@ AGENTS = [
 FLAGS = ["UF,URX", "UT", "UH", "UC", "DC", "NR"]
 
 
-def make_lines(n: int, seed: int = 7) -> list[tuple[int, str, str]]:
+#: Istio's %RESPONSE_CODE_DETAILS% for the flags above.
+DETAILS = {
+    "UF,URX": "upstream_reset_before_response_started{connection_failure}",
+    "UT": "response_timeout",
+    "UH": "no_healthy_upstream",
+    "UC": "upstream_reset_before_response_started{connection_termination}",
+    "DC": "downstream_remote_disconnect",
+    "NR": "route_not_found",
+}
+
+
+def istio_fields(rng: random.Random, i: int, svc: str, flags: str) -> tuple[str, str]:
+    """What Istio's proxy format adds after the flags and at the end of Envoy's default one, as
+    a sidecar prints it: mostly inbound requests, some outbound calls to other services."""
+    details = DETAILS.get(flags, "via_upstream")
+    pod = f"10.0.{i % 16}.{rng.randint(2, 30)}"
+    port = rng.randint(32768, 60999)
+    if rng.random() < 0.7:
+        peer = f"10.1.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+        sni = f"outbound_.8080_._.{svc}.prod.svc.cluster.local"
+        tail = f"inbound|8080|| 127.0.0.6:{port} {pod}:8080 {peer}:{rng.randint(32768, 60999)}"
+        tail += f" {sni} default"
+    else:
+        dst = rng.choice(SERVICES)
+        vip = f"172.20.{SERVICES.index(dst)}.{SERVICES.index(dst) * 7 + 10}"
+        cluster = f"outbound|8080||{dst}.prod.svc.cluster.local"
+        tail = f"{cluster} {pod}:{port} {vip}:8080 {pod}:{rng.randint(32768, 60999)} - default"
+    return f'{details} - "-"', tail
+
+
+def make_lines(n: int, seed: int = 7, istio: bool = False) -> list[tuple[int, str, str]]:
     """``(time_ns, service, line)`` for ``n`` Envoy access lines spread over ~20 minutes of the
-    hour before this one (a closed hour: compaction may merge it)."""
+    hour before this one (a closed hour: compaction may merge it); in Envoy's default format,
+    or with ``istio`` in Istio's proxy format (envoy_access keeps the fields the two share)."""
     rng = random.Random(seed)
     base = int(time.time()) // 3600 * 3600 - 3600 + 1200
     out = []
@@ -88,13 +120,16 @@ def make_lines(n: int, seed: int = 7) -> list[tuple[int, str, str]]:
         dur = int(rng.expovariate(1 / 25)) + 1
         ust = "-" if flags != "-" else str(max(0, dur - rng.randint(0, 3)))
         when = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        middle, tail = istio_fields(rng, i, svc, flags) if istio else ("", "")
         line = (
             f'[{when}] "{rng.choice(["GET", "GET", "GET", "POST", "PUT"])} {path} HTTP/1.1" '
-            f"{code} {flags} {rng.choice([0, 0, 0, rng.randint(10, 4000)])} "
+            f"{code} {flags} {middle + ' ' if middle else ''}"
+            f"{rng.choice([0, 0, 0, rng.randint(10, 4000)])} "
             f"{rng.randint(100, 40000)} {dur} {ust} "
             f'"{rng.choice(["-", "-", f"10.1.{rng.randint(0, 255)}.{rng.randint(1, 254)}"])}" '
             f'"{rng.choice(AGENTS)}" "{uuid.UUID(int=rng.getrandbits(128), version=4)}" '
             f'"{svc}.internal:8080" "10.0.{i % 16}.{rng.randint(2, 30)}:8080"'
+            f"{' ' + tail if tail else ''}"
         )
         out.append((int(t * 1e9), svc, line))
     return out
@@ -308,7 +343,12 @@ def start_s3() -> tuple[object, str, dict[str, str]]:
 
 
 def stages(
-    lines: int, chunk: int, compression: str = "none", sized: bool = True, runs: int = 3
+    lines: int,
+    chunk: int,
+    compression: str = "none",
+    sized: bool = True,
+    runs: int = 3,
+    istio: bool = False,
 ) -> None:
     """The aggregator's per-line cost on ONE core, stage by stage, in this process (no I/O
     waits; pinned to one CPU, so the writer's threads share it): what "lines/s on one core"
@@ -329,7 +369,7 @@ def stages(
 
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     tune_gc()
-    chunks = encode_chunks(make_lines(lines), chunk, sized)
+    chunks = encode_chunks(make_lines(lines, istio=istio), chunk, sized)
     unpacker = wire.new_unpacker()
     objs = []
     for _, _, frame in chunks:
@@ -424,6 +464,9 @@ def main() -> int:
         default=3,
         help="with --stages: whole pipeline runs (after one warm-up run)",
     )
+    ap.add_argument(
+        "--istio", action="store_true", help="lines in Istio's proxy format (default: Envoy's)"
+    )
     ap.add_argument("--buffer-compression", default="none", choices=("none", "lz4", "zstd"))
     ap.add_argument(
         "--unsized",
@@ -432,7 +475,8 @@ def main() -> int:
     )
     args = ap.parse_args()
     if args.stages:
-        stages(args.lines, args.chunk, args.buffer_compression, not args.unsized, max(1, args.runs))
+        sized, runs = not args.unsized, max(1, args.runs)
+        stages(args.lines, args.chunk, args.buffer_compression, sized, runs, args.istio)
         return 0
 
     tmp = Path(tempfile.mkdtemp(prefix="logq-bench-"))
@@ -455,7 +499,7 @@ def main() -> int:
 
 def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]) -> int:
     print(f"generating {args.lines:,} Envoy lines ...", flush=True)
-    lines = make_lines(args.lines)
+    lines = make_lines(args.lines, istio=args.istio)
     raw = docker_json_bytes(lines)
     chunks = encode_chunks(lines, args.chunk, not args.unsized)
     del lines
