@@ -15,7 +15,8 @@ event: tag, event time, the wire keys). :func:`route` splits and types them with
   ECS tasks, ``ecs-<family>-<n>-consul-dataplane-<hex>``, match too), or is ``ambassador`` or
   ``emissary-ingress`` exactly (a word that apps use in their names too). Candidates are parsed
   by :mod:`.envoy` on every stream; on any but ``stderr`` those no format parses are counted
-  per service and kept in ``container_logs``. On ``stderr``, where Envoy writes its own
+  per service (unless they are the data plane's own log lines: :mod:`.envoy_diagnostics`) and
+  kept in ``container_logs``. On ``stderr``, where Envoy writes its own
   diagnostics (and an access logger may write to ``/dev/stderr``), a parsed line is an access
   line like any other and an unparsed one is kept in ``container_logs`` uncounted: the count
   means "access lines we could not read", and a service gets one (0 included) only for its
@@ -39,6 +40,7 @@ import pyarrow.compute as pc
 
 from aggregator.decode import BUFFER_SCHEMA, from_ipc
 from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, parse_lines
+from aggregator.envoy_diagnostics import diagnostic
 from athena.schema import CONTAINER_LOGS, ENVOY_ACCESS, TIMESTAMP, Table, sanitize_service
 from shipper import wire
 
@@ -166,7 +168,9 @@ def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS)
             tables[ENVOY_ACCESS.name] = _assemble(ENVOY_ACCESS, records, service, rows, cols)
         if len(parsed.unparsed):
             bad = pc.take(candidates, parsed.unparsed)
-            counts = pc.value_counts(pc.take(service, _counted(bad, on_stderr)).dictionary_decode())
+            failed = _counted(bad, on_stderr)
+            failed = failed.filter(pc.invert(diagnostic(pc.take(logs, failed))))
+            counts = pc.value_counts(pc.take(service, failed).dictionary_decode())
             failures.update({c["values"].as_py(): c["counts"].as_py() for c in counts})
             merged = pa.concat_arrays([plain_idx, bad])
             plain_idx = merged.take(pc.sort_indices(merged))

@@ -157,3 +157,49 @@ def test_format_plain_opts_every_new_rule_out(name: str, image: str | None, stre
     assert "envoy_access" not in routed.tables
     assert routed.tables["container_logs"].num_rows == 1
     assert routed.parse_failures == {}
+
+
+#: A data plane's own log lines, as its programs print them by default (aggregator/
+#: envoy_diagnostics.py): Envoy's log, Istio's pilot-agent and Envoy under Istio, kuma-dp (zap),
+#: consul-dataplane (hclog), Emissary's entrypoint (logrus) and diagd.
+OWN_LINES = [
+    DIAG,
+    "[2026-11-28 10:00:00.123][1][info][main] initializing epoch 0",
+    "2026-11-28T10:00:00.123456Z\tinfo\txdsproxy\tconnected to upstream XDS server: istiod:15012",
+    "2026-11-28T10:00:00.123456Z\twarning\tenvoy config external/envoy/source/x.cc:1\tgone\t"
+    "thread=15",
+    '2026-11-28T10:00:00.123Z\tINFO\tkuma-dp.run\tstarting Kuma DP\t{"version": "2.7.3"}',
+    "2026-11-28T10:00:00.123Z [INFO]  consul-dataplane: started consul-dataplane process",
+    'time="2026-11-28 10:00:00.1234" level=info msg="Started Ambassador" func=main',
+    "2026-11-28 10:00:00 diagd 3.9.1 [P15TMainThread] INFO: starting Envoy",
+]
+
+
+def test_a_data_planes_own_lines_on_stdout_are_kept_but_not_counted() -> None:
+    """Istio's pilot-agent logs to stdout beside Envoy's access lines (and Envoy itself may,
+    with ``--log-path /dev/stdout``): those lines are no access line that failed to parse, so
+    the failure metric, which an alert watches, must not rise with them. A line that is
+    neither still counts."""
+    name = "shop/recipe-5d8f7c9b6d-x2x7k/istio-proxy"
+    broken = '[2026-11-28T10:00:00.123Z] "GET /api HTTP/1.1" 200 - cut short'
+    records = [record(line, container_name=name) for line in [envoy_line(), *OWN_LINES, broken]]
+    routed = route(table_of(records))
+    assert routed.tables["envoy_access"]["response_code"].to_pylist() == [200]
+    assert routed.tables["container_logs"]["message"].to_pylist() == [*OWN_LINES, broken]
+    assert routed.parse_failures == {"recipe": 1}
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        envoy_line(),
+        CONSUL_JSON,
+        "[2026-11-28 10:00:00.123] app started",  # no thread or level: an app's own line
+        "2026-11-28T10:00:00Z info not tab-separated",
+        '"time=\\"x\\" level=info" quoted',
+    ],
+)
+def test_access_lines_and_app_lines_are_not_taken_for_a_data_planes_own(line: str) -> None:
+    from aggregator.envoy_diagnostics import diagnostic
+
+    assert diagnostic(pa.array([line, None])).to_pylist() == [False, False]

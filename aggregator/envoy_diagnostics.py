@@ -1,0 +1,40 @@
+"""The log lines an Envoy data plane writes about itself, told apart from access lines.
+
+An Envoy sidecar's container prints more than access lines: Envoy's own log, the agent that
+starts it (Istio's pilot-agent, consul-dataplane, kuma-dp, Emissary's entrypoint and diagd) and
+its warnings. Those lines do not parse as access lines and are kept in ``container_logs`` like
+any other, but they are no access line that failed to parse either: counting them in
+``logq_aggregator_envoy_parse_failures_total`` would make the metric rise on every xDS
+reconnect, and an alert on it useless. :func:`diagnostic` tells them by the start of the line,
+in the shapes these programs print by default:
+
+* Envoy's default log format ``[%Y-%m-%d %T.%e][%t][%l][%n] ...``:
+  ``[2024-05-01 12:00:00.123][14][warning][config] [source/...:123] message``;
+* Istio's (pilot-agent, and the format it gives Envoy) and zap's console encoder (kuma-dp):
+  an RFC 3339 UTC time, a tab, a level, a tab: ``2024-05-01T12:00:00.123456Z<TAB>info<TAB>...``;
+* hclog (consul-dataplane): ``2024-05-01T12:00:00.123Z [INFO]  consul-dataplane: ...``;
+* logrus's text format (Emissary's entrypoint): ``time="2024-05-01 12:00:00" level=info ...``;
+* Emissary's diagd: ``2024-05-01 12:00:00 diagd 3.9.1 [P15TMainThread] INFO: ...``.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+_DATE = r"\d{4}-\d{2}-\d{2}"
+_LEVEL = r"(?:trace|debug|info|warn|warning|error|critical|fatal|dpanic|panic)"
+DIAGNOSTIC = "|".join(
+    (
+        rf"^\[{_DATE} \d{{2}}:\d{{2}}:\d{{2}}\.\d{{3}}\]\[\d+\]\[{_LEVEL}\]",
+        rf"^{_DATE}T\d{{2}}:\d{{2}}:\d{{2}}(?:\.\d+)?Z\t{_LEVEL}\t",
+        rf"^{_DATE}T\d{{2}}:\d{{2}}:\d{{2}}(?:\.\d+)?(?:Z|[+-]\d{{4}}) \[{_LEVEL}\] ",
+        rf'^time="[^"]*" level={_LEVEL} ',
+        rf"^{_DATE} \d{{2}}:\d{{2}}:\d{{2}} diagd ",
+    )
+)
+
+
+def diagnostic(lines: pa.Array) -> pa.Array:
+    """Which ``lines`` are a data plane's own log lines (module docstring); NULL lines are not."""
+    return pc.fill_null(pc.match_substring_regex(lines, DIAGNOSTIC, ignore_case=True), False)
