@@ -10,7 +10,11 @@ runs a list of *attempts* over the batch, each seeing only the lines the previou
    format's split plan (:mod:`.envoy_split`: DFA match, then the values cut out at the format's
    quotes and spaces; a fraction of the cost of capturing), each strict regex (quoted values
    without quotes), then each lenient one (quotes allowed inside a quoted value, as user
-   agents have).
+   agents have);
+3. the same rounds for the built-in formats of other data planes (Emissary-ingress, Kuma,
+   Istio 1.3 to 1.7: :data:`LATER_FORMATS`), on the lines all the others left that begin as
+   their lines begin (``ACCESS [`` or ``[``, and a time): the others, Envoy's own diagnostics
+   first, cost one refused match, not one per attempt.
 
 Everything runs as Arrow kernels (``extract_regex``, ``take``, casts) or numpy over the whole
 batch: there is no Python loop per line. Lines no attempt parses are returned as unparsed; the
@@ -55,6 +59,34 @@ ISTIO_FORMAT = (
     "%REQUESTED_SERVER_NAME% %ROUTE_NAME%"
 )
 
+#: Emissary-ingress' (formerly Ambassador's) default ``envoy_log_format``: Envoy's default one
+#: behind ``ACCESS ``, unchanged from Ambassador 0.x to Emissary 3.x (its listener code).
+EMISSARY_FORMAT = "ACCESS " + DEFAULT_FORMAT
+
+#: Kuma's (and Kong Mesh's) default format of HTTP traffic. Kuma puts the values of its own
+#: operators (``%KUMA_MESH%``, ``%KUMA_SOURCE_SERVICE%``...) into the format before Envoy
+#: sees it, so its lines hold plain values there: each matches as any other unknown operator.
+#: (Its TCP format has no response code: those lines stay in ``container_logs``.)
+KUMA_FORMAT = (
+    '[%START_TIME%] %KUMA_MESH% "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    "%RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% "
+    '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
+    '"%REQ(X-B3-TRACEID?X-DATADOG-TRACEID)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" '
+    '"%KUMA_SOURCE_SERVICE%" "%KUMA_DESTINATION_SERVICE%" "%KUMA_SOURCE_ADDRESS_WITHOUT_PORT%" '
+    '"%UPSTREAM_HOST%"'
+)
+
+#: Istio's proxy text format of Istio 1.3 to 1.7: Mixer's policy status after the flags where
+#: later releases print ``%RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS%``.
+ISTIO_MIXER_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    '%RESPONSE_CODE% %RESPONSE_FLAGS% "%DYNAMIC_METADATA(istio.mixer:status)%" '
+    '"%UPSTREAM_TRANSPORT_FAILURE_REASON%" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% '
+    '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
+    '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" %UPSTREAM_CLUSTER% '
+    "%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% "
+    "%REQUESTED_SERVER_NAME% %ROUTE_NAME%"
+)
 
 log = logging.getLogger("logq.aggregator.envoy")
 
@@ -227,7 +259,26 @@ def _literal(text: str) -> str:
     return re.escape(text.replace("%%", "%"))
 
 
-BUILTIN_FORMATS = (compile_format(DEFAULT_FORMAT), compile_format(ISTIO_FORMAT))
+#: Built-in formats of other Envoy data planes. :func:`attempts_for` tries them only on the lines
+#: every other format left, so a line the default, Istio's or a configured format parses is
+#: parsed as it was before they were added.
+LATER_FORMATS = tuple(compile_format(f) for f in (EMISSARY_FORMAT, KUMA_FORMAT, ISTIO_MIXER_FORMAT))
+BUILTIN_FORMATS = (compile_format(DEFAULT_FORMAT), compile_format(ISTIO_FORMAT), *LATER_FORMATS)
+
+
+def _screen(formats: tuple[EnvoyFormat, ...]) -> str:
+    """A pattern that every line of ``formats`` matches: the literal text before their first
+    operator, which must be ``%START_TIME%`` (Envoy's default time), and its seconds."""
+    heads: list[str] = []
+    for fmt in formats:
+        first = _TOKEN.search(fmt.source)
+        if first is None or first.group(1) != "START_TIME":
+            raise FormatError(f"{fmt.source!r} does not begin with text and %START_TIME%")
+        heads.append(_literal(fmt.source[: first.start()]))
+    return "^(?:" + "|".join(dict.fromkeys(heads)) + ")" + _TIME_SECONDS
+
+
+_LATER_SCREEN = _screen(LATER_FORMATS)
 
 
 def start_time_to_timestamp(seconds_text: pa.Array, fraction: pa.Array) -> pa.Array:
@@ -319,7 +370,8 @@ def text_attempt(fmt: EnvoyFormat, pattern: str) -> Attempt:
 def attempts_for(formats: tuple[EnvoyFormat, ...], json_logs: bool = True) -> list[Attempt]:
     """JSON access logs first (they start with ``{``), then the text formats in three rounds:
     every format's split plan, every strict regex (both in the order of ``formats``), then the
-    lenient regexes, built-in formats first.
+    lenient regexes, built-in formats first. The :data:`LATER_FORMATS` among ``formats`` get
+    their three rounds after all that, on the lines the others left.
 
     By rounds, not format by format: a lenient regex lets a quoted value run over quotes, so a
     configured format shorter than the default one would take the default's lines with their
@@ -327,11 +379,39 @@ def attempts_for(formats: tuple[EnvoyFormat, ...], json_logs: bool = True) -> li
     rounds count the quotes, so there a configured format takes only lines of its own shape,
     and one of the default's shape with other operators wins over the default, as configured."""
     from aggregator.envoy_json import json_attempt
-    from aggregator.envoy_split import split_attempt, split_plan
 
     attempts: list[Attempt] = [json_attempt] if json_logs else []
+    attempts += _rounds(tuple(fmt for fmt in formats if fmt not in LATER_FORMATS))
+    later = tuple(fmt for fmt in formats if fmt in LATER_FORMATS)
+    if later:
+        attempts.append(_screened(_LATER_SCREEN, _rounds(later)))
+    return attempts
+
+
+def _screened(screen: str, attempts: list[Attempt]) -> Attempt:
+    """``attempts`` run in turn (as :func:`parse_lines` runs them) on only the lines that match
+    ``screen``, a pattern every line they can parse matches: one refused match for each other
+    line, not one per attempt (Envoy's own diagnostics reach every attempt: nothing parses
+    them)."""
+
+    def run(lines: pa.Array) -> tuple[pa.Array, dict[str, pa.Array]]:
+        candidates = pc.fill_null(format_matches(lines, screen), False)
+        if not pc.any(candidates).as_py():
+            return candidates, {}
+        parsed = _run(lines.filter(candidates), attempts)
+        taken = np.zeros(pc.sum(candidates).as_py(), dtype=bool)
+        taken[parsed.rows.to_numpy()] = True
+        return pc.fill_null(_scatter(candidates, pa.array(taken)), False), parsed.columns
+
+    return run
+
+
+def _rounds(formats: tuple[EnvoyFormat, ...]) -> list[Attempt]:
+    """The split, strict and lenient rounds of :func:`attempts_for` over ``formats``."""
+    from aggregator.envoy_split import split_attempt, split_plan
+
     plans = (split_plan(fmt) for fmt in formats)
-    attempts += [split_attempt(plan) for plan in plans if plan is not None]
+    attempts = [split_attempt(plan) for plan in plans if plan is not None]
     attempts += [text_attempt(fmt, fmt.strict_pattern) for fmt in formats if fmt.strict_pattern]
     lenient = sorted(formats, key=lambda fmt: fmt not in BUILTIN_FORMATS)  # stable
     attempts += [text_attempt(fmt, fmt.pattern) for fmt in lenient]
@@ -349,11 +429,16 @@ def parse_lines(
     """
     if isinstance(lines, pa.ChunkedArray):
         lines = lines.combine_chunks()
+    return _run(lines, attempts_for(formats, json_logs))
+
+
+def _run(lines: pa.Array, attempts: list[Attempt]) -> ParsedAccess:
+    """:func:`parse_lines` with the parsers given."""
     remaining = pa.array(np.arange(len(lines), dtype=np.int64))  # pa.array(range): ~0.2 µs a line
     todo = lines
     rows: list[pa.Array] = []
     parts: list[dict[str, pa.Array]] = []
-    for attempt in attempts_for(formats, json_logs):
+    for attempt in attempts:
         if len(todo) == 0:
             break
         try:
@@ -379,8 +464,9 @@ def parse_lines(
                 rows.append(remaining.filter(ok).filter(good))
                 parts.append({k: v.filter(good) for k, v in converted.items()})
                 ok = pc.and_(ok, pc.fill_null(_scatter(ok, good), False))
-        todo = todo.filter(pc.invert(ok))
-        remaining = remaining.filter(pc.invert(ok))
+        if pc.any(ok).as_py():  # else no copy: most attempts refuse every line left to them
+            todo = todo.filter(pc.invert(ok))
+            remaining = remaining.filter(pc.invert(ok))
     if not parts:
         return ParsedAccess(pa.array([], pa.int64()), {}, remaining)
     if len(parts) == 1:  # rows of one parser are already in input order

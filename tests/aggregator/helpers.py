@@ -47,6 +47,29 @@ def envoy_line(
     )
 
 
+#: One request as the other data planes' default formats print it, with what breaks parsers:
+#: ``-`` values, an IPv6 upstream, a query string, quotes inside the user agent.
+AGENT = 'Mozilla/5.0 (X11; Linux) "Chrome" é'
+REQUEST = '"GET /api/items?id=5&q=a%20b HTTP/1.1" 503 UF,URX 17 91 3002 -'
+OTHER_PLANES = {
+    "emissary": (
+        f'ACCESS [2026-11-28T14:00:00.123Z] {REQUEST} "-" "{AGENT}" "rid-e" "shop.example.com" '
+        '"[2001:db8::7]:8080"'
+    ),
+    "kuma": (
+        f'[2026-11-28T14:00:00.123Z] default {REQUEST} "-" "{AGENT}" "-" "rid-k" '
+        '"shop.example.com" "frontend_kuma-demo_svc_8080" "backend_kuma-demo_svc_3001" '
+        '"10.244.0.12" "[2001:db8::7]:8080"'
+    ),
+    "istio 1.7": (
+        '[2026-11-28T14:00:00.123Z] "GET /api/items?id=5&q=a%20b HTTP/1.1" 503 UF,URX "-" "-" '
+        f'17 91 3002 - "-" "{AGENT}" "rid-i" "shop.example.com" "[2001:db8::7]:8080" '
+        "outbound|8080||shop.default.svc.cluster.local [2001:db8::5]:46374 [2001:db8::7]:8080 "
+        "[2001:db8::5]:52350 - default"
+    ),
+}
+
+
 def record(log: str, service: str = "recipe", **extra: Any) -> dict[str, Any]:
     rec: dict[str, Any] = {
         wire.KEY_LOG: log,

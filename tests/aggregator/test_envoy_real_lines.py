@@ -1,5 +1,6 @@
-"""Envoy access lines as current Envoy, Istio and Envoy Gateway print them, and the formats their
-documentation gives: every column lands where it belongs."""
+"""Envoy access lines as current Envoy, Istio and Envoy Gateway print them (and Emissary-ingress,
+Kuma and Istio 1.3-1.7 with their default formats), and the formats their documentation gives:
+every column lands where it belongs."""
 
 from __future__ import annotations
 
@@ -10,10 +11,20 @@ import pytest
 
 from aggregator import envoy_json
 from aggregator.config import Settings
-from aggregator.envoy import BUILTIN_FORMATS, DEFAULT_FORMAT, compile_format, parse_lines
-from aggregator.envoy_split import split_plan
+from aggregator.envoy import (
+    BUILTIN_FORMATS,
+    DEFAULT_FORMAT,
+    EMISSARY_FORMAT,
+    ISTIO_FORMAT,
+    ISTIO_MIXER_FORMAT,
+    KUMA_FORMAT,
+    LATER_FORMATS,
+    compile_format,
+    parse_lines,
+)
+from aggregator.envoy_split import split_attempt, split_plan
 from aggregator.service import envoy_formats
-from tests.aggregator.helpers import envoy_line
+from tests.aggregator.helpers import AGENT, OTHER_PLANES, envoy_line
 
 #: Envoy's default format as its source writes it now (long operator names), plus one field, so
 #: that its lines are not the builtin default's and the custom format must read them.
@@ -252,3 +263,76 @@ def test_a_broken_line_without_quoted_numbers_skips_the_second_bulk_read(
     strings = json.dumps({**ISTIO, "bytes_sent": "91"})
     parse_lines(pa.array([typed, strings]))
     assert calls == [2]  # quoted numbers beside typed ones: the re-read is what helps
+
+
+def _row(line: str) -> dict[str, object]:
+    parsed = parse_lines(pa.array([line]))
+    assert parsed.unparsed.to_pylist() == [], line
+    return {name: values[0].as_py() for name, values in parsed.columns.items()}
+
+
+@pytest.mark.parametrize("plane", sorted(OTHER_PLANES))
+def test_lines_of_other_data_planes_default_formats_fill_their_columns(plane: str) -> None:
+    """Emissary-ingress, Kuma (its ``%KUMA_*%`` values substituted into the format, so plain
+    text in the lines) and Istio 1.3-1.7 (Mixer's status after the flags) print their default
+    formats; without a ``--envoy-format`` their lines were parse failures."""
+    row = _row(OTHER_PLANES[plane])
+    assert row["timestamp"].isoformat() == "2026-11-28T14:00:00.123000+00:00"
+    assert (row["method"], row["path"], row["protocol"]) == (
+        "GET",
+        "/api/items?id=5&q=a%20b",
+        "HTTP/1.1",
+    )
+    assert (row["response_code"], row["response_flags"]) == (503, "UF,URX")
+    assert (row["bytes_received"], row["bytes_sent"], row["duration_ms"]) == (17, 91, 3002)
+    assert row["upstream_service_time_ms"] is None
+    assert (row["x_forwarded_for"], row["user_agent"]) == (None, AGENT)
+    assert row["request_id"] == f"rid-{plane[0]}"
+    assert (row["authority"], row["upstream_host"]) == ("shop.example.com", "[2001:db8::7]:8080")
+
+
+def test_the_other_data_planes_formats_are_their_sources_ones() -> None:
+    """Each is the format its project's source gives (see the constants' comments): Emissary's
+    is Envoy's default behind ``ACCESS ``; Istio's of 1.3-1.7 has Mixer's status where later
+    ones have two details; Kuma's has its own operators around Envoy's default fields."""
+    assert EMISSARY_FORMAT == "ACCESS " + DEFAULT_FORMAT
+    details = "%RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% "
+    mixer = ISTIO_FORMAT.replace(details, '"%DYNAMIC_METADATA(istio.mixer:status)%" ')
+    assert mixer == ISTIO_MIXER_FORMAT
+    assert KUMA_FORMAT.startswith('[%START_TIME%] %KUMA_MESH% "%REQ(:METHOD)% ')
+    assert KUMA_FORMAT.endswith('"%KUMA_SOURCE_ADDRESS_WITHOUT_PORT%" "%UPSTREAM_HOST%"')
+    assert {f.source for f in LATER_FORMATS} == {EMISSARY_FORMAT, KUMA_FORMAT, ISTIO_MIXER_FORMAT}
+    assert set(LATER_FORMATS) <= set(BUILTIN_FORMATS)
+
+
+def test_lines_of_other_data_planes_take_the_split_parser() -> None:
+    """Their lines without quotes inside a value are cut by each format's split plan, not
+    captured by a regex: a fraction of the cost."""
+    plain = {name: line.replace(AGENT, "curl/8.5.0") for name, line in OTHER_PLANES.items()}
+    for fmt, name in zip(LATER_FORMATS, ("emissary", "kuma", "istio 1.7"), strict=True):
+        plan = split_plan(fmt)
+        assert plan is not None, fmt.source
+        ok, columns = split_attempt(plan)(pa.array([plain[name], OTHER_PLANES[name]]))
+        assert ok.to_pylist() == [True, False], name  # quotes in the agent: the regexes' line
+        assert columns["upstream_host"].to_pylist() == ["[2001:db8::7]:8080"]
+
+
+def test_emissarys_prefix_is_not_taken_by_the_default_format() -> None:
+    """``ACCESS [...] "GET ...`` holds a whole default-format line after its prefix: the default
+    format (anchored at the line's start) must leave it to Emissary's, not read it from the
+    middle or store it with shifted values."""
+    line = OTHER_PLANES["emissary"]
+    alone = parse_lines(pa.array([line]), (compile_format(DEFAULT_FORMAT),))
+    assert alone.unparsed.to_pylist() == [0]
+    assert _row(line)["request_id"] == "rid-e"
+
+
+def test_kumas_tcp_lines_stay_container_logs() -> None:
+    """Kuma's TCP format has no response code, so no envoy_access row: its lines stay
+    unparsed (stored in container_logs), not taken by a lenient regex of another format."""
+    tcp = (
+        "[2026-11-28T14:00:00.123Z] - default 10.244.0.12(frontend_kuma-demo_svc_8080)->"
+        "10.244.0.15:6379(redis_kuma-demo_svc_6379) took 1234ms, sent 100 bytes, received: "
+        "200 bytes"
+    )
+    assert parse_lines(pa.array([tcp])).unparsed.to_pylist() == [0]

@@ -11,9 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aggregator import envoy_split
+from aggregator import envoy, envoy_split
 from aggregator.envoy import (
     BUILTIN_FORMATS,
+    DEFAULT_FORMAT,
+    ISTIO_FORMAT,
+    LATER_FORMATS,
     EnvoyFormat,
     ParsedAccess,
     compile_format,
@@ -21,7 +24,7 @@ from aggregator.envoy import (
     parse_lines,
 )
 from aggregator.envoy import log as envoy_log
-from tests.aggregator.helpers import envoy_line
+from tests.aggregator.helpers import OTHER_PLANES, envoy_line
 
 #: A custom format with non-ASCII literals around its values (cut by bytes, not characters),
 #: single-operator segments with literals (``«%PROTOCOL%»``) and a literal-only quoted segment.
@@ -120,6 +123,13 @@ ISTIO_LINE = (
 #: Istio's line with a quote in an unquoted value (a route name): it matches the format, but
 #: the split parser cannot cut it at its quotes and leaves it to the regexes.
 ISTIO_QUOTED = ISTIO_LINE.replace(" default", ' de"fault')
+#: Lines of the other data planes' built-in formats (Emissary, Kuma, Istio 1.3-1.7), with quotes
+#: in their user agents (the regexes' lines) and without (the split parser's).
+OTHER_LINES = [
+    variant
+    for line in OTHER_PLANES.values()
+    for variant in (line, line.replace('"Chrome"', "Chrome"))
+]
 
 
 @settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -129,6 +139,7 @@ ISTIO_QUOTED = ISTIO_LINE.replace(" default", ' de"fault')
             default_line(),
             custom_line(),
             st.sampled_from([envoy_line(), ISTIO_LINE, ISTIO_QUOTED, "", None, "{}"]),
+            st.sampled_from(OTHER_LINES),
         ),
         min_size=1,
         max_size=12,
@@ -139,11 +150,11 @@ def test_split_parser_gives_what_the_regexes_give(lines: list[str | None]) -> No
 
 
 def test_the_usual_lines_take_the_split_parser() -> None:
-    """The shortcut is taken (the property above would hold without it too): the default,
-    Istio's and the custom format each have a plan."""
+    """The shortcut is taken (the property above would hold without it too): every built-in
+    format and the custom one have a plan."""
     plans = [envoy_split.split_plan(fmt) for fmt in FORMATS]
     assert all(plans)
-    custom = plans[2]
+    custom = plans[-1]
     assert custom is not None
     fields = {f.column: f for f in custom.fields}
     # «%PROTOCOL%» is one segment-less token whose literals are 2 UTF-8 bytes each.
@@ -281,6 +292,7 @@ def mutated_line(draw: st.DrawFn) -> str:
     (Not blanks that RE2's ``\\s`` does not know: before a last unquoted value's trailing
     whitespace, the split parser trims them off that value and the regexes do not.)"""
     usual = [envoy_line(), envoy_line(xff="10.0.0.1", ua="Mozilla/5.0 (X11) é"), ISTIO_LINE]
+    usual += OTHER_LINES
     line = draw(st.one_of(st.sampled_from(usual), default_line(), custom_line()))
     for _ in range(draw(st.integers(1, 3))):
         at = draw(st.sampled_from(range(len(line) + 1)))  # (integers favour the ends)
@@ -312,3 +324,73 @@ def test_mutated_lines_parse_as_the_regexes_parse_them(lines: list[str]) -> None
     """Lines a character or two off their format (a quote, a blank, a tab where none goes):
     the split parser takes exactly those the regexes take, with the same values."""
     _assert_same(lines)
+
+
+#: The built-in formats before those of the other data planes were added.
+EARLIER = (compile_format(DEFAULT_FORMAT), compile_format(ISTIO_FORMAT))
+
+
+@settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(
+            default_line(),
+            mutated_line(),
+            quoted_line(),
+            st.sampled_from([ISTIO_LINE, ISTIO_QUOTED, *OTHER_LINES]),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_lines_the_earlier_formats_parse_are_parsed_as_before(lines: list[str]) -> None:
+    """The other data planes' formats only see the lines the default and Istio's formats left:
+    every line those parse keeps its values (a new format taking one first would give it other
+    columns), and the lines they leave are the only ones that can change."""
+    before = parse_lines(pa.array(lines, pa.string()), EARLIER)
+    now = parse_lines(pa.array(lines, pa.string()), BUILTIN_FORMATS)
+    rows = now.rows.to_pylist()
+    assert set(before.rows.to_pylist()) <= set(rows)
+    assert set(now.unparsed.to_pylist()) <= set(before.unparsed.to_pylist())
+    kept = pa.array([rows.index(r) for r in before.rows.to_pylist()], pa.int64())
+    for name, values in before.columns.items():
+        assert now.columns[name].take(kept).to_pylist() == values.to_pylist(), name
+
+
+@settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(mutated_line(), st.sampled_from(OTHER_LINES)), min_size=1, max_size=12))
+def test_every_line_a_later_format_matches_passes_its_screen(lines: list[str]) -> None:
+    """The later built-in formats only see the lines that match their screen: it must let
+    through every line any of their patterns matches, or those lines would go unparsed."""
+    text = pa.array(lines, pa.string())
+    screened = format_matches(text, envoy._LATER_SCREEN).to_pylist()
+    for fmt in LATER_FORMATS:
+        for pattern in (fmt.pattern, fmt.strict_pattern):
+            matched = format_matches(text, pattern).to_pylist()
+            assert all(s for s, m in zip(screened, matched, strict=True) if m), fmt.source
+
+
+def test_lines_no_format_parses_cost_the_later_formats_one_match() -> None:
+    """Envoy's own diagnostics (stderr) reach every parser: the later formats' patterns run
+    only on the lines that begin as theirs do, here the one Kuma line among them."""
+    diagnostics = [
+        f"[2026-11-28 14:00:0{i}.123][14][warning][config] [source/server/server.cc:12{i}] x"
+        for i in range(5)
+    ]
+    kuma = OTHER_PLANES["kuma"]
+    later = {p for fmt in LATER_FORMATS for p in (fmt.pattern, fmt.strict_pattern)}
+    seen: list[int] = []
+
+    def counting(lines: pa.Array, pattern: str) -> pa.Array:
+        if pattern in later:
+            seen.append(len(lines))
+        return format_matches(lines, pattern)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(envoy, "format_matches", counting)
+        patch.setattr(envoy_split, "format_matches", counting)
+        parsed = parse_lines(pa.array([*diagnostics, kuma]))
+    assert parsed.rows.to_pylist() == [5]
+    assert parsed.unparsed.to_pylist() == [0, 1, 2, 3, 4]
+    assert parsed.columns["request_id"].to_pylist() == ["rid-k"]
+    assert seen and set(seen) == {1}
