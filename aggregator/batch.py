@@ -10,15 +10,16 @@ event: tag, event time, the wire keys). :func:`route` splits and types them with
   ``ambassador`` or ``aes`` (Emissary-ingress, Ambassador) or ``ecs-service-connect-agent``
   (ECS Service Connect); a container name whose last ``/`` part (logq-shipper's CRI container
   names are ``<namespace>/<pod>/<container>``, and an ``envoy-gateway-...`` pod's other
-  containers are not Envoy) mentions ``envoy`` or ``istio-proxy``, holds ``consul-dataplane``,
-  ``kuma-sidecar`` or ``ecs-service-connect`` as ``-``-separated parts (so the Docker names of
-  ECS tasks, ``ecs-<family>-<n>-consul-dataplane-<hex>``, match too), or is ``ambassador`` or
-  ``emissary-ingress`` exactly (a word that apps use in their names too). Candidates are parsed
-  by :mod:`.envoy` on every stream; on any but ``stderr`` those no format parses are counted
-  per service (unless they are the data plane's own log lines: :mod:`.envoy_diagnostics`) and
-  kept in ``container_logs``. On ``stderr``, where Envoy writes its own
-  diagnostics (and an access logger may write to ``/dev/stderr``), a parsed line is an access
-  line like any other and an unparsed one is kept in ``container_logs`` uncounted: the count
+  containers are not Envoy) mentions ``envoy`` or ``istio-proxy``, holds ``consul-dataplane``
+  or ``kuma-sidecar`` as ``-``-separated parts (so the Docker names of ECS tasks,
+  ``ecs-<family>-<n>-consul-dataplane-<hex>``, match too), is ECS Service Connect's
+  ``ecs-service-connect-<suffix>`` (alone or followed by Docker's ``-<hex>``), or is
+  ``ambassador`` or ``emissary-ingress`` exactly (a word that apps use in their names too).
+  Candidates are parsed by :mod:`.envoy` on every stream; on any but ``stderr`` those no
+  format parses are counted per service (unless they are the data plane's own log lines:
+  :mod:`.envoy_diagnostics`) and kept in ``container_logs``. On ``stderr``, where Envoy writes
+  its own diagnostics (and an access logger may write to ``/dev/stderr``), a parsed line is an
+  access line like any other and an unparsed one is kept in ``container_logs`` uncounted: the count
   means "access lines we could not read", and a service gets one (0 included) only for its
   candidates on other streams.
 * Everything else goes to ``container_logs``, timestamped with the event time.
@@ -108,12 +109,16 @@ ENVOY_IMAGE = (
 )
 #: Container names of Envoy data planes, matched on the name's last ``/`` part (see the module
 #: docstring): consul-k8s names its sidecar ``consul-dataplane`` (``consul-dataplane-<service>``
-#: in a multi-port pod), consul-ecs ``consul-dataplane``, Kuma ``kuma-sidecar``, ECS Service
-#: Connect ``ecs-service-connect-<suffix>``; Emissary's manifests ``ambassador``, its Helm chart
+#: in a multi-port pod), consul-ecs ``consul-dataplane``, Kuma ``kuma-sidecar``; ECS Service
+#: Connect ``ecs-service-connect-<suffix>``, alone or as Docker's name has it, with only
+#: ``-<hex>`` after (Docker's names of ECS tasks begin ``ecs-<family>-``, so a family named
+#: ``service-connect-nginx``, as in AWS's tutorial, gives its app containers names that begin
+#: ``ecs-service-connect-``); Emissary's manifests ``ambassador``, its Helm chart
 #: ``emissary-ingress``, matched whole (``brand-ambassador-api`` is an app).
 ENVOY_NAME = (
     r"(?:envoy|istio-proxy)[^/]*$"
-    r"|(?:^|[/-])(?:consul-dataplane|kuma-sidecar|ecs-service-connect)(?:-[^/]*)?$"
+    r"|(?:^|[/-])(?:consul-dataplane|kuma-sidecar)(?:-[^/]*)?$"
+    r"|(?:^|-)ecs-service-connect-[^/-]+(?:-[0-9a-f]+)?$"
     r"|(?:^|/)(?:ambassador|emissary-ingress)$"
 )
 

@@ -371,7 +371,8 @@ def attempts_for(formats: tuple[EnvoyFormat, ...], json_logs: bool = True) -> li
     """JSON access logs first (they start with ``{``), then the text formats in three rounds:
     every format's split plan, every strict regex (both in the order of ``formats``), then the
     lenient regexes, built-in formats first. The :data:`LATER_FORMATS` among ``formats`` get
-    their three rounds after all that, on the lines the others left.
+    their three rounds after all that, on the lines the others left (the built-in ones: the
+    same text configured keeps its place, :func:`_built_in_later`).
 
     By rounds, not format by format: a lenient regex lets a quoted value run over quotes, so a
     configured format shorter than the default one would take the default's lines with their
@@ -381,11 +382,20 @@ def attempts_for(formats: tuple[EnvoyFormat, ...], json_logs: bool = True) -> li
     from aggregator.envoy_json import json_attempt
 
     attempts: list[Attempt] = [json_attempt] if json_logs else []
-    attempts += _rounds(tuple(fmt for fmt in formats if fmt not in LATER_FORMATS))
-    later = tuple(fmt for fmt in formats if fmt in LATER_FORMATS)
+    attempts += _rounds(tuple(fmt for fmt in formats if not _built_in_later(fmt)))
+    later = tuple(fmt for fmt in formats if _built_in_later(fmt))
     if later:
         attempts.append(_screened(_LATER_SCREEN, _rounds(later)))
     return attempts
+
+
+def _built_in_later(fmt: EnvoyFormat) -> bool:
+    """Whether ``fmt`` is one of :data:`LATER_FORMATS` itself, not an equal one: the same text
+    given with ``--envoy-format`` (as Emissary's or Kuma's had to be before they were built in)
+    keeps its configured place, tried first and in order. Moved behind the other formats, it
+    would leave its lines to a shorter configured format's lenient regex, which takes them
+    with their last values shifted one column."""
+    return any(fmt is built_in for built_in in LATER_FORMATS)
 
 
 def _screened(screen: str, attempts: list[Attempt]) -> Attempt:

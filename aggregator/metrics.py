@@ -137,7 +137,8 @@ class Metrics:
         )
         self.parse_failures = Counter(
             "logq_aggregator_envoy_parse_failures_total",
-            "Envoy candidate lines that did not parse (stored in container_logs)",
+            "Envoy access lines that did not parse (stored in container_logs); lines on stderr "
+            "and a data plane's own log lines are not counted",
             ["service"],
             registry=r,
         )

@@ -85,6 +85,10 @@ def test_data_plane_container_names_are_candidates(name: str) -> None:
         ("kuma-system/kuma-control-plane-5d8f7c9b6d-x2x7k/control-plane", None),
         ("shop/consul-dataplane-5d8f7c9b6d-x2x7k/app", None),  # a pod, not the sidecar
         ("shop/recipe-5d8f7c9b6d-x2x7k/myconsul-dataplane", None),
+        # An app of the task family service-connect-nginx (AWS's Service Connect tutorial):
+        # Docker's name, as FireLens and Docker's fluentd driver send it (less its "/").
+        ("ecs-service-connect-nginx-1-webserver-e8a4b1c2d3e4f5a6b7c8", None),
+        ("/ecs-service-connect-nginx-1-webserver-e8a4b1c2d3e4f5a6b7c8", None),
         ("agent", "docker.io/ambassador/ambassador-agent:1.0.21"),
         ("control-plane", "kumahq/kuma-cp:2.7.3"),
         ("consul", "hashicorp/consul:1.17.1"),

@@ -336,3 +336,39 @@ def test_kumas_tcp_lines_stay_container_logs() -> None:
         "200 bytes"
     )
     assert parse_lines(pa.array([tcp])).unparsed.to_pylist() == [0]
+
+
+def test_a_configured_format_wins_over_a_later_built_in_one_of_the_same_shape() -> None:
+    """A configured format of Kuma's shape that reads its fields otherwise (the request id where
+    Kuma logs the trace id) takes Kuma's lines, in the split round and the lenient one (quotes
+    in the user agent): configured formats are tried first and the other data planes' built-in
+    formats last (README, ``--envoy-format``), so adding those did not take lines from a
+    format a user configured for them."""
+    custom = KUMA_FORMAT.replace(
+        '"%REQ(X-B3-TRACEID?X-DATADOG-TRACEID)%" "%REQ(X-REQUEST-ID)%"',
+        '"%REQ(X-REQUEST-ID)%" "%REQ(X-B3-TRACEID)%"',
+    )
+    quoted = OTHER_PLANES["kuma"].replace(f'"{AGENT}" "-" "rid-k"', f'"{AGENT}" "tr-1" "rid-k"')
+    lines = pa.array([quoted.replace('"Chrome"', "Chrome"), quoted])
+    parsed = parse_lines(lines, envoy_formats(Settings(envoy_formats=[custom])))
+    assert parsed.unparsed.to_pylist() == []
+    assert parsed.columns["request_id"].to_pylist() == ["tr-1", "tr-1"]
+    built_in = parse_lines(lines, envoy_formats(Settings()))
+    assert built_in.columns["request_id"].to_pylist() == ["rid-k", "rid-k"]
+
+
+def test_a_configured_format_that_is_now_built_in_keeps_its_place() -> None:
+    """Emissary's format given with ``--envoy-format`` (as it had to be before it was built in)
+    beside a shorter one for another Emissary: configured formats are tried first, in order, so
+    Emissary's takes its lines, as before. Had it moved behind them with the built-in copy, the
+    shorter format's lenient regex would take its lines with the user agent running over the
+    request id and every later value one column off."""
+    shorter = EMISSARY_FORMAT.replace(' "%UPSTREAM_HOST%"', "")
+    formats = envoy_formats(Settings(envoy_formats=[EMISSARY_FORMAT, shorter]))
+    line = OTHER_PLANES["emissary"]
+    parsed = parse_lines(pa.array([line.replace('"Chrome"', "Chrome"), line]), formats)
+    assert parsed.unparsed.to_pylist() == []
+    cols = parsed.columns
+    assert cols["user_agent"].to_pylist() == [AGENT.replace('"Chrome"', "Chrome"), AGENT]
+    assert cols["request_id"].to_pylist() == ["rid-e", "rid-e"]
+    assert cols["upstream_host"].to_pylist() == ["[2001:db8::7]:8080"] * 2
