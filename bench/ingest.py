@@ -570,7 +570,7 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
     print(f"Parquet bytes              {pq_bytes:,} in {n_files} files")
     print(f"ratio                      1/{raw / max(pq_bytes, 1):.1f}  (target <= 1/12)")
     rows, sizes = column_bytes(warehouse)
-    if rows != n:  # every line is an access line in the default format
+    if rows != n:  # every line is an access line of a built-in format
         print(f"FAILED: {rows:,} envoy_access rows for {n:,} lines sent", file=sys.stderr)
         return 1
     if rows:
@@ -597,7 +597,10 @@ def compacted(warehouse: str, env: dict[str, str], raw: int, n: int) -> int:
     done = subprocess.run([*cmd, "--force"], env=env, capture_output=True, text=True)
     rows, sizes = column_bytes(warehouse)
     if done.returncode != 0 or rows != n:
-        print(f"FAILED: compact rc={done.returncode}, {rows:,} rows\n{done.stderr[-3000:]}")
+        print(
+            f"FAILED: compact rc={done.returncode}, {rows:,} rows\n{done.stderr[-3000:]}",
+            file=sys.stderr,
+        )
         return 1
     pq_bytes, n_files = parquet_stats(warehouse)
     print(f"compacted                  {pq_bytes:,} bytes in {n_files} files")
