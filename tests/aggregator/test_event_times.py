@@ -138,8 +138,21 @@ def test_a_time_that_cannot_be_kept_gets_the_receive_time(name: str, mode: str) 
         (-1.5, -1_500_000_000),
         (MAX_S, MAX_S * NS),
         (-MAX_S, -MAX_S * NS),
+        # Ruby's Time#to_f, as Fluentd clients send it: the nearest float to the time, which
+        # may lie just below it; the millisecond must not be lost on the way.
+        (GOOD_S + 0.001, GOOD_S * NS + 1_000_000),
+        (GOOD_S + 0.123456, GOOD_S * NS + 123_456_000),
     ],
-    ids=["EventTime(1, 0)", "EventTime max", "int -1", "float -1.5", "int max", "int min"],
+    ids=[
+        "EventTime(1, 0)",
+        "EventTime max",
+        "int -1",
+        "float -1.5",
+        "int max",
+        "int min",
+        "float .001",
+        "float .123456",
+    ],
 )
 def test_odd_times_that_can_be_kept_are_kept(kept: tuple[Any, int], mode: str) -> None:
     """Before 1970 or far ahead is the broken-clock case (stored, counted at flush when outside
