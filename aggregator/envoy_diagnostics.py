@@ -15,6 +15,12 @@ in the shapes these programs print by default:
 * hclog (consul-dataplane): ``2024-05-01T12:00:00.123Z [INFO]  consul-dataplane: ...``;
 * logrus's text format (Emissary's entrypoint): ``time="2024-05-01 12:00:00" level=info ...``;
 * Emissary's diagd: ``2024-05-01 12:00:00 diagd 3.9.1 [P15TMainThread] INFO: ...``.
+
+Kuma's default format for TCP traffic is also told apart (``[%START_TIME%] %RESPONSE_FLAGS%
+%KUMA_MESH% <source>(<service>)-><upstream>(<service>) took %DURATION%ms, sent N bytes,
+received: N bytes``): an access line, but of a connection, with no HTTP response for an
+``envoy_access`` row, so no format can ever take it and counting it would keep the metric up
+for good on every TCP service (on Kubernetes no label can opt a pod out).
 """
 
 from __future__ import annotations
@@ -31,10 +37,12 @@ DIAGNOSTIC = "|".join(
         rf"^{_DATE}T\d{{2}}:\d{{2}}:\d{{2}}(?:\.\d+)?(?:Z|[+-]\d{{4}}) \[{_LEVEL}\] ",
         rf'^time="[^"]*" level={_LEVEL} ',
         rf"^{_DATE} \d{{2}}:\d{{2}}:\d{{2}} diagd ",
+        rf"^\[{_DATE}T[\d:.]+Z\] \S+ \S+ \S*->\S* took \S+ms, sent \d+ bytes, received: \d+ bytes",
     )
 )
 
 
 def diagnostic(lines: pa.Array) -> pa.Array:
-    """Which ``lines`` are a data plane's own log lines (module docstring); NULL lines are not."""
+    """Which ``lines`` are a data plane's own log lines or Kuma's TCP lines (module docstring);
+    NULL lines are not."""
     return pc.fill_null(pc.match_substring_regex(lines, DIAGNOSTIC, ignore_case=True), False)

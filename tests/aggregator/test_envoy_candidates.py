@@ -176,6 +176,9 @@ OWN_LINES = [
     "2026-11-28T10:00:00.123Z [INFO]  consul-dataplane: started consul-dataplane process",
     'time="2026-11-28 10:00:00.1234" level=info msg="Started Ambassador" func=main',
     "2026-11-28 10:00:00 diagd 3.9.1 [P15TMainThread] INFO: starting Envoy",
+    # Not the data plane's own, but as hopeless: Kuma's TCP format, no response code to store.
+    "[2026-11-28T14:00:00.123Z] - default 10.244.0.12(frontend_kuma-demo_svc_8080)->"
+    "10.244.0.15:6379(redis_kuma-demo_svc_6379) took 1234ms, sent 100 bytes, received: 200 bytes",
 ]
 
 
