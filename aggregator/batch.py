@@ -20,8 +20,11 @@ event: tag, event time, the wire keys). :func:`route` splits and types them with
   :mod:`.envoy_diagnostics`) and kept in ``container_logs``. On ``stderr``, where Envoy writes
   its own diagnostics (and an access logger may write to ``/dev/stderr``), a parsed line is an
   access line like any other and an unparsed one is kept in ``container_logs`` uncounted: the count
-  means "access lines we could not read", and a service gets one (0 included) only for its
-  candidates on other streams.
+  means "access lines we could not read", and ``route`` reports one (0 included) for a service
+  only for its candidates on other streams (the metric itself has a 0 series for every service
+  with rows: :meth:`aggregator.metrics.Metrics.services_seen`). The first counted line of each
+  service with failures comes along, cut short (:class:`UnparsedSample`), for the warning that
+  shows what they look like.
 * Everything else goes to ``container_logs``, timestamped with the event time.
 
 The service of a row is the record's ``service`` (for other clients, filled from their metadata
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -138,6 +142,24 @@ def envoy_rows(records: pa.Table) -> tuple[pa.Array, pa.Array | None]:
     return candidate, (on_stderr if pc.any(on_stderr).as_py() else None)
 
 
+#: Characters of an unparsed line kept as its service's sample (a line may be 256 KiB or more).
+SAMPLE_CHARS = 300
+
+
+class UnparsedSample(NamedTuple):
+    """One counted Envoy candidate line that no format parsed: the warning that shows the
+    on-call what such lines look like (:mod:`aggregator.parse_warnings`) needs one per service,
+    not the whole line (the counter alone sent them digging in ``container_logs``)."""
+
+    line: str
+    """Its first :data:`SAMPLE_CHARS` characters, without a trailing newline."""
+    chars: int
+    """Its whole length in characters: more than ``len(line)`` when it was cut."""
+    container_name: str | None
+    """The container that wrote it (first :data:`SAMPLE_CHARS` characters): the one to label
+    ``logq.format=plain`` if its lines are no access lines."""
+
+
 @dataclass
 class Routed:
     """The rows of one batch, per table, each with a ``service`` column for partitioning."""
@@ -145,12 +167,16 @@ class Routed:
     tables: dict[str, pa.Table]
     parse_failures: dict[str, int] = field(default_factory=dict)
     """Envoy candidates that no format parsed, per service (they are in container_logs)."""
+    unparsed_samples: dict[str, UnparsedSample] = field(default_factory=dict)
+    """The first of those lines per service with any (only those counted in
+    ``parse_failures``: never a stderr line nor the data plane's own log line)."""
 
 
 def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS) -> Routed:
     """Split and type a records table into ``envoy_access`` and ``container_logs`` rows."""
     tables: dict[str, pa.Table] = {}
     failures: dict[str, int] = {}
+    samples: dict[str, UnparsedSample] = {}
     if records.num_rows == 0:
         return Routed(tables, failures)
     records = records.combine_chunks()
@@ -177,6 +203,7 @@ def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS)
             failed = failed.filter(pc.invert(diagnostic(pc.take(logs, failed))))
             counts = pc.value_counts(pc.take(service, failed).dictionary_decode())
             failures.update({c["values"].as_py(): c["counts"].as_py() for c in counts})
+            samples = _samples(records, service, failed)
             merged = pa.concat_arrays([plain_idx, bad])
             plain_idx = merged.take(pc.sort_indices(merged))
     if len(plain_idx):
@@ -186,7 +213,36 @@ def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS)
             "message": _without_newline(pc.take(_col(records, wire.KEY_LOG), plain_idx)),
         }
         tables[CONTAINER_LOGS.name] = _assemble(CONTAINER_LOGS, records, service, plain_idx, cols)
-    return Routed(tables, failures)
+    return Routed(tables, failures, samples)
+
+
+def _samples(
+    records: pa.Table, service: pa.DictionaryArray, failed: pa.Array
+) -> dict[str, UnparsedSample]:
+    """The first of the ``failed`` rows (ascending) of each service, cut in Arrow: only a few
+    rows become Python values, however many lines failed and however long they are."""
+    if not len(failed):
+        return {}
+    codes = pc.take(service, failed).indices
+    # index_in gives each distinct service's first position among the failed rows.
+    rows = pc.take(failed, pc.index_in(pc.unique(codes), value_set=codes))
+    lines = _without_newline(pc.take(_col(records, wire.KEY_LOG), rows))
+    cut = pc.utf8_slice_codeunits(lines, 0, SAMPLE_CHARS).to_pylist()
+    chars = pc.utf8_length(lines).to_pylist()
+    containers = _per_value(
+        pc.take(_col(records, wire.KEY_CONTAINER_NAME), rows),
+        lambda v: pc.utf8_slice_codeunits(v, 0, SAMPLE_CHARS),
+    ).to_pylist()
+    return {
+        svc: UnparsedSample(line or "", length or 0, container)
+        for svc, line, length, container in zip(
+            pc.take(service, rows).dictionary_decode().to_pylist(),
+            cut,
+            chars,
+            containers,
+            strict=True,
+        )
+    }
 
 
 def _counted(rows: pa.Array, on_stderr: pa.Array | None) -> pa.Array:

@@ -47,7 +47,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aggregator.batch import records_table, route
+from aggregator.batch import UnparsedSample, records_table, route
 from aggregator.buffer import Segment, read_frames
 from aggregator.decode import from_ipc, ipc_rows
 from aggregator.dedup import OffsetState
@@ -85,6 +85,8 @@ class FlushResult:
     duplicates: int = 0
     files: list[WrittenFile] = field(default_factory=list)
     parse_failures: dict[str, int] = field(default_factory=dict)
+    unparsed_samples: dict[str, UnparsedSample] = field(default_factory=dict)
+    """One of those unparsed lines per service with failures: the first slice's that had one."""
     seconds: float = 0.0
     services: set[str] = field(default_factory=set)
     """Services that got rows (the catalog extends the Athena ``service`` enum with them)."""
@@ -189,6 +191,8 @@ class Flusher:
                         result.parse_failures[service] = (
                             result.parse_failures.get(service, 0) + count
                         )
+                    for service, sample in routed.unparsed_samples.items():
+                        result.unparsed_samples.setdefault(service, sample)
                     for table_name, table in routed.tables.items():
                         result.services |= _services(table)
                         spill.add(table_name, table)

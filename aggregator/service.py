@@ -46,6 +46,7 @@ from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, compile_format
 from aggregator.flusher import Flusher, FlushResult
 from aggregator.ledger import Committed, Ledger
 from aggregator.metrics import Metrics, MetricsServer
+from aggregator.parse_warnings import ParseFailureWarnings
 from aggregator.server import ForwardServer, ServerLimits, tls_context
 from athena.ddl import outside_projection
 from athena.warehouse import open_warehouse
@@ -150,6 +151,7 @@ class Aggregator:
         self._catalog_pending: set[str] = set()
         self._clock_warned: dict[tuple[str, str], float] = {}
         """(table, service) -> when rows outside the Athena projection were last logged."""
+        self._parse_warnings = ParseFailureWarnings()
         self._catalog_ready = False
         self.server: ForwardServer | None = None
         self.metrics_server: MetricsServer | None = None
@@ -814,6 +816,7 @@ class Aggregator:
         for service, count in result.parse_failures.items():
             m.parse_failures.labels(service).inc(count)
         now = time.time()
+        self._parse_warnings.note(result.parse_failures, result.unparsed_samples, now)
         for f in result.files:
             if outside_projection(f.dt, now):
                 m.rows_outside_projection.labels(f.table, f.service).inc(f.rows)

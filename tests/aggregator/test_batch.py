@@ -9,7 +9,7 @@ import fastparquet
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aggregator.batch import records_table, route
+from aggregator.batch import SAMPLE_CHARS, UnparsedSample, records_table, route
 from aggregator.decode import records_batch, to_ipc
 from aggregator.writer import object_name, write_partitions
 from athena.schema import CONTAINER_LOGS, ENVOY_ACCESS, parse_dt
@@ -208,3 +208,49 @@ def test_envoy_by_the_last_part_of_a_pod_container_name() -> None:
     assert routed.tables["envoy_access"].column("response_code").to_pylist() == [200, 503]
     assert routed.tables["container_logs"].column("message").to_pylist() == [envoy_line(code=404)]
     assert routed.parse_failures == {"recipe": 0}
+
+
+#: What Envoy writes about itself (its default log format): never a counted failure.
+DIAG = "[2026-11-28 10:00:00.123][14][warning][config] [source/common/config/grpc.cc:1] gone"
+
+
+def test_each_service_with_failures_gets_its_first_counted_line_as_sample() -> None:
+    """The sample is a line the counter counted: not one on stderr, not the data plane's own
+    log line, not an app's line; the first such line of each service, without its newline."""
+    envoy = {"image": ENVOY_IMAGE, "container_name": "envoy"}
+    events = [
+        ("logq.recipe", T0, record("stderr noise", stream="stderr", **envoy)),
+        ("logq.recipe", T0, record(DIAG, **envoy)),
+        ("logq.recipe", T0, record("plain app line", container_name="recipe-app")),
+        ("logq.recipe", T0, record(envoy_line(), **envoy)),
+        ("logq.recipe", T0, record("first bad access line\n", **envoy)),
+        ("logq.cart", T0, record("cart bad line", service="cart", format="envoy")),
+        ("logq.recipe", T0, record("second bad access line", **envoy)),
+        ("logq.ok", T0, record(envoy_line(), service="ok", format="envoy")),
+    ]
+    routed = route(table_of(events))
+    assert routed.parse_failures == {"recipe": 2, "cart": 1, "ok": 0}
+    assert routed.unparsed_samples == {
+        "recipe": UnparsedSample("first bad access line", 21, "envoy"),
+        "cart": UnparsedSample("cart bad line", 13, "cart-app"),
+    }
+
+
+def test_no_sample_when_the_only_unparsed_lines_are_not_counted() -> None:
+    envoy = {"image": ENVOY_IMAGE, "container_name": "envoy"}
+    events = [
+        ("logq.recipe", T0, record("stderr noise", stream="stderr", **envoy)),
+        ("logq.recipe", T0, record(DIAG, **envoy)),
+        ("logq.recipe", T0, record(envoy_line(), **envoy)),
+    ]
+    routed = route(table_of(events))
+    assert routed.parse_failures == {"recipe": 0}
+    assert routed.unparsed_samples == {}
+
+
+def test_a_long_sample_is_cut_in_characters_and_keeps_its_length() -> None:
+    line = "é\x1b[31m" + "x" * (1 << 20)
+    routed = route(table_of([("logq.recipe", T0, record(line, format="envoy"))]))
+    (sample,) = routed.unparsed_samples.values()
+    assert sample.line == line[:SAMPLE_CHARS]
+    assert sample.chars == len(line)

@@ -1,0 +1,78 @@
+"""A WARNING that shows what a service's unparsed Envoy access lines look like.
+
+``logq_aggregator_envoy_parse_failures_total{service}`` says how many candidate lines no format
+parsed (they are kept in ``container_logs``), not what they are: an access-log format logq does
+not know (fixed with ``--envoy-format``), or an app's output taken for Envoy's (fixed with the
+container label ``logq.format=plain``). So when a flush counts failures for a service, one of
+its lines (:class:`aggregator.batch.UnparsedSample`) is logged, at most every
+:data:`PARSE_WARNING_SECONDS` per service, as Vector's rate-limited parse-error events do.
+
+The line is a client's data: cut to :data:`aggregator.batch.SAMPLE_CHARS` characters and
+printed as a Python string literal, so newlines, terminal escapes (ANSI ``ESC[...``) and every
+other non-printable character are escaped and the warning stays one bounded log line.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aggregator.batch import UnparsedSample
+
+log = logging.getLogger("logq.aggregator")
+
+#: Unparsed lines of a service are shown at most this often (the counter counts them all).
+PARSE_WARNING_SECONDS = 600.0
+#: Services remembered at most; past it the memory is cleared (a burst of warnings, no leak).
+MAX_SERVICES = 10_000
+
+
+def shown(text: str | None, chars: int | None = None) -> str:
+    """``text`` safe for one log line: a string literal (``repr``), which escapes newlines and
+    control characters, with a note when ``chars`` (its whole length) says it was cut."""
+    if text is None:
+        return "-"
+    literal = repr(text)
+    if chars is not None and chars > len(text):
+        literal += f" (cut: its first {len(text)} of {chars} characters)"
+    return literal
+
+
+class ParseFailureWarnings:
+    """Logs, per service, one unparsed line when its count rises (module docstring)."""
+
+    def __init__(self) -> None:
+        self._warned: dict[str, float] = {}
+        """Service -> when its unparsed lines were last shown (``time.time()``)."""
+
+    def note(
+        self, failures: dict[str, int], samples: dict[str, UnparsedSample], now: float
+    ) -> None:
+        """One flush's counts and samples (FlushResult): warn for each service that failed and
+        was not warned about in the last :data:`PARSE_WARNING_SECONDS`."""
+        for service, count in failures.items():
+            sample = samples.get(service)
+            if not count or sample is None or not self._due(service, now):
+                continue
+            log.warning(
+                "Envoy access lines that no format parses: stored in container_logs and counted "
+                "in logq_aggregator_envoy_parse_failures_total (one shown per service every "
+                "%d minutes). If they are access lines, configure their format with "
+                "--envoy-format (README: --envoy-format); if they are not (an app's output), "
+                "label the container logq.format=plain (README: logq.format) service=%s "
+                "failed=%d container=%s sample=%s",
+                PARSE_WARNING_SECONDS // 60,
+                service,
+                count,
+                shown(sample.container_name),
+                shown(sample.line, sample.chars),
+            )
+
+    def _due(self, service: str, now: float) -> bool:
+        """Whether ``service`` may be warned about at ``now``; if so, remember it."""
+        last = self._warned.get(service)
+        if last is not None and now - last < PARSE_WARNING_SECONDS:
+            return False
+        if len(self._warned) >= MAX_SERVICES:
+            self._warned.clear()
+        self._warned[service] = now
+        return True
