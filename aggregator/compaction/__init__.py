@@ -14,6 +14,7 @@ or run ``logq-aggregator compact`` from cron on one machine. A second compactor 
 The modules, from a pass down to one merge:
 
 - :mod:`.command`: ``logq-aggregator compact``, one pass from the command line;
+- :mod:`.notes`: what a pass left alone and why (the open hours), for the command to say;
 - :mod:`.passes`: one pass over a warehouse (several partitions merged at once, ``hold``);
 - :mod:`.grace`: the grace, never shorter than a crashed aggregator's heartbeat staleness;
 - :mod:`.last_pass`: where the next pass resumes (``_compaction/last-pass.json``);

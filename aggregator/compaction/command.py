@@ -10,8 +10,9 @@ from datetime import timedelta
 
 import pyarrow.fs as pafs
 
-from aggregator.compaction.grace import DEFAULT_GRACE
+from aggregator.compaction.grace import DEFAULT_GRACE, safe_grace
 from aggregator.compaction.listing import DEFAULT_LOOKBACK
+from aggregator.compaction.notes import PassNotes
 from aggregator.compaction.passes import DEFAULT_TARGET_BYTES, compact_warehouse
 from aggregator.ledger import compaction_blocker, read_heartbeats
 from aggregator.storage import StorageError
@@ -96,6 +97,7 @@ def compact_main(argv: list[str]) -> int:
             print(f"logq-aggregator compact: deferred: {hold.reason} (or --force)", file=sys.stderr)
             return 0
         started = time.monotonic()
+        notes = PassNotes()
         explicit_grace = args.grace_minutes is not None
         merged = compact_warehouse(
             wh,
@@ -108,9 +110,18 @@ def compact_main(argv: list[str]) -> int:
             # --force alone (a crashed peer not back yet) keeps the grace floor for live ones.
             safe=not (args.force and explicit_grace),
             beats=beats,
+            notes=notes,
         )
     except (ConfigError, WarehouseError, StorageError, OSError) as exc:
         print(f"logq-aggregator compact: {exc}", file=sys.stderr)
         return 1
     print(f"compacted {merged} files in {time.monotonic() - started:.1f}s", file=sys.stderr)
+    _tell(notes, safe_grace(beats), args.service, args.lookback_hours is not None)
     return 0
+
+
+def _tell(notes: PassNotes, safe: timedelta, service: str | None, lookback_given: bool) -> None:
+    """What the pass left alone and why (nothing when it skipped nothing worth a word): a
+    user who runs ``compact`` after a backfill must not be left with "compacted 0 files"."""
+    for line in notes.lines(safe, service, lookback_given):
+        print(line if line.startswith(" ") else f"logq-aggregator compact: {line}", file=sys.stderr)

@@ -10,7 +10,10 @@ on (ListObjectsV2 ``StartAfter``, through boto3: one request per 1,000 objects, 
 history before it: 2 LISTs per service folder, not 49); otherwise only the hours within the
 window are listed, 32 at a time. (botocore parses a listing in Python, several times pyarrow's
 cost per object: young services, where it would save no request, stay on pyarrow.) Entries of hours
-outside the window are dropped as soon as they are listed.
+outside the window are dropped as soon as they are listed. For ``logq-aggregator compact`` the
+listing also tells :class:`.notes.PassNotes` what it skips: hours before the window (counted from
+the hour folders) and those not closed yet (with their entries, from the service's listing when
+it reached them, else one LIST each: only the command pays it, the periodic pass passes no notes).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from aggregator.compaction.grace import DEFAULT_GRACE
+from aggregator.compaction.notes import PassNotes
 from aggregator.storage import StorageError, list_folder, list_tree_after
 from athena.schema import DT_FORMAT, TABLES, Table, parse_dt
 from athena.threads import ordered_map
@@ -63,6 +67,7 @@ def _closed_partitions_listed(
     lookback: timedelta | None,
     tables: list[str] | None,
     service: str | None,
+    notes: PassNotes | None = None,
 ) -> Iterator[tuple[Table, str, list[pafs.FileInfo]]]:
     """:func:`closed_partitions`, each with what its folder held when it was listed.
 
@@ -73,7 +78,9 @@ def _closed_partitions_listed(
     the window are then listed, :data:`PARTITION_LIST_THREADS` at a time, or, when they are
     nearly all its hours (a young service, see :func:`_recurse`), the whole folder at once (one
     request per 1,000 objects). Either way a pass lists, and holds, what the window holds, not
-    the service's history. Results come in order, a few ahead of the caller."""
+    the service's history. Results come in order, a few ahead of the caller.
+
+    ``notes``: told the hours it skips (see :func:`_note_skipped`)."""
     for name in tables or list(TABLES):
         spec = TABLES[name]
         services = [
@@ -83,8 +90,10 @@ def _closed_partitions_listed(
             and svc.base_name.startswith("service=")
             and (service is None or svc.base_name == f"service={service}")
         ]
+        if notes is not None:
+            notes.add_services(len(services))
         listed = ordered_map(
-            lambda path: _list_service(wh, path, now, grace, lookback),
+            lambda path: _list_service(wh, path, now, grace, lookback, notes),
             services,
             LIST_THREADS,
             name="compact-list",
@@ -115,7 +124,12 @@ def _list_partition(wh: Warehouse) -> Callable[[_Partition], tuple[str, list[paf
 
 
 def _list_service(
-    wh: Warehouse, folder: str, now: datetime, grace: timedelta, lookback: timedelta | None
+    wh: Warehouse,
+    folder: str,
+    now: datetime,
+    grace: timedelta,
+    lookback: timedelta | None,
+    notes: PassNotes | None = None,
 ) -> list[_Partition]:
     """The closed partitions of the service ``folder`` within ``lookback``, in order: with
     their entries when the folder was listed whole (:func:`_recurse`) or from the window's
@@ -131,25 +145,62 @@ def _list_service(
         if info.type == pafs.FileType.Directory and info.base_name.startswith("dt=")
     ]
     wanted = sorted(h for h in hours if _in_window(h, now, grace, lookback))
+    infos = None
     if not wanted:
-        return []
-    if not _recurse(len(wanted), len(hours)):
-        listed = _list_window(wh, folder, now, grace, lookback)
-        if listed is not None:
-            return listed
-        return [(f"{folder}/{part}", None) for part in wanted]
-    # Entries of the other hours are dropped at once: only the window's are kept.
-    entries = _by_partition(folder, list_tree(wh, folder), set(wanted))
-    return [(f"{folder}/{part}", entries.get(part, [])) for part in wanted]
+        parts: list[_Partition] = []
+    elif not _recurse(len(wanted), len(hours)):
+        infos = _list_window(wh, folder, now, lookback)
+        if infos is not None:
+            found = {p for p in _hours_of(folder, infos) if _in_window(p, now, grace, lookback)}
+            entries = _by_partition(folder, infos, found)
+            parts = [(f"{folder}/{part}", entries[part]) for part in sorted(found)]
+        else:
+            parts = [(f"{folder}/{part}", None) for part in wanted]
+    else:
+        # Entries of the other hours are dropped at once: only the window's are kept.
+        infos = list_tree(wh, folder)
+        entries = _by_partition(folder, infos, set(wanted))
+        parts = [(f"{folder}/{part}", entries.get(part, [])) for part in wanted]
+    if notes is not None:
+        _note_skipped(wh, folder, hours, infos, now, grace, lookback, notes)
+    return parts
+
+
+def _note_skipped(
+    wh: Warehouse,
+    folder: str,
+    hours: list[str],
+    infos: list[pafs.FileInfo] | None,
+    now: datetime,
+    grace: timedelta,
+    lookback: timedelta | None,
+    notes: PassNotes,
+) -> None:
+    """Tell ``notes`` the hours of ``folder`` the pass skips: how many ended before the
+    lookback, and each not closed yet with what it holds. Its entries come from the service's
+    listing when that covered it (``infos``: the folder listed whole, or from the window's
+    first hour on, which reaches the open hours), else from a LIST of its own (the command
+    only: the periodic pass passes no ``notes``)."""
+    if lookback is not None:
+        notes.add_older(sum(1 for h in hours if _before_window(h, now, lookback)))
+    recent = {h for h in hours if _not_closed(h, now, grace)}
+    if infos is not None:
+        recent |= {h for h in _hours_of(folder, infos) if _not_closed(h, now, grace)}
+    if not recent:
+        return
+    entries = _by_partition(folder, infos, recent) if infos is not None else {}
+    for part in sorted(recent):
+        path = f"{folder}/{part}"
+        notes.hour_open(path, entries[part] if part in entries else list_folder(wh, path))
 
 
 def _list_window(
-    wh: Warehouse, folder: str, now: datetime, grace: timedelta, lookback: timedelta | None
-) -> list[_Partition] | None:
+    wh: Warehouse, folder: str, now: datetime, lookback: timedelta | None
+) -> list[pafs.FileInfo] | None:
     """On S3, a window of at most :data:`RECURSIVE_MAX_HOURS` hours is listed in one go from
     its first hour on (:func:`list_tree_after`: the hours before it are skipped by the server,
-    the few after it, still open, are dropped here): one LIST request for a service whose
-    window is compacted, instead of one for its hour folders and one per hour. None: list
+    the few after it, still open, are dropped by the caller): one LIST request for a service
+    whose window is compacted, instead of one for its hour folders and one per hour. None: list
     otherwise (a local disk, no lookback or a longer one, whose entries are not held at once).
     """
     if lookback is None or lookback > timedelta(hours=RECURSIVE_MAX_HOURS):
@@ -159,12 +210,7 @@ def _list_window(
     # sort after their own prefix), SeaweedFS from the next folder (it skips the one named):
     # either way no hour of the window is missed, and at most one more hour is listed.
     first = (now - lookback - timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
-    infos = list_tree_after(wh, folder, f"dt={(first - timedelta(hours=1)).strftime(DT_FORMAT)}")
-    if infos is None:
-        return None
-    hours = {part for part in _hours_of(folder, infos) if _in_window(part, now, grace, lookback)}
-    entries = _by_partition(folder, infos, hours)
-    return [(f"{folder}/{part}", entries[part]) for part in sorted(hours)]
+    return list_tree_after(wh, folder, f"dt={(first - timedelta(hours=1)).strftime(DT_FORMAT)}")
 
 
 def _hours_of(folder: str, infos: list[pafs.FileInfo]) -> set[str]:
@@ -179,12 +225,28 @@ def _hours_of(folder: str, infos: list[pafs.FileInfo]) -> set[str]:
 
 def _in_window(part: str, now: datetime, grace: timedelta, lookback: timedelta | None) -> bool:
     """``part`` (``dt=...``) is an hour that ended over ``grace`` ago and within ``lookback``."""
+    end = _hour_end(part)
+    return end is not None and end + grace <= now and (lookback is None or end >= now - lookback)
+
+
+def _hour_end(part: str) -> datetime | None:
+    """The end of the hour ``part`` (``dt=...``) names; None for another name."""
     try:
-        start = parse_dt(part[3:])
+        return parse_dt(part[3:]) + timedelta(hours=1)
     except ValueError:
-        return False
-    end = start + timedelta(hours=1)
-    return end + grace <= now and (lookback is None or end >= now - lookback)
+        return None
+
+
+def _not_closed(part: str, now: datetime, grace: timedelta) -> bool:
+    """``part`` is an hour that has not ended plus ``grace`` by ``now``."""
+    end = _hour_end(part)
+    return end is not None and end + grace > now
+
+
+def _before_window(part: str, now: datetime, lookback: timedelta) -> bool:
+    """``part`` is an hour that ended before the window of ``lookback`` from ``now``."""
+    end = _hour_end(part)
+    return end is not None and end < now - lookback
 
 
 def _recurse(wanted: int, hours: int) -> bool:

@@ -112,3 +112,20 @@ def _sweep_temporaries(wh: Warehouse, infos: list[pafs.FileInfo]) -> None:
             log.info("removing %s: left by a write that was killed", info.path)
             with contextlib.suppress(FileNotFoundError):
                 wh.fs.delete_file(info.path)
+
+
+def _may_need_work(infos: list[pafs.FileInfo], target_bytes: int) -> bool:
+    """What :func:`compact_partition` would do anything about: an intent, a killed write's
+    temporary file, or two small files to merge. Anything else (one merged file, the usual
+    state of a compacted hour) is left without another request."""
+    small = 0
+    for info in infos:
+        if info.type != pafs.FileType.File:
+            continue
+        if _is_intent(info) or _TEMPORARY.match(info.base_name):
+            return True
+        if _visible(info) and (info.size or 0) < target_bytes // 2:
+            small += 1
+            if small >= 2:
+                return True
+    return False

@@ -44,7 +44,8 @@ from aggregator.compaction.intents import (
 from aggregator.compaction.last_pass import _record_pass, resume_lookback
 from aggregator.compaction.listing import DEFAULT_LOOKBACK, _closed_partitions_listed
 from aggregator.compaction.merge import MERGE_MEMORY_BYTES, _MemoryBudget
-from aggregator.compaction.partition import _TEMPORARY, _visible, compact_partition
+from aggregator.compaction.notes import PassNotes
+from aggregator.compaction.partition import _may_need_work, _visible, compact_partition
 from aggregator.ledger import Heartbeat, expire_ledger
 from aggregator.storage import StorageError, list_folder
 from athena.schema import Table
@@ -82,6 +83,7 @@ def compact_warehouse(
     flush_interval: float = 0.0,
     safe: bool = True,
     beats: list[Heartbeat] | None = None,
+    notes: PassNotes | None = None,
 ) -> int:
     """Compact every closed partition; return the number of input files merged.
 
@@ -99,6 +101,11 @@ def compact_warehouse(
     (no ``tables``/``service``) with ``resume`` or no ``lookback`` records itself when it completes;
     one that failed in a partition or was stopped does not.
 
+    ``notes``: filled with what the pass left alone and why (partitions with files to merge
+    that are not closed yet, hours before the lookback), for ``compact`` to tell its user; the
+    periodic task passes none (open hours are its normal state, and its passes make no request
+    for them).
+
     Also deletes offset-ledger hours past their retention (ledger.py): housekeeping that, like
     compaction, must run on one instance per warehouse.
     """
@@ -106,6 +113,8 @@ def compact_warehouse(
     grace = effective_grace(wh, grace, flush_interval, enforce=safe, beats=beats)
     if resume and lookback is not None:
         lookback = resume_lookback(wh, now, lookback)
+    if notes is not None:
+        notes.begin(now, grace, lookback, target_bytes)
     expire_ledger(wh, now)
     merged = 0
     failed: list[str] = []
@@ -114,7 +123,7 @@ def compact_warehouse(
     budget = _MemoryBudget(MERGE_MEMORY_BYTES)
     merging = threading.Semaphore(MERGE_PARTITIONS)
     started: list[tuple[str, Future[int]]] = []
-    partitions = _closed_partitions_listed(wh, now, grace, lookback, tables, service)
+    partitions = _closed_partitions_listed(wh, now, grace, lookback, tables, service, notes)
     with ThreadPoolExecutor(MERGE_PARTITIONS, "compact") as pool, contextlib.closing(partitions):
         for spec, folder, infos in partitions:
             walked += 1
@@ -132,7 +141,7 @@ def compact_warehouse(
                     break
                 if work:
                     future = pool.submit(
-                        _pass_partition, wh, spec, folder, target_bytes, now - grace, budget
+                        _pass_partition, wh, spec, folder, target_bytes, now - grace, budget, notes
                     )
                     future.add_done_callback(lambda _: merging.release())
                     started.append((folder, future))
@@ -169,12 +178,15 @@ def _pass_partition(
     target_bytes: int,
     cutoff: datetime,
     budget: _MemoryBudget,
+    notes: PassNotes | None = None,
 ) -> int:
     """One partition of a pass (in a worker thread): list it, then merge unless a file is
-    younger than ``cutoff``. The listing is its own, fresh (its service's may be minutes old
-    by now): the young-file check and the choice of files rest on it as before."""
+    younger than ``cutoff`` (told to ``notes``). The listing is its own, fresh (its service's
+    may be minutes old by now): the young-file check and the choice of files rest on it."""
     infos = list_folder(wh, folder)  # the one listing: young files, intents, merge
     if _has_young_files(infos, cutoff):
+        if notes is not None:
+            notes.young(folder, infos)
         _finish_early(wh, folder, infos)
         return 0
     return compact_partition(wh, spec, folder, target_bytes, infos, budget)
@@ -191,23 +203,6 @@ def _finish_early(wh: Warehouse, folder: str, infos: list[pafs.FileInfo]) -> Non
         return
     with contextlib.suppress(PartitionBusy):  # a merge under way: the pass after it finishes
         finish_intents(wh, folder, datetime.now(UTC) - INTENT_STALE_AFTER, intents)
-
-
-def _may_need_work(infos: list[pafs.FileInfo], target_bytes: int) -> bool:
-    """What :func:`compact_partition` would do anything about: an intent, a killed write's
-    temporary file, or two small files to merge. Anything else (one merged file, the usual
-    state of a compacted hour) is left without another request."""
-    small = 0
-    for info in infos:
-        if info.type != pafs.FileType.File:
-            continue
-        if _is_intent(info) or _TEMPORARY.match(info.base_name):
-            return True
-        if _visible(info) and (info.size or 0) < target_bytes // 2:
-            small += 1
-            if small >= 2:
-                return True
-    return False
 
 
 def _has_young_files(infos: list[pafs.FileInfo], cutoff: datetime) -> bool:
