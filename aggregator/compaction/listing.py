@@ -12,13 +12,15 @@ window are listed, 32 at a time. (botocore parses a listing in Python, several t
 cost per object: young services, where it would save no request, stay on pyarrow.) Entries of hours
 outside the window are dropped as soon as they are listed. For ``logq-aggregator compact`` the
 listing also tells :class:`.notes.PassNotes` what it skips: hours before the window (counted from
-the hour folders) and those not closed yet (with their entries, from the service's listing when
-it reached them, else one LIST each: only the command pays it, the periodic pass passes no notes).
+the hour folders) and those that ended but are not closed yet (with their entries, from the
+service's listing when it reached them, else one LIST each: only the command pays it, the periodic
+pass passes no notes; the running hour, no news, costs none).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 
@@ -31,6 +33,8 @@ from aggregator.storage import StorageError, list_folder, list_tree_after
 from athena.schema import DT_FORMAT, TABLES, Table, parse_dt
 from athena.threads import ordered_map
 from athena.warehouse import Warehouse
+
+log = logging.getLogger("logq.aggregator.compaction")
 
 DEFAULT_LOOKBACK = timedelta(hours=48)
 
@@ -177,21 +181,27 @@ def _note_skipped(
     notes: PassNotes,
 ) -> None:
     """Tell ``notes`` the hours of ``folder`` the pass skips: how many ended before the
-    lookback, and each not closed yet with what it holds. Its entries come from the service's
-    listing when that covered it (``infos``: the folder listed whole, or from the window's
-    first hour on, which reaches the open hours), else from a LIST of its own (the command
-    only: the periodic pass passes no ``notes``)."""
+    lookback, and each that ended but is not closed yet with what it holds (the running hour
+    is no news, :meth:`PassNotes.lines`, so it is not looked at). Its entries come from the
+    service's listing when that covered it (``infos``: the folder listed whole, or from the
+    window's first hour on, which reaches the open hours), else from a LIST of its own (the
+    command only: the periodic pass passes no ``notes``), whose failure fails no pass."""
     if lookback is not None:
         notes.add_older(sum(1 for h in hours if _before_window(h, now, lookback)))
-    recent = {h for h in hours if _not_closed(h, now, grace)}
+    recent = {h for h in hours if _ended_not_closed(h, now, grace)}
     if infos is not None:
-        recent |= {h for h in _hours_of(folder, infos) if _not_closed(h, now, grace)}
+        recent |= {h for h in _hours_of(folder, infos) if _ended_not_closed(h, now, grace)}
     if not recent:
         return
     entries = _by_partition(folder, infos, recent) if infos is not None else {}
     for part in sorted(recent):
         path = f"{folder}/{part}"
-        notes.hour_open(path, entries[part] if part in entries else list_folder(wh, path))
+        try:
+            held = entries[part] if part in entries else list_folder(wh, path)
+        except StorageError as exc:  # a note is not worth failing the pass's merges for
+            log.info("not saying whether %s waits to be merged: %s", path, exc)
+            continue
+        notes.hour_open(path, held)
 
 
 def _list_window(
@@ -237,10 +247,10 @@ def _hour_end(part: str) -> datetime | None:
         return None
 
 
-def _not_closed(part: str, now: datetime, grace: timedelta) -> bool:
-    """``part`` is an hour that has not ended plus ``grace`` by ``now``."""
+def _ended_not_closed(part: str, now: datetime, grace: timedelta) -> bool:
+    """``part`` is an hour that has ended by ``now``, but not plus ``grace``."""
     end = _hour_end(part)
-    return end is not None and end + grace > now
+    return end is not None and end <= now < end + grace
 
 
 def _before_window(part: str, now: datetime, lookback: timedelta) -> bool:

@@ -4,9 +4,9 @@ A pass merges only closed hours (:mod:`.listing`): open hours are the normal sta
 warehouse, so the periodic task says nothing of them. A user who runs ``compact`` by hand,
 after a backfill or a replay, and reads "compacted 0 files" needs to know why, when the
 hours will be merged, and how to merge them now. :class:`PassNotes` collects that during a
-pass, only from the listings the pass makes anyway (no request per file; the open hours of a
-service whose hours are listed one by one cost one LIST each, for the command only), and
-:meth:`PassNotes.lines` says it in a few lines.
+pass, only from the listings the pass makes anyway (no request per file; the ended but open
+hours of a service whose hours are listed one by one cost one LIST each, for the command only),
+and :meth:`PassNotes.lines` says it in a few lines.
 """
 
 from __future__ import annotations

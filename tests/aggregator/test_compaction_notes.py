@@ -11,18 +11,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pytest
 
+from aggregator import storage
 from aggregator.batch import records_table, route
+from aggregator.compaction import listing
 from aggregator.compaction.command import compact_main
 from aggregator.compaction.notes import PassNotes
 from aggregator.compaction.passes import compact_warehouse
 from aggregator.decode import records_batch, to_ipc
 from aggregator.ledger import Ledger
-from aggregator.storage import put_table
+from aggregator.storage import StorageError, put_table
 from aggregator.writer import object_name, write_partitions
 from athena.schema import DT_FORMAT, partition_path
-from athena.warehouse import open_warehouse
+from athena.warehouse import Warehouse, open_warehouse
 from tests.aggregator.helpers import parquet_files, record
 from tests.aggregator.test_compaction_requests import one_row, settled
 from tests.support.seaweedfs import SeaweedFS
@@ -90,25 +93,34 @@ def test_compact_keeps_quiet_about_the_running_hour_and_tells_a_backfill(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The hour still running has files to merge after every flush: saying so at every run
-    would bury the news. A backfill into a closed hour is the news."""
-    uri = str(tmp_path / "wh")
-    running = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    would bury the news. A backfill into a closed hour is the news. (The command reads the wall
+    clock: a run the hour turned during, whose "running" hour has ended, is run again.)"""
+    for attempt in range(2):
+        running = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        errs = _running_hour_then_backfill(str(tmp_path / f"wh{attempt}"), running, capsys)
+        if datetime.now(UTC) < running + timedelta(hours=1):
+            break
+    first, second = errs
+    assert [x for x in first.splitlines() if not x.startswith("compacted 0 files")] == []
+    assert "1 partition with files to merge is not closed yet" in second
+    assert "1 held back by a file younger than it, 0 by their hour" in second
+    names = [x.split("/")[1] for x in second.splitlines() if x.startswith("  container_logs/")]
+    assert names == ["service=backfill"]
+    assert f"dt={running:%Y-%m-%d-%H}" not in second and "service=lone" not in second
+
+
+def _running_hour_then_backfill(
+    uri: str, running: datetime, capsys: pytest.CaptureFixture[str]
+) -> tuple[str, str]:
+    """compact's stderr with files to merge in the running hour only, then with a backfill."""
     flush_into(uri, running, files=2)
     flush_into(uri, OLD_HOUR, files=1, service="lone")  # one file: nothing to merge, no word
-
     assert compact_main(["--warehouse", uri]) == 0
-    err = capsys.readouterr().err
-    assert [x for x in err.splitlines() if not x.startswith("compacted 0 files")] == []
-
+    first = capsys.readouterr().err
     flush_into(uri, OLD_HOUR, files=2, service="backfill")
     assert compact_main(["--warehouse", uri]) == 0
-    err = capsys.readouterr().err
-    assert "1 partition with files to merge is not closed yet" in err
-    assert "1 held back by a file younger than it, 0 by their hour" in err
-    names = [x.split("/")[1] for x in err.splitlines() if x.startswith("  container_logs/")]
-    assert names == ["service=backfill"]
-    assert f"dt={running:%Y-%m-%d-%H}" not in err and "service=lone" not in err
     assert len(parquet_files(uri)) == 5
+    return first, capsys.readouterr().err
 
 
 def test_compact_counts_the_hours_before_its_lookback(
@@ -198,16 +210,19 @@ def test_the_notes_cost_no_request_when_the_listing_reaches_the_open_hours(
 ) -> None:
     """On S3 a service with a long history is listed from its window's first hour on: that
     listing holds the open hours too, so the command's notes cost no request. Listed hour by
-    hour (--all), an open hour with files costs the command one LIST."""
+    hour (--all), an hour with files that ended within the grace costs the command one LIST,
+    the running hour none (it is never told)."""
     wh = open_warehouse(s3_warehouse)
-    now = datetime.now(UTC)
-    hour = now.replace(minute=0, second=0, microsecond=0)
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    now = hour + timedelta(minutes=20)  # the hour before ended within the grace
     for ago in [*range(4, 24), *range(60, 160)]:  # 20 hours in the window, 100 before it
         dt = (hour - timedelta(hours=ago)).strftime(DT_FORMAT)
         put_table(
             wh, wh.path(partition_path("container_logs", "old", dt), "c-x.parquet"), one_row(dt)
         )
-    for ago in (0, 3):  # the current hour; a closed one, backfilled just now (young files)
+    # The current hour; the one that ended 20 minutes ago; a closed one, backfilled just now
+    # (young files).
+    for ago in (0, 1, 3):
         folder = wh.path(
             partition_path(
                 "container_logs", "old", (hour - timedelta(hours=ago)).strftime(DT_FORMAT)
@@ -224,9 +239,67 @@ def test_the_notes_cost_no_request_when_the_listing_reaches_the_open_hours(
     notes = PassNotes()
     assert lists(notes, timedelta(hours=48)) == lists(None, timedelta(hours=48))
     folders = sorted(p.folder.rsplit("/", 1)[-1] for p in notes.open)
-    assert folders == [f"dt={(hour - timedelta(hours=a)).strftime(DT_FORMAT)}" for a in (3, 0)]
+    assert folders == [f"dt={(hour - timedelta(hours=a)).strftime(DT_FORMAT)}" for a in (3, 1)]
     assert notes.older_hours == 100
 
     every = PassNotes()
     assert lists(every, None) == lists(None, None) + 1
     assert len(every.open) == 2 and every.older_hours == 0
+
+
+#: A pass's clock for the tests below that pass one: 20 minutes into HOUR, so the hour before
+#: it ended within the grace (30 minutes) and HOUR itself still runs, whatever the wall clock.
+HOUR = datetime(2026, 11, 28, 10, tzinfo=UTC)
+PASS_NOW = HOUR + timedelta(minutes=20)
+
+
+def notes_listings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: bool = False
+) -> tuple[PassNotes, list[str]]:
+    """A service with files to merge in the running hour and in the hour that ended within
+    the grace, and one file long before the 1-hour lookback (so its hours are listed one by
+    one, and the notes list the open ones themselves): one pass with notes, and the folders
+    those notes listed (all refused when ``fail``)."""
+    uri = str(tmp_path / "wh")
+    flush_into(uri, HOUR, files=2)
+    flush_into(uri, HOUR - timedelta(hours=1), files=2)
+    flush_into(uri, HOUR - timedelta(hours=5), files=1)
+    listed: list[str] = []
+
+    def list_folder(wh: Warehouse, folder: str) -> list[pafs.FileInfo]:
+        """The listing's LISTs of hour folders are counted (and refused when ``fail``)."""
+        name = folder.rsplit("/", 1)[-1]
+        if name.startswith("dt="):
+            listed.append(name)
+            if fail:
+                raise StorageError(f"listing {folder} failed: simulated outage")
+        return storage.list_folder(wh, folder)
+
+    monkeypatch.setattr(listing, "list_folder", list_folder)
+    notes = PassNotes()
+    wh = open_warehouse(uri)
+    assert compact_warehouse(wh, now=PASS_NOW, lookback=timedelta(hours=1), notes=notes) == 0
+    return notes, listed
+
+
+def test_the_running_hour_costs_the_command_no_listing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The running hour is never told (every run would repeat it): no LIST is spent on it;
+    the hour that ended within the grace is told, for one LIST."""
+    notes, listed = notes_listings(tmp_path, monkeypatch)
+    previous = f"dt={(HOUR - timedelta(hours=1)).strftime(DT_FORMAT)}"
+    assert listed == [previous]
+    assert [p.folder.rsplit("/", 1)[-1] for p in notes.open] == [previous]
+    assert "its hour ended 20 min 0 s ago, less than the grace" in "\n".join(
+        notes.lines(timedelta(0))
+    )
+
+
+def test_a_failed_listing_for_the_notes_fails_no_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The notes are a courtesy to the user: their own LIST failing leaves that hour untold,
+    and the pass completes."""
+    notes, listed = notes_listings(tmp_path, monkeypatch, fail=True)
+    assert len(listed) == 1 and notes.open == []

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 import re
 import struct
 import time
 import urllib.request
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +144,10 @@ def test_a_time_that_cannot_be_kept_gets_the_receive_time(name: str, mode: str) 
         # may lie just below it; the millisecond must not be lost on the way.
         (GOOD_S + 0.001, GOOD_S * NS + 1_000_000),
         (GOOD_S + 0.123456, GOOD_S * NS + 123_456_000),
+        # Its nearest microsecond, not that of the float product value * 1e6 (itself rounded
+        # to 0.25 µs): these floats lie at +1,430.5 ns and +784,752,607.3 ns.
+        (GOOD_S + 0.0000014, GOOD_S * NS + 1_000),
+        (GOOD_S + 0.7847526, GOOD_S * NS + 784_753_000),
     ],
     ids=[
         "EventTime(1, 0)",
@@ -152,6 +158,8 @@ def test_a_time_that_cannot_be_kept_gets_the_receive_time(name: str, mode: str) 
         "int min",
         "float .001",
         "float .123456",
+        "float .0000014",
+        "float .7847526",
     ],
 )
 def test_odd_times_that_can_be_kept_are_kept(kept: tuple[Any, int], mode: str) -> None:
@@ -163,6 +171,18 @@ def test_odd_times_that_can_be_kept_are_kept(kept: tuple[Any, int], mode: str) -
     logs = batch.column(wire.KEY_LOG).to_pylist()
     assert batch.column("time_ns").to_pylist()[logs.index("bad")] == ns
     assert heard == []
+
+
+def test_a_float_time_is_its_nearest_microsecond() -> None:
+    """Every float kept is within half a microsecond of its exact value (times of today, and
+    seconds either side of 1970, where a float holds fractions of a nanosecond)."""
+    rng = random.Random(17)
+    floats = [rng.uniform(1.5e9, 2.2e9) for _ in range(2_000)]
+    floats += [rng.choice((1, -1)) * rng.uniform(1.0, 5.0) for _ in range(500)]
+    for value in floats:
+        ns = wire.time_to_ns(value)
+        assert ns is not None and ns % 1_000 == 0, value
+        assert abs(Fraction(ns) - Fraction(value) * NS) <= 500, value
 
 
 #: Times that are no number, which Fluentd's in_forward stamps with the receive time
