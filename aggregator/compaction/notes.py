@@ -45,19 +45,16 @@ class OpenPartition:
         return self.hour_end + grace <= now
 
     def reason(self, now: datetime, grace: timedelta) -> str:
-        """Why it waits: its hour (not ended, or ended less than the grace ago), or a file
-        younger than the grace (a backfill, a replay, a late flush)."""
+        """Why it waits (its hour has ended: :meth:`PassNotes.lines` tells no other): the hour
+        ended less than the grace ago, or a file is younger than the grace (a backfill, a
+        replay, a late flush)."""
         if not self.hour_closed(now, grace):
-            if self.hour_end > now:
-                return "its hour has not ended"
             return f"its hour ended {_ago(now - self.hour_end)} ago, less than the grace"
         age = now - self.newest if self.newest is not None else timedelta(0)
         return f"a file is younger than the grace (newest {_ago(age)} old)"
 
-    def grace_now(self, now: datetime) -> timedelta | None:
-        """The longest grace that would let a pass merge it now; None while its hour runs."""
-        if self.hour_end > now:
-            return None
+    def grace_now(self, now: datetime) -> timedelta:
+        """The longest grace that would let a pass merge it now (its hour has ended)."""
         newest = self.newest if self.newest is not None else self.hour_end
         return min(now - self.hour_end, now - newest)
 
@@ -167,20 +164,15 @@ class PassNotes:
 
 
 def _hint(parts: list[OpenPartition], now: datetime, safe_grace: timedelta) -> str:
-    """How to merge the open partitions now: the grace that closes those whose hour has ended,
-    and ``--force`` when that grace is below the safe one."""
-    graces = [g for g in (p.grace_now(now) for p in parts) if g is not None]
-    if not graces:
-        return "  their hours have not ended: run compact again after the time shown"
-    minutes = math.floor(min(graces).total_seconds() / 60)
+    """How to merge the open partitions (their hours have ended) now: the grace that closes
+    them all, and ``--force`` when that grace is below the safe one."""
+    minutes = math.floor(min(p.grace_now(now) for p in parts).total_seconds() / 60)
     hint = f"  to merge them now: --grace-minutes {minutes}"
     if timedelta(minutes=minutes) < safe_grace:
         hint += (
             f" --force (below the safe grace of {_minutes(safe_grace)} minutes, a crashed "
             "aggregator's replay could store some rows twice)"
         )
-    if len(graces) < len(parts):
-        hint += "; hours not ended yet wait for their end"
     return hint
 
 
