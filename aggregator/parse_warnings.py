@@ -58,7 +58,8 @@ class ParseFailureWarnings:
                 "in logq_aggregator_envoy_parse_failures_total (one shown per service every "
                 "%d minutes). If they are access lines, configure their format with "
                 "--envoy-format (README: --envoy-format); if they are not (an app's output), "
-                "label the container logq.format=plain (README: logq.format) service=%s "
+                "label the container logq.format=plain (README: logq.format; on Kubernetes, "
+                "where pods carry no labels for logq-shipper, rename it) service=%s "
                 "failed=%d container=%s sample=%s",
                 PARSE_WARNING_SECONDS // 60,
                 service,

@@ -176,6 +176,9 @@ OWN_LINES = [
     "2026-11-28T10:00:00.123Z [INFO]  consul-dataplane: started consul-dataplane process",
     'time="2026-11-28 10:00:00.1234" level=info msg="Started Ambassador" func=main',
     "2026-11-28 10:00:00 diagd 3.9.1 [P15TMainThread] INFO: starting Envoy",
+    '{"level":"info","time":"2026-11-28T10:00:00.123456Z","scope":"ads","msg":"ADS: new"}',
+    '{"@level":"info","@message":"started","@module":"consul-dataplane","@timestamp":"x"}',
+    "2026-11-28T11:00:00.123+0100\tINFO\tkuma-dp.run\tstarting Kuma DP",
     # Not the data plane's own, but as hopeless: Kuma's TCP format, no response code to store.
     "[2026-11-28T14:00:00.123Z] - default 10.244.0.12(frontend_kuma-demo_svc_8080)->"
     "10.244.0.15:6379(redis_kuma-demo_svc_6379) took 1234ms, sent 100 bytes, received: 200 bytes",
@@ -204,6 +207,7 @@ def test_a_data_planes_own_lines_on_stdout_are_kept_but_not_counted() -> None:
         "[2026-11-28 10:00:00.123] app started",  # no thread or level: an app's own line
         "2026-11-28T10:00:00Z info not tab-separated",
         '"time=\\"x\\" level=info" quoted',
+        '{"start_time":"2026-11-28T10:00:00.123Z","level":"info","response_code":200}',
     ],
 )
 def test_access_lines_and_app_lines_are_not_taken_for_a_data_planes_own(line: str) -> None:
