@@ -3,28 +3,28 @@
 A buffer segment holds Arrow batches of :data:`aggregator.decode.BUFFER_SCHEMA` (one row per
 event: tag, event time, the wire keys). :func:`route` splits and types them with Arrow kernels:
 
-* Envoy candidates: ``format`` starting with ``envoy``, or (unless ``format == "plain"``) an
-  Envoy data plane told by its image or container name (:data:`ENVOY_IMAGE` and
-  :data:`ENVOY_NAME`): an image mentioning ``envoy`` or ``istio-proxy``, or whose repository's
-  last part is ``consul-dataplane`` (Consul), ``kuma-dp`` (Kuma, Kong Mesh), ``emissary``,
-  ``ambassador`` or ``aes`` (Emissary-ingress, Ambassador) or ``ecs-service-connect-agent``
-  (ECS Service Connect); a container name whose last ``/`` part (logq-shipper's CRI container
-  names are ``<namespace>/<pod>/<container>``, and an ``envoy-gateway-...`` pod's other
-  containers are not Envoy) mentions ``envoy`` or ``istio-proxy``, holds ``consul-dataplane``
-  or ``kuma-sidecar`` as ``-``-separated parts (so the Docker names of ECS tasks,
-  ``ecs-<family>-<n>-consul-dataplane-<hex>``, match too), is ECS Service Connect's
-  ``ecs-service-connect-<suffix>`` (alone or followed by Docker's ``-<hex>``), or is
-  ``ambassador`` or ``emissary-ingress`` exactly (a word that apps use in their names too).
-  Candidates are parsed by :mod:`.envoy` on every stream; on any but ``stderr`` those no
-  format parses are counted per service (unless they are the data plane's own log lines:
-  :mod:`.envoy_diagnostics`) and kept in ``container_logs``. On ``stderr``, where Envoy writes
-  its own diagnostics (and an access logger may write to ``/dev/stderr``), a parsed line is an
-  access line like any other and an unparsed one is kept in ``container_logs`` uncounted: the count
-  means "access lines we could not read", and ``route`` reports one (0 included) for a service
-  only for its candidates on other streams (the metric itself has a 0 series for every service
-  with rows: :meth:`aggregator.metrics.Metrics.services_seen`). The first counted line of each
-  service with failures comes along, cut short (:class:`UnparsedSample`), for the warning that
-  shows what they look like.
+* Envoy candidates: ``format`` starting with ``envoy``, or (unless ``format == "plain"``) an Envoy
+  data plane told by its image or container name (:data:`ENVOY_IMAGE` and :data:`ENVOY_NAME`): an
+  image mentioning ``envoy`` or ``istio-proxy``, or whose repository's last part is
+  ``consul-dataplane`` or ``consul-dataplane-fips`` (Consul), ``kuma-dp`` (Kuma, Kong Mesh),
+  ``emissary``, ``ambassador`` or ``aes`` (Emissary-ingress, Ambassador) or
+  ``ecs-service-connect-agent`` (ECS Service Connect); a container name whose last ``/`` part
+  (logq-shipper's CRI container names are ``<namespace>/<pod>/<container>``, and an
+  ``envoy-gateway-...`` pod's other containers are not Envoy) mentions ``envoy`` or
+  ``istio-proxy``, holds ``consul-dataplane`` or ``kuma-sidecar`` as ``-``-separated parts (so the
+  Docker names of ECS tasks, ``ecs-<family>-<n>-consul-dataplane-<hex>``, match too), is ECS
+  Service Connect's ``ecs-service-connect-<suffix>`` (alone or followed by Docker's ``-<hex>``),
+  or is ``ambassador`` or ``emissary-ingress`` exactly (a word that apps use in their names too).
+  Candidates are parsed by :mod:`.envoy` on every stream; on any but ``stderr`` those no format
+  parses are counted per service (unless they are the data plane's own log lines:
+  :mod:`.envoy_diagnostics`) and kept in ``container_logs``. On ``stderr``, where Envoy writes its
+  own diagnostics (and an access logger may write to ``/dev/stderr``), a parsed line is an access
+  line like any other and an unparsed one is kept in ``container_logs`` uncounted: the count means
+  "access lines we could not read", and ``route`` reports one (0 included) for a service only for
+  its candidates on other streams (the metric itself has a 0 series for every service with rows:
+  :meth:`aggregator.metrics.Metrics.services_seen`). The first counted line of each service with
+  failures comes along, cut short (:class:`UnparsedSample`), for the warning that shows what they
+  look like.
 * Everything else goes to ``container_logs``, timestamped with the event time.
 
 The service of a row is the record's ``service`` (for other clients, filled from their metadata
@@ -108,7 +108,8 @@ def _flag(array: pa.Array, pattern: str) -> pa.Array:
 #: and a registry's host are not taken for one.
 ENVOY_IMAGE = (
     r"envoy|istio-proxy"
-    r"|(?:^|/)(?:consul-dataplane|kuma-dp|emissary|ambassador|aes|ecs-service-connect-agent)"
+    r"|(?:^|/)(?:consul-dataplane(?:-fips)?|kuma-dp|emissary|ambassador|aes"
+    r"|ecs-service-connect-agent)"
     r"(?:[:@]|$)"
 )
 #: Container names of Envoy data planes, matched on the name's last ``/`` part (see the module

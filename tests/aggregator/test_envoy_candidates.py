@@ -38,6 +38,7 @@ def codes(records: list[dict]) -> list[int]:
     "image",
     [
         "hashicorp/consul-dataplane:1.5.2",  # consul-k8s
+        "registry.connect.redhat.com/hashicorp/consul-dataplane-fips:1.5.2-ubi",  # FIPS build
         "public.ecr.aws/hashicorp/consul-dataplane:1.5.2",  # consul-ecs
         "kumahq/kuma-dp:2.7.3",
         "kong/kuma-dp:2.7.3",  # Kong Mesh
