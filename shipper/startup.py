@@ -7,13 +7,18 @@ import surfaces wherever Python happens to check for signals: as a ``KeyboardInt
 traceback, as a ``RuntimeError`` (in a class's ``__set_name__``), or printed as "Exception
 ignored" and lost (in one of importlib's weakref callbacks). So each entry module imports inside
 :func:`deferred_interrupts`, which holds the signal back until the imports are done, and guards
-its ``main()`` with :func:`is_interrupt` / :func:`interrupted`. Standard library only: importing
-this module adds nothing to start-up.
+its ``main()`` with :func:`is_interrupt` / :func:`interrupted`. A Ctrl-C after the imports can
+still land in one of importlib's weakref callbacks (a module a library imports lazily, as rich
+does while typer renders ``logq --help``): Python can only print it as "Exception ignored" and
+drop it. :func:`deferred_interrupts` therefore also installs :func:`_redeliver_interrupts`,
+which delivers such a Ctrl-C again, where it can stop the program. Standard library only:
+importing this module adds nothing to start-up.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -43,6 +48,29 @@ def interrupted(program: str) -> int:
     return INTERRUPTED
 
 
+def _redeliver_interrupts() -> None:
+    """Install a ``sys.unraisablehook`` that sends a ``KeyboardInterrupt`` Python could not
+    raise (it landed in a weakref callback or a finalizer) again as SIGINT, 10 ms later from a
+    timer thread: the handler raises it where it can propagate, as if Ctrl-C had been pressed
+    a moment later. Anything else goes to the hook that was there before. Installed once."""
+    previous = sys.unraisablehook
+    if getattr(previous, "redelivers_interrupts", False):
+        return
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            # From another thread, a moment later: sent from here, the handler would run at
+            # once, inside this hook, and the interrupt would be dropped again.
+            later = threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT))
+            later.daemon = True
+            later.start()
+            return
+        previous(unraisable)
+
+    hook.redelivers_interrupts = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 @contextlib.contextmanager
 def deferred_interrupts(program: str) -> Iterator[None]:
     """Run the block (a program's imports) with SIGINT blocked; a Ctrl-C meanwhile waits in
@@ -51,10 +79,12 @@ def deferred_interrupts(program: str) -> Iterator[None]:
     The mask is the calling thread's: it holds the signal back in a process that has no other
     thread yet, as a console script while it imports (threads started in the block inherit
     it). The previous mask comes back, so an importer that had SIGINT blocked keeps it so.
-    Outside the main thread (where Python raises ``KeyboardInterrupt``) nothing is blocked."""
+    Outside the main thread (where Python raises ``KeyboardInterrupt``) nothing is blocked.
+    From then on, a Ctrl-C Python would drop is delivered again (:func:`_redeliver_interrupts`)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _redeliver_interrupts()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield

@@ -266,3 +266,53 @@ def test_a_ctrl_c_during_the_block_waits_for_its_end(capsys: pytest.CaptureFixtu
     assert ran_to_the_end
     assert done.value.code == 130
     assert capsys.readouterr().err == "prog: interrupted\n"
+
+
+#: A Ctrl-C landing in one of importlib's weakref callbacks, as it did while typer rendered
+#: ``logq --help`` (rich imports modules lazily): Python can only report it as "Exception
+#: ignored", and the program would go on as if no key had been pressed.
+UNRAISABLE_CTRL_C = """\
+import sys
+import time
+import weakref
+
+from shipper.startup import deferred_interrupts
+
+with deferred_interrupts("prog"):
+    pass
+
+
+class Lock:
+    pass
+
+
+def callback(_ref):
+    raise KeyboardInterrupt  # what the signal handler raises inside the callback
+
+
+lock = Lock()
+ref = weakref.ref(lock, callback)
+try:
+    del lock
+    time.sleep(5)
+    print("went on")
+except KeyboardInterrupt:
+    print("interrupted")
+    sys.exit(130)
+"""
+
+
+def test_a_ctrl_c_python_cannot_raise_is_delivered_again(
+    subprocess_env: dict[str, str],
+) -> None:
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", UNRAISABLE_CTRL_C],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr
+    assert (done.returncode, done.stdout) == (130, "interrupted\n")
