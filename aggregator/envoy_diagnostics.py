@@ -12,10 +12,11 @@ in the shapes these programs print by default:
   ``[2024-05-01 12:00:00.123][14][warning][config] [source/...:123] message``;
 * Istio's (pilot-agent, and the format it gives Envoy) and zap's console encoder (kuma-dp):
   an RFC 3339 time, a tab, a level, a tab: ``2024-05-01T12:00:00.123456Z<TAB>info<TAB>...``;
-  with ``--log_as_json`` (Istio) zap's JSON encoder, whose first key is the level:
-  ``{"level":"info","time":"2024-05-01T12:00:00.123456Z","scope":"ads","msg":"..."}``;
+  with ``--log_as_json`` (Istio) zap's JSON encoder, whose first key is the level, with a
+  ``msg``: ``{"level":"info","time":"2024-05-01T12:00:00.123456Z","scope":"ads","msg":"..."}``;
 * hclog (consul-dataplane): ``2024-05-01T12:00:00.123Z [INFO]  consul-dataplane: ...``, and
-  its JSON (keys sorted, so ``@level`` first): ``{"@level":"info","@message":"...",...}``;
+  its JSON (keys sorted, so ``@level`` first, with ``@message``):
+  ``{"@level":"info","@message":"...",...}``;
 * logrus's text format (Emissary's entrypoint): ``time="2024-05-01 12:00:00" level=info ...``;
 * Emissary's diagd: ``2024-05-01 12:00:00 diagd 3.9.1 [P15TMainThread] INFO: ...``.
 
@@ -37,7 +38,10 @@ DIAGNOSTIC = "|".join(
     (
         rf"^\[{_DATE} \d{{2}}:\d{{2}}:\d{{2}}\.\d{{3}}\]\[\d+\]\[{_LEVEL}\]",
         rf"^{_DATE}T\d{{2}}:\d{{2}}:\d{{2}}(?:\.\d+)?(?:Z|[+-]\d{{2}}:?\d{{2}})\t{_LEVEL}\t",
-        rf'^\{{"@?level":"{_LEVEL}",',
+        # JSON: also a key no access line has (a failed JSON access line with a "level" key
+        # first must still be counted).
+        rf'^\{{"level":"{_LEVEL}",.*"msg":',
+        rf'^\{{"@level":"{_LEVEL}",.*"@message":',
         rf"^{_DATE}T\d{{2}}:\d{{2}}:\d{{2}}(?:\.\d+)?(?:Z|[+-]\d{{4}}) \[{_LEVEL}\] ",
         rf'^time="[^"]*" level={_LEVEL} ',
         rf"^{_DATE} \d{{2}}:\d{{2}}:\d{{2}} diagd ",

@@ -272,12 +272,16 @@ def test_a_ctrl_c_during_the_block_waits_for_its_end(capsys: pytest.CaptureFixtu
 #: ``logq --help`` (rich imports modules lazily): Python can only report it as "Exception
 #: ignored", and the program would go on as if no key had been pressed.
 UNRAISABLE_CTRL_C = """\
+import signal
 import sys
 import time
 import weakref
 
 from shipper.startup import deferred_interrupts
 
+# As in a terminal: a test run started in the background (`make test &`, a CI job) passes
+# SIGINT on as ignored, and the SIGINT sent again would then be ignored too.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 with deferred_interrupts("prog"):
     pass
 

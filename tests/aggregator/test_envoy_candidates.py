@@ -209,6 +209,9 @@ def test_a_data_planes_own_lines_on_stdout_are_kept_but_not_counted() -> None:
         "2026-11-28T10:00:00Z info not tab-separated",
         '"time=\\"x\\" level=info" quoted',
         '{"start_time":"2026-11-28T10:00:00.123Z","level":"info","response_code":200}',
+        # A JSON access line in a format logq does not read, with a static level key first.
+        '{"level":"info","time":"2026-11-28T10:00:00.123Z","code":200,"path":"/"}',
+        '{"@level":"info","@timestamp":"2026-11-28T10:00:00.123Z","status_code":"x"}',
     ],
 )
 def test_access_lines_and_app_lines_are_not_taken_for_a_data_planes_own(line: str) -> None:
