@@ -16,13 +16,19 @@ from __future__ import annotations
 import faulthandler
 import sys
 
-from shipper.startup import deferred_interrupts, interrupted, is_interrupt
+from shipper.startup import (
+    deferred_interrupts,
+    interrupted,
+    is_interrupt,
+    redeliver_dropped_interrupts,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     # A fatal signal (SIGBUS when a memory-mapped spill file cannot be read back after a disk
     # error, see aggregator/spill.py) then leaves the Python stack on stderr, not just "signal 7".
     faulthandler.enable()
+    redeliver_dropped_interrupts()
     with deferred_interrupts("logq-aggregator"):
         from aggregator.memory import tune_memory_early
 

@@ -10,10 +10,11 @@ here, the whole module is inside :func:`~shipper.startup.deferred_interrupts` (a
 
 from __future__ import annotations
 
-from shipper.startup import deferred_interrupts
+from shipper.startup import deferred_interrupts, redeliver_dropped_interrupts
 
 
 def main() -> None:
+    redeliver_dropped_interrupts()
     with deferred_interrupts("logq"):
         from cli.app import main as run
     run()

@@ -35,7 +35,12 @@ from __future__ import annotations
 
 import sys
 
-from shipper.startup import deferred_interrupts, interrupted, is_interrupt
+from shipper.startup import (
+    deferred_interrupts,
+    interrupted,
+    is_interrupt,
+    redeliver_dropped_interrupts,
+)
 
 # The console script imports this module before main() runs: a Ctrl-C during these imports
 # (~0.1 s: asyncio, msgpack, prometheus_client...) waits until they are done, then exits 130
@@ -763,6 +768,7 @@ def main(argv: list[str] | None = None) -> int:
 
     A Ctrl-C before :meth:`Shipper.run` takes SIGINT over (a graceful stop from then on) ends
     start-up with 130 and one line."""
+    redeliver_dropped_interrupts()
     try:
         return _main(argv)
     except (KeyboardInterrupt, RuntimeError) as exc:

@@ -10,9 +10,10 @@ ignored" and lost (in one of importlib's weakref callbacks). So each entry modul
 its ``main()`` with :func:`is_interrupt` / :func:`interrupted`. A Ctrl-C after the imports can
 still land in one of importlib's weakref callbacks (a module a library imports lazily, as rich
 does while typer renders ``logq --help``): Python can only print it as "Exception ignored" and
-drop it. :func:`deferred_interrupts` therefore also installs :func:`_redeliver_interrupts`,
-which delivers such a Ctrl-C again, where it can stop the program. Standard library only:
-importing this module adds nothing to start-up.
+drop it. Each program's ``main()`` therefore first calls :func:`redeliver_dropped_interrupts`,
+which delivers such a Ctrl-C again, where it can stop the program (from ``main()``, not at
+import: a process that only imports the programs' modules, as a test runner, keeps its hook).
+Standard library only: importing this module adds nothing to start-up.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def interrupted(program: str) -> int:
     return INTERRUPTED
 
 
-def _redeliver_interrupts() -> None:
+def redeliver_dropped_interrupts() -> None:
     """Install a ``sys.unraisablehook`` that sends a ``KeyboardInterrupt`` Python could not
     raise (it landed in a weakref callback or a finalizer) again as SIGINT, 10 ms later from a
     timer thread: the handler raises it where it can propagate, as if Ctrl-C had been pressed
@@ -79,12 +80,10 @@ def deferred_interrupts(program: str) -> Iterator[None]:
     The mask is the calling thread's: it holds the signal back in a process that has no other
     thread yet, as a console script while it imports (threads started in the block inherit
     it). The previous mask comes back, so an importer that had SIGINT blocked keeps it so.
-    Outside the main thread (where Python raises ``KeyboardInterrupt``) nothing is blocked.
-    From then on, a Ctrl-C Python would drop is delivered again (:func:`_redeliver_interrupts`)."""
+    Outside the main thread (where Python raises ``KeyboardInterrupt``) nothing is blocked."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _redeliver_interrupts()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 
@@ -88,6 +89,17 @@ def _root_logging_restored() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def _unraisable_hook_restored() -> Iterator[None]:
+    """A program's ``main()`` called in-process installs its Ctrl-C redelivery
+    (``shipper.startup.redeliver_dropped_interrupts``) as ``sys.unraisablehook``: restore
+    pytest's, or a stray ``KeyboardInterrupt`` in a later test's finalizer would become a
+    SIGINT that ends the run instead of a reported warning."""
+    hook = sys.unraisablehook
+    yield
+    sys.unraisablehook = hook
 
 
 @pytest.fixture(scope="session")

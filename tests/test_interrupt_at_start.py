@@ -277,13 +277,12 @@ import sys
 import time
 import weakref
 
-from shipper.startup import deferred_interrupts
+from shipper.startup import redeliver_dropped_interrupts
 
 # As in a terminal: a test run started in the background (`make test &`, a CI job) passes
 # SIGINT on as ignored, and the SIGINT sent again would then be ignored too.
 signal.signal(signal.SIGINT, signal.default_int_handler)
-with deferred_interrupts("prog"):
-    pass
+redeliver_dropped_interrupts()  # what each program's main() does first
 
 
 class Lock:
@@ -320,3 +319,16 @@ def test_a_ctrl_c_python_cannot_raise_is_delivered_again(
     )
     assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr
     assert (done.returncode, done.stdout) == (130, "interrupted\n")
+
+
+def test_importing_the_programs_leaves_the_unraisable_hook_alone() -> None:
+    """Only a program's ``main()`` installs the redelivery: a process that imports the entry
+    modules (a test runner) keeps its own hook, and a stray Ctrl-C in a finalizer there stays a
+    reported warning instead of a SIGINT that would end the run."""
+    import importlib
+    import sys
+
+    before = sys.unraisablehook
+    for name in ("cli.app", "cli.launch", "shipper.daemon", "aggregator.launch"):
+        importlib.import_module(name)
+    assert sys.unraisablehook is before
