@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Iterable
 
@@ -35,6 +36,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from aggregator.batch import service_column
+from aggregator.throttle import Throttle
 
 log = logging.getLogger("logq.aggregator.metrics")
 
@@ -157,7 +159,8 @@ class Metrics:
             ["service"],
             registry=r,
         )
-        self._times_warned: set[str] = set()
+        self._times_warnings = Throttle(math.inf)
+        """Services told of replaced event times: once each (the counter counts them all)."""
         self.duplicates = Counter(
             "logq_aggregator_duplicates_dropped_total",
             "Resent records dropped (by source offset, or in a chunk already received)",
@@ -248,11 +251,8 @@ class Metrics:
         for item in pc.value_counts(services).to_pylist():
             service, count = str(item["values"]), int(item["counts"])
             self.times_replaced.labels(service).inc(count)
-            if service in self._times_warned:
+            if not self._times_warnings.due(service, time.time()):
                 continue
-            if len(self._times_warned) >= 10_000:
-                self._times_warned.clear()
-            self._times_warned.add(service)
             log.warning(
                 "an event time that cannot be kept as sent (nil, a string, 0, NaN, infinite, "
                 "beyond year 2262 such as milliseconds sent as seconds, or EventTime nanoseconds "

@@ -17,13 +17,12 @@ from __future__ import annotations
 import logging
 
 from aggregator.batch import UnparsedSample
+from aggregator.throttle import Throttle
 
 log = logging.getLogger("logq.aggregator")
 
 #: Unparsed lines of a service are shown at most this often (the counter counts them all).
 PARSE_WARNING_SECONDS = 600.0
-#: Services remembered at most; past it the memory is cleared (a burst of warnings, no leak).
-MAX_SERVICES = 10_000
 
 
 def shown(text: str | None, chars: int | None = None) -> str:
@@ -41,8 +40,7 @@ class ParseFailureWarnings:
     """Logs, per service, one unparsed line when its count rises (module docstring)."""
 
     def __init__(self) -> None:
-        self._warned: dict[str, float] = {}
-        """Service -> when its unparsed lines were last shown (``time.time()``)."""
+        self._throttle = Throttle(PARSE_WARNING_SECONDS)
 
     def note(
         self, failures: dict[str, int], samples: dict[str, UnparsedSample], now: float
@@ -51,7 +49,7 @@ class ParseFailureWarnings:
         was not warned about in the last :data:`PARSE_WARNING_SECONDS`."""
         for service, count in failures.items():
             sample = samples.get(service)
-            if not count or sample is None or not self._due(service, now):
+            if not count or sample is None or not self._throttle.due(service, now):
                 continue
             log.warning(
                 "Envoy access lines that no format parses: stored in container_logs and counted "
@@ -67,13 +65,3 @@ class ParseFailureWarnings:
                 shown(sample.container_name),
                 shown(sample.line, sample.chars),
             )
-
-    def _due(self, service: str, now: float) -> bool:
-        """Whether ``service`` may be warned about at ``now``; if so, remember it."""
-        last = self._warned.get(service)
-        if last is not None and now - last < PARSE_WARNING_SECONDS:
-            return False
-        if len(self._warned) >= MAX_SERVICES:
-            self._warned.clear()
-        self._warned[service] = now
-        return True

@@ -48,6 +48,7 @@ from aggregator.ledger import Committed, Ledger
 from aggregator.metrics import Metrics, MetricsServer
 from aggregator.parse_warnings import ParseFailureWarnings
 from aggregator.server import ForwardServer, ServerLimits, tls_context
+from aggregator.throttle import Throttle
 from athena.ddl import outside_projection
 from athena.warehouse import open_warehouse
 
@@ -149,8 +150,8 @@ class Aggregator:
         self._size_seal: asyncio.Task[None] | None = None
         self._catalog_task: asyncio.Task[None] | None = None
         self._catalog_pending: set[str] = set()
-        self._clock_warned: dict[tuple[str, str], float] = {}
-        """(table, service) -> when rows outside the Athena projection were last logged."""
+        self._clock_warnings = Throttle(CLOCK_WARNING_SECONDS)
+        """Per (table, service): rows outside the Athena projection were logged lately."""
         self._parse_warnings = ParseFailureWarnings()
         self._catalog_ready = False
         self.server: ForwardServer | None = None
@@ -825,12 +826,8 @@ class Aggregator:
     def _warn_clock(self, table: str, service: str, dt: str, now: float) -> None:
         """Say (at most every :data:`CLOCK_WARNING_SECONDS` per table and service) that rows
         went where Athena does not look."""
-        last = self._clock_warned.get((table, service))
-        if last is not None and now - last < CLOCK_WARNING_SECONDS:
+        if not self._clock_warnings.due((table, service), now):
             return
-        if len(self._clock_warned) >= 10_000:
-            self._clock_warned.clear()
-        self._clock_warned[table, service] = now
         log.warning(
             "rows stamped outside the Athena partition projection (before 2020 or more than "
             "15 minutes ahead: a broken clock at the source); they are stored, and only the "
