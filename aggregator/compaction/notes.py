@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 import pyarrow.fs as pafs
 
+from aggregator.compaction.grace import _minutes
 from aggregator.compaction.intents import _mtime
 from aggregator.compaction.partition import _may_need_work, _visible
 from athena.schema import parse_dt
@@ -90,7 +91,8 @@ class PassNotes:
             self.older_hours += count
 
     def hour_open(self, folder: str, infos: list[pafs.FileInfo]) -> None:
-        """``folder``'s hour has not ended plus the grace: noted if it has anything to merge."""
+        """``folder``'s hour has ended, but not plus the grace: noted if it has anything to
+        merge."""
         if _may_need_work(infos, self.target_bytes):
             self._note(folder, infos)
 
@@ -114,22 +116,21 @@ class PassNotes:
         self, safe_grace: timedelta, service: str | None = None, lookback_given: bool = False
     ) -> list[str]:
         """What to tell the user, a few lines at most (none when the pass skipped nothing
-        worth a word). ``safe_grace``: the shortest grace allowed without ``--force``. Hours
-        still running are no news (every run would repeat them), nor are the hours before a
-        lookback the user did not give: the default one starts before the last completed
-        pass, which looked at them (``lookback_given``: ``--lookback-hours`` was)."""
+        worth a word). ``safe_grace``: the shortest grace allowed without ``--force``. The
+        partitions noted are of hours that have ended (the listing does not note the running
+        one: no news, every run would repeat it). The hours before a lookback the user did not
+        give are no news either: the default one starts before the last completed pass, which
+        looked at them (``lookback_given``: ``--lookback-hours`` was)."""
         if self.now is None:
             return []
-        now = self.now
-        ended = [p for p in self.open if p.hour_end <= now]
         out: list[str] = []
         if service is not None and self.services == 0:
             out.append(
                 f"no folder service={service} in the tables looked at: nothing to compact; "
                 "check --service (the name as in the warehouse's service= folders)"
             )
-        if ended:
-            out.extend(self._open_lines(ended, safe_grace))
+        if self.open:
+            out.extend(self._open_lines(safe_grace))
         if self.older_hours and self.lookback is not None and lookback_given:
             out.append(
                 f"{_count(self.older_hours, 'hour partition')} that ended before "
@@ -139,11 +140,13 @@ class PassNotes:
             )
         return out
 
-    def _open_lines(self, ended: list[OpenPartition], safe_grace: timedelta) -> list[str]:
+    def _open_lines(self, safe_grace: timedelta) -> list[str]:
         assert self.now is not None
         now, grace = self.now, self.grace
         # Closed hours held back by a young file first, then hours within the grace.
-        parts = sorted(ended, key=lambda p: (not p.hour_closed(now, grace), p.eligible, p.folder))
+        parts = sorted(
+            self.open, key=lambda p: (not p.hour_closed(now, grace), p.eligible, p.folder)
+        )
         young = sum(1 for p in parts if p.hour_closed(now, grace))
         latest = max(p.eligible for p in parts)
         out = [
@@ -188,10 +191,6 @@ def _when(moment: datetime) -> str:
 def _ago(span: timedelta) -> str:
     seconds = max(0, int(span.total_seconds()))
     return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
-
-
-def _minutes(span: timedelta) -> str:
-    return f"{span.total_seconds() / 60:.3g}"
 
 
 def _count(n: int, noun: str) -> str:
