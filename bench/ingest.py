@@ -236,32 +236,34 @@ def watch_hwm(proc: subprocess.Popen, peak: dict[str, int]) -> None:
         time.sleep(0.05)
 
 
-def parquet_stats(warehouse: str) -> tuple[int, int]:
-    """(bytes, files) of the visible Parquet objects of a local or S3 warehouse."""
+def parquet_files(
+    warehouse: str, table: str | None = None
+) -> tuple[pafs.FileSystem, list[pafs.FileInfo]]:
+    """The warehouse's file system and its visible Parquet objects (of ``table``, else all)."""
     from athena.warehouse import open_warehouse
 
     wh = open_warehouse(warehouse)
-    infos = wh.fs.get_file_info(pafs.FileSelector(wh.base, recursive=True, allow_not_found=True))
-    files = [
+    root = wh.path(table) if table else wh.base
+    infos = wh.fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    return wh.fs, [
         i
         for i in infos
         if i.base_name.endswith(".parquet") and not i.base_name.startswith((".", "_"))
     ]
+
+
+def parquet_stats(warehouse: str) -> tuple[int, int]:
+    """(bytes, files) of the visible Parquet objects of a local or S3 warehouse."""
+    _, files = parquet_files(warehouse)
     return sum(i.size or 0 for i in files), len(files)
 
 
 def column_bytes(warehouse: str) -> tuple[int, dict[str, int]]:
     """(rows, compressed bytes per column) of the ``envoy_access`` files: where the size goes."""
-    from athena.warehouse import open_warehouse
-
-    wh = open_warehouse(warehouse)
-    root = wh.path("envoy_access")
-    infos = wh.fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    fs, files = parquet_files(warehouse, "envoy_access")
     rows, sizes = 0, {}
-    for info in infos:
-        if not info.base_name.endswith(".parquet") or info.base_name.startswith((".", "_")):
-            continue
-        meta = pq.ParquetFile(info.path, filesystem=wh.fs).metadata
+    for info in files:
+        meta = pq.ParquetFile(info.path, filesystem=fs).metadata
         rows += meta.num_rows
         for rg in range(meta.num_row_groups):
             for c in range(meta.num_columns):
@@ -280,23 +282,17 @@ def text_floor(warehouse: str, column: str) -> float:
     version digit)."""
     import numpy as np
 
-    from athena.warehouse import open_warehouse
+    from aggregator.string_bytes import offsets_and_bytes
 
-    wh = open_warehouse(warehouse)
-    root = wh.path("envoy_access")
-    infos = wh.fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    fs, files = parquet_files(warehouse, "envoy_access")
     counts = np.zeros(256, np.int64)
     rows = 0
-    for info in infos:
-        if not info.base_name.endswith(".parquet") or info.base_name.startswith((".", "_")):
-            continue
-        values = pq.read_table(info.path, columns=[column], filesystem=wh.fs)[column]
+    for info in files:
+        values = pq.read_table(info.path, columns=[column], filesystem=fs)[column]
         rows += len(values)
         for chunk in values.chunks:
-            data = chunk.buffers()[2]
-            offsets = np.frombuffer(chunk.buffers()[1], np.int32)[chunk.offset :]
-            used = np.frombuffer(data, np.uint8)[offsets[0] : offsets[len(chunk)]]
-            counts += np.bincount(used, minlength=256)
+            offsets, data = offsets_and_bytes(chunk)
+            counts += np.bincount(data[offsets[0] : offsets[-1]], minlength=256)
     total = counts.sum()
     if not rows or not total:
         return 0.0
