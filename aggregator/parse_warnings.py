@@ -9,7 +9,9 @@ its lines (:class:`aggregator.batch.UnparsedSample`) is logged, at most every
 
 The line is a client's data: cut to :data:`aggregator.batch.SAMPLE_CHARS` characters and
 printed as a Python string literal, so newlines, terminal escapes (ANSI ``ESC[...``) and every
-other non-printable character are escaped and the warning stays one bounded log line.
+other non-printable character are escaped and the warning stays one bounded log line. Escapes
+take up to ten characters each (``\U000e0001``), so the literal is cut again, to
+:data:`SHOWN_CHARS`, at a whole character.
 """
 
 from __future__ import annotations
@@ -23,17 +25,37 @@ log = logging.getLogger("logq.aggregator")
 
 #: Unparsed lines of a service are shown at most this often (the counter counts them all).
 PARSE_WARNING_SECONDS = 600.0
+#: A shown value's string literal is at most this long (plus its quotes and the cut note).
+SHOWN_CHARS = 600
 
 
 def shown(text: str | None, chars: int | None = None) -> str:
     """``text`` safe for one log line: a string literal (``repr``), which escapes newlines and
-    control characters, with a note when ``chars`` (its whole length) says it was cut."""
+    control characters, at most :data:`SHOWN_CHARS` long, with a note when it was cut (``chars``
+    is the whole value's length, when ``text`` is already a cut of it)."""
     if text is None:
         return "-"
-    literal = repr(text)
-    if chars is not None and chars > len(text):
-        literal += f" (cut: its first {len(text)} of {chars} characters)"
+    whole = len(text) if chars is None else max(chars, len(text))
+    kept = _fitting(text)
+    literal = repr(text[:kept])
+    if whole > kept:
+        literal += f" (cut: its first {kept} of {whole} characters)"
     return literal
+
+
+def _fitting(text: str) -> int:
+    """How many of ``text``'s first characters fit in :data:`SHOWN_CHARS` once escaped: a
+    binary search, as each character escapes to 1-10 characters."""
+    if len(text) <= SHOWN_CHARS and len(repr(text)) <= SHOWN_CHARS + 2:  # + its quotes
+        return len(text)
+    low, high = 0, min(len(text), SHOWN_CHARS)  # the answer lies in [low, high]
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(repr(text[:middle])) <= SHOWN_CHARS + 2:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 class ParseFailureWarnings:

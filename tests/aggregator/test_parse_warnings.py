@@ -16,7 +16,7 @@ import pytest
 from aggregator.batch import SAMPLE_CHARS, UnparsedSample, records_table, route
 from aggregator.decode import records_batch, to_ipc
 from aggregator.logs import LogfmtFormatter
-from aggregator.parse_warnings import PARSE_WARNING_SECONDS, ParseFailureWarnings
+from aggregator.parse_warnings import PARSE_WARNING_SECONDS, SHOWN_CHARS, ParseFailureWarnings
 from shipper import wire
 from tests.aggregator.helpers import ENVOY_IMAGE, envoy_line, read_acks, record, start_aggregator
 from tests.support.procs import wait_until
@@ -72,6 +72,23 @@ def test_a_hostile_sample_stays_one_bounded_log_line(caplog: pytest.LogCaptureFi
     assert r"\x1b[2J\x1b[31mred\x1b[0m \x00\x85\u2028" in message
     assert f"(cut: its first {SAMPLE_CHARS} of {len(HOSTILE)} characters)" in message
     assert r"container='envoy\n\x1b[1mx'" in message
+
+
+def test_escapes_cannot_make_the_warning_ten_times_longer(caplog: pytest.LogCaptureFixture) -> None:
+    """Each of these characters escapes to ten (``\\U000e0001``): the literal is cut again, at a
+    whole character, and the note counts the characters of the whole line."""
+    tags = "\U000e0001" * SAMPLE_CHARS
+    samples = {"recipe": UnparsedSample(tags, 5000, "x" * 100_000)}
+    with caplog.at_level(logging.WARNING, logger="logq.aggregator"):
+        ParseFailureWarnings().note({"recipe": 1}, samples, now=0.0)
+    (warning,) = _warnings(caplog)
+    message = warning.getMessage()
+    assert len(message) < 2000, len(message)
+    kept = SHOWN_CHARS // len(r"\U000e0001")
+    assert "sample='" + r"\U000e0001" * kept + f"' (cut: its first {kept} of 5000 characters)" in (
+        message
+    )
+    assert f"container='{'x' * SHOWN_CHARS}' (cut: its first {SHOWN_CHARS} of 100000" in message
 
 
 @pytest.mark.integration
