@@ -20,6 +20,7 @@ fluent-logger do).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -27,6 +28,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -412,13 +415,16 @@ def stages(
         )
         parked.close()
 
+    references: list[float] = []
     t = time.perf_counter()
     pipeline(-1)  # the process's first run: its allocations fault fresh pages in, regexes compile
     cold = time.perf_counter() - t
     walls.clear()
     cpus.clear()
     for run in range(runs):
+        references.append(machine_reference())
         pipeline(run)
+    references.append(machine_reference())
     sizing = "with" if sized else "without"
     print(f"one core, {lines:,} lines, {sizing} the size option, {runs} runs (µs/line):")
     print(f"  {'stage (best run)':34s} {'wall':>6s} {'CPU':>6s}")
@@ -440,7 +446,31 @@ def stages(
         f" runs {', '.join(f'{lines / t:,.0f}' for t in totals)})"
     )
     print(f"  {'first (cold) run, not counted':34s} {cold / lines * 1e6:6.2f}")
+    print(
+        f"  machine reference (fixed work, no logq code): {statistics.median(references):.1f} ms"
+        f" median, runs {', '.join(f'{r:.1f}' for r in references)}"
+    )
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+@functools.cache
+def _reference_text() -> bytes:
+    """7 MB of the bench's lines (their times aside, the same every run)."""
+    return "\n".join(line for _, _, line in make_lines(30_000, seed=3)).encode()
+
+
+def machine_reference() -> float:
+    """Milliseconds of a fixed piece of work that runs no logq code (zstd level 1, the Parquet
+    writer's codec, over :func:`_reference_text`, and a pure-Python loop), timed between the
+    stages' runs. This VM's speed drifts by a third between spells: when the stages are slow
+    and the reference is slow by as much, the machine was slow, not the code."""
+    text = _reference_text()
+    t = time.perf_counter()
+    pa.compress(text, codec="zstd", asbytes=True)
+    total = 0
+    for i in range(1_000_000):
+        total += i & 7
+    return (time.perf_counter() - t) * 1000
 
 
 def main() -> int:
