@@ -27,8 +27,11 @@ def fill_intervals(
     """Every ``step``-second interval of ``[since, until)`` in order, zeros where ``rows`` has none.
 
     ``rows`` are ``(interval start, count, count, ...)`` as the timeline query returns them
-    (aware from DuckDB, naive UTC from Athena). No rows at all stays no rows, so an empty range
-    still gets its "why" note instead of a chart of zeros.
+    (aware from DuckDB, naive UTC from Athena). Intervals stay on ``step`` boundaries (as in
+    Grafana), but the query counts only rows from ``since`` on: a ``since`` inside an interval
+    labels that first one, so its row says where its counts begin (``--since 08:30 --every 1h``
+    is one row, 08:30, not an 08:00 that would claim the half hour before). No rows at all
+    stays no rows, so an empty range still gets its "why" note instead of a chart of zeros.
     """
     if not rows:
         return []
@@ -42,9 +45,44 @@ def fill_intervals(
     out: list[tuple[Any, ...]] = []
     t = key(since)
     while t < until.timestamp():
-        out.append((datetime.fromtimestamp(t, UTC), *got.get(t, (0,) * width)))
+        start = max(datetime.fromtimestamp(t, UTC), since.astimezone(UTC))
+        out.append((start, *got.get(t, (0,) * width)))
         t += step
     return out
+
+
+def partial_notes(rows: Sequence[Sequence[Any]], until: datetime, step: int) -> list[str]:
+    """What says the first or last of ``rows`` (:func:`fill_intervals`'s) is an interval cut
+    short by the range: a shorter bar or a smaller count there is the range, not the traffic.
+
+    The first is partial when it starts off a ``step`` boundary (the range began inside it),
+    the last when it would end after ``until`` (the range ends inside it, e.g. now).
+    """
+    if not rows or not step:
+        return []
+    notes = []
+    first = _aware(rows[0][0])
+    if int(first.timestamp() * 1000) % (step * 1000):
+        notes.append(
+            f"the first interval is partial: the range starts at {first:%H:%M:%S} UTC, "
+            f"inside the interval from {_boundary(first, step):%H:%M:%S}"
+        )
+    last = _aware(rows[-1][0])
+    if _boundary(last, step).timestamp() + step > until.timestamp():
+        notes.append(
+            f"the last interval is partial: the range ends at {until.astimezone(UTC):%H:%M:%S} UTC"
+        )
+    return notes
+
+
+def _aware(ts: datetime) -> datetime:
+    """``ts`` in UTC (Athena's timestamps are naive UTC)."""
+    return ts.astimezone(UTC) if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+def _boundary(ts: datetime, step: int) -> datetime:
+    """The start of the ``step``-second interval holding ``ts``."""
+    return datetime.fromtimestamp(int(ts.timestamp()) // step * step, UTC)
 
 
 def bar(value: float, scale: float, width: int) -> str:
@@ -78,8 +116,9 @@ def render_timeline(
     that gave up, often on a slow upstream) is neither ok nor an HTTP error: it gets its own
     cells, so a wave of clients timing out does not draw as healthy traffic.
 
-    With ``until`` and ``step``: a last interval that ends after ``until`` (the range ends
-    inside it, e.g. now) is marked, so that its shorter bar does not read as a drop."""
+    With ``until`` and ``step``: a first interval the range starts inside, and a last one
+    that ends after ``until`` (the range ends inside it, e.g. now), are marked
+    (:func:`partial_notes`), so that a shorter bar does not read as a drop."""
     from rich.text import Text
 
     from cli.output import console as make_console
@@ -116,17 +155,9 @@ def render_timeline(
         line.append(cells(gone, peak, bar_width, GONE_GLYPH), style="magenta")
         console.print(line, overflow="crop", no_wrap=True)
     console.print(columns)  # again below: the end of a long chart is where one reads it
-    if until is not None and step and rows:
-        last = rows[-1][0]
-        last = last if last.tzinfo is not None else last.replace(tzinfo=UTC)
-        if last.timestamp() + step > until.timestamp():
-            console.print(
-                Text(
-                    f"the last interval is partial: the range ends at "
-                    f"{until.astimezone(UTC):%H:%M:%S} UTC",
-                    style="dim",
-                )
-            )
+    if until is not None:
+        for text in partial_notes(rows, until, step):
+            console.print(Text(text, style="dim"))
 
 
 def _no_response(row: Sequence[Any]) -> int:

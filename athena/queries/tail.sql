@@ -1,5 +1,7 @@
 -- tail: the newest container_logs lines (application output, Envoy's own lines, unparsed access
 -- lines), newest first; the CLI prints them oldest first. --grep is a regular expression.
+-- No total_rows column: a count over every matching line would keep them all, messages
+-- included; the CLI asks for one row more than --limit (row_limit) to know it cut.
 -- Parameters: dt_from, dt_to, since, until, all_services, services, stream, grep, row_limit.
 SELECT
   "timestamp",

@@ -1,7 +1,7 @@
 -- timeline: requests, 4xx, 5xx and code-0 responses (no_response: the client went away before
 -- Envoy answered) per interval of every_seconds, oldest first. Buckets with no requests are
--- absent here; the CLI fills them with zeros for the chart. no_response is drawn by the chart
--- and not printed in json/csv, whose columns stay bucket, requests, errors_4xx, errors_5xx.
+-- absent here; the CLI fills them with zeros. Buckets start on every_seconds boundaries, but
+-- only rows in [since, until) count: the CLI labels a first bucket that since cuts with since.
 -- Parameters: the common filter set, every_seconds.
 SELECT
   from_unixtime(floor(to_unixtime("timestamp") / :every_seconds) * :every_seconds) AS bucket,

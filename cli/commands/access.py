@@ -201,7 +201,12 @@ def timeline(
 ) -> None:
     """Requests and errors per interval: a chart in the terminal, rows in json/csv.
 
-    With --limit N, the newest N intervals of the range.
+    Intervals start on --every boundaries (UTC), but only requests in [--since, --until) are
+    counted: when --since falls inside an interval (--since 08:30 --every 1h), that first
+    interval is labelled with --since and is partial, as is a last one that --until (or now)
+    cuts; the chart says so below it, other formats on stderr. Columns: bucket, requests,
+    errors_4xx, errors_5xx, no_response (response code 0: the client went away before Envoy
+    answered; drawn as 0 in the chart). With --limit N, the newest N intervals of the range.
     """
     from cli import runner
     from cli.output import OutputFormat
@@ -211,42 +216,36 @@ def timeline(
 
         step = int(parse_interval(every).total_seconds())
         prep = runner.prepare(common, "timeline", "envoy_access", {"every_seconds": step})
-        _align_start(prep, step)
-        buckets = (prep.trange.until - prep.trange.since).total_seconds() / step
-        if buckets > 5000:
-            raise ValueError(
-                f"--every {every} over this range makes {buckets:,.0f} intervals (max 5,000); "
-                "use a larger --every or a shorter range"
-            )
+        _check_intervals(prep, step, every)
         result = runner.execute(common, prep)
         if result is None:
             return
-        from cli.chart import fill_intervals, render_timeline
+        from cli.chart import fill_intervals, partial_notes, render_timeline
+        from cli.notes import note
 
         rows = fill_intervals(result.rows, prep.trange.since, prep.trange.until, step)
+        cut = len(rows)
         if common.limit:
             rows = rows[-common.limit :]  # the newest intervals: where an incident is
         if common.fmt is OutputFormat.table and rows:
             render_timeline(rows, every, until=prep.trange.until, step=step)
-            return
-        # The chart's no_response count stays out of json/csv: their columns are unchanged.
-        shown = [c for c in result.columns if c != "no_response"]
-        rows = [r[: len(shown)] for r in rows]
-        runner.show(common, result, prep, "timeline", columns=shown, rows=rows)
+        else:
+            runner.show(common, result, prep, "timeline", rows=rows)
+            for text in partial_notes(rows, prep.trange.until, step):
+                note(f"logq: {text}")
+        if cut > len(rows):
+            note(f"logq: showing the newest {len(rows):,} of {cut:,} intervals (raise --limit)")
 
 
-def _align_start(prep: Any, step: int) -> None:
-    """Start the range at an interval boundary (``--since 1h --every 10m`` at 10:37 starts at
-    09:30): a first interval cut short would read as a drop in traffic."""
-    from datetime import UTC, datetime
-
-    from athena.timerange import TimeRange
-
-    since = prep.trange.since
-    aligned = datetime.fromtimestamp(int(since.timestamp()) // step * step, UTC)
-    if aligned != since:
-        prep.trange = TimeRange(aligned, prep.trange.until)
-        prep.params.update(prep.trange.sql_params())
+def _check_intervals(prep: Any, step: int, every: str) -> None:
+    """Refuse a range of over 5,000 intervals (counted from the interval --since falls in)."""
+    since = int(prep.trange.since.timestamp()) // step * step
+    buckets = (prep.trange.until.timestamp() - since) / step
+    if buckets > 5000:
+        raise ValueError(
+            f"--every {every} over this range makes {buckets:,.0f} intervals (max 5,000); "
+            "use a larger --every or a shorter range"
+        )
 
 
 @query_command(without=REQUEST_FILTERS, since="1d", limit=500)

@@ -30,10 +30,12 @@ def sql(
     SHOW STATS FOR, CREATE TABLE AS) is refused: put the conditions in the statement. A
     --service missing from a table's service list on Athena is named (exit 3 if the answer is
     empty and no --service is in the list).
-    Locally only queries run (SELECT, WITH, VALUES, EXPLAIN [ANALYZE] of a query, DESCRIBE,
-    SHOW) over the warehouse tables: DuckDB would otherwise let a statement write or read any
-    file (COPY ... TO, read_text) or change settings. To filter by path or method, say so in
-    the statement (WHERE starts_with(path, '/api') AND method = 'GET').
+    Locally only queries run (SELECT, WITH, VALUES, EXPLAIN [ANALYZE] of a query, DESCRIBE)
+    over the warehouse tables: DuckDB would otherwise let a statement write or read any file
+    (COPY ... TO, read_text) or change settings. SHOW TABLES and SHOW COLUMNS FROM <table>
+    answer as on Athena (tab_name, field); other SHOW statements need --engine athena. To
+    filter by path or method, say so in the statement (WHERE starts_with(path, '/api') AND
+    method = 'GET').
     """
     from cli import runner
     from cli.explain import NO_DATA_EXIT, note_unknown_services
@@ -50,6 +52,15 @@ def sql(
         else:
             from athena.queries import tables_of
             from athena.schema import TABLES
+            from cli.commands.sql_show import show_answer
+
+            catalog = show_answer(statement)  # SHOW TABLES / COLUMNS: DuckDB has no catalog
+            if catalog is not None:
+                if common.dry_run:
+                    sys.stdout.write("-- answered from the table definitions: no query runs\n")
+                else:
+                    runner.show(common, catalog)
+                return
 
             explain, query = split_explain(statement)
             check_read_only(query, inner=explain is not None)

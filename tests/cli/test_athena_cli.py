@@ -152,6 +152,29 @@ def test_timeline_on_athena_fills_intervals(logq, moto: str) -> None:
     ]
 
 
+def test_timeline_on_athena_counts_from_since(logq, moto: str) -> None:
+    """--since inside an interval: Athena is asked for rows from --since (not from the
+    interval's start) and the first row, Athena's naive UTC interval start, is labelled
+    --since and said to be partial."""
+    queue_result(
+        moto,
+        [("bucket", "timestamp"), ("requests", "bigint"), ("errors_4xx", "bigint"),
+         ("errors_5xx", "bigint"), ("no_response", "bigint")],
+        [["2026-11-28 00:00:00.000", 5, 1, 2, 1], ["2026-11-28 00:01:00.000", 7, 0, 0, 0]],
+    )  # fmt: skip
+    run = logq(
+        "timeline", "--since", "2026-11-28T00:00:30Z", "--until", "2026-11-28T00:02:00Z",
+        "-f", "json", *ATHENA,
+    )  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    assert "2026-11-28 00:00:30.000" in executions(moto)[-1]["Query"]
+    assert [(r["bucket"], r["requests"], r["no_response"]) for r in run.json()] == [
+        ("2026-11-28T00:00:30.000Z", 5, 1),
+        ("2026-11-28T00:01:00.000Z", 7, 0),
+    ]
+    assert "the first interval is partial: the range starts at 00:00:30 UTC" in run.stderr
+
+
 def test_trace_on_athena_finds_a_request_in_the_newest_hour(logq, moto: str) -> None:
     """Athena returns naive UTC timestamps: the first, newest-hour look compared them with an
     aware bound and crashed, the usual case of a trace (the request is recent)."""

@@ -133,34 +133,62 @@ def test_top(logq, warehouse: Warehouse, by: str) -> None:
 
 
 def test_timeline_rows_fill_empty_intervals(logq, warehouse: Warehouse) -> None:
-    """--since 22:45 with --every 10m starts at 22:40: the first interval is whole, not cut
-    short (a short first bar read as a drop in traffic)."""
+    """--since 22:45 with --every 10m: intervals stay on 10-minute boundaries, but only rows
+    from 22:45 count, and the first row is labelled 22:45 (an 22:40 row that counted from
+    22:40 answered for five minutes nobody asked about); stderr says it is partial."""
     run = logq("timeline", "-s", "billing", "--every", "10m", "--warehouse", warehouse.uri, *WIDE)
-    df = warehouse.access
-    df = df[(df["timestamp"] >= pd.Timestamp("2026-11-27T22:40Z")) & (df["timestamp"] < UNTIL)]
-    df = df[df["service"] == "billing"]
-    assert (df["timestamp"] < pd.Timestamp(SINCE)).any()  # rows the aligned start takes in
+    assert run.exit_code == 0, run.stderr
+    df = scoped(warehouse.access, ["billing"])
+    assert (df["timestamp"] >= pd.Timestamp(SINCE)).all()
+    early = warehouse.access[warehouse.access["service"] == "billing"]["timestamp"]
+    assert early.between(pd.Timestamp("2026-11-27T22:40Z"), pd.Timestamp(SINCE)).any()
     buckets = pd.date_range("2026-11-27T22:40Z", "2026-11-28T00:10Z", freq="10min")
     floor = df["timestamp"].dt.floor("10min")
     want = [
         {
-            "bucket": iso(b),
+            "bucket": iso(max(b, pd.Timestamp(SINCE))),
             "requests": int((floor == b).sum()),
             "errors_4xx": int(((floor == b) & df["response_code"].between(400, 499)).sum()),
             "errors_5xx": int(((floor == b) & (df["response_code"] >= 500)).sum()),
+            "no_response": int(((floor == b) & (df["response_code"] < 100)).sum()),
         }
         for b in buckets
     ]
     assert run.json() == want
-    assert want[0]["requests"] > 0
+    assert want[0]["requests"] > 0 and want[0]["bucket"] == "2026-11-27T22:45:00.000Z"
+    assert (
+        "the first interval is partial: the range starts at 22:45:00 UTC, inside the interval "
+        "from 22:40:00" in run.stderr
+    )
+    assert "last interval" not in run.stderr  # 00:20 ends an interval
+    chart = logq("timeline", "-s", "billing", "--every", "10m", "--warehouse", warehouse.uri,
+                 *WIDE[:-2])  # fmt: skip
+    assert f"{sum(r['requests'] for r in want):,} total" in chart.stdout
+    first = next(ln for ln in chart.stdout.splitlines() if ln.strip().startswith("11-27"))
+    assert first.split()[:3] == ["11-27", "22:45", str(want[0]["requests"])]  # the day changes
+    assert "the first interval is partial" in chart.stdout
+
+
+def test_timeline_since_is_not_moved_on_athena(logq, warehouse: Warehouse) -> None:
+    """The Athena SQL (--dry-run prints it with its values) keeps --since as given: the
+    interval boundary it falls in used to replace it there too."""
+    run = logq(
+        "timeline", "--every", "1h", "--since", "2026-11-28T00:30:00Z", "--until",
+        "2026-11-28T01:00:00Z", "--engine", "athena", "--athena-output", "s3://results/",
+        "--warehouse", "s3://bucket/wh", "--dry-run",
+    )  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    assert "2026-11-28 00:30:00.000" in run.stdout and "2026-11-28 00:00:00.000" not in run.stdout
 
 
 def test_timeline_limit_keeps_the_newest_intervals(logq, warehouse: Warehouse) -> None:
     args = ("timeline", "-s", "billing", "--every", "10m", "--warehouse", warehouse.uri, *WIDE)
     every = logq(*args).json()
-    newest = logq(*args, "--limit", "2").json()
+    newest = logq(*args, "--limit", "2")
     assert len(every) > 2
-    assert newest == every[-2:]
+    assert newest.json() == every[-2:]
+    assert f"showing the newest 2 of {len(every)} intervals (raise --limit)" in newest.stderr
+    assert "intervals" not in logq(*args, "--limit", str(len(every))).stderr
 
 
 def test_timeline_zero_buckets_and_chart(logq, tmp_path) -> None:
@@ -196,7 +224,7 @@ def test_timeline_zero_buckets_and_chart(logq, tmp_path) -> None:
 
 def test_timeline_draws_code_0_apart_from_ok(logq, tmp_path) -> None:
     """Response code 0 (the client went away first) is neither ok nor a 4xx/5xx: the chart
-    gives it its own cells and says how many; json keeps its four columns."""
+    gives it its own cells and says how many; json and csv carry it as no_response."""
     uri = str(tmp_path / "wh")
     frame = access_frame(40, utc(2026, 1, 1, 10, 0), utc(2026, 1, 1, 10, 1), ["s"], seed=1)
     frame["response_code"] = [0] * 30 + [200] * 10
@@ -210,7 +238,13 @@ def test_timeline_draws_code_0_apart_from_ok(logq, tmp_path) -> None:
     assert cells.count("0") >= 3 * cells.count("█") > 0, bar  # 30 gone, 10 ok: not 40 ok
     rows = logq("timeline", *args, "--warehouse", uri, "-f", "json").json()
     assert rows == [
-        {"bucket": "2026-01-01T10:00:00.000Z", "requests": 40, "errors_4xx": 0, "errors_5xx": 0}
+        {"bucket": "2026-01-01T10:00:00.000Z", "requests": 40, "errors_4xx": 0, "errors_5xx": 0,
+         "no_response": 30}
+    ]  # fmt: skip
+    csv_rows = logq("timeline", *args, "--warehouse", uri, "-f", "csv").stdout.splitlines()
+    assert csv_rows == [
+        "bucket,requests,errors_4xx,errors_5xx,no_response",
+        "2026-01-01T10:00:00.000Z,40,0,0,30",
     ]
 
 
@@ -250,6 +284,26 @@ def test_tail_stream_grep_limit_oldest_first(logq, warehouse: Warehouse) -> None
                 "--since", SINCE, "--until", UNTIL, "--limit", "2")  # fmt: skip
     lines = text.stdout.splitlines()
     assert len(lines) == 2 and all(" recipe app!| ERROR" in ln for ln in lines)
+
+
+def test_tail_says_when_limit_cut_older_lines(logq, warehouse: Warehouse) -> None:
+    """tail printed the newest --limit lines and said nothing: output starting hours after
+    --since read as a quiet service. One line more than --limit is fetched to know."""
+    df = scoped(warehouse.logs, ["recipe"])
+    args = ("tail", "-s", "recipe", "--since", SINCE, "--until", UNTIL, "--warehouse",
+            warehouse.uri)  # fmt: skip
+    cut = logq(*args, "--limit", "5", "-f", "json")
+    assert cut.exit_code == 0, cut.stderr
+    newest = df.sort_values("timestamp").tail(5)
+    assert [r["message"] for r in cut.json()] == list(newest["message"])
+    assert (
+        f"logq: showing the newest 5 lines, from {iso(newest['timestamp'].iloc[0])}; older lines "
+        "from 2026-11-27T22:45:00.000Z on match too (raise --limit, or narrow --since)"
+    ) in cut.stderr
+    text = logq(*args, "--limit", "5")
+    assert len(text.stdout.splitlines()) == 5 and "showing the newest 5 lines" in text.stderr
+    whole = logq(*args, "--limit", str(len(df)), "-f", "csv")
+    assert len(whole.stdout.splitlines()) == len(df) + 1 and "showing" not in whole.stderr
 
 
 def test_tail_bad_regex_is_clear(logq, warehouse: Warehouse) -> None:

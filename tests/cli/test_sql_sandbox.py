@@ -238,6 +238,45 @@ def test_show_runs_without_sqlglot_noise(logq, warehouse: Warehouse) -> None:
     assert run.exit_code == 0 and run.stderr == ""
 
 
+def test_show_tables_and_columns_answer_as_athena(logq, warehouse: Warehouse) -> None:
+    """DuckDB's SHOW TABLES listed nothing (the tables are registered only when a statement
+    names them): an empty answer read as "no tables". SHOW COLUMNS FROM t, Athena's form, was
+    a DuckDB parse error. Both answer as Athena does; DESCRIBE gives the same columns."""
+    uri = warehouse.uri
+    tables = logq("sql", "SHOW TABLES", "-f", "json", "--warehouse", uri)
+    assert tables.exit_code == 0, tables.stderr
+    assert tables.json() == [{"tab_name": "container_logs"}, {"tab_name": "envoy_access"}]
+    some = logq("sql", "show tables in logq '*logs|nothing'", "-f", "json", "--warehouse", uri)
+    assert some.json() == [{"tab_name": "container_logs"}]
+    described = logq("sql", "DESCRIBE envoy_access", "-f", "json", "--warehouse", uri).json()
+    for statement in (
+        "SHOW COLUMNS FROM envoy_access",
+        "SHOW COLUMNS IN logq.envoy_access",
+        "show columns in `envoy_access` in logq",
+    ):
+        run = logq("sql", statement, "-f", "json", "--warehouse", uri)
+        assert run.exit_code == 0, (statement, run.stderr)
+        fields = [r["field"] for r in run.json()]
+        assert sorted(fields) == sorted(r["column_name"] for r in described), statement
+        assert fields[-2:] == ["service", "dt"]  # partition columns last, as Athena lists them
+    unknown = logq("sql", "SHOW COLUMNS FROM nope", "--warehouse", uri)
+    assert unknown.exit_code == 2
+    assert "unknown table 'nope'; the tables are envoy_access" in one_line_error(unknown.stderr)
+
+
+@pytest.mark.parametrize(
+    "statement", ["SHOW DATABASES", "SHOW ALL TABLES", "SHOW PARTITIONS envoy_access"]
+)
+def test_other_show_statements_say_what_works(logq, warehouse: Warehouse, statement: str) -> None:
+    """DuckDB answers some SHOW statements about itself (SHOW DATABASES: its in-memory
+    "memory"), not about the warehouse: refused, naming what the local engine answers."""
+    run = logq("sql", statement, "--warehouse", warehouse.uri)
+    assert run.exit_code == 2 and run.stdout == ""
+    line = one_line_error(run.stderr)
+    assert "answers SHOW TABLES, SHOW COLUMNS FROM <table>, and DESCRIBE" in line
+    assert "--engine athena" in line
+
+
 def test_warehouse_files_cannot_be_overwritten(logq, tmp_path: Path) -> None:
     """The one write the DuckDB sandbox alone would let through: a COPY onto a file the views
     read, without a temp file. The statement check refuses it in every disguise."""
