@@ -291,13 +291,23 @@ def _newest_at_or_before(col: pa.ChunkedArray, before: datetime) -> datetime | N
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if not pa.types.is_timestamp(col.type):  # epoch milliseconds of the first writers
-        col = pc.cast(pc.cast(col, pa.int64()), pa.timestamp("ms", tz="UTC"))
-    elif col.type.tz is None:
-        col = pc.cast(col, pa.timestamp(col.type.unit, tz="UTC"))
+    col = _utc_times(col)
     kept = col.filter(pc.less_equal(col, pa.scalar(before, col.type)))
     value = scalar_value(pc.max(kept)) if len(kept) else None
     return None if value is None else value.astimezone(UTC)
+
+
+def _utc_times(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A ``timestamp`` column as aware UTC times, comparable with an aware datetime (the first
+    writers stored plain epoch milliseconds; a naive timestamp is UTC)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not pa.types.is_timestamp(col.type):
+        return pc.cast(pc.cast(col, pa.int64()), pa.timestamp("ms", tz="UTC"))
+    if col.type.tz is None:
+        return pc.cast(col, pa.timestamp(col.type.unit, tz="UTC"))
+    return col
 
 
 #: Parquet's ``timeUnit`` names and Arrow's, as Arrow's unit strings.
@@ -325,3 +335,70 @@ def from_epoch(value: int, unit: str) -> datetime:
 
     micros = {"s": value * 1_000_000, "ms": value * 1000, "us": value, "ns": value // 1000}[unit]
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+
+
+class Ahead(NamedTuple):
+    """Rows stamped after a time (a source whose clock runs ahead): how many, and the latest."""
+
+    rows: int
+    newest: datetime
+
+
+def rows_after(
+    wh: Warehouse,
+    table: str,
+    services: list[str] | None,
+    after: datetime,
+    planned: list[Partition] | None = None,
+) -> Ahead | None:
+    """The rows of ``services`` (None: all) stamped after ``after``; None when there are none.
+
+    Only the hours from ``after``'s on can hold such rows: their folders are listed (one
+    listing per service for its hours, one per such hour for its files); only a file whose
+    footer says it reaches past ``after`` has its ``timestamp`` column read. ``planned``
+    (partitions a query already listed) stands in for the listing of every service's hours
+    on S3 without ``services`` (1 + 2N round trips), at the price of missing hours not yet
+    planned. Runs only once rows ahead were seen, never with every query.
+    """
+    from athena.partitions import Partition, list_dts, list_files, list_services
+
+    first = dt_of(after)
+    if services is None and wh.is_s3:
+        parts = [p for p in planned or [] if p.dt >= first]
+    else:
+        chosen = list_services(wh, table) if services is None else services
+        parts = [
+            Partition(table, svc, dt, list_files(wh, wh.path(table, f"service={svc}", f"dt={dt}")))
+            for svc in chosen
+            for dt in list_dts(wh, table, svc)
+            if dt >= first
+        ]
+    counted = [_after_in_file(wh, f.path, after) for p in parts for f in p.files]
+    found = [c for c in counted if c is not None]
+    if not found:
+        return None
+    return Ahead(sum(c.rows for c in found), max(c.newest for c in found))
+
+
+def _after_in_file(wh: Warehouse, path: str, after: datetime) -> Ahead | None:
+    """Rows of one file stamped after ``after`` (its column read only when its footer's
+    largest time is after it)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from athena.engines.local import unreadable_file
+
+    top = footer_bound(wh, path)
+    if top is None or top <= after:
+        return None
+    try:
+        col = pq.read_table(path, columns=["timestamp"], filesystem=wh.fs)["timestamp"]
+    except (pa.ArrowException, OSError) as exc:
+        raise unreadable_file(path, exc) from exc
+    col = _utc_times(col)
+    late = col.filter(pc.greater(col, pa.scalar(after, col.type)))
+    if not len(late):
+        return None
+    newest = scalar_value(pc.max(late))
+    return Ahead(len(late), newest.astimezone(UTC))

@@ -76,13 +76,18 @@ def projected_hours(trange: TimeRange, now: datetime | None = None) -> int:
     """The ``dt`` values of ``trange`` that the projection (``PROJECTION_START,NOW``) holds:
     hours before 2020 or after the current one are never projected, so ``--since 0001-01-01``
     is not 18 million."""
+    inside = projected_range(trange, now)
+    return 0 if inside is None else inside.hour_count()
+
+
+def projected_range(trange: TimeRange, now: datetime | None = None) -> TimeRange | None:
+    """The part of ``trange`` the ``dt`` projection covers (None: none of it), so that what
+    ``--dry-run`` lists and the count it prints are the same hours."""
     now = (now or datetime.now(UTC)).astimezone(UTC)
     first = parse_dt(PROJECTION_START)
     after_now = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     start, end = max(trange.since, first), min(trange.until, after_now)
-    if start >= end:
-        return 0
-    return TimeRange(start, end).hour_count()
+    return TimeRange(start, end) if start < end else None
 
 
 def service_enum(database: str, table: str, region: str | None) -> ServiceEnum | None:

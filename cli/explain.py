@@ -18,6 +18,7 @@ from cli.notes import note_once
 from cli.options import Common, EngineName
 
 if TYPE_CHECKING:
+    from athena.freshness import Ahead
     from athena.projection import ServiceEnum
     from athena.warehouse import Warehouse
     from cli.runner import Prepared
@@ -440,6 +441,10 @@ def note_stale(common: Common, prep: Prepared) -> None:
     the warehouse when ``--warehouse`` names the s3:// location and ``--service`` names the
     services, and is skipped otherwise (a second Athena query would add seconds and a 10 MB
     minimum charge to every call).
+
+    Rows stamped ahead of now (:func:`ahead_note`) replace the stale note for their service:
+    such a service is writing, with a clock ahead, so its newest row at or before now is old
+    by that much without any stall.
     """
     if common.until is not None or common.dry_run or prep.stale_checked:
         return
@@ -452,9 +457,7 @@ def note_stale(common: Common, prep: Prepared) -> None:
 
     from athena.engines.result import EngineError
     from athena.freshness import newest_data_quick, newest_in
-    from athena.timerange import as_utc, iso_utc
     from athena.warehouse import open_warehouse
-    from cli.output import since_text
 
     try:
         wh = open_warehouse(common.warehouse)
@@ -468,23 +471,90 @@ def note_stale(common: Common, prep: Prepared) -> None:
             else:
                 svcs = None if name is None else [name]
                 newest, ahead = newest_and_ahead(partial(newest_data_quick, wh, prep.table, svcs))
-            who = f"for {name}" if name else f"in {prep.table}"
-            if ahead is not None:
-                note_once(
-                    f"logq: note: rows {who} are stamped up to {iso_utc(ahead)}: "
-                    f"{since_text(ahead)} They are left out of the newest-data figures."
-                )
-            if newest is None:
-                continue
-            age = (prep.trange.until - as_utc(newest)).total_seconds()
-            if age > STALE_AFTER_SECONDS:
-                note_once(
-                    f"logq: note: newest data {who}: {iso_utc(newest)} ({human_age(age)} ago): "
-                    "rows after it may not be flushed yet or the pipeline is stalled (or there "
-                    "was no traffic since)"
-                )
+            note_freshness(common, prep, wh, name, newest, ahead, later_read=not parts)
     except (OSError, EngineError):
         return  # a note is best effort; the query itself reports storage failures
+
+
+def note_freshness(
+    common: Common,
+    prep: Prepared,
+    wh: Warehouse,
+    name: str | None,
+    newest: datetime | None,
+    seen: datetime | None,
+    later_read: bool = False,
+) -> None:
+    """The stale note, or the note on rows ahead of now, for one service (None: the table).
+
+    ``newest``: its newest row at or before now; ``seen``: the newest row ahead of now that
+    the footers read showed (None: none seen). A service with rows ahead writes, with a clock
+    ahead of this one: its newest row at or before now is old by that much without any stall,
+    so it gets :func:`ahead_note` instead of the stale note. Before a stale note the later
+    hours are looked at too, unless ``later_read`` says the newest hours were read already
+    (the footers of the partitions a query planned cover only its range): a clock hours
+    ahead, whose rows sit in later hour folders, is not called a stall either.
+    """
+    from athena.timerange import as_utc, iso_utc
+
+    who = f"for {name}" if name else f"in {prep.table}"
+    age = None if newest is None else (prep.trange.until - as_utc(newest)).total_seconds()
+    stale = age is not None and age > STALE_AFTER_SECONDS
+    if seen is not None or (stale and not later_read):
+        found = rows_ahead(wh, prep, None if name is None else [name])
+        if found is not None or seen is not None:
+            note_once(ahead_note(common, prep, who, found, seen))
+            return
+    if stale and newest is not None and age is not None:
+        note_once(
+            f"logq: note: newest data {who}: {iso_utc(newest)} ({human_age(age)} ago): "
+            "rows after it may not be flushed yet or the pipeline is stalled (or there "
+            "was no traffic since)"
+        )
+
+
+def rows_ahead(wh: Warehouse, prep: Prepared, services: list[str] | None) -> Ahead | None:
+    """The rows of ``services`` stamped after the answer's end (now) past the clock
+    tolerance: those a source whose clock runs ahead wrote (:func:`athena.freshness.rows_after`)."""
+    from datetime import timedelta
+
+    from athena.freshness import rows_after
+    from cli.output import CLOCK_TOLERANCE_SECONDS
+
+    after = prep.trange.until + timedelta(seconds=CLOCK_TOLERANCE_SECONDS)
+    return rows_after(wh, prep.table, services, after, prep.scopes.get(prep.table))
+
+
+def ahead_note(
+    common: Common, prep: Prepared, who: str, found: Ahead | None, seen: datetime | None
+) -> str:
+    """``N rows for S are stamped after now, up to T (a clock ahead of this one by up to X);
+    this answer ends now and holds none of them: to include them, add --until <ISO>``.
+
+    The answer ends at now (``--until`` not given), so rows a source with a fast clock wrote
+    are not in it: the note says how many (``found``; the count is left out in the rare case
+    only ``seen`` knows of them), by how much, and the ``--until`` that takes them in: an ISO
+    time, since a relative one counts back from now. Without ``--since`` it gives the answer's
+    start too: the default span would otherwise end at the new ``--until``.
+    """
+    import math
+    from datetime import timedelta
+
+    from athena.timerange import as_utc, iso_utc
+    from cli.output import span_text
+
+    now = prep.trange.until
+    times = [as_utc(t) for t in (found.newest if found else None, seen) if t is not None]
+    newest = max(times)
+    rows = f"{found.rows:,} " if found else ""
+    ahead = span_text(math.ceil((newest - now).total_seconds()))
+    until = (newest + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    start = "" if common.since else f" --since {iso_utc(prep.trange.since)}"
+    return (
+        f"logq: note: {rows}rows {who} are stamped after now, up to {iso_utc(newest)} "
+        f"(a clock ahead of this one by up to {ahead}); this answer ends now and holds none "
+        f"of them: to include them, add{start} --until {until:%Y-%m-%dT%H:%M:%SZ}"
+    )
 
 
 def human_age(seconds: float) -> str:

@@ -81,7 +81,8 @@ _COMMON: list[tuple[str, Any, Any]] = [
                 "--service",
                 "-s",
                 metavar="NAME",
-                help="Service to query (repeatable or comma-separated); all services when absent.",
+                help="Service to query (repeatable or comma-separated); all services when "
+                "absent (an empty value is an error).",
                 rich_help_panel=QUERY_PANEL,
                 autocompletion=_complete_service,
             ),
@@ -116,7 +117,10 @@ _COMMON: list[tuple[str, Any, Any]] = [
         Annotated[
             str | None,
             typer.Option(
-                help="Only request paths starting with this prefix.", rich_help_panel=QUERY_PANEL
+                help="Only request paths starting with this prefix; a route as printed, with "
+                "{id} for its ids (/api/v1/items/{id}), takes that route and those under it "
+                "(/api/v1/items/{id}/lines).",
+                rich_help_panel=QUERY_PANEL,
             ),
         ],
         None,

@@ -199,7 +199,7 @@ def age(ts: datetime, now: datetime | None = None) -> str:
 
     now = now or datetime.now(UTC)
     aware = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
-    return _span(max(0, int((now - aware).total_seconds())))
+    return span_text(max(0, int((now - aware).total_seconds())))
 
 
 def since_text(ts: datetime, now: datetime | None = None) -> str:
@@ -212,11 +212,11 @@ def since_text(ts: datetime, now: datetime | None = None) -> str:
     aware = ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
     ahead = int((aware - now).total_seconds())
     if ahead > CLOCK_TOLERANCE_SECONDS:
-        return f"in {_span(ahead)}, ahead of this clock: a source clock is wrong?"
+        return f"in {span_text(ahead)}, ahead of this clock: a source clock is wrong?"
     return f"{age(ts, now)} ago"
 
 
-def _span(seconds: int) -> str:
+def span_text(seconds: int) -> str:
     """``2h 5m``, ``42s``: a non-negative number of seconds in its largest two units."""
     parts = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):

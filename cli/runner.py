@@ -24,6 +24,7 @@ from cli.explain import (
 from cli.notes import forget_notes, note, shown
 from cli.options import Common, EngineName
 from cli.output import OutputFormat
+from cli.service_names import normalise_services
 
 if TYPE_CHECKING:
     from athena.engines.result import QueryResult
@@ -31,32 +32,6 @@ if TYPE_CHECKING:
     from athena.projection import Projected
     from athena.timerange import TimeRange
     from athena.warehouse import Warehouse
-
-
-def normalise_services(values: list[str] | None) -> list[str] | None:
-    """``--service`` values as stored partition values (None: all services).
-
-    Case is folded (the writer stores lower case); anything else the writer would have rewritten
-    is refused with the name it would be stored as, so a quote or a ``..`` never reaches a query.
-    """
-    if not values:
-        return None
-    from athena.schema import sanitize_service
-
-    out: list[str] = []
-    for v in values:
-        for part in v.split(","):
-            if part.strip():
-                name = sanitize_service(part)
-                if name != part.strip().lower():
-                    raise ValueError(
-                        f"--service {shown(part)} is not a service name (service names are "
-                        "stored as lower-case letters, digits, '_', '.', '-'); did you mean "
-                        f"{shown(name)}?"
-                    )
-                if name not in out:
-                    out.append(name)
-    return out or None
 
 
 def normalise_method(value: str | None) -> str:
@@ -107,18 +82,21 @@ def prepare(
     the command, so its --help shows them); ``default_since``/``default_limit`` override them.
     """
     from athena.queries import load
+    from athena.routes import path_filter
     from athena.timerange import TimeRange
 
     forget_notes()  # a new invocation (tests run many in one process) notes afresh
     trange = TimeRange.parse(
         common.since, common.until, default=default_since or common.default_since
     )
-    services = normalise_services(common.service)
+    services = normalise_services(common.service, common.warehouse)
+    paths = path_filter(common.path)
     params: dict[str, Any] = {
         **trange.sql_params(),
         "all_services": services is None,
         "services": services or [""],
-        "path_prefix": common.path or "",
+        "path_prefix": paths.prefix,
+        "path_route": paths.route,
         "method": normalise_method(common.method),
         "row_limit": common.limit or default_limit or common.default_limit,
         "raw_paths": False,
@@ -182,13 +160,19 @@ DRY_RUN_HOURS = 48
 
 
 def athena_partitions(prep: Prepared) -> list[str]:
-    """The partitions Athena's projection will read for a prepared query (for --dry-run)."""
+    """The partitions Athena's projection will read for a prepared query (for --dry-run): the
+    hours of the range its ``dt`` projection holds (2020 to now), as the count above them."""
+    from athena.projection import PROJECTION_START, projected_range
+
     svcs = prep.services or ["*"]
-    count = prep.trange.hour_count()
+    inside = projected_range(prep.trange)
+    if inside is None:
+        return [f"none: the range is outside the dt projection ({PROJECTION_START} to now)"]
+    count = inside.hour_count()
     if count > DRY_RUN_HOURS:
-        span = f"{prep.trange.dt_from}..{prep.trange.dt_to} ({count:,} hours)"
+        span = f"{inside.dt_from}..{inside.dt_to} ({count:,} hours)"
         return [f"{prep.table}/service={s}/dt={span}" for s in svcs]
-    hours = prep.trange.hours()
+    hours = inside.hours()
     return [f"{prep.table}/service={s}/dt={h}" for s in svcs for h in hours]
 
 

@@ -6,7 +6,8 @@
 -- fold neighbouring ids, the third a last segment. With raw_paths the path exactly as logged.
 -- total_rows: how many rows there are before the LIMIT. Requests are counted by the path without
 -- its query string first (raw), so the regular expressions run once per distinct path (routed).
--- Parameters: dt_from, dt_to, since, until, all_services, services (list), path_prefix, method,
+-- Parameters: dt_from, dt_to, since, until, all_services, services (list), path_prefix,
+-- path_route (a regex on path: --path given as a printed route, see athena/routes.py), method,
 -- raw_paths, status_min, status_max, row_limit.
 WITH raw AS (
   SELECT
@@ -21,6 +22,7 @@ WITH raw AS (
     AND "timestamp" >= CAST(:since AS timestamp)
     AND "timestamp" < CAST(:until AS timestamp)
     AND (:path_prefix = '' OR starts_with(path, :path_prefix))
+    AND (:path_route = '' OR regexp_like(path, :path_route))
     AND (:method = '' OR method = :method)
   GROUP BY 1, 2, 3, 4
 ),

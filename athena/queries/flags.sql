@@ -18,6 +18,7 @@ WITH counted AS (
     AND "timestamp" >= CAST(:since AS timestamp)
     AND "timestamp" < CAST(:until AS timestamp)
     AND (:path_prefix = '' OR starts_with(path, :path_prefix))
+    AND (:path_route = '' OR regexp_like(path, :path_route))
     AND (:method = '' OR method = :method)
   GROUP BY service, response_flags
 )

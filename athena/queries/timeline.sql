@@ -15,6 +15,7 @@ WHERE dt BETWEEN :dt_from AND :dt_to
   AND "timestamp" >= CAST(:since AS timestamp)
   AND "timestamp" < CAST(:until AS timestamp)
   AND (:path_prefix = '' OR starts_with(path, :path_prefix))
+  AND (:path_route = '' OR regexp_like(path, :path_route))
   AND (:method = '' OR method = :method)
 GROUP BY 1
 ORDER BY 1

@@ -22,6 +22,7 @@ WITH raw AS (
     AND "timestamp" >= CAST(:since AS timestamp)
     AND "timestamp" < CAST(:until AS timestamp)
     AND (:path_prefix = '' OR starts_with(path, :path_prefix))
+    AND (:path_route = '' OR regexp_like(path, :path_route))
     AND (:method = '' OR method = :method)
   GROUP BY 1, 2
 ),

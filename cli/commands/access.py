@@ -377,16 +377,18 @@ def _first_hop(result: Any) -> Any:
 
 def _unsearched_note(common: Common, request_id: str, rest: Any, first: Any) -> str:
     """What a newest-hour answer did not search, and the command that searches it: hops
-    before ``rest.until`` are not in the answer (``first``: its earliest hop)."""
-    import math
+    before ``rest.until`` are not in the answer (``first``: its earliest hop).
+
+    The times are exact (milliseconds when the range has them, as ``--since``/``--until``
+    take them): rounded out to whole seconds, the command overlapped the hour searched."""
     import shlex
-    from datetime import UTC, datetime
+
+    from athena.timerange import iso_utc
 
     def iso(t: Any) -> str:
-        return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return t.strftime("%Y-%m-%dT%H:%M:%SZ") if t.microsecond == 0 else iso_utc(t)
 
-    since = datetime.fromtimestamp(math.floor(rest.since.timestamp()), UTC)
-    until = datetime.fromtimestamp(math.ceil(rest.until.timestamp()), UTC)  # overlaps, no gap
+    since, until = rest.since, rest.until
     span = max(1, int((first - rest.until).total_seconds() // 60))
     command = f"logq trace {shlex.quote(request_id)} --since {iso(since)} --until {iso(until)}"
     for name in common.service or []:

@@ -107,7 +107,7 @@ def flag_scope(common: Common) -> tuple[list[str] | None, Any]:
     from athena.timerange import TimeRange
     from cli import runner
 
-    services = runner.normalise_services(common.service)
+    services = runner.normalise_services(common.service, common.warehouse)
     if not (common.since or common.until):
         return services, None
     return services, TimeRange.parse(common.since, common.until, open_start=True)
@@ -249,7 +249,7 @@ def ddl(
         uri = resolve_uri(warehouse)
         # The names as the query commands take them: a list split at commas, refused (with the
         # stored spelling) where the writer would have rewritten them.
-        names = normalise_services(service) or []
+        names = normalise_services(service, uri) or []
         if not names:
             from athena.freshness import known_services
             from cli.storage import check_bucket
@@ -360,7 +360,7 @@ def _services_local(common: Common) -> None:
         span = TimeRange.parse(common.since, common.until, open_start=True)
         hours = (span.dt_from, span.dt_to)
     wh = runner.check_local(open_warehouse(common.warehouse))
-    wanted = runner.normalise_services(common.service)
+    wanted = runner.normalise_services(common.service, common.warehouse)
     names = known_services(wh)
     unknown = [s for s in wanted or [] if s not in names]
     if names and wanted and unknown and len(unknown) < len(wanted):

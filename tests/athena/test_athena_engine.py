@@ -25,6 +25,7 @@ PARAMS = {
     "all_services": False,
     "services": ["recipe"],
     "path_prefix": "/api' OR '1'='1",
+    "path_route": "",
     "method": "",
     "row_limit": 20,
     "status_min": 500,

@@ -16,6 +16,7 @@ COMMON = {
     "all_services": False,
     "services": ["recipe"],
     "path_prefix": "",
+    "path_route": "",
     "method": "",
     "row_limit": 10,
     "status_min": 500,

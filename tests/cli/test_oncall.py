@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.athena.factory import access_frame, logs_frame, utc, write_frame
+from tests.athena.factory import access_frame, logs_frame, utc, write_frame, write_with_writer
 from tests.cli.conftest import Warehouse
 from tests.cli.routes import route
 
@@ -96,8 +96,12 @@ def test_rows_stamped_ahead_of_the_clock_do_not_read_as_fresh(logq, tmp_path: Pa
     said = re.search(r"newest data for checkout: (\S+) \(rows stamped up to (\S+): in [12]h[^,]*, "
                      r"ahead of this clock: a source clock is wrong\?\)", run.stdout)  # fmt: skip
     assert said and said.groups() == (_iso(newest), future), run.stdout
-    noted = re.search(r"newest data for checkout: (\S+) \(9m ago\)", run.stderr)
-    assert noted and noted.group(1) == _iso(newest), run.stderr
+    # stderr: the rows ahead are out of this answer (how many, and the --until that takes
+    # them in); no stale note, whose age a clock ahead makes meaningless.
+    noted = re.search(r"3 rows for checkout are stamped after now, up to (\S+) \(a clock ahead "
+                      r"of this one by up to [12]h", run.stderr)  # fmt: skip
+    assert noted and noted.group(1) == future, run.stderr
+    assert "newest data for checkout" not in run.stderr
     services = logq("services", "-s", "checkout", "-f", "json", "--warehouse", uri)
     [row] = json.loads(services.stdout)
     assert row["newest"] == _iso(newest), row  # the newest row not in the future (R2)
@@ -105,6 +109,44 @@ def test_rows_stamped_ahead_of_the_clock_do_not_read_as_fresh(logq, tmp_path: Pa
     assert re.search(ahead_note, services.stderr), services.stderr
     table = logq("services", "-s", "checkout", "--warehouse", uri)
     assert "(9m" in table.stdout and "ahead" not in table.stdout, table.stdout
+
+
+def test_rows_from_a_clock_ahead_are_said_to_be_out_of_the_answer(logq, tmp_path: Path) -> None:
+    """One source logs fine with a clock a few minutes fast (A1s18 #2): four 503s stamped 10
+    and 5 minutes ago and 2 and 4 minutes ahead, and one in a later hour folder (2 h ahead).
+    The answer ends now, so the three ahead are not in it: the note says so, counts them (the
+    later hour too), and gives an ``--until`` that, run as printed, counts all five. No "the
+    pipeline is stalled" note: the service is writing. Written by the aggregator's writer."""
+    now = _now()
+    offsets = [-600, -300, 120, 240, 7200]
+    frame = pd.concat(
+        [access_frame(1, now + timedelta(seconds=s), now + timedelta(seconds=s, milliseconds=1),
+                      ["skew"], seed=i) for i, s in enumerate(offsets)],
+        ignore_index=True,
+    )  # fmt: skip
+    frame["response_code"] = 503
+    uri = str(tmp_path / "wh")
+    write_with_writer(uri, "envoy_access", frame)
+    run = logq("errors", "-s", "skew", "--since", "15m", "-f", "json", "--warehouse", uri)
+    assert run.exit_code == 0, run.stderr
+    assert sum(r["count"] for r in run.json()) == 2  # the answer itself: [now-15m, now)
+    future = _iso(frame["timestamp"].max().to_pydatetime())
+    said = re.search(r"logq: note: 3 rows for skew are stamped after now, up to (\S+) \(a clock "
+                     r"ahead of this one by up to (1h 5\dm|2h)\); this answer ends now and "
+                     r"holds none of them: to include them, add --until (\S+)\n",
+                     run.stderr)  # fmt: skip
+    assert said and said.group(1) == future, run.stderr
+    assert "stalled" not in run.stderr and "newest data" not in run.stderr
+    again = logq("errors", "-s", "skew", "--since", "15m", "--until", said.group(3), "-f", "json",
+                 "--warehouse", uri)  # fmt: skip
+    assert again.exit_code == 0 and sum(r["count"] for r in again.json()) == 5, again.stderr
+    # Without --since the default span ends at --until: the hint keeps the answer's start.
+    bare = logq("errors", "-s", "skew", "-f", "json", "--warehouse", uri)
+    hint = re.search(r"add --since (\S+) --until (\S+)\n", bare.stderr)
+    assert hint, bare.stderr
+    rerun = logq("errors", "-s", "skew", "--since", hint.group(1), "--until", hint.group(2),
+                 "-f", "json", "--warehouse", uri)  # fmt: skip
+    assert sum(r["count"] for r in rerun.json()) == 5, rerun.stderr
 
 
 def test_no_stale_note_for_fresh_data_or_a_closed_window(logq, tmp_path: Path) -> None:

@@ -110,6 +110,30 @@ def test_a_newest_hour_answer_says_what_it_did_not_search(logq, tmp_path, ranges
     assert "searched only" not in rest.stderr  # that range is searched whole
 
 
+def test_the_command_for_the_rest_ends_where_the_search_began(logq, tmp_path, ranges) -> None:
+    """With an ``--until`` between two seconds, the newest hour starts there too: the note and
+    its command give that time to the millisecond (rounded up to the next second, the command
+    searched a second of the hour already searched, A1s18 #7e)."""
+    old, recent = UNTIL - timedelta(hours=3), UNTIL - timedelta(minutes=10)
+    until = UNTIL - timedelta(milliseconds=750)
+    uri = str(tmp_path / "wh")
+    frame = access_frame(300, SINCE, UNTIL, ["front", "recipe", "cart"], 5)
+    frame.loc[frame.index[:2], "request_id"] = "req-42"
+    frame.loc[frame.index[:2], "timestamp"] = [old, recent]
+    write_frame(uri, "envoy_access", frame)
+    run = logq("trace", "req-42", "--since", SINCE.isoformat(), "--until", _iso(until),
+               "-f", "json", "--warehouse", uri)  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    start = until - timedelta(hours=1)
+    assert ranges == [(start, until)]
+    assert f"(from {_iso(start)})" in run.stderr, run.stderr
+    command = run.stderr.split("`")[1]
+    assert f"--until {_iso(start)} " in command, command
+    rest = logq(*shlex.split(command)[1:], "-f", "json")
+    assert [r["timestamp"] for r in rest.json()] == [_iso(old)]
+    assert ranges[-1] == (SINCE, start)  # up to the newest hour's start, not a second into it
+
+
 def test_a_limit_that_cuts_hops_says_so(logq, tmp_path) -> None:
     hops = [UNTIL - timedelta(hours=5, milliseconds=m) for m in (0, 3, 8)]
     cut = _run(logq, tmp_path, hops, "--limit", "2")
