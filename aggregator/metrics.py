@@ -59,6 +59,11 @@ CLOSE_REASONS = (
     "buffer_error",
     "internal_error",
 )
+#: Every ``outcome`` of ``logq_aggregator_abandoned_messages_total`` (server.py), created at 0
+#: (see CLOSE_REASONS): ``dropped``, the client had closed the connection before the message was
+#: buffered (not stored: the client resends it); ``stored``, it closed while the message was
+#: being made durable (stored, and resent by the client: its lines may be stored twice).
+ABANDONED_OUTCOMES = ("dropped", "stored")
 #: Tables of ``logq_aggregator_rows_written_total`` (created at 0, see CLOSE_REASONS).
 TABLES = ("envoy_access", "container_logs")
 #: A service's own series (parse failures, rows outside the projection) are removed after this
@@ -172,6 +177,16 @@ class Metrics:
             "(a client resending after a lost ack)",
             registry=r,
         )
+        self.abandoned = Counter(
+            "logq_aggregator_abandoned_messages_total",
+            "Messages with a chunk id whose client closed the connection before their ack (it "
+            "gave up waiting, e.g. past its ack timeout while this aggregator was stalled, and "
+            "resends them): outcome=dropped, closed before they were buffered (not stored here); "
+            "outcome=stored, closed while they were being made durable (their lines may be "
+            "stored twice)",
+            ["outcome"],
+            registry=r,
+        )
         self.quarantined = Counter(
             "logq_aggregator_segments_quarantined_total",
             "Buffer segments set aside after failing with a data error (see docs/operations.md)",
@@ -200,6 +215,8 @@ class Metrics:
             self.connections_rejected.labels(reason)
         for table in TABLES:
             self.rows_written.labels(table)
+        for outcome in ABANDONED_OUTCOMES:
+            self.abandoned.labels(outcome)
         self._service_seen: dict[str, float] = {}
         self._swept_at: float | None = None
         """When idle services were last looked for (the clock of the first call before that)."""

@@ -133,6 +133,11 @@ class _Conn:
     not fed to the unpacker yet."""
     share: Share | None = None
     """What this connection holds of the server's in-flight byte budget."""
+    abandoned: list[int] = field(default_factory=list)
+    """Line counts of the messages with a chunk id not stored because the client had closed
+    the connection before they were buffered (see :func:`_peer_closed`), not yet reported."""
+    warned_abandoned: bool = False
+    """Whether this connection logged its WARNING about abandoned messages (once is enough)."""
 
     @property
     def client(self) -> str:
@@ -566,8 +571,15 @@ class ForwardServer:
     ) -> None:
         """Buffer the complete messages of ``unpacker`` (or the decoded JSON ``messages``),
         then ack them in the connection's own encoding once durable, and give their bytes
-        back to the in-flight budget."""
-        entries, error = self._store(conn, unpacker, messages)
+        back to the in-flight budget.
+
+        A message whose client has already closed the connection (it gave up waiting for the
+        ack, e.g. past its ack timeout while this process was stopped, and resends it here or
+        to another aggregator) is not stored when it carries a chunk id: it would be stored
+        twice. Its acks could not reach the client anyway. Checked again before the acks are
+        written, for messages the client gave up on while they were being made durable."""
+        entries, error = self._store(conn, unpacker, messages, _peer_closed(writer))
+        self._report_abandoned(conn)
         # Ack, in order, what is durable before a bad message or a failed write: it is in the
         # buffer either way, and an unacked copy would be resent and stored twice.
         waits = [w for w, _ in entries if w is not None]
@@ -586,6 +598,8 @@ class ForwardServer:
                     break
             if chunk is not None:
                 acks.append(chunk)
+        if acks and _peer_closed(writer):
+            self._stored_abandoned(conn, len(acks))
         if acks:
             encode = _json_ack if unpacker is None else wire.encode_ack
             writer.write(b"".join(encode(c) for c in acks))
@@ -594,11 +608,51 @@ class ForwardServer:
         if error is not None:
             raise error
 
+    def _report_abandoned(self, conn: _Conn) -> None:
+        """Count the messages :meth:`_store_one` did not store because their client was gone,
+        and tell the operator once per connection (a stalled aggregator can find dozens)."""
+        if not conn.abandoned:
+            return
+        messages, lines = len(conn.abandoned), sum(conn.abandoned)
+        conn.abandoned.clear()
+        self.metrics.abandoned.labels("dropped").inc(messages)
+        level = logging.INFO if conn.warned_abandoned else logging.WARNING
+        conn.warned_abandoned = True
+        log.log(
+            level,
+            "client %s closed its connection before %d messages it sent (%d lines) were "
+            "buffered: not stored here, the client resends them (it gave up waiting for their "
+            "acks: was this aggregator stalled, e.g. stopped, swapping or in a hung fsync, for "
+            "longer than the client's ack timeout?)",
+            conn.peer,
+            messages,
+            lines,
+        )
+
+    def _stored_abandoned(self, conn: _Conn, messages: int) -> None:
+        """Count and report acks that cannot reach their client: it closed the connection while
+        its messages were being made durable, so it resends them, and they are stored twice."""
+        self.metrics.abandoned.labels("stored").inc(messages)
+        log.warning(
+            "client %s closed its connection while %d messages it sent were being made durable: "
+            "they are stored, but their acks cannot reach it and it resends them (here, where "
+            "a resent chunk is recognised, or to another aggregator), so their lines may be "
+            "stored twice; a buffer fsync slower than the client's ack timeout does this (check "
+            "the --buffer-dir volume)",
+            conn.peer,
+            messages,
+        )
+
     def _store(
-        self, conn: _Conn, unpacker: msgpack.Unpacker | None, messages: list[Any] | None
+        self,
+        conn: _Conn,
+        unpacker: msgpack.Unpacker | None,
+        messages: list[Any] | None,
+        peer_closed: bool = False,
     ) -> tuple[list[tuple[asyncio.Future[None] | None, str | None]], ConnectionClosed | None]:
         """Decode and append the complete messages: for each, its fsync future (None: nothing
-        to store) and its chunk, and the error that stopped them, if one did.
+        to store) and its chunk, and the error that stopped them, if one did. ``peer_closed``:
+        the client has closed the connection, so messages with a chunk id are not stored.
 
         Apart from :meth:`_process` so that no decoded message, batch or frame outlives it:
         they are garbage before the fsync is awaited (N connections waiting for it would
@@ -610,7 +664,7 @@ class ForwardServer:
                 if unpacker is not None:
                     conn.boundary = unpacker.tell()
                 try:
-                    entries.append(self._store_one(conn, obj))
+                    entries.append(self._store_one(conn, obj, peer_closed))
                 except ConnectionClosed as exc:  # the buffer write failed
                     error = exc
                     break
@@ -630,11 +684,23 @@ class ForwardServer:
             messages.clear()
         return entries, error
 
-    def _store_one(self, conn: _Conn, obj: Any) -> tuple[asyncio.Future[None] | None, str | None]:
+    def _store_one(
+        self, conn: _Conn, obj: Any, peer_closed: bool = False
+    ) -> tuple[asyncio.Future[None] | None, str | None]:
         """Decode one message and append it to the buffer (unless it is a resend of a chunk
-        stored recently): its fsync future (None: nothing stored) and its chunk; ConnectionClosed
-        when the buffer write failed."""
+        stored recently, or the client gave it up): its fsync future (None: nothing stored) and
+        its chunk (None: no ack to write); ConnectionClosed when the buffer write failed.
+
+        A message with a chunk id whose client has closed the connection (``peer_closed``) is
+        given up by that client: it holds its lines until acked and resends them, so dropping
+        them is safe, and storing them would store them twice. A message without a chunk id
+        (fluent-logger, Fluent Bit or Fluentd without acks) is always stored: its client cannot
+        resend it."""
         batch, chunk, replaced = self._decode(obj)
+        if chunk is not None and peer_closed:
+            conn.acks = True
+            conn.abandoned.append(batch.num_rows)
+            return None, None
         key = (
             chunk_key(chunk, batch, conn.client, by_text=replaced)
             if chunk and batch.num_rows
@@ -730,6 +796,33 @@ class ForwardServer:
         if password is None:
             return False
         return hmac.compare_digest(digest, wire.password_digest(auth, username, password))
+
+
+#: TCP states (``tcpi_state`` of Linux's ``TCP_INFO``, ``include/net/tcp_states.h``) in which
+#: the peer has ended its side of a connection this server has not closed: its FIN was received
+#: (CLOSE_WAIT; LAST_ACK and CLOSING once ours went too) or it reset the connection (CLOSE).
+_PEER_ENDED_STATES = frozenset({7, 8, 9, 11})
+
+
+def _peer_closed(writer: asyncio.StreamWriter) -> bool:
+    """Whether the client has closed its side of the connection, which its kernel told ours
+    (FIN or RST) even while this process was stopped and before the bytes it sent earlier are
+    read: asked of the socket's TCP state, not of the stream (whose end-of-file comes only
+    after every byte before it was read). Clients that ask for acks (logq-shipper, Fluent Bit,
+    Fluentd's out_forward with ``require_ack_response``) keep the connection open until the
+    ack comes or they give up; only Fluentd without acks half-closes after sending, and its
+    messages carry no chunk id. False when it cannot be told (no ``TCP_INFO``: not Linux)."""
+    if writer.is_closing():  # TLS: the transport closes when the peer's close_notify comes
+        return True
+    sock = writer.get_extra_info("socket")
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    if sock is None or tcp_info is None:
+        return False
+    try:
+        state = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, 1)[0]
+    except OSError:
+        return False
+    return state in _PEER_ENDED_STATES
 
 
 def _note_partial(conn: _Conn, partial: bool) -> None:

@@ -1,0 +1,246 @@
+"""A client that gives up waiting for an ack (past its ack timeout) closes the connection and
+resends the message, here or to another aggregator. An aggregator that was stalled meanwhile (a
+SIGSTOP, a VM pause, heavy swapping) still finds the message in its socket when it resumes: it
+must not store it, or its lines are stored twice. A message without a chunk id is stored all
+the same: its client cannot resend it.
+
+The server tests run a :class:`aggregator.server.ForwardServer` in the test's event loop: while
+the test makes blocking socket calls the loop is held, which is the stall, and "the client
+closed before the server read" is a state the test holds (the kernel's TCP state of the
+server's socket is waited for), not a race. The last test runs two real aggregators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aggregator.metrics import Metrics
+from aggregator.server import ForwardServer, ServerLimits
+from shipper import wire
+from tests.aggregator.helpers import read_acks, read_table, record, start_aggregator
+from tests.aggregator.test_inflight import HeldBuffer, _until
+from tests.support.procs import wait_until
+
+pytestmark = pytest.mark.skipif(
+    sys.platform != "linux", reason="the server tells a closed peer by Linux's TCP_INFO"
+)
+
+#: ``st`` of /proc/net/tcp for CLOSE_WAIT: the peer's FIN was received.
+CLOSE_WAIT = "08"
+
+
+def _message(name: str, lines: int, chunk: bool = True) -> bytes:
+    now = time.time_ns()
+    entries = [
+        (now, record(f"{name} {i}", source_id=f"host/{name}", offset=i + 1)) for i in range(lines)
+    ]
+    return wire.encode_packed_forward(f"logq.{name}", entries, chunk=name if chunk else None)
+
+
+def _tcp_state(local_port: int, remote_port: int) -> str | None:
+    """The TCP state (``st``, hex) of the IPv4 socket ``local_port`` -> ``remote_port``."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state = fields[1], fields[2], fields[3]
+        if int(local.split(":")[1], 16) == local_port and int(remote.split(":")[1], 16) == (
+            remote_port
+        ):
+            return state
+    return None
+
+
+def _send_and_close(port: int, message: bytes) -> None:
+    """Blocking (the event loop, and so the server, is held): connect, send, close, and wait
+    until the server's end of the connection has the FIN (CLOSE_WAIT)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(message)
+        client_port = sock.getsockname()[1]
+    wait_until(lambda: _tcp_state(port, client_port) == CLOSE_WAIT, 15, "the FIN at the server")
+
+
+def _abandoned(metrics: Metrics, outcome: str) -> float:
+    return metrics.abandoned.labels(outcome)._value.get()
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+def test_a_message_whose_client_closed_before_it_was_read_is_not_stored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        buffer, metrics = HeldBuffer(), Metrics()
+        server = ForwardServer(buffer, metrics, ServerLimits())  # type: ignore[arg-type]
+        _, port = await server.start("127.0.0.1", 0)
+        try:
+            given_up = _message("given-up", 5) + _message("given-up-too", 3)
+            no_acks = _message("no-acks", 4, chunk=False)
+            # The stall: the loop runs none of the server's code while these calls block.
+            _send_and_close(port, given_up)
+            _send_and_close(port, no_acks)
+            total = len(given_up) + len(no_acks)
+            await _until(lambda: metrics.bytes_in._value.get() == total)
+
+            def durable_and_done() -> bool:
+                for wait in buffer.waits:  # whatever was appended is made durable
+                    if not wait.done():
+                        wait.set_result(None)
+                return not server._conns
+
+            await _until(durable_and_done)
+            # The message of the client that asked for no acks is stored: it cannot resend.
+            assert len(buffer.frames) == 1
+            assert b"no-acks 3" in buffer.frames[0]
+            assert _abandoned(metrics, "dropped") == 2
+            assert _abandoned(metrics, "stored") == 0
+            assert metrics.acks._value.get() == 0
+        finally:
+            await server.stop(grace=5)
+
+    with caplog.at_level("WARNING", logger="logq.aggregator.server"):
+        _run(scenario())
+    (warning,) = [r.getMessage() for r in caplog.records if "closed its connection" in r.message]
+    assert "before 2 messages it sent (8 lines) were buffered: not stored here" in warning
+
+
+def test_a_client_that_closes_while_its_message_is_made_durable_is_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The window the server cannot close: read, appended, the fsync slow (a degraded volume),
+    and the client gives up before it ends. The message is stored and its ack goes nowhere:
+    counted, and said, since the client's resend may store its lines a second time."""
+
+    async def scenario() -> None:
+        buffer, metrics = HeldBuffer(), Metrics()
+        server = ForwardServer(buffer, metrics, ServerLimits())  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+            writer.write(_message("slow-fsync", 5))
+            await _until(lambda: len(buffer.frames) == 1)  # appended, not durable yet
+            client_port = writer.get_extra_info("sockname")[1]
+            writer.close()
+            await writer.wait_closed()
+            await _until(lambda: _tcp_state(port, client_port) == CLOSE_WAIT)
+            buffer.sync(0)
+            await _until(lambda: _abandoned(metrics, "stored") == 1, timeout=10)
+            assert _abandoned(metrics, "dropped") == 0
+        finally:
+            await server.stop(grace=5)
+
+    with caplog.at_level("WARNING", logger="logq.aggregator.server"):
+        _run(scenario())
+    assert any(
+        "closed its connection while 1 messages it sent were being made durable" in r.message
+        and "may be stored twice" in r.message
+        for r in caplog.records
+    )
+
+
+def test_a_client_still_connected_gets_its_ack_and_its_lines_stored() -> None:
+    """The check does not touch the usual case, nor a client that half-closes only after its
+    ack came."""
+
+    async def scenario() -> None:
+        buffer, metrics = HeldBuffer(), Metrics()
+        server = ForwardServer(buffer, metrics, ServerLimits())  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(_message("kept", 5))
+            await _until(lambda: len(buffer.frames) == 1)
+            buffer.sync(0)
+            unpacker = wire.new_unpacker()
+            while not (acks := list(unpacker)):
+                data = await reader.read(4096)
+                assert data, "closed before the ack"
+                unpacker.feed(data)
+            assert [wire.decode_ack(a) for a in acks] == ["kept"]
+            writer.write_eof()
+            assert await reader.read() == b""
+            writer.close()
+            assert _abandoned(metrics, "dropped") == _abandoned(metrics, "stored") == 0
+        finally:
+            await server.stop(grace=5)
+
+    _run(scenario())
+
+
+def _metrics_port(log_text: str) -> int:
+    found = re.search(r"metrics on http://[^:]+:(\d+)/", log_text)
+    assert found, log_text
+    return int(found.group(1))
+
+
+def _metric(port: int, line_start: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    for line in text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{line_start} not in /metrics")
+
+
+@pytest.mark.integration
+def test_an_aggregator_stalled_past_the_ack_timeout_does_not_store_the_resent_lines(
+    tmp_path: Path,
+) -> None:
+    """The auditor's scenario (A2s18 F1): n0 stopped (SIGSTOP) longer than the client's ack
+    timeout; the client closes, resends to n1, which stores and acks; n0 resumes (SIGCONT) with
+    the message still in its socket. Each line must be stored once."""
+    extra = ["--metrics-listen", "127.0.0.1:0"]
+    n0 = start_aggregator(tmp_path, extra=[*extra, "--node-id", "n0"], name="n0")
+    n1 = start_aggregator(tmp_path, extra=[*extra, "--node-id", "n1"], name="n1")
+    batch = _message("batch", 40)
+    no_acks = _message("no-acks", 3, chunk=False)
+    try:
+        n0_metrics = _metrics_port(n0.log_text())
+        os.killpg(n0.proc.pid, signal.SIGSTOP)
+        try:
+            with n0.connect() as sock:  # the kernel accepts while the process is stopped
+                sock.sendall(batch)
+                with pytest.raises(TimeoutError):
+                    read_acks(sock, 1, timeout=0.5)  # the client's ack timeout runs out
+            with n0.connect() as sock:
+                sock.sendall(no_acks)  # fluent-logger: sends, closes, never resends
+            with n1.connect() as sock:
+                sock.sendall(batch)  # the resend, to the other aggregator
+                assert read_acks(sock, 1) == ["batch"]
+        finally:
+            os.killpg(n0.proc.pid, signal.SIGCONT)
+        wait_until(
+            lambda: (
+                _metric(n0_metrics, "logq_aggregator_bytes_received_total")
+                >= len(batch) + len(no_acks)
+            ),
+            30,
+            "n0 reads what waited in its sockets",
+            proc=n0.proc,
+            log=n0.log,
+        )
+        dropped = _metric(n0_metrics, 'logq_aggregator_abandoned_messages_total{outcome="dropped"}')
+        assert n0.stop() == 0
+        assert n1.stop() == 0
+    finally:
+        for agg in (n0, n1):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(agg.proc.pid, signal.SIGCONT)
+            agg.stop()
+    messages = sorted(read_table(n0.warehouse, "container_logs")["message"].to_pylist())
+    expected = sorted([f"batch {i}" for i in range(40)] + [f"no-acks {i}" for i in range(3)])
+    assert messages == expected
+    assert dropped == 1
+    assert "closed its connection before 1 messages it sent (40 lines)" in n0.log_text()
