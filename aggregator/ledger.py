@@ -17,12 +17,24 @@ replay began: each node publishes ``_ledger/_nodes/<node>.json`` after each flus
 ``{"committed_through": t}`` meaning every record it acked before unix time ``t`` is committed
 and in its ledger. Peers whose heartbeat is stale are taken as down; they reconcile against us
 when they replay. The ``_`` prefix keeps all of this out of the tables (DESIGN.md layout rule).
+
+Two aggregators that crashed together replay together, and each would wait for the other's
+heartbeat, which a replaying node publishes only once its own replay is written: a wait only the
+timeout ended, after which both replayed without the protection. So a replaying node also
+publishes ``_ledger/_replaying/<node>.json``, ``{"since": t}``: everything it acknowledged
+before ``t`` is in the segments it replays, which it reconciles against the ledger only after
+the peers it waits for have committed. Replays are ordered by ``(since, node)``: a node waits
+for the replaying peers that come before it and not for those after it, which will skip what it
+commits (:meth:`Ledger.behind`). The order is total, so no two replays wait for each other. The
+marker lives beside the heartbeats, not in them, so that a node of an older version (which
+reads every ``_nodes/*.json``) sees heartbeats as before.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,6 +52,8 @@ log = logging.getLogger("logq.aggregator.ledger")
 
 LEDGER_DIR = "_ledger"
 NODES_DIR = "_nodes"
+#: Where replaying nodes say since when they replay (:class:`ReplayMark`).
+REPLAYING_DIR = "_replaying"
 #: Ledger hours older than this are deleted by each compaction pass, and hourly by an aggregator
 #: that does not compact (a replay needs only the objects written since its oldest segment).
 RETENTION = timedelta(days=7)
@@ -79,6 +93,31 @@ class Heartbeat:
 
     def stale(self, now: float) -> bool:
         return now - self.updated > self.stale_after
+
+
+@dataclass(frozen=True)
+class ReplayMark:
+    """A node replaying the buffer segments a previous run of it left (``_replaying/``)."""
+
+    node: str
+    since: float
+    """Unix time at which the replay began: everything the node acknowledged before it is in
+    the replayed segments (or was committed before it stopped)."""
+    updated: float
+    """When the mark was last written (at the start of the replay and after each segment)."""
+    flush_interval: float
+
+    def stale(self, now: float) -> bool:
+        """A mark not rewritten for as long as a heartbeat may stay unchanged: left by a node
+        that stopped in the middle of its replay. Its node counts as down (unless its heartbeat
+        is fresh); the order it states still holds (:meth:`Ledger.behind`)."""
+        return now - self.updated > stale_after(self.flush_interval)
+
+    def replays_after(self, since: float, node: str) -> bool:
+        """Whether this replay comes after that of ``node`` begun at ``since``: the order of
+        replays, by start time, then node id (a total order: no two replays wait for each
+        other)."""
+        return (self.since, self.node) > (since, node)
 
 
 class Committed:
@@ -147,18 +186,43 @@ class Ledger:
         put_bytes(self.warehouse, self._beat_path, (json.dumps(doc) + "\n").encode("utf-8"))
 
     def forget(self) -> None:
-        """Remove this node's heartbeat: its buffer is empty (clean stop, or drained), so a
-        replaying peer need not wait for it."""
+        """Remove this node's heartbeat and replay mark: its buffer is empty (clean stop, or
+        drained), so a replaying peer need not wait for it."""
+        self.replay_done()
+        self._delete(self._beat_path, "heartbeat")
+
+    def announce_replay(self, since: float, flush_interval: float) -> None:
+        """Publish that this node replays what it acknowledged before ``since`` (see the module
+        docstring): peers whose replay began earlier need not wait for it. Written again after
+        each replayed segment, so that a long replay keeps its node counted as live."""
+        doc = {
+            "node": self.node_id,
+            "since": since,
+            "updated": time.time(),
+            "flush_interval": flush_interval,
+        }
+        put_bytes(self.warehouse, self._mark_path, (json.dumps(doc) + "\n").encode("utf-8"))
+
+    def replay_done(self) -> None:
+        """Remove this node's replay mark: its replay is written (or left for the next start,
+        which writes a new one)."""
+        self._delete(self._mark_path, "replay mark")
+
+    def _delete(self, path: str, what: str) -> None:
         try:
-            self.warehouse.fs.delete_file(self._beat_path)
+            self.warehouse.fs.delete_file(path)
         except FileNotFoundError:
             pass
         except (OSError, pa.ArrowException) as exc:
-            log.warning("could not delete the heartbeat %s: %s", self._beat_path, exc)
+            log.warning("could not delete the %s %s: %s", what, path, exc)
 
     @property
     def _beat_path(self) -> str:
         return self.warehouse.path(LEDGER_DIR, NODES_DIR, f"{self.node_id}.json")
+
+    @property
+    def _mark_path(self) -> str:
+        return self.warehouse.path(LEDGER_DIR, REPLAYING_DIR, f"{self.node_id}.json")
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -166,28 +230,54 @@ class Ledger:
         """The other nodes' latest heartbeats."""
         return [b for b in read_heartbeats(self.warehouse) if b.node != self.node_id]
 
-    def wait_for_peers(self, since: float, timeout: float, poll: float = 1.0) -> list[str]:
-        """Wait until every live peer has committed what it acked before ``since``.
+    def behind(self, since: float, now: float) -> list[str]:
+        """The live peers that may hold uncommitted lines they acknowledged before ``since``,
+        the start of this node's replay: the ones it must wait for.
 
-        Returns the peers still behind when ``timeout`` ran out (logged: a line they hold
-        may then be written twice, never lost).
+        A peer counts when its heartbeat is fresh, or its replay mark (a node replaying after
+        a crash has only its old heartbeat, maybe stale). It is behind while its heartbeat's
+        ``committed_through`` is before ``since``, unless it replays *after* this node
+        (:meth:`ReplayMark.replays_after`): all it acknowledged before ``since`` is then in its
+        own replay, which waits for this one and skips what this one commits."""
+        beats = {b.node: b for b in self.peers()}
+        marks = {m.node: m for m in read_replay_marks(self.warehouse) if m.node != self.node_id}
+        waited = []
+        for node in sorted(beats.keys() | marks.keys()):
+            beat, mark = beats.get(node), marks.get(node)
+            if mark is not None and mark.replays_after(since, self.node_id):
+                continue
+            live = (beat is not None and not beat.stale(now)) or (
+                mark is not None and not mark.stale(now)
+            )
+            committed = beat.committed_through if beat is not None else 0.0
+            if live and committed < since:
+                waited.append(node)
+        return waited
+
+    def wait_for_peers(
+        self,
+        since: float,
+        timeout: float,
+        poll: float = 1.0,
+        stop: threading.Event | None = None,
+    ) -> list[str]:
+        """Wait until no live peer is :meth:`behind` ``since``.
+
+        Returns the peers still behind when ``timeout`` ran out or ``stop`` was set (the
+        caller decides: replay anyway, a line they hold may then be written twice, or leave
+        the replay for later). The peers are read again at each poll: a peer's replay mark
+        may appear after the wait began (two nodes restarted together).
         """
         deadline = time.monotonic() + timeout
         while True:
-            now = time.time()
-            behind = [
-                b.node for b in self.peers() if not b.stale(now) and b.committed_through < since
-            ]
+            behind = self.behind(since, time.time())
             if not behind or time.monotonic() >= deadline:
-                if behind:
-                    log.warning(
-                        "peers %s have not committed their buffers within %.0fs; replaying "
-                        "anyway (lines they hold may be stored twice, none are lost)",
-                        behind,
-                        timeout,
-                    )
                 return behind
-            time.sleep(poll)
+            wait = min(poll, max(0.0, deadline - time.monotonic()))
+            if stop is None:
+                time.sleep(wait)
+            elif stop.wait(wait):
+                return behind
 
     def committed_elsewhere(self, since: float, sources: set[str]) -> Committed:
         """Pairs of ``sources`` that other nodes committed, and this node's completed segments,
@@ -244,6 +334,28 @@ def read_heartbeats(warehouse: Warehouse) -> list[Heartbeat]:
             continue
         beats.append(beat)
     return beats
+
+
+def read_replay_marks(warehouse: Warehouse) -> list[ReplayMark]:
+    """The replay marks of the nodes replaying now (or that stopped in the middle of it)."""
+    marks = []
+    for info in list_folder(warehouse, warehouse.path(LEDGER_DIR, REPLAYING_DIR)):
+        if not info.base_name.endswith(".json") or info.base_name.startswith((".", "_")):
+            continue
+        try:
+            with warehouse.fs.open_input_stream(info.path) as fh:
+                doc = json.loads(fh.read())
+            mark = ReplayMark(
+                str(doc["node"]),
+                float(doc["since"]),
+                float(doc["updated"]),
+                float(doc["flush_interval"]),
+            )
+        except (OSError, pa.ArrowException, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable replay mark %s: %s", info.path, exc)
+            continue
+        marks.append(mark)
+    return marks
 
 
 def _flag(value: object) -> bool | None:

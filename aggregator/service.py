@@ -19,6 +19,8 @@ The command line (serve, ``compact``, ``drain``) is :mod:`aggregator.commands`. 
    what they sent, seal, flush everything acknowledged, exit 0 (exit 1 if the warehouse still
    refuses the data after ``SHUTDOWN_FLUSH_SECONDS``: it stays in the buffer and is written at
    the next start); a second signal exits 1 at once (the buffer holds everything acknowledged).
+   A stop while the replay waits for its peers ends the wait (see
+   :meth:`_replay_left_for_next_start`).
    SIGHUP is no reload: a warning, and the aggregator goes on.
 """
 
@@ -32,6 +34,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -83,6 +86,12 @@ def _hang_up() -> None:
         "running; restart it (SIGTERM, which writes out everything acknowledged) to apply a "
         "changed configuration"
     )
+
+
+class ReplayPostponed(Exception):
+    """A replay's wait for its peers ended without them committing, when replaying anyway is not
+    wanted: a stop during the wait (the replay is left in the buffer for the next start). Not
+    a flush error: nothing is counted, retried or set aside."""
 
 
 class StartInterrupted(Exception):
@@ -163,6 +172,8 @@ class Aggregator:
         """Segments left by a previous run: checked against the ledger when flushed."""
         self._replay_since = 0.0
         self._committed: Committed | None = None
+        self._stop_wait = threading.Event()
+        """Set by a stop: ends a replay's wait for its peers (a worker thread waits on it)."""
         self._quarantined_here = 0
         """Segments this process set aside (drain reports them and exits 1)."""
         self._cycle_error = ""
@@ -390,6 +401,7 @@ class Aggregator:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._stop_wait.set()  # a replay waiting for its peers stops waiting
         self._flush_now.set()  # wake the flush loop so that it returns
 
     def _stop_requested(self) -> None:
@@ -474,7 +486,12 @@ class Aggregator:
                 "messages it did not cover were not acknowledged (their clients resend them)",
                 exc,
             )
-        ok = await self._flush_sealed(deadline=time.monotonic() + SHUTDOWN_FLUSH_SECONDS)
+        left = await asyncio.to_thread(self._replay_left_for_next_start)
+        ok = bool(left) or await self._flush_sealed(
+            deadline=time.monotonic() + SHUTDOWN_FLUSH_SECONDS
+        )
+        if self._replay and self.ledger is not None:  # the next start publishes a new mark
+            await asyncio.to_thread(self.ledger.replay_done)
         if self.flusher is not None:  # one offsets file for the next start (dedup.py)
             try:
                 await asyncio.to_thread(self.flusher.offsets.close)
@@ -493,6 +510,16 @@ class Aggregator:
                 self.settings.buffer_dir,
             )
             return 1
+        if left:  # the heartbeat stays: the buffer is not empty (compaction waits for it)
+            log.info(
+                "stopped before the replay of the %d buffer segments left by the previous run: "
+                "nothing was acknowledged in this run, and peers %s have not yet committed "
+                "what they hold of it; the segments stay in %s and are written at the next start",
+                len(self._replay),
+                left,
+                self.settings.buffer_dir,
+            )
+            return 0
         if self.ledger is not None:  # holds nothing now: replaying peers need not wait for it
             await asyncio.to_thread(self.ledger.forget)
         set_aside = self.buffer.quarantined()
@@ -508,6 +535,23 @@ class Aggregator:
             return 0
         log.info("stopped cleanly: every acknowledged record is in %s", self.warehouse.uri)
         return 0
+
+    def _replay_left_for_next_start(self) -> list[str]:
+        """The peers a stop would wait for before it could write the replay, when it need not:
+        the replay has not read the ledger yet (its wait for them was under way, or had not
+        begun), the peers are still behind, and nothing was acknowledged in this run (every
+        sealed segment is replayed; SIGTERM's contract is to write what *this* run
+        acknowledged). The stop then ends at once and leaves the replay to the next start
+        instead of waiting on the peers. Empty: the stop writes everything (runs in a worker
+        thread: it lists the warehouse)."""
+        if not self._replay or self._committed is not None or self.ledger is None:
+            return []
+        if any(s.seq not in self._replay for s in self.buffer.sealed()):
+            return []
+        try:
+            return self.ledger.behind(self._replay_since, time.time())
+        except OSError:  # the stop's flush retries the warehouse until its deadline
+            return []
 
     # --- flushing ---------------------------------------------------------------------------
 
@@ -542,9 +586,15 @@ class Aggregator:
         interval instead of one flush plus the interval. A cycle that fails is logged, counted
         and tried again at the next interval: one error (a full disk) must not stop flushing
         until a restart."""
+        replayed = bool(self._replay)
         try:
             if await self._flush_sealed():  # replay first
                 await self._heartbeat(self._replay_since)
+                if replayed:
+                    # A peer whose replay began after this one waits for a heartbeat that
+                    # covers its start: the next cycle's, given at once rather than after an
+                    # interval (the lines acked meanwhile are written with it).
+                    self._flush_now.set()
         except Exception as exc:
             self._cycle_failed(exc)
         else:
@@ -665,29 +715,102 @@ class Aggregator:
         except OSError as exc:  # best effort: a stale heartbeat only means peers do not wait
             log.debug("ledger heartbeat not written: %s", exc)
 
-    def _flush_segment(self, segment: Segment) -> FlushResult:
+    def _flush_segment(self, segment: Segment, deadline: float | None = None) -> FlushResult:
         """Flush one segment (in a worker thread); a replayed one minus what peers committed."""
         assert self.flusher is not None and self.ledger is not None
         committed = None
         if segment.seq in self._replay:
             if self._committed is None:
-                self.ledger.wait_for_peers(self._replay_since, REPLAY_PEER_WAIT_SECONDS)
-                replayed = [s for s in self.buffer.sealed() if s.seq in self._replay]
-                sources = self.flusher.sources(replayed)
-                since = min((s.path.stat().st_mtime for s in replayed), default=self._replay_since)
-                self._committed = self.ledger.committed_elsewhere(since, sources)
-                log.info(
-                    "replay: other aggregators hold %d committed lines of the %d sources in "
-                    "the replayed segments; lines among them are skipped",
-                    self._committed.pairs,
-                    len(sources),
-                )
+                self._committed = self._reconcile(deadline)
             committed = self._committed
         result = self.flusher.flush(segment, committed)
-        self._replay.discard(segment.seq)
+        if committed is not None:
+            self._replay.discard(segment.seq)
+            self._replay_progress()
+        return result
+
+    def _reconcile(self, deadline: float | None) -> Committed:
+        """Before the first replayed segment: say that this node replays, wait for the peers
+        (:meth:`_wait_for_peers`), then read what they committed of the replayed sources."""
+        assert self.flusher is not None and self.ledger is not None
+        try:
+            self.ledger.announce_replay(self._replay_since, self.settings.flush_interval)
+        except OSError as exc:  # peers then wait for this node as for any crashed one
+            log.warning("could not publish the replay mark: %s", exc)
+        self._wait_for_peers(deadline)
+        replayed = [s for s in self.buffer.sealed() if s.seq in self._replay]
+        sources = self.flusher.sources(replayed)
+        since = min((s.path.stat().st_mtime for s in replayed), default=self._replay_since)
+        committed = self.ledger.committed_elsewhere(since, sources)
+        log.info(
+            "replay: other aggregators hold %d committed lines of the %d sources in "
+            "the replayed segments; lines among them are skipped",
+            committed.pairs,
+            len(sources),
+        )
+        return committed
+
+    def _wait_for_peers(self, deadline: float | None) -> None:
+        """Wait until every live peer has committed what it acknowledged before the replay
+        began (ledger.py), so that the lines a shipper resent to it are skipped here.
+
+        While serving (``deadline`` None) a stop ends the wait: the stop's flush waits again,
+        or leaves the replay for the next start (:meth:`_stop_and_flush`). In the stop's flush
+        (``deadline`` set, stopping) the wait lasts until the deadline and, if the peers are
+        still behind, the replay stays in the buffer (:class:`ReplayPostponed`) rather than
+        risk storing their lines twice. Otherwise, after :data:`REPLAY_PEER_WAIT_SECONDS`, it
+        replays anyway: a peer that cannot flush must not hold this node's data for ever."""
+        assert self.ledger is not None
+        stopping = deadline is not None and self._stopping.is_set()
+        timeout = REPLAY_PEER_WAIT_SECONDS
+        if deadline is not None:
+            left = max(0.0, deadline - time.monotonic())
+            timeout = left if stopping else min(timeout, left)
+        behind = self.ledger.behind(self._replay_since, time.time())
+        if behind:
+            log.info(
+                "replay waits for peers %s to commit what they acknowledged before it began "
+                "(up to %.0fs); peers replaying after this node are not waited for",
+                behind,
+                timeout,
+            )
+            stop = None if deadline is not None else self._stop_wait
+            began = time.monotonic()
+            behind = self.ledger.wait_for_peers(self._replay_since, timeout, stop=stop)
+            if not behind:
+                log.info(
+                    "replay: no peer is behind any more after %.1fs (they committed, or "
+                    "replay after this node)",
+                    time.monotonic() - began,
+                )
+        if not behind:
+            return
+        if stopping or (deadline is None and self._stop_wait.is_set()):
+            raise ReplayPostponed(
+                f"peers {behind} have not committed what they acknowledged before this "
+                "node's replay began; the replay waits for them (it would store the lines "
+                "a shipper resent to them twice)"
+            )
+        log.warning(
+            "peers %s have not committed their buffers within %.0fs; replaying anyway "
+            "(lines they hold may be stored twice, none are lost)",
+            behind,
+            timeout,
+        )
+
+    def _replay_progress(self) -> None:
+        """After a replayed segment: refresh the replay mark (a long replay keeps its node
+        counted as live), or remove it once the replay is written."""
+        assert self.ledger is not None
         if not self._replay:
             self._committed = None
-        return result
+            self.ledger.replay_done()
+            return
+        if self._committed is not None:
+            try:
+                self.ledger.announce_replay(self._replay_since, self.settings.flush_interval)
+            except OSError as exc:
+                log.debug("replay mark not refreshed: %s", exc)
 
     async def _flush_sealed(self, deadline: float | None = None) -> bool:
         """Flush every sealed segment in order, retrying with backoff; False if out of time."""
@@ -703,7 +826,10 @@ class Aggregator:
         data_errors, last_error = 0, ""
         while True:
             try:
-                result = await asyncio.to_thread(self._flush_segment, segment)
+                result = await asyncio.to_thread(self._flush_segment, segment, deadline)
+            except ReplayPostponed as exc:  # a stop: left for the stop's flush, or its deadline
+                log.log(logging.INFO if deadline is None else logging.WARNING, "%s", exc)
+                return False
             except Exception as exc:
                 self.metrics.storage_errors.inc()
                 if self.metrics.failing_since is None:
@@ -770,9 +896,9 @@ class Aggregator:
         flusher = self.flusher
         assert flusher is not None
         target = self.buffer.quarantine(segment, lambda: flusher.abandon(segment.seq))
-        self._replay.discard(segment.seq)
-        if not self._replay:
-            self._committed = None
+        if segment.seq in self._replay:
+            self._replay.discard(segment.seq)
+            self._replay_progress()
         self.metrics.quarantined.inc()
         self._quarantined_here += 1
         self.metrics.failing_since = None

@@ -1,0 +1,244 @@
+"""Replays that run at the same time: aggregators that crashed together must not wait for each
+other (ledger.py: replay marks, ordered by start), nor give up the duplicate protection.
+
+A replaying node used to wait for every live peer's heartbeat to cover its start; a peer that
+was replaying too published its heartbeat only after its own replay, which waited for the
+first: both waited out the 60 s timeout, flushing nothing meanwhile, then replayed anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from aggregator.ledger import LEDGER_DIR, NODES_DIR, REPLAYING_DIR, Ledger, read_replay_marks
+from athena.warehouse import Warehouse, open_warehouse
+from shipper import wire
+from tests.aggregator.helpers import (
+    AggregatorProc,
+    read_acks,
+    read_table,
+    record,
+    start_aggregator,
+)
+from tests.support.procs import wait_until
+
+NOW_NS = time.time_ns()
+#: Long enough that no heartbeat written by a test goes stale while it runs.
+LONG_INTERVAL = 300.0
+
+
+def _send(agg: AggregatorProc, chunk: str, offsets: range, source: str = "host-a/c1") -> None:
+    entries = [
+        (NOW_NS, record(f"line {o}", service="billing", source_id=source, offset=o))
+        for o in offsets
+    ]
+    with agg.connect() as sock:
+        sock.sendall(wire.encode_packed_forward("logq.billing", entries, chunk=chunk))
+        assert read_acks(sock, 1) == [chunk]
+
+
+def _messages(warehouse: str) -> list[str]:
+    if not (Path(warehouse) / "container_logs").exists():
+        return []
+    return sorted(read_table(warehouse, "container_logs")["message"].to_pylist())
+
+
+def _expected(*ranges: range) -> list[str]:
+    return sorted(f"line {o}" for r in ranges for o in r)
+
+
+def _wait_for_log(agg: AggregatorProc, text: str, what: str) -> None:
+    """Wait (generously: a run without the fix waits out its 60 s timeout) for a log line."""
+    wait_until(lambda: text in agg.log_text(), 120, what, proc=agg.proc, log=agg.log)
+
+
+def _live_peer(wh: Warehouse, node: str, committed_through: float) -> None:
+    """A peer's fresh heartbeat, as a running aggregator writes it after each flush pass."""
+    Ledger(wh, node).heartbeat(committed_through, LONG_INTERVAL)
+
+
+@pytest.mark.integration
+def test_two_aggregators_killed_together_replay_without_waiting_for_each_other(
+    tmp_path: Path,
+) -> None:
+    """Both hold the batch a shipper resent from A to B, both are killed and restarted
+    together: the first to start replays at once, the second waits for its commit and skips
+    the batch. No timeout, every line once."""
+    warehouse = str(tmp_path / "warehouse")
+    slow = ["--flush-interval", str(LONG_INTERVAL)]  # nothing is flushed before the kill
+    a = start_aggregator(tmp_path, warehouse, slow, name="a")
+    b = start_aggregator(tmp_path, warehouse, slow, name="b")
+    try:
+        _send(a, "c1", range(1, 51))
+        _send(a, "c2", range(51, 101))  # fsync'd by A; say its ack never reached the shipper
+        _send(b, "c2-again", range(51, 101))  # so the shipper resent it to B
+        _send(b, "c3", range(101, 151))
+        assert a.kill9() == -signal.SIGKILL
+        assert b.kill9() == -signal.SIGKILL
+        beats = Path(warehouse) / LEDGER_DIR / NODES_DIR
+        assert len(list(beats.glob("*.json"))) == 2  # both fresh: each is a live peer
+
+        a = start_aggregator(tmp_path, warehouse, ["--flush-interval", "1"], name="a")
+        b = start_aggregator(tmp_path, warehouse, ["--flush-interval", "1"], name="b")
+        _send(a, "c4", range(151, 171), "host-a/c2")  # new lines while the replays run
+        _send(b, "c5", range(171, 191), "host-a/c2")
+        for agg in (a, b):
+            _wait_for_log(agg, "replay: other aggregators hold", "the replay's ledger read")
+        assert a.stop() == 0, a.log_text()
+        assert b.stop() == 0, b.log_text()
+    finally:
+        a.stop()
+        b.stop()
+    for agg in (a, b):
+        assert "have not committed" not in agg.log_text(), agg.log_text()
+    # A started first, so it replayed first; B waited for it and skipped c2, which A committed.
+    assert "replay: other aggregators hold 0 committed lines" in a.log_text()
+    assert "replay: other aggregators hold 100 committed lines" in b.log_text()
+    assert _messages(warehouse) == _expected(range(1, 191))
+    assert read_replay_marks(open_warehouse(warehouse)) == []  # both replays are done
+
+
+@pytest.mark.integration
+def test_a_stop_during_the_replay_wait_ends_it_and_leaves_the_replay(tmp_path: Path) -> None:
+    """A SIGTERM while the replay waits for a live peer that has not committed: nothing was
+    acknowledged in this run, so the stop ends at once (exit 0) and leaves the replay, with its
+    duplicate protection, to the next start, rather than waiting the timeout out and replaying
+    anyway."""
+    warehouse = str(tmp_path / "warehouse")
+    a = start_aggregator(tmp_path, warehouse, ["--flush-interval", str(LONG_INTERVAL)], name="a")
+    try:
+        _send(a, "c1", range(1, 21))
+        assert a.kill9() == -signal.SIGKILL
+    finally:
+        a.stop()
+    wh = open_warehouse(warehouse)
+    _live_peer(wh, "peer", committed_through=0.0)  # live, and never commits
+    a = start_aggregator(tmp_path, warehouse, ["--flush-interval", "1"], name="a")
+    try:
+        # As soon as it listens: its replay waits. (The timeout lets a stop that waits the
+        # replay's 60 s out end, and show what it did: replay anyway.)
+        assert a.stop(timeout=120) == 0, a.log_text()
+    finally:
+        a.stop()
+    log = a.log_text()
+    assert "have not committed their buffers" not in log, log
+    assert "replay waits for peers ['peer']" in log, log
+    assert "stopped before the replay of the 1 buffer segments" in log, log
+    assert _messages(warehouse) == []
+    assert len(list(a.buffer_dir.glob("*.seg"))) == 1
+    assert read_replay_marks(wh) == []
+    node_a = (a.buffer_dir / "node-id").read_text().strip()
+    assert (Path(warehouse) / LEDGER_DIR / NODES_DIR / f"{node_a}.json").exists()  # not empty
+
+    Ledger(wh, "peer").forget()  # the peer stopped cleanly: its buffer is written
+    a = start_aggregator(tmp_path, warehouse, ["--flush-interval", "1"], name="a")
+    try:
+        assert a.stop() == 0, a.log_text()
+    finally:
+        a.stop()
+    assert _messages(warehouse) == _expected(range(1, 21))
+
+
+@pytest.mark.integration
+def test_a_stop_with_new_data_waits_for_the_peer_then_writes_all(tmp_path: Path) -> None:
+    """A SIGTERM during the replay's wait when this run acknowledged lines (they sit behind
+    the replay): the stop goes on waiting for the peer, without replaying anyway, and writes
+    everything once the peer has committed."""
+    warehouse = str(tmp_path / "warehouse")
+    a = start_aggregator(tmp_path, warehouse, ["--flush-interval", str(LONG_INTERVAL)], name="a")
+    try:
+        _send(a, "c1", range(1, 21))
+        assert a.kill9() == -signal.SIGKILL
+    finally:
+        a.stop()
+    wh = open_warehouse(warehouse)
+    _live_peer(wh, "peer", committed_through=0.0)
+    a = start_aggregator(tmp_path, warehouse, ["--flush-interval", "1"], name="a")
+    try:
+        _wait_for_log(a, "replay waits for peers ['peer']", "the replay's wait for the peer")
+        _send(a, "c2", range(21, 41))
+        a.proc.send_signal(signal.SIGTERM)
+        wait_until(  # the stop's flush waits for the peer in turn
+            lambda: a.log_text().count("replay waits for peers ['peer']") == 2,
+            30,
+            "the stop's wait for the peer",
+            proc=a.proc,
+            log=a.log,
+        )
+        _live_peer(wh, "peer", committed_through=time.time())
+        assert a.stop() == 0, a.log_text()
+    finally:
+        a.stop()
+    log = a.log_text()
+    assert "have not committed their buffers" not in log, log
+    assert "stopped cleanly" in log, log
+    assert _messages(warehouse) == _expected(range(1, 41))
+    assert list(a.buffer_dir.glob("*.seg")) == []
+
+
+# --- the order of replays (ledger.py), without processes ------------------------------------
+
+
+def _mark(wh: Warehouse, node: str, since: float, updated: float | None = None) -> None:
+    doc = {
+        "node": node,
+        "since": since,
+        "updated": time.time() if updated is None else updated,
+        "flush_interval": 1.0,
+    }
+    path = Path(wh.path(LEDGER_DIR, REPLAYING_DIR, f"{node}.json"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+
+
+def test_replays_wait_only_for_the_ones_that_began_earlier(tmp_path: Path) -> None:
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    for node in ("n0", "n1", "n2"):
+        _live_peer(wh, node, committed_through=100.0)  # their heartbeats from before the crash
+    n0, n1, n2 = Ledger(wh, "n0"), Ledger(wh, "n1"), Ledger(wh, "n2")
+    n1.announce_replay(since=200.0, flush_interval=1.0)
+    n0.announce_replay(since=201.0, flush_interval=1.0)
+    n2.announce_replay(since=201.0, flush_interval=1.0)  # same start as n0: the node id decides
+    now = time.time()
+    assert n1.behind(200.0, now) == []
+    assert n0.behind(201.0, now) == ["n1"]
+    assert n2.behind(201.0, now) == ["n0", "n1"]
+    n1.replay_done()  # n1's replay is written, and its heartbeat says how far
+    _live_peer(wh, "n1", committed_through=205.0)
+    assert n0.behind(201.0, now) == []
+    assert n2.behind(201.0, now) == ["n0"]
+
+
+def test_a_replaying_peer_counts_as_live_by_its_mark(tmp_path: Path) -> None:
+    """A node down for long (stale heartbeat) that replays now is waited for by a replay that
+    began after its own, as long as its mark is fresh; a mark left by a replay that stopped
+    half-way goes stale with it."""
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    Ledger(wh, "old").heartbeat(0.0, 1.0)
+    beat = Path(wh.path(LEDGER_DIR, NODES_DIR, "old.json"))
+    beat.write_text(json.dumps({**json.loads(beat.read_text()), "updated": time.time() - 3600}))
+    me = Ledger(wh, "me")
+    assert me.behind(500.0, time.time()) == []  # stale heartbeat, no mark: down
+    _mark(wh, "old", since=400.0)
+    assert me.behind(500.0, time.time()) == ["old"]
+    _mark(wh, "old", since=400.0, updated=time.time() - 3600)
+    assert me.behind(500.0, time.time()) == []
+
+
+def test_the_wait_for_peers_ends_when_stopped(tmp_path: Path) -> None:
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    _live_peer(wh, "peer", committed_through=0.0)
+    stop = threading.Event()
+    timer = threading.Timer(0.2, stop.set)
+    timer.start()
+    try:
+        behind = Ledger(wh, "me").wait_for_peers(time.time(), timeout=600.0, stop=stop)
+    finally:
+        timer.cancel()
+    assert behind == ["peer"]
