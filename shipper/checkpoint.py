@@ -17,6 +17,8 @@ is also saved soon after the file is opened (:attr:`Registry.on_new`), so that a
 while the shipper is down is known, and counted as lost, even if nothing of it was acknowledged.
 Files read to their end and forgotten are kept for a moment under ``finished`` (see
 :meth:`Registry.finish`), so that a restart does not read them again.
+The service and container name of each source with files here are kept under ``sources`` (see
+:meth:`Registry.describe`): a container removed while the shipper is down can still be named.
 
 A lock file keeps two shippers from sharing one state directory.
 """
@@ -33,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from shipper.errors import ConfigError, clipped, preview, unusable_dir_message
 
@@ -80,6 +83,12 @@ class FileState:
     """Hash of the bytes just before :attr:`offset` (see :func:`shipper.fingerprint.tail_hash`),
     '' when unknown (offset 0, an entry written by an older shipper, a file closed before its
     last acknowledgement): a file whose bytes there differ is not resumed at :attr:`offset`."""
+    seen: int | None = None
+    """The file's size at the shipper's last look before this entry was saved (taken about
+    every second while it runs, and until its tailer closes at a stop), None when unknown (an
+    older shipper's entry). A file gone at the next start with :attr:`seen` past
+    :attr:`offset` held bytes never acknowledged: lost for sure, and how many is known (see
+    :mod:`shipper.removed`)."""
 
 
 #: Cuts kept per file at most (each one is a split line flushed and not acknowledged yet).
@@ -148,6 +157,10 @@ def parse_entry(value: object) -> tuple[FileState | None, str]:
         # shippers (which have none) do.
         problems.append(f"tail={preview(tail, 40)} dropped")
         tail = ""
+    seen = value.get("seen")
+    if seen is not None and (type(seen) is not int or not 0 <= seen <= MAX_OFFSET):
+        problems.append(f"seen={preview(seen, 40)} dropped")
+        seen = None
     state = FileState(
         source=value["source"],
         path=value["path"],
@@ -159,6 +172,7 @@ def parse_entry(value: object) -> tuple[FileState | None, str]:
         updated=float(updated),
         cuts=cuts,
         tail=tail,
+        seen=seen,
     )
     return state, ", ".join(problems)
 
@@ -174,6 +188,30 @@ def _finished_entries(value: object) -> dict[str, FileState]:
         state, problem = parse_entry(entry)
         if isinstance(key, str) and state is not None and not problem:
             out[key] = state
+    return out
+
+
+class Described(NamedTuple):
+    """What a source is, as discovery found it (see :meth:`Registry.describe`)."""
+
+    service: str
+    """Its service (the ``service`` label of its metrics)."""
+    container_name: str
+    """Its container name (``<namespace>/<pod>/<container>`` for a pod), '' for a plain file."""
+
+
+def _source_entries(value: object) -> dict[str, Described]:
+    """The ``sources`` part of a registry document; entries that are not two strings are
+    dropped without a word (only names for a loss warning; older documents have none)."""
+    if not isinstance(value, dict):
+        return {}
+    out: dict[str, Described] = {}
+    for key, entry in value.items():
+        if not isinstance(entry, dict):
+            continue
+        service, name = entry.get("service"), entry.get("container_name")
+        if isinstance(key, str) and isinstance(service, str) and isinstance(name, str):
+            out[key] = Described(service, name)
     return out
 
 
@@ -264,6 +302,10 @@ class Registry:
         acknowledgement. Killed before that ack, with the file rotated away and deleted (or
         compressed) while it was down, the next start did not know the file had existed: its
         unread lines were lost without a count (``deleted_unread``)."""
+        self._sources: dict[str, Described] = {}
+        """Source key -> its service and container name, saved under ``sources`` for the
+        sources that have files here: a container or pod removed while the shipper is down
+        is named by its loss count and warning (see :meth:`describe`)."""
         self._lock_fd: int | None = None
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -313,6 +355,7 @@ class Registry:
             return
         self.saved_at = saved_at
         self._inherited = _finished_entries(doc.get("finished"))
+        self._sources = _source_entries(doc.get("sources"))
         for key, value in files.items():
             state, problem = parse_entry(value)
             if state is None:
@@ -427,6 +470,42 @@ class Registry:
     def items(self) -> list[tuple[str, FileState]]:
         return list(self._files.items())
 
+    def describe(self, source: str, service: str, container_name: str) -> None:
+        """Remember what ``source`` is, for the day it is gone: discovery cannot name a
+        container or pod whose folder was removed while the shipper was down (its metadata
+        went with it). Saved with the next write; not a change worth a write of its own."""
+        self._sources[source] = Described(service, container_name)
+
+    def described(self, source: str) -> Described | None:
+        """What :meth:`describe` (in this run or the previous one) said of ``source``."""
+        return self._sources.get(source)
+
+    def take_restarted(self, dev: int, ino: int, source: str, fp: str) -> FileState | None:
+        """Remove and return the entry that :meth:`shipper.copytruncate.CopyTruncate._truncated`
+        left on inode ``dev``:``ino`` of ``source`` for a file truncated in place ("read it
+        from 0 under the next epoch"), when that inode now starts with another first line
+        (``fp``): its new content gets its own key, and this entry stood for it.
+
+        Left behind under the old first line, it was never opened again, and the next start
+        counted it as a file deleted unread (a false ``deleted_unread`` page after every
+        copytruncate or Docker ``max-file=1`` rotation). Its epoch goes on in the new entry:
+        started again at epoch 0, content that comes back to the old first line later would
+        get the old content's ``source_id``, and the aggregator would drop its lines as
+        resends. Only such an entry is taken: nothing read or acknowledged under its epoch."""
+        prefix = f"{dev}:{ino}:"
+        for key, state in self._files.items():
+            if (
+                key.startswith(prefix)
+                and key != prefix + fp
+                and state.source == source
+                and state.epoch > 0
+                and not (state.offset or state.acked or state.acked_to or state.cuts)
+            ):
+                del self._files[key]
+                self.dirty = True
+                return state
+        return None
+
     def snapshot(self) -> bytes:
         """The document to persist, taken in the event loop (cheap) before writing elsewhere."""
         recent = time.time() - FINISHED_SAVE_SECONDS
@@ -438,6 +517,14 @@ class Registry:
         }
         if self._finished:
             doc["finished"] = {k: asdict(v) for k, v in self._finished.items()}
+        having = {s.source for s in self._files.values()}
+        if len(self._sources) > 2 * len(having) + MAX_FINISHED:
+            # Sources gone without a file left. Not at every save: one just found has no
+            # file entry until its first file is opened, moments later.
+            self._sources = {k: v for k, v in self._sources.items() if k in having}
+        named = {k: v._asdict() for k, v in self._sources.items() if k in having}
+        if named:
+            doc["sources"] = named
         self.dirty = False
         return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 

@@ -172,6 +172,10 @@ class CopyTruncate:
         if copy is not None:
             self.parser.retag(head, copy)  # a split line's parts go on in the copy
         head.superseded = True
+        # Read from 0 under the next epoch: kept under the old first line's key, which new
+        # content with that line (a fixed banner) opens. Content with another first line gets
+        # its own key and takes this entry over (Registry.take_restarted); left here, the next
+        # start took it for a file deleted unread.
         self.registry.put(
             head.key,
             FileState(

@@ -65,6 +65,7 @@ with deferred_interrupts("logq-shipper"):
     from shipper.inotify import DirectoryWatcher, FileWatcher, directories_to_watch
     from shipper.logs import setup_logging
     from shipper.metrics import Metrics
+    from shipper.removed import count_removed
     from shipper.sender import ForwardClient, tls_context
     from shipper.source import SourceRunner, Window
 
@@ -351,6 +352,7 @@ class Shipper:
             runner = self.runners.get(spec.key)
             if runner is None:
                 log.info("new source key=%s service=%s path=%s", spec.key, spec.service, spec.path)
+                self.registry.describe(spec.key, spec.service, spec.container_name)
                 runner = SourceRunner(self, spec, kept_out=spec.key in self._kept_out)
                 self._kept_out.discard(spec.key)
                 self.runners[spec.key] = runner
@@ -370,6 +372,7 @@ class Shipper:
                     runner.spec.service,
                 )
                 runner.update_spec(spec)
+                self.registry.describe(spec.key, spec.service, spec.container_name)
         for key in seen:
             self._missing.pop(key, None)
         now = time.monotonic()
@@ -426,7 +429,32 @@ class Shipper:
             if state.source not in live and state.updated < cutoff:
                 self.registry.remove(key)
 
+    def _count_removed(self, found: set[str]) -> None:
+        """Count the files of sources removed while the shipper was down (see
+        :mod:`shipper.removed`) before :meth:`_gc_registry` forgets them: found by no pass,
+        their lines not shipped were lost without a count."""
+        lost = self.metrics.lost_files
+
+        def on_loss(service: str) -> None:
+            self.metrics.watch_service(service)
+            lost.labels(service, "deleted_unread").inc()
+
+        if count_removed(self.registry, found, node_names(self.cfg.hostname), on_loss):
+            self.checkpoint_changed()
+
+    def _note_sizes(self) -> None:
+        """Keep in each open file's checkpoint the size seen now
+        (:attr:`~shipper.checkpoint.FileState.seen`, saved with the next write): if its
+        container is removed while the shipper is down, the next start knows how much of it was
+        never shipped. Not a write of its own: at a stop the last save carries it."""
+        for runner in self.runners.values():
+            for cur in runner.tailer.cursors:
+                size = cur.size()
+                if cur.state.seen is None or size > cur.state.seen:
+                    cur.state.seen = size
+
     def _update_gauges(self) -> None:
+        self._note_sizes()
         paths: set[str] = set()
         for runner in self.runners.values():
             for path, behind in runner.tailer.behind():
@@ -513,7 +541,9 @@ class Shipper:
                     len(scan.excluded),
                 )
             if scan.complete:
-                self._gc_registry({s.key for s in specs} | scan.excluded.keys())
+                found = {s.key for s in specs} | scan.excluded.keys()
+                self._count_removed(found)
+                self._gc_registry(found)
             self._sync_sources(scan)
             if self.cfg.once:
                 await self._wait_once()
@@ -663,6 +693,7 @@ class Shipper:
 
         A source reading a file the runtime deleted (held open: it was behind) reads it to
         its end first, within the same time: a restart could not read it any more."""
+        self._note_sizes()  # what was there when reading stopped: unread if never shipped
         draining = 0
         for runner in self.runners.values():
             if runner.stopping:

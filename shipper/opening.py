@@ -119,11 +119,17 @@ class Opening:
             if not fresh:
                 os.close(fd)
                 return None
-            sid = self._source_id(st.st_ino, fp, 0, birth)
-            state = FileState(self.spec.key, str(path), sid, 0, 0)
+            # New content on an inode truncated in place: it takes over the entry left for it.
+            restarted = self.registry.take_restarted(st.st_dev, st.st_ino, self.spec.key, fp)
+            epoch = restarted.epoch if restarted is not None else 0
+            sid = self._source_id(st.st_ino, fp, epoch, birth)
+            state = FileState(self.spec.key, str(path), sid, 0, 0, epoch)
             self.registry.put(key, state)
-        elif state.offset or another_life(state.source_id, st, birth):
-            state = self._verified(fd, path, st, fp, state, birth)
+        else:
+            if path == self.spec.path:  # such an entry as an older shipper left it
+                self.registry.take_restarted(st.st_dev, st.st_ino, self.spec.key, fp)
+            if state.offset or another_life(state.source_id, st, birth):
+                state = self._verified(fd, path, st, fp, state, birth)
         log.debug("opened path=%s ino=%d offset=%d", path, st.st_ino, state.offset)
         self._opened[fp] = None
         if len(self._opened) > 1024:

@@ -1,0 +1,129 @@
+"""Sources removed while the shipper was down: what their checkpoints say was lost.
+
+A container removed (``docker rm``) or a pod deleted (the kubelet removes its log folder) while
+the shipper is down -- on Kubernetes, every pod deleted during a rollout of the shipper's
+DaemonSet -- is not found by the next start's discovery, so no tailer starts for it and
+:meth:`shipper.resume.Resume._count_vanished` never sees its files. Their checkpoints used to
+wait for the 7-day cleanup, and the lines they had not shipped were lost without a count.
+
+At start, after a complete discovery pass, each checkpointed file of a source not found whose
+file is provably gone (no file with its device and inode in its folder, or no folder) is
+judged by what the checkpoint knows: the acknowledged end (``offset``, ``acked_to``) and the
+size the shipper last saw (:attr:`~shipper.checkpoint.FileState.seen`).
+
+* ``seen`` past the end: those bytes were never shipped; lost for sure, counted
+  ``deleted_unread`` with a WARNING naming the container or pod and the bytes.
+* ``seen`` unknown (an entry of an older shipper): counted, the WARNING says the amount is
+  unknown.
+* read to its end at the last look: not counted (operations.md pages on ``deleted_unread``,
+  and a container removed after everything was shipped lost nothing); INFO says that lines
+  written after the shipper stopped, if any, cannot be known.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from shipper.checkpoint import Described, FileState, Registry
+from shipper.discover import pod_owner_name
+
+log = logging.getLogger("logq.shipper")
+
+
+def count_removed(
+    registry: Registry,
+    found: set[str],
+    nodes: tuple[str, ...],
+    on_loss: Callable[[str], None],
+) -> int:
+    """Judge and forget the checkpoints of files of sources not in ``found`` (the keys a
+    complete discovery pass found, excluded ones included) that are gone; ``on_loss(service)``
+    is called once per file lost. Returns how many were counted."""
+    counted = 0
+    for key, state in registry.items():
+        if state.source in found or not _gone(key, Path(state.path)):
+            continue
+        registry.remove(key)
+        who = registry.described(state.source) or _guessed(state.source, nodes)
+        if _judge(key, state, who):
+            on_loss(who.service)
+            counted += 1
+    return counted
+
+
+def _judge(key: str, state: FileState, who: Described) -> bool:
+    """Log what the gone file's checkpoint says; True when it counts as a loss."""
+    end = max(state.offset, state.acked_to)
+    if state.seen is not None and state.seen <= end:
+        log.info(
+            "log file of a removed source was gone at start; it had been shipped to its end as "
+            "far as the shipper saw (lines written after the shipper stopped, if any, cannot be "
+            "known and are not counted) service=%s container_name=%s source=%s path=%s "
+            "offset=%d",
+            who.service,
+            who.container_name or "-",
+            state.source,
+            state.path,
+            end,
+        )
+        return False
+    unread = "unknown" if state.seen is None else str(state.seen - end)
+    log.warning(
+        "log file of a container or pod removed while the shipper was down was deleted before "
+        "it was read to the end; lines after offset %d are lost (%s bytes%s) service=%s "
+        "container_name=%s source=%s path=%s key=%s",
+        end,
+        unread,
+        ": its checkpoint is from an older shipper, which did not save the size it saw"
+        if state.seen is None
+        else " seen and never shipped, plus any written after the shipper stopped",
+        who.service,
+        who.container_name or "-",
+        state.source,
+        state.path,
+        key,
+    )
+    return True
+
+
+def _gone(key: str, path: Path) -> bool:
+    """Whether no file in ``path``'s folder has the device and inode of checkpoint ``key``
+    (ENOENT is the only proof: a folder or file that cannot be looked at may still hold it).
+    A file still there is left alone, whatever its name now (rotated while the shipper was
+    down) or its source's fate (a ``--path`` dropped from the configuration)."""
+    try:
+        dev, ino = (int(part) for part in key.split(":", 2)[:2])
+    except ValueError:
+        return False
+    try:
+        names = os.listdir(path.parent)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    for name in names:
+        try:
+            st = os.stat(path.parent / name)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False
+        if (st.st_dev, st.st_ino) == (dev, ino):
+            return False
+    return True
+
+
+def _guessed(source: str, nodes: tuple[str, ...]) -> Described:
+    """The service and container name of a source an older shipper did not describe: a pod's
+    from its key (``cri:<namespace>_<pod>_<uid>/<container>/<n>.log``), as discovery names it;
+    a container's cannot be known (its metadata went with its folder)."""
+    kind, _, rest = source.partition(":")
+    parts = rest.split("/")
+    folder = parts[0].split("_")
+    if kind == "cri" and len(parts) == 3 and len(folder) >= 3:
+        namespace, pod, uid = folder[0], "_".join(folder[1:-1]), folder[-1]
+        return Described(pod_owner_name(pod, nodes, uid), f"{namespace}/{pod}/{parts[1]}")
+    return Described("unknown", "")
