@@ -19,6 +19,9 @@ Files read to their end and forgotten are kept for a moment under ``finished`` (
 :meth:`Registry.finish`), so that a restart does not read them again.
 The service and container name of each source with files here are kept under ``sources`` (see
 :meth:`Registry.describe`): a container removed while the shipper is down can still be named.
+The epoch new content must start at on an inode whose entry went while the inode stayed (a file
+truncated while the shipper was down) is kept under ``epochs`` (see :meth:`Registry.keep_epoch`):
+an epoch is never used twice for a first line on an inode.
 
 A lock file keeps two shippers from sharing one state directory.
 """
@@ -215,6 +218,31 @@ def _source_entries(value: object) -> dict[str, Described]:
     return out
 
 
+#: Epochs remembered for inodes whose content's checkpoint was dropped while the inode stayed
+#: (see :meth:`Registry.keep_epoch`): at most this many, each for a week at most.
+MAX_EPOCH_FLOORS = 4096
+EPOCH_FLOOR_SECONDS = 7 * 24 * 3600.0
+
+
+def _epoch_floors(value: object) -> dict[str, tuple[int, float]]:
+    """The ``epochs`` part of a registry document (``"dev:ino": [epoch, when]``); malformed
+    entries are dropped without a word (older documents have none)."""
+    if not isinstance(value, dict):
+        return {}
+    out: dict[str, tuple[int, float]] = {}
+    for inode, entry in value.items():
+        if (
+            isinstance(inode, str)
+            and isinstance(entry, list)
+            and len(entry) == 2
+            and type(entry[0]) is int
+            and 0 <= entry[0] <= MAX_OFFSET
+            and isinstance(entry[1], int | float)
+        ):
+            out[inode] = (entry[0], float(entry[1]))
+    return out
+
+
 def _valid_cuts(cuts: object) -> bool:
     return (
         isinstance(cuts, list)
@@ -306,6 +334,10 @@ class Registry:
         """Source key -> its service and container name, saved under ``sources`` for the
         sources that have files here: a container or pod removed while the shipper is down
         is named by its loss count and warning (see :meth:`describe`)."""
+        self._floors: dict[str, tuple[int, float]] = {}
+        """``dev:ino`` -> (the lowest epoch new content there may get, when that was noted), for
+        inodes whose content's checkpoint was dropped while the inode stayed (see
+        :meth:`keep_epoch`); saved under ``epochs``."""
         self._lock_fd: int | None = None
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -356,6 +388,8 @@ class Registry:
         self.saved_at = saved_at
         self._inherited = _finished_entries(doc.get("finished"))
         self._sources = _source_entries(doc.get("sources"))
+        self._floors = _epoch_floors(doc.get("epochs"))
+        self._prune_floors()
         for key, value in files.items():
             state, problem = parse_entry(value)
             if state is None:
@@ -412,6 +446,10 @@ class Registry:
         new = key not in self._files
         self._files[key] = state
         self.dirty = True
+        inode = key.rsplit(":", 1)[0]
+        floor = self._floors.get(inode)
+        if floor is not None and state.epoch >= floor[0]:
+            del self._floors[inode]  # the entry says it from now on (see next_epoch)
         if new and self.on_new is not None:
             self.on_new()
 
@@ -480,6 +518,42 @@ class Registry:
         """What :meth:`describe` (in this run or the previous one) said of ``source``."""
         return self._sources.get(source)
 
+    def next_epoch(self, dev: int, ino: int) -> int:
+        """One past the highest epoch of any entry on inode ``dev``:``ino`` (finished ones
+        included), 0 when there is none: the epoch new content on that inode must start at.
+
+        The ``source_id`` is made of the inode, the first line and the epoch (see
+        :func:`shipper.opening.source_id`), and the aggregator drops as resends the lines of a
+        known id below its high-water mark. Content truncated in place while the shipper was
+        down and written again with a first line used before on this inode (a fixed banner, a
+        CSV header) had no entry of its own any more when an earlier content had taken it over
+        (:meth:`take_restarted`): started at epoch 0, it got the first content's id, and the
+        aggregator dropped its lines (R4s18). Epochs only grow on an inode: the content there
+        last has the highest, and its entry is still here when the next one is opened."""
+        prefix = f"{dev}:{ino}:"
+        epochs = [
+            state.epoch
+            for entries in (self._files, self._finished)
+            for key, state in entries.items()
+            if key.startswith(prefix)
+        ]
+        floor = self._floors.get(prefix[:-1], (0, 0.0))[0]
+        return max(max(epochs) + 1 if epochs else 0, floor)
+
+    def keep_epoch(self, key: str) -> None:
+        """Remember past which epoch new content on the inode of entry ``key`` must start,
+        before that entry is dropped while its inode stays (a file truncated while the shipper
+        was down and found empty at start: its old content is gone, its checkpoint too). New
+        content there with the old first line (a banner) got epoch 0 and the old content's
+        ``source_id`` again, and the aggregator dropped its lines as resends."""
+        state = self._files.get(key)
+        if state is None:
+            return
+        inode = key.rsplit(":", 1)[0]
+        floor = self._floors.get(inode, (0, 0.0))[0]
+        self._floors[inode] = (max(floor, state.epoch + 1), time.time())
+        self.dirty = True
+
     def take_restarted(self, dev: int, ino: int, source: str, fp: str) -> FileState | None:
         """Remove and return the entry that :meth:`shipper.copytruncate.CopyTruncate._truncated`
         left on inode ``dev``:``ino`` of ``source`` for a file truncated in place ("read it
@@ -506,6 +580,15 @@ class Registry:
                 return state
         return None
 
+    def _prune_floors(self) -> None:
+        """Drop epochs remembered longer than :data:`EPOCH_FLOOR_SECONDS` (the inode has long
+        been reused or freed) and the oldest beyond :data:`MAX_EPOCH_FLOORS`."""
+        cutoff = time.time() - EPOCH_FLOOR_SECONDS
+        kept = sorted(
+            ((k, v) for k, v in self._floors.items() if v[1] >= cutoff), key=lambda kv: kv[1][1]
+        )
+        self._floors = dict(kept[-MAX_EPOCH_FLOORS:])
+
     def snapshot(self) -> bytes:
         """The document to persist, taken in the event loop (cheap) before writing elsewhere."""
         recent = time.time() - FINISHED_SAVE_SECONDS
@@ -525,6 +608,9 @@ class Registry:
         named = {k: v._asdict() for k, v in self._sources.items() if k in having}
         if named:
             doc["sources"] = named
+        self._prune_floors()
+        if self._floors:
+            doc["epochs"] = {k: list(v) for k, v in self._floors.items()}
         self.dirty = False
         return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 

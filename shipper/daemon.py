@@ -432,12 +432,13 @@ class Shipper:
     def _count_removed(self, found: set[str]) -> None:
         """Count the files of sources removed while the shipper was down (see
         :mod:`shipper.removed`) before :meth:`_gc_registry` forgets them: found by no pass,
-        their lines not shipped were lost without a count."""
+        their lines not shipped were lost without a count (``deleted_unread``), and lines
+        written while the shipper was down possibly so (``removed_while_down``)."""
         lost = self.metrics.lost_files
 
-        def on_loss(service: str) -> None:
+        def on_loss(service: str, reason: str) -> None:
             self.metrics.watch_service(service)
-            lost.labels(service, "deleted_unread").inc()
+            lost.labels(service, reason).inc()
 
         if count_removed(self.registry, found, node_names(self.cfg.hostname), on_loss):
             self.checkpoint_changed()

@@ -112,7 +112,8 @@ class Metrics:
             "truncated_in_place (possible: only lines written since the last look), "
             "rotated_unseen (at least one per file when compressed copies show them, else one "
             "per look that found files may be missing), pin_limit (one per episode of files "
-            "that may be lost)",
+            "that may be lost), removed_while_down (possible: a container or pod removed while "
+            "the shipper was down, after all it had seen was shipped)",
             ["service", "reason"],
             registry=r,
         )

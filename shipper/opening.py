@@ -120,8 +120,12 @@ class Opening:
                 os.close(fd)
                 return None
             # New content on an inode truncated in place: it takes over the entry left for it.
+            # Never at an epoch below one used on the inode: its id could be an earlier
+            # content's (same first line), whose lines the aggregator has.
             restarted = self.registry.take_restarted(st.st_dev, st.st_ino, self.spec.key, fp)
-            epoch = restarted.epoch if restarted is not None else 0
+            epoch = self.registry.next_epoch(st.st_dev, st.st_ino)
+            if restarted is not None:
+                epoch = max(epoch, restarted.epoch)
             sid = self._source_id(st.st_ino, fp, epoch, birth)
             state = FileState(self.spec.key, str(path), sid, 0, 0, epoch)
             self.registry.put(key, state)

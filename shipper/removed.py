@@ -15,15 +15,19 @@ size the shipper last saw (:attr:`~shipper.checkpoint.FileState.seen`).
   ``deleted_unread`` with a WARNING naming the container or pod and the bytes.
 * ``seen`` unknown (an entry of an older shipper): counted, the WARNING says the amount is
   unknown.
-* read to its end at the last look: not counted (operations.md pages on ``deleted_unread``,
-  and a container removed after everything was shipped lost nothing); INFO says that lines
-  written after the shipper stopped, if any, cannot be known.
+* read to its end at the last look: counted ``removed_while_down``, a possible loss (a
+  ticket, not a page: operations.md pages on ``deleted_unread``, and most containers removed
+  after everything was shipped lost nothing), with a WARNING naming the container or pod and
+  when the shipper stopped: lines it wrote after that, if any, are lost, and nothing can tell
+  whether there were any. Not counting them hid the usual loss of a Kubernetes rollout of the
+  shipper, the last lines of pods deleted meanwhile (A2s18's F2, R4s18).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,39 +41,48 @@ def count_removed(
     registry: Registry,
     found: set[str],
     nodes: tuple[str, ...],
-    on_loss: Callable[[str], None],
+    on_loss: Callable[[str, str], None],
 ) -> int:
     """Judge and forget the checkpoints of files of sources not in ``found`` (the keys a
-    complete discovery pass found, excluded ones included) that are gone; ``on_loss(service)``
-    is called once per file lost. Returns how many were counted."""
+    complete discovery pass found, excluded ones included) that are gone;
+    ``on_loss(service, reason)`` is called once per file (``deleted_unread``: lost for sure or
+    of unknown amount; ``removed_while_down``: possible). Returns how many were counted."""
     counted = 0
     for key, state in registry.items():
         if state.source in found or not _gone(key, Path(state.path)):
             continue
         registry.remove(key)
         who = registry.described(state.source) or _guessed(state.source, nodes)
-        if _judge(key, state, who):
-            on_loss(who.service)
-            counted += 1
+        on_loss(who.service, _judge(key, state, who, registry.saved_at))
+        counted += 1
     return counted
 
 
-def _judge(key: str, state: FileState, who: Described) -> bool:
-    """Log what the gone file's checkpoint says; True when it counts as a loss."""
+def _stopped(saved_at: float | None) -> str:
+    """When the shipper stopped, as its last checkpoint save tells (UTC), for a warning."""
+    if saved_at is None:
+        return "an unknown time"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(saved_at))
+
+
+def _judge(key: str, state: FileState, who: Described, saved_at: float | None) -> str:
+    """Log what the gone file's checkpoint says; return the loss reason to count."""
     end = max(state.offset, state.acked_to)
     if state.seen is not None and state.seen <= end:
-        log.info(
-            "log file of a removed source was gone at start; it had been shipped to its end as "
-            "far as the shipper saw (lines written after the shipper stopped, if any, cannot be "
-            "known and are not counted) service=%s container_name=%s source=%s path=%s "
-            "offset=%d",
+        log.warning(
+            "container or pod removed while the shipper was down; its log file had been "
+            "shipped to its end as far as the shipper saw (offset %d), but lines it wrote after "
+            "the shipper stopped at %s, if any, are lost: a possible loss, counted "
+            "removed_while_down (keep shipper restarts short) service=%s container_name=%s "
+            "source=%s path=%s",
+            end,
+            _stopped(saved_at),
             who.service,
             who.container_name or "-",
             state.source,
             state.path,
-            end,
         )
-        return False
+        return "removed_while_down"
     unread = "unknown" if state.seen is None else str(state.seen - end)
     log.warning(
         "log file of a container or pod removed while the shipper was down was deleted before "
@@ -86,7 +99,7 @@ def _judge(key: str, state: FileState, who: Described) -> bool:
         state.path,
         key,
     )
-    return True
+    return "deleted_unread"
 
 
 def _gone(key: str, path: Path) -> bool:

@@ -65,6 +65,29 @@ def _may_grow(st: os.stat_result) -> bool:
     return time.time() - _latest_write(st) < rotate_wait.ROTATE_WAIT_SECONDS
 
 
+def _inode_stays(key: str, state: FileState) -> tuple[bool, bool]:
+    """Whether ``state.path`` is still on the inode of checkpoint ``key``, though not with its
+    content (the entry vanished), and whether that is the very file, its birth time the one in
+    its ``source_id`` (truncated in place while the shipper was down, not deleted and another
+    created on the freed inode). Without a birth time on both sides the second is False."""
+    dev, ino, _ = key.split(":", 2)
+    try:
+        fd = os.open(state.path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False, False
+    try:
+        st = os.fstat(fd)
+        birth = birth_time(fd)
+    except OSError:
+        return False, False
+    finally:
+        os.close(fd)
+    if (st.st_dev, st.st_ino) != (int(dev), int(ino)):
+        return False, False
+    born = state.source_id.rsplit(":", 1)[-1].partition("@")[2].partition("+")[0]
+    return True, birth is not None and born == f"{birth:x}"
+
+
 def touch(key: str) -> None:
     if key not in last_active and len(last_active) >= MAX_REMEMBERED_SOURCES:
         for old in sorted(last_active, key=last_active.__getitem__)[: len(last_active) // 2]:
@@ -255,7 +278,7 @@ class Resume:
                 "replaced (deleted and created again, or truncated and written again) while the "
                 "shipper was down or had it closed"
             )
-        epoch = state.epoch + 1
+        epoch = self.registry.next_epoch(st.st_dev, st.st_ino)  # past this one's and any other
         sid = self._source_id(st.st_ino, fp, epoch, birth)
         fresh = FileState(self.spec.key, str(path), sid, 0, 0, epoch)
         self.registry.put(file_key(st.st_dev, st.st_ino, fp), fresh)
@@ -543,6 +566,9 @@ class Resume:
         compressed = compressed_identities(self.spec.path)
         taken = {c.state.source_id for c in self.cursors}
         for key, state in vanished:
+            stays, truncated = _inode_stays(key, state)
+            if stays:  # new content on its inode must not reuse its id
+                self.registry.keep_epoch(key)
             self.registry.remove(key)
             if state.source_id in taken:  # a copy of it goes on from here (_adopt_copy)
                 continue
@@ -565,6 +591,9 @@ class Resume:
                     state.path,
                 )
                 continue
+            if truncated:
+                self._truncated_while_down(state, end)
+                continue
             log.warning(
                 "log file deleted before it was read to the end (rotated away while the shipper "
                 "was down, or while it was behind at its last stop); lines after offset %d are "
@@ -573,3 +602,18 @@ class Resume:
                 state.path,
             )
             self.on_loss("deleted_unread")
+
+    def _truncated_while_down(self: Tailer, state: FileState, end: int) -> None:
+        """The file of checkpoint ``state`` is still there, without the content read (truncated
+        in place while the shipper was down, with no copy to finish from): lines written after
+        ``end`` and before the truncation, if any, are lost -- a possible loss, as
+        :meth:`_verified` counts it. Counted ``deleted_unread`` it paged for a file that was not
+        deleted, often with nothing lost."""
+        log.warning(
+            "log file truncated in place while the shipper was down, with no copy to finish "
+            "from; lines written after offset %d and before the truncation, if any, are lost "
+            "path=%s",
+            end,
+            state.path,
+        )
+        self.on_loss("truncated_in_place")

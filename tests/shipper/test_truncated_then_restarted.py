@@ -6,6 +6,12 @@ New content with another first line was followed under a key of its own, the old
 never opened again, and the next start counted it as a file deleted unread: a ``deleted_unread``
 page ("lines after offset 0 are lost", naming the live file) while nothing was lost. New content
 now takes that entry over (:meth:`shipper.checkpoint.Registry.take_restarted`), epoch included.
+
+Taking it over removed the only record that the old first line had been used at a lower epoch
+on that inode: content written after a truncation while the shipper was down, starting with
+that line again, was opened at epoch 0 with the first content's ``source_id``, and the
+aggregator dropped its lines as resends (R4s18). New content now starts past every epoch used
+on its inode (:meth:`shipper.checkpoint.Registry.next_epoch`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import asyncio
 import json
 import logging
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -103,6 +110,76 @@ def test_an_entry_an_older_shipper_left_after_a_truncation_is_taken_over(tmp_pat
     assert losses == []
     assert reg.get(old_key) is None
     reg.close()
+
+
+def test_content_truncated_while_down_does_not_reuse_an_earlier_contents_id(
+    tmp_path: Path,
+) -> None:
+    """C1 (first line L1) shipped; truncated while running, C2 takes its entry over; the
+    shipper stops; truncated while down, C3 starts with L1 again (a banner, a CSV header). C3
+    must get an id of its own: with C1's, every line of it is dropped as a resend."""
+    path = tmp_path / "c-json.log"
+    append_docker(path, 0, 20, "first")
+    state = tmp_path / "state"
+    reg, losses = Registry(state), []
+    t = _tailer(reg, path, losses)
+    sent = drain_sent(t)
+    _truncate(path)  # truncated while the shipper runs: the next content takes the entry over
+    append_docker(path, 100, 20, "second")
+    sent += drain_sent(t)
+    t.close()
+    reg.save()
+    reg.close()  # the shipper stops (deploy, restart)
+
+    _truncate(path)  # truncated while it is down; the new content starts as the first did
+    append_docker(path, 0, 20, "first")
+    reg, losses = Registry(state), []
+    t = _tailer(reg, path, losses)
+    sent += drain_sent(t)
+    t.close()
+    reg.close()
+    ids = [sid for _, _, sid in sent]
+    assert len(set(ids)) == 3, sorted(set(ids))
+    assert losses == ["truncated_in_place"], losses  # C2 truncated while down: possible loss
+    kept = aggregator_keeps(sent)
+    assert kept[-20:] == [f"first {i}" for i in range(20)], (kept, sorted(set(ids)))
+
+
+def test_content_written_after_a_restart_on_a_file_emptied_while_down_gets_its_own_id(
+    tmp_path: Path,
+) -> None:
+    """Truncated while the shipper is down and still empty at its start: the old content's
+    checkpoint goes (nothing on the inode holds it), and with it the record of its epoch. The
+    banner written next (here before the start after that) got epoch 0 and the old content's
+    id, and the aggregator dropped its lines as resends; the truncation was counted as a file
+    deleted unread (a page)."""
+    path = tmp_path / "c-json.log"
+    append_docker(path, 0, 20, "first")
+    state = tmp_path / "state"
+    reg, losses = Registry(state), []
+    t = _tailer(reg, path, losses)
+    sent = drain_sent(t)
+    t.close()
+    reg.save()
+    reg.close()
+    _truncate(path)  # while the shipper is down; still empty when it starts
+    reg, losses = Registry(state), []
+    t = _tailer(reg, path, losses)
+    sent += drain_sent(t)
+    t.close()
+    reg.save()
+    reg.close()  # stopped again before anything was written: the record is saved
+    assert losses == ["truncated_in_place"]  # lines written before the truncation: possible
+    append_docker(path, 0, 20, "first")  # then the banner again, while the shipper is down
+    reg, losses = Registry(state), []
+    t = _tailer(reg, path, losses)
+    sent += drain_sent(t)
+    t.close()
+    reg.close()
+    ids = sorted({sid for _, _, sid in sent})
+    assert len(ids) == 2, ids
+    assert aggregator_keeps(sent) == [f"first {i}" for i in range(20)] * 2
+    assert losses == []
 
 
 def _entries(state: Path) -> dict[str, dict[str, object]]:
@@ -211,3 +288,34 @@ def test_a_shipper_restarted_after_a_truncation_pages_for_nothing(
     assert lost == 0.0
     assert not [r for r in caplog.records if "deleted before it was read" in r.getMessage()]
     assert Counter(receiver.lines()) == Counter(log.written)
+
+
+def test_the_epoch_kept_for_an_emptied_inode_is_saved_pruned_and_superseded(
+    tmp_path: Path,
+) -> None:
+    """The record :meth:`Registry.keep_epoch` leaves survives a restart, goes once an entry on
+    the inode carries it, and is dropped after a week; a malformed one is ignored."""
+    state = tmp_path / "state"
+    reg = Registry(state)
+    reg.put("1:2:aa", FileState("s", "p", "sid+3", 10, 10, 3))
+    reg.keep_epoch("1:2:aa")
+    reg.remove("1:2:aa")
+    reg.save()
+    reg.close()
+    reg = Registry(state)
+    assert reg.next_epoch(1, 2) == 4 and reg.next_epoch(1, 3) == 0
+    reg.put("1:2:bb", FileState("s", "p", "sid+4", 0, 0, 4))
+    reg.save()
+    reg.close()
+    assert "epochs" not in json.loads((state / "checkpoints.json").read_bytes())
+
+    doc = json.loads((state / "checkpoints.json").read_bytes())
+    doc["files"] = {}
+    doc["epochs"] = {"1:2": [7, time.time() - 8 * 24 * 3600], "1:3": "x", "1:4": [2, time.time()]}
+    (state / "checkpoints.json").write_text(json.dumps(doc))
+    reg = Registry(state)
+    try:
+        assert (reg.next_epoch(1, 2), reg.next_epoch(1, 3), reg.next_epoch(1, 4)) == (0, 0, 2)
+        assert list(json.loads(reg.snapshot())["epochs"]) == ["1:4"]  # a week old: dropped
+    finally:
+        reg.close()
