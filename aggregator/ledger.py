@@ -26,6 +26,10 @@ before ``t`` is in the segments it replays, which it reconciles against the ledg
 the peers it waits for have committed. Replays are ordered by ``(since, node)``: a node waits
 for the replaying peers that come before it and not for those after it, which will skip what it
 commits (:meth:`Ledger.behind`). The order is total, so no two replays wait for each other. The
+mark is written at start-up, and says ``reads_ledger`` before each check of the peers that may
+lead to reading what they committed (:meth:`Ledger.check_in`): a later replay that may have read
+the ledger without seeing this node's mark is waited for like any live peer. A stale mark is
+ignored, and a node starting with nothing to replay deletes its own. The
 marker lives beside the heartbeats, not in them, so that a node of an older version (which
 reads every ``_nodes/*.json``) sees heartbeats as before.
 """
@@ -106,11 +110,17 @@ class ReplayMark:
     updated: float
     """When the mark was last written (at the start of the replay and after each segment)."""
     flush_interval: float
+    reads_ledger: bool = False
+    """Whether the node reads, or has read, what its peers committed (:meth:`Ledger.check_in`):
+    from then on it no longer waits for the replays that come before it, so they must wait for
+    it. False while it waits for its peers, or has not reached its first replayed flush."""
 
     def stale(self, now: float) -> bool:
         """A mark not rewritten for as long as a heartbeat may stay unchanged: left by a node
-        that stopped in the middle of its replay. Its node counts as down (unless its heartbeat
-        is fresh); the order it states still holds (:meth:`Ledger.behind`)."""
+        that stopped in the middle of its replay, or by an earlier run of a node that now runs
+        with an empty buffer (and removes it at start). It is treated as absent
+        (:meth:`Ledger.behind`): the order it states is void, its node is live only by its
+        heartbeat."""
         return now - self.updated > stale_after(self.flush_interval)
 
     def replays_after(self, since: float, node: str) -> bool:
@@ -191,17 +201,39 @@ class Ledger:
         self.replay_done()
         self._delete(self._beat_path, "heartbeat")
 
-    def announce_replay(self, since: float, flush_interval: float) -> None:
+    def announce_replay(
+        self, since: float, flush_interval: float, reads_ledger: bool = False
+    ) -> None:
         """Publish that this node replays what it acknowledged before ``since`` (see the module
-        docstring): peers whose replay began earlier need not wait for it. Written again after
-        each replayed segment, so that a long replay keeps its node counted as live."""
+        docstring): peers whose replay began earlier need not wait for it while it has not
+        read the ledger (``reads_ledger``). Written at start-up, before each check of the peers
+        (:meth:`check_in`), and after each replayed segment, so that a long replay keeps its
+        node counted as live."""
         doc = {
             "node": self.node_id,
             "since": since,
             "updated": time.time(),
             "flush_interval": flush_interval,
+            "reads_ledger": reads_ledger,
         }
         put_bytes(self.warehouse, self._mark_path, (json.dumps(doc) + "\n").encode("utf-8"))
+
+    def check_in(self, since: float, flush_interval: float) -> list[str]:
+        """The peers a replay begun at ``since`` must still wait for, checked so that a replay
+        that comes before this one and this one never both go on without the other.
+
+        The mark says ``reads_ledger`` *before* the peers are read: an earlier replay whose
+        mark this check does not see wrote it after this write, so every check it makes sees
+        this node reading the ledger and waits for it; one whose mark this check sees is
+        waited for here. While peers are behind, the mark goes back to not reading, so that the
+        earlier replays stop waiting for this one (no two replays wait for each other for
+        long). OSError when the mark cannot be written: the replay must not go on (a peer
+        could skip it)."""
+        self.announce_replay(since, flush_interval, reads_ledger=True)
+        behind = self.behind(since, time.time())
+        if behind:
+            self.announce_replay(since, flush_interval, reads_ledger=False)
+        return behind
 
     def replay_done(self) -> None:
         """Remove this node's replay mark: its replay is written (or left for the next start,
@@ -235,20 +267,29 @@ class Ledger:
         the start of this node's replay: the ones it must wait for.
 
         A peer counts when its heartbeat is fresh, or its replay mark (a node replaying after
-        a crash has only its old heartbeat, maybe stale). It is behind while its heartbeat's
-        ``committed_through`` is before ``since``, unless it replays *after* this node
-        (:meth:`ReplayMark.replays_after`): all it acknowledged before ``since`` is then in its
-        own replay, which waits for this one and skips what this one commits."""
+        a crash has only its old heartbeat, maybe stale); a stale mark counts as absent. It is
+        behind while its heartbeat's ``committed_through`` is before ``since``, unless it
+        replays *after* this node (:meth:`ReplayMark.replays_after`) and has not begun to read
+        the ledger: all it acknowledged before ``since`` is then in its own replay, which will
+        see this node's mark, wait for this one and skip what this one commits. A later replay
+        that reads the ledger may not have seen this node's mark (:meth:`check_in`): waited
+        for like any live peer."""
         beats = {b.node: b for b in self.peers()}
-        marks = {m.node: m for m in read_replay_marks(self.warehouse) if m.node != self.node_id}
+        marks = {
+            m.node: m
+            for m in read_replay_marks(self.warehouse)
+            if m.node != self.node_id and not m.stale(now)
+        }
         waited = []
         for node in sorted(beats.keys() | marks.keys()):
             beat, mark = beats.get(node), marks.get(node)
-            if mark is not None and mark.replays_after(since, self.node_id):
+            if (
+                mark is not None
+                and mark.replays_after(since, self.node_id)
+                and not mark.reads_ledger
+            ):
                 continue
-            live = (beat is not None and not beat.stale(now)) or (
-                mark is not None and not mark.stale(now)
-            )
+            live = (beat is not None and not beat.stale(now)) or mark is not None
             committed = beat.committed_through if beat is not None else 0.0
             if live and committed < since:
                 waited.append(node)
@@ -260,17 +301,23 @@ class Ledger:
         timeout: float,
         poll: float = 1.0,
         stop: threading.Event | None = None,
+        flush_interval: float | None = None,
     ) -> list[str]:
         """Wait until no live peer is :meth:`behind` ``since``.
 
         Returns the peers still behind when ``timeout`` ran out or ``stop`` was set (the
         caller decides: replay anyway, a line they hold may then be written twice, or leave
         the replay for later). The peers are read again at each poll: a peer's replay mark
-        may appear after the wait began (two nodes restarted together).
+        may appear after the wait began (two nodes restarted together). With
+        ``flush_interval`` (a replay, which reads the ledger once this returns), each poll
+        is a :meth:`check_in`.
         """
         deadline = time.monotonic() + timeout
         while True:
-            behind = self.behind(since, time.time())
+            if flush_interval is None:
+                behind = self.behind(since, time.time())
+            else:
+                behind = self.check_in(since, flush_interval)
             if not behind or time.monotonic() >= deadline:
                 return behind
             wait = min(poll, max(0.0, deadline - time.monotonic()))
@@ -350,6 +397,7 @@ def read_replay_marks(warehouse: Warehouse) -> list[ReplayMark]:
                 float(doc["since"]),
                 float(doc["updated"]),
                 float(doc["flush_interval"]),
+                bool(doc.get("reads_ledger", False)),
             )
         except (OSError, pa.ArrowException, ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable replay mark %s: %s", info.path, exc)

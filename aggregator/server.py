@@ -28,6 +28,7 @@ import os
 import re
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -573,10 +574,10 @@ class ForwardServer:
         then ack them in the connection's own encoding once durable, and give their bytes
         back to the in-flight budget.
 
-        A message whose client has already closed the connection (it gave up waiting for the
-        ack, e.g. past its ack timeout while this process was stopped, and resends it here or
-        to another aggregator) is not stored when it carries a chunk id: it would be stored
-        twice. Its acks could not reach the client anyway. Checked again before the acks are
+        A message whose client has already given up on the connection (it closed it, past its
+        ack timeout while this process was stopped, and resends the message here or to another
+        aggregator: :func:`_peer_closed`) is not stored when it carries a chunk id: it would be
+        stored twice. Its acks could not reach the client anyway. Checked again before the acks are
         written, for messages the client gave up on while they were being made durable."""
         entries, error = self._store(conn, unpacker, messages, _peer_closed(writer))
         self._report_abandoned(conn)
@@ -799,30 +800,56 @@ class ForwardServer:
 
 
 #: TCP states (``tcpi_state`` of Linux's ``TCP_INFO``, ``include/net/tcp_states.h``) in which
-#: the peer has ended its side of a connection this server has not closed: its FIN was received
-#: (CLOSE_WAIT; LAST_ACK and CLOSING once ours went too) or it reset the connection (CLOSE).
-_PEER_ENDED_STATES = frozenset({7, 8, 9, 11})
+#: the peer has sent its FIN on a connection this server has not closed (CLOSE_WAIT; LAST_ACK
+#: and CLOSING once ours went too): it has closed, or only half-closed (``shutdown(SHUT_WR)``).
+_PEER_FIN_STATES = frozenset({8, 9, 11})
+#: ``tcpi_state`` when the peer reset the connection (CLOSE): it can read no ack.
+_TCP_CLOSE = 7
+#: Offset and size of ``tcpi_last_data_recv`` (ms since the last data segment was received) in
+#: ``struct tcp_info``: after 8 one-byte fields and 11 ``__u32`` (rto ... last_ack_sent).
+_LAST_DATA_RECV = struct.Struct("=I")
+_LAST_DATA_RECV_OFFSET = 52
+
+#: A client that closed its side is taken as having given up on its messages only when their
+#: data reached this host at least this long ago: the aggregator was stalled (stopped, paused,
+#: swapping, a hung fsync) while the data waited in its socket. A client that gives up has
+#: waited its ack timeout since sending (logq-shipper 30 s by default, Fluentd's
+#: ack_response_timeout 190 s), so its data is far older than this when the stalled process
+#: reads it; a client that half-closes right after sending and then reads its acks (``nc -N``,
+#: scripts, proxies that pass a half-close on) sent its data moments before, and a serving
+#: aggregator reads it within milliseconds. 2 s leaves room for a loaded aggregator (a busy
+#: event loop, reads paused by backpressure) without dropping such a client's messages, and a
+#: stall shorter than 2 s is shorter than any client's ack timeout in practice.
+GIVEN_UP_AFTER_S = 2.0
 
 
 def _peer_closed(writer: asyncio.StreamWriter) -> bool:
-    """Whether the client has closed its side of the connection, which its kernel told ours
-    (FIN or RST) even while this process was stopped and before the bytes it sent earlier are
-    read: asked of the socket's TCP state, not of the stream (whose end-of-file comes only
-    after every byte before it was read). Clients that ask for acks (logq-shipper, Fluent Bit,
-    Fluentd's out_forward with ``require_ack_response``) keep the connection open until the
-    ack comes or they give up; only Fluentd without acks half-closes after sending, and its
-    messages carry no chunk id. False when it cannot be told (no ``TCP_INFO``: not Linux)."""
+    """Whether the client has given up on the connection, which its kernel told ours (FIN or
+    RST) even while this process was stopped and before the bytes it sent earlier are read:
+    asked of the socket's TCP state, not of the stream (whose end-of-file comes only after every
+    byte before it was read). A reset connection has; one the client closed (or half-closed)
+    has only when its last data arrived :data:`GIVEN_UP_AFTER_S` ago or more: a stall, past
+    which it gave up waiting for the acks. A client that half-closes right after sending waits
+    for its acks. Clients that ask for acks (logq-shipper, Fluent Bit, Fluentd's out_forward
+    with ``require_ack_response``) keep the connection open until the ack comes or they give
+    up. False when it cannot be told (no ``TCP_INFO``: not Linux)."""
     if writer.is_closing():  # TLS: the transport closes when the peer's close_notify comes
         return True
     sock = writer.get_extra_info("socket")
     tcp_info = getattr(socket, "TCP_INFO", None)
     if sock is None or tcp_info is None:
         return False
+    size = _LAST_DATA_RECV_OFFSET + _LAST_DATA_RECV.size
     try:
-        state = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, 1)[0]
+        info = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, size)
     except OSError:
         return False
-    return state in _PEER_ENDED_STATES
+    if info[0] == _TCP_CLOSE:
+        return True
+    if info[0] not in _PEER_FIN_STATES or len(info) < size:
+        return False
+    (idle_ms,) = _LAST_DATA_RECV.unpack_from(info, _LAST_DATA_RECV_OFFSET)
+    return idle_ms >= GIVEN_UP_AFTER_S * 1000
 
 
 def _note_partial(conn: _Conn, partial: bool) -> None:

@@ -19,8 +19,8 @@ The command line (serve, ``compact``, ``drain``) is :mod:`aggregator.commands`. 
    what they sent, seal, flush everything acknowledged, exit 0 (exit 1 if the warehouse still
    refuses the data after ``SHUTDOWN_FLUSH_SECONDS``: it stays in the buffer and is written at
    the next start); a second signal exits 1 at once (the buffer holds everything acknowledged).
-   A stop while the replay waits for its peers ends the wait (see
-   :meth:`_replay_left_for_next_start`).
+   A stop while the replay waits for its peers ends the wait and exits 1, the replay left in
+   the buffer for the next start (see :meth:`_replay_left_for_next_start`).
    SIGHUP is no reload: a warning, and the aggregator goes on.
 """
 
@@ -216,8 +216,23 @@ class Aggregator:
         )
         self._replay = {s.seq for s in replay}
         self._replay_since = time.time()
+        self._publish_replay_mark()
         if replay:
             log.info("replaying %d buffer segments left by the previous run", len(replay))
+
+    def _publish_replay_mark(self) -> None:
+        """At start-up, before serving: publish the replay mark (ledger.py) at once, so that a
+        peer reading the ledger from now on sees this replay and waits for it; with no replay,
+        remove a mark an earlier run left (its crash mid-replay, then an emptied buffer), which
+        would otherwise order this live node among the replays."""
+        assert self.ledger is not None
+        if not self._replay:
+            self.ledger.replay_done()
+            return
+        try:
+            self.ledger.announce_replay(self._replay_since, self.settings.flush_interval)
+        except OSError as exc:  # written again before the replay reads the ledger
+            log.warning("could not publish the replay mark at start-up: %s", exc)
 
     async def run(self) -> int:
         # The lock first (cheap): a second aggregator on this buffer dir exits with that
@@ -250,6 +265,8 @@ class Aggregator:
                 await self.buffer.close()
             else:
                 self.buffer.unlock()
+            if self._replay and self.ledger is not None:  # the next start publishes it again
+                await asyncio.to_thread(self.ledger.replay_done)
             if not isinstance(exc, StartInterrupted):
                 raise
             log.info(
@@ -511,15 +528,18 @@ class Aggregator:
             )
             return 1
         if left:  # the heartbeat stays: the buffer is not empty (compaction waits for it)
-            log.info(
+            # Exit 1, not 0: exit 0 says the buffer is empty (DESIGN.md), and an operator may
+            # then retire the volume.
+            log.error(
                 "stopped before the replay of the %d buffer segments left by the previous run: "
-                "nothing was acknowledged in this run, and peers %s have not yet committed "
-                "what they hold of it; the segments stay in %s and are written at the next start",
+                "peers %s have not yet committed what they hold of it (replaying now could "
+                "store their lines twice); the data is safe in %s and will be written at the "
+                "next start (keep that volume)",
                 len(self._replay),
                 left,
                 self.settings.buffer_dir,
             )
-            return 0
+            return 1
         if self.ledger is not None:  # holds nothing now: replaying peers need not wait for it
             await asyncio.to_thread(self.ledger.forget)
         set_aside = self.buffer.quarantined()
@@ -733,11 +753,11 @@ class Aggregator:
         """Before the first replayed segment: say that this node replays, wait for the peers
         (:meth:`_wait_for_peers`), then read what they committed of the replayed sources."""
         assert self.flusher is not None and self.ledger is not None
-        try:
-            self.ledger.announce_replay(self._replay_since, self.settings.flush_interval)
-        except OSError as exc:  # peers then wait for this node as for any crashed one
-            log.warning("could not publish the replay mark: %s", exc)
         self._wait_for_peers(deadline)
+        # Also after a wait that timed out: from here on this replay reads the ledger.
+        self.ledger.announce_replay(
+            self._replay_since, self.settings.flush_interval, reads_ledger=True
+        )
         replayed = [s for s in self.buffer.sealed() if s.seq in self._replay]
         sources = self.flusher.sources(replayed)
         since = min((s.path.stat().st_mtime for s in replayed), default=self._replay_since)
@@ -766,7 +786,8 @@ class Aggregator:
         if deadline is not None:
             left = max(0.0, deadline - time.monotonic())
             timeout = left if stopping else min(timeout, left)
-        behind = self.ledger.behind(self._replay_since, time.time())
+        interval = self.settings.flush_interval
+        behind = self.ledger.check_in(self._replay_since, interval)
         if behind:
             log.info(
                 "replay waits for peers %s to commit what they acknowledged before it began "
@@ -776,7 +797,9 @@ class Aggregator:
             )
             stop = None if deadline is not None else self._stop_wait
             began = time.monotonic()
-            behind = self.ledger.wait_for_peers(self._replay_since, timeout, stop=stop)
+            behind = self.ledger.wait_for_peers(
+                self._replay_since, timeout, stop=stop, flush_interval=interval
+            )
             if not behind:
                 log.info(
                     "replay: no peer is behind any more after %.1fs (they committed, or "
@@ -808,7 +831,9 @@ class Aggregator:
             return
         if self._committed is not None:
             try:
-                self.ledger.announce_replay(self._replay_since, self.settings.flush_interval)
+                self.ledger.announce_replay(
+                    self._replay_since, self.settings.flush_interval, reads_ledger=True
+                )
             except OSError as exc:
                 log.debug("replay mark not refreshed: %s", exc)
 

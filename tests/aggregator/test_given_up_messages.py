@@ -2,18 +2,22 @@
 resends the message, here or to another aggregator. An aggregator that was stalled meanwhile (a
 SIGSTOP, a VM pause, heavy swapping) still finds the message in its socket when it resumes: it
 must not store it, or its lines are stored twice. A message without a chunk id is stored all
-the same: its client cannot resend it.
+the same: its client cannot resend it. A client that half-closes right after sending and reads
+its acks has given up nothing: its messages are stored and acked.
 
 The server tests run a :class:`aggregator.server.ForwardServer` in the test's event loop: while
 the test makes blocking socket calls the loop is held, which is the stall, and "the client
 closed before the server read" is a state the test holds (the kernel's TCP state of the
-server's socket is waited for), not a race. The last test runs two real aggregators.
+server's socket is waited for), not a race. The stall must outlast
+:data:`aggregator.server.GIVEN_UP_AFTER_S` (made short here; the test blocks the loop for that
+long: that is the stall, not a wait for a condition). The last test runs two real aggregators.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -21,11 +25,13 @@ import socket
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from aggregator import server as server_module
 from aggregator.metrics import Metrics
 from aggregator.server import ForwardServer, ServerLimits
 from shipper import wire
@@ -39,6 +45,17 @@ pytestmark = pytest.mark.skipif(
 
 #: ``st`` of /proc/net/tcp for CLOSE_WAIT: the peer's FIN was received.
 CLOSE_WAIT = "08"
+#: The in-process tests' :data:`aggregator.server.GIVEN_UP_AFTER_S`, and how long their stall
+#: lasts (past it).
+GIVEN_UP_AFTER_S = 0.3
+STALL_S = 0.5
+
+
+@pytest.fixture
+def short_stall(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A short stall counts as giving up: the in-process tests hold the loop for less long."""
+    monkeypatch.setattr(server_module, "GIVEN_UP_AFTER_S", GIVEN_UP_AFTER_S)
+    yield
 
 
 def _message(name: str, lines: int, chunk: bool = True) -> bytes:
@@ -62,12 +79,15 @@ def _tcp_state(local_port: int, remote_port: int) -> str | None:
 
 
 def _send_and_close(port: int, message: bytes) -> None:
-    """Blocking (the event loop, and so the server, is held): connect, send, close, and wait
-    until the server's end of the connection has the FIN (CLOSE_WAIT)."""
+    """Blocking (the event loop, and so the server, is held): connect, send, close, wait until
+    the server's end of the connection has the FIN (CLOSE_WAIT), and stall on past
+    :data:`STALL_S` after the send (the client gave up after its ack timeout)."""
     with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
         sock.sendall(message)
+        sent = time.monotonic()
         client_port = sock.getsockname()[1]
     wait_until(lambda: _tcp_state(port, client_port) == CLOSE_WAIT, 15, "the FIN at the server")
+    time.sleep(max(0.0, sent + STALL_S - time.monotonic()))  # the stall itself
 
 
 def _abandoned(metrics: Metrics, outcome: str) -> float:
@@ -79,7 +99,7 @@ def _run(coro: Any) -> Any:
 
 
 def test_a_message_whose_client_closed_before_it_was_read_is_not_stored(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, short_stall: None
 ) -> None:
     async def scenario() -> None:
         buffer, metrics = HeldBuffer(), Metrics()
@@ -117,7 +137,7 @@ def test_a_message_whose_client_closed_before_it_was_read_is_not_stored(
 
 
 def test_a_client_that_closes_while_its_message_is_made_durable_is_counted(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, short_stall: None
 ) -> None:
     """The window the server cannot close: read, appended, the fsync slow (a degraded volume),
     and the client gives up before it ends. The message is stored and its ack goes nowhere:
@@ -135,6 +155,7 @@ def test_a_client_that_closes_while_its_message_is_made_durable_is_counted(
             writer.close()
             await writer.wait_closed()
             await _until(lambda: _tcp_state(port, client_port) == CLOSE_WAIT)
+            await asyncio.sleep(STALL_S)  # the slow fsync, past the client's ack timeout
             buffer.sync(0)
             await _until(lambda: _abandoned(metrics, "stored") == 1, timeout=10)
             assert _abandoned(metrics, "dropped") == 0
@@ -179,6 +200,99 @@ def test_a_client_still_connected_gets_its_ack_and_its_lines_stored() -> None:
     _run(scenario())
 
 
+def _durable(buffer: HeldBuffer) -> None:
+    """Make every frame appended so far durable."""
+    for wait in buffer.waits:
+        if not wait.done():
+            wait.set_result(None)
+
+
+async def _send_half_close_and_read(port: int, payload: bytes) -> bytes:
+    """Send, half-close (FIN: the server's socket goes CLOSE_WAIT), then read until EOF."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(payload)
+    await writer.drain()
+    writer.write_eof()
+    data = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    return data
+
+
+async def _serve_half_closed(payload: bytes) -> tuple[bytes, HeldBuffer, Metrics]:
+    """What a client that half-closes right after sending reads back, with the server's buffer
+    and metrics."""
+    buffer, metrics = HeldBuffer(), Metrics()
+    server = ForwardServer(buffer, metrics, ServerLimits())  # type: ignore[arg-type]
+    _, port = await server.start("127.0.0.1", 0)
+    try:
+        client = asyncio.create_task(_send_half_close_and_read(port, payload))
+
+        def synced_and_answered() -> bool:
+            _durable(buffer)  # every frame appended is made durable as it comes
+            return client.done()
+
+        await _until(synced_and_answered, timeout=30)
+        return await client, buffer, metrics
+    finally:
+        await server.stop(grace=5)
+
+
+def test_a_msgpack_client_that_half_closes_and_waits_gets_its_ack() -> None:
+    """``shutdown(SHUT_WR)`` right after sending, then reading the acks (a script, a proxy
+    that passes the half-close on): the FIN is there when the server reads, but the client
+    gave nothing up. Found by the R4s18 review (it was dropped, and again at each resend)."""
+    data, buffer, metrics = _run(_serve_half_closed(_message("half-closed", 3)))
+    unpacker = wire.new_unpacker()
+    unpacker.feed(data)
+    acks = [wire.decode_ack(o) for o in unpacker]
+    assert acks == ["half-closed"], (acks, _abandoned(metrics, "dropped"))
+    assert len(buffer.frames) == 1
+    assert _abandoned(metrics, "dropped") == _abandoned(metrics, "stored") == 0
+
+
+def test_a_json_client_that_half_closes_and_waits_gets_its_ack() -> None:
+    """The JSON text path Fluentd's in_forward also reads (``printf '[...]' | nc -N``)."""
+    msg = json.dumps(["logq.json", 1700000000, {"log": "hello\n"}, {"chunk": "json-1"}]).encode()
+    data, buffer, metrics = _run(_serve_half_closed(msg))
+    assert b"json-1" in data, (data, _abandoned(metrics, "dropped"))
+    assert len(buffer.frames) == 1
+
+
+def test_a_dropped_message_resent_to_the_same_aggregator_is_stored_and_acked(
+    short_stall: None,
+) -> None:
+    """The drop leaves the recent chunks alone, so the client's resend here is stored."""
+
+    async def scenario() -> None:
+        buffer, metrics = HeldBuffer(), Metrics()
+        server = ForwardServer(buffer, metrics, ServerLimits())  # type: ignore[arg-type]
+        _, port = await server.start("127.0.0.1", 0)
+        try:
+            message = _message("resent", 4)
+            _send_and_close(port, message)  # the stall: dropped when the loop resumes
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(message)
+            unpacker = wire.new_unpacker()
+            acks: list[object] = []
+            while not acks:
+                _durable(buffer)
+                try:
+                    data = await asyncio.wait_for(reader.read(4096), 0.05)
+                except TimeoutError:
+                    continue
+                assert data
+                unpacker.feed(data)
+                acks = [wire.decode_ack(o) for o in unpacker]
+            writer.close()
+            assert acks == ["resent"]
+            assert len(buffer.frames) == 1
+            assert _abandoned(metrics, "dropped") == 1
+        finally:
+            await server.stop(grace=5)
+
+    _run(scenario())
+
+
 def _metrics_port(log_text: str) -> int:
     found = re.search(r"metrics on http://[^:]+:(\d+)/", log_text)
     assert found, log_text
@@ -212,8 +326,9 @@ def test_an_aggregator_stalled_past_the_ack_timeout_does_not_store_the_resent_li
         try:
             with n0.connect() as sock:  # the kernel accepts while the process is stopped
                 sock.sendall(batch)
-                with pytest.raises(TimeoutError):
-                    read_acks(sock, 1, timeout=0.5)  # the client's ack timeout runs out
+                with pytest.raises(TimeoutError):  # the client's ack timeout runs out, and
+                    # the stall outlasts the time after which a closed client gave up
+                    read_acks(sock, 1, timeout=server_module.GIVEN_UP_AFTER_S + 0.5)
             with n0.connect() as sock:
                 sock.sendall(no_acks)  # fluent-logger: sends, closes, never resends
             with n1.connect() as sock:

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.ledger import LEDGER_DIR, NODES_DIR, REPLAYING_DIR, Ledger, read_replay_marks
+from aggregator.ledger import (
+    LEDGER_DIR,
+    NODES_DIR,
+    REPLAYING_DIR,
+    Ledger,
+    read_replay_marks,
+    stale_after,
+)
 from athena.warehouse import Warehouse, open_warehouse
 from shipper import wire
 from tests.aggregator.helpers import (
@@ -107,9 +114,9 @@ def test_two_aggregators_killed_together_replay_without_waiting_for_each_other(
 @pytest.mark.integration
 def test_a_stop_during_the_replay_wait_ends_it_and_leaves_the_replay(tmp_path: Path) -> None:
     """A SIGTERM while the replay waits for a live peer that has not committed: nothing was
-    acknowledged in this run, so the stop ends at once (exit 0) and leaves the replay, with its
+    acknowledged in this run, so the stop ends at once and leaves the replay, with its
     duplicate protection, to the next start, rather than waiting the timeout out and replaying
-    anyway."""
+    anyway. It exits 1 with data in the buffer: exit 0 would say the volume is empty."""
     warehouse = str(tmp_path / "warehouse")
     a = start_aggregator(tmp_path, warehouse, ["--flush-interval", str(LONG_INTERVAL)], name="a")
     try:
@@ -123,13 +130,14 @@ def test_a_stop_during_the_replay_wait_ends_it_and_leaves_the_replay(tmp_path: P
     try:
         # As soon as it listens: its replay waits. (The timeout lets a stop that waits the
         # replay's 60 s out end, and show what it did: replay anyway.)
-        assert a.stop(timeout=120) == 0, a.log_text()
+        assert a.stop(timeout=120) == 1, a.log_text()
     finally:
         a.stop()
     log = a.log_text()
     assert "have not committed their buffers" not in log, log
     assert "replay waits for peers ['peer']" in log, log
     assert "stopped before the replay of the 1 buffer segments" in log, log
+    assert f"the data is safe in {a.buffer_dir} and will be written at the next start" in log
     assert _messages(warehouse) == []
     assert len(list(a.buffer_dir.glob("*.seg"))) == 1
     assert read_replay_marks(wh) == []
@@ -242,3 +250,85 @@ def test_the_wait_for_peers_ends_when_stopped(tmp_path: Path) -> None:
     finally:
         timer.cancel()
     assert behind == ["peer"]
+
+
+# --- a later replay that read the ledger first (found by the R4s18 review) ------------------
+
+FLUSH = 10.0
+
+
+def _stale_heartbeat(wh: Warehouse, node: str) -> None:
+    """The heartbeat of a node down for longer than it may stay unchanged."""
+    Ledger(wh, node).heartbeat(time.time() - 3600, FLUSH)
+    beat = Path(wh.path(LEDGER_DIR, NODES_DIR, f"{node}.json"))
+    doc = json.loads(beat.read_text())
+    beat.write_text(json.dumps({**doc, "updated": time.time() - stale_after(FLUSH) - 60}))
+
+
+def test_a_replay_waits_for_a_later_one_that_read_the_ledger_before_it_could_see_it(
+    tmp_path: Path,
+) -> None:
+    """A was down long ago (stale heartbeat); B crashed just now, holding a batch a shipper
+    resent from A. Both restart; A's replay began first but its buffer is larger, so B reaches
+    its ledger read before A's mark exists: B waits for nobody and reads. A must then wait for
+    B, although B's replay comes after its own, or both write that batch."""
+    wh = open_warehouse(str(tmp_path / "warehouse"), create=True)
+    a, b = Ledger(wh, "a"), Ledger(wh, "b")
+    now = time.time()
+    _stale_heartbeat(wh, "a")
+    b.heartbeat(now - 30, FLUSH)
+    since_a, since_b = now - 5, now - 3
+    b.announce_replay(since_b, FLUSH)  # B's start-up
+    assert b.check_in(since_b, FLUSH) == []  # no mark of A yet, A down: B reads the ledger
+    a.announce_replay(since_a, FLUSH)  # A's start-up, once its buffer is read
+    assert a.check_in(since_a, FLUSH) == ["b"]
+
+
+def test_a_later_replay_that_sees_the_earlier_one_waits_and_does_not_hold_it(
+    tmp_path: Path,
+) -> None:
+    """The other interleaving: A's mark is there when B checks. B waits for A and says it does
+    not read the ledger, so A does not wait for B (no two replays wait for each other)."""
+    wh = open_warehouse(str(tmp_path / "warehouse"), create=True)
+    a, b = Ledger(wh, "a"), Ledger(wh, "b")
+    now = time.time()
+    _stale_heartbeat(wh, "a")
+    b.heartbeat(now - 30, FLUSH)
+    since_a, since_b = now - 5, now - 3
+    a.announce_replay(since_a, FLUSH)
+    b.announce_replay(since_b, FLUSH)
+    assert b.check_in(since_b, FLUSH) == ["a"]
+    assert a.check_in(since_a, FLUSH) == []
+    (mark_b,) = [m for m in read_replay_marks(wh) if m.node == "b"]
+    assert not mark_b.reads_ledger
+
+
+def test_a_stale_leftover_mark_does_not_exempt_a_live_peer(tmp_path: Path) -> None:
+    """B crashed mid-replay (its mark stays), then came back with an empty buffer and runs:
+    fresh heartbeat, no replay. Its clock runs 10 min ahead, so its old mark orders it after
+    any replay of A's; A must still wait for B, live and behind A's start (R4s18 review)."""
+    wh = open_warehouse(str(tmp_path / "warehouse"), create=True)
+    a, b = Ledger(wh, "a"), Ledger(wh, "b")
+    now = time.time()
+    b.announce_replay(now + 600, FLUSH)
+    mark = Path(wh.path(LEDGER_DIR, REPLAYING_DIR, "b.json"))
+    doc = json.loads(mark.read_text())
+    mark.write_text(json.dumps({**doc, "updated": now - stale_after(FLUSH) - 60}))
+    b.heartbeat(now - 30, FLUSH)
+    assert a.behind(now, now) == ["b"]
+
+
+@pytest.mark.integration
+def test_an_aggregator_with_nothing_to_replay_removes_its_leftover_mark(tmp_path: Path) -> None:
+    """Its mark from a run that crashed mid-replay would order this live node among the
+    replays (fresh or not, with its clock ahead)."""
+    warehouse = str(tmp_path / "warehouse")
+    wh = open_warehouse(warehouse, create=True)
+    _mark(wh, "n9", since=time.time() + 600)
+    _mark(wh, "other", since=time.time())
+    agg = start_aggregator(tmp_path, warehouse, ["--node-id", "n9"], name="n9")
+    try:
+        assert [m.node for m in read_replay_marks(wh)] == ["other"]  # before it listened
+        assert agg.stop() == 0, agg.log_text()
+    finally:
+        agg.stop()
