@@ -24,7 +24,7 @@ from athena.timerange import dt_of
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from athena.partitions import Partition
+    from athena.partitions import DataFile, Partition
     from athena.warehouse import Warehouse
 
 
@@ -155,11 +155,15 @@ def oldest_data(wh: Warehouse, table: str, services: list[str] | None) -> dateti
 
 
 def newest_data_quick(
-    wh: Warehouse, table: str, services: list[str] | None, before: datetime | None = None
+    wh: Warehouse,
+    table: str,
+    services: list[str] | None,
+    before: datetime | None = None,
+    tops: Tops | None = None,
 ) -> datetime | None:
     """Newest ``timestamp`` of ``services`` (None: all) from the Parquet footers of their newest
     hours (at or before ``before``): one listing per service finds its hours, then
-    :func:`newest_in`."""
+    :func:`newest_in` (``tops``: see :func:`footer_bound`)."""
     from athena.partitions import Partition, list_dts, list_files, list_services
 
     chosen = list_services(wh, table) if services is None else services
@@ -169,19 +173,20 @@ def newest_data_quick(
         for svc in chosen
         for dt in [dt for dt in list_dts(wh, table, svc) if dt <= last][-2:]
     ]
-    return newest_in(wh, parts, before)
+    return newest_in(wh, parts, before, tops)
 
 
 def newest_in(
-    wh: Warehouse, parts: list[Partition], before: datetime | None = None
+    wh: Warehouse, parts: list[Partition], before: datetime | None = None, tops: Tops | None = None
 ) -> datetime | None:
     """Newest ``timestamp`` in ``parts`` (at or before ``before``), read from the footers of the
     newest files of their newest hour; an hour whose files hold no rows falls back to the hour
-    before it."""
+    before it. ``tops``: footers read already, and where to keep those read
+    (:func:`footer_bound`)."""
     last = "~" if before is None else dt_of(before)
     for dt in sorted({p.dt for p in parts if p.dt <= last}, reverse=True):
         files = [f.path for p in parts if p.dt == dt for f in p.files]
-        values = [footer_bound(wh, path, before=before) for path in newest_files(files)]
+        values = [footer_bound(wh, path, before=before, tops=tops) for path in newest_files(files)]
         found = [v for v in values if v is not None]
         if found:
             return max(found)
@@ -223,12 +228,36 @@ def newest_files(paths: Iterable[str]) -> list[str]:
     return picked[:MAX_FOOTERS]
 
 
+#: Files' largest ``timestamp`` as their footers gave it, by path: what one note has read, so
+#: that counting rows ahead of now does not read again the footers finding the newest row did.
+Tops = dict[str, datetime | None]
+
+
 def footer_bound(
-    wh: Warehouse, path: str, low: bool = False, before: datetime | None = None
+    wh: Warehouse,
+    path: str,
+    low: bool = False,
+    before: datetime | None = None,
+    tops: Tops | None = None,
 ) -> datetime | None:
     """Max (or min, ``low``) ``timestamp`` of one file from its footer's row-group statistics;
     the column itself is read only when a row group has none, or (``before``) when the max is
     after ``before``: then the max at or before it. None for a file with no such rows.
+    ``tops``: maxima read already (taken from it, and what is read is added to it).
+    """
+    if low or tops is None or path not in tops:
+        bound = _footer_bound(wh, path, low)
+        if not low and tops is not None:
+            tops[path] = bound
+    else:
+        bound = tops[path]
+    if before is not None and not low and bound is not None and bound > before:
+        return _max_before(wh, path, before)
+    return bound
+
+
+def _footer_bound(wh: Warehouse, path: str, low: bool) -> datetime | None:
+    """:func:`footer_bound` without ``before``: the file's max (or min) ``timestamp``.
 
     The statistics are read raw (int64) and converted with the column's Parquet time unit:
     pyarrow's ``statistics.max`` converts timestamps through pandas, whose import alone costs
@@ -266,10 +295,7 @@ def footer_bound(
         raise unreadable_file(path, exc) from exc
     if not bounds or unit is None:
         return None
-    bound = from_epoch(min(bounds) if low else max(bounds), unit)
-    if before is not None and not low and bound > before:
-        return _max_before(wh, path, before)
-    return bound
+    return from_epoch(min(bounds) if low else max(bounds), unit)
 
 
 def _max_before(wh: Warehouse, path: str, before: datetime) -> datetime | None:
@@ -350,37 +376,76 @@ def rows_after(
     services: list[str] | None,
     after: datetime,
     planned: list[Partition] | None = None,
+    read_up_to: str | None = None,
+    tops: Tops | None = None,
 ) -> Ahead | None:
     """The rows of ``services`` (None: all) stamped after ``after``; None when there are none.
 
-    Only the hours from ``after``'s on can hold such rows: their folders are listed (one
-    listing per service for its hours, one per such hour for its files); only a file whose
-    footer says it reaches past ``after`` has its ``timestamp`` column read. ``planned``
-    (partitions a query already listed) stands in for the listing of every service's hours
-    on S3 without ``services`` (1 + 2N round trips), at the price of missing hours not yet
-    planned. Runs only once rows ahead were seen, never with every query.
+    Only the hours from ``after``'s on can hold such rows: one listing per service finds them,
+    and only a file whose footer says it reaches past ``after`` has its ``timestamp`` column
+    read. ``planned`` (partitions a query already listed) gives the files of its hours without
+    a second listing, and stands in for the listing of every service's hours on S3 without
+    ``services`` (1 + 2N round trips), at the price of missing hours not yet planned.
+
+    ``read_up_to``: the hour up to which the newest files' footers were read already and
+    showed no row ahead (the stale note, which runs with every query against a stale
+    service). Then only the later hours are looked at first, and nothing more is read unless
+    they hold rows ahead: a service with no later hour costs that one listing, not a footer
+    per file of its current hour (a request or two each on S3). ``tops``: the footers the
+    note read already (:func:`footer_bound`), not read again.
     """
-    from athena.partitions import Partition, list_dts, list_files, list_services
+    from athena.partitions import list_dts, list_services
 
     first = dt_of(after)
+    known = {(p.service, p.dt): p.files for p in planned or []}
     if services is None and wh.is_s3:
-        parts = [p for p in planned or [] if p.dt >= first]
+        hours = [(svc, dt) for svc, dt in known if dt >= first]
     else:
         chosen = list_services(wh, table) if services is None else services
-        parts = [
-            Partition(table, svc, dt, list_files(wh, wh.path(table, f"service={svc}", f"dt={dt}")))
-            for svc in chosen
-            for dt in list_dts(wh, table, svc)
-            if dt >= first
-        ]
-    counted = [_after_in_file(wh, f.path, after) for p in parts for f in p.files]
+        hours = [(svc, dt) for svc in chosen for dt in list_dts(wh, table, svc) if dt >= first]
+    tops = {} if tops is None else tops
+    if read_up_to is None:
+        return _after_in_hours(wh, table, hours, after, known, tops)
+    later = [h for h in hours if h[1] > read_up_to]
+    found = _after_in_hours(wh, table, later, after, known, tops)
+    if found is None:
+        return None
+    rest = [h for h in hours if h[1] <= read_up_to]
+    return _merged(found, _after_in_hours(wh, table, rest, after, known, tops))
+
+
+def _merged(one: Ahead, other: Ahead | None) -> Ahead:
+    """Both counts as one."""
+    if other is None:
+        return one
+    return Ahead(one.rows + other.rows, max(one.newest, other.newest))
+
+
+def _after_in_hours(
+    wh: Warehouse,
+    table: str,
+    hours: list[tuple[str, str]],
+    after: datetime,
+    known: dict[tuple[str, str], tuple[DataFile, ...]],
+    tops: Tops,
+) -> Ahead | None:
+    """Rows stamped after ``after`` in the ``(service, dt)`` hours (files listed unless
+    ``known`` has them)."""
+    from athena.partitions import list_files
+
+    counted = []
+    for svc, dt in hours:
+        files = known.get((svc, dt))
+        if files is None:
+            files = list_files(wh, wh.path(table, f"service={svc}", f"dt={dt}"))
+        counted.extend(_after_in_file(wh, f.path, after, tops) for f in files)
     found = [c for c in counted if c is not None]
     if not found:
         return None
     return Ahead(sum(c.rows for c in found), max(c.newest for c in found))
 
 
-def _after_in_file(wh: Warehouse, path: str, after: datetime) -> Ahead | None:
+def _after_in_file(wh: Warehouse, path: str, after: datetime, tops: Tops) -> Ahead | None:
     """Rows of one file stamped after ``after`` (its column read only when its footer's
     largest time is after it)."""
     import pyarrow as pa
@@ -389,7 +454,7 @@ def _after_in_file(wh: Warehouse, path: str, after: datetime) -> Ahead | None:
 
     from athena.engines.local import unreadable_file
 
-    top = footer_bound(wh, path)
+    top = footer_bound(wh, path, tops=tops)
     if top is None or top <= after:
         return None
     try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 BLOCKS = " ▏▎▍▌▋▊▉█"
@@ -56,23 +56,35 @@ def partial_notes(rows: Sequence[Sequence[Any]], until: datetime, step: int) -> 
     short by the range: a shorter bar or a smaller count there is the range, not the traffic.
 
     The first is partial when it starts off a ``step`` boundary (the range began inside it),
-    the last when it would end after ``until`` (the range ends inside it, e.g. now).
+    the last when it would end after ``until`` (the range ends inside it, e.g. now). Times
+    print as :func:`note_time` does, so a note never says "starts at 10:00:00, inside the
+    interval from 10:00:00" for a range starting at 10:00:00.500.
     """
     if not rows or not step:
         return []
     notes = []
     first = _aware(rows[0][0])
+    end = until.astimezone(UTC)
+    dated = step >= 86400 or first.date() != (end - timedelta(microseconds=1)).date()
     if int(first.timestamp() * 1000) % (step * 1000):
         notes.append(
-            f"the first interval is partial: the range starts at {first:%H:%M:%S} UTC, "
-            f"inside the interval from {_boundary(first, step):%H:%M:%S}"
+            f"the first interval is partial: the range starts at {note_time(first, dated)}, "
+            f"inside the interval from {note_time(_boundary(first, step), dated)}"
         )
     last = _aware(rows[-1][0])
     if _boundary(last, step).timestamp() + step > until.timestamp():
-        notes.append(
-            f"the last interval is partial: the range ends at {until.astimezone(UTC):%H:%M:%S} UTC"
-        )
+        notes.append(f"the last interval is partial: the range ends at {note_time(end, dated)}")
     return notes
+
+
+def note_time(ts: datetime, dated: bool) -> str:
+    """``10:00:00 UTC``, ``10:00:00.500 UTC`` (milliseconds only when not zero, as the range
+    may start there), or with ``dated`` (a day's step, a range over days) ISO-8601:
+    ``2026-11-30T00:00:00Z``, where a time alone would not say which day."""
+    ts = ts.astimezone(UTC)
+    ms = ts.microsecond // 1000
+    clock = f"{ts:%H:%M:%S}" + (f".{ms:03d}" if ms else "")
+    return f"{ts:%Y-%m-%d}T{clock}Z" if dated else f"{clock} UTC"
 
 
 def _aware(ts: datetime) -> datetime:

@@ -18,7 +18,7 @@ from cli.notes import note_once
 from cli.options import Common, EngineName
 
 if TYPE_CHECKING:
-    from athena.freshness import Ahead
+    from athena.freshness import Ahead, Tops
     from athena.projection import ServiceEnum
     from athena.warehouse import Warehouse
     from cli.runner import Prepared
@@ -464,14 +464,16 @@ def note_stale(common: Common, prep: Prepared) -> None:
         planned = prep.scopes.get(prep.table) or []
         for name in (prep.services or [None])[:STALE_LISTED_SERVICES]:
             parts = [p for p in planned if name is None or p.service == name]
+            tops: Tops = {}  # the footers read for the newest row, not read again to count
             if parts:
-                newest, ahead = newest_and_ahead(partial(newest_in, wh, parts))
+                newest, ahead = newest_and_ahead(partial(newest_in, wh, parts, tops=tops))
             elif name is None and wh.is_s3:
                 return  # every service listed one by one: too many round trips for a note
             else:
                 svcs = None if name is None else [name]
-                newest, ahead = newest_and_ahead(partial(newest_data_quick, wh, prep.table, svcs))
-            note_freshness(common, prep, wh, name, newest, ahead, later_read=not parts)
+                find = partial(newest_data_quick, wh, prep.table, svcs, tops=tops)
+                newest, ahead = newest_and_ahead(find)
+            note_freshness(common, prep, wh, name, newest, ahead, not parts, tops)
     except (OSError, EngineError):
         return  # a note is best effort; the query itself reports storage failures
 
@@ -484,6 +486,7 @@ def note_freshness(
     newest: datetime | None,
     seen: datetime | None,
     later_read: bool = False,
+    tops: Tops | None = None,
 ) -> None:
     """The stale note, or the note on rows ahead of now, for one service (None: the table).
 
@@ -493,15 +496,21 @@ def note_freshness(
     so it gets :func:`ahead_note` instead of the stale note. Before a stale note the later
     hours are looked at too, unless ``later_read`` says the newest hours were read already
     (the footers of the partitions a query planned cover only its range): a clock hours
-    ahead, whose rows sit in later hour folders, is not called a stall either.
+    ahead, whose rows sit in later hour folders, is not called a stall either: that costs
+    one listing (are there later hours?) and footers only there, as it runs with every query
+    against a stale service (a 60-300 s flush makes most services stale). ``tops``: the
+    footers read to find ``newest``, not read again to count the rows ahead.
     """
-    from athena.timerange import as_utc, iso_utc
+    from athena.timerange import as_utc, dt_of, iso_utc
 
     who = f"for {name}" if name else f"in {prep.table}"
     age = None if newest is None else (prep.trange.until - as_utc(newest)).total_seconds()
     stale = age is not None and age > STALE_AFTER_SECONDS
     if seen is not None or (stale and not later_read):
-        found = rows_ahead(wh, prep, None if name is None else [name])
+        # Nothing seen ahead: only hours after now's can hold rows of a clock hours ahead
+        # (one listing finds them); the current hour's newest footers were read already.
+        read_up_to = None if seen is not None else dt_of(prep.trange.until)
+        found = rows_ahead(wh, prep, None if name is None else [name], read_up_to, tops)
         if found is not None or seen is not None:
             note_once(ahead_note(common, prep, who, found, seen))
             return
@@ -513,16 +522,25 @@ def note_freshness(
         )
 
 
-def rows_ahead(wh: Warehouse, prep: Prepared, services: list[str] | None) -> Ahead | None:
+def rows_ahead(
+    wh: Warehouse,
+    prep: Prepared,
+    services: list[str] | None,
+    read_up_to: str | None = None,
+    tops: Tops | None = None,
+) -> Ahead | None:
     """The rows of ``services`` stamped after the answer's end (now) past the clock
-    tolerance: those a source whose clock runs ahead wrote (:func:`athena.freshness.rows_after`)."""
+    tolerance: those a source whose clock runs ahead wrote (:func:`athena.freshness.rows_after`;
+    ``read_up_to``: the hour whose newest footers showed none, only later hours are looked at
+    first; ``tops``: footers read already)."""
     from datetime import timedelta
 
     from athena.freshness import rows_after
     from cli.output import CLOCK_TOLERANCE_SECONDS
 
     after = prep.trange.until + timedelta(seconds=CLOCK_TOLERANCE_SECONDS)
-    return rows_after(wh, prep.table, services, after, prep.scopes.get(prep.table))
+    planned = prep.scopes.get(prep.table)
+    return rows_after(wh, prep.table, services, after, planned, read_up_to, tops)
 
 
 def ahead_note(
@@ -550,11 +568,34 @@ def ahead_note(
     ahead = span_text(math.ceil((newest - now).total_seconds()))
     until = (newest + timedelta(minutes=1)).replace(second=0, microsecond=0)
     start = "" if common.since else f" --since {iso_utc(prep.trange.since)}"
+    given = query_filters(common, prep)
+    if not given:
+        return (
+            f"logq: note: {rows}rows {who} are stamped after now, up to {iso_utc(newest)} "
+            f"(a clock ahead of this one by up to {ahead}); this answer ends now and holds "
+            f"none of them: to include them, add{start} --until {until:%Y-%m-%dT%H:%M:%SZ}"
+        )
     return (
-        f"logq: note: {rows}rows {who} are stamped after now, up to {iso_utc(newest)} "
-        f"(a clock ahead of this one by up to {ahead}); this answer ends now and holds none "
-        f"of them: to include them, add{start} --until {until:%Y-%m-%dT%H:%M:%SZ}"
+        f"logq: note: {rows}rows {who} (counted before {'/'.join(given)}) are stamped after "
+        f"now, up to {iso_utc(newest)} (a clock ahead of this one by up to {ahead}); this "
+        f"answer ends now and leaves them out, whether they match or not: to read them, "
+        f"add{start} --until {until:%Y-%m-%dT%H:%M:%SZ}"
     )
+
+
+def query_filters(common: Common, prep: Prepared) -> list[str]:
+    """The row filters a query has besides time and service (``--path``, ``--status``, ...):
+    the ahead note counts rows from footers and timestamps only, before any of them (counting
+    with them would be a second query), so it must not read as "N matching rows"."""
+    params = prep.params
+    given = {
+        "--path": common.path,
+        "--method": common.method,
+        "--status": "status_min" in params,  # errors always filters (5xx by default)
+        "--grep": params.get("grep"),
+        "--stream": params.get("stream"),
+    }
+    return [flag for flag, value in given.items() if value]
 
 
 def human_age(seconds: float) -> str:

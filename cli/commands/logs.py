@@ -59,7 +59,8 @@ def tail(
 
             prep.sql = follow_sql()  # with host and container_id: --follow tells rows apart
         limit = int(prep.params["row_limit"])
-        prep.params["row_limit"] = limit + 1  # one line more than shown tells a cut apart
+        if not common.dry_run:  # --dry-run shows the SQL asked for, to copy as it is
+            prep.params["row_limit"] = limit + 1  # one line more than shown tells a cut apart
         result = runner.execute(common, prep)
         prep.params["row_limit"] = limit
         if result is None:

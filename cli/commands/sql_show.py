@@ -5,10 +5,12 @@ statement names it, so DuckDB's ``SHOW TABLES`` listed nothing (and an engineer 
 tables"), and ``SHOW COLUMNS FROM t``, Athena's (Hive's) form, is no DuckDB syntax at all. So
 the two are answered here from :mod:`athena.schema`, the tables' one definition, in Athena's
 shape: ``SHOW TABLES [IN db] ['pattern']`` gives ``tab_name``, ``SHOW COLUMNS {FROM|IN}
-[db.]table [{FROM|IN} db]`` gives ``field`` (data columns, then the partition columns
+[catalog.][db.]table [{FROM|IN} db]`` gives ``field`` (data columns, then the partition columns
 ``service`` and ``dt``). Any other SHOW is refused with what works instead: DuckDB's own
 (``SHOW DATABASES`` is its in-memory ``memory``) would describe DuckDB, not the warehouse.
-As for queries, a database qualifier is not checked: the local warehouse is one database.
+As for queries, a catalog or database qualifier is not checked (``SHOW TABLES IN nosuchdb``
+lists the tables, where Athena says the database does not exist): the local warehouse is one
+database.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ _SHOW_TABLES = re.compile(
     rf"TABLES(?:\s+(?:IN|FROM)\s+{_NAME})?(?:\s+'(?P<pattern>[^']*)')?\s*", re.IGNORECASE
 )
 _SHOW_COLUMNS = re.compile(
-    rf"COLUMNS\s+(?:IN|FROM)\s+(?:{_NAME}\.)?(?P<table>{_NAME})(?:\s+(?:IN|FROM)\s+{_NAME})?\s*",
+    rf"COLUMNS\s+(?:IN|FROM)\s+(?:{_NAME}\.){{0,2}}(?P<table>{_NAME})"  # [catalog.][db.]
+    rf"(?:\s+(?:IN|FROM)\s+{_NAME})?\s*",
     re.IGNORECASE,
 )
 #: What the local engine answers about the tables, for the refusal of any other SHOW.
@@ -42,9 +45,10 @@ def show_answer(statement: str) -> Any | None:
     columns = _SHOW_COLUMNS.fullmatch(rest)
     if columns is not None:
         return _columns(_unquoted(columns.group("table")))
-    words = " ".join(rest.split()[:2])
+    head = " ".join(rest.split())  # the statement as given: two words can read as accepted
+    head = head if len(head) <= 60 else head[:57] + "..."
     raise ValueError(
-        f"the local engine answers {SHOW_FORMS}, not SHOW {words[:40]}; "
+        f"the local engine answers {SHOW_FORMS}, not SHOW {head}; "
         "other SHOW statements need --engine athena"
     )
 
@@ -70,17 +74,28 @@ def _show_text(statement: str) -> str | None:
 
 
 def _tables(pattern: str | None) -> Any:
-    """``tab_name`` rows; Athena's pattern: ``*`` any characters, ``|`` between choices."""
+    """``tab_name`` rows, those whose whole name ``pattern`` matches (:func:`table_pattern`)."""
     from athena.engines.result import QueryResult
     from athena.schema import TABLES
 
     names = sorted(TABLES)
     if pattern is not None:
-        choices = "|".join(
-            ".*".join(map(re.escape, choice.strip().split("*"))) for choice in pattern.split("|")
-        )
-        names = [n for n in names if re.fullmatch(choices, n, re.IGNORECASE)]
+        wanted = table_pattern(pattern)
+        names = [n for n in names if wanted.fullmatch(n)]
     return QueryResult(columns=["tab_name"], rows=[(n,) for n in names], engine="local")
+
+
+def table_pattern(pattern: str) -> re.Pattern[str]:
+    """Athena's (Hive's) SHOW TABLES pattern as a regular expression over a whole name, any
+    case: ``*`` and ``.*`` are any characters (Athena's documentation names both: ``.*`` is
+    the Hive form, so ``'envoy.*'`` must not read as a literal dot), ``.`` any one character,
+    ``|`` separates choices. Anything else is literal, so no pattern is a regex error."""
+
+    def choice(text: str) -> str:
+        text = text.strip().replace(".*", "*")
+        return "".join({"*": ".*", ".": "."}.get(c) or re.escape(c) for c in text)
+
+    return re.compile("|".join(f"(?:{choice(c)})" for c in pattern.split("|")), re.IGNORECASE)
 
 
 def _columns(table: str) -> Any:

@@ -18,12 +18,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from athena.freshness import footer_bound, newest_files
+from athena.timerange import TimeRange
 from athena.warehouse import open_warehouse
-from cli.explain import STALE_LISTED_SERVICES, note_stale
+from cli.explain import STALE_LISTED_SERVICES, note_freshness, note_stale
+from cli.notes import forget_notes
 from cli.options import Common, EngineName
 from cli.output import OutputFormat
-from cli.runner import prepare
-from tests.athena.factory import access_frame, write_frame
+from cli.runner import Prepared, prepare
+from tests.athena.factory import access_frame, utc, write_frame, write_with_writer
 from tests.cli.conftest import Warehouse
 
 RANGE = ["--since", "2026-11-27T22:00:00Z", "--until", "2026-11-28T02:00:00Z"]
@@ -291,3 +293,105 @@ def test_empty_answers_over_every_service_do_not_list_them_all_on_s3(
     execute(common, prep)
     calls.clear()
     assert "the data for svc-03 starts at " in explain_empty(common, prep) and 0 < len(calls) <= 10
+
+
+#: Flushes in the current hour of the stale-note cost tests (a 60 s flush, one node).
+FLUSHES = 40
+#: "Now" of those tests: three minutes after the newest row, so the service is stale.
+NOTE_NOW = utc(2026, 3, 1, 10, 40)
+
+
+def _busy_hour(uri: str) -> None:
+    """Service ``quiet``: one file per flush from 10:00 to 10:37, by the aggregator's writer."""
+    start = utc(2026, 3, 1, 10)
+    step = timedelta(seconds=37 * 60 / FLUSHES)
+    for i in range(FLUSHES):
+        frame = access_frame(5, start + step * i, start + step * (i + 1), ["quiet"], seed=i)
+        write_with_writer(uri, "envoy_access", frame, seq=10 + i)
+
+
+def _note_at_ten_forty(uri: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """The freshness note for ``quiet`` at :data:`NOTE_NOW`, its newest row 10:37 and nothing
+    seen ahead in the footers read for it; returns stderr."""
+    prep = Prepared(
+        name="errors", table="envoy_access", sql="", params={},
+        trange=TimeRange(NOTE_NOW - timedelta(hours=1), NOTE_NOW), services=["quiet"],
+    )  # fmt: skip
+    common = _common(EngineName.local, uri, ["quiet"])
+    forget_notes()
+    capsys.readouterr()
+    note_freshness(common, prep, open_warehouse(uri), "quiet", utc(2026, 3, 1, 10, 37), None)
+    return capsys.readouterr().err
+
+
+def test_a_stale_note_reads_no_footer_of_every_file_of_the_hour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stale service (newest row 3 minutes old: routine with a 60-300 s flush) with nothing
+    seen ahead of now: looking for rows of a clock hours ahead is one listing of its hours,
+    not a footer per file of its current hour (40 reads at 4f7d928, R2s18 #1). A file in a
+    later hour is found so, and only then are footers read."""
+    uri = str(tmp_path / "wh")
+    _busy_hour(uri)
+    reads: list[str] = []
+    real = pq.read_metadata
+
+    def counting(path: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "read_metadata", counting)
+    err = _note_at_ten_forty(uri, capsys)
+    assert reads == [], f"{len(reads)} footers read for a stale note with nothing ahead"
+    assert "newest data for quiet: 2026-03-01T10:37:00.000Z (3m ago)" in err, err
+    ahead = access_frame(3, utc(2026, 3, 1, 12, 5), utc(2026, 3, 1, 12, 6), ["quiet"], seed=99)
+    write_with_writer(uri, "envoy_access", ahead, seq=90)  # a clock 2 h ahead, a later hour
+    err = _note_at_ten_forty(uri, capsys)
+    assert "3 rows for quiet are stamped after now, up to 2026-03-01T12:" in err, err
+    assert "newest data" not in err  # writing, with a clock ahead: no stall
+
+
+@pytest.mark.integration
+@pytest.mark.s3
+def test_a_stale_note_on_s3_costs_a_listing_not_a_request_per_file(
+    seaweedfs: Any, s3_warehouse: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same on SeaweedFS (real S3), counted by the server: one stale note with nothing
+    ahead of now, for a service with 40 flushes in its current hour, cost 82 requests at
+    4f7d928 (a footer each, two requests per footer); now the listing of its hours."""
+    bucket = s3_warehouse.split("/")[2]
+    _busy_hour(s3_warehouse)
+    before = sum(seaweedfs.requests(bucket).values())
+    err = _note_at_ten_forty(s3_warehouse, capsys)
+    used = sum(seaweedfs.requests(bucket).values()) - before
+    assert used <= 2, f"{used} S3 requests for one stale note with nothing ahead"
+    assert "newest data for quiet" in err, err
+
+
+def test_counting_rows_ahead_reads_each_footer_once(
+    logq: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows seen ahead of now are counted over the hour's files; the footers read to find
+    the newest row (twice: with and without the rows ahead) are not read again for that."""
+    now = _now()
+    uri = str(tmp_path / "wh")
+    for i in range(12):
+        at = now - timedelta(minutes=20 - i)
+        frame = access_frame(4, at, at + timedelta(seconds=30), ["skew"], seed=i)
+        write_with_writer(uri, "envoy_access", frame, seq=10 + i)
+    at = now + timedelta(minutes=5)  # the newest flush: a source with a clock 5 minutes ahead
+    write_with_writer(uri, "envoy_access", access_frame(2, at, at + timedelta(seconds=1),
+                                                        ["skew"], seed=50), seq=30)  # fmt: skip
+    reads: list[str] = []
+    real = pq.read_metadata
+
+    def counting(path: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "read_metadata", counting)
+    run = logq("latency", "-s", "skew", "--since", "1h", "--warehouse", uri)
+    assert run.exit_code == 0, run.stderr
+    assert "2 rows for skew are stamped after now" in run.stderr, run.stderr
+    twice = {p for p in reads if reads.count(p) > 1}
+    assert not twice, f"{len(twice)} footers read more than once: {sorted(twice)[:3]}"

@@ -156,9 +156,9 @@ def test_timeline_rows_fill_empty_intervals(logq, warehouse: Warehouse) -> None:
     ]
     assert run.json() == want
     assert want[0]["requests"] > 0 and want[0]["bucket"] == "2026-11-27T22:45:00.000Z"
-    assert (
-        "the first interval is partial: the range starts at 22:45:00 UTC, inside the interval "
-        "from 22:40:00" in run.stderr
+    assert (  # the range spans two days: the note dates its times
+        "the first interval is partial: the range starts at 2026-11-27T22:45:00Z, inside the "
+        "interval from 2026-11-27T22:40:00Z" in run.stderr
     )
     assert "last interval" not in run.stderr  # 00:20 ends an interval
     chart = logq("timeline", "-s", "billing", "--every", "10m", "--warehouse", warehouse.uri,
@@ -215,6 +215,17 @@ def test_timeline_zero_buckets_and_chart(logq, tmp_path) -> None:
     assert "partial" not in chart.stdout  # 10:05 ends an interval
     cut = logq("timeline", *args[:2], "--until", "2026-01-01T10:04:30Z", *args[4:])
     assert "the last interval is partial: the range ends at 10:04:30 UTC" in cut.stdout
+    # Below a second the note keeps the milliseconds that make the interval partial (R2s18 #4).
+    ms = logq("timeline", "-f", "json", "--since", "2026-01-01T10:00:00.500Z", "--until",
+              "2026-01-01T10:04:59.999Z", *args[4:])  # fmt: skip
+    assert "starts at 10:00:00.500 UTC, inside the interval from 10:00:00 UTC" in ms.stderr
+    assert "the last interval is partial: the range ends at 10:04:59.999 UTC" in ms.stderr
+    day = logq("timeline", "-f", "json", "--every", "1d", "--since", "2026-01-01T10:00Z",
+               "--until", "2026-01-01T10:05Z", *args[4:])  # fmt: skip
+    assert (
+        "the range starts at 2026-01-01T10:00:00Z, inside the interval from 2026-01-01T00:00:00Z"
+        in day.stderr
+    ), day.stderr
     assert chart.stdout.count("█") > 10 and "10:02" in chart.stdout
     csv_rows = list(csv.DictReader(io.StringIO(logq("timeline", "-f", "csv", *args).stdout)))
     assert [int(r["requests"]) for r in csv_rows] == [40, 0, 0, 10, 0]
@@ -304,6 +315,9 @@ def test_tail_says_when_limit_cut_older_lines(logq, warehouse: Warehouse) -> Non
     assert len(text.stdout.splitlines()) == 5 and "showing the newest 5 lines" in text.stderr
     whole = logq(*args, "--limit", str(len(df)), "-f", "csv")
     assert len(whole.stdout.splitlines()) == len(df) + 1 and "showing" not in whole.stderr
+    # The extra line is the real run's: --dry-run shows the SQL asked for, to copy (R2s18 #5).
+    dry = logq(*args, "--limit", "5", "--dry-run")
+    assert dry.exit_code == 0 and '"row_limit": 5' in dry.stdout, dry.stdout[-400:]
 
 
 def test_tail_bad_regex_is_clear(logq, warehouse: Warehouse) -> None:

@@ -98,8 +98,9 @@ def test_rows_stamped_ahead_of_the_clock_do_not_read_as_fresh(logq, tmp_path: Pa
     assert said and said.groups() == (_iso(newest), future), run.stdout
     # stderr: the rows ahead are out of this answer (how many, and the --until that takes
     # them in); no stale note, whose age a clock ahead makes meaningless.
-    noted = re.search(r"3 rows for checkout are stamped after now, up to (\S+) \(a clock ahead "
-                      r"of this one by up to [12]h", run.stderr)  # fmt: skip
+    noted = re.search(r"3 rows for checkout \(counted before --status\) are stamped after now, "
+                      r"up to (\S+) \(a clock ahead of this one by up to [12]h",
+                      run.stderr)  # fmt: skip
     assert noted and noted.group(1) == future, run.stderr
     assert "newest data for checkout" not in run.stderr
     services = logq("services", "-s", "checkout", "-f", "json", "--warehouse", uri)
@@ -131,9 +132,10 @@ def test_rows_from_a_clock_ahead_are_said_to_be_out_of_the_answer(logq, tmp_path
     assert run.exit_code == 0, run.stderr
     assert sum(r["count"] for r in run.json()) == 2  # the answer itself: [now-15m, now)
     future = _iso(frame["timestamp"].max().to_pydatetime())
-    said = re.search(r"logq: note: 3 rows for skew are stamped after now, up to (\S+) \(a clock "
-                     r"ahead of this one by up to (1h 5\dm|2h)\); this answer ends now and "
-                     r"holds none of them: to include them, add --until (\S+)\n",
+    said = re.search(r"logq: note: 3 rows for skew \(counted before --status\) are stamped "
+                     r"after now, up to (\S+) \(a clock ahead of this one by up to "
+                     r"(1h 5\dm|2h)\); this answer ends now and leaves them out, whether they "
+                     r"match or not: to read them, add --until (\S+)\n",
                      run.stderr)  # fmt: skip
     assert said and said.group(1) == future, run.stderr
     assert "stalled" not in run.stderr and "newest data" not in run.stderr
@@ -147,6 +149,32 @@ def test_rows_from_a_clock_ahead_are_said_to_be_out_of_the_answer(logq, tmp_path
     rerun = logq("errors", "-s", "skew", "--since", hint.group(1), "--until", hint.group(2),
                  "-f", "json", "--warehouse", uri)  # fmt: skip
     assert sum(r["count"] for r in rerun.json()) == 5, rerun.stderr
+    # Without a row filter the count is the rows the --until would add (R2s18 #3).
+    plain = logq("latency", "-s", "skew", "--since", "15m", "--warehouse", uri)
+    assert re.search(
+        r"3 rows for skew are stamped after now, .*this answer ends now and holds "
+        r"none of them: to include them, add --until",
+        plain.stderr,
+    ), plain.stderr
+
+
+def test_the_ahead_count_says_it_is_before_the_querys_filters(logq, tmp_path: Path) -> None:
+    """R2s18 #3: rows ahead of now are counted from footers and timestamps, before --path,
+    --status, --method: the note must not promise that its --until brings them into this
+    answer (here none of them matches --path /nothing)."""
+    now = _now()
+    frame = access_frame(2, now + timedelta(seconds=180), now + timedelta(seconds=240),
+                         ["recipe"], seed=3)  # fmt: skip
+    frame["response_code"] = 404
+    uri = str(tmp_path / "wh")
+    write_with_writer(uri, "envoy_access", frame)
+    run = logq("errors", "-s", "recipe", "--status", "404", "--path", "/nothing", "--method",
+               "GET", "--since", "6h", "--warehouse", uri)  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    assert "2 rows for recipe (counted before --path/--method/--status) are stamped after now" in (
+        run.stderr
+    ), run.stderr
+    assert "to include them" not in run.stderr
 
 
 def test_no_stale_note_for_fresh_data_or_a_closed_window(logq, tmp_path: Path) -> None:

@@ -142,9 +142,10 @@ def test_help_shows_each_commands_defaults(
 
 def test_help_defaults_are_the_defaults_used(logq, warehouse: Warehouse) -> None:
     """The help's defaults come from where the command uses them: trace reads 1d and 500 rows,
-    tail 15m and 100 rows, top 20 rows (seen in the SQL --dry-run prints; tail asks for one
-    row more than --limit, to tell a cut from an exact fit)."""
-    for cmd, hours, limit in (("trace", 25, 500), ("tail", 2, 100 + 1), ("top", 2, 20)):
+    tail 15m and 100 rows, top 20 rows (seen in the SQL --dry-run prints; tail's real run
+    asks for one row more than --limit, to tell a cut from an exact fit, its dry run shows
+    the limit asked for)."""
+    for cmd, hours, limit in (("trace", 25, 500), ("tail", 2, 100), ("top", 2, 20)):
         args = ["x"] if cmd == "trace" else []
         run = logq(cmd, *args, "--dry-run", "--engine", "athena")
         assert run.exit_code == 0, run.stderr

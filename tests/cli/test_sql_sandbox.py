@@ -248,11 +248,20 @@ def test_show_tables_and_columns_answer_as_athena(logq, warehouse: Warehouse) ->
     assert tables.json() == [{"tab_name": "container_logs"}, {"tab_name": "envoy_access"}]
     some = logq("sql", "show tables in logq '*logs|nothing'", "-f", "json", "--warehouse", uri)
     assert some.json() == [{"tab_name": "container_logs"}]
+    # Athena's documented wildcards are * and .* (Hive's form), on whole names, any case: a
+    # '.*' read as a literal dot answered nothing (R2s18 #2).
+    every = logq("sql", "SHOW TABLES '.*'", "-f", "json", "--warehouse", uri)
+    assert every.json() == tables.json(), every.stderr
+    for pattern in ("envoy.*", "ENVOY*", "nothing|envoy.access"):
+        envoy = logq("sql", f"SHOW TABLES '{pattern}'", "-f", "json", "--warehouse", uri)
+        assert envoy.json() == [{"tab_name": "envoy_access"}], pattern
+    assert logq("sql", "SHOW TABLES 'envoy'", "-f", "json", "--warehouse", uri).json() == []
     described = logq("sql", "DESCRIBE envoy_access", "-f", "json", "--warehouse", uri).json()
     for statement in (
         "SHOW COLUMNS FROM envoy_access",
         "SHOW COLUMNS IN logq.envoy_access",
         "show columns in `envoy_access` in logq",
+        "SHOW COLUMNS FROM awsdatacatalog.logq.envoy_access",  # as queries take it (R2s18 #6)
     ):
         run = logq("sql", statement, "-f", "json", "--warehouse", uri)
         assert run.exit_code == 0, (statement, run.stderr)
@@ -265,7 +274,13 @@ def test_show_tables_and_columns_answer_as_athena(logq, warehouse: Warehouse) ->
 
 
 @pytest.mark.parametrize(
-    "statement", ["SHOW DATABASES", "SHOW ALL TABLES", "SHOW PARTITIONS envoy_access"]
+    "statement",
+    [
+        "SHOW DATABASES",
+        "SHOW ALL TABLES",
+        "SHOW PARTITIONS envoy_access",
+        "SHOW COLUMNS FROM a.b.c.envoy_access",  # said "not SHOW COLUMNS FROM" (R2s18 #6)
+    ],
 )
 def test_other_show_statements_say_what_works(logq, warehouse: Warehouse, statement: str) -> None:
     """DuckDB answers some SHOW statements about itself (SHOW DATABASES: its in-memory
@@ -274,6 +289,7 @@ def test_other_show_statements_say_what_works(logq, warehouse: Warehouse, statem
     assert run.exit_code == 2 and run.stdout == ""
     line = one_line_error(run.stderr)
     assert "answers SHOW TABLES, SHOW COLUMNS FROM <table>, and DESCRIBE" in line
+    assert f"not {statement};" in line  # the whole head: "not SHOW ALL" read as a contradiction
     assert "--engine athena" in line
 
 
