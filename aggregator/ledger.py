@@ -40,8 +40,10 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -53,6 +55,8 @@ from athena.schema import DT_FORMAT
 from athena.warehouse import Warehouse
 
 log = logging.getLogger("logq.aggregator.ledger")
+
+T = TypeVar("T")
 
 LEDGER_DIR = "_ledger"
 NODES_DIR = "_nodes"
@@ -362,48 +366,49 @@ class Ledger:
 
 def read_heartbeats(warehouse: Warehouse) -> list[Heartbeat]:
     """Every node's latest heartbeat (a node removes its own on a clean stop or drain)."""
-    beats = []
-    for info in list_folder(warehouse, warehouse.path(LEDGER_DIR, NODES_DIR)):
-        if not info.base_name.endswith(".json") or info.base_name.startswith((".", "_")):
-            continue
-        try:
-            with warehouse.fs.open_input_stream(info.path) as fh:
-                doc = json.loads(fh.read())
-            beat = Heartbeat(
-                str(doc["node"]),
-                float(doc["committed_through"]),
-                float(doc["updated"]),
-                float(doc["flush_interval"]),
-                _flag(doc.get("compacts")),
-            )
-        except (OSError, pa.ArrowException, ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable ledger heartbeat %s: %s", info.path, exc)
-            continue
-        beats.append(beat)
-    return beats
+
+    def beat(doc: dict[str, Any]) -> Heartbeat:
+        return Heartbeat(
+            str(doc["node"]),
+            float(doc["committed_through"]),
+            float(doc["updated"]),
+            float(doc["flush_interval"]),
+            _flag(doc.get("compacts")),
+        )
+
+    return _documents(warehouse, NODES_DIR, beat, "ledger heartbeat")
 
 
 def read_replay_marks(warehouse: Warehouse) -> list[ReplayMark]:
     """The replay marks of the nodes replaying now (or that stopped in the middle of it)."""
-    marks = []
-    for info in list_folder(warehouse, warehouse.path(LEDGER_DIR, REPLAYING_DIR)):
+
+    def mark(doc: dict[str, Any]) -> ReplayMark:
+        return ReplayMark(
+            str(doc["node"]),
+            float(doc["since"]),
+            float(doc["updated"]),
+            float(doc["flush_interval"]),
+            bool(doc.get("reads_ledger", False)),
+        )
+
+    return _documents(warehouse, REPLAYING_DIR, mark, "replay mark")
+
+
+def _documents(
+    warehouse: Warehouse, folder: str, build: Callable[[dict[str, Any]], T], what: str
+) -> list[T]:
+    """``build`` of each JSON document in the ledger's ``folder``; one that cannot be read or
+    built (a torn or foreign file) is skipped with a WARNING, never fails the caller."""
+    out = []
+    for info in list_folder(warehouse, warehouse.path(LEDGER_DIR, folder)):
         if not info.base_name.endswith(".json") or info.base_name.startswith((".", "_")):
             continue
         try:
             with warehouse.fs.open_input_stream(info.path) as fh:
-                doc = json.loads(fh.read())
-            mark = ReplayMark(
-                str(doc["node"]),
-                float(doc["since"]),
-                float(doc["updated"]),
-                float(doc["flush_interval"]),
-                bool(doc.get("reads_ledger", False)),
-            )
+                out.append(build(json.loads(fh.read())))
         except (OSError, pa.ArrowException, ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable replay mark %s: %s", info.path, exc)
-            continue
-        marks.append(mark)
-    return marks
+            log.warning("ignoring unreadable %s %s: %s", what, info.path, exc)
+    return out
 
 
 def _flag(value: object) -> bool | None:
