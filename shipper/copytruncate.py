@@ -104,10 +104,14 @@ class CopyTruncate:
                 copy.stop_at = head.stop_at  # same bytes at the same offsets as head's
                 self._floor = st.st_mtime_ns
                 break
-            if ours and st.st_size > head.read_pos:
+            if ours and st.st_size >= head.read_pos:
                 # Its checkpoint starts where head's is (what is acknowledged), reading goes
                 # on from where head's is: batches of head in flight are acked in order
                 # before the copy's first, so a crash before that reads them again.
+                # A copy holding nothing past our position is followed too (read at once to
+                # its end, then released as any rotated file): left out of the registry, a
+                # restart's missed-rotation search from an older checkpointed file read it
+                # whole under a new id, its lines stored twice (A3s18).
                 state = FileState(
                     self.spec.key,
                     str(sib),
