@@ -300,16 +300,20 @@ def _footer_bound(wh: Warehouse, path: str, low: bool) -> datetime | None:
 
 def _max_before(wh: Warehouse, path: str, before: datetime) -> datetime | None:
     """The largest ``timestamp`` of one file at or before ``before`` (reads that column)."""
+    return _newest_at_or_before(_file_times(wh, path), before)
+
+
+def _file_times(wh: Warehouse, path: str) -> pa.ChunkedArray:
+    """One file's ``timestamp`` column (an unreadable file: the error that names it)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from athena.engines.local import unreadable_file
 
     try:
-        col = pq.read_table(path, columns=["timestamp"], filesystem=wh.fs)["timestamp"]
+        return pq.read_table(path, columns=["timestamp"], filesystem=wh.fs)["timestamp"]
     except (pa.ArrowException, OSError) as exc:
         raise unreadable_file(path, exc) from exc
-    return _newest_at_or_before(col, before)
 
 
 def _newest_at_or_before(col: pa.ChunkedArray, before: datetime) -> datetime | None:
@@ -450,18 +454,11 @@ def _after_in_file(wh: Warehouse, path: str, after: datetime, tops: Tops) -> Ahe
     largest time is after it)."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from athena.engines.local import unreadable_file
 
     top = footer_bound(wh, path, tops=tops)
     if top is None or top <= after:
         return None
-    try:
-        col = pq.read_table(path, columns=["timestamp"], filesystem=wh.fs)["timestamp"]
-    except (pa.ArrowException, OSError) as exc:
-        raise unreadable_file(path, exc) from exc
-    col = _utc_times(col)
+    col = _utc_times(_file_times(wh, path))
     late = col.filter(pc.greater(col, pa.scalar(after, col.type)))
     if not len(late):
         return None
