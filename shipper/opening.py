@@ -62,10 +62,16 @@ def another_life(sid: str, st: os.stat_result, birth: int | None) -> bool:
     :meth:`~shipper.resume.Resume._adopt_copy`) carries the id of the file it copies, another
     inode: not compared; nor are ids without a birth time (an older shipper's)."""
     parts = sid.rsplit(":", 2)
-    if birth is None or len(parts) != 3 or "@" not in parts[2]:
+    born = born_in(sid)
+    if birth is None or len(parts) != 3 or born is None:
         return False
-    born = parts[2].partition("@")[2].partition("+")[0]
     return parts[1] == f"{st.st_ino:x}" and born != f"{birth:x}"
+
+
+def born_in(sid: str) -> str | None:
+    """The birth time a :func:`source_id` carries (hex, as written), None when it has none."""
+    last = sid.rsplit(":", 1)[-1]
+    return last.partition("@")[2].partition("+")[0] if "@" in last else None
 
 
 class Opening:

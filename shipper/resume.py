@@ -24,7 +24,7 @@ from shipper.checkpoint import FileState, file_key
 from shipper.cursor import Cursor
 from shipper.discover import compressed_siblings, rotated_siblings
 from shipper.fingerprint import fingerprint, tail_hash
-from shipper.opening import another_life
+from shipper.opening import another_life, born_in
 from shipper.rotated import age, compressed_identities, oldest_first, rotation_path
 
 if TYPE_CHECKING:
@@ -84,8 +84,7 @@ def _inode_stays(key: str, state: FileState) -> tuple[bool, bool]:
         os.close(fd)
     if (st.st_dev, st.st_ino) != (int(dev), int(ino)):
         return False, False
-    born = state.source_id.rsplit(":", 1)[-1].partition("@")[2].partition("+")[0]
-    return True, birth is not None and born == f"{birth:x}"
+    return True, birth is not None and born_in(state.source_id) == f"{birth:x}"
 
 
 def touch(key: str) -> None:
