@@ -12,13 +12,41 @@ from shipper.startup import deferred_interrupts, interrupted, is_interrupt
 # The console script imports this module before main() runs: a Ctrl-C during these imports
 # (~0.1 s, typer and click) waits until they are done, then exits 130 with one line.
 with deferred_interrupts("logq"):
+    import re
     from typing import Annotated
 
     import typer
+    from typer.core import TyperGroup
 
     from cli.commands import access, logs, tables
 
+
+#: An argument that is SQL starting with a ``--`` comment, not an option: an option is
+#: ``--name`` or ``--name=value``, and never holds white space before its ``=``.
+_SQL_COMMENT_FIRST = re.compile(r"--(?:[^\s=]*\s)", re.ASCII)
+
+
+def statement_last(args: list[str]) -> list[str]:
+    """``args`` with a ``logq sql`` statement that begins with a ``--`` comment moved behind
+    ``--``, where click takes it as the statement: otherwise click reads it as an unknown option
+    ("No such option: -- pick the slow ones ..."). Options given after it keep working."""
+    if not args or args[0] != "sql" or "--" in args:
+        return args
+    for i in range(1, len(args)):
+        if _SQL_COMMENT_FIRST.match(args[i]):
+            return [*args[:i], *args[i + 1 :], "--", args[i]]
+    return args
+
+
+class _Commands(TyperGroup):
+    """logq's command group: reads a ``logq sql`` statement that starts with a comment."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, statement_last(list(args)))
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="logq",
     help=(
         "Query container and Envoy access logs in the warehouse (Athena or local DuckDB).\n\n"

@@ -273,6 +273,25 @@ def test_show_tables_and_columns_answer_as_athena(logq, warehouse: Warehouse) ->
     assert "unknown table 'nope'; the tables are envoy_access" in one_line_error(unknown.stderr)
 
 
+@pytest.mark.parametrize("comment", ["-- how many\n", "--how many\n", "-- x=1 \n"])
+def test_a_statement_starting_with_a_comment_is_the_statement(
+    logq, warehouse: Warehouse, comment: str
+) -> None:
+    """A statement pasted from a saved query often begins with a ``--`` comment: click read it
+    as an unknown option ("No such option: -- how many ..."). Options around it still work."""
+    run = logq("sql", f"{comment}SELECT 42 AS n", "-f", "json", "--warehouse", warehouse.uri)
+    assert run.exit_code == 0, run.stderr
+    assert run.json() == [{"n": 42}]
+    before = logq("sql", "-f", "csv", f"{comment}SHOW TABLES", "--warehouse", warehouse.uri)
+    assert before.exit_code == 0, before.stderr
+    assert before.stdout.split() == ["tab_name", "container_logs", "envoy_access"]
+    # options stay options: a misspelt one is still named, and --format=json is no statement
+    typo = logq("sql", "--fromat", "json", "SELECT 1", "--warehouse", warehouse.uri)
+    assert typo.exit_code == 2 and "No such option: --fromat" in typo.stderr
+    valued = logq("sql", "--format=json", "SELECT 1 AS one", "--warehouse", warehouse.uri)
+    assert valued.json() == [{"one": 1}]
+
+
 @pytest.mark.parametrize(
     "statement",
     [
