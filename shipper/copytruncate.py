@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shipper.birth import birth_time
@@ -17,12 +18,39 @@ from shipper.checkpoint import FileState, file_key
 from shipper.cursor import Cursor
 from shipper.discover import rotated_siblings
 from shipper.fingerprint import fingerprint
-from shipper.rotated import compressed_copy, rotation_path
+from shipper.rotated import age, compressed_copy, rotation_path
 
 if TYPE_CHECKING:
     from shipper.tailer import Tailer
 
 log = logging.getLogger("logq.shipper.tailer")
+
+
+def copies_in_order(siblings: list[Path], opened_ns: int) -> list[Path]:
+    """``siblings`` in the order to look for the copy of a file opened when its modification
+    time was ``opened_ns``: those modified since, oldest first, then the others, newest first
+    (by :func:`~shipper.rotated.age`: modification time, then name, ``.1`` newer than ``.2``).
+
+    The copy is told by its first line and the bytes up to our position; with a first line
+    every generation shares (an empty line, a banner, a CSV header) an older generation's copy
+    (``.2``) has both too. Taken in ``os.listdir`` order, it was "finished" from our position
+    when listed first: lines read from it long ago went out again under the new id, stored
+    twice (A3s18). A copy of what we read was made after we opened the file, an earlier
+    generation's before; of the copies made since, ours is the first (logrotate may have run
+    again before we looked). None is modified since (file times of a jiffy or a second: a
+    truncation moments after the open, or a copy made just before it): the newest is ours,
+    older ones are earlier generations'. A sibling that cannot be looked at comes last."""
+    since: list[tuple[tuple[int, int, str], Path]] = []
+    before: list[tuple[tuple[int, int, str], Path]] = []
+    for sib in siblings:
+        try:
+            mtime_ns = os.stat(sib).st_mtime_ns
+        except OSError:  # gone, or not to be looked at: last, its open tells
+            mtime_ns = -1
+        (since if mtime_ns > opened_ns else before).append((age(mtime_ns, sib), sib))
+    since.sort(key=lambda item: item[0])
+    before.sort(key=lambda item: item[0], reverse=True)
+    return [sib for _, sib in since + before]
 
 
 class CopyTruncate:
@@ -59,6 +87,7 @@ class CopyTruncate:
         epoch = head.state.epoch + 1
         try:
             siblings = rotated_siblings(rotation_path(self.spec.path))
+            siblings = copies_in_order(siblings, head.mtime_at_open)
         except OSError as exc:
             # The copy may be among them: nothing is changed yet, the next check tries again.
             self._out_of_descriptors(self.spec.path, exc)

@@ -45,6 +45,10 @@ class Cursor:
         self.path = path
         self.dev = st.st_dev
         self.ino = st.st_ino
+        self.mtime_at_open = st.st_mtime_ns
+        """The file's modification time when it was opened: a copy of the content read here
+        (copytruncate) is modified later, copies of earlier contents were not (see
+        :func:`shipper.copytruncate.copies_in_order`)."""
         self.fp = fp
         self.birth = birth
         """When its inode was created (:func:`shipper.birth.birth_time`, which the opener

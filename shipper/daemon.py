@@ -434,12 +434,7 @@ class Shipper:
         :mod:`shipper.removed`) before :meth:`_gc_registry` forgets them: found by no pass,
         their lines not shipped were lost without a count (``deleted_unread``), and lines
         written while the shipper was down possibly so (``removed_while_down``)."""
-        lost = self.metrics.lost_files
-
-        def on_loss(service: str, reason: str) -> None:
-            self.metrics.watch_service(service)
-            lost.labels(service, reason).inc()
-
+        on_loss = self.metrics.count_loss
         if count_removed(self.registry, found, node_names(self.cfg.hostname), on_loss):
             self.checkpoint_changed()
 

@@ -44,6 +44,9 @@ STALL_SECONDS = 30.0
 SERVICE_SERIES_IDLE_SECONDS = 24 * 3600.0
 #: How often (seconds) idle services are looked for.
 SWEEP_SECONDS = 60.0
+#: A loss counted before any scrape showed its series at 0 waits for one at most this long
+#: (seconds; Prometheus scrapes every 15 s to 1 min): see :meth:`Metrics.count_loss`.
+HOLD_SECONDS = 300.0
 
 
 class Metrics:
@@ -167,6 +170,19 @@ class Metrics:
         """Service -> when a source of it was last followed (:attr:`clock`)."""
         self._swept_at: float | None = None
         """When idle services were last looked for (:attr:`clock`)."""
+        self._lock = threading.Lock()
+        """Guards the scrape bookkeeping below: scrapes run on the HTTP server's threads."""
+        self._serving = False
+        self._scrapes = 0
+        """Scrapes begun so far (their numbers: 1, 2, ...)."""
+        self._exposed = 0
+        """The number of the latest-begun scrape that has completed."""
+        self._born: dict[str, int] = {}
+        """Service -> :attr:`_scrapes` when its series were created: a scrape numbered above
+        it, once completed, has shown them at 0."""
+        self._held: dict[tuple[str, str], tuple[int, float]] = {}
+        """(service, reason) -> (losses, since when, :attr:`clock`) not counted yet: no scrape
+        has shown the series at 0 (see :meth:`count_loss`)."""
 
         self.last_tick = time.monotonic()
 
@@ -183,7 +199,58 @@ class Metrics:
                 counter.labels(service)
             for reason in LOSS_REASONS:
                 self.lost_files.labels(service, reason)
+            with self._lock:
+                self._born[service] = self._scrapes
         self._service_seen[service] = self.clock()
+
+    def count_loss(self, service: str, reason: str) -> None:
+        """Count a file of ``service`` that lost lines for ``reason`` (one of
+        :data:`~shipper.losses.LOSS_REASONS`), its series created at 0 first.
+
+        Created at 0 moments before the loss, as the start-up counts do (``removed_while_down``
+        and ``deleted_unread`` of sources removed while the shipper was down, the checkpointed
+        files a source finds gone at its start), the series still reached Prometheus born at
+        1: its first sample already 1, ``increase()`` and ``rate()`` saw nothing and the alert
+        of operations.md never fired -- on Kubernetes, where a rolled-out shipper is a new
+        target, for every pod deleted during the rollout. While metrics are served, such a
+        loss is counted once a scrape has shown the series at 0 (the next scrape shows the
+        increase), or after :data:`HOLD_SECONDS` if none comes. Without ``--metrics-listen``
+        nothing scrapes: counted at once."""
+        self.watch_service(service)
+        with self._lock:
+            if not self._serving or self._exposed > self._born.get(service, -1):
+                hold = False
+            else:
+                held, since = self._held.get((service, reason), (0, self.clock()))
+                self._held[(service, reason)] = (held + 1, since)
+                hold = True
+        if not hold:
+            self.lost_files.labels(service, reason).inc()
+
+    def _scrape_begins(self) -> int:
+        """A scrape starts: its number (see :meth:`_scraped`)."""
+        with self._lock:
+            self._scrapes += 1
+            return self._scrapes
+
+    def _scraped(self, number: int) -> None:
+        """Scrape ``number`` has completed: the series created before it began were shown at 0,
+        and the losses held for them are counted now (the next scrape shows them)."""
+        with self._lock:
+            self._exposed = max(self._exposed, number)
+            ready = [key for key in self._held if self._born.get(key[0], -1) < self._exposed]
+            counts = [(key, self._held.pop(key)[0]) for key in ready]
+        for (service, reason), n in counts:
+            self.lost_files.labels(service, reason).inc(n)
+
+    def _release_overdue(self) -> None:
+        """Count the losses held for :data:`HOLD_SECONDS` (nothing scrapes, or rarely)."""
+        now = self.clock()
+        with self._lock:
+            due = [k for k, (_, since) in self._held.items() if now - since >= HOLD_SECONDS]
+            counts = [(key, self._held.pop(key)[0]) for key in due]
+        for (service, reason), n in counts:
+            self.lost_files.labels(service, reason).inc(n)
 
     def services_seen(self, services: Iterable[str]) -> None:
         """The services of the sources followed now (called every second or so): their series
@@ -191,6 +258,7 @@ class Metrics:
         :data:`SERVICE_SERIES_IDLE_SECONDS` are removed, at most every :data:`SWEEP_SECONDS`."""
         for service in services:
             self.watch_service(service)
+        self._release_overdue()
         now = self.clock()
         if self._swept_at is None:
             self._swept_at = now
@@ -200,6 +268,8 @@ class Metrics:
         idle = [s for s, t in self._service_seen.items() if now - t >= SERVICE_SERIES_IDLE_SECONDS]
         for service in idle:
             del self._service_seen[service]
+            with self._lock:
+                self._born.pop(service, None)
             for counter in self._service_counters():
                 with contextlib.suppress(KeyError):
                     counter.remove(service)
@@ -261,7 +331,9 @@ class Metrics:
             def do_GET(self) -> None:
                 path = urlparse(self.path).path
                 if path not in ("/healthz", "/livez"):
+                    number = metrics._scrape_begins()
                     super().do_GET()
+                    metrics._scraped(number)
                     return
                 status, text = metrics.health() if path == "/healthz" else metrics.liveness()
                 body = text.encode()
@@ -276,6 +348,8 @@ class Metrics:
         server = server_class((listen.host, listen.port), Handler)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+        with self._lock:
+            self._serving = True
         return server
 
 

@@ -87,6 +87,21 @@ def _inode_stays(key: str, state: FileState) -> tuple[bool, bool]:
     return True, birth is not None and born_in(state.source_id) == f"{birth:x}"
 
 
+def _unchanged_since(state: FileState) -> bool:
+    """Whether the file at ``state.path`` was last modified before ``state`` was saved (by
+    :func:`_latest_write`: whole-second times count as the end of their second).
+
+    A truncation the running shipper handled leaves an entry at offset 0, nothing acknowledged
+    (see :mod:`shipper.copytruncate`); a file still empty at the next start held nothing to
+    lose, and counting it ``truncated_in_place`` raised a ticket at every such restart
+    (A3s18). Lines written after the entry, or read and not acknowledged, were removed by a
+    truncation that moved the modification time past it: those still count."""
+    try:
+        return _latest_write(os.stat(state.path)) < state.updated
+    except OSError:
+        return False
+
+
 def touch(key: str) -> None:
     if key not in last_active and len(last_active) >= MAX_REMEMBERED_SOURCES:
         for old in sorted(last_active, key=last_active.__getitem__)[: len(last_active) // 2]:
@@ -587,6 +602,13 @@ class Resume:
                     "log file deleted while its source was excluded: its lines after offset %d "
                     "were kept out on purpose, not lost path=%s",
                     end,
+                    state.path,
+                )
+                continue
+            if truncated and end == 0 and _unchanged_since(state):
+                log.info(
+                    "log file not written since a truncation the shipper handled before its "
+                    "stop; nothing lost path=%s",
                     state.path,
                 )
                 continue

@@ -81,14 +81,14 @@ class SourceRunner:
         self.shipper = shipper
         self.spec = spec
         cfg = shipper.cfg
-        lost = shipper.metrics.lost_files
-        shipper.metrics.watch_service(spec.service)
+        metrics = shipper.metrics
+        metrics.watch_service(spec.service)
         self.tailer = Tailer(
             spec,
             shipper.registry,
             cfg.hostname,
             cfg.max_line_bytes,
-            on_loss=lambda reason: lost.labels(self.spec.service, reason).inc(),
+            on_loss=lambda reason: metrics.count_loss(self.spec.service, reason),
             once=cfg.once,
             kept_out=kept_out,
         )

@@ -79,16 +79,24 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"{name} started in {seconds:.1f}s (127.0.0.1, free ports)")
 
 
+#: The loggers the programs' ``setup_logging`` configure (the root, and the shipper's own).
+PROGRAM_LOGGERS = ("", "logq.shipper")
+
+
 @pytest.fixture(autouse=True)
 def _root_logging_restored() -> Iterator[None]:
-    """Entry points called in-process (``compact_main``, the CLIs) install their own root
-    handler on the ``sys.stderr`` of that moment, which pytest closes after the test: restore
-    the root logger, or a later test's log line fails on the closed stream."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    """Entry points called in-process (``compact_main``, the CLIs, the shipper's ``main``)
+    install their own handler on the ``sys.stderr`` of that moment, which pytest closes after
+    the test: restore those loggers, or a later test's log line fails on the closed stream. The
+    shipper's logger also stops propagating, which hid a later test's records from ``caplog``
+    (test_state_disk then test_removed_while_down failed in one worker, H2s19)."""
+    loggers = [logging.getLogger(name) for name in PROGRAM_LOGGERS]
+    kept = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
     yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+    for lg, (handlers, level, propagate) in zip(loggers, kept, strict=True):
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,8 @@ stop of one driven in-process (``Shipper`` run on the test's own event loop)."""
 from __future__ import annotations
 
 import asyncio
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,3 +70,18 @@ def plain_id(value: object) -> str | None:
     cuts test ids at their last ``::`` to find the module, so such a case ran on its own,
     apart from its module. None: pytest's own id."""
     return value.replace("::", ": :") if isinstance(value, str) else None
+
+
+def scrape_lost(port: int, service: str, reason: str) -> float | None:
+    """``service``'s ``logq_shipper_files_lost_total`` for ``reason`` in one scrape of the
+    metrics a shipper serves on 127.0.0.1 (None: no such series, or not serving yet)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+    except urllib.error.URLError:
+        return None
+    want = f'logq_shipper_files_lost_total{{reason="{reason}",service="{service}"}} '
+    for line in text.splitlines():
+        if line.startswith(want):
+            return float(line[len(want) :])
+    return None

@@ -27,8 +27,8 @@ from shipper.config import load_config
 from shipper.daemon import Shipper
 from shipper.removed import count_removed
 from tests.shipper.hostgen import cri_line, docker_line, make_container
-from tests.shipper.receiver import Receiver
-from tests.shipper.shipping import empty_root, shipper_args, until
+from tests.shipper.receiver import Receiver, free_port
+from tests.shipper.shipping import empty_root, scrape_lost, shipper_args, until
 
 pytestmark = pytest.mark.integration
 
@@ -193,6 +193,43 @@ def test_lines_written_while_down_then_removed_are_a_counted_possible_loss(
     at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stopped))
     assert f"after the shipper stopped at {at}" in warned[0]
     assert f"container_name={host.name} " in warned[0]
+
+
+async def _scraped_restart(tmp_path: Path, receiver: Receiver, host: Host) -> list[float]:
+    """The start after the removal, its metrics scraped until the loss shows: the values of
+    the ``removed_while_down`` series in the order the scrapes saw them."""
+    port = free_port()
+    args = [*host.args(tmp_path, receiver), "--metrics-listen", f"127.0.0.1:{port}"]
+    shipper = Shipper(load_config(args))
+    run = asyncio.create_task(shipper.run())
+    seen: list[float] = []
+    while not seen or seen[-1] < 1.0:
+        value = await asyncio.wait_for(
+            asyncio.to_thread(scrape_lost, port, host.service, "removed_while_down"), 30
+        )
+        if value is not None:
+            seen.append(value)
+        assert len(seen) < 1000, seen
+    shipper.request_stop()
+    assert await run == 0
+    return seen
+
+
+def test_a_new_scraper_sees_the_removed_while_down_series_at_0_before_the_loss(
+    tmp_path: Path,
+) -> None:
+    """A shipper rolled out on Kubernetes is a new target: a series whose first sample is
+    already 1 shows no ``increase()``, and operations.md's ticket never fired for the pods
+    deleted during the rollout. The first scrape that has the series must see it at 0."""
+    host = Host(tmp_path, "docker")
+    receiver = Receiver()
+    try:
+        asyncio.run(_ship_and_stop(tmp_path, receiver, host))
+        shutil.rmtree(host.folder)  # docker rm while the shipper is down
+        seen = asyncio.run(_scraped_restart(tmp_path, receiver, host))
+    finally:
+        receiver.close()
+    assert seen[0] == 0.0 and seen[-1] == 1.0, seen
 
 
 def _entry(reg: Registry, path: Path, offset: int, seen: int | None) -> str:
