@@ -16,7 +16,9 @@ Before it does, it waits until every live peer has committed what it acknowledge
 replay began: each node publishes ``_ledger/_nodes/<node>.json`` after each flush pass,
 ``{"committed_through": t}`` meaning every record it acked before unix time ``t`` is committed
 and in its ledger. Peers whose heartbeat is stale are taken as down; they reconcile against us
-when they replay. The ``_`` prefix keeps all of this out of the tables (DESIGN.md layout rule).
+when they replay. The heartbeat also names the process that wrote it (``process``), by which
+a start on a copy of a running node's buffer dir is refused (:mod:`aggregator.twins`). The
+``_`` prefix keeps all of this out of the tables (DESIGN.md layout rule).
 
 Two aggregators that crashed together replay together, and each would wait for the other's
 heartbeat, which a replaying node publishes only once its own replay is written: a wait only the
@@ -51,6 +53,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from aggregator.storage import StorageError, list_folder, put_bytes, put_table
+from aggregator.twins import ProcessToken, this_process
 from athena.schema import DT_FORMAT
 from athena.warehouse import Warehouse
 
@@ -93,6 +96,9 @@ class Heartbeat:
     """Whether the node runs the periodic compaction (``--compact-interval``); None for the
     heartbeat of a version before this field, which may or may not: such a node is never
     waited for (see :func:`compaction_blocker`)."""
+    process: ProcessToken | None = None
+    """The process that wrote it (None: a version before this field): a copy of a running
+    node's buffer dir is told by it (:mod:`aggregator.twins`)."""
 
     @property
     def stale_after(self) -> float:
@@ -169,6 +175,11 @@ class Ledger:
         self.warehouse = warehouse
         self.node_id = node_id
         self.compacts = compacts
+        self.process = this_process()
+        """Written into each heartbeat: which process runs this node (twins.py)."""
+        self.inherited: Heartbeat | None = None
+        """The heartbeat found at start-up and judged to be a process that no longer runs
+        (the previous run's, a dead node's for ``drain``): :meth:`forget` may remove it."""
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -196,12 +207,30 @@ class Ledger:
             "updated": time.time(),
             "flush_interval": flush_interval,
             "compacts": self.compacts,
+            "process": self.process.as_doc(),
         }
         put_bytes(self.warehouse, self._beat_path, (json.dumps(doc) + "\n").encode("utf-8"))
 
     def forget(self) -> None:
         """Remove this node's heartbeat and replay mark: its buffer is empty (clean stop, or
-        drained), so a replaying peer need not wait for it."""
+        drained), so a replaying peer need not wait for it.
+
+        Only a heartbeat this process wrote, or one written before it started (its previous
+        run's, or a dead node's that ``drain`` writes out), is removed: one that another
+        process wrote since is a twin's, still running under this node id (a copied buffer dir
+        the start-up check missed, see twins.py), and peers must go on seeing it."""
+        beat = self.own_heartbeat_or_none()
+        if beat is not None and self._written_by_a_twin(beat):
+            who = beat.process.describe() if beat.process else "a process of an older version"
+            log.warning(
+                "not removing the heartbeat of node %s: another process (%s) wrote it while "
+                "this one ran, so two aggregators use this node id and overwrite each "
+                "other's objects (a copied --buffer-dir): stop one of them and start it "
+                "with an empty --buffer-dir",
+                self.node_id,
+                who,
+            )
+            return  # its replay mark too is the twin's, if any
         self.replay_done()
         self._delete(self._beat_path, "heartbeat")
 
@@ -244,6 +273,13 @@ class Ledger:
         which writes a new one)."""
         self._delete(self._mark_path, "replay mark")
 
+    def _written_by_a_twin(self, beat: Heartbeat) -> bool:
+        """Whether another process wrote ``beat`` since this one started (the heartbeat found
+        at start-up, unchanged, is not: whatever the clocks of the two hosts say)."""
+        if beat.process == self.process or beat == self.inherited:
+            return False
+        return beat.updated >= self.process.started
+
     def _delete(self, path: str, what: str) -> None:
         try:
             self.warehouse.fs.delete_file(path)
@@ -261,6 +297,33 @@ class Ledger:
         return self.warehouse.path(LEDGER_DIR, REPLAYING_DIR, f"{self.node_id}.json")
 
     # --- reading ----------------------------------------------------------------------------
+
+    def own_heartbeat(self) -> Heartbeat | None:
+        """This node id's heartbeat as it is in the warehouse (maybe another process's: see
+        twins.py); None when there is none or it cannot be parsed (a torn or foreign file,
+        logged). OSError when the warehouse cannot be read."""
+        try:
+            with self.warehouse.fs.open_input_stream(self._beat_path) as fh:
+                raw = fh.read()
+        except FileNotFoundError:
+            return None
+        except pa.ArrowException as exc:
+            raise StorageError(
+                f"reading {self._beat_path} from {self.warehouse.uri}: {exc}"
+            ) from exc
+        try:
+            return _heartbeat(json.loads(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable ledger heartbeat %s: %s", self._beat_path, exc)
+            return None
+
+    def own_heartbeat_or_none(self) -> Heartbeat | None:
+        """:meth:`own_heartbeat`, None also when the warehouse cannot be read (logged)."""
+        try:
+            return self.own_heartbeat()
+        except OSError as exc:
+            log.warning("could not read the heartbeat %s: %s", self._beat_path, exc)
+            return None
 
     def peers(self) -> list[Heartbeat]:
         """The other nodes' latest heartbeats."""
@@ -366,17 +429,18 @@ class Ledger:
 
 def read_heartbeats(warehouse: Warehouse) -> list[Heartbeat]:
     """Every node's latest heartbeat (a node removes its own on a clean stop or drain)."""
+    return _documents(warehouse, NODES_DIR, _heartbeat, "ledger heartbeat")
 
-    def beat(doc: dict[str, Any]) -> Heartbeat:
-        return Heartbeat(
-            str(doc["node"]),
-            float(doc["committed_through"]),
-            float(doc["updated"]),
-            float(doc["flush_interval"]),
-            _flag(doc.get("compacts")),
-        )
 
-    return _documents(warehouse, NODES_DIR, beat, "ledger heartbeat")
+def _heartbeat(doc: dict[str, Any]) -> Heartbeat:
+    return Heartbeat(
+        str(doc["node"]),
+        float(doc["committed_through"]),
+        float(doc["updated"]),
+        float(doc["flush_interval"]),
+        _flag(doc.get("compacts")),
+        ProcessToken.from_doc(doc.get("process")),
+    )
 
 
 def read_replay_marks(warehouse: Warehouse) -> list[ReplayMark]:

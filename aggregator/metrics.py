@@ -37,6 +37,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from aggregator.batch import service_column
 from aggregator.throttle import Throttle
+from shipper import wire
 
 log = logging.getLogger("logq.aggregator.metrics")
 
@@ -64,15 +65,19 @@ CLOSE_REASONS = (
 #: buffered (not stored: the client resends it); ``stored``, it closed while the message was
 #: being made durable (stored, and resent by the client: its lines may be stored twice).
 ABANDONED_OUTCOMES = ("dropped", "stored")
-#: Tables of ``logq_aggregator_rows_written_total`` (created at 0, see CLOSE_REASONS).
+#: Tables of ``logq_aggregator_rows_written_total{table,service}`` and the other per-service
+#: series (each created at 0 for a service's both tables, see :meth:`Metrics.services_seen`).
 TABLES = ("envoy_access", "container_logs")
-#: A service's own series (parse failures, rows outside the projection) are removed after this
+#: A service's own series (rows, parse failures, rows outside the projection) go after this
 #: long without rows: services come and go (renames, retired services, a Docker fluentd driver
 #: that tags every container with its id), and series kept for ever would grow /metrics and
 #: Prometheus without bound. One that comes back starts again at 0 (increase() takes resets).
 SERVICE_SERIES_IDLE_SECONDS = 24 * 3600.0
 #: How often (seconds) idle services are looked for.
 _SWEEP_SECONDS = 60.0
+#: Names (services, tags) remembered by :meth:`Metrics.messages_received` before it starts
+#: again: bounded, as tags can carry container ids while their service stays the same.
+_SERVICE_KEYS_MAX = 10_000
 
 
 class Metrics:
@@ -132,7 +137,11 @@ class Metrics:
             registry=r,
         )
         self.rows_written = Counter(
-            "logq_aggregator_rows_written_total", "Rows committed", ["table"], registry=r
+            "logq_aggregator_rows_written_total",
+            "Rows committed, per table and service (the denominator of a service's parse "
+            "failure ratio; sum by table for the old per-table figure)",
+            ["table", "service"],
+            registry=r,
         )
         self.files_written = Counter(
             "logq_aggregator_files_written_total", "Parquet objects committed", registry=r
@@ -213,11 +222,12 @@ class Metrics:
         )
         for reason in CLOSE_REASONS:
             self.connections_rejected.labels(reason)
-        for table in TABLES:
-            self.rows_written.labels(table)
         for outcome in ABANDONED_OUTCOMES:
             self.abandoned.labels(outcome)
         self._service_seen: dict[str, float] = {}
+        self._service_keys: set[str] = set()
+        """What decided the services of received messages whose series exist (emptied by a
+        sweep that removes series): :meth:`messages_received` skips such messages."""
         self._swept_at: float | None = None
         """When idle services were last looked for (the clock of the first call before that)."""
         self.failing_since: float | None = None
@@ -233,9 +243,14 @@ class Metrics:
         """Which background task stopped on an internal error, and what to do (for good)."""
 
     def services_seen(self, services: Iterable[str], now: float | None = None) -> None:
-        """Services with rows in a flush: their series exist from then on, at 0 until the first
-        failure (an alert on increase() needs that first sample); the series of services without
-        rows for :data:`SERVICE_SERIES_IDLE_SECONDS` are removed."""
+        """Services with rows: their series exist from then on, at 0 until the first failure
+        (an alert on increase() needs that first sample); the series of services without rows
+        for :data:`SERVICE_SERIES_IDLE_SECONDS` are removed.
+
+        Called as each message is received (:meth:`messages_received`) and again by the flush
+        that counts its rows: a scrape between the two serves the 0. A first message whose
+        event times are replaced, or a replay of the previous run's buffer, still counts at once
+        (the alert rules of docs/operations.md also fire on a series born above 0)."""
         now = time.monotonic() if now is None else now
         for service in services:
             if service not in self._service_seen:
@@ -243,6 +258,7 @@ class Metrics:
                 self.times_replaced.labels(service)
                 for table in TABLES:
                     self.rows_outside_projection.labels(table, service)
+                    self.rows_written.labels(table, service)
             self._service_seen[service] = now
         if self._swept_at is None:
             self._swept_at = now
@@ -250,15 +266,38 @@ class Metrics:
             return
         self._swept_at = now
         idle = [s for s, t in self._service_seen.items() if now - t >= SERVICE_SERIES_IDLE_SECONDS]
+        if idle:
+            self._service_keys.clear()  # the next messages find out which ones are still there
         for service in idle:
             del self._service_seen[service]
             for metric, labels in (
                 (self.parse_failures, (service,)),
                 (self.times_replaced, (service,)),
                 *((self.rows_outside_projection, (table, service)) for table in TABLES),
+                *((self.rows_written, (table, service)) for table in TABLES),
             ):
                 with contextlib.suppress(KeyError):  # never created (no rows of that table)
                     metric.remove(*labels)
+
+    def messages_received(self, batch: pa.RecordBatch) -> None:
+        """A received message's services (:meth:`services_seen`): their series are created
+        here, at 0, a flush before the counts of their first rows.
+
+        On the hot path, once per message: when the names that decide its services were seen
+        before (:func:`_deciding_names`), a look at the few names of a column's dictionary is
+        all it costs; otherwise the services are worked out as the flush does
+        (:func:`aggregator.batch.service_column`, ~0.1 ms)."""
+        if not batch.num_rows:
+            return
+        keys = _deciding_names(batch)
+        if keys is not None and all(key in self._service_keys for key in keys):
+            return
+        services = service_column(pa.Table.from_batches([batch])).dictionary
+        self.services_seen(services.to_pylist())
+        if keys is not None:
+            if len(self._service_keys) >= _SERVICE_KEYS_MAX:  # tags that churn (container ids)
+                self._service_keys.clear()
+            self._service_keys.update(keys)
 
     def event_times_replaced(self, rows: pa.RecordBatch, example: str) -> None:
         """Count the ``rows`` of one message whose time was replaced by the receive time, per
@@ -304,6 +343,23 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _deciding_names(batch: pa.RecordBatch) -> list[str] | None:
+    """The names that decide a message's services, when a few do: the ``service`` values if
+    every record has one (logq-shipper's), or the tags (their last part) if none has (Fluent
+    Bit, Fluentd); None for a mix, worked out row by row."""
+    service = batch.column(batch.schema.get_field_index(wire.KEY_SERVICE))
+    if not isinstance(service, pa.DictionaryArray):
+        return None
+    if not service.null_count:
+        names = service.dictionary.to_pylist()
+        return names if all(names) else None  # "" takes the tag's service
+    tag = batch.column(batch.schema.get_field_index("tag"))
+    every_null = service.null_count == len(service)
+    if every_null and isinstance(tag, pa.DictionaryArray) and not tag.null_count:
+        return ["\x00" + str(t) for t in tag.dictionary.to_pylist()]
+    return None
 
 
 class MetricsServer:

@@ -5,9 +5,10 @@ The command line (serve, ``compact``, ``drain``) is :mod:`aggregator.commands`. 
 1. lock ``--buffer-dir`` (a second aggregator on it exits 2 before it binds any port), then
    serve ``--metrics-listen``: ``/metrics`` answers from here on (liveness), ``/healthz`` says
    ``starting: ...`` (503, with the progress) until step 3;
-2. open the buffer and read the chunk ids in the segments left by a previous run (seconds per
-   GiB: the reason /metrics comes first); those segments are flushed first once serving
-   (replay, minus the lines other aggregators committed meanwhile, see ledger.py);
+2. open the buffer; refuse (exit 2) a buffer dir whose node id a live process uses, a copy
+   of a running node's (twins.py); read the chunk ids in the segments left by a previous run
+   (seconds per GiB: the reason /metrics comes first); those segments are flushed first once
+   serving (replay, minus the lines other aggregators committed meanwhile, see ledger.py);
 3. listen (one ``listening on HOST:PORT`` line on stderr once the socket is bound);
 4. every ``--flush-interval`` seconds, or when the active segment reaches its size, seal it and
    flush sealed segments in order; a failed flush (S3 down) is retried with capped exponential
@@ -52,6 +53,7 @@ from aggregator.metrics import Metrics, MetricsServer
 from aggregator.parse_warnings import ParseFailureWarnings
 from aggregator.server import ForwardServer, ServerLimits, tls_context
 from aggregator.throttle import Throttle
+from aggregator.twins import TwinRunning, live_twin
 from athena.ddl import outside_projection
 from athena.warehouse import open_warehouse
 
@@ -180,6 +182,8 @@ class Aggregator:
         """The last error of a flush cycle (logged with its traceback when it changes)."""
         self._exit_now: Callable[[int], object] = os._exit
         """How a second stop request ends the process (tests replace it)."""
+        self._draining = False
+        """Run as ``logq-aggregator drain`` (what a refused copy is told to do differs)."""
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -206,6 +210,7 @@ class Aggregator:
         offsets = OffsetState(Path(self.settings.buffer_dir) / "offsets.json").load()
         compacts = self.settings.compact_interval > 0
         self.ledger = Ledger(self.warehouse, self.buffer.node_id, compacts=compacts)
+        self._refuse_a_copy(self.ledger)
         self.flusher = Flusher(
             self.warehouse,
             offsets,
@@ -219,6 +224,35 @@ class Aggregator:
         self._publish_replay_mark()
         if replay:
             log.info("replaying %d buffer segments left by the previous run", len(replay))
+
+    def _refuse_a_copy(self, ledger: Ledger) -> None:
+        """Raise :class:`TwinRunning` (exit 2) when another live process uses this node id:
+        this --buffer-dir is a copy of a running node's (twins.py). Before anything is written
+        under the node id (the replay mark, a heartbeat, objects). A stop during the check's
+        wait ends the start-up (exit 0). A warehouse that cannot be read skips the check with
+        a WARNING: the start must not depend on it (the flushes retry it)."""
+        phase = self.metrics.starting
+        self.metrics.starting = (
+            f"starting: checking that no running aggregator uses node id {ledger.node_id}"
+        )
+        try:
+            twin = live_twin(ledger, self._stop_wait)
+        except OSError as exc:
+            log.warning(
+                "could not read the heartbeat of node %s to check that no other process runs "
+                "under it (%s); starting without that check",
+                ledger.node_id,
+                exc,
+            )
+            return
+        finally:
+            self.metrics.starting = phase
+        self._check_stop()
+        if twin is not None:
+            beat, age = twin
+            raise TwinRunning(
+                ledger.node_id, self.settings.buffer_dir, beat.process, age, self._draining
+            )
 
     def _publish_replay_mark(self) -> None:
         """At start-up, before serving: publish the replay mark (ledger.py) at once, so that a
@@ -385,6 +419,7 @@ class Aggregator:
         into the warehouse. Lines that shippers resent to other aggregators after it died are
         skipped (ledger.py), so nothing is stored twice.
         """
+        self._draining = True
         self._open_buffer()
         self._install_signals()
         await self.buffer.close()
@@ -962,9 +997,11 @@ class Aggregator:
         m.flush_seconds.observe(result.seconds)
         m.duplicates.inc(result.duplicates)
         m.files_written.inc(len(result.files))
+        m.services_seen(
+            {*result.services, *result.parse_failures, *(f.service for f in result.files)}
+        )
         for f in result.files:
-            m.rows_written.labels(f.table).inc(f.rows)
-        m.services_seen({*result.services, *result.parse_failures})
+            m.rows_written.labels(f.table, f.service).inc(f.rows)
         for service, count in result.parse_failures.items():
             m.parse_failures.labels(service).inc(count)
         now = time.time()

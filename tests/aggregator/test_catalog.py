@@ -83,7 +83,10 @@ def test_ddl_applied_through_athena_and_metrics(
         base = f"http://127.0.0.1:{metrics_port}"
         with urllib.request.urlopen(f"{base}/healthz", timeout=5) as resp:
             assert resp.status == 200
-        rows_line = 'logq_aggregator_rows_written_total{table="container_logs"} 4.0'
+        # Rows per table and service: the denominator of a service's parse-failure ratio.
+        rows_line = (
+            'logq_aggregator_rows_written_total{service="recipe",table="container_logs"} 2.0'
+        )
         metrics = ""
 
         def scraped() -> bool:
@@ -99,6 +102,9 @@ def test_ddl_applied_through_athena_and_metrics(
     assert "logq_aggregator_acks_total 4.0" in metrics
     assert 'logq_aggregator_envoy_parse_failures_total{service="recipe"} 1.0' in metrics
     assert 'logq_aggregator_envoy_parse_failures_total{service="checkout"} 0.0' in metrics
+    rows = 'logq_aggregator_rows_written_total{service="checkout",table="%s"} %s'
+    assert rows % ("container_logs", "1.0") in metrics
+    assert rows % ("envoy_access", "0.0") in metrics
     queries = _queries(client, workgroup)
     assert any(q.startswith("CREATE DATABASE IF NOT EXISTS `logs`") for q in queries)
     creates = [q for q in queries if q.startswith("CREATE EXTERNAL TABLE IF NOT EXISTS")]

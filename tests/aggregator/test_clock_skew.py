@@ -18,7 +18,7 @@ import pytest
 
 from athena.ddl import outside_projection
 from shipper import wire
-from tests.aggregator.helpers import read_acks, record, start_aggregator, wait_rows
+from tests.aggregator.helpers import read_acks, read_table, record, start_aggregator, wait_rows
 from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.integration
@@ -28,6 +28,37 @@ _NS = 1_000_000_000
 
 def _ns(year: int) -> int:
     return int(datetime(year, 6, 1, 12, tzinfo=UTC).timestamp()) * _NS
+
+
+def test_a_new_services_series_are_served_at_0_before_the_flush_that_counts(
+    tmp_path: Path,
+) -> None:
+    """A service's per-service series are created when its first message is received, not by
+    the flush that counts its rows: a scrape in between serves the 0 that an ``increase()``
+    alert needs (a first flush that both created and counted the series, after any restart,
+    was never seen to increase)."""
+    agg = start_aggregator(
+        tmp_path, extra=["--metrics-listen", "127.0.0.1:0", "--flush-interval", "3600"]
+    )
+    try:
+        entries = [(_ns(2019) + i * _NS, record(f"old {i}", service="oldclock")) for i in range(3)]
+        with agg.connect() as sock:
+            sock.sendall(wire.encode_packed_forward("logq.oldclock", entries, "o1"))
+            assert read_acks(sock, 1) == ["o1"]
+        port = int(re.search(r"metrics on http://[^:]+:(\d+)/", agg.log_text()).group(1))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            before_flush = resp.read().decode()
+        assert read_table(agg.warehouse, "container_logs").num_rows == 0, "not flushed yet"
+    finally:
+        assert agg.stop() == 0  # its flush writes and counts the rows
+    assert read_table(agg.warehouse, "container_logs").num_rows == 3
+    for series in (
+        'rows_outside_projection_total{service="oldclock",table="container_logs"} 0.0',
+        'rows_written_total{service="oldclock",table="container_logs"} 0.0',
+        'envoy_parse_failures_total{service="oldclock"} 0.0',
+        'event_times_replaced_total{service="oldclock"} 0.0',
+    ):
+        assert f"logq_aggregator_{series}" in before_flush
 
 
 def test_outside_projection_bounds() -> None:
@@ -76,7 +107,8 @@ def test_rows_from_a_broken_clock_are_kept_counted_and_logged(tmp_path: Path) ->
     assert f'{name}{{service="other",table="container_logs"}} 0.0' in metrics
     assert 'logq_aggregator_envoy_parse_failures_total{service="other"} 0.0' in metrics
     assert 'logq_aggregator_connections_closed_total{reason="protocol_error"} 0.0' in metrics
-    assert 'logq_aggregator_rows_written_total{table="envoy_access"} 0.0' in metrics
+    assert 'logq_aggregator_rows_written_total{service="other",table="envoy_access"} 0.0' in metrics
+    assert 'rows_written_total{service="clock",table="container_logs"} 4.0' in metrics
     # The flush histogram reaches past any sane --flush-interval (the alert compares them).
     assert 'logq_aggregator_flush_duration_seconds_bucket{le="600.0"}' in metrics
     warnings = [line for line in agg.log_text().splitlines() if "outside the Athena" in line]

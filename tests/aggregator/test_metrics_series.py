@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+import pyarrow as pa
 import pytest
 
 from aggregator import metrics as metrics_mod
+from aggregator.decode import decode
 from aggregator.metrics import SERVICE_SERIES_IDLE_SECONDS, Metrics
 
 
@@ -58,3 +60,43 @@ def test_series_stay_bounded_under_churn() -> None:
     per_day = int(SERVICE_SERIES_IDLE_SECONDS // 60)
     assert per_day <= len(kept) <= per_day + 2
     assert f"container-{3 * 24 * 60 - 1}" in kept and "container-0" not in kept
+
+
+def _message(service: str | None, tag: str = "logq.app") -> pa.RecordBatch:
+    record = {"log": "a line", "stream": "stdout"}
+    if service is not None:
+        record["service"] = service
+    batch, _ = decode([tag, [[int(time.time()), record]]], 1 << 20)
+    return batch
+
+
+def test_a_received_message_creates_its_services_series_at_0_until_they_are_swept() -> None:
+    """Series exist from a service's first message (before the flush that counts its rows),
+    for logq-shipper records (``service``) and other clients' (the tag's last part); a service
+    whose series were swept gets them again with its next message (the shortcut for services
+    already seen forgets them with the sweep)."""
+    m = Metrics()
+    m.messages_received(_message("recipe"))
+    m.messages_received(_message(None, tag="kube.var.log.cart"))
+    assert services_in(m) == {"recipe", "cart"}
+    text = m.render().decode()
+    assert 'logq_aggregator_rows_written_total{service="cart",table="envoy_access"} 0.0' in text
+    later = 30 * 86400.0 + SERVICE_SERIES_IDLE_SECONDS + 120
+    m.services_seen(["other"], now=later)
+    assert services_in(m) == {"other"}
+    m.messages_received(_message("recipe"))
+    m.messages_received(_message(None, tag="kube.var.log.cart"))
+    assert services_in(m) == {"other", "recipe", "cart"}
+
+
+def test_the_names_remembered_for_received_messages_stay_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fluent Bit tags that carry a container id, all of one service: the shortcut's memory
+    of the names it has seen is bounded, not one entry per container for ever."""
+    monkeypatch.setattr(metrics_mod, "_SERVICE_KEYS_MAX", 50)
+    m = Metrics()
+    for container in range(500):
+        m.messages_received(_message(None, tag=f"kube.c{container:04d}.log"))
+    assert len(m._service_keys) <= 50
+    assert services_in(m) == {"log"}
