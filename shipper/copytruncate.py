@@ -10,15 +10,16 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from shipper.birth import birth_time
 from shipper.checkpoint import FileState, file_key
 from shipper.cursor import Cursor
-from shipper.discover import rotated_siblings
-from shipper.fingerprint import fingerprint
-from shipper.rotated import age, compressed_copy, rotation_path
+from shipper.discover import compressed_siblings, rotated_siblings
+from shipper.fingerprint import fingerprint, gzip_identity
+from shipper.rotated import age, rotation_path
 
 if TYPE_CHECKING:
     from shipper.tailer import Tailer
@@ -53,6 +54,85 @@ def copies_in_order(siblings: list[Path], opened_ns: int) -> list[Path]:
     return [sib for _, sib in since + before]
 
 
+class Fit(Enum):
+    """What a rotated sibling is to the content a truncated live file held (see
+    :func:`copy_fit`)."""
+
+    WHOLE = "whole"
+    """Its copy, holding every byte read: finished from our read position."""
+    CHECKED = "checked"
+    """Its copy, but the bytes read after :attr:`~shipper.cursor.Cursor.checked_pos` are not
+    in it (shorter, or other bytes there): the truncation came between our last check and a
+    read, which read the new content. Read again from ``checked_pos``."""
+    EARLIER = "earlier"
+    """Shorter than ``checked_pos`` (its bytes there cannot be compared), and made before the
+    file was opened: an earlier generation's copy (its lines were read from the live file
+    before its truncation)."""
+
+
+def copy_fit(fd: int, st: os.stat_result, head: Cursor) -> Fit | None:
+    """How the rotated file open at ``fd`` (``st`` its ``fstat``) stands to ``head``, the live
+    file found truncated in place; None: it is not the copy of what ``head`` read.
+
+    A first line every generation shares (an empty line, a banner, a CSV header) leaves
+    several copies with ours; which one was made after the open cannot be told by file times
+    alone (1 s times; copies that keep the original's time: ``cp -p``, ``rsync -t``), and a
+    later generation's copy is as long as ours or longer. Taken for ours, it was "finished" from
+    our position: its lines before it and our copy's unread rest were lost, uncounted, and a
+    line cut at our offset stored (R2s19). So the copy must hold the very bytes read before our
+    position (:meth:`~shipper.cursor.Cursor.read_before`); copies alike in those bytes too are
+    taken in :func:`copies_in_order`. A sibling shorter than ``checked_pos`` cannot be told by
+    its bytes: one made before the open is an earlier generation's, one made since a later
+    generation's, left to be read whole as a missed rotation."""
+    if fingerprint(fd) != head.fp:
+        return None
+    size = st.st_size
+    if size >= head.read_pos and _holds(fd, head.read_pos, head.read_before(head.read_pos)):
+        return Fit.WHOLE
+    if size >= head.checked_pos:
+        checked = head.read_before(head.checked_pos)
+        return Fit.CHECKED if _holds(fd, head.checked_pos, checked) else None
+    return Fit.EARLIER if st.st_mtime_ns <= head.mtime_at_open else None
+
+
+def _holds(fd: int, pos: int, tail: bytes | None) -> bool:
+    """Whether the file at ``fd`` holds ``tail`` just before ``pos`` (None, not known: yes,
+    the first line and the size decide as before)."""
+    return tail is None or os.pread(fd, len(tail), pos - len(tail)) == tail
+
+
+class CompressedCopy(NamedTuple):
+    """The gzip-compressed copy taken for that of a truncated live file's content."""
+
+    read_all: bool
+    """Its uncompressed size is our position: nothing was left unread."""
+    mtime_ns: int
+    """Its modification time: logrotate gives a ``.gz`` its source's, the time of the copy."""
+
+
+def compressed_copy(path: Path, fp: str, read_pos: int, opened_ns: int) -> CompressedCopy | None:
+    """The compressed copy of the content with first line ``fp``, read to ``read_pos``, of a
+    live file at ``path`` opened when its modification time was ``opened_ns`` (copytruncate
+    with ``compress``), None without one. Several share ``fp`` (later generations too, when
+    logrotate ran again before we looked): the first in :func:`copies_in_order` is taken. Its
+    bytes are not compared as a plain copy's are: that would decompress it up to our position
+    on the event loop; its uncompressed size tells whether lines were left unread."""
+    try:
+        copies = compressed_siblings(rotation_path(path))
+    except OSError:
+        return None
+    for copy in copies_in_order(copies, opened_ns):
+        ident = gzip_identity(copy)
+        if ident is None or ident[0] != fp:
+            continue
+        try:
+            mtime_ns = os.stat(copy).st_mtime_ns
+        except OSError:
+            continue
+        return CompressedCopy(ident[1] == read_pos % (1 << 32), mtime_ns)
+    return None
+
+
 class CopyTruncate:
     """Part of :class:`~shipper.tailer.Tailer`: noticing and handling copytruncate."""
 
@@ -66,6 +146,20 @@ class CopyTruncate:
         except OSError:
             return False
 
+    def _compressed_copy(self: Tailer, head: Cursor) -> tuple[bool, bool]:
+        """(read all, lines unread) as the compressed copy of ``head``'s content tells (see
+        :func:`compressed_copy`); (False, False) without one.
+
+        With one, the uncompressed copies newer than it are later generations' (logrotate ran
+        again before we looked; with ``delaycompress`` the ``.1`` is the next generation's
+        while ours is ``.2.gz``): its time is the floor of the missed-rotation search, which
+        reads them whole. Without that floor they were never read, nor counted."""
+        found = compressed_copy(self.spec.path, head.fp, head.read_pos, head.mtime_at_open)
+        if found is None:
+            return False, False
+        self._floor = found.mtime_ns
+        return found.read_all, not found.read_all
+
     def _truncated(self: Tailer, head: Cursor) -> bool:
         """copytruncate: finish the copy from our position, restart the live file at 0.
 
@@ -76,8 +170,9 @@ class CopyTruncate:
         read: the copy's mtime becomes the floor of the missed-rotation search, which then
         reads them from their start, oldest first, before the live file.
 
-        A copy smaller than our position means the truncation came between our last check and
-        a read: the bytes past the copy's end were the new content's. The copy is then read
+        A copy smaller than our position, or with other bytes before it than those read
+        (:func:`copy_fit`), means the truncation came between our last check and a read: the
+        bytes read after that check were the new content's. The copy is then read
         again from the last position known to be ours, under a new id (the old id's offsets
         up to our position are taken at the aggregator); a few lines may arrive twice, none
         is lost.
@@ -104,16 +199,16 @@ class CopyTruncate:
                 continue
             try:
                 st = os.fstat(fd)
-                ours = fingerprint(fd) == head.fp
+                fit = copy_fit(fd, st, head)
             except OSError:
                 os.close(fd)
                 continue
-            if ours and head.checked_pos <= st.st_size < head.read_pos:
+            if fit is Fit.CHECKED:
                 log.warning(
                     "log file truncated while being read: bytes after offset %d were read from "
                     "the new content; reading its copy again from offset %d under a new id "
                     "(some lines may arrive twice) path=%s copy=%s",
-                    st.st_size,
+                    head.checked_pos,
                     head.checked_pos,
                     head.path,
                     sib,
@@ -133,7 +228,7 @@ class CopyTruncate:
                 copy.stop_at = head.stop_at  # same bytes at the same offsets as head's
                 self._floor = st.st_mtime_ns
                 break
-            if ours and st.st_size >= head.read_pos:
+            if fit is Fit.WHOLE:
                 # Its checkpoint starts where head's is (what is acknowledged), reading goes
                 # on from where head's is: batches of head in flight are acked in order
                 # before the copy's first, so a crash before that reads them again.
@@ -162,14 +257,14 @@ class CopyTruncate:
                 copy.stop_at = head.stop_at
                 self._floor = st.st_mtime_ns
                 break
-            if ours and not read_all:
+            if fit is Fit.EARLIER and not read_all:
                 read_all = True
                 self._floor = st.st_mtime_ns
                 read = (st.st_dev, st.st_ino, head.fp, birth_time(fd))
                 self._released.append(read)  # read: not "missed"
             os.close(fd)
         if copy is None and not read_all:
-            read_all, unread = compressed_copy(self.spec.path, head.fp, head.read_pos)
+            read_all, unread = self._compressed_copy(head)
         if copy is None and not read_all:
             if head.unread_seen or unread:
                 log.warning(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from shipper import fd_budget
 from shipper.checkpoint import FileState, file_key
-from shipper.fingerprint import tail_hash
+from shipper.fingerprint import TAIL_BYTES, bytes_before, tail_hash
 from shipper.formats import LineParser, overlong_line
 from shipper.lines import Lines
 
@@ -81,6 +81,15 @@ class Cursor:
         self.checked_pos = self.read_pos
         """Read position when the file was last found to still hold our content: bytes before
         it are ours, bytes after it may have been read after a truncation (copytruncate)."""
+        try:
+            start = bytes_before(fd, self.read_pos)
+        except OSError:
+            start = None
+        self._tail_now: tuple[int, bytes | None] = (self.read_pos, start)
+        self._tail_before: tuple[int, bytes | None] = (self.read_pos, start)
+        """(position, the bytes just before it as read here) at :attr:`read_pos` and where it
+        was before the last read that moved it: :attr:`checked_pos` is one of the two (it is
+        set before every read of the live file). See :meth:`read_before`."""
         self.held = False
         """Released, but its checkpoint must stay: it holds the first parts of a split line
         that is not acknowledged yet."""
@@ -158,7 +167,7 @@ class Cursor:
             self._skip = data[: self.parser.max_line_bytes]
             self._skip_start = self.read_pos
             self._skip_total = len(data)
-            self.read_pos += len(data)
+            self._advance(data, len(data))
             return Chunk(self, self.parser.new_lines(), self._skip_resume(), len(data))
         # Split no further than needed, and without copying the block: the last piece is the
         # unterminated tail (or the lines beyond ``max_lines``), read again next time.
@@ -168,7 +177,7 @@ class Cursor:
             idx = sum(map(len, lines)) + max_lines - 1
         self.parser.origin = self
         parsed = self.parser.feed(lines, self.read_pos)
-        self.read_pos += idx + 1
+        self._advance(data, idx + 1)
         if self.acked_floor and parsed.offsets and parsed.offsets[0] <= self.acked_floor:
             parsed = _drop_upto(parsed, self.acked_floor)
         return Chunk(self, parsed, self._resume(), idx + 1)
@@ -203,7 +212,7 @@ class Cursor:
         # Its offset counts a newline that is not there: one past the end, still increasing.
         self.parser.origin = self
         parsed = self.parser.feed([data], self.read_pos)
-        self.read_pos += len(data)
+        self._advance(data, len(data))
         return Chunk(self, parsed, self._resume(), len(data))
 
     def has_remainder(self) -> bool:
@@ -214,16 +223,42 @@ class Cursor:
         nl = data.find(b"\n")
         if nl < 0:
             self._skip_total += len(data)
-            self.read_pos += len(data)
+            self._advance(data, len(data))
             return Chunk(self, self.parser.new_lines(), self._skip_resume(), len(data))
         prefix = self._skip or b""
         dropped = self._skip_total + nl - len(prefix)
         self._skip = None
-        self.read_pos += nl + 1
+        self._advance(data, nl + 1)
         parsed = overlong_line(self.parser, prefix, self.read_pos, dropped)
         if self.read_pos <= self.acked_floor:
             parsed = self.parser.new_lines()
         return Chunk(self, parsed, self._resume(), nl + 1)
+
+    def _advance(self, data: bytes, n: int) -> None:
+        """Move :attr:`read_pos` past the first ``n`` bytes of ``data`` (read at it), keeping
+        the bytes just before the new position (see :meth:`read_before`)."""
+        pos, tail = self._tail_now
+        if n >= TAIL_BYTES:
+            tail = data[n - TAIL_BYTES : n]
+        elif tail is not None and pos == self.read_pos:
+            tail = (tail + data[:n])[-TAIL_BYTES:]
+        else:
+            tail = None  # read_pos was set from outside: what lies before it is not known
+        self.read_pos += n
+        self._tail_before, self._tail_now = self._tail_now, (self.read_pos, tail)
+
+    def read_before(self, pos: int) -> bytes | None:
+        """The (at most :data:`~shipper.fingerprint.TAIL_BYTES`) bytes just before ``pos`` as
+        they were read here, for ``pos`` :attr:`read_pos` or :attr:`checked_pos`; None when
+        not known.
+
+        Kept from the reads, not read again: after a truncation in place the descriptor shows
+        the new content. They tell the copy of what was read from another generation's copy
+        with the same first line (see :func:`shipper.copytruncate.copy_fit`)."""
+        for at, tail in (self._tail_now, self._tail_before):
+            if at == pos:
+                return tail
+        return None
 
     def tail(self, pos: int) -> str:
         """The checkpoint's check of the bytes before ``pos`` (see

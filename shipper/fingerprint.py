@@ -45,13 +45,19 @@ def tail_hash(fd: int, pos: int) -> str | None:
     acknowledged: kept as a hash in the checkpoint, they tell at the next open whether that
     position still follows the same content (see :meth:`shipper.resume.Resume._verified`).
     """
-    start = max(pos - TAIL_BYTES, 0)
-    if pos <= start:
-        return None
-    data = os.pread(fd, pos - start, start)
-    if len(data) != pos - start:
+    data = bytes_before(fd, pos) if pos > 0 else None
+    if data is None:
         return None
     return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+def bytes_before(fd: int, pos: int) -> bytes | None:
+    """The (at most :data:`TAIL_BYTES`) bytes just before ``pos`` (empty at 0); None when the
+    file no longer holds them all. What :func:`tail_hash` hashes; kept as they are by a
+    cursor while it reads (see :meth:`shipper.cursor.Cursor.read_before`)."""
+    start = max(pos - TAIL_BYTES, 0)
+    data = os.pread(fd, pos - start, start)
+    return data if len(data) == pos - start else None
 
 
 def gzip_identity(path: Path) -> tuple[str | None, int] | None:

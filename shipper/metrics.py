@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from http.server import ThreadingHTTPServer
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import MetricsHandler
@@ -213,9 +213,9 @@ class Metrics:
         1: its first sample already 1, ``increase()`` and ``rate()`` saw nothing and the alert
         of operations.md never fired -- on Kubernetes, where a rolled-out shipper is a new
         target, for every pod deleted during the rollout. While metrics are served, such a
-        loss is counted once a scrape has shown the series at 0 (the next scrape shows the
-        increase), or after :data:`HOLD_SECONDS` if none comes. Without ``--metrics-listen``
-        nothing scrapes: counted at once."""
+        loss is counted once a scrape (:func:`is_scrape`) has shown the series at 0 (the next
+        scrape shows the increase), or after :data:`HOLD_SECONDS` if none comes. Without
+        ``--metrics-listen`` nothing scrapes: counted at once."""
         self.watch_service(service)
         with self._lock:
             if not self._serving or self._exposed > self._born.get(service, -1):
@@ -323,17 +323,19 @@ class Metrics:
         return 200, "ok\n"
 
     def serve(self, listen: Endpoint) -> ThreadingHTTPServer:
-        """Serve ``/metrics`` (any other path too, as Prometheus' own server does) and
-        ``/healthz`` on a daemon thread; returns the server (``server_address`` has the port)."""
+        """Serve ``/metrics`` (any other path too, as Prometheus' own server does, though only
+        :func:`is_scrape` requests release held losses), ``/healthz`` and ``/livez`` on a daemon
+        thread; returns the server (``server_address`` has the port)."""
         metrics = self
 
         class Handler(MetricsHandler.factory(self.registry)):  # type: ignore[misc]
             def do_GET(self) -> None:
                 path = urlparse(self.path).path
                 if path not in ("/healthz", "/livez"):
-                    number = metrics._scrape_begins()
+                    number = metrics._scrape_begins() if is_scrape(self.path) else None
                     super().do_GET()
-                    metrics._scraped(number)
+                    if number is not None:
+                        metrics._scraped(number)
                     return
                 status, text = metrics.health() if path == "/healthz" else metrics.liveness()
                 body = text.encode()
@@ -351,6 +353,16 @@ class Metrics:
         with self._lock:
             self._serving = True
         return server
+
+
+def is_scrape(target: str) -> bool:
+    """Whether a GET of ``target`` (path and query) is a scrape that releases the losses held
+    for it (see :meth:`Metrics.count_loss`): ``/metrics`` with no ``name[]`` filter, the only
+    request sure to show every series at 0. A filtered request leaves the others out, and
+    another path is no Prometheus scrape (a probe, a browser's ``/favicon.ico``): released by
+    them, the next scrape saw the series born at 1 (R2s19)."""
+    url = urlparse(target)
+    return url.path == "/metrics" and "name[]" not in parse_qs(url.query)
 
 
 def _waiting_sources() -> int:

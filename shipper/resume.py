@@ -52,7 +52,12 @@ def _latest_write(st: os.stat_result) -> float:
     taken as it is: a file finished and forgotten just before the save is not read again (its
     lines would go out again, and the first part of a split line shipped cut would be joined
     to a later part and stored twice)."""
-    ns = st.st_mtime_ns
+    return _end_of_second(st.st_mtime_ns)
+
+
+def _end_of_second(ns: int) -> float:
+    """A file time ``ns`` in seconds, a whole second (a coarse file system's) taken as its end
+    (see :func:`_latest_write`)."""
     return (ns + (1_000_000_000 if ns % 1_000_000_000 == 0 else 0)) / 1e9
 
 
@@ -88,18 +93,24 @@ def _inode_stays(key: str, state: FileState) -> tuple[bool, bool]:
 
 
 def _unchanged_since(state: FileState) -> bool:
-    """Whether the file at ``state.path`` was last modified before ``state`` was saved (by
-    :func:`_latest_write`: whole-second times count as the end of their second).
+    """Whether the file at ``state.path`` was neither modified nor changed (its status: the
+    change time) after ``state`` was saved (whole-second times count as the end of their
+    second, see :func:`_latest_write`).
 
     A truncation the running shipper handled leaves an entry at offset 0, nothing acknowledged
-    (see :mod:`shipper.copytruncate`); a file still empty at the next start held nothing to
-    lose, and counting it ``truncated_in_place`` raised a ticket at every such restart
-    (A3s18). Lines written after the entry, or read and not acknowledged, were removed by a
-    truncation that moved the modification time past it: those still count."""
+    (see :mod:`shipper.copytruncate`); a file not written since at the next start held
+    nothing to lose (a first line it holds, complete or not, is still there to read), and
+    counting it ``truncated_in_place`` raised a ticket at every such restart (A3s18). Lines
+    written after the entry, or read and not acknowledged, were removed by a truncation that
+    moved the file times past it: those still count. The change time too, as a tool can set
+    the modification time back (``touch -r``, ``rsync -t``: the loss was hidden, R2s19) but
+    not the change time, which every write and every ``utime`` sets to now; only a wall
+    clock stepped back while the shipper was down can still hide one."""
     try:
-        return _latest_write(os.stat(state.path)) < state.updated
+        st = os.stat(state.path)
     except OSError:
         return False
+    return max(_latest_write(st), _end_of_second(st.st_ctime_ns)) < state.updated
 
 
 def touch(key: str) -> None:

@@ -68,22 +68,3 @@ def compressed_identities(path: Path) -> set[tuple[str | None, int]]:
         if ident is not None:
             out.add(ident)
     return out
-
-
-def compressed_copy(path: Path, fp: str, read_pos: int) -> tuple[bool, bool]:
-    """(read all, lines unread) as a compressed copy of the file with first line ``fp``, read
-    to ``read_pos``, of the source at ``path`` tells (copytruncate with immediate compression):
-    its uncompressed size against our position. (False, False) without such a copy."""
-    try:
-        copies = compressed_siblings(rotation_path(path))
-    except OSError:
-        return False, False
-    for copy in copies:
-        ident = gzip_identity(copy)
-        if ident is None or ident[0] != fp:
-            continue
-        size = ident[1]
-        if size == read_pos % (1 << 32):
-            return True, False
-        return False, True
-    return False, False

@@ -1,0 +1,56 @@
+"""Which requests release a loss held until a scrape has shown its series at 0.
+
+Only an unfiltered ``GET /metrics`` does (:func:`shipper.metrics.is_scrape`): anything else
+answered -- another path (a probe, a browser's ``/favicon.ico``, ``/``), the health paths -- may
+not have been Prometheus, and released by it, Prometheus' first scrape saw the series born at 1.
+The filtered ``?name[]=`` case is R2s19's ``test_metrics_filtered_scrape.py``.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from shipper.config import Endpoint
+from shipper.metrics import Metrics, is_scrape
+from tests.shipper.receiver import free_port
+from tests.shipper.shipping import scrape_lost
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Metrics, int]]:
+    metrics = Metrics(clock=lambda: 1_000.0)
+    port = free_port()
+    server = metrics.serve(Endpoint("127.0.0.1", port))
+    try:
+        yield metrics, port
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("target", ["/", "/favicon.ico", "/livez", "/healthz", "/metrics/"])
+def test_other_paths_keep_the_loss_held(served: tuple[Metrics, int], target: str) -> None:
+    metrics, port = served
+    metrics.count_loss("gone", "removed_while_down")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{target}", timeout=10) as resp:
+        assert resp.status == 200
+    # Prometheus' first scrape still sees the series at 0, the next one the loss.
+    assert [scrape_lost(port, "gone", "removed_while_down") for _ in range(2)] == [0.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("target", "scrape"),
+    [
+        ("/metrics", True),
+        ("/metrics?format=text", True),
+        ("/metrics?name[]=logq_shipper_files_lost_total", False),
+        ("/metrics?name%5B%5D=logq_shipper_files_lost_total", False),
+        ("/", False),
+        ("/metrics/", False),
+    ],
+)
+def test_is_scrape(target: str, scrape: bool) -> None:
+    assert is_scrape(target) is scrape
