@@ -21,8 +21,9 @@ its node id:
   exists (its pid is gone or belongs to a process started at another time): the previous run
   of this buffer dir, killed or crashed a moment ago (``kill -9``, an OOM kill, a container
   restart in the same pod); start at once.
-* otherwise (a process on another host, or one still running here): watch the heartbeat for up
-  to two of its flush intervals plus :data:`NEXT_BEAT_SLACK_S` after it was written. A live
+* otherwise (a process on another host, or one still running here): watch the heartbeat for
+  two of its flush intervals plus :data:`NEXT_BEAT_SLACK_S`, by this host's clock (the
+  heartbeat's own time is its writer's, which may run ahead or behind). A live
   writer rewrites it by then: that is a twin, and the start is refused (exit 2, see
   :class:`TwinRunning`). Not rewritten: its writer is gone (a pod rescheduled to another host
   with its volume after a crash); start. That wait is the only delay, and only in that case.
@@ -191,7 +192,10 @@ def live_twin(
             beat.process.describe(),
         )
         return None
-    deadline = beat.updated + 2 * beat.flush_interval + NEXT_BEAT_SLACK_S
+    # Watched for a whole span of this host's clock: the heartbeat's ``updated`` is the other
+    # host's time, and a span ending there waited an hour for a dead node whose clock ran an
+    # hour ahead, or nothing at all for a live twin whose clock runs behind (R4s19).
+    deadline = time.time() + 2 * beat.flush_interval + NEXT_BEAT_SLACK_S
     who = beat.process.describe() if beat.process is not None else "an older version"
     log.info(
         "node %s's heartbeat was written %.0fs ago by another process (%s): waiting up to "
