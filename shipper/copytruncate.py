@@ -255,6 +255,7 @@ class CopyTruncate:
                 copy.cuts = list(head.cuts)
                 copy.acked_floor = max(head.acked_floor, state.acked)
                 copy.stop_at = head.stop_at
+                self._follow_acks(head, copy)
                 self._floor = st.st_mtime_ns
                 break
             if fit is Fit.EARLIER and not read_all:
@@ -322,3 +323,14 @@ class CopyTruncate:
             self.cursors.insert(0, copy)
         self._open_live()
         return True
+
+    def _follow_acks(self: Tailer, head: Cursor, copy: Cursor) -> None:
+        """The batches of ``head`` still in flight count as the copy's, and their acks
+        advance the copy's checkpoint (:meth:`~shipper.tailer.Tailer.commit` forwards them).
+
+        Else a copy holding nothing past our position had no batch of its own: it was
+        finished as soon as it was read to its end, and a kill before those batches' acks
+        restarted with the copy's entry finished at its end: their lines were never read
+        again, and lost (R1s19 #3)."""
+        head.copied_to = copy
+        copy.outstanding += head.outstanding

@@ -70,6 +70,10 @@ class Cursor:
         self.closed = False
         self.superseded = False
         """Truncated in place: its checkpoint entry now belongs to the new content."""
+        self.copied_to: Cursor | None = None
+        """Truncated in place, its content followed in this copy (same id, same offsets): the
+        acks of its batches still in flight advance the copy's checkpoint (see
+        :meth:`shipper.tailer.Tailer.commit`)."""
         self.final = False
         """No more writes will come (rotated away, deleted): an unterminated last line is
         complete as it is."""

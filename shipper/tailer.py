@@ -321,6 +321,8 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         if cur.frees:
             self._free_held(cur, resume)
         if cur.superseded:
+            if cur.copied_to is not None:  # the same bytes, followed in the copy
+                self.commit(cur.copied_to, resume, acked)
             return
         if cur.closed and cur.outstanding == 0 and cur is not self.live and not cur.held:
             self.registry.finish(cur.key, cur.read_pos, "")
