@@ -35,7 +35,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -92,6 +92,16 @@ class FileState:
     older shipper's entry). A file gone at the next start with :attr:`seen` past
     :attr:`offset` held bytes never acknowledged: lost for sure, and how many is known (see
     :mod:`shipper.removed`)."""
+    shipped: bool = False
+    """``--multiline``: every line of this file (rotated away, read to its end) is in a record
+    already acknowledged; its checkpoint stays back only so that a restart groups the lines
+    after it as the run did. Gone at a restart, it lost nothing (see
+    :meth:`shipper.resume.Resume._count_vanished`). Saved only when set."""
+    grouped: str = ""
+    """``--multiline``: the parser (a key of :data:`shipper.multiline.BUILTIN`) whose open
+    record keeps :attr:`offset` back; a restart groups with it until the file's next quiet
+    point, also with the option turned off meanwhile (the lines read again are at or below
+    :attr:`acked`: shipped one by one, they were dropped). Saved only when set."""
 
 
 #: Cuts kept per file at most (each one is a split line flushed and not acknowledged yet).
@@ -102,6 +112,16 @@ FINISHED_SAVE_SECONDS = 2.0
 ``finished`` part for this long after: see :meth:`Registry.finish`."""
 MAX_FINISHED = 4096
 """Finished files remembered at most (the oldest go first)."""
+
+
+def _entry(state: FileState) -> dict[str, object]:
+    """``state`` as saved: the ``--multiline`` fields only when set, so that the checkpoints
+    of sources without the option are as they were."""
+    out = asdict(state)
+    for name in ("shipped", "grouped"):
+        if not out[name]:
+            del out[name]
+    return out
 
 
 def file_key(dev: int, ino: int, fingerprint: str) -> str:
@@ -176,6 +196,8 @@ def parse_entry(value: object) -> tuple[FileState | None, str]:
         cuts=cuts,
         tail=tail,
         seen=seen,
+        shipped=value.get("shipped") is True,
+        grouped=grouped if isinstance(grouped := value.get("grouped"), str) else "",
     )
     return state, ", ".join(problems)
 
@@ -554,7 +576,9 @@ class Registry:
         self._floors[inode] = (max(floor, state.epoch + 1), time.time())
         self.dirty = True
 
-    def take_restarted(self, dev: int, ino: int, source: str, fp: str) -> FileState | None:
+    def take_restarted(
+        self, dev: int, ino: int, source: str, fp: str, keep: Collection[str] = ()
+    ) -> FileState | None:
         """Remove and return the entry that :meth:`shipper.copytruncate.CopyTruncate._truncated`
         left on inode ``dev``:``ino`` of ``source`` for a file truncated in place ("read it
         from 0 under the next epoch"), when that inode now starts with another first line
@@ -565,12 +589,16 @@ class Registry:
         copytruncate or Docker ``max-file=1`` rotation). Its epoch goes on in the new entry:
         started again at epoch 0, content that comes back to the old first line later would
         get the old content's ``source_id``, and the aggregator would drop its lines as
-        resends. Only such an entry is taken: nothing read or acknowledged under its epoch."""
+        resends. Only such an entry is taken: nothing read or acknowledged under its epoch,
+        and not one of ``keep``: with ``--multiline`` a file opened while a record was open has
+        such an entry too, held for a restart to read it again, and its inode is free for the
+        next file once the runtime deleted it (gzip): taken, a restart skipped its lines."""
         prefix = f"{dev}:{ino}:"
         for key, state in self._files.items():
             if (
                 key.startswith(prefix)
                 and key != prefix + fp
+                and key not in keep
                 and state.source == source
                 and state.epoch > 0
                 and not (state.offset or state.acked or state.acked_to or state.cuts)
@@ -596,10 +624,10 @@ class Registry:
             del self._finished[key]
         doc: dict[str, object] = {
             "version": FORMAT_VERSION,
-            "files": {k: asdict(v) for k, v in self._files.items()},
+            "files": {k: _entry(v) for k, v in self._files.items()},
         }
         if self._finished:
-            doc["finished"] = {k: asdict(v) for k, v in self._finished.items()}
+            doc["finished"] = {k: _entry(v) for k, v in self._finished.items()}
         having = {s.source for s in self._files.values()}
         if len(self._sources) > 2 * len(having) + MAX_FINISHED:
             # Sources gone without a file left. Not at every save: one just found has no

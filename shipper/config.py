@@ -21,6 +21,7 @@ from typing import Any
 
 from shipper.errors import ConfigError, preview
 from shipper.exclude import split_patterns
+from shipper.multiline import parse_mapping
 
 DEFAULT_PORT = 24224
 
@@ -103,6 +104,9 @@ class Config:
     excludes: tuple[str, ...] = ()
     """``--exclude`` globs: sources whose service, container name or path match are not read
     (see :mod:`shipper.exclude`)."""
+    multiline: tuple[tuple[str, str], ...] = ()
+    """``--multiline GLOB=PARSER``: (service glob, parser) pairs, first match wins; sources
+    they select ship each stack trace as one record (see :mod:`shipper.multiline`)."""
     state_dir: Path = Path("/var/lib/logq-shipper")
     shared_key: str | None = None
     username: str | None = None
@@ -154,6 +158,10 @@ _HELP = {
     "several patterns may be given separated by commas, as in Fluent Bit's Exclude_Path "
     "('*.gz,*.zip'). Prefer names ('kube-system/*') to symlink paths. Docker containers "
     "labelled logq.exclude=true are excluded too",
+    "multiline": "SERVICE_GLOB=PARSER: join the stack traces of the services matching the "
+    "glob into one record each, with Fluent Bit's built-in rules; PARSER is java (also C#), "
+    "python or go. Repeatable, the first match wins; off by default. A Docker/ECS container "
+    "labelled logq.multiline=PARSER (or =none) overrides it",
     "state_dir": "directory for the checkpoint registry (default: /var/lib/logq-shipper)",
     "shared_key": "Forward shared key (HELO/PING/PONG handshake)",
     "username": "user name, for aggregators that also require user authentication",
@@ -202,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--cri-root", metavar="DIR", help=_HELP["cri_root"])
     a("--path", action="append", metavar="GLOB", help=_HELP["path"])
     a("--exclude", action="append", metavar="PATTERN", help=_HELP["exclude"])
+    a("--multiline", action="append", metavar="GLOB=PARSER", help=_HELP["multiline"])
     a("--state-dir", metavar="DIR", help=_HELP["state_dir"])
     a("--shared-key", metavar="KEY", help=_HELP["shared_key"])
     a("--username", metavar="NAME", help=_HELP["username"])
@@ -233,6 +242,7 @@ _KINDS: dict[str, str] = {
     "aggregator": "strings",
     "path": "strings",
     "exclude": "strings",
+    "multiline": "strings",
     "docker_root": "string",
     "cri_root": "string",
     "state_dir": "string",
@@ -272,6 +282,7 @@ _EXPECTED = {
     "aggregator": "HOST:PORT",
     "path": "a glob such as /var/log/app/*.log",
     "exclude": "a glob such as 'debug-*' or 'kube-system/*' (or several: 'debug-*,*.gz')",
+    "multiline": "SERVICE_GLOB=PARSER such as 'recipe*=java'",
     "docker_root": "a directory",
     "cri_root": "a directory",
     "state_dir": "a directory",
@@ -331,8 +342,11 @@ def _load_toml(path: str) -> dict[str, Any]:
                 f"unknown key {key!r} in {path}; known keys: {', '.join(sorted(known))}"
             )
         _check_type(path, key, _KINDS[norm], value)
-        if norm in ("aggregator", "path", "exclude") and isinstance(value, str):
+        if norm in ("aggregator", "path", "exclude", "multiline") and isinstance(value, str):
             value = [value]
+        if norm == "multiline":
+            for text in value:  # checked here, where the message can name the file and key
+                parse_mapping(text, f"--config {path}: {key} =")
         out[norm] = value
     return out
 
@@ -451,6 +465,8 @@ def _to_config(m: dict[str, Any]) -> Config:
         kw["paths"] = tuple(m["path"])
     if m.get("exclude"):
         kw["excludes"] = _exclude_patterns(m["exclude"])
+    if m.get("multiline"):
+        kw["multiline"] = tuple(parse_mapping(v) for v in m["multiline"])
     if m.get("shared_key"):
         kw["shared_key"] = m["shared_key"]
     password = m.get("password") or os.environ.get("LOGQ_SHIPPER_PASSWORD")

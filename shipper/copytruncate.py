@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from shipper.birth import birth_time
 from shipper.checkpoint import FileState, file_key
-from shipper.cursor import Cursor
+from shipper.cursor import Chunk, Cursor
 from shipper.discover import compressed_siblings, rotated_siblings
 from shipper.fingerprint import fingerprint, gzip_identity
 from shipper.rotated import age, rotation_path
@@ -300,6 +300,8 @@ class CopyTruncate:
             )
         if copy is not None:
             self.parser.retag(head, copy)  # a split line's parts go on in the copy
+        elif self.multiline is not None:
+            self._orphan = self._flush_truncated(head)
         head.superseded = True
         # Read from 0 under the next epoch: kept under the old first line's key, which new
         # content with that line (a fixed banner) opens. Content with another first line gets
@@ -323,6 +325,34 @@ class CopyTruncate:
             self.cursors.insert(0, copy)
         self._open_live()
         return True
+
+    def _flush_truncated(self: Tailer, head: Cursor) -> Chunk | None:
+        """``--multiline``: the records (and split lines) open in ``head``, truncated in place
+        with no copy to read on from, as they are, at offsets one past what was read of it.
+
+        Nothing else would ever ship them: their lines are in no file a read reaches again,
+        and the timeout flush takes records of the file being read only (R3s18: a record open
+        at the truncation stayed unshipped until a later line ended it, or was lost). They go
+        under ``head``'s id, at offsets above every record of it, before the new content's
+        first line. No cut is kept: the entry of ``head``'s inode now belongs to the new
+        content, so no restart reads this content again -- as a line of it that was never
+        read, the records are lost if the shipper stops before their ack."""
+        if head not in self.parser.pending_origins():
+            return None
+        self.parser.origin = head
+        lines = self.parser.flush(head, self._flush_offset(head), every=True)
+        if not len(lines):
+            return None
+        log.info(
+            "shipping open multi-line records as they are: their file was truncated in place "
+            "with no copy to read on from lines=%d path=%s",
+            len(lines),
+            head.path,
+        )
+        chunk = Chunk(head, lines, head.read_pos, 0)
+        if self._held:
+            self._settle_held(chunk)
+        return chunk
 
     def _follow_acks(self: Tailer, head: Cursor, copy: Cursor) -> None:
         """The batches of ``head`` still in flight count as the copy's, and their acks

@@ -74,6 +74,9 @@ class Cursor:
         """Truncated in place, its content followed in this copy (same id, same offsets): the
         acks of its batches still in flight advance the copy's checkpoint (see
         :meth:`shipper.tailer.Tailer.commit`)."""
+        self.decompressed = False
+        """``--multiline``: a temporary file holding a deleted file's gzip-compressed copy,
+        read again from a checkpoint (see :mod:`shipper.held_gz`)."""
         self.final = False
         """No more writes will come (rotated away, deleted): an unterminated last line is
         complete as it is."""
@@ -100,6 +103,12 @@ class Cursor:
         self.frees: list[tuple[int, Cursor]] = []
         """(resume, file): reading this file completed a split line begun in that rotated-away
         file; once a batch up to ``resume`` is acknowledged, its checkpoint can go."""
+        self.ships: list[tuple[int, Cursor]] = []
+        """``--multiline`` (resume, file): a batch of this file holds the last record that
+        had lines in that held file; once a batch up to ``resume`` is acknowledged, every
+        line of it is stored (:attr:`FileState.shipped`)."""
+        self.noted_shipped = False
+        """``--multiline``: held, and its last record noted in a batch's :attr:`ships`."""
         self.stop_at: int | None = None
         """``--once``: read no byte at or past this offset (what the file held when the
         source started); None reads on as the file grows."""

@@ -10,8 +10,8 @@ task definition gives it (label ``com.amazonaws.ecs.container-name``: Docker's o
 ``ecs-recipe-12-app-e8a4c0...``, changes with every task); for a CRI pod log
 ``<namespace>/<pod>/<container>``, since the service name (the pod's owner) is the same in every
 namespace and for every pod of a workload. Pod labels are not read on Kubernetes: the kubelet's
-files do not carry them (the API server does), so ``logq.service`` / ``logq.format`` apply to
-Docker containers only.
+files do not carry them (the API server does), so ``logq.service`` / ``logq.format`` /
+``logq.multiline`` apply to Docker containers only (``--multiline``'s service globs select pods).
 
 Kubelet's ``/var/log/containers/<pod>_<namespace>_<container>-<id>.log`` (what Fluent Bit users
 point ``Path`` at) are symlinks to ``/var/log/pods``: given as ``--path`` they are followed and
@@ -38,6 +38,7 @@ from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shipper import multiline
 from shipper.errors import ConfigError
 from shipper.exclude import Excluder, Exclusion, kubelet_link_paths
 
@@ -45,6 +46,7 @@ log = logging.getLogger("logq.shipper.discover")
 
 LABEL_SERVICE = "logq.service"
 LABEL_FORMAT = "logq.format"
+LABEL_MULTILINE = "logq.multiline"
 LABEL_ECS_FAMILY = "com.amazonaws.ecs.task-definition-family"
 LABEL_COMPOSE_SERVICE = "com.docker.compose.service"
 LABEL_ECS_CONTAINER = "com.amazonaws.ecs.container-name"
@@ -69,6 +71,9 @@ class SourceSpec:
     image: str = ""
     format_hint: str | None = None
     """Value of the ``logq.format`` label, passed on as the ``format`` record key."""
+    multiline: str | None = None
+    """Value of the ``logq.multiline`` label (Docker, ECS): the parser grouping its stack
+    traces, or ``none``; it wins over ``--multiline`` (see :func:`shipper.multiline.choose`)."""
 
     @property
     def tag(self) -> str:
@@ -147,6 +152,39 @@ TRANSIENT_ERRNOS = frozenset(
 #: warned once each, then skipped. One that can be read again leaves the set (:func:`_readable`),
 #: so a later failure is warned about again, and the set holds only what fails now.
 _UNLISTABLE: set[str] = set()
+
+
+_BAD_MULTILINE: dict[str, None] = {}
+"""Containers whose ``logq.multiline`` label names no parser, already warned about (once each),
+in the order they were warned about: the newest :data:`MAX_BAD_MULTILINE` only, so a host
+that keeps starting badly labelled containers does not grow it for ever (one dropped is warned
+about again if it is still running, at worst once per scan)."""
+MAX_BAD_MULTILINE = 1024
+
+
+def _multiline_label(labels: dict[str, str], cid: str) -> str | None:
+    """The container's ``logq.multiline`` label as :func:`shipper.multiline.choose` takes it; a
+    value naming no parser is reported once and ignored (the container is read as if it had
+    no label: one record per line unless a ``--multiline`` glob selects it)."""
+    value = labels.get(LABEL_MULTILINE)
+    if value is None:
+        return None
+    name = value.strip().lower()
+    if name in multiline.BUILTIN or name == multiline.NONE:
+        return name
+    if cid not in _BAD_MULTILINE:
+        _BAD_MULTILINE[cid] = None
+        if len(_BAD_MULTILINE) > MAX_BAD_MULTILINE:
+            del _BAD_MULTILINE[next(iter(_BAD_MULTILINE))]
+        log.warning(
+            "label %s=%r names no multiline parser; use one of %s or %s (ignored) container=%s",
+            LABEL_MULTILINE,
+            value,
+            multiline.ALLOWED,
+            multiline.NONE,
+            cid[:12],
+        )
+    return None
 
 
 def _readable(path: str) -> None:
@@ -476,6 +514,7 @@ class Discoverer:
             container_name=name,
             image=meta.image,
             format_hint=labels.get(LABEL_FORMAT) or None,
+            multiline=_multiline_label(labels, cid),
         )
 
     def _metadata(self, path: str, scan: Scan, seen: set[str]) -> ContainerMeta | None:

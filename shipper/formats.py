@@ -168,6 +168,25 @@ class LineParser:
         reader's clock): their next part is overdue."""
         return [stream for stream, p in self._partials.items() if p.read_at < read_before]
 
+    def pending_streams(self) -> list[str]:
+        """Streams with a split line waiting for its next part."""
+        return list(self._partials)
+
+    def overdue(self, now: float, split_seconds: float) -> list[str]:
+        """Streams whose split line has waited ``split_seconds`` since its newest part was
+        read (the reader's clock ``now``): shipped as it is at the live file's end."""
+        return self.waiting_since(now - split_seconds)
+
+    def wait_seconds(self, split_seconds: float, streams: Collection[str] | None = None) -> float:
+        """How long open lines (of ``streams``) wait for what comes next: a split line its next
+        part, :data:`~shipper.split_lines.SPLIT_FLUSH_SECONDS` (``split_seconds``)."""
+        return split_seconds
+
+    def records_only(self, streams: Collection[str] | None = None) -> bool:
+        """Whether what is open (in ``streams``) is only ``--multiline`` records, no split
+        line: never here (see :class:`shipper.multiline.MultilineParser`)."""
+        return False
+
     def feed(self, lines: list[bytes], base: int) -> Lines:
         raise NotImplementedError
 

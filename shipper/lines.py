@@ -48,6 +48,14 @@ class Lines:
     """Lines whose runtime time is unparseable or outside
     :data:`~shipper.entry.MIN_EVENT_TIME_NS` .. :data:`~shipper.entry.MAX_EVENT_TIME_NS`: their
     event time is the read time (the text stays in ``time``)."""
+    multiline_joined: int = 0
+    """Records of several lines joined by ``--multiline`` (see :mod:`shipper.multiline`)."""
+    multiline_cut: int = 0
+    """Records ``--multiline`` cut at its line or byte cap (their next lines go on in a new
+    record)."""
+    cuts_dropped: int = 0
+    """Lines flushed as they are whose cut the checkpoint had no room for (see
+    :meth:`shipper.split_lines.SplitLines._cut_not_kept`)."""
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -63,6 +71,9 @@ class Lines:
         self.invalid_utf8 += other.invalid_utf8
         self.malformed += other.malformed
         self.bad_times += other.bad_times
+        self.multiline_joined += other.multiline_joined
+        self.multiline_cut += other.multiline_cut
+        self.cuts_dropped += other.cuts_dropped
 
     def add(self, offset: int, t: str, t_ns: int, stream: str, log: str) -> None:
         self.offsets.append(offset)
@@ -79,6 +90,9 @@ class Lines:
             invalid_utf8=self.invalid_utf8,
             malformed=self.malformed,
             bad_times=self.bad_times,
+            multiline_joined=self.multiline_joined,
+            multiline_cut=self.multiline_cut,
+            cuts_dropped=self.cuts_dropped,
         )
         for i in keep:
             out.offsets.append(self.offsets[i])

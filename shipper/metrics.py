@@ -108,6 +108,27 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        self.multiline_joined = Counter(
+            "logq_shipper_multiline_records",
+            "Records of several lines joined by --multiline (a stack trace each)",
+            ["service"],
+            registry=None,  # listed once a source groups lines (see multiline_listed)
+        )
+        self.multiline_cut = Counter(
+            "logq_shipper_multiline_cut_records",
+            "--multiline records cut at 1,000 lines or --max-line-bytes: the trace goes on "
+            "in a next record",
+            ["service"],
+            registry=None,  # listed once a source groups lines (see multiline_listed)
+        )
+        self.cuts_dropped = Counter(
+            "logq_shipper_cuts_dropped",
+            "Lines of --multiline sources flushed as they are (split lines, records) whose cut the "
+            "checkpoint had no room for: a restart before the next ack may store them twice",
+            ["service"],
+            registry=None,  # listed once a source groups lines (see multiline_listed)
+        )
+        self._multiline_listed = False
         self.lost_files = Counter(
             "logq_shipper_files_lost",
             "Log files deleted, compressed or truncated before they were read to the end "
@@ -281,6 +302,15 @@ class Metrics:
         """How many services have series now."""
         return len(self._service_seen)
 
+    def multiline_listed(self) -> None:
+        """A source with ``--multiline`` (or the ``logq.multiline`` label) started: its three
+        counters are on ``/metrics`` from now on. A shipper none of whose sources groups lines
+        lists none of them, as before the option existed."""
+        if not self._multiline_listed:
+            self._multiline_listed = True
+            for counter in (self.multiline_joined, self.multiline_cut, self.cuts_dropped):
+                self.registry.register(counter)
+
     def _service_counters(self) -> tuple[Counter, ...]:
         """The counters labelled by ``service`` alone."""
         return (
@@ -292,6 +322,9 @@ class Metrics:
             self.invalid_utf8,
             self.malformed,
             self.bad_times,
+            self.multiline_joined,
+            self.multiline_cut,
+            self.cuts_dropped,
         )
 
     def tick(self) -> None:

@@ -128,7 +128,9 @@ class Opening:
             # New content on an inode truncated in place: it takes over the entry left for it.
             # Never at an epoch below one used on the inode: its id could be an earlier
             # content's (same first line), whose lines the aggregator has.
-            restarted = self.registry.take_restarted(st.st_dev, st.st_ino, self.spec.key, fp)
+            restarted = self.registry.take_restarted(
+                st.st_dev, st.st_ino, self.spec.key, fp, self._grouped_keys()
+            )
             epoch = self.registry.next_epoch(st.st_dev, st.st_ino)
             if restarted is not None:
                 epoch = max(epoch, restarted.epoch)
@@ -137,7 +139,9 @@ class Opening:
             self.registry.put(key, state)
         else:
             if path == self.spec.path:  # such an entry as an older shipper left it
-                self.registry.take_restarted(st.st_dev, st.st_ino, self.spec.key, fp)
+                self.registry.take_restarted(
+                    st.st_dev, st.st_ino, self.spec.key, fp, self._grouped_keys()
+                )
             if state.offset or another_life(state.source_id, st, birth):
                 state = self._verified(fd, path, st, fp, state, birth)
         log.debug("opened path=%s ino=%d offset=%d", path, st.st_ino, state.offset)
@@ -145,6 +149,19 @@ class Opening:
         if len(self._opened) > 1024:
             del self._opened[next(iter(self._opened))]
         return Cursor(fd, path, fp, state, self.parser, birth)
+
+    def _grouped_keys(self: Tailer) -> set[str]:
+        """``--multiline``: the registry keys of the files read since the last quiet point or
+        let go, which a restart may read again (open, held, in flight, or gone but for a
+        compressed copy): their entries are not a truncated file's to take over (see
+        :meth:`~shipper.checkpoint.Registry.take_restarted`). Empty without the option."""
+        if self.multiline is None:
+            return set()
+        keys = {c.key for c in self._holding} | self._adopted
+        # Let go with batches in flight (deleted by the gzip at once): a kill before their
+        # acks reads it again from its compressed copy (see shipper.held_gz).
+        keys |= {file_key(dev, ino, fp) for dev, ino, fp, _ in self._released}
+        return keys | {o.key for o in self.parser.pending_origins() if isinstance(o, Cursor)}
 
     def _finished_before(
         self: Tailer, fd: int, path: Path, st: os.stat_result, key: str, identity: Identity

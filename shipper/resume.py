@@ -24,6 +24,7 @@ from shipper.checkpoint import FileState, file_key
 from shipper.cursor import Cursor
 from shipper.discover import compressed_siblings, rotated_siblings
 from shipper.fingerprint import fingerprint, tail_hash
+from shipper.held_gz import decompressed, held_by_compressed, verified
 from shipper.opening import another_life, born_in
 from shipper.rotated import age, compressed_identities, oldest_first, rotation_path
 
@@ -136,7 +137,8 @@ class Resume:
         known = {k for k, s in self.registry.items() if s.source == self.spec.key}
         try:
             rotated = self._known_rotated(known) if known else self._first_seen()
-            self.cursors = oldest_first(rotated)
+            held_gz = self._held_compressed(known, rotated) if known and self.multiline else []
+            self.cursors = held_gz + oldest_first(rotated)
             self._pass_over()
             now = time.time()
             for mtime_ns, cur in rotated:  # renamed moments ago: its writer may still append
@@ -448,6 +450,61 @@ class Resume:
                 rotated.append((os.fstat(cur.fd).st_mtime_ns, cur))
         return rotated
 
+    def _held_compressed(
+        self: Tailer, known: set[str], rotated: list[tuple[int, Cursor]]
+    ) -> list[Cursor]:
+        """``--multiline``: files a checkpoint holds (kept at the quiet point before a record
+        still open) that are gone but for their gzip-compressed copy (Docker ``compress``, the
+        kubelet), opened from that copy at the checkpoint (see :mod:`shipper.held_gz`), oldest
+        first. They are read before every rotated file still uncompressed: both runtimes
+        compress the older ones (Docker all, the kubelet all but the newest), and a ``.gz``'s
+        modification time is when it was compressed, not written."""
+        opened = {c.key for _, c in rotated}
+        vanished = [
+            (key, state)
+            for key in sorted(known - opened)
+            if (state := self.registry.get(key)) is not None
+        ]
+        found: list[Cursor] = []
+        taken: set[Path] = set()
+        for key, state, candidates in held_by_compressed(self.spec.path, vanished):
+            opened = self._open_compressed(state, [c for c in candidates if c not in taken])
+            if opened is None:
+                continue
+            fd, gz = opened
+            taken.add(gz)
+            fp = key.rsplit(":", 1)[-1]
+            cur = Cursor(fd, gz, fp, state, self.parser, None)
+            cur.final = True  # no more writes: its last line is complete as it is
+            cur.decompressed = True
+            # Under the copy's key from now on (a kill before its first ack finds it again);
+            # the old key is left for _count_vanished, which sees the copy going on from it.
+            self.registry.put(cur.key, state)
+            self._adopted.add(key)
+            log.info(
+                "resuming a rotated file from its compressed copy: a multi-line record was "
+                "open in it path=%s offset=%d",
+                gz,
+                state.offset,
+            )
+            found.append(cur)
+        # By the name it had uncompressed: Docker's .2 before its .1, kubelet's by time.
+        return sorted(found, key=lambda c: age(0, c.path.with_suffix("")))
+
+    def _open_compressed(
+        self: Tailer, state: FileState, candidates: list[Path]
+    ) -> tuple[int, Path] | None:
+        """A descriptor of the first of ``candidates`` decompressed that holds the bytes the
+        checkpoint ``state`` checked before its offset, and its path; None if none does."""
+        for gz in candidates:
+            fd = decompressed(gz)
+            if fd is None:
+                continue
+            if verified(fd, state):
+                return fd, gz
+            os.close(fd)
+        return None
+
     def _adopt_copy(self: Tailer, sib: Path, known: set[str]) -> bool:
         """Whether the rotated file ``sib``, unknown to the registry, is a copy of a file it
         knows (logrotate's ``copytruncate`` while the shipper was down, the copy kept): the
@@ -626,10 +683,21 @@ class Resume:
             if truncated:
                 self._truncated_while_down(state, end)
                 continue
+            if state.shipped:
+                log.info(
+                    "log file deleted after every line of it was stored in an acknowledged "
+                    "multi-line record; nothing lost path=%s",
+                    state.path,
+                )
+                continue
+            why = "rotated away while the shipper was down, or while it was behind at its last stop"
+            if state.grouped:  # not behind: held for a record open at the stop (R1s19 #1)
+                why += ", or kept for a multi-line record open at that stop and deleted, with "
+                why += "no compressed copy, since"
             log.warning(
-                "log file deleted before it was read to the end (rotated away while the shipper "
-                "was down, or while it was behind at its last stop); lines after offset %d are "
+                "log file deleted before it was read to the end (%s); lines after offset %d are "
                 "lost path=%s",
+                why,
                 end,
                 state.path,
             )

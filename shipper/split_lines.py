@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from shipper.checkpoint import MAX_CUTS
 from shipper.cursor import Chunk, Cursor
+from shipper.lines import Lines
 
 if TYPE_CHECKING:
     from shipper.tailer import Tailer
@@ -34,10 +35,24 @@ class SplitLines:
     """Part of :class:`~shipper.tailer.Tailer`: split lines held, flushed and settled."""
 
     def _flush_at_gap(self: Tailer, head: Cursor) -> Chunk | None:
-        """The split lines still open at the end of ``head``, after which files were lost,
-        as they are (:attr:`Cursor.gap_after`)."""
+        """The split lines (and ``--multiline`` records) still open at the end of ``head``,
+        as they are: files after it were lost (:attr:`Cursor.gap_after`), or the next file
+        stayed empty for the wait of :meth:`_split_waits`."""
         self._gap_flush = None
+        lost = head.gap_after
         head.gap_after = False
+        if self.parser.records_only():
+            why = (
+                "the files after it were rotated away unread"
+                if lost
+                else f"its file was rotated and no next line came for "
+                f"{self.parser.wait_seconds(SPLIT_FLUSH_SECONDS):g} s"
+            )
+            level = logging.WARNING if lost else logging.INFO
+            return self._flushed(
+                head, level, f"shipping open multi-line records as they are: {why}"
+            )
+        # Unchanged without --multiline: also after the wait for an empty next file.
         return self._flushed(
             head,
             logging.WARNING,
@@ -51,28 +66,34 @@ class SplitLines:
         checkpoints go once they are acked."""
         if self.once:
             return None  # --once ships them when its source ends (see end())
-        streams = self.parser.waiting_since(time.monotonic() - SPLIT_FLUSH_SECONDS)
+        streams = self.parser.overdue(time.monotonic(), SPLIT_FLUSH_SECONDS)
         if not streams:
             return None
         origins = self.parser.pending_origins(streams)
         if not origins or not origins <= {head, *self._held}:
             return None
-        return self._flushed(
-            head,
-            logging.INFO,
-            f"shipping an unfinished split line as it is: its next part has not come for "
-            f"{SPLIT_FLUSH_SECONDS:g} s",
-            streams,
-        )
+        if self.parser.records_only(streams):
+            wait = self.parser.wait_seconds(SPLIT_FLUSH_SECONDS, streams)
+            why = (
+                f"shipping an open multi-line record as it is: no next line has come for {wait:g} s"
+            )
+        else:
+            why = (
+                f"shipping an unfinished split line as it is: its next part has not come for "
+                f"{SPLIT_FLUSH_SECONDS:g} s"
+            )
+        return self._flushed(head, logging.INFO, why, streams)
 
-    def end(self: Tailer) -> bool:
+    def end(self: Tailer, stopping: bool = False) -> bool:
         """The source ends: its container or pod was removed (its files are gone or going),
-        or ``--once`` read what it had to. Returns whether split lines are still open; if so,
-        the next :meth:`read` ships them as they are, as Fluent Bit does with its pending
-        Docker-mode lines when a file's ingestion stops (``flb_tail_dmode_pending_flush_all``):
-        a container's last line written without a newline (a crash message) would otherwise
-        never be shipped -- a removed file cannot be read again, and a next run would not
-        even open it.
+        or ``--once`` read what it had to, or (``stopping``) the shipper stops and the
+        source groups ``--multiline`` records (see
+        :meth:`shipper.source.SourceRunner._ship_open_records`). Returns whether split lines
+        are still open; if so, the next :meth:`read` ships them as they are, as Fluent Bit
+        does with its pending Docker-mode lines when a file's ingestion stops
+        (``flb_tail_dmode_pending_flush_all``): a container's last line written without a
+        newline (a crash message) would otherwise never be shipped -- a removed file cannot
+        be read again, and a next run would not even open it.
 
         The cut is in the checkpoint before the record is sent, as for the 5 s flush, and the
         ack moves the checkpoint past the parts. So a ``--once`` run after this one starts
@@ -83,6 +104,7 @@ class SplitLines:
         the very end of its file: one whose next part is already written (it was being
         written as the run started) is left whole to the next run, which reads on from it."""
         self._ending = True
+        self._stopping = stopping
         return bool(self.parser.pending_origins())
 
     def _flush_ending(self: Tailer) -> Chunk | None:
@@ -95,14 +117,23 @@ class SplitLines:
         if not files:  # not a file of ours: nothing to attach the lines to
             self.parser.reset()
             return None
-        why = (
-            "the --once run ends here; a next part written later starts a line of its own"
-            if self.once
-            else "its source ended (the container or pod was removed in the middle of a line)"
-        )
-        return self._flushed(
-            files[0], logging.INFO, f"shipping an unfinished split line as it is: {why}"
-        )
+        if self.parser.records_only():
+            why = (
+                "shipping an open multi-line record as it is: the --once run ends here; a next "
+                "line written later starts a record of its own"
+                if self.once
+                else "shipping an open multi-line record as it is: the shipper stops; a next "
+                "line written later starts a record of its own"
+                if self._stopping
+                else "shipping an open multi-line record as it is: its source ended"
+            )
+        else:
+            why = "shipping an unfinished split line as it is: " + (
+                "the --once run ends here; a next part written later starts a line of its own"
+                if self.once
+                else "its source ended (the container or pod was removed in the middle of a line)"
+            )
+        return self._flushed(files[0], logging.INFO, why)
 
     def _flushed(
         self: Tailer,
@@ -124,11 +155,30 @@ class SplitLines:
         for offset, stream in zip(lines.offsets, lines.streams, strict=True):
             if len(head.state.cuts) < MAX_CUTS:
                 head.state.cuts.append([head.read_pos, offset, stream])
+            elif self.multiline is not None:  # without --multiline: dropped silently, as before
+                self._cut_not_kept(head, lines)
         self.registry.put(head.key, head.state)
         chunk = Chunk(head, lines, head._resume(), 0, save_first=True)
         if self._held:
             self._settle_held(chunk)
         return chunk
+
+    def _cut_not_kept(self: Tailer, head: Cursor, lines: Lines) -> None:
+        """The checkpoint already holds :data:`~shipper.checkpoint.MAX_CUTS` cuts not passed
+        yet (its acks are not coming, or open records overlapped without a pause for that
+        long): this one is not kept, so a restart before the checkpoint passes it may join
+        these lines to what follows and store them a second time. Counted
+        (``logq_shipper_cuts_dropped_total``), WARNING once per source. ``--multiline``
+        sources only: without the option the cut is dropped silently, as it always was."""
+        lines.cuts_dropped += 1
+        if not self._cuts_warned:
+            self._cuts_warned = True
+            log.warning(
+                "a flushed line's cut is not kept in the checkpoint: it already holds %d; a "
+                "restart before the next acknowledgement may store these lines twice path=%s",
+                MAX_CUTS,
+                head.path,
+            )
 
     def _flush_offset(self: Tailer, head: Cursor) -> int:
         """The first record offset for split lines flushed at ``head``'s read position: one
@@ -150,18 +200,64 @@ class SplitLines:
             self._held.remove(held)
             chunk.cursor.frees.append((chunk.resume, held))
 
+    def _flush_deleted(self: Tailer) -> Chunk | None:
+        """``--multiline``, no file open: the records open in a file deleted at its rotation
+        (Docker ``compress``, the kubelet's gzip), whose next file has not come, as they are
+        once no line came for the wait. Nothing else shipped them: the timeouts run at the end
+        of an open file, and with none open the record waited for a next file that a stopped
+        container never makes (R1s19 fuzzer, ``R3_COMPRESS``)."""
+        if not self._held or not self.parser.pending_origins():
+            return None
+        wait = self.parser.wait_seconds(SPLIT_FLUSH_SECONDS)
+        if time.monotonic() - self._last_data < wait:
+            return None
+        why = (
+            f"shipping open multi-line records as they are: their file was deleted at its "
+            f"rotation and no next line came for {wait:g} s"
+        )
+        chunk = self._flushed(self._held[-1], logging.INFO, why)
+        if chunk is not None:
+            self._note_shipped(chunk)
+            self._settle_held(chunk)  # the held files go once it is acknowledged
+        return chunk
+
+    def _note_shipped(self: Tailer, chunk: Chunk) -> None:
+        """``--multiline``: held files whose last record ``chunk`` holds (no open record has
+        lines in them any more; only the span to the next quiet point keeps them): once it is
+        acknowledged, their checkpoints say so (:attr:`FileState.shipped`), and a restart that
+        finds them deleted knows nothing was lost in them (R1s19 #4: an error loop across
+        rotations paged ``deleted_unread`` for files whose records were all stored)."""
+        open_in = self.parser.record_origins()
+        for held in self._held:
+            if not held.noted_shipped and held not in open_in:
+                held.noted_shipped = True
+                chunk.cursor.ships.append((chunk.resume, held))
+
+    def _mark_shipped(self: Tailer, cur: Cursor, resume: int) -> None:
+        """A batch of ``cur`` up to ``resume`` is acknowledged: the held files whose last
+        record it held are marked (see :meth:`_note_shipped`)."""
+        keep: list[tuple[int, Cursor]] = []
+        for threshold, held in cur.ships:
+            if threshold > resume:
+                keep.append((threshold, held))
+            elif self.registry.get(held.key) is held.state and not held.state.shipped:
+                held.state.shipped = True
+                self.registry.put(held.key, held.state)
+        cur.ships = keep
+
     def _split_waits(self: Tailer, head: Cursor) -> bool:
         """``head`` (rotated away, read to its end) holds the first parts of a split line and
         no file after it is open yet (the new one is empty): kept until the next part comes
-        in a new file, or for :data:`SPLIT_FLUSH_SECONDS`, after which the parts are shipped
-        as they are by the next read (a container that died mid-line, then rotated)."""
+        in a new file, or for :data:`SPLIT_FLUSH_SECONDS` (an open ``--multiline`` record
+        alone: :data:`~shipper.multiline.MULTILINE_FLUSH_SECONDS`), after which the parts are
+        shipped as they are by the next read (a container that died mid-line, then rotated)."""
         if self.once or head not in self.parser.pending_origins():
             return False
         if self.live is None:
             self._open_live()
         if len(self.cursors) > 1:
             return False  # the next file goes on with the line, or shows it is over
-        if time.monotonic() - self._last_data >= SPLIT_FLUSH_SECONDS:
+        if time.monotonic() - self._last_data >= self.parser.wait_seconds(SPLIT_FLUSH_SECONDS):
             self._gap_flush = head
             return False
         return True

@@ -42,6 +42,7 @@ from shipper.cursor import Chunk, Cursor
 from shipper.discover import SourceSpec
 from shipper.fingerprint import fingerprint
 from shipper.formats import PARSERS, LineParser
+from shipper.multiline import BUILTIN, MultilineParser
 from shipper.opening import Opening
 from shipper.pinning import FAST_ROTATION_WINDOW, Pinning
 from shipper.resume import Resume, last_active, touch
@@ -64,8 +65,12 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         on_loss: Callable[[str], None] | None = None,
         once: bool = False,
         kept_out: bool = False,
+        multiline: str | None = None,
     ) -> None:
         self.spec = spec
+        self.multiline = multiline
+        """The ``--multiline`` parser grouping this source's lines into records (a key of
+        :data:`~shipper.multiline.BUILTIN`), None for one record per line."""
         self.once = once
         """``--once``: ship what the files hold when the source starts, then end (see
         :meth:`finished`); lines written later are for the next run."""
@@ -111,6 +116,15 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         wait: another writer may still append (see :meth:`_check_lingering`)."""
         self._gap_flush: Cursor | None = None
         """A file after which files were lost: its open split lines go out at the next read."""
+        self._cuts_warned = False
+        """The WARNING that a flushed line's cut was not kept was logged (once per source)."""
+        self._orphan: Chunk | None = None
+        """``--multiline``: the records still open in a file truncated in place with no copy
+        to read on from, shipped as they are by the next read (see
+        :meth:`~shipper.copytruncate.CopyTruncate._flush_truncated`)."""
+        self._adopted: set[str] = set()
+        """``--multiline``: registry keys of files gone but for a compressed copy, read again
+        from that copy since the start (see :mod:`shipper.held_gz`)."""
         self._in_place_warned = False
         self.last_rotation = -FAST_ROTATION_WINDOW
         """When a rotation of this source was last seen (monotonic)."""
@@ -122,6 +136,13 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         read."""
         self._counted: set[tuple[str, int]] = set()
         """Compressed copies already counted as lost (``rotated_unseen``)."""
+        self._regrouping = False
+        """The option is off for this source, but its checkpoint was kept back by a record
+        open with it on: grouped as then until the next quiet point (see
+        :meth:`_grouped_before`)."""
+        if multiline is None:
+            self.multiline = self._grouped_before()
+            self._regrouping = self.multiline is not None
         self.parser = self._parser()
         """One parser for all files of the source: a split line (Docker 16 KiB partial
         entries, CRI ``P`` parts) whose parts straddle a rotation is joined across it."""
@@ -144,13 +165,56 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         self._ending = False
         """The source ends (see :meth:`~shipper.split_lines.SplitLines.end`): its open split
         lines go out with the next read."""
+        self._stopping = False
+        """:attr:`_ending` because the shipper stops, with ``--multiline`` (see
+        :meth:`~shipper.split_lines.SplitLines.end`)."""
         self._open_retry_at = 0.0
         self._open_backoff = 0.0
         """While opens fail for lack of descriptors (EMFILE/ENFILE): when to try again, and
         the current pause (doubling up to :data:`~shipper.opening.OPEN_RETRY_MAX_SECONDS`)."""
 
-    def _parser(self) -> LineParser:
-        return PARSERS[self.spec.format](self.max_line_bytes)
+    def _grouped_before(self) -> str | None:
+        """The ``--multiline`` parser a checkpoint of this source was saved with
+        (:attr:`~shipper.checkpoint.FileState.grouped`), now that the option is off for it.
+
+        Such a checkpoint stays at the quiet point before a record open at the stop, below
+        lines of the other stream already acknowledged. Read again one by one, the record's
+        lines go at offsets at or below those: the shipper and the aggregator drop them as
+        resends, and they were lost (R1s19 #2). Grouped as before up to the next quiet point
+        past what was acknowledged (:meth:`_end_regrouping`), they go out as the record they
+        were, above it."""
+        for _, st in self.registry.items():
+            if st.source == self.spec.key and st.grouped in BUILTIN:
+                log.info(
+                    "--multiline is off for this source now; grouping its lines with %s until "
+                    "the record open at the last stop is shipped source=%s",
+                    st.grouped,
+                    self.spec.key,
+                )
+                return st.grouped
+        return None
+
+    def _end_regrouping(self) -> None:
+        """One record per line from here (see :meth:`_grouped_before`): nothing is open and
+        the file being read is read past every line acknowledged before the restart."""
+        head = self.cursors[0] if self.cursors else None
+        if self.parser.pending_origins() or len(self.cursors) > 1:
+            return
+        if head is not None and head.read_pos < head.acked_floor:
+            return
+        assert isinstance(self.parser, MultilineParser)
+        self.parser = self.parser.inner
+        for cur in [*self.cursors, *self._lingering]:
+            cur.parser = self.parser
+        self.multiline = None
+        self._regrouping = False
+        log.info("--multiline is off for this source from here source=%s", self.spec.key)
+
+    def _parser(self) -> LineParser | MultilineParser:
+        inner = PARSERS[self.spec.format](self.max_line_bytes)
+        if self.multiline is None:
+            return inner
+        return MultilineParser(inner, BUILTIN[self.multiline])
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -174,14 +238,19 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
                 fd_budget.wait_for_room(self.spec.key)
                 return None
             self.start()
+        if self._regrouping:
+            self._end_regrouping()
         if self._lingering:
             self._check_lingering()
+        if self._orphan is not None and of in (None, self._orphan.cursor):
+            chunk, self._orphan = self._orphan, None
+            return chunk
         if of is not None and (not self.cursors or self.cursors[0] is not of):
             return None
         if self._ending and self.parser.pending_origins():
             return self._flush_ending()
         if not self.cursors:
-            return None
+            return self._flush_deleted() if self.multiline is not None else None
         head = self.cursors[0]
         if self._gap_flush is head:
             return self._flush_at_gap(head)
@@ -193,6 +262,8 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
             if self._rewritten(head):
                 if not self._truncated(head) or not self.cursors:
                     return None
+                if self._orphan is not None:
+                    return self.read(max_lines, max_bytes, of)
             else:
                 head.checked_pos = head.read_pos
         block = min(self.block_size, max(max_bytes, 65536))
@@ -203,6 +274,8 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         if chunk is not None:
             self._last_data = self.parser.reading_at
             if self._held:
+                if self.multiline is not None:
+                    self._note_shipped(chunk)
                 self._settle_held(chunk)
         elif self.once and self.finished():
             # Its bound reached, the run ends for this source: a line left open goes now, as
@@ -249,6 +322,12 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
                 # would be joined to another line's parts in the next file. Shipped as they
                 # are by the next read, before the file is let go.
                 self._gap_flush = head
+                return True
+            if head.decompressed and head in self.parser.pending_origins():
+                # The compressed copy of a deleted file: let go (held) as that file was when
+                # it was deleted, its open record waiting for the next file's lines with no
+                # timeout of its own -- grouped as the run before the restart grouped it.
+                self._release(head)
                 return True
             if not finishing and self._split_waits(head):
                 return False
@@ -320,6 +399,8 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         cur.outstanding -= 1
         if cur.frees:
             self._free_held(cur, resume)
+        if cur.ships:
+            self._mark_shipped(cur, resume)
         if cur.superseded:
             if cur.copied_to is not None:  # the same bytes, followed in the copy
                 self.commit(cur.copied_to, resume, acked)
@@ -334,6 +415,7 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         if st.cuts:
             st.cuts = [c for c in st.cuts if c[0] > st.offset]
         st.acked = max(st.acked, acked)
+        st.grouped = self.multiline or ""
         st.tail = cur.tail(st.offset)
         st.path = str(cur.path)
         self.registry.put(cur.key, st)
@@ -350,8 +432,15 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         from ``resume``, they were joined to a later line and stored a second time (R1).
         A held file is let go once its line is completed (usually by the next file's first
         part) or flushed as it is (:data:`~shipper.split_lines.SPLIT_FLUSH_SECONDS` at the
-        live file's end) and acknowledged: only a restart in that moment reads more again."""
-        if any(h is not cur for h in self._holding):
+        live file's end) and acknowledged: only a restart in that moment reads more again.
+
+        With ``--multiline`` ``resume`` already is that place: the parser keeps, per file read
+        since its last quiet point, where a restart reads it again
+        (:meth:`~shipper.multiline.MultilineParser.pending_start`), which covers split lines
+        too. Clamped here as well, a file *before* the held one, its batches acknowledged
+        late, went back to where it was opened, below cuts already pruned: a restart read it
+        again without them and stored a record flushed at its timeout twice (R3s18)."""
+        if self.multiline is None and any(h is not cur for h in self._holding):
             return min(resume, cur.opened_at)
         return resume
 
@@ -404,6 +493,7 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
             or self._lingering
             or self._held
             or self._gap_flush is not None
+            or self._orphan is not None
             or self._parked is not None
             or self._open_backoff
             or self.parser.pending_origins()

@@ -31,6 +31,7 @@ class Receiver:
         drop_first: int = 0,
         ack: bool = True,
         ack_delay: float = 0.0,
+        ack_first: int | None = None,
     ) -> None:
         self.shared_key = shared_key
         self.tls = tls
@@ -39,6 +40,11 @@ class Receiver:
         self.ack = ack
         self.ack_delay = ack_delay
         """Seconds to wait before each ack (a slow aggregator)."""
+        self.ack_first = ack_first
+        """Ack only the first N messages; later ones are stored and their acks lost (None: no
+        limit). Decided here, as each message comes, not by a test racing the shipper."""
+        self.chunks: list[list[str]] = []
+        """The log texts of each message, in the order they came (resends included)."""
         self.records: list[tuple[str, int, dict[str, Any]]] = []
         self.duplicates = 0
         self.messages = 0
@@ -83,6 +89,8 @@ class Receiver:
                             writer.close()
                             return
                         self.options.append(msg.options)
+                        self.chunks.append([str(ev.record.get(wire.KEY_LOG)) for ev in msg.events])
+                        acking = self.ack_first is None or len(self.chunks) <= self.ack_first
                         for ev in msg.events:
                             sid = ev.record.get(wire.KEY_SOURCE_ID)
                             off = ev.record.get(wire.KEY_OFFSET)
@@ -92,7 +100,7 @@ class Receiver:
                                     continue
                                 self.high[sid] = off
                             self.records.append((ev.tag, ev.time_ns, ev.record))
-                    if msg.chunk and self.ack:
+                    if msg.chunk and self.ack and acking:
                         if self.ack_delay:
                             await asyncio.sleep(self.ack_delay)
                         writer.write(wire.encode_ack(msg.chunk))
