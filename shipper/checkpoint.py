@@ -102,6 +102,13 @@ class FileState:
     record keeps :attr:`offset` back; a restart groups with it until the file's next quiet
     point, also with the option turned off meanwhile (the lines read again are at or below
     :attr:`acked`: shipped one by one, they were dropped). Saved only when set."""
+    left_at: list[int] | None = None
+    """``[size, modification time in ns]`` of the file when the running shipper handled its
+    truncation in place and left this entry at offset 0 for its new content (see
+    :mod:`shipper.copytruncate`), None otherwise. A file at the next start with that very size
+    and time was not written since, whatever its change time says: a change of its status
+    alone (chmod, chown, xattrs, a hard link) moves only that (see
+    :func:`shipper.resume._unchanged_since`). Saved only when set."""
 
 
 #: Cuts kept per file at most (each one is a split line flushed and not acknowledged yet).
@@ -115,10 +122,10 @@ MAX_FINISHED = 4096
 
 
 def _entry(state: FileState) -> dict[str, object]:
-    """``state`` as saved: the ``--multiline`` fields only when set, so that the checkpoints
-    of sources without the option are as they were."""
+    """``state`` as saved: the ``--multiline`` fields and :attr:`FileState.left_at` only when
+    set, so that the checkpoints of sources without the option are as they were."""
     out = asdict(state)
-    for name in ("shipped", "grouped"):
+    for name in ("shipped", "grouped", "left_at"):
         if not out[name]:
             del out[name]
     return out
@@ -184,6 +191,14 @@ def parse_entry(value: object) -> tuple[FileState | None, str]:
     if seen is not None and (type(seen) is not int or not 0 <= seen <= MAX_OFFSET):
         problems.append(f"seen={preview(seen, 40)} dropped")
         seen = None
+    left_at = value.get("left_at")
+    if left_at is not None and not (
+        type(left_at) is list
+        and len(left_at) == 2
+        and all(type(v) is int and 0 <= v <= MAX_OFFSET for v in left_at)
+    ):
+        problems.append(f"left_at={preview(left_at, 40)} dropped")
+        left_at = None
     state = FileState(
         source=value["source"],
         path=value["path"],
@@ -198,6 +213,7 @@ def parse_entry(value: object) -> tuple[FileState | None, str]:
         seen=seen,
         shipped=value.get("shipped") is True,
         grouped=grouped if isinstance(grouped := value.get("grouped"), str) else "",
+        left_at=left_at,
     )
     return state, ", ".join(problems)
 

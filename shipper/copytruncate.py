@@ -18,7 +18,7 @@ from shipper.birth import birth_time
 from shipper.checkpoint import FileState, file_key
 from shipper.cursor import Chunk, Cursor
 from shipper.discover import compressed_siblings, rotated_siblings
-from shipper.fingerprint import fingerprint, gzip_identity
+from shipper.fingerprint import TAIL_BYTES, fingerprint, gzip_identity
 from shipper.rotated import age, rotation_path
 
 if TYPE_CHECKING:
@@ -68,6 +68,10 @@ class Fit(Enum):
     """Shorter than ``checked_pos`` (its bytes there cannot be compared), and made before the
     file was opened: an earlier generation's copy (its lines were read from the live file
     before its truncation)."""
+    READ = "read"
+    """Its copy, shorter than ``checked_pos``, holding the bytes read just before its own end:
+    the lines after it were written between the copy and the truncation, and read from the
+    live file before the truncation. Nothing is left to read from it (B1s19)."""
 
 
 def copy_fit(fd: int, st: os.stat_result, head: Cursor) -> Fit | None:
@@ -81,9 +85,14 @@ def copy_fit(fd: int, st: os.stat_result, head: Cursor) -> Fit | None:
     our position: its lines before it and our copy's unread rest were lost, uncounted, and a
     line cut at our offset stored (R2s19). So the copy must hold the very bytes read before our
     position (:meth:`~shipper.cursor.Cursor.read_before`); copies alike in those bytes too are
-    taken in :func:`copies_in_order`. A sibling shorter than ``checked_pos`` cannot be told by
-    its bytes: one made before the open is an earlier generation's, one made since a later
-    generation's, left to be read whole as a missed rotation."""
+    taken in :func:`copies_in_order`. A sibling shorter than ``checked_pos`` made before the
+    open is an earlier generation's. One made since is ours when it ends with the very bytes
+    read before that offset (:data:`~shipper.cursor.RECENT_BYTES` are kept): the lines after
+    it were written between the copy and the truncation and read from the live file; counted
+    a loss, every such rotation raised a false ticket (B1s19). A later generation's copy
+    shorter than our position has other bytes before its end (else it repeats ours, up to the
+    256 bytes compared): left to be read whole as a missed rotation, as is one whose end is
+    further back than the bytes kept (it cannot be told)."""
     if fingerprint(fd) != head.fp:
         return None
     size = st.st_size
@@ -92,13 +101,48 @@ def copy_fit(fd: int, st: os.stat_result, head: Cursor) -> Fit | None:
     if size >= head.checked_pos:
         checked = head.read_before(head.checked_pos)
         return Fit.CHECKED if _holds(fd, head.checked_pos, checked) else None
-    return Fit.EARLIER if st.st_mtime_ns <= head.mtime_at_open else None
+    if st.st_mtime_ns <= head.mtime_at_open:
+        return Fit.EARLIER
+    ours = head.read_before(size)
+    return Fit.READ if ours is not None and _holds(fd, size, ours) else None
 
 
 def _holds(fd: int, pos: int, tail: bytes | None) -> bool:
     """Whether the file at ``fd`` holds ``tail`` just before ``pos`` (None, not known: yes,
     the first line and the size decide as before)."""
-    return tail is None or os.pread(fd, len(tail), pos - len(tail)) == tail
+    return not tail or os.pread(fd, len(tail), pos - len(tail)) == tail
+
+
+def still_read_there(cur: Cursor) -> bool:
+    """Whether the file under ``cur`` still holds the bytes read just before
+    :attr:`~shipper.cursor.Cursor.read_pos` and before
+    :attr:`~shipper.cursor.Cursor.checked_pos` (those not known are not compared).
+
+    Both: a truncation after our last read leaves other bytes before ``read_pos``; one
+    between the last check and that read had it read the new content there, whose bytes before
+    ``checked_pos`` are not ours (then :attr:`Fit.CHECKED` reads the copy again from there).
+    One ``pread`` of at most 512 bytes after a read of at most
+    :data:`~shipper.fingerprint.TAIL_BYTES` (tailing a line at a time), two of 256 after a
+    larger one (a backlog's block)."""
+    pos, last = cur.read_pos, cur.read_before(cur.read_pos)
+    checked = cur.read_before(cur.checked_pos) if cur.checked_pos != pos else None
+    if not checked:
+        return _holds(cur.fd, pos, last)
+    start = cur.checked_pos - len(checked)
+    if last is None or pos - start > 2 * TAIL_BYTES:
+        return _holds(cur.fd, pos, last) and _holds(cur.fd, cur.checked_pos, checked)
+    data = os.pread(cur.fd, pos - start, start)
+    return len(data) == pos - start and data.startswith(checked) and data.endswith(last)
+
+
+def _size_and_time(fd: int) -> list[int] | None:
+    """``[size, modification time in ns]`` of the file at ``fd`` (see
+    :attr:`FileState.left_at`), None when it cannot be taken."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 class CompressedCopy(NamedTuple):
@@ -138,13 +182,40 @@ class CopyTruncate:
 
     @staticmethod
     def _rewritten(cur: Cursor) -> bool:
-        """Whether the file under ``cur`` is no longer the content we were reading (its first
-        line changed -- or is incomplete now, which ours was not -- or it shrank below our
-        position)."""
+        """Whether the file under ``cur`` is no longer the content we were reading: its first
+        line changed (or is incomplete now, which ours was not), it shrank below our position,
+        or it holds other bytes than those read before our position or before the last
+        checked one (:func:`still_read_there`).
+
+        The last: every generation starts with the same line (a CSV header, a banner, an
+        empty line) and the file was truncated and written again past our position before we
+        looked (the shipper paused while acks were held back). Size and first line told
+        nothing: the new content was read on from its middle under the old id (a cut line
+        stored, its first lines and the copy's unread rest lost, nothing counted: B2s19).
+
+        It runs before every read of the live file (a pause in a backlog is a pause between
+        two reads). A file whose size and times are those it had when last found ours was not
+        written since: only its ``fstat`` is taken, as at the read that finds nothing more
+        after the one that read a new line (tailing a line at a time then costs about what
+        the size and first-line check alone did). Not with whole-second times (a coarse file
+        system's): a truncation written again to the same size within that second would
+        pass."""
         try:
-            return cur.size() < cur.read_pos or fingerprint(cur.fd) != cur.fp
+            st = os.fstat(cur.fd)
+        except OSError:
+            return cur.read_pos > 0  # taken for an empty file, as Cursor.size does
+        if st.st_size < cur.read_pos:
+            return True
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if stamp == cur.found_ours and st.st_mtime_ns % 1_000_000_000:
+            return False
+        try:
+            ours = fingerprint(cur.fd) == cur.fp and still_read_there(cur)
         except OSError:
             return False
+        if ours:
+            cur.found_ours = stamp
+        return not ours
 
     def _compressed_copy(self: Tailer, head: Cursor) -> tuple[bool, bool]:
         """(read all, lines unread) as the compressed copy of ``head``'s content tells (see
@@ -258,7 +329,7 @@ class CopyTruncate:
                 self._follow_acks(head, copy)
                 self._floor = st.st_mtime_ns
                 break
-            if fit is Fit.EARLIER and not read_all:
+            if fit in (Fit.EARLIER, Fit.READ) and not read_all:
                 read_all = True
                 self._floor = st.st_mtime_ns
                 read = (st.st_dev, st.st_ino, head.fp, birth_time(fd))
@@ -316,6 +387,7 @@ class CopyTruncate:
                 0,
                 0,
                 epoch,
+                left_at=_size_and_time(head.fd),
             ),
         )
         self.cursors.remove(head)

@@ -26,6 +26,12 @@ from shipper.lines import Lines
 log = logging.getLogger("logq.shipper.tailer")
 """The tailer's logger: these are its messages, and the split into modules changed none."""
 
+RECENT_BYTES = 8192
+"""The last bytes read that a cursor keeps (see :meth:`Cursor.read_before`): the copy
+logrotate made before lines that were read from the live file before its truncation is told
+by its last bytes, if they are among these (see :func:`shipper.copytruncate.copy_fit`). At
+most this much memory per open file."""
+
 
 class Cursor:
     """One open file and the read position in it."""
@@ -88,15 +94,21 @@ class Cursor:
         self.checked_pos = self.read_pos
         """Read position when the file was last found to still hold our content: bytes before
         it are ours, bytes after it may have been read after a truncation (copytruncate)."""
+        self.found_ours: tuple[int, int, int] | None = None
+        """(size, modification and change times in ns) of the file when it was last found to
+        hold our content: unchanged since, it was not written (see
+        :meth:`shipper.copytruncate.CopyTruncate._rewritten`)."""
         try:
             start = bytes_before(fd, self.read_pos)
         except OSError:
             start = None
-        self._tail_now: tuple[int, bytes | None] = (self.read_pos, start)
+        self._recent: tuple[int, bytes | None] = (self.read_pos, start)
+        """(:attr:`read_pos`, the last bytes read before it: at most :data:`RECENT_BYTES`)."""
         self._tail_before: tuple[int, bytes | None] = (self.read_pos, start)
-        """(position, the bytes just before it as read here) at :attr:`read_pos` and where it
-        was before the last read that moved it: :attr:`checked_pos` is one of the two (it is
-        set before every read of the live file). See :meth:`read_before`."""
+        """(position, the :data:`~shipper.fingerprint.TAIL_BYTES` just before it as read here)
+        where :attr:`read_pos` was before the last read that moved it: :attr:`checked_pos` is
+        one of the two (it is set before every read of the live file). See
+        :meth:`read_before`."""
         self.held = False
         """Released, but its checkpoint must stay: it holds the first parts of a split line
         that is not acknowledged yet."""
@@ -249,29 +261,35 @@ class Cursor:
 
     def _advance(self, data: bytes, n: int) -> None:
         """Move :attr:`read_pos` past the first ``n`` bytes of ``data`` (read at it), keeping
-        the bytes just before the new position (see :meth:`read_before`)."""
-        pos, tail = self._tail_now
-        if n >= TAIL_BYTES:
-            tail = data[n - TAIL_BYTES : n]
-        elif tail is not None and pos == self.read_pos:
-            tail = (tail + data[:n])[-TAIL_BYTES:]
-        else:
-            tail = None  # read_pos was set from outside: what lies before it is not known
+        the last bytes read (see :meth:`read_before`)."""
+        pos, recent = self._recent
+        before = recent[-TAIL_BYTES:] if recent is not None else None
+        if recent is not None and pos == self.read_pos and n < RECENT_BYTES:
+            recent = (recent + data[:n])[-RECENT_BYTES:]
+        else:  # also when read_pos was set from outside: what lies before it is not known
+            recent = data[max(n - RECENT_BYTES, 0) : n]
         self.read_pos += n
-        self._tail_before, self._tail_now = self._tail_now, (self.read_pos, tail)
+        self._tail_before, self._recent = (pos, before), (self.read_pos, recent)
 
     def read_before(self, pos: int) -> bytes | None:
         """The (at most :data:`~shipper.fingerprint.TAIL_BYTES`) bytes just before ``pos`` as
-        they were read here, for ``pos`` :attr:`read_pos` or :attr:`checked_pos`; None when
-        not known.
+        they were read here, for ``pos`` :attr:`checked_pos`, or :attr:`read_pos` and the
+        positions up to :data:`RECENT_BYTES` before it; None when not known.
 
         Kept from the reads, not read again: after a truncation in place the descriptor shows
         the new content. They tell the copy of what was read from another generation's copy
-        with the same first line (see :func:`shipper.copytruncate.copy_fit`)."""
-        for at, tail in (self._tail_now, self._tail_before):
-            if at == pos:
-                return tail
-        return None
+        with the same first line (see :func:`shipper.copytruncate.copy_fit`), and new content
+        written past our position from ours (see
+        :meth:`shipper.copytruncate.CopyTruncate._rewritten`)."""
+        at, recent = self._recent
+        if recent is not None and pos <= at:
+            end = len(recent) - (at - pos)
+            if end - TAIL_BYTES >= 0:
+                return recent[end - TAIL_BYTES : end]
+            if end >= 0 and len(recent) == at:  # it holds every byte from the start
+                return recent[:end]
+        at, tail = self._tail_before
+        return tail if at == pos else None
 
     def tail(self, pos: int) -> str:
         """The checkpoint's check of the bytes before ``pos`` (see

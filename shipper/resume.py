@@ -106,11 +106,24 @@ def _unchanged_since(state: FileState) -> bool:
     moved the file times past it: those still count. The change time too, as a tool can set
     the modification time back (``touch -r``, ``rsync -t``: the loss was hidden, R2s19) but
     not the change time, which every write and every ``utime`` sets to now; only a wall
-    clock stepped back while the shipper was down can still hide one."""
+    clock stepped back while the shipper was down can still hide one.
+
+    First the file's size and modification time, when the entry keeps those it had as the
+    truncation was handled (:attr:`FileState.left_at`): both the same to the nanosecond, it
+    was not written since, and a change of its status alone while the shipper was down
+    (chmod or chown by configuration management, setfacl, xattrs, ``restorecon``, a backup's
+    hard link) moved only the change time: counted, it raised the A3s18 ticket again (B3s19).
+    A write and a truncation while down and the time set back (R2s19) leave another
+    modification time, unless set back to that very nanosecond. Whole-second times (a coarse
+    file system's) cannot tell a write in the same second: the file times decide there, as
+    for entries without it (saved by an older shipper, or when the ``fstat`` failed)."""
     try:
         st = os.stat(state.path)
     except OSError:
         return False
+    left = state.left_at
+    if left is not None and st.st_mtime_ns % 1_000_000_000 and left == [st.st_size, st.st_mtime_ns]:
+        return True
     return max(_latest_write(st), _end_of_second(st.st_ctime_ns)) < state.updated
 
 

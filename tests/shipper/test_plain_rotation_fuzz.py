@@ -8,7 +8,8 @@ What the aggregator keeps (its dedup by ``source_id`` and offset) must be every 
 
 A few seeds run in the suite (about 6 s; seed 30 of copytruncate with empty lines finished an
 older copy with the same first line, A3s18's finding 2, and 63 and 86 failed before A3s18's
-fix); ``LOGQ_ROTATION_SEEDS=N`` runs seeds 0 to N-1 of each mode instead.
+fix); ``LOGQ_ROTATION_SEEDS=N`` runs N seeds of each mode instead, from
+``LOGQ_ROTATION_SEED_OFFSET`` (default 0): a review can try seeds no one ran before.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from tests.shipper.tailing import aggregator_keeps, commit, fresh_process, spec_
 
 Step = tuple[str, ...]
 MANY = int(os.environ.get("LOGQ_ROTATION_SEEDS", "0"))
+FIRST = int(os.environ.get("LOGQ_ROTATION_SEED_OFFSET", "0"))
 CASES = (
-    [(mode, seed) for mode in ("ctrunc", "mixed") for seed in range(MANY)]
+    [(mode, seed) for mode in ("ctrunc", "mixed") for seed in range(FIRST, FIRST + MANY)]
     if MANY
     else [("ctrunc", seed) for seed in (30, 63, 86, *range(6))]
     + [("mixed", seed) for seed in range(8)]
