@@ -158,6 +158,19 @@ _NANOSECONDS = operator.attrgetter("nanoseconds")
 OnReplacedTimes = Callable[[pa.RecordBatch, str], None]
 
 
+#: Called with a message's tag and the count of its bad entries per reason (see
+#: :class:`shipper.wire.BadEntry`), each stored as a row of its own (:func:`bad_entry_line`).
+OnBadEntries = Callable[[str, dict[str, int]], None]
+
+#: Marker at the start of the line of a bad entry's row: what to search ``container_logs`` for.
+BAD_ENTRY_MARKER = "[logq: bad Forward entry"
+#: Characters of a bad entry's JSON kept in its row (a hostile entry can be megabytes).
+BAD_ENTRY_CHARS = 4096
+#: Longest ``chunk`` option accepted: it is echoed in the ack, and real clients send a 16-byte
+#: id in base64 (24 characters).
+MAX_CHUNK_CHARS = 1024
+
+
 class _Times(NamedTuple):
     """Event times of a message's entries (ns), with those that could not be kept as sent."""
 
@@ -166,6 +179,8 @@ class _Times(NamedTuple):
     """Rows stamped with the receive time (see :data:`OnReplacedTimes`)."""
     example: str = ""
     """The first replaced time as it was sent, for the warning."""
+    bad: dict[str, int] | None = None
+    """Bad entries stored as rows of their own, per reason (:func:`bad_entry_line`)."""
 
 
 def _times_ns(times: list[Any]) -> _Times:
@@ -332,9 +347,26 @@ def _counted(tag: str, blob: bytes, max_entries: int) -> pa.RecordBatch | None:
         return None
 
 
+def bad_entry_line(entry: Any, exc: wire.BadEntry) -> str:
+    """The line stored for a bad entry: the marker, why, and the entry as JSON (its first
+    :data:`BAD_ENTRY_CHARS` characters), so that it is found, understood and fixed at the
+    sender, while the good entries of its message are stored and acked as usual."""
+    text = json.dumps(_jsonable(entry), ensure_ascii=False, default=str)
+    if len(text) > BAD_ENTRY_CHARS:
+        text = f"{text[:BAD_ENTRY_CHARS]}... (cut: {len(text) - BAD_ENTRY_CHARS} more characters)"
+    return f"{BAD_ENTRY_MARKER}: {exc}] {text}"
+
+
 def _general(obj: Any, max_decompressed: int, max_entries: int) -> tuple[pa.RecordBatch, _Times]:
+    bad: dict[str, int] = {}
+    received = time.time_ns()
+
+    def on_bad_entry(entry: Any, exc: wire.BadEntry) -> wire.Event:
+        bad[exc.reason] = bad.get(exc.reason, 0) + 1
+        return wire.Event("", received, {wire.KEY_LOG: bad_entry_line(entry, exc)})
+
     try:
-        msg = wire.decode_message(obj, max_decompressed, max_entries)
+        msg = wire.decode_message(obj, max_decompressed, max_entries, on_bad_entry)
     except wire.ProtocolError:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
@@ -348,7 +380,7 @@ def _general(obj: Any, max_decompressed: int, max_entries: int) -> tuple[pa.Reco
         now = time.time_ns()
         times = [now if t is None else t for t in times]
         example = _as_sent(_sent_time(obj, replaced[0]))
-    stamped = _Times(pa.array(times, pa.int64()), replaced, example)
+    stamped = _Times(pa.array(times, pa.int64()), replaced, example, bad or None)
     return records_batch(msg.tag, stamped.ns, [e.record for e in msg.events]), stamped
 
 
@@ -388,6 +420,7 @@ def decode(
     max_decompressed: int,
     max_entries: int = wire.MAX_MESSAGE_ENTRIES,
     on_replaced_times: OnReplacedTimes | None = None,
+    on_bad_entries: OnBadEntries | None = None,
 ) -> tuple[pa.RecordBatch, str | None]:
     """One unpacked Forward message -> (its events as a buffer batch, its ``chunk`` or None).
 
@@ -396,7 +429,12 @@ def decode(
     blob, records nested too deeply to convert. A ``size`` option that is not the entry count
     is ignored, as Fluentd does (every entry is decoded). An event time that cannot be kept as
     sent does not refuse the message: the event gets the receive time, and
-    ``on_replaced_times`` hears of it (see :data:`OnReplacedTimes`).
+    ``on_replaced_times`` hears of it (see :data:`OnReplacedTimes`). Nor does a bad entry (a
+    record that is not a map, an entry that is not ``[time, record]``, a time of no known
+    kind): it becomes a row of its own stamped with the receive time, its line
+    :func:`bad_entry_line`, and ``on_bad_entries`` hears of it (:data:`OnBadEntries`). Only the
+    general path builds such rows: the fast paths decline a message with a bad entry, so the
+    check costs them nothing.
     """
     try:
         batch, chunk, times = _decode(obj, max_decompressed, max_entries)
@@ -406,6 +444,8 @@ def decode(
         raise wire.ProtocolError("a record nested too deeply to decode") from None
     if times is not None and times.replaced and on_replaced_times is not None:
         on_replaced_times(batch.take(pa.array(times.replaced, pa.int32())), times.example)
+    if times is not None and times.bad and on_bad_entries is not None:
+        on_bad_entries(batch.column("tag")[0].as_py(), times.bad)
     return batch, chunk
 
 
@@ -472,6 +512,8 @@ def _is_time(value: Any) -> bool:
     stamps, as Fluentd's in_forward does; see :func:`shipper.wire.time_to_ns`)."""
     if value is None:
         return True
+    if isinstance(value, msgpack.ExtType):  # an EventTime of the wrong size: a bad entry
+        return value.code == wire.EVENT_TIME_EXT
     return isinstance(value, wire.EventTime | int | float) and not isinstance(value, bool)
 
 
@@ -479,6 +521,12 @@ def _chunk(options: Any) -> str | None:
     if not isinstance(options, dict):
         return None
     chunk = options.get("chunk")
+    if isinstance(chunk, bytes | str) and len(chunk) > MAX_CHUNK_CHARS:
+        # Echoed whole in the ack: a 10 MB id would be, too (once per resend).
+        raise wire.ProtocolError(
+            f"the chunk option is {len(chunk):,} characters long, over {MAX_CHUNK_CHARS} "
+            "(Fluentd, Fluent Bit and logq-shipper send a 16-byte id in base64)"
+        )
     if isinstance(chunk, bytes):
         return chunk.decode("ascii", "replace")
     if chunk is None:  # no ack wanted (Fluentd's in_forward treats nil as absent too)

@@ -14,7 +14,12 @@ a message (and the handshake) must arrive whole within the idle timeout of its f
 slowloris client trickling one byte at a time is closed, not kept forever), and while the
 buffer is over ``--buffer-limit-bytes`` no connection is read (backpressure: the senders keep
 their data and wait for acks). Anything malformed closes only its own connection,
-with the reason logged and counted.
+with the reason logged and counted; a bad entry in a well-formed message does not (it is
+stored as a marked row, :func:`aggregator.decode.bad_entry_line`). At --max-connections a new
+client takes the slot of a connection stalled in a message or idle
+(:meth:`ForwardServer._make_room`) rather than be locked out by clients that hold slots
+without sending; repeated refusals and failed handshakes are logged at a bounded rate, and a
+failed shared-key handshake is answered late (:meth:`ForwardServer._auth_delay`).
 """
 
 from __future__ import annotations
@@ -30,17 +35,20 @@ import socket
 import ssl
 import struct
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+from prometheus_client import CollectorRegistry, Counter
 
 from aggregator.buffer import Buffer
 from aggregator.chunks import RecentChunks, chunk_key, frame_payload
-from aggregator.decode import decode, has_chunk
+from aggregator.decode import BAD_ENTRY_MARKER, decode, has_chunk
 from aggregator.inflight import InflightBytes, Share
 from aggregator.metrics import Metrics
+from aggregator.throttle import Throttle
 from shipper import wire
 
 log = logging.getLogger("logq.aggregator.server")
@@ -76,6 +84,19 @@ BACKPRESSURE_CLOSE_SECONDS = 10.0
 #: than BACKPRESSURE_CLOSE_SECONDS, the longest those others wait.
 MESSAGE_STALL_SECONDS = 5.0
 STOP_DRAIN_SECONDS = 0.3
+#: With --max-connections reached, a connection that got no byte between messages, or whose
+#: unfinished message began, at least this long ago may be closed to make room for a new one
+#: (:meth:`ForwardServer._make_room`); one that is storing or acking a message never is.
+EVICT_AFTER_SECONDS = 2.0
+#: Repeated WARNINGs (refused connections, failed handshakes, bad entries): once per key this
+#: often; the counters count every one.
+WARN_EVERY_SECONDS = 10.0
+#: A failed shared-key handshake answers after this delay, doubled for each failure from the
+#: same address in the last :data:`AUTH_FAILURES_FORGOTTEN_SECONDS` up to
+#: :data:`AUTH_DELAY_MAX_SECONDS` (a guessing client gets a few tries a minute, not thousands).
+AUTH_DELAY_SECONDS = 0.5
+AUTH_DELAY_MAX_SECONDS = 8.0
+AUTH_FAILURES_FORGOTTEN_SECONDS = 300.0
 
 
 class ConnectionClosed(Exception):
@@ -142,6 +163,10 @@ class _Conn:
     the connection before they were buffered (see :func:`_peer_closed`), not yet reported."""
     warned_abandoned: bool = False
     """Whether this connection logged its WARNING about abandoned messages (once is enough)."""
+    last_byte: float = field(default_factory=time.monotonic)
+    """Monotonic time of the last bytes read (or of the accept)."""
+    evicted: str | None = None
+    """Why the server closed this connection to make room for a new one (None: it did not)."""
 
     @property
     def client(self) -> str:
@@ -190,10 +215,18 @@ class ForwardServer:
         """Bytes of messages read and not yet durable, all connections together."""
         metrics.inflight_bytes.set_function(lambda: self.inflight.used)
         metrics.inflight_waiting.set_function(lambda: self.inflight.waiting)
+        self.bad_entries = bad_entries_counter(metrics.registry)
+        self._warnings = Throttle(WARN_EVERY_SECONDS)
+        """Keys of the rate-limited WARNINGs (refusals, failed handshakes, bad entries)."""
+        self._auth_failures: dict[str, tuple[int, float]] = {}
+        """Client address -> (recent failed handshakes, monotonic time of the last one)."""
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
+        # TLS is started per connection (:meth:`_start_tls`), not by the listener: a handshake
+        # that fails there is dropped by asyncio without a word (it logs OSErrors only in debug
+        # mode), and a misconfigured client then got no logged reason at all.
         self._server = await asyncio.start_server(
-            self._accept, host, port, backlog=1024, ssl=self.ssl_context, limit=STREAM_LIMIT
+            self._accept, host, port, backlog=1024, limit=STREAM_LIMIT
         )
         for listening in self._server.sockets:  # accepted sockets inherit it
             listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
@@ -233,22 +266,45 @@ class ForwardServer:
         peer = _peer(writer)
         task = asyncio.current_task()
         assert task is not None
-        if len(self._conns) >= self.limits.max_connections:
-            log.warning("closing connection from %s: over --max-connections", peer)
+        if self._open_connections() >= self.limits.max_connections and not self._make_room():
             self.metrics.connections_rejected.labels("max_connections").inc()
+            if self._warnings.due("max_connections", time.time()):
+                log.warning(
+                    "closing connection from %s: over --max-connections (%d), none idle or "
+                    "stalled for %.0fs to close instead; raise --max-connections or add "
+                    "aggregators (said once every %.0fs; connections_closed_total"
+                    '{reason="max_connections"} counts them all)',
+                    peer,
+                    self.limits.max_connections,
+                    EVICT_AFTER_SECONDS,
+                    WARN_EVERY_SECONDS,
+                )
             writer.close()
             return
         conn = _Conn(peer, task, share=self.inflight.share())
         self._conns[task] = conn
         self.metrics.connections.inc()
         try:
+            if self.ssl_context is not None:  # first: nothing may be read before the handshake
+                await self._start_tls(conn, writer)
             await self._serve(conn, reader, writer)
         except ConnectionClosed as exc:
             level = logging.ERROR if exc.label == "buffer_error" else exc.level
             log.log(level, "closing connection from %s: %s", peer, exc)
             self.metrics.connections_rejected.labels(exc.label).inc()
         except asyncio.CancelledError:
-            pass
+            if conn.evicted is not None:
+                self.metrics.connections_rejected.labels("evicted").inc()
+                if self._warnings.due("evicted", time.time()):
+                    log.warning(
+                        "closing connection from %s: %s, to make room for a new one at "
+                        "--max-connections (%d) (said once every %.0fs; connections_closed_total"
+                        '{reason="evicted"} counts them all)',
+                        peer,
+                        conn.evicted,
+                        self.limits.max_connections,
+                        WARN_EVERY_SECONDS,
+                    )
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             log.info("connection from %s ended: %s", peer, exc)
         except Exception:  # never let one connection take the server down
@@ -265,12 +321,64 @@ class ForwardServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), timeout=1)
 
+    async def _start_tls(self, conn: _Conn, writer: asyncio.StreamWriter) -> None:
+        """The TLS handshake, within the handshake timeout. A failure (a plaintext client on
+        the TLS port, an untrusted certificate, a stalled handshake) closes the connection with
+        its reason logged at INFO, once every WARN_EVERY_SECONDS per client address (a
+        misconfigured client retries in a loop)."""
+        assert self.ssl_context is not None
+        timeout = min(HANDSHAKE_TIMEOUT, self.limits.idle_timeout)
+        try:
+            await writer.start_tls(self.ssl_context, ssl_handshake_timeout=timeout)
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
+            due = self._warnings.due(("tls_failed", conn.client), time.time())
+            raise ConnectionClosed(
+                f"TLS handshake failed ({exc.__class__.__name__}: {exc or 'connection lost'}): "
+                "is the client sending plaintext, or does it not trust this server's "
+                f"certificate? (said at most once every {WARN_EVERY_SECONDS:.0f}s per address)",
+                "tls_failed",
+                logging.INFO if due else logging.DEBUG,
+            ) from None
+
+    def _open_connections(self) -> int:
+        """Connections that count against --max-connections (not those being closed)."""
+        return sum(1 for c in self._conns.values() if c.evicted is None)
+
+    def _make_room(self) -> bool:
+        """Close one connection so a new one can be served instead of refused: the one whose
+        unfinished message began longest ago, else the one idle longest between messages, if
+        that was at least EVICT_AFTER_SECONDS ago. Only connections waiting to read qualify:
+        one storing or acking a message, or held back by the server (full buffer, in-flight
+        budget), is never closed. Without this, connections that sent one byte (or nothing)
+        held every slot for --idle-timeout and locked every new client out. The closed client
+        loses nothing: an unfinished message was never acked and is resent, and a quiet
+        client reconnects when it has lines."""
+        now = time.monotonic()
+        stalled: list[tuple[float, _Conn]] = []
+        idle: list[tuple[float, _Conn]] = []
+        for task, conn in self._conns.items():
+            if conn.evicted is not None or not conn.reading or task.done():
+                continue
+            if conn.partial_since is not None:
+                stalled.append((now - conn.partial_since, conn))
+            elif conn.fed == conn.boundary:
+                idle.append((now - conn.last_byte, conn))
+        for kind, candidates in (("its message unfinished", stalled), ("idle", idle)):
+            age, victim = max(candidates, key=lambda c: c[0], default=(0.0, None))
+            if victim is not None and age >= EVICT_AFTER_SECONDS and victim.task is not None:
+                victim.evicted = f"{kind} for {age:.0f}s"
+                victim.task.cancel()
+                return True
+        return False
+
     async def _read(
         self, conn: _Conn, reader: asyncio.StreamReader, timeout: float, size: int = READ_SIZE
     ) -> bytes:
         conn.reading = True
         try:
-            return await asyncio.wait_for(reader.read(size), timeout=timeout)
+            data = await asyncio.wait_for(reader.read(size), timeout=timeout)
+            conn.last_byte = time.monotonic()
+            return data
         except TimeoutError:
             raise ConnectionClosed(f"idle for {timeout:.0f}s", "idle_timeout") from None
         finally:
@@ -560,24 +668,51 @@ class ForwardServer:
             "slow_client",
         )
 
-    def _decode(self, obj: Any) -> tuple[Any, str | None, bool]:
-        """:func:`decode` ``obj``: its batch, its ``chunk``, and whether some of its event times
-        were replaced by the receive time (counted here; its chunk key then cannot use them)."""
+    def _decode(self, obj: Any) -> tuple[Any, str | None, bool, dict[str, int]]:
+        """:func:`decode` ``obj``: its batch, its ``chunk``, whether some of its event times
+        were replaced by the receive time (counted here; its chunk key then cannot use them),
+        and its bad entries per reason (counted once stored, :meth:`_bad_entries`)."""
         replaced = False
+        bad: dict[str, int] = {}
 
         def on_replaced(rows: Any, example: str) -> None:
             nonlocal replaced
             replaced = True
             self.metrics.event_times_replaced(rows, example)
 
+        def on_bad_entries(tag: str, reasons: dict[str, int]) -> None:
+            nonlocal replaced
+            replaced = True  # their rows carry the receive time, which a resend would not
+            bad.update(reasons)
+
         batch, chunk = decode(
             obj,
             self.limits.max_decompressed_bytes,
             self.limits.max_message_entries,
             on_replaced,
+            on_bad_entries,
         )
         self.metrics.messages_received(batch)
-        return batch, chunk, replaced
+        return batch, chunk, replaced, bad
+
+    def _bad_entries(self, tag: str, reasons: dict[str, int]) -> None:
+        """Count a message's bad entries (stored as rows of their own, see
+        :func:`aggregator.decode.bad_entry_line`) and say so, once per tag and reason every
+        WARN_EVERY_SECONDS."""
+        for reason, count in reasons.items():
+            self.bad_entries.labels(reason).inc(count)
+            if self._warnings.due(("bad_entry", tag, reason), time.time()):
+                log.warning(
+                    "bad Forward entries (%s) stored as rows whose line starts with %r, with "
+                    "the receive time; the message's other entries were stored and acked; fix "
+                    "the sender (said once every %.0fs per tag and reason; "
+                    "logq_aggregator_bad_entries_total counts them) tag=%s count=%d",
+                    reason,
+                    BAD_ENTRY_MARKER,
+                    WARN_EVERY_SECONDS,
+                    tag,
+                    count,
+                )
 
     async def _process(
         self,
@@ -713,7 +848,7 @@ class ForwardServer:
         them is safe, and storing them would store them twice. A message without a chunk id
         (fluent-logger, Fluent Bit or Fluentd without acks) is always stored: its client cannot
         resend it."""
-        batch, chunk, replaced = self._decode(obj)
+        batch, chunk, replaced, bad = self._decode(obj)
         if chunk is not None and peer_closed:
             conn.acks = True
             conn.abandoned.append(batch.num_rows)
@@ -741,6 +876,8 @@ class ForwardServer:
             self.metrics.records_in.inc(batch.num_rows)
             if key:
                 self.chunks.add(key, wait)
+            if bad:
+                self._bad_entries(batch.column("tag")[0].as_py(), bad)
         conn.acks = bool(conn.acks) or chunk is not None
         return wait, chunk
 
@@ -799,10 +936,34 @@ class ForwardServer:
         reason = "" if ok else "shared_key mismatch"
         if ok and self.users and not self._user_ok(ping, auth):
             ok, reason = False, "username/password mismatch"
+        if ok:
+            self._auth_failures.pop(conn.client, None)
+        else:
+            await asyncio.sleep(self._auth_delay(conn.client))
         writer.write(wire.encode_pong(ok, reason, self.hostname, salt_b, nonce, self.shared_key))
         await self._drain(writer)
         if not ok:
-            raise ConnectionClosed(f"handshake failed from {hostname!r}: {reason}", "auth_failed")
+            due = self._warnings.due(("auth_failed", conn.client), time.time())
+            raise ConnectionClosed(
+                f"handshake failed from {hostname!r}: {reason} (check the client's shared key; "
+                "later failures from this address are logged at most once every "
+                f"{WARN_EVERY_SECONDS:.0f}s)",
+                "auth_failed",
+                logging.WARNING if due else logging.DEBUG,
+            )
+
+    def _auth_delay(self, client: str) -> float:
+        """Seconds to wait before answering a failed handshake from ``client``: doubled with
+        each recent failure from the same address, so that a shared key cannot be guessed at
+        thousands of tries a second. (An asyncio sleep: the other connections go on.)"""
+        now = time.monotonic()
+        if len(self._auth_failures) >= 10_000:  # bounded: a burst of addresses, never a leak
+            self._auth_failures.clear()
+        count, last = self._auth_failures.get(client, (0, now))
+        if now - last > AUTH_FAILURES_FORGOTTEN_SECONDS:
+            count = 0
+        self._auth_failures[client] = (count + 1, now)
+        return min(AUTH_DELAY_MAX_SECONDS, AUTH_DELAY_SECONDS * 2**count)
 
     def _user_ok(self, ping: list[Any], auth: bytes) -> bool:
         username = ping[4] if len(ping) > 4 else None
@@ -997,6 +1158,29 @@ def _json_messages(pending: bytes, unfinished: bool = True) -> tuple[list[Any], 
 
 def _json_ack(chunk: str) -> bytes:
     return json.dumps({"ack": chunk}).encode("utf-8")
+
+
+_BAD_ENTRY_COUNTERS: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def bad_entries_counter(registry: CollectorRegistry) -> Counter:
+    """``logq_aggregator_bad_entries_total{reason}`` in ``registry`` (one per registry: servers
+    sharing a :class:`Metrics` share it)."""
+    counter = _BAD_ENTRY_COUNTERS.get(registry)
+    if counter is None:
+        counter = Counter(
+            "logq_aggregator_bad_entries_total",
+            "Entries of Forward messages that are not [time, record] (reason: record_not_map, "
+            "entry_not_time_record, bad_time), each stored in container_logs as a row whose "
+            "line starts with '[logq: bad Forward entry'; the other entries of their messages "
+            "are stored and acked",
+            ["reason"],
+            registry=registry,
+        )
+        _BAD_ENTRY_COUNTERS[registry] = counter
+    return counter
 
 
 def _buffer_error(exc: BaseException) -> ConnectionClosed:

@@ -29,7 +29,7 @@ import math
 import os
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,22 @@ MAX_TIME_SECONDS = (2**63 - 1) // NS_PER_SECOND
 
 class ProtocolError(ValueError):
     """A peer sent something that is not the Forward protocol; the connection should be closed."""
+
+
+class BadEntry(ProtocolError):
+    """One entry of a well-formed Forward message is not ``[time, record]`` (a record that is
+    not a map, a time of no known kind...). Refused like any protocol error by default; a
+    receiver that keeps such entries as visible rows instead (``on_bad_entry`` of
+    :func:`decode_message`: the other entries of the message must not be lost with it) counts
+    them by ``reason``, a short fixed label."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+#: ``reason`` labels of :class:`BadEntry`.
+BAD_RECORD, BAD_SHAPE, BAD_TIME = "record_not_map", "entry_not_time_record", "bad_time"
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,7 +385,7 @@ def time_to_ns(value: Any) -> int | None:
             return None
         return value.to_ns()
     if isinstance(value, bool):
-        raise ProtocolError("event time is a boolean")
+        raise BadEntry("event time is a boolean", BAD_TIME)
     if isinstance(value, int):
         return value * NS_PER_SECOND if keepable_seconds(value) else None
     if isinstance(value, float):
@@ -378,8 +394,16 @@ def time_to_ns(value: Any) -> int | None:
         ns = _nearest_microsecond(value) * 1_000
         return ns if -(2**63) <= ns < 2**63 else None  # 9223372036.9 s: seconds fit, ns not
     if isinstance(value, msgpack.ExtType):
-        raise ProtocolError(f"unknown ext type {value.code} as event time")
-    raise ProtocolError(f"event time must be EventTime or an integer, got {type(value).__name__}")
+        if value.code == EVENT_TIME_EXT:  # known type, wrong size (ext hooks take only 8 bytes)
+            raise BadEntry(
+                f"an EventTime (ext type 0) of {len(value.data)} bytes, not 8 (4 seconds and 4 "
+                "nanoseconds)",
+                BAD_TIME,
+            )
+        raise BadEntry(f"unknown ext type {value.code} as event time", BAD_TIME)
+    raise BadEntry(
+        f"event time must be EventTime or an integer, got {type(value).__name__}", BAD_TIME
+    )
 
 
 def _nearest_microsecond(value: float) -> int:
@@ -404,7 +428,7 @@ def keepable_seconds(seconds: int) -> bool:
 
 def _record(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise ProtocolError(f"record must be a map, got {type(value).__name__}")
+        raise BadEntry(f"record must be a map, got {type(value).__name__}", BAD_RECORD)
     return {(k if isinstance(k, str) else _as_text(k)): v for k, v in value.items()}
 
 
@@ -416,13 +440,13 @@ def _as_text(value: Any) -> str:
 
 def _entry(tag: str, entry: Any) -> Event:
     if not isinstance(entry, list | tuple) or len(entry) < 2:
-        raise ProtocolError("entry must be [time, record]")
+        raise BadEntry("entry must be [time, record]", BAD_SHAPE)
     head = entry[0]
     # Fluent Bit >= 5.0.5: [[time, metadata], record]. (An ExtType is a tuple too: another ext
     # type in the time's place is no header, whose first item, its code, would pass for a time.)
     if isinstance(head, list | tuple) and not isinstance(head, msgpack.ExtType):
         if not head:
-            raise ProtocolError("entry header is empty")
+            raise BadEntry("entry header is empty", BAD_SHAPE)
         head = head[0]
     return Event(tag, time_to_ns(head), _record(entry[1]))
 
@@ -451,7 +475,24 @@ def gunzip_members(blob: bytes, max_bytes: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _packed_entries(tag: str, blob: bytes, max_entries: int) -> list[Event]:
+#: What a receiver makes of a bad entry (the entry as unpacked, why it is bad) instead of
+#: refusing its whole message: an event of its own (see :func:`decode_message`).
+OnBadEntry = Callable[[Any, BadEntry], Event]
+
+
+def _entry_or(tag: str, entry: Any, on_bad_entry: OnBadEntry | None) -> Event:
+    """:func:`_entry`, or ``on_bad_entry``'s event for a bad one (raised when it is None)."""
+    try:
+        return _entry(tag, entry)
+    except BadEntry as exc:
+        if on_bad_entry is None:
+            raise
+        return on_bad_entry(entry, exc)
+
+
+def _packed_entries(
+    tag: str, blob: bytes, max_entries: int, on_bad_entry: OnBadEntry | None = None
+) -> list[Event]:
     entries = unpack_entries(
         blob,
         max_entries,
@@ -460,19 +501,23 @@ def _packed_entries(tag: str, blob: bytes, max_entries: int) -> list[Event]:
         strict_map_key=False,
         unicode_errors="surrogateescape",
     )
-    return [_entry(tag, e) for e in entries]
+    return [_entry_or(tag, e, on_bad_entry) for e in entries]
 
 
 def decode_message(
     obj: Any,
     max_decompressed_bytes: int = 256 * 1024 * 1024,
     max_entries: int = MAX_MESSAGE_ENTRIES,
+    on_bad_entry: OnBadEntry | None = None,
 ) -> Message:
     """Turn one unpacked msgpack object into a :class:`Message`, whatever its mode.
 
     A Forward or PackedForward message must hold at most ``max_entries`` entries. Its ``size``
     option is not checked against them, as in Fluentd: the blob's own length already says
-    where it ends, and a truncated blob is refused (:func:`unpack_entries`)."""
+    where it ends, and a truncated blob is refused (:func:`unpack_entries`). A bad entry
+    (:class:`BadEntry`; in Message mode, its time and record) refuses the message, unless
+    ``on_bad_entry`` makes an event of it. Items of an entry after its record are ignored, as
+    Fluentd's in_forward does."""
     if not isinstance(obj, list | tuple) or len(obj) < 2:
         raise ProtocolError(f"expected a Forward message array, got {type(obj).__name__}")
     tag = obj[0]
@@ -482,24 +527,30 @@ def decode_message(
         raise ProtocolError("tag must be a string")
     second = obj[1]
     is_time = isinstance(second, EventTime | int | float) and not isinstance(second, bool)
-    if is_time or second is None:
+    if is_time or second is None or _is_event_time_ext(second):
         # Message mode: [tag, time, record, option?] (a nil time is stamped, see time_to_ns)
         if len(obj) < 3:
             raise ProtocolError("Message mode needs [tag, time, record]")
         options = _options(obj[3] if len(obj) > 3 else None)
-        return Message(tag, [Event(tag, time_to_ns(second), _record(obj[2]))], options)
+        return Message(tag, [_entry_or(tag, (second, obj[2]), on_bad_entry)], options)
     options = _options(obj[2] if len(obj) > 2 else None)
-    if isinstance(second, list | tuple):
+    if isinstance(second, list | tuple) and not isinstance(second, msgpack.ExtType):
         check_entries(len(second), max_entries)
-        return Message(tag, [_entry(tag, e) for e in second], options)
+        return Message(tag, [_entry_or(tag, e, on_bad_entry) for e in second], options)
     if isinstance(second, bytes | str):
         blob = second if isinstance(second, bytes) else second.encode("utf-8", "surrogateescape")
         if options.get("compressed") in ("gzip", b"gzip"):
             blob = gunzip_members(blob, max_decompressed_bytes)
         elif options.get("compressed") not in (None, "text", b"text"):
             raise ProtocolError(f"unsupported compression {options.get('compressed')!r}")
-        return Message(tag, _packed_entries(tag, blob, max_entries), options)
+        return Message(tag, _packed_entries(tag, blob, max_entries, on_bad_entry), options)
     raise ProtocolError(f"cannot tell the Forward mode from a {type(second).__name__}")
+
+
+def _is_event_time_ext(value: Any) -> bool:
+    """An EventTime ext of the wrong size (a bad time, :func:`time_to_ns`): the time of a
+    Message-mode message, whose entry is then bad, not a message of no known mode."""
+    return isinstance(value, msgpack.ExtType) and value.code == EVENT_TIME_EXT
 
 
 def _options(value: Any) -> dict[str, Any]:

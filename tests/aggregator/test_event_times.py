@@ -238,8 +238,10 @@ def test_a_json_message_with_a_null_time_is_stamped() -> None:
 def test_another_ext_type_is_not_taken_for_a_fluent_bit_header() -> None:
     """msgpack's ExtType is a tuple: its code must not pass for the time of a
     ``[[time, metadata], record]`` header (an ext type 5 read as 5 seconds)."""
-    with pytest.raises(wire.ProtocolError, match="unknown ext type 5 as event time"):
-        dec.decode(unpacked(frame("packed", msgpack.ExtType(5, b"abcd"))), 1 << 30)
+    batch, _ = dec.decode(unpacked(frame("packed", msgpack.ExtType(5, b"abcd"))), 1 << 30)
+    good, bad, after = batch.column(wire.KEY_LOG).to_pylist()
+    assert (good, after) == ("good before", "good after")
+    assert bad.startswith(f"{dec.BAD_ENTRY_MARKER}: unknown ext type 5 as event time]")
 
 
 def _append(

@@ -59,7 +59,9 @@ HOSTILE = {
     "map_header": msgpack.packb({"tag": "x"})[:1] + b"\xff" * 100,
     "not_array": msgpack.packb({"tag": "x"}),
     "int_tag": msgpack.packb([123, [[1, {"log": "x"}]]]),
-    "record_not_map": msgpack.packb(["t", [[1, "not a map"]]]),
+    # A record that is not a map is no longer hostile: a bad entry, stored as a marked row
+    # beside the good ones (tests/aggregator/test_bad_entries.py).
+    "entries_a_map": msgpack.packb(["t", {"a": 1}, {"chunk": "x"}]),
     # A string time is no longer hostile: stamped with the receive time, as Fluentd does
     # (tests/aggregator/test_event_times.py).
     "options_not_map": msgpack.packb(["t", b"", "gzip"]),
@@ -166,6 +168,9 @@ def test_tls(tmp_path: Path) -> None:
         assert agg.stop() == 0
     assert table["message"].to_pylist() == ["over-tls"]
     assert read_table(agg.warehouse, "envoy_access").num_rows == 0
+    # A misconfigured client is told apart in the log (it was closed without a word).
+    failed = [line for line in agg.log_text().splitlines() if "TLS handshake failed" in line]
+    assert len(failed) == 1 and "level=info" in failed[0] and "plaintext" in failed[0], failed
 
 
 def test_connection_limit_and_idle_timeout(tmp_path: Path) -> None:

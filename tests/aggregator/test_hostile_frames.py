@@ -338,6 +338,15 @@ def test_string_bin_and_nil_chunks() -> None:
     assert dec.decode(message(blob_of(3), chunk=None), 1 << 30)[1] is None
 
 
+def test_a_chunk_id_over_the_limit_is_refused_before_storing() -> None:
+    """The ack echoes the chunk id: a client's id of megabytes is refused, not echoed."""
+    assert dec.decode(message(blob_of(3), chunk="c" * dec.MAX_CHUNK_CHARS), 1 << 30)[1]
+    with pytest.raises(wire.ProtocolError, match="chunk option is 1,025 characters long"):
+        dec.decode(message(blob_of(3), chunk="c" * (dec.MAX_CHUNK_CHARS + 1)), 1 << 30)
+    with pytest.raises(wire.ProtocolError, match="over 1024"):
+        dec.decode(message(blob_of(3), chunk=b"c" * 10_000_000), 1 << 30)
+
+
 # --- the server: refused whole, earlier messages acked, the connection closed --------------------
 
 
@@ -384,6 +393,18 @@ def test_server_acks_what_came_before_a_refused_message_then_closes(tmp_path: Pa
                 {"compressed": "gzip", "chunk": "x4"},
             ]
         ),
+        "long_chunk": wire.pack(
+            ["logq.good", wire.pack_entries([(now, record("l"))]), {"chunk": "c" * 2000}]
+        ),
+    }
+    # A bad entry among good ones is no bad message: the good entries are stored, the bad one
+    # is a marked row of its own (tests/aggregator/test_bad_entries.py), the message is acked.
+    entry = wire.pack([now // 10**9, record("kept", "good")])
+    kept = {
+        "record_not_map": entry + wire.pack([now // 10**9, 5]) + entry,
+        "entry_not_pair": entry + wire.pack([now // 10**9]) + entry,
+        "ext_type_5_time": entry + wire.pack([msgpack.ExtType(5, b"abcd"), {"log": "x"}]),
+        "eventtime_wrong_len": wire.pack([msgpack.ExtType(0, b"abcde"), {"log": "x"}]) + entry,
     }
     try:
         with agg.connect() as bystander:
@@ -395,11 +416,22 @@ def test_server_acks_what_came_before_a_refused_message_then_closes(tmp_path: Pa
                     assert [wire.decode_ack(o) for o in replies] == [f"before-{name}"], name
                 bystander.sendall(good(f"bystander-{name}"))
                 assert read_acks(bystander, 1) == [f"bystander-{name}"]
+            for name, blob in kept.items():
+                with agg.connect() as sock:
+                    middle = wire.pack(["logq.good", blob, {"chunk": f"kept-{name}"}])
+                    sock.sendall(good(f"before-{name}") + middle + good(f"after-{name}"))
+                    acks = read_acks(sock, 3)
+                    assert acks == [f"before-{name}", f"kept-{name}", f"after-{name}"], name
     finally:
         assert agg.stop() == 0  # flushes everything stored, acked or (wrongly) not
     table = read_table(agg.warehouse, "container_logs")
     expected = {f"{kind}-{name}" for name in bad for kind in ("before", "bystander")}
-    assert sorted(table["message"].to_pylist()) == sorted(expected)
+    expected |= {f"{kind}-{name}" for name in kept for kind in ("before", "after")}
+    lines = table["message"].to_pylist()
+    marked = [line for line in lines if line.startswith(dec.BAD_ENTRY_MARKER)]
+    assert len(marked) == len(kept)
+    assert lines.count("kept") == 2 + 2 + 1 + 1
+    assert sorted(set(lines) - {"kept", *marked}) == sorted(expected)
     log = agg.log_text()
     assert "unexpected error" not in log and "Traceback" not in log
     for reason in (
@@ -408,6 +440,7 @@ def test_server_acks_what_came_before_a_refused_message_then_closes(tmp_path: Pa
         "chunk option must be a string",
         "per-message entry limit",
         "msgpack objects (the per-message limit",
+        "chunk option is 2,000 characters long",
     ):
         assert reason in log, reason
     assert log.count("not the Forward protocol: ") == len(bad)
@@ -467,8 +500,8 @@ def test_fluent_bit_entries_with_metadata_take_the_bulk_path(packed_blob: bool) 
     batch, _ = dec.decode(obj, 1 << 30)
     assert batch.column("log").to_pylist() == ["with-meta", "plain"]
     assert batch.column("time_ns").to_pylist() == [T0, T0 + 5]
-    with pytest.raises(wire.ProtocolError, match="entry header is empty"):
-        dec.decode(message([[[], {"log": "x"}]]), 1 << 30)
+    (line,) = dec.decode(message([[[], {"log": "x"}]]), 1 << 30)[0].column("log").to_pylist()
+    assert line.startswith(f"{dec.BAD_ENTRY_MARKER}: entry header is empty]")
 
 
 @pytest.mark.parametrize(
@@ -584,7 +617,6 @@ _HOSTILE_UNSIZED: dict[str, tuple[bytes, str]] = {
     "more entries than the limit": (_entry(b"\xc0") * (_LIMIT + 1), "more than 1000 entries"),
     "a truncated last entry": (_entry(b"\xc0") * 3 + _entry(b"\xc0")[:-4], "truncated"),
     "a trailing byte": (_entry(b"\xc0") * 3 + b"\x92", "truncated PackedForward entries"),
-    "a trailing nil": (_entry(b"\xc0") * 3 + b"\xc0", "entry must be .time, record."),
     "records of many tiny objects": (
         wire.pack_entries(_junk_entries(10, 15_000)),  # over 128,000 objects
         "more than 128,000 msgpack objects",
@@ -612,7 +644,26 @@ def test_hostile_unsized_blobs_are_refused_as_before(case: str, gzipped: bool) -
     assert _now(obj, _LIMIT) == before
     # Refused by msgpack: not counted. The other two are whole msgpack entries, refused after.
     counted = packed.count_entries(blob, _LIMIT) is not None
-    assert counted is (case in ("a trailing nil", "deep records without a line"))
+    assert counted is (case == "deep records without a line")
+
+
+def test_a_trailing_nil_is_a_bad_entry_on_both_paths() -> None:
+    """A nil after the entries is counted as one more (the msgspec path declines it): the
+    general path keeps the three good entries and stores the nil as a bad entry's row."""
+    blob = _entry(b"\xc0") * 3 + b"\xc0"
+    assert packed.count_entries(blob, _LIMIT) == 4
+    for obj in (
+        message(blob, chunk="c"),
+        message(gzip.compress(blob), chunk="c", compressed="gzip"),
+    ):
+        before, now = _before(obj, _LIMIT), _now(obj, _LIMIT)
+        for batch in (before, now):
+            assert batch.column("log").to_pylist() == [
+                "x",
+                "x",
+                "x",
+                f"{dec.BAD_ENTRY_MARKER}: entry must be [time, record]] null",
+            ]
 
 
 # Look like the hostile ones, but the general path accepts them: so does the msgspec path.

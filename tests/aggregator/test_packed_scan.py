@@ -20,7 +20,7 @@ from aggregator import packed, packed_scan
 from shipper import wire
 from shipper.batch import record_constants
 from shipper.lines import Lines
-from tests.aggregator.test_packed import T0, shipper_record
+from tests.aggregator.test_packed import T0, same_batch, shipper_record
 
 N = packed.CONSTANT_MIN_ENTRIES
 
@@ -59,7 +59,7 @@ def assert_same_as_without_scan(obj: Any, monkeypatch: pytest.MonkeyPatch) -> No
             dec.decode(obj, 1 << 30)
         return
     batch, _ = dec.decode(obj, 1 << 30)
-    assert batch.equals(expected)
+    assert same_batch(batch, expected)
 
 
 def blob_of(records: list[dict[str, Any]]) -> bytes:

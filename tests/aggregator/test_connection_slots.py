@@ -1,0 +1,177 @@
+"""``--max-connections`` slots: connections that hold one without sending (one byte of a
+message, or nothing) make room for new clients instead of locking them out for --idle-timeout;
+refusals and failed handshakes are counted every time but logged at a bounded rate; a failed
+shared-key handshake answers late (a key cannot be guessed at thousands of tries a second).
+
+The server runs in the test's event loop over a buffer whose fsyncs the test completes by hand
+(tests/aggregator/test_inflight.py), so "a message is being stored" is a state the test holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+import aggregator.server as server_mod
+from aggregator.metrics import Metrics
+from aggregator.server import ForwardServer, ServerLimits
+from shipper import wire
+from tests.aggregator.test_inflight import HeldBuffer, _ack, _message, _rejected, _run, _until
+
+
+def _open(server: ForwardServer) -> int:
+    return server._open_connections()
+
+
+def test_when_full_stalled_then_idle_connections_make_room_never_one_storing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three slots: one connection sent one byte of a message, one sent nothing, one has a
+    message being stored. A new client closes the stalled one, the next the idle one; then every
+    slot is storing a message and the next client is refused. The stored message is acked."""
+    monkeypatch.setattr(server_mod, "EVICT_AFTER_SECONDS", 0.0)
+
+    async def scenario() -> None:
+        buffer = HeldBuffer()
+        metrics = Metrics()
+        server = ForwardServer(buffer, metrics, ServerLimits(max_connections=3))  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            r_stalled, w_stalled = await asyncio.open_connection(host, port)
+            w_stalled.write(b"\x93")  # the head of a 3-item array, then nothing
+            await _until(lambda: any(c.partial_since for c in server._conns.values()))
+            r_idle, w_idle = await asyncio.open_connection(host, port)
+            r_busy, w_busy = await asyncio.open_connection(host, port)
+            w_busy.write(_message("busy", 3))
+            await _until(lambda: len(buffer.frames) == 1)  # stored, its fsync held
+            await _until(lambda: _open(server) == 3 and all(c.reading for c in _idlers(server)))
+
+            r_new, w_new = await asyncio.open_connection(host, port)
+            w_new.write(_message("new", 3))
+            await _until(lambda: len(buffer.frames) == 2)
+            assert await asyncio.wait_for(r_stalled.read(), 30) == b""  # closed first
+            r_next, w_next = await asyncio.open_connection(host, port)
+            w_next.write(_message("next", 3))
+            await _until(lambda: len(buffer.frames) == 3)
+            assert await asyncio.wait_for(r_idle.read(), 30) == b""
+            assert _rejected(metrics, "evicted") == 2
+
+            # Every slot is storing a message now: the next client is refused.
+            r_over, w_over = await asyncio.open_connection(host, port)
+            assert await asyncio.wait_for(r_over.read(), 30) == b""
+            assert _rejected(metrics, "max_connections") == 1
+            for index, (reader, name) in enumerate(
+                [(r_busy, "busy"), (r_new, "new"), (r_next, "next")]
+            ):
+                buffer.sync(index)
+                assert await _ack(reader) == name
+            for writer in (w_stalled, w_idle, w_busy, w_new, w_next, w_over):
+                writer.close()
+        finally:
+            await server.stop(grace=5)
+
+    _run(scenario())
+
+
+def _idlers(server: ForwardServer) -> list[Any]:
+    return [c for c in server._conns.values() if c.partial_since is None and c.fed == 0]
+
+
+def test_a_connection_is_not_closed_for_a_newcomer_before_it_has_been_quiet_a_while(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Connections quiet for less than EVICT_AFTER_SECONDS are not closed for newcomers (a
+    burst of reconnects must not churn each other out): the newcomers are refused, and the
+    WARNING about it is said once for the burst while the counter counts every refusal."""
+    monkeypatch.setattr(server_mod, "EVICT_AFTER_SECONDS", 3600.0)
+
+    async def scenario() -> None:
+        metrics = Metrics()
+        server = ForwardServer(HeldBuffer(), metrics, ServerLimits(max_connections=2))  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            holders = [await asyncio.open_connection(host, port) for _ in range(2)]
+            await _until(lambda: _open(server) == 2)
+            for _ in range(20):
+                reader, writer = await asyncio.open_connection(host, port)
+                assert await asyncio.wait_for(reader.read(), 30) == b""
+                writer.close()
+            assert _rejected(metrics, "max_connections") == 20
+            assert _rejected(metrics, "evicted") == 0
+            assert _open(server) == 2
+            for _, writer in holders:
+                writer.close()
+        finally:
+            await server.stop(grace=5)
+
+    caplog.set_level(logging.INFO, logger="logq.aggregator.server")
+    _run(scenario())
+    refusals = [r for r in caplog.records if "over --max-connections" in r.getMessage()]
+    assert len(refusals) == 1 and refusals[0].levelno == logging.WARNING
+    assert "counts them all" in refusals[0].getMessage()
+
+
+async def _handshake(host: str, port: int, key: str) -> tuple[Any, Any, Any]:
+    reader, writer = await asyncio.open_connection(host, port)
+    unpacker = wire.new_unpacker()
+    helo = None
+    while helo is None:
+        unpacker.feed(await reader.read(4096))
+        helo = next(unpacker, None)
+    writer.write(wire.encode_ping("client", b"salt", helo[1]["nonce"], key))
+    return reader, writer, unpacker
+
+
+async def _pong(reader: asyncio.StreamReader, unpacker: Any) -> Any:
+    while (obj := next(unpacker, None)) is None:
+        data = await asyncio.wait_for(reader.read(4096), 30)
+        if not data:
+            return "closed"
+        unpacker.feed(data)
+    return obj
+
+
+def test_a_failed_handshake_answers_late_without_holding_up_the_others(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrong key's PONG waits (doubling per recent failure from the address): while it does,
+    a client with the right key gets its PONG, and only the first failure is a WARNING."""
+    monkeypatch.setattr(server_mod, "AUTH_DELAY_SECONDS", 0.01)
+
+    async def scenario() -> None:
+        metrics = Metrics()
+        server = ForwardServer(HeldBuffer(), metrics, ServerLimits(), shared_key="k")  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            for _ in range(3):
+                reader, writer, unpacker = await _handshake(host, port, "guess")
+                assert (await _pong(reader, unpacker))[:2] == ["PONG", False]
+                writer.close()
+            assert server._auth_failures["127.0.0.1"][0] == 3
+            monkeypatch.setattr(server_mod, "AUTH_DELAY_SECONDS", 3600.0)
+            _, w_slow, _ = await _handshake(host, port, "guess")
+            await _until(lambda: server._auth_failures["127.0.0.1"][0] == 4)  # now waiting
+            r_ok, w_ok, u_ok = await _handshake(host, port, "k")
+            assert (await _pong(r_ok, u_ok))[:2] == ["PONG", True]
+            assert len(server._conns) == 2  # the guess still waits for its PONG
+            assert server._auth_failures.get("127.0.0.1") is None  # a success forgets them
+            assert _rejected(metrics, "auth_failed") == 3
+            for writer in (w_slow, w_ok):
+                writer.close()
+        finally:
+            await server.stop(grace=5)
+
+    caplog.set_level(logging.DEBUG, logger="logq.aggregator.server")
+    _run(scenario())
+    failed = [r for r in caplog.records if "shared_key mismatch" in r.getMessage()]
+    assert [r.levelno for r in failed] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+
+
+def test_the_delay_doubles_per_recent_failure_up_to_a_cap() -> None:
+    server = ForwardServer(HeldBuffer(), Metrics(), ServerLimits(), shared_key="k")  # type: ignore[arg-type]
+    delays = [server._auth_delay("10.0.0.1") for _ in range(7)]
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    assert server._auth_delay("10.0.0.2") == 0.5  # per address
