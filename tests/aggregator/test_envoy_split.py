@@ -216,10 +216,11 @@ def test_values_stay_aligned_with_the_lines_that_fit_the_plan() -> None:
         envoy_line(rid="rid-3"),
     ]
     assert '"GET ' in line
-    fit, values = envoy_split._values(pa.array(lines, pa.string()), plan)
+    fit, values, sure = envoy_split._values(pa.array(lines, pa.string()), plan)
     assert fit.tolist() == [True, False, False, True]
     assert values["request_id"].to_pylist() == ["rid-0", "rid-3"]
     assert all(len(v) == 2 for v in values.values())
+    assert sure.tolist() == [True, True]  # the checks vouch for both: no regex needed
 
 
 #: A path as Envoy logs it: any non-blank text, quotes included (scanners send them).
