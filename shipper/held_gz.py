@@ -44,11 +44,30 @@ def held_by_compressed(
     idents = [(copy, ident) for copy in copies if (ident := gzip_identity(copy)) is not None]
     found: list[tuple[str, FileState, list[Path]]] = []
     for key, state in vanished:
+        if _left_at_truncation(state):
+            continue
         fp = key.rsplit(":", 1)[-1]
         fits = [c for c, (cfp, size) in idents if cfp == fp and _past(size, state.offset)]
         if fits:
             found.append((key, state, fits))
     return found
+
+
+def _left_at_truncation(state: FileState) -> bool:
+    """Whether ``state`` is the entry a truncation in place left at offset 0 for the file's new
+    content (:attr:`FileState.left_at`, written only there), none of it acknowledged since.
+    The compressed copy beside it (logrotate ``copytruncate`` + ``compress``) holds the *old*
+    content, read and acknowledged under the entry before it, and shares its first line: taken
+    for a held file, it was read again from 0 under the new epoch's ``source_id`` and stored
+    twice (R5s19 #1). Only a restart before any of the new content is acknowledged meets it."""
+    return (
+        state.left_at is not None
+        and state.offset == 0
+        and state.acked == 0
+        and state.acked_to == 0
+        and not state.cuts
+        and not state.tail
+    )
 
 
 def _past(isize: int, offset: int) -> bool:

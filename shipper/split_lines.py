@@ -10,11 +10,14 @@ whole line again.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import TYPE_CHECKING
 
 from shipper.checkpoint import MAX_CUTS
 from shipper.cursor import Chunk, Cursor
+from shipper.fingerprint import fingerprint
+from shipper.held_gz import held_by_compressed
 from shipper.lines import Lines
 
 if TYPE_CHECKING:
@@ -237,13 +240,34 @@ class SplitLines:
         """A batch of ``cur`` up to ``resume`` is acknowledged: the held files whose last
         record it held are marked (see :meth:`_note_shipped`)."""
         keep: list[tuple[int, Cursor]] = []
+        marked = False
         for threshold, held in cur.ships:
             if threshold > resume:
                 keep.append((threshold, held))
             elif self.registry.get(held.key) is held.state and not held.state.shipped:
                 held.state.shipped = True
                 self.registry.put(held.key, held.state)
+                marked = True
         cur.ships = keep
+        if marked:
+            self._finish_shipped_gone()
+
+    def _finish_shipped_gone(self: Tailer) -> None:
+        """Forget the checkpoints of held files marked :attr:`~FileState.shipped` whose file
+        is gone from disk (the runtime's ``max-file`` deleted it): nothing in them is left to
+        read or to count, and a restart cannot read them again. An error loop (traces back to
+        back, no quiet point) otherwise kept one entry per rotation for as long as it lasted,
+        each rewritten at every save (R5s19 #2). A file still there keeps its entry: without
+        it a restart took it for a new file and read it again. So does one with a compressed
+        copy (Docker ``compress``, the kubelet): a restart reads it again for the head of a
+        record whose next lines are in the next file, and without it those lines were stored
+        as a record of their own. ``max-file`` deletes the copies too, so this stays bounded."""
+        for held in self._held:
+            state = self.registry.get(held.key)
+            if state is not held.state or not state.shipped or not _gone_from_disk(held):
+                continue
+            if not held_by_compressed(self.spec.path, [(held.key, state)]):
+                self.registry.finish(held.key, held.read_pos, "")
 
     def _split_waits(self: Tailer, head: Cursor) -> bool:
         """``head`` (rotated away, read to its end) holds the first parts of a split line and
@@ -275,3 +299,35 @@ class SplitLines:
             if held.closed and held.outstanding == 0:
                 self.registry.finish(held.key, held.read_pos, "")
         cur.frees = keep
+
+
+def _gone_from_disk(held: Cursor) -> bool:
+    """Whether no file in ``held``'s folder is ``held``'s file: none has its device and inode,
+    or the one that has (the inode reused by a new file, as file systems do at once) starts
+    with another first line. Anything that cannot be looked at may still be it: False."""
+    folder = held.path.parent
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    for name in names:
+        try:
+            st = os.stat(folder / name)
+            if (st.st_dev, st.st_ino) != (held.dev, held.ino):
+                continue
+            fd = os.open(folder / name, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False
+        try:
+            fp = fingerprint(fd)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        if fp is None or fp == held.fp:
+            return False
+    return True
