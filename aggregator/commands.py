@@ -19,6 +19,8 @@ from aggregator.config import ConfigError, add_serve_flags, load_settings
 from aggregator.decode import tune_gc
 from aggregator.envoy import FormatError
 from aggregator.memory import tune_memory
+from aggregator.metrics import MAX_METRICS_CONNECTIONS
+from aggregator.open_files import check_open_files_limit, quiet_accept_errors
 from aggregator.service import Aggregator
 from athena.warehouse import WarehouseError
 
@@ -60,6 +62,8 @@ def serve(argv: list[str], drain: bool = False) -> int:
                 "node-id file); pass the --buffer-dir of the aggregator to write out"
             )
         logs.setup(settings.log_level)
+        quiet_accept_errors()
+        check_open_files_limit(0 if drain else settings.max_connections, MAX_METRICS_CONNECTIONS)
         aggregator = Aggregator(settings)
     except (ConfigError, WarehouseError, FormatError, OSError) as exc:
         print(f"logq-aggregator: {exc}", file=sys.stderr)

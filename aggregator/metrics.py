@@ -27,6 +27,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import socket
+import struct
 import time
 from collections.abc import Iterable
 
@@ -78,6 +80,14 @@ _SWEEP_SECONDS = 60.0
 #: Names (services, tags) remembered by :meth:`Metrics.messages_received` before it starts
 #: again: bounded, as tags can carry container ids while their service stays the same.
 _SERVICE_KEYS_MAX = 10_000
+#: Services with their own series at most. Any sender picks its service names: 20,000 of them
+#: in one burst made /metrics 22 MB (6 series each), seconds to render and to scrape, and as
+#: many series in Prometheus. A service first seen past this many counts under
+#: :data:`OTHER_SERVICE` until an idle one's series are swept (its rows are stored as usual).
+MAX_SERVICE_SERIES = 2_000
+#: The ``service`` label of the services past :data:`MAX_SERVICE_SERIES`: never a stored
+#: service's name, as :func:`athena.schema.sanitize_service` strips leading underscores.
+OTHER_SERVICE = "_other_"
 
 
 class Metrics:
@@ -215,6 +225,12 @@ class Metrics:
             "Compaction passes that failed, in part (see ..._failed_partitions) or whole",
             registry=r,
         )
+        self.metrics_connections_refused = Counter(
+            "logq_aggregator_metrics_connections_refused_total",
+            "Connections to --metrics-listen closed unanswered: that many were open already "
+            "(scrapers that do not read their replies, or too many at once)",
+            registry=r,
+        )
         self.disk_free = Gauge(
             "logq_aggregator_buffer_disk_free_bytes",
             "Free bytes on the --buffer-dir volume (below the reserve, appends wait)",
@@ -225,6 +241,10 @@ class Metrics:
         for outcome in ABANDONED_OUTCOMES:
             self.abandoned.labels(outcome)
         self._service_seen: dict[str, float] = {}
+        """Services with their own series (and :data:`OTHER_SERVICE` once used) -> when they
+        last had rows (monotonic)."""
+        self._series_capped = False
+        """Whether the cap on services with series was reported (once per process)."""
         self._service_keys: set[str] = set()
         """What decided the services of received messages whose series exist (emptied by a
         sweep that removes series): :meth:`messages_received` skips such messages."""
@@ -245,7 +265,8 @@ class Metrics:
     def services_seen(self, services: Iterable[str], now: float | None = None) -> None:
         """Services with rows: their series exist from then on, at 0 until the first failure
         (an alert on increase() needs that first sample); the series of services without rows
-        for :data:`SERVICE_SERIES_IDLE_SECONDS` are removed.
+        for :data:`SERVICE_SERIES_IDLE_SECONDS` are removed. Past :data:`MAX_SERVICE_SERIES`
+        services, new ones share :data:`OTHER_SERVICE`'s (count with :meth:`series_label`).
 
         Called as each message is received (:meth:`messages_received`) and again by the flush
         that counts its rows: a scrape between the two serves the 0. A first message whose
@@ -253,13 +274,8 @@ class Metrics:
         (the alert rules of docs/operations.md also fire on a series born above 0)."""
         now = time.monotonic() if now is None else now
         for service in services:
-            if service not in self._service_seen:
-                self.parse_failures.labels(service)
-                self.times_replaced.labels(service)
-                for table in TABLES:
-                    self.rows_outside_projection.labels(table, service)
-                    self.rows_written.labels(table, service)
-            self._service_seen[service] = now
+            label = service if service in self._service_seen else self._admit(service)
+            self._service_seen[label] = now
         if self._swept_at is None:
             self._swept_at = now
         if now - self._swept_at < _SWEEP_SECONDS:
@@ -278,6 +294,40 @@ class Metrics:
             ):
                 with contextlib.suppress(KeyError):  # never created (no rows of that table)
                     metric.remove(*labels)
+
+    def series_label(self, service: str) -> str:
+        """The ``service`` label that counts ``service``'s rows: its own name once
+        :meth:`services_seen` gave it series, else :data:`OTHER_SERVICE` (past the cap)."""
+        return service if service in self._service_seen else OTHER_SERVICE
+
+    def _admit(self, service: str) -> str:
+        """The label of a service new to the series: itself while fewer than
+        :data:`MAX_SERVICE_SERIES` services have series, else :data:`OTHER_SERVICE` (said once).
+        Its series are created at 0 either way (an alert on increase() needs that sample)."""
+        own = len(self._service_seen) - (OTHER_SERVICE in self._service_seen)
+        label = service
+        if own >= MAX_SERVICE_SERIES:
+            label = OTHER_SERVICE
+            if not self._series_capped:
+                self._series_capped = True
+                log.warning(
+                    "more than %d services have rows: the rows of new ones are counted under "
+                    'service="%s" in the per-service metrics (their rows are stored as usual); '
+                    "a sender that puts ids in its service names (or tags) does this: fix its "
+                    "service label. Said once; a service gets its own series again once others "
+                    "had no rows for %d h",
+                    MAX_SERVICE_SERIES,
+                    OTHER_SERVICE,
+                    SERVICE_SERIES_IDLE_SECONDS // 3600,
+                )
+            if OTHER_SERVICE in self._service_seen:
+                return label
+        self.parse_failures.labels(label)
+        self.times_replaced.labels(label)
+        for table in TABLES:
+            self.rows_outside_projection.labels(table, label)
+            self.rows_written.labels(table, label)
+        return label
 
     def messages_received(self, batch: pa.RecordBatch) -> None:
         """A received message's services (:meth:`services_seen`): their series are created
@@ -304,9 +354,10 @@ class Metrics:
         (sanitised) service; say so once per service, with the time as it was sent, which
         is not kept (:data:`aggregator.decode.OnReplacedTimes`)."""
         services = service_column(pa.Table.from_batches([rows]))
+        self.services_seen(services.dictionary.to_pylist())
         for item in pc.value_counts(services).to_pylist():
             service, count = str(item["values"]), int(item["counts"])
-            self.times_replaced.labels(service).inc(count)
+            self.times_replaced.labels(self.series_label(service)).inc(count)
             if not self._times_warnings.due(service, time.time()):
                 continue
             log.warning(
@@ -362,14 +413,39 @@ def _deciding_names(batch: pa.RecordBatch) -> list[str] | None:
     return None
 
 
+#: Connections of the metrics port served at once (a scraper or two and health checks are the
+#: normal load); more are closed at once and counted. Each one may hold a rendered page until its
+#: client reads it: 15 scrapers that never read held 600 MB, and the port had no limit.
+MAX_METRICS_CONNECTIONS = 16
+#: Seconds a reply may wait for its client to read it before the connection is dropped (with the
+#: reply: a client that does not read must not keep a page in memory for as long as it likes).
+WRITE_TIMEOUT_SECONDS = 10.0
+#: Seconds a client has to send its request's head.
+REQUEST_TIMEOUT_SECONDS = 10.0
+#: Seconds between two WARNINGs about metrics connections closed over the limit.
+_REFUSED_WARNING_SECONDS = 60.0
+
+
 class MetricsServer:
-    """``GET /metrics`` and ``GET /healthz`` over HTTP/1.1 on an asyncio server."""
+    """``GET /metrics`` and ``GET /healthz`` over HTTP/1.1 on an asyncio server.
+
+    It shares the event loop that serves Forward connections, so nothing it does may hold that
+    loop: the page is rendered in a worker thread (one render shared by the scrapes that arrive
+    meanwhile), a reply waits at most :data:`WRITE_TIMEOUT_SECONDS` for its client to read it,
+    and at most :data:`MAX_METRICS_CONNECTIONS` are open at once."""
 
     def __init__(self, metrics: Metrics, host: str, port: int):
         self.metrics = metrics
         self.host = host
         self.port = port
         self._server: asyncio.base_events.Server | None = None
+        self._open = 0
+        """Connections being served."""
+        self._refused = 0
+        """Connections closed over the limit since the last WARNING about them."""
+        self._refused_warnings = Throttle(_REFUSED_WARNING_SECONDS)
+        self._rendering: asyncio.Future[bytes] | None = None
+        """The page being rendered in a worker thread, while one is."""
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._handle, self.host, self.port)
@@ -381,27 +457,104 @@ class MetricsServer:
             self._server.close()
             await self._server.wait_closed()
 
+    @property
+    def open_connections(self) -> int:
+        """Connections being served (at most :data:`MAX_METRICS_CONNECTIONS`)."""
+        return self._open
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._open >= MAX_METRICS_CONNECTIONS:
+            self._refuse(writer)
+            return
+        self._open += 1
         try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+            await self._serve(reader, writer)
+        finally:
+            self._open -= 1
+
+    def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        """Close a connection over :data:`MAX_METRICS_CONNECTIONS` unread; count it, and say so
+        at most every :data:`_REFUSED_WARNING_SECONDS`."""
+        _reset(writer)
+        self.metrics.metrics_connections_refused.inc()
+        self._refused += 1
+        if not self._refused_warnings.due("refused", time.time()):
+            return
+        log.warning(
+            "closed %d metrics connection(s) unanswered: %d were open already (the limit); "
+            "scrapers that do not read their replies, or too many at once, hold them: check "
+            "what connects to --metrics-listen (logq_aggregator_metrics_connections_refused_total "
+            "counts them) peer=%s",
+            self._refused,
+            MAX_METRICS_CONNECTIONS,
+            _peer(writer),
+        )
+        self._refused = 0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answer one request, then close; a client too slow to send or to read is dropped."""
+        # drain() returns only once the whole reply is with the kernel: close() then frees it.
+        writer.transport.set_write_buffer_limits(high=0)
+        answered = False
+        try:
+            request = await asyncio.wait_for(
+                reader.readuntil(b"\r\n\r\n"), timeout=REQUEST_TIMEOUT_SECONDS
+            )
             line = request.split(b"\r\n", 1)[0].decode("latin-1").split()
             path = line[1].split("?", 1)[0] if len(line) >= 2 else "/"
-            if path == "/metrics":
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self.metrics.render()
-            elif path == "/healthz":
-                problem = self.metrics.problem()
-                status = "200 OK" if problem is None else "503 Service Unavailable"
-                ctype = "text/plain; charset=utf-8"
-                body = b"ok\n" if problem is None else f"{problem}\n".encode()
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"try /metrics or /healthz\n"
+            status, ctype, body = await self._reply(path)
             head = (
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
             )
             writer.write(head.encode("latin-1") + body)
-            await writer.drain()
+            await asyncio.wait_for(writer.drain(), timeout=WRITE_TIMEOUT_SECONDS)
+            answered = True
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
             pass
         finally:
-            writer.close()
+            if answered:
+                writer.close()
+            else:
+                _reset(writer)
+
+    async def _reply(self, path: str) -> tuple[str, str, bytes]:
+        """Status, content type and body for ``path``."""
+        if path == "/metrics":
+            return "200 OK", CONTENT_TYPE_LATEST, await self._page()
+        if path == "/healthz":
+            problem = self.metrics.problem()
+            if problem is None:
+                return "200 OK", "text/plain; charset=utf-8", b"ok\n"
+            return "503 Service Unavailable", "text/plain; charset=utf-8", f"{problem}\n".encode()
+        return "404 Not Found", "text/plain", b"try /metrics or /healthz\n"
+
+    async def _page(self) -> bytes:
+        """The /metrics page, rendered in a worker thread: a large one takes a while, and the
+        event loop meanwhile keeps reading and acking Forward messages. Scrapes that arrive
+        during a render share it (one render at a time, however many scrapers)."""
+        if self._rendering is None:
+            self._rendering = asyncio.ensure_future(asyncio.to_thread(self.metrics.render))
+            self._rendering.add_done_callback(self._rendered)
+        return await asyncio.shield(self._rendering)
+
+    def _rendered(self, _: asyncio.Future[bytes]) -> None:
+        self._rendering = None
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close a connection and drop what it has not sent: a reset (SO_LINGER 0), as the
+    kernel's send buffer (up to 4 MB) would otherwise wait for a client that does not read,
+    just as close() would keep the rest of the reply in memory."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)

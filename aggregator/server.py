@@ -48,6 +48,7 @@ from aggregator.chunks import RecentChunks, chunk_key, frame_payload
 from aggregator.decode import BAD_ENTRY_MARKER, decode, has_chunk
 from aggregator.inflight import InflightBytes, Share
 from aggregator.metrics import Metrics
+from aggregator.open_files import fd_limit_hint
 from aggregator.throttle import Throttle
 from shipper import wire
 
@@ -1153,6 +1154,13 @@ def _json_messages(pending: bytes, unfinished: bool = True) -> tuple[list[Any], 
             raise ConnectionClosed(
                 f"not the Forward protocol: bad JSON message ({exc.msg})", "protocol_error"
             ) from None
+        except ValueError as exc:  # an integer of over 4,300 digits (sys.get_int_max_str_digits)
+            raise ConnectionClosed(
+                # Not its advice to call sys.set_int_max_str_digits(): the sender is wrong.
+                f"not the Forward protocol: a JSON value that cannot be read "
+                f"({str(exc).split(';')[0]})",
+                "protocol_error",
+            ) from None
         out.append(obj)
 
 
@@ -1184,9 +1192,10 @@ def bad_entries_counter(registry: CollectorRegistry) -> Counter:
 
 
 def _buffer_error(exc: BaseException) -> ConnectionClosed:
+    todo = fd_limit_hint(exc) or "free space under --buffer-dir"
     return ConnectionClosed(
         f"could not write to the buffer ({exc}); nothing after this was acknowledged and the "
-        "client will resend it: free space under --buffer-dir",
+        f"client will resend it: {todo}",
         "buffer_error",
     )
 

@@ -50,6 +50,7 @@ from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, compile_format
 from aggregator.flusher import Flusher, FlushResult
 from aggregator.ledger import Committed, Ledger
 from aggregator.metrics import Metrics, MetricsServer
+from aggregator.open_files import fd_limit_hint
 from aggregator.parse_warnings import ParseFailureWarnings
 from aggregator.server import ForwardServer, ServerLimits, tls_context
 from aggregator.throttle import Throttle
@@ -714,9 +715,9 @@ class Aggregator:
             if m.buffer_error != error:
                 log.error(
                     "buffer segment not sealed or opened: %s; what is sealed is flushed, the "
-                    "next seal tries again and new data waits until one opens (free space on "
-                    "that volume if it is full)",
+                    "next seal tries again and new data waits until one opens (%s)",
                     error,
+                    fd_limit_hint(exc) or "free space on that volume if it is full",
                 )
             m.buffer_error = error
             if m.buffer_failing_since is None:
@@ -1001,14 +1002,14 @@ class Aggregator:
             {*result.services, *result.parse_failures, *(f.service for f in result.files)}
         )
         for f in result.files:
-            m.rows_written.labels(f.table, f.service).inc(f.rows)
+            m.rows_written.labels(f.table, m.series_label(f.service)).inc(f.rows)
         for service, count in result.parse_failures.items():
-            m.parse_failures.labels(service).inc(count)
+            m.parse_failures.labels(m.series_label(service)).inc(count)
         now = time.time()
         self._parse_warnings.note(result.parse_failures, result.unparsed_samples, now)
         for f in result.files:
             if outside_projection(f.dt, now):
-                m.rows_outside_projection.labels(f.table, f.service).inc(f.rows)
+                m.rows_outside_projection.labels(f.table, m.series_label(f.service)).inc(f.rows)
                 self._warn_clock(f.table, f.service, f.dt, now)
 
     def _warn_clock(self, table: str, service: str, dt: str, now: float) -> None:

@@ -65,6 +65,7 @@ with deferred_interrupts("logq-shipper"):
     from shipper.inotify import DirectoryWatcher, FileWatcher, directories_to_watch
     from shipper.logs import setup_logging
     from shipper.metrics import Metrics
+    from shipper.open_files import raise_open_files_limit as raise_limit
     from shipper.removed import count_removed
     from shipper.sender import ForwardClient, tls_context
     from shipper.source import SourceRunner, Window
@@ -744,41 +745,9 @@ def _glob_dir(pattern: str) -> str:
 
 
 def raise_open_files_limit() -> int | None:
-    """Raise the soft limit on open files to the hard limit; returns the soft limit now.
-
-    systemd and most container runtimes start services with a soft limit of 1024: a host with
-    hundreds of containers, whose rotated files the shipper holds open while an aggregator is
-    down, reaches it, and then neither sockets nor folders can be opened. The hard limit is
-    the administrator's ceiling; going up to it is what every Go program (dockerd, containerd,
-    Promtail) has done at start-up since Go 1.19.
-    """
-    try:
-        import resource
-    except ImportError:  # not a Unix system
-        return None
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    inf = resource.RLIM_INFINITY
-    shown = "unlimited" if hard == inf else str(hard)
-    target = _nr_open() if hard == inf else hard
-    if soft == inf or soft >= target:
-        log.info("open files limit soft=%s hard=%s", "unlimited" if soft == inf else soft, shown)
-        return soft
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError) as exc:
-        log.warning("cannot raise the open files limit soft=%d hard=%s error=%s", soft, shown, exc)
-        return soft
-    log.info("open files limit raised soft=%d was=%d hard=%s", target, soft, shown)
-    return target
-
-
-def _nr_open() -> int:
-    """The kernel's ceiling on a process's open files (RLIM_INFINITY is refused)."""
-    try:
-        with open("/proc/sys/fs/nr_open") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 1 << 20
+    """Raise the soft limit on open files to the hard limit (:mod:`shipper.open_files`); returns
+    the soft limit now (None: unlimited)."""
+    return raise_limit(log)[1]
 
 
 def _tls(cfg: Config) -> ssl.SSLContext | None:

@@ -266,6 +266,25 @@ def test_json_text_nested_too_deeply_closes_as_a_protocol_error() -> None:
     assert info.value.label == "protocol_error"
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '["t", ' + "9" * 5000 + ', {"log": "a time of 5,000 digits"}, {"chunk": "c"}]',
+        '["t", 1, {"log": "a value of 5,000 digits", "n": ' + "9" * 5000 + '}, {"chunk": "c"}]',
+    ],
+)
+@pytest.mark.parametrize("unfinished", [True, False])
+def test_a_json_integer_too_long_for_python_closes_as_a_protocol_error(
+    text: str, unfinished: bool
+) -> None:
+    """Python refuses to read an integer of over 4,300 digits (a ValueError, not a
+    JSONDecodeError): hostile input, closed with a reason, not an internal error."""
+    with pytest.raises(ConnectionClosed, match="JSON value that cannot be read") as info:
+        _json_messages(text.encode(), unfinished=unfinished)
+    assert info.value.label == "protocol_error"
+    assert "4300" in str(info.value) and "set_int_max_str_digits" not in str(info.value)
+
+
 _TRICKY_JSON = [
     json.dumps(["t", 1, {"log": 'a "quoted" ] } [ { \\ back\\slash \\"', "k": [[], {}]}]),
     json.dumps(["t", [[1, {"log": "\\\\"}], [2, {"log": "ü ] \\u00e9 \\n"}]], {"chunk": "c"}]),

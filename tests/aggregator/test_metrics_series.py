@@ -100,3 +100,44 @@ def test_the_names_remembered_for_received_messages_stay_bounded(
         m.messages_received(_message(None, tag=f"kube.c{container:04d}.log"))
     assert len(m._service_keys) <= 50
     assert services_in(m) == {"log"}
+
+
+def test_services_past_the_cap_share_one_series(caplog: pytest.LogCaptureFixture) -> None:
+    """20,000 service names from one sender made /metrics 22 MB: past MAX_SERVICE_SERIES
+    services, new ones count under OTHER_SERVICE (said once), and get their own series again
+    once idle ones are swept."""
+    m = Metrics()
+    cap = metrics_mod.MAX_SERVICE_SERIES
+    names = [f"svc-{i}" for i in range(cap + 500)]
+    with caplog.at_level("WARNING", logger="logq.aggregator.metrics"):
+        m.services_seen(names, now=1_000.0)
+        m.services_seen(names, now=1_010.0)  # a second flush of the same services
+    assert services_in(m) == {*names[:cap], metrics_mod.OTHER_SERVICE}
+    assert caplog.text.count("the rows of new ones are counted under") == 1
+    page = m.render()
+    assert len(page) < 3 * 1024 * 1024, "about 2 MB at the cap (22 MB for 20,000 services)"
+
+    # Counted where the flush counts them (aggregator/service.py _record).
+    for name in (names[0], names[cap], names[-1]):
+        m.rows_written.labels("container_logs", m.series_label(name)).inc(2)
+    text = m.render().decode()
+    assert 'rows_written_total{service="svc-0",table="container_logs"} 2.0' in text
+    assert 'rows_written_total{service="_other_",table="container_logs"} 4.0' in text
+
+    # A day later the first services are idle and swept: the services past the cap get their
+    # own series from their next rows on.
+    later = 1_000.0 + SERVICE_SERIES_IDLE_SECONDS + 120
+    m.services_seen(names[cap:], now=later)
+    assert names[0] not in services_in(m)
+    m.services_seen(names[cap:], now=later + 10)
+    assert services_in(m) == {*names[cap:], metrics_mod.OTHER_SERVICE}
+    assert m.series_label(names[-1]) == names[-1]
+
+
+def test_replaced_event_times_of_a_service_past_the_cap_count_under_the_shared_series() -> None:
+    m = Metrics()
+    m.services_seen([f"svc-{i}" for i in range(metrics_mod.MAX_SERVICE_SERIES)], now=1_000.0)
+    m.event_times_replaced(_message("one-too-many"), "nil")
+    text = m.render().decode()
+    assert 'event_times_replaced_total{service="_other_"} 1.0' in text
+    assert "one-too-many" not in text
