@@ -3,7 +3,7 @@
 Only an unfiltered ``GET /metrics`` does (:func:`shipper.metrics.is_scrape`): anything else
 answered -- another path (a probe, a browser's ``/favicon.ico``, ``/``), the health paths -- may
 not have been Prometheus, and released by it, Prometheus' first scrape saw the series born at 1.
-The filtered ``?name[]=`` case is R2s19's ``test_metrics_filtered_scrape.py``.
+A filtered ``?name[]=`` request, which does not show the series, keeps it held too (R2s19).
 """
 
 from __future__ import annotations
@@ -54,3 +54,16 @@ def test_other_paths_keep_the_loss_held(served: tuple[Metrics, int], target: str
 )
 def test_is_scrape(target: str, scrape: bool) -> None:
     assert is_scrape(target) is scrape
+
+
+def test_a_request_that_did_not_show_the_series_keeps_the_loss_held(
+    served: tuple[Metrics, int],
+) -> None:
+    metrics, port = served
+    metrics.count_loss("gone", "removed_while_down")
+    request_path = "/metrics?name[]=logq_shipper_file_watches_refused_total"
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{request_path}", timeout=10) as resp:
+        body = resp.read().decode()
+    assert 'logq_shipper_files_lost_total{reason="removed_while_down",service="gone"}' not in body
+    # Prometheus' first scrape of this target must still see the series at 0.
+    assert [scrape_lost(port, "gone", "removed_while_down") for _ in range(2)] == [0.0, 1.0]
