@@ -175,6 +175,15 @@ class Metrics:
             ["table", "service"],
             registry=r,
         )
+        self.bad_entries = Counter(
+            "logq_aggregator_bad_entries_total",
+            "Entries of Forward messages that are not [time, record] (reason: record_not_map, "
+            "entry_not_time_record, bad_time), each stored in container_logs as a row whose "
+            "line starts with '[logq: bad Forward entry'; the other entries of their messages "
+            "are stored and acked",
+            ["reason"],
+            registry=r,
+        )
         self.times_replaced = Counter(
             "logq_aggregator_event_times_replaced_total",
             "Events whose time could not be kept as sent (nil, a string, 0, NaN, infinite, "

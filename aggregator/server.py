@@ -35,13 +35,11 @@ import socket
 import ssl
 import struct
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-from prometheus_client import CollectorRegistry, Counter
 
 from aggregator.buffer import Buffer
 from aggregator.chunks import RecentChunks, chunk_key, frame_payload
@@ -216,7 +214,6 @@ class ForwardServer:
         """Bytes of messages read and not yet durable, all connections together."""
         metrics.inflight_bytes.set_function(lambda: self.inflight.used)
         metrics.inflight_waiting.set_function(lambda: self.inflight.waiting)
-        self.bad_entries = bad_entries_counter(metrics.registry)
         self._warnings = Throttle(WARN_EVERY_SECONDS)
         """Keys of the rate-limited WARNINGs (refusals, failed handshakes, bad entries)."""
         self._auth_failures: dict[str, tuple[int, float]] = {}
@@ -701,7 +698,7 @@ class ForwardServer:
         :func:`aggregator.decode.bad_entry_line`) and say so, once per tag and reason every
         WARN_EVERY_SECONDS."""
         for reason, count in reasons.items():
-            self.bad_entries.labels(reason).inc(count)
+            self.metrics.bad_entries.labels(reason).inc(count)
             if self._warnings.due(("bad_entry", tag, reason), time.time()):
                 log.warning(
                     "bad Forward entries (%s) stored as rows whose line starts with %r, with "
@@ -1166,29 +1163,6 @@ def _json_messages(pending: bytes, unfinished: bool = True) -> tuple[list[Any], 
 
 def _json_ack(chunk: str) -> bytes:
     return json.dumps({"ack": chunk}).encode("utf-8")
-
-
-_BAD_ENTRY_COUNTERS: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def bad_entries_counter(registry: CollectorRegistry) -> Counter:
-    """``logq_aggregator_bad_entries_total{reason}`` in ``registry`` (one per registry: servers
-    sharing a :class:`Metrics` share it)."""
-    counter = _BAD_ENTRY_COUNTERS.get(registry)
-    if counter is None:
-        counter = Counter(
-            "logq_aggregator_bad_entries_total",
-            "Entries of Forward messages that are not [time, record] (reason: record_not_map, "
-            "entry_not_time_record, bad_time), each stored in container_logs as a row whose "
-            "line starts with '[logq: bad Forward entry'; the other entries of their messages "
-            "are stored and acked",
-            ["reason"],
-            registry=registry,
-        )
-        _BAD_ENTRY_COUNTERS[registry] = counter
-    return counter
 
 
 def _buffer_error(exc: BaseException) -> ConnectionClosed:
