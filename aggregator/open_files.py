@@ -21,6 +21,7 @@ import re
 import time
 from collections.abc import Callable
 
+from aggregator.throttle import Throttle
 from shipper.open_files import raise_open_files_limit
 
 log = logging.getLogger("logq.aggregator.open_files")
@@ -105,8 +106,8 @@ class AcceptErrorFilter(logging.Filter):
         super().__init__()
         self.seconds = seconds
         self._clock = clock
-        self._last: dict[str, float] = {}
-        """Listener -> when its last line was let through."""
+        self._lines = Throttle(seconds)
+        """Which listeners may log a line now."""
         self._held: dict[str, int] = {}
         """Listener -> lines held back since then."""
 
@@ -114,12 +115,9 @@ class AcceptErrorFilter(logging.Filter):
         if not isinstance(record.msg, str) or not record.msg.startswith(_ACCEPT_ERROR):
             return True
         listener = _listener(record.msg)
-        now = self._clock()
-        last = self._last.get(listener)
-        if last is not None and now - last < self.seconds:
+        if not self._lines.due(listener, self._clock()):
             self._held[listener] = self._held.get(listener, 0) + 1
             return False
-        self._last[listener] = now
         held = self._held.pop(listener, 0)
         exc = record.exc_info[1] if record.exc_info else None
         hint = (fd_limit_hint(exc) if exc is not None else None) or "see the error"
