@@ -112,21 +112,27 @@ def _gone(key: str, path: Path) -> bool:
     except ValueError:
         return False
     try:
-        names = os.listdir(path.parent)
-    except FileNotFoundError:
-        return True
+        return inode_in_folder(path.parent, dev, ino) is None
     except OSError:
         return False
+
+
+def inode_in_folder(folder: Path, dev: int, ino: int) -> Path | None:
+    """The file of ``folder`` with device ``dev`` and inode ``ino``; None when there is none
+    (or no such folder: ENOENT is the only proof). Raises OSError when the folder or one of
+    its files cannot be looked at: it may be there."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return None
     for name in names:
         try:
-            st = os.stat(path.parent / name)
+            st = os.stat(folder / name)
         except FileNotFoundError:
             continue
-        except OSError:
-            return False
         if (st.st_dev, st.st_ino) == (dev, ino):
-            return False
-    return True
+            return folder / name
+    return None
 
 
 def _guessed(source: str, nodes: tuple[str, ...]) -> Described:

@@ -19,6 +19,7 @@ from shipper.cursor import Chunk, Cursor
 from shipper.fingerprint import fingerprint
 from shipper.held_gz import held_by_compressed
 from shipper.lines import Lines
+from shipper.removed import inode_in_folder
 
 if TYPE_CHECKING:
     from shipper.tailer import Tailer
@@ -305,29 +306,19 @@ def _gone_from_disk(held: Cursor) -> bool:
     """Whether no file in ``held``'s folder is ``held``'s file: none has its device and inode,
     or the one that has (the inode reused by a new file, as file systems do at once) starts
     with another first line. Anything that cannot be looked at may still be it: False."""
-    folder = held.path.parent
     try:
-        names = os.listdir(folder)
+        path = inode_in_folder(held.path.parent, held.dev, held.ino)
+        if path is None:
+            return True
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return True
     except OSError:
         return False
-    for name in names:
-        try:
-            st = os.stat(folder / name)
-            if (st.st_dev, st.st_ino) != (held.dev, held.ino):
-                continue
-            fd = os.open(folder / name, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return False
-        try:
-            fp = fingerprint(fd)
-        except OSError:
-            return False
-        finally:
-            os.close(fd)
-        if fp is None or fp == held.fp:
-            return False
-    return True
+    try:
+        fp = fingerprint(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return fp is not None and fp != held.fp
