@@ -9,7 +9,10 @@ first try :mod:`.packed_scan` (a logq-shipper blob read column-wise from its byt
 then :mod:`.packed` (msgspec). Anything unusual (float times, values of the wrong type,
 invalid UTF-8) falls back to the general path, :func:`shipper.wire.decode_message` plus
 per-record coercion, which accepts the same protocol; a message neither path accepts raises
-:class:`shipper.wire.ProtocolError`.
+:class:`shipper.wire.ProtocolError`. The coercion replaces invalid UTF-8 as Fluent Bit and Vector
+do (:func:`_lossy_text`), gives a service name that is not UTF-8 a folder of its own
+(:func:`_coerce_service`, :func:`_tag_service`) and reads keys sent as ``bin`` as keys
+(:func:`records_batch`).
 
 Garbage collection: decoding allocates millions of small dicts and strings; CPython's default
 collector thresholds make it rescan them over and over (measured: ~2x the decode time). The
@@ -22,6 +25,7 @@ import gc
 import json
 import math
 import operator
+import re
 import struct
 import time
 from collections.abc import Callable
@@ -32,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from aggregator import clientmeta, packed, packed_scan
+from athena.schema import sanitize_service
 from shipper import wire
 
 #: Keys of the records kept as columns (besides ``log``); low-cardinality ones dictionary-coded.
@@ -95,12 +100,68 @@ def _ext_hook(code: int, data: bytes) -> Any:
     return msgpack.ExtType(code, data)
 
 
+#: Lone surrogates that are no byte escaped by msgpack's ``surrogateescape`` (U+DC80..U+DCFF):
+#: JSON-mode ``\ud800`` escapes, which stand for no byte.
+_UNESCAPED_SURROGATES = re.compile("[\ud800-\udc7f\udd00-\udfff]")
+
+
+def _lossy_text(value: str) -> str:
+    """``value`` as valid text, its invalid UTF-8 replaced as Fluent Bit and Vector replace it
+    (Rust's ``from_utf8_lossy``): one U+FFFD per invalid sequence, every other byte kept.
+
+    msgpack hands a ``str`` holding invalid UTF-8 over with each bad byte escaped as a lone
+    surrogate (``surrogateescape``): encoded back, they are the bytes as sent, which Python's
+    ``replace`` decoding then replaces per sequence, as it does for a ``bin`` value. (Replacing
+    the surrogates themselves gave a ``?`` per byte, the same as a real question mark.) Other
+    lone surrogates (JSON ``\\ud800``) stand for no byte: one U+FFFD each."""
+    if _encodable(value):
+        return value
+    sent = _UNESCAPED_SURROGATES.sub("\ufffd", value).encode("utf-8", "surrogateescape")
+    return sent.decode("utf-8", "replace")
+
+
+def _encodable(value: str) -> bool:
+    """Whether ``value`` is valid text (no lone surrogate), at no cost for ASCII (most values:
+    ``isascii`` is O(1) in CPython)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _text(value: Any) -> str:
     if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode("utf-8")
+        return _lossy_text(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
+
+
+def _invalid_as_sent(value: str | bytes) -> str | None:
+    """A text value that is not valid UTF-8 as a ``str`` holding its bytes as sent (bad bytes
+    as ``surrogateescape`` surrogates, as msgpack hands them over); None for valid text."""
+    if isinstance(value, bytes):
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value.decode("utf-8", "surrogateescape")
+        return None
+    return None if _encodable(value) else value
+
+
+def _coerce_service(value: Any) -> str | None:
+    """:func:`_coerce_str` of a ``service`` value; one that is not valid UTF-8 becomes its
+    partition value at once (:func:`athena.schema.sanitize_service`, which hashes its bytes as
+    sent): the buffer holds only valid text, and two names replaced to the same text would
+    land in one folder."""
+    if isinstance(value, str | bytes) and type(value) is not RawEventTime:
+        sent = _invalid_as_sent(value)
+        if sent is not None:
+            return sanitize_service(sent)
+    return _coerce_str(value)
 
 
 def _jsonable(value: Any) -> Any:
@@ -121,12 +182,22 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+class _BinKeyed(Exception):
+    """A record without a ``log`` whose keys came as ``bin`` (see :func:`records_batch`)."""
+
+
 def message_of(record: dict[str, Any]) -> str:
-    """The line of a record that has no ``log``: a usual message key, else the record as JSON."""
+    """The line of a record that has no ``log``: a usual message key, else the record as JSON.
+
+    Raises :class:`_BinKeyed` rather than store a record whose keys came as ``bin`` as JSON:
+    its ``b"log"`` is its line (looked for here, where the JSON costs far more, so that the
+    usual records pay nothing for it)."""
     for key in MESSAGE_KEYS:
         text = _coerce_str(record.get(key))
         if text is not None:
             return text
+    if bytes in set(map(type, record)):
+        raise _BinKeyed
     return json.dumps(_jsonable(record), ensure_ascii=False, sort_keys=True)
 
 
@@ -244,8 +315,17 @@ def records_batch(tag: str, times_ns: pa.Array, records: list[dict[str, Any]]) -
     """Columns of :data:`BUFFER_SCHEMA` from decoded records (fast path, then coercion).
 
     Records that lack a key logq-shipper always sends get it from other clients' metadata
-    (:mod:`.clientmeta`); a shipper's records take the one C-level pass only.
+    (:mod:`.clientmeta`); a shipper's records take the one C-level pass only. Records whose
+    keys came as ``bin`` (told by :func:`message_of`: they have no text ``log``) are read again
+    with their keys as text (:func:`_text_keyed`).
     """
+    try:
+        return _records_batch(tag, times_ns, records)
+    except _BinKeyed:
+        return _records_batch(tag, times_ns, _text_keyed(records))
+
+
+def _records_batch(tag: str, times_ns: pa.Array, records: list[dict[str, Any]]) -> pa.RecordBatch:
     n = len(records)
     try:  # every logq-shipper record has these keys: one C-level pass, then transpose
         values = list(zip(*map(_SHIPPER_KEYS, records), strict=True))
@@ -269,13 +349,25 @@ def records_batch(tag: str, times_ns: pa.Array, records: list[dict[str, Any]]) -
         columns = [pa.array([_text(v) for v in logs], pa.string())]
         for key in DICT_KEYS:
             column = _filled([r.get(key) for r in records], filled.get(key))
-            columns.append(pa.array([_coerce_str(v) for v in column], DICT_STRING))
+            coerce = _coerce_service if key == wire.KEY_SERVICE else _coerce_str
+            columns.append(pa.array([coerce(v) for v in column], DICT_STRING))
         columns.append(
             pa.array([_coerce_offset(r.get(wire.KEY_OFFSET)) for r in records], pa.int64())
         )
     return pa.RecordBatch.from_arrays(
         [_tag_array(tag, n), times_ns, *columns], schema=BUFFER_SCHEMA
     )
+
+
+def _text_keyed(records: list[dict[Any, Any]]) -> list[dict[Any, Any]]:
+    """``records`` with their ``bin`` keys read as text, as the general path reads them
+    (:func:`shipper.wire.decode_message`): ``{b"log": ...}`` from a client that sends its keys
+    as ``bin`` is a ``log``, not a record whose line is itself as JSON; likewise ``stream``,
+    ``service`` and every other key read."""
+    return [
+        {(k.decode("utf-8", "replace") if type(k) is bytes else k): v for k, v in r.items()}
+        for r in records
+    ]
 
 
 def _filled(column: Any, fills: dict[int, str] | None) -> Any:
@@ -442,11 +534,31 @@ def decode(
         # A record nested ~1000 deep is valid msgpack (and JSON) but overflows the recursive
         # conversion to JSON text: the message is refused like any other malformed one.
         raise wire.ProtocolError("a record nested too deeply to decode") from None
+    tag_service = _tag_service(obj[0])  # obj is a list with a tag: _decode refused others
+    if tag_service is not None:
+        batch = _with_service(batch, tag_service)
     if times is not None and times.replaced and on_replaced_times is not None:
         on_replaced_times(batch.take(pa.array(times.replaced, pa.int32())), times.example)
     if times is not None and times.bad and on_bad_entries is not None:
         on_bad_entries(batch.column("tag")[0].as_py(), times.bad)
     return batch, chunk
+
+
+def _tag_service(tag: str | bytes) -> str | None:
+    """The service of a tag that is not valid UTF-8 (the partition value of its last part,
+    hashed over its bytes as sent: see :func:`_coerce_service`), else None: the usual case,
+    where the tag's text in the buffer decides the service at flush
+    (:func:`aggregator.batch.service_column`)."""
+    sent = _invalid_as_sent(tag)
+    return None if sent is None else sanitize_service(sent.rpartition(".")[2])
+
+
+def _with_service(batch: pa.RecordBatch, service: str) -> pa.RecordBatch:
+    """``batch`` with ``service`` in the rows without one (NULL or empty: those that take the
+    tag's)."""
+    index = batch.schema.get_field_index(wire.KEY_SERVICE)
+    values = [value or service for value in batch.column(index).to_pylist()]
+    return batch.set_column(index, wire.KEY_SERVICE, pa.array(values, DICT_STRING))
 
 
 def _decode(

@@ -156,7 +156,8 @@ def sanitize_service(name: str | None) -> str:
 
     Lower-cased, accents folded, anything but ``[a-z0-9_.-]`` replaced by ``_``, runs of dots
     collapsed and dots stripped at the ends (no ``.`` / ``..`` segment), at most 128 characters;
-    a name with nothing printable left becomes ``svc-<hash>``. The same function runs in the writer
+    a name with nothing printable left becomes ``svc-<hash>`` (of its bytes as sent:
+    :func:`_name_bytes`). The same function runs in the writer
     and in the query engines, so ``--service Recipe`` finds what the writer stored.
     """
     if not name:
@@ -169,9 +170,22 @@ def sanitize_service(name: str | None) -> str:
     cleaned = cleaned[:MAX_SERVICE_LEN].strip("._-")
     if not cleaned:
         # Nothing printable survived (e.g. a name in another script): keep names apart by hash.
-        digest = hashlib.sha1(str(name).encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        digest = hashlib.sha1(_name_bytes(str(name))).hexdigest()[:10]
         cleaned = f"svc-{digest}"
     return cleaned
+
+
+def _name_bytes(name: str) -> bytes:
+    """The bytes a name was sent as, for its hash. A name that is not valid UTF-8 comes with
+    each bad byte escaped as a lone surrogate (U+DC80..U+DCFF: ``surrogateescape``, as msgpack,
+    the aggregator's decoder and Python's command line hand them over): encoded back, distinct
+    byte strings hash apart and a name typed to ``--service`` finds the folder its records
+    went to. Other lone surrogates (a JSON ``\\ud800``) stand for no byte: ``surrogatepass``,
+    as always. A valid name is its UTF-8 either way, so its folder never moves."""
+    try:
+        return name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogatepass")
 
 
 def parse_dt(value: str) -> datetime:
