@@ -31,13 +31,15 @@ import pyarrow.fs as pafs
 
 from aggregator.config import Settings
 from athena import ddl
-from athena.schema import TABLES, sanitize_service
+from athena.schema import TABLES
 from athena.warehouse import Warehouse
 
 log = logging.getLogger("logq.aggregator.catalog")
 
 DDL_DIR = "_ddl"
 _PARTITION_RE = re.compile(r"^service=(.+)$")
+#: The enum in a stored DDL file (names are sanitised: no quote, no comma inside one).
+_SERVICE_VALUES_RE = re.compile(r"'projection\.service\.values'\s*=\s*'([^']*)'")
 ATHENA_POLL_SECONDS = 0.2
 ATHENA_TIMEOUT_SECONDS = 120.0
 #: How long a DDL statement left to finish (:class:`StillRunning`) may be RUNNING before it is
@@ -134,20 +136,45 @@ class Catalog:
             return True
 
     def resync(self) -> bool:
-        """Rewrite the DDL if the warehouse holds services it lacks (written by peers after
-        our last rewrite); run periodically, it closes the race of two simultaneous rewrites."""
-        with self._lock:
-            known = set(self._applied)
+        """Rewrite the DDL if the warehouse holds services that the stored DDL lacks; run
+        periodically, it closes the race of two simultaneous rewrites.
+
+        The stored DDL (``_ddl/<table>.sql``), not what this process last wrote, is compared
+        with the listing: when two aggregators rewrite at once, the one whose listing missed
+        the other's new service may write last, and then only the stored DDL shows the gap.
+        That writer may be gone for good (scaled in) before its own resync, so every replica's
+        resync must be able to repair it.
+        """
         try:
             listed = self.listed()
+            stored = self.stored_services()
         except OSError as exc:
-            log.warning("cannot list services in %s: %s", self.warehouse.uri, exc)
+            log.warning("cannot read services or DDL in %s: %s", self.warehouse.uri, exc)
             return False
-        missing = listed - {sanitize_service(s) for s in known}
+        missing = listed - stored
         if not missing:
             return True
-        log.info("services written by other aggregators join the DDL: %s", sorted(missing))
+        log.info("the stored DDL lacks services found in the warehouse: %s", sorted(missing))
+        with self._lock:  # what the warehouse holds is what counts: rewrite even if we wrote it
+            self._applied = self._applied & stored
         return self.add_services(missing)
+
+    def stored_services(self) -> set[str]:
+        """The services in ``projection.service.values`` of every table's stored DDL (those
+        all of them hold; none when a table has no stored DDL yet). OSError: unreadable."""
+        held: set[str] | None = None
+        for table in TABLES:
+            try:
+                with self.warehouse.fs.open_input_stream(
+                    self.warehouse.path(DDL_DIR, f"{table}.sql")
+                ) as fh:
+                    text = fh.read().decode("utf-8", errors="replace")
+            except FileNotFoundError:
+                return set()
+            match = _SERVICE_VALUES_RE.search(text)
+            values = set(match.group(1).split(",")) if match else set()
+            held = values if held is None else held & values
+        return held or set()
 
     def statements(self) -> list[str]:
         return ddl.create_all(self.warehouse.uri, sorted(self.services))

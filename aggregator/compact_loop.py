@@ -24,6 +24,10 @@ log = logging.getLogger("logq.aggregator")
 
 #: How often a compaction pass under way reads the heartbeats again (see _hold_checker).
 HOLD_RECHECK_SECONDS = 30.0
+#: How often an aggregator without ``--compact-interval`` reads the heartbeats for
+#: ``logq_aggregator_peers_down`` (one LIST and a GET per aggregator): with compaction left to
+#: a CronJob, these gauges are the only place a peer that is down shows before the Job fails.
+PEER_CHECK_SECONDS = 300.0
 
 
 class PeriodicCompaction:
@@ -51,6 +55,7 @@ class PeriodicCompaction:
             await asyncio.sleep(interval)
             try:
                 beats = await asyncio.to_thread(read_heartbeats, self.warehouse)
+                self._count_down(beats)
                 hold = self._compaction_hold(beats)
                 if hold is not None:
                     level = logging.WARNING if hold.peer_down else logging.INFO
@@ -82,17 +87,39 @@ class PeriodicCompaction:
     async def _ledger_expiry_loop(self) -> None:
         """Without compaction nothing else deletes old ledger hours (``_ledger/`` would grow
         by an object per segment per node for ever): expire them hourly, under the rule that
-        guards compaction (:func:`aggregator.ledger.expire_unless_held`)."""
+        guards compaction (:func:`aggregator.ledger.expire_unless_held`). The peers that are
+        down are counted every :data:`PEER_CHECK_SECONDS` meanwhile."""
         from aggregator.ledger import EXPIRY_INTERVAL_S, expire_unless_held
 
+        expiry_due = time.monotonic() + EXPIRY_INTERVAL_S
         while True:
-            await asyncio.sleep(EXPIRY_INTERVAL_S)
+            await asyncio.sleep(max(0.0, min(PEER_CHECK_SECONDS, expiry_due - time.monotonic())))
+            await self._check_peers()
+            if time.monotonic() < expiry_due:
+                continue
+            expiry_due = time.monotonic() + EXPIRY_INTERVAL_S
             try:
                 await asyncio.to_thread(expire_unless_held, self.warehouse, self.ledger.node_id)
             except Exception as exc:
                 log.warning(
                     "ledger expiry failed (%s); it will run again in %.0fs", exc, EXPIRY_INTERVAL_S
                 )
+
+    async def _check_peers(self) -> None:
+        """``logq_aggregator_peers_down`` from the heartbeats now; a failed read leaves it as
+        it was (the next check tries again)."""
+        try:
+            beats = await asyncio.to_thread(read_heartbeats, self.warehouse)
+        except Exception as exc:
+            log.warning("cannot read the aggregators' heartbeats (%s); trying again later", exc)
+            return
+        self._count_down(beats)
+
+    def _count_down(self, beats: list[Heartbeat]) -> None:
+        """Set ``logq_aggregator_peers_down``: the other nodes whose heartbeat is stale."""
+        now = time.time()
+        down = [b for b in beats if b.node != self.ledger.node_id and b.stale(now)]
+        self.metrics.peers_down.set(len(down))
 
     def _compaction_hold(self, beats: list[Heartbeat] | None = None) -> CompactionHold | None:
         """What stops this node compacting now, from ``beats`` (read from the warehouse if

@@ -229,6 +229,13 @@ class Metrics:
             "a merge whose input deletes fail shows its rows twice on Athena until one succeeds",
             registry=r,
         )
+        self.peers_down = Gauge(
+            "logq_aggregator_peers_down",
+            "Aggregators whose heartbeat is stale, as this one last read them: stopped without "
+            "writing out their buffer (a crash, or a scale-in whose shutdown flush did not "
+            "finish). Compaction waits for each until it is restarted or drained",
+            registry=r,
+        )
         self.compaction_pass_failures = Counter(
             "logq_aggregator_compaction_pass_failures_total",
             "Compaction passes that failed, in part (see ..._failed_partitions) or whole",

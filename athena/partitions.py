@@ -10,7 +10,9 @@ the plan is the same as listing each folder in turn, only sooner.
 Reader rule shared with every writer: read every object ending in ``.parquet`` whose name does not
 start with ``_`` or ``.`` (writers expose only complete files under such names), except the inputs
 of a compaction merge whose complete output is already there (or a short output of one that is
-not): :mod:`athena.intents`, the rule compaction's own recovery applies.
+not): :mod:`athena.intents`, the rule compaction's own recovery applies. A listing that may
+have taken more than one request (S3 pages of 1,000 keys) is no snapshot, so it is listed again
+until two agree (:func:`_settled_listing`): a merge committed between two pages is never missed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
+    import pyarrow.fs as pafs
     from pyarrow.fs import FileInfo
 
     from athena.timerange import TimeRange
@@ -91,8 +94,66 @@ def list_files(wh: Warehouse, path: str, every_file: bool = False) -> tuple[Data
     ``every_file``, the inputs of an unfinished compaction too: Athena reads them)."""
     import pyarrow.fs as pafs
 
-    infos = wh.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    infos = _settled_listing(wh, pafs.FileSelector(path, allow_not_found=True))
     return _data_files(wh, path, [i for i in infos if i.type == pafs.FileType.File], every_file)
+
+
+#: Entries one S3 LIST request returns (AWS and SeaweedFS: 1,000). A longer listing took several
+#: requests, and is no snapshot: see :func:`_settled_listing`.
+S3_PAGE_ENTRIES = 1000
+#: The same for a local folder, which is read in chunks too (``getdents``, 32 KiB: about 500 of
+#: the writer's names); POSIX leaves a file added or removed during the read unspecified.
+LOCAL_PAGE_ENTRIES = 256
+#: Listings of one folder before :class:`ListingUnsettled`: a merge takes seconds to read and
+#: write its group, a listing of a few pages well under one, so the second almost always agrees.
+SETTLE_LISTINGS = 6
+
+
+class ListingUnsettled(OSError):
+    """A folder's listing kept changing under the reader (compaction merging it right then)."""
+
+
+def _settled_listing(wh: Warehouse, selector: pafs.FileSelector) -> list[FileInfo]:
+    """``wh.fs.get_file_info(selector)``, as of one moment as far as compaction is concerned.
+
+    A listing of more than one page is not a snapshot: a merge that commits between two page
+    requests, its output ``c-<id>`` on a page listed before it was written and its inputs on
+    one listed after they were deleted, is missed whole (rows missing, no error: the files
+    read are all there), and one whose inputs are listed but not its intent is read twice. So
+    a listing that may have taken several pages is taken only when the next one agrees with it
+    (:func:`_agrees`); otherwise the next one is checked the same way.
+    """
+    infos = wh.fs.get_file_info(selector)
+    page = S3_PAGE_ENTRIES if wh.is_s3 else LOCAL_PAGE_ENTRIES
+    if len(infos) < page:
+        return infos
+    for _ in range(SETTLE_LISTINGS - 1):
+        again = wh.fs.get_file_info(selector)
+        if _agrees(infos, again):
+            return infos
+        infos = again
+    raise ListingUnsettled(
+        f"the files under {selector.base_dir} changed between each of {SETTLE_LISTINGS} "
+        "listings (compaction merging them right now?); run the command again in a minute"
+    )
+
+
+def _agrees(first: list[FileInfo], then: list[FileInfo]) -> bool:
+    """Whether the listing ``first`` saw every merge as before or as after it, as shown by the
+    later listing ``then``: each data file and intent of ``first`` is still there (none was
+    deleted as a merge's input), and ``then`` has no compaction output that ``first`` lacks
+    (none was written meanwhile). New flush files are fine: data that arrived meanwhile."""
+    from athena.intents import is_intent
+    from athena.schema import is_compacted_object
+
+    def kept(info: FileInfo) -> bool:
+        return is_data_file(info.base_name) or is_intent(info.base_name)
+
+    before = {i.path for i in first if kept(i)}
+    after = {i.path for i in then if kept(i)}
+    return before <= after and not any(
+        is_compacted_object(p.rpartition("/")[2]) for p in after - before
+    )
 
 
 def _data_files(
@@ -151,8 +212,10 @@ def plan(
     * except on S3 when the range holds at least half of those folders: one recursive listing
       of the service folder instead (:func:`_walk_service`), one request per 1,000 files rather
       than one per hour, and never more than twice the keys of the files the query then reads
-      anyway. A short range over a long history keeps the per-hour listings: a recursive one
-      would page through every file of the history (hundreds per hour when compaction is off).
+      anyway (a walk of more than one page is listed twice, :func:`_settled_listing`, as is
+      an hour's folder of over 1,000 files). A short range over a long history keeps the
+      per-hour listings: a recursive one would page through every file of the history
+      (hundreds per hour when compaction is off).
       Local folders are never walked recursively: pyarrow's walk follows symbolic links (into
       anything linked from a partition, in circles for a link to a parent folder).
     """
@@ -238,7 +301,7 @@ def _walk_service(
     not ``dt=`` partitions, are not read."""
     import pyarrow.fs as pafs
 
-    infos = wh.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
+    infos = _settled_listing(wh, pafs.FileSelector(path, allow_not_found=True, recursive=True))
     start = len(path) + 1
     found: dict[str, list[FileInfo]] = {}
     for info in infos:

@@ -14,7 +14,7 @@ from aggregator.compaction.grace import DEFAULT_GRACE, safe_grace
 from aggregator.compaction.listing import DEFAULT_LOOKBACK
 from aggregator.compaction.notes import PassNotes
 from aggregator.compaction.passes import DEFAULT_TARGET_BYTES, compact_warehouse
-from aggregator.ledger import compaction_blocker, read_heartbeats
+from aggregator.ledger import Heartbeat, compaction_blocker, read_heartbeats
 from aggregator.storage import StorageError
 from athena.schema import TABLES
 from athena.warehouse import Warehouse, WarehouseError, open_warehouse
@@ -29,6 +29,43 @@ def _check_exists(wh: Warehouse) -> None:
         raise WarehouseError(
             f"the warehouse {wh.uri} does not exist (no {what} {where}); check --warehouse"
         )
+
+
+#: ``compact``'s exit status when its pass has been deferred for longer than
+#: ``--max-deferral-hours``: a failed CronJob run (kube_job_failed), told apart from a pass that
+#: failed (1) or a usage error (2).
+DEFERRED_TOO_LONG_EXIT = 3
+#: Default ``--max-deferral-hours``: a crashed aggregator is back in minutes (a pod rescheduled
+#: with its volume in well under an hour); one still down after this was scaled in, or its node
+#: lost, and waits for an operator's ``drain``, which only an alert gets done.
+MAX_DEFERRAL_HOURS = 2.0
+
+
+def _deferred_for(beats: list[Heartbeat], now: float) -> float:
+    """Seconds compaction has been held back by the stale heartbeats in ``beats``: since the
+    first of them went stale (a node is down once its heartbeat is ``stale_after`` old). Taken
+    from the heartbeats themselves, so that it holds across runs of this stateless command."""
+    since = [b.updated + b.stale_after for b in beats if b.stale(now)]
+    return max(0.0, now - min(since)) if since else 0.0
+
+
+def _deferral_message(reason: str, waited: float, most_hours: float) -> tuple[str, int]:
+    """What a deferred ``compact`` prints, and its exit status: 0 while a restart may still
+    end the wait, :data:`DEFERRED_TOO_LONG_EXIT` past ``most_hours``, so that a scheduler's
+    failed-job alert fires rather than every run "succeeding" without compacting."""
+    if waited <= most_hours * 3600:
+        return f"logq-aggregator compact: deferred: {reason} (or --force)", 0
+    return (
+        f"logq-aggregator compact: deferred for {_span(waited)}, longer than "
+        f"--max-deferral-hours {most_hours:g}: {reason}. Until then nothing is compacted "
+        "(Athena slows down on small files); --force merges anyway",
+        DEFERRED_TOO_LONG_EXIT,
+    )
+
+
+def _span(seconds: float) -> str:
+    """``57 min`` or ``3.2 h``."""
+    return f"{seconds / 60:.0f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
 
 
 def _lookback(every: bool, hours: float | None) -> timedelta | None:
@@ -66,6 +103,15 @@ def compact_main(argv: list[str]) -> int:
     )
     parser.add_argument("--all", action="store_true", help="every closed hour, however old")
     parser.add_argument(
+        "--max-deferral-hours",
+        type=float,
+        default=MAX_DEFERRAL_HOURS,
+        help="a pass deferred for an aggregator that stopped without writing out its buffer "
+        "exits 0 while that has lasted at most this long (a restart ends it), then exits "
+        f"{DEFERRED_TOO_LONG_EXIT} so that the failed run is noticed (it needs a drain: "
+        f"default {MAX_DEFERRAL_HOURS:g})",
+    )
+    parser.add_argument(
         "--force",
         action="store_true",
         help="compact even while an aggregator that stopped without writing out its buffer "
@@ -76,6 +122,7 @@ def compact_main(argv: list[str]) -> int:
     for flag, value, most in (
         ("--grace-minutes", args.grace_minutes, 7 * 24 * 60),
         ("--lookback-hours", args.lookback_hours, 10 * 366 * 24),
+        ("--max-deferral-hours", args.max_deferral_hours, 10 * 366 * 24),
     ):
         if value is None:
             continue
@@ -92,10 +139,13 @@ def compact_main(argv: list[str]) -> int:
             args.target_file_bytes or conf.get("target_file_bytes") or DEFAULT_TARGET_BYTES
         )
         beats = read_heartbeats(wh)
-        hold = compaction_blocker(beats, None, time.time())
+        now = time.time()
+        hold = compaction_blocker(beats, None, now)
         if hold is not None and not args.force:
-            print(f"logq-aggregator compact: deferred: {hold.reason} (or --force)", file=sys.stderr)
-            return 0
+            waited = _deferred_for(beats, now)
+            message, status = _deferral_message(hold.reason, waited, args.max_deferral_hours)
+            print(message, file=sys.stderr)
+            return status
         started = time.monotonic()
         notes = PassNotes()
         explicit_grace = args.grace_minutes is not None

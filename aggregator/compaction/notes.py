@@ -52,12 +52,16 @@ class OpenPartition:
         if not self.hour_closed(now, grace):
             return f"its hour ended {_ago(now - self.hour_end)} ago, less than the grace"
         age = now - self.newest if self.newest is not None else timedelta(0)
+        if age < timedelta(seconds=1):  # or "ahead": the store's clock runs before ours
+            return "a file was written just now"
         return f"a file is younger than the grace (newest {_ago(age)} old)"
 
     def grace_now(self, now: datetime) -> timedelta:
-        """The longest grace that would let a pass merge it now (its hour has ended)."""
+        """The longest grace that would let a pass merge it now (its hour has ended); never
+        below 0, though a file's time (the store's clock, S3's LastModified) may be a moment
+        ahead of this machine's."""
         newest = self.newest if self.newest is not None else self.hour_end
-        return min(now - self.hour_end, now - newest)
+        return max(timedelta(0), min(now - self.hour_end, now - newest))
 
 
 class PassNotes:

@@ -150,6 +150,46 @@ def test_two_aggregators_never_drop_each_others_services_from_the_enum(tmp_path:
     assert "'a,b,c,d,e,f'," in (tmp_path / "wh" / "_ddl" / "container_logs.sql").read_text()
 
 
+def test_a_crossing_is_repaired_by_the_resync_of_the_replica_that_did_not_write_last(
+    tmp_path: Path,
+) -> None:
+    """A lists the warehouse, B lands a new service and writes the DDL with it, A writes its
+    DDL (listed before that service existed) last and is scaled in: B's resync must repair the
+    stored DDL, though B's own last rewrite held every service."""
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    a, b = Catalog(wh, Settings()), Catalog(wh, Settings())
+    stored = tmp_path / "wh" / "_ddl" / "container_logs.sql"
+
+    def data_of(service: str) -> None:
+        folder = Path(wh.path(partition_path("envoy_access", service, "2026-11-28-10")))
+        folder.mkdir(parents=True)
+        (folder / "x.parquet").write_bytes(b"")
+
+    data_of("alpha")
+    assert a.add_services({"alpha"}) and b.add_services({"alpha"})
+    data_of("zeta")
+    refresh_of_a = a.refresh
+
+    def a_writes_last() -> None:  # A has listed (alpha, zeta); B's rewrite lands meanwhile
+        data_of("beta")
+        assert b.add_services({"beta"})
+        assert "'projection.service.values' = 'alpha,beta,zeta'," in stored.read_text()
+        refresh_of_a()
+
+    a.refresh = a_writes_last  # type: ignore[method-assign]
+    assert a.add_services({"zeta"})
+    assert "'projection.service.values' = 'alpha,zeta'," in stored.read_text()
+    del a  # scaled in: its own resync never runs
+
+    assert b.stored_services() == {"alpha", "zeta"}
+    assert b.resync()
+    for table in ("container_logs", "envoy_access"):
+        text = (tmp_path / "wh" / "_ddl" / f"{table}.sql").read_text()
+        assert "'projection.service.values' = 'alpha,beta,zeta'," in text
+    assert b.stored_services() == {"alpha", "beta", "zeta"}
+    assert b.resync()  # current now: nothing to rewrite
+
+
 def test_a_failed_enum_update_is_retried_until_athena_has_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

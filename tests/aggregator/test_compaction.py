@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import threading
 import time
@@ -313,6 +314,50 @@ def test_partitions_that_fail_to_compact_are_a_metric(
     assert sample("logq_aggregator_compaction_failed_partitions") == 0
 
 
+@pytest.mark.parametrize("compact_interval", [0.0, 0.05], ids=["cronjob", "periodic"])
+def test_a_peer_down_is_a_gauge_on_every_aggregator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compact_interval: float
+) -> None:
+    """A scaled-in aggregator whose shutdown flush did not finish holds compaction back until
+    it is drained. With compaction left to a CronJob the aggregators never compact, and
+    nothing they served showed it: each now counts the peers down, whether it compacts or
+    only expires the ledger, and the count goes back to 0 once the peer is drained."""
+    import asyncio
+
+    import aggregator.compact_loop as loop_mod
+    from aggregator.compact_loop import PeriodicCompaction
+    from aggregator.config import Settings
+    from aggregator.metrics import Metrics
+
+    monkeypatch.setattr(loop_mod, "PEER_CHECK_SECONDS", 0.05)
+    uri = str(tmp_path / "wh")
+    flush_files(uri, files=2, rows_per_file=5)
+    dead = crashed_node(uri)
+    wh = open_warehouse(uri)
+    metrics = Metrics()
+    me = Ledger(wh, "node-live", compacts=compact_interval > 0)
+    me.heartbeat(time.time(), 10.0)
+    loop = PeriodicCompaction(wh, Settings(compact_interval=compact_interval), metrics, me)
+
+    def down() -> float | None:
+        return metrics.registry.get_sample_value("logq_aggregator_peers_down")
+
+    async def until(condition: Callable[[], bool]) -> None:
+        task = asyncio.create_task(loop.forever())
+        try:
+            async with asyncio.timeout(30):
+                while not condition():
+                    await asyncio.sleep(0.02)
+        finally:
+            task.cancel()
+
+    assert down() == 0
+    asyncio.run(until(lambda: down() == 1))
+    assert len(parquet_files(uri)) == 4, "nothing merged while it is down"
+    dead.forget()  # drained
+    asyncio.run(until(lambda: down() == 0))
+
+
 def test_only_the_smallest_live_node_compacts_and_none_while_one_is_down() -> None:
     now = 1_800_000_000.0
 
@@ -395,6 +440,31 @@ def test_compact_command_defers_while_an_aggregator_is_down_undrained(
     dead.forget()  # what `logq-aggregator drain` does once its buffer is written out
     assert compact_main(args) == 0
     assert "compacted 8 files" in capsys.readouterr().err
+    assert len(parquet_files(uri)) == 2
+
+
+def test_compact_command_deferred_past_the_bound_fails_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A scaled-in aggregator whose shutdown flush did not finish holds compaction back until a
+    drain: after --max-deferral-hours each cron run fails (exit 3), so that the CronJob's
+    failed-job alert fires, instead of every run "succeeding" without compacting."""
+    uri = str(tmp_path / "wh")
+    flush_files(uri, files=2, rows_per_file=5)
+    crashed_node(uri)  # its heartbeat went stale about an hour ago
+    args = ["--warehouse", uri, "--all", "--grace-minutes", "0"]
+
+    assert compact_main([*args, "--max-deferral-hours", "1.5"]) == 0  # a restart may end it
+    assert "deferred: aggregator node-dead" in capsys.readouterr().err
+
+    assert compact_main([*args, "--max-deferral-hours", "0.5"]) == 3
+    err = capsys.readouterr().err
+    assert re.search(
+        r"deferred for 5\d min, longer than --max-deferral-hours 0.5: aggregator node-dead", err
+    )
+    assert "run `logq-aggregator drain --buffer-dir DIR` on its buffer" in err
+    assert len(parquet_files(uri)) == 4, "nothing merged"
+    assert compact_main([*args, "--max-deferral-hours", "0.5", "--force"]) == 0
     assert len(parquet_files(uri)) == 2
 
 

@@ -89,6 +89,24 @@ def test_compact_says_a_young_file_holds_a_closed_hour_back_and_until_when(
     assert "--grace-minutes 2 --force (below the safe grace of 7.67 minutes" in err
 
 
+def test_a_file_time_ahead_of_the_clock_never_suggests_a_negative_grace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Right after a flush, S3's LastModified can be a moment ahead of the local clock: the
+    hint must say --grace-minutes 0 (the smallest there is), never -1."""
+    uri = str(tmp_path / "wh")
+    flush_into(uri, OLD_HOUR, files=2)
+    age_files(uri, float(int(time.time()) + 30))  # the store's clock 30 s ahead of ours
+
+    assert compact_main(["--warehouse", uri, "--all", "--force", "--grace-minutes", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "compacted 0 files" in err
+    assert "--grace-minutes -" not in err
+    assert "to merge them now: --grace-minutes 0" in err
+    assert "a file was written just now" in err
+    assert len(parquet_files(uri)) == 2, "nothing merged"
+
+
 def test_compact_keeps_quiet_about_the_running_hour_and_tells_a_backfill(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
