@@ -130,7 +130,8 @@ class PeriodicCompaction:
 
     def _hold_checker(self) -> Callable[[], str | None]:
         """For a pass under way: the hold, read again at most every HOLD_RECHECK_SECONDS (a peer
-        with a smaller id that came up, or one that went down, stops the pass)."""
+        with a smaller id that came up, or one that went down, stops the pass; so do
+        heartbeats that cannot be read)."""
         checked = time.monotonic()
 
         def hold() -> str | None:
@@ -138,7 +139,10 @@ class PeriodicCompaction:
             if time.monotonic() - checked < HOLD_RECHECK_SECONDS:
                 return None
             checked = time.monotonic()
-            found = self._compaction_hold()
+            try:
+                found = self._compaction_hold()
+            except OSError as exc:  # not knowing who is down is no leave to go on: stop
+                return f"the heartbeats could not be read ({exc}); the next pass retries"
             return found.reason if found is not None else None
 
         return hold

@@ -34,6 +34,12 @@ the ledger without seeing this node's mark is waited for like any live peer. A s
 ignored, and a node starting with nothing to replay deletes its own. The
 marker lives beside the heartbeats, not in them, so that a node of an older version (which
 reads every ``_nodes/*.json``) sees heartbeats as before.
+
+Heartbeats and marks are read whole in one request (:func:`aggregator.storage.read_small`), and a
+read the warehouse refuses fails the caller, who holds and retries: taken for "no such node", a
+torn read or a 503 let a replay stop waiting for a lagging peer, or compaction merge while a
+crashed one's replay was pending (R3s20). Their age is the warehouse's (:class:`Dating`): a
+peer whose clock is off is not taken for down, nor a down one for live.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -52,7 +58,14 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from aggregator.storage import StorageError, list_folder, put_bytes, put_table
+from aggregator.storage import (
+    SmallObject,
+    StorageError,
+    list_folder,
+    put_bytes,
+    put_table,
+    read_small,
+)
 from aggregator.twins import ProcessToken, this_process
 from athena.schema import DT_FORMAT
 from athena.warehouse import Warehouse
@@ -73,6 +86,19 @@ EXPIRY_INTERVAL_S = 3600.0
 #: A peer whose heartbeat is older than this many of its flush intervals (plus a minute) is down.
 STALE_INTERVALS = 10
 STALE_GRACE_S = 60.0
+#: Reads of a ledger document that does not parse before it is skipped as damaged: a torn read
+#: (pyarrow's two requests, where boto3 cannot be used) parses at the next try.
+PARSE_ATTEMPTS = 3
+PARSE_RETRY_S = 0.1
+#: A writer's clock this far off this host's (both measured against the warehouse's) is
+#: logged as a WARNING: staleness does not depend on it, but the replay wait corrects for it
+#: only as well as the warehouse's whole-second times allow (docs/operations.md, clocks).
+SKEW_WARN_S = 10.0
+#: How often the skew of one node is logged again while it lasts.
+SKEW_WARN_EVERY_S = 600.0
+#: Seconds a replay adds to a peer's estimated skew before taking its ``committed_through``
+#: as covering its start (beyond the warehouse's clock resolution, twice: two dates compared).
+SKEW_SLACK_S = 0.5
 
 
 def stale_after(flush_interval: float) -> float:
@@ -84,6 +110,45 @@ def stale_after(flush_interval: float) -> float:
 
 
 LEDGER_SCHEMA = pa.schema([("source_id", pa.string()), ("offset", pa.int64())])
+
+
+@dataclass(frozen=True)
+class Dating:
+    """When a ledger document was read, and how old it was then, by the warehouse's clock:
+    whether a peer is down is judged on one clock, not by comparing its writer's ``updated``
+    with this host's time (two hosts' clocks, R3s20)."""
+
+    age: float
+    """Seconds since it was written, by the warehouse's clock (S3 ``Date`` minus
+    ``Last-Modified``; a file's mtime against this host's clock)."""
+    seen: float
+    """This host's clock when it was read: the age at a later time of this clock adds the
+    time passed since."""
+    skew: float
+    """How many seconds the writer's clock runs ahead of this host's (negative: behind),
+    estimated as (its ``updated`` - ``Last-Modified``) - (``seen`` - ``Date``)."""
+    error: float
+    """How far :attr:`skew` may be off: the warehouse's times are whole seconds on S3 (two
+    of them compared), plus :data:`SKEW_SLACK_S` for the upload and response times."""
+
+    @classmethod
+    def of(cls, obj: SmallObject, updated: float) -> Dating:
+        writer_ahead_of_store = updated - obj.written
+        reader_ahead_of_store = obj.seen - obj.store_now
+        return cls(
+            obj.age,
+            obj.seen,
+            writer_ahead_of_store - reader_ahead_of_store,
+            2 * obj.resolution + SKEW_SLACK_S,
+        )
+
+
+def _age(updated: float, dated: Dating | None, now: float) -> float:
+    """Seconds a document written at ``updated`` (its writer's clock) has gone unchanged at
+    ``now`` (this host's clock): from the warehouse's dating when there is one."""
+    if dated is None:
+        return now - updated
+    return dated.age + (now - dated.seen)
 
 
 @dataclass(frozen=True)
@@ -99,6 +164,10 @@ class Heartbeat:
     process: ProcessToken | None = None
     """The process that wrote it (None: a version before this field): a copy of a running
     node's buffer dir is told by it (:mod:`aggregator.twins`)."""
+    dated: Dating | None = field(default=None, compare=False)
+    """How old the warehouse says it was when read (None: not read from the warehouse, then
+    ``updated`` is compared with the caller's clock). Not part of equality: the same heartbeat
+    read twice is the same heartbeat."""
 
     @property
     def stale_after(self) -> float:
@@ -106,7 +175,25 @@ class Heartbeat:
         return stale_after(self.flush_interval)
 
     def stale(self, now: float) -> bool:
-        return now - self.updated > self.stale_after
+        """Whether it was not rewritten for longer than :attr:`stale_after` at ``now`` (this
+        host's clock): by the warehouse's clock, not by the writer's ``updated`` (R3s20: a
+        reader 2 minutes ahead took every peer for crashed)."""
+        return self.stale_for(now) > 0
+
+    def stale_for(self, now: float) -> float:
+        """Seconds since it went stale at ``now`` (negative while it is not), by the same
+        clock as :meth:`stale`."""
+        return _age(self.updated, self.dated, now) - self.stale_after
+
+    @property
+    def committed_here(self) -> float:
+        """``committed_through`` on this host's clock: moved back by how far the writer's
+        clock runs ahead of this one (:attr:`Dating.skew`) and the error of that estimate, so
+        that a replay never takes a peer for caught up early (lines stored twice); a peer
+        whose clock is behind is credited, or the replay would wait out its timeout."""
+        if self.dated is None:
+            return self.committed_through
+        return self.committed_through - self.dated.skew - self.dated.error
 
 
 @dataclass(frozen=True)
@@ -124,14 +211,16 @@ class ReplayMark:
     """Whether the node reads, or has read, what its peers committed (:meth:`Ledger.check_in`):
     from then on it no longer waits for the replays that come before it, so they must wait for
     it. False while it waits for its peers, or has not reached its first replayed flush."""
+    dated: Dating | None = field(default=None, compare=False)
+    """How old the warehouse says it was when read (see :attr:`Heartbeat.dated`)."""
 
     def stale(self, now: float) -> bool:
         """A mark not rewritten for as long as a heartbeat may stay unchanged: left by a node
         that stopped in the middle of its replay, or by an earlier run of a node that now runs
         with an empty buffer (and removes it at start). It is treated as absent
         (:meth:`Ledger.behind`): the order it states is void, its node is live only by its
-        heartbeat."""
-        return now - self.updated > stale_after(self.flush_interval)
+        heartbeat. Judged by the warehouse's clock, like :meth:`Heartbeat.stale`."""
+        return _age(self.updated, self.dated, now) > stale_after(self.flush_interval)
 
     def replays_after(self, since: float, node: str) -> bool:
         """Whether this replay comes after that of ``node`` begun at ``since``: the order of
@@ -300,30 +389,31 @@ class Ledger:
 
     def own_heartbeat(self) -> Heartbeat | None:
         """This node id's heartbeat as it is in the warehouse (maybe another process's: see
-        twins.py); None when there is none or it cannot be parsed (a torn or foreign file,
-        logged). OSError when the warehouse cannot be read."""
-        try:
-            with self.warehouse.fs.open_input_stream(self._beat_path) as fh:
-                raw = fh.read()
-        except FileNotFoundError:
-            return None
-        except pa.ArrowException as exc:
-            raise StorageError(
-                f"reading {self._beat_path} from {self.warehouse.uri}: {exc}"
-            ) from exc
-        try:
-            return _heartbeat(json.loads(raw))
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable ledger heartbeat %s: %s", self._beat_path, exc)
-            return None
+        twins.py); None when there is none, or it still cannot be parsed after
+        :data:`PARSE_ATTEMPTS` reads (a foreign file, logged). :class:`StorageError` when the
+        warehouse cannot be read: that is no answer, and must not be taken for "none"."""
+        return _read_document(self.warehouse, self._beat_path, _heartbeat, "ledger heartbeat")
 
-    def own_heartbeat_or_none(self) -> Heartbeat | None:
-        """:meth:`own_heartbeat`, None also when the warehouse cannot be read (logged)."""
-        try:
-            return self.own_heartbeat()
-        except OSError as exc:
-            log.warning("could not read the heartbeat %s: %s", self._beat_path, exc)
-            return None
+    def own_heartbeat_or_none(self, attempts: int = 3, pause: float = 0.5) -> Heartbeat | None:
+        """:meth:`own_heartbeat`, read up to ``attempts`` times while the warehouse refuses
+        (a 503 passes); None when it still cannot be read (logged). For the clean stop
+        (:meth:`forget`): a heartbeat left in place would hold every peer's compaction once
+        stale, so the stop removes it without the twin check then (a twin rewrites it at its
+        next flush)."""
+        for attempt in range(attempts):
+            try:
+                return self.own_heartbeat()
+            except OSError as exc:
+                if attempt + 1 == attempts:
+                    log.warning(
+                        "could not read the heartbeat %s to check that no other process "
+                        "wrote it (%s): removing it without that check",
+                        self._beat_path,
+                        exc,
+                    )
+                    return None
+                time.sleep(pause)
+        return None
 
     def peers(self) -> list[Heartbeat]:
         """The other nodes' latest heartbeats."""
@@ -357,7 +447,7 @@ class Ledger:
             ):
                 continue
             live = (beat is not None and not beat.stale(now)) or mark is not None
-            committed = beat.committed_through if beat is not None else 0.0
+            committed = beat.committed_here if beat is not None else 0.0
             if live and committed < since:
                 waited.append(node)
         return waited
@@ -428,12 +518,18 @@ class Ledger:
 
 
 def read_heartbeats(warehouse: Warehouse) -> list[Heartbeat]:
-    """Every node's latest heartbeat (a node removes its own on a clean stop or drain)."""
-    return _documents(warehouse, NODES_DIR, _heartbeat, "ledger heartbeat")
+    """Every node's latest heartbeat (a node removes its own on a clean stop or drain).
+    :class:`StorageError` when one cannot be read: a caller that went on without it could take
+    a crashed node for one that stopped cleanly (compaction) or a lagging one for none (a
+    replay), so it must try again later instead."""
+    beats = _documents(warehouse, NODES_DIR, _heartbeat, "ledger heartbeat")
+    for beat in beats:
+        _warn_of_skew(beat)
+    return beats
 
 
-def _heartbeat(doc: dict[str, Any]) -> Heartbeat:
-    return Heartbeat(
+def _heartbeat(doc: dict[str, Any], obj: SmallObject) -> Heartbeat:
+    beat = Heartbeat(
         str(doc["node"]),
         float(doc["committed_through"]),
         float(doc["updated"]),
@@ -441,38 +537,91 @@ def _heartbeat(doc: dict[str, Any]) -> Heartbeat:
         _flag(doc.get("compacts")),
         ProcessToken.from_doc(doc.get("process")),
     )
+    return replace(beat, dated=Dating.of(obj, beat.updated))
+
+
+#: Node -> when (monotonic) its clock skew was last logged.
+_SKEW_WARNED: dict[str, float] = {}
+
+
+def _warn_of_skew(beat: Heartbeat) -> None:
+    """Log a WARNING (at most every :data:`SKEW_WARN_EVERY_S` per node) when the clock of the
+    node that wrote ``beat`` disagrees with this host's by more than :data:`SKEW_WARN_S`."""
+    if beat.dated is None or abs(beat.dated.skew) <= max(SKEW_WARN_S, beat.dated.error):
+        return
+    last = _SKEW_WARNED.get(beat.node)
+    if last is not None and time.monotonic() - last < SKEW_WARN_EVERY_S:
+        return
+    _SKEW_WARNED[beat.node] = time.monotonic()
+    skew = beat.dated.skew
+    log.warning(
+        "the clock of aggregator %s runs %.0fs %s this host's (judged by the warehouse's "
+        "clock): peers' liveness does not depend on it, but keep the aggregators' clocks in "
+        "sync (NTP, docs/operations.md)",
+        beat.node,
+        abs(skew),
+        "ahead of" if skew > 0 else "behind",
+    )
 
 
 def read_replay_marks(warehouse: Warehouse) -> list[ReplayMark]:
     """The replay marks of the nodes replaying now (or that stopped in the middle of it)."""
 
-    def mark(doc: dict[str, Any]) -> ReplayMark:
+    def mark(doc: dict[str, Any], obj: SmallObject) -> ReplayMark:
+        updated = float(doc["updated"])
         return ReplayMark(
             str(doc["node"]),
             float(doc["since"]),
-            float(doc["updated"]),
+            updated,
             float(doc["flush_interval"]),
             bool(doc.get("reads_ledger", False)),
+            Dating.of(obj, updated),
         )
 
     return _documents(warehouse, REPLAYING_DIR, mark, "replay mark")
 
 
-def _documents(
-    warehouse: Warehouse, folder: str, build: Callable[[dict[str, Any]], T], what: str
-) -> list[T]:
-    """``build`` of each JSON document in the ledger's ``folder``; one that cannot be read or
-    built (a torn or foreign file) is skipped with a WARNING, never fails the caller."""
+Build = Callable[[dict[str, Any], SmallObject], T]
+
+
+def _documents(warehouse: Warehouse, folder: str, build: Build[T], what: str) -> list[T]:
+    """``build`` of each JSON document in the ledger's ``folder`` (:func:`_read_document`):
+    one removed since the listing is left out (its writer stopped cleanly); one that cannot be
+    read fails the whole call (:class:`StorageError`)."""
     out = []
     for info in list_folder(warehouse, warehouse.path(LEDGER_DIR, folder)):
         if not info.base_name.endswith(".json") or info.base_name.startswith((".", "_")):
             continue
-        try:
-            with warehouse.fs.open_input_stream(info.path) as fh:
-                out.append(build(json.loads(fh.read())))
-        except (OSError, pa.ArrowException, ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable %s %s: %s", what, info.path, exc)
+        found = _read_document(warehouse, info.path, build, what)
+        if found is not None:
+            out.append(found)
     return out
+
+
+def _read_document(warehouse: Warehouse, path: str, build: Build[T], what: str) -> T | None:
+    """``build`` of the JSON document at ``path``, read whole in one request
+    (:func:`aggregator.storage.read_small`); None when there is none.
+
+    A document that does not parse is read again (:data:`PARSE_ATTEMPTS` times): where boto3
+    cannot be used, pyarrow's read of an object rewritten meanwhile is torn, and the next
+    read gets a whole version. One that never parses (a foreign or damaged file) is skipped
+    with a WARNING. A warehouse that cannot be read raises :class:`StorageError`: a throttled
+    read (S3's 503 SlowDown) says nothing about whether the document is there."""
+    problem: Exception | None = None
+    for attempt in range(PARSE_ATTEMPTS):
+        if attempt:
+            time.sleep(PARSE_RETRY_S * attempt)
+        obj = read_small(warehouse, path)
+        if obj is None:
+            return None
+        try:
+            return build(json.loads(obj.data), obj)
+        except (ValueError, KeyError, TypeError) as exc:
+            problem = exc
+    log.warning(
+        "ignoring unreadable %s %s (read %d times): %s", what, path, PARSE_ATTEMPTS, problem
+    )
+    return None
 
 
 def _flag(value: object) -> bool | None:

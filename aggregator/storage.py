@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -260,6 +264,112 @@ def fetch_object(wh: Warehouse, path: str) -> pa.Buffer | None:
     except BotoCoreError as exc:
         _boto3_failed(wh, f"reading {path}", exc)
     return None
+
+
+@dataclass(frozen=True)
+class SmallObject:
+    """A small document read whole (:func:`read_small`), with the times that date it by the
+    warehouse's own clock: its age then needs no other host's clock (ledger.py)."""
+
+    data: bytes
+    written: float
+    """When the warehouse says it was written, by its clock (S3 ``Last-Modified``, a file's
+    mtime)."""
+    store_now: float
+    """The warehouse's clock when it was read (S3's ``Date`` header; this host's clock for a
+    local file or where no such header is at hand)."""
+    seen: float
+    """This host's clock (``time.time()``) when it was read."""
+    resolution: float
+    """How coarse ``written`` and ``store_now`` are: 1 s for S3's HTTP dates, 0 for a file."""
+
+    @property
+    def age(self) -> float:
+        """Seconds since it was written, by the warehouse's clock alone."""
+        return max(0.0, self.store_now - self.written)
+
+
+def read_small(wh: Warehouse, path: str) -> SmallObject | None:
+    """The object at ``path`` as one version, whole; None when there is none.
+
+    pyarrow reads an S3 object in two requests (a HEAD for its size, then a ranged GET): one
+    rewritten in between reads torn, cut at the old size or padded out. On S3 this is one
+    GetObject (boto3), which returns one version; a local file is read through one open
+    descriptor (written by rename, it is never torn). Where boto3's request cannot be used
+    (:func:`fetch_object`) pyarrow reads it, torn reads included: the caller retries a
+    document that does not parse. Raises :class:`StorageError` when the warehouse cannot be
+    read (a 503, a network error): never taken for "no such object" here."""
+    try:
+        if isinstance(wh.fs, pafs.LocalFileSystem):
+            return _read_small_file(Path(path))
+        if _with_boto3(wh):
+            found = _get_small_with_boto3(wh, path)
+            if found is not False:
+                return found
+        return _read_small_pyarrow(wh, path)
+    except FileNotFoundError:
+        return None
+    except (OSError, pa.ArrowException) as exc:
+        if isinstance(exc, StorageError):
+            raise
+        raise StorageError(f"reading {path} from {wh.uri} failed: {exc}") from exc
+
+
+def _read_small_file(path: Path) -> SmallObject:
+    with path.open("rb") as fh:
+        written = os.fstat(fh.fileno()).st_mtime  # the same file as the bytes read
+        data = fh.read()
+    now = time.time()
+    return SmallObject(data, written, now, now, 0.0)
+
+
+def _get_small_with_boto3(wh: Warehouse, path: str) -> SmallObject | Literal[False] | None:
+    """:func:`read_small` in one GetObject; False where pyarrow must read instead (a request
+    that failed other than for a missing key, logged as :func:`fetch_object` does)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = path.partition("/")
+    try:
+        answer = s3_client(wh.s3).get_object(Bucket=bucket, Key=key)
+        seen = time.time()
+        with contextlib.closing(answer["Body"]) as body:
+            data = body.read()
+    except ClientError as exc:
+        if _error_code(exc) in _GONE | {"404"}:
+            return None
+        if _server_error(exc):  # S3 answered (503 SlowDown): pyarrow's requests would too
+            raise StorageError(f"reading {path} from {wh.uri} failed: {exc}") from exc
+        _boto3_failed(wh, f"reading {path}", exc)
+        return False
+    except BotoCoreError as exc:
+        _boto3_failed(wh, f"reading {path}", exc)
+        return False
+    written = answer["LastModified"].timestamp()
+    date = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    try:
+        store_now = parsedate_to_datetime(date).timestamp() if date else seen
+    except (TypeError, ValueError):
+        store_now = seen
+    return SmallObject(data, written, store_now, seen, 1.0)
+
+
+def _server_error(exc: Any) -> bool:
+    """Whether a botocore ``ClientError`` is the server's 5xx answer (after boto3's retries)."""
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return isinstance(status, int) and status >= 500
+
+
+def _read_small_pyarrow(wh: Warehouse, path: str) -> SmallObject:
+    """:func:`read_small` through pyarrow (a HEAD, then a GET): the object's mtime is taken
+    from the HEAD, and the warehouse's clock is taken to be this host's (no header at hand)."""
+    info = wh.fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(path)
+    with wh.fs.open_input_stream(path) as fh:
+        data = fh.read()
+    seen = time.time()
+    written = info.mtime.timestamp() if info.mtime is not None else seen
+    return SmallObject(data, written, seen, seen, 1.0)
 
 
 #: Single-object deletes in flight at once on S3 (a filesystem other than the one

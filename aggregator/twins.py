@@ -210,7 +210,11 @@ def live_twin(
     while time.time() < deadline:
         if stop.wait(min(poll, max(0.0, deadline - time.time()))):
             return None
-        now_beat = ledger.own_heartbeat()
+        try:
+            now_beat = ledger.own_heartbeat()
+        except OSError as exc:  # no answer (a 503): says nothing of the writer, watch on
+            log.info("could not read node %s's heartbeat (%s): watching on", ledger.node_id, exc)
+            continue
         if now_beat is None:  # removed by its writer's clean stop: it is gone now
             return None
         if now_beat.updated != beat.updated and now_beat.process != me:

@@ -45,8 +45,7 @@ def _deferred_for(beats: list[Heartbeat], now: float) -> float:
     """Seconds compaction has been held back by the stale heartbeats in ``beats``: since the
     first of them went stale (a node is down once its heartbeat is ``stale_after`` old). Taken
     from the heartbeats themselves, so that it holds across runs of this stateless command."""
-    since = [b.updated + b.stale_after for b in beats if b.stale(now)]
-    return max(0.0, now - min(since)) if since else 0.0
+    return max((b.stale_for(now) for b in beats if b.stale(now)), default=0.0)
 
 
 def _deferral_message(reason: str, waited: float, most_hours: float) -> tuple[str, int]:

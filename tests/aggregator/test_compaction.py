@@ -42,7 +42,7 @@ from aggregator.storage import StorageError
 from aggregator.writer import object_name, write_partitions
 from athena.schema import CONTAINER_LOGS, partition_path
 from athena.warehouse import open_warehouse
-from tests.aggregator.helpers import parquet_files, read_table, record, start_aggregator
+from tests.aggregator.helpers import backdate, parquet_files, read_table, record, start_aggregator
 from tests.support.procs import console_script, wait_until
 
 #: A closed hour within the periodic pass's 48-hour lookback whenever the tests run (a fixed date
@@ -421,6 +421,7 @@ def crashed_node(uri: str) -> Ledger:
     beat_file = Path(wh.path("_ledger", "_nodes", "node-dead.json"))
     doc = json.loads(beat_file.read_text())
     beat_file.write_text(json.dumps({**doc, "updated": doc["updated"] - 3600}))
+    backdate(beat_file, doc["updated"] - 3600)
     return dead
 
 

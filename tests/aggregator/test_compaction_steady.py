@@ -36,7 +36,7 @@ from aggregator.storage import StorageError
 from aggregator.writer import object_name, write_partitions
 from athena.schema import DT_FORMAT
 from athena.warehouse import Warehouse, open_warehouse
-from tests.aggregator.helpers import read_table, record
+from tests.aggregator.helpers import backdate, read_table, record
 
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 OLD = time.time() - 3 * 86400  # mtime of every file: long past any grace period
@@ -403,6 +403,7 @@ def test_the_ledger_is_expired_without_compaction_unless_a_peer_is_down(tmp_path
     doc = json.loads(path.read_text())
     doc["updated"] = now - 10 * 10.0 - STALE_GRACE_S - 60
     path.write_text(json.dumps(doc))
+    backdate(path, doc["updated"])
 
     # node-c stopped without writing out its buffer: its replay may need every entry.
     assert expire_unless_held(wh, "node-a", now) is None

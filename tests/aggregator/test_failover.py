@@ -21,7 +21,7 @@ import pytest
 from aggregator.ledger import LEDGER_DIR, NODES_DIR, Ledger, expire_ledger
 from athena.warehouse import open_warehouse
 from shipper import wire
-from tests.aggregator.helpers import read_acks, read_table, record, start_aggregator
+from tests.aggregator.helpers import backdate, read_acks, read_table, record, start_aggregator
 from tests.support.procs import console_script
 
 NOW_NS = time.time_ns()
@@ -165,6 +165,7 @@ def test_a_peer_without_heartbeat_is_not_waited_for(tmp_path: Path) -> None:
     beat.parent.mkdir(parents=True, exist_ok=True)
     doc = {"node": "gone-peer", "committed_through": 0, "updated": time.time() - 3600}
     beat.write_text(json.dumps({**doc, "flush_interval": 1.0}))
+    backdate(beat, doc["updated"])
     started = time.monotonic()
     a = start_aggregator(tmp_path, warehouse, name="a")
     try:

@@ -28,6 +28,7 @@ from athena.warehouse import Warehouse, open_warehouse
 from shipper import wire
 from tests.aggregator.helpers import (
     AggregatorProc,
+    backdate,
     read_acks,
     read_table,
     record,
@@ -203,6 +204,7 @@ def _mark(wh: Warehouse, node: str, since: float, updated: float | None = None) 
     path = Path(wh.path(LEDGER_DIR, REPLAYING_DIR, f"{node}.json"))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc))
+    backdate(path, doc["updated"])
 
 
 def test_replays_wait_only_for_the_ones_that_began_earlier(tmp_path: Path) -> None:
@@ -231,6 +233,7 @@ def test_a_replaying_peer_counts_as_live_by_its_mark(tmp_path: Path) -> None:
     Ledger(wh, "old").heartbeat(0.0, 1.0)
     beat = Path(wh.path(LEDGER_DIR, NODES_DIR, "old.json"))
     beat.write_text(json.dumps({**json.loads(beat.read_text()), "updated": time.time() - 3600}))
+    backdate(beat, time.time() - 3600)
     me = Ledger(wh, "me")
     assert me.behind(500.0, time.time()) == []  # stale heartbeat, no mark: down
     _mark(wh, "old", since=400.0)
@@ -263,6 +266,7 @@ def _stale_heartbeat(wh: Warehouse, node: str) -> None:
     beat = Path(wh.path(LEDGER_DIR, NODES_DIR, f"{node}.json"))
     doc = json.loads(beat.read_text())
     beat.write_text(json.dumps({**doc, "updated": time.time() - stale_after(FLUSH) - 60}))
+    backdate(beat, time.time() - stale_after(FLUSH) - 60)
 
 
 def test_a_replay_waits_for_a_later_one_that_read_the_ledger_before_it_could_see_it(
@@ -314,6 +318,7 @@ def test_a_stale_leftover_mark_does_not_exempt_a_live_peer(tmp_path: Path) -> No
     mark = Path(wh.path(LEDGER_DIR, REPLAYING_DIR, "b.json"))
     doc = json.loads(mark.read_text())
     mark.write_text(json.dumps({**doc, "updated": now - stale_after(FLUSH) - 60}))
+    backdate(mark, now - stale_after(FLUSH) - 60)
     b.heartbeat(now - 30, FLUSH)
     assert a.behind(now, now) == ["b"]
 

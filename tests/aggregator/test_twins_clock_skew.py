@@ -11,6 +11,7 @@ import pytest
 
 from aggregator import twins
 from aggregator.ledger import Ledger
+from aggregator.storage import StorageError
 from aggregator.twins import ProcessToken, live_twin
 from athena.warehouse import open_warehouse
 
@@ -93,3 +94,34 @@ def test_a_running_twin_whose_clock_is_behind_is_still_refused(
     )
     monkeypatch.setattr(twins, "time", fake_time)
     assert live_twin(Ledger(wh, "n1"), _TwinBeats(clock)) is not None  # type: ignore[arg-type]
+
+
+def test_a_heartbeat_read_the_warehouse_refuses_does_not_end_the_watch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read refused while the heartbeat is watched (a 503) says nothing of its writer: the
+    watch goes on and sees the twin's next rewrite, where the error used to end the check and
+    the copy started beside the original (R3s20)."""
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    original = Ledger(wh, "n1")
+    original.process = ProcessToken("aggregator-0", "another-boot", 7, 1234, time.time() - 600)
+    original.heartbeat(time.time(), 10.0)
+    copy = Ledger(wh, "n1")
+    real_read = copy.own_heartbeat
+    reads = [0]
+
+    def flaky_read() -> object:
+        reads[0] += 1
+        if reads[0] == 2:  # the first read of the watch
+            original.heartbeat(time.time(), 10.0)  # the original's next flush pass
+            raise StorageError("reading n1.json failed: 503 SlowDown")
+        return real_read()
+
+    monkeypatch.setattr(copy, "own_heartbeat", flaky_read)
+    clock = [time.time()]
+    fake_time = types.SimpleNamespace(
+        time=lambda: clock[0], strftime=time.strftime, gmtime=time.gmtime
+    )
+    monkeypatch.setattr(twins, "time", fake_time)
+    assert live_twin(copy, _VirtualWait(clock)) is not None  # type: ignore[arg-type]
+    assert reads[0] >= 3

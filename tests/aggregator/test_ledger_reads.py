@@ -1,0 +1,288 @@
+"""Reading the peers' heartbeats and replay marks (ledger.py) with several aggregators on one
+warehouse (R3s20, audit A1s20 findings 1 and 4):
+
+* a document rewritten while it is read is read as one whole version, never as a torn one
+  taken for "no such node" (pyarrow read it in two S3 requests, a HEAD then a GET);
+* a read the warehouse refuses (503 SlowDown) fails the caller, which then holds, instead of
+  leaving the node out (a crashed node's hold on compaction vanished);
+* whether a peer is down is judged by the warehouse's clock, not by comparing its writer's
+  clock with the reader's; a replay corrects a peer's ``committed_through`` by its clock's
+  skew measured against the warehouse's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+
+from aggregator.compaction.command import compact_main
+from aggregator.ledger import (
+    LEDGER_DIR,
+    NODES_DIR,
+    Ledger,
+    compaction_blocker,
+    read_heartbeats,
+)
+from aggregator.storage import StorageError
+from athena.warehouse import Warehouse, open_warehouse
+from tests.aggregator.s3_hook_proxy import S3HookProxy
+from tests.support.seaweedfs import SeaweedFS
+
+FLUSH = 1.0
+#: Ten flush intervals and a minute: a heartbeat older than this is a down node's.
+STALE = 10 * FLUSH + 60.0
+
+
+@pytest.fixture
+def proxy(seaweedfs: SeaweedFS, s3_env: dict[str, str]) -> Iterator[S3HookProxy]:
+    """A proxy in front of the test S3 server, the one the code under test talks to."""
+    hook = S3HookProxy(int(seaweedfs.endpoint.rsplit(":", 1)[1]))
+    try:
+        yield hook
+    finally:
+        hook.close()
+
+
+def _through(proxy: S3HookProxy, uri: str, monkeypatch: pytest.MonkeyPatch) -> Warehouse:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    return open_warehouse(uri)
+
+
+def _key(uri: str, node: str) -> tuple[str, str]:
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    return bucket, f"{prefix}/{LEDGER_DIR}/{NODES_DIR}/{node}.json"
+
+
+# --- a document rewritten between two requests -----------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_heartbeat_rewritten_while_it_is_read_reads_whole(
+    seaweedfs: SeaweedFS,
+    s3_warehouse: str,
+    proxy: S3HookProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The peer rewrites its heartbeat right after the reader's first request for it was
+    answered (a flush pass ending then): the reader still gets a whole version. Read in two
+    requests (HEAD for the size, then a GET), the new, longer version came back cut at the old
+    size: the live, lagging peer was left out of the replay's wait, and a running twin was
+    taken as gone."""
+    wh = _through(proxy, s3_warehouse, monkeypatch)
+    since = time.time() + 3600  # the replay began after all the peer committed: it waits
+    Ledger(wh, "peer").heartbeat(time.time(), FLUSH)
+    proxy.seen.clear()
+    bucket, key = _key(s3_warehouse, "peer")
+    direct = seaweedfs.client()
+
+    def rewrite_once_after(method: str, path: str) -> None:
+        if key in path and method in ("HEAD", "GET"):
+            proxy.after = None
+            doc = json.loads(direct.get_object(Bucket=bucket, Key=key)["Body"].read())
+            doc.update(updated=time.time(), padding="x" * 64)  # a pass later: longer
+            direct.put_object(Bucket=bucket, Key=key, Body=json.dumps(doc).encode() + b"\n")
+
+    reads = {
+        "behind": lambda: Ledger(wh, "me").behind(since, time.time()) == ["peer"],
+        "read_heartbeats": lambda: [b.node for b in read_heartbeats(wh)] == ["peer"],
+        "own_heartbeat": lambda: Ledger(wh, "peer").own_heartbeat() is not None,
+    }
+    for what, right in reads.items():
+        proxy.after = rewrite_once_after
+        assert right(), f"{what}: the peer's heartbeat, rewritten while read, was taken as absent"
+        assert proxy.after is None, f"{what}: the rewrite did not happen during the read"
+    assert "HEAD" not in proxy.requests_to(key), "a heartbeat is read in one GetObject"
+
+
+class _TornOnce(pafs.FileSystemHandler):
+    """A local filesystem whose first read of each ``.json`` file returns only its first half,
+    as pyarrow's two requests return an S3 object rewritten between them (the path taken
+    where boto3 cannot be used: a filesystem :func:`open_warehouse` did not build)."""
+
+    def __init__(self) -> None:
+        self.fs = pafs.LocalFileSystem()
+        self.torn: set[str] = set()
+
+    def open_input_stream(self, path: str) -> pafs.NativeFile:
+        if path.endswith(".json") and path not in self.torn:
+            self.torn.add(path)
+            with self.fs.open_input_stream(path) as fh:
+                data = fh.read()
+            import pyarrow as pa
+
+            return pa.BufferReader(data[: len(data) // 2])
+        return self.fs.open_input_stream(path)
+
+    # The rest is the local filesystem's.
+    def get_type_name(self) -> str:
+        return "torn-once"
+
+    def equals(self, other: pafs.FileSystemHandler) -> bool:
+        return other is self
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(selector)
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        self.fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path: str) -> None:
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self) -> None:
+        raise NotImplementedError
+
+    def delete_file(self, path: str) -> None:
+        self.fs.delete_file(path)
+
+    def move(self, src: str, dest: str) -> None:
+        self.fs.move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        self.fs.copy_file(src, dest)
+
+    def open_input_file(self, path: str) -> pafs.NativeFile:
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path: str, metadata: dict[str, str]) -> pafs.NativeFile:
+        return self.fs.open_output_stream(path)
+
+    def open_append_stream(self, path: str, metadata: dict[str, str]) -> pafs.NativeFile:
+        return self.fs.open_append_stream(path)
+
+    def normalize_path(self, path: str) -> str:
+        return self.fs.normalize_path(path)
+
+
+def test_a_torn_read_is_read_again_not_taken_for_absence(tmp_path: Path) -> None:
+    """Where a document can only be read in two requests, a torn read is retried: the peer's
+    heartbeat is found, whole."""
+    local = open_warehouse(str(tmp_path / "wh"), create=True)
+    Ledger(local, "peer").heartbeat(123.0, FLUSH)
+    torn = Warehouse(local.uri, pafs.PyFileSystem(_TornOnce()), local.base)
+    beats = read_heartbeats(torn)
+    assert [(b.node, b.committed_through) for b in beats] == [("peer", 123.0)]
+    Ledger(local, "twin").heartbeat(5.0, FLUSH)
+    assert Ledger(torn, "twin").own_heartbeat() is not None
+
+
+# --- a read the warehouse refuses --------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_throttled_heartbeat_read_holds_compaction(
+    s3_warehouse: str,
+    proxy: S3HookProxy,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A crashed node's stale heartbeat holds compaction. When S3 answers the reads of it with
+    503 SlowDown, the hold must stay: the read fails the check (``compact`` exits 1, to be run
+    again), where the node used to be skipped as unreadable, and the pass went ahead."""
+    wh = _through(proxy, s3_warehouse, monkeypatch)
+    Ledger(wh, "dead").heartbeat(time.time() - 3600, FLUSH)  # then it crashed
+    later = time.time() + STALE + 60  # its heartbeat is stale by then
+    hold = compaction_blocker(read_heartbeats(wh), None, later)
+    assert hold is not None and hold.peer_down and "dead" in hold.reason
+
+    proxy.throttled = re.compile(r"_nodes/dead\.json")
+    with pytest.raises(StorageError, match=r"dead\.json"):
+        read_heartbeats(wh)
+    assert compact_main(["--warehouse", s3_warehouse]) == 1
+    err = capsys.readouterr().err
+    assert "dead.json" in err and "compacted" not in err, err
+
+
+# --- clocks --------------------------------------------------------------------------------------
+
+
+def _rewrite(wh: Warehouse, node: str, **fields: float) -> None:
+    """Change fields of ``node``'s heartbeat as its writer's clock would have set them (the
+    file's mtime, the warehouse's clock, stays now)."""
+    path = Path(wh.path(LEDGER_DIR, NODES_DIR, f"{node}.json"))
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}) + "\n")
+
+
+def test_a_peer_whose_clock_is_behind_is_not_taken_for_down(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """b-node's clock runs 200 s behind a-node's (more than its staleness of 70 s): b-node's
+    fresh heartbeat says it was written 200 s ago. a-node used to take it for crashed, told the
+    operator to drain it, and compacted nothing while b-node deferred to a-node."""
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    Ledger(wh, "b-node").heartbeat(time.time(), FLUSH)
+    _rewrite(wh, "b-node", updated=time.time() - 200, committed_through=time.time() - 200)
+    assert compaction_blocker(read_heartbeats(wh), "a-node", time.time()) is None
+    assert "b-node runs 200s behind this host" in caplog.text
+    # And a heartbeat that stops changing still goes stale, by the same clock.
+    later = time.time() + STALE + 1
+    hold = compaction_blocker(read_heartbeats(wh), "a-node", later)
+    assert hold is not None and hold.peer_down
+
+
+@pytest.mark.integration
+def test_staleness_on_s3_is_judged_by_the_s3_clock(s3_warehouse: str, s3_env: object) -> None:
+    """On S3 the age is the answer's ``Date`` less the object's ``Last-Modified``: a heartbeat
+    whose writer's clock is an hour behind is fresh, and ages with time."""
+    wh = open_warehouse(s3_warehouse)
+    Ledger(wh, "b-node").heartbeat(time.time() - 7200, FLUSH)
+    path = wh.path(LEDGER_DIR, NODES_DIR, "b-node.json")
+    beat = read_heartbeats(wh)[0]
+    doc = {**json.loads(wh.fs.open_input_stream(path).read()), "updated": beat.updated - 3600}
+    with wh.fs.open_output_stream(path) as out:
+        out.write(json.dumps(doc).encode())
+    (beat,) = read_heartbeats(wh)
+    assert not beat.stale(time.time())
+    assert beat.stale(time.time() + STALE + 2)
+    assert beat.dated is not None and -3605 < beat.dated.skew < -3595, beat.dated
+
+
+def test_a_replay_does_not_take_a_peer_whose_clock_is_ahead_for_caught_up(
+    tmp_path: Path,
+) -> None:
+    """The peer's clock runs 120 s ahead: its ``committed_through`` 100 s after this replay's
+    start, by its clock, is 20 s before it in truth. The replay must go on waiting for it (it
+    used to stop, and the lines a shipper resent to the peer were stored twice); a peer whose
+    clock is behind is credited instead of waited on until the timeout."""
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    since = time.time()
+    Ledger(wh, "ahead").heartbeat(0.0, FLUSH)
+    _rewrite(wh, "ahead", updated=time.time() + 120, committed_through=since + 100)
+    Ledger(wh, "behind").heartbeat(0.0, FLUSH)
+    _rewrite(wh, "behind", updated=time.time() - 120, committed_through=since - 100)
+    assert Ledger(wh, "me").behind(since, time.time()) == ["ahead"]
+
+
+def test_a_pass_under_way_stops_when_the_heartbeats_cannot_be_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The periodic pass re-reads the heartbeats between partitions: a read the warehouse
+    refuses stops it (the next pass retries), as a peer that went down does."""
+    from aggregator import compact_loop
+    from aggregator.config import Settings
+    from aggregator.metrics import Metrics
+
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    loop = compact_loop.PeriodicCompaction(wh, Settings(), Metrics(), Ledger(wh, "node-a"))
+    monkeypatch.setattr(compact_loop, "HOLD_RECHECK_SECONDS", 0.0)
+    hold = loop._hold_checker()
+    assert hold() is None
+
+    def refused(_: Warehouse) -> list[object]:
+        raise StorageError("listing _ledger/_nodes failed: 503 SlowDown")
+
+    monkeypatch.setattr(compact_loop, "read_heartbeats", refused)
+    reason = hold()
+    assert reason is not None and "503 SlowDown" in reason
