@@ -606,9 +606,10 @@ class Registry:
         started again at epoch 0, content that comes back to the old first line later would
         get the old content's ``source_id``, and the aggregator would drop its lines as
         resends. Only such an entry is taken: nothing read or acknowledged under its epoch,
-        and not one of ``keep``: with ``--multiline`` a file opened while a record was open has
-        such an entry too, held for a restart to read it again, and its inode is free for the
-        next file once the runtime deleted it (gzip): taken, a restart skipped its lines."""
+        and not one of ``keep``: a file held for a split line or ``--multiline`` record open in
+        it has such an entry too, kept for a restart to read it again, and its inode is free
+        for the next file once the runtime deleted it (gzip): taken, a restart skipped its
+        lines."""
         prefix = f"{dev}:{ino}:"
         for key, state in self._files.items():
             if (

@@ -81,8 +81,9 @@ class Cursor:
         acks of its batches still in flight advance the copy's checkpoint (see
         :meth:`shipper.tailer.Tailer.commit`)."""
         self.decompressed = False
-        """``--multiline``: a temporary file holding a deleted file's gzip-compressed copy,
-        read again from a checkpoint (see :mod:`shipper.held_gz`)."""
+        """A temporary file holding a deleted file's gzip-compressed copy, read again from a
+        checkpoint held for an open split line or ``--multiline`` record (see
+        :mod:`shipper.held_gz`)."""
         self.final = False
         """No more writes will come (rotated away, deleted): an unterminated last line is
         complete as it is."""

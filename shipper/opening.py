@@ -129,7 +129,7 @@ class Opening:
             # Never at an epoch below one used on the inode: its id could be an earlier
             # content's (same first line), whose lines the aggregator has.
             restarted = self.registry.take_restarted(
-                st.st_dev, st.st_ino, self.spec.key, fp, self._grouped_keys()
+                st.st_dev, st.st_ino, self.spec.key, fp, self._rereadable_keys()
             )
             epoch = self.registry.next_epoch(st.st_dev, st.st_ino)
             if restarted is not None:
@@ -140,7 +140,7 @@ class Opening:
         else:
             if path == self.spec.path:  # such an entry as an older shipper left it
                 self.registry.take_restarted(
-                    st.st_dev, st.st_ino, self.spec.key, fp, self._grouped_keys()
+                    st.st_dev, st.st_ino, self.spec.key, fp, self._rereadable_keys()
                 )
             if state.offset or another_life(state.source_id, st, birth):
                 state = self._verified(fd, path, st, fp, state, birth)
@@ -150,17 +150,22 @@ class Opening:
             del self._opened[next(iter(self._opened))]
         return Cursor(fd, path, fp, state, self.parser, birth)
 
-    def _grouped_keys(self: Tailer) -> set[str]:
-        """``--multiline``: the registry keys of the files read since the last quiet point or
-        let go, which a restart may read again (open, held, in flight, or gone but for a
-        compressed copy): their entries are not a truncated file's to take over (see
-        :meth:`~shipper.checkpoint.Registry.take_restarted`). Empty without the option."""
-        if self.multiline is None:
-            return set()
+    def _rereadable_keys(self: Tailer) -> set[str]:
+        """The registry keys of the files a restart may read again: held for an open split
+        line or ``--multiline`` record (open, held, or gone but for a compressed copy, see
+        :mod:`shipper.held_gz`), and, while one is held (with ``--multiline`` always), the
+        files let go since, with batches in flight or checkpoints kept back behind it. Their
+        entries are not a truncated file's to take over (see
+        :meth:`~shipper.checkpoint.Registry.take_restarted`): a held file's entry at offset 0
+        with nothing acknowledged looks like one, and once the runtime deleted the file (the
+        gzip of Docker ``compress``) its inode is free for the next file. Taken, the entry was
+        gone at a restart, and the held parts with it: lost, and not even counted (H1s20,
+        with the option off; the option had it fixed)."""
         keys = {c.key for c in self._holding} | self._adopted
-        # Let go with batches in flight (deleted by the gzip at once): a kill before their
-        # acks reads it again from its compressed copy (see shipper.held_gz).
-        keys |= {file_key(dev, ino, fp) for dev, ino, fp, _ in self._released}
+        if self.multiline is not None or self._holding:
+            # Let go with batches in flight (deleted by the gzip at once): a kill before their
+            # acks reads it again from its compressed copy (see shipper.held_gz).
+            keys |= {file_key(dev, ino, fp) for dev, ino, fp, _ in self._released}
         return keys | {o.key for o in self.parser.pending_origins() if isinstance(o, Cursor)}
 
     def _finished_before(

@@ -24,7 +24,8 @@ from shipper.checkpoint import FileState, file_key
 from shipper.cursor import Cursor
 from shipper.discover import compressed_siblings, rotated_siblings
 from shipper.fingerprint import fingerprint, tail_hash
-from shipper.held_gz import decompressed, held_by_compressed, verified
+from shipper.formats import PARSERS
+from shipper.held_gz import decompressed, ends_in_split_line, held_by_compressed, verified
 from shipper.opening import another_life, born_in
 from shipper.rotated import age, compressed_identities, oldest_first, rotation_path
 
@@ -127,6 +128,13 @@ def _unchanged_since(state: FileState) -> bool:
     return max(_latest_write(st), _end_of_second(st.st_ctime_ns)) < state.updated
 
 
+def _name_order(path: Path) -> tuple[int, str]:
+    """Where ``path`` sorts among its rotated siblings by name alone, oldest first (see
+    :func:`~shipper.rotated.age`)."""
+    _, number, name = age(0, path)
+    return number, name
+
+
 def touch(key: str) -> None:
     if key not in last_active and len(last_active) >= MAX_REMEMBERED_SOURCES:
         for old in sorted(last_active, key=last_active.__getitem__)[: len(last_active) // 2]:
@@ -150,7 +158,8 @@ class Resume:
         known = {k for k, s in self.registry.items() if s.source == self.spec.key}
         try:
             rotated = self._known_rotated(known) if known else self._first_seen()
-            held_gz = self._held_compressed(known, rotated) if known and self.multiline else []
+            held_gz = self._held_compressed(known, rotated) if known else []
+            rotated += self._rotated_after_held(held_gz, rotated)
             self.cursors = held_gz + oldest_first(rotated)
             self._pass_over()
             now = time.time()
@@ -466,43 +475,103 @@ class Resume:
     def _held_compressed(
         self: Tailer, known: set[str], rotated: list[tuple[int, Cursor]]
     ) -> list[Cursor]:
-        """``--multiline``: files a checkpoint holds (kept at the quiet point before a record
-        still open) that are gone but for their gzip-compressed copy (Docker ``compress``, the
-        kubelet), opened from that copy at the checkpoint (see :mod:`shipper.held_gz`), oldest
-        first. They are read before every rotated file still uncompressed: both runtimes
-        compress the older ones (Docker all, the kubelet all but the newest), and a ``.gz``'s
-        modification time is when it was compressed, not written."""
+        """Files a checkpoint holds that are gone but for their gzip-compressed copy (Docker
+        ``compress``, the kubelet), opened from that copy at the checkpoint (see
+        :mod:`shipper.held_gz`), oldest first: with ``--multiline`` kept at the quiet point
+        before a record still open; without it, only when one of them ends inside a line the
+        runtime split (:meth:`_split_line_held`), held at that line's start. They are read
+        before every rotated file still uncompressed: both runtimes compress the older ones
+        (Docker all, the kubelet all but the newest), and a ``.gz``'s modification time is
+        when it was compressed, not written."""
         opened = {c.key for _, c in rotated}
         vanished = [
             (key, state)
             for key in sorted(known - opened)
             if (state := self.registry.get(key)) is not None
         ]
-        found: list[Cursor] = []
+        if not vanished or (self.multiline is None and not PARSERS[self.spec.format].splits):
+            return []  # a plain file: nothing the runtime split is ever open in it
+        copies: list[tuple[str, FileState, int, Path]] = []
         taken: set[Path] = set()
         for key, state, candidates in held_by_compressed(self.spec.path, vanished):
-            opened = self._open_compressed(state, [c for c in candidates if c not in taken])
-            if opened is None:
-                continue
-            fd, gz = opened
-            taken.add(gz)
-            fp = key.rsplit(":", 1)[-1]
-            cur = Cursor(fd, gz, fp, state, self.parser, None)
-            cur.final = True  # no more writes: its last line is complete as it is
-            cur.decompressed = True
-            # Under the copy's key from now on (a kill before its first ack finds it again);
-            # the old key is left for _count_vanished, which sees the copy going on from it.
-            self.registry.put(cur.key, state)
-            self._adopted.add(key)
-            log.info(
-                "resuming a rotated file from its compressed copy: a multi-line record was "
-                "open in it path=%s offset=%d",
-                gz,
-                state.offset,
-            )
-            found.append(cur)
+            got = self._open_compressed(state, [c for c in candidates if c not in taken])
+            if got is not None:
+                taken.add(got[1])
+                copies.append((key, state, *got))
+        if self.multiline is None and not self._split_line_held(copies):
+            for _, _, fd, _ in copies:
+                os.close(fd)
+            return []  # as before: nothing open in them, gone with the files
+        found = [self._resume_copy(key, state, fd, gz) for key, state, fd, gz in copies]
         # By the name it had uncompressed: Docker's .2 before its .1, kubelet's by time.
         return sorted(found, key=lambda c: age(0, c.path.with_suffix("")))
+
+    def _rotated_after_held(
+        self: Tailer, held: list[Cursor], rotated: list[tuple[int, Cursor]]
+    ) -> list[tuple[int, Cursor]]:
+        """The uncompressed rotated files this start left unopened that were rotated after a
+        file read again from its compressed copy (``held``, see :meth:`_held_compressed`), by
+        name (the kubelet's ``0.log.<time>``, Docker's lower ``.N``): opened from 0.
+
+        With every file it knew gone, :meth:`_known_rotated` reads the unknown ones written
+        after its newest checkpoint, by time -- but that is the time of the held file's last
+        acknowledgement, and a file rotated in after it and never opened (the live path was
+        not created again yet, or the shipper stopped first) can have been written before
+        it, or in the same second on a coarse file system: it was passed over, never read
+        nor counted, and the held line's last part in it lost (H1s20, the extended tailer
+        model's ``cri_slow_reopen``). Rotated after the held file, it is newer than anything
+        this start resumes; a file of it already read and forgotten is passed over by
+        :meth:`~shipper.opening.Opening._open` as before."""
+        if not held:
+            return []
+        newest = max(_name_order(c.path.with_suffix("")) for c in held)
+        followed = {(c.dev, c.ino) for _, c in rotated}
+        found: list[tuple[int, Cursor]] = []
+        for sib in rotated_siblings(rotation_path(self.spec.path)):
+            if _name_order(sib) <= newest:
+                continue
+            try:
+                st = os.stat(sib)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in followed:
+                continue
+            cur = self._open(sib, fresh=True)
+            if cur is not None:
+                found.append((os.fstat(cur.fd).st_mtime_ns, cur))
+        return found
+
+    def _split_line_held(self: Tailer, copies: list[tuple[str, FileState, int, Path]]) -> bool:
+        """Without ``--multiline``: whether one of the decompressed ``copies`` ends inside a
+        line the runtime split, read from its checkpoint (see
+        :func:`~shipper.held_gz.ends_in_split_line`). Then they are all read again, as with the
+        option: the files read after the held one keep their checkpoints where they were
+        opened (:meth:`~shipper.tailer.Tailer._checkpoint_offset`), and their parts of other
+        streams' lines must meet the held file's again."""
+        kind = PARSERS[self.spec.format]
+        return any(
+            ends_in_split_line(fd, state.offset, kind(self.max_line_bytes))
+            for _, state, fd, _ in copies
+        )
+
+    def _resume_copy(self: Tailer, key: str, state: FileState, fd: int, gz: Path) -> Cursor:
+        """A cursor of the decompressed copy ``fd`` of ``gz``, at checkpoint ``key``'s
+        ``state``, which it takes over."""
+        fp = key.rsplit(":", 1)[-1]
+        cur = Cursor(fd, gz, fp, state, self.parser, None)
+        cur.final = True  # no more writes: its last line is complete as it is
+        cur.decompressed = True
+        # Under the copy's key from now on (a kill before its first ack finds it again);
+        # the old key is left for _count_vanished, which sees the copy going on from it.
+        self.registry.put(cur.key, state)
+        self._adopted.add(key)
+        log.info(
+            "resuming a rotated file from its compressed copy: %s was open in it path=%s offset=%d",
+            "a multi-line record" if self.multiline is not None else "a split line",
+            gz,
+            state.offset,
+        )
+        return cur
 
     def _open_compressed(
         self: Tailer, state: FileState, candidates: list[Path]
@@ -529,9 +598,9 @@ class Resume:
         if found:
             log.warning(
                 "several compressed copies match a rotated file a checkpoint holds, and which "
-                "one it was cannot be told: none is read, the multi-line record open in it is "
-                "lost; give each generation a distinct first line (a timestamp) path=%s "
-                "copies=%s",
+                "one it was cannot be told: none is read, what was open in it (a multi-line "
+                "record, a split line's first parts) is lost; give each generation a distinct "
+                "first line (a timestamp) path=%s copies=%s",
                 state.path,
                 ",".join(str(gz) for _, gz in found),
             )

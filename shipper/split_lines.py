@@ -205,23 +205,31 @@ class SplitLines:
             chunk.cursor.frees.append((chunk.resume, held))
 
     def _flush_deleted(self: Tailer) -> Chunk | None:
-        """``--multiline``, no file open: the records open in a file deleted at its rotation
-        (Docker ``compress``, the kubelet's gzip), whose next file has not come, as they are
-        once no line came for the wait. Nothing else shipped them: the timeouts run at the end
-        of an open file, and with none open the record waited for a next file that a stopped
-        container never makes (R1s19 fuzzer, ``R3_COMPRESS``)."""
+        """No file open: the records (``--multiline``) and split lines open in a file
+        deleted at its rotation (Docker ``compress``, the kubelet's gzip), whose next file has
+        not come, as they are once no line came for the wait. Nothing else shipped them: the
+        timeouts run at the end of an open file, and with none open they waited for a next
+        file that a stopped container never makes (R1s19 fuzzer, ``R3_COMPRESS``; without the
+        option too: H1s20, a split line's first parts never stored)."""
         if not self._held or not self.parser.pending_origins():
             return None
         wait = self.parser.wait_seconds(SPLIT_FLUSH_SECONDS)
         if time.monotonic() - self._last_data < wait:
             return None
-        why = (
-            f"shipping open multi-line records as they are: their file was deleted at its "
-            f"rotation and no next line came for {wait:g} s"
-        )
+        if self.multiline is not None:
+            why = (
+                f"shipping open multi-line records as they are: their file was deleted at its "
+                f"rotation and no next line came for {wait:g} s"
+            )
+        else:
+            why = (
+                f"shipping an unfinished split line as it is: its file was deleted at its "
+                f"rotation and its next part has not come for {wait:g} s"
+            )
         chunk = self._flushed(self._held[-1], logging.INFO, why)
         if chunk is not None:
-            self._note_shipped(chunk)
+            if self.multiline is not None:
+                self._note_shipped(chunk)
             self._settle_held(chunk)  # the held files go once it is acknowledged
         return chunk
 

@@ -123,8 +123,9 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         to read on from, shipped as they are by the next read (see
         :meth:`~shipper.copytruncate.CopyTruncate._flush_truncated`)."""
         self._adopted: set[str] = set()
-        """``--multiline``: registry keys of files gone but for a compressed copy, read again
-        from that copy since the start (see :mod:`shipper.held_gz`)."""
+        """Registry keys of files gone but for a compressed copy, read again from that copy
+        since the start for the split line or ``--multiline`` record open in them (see
+        :mod:`shipper.held_gz`)."""
         self._in_place_warned = False
         self.last_rotation = -FAST_ROTATION_WINDOW
         """When a rotation of this source was last seen (monotonic)."""
@@ -250,7 +251,7 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         if self._ending and self.parser.pending_origins():
             return self._flush_ending()
         if not self.cursors:
-            return self._flush_deleted() if self.multiline is not None else None
+            return self._flush_deleted()
         head = self.cursors[0]
         if self._gap_flush is head:
             return self._flush_at_gap(head)
