@@ -183,7 +183,7 @@ def _jsonable(value: Any) -> Any:
 
 
 class _BinKeyed(Exception):
-    """A record without a ``log`` whose keys came as ``bin`` (see :func:`records_batch`)."""
+    """Records with keys that came as ``bin`` (see :func:`records_batch`)."""
 
 
 def message_of(record: dict[str, Any]) -> str:
@@ -315,9 +315,10 @@ def records_batch(tag: str, times_ns: pa.Array, records: list[dict[str, Any]]) -
     """Columns of :data:`BUFFER_SCHEMA` from decoded records (fast path, then coercion).
 
     Records that lack a key logq-shipper always sends get it from other clients' metadata
-    (:mod:`.clientmeta`); a shipper's records take the one C-level pass only. Records whose
-    keys came as ``bin`` (told by :func:`message_of`: they have no text ``log``) are read again
-    with their keys as text (:func:`_text_keyed`).
+    (:mod:`.clientmeta`); a shipper's records take the one C-level pass only. Records with
+    keys that came as ``bin`` (told by :func:`_has_bin_keys` once a record lacks a shipper's
+    key, or by :func:`message_of`) are read again with their keys as text
+    (:func:`_text_keyed`).
     """
     try:
         return _records_batch(tag, times_ns, records)
@@ -331,6 +332,8 @@ def _records_batch(tag: str, times_ns: pa.Array, records: list[dict[str, Any]]) 
         values = list(zip(*map(_SHIPPER_KEYS, records), strict=True))
         filled: dict[str, dict[int, str]] = {}
     except KeyError:
+        if _has_bin_keys(records):
+            raise _BinKeyed from None
         values = [[r.get(k) for r in records] for k in _SHIPPER_KEY_NAMES]
         filled = clientmeta.record_fills(records, tag)
     try:
@@ -357,6 +360,16 @@ def _records_batch(tag: str, times_ns: pa.Array, records: list[dict[str, Any]]) 
     return pa.RecordBatch.from_arrays(
         [_tag_array(tag, n), times_ns, *columns], schema=BUFFER_SCHEMA
     )
+
+
+def _has_bin_keys(records: list[dict[Any, Any]]) -> bool:
+    """Whether any record has a key sent as ``bin``. Checked once a record lacks a key every
+    logq-shipper record has, not only when a record lacks ``log``: ``{"log": ..., b"service":
+    ...}`` must take its service from ``b"service"``, as the general path
+    (:func:`shipper.wire.decode_message`) reads it, or the folder of the same record would
+    depend on the path its message takes (a float time or a bad entry elsewhere in the message
+    sends it down the general path). One C-level pass over the distinct keys."""
+    return bytes in set(map(type, set().union(*records)))
 
 
 def _text_keyed(records: list[dict[Any, Any]]) -> list[dict[Any, Any]]:

@@ -179,9 +179,11 @@ def _name_bytes(name: str) -> bytes:
     """The bytes a name was sent as, for its hash. A name that is not valid UTF-8 comes with
     each bad byte escaped as a lone surrogate (U+DC80..U+DCFF: ``surrogateescape``, as msgpack,
     the aggregator's decoder and Python's command line hand them over): encoded back, distinct
-    byte strings hash apart and a name typed to ``--service`` finds the folder its records
-    went to. Other lone surrogates (a JSON ``\\ud800``) stand for no byte: ``surrogatepass``,
-    as always. A valid name is its UTF-8 either way, so its folder never moves."""
+    byte strings hash apart, and the hash the CLI computes for such a name is the folder its
+    records went to (``logq --service`` still refuses it: give the ``svc-<hash>`` folder's
+    name, which ``logq services`` lists). Other lone surrogates (a JSON ``\\ud800``) stand
+    for no byte: ``surrogatepass``, as always. A valid name is its UTF-8 either way, so its
+    folder never moves."""
     try:
         return name.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:

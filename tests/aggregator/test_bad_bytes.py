@@ -308,6 +308,35 @@ def test_a_record_with_a_bin_log_key_and_text_keys_reads_both() -> None:
     assert services(batch) == ["billing"]
 
 
+def general_path(tag: str, records: list[dict[Any, Any]]) -> bytes:
+    """Forward mode with a float time: the message takes the general path
+    (:func:`shipper.wire.decode_message`), as any message with a float time or a bad entry."""
+    return pack([tag, [[T0 / 1e9, r] for r in records]])
+
+
+@pytest.mark.parametrize("mode", [*MODES, "general"])
+def test_a_record_with_a_text_log_and_bin_keys_reads_the_bin_keys_on_every_path(
+    mode: str,
+) -> None:
+    """Its folder does not depend on the path its message takes: the general path always read
+    ``b"service"``; the fast paths took the tag's service instead."""
+    records = [{"log": "hello", b"service": "billing", b"stream": "stderr"}] * 2
+    frame = general_path("app.x", records) if mode == "general" else frames("app.x", records)[mode]
+    batch = decoded(frame)
+    assert set(services(batch)) == {"billing"}
+    assert set(column(batch, "stream")) == {"stderr"}
+    assert set(column(batch, "log")) == {"hello"}
+
+
+@pytest.mark.parametrize("mode", [*MODES, "general"])
+def test_a_bin_log_key_beside_a_text_message_key_is_the_line_on_every_path(mode: str) -> None:
+    records = [{"message": "from message", b"log": "from log", b"service": "billing"}] * 2
+    frame = general_path("app.x", records) if mode == "general" else frames("app.x", records)[mode]
+    batch = decoded(frame)
+    assert set(column(batch, "log")) == {"from log"}
+    assert set(services(batch)) == {"billing"}
+
+
 # --- a real aggregator ------------------------------------------------------------------------
 
 
