@@ -189,11 +189,18 @@ class Heartbeat:
     def committed_here(self) -> float:
         """``committed_through`` on this host's clock: moved back by how far the writer's
         clock runs ahead of this one (:attr:`Dating.skew`) and the error of that estimate, so
-        that a replay never takes a peer for caught up early (lines stored twice); a peer
-        whose clock is behind is credited, or the replay would wait out its timeout."""
+        that a replay never takes a peer for caught up early (lines stored twice).
+
+        Never moved forward (R4s20): a skew estimated below zero is not only a writer's clock
+        running behind. A heartbeat whose PUT reached the warehouse seconds after its
+        ``updated`` (a retried or timed-out request), a ``Date`` set by a proxy's clock (nginx
+        replaces S3's by default) or an mtime set by a file server's clock (NFS) read the same
+        way, and crediting them let a replay go on before the peer committed. A peer whose
+        clock really runs behind has committed long before the replay's wait times out: not
+        crediting it costs at most that wait."""
         if self.dated is None:
             return self.committed_through
-        return self.committed_through - self.dated.skew - self.dated.error
+        return self.committed_through - max(0.0, self.dated.skew + self.dated.error)
 
 
 @dataclass(frozen=True)
@@ -556,8 +563,9 @@ def _warn_of_skew(beat: Heartbeat) -> None:
     skew = beat.dated.skew
     log.warning(
         "the clock of aggregator %s runs %.0fs %s this host's (judged by the warehouse's "
-        "clock): peers' liveness does not depend on it, but keep the aggregators' clocks in "
-        "sync (NTP, docs/operations.md)",
+        "clock; or the warehouse's times come from a clock of their own: a proxy's Date, a "
+        "file server's mtime): peers' liveness does not depend on it, but keep the "
+        "aggregators' clocks in sync (NTP, docs/operations.md)",
         beat.node,
         abs(skew),
         "ahead of" if skew > 0 else "behind",

@@ -13,6 +13,7 @@ warehouse (R3s20, audit A1s20 findings 1 and 4):
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -254,15 +255,53 @@ def test_a_replay_does_not_take_a_peer_whose_clock_is_ahead_for_caught_up(
 ) -> None:
     """The peer's clock runs 120 s ahead: its ``committed_through`` 100 s after this replay's
     start, by its clock, is 20 s before it in truth. The replay must go on waiting for it (it
-    used to stop, and the lines a shipper resent to the peer were stored twice); a peer whose
-    clock is behind is credited instead of waited on until the timeout."""
+    used to stop, and the lines a shipper resent to the peer were stored twice). A peer whose
+    clock seems to run behind is not credited (R4s20): it is waited for until its own
+    ``committed_through`` passes the start, as before the skew was measured; one that has
+    caught up by its own clock is not waited for."""
     wh = open_warehouse(str(tmp_path / "wh"), create=True)
     since = time.time()
     Ledger(wh, "ahead").heartbeat(0.0, FLUSH)
     _rewrite(wh, "ahead", updated=time.time() + 120, committed_through=since + 100)
     Ledger(wh, "behind").heartbeat(0.0, FLUSH)
     _rewrite(wh, "behind", updated=time.time() - 120, committed_through=since - 100)
-    assert Ledger(wh, "me").behind(since, time.time()) == ["ahead"]
+    Ledger(wh, "caught-up").heartbeat(0.0, FLUSH)
+    _rewrite(wh, "caught-up", updated=time.time() - 120, committed_through=since + 1)
+    assert Ledger(wh, "me").behind(since, time.time()) == ["ahead", "behind"]
+
+
+def test_a_heartbeat_dated_later_than_written_does_not_credit_its_peer(tmp_path: Path) -> None:
+    """Both aggregators' clocks agree (one host); the peer committed through 2 s before this
+    replay's start. Its heartbeat file's mtime is 3 s after its ``updated``: a file server
+    whose clock runs 3 s ahead (NFS sets mtime by the server's clock), or a write that took
+    3 s. Read as the peer's clock running 3 s behind, it was credited 3 s and the replay
+    went on while the peer had not committed the lines a shipper resent to it (R4s20)."""
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    since = time.time()
+    Ledger(wh, "peer").heartbeat(since - 2.0, FLUSH)
+    path = Path(wh.path(LEDGER_DIR, NODES_DIR, "peer.json"))
+    updated = json.loads(path.read_text())["updated"]
+    os.utime(path, (updated + 3.0, updated + 3.0))
+    assert Ledger(wh, "me").behind(since, time.time()) == ["peer"]
+
+
+@pytest.mark.integration
+def test_a_heartbeat_that_reached_s3_late_does_not_credit_its_peer(
+    s3_warehouse: str, s3_env: object
+) -> None:
+    """Both clocks agree; the peer's heartbeat PUT reached S3 4 s after the peer stamped its
+    ``updated`` (a request that timed out once and was sent again: pyarrow's S3 client gives
+    a request 3 s). Its ``Last-Modified`` then says the peer's clock runs ~4 s behind, and
+    that credit, less the 2.5 s margin, took a peer that had committed through 0.4 s before
+    the replay's start for caught up, every time (R4s20)."""
+    wh = open_warehouse(s3_warehouse)
+    since = time.time()
+    doc = {"node": "peer", "committed_through": since - 0.4, "flush_interval": FLUSH}
+    doc["updated"] = time.time() - 4.0  # what a PUT sent 4 s after the stamp leaves
+    path = wh.path(LEDGER_DIR, NODES_DIR, "peer.json")
+    with wh.fs.open_output_stream(path) as out:
+        out.write(json.dumps(doc).encode())
+    assert Ledger(wh, "me").behind(since, time.time()) == ["peer"]
 
 
 def test_a_pass_under_way_stops_when_the_heartbeats_cannot_be_read(
