@@ -8,6 +8,7 @@ empty or may be stale is in :mod:`cli.explain`; how new the data is, in :mod:`at
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -369,16 +370,38 @@ def show(
     one ``--service`` was given (json and csv keep it: their columns never depend on the
     arguments). When the question had no possible answer (:func:`no_data_reason`), the exit
     status is :data:`NO_DATA_EXIT`.
+
+    A streamed result (:attr:`QueryResult.more`) is written as it comes, the same columns
+    dropped from every batch; the table shows at most :data:`cli.output.TABLE_MAX_ROWS` rows
+    and says on stderr how to see the rest. The result is closed in the end, read or not
+    (a closed pipe, Ctrl-C, an error: the engine stops the query).
     """
+    try:
+        _show(common, result, prep, title, columns, rows)
+    finally:
+        result.close()
+
+
+def _show(
+    common: Common,
+    result: QueryResult,
+    prep: Prepared | None,
+    title: str | None,
+    columns: list[str] | None,
+    rows: list[tuple[Any, ...]] | None,
+) -> None:
     from cli.output import emit
 
+    more = result.more if rows is None else None
     columns = list(columns if columns is not None else result.columns)
     rows = list(rows if rows is not None else result.rows)
+    dropped: list[int] = []  # columns left out, in order: the same for every streamed batch
     total = None
     if prep is not None and "total_rows" in columns:  # a canned query's count, not a user's
         at = columns.index("total_rows")
         total = int(rows[0][at]) if rows else 0
         columns, rows = _without(columns, rows, at)
+        dropped.append(at)
     human = common.fmt in (OutputFormat.table, OutputFormat.markdown)
     if (
         human  # json/csv keep every column whatever the arguments: scripts read them by name
@@ -387,7 +410,8 @@ def show(
         and "service" in columns
         and one_service(common, prep)
     ):
-        columns, rows = _without(columns, rows, columns.index("service"))
+        dropped.append(columns.index("service"))
+        columns, rows = _without(columns, rows, dropped[-1])
     if common.limit:  # most queries LIMIT in SQL; this holds --limit for every command
         rows = rows[: common.limit]
     exit_code = 0
@@ -408,15 +432,46 @@ def show(
         if reason is not None:
             note(f"logq: no results: {reason}")
             exit_code = NO_DATA_EXIT
-    emit(common.fmt, columns, rows, title=title if common.fmt is OutputFormat.table else None)
-    if total is not None and total > len(rows):
-        note(f"logq: showing {len(rows):,} of {total:,} rows (raise --limit)")
+    rest = () if more is None else _rest(more, dropped, common.limit, len(rows))
+    table_title = title if common.fmt is OutputFormat.table else None
+    written = emit(common.fmt, columns, rows, title=table_title, more=rest)
+    if not written.complete:
+        note(_cut_text(written.rows, total))
+    elif total is not None and total > written.rows:
+        note(f"logq: showing {written.rows:,} of {total:,} rows (raise --limit)")
     if result.engine == "athena":
         from athena.engines.athena import cost_line
 
         note(cost_line(result))
     if exit_code:
         raise typer.Exit(exit_code)
+
+
+def _rest(
+    more: Iterable[list[tuple[Any, ...]]], dropped: list[int], limit: int | None, shown: int
+) -> Iterator[list[tuple[Any, ...]]]:
+    """The batches of a streamed result after the ``shown`` first rows: the ``dropped``
+    columns left out, and no more rows than ``--limit`` (None or 0: every row)."""
+    left = None if not limit else limit - shown
+    for batch in more:
+        if left is not None and left <= 0:
+            return
+        for at in dropped:
+            batch = [r[:at] + r[at + 1 :] for r in batch]
+        if left is not None:
+            batch = batch[:left]
+            left -= len(batch)
+        yield batch
+
+
+def _cut_text(shown: int, total: int | None) -> str:
+    """The note for a table cut at :data:`cli.output.TABLE_MAX_ROWS` rows: how to see the
+    others. The remaining rows are not counted: that would run the rest of the query."""
+    of = f"first {shown:,}" + (f" of {total:,}" if total is not None else "")
+    return (
+        f"logq: showing the {of} rows: a table holds every row it shows in memory, so it "
+        f"stops at {shown:,}; use -f csv or -f json for every row, or --limit for fewer"
+    )
 
 
 def one_service(common: Common, prep: Prepared) -> bool:

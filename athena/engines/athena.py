@@ -22,11 +22,13 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 from athena.engines.interrupts import Interrupts
 from athena.engines.result import (
+    STREAM_BATCH_ROWS,
+    STREAM_WINDOW_ROWS,
     EngineError,
     QueryResult,
     ScanBudgetError,
@@ -218,22 +220,31 @@ class AthenaEngine:
         self.progress_out.flush()
 
     def run(
-        self, sql: str, params: dict[str, Any], scopes: Any = None, max_rows: int | None = None
+        self,
+        sql: str,
+        params: dict[str, Any],
+        scopes: Any = None,
+        max_rows: int | None = None,
+        stream: bool = False,
     ) -> QueryResult:
         """Start the query, follow it until it ends, fetch the rows (the first ``max_rows``
-        only when given: each 1,000 rows is a GetQueryResults call).
+        only when given: each 1,000 rows is a GetQueryResults call). ``stream``: a result of
+        more than :data:`~athena.engines.result.STREAM_WINDOW_ROWS` rows comes back with its
+        first rows, the rest in :attr:`QueryResult.more`, fetched page by page as it is read.
 
         A query that failed because compaction deleted a file it had listed runs again (up to
         :data:`VANISHED_RETRIES` times): the local engine does the same, and Athena does not
         bill failed queries. Ctrl-C, SIGTERM and SIGHUP stop the query on Athena
         (:mod:`athena.engines.interrupts`)."""
         with self._interrupts.taken():
-            return self._run_retrying(sql, params, max_rows)
+            return self._run_retrying(sql, params, max_rows, stream)
 
-    def _run_retrying(self, sql: str, params: dict[str, Any], max_rows: int | None) -> QueryResult:
+    def _run_retrying(
+        self, sql: str, params: dict[str, Any], max_rows: int | None, stream: bool
+    ) -> QueryResult:
         for attempt in range(VANISHED_RETRIES + 1):
             try:
-                return self._run_once(sql, params, max_rows)
+                return self._run_once(sql, params, max_rows, stream)
             except _VanishedFile as exc:
                 if attempt == VANISHED_RETRIES:
                     raise EngineError(
@@ -245,7 +256,9 @@ class AthenaEngine:
                 )
         raise AssertionError("unreachable")
 
-    def _run_once(self, sql: str, params: dict[str, Any], max_rows: int | None) -> QueryResult:
+    def _run_once(
+        self, sql: str, params: dict[str, Any], max_rows: int | None, stream: bool = False
+    ) -> QueryResult:
         from pyathena.error import Error as AthenaError
 
         text, values = self.prepare(sql, params)
@@ -254,6 +267,7 @@ class AthenaEngine:
         cursor.announce = lambda qid: self._say(f"\nathena: cancelling query {qid}\n")
         started = time.monotonic()
         query_id = None
+        more: _AthenaBatches | None = None
         try:
             with self._interrupts.starting():  # a signal now is raised once the query has an id
                 query_id, future = cursor.execute(text, values or None)
@@ -288,8 +302,13 @@ class AthenaEngine:
                     "workgroup's BytesScannedCutoffPerQuery is a hard limit)\n"
                 )
             columns = [d[0] for d in (result_set.description or [])]
-            fetched = result_set.fetchall() if max_rows is None else result_set.fetchmany(max_rows)
-            rows = [tuple(r) for r in fetched]
+            if stream:
+                rows, more = _first_window(result_set, max_rows, lambda: _close(cursor, conn))
+            else:
+                fetched = (
+                    result_set.fetchall() if max_rows is None else result_set.fetchmany(max_rows)
+                )
+                rows = [tuple(r) for r in fetched]
             return QueryResult(
                 columns=columns,
                 rows=rows,
@@ -298,6 +317,7 @@ class AthenaEngine:
                 scanned_bytes=result_set.data_scanned_in_bytes or 0,
                 query_id=query_id,
                 sql=text,
+                more=more,
             )
         except KeyboardInterrupt as stop:
             # Without an id: the start failed, or a second interrupt came while it was in
@@ -317,8 +337,8 @@ class AthenaEngine:
                 raise EngineError(f"Athena API: {exc}") from exc
             raise
         finally:
-            cursor.close()
-            conn.close()
+            if more is None:  # a streamed result keeps them until it is read or closed
+                _close(cursor, conn)
 
     def next_step(self, reason: str) -> str:
         """What to do about a failed query's ``reason`` ("; ..." to append), or ``""``: create
@@ -344,6 +364,68 @@ class AthenaEngine:
                 "and service in WHERE)"
             )
         return ""
+
+
+def _close(cursor: Any, conn: Any) -> None:
+    cursor.close()
+    conn.close()
+
+
+def _first_window(
+    result_set: Any, max_rows: int | None, close: Callable[[], None]
+) -> tuple[list[tuple[Any, ...]], _AthenaBatches | None]:
+    """The first rows of a finished query (more than :data:`STREAM_WINDOW_ROWS` when there are,
+    at most ``max_rows``), and the rest as batches to read (None: nothing is left)."""
+    want = STREAM_WINDOW_ROWS + 1 if max_rows is None else min(max_rows, STREAM_WINDOW_ROWS + 1)
+    rows = [tuple(r) for r in result_set.fetchmany(want)]
+    if len(rows) < want or (max_rows is not None and len(rows) >= max_rows):
+        return rows, None
+    left = None if max_rows is None else max_rows - len(rows)
+    return rows, _AthenaBatches(result_set, close, left, len(rows))
+
+
+class _AthenaBatches:
+    """The rest of a streamed Athena result (:class:`~athena.engines.result.RowBatches`): pages
+    of GetQueryResults (1,000 rows each) fetched as the batches are read, so the rows held are
+    a batch and a page whatever the size of the result. The query has finished by then:
+    Ctrl-C only stops the reading."""
+
+    def __init__(
+        self, result_set: Any, close: Callable[[], None], left: int | None, sent: int
+    ) -> None:
+        self._result_set = result_set
+        self._close: Callable[[], None] | None = close
+        self._left = left
+        self.sent = sent
+        """Rows handed out so far, the first window's included (for the error text)."""
+
+    def __iter__(self) -> Iterator[list[tuple[Any, ...]]]:
+        from botocore.exceptions import BotoCoreError, ClientError
+        from pyathena.error import Error as AthenaError
+
+        try:
+            while self._close is not None and (self._left is None or self._left > 0):
+                size = min(self._left or STREAM_BATCH_ROWS, STREAM_BATCH_ROWS)
+                try:
+                    rows = [tuple(r) for r in self._result_set.fetchmany(size)]
+                except (AthenaError, BotoCoreError, ClientError) as exc:
+                    raise EngineError(
+                        f"Athena: fetching the results failed after {self.sent:,} rows, so "
+                        f"the output is incomplete ({exc}); run the command again"
+                    ) from exc
+                if not rows:
+                    return
+                if self._left is not None:
+                    self._left -= len(rows)
+                self.sent += len(rows)
+                yield rows
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        close, self._close = self._close, None
+        if close is not None:
+            close()
 
 
 def _failure(reason: str) -> type[EngineError]:

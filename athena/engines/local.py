@@ -26,8 +26,13 @@ query reads that column; a column whose type changed fails its cast. Any of thes
 again with that table read ``union_by_name`` (the missing column NULL): mixed tables pay the old
 price, uniform ones (what the writer produces) do not. The newest hour's files go first, so
 that only queries that read a column the old files lack pay it (see :meth:`LocalEngine._register`).
-Nothing is printed before the result is complete (``--limit`` included), so the second run shows
-only in the time taken.
+Nothing is printed before that is settled, so the second run shows only in the time taken: a
+result of up to :data:`~athena.engines.result.STREAM_WINDOW_ROWS` rows is fetched whole first;
+a larger one asked for as a stream (``logq sql``: ``stream=True``) has every file's footer read,
+one at a time, before its first row goes out, and a table found to mix schemas is read
+``union_by_name`` from the start. The rest of it is then fetched a batch at a time as it is
+written (:class:`_LocalBatches`), in bounded memory; a file that compaction replaces after rows
+went out ends it with an error that says the output is incomplete (it cannot run again unseen).
 
 Weighed and left: one view per schema version (knowing a file's schema means reading its
 footer, the cost avoided), ``parquet_metadata_cache`` (it keeps the footers: the memory avoided)
@@ -47,14 +52,22 @@ the caller knows whether the SQL was the user's (``logq sql``: bad input) or log
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from athena.arrow_values import column_values
-from athena.engines.result import EngineError, QueryResult, ScanBudgetError, StatementError
+from athena.engines.result import (
+    STREAM_BATCH_ROWS,
+    STREAM_WINDOW_ROWS,
+    EngineError,
+    QueryResult,
+    ScanBudgetError,
+    StatementError,
+)
 
 T = TypeVar("T")
 #: Past this many Parquet files, a local query says on stderr how to make it smaller. It still
@@ -361,6 +374,7 @@ class LocalEngine:
         explain: str | None = None,
         max_rows: int | None = None,
         exact: bool = False,
+        stream: bool = False,
     ) -> QueryResult:
         """Run Athena ``sql`` with ``params`` over the partitions in ``scopes``.
 
@@ -369,7 +383,9 @@ class LocalEngine:
         ``rows``: the tables show only rows whose ``timestamp`` falls in it (``logq sql``; the
         canned queries filter in their own SQL). ``explain``: see :meth:`prepare`.
         ``max_rows``: fetch only the first rows (``logq sql --limit``): DuckDB streams the
-        result and stops, instead of building all of it.
+        result and stops, instead of building all of it. ``stream``: a result larger than
+        :data:`~athena.engines.result.STREAM_WINDOW_ROWS` comes back with its first rows and the
+        rest in :attr:`QueryResult.more`, fetched as it is read (close the result when done).
         """
         if scopes is None:
             from athena.queries import tables_of
@@ -381,7 +397,7 @@ class LocalEngine:
         attempt = 0
         while True:
             try:
-                return self._run_once(sql, params, scopes, rows, explain, max_rows, by_name)
+                return self._run_once(sql, params, scopes, rows, explain, max_rows, by_name, stream)
             except _MixedSchemas as mixed:
                 if mixed.tables <= by_name:  # cannot happen (read by name, no mismatch): no loop
                     raise EngineError(f"DuckDB could not read the {mixed} files") from mixed
@@ -419,6 +435,7 @@ class LocalEngine:
         explain: str | None,
         max_rows: int | None,
         by_name: set[str],
+        stream: bool = False,
     ) -> QueryResult:
         import duckdb
 
@@ -431,32 +448,34 @@ class LocalEngine:
             )
         files = [f.path for parts in scopes.values() for p in parts for f in p.files]
         con = self._connect()
+        more: _LocalBatches | None = None
         try:
             for name, parts in scopes.items():
                 self._register(con, name, parts, rows, by_name=name in by_name)
             _sandbox(con, [] if self.warehouse.is_s3 else files)
             started = time.perf_counter()
             try:
-                table = _interruptible(
-                    con, lambda: _fetch(con.sql(duck_sql, params=bound), max_rows)
-                )
+                if stream:
+                    reader, table = _interruptible(
+                        con, lambda: _first_window(con.sql(duck_sql, params=bound), max_rows)
+                    )
+                else:
+                    reader = None
+                    table = _interruptible(
+                        con, lambda: _fetch(con.sql(duck_sql, params=bound), max_rows)
+                    )
             except duckdb.Error as exc:
-                mixed = _mixed_tables(exc, scopes, by_name, self.warehouse.is_s3)
-                if mixed:
-                    raise _MixedSchemas(*mixed) from exc
-                bad = _bad_file(exc, files)
-                if bad is not None:
-                    raise self._file_error(bad, exc) from exc
-                refused = _refusal(exc)
-                if refused is not None:
-                    raise StatementError(refused) from exc
-                failed = StatementError if _statement_fault(exc) else EngineError
-                raise failed(
-                    f"DuckDB could not run the query: {_one_line(_duckdb_text(exc))}"
-                ) from exc
+                raise self._query_error(exc, scopes, by_name, files) from exc
             elapsed = time.perf_counter() - started
+            if reader is not None:  # more to come: settle the schemas before any row goes out
+                self._check_uniform(scopes, by_name)
+                left = None if max_rows is None else max_rows - table.num_rows
+                error = self._stream_error(scopes, files)
+                more = _LocalBatches(con, reader, error, left, sent=table.num_rows)
         finally:
-            con.close()
+            if more is None:
+                reader = None  # the pending result holds the connection
+                con.close()
         table = _integral_decimals_to_int(table)
         return QueryResult(
             columns=table.column_names,
@@ -468,7 +487,134 @@ class LocalEngine:
             files=len(files),
             sql=duck_sql,
             scopes=scopes,
+            more=more,
         )
+
+    def _query_error(
+        self,
+        exc: Exception,
+        scopes: dict[str, list[Partition]],
+        by_name: set[str],
+        files: list[str],
+    ) -> Exception:
+        """What a DuckDB error while running the query means: tables that mix schemas or a file
+        that vanished (run again), a damaged file, the sandbox's refusal, the statement's own
+        fault (:class:`StatementError`), or another engine failure."""
+        mixed = _mixed_tables(exc, scopes, by_name, self.warehouse.is_s3)
+        if mixed:
+            return _MixedSchemas(*mixed)
+        bad = _bad_file(exc, files)
+        if bad is not None:
+            return self._file_error(bad, exc)
+        refused = _refusal(exc)
+        if refused is not None:
+            return StatementError(refused)
+        failed = StatementError if _statement_fault(exc) else EngineError
+        return failed(f"DuckDB could not run the query: {_one_line(_duckdb_text(exc))}")
+
+    def _stream_error(
+        self, scopes: dict[str, list[Partition]], files: list[str]
+    ) -> Callable[[Exception, int], Exception]:
+        """How a DuckDB error reads once ``sent`` rows went out: as :meth:`_query_error`, but
+        what would have run the query again is now an error that says the output is cut short
+        (the rows printed cannot be taken back)."""
+
+        def error(exc: Exception, sent: int) -> Exception:
+            found = self._query_error(exc, scopes, set(scopes), files)
+            if isinstance(found, _Vanished):
+                return EngineError(
+                    f"the Parquet file {found.path} was replaced while the result was being "
+                    f"written (compaction running?); the output stops after {sent:,} rows and "
+                    "is incomplete: run the command again"
+                )
+            return found
+
+        return error
+
+    def _check_uniform(self, scopes: dict[str, list[Partition]], by_name: set[str]) -> None:
+        """Raise :class:`_MixedSchemas` for the local tables whose files do not all have the
+        same columns, before a streamed result's first row is printed: DuckDB would otherwise
+        find the mismatch when its scan reaches an older file, after rows went out, too late to
+        run the query again ``union_by_name``. Reads one footer at a time (a few ms a file), so
+        memory stays what the query needs; only results larger than the window pay it."""
+        if self.warehouse.is_s3:  # read by pyarrow against the full schema: never mismatched
+            return
+        mixed = [
+            table
+            for table, parts in scopes.items()
+            if table not in by_name and not self._uniform([f.path for p in parts for f in p.files])
+        ]
+        if mixed:
+            raise _MixedSchemas(*mixed)
+
+    def _uniform(self, files: list[str]) -> bool:
+        """Whether every file of ``files`` has the same column names and types."""
+        import pyarrow.parquet as pq
+
+        seen: tuple[tuple[str, str], ...] | None = None
+        for path in files:
+            try:
+                schema = pq.read_schema(path)
+            except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+                raise self._file_error(path, exc) from exc
+            columns = tuple((f.name, str(f.type)) for f in schema)
+            if seen is not None and columns != seen:
+                return False
+            seen = columns
+        return True
+
+
+class _LocalBatches:
+    """The rest of a streamed local result (:class:`~athena.engines.result.RowBatches`): DuckDB's
+    Arrow reader read a batch at a time, each batch fetched in a worker thread as the first
+    window was (Ctrl-C interrupts DuckDB) and turned into Python rows only when asked for, so
+    the rows held at once are one batch, whatever the size of the result."""
+
+    def __init__(
+        self,
+        con: Any,
+        reader: Any,
+        error: Callable[[Exception, int], Exception],
+        left: int | None,
+        sent: int,
+    ) -> None:
+        self._con = con
+        self._reader = reader
+        self._error = error
+        self._left = left
+        self.sent = sent
+        """Rows handed out so far, the first window's included (for the error text)."""
+
+    def __iter__(self) -> Iterator[list[tuple[Any, ...]]]:
+        import duckdb
+
+        try:
+            while self._con is not None and (self._left is None or self._left > 0):
+                try:
+                    batch = _interruptible(self._con, self._read)
+                except duckdb.Error as exc:
+                    raise self._error(exc, self.sent) from exc
+                if batch is None:
+                    return
+                if self._left is not None:
+                    batch = batch.slice(0, self._left)
+                    self._left -= batch.num_rows
+                self.sent += batch.num_rows
+                yield _batch_rows(batch)
+        finally:
+            self.close()
+
+    def _read(self) -> pa.RecordBatch | None:
+        return _next_batch(self._reader)
+
+    def close(self) -> None:
+        """Let go of the reader, then the connection (DuckDB stops the query)."""
+        import duckdb
+
+        con, self._con, self._reader = self._con, None, None
+        if con is not None:
+            with contextlib.suppress(duckdb.Error):
+                con.close()
 
 
 #: Runs of one query when files it was given vanish (compaction replaced them) meanwhile.
@@ -567,12 +713,70 @@ def _fetch(relation: Any, max_rows: int | None) -> pa.Table:
         return relation.to_arrow_table()
     reader = relation.to_arrow_reader(min(max_rows, 100_000))
     batches, count = [], 0
-    for batch in reader:
+    while (batch := _next_batch(reader)) is not None:
         batches.append(batch)
         count += batch.num_rows
         if count >= max_rows:
             break
     return pa.Table.from_batches(batches, reader.schema).slice(0, max_rows)
+
+
+def _first_window(relation: Any, max_rows: int | None) -> tuple[Any, pa.Table]:
+    """The first rows of a DuckDB relation, batch by batch, until the result ends, ``max_rows``
+    is reached or there are more than :data:`STREAM_WINDOW_ROWS`: (the reader, None when
+    nothing is left to read; the rows so far, at most ``max_rows``)."""
+    import pyarrow as pa
+
+    reader = relation.to_arrow_reader(STREAM_BATCH_ROWS)
+    batches, count = [], 0
+    while count <= STREAM_WINDOW_ROWS and (max_rows is None or count < max_rows):
+        batch = _next_batch(reader)
+        if batch is None:
+            return None, pa.Table.from_batches(batches, reader.schema)
+        batches.append(batch)
+        count += batch.num_rows
+    table = pa.Table.from_batches(batches, reader.schema)
+    if max_rows is not None and count >= max_rows:
+        return None, table.slice(0, max_rows)
+    return reader, table
+
+
+def _next_batch(reader: Any) -> pa.RecordBatch | None:
+    """The reader's next batch, None at the end. A DuckDB error while it streams reaches
+    pyarrow's reader as an ``OSError`` holding DuckDB's message: it is raised again as the DuckDB
+    exception that message names, so that it reads as the same failure of a whole fetch does
+    (a damaged file, a schema mismatch, the statement's own fault)."""
+    try:
+        return reader.read_next_batch()
+    except StopIteration:
+        return None
+    except OSError as exc:
+        raise _duckdb_error(exc) from exc
+
+
+#: How DuckDB's messages start: the kind of error (``Invalid Input Error: ...``).
+_DUCKDB_KIND = re.compile(r"([A-Za-z][A-Za-z ]*?) Error: ")
+
+
+def _duckdb_error(exc: OSError) -> Exception:
+    """The DuckDB exception an Arrow stream's ``OSError`` reports (``Conversion Error: ...``:
+    ``duckdb.ConversionException``), else ``duckdb.Error``, with the same message."""
+    import duckdb
+
+    text = str(exc)
+    match = _DUCKDB_KIND.match(text)
+    words = match.group(1).split() if match else []
+    kind = getattr(duckdb, "".join(w[:1].upper() + w[1:] for w in words) + "Exception", None)
+    if not (isinstance(kind, type) and issubclass(kind, duckdb.Error)):
+        kind = duckdb.Error
+    return kind(text)
+
+
+def _batch_rows(batch: pa.RecordBatch) -> list[tuple[Any, ...]]:
+    """One streamed batch as Python rows, converted as a whole result is."""
+    import pyarrow as pa
+
+    return _python_rows(_integral_decimals_to_int(pa.Table.from_batches([batch])))
 
 
 def _python_rows(table: pa.Table) -> list[tuple[Any, ...]]:

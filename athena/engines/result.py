@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from athena.partitions import Partition
@@ -49,6 +50,27 @@ class Terminated(KeyboardInterrupt):
         return 128 + self.signum
 
 
+#: Rows a streamed result hands over at a time: what the output holds at once (a few MB of
+#: Python values for Envoy rows, ~3.6 KiB each as JSON text and values together).
+STREAM_BATCH_ROWS = 5_000
+#: Rows an engine fetches before a streamed result starts to be printed: a result up to this
+#: size is whole before the first byte goes out (so the local engine can still run it again
+#: unseen, for a table of mixed schema versions or a file compaction replaced); only larger
+#: ones stream. The table format shows at most this many rows (``cli.output.TABLE_MAX_ROWS``).
+STREAM_WINDOW_ROWS = 10_000
+
+
+class RowBatches(Protocol):
+    """The rows of a streamed result after its first window, a batch (a list of row tuples) at a
+    time, fetched from the engine as they are read: one pass, then closed. Closing early (the
+    table's cap, a closed pipe, Ctrl-C) stops the query and lets go of the engine's connection.
+    Errors while reading are the engine's own (:class:`EngineError`, ``KeyboardInterrupt``)."""
+
+    def __iter__(self) -> Iterator[list[tuple[Any, ...]]]: ...
+
+    def close(self) -> None: ...
+
+
 #: Athena's price per byte scanned (USD 5 per TB) and its per-query minimum (10 MB).
 USD_PER_BYTE = 5.0 / 1024**4
 MIN_BILLED_BYTES = 10 * 1024**2
@@ -78,7 +100,8 @@ class QueryResult:
     columns: list[str]
     """Column names, in order."""
     rows: list[tuple[Any, ...]]
-    """Row values (datetimes aware UTC, ints, floats, strings, None)."""
+    """Row values (datetimes aware UTC, ints, floats, strings, None). For a streamed result
+    (:attr:`more` set) only its first rows: at least one if the answer has any."""
     engine: str
     """``local`` or ``athena``."""
     elapsed_s: float = 0.0
@@ -97,6 +120,14 @@ class QueryResult:
     """Athena query execution id."""
     sql: str = ""
     """The final SQL the engine ran."""
+    more: RowBatches | None = None
+    """A streamed result's rows after :attr:`rows`, not fetched yet (None: :attr:`rows` is the
+    whole answer). Asked for with ``stream=True`` by callers that write rows as they come."""
+
+    def close(self) -> None:
+        """Stop a streamed result that is not read to its end (no-op otherwise)."""
+        if self.more is not None:
+            self.more.close()
 
     @property
     def cost_usd(self) -> float | None:

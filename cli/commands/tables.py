@@ -35,7 +35,8 @@ def sql(
     (COPY ... TO, read_text) or change settings. SHOW TABLES and SHOW COLUMNS FROM <table>
     answer as on Athena (tab_name, field); other SHOW statements need --engine athena. To
     filter by path or method, say so in the statement (WHERE starts_with(path, '/api') AND
-    method = 'GET').
+    method = 'GET'). Every row by default: -f json, csv and markdown write rows as they come,
+    in bounded memory; the table shows at most the first 1,000 and says how to get the rest.
     """
     from cli import runner
     from cli.explain import NO_DATA_EXIT, note_unknown_services
@@ -191,12 +192,12 @@ def run_local(
 ) -> Any:
     """Run on DuckDB (the tables showing only ``rows``' time range when given; ``explain`` put
     before the query; only the first ``max_rows`` fetched); an unknown table is named in one
-    line with the tables that exist."""
+    line with the tables that exist. A large result streams (:attr:`QueryResult.more`)."""
     from athena.engines.result import StatementError
     from athena.schema import TABLES
 
     try:
-        return engine.run(statement, {}, scopes, rows, explain, max_rows)
+        return engine.run(statement, {}, scopes, rows, explain, max_rows, stream=True)
     except StatementError as exc:
         missing = re.search(r"Table with name (\S+) does not exist", str(exc))
         if missing is None:

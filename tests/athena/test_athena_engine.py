@@ -12,7 +12,13 @@ import pytest
 
 from athena import queries
 from athena.engines.athena import AthenaEngine
-from athena.engines.result import EngineError, ScanBudgetError, athena_cost_usd
+from athena.engines.result import (
+    STREAM_BATCH_ROWS,
+    STREAM_WINDOW_ROWS,
+    EngineError,
+    ScanBudgetError,
+    athena_cost_usd,
+)
 from tests.athena.athena_moto import athena_env, executions, queue_result, set_progression
 
 pytestmark = pytest.mark.integration
@@ -76,6 +82,31 @@ def test_max_rows_fetches_only_the_first_rows(moto: str) -> None:
     engine = AthenaEngine(output="s3://results/logq/", database="logs")
     res = engine.run("SELECT n FROM t ORDER BY n", {}, max_rows=3)
     assert res.rows == [(0,), (1,), (2,)]
+
+
+def test_a_streamed_result_is_fetched_as_it_is_read(moto: str) -> None:
+    """``logq sql`` on Athena: past the first window the rows come a batch at a time, as they
+    are read (pages of GetQueryResults), instead of ``fetchall`` holding every row."""
+    total = STREAM_WINDOW_ROWS + 2 * STREAM_BATCH_ROWS + 10
+    queue_result(moto, [("n", "integer")], [[i] for i in range(total)])
+    engine = AthenaEngine(output="s3://results/logq/", database="logs")
+    res = engine.run("SELECT n FROM t ORDER BY n", {}, stream=True)
+    assert len(res.rows) == STREAM_WINDOW_ROWS + 1 and res.more is not None
+    batches = list(res.more)
+    assert [len(b) for b in batches] == [STREAM_BATCH_ROWS, STREAM_BATCH_ROWS, 9]
+    assert [r[0] for b in [res.rows, *batches] for r in b] == list(range(total))
+
+
+def test_a_streamed_result_stops_at_max_rows(moto: str) -> None:
+    total = STREAM_WINDOW_ROWS + 2 * STREAM_BATCH_ROWS
+    queue_result(moto, [("n", "integer")], [[i] for i in range(total)])
+    engine = AthenaEngine(output="s3://results/logq/", database="logs")
+    res = engine.run("SELECT n FROM t ORDER BY n", {}, max_rows=12_345, stream=True)
+    assert res.more is not None
+    assert [r[0] for b in [res.rows, *res.more] for r in b] == list(range(12_345))
+    queue_result(moto, [("n", "integer")], [[i] for i in range(total)])
+    small = engine.run("SELECT n FROM t ORDER BY n", {}, max_rows=10, stream=True)
+    assert small.more is None and len(small.rows) == 10
 
 
 def test_timestamps_and_nulls(moto: str) -> None:
@@ -185,7 +216,7 @@ def test_a_query_that_lost_a_file_to_compaction_runs_again(
     ]
     calls: list[str] = []
 
-    def once(sql: str, params: dict, max_rows: int | None) -> QueryResult:
+    def once(sql: str, params: dict, max_rows: int | None, stream: bool) -> QueryResult:
         calls.append(sql)
         if reasons:
             raise athena_mod._VanishedFile(f"Athena query q FAILED: {reasons.pop(0)}")
