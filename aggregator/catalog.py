@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 
 from aggregator.config import Settings
 from athena import ddl
-from athena.schema import TABLES
+from athena.schema import TABLES, sanitize_service
 from athena.warehouse import Warehouse
 
 log = logging.getLogger("logq.aggregator.catalog")
@@ -151,12 +151,15 @@ class Catalog:
         except OSError as exc:
             log.warning("cannot read services or DDL in %s: %s", self.warehouse.uri, exc)
             return False
-        missing = listed - stored
+        # The enum holds names as sanitised (ddl.service_enum); a folder written under an older
+        # sanitiser (``service=foo-``) is there as ``foo``: compared raw, it would be "missing"
+        # at every resync, and the DDL rewritten (ALTERed in Athena) every 5 minutes for ever.
+        missing = {s for s in listed if sanitize_service(s) not in stored}
         if not missing:
             return True
         log.info("the stored DDL lacks services found in the warehouse: %s", sorted(missing))
         with self._lock:  # what the warehouse holds is what counts: rewrite even if we wrote it
-            self._applied = self._applied & stored
+            self._applied = frozenset(s for s in self._applied if sanitize_service(s) in stored)
         return self.add_services(missing)
 
     def stored_services(self) -> set[str]:

@@ -58,8 +58,7 @@ def read_intent(fs: pafs.FileSystem, path: str) -> Intent:
     not an intent this version writes (they are written whole, so a stray file, or one cut
     short by an older version). Any other OSError: the store failed; retry later.
     """
-    with fs.open_input_stream(path) as fh:
-        raw = fh.read()
+    raw = _read_small(fs, path)
     try:
         body = json.loads(raw.decode("utf-8"))
         inputs = body["inputs"]
@@ -71,6 +70,28 @@ def read_intent(fs: pafs.FileSystem, path: str) -> Intent:
         return Intent(tuple(inputs), output, int(body["rows"]))
     except (ValueError, KeyError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
         raise ValueError(f"{path} is not a readable compaction intent: {exc}") from exc
+
+
+def _read_small(fs: pafs.FileSystem, path: str) -> bytes:
+    """The whole file at ``path``; FileNotFoundError when it is gone.
+
+    On S3 pyarrow opens a stream with a HEAD and reads it with a GET: an intent deleted
+    between the two (its merge finished right then, while a reader planned a query over that
+    hour) fails the GET with a bare OSError (``NO_SUCH_KEY``, or SeaweedFS's
+    ``INTERNAL_FAILURE``), not FileNotFoundError, and the query failed with that raw AWS error.
+    Whether the file is gone is asked again after such an error.
+    """
+    import pyarrow.fs as pafs
+
+    try:
+        with fs.open_input_stream(path) as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise
+    except OSError:
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            raise FileNotFoundError(path) from None
+        raise
 
 
 def output_complete(fs: pafs.FileSystem, path: str, rows: int) -> bool:

@@ -129,7 +129,7 @@ def _settled_listing(wh: Warehouse, selector: pafs.FileSelector) -> list[FileInf
         return infos
     for _ in range(SETTLE_LISTINGS - 1):
         again = wh.fs.get_file_info(selector)
-        if _agrees(infos, again):
+        if _agrees(infos, again, _hidden(wh, infos)):
             return infos
         infos = again
     raise ListingUnsettled(
@@ -138,21 +138,53 @@ def _settled_listing(wh: Warehouse, selector: pafs.FileSelector) -> list[FileInf
     )
 
 
-def _agrees(first: list[FileInfo], then: list[FileInfo]) -> bool:
+def _agrees(first: list[FileInfo], then: list[FileInfo], hidden: frozenset[str]) -> bool:
     """Whether the listing ``first`` saw every merge as before or as after it, as shown by the
-    later listing ``then``: each data file and intent of ``first`` is still there (none was
-    deleted as a merge's input), and ``then`` has no compaction output that ``first`` lacks
-    (none was written meanwhile). New flush files are fine: data that arrived meanwhile."""
+    later listing ``then``: each data file that ``first`` reads (less ``hidden``, the paths
+    its intents hide: :func:`_hidden`) is still there (none was deleted as a merge's input),
+    and ``then`` has no compaction output or intent that ``first`` lacks (no merge was started
+    or written meanwhile). New flush files are fine: data that arrived meanwhile.
+
+    A new intent counts: a merge that starts while ``first`` is listed can have its intent
+    on a page listed before it was written and its output on one listed after, its inputs
+    listed too. Its inputs then stay until the deletes (for good when they fail, or the
+    compactor is killed there), so nothing of ``first`` is gone from ``then``, and only the
+    intent shows that ``first`` would read those rows twice (no intent: none hidden).
+
+    Inputs that ``first`` hides (its intent and complete output listed) and intents may go:
+    ``first`` already reads that merge as done. A merge deleting its inputs in batches (one
+    S3 request per 1,000) would otherwise make each listing of the folder differ from the
+    next for seconds, and readers fail with :class:`ListingUnsettled` where ``first`` was right.
+    """
     from athena.intents import is_intent
     from athena.schema import is_compacted_object
+
+    def started(name: str) -> bool:
+        return is_compacted_object(name) or is_intent(name)
 
     def kept(info: FileInfo) -> bool:
         return is_data_file(info.base_name) or is_intent(info.base_name)
 
+    read = {i.path for i in first if is_data_file(i.base_name) and i.path not in hidden}
     before = {i.path for i in first if kept(i)}
     after = {i.path for i in then if kept(i)}
-    return before <= after and not any(
-        is_compacted_object(p.rpartition("/")[2]) for p in after - before
+    return read <= after and not any(started(p.rpartition("/")[2]) for p in after - before)
+
+
+def _hidden(wh: Warehouse, infos: list[FileInfo]) -> frozenset[str]:
+    """The paths among ``infos`` (a listing) that the intents listed beside them hide
+    (:func:`athena.intents.superseded`, folder by folder); no request without an intent."""
+    from athena.intents import is_intent, superseded
+
+    names: dict[str, list[str]] = {}
+    for info in infos:
+        folder, _, name = info.path.rpartition("/")
+        names.setdefault(folder, []).append(name)
+    return frozenset(
+        f"{folder}/{name}"
+        for folder, listed in names.items()
+        if any(map(is_intent, listed))
+        for name in superseded(wh.fs, folder, listed)
     )
 
 
@@ -212,8 +244,9 @@ def plan(
     * except on S3 when the range holds at least half of those folders: one recursive listing
       of the service folder instead (:func:`_walk_service`), one request per 1,000 files rather
       than one per hour, and never more than twice the keys of the files the query then reads
-      anyway (a walk of more than one page is listed twice, :func:`_settled_listing`, as is
-      an hour's folder of over 1,000 files). A short range over a long history keeps the
+      anyway (a walk of more than one page is listed twice and settled hour by hour,
+      :func:`_walk_service`; an hour's folder of over 1,000 files is listed until two listings
+      agree, :func:`_settled_listing`). A short range over a long history keeps the
       per-hour listings: a recursive one would page through every file of the history
       (hundreds per hour when compaction is off).
       Local folders are never walked recursively: pyarrow's walk follows symbolic links (into
@@ -233,7 +266,8 @@ def plan(
         def files_of(job: _Job) -> tuple[DataFile, ...] | dict[str, tuple[DataFile, ...]]:
             svc, dt = job
             if dt is None:
-                return _walk_service(wh, present[svc], every_file)
+                wanted = trange.contains_dt if trange is not None else None
+                return _walk_service(wh, present[svc], every_file, wanted)
             return list_files(wh, f"{present[svc]}/dt={dt}", every_file)
 
         listed = _ordered(files_of, jobs, workers)
@@ -293,15 +327,43 @@ def _io_threads(count: int) -> Iterator[None]:
 
 
 def _walk_service(
-    wh: Warehouse, path: str, every_file: bool = False
+    wh: Warehouse,
+    path: str,
+    every_file: bool = False,
+    wanted: Callable[[str], bool] | None = None,
 ) -> dict[str, tuple[DataFile, ...]]:
     """``dt -> data files`` of every ``dt=`` folder directly under the S3 service folder
-    ``path``, from one recursive listing (one request per 1,000 keys, no delimiter). The same
-    files :func:`list_files` finds in each folder: files nested deeper, or in folders that are
-    not ``dt=`` partitions, are not read."""
+    ``path`` (only those whose ``dt`` is ``wanted``, when given), from one recursive listing
+    (one request per 1,000 keys, no delimiter). The same files :func:`list_files` finds in each
+    folder: files nested deeper, or in folders that are not ``dt=`` partitions, are not read.
+
+    A walk of several pages is listed a second time and settled folder by folder
+    (:func:`_settled_folders`): a merge never spans two folders, so a change in one hour (a
+    merge, an S3 lifecycle rule expiring the oldest hour) says nothing of the others, and an
+    hour the query does not read needs no settling at all.
+    """
     import pyarrow.fs as pafs
 
-    infos = _settled_listing(wh, pafs.FileSelector(path, allow_not_found=True, recursive=True))
+    selector = pafs.FileSelector(path, allow_not_found=True, recursive=True)
+    infos = wh.fs.get_file_info(selector)
+    folders = _dt_folders(path, infos, wanted)
+    if len(infos) >= S3_PAGE_ENTRIES:
+        again = _dt_folders(path, wh.fs.get_file_info(selector), wanted)
+        folders = _settled_folders(wh, path, folders, again)
+    hours = {
+        folder[3:]: _data_files(wh, f"{path}/{folder}", got, every_file)
+        for folder, got in folders.items()
+    }
+    return {dt: files for dt, files in hours.items() if files}
+
+
+def _dt_folders(
+    path: str, infos: list[FileInfo], wanted: Callable[[str], bool] | None
+) -> dict[str, list[FileInfo]]:
+    """The files of a recursive listing of the service folder ``path``, by ``dt=`` folder
+    directly under it (whose ``dt`` is ``wanted``, when given)."""
+    import pyarrow.fs as pafs
+
     start = len(path) + 1
     found: dict[str, list[FileInfo]] = {}
     for info in infos:
@@ -310,12 +372,34 @@ def _walk_service(
         folder = info.path[start:].rpartition("/")[0]
         if not folder.startswith("dt=") or "/" in folder or len(folder) == 3:
             continue
-        found.setdefault(folder, []).append(info)
-    hours = {
-        folder[3:]: _data_files(wh, f"{path}/{folder}", got, every_file)
-        for folder, got in found.items()
-    }
-    return {dt: files for dt, files in hours.items() if files}
+        if wanted is None or wanted(folder[3:]):
+            found.setdefault(folder, []).append(info)
+    return found
+
+
+def _settled_folders(
+    wh: Warehouse,
+    path: str,
+    first: dict[str, list[FileInfo]],
+    then: dict[str, list[FileInfo]],
+) -> dict[str, list[FileInfo]]:
+    """Each folder's files as ``first`` (a walk of several pages) saw them when ``then`` (the
+    next walk) agrees with it there (:func:`_agrees`); a folder where they disagree is listed
+    again on its own (:func:`_settled_listing`, one request unless it holds 1,000 files)."""
+    import pyarrow.fs as pafs
+
+    settled: dict[str, list[FileInfo]] = {}
+    for folder in sorted(first.keys() | then.keys()):
+        seen = first.get(folder, [])
+        if _agrees(seen, then.get(folder, []), _hidden(wh, seen)):
+            if seen:
+                settled[folder] = seen
+            continue
+        selector = pafs.FileSelector(f"{path}/{folder}", allow_not_found=True)
+        files = [i for i in _settled_listing(wh, selector) if i.type == pafs.FileType.File]
+        if files:
+            settled[folder] = files
+    return settled
 
 
 T = TypeVar("T")

@@ -190,6 +190,37 @@ def test_a_crossing_is_repaired_by_the_resync_of_the_replica_that_did_not_write_
     assert b.resync()  # current now: nothing to rewrite
 
 
+@pytest.mark.parametrize("legacy", ["legacy-", "a__b", "Upper"])
+def test_resync_leaves_the_ddl_alone_for_a_folder_named_before_sanitising_changed(
+    tmp_path: Path, legacy: str
+) -> None:
+    """A service folder whose name is not its own sanitised form (an older sanitiser kept a
+    trailing ``-`` or a ``__``; a folder copied in by hand) is in the enum sanitised: the
+    periodic resync must find nothing missing, not rewrite the DDL (and ALTER every table in
+    Athena) at each run, on every replica, for ever."""
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    for service in ("checkout", legacy):
+        folder = tmp_path / "wh" / "container_logs" / f"service={service}" / "dt=2026-11-28-10"
+        folder.mkdir(parents=True)
+        (folder / "x.parquet").write_bytes(b"")
+    catalog = Catalog(wh, Settings())
+    assert catalog.add_services({"checkout"})
+    assert catalog.stored_services() == {"checkout", sanitize_service(legacy)}
+    rewrites: list[frozenset[str]] = []
+    refresh = catalog.refresh
+
+    def counted() -> None:
+        rewrites.append(frozenset(catalog.services))
+        refresh()
+
+    catalog.refresh = counted  # type: ignore[method-assign]
+    for _ in range(3):
+        assert catalog.resync()
+    assert rewrites == []
+    assert catalog.add_services({"checkout"})  # the next flush: current, nothing to write
+    assert rewrites == []
+
+
 def test_a_failed_enum_update_is_retried_until_athena_has_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,7 +24,7 @@ import aggregator.storage as storage
 from aggregator.compaction.passes import CompactionFailed, compact_warehouse
 from aggregator.storage import StorageError
 from athena.engines.local import LocalEngine
-from athena.intents import INTENT_PREFIX
+from athena.intents import INTENT_PREFIX, superseded
 from athena.partitions import list_files
 from athena.timerange import TimeRange
 from athena.warehouse import Warehouse, open_warehouse
@@ -277,3 +277,40 @@ def test_a_folder_without_an_intent_costs_only_its_listing(hour_folder) -> None:
     _intent(folder, names[:2], "c-0004.parquet", _merged(folder, names[:2], "c-0004.parquet"))
     with pytest.raises(AssertionError, match="open_input_stream"):
         list_files(quiet, str(folder))  # with one, the intent is read
+
+
+class _GoneBeforeTheRead:
+    """The warehouse filesystem; an intent opened for reading is deleted before its first read
+    (on S3: after the HEAD that opens the stream, before the GET), as when its merge finishes
+    while a reader plans a query over that hour."""
+
+    def __init__(self, fs: Any) -> None:
+        self.fs = fs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fs, name)
+
+    def open_input_stream(self, path: str) -> Any:
+        stream = self.fs.open_input_stream(path)
+        if Path(path).name.startswith(INTENT_PREFIX):
+            self.fs.delete_file(path)
+        return stream
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_an_intent_finished_between_open_and_read_on_s3_hides_nothing(s3_warehouse: str) -> None:
+    """The merge finished (inputs, then its intent deleted) between the reader's listing and
+    its read of the intent: the read fails with a bare OSError on S3, which must count as
+    "gone" (nothing skipped), not fail the query with a raw AWS error."""
+    wh = open_warehouse(s3_warehouse)
+    folder = wh.path("envoy_access/service=a/dt=2026-11-27-22")
+    output = "c-00000000000000000001.parquet"
+    inputs = ["0000aaaaaaaa-0000000000000001-0000.parquet"]
+    intent = f"{folder}/{INTENT_PREFIX}00000000000000000001.json"
+    with wh.fs.open_output_stream(intent) as out:
+        out.write(json.dumps({"inputs": inputs, "output": output, "rows": 1}).encode())
+    gone = _GoneBeforeTheRead(wh.fs)
+    names = [*inputs, output, Path(intent).name]
+    assert superseded(gone, folder, names) == frozenset()  # type: ignore[arg-type]
+    assert wh.fs.get_file_info(intent).type == pafs.FileType.NotFound
