@@ -503,7 +503,7 @@ def test_ecs_aggregator_health_stop_and_warehouse() -> None:
     assert env["LOGQ_WAREHOUSE"].startswith("s3://")
     assert task["taskRoleArn"].startswith("arn:aws:iam::") and "REPLACE" in task["taskRoleArn"]
     # No cron on ECS: the aggregators compact, one at a time (the leader), and the one merging
-    # sorts up to 256 MiB in memory: operations.md gives them 3 GiB.
+    # holds up to 4 x 160 MiB of decoded rows: operations.md gives them 3 GiB.
     assert int(flags["--compact-interval"]) > 0, "without compaction the ledger never expires"
     assert int(task["memory"]) == 3072
 

@@ -1,8 +1,10 @@
-"""The input files of a merge: their footers read first (small files whole), their rows read
-:data:`READ_THREADS` at a time (see "Throughput" in :mod:`.passes`)."""
+"""The input files of a merge: their footers read first (small files whole), small ones fetched
+:data:`READ_THREADS` at a time (see "Throughput" in :mod:`.passes`), their rows decoded a batch
+at a time (see :mod:`.sorted_rows`)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -54,20 +56,6 @@ def _conform(table: pa.Table, spec: Table) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _read_input(wh: Warehouse, spec: Table, f: Input) -> pa.Table:
-    """One input's rows, from the bytes :func:`_readable` kept or with one more read (the
-    footer is not read again): a small one whole (on S3 one GET), a larger one through
-    pyarrow, its columns in one go."""
-    data = f.data
-    if data is None and f.size <= WHOLE_READ_BYTES:
-        data = fetch_object(wh, f.path)
-    if data is not None:
-        return _conform(pq.ParquetFile(pa.BufferReader(data), metadata=f.meta).read(), spec)
-    with _open(wh, f.path) as fh:
-        table = pq.ParquetFile(fh, metadata=f.meta, pre_buffer=True).read()
-    return _conform(table, spec)
-
-
 def _open(wh: Warehouse, path: str) -> pa.NativeFile:
     """``path`` for reading through pyarrow. On S3 that is a HEAD (for the size) before the
     reads: pyarrow's Python API opens a file by name only, even ``Fragment.open`` given the
@@ -86,44 +74,113 @@ def _fetch_whole(wh: Warehouse, path: str) -> pa.Buffer:
         return fh.read_buffer()
 
 
-def _read_inputs(
+class _Fetcher:
+    """The bytes of a merge's small inputs, fetched :data:`READ_THREADS` at a time in the order
+    the merge will want them and at most ``window`` (compressed) bytes ahead of it: on S3 each
+    is a request of tens of milliseconds, which a merge of a thousand flush files cannot wait
+    for one by one. Only fetched bytes are held here; decoding is the merge's, a batch at a time.
+
+    ``progress`` runs in the caller's thread before each input is fetched, so an exception it
+    raises stops the fetches (those under way finish; the others are not started)."""
+
+    def __init__(
+        self,
+        wh: Warehouse,
+        order: list[Input],
+        progress: Callable[[], None],
+        window: int,
+    ) -> None:
+        self.wh, self.progress, self.window = wh, progress, window
+        self._queue: deque[Input] = deque(order)
+        self._pending: dict[str, Future[pa.Buffer]] = {}
+        self._sizes: dict[str, int] = {}
+        self._pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="compact-read")
+
+    def get(self, f: Input) -> pa.Buffer:
+        """``f``'s bytes (fetched now if it was not under way); more fetches start behind it."""
+        if f.path not in self._pending:
+            with contextlib.suppress(ValueError):
+                self._queue.remove(f)
+            self._submit(f)
+        self._top_up()
+        future = self._pending.pop(f.path)
+        self._sizes.pop(f.path)
+        data = future.result()
+        self._top_up()
+        return data
+
+    def _top_up(self) -> None:
+        while self._queue and len(self._pending) < READ_THREADS:
+            if self._pending and sum(self._sizes.values()) + self._queue[0].size > self.window:
+                return
+            self._submit(self._queue.popleft())
+
+    def _submit(self, f: Input) -> None:
+        self.progress()
+        self._pending[f.path] = self._pool.submit(_fetch_whole, self.wh, f.path)
+        self._sizes[f.path] = f.size
+
+    def close(self) -> None:
+        for future in self._pending.values():
+            future.cancel()
+        self._pool.shutdown(wait=True)
+
+
+class _RowSize:
+    """Decoded bytes per row of a merge's inputs, to size their batches to a share of bytes.
+
+    Measured on the rows read (the largest so far, and not less than a footer says): a footer's
+    uncompressed size counts a dictionary-encoded string as its index, so Envoy rows decode to
+    5.6 times its figure and a repeated long line to hundreds of times."""
+
+    def __init__(self, share: int, most_rows: int) -> None:
+        self.share, self.most_rows = share, most_rows
+        self.measured = 0.0
+
+    def observe(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.measured = max(self.measured, table.nbytes / table.num_rows)
+
+    def batch_rows(self, row_group: pq.RowGroupMetaData) -> int:
+        footer = row_group.total_byte_size / max(1, row_group.num_rows)
+        return max(1, min(self.most_rows, int(self.share // max(1.0, self.measured, footer))))
+
+
+#: Rows decoded to measure a merge's row size before the first batch is sized (:class:`_RowSize`).
+PROBE_ROWS = 64
+
+
+def _batches(
     wh: Warehouse,
     spec: Table,
-    files: list[Input],
-    progress: Callable[[], None],
-    window: int | None,
+    f: Input,
+    fetch: Callable[[Input], pa.Buffer],
+    sizes: _RowSize,
+    closing: contextlib.ExitStack,
 ) -> Iterator[pa.Table]:
-    """The rows of ``files``, in their order, read :data:`READ_THREADS` at a time and at most
-    ``window`` compressed bytes ahead of the consumer (None: no limit). ``progress`` runs in
-    the caller's thread before each input is started, so an exception it raises stops the
-    reads (those under way finish; the others are not started)."""
-    if not files:
-        return
-    pending: deque[tuple[Input, Future[pa.Table]]] = deque()
-    ahead = 0
-    index = 0
-    pool = ThreadPoolExecutor(min(READ_THREADS, len(files)), thread_name_prefix="compact-read")
-    try:
-        while index < len(files) or pending:
-            while index < len(files) and (
-                not pending
-                or (
-                    len(pending) < READ_THREADS
-                    and (window is None or ahead + files[index].size <= window)
-                )
-            ):
-                f = files[index]
-                index += 1
-                progress()
-                pending.append((f, pool.submit(_read_input, wh, spec, f)))
-                ahead += f.size
-            f, future = pending.popleft()
-            ahead -= f.size
-            yield future.result()
-    finally:
-        for _, future in pending:
-            future.cancel()
-        pool.shutdown(wait=True)
+    """``f``'s rows in batches sized by ``sizes``, in file order, conformed to ``spec``: never
+    a whole file or row group decoded at once (a 59 MiB flush file decodes to ~600 MiB of
+    Arrow). A small input is decoded from its bytes (kept from its footer read, or ``fetch``);
+    a larger one is read through pyarrow a row group at a time (the row group's compressed
+    column chunks fetched at once, in as few requests as can be), the file closed by
+    ``closing``. The first row group a merge reads is measured on its first rows first."""
+    if f.data is not None or f.size <= WHOLE_READ_BYTES:
+        data = f.data if f.data is not None else fetch(f)
+        parquet = pq.ParquetFile(pa.BufferReader(data), metadata=f.meta)
+    else:
+        fh = closing.enter_context(_open(wh, f.path))
+        parquet = pq.ParquetFile(fh, metadata=f.meta, pre_buffer=True)
+    meta = parquet.metadata
+    for i in range(meta.num_row_groups):
+        if not sizes.measured:
+            probe = next(parquet.iter_batches(batch_size=PROBE_ROWS, row_groups=[i]), None)
+            if probe is not None:
+                sizes.observe(_conform(pa.Table.from_batches([probe]), spec))
+        size = sizes.batch_rows(meta.row_group(i))
+        for batch in parquet.iter_batches(batch_size=size, row_groups=[i]):
+            table = _conform(pa.Table.from_batches([batch]), spec)
+            sizes.observe(table)
+            yield table
 
 
 def _readable(wh: Warehouse, infos: list[pafs.FileInfo]) -> list[Input]:

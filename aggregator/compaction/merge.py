@@ -1,8 +1,12 @@
 """Writing a merge's output, in bounded memory.
 
-Memory stays bounded: a group small enough (uncompressed) is loaded, sorted by ``timestamp``
-and written; a larger one is streamed file by file, in order of each file's first timestamp, as
-sorted runs.
+The rows come from :func:`.sorted_rows.sorted_rows` (a k-way merge of the inputs, each read a
+batch at a time) and are written in row groups of at most :data:`ROW_GROUP_BYTES` decoded bytes
+(and ``ROW_GROUP_ROWS`` rows), so one merge holds about :data:`MERGE_BYTES` of decoded rows
+whatever the size of its group and however well its files compress. Before: a group whose
+footers summed up to 256 MiB (Parquet's uncompressed sizes, which count a dictionary-encoded
+string as its index) was read whole and sorted in memory, and one of 124 MiB of Envoy flush
+files decoded to 1.4 GiB, sorted into a copy as large: 2.8 GiB of RSS for one partition-hour.
 """
 
 from __future__ import annotations
@@ -17,22 +21,31 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from aggregator.compaction.inputs import Input, _read_inputs
+from aggregator.compaction.inputs import WHOLE_READ_BYTES, Input, _batches, _Fetcher, _RowSize
+from aggregator.compaction.sorted_rows import _Source, first_ts, sorted_rows
 from aggregator.durable import atomic_file
 from aggregator.storage import ROW_GROUP_ROWS, write_options
 from athena.schema import Table
 from athena.warehouse import Warehouse
 
-#: Groups up to this many uncompressed bytes are sorted in memory; larger ones are streamed.
-SORT_IN_MEMORY_BYTES = 256 * 1024 * 1024
-#: Decoded bytes (Parquet's uncompressed size) that the merges running at once may hold: no
-#: more than the one largest group sorted in memory needs alone, so running several merges at
-#: once never needs more memory than before (a group this large or larger runs alone).
-MERGE_MEMORY_BYTES = SORT_IN_MEMORY_BYTES
-#: What a streamed group (too large to sort in memory) is counted for: its pieces and read-ahead.
-STREAM_MEMORY_BYTES = SORT_IN_MEMORY_BYTES // 2
-#: A streamed merge reads ahead at most this many (compressed) bytes of input.
-STREAM_READAHEAD_BYTES = 32 * 1024 * 1024
+#: Decoded bytes of input rows that one merge reads ahead of its output (the heads of
+#: :func:`.sorted_rows.sorted_rows`): shared by the group's inputs, each read in batches of
+#: its share.
+READ_BYTES = 32 * 1024 * 1024
+#: Decoded bytes of one output row group (Envoy rows: ~170,000 rows, ~5 MiB of Parquet);
+#: at most ``ROW_GROUP_ROWS`` rows (container_logs' short lines reach that first).
+ROW_GROUP_BYTES = 48 * 1024 * 1024
+#: What one merge holds in decoded rows at most, whatever its group (measured: Arrow's peak was
+#: about twice each, the row group filled beside the one being encoded, the batches beside
+#: their sorted copy).
+MERGE_BYTES = 2 * (READ_BYTES + ROW_GROUP_BYTES)
+#: Decoded bytes that the merges running at once may hold (:class:`_MemoryBudget`): four
+#: merges (``MERGE_PARTITIONS``).
+MERGE_MEMORY_BYTES = 4 * MERGE_BYTES
+#: A merge fetches small inputs (flush files) at most this many (compressed) bytes ahead.
+FETCH_AHEAD_BYTES = 32 * 1024 * 1024
+#: A batch holds at most this many rows (fewer when its share of READ_BYTES says so).
+BATCH_ROWS = 65_536
 
 
 @contextlib.contextmanager
@@ -53,28 +66,78 @@ def _merge(
     output: str,
     progress: Callable[[], None] = lambda: None,
 ) -> int:
-    """Write ``group``'s rows to ``output``; return how many. ``progress`` runs before each
-    input is read (it keeps the intent fresh, and raises to stop)."""
+    """Write ``group``'s rows to ``output``, sorted by ``timestamp``; return how many.
+    ``progress`` runs before each input is read (it keeps the intent fresh, and raises to
+    stop)."""
     group = [_with_footer(wh, f) for f in group]
-    if _raw_bytes(group) <= SORT_IN_MEMORY_BYTES:
-        tables = list(_read_inputs(wh, spec, group, progress, window=None))
-        pieces: Iterator[pa.Table] = iter([pa.concat_tables(tables).sort_by("timestamp")])
-        del tables
-    else:
-        pieces = _in_time_order(wh, spec, group, progress)
     rows = 0
-    with _atomic_output(wh, output) as out:
+    with contextlib.ExitStack() as closing, _atomic_output(wh, output) as out:
+        pieces = sorted_rows(_sources(wh, spec, group, progress, closing))
         writer: pq.ParquetWriter | None = None
         try:
-            for piece in pieces:
-                if writer is None:  # the encodings are chosen from the first piece's values
-                    writer = pq.ParquetWriter(out, piece.schema, **_writer_options(piece))
-                writer.write_table(piece, row_group_size=ROW_GROUP_ROWS)
-                rows += piece.num_rows
+            for row_group in _row_groups(pieces, spec):
+                if writer is None:  # the encodings are chosen from the first row group's values
+                    writer = pq.ParquetWriter(out, row_group.schema, **_writer_options(row_group))
+                writer.write_table(row_group, row_group_size=max(1, row_group.num_rows))
+                rows += row_group.num_rows
         finally:
             if writer is not None:
                 writer.close()
     return rows
+
+
+def _sources(
+    wh: Warehouse,
+    spec: Table,
+    group: list[Input],
+    progress: Callable[[], None],
+    closing: contextlib.ExitStack,
+) -> list[_Source]:
+    """The group's inputs as sources of :func:`.sorted_rows.sorted_rows`, in group order (ties
+    keep it); small ones fetched ahead in the order the merge reaches them (first timestamp)."""
+    firsts = {f.path: first_ts(f.meta) for f in group}
+    reached = sorted(range(len(group)), key=lambda i: (firsts[group[i].path], i))
+    small = [group[i] for i in reached if group[i].data is None]
+    small = [f for f in small if f.size <= WHOLE_READ_BYTES]
+    fetcher = _Fetcher(wh, small, progress, FETCH_AHEAD_BYTES)
+    closing.callback(fetcher.close)
+    sizes = _RowSize(READ_BYTES // max(1, len(group)), BATCH_ROWS)
+
+    def opener(f: Input) -> Callable[[], Iterator[pa.Table]]:
+        def batches() -> Iterator[pa.Table]:
+            if f.data is not None or f.size > WHOLE_READ_BYTES:
+                progress()  # (a small one's fetch runs it)
+            yield from _batches(wh, spec, f, fetcher.get, sizes, closing)
+
+        return batches
+
+    return [_Source(f.path, firsts[f.path], opener(f)) for f in group]
+
+
+def _row_groups(pieces: Iterator[pa.Table], spec: Table) -> Iterator[pa.Table]:
+    """``pieces`` regrouped into row groups of about :data:`ROW_GROUP_BYTES` decoded bytes
+    (a piece more at most) and at most ``ROW_GROUP_ROWS`` rows; one empty one for no rows (the
+    output is then a valid file of no rows, as :func:`.attempt._complete` expects)."""
+    pending: list[pa.Table] = []
+    rows = size = 0
+    written = False
+    for piece in pieces:
+        pending.append(piece)
+        rows += piece.num_rows
+        size += piece.nbytes
+        while rows >= ROW_GROUP_ROWS or (size >= ROW_GROUP_BYTES and rows):
+            table = pa.concat_tables(pending)
+            cut = min(rows, ROW_GROUP_ROWS)
+            yield table.slice(0, cut)
+            written = True
+            rest = table.slice(cut)
+            pending, rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
+            size = rest.nbytes if rows else 0
+            del table, rest
+    if rows:
+        yield pa.concat_tables(pending)
+    elif not written:
+        yield spec.arrow_schema().empty_table()
 
 
 def _with_footer(wh: Warehouse, f: Input) -> Input:
@@ -85,54 +148,17 @@ def _with_footer(wh: Warehouse, f: Input) -> Input:
     return Input(f.path, f.name, f.size, f.rows, meta, f.data)
 
 
-def _raw_bytes(group: list[Input]) -> int:
-    """The group's uncompressed size, from the footers (what sorting it in memory costs)."""
-    total = 0
-    for f in group:
-        meta = f.meta
-        if meta is None:  # not read yet: count it as the largest that could be
-            return SORT_IN_MEMORY_BYTES + 1
-        total += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-    return total
-
-
 def _memory_cost(group: list[Input]) -> int:
-    """What merging ``group`` holds in memory, for :class:`_MemoryBudget`."""
-    raw = _raw_bytes(group)
-    kept = sum(f.size for f in group if f.data is not None)
-    return kept + (raw if raw <= SORT_IN_MEMORY_BYTES else STREAM_MEMORY_BYTES)
-
-
-def _in_time_order(
-    wh: Warehouse, spec: Table, group: list[Input], progress: Callable[[], None]
-) -> Iterator[pa.Table]:
-    """The group's files one after another, by their first timestamp, in row-group-sized
-    pieces (for groups too large to sort in memory)."""
-    pending: list[pa.Table] = []
-    pending_rows = 0
-    ordered = sorted(group, key=_first_ts)
-    for table in _read_inputs(wh, spec, ordered, progress, window=STREAM_READAHEAD_BYTES):
-        pending.append(table)
-        pending_rows += table.num_rows
-        if pending_rows >= ROW_GROUP_ROWS:
-            yield pa.concat_tables(pending)
-            pending, pending_rows = [], 0
-    if pending:
-        yield pa.concat_tables(pending)
+    """What merging ``group`` holds in decoded rows, for :class:`_MemoryBudget` (the inputs'
+    fetched bytes are bounded apart: ``PREFETCH_BYTES`` per partition, and
+    :data:`FETCH_AHEAD_BYTES` per merge)."""
+    return MERGE_BYTES
 
 
 def _writer_options(table: pa.Table) -> dict:
     opts = write_options(table)
     opts.pop("row_group_size", None)
     return opts
-
-
-def _first_ts(f: Input) -> int:
-    meta = f.meta
-    if meta is None or meta.num_row_groups == 0:
-        return 0
-    stats = meta.row_group(0).column(0).statistics
-    return int(stats.min.timestamp() * 1000) if stats is not None and stats.has_min_max else 0
 
 
 class _MemoryBudget:

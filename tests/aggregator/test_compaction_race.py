@@ -272,19 +272,18 @@ def test_a_crashed_merge_without_output_waits_until_stale_then_rolls_back(
     assert rows(uri) == before and merged_only(wh, folder)
 
 
-@pytest.mark.parametrize("sort_in_memory", [True, False], ids=["sorted", "streamed"])
+@pytest.mark.parametrize("row_group_rows", [1_000_000, 10], ids=["one-row-group", "written"])
 def test_a_long_merge_whose_intent_was_taken_for_stale_stops(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sort_in_memory: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, row_group_rows: int
 ) -> None:
     """A merge that ran past the staleness limit (another pass dropped its intent as a crashed
     one's) notices when it next refreshes its intent, drops its own output and keeps the
-    inputs; the other pass merges them. Streamed merges have written part of it by then."""
+    inputs; the other pass merges them, whether the merge had filled a row group yet or (row
+    groups of 10 rows) written some of its output."""
     uri, wh, folder = partition(tmp_path)
     before = rows(uri)
     monkeypatch.setattr(attempt_mod, "INTENT_REFRESH", timedelta(0))
-    if not sort_in_memory:
-        monkeypatch.setattr(merge_mod, "SORT_IN_MEMORY_BYTES", 0)
-        monkeypatch.setattr(merge_mod, "ROW_GROUP_ROWS", 20)  # a piece per input file
+    monkeypatch.setattr(merge_mod, "ROW_GROUP_ROWS", row_group_rows)
     real_progress = _Attempt.progress
     calls: list[int] = []
 
