@@ -16,6 +16,7 @@ from aggregator.ledger import (
     Ledger,
     compaction_blocker,
     read_heartbeats,
+    unreadable_documents,
 )
 from aggregator.metrics import Metrics
 from athena.warehouse import Warehouse
@@ -116,10 +117,12 @@ class PeriodicCompaction:
         self._count_down(beats)
 
     def _count_down(self, beats: list[Heartbeat]) -> None:
-        """Set ``logq_aggregator_peers_down``: the other nodes whose heartbeat is stale."""
+        """Set ``logq_aggregator_peers_down`` (the other nodes whose heartbeat is stale) and
+        ``logq_aggregator_ledger_unreadable_objects``."""
         now = time.time()
         down = [b for b in beats if b.node != self.ledger.node_id and b.stale(now)]
         self.metrics.peers_down.set(len(down))
+        self.metrics.ledger_unreadable.set(len(unreadable_documents(self.warehouse)))
 
     def _compaction_hold(self, beats: list[Heartbeat] | None = None) -> CompactionHold | None:
         """What stops this node compacting now, from ``beats`` (read from the warehouse if

@@ -61,11 +61,13 @@ import pyarrow.parquet as pq
 from aggregator.storage import (
     SmallObject,
     StorageError,
+    UnreadableObject,
     list_folder,
     put_bytes,
     put_table,
     read_small,
 )
+from aggregator.throttle import Throttle
 from aggregator.twins import ProcessToken, this_process
 from athena.schema import DT_FORMAT
 from athena.warehouse import Warehouse
@@ -99,6 +101,13 @@ SKEW_WARN_EVERY_S = 600.0
 #: Seconds a replay adds to a peer's estimated skew before taking its ``committed_through``
 #: as covering its start (beyond the warehouse's clock resolution, twice: two dates compared).
 SKEW_SLACK_S = 0.5
+#: Seconds a clean stop spends retrying the read of its own heartbeat (:meth:`Ledger.forget`)
+#: before it removes it unchecked: with one read of a hung endpoint (~15 s, see
+#: :data:`athena.warehouse.S3_SMALL_READ_TIMEOUT`) the stop stays well within the 120 s a
+#: service manager gives it (``terminationGracePeriodSeconds``, ECS ``stopTimeout``).
+FORGET_READ_S = 10.0
+#: How often the ERROR about one ledger document refused for good is logged again.
+UNREADABLE_LOG_EVERY_S = 600.0
 
 
 def stale_after(flush_interval: float) -> float:
@@ -168,6 +177,11 @@ class Heartbeat:
     """How old the warehouse says it was when read (None: not read from the warehouse, then
     ``updated`` is compared with the caller's clock). Not part of equality: the same heartbeat
     read twice is the same heartbeat."""
+    unreadable: UnreadableObject | None = field(default=None, compare=False)
+    """Why the warehouse refuses for good to read it (403, archived: :func:`_unreadable_beat`);
+    its other fields then say nothing. Such a node is taken as down for compaction (held, as
+    for a crashed node) and as live and behind for a replay (waited for, up to the wait's
+    timeout): whether it holds a buffer is unknown."""
 
     @property
     def stale_after(self) -> float:
@@ -182,7 +196,9 @@ class Heartbeat:
 
     def stale_for(self, now: float) -> float:
         """Seconds since it went stale at ``now`` (negative while it is not), by the same
-        clock as :meth:`stale`."""
+        clock as :meth:`stale`; infinite for one that cannot be read."""
+        if self.unreadable is not None:
+            return float("inf")
         return _age(self.updated, self.dated, now) - self.stale_after
 
     @property
@@ -401,17 +417,23 @@ class Ledger:
         warehouse cannot be read: that is no answer, and must not be taken for "none"."""
         return _read_document(self.warehouse, self._beat_path, _heartbeat, "ledger heartbeat")
 
-    def own_heartbeat_or_none(self, attempts: int = 3, pause: float = 0.5) -> Heartbeat | None:
+    def own_heartbeat_or_none(
+        self, attempts: int = 3, pause: float = 0.5, within: float = FORGET_READ_S
+    ) -> Heartbeat | None:
         """:meth:`own_heartbeat`, read up to ``attempts`` times while the warehouse refuses
-        (a 503 passes); None when it still cannot be read (logged). For the clean stop
+        (a 503 passes), none begun after ``within`` seconds (a hung endpoint: the stop must
+        end within its grace period, see :data:`FORGET_READ_S`); None when it still cannot
+        be read (logged), at once when it is refused for good. For the clean stop
         (:meth:`forget`): a heartbeat left in place would hold every peer's compaction once
         stale, so the stop removes it without the twin check then (a twin rewrites it at its
         next flush)."""
+        give_up = time.monotonic() + within
         for attempt in range(attempts):
             try:
                 return self.own_heartbeat()
             except OSError as exc:
-                if attempt + 1 == attempts:
+                last = attempt + 1 == attempts or isinstance(exc, UnreadableObject)
+                if last or time.monotonic() + pause >= give_up:
                     log.warning(
                         "could not read the heartbeat %s to check that no other process "
                         "wrote it (%s): removing it without that check",
@@ -453,7 +475,8 @@ class Ledger:
                 and not mark.reads_ledger
             ):
                 continue
-            live = (beat is not None and not beat.stale(now)) or mark is not None
+            live = beat is not None and (beat.unreadable is not None or not beat.stale(now))
+            live = live or mark is not None
             committed = beat.committed_here if beat is not None else 0.0
             if live and committed < since:
                 waited.append(node)
@@ -529,10 +552,17 @@ def read_heartbeats(warehouse: Warehouse) -> list[Heartbeat]:
     :class:`StorageError` when one cannot be read: a caller that went on without it could take
     a crashed node for one that stopped cleanly (compaction) or a lagging one for none (a
     replay), so it must try again later instead."""
-    beats = _documents(warehouse, NODES_DIR, _heartbeat, "ledger heartbeat")
+    beats = _documents(warehouse, NODES_DIR, _heartbeat, "ledger heartbeat", _unreadable_beat)
     for beat in beats:
         _warn_of_skew(beat)
     return beats
+
+
+def _unreadable_beat(exc: UnreadableObject) -> Heartbeat:
+    """The heartbeat at ``exc.path`` that the warehouse refuses for good: its node (from the
+    file name), marked :attr:`Heartbeat.unreadable`."""
+    node = exc.path.rsplit("/", 1)[-1].removesuffix(".json")
+    return Heartbeat(node, 0.0, 0.0, 0.0, unreadable=exc)
 
 
 def _heartbeat(doc: dict[str, Any], obj: SmallObject) -> Heartbeat:
@@ -586,24 +616,79 @@ def read_replay_marks(warehouse: Warehouse) -> list[ReplayMark]:
             Dating.of(obj, updated),
         )
 
-    return _documents(warehouse, REPLAYING_DIR, mark, "replay mark")
+    # A mark refused for good is left out: mostly one a lifecycle rule archived, left by a node
+    # lost in the middle of its replay (stale for long); a live node is still seen by its
+    # heartbeat. Its ERROR says to delete it.
+    return _documents(warehouse, REPLAYING_DIR, mark, "replay mark", lambda _: None)
 
 
 Build = Callable[[dict[str, Any], SmallObject], T]
 
+#: Ledger folder -> the documents in it the warehouse refused for good at its last read
+#: (:func:`unreadable_documents`).
+_UNREADABLE: dict[str, tuple[str, ...]] = {}
+_UNREADABLE_LOGGED = Throttle(UNREADABLE_LOG_EVERY_S)
 
-def _documents(warehouse: Warehouse, folder: str, build: Build[T], what: str) -> list[T]:
+
+def unreadable_documents(warehouse: Warehouse) -> list[str]:
+    """The ledger documents (heartbeats, replay marks) of ``warehouse`` that it refused for good
+    at the last read of their folder by this process (the gauge
+    ``logq_aggregator_ledger_unreadable_objects``)."""
+    folders = [warehouse.path(LEDGER_DIR, folder) for folder in (NODES_DIR, REPLAYING_DIR)]
+    return sorted(path for folder in folders for path in _UNREADABLE.get(folder, ()))
+
+
+def _documents(
+    warehouse: Warehouse,
+    folder: str,
+    build: Build[T],
+    what: str,
+    unreadable: Callable[[UnreadableObject], T | None],
+) -> list[T]:
     """``build`` of each JSON document in the ledger's ``folder`` (:func:`_read_document`):
     one removed since the listing is left out (its writer stopped cleanly); one that cannot be
-    read fails the whole call (:class:`StorageError`)."""
-    out = []
+    read now fails the whole call (:class:`StorageError`: a 503, a timeout pass; the caller
+    holds and retries). One refused for good (:class:`UnreadableObject`: 403, archived) would
+    fail every call until a person acts: it is logged as an ERROR that says what to do, and
+    ``unreadable`` says what stands for it (None: left out)."""
+    out, refused = [], []
     for info in list_folder(warehouse, warehouse.path(LEDGER_DIR, folder)):
         if not info.base_name.endswith(".json") or info.base_name.startswith((".", "_")):
             continue
-        found = _read_document(warehouse, info.path, build, what)
+        try:
+            found = _read_document(warehouse, info.path, build, what)
+        except UnreadableObject as exc:
+            refused.append(info.path)
+            _log_unreadable(warehouse, what, exc)
+            found = unreadable(exc)
         if found is not None:
             out.append(found)
+    _UNREADABLE[warehouse.path(LEDGER_DIR, folder)] = tuple(refused)
     return out
+
+
+def _log_unreadable(warehouse: Warehouse, what: str, exc: UnreadableObject) -> None:
+    """The ERROR for a ledger document refused for good, at most every
+    :data:`UNREADABLE_LOG_EVERY_S` per document: what it is, why, and what to do."""
+    if not _UNREADABLE_LOGGED.due(exc.path, time.time()):
+        return
+    consequence = (
+        "compaction and ledger expiry wait, and replays wait up to their timeout, as for a "
+        "node that stopped without writing out its buffer"
+        if what == "ledger heartbeat"
+        else "it is left out (its node counts as live by its heartbeat alone)"
+    )
+    log.error(
+        "the %s %s cannot be read (%s): %s. If its node is gone for good (its buffer drained "
+        "or lost), delete it (%s); otherwise let every aggregator read it "
+        "(s3:GetObject, kms:Decrypt on its key) or restore it if a lifecycle rule archived "
+        "it, and keep _ledger/ out of lifecycle transitions (docs/operations.md)",
+        what,
+        exc.path,
+        exc.code,
+        consequence,
+        f"aws s3 rm s3://{exc.path}" if warehouse.is_s3 else f"rm {exc.path}",
+    )
 
 
 def _read_document(warehouse: Warehouse, path: str, build: Build[T], what: str) -> T | None:
@@ -669,6 +754,14 @@ def compaction_blocker(
       wasted work, see :mod:`aggregator.compaction`) rather than each node deferring to the
       other and none compacting or expiring the ledger.
     """
+    refused = sorted(b.unreadable.path for b in beats if b.unreadable and b.node != node_id)
+    if refused:
+        reason = (
+            f"the heartbeat {', '.join(refused)} cannot be read (access denied or archived): "
+            "its node may have stopped without writing out its buffer. Delete it if that node "
+            "is gone for good (drained, or its buffer lost), else let this aggregator read it"
+        )
+        return CompactionHold(reason, peer_down=True)
     stale = sorted(b.node for b in beats if b.node != node_id and b.stale(now))
     if stale:
         reason = (

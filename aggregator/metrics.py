@@ -236,6 +236,13 @@ class Metrics:
             "finish). Compaction waits for each until it is restarted or drained",
             registry=r,
         )
+        self.ledger_unreadable = Gauge(
+            "logq_aggregator_ledger_unreadable_objects",
+            "Heartbeats and replay marks under _ledger/ the warehouse refuses for good (access "
+            "denied, archived), as this aggregator last read them: each holds compaction (a "
+            "heartbeat) until it is deleted or made readable; the ERROR log names them",
+            registry=r,
+        )
         self.compaction_pass_failures = Counter(
             "logq_aggregator_compaction_pass_failures_total",
             "Compaction passes that failed, in part (see ..._failed_partitions) or whole",

@@ -175,6 +175,10 @@ class Aggregator:
         """Segments left by a previous run: checked against the ledger when flushed."""
         self._replay_since = 0.0
         self._committed: Committed | None = None
+        self._replay_wait_ends: float | None = None
+        """When (monotonic) the replay's wait for its peers times out and it replays anyway:
+        set by the first wait, kept by the waits of the retries after a failed poll (each one
+        began a full wait again: intermittent read errors put the timeout off for ever)."""
         self._stop_wait = threading.Event()
         """Set by a stop: ends a replay's wait for its peers (a worker thread waits on it)."""
         self._quarantined_here = 0
@@ -815,10 +819,14 @@ class Aggregator:
         (``deadline`` set, stopping) the wait lasts until the deadline and, if the peers are
         still behind, the replay stays in the buffer (:class:`ReplayPostponed`) rather than
         risk storing their lines twice. Otherwise, after :data:`REPLAY_PEER_WAIT_SECONDS`, it
-        replays anyway: a peer that cannot flush must not hold this node's data for ever."""
+        replays anyway: a peer that cannot flush must not hold this node's data for ever. That
+        time counts from the first wait: a poll that fails (a 503) fails the flush, and the
+        retry's wait gets what is left of it, not a new one."""
         assert self.ledger is not None
         stopping = deadline is not None and self._stopping.is_set()
-        timeout = REPLAY_PEER_WAIT_SECONDS
+        if self._replay_wait_ends is None:
+            self._replay_wait_ends = time.monotonic() + REPLAY_PEER_WAIT_SECONDS
+        timeout = max(0.0, self._replay_wait_ends - time.monotonic())
         if deadline is not None:
             left = max(0.0, deadline - time.monotonic())
             timeout = left if stopping else min(timeout, left)
@@ -827,7 +835,7 @@ class Aggregator:
         if behind:
             log.info(
                 "replay waits for peers %s to commit what they acknowledged before it began "
-                "(up to %.0fs); peers replaying after this node are not waited for",
+                "(up to %.0fs more); peers replaying after this node are not waited for",
                 behind,
                 timeout,
             )
@@ -854,7 +862,7 @@ class Aggregator:
             "peers %s have not committed their buffers within %.0fs; replaying anyway "
             "(lines they hold may be stored twice, none are lost)",
             behind,
-            timeout,
+            time.monotonic() - (self._replay_wait_ends - REPLAY_PEER_WAIT_SECONDS),
         )
 
     def _replay_progress(self) -> None:

@@ -26,7 +26,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from aggregator.durable import atomic_file, write_atomic
-from athena.warehouse import Warehouse, s3_client
+from athena.warehouse import Warehouse, s3_client, s3_small_client
 
 log = logging.getLogger("logq.aggregator.storage")
 
@@ -36,6 +36,18 @@ ROW_GROUP_ROWS = 1_000_000
 
 class StorageError(OSError):
     """The warehouse refused a write or a listing; the flush is retried with backoff."""
+
+
+class UnreadableObject(StorageError):
+    """One object the warehouse answers for with a refusal that lasts (:func:`read_small`):
+    access denied (a bucket policy, a KMS key this role may not use) or archived by a
+    lifecycle rule (``InvalidObjectState``). Retrying will not help: a person must delete the
+    object, restore it or grant access. ``path`` is the object, ``code`` the S3 error code."""
+
+    def __init__(self, message: str, path: str, code: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.code = code
 
 
 #: Columns whose values are (nearly) unique per row: a dictionary only costs time there.
@@ -298,7 +310,8 @@ def read_small(wh: Warehouse, path: str) -> SmallObject | None:
     descriptor (written by rename, it is never torn). Where boto3's request cannot be used
     (:func:`fetch_object`) pyarrow reads it, torn reads included: the caller retries a
     document that does not parse. Raises :class:`StorageError` when the warehouse cannot be
-    read (a 503, a network error): never taken for "no such object" here."""
+    read (a 503, a network error, a timeout): never taken for "no such object" here; its
+    :class:`UnreadableObject` when this object is refused for good (403, archived)."""
     try:
         if isinstance(wh.fs, pafs.LocalFileSystem):
             return _read_small_file(Path(path))
@@ -316,7 +329,11 @@ def read_small(wh: Warehouse, path: str) -> SmallObject | None:
 
 
 def _read_small_file(path: Path) -> SmallObject:
-    with path.open("rb") as fh:
+    try:
+        fh = path.open("rb")
+    except PermissionError as exc:  # another uid's file, mode 0600: as an S3 AccessDenied
+        raise UnreadableObject(f"cannot read {path}: {exc}", str(path), "AccessDenied") from exc
+    with fh:
         written = os.fstat(fh.fileno()).st_mtime  # the same file as the bytes read
         data = fh.read()
     now = time.time()
@@ -325,22 +342,35 @@ def _read_small_file(path: Path) -> SmallObject:
 
 def _get_small_with_boto3(wh: Warehouse, path: str) -> SmallObject | Literal[False] | None:
     """:func:`read_small` in one GetObject; False where pyarrow must read instead (a request
-    that failed other than for a missing key, logged as :func:`fetch_object` does)."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    that failed other than for a missing key, logged as :func:`fetch_object` does).
+
+    Sent by :func:`athena.warehouse.s3_small_client` (a short read timeout). An answer that
+    pyarrow's requests would get too is not asked again through them: a server error (503
+    SlowDown), a server that took the request and did not answer in time (ReadTimeoutError:
+    pyarrow's three tries added ~11 s to a hung endpoint's ~15), or a lasting refusal of
+    this object (:class:`UnreadableObject`)."""
+    from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
     bucket, _, key = path.partition("/")
     try:
-        answer = s3_client(wh.s3).get_object(Bucket=bucket, Key=key)
+        answer = s3_small_client(wh.s3).get_object(Bucket=bucket, Key=key)
         seen = time.time()
         with contextlib.closing(answer["Body"]) as body:
             data = body.read()
     except ClientError as exc:
-        if _error_code(exc) in _GONE | {"404"}:
+        code = _error_code(exc)
+        if code in _GONE | {"404"}:
             return None
+        if code in _REFUSED_FOR_GOOD or code.startswith("KMS."):
+            raise UnreadableObject(
+                f"{wh.uri} refuses to read {path} ({code}): {exc}", path, code
+            ) from exc
         if _server_error(exc):  # S3 answered (503 SlowDown): pyarrow's requests would too
             raise StorageError(f"reading {path} from {wh.uri} failed: {exc}") from exc
         _boto3_failed(wh, f"reading {path}", exc)
         return False
+    except ReadTimeoutError as exc:
+        raise StorageError(f"reading {path} from {wh.uri} timed out: {exc}") from exc
     except BotoCoreError as exc:
         _boto3_failed(wh, f"reading {path}", exc)
         return False
@@ -351,6 +381,12 @@ def _get_small_with_boto3(wh: Warehouse, path: str) -> SmallObject | Literal[Fal
     except (TypeError, ValueError):
         store_now = seen
     return SmallObject(data, written, store_now, seen, 1.0)
+
+
+#: S3 error codes of a GET refused for this object until a person acts (:class:`UnreadableObject`;
+#: also every ``KMS.*`` code). Not the ones that fail every request alike (a wrong key, a clock
+#: off: ``InvalidAccessKeyId``, ``RequestTimeTooSkewed``): the listing before the read fails then.
+_REFUSED_FOR_GOOD = frozenset({"AccessDenied", "InvalidObjectState", "AllAccessDisabled"})
 
 
 def _server_error(exc: Any) -> bool:

@@ -154,28 +154,59 @@ def s3_filesystem(settings: S3Settings | None = None) -> pafs.S3FileSystem:
 #: compaction pass sends at once up to 32 GETs (4 merges reading 8 inputs each), 16 listings and
 #: 4 deletes. Beyond the pool urllib3 opens a connection, then drops it with a WARNING.
 S3_CLIENT_CONNECTIONS = 64
-_CLIENTS: dict[S3Settings, Any] = {}
+#: Seconds boto3 waits for a TCP connection to S3 (botocore's default: 60). pyarrow's client
+#: (the AWS C++ SDK's defaults, which :func:`s3_filesystem` keeps) waits 1 s; 3 s also lets a
+#: lost SYN be sent again once (Linux resends it after 1 s).
+S3_CONNECT_TIMEOUT = 3.0
+#: Seconds boto3 waits for the next bytes of an answer on the shared client (botocore's
+#: default: 60, x 3 attempts: a hung GET took 4 minutes). It bounds each socket read, not a
+#: whole request: a 64 MiB flush file that keeps arriving is never cut. It is longer than
+#: pyarrow's (its SDK gives up after 3 s without a byte) because this client also sends
+#: DeleteObjects of up to 1,000 keys, whose answer comes only once all are deleted: seconds
+#: on S3, more on some S3-compatible stores.
+S3_READ_TIMEOUT = 20.0
+#: The same for the reads of small documents (:func:`s3_small_client`: heartbeats, replay
+#: marks), answered in milliseconds, on the paths a stop or a replay waits on: close to
+#: pyarrow's 3 s, so that a hung endpoint fails a read in about 15 s (3 attempts).
+S3_SMALL_READ_TIMEOUT = 4.0
+_CLIENTS: dict[tuple[S3Settings, float], Any] = {}
 _CLIENTS_LOCK = threading.Lock()
 
 
 def s3_client(settings: S3Settings) -> Any:  # an S3 client (boto3 stubs are not installed)
     """A boto3 S3 client for ``settings``, as pyarrow's filesystem is configured (same endpoint,
-    addressing, region, credentials, and pyarrow's retry policy: standard, 3 attempts); one
-    per settings, shared (boto3 clients are thread-safe). boto3 is imported here, on first
-    use: the CLI's start-up never pays for it."""
+    addressing, region, credentials, and pyarrow's retry policy: standard, 3 attempts), with
+    timeouts (:data:`S3_CONNECT_TIMEOUT`, :data:`S3_READ_TIMEOUT`); one per settings, shared
+    (boto3 clients are thread-safe). boto3 is imported here, on first use: the CLI's start-up
+    never pays for it."""
+    return _shared_client(settings, S3_READ_TIMEOUT)
+
+
+def s3_small_client(settings: S3Settings) -> Any:
+    """:func:`s3_client` for the GETs of small documents (a heartbeat, a replay mark): its read
+    timeout is :data:`S3_SMALL_READ_TIMEOUT`, as a clean stop (which reads its own heartbeat)
+    must end within the service manager's grace period, and a replay poll within seconds."""
+    return _shared_client(settings, S3_SMALL_READ_TIMEOUT)
+
+
+def _shared_client(settings: S3Settings, read_timeout: float) -> Any:
     with _CLIENTS_LOCK:
-        client = _CLIENTS.get(settings)
+        client = _CLIENTS.get((settings, read_timeout))
         if client is None:
-            client = _CLIENTS[settings] = _new_s3_client(settings)
+            client = _CLIENTS[settings, read_timeout] = _new_s3_client(settings, read_timeout)
         return client
 
 
-def _new_s3_client(settings: S3Settings) -> Any:
+def _new_s3_client(settings: S3Settings, read_timeout: float) -> Any:
     import boto3
     from botocore.config import Config
 
     config = Config(
-        retries={"mode": "standard", "max_attempts": 3},
+        # pyarrow's policy: 3 attempts in all. (botocore's "max_attempts" counts the retries
+        # only: 3 of them made 4 attempts, a fourth wait on a hung endpoint.)
+        retries={"mode": "standard", "total_max_attempts": 3},
+        connect_timeout=S3_CONNECT_TIMEOUT,
+        read_timeout=read_timeout,
         # Compaction reads, lists and deletes many at once: far more than boto3's 10 pooled
         # connections (the extra ones would be opened and dropped each time).
         max_pool_connections=S3_CLIENT_CONNECTIONS,

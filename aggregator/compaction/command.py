@@ -44,7 +44,8 @@ MAX_DEFERRAL_HOURS = 2.0
 def _deferred_for(beats: list[Heartbeat], now: float) -> float:
     """Seconds compaction has been held back by the stale heartbeats in ``beats``: since the
     first of them went stale (a node is down once its heartbeat is ``stale_after`` old). Taken
-    from the heartbeats themselves, so that it holds across runs of this stateless command."""
+    from the heartbeats themselves, so that it holds across runs of this stateless command.
+    Infinite for a heartbeat the warehouse refuses for good (:attr:`Heartbeat.unreadable`)."""
     return max((b.stale_for(now) for b in beats if b.stale(now)), default=0.0)
 
 
@@ -52,6 +53,12 @@ def _deferral_message(reason: str, waited: float, most_hours: float) -> tuple[st
     """What a deferred ``compact`` prints, and its exit status: 0 while a restart may still
     end the wait, :data:`DEFERRED_TOO_LONG_EXIT` past ``most_hours``, so that a scheduler's
     failed-job alert fires rather than every run "succeeding" without compacting."""
+    if waited == float("inf"):  # a heartbeat refused for good: no restart ends this wait
+        return (
+            f"logq-aggregator compact: deferred: {reason}. No restart ends this wait: "
+            "nothing is compacted until then; --force merges anyway",
+            DEFERRED_TOO_LONG_EXIT,
+        )
     if waited <= most_hours * 3600:
         return f"logq-aggregator compact: deferred: {reason} (or --force)", 0
     return (

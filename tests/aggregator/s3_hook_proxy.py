@@ -1,6 +1,8 @@
 """An HTTP proxy on 127.0.0.1 in front of the test S3 server that lets a test act between two
-S3 requests (rewrite an object after one request was answered and before the next) or answer
-the requests for some keys with 503 SlowDown, as a throttled S3 prefix does.
+S3 requests (rewrite an object after one request was answered and before the next), answer
+the requests for some keys with 503 SlowDown, as a throttled S3 prefix does, or with a 403
+(``AccessDenied``, ``InvalidObjectState``), as S3 does for an object the caller may not read
+(a KMS key) or that a lifecycle rule archived.
 
 Requests are forwarded whole (the body read first), one upstream connection per request: slow,
 but exact, and enough for the few small documents the tests read through it.
@@ -19,6 +21,11 @@ SLOWDOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message></Error>"
 )
+#: An S3 error answer; ``{code}`` is filled in.
+ERROR_XML = (
+    '<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+    "<Message>refused by the test proxy</Message></Error>"
+)
 #: Headers not copied from the upstream answer (the proxy sets its own length, closes).
 _HOP = frozenset({"transfer-encoding", "connection", "content-length"})
 
@@ -33,6 +40,9 @@ class S3HookProxy:
         answer is sent on: what it does happens between this request and the next."""
         self.throttled: re.Pattern[str] | None = None
         """Requests whose path matches are answered 503 SlowDown, not forwarded."""
+        self.refused: re.Pattern[str] | None = None
+        """Requests whose path matches are answered 403 with :attr:`refused_code`."""
+        self.refused_code = "AccessDenied"
         self.seen: Counter[str] = Counter()
         """``METHOD path`` of every request forwarded or throttled."""
         self._lock = threading.Lock()
@@ -68,6 +78,10 @@ class S3HookProxy:
                 body = self._body()
                 if proxy.throttled is not None and proxy.throttled.search(self.path):
                     self._answer(503, "Slow Down", [("Content-Type", "application/xml")], SLOWDOWN)
+                    return
+                if proxy.refused is not None and proxy.refused.search(self.path):
+                    error = ERROR_XML.format(code=proxy.refused_code).encode()
+                    self._answer(403, "Forbidden", [("Content-Type", "application/xml")], error)
                     return
                 status, reason, headers, data = self._forward(body)
                 if proxy.after is not None:

@@ -12,11 +12,14 @@ warehouse (R3s20, audit A1s20 findings 1 and 4):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -29,9 +32,12 @@ from aggregator.ledger import (
     Ledger,
     compaction_blocker,
     read_heartbeats,
+    read_replay_marks,
+    unreadable_documents,
 )
-from aggregator.storage import StorageError
-from athena.warehouse import Warehouse, open_warehouse
+from aggregator.storage import StorageError, read_small
+from athena import warehouse as warehouse_mod
+from athena.warehouse import Warehouse, open_warehouse, s3_client, s3_small_client
 from tests.aggregator.s3_hook_proxy import S3HookProxy
 from tests.support.seaweedfs import SeaweedFS
 
@@ -325,3 +331,172 @@ def test_a_pass_under_way_stops_when_the_heartbeats_cannot_be_read(
     monkeypatch.setattr(compact_loop, "read_heartbeats", refused)
     reason = hold()
     assert reason is not None and "503 SlowDown" in reason
+
+
+# --- a hung endpoint -----------------------------------------------------------------------------
+
+
+class _Silent:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers: a hung S3
+    endpoint (an overloaded gateway, a volume server that stopped answering GETs)."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._server.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # closed
+            while True:
+                self.accepted.append(self._server.accept()[0])
+
+    def close(self) -> None:
+        self._server.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+@pytest.fixture
+def silent(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Silent]:
+    """A warehouse endpoint that never answers, and the AWS settings that point at it."""
+    server = _Silent()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+    for name, value in {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _within(seconds: float, call: Callable[[], object]) -> BaseException | None:
+    """What ``call`` raised (None: it returned), failing the test if it has not ended after
+    ``seconds``: a hang detector, not a timing (it runs in a thread left behind then)."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:  # handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still waiting on a hung endpoint after {seconds:.0f}s: no read timeout"
+    return outcome[0]
+
+
+def test_the_s3_clients_have_timeouts_close_to_pyarrows(silent: _Silent) -> None:
+    """botocore's defaults (60 s to connect, 60 s per read, 3 attempts) let one heartbeat read
+    of a hung endpoint take 4 minutes (R4s20): the clients carry the module's timeouts."""
+    settings = open_warehouse("s3://bucket/wh").s3
+    assert settings is not None
+    for client, read in (
+        (s3_client(settings), warehouse_mod.S3_READ_TIMEOUT),
+        (s3_small_client(settings), warehouse_mod.S3_SMALL_READ_TIMEOUT),
+    ):
+        assert client.meta.config.connect_timeout == warehouse_mod.S3_CONNECT_TIMEOUT <= 5
+        assert client.meta.config.read_timeout == read
+        assert client.meta.config.retries["total_max_attempts"] == 3  # as pyarrow's
+    assert warehouse_mod.S3_SMALL_READ_TIMEOUT <= 5 < warehouse_mod.S3_READ_TIMEOUT <= 30
+
+
+def test_a_hung_endpoint_fails_a_heartbeat_read_instead_of_holding_it(
+    silent: _Silent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One heartbeat read of an endpoint that takes the request and never answers: boto3's
+    three attempts each time out, and the read fails (a StorageError the caller holds on);
+    pyarrow's requests, which would wait on the same endpoint, are not sent after them. The
+    read timeout is shortened here so that the test takes seconds; its value is checked above."""
+    monkeypatch.setattr(warehouse_mod, "S3_SMALL_READ_TIMEOUT", 0.3)
+    wh = open_warehouse("s3://bucket/wh")
+    error = _within(30, lambda: read_small(wh, wh.path(LEDGER_DIR, NODES_DIR, "peer.json")))
+    assert isinstance(error, StorageError) and "timed out" in str(error), error
+    assert len(silent.accepted) == 3, "boto3's three attempts, and no pyarrow requests after"
+
+    # A clean stop reads its own heartbeat (to spare a twin's): not again and again past
+    # its budget. One read of it, here: the budget is spent by then.
+    silent.accepted.clear()
+    assert _within(30, lambda: Ledger(wh, "me").own_heartbeat_or_none(within=0.0)) is None
+    assert len(silent.accepted) == 3, "one read (three attempts), not three reads"
+
+
+# --- a document refused for good ------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_replay_mark_refused_for_good_no_longer_stops_replays(
+    s3_warehouse: str,
+    proxy: S3HookProxy,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A node lost in the middle of its replay left its replay mark; a lifecycle rule archived
+    it, and S3 answers its GET with 403 InvalidObjectState for good. Every replay poll used to
+    fail on it, so a restarting node's replay (and the segments behind it) waited for ever.
+    Now the mark is left out, with an ERROR that names it and says what to do, and counted."""
+    wh = _through(proxy, s3_warehouse, monkeypatch)
+    since = time.time()
+    Ledger(wh, "lost").announce_replay(since - 86400, FLUSH)
+    Ledger(wh, "peer").heartbeat(since + 10, FLUSH)  # a live peer that has caught up
+    proxy.refused, proxy.refused_code = re.compile(r"_replaying/lost\.json"), "InvalidObjectState"
+
+    assert read_replay_marks(wh) == []
+    assert Ledger(wh, "me").check_in(since, FLUSH) == []  # the replay goes on
+    mark = wh.path(LEDGER_DIR, "_replaying", "lost.json")
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors  # once per object, not at every poll
+    assert f"the replay mark {mark} cannot be read (InvalidObjectState)" in errors[0]
+    assert f"delete it (aws s3 rm s3://{mark})" in errors[0]
+    assert unreadable_documents(wh) == [mark]
+
+    proxy.refused = None  # deleted or restored: no longer counted
+    read_replay_marks(wh)
+    assert unreadable_documents(wh) == []
+
+
+@pytest.mark.integration
+def test_a_heartbeat_refused_for_good_holds_compaction_and_says_what_to_do(
+    s3_warehouse: str,
+    proxy: S3HookProxy,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A heartbeat S3 refuses for good (AccessDenied: a KMS key this role may not use): whether
+    its node holds a buffer is unknown. Compaction holds, as for a crashed node, naming the
+    object and what to do (``compact`` exits 3: no restart ends this wait), the metric counts
+    it; a replay waits for it like a live peer that is behind (then, after its timeout,
+    replays anyway) instead of failing every poll for ever."""
+    from aggregator.compact_loop import PeriodicCompaction
+    from aggregator.config import Settings
+    from aggregator.metrics import Metrics
+
+    wh = _through(proxy, s3_warehouse, monkeypatch)
+    since = time.time()
+    Ledger(wh, "locked").heartbeat(since + 1, FLUSH)
+    proxy.refused = re.compile(r"_nodes/locked\.json")
+
+    (beat,) = read_heartbeats(wh)
+    assert beat.node == "locked" and beat.unreadable is not None
+    beat_path = wh.path(LEDGER_DIR, NODES_DIR, "locked.json")
+    hold = compaction_blocker([beat], "me", time.time())
+    assert hold is not None and hold.peer_down and beat_path in hold.reason
+    assert Ledger(wh, "me").behind(since, time.time()) == ["locked"]
+    assert f"the ledger heartbeat {beat_path} cannot be read (AccessDenied)" in caplog.text
+
+    metrics = Metrics()
+    PeriodicCompaction(wh, Settings(), metrics, Ledger(wh, "me"))._count_down([beat])
+    assert metrics.registry.get_sample_value("logq_aggregator_ledger_unreadable_objects") == 1
+    assert metrics.registry.get_sample_value("logq_aggregator_peers_down") == 1
+
+    assert compact_main(["--warehouse", s3_warehouse]) == 3
+    err = capsys.readouterr().err
+    assert beat_path in err and "No restart ends this wait" in err, err

@@ -8,6 +8,7 @@ first: both waited out the 60 s timeout, flushing nothing meanwhile, then replay
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import threading
@@ -337,3 +338,54 @@ def test_an_aggregator_with_nothing_to_replay_removes_its_leftover_mark(tmp_path
         assert agg.stop() == 0, agg.log_text()
     finally:
         agg.stop()
+
+
+# --- failed polls during the wait (R4s20 finding 5) ---------------------------------------------
+
+
+def test_failed_polls_do_not_put_off_the_replay_waits_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A live peer stays behind, and every third read of the peers fails (a 503 now and
+    then). A failed poll fails the flush; its retry used to begin a full wait again, so the
+    timeout never came while the errors went on and the replay (with every segment behind
+    it) waited for as long as they lasted. The wait's end now outlives a failed poll: the
+    replay goes ahead once the timeout has run, counted from the first wait."""
+    from aggregator import service as service_mod
+    from aggregator.config import Settings
+    from aggregator.service import Aggregator
+    from aggregator.storage import StorageError
+    from tests.aggregator.test_flusher import write_segment
+    from tests.aggregator.test_quarantine import flush_buffer
+
+    buffer_dir, warehouse = tmp_path / "buffer", str(tmp_path / "warehouse")
+    buffer_dir.mkdir()
+    rows = write_segment(buffer_dir / f"{1:016d}.seg", 2, 30)  # left by a previous run
+    _live_peer(open_warehouse(warehouse, create=True), "peer", committed_through=0.0)
+    monkeypatch.setattr(service_mod, "REPLAY_PEER_WAIT_SECONDS", 2.0)
+    agg = Aggregator(
+        Settings(warehouse=warehouse, buffer_dir=str(buffer_dir), retry_max_interval=0.5)
+    )
+    real_check_in = Ledger.check_in
+    polls = 0
+
+    def flaky_check_in(ledger: Ledger, since: float, flush_interval: float) -> list[str]:
+        nonlocal polls
+        polls += 1
+        if polls > 40:  # the wait went on far past its 2 s: end the test
+            agg.stop()
+        if polls % 3 == 0:
+            raise StorageError("reading _ledger/_nodes/peer.json failed: 503 SlowDown")
+        return real_check_in(ledger, since, flush_interval)
+
+    monkeypatch.setattr(Ledger, "check_in", flaky_check_in)
+    assert asyncio.run(asyncio.wait_for(flush_buffer(agg), 120)), f"{polls} polls"
+    assert polls <= 12, polls
+    assert "peers ['peer'] have not committed their buffers" in caplog.text
+    assert len(_messages(warehouse)) + _envoy_rows(warehouse) == rows
+
+
+def _envoy_rows(warehouse: str) -> int:
+    if not (Path(warehouse) / "envoy_access").exists():
+        return 0
+    return read_table(warehouse, "envoy_access").num_rows
