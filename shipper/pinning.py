@@ -26,6 +26,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("logq.shipper.tailer")
 
+GzAt = tuple[int, int, int, int]
+
+
+def gz_at(st: os.stat_result) -> GzAt:
+    """(device, inode, mtime, size) of a compressed rotated copy: what tells the copies there
+    at a source's start from those made later (see :meth:`Pinning._unseen_compressed`). The
+    size too: the runtime deletes the oldest copy (``max-file``) and the next one compressed
+    can get its inode, in the same tick of a coarse clock (1 s file times); taken for the copy
+    there at the start, a file never read was not counted lost (R3s20)."""
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
 PIN_CHECK_SECONDS = 0.25
 """How often a source checks whether its live file was rotated (see pin_new_generation)."""
 PIN_CHECK_FAST_SECONDS = 0.05
@@ -157,7 +169,7 @@ class Pinning:
         copies = compressed_siblings(rot)
         unseen: list[tuple[str, int]] = []
         for path, st in modified_since(copies, floor):
-            if (st.st_dev, st.st_ino, st.st_mtime_ns) in self._gz_at_start:
+            if gz_at(st) in self._gz_at_start:
                 continue  # compressed before this start: its file is the start's to judge
             ident = gzip_identity(path)
             if ident is None or ident[0] is None:

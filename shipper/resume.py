@@ -25,8 +25,15 @@ from shipper.cursor import Cursor
 from shipper.discover import compressed_siblings, rotated_siblings
 from shipper.fingerprint import fingerprint, tail_hash
 from shipper.formats import PARSERS
-from shipper.held_gz import decompressed, ends_in_split_line, held_by_compressed, verified
+from shipper.held_gz import (
+    compressed_ends_in_split_line,
+    decompressed,
+    ends_in_split_line,
+    held_by_compressed,
+    verified,
+)
 from shipper.opening import another_life, born_in
+from shipper.pinning import gz_at
 from shipper.rotated import age, compressed_identities, oldest_first, rotation_path
 
 if TYPE_CHECKING:
@@ -258,7 +265,7 @@ class Resume:
                 st = os.stat(gz)
             except OSError:
                 continue
-            self._gz_at_start.add((st.st_dev, st.st_ino, st.st_mtime_ns))
+            self._gz_at_start.add(gz_at(st))
 
     def _floor_at_start(self: Tailer) -> int:
         """Where to look for missed rotations (:attr:`Tailer._floor`) when the live file
@@ -491,9 +498,12 @@ class Resume:
         ]
         if not vanished or (self.multiline is None and not PARSERS[self.spec.format].splits):
             return []  # a plain file: nothing the runtime split is ever open in it
+        held = held_by_compressed(self.spec.path, vanished)
+        if self.multiline is None and not self._may_hold_split_line(held):
+            return []  # as before: nothing open in them, gone with the files
         copies: list[tuple[str, FileState, int, Path]] = []
         taken: set[Path] = set()
-        for key, state, candidates in held_by_compressed(self.spec.path, vanished):
+        for key, state, candidates in held:
             got = self._open_compressed(state, [c for c in candidates if c not in taken])
             if got is not None:
                 taken.add(got[1])
@@ -540,6 +550,20 @@ class Resume:
             if cur is not None:
                 found.append((os.fstat(cur.fd).st_mtime_ns, cur))
         return found
+
+    def _may_hold_split_line(self: Tailer, held: list[tuple[str, FileState, list[Path]]]) -> bool:
+        """Without ``--multiline``: whether one of the compressed copies that ``held``'s
+        checkpoints may have been taken from ends inside a line the runtime split, read
+        streaming (see :func:`~shipper.held_gz.compressed_ends_in_split_line`). Only then are
+        they decompressed into temporary files and told apart (:meth:`_open_compressed`): a
+        start after a stop while behind decompressed every copy, to count its loss as
+        before."""
+        kind = PARSERS[self.spec.format]
+        return any(
+            compressed_ends_in_split_line(gz, state.offset, kind(self.max_line_bytes))
+            for _, state, candidates in held
+            for gz in candidates
+        )
 
     def _split_line_held(self: Tailer, copies: list[tuple[str, FileState, int, Path]]) -> bool:
         """Without ``--multiline``: whether one of the decompressed ``copies`` ends inside a

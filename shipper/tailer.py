@@ -44,7 +44,7 @@ from shipper.fingerprint import fingerprint
 from shipper.formats import PARSERS, LineParser
 from shipper.multiline import BUILTIN, MultilineParser
 from shipper.opening import Opening
-from shipper.pinning import FAST_ROTATION_WINDOW, Pinning
+from shipper.pinning import FAST_ROTATION_WINDOW, GzAt, Pinning
 from shipper.resume import Resume, last_active, touch
 from shipper.rotate_wait import RotateWait
 from shipper.split_lines import SplitLines
@@ -98,8 +98,9 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         """The same for the rotated files :meth:`start` found and did not open (finished by a
         previous run, or older than a first sighting reads): never missed rotations either,
         whatever their modification times (see :meth:`~shipper.resume.Resume._pass_over`)."""
-        self._gz_at_start: set[tuple[int, int, int]] = set()
-        """(device, inode, mtime) of the compressed rotated copies there at :meth:`start`:
+        self._gz_at_start: set[GzAt] = set()
+        """(device, inode, mtime, size) of the compressed rotated copies there at :meth:`start`
+        (see :func:`~shipper.pinning.gz_at`):
         never counted as files rotated away unseen (see
         :meth:`~shipper.pinning.Pinning._unseen_compressed`)."""
         self._searched: tuple[int, int] | None = None

@@ -13,6 +13,7 @@ Found by R1's review of 91d11ae (session 14).
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from shipper.tailer import Tailer
 from tests.shipper.hostgen import cri_line, docker_line
 from tests.shipper.tailing import (
     aggregator_keeps,
+    create_on_inode,
     drain_sent,
     fresh_process,
     rotate_docker,
@@ -254,4 +256,35 @@ def test_a_restart_does_not_take_an_older_forgotten_file_of_the_same_second_for_
     t, reg = tailer(path, losses)
     assert logs(drain_sent(t)) == ["c 0"]
     assert losses == []
+    reg.close()
+
+
+def test_a_copy_on_the_inode_and_time_of_one_there_at_the_start_is_still_a_loss(
+    tmp_path: Path,
+) -> None:
+    """Copies there at the start are the start's to judge, and were told by (device, inode,
+    time). Docker's ``max-file`` deletes the oldest copy, and the next one compressed in the
+    same tick of a coarse clock (1 s file times) got its inode: taken for the copy there at the
+    start, a file the shipper never read was not counted (R3s20, the extended tailer model's
+    ``cri_slow_reopen`` seed 34, coarse times)."""
+    path = tmp_path / "c-json.log"
+    old = Path(f"{path}.1.gz")
+    old.write_bytes(gzip.compress(docker_line("old 0", 0)))
+    path.write_bytes(b"")
+    tick = os.stat(path).st_mtime_ns // 10**9 * 10**9
+    for p in (old, path):
+        backdate(p, to=tick)
+    losses: list[str] = []
+    t, reg = tailer(path, losses)
+    assert drain_sent(t) == []
+    ino = old.stat().st_ino
+    path.write_bytes(docker_line("first 0", 1) + docker_line("first 1", 2))
+    old.unlink()  # max-file 2: the oldest copy goes, the live file is rotated and compressed
+    os.replace(path, f"{path}.1")
+    create_on_inode(old, gzip.compress(Path(f"{path}.1").read_bytes()), ino)
+    os.unlink(f"{path}.1")
+    backdate(old, to=tick)
+    path.write_bytes(docker_line("second 0", 3))
+    assert logs(drain_sent(t)) == ["second 0"]
+    assert losses == ["rotated_unseen"]
     reg.close()
