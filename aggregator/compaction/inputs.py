@@ -127,11 +127,15 @@ class _Fetcher:
 
 
 class _RowSize:
-    """Decoded bytes per row of a merge's inputs, to size their batches to a share of bytes.
+    """Decoded bytes per row of one input, to size its batches to a share of bytes.
 
     Measured on the rows read (the largest so far, and not less than a footer says): a footer's
     uncompressed size counts a dictionary-encoded string as its index, so Envoy rows decode to
-    5.6 times its figure and a repeated long line to hundreds of times."""
+    5.6 times its figure and a repeated long line to hundreds of times. One per input, not one
+    per merge: a merge-wide largest figure let one file of multi-MB lines shrink every other
+    input's batches to a row each (a 124 MiB partition-hour then took hours, not a minute), and
+    sized a file's first batch from another file's narrow rows (a flush file of a long line
+    repeated 60,000 times was decoded whole, ~1 GiB, in one batch)."""
 
     def __init__(self, share: int, most_rows: int) -> None:
         self.share, self.most_rows = share, most_rows
@@ -146,7 +150,7 @@ class _RowSize:
         return max(1, min(self.most_rows, int(self.share // max(1.0, self.measured, footer))))
 
 
-#: Rows decoded to measure a merge's row size before the first batch is sized (:class:`_RowSize`).
+#: Rows decoded to measure an input's row size before its first batch is sized (:class:`_RowSize`).
 PROBE_ROWS = 64
 
 
@@ -155,15 +159,18 @@ def _batches(
     spec: Table,
     f: Input,
     fetch: Callable[[Input], pa.Buffer],
-    sizes: _RowSize,
+    share: int,
     closing: contextlib.ExitStack,
+    most_rows: int,
 ) -> Iterator[pa.Table]:
-    """``f``'s rows in batches sized by ``sizes``, in file order, conformed to ``spec``: never
-    a whole file or row group decoded at once (a 59 MiB flush file decodes to ~600 MiB of
-    Arrow). A small input is decoded from its bytes (kept from its footer read, or ``fetch``);
-    a larger one is read through pyarrow a row group at a time (the row group's compressed
-    column chunks fetched at once, in as few requests as can be), the file closed by
-    ``closing``. The first row group a merge reads is measured on its first rows first."""
+    """``f``'s rows in batches of about ``share`` decoded bytes (at most ``most_rows`` rows,
+    sized by its own :class:`_RowSize`), in file order, conformed to ``spec``: never a whole
+    file or row group decoded at once (a 59 MiB flush file decodes to ~600 MiB of Arrow). A
+    small input is decoded from its bytes (kept from its footer read, or ``fetch``); a larger
+    one is read through pyarrow a row group at a time (the row group's compressed column chunks
+    fetched at once, in as few requests as can be), the file closed by ``closing``. The input's
+    first row group with rows is measured on its first rows first."""
+    sizes = _RowSize(share, most_rows)
     if f.data is not None or f.size <= WHOLE_READ_BYTES:
         data = f.data if f.data is not None else fetch(f)
         parquet = pq.ParquetFile(pa.BufferReader(data), metadata=f.meta)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from aggregator.compaction.inputs import WHOLE_READ_BYTES, Input, _batches, _Fetcher, _RowSize
+from aggregator.compaction.inputs import WHOLE_READ_BYTES, Input, _batches, _Fetcher
 from aggregator.compaction.sorted_rows import _Source, first_ts, sorted_rows
 from aggregator.durable import atomic_file
 from aggregator.storage import ROW_GROUP_ROWS, write_options
@@ -101,13 +101,13 @@ def _sources(
     small = [f for f in small if f.size <= WHOLE_READ_BYTES]
     fetcher = _Fetcher(wh, small, progress, FETCH_AHEAD_BYTES)
     closing.callback(fetcher.close)
-    sizes = _RowSize(READ_BYTES // max(1, len(group)), BATCH_ROWS)
+    share = READ_BYTES // max(1, len(group))
 
     def opener(f: Input) -> Callable[[], Iterator[pa.Table]]:
         def batches() -> Iterator[pa.Table]:
             if f.data is not None or f.size > WHOLE_READ_BYTES:
                 progress()  # (a small one's fetch runs it)
-            yield from _batches(wh, spec, f, fetcher.get, sizes, closing)
+            yield from _batches(wh, spec, f, fetcher.get, share, closing, BATCH_ROWS)
 
         return batches
 

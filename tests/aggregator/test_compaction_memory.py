@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import fastparquet
@@ -14,13 +15,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import aggregator.compaction.attempt as attempt_mod
 import aggregator.compaction.merge as merge_mod
-from aggregator.compaction.inputs import _readable
+from aggregator.compaction.inputs import Input, _readable
+from aggregator.compaction.partition import compact_partition
 from aggregator.compaction.sorted_rows import _Source, sorted_rows
 from aggregator.storage import write_options
-from athena.schema import CONTAINER_LOGS
-from athena.warehouse import open_warehouse
-from tests.aggregator.test_compaction import HOUR
+from athena.schema import CONTAINER_LOGS, Table, partition_path
+from athena.warehouse import Warehouse, open_warehouse
+from tests.aggregator.test_compaction import DT, HOUR, flush_files, service_rows
+from tests.aggregator.test_compaction_requests import entries
 
 #: Rows per input file of the memory test, and their message size: ~8 MiB of Arrow per file
 #: from ~100 KiB of Parquet (a few distinct messages: dictionary-encoded, as Envoy's columns).
@@ -181,3 +185,136 @@ def test_a_group_of_empty_files_makes_an_empty_file(tmp_path: Path) -> None:
     output = str(tmp_path / "c-out.parquet")
     assert merge_mod._merge(wh, CONTAINER_LOGS, group, output) == 0
     assert pq.read_metadata(output).num_rows == 0
+
+
+def _rows(rows: int, start_ms: int, message: pa.Array) -> pa.Table:
+    """``rows`` container log rows a millisecond apart from ``start_ms``, with ``message``."""
+    ms = np.arange(start_ms, start_ms + rows)
+    return pa.table(
+        {
+            "timestamp": pa.array(ms, pa.timestamp("ms", tz="UTC")),
+            "host": pa.array(["host"] * rows),
+            "container_id": pa.array(["c" * 64] * rows),
+            "container_name": pa.array(["app"] * rows),
+            "stream": pa.array(["stdout"] * rows),
+            "message": message,
+        },
+        schema=CONTAINER_LOGS.arrow_schema(),
+    )
+
+
+def _write(path: Path, table: pa.Table) -> Path:
+    pq.write_table(table, path, **write_options(table))
+    return path
+
+
+def test_one_file_of_huge_lines_leaves_the_other_inputs_batches_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of a few lines of 512 KiB (the earliest of the hour, so read first) beside a
+    file of 4,000 short lines: each input's batches are sized by its own rows. Sized by the
+    widest rows of the whole merge, the short lines came one per batch (4,000 batches, ~2 ms
+    each in pyarrow: hours for a partition-hour of millions of rows)."""
+    monkeypatch.setattr(merge_mod, "READ_BYTES", 1 << 20)
+    start = int(HOUR.timestamp() * 1000)
+    huge = pa.array([f"{k}" * (512 << 10) for k in range(3)])
+    paths = [
+        _write(tmp_path / "n-huge.parquet", _rows(3, start, huge)),
+        _write(tmp_path / "n-short.parquet", _rows(4000, start + 10, pa.array(["ok"] * 4000))),
+    ]
+    real = merge_mod._batches
+    batches: dict[str, int] = {}
+
+    def counted(wh: Warehouse, spec: Table, f: Input, *rest: object) -> Iterator[pa.Table]:
+        for table in real(wh, spec, f, *rest):
+            batches[f.name] = batches.get(f.name, 0) + 1
+            yield table
+
+    monkeypatch.setattr(merge_mod, "_batches", counted)
+    wh = open_warehouse(str(tmp_path))
+    group = _readable(wh, [wh.fs.get_file_info(str(p)) for p in paths])
+    output = str(tmp_path / "c-out.parquet")
+    assert merge_mod._merge(wh, CONTAINER_LOGS, group, output) == 4003
+    assert batches["n-short.parquet"] == 1, batches
+    expected = pa.concat_tables([pq.read_table(p) for p in paths]).sort_by("timestamp")
+    assert pq.read_table(output).equals(expected)
+
+
+def test_a_long_line_repeated_is_read_in_batches_of_its_own_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush file of one 16 KiB line repeated 4,000 times (a few KiB of Parquet, its footer's
+    uncompressed size counting the dictionary index: 64 MiB decoded), after a file of short
+    lines: its first batch is sized by its own first rows, not by the short lines read before,
+    which made it one batch of the whole 64 MiB."""
+    monkeypatch.setattr(merge_mod, "READ_BYTES", 2 << 20)
+    monkeypatch.setattr(merge_mod, "ROW_GROUP_BYTES", 4 << 20)
+    start = int(HOUR.timestamp() * 1000)
+    short = pa.array([f"short {i}" for i in range(1000)])
+    repeated = pa.array(["E" * (16 << 10)]).take(pa.array(np.zeros(4000, dtype=np.int32)))
+    paths = [
+        _write(tmp_path / "n-short.parquet", _rows(1000, start, short)),
+        _write(tmp_path / "n-long.parquet", _rows(4000, start + 2000, repeated)),
+    ]
+    assert paths[1].stat().st_size < 64 << 10
+    wh = open_warehouse(str(tmp_path))
+    group = _readable(wh, [wh.fs.get_file_info(str(p)) for p in paths])
+    output = str(tmp_path / "c-out.parquet")
+
+    pool = pa.proxy_memory_pool(pa.default_memory_pool())
+    before = pa.default_memory_pool()
+    pa.set_memory_pool(pool)
+    try:
+        rows = merge_mod._merge(wh, CONTAINER_LOGS, group, output)
+    finally:
+        pa.set_memory_pool(before)
+    # Measured ~12 MiB; the whole file in one batch: over 64 MiB.
+    assert pool.max_memory() < 24 << 20, f"peak {pool.max_memory() / 2**20:.1f} MiB"
+    assert rows == 5000
+    expected = pa.concat_tables([pq.read_table(p) for p in paths]).sort_by("timestamp")
+    assert pq.read_table(output).equals(expected)
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_a_merge_failing_half_way_on_s3_keeps_its_inputs(
+    s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every merge now writes while it reads: a read that fails half way, after a row group is
+    out, leaves on S3 a short but valid output (pyarrow cannot abort an upload). Its rollback
+    deletes it: the inputs stay, every row once, and the next pass merges them exactly."""
+    flush_files(s3_warehouse, files=6, rows_per_file=300, service="svc")
+    wh = open_warehouse(s3_warehouse)
+    folder = wh.path(partition_path("container_logs", "svc", DT))
+    rows_before, names_before = service_rows(s3_warehouse), entries(wh, folder)
+    monkeypatch.setattr(merge_mod, "ROW_GROUP_BYTES", 8 << 10)
+    monkeypatch.setattr(merge_mod, "READ_BYTES", 16 << 10)
+    real = merge_mod._batches
+    read = [0]
+
+    def failing(*args: Any) -> Iterator[pa.Table]:
+        for table in real(*args):
+            read[0] += 1
+            if read[0] == 8:
+                raise OSError("injected read failure")
+            yield table
+
+    short: list[int] = []
+    roll_back = attempt_mod._Attempt._roll_back
+
+    def watched(self: attempt_mod._Attempt) -> None:
+        if self.output_name in entries(wh, folder):
+            short.append(pq.read_metadata(self.output, filesystem=wh.fs).num_rows)
+        roll_back(self)
+
+    monkeypatch.setattr(merge_mod, "_batches", failing)
+    monkeypatch.setattr(attempt_mod._Attempt, "_roll_back", watched)
+    with pytest.raises(OSError, match="injected"):
+        compact_partition(wh, CONTAINER_LOGS, folder, 128 << 20)
+    assert short and 0 < short[0] < 1800  # published short, then deleted
+    assert entries(wh, folder) == names_before
+    assert service_rows(s3_warehouse) == rows_before
+    monkeypatch.setattr(merge_mod, "_batches", real)
+    assert compact_partition(wh, CONTAINER_LOGS, folder, 128 << 20) == 6
+    assert service_rows(s3_warehouse) == rows_before
+    assert [n for n in entries(wh, folder) if not n.startswith("c-")] == []
