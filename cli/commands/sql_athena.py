@@ -45,7 +45,8 @@ def run_on_athena(common: Common, statement: str) -> tuple[Any, str | None]:
     _check_athena_budget(common, sorted(scoped.tables), services, trange)
     engine = runner.make_engine(common)
     no_answer = _outside_enum(common, engine, sorted(scoped.tables), services)
-    return engine.run(sent, {}, max_rows=common.limit, stream=True), no_answer
+    max_rows, stream = runner.sql_fetch(common)
+    return engine.run(sent, {}, max_rows=max_rows, stream=stream), no_answer
 
 
 def _outside_enum(

@@ -92,7 +92,8 @@ def sql(
                     )
                 sys.stdout.write(engine.prepare(query, {}, scopes, explain)[0] + "\n")
                 return
-            result = run_local(engine, query, scopes, trange, explain, common.limit)
+            max_rows, stream = runner.sql_fetch(common)
+            result = run_local(engine, query, scopes, trange, explain, max_rows, stream)
         no_answer = no_answer if not result.rows else None
         if no_answer is not None:
             note(f"logq: no results: {no_answer}")
@@ -189,15 +190,17 @@ def run_local(
     rows: Any = None,
     explain: str | None = None,
     max_rows: int | None = None,
+    stream: bool = True,
 ) -> Any:
     """Run on DuckDB (the tables showing only ``rows``' time range when given; ``explain`` put
     before the query; only the first ``max_rows`` fetched); an unknown table is named in one
-    line with the tables that exist. A large result streams (:attr:`QueryResult.more`)."""
+    line with the tables that exist. With ``stream``, a large result streams
+    (:attr:`QueryResult.more`)."""
     from athena.engines.result import StatementError
     from athena.schema import TABLES
 
     try:
-        return engine.run(statement, {}, scopes, rows, explain, max_rows, stream=True)
+        return engine.run(statement, {}, scopes, rows, explain, max_rows, stream=stream)
     except StatementError as exc:
         missing = re.search(r"Table with name (\S+) does not exist", str(exc))
         if missing is None:

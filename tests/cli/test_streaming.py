@@ -125,6 +125,30 @@ def test_the_table_shows_the_first_rows_and_says_how_to_get_all(
     assert fetched.rows <= WINDOW + BATCH  # the rest was never fetched
 
 
+def test_the_table_fetches_one_row_past_its_cap_and_reads_no_footer(
+    logq, big: str, small_window: None, monkeypatch
+) -> None:
+    """The table (the default format) never streams: it fetches one row more than it shows,
+    to know that rows were left out. Streaming it read every file's footer first (7 s over
+    9,600 files) and fetched a whole window, to show 1,000 rows (R5s20)."""
+    fetched = Fetched(monkeypatch)
+    footers: list[str] = []
+    real = LocalEngine._uniform
+
+    def uniform(self: LocalEngine, files: list[str]) -> bool:
+        footers.extend(files)
+        return real(self, files)
+
+    monkeypatch.setattr(LocalEngine, "_uniform", uniform)
+    run = logq("sql", EVERY_ROW, "--warehouse", big)
+    assert run.exit_code == 0, run.stderr
+    assert f"showing the first {TABLE_MAX_ROWS:,} rows" in run.stderr
+    assert f"req-{TABLE_MAX_ROWS - 1:08d}" in run.stdout
+    assert f"req-{TABLE_MAX_ROWS:08d}" not in run.stdout
+    assert footers == []  # before: the 12 files' footers
+    assert fetched.rows == TABLE_MAX_ROWS + 1  # before: a window and a batch (1,500)
+
+
 def test_a_result_that_fits_the_table_has_no_note(logq, big: str) -> None:
     run = logq("sql", EVERY_ROW, "--limit", str(TABLE_MAX_ROWS), "--warehouse", big)
     assert run.exit_code == 0 and run.stderr == ""
