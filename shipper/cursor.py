@@ -141,6 +141,12 @@ class Cursor:
         """Files rotated in after this one were lost (see
         :meth:`shipper.pinning.Pinning._check_overrun`): a split line still open at its end is
         not continued by the next file's parts."""
+        self.unseen_after: list[Path] = []
+        """Read again from its compressed copy at a start (:attr:`decompressed`): the
+        compressed copies rotated after it that no checkpoint knows, oldest first -- written,
+        rotated and compressed while the shipper was down, never opened, or read and
+        forgotten. Looked into at its end if something is open there (see
+        :meth:`shipper.split_lines.SplitLines._next_parts_unseen`)."""
         self.cuts: list[tuple[int, int, str | None]] = sorted(
             (int(c[0]), int(c[1]), str(c[2]) if len(c) > 2 else None)
             for c in state.cuts

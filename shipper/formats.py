@@ -176,6 +176,11 @@ class LineParser:
         """Streams with a split line waiting for its next part."""
         return list(self._partials)
 
+    def open_in(self, origin: object) -> list[str]:
+        """Streams with a split line waiting for its next part that has parts in file
+        ``origin``."""
+        return [stream for stream, p in self._partials.items() if origin in p.starts]
+
     def overdue(self, now: float, split_seconds: float) -> list[str]:
         """Streams whose split line has waited ``split_seconds`` since its newest part was
         read (the reader's clock ``now``): shipped as it is at the live file's end."""

@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 import zlib
+from collections.abc import Collection
 from pathlib import Path
 
 from shipper.checkpoint import FileState
@@ -201,3 +202,35 @@ def _data_ends_in_split_line(
         return False
     parser.feed(data[:end].split(b"\n"), base)
     return bool(parser.pending_streams())
+
+
+def holds_entry_of(gz: Path, streams: Collection[str], parser: LineParser) -> bool:
+    """Whether the gzip file ``gz`` holds an entry (a whole line or a split line's part) of
+    one of ``streams``, parsed with ``parser`` (a fresh one of the source's format), streamed
+    and stopped at the first one. A copy that cannot be read: False.
+
+    A file read again from its compressed copy (:func:`decompressed`) that ends with a line
+    of one of ``streams`` still open has that line's next entry in the next file of the
+    stream. If that file is a compressed copy the shipper never opened (rotated and
+    compressed while it was down), the line's end is lost with it: joined to the next line
+    of the live file instead, two lines became one record (R3s20 #3). A copy holding only
+    the other stream's lines (read and forgotten by an earlier run) says nothing of it."""
+    wanted = set(streams)
+    rest = b""
+    base = 0
+    try:
+        with gzip.open(gz, "rb") as src:
+            while block := src.read(1 << 20):
+                data = rest + block
+                end = data.rfind(b"\n")
+                if end < 0:
+                    rest = data
+                    continue
+                rest = data[end + 1 :]
+                out = parser.feed(data[:end].split(b"\n"), base)
+                base += end + 1
+                if wanted & {*out.streams, *parser.pending_streams()}:
+                    return True
+    except (OSError, EOFError, zlib.error):
+        return False
+    return False

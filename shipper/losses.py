@@ -28,4 +28,6 @@ its checkpoint when opened, see :meth:`shipper.resume.Resume._verified`); the so
 budget (:func:`shipper.fd_budget.pin_budget`), so files deleted before it catches up are never
 read; the file that was live at the last check is gone already (see
 :meth:`shipper.pinning.Pinning._check_overrun`), so files may have been rotated in and gone
-between two checks, never opened."""
+between two checks, never opened; or a compressed copy found at start that no checkpoint knew
+held the next parts of a line open in a file read again from its compressed copy (see
+:meth:`shipper.split_lines.SplitLines._next_parts_unseen`)."""

@@ -384,6 +384,15 @@ class MultilineParser:
         """Streams with a split line waiting for its next part (open records aside)."""
         return self.inner.pending_streams()
 
+    def open_in(self, origin: object) -> list[str]:
+        """Streams with an open record or a split line waiting for its next part that has
+        lines (parts) in file ``origin``."""
+        streams = self.inner.open_in(origin)
+        for stream, rec in self._records.items():
+            if origin in rec.origins and stream not in streams:
+                streams.append(stream)
+        return streams
+
     def wait_seconds(self, split_seconds: float, streams: Collection[str] | None = None) -> float:
         """How long open lines (of ``streams``) wait for what comes next: ``split_seconds``
         while a split line waits for its next part, else :attr:`flush_seconds`."""

@@ -23,7 +23,7 @@ from shipper.birth import birth_time
 from shipper.checkpoint import FileState, file_key
 from shipper.cursor import Cursor
 from shipper.discover import compressed_siblings, rotated_siblings
-from shipper.fingerprint import fingerprint, tail_hash
+from shipper.fingerprint import fingerprint, gzip_identity, tail_hash
 from shipper.formats import PARSERS
 from shipper.held_gz import (
     compressed_ends_in_split_line,
@@ -513,8 +513,52 @@ class Resume:
                 os.close(fd)
             return []  # as before: nothing open in them, gone with the files
         found = [self._resume_copy(key, state, fd, gz) for key, state, fd, gz in copies]
+        self._note_unknown_after(found, known)
         # By the name it had uncompressed: Docker's .2 before its .1, kubelet's by time.
         return sorted(found, key=lambda c: age(0, c.path.with_suffix("")))
+
+    def _note_unknown_after(self: Tailer, held: list[Cursor], known: set[str]) -> None:
+        """Give each file read again from its compressed copy (``held``) the compressed copies
+        rotated after it (by name) whose first line no checkpoint of the source (``known``)
+        has, up to the next copy that is read again or known: :attr:`Cursor.unseen_after`.
+        A line still open at its end has its next entry in one of them if that copy holds
+        its stream's lines: never read, the line is cut there, not joined to the live file's
+        next line (see :meth:`~shipper.split_lines.SplitLines._next_parts_unseen`). Copies
+        past the next one read hold that file's lines' continuations, not this one's. Only
+        listed and read at their first bytes here; streamed only if a line is open at the
+        held file's end."""
+        if not held:
+            return
+        try:
+            copies = compressed_siblings(rotation_path(self.spec.path))
+        except OSError:
+            return
+        order = sorted(
+            (_name_order(gz.with_suffix("")), gz, unknown)
+            for gz in copies
+            if (unknown := self._unknown_copy(gz, held, known)) is not None
+        )
+        for cur in held:
+            after = _name_order(cur.path.with_suffix(""))
+            run: list[Path] = []
+            for name, gz, unknown in order:
+                if name <= after:
+                    continue
+                if not unknown:
+                    break  # read again, or read before: the line's next part is from there on
+                run.append(gz)
+            cur.unseen_after = run
+
+    def _unknown_copy(self: Tailer, gz: Path, held: list[Cursor], known: set[str]) -> bool | None:
+        """Whether the compressed copy ``gz`` is of a file no checkpoint of the source
+        (``known``) has and not one read again (``held``); None when its first line cannot be
+        read (being written, damaged): left out, as the search for missed rotations does."""
+        if any(c.path == gz for c in held):
+            return False
+        ident = gzip_identity(gz)
+        if ident is None or ident[0] is None:
+            return None
+        return all(key.rsplit(":", 1)[-1] != ident[0] for key in known)
 
     def _rotated_after_held(
         self: Tailer, held: list[Cursor], rotated: list[tuple[int, Cursor]]

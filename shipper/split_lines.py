@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from shipper.checkpoint import MAX_CUTS
 from shipper.cursor import Chunk, Cursor
 from shipper.fingerprint import fingerprint
-from shipper.held_gz import held_by_compressed
+from shipper.formats import PARSERS
+from shipper.held_gz import held_by_compressed, holds_entry_of
 from shipper.lines import Lines
 from shipper.removed import inode_in_folder
 
@@ -62,6 +63,38 @@ class SplitLines:
             logging.WARNING,
             "shipping split lines as they are: their next parts were in files rotated away unread",
         )
+
+    def _next_parts_unseen(self: Tailer, head: Cursor) -> bool:
+        """Whether a line open at the end of ``head``, a file read again from its compressed
+        copy at the start, has its next entry in a compressed copy no checkpoint knew
+        (:attr:`Cursor.unseen_after`): rotated and compressed while the shipper was down,
+        never read. Its end is lost with it (counted ``rotated_unseen``); continued by the
+        live file's next entry of its stream, two different lines were stored as one record
+        with nothing counted (R3s20 #3). A copy holding only the other stream's lines may
+        have been read and forgotten by an earlier run: it says nothing, and the line waits
+        for its next part as before. Asked once, when ``head`` is read to its end."""
+        copies, head.unseen_after = head.unseen_after, []
+        streams = self.parser.open_in(head)
+        if not streams:
+            return False
+        kind = PARSERS[self.spec.format]
+        unseen = next(
+            (gz for gz in copies if holds_entry_of(gz, streams, kind(self.max_line_bytes))), None
+        )
+        if unseen is None:
+            return False
+        self.on_loss("rotated_unseen")
+        log.warning(
+            "a line open at the end of a rotated file read again from its compressed copy "
+            "continues in a compressed file the shipper never read (rotated and compressed "
+            "while it was down): its next parts are lost, and what was read of it is shipped "
+            "as it is; keep shipper restarts shorter than the rotation window (Docker "
+            "max-size x max-file) path=%s unread=%s streams=%s",
+            head.path,
+            unseen,
+            ",".join(streams),
+        )
+        return True
 
     def _flush_split(self: Tailer, head: Cursor) -> Chunk | None:
         """At the end of the live file, split lines whose next part has not come for
