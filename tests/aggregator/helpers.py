@@ -243,3 +243,59 @@ def backdate(path: Path, updated: float) -> None:
     """Date a ledger document written by hand at ``updated`` as the warehouse would: its
     mtime, by which its age is judged (ledger.Dating), and not only its ``updated`` field."""
     os.utime(path, (updated, updated))
+
+
+class LocalPassThrough(pafs.FileSystemHandler):
+    """The local filesystem as a pyarrow ``FileSystemHandler`` (``pafs.PyFileSystem(handler)``):
+    tests subclass it to count or tamper with one kind of call and pass the rest through."""
+
+    def __init__(self) -> None:
+        self.fs = pafs.LocalFileSystem()
+
+    def get_type_name(self) -> str:
+        return type(self).__name__
+
+    def equals(self, other: object) -> bool:
+        return other is self
+
+    def normalize_path(self, path: str) -> str:
+        return self.fs.normalize_path(path)
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(selector)
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        self.fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path: str) -> None:
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self) -> None:
+        raise NotImplementedError
+
+    def delete_file(self, path: str) -> None:
+        self.fs.delete_file(path)
+
+    def move(self, src: str, dest: str) -> None:
+        self.fs.move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        self.fs.copy_file(src, dest)
+
+    def open_input_stream(self, path: str) -> pa.NativeFile:
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path: str) -> pa.NativeFile:
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path: str, metadata: dict | None = None) -> pa.NativeFile:
+        return self.fs.open_output_stream(path)
+
+    def open_append_stream(self, path: str, metadata: dict | None = None) -> pa.NativeFile:
+        return self.fs.open_append_stream(path)

@@ -36,34 +36,22 @@ from aggregator.storage import StorageError
 from aggregator.writer import object_name, write_partitions
 from athena.schema import DT_FORMAT
 from athena.warehouse import Warehouse, open_warehouse
-from tests.aggregator.helpers import backdate, read_table, record
+from tests.aggregator.helpers import LocalPassThrough, backdate, read_table, record
 
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 OLD = time.time() - 3 * 86400  # mtime of every file: long past any grace period
 
 
-class CountingHandler(pafs.FileSystemHandler):
+class CountingHandler(LocalPassThrough):
     """A real local filesystem that counts folder listings (and the recursive ones) and file
     opens, per path, and keeps every path a listing returned."""
 
     def __init__(self) -> None:
-        self.fs = pafs.LocalFileSystem()
+        super().__init__()
         self.listings: Counter[str] = Counter()
         self.recursive: Counter[str] = Counter()
         self.listed: list[str] = []
         self.opens: Counter[str] = Counter()
-
-    def get_type_name(self) -> str:
-        return "counting-local"
-
-    def equals(self, other: object) -> bool:
-        return self is other
-
-    def normalize_path(self, path: str) -> str:
-        return path
-
-    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
-        return self.fs.get_file_info(paths)
 
     def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
         self.listings[selector.base_dir.rstrip("/")] += 1
@@ -71,27 +59,6 @@ class CountingHandler(pafs.FileSystemHandler):
         infos = self.fs.get_file_info(selector)
         self.listed += [info.path for info in infos]
         return infos
-
-    def create_dir(self, path: str, recursive: bool) -> None:
-        self.fs.create_dir(path, recursive=recursive)
-
-    def delete_dir(self, path: str) -> None:
-        self.fs.delete_dir(path)
-
-    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
-        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
-
-    def delete_root_dir_contents(self) -> None:
-        raise NotImplementedError
-
-    def delete_file(self, path: str) -> None:
-        self.fs.delete_file(path)
-
-    def move(self, src: str, dest: str) -> None:
-        self.fs.move(src, dest)
-
-    def copy_file(self, src: str, dest: str) -> None:
-        self.fs.copy_file(src, dest)
 
     def open_input_stream(self, path: str) -> pa.NativeFile:
         self.opens[path] += 1
@@ -104,9 +71,6 @@ class CountingHandler(pafs.FileSystemHandler):
     def open_output_stream(self, path: str, metadata: dict | None = None) -> pa.NativeFile:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return self.fs.open_output_stream(path)
-
-    def open_append_stream(self, path: str, metadata: dict | None = None) -> pa.NativeFile:
-        raise NotImplementedError
 
 
 def counting_warehouse(root: Path) -> tuple[Warehouse, CountingHandler]:

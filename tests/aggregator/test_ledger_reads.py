@@ -38,6 +38,7 @@ from aggregator.ledger import (
 from aggregator.storage import StorageError, read_small
 from athena import warehouse as warehouse_mod
 from athena.warehouse import Warehouse, open_warehouse, s3_client, s3_small_client
+from tests.aggregator.helpers import LocalPassThrough
 from tests.aggregator.s3_hook_proxy import S3HookProxy
 from tests.support.seaweedfs import SeaweedFS
 
@@ -107,13 +108,13 @@ def test_a_heartbeat_rewritten_while_it_is_read_reads_whole(
     assert "HEAD" not in proxy.requests_to(key), "a heartbeat is read in one GetObject"
 
 
-class _TornOnce(pafs.FileSystemHandler):
+class _TornOnce(LocalPassThrough):
     """A local filesystem whose first read of each ``.json`` file returns only its first half,
     as pyarrow's two requests return an S3 object rewritten between them (the path taken
     where boto3 cannot be used: a filesystem :func:`open_warehouse` did not build)."""
 
     def __init__(self) -> None:
-        self.fs = pafs.LocalFileSystem()
+        super().__init__()
         self.torn: set[str] = set()
 
     def open_input_stream(self, path: str) -> pafs.NativeFile:
@@ -125,52 +126,6 @@ class _TornOnce(pafs.FileSystemHandler):
 
             return pa.BufferReader(data[: len(data) // 2])
         return self.fs.open_input_stream(path)
-
-    # The rest is the local filesystem's.
-    def get_type_name(self) -> str:
-        return "torn-once"
-
-    def equals(self, other: pafs.FileSystemHandler) -> bool:
-        return other is self
-
-    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
-        return self.fs.get_file_info(paths)
-
-    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
-        return self.fs.get_file_info(selector)
-
-    def create_dir(self, path: str, recursive: bool) -> None:
-        self.fs.create_dir(path, recursive=recursive)
-
-    def delete_dir(self, path: str) -> None:
-        self.fs.delete_dir(path)
-
-    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
-        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
-
-    def delete_root_dir_contents(self) -> None:
-        raise NotImplementedError
-
-    def delete_file(self, path: str) -> None:
-        self.fs.delete_file(path)
-
-    def move(self, src: str, dest: str) -> None:
-        self.fs.move(src, dest)
-
-    def copy_file(self, src: str, dest: str) -> None:
-        self.fs.copy_file(src, dest)
-
-    def open_input_file(self, path: str) -> pafs.NativeFile:
-        return self.fs.open_input_file(path)
-
-    def open_output_stream(self, path: str, metadata: dict[str, str]) -> pafs.NativeFile:
-        return self.fs.open_output_stream(path)
-
-    def open_append_stream(self, path: str, metadata: dict[str, str]) -> pafs.NativeFile:
-        return self.fs.open_append_stream(path)
-
-    def normalize_path(self, path: str) -> str:
-        return self.fs.normalize_path(path)
 
 
 def test_a_torn_read_is_read_again_not_taken_for_absence(tmp_path: Path) -> None:
