@@ -141,6 +141,11 @@ class Cursor:
         """Files rotated in after this one were lost (see
         :meth:`shipper.pinning.Pinning._check_overrun`): a split line still open at its end is
         not continued by the next file's parts."""
+        self.gap_streams: list[str] | None = None
+        """With :attr:`gap_after`: the streams whose open lines are cut there (None: every
+        stream). Only those whose next entry is in a compressed copy never read (see
+        :meth:`shipper.split_lines.SplitLines._next_parts_unseen`); another stream's line
+        open at the same time continues in the next file as before (R7s20)."""
         self.unseen_after: list[Path] = []
         """Read again from its compressed copy at a start (:attr:`decompressed`): the
         compressed copies rotated after it that no checkpoint knows, oldest first -- written,

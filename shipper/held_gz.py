@@ -204,18 +204,21 @@ def _data_ends_in_split_line(
     return bool(parser.pending_streams())
 
 
-def holds_entry_of(gz: Path, streams: Collection[str], parser: LineParser) -> bool:
-    """Whether the gzip file ``gz`` holds an entry (a whole line or a split line's part) of
-    one of ``streams``, parsed with ``parser`` (a fresh one of the source's format), streamed
-    and stopped at the first one. A copy that cannot be read: False.
+def streams_with_entries(gz: Path, streams: Collection[str], parser: LineParser) -> set[str]:
+    """The streams of ``streams`` of which the gzip file ``gz`` holds an entry (a whole line
+    or a split line's part), parsed with ``parser`` (a fresh one of the source's format),
+    streamed and stopped once each was seen. A copy that cannot be read: the streams seen
+    before the error (none if it cannot be opened).
 
     A file read again from its compressed copy (:func:`decompressed`) that ends with a line
     of one of ``streams`` still open has that line's next entry in the next file of the
     stream. If that file is a compressed copy the shipper never opened (rotated and
     compressed while it was down), the line's end is lost with it: joined to the next line
     of the live file instead, two lines became one record (R3s20 #3). A copy holding only
-    the other stream's lines (read and forgotten by an earlier run) says nothing of it."""
+    the other stream's lines (read and forgotten by an earlier run) says nothing of it, and
+    a line of that other stream open at the same time is not cut for it (R7s20)."""
     wanted = set(streams)
+    seen: set[str] = set()
     rest = b""
     base = 0
     try:
@@ -229,8 +232,9 @@ def holds_entry_of(gz: Path, streams: Collection[str], parser: LineParser) -> bo
                 rest = data[end + 1 :]
                 out = parser.feed(data[:end].split(b"\n"), base)
                 base += end + 1
-                if wanted & {*out.streams, *parser.pending_streams()}:
-                    return True
+                seen |= wanted & {*out.streams, *parser.pending_streams()}
+                if seen == wanted:
+                    break
     except (OSError, EOFError, zlib.error):
-        return False
-    return False
+        pass
+    return seen

@@ -18,11 +18,13 @@ from shipper.checkpoint import MAX_CUTS
 from shipper.cursor import Chunk, Cursor
 from shipper.fingerprint import fingerprint
 from shipper.formats import PARSERS
-from shipper.held_gz import held_by_compressed, holds_entry_of
+from shipper.held_gz import held_by_compressed, streams_with_entries
 from shipper.lines import Lines
 from shipper.removed import inode_in_folder
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from shipper.tailer import Tailer
 
 log = logging.getLogger("logq.shipper.tailer")
@@ -45,6 +47,7 @@ class SplitLines:
         stayed empty for the wait of :meth:`_split_waits`."""
         self._gap_flush = None
         lost = head.gap_after
+        streams, head.gap_streams = head.gap_streams, None
         head.gap_after = False
         if self.parser.records_only():
             why = (
@@ -55,34 +58,43 @@ class SplitLines:
             )
             level = logging.WARNING if lost else logging.INFO
             return self._flushed(
-                head, level, f"shipping open multi-line records as they are: {why}"
+                head, level, f"shipping open multi-line records as they are: {why}", streams
             )
         # Unchanged without --multiline: also after the wait for an empty next file.
         return self._flushed(
             head,
             logging.WARNING,
             "shipping split lines as they are: their next parts were in files rotated away unread",
+            streams,
         )
 
-    def _next_parts_unseen(self: Tailer, head: Cursor) -> bool:
-        """Whether a line open at the end of ``head``, a file read again from its compressed
-        copy at the start, has its next entry in a compressed copy no checkpoint knew
-        (:attr:`Cursor.unseen_after`): rotated and compressed while the shipper was down,
-        never read. Its end is lost with it (counted ``rotated_unseen``); continued by the
-        live file's next entry of its stream, two different lines were stored as one record
-        with nothing counted (R3s20 #3). A copy holding only the other stream's lines may
-        have been read and forgotten by an earlier run: it says nothing, and the line waits
-        for its next part as before. Asked once, when ``head`` is read to its end."""
+    def _next_parts_unseen(self: Tailer, head: Cursor) -> list[str]:
+        """The streams of the lines open at the end of ``head``, a file read again from its
+        compressed copy at the start, whose next entry is in a compressed copy no checkpoint
+        knew (:attr:`Cursor.unseen_after`): rotated and compressed while the shipper was
+        down, never read. Their ends are lost with it (counted ``rotated_unseen``, once);
+        continued by the live file's next entry of their stream, two different lines were
+        stored as one record with nothing counted (R3s20 #3). A copy holding only the other
+        stream's lines may have been read and forgotten by an earlier run: it says nothing,
+        and a line of a stream not in those copies waits for its next part as before -- also
+        when a line of the other stream is cut at the same time (R7s20). Asked once, when
+        ``head`` is read to its end."""
         copies, head.unseen_after = head.unseen_after, []
-        streams = self.parser.open_in(head)
-        if not streams:
-            return False
+        open_streams = self.parser.open_in(head)
+        if not open_streams:
+            return []
         kind = PARSERS[self.spec.format]
-        unseen = next(
-            (gz for gz in copies if holds_entry_of(gz, streams, kind(self.max_line_bytes))), None
-        )
-        if unseen is None:
-            return False
+        cut: set[str] = set()
+        unseen: list[Path] = []
+        for gz in copies:
+            found = streams_with_entries(gz, set(open_streams) - cut, kind(self.max_line_bytes))
+            if found:
+                cut |= found
+                unseen.append(gz)
+            if cut == set(open_streams):
+                break
+        if not cut:
+            return []
         self.on_loss("rotated_unseen")
         log.warning(
             "a line open at the end of a rotated file read again from its compressed copy "
@@ -91,10 +103,10 @@ class SplitLines:
             "as it is; keep shipper restarts shorter than the rotation window (Docker "
             "max-size x max-file) path=%s unread=%s streams=%s",
             head.path,
-            unseen,
-            ",".join(streams),
+            ",".join(str(gz) for gz in unseen),
+            ",".join(sorted(cut)),
         )
-        return True
+        return sorted(cut)
 
     def _flush_split(self: Tailer, head: Cursor) -> Chunk | None:
         """At the end of the live file, split lines whose next part has not come for

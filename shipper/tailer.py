@@ -319,8 +319,9 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
                 head.linger_size = head.size()
                 self._lingering.append(head)
                 return True
-            if head.unseen_after and self._next_parts_unseen(head):
+            if head.unseen_after and (cut := self._next_parts_unseen(head)):
                 head.gap_after = True
+                head.gap_streams = cut
             if head.gap_after and head in self.parser.pending_origins():
                 # Files after this one were lost: the parts of a split line still open here
                 # would be joined to another line's parts in the next file. Shipped as they

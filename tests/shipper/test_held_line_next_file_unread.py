@@ -162,3 +162,48 @@ def test_only_the_unread_files_before_the_next_one_read_can_cut_a_held_line(
     reg.close()
     assert sorted(aggregator_keeps(sent)) == ["a-b", "c-", "z part z end"]
     assert losses == ["rotated_unseen"]
+
+
+def test_a_line_of_a_stream_not_in_the_unread_file_is_not_cut_with_the_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--multiline`` off, a split line open on each stream at the end of the held file;
+    the unread file holds only stderr (the end of ``err-``). ``err-`` goes out as it was
+    read and the unread file is counted once; the stdout line continues in the live file and
+    is stored whole (R7s20: it was cut into ``head-`` and ``tail``)."""
+    kept, losses = _restart_after(
+        tmp_path,
+        monkeypatch,
+        docker_line("before", 0)
+        + docker_line("head-", 1, "stdout", nl=False)
+        + docker_line("err-", 2, "stderr", nl=False),
+        docker_line("errtail", 3, "stderr") + docker_line("err 2", 4, "stderr"),
+        docker_line("tail", 5, "stdout") + docker_line("after", 6, "stdout"),
+    )
+    assert sorted(kept) == ["after", "before", "err-", "head-tail"]
+    assert losses == ["rotated_unseen"]
+
+
+def test_a_record_of_a_stream_not_in_the_unread_file_keeps_its_next_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--multiline`` on, a trace open on each stream at the end of the held file; the
+    unread file holds only stderr lines. The stderr record goes out as it was read; the
+    stdout record gets its next frame from the live file (R7s20: it was cut there)."""
+    kept, losses = _restart_after(
+        tmp_path,
+        monkeypatch,
+        docker_line("java.lang.IllegalStateException: boom", 0, "stdout")
+        + docker_line("\tat x.X(X.java:1)", 1, "stdout")
+        + docker_line("java.lang.RuntimeException: err", 2, "stderr")
+        + docker_line("\tat e.E(E.java:1)", 3, "stderr"),
+        docker_line("\tat e.E(E.java:2)", 4, "stderr") + docker_line("plain err", 5, "stderr"),
+        docker_line("\tat x.X(X.java:2)", 6, "stdout") + docker_line("plain z", 7, "stdout"),
+        multiline="java",
+    )
+    assert sorted(kept) == [
+        "java.lang.IllegalStateException: boom\n\tat x.X(X.java:1)\n\tat x.X(X.java:2)",
+        "java.lang.RuntimeException: err\n\tat e.E(E.java:1)",
+        "plain z",
+    ]
+    assert losses == ["rotated_unseen"]
