@@ -625,7 +625,10 @@ class Shipper:
             covered = self._watch(watcher)
         stop = asyncio.ensure_future(self._stop.wait())
         try:
-            recheck = False
+            # A container that appeared between the start's scan and the watches being set up
+            # sent its events to no one: look once more soon, now that they are in place (else
+            # it waited for the safety-net rescan, --discover-interval or longer).
+            recheck = watcher is not None
             while not self._stop.is_set():
                 timeout = self._scan_delay(recheck, covered)
                 if watcher is not None and not self._blind_passes:
