@@ -51,9 +51,13 @@ def interrupted(program: str) -> int:
 
 def redeliver_dropped_interrupts() -> None:
     """Install a ``sys.unraisablehook`` that sends a ``KeyboardInterrupt`` Python could not
-    raise (it landed in a weakref callback or a finalizer) again as SIGINT, 10 ms later from a
-    timer thread: the handler raises it where it can propagate, as if Ctrl-C had been pressed
-    a moment later. Anything else goes to the hook that was there before. Installed once."""
+    raise (it landed in a weakref callback or a finalizer) again as the signal it came from,
+    10 ms later from a timer thread: the handler raises it where it can propagate, as if the
+    signal had come a moment later. That is SIGINT for Ctrl-C, and the SIGTERM or SIGHUP of a
+    :class:`~athena.engines.result.Terminated` (its ``signum``): sent again as SIGINT, which a
+    job started in the background or by CI inherits as ignored, it was lost, and an Athena
+    query went on running after ``timeout`` or a closed terminal had asked logq to stop.
+    Anything else goes to the hook that was there before. Installed once."""
     previous = sys.unraisablehook
     if getattr(previous, "redelivers_interrupts", False):
         return
@@ -62,7 +66,8 @@ def redeliver_dropped_interrupts() -> None:
         if isinstance(unraisable.exc_value, KeyboardInterrupt):
             # From another thread, a moment later: sent from here, the handler would run at
             # once, inside this hook, and the interrupt would be dropped again.
-            later = threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT))
+            signum = getattr(unraisable.exc_value, "signum", signal.SIGINT)
+            later = threading.Timer(0.01, os.kill, (os.getpid(), signum))
             later.daemon = True
             later.start()
             return

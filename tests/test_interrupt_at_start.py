@@ -321,6 +321,66 @@ def test_a_ctrl_c_python_cannot_raise_is_delivered_again(
     assert (done.returncode, done.stdout) == (130, "interrupted\n")
 
 
+#: SIGTERM (``timeout``, a CI job's kill) landing in a weakref callback while an Athena query
+#: runs, in a process that inherits SIGINT as ignored (started in the background, or by CI).
+UNRAISABLE_SIGTERM = """\
+import signal
+import sys
+import time
+import weakref
+
+from athena.engines.result import Terminated
+from shipper.startup import redeliver_dropped_interrupts
+
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def stop(signum, _frame):
+    raise Terminated(signum)  # what the Athena engine's handler raises
+
+
+signal.signal(signal.SIGTERM, stop)
+redeliver_dropped_interrupts()
+
+
+class Lock:
+    pass
+
+
+def callback(_ref):
+    raise Terminated(signal.SIGTERM)  # the handler's exception, inside the callback
+
+
+lock = Lock()
+ref = weakref.ref(lock, callback)
+try:
+    del lock
+    time.sleep(5)
+    print("went on")
+except Terminated as exc:
+    print(exc.signame)
+    sys.exit(exc.exit_status)
+"""
+
+
+def test_a_sigterm_python_cannot_raise_is_delivered_again_as_sigterm(
+    subprocess_env: dict[str, str],
+) -> None:
+    """Sent again as SIGINT, which the process ignores, the SIGTERM was lost: the query ran on
+    (test_athena_cli's SIGHUP test hung in a fresh clone's ``make test``)."""
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", UNRAISABLE_SIGTERM],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr
+    assert (done.returncode, done.stdout) == (143, "SIGTERM\n")
+
+
 def test_importing_the_programs_leaves_the_unraisable_hook_alone() -> None:
     """Only a program's ``main()`` installs the redelivery: a process that imports the entry
     modules (a test runner) keeps its own hook, and a stray Ctrl-C in a finalizer there stays a
