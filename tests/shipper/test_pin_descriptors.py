@@ -123,12 +123,13 @@ def test_start_without_descriptors_forgets_no_checkpoint(
     append_docker(path, 15, 5)
     clock = [1000.0]
     set_clock(monkeypatch, clock)
-    _fail_opens(monkeypatch, logs)
     losses: list[str] = []
-    t = Tailer(spec, reg, "h", 65536, on_loss=losses.append)
-    assert t.read() is None and not t.poll()
-    assert losses == [] and len(reg.items()) == 1
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as opens:
+        _fail_opens(opens, logs)
+        t = Tailer(spec, reg, "h", 65536, on_loss=losses.append)
+        assert t.read() is None and not t.poll()
+        assert losses == [] and len(reg.items()) == 1
+    clock[0] += 60  # descriptors are back, and the backoff has passed
     assert drain(t) == [f"line {i}" for i in range(10, 20)]
     assert losses == []
     t.close()
@@ -153,11 +154,12 @@ def test_copytruncate_without_descriptors_waits_for_the_copy(
     path.write_bytes(b"after 1\nafter 2\nafter 3\nafter 4\nafter 5\nafter 6\n")
     clock = [1000.0]
     set_clock(monkeypatch, clock)
-    _fail_opens(monkeypatch, logs)
-    assert t.read() is None  # cannot look for the copy: neither reads on nor gives up
-    assert not t.poll()
-    assert losses == []
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as opens:
+        _fail_opens(opens, logs)
+        assert t.read() is None  # cannot look for the copy: neither reads on nor gives up
+        assert not t.poll()
+        assert losses == []
+    clock[0] += 60  # descriptors are back, and the backoff has passed
     assert drain(t) == ["late 1"] + [f"after {i}" for i in range(1, 7)]
     assert losses == []
     t.close()
