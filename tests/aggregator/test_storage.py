@@ -101,6 +101,45 @@ def test_ascending_offsets_are_delta_encoded(tmp_path: Path) -> None:
     assert fastparquet.ParquetFile(str(path)).to_pandas()["offset"].tolist() == offsets
 
 
+def test_a_column_of_distinct_messages_reads_back_in_fastparquet(tmp_path: Path) -> None:
+    """150,000 distinct log lines in one object (one flush of a busy service): once their
+    dictionary outgrew 1 MiB, pyarrow went on in PLAIN inside the same column chunk, and
+    fastparquet read every value after the switch as null (122,832 of them). Mostly distinct
+    strings are PLAIN from the start; repeating ones keep their dictionary."""
+    n = 150_000
+    messages = [f"user {i} signed in from 10.{i % 256}.{i // 256 % 256}.7" for i in range(n)]
+    levels = ["INFO", "WARN", "ERROR"] * (n // 3)
+    table = pa.table({"message": messages, "level": levels})
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    path = tmp_path / "wh" / "logs.parquet"
+    put_table(wh, str(path), table)
+    enc = encodings(path)
+    assert "RLE_DICTIONARY" not in enc["message"] and "RLE_DICTIONARY" in enc["level"]
+    frame = fastparquet.ParquetFile(str(path)).to_pandas()
+    assert frame["message"].tolist() == messages
+    assert frame["level"].tolist() == levels
+
+
+def test_a_dictionary_never_switches_to_plain_inside_a_column_chunk(tmp_path: Path) -> None:
+    """A merge chooses the encodings from its first row group (aggregator/compaction/merge.py)
+    and a later one may hold far more distinct values: their dictionary grows past pyarrow's
+    1 MiB default instead of switching to PLAIN in mid-chunk, which fastparquet misreads."""
+    first = pa.table({"path": ["/healthz"] * 1000})
+    rows = 120_000
+    paths = [f"/api/orders/{i:08d}/items" if i % 3 == 0 else "/healthz" for i in range(rows)]
+    later = pa.table({"path": paths})  # 40,000 distinct paths: a 1.2 MB dictionary
+    out = tmp_path / "merged.parquet"
+    options = write_options(first)
+    options.pop("row_group_size")
+    with pq.ParquetWriter(out, first.schema, **options) as writer:
+        writer.write_table(first)
+        writer.write_table(later, row_group_size=rows)
+    meta = pq.ParquetFile(out).metadata
+    assert meta.num_row_groups == 2 and meta.row_group(1).column(0).has_dictionary_page
+    got = fastparquet.ParquetFile(str(out)).to_pandas()["path"].tolist()
+    assert got == ["/healthz"] * 1000 + paths
+
+
 def spread_column(distinct: int, rows: int, step: int, dtype: pa.DataType) -> pa.ChunkedArray:
     """``distinct`` different values ``step`` apart around 0, every one at least once, in a
     shuffled order with some nulls, in three chunks (as an object's spilled pieces are)."""
