@@ -95,11 +95,25 @@ class Settings:
 
 
 def split_host_port(value: str, what: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` too) as a pair, or a :class:`ConfigError` naming the flag."""
+    """``HOST:PORT`` (``[v6]:PORT`` too) as a pair, or a :class:`ConfigError` naming the flag.
+
+    ``:PORT`` (no host) gives the host ``""``: every address of this host, IPv4 and IPv6, as
+    asyncio binds it. It was ``0.0.0.0``, IPv4 only, and asyncio makes ``[::]`` IPv6 only
+    (``IPV6_V6ONLY``): no value listened on both, and an IPv6-only pod could not be reached."""
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"{what} must be HOST:PORT (e.g. 127.0.0.1:24224), got {value!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    return host.strip("[]"), int(port)
+
+
+def join_host_port(host: str, port: int) -> str:
+    """``host:port`` as written in a flag or a URL: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def listening_text(addresses: list[tuple[str, int]]) -> str:
+    """``0.0.0.0:24224 and [::]:24224``: every address listened on, as a flag writes it."""
+    return " and ".join(join_host_port(host, port) for host, port in addresses)
 
 
 _FLAGS: list[tuple[str, dict[str, Any]]] = [

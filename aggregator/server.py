@@ -35,7 +35,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,6 +173,14 @@ class _Conn:
         return self.peer.rsplit(":", 1)[0]
 
 
+def bound_addresses(names: Iterable[tuple[Any, ...]]) -> list[tuple[str, int]]:
+    """The ``getsockname()`` of listening sockets as (host, port), IPv4 first. ``:PORT`` binds
+    ``0.0.0.0`` and ``::`` in asyncio's (set) order, which changes from run to run: the
+    ``listening on`` line then read ``[::]:PORT`` (IPv6 only, by the README) as often as not,
+    and with ``:0`` the port returned was either family's."""
+    return sorted(((str(n[0]), int(n[1])) for n in names), key=lambda a: (":" in a[0], a))
+
+
 class ForwardServer:
     """Accepts Forward connections and feeds the buffer."""
 
@@ -197,6 +205,8 @@ class ForwardServer:
         self.on_append = on_append
         self.buffer_compression = buffer_compression
         self.hostname = socket.gethostname()
+        self.listening: list[tuple[str, int]] = []
+        """(host, port) of each listening socket once started, IPv4 first."""
         self.chunks = RecentChunks()
         """Chunk ids buffered recently: a resend of one is acked and not stored again. Those of
         a previous run are restored before listening (``Aggregator._restore_chunks``)."""
@@ -228,12 +238,13 @@ class ForwardServer:
         )
         for listening in self._server.sockets:  # accepted sockets inherit it
             listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
-        sock = self._server.sockets[0].getsockname()
+        # ``:PORT`` binds one socket per family, in no fixed order: IPv4 first, every run.
+        self.listening = bound_addresses(s.getsockname() for s in self._server.sockets)
         log.info(
             "at most %s bytes of messages in flight on all connections (--max-inflight-bytes)",
             f"{self.inflight.limit:,}",
         )
-        return sock[0], sock[1]
+        return self.listening[0]
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting; let connections finish the batch they are acking, then close them."""

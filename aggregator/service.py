@@ -43,7 +43,13 @@ from pathlib import Path
 from aggregator.buffer import SPILL_DIR, Segment
 from aggregator.catalog import Catalog
 from aggregator.compact_loop import PeriodicCompaction
-from aggregator.config import Settings, split_host_port, user_map
+from aggregator.config import (
+    Settings,
+    join_host_port,
+    listening_text,
+    split_host_port,
+    user_map,
+)
 from aggregator.dedup import OffsetState
 from aggregator.diskguard import GuardedBuffer
 from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, compile_format
@@ -108,8 +114,8 @@ def listen_error(flag: str, address: str, exc: OSError) -> OSError:
     hints = {
         errno.EADDRINUSE: "another process listens there: stop it or pick another port",
         errno.EACCES: "ports below 1024 need root (or CAP_NET_BIND_SERVICE): pick one above 1023",
-        errno.EADDRNOTAVAIL: "this host has no such address: use 127.0.0.1, 0.0.0.0 or one of its "
-        "own addresses",
+        errno.EADDRNOTAVAIL: "this host has no such address: use 127.0.0.1, :PORT (every "
+        "address) or one of its own addresses",
     }
     code = exc.errno or 0
     reason = os.strerror(code).lower() if code > 0 else (exc.strerror or str(exc))
@@ -338,7 +344,8 @@ class Aggregator:
             mport = await self.metrics_server.start()
         except OSError as exc:
             raise listen_error("--metrics-listen", self.settings.metrics_listen, exc) from exc
-        print(f"metrics on http://{mhost}:{mport}/metrics", file=sys.stderr, flush=True)
+        shown = join_host_port(mhost or "0.0.0.0", mport)
+        print(f"metrics on http://{shown}/metrics", file=sys.stderr, flush=True)
 
     async def _start_serving(self) -> None:
         """The Forward server, listening once the chunk ids of the previous run are read."""
@@ -368,11 +375,12 @@ class Aggregator:
         self.metrics.starting = "starting: opening the Forward port (--listen)"
         host, port = split_host_port(self.settings.listen, "--listen")
         try:
-            bound_host, self.port = await self.server.start(host, port)
+            _, self.port = await self.server.start(host, port)
         except OSError as exc:
             raise listen_error("--listen", self.settings.listen, exc) from exc
         self.metrics.starting = None  # ready: /healthz reports on flushes and disk from now on
-        print(f"listening on {bound_host}:{self.port}", file=sys.stderr, flush=True)
+        shown = listening_text(self.server.listening)  # ``:PORT``: IPv4 and IPv6
+        print(f"listening on {shown}", file=sys.stderr, flush=True)
         log.info(
             "aggregator %s: warehouse %s, buffer %s",
             self.buffer.node_id,

@@ -6,8 +6,10 @@ package's transpile code changes, and all four are in the key. Only the shipped 
 are cached (so the cache stays small), and parameter values are never part of the key or the
 cached text (they are bound at run time): the cache holds no user data.
 
-Location: ``$LOGQ_CACHE_DIR``, else ``$XDG_CACHE_HOME/logq``, else ``~/.cache/logq``. The cache
-is best-effort: unreadable, corrupt or unwritable entries are ignored and the SQL is transpiled.
+Location: ``$LOGQ_CACHE_DIR``, else ``$XDG_CACHE_HOME/logq``, else ``~/.cache/logq``; none when
+there is no home directory either (``HOME`` unset and a user id without a passwd entry, as in a
+container run with an arbitrary ``--user``). The cache is best-effort: a missing location and
+unreadable, corrupt or unwritable entries are ignored and the SQL is transpiled.
 """
 
 from __future__ import annotations
@@ -23,11 +25,17 @@ from typing import Any
 FORMAT = 1
 
 
-def cache_dir() -> Path:
+def cache_dir() -> Path | None:
+    """Where the cache lives, or None without a home directory to put it in."""
     explicit = os.environ.get("LOGQ_CACHE_DIR")
     if explicit:
         return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except (RuntimeError, KeyError):  # no $HOME and no passwd entry for this uid
+            return None
     return Path(base) / "logq"
 
 
@@ -56,8 +64,11 @@ def key(*parts: str) -> str:
 
 def get(name: str) -> dict[str, Any] | None:
     """The cached value for key ``name``, or None."""
+    folder = cache_dir()
+    if folder is None:
+        return None
     try:
-        value = json.loads((cache_dir() / f"{name}.json").read_text(encoding="utf-8"))
+        value = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
@@ -66,6 +77,8 @@ def get(name: str) -> dict[str, Any] | None:
 def put(name: str, value: dict[str, Any]) -> None:
     """Store ``value`` under ``name`` (atomically: temp file then rename); errors are ignored."""
     folder = cache_dir()
+    if folder is None:
+        return
     tmp = folder / f".{name}.{os.getpid()}.tmp"
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -132,6 +132,9 @@ def main() -> None:
     Inside a command typer ends a Ctrl-C with status 130 itself; one anywhere else (typer
     building the click command, rich imported for the help) also ends with 130 and one line,
     not a traceback."""
+    from cli.textio import utf8_streams_and_args
+
+    utf8_streams_and_args()
     try:
         app()
     except (KeyboardInterrupt, RuntimeError) as exc:

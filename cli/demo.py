@@ -25,6 +25,7 @@ from typing import TextIO
 
 from cli.demohost import Manifest, write_host
 from cli.demoservices import SERVICES
+from cli.textio import output_encoding
 
 AGGREGATOR_READY_TIMEOUT = 30.0
 SHIPPER_TIMEOUT = 120.0
@@ -249,7 +250,8 @@ class Demo:
                 stdin=subprocess.DEVNULL,
                 stdout=None if direct else subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                text=True,
+                encoding=output_encoding(),  # UTF-8 under LC_ALL=C PYTHONUTF8=0 (cli.textio)
+                errors="replace",
                 env=self.env,
                 timeout=QUERY_TIMEOUT,
                 check=False,

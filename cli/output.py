@@ -110,10 +110,14 @@ def to_json(columns: Sequence[str], rows: Rows) -> str:
     return "".join(json_pieces(columns, [rows]))
 
 
-def json_pieces(columns: Sequence[str], batches: Iterable[Rows]) -> Iterator[str]:
+def json_pieces(
+    columns: Sequence[str], batches: Iterable[Rows], ascii_only: bool = False
+) -> Iterator[str]:
     """:func:`to_json`'s text a batch of rows at a time: ``[``, the rows, ``]`` (``[]`` for
-    none), so a streamed result is one valid JSON document without being held whole."""
-    encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+    none), so a streamed result is one valid JSON document without being held whole.
+    ``ascii_only``: every other character as a JSON ``\\u`` escape (for an output that is not
+    UTF-8, where the stream's own backslash escapes would not be JSON)."""
+    encode = json.JSONEncoder(ensure_ascii=ascii_only, allow_nan=False).encode
     opened = False
     for rows in batches:
         if not rows:
@@ -347,6 +351,19 @@ def cell_text(text: str) -> str:
 #: when the reader closes meanwhile, losing the rest without an error; pieces are written one by
 #: one, so the next one raises ``BrokenPipeError`` and logq stops instead of rendering on.
 WRITE_CHUNK = 16 * 1024
+
+
+def _writes_utf8(out: TextIO) -> bool:
+    """Whether ``out`` encodes as UTF-8 (a stream without an encoding, like StringIO, counts)."""
+    import codecs
+
+    encoding = getattr(out, "encoding", None)
+    if not encoding:
+        return True
+    try:
+        return codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        return False
 
 
 def write_all(out: TextIO, text: str) -> None:
@@ -606,7 +623,7 @@ def emit(
         return Written(len(shown), complete)
     counted = _Counted([rows], more)
     if fmt is OutputFormat.json:
-        pieces = json_pieces(columns, counted)
+        pieces = json_pieces(columns, counted, ascii_only=not _writes_utf8(out))
     elif fmt is OutputFormat.csv:
         pieces = csv_pieces(columns, counted)
     else:

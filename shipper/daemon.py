@@ -62,6 +62,7 @@ with deferred_interrupts("logq-shipper"):
     from shipper.discover import Discoverer, Scan, SourceSpec, check_roots, node_names
     from shipper.errors import ConfigError, ShipperError
     from shipper.exclude import Excluder, Exclusion
+    from shipper.fsnames import as_text
     from shipper.inotify import DirectoryWatcher, FileWatcher, directories_to_watch
     from shipper.logs import setup_logging
     from shipper.metrics import Metrics
@@ -455,8 +456,9 @@ class Shipper:
         paths: set[str] = set()
         for runner in self.runners.values():
             for path, behind in runner.tailer.behind():
-                self.metrics.bytes_behind.labels(path).set(behind)
-                paths.add(path)
+                label = as_text(path)  # a name that is no UTF-8 failed every scrape
+                self.metrics.bytes_behind.labels(label).set(behind)
+                paths.add(label)
         for gone in self._gauge_paths - paths:
             with contextlib.suppress(KeyError):
                 self.metrics.bytes_behind.remove(gone)

@@ -41,6 +41,7 @@ from pathlib import Path
 from shipper import multiline
 from shipper.errors import ConfigError
 from shipper.exclude import Excluder, Exclusion, kubelet_link_paths
+from shipper.fsnames import as_text
 
 log = logging.getLogger("logq.shipper.discover")
 
@@ -783,7 +784,11 @@ def _path_sources(
             key = f"file:{path}"
             if key not in out:
                 spec = SourceSpec(
-                    key=key, path=path, format="plain", service=stem, container_name=path.name
+                    key=key,
+                    path=path,
+                    format="plain",
+                    service=as_text(stem),
+                    container_name=as_text(path.name),
                 )
                 out[key] = (spec, ())
     return list(out.values())

@@ -30,7 +30,10 @@ number changed."""
 
 _open_files = 0
 """Log files held open by all tailers of this process (the pin budget counts them)."""
-_budget_cache: tuple[float, int] = (0.0, 0)
+_budget_cache: tuple[float, int] = (float("-inf"), 0)
+"""(When it was read, monotonic; the budget.) Never read at first: with 0.0 there, a shipper
+started less than 5 s after boot (the clock's zero) had a budget of 0 and no room to open any
+log file, every source "waiting for descriptors", until the clock passed 5 s."""
 _waiting: set[str] = set()
 """Source keys waiting for room in the descriptor budget (:func:`pin_budget`) to open a file:
 live files count against it too, so the reserve stays free for sockets and checkpoints."""

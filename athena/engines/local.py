@@ -228,6 +228,25 @@ def _integral_decimals_to_int(table: pa.Table) -> pa.Table:
     return table
 
 
+def spill_directory() -> str:
+    """Where DuckDB spills a query larger than memory: ``logq-duckdb-<pid>`` in the folder of
+    temporary files (``$TMPDIR``, else the first writable of /tmp, /var/tmp...). DuckDB makes
+    it only when it spills, and removes it when the connection closes.
+
+    ``""`` (no spilling) when no folder is writable, as on a read-only root filesystem without
+    a writable /tmp, or when its name is not UTF-8 (DuckDB could not take it): queries that fit
+    in memory run as before, and one that does not fails with DuckDB's "Out of Memory"."""
+    import os
+    import tempfile
+
+    try:
+        spill = os.path.join(tempfile.gettempdir(), f"logq-duckdb-{os.getpid()}")
+        spill.encode("utf-8")
+    except (OSError, UnicodeError):  # "No usable temporary directory found in [...]"
+        return ""
+    return spill
+
+
 class LocalEngine:
     """Runs Athena SQL on DuckDB over one warehouse."""
 
@@ -257,6 +276,12 @@ class LocalEngine:
         # DuckDB draws a progress bar on stdout for queries past 2 s when it thinks it runs
         # interactively (``python -c``, notebooks): it would land in the JSON/CSV output.
         con.execute("SET enable_progress_bar = false")
+        # A query larger than memory spills to disk: DuckDB's default is ./.tmp, in whatever
+        # folder logq was started from (a read-only root or cwd failed with "Failed to create
+        # directory .tmp"). Under $TMPDIR instead, one folder per process, removed at close;
+        # none at all without a writable temporary folder (every query failed there).
+        spill = spill_directory().replace("'", "''")
+        con.execute(f"SET temp_directory = '{spill}'")
         return con
 
     def _file_error(self, path: str, exc: Exception) -> Exception:

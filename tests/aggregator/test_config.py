@@ -253,3 +253,34 @@ def test_a_port_in_use_names_the_flag_and_what_to_do(
         assert "(--metrics-listen): address already in use" in capsys.readouterr().err
     # The failed starts left the buffer unlocked (the second could open it) and no segment.
     assert not list((tmp_path / "buf").glob("*.seg"))
+
+
+def test_listen_without_host_means_every_address_of_both_families() -> None:
+    """``:PORT`` was 0.0.0.0 (IPv4 only) and asyncio binds ``[::]`` IPv6 only: no value served
+    both, and with ``0.0.0.0`` an IPv6-only pod was unreachable. ``""`` is asyncio's "every
+    address", IPv4 and IPv6."""
+    from aggregator.config import join_host_port, split_host_port
+
+    assert split_host_port(":24224", "--listen") == ("", 24224)
+    assert split_host_port("0.0.0.0:24224", "--listen") == ("0.0.0.0", 24224)
+    assert split_host_port("[::1]:24224", "--listen") == ("::1", 24224)
+    # The "listening on" line and the metrics URL: an IPv6 address in brackets.
+    assert join_host_port("::1", 24224) == "[::1]:24224"
+    assert join_host_port("127.0.0.1", 9880) == "127.0.0.1:9880"
+
+
+def test_the_listening_line_shows_both_families_ipv4_first() -> None:
+    """asyncio binds ``:PORT``'s two sockets in set order, which changes from run to run: the
+    line read ``listening on [::]:24224`` (IPv6 only, by the README) about half the time, and
+    with ``:0`` the port given back was either family's."""
+    from aggregator.config import listening_text
+    from aggregator.server import bound_addresses
+
+    for names in (
+        [("::", 24225, 0, 0), ("0.0.0.0", 24224)],
+        [("0.0.0.0", 24224), ("::", 24225, 0, 0)],
+    ):
+        listening = bound_addresses(names)
+        assert listening == [("0.0.0.0", 24224), ("::", 24225)]
+        assert listening_text(listening) == "0.0.0.0:24224 and [::]:24225"
+    assert listening_text(bound_addresses([("127.0.0.1", 5)])) == "127.0.0.1:5"

@@ -53,3 +53,21 @@ def test_adhoc_sql_is_never_cached(cache: Path) -> None:
     sql, _ = queries.to_duckdb("SELECT secret_value FROM envoy_access", {})
     assert "secret_value" in sql
     assert not cache.exists() or not list(cache.glob("*.json"))
+
+
+def test_no_home_directory_means_no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container run with an arbitrary ``--user`` has no $HOME and no passwd entry: the CLI
+    answered with a RuntimeError traceback from Path.home() instead of skipping the cache."""
+    import pwd
+
+    def no_entry(uid: int) -> pwd.struct_passwd:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    for var in ("LOGQ_CACHE_DIR", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    assert sqlcache.cache_dir() is None
+    text = queries.load("errors").text
+    sql, bound = queries.to_duckdb(text, COMMON)
+    assert "$services__0" in sql and bound["services__0"] == COMMON["services"][0]
+    assert sqlcache.get("missing") is None

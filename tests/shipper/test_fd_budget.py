@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import resource
+import subprocess
 import sys
 import time
 import urllib.error
@@ -369,3 +370,19 @@ def test_a_restart_near_the_budget_opens_the_rotated_and_the_live_file(
     got, losses = _restart(tmp_path, path)
     assert losses == [] and waiting_sources() == 0
     assert got == [f"line {i}" for i in range(30, 110)]
+
+
+def test_budget_right_after_boot() -> None:
+    """A shipper started within 5 s of boot (monotonic clock below the cache's 5 s) read its
+    budget from the never-filled cache: 0, no room for any file. A fresh interpreter, for the
+    module's first state."""
+    script = (
+        "import time\n"
+        "time.monotonic = lambda: 3.0\n"
+        "from shipper import fd_budget\n"
+        "print(fd_budget.pin_budget(), fd_budget.room())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert int(out[0]) > 0 and out[1] == "True"

@@ -1,0 +1,128 @@
+"""logq under the C/POSIX locale with Python's UTF-8 mode off (``LC_ALL=C PYTHONUTF8=0``)."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+
+import pytest
+
+from cli.textio import utf8_streams_and_args
+
+
+def _stream(encoding: str) -> io.TextIOWrapper:
+    return io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="strict")
+
+
+def _written(stream: io.TextIOWrapper) -> bytes:
+    stream.flush()
+    buffer = stream.buffer
+    assert isinstance(buffer, io.BytesIO)
+    return buffer.getvalue()
+
+
+def test_ascii_locale_writes_and_reads_utf8(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every format ended with "logq: error: 'ascii' codec can't encode characters" on the first
+    non-ASCII message, and ``--service café`` / a statement with ``'%wörld%'`` arrived as
+    ``'caf\\udcc3\\udca9'`` (refused, or a DuckDB "cannot encode str as UTF-8")."""
+    out, err = _stream("ascii"), _stream("ascii")
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "ascii")
+    monkeypatch.delenv("PYTHONIOENCODING", raising=False)
+    typed = ["logq", "tail", "--service", "café", "--grep", "wörld ✓"]
+    argv = [os.fsencode(a).decode("ascii", "surrogateescape") for a in typed]  # as Python has it
+    utf8_streams_and_args(argv)
+    assert argv == typed
+    print("héllo wörld — ✓ 日本語 🚀")
+    sys.stderr.write("logq: note: café\n")
+    assert _written(out) == "héllo wörld — ✓ 日本語 🚀\n".encode()
+    assert _written(err) == "logq: note: café\n".encode()
+
+
+def test_other_locales_escape_what_they_cannot_show(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = _stream("latin-1")
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "iso8859-1")
+    monkeypatch.delenv("PYTHONIOENCODING", raising=False)
+    argv = ["logq", "caf\xe9"]
+    utf8_streams_and_args(argv)
+    assert argv == ["logq", "caf\xe9"]  # decoded right by the locale already
+    print("café ✓")
+    assert _written(out) == b"caf\xe9 \\u2713\n"
+
+
+def test_utf8_streams_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = _stream("utf-8")
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "utf-8")
+    monkeypatch.setattr(sys, "stderr", _stream("utf-8"))
+    argv = ["logq", "caf\udcc3"]
+    utf8_streams_and_args(argv)
+    assert argv == ["logq", "caf\udcc3"] and out.errors == "strict"
+
+
+def test_output_encoding_is_what_a_child_logq_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``logq demo`` reads ``logq errors``' output: decoded as ASCII, the UTF-8 table ended the
+    demo with a UnicodeDecodeError traceback under ``LC_ALL=C PYTHONUTF8=0``."""
+    import locale
+
+    from cli.textio import output_encoding
+
+    monkeypatch.delenv("PYTHONIOENCODING", raising=False)
+    monkeypatch.setattr(locale, "getpreferredencoding", lambda do_setlocale=True: "ANSI_X3.4-1968")
+    assert output_encoding() == "utf-8"
+    monkeypatch.setattr(locale, "getpreferredencoding", lambda do_setlocale=True: "ISO-8859-1")
+    assert output_encoding() == "ISO-8859-1"
+
+
+def test_an_encoding_set_in_pythonioencoding_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``PYTHONIOENCODING=ascii`` is a choice, not the locale: the output stays ASCII (escapes
+    for the rest) instead of turning into UTF-8 bytes, as Python's own UTF-8 mode keeps it."""
+    import locale
+
+    from cli.textio import output_encoding
+
+    out = _stream("ascii")
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", _stream("ascii"))
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "utf-8")
+    monkeypatch.setenv("PYTHONIOENCODING", "ascii")
+    utf8_streams_and_args(["logq"])
+    print("café ✓")
+    assert _written(out) == b"caf\\xe9 \\u2713\n"
+    monkeypatch.setattr(locale, "getpreferredencoding", lambda do_setlocale=True: "UTF-8")
+    assert output_encoding() == "ascii"  # what logq demo reads a child's output as
+
+
+def test_arguments_follow_the_file_system_encoding_not_the_streams(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``LC_ALL=C PYTHONUTF8=0 PYTHONIOENCODING=utf-8`` (UTF-8 streams, ASCII arguments):
+    ``--service café`` was still refused as ``'caf\\udcc3\\udca9'``."""
+    monkeypatch.setattr(sys, "stdout", _stream("utf-8"))
+    monkeypatch.setattr(sys, "stderr", _stream("utf-8"))
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "ascii")
+    monkeypatch.setenv("PYTHONIOENCODING", "utf-8")
+    typed = ["logq", "tail", "--service", "café"]
+    argv = [os.fsencode(a).decode("ascii", "surrogateescape") for a in typed]
+    utf8_streams_and_args(argv)
+    assert argv == typed
+
+
+def test_json_stays_json_on_an_output_that_is_not_utf8() -> None:
+    """With ``PYTHONIOENCODING=ascii`` (or a Latin-1 locale) the stream writes what it cannot
+    encode as ``\\xe9`` / ``\\U0001f680``: not JSON escapes, so ``--format json`` was no JSON
+    (jq: "invalid escape"). It writes ``\\u`` escapes there instead."""
+    import json
+
+    from cli.output import OutputFormat, emit
+
+    for encoding in ("ascii", "latin-1"):
+        out = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="backslashreplace")
+        emit(OutputFormat.json, ["message"], [("héllo ✓ 🚀",)], out=out)
+        assert json.loads(_written(out).decode(encoding)) == [{"message": "héllo ✓ 🚀"}]
+    out = _stream("utf-8")  # unchanged on UTF-8: the characters themselves
+    emit(OutputFormat.json, ["message"], [("héllo ✓ 🚀",)], out=out)
+    assert _written(out) == '[\n  {"message": "héllo ✓ 🚀"}\n]\n'.encode()
