@@ -54,7 +54,10 @@ class Endpoint:
 
 
 def parse_endpoint(
-    text: str, default_port: int = DEFAULT_PORT, what: str = "aggregator address"
+    text: str,
+    default_port: int = DEFAULT_PORT,
+    what: str = "aggregator address",
+    any_host: bool = False,
 ) -> Endpoint:
     """``host:port``, ``host`` or ``[v6]:port`` into an :class:`Endpoint`; errors name ``what``
     (the flag the address came from).
@@ -62,7 +65,8 @@ def parse_endpoint(
     An IPv6 address needs its brackets: without them ``::1:24224`` cannot be split (is 24224
     the port or the last group?), and a guess would fail much later as "name or service not
     known". A trailing ``:`` with no port is refused too rather than read as the default port:
-    it is usually a variable that expanded to nothing."""
+    it is usually a variable that expanded to nothing. With ``any_host`` (an address to
+    listen on), ``:PORT`` gives the host ``""``: every address, IPv4 and IPv6."""
     text = text.strip()
     if not text:
         raise ConfigError(f"empty {what}; expected HOST:PORT")
@@ -88,7 +92,7 @@ def parse_endpoint(
     port = int(port_text) if port_text else default_port
     if not 0 < port < 65536:
         raise ConfigError(f"bad {what} {text!r}: port {port} is not in 1-65535")
-    if not host:
+    if not host and not (any_host and sep and not text.startswith("[")):
         raise ConfigError(f"bad {what} {text!r}: no host; expected HOST:PORT")
     return Endpoint(host, port)
 
@@ -488,7 +492,7 @@ def _to_config(m: dict[str, Any]) -> Config:
         raise ConfigError(f"compress must be 'none' or 'gzip', got {preview(compress)}")
     if m.get("metrics_listen"):
         kw["metrics_listen"] = parse_endpoint(
-            m["metrics_listen"], default_port=9110, what="--metrics-listen address"
+            m["metrics_listen"], default_port=9110, what="--metrics-listen address", any_host=True
         )
     kw["tls"] = _flag(m, "tls")
     no_verify = _flag(m, "tls_no_verify")

@@ -24,6 +24,7 @@ retries.
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 import threading
 import time
@@ -378,14 +379,38 @@ class Metrics:
                 self.end_headers()
                 self.wfile.write(body)
 
-        family = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM)[0][0]
-        server_class = type("MetricsServer", (ThreadingHTTPServer,), {"address_family": family})
-        server = server_class((listen.host, listen.port), Handler)
+        server = _listening_server(listen, Handler)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         with self._lock:
             self._serving = True
         return server
+
+
+class _DualStackServer(ThreadingHTTPServer):
+    """Listens on every IPv6 address and, through IPv4-mapped ones, every IPv4 address."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+def _listening_server(listen: Endpoint, handler: type) -> ThreadingHTTPServer:
+    """The HTTP server on ``listen``. Host ``""`` (``--metrics-listen :PORT``): IPv4 and IPv6
+    both, whatever the host's ``net.ipv6.bindv6only``; IPv4 alone on a host without IPv6
+    (``ipv6.disable=1``), where binding ``[::]`` fails."""
+    if not listen.host:
+        try:
+            return _DualStackServer(("::", listen.port), handler)
+        except OSError as exc:
+            if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                raise
+        return ThreadingHTTPServer(("0.0.0.0", listen.port), handler)
+    family = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM)[0][0]
+    server_class = type("MetricsServer", (ThreadingHTTPServer,), {"address_family": family})
+    return server_class((listen.host, listen.port), handler)
 
 
 def is_scrape(target: str) -> bool:

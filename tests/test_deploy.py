@@ -232,10 +232,9 @@ def test_every_logq_container_uses_one_image() -> None:
 )
 def test_aggregator_settings_follow_operations_md(argv: list[str]) -> None:
     flags = flag_values(argv)
-    assert flags["--listen"].startswith("0.0.0.0:"), "shippers on other hosts must reach it"
-    assert flags["--metrics-listen"].startswith("0.0.0.0:"), (
-        "probes and Prometheus come from outside"
-    )
+    # ":PORT": every address, IPv4 and IPv6 (0.0.0.0 is IPv4 only: an IPv6-only cluster)
+    assert flags["--listen"].startswith(":"), "shippers on other hosts must reach it"
+    assert flags["--metrics-listen"].startswith(":"), "probes and Prometheus come from outside"
     assert flags["--buffer-compression"] == "zstd"
     assert "--warehouse" not in flags, "the warehouse comes from $LOGQ_WAREHOUSE"
     assert flags["--buffer-dir"].startswith("/"), (
@@ -342,6 +341,7 @@ def test_k8s_shipper_reads_node_logs_and_keeps_state_on_the_node() -> None:
     assert var, flags["--hostname"]
     env = {e["name"]: e for e in shipper["env"]}
     assert env[var.group(1)]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert flags["--metrics-listen"].startswith(":"), "Prometheus scrapes it, IPv4 or IPv6"
     metrics_port = port_of(flags["--metrics-listen"])
     assert metrics_port in {p["containerPort"] for p in shipper["ports"]}
     assert int(ds["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]) == (

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import urllib.error
 import urllib.request
 
 import pytest
 
 from shipper import metrics as metrics_mod
-from shipper.config import Endpoint
+from shipper.config import ConfigError, Endpoint, parse_endpoint
 from shipper.metrics import Metrics
 
 
@@ -62,6 +64,47 @@ def test_healthz_fails_while_checkpoints_cannot_be_written() -> None:
         assert get(base + "/livez") == (200, "ok\n")
         m.set_problem("checkpoints", None)
         assert get(base + "/healthz") == (200, "ok\n")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_metrics_listen_without_a_host_answers_on_ipv4_and_ipv6() -> None:
+    """``--metrics-listen :PORT`` (the deploy manifests): every address. ``0.0.0.0`` is IPv4
+    only, which an IPv6-only cluster's Prometheus and probes cannot reach."""
+    assert parse_endpoint(":9881", what="--metrics-listen address", any_host=True) == (
+        Endpoint("", 9881)
+    )
+    with pytest.raises(ConfigError, match="no host"):
+        parse_endpoint(":24224")  # an aggregator to send to needs one
+    m = Metrics()
+    server = m.serve(Endpoint("", 0))
+    port = server.server_address[1]
+    try:
+        m.tick()
+        assert get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
+        if socket.has_ipv6 and server.address_family == socket.AF_INET6:
+            assert get(f"http://[::1]:{port}/healthz") == (200, "ok\n")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_metrics_listen_without_a_host_is_ipv4_on_a_host_without_ipv6(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A kernel booted with ``ipv6.disable=1`` refuses an IPv6 socket: listen on IPv4."""
+
+    def no_ipv6(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+
+    monkeypatch.setattr(metrics_mod._DualStackServer, "__init__", no_ipv6)
+    m = Metrics()
+    server = m.serve(Endpoint("", 0))
+    try:
+        m.tick()
+        assert server.address_family == socket.AF_INET
+        assert get(f"http://127.0.0.1:{server.server_address[1]}/healthz") == (200, "ok\n")
     finally:
         server.shutdown()
         server.server_close()
