@@ -19,6 +19,15 @@ The sizing in docs/operations.md rests on two figures this script measures:
 On SeaweedFS each pass also prints the S3 requests it sent, by kind, as the server counted them
 (its metrics; HEAD counts as GET): exact, where the wall times vary with the machine's load.
 
+**one merge of many inputs** (``--overlapping N`` and/or ``--sequential N``): a partition-hour of
+N Envoy files of ``--merge-rows`` rows each, sorted by time, merged by ``compact_partition`` in a
+fresh child process with logq-aggregator's allocator settings (so its peak RSS, ``VmHWM``, is
+the merge's and not the set-up's; its RSS after the imports is printed beside it).
+``--overlapping``: every file spans the whole hour (three aggregators' flush files across late
+data, many shippers' backfill: every input is open at once); ``--sequential``: file k holds the
+k-th slice of the hour (one aggregator's flush files: read one after another). The output is
+checked: every row once, each merged file sorted by time. Local disk only.
+
 ``--impl PATH`` measures another single-file ``compaction.py`` (a revision from before the
 ``aggregator/compaction/`` package, e.g. ``git show 97a917d:aggregator/compaction.py >
 /tmp/old.py``) for before/after figures; for a later revision, run this script in a worktree
@@ -26,7 +35,7 @@ of it.
 
 Usage: ``python bench/compact.py [--backend local|s3|both] [--partitions N] [--files N]
 [--rows N] [--idle-services N] [--idle-hours N] [--idle-history N] [--idle-history-files N]
-[--impl PATH]``
+[--impl PATH]``; ``python bench/compact.py --overlapping 1000 [--sequential 360] [--merge-rows N]``
 """
 
 from __future__ import annotations
@@ -34,9 +43,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import io
+import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,7 +65,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from aggregator.storage import write_options
-from athena.schema import CONTAINER_LOGS, TABLES, partition_path
+from athena.schema import CONTAINER_LOGS, ENVOY_ACCESS, TABLES, partition_path
 from athena.warehouse import Warehouse, open_warehouse
 
 #: Uploads while building the warehouse (setup only, not measured).
@@ -253,6 +264,94 @@ def bench_idle(
         )
 
 
+def envoy_file(seq: int, rows: int, start_ms: int, span_ms: int) -> pa.Table:
+    """``rows`` Envoy access rows of one input, sorted by time, within ``span_ms`` from
+    ``start_ms`` (ids and paths as random as real ones)."""
+    rnd = random.Random(seq)
+    times = sorted(start_ms + rnd.randrange(span_ms) for _ in range(rows))
+    code = [503 if rnd.random() < 0.03 else 200 for _ in range(rows)]
+    paths = ["/api/v1/recipes", "/api/v1/recipes/{}", "/api/v1/users/{}/favorites", "/healthz"]
+    columns = {
+        "timestamp": pa.array(times, pa.timestamp("ms", tz="UTC")),
+        "host": [f"ip-10-0-{seq % 3}-7"] * rows,
+        "container_id": [f"{seq % 7:064x}"] * rows,
+        "container_name": ["envoy"] * rows,
+        "method": [rnd.choice(("GET", "GET", "GET", "POST")) for _ in range(rows)],
+        "path": [rnd.choice(paths).format(rnd.randrange(1, 99999)) for _ in range(rows)],
+        "protocol": ["HTTP/1.1"] * rows,
+        "response_code": pa.array(code, pa.int32()),
+        "response_flags": ["UF,URX" if c == 503 else "-" for c in code],
+        "bytes_received": pa.array([0] * rows, pa.int64()),
+        "bytes_sent": pa.array([rnd.randrange(100, 9000) for _ in range(rows)], pa.int64()),
+        "duration_ms": pa.array([rnd.randrange(1, 400) for _ in range(rows)], pa.int32()),
+        "upstream_service_time_ms": pa.array(
+            [rnd.randrange(1, 390) for _ in range(rows)], pa.int32()
+        ),
+        "x_forwarded_for": [f"10.0.{rnd.randrange(256)}.{rnd.randrange(256)}" for _ in range(rows)],
+        "user_agent": ["okhttp/4.9.3"] * rows,
+        "request_id": [f"{rnd.getrandbits(128):032x}" for _ in range(rows)],
+        "authority": ["recipe.internal"] * rows,
+        "upstream_host": ["10.0.1.5:8080"] * rows,
+    }
+    return pa.table(columns, schema=ENVOY_ACCESS.arrow_schema())
+
+
+def bench_one_merge(root: Path, files: int, rows: int, overlapping: bool) -> None:
+    """Build one partition-hour of ``files`` Envoy inputs and merge it in a child process."""
+    kind = "overlapping" if overlapping else "sequential"
+    wh = open_warehouse(str(root / kind), create=True)
+    folder = wh.path(partition_path("envoy_access", "recipe", HOUR.strftime("%Y-%m-%d-%H")))
+    Path(folder).mkdir(parents=True)
+    start, hour = int(HOUR.timestamp() * 1000), 3_600_000
+    started = time.monotonic()
+    size = 0
+    for seq in range(files):
+        if overlapping:
+            table = envoy_file(seq, rows, start, hour)
+        else:
+            table = envoy_file(seq, rows, start + seq * hour // files, hour // files)
+        path = Path(folder) / f"n{seq % 3}-{seq:016d}-0000.parquet"
+        pq.write_table(table, path, **write_options(table))
+        size += path.stat().st_size
+    print(
+        f"[{kind}] built {files} files of {rows} Envoy rows ({size / files / 1024:.0f} KiB "
+        f"each, {size / 2**20:.0f} MiB) in {time.monotonic() - started:.1f}s"
+    )
+    child = [sys.executable, __file__, "--merge-folder", folder, "--merge-warehouse", wh.base]
+    # The allocator settings of logq-aggregator (aggregator/memory.py), as its environment.
+    env = {"ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_ARENA_MAX": "2", **os.environ}
+    out = subprocess.run(child, check=True, capture_output=True, text=True, env=env).stdout
+    got = json.loads(out.strip().splitlines()[-1])
+    outputs = sorted(p for p in Path(folder).iterdir() if p.name.startswith("c-"))
+    rows_out = 0
+    for output in outputs:  # each merged file sorted by time, every row once in all
+        ms = pq.read_table(output, columns=["timestamp"])["timestamp"].cast(pa.int64())
+        rows_out += len(ms)
+        if bool((ms.to_numpy()[1:] < ms.to_numpy()[:-1]).any()):
+            raise SystemExit(f"{output}: not sorted by time")
+    if rows_out != files * rows:
+        raise SystemExit(f"{folder}: {rows_out} rows, want {files * rows}")
+    print(
+        f"[{kind}] merge of {got['merged']} files into {len(outputs)} in {got['seconds']:.2f}s; "
+        f"peak RSS {got['peak_kib'] / 1024:.0f} MiB ({got['base_kib'] / 1024:.0f} MiB after "
+        f"the imports); rows checked: {rows_out}, sorted"
+    )
+
+
+def merge_folder(uri: str, folder: str) -> None:
+    """The child of :func:`bench_one_merge`: merge ``folder``, print figures as JSON."""
+    from aggregator.compaction.partition import compact_partition
+    from aggregator.compaction.passes import DEFAULT_TARGET_BYTES
+
+    base = int(peak_rss_mib() * 1024)
+    wh = open_warehouse(uri)
+    started = time.monotonic()
+    merged = compact_partition(wh, ENVOY_ACCESS, folder, DEFAULT_TARGET_BYTES)
+    seconds = time.monotonic() - started
+    figures = {"merged": merged, "seconds": seconds, "peak_kib": int(peak_rss_mib() * 1024)}
+    print(json.dumps({**figures, "base_kib": base}))
+
+
 def run_backend(args: argparse.Namespace, impl: ModuleType, backend: str) -> None:
     if backend == "local":
         root = Path(tempfile.mkdtemp(prefix="logq-bench-compact-"))
@@ -315,8 +414,30 @@ def main() -> None:
     parser.add_argument(
         "--impl", help="a single-file compaction.py to measure instead of the work tree's"
     )
+    parser.add_argument(
+        "--overlapping", type=int, default=0, help="one merge of N inputs spanning the hour"
+    )
+    parser.add_argument(
+        "--sequential", type=int, default=0, help="one merge of N inputs, each a slice of the hour"
+    )
+    parser.add_argument("--merge-rows", type=int, default=2000, help="rows per input of those")
+    parser.add_argument("--merge-folder", help=argparse.SUPPRESS)
+    parser.add_argument("--merge-warehouse", help=argparse.SUPPRESS)
     args = parser.parse_args()
     import logging
+
+    if args.merge_folder:
+        merge_folder(args.merge_warehouse, args.merge_folder)
+        return
+    if args.overlapping or args.sequential:
+        root = Path(tempfile.mkdtemp(prefix="logq-bench-merge-"))
+        try:
+            for n, overlapping in ((args.overlapping, True), (args.sequential, False)):
+                if n:
+                    bench_one_merge(root, n, args.merge_rows, overlapping)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return
 
     logging.basicConfig(level=logging.WARNING)
     impl = load_impl(args.impl)

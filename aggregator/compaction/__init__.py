@@ -22,5 +22,7 @@ The modules, from a pass down to one merge:
 - :mod:`.partition`: the merges of one partition (and the temporaries of killed writes);
 - :mod:`.intents`: finishing or dropping the merges other compactors left;
 - :mod:`.attempt`: one merge, in an order that lets readers see a row twice but never miss one;
-- :mod:`.inputs` and :mod:`.merge`: reading the inputs and writing the output in bounded memory.
+- :mod:`.inputs`, :mod:`.sorted_rows`, :mod:`.runs` and :mod:`.merge`: reading the inputs,
+  merging them in time order (many that overlap in runs first) and writing the output in
+  bounded memory.
 """

@@ -22,6 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from aggregator.compaction.inputs import WHOLE_READ_BYTES, Input, _batches, _Fetcher
+from aggregator.compaction.runs import merge_run, plan_runs
 from aggregator.compaction.sorted_rows import _Source, first_ts, sorted_rows
 from aggregator.durable import atomic_file
 from aggregator.storage import ROW_GROUP_ROWS, write_options
@@ -32,6 +33,9 @@ from athena.warehouse import Warehouse
 #: :func:`.sorted_rows.sorted_rows`): shared by the group's inputs, each read in batches of
 #: its share.
 READ_BYTES = 32 * 1024 * 1024
+#: The merge emits a piece of rows (sorted together) every ``READ_BYTES // PIECES_PER_READ``
+#: bytes read (:func:`.sorted_rows.sorted_rows`): the heads hold that much more at most.
+PIECES_PER_READ = 8
 #: Decoded bytes of one output row group (Envoy rows: ~170,000 rows, ~5 MiB of Parquet);
 #: at most ``ROW_GROUP_ROWS`` rows (container_logs' short lines reach that first).
 ROW_GROUP_BYTES = 48 * 1024 * 1024
@@ -72,7 +76,25 @@ def _merge(
     group = [_with_footer(wh, f) for f in group]
     rows = 0
     with contextlib.ExitStack() as closing, _atomic_output(wh, output) as out:
-        pieces = sorted_rows(_sources(wh, spec, group, progress, closing))
+        piece_bytes = max(1, READ_BYTES // PIECES_PER_READ)
+        runs = plan_runs(group)
+        sources = _sources(wh, spec, group, progress, closing, runs)
+        while len(runs) > 1:  # many inputs overlap: merged in runs first (:mod:`.runs`)
+            merged = [
+                group[r[0]]  # (one input: read in the next step only)
+                if len(r) == 1
+                else merge_run(
+                    f"{group[r[0]].name}..{group[r[-1]].name}",
+                    [sources[i] for i in r],
+                    piece_bytes,
+                )
+                for r in runs
+            ]
+            group = [f for f in merged if f is not None]
+            del merged
+            runs = plan_runs(group)
+            sources = _sources(wh, spec, group, progress, closing, runs)
+        pieces = sorted_rows(sources, piece_bytes)
         writer: pq.ParquetWriter | None = None
         try:
             for row_group in _row_groups(pieces, spec):
@@ -92,16 +114,19 @@ def _sources(
     group: list[Input],
     progress: Callable[[], None],
     closing: contextlib.ExitStack,
+    runs: list[list[int]],
 ) -> list[_Source]:
     """The group's inputs as sources of :func:`.sorted_rows.sorted_rows`, in group order (ties
-    keep it); small ones fetched ahead in the order the merge reaches them (first timestamp)."""
+    keep it), to be merged in ``runs`` (:func:`.runs.plan_runs`); small ones fetched ahead in
+    the order the merge reaches them (run by run, by first timestamp)."""
     firsts = {f.path: first_ts(f.meta) for f in group}
-    reached = sorted(range(len(group)), key=lambda i: (firsts[group[i].path], i))
+    merged = runs if len(runs) == 1 else [r for r in runs if len(r) > 1]  # (see _merge)
+    reached = [i for r in merged for i in sorted(r, key=lambda i: (firsts[group[i].path], i))]
     small = [group[i] for i in reached if group[i].data is None]
     small = [f for f in small if f.size <= WHOLE_READ_BYTES]
     fetcher = _Fetcher(wh, small, progress, FETCH_AHEAD_BYTES)
     closing.callback(fetcher.close)
-    share = READ_BYTES // max(1, len(group))
+    share = READ_BYTES // max(1, *map(len, runs))
 
     def opener(f: Input) -> Callable[[], Iterator[pa.Table]]:
         def batches() -> Iterator[pa.Table]:
@@ -151,8 +176,12 @@ def _with_footer(wh: Warehouse, f: Input) -> Input:
 def _memory_cost(group: list[Input]) -> int:
     """What merging ``group`` holds in decoded rows, for :class:`_MemoryBudget` (the inputs'
     fetched bytes are bounded apart: ``PREFETCH_BYTES`` per partition, and
-    :data:`FETCH_AHEAD_BYTES` per merge)."""
-    return MERGE_BYTES
+    :data:`FETCH_AHEAD_BYTES` per merge), and in the runs it keeps in memory when its inputs
+    overlap more than :data:`.runs.FAN_IN`: about the size of the inputs put in them."""
+    runs = plan_runs(group)
+    if len(runs) == 1:
+        return MERGE_BYTES
+    return MERGE_BYTES + sum(group[i].size for r in runs if len(r) > 1 for i in r)
 
 
 def _writer_options(table: pa.Table) -> dict:

@@ -9,8 +9,9 @@ a HEAD first), a larger one has its footer read once and its rows read once when
 merge's other deletes (its intent; a rolled-back output) are one DELETE each on S3 (pyarrow's
 are a HEAD, the DELETE and a PUT recreating the folder marker). The merges running at once
 hold no more decoded bytes than ``MERGE_MEMORY_BYTES`` (each merge holds at most
-``MERGE_BYTES``, whatever its group: :mod:`.merge`): a merge waits for room before it writes its
-intent. ``hold`` is asked before each partition, for one with
+``MERGE_BYTES``, whatever its group: :mod:`.merge`; more for the runs of a group whose inputs
+overlap in time more than :data:`.runs.FAN_IN`, which it reserves too): a merge waits for room
+before it writes its intent. ``hold`` is asked before each partition, for one with
 something to merge once a merge slot is free, right before it starts: once it says stop, the
 merges under way finish and no other starts.
 
