@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from shipper.checkpoint import FileState, Registry, file_key
-from shipper.config import load_config
+from shipper.config import Endpoint, load_config
 from shipper.daemon import Shipper
 from shipper.errors import ConfigError, ShipperError
 from shipper.fingerprint import fingerprint
@@ -342,11 +342,19 @@ def test_config_file_that_is_not_utf8(tmp_path: Path) -> None:
         load_config(["--config", str(tmp_path)])  # a directory
 
 
-@pytest.mark.parametrize("value", ["127.0.0.1:99999", "127.0.0.1:0", ":9110", "h:port"])
+@pytest.mark.parametrize("value", ["127.0.0.1:99999", "127.0.0.1:0", ":", "[]:9110", "h:port"])
 def test_bad_metrics_listen_names_the_flag(value: str) -> None:
     with pytest.raises(ConfigError, match="--metrics-listen address") as err:
         load_config(["--metrics-listen", value])
     assert "aggregator" not in str(err.value)
+
+
+def test_metrics_listen_without_a_host_is_every_address() -> None:
+    """``:9110`` listens on every address, IPv4 and IPv6 (see shipper.metrics); an aggregator
+    to send to still needs a host."""
+    assert load_config(["--metrics-listen", ":9110"]).metrics_listen == Endpoint("", 9110)
+    with pytest.raises(ConfigError, match="bad aggregator address ':24224': no host"):
+        load_config(["--aggregator", ":24224"])
 
 
 def test_bad_aggregator_address_still_says_aggregator() -> None:
