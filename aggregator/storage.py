@@ -64,9 +64,16 @@ DICTIONARY_SAMPLE_ROWS = 1024
 #: dictionary outgrows their limit (pyarrow: 1 MiB) to PLAIN in mid-chunk, and fastparquet
 #: (2026.9) reads the string values after that switch as nulls (150,000 distinct messages in one
 #: flushed object: 122,832 came back null). With this limit no chunk switches: a chunk's
-#: dictionary holds at most its own decoded bytes, far below it (row groups: ``ROW_GROUP_ROWS``
-#: rows of a buffer segment; a merge's ``ROW_GROUP_BYTES``).
-DICTIONARY_PAGE_LIMIT = 1 << 30
+#: dictionary holds at most its own decoded bytes, far below it (a flushed object: at most
+#: ``spill.PART_ROWS`` rows of a buffer segment; a merge's row group: ``ROW_GROUP_BYTES``),
+#: and a string column of more decoded bytes than this (a ``--segment-bytes`` of gigabytes of
+#: long lines) is PLAIN whatever its sample says. Well below 500 MB: Trino (Athena's engine)
+#: refuses a page larger than that (``parquet.max-page-read-size``), dictionary pages too.
+DICTIONARY_PAGE_LIMIT = 256 * 1024 * 1024
+#: DELTA_BINARY_PACKED only for values whose deltas spread over fewer bits than this:
+#: fastparquet (2026.9) decodes miniblocks of 29 bits or more to wrong values (measured: 28 read
+#: back right, 29 to 40 wrong) and crashed on 63.
+DELTA_MAX_BITS = 28
 #: An integer column with at most this many distinct values in the table written (status codes,
 #: durations, small sizes) is dictionary-encoded; one with more (response sizes) is PLAIN.
 INT_DICTIONARY_MAX = 8192
@@ -82,7 +89,8 @@ def write_options(table: pa.Table) -> dict:
     column chunk (:data:`DICTIONARY_PAGE_LIMIT`); DELTA_BINARY_PACKED for
     timestamps (sorted times become tiny deltas); integers as a dictionary when they have few
     distinct values, else DELTA_BINARY_PACKED when mostly ascending (offsets), else PLAIN (zstd
-    beats DELTA's bit-packing on random-looking sizes).
+    beats DELTA's bit-packing on random-looking sizes). DELTA only where fastparquet decodes it
+    (:func:`_delta_fits`: no nulls, narrow deltas), else PLAIN.
     Measured on the ingest bench's Envoy rows: 29.2 bytes a row against 30.5 with DELTA for
     every integer. Only encodings that Athena, DuckDB and fastparquet all read (fastparquet
     lacks the byte-array DELTA encodings and BYTE_STREAM_SPLIT).
@@ -93,15 +101,17 @@ def write_options(table: pa.Table) -> dict:
         if pa.types.is_timestamp(value_type) or pa.types.is_integer(value_type):
             statistics.append(f.name)
         if pa.types.is_timestamp(value_type):
-            encoding[f.name] = "DELTA_BINARY_PACKED"
+            encoding[f.name] = _delta_unless_null(table[f.name], "DELTA_BINARY_PACKED")
         elif pa.types.is_integer(value_type):
             int_encoding = _int_encoding(table[f.name])
             if int_encoding is None:
                 dictionary.append(f.name)
             else:
-                encoding[f.name] = int_encoding
-        elif f.name not in NO_DICTIONARY and (
-            pa.types.is_dictionary(f.type) or not _mostly_distinct(table[f.name])
+                encoding[f.name] = _delta_unless_null(table[f.name], int_encoding)
+        elif (
+            f.name not in NO_DICTIONARY
+            and table[f.name].nbytes < DICTIONARY_PAGE_LIMIT
+            and (pa.types.is_dictionary(f.type) or not _mostly_distinct(table[f.name]))
         ):
             dictionary.append(f.name)
     return {
@@ -122,13 +132,61 @@ def write_options(table: pa.Table) -> dict:
     }
 
 
+def _delta_unless_null(values: pa.ChunkedArray, chosen: str) -> str:
+    """``chosen``, but PLAIN instead of DELTA_BINARY_PACKED where fastparquet (2026.9) would
+    misread it (:func:`_delta_fits`)."""
+    if chosen == "DELTA_BINARY_PACKED" and not _delta_fits(values):
+        return "PLAIN"
+    return chosen
+
+
+def _delta_fits(values: pa.ChunkedArray) -> bool:
+    """Whether fastparquet reads ``values`` back from DELTA_BINARY_PACKED pages: no nulls (it
+    writes past the end of its buffer decoding a page of nulls only: a heap corruption that
+    crashed the reading process later), and deltas spread over less than
+    2**:data:`DELTA_MAX_BITS` (wider miniblocks decode to wrong values). Event times of one
+    hour, sorted, spread over 22 bits at most; a ledger's offsets jump between sources' files
+    by gigabytes, and are PLAIN then."""
+    if values.null_count:
+        return False
+    flat = values.combine_chunks()  # (the integer choice combined them already)
+    if len(flat) < 2:
+        return True
+    if pa.types.is_timestamp(flat.type):
+        flat = flat.view(pa.int64())
+    try:
+        deltas = pc.subtract_checked(flat[1:], flat[:-1])
+    except pa.ArrowInvalid:  # a delta outside the type: far too wide anyway
+        return False
+    bounds = pc.min_max(deltas)
+    return bounds["max"].as_py() - bounds["min"].as_py() < 1 << DELTA_MAX_BITS
+
+
 def _mostly_distinct(values: pa.ChunkedArray) -> bool:
     """Whether over :data:`DICTIONARY_DISTINCT_SHARE` of a sample of ``values`` (up to
     :data:`DICTIONARY_SAMPLE_ROWS`, evenly spaced) are distinct, nulls aside."""
-    step = max(1, len(values) // DICTIONARY_SAMPLE_ROWS)
-    sample = values.take(np.arange(0, len(values), step)[:DICTIONARY_SAMPLE_ROWS])
+    sample = _sample(values, DICTIONARY_SAMPLE_ROWS)
     present = len(sample) - sample.null_count
     return present > 0 and pc.count_distinct(sample).as_py() > DICTIONARY_DISTINCT_SHARE * present
+
+
+def _sample(values: pa.ChunkedArray, rows: int) -> pa.ChunkedArray:
+    """Up to ``rows`` of ``values``, evenly spaced (every ``len // rows``-th from the first),
+    taken chunk by chunk: a take from a chunked array concatenates its chunks first, a copy of
+    the whole column (a flushed object's spilled pieces: 82 MB of messages for 200,000 rows,
+    and ~5 ms) for 1,024 values."""
+    step = max(1, len(values) // rows)
+    positions = np.arange(0, len(values), step)[:rows]
+    if not len(positions):
+        return pa.chunked_array([], values.type)
+    starts = np.cumsum([0, *(len(chunk) for chunk in values.chunks)])
+    chunk_of = np.searchsorted(starts, positions, side="right") - 1  # empty chunks: none
+    found, first = np.unique(chunk_of, return_index=True)
+    parts = [
+        values.chunk(int(k)).take(pa.array(at - starts[k]))
+        for k, at in zip(found, np.split(positions, first[1:]), strict=True)
+    ]
+    return pa.chunked_array(parts, values.type)
 
 
 def _int_encoding(values: pa.ChunkedArray) -> str | None:
@@ -181,6 +239,7 @@ def _distinct_count(values: pa.ChunkedArray, low: int, high: int) -> int:
 
 def put_table(wh: Warehouse, path: str, table: pa.Table) -> None:
     """Write ``table`` as one Parquet object at ``path`` (inside ``wh.fs``), atomically."""
+    table = _one_dictionary_per_column(table)
     try:
         if isinstance(wh.fs, pafs.LocalFileSystem):
             _put_local(Path(path), table)
@@ -189,6 +248,23 @@ def put_table(wh: Warehouse, path: str, table: pa.Table) -> None:
                 pq.write_table(table, out, **write_options(table))
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"writing {path} to {wh.uri} failed: {exc}") from exc
+
+
+def _one_dictionary_per_column(table: pa.Table) -> pa.Table:
+    """``table`` with the chunks of each dictionary column sharing one dictionary.
+
+    Arrow's Parquet writer switches a column chunk to PLAIN in mid-chunk when the dictionary
+    changes from one Arrow chunk to the next, the switch that fastparquet reads as nulls (see
+    :data:`DICTIONARY_PAGE_LIMIT`): a ledger entry's ``source_id`` is one dictionary per slice
+    of its segment, and every ``source_id`` after the first slice came back null. A flushed
+    object's spilled pieces are unified already: their dictionaries (hosts, containers) are
+    only compared."""
+    for f in table.schema:
+        if pa.types.is_dictionary(f.type):
+            chunks = table[f.name].chunks
+            if any(not c.dictionary.equals(chunks[0].dictionary) for c in chunks[1:]):
+                return table.unify_dictionaries()
+    return table
 
 
 def _put_local(path: Path, table: pa.Table) -> None:

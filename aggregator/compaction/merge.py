@@ -185,8 +185,17 @@ def _memory_cost(group: list[Input]) -> int:
 
 
 def _writer_options(table: pa.Table) -> dict:
+    """:func:`.storage.write_options` of the first row group, for every row group: DELTA only
+    for the event time (one partition-hour's, sorted, never null: deltas under 22 bits). An
+    integer column the first row group finds ascending (DELTA) may be all null or jump in a
+    later one, pages that fastparquet misdecodes (see :func:`.storage._delta_fits`); PLAIN
+    costs ascending sizes little."""
     opts = write_options(table)
     opts.pop("row_group_size", None)
+    opts["column_encoding"] = {
+        name: "PLAIN" if enc == "DELTA_BINARY_PACKED" and name != "timestamp" else enc
+        for name, enc in opts["column_encoding"].items()
+    }
     return opts
 
 

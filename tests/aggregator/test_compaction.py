@@ -14,7 +14,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import fastparquet
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -43,6 +42,7 @@ from aggregator.writer import object_name, write_partitions
 from athena.schema import CONTAINER_LOGS, partition_path
 from athena.warehouse import open_warehouse
 from tests.aggregator.helpers import backdate, parquet_files, read_table, record, start_aggregator
+from tests.support.parquet import assert_fastparquet_reads
 from tests.support.procs import console_script, wait_until
 
 #: A closed hour within the periodic pass's 48-hour lookback whenever the tests run (a fixed date
@@ -85,7 +85,7 @@ def test_compaction_keeps_rows_exact_and_sorted(tmp_path: Path) -> None:
     closed = next(f for f in files if f"dt={DT}" in f)
     ts = pq.read_table(closed)["timestamp"].to_pylist()
     assert ts == sorted(ts) and len(ts) == 600
-    assert len(fastparquet.ParquetFile(closed).to_pandas()) == 600
+    assert assert_fastparquet_reads(closed) == 600
     assert pq.read_schema(closed) == CONTAINER_LOGS.arrow_schema()
     # Nothing left behind in the tables: no intents, no temp files.
     tables = [p for p in (tmp_path / "wh").iterdir() if not p.name.startswith("_")]

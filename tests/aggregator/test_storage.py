@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 
 from aggregator import storage as storage_mod
 from aggregator.batch import records_table, route
+from aggregator.compaction.merge import _writer_options
 from aggregator.decode import records_batch, to_ipc
+from aggregator.ledger import Ledger, entry_name
 from aggregator.storage import (
     INT_DICTIONARY_MAX,
     delete_object,
@@ -29,9 +31,11 @@ from aggregator.storage import (
     put_table,
     write_options,
 )
+from athena.schema import TIMESTAMP
 from athena.warehouse import open_warehouse
 from tests.aggregator.helpers import ENVOY_IMAGE, envoy_line, record
 from tests.aggregator.test_compaction_requests import bucket_of, requests_after, settled
+from tests.support.parquet import assert_fastparquet_reads
 from tests.support.seaweedfs import SeaweedFS
 
 T0 = 1_795_860_000_000_000_000
@@ -138,6 +142,117 @@ def test_a_dictionary_never_switches_to_plain_inside_a_column_chunk(tmp_path: Pa
     assert meta.num_row_groups == 2 and meta.row_group(1).column(0).has_dictionary_page
     got = fastparquet.ParquetFile(str(out)).to_pandas()["path"].tolist()
     assert got == ["/healthz"] * 1000 + paths
+
+
+def test_a_dictionary_column_of_chunks_with_their_own_dictionaries_reads_back(
+    tmp_path: Path,
+) -> None:
+    """A ledger entry's ``source_id`` is one dictionary per slice of its segment: Arrow's
+    writer switched the column chunk to PLAIN where the dictionary changed, and fastparquet
+    read every ``source_id`` after the first slice as null."""
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    slices = [["src-a"] * 3 + ["src-b"] * 2, ["src-c"] * 4, ["src-a", "src-d"]]
+    source_id = pa.chunked_array(
+        [pc.dictionary_encode(pa.array(s)) for s in slices], pa.dictionary(pa.int32(), pa.string())
+    )
+    offsets = pa.chunked_array([pa.array(range(len(s)), pa.int64()) for s in slices])
+    Ledger(wh, "n1").record(entry_name("n1", 7), source_id, offsets)
+    (path,) = (tmp_path / "wh").rglob("*.parquet")
+    frame = fastparquet.ParquetFile(str(path)).to_pandas()
+    assert frame["source_id"].tolist() == [v for s in slices for v in s]
+    assert frame["offset"].tolist() == offsets.to_pylist()
+
+
+def test_a_string_column_larger_than_the_dictionary_limit_is_plain(tmp_path: Path) -> None:
+    """A sample of repeating values does not keep a column whose bytes could outgrow the
+    dictionary limit from switching to PLAIN in mid-chunk (which fastparquet misreads): such
+    a column is PLAIN from the start (here a limit of 64 KiB stands for the 1 GiB)."""
+    n = 4096  # every 4th value (the sample) repeats; the others are distinct: 300 KB
+    paths = ["/healthz" if i % 4 == 0 else f"/api/items/{i:08d}/{'x' * 80}" for i in range(n)]
+    table = pa.table({"path": paths})
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    path = tmp_path / "wh" / "big.parquet"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(storage_mod, "DICTIONARY_PAGE_LIMIT", 64 * 1024)
+        assert not storage_mod._mostly_distinct(table["path"])
+        put_table(wh, str(path), table)
+    assert "RLE_DICTIONARY" not in encodings(path)["path"]
+    assert fastparquet.ParquetFile(str(path)).to_pandas()["path"].tolist() == paths
+
+
+def test_no_column_with_nulls_is_delta_encoded(tmp_path: Path) -> None:
+    """fastparquet writes past the end of its buffer when it decodes a DELTA_BINARY_PACKED page
+    of nulls only (under glibc's malloc checks the reader crashed; otherwise the heap is
+    silently corrupt): a column holding nulls is PLAIN, in a flush and in a merge, whose
+    options come from its first row group (here without a null)."""
+    n = 30
+    times = pa.array([None if i % 4 == 1 else 1_700_000_000_000 + i for i in range(n)], TIMESTAMP)
+    offsets = pa.array([None if i % 10 == 9 else 100 * i for i in range(n)], pa.int64())
+    table = pa.table({"timestamp": times, "offset": offsets})
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    path = tmp_path / "wh" / "nulls.parquet"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(storage_mod, "ROW_GROUP_ROWS", 2)  # row groups of a null and a value
+        put_table(wh, str(path), table)
+    enc = encodings(path)
+    assert "DELTA_BINARY_PACKED" not in enc["timestamp"] | enc["offset"]
+    assert assert_fastparquet_reads(path) == n
+
+    first = pa.table({"n": pa.array(range(0, 90_000, 9), pa.int64())})  # ascending, no null
+    assert write_options(first)["column_encoding"] == {"n": "DELTA_BINARY_PACKED"}
+    assert _writer_options(first)["column_encoding"] == {"n": "PLAIN"}
+
+
+def test_offsets_that_jump_between_sources_read_back_in_fastparquet(tmp_path: Path) -> None:
+    """A ledger entry's offsets ascend within each source's frames and jump between sources'
+    files (here one 6 GB into its file, one at its start): still "mostly ascending", but
+    fastparquet decoded the DELTA miniblocks holding a jump (29 bits and more) to wrong
+    values. Such offsets are PLAIN; a fixed step stays DELTA (see above)."""
+    frames = [
+        ("big", 6_000_000_000 + 3000 * i) if i % 2 else ("small", 3000 * i) for i in range(400)
+    ]
+    rows = [(src, start + 120 * k) for src, start in frames for k in range(25)]
+    table = pa.table(
+        {
+            "source_id": [src for src, _ in rows],
+            "offset": pa.array([offset for _, offset in rows], pa.int64()),
+        }
+    )
+    assert storage_mod._int_encoding(table["offset"]) == "DELTA_BINARY_PACKED"
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    path = tmp_path / "wh" / "ledger.parquet"
+    put_table(wh, str(path), table)
+    assert "DELTA_BINARY_PACKED" not in encodings(path)["offset"]
+    assert assert_fastparquet_reads(path) == len(rows)
+
+
+BASE_POOL = pa.default_memory_pool()
+#: Counts what the samples allocate (its peak over all of them); never freed, since buffers
+#: allocated through it must not outlive it.
+SAMPLE_POOL = pa.proxy_memory_pool(BASE_POOL)
+
+
+@given(st.lists(st.integers(0, 3000), max_size=5), st.integers(1, 9))
+@settings(max_examples=60, deadline=None)
+def test_the_sample_takes_evenly_spaced_values_without_copying_the_column(
+    cuts: list[int], rows: int
+) -> None:
+    """The sample is every ``len // rows``-th value from the first, however the column is
+    chunked (empty chunks too), and costs its own values only: a take from the chunked array
+    copied the whole column first (82 MB for 200,000 messages of a flushed object)."""
+    values = [f"{i:05d}{'m' * 400}" for i in range(3000)]
+    bounds = [0, *sorted(cuts), len(values)]
+    column = pa.chunked_array(
+        [pa.array(values[a:b], pa.string()) for a, b in itertools.pairwise(bounds)]
+    )
+    pa.set_memory_pool(SAMPLE_POOL)
+    try:
+        sample = storage_mod._sample(column, rows)
+    finally:
+        pa.set_memory_pool(BASE_POOL)
+    step = max(1, len(values) // rows)
+    assert sample.to_pylist() == values[::step][:rows]
+    assert SAMPLE_POOL.max_memory() < column.nbytes // 10
 
 
 def spread_column(distinct: int, rows: int, step: int, dtype: pa.DataType) -> pa.ChunkedArray:
