@@ -129,13 +129,14 @@ def demo() -> None:
 def main() -> None:
     """Console-script entry point (``logq``).
 
-    Inside a command typer ends a Ctrl-C with status 130 itself; one anywhere else (typer
-    building the click command, rich imported for the help) also ends with 130 and one line,
-    not a traceback."""
-    from cli.textio import utf8_streams_and_args
-
-    utf8_streams_and_args()
+    A Ctrl-C ends with status 130 and one line (``logq: interrupted``), not a traceback:
+    inside a command body :func:`cli.errors.friendly` says it; one that typer caught itself
+    (before a body's handling, in typer's own code) or one anywhere else (typer building the
+    click command, rich imported for the help, the streams' set-up) is said here."""
     try:
+        from cli.textio import utf8_streams_and_args
+
+        utf8_streams_and_args()
         app()
     except (KeyboardInterrupt, RuntimeError) as exc:
         if not is_interrupt(exc):
@@ -149,7 +150,19 @@ def main() -> None:
         if exc.code == 1 and ended_by_closed_pipe(exc):
             quiet_stdout()
             raise SystemExit(READER_GONE_EXIT) from None
+        if exc.code == 130 and _stopped_by_typer(exc):
+            raise SystemExit(interrupted("logq")) from None
         raise
+
+
+def _stopped_by_typer(exc: SystemExit) -> bool:
+    """Whether typer ended the program on a Ctrl-C itself (``Exit(130)`` raised from the
+    ``KeyboardInterrupt``), silently: one that landed in a command before its body took over
+    errors (:func:`cli.errors.friendly`), e.g. while it imported the runner, or in typer's own
+    code. It then says ``logq: interrupted`` as everywhere else (friendly raises its exit
+    ``from None``, having said it)."""
+    stop = exc.__context__
+    return isinstance(stop, typer.Exit) and isinstance(stop.__cause__, KeyboardInterrupt)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -57,6 +57,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from athena.arrow_values import column_values
@@ -73,8 +74,13 @@ T = TypeVar("T")
 #: Past this many Parquet files, a local query says on stderr how to make it smaller. It still
 #: runs: DuckDB needs a few tens of KB per file and a second or so per thousand files.
 MANY_FILES = 20_000
+#: DuckDB's words for a SIGINT that landed while it ran a statement in the main thread (a
+#: plain ``RuntimeError``): see :func:`duckdb_interrupts`.
+DUCKDB_INTERRUPTED = "Query interrupted"
 #: After Ctrl-C, how long to wait for DuckDB to stop the query before exiting anyway.
 INTERRUPT_WAIT_SECONDS = 5.0
+#: Meanwhile, how often to ask DuckDB again (a statement started after the last ask runs on).
+_INTERRUPT_AGAIN_SECONDS = 0.05
 
 if TYPE_CHECKING:
     import duckdb
@@ -265,6 +271,10 @@ class LocalEngine:
         return plan(self.warehouse, table, services, trange)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
+        with duckdb_interrupts():
+            return self._connected()
+
+    def _connected(self) -> duckdb.DuckDBPyConnection:
         import duckdb
 
         con = duckdb.connect(":memory:")
@@ -462,8 +472,7 @@ class LocalEngine:
         by_name: set[str],
         stream: bool = False,
     ) -> QueryResult:
-        import duckdb
-
+        duckdb = load_duckdb()
         duck_sql, bound = self.prepare(sql, params, scopes, explain)
         total = sum(p.bytes for parts in scopes.values() for p in parts)
         if self.max_scan_bytes is not None and total > self.max_scan_bytes:
@@ -475,9 +484,13 @@ class LocalEngine:
         con = self._connect()
         more: _LocalBatches | None = None
         try:
-            for name, parts in scopes.items():
-                self._register(con, name, parts, rows, by_name=name in by_name)
-            _sandbox(con, [] if self.warehouse.is_s3 else files)
+
+            def set_up() -> None:  # binding reads footers (every one by_name): not instant
+                for name, parts in scopes.items():
+                    self._register(con, name, parts, rows, by_name=name in by_name)
+                _sandbox(con, [] if self.warehouse.is_s3 else files)
+
+            _interruptible(con, set_up)
             started = time.perf_counter()
             try:
                 if stream:
@@ -691,6 +704,56 @@ def _warn_if_many(scopes: dict[str, list[Partition]]) -> None:
         sys.stderr.flush()
 
 
+@contextlib.contextmanager
+def duckdb_interrupts() -> Iterator[None]:
+    """Raise a Ctrl-C that DuckDB reported as its own error as the ``KeyboardInterrupt`` it is.
+
+    A statement DuckDB runs in the main thread checks Python's signals itself; a SIGINT that
+    lands then comes out as ``RuntimeError("Query interrupted")``, which no handler of logq
+    took for a Ctrl-C: a traceback and exit 1 (seen when it landed while the views were being
+    made). Long statements run in a worker thread instead (:func:`_interruptible`); this is
+    for the short ones that stay in the main thread (settings, a ``--grep`` check)."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if type(exc) is RuntimeError and str(exc) == DUCKDB_INTERRUPTED:
+            raise KeyboardInterrupt from exc
+        raise
+
+
+def load_duckdb() -> ModuleType:
+    """``duckdb``, imported (the first time) with Ctrl-C held back until the import is done.
+
+    Its extension runs Python while it initialises (enum classes, imports): a Ctrl-C raised
+    there aborted the process ("Critical nanobind error: ... KeyboardInterrupt", status 134)
+    or failed the import (``ImportError: Encountered an error while initializing the
+    extension``, a traceback and exit 1). Blocking the signal is not enough by then (another
+    thread, one of the listing's or Arrow's, takes it and Python still raises it in the main
+    thread), so for the import SIGINT's handler only notes it; the handler that was there gets
+    it when the import is done: a ``KeyboardInterrupt`` where logq handles one."""
+    import signal
+    import threading
+
+    if "duckdb" in sys.modules or threading.current_thread() is not threading.main_thread():
+        import duckdb
+
+        return duckdb
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):  # ignored, the default death, or not Python's: nothing raised
+        import duckdb
+
+        return duckdb
+    pressed: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        import duckdb
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pressed:
+            signal.raise_signal(signal.SIGINT)  # the KeyboardInterrupt, now that it can be one
+    return duckdb
+
+
 def _interruptible(con: Any, work: Callable[[], T]) -> T:
     """``work()`` (a query on ``con``) in a worker thread, so that Ctrl-C stops it.
 
@@ -713,13 +776,24 @@ def _interruptible(con: Any, work: Callable[[], T]) -> T:
         finally:
             done.set()
 
-    threading.Thread(target=run, name="logq-duckdb", daemon=True).start()
+    worker = threading.Thread(target=run, name="logq-duckdb", daemon=True)
     try:
+        # Started inside the try: a Ctrl-C that lands while it starts (the thread may already
+        # run) must stop it too; the connection was closed under its statement and DuckDB
+        # aborted the process ("connection is busy", then SIGABRT). (If the thread never
+        # started, the wait below runs out its deadline.)
+        worker.start()
         while not done.wait(0.1):
             pass
     except KeyboardInterrupt:
+        # Again and again: DuckDB forgets an interrupt that lands between two statements (each
+        # new one starts uninterrupted), and ``work`` may be several (the set-up's views, then
+        # the lockdown), with Python between them; the first may also come before the
+        # statement began.
+        deadline = time.monotonic() + INTERRUPT_WAIT_SECONDS
         con.interrupt()
-        done.wait(INTERRUPT_WAIT_SECONDS)
+        while not done.wait(_INTERRUPT_AGAIN_SECONDS) and time.monotonic() < deadline:
+            con.interrupt()
         # Its error's traceback holds the result reader, and with it the connection: let go,
         # or closing the connection fails ("busy").
         outcome.clear()
@@ -825,10 +899,7 @@ def _as_text(column: pa.ChunkedArray) -> list[str | None]:
     import duckdb
     import pyarrow as pa
 
-    con = duckdb.connect(":memory:")
-    try:
+    with duckdb_interrupts(), duckdb.connect(":memory:") as con:
         con.execute("SET TimeZone = 'UTC'")
         con.register("_logq_column", pa.table({"v": column}))
         return [r[0] for r in con.sql('SELECT CAST(v AS VARCHAR) FROM "_logq_column"').fetchall()]
-    finally:
-        con.close()

@@ -119,10 +119,12 @@ def _check_regex(pattern: str, common: Common) -> None:
         raise ValueError(f"--grep {shown(pattern)} contains a NUL character")
     if common.engine is not EngineName.local:
         return
-    import duckdb
+    from athena.engines.local import duckdb_interrupts, load_duckdb
+
+    duckdb = load_duckdb()
 
     try:
-        with duckdb.connect(":memory:") as con:
+        with duckdb_interrupts(), duckdb.connect(":memory:") as con:
             con.execute("SELECT regexp_matches('', $p)", {"p": pattern}).fetchall()
     except duckdb.Error as exc:
         reason = str(exc).splitlines()[0].removeprefix("Invalid Input Error: ")
