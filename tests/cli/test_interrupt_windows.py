@@ -82,13 +82,19 @@ if os.environ.get("LOGQ_TEST_HOLD"):
 '''
 
 
-@pytest.fixture
-def hook(tmp_path: Path) -> Path:
-    """A folder holding the ``sitecustomize`` hook, for ``PYTHONPATH``."""
-    folder = tmp_path / "hook"
+def hooked_env(
+    tmp_path: Path, subprocess_env: dict[str, str], name: str, hook: str
+) -> dict[str, str]:
+    """``subprocess_env`` with the ``sitecustomize`` text ``hook`` first on ``PYTHONPATH``
+    (in the folder ``tmp_path / name``) and ``$LOGQ_TEST_REACHED`` set."""
+    folder = tmp_path / name
     folder.mkdir()
-    (folder / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    return folder
+    (folder / "sitecustomize.py").write_text(hook)
+    return {
+        **subprocess_env,
+        "PYTHONPATH": f"{folder}:{subprocess_env.get('PYTHONPATH', '')}".rstrip(":"),
+        "LOGQ_TEST_REACHED": str(tmp_path / "reached"),
+    }
 
 
 @pytest.mark.parametrize(
@@ -104,16 +110,13 @@ def test_ctrl_c_while_the_local_engine_sets_up_exits_130(
     step: str,
     args: list[str],
     warehouse,
-    hook: Path,
     tmp_path: Path,
     subprocess_env: dict[str, str],
 ) -> None:
     reached = tmp_path / "reached"
     env = {
-        **subprocess_env,
-        "PYTHONPATH": f"{hook}:{subprocess_env.get('PYTHONPATH', '')}".rstrip(":"),
+        **hooked_env(tmp_path, subprocess_env, "hook", SITECUSTOMIZE),
         "LOGQ_TEST_HOLD": step,
-        "LOGQ_TEST_REACHED": str(reached),
         "LOGQ_CACHE_DIR": str(tmp_path / "cache"),
     }
     env.pop("LOGQ_DEBUG", None)
@@ -172,15 +175,10 @@ def test_ctrl_c_before_a_command_body_takes_over_says_interrupted(
     ``main`` before it took Ctrl-C over) printed a ``KeyboardInterrupt`` traceback."""
     from tests.test_interrupt_at_start import SITECUSTOMIZE as AT_IMPORT
 
-    folder = tmp_path / "at-import"
-    folder.mkdir()
-    (folder / "sitecustomize.py").write_text(AT_IMPORT)
     reached = tmp_path / "reached"
     env = {
-        **subprocess_env,
-        "PYTHONPATH": f"{folder}:{subprocess_env.get('PYTHONPATH', '')}".rstrip(":"),
+        **hooked_env(tmp_path, subprocess_env, "at-import", AT_IMPORT),
         "LOGQ_TEST_AT": module,
-        "LOGQ_TEST_REACHED": str(reached),
         "LOGQ_TEST_SIGINT": "1",
     }
     done = subprocess.run(
@@ -301,14 +299,9 @@ def test_ctrl_c_while_duckdb_is_imported_waits_for_the_import(
     -6), in a sweep of ``logq tail -F`` at 0.57 and 0.63 s. A hook cannot land the signal inside
     the C code every time; it lands it as the import begins and checks that it is held back
     until the import is done, then ends the program as a Ctrl-C does."""
-    folder = tmp_path / "at-duckdb"
-    folder.mkdir()
-    (folder / "sitecustomize.py").write_text(AT_DUCKDB_INIT)
     reached = tmp_path / "reached"
     env = {
-        **subprocess_env,
-        "PYTHONPATH": f"{folder}:{subprocess_env.get('PYTHONPATH', '')}".rstrip(":"),
-        "LOGQ_TEST_REACHED": str(reached),
+        **hooked_env(tmp_path, subprocess_env, "at-duckdb", AT_DUCKDB_INIT),
         "LOGQ_CACHE_DIR": str(tmp_path / "cache"),
     }
     env.pop("LOGQ_DEBUG", None)
