@@ -199,17 +199,19 @@ class AthenaEngine:
             pass
 
     def _stop(self, cursor: Any, query_id: str, why: BaseException) -> None:
-        """Stop ``query_id`` on Athena (StopQueryExecution) and say so; when that fails, say
-        how to stop it by hand (the interrupt still ends logq)."""
+        """Stop ``query_id`` on Athena (StopQueryExecution) and say so; when that fails, or a
+        second Ctrl-C or signal cuts it short, say how to stop it by hand (the interrupt still
+        ends logq)."""
         cause = f" ({why.signame})" if isinstance(why, Terminated) else ""
         self._say(f"\nathena: cancelling query {query_id}{cause}\n")
+        by_hand = f"stop it with `aws athena stop-query-execution --query-execution-id {query_id}`"
         try:
             cursor.cancel(query_id).result()
         except Exception as exc:
-            self._say(
-                f"athena: could not cancel query {query_id} ({exc}); stop it with `aws athena "
-                f"stop-query-execution --query-execution-id {query_id}`\n"
-            )
+            self._say(f"athena: could not cancel query {query_id} ({exc}); {by_hand}\n")
+        except BaseException:  # a second Ctrl-C or signal while the cancel was on its way
+            self._say(f"athena: the cancel of query {query_id} was cut short: {by_hand}\n")
+            raise
 
     def _show(self, state: str, started: float, scanned: int | None, final: bool = False) -> None:
         if not self.progress:

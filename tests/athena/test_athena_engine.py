@@ -288,3 +288,27 @@ def test_a_signal_while_a_query_starts_is_raised_once_it_has_an_id() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         started.append("query id")  # the start went on to its end
     assert started == ["query id"] and stopped.value.exit_status == 143
+
+
+def test_a_second_ctrl_c_during_the_cancel_says_how_to_stop_the_query() -> None:
+    """A second Ctrl-C (or a signal) while StopQueryExecution is on its way ends logq at once:
+    the query may go on running on Athena (and billing), so the command that stops it is
+    printed, as when the cancel fails."""
+
+    class CancelCutShort:
+        def cancel(self, query_id: str):
+            class Pending:
+                def result(self) -> None:
+                    raise KeyboardInterrupt
+
+            return Pending()
+
+    out = io.StringIO()
+    engine = AthenaEngine(output="s3://r/", region="us-east-1", progress_out=out)
+    with pytest.raises(KeyboardInterrupt):
+        engine._stop(CancelCutShort(), "q-123", KeyboardInterrupt())
+    assert out.getvalue().splitlines()[1:] == [
+        "athena: cancelling query q-123",
+        "athena: the cancel of query q-123 was cut short: stop it with "
+        "`aws athena stop-query-execution --query-execution-id q-123`",
+    ]
