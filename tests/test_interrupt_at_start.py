@@ -311,20 +311,22 @@ except KeyboardInterrupt:
 """
 
 
-def test_a_ctrl_c_python_cannot_raise_is_delivered_again(
-    subprocess_env: dict[str, str],
-) -> None:
+def _run_quietly(script: str, env: dict[str, str]) -> tuple[int, str]:
+    """``python -c script``'s exit status and stdout, once it is checked that nothing was
+    printed as ignored or as a traceback."""
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-c", UNRAISABLE_CTRL_C],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
     )
     assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr
-    assert (done.returncode, done.stdout) == (130, "interrupted\n")
+    return done.returncode, done.stdout
+
+
+def test_a_ctrl_c_python_cannot_raise_is_delivered_again(
+    subprocess_env: dict[str, str],
+) -> None:
+    assert _run_quietly(UNRAISABLE_CTRL_C, subprocess_env) == (130, "interrupted\n")
 
 
 #: SIGTERM (``timeout``, a CI job's kill) landing in a weakref callback while an Athena query
@@ -374,17 +376,7 @@ def test_a_sigterm_python_cannot_raise_is_delivered_again_as_sigterm(
 ) -> None:
     """Sent again as SIGINT, which the process ignores, the SIGTERM was lost: the query ran on
     (test_athena_cli's SIGHUP test hung in a fresh clone's ``make test``)."""
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "-c", UNRAISABLE_SIGTERM],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr
-    assert (done.returncode, done.stdout) == (143, "SIGTERM\n")
+    assert _run_quietly(UNRAISABLE_SIGTERM, subprocess_env) == (143, "SIGTERM\n")
 
 
 def test_importing_the_programs_leaves_the_unraisable_hook_alone() -> None:

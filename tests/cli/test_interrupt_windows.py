@@ -82,6 +82,17 @@ if os.environ.get("LOGQ_TEST_HOLD"):
 '''
 
 
+def run_logq(args: list[str], warehouse: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``logq ARGS --warehouse WAREHOUSE`` run to its end (at most 60 s), output captured."""
+    return subprocess.run(
+        [str(console_script("logq")), *args, "--warehouse", warehouse],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
 def hooked_env(
     tmp_path: Path, subprocess_env: dict[str, str], name: str, hook: str
 ) -> dict[str, str]:
@@ -181,13 +192,7 @@ def test_ctrl_c_before_a_command_body_takes_over_says_interrupted(
         "LOGQ_TEST_AT": module,
         "LOGQ_TEST_SIGINT": "1",
     }
-    done = subprocess.run(
-        [str(console_script("logq")), *args, "--warehouse", warehouse.uri],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    done = run_logq(args, warehouse.uri, env)
     assert reached.exists(), done.stderr
     assert (done.returncode, done.stderr, done.stdout) == (130, "logq: interrupted\n", "")
 
@@ -305,12 +310,6 @@ def test_ctrl_c_while_duckdb_is_imported_waits_for_the_import(
         "LOGQ_CACHE_DIR": str(tmp_path / "cache"),
     }
     env.pop("LOGQ_DEBUG", None)
-    done = subprocess.run(
-        [str(console_script("logq")), *args, "--warehouse", warehouse.uri],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    done = run_logq(args, warehouse.uri, env)
     assert reached.read_text() == "held back", done.stderr
     assert (done.returncode, done.stderr, done.stdout) == (130, "logq: interrupted\n", "")
