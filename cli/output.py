@@ -35,6 +35,7 @@ from itertools import chain
 from typing import Any, NamedTuple, TextIO
 
 from athena.engines.result import human_bytes
+from cli.textio import writes_utf8
 
 #: Rows of one result: a whole answer, or one batch of a streamed one.
 Rows = Sequence[Sequence[Any]]
@@ -353,19 +354,6 @@ def cell_text(text: str) -> str:
 WRITE_CHUNK = 16 * 1024
 
 
-def _writes_utf8(out: TextIO) -> bool:
-    """Whether ``out`` encodes as UTF-8 (a stream without an encoding, like StringIO, counts)."""
-    import codecs
-
-    encoding = getattr(out, "encoding", None)
-    if not encoding:
-        return True
-    try:
-        return codecs.lookup(encoding).name == "utf-8"
-    except LookupError:
-        return False
-
-
 def write_all(out: TextIO, text: str) -> None:
     """Write ``text`` to ``out`` in pieces of at most :data:`WRITE_CHUNK` characters."""
     for start in range(0, len(text), WRITE_CHUNK):
@@ -623,7 +611,7 @@ def emit(
         return Written(len(shown), complete)
     counted = _Counted([rows], more)
     if fmt is OutputFormat.json:
-        pieces = json_pieces(columns, counted, ascii_only=not _writes_utf8(out))
+        pieces = json_pieces(columns, counted, ascii_only=not writes_utf8(out))
     elif fmt is OutputFormat.csv:
         pieces = csv_pieces(columns, counted)
     else:

@@ -31,8 +31,10 @@ def _is_ascii(stream: TextIO) -> bool:
     return _codec(getattr(stream, "encoding", None)) == "ascii"
 
 
-def _is_utf8(stream: TextIO) -> bool:
-    return _codec(getattr(stream, "encoding", None)) == "utf-8"
+def writes_utf8(stream: TextIO) -> bool:
+    """Whether ``stream`` encodes as UTF-8 (one without an encoding, like StringIO, counts)."""
+    encoding = getattr(stream, "encoding", None)
+    return not encoding or _codec(encoding) == "utf-8"
 
 
 def _io_encoding_env() -> tuple[str, str]:
@@ -68,7 +70,7 @@ def utf8_streams_and_args(argv: list[str] | None = None) -> None:
     explicit, explicit_errors = _io_encoding_env()
     ascii_locale = not explicit and (_is_ascii(sys.stdout) or _is_ascii(sys.stderr))
     for stream in (sys.stdout, sys.stderr):
-        if _is_utf8(stream) or explicit_errors:
+        if writes_utf8(stream) or explicit_errors:
             continue
         if ascii_locale:
             _reconfigure(stream, encoding="utf-8", errors="backslashreplace")
