@@ -120,7 +120,8 @@ def test_timestamps_and_nulls(moto: str) -> None:
 
 
 def test_progress_line_and_states(moto: str) -> None:
-    set_progression(moto, 0.3)
+    # Each state lasts 1 s: at 0.3 s a loaded machine's first poll came after QUEUED had gone.
+    set_progression(moto, 1.0)
     queue_result(moto, [("n", "bigint")], [[1]])
     out = io.StringIO()
     engine = AthenaEngine(output="s3://r/", progress=True, progress_out=out, poll_interval=0.1)
