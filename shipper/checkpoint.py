@@ -33,6 +33,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Collection
@@ -256,6 +257,37 @@ def _source_entries(value: object) -> dict[str, Described]:
     return out
 
 
+MAX_FOLLOWED = 4096
+"""Sources saved under ``followed`` at most (those followed most recently; see
+:meth:`Registry.note_followed`). One past the bound is taken for a source no run followed:
+at a restart that finds it without a checkpoint, its rotated files are read again (the
+aggregator drops the lines it stored from those files in the last 14 days, by offset), never
+skipped unread."""
+
+
+def _followed_entries(value: object) -> dict[str, float]:
+    """The ``followed`` part of a registry document (source key -> when a run last had all
+    its files in hand, seconds since the epoch: see :meth:`Registry.note_followed`); malformed
+    entries are dropped without a word.
+
+    So is a time later than now (the wall clock stepped back since, or a value no run wrote:
+    ``Infinity``, ``1e20``): taken as it is, every rotated file of the source looked written
+    before it and was skipped unread. Without its entry the source is read as one no run
+    followed: its rotated files again, the aggregator dropping the lines it has by offset."""
+    if not isinstance(value, dict):
+        return {}
+    now = time.time()
+    return {
+        k: float(v)
+        for k, v in value.items()
+        if isinstance(k, str)
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        and v <= now
+    }
+
+
 #: Epochs remembered for inodes whose content's checkpoint was dropped while the inode stayed
 #: (see :meth:`Registry.keep_epoch`): at most this many, each for a week at most.
 MAX_EPOCH_FLOORS = 4096
@@ -376,6 +408,15 @@ class Registry:
         """``dev:ino`` -> (the lowest epoch new content there may get, when that was noted), for
         inodes whose content's checkpoint was dropped while the inode stayed (see
         :meth:`keep_epoch`); saved under ``epochs``."""
+        self._followed: dict[str, float] = {}
+        """Source key -> when a tailer (of this run or an earlier one) last had all its files
+        in hand, saved under ``followed`` (see :meth:`note_followed`)."""
+        self.followed_before: dict[str, float] | None = None
+        """The ``followed`` part the previous run saved: which sources a run ever followed,
+        and when one last had all its files in hand. None on a first run, after an unreadable
+        registry was set aside, and when an older shipper saved it (it kept no such part: a
+        source without checkpoints then has its rotated files read if written after
+        :attr:`saved_at`, as it did). See :meth:`shipper.resume.Resume._first_seen`."""
         self._lock_fd: int | None = None
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -427,6 +468,9 @@ class Registry:
         self._inherited = _finished_entries(doc.get("finished"))
         self._sources = _source_entries(doc.get("sources"))
         self._floors = _epoch_floors(doc.get("epochs"))
+        if "followed" in doc:
+            self._followed = _followed_entries(doc["followed"])
+            self.followed_before = dict(self._followed)
         self._prune_floors()
         for key, value in files.items():
             state, problem = parse_entry(value)
@@ -543,6 +587,23 @@ class Registry:
         for key in [k for k, s in self._inherited.items() if s.source == source]:
             del self._inherited[key]
 
+    def note_followed(self, source: str, at: float) -> None:
+        """A tailer of ``source`` had all its files in hand at ``at`` (wall clock): each file
+        last written before then was open (so it has a checkpoint until read to its end) or
+        passed over by the start's rules -- at the tailer's start, and when it finds its live
+        file still at its path with nothing before it left to read. Not when it merely looked:
+        a tailer started before its container wrote (no file to open), stopped before it
+        looked again, had not opened the files written and rotated meanwhile. Saved with the
+        next write, not a change worth a write of its own. A later start that finds the source
+        without checkpoints (its files finished and forgotten: the container stopped) skips
+        its rotated files last written before that, which this run read; a source no run
+        followed has them all read (see :meth:`shipper.resume.Resume._first_seen`)."""
+        self._followed[source] = at
+
+    def forget_followed(self, source: str) -> None:
+        """``source`` is gone for good (its folder was removed): its key never comes back."""
+        self._followed.pop(source, None)
+
     def items(self) -> list[tuple[str, FileState]]:
         return list(self._files.items())
 
@@ -653,6 +714,12 @@ class Registry:
         named = {k: v._asdict() for k, v in self._sources.items() if k in having}
         if named:
             doc["sources"] = named
+        if len(self._followed) > MAX_FOLLOWED:
+            newest = sorted(self._followed.items(), key=lambda kv: kv[1])[-MAX_FOLLOWED:]
+            self._followed = dict(newest)
+        # Always written, also empty: its presence tells a later start that no source
+        # missing from it was ever followed (an older shipper's registry has none).
+        doc["followed"] = {k: round(v, 3) for k, v in self._followed.items()}
         self._prune_floors()
         if self._floors:
             doc["epochs"] = {k: list(v) for k, v in self._floors.items()}

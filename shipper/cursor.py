@@ -16,12 +16,16 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shipper import fd_budget
 from shipper.checkpoint import FileState, file_key
 from shipper.fingerprint import TAIL_BYTES, bytes_before, tail_hash
 from shipper.formats import LineParser, overlong_line
 from shipper.lines import Lines
+
+if TYPE_CHECKING:
+    from shipper.held_gz import UnseenAnswer, UnseenQuestion
 
 log = logging.getLogger("logq.shipper.tailer")
 """The tailer's logger: these are its messages, and the split into modules changed none."""
@@ -152,6 +156,10 @@ class Cursor:
         rotated and compressed while the shipper was down, never opened, or read and
         forgotten. Looked into at its end if something is open there (see
         :meth:`shipper.split_lines.SplitLines._next_parts_unseen`)."""
+        self.unseen_found: tuple[UnseenQuestion, UnseenAnswer] | None = None
+        """(question, answer) of the scan of :attr:`unseen_after` made in a worker thread
+        before the poll that asks it (see
+        :meth:`shipper.split_lines.SplitLines.scan_off_loop`)."""
         self.cuts: list[tuple[int, int, str | None]] = sorted(
             (int(c[0]), int(c[1]), str(c[2]) if len(c) > 2 else None)
             for c in state.cuts

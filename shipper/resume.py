@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -143,6 +144,7 @@ def _name_order(path: Path) -> tuple[int, str]:
 
 
 def touch(key: str) -> None:
+    """A tailer of source ``key`` looks at its files now: noted in :data:`last_active`."""
     if key not in last_active and len(last_active) >= MAX_REMEMBERED_SOURCES:
         for old in sorted(last_active, key=last_active.__getitem__)[: len(last_active) // 2]:
             del last_active[old]
@@ -217,6 +219,9 @@ class Resume:
             self._bounded = True
         fd_budget.stop_waiting(self.spec.key)
         touch(self.spec.key)
+        # Every file of the source here now is open, or was passed over by the rules above:
+        # one last written before now is not a file this run never opened (see _first_seen).
+        self.registry.note_followed(self.spec.key, time.time())
         self.registry.forget_finished(self.spec.key)
         for c in self.cursors:
             if c is not self.live:
@@ -752,24 +757,27 @@ class Resume:
     def _first_seen(self: Tailer) -> list[tuple[int, Cursor]]:
         """Rotated files of a source the registry does not know, to read before its live file.
 
-        A container can rotate before the shipper first sees it (a burst in its first second,
-        or one started during a shipper restart or rollout): its rotated files hold its first
-        lines. Those last written after the previous run's final checkpoint save are read,
-        oldest first; so are all of them on the very first run (no registry yet) -- the
-        container's whole current log, as its live file is read from its start too. Older
-        ones were written while a previous run was watching the host, which read them (or was
-        configured not to watch this source): they are skipped, counted in the log.
-        Compressed rotations are never read (see :func:`shipper.discover.rotated_siblings`).
+        A container can rotate before the shipper first follows it (a burst in its first
+        second, one started during a shipper restart or rollout, one found after the last
+        discovery pass of a run that stopped, or one waiting for a file descriptor): its
+        rotated files hold its first lines. Which are read (:meth:`_read_rotated_since`):
+
+        * a source no run followed (the registry's ``followed`` part does not name it): all of
+          them, oldest first -- the container's whole current log, as its live file is read
+          from its start too (Vector's ``read_from = beginning`` for a file without a
+          checkpoint). So on the very first run, and for a source excluded until now;
+        * a source a run followed and forgot (its files read to their end and acknowledged:
+          the container stopped, now it is back): those last written after that run last had
+          all its files in hand (:meth:`~shipper.checkpoint.Registry.note_followed`); older
+          ones were read then, and are skipped, said in an INFO line with their count and
+          that time.
+
+        A registry an older shipper saved has no ``followed`` part: files last written after
+        its final save are read, older ones skipped, with a WARNING (a source that run never
+        followed loses them). Compressed rotations are never read (see
+        :func:`shipper.discover.rotated_siblings`).
         """
-        since = self.registry.saved_at
-        previous = last_active.get(self.spec.key)
-        if previous is not None:
-            # Seen by this process before (its runner ended, discovery found it again): the
-            # previous tailer read what was written before it last looked. A margin for coarse
-            # file times (a jiffy): lines read twice keep their source id and offset, and the
-            # aggregator drops them.
-            previous -= 0.05
-            since = previous if since is None else max(since, previous)
+        since, followed = self._read_rotated_since()
         found: list[tuple[int, Cursor]] = []
         skipped: list[Path] = []
         for sib in rotated_siblings(rotation_path(self.spec.path)):
@@ -790,14 +798,41 @@ class Resume:
                 len(found),
             )
         if skipped:
-            log.info(
-                "new source: not reading rotated files last written before the previous run's "
-                "final checkpoint (read then, or not watched) source=%s skipped=%d oldest=%s",
+            assert since is not None
+            log.log(
+                logging.INFO if followed else logging.WARNING,
+                "new source: not reading rotated files last written before %s "
+                "source=%s skipped=%d oldest=%s since=%s",
+                "a run last had all its files in hand (read then)"
+                if followed
+                else "the previous run's final checkpoint save (a shipper before this version "
+                "kept no record of the sources it followed: if that run never followed this "
+                "source, their lines are not shipped)",
                 self.spec.key,
                 len(skipped),
                 min(skipped),
+                datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             )
         return found
+
+    def _read_rotated_since(self: Tailer) -> tuple[float | None, bool]:
+        """(the time before which a first sighting skips rotated files, None: read them all;
+        whether that time is when a run last had all this source's files in hand rather than
+        an older shipper's final save). See :meth:`_first_seen`."""
+        previous = last_active.get(self.spec.key)
+        if previous is not None:
+            # Seen by this process before (its runner ended, discovery found it again): the
+            # previous tailer read what was written before it last looked. A margin for coarse
+            # file times (a jiffy): lines read twice keep their source id and offset, and the
+            # aggregator drops them.
+            saved = self.registry.saved_at
+            previous -= 0.05
+            return (previous if saved is None else max(saved, previous)), True
+        before = self.registry.followed_before
+        if before is None:  # first run (saved_at None: all), or an older shipper's registry
+            return self.registry.saved_at, False
+        last = before.get(self.spec.key)
+        return (None if last is None else last - 0.05), True
 
     def _count_vanished(self: Tailer, known: set[str]) -> None:
         """Checkpointed files of this source that no longer exist were rotated away and deleted

@@ -244,7 +244,7 @@ class SourceRunner:
                 await asyncio.sleep(0)
                 continue
             await window.release(reserve)
-            if self.tailer.poll(finishing=self.finishing):
+            if await self.tailer.poll_off_loop(finishing=self.finishing):
                 continue
             if (cfg.once and not self.tailer.waiting) or (
                 self.finishing and not self.tailer.cursors

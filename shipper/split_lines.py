@@ -9,6 +9,7 @@ whole line again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -17,14 +18,11 @@ from typing import TYPE_CHECKING
 from shipper.checkpoint import MAX_CUTS
 from shipper.cursor import Chunk, Cursor
 from shipper.fingerprint import fingerprint
-from shipper.formats import PARSERS
-from shipper.held_gz import held_by_compressed, streams_with_entries
+from shipper.held_gz import UnseenQuestion, held_by_compressed, unseen_cut
 from shipper.lines import Lines
 from shipper.removed import inode_in_folder
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from shipper.tailer import Tailer
 
 log = logging.getLogger("logq.shipper.tailer")
@@ -78,21 +76,21 @@ class SplitLines:
         stream's lines may have been read and forgotten by an earlier run: it says nothing,
         and a line of a stream not in those copies waits for its next part as before -- also
         when a line of the other stream is cut at the same time (R7s20). Asked once, when
-        ``head`` is read to its end."""
-        copies, head.unseen_after = head.unseen_after, []
-        open_streams = self.parser.open_in(head)
-        if not open_streams:
+        ``head`` is read to its end.
+
+        The copies are parsed whole when they hold none of the open streams (seconds per
+        100 MiB): the shipper asks the question in a worker thread first
+        (:meth:`scan_off_loop`); its answer is used here when it was for the same question,
+        else (a test driving :meth:`poll` directly) the copies are scanned here."""
+        question = self._unseen_question(head)
+        head.unseen_after = []
+        found, head.unseen_found = head.unseen_found, None
+        if question is None:
             return []
-        kind = PARSERS[self.spec.format]
-        cut: set[str] = set()
-        unseen: list[Path] = []
-        for gz in copies:
-            found = streams_with_entries(gz, set(open_streams) - cut, kind(self.max_line_bytes))
-            if found:
-                cut |= found
-                unseen.append(gz)
-            if cut == set(open_streams):
-                break
+        if found is not None and found[0] == question:
+            cut, unseen = found[1]
+        else:
+            cut, unseen = unseen_cut(question)
         if not cut:
             return []
         self.on_loss("rotated_unseen")
@@ -107,6 +105,51 @@ class SplitLines:
             ",".join(sorted(cut)),
         )
         return sorted(cut)
+
+    def _unseen_question(self: Tailer, head: Cursor) -> UnseenQuestion | None:
+        """What :meth:`_next_parts_unseen` asks of ``head`` now: None when nothing is to be
+        asked (no unread copy after it, or no line open at its end)."""
+        if not head.unseen_after:
+            return None
+        open_streams = self.parser.open_in(head)
+        if not open_streams:
+            return None
+        return UnseenQuestion(
+            tuple(head.unseen_after),
+            frozenset(open_streams),
+            self.spec.format,
+            self.max_line_bytes,
+        )
+
+    async def scan_off_loop(self: Tailer) -> None:
+        """Before :meth:`poll` at the end of the files: the question
+        :meth:`_next_parts_unseen` would ask of the file being read, answered in a worker
+        thread (:func:`~shipper.held_gz.unseen_cut`), so that the event loop keeps serving
+        acks, heartbeats, ``/metrics`` and the other sources meanwhile. On the loop a copy of
+        100 MiB held it for about a second (up to ~5 s on a busy host) at every such start.
+
+        The thread gets an immutable question (file paths, stream names, the format) and
+        makes its own parser: nothing it reads is shared with the loop. The answer is kept on
+        the cursor with its question and used only if :meth:`poll` asks the same one (reading
+        more of the file in between, which may open or close lines, asks another)."""
+        if not self._started or not self.cursors:
+            return
+        head = self.cursors[0]
+        if head is self.live:
+            return
+        question = self._unseen_question(head)
+        if question is None:
+            return
+        if head.unseen_found is not None and head.unseen_found[0] == question:
+            return
+        answer = await asyncio.to_thread(unseen_cut, question)
+        head.unseen_found = (question, answer)
+
+    async def poll_off_loop(self: Tailer, finishing: bool = False) -> bool:
+        """:meth:`poll`, its scans of whole files done in a worker thread first
+        (:meth:`scan_off_loop`): what the source's reader calls at the end of its files."""
+        await self.scan_off_loop()
+        return self.poll(finishing)
 
     def _flush_split(self: Tailer, head: Cursor) -> Chunk | None:
         """At the end of the live file, split lines whose next part has not come for

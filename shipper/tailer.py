@@ -39,7 +39,7 @@ from shipper.birth import Identity
 from shipper.checkpoint import Registry
 from shipper.copytruncate import CopyTruncate
 from shipper.cursor import Chunk, Cursor
-from shipper.discover import SourceSpec
+from shipper.discover import SourceSpec, rotated_siblings
 from shipper.fingerprint import fingerprint
 from shipper.formats import PARSERS, LineParser
 from shipper.multiline import BUILTIN, MultilineParser
@@ -47,6 +47,7 @@ from shipper.opening import Opening
 from shipper.pinning import FAST_ROTATION_WINDOW, GzAt, Pinning
 from shipper.resume import Resume, last_active, touch
 from shipper.rotate_wait import RotateWait
+from shipper.rotated import rotation_path
 from shipper.split_lines import SplitLines
 
 log = logging.getLogger("logq.shipper.tailer")
@@ -375,6 +376,12 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
             return True
         if os.fstat(head.fd).st_size < head.read_pos or fingerprint(head.fd) != head.fp:
             return self._truncated(head)
+        # The live file is still at its path, followed from this descriptor, with no file
+        # before it left to read: every file of the source last written before now is open
+        # here or was read (saved for a restart that finds the source without checkpoints:
+        # see Resume._first_seen). Not at every look -- a look that opened nothing (no live
+        # file yet, a stop, a failed open) said nothing of the files written meanwhile.
+        self.registry.note_followed(self.spec.key, time.time())
         if fd_budget.waiting_sources():
             self._park(head)
         return False
@@ -511,17 +518,38 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         """Not following its files yet: put off for lack of descriptors."""
         return not self._started or fd_budget.is_waiting(self.spec.key)
 
+    def _files_left(self) -> bool:
+        """Whether the live file or an uncompressed rotated copy of it is still there (what a
+        start could read; True when the folder cannot be listed now)."""
+        try:
+            rot = rotation_path(self.spec.path)
+            return (
+                os.path.lexists(self.spec.path)
+                or os.path.exists(rot)
+                or bool(rotated_siblings(rot))
+            )
+        except OSError:
+            return True
+
     def close(self) -> None:
         fd_budget.stop_waiting(self.spec.key)
         if self._started:
             if os.path.isdir(self.spec.path.parent):
                 touch(self.spec.key)
+                if not self._files_left():
+                    # Its files are gone and its folder stays (a CRI container's N.log removed
+                    # by the kubelet, its key never used again, while the pod lives on): when
+                    # it was last followed tells nothing of files that appear later. Kept, one
+                    # entry per container restart stayed in checkpoints.json (up to
+                    # checkpoint.MAX_FOLLOWED, rewritten at every save).
+                    self.registry.forget_followed(self.spec.key)
             else:
                 # Its folder is gone: a removed container or pod, whose key never comes back
                 # (ids are unique). Remembering it would keep an entry per container the host
                 # ever ran (up to resume.MAX_REMEMBERED_SOURCES). A --path folder deleted and made
                 # again holds new files, which a first sighting reads as it should.
                 last_active.pop(self.spec.key, None)
+                self.registry.forget_followed(self.spec.key)
         for c in (*self.cursors, *self._lingering):
             c.close()
         self.cursors.clear()

@@ -65,6 +65,40 @@ def test_a_tailer_forgets_a_source_whose_folder_is_gone(tmp_path: Path, removed:
         reg.close()
 
 
+@pytest.mark.parametrize("rotated_left", [False, True])
+def test_a_source_whose_files_are_gone_is_not_kept_as_followed(
+    tmp_path: Path, rotated_left: bool
+) -> None:
+    """The kubelet removes a restarted container's old ``N.log`` (its key never comes back)
+    while the pod's folder stays: nothing of the source is left to find, and its entry in the
+    registry's ``followed`` part would stay for good, rewritten at every save (one per
+    container restart on the node, up to checkpoint.MAX_FOLLOWED). A source with a rotated
+    file left keeps its entry: a restart that finds it again skips what was read."""
+    folder = tmp_path / "ns_pod_uid" / "app"
+    folder.mkdir(parents=True)
+    path = folder / "0.log"
+    path.write_text("2024-01-01T00:00:00.000000000Z stdout F one\n")
+    spec = SourceSpec(key="cri:ns_pod_uid/app/0.log", path=path, format="cri", service="pod")
+    reg = Registry(tmp_path / "state")
+    try:
+        t = Tailer(spec, reg, "h", 65536)
+        assert drain(t) == ["one"]
+        assert spec.key in reg._followed
+        if rotated_left:
+            path.rename(f"{path}.20240101-000000")
+        else:
+            path.unlink()
+        while t.cursors:  # the source is gone: drain and release
+            assert t.read() is None
+            t.poll(finishing=True)
+        t.close()
+        assert (spec.key in reg._followed) is rotated_left
+        assert (spec.key in json.loads(reg.snapshot())["followed"]) is rotated_left
+    finally:
+        resume.last_active.pop(spec.key, None)
+        reg.close()
+
+
 @pytest.mark.integration
 def test_removed_containers_leave_nothing_behind(tmp_path: Path) -> None:
     """A real shipper in this process: containers write, rotate, write again and are removed;
@@ -104,6 +138,7 @@ def test_removed_containers_leave_nothing_behind(tmp_path: Path) -> None:
 
         assert shipper.client._ranks == {}, "endpoint rankings of files long done"
         assert [k for k in resume.last_active if k.removeprefix("docker:") in cids] == []
+        assert [k for k in shipper.registry._followed if k.removeprefix("docker:") in cids] == []
         assert shipper.registry.items() == []
         saved = tmp_path / "state" / "checkpoints.json"
         await until(lambda: json.loads(saved.read_bytes())["files"] == {}, "the saved registry")

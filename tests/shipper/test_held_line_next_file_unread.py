@@ -12,14 +12,24 @@ been read and forgotten) does not cut the line: its next part is in the live fil
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import pytest
 
+import shipper.held_gz as held_gz
 from shipper.checkpoint import Registry
 from shipper.tailer import Tailer
 from tests.shipper.hostgen import docker_line
-from tests.shipper.tailing import aggregator_keeps, drain_sent, rotate_docker, set_clock, spec_for
+from tests.shipper.tailing import (
+    aggregator_keeps,
+    commit,
+    drain_sent,
+    rotate_docker,
+    set_clock,
+    spec_for,
+)
 
 
 def _tailer(
@@ -46,11 +56,13 @@ def _restart_after(
     live: bytes,
     multiline: str | None = None,
     ack: bool = False,
+    as_the_reader: bool = False,
 ) -> tuple[list[str], list[str]]:
     """(what the aggregator keeps, losses counted at the restart) when the Docker file holds
     ``first`` and is rotated with ``compress`` while read (acknowledged if ``ack``), the
     shipper is killed, and while it is down the next file holds ``unread`` and is rotated and
-    compressed too; the live file then holds ``live``."""
+    compressed too; the live file then holds ``live``. With ``as_the_reader`` the restarted
+    tailer is driven on an event loop as the source's reader drives it (:func:`_drain_async`)."""
     clock = [1000.0]
     set_clock(monkeypatch, clock)
     path = tmp_path / "c-json.log"
@@ -65,12 +77,26 @@ def _restart_after(
     path.write_bytes(live)
     losses: list[str] = []
     t, reg = _tailer(path, losses, multiline)
-    sent += drain_sent(t)
+    drain = (lambda t: asyncio.run(_drain_async(t))) if as_the_reader else drain_sent
+    sent += drain(t)
     clock[0] += 30  # past every wait: whatever is still open goes out
-    sent += drain_sent(t)
+    sent += drain(t)
     t.close()
     reg.close()
     return aggregator_keeps(sent), losses
+
+
+async def _drain_async(t: Tailer) -> list[tuple[str, int, str]]:
+    """:func:`~tests.shipper.tailing.drain_sent` as :class:`shipper.source.SourceRunner`'s
+    reader does it: at the end of the files it awaits :meth:`Tailer.poll_off_loop`."""
+    out: list[tuple[str, int, str]] = []
+    while (chunk := t.read()) is not None or await t.poll_off_loop():
+        if chunk is None:
+            continue
+        lines, sid = chunk.lines, chunk.cursor.source_id
+        out += [(log, off, sid) for log, off in zip(lines.logs, lines.offsets, strict=True)]
+        commit(t, chunk)
+    return out
 
 
 @pytest.mark.parametrize("ack", [False, True], ids=["unacked", "acked"])
@@ -207,3 +233,83 @@ def test_a_record_of_a_stream_not_in_the_unread_file_keeps_its_next_frame(
         "plain z",
     ]
     assert losses == ["rotated_unseen"]
+
+
+@pytest.mark.parametrize("unread_stream", ["stdout", "stderr"])
+def test_the_unread_copy_is_scanned_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unread_stream: str
+) -> None:
+    """The scan of the compressed file no checkpoint knows reads it whole when it holds no
+    entry of the open line's stream: about a second of the event loop per 100 MiB (no acks,
+    heartbeats, ``/metrics`` or other sources meanwhile). The shipper's reader has it done in
+    a worker thread before the poll that needs it, and the poll takes that answer: the copy
+    is scanned once, off the loop's thread, and what is stored and counted is as before
+    (the line cut and counted when the unread file holds its stream, else joined)."""
+    threads: list[threading.Thread] = []
+    scan = held_gz.streams_with_entries
+
+    def spy(*args, **kwargs):  # passes everything through
+        threads.append(threading.current_thread())
+        return scan(*args, **kwargs)
+
+    monkeypatch.setattr(held_gz, "streams_with_entries", spy)
+    kept, losses = _restart_after(
+        tmp_path,
+        monkeypatch,
+        docker_line("before", 0) + docker_line("err-", 1, "stderr", nl=False),
+        docker_line("errtail", 2, unread_stream) + docker_line("other", 3, unread_stream),
+        docker_line("tail", 4, "stderr") + docker_line("after", 5, "stdout"),
+        as_the_reader=True,
+    )
+    assert len(threads) == 1
+    assert threads[0] is not threading.main_thread()
+    if unread_stream == "stderr":
+        assert sorted(kept) == ["after", "before", "err-", "tail"]
+        assert losses == ["rotated_unseen"]
+    else:
+        assert sorted(kept) == ["after", "before", "err-tail"]
+        assert losses == []
+
+
+def test_the_source_reader_polls_through_the_off_loop_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The test above drives :meth:`Tailer.poll_off_loop` itself: this one checks that the
+    shipper's reader (:class:`shipper.source.SourceRunner`) does too, at every look at the end
+    of its files -- a reader calling :meth:`Tailer.poll` kept the scan on the event loop."""
+    from shipper.config import load_config
+    from shipper.daemon import Shipper
+    from tests.shipper.receiver import Receiver
+    from tests.shipper.shipping import shipper_args, stop_runners, until
+
+    calls = {"poll": 0, "poll_off_loop": 0}
+    poll, poll_off_loop = Tailer.poll, Tailer.poll_off_loop
+
+    def counted_poll(self: Tailer, finishing: bool = False) -> bool:
+        calls["poll"] += 1
+        return poll(self, finishing)
+
+    async def counted_poll_off_loop(self: Tailer, finishing: bool = False) -> bool:
+        calls["poll_off_loop"] += 1
+        return await poll_off_loop(self, finishing)
+
+    monkeypatch.setattr(Tailer, "poll", counted_poll)
+    monkeypatch.setattr(Tailer, "poll_off_loop", counted_poll_off_loop)
+    log = tmp_path / "app.log"
+    log.write_text("")  # nothing to send: the reader only looks at the file's end
+    receiver = Receiver()
+    cfg = load_config(
+        shipper_args(tmp_path, receiver, "--path", str(log), "--poll-interval", "0.01")
+    )
+
+    async def go() -> None:
+        shipper = Shipper(cfg)
+        shipper._sync_sources(shipper._discover())
+        await until(lambda: calls["poll"] >= 3)
+        await stop_runners(shipper)
+
+    try:
+        asyncio.run(asyncio.wait_for(go(), 30))
+    finally:
+        receiver.close()
+    assert calls["poll_off_loop"] >= calls["poll"] >= 3

@@ -3,6 +3,8 @@ started during a shipper restart or rollout): its rotated files hold its first l
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -11,13 +13,15 @@ from pathlib import Path
 
 import pytest
 
+import shipper.tailer as tailer_module
+from shipper import resume
 from shipper.checkpoint import Registry
 from shipper.discover import SourceSpec
 from shipper.tailer import Tailer
 from tests.shipper.hostgen import docker_line, make_container
 from tests.shipper.receiver import Receiver
 from tests.shipper.shipping import empty_root
-from tests.shipper.tailing import drain
+from tests.shipper.tailing import drain, fresh_process
 
 
 def spec_for(path: Path) -> SourceSpec:
@@ -61,18 +65,45 @@ def test_rotated_files_of_a_new_source_are_read_first(tmp_path: Path, first_run:
     reg.close()
 
 
-def test_rotated_files_older_than_the_previous_run_are_skipped(tmp_path: Path) -> None:
-    """Written while a previous run watched the host: that run read them (the container
-    stopped, its files were finished and forgotten, now it is back)."""
+@pytest.mark.parametrize("older_shipper", [False, True], ids=["followed", "older-registry"])
+def test_rotated_files_older_than_the_previous_run_are_skipped(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    older_shipper: bool,
+) -> None:
+    """Written while a previous run followed the source: that run read them (the container
+    stopped, its files were finished and forgotten, now it is back). Skipped too, with a
+    WARNING, when the registry was saved by a shipper that kept no record of the sources it
+    followed (no ``followed`` part): written before its final save."""
+    fresh_process(monkeypatch)
     path = tmp_path / "c-json.log"
     write(f"{path}.1", 0, 5, "read-before")
     old = time.time() - 3600
     os.utime(f"{path}.1", (old, old))
-    previous_run(tmp_path / "state", time.time() - 60)
+    reg = Registry(tmp_path / "state")
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    assert drain(t) == [f"read-before {i}" for i in range(5)]
+    while t.cursors:  # the container stopped: drained and released, its checkpoint forgotten
+        assert t.read() is None
+        t.poll(finishing=True)
+    t.close()
+    reg.save()
+    reg.close()
+    assert reg.items() == []
+    if older_shipper:
+        doc = json.loads((tmp_path / "state" / "checkpoints.json").read_bytes())
+        del doc["followed"]
+        (tmp_path / "state" / "checkpoints.json").write_text(json.dumps(doc))
+    fresh_process(monkeypatch)  # the restart; the container is back
     write(path, 0, 2, "live")
     reg = Registry(tmp_path / "state")
     t = Tailer(spec_for(path), reg, "h", 65536)
-    assert drain(t) == ["live 0", "live 1"]
+    with caplog.at_level(logging.INFO, logger="logq.shipper.tailer"):
+        assert drain(t) == ["live 0", "live 1"]
+    (skip,) = [r for r in caplog.records if "not reading rotated files" in r.getMessage()]
+    assert skip.levelno == (logging.WARNING if older_shipper else logging.INFO)
+    t.close()
     reg.close()
 
 
@@ -142,4 +173,131 @@ def test_rotated_files_of_the_same_time_are_read_in_rotation_order(tmp_path: Pat
     t = Tailer(spec_for(path), reg, "h", 65536)
     got = drain(t)
     assert [g.split()[0] for g in got[::2]] == ["gen-10", "gen-3", "gen-2", "gen-1", "live"]
+    reg.close()
+
+
+def test_rotated_files_of_a_source_the_previous_run_never_followed_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The previous run followed container A only: B started while it ran but was not
+    followed before it stopped (found after its last discovery pass, during a rollout's
+    drain, or waiting for a file descriptor), and B rotated before that run's final save.
+    Nothing of B was ever read: its rotated file is read at the restart, before its live
+    file, like its live file from its start (it was skipped, its lines lost uncounted)."""
+    fresh_process(monkeypatch)
+    a, b = tmp_path / "a-json.log", tmp_path / "b-json.log"
+    write(a, 0, 3, "a")
+    write(f"{b}.1", 0, 4, "b-early")
+    early = time.time() - 60
+    os.utime(f"{b}.1", (early, early))
+    write(b, 4, 2, "b-later")
+    reg = Registry(tmp_path / "state")
+    t = Tailer(spec_for(a), reg, "h", 65536)
+    assert drain(t) == [f"a {i}" for i in range(3)]
+    t.close()
+    reg.save()  # the previous run's final save: after B's rotation
+    reg.close()
+    fresh_process(monkeypatch)  # the restart
+    reg = Registry(tmp_path / "state")
+    t = Tailer(spec_for(b), reg, "h", 65536)
+    assert drain(t) == [f"b-early {i}" for i in range(4)] + ["b-later 4", "b-later 5"]
+    t.close()
+    reg.close()
+
+
+def test_rotated_files_a_run_looked_for_but_never_opened_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The previous run started B's tailer before B wrote anything (no live file yet: nothing
+    opened, no checkpoint). B then wrote a burst and rotated, and the run stopped before B's
+    reader looked again (a stop ends the reader without a last poll). That run followed B, but
+    never opened ``.1``: its lines are read at the restart, not skipped as "read then"."""
+    fresh_process(monkeypatch)
+    wall = [time.time() - 100]
+    for module in (resume, tailer_module):
+        monkeypatch.setattr(module.time, "time", lambda: wall[0])
+    b = tmp_path / "b-json.log"
+    reg = Registry(tmp_path / "state")
+    t = Tailer(spec_for(b), reg, "h", 65536)
+    assert drain(t) == []  # started: B has no file yet
+    write(f"{b}.1", 0, 4, "b-early")  # the burst, 50 s later, rotated
+    burst = wall[0] + 50
+    os.utime(f"{b}.1", (burst, burst))
+    write(b, 4, 2, "b-later")
+    wall[0] += 90
+    t.close()  # the stop: the reader ends at once
+    reg.save()
+    reg.close()
+    fresh_process(monkeypatch)  # the restart
+    reg = Registry(tmp_path / "state")
+    t = Tailer(spec_for(b), reg, "h", 65536)
+    assert drain(t) == [f"b-early {i}" for i in range(4)] + ["b-later 4", "b-later 5"]
+    t.close()
+    reg.close()
+
+
+def test_rotated_files_read_after_the_start_are_not_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The previous run followed C for a while: C's file was rotated after the start and read
+    to its end, then C stopped and its checkpoints were forgotten. When C is back after a
+    restart, that rotated file was read: skipped, as written before the run last had all of
+    C's files in hand (its live file at its path, nothing before it left), not only before
+    that run's start."""
+    clock = fresh_process(monkeypatch)
+    wall = [time.time() - 100]
+    for module in (resume, tailer_module):
+        monkeypatch.setattr(module.time, "time", lambda: wall[0])
+    path = tmp_path / "c-json.log"
+    write(path, 0, 2, "first")
+    reg = Registry(tmp_path / "state")
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    assert drain(t) == ["first 0", "first 1"]
+    path.rename(f"{path}.1")  # rotated 10 s after the start
+    rotated = wall[0] + 10
+    os.utime(f"{path}.1", (rotated, rotated))
+    write(path, 2, 1, "second")
+    wall[0] += 30
+    assert drain(t) == ["second 2"]
+    clock[0] += 30  # past the wait for a writer still appending to the renamed file
+    assert drain(t) == []
+    while t.cursors:  # C stopped: drained and released, its checkpoints forgotten
+        assert t.read() is None
+        t.poll(finishing=True)
+    t.close()
+    reg._finished.clear()  # a later save: files finished moments ago are no longer in it
+    reg.save()
+    reg.close()
+    assert reg.items() == []
+    fresh_process(monkeypatch)  # the restart; C is back
+    path.unlink()
+    write(path, 0, 1, "back")
+    reg = Registry(tmp_path / "state")
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    assert drain(t) == ["back 0"]
+    t.close()
+    reg.close()
+
+
+@pytest.mark.parametrize("saved", [1e20, float("inf"), "future"])
+def test_a_followed_time_later_than_now_skips_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, saved: float | str
+) -> None:
+    """A ``followed`` time later than the start's clock (the wall clock stepped back since the
+    previous run, or a value no run wrote) made every rotated file look written before it:
+    all were skipped unread ("read then"), or the start failed formatting the time. Such an
+    entry is dropped: the source's rotated files are read as those of one no run followed."""
+    fresh_process(monkeypatch)
+    path = tmp_path / "c-json.log"
+    write(f"{path}.1", 0, 2, "rotated")
+    write(path, 2, 1, "live")
+    state = tmp_path / "state"
+    Registry(state).close()  # the state folder and its lock
+    at = time.time() + 3600 if saved == "future" else saved
+    doc = {"version": 1, "files": {}, "followed": {spec_for(path).key: at}}
+    (state / "checkpoints.json").write_text(json.dumps(doc))
+    reg = Registry(state)
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    assert drain(t) == ["rotated 0", "rotated 1", "live 2"]
+    t.close()
     reg.close()

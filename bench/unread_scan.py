@@ -1,0 +1,102 @@
+"""How long the shipper's event loop stalls while it scans a compressed file it never read.
+
+    .venv/bin/python bench/unread_scan.py [--mib 100]
+
+A restart reads a rotated file again from its ``.gz`` copy (a split line was open in it); the
+line is still open at its end, and the next file was written, rotated and compressed while the
+shipper was down. Whether that unread file holds the line's stream decides whether the line is
+cut (see :meth:`shipper.split_lines.SplitLines._next_parts_unseen`); a file holding only the
+other stream is parsed whole. This builds that case with an unread file of ``--mib`` MiB of
+Docker json-file lines, then drives the tailer on an event loop as the source's reader does,
+with a probe task that wakes every 10 ms, and prints the largest gap between its wake-ups:
+
+* ``on the loop``: :meth:`Tailer.poll` called directly (what the reader did before);
+* ``worker thread``: :meth:`Tailer.poll_off_loop` (what it does now).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shipper.checkpoint import Registry
+from shipper.tailer import Tailer
+from tests.shipper.hostgen import docker_line
+from tests.shipper.tailing import commit, drain_sent, rotate_docker, spec_for
+
+
+def build(root: Path, mib: int) -> Path:
+    """The files and registry a restart finds (see the module's docstring)."""
+    path = root / "c-json.log"
+    path.write_bytes(docker_line("before", 0) + docker_line("err-", 1, "stderr", nl=False))
+    reg = Registry(root / "state")
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    drain_sent(t)
+    rotate_docker(path, max_file=5, compress=True)
+    drain_sent(t, ack=False)
+    reg.save()
+    t.close()
+    reg.close()
+    block = b"".join(docker_line(f"GET /api/v1/things/{i} 200 ok", i) for i in range(20000))
+    os.replace(f"{path}.1.gz", f"{path}.2.gz")
+    with gzip.open(f"{path}.1.gz", "wb", compresslevel=1) as f:
+        for _ in range(-(-(mib << 20) // len(block))):
+            f.write(block)
+    path.write_bytes(docker_line("errtail", 5, "stderr") + docker_line("live", 6))
+    return path
+
+
+async def drive(path: Path, off_loop: bool) -> tuple[float, float]:
+    """(seconds to read the files to their end, largest gap between the probe's wake-ups)."""
+    reg = Registry(path.parent / "state")
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    gap = 0.0
+    done = False
+
+    async def probe() -> None:
+        nonlocal gap
+        last = time.perf_counter()
+        while not done:
+            await asyncio.sleep(0.01)
+            now = time.perf_counter()
+            gap, last = max(gap, now - last), now
+
+    task = asyncio.create_task(probe())
+    await asyncio.sleep(0.05)
+    start = time.perf_counter()
+    while True:
+        chunk = t.read()
+        if chunk is not None:
+            commit(t, chunk)
+        elif not (await t.poll_off_loop() if off_loop else t.poll()):
+            break
+        await asyncio.sleep(0)
+    took = time.perf_counter() - start
+    done = True
+    await task
+    t.close()
+    reg.close()
+    return took, gap
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mib", type=int, default=100, help="size of the unread file (MiB)")
+    args = ap.parse_args()
+    for label, off_loop in (("on the loop", False), ("worker thread", True)):
+        with tempfile.TemporaryDirectory(prefix="logq-bench-") as tmp:
+            path = build(Path(tmp), args.mib)
+            took, gap = asyncio.run(drive(path, off_loop))
+        print(f"{label:>13}: read in {took:.2f} s, largest loop stall {gap * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
