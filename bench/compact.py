@@ -25,8 +25,11 @@ fresh child process with logq-aggregator's allocator settings (so its peak RSS, 
 the merge's and not the set-up's; its RSS after the imports is printed beside it).
 ``--overlapping``: every file spans the whole hour (three aggregators' flush files across late
 data, many shippers' backfill: every input is open at once); ``--sequential``: file k holds the
-k-th slice of the hour (one aggregator's flush files: read one after another). The output is
-checked: every row once, each merged file sorted by time. Local disk only.
+k-th slice of the hour (one aggregator's flush files: read one after another); ``--late N``:
+``--late-sequential`` (360) such slices and then N files over the whole hour, flushed after
+them (a mostly sequential hour with late data: only the late ones overlap). The output is
+checked: every row once, each merged file sorted by time. On the local disk unless
+``--backend s3`` (a private SeaweedFS, the S3 requests of the merge printed) or ``both``.
 
 ``--impl PATH`` measures another single-file ``compaction.py`` (a revision from before the
 ``aggregator/compaction/`` package, e.g. ``git show 97a917d:aggregator/compaction.py >
@@ -35,7 +38,8 @@ of it.
 
 Usage: ``python bench/compact.py [--backend local|s3|both] [--partitions N] [--files N]
 [--rows N] [--idle-services N] [--idle-hours N] [--idle-history N] [--idle-history-files N]
-[--impl PATH]``; ``python bench/compact.py --overlapping 1000 [--sequential 360] [--merge-rows N]``
+[--impl PATH]``; ``python bench/compact.py --overlapping 1000 [--sequential 360] [--late 100]
+[--merge-rows N] [--backend local|s3|both]``
 """
 
 from __future__ import annotations
@@ -296,45 +300,75 @@ def envoy_file(seq: int, rows: int, start_ms: int, span_ms: int) -> pa.Table:
     return pa.table(columns, schema=ENVOY_ACCESS.arrow_schema())
 
 
-def bench_one_merge(root: Path, files: int, rows: int, overlapping: bool) -> None:
-    """Build one partition-hour of ``files`` Envoy inputs and merge it in a child process."""
-    kind = "overlapping" if overlapping else "sequential"
-    wh = open_warehouse(str(root / kind), create=True)
-    folder = wh.path(partition_path("envoy_access", "recipe", HOUR.strftime("%Y-%m-%d-%H")))
-    Path(folder).mkdir(parents=True)
+def one_merge_files(kind: str, files: int, late: int) -> list[tuple[int, int, int]]:
+    """(seq, start ms, span ms) of the inputs of a one-merge case: ``overlapping``, each over
+    the hour; ``sequential``, file k the k-th slice of it; ``late``, ``files`` sequential ones
+    and then ``late`` more over the whole hour, flushed after them (their names sort after
+    those of their node: late data, or a backfill, flushed by the same aggregators)."""
     start, hour = int(HOUR.timestamp() * 1000), 3_600_000
+    if kind == "overlapping":
+        return [(seq, start, hour) for seq in range(files)]
+    slices = [(seq, start + seq * hour // files, hour // files) for seq in range(files)]
+    return slices + [
+        (seq, start, hour) for seq in range(files, files + late if kind == "late" else files)
+    ]
+
+
+def bench_one_merge(
+    root: Path | None,
+    files: int,
+    rows: int,
+    kind: str,
+    late: int = 0,
+    s3: object | None = None,
+) -> None:
+    """Build one partition-hour of Envoy inputs (:func:`one_merge_files`) and merge it in a
+    child process, on the local disk under ``root`` or on the SeaweedFS ``s3``."""
+    label = f"{kind}, {'s3' if s3 is not None else 'local'}"
+    if s3 is not None:
+        wh = open_warehouse(f"s3://{s3.create_bucket()}/wh", create=True)  # type: ignore[attr-defined]
+    else:
+        assert root is not None
+        wh = open_warehouse(str(root / kind), create=True)
+    folder = wh.path(partition_path("envoy_access", "recipe", HOUR.strftime("%Y-%m-%d-%H")))
     started = time.monotonic()
-    size = 0
-    for seq in range(files):
-        if overlapping:
-            table = envoy_file(seq, rows, start, hour)
-        else:
-            table = envoy_file(seq, rows, start + seq * hour // files, hour // files)
-        path = Path(folder) / f"n{seq % 3}-{seq:016d}-0000.parquet"
-        pq.write_table(table, path, **write_options(table))
-        size += path.stat().st_size
+    items: list[tuple[str, Callable[[], bytes]]] = []
+    for seq, begin, span in one_merge_files(kind, files, late):
+        table = envoy_file(seq, rows, begin, span)
+        sink = io.BytesIO()
+        pq.write_table(table, sink, **write_options(table))
+        data = sink.getvalue()
+        items.append((f"{folder}/n{seq % 3}-{seq:016d}-0000.parquet", lambda d=data: d))
+    upload(wh, items)
+    size = sum(len(d()) for _, d in items)
+    total = len(items)
     print(
-        f"[{kind}] built {files} files of {rows} Envoy rows ({size / files / 1024:.0f} KiB "
+        f"[{label}] built {total} files of {rows} Envoy rows ({size / total / 1024:.0f} KiB "
         f"each, {size / 2**20:.0f} MiB) in {time.monotonic() - started:.1f}s"
     )
-    child = [sys.executable, __file__, "--merge-folder", folder, "--merge-warehouse", wh.base]
+    requests = s3.requests if s3 is not None else None  # type: ignore[attr-defined]
+    before = requests_now(requests, wh)
+    child = [sys.executable, __file__, "--merge-folder", folder, "--merge-warehouse", wh.uri]
     # The allocator settings of logq-aggregator (aggregator/memory.py), as its environment.
     env = {"ARROW_DEFAULT_MEMORY_POOL": "system", "MALLOC_ARENA_MAX": "2", **os.environ}
     out = subprocess.run(child, check=True, capture_output=True, text=True, env=env).stdout
     got = json.loads(out.strip().splitlines()[-1])
-    outputs = sorted(p for p in Path(folder).iterdir() if p.name.startswith("c-"))
+    mix = request_mix(requests, wh, before)
+    infos = wh.fs.get_file_info(pafs.FileSelector(folder, recursive=False))
+    outputs = sorted(i.path for i in infos if i.base_name.startswith("c-"))
     rows_out = 0
     for output in outputs:  # each merged file sorted by time, every row once in all
-        ms = pq.read_table(output, columns=["timestamp"])["timestamp"].cast(pa.int64())
+        ms = pq.read_table(output, columns=["timestamp"], filesystem=wh.fs)["timestamp"]
+        ms = ms.cast(pa.int64())
         rows_out += len(ms)
         if bool((ms.to_numpy()[1:] < ms.to_numpy()[:-1]).any()):
             raise SystemExit(f"{output}: not sorted by time")
-    if rows_out != files * rows:
-        raise SystemExit(f"{folder}: {rows_out} rows, want {files * rows}")
+    if rows_out != total * rows:
+        raise SystemExit(f"{folder}: {rows_out} rows, want {total * rows}")
     print(
-        f"[{kind}] merge of {got['merged']} files into {len(outputs)} in {got['seconds']:.2f}s; "
+        f"[{label}] merge of {got['merged']} files into {len(outputs)} in {got['seconds']:.2f}s; "
         f"peak RSS {got['peak_kib'] / 1024:.0f} MiB ({got['base_kib'] / 1024:.0f} MiB after "
-        f"the imports); rows checked: {rows_out}, sorted"
+        f"the imports); rows checked: {rows_out}, sorted{mix}"
     )
 
 
@@ -350,6 +384,41 @@ def merge_folder(uri: str, folder: str) -> None:
     seconds = time.monotonic() - started
     figures = {"merged": merged, "seconds": seconds, "peak_kib": int(peak_rss_mib() * 1024)}
     print(json.dumps({**figures, "base_kib": base}))
+
+
+def one_merges(args: argparse.Namespace) -> None:
+    """The one-merge cases asked for (``--overlapping``, ``--sequential``, ``--late``), on the
+    backends asked for (``--backend``: the local disk unless given)."""
+    cases = [
+        (n, kind, late)
+        for n, kind, late in (
+            (args.overlapping, "overlapping", 0),
+            (args.sequential, "sequential", 0),
+            (args.late_sequential if args.late else 0, "late", args.late),
+        )
+        if n
+    ]
+    backends = ["local", "s3"] if args.backend == "both" else [args.backend or "local"]
+    for backend in backends:
+        if backend == "local":
+            root = Path(tempfile.mkdtemp(prefix="logq-bench-merge-"))
+            try:
+                for n, kind, late in cases:
+                    bench_one_merge(root, n, args.merge_rows, kind, late)
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+            continue
+        from tests.support.seaweedfs import AWS_OVERRIDES, start_seaweedfs
+
+        server = start_seaweedfs()
+        try:
+            for name in AWS_OVERRIDES:
+                os.environ.pop(name, None)
+            os.environ.update(server.env())
+            for n, kind, late in cases:
+                bench_one_merge(None, n, args.merge_rows, kind, late, server)
+        finally:
+            server.stop()
 
 
 def run_backend(args: argparse.Namespace, impl: ModuleType, backend: str) -> None:
@@ -401,7 +470,11 @@ def run_backend(args: argparse.Namespace, impl: ModuleType, backend: str) -> Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", choices=["local", "s3", "both"], default="both")
+    parser.add_argument(
+        "--backend",
+        choices=["local", "s3", "both"],
+        help="default: both for a pass, local for one merge (--overlapping ...)",
+    )
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--files", type=int, default=1080, help="per partition (0: no merge)")
     parser.add_argument("--rows", type=int, default=50, help="per file")
@@ -420,6 +493,13 @@ def main() -> None:
     parser.add_argument(
         "--sequential", type=int, default=0, help="one merge of N inputs, each a slice of the hour"
     )
+    parser.add_argument(
+        "--late",
+        type=int,
+        default=0,
+        help="one merge of --late-sequential sequential inputs and N more spanning the hour",
+    )
+    parser.add_argument("--late-sequential", type=int, default=360)
     parser.add_argument("--merge-rows", type=int, default=2000, help="rows per input of those")
     parser.add_argument("--merge-folder", help=argparse.SUPPRESS)
     parser.add_argument("--merge-warehouse", help=argparse.SUPPRESS)
@@ -429,20 +509,15 @@ def main() -> None:
     if args.merge_folder:
         merge_folder(args.merge_warehouse, args.merge_folder)
         return
-    if args.overlapping or args.sequential:
-        root = Path(tempfile.mkdtemp(prefix="logq-bench-merge-"))
-        try:
-            for n, overlapping in ((args.overlapping, True), (args.sequential, False)):
-                if n:
-                    bench_one_merge(root, n, args.merge_rows, overlapping)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+    if args.overlapping or args.sequential or args.late:
+        one_merges(args)
         return
 
     logging.basicConfig(level=logging.WARNING)
     impl = load_impl(args.impl)
     print(f"compaction: {impl.__file__}; {os.cpu_count()} CPUs")
-    for backend in ("local", "s3") if args.backend == "both" else (args.backend,):
+    backend_arg = args.backend or "both"
+    for backend in ("local", "s3") if backend_arg == "both" else (backend_arg,):
         run_backend(args, impl, backend)
 
 

@@ -42,6 +42,9 @@ class Input:
     meta: pq.FileMetaData | None = field(default=None, compare=False, repr=False)
     #: The whole file, for small ones (None: read it when merged).
     data: pa.Buffer | None = field(default=None, compare=False, repr=False)
+    #: A run of a merge (:func:`.runs.merge_run`) of an input not sorted by time, already named
+    #: in an INFO: the run is not sorted either, and is not named again.
+    named_unsorted: bool = field(default=False, compare=False, repr=False)
 
 
 def _conform(table: pa.Table, spec: Table) -> pa.Table:

@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from aggregator.compaction.inputs import WHOLE_READ_BYTES, Input, _batches, _Fetcher
-from aggregator.compaction.runs import merge_run, plan_runs
+from aggregator.compaction.runs import merge_run, open_at_once, plan_runs, runs_bytes
 from aggregator.compaction.sorted_rows import _Source, first_ts, sorted_rows
 from aggregator.durable import atomic_file
 from aggregator.storage import ROW_GROUP_ROWS, write_options
@@ -30,8 +30,8 @@ from athena.schema import Table
 from athena.warehouse import Warehouse
 
 #: Decoded bytes of input rows that one merge reads ahead of its output (the heads of
-#: :func:`.sorted_rows.sorted_rows`): shared by the group's inputs, each read in batches of
-#: its share.
+#: :func:`.sorted_rows.sorted_rows`): shared by the inputs open at once (their footers' spans
+#: overlap), each read in batches of its share.
 READ_BYTES = 32 * 1024 * 1024
 #: The merge emits a piece of rows (sorted together) every ``READ_BYTES // PIECES_PER_READ``
 #: bytes read (:func:`.sorted_rows.sorted_rows`): the heads hold that much more at most.
@@ -80,18 +80,7 @@ def _merge(
         runs = plan_runs(group)
         sources = _sources(wh, spec, group, progress, closing, runs)
         while len(runs) > 1:  # many inputs overlap: merged in runs first (:mod:`.runs`)
-            merged = [
-                group[r[0]]  # (one input: read in the next step only)
-                if len(r) == 1
-                else merge_run(
-                    f"{group[r[0]].name}..{group[r[-1]].name}",
-                    [sources[i] for i in r],
-                    piece_bytes,
-                )
-                for r in runs
-            ]
-            group = [f for f in merged if f is not None]
-            del merged
+            group = _merged_runs(group, runs, sources, piece_bytes)
             runs = plan_runs(group)
             sources = _sources(wh, spec, group, progress, closing, runs)
         pieces = sorted_rows(sources, piece_bytes)
@@ -108,6 +97,37 @@ def _merge(
     return rows
 
 
+def _merged_runs(
+    group: list[Input], runs: list[list[int]], sources: list[_Source], piece_bytes: int
+) -> list[Input]:
+    """The next step's inputs: each run of ``group`` merged into one (:func:`.runs.merge_run`),
+    a run of one input as it is. ``group`` and ``sources`` are emptied, and each run's members
+    dropped once it is merged: past about ``FAN_IN ** 2`` inputs a second round merges the
+    first one's runs (in memory) again, and held all of them until its last run was built
+    (:func:`.runs.runs_bytes` counts a run's members beside it, not the runs merged before)."""
+    members: list[Input | None] = list(group)
+    readers: list[_Source | None] = list(sources)
+    group.clear()
+    sources.clear()
+    merged: list[Input] = []
+    for run in runs:
+        first, last = members[run[0]], members[run[-1]]
+        assert first is not None and last is not None
+        if len(run) == 1:  # (one input: read in the next step only)
+            merged.append(first)
+            continue
+        name = f"{first.name}..{last.name}"
+        taken = [r for r in (readers[i] for i in run) if r is not None]
+        for i in run:
+            members[i] = readers[i] = None
+        del first, last
+        output = merge_run(name, taken, piece_bytes)
+        del taken
+        if output is not None:
+            merged.append(output)
+    return merged
+
+
 def _sources(
     wh: Warehouse,
     spec: Table,
@@ -118,7 +138,10 @@ def _sources(
 ) -> list[_Source]:
     """The group's inputs as sources of :func:`.sorted_rows.sorted_rows`, in group order (ties
     keep it), to be merged in ``runs`` (:func:`.runs.plan_runs`); small ones fetched ahead in
-    the order the merge reaches them (run by run, by first timestamp)."""
+    the order the merge reaches them (run by run, by first timestamp). Each is read in batches
+    of :data:`READ_BYTES` shared by the most inputs of a run open at once (their footers'
+    spans), not by all of them: 360 flush files one after another were read ~200 rows a
+    batch, and a mostly sequential group with late files as many, ten times the steps."""
     firsts = {f.path: first_ts(f.meta) for f in group}
     merged = runs if len(runs) == 1 else [r for r in runs if len(r) > 1]  # (see _merge)
     reached = [i for r in merged for i in sorted(r, key=lambda i: (firsts[group[i].path], i))]
@@ -126,7 +149,7 @@ def _sources(
     small = [f for f in small if f.size <= WHOLE_READ_BYTES]
     fetcher = _Fetcher(wh, small, progress, FETCH_AHEAD_BYTES)
     closing.callback(fetcher.close)
-    share = READ_BYTES // max(1, *map(len, runs))
+    share = READ_BYTES // max(1, *(open_at_once([group[i] for i in r]) for r in runs))
 
     def opener(f: Input) -> Callable[[], Iterator[pa.Table]]:
         def batches() -> Iterator[pa.Table]:
@@ -136,7 +159,7 @@ def _sources(
 
         return batches
 
-    return [_Source(f.path, firsts[f.path], opener(f)) for f in group]
+    return [_Source(f.path, firsts[f.path], opener(f), f.named_unsorted) for f in group]
 
 
 def _row_groups(pieces: Iterator[pa.Table], spec: Table) -> Iterator[pa.Table]:
@@ -176,12 +199,9 @@ def _with_footer(wh: Warehouse, f: Input) -> Input:
 def _memory_cost(group: list[Input]) -> int:
     """What merging ``group`` holds in decoded rows, for :class:`_MemoryBudget` (the inputs'
     fetched bytes are bounded apart: ``PREFETCH_BYTES`` per partition, and
-    :data:`FETCH_AHEAD_BYTES` per merge), and in the runs it keeps in memory when its inputs
-    overlap more than :data:`.runs.FAN_IN`: about the size of the inputs put in them."""
-    runs = plan_runs(group)
-    if len(runs) == 1:
-        return MERGE_BYTES
-    return MERGE_BYTES + sum(group[i].size for r in runs if len(r) > 1 for i in r)
+    :data:`FETCH_AHEAD_BYTES` per merge), and in the runs it keeps in memory when more than
+    :data:`.runs.FAN_IN` of its inputs overlap: at most :func:`.runs.runs_bytes`."""
+    return MERGE_BYTES + runs_bytes(group)
 
 
 def _writer_options(table: pa.Table) -> dict:

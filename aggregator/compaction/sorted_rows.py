@@ -46,8 +46,16 @@ def _times(table: pa.Table) -> np.ndarray:
 class _Source:
     """One input of the merge: its head (rows read, not emitted yet, sorted) and its bound."""
 
-    def __init__(self, name: str, first_ts: int, batches: Callable[[], Iterator[pa.Table]]):
+    def __init__(
+        self,
+        name: str,
+        first_ts: int,
+        batches: Callable[[], Iterator[pa.Table]],
+        named_unsorted: bool = False,
+    ):
         self.name = name
+        #: An unsorted input already named by an INFO (a run of one): not named again.
+        self.named_unsorted = named_unsorted
         #: No row of this input that is not read yet is older than this (ms, or :data:`_END`).
         self.bound: float = first_ts
         self._open = batches
@@ -193,7 +201,7 @@ def sorted_rows(sources: list[_Source], piece_bytes: int = PIECE_BYTES) -> Itera
     if (piece := heads.take_before(_END)) is not None:
         yield piece
     for s in sources:
-        if s.unsorted:
+        if s.unsorted and not s.named_unsorted:
             log.info("%s is not sorted by time: the merged file is sorted in runs there", s.name)
 
 

@@ -5,7 +5,9 @@ with the rows, not with the rows times the inputs that overlap."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import aggregator.compaction.inputs as inputs_mod
@@ -241,3 +243,279 @@ def test_a_merge_in_runs_reserves_the_memory_of_its_runs(
         group = _readable(wh, [wh.fs.get_file_info(str(p)) for p in paths])
         extra = group[0].size + group[1].size if kind == "overlapping" else 0
         assert merge_mod._memory_cost(group) == merge_mod.MERGE_BYTES + extra, kind
+
+
+def _merge_counting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spans: list[tuple[int, int]], rows: int
+) -> tuple[list[inputs_mod.Input], list[str]]:
+    """Merge files over ``spans`` (in group order); check the output is the stable sort of
+    the group; return the group and the names of the inputs read (runs included)."""
+    opened: list[str] = []
+    batches = merge_mod._batches
+
+    def counted(wh: Any, spec: Any, f: Any, *args: Any) -> Iterator[pa.Table]:
+        opened.append(f.name)
+        yield from batches(wh, spec, f, *args)
+
+    monkeypatch.setattr(merge_mod, "_batches", counted)
+    wh = open_warehouse(str(tmp_path))
+    paths = _files(tmp_path / "p", spans, rows)
+    group = _readable(wh, [wh.fs.get_file_info(str(p)) for p in paths])
+    output = str(tmp_path / "c-out.parquet")
+    assert merge_mod._merge(wh, CONTAINER_LOGS, group, output) == len(spans) * rows
+    expected = pa.concat_tables([pq.read_table(p) for p in paths]).sort_by("timestamp")
+    assert pq.read_table(output).equals(expected)
+    return group, opened
+
+
+def test_a_mostly_sequential_group_merges_first_only_the_inputs_that_overlap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight files one after another in time and then four late ones over the whole hour, with
+    a fan-in of 3: at most 5 are open at once, so 3 of the late ones are merged first and
+    every other input is read once (before: the group counted 12 inputs, and all 12 were
+    merged in runs first, every row decoded twice); ties keep group order."""
+    monkeypatch.setattr(runs_mod, "FAN_IN", 3)
+    hour = 3_600_000
+    spans = [(k * hour // 8, (k + 1) * hour // 8) for k in range(8)] + [(0, hour)] * 4
+    group, opened = _merge_counting(tmp_path, monkeypatch, spans, 200)
+    assert open_at_once(group) == 5
+    runs = [r for r in runs_mod.plan_runs(group) if len(r) > 1]
+    assert len(runs) == 1 and len(runs[0]) == 3 and set(runs[0]) <= {8, 9, 10, 11}, runs
+    names = [f.name for f in group]
+    # Each input read once; the rows of the run's 3 read again from it, no other's.
+    assert sorted(opened) == sorted([*names, f"{names[runs[0][0]]}..{names[runs[0][-1]]}"])
+
+
+@pytest.mark.parametrize(
+    "spans",
+    [
+        # most open at once from 1.6 M ms on: the 1st and the last three, but a run of the
+        # 1st with the 3rd may not skip the 2nd, which shares times with the 3rd (the 2nd's
+        # tied rows would go after the 3rd's)
+        [(0, 3_600_000), (1_000_000, 1_200_000), (1_000_000, 3_600_000)]
+        + [(1_600_000, 3_600_000)] * 2,
+        # late files between sequential ones (three aggregators' flush files)
+        [
+            *[(k * 600_000, (k + 1) * 600_000) for k in range(2)],
+            *[(0, 3_600_000)] * 2,
+            *[(k * 600_000, (k + 1) * 600_000) for k in range(2, 4)],
+            *[(0, 3_600_000)] * 2,
+            *[(k * 600_000, (k + 1) * 600_000) for k in range(4, 6)],
+            *[(0, 3_600_000)] * 2,
+        ],
+    ],
+    ids=["overlapping-between", "three-nodes"],
+)
+def test_runs_of_inputs_that_overlap_keep_ties_in_group_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spans: list[tuple[int, int]]
+) -> None:
+    """Whatever inputs the runs take (some skip inputs between them in group order), the
+    output is exactly the stable sort of the group (rows every 50 ms: ties across files),
+    and at most a fan-in of 2 inputs is read at once."""
+    monkeypatch.setattr(runs_mod, "FAN_IN", 2)
+    group, _ = _merge_counting(tmp_path, monkeypatch, spans, 1000)
+    assert len(runs_mod.plan_runs(group)) > 1
+
+
+def test_a_merge_in_two_rounds_of_runs_reserves_what_both_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """27 files over the same hour with a fan-in of 3: 9 runs of 3, then 3 runs of 3 of
+    those (past about ``FAN_IN ** 2`` inputs), built while the first round's runs are still
+    in memory. The merge's reservation covers the most bytes of runs alive at once (before:
+    the first round's only), and a second-round run's members are dropped once it is built:
+    at most the 9 first-round runs and one being built are alive at once (before: all 9 and
+    the 3 second-round ones at the end, which the reservation does not count)."""
+    monkeypatch.setattr(runs_mod, "FAN_IN", 3)
+    alive: list[tuple[weakref.ref[pa.Buffer], int]] = []
+    runs_alive: list[int] = []
+    most = 0
+    merge_run = merge_mod.merge_run
+
+    def counted(*args: Any) -> inputs_mod.Input | None:
+        nonlocal most
+        run = merge_run(*args)
+        assert run is not None and run.data is not None
+        alive.append((weakref.ref(run.data), run.size))
+        most = max(most, sum(size for ref, size in alive if ref() is not None))
+        runs_alive.append(sum(ref() is not None for ref, _ in alive))
+        return run
+
+    monkeypatch.setattr(merge_mod, "merge_run", counted)
+    wh = open_warehouse(str(tmp_path))
+    paths = _files(tmp_path / "p", [(0, 3_600_000)] * 27, 200)
+    group = _readable(wh, [wh.fs.get_file_info(str(p)) for p in paths])
+    output = str(tmp_path / "c-out.parquet")
+    assert merge_mod._merge(wh, CONTAINER_LOGS, group, output) == 27 * 200
+    assert len(alive) == 9 + 3, "two rounds of runs, three runs in the second"
+    assert max(runs_alive) == 9 + 1, runs_alive
+    assert most <= merge_mod._memory_cost(group) - merge_mod.MERGE_BYTES, most
+
+
+def test_an_unsorted_input_merged_in_a_run_is_named_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file not sorted by time, merged first in a run: the INFO names it once (before: once
+    more for the run, which is not sorted either, under a name no file has)."""
+    monkeypatch.setattr(runs_mod, "FAN_IN", 3)
+    monkeypatch.setattr(merge_mod, "READ_BYTES", 8 << 10)  # (batches of a few dozen rows)
+    wh = open_warehouse(str(tmp_path))
+    paths = _files(tmp_path / "p", [(0, 3_600_000)] * 4, 200)
+    table = pq.read_table(paths[0])
+    table = table.take(pa.array(np.random.default_rng(1).permutation(table.num_rows)))
+    pq.write_table(table, paths[0], **write_options(table))
+    group = _readable(wh, [wh.fs.get_file_info(str(p)) for p in paths])
+    assert [r for r in runs_mod.plan_runs(group) if len(r) > 1] == [[0, 1]]
+    caplog.set_level(logging.INFO, logger="logq.aggregator.compaction")
+    assert merge_mod._merge(wh, CONTAINER_LOGS, group, str(tmp_path / "c-out.parquet")) == 800
+    named = [r.getMessage() for r in caplog.records if "not sorted by time" in r.getMessage()]
+    assert len(named) == 1 and named[0].startswith(f"{paths[0]} is not sorted"), named
+
+
+def test_inputs_that_follow_each_other_are_read_in_batches_of_the_read_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten files one after another in time: one is open at a time (their footers' spans), so
+    each is read in batches of the read bytes shared by the inputs open at once, not a tenth
+    of them (360 flush files were read ~200 rows a batch: twice the merge's time)."""
+    monkeypatch.setattr(merge_mod, "READ_BYTES", 2 << 20)
+    shares: list[int] = []
+    batches = merge_mod._batches
+
+    def counted(wh: Any, spec: Any, f: Any, fetch: Any, share: int, *args: Any) -> Any:
+        shares.append(share)
+        return batches(wh, spec, f, fetch, share, *args)
+
+    monkeypatch.setattr(merge_mod, "_batches", counted)
+    wh = open_warehouse(str(tmp_path))
+    hour = 3_600_000
+    paths = _files(tmp_path / "p", [(k * hour // 10, (k + 1) * hour // 10) for k in range(10)], 50)
+    group = _readable(wh, [wh.fs.get_file_info(str(p)) for p in paths])
+    assert merge_mod._merge(wh, CONTAINER_LOGS, group, str(tmp_path / "c-out.parquet")) == 500
+    assert shares == [(2 << 20) // open_at_once(group)] * 10, shares
+
+
+#: Spans (in group order) where, with a fan-in of 2, the runs taken at the deepest instants
+#: are all that is open at the next deepest one: the planner had no input to take there and
+#: raised ValueError (from ``max`` of nothing), which failed the partition's merge every pass.
+ONLY_RUNS_OPEN = [(7, 10), (3, 7), (1, 4), (8, 8), (1, 8), (8, 10)]
+#: Spans over a few instants: many overlap, touch (a shared instant: a tie) or nest.
+SPANS = st.lists(
+    st.tuples(st.integers(0, 12), st.integers(0, 6)).map(lambda t: (t[0], t[0] + t[1])),
+    max_size=16,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@example(spans=ONLY_RUNS_OPEN, fan_in=2)
+@given(spans=SPANS, fan_in=st.integers(2, 4))
+def test_a_plan_keeps_ties_in_group_order_and_leaves_at_most_the_fan_in(
+    spans: list[tuple[int, int]], fan_in: int
+) -> None:
+    """Whatever the spans: every input in one run; runs of at most the fan-in, in order of
+    their first input; no two inputs that share an instant change order (a run takes its
+    first input's place: an input it skips must not share one with a later member); and the
+    rounds (a run counted over its members' spans) end with at most the fan-in open at once."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runs_mod, "FAN_IN", fan_in)
+        level = [(float(a), float(b)) for a, b in spans]
+        for _ in range(len(spans) + 1):
+            runs = runs_mod.plan_spans(level)
+            assert sorted(i for r in runs for i in r) == list(range(len(level))), runs
+            if len(runs) == 1:
+                break
+            assert all(r == sorted(r) and len(r) <= fan_in for r in runs), runs
+            assert [r[0] for r in runs] == sorted(r[0] for r in runs), runs
+            place = {i: r[0] for r in runs for i in r}
+            for a, b in itertools.combinations(range(len(level)), 2):
+                if place[a] != place[b] and runs_mod._overlaps(level[a], level[b]):
+                    assert place[a] < place[b], (a, b, runs)
+            level = [(min(level[i][0] for i in r), max(level[i][1] for i in r)) for r in runs]
+        else:
+            raise AssertionError(f"no end to the rounds: {runs}")
+        assert len(level) <= fan_in or runs_mod._deepest(level)[0] <= fan_in
+
+
+def _nodes_layout(seed: int) -> list[tuple[int, int]]:
+    """Spans (ms in the hour, in group order) of 2-3 aggregators' flush files: each node's
+    slices of the hour one after another, then 3-5 late files of its own over all or most of
+    it (named after its sequential ones)."""
+    rng = np.random.default_rng(seed)
+    hour = 3_600_000
+    spans: list[tuple[int, int]] = []
+    for _ in range(int(rng.integers(2, 4))):
+        seq = int(rng.integers(3, 9))
+        spans += [(k * hour // seq + 1000, (k + 1) * hour // seq - 1000) for k in range(seq)]
+        for _ in range(int(rng.integers(3, 6))):
+            lo = int(rng.choice([0, rng.integers(0, hour // 4)]))
+            spans.append((lo, int(rng.choice([hour, hour - lo]))))
+    return spans
+
+
+def _files_over(folder: Path, spans: list[tuple[int, int]], seed: int) -> list[Path]:
+    """Files over exactly ``spans`` (their first and last rows at its ends), sorted by time,
+    with ties within and across files (whole seconds), some with null times (last) and some
+    in several row groups."""
+    folder.mkdir(parents=True)
+    start = int(HOUR.timestamp() * 1000)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for seq, (lo, hi) in enumerate(spans):
+        rows = int(rng.integers(2, 60))
+        inside = rng.integers(lo, hi + 1, rows - 2) // 1000 * 1000
+        ms = np.sort(np.concatenate([[lo, hi], np.clip(inside, lo, hi)])) + start
+        times = pa.array(ms, pa.timestamp("ms", tz="UTC"))
+        if rng.random() < 0.1:
+            times = pa.concat_arrays([times.slice(0, rows - 1), pa.nulls(1, times.type)])
+        table = pa.table(
+            {
+                "timestamp": times,
+                "host": pa.array([f"host-{seq}"] * rows),
+                "container_id": pa.array([f"{seq:064x}"] * rows),
+                "container_name": pa.array(["app"] * rows),
+                "stream": pa.array(["stdout"] * rows),
+                "message": pa.array([f"{seq}-{i}" for i in range(rows)]),
+            },
+            schema=CONTAINER_LOGS.arrow_schema(),
+        )
+        options = write_options(table)
+        if rng.random() < 0.3:
+            options["row_group_size"] = int(rng.integers(1, rows))
+        paths.append(folder / f"n-{seq:04d}.parquet")
+        pq.write_table(table, paths[-1], **options)
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("fan_in", "spans", "by_overlap"),
+    [
+        (2, [(a * 300_000, b * 300_000) for a, b in ONLY_RUNS_OPEN], False),
+        *((4, _nodes_layout(seed), True) for seed in (14, 62, 68)),
+        (4, _nodes_layout(0), False),
+    ],
+    ids=["only-runs-open", "nodes-14", "nodes-62", "nodes-68", "nodes-0"],
+)
+def test_a_merge_in_runs_is_the_stable_sort_of_the_group(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fan_in: int,
+    spans: list[tuple[int, int]],
+    by_overlap: bool,
+) -> None:
+    """Mostly sequential groups with late files (and the spans that made the planner raise),
+    merged with a small fan-in and read a few rows a batch, in runs of the inputs open at the
+    deepest instants or (where those cannot do) of consecutive ones: every row once, exactly
+    in the order of the stable sort of the group (ties in group order, null times last)."""
+    monkeypatch.setattr(runs_mod, "FAN_IN", fan_in)
+    monkeypatch.setattr(merge_mod, "READ_BYTES", 16 << 10)
+    wh = open_warehouse(str(tmp_path))
+    paths = _files_over(tmp_path / "p", spans, len(spans))
+    group = _readable(wh, [wh.fs.get_file_info(str(p)) for p in paths])
+    spans_read = [runs_mod._span(f.meta) for f in group]
+    assert len(runs_mod.plan_spans(spans_read)) > 1
+    assert (runs_mod._overlap_runs(spans_read, fan_in) is not None) == by_overlap
+    output = str(tmp_path / "c-out.parquet")
+    expected = pa.concat_tables([pq.read_table(p) for p in paths]).sort_by("timestamp")
+    assert merge_mod._merge(wh, CONTAINER_LOGS, group, output) == expected.num_rows
+    assert pq.read_table(output).equals(expected)
