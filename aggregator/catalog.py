@@ -30,6 +30,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from aggregator.config import Settings
+from aggregator.storage import read_small
 from athena import ddl
 from athena.schema import TABLES, sanitize_service
 from athena.warehouse import Warehouse
@@ -167,14 +168,10 @@ class Catalog:
         all of them hold; none when a table has no stored DDL yet). OSError: unreadable."""
         held: set[str] | None = None
         for table in TABLES:
-            try:
-                with self.warehouse.fs.open_input_stream(
-                    self.warehouse.path(DDL_DIR, f"{table}.sql")
-                ) as fh:
-                    text = fh.read().decode("utf-8", errors="replace")
-            except FileNotFoundError:
+            data = self._read(f"{table}.sql")
+            if data is None:
                 return set()
-            match = _SERVICE_VALUES_RE.search(text)
+            match = _SERVICE_VALUES_RE.search(data.decode("utf-8", errors="replace"))
             values = set(match.group(1).split(",")) if match else set()
             held = values if held is None else held & values
         return held or set()
@@ -196,6 +193,15 @@ class Catalog:
             self._put(f"{table}.columns.json", json.dumps(columns) + "\n")
         self._applied = services
 
+    def _read(self, name: str) -> bytes | None:
+        """The file ``_ddl/<name>``, whole; None when there is none. On S3 one GetObject
+        (:func:`aggregator.storage.read_small`), where pyarrow's ``open_input_stream`` sent a
+        HEAD (for the size) before its GET: two round trips, for each file of each table at
+        each resync and each update. :class:`aggregator.storage.StorageError` (an OSError)
+        when the warehouse cannot be read: never taken for a missing file."""
+        found = read_small(self.warehouse, self.warehouse.path(DDL_DIR, name))
+        return None if found is None else found.data
+
     def _put(self, name: str, text: str) -> None:
         with self.warehouse.fs.open_output_stream(self.warehouse.path(DDL_DIR, name)) as out:
             out.write(text.encode("utf-8"))
@@ -204,11 +210,12 @@ class Catalog:
         """Columns each table has now that the DDL last written next to the data lacked."""
         grown: dict[str, list[str]] = {}
         for table, spec in TABLES.items():
-            path = self.warehouse.path(DDL_DIR, f"{table}.columns.json")
             try:
-                with self.warehouse.fs.open_input_stream(path) as fh:
-                    before = set(json.loads(fh.read().decode("utf-8")))
-            except (FileNotFoundError, OSError, ValueError):
+                data = self._read(f"{table}.columns.json")
+                if data is None:
+                    continue
+                before = set(json.loads(data.decode("utf-8")))
+            except (OSError, ValueError):
                 continue
             new = [c.name for c in spec.data_columns if c.name not in before]
             if new:

@@ -19,6 +19,7 @@ from aggregator.ledger import (
     unreadable_documents,
 )
 from aggregator.metrics import Metrics
+from aggregator.stop_budget import WorkerCalls
 from athena.warehouse import Warehouse
 
 log = logging.getLogger("logq.aggregator")
@@ -36,12 +37,22 @@ class PeriodicCompaction:
     its settings, metrics and ledger."""
 
     def __init__(
-        self, warehouse: Warehouse, settings: Settings, metrics: Metrics, ledger: Ledger
+        self,
+        warehouse: Warehouse,
+        settings: Settings,
+        metrics: Metrics,
+        ledger: Ledger,
+        calls: WorkerCalls | None = None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.warehouse = warehouse
         self.settings = settings
         self.metrics = metrics
         self.ledger = ledger
+        self.calls = calls or WorkerCalls()
+        """Where its blocking calls run (the service's: a stop knows what is under way)."""
+        self.stopping = stopping
+        """Whether the aggregator stops: a pass under way then ends at its next partition."""
 
     async def forever(self) -> None:
         """Every ``--compact-interval``: a compaction pass, resumed from the last completed one
@@ -55,7 +66,9 @@ class PeriodicCompaction:
         while True:
             await asyncio.sleep(interval)
             try:
-                beats = await asyncio.to_thread(read_heartbeats, self.warehouse)
+                beats = await self.calls.run(
+                    "reading the heartbeats", read_heartbeats, self.warehouse
+                )
                 self._count_down(beats)
                 hold = self._compaction_hold(beats)
                 if hold is not None:
@@ -65,7 +78,8 @@ class PeriodicCompaction:
                     # node compacts, or none may): a failure it saw must not alert for ever.
                     self.metrics.compaction_failed_partitions.set(0)
                     continue
-                merged = await asyncio.to_thread(
+                merged = await self.calls.run(
+                    "a compaction pass",
                     compact_warehouse,
                     self.warehouse,
                     self.settings.target_file_bytes,
@@ -100,7 +114,9 @@ class PeriodicCompaction:
                 continue
             expiry_due = time.monotonic() + EXPIRY_INTERVAL_S
             try:
-                await asyncio.to_thread(expire_unless_held, self.warehouse, self.ledger.node_id)
+                await self.calls.run(
+                    "the ledger expiry", expire_unless_held, self.warehouse, self.ledger.node_id
+                )
             except Exception as exc:
                 log.warning(
                     "ledger expiry failed (%s); it will run again in %.0fs", exc, EXPIRY_INTERVAL_S
@@ -110,7 +126,7 @@ class PeriodicCompaction:
         """``logq_aggregator_peers_down`` from the heartbeats now; a failed read leaves it as
         it was (the next check tries again)."""
         try:
-            beats = await asyncio.to_thread(read_heartbeats, self.warehouse)
+            beats = await self.calls.run("reading the heartbeats", read_heartbeats, self.warehouse)
         except Exception as exc:
             log.warning("cannot read the aggregators' heartbeats (%s); trying again later", exc)
             return
@@ -139,6 +155,8 @@ class PeriodicCompaction:
 
         def hold() -> str | None:
             nonlocal checked
+            if self.stopping():
+                return "the aggregator is stopping"
             if time.monotonic() - checked < HOLD_RECHECK_SECONDS:
                 return None
             checked = time.monotonic()

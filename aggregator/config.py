@@ -78,6 +78,11 @@ class Settings:
     number of clients sending at once."""
     idle_timeout: float = 600.0
     """A connection that sends nothing for this many seconds is closed."""
+    stop_timeout: float = 90.0
+    """Longest a stop (SIGTERM) may take, whatever holds it (a warehouse that takes requests and
+    never answers): then the aggregator exits 1, what it could not write left in the buffer for
+    the next start (aggregator/stop_budget.py). Below the service manager's SIGKILL deadline
+    (``terminationGracePeriodSeconds``, ``stopTimeout``: 120 s in deploy/)."""
     tls_cert: str | None = None
     tls_key: str | None = None
     athena_database: str | None = None
@@ -177,6 +182,14 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("--idle-timeout", {"type": float, "help": "close silent connections after (600 s)"}),
+    (
+        "--stop-timeout",
+        {
+            "type": float,
+            "help": "a stop (SIGTERM) ends within this many seconds, exit 1 if the warehouse "
+            "did not take the buffer by then (default 90; keep it below the SIGKILL deadline)",
+        },
+    ),
     ("--tls-cert", {"help": "PEM certificate: serve Forward over TLS"}),
     ("--tls-key", {"help": "PEM private key of --tls-cert"}),
     ("--athena-database", {"help": "apply the DDL to this Athena database"}),
@@ -291,6 +304,7 @@ def _check(s: Settings) -> None:
     _seconds(s.unhealthy_after, "--unhealthy-after")
     _seconds(s.retry_max_interval, "--retry-max-interval")
     _seconds(s.idle_timeout, "--idle-timeout")
+    _seconds(s.stop_timeout, "--stop-timeout")
     _seconds(s.compact_interval, "--compact-interval", zero_ok=True)  # 0: off
     if s.max_message_entries < 1:
         raise ConfigError(f"--max-message-entries must be at least 1, got {s.max_message_entries}")

@@ -39,6 +39,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from aggregator.buffer import SPILL_DIR, Segment
 from aggregator.catalog import Catalog
@@ -59,12 +60,14 @@ from aggregator.metrics import Metrics, MetricsServer
 from aggregator.open_files import fd_limit_hint
 from aggregator.parse_warnings import ParseFailureWarnings
 from aggregator.server import ForwardServer, ServerLimits, tls_context
+from aggregator.stop_budget import StopWatchdog, WorkerCalls
 from aggregator.throttle import Throttle
 from aggregator.twins import TwinRunning, live_twin
 from athena.ddl import outside_projection
 from athena.warehouse import open_warehouse
 
 log = logging.getLogger("logq.aggregator")
+T = TypeVar("T")
 
 #: Rows outside the Athena projection are logged at most this often per table and service
 #: (the counter counts them all).
@@ -75,6 +78,11 @@ SHUTDOWN_FLUSH_SECONDS = 60.0
 STOP_REPEAT_IGNORED_SECONDS = 1.0
 #: How long a stop waits for a DDL update under way (the DDL is rewritten at the next start).
 CATALOG_STOP_SECONDS = 15.0
+#: The end of ``--stop-timeout`` kept for the stop's last steps (sealing the buffer, the log
+#: line saying what was abandoned) after the steps that wait on the warehouse are cut short;
+#: at most this share of it.
+STOP_RESERVE_SECONDS = 3.0
+STOP_RESERVE_SHARE = 0.2
 #: How often the DDL is checked against the services in the warehouse (see Catalog.resync).
 CATALOG_RESYNC_SECONDS = 300.0
 #: How long a replay waits for live peers to commit what they acknowledged before it began.
@@ -192,7 +200,16 @@ class Aggregator:
         self._cycle_error = ""
         """The last error of a flush cycle (logged with its traceback when it changes)."""
         self._exit_now: Callable[[int], object] = os._exit
-        """How a second stop request ends the process (tests replace it)."""
+        """How a second stop request, or a stop past ``--stop-timeout``, ends the process
+        (tests replace it)."""
+        self._calls = WorkerCalls()
+        """The blocking calls under way in worker threads (what a stop out of time abandons)."""
+        self._stop_deadline: float | None = None
+        """When (monotonic) the stop under way must have ended: ``--stop-timeout`` after it
+        was asked for."""
+        self._watchdog = StopWatchdog(
+            settings.stop_timeout, self._stop_timed_out, lambda code: self._exit_now(code)
+        )
         self._draining = False
         """Run as ``logq-aggregator drain`` (what a refused copy is told to do differs)."""
 
@@ -280,6 +297,12 @@ class Aggregator:
             log.warning("could not publish the replay mark at start-up: %s", exc)
 
     async def run(self) -> int:
+        try:
+            return await self._run()
+        finally:
+            self._watchdog.cancel()
+
+    async def _run(self) -> int:
         # The lock first (cheap): a second aggregator on this buffer dir exits with that
         # reason and never holds the metrics port. Then /metrics and /healthz, so that an
         # orchestrator's liveness check passes while a large buffer is read (seconds per GiB).
@@ -326,7 +349,8 @@ class Aggregator:
         resync_task = asyncio.create_task(self._catalog_resync_loop(), name="catalog-resync")
         await self._stopping.wait()
         resync_task.cancel()
-        return await self._shutdown(flush_task, compact_task)
+        code = await self._shutdown(flush_task, compact_task)
+        return await self._leave_workers(code)
 
     def _check_stop(self) -> None:
         """Raise :class:`StartInterrupted` if a stop was requested (while starting). Also called
@@ -432,6 +456,12 @@ class Aggregator:
         into the warehouse. Lines that shippers resent to other aggregators after it died are
         skipped (ledger.py), so nothing is stored twice.
         """
+        try:
+            return await self._drain()
+        finally:
+            self._watchdog.cancel()
+
+    async def _drain(self) -> int:
         self._draining = True
         self._open_buffer()
         self._install_signals()
@@ -465,6 +495,9 @@ class Aggregator:
         return 0
 
     def stop(self) -> None:
+        if self._stop_deadline is None:  # the stop's budget runs from the first request
+            self._stop_deadline = time.monotonic() + self.settings.stop_timeout
+            self._watchdog.start()
         self._stopping.set()
         self._stop_wait.set()  # a replay waiting for its peers stops waiting
         self._flush_now.set()  # wake the flush loop so that it returns
@@ -496,9 +529,7 @@ class Aggregator:
             "%s and will be written at the next start",
             self.settings.buffer_dir,
         )
-        for handler in logging.getLogger().handlers:  # the line above must be out first
-            handler.flush()
-        sys.stderr.flush()
+        self._flush_logs()  # the line above must be out first
         self._exit_now(1)  # os._exit: a worker thread stuck in a write must not hold the exit
 
     def _install_signals(self) -> None:
@@ -536,13 +567,14 @@ class Aggregator:
     async def _stop_and_flush(
         self, flush_task: asyncio.Task[None], compact_task: asyncio.Task[None]
     ) -> int:
+        """The stop's steps, each cut short where ``--stop-timeout`` runs out
+        (:meth:`_abandon_stop`)."""
         assert self.server is not None
         await self.server.stop()
         compact_task.cancel()
-        # Not cancelled: a flush running in a worker thread must finish before the final one.
-        for task in (compact_task, flush_task):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # Not cancelled: a flush running in a worker thread must finish before the final one
+        # (within the stop's budget: one that has not returned then is left to the next start).
+        _, pending = await asyncio.wait({compact_task, flush_task}, timeout=self._stop_left())
         try:
             await self.buffer.close()
         except OSError as exc:  # its fsync failed: the segment is sealed all the same
@@ -551,12 +583,26 @@ class Aggregator:
                 "messages it did not cover were not acknowledged (their clients resend them)",
                 exc,
             )
-        left = await asyncio.to_thread(self._replay_left_for_next_start)
-        ok = bool(left) or await self._flush_sealed(
-            deadline=time.monotonic() + SHUTDOWN_FLUSH_SECONDS
+        if pending:
+            return await self._abandon_stop()
+        done, left = await self._within_stop(
+            "the check of the replay's peers", self._replay_left_for_next_start
         )
+        if not done:
+            return await self._abandon_stop()
+        if left:
+            ok = True
+        else:
+            end = min(time.monotonic() + SHUTDOWN_FLUSH_SECONDS, self._stop_steps_end())
+            flush = asyncio.ensure_future(self._flush_sealed(deadline=end))
+            await asyncio.wait({flush}, timeout=self._stop_left())
+            if not flush.done():
+                return await self._abandon_stop()
+            ok = flush.result()
         if self._replay and self.ledger is not None:  # the next start publishes a new mark
-            await asyncio.to_thread(self.ledger.replay_done)
+            done, _ = await self._within_stop("removing the replay mark", self.ledger.replay_done)
+            if not done:
+                return await self._abandon_stop(written=ok and not left)
         if self.flusher is not None:  # one offsets file for the next start (dedup.py)
             try:
                 await asyncio.to_thread(self.flusher.offsets.close)
@@ -564,7 +610,9 @@ class Aggregator:
                 log.warning("could not fold the offsets journal into offsets.json: %s", exc)
         if self._catalog_task is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._catalog_task, timeout=CATALOG_STOP_SECONDS)
+                await asyncio.wait_for(
+                    self._catalog_task, timeout=min(CATALOG_STOP_SECONDS, self._stop_left())
+                )
         if self.metrics_server:
             await self.metrics_server.stop()
         if not ok:
@@ -589,7 +637,17 @@ class Aggregator:
             )
             return 1
         if self.ledger is not None:  # holds nothing now: replaying peers need not wait for it
-            await asyncio.to_thread(self.ledger.forget)
+            done, _ = await self._within_stop("removing the ledger heartbeat", self.ledger.forget)
+            if not done:
+                log.warning(
+                    "stopped: every acknowledged record is in %s, but the ledger heartbeat of "
+                    "node %s could not be removed within --stop-timeout (%gs): compaction "
+                    "waits for this node until it starts again or its heartbeat is stale",
+                    self.warehouse.uri,
+                    self.ledger.node_id,
+                    self.settings.stop_timeout,
+                )
+                return 0
         set_aside = self.buffer.quarantined()
         if set_aside:
             log.warning(
@@ -603,6 +661,106 @@ class Aggregator:
             return 0
         log.info("stopped cleanly: every acknowledged record is in %s", self.warehouse.uri)
         return 0
+
+    # --- the stop's budget (--stop-timeout) ----------------------------------------------------
+
+    def _stop_steps_end(self) -> float:
+        """When (monotonic) the stop's steps that wait on the warehouse are cut short: the end
+        of ``--stop-timeout`` less a reserve for its last steps."""
+        timeout = self.settings.stop_timeout
+        deadline = self._stop_deadline
+        if deadline is None:  # a stop not asked for through stop(): a test's own sequence
+            deadline = self._stop_deadline = time.monotonic() + timeout
+        return deadline - min(STOP_RESERVE_SECONDS, STOP_RESERVE_SHARE * timeout)
+
+    def _stop_left(self) -> float:
+        """Seconds left before :meth:`_stop_steps_end`."""
+        return max(0.0, self._stop_steps_end() - time.monotonic())
+
+    async def _within_stop(self, what: str, call: Callable[[], T]) -> tuple[bool, T | None]:
+        """``call()`` in a worker thread, waited for until :meth:`_stop_steps_end`: (True, its
+        result; its exception is raised), or (False, None) when it has not returned by then
+        (it goes on in its thread, abandoned: :meth:`_leave_workers`)."""
+        task = asyncio.ensure_future(self._calls.run(what, call))
+        await asyncio.wait({task}, timeout=self._stop_left())
+        if not task.done():
+            return False, None
+        return True, task.result()
+
+    async def _abandon_stop(self, written: bool = False) -> int:
+        """End a stop whose budget ran out waiting on the warehouse: exit 1 (0 if everything
+        acknowledged was ``written`` already), saying what was abandoned; the buffer, sealed,
+        keeps every acknowledged record that was not written, for the next start."""
+        running = "; ".join(self._calls.running()) or "nothing in a worker thread"
+        if self.metrics_server:
+            await self.metrics_server.stop()
+        if written:
+            log.warning(
+                "stopped: every acknowledged record is in %s, but the stop ran out of "
+                "--stop-timeout (%gs) waiting on it, abandoning: %s",
+                self.warehouse.uri,
+                self.settings.stop_timeout,
+                running,
+            )
+            return 0
+        left = self.buffer.sealed()
+        log.error(
+            "the stop ran out of --stop-timeout (%gs) before the buffer was written to %s "
+            "(a warehouse slow to answer, or more buffered than that time writes): %d buffer "
+            "segments (%.1f MB) not written, abandoning: %s; the data is safe in %s and will be "
+            "written at the next start",
+            self.settings.stop_timeout,
+            self.warehouse.uri,
+            len(left),
+            sum(s.size for s in left) / 1e6,
+            running,
+            self.settings.buffer_dir,
+        )
+        return 1
+
+    async def _leave_workers(self, code: int) -> int:
+        """After the stop: let the calls still under way in worker threads (a compaction pass,
+        which ends at its next partition) return within ``--stop-timeout``, then end the
+        process with ``code`` rather than wait for the rest (a process does not exit while a
+        worker thread runs, and Python cannot stop one): a catalog update or a request to a
+        warehouse that does not answer."""
+        await self._calls.wait_idle(self._stop_steps_end())
+        if not self._calls.running():
+            return code
+        log.warning(
+            "exiting (status %d) without waiting for calls still under way in worker threads: %s",
+            code,
+            "; ".join(self._calls.running()),
+        )
+        self._flush_logs()
+        self._exit_now(code)
+        return code
+
+    def _stop_timed_out(self) -> None:
+        """The watchdog's word on a stop still held at ``--stop-timeout`` (in its own thread),
+        before it exits 1. Every acknowledged record is fsync'd in the buffer before its ack
+        and the buffer is emptied only by committed flushes: as after ``kill -9``, the next
+        start (or drain) writes what was not written."""
+        log.error(
+            "the stop did not end within --stop-timeout (%gs): exiting 1 now, abandoning: %s; "
+            "the data is safe in %s and %s",
+            self.settings.stop_timeout,
+            "; ".join(self._calls.running()) or "a step on the event loop",
+            self.settings.buffer_dir,
+            (
+                "is written by running logq-aggregator drain again"
+                if self._draining
+                else "will be written at the next start"
+            ),
+        )
+        self._flush_logs()
+
+    @staticmethod
+    def _flush_logs() -> None:
+        """Get the lines logged so far out before an ``os._exit``."""
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stderr.flush()
 
     def _replay_left_for_next_start(self) -> list[str]:
         """The peers a stop would wait for before it could write the replay, when it need not:
@@ -777,8 +935,11 @@ class Aggregator:
         """Tell replaying peers that everything acked before ``committed_through`` is written."""
         assert self.ledger is not None
         try:
-            await asyncio.to_thread(
-                self.ledger.heartbeat, committed_through, self.settings.flush_interval
+            await self._calls.run(
+                "writing the ledger heartbeat",
+                self.ledger.heartbeat,
+                committed_through,
+                self.settings.flush_interval,
             )
         except OSError as exc:  # best effort: a stale heartbeat only means peers do not wait
             log.debug("ledger heartbeat not written: %s", exc)
@@ -903,7 +1064,9 @@ class Aggregator:
         data_errors, last_error = 0, ""
         while True:
             try:
-                result = await asyncio.to_thread(self._flush_segment, segment, deadline)
+                result = await self._calls.run(
+                    f"the flush of segment {segment.seq}", self._flush_segment, segment, deadline
+                )
             except ReplayPostponed as exc:  # a stop: left for the stop's flush, or its deadline
                 log.log(logging.INFO if deadline is None else logging.WARNING, "%s", exc)
                 return False
@@ -1007,7 +1170,9 @@ class Aggregator:
     async def _add_pending_services(self) -> None:
         while self._catalog_pending:
             batch, self._catalog_pending = self._catalog_pending, set()
-            self._catalog_ready = await asyncio.to_thread(self.catalog.add_services, batch)
+            self._catalog_ready = await self._calls.run(
+                "the table DDL update", self.catalog.add_services, batch, wait=False
+            )
 
     def _record(self, result: FlushResult) -> None:
         m = self.metrics
@@ -1051,7 +1216,7 @@ class Aggregator:
         while True:
             await asyncio.sleep(CATALOG_RESYNC_SECONDS)
             if self._catalog_task is None or self._catalog_task.done():
-                await asyncio.to_thread(self.catalog.resync)
+                await self._calls.run("the table DDL check", self.catalog.resync, wait=False)
 
     async def _compact_loop(self) -> None:
         await self._supervised("compaction loop", self._compact_forever)
@@ -1059,5 +1224,12 @@ class Aggregator:
     async def _compact_forever(self) -> None:
         """Every ``--compact-interval``: a compaction pass (see :class:`PeriodicCompaction`)."""
         assert self.ledger is not None
-        compaction = PeriodicCompaction(self.warehouse, self.settings, self.metrics, self.ledger)
+        compaction = PeriodicCompaction(
+            self.warehouse,
+            self.settings,
+            self.metrics,
+            self.ledger,
+            calls=self._calls,
+            stopping=self._stopping.is_set,
+        )
         await compaction.forever()

@@ -18,6 +18,8 @@ The modules, from a pass down to one merge:
 - :mod:`.passes`: one pass over a warehouse (several partitions merged at once, ``hold``);
 - :mod:`.grace`: the grace, never shorter than a crashed aggregator's heartbeat staleness;
 - :mod:`.last_pass`: where the next pass resumes (``_compaction/last-pass.json``);
+- :mod:`.store_clock`: the warehouse's clock, which dates the files and intents whose ages a
+  pass judges (``_compaction/clock.json``);
 - :mod:`.listing`: the closed partitions within a pass's window, listed with few requests;
 - :mod:`.partition`: the merges of one partition (and the temporaries of killed writes);
 - :mod:`.intents`: finishing or dropping the merges other compactors left;

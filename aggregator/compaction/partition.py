@@ -59,6 +59,7 @@ def compact_partition(
     target_bytes: int,
     infos: list[pafs.FileInfo] | None = None,
     budget: _MemoryBudget | None = None,
+    stale_before: datetime | None = None,
 ) -> int:
     """Merge the small files of one partition folder; return the number of input files merged.
 
@@ -67,13 +68,19 @@ def compact_partition(
     partitions (already compacted: one file, or no two small ones) have nothing to merge.
 
     ``budget``: shared by the partitions a pass merges at once (None: this call's own).
+
+    ``stale_before``: an intent dated before this (by the store) is a crashed merge's (None:
+    ``INTENT_STALE_AFTER`` before now on this host's clock; a pass gives the store's,
+    :mod:`.store_clock`).
     """
     if infos is None:
         infos = list_folder(wh, folder)
     intents = [i for i in infos if _is_intent(i)]
     if intents:
         try:
-            finish_intents(wh, folder, datetime.now(UTC) - INTENT_STALE_AFTER, intents)
+            if stale_before is None:
+                stale_before = datetime.now(UTC) - INTENT_STALE_AFTER
+            finish_intents(wh, folder, stale_before, intents)
         except PartitionBusy:
             log.info("skipping %s: another compaction is under way there", folder)
             return 0

@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow.fs as pafs
 
+from aggregator.compaction import store_clock
 from aggregator.compaction.grace import DEFAULT_GRACE, effective_grace
 from aggregator.compaction.intents import (
     INTENT_STALE_AFTER,
@@ -117,6 +118,7 @@ def compact_warehouse(
     if notes is not None:
         notes.begin(now, grace, lookback, target_bytes)
     expire_ledger(wh, now)
+    clock = store_clock.measure(wh)  # file and intent ages by the store's clock, not this host's
     merged = 0
     failed: list[str] = []
     stopped = False
@@ -142,7 +144,15 @@ def compact_warehouse(
                     break
                 if work:
                     future = pool.submit(
-                        _pass_partition, wh, spec, folder, target_bytes, now - grace, budget, notes
+                        _pass_partition,
+                        wh,
+                        spec,
+                        folder,
+                        target_bytes,
+                        clock.young_after(now, grace),
+                        budget,
+                        notes,
+                        clock,
                     )
                     future.add_done_callback(lambda _: merging.release())
                     started.append((folder, future))
@@ -180,20 +190,32 @@ def _pass_partition(
     cutoff: datetime,
     budget: _MemoryBudget,
     notes: PassNotes | None = None,
+    clock: store_clock.StoreClock | None = None,
 ) -> int:
     """One partition of a pass (in a worker thread): list it, then merge unless a file is
     younger than ``cutoff`` (told to ``notes``). The listing is its own, fresh (its service's
-    may be minutes old by now): the young-file check and the choice of files rest on it."""
+    may be minutes old by now): the young-file check and the choice of files rest on it.
+    ``clock``: the store's, by which intents are judged stale (None: this host's)."""
     infos = list_folder(wh, folder)  # the one listing: young files, intents, merge
+    stale_before = _stale_before(clock)
     if _has_young_files(infos, cutoff):
         if notes is not None:
             notes.young(folder, infos)
-        _finish_early(wh, folder, infos)
+        _finish_early(wh, folder, infos, stale_before)
         return 0
-    return compact_partition(wh, spec, folder, target_bytes, infos, budget)
+    return compact_partition(wh, spec, folder, target_bytes, infos, budget, stale_before)
 
 
-def _finish_early(wh: Warehouse, folder: str, infos: list[pafs.FileInfo]) -> None:
+def _stale_before(clock: store_clock.StoreClock | None) -> datetime:
+    """Intents dated before this are a crashed merge's (older than INTENT_STALE_AFTER)."""
+    if clock is None:
+        return datetime.now(UTC) - INTENT_STALE_AFTER
+    return clock.old_before(INTENT_STALE_AFTER)
+
+
+def _finish_early(
+    wh: Warehouse, folder: str, infos: list[pafs.FileInfo], stale_before: datetime
+) -> None:
     """Finish the merges left in a partition that is not to be merged yet (a file younger than
     the grace: a late flush, or the merged output of a pass that just failed to delete its
     inputs, which is young itself). Deleting a complete output's inputs is safe whatever the
@@ -203,7 +225,7 @@ def _finish_early(wh: Warehouse, folder: str, infos: list[pafs.FileInfo]) -> Non
     if not intents:
         return
     with contextlib.suppress(PartitionBusy):  # a merge under way: the pass after it finishes
-        finish_intents(wh, folder, datetime.now(UTC) - INTENT_STALE_AFTER, intents)
+        finish_intents(wh, folder, stale_before, intents)
 
 
 def _has_young_files(infos: list[pafs.FileInfo], cutoff: datetime) -> bool:

@@ -14,11 +14,13 @@ import pytest
 
 from aggregator.catalog import Catalog, CatalogError
 from aggregator.config import Settings
-from athena.schema import partition_path, sanitize_service
+from athena.schema import TABLES, partition_path, sanitize_service
 from athena.warehouse import open_warehouse
 from shipper import wire
 from tests.aggregator.helpers import read_acks, record, start_aggregator, wait_rows
+from tests.aggregator.s3_hook_proxy import S3HookProxy
 from tests.support.procs import wait_until
+from tests.support.seaweedfs import SeaweedFS
 
 pytestmark = pytest.mark.integration
 
@@ -410,3 +412,31 @@ def test_a_ddl_refused_without_a_result_location_says_which_flag_to_add(
         "pass --athena-output s3://BUCKET/PREFIX/ or --athena-workgroup" in str(refused.value)
     ) is hinted
     assert ("WorkGroup" in client.kwargs) is (settings.athena_workgroup is not None)
+
+
+@pytest.mark.s3
+def test_the_stored_ddl_is_read_in_one_request_a_file_and_as_before(
+    seaweedfs: SeaweedFS, s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``_ddl/<table>.sql`` and ``.columns.json`` are read in one GetObject each (pyarrow's
+    ``open_input_stream`` sent a HEAD first: two round trips a file, at each resync and each
+    DDL update); a missing file, a present one and a refused read mean what they meant."""
+    proxy = S3HookProxy(int(seaweedfs.endpoint.rsplit(":", 1)[1]))
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        catalog = Catalog(open_warehouse(s3_warehouse), Settings(warehouse=s3_warehouse))
+        assert catalog.stored_services() == set()  # no DDL stored yet
+        assert catalog._grown_columns() == {}
+        assert catalog.add_services({"alpha"})  # writes it
+        proxy.seen.clear()
+        assert catalog.stored_services() == {"alpha"}
+        assert catalog._grown_columns() == {}
+        assert proxy.requests_to("/_ddl/") == ["GET"] * (2 * len(TABLES)), proxy.seen
+
+        # A read S3 refuses is no missing DDL (which would rewrite it as if none were there).
+        proxy.refused = re.compile("/_ddl/")
+        with pytest.raises(OSError, match="AccessDenied"):
+            catalog.stored_services()
+        assert catalog.resync() is False
+    finally:
+        proxy.close()

@@ -138,6 +138,8 @@ def test_a_merge_deletes_its_inputs_in_one_request(seaweedfs: SeaweedFS, s3_ware
 #: its inputs: its output's footer read back for the row count (a HEAD and a GET: pyarrow opens
 #: it by name) and the check that its intent is still there (a HEAD).
 MERGE_CHECK_GETS = 3
+#: A pass writes its store-clock marker and reads it back, once (compaction/store_clock.py).
+PASS_CLOCK_PUTS = PASS_CLOCK_GETS = 1
 
 
 @pytest.mark.s3
@@ -153,7 +155,7 @@ def test_a_merge_fetches_each_small_input_in_one_get(
     wh = open_warehouse(s3_warehouse)
     before = settled(seaweedfs, wh)
     assert compact_warehouse(wh, now=LATER, lookback=None) == 2 * 12
-    expected = 2 * 12 + 2 * MERGE_CHECK_GETS
+    expected = 2 * 12 + 2 * MERGE_CHECK_GETS + PASS_CLOCK_GETS
     assert requests_after(seaweedfs, wh, before, "GET", expected) == expected
     assert service_rows(s3_warehouse) == rows
 
@@ -172,7 +174,7 @@ def test_a_small_input_not_kept_is_fetched_whole_in_one_get_when_merged(
     wh = open_warehouse(s3_warehouse)
     before = settled(seaweedfs, wh)
     assert compact_warehouse(wh, now=LATER, lookback=None) == 2 * 12
-    expected = 2 * 12 * (2 + 1) + 2 * MERGE_CHECK_GETS
+    expected = 2 * 12 * (2 + 1) + 2 * MERGE_CHECK_GETS + PASS_CLOCK_GETS
     assert requests_after(seaweedfs, wh, before, "GET", expected) == expected
     assert service_rows(s3_warehouse) == rows
 
@@ -183,14 +185,15 @@ def test_a_merge_deletes_its_intent_without_recreating_a_folder_marker(
     seaweedfs: SeaweedFS, s3_warehouse: str
 ) -> None:
     """A merge's PUTs are the objects it writes, one each (pyarrow uploads a small object in
-    one part): its intent and its output, and the pass its record; deleting the intent sends
+    one part): its intent and its output, and the pass its record and its store-clock marker;
+    deleting the intent sends
     one DELETE and no PUT (pyarrow's delete re-created the folder marker: 7 PUTs here)."""
     flush_files(s3_warehouse, files=3, rows_per_file=10, service="svc")
     wh = open_warehouse(s3_warehouse)
     before = settled(seaweedfs, wh)
     assert compact_warehouse(wh, now=LATER, lookback=None) == 2 * 3
     assert requests_after(seaweedfs, wh, before, "DELETE", 4) == 2 * (1 + 1)
-    assert requests_after(seaweedfs, wh, before, "PUT", 5) == 2 * (1 + 1) + 1
+    assert requests_after(seaweedfs, wh, before, "PUT", 6) == 2 * (1 + 1) + 1 + PASS_CLOCK_PUTS
 
 
 @pytest.mark.s3
@@ -213,7 +216,8 @@ def test_a_rolled_back_merge_costs_one_delete_per_object(
     before = settled(seaweedfs, wh)
     with pytest.raises(CompactionFailed):
         compact_warehouse(wh, now=LATER, lookback=None)
-    assert requests_after(seaweedfs, wh, before, "PUT", 2) == 2  # the two intents
+    # The two intents (and the pass's store-clock marker).
+    assert requests_after(seaweedfs, wh, before, "PUT", 3) == 2 + PASS_CLOCK_PUTS
     assert requests_after(seaweedfs, wh, before, "DELETE", 4) == 2 * 2
     assert service_rows(s3_warehouse) == rows
     for dt in (DT, NEXT_DT):

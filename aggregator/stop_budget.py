@@ -1,0 +1,131 @@
+"""What bounds a stop: the blocking calls under way in worker threads, and a watchdog.
+
+Flushes, compaction, catalog updates and ledger writes run in worker threads
+(``asyncio.to_thread``). Python cannot stop a thread, and a process does not exit while one of
+them is still in a call: on a warehouse that accepts connections and never answers, a stop
+waited for each request's timeouts, one after the other (71 s for one buffer segment, more with
+a compaction pass or a catalog update under way). ``--stop-timeout`` bounds the whole stop: its
+steps are cut short within it (:class:`WorkerCalls` says what is still running), and
+:class:`StopWatchdog` ends the process when it is spent whatever holds it. Nothing acknowledged
+is lost either way: every acknowledged record is fsync'd in the buffer before its ack, and the
+buffer is only emptied by a committed flush (as after ``kill -9``: the next start writes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: How often :meth:`WorkerCalls.wait_idle` looks whether the calls under way have returned.
+IDLE_POLL_SECONDS = 0.05
+#: How long :class:`StopWatchdog` lets its log line take before it exits without it.
+SAY_SECONDS = 2.0
+
+
+class WorkerCalls:
+    """The blocking calls running in worker threads, each with what it does: what a stop that
+    runs out of time abandons (its log line names them)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[int, tuple[str, float, bool]] = {}
+        self._ids = itertools.count()
+
+    async def run(
+        self, what: str, call: Callable[..., T], *args: Any, wait: bool = True, **kwargs: Any
+    ) -> T:
+        """``call(*args, **kwargs)`` in a worker thread (``asyncio.to_thread``), counted as
+        running until it returns in its thread: a caller cancelled meanwhile (a stop) does not
+        end it.
+        ``wait``: whether a stop waits for it (:meth:`wait_idle`; a compaction pass ends at
+        its next partition) or leaves it at once (a catalog update, rewritten at the next
+        start)."""
+        key = next(self._ids)
+        entry = (what, time.monotonic(), wait)
+        began = threading.Event()
+
+        def tracked() -> T:
+            with self._lock:
+                began.set()
+                self._running[key] = entry
+            try:
+                return call(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self._running.pop(key, None)
+
+        with self._lock:
+            self._running[key] = entry
+        try:
+            return await asyncio.to_thread(tracked)
+        finally:
+            with self._lock:
+                if not began.is_set():  # cancelled (a stop) before a thread took it: never runs
+                    self._running.pop(key, None)
+
+    def running(self) -> list[str]:
+        """What is running now, oldest first, with how long it has run: ``the flush of
+        segment 2 (for 12 s)``."""
+        now = time.monotonic()
+        with self._lock:
+            calls = sorted(self._running.values(), key=lambda c: c[1])
+        return [f"{what} (for {now - since:.0f} s)" for what, since, _ in calls]
+
+    async def wait_idle(self, until: float) -> bool:
+        """Wait until no call a stop waits for runs, or until ``until`` (monotonic); whether
+        none runs."""
+        while True:
+            with self._lock:
+                if not any(wait for _, _, wait in self._running.values()):
+                    return True
+            if time.monotonic() >= until:
+                return False
+            await asyncio.sleep(min(IDLE_POLL_SECONDS, max(0.0, until - time.monotonic())))
+
+
+class StopWatchdog:
+    """Ends the process ``seconds`` after :meth:`start` unless :meth:`cancel` comes first: the
+    last resort of a stop held by a call that does not return (a daemon thread, so that it
+    never holds the exit itself). ``say`` logs what is abandoned, then ``exit_now(1)`` ends
+    the process: after ``say`` returns, or after :data:`SAY_SECONDS` if it does not (a log
+    write blocked on a full stderr pipe, or on the lock of a handler another thread holds
+    there: the exit must not wait for it)."""
+
+    def __init__(
+        self, seconds: float, say: Callable[[], None], exit_now: Callable[[int], object]
+    ) -> None:
+        self.seconds = seconds
+        self._say = say
+        self._exit_now = exit_now
+        self._timer: threading.Timer | None = None
+
+    def start(self) -> None:
+        if self._timer is not None:
+            return
+        self._timer = threading.Timer(self.seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.name = "stop-watchdog"
+        self._timer.start()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _fire(self) -> None:
+        said = threading.Thread(target=self._say_safely, name="stop-watchdog-log", daemon=True)
+        said.start()
+        said.join(SAY_SECONDS)
+        self._exit_now(1)
+
+    def _say_safely(self) -> None:
+        try:
+            self._say()
+        except Exception:  # the exit must happen whatever the log did
+            logging.getLogger("logq.aggregator").exception("stop watchdog failed")

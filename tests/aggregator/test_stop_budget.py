@@ -1,0 +1,256 @@
+"""A stop (SIGTERM) bounded by ``--stop-timeout`` when the warehouse takes requests and never
+answers (aggregator/stop_budget.py, O1s22 finding 1).
+
+The flushes run in worker threads, which Python cannot stop, and the process did not exit
+while one was in a request: on a black-holed S3 endpoint a stop took 71 s for one buffer
+segment (each PUT: pyarrow's 3 s without a byte, 3 attempts; the shutdown flush retried them
+for 60 s), more with a compaction pass or a catalog update under way, and the service
+manager's SIGKILL came first where its grace period is the default 30 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aggregator import stop_budget
+from aggregator.config import Settings
+from aggregator.service import Aggregator
+from aggregator.stop_budget import WorkerCalls
+from shipper import wire
+from tests.aggregator.black_hole import BlackHoleProxy
+from tests.aggregator.helpers import read_acks, read_table, record, start_aggregator, wait_rows
+from tests.support.seaweedfs import SeaweedFS
+
+#: The stop's budget in the test: seconds, so that the test takes seconds.
+STOP_TIMEOUT = 3.0
+#: Far longer than the budget, far shorter than the stop took without it (71 s): a hang
+#: detector, not a timing.
+EXIT_WITHIN = 40.0
+
+
+@pytest.fixture
+def black_hole(seaweedfs: SeaweedFS, s3_env: dict[str, str]) -> Iterator[BlackHoleProxy]:
+    proxy = BlackHoleProxy(int(seaweedfs.endpoint.rsplit(":", 1)[1]))
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def _send(agg, message: str, chunk: str) -> None:  # type: ignore[no-untyped-def]
+    with agg.connect() as sock:
+        _ack(sock, message, chunk)
+
+
+def _send_to(port: int, message: str, chunk: str) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        _ack(sock, message, chunk)
+
+
+def _ack(sock: socket.socket, message: str, chunk: str) -> None:
+    entries = [(time.time_ns(), record(message, service="hung"))]
+    sock.sendall(wire.encode_packed_forward("logq.hung", entries, chunk))
+    assert read_acks(sock, 1) == [chunk]
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_a_stop_on_a_hung_warehouse_ends_within_its_budget_and_loses_nothing(
+    tmp_path: Path,
+    s3_warehouse: str,
+    s3_env: dict[str, str],
+    subprocess_env: dict[str, str],
+    black_hole: BlackHoleProxy,
+) -> None:
+    direct = {**subprocess_env, **s3_env}
+    env = {**direct, "AWS_ENDPOINT_URL": black_hole.endpoint}
+    extra = ["--stop-timeout", str(STOP_TIMEOUT)]
+    agg = start_aggregator(tmp_path, warehouse=s3_warehouse, env=env, extra=extra)
+    try:
+        _send(agg, "before", "c1")
+        wait_rows(s3_warehouse, "container_logs", 1, agg)
+        black_hole.hang()  # from here on no request is answered, pooled connections included
+        _send(agg, "during", "c2")  # acknowledged: fsync'd in the buffer
+        agg.proc.send_signal(signal.SIGTERM)
+        try:
+            code = agg.proc.wait(EXIT_WITHIN)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the stop still waits on the hung warehouse after {EXIT_WITHIN:.0f}s")
+    finally:
+        agg.stop()
+    log = agg.log_text()
+    assert code == 1, log
+    line = next(ln for ln in log.splitlines() if "ran out of --stop-timeout" in ln)
+    assert f"--stop-timeout ({STOP_TIMEOUT:g}s)" in line, line
+    assert re.search(r": [1-9]\d* buffer segments \(", line), line
+    # What hangs when the stop runs out: the flush of the last line's segment, or the calls
+    # after the first line's flush (its heartbeat, the DDL update), whichever the hang caught.
+    assert re.search(r"abandoning: [a-z][^;]* \(for \d+ s\)", line), line
+    assert f"the data is safe in {agg.buffer_dir}" in line, line
+    assert list(agg.buffer_dir.glob("*.seg")), "the acknowledged line stays in the buffer"
+
+    # The next start, on a warehouse that answers, writes it; nothing twice.
+    again = start_aggregator(tmp_path, warehouse=s3_warehouse, env=direct)
+    try:
+        assert again.stop() == 0, again.log_text()
+    finally:
+        again.stop()
+    messages = read_table(s3_warehouse, "container_logs")["message"].to_pylist()
+    assert sorted(messages) == ["before", "during"]
+
+
+def test_the_watchdog_ends_a_stop_still_held_at_its_budget(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last resort, for a stop held where no step is cut short (the event loop itself):
+    exit 1 at ``--stop-timeout``, saying so; a stop that ends first disarms it."""
+    settings = Settings(
+        warehouse=str(tmp_path / "wh"), buffer_dir=str(tmp_path / "buffer"), stop_timeout=0.2
+    )
+    agg = Aggregator(settings)
+    exits: list[int] = []
+    exited = threading.Event()
+    agg._exit_now = lambda code: (exits.append(code), exited.set())
+    with caplog.at_level(logging.ERROR, logger="logq.aggregator"):
+        agg.stop()  # and nothing ends it
+        assert exited.wait(30), "no exit at --stop-timeout"
+    assert exits == [1]
+    line = next(r.getMessage() for r in caplog.records if "did not end within" in r.getMessage())
+    assert f"the data is safe in {settings.buffer_dir}" in line, line
+
+
+def test_a_stop_cut_short_by_a_large_buffer_does_not_blame_the_warehouse(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A warehouse that answers every request, and more buffered than the budget writes (a
+    backlog after an outage): the stop is cut short all the same, exit 1, and its line says
+    how much is left rather than that the warehouse did not answer (an operator would look for
+    an outage that is not there)."""
+    settings = Settings(
+        listen="127.0.0.1:0",
+        warehouse=str(tmp_path / "wh"),
+        buffer_dir=str(tmp_path / "buffer"),
+        flush_interval=300,
+        stop_timeout=1.0,
+    )
+    agg = Aggregator(settings)
+    exits: list[int] = []
+    agg._exit_now = exits.append  # os._exit in the real process
+    real_flush = agg._flush_segment
+
+    def slow_flush(segment, deadline=None):  # type: ignore[no-untyped-def]
+        time.sleep(0.4)  # a large segment: every request answered, it takes its time
+        return real_flush(segment, deadline)
+
+    agg._flush_segment = slow_flush  # type: ignore[method-assign]
+
+    async def scenario() -> int:
+        running = asyncio.ensure_future(agg.run())
+        while not agg.port:
+            assert not running.done()
+            await asyncio.sleep(0.02)
+        for n in range(4):
+            await asyncio.to_thread(_send_to, agg.port, f"line {n}", f"c{n}")
+            await agg._seal()  # one segment each: a backlog of four
+        agg.stop()
+        return await asyncio.wait_for(running, 60)
+
+    with caplog.at_level(logging.INFO, logger="logq.aggregator"):
+        assert asyncio.run(asyncio.wait_for(scenario(), 120)) == 1
+    line = next(r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    assert "did not answer within" not in line, line
+    assert re.search(r"ran out of --stop-timeout \(1s\).*: [1-4] buffer segments", line), line
+    assert f"the data is safe in {settings.buffer_dir}" in line, line
+
+
+class _StuckHandler(logging.Handler):
+    """A log handler whose writes block: stderr a full pipe (a log collector that stopped
+    reading), or a handler's lock held by a thread stuck in a write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.release.wait(60)
+
+
+def test_the_watchdog_exits_even_when_its_log_line_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last resort must not wait on what may hold the stop itself: a log write that blocks.
+    The line is given a moment, then the process exits 1 without it."""
+    monkeypatch.setattr(stop_budget, "SAY_SECONDS", 0.1)
+    settings = Settings(
+        warehouse=str(tmp_path / "wh"), buffer_dir=str(tmp_path / "buffer"), stop_timeout=0.2
+    )
+    agg = Aggregator(settings)
+    exits: list[int] = []
+    exited = threading.Event()
+    agg._exit_now = lambda code: (exits.append(code), exited.set())
+    stuck = _StuckHandler()
+    logger = logging.getLogger("logq.aggregator")
+    logger.addHandler(stuck)
+    try:
+        agg.stop()  # and nothing ends it
+        assert exited.wait(20), "the watchdog waited for its log line: no exit"
+    finally:
+        stuck.release.set()
+        logger.removeHandler(stuck)
+    assert exits == [1]
+
+
+def test_the_watchdog_of_a_drain_says_to_run_drain_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``drain`` is for a buffer whose aggregator is gone for good: no next start writes it."""
+    settings = Settings(
+        warehouse=str(tmp_path / "wh"), buffer_dir=str(tmp_path / "buffer"), stop_timeout=0.2
+    )
+    agg = Aggregator(settings)
+    agg._draining = True
+    exited = threading.Event()
+    agg._exit_now = lambda code: exited.set()
+    with caplog.at_level(logging.ERROR, logger="logq.aggregator"):
+        agg.stop()
+        assert exited.wait(30), "no exit at --stop-timeout"
+    line = next(r.getMessage() for r in caplog.records if "did not end within" in r.getMessage())
+    assert "running logq-aggregator drain again" in line, line
+    assert "next start" not in line, line
+
+
+def test_a_call_whose_caller_was_cancelled_counts_until_its_thread_returns() -> None:
+    """A stop cancels the tasks that wait on worker threads; the calls in them go on, and are
+    what the stop abandons (named in its log line) or waits for."""
+    calls = WorkerCalls()
+    began, release = threading.Event(), threading.Event()
+
+    def hung() -> None:
+        began.set()
+        release.wait(30)
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(calls.run("a hung request", hung))
+        await asyncio.to_thread(began.wait, 30)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert [c.split(" (")[0] for c in calls.running()] == ["a hung request"]
+        assert not await calls.wait_idle(time.monotonic() + 0.05)
+        release.set()
+        assert await calls.wait_idle(time.monotonic() + 30)
+        assert calls.running() == []
+
+    asyncio.run(scenario())
