@@ -244,10 +244,25 @@ def put_table(wh: Warehouse, path: str, table: pa.Table) -> None:
         if isinstance(wh.fs, pafs.LocalFileSystem):
             _put_local(Path(path), table)
         else:
-            with wh.fs.open_output_stream(path) as out:
-                pq.write_table(table, out, **write_options(table))
+            _put_remote(wh, path, table)
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"writing {path} to {wh.uri} failed: {exc}") from exc
+
+
+def _put_remote(wh: Warehouse, path: str, table: pa.Table) -> None:
+    """Encode ``table`` in memory, then upload it: an object store shows it whole or not at all.
+
+    Encoded straight into the upload stream, an error in mid-encoding (or a signal that raised
+    there) closed the stream on its way out, which completes the upload: what was encoded so far
+    became the object, a valid Parquet file with part of the rows (the writer's footer is
+    written on close too), visible to readers until a retry overwrote it. pyarrow's streams have
+    no abort. A flushed object is a few MiB (a tenth of the rows' raw size), held once more
+    while it uploads."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **write_options(table))
+    body = sink.getvalue()
+    with wh.fs.open_output_stream(path) as out:
+        out.write(body)
 
 
 def _one_dictionary_per_column(table: pa.Table) -> pa.Table:

@@ -184,3 +184,32 @@ def test_a_replay_on_s3_deletes_only_the_earlier_attempts_extra_objects(
     assert objects() == written
     rows = sum(pq.read_metadata(p, filesystem=wh.fs).num_rows for p in written)
     assert rows == total
+
+
+def test_a_table_write_that_fails_midway_leaves_no_object(
+    s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error while a flushed object is being encoded (here after a first row group went
+    out) must not publish the rows encoded so far: closing an S3 upload stream completes it,
+    so encoded straight into the stream the object appeared with half its rows."""
+    import aggregator.storage as storage
+    from aggregator.storage import StorageError, put_table
+
+    wh = open_warehouse(s3_warehouse)
+    path = wh.path("envoy_access", "service=x", "dt=2026-11-30-20", "f.parquet")
+    table = pa.table({"n": pa.array(range(200_000), pa.int64())})
+    real = pq.write_table
+
+    def fails_midway(t: pa.Table, where: object, **options: object) -> None:
+        with pq.ParquetWriter(where, t.schema) as writer:
+            writer.write_table(t.slice(0, 100_000))
+            raise OSError("encoding failed")
+
+    monkeypatch.setattr(storage.pq, "write_table", fails_midway)
+    with pytest.raises(StorageError, match="encoding failed"):
+        put_table(wh, path, table)
+    assert wh.fs.get_file_info(path).type == pafs.FileType.NotFound
+
+    monkeypatch.setattr(storage.pq, "write_table", real)
+    put_table(wh, path, table)  # a retry writes it whole
+    assert pq.read_table(path, filesystem=wh.fs)["n"].to_pylist() == list(range(200_000))
