@@ -30,7 +30,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from aggregator.config import Settings
-from aggregator.storage import read_small
+from aggregator.storage import put_bytes, read_small
 from athena import ddl
 from athena.schema import TABLES, sanitize_service
 from athena.warehouse import Warehouse
@@ -203,8 +203,10 @@ class Catalog:
         return None if found is None else found.data
 
     def _put(self, name: str, text: str) -> None:
-        with self.warehouse.fs.open_output_stream(self.warehouse.path(DDL_DIR, name)) as out:
-            out.write(text.encode("utf-8"))
+        """Write ``_ddl/<name>`` whole (:func:`aggregator.storage.put_bytes`): on a local
+        warehouse a stream truncated the file in place, so a reader (``logq``, an operator's
+        ``cat``) or a stop cutting the write short met a short or empty statement."""
+        put_bytes(self.warehouse, self.warehouse.path(DDL_DIR, name), text.encode("utf-8"))
 
     def _grown_columns(self) -> dict[str, list[str]]:
         """Columns each table has now that the DDL last written next to the data lacked."""

@@ -152,6 +152,26 @@ def test_two_aggregators_never_drop_each_others_services_from_the_enum(tmp_path:
     assert "'a,b,c,d,e,f'," in (tmp_path / "wh" / "_ddl" / "container_logs.sql").read_text()
 
 
+def test_a_ddl_file_is_replaced_whole_never_rewritten_in_place(tmp_path: Path) -> None:
+    """A reader that opened ``_ddl/<table>.sql`` before a rewrite reads the old statement
+    whole: the new one replaces the file, it does not truncate and refill it in place."""
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    catalog = Catalog(wh, Settings())
+    folder = Path(wh.path(partition_path("container_logs", "a", "2026-11-28-10")))
+    folder.mkdir(parents=True)
+    (folder / "x.parquet").write_bytes(b"")
+    assert catalog.add_services({"a"})
+    sql = tmp_path / "wh" / "_ddl" / "container_logs.sql"
+    before = sql.read_text()
+    with sql.open() as reading:
+        folder = Path(wh.path(partition_path("container_logs", "b", "2026-11-28-10")))
+        folder.mkdir(parents=True)
+        (folder / "x.parquet").write_bytes(b"")
+        assert catalog.add_services({"b"})
+        assert reading.read() == before
+    assert "'projection.service.values' = 'a,b'," in sql.read_text()
+
+
 def test_a_crossing_is_repaired_by_the_resync_of_the_replica_that_did_not_write_last(
     tmp_path: Path,
 ) -> None:
