@@ -8,6 +8,7 @@ on the layout. S3 is reached with the standard AWS settings: ``AWS_ENDPOINT_URL`
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -243,6 +244,29 @@ def _content_md5(request: Any, **_: Any) -> None:
     request.headers["Content-MD5"] = base64.b64encode(digest).decode()
 
 
+def os_path(path: str) -> str:
+    """``path`` (text, as pyarrow and DuckDB take it) as Python's own file functions take it.
+
+    pyarrow and DuckDB read a file name as UTF-8 whatever the locale; Python encodes it with
+    the file system encoding, which is ASCII under the C locale with UTF-8 mode off
+    (``LC_ALL=C PYTHONUTF8=0``): a warehouse in ``/data/wärehouse`` failed every command with
+    "'ascii' codec can't encode character". There the name is given as the UTF-8 bytes it is
+    on disk, which Python holds as surrogates (``os.fsdecode``)."""
+    try:
+        path.encode(sys.getfilesystemencoding(), "surrogateescape")
+    except UnicodeEncodeError:
+        return os.fsdecode(path.encode("utf-8", "surrogateescape"))
+    return path
+
+
+def text_path(path: str) -> str:
+    """A path from Python's file functions as text for pyarrow, DuckDB and messages: the
+    reverse of :func:`os_path` (UTF-8 bytes Python held as surrogates are read as UTF-8)."""
+    if any("\udc80" <= c <= "\udcff" for c in path):
+        return os.fsencode(path).decode("utf-8", "surrogateescape")
+    return path
+
+
 def open_warehouse(uri: str | None = None, create: bool = False) -> Warehouse:
     """Open the warehouse at ``uri`` (see :func:`resolve_uri`).
 
@@ -255,7 +279,9 @@ def open_warehouse(uri: str | None = None, create: bool = False) -> Warehouse:
             f"{uri!r} is not an S3 address; write s3://BUCKET/PREFIX (two slashes, lower case)"
         )
     if uri.startswith("s3://"):
-        rest = uri[len("s3://") :].strip("/")
+        # text_path: LOGQ_WAREHOUSE=s3://bucket/päth under the C locale (read as surrogates)
+        # failed in pyarrow with "surrogates not allowed"
+        rest = text_path(uri[len("s3://") :]).strip("/")
         if not rest or uri.startswith("s3:///"):
             raise WarehouseError(f"{uri!r} names no bucket; use s3://BUCKET or s3://BUCKET/PREFIX")
         settings = S3Settings.from_env()
@@ -265,7 +291,7 @@ def open_warehouse(uri: str | None = None, create: bool = False) -> Warehouse:
         raise WarehouseError(
             f"unsupported warehouse scheme {scheme!r} in {uri!r}; use a local directory or s3://bucket/prefix"
         )
-    local = Path(uri.removeprefix("file://")).expanduser().resolve()
+    local = Path(os_path(uri.removeprefix("file://"))).expanduser().resolve()
     if local == local.parent:
         # file:/// or /: the aggregator would make _ledger/, envoy_access/ ... at the root.
         raise WarehouseError(
@@ -274,4 +300,5 @@ def open_warehouse(uri: str | None = None, create: bool = False) -> Warehouse:
         )
     if create:
         local.mkdir(parents=True, exist_ok=True)
-    return Warehouse(uri=str(local), fs=pafs.LocalFileSystem(), base=str(local))
+    base = text_path(str(local))
+    return Warehouse(uri=base, fs=pafs.LocalFileSystem(), base=base)

@@ -13,6 +13,7 @@ from shipper.startup import deferred_interrupts, interrupted, is_interrupt
 # (~0.1 s, typer and click) waits until they are done, then exits 130 with one line.
 with deferred_interrupts("logq"):
     import re
+    import sys
     from typing import Annotated
 
     import typer
@@ -127,9 +128,25 @@ def demo() -> None:
 
 
 def main() -> None:
-    """Console-script entry point (``logq``).
+    """Console-script entry point (``logq``): see :func:`_main`. A local query that DuckDB did
+    not stop after a Ctrl-C ends the process at once, without Python's finalization
+    (:func:`athena.engines.local.exit_now_if_stuck`)."""
+    try:
+        _main()
+    except SystemExit as exc:
+        _exit_now_if_engine_stuck(exc.code)
+        raise
+    _exit_now_if_engine_stuck(0)
 
-    A Ctrl-C ends with status 130 and one line (``logq: interrupted``), not a traceback:
+
+def _exit_now_if_engine_stuck(code: object) -> None:
+    local = sys.modules.get("athena.engines.local")  # not imported: no local query ran
+    if local is not None:  # logq's exits carry a status (typer.Exit), never a message
+        local.exit_now_if_stuck(code if isinstance(code, int) else int(code is not None))
+
+
+def _main() -> None:
+    """A Ctrl-C ends with status 130 and one line (``logq: interrupted``), not a traceback:
     inside a command body :func:`cli.errors.friendly` says it; one that typer caught itself
     (before a body's handling, in typer's own code) or one anywhere else (typer building the
     click command, rich imported for the help, the streams' set-up) is said here."""

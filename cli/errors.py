@@ -29,7 +29,7 @@ from contextlib import contextmanager
 
 import typer
 
-from athena.engines.result import EngineError, StatementError, Terminated
+from athena.engines.result import EngineError, EngineStuck, StatementError, Terminated
 from cli.storage import advice
 
 #: Exit status when the reader of stdout went away (``| head``): success, see above.
@@ -96,6 +96,8 @@ def friendly(user_sql: bool = False) -> Iterator[None]:
             sys.stderr.write(
                 f"logq: stopped by {exc.signame}\n" if stopped else "logq: interrupted\n"
             )
+            if isinstance(exc, EngineStuck):  # DuckDB went on: say why the exit did not wait
+                sys.stderr.write(f"logq: {exc}\n")
         raise typer.Exit(exc.exit_status if stopped else 130) from None
     except (EngineError, OSError, ValueError, KeyError) as exc:
         if os.environ.get("LOGQ_DEBUG"):

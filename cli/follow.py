@@ -43,6 +43,7 @@ one millisecond, or more than ``MAX_PAGES`` pages), it says on stderr which line
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -131,10 +132,12 @@ def follow_lines(
         else:
             _follow_window(common, prep, first, interval, show, polls)
     except KeyboardInterrupt as exc:
-        from athena.engines.result import Terminated
+        from athena.engines.result import EngineStuck, Terminated
 
         if isinstance(exc, Terminated):  # SIGTERM/SIGHUP: not the user's "stop following"
             raise
+        if isinstance(exc, EngineStuck):  # stopped following, but DuckDB's poll went on
+            sys.stderr.write(f"logq: {exc}\n")
         return
 
 

@@ -31,7 +31,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from itertools import chain
 from typing import Any, NamedTuple, TextIO
 
 from athena.engines.result import human_bytes
@@ -178,34 +177,107 @@ def csv_pieces(columns: Sequence[str], batches: Iterable[Rows]) -> Iterator[str]
     yield "".join(buf.parts)
 
 
+#: Characters Markdown would read as formatting in a table cell, shown as themselves with a
+#: backslash: ``|`` ends the cell; ``\\`` escapes; `````` ` `````` opens code, inside which no other
+#: escape works; ``*`` ``~`` emphasis and strikethrough; ``<`` ``&`` HTML and entities (a user
+#: agent's ``<script>``, a query string's ``&lt=``); ``[`` ``]`` links. ``_`` only where it could
+#: start or end emphasis (:data:`_MD_UNDERSCORE`): ``request_id`` stays readable as it is.
+_MD_SPECIAL = re.compile(r"[\\|`*~<&\[\]]")
+#: An underscore without a letter or digit on both sides (``_x_``, ``__init__``): inside a word
+#: (``p99_ms``) it can neither open nor close emphasis, and stays as it is.
+_MD_UNDERSCORE = re.compile(r"(?<![^\W_])_|_(?![^\W_])")
+#: Where GitHub makes a link of a URL as it reads the raw text (``http://``, ``https://``,
+#: ``ftp://``, ``www.``): it shows the backslash of every escape inside it (a referer's
+#: ``?a=1&b=2`` read ``?a=1\&b=2``). Escaping the ``:`` or the ``.`` that starts one keeps the URL
+#: text, every character as it is.
+_MD_AUTOLINK = re.compile(r":(?=//)|(?<=www)\.")
+#: A line break in a value: ``<br>`` in the cell, the one line break a table cell can hold
+#: (GitHub, GitLab and most renderers show it; a literal ``<br>`` in a value is escaped).
+_MD_LINE_BREAK = re.compile(r"\r\n|\n")
+
+
+def _md_text(text: str) -> str:
+    """``text`` as the content of a GitHub-flavoured Markdown table cell that renders as ``text``:
+    formatting characters escaped, line breaks as ``<br>``, other control characters shown
+    escaped (a document read on terminals too), tabs as spaces."""
+    if _MD_AS_IS.fullmatch(text) and "://" not in text and "www." not in text:
+        return text  # most values (numbers, ids, paths): a fifth of the time
+    lines = _MD_LINE_BREAK.split(text)
+    return "<br>".join(
+        _MD_AUTOLINK.sub(
+            r"\\\g<0>",
+            _MD_UNDERSCORE.sub(
+                r"\\_", _MD_SPECIAL.sub(r"\\\g<0>", visible(line).expandtabs(TAB_SIZE))
+            ),
+        )
+        for line in lines
+    )
+
+
+#: Text that needs nothing done to it in a cell: printable ASCII but the characters above (an
+#: underscore inside a word, as in ``x86_64``, included).
+_MD_AS_IS = re.compile(
+    r"(?:[ !\"#$%'()+,\-./0-9:;=>?@A-Z^a-z{}]|(?<=[A-Za-z0-9])_(?=[A-Za-z0-9]))*"
+)
+
+
 def _md_cell(value: Any) -> str:
-    text = "" if value is None else str(plain(value))
-    text = visible(text.replace("\n", " "))  # a document shown on terminals too: no controls
-    return text.replace("\\", "\\\\").replace("|", "\\|")
+    if value is None:
+        return ""
+    if type(value) is int:
+        return str(value)
+    return _md_text(value if type(value) is str else str(plain(value)))
+
+
+def _width(text: str) -> int:
+    """Columns ``text`` takes on a terminal (East Asian wide characters and emoji take two)."""
+    if text.isascii():
+        return len(text)
+    from rich.cells import cell_len
+
+    return cell_len(text)
 
 
 def to_markdown(columns: Sequence[str], rows: Rows) -> str:
-    """A GitHub-flavoured Markdown table (pipes in values escaped)."""
+    """A GitHub-flavoured Markdown table: valid whatever the values (see :func:`_md_text`), its
+    columns padded to their widest value (as a terminal shows it: wide characters count two)."""
     return "".join(markdown_pieces(columns, [rows]))
 
 
 def markdown_pieces(columns: Sequence[str], batches: Iterable[Rows]) -> Iterator[str]:
-    """:func:`to_markdown`'s text a batch of rows at a time. Numeric columns are right-aligned
-    (``---:``) as the first batch shows them: for a streamed result its first window (thousands
-    of rows), since the alignment row comes before any row."""
+    """:func:`to_markdown`'s text a batch of rows at a time. The first batch sets the layout:
+    numeric columns right-aligned (``---:``) and every cell padded to the widest of its column,
+    since the header and the alignment row come before any row. For a streamed result that is
+    its first window (thousands of rows): a wider value after it makes its line stick out, and
+    the table stays valid Markdown (padding is only for people reading the text itself)."""
     batches = iter(batches)
     first = next(batches, [])
     numeric = [_is_numeric_column(first, i) for i in range(len(columns))]
-    yield (
-        "| "
-        + " | ".join(_md_cell(c) for c in columns)
-        + " |\n| "
-        + " | ".join("---:" if n else "---" for n in numeric)
-        + " |\n"
+    titles = [_md_text(c) for c in columns]
+    first_cells = [[_md_cell(v) for v in row] for row in first]
+    widths = [
+        max(3, _width(titles[i]), *(_width(row[i]) for row in first_cells))
+        for i in range(len(columns))
+    ]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = (
+            (c.rjust(w) if right else c.ljust(w))  # ASCII, nearly every cell: in C
+            if c.isascii()
+            else (" " * (w - _width(c)) + c if right else c + " " * (w - _width(c)))
+            for c, w, right in zip(cells, widths, numeric, strict=True)
+        )
+        return "| " + " | ".join(padded) + " |\n"
+
+    rule = (
+        "-" * (w - 1) + ":" if right else "-" * w for w, right in zip(widths, numeric, strict=True)
     )
-    for batch in chain([first], batches):
+    yield line(titles) + "| " + " | ".join(rule) + " |\n"
+    if first_cells:
+        yield "".join(line(cells) for cells in first_cells)
+    for batch in batches:
         if batch:
-            yield "".join("| " + " | ".join(_md_cell(v) for v in row) + " |\n" for row in batch)
+            yield "".join(line([_md_cell(v) for v in row]) for row in batch)
 
 
 # --- the human table ---------------------------------------------------------------------------

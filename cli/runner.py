@@ -144,9 +144,11 @@ def check_local(wh: Warehouse) -> Warehouse:
     better said than answered with "no results" (ValueError: exit 2, one line)."""
     from pathlib import Path
 
+    from athena.warehouse import os_path
+
     if wh.uri.startswith("s3://"):
         return wh
-    path = Path(wh.base)
+    path = Path(os_path(wh.base))
     if not path.is_dir():
         problem = "is not a directory" if path.exists() else "does not exist"
         raise ValueError(

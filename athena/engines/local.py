@@ -65,10 +65,12 @@ from athena.engines.result import (
     STREAM_BATCH_ROWS,
     STREAM_WINDOW_ROWS,
     EngineError,
+    EngineStuck,
     QueryResult,
     ScanBudgetError,
     StatementError,
 )
+from athena.engines.spill import spill_directory
 
 T = TypeVar("T")
 #: Past this many Parquet files, a local query says on stderr how to make it smaller. It still
@@ -81,6 +83,9 @@ DUCKDB_INTERRUPTED = "Query interrupted"
 INTERRUPT_WAIT_SECONDS = 5.0
 #: Meanwhile, how often to ask DuckDB again (a statement started after the last ask runs on).
 _INTERRUPT_AGAIN_SECONDS = 0.05
+#: The worker threads of statements DuckDB did not stop in time (:class:`EngineStuck`): while
+#: one runs, the process must not end through Python's finalization (see :func:`exit_now_if_stuck`).
+_LEFT_RUNNING: list[Any] = []
 
 if TYPE_CHECKING:
     import duckdb
@@ -234,25 +239,6 @@ def _integral_decimals_to_int(table: pa.Table) -> pa.Table:
     return table
 
 
-def spill_directory() -> str:
-    """Where DuckDB spills a query larger than memory: ``logq-duckdb-<pid>`` in the folder of
-    temporary files (``$TMPDIR``, else the first writable of /tmp, /var/tmp...). DuckDB makes
-    it only when it spills, and removes it when the connection closes.
-
-    ``""`` (no spilling) when no folder is writable, as on a read-only root filesystem without
-    a writable /tmp, or when its name is not UTF-8 (DuckDB could not take it): queries that fit
-    in memory run as before, and one that does not fails with DuckDB's "Out of Memory"."""
-    import os
-    import tempfile
-
-    try:
-        spill = os.path.join(tempfile.gettempdir(), f"logq-duckdb-{os.getpid()}")
-        spill.encode("utf-8")
-    except (OSError, UnicodeError):  # "No usable temporary directory found in [...]"
-        return ""
-    return spill
-
-
 class LocalEngine:
     """Runs Athena SQL on DuckDB over one warehouse."""
 
@@ -288,8 +274,9 @@ class LocalEngine:
         con.execute("SET enable_progress_bar = false")
         # A query larger than memory spills to disk: DuckDB's default is ./.tmp, in whatever
         # folder logq was started from (a read-only root or cwd failed with "Failed to create
-        # directory .tmp"). Under $TMPDIR instead, one folder per process, removed at close;
-        # none at all without a writable temporary folder (every query failed there).
+        # directory .tmp"). Under $TMPDIR instead, one folder per process, removed at exit and
+        # by the next logq if this one is killed; none at all without a writable temporary
+        # folder (every query failed there).
         spill = spill_directory().replace("'", "''")
         con.execute(f"SET temp_directory = '{spill}'")
         return con
@@ -483,6 +470,7 @@ class LocalEngine:
         files = [f.path for parts in scopes.values() for p in parts for f in p.files]
         con = self._connect()
         more: _LocalBatches | None = None
+        busy = False  # a statement DuckDB did not stop still holds the connection
         try:
 
             def set_up() -> None:  # binding reads footers (every one by_name): not instant
@@ -510,8 +498,11 @@ class LocalEngine:
                 left = None if max_rows is None else max_rows - table.num_rows
                 error = self._stream_error(scopes, files)
                 more = _LocalBatches(con, reader, error, left, sent=table.num_rows)
+        except EngineStuck:
+            busy = True
+            raise
         finally:
-            if more is None:
+            if more is None and not busy:
                 reader = None  # the pending result holds the connection
                 con.close()
         table = _integral_decimals_to_int(table)
@@ -797,11 +788,42 @@ def _interruptible(con: Any, work: Callable[[], T]) -> T:
         # Its error's traceback holds the result reader, and with it the connection: let go,
         # or closing the connection fails ("busy").
         outcome.clear()
+        if not done.is_set():
+            # DuckDB did not stop (a hung read, a Python function): the statement still holds
+            # the connection, whose close would fail ("connection is busy", a traceback). The
+            # caller leaves it open (:class:`EngineStuck`), and the process ends without it
+            # (:func:`exit_now_if_stuck`).
+            _LEFT_RUNNING.append(worker)
+            raise EngineStuck(INTERRUPT_WAIT_SECONDS) from None
         raise
     ok, value = outcome[0]
     if not ok:
         raise value
     return value
+
+
+def exit_now_if_stuck(status: int) -> None:
+    """End the process at once with ``status`` if a statement DuckDB did not stop still runs
+    (:class:`EngineStuck`): output flushed and this process's spill folder removed, but no
+    interpreter finalization.
+
+    Python's exit with that statement running aborted the process whenever the statement
+    came back into Python while the interpreter was finalizing (a Python function in the SQL;
+    an S3 warehouse's scan, whose batches come from a Python generator): the thread, told to
+    exit, unwound through DuckDB's C++ frames ("FATAL: exception not rethrown", or "Fatal
+    Python error: PyGILState_Release"), status 134 instead of 130. Only the folder removal of
+    the exit handlers matters here (the lock file goes with the process)."""
+    if not any(worker.is_alive() for worker in _LEFT_RUNNING):
+        return
+    import os
+
+    from athena.engines.spill import remove_mine
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a reader gone (EPIPE), a closed terminal
+            stream.flush()
+    remove_mine()
+    os._exit(status)
 
 
 def _fetch(relation: Any, max_rows: int | None) -> pa.Table:

@@ -50,6 +50,23 @@ class Terminated(KeyboardInterrupt):
         return 128 + self.signum
 
 
+class EngineStuck(KeyboardInterrupt):
+    """Ctrl-C asked DuckDB to stop the query, and it had not stopped when logq stopped waiting
+    (a read that does not answer, a statement that does not check for interruptions).
+
+    A :class:`KeyboardInterrupt`: the program ends as on any Ctrl-C (status 130, ``logq:
+    interrupted``), then says this in one more line. The statement still runs in its thread:
+    its connection cannot be closed (DuckDB refuses, "connection is busy"), and is left to the
+    end of the process."""
+
+    def __init__(self, waited: float) -> None:
+        self.waited = waited
+        super().__init__(
+            f"the local engine (DuckDB) did not stop the query within {waited:g} s of the "
+            "Ctrl-C; exiting without waiting for it"
+        )
+
+
 #: Rows a streamed result hands over at a time: what the output holds at once (a few MB of
 #: Python values for Envoy rows, ~3.6 KiB each as JSON text and values together).
 STREAM_BATCH_ROWS = 5_000

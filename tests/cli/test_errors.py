@@ -131,10 +131,12 @@ def test_errors_table_and_markdown(logq, warehouse: Warehouse) -> None:
         "errors", "-s", "recipe", "--since", SINCE, "--until", UNTIL, "-f", "markdown",
         "--warehouse", warehouse.uri,
     )  # fmt: skip
-    lines = md.stdout.splitlines()
-    assert lines[0].startswith("| path | response_code |")
-    assert lines[1].startswith("| --- | ---: |")
-    assert f"| {top['path']} | {top['response_code']} |" in md.stdout
+    lines = [
+        [cell.strip() for cell in ln.strip("| ").split(" | ")] for ln in md.stdout.splitlines()
+    ]
+    assert lines[0][:2] == ["path", "response_code"]
+    assert set(lines[1][0]) == {"-"} and set(lines[1][1][:-1]) == {"-"} and lines[1][1][-1] == ":"
+    assert [top["path"], str(top["response_code"])] in [ln[:2] for ln in lines[2:]]
 
 
 def test_dry_run_shows_only_partitions_in_range(logq, warehouse: Warehouse) -> None:

@@ -39,13 +39,32 @@ signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the parent i
 RUNAWAY = "SELECT count(*) FROM range(1000000000000000)"
 
 
+def _nap(seconds: float) -> float:
+    """A Python function in SQL: DuckDB cannot interrupt it (a hung read, for the signal).
+    Touches the file once it runs: a Ctrl-C before then, DuckDB stops in time. It comes back
+    into Python every millisecond, as an S3 scan's batches do: once the interpreter finalizes,
+    that aborted the process."""
+    import time
+
+    open(os.environ["LOGQ_TEST_REACHED"], "w").close()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.001)
+    return seconds
+
+
 def _held(function):
-    """``function`` starting with RUNAWAY on the DuckDB connection among its arguments."""
+    """``function`` starting with RUNAWAY on the DuckDB connection among its arguments (with
+    $LOGQ_TEST_DEAF: a minute of ``_nap``, DuckDB then waited for $LOGQ_TEST_DEAF seconds)."""
 
     def step(*args, **kwargs):
         con = next(a for a in args if type(a).__name__ == "DuckDBPyConnection")
-        open(os.environ["LOGQ_TEST_REACHED"], "w").close()
-        con.execute(RUNAWAY)
+        if os.environ.get("LOGQ_TEST_DEAF"):
+            con.create_function("logq_test_nap", _nap)
+            con.execute("SELECT logq_test_nap(60)")
+        else:
+            open(os.environ["LOGQ_TEST_REACHED"], "w").close()
+            con.execute(RUNAWAY)
         return function(*args, **kwargs)
 
     return step
@@ -72,6 +91,8 @@ class _Hold:
             for part in owner_path:
                 owner = getattr(owner, part)
             setattr(owner, attr, _held(getattr(owner, attr)))
+            if os.environ.get("LOGQ_TEST_DEAF"):
+                module.INTERRUPT_WAIT_SECONDS = float(os.environ["LOGQ_TEST_DEAF"])
 
         spec.loader.exec_module = exec_module
         return spec
@@ -150,6 +171,55 @@ def test_ctrl_c_while_the_local_engine_sets_up_exits_130(
             proc.communicate()
     assert "Traceback" not in err, err
     assert (proc.returncode, err, out) == (130, "logq: interrupted\n", "")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["errors", "--since", "2026-11-27T22:00:00Z"], ["sql", "SELECT * FROM envoy_access"]],
+    ids=["canned", "sql"],
+)
+def test_an_engine_that_does_not_stop_ends_in_two_lines(
+    args: list[str], warehouse, tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """DuckDB may go on past a Ctrl-C (a hung S3 read; here a Python function in the SQL).
+    After its wait logq closed the connection under the statement: "connection is busy", a
+    traceback and exit 1. It exits 130 and says why it did not wait, leaving DuckDB be; not
+    through Python's finalization, where the statement's thread aborted the process (status
+    134, "Fatal Python error"), and with its spill folder removed all the same."""
+    reached = tmp_path / "reached"
+    spill_root = tmp_path / "tmp"
+    spill_root.mkdir()
+    env = {
+        "TMPDIR": str(spill_root),
+        **hooked_env(tmp_path, subprocess_env, "hook", SITECUSTOMIZE),
+        "LOGQ_TEST_HOLD": "_sandbox",
+        "LOGQ_TEST_DEAF": "0.2",
+        "LOGQ_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    env.pop("LOGQ_DEBUG", None)
+    proc = subprocess.Popen(
+        [str(console_script("logq")), *args, "--warehouse", warehouse.uri],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        while not reached.exists():
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=50)  # the function naps for a minute
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (proc.returncode, out) == (130, ""), err
+    assert err == (
+        "logq: interrupted\nlogq: the local engine (DuckDB) did not stop the query within "
+        "0.2 s of the Ctrl-C; exiting without waiting for it\n"
+    )
+    assert list(spill_root.iterdir()) == []
 
 
 def test_duckdbs_report_of_a_ctrl_c_is_a_keyboard_interrupt() -> None:

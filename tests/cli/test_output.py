@@ -78,7 +78,107 @@ def test_markdown_escapes_pipes_and_newlines() -> None:
     lines = text.splitlines()
     assert len(lines) == 4
     assert "/a\\|b" in lines[2] and "\n" not in lines[3].strip("\n")
-    assert lines[1].split(" | ")[2] == "---:"
+    assert lines[1].split(" | ")[2].strip("-") == ":"
+
+
+def markdown_cells(text: str) -> tuple[list[str], list[list[str]]]:
+    """What a GitHub-flavoured Markdown renderer shows of a table: (header, rows) as text, a
+    ``<br>`` as a line break; anything else the cells would render as (emphasis, code, a link,
+    HTML) fails the test. Fails unless ``text`` is exactly one table."""
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark", {"html": True}).enable("table").parse(text)
+    assert tokens[0].type == "table_open" and tokens[-1].type == "table_close", text
+    assert sum(t.type == "table_open" for t in tokens) == 1, text
+    header: list[str] = []
+    rows: list[list[str]] = []
+    cells = header
+    for token in tokens:
+        if token.type == "tr_open" and header:
+            rows.append([])
+            cells = rows[-1]
+        if token.type != "inline":
+            continue
+        shown = ""
+        for child in token.children or []:
+            if child.type == "text":
+                shown += child.content
+            elif child.type == "html_inline" and child.content == "<br>":
+                shown += "\n"
+            else:
+                raise AssertionError(f"{child.type} {child.content!r} in a cell of:\n{text}")
+        cells.append(shown)
+    return header, rows
+
+
+#: Values Markdown would otherwise show as something else, split, or lose.
+HOSTILE_MARKDOWN = [
+    "/a|b||c",
+    "line one\nline two\r\nthree",
+    "`code` and ``more`` and a lone `",
+    "*bold* _it_ __init__ ~~gone~~ ~x~",
+    "<script>alert(1)</script> <br> &lt; &amp;",
+    "[a link](https://example.com) ![img](x.png)",
+    "back\\slash\\|pipe \\`tick",
+    "日本語のパス/ユーザー",
+    "👍 emoji",
+    "p99_ms request_id",
+]
+
+
+def test_markdown_renders_every_value_as_it_is() -> None:
+    """Escaping only ``|`` and a backslash, a value rendered as formatting: a backtick opened
+    code (where no escape works: ``\\|`` showed both characters), ``*x*`` emphasis, a user
+    agent's ``<script>`` HTML, ``&lt;`` an entity; a line break became a space."""
+    rows = [(v, i) for i, v in enumerate(HOSTILE_MARKDOWN)]
+    header, cells = markdown_cells(to_markdown(["value", "n"], rows))
+    assert header == ["value", "n"]
+    assert cells == [[v.replace("\r\n", "\n"), str(i)] for v, i in rows]  # a line break
+
+
+def test_markdown_keeps_urls_text() -> None:
+    """GitHub (cmark-gfm) makes a link of ``http://``, ``https://``, ``ftp://`` and ``www.`` as it
+    reads the raw text, and shows every escape's backslash inside one: a referer's
+    ``?x=1&y=[2]`` read ``?x=1\\&y=\\[2\\]``. (markdown-it, used here, links after the
+    escapes, so it cannot show that.) The ``:`` or ``.`` that starts one is escaped: no cell
+    holds a URL as GitHub would link it, and each value still renders as itself."""
+    values = [
+        "https://example.com/a?x=1&y=[2]",
+        "see www.example.com/<p> and ftp://h/_x_",
+        "HTTP://A.B/*c* http://a.b/|c",
+    ]
+    text = to_markdown(["referer"], [(v,) for v in values])
+    assert not re.search(r"[^\\]://|www\.", text), text
+    assert markdown_cells(text) == (["referer"], [[v] for v in values])
+
+
+def test_markdown_columns_line_up_wide_characters_included() -> None:
+    """A table that fits in one batch has every line as wide on screen (East Asian characters
+    and emoji take two columns): the text itself reads as a table."""
+    from rich.cells import cell_len
+
+    rows = [(v, i * 1000) for i, v in enumerate(HOSTILE_MARKDOWN)]
+    lines = to_markdown(["value", "n"], rows).splitlines()
+    assert len({cell_len(line) for line in lines}) == 1, "\n".join(lines)
+    bars = {
+        tuple(i for i, ch in enumerate(line) if ch == "|" and line[i - 1 : i] != "\\")
+        for line in lines
+        if line.isascii()
+    }
+    assert len(bars) == 1, "\n".join(lines)
+
+
+def test_a_wider_row_after_the_first_batch_keeps_the_table_valid() -> None:
+    """A streamed result is laid out by its first window: a later, wider value (with pipes
+    and a line break) sticks out, and every row still has its cells."""
+    from cli.output import markdown_pieces
+
+    first = [("short", 1), ("tiny", 22)]
+    later = [("a much | much wider value\nthat goes on", 333), ("x", 4)]
+    text = "".join(markdown_pieces(["value", "n"], [first, later]))
+    header, cells = markdown_cells(text)
+    assert header == ["value", "n"]
+    assert cells == [[v, str(n)] for v, n in first + later]
 
 
 def test_plain_values() -> None:

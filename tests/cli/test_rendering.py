@@ -207,7 +207,7 @@ def test_colour_codes_are_only_logq_own() -> None:
 
 def test_markdown_escapes_controls() -> None:
     text = to_markdown(["user_agent"], [(HOSTILE_AGENT,)])
-    assert "\x1b" not in text and "\\\\x1b[2J" in text  # \x1b, with Markdown's own escape
+    assert "\x1b" not in text and "\\\\x1b\\[2J" in text  # \x1b, with Markdown's own escapes
 
 
 def _hostile_warehouse(tmp_path: Path) -> str:

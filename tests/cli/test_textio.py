@@ -126,3 +126,58 @@ def test_json_stays_json_on_an_output_that_is_not_utf8() -> None:
     out = _stream("utf-8")  # unchanged on UTF-8: the characters themselves
     emit(OutputFormat.json, ["message"], [("héllo ✓ 🚀",)], out=out)
     assert _written(out) == '[\n  {"message": "héllo ✓ 🚀"}\n]\n'.encode()
+
+
+@pytest.mark.parametrize("given", ["argument", "environment"])
+def test_a_warehouse_with_a_non_ascii_name_under_the_c_locale(
+    given: str, warehouse, tmp_path, subprocess_env: dict[str, str]
+) -> None:
+    """Python's own file functions encode names as ASCII there, pyarrow and DuckDB as UTF-8:
+    ``--warehouse /data/wärehouse`` failed every command with "'ascii' codec can't encode",
+    and ``LOGQ_WAREHOUSE`` (read as surrogates) with "surrogates not allowed"."""
+    import json
+    import shutil
+    import subprocess
+
+    from tests.support.procs import console_script
+
+    folder = tmp_path / "wärehouse"
+    shutil.copytree(warehouse.uri, folder)
+    env = {**subprocess_env, "LC_ALL": "C", "PYTHONUTF8": "0", "LOGQ_CACHE_DIR": str(tmp_path)}
+    env.pop("PYTHONIOENCODING", None)
+    args = ["--warehouse", str(folder)] if given == "argument" else []
+    if given == "environment":
+        env["LOGQ_WAREHOUSE"] = str(folder)
+    statement = "SELECT count(*) AS n FROM envoy_access"
+    done = subprocess.run(
+        [
+            str(console_script("logq")),
+            "sql",
+            statement,
+            "--since",
+            "2020-01-01",
+            *args,
+            "-f",
+            "json",
+        ],
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr.decode("utf-8", "replace")
+    assert json.loads(done.stdout) == [{"n": len(warehouse.access)}]
+
+
+def test_an_s3_warehouse_with_a_non_ascii_prefix_from_the_environment() -> None:
+    """Under the C locale Python reads ``LOGQ_WAREHOUSE=s3://bucket/päth`` as surrogates (the
+    UTF-8 bytes it could not decode): pyarrow refused the key ("surrogates not allowed"). The
+    bucket and prefix are the text the bytes are (as ``--warehouse`` gives them)."""
+    import os
+
+    from athena.warehouse import open_warehouse
+
+    given = os.fsdecode("s3://bucket/päth/wh".encode())  # what the C locale makes of it
+    read_as_c_locale = given.encode("utf-8").decode("ascii", "surrogateescape")
+    for uri in (given, read_as_c_locale):
+        wh = open_warehouse(uri)
+        assert (wh.uri, wh.base) == ("s3://bucket/päth/wh", "bucket/päth/wh")
