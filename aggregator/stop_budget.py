@@ -109,7 +109,9 @@ class StopWatchdog:
     def start(self) -> None:
         if self._timer is not None:
             return
-        self._timer = threading.Timer(self.seconds, self._fire)
+        # A --stop-timeout past what a lock wait takes (1e308: "never") raised OverflowError
+        # in the timer's thread, which then never fired: as long as that is as good as never.
+        self._timer = threading.Timer(min(self.seconds, threading.TIMEOUT_MAX), self._fire)
         self._timer.daemon = True
         self._timer.name = "stop-watchdog"
         self._timer.start()

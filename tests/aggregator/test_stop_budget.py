@@ -212,6 +212,25 @@ def test_the_watchdog_exits_even_when_its_log_line_cannot_be_written(
     assert exits == [1]
 
 
+def test_a_watchdog_of_a_huge_budget_waits_instead_of_failing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--stop-timeout 1e308`` (valid: finite and positive) is a watchdog that waits, not a
+    timer thread that died of an OverflowError at the stop (a traceback, and no last resort)."""
+    failures: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: failures.append(args.exc_value))
+    exits: list[int] = []
+    watchdog = stop_budget.StopWatchdog(1e308, lambda: None, exits.append)
+    watchdog.start()
+    try:
+        timer = watchdog._timer
+        assert timer is not None
+        timer.join(0.3)
+        assert timer.is_alive() and not failures and not exits
+    finally:
+        watchdog.cancel()
+
+
 def test_the_watchdog_of_a_drain_says_to_run_drain_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
