@@ -199,7 +199,7 @@ def timeline(
     common: Common,
     every: Annotated[str, typer.Option(help="Interval: 30s, 1m, 5m, 1h, 1d.")] = "1m",
 ) -> None:
-    """Requests and errors per interval: a chart in the terminal, rows in json/csv.
+    """Requests and errors per interval: a chart in the terminal, rows in json/csv/markdown.
 
     Intervals start on --every boundaries (UTC), but only requests in [--since, --until) are
     counted: when --since falls inside an interval (--since 08:30 --every 1h), that first

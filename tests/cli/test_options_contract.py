@@ -160,6 +160,14 @@ def test_tail_help_explains_the_stderr_marker(logq, monkeypatch: pytest.MonkeyPa
     assert "has !| instead of |" in text and "stderr" in text
 
 
+def test_timeline_help_names_every_format_that_prints_rows(
+    logq, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`-f markdown` prints timeline's rows as json and csv do; the help left it out."""
+    monkeypatch.setenv("COLUMNS", "300")
+    assert "rows in json/csv/markdown" in logq("timeline", "--help").stdout
+
+
 @pytest.mark.integration
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     """`logq tail ... | head -2`: before, "logq: error: [Errno 32] Broken pipe" and exit 1.
