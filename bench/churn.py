@@ -131,7 +131,6 @@ def structure_sizes(shipper: Any) -> dict[str, int]:
     (attributes a checkout may not have count as -1)."""
     import shipper.discover as discover
     import shipper.fd_budget as fd_budget
-    import shipper.resume as resume
 
     def size(obj: Any, *names: str) -> int:
         for name in names:
@@ -158,7 +157,7 @@ def structure_sizes(shipper: Any) -> dict[str, int]:
         "missing": size(shipper, "_missing"),
         "gauge_paths": size(shipper, "_gauge_paths"),
         "checkpoints": size(shipper, "registry", "_files"),
-        "last_active": size(resume, "last_active"),
+        "followed": size(shipper, "registry", "_followed"),
         "disc_cache": sum(
             max(size(shipper, "discoverer", name), 0) for name in ("_meta", "_specs", "_cri")
         ),
@@ -280,7 +279,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
             "removed, their sources ended):"
         )
         shown = (
-            "runners", "checkpoints", "last_active", "disc_cache", "watch_subs", "sender_ranks",
+            "runners", "checkpoints", "followed", "disc_cache", "watch_subs", "sender_ranks",
             "series", "gc_objects", "tick_age",
         )  # fmt: skip
         print(f"{'round':>5} {'seen':>6} {'RSS KiB':>9} {'ckpt B':>8} " + " ".join(shown))

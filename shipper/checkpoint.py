@@ -590,15 +590,26 @@ class Registry:
     def note_followed(self, source: str, at: float) -> None:
         """A tailer of ``source`` had all its files in hand at ``at`` (wall clock): each file
         last written before then was open (so it has a checkpoint until read to its end) or
-        passed over by the start's rules -- at the tailer's start, and when it finds its live
-        file still at its path with nothing before it left to read. Not when it merely looked:
+        passed over by the start's rules -- at the tailer's start, when it finds its live
+        file still at its path with nothing before it left to read, and at its end when it
+        read every file still there to its end (see
+        :meth:`shipper.resume.Resume._note_read_to_end`). Not when it merely looked:
         a tailer started before its container wrote (no file to open), stopped before it
         looked again, had not opened the files written and rotated meanwhile. Saved with the
         next write, not a change worth a write of its own. A later start that finds the source
-        without checkpoints (its files finished and forgotten: the container stopped) skips
+        without checkpoints (its files finished and forgotten: the container stopped) -- in
+        this process, or after a restart (see :meth:`followed_at`) -- skips
         its rotated files last written before that, which this run read; a source no run
         followed has them all read (see :meth:`shipper.resume.Resume._first_seen`)."""
         self._followed[source] = at
+
+    def followed_at(self, source: str) -> float | None:
+        """When a tailer of ``source`` last had all its files in hand (:meth:`note_followed`),
+        in this run or -- saved under ``followed`` -- an earlier one; None if none did (or
+        its entry was forgotten, or pruned past :data:`MAX_FOLLOWED`). What a source found
+        without checkpoints skips of its rotated files: also in this process, when its runner
+        ended and discovery found it again (see :meth:`shipper.resume.Resume._first_seen`)."""
+        return self._followed.get(source)
 
     def forget_followed(self, source: str) -> None:
         """``source`` is gone for good (its folder was removed): its key never comes back."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shipper import fd_budget, rotate_wait
-from shipper.birth import birth_time
+from shipper.birth import Identity, birth_time
 from shipper.checkpoint import FileState, file_key
 from shipper.cursor import Cursor
 from shipper.discover import compressed_siblings, rotated_siblings
@@ -42,12 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("logq.shipper.tailer")
 
-last_active: dict[str, float] = {}
-"""Per source key, when a tailer of this process last looked at its files (wall clock): a
-source that comes back (its runner ended and discovery found it again) is not new, and its
-rotated files older than this were read by the previous tailer. A source whose folder is gone
-when its tailer closes is forgotten (see :meth:`shipper.tailer.Tailer.close`)."""
-MAX_REMEMBERED_SOURCES = 100_000
 MAX_START_RETRIES = 8
 """Starts put off because a checkpointed file could not be proven gone (a folder listing or
 an open failed for a moment); after that many its checkpoint is kept, uncounted, and the
@@ -143,14 +137,6 @@ def _name_order(path: Path) -> tuple[int, str]:
     return number, name
 
 
-def touch(key: str) -> None:
-    """A tailer of source ``key`` looks at its files now: noted in :data:`last_active`."""
-    if key not in last_active and len(last_active) >= MAX_REMEMBERED_SOURCES:
-        for old in sorted(last_active, key=last_active.__getitem__)[: len(last_active) // 2]:
-            del last_active[old]
-    last_active[key] = time.time()
-
-
 class Resume:
     """Part of :class:`~shipper.tailer.Tailer`: its start, resuming from the checkpoints."""
 
@@ -218,7 +204,6 @@ class Resume:
                 self.live.stop_at = self.live.size()
             self._bounded = True
         fd_budget.stop_waiting(self.spec.key)
-        touch(self.spec.key)
         # Every file of the source here now is open, or was passed over by the rules above:
         # one last written before now is not a file this run never opened (see _first_seen).
         self.registry.note_followed(self.spec.key, time.time())
@@ -767,10 +752,14 @@ class Resume:
           from its start too (Vector's ``read_from = beginning`` for a file without a
           checkpoint). So on the very first run, and for a source excluded until now;
         * a source a run followed and forgot (its files read to their end and acknowledged:
-          the container stopped, now it is back): those last written after that run last had
-          all its files in hand (:meth:`~shipper.checkpoint.Registry.note_followed`); older
-          ones were read then, and are skipped, said in an INFO line with their count and
-          that time.
+          the container stopped, now it is back -- after a restart, or in this process: its
+          runner ended, an exclusion was lifted, and discovery found it again): those last
+          written after a tailer last had all its files in hand
+          (:meth:`~shipper.checkpoint.Registry.note_followed`); older ones were read then, and
+          are skipped, said in an INFO line with their count and that time. Not after a tailer
+          last *looked* at them: one that ended right after its container wrote and rotated,
+          or that never had a file open, did not read what was written since it last had
+          them all in hand.
 
         A registry an older shipper saved has no ``followed`` part: files last written after
         its final save are read, older ones skipped, with a WARNING (a source that run never
@@ -819,20 +808,76 @@ class Resume:
         """(the time before which a first sighting skips rotated files, None: read them all;
         whether that time is when a run last had all this source's files in hand rather than
         an older shipper's final save). See :meth:`_first_seen`."""
-        previous = last_active.get(self.spec.key)
-        if previous is not None:
-            # Seen by this process before (its runner ended, discovery found it again): the
-            # previous tailer read what was written before it last looked. A margin for coarse
-            # file times (a jiffy): lines read twice keep their source id and offset, and the
-            # aggregator drops them.
-            saved = self.registry.saved_at
-            previous -= 0.05
-            return (previous if saved is None else max(saved, previous)), True
-        before = self.registry.followed_before
-        if before is None:  # first run (saved_at None: all), or an older shipper's registry
+        last = self.registry.followed_at(self.spec.key)
+        if last is not None:
+            # A run -- this one (the source's runner ended and discovery found it again) or
+            # an earlier one -- had all its files in hand then: those last written before
+            # were read. A margin for coarse file times (a jiffy): lines read twice keep their
+            # source id and offset, and the aggregator drops them.
+            return last - 0.05, True
+        if self.registry.followed_before is None:
+            # First run (saved_at None: all), or an older shipper's registry
             return self.registry.saved_at, False
-        last = before.get(self.spec.key)
-        return (None if last is None else last - 0.05), True
+        return None, True  # no run followed it: all of them
+
+    def _note_read_to_end(self: Tailer) -> None:
+        """At the end of a tailer whose files were all drained and let go (its source gone:
+        its file renamed away, or deleted, and not made again): note as followed (see
+        :meth:`~shipper.checkpoint.Registry.note_followed`) the time before which every file
+        of the source still here that a later first sighting would read was read by this
+        tailer -- now when all were; else the last write of the oldest it did not read.
+
+        The last full look (a poll that found the live file at its path) is older than the
+        lines the source wrote in its last moments, before its file was renamed away: found
+        again in this process or after a restart, that file was read again whole, every line
+        of it sent twice. A file this tailer never opened (one the runtime made as the runner
+        ended, then rotated) still holds lines no run read: the time stays before it."""
+        if self.cursors or self._lingering:
+            return  # still open (a stop, not an end): their checkpoints say what was read
+        last = self.registry.followed_at(self.spec.key)
+        since = None if last is None else last - 0.05
+        read = {*self._released, *self._passed_over}
+        until = time.time()  # before the look: a file made after it is written after it
+        # The live path first: a file renamed from it while the folder is listed is then
+        # seen under one of the two names.
+        unread = [self._unread_since(self.spec.path, since, read)]
+        try:
+            siblings = rotated_siblings(rotation_path(self.spec.path))
+        except OSError:
+            return  # cannot tell which files are here: nothing noted
+        unread += [self._unread_since(path, since, read) for path in siblings]
+        if any(t is not None and t < 0 for t in unread):
+            return  # a file that cannot be opened: nothing noted
+        until = min([until, *(t for t in unread if t is not None)])
+        if last is None or until > last:
+            self.registry.note_followed(self.spec.key, until)
+
+    def _unread_since(
+        self: Tailer, path: Path, since: float | None, read: set[Identity]
+    ) -> float | None:
+        """The last write of the file at ``path`` (seconds) if a first sighting would read it
+        and it is not one of ``read`` -- or it is, but was written past where this tailer let
+        it go (a writer that never reopened after a rename); None if it was read, or is not
+        there. -1 when it cannot be told (it cannot be opened): then nothing is noted."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return -1.0
+        try:
+            st = os.fstat(fd)
+            if since is not None and _latest_write(st) < since:
+                return None  # a first sighting skips it anyway
+            fp = fingerprint(fd)
+            identity = None if fp is None else (st.st_dev, st.st_ino, fp, birth_time(fd))
+        except OSError:
+            return -1.0
+        finally:
+            os.close(fd)
+        if identity in read and st.st_size <= self._released_ends.get(identity, st.st_size):
+            return None  # read to its end: not written past where it was let go
+        return st.st_mtime_ns / 1e9
 
     def _count_vanished(self: Tailer, known: set[str]) -> None:
         """Checkpointed files of this source that no longer exist were rotated away and deleted

@@ -45,7 +45,7 @@ from shipper.formats import PARSERS, LineParser
 from shipper.multiline import BUILTIN, MultilineParser
 from shipper.opening import Opening
 from shipper.pinning import FAST_ROTATION_WINDOW, GzAt, Pinning
-from shipper.resume import Resume, last_active, touch
+from shipper.resume import Resume
 from shipper.rotate_wait import RotateWait
 from shipper.rotated import rotation_path
 from shipper.split_lines import SplitLines
@@ -95,6 +95,10 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         """(device, inode, fingerprint, birth time) of the newest files let go: not "missed"
         rotations. The birth time (see :mod:`shipper.birth`) keeps a new file on the inode of
         one let go, with the same first line, from being taken for it and never read."""
+        self._released_ends: dict[Identity, int] = {}
+        """Where each of :attr:`_released` was read to when let go (the newest ones): one
+        written past that since holds lines this tailer did not read (see
+        :meth:`~shipper.resume.Resume._note_read_to_end`)."""
         self._passed_over: set[Identity] = set()
         """The same for the rotated files :meth:`start` found and did not open (finished by a
         previous run, or older than a first sighting reads): never missed rotations either,
@@ -299,7 +303,6 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         """
         if not self._started:
             return False  # start() was put off (no descriptors): read() retries it
-        touch(self.spec.key)
         if self.finished():
             return False
         if not self.cursors:
@@ -390,7 +393,12 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         log.debug("released path=%s ino=%d read=%d", cur.path, cur.ino, cur.read_pos)
         if cur in self.cursors:
             self.cursors.remove(cur)
-        self._released.append((cur.dev, cur.ino, cur.fp, cur.birth))
+        identity = (cur.dev, cur.ino, cur.fp, cur.birth)
+        self._released.append(identity)
+        self._released_ends[identity] = cur.read_pos
+        if len(self._released_ends) > 2 * (self._released.maxlen or 0):
+            kept = set(self._released)
+            self._released_ends = {k: v for k, v in self._released_ends.items() if k in kept}
         tail = cur.tail(cur.read_pos)
         cur.close()
         if cur in self.parser.pending_origins() and not cur.superseded:
@@ -535,8 +543,9 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         fd_budget.stop_waiting(self.spec.key)
         if self._started:
             if os.path.isdir(self.spec.path.parent):
-                touch(self.spec.key)
-                if not self._files_left():
+                if self._files_left():
+                    self._note_read_to_end()
+                else:
                     # Its files are gone and its folder stays (a CRI container's N.log removed
                     # by the kubelet, its key never used again, while the pod lives on): when
                     # it was last followed tells nothing of files that appear later. Kept, one
@@ -546,9 +555,8 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
             else:
                 # Its folder is gone: a removed container or pod, whose key never comes back
                 # (ids are unique). Remembering it would keep an entry per container the host
-                # ever ran (up to resume.MAX_REMEMBERED_SOURCES). A --path folder deleted and made
+                # ever ran (up to checkpoint.MAX_FOLLOWED). A --path folder deleted and made
                 # again holds new files, which a first sighting reads as it should.
-                last_active.pop(self.spec.key, None)
                 self.registry.forget_followed(self.spec.key)
         for c in (*self.cursors, *self._lingering):
             c.close()

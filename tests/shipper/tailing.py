@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-import shipper.resume
-import shipper.tailer
 from shipper.birth import birth_time
 from shipper.cursor import Chunk
 from shipper.discover import SourceSpec
@@ -33,13 +31,11 @@ def set_clock(monkeypatch: pytest.MonkeyPatch, clock: list[float]) -> None:
 
 
 def fresh_process(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """A tailer clock at 1000 (see :func:`set_clock`) and a process that has not seen any
-    source yet (``last_active`` empty): what the tests of restarts and rotations start from."""
+    """A tailer clock at 1000 (see :func:`set_clock`): what the tests of restarts and
+    rotations start from. What a process remembers of the sources it followed is in its
+    :class:`~shipper.checkpoint.Registry` (``followed``): a new one is a new process."""
     now = [1000.0]
     set_clock(monkeypatch, now)
-    fresh: dict[str, float] = {}
-    monkeypatch.setattr(shipper.resume, "last_active", fresh)
-    monkeypatch.setattr(shipper.tailer, "last_active", fresh)
     return now
 
 

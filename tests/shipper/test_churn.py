@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from shipper import fd_budget, resume
+from shipper import fd_budget
 from shipper.checkpoint import Registry
 from shipper.discover import SourceSpec
 from shipper.tailer import Tailer
@@ -58,10 +58,9 @@ def test_a_tailer_forgets_a_source_whose_folder_is_gone(tmp_path: Path, removed:
             assert t.read() is None
             t.poll(finishing=True)
         t.close()
-        assert (f"docker:{cid}" in resume.last_active) is not removed
+        assert (reg.followed_at(f"docker:{cid}") is not None) is not removed
         assert reg.items() == []
     finally:
-        resume.last_active.pop(f"docker:{cid}", None)
         reg.close()
 
 
@@ -95,7 +94,6 @@ def test_a_source_whose_files_are_gone_is_not_kept_as_followed(
         assert (spec.key in reg._followed) is rotated_left
         assert (spec.key in json.loads(reg.snapshot())["followed"]) is rotated_left
     finally:
-        resume.last_active.pop(spec.key, None)
         reg.close()
 
 
@@ -137,7 +135,6 @@ def test_removed_containers_leave_nothing_behind(tmp_path: Path) -> None:
         await until(lambda: not shipper._gauge_paths, "a gauge tick without their files")
 
         assert shipper.client._ranks == {}, "endpoint rankings of files long done"
-        assert [k for k in resume.last_active if k.removeprefix("docker:") in cids] == []
         assert [k for k in shipper.registry._followed if k.removeprefix("docker:") in cids] == []
         assert shipper.registry.items() == []
         saved = tmp_path / "state" / "checkpoints.json"

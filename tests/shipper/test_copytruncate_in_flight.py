@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-import shipper.resume
 from shipper.checkpoint import Registry
 from shipper.cursor import Chunk
 from shipper.tailer import Tailer
@@ -56,7 +55,6 @@ def _restart(t: Tailer, reg: Registry, path: Path, state: Path) -> tuple[Tailer,
     reg.save()
     t.close()
     reg.close()
-    shipper.resume.last_active.clear()
     return _tailer(path, state)
 
 

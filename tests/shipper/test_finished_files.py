@@ -43,7 +43,6 @@ def kill(t: Tailer, reg: Registry) -> None:
     t.close()
     reg.save()
     reg.close()
-    shipper.resume.last_active.clear()
 
 
 def test_a_rotated_file_finished_just_before_the_save_is_not_read_again(

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-import shipper.resume
 from shipper import discover as discover_mod
 from shipper.checkpoint import Registry
 from shipper.discover import Discoverer
@@ -138,7 +137,6 @@ def test_plain_copytruncates_inside_a_record_kill_with_lost_acks_stores_each_lin
     _finish(run, now)
     expected = aggregator_keeps(run.sent)
 
-    shipper.resume.last_active.clear()
     root = tmp_path / "run"
     root.mkdir()
     path = root / "c.log"

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-import shipper.resume
 from shipper.checkpoint import Registry
 from shipper.tailer import Tailer
 from tests.shipper.hostgen import cri_line
@@ -160,7 +159,6 @@ def test_random_script_kill_anywhere(
     stops = sorted(rng.sample(range(1, events + 1), min(STOPS, events)))
     for lost_acks in (0, 2):
         for stop in stops:
-            shipper.resume.last_active.clear()
             root = tmp_path / f"run{lost_acks}-{stop}"
             root.mkdir()
             path = root / "c.log"

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-import shipper.resume
 from tests.shipper.hostgen import docker_line
 from tests.shipper.tailing import aggregator_keeps, fresh_process, rotate_docker
 from tests.shipper.test_multiline_fuzz_cri_plain import _tailer
@@ -117,7 +116,6 @@ def _kill_anywhere(
     stops = sorted(rng.sample(range(1, events + 1), min(STOPS, events)))
     for lost_acks in (0, 2):
         for stop in stops:
-            shipper.resume.last_active.clear()
             root = tmp_path / f"run{lost_acks}-{stop}"
             root.mkdir()
             path = root / "c-json.log"

@@ -70,7 +70,6 @@ def test_killed_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
         stop1 = rng.randint(1, events)
         stop2 = rng.randint(1, 12)
         lost = rng.choice([0, 1, 2])
-        shipper.resume.last_active.clear()
         root = tmp_path / f"t{trial}"
         root.mkdir()
         path = root / name
@@ -81,7 +80,6 @@ def test_killed_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
         reg.save()
         t.close()
         reg.close()
-        shipper.resume.last_active.clear()
         t, reg = _tailer(kind, path, root / "state")
         second = _Run(t, reg, lost, stop2)
         at2 = at
@@ -92,7 +90,6 @@ def test_killed_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
         reg.save()
         t.close()
         reg.close()
-        shipper.resume.last_active.clear()
         t, reg = _tailer(kind, path, root / "state")
         third = _Run(t, reg, 0, None)
         third.drain()
@@ -132,7 +129,6 @@ def _held_at_kill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     reg.save()
     t.close()
     reg.close()
-    shipper.resume.last_active.clear()
     return now, path, state, n, sent
 
 
@@ -206,7 +202,6 @@ def test_graceful_stop_while_reading_held_gz(
     t.close()
     reg.close()
     assert _fds_held() == 0
-    shipper.resume.last_active.clear()
     _write(path, ["later"], n)
     t, reg = _ml(path, state)
     sent += _ship(t)
@@ -243,7 +238,6 @@ def test_same_banner_generation_taken_for_the_held_file(
     reg.save()
     t.close()
     reg.close()
-    shipper.resume.last_active.clear()
     # down: the next generation written, rotated and compressed
     path.write_bytes(b"banner\nB one\nB two\n")
     os.replace(f"{path}.1.gz", f"{path}.2.gz")
@@ -282,7 +276,6 @@ def test_registry_after_a_restart_from_gz(tmp_path: Path, monkeypatch: pytest.Mo
         reg.save()
         t.close()
         reg.close()
-        shipper.resume.last_active.clear()
         doc = json.loads((state / "checkpoints.json").read_bytes())
         print(round_, json.dumps(doc, indent=1))
     print(aggregator_keeps(sent))
@@ -317,7 +310,6 @@ def test_copytruncate_compress_restart(
     t.close()
     reg.close()
     print(json.dumps(json.loads((state / "checkpoints.json").read_bytes()), indent=1))
-    shipper.resume.last_active.clear()
     with open(path, "ab") as f:
         f.write(b"five\n")
     reg = Registry(state)
@@ -395,7 +387,6 @@ def test_error_loop_then_a_restart_stores_every_trace_once(
     entries = len(json.loads((state / "checkpoints.json").read_bytes())["files"])
     t.close()  # killed: no stop, the last trace still open
     reg.close()
-    shipper.resume.last_active.clear()
     _write(path, ["after"], n)
     t, reg = _ml(path, state, losses=losses)
     sent += _ship(t)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import shipper.resume
 from tests.shipper.tailing import aggregator_keeps, fresh_process
 from tests.shipper.test_multiline_fuzz_cri_plain import _play, _script, _tailer
 from tests.shipper.test_multiline_restarts import _finish, _Run
@@ -35,7 +34,6 @@ def test_cri_kill_after_two_rotations_inside_a_busy_span_stores_each_record_once
     _finish(run, now)
     expected = aggregator_keeps(run.sent)
 
-    shipper.resume.last_active.clear()
     root = tmp_path / "run"
     root.mkdir()
     path = root / "c.log"
@@ -80,7 +78,6 @@ def test_docker_kill_with_lost_acks_stores_each_record_once(
     dplay(script, ref / "c-json.log", now, run, [0])
     _finish(run, now)
     expected = aggregator_keeps(run.sent)
-    shipper.resume.last_active.clear()
     root = tmp_path / "run"
     root.mkdir()
     path = root / "c-json.log"

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-import shipper.resume
 from shipper.checkpoint import Registry
 from shipper.cursor import Chunk
 from shipper.multiline import MULTILINE_FLUSH_SECONDS
@@ -214,7 +213,6 @@ def test_a_kill_at_any_point_loses_and_doubles_no_line(
     now = fresh_process(monkeypatch)
     expected, events = _reference(tmp_path, now)
     for stop in range(1, events + 1):
-        shipper.resume.last_active.clear()  # a new host: the source was never seen
         root = tmp_path / f"run{stop}"
         path = root / "c-json.log"
         root.mkdir()

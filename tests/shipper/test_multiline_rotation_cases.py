@@ -98,7 +98,6 @@ def test_a_copytruncate_while_a_batch_is_in_flight_loses_no_line_at_a_kill(
     reg.save()  # kill -9
     t.close()
     reg.close()
-    shipper.resume.last_active.clear()
     t, reg = _tailer(path, state, "plain", ml)
     now[0] += 10
     second = _read_all(t)
@@ -149,7 +148,6 @@ def test_turning_the_option_off_across_a_restart_loses_no_line(
     reg.save()  # stopped (kill -9 or SIGTERM: all acks are in)
     t.close()
     reg.close()
-    shipper.resume.last_active.clear()
     t, reg = _tailer(path, state, "docker", after)
     now[0] += 10
     _docker(path, [("stdout", "after")], n)
@@ -214,7 +212,6 @@ def test_a_trace_past_the_cap_killed_anywhere_is_stored_once(
     assert sum(r.count("\n") + 1 for r in expected) == _written(script)
     assert sum(1 for r in expected if r.count("\n") + 1 == 5) >= 3  # cut at the cap
     for stop in range(1, events + 1):
-        shipper.resume.last_active.clear()
         root = tmp_path / f"run{stop}"
         root.mkdir()
         path = root / "c-json.log"
@@ -279,7 +276,6 @@ def test_a_stop_while_a_trace_spans_a_compressed_rotation_loses_no_line(
     reg.save()  # SIGTERM: stop reading, every batch acknowledged, checkpoints saved
     t.close()
     reg.close()
-    shipper.resume.last_active.clear()
     t, reg = _tailer(path, state, "docker", ml)
     _docker(path, [("stdout", "after")], n)
     for _ in range(2):
@@ -332,7 +328,6 @@ def test_back_to_back_traces_across_rotations_report_no_false_loss(
     reg.save()  # SIGTERM: every chunk acknowledged
     t.close()
     reg.close()
-    shipper.resume.last_active.clear()
     t, reg = ml_tailer(path, tmp_path / "state")
     second = _Run(t, reg, 0, None)
     second.drain()
@@ -363,7 +358,6 @@ def test_two_once_runs_inside_a_trace_store_each_line_once(
     sent: list[tuple[str, int, str]] = []
     for lines in (first, later):
         _docker(path, lines, n)
-        shipper.resume.last_active.clear()
         reg = Registry(state)
         t = Tailer(spec_for(path), reg, "h", 65536, multiline="java", once=True)
         for _ in range(5):

@@ -139,7 +139,6 @@ def test_a_source_whose_option_was_turned_off_groups_only_the_record_open_at_the
     reg.save()
     t.close()
     reg.close()
-    shipper.resume.last_active.clear()
     t, reg = _tailer(path, state, None)
     _write(path, ["after"], n)
     now[0] += 10

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import shipper.tailer as tailer_module
+from shipper import checkpoint as checkpoint_module
 from shipper import resume
 from shipper.checkpoint import Registry
 from shipper.discover import SourceSpec
@@ -21,7 +22,7 @@ from shipper.tailer import Tailer
 from tests.shipper.hostgen import docker_line, make_container
 from tests.shipper.receiver import Receiver
 from tests.shipper.shipping import empty_root
-from tests.shipper.tailing import drain, fresh_process
+from tests.shipper.tailing import commit, drain, fresh_process
 
 
 def spec_for(path: Path) -> SourceSpec:
@@ -299,5 +300,203 @@ def test_a_followed_time_later_than_now_skips_nothing(
     reg = Registry(state)
     t = Tailer(spec_for(path), reg, "h", 65536)
     assert drain(t) == ["rotated 0", "rotated 1", "live 2"]
+    t.close()
+    reg.close()
+
+
+def test_rotated_files_of_a_source_found_again_that_its_tailer_never_opened_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In one process: B's tailer started before B wrote anything (nothing opened), B wrote a
+    burst and rotated, and B's runner ended before its reader looked again (B excluded, or
+    its container stopped, its runner closed at once). Discovery finds B again in the same
+    process: ``.1`` was never opened, its lines are read -- not skipped as "read then"
+    because the closed tailer had looked at B (its look said nothing of ``.1``)."""
+    fresh_process(monkeypatch)
+    wall = [time.time() - 100]
+    for module in (resume, tailer_module):
+        monkeypatch.setattr(module.time, "time", lambda: wall[0])
+    b = tmp_path / "b-json.log"
+    reg = Registry(tmp_path / "state")
+    t = Tailer(spec_for(b), reg, "h", 65536)
+    assert drain(t) == []  # started: B has no file yet
+    wall[0] += 20
+    assert drain(t) == []  # looked again: still none
+    write(f"{b}.1", 0, 4, "b-early")  # the burst, 50 s after the start, rotated
+    burst = wall[0] + 30
+    os.utime(f"{b}.1", (burst, burst))
+    write(b, 4, 2, "b-later")
+    wall[0] += 70
+    t.close()  # the runner ends: no last look
+    t = Tailer(spec_for(b), reg, "h", 65536)  # found again, in the same process
+    assert drain(t) == [f"b-early {i}" for i in range(4)] + ["b-later 4", "b-later 5"]
+    t.close()
+    reg.close()
+
+
+def test_a_file_rotated_as_a_source_s_runner_ended_is_read_when_it_is_found_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In one process: C was followed; its container wrote a burst and rotated (the file
+    followed renamed ``.1``, a new live file written), and C's runner ended right then
+    (discovery lost C: it drained the file it had open and let go; the new live file was
+    never opened). C is found again after another rotation: that live file, now ``.1``,
+    holds lines no tailer read -- read, not skipped because the ended tailer had looked at
+    C after it was written. The renamed file read to its end is not read again."""
+    fresh_process(monkeypatch)
+    wall = [time.time() - 100]
+    for module in (resume, tailer_module):
+        monkeypatch.setattr(module.time, "time", lambda: wall[0])
+    path = tmp_path / "c-json.log"
+    write(path, 0, 2, "first")
+    reg = Registry(tmp_path / "state")
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    assert drain(t) == ["first 0", "first 1"]
+    wall[0] += 10
+    write(path, 2, 3, "burst")
+    os.utime(path, (wall[0], wall[0]))
+    path.rename(f"{path}.1")  # the burst rotated
+    write(path, 0, 2, "next")
+    os.utime(path, (wall[0], wall[0]))
+    wall[0] += 5
+    read: list[str] = []
+    while t.cursors:  # the runner ends: what is open is drained and let go
+        if (chunk := t.read()) is not None:
+            read += chunk.lines.logs
+            commit(t, chunk)
+        t.poll(finishing=True)
+    assert read == ["burst 2", "burst 3", "burst 4"]
+    t.close()
+    os.rename(f"{path}.1", f"{path}.2")  # rotated again before C is found again
+    path.rename(f"{path}.1")
+    write(path, 0, 1, "live")
+    wall[0] += 20
+    t = Tailer(spec_for(path), reg, "h", 65536)  # found again, in the same process
+    assert drain(t) == ["next 0", "next 1", "live 0"]
+    t.close()
+    reg.close()
+
+
+def test_rotated_files_of_a_source_found_again_are_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In one process: C was followed (its file read, then rotated and the copy read to its
+    end), C's container stopped and its runner drained and forgot its files; C is found again,
+    its rotated file still there. Nothing is read twice: the rotated file was in hand when
+    the tailer last found C's live file at its path, with nothing before it left to read."""
+    clock = fresh_process(monkeypatch)
+    wall = [time.time() - 100]
+    for module in (resume, tailer_module):
+        monkeypatch.setattr(module.time, "time", lambda: wall[0])
+    path = tmp_path / "c-json.log"
+    write(path, 0, 2, "first")
+    reg = Registry(tmp_path / "state")
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    assert drain(t) == ["first 0", "first 1"]
+    wall[0] += 10
+    path.rename(f"{path}.1")
+    rotated = wall[0]
+    os.utime(f"{path}.1", (rotated, rotated))
+    write(path, 2, 1, "second")
+    wall[0] += 20
+    assert drain(t) == ["second 2"]
+    clock[0] += 30  # past the wait for a writer still appending to the renamed file
+    wall[0] += 30
+    assert drain(t) == []
+    while t.cursors:  # C stopped: drained and released, its checkpoints forgotten
+        assert t.read() is None
+        t.poll(finishing=True)
+    t.close()
+    assert reg.items() == []
+    wall[0] += 30
+    t = Tailer(spec_for(path), reg, "h", 65536)  # found again, in the same process
+    assert drain(t) == []  # nor its live file, read to its end and finished
+    t.close()
+    reg.close()
+
+
+def test_a_file_written_as_its_source_ended_is_not_read_again_when_it_is_found_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In one process: C was followed; it wrote more lines and its file was renamed away
+    before the reader looked again (no full look after those writes), and not made again:
+    C's runner drained the renamed file to its end and ended. C's file is made again later:
+    the renamed file, read whole by the ended tailer, is not read again (every line of it
+    sent twice) -- nor after a restart that finds C without checkpoints."""
+    clock = fresh_process(monkeypatch)
+    wall = [time.time() - 1000]
+    for module in (resume, tailer_module, checkpoint_module):
+        monkeypatch.setattr(module.time, "time", lambda: wall[0])
+    path = tmp_path / "c-json.log"
+    write(path, 0, 2, "first")
+    state = tmp_path / "state"
+    reg = Registry(state)
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    assert drain(t) == ["first 0", "first 1"]
+    wall[0] += 10
+    write(path, 2, 3, "burst")  # written after the last full look
+    os.utime(path, (wall[0], wall[0]))
+    path.rename(f"{path}.1")  # renamed away, not made again: the source is gone
+    wall[0] += 1
+    clock[0] += 1
+    read: list[str] = []
+    while t.cursors:  # the runner ends: what is open is drained and let go
+        if (chunk := t.read()) is not None:
+            read += chunk.lines.logs
+            commit(t, chunk)
+        t.poll(finishing=True)
+    assert read == ["burst 2", "burst 3", "burst 4"]
+    t.close()
+    assert reg.items() == []
+    wall[0] += 60  # long past the memory of files finished moments ago
+    clock[0] += 60
+    reg.save()
+    write(path, 0, 1, "back")
+    t = Tailer(spec_for(path), reg, "h", 65536)  # found again, in the same process
+    assert drain(t) == ["back 0"]
+    t.close()
+    reg.close()
+    path.unlink()
+    write(path, 0, 1, "again")
+    reg = Registry(state)  # a restart finds C without checkpoints
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    assert drain(t) == ["again 0"]
+    t.close()
+    reg.close()
+
+
+def test_a_file_written_after_its_ended_tailer_let_it_go_is_read_when_found_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the writer never reopened: it appended to the renamed file after the
+    ended tailer had drained it and let it go. Found again, that file is read again (the
+    lines read before go out twice, the aggregator drops them by offset), not skipped with
+    the lines written after it was let go."""
+    clock = fresh_process(monkeypatch)
+    wall = [time.time() - 1000]
+    for module in (resume, tailer_module, checkpoint_module):
+        monkeypatch.setattr(module.time, "time", lambda: wall[0])
+    path = tmp_path / "c-json.log"
+    write(path, 0, 2, "first")
+    os.utime(path, (wall[0], wall[0]))
+    reg = Registry(tmp_path / "state")
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    assert drain(t) == ["first 0", "first 1"]
+    wall[0] += 10
+    path.rename(f"{path}.1")
+    clock[0] += 10
+    wall[0] += 1
+    while t.cursors:  # the runner ends: drained, let go
+        assert t.read() is None
+        t.poll(finishing=True)
+    write(f"{path}.1", 2, 1, "late")  # its writer still appends to it
+    os.utime(f"{path}.1", (wall[0], wall[0]))
+    wall[0] += 1
+    t.close()
+    wall[0] += 60
+    clock[0] += 60
+    write(path, 0, 1, "back")
+    t = Tailer(spec_for(path), reg, "h", 65536)  # found again, in the same process
+    assert drain(t) == ["first 0", "first 1", "late 2", "back 0"]
     t.close()
     reg.close()

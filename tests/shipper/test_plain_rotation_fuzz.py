@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-import shipper.resume
 from shipper.checkpoint import Registry
 from shipper.cursor import Chunk
 from shipper.tailer import Tailer
@@ -158,7 +157,6 @@ def test_every_line_once_whatever_the_rotations_and_kills(
     fails = []
     for lost_acks in (0, 2):
         for stop in stops:
-            shipper.resume.last_active.clear()
             root = tmp_path / f"run{lost_acks}-{stop}"
             root.mkdir()
             path, generations = root / "c.log", [0]

@@ -18,7 +18,7 @@ seeds 4, 44, 101, 103, 132, 246, 288 lost a file that was live and empty when th
 started and was rotated away before it was opened (``test_empty_live_at_start.py``); seeds 16,
 206, 215, 273 stored a split line's first part twice after a restart while a rotated file was
 held for another stream's line (``test_rotation_split.py``). Unlike R1's, a kill here also ends
-the process's state (the descriptors it held, :data:`shipper.resume.last_active`), and the
+the process's state (the descriptors it held, what its registry had not saved), and the
 source's pin loop (:meth:`~shipper.pinning.Pinning.pin_new_generation`) runs while it reads, as
 the daemon's does -- drawn from a random stream of its own, so R1's seeds keep their events.
 """
@@ -175,10 +175,9 @@ class Shipper:
 
     def kill(self) -> None:
         """kill -9: batches in flight are gone, the descriptors closed, the registry file is
-        what the last save left; the process's memory of sources goes too."""
+        what the last save left; the process's unsaved memory of sources goes too."""
         trace("kill")
         self.tailer.close()
-        shipper.resume.last_active.clear()
         self.registry.close()
 
     def drain(self, aggregator: Aggregator, clock: list[float]) -> None:
@@ -248,13 +247,10 @@ def run(tmp_path: Path, fmt: str, seed: int, clock: list[float], losses: list[st
 
 def model_process(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The model's clock (moved by the walk; see :func:`tests.shipper.tailing.set_clock`), a
-    5 s split-line flush, and a process that has seen no source yet; the clock."""
+    5 s split-line flush; the clock."""
     clock = [1000.0]
     set_clock(monkeypatch, clock)
     monkeypatch.setattr(shipper.split_lines, "SPLIT_FLUSH_SECONDS", 5.0)
-    fresh: dict[str, float] = {}  # this test's process memory, not the previous tests'
-    monkeypatch.setattr(shipper.resume, "last_active", fresh)
-    monkeypatch.setattr(shipper.tailer, "last_active", fresh)
     return clock
 
 
