@@ -123,6 +123,22 @@ def test_many_overlapping_inputs_give_few_pieces_and_touch_only_the_frontier(
     assert "not sorted" not in caplog.text
 
 
+def _file_table(seq: int, times: pa.Array) -> pa.Table:
+    """The rows of input file ``seq``: one per time, messages ``"<seq>-<i>"``."""
+    rows = len(times)
+    return pa.table(
+        {
+            "timestamp": times,
+            "host": pa.array([f"host-{seq}"] * rows),
+            "container_id": pa.array([f"{seq:064x}"] * rows),
+            "container_name": pa.array(["app"] * rows),
+            "stream": pa.array(["stdout"] * rows),
+            "message": pa.array([f"{seq}-{i}" for i in range(rows)]),
+        },
+        schema=CONTAINER_LOGS.arrow_schema(),
+    )
+
+
 def _files(folder: Path, spans: list[tuple[int, int]], rows: int) -> list[Path]:
     """Container log files of ``rows`` rows each over ``spans`` (ms in the hour), sorted by
     time, with ties within and across files."""
@@ -132,17 +148,7 @@ def _files(folder: Path, spans: list[tuple[int, int]], rows: int) -> list[Path]:
     paths = []
     for seq, (lo, hi) in enumerate(spans):
         ms = np.sort(rng.integers(start + lo, start + hi, rows) // 50 * 50)
-        table = pa.table(
-            {
-                "timestamp": pa.array(ms, pa.timestamp("ms", tz="UTC")),
-                "host": pa.array([f"host-{seq}"] * rows),
-                "container_id": pa.array([f"{seq:064x}"] * rows),
-                "container_name": pa.array(["app"] * rows),
-                "stream": pa.array(["stdout"] * rows),
-                "message": pa.array([f"{seq}-{i}" for i in range(rows)]),
-            },
-            schema=CONTAINER_LOGS.arrow_schema(),
-        )
+        table = _file_table(seq, pa.array(ms, pa.timestamp("ms", tz="UTC")))
         paths.append(folder / f"n-{seq:04d}.parquet")
         pq.write_table(table, paths[-1], **write_options(table))
     return paths
@@ -187,13 +193,9 @@ def test_inputs_that_overlap_more_than_the_fan_in_are_merged_in_runs(
         assert most <= (3 if kind == "overlapping" else 2), (kind, most)
 
 
-def test_only_as_many_inputs_as_needed_are_merged_in_runs_first(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Four files over the same hour with a fan-in of 3: merging the first two first leaves 3
-    for the last step, so only those two are decoded twice (before: runs of 3 and of 1, every
-    row decoded twice, the lone input re-encoded alone); ties still keep group order."""
-    monkeypatch.setattr(runs_mod, "FAN_IN", 3)
+def _count_opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the inputs the merges read from here on (runs included), in the order
+    they are opened."""
     opened: list[str] = []
     batches = merge_mod._batches
 
@@ -202,6 +204,17 @@ def test_only_as_many_inputs_as_needed_are_merged_in_runs_first(
         yield from batches(wh, spec, f, *args)
 
     monkeypatch.setattr(merge_mod, "_batches", counted)
+    return opened
+
+
+def test_only_as_many_inputs_as_needed_are_merged_in_runs_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four files over the same hour with a fan-in of 3: merging the first two first leaves 3
+    for the last step, so only those two are decoded twice (before: runs of 3 and of 1, every
+    row decoded twice, the lone input re-encoded alone); ties still keep group order."""
+    monkeypatch.setattr(runs_mod, "FAN_IN", 3)
+    opened = _count_opened(monkeypatch)
     fetched: list[str] = []
     fetch_whole = inputs_mod._fetch_whole
 
@@ -250,14 +263,7 @@ def _merge_counting(
 ) -> tuple[list[inputs_mod.Input], list[str]]:
     """Merge files over ``spans`` (in group order); check the output is the stable sort of
     the group; return the group and the names of the inputs read (runs included)."""
-    opened: list[str] = []
-    batches = merge_mod._batches
-
-    def counted(wh: Any, spec: Any, f: Any, *args: Any) -> Iterator[pa.Table]:
-        opened.append(f.name)
-        yield from batches(wh, spec, f, *args)
-
-    monkeypatch.setattr(merge_mod, "_batches", counted)
+    opened = _count_opened(monkeypatch)
     wh = open_warehouse(str(tmp_path))
     paths = _files(tmp_path / "p", spans, rows)
     group = _readable(wh, [wh.fs.get_file_info(str(p)) for p in paths])
@@ -468,17 +474,7 @@ def _files_over(folder: Path, spans: list[tuple[int, int]], seed: int) -> list[P
         times = pa.array(ms, pa.timestamp("ms", tz="UTC"))
         if rng.random() < 0.1:
             times = pa.concat_arrays([times.slice(0, rows - 1), pa.nulls(1, times.type)])
-        table = pa.table(
-            {
-                "timestamp": times,
-                "host": pa.array([f"host-{seq}"] * rows),
-                "container_id": pa.array([f"{seq:064x}"] * rows),
-                "container_name": pa.array(["app"] * rows),
-                "stream": pa.array(["stdout"] * rows),
-                "message": pa.array([f"{seq}-{i}" for i in range(rows)]),
-            },
-            schema=CONTAINER_LOGS.arrow_schema(),
-        )
+        table = _file_table(seq, times)
         options = write_options(table)
         if rng.random() < 0.3:
             options["row_group_size"] = int(rng.integers(1, rows))

@@ -65,6 +65,19 @@ def _ack(sock: socket.socket, message: str, chunk: str) -> None:
     assert read_acks(sock, 1) == [chunk]
 
 
+def _exits_recorded(tmp_path: Path) -> tuple[Aggregator, list[int], threading.Event]:
+    """An aggregator of ``--stop-timeout 0.2`` whose exit (``os._exit`` in the real process)
+    is recorded instead: its codes in the list, the event set at the first."""
+    settings = Settings(
+        warehouse=str(tmp_path / "wh"), buffer_dir=str(tmp_path / "buffer"), stop_timeout=0.2
+    )
+    agg = Aggregator(settings)
+    exits: list[int] = []
+    exited = threading.Event()
+    agg._exit_now = lambda code: (exits.append(code), exited.set())
+    return agg, exits, exited
+
+
 @pytest.mark.s3
 @pytest.mark.integration
 def test_a_stop_on_a_hung_warehouse_ends_within_its_budget_and_loses_nothing(
@@ -116,19 +129,13 @@ def test_the_watchdog_ends_a_stop_still_held_at_its_budget(
 ) -> None:
     """The last resort, for a stop held where no step is cut short (the event loop itself):
     exit 1 at ``--stop-timeout``, saying so; a stop that ends first disarms it."""
-    settings = Settings(
-        warehouse=str(tmp_path / "wh"), buffer_dir=str(tmp_path / "buffer"), stop_timeout=0.2
-    )
-    agg = Aggregator(settings)
-    exits: list[int] = []
-    exited = threading.Event()
-    agg._exit_now = lambda code: (exits.append(code), exited.set())
+    agg, exits, exited = _exits_recorded(tmp_path)
     with caplog.at_level(logging.ERROR, logger="logq.aggregator"):
         agg.stop()  # and nothing ends it
         assert exited.wait(30), "no exit at --stop-timeout"
     assert exits == [1]
     line = next(r.getMessage() for r in caplog.records if "did not end within" in r.getMessage())
-    assert f"the data is safe in {settings.buffer_dir}" in line, line
+    assert f"the data is safe in {agg.settings.buffer_dir}" in line, line
 
 
 def test_a_stop_cut_short_by_a_large_buffer_does_not_blame_the_warehouse(
@@ -193,13 +200,7 @@ def test_the_watchdog_exits_even_when_its_log_line_cannot_be_written(
     """The last resort must not wait on what may hold the stop itself: a log write that blocks.
     The line is given a moment, then the process exits 1 without it."""
     monkeypatch.setattr(stop_budget, "SAY_SECONDS", 0.1)
-    settings = Settings(
-        warehouse=str(tmp_path / "wh"), buffer_dir=str(tmp_path / "buffer"), stop_timeout=0.2
-    )
-    agg = Aggregator(settings)
-    exits: list[int] = []
-    exited = threading.Event()
-    agg._exit_now = lambda code: (exits.append(code), exited.set())
+    agg, exits, exited = _exits_recorded(tmp_path)
     stuck = _StuckHandler()
     logger = logging.getLogger("logq.aggregator")
     logger.addHandler(stuck)
@@ -235,13 +236,8 @@ def test_the_watchdog_of_a_drain_says_to_run_drain_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """``drain`` is for a buffer whose aggregator is gone for good: no next start writes it."""
-    settings = Settings(
-        warehouse=str(tmp_path / "wh"), buffer_dir=str(tmp_path / "buffer"), stop_timeout=0.2
-    )
-    agg = Aggregator(settings)
+    agg, _, exited = _exits_recorded(tmp_path)
     agg._draining = True
-    exited = threading.Event()
-    agg._exit_now = lambda code: exited.set()
     with caplog.at_level(logging.ERROR, logger="logq.aggregator"):
         agg.stop()
         assert exited.wait(30), "no exit at --stop-timeout"

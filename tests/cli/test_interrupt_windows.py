@@ -129,6 +129,33 @@ def hooked_env(
     }
 
 
+def ctrl_c_once_reached(
+    args: list[str], warehouse: str, env: dict[str, str], timeout: float
+) -> tuple[int, str, str]:
+    """Start ``logq ARGS --warehouse WAREHOUSE``, send it SIGINT once the hook has touched
+    ``$LOGQ_TEST_REACHED``, and wait at most ``timeout`` seconds for its end (killed if it
+    is still running then). Its exit status, stdout and stderr."""
+    reached = Path(env["LOGQ_TEST_REACHED"])
+    proc = subprocess.Popen(
+        [str(console_script("logq")), *args, "--warehouse", warehouse],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        while not reached.exists():
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out, err
+
+
 @pytest.mark.parametrize(
     ("step", "args"),
     [
@@ -145,32 +172,16 @@ def test_ctrl_c_while_the_local_engine_sets_up_exits_130(
     tmp_path: Path,
     subprocess_env: dict[str, str],
 ) -> None:
-    reached = tmp_path / "reached"
     env = {
         **hooked_env(tmp_path, subprocess_env, "hook", SITECUSTOMIZE),
         "LOGQ_TEST_HOLD": step,
         "LOGQ_CACHE_DIR": str(tmp_path / "cache"),
     }
     env.pop("LOGQ_DEBUG", None)
-    proc = subprocess.Popen(
-        [str(console_script("logq")), *args, "--warehouse", warehouse.uri],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        while not reached.exists():
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)  # the statement never ends: it was stopped
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    # Within 60 s: the statement never ends, so an exit at all means it was stopped.
+    code, out, err = ctrl_c_once_reached(args, warehouse.uri, env, timeout=60)
     assert "Traceback" not in err, err
-    assert (proc.returncode, err, out) == (130, "logq: interrupted\n", "")
+    assert (code, err, out) == (130, "logq: interrupted\n", "")
 
 
 @pytest.mark.parametrize(
@@ -186,7 +197,6 @@ def test_an_engine_that_does_not_stop_ends_in_two_lines(
     traceback and exit 1. It exits 130 and says why it did not wait, leaving DuckDB be; not
     through Python's finalization, where the statement's thread aborted the process (status
     134, "Fatal Python error"), and with its spill folder removed all the same."""
-    reached = tmp_path / "reached"
     spill_root = tmp_path / "tmp"
     spill_root.mkdir()
     env = {
@@ -197,24 +207,9 @@ def test_an_engine_that_does_not_stop_ends_in_two_lines(
         "LOGQ_CACHE_DIR": str(tmp_path / "cache"),
     }
     env.pop("LOGQ_DEBUG", None)
-    proc = subprocess.Popen(
-        [str(console_script("logq")), *args, "--warehouse", warehouse.uri],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        while not reached.exists():
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=50)  # the function naps for a minute
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert (proc.returncode, out) == (130, ""), err
+    # Within 50 s: the function naps for a minute, so logq did not wait for it.
+    code, out, err = ctrl_c_once_reached(args, warehouse.uri, env, timeout=50)
+    assert (code, out) == (130, ""), err
     assert err == (
         "logq: interrupted\nlogq: the local engine (DuckDB) did not stop the query within "
         "0.2 s of the Ctrl-C; exiting without waiting for it\n"

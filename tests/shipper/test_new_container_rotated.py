@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -17,6 +18,7 @@ import shipper.tailer as tailer_module
 from shipper import checkpoint as checkpoint_module
 from shipper import resume
 from shipper.checkpoint import Registry
+from shipper.cursor import Chunk
 from shipper.discover import SourceSpec
 from shipper.tailer import Tailer
 from tests.shipper.hostgen import docker_line, make_container
@@ -40,6 +42,40 @@ def previous_run(state: Path, at: float) -> None:
     reg.save()
     reg.close()
     os.utime(state / "checkpoints.json", (at, at))
+
+
+def set_wall(monkeypatch: pytest.MonkeyPatch, start: float, *modules: ModuleType) -> list[float]:
+    """Make the tailer and resume modules (and ``modules``) read ``wall[0]`` as the wall
+    clock, from ``start``: the test moves it."""
+    wall = [start]
+    for module in (resume, tailer_module, *modules):
+        monkeypatch.setattr(module.time, "time", lambda: wall[0])
+    return wall
+
+
+def let_go(t: Tailer) -> list[Chunk]:
+    """The source's runner ends: what is open is read to its end (each chunk acknowledged)
+    and let go. The chunks it read."""
+    chunks: list[Chunk] = []
+    while t.cursors:
+        if (chunk := t.read()) is not None:
+            chunks.append(chunk)
+            commit(t, chunk)
+        t.poll(finishing=True)
+    return chunks
+
+
+def stop(t: Tailer, reg: Registry) -> None:
+    """The run stops: its tailer closed, its registry saved a last time and closed."""
+    t.close()
+    reg.save()
+    reg.close()
+
+
+def start(state: Path, path: Path) -> tuple[Registry, Tailer]:
+    """A run's start on the registry in ``state``: its tailer of ``path``."""
+    reg = Registry(state)
+    return reg, Tailer(spec_for(path), reg, "h", 65536)
 
 
 @pytest.mark.parametrize("first_run", [True, False])
@@ -82,24 +118,18 @@ def test_rotated_files_older_than_the_previous_run_are_skipped(
     write(f"{path}.1", 0, 5, "read-before")
     old = time.time() - 3600
     os.utime(f"{path}.1", (old, old))
-    reg = Registry(tmp_path / "state")
-    t = Tailer(spec_for(path), reg, "h", 65536)
+    reg, t = start(tmp_path / "state", path)
     assert drain(t) == [f"read-before {i}" for i in range(5)]
-    while t.cursors:  # the container stopped: drained and released, its checkpoint forgotten
-        assert t.read() is None
-        t.poll(finishing=True)
-    t.close()
-    reg.save()
-    reg.close()
+    assert let_go(t) == []  # the container stopped: its checkpoint forgotten
+    stop(t, reg)
     assert reg.items() == []
     if older_shipper:
         doc = json.loads((tmp_path / "state" / "checkpoints.json").read_bytes())
         del doc["followed"]
         (tmp_path / "state" / "checkpoints.json").write_text(json.dumps(doc))
-    fresh_process(monkeypatch)  # the restart; the container is back
     write(path, 0, 2, "live")
-    reg = Registry(tmp_path / "state")
-    t = Tailer(spec_for(path), reg, "h", 65536)
+    fresh_process(monkeypatch)  # the restart; the container is back
+    reg, t = start(tmp_path / "state", path)
     with caplog.at_level(logging.INFO, logger="logq.shipper.tailer"):
         assert drain(t) == ["live 0", "live 1"]
     (skip,) = [r for r in caplog.records if "not reading rotated files" in r.getMessage()]
@@ -148,12 +178,9 @@ def test_a_source_found_again_does_not_read_its_rotated_files_twice(tmp_path: Pa
     old = time.time() - 30
     os.utime(f"{path}.1", (old, old))
     write(path, 0, 2, "live")
-    reg = Registry(tmp_path / "state")
-    t = Tailer(spec_for(path), reg, "h", 65536)
+    reg, t = start(tmp_path / "state", path)
     assert drain(t) == [f"rotated {i}" for i in range(5)] + ["live 0", "live 1"]
-    while t.cursors:  # the source is gone: drain and release
-        assert t.read() is None
-        t.poll(finishing=True)
+    assert let_go(t) == []  # the source is gone: drain and release
     t.close()
     assert reg.items() == []
     t = Tailer(spec_for(path), reg, "h", 65536)
@@ -170,8 +197,7 @@ def test_rotated_files_of_the_same_time_are_read_in_rotation_order(tmp_path: Pat
     for n in (1, 2, 3, 10):
         os.utime(f"{path}.{n}", ns=(now, now))
     write(path, 0, 1, "live")
-    reg = Registry(tmp_path / "state")
-    t = Tailer(spec_for(path), reg, "h", 65536)
+    reg, t = start(tmp_path / "state", path)
     got = drain(t)
     assert [g.split()[0] for g in got[::2]] == ["gen-10", "gen-3", "gen-2", "gen-1", "live"]
     reg.close()
@@ -192,15 +218,11 @@ def test_rotated_files_of_a_source_the_previous_run_never_followed_are_read(
     early = time.time() - 60
     os.utime(f"{b}.1", (early, early))
     write(b, 4, 2, "b-later")
-    reg = Registry(tmp_path / "state")
-    t = Tailer(spec_for(a), reg, "h", 65536)
+    reg, t = start(tmp_path / "state", a)
     assert drain(t) == [f"a {i}" for i in range(3)]
-    t.close()
-    reg.save()  # the previous run's final save: after B's rotation
-    reg.close()
+    stop(t, reg)  # the previous run's final save: after B's rotation
     fresh_process(monkeypatch)  # the restart
-    reg = Registry(tmp_path / "state")
-    t = Tailer(spec_for(b), reg, "h", 65536)
+    reg, t = start(tmp_path / "state", b)
     assert drain(t) == [f"b-early {i}" for i in range(4)] + ["b-later 4", "b-later 5"]
     t.close()
     reg.close()
@@ -214,24 +236,18 @@ def test_rotated_files_a_run_looked_for_but_never_opened_are_read(
     reader looked again (a stop ends the reader without a last poll). That run followed B, but
     never opened ``.1``: its lines are read at the restart, not skipped as "read then"."""
     fresh_process(monkeypatch)
-    wall = [time.time() - 100]
-    for module in (resume, tailer_module):
-        monkeypatch.setattr(module.time, "time", lambda: wall[0])
+    wall = set_wall(monkeypatch, time.time() - 100)
     b = tmp_path / "b-json.log"
-    reg = Registry(tmp_path / "state")
-    t = Tailer(spec_for(b), reg, "h", 65536)
+    reg, t = start(tmp_path / "state", b)
     assert drain(t) == []  # started: B has no file yet
     write(f"{b}.1", 0, 4, "b-early")  # the burst, 50 s later, rotated
     burst = wall[0] + 50
     os.utime(f"{b}.1", (burst, burst))
     write(b, 4, 2, "b-later")
     wall[0] += 90
-    t.close()  # the stop: the reader ends at once
-    reg.save()
-    reg.close()
+    stop(t, reg)  # the reader ends at once
     fresh_process(monkeypatch)  # the restart
-    reg = Registry(tmp_path / "state")
-    t = Tailer(spec_for(b), reg, "h", 65536)
+    reg, t = start(tmp_path / "state", b)
     assert drain(t) == [f"b-early {i}" for i in range(4)] + ["b-later 4", "b-later 5"]
     t.close()
     reg.close()
@@ -246,13 +262,10 @@ def test_rotated_files_read_after_the_start_are_not_read_again(
     C's files in hand (its live file at its path, nothing before it left), not only before
     that run's start."""
     clock = fresh_process(monkeypatch)
-    wall = [time.time() - 100]
-    for module in (resume, tailer_module):
-        monkeypatch.setattr(module.time, "time", lambda: wall[0])
+    wall = set_wall(monkeypatch, time.time() - 100)
     path = tmp_path / "c-json.log"
     write(path, 0, 2, "first")
-    reg = Registry(tmp_path / "state")
-    t = Tailer(spec_for(path), reg, "h", 65536)
+    reg, t = start(tmp_path / "state", path)
     assert drain(t) == ["first 0", "first 1"]
     path.rename(f"{path}.1")  # rotated 10 s after the start
     rotated = wall[0] + 10
@@ -262,19 +275,16 @@ def test_rotated_files_read_after_the_start_are_not_read_again(
     assert drain(t) == ["second 2"]
     clock[0] += 30  # past the wait for a writer still appending to the renamed file
     assert drain(t) == []
-    while t.cursors:  # C stopped: drained and released, its checkpoints forgotten
-        assert t.read() is None
-        t.poll(finishing=True)
+    assert let_go(t) == []  # C stopped: its checkpoints forgotten
     t.close()
     reg._finished.clear()  # a later save: files finished moments ago are no longer in it
     reg.save()
     reg.close()
     assert reg.items() == []
-    fresh_process(monkeypatch)  # the restart; C is back
     path.unlink()
     write(path, 0, 1, "back")
-    reg = Registry(tmp_path / "state")
-    t = Tailer(spec_for(path), reg, "h", 65536)
+    fresh_process(monkeypatch)  # the restart; C is back
+    reg, t = start(tmp_path / "state", path)
     assert drain(t) == ["back 0"]
     t.close()
     reg.close()
@@ -297,8 +307,7 @@ def test_a_followed_time_later_than_now_skips_nothing(
     at = time.time() + 3600 if saved == "future" else saved
     doc = {"version": 1, "files": {}, "followed": {spec_for(path).key: at}}
     (state / "checkpoints.json").write_text(json.dumps(doc))
-    reg = Registry(state)
-    t = Tailer(spec_for(path), reg, "h", 65536)
+    reg, t = start(state, path)
     assert drain(t) == ["rotated 0", "rotated 1", "live 2"]
     t.close()
     reg.close()
@@ -313,12 +322,9 @@ def test_rotated_files_of_a_source_found_again_that_its_tailer_never_opened_are_
     process: ``.1`` was never opened, its lines are read -- not skipped as "read then"
     because the closed tailer had looked at B (its look said nothing of ``.1``)."""
     fresh_process(monkeypatch)
-    wall = [time.time() - 100]
-    for module in (resume, tailer_module):
-        monkeypatch.setattr(module.time, "time", lambda: wall[0])
+    wall = set_wall(monkeypatch, time.time() - 100)
     b = tmp_path / "b-json.log"
-    reg = Registry(tmp_path / "state")
-    t = Tailer(spec_for(b), reg, "h", 65536)
+    reg, t = start(tmp_path / "state", b)
     assert drain(t) == []  # started: B has no file yet
     wall[0] += 20
     assert drain(t) == []  # looked again: still none
@@ -344,13 +350,10 @@ def test_a_file_rotated_as_a_source_s_runner_ended_is_read_when_it_is_found_agai
     holds lines no tailer read -- read, not skipped because the ended tailer had looked at
     C after it was written. The renamed file read to its end is not read again."""
     fresh_process(monkeypatch)
-    wall = [time.time() - 100]
-    for module in (resume, tailer_module):
-        monkeypatch.setattr(module.time, "time", lambda: wall[0])
+    wall = set_wall(monkeypatch, time.time() - 100)
     path = tmp_path / "c-json.log"
     write(path, 0, 2, "first")
-    reg = Registry(tmp_path / "state")
-    t = Tailer(spec_for(path), reg, "h", 65536)
+    reg, t = start(tmp_path / "state", path)
     assert drain(t) == ["first 0", "first 1"]
     wall[0] += 10
     write(path, 2, 3, "burst")
@@ -359,13 +362,8 @@ def test_a_file_rotated_as_a_source_s_runner_ended_is_read_when_it_is_found_agai
     write(path, 0, 2, "next")
     os.utime(path, (wall[0], wall[0]))
     wall[0] += 5
-    read: list[str] = []
-    while t.cursors:  # the runner ends: what is open is drained and let go
-        if (chunk := t.read()) is not None:
-            read += chunk.lines.logs
-            commit(t, chunk)
-        t.poll(finishing=True)
-    assert read == ["burst 2", "burst 3", "burst 4"]
+    read = let_go(t)  # the runner ends
+    assert [log for chunk in read for log in chunk.lines.logs] == ["burst 2", "burst 3", "burst 4"]
     t.close()
     os.rename(f"{path}.1", f"{path}.2")  # rotated again before C is found again
     path.rename(f"{path}.1")
@@ -385,13 +383,10 @@ def test_rotated_files_of_a_source_found_again_are_read_once(
     its rotated file still there. Nothing is read twice: the rotated file was in hand when
     the tailer last found C's live file at its path, with nothing before it left to read."""
     clock = fresh_process(monkeypatch)
-    wall = [time.time() - 100]
-    for module in (resume, tailer_module):
-        monkeypatch.setattr(module.time, "time", lambda: wall[0])
+    wall = set_wall(monkeypatch, time.time() - 100)
     path = tmp_path / "c-json.log"
     write(path, 0, 2, "first")
-    reg = Registry(tmp_path / "state")
-    t = Tailer(spec_for(path), reg, "h", 65536)
+    reg, t = start(tmp_path / "state", path)
     assert drain(t) == ["first 0", "first 1"]
     wall[0] += 10
     path.rename(f"{path}.1")
@@ -403,9 +398,7 @@ def test_rotated_files_of_a_source_found_again_are_read_once(
     clock[0] += 30  # past the wait for a writer still appending to the renamed file
     wall[0] += 30
     assert drain(t) == []
-    while t.cursors:  # C stopped: drained and released, its checkpoints forgotten
-        assert t.read() is None
-        t.poll(finishing=True)
+    assert let_go(t) == []  # C stopped: its checkpoints forgotten
     t.close()
     assert reg.items() == []
     wall[0] += 30
@@ -424,14 +417,11 @@ def test_a_file_written_as_its_source_ended_is_not_read_again_when_it_is_found_a
     the renamed file, read whole by the ended tailer, is not read again (every line of it
     sent twice) -- nor after a restart that finds C without checkpoints."""
     clock = fresh_process(monkeypatch)
-    wall = [time.time() - 1000]
-    for module in (resume, tailer_module, checkpoint_module):
-        monkeypatch.setattr(module.time, "time", lambda: wall[0])
+    wall = set_wall(monkeypatch, time.time() - 1000, checkpoint_module)
     path = tmp_path / "c-json.log"
     write(path, 0, 2, "first")
     state = tmp_path / "state"
-    reg = Registry(state)
-    t = Tailer(spec_for(path), reg, "h", 65536)
+    reg, t = start(state, path)
     assert drain(t) == ["first 0", "first 1"]
     wall[0] += 10
     write(path, 2, 3, "burst")  # written after the last full look
@@ -439,13 +429,8 @@ def test_a_file_written_as_its_source_ended_is_not_read_again_when_it_is_found_a
     path.rename(f"{path}.1")  # renamed away, not made again: the source is gone
     wall[0] += 1
     clock[0] += 1
-    read: list[str] = []
-    while t.cursors:  # the runner ends: what is open is drained and let go
-        if (chunk := t.read()) is not None:
-            read += chunk.lines.logs
-            commit(t, chunk)
-        t.poll(finishing=True)
-    assert read == ["burst 2", "burst 3", "burst 4"]
+    read = let_go(t)  # the runner ends
+    assert [log for chunk in read for log in chunk.lines.logs] == ["burst 2", "burst 3", "burst 4"]
     t.close()
     assert reg.items() == []
     wall[0] += 60  # long past the memory of files finished moments ago
@@ -458,8 +443,7 @@ def test_a_file_written_as_its_source_ended_is_not_read_again_when_it_is_found_a
     reg.close()
     path.unlink()
     write(path, 0, 1, "again")
-    reg = Registry(state)  # a restart finds C without checkpoints
-    t = Tailer(spec_for(path), reg, "h", 65536)
+    reg, t = start(state, path)  # a restart finds C without checkpoints
     assert drain(t) == ["again 0"]
     t.close()
     reg.close()
@@ -473,22 +457,17 @@ def test_a_file_written_after_its_ended_tailer_let_it_go_is_read_when_found_agai
     lines read before go out twice, the aggregator drops them by offset), not skipped with
     the lines written after it was let go."""
     clock = fresh_process(monkeypatch)
-    wall = [time.time() - 1000]
-    for module in (resume, tailer_module, checkpoint_module):
-        monkeypatch.setattr(module.time, "time", lambda: wall[0])
+    wall = set_wall(monkeypatch, time.time() - 1000, checkpoint_module)
     path = tmp_path / "c-json.log"
     write(path, 0, 2, "first")
     os.utime(path, (wall[0], wall[0]))
-    reg = Registry(tmp_path / "state")
-    t = Tailer(spec_for(path), reg, "h", 65536)
+    reg, t = start(tmp_path / "state", path)
     assert drain(t) == ["first 0", "first 1"]
     wall[0] += 10
     path.rename(f"{path}.1")
     clock[0] += 10
     wall[0] += 1
-    while t.cursors:  # the runner ends: drained, let go
-        assert t.read() is None
-        t.poll(finishing=True)
+    assert let_go(t) == []  # the runner ends
     write(f"{path}.1", 2, 1, "late")  # its writer still appends to it
     os.utime(f"{path}.1", (wall[0], wall[0]))
     wall[0] += 1
