@@ -75,17 +75,17 @@ def compact_partition(
     """
     if infos is None:
         infos = list_folder(wh, folder)
+    if stale_before is None:
+        stale_before = datetime.now(UTC) - INTENT_STALE_AFTER
     intents = [i for i in infos if _is_intent(i)]
     if intents:
         try:
-            if stale_before is None:
-                stale_before = datetime.now(UTC) - INTENT_STALE_AFTER
             finish_intents(wh, folder, stale_before, intents)
         except PartitionBusy:
             log.info("skipping %s: another compaction is under way there", folder)
             return 0
         infos = list_folder(wh, folder)  # finishing a merge deleted its inputs: list again
-    _sweep_temporaries(wh, infos)
+    _sweep_temporaries(wh, infos, stale_before)
     small = [i for i in infos if _visible(i) and (i.size or 0) < target_bytes // 2]
     if len(small) < 2:  # _groups merges only small files, two or more: no footer to read
         return 0
@@ -104,11 +104,13 @@ def compact_partition(
 _TEMPORARY = re.compile(r"\A\..+\.[0-9a-f]{8}\.tmp\Z")
 
 
-def _sweep_temporaries(wh: Warehouse, infos: list[pafs.FileInfo]) -> None:
+def _sweep_temporaries(wh: Warehouse, infos: list[pafs.FileInfo], cutoff: datetime) -> None:
     """Delete the temporary files of local writes killed mid-way (``kill -9`` skips their
-    cleanup): readers skip them, but nothing else would ever remove them. Only those older
-    than INTENT_STALE_AFTER, in a closed hour: no write can still be running."""
-    cutoff = datetime.now(UTC) - INTENT_STALE_AFTER
+    cleanup): readers skip them, but nothing else would ever remove them. Only those dated
+    before ``cutoff`` (INTENT_STALE_AFTER ago, by the store's clock as intents are: on a file
+    server whose clock is behind this host's, a flush of late rows writing its temporary file
+    just now looked that much older, and was deleted under the writer), in a closed hour: no
+    write can still be running."""
     for info in infos:
         if (
             info.type == pafs.FileType.File

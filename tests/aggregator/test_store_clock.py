@@ -119,3 +119,29 @@ def test_the_bounds_hold_where_a_file_is_dated_by_the_kernel_s_coarse_clock(
     monkeypatch.setattr(store_clock, "put_bytes", put_dated_by_a_tick)
     clock = store_clock.measure(open_warehouse(str(tmp_path / "wh"), create=True))
     assert clock.low <= 0.0 <= clock.high
+
+
+def test_a_write_under_way_is_not_taken_for_a_killed_one_by_a_clock_ahead(
+    tmp_path: Path, host_ahead: datetime
+) -> None:
+    """A flush of late rows into a closed hour writes its temporary file (``.<name>.<8
+    hex>.tmp``) on the file server just now: 40 minutes old by this host's clock, past the 15
+    minutes after which the pass deletes it as a killed write's, under the writer (whose
+    rename then fails). By the store's clock it is fresh: it stays. One the store dated 20
+    minutes ago is a killed write's: deleted."""
+    uri = str(tmp_path / "wh")
+    flush_files(uri, files=4, rows_per_file=5)
+    wh = open_warehouse(uri)
+    past_grace = (datetime.now(UTC) - timedelta(minutes=31)).timestamp()
+    for path in Path(uri).rglob("*.parquet"):
+        os.utime(path, (past_grace, past_grace))
+    folder = Path(wh.path(partition_path("container_logs", "recipe", DT)))
+    writing = folder / ".late.parquet.0123abcd.tmp"
+    writing.write_bytes(b"PAR1")  # dated now by the store
+    killed = folder / ".dead.parquet.89abcdef.tmp"
+    killed.write_bytes(b"PAR1")
+    long_ago = (datetime.now(UTC) - timedelta(minutes=20)).timestamp()
+    os.utime(killed, (long_ago, long_ago))
+    assert compact_warehouse(wh, now=host_ahead + timedelta(minutes=31), lookback=None) == 2 * 4
+    assert writing.exists(), "a write under way was deleted as a killed one's"
+    assert not killed.exists()
