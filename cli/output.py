@@ -35,6 +35,8 @@ from typing import Any, NamedTuple, TextIO
 
 from athena.engines.result import human_bytes
 from cli.textio import writes_utf8
+from cli.whole_rows import RowEnd, csv_row_end, end_with, line_end
+from cli.whole_rows import write_all as chunked_write
 
 #: Rows of one result: a whole answer, or one batch of a streamed one.
 Rows = Sequence[Sequence[Any]]
@@ -426,10 +428,11 @@ def cell_text(text: str) -> str:
 WRITE_CHUNK = 16 * 1024
 
 
-def write_all(out: TextIO, text: str) -> None:
-    """Write ``text`` to ``out`` in pieces of at most :data:`WRITE_CHUNK` characters."""
-    for start in range(0, len(text), WRITE_CHUNK):
-        out.write(text[start : start + WRITE_CHUNK])
+def write_all(out: TextIO, text: str, row_end: RowEnd = line_end) -> None:
+    """Write ``text`` to ``out`` in pieces of at most :data:`WRITE_CHUNK` characters; a Ctrl-C
+    meanwhile ends the output with the whole row it cut (:mod:`cli.whole_rows`, ``row_end``
+    says where a row ends)."""
+    chunked_write(out, text, WRITE_CHUNK, row_end)
 
 
 class ChunkedFile:
@@ -688,8 +691,17 @@ def emit(
         pieces = csv_pieces(columns, counted)
     else:
         pieces = markdown_pieces(columns, counted)
-    for text in pieces:
-        write_all(out, text)
+    row_end = csv_row_end if fmt is OutputFormat.csv else line_end
+    ended = True  # the output so far ends with a line break
+    try:
+        for text in pieces:
+            if text:
+                ended = True  # a Ctrl-C in write_all ends the row it cut
+                write_all(out, text, row_end)
+                ended = text.endswith("\n")
+    except KeyboardInterrupt:  # between pieces: fetching or encoding the next batch
+        end_with(out, "" if ended else "\n")
+        raise
     if fmt is OutputFormat.json:
         out.write("\n")
     out.flush()

@@ -67,10 +67,10 @@ class Fetched:
             self.rows += len(rows)
             return rows
 
-        def write_all(out: Any, text: str) -> None:
+        def write_all(out: Any, text: str, *row_end: Any) -> None:
             if text:
                 self.at_writes.append(self.rows)
-            real_write(out, text)
+            real_write(out, text, *row_end)
 
         monkeypatch.setattr(local_mod, "_python_rows", python_rows)
         monkeypatch.setattr(output_mod, "write_all", write_all)
