@@ -324,13 +324,22 @@ def delete_object(wh: Warehouse, path: str) -> None:
 #: The S3 settings for which a boto3 GET or DELETE failed and pyarrow's requests were used
 #: instead (logged once per settings: a TLS setting only pyarrow's client has fails them all).
 _FELL_BACK: set[Any] = set()
+#: Those of :data:`_FELL_BACK` for which a boto3 request got no answer from S3 at all (a TLS
+#: setting only pyarrow's client has, a network error); an S3 error answer (a 500, a refusal)
+#: shows that boto3 reaches the store. A merge there writes through pyarrow's stream, not a
+#: multipart upload that would fail the same way (:func:`.compaction.merge._atomic_output`).
+_UNANSWERED: set[Any] = set()
 
 
 def _boto3_failed(wh: Warehouse, what: str, exc: Exception) -> None:
     """Log that a boto3 request failed and pyarrow's are used instead: a WARNING the first time
     for these settings (every request then costs pyarrow's two or three), DEBUG after that."""
+    from botocore.exceptions import ClientError
+
     level = logging.DEBUG if wh.s3 in _FELL_BACK else logging.WARNING
     _FELL_BACK.add(wh.s3)
+    if not isinstance(exc, ClientError):
+        _UNANSWERED.add(wh.s3)
     log.log(level, "%s in %s through boto3 failed (%s): pyarrow sends it", what, wh.uri, exc)
 
 

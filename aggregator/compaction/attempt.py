@@ -6,9 +6,11 @@ order of a merge is chosen so that readers may briefly see a row twice but never
 1. write the intent ``_compact-<id>.json`` (inputs, output, row count) in the partition (hidden
    from readers: the ``_`` prefix), then list the partition's intents: if another compactor's is
    there, withdraw this one and leave the partition to it;
-2. write the merged output ``c-<id>.parquet`` (atomic: tmp+rename locally, one upload on S3;
-   but pyarrow cannot abort an S3 upload, so a streamed merge that fails there publishes a
-   short file, which its rollback deletes at once);
+2. write the merged output ``c-<id>.parquet`` (atomic: tmp+rename locally; on S3 a multipart
+   upload completed only when the merge succeeds and aborted otherwise, so a merge that fails
+   half way publishes nothing: :mod:`aggregator.multipart`. pyarrow's stream, still used on a
+   filesystem built without boto3 settings or where boto3's requests got no answer, cannot
+   abort: there a failed merge publishes a short file, which its rollback deletes at once);
 3. delete the inputs; 4. delete the intent.
 
 ``<id>`` is random, new for every attempt: two attempts never share an output or an intent, and

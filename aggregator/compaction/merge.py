@@ -21,13 +21,15 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from aggregator import storage
 from aggregator.compaction.inputs import WHOLE_READ_BYTES, Input, _batches, _Fetcher
 from aggregator.compaction.runs import merge_run, open_at_once, plan_runs, runs_bytes
 from aggregator.compaction.sorted_rows import _Source, first_ts, sorted_rows
 from aggregator.durable import atomic_file
-from aggregator.storage import ROW_GROUP_ROWS, write_options
+from aggregator.multipart import MultipartUpload, buffer_bytes
+from aggregator.storage import ROW_GROUP_ROWS, _with_boto3, write_options
 from athena.schema import Table
-from athena.warehouse import Warehouse
+from athena.warehouse import Warehouse, s3_client
 
 #: Decoded bytes of input rows that one merge reads ahead of its output (the heads of
 #: :func:`.sorted_rows.sorted_rows`): shared by the inputs open at once (their footers' spans
@@ -43,9 +45,12 @@ ROW_GROUP_BYTES = 48 * 1024 * 1024
 #: about twice each, the row group filled beside the one being encoded, the batches beside
 #: their sorted copy).
 MERGE_BYTES = 2 * (READ_BYTES + ROW_GROUP_BYTES)
+#: Merges that the memory budget is sized for (``passes.MERGE_PARTITIONS``).
+MERGES_AT_ONCE = 4
 #: Decoded bytes that the merges running at once may hold (:class:`_MemoryBudget`): four
-#: merges (``MERGE_PARTITIONS``).
-MERGE_MEMORY_BYTES = 4 * MERGE_BYTES
+#: merges (``MERGE_PARTITIONS``). On S3 the budget also holds their outputs' upload buffers
+#: (:func:`_merge_budget`).
+MERGE_MEMORY_BYTES = MERGES_AT_ONCE * MERGE_BYTES
 #: A merge fetches small inputs (flush files) at most this many (compressed) bytes ahead.
 FETCH_AHEAD_BYTES = 32 * 1024 * 1024
 #: A batch holds at most this many rows (fewer when its share of READ_BYTES says so).
@@ -53,8 +58,29 @@ BATCH_ROWS = 65_536
 
 
 @contextlib.contextmanager
-def _atomic_output(wh: Warehouse, path: str) -> Iterator[IO[bytes] | pa.NativeFile]:
-    """A stream whose content appears at ``path`` whole, or not at all."""
+def _atomic_output(
+    wh: Warehouse, path: str
+) -> Iterator[IO[bytes] | pa.NativeFile | MultipartUpload]:
+    """A stream whose content appears at ``path`` whole, or not at all.
+
+    On S3 (boto3's client at hand: :func:`.storage._with_boto3`) a multipart upload completed
+    only when the ``with`` body succeeds, aborted otherwise (:mod:`aggregator.multipart`):
+    the footer that ``_merge``'s ``writer.close()`` writes on the way out of a failed merge goes
+    to an upload that is then aborted, so no short file is ever visible. A filesystem built
+    elsewhere keeps pyarrow's stream, which cannot abort: its ``with`` publishes what was
+    written (the attempt's rollback deletes it); so does an S3 warehouse whose boto3 requests
+    got no answer before (:data:`.storage._UNANSWERED`: a setting only pyarrow's client has;
+    an error answer, a 500 after retries, keeps the multipart upload)."""
+    if _multipart(wh):
+        bucket, _, key = path.partition("/")
+        upload = MultipartUpload(s3_client(wh.s3), bucket, key)
+        try:
+            yield upload
+        except BaseException:
+            upload.abort()
+            raise
+        upload.complete()
+        return
     if not isinstance(wh.fs, pafs.LocalFileSystem):
         with wh.fs.open_output_stream(path) as out:
             yield out
@@ -196,12 +222,34 @@ def _with_footer(wh: Warehouse, f: Input) -> Input:
     return Input(f.path, f.name, f.size, f.rows, meta, f.data)
 
 
-def _memory_cost(group: list[Input]) -> int:
+def _memory_cost(group: list[Input], wh: Warehouse | None = None) -> int:
     """What merging ``group`` holds in decoded rows, for :class:`_MemoryBudget` (the inputs'
     fetched bytes are bounded apart: ``PREFETCH_BYTES`` per partition, and
     :data:`FETCH_AHEAD_BYTES` per merge), and in the runs it keeps in memory when more than
-    :data:`.runs.FAN_IN` of its inputs overlap: at most :func:`.runs.runs_bytes`."""
-    return MERGE_BYTES + runs_bytes(group)
+    :data:`.runs.FAN_IN` of its inputs overlap: at most :func:`.runs.runs_bytes`; on S3
+    (``wh``'s output a multipart upload) plus the upload's buffer: :func:`_upload_bytes`."""
+    return MERGE_BYTES + runs_bytes(group) + _upload_bytes(wh)
+
+
+def _multipart(wh: Warehouse) -> bool:
+    """Whether a merge's output in ``wh`` is a :class:`.multipart.MultipartUpload` (see
+    :func:`_atomic_output`)."""
+    return _with_boto3(wh) and wh.s3 not in storage._UNANSWERED
+
+
+def _upload_bytes(wh: Warehouse | None) -> int:
+    """Bytes of its output that a merge holds while uploading it: the multipart upload's parts
+    on S3 (:func:`.multipart.buffer_bytes`, 48 MiB); none on a local disk (written as it comes)
+    or through pyarrow's stream (its own buffers, which the budget never counted)."""
+    return buffer_bytes() if wh is not None and _multipart(wh) else 0
+
+
+def _merge_budget(wh: Warehouse, decoded: int | None = None) -> _MemoryBudget:
+    """The budget of the merges running at once in ``wh``: ``decoded`` bytes of rows
+    (:data:`MERGE_MEMORY_BYTES`), and on S3 their ``MERGES_AT_ONCE`` upload buffers beside
+    (which each merge charges: four merges still run at once)."""
+    rows = MERGE_MEMORY_BYTES if decoded is None else decoded
+    return _MemoryBudget(rows + MERGES_AT_ONCE * _upload_bytes(wh))
 
 
 def _writer_options(table: pa.Table) -> dict:

@@ -19,7 +19,7 @@ from aggregator.compaction.intents import (
     _is_intent,
     finish_intents,
 )
-from aggregator.compaction.merge import MERGE_MEMORY_BYTES, _memory_cost, _MemoryBudget
+from aggregator.compaction.merge import _memory_cost, _MemoryBudget, _merge_budget
 from aggregator.storage import list_folder
 from athena.schema import Table
 from athena.warehouse import Warehouse
@@ -89,11 +89,11 @@ def compact_partition(
     small = [i for i in infos if _visible(i) and (i.size or 0) < target_bytes // 2]
     if len(small) < 2:  # _groups merges only small files, two or more: no footer to read
         return 0
-    budget = budget or _MemoryBudget(MERGE_MEMORY_BYTES)
+    budget = budget or _merge_budget(wh)
     files = _readable(wh, small)
     merged = 0
     for group in _groups(files, target_bytes):
-        with budget.reserve(_memory_cost(group)):
+        with budget.reserve(_memory_cost(group, wh)):
             if not _Attempt(wh, spec, folder, group).run():
                 break  # another compactor works here: it has (or the next pass will) the rest
         merged += len(group)

@@ -10,8 +10,9 @@ merge's other deletes (its intent; a rolled-back output) are one DELETE each on 
 are a HEAD, the DELETE and a PUT recreating the folder marker). The merges running at once
 hold no more decoded bytes than ``MERGE_MEMORY_BYTES`` (each merge holds at most
 ``MERGE_BYTES``, whatever its group: :mod:`.merge`; more for the runs of a group whose inputs
-overlap in time more than :data:`.runs.FAN_IN`, which it reserves too): a merge waits for room
-before it writes its intent. ``hold`` is asked before each partition, for one with
+overlap in time more than :data:`.runs.FAN_IN`, which it reserves too; on S3 its output's
+multipart upload buffer too, beside which the budget holds four of those): a merge waits for
+room before it writes its intent. ``hold`` is asked before each partition, for one with
 something to merge once a merge slot is free, right before it starts: once it says stop, the
 merges under way finish and no other starts.
 
@@ -45,7 +46,7 @@ from aggregator.compaction.intents import (
 )
 from aggregator.compaction.last_pass import _record_pass, resume_lookback
 from aggregator.compaction.listing import DEFAULT_LOOKBACK, _closed_partitions_listed
-from aggregator.compaction.merge import MERGE_MEMORY_BYTES, _MemoryBudget
+from aggregator.compaction.merge import MERGE_MEMORY_BYTES, _MemoryBudget, _merge_budget
 from aggregator.compaction.notes import PassNotes
 from aggregator.compaction.partition import _may_need_work, _visible, compact_partition
 from aggregator.ledger import Heartbeat, expire_ledger
@@ -123,7 +124,7 @@ def compact_warehouse(
     failed: list[str] = []
     stopped = False
     walked = 0
-    budget = _MemoryBudget(MERGE_MEMORY_BYTES)
+    budget = _merge_budget(wh, MERGE_MEMORY_BYTES)
     merging = threading.Semaphore(MERGE_PARTITIONS)
     started: list[tuple[str, Future[int]]] = []
     partitions = _closed_partitions_listed(wh, now, grace, lookback, tables, service, notes)

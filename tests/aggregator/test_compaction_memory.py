@@ -3,6 +3,7 @@ every row once, sorted by time, in files that other readers read."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,12 +17,14 @@ import pytest
 
 import aggregator.compaction.attempt as attempt_mod
 import aggregator.compaction.merge as merge_mod
+import aggregator.multipart as multipart_mod
+import aggregator.storage as storage_mod
 from aggregator.compaction.inputs import Input, _readable
 from aggregator.compaction.partition import compact_partition
 from aggregator.compaction.sorted_rows import _Source, sorted_rows
 from aggregator.storage import write_options
 from athena.schema import CONTAINER_LOGS, Table, partition_path
-from athena.warehouse import Warehouse, open_warehouse
+from athena.warehouse import Warehouse, open_warehouse, s3_client
 from tests.aggregator.test_compaction import DT, HOUR, flush_files, service_rows
 from tests.aggregator.test_compaction_requests import entries
 from tests.support.parquet import assert_fastparquet_reads
@@ -281,15 +284,19 @@ def test_a_long_line_repeated_is_read_in_batches_of_its_own_size(
 def test_a_merge_failing_half_way_on_s3_keeps_its_inputs(
     s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every merge now writes while it reads: a read that fails half way, after a row group is
-    out, leaves on S3 a short but valid output (pyarrow cannot abort an upload). Its rollback
-    deletes it: the inputs stay, every row once, and the next pass merges them exactly."""
+    """Every merge writes while it reads: a read that fails half way, after row groups (and
+    parts) are out, aborts the output's multipart upload. No output ever shows (pyarrow's
+    stream, which cannot abort, published a short but valid file that Athena counted beside
+    the inputs until the rollback), no upload is left in progress (its parts billed): the
+    inputs stay, every row once, and the next pass merges them exactly."""
     flush_files(s3_warehouse, files=6, rows_per_file=300, service="svc")
     wh = open_warehouse(s3_warehouse)
     folder = wh.path(partition_path("container_logs", "svc", DT))
     rows_before, names_before = service_rows(s3_warehouse), entries(wh, folder)
     monkeypatch.setattr(merge_mod, "ROW_GROUP_BYTES", 8 << 10)
     monkeypatch.setattr(merge_mod, "READ_BYTES", 16 << 10)
+    monkeypatch.setattr(multipart_mod, "PART_BYTES", 1 << 10)
+    sent = _count_parts(monkeypatch)
     real = merge_mod._batches
     read = [0]
 
@@ -312,10 +319,98 @@ def test_a_merge_failing_half_way_on_s3_keeps_its_inputs(
     monkeypatch.setattr(attempt_mod._Attempt, "_roll_back", watched)
     with pytest.raises(OSError, match="injected"):
         compact_partition(wh, CONTAINER_LOGS, folder, 128 << 20)
-    assert short and 0 < short[0] < 1800  # published short, then deleted
+    assert sent[0] > 0  # parts were out when it failed
+    assert short == []  # never published
+    assert _uploads_in_progress(wh) == []
     assert entries(wh, folder) == names_before
     assert service_rows(s3_warehouse) == rows_before
     monkeypatch.setattr(merge_mod, "_batches", real)
+    monkeypatch.setattr(multipart_mod, "PART_BYTES", 5 << 20)  # (S3's least, but for the last)
     assert compact_partition(wh, CONTAINER_LOGS, folder, 128 << 20) == 6
     assert service_rows(s3_warehouse) == rows_before
     assert [n for n in entries(wh, folder) if not n.startswith("c-")] == []
+
+
+def _count_parts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the parts that multipart uploads send (UploadPart requests, counted as the writer
+    hands them to the upload threads). Clears the S3 settings whose boto3 requests an earlier
+    test made fail (those write through pyarrow's stream instead)."""
+    monkeypatch.setattr(storage_mod, "_FELL_BACK", set())
+    monkeypatch.setattr(storage_mod, "_UNANSWERED", set())
+    sent = [0]
+    real = multipart_mod.MultipartUpload._send
+
+    def counted(self: multipart_mod.MultipartUpload, part: bytes) -> None:
+        sent[0] += 1
+        real(self, part)
+
+    monkeypatch.setattr(multipart_mod.MultipartUpload, "_send", counted)
+    return sent
+
+
+def _uploads_in_progress(wh: Warehouse) -> list[str]:
+    """The keys of the warehouse bucket's multipart uploads neither completed nor aborted."""
+    assert wh.s3 is not None
+    bucket = wh.base.partition("/")[0]
+    answer = s3_client(wh.s3).list_multipart_uploads(Bucket=bucket)
+    return [u["Key"] for u in answer.get("Uploads", [])]
+
+
+def _random_rows(seq: int, rows: int, rng: np.random.Generator) -> pa.Table:
+    """Container log rows whose messages barely compress (random base64): ~160 bytes each in
+    Parquet too, so a few MiB of output take little merging."""
+    table = _table(seq, rows, rng)
+    noise = base64.b64encode(rng.bytes(rows * 120)).decode()
+    messages = pa.array([noise[k * 160 : (k + 1) * 160] for k in range(rows)])
+    return table.set_column(table.schema.get_field_index("message"), "message", messages)
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_a_merge_of_many_parts_on_s3_reads_back_whole(
+    s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A merge whose output spans parts (S3's smallest, 5 MiB, uploaded while the merge writes)
+    completes into one object that pyarrow and fastparquet read whole, every row once, in
+    order; one that fails after a part is out is aborted: no object, no upload left."""
+    wh = open_warehouse(s3_warehouse, create=True)
+    rng = np.random.default_rng(5)
+    tables = [_random_rows(seq, 16_000, rng) for seq in range(3)]
+    paths = [wh.path("in", f"n-{seq}.parquet") for seq in range(3)]
+    for path, table in zip(paths, tables, strict=True):
+        pq.write_table(table, path, filesystem=wh.fs, **write_options(table))
+    group = _readable(wh, wh.fs.get_file_info(paths))
+    monkeypatch.setattr(merge_mod, "ROW_GROUP_BYTES", 1 << 20)
+    monkeypatch.setattr(merge_mod, "READ_BYTES", 1 << 20)
+    monkeypatch.setattr(multipart_mod, "PART_BYTES", 5 << 20)
+    sent = _count_parts(monkeypatch)
+    real = merge_mod._batches
+
+    def failing(*args: Any) -> Iterator[pa.Table]:
+        for table in real(*args):
+            if sent[0]:
+                raise OSError("injected read failure")
+            yield table
+
+    monkeypatch.setattr(merge_mod, "_batches", failing)
+    failed = wh.path("out", "c-failed.parquet")
+    with pytest.raises(OSError, match="injected"):
+        merge_mod._merge(wh, CONTAINER_LOGS, group, failed)
+    assert sent[0] == 1
+    assert not wh.fs.get_file_info(failed).is_file
+    assert _uploads_in_progress(wh) == []
+
+    monkeypatch.setattr(merge_mod, "_batches", real)
+    sent[0] = 0
+    output = wh.path("out", "c-whole.parquet")
+    assert merge_mod._merge(wh, CONTAINER_LOGS, group, output) == 48_000
+    assert sent[0] == 2
+    assert _uploads_in_progress(wh) == []
+    with wh.fs.open_input_file(output) as fh:
+        data = fh.read()
+    expected = pa.concat_tables(tables).sort_by("timestamp")
+    got = pq.read_table(pa.BufferReader(data))
+    assert got.num_rows == expected.num_rows
+    assert got["timestamp"].to_pylist() == expected["timestamp"].to_pylist()
+    assert sorted(got["message"].to_pylist()) == sorted(expected["message"].to_pylist())
+    assert assert_fastparquet_reads(data) == 48_000
