@@ -12,9 +12,11 @@ a reader takes the rest of the file into it), a JSON object without its ``}``. T
 So while a piece is written a first Ctrl-C is held (:class:`WholeRows`) and raised once the
 piece is out; the rest of the row it cut is then written, with its line break, before the
 ``KeyboardInterrupt`` goes on (status 130, ``logq: interrupted``). A second Ctrl-C raises at
-once: a write that blocks (a paused ``less`` that does not read) must not make logq deaf. The
-document itself stays incomplete (a JSON array without its ``]``): a truncated answer must not
-look whole.
+once: a write that blocks (a paused ``less`` that does not read) must not make logq deaf. Nor
+must the first: the wait for the piece, and for the rest of its row and the flush, lasts
+:data:`GIVE_UP_SECONDS` at most (a ``SIGALRM`` then acts as the second Ctrl-C). The document
+itself stays incomplete (a JSON array without its ``]``): a truncated answer must not look
+whole.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import TextIO
+
+#: After a first Ctrl-C, how long the output may keep logq (the piece being written, then the
+#: rest of the row it cut and the flush) before it is given up on as after a second Ctrl-C: into
+#: a pager paused on a page, a write waits until the pager reads, and logq waited with it.
+GIVE_UP_SECONDS = 1.0
 
 #: Where the row that ``text[at:]`` continues ends (the index after its line break), or None
 #: when it does not end in ``text``.
@@ -57,23 +64,68 @@ def at_row_end(text: str, at: int, row_end: RowEnd) -> bool:
     return at == 0 or row_end(text, at - 1) == at
 
 
+def _alarm_free() -> bool:
+    """Whether this thread may use ``SIGALRM`` to bound a wait: the main thread (the only one
+    that handles signals), on a system that has it, with nobody else's handler on it."""
+    return (
+        hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
+    )
+
+
+def _disarm() -> None:
+    """Cancel the alarm, before its handler goes (a ``SIGALRM`` already caught then is dropped:
+    Python skips a caught signal whose handler is back to the default)."""
+    signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+@contextmanager
+def given_up_after(seconds: float) -> Iterator[None]:
+    """A ``KeyboardInterrupt`` in the block after ``seconds`` (it also stops a write blocked on
+    a reader that does not read), when :func:`_alarm_free`; else the block as it is."""
+    if not _alarm_free():
+        yield
+        return
+
+    def expired(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGALRM, expired)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        yield
+    finally:
+        _disarm()
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
 class WholeRows:
-    """Hold a first SIGINT while a piece is written (:meth:`writing`); see the module doc."""
+    """Hold a first SIGINT while a piece is written (:meth:`writing`), for
+    :data:`GIVE_UP_SECONDS` at most; see the module doc."""
 
     def __init__(self) -> None:
         self._writing = False
         self._held = False
+        self._alarm = False
 
     def _sigint(self, signum: int, frame: FrameType | None) -> None:
         if self._writing and not self._held:
             self._held = True
+            if self._alarm:
+                signal.setitimer(signal.ITIMER_REAL, GIVE_UP_SECONDS)
             return
         raise KeyboardInterrupt
+
+    def _sigalrm(self, signum: int, frame: FrameType | None) -> None:
+        if self._held:  # the piece did not go out in time: as a second Ctrl-C
+            raise KeyboardInterrupt
 
     @contextmanager
     def taken(self) -> Iterator[None]:
         """Take SIGINT for the block, if it has Python's usual handler (a SIGINT ignored on
-        purpose stays ignored, another handler stays) and this is the main thread."""
+        purpose stays ignored, another handler stays) and this is the main thread; and SIGALRM,
+        when :func:`_alarm_free`, to bound the wait of a held one."""
         usual = signal.default_int_handler
         if (
             threading.current_thread() is not threading.main_thread()
@@ -81,11 +133,17 @@ class WholeRows:
         ):
             yield
             return
+        self._alarm = _alarm_free()
+        if self._alarm:
+            signal.signal(signal.SIGALRM, self._sigalrm)
         signal.signal(signal.SIGINT, self._sigint)
         try:
             yield
         finally:
             signal.signal(signal.SIGINT, usual)
+            if self._alarm:
+                _disarm()
+                signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
     @contextmanager
     def writing(self) -> Iterator[None]:
@@ -100,6 +158,8 @@ class WholeRows:
                 raise
         finally:
             self._writing = False
+            if self._held and self._alarm:
+                _disarm()
         if self._held:
             self._held = False
             raise KeyboardInterrupt
@@ -119,11 +179,12 @@ def finish_row(out: TextIO, text: str, at: int, row_end: RowEnd) -> None:
 
 def end_with(out: TextIO, rest: str) -> None:
     """Write ``rest`` and flush, after a Ctrl-C (see :func:`finish_row`); a second Ctrl-C
-    meanwhile (the flush waits on a paused reader) or a failure gives up on ``out``
-    (:func:`abandon`)."""
+    meanwhile (the flush waits on a paused reader), :data:`GIVE_UP_SECONDS` of waiting or a
+    failure gives up on ``out`` (:func:`abandon`)."""
     try:
-        out.write(rest)
-        out.flush()
+        with given_up_after(GIVE_UP_SECONDS):
+            out.write(rest)
+            out.flush()
     except (KeyboardInterrupt, OSError, ValueError):
         abandon(out)
 

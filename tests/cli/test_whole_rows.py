@@ -8,12 +8,16 @@ process: a real SIGINT raised halfway through a write, or while the next batch i
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -131,5 +135,97 @@ def test_a_second_ctrl_c_leaves_no_flush_to_wait_on_the_reader(
         assert os.path.samestat(os.fstat(write_end), os.stat(os.devnull))
     finally:
         stdout.second = ""
+        stdout.close()
+        os.close(read_end)
+
+
+class _Valve:
+    """A second Ctrl-C sent to the main thread if the code under test still runs after
+    ``seconds`` (a hang detector: what the test asserts is that it was not needed)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.opened = False
+        self._done = threading.Event()
+        self._main = threading.main_thread().ident
+        self._thread = threading.Thread(target=self._run, args=(seconds,), daemon=True)
+
+    def _run(self, seconds: float) -> None:
+        if not self._done.wait(seconds):
+            self.opened = True
+            signal.pthread_kill(self._main, signal.SIGINT)
+
+    def __enter__(self) -> _Valve:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def _full_pipe() -> tuple[int, int]:
+    """A pipe whose reader does not read (a paused ``less``), already full: any write of
+    stdout's to it blocks."""
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, b"x" * 4096)
+    os.set_blocking(write_end, True)
+    return read_end, write_end
+
+
+# pytest-timeout's "signal" method takes SIGALRM, which logq's bound uses (it leaves another
+# handler's SIGALRM alone): these tests time out by a thread instead.
+@pytest.mark.timeout(60, method="thread")
+def test_one_ctrl_c_ends_a_write_blocked_on_a_paused_reader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The held Ctrl-C waits for the piece to go out only GIVE_UP_SECONDS: into a pager that
+    does not read, logq waited until a second Ctrl-C (or until the pager was quit)."""
+    read_end, write_end = _full_pipe()
+    stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(write_end, "w")), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    main = threading.main_thread().ident
+
+    def ctrl_c_once_blocked() -> None:
+        time.sleep(0.3)  # emit is blocked in its first write by then: the pipe is full
+        signal.pthread_kill(main, signal.SIGINT)
+
+    first = threading.Thread(target=ctrl_c_once_blocked, daemon=True)
+    try:
+        with _Valve(15) as valve, pytest.raises(KeyboardInterrupt):
+            first.start()
+            emit(OutputFormat.csv, COLUMNS, ROWS)
+        first.join()
+        assert not valve.opened, "one Ctrl-C did not end a write blocked on the reader"
+        assert os.path.samestat(os.fstat(write_end), os.stat(os.devnull))  # given up on
+    finally:
+        stdout.close()
+        os.close(read_end)
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_one_ctrl_c_ends_the_last_flush_into_a_paused_reader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C while the next batch is fetched: the rows written so far are flushed (with the
+    line break of the last one) for GIVE_UP_SECONDS at most, not until the reader reads."""
+    read_end, write_end = _full_pipe()
+    buffered = io.BufferedWriter(io.FileIO(write_end, "w"), buffer_size=1 << 20)
+    stdout = io.TextIOWrapper(buffered, encoding="utf-8")  # the rows fit in its buffers
+    monkeypatch.setattr(sys, "stdout", stdout)
+
+    def more() -> Iterator[list[tuple]]:
+        yield ROWS[1:10]
+        raise KeyboardInterrupt  # the Ctrl-C lands in GetQueryResults
+
+    try:
+        with _Valve(15) as valve, pytest.raises(KeyboardInterrupt):
+            emit(OutputFormat.json, COLUMNS, ROWS[:1], more=more())
+        assert not valve.opened, "one Ctrl-C did not end a flush blocked on the reader"
+        assert os.path.samestat(os.fstat(write_end), os.stat(os.devnull))
+    finally:
         stdout.close()
         os.close(read_end)
