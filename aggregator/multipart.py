@@ -27,7 +27,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from aggregator.storage import StorageError
+from aggregator.storage import StorageError, _error_code
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,6 @@ PART_BYTES = 16 * 1024 * 1024
 #: Parts uploaded at once while the next one fills (pyarrow's stream writes in the background
 #: too: a merge is not held up by its uploads).
 IN_FLIGHT = 2
-
-
-def _error_code(exc: Exception) -> str:
-    """The S3 error code of a botocore ``ClientError`` ("" for any other error)."""
-    response = getattr(exc, "response", None)
-    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
 
 
 def buffer_bytes() -> int:

@@ -350,8 +350,10 @@ def _with_boto3(wh: Warehouse) -> bool:
 
 
 def _error_code(exc: Any) -> str:
-    """The S3 error code of a botocore ``ClientError`` (``NoSuchKey``, ``404``, ...)."""
-    return str(exc.response.get("Error", {}).get("Code", ""))
+    """The S3 error code of a botocore ``ClientError`` (``NoSuchKey``, ``404``, ...); "" for
+    any other error."""
+    response = getattr(exc, "response", None)
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
 
 
 def _deleted_with_boto3(wh: Warehouse, path: str) -> bool:

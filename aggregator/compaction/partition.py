@@ -20,11 +20,21 @@ from aggregator.compaction.intents import (
     finish_intents,
 )
 from aggregator.compaction.merge import _memory_cost, _MemoryBudget, _merge_budget
+from aggregator.compaction.store_clock import StoreClock
 from aggregator.storage import list_folder
 from athena.schema import Table
 from athena.warehouse import Warehouse
 
 log = logging.getLogger("logq.aggregator.compaction")
+
+
+def stale_intents_before(clock: StoreClock | None) -> datetime:
+    """Intents (and killed writes' temporary files) dated before this are a crashed one's:
+    older than INTENT_STALE_AFTER by the store's ``clock`` (:mod:`.store_clock`), or by this
+    host's clock without one."""
+    if clock is None:
+        return datetime.now(UTC) - INTENT_STALE_AFTER
+    return clock.old_before(INTENT_STALE_AFTER)
 
 
 def _visible(info: pafs.FileInfo) -> bool:
@@ -76,7 +86,7 @@ def compact_partition(
     if infos is None:
         infos = list_folder(wh, folder)
     if stale_before is None:
-        stale_before = datetime.now(UTC) - INTENT_STALE_AFTER
+        stale_before = stale_intents_before(None)
     intents = [i for i in infos if _is_intent(i)]
     if intents:
         try:

@@ -38,7 +38,6 @@ import pyarrow.fs as pafs
 from aggregator.compaction import store_clock
 from aggregator.compaction.grace import DEFAULT_GRACE, effective_grace
 from aggregator.compaction.intents import (
-    INTENT_STALE_AFTER,
     PartitionBusy,
     _is_intent,
     _mtime,
@@ -48,7 +47,12 @@ from aggregator.compaction.last_pass import _record_pass, resume_lookback
 from aggregator.compaction.listing import DEFAULT_LOOKBACK, _closed_partitions_listed
 from aggregator.compaction.merge import MERGE_MEMORY_BYTES, _MemoryBudget, _merge_budget
 from aggregator.compaction.notes import PassNotes
-from aggregator.compaction.partition import _may_need_work, _visible, compact_partition
+from aggregator.compaction.partition import (
+    _may_need_work,
+    _visible,
+    compact_partition,
+    stale_intents_before,
+)
 from aggregator.ledger import Heartbeat, expire_ledger
 from aggregator.storage import StorageError, list_folder
 from athena.schema import Table
@@ -198,20 +202,13 @@ def _pass_partition(
     may be minutes old by now): the young-file check and the choice of files rest on it.
     ``clock``: the store's, by which intents are judged stale (None: this host's)."""
     infos = list_folder(wh, folder)  # the one listing: young files, intents, merge
-    stale_before = _stale_before(clock)
+    stale_before = stale_intents_before(clock)
     if _has_young_files(infos, cutoff):
         if notes is not None:
             notes.young(folder, infos)
         _finish_early(wh, folder, infos, stale_before)
         return 0
     return compact_partition(wh, spec, folder, target_bytes, infos, budget, stale_before)
-
-
-def _stale_before(clock: store_clock.StoreClock | None) -> datetime:
-    """Intents dated before this are a crashed merge's (older than INTENT_STALE_AFTER)."""
-    if clock is None:
-        return datetime.now(UTC) - INTENT_STALE_AFTER
-    return clock.old_before(INTENT_STALE_AFTER)
 
 
 def _finish_early(
