@@ -81,23 +81,32 @@ def _disarm() -> None:
 
 
 @contextmanager
+def _on_alarm(handler: Callable[[int, FrameType | None], None]) -> Iterator[bool]:
+    """``handler`` on ``SIGALRM`` for the block, when :func:`_alarm_free` (yields whether):
+    the alarm disarmed and the default handler back on the way out."""
+    if not _alarm_free():
+        yield False
+        return
+    signal.signal(signal.SIGALRM, handler)
+    try:
+        yield True
+    finally:
+        _disarm()
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
+@contextmanager
 def given_up_after(seconds: float) -> Iterator[None]:
     """A ``KeyboardInterrupt`` in the block after ``seconds`` (it also stops a write blocked on
     a reader that does not read), when :func:`_alarm_free`; else the block as it is."""
-    if not _alarm_free():
-        yield
-        return
 
     def expired(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGALRM, expired)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, seconds)
+    with _on_alarm(expired) as armed:
+        if armed:
+            signal.setitimer(signal.ITIMER_REAL, seconds)
         yield
-    finally:
-        _disarm()
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
 
 class WholeRows:
@@ -133,17 +142,12 @@ class WholeRows:
         ):
             yield
             return
-        self._alarm = _alarm_free()
-        if self._alarm:
-            signal.signal(signal.SIGALRM, self._sigalrm)
-        signal.signal(signal.SIGINT, self._sigint)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, usual)
-            if self._alarm:
-                _disarm()
-                signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        with _on_alarm(self._sigalrm) as self._alarm:
+            signal.signal(signal.SIGINT, self._sigint)
+            try:
+                yield
+            finally:
+                signal.signal(signal.SIGINT, usual)
 
     @contextmanager
     def writing(self) -> Iterator[None]:
