@@ -220,6 +220,22 @@ def _published(service: dict[str, Any]) -> set[int]:
     return ports
 
 
+def test_ports_are_published_on_the_hosts_loopback_by_default() -> None:
+    # The Forward port has no shared key in this file and SeaweedFS takes the default keys: a
+    # laptop must not offer either to its network unless LOGQ_PUBLISH_ADDR says so.
+    specs = [(name, str(spec)) for name, svc in services().items() for spec in svc.get("ports", [])]
+    assert {name for name, _ in specs} == {"seaweedfs", "aggregator", "shipper"}
+    for name, spec in specs:
+        host, published, target = spec.rsplit(":", 2)
+        assert host == "127.0.0.1", (name, spec)
+        assert published == target, (name, spec)
+    raw = yaml.safe_load(COMPOSE.read_text())["services"]
+    opened = interpolate(raw, {"LOGQ_PUBLISH_ADDR": "192.0.2.7"})
+    assert all(
+        str(s).startswith("192.0.2.7:") for svc in opened.values() for s in svc.get("ports", [])
+    )
+
+
 def test_shipper_reaches_the_aggregator_where_it_listens() -> None:
     agg_args = logq_services()["aggregator"]
     host, port = _listen(agg_args)
