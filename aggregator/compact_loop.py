@@ -87,6 +87,7 @@ class PeriodicCompaction:
                     resume=True,
                     flush_interval=self.settings.flush_interval,
                     beats=beats,
+                    uploads_aborted=self.metrics.compaction_uploads_aborted.inc,
                 )
                 self.metrics.compacted_files.inc(merged)
                 self.metrics.compaction_failed_partitions.set(0)

@@ -243,6 +243,12 @@ class Metrics:
             "heartbeat) until it is deleted or made readable; the ERROR log names them",
             registry=r,
         )
+        self.compaction_uploads_aborted = Counter(
+            "logq_aggregator_compaction_uploads_aborted_total",
+            "Incomplete multipart uploads of merge outputs that compaction aborted on S3: "
+            "left by a compactor killed mid-merge (their parts were billed until then)",
+            registry=r,
+        )
         self.compaction_pass_failures = Counter(
             "logq_aggregator_compaction_pass_failures_total",
             "Compaction passes that failed, in part (see ..._failed_partitions) or whole",

@@ -324,10 +324,12 @@ def delete_object(wh: Warehouse, path: str) -> None:
 #: The S3 settings for which a boto3 GET or DELETE failed and pyarrow's requests were used
 #: instead (logged once per settings: a TLS setting only pyarrow's client has fails them all).
 _FELL_BACK: set[Any] = set()
-#: Those of :data:`_FELL_BACK` for which a boto3 request got no answer from S3 at all (a TLS
-#: setting only pyarrow's client has, a network error); an S3 error answer (a 500, a refusal)
-#: shows that boto3 reaches the store. A merge there writes through pyarrow's stream, not a
-#: multipart upload that would fail the same way (:func:`.compaction.merge._atomic_output`).
+#: Those of :data:`_FELL_BACK` for which the last boto3 request that failed got no answer from
+#: S3 at all (a TLS setting only pyarrow's client has, a network error); an S3 error answer (a
+#: 500, a refusal) shows that boto3 reaches the store. A merge there writes through pyarrow's
+#: stream, not a multipart upload that would fail the same way
+#: (:func:`.compaction.merge._atomic_output`), until a boto3 request is answered again and
+#: a compaction pass starts (:func:`retry_multipart`).
 _UNANSWERED: set[Any] = set()
 
 
@@ -336,11 +338,44 @@ def _boto3_failed(wh: Warehouse, what: str, exc: Exception) -> None:
     for these settings (every request then costs pyarrow's two or three), DEBUG after that."""
     from botocore.exceptions import ClientError
 
+    if isinstance(exc, ClientError):
+        _boto3_answered(wh)  # (an error answer: boto3 reaches the store)
     level = logging.DEBUG if wh.s3 in _FELL_BACK else logging.WARNING
     _FELL_BACK.add(wh.s3)
     if not isinstance(exc, ClientError):
         _UNANSWERED.add(wh.s3)
+        _ANSWERED_AGAIN.discard(wh.s3)  # (an answer before this one does not count)
     log.log(level, "%s in %s through boto3 failed (%s): pyarrow sends it", what, wh.uri, exc)
+
+
+def _boto3_answered(wh: Warehouse) -> None:
+    """A boto3 request got the store's answer (a success, or an error answer such as a 404):
+    settings in :data:`_UNANSWERED` are noted in :data:`_ANSWERED_AGAIN`, for the next
+    compaction pass to move its merges back to multipart uploads (:func:`retry_multipart`)."""
+    if wh.s3 in _UNANSWERED:
+        _ANSWERED_AGAIN.add(wh.s3)
+
+
+#: Those of :data:`_UNANSWERED` whose boto3 requests got an answer again since the last one
+#: that got none (a network blip is over).
+_ANSWERED_AGAIN: set[Any] = set()
+
+
+def retry_multipart(wh: Warehouse) -> None:
+    """Called by a compaction pass before its first merge (after the GET of its clock marker:
+    :func:`.compaction.store_clock.measure`): settings whose boto3 requests got an answer again
+    since one got none leave :data:`_UNANSWERED`, so this pass's merges write multipart uploads
+    again (:func:`.compaction.merge._multipart`). A network blip thus moves merges to pyarrow's
+    stream (which cannot abort) until the next pass, not for the rest of the process; settings
+    whose boto3 requests never get an answer (a TLS setting only pyarrow's client has) stay.
+    Only here, between passes: a merge's memory reservation and its output agree on which
+    writer it uses. The next failure after this is a WARNING again."""
+    if wh.s3 not in _ANSWERED_AGAIN:
+        return
+    _ANSWERED_AGAIN.discard(wh.s3)
+    _UNANSWERED.discard(wh.s3)
+    _FELL_BACK.discard(wh.s3)
+    log.info("boto3 reaches %s again: compaction merges write multipart uploads again", wh.uri)
 
 
 def _with_boto3(wh: Warehouse) -> bool:
@@ -370,12 +405,14 @@ def _deleted_with_boto3(wh: Warehouse, path: str) -> bool:
         s3_client(wh.s3).delete_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         if _error_code(exc) in _GONE:
+            _boto3_answered(wh)
             return True
         _boto3_failed(wh, f"deleting {path}", exc)
         return False
     except BotoCoreError as exc:
         _boto3_failed(wh, f"deleting {path}", exc)
         return False
+    _boto3_answered(wh)
     return True
 
 
@@ -399,9 +436,12 @@ def fetch_object(wh: Warehouse, path: str) -> pa.Buffer | None:
     try:
         answer = s3_client(wh.s3).get_object(Bucket=bucket, Key=key)
         with contextlib.closing(answer["Body"]) as body:
-            return pa.py_buffer(body.read())
+            data = pa.py_buffer(body.read())
+        _boto3_answered(wh)
+        return data
     except ClientError as exc:
         if _error_code(exc) in _GONE | {"404"}:
+            _boto3_answered(wh)
             raise FileNotFoundError(f"{path} is no longer in {wh.uri}") from exc
         _boto3_failed(wh, f"reading {path}", exc)
     except BotoCoreError as exc:
@@ -489,6 +529,7 @@ def _get_small_with_boto3(wh: Warehouse, path: str) -> SmallObject | Literal[Fal
         with contextlib.closing(answer["Body"]) as body:
             data = body.read()
     except ClientError as exc:
+        _boto3_answered(wh)  # (an answer, whatever it says: boto3 reaches the store)
         code = _error_code(exc)
         if code in _GONE | {"404"}:
             return None
@@ -505,6 +546,7 @@ def _get_small_with_boto3(wh: Warehouse, path: str) -> SmallObject | Literal[Fal
     except BotoCoreError as exc:
         _boto3_failed(wh, f"reading {path}", exc)
         return False
+    _boto3_answered(wh)
     written = answer["LastModified"].timestamp()
     date = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
     try:

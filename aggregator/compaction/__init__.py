@@ -22,6 +22,7 @@ The modules, from a pass down to one merge:
   pass judges (``_compaction/clock.json``);
 - :mod:`.listing`: the closed partitions within a pass's window, listed with few requests;
 - :mod:`.partition`: the merges of one partition (and the temporaries of killed writes);
+- :mod:`.uploads`: on S3, the incomplete multipart uploads that killed merges left, aborted;
 - :mod:`.intents`: finishing or dropping the merges other compactors left;
 - :mod:`.attempt`: one merge, in an order that lets readers see a row twice but never miss one;
 - :mod:`.inputs`, :mod:`.sorted_rows`, :mod:`.runs` and :mod:`.merge`: reading the inputs,

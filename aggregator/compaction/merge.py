@@ -68,9 +68,11 @@ def _atomic_output(
     the footer that ``_merge``'s ``writer.close()`` writes on the way out of a failed merge goes
     to an upload that is then aborted, so no short file is ever visible. A filesystem built
     elsewhere keeps pyarrow's stream, which cannot abort: its ``with`` publishes what was
-    written (the attempt's rollback deletes it); so does an S3 warehouse whose boto3 requests
-    got no answer before (:data:`.storage._UNANSWERED`: a setting only pyarrow's client has;
-    an error answer, a 500 after retries, keeps the multipart upload)."""
+    written (the attempt's rollback deletes it); so does an S3 warehouse whose last failed
+    boto3 request got no answer (:data:`.storage._UNANSWERED`: a setting only pyarrow's client
+    has, a network blip), until a pass starts once boto3 is answered again
+    (:func:`.storage.retry_multipart`); an error answer, a 500 after retries, keeps the
+    multipart upload."""
     if _multipart(wh):
         bucket, _, key = path.partition("/")
         upload = MultipartUpload(s3_client(wh.s3), bucket, key)

@@ -21,6 +21,7 @@ from aggregator.compaction.intents import (
 )
 from aggregator.compaction.merge import _memory_cost, _MemoryBudget, _merge_budget
 from aggregator.compaction.store_clock import StoreClock
+from aggregator.ledger import LEDGER_DIR, NODES_DIR, REPLAYING_DIR
 from aggregator.storage import list_folder
 from athena.schema import Table
 from athena.warehouse import Warehouse
@@ -131,6 +132,32 @@ def _sweep_temporaries(wh: Warehouse, infos: list[pafs.FileInfo], cutoff: dateti
             log.info("removing %s: left by a write that was killed", info.path)
             with contextlib.suppress(FileNotFoundError):
                 wh.fs.delete_file(info.path)
+
+
+#: The warehouse's own folders whose files local writes replace by tmp-then-rename
+#: (:func:`aggregator.storage.put_bytes`): a pass's state (``_compaction/``: its clock marker,
+#: its last pass), the tables' DDL (``_ddl/``, :mod:`aggregator.catalog`), and the ledger's
+#: heartbeats and replay marks (``_ledger/_nodes/``, ``_ledger/_replaying/``, rewritten by
+#: every aggregator after each flush pass). A ledger hour's (``_ledger/written=<hour>/``) go
+#: with their hour (:func:`aggregator.ledger.expire_ledger`, after 7 days).
+STATE_FOLDERS = (
+    "_compaction",
+    "_ddl",
+    f"{LEDGER_DIR}/{NODES_DIR}",
+    f"{LEDGER_DIR}/{REPLAYING_DIR}",
+)
+
+
+def sweep_state_temporaries(wh: Warehouse, cutoff: datetime) -> None:
+    """:func:`_sweep_temporaries` for :data:`STATE_FOLDERS`: a ``kill -9`` in the milliseconds
+    of such a write leaves its ``.tmp`` file, which nothing else would ever remove. Only dated
+    before ``cutoff`` (a pass's stale-intent cutoff, by the store's clock): a write under way
+    is milliseconds old. Local warehouses only (an S3 put leaves no temporary file): no
+    request on S3."""
+    if not isinstance(wh.fs, pafs.LocalFileSystem):
+        return
+    for name in STATE_FOLDERS:
+        _sweep_temporaries(wh, list_folder(wh, wh.path(name)), cutoff)
 
 
 def _may_need_work(infos: list[pafs.FileInfo], target_bytes: int) -> bool:

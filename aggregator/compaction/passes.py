@@ -52,9 +52,11 @@ from aggregator.compaction.partition import (
     _visible,
     compact_partition,
     stale_intents_before,
+    sweep_state_temporaries,
 )
+from aggregator.compaction.uploads import abort_stale_uploads
 from aggregator.ledger import Heartbeat, expire_ledger
-from aggregator.storage import StorageError, list_folder
+from aggregator.storage import StorageError, list_folder, retry_multipart
 from athena.schema import Table
 from athena.warehouse import Warehouse
 
@@ -91,6 +93,7 @@ def compact_warehouse(
     safe: bool = True,
     beats: list[Heartbeat] | None = None,
     notes: PassNotes | None = None,
+    uploads_aborted: Callable[[int], None] | None = None,
 ) -> int:
     """Compact every closed partition; return the number of input files merged.
 
@@ -114,7 +117,12 @@ def compact_warehouse(
     for them).
 
     Also deletes offset-ledger hours past their retention (ledger.py): housekeeping that, like
-    compaction, must run on one instance per warehouse.
+    compaction, must run on one instance per warehouse. And what killed writes left, once
+    older than the stale-intent cutoff by the store's clock: on S3 the incomplete multipart
+    uploads of merge outputs (:mod:`.uploads`; how many, to ``uploads_aborted``), on a local
+    disk the ``.tmp`` files in ``_compaction/``, ``_ddl/`` and the ledger's heartbeat and
+    replay-mark folders (:func:`.partition.sweep_state_temporaries`; those of partitions are
+    swept with them).
     """
     now = now or datetime.now(UTC)
     grace = effective_grace(wh, grace, flush_interval, enforce=safe, beats=beats)
@@ -124,6 +132,12 @@ def compact_warehouse(
         notes.begin(now, grace, lookback, target_bytes)
     expire_ledger(wh, now)
     clock = store_clock.measure(wh)  # file and intent ages by the store's clock, not this host's
+    retry_multipart(wh)  # (boto3 answered again, e.g. that GET: merges abort cleanly again)
+    stale_before = stale_intents_before(clock)
+    sweep_state_temporaries(wh, stale_before)
+    aborted = abort_stale_uploads(wh, stale_before)
+    if aborted and uploads_aborted is not None:
+        uploads_aborted(aborted)
     merged = 0
     failed: list[str] = []
     stopped = False
