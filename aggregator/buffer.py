@@ -658,6 +658,28 @@ class Buffer:
         """Sealed segments waiting to be flushed, oldest first."""
         return list(self._sealed)
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has sealed the last segment (or failed to, its fsync): no
+        frame is appended from then on (:meth:`write` refuses), so the directory can only
+        lose segments."""
+        return self._closed
+
+    def written_out(self) -> bool:
+        """Whether the buffer is closed and its directory holds no segment with data, read
+        from the disk (not from :meth:`sealed`): every frame acknowledged here is then in
+        committed Parquet objects (a segment is deleted only after its commit), or set aside in
+        :attr:`quarantine_dir`. What a stop cut short by ``--stop-timeout`` decides its exit
+        status on (``Aggregator._timed_out_status``); safe from any thread."""
+        if not self._closed:
+            return False
+        for path in self.dir.iterdir():
+            if _SEGMENT_RE.match(path.name):
+                with contextlib.suppress(FileNotFoundError):  # deleted meanwhile: committed
+                    if path.stat().st_size > 0:
+                        return False
+        return True
+
     # --- chunk keys across a restart (chunks.py) -------------------------------------------------
 
     def recent_chunks(self, progress: Callable[[int, int], None] | None = None) -> list[bytes]:

@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from aggregator import listen
 from aggregator.batch import service_column
 from aggregator.throttle import Throttle
 from shipper import wire
@@ -467,7 +468,7 @@ class MetricsServer:
         self.metrics = metrics
         self.host = host
         self.port = port
-        self._server: asyncio.base_events.Server | None = None
+        self._server: listen.Listeners | None = None
         self._open = 0
         """Connections being served."""
         self._refused = 0
@@ -477,7 +478,7 @@ class MetricsServer:
         """The page being rendered in a worker thread, while one is."""
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self._server = await listen.start_server(self._handle, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 

@@ -41,6 +41,7 @@ from typing import Any
 
 import msgpack
 
+from aggregator import listen
 from aggregator.buffer import Buffer
 from aggregator.chunks import RecentChunks, chunk_key, frame_payload
 from aggregator.decode import BAD_ENTRY_MARKER, decode, has_chunk
@@ -210,7 +211,7 @@ class ForwardServer:
         self.chunks = RecentChunks()
         """Chunk ids buffered recently: a resend of one is acked and not stored again. Those of
         a previous run are restored before listening (``Aggregator._restore_chunks``)."""
-        self._server: asyncio.base_events.Server | None = None
+        self._server: listen.Listeners | None = None
         self._conns: dict[asyncio.Task[None], _Conn] = {}
         # Connection unpackers build Forward- and Message-mode messages as their bytes arrive
         # and keep a half-received one between reads. Past one message's worth of objects in
@@ -233,7 +234,8 @@ class ForwardServer:
         # TLS is started per connection (:meth:`_start_tls`), not by the listener: a handshake
         # that fails there is dropped by asyncio without a word (it logs OSErrors only in debug
         # mode), and a misconfigured client then got no logged reason at all.
-        self._server = await asyncio.start_server(
+        # Every address of ``host`` on one port, ``:0`` too (:mod:`.listen`).
+        self._server = await listen.start_server(
             self._accept, host, port, backlog=1024, limit=STREAM_LIMIT
         )
         for listening in self._server.sockets:  # accepted sockets inherit it

@@ -27,6 +27,9 @@ T = TypeVar("T")
 IDLE_POLL_SECONDS = 0.05
 #: How long :class:`StopWatchdog` lets its log line take before it exits without it.
 SAY_SECONDS = 2.0
+#: How long, out of :data:`SAY_SECONDS`, :class:`StopWatchdog` lets its exit status take (a
+#: listing of the buffer dir) before it takes 1: the line must be said whatever the disk does.
+STATUS_SECONDS = 0.5
 
 
 class WorkerCalls:
@@ -93,17 +96,28 @@ class WorkerCalls:
 class StopWatchdog:
     """Ends the process ``seconds`` after :meth:`start` unless :meth:`cancel` comes first: the
     last resort of a stop held by a call that does not return (a daemon thread, so that it
-    never holds the exit itself). ``say`` logs what is abandoned, then ``exit_now(1)`` ends
-    the process: after ``say`` returns, or after :data:`SAY_SECONDS` if it does not (a log
+    never holds the exit itself).
+
+    ``status`` decides the exit status from durable state (the service: 0 when the buffer is
+    closed and holds no segment left to write, as when the abandoned flush committed just
+    before; else 1), then ``say(status)`` logs it and what is abandoned, and ``exit_now(status)``
+    ends the process: after ``say`` returns, or after :data:`SAY_SECONDS` if it does not (a log
     write blocked on a full stderr pipe, or on the lock of a handler another thread holds
-    there: the exit must not wait for it)."""
+    there: the exit must not wait for it). A ``status`` that raises or has not answered within
+    :data:`STATUS_SECONDS` (a listing of a hung disk) is 1, and ``say(1)`` is not held by it:
+    exit 0 promises that the buffer is empty, and exit 1 must still say why."""
 
     def __init__(
-        self, seconds: float, say: Callable[[], None], exit_now: Callable[[int], object]
+        self,
+        seconds: float,
+        say: Callable[[int], None],
+        exit_now: Callable[[int], object],
+        status: Callable[[], int] = lambda: 1,
     ) -> None:
         self.seconds = seconds
         self._say = say
         self._exit_now = exit_now
+        self._status = status
         self._timer: threading.Timer | None = None
 
     def start(self) -> None:
@@ -121,13 +135,34 @@ class StopWatchdog:
             self._timer.cancel()
 
     def _fire(self) -> None:
-        said = threading.Thread(target=self._say_safely, name="stop-watchdog-log", daemon=True)
+        began = time.monotonic()
+        code = self._decide()
+        said = threading.Thread(
+            target=self._say_safely, args=(code,), name="stop-watchdog-log", daemon=True
+        )
         said.start()
-        said.join(SAY_SECONDS)
-        self._exit_now(1)
+        said.join(max(0.0, SAY_SECONDS - (time.monotonic() - began)))
+        self._exit_now(code)
 
-    def _say_safely(self) -> None:
+    def _decide(self) -> int:
+        """``status()`` in a thread of its own, given :data:`STATUS_SECONDS`: 1 if it raises
+        or has not answered by then (its answer, read once here, is the one said and exited
+        with)."""
+        answer: list[int] = []
+
+        def ask() -> None:
+            try:
+                answer.append(self._status())
+            except Exception:  # not known: the buffer may hold data
+                logging.getLogger("logq.aggregator").exception("stop watchdog: status unknown")
+
+        asking = threading.Thread(target=ask, name="stop-watchdog-status", daemon=True)
+        asking.start()
+        asking.join(STATUS_SECONDS)
+        return answer[0] if answer else 1
+
+    def _say_safely(self, code: int) -> None:
         try:
-            self._say()
+            self._say(code)
         except Exception:  # the exit must happen whatever the log did
             logging.getLogger("logq.aggregator").exception("stop watchdog failed")

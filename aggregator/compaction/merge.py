@@ -22,12 +22,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from aggregator import storage
+from aggregator.compaction import encodings
 from aggregator.compaction.inputs import WHOLE_READ_BYTES, Input, _batches, _Fetcher
 from aggregator.compaction.runs import merge_run, open_at_once, plan_runs, runs_bytes
 from aggregator.compaction.sorted_rows import _Source, first_ts, sorted_rows
 from aggregator.durable import atomic_file
 from aggregator.multipart import MultipartUpload, buffer_bytes
-from aggregator.storage import ROW_GROUP_ROWS, _with_boto3, write_options
+from aggregator.storage import ROW_GROUP_ROWS, _with_boto3
 from athena.schema import Table
 from athena.warehouse import Warehouse, s3_client
 
@@ -102,6 +103,7 @@ def _merge(
     ``progress`` runs before each input is read (it keeps the intent fresh, and raises to
     stop)."""
     group = [_with_footer(wh, f) for f in group]
+    votes = encodings.dictionary_votes(f.meta for f in group)  # (before runs replace them)
     rows = 0
     with contextlib.ExitStack() as closing, _atomic_output(wh, output) as out:
         piece_bytes = max(1, READ_BYTES // PIECES_PER_READ)
@@ -115,8 +117,9 @@ def _merge(
         writer: pq.ParquetWriter | None = None
         try:
             for row_group in _row_groups(pieces, spec):
-                if writer is None:  # the encodings are chosen from the first row group's values
-                    writer = pq.ParquetWriter(out, row_group.schema, **_writer_options(row_group))
+                if writer is None:  # settings for every row group: see .encodings
+                    options = _writer_options(row_group, votes)
+                    writer = pq.ParquetWriter(out, row_group.schema, **options)
                 writer.write_table(row_group, row_group_size=max(1, row_group.num_rows))
                 rows += row_group.num_rows
         finally:
@@ -254,19 +257,11 @@ def _merge_budget(wh: Warehouse, decoded: int | None = None) -> _MemoryBudget:
     return _MemoryBudget(rows + MERGES_AT_ONCE * _upload_bytes(wh))
 
 
-def _writer_options(table: pa.Table) -> dict:
-    """:func:`.storage.write_options` of the first row group, for every row group: DELTA only
-    for the event time (one partition-hour's, sorted, never null: deltas under 22 bits). An
-    integer column the first row group finds ascending (DELTA) may be all null or jump in a
-    later one, pages that fastparquet misdecodes (see :func:`.storage._delta_fits`); PLAIN
-    costs ascending sizes little."""
-    opts = write_options(table)
-    opts.pop("row_group_size", None)
-    opts["column_encoding"] = {
-        name: "PLAIN" if enc == "DELTA_BINARY_PACKED" and name != "timestamp" else enc
-        for name, enc in opts["column_encoding"].items()
-    }
-    return opts
+def _writer_options(table: pa.Table, votes: encodings.Votes | None = None) -> dict:
+    """The writer settings of a merge whose first row group is ``table``, its string and
+    integer columns dictionary-encoded or not as the inputs' ``votes`` decide
+    (:func:`.encodings.writer_options`)."""
+    return encodings.writer_options(table, votes or {})
 
 
 class _MemoryBudget:

@@ -26,6 +26,7 @@ import pytest
 
 from aggregator import stop_budget
 from aggregator.config import Settings
+from aggregator.ledger import Ledger
 from aggregator.service import Aggregator
 from aggregator.stop_budget import WorkerCalls
 from shipper import wire
@@ -213,6 +214,32 @@ def test_the_watchdog_exits_even_when_its_log_line_cannot_be_written(
     assert exits == [1]
 
 
+def test_the_watchdog_says_why_when_its_status_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exit status is read from the buffer dir; on a disk that stopped answering (what may
+    hold the stop itself) that listing hangs: the status is 1 after a moment, and the line is
+    still said (the watchdog exited 1 without a word, its line waiting for the status)."""
+    monkeypatch.setattr(stop_budget, "STATUS_SECONDS", 0.05)
+    monkeypatch.setattr(stop_budget, "SAY_SECONDS", 5.0)
+    hung = threading.Event()
+    said: list[int] = []
+    exits: list[int] = []
+    exited = threading.Event()
+
+    def status() -> int:
+        hung.wait(30)
+        return 0
+
+    watchdog = stop_budget.StopWatchdog(
+        0.01, said.append, lambda code: (exits.append(code), exited.set()), status=status
+    )
+    watchdog.start()
+    try:
+        assert exited.wait(20), "no exit"
+    finally:
+        hung.set()
+    assert said == [1] and exits == [1], (said, exits)
+
+
 def test_a_watchdog_of_a_huge_budget_waits_instead_of_failing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -221,7 +248,7 @@ def test_a_watchdog_of_a_huge_budget_waits_instead_of_failing(
     failures: list[BaseException | None] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: failures.append(args.exc_value))
     exits: list[int] = []
-    watchdog = stop_budget.StopWatchdog(1e308, lambda: None, exits.append)
+    watchdog = stop_budget.StopWatchdog(1e308, lambda code: None, exits.append)
     watchdog.start()
     try:
         timer = watchdog._timer
@@ -269,3 +296,235 @@ def test_a_call_whose_caller_was_cancelled_counts_until_its_thread_returns() -> 
         assert calls.running() == []
 
     asyncio.run(scenario())
+
+
+def _stop_held_after_the_flush(tmp_path: Path, flush_fails: bool) -> tuple[int | None, str]:
+    """One record acknowledged, then a stop held after its flush (the offsets journal's fold
+    hangs: a disk that stopped answering) past ``--stop-timeout``: the watchdog's exit status
+    and its log line. ``flush_fails``: the warehouse refuses the flush (the segment stays)."""
+    settings = Settings(
+        listen="127.0.0.1:0",
+        warehouse=str(tmp_path / "wh"),
+        buffer_dir=str(tmp_path / "buffer"),
+        flush_interval=300,
+        stop_timeout=1.0,
+    )
+    agg = Aggregator(settings)
+    exits: list[int] = []
+    exited = threading.Event()
+    agg._exit_now = lambda code: (exits.append(code), exited.set())  # os._exit in a process
+    release = threading.Event()
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: lines.append(r.getMessage())  # type: ignore[method-assign]
+
+    def refused(segment, deadline=None):  # type: ignore[no-untyped-def]
+        raise OSError("the warehouse refused the write")
+
+    if flush_fails:
+        agg._flush_segment = refused  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        running = asyncio.ensure_future(agg.run())
+        while not agg.port:
+            assert not running.done()
+            await asyncio.sleep(0.02)
+        assert agg.flusher is not None
+        agg.flusher.offsets.close = lambda: release.wait(30)  # type: ignore[method-assign]
+        await asyncio.to_thread(_send_to, agg.port, "a line", "c1")
+        agg.stop()
+        try:
+            assert await asyncio.to_thread(exited.wait, 30), "no exit at --stop-timeout"
+        finally:
+            release.set()
+        await asyncio.wait_for(running, 30)
+
+    logger = logging.getLogger("logq.aggregator")
+    logger.addHandler(handler)
+    try:
+        asyncio.run(scenario())
+    finally:
+        logger.removeHandler(handler)
+    watchdog = [line for line in lines if "--stop-timeout (1s): exiting" in line]
+    assert len(watchdog) == 1, lines
+    return exits[0], watchdog[0]
+
+
+def test_a_stop_held_after_its_flush_committed_exits_0(tmp_path: Path) -> None:
+    """The watchdog fires after the stop's flush committed the buffer (its segment deleted):
+    exit 0, "stopped", as the stop would have said; it exited 1 ("the data is safe in ..."),
+    and an operator looked for data that was in the warehouse already."""
+    code, line = _stop_held_after_the_flush(tmp_path, flush_fails=False)
+    assert code == 0, line
+    assert line.startswith("stopped: every acknowledged record is in "), line
+    assert read_table(str(tmp_path / "wh"), "container_logs")["message"].to_pylist() == ["a line"]
+
+
+def test_a_stop_held_with_the_buffer_unwritten_exits_1(tmp_path: Path) -> None:
+    """The same hold with the segment still in the buffer (the warehouse refused it): exit 1,
+    and the line says where the data is."""
+    code, line = _stop_held_after_the_flush(tmp_path, flush_fails=True)
+    assert code == 1, line
+    assert f"the data is safe in {tmp_path / 'buffer'}" in line, line
+    assert any(p.stat().st_size for p in (tmp_path / "buffer").glob("*.seg"))
+
+
+def test_a_stop_held_after_its_flush_by_the_heartbeat_exits_0(tmp_path: Path) -> None:
+    """The flush cycle committed the buffer, then its ledger heartbeat hangs (a warehouse that
+    stopped answering right after): the stop gives up on the flush loop at its step deadline,
+    without the watchdog. The buffer is written (its directory holds no segment): exit 0,
+    "stopped"; it exited 1 with "0 buffer segments (0.0 MB) not written"."""
+    settings = Settings(
+        listen="127.0.0.1:0",
+        warehouse=str(tmp_path / "wh"),
+        buffer_dir=str(tmp_path / "buffer"),
+        flush_interval=300,
+        stop_timeout=1.0,
+    )
+    agg = Aggregator(settings)
+    exits: list[int] = []
+    agg._exit_now = exits.append  # os._exit in a process
+    held, release = threading.Event(), threading.Event()
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: lines.append(r.getMessage())  # type: ignore[method-assign]
+
+    def hung_heartbeat(*args: object) -> None:
+        held.set()
+        release.wait(30)
+
+    async def scenario() -> int:
+        running = asyncio.ensure_future(agg.run())
+        while not agg.port:
+            assert not running.done()
+            await asyncio.sleep(0.02)
+        assert agg.ledger is not None
+        agg.ledger.heartbeat = hung_heartbeat  # type: ignore[method-assign]
+        await asyncio.to_thread(_send_to, agg.port, "a line", "c1")
+        agg._flush_now.set()  # a flush cycle now: commits the segment, then the heartbeat
+        assert await asyncio.to_thread(held.wait, 30), "no heartbeat after the flush"
+        agg.stop()
+        try:
+            return await asyncio.wait_for(running, 30)
+        finally:
+            release.set()
+
+    logger = logging.getLogger("logq.aggregator")
+    logger.addHandler(handler)
+    try:
+        code = asyncio.run(scenario())
+    finally:
+        logger.removeHandler(handler)
+    assert code == 0 and exits in ([], [0]), (code, exits, lines)
+    assert any(line.startswith("stopped: every acknowledged record is in ") for line in lines)
+    assert not any("not written" in line for line in lines), lines
+    assert read_table(str(tmp_path / "wh"), "container_logs")["message"].to_pylist() == ["a line"]
+
+
+def test_a_drain_held_while_it_sets_a_segment_aside_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drain stopped (SIGTERM) while a segment that fails with a data error is being set
+    aside: moved to the quarantine, the volume then hangs on its fsync, and the watchdog fires
+    before the drain counted the segment. Nothing is left in the buffer dir, but the drain set
+    a segment aside: exit 1, as a drain that ends says (it exited 0, "every acknowledged
+    record is in", and a runbook retired the volume)."""
+    from aggregator import buffer as buffer_mod
+    from aggregator import writer as writer_mod
+    from tests.aggregator.test_flusher import write_segment
+
+    buffer_dir = tmp_path / "buffer"
+    buffer_dir.mkdir()
+    write_segment(buffer_dir / f"{1:016d}.seg", 2, 5)
+
+    def poisoned(*args: object) -> None:
+        raise ValueError("simulated encoder bug")
+
+    monkeypatch.setattr(writer_mod, "put_table", poisoned)
+    quarantine = buffer_dir / "quarantine"
+    moved, release = threading.Event(), threading.Event()
+    real_fsync_dir = buffer_mod.fsync_dir
+
+    def fsync_dir(path: Path) -> None:
+        if Path(path) == quarantine:  # right after the segment's move: the volume hangs
+            moved.set()
+            release.wait(30)
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(buffer_mod, "fsync_dir", fsync_dir)
+    settings = Settings(
+        warehouse=str(tmp_path / "wh"),
+        buffer_dir=str(buffer_dir),
+        stop_timeout=1.0,
+        retry_max_interval=0.01,
+    )
+    agg = Aggregator(settings)
+    exits: list[int] = []
+    exited = threading.Event()
+    agg._exit_now = lambda code: (exits.append(code), exited.set())  # os._exit in a process
+
+    async def scenario() -> int:
+        draining = asyncio.ensure_future(agg.drain())
+        assert await asyncio.to_thread(moved.wait, 30), "the segment was not set aside"
+        agg.stop()
+        try:
+            assert await asyncio.to_thread(exited.wait, 30), "no exit at --stop-timeout"
+        finally:
+            release.set()
+        return await asyncio.wait_for(draining, 30)
+
+    assert asyncio.run(scenario()) == 1  # (the drain itself, once the volume answered)
+    assert exits == [1], exits
+    assert [p.name for p in quarantine.glob("*.seg")] == [f"{1:016d}.seg"]
+
+
+def test_a_drain_held_after_its_flush_exits_1_until_the_node_is_forgotten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drain (of a node gone for good) that wrote every segment, then hangs removing the
+    node's heartbeat from the ledger (a warehouse that stopped answering): the watchdog exits
+    1, "run logq-aggregator drain again". It exited 0, and the heartbeat left behind held
+    compaction back on every aggregator (a stale node) while the runbook took the drain as
+    done."""
+    from tests.aggregator.test_flusher import write_segment
+
+    buffer_dir = tmp_path / "buffer"
+    buffer_dir.mkdir()
+    write_segment(buffer_dir / f"{1:016d}.seg", 2, 5)
+    settings = Settings(
+        warehouse=str(tmp_path / "wh"), buffer_dir=str(buffer_dir), stop_timeout=1.0
+    )
+    agg = Aggregator(settings)
+    exits: list[int] = []
+    exited = threading.Event()
+    agg._exit_now = lambda code: (exits.append(code), exited.set())  # os._exit in a process
+    held, release = threading.Event(), threading.Event()
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: lines.append(r.getMessage())  # type: ignore[method-assign]
+
+    def hung_forget(ledger: Ledger) -> None:
+        held.set()
+        release.wait(30)
+
+    monkeypatch.setattr(Ledger, "forget", hung_forget)
+
+    async def scenario() -> int:
+        draining = asyncio.ensure_future(agg.drain())
+        assert await asyncio.to_thread(held.wait, 30), "the drain did not get to the ledger"
+        agg.stop()
+        try:
+            assert await asyncio.to_thread(exited.wait, 30), "no exit at --stop-timeout"
+        finally:
+            release.set()
+        return await asyncio.wait_for(draining, 30)
+
+    logger = logging.getLogger("logq.aggregator")
+    logger.addHandler(handler)
+    try:
+        asyncio.run(scenario())
+    finally:
+        logger.removeHandler(handler)
+    assert exits == [1], (exits, lines)
+    assert not list(buffer_dir.glob("*.seg")), "the segment was written"
+    assert any("is written by running logq-aggregator drain again" in line for line in lines)
