@@ -1,6 +1,6 @@
-"""How long the shipper's event loop stalls while it scans a compressed file it never read.
+"""How long the shipper's event loop stalls while a restart reads compressed files.
 
-    .venv/bin/python bench/unread_scan.py [--mib 100]
+    .venv/bin/python bench/unread_scan.py [--mib 100] [--case unread|held|both]
 
 A restart reads a rotated file again from its ``.gz`` copy (a split line was open in it); the
 line is still open at its end, and the next file was written, rotated and compressed while the
@@ -10,8 +10,14 @@ other stream is parsed whole. This builds that case with an unread file of ``--m
 Docker json-file lines, then drives the tailer on an event loop as the source's reader does,
 with a probe task that wakes every 10 ms, and prints the largest gap between its wake-ups:
 
-* ``on the loop``: :meth:`Tailer.poll` called directly (what the reader did before);
-* ``worker thread``: :meth:`Tailer.poll_off_loop` (what it does now).
+* ``on the loop``: :meth:`Tailer.poll` called directly, the start left to the first
+  :meth:`Tailer.read` (what the reader did before);
+* ``worker thread``: :meth:`Tailer.prepare_off_loop` before the start and
+  :meth:`Tailer.poll_off_loop` (what it does now).
+
+``--case held`` builds instead a held file of ``--mib`` MiB: the rotated file a split line was
+open in, compressed while the shipper was down, whose ``.gz`` the start scans and decompresses
+to read the line again (see :mod:`shipper.held_gz`).
 """
 
 from __future__ import annotations
@@ -54,6 +60,30 @@ def build(root: Path, mib: int) -> Path:
     return path
 
 
+def build_held(root: Path, mib: int) -> Path:
+    """The files and registry of a restart that reads a held file of ``mib`` MiB again from
+    its ``.gz`` (see ``--case held``): its first line and the bytes before the checkpoint are
+    the held file's, then ``mib`` MiB of lines, then the split line's first part."""
+    path = root / "c-json.log"
+    path.write_bytes(docker_line("before", 0) + docker_line("err-", 1, "stderr", nl=False))
+    reg = Registry(root / "state")
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    drain_sent(t)
+    rotate_docker(path, max_file=5, compress=True)
+    drain_sent(t, ack=False)
+    reg.save()
+    t.close()
+    reg.close()
+    block = b"".join(docker_line(f"GET /api/v1/things/{i} 200 ok", i) for i in range(20000))
+    with gzip.open(f"{path}.1.gz", "wb", compresslevel=1) as f:
+        f.write(docker_line("before", 0))
+        for _ in range(-(-(mib << 20) // len(block))):
+            f.write(block)
+        f.write(docker_line("err-", 1, "stderr", nl=False))
+    path.write_bytes(docker_line("errtail", 5, "stderr") + docker_line("live", 6))
+    return path
+
+
 async def drive(path: Path, off_loop: bool) -> tuple[float, float]:
     """(seconds to read the files to their end, largest gap between the probe's wake-ups)."""
     reg = Registry(path.parent / "state")
@@ -73,6 +103,8 @@ async def drive(path: Path, off_loop: bool) -> tuple[float, float]:
     await asyncio.sleep(0.05)
     start = time.perf_counter()
     while True:
+        if off_loop:
+            await t.prepare_off_loop()  # as the source's reader does before every read
         chunk = t.read()
         if chunk is not None:
             commit(t, chunk)
@@ -89,13 +121,26 @@ async def drive(path: Path, off_loop: bool) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mib", type=int, default=100, help="size of the unread file (MiB)")
+    ap.add_argument("--mib", type=int, default=100, help="size of the compressed file (MiB)")
+    ap.add_argument(
+        "--case",
+        choices=("unread", "held", "both"),
+        default="both",
+        help="an unread .gz scanned (unread), a held .gz decompressed at the start (held)",
+    )
     args = ap.parse_args()
-    for label, off_loop in (("on the loop", False), ("worker thread", True)):
-        with tempfile.TemporaryDirectory(prefix="logq-bench-") as tmp:
-            path = build(Path(tmp), args.mib)
-            took, gap = asyncio.run(drive(path, off_loop))
-        print(f"{label:>13}: read in {took:.2f} s, largest loop stall {gap * 1000:.0f} ms")
+    cases = [("unread", build), ("held", build_held)]
+    for case, make in cases:
+        if args.case not in (case, "both"):
+            continue
+        for label, off_loop in (("on the loop", False), ("worker thread", True)):
+            with tempfile.TemporaryDirectory(prefix="logq-bench-") as tmp:
+                path = make(Path(tmp), args.mib)
+                took, gap = asyncio.run(drive(path, off_loop))
+            print(
+                f"{case:>6} {label:>13}: read in {took:.2f} s, "
+                f"largest loop stall {gap * 1000:.0f} ms"
+            )
 
 
 if __name__ == "__main__":

@@ -611,6 +611,10 @@ class Registry:
         ended and discovery found it again (see :meth:`shipper.resume.Resume._first_seen`)."""
         return self._followed.get(source)
 
+    def followed_sources(self) -> list[str]:
+        """The sources with a ``followed`` entry (see :meth:`note_followed`)."""
+        return list(self._followed)
+
     def forget_followed(self, source: str) -> None:
         """``source`` is gone for good (its folder was removed): its key never comes back."""
         self._followed.pop(source, None)

@@ -56,12 +56,13 @@ with deferred_interrupts("logq-shipper"):
     from collections.abc import Callable
     from pathlib import Path
 
-    from shipper import checkpoint
+    from shipper import checkpoint, gz_pool
     from shipper.checkpoint import Registry
     from shipper.config import Config, load_config
     from shipper.discover import Discoverer, Scan, SourceSpec, check_roots, node_names
     from shipper.errors import ConfigError, ShipperError
     from shipper.exclude import Excluder, Exclusion
+    from shipper.followed import prune_followed
     from shipper.fsnames import as_text
     from shipper.inotify import DirectoryWatcher, FileWatcher, directories_to_watch
     from shipper.logs import setup_logging
@@ -440,6 +441,33 @@ class Shipper:
         if count_removed(self.registry, found, node_names(self.cfg.hostname), on_loss):
             self.checkpoint_changed()
 
+    def _prune_followed(self, scan: Scan) -> None:
+        """After the first discovery pass: forget the ``followed`` entries of containers and
+        pods removed while the shipper was down (see :mod:`shipper.followed`). Their folders
+        are looked at one by one, so a pass that failed somewhere does not matter: a folder
+        that could not be listed is there. Pod folders are looked for under ``--cri-root`` and
+        under every folder of pods that ``--path`` symlinks (``/var/log/containers``) led to;
+        with ``--path`` and a pass that failed somewhere, not at all (those folders are known
+        only from a pass that saw every link)."""
+        specs = [*scan.specs, *(spec for spec, _ in scan.excluded.values())]
+        pod_roots = {s.path.parent.parent.parent for s in specs if s.key.startswith("cri:")}
+        if self.cfg.cri_root:
+            pod_roots.add(Path(self.cfg.cri_root))
+        if not scan.complete and self.cfg.paths:
+            # The folders of pods that --path symlinks lead to are learned from the pass:
+            # one that failed (the links' folder could not be listed) may have missed one,
+            # and its pods would be looked for under --cri-root only, and dropped.
+            pod_roots.clear()
+        docker_root = Path(self.cfg.docker_root) if self.cfg.docker_root else None
+        dropped = prune_followed(self.registry, docker_root, pod_roots)
+        if dropped:
+            log.info(
+                "forgot the followed entries of %d containers or pods removed while the "
+                "shipper was down",
+                len(dropped),
+            )
+            self.checkpoint_changed()
+
     def _note_sizes(self) -> None:
         """Keep in each open file's checkpoint the size seen now
         (:attr:`~shipper.checkpoint.FileState.seen`, saved with the next write): if its
@@ -543,6 +571,7 @@ class Shipper:
                 found = {s.key for s in specs} | scan.excluded.keys()
                 self._count_removed(found)
                 self._gc_registry(found)
+            self._prune_followed(scan)
             self._sync_sources(scan)
             if self.cfg.once:
                 await self._wait_once()
@@ -574,6 +603,7 @@ class Shipper:
                     "read and sent again at the next start (the aggregators drop them as "
                     "duplicates)"
                 )
+            gz_pool.shutdown()
             await self.client.close()
             self.registry.close()
             if self.file_watcher is not None:

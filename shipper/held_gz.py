@@ -28,9 +28,10 @@ import os
 import shutil
 import tempfile
 import zlib
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple, TypeVar
 
 from shipper.checkpoint import FileState
 from shipper.discover import compressed_siblings
@@ -88,11 +89,15 @@ def _past(isize: int, offset: int) -> bool:
     return isize % (1 << 32) > offset % (1 << 32)
 
 
-def decompressed(gz: Path) -> int | None:
-    """A read-only descriptor of ``gz``'s content, decompressed into an unlinked temporary
-    file beside the system's others; None (logged) when it cannot be read or written."""
+def decompressed(gz: Path, opened: BinaryIO | None = None) -> int | None:
+    """A read-only descriptor of ``gz``'s content (read from ``opened``, the file already
+    open, if given), decompressed into an unlinked temporary file beside the system's others;
+    None (logged) when it cannot be read or written."""
     try:
-        with tempfile.TemporaryFile(prefix="logq-held-") as tmp, gzip.open(gz, "rb") as src:
+        with (
+            tempfile.TemporaryFile(prefix="logq-held-") as tmp,
+            gzip.open(opened or gz, "rb") as src,
+        ):
             shutil.copyfileobj(src, tmp, 1 << 20)
             tmp.flush()
             return os.dup(tmp.fileno())
@@ -147,12 +152,13 @@ def ends_in_split_line(fd: int, offset: int, parser: LineParser) -> bool:
     return _data_ends_in_split_line(data, start, start == offset, parser)
 
 
-def compressed_ends_in_split_line(gz: Path, offset: int, parser: LineParser) -> bool:
+def compressed_ends_in_split_line(gz: Path | BinaryIO, offset: int, parser: LineParser) -> bool:
     """:func:`ends_in_split_line` for the gzip file ``gz`` itself, streamed: only its end is
     kept, nothing is written. Without ``--multiline`` a start decides with it which copies to
     decompress (:func:`decompressed`): a file the shipper was behind in at its stop, which
     ends in whole lines, is counted lost as before without a temporary copy of it. A copy
-    that cannot be read: False (its loss is counted as before)."""
+    that cannot be read: False (its loss is counted as before). ``gz`` may be the file
+    already open."""
     if not parser.splits:
         return False
     keep = _tail_bytes(parser)
@@ -278,3 +284,148 @@ def unseen_cut(q: UnseenQuestion) -> UnseenAnswer:
         if cut == q.streams:
             break
     return sorted(cut), unseen
+
+
+GzIdent = tuple[int, int, int, int, int]
+"""(device, inode, size, mtime in ns, ctime in ns) of a compressed copy: the same file,
+unchanged. The ctime is there because the others can all come back with other bytes: a file
+rewritten in place to the same size with its mtime set back (``touch -r``, ``rsync
+--inplace``, gzip keeps the original's mtime), or a new file on a freed inode number; user
+space cannot set a ctime, and any write, rename or new file moves it."""
+
+
+def gz_ident(st: os.stat_result) -> GzIdent:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+_T = TypeVar("_T")
+
+
+def _read_unchanged(
+    gz: Path, read: Callable[[BinaryIO], _T], discard: Callable[[_T], None] = lambda _: None
+) -> tuple[GzIdent, _T] | None:
+    """(the identity of ``gz``, what ``read`` made of it): None when it cannot be opened, or
+    when it changed while it was read (being written: the answer is not kept, ``discard``
+    gets it)."""
+    try:
+        with open(gz, "rb") as f:
+            before = gz_ident(os.fstat(f.fileno()))
+            got = read(f)
+            after = gz_ident(os.fstat(f.fileno()))
+    except OSError:
+        return None
+    if before != after:
+        discard(got)
+        return None
+    return before, got
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+class HeldPlan(NamedTuple):
+    """What a start of a source may ask of the compressed copies beside it
+    (:meth:`shipper.resume.Resume._held_compressed`): each copy with the checkpoint offsets
+    it may be held at; ``split_first`` without ``--multiline`` (decompress only if a copy
+    ends inside a split line read from one of them); the source's format and line bound.
+
+    Immutable: it is answered off the event loop (:func:`prepare_held`, see
+    :meth:`shipper.resume.Resume.prepare_off_loop`). It may ask more than the start will
+    (every checkpoint of the source, not only those whose files are gone): the start takes
+    what it needs and the rest is closed."""
+
+    copies: tuple[tuple[Path, tuple[int, ...]], ...]
+    split_first: bool
+    fmt: str
+    max_line_bytes: int
+
+
+@dataclass
+class HeldCopies:
+    """The answers of :func:`prepare_held`, each kept with the identity (:func:`gz_ident`)
+    of the copy it was read from. A start uses an answer only for the very same file,
+    unchanged, that the worker read; for any other (replaced, renamed over, still being
+    written, not asked) it reads the copy itself, as without a prepared answer."""
+
+    ends_split: dict[tuple[GzIdent, int], bool] = field(default_factory=dict)
+    copies: dict[GzIdent, int | None] = field(default_factory=dict)
+    """Identity -> a descriptor of the decompressed copy (None: it could not be read, logged)."""
+    _handed: set[GzIdent] = field(default_factory=set)
+    """The copies whose descriptors :meth:`decompressed` gave out."""
+
+    def _ident(self, gz: Path) -> GzIdent | None:
+        try:
+            return gz_ident(os.stat(gz))
+        except OSError:
+            return None
+
+    def ends_in_split_line(self, gz: Path, offset: int, parser: LineParser) -> bool:
+        """:func:`compressed_ends_in_split_line`, answered by the worker if it read ``gz``."""
+        ident = self._ident(gz)
+        if ident is not None and (ident, offset) in self.ends_split:
+            return self.ends_split[ident, offset]
+        return compressed_ends_in_split_line(gz, offset, parser)
+
+    def decompressed(self, gz: Path) -> int | None:
+        """:func:`decompressed`, taken from the worker's if it decompressed ``gz`` (once: the
+        descriptor is the caller's from then on)."""
+        ident = self._ident(gz)
+        if ident is not None and ident in self.copies:
+            self._handed.add(ident)
+            return self.copies.pop(ident)
+        return decompressed(gz)
+
+    def copy_ends_in_split_line(self, fd: int, gz: Path, offset: int, parser: LineParser) -> bool:
+        """:func:`ends_in_split_line` of ``fd``, the copy of ``gz`` :meth:`decompressed` gave:
+        the worker's answer for the compressed file if that copy was the worker's (the same
+        bytes, parsed the same way: :func:`compressed_ends_in_split_line`), else parsed here
+        (its last :data:`SCAN_BYTES`, some 0.1 s of the loop)."""
+        ident = self._ident(gz)
+        if ident is not None and ident in self._handed and (ident, offset) in self.ends_split:
+            return self.ends_split[ident, offset]
+        return ends_in_split_line(fd, offset, parser)
+
+    def close(self) -> None:
+        """Close the decompressed copies no start took."""
+        for fd in self.copies.values():
+            _close(fd)
+        self.copies.clear()
+        self.ends_split.clear()
+        self._handed.clear()
+
+
+def prepare_held(plan: HeldPlan) -> HeldCopies:
+    """Answer ``plan`` (see :class:`HeldPlan`): without ``--multiline``, whether each copy
+    ends inside a split line read from each of its offsets, and -- only if one does, as the
+    start decides -- each copy decompressed; with it, each copy decompressed. What a start
+    otherwise did on the event loop: about 0.6 s per 100 MiB copy (``bench/unread_scan.py
+    --case held``), during which the shipper sent, acknowledged and reported nothing. Reads
+    only the files and fresh parsers of its own; run in a worker thread
+    (:mod:`shipper.gz_pool`)."""
+    out = HeldCopies()
+    if plan.split_first:
+        kind = PARSERS[plan.fmt]
+        for gz, offsets in plan.copies:
+            for offset in offsets:
+                got = _read_unchanged(
+                    gz,
+                    lambda f, o=offset: compressed_ends_in_split_line(
+                        f, o, kind(plan.max_line_bytes)
+                    ),
+                )
+                if got is not None:
+                    out.ends_split[got[0], offset] = got[1]
+        if not any(out.ends_split.values()):
+            return out
+    for gz, _ in plan.copies:
+        got_fd = _read_unchanged(gz, lambda f, g=gz: decompressed(g, f), _close)
+        if got_fd is None:
+            continue
+        ident, fd = got_fd
+        if ident in out.copies:  # the same file under two names: one copy is enough
+            _close(fd)
+            continue
+        out.copies[ident] = fd
+    return out

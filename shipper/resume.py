@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shipper import fd_budget, rotate_wait
+from shipper import fd_budget, gz_pool, rotate_wait
 from shipper.birth import Identity, birth_time
 from shipper.checkpoint import FileState, file_key
 from shipper.cursor import Cursor
@@ -27,10 +27,10 @@ from shipper.discover import compressed_siblings, rotated_siblings
 from shipper.fingerprint import fingerprint, gzip_identity, tail_hash
 from shipper.formats import PARSERS
 from shipper.held_gz import (
-    compressed_ends_in_split_line,
-    decompressed,
-    ends_in_split_line,
+    HeldCopies,
+    HeldPlan,
     held_by_compressed,
+    prepare_held,
     verified,
 )
 from shipper.opening import another_life, born_in
@@ -148,6 +148,12 @@ class Resume:
         source the registry does not know (see :meth:`_first_seen`) has its rotated files read
         too, before the live file.
         """
+        try:
+            self._start()
+        finally:
+            self.drop_prepared()  # what the start did not take (or another start will ask again)
+
+    def _start(self: Tailer) -> None:
         self._started = True
         self._start_failed = False
         known = {k for k, s in self.registry.items() if s.source == self.spec.key}
@@ -212,6 +218,64 @@ class Resume:
             if c is not self.live:
                 log.info("resuming rotated file path=%s offset=%d", c.path, c.read_pos)
         self._count_vanished(known)
+
+    async def prepare_off_loop(self: Tailer) -> None:
+        """Before :meth:`start`: the compressed copies it may read a held file again from
+        (:meth:`_held_compressed`), scanned and decompressed in a ``.gz`` worker thread
+        (:mod:`shipper.gz_pool`), so that the event loop keeps sending, acknowledging and
+        answering meanwhile: on the loop a 100 MiB copy held it for about 0.6 s at every such
+        restart (more on a busy host), every source waiting (``bench/unread_scan.py``).
+
+        Asked of every checkpoint of the source (which of their files are gone is known only
+        once :meth:`start` opens the others). The answers are kept with the identity of the
+        copy each was read from (:class:`~shipper.held_gz.HeldCopies`): :meth:`start` uses one
+        only for that very file, unchanged; a copy replaced, renamed over or written since
+        is read again there, as without this. What it does not take is closed, and so is
+        everything when the start is put off after all (:meth:`drop_prepared`): the copies'
+        descriptors are not in the budget, so they are held only from here to the start."""
+        if self._started or self._held_ready is not None:
+            return  # started, or asked already for the next start
+        if not self._may_open() or not fd_budget.room():
+            # The start is put off (out of descriptors, see :meth:`Tailer.read`): decompressed
+            # copies kept for it would hold descriptors outside the budget, and temp space,
+            # while it waits -- a restart of thousands of waiting sources ran out of both.
+            return
+        self._held_ready = HeldCopies()  # nothing to take (yet): not asked again meanwhile
+        if self.multiline is None and not PARSERS[self.spec.format].splits:
+            return  # a plain file: nothing the runtime split is ever open in it
+        known = [(k, s) for k, s in self.registry.items() if s.source == self.spec.key]
+        held = held_by_compressed(self.spec.path, known) if known else []
+        if not held:
+            return
+        offsets: dict[Path, set[int]] = {}
+        for _, state, candidates in held:
+            for gz in candidates:
+                offsets.setdefault(gz, set()).add(state.offset)
+        plan = HeldPlan(
+            tuple((gz, tuple(sorted(offs))) for gz, offs in sorted(offsets.items())),
+            self.multiline is None,
+            self.spec.format,
+            self.max_line_bytes,
+        )
+        asked = self._held_ready
+        ready = await gz_pool.run(prepare_held, plan, HeldCopies.close, self.gz_stop)
+        if self._held_ready is not asked:
+            ready.close()  # started (or closed) meanwhile: its answers are not for this start
+            return
+        self._held_ready = ready
+
+    def drop_prepared(self: Tailer) -> None:
+        """Close what :meth:`prepare_off_loop` left for a start that did not happen (put off
+        for lack of descriptors, or a stop): the next start asks again."""
+        ready, self._held_ready = self._held_ready, None
+        if ready is not None:
+            ready.close()
+
+    def _prepared(self: Tailer) -> HeldCopies:
+        """The answers :meth:`prepare_off_loop` left for this start (none: read here)."""
+        if self._held_ready is None:
+            self._held_ready = HeldCopies()
+        return self._held_ready
 
     def _pass_over(self: Tailer) -> None:
         """Remember the rotated files this start found and did not open -- finished by a
@@ -593,8 +657,9 @@ class Resume:
         start after a stop while behind decompressed every copy, to count its loss as
         before."""
         kind = PARSERS[self.spec.format]
+        ready = self._prepared()
         return any(
-            compressed_ends_in_split_line(gz, state.offset, kind(self.max_line_bytes))
+            ready.ends_in_split_line(gz, state.offset, kind(self.max_line_bytes))
             for _, state, candidates in held
             for gz in candidates
         )
@@ -607,9 +672,10 @@ class Resume:
         opened (:meth:`~shipper.tailer.Tailer._checkpoint_offset`), and their parts of other
         streams' lines must meet the held file's again."""
         kind = PARSERS[self.spec.format]
+        ready = self._prepared()
         return any(
-            ends_in_split_line(fd, state.offset, kind(self.max_line_bytes))
-            for _, state, fd, _ in copies
+            ready.copy_ends_in_split_line(fd, gz, state.offset, kind(self.max_line_bytes))
+            for _, state, fd, gz in copies
         )
 
     def _resume_copy(self: Tailer, key: str, state: FileState, fd: int, gz: Path) -> Cursor:
@@ -641,8 +707,9 @@ class Resume:
         listed first shipped another generation's lines under the held file's ``source_id``
         and lost its open record uncounted (R5s19 #4); left alone, the loss is counted."""
         found: list[tuple[int, Path]] = []
+        ready = self._prepared()
         for gz in candidates:
-            fd = decompressed(gz)
+            fd = ready.decompressed(gz)
             if fd is None:
                 continue
             if verified(fd, state):

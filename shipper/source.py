@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from shipper import fd_budget, multiline, wire
+from shipper import fd_budget, gz_pool, multiline, wire
 from shipper.batch import Batch, encode_message, record_constants
 from shipper.discover import SourceSpec
 from shipper.errors import ShipperError
@@ -110,6 +110,10 @@ class SourceRunner:
         self._finishing = False
         self._stopping = False
         self._drain_deleted = False
+        self._stopped = asyncio.Event()
+        """Set with :attr:`stopping`: the ``.gz`` work the reader awaits is given up
+        (:attr:`Tailer.gz_stop`)."""
+        self.tailer.gz_stop = self._stopped
         self.task: asyncio.Task[None] | None = None
         self._waiting = asyncio.Event()
         """Set while the reader waits for the window or for the sender."""
@@ -139,6 +143,8 @@ class SourceRunner:
     @stopping.setter
     def stopping(self, value: bool) -> None:
         self._stopping = value
+        if value:
+            self._stopped.set()
         self._wake.set()
 
     @property
@@ -220,6 +226,15 @@ class SourceRunner:
             if self.drain_deleted and not self.tailer.holds_deleted():
                 break
             await self._blocking(window.acquire(reserve), not window.has_room(reserve))
+            # Before the tailer's start (no-op after it): the compressed copies it reads again
+            # are decompressed in a worker thread, not on the loop. No await between this and
+            # the start below: the answers are for the files as the start finds them. A stop
+            # does not wait for it (queued behind other sources' copies at a restart of many,
+            # the source ended at --retry-timeout "with unacknowledged batches").
+            try:
+                await self.tailer.prepare_off_loop()
+            except gz_pool.GivenUp:
+                continue  # stopping: the start is not made
             try:
                 batch = self._next_batch()
             except OSError as exc:
@@ -244,8 +259,11 @@ class SourceRunner:
                 await asyncio.sleep(0)
                 continue
             await window.release(reserve)
-            if await self.tailer.poll_off_loop(finishing=self.finishing):
-                continue
+            try:
+                if await self.tailer.poll_off_loop(finishing=self.finishing):
+                    continue
+            except gz_pool.GivenUp:
+                continue  # stopping: the scan is not waited for
             if (cfg.once and not self.tailer.waiting) or (
                 self.finishing and not self.tailer.cursors
             ):

@@ -9,12 +9,12 @@ whole line again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
 from typing import TYPE_CHECKING
 
+from shipper import gz_pool
 from shipper.checkpoint import MAX_CUTS
 from shipper.cursor import Chunk, Cursor
 from shipper.fingerprint import fingerprint
@@ -124,8 +124,9 @@ class SplitLines:
     async def scan_off_loop(self: Tailer) -> None:
         """Before :meth:`poll` at the end of the files: the question
         :meth:`_next_parts_unseen` would ask of the file being read, answered in a worker
-        thread (:func:`~shipper.held_gz.unseen_cut`), so that the event loop keeps serving
-        acks, heartbeats, ``/metrics`` and the other sources meanwhile. On the loop a copy of
+        thread of its own (:func:`~shipper.held_gz.unseen_cut`, :mod:`shipper.gz_pool`), so
+        that the event loop keeps serving acks, heartbeats, ``/metrics`` and the other sources
+        meanwhile. On the loop a copy of
         100 MiB held it for about a second (up to ~5 s on a busy host) at every such start.
 
         The thread gets an immutable question (file paths, stream names, the format) and
@@ -142,7 +143,7 @@ class SplitLines:
             return
         if head.unseen_found is not None and head.unseen_found[0] == question:
             return
-        answer = await asyncio.to_thread(unseen_cut, question)
+        answer = await gz_pool.run(unseen_cut, question, stop=self.gz_stop)
         head.unseen_found = (question, answer)
 
     async def poll_off_loop(self: Tailer, finishing: bool = False) -> bool:

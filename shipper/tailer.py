@@ -28,6 +28,7 @@ may be lost: :mod:`shipper.losses`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -42,6 +43,7 @@ from shipper.cursor import Chunk, Cursor
 from shipper.discover import SourceSpec, rotated_siblings
 from shipper.fingerprint import fingerprint
 from shipper.formats import PARSERS, LineParser
+from shipper.held_gz import HeldCopies
 from shipper.multiline import BUILTIN, MultilineParser
 from shipper.opening import Opening
 from shipper.pinning import FAST_ROTATION_WINDOW, GzAt, Pinning
@@ -132,6 +134,12 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         """Registry keys of files gone but for a compressed copy, read again from that copy
         since the start for the split line or ``--multiline`` record open in them (see
         :mod:`shipper.held_gz`)."""
+        self._held_ready: HeldCopies | None = None
+        """The compressed copies :meth:`start` may read again, read in a worker thread before
+        it (see :meth:`~shipper.resume.Resume.prepare_off_loop`); closed by the start."""
+        self.gz_stop: asyncio.Event | None = None
+        """Set by the source's reader when it stops: the ``.gz`` work awaited then is given up
+        (:class:`shipper.gz_pool.GivenUp`, see :meth:`prepare_off_loop`)."""
         self._in_place_warned = False
         self.last_rotation = -FAST_ROTATION_WINDOW
         """When a rotation of this source was last seen (monotonic)."""
@@ -240,8 +248,10 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         """
         if not self._started:
             if not self._may_open():
+                self.drop_prepared()
                 return None
             if not fd_budget.room():
+                self.drop_prepared()  # not held while waiting: outside the budget
                 fd_budget.wait_for_room(self.spec.key)
                 return None
             self.start()
@@ -541,6 +551,7 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
 
     def close(self) -> None:
         fd_budget.stop_waiting(self.spec.key)
+        self.drop_prepared()
         if self._started:
             if os.path.isdir(self.spec.path.parent):
                 if self._files_left():

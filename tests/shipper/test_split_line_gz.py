@@ -14,10 +14,10 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
-import shipper.resume
 from shipper import held_gz
 from shipper.checkpoint import Registry
 from shipper.formats import DockerParser, Lines
@@ -239,13 +239,13 @@ def test_a_copy_behind_at_the_stop_ending_in_whole_lines_is_not_decompressed(
     cost seconds of the event loop, R3s20)."""
     set_clock(monkeypatch, [1000.0])
     made: list[Path] = []
-    real = shipper.resume.decompressed
+    real = held_gz.decompressed
 
-    def spy(gz: Path) -> int | None:
+    def spy(gz: Path, opened: BinaryIO | None = None) -> int | None:
         made.append(gz)
-        return real(gz)
+        return real(gz, opened)
 
-    monkeypatch.setattr(shipper.resume, "decompressed", spy)
+    monkeypatch.setattr(held_gz, "decompressed", spy)
     path = tmp_path / "c-json.log"
     path.write_bytes(b"".join(docker_line(f"line {i}", i) for i in range(50)))
     t, reg = _tailer(path)
