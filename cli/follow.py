@@ -412,3 +412,7 @@ class _Rows:
         self.rows: list[Row] = []
         self.engine = "local"
         self.header_done = False
+
+    def close(self, interrupted: bool = False) -> None:
+        """Nothing to stop: the rows are all here (markdown goes through
+        :func:`cli.runner.show`, which closes the result it shows)."""

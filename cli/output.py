@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, TextIO
 
 from athena.engines.result import human_bytes
 from cli.textio import writes_utf8
-from cli.whole_rows import RowEnd, csv_row_end, end_with, line_end
+from cli.whole_rows import RowEnd, csv_row_end, end_with, flush_all, line_end
 from cli.whole_rows import write_all as chunked_write
 
 #: Rows of one result: a whole answer, or one batch of a streamed one.
@@ -446,6 +446,10 @@ class ChunkedFile:
         write_all(self._out, text)
         return len(text)
 
+    def flush(self) -> None:
+        """Rich flushes after each print: under the guard too (:func:`cli.whole_rows.flush_all`)."""
+        flush_all(self._out)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._out, name)
 
@@ -682,7 +686,7 @@ def emit(
     if fmt is OutputFormat.table:
         shown, complete = _table_rows(rows, more)
         render_table(columns, shown, out=out, title=title)
-        out.flush()
+        flush_all(out)
         return Written(len(shown), complete)
     counted = _Counted([rows], more)
     if fmt is OutputFormat.json:
@@ -704,7 +708,7 @@ def emit(
         raise
     if fmt is OutputFormat.json:
         out.write("\n")
-    out.flush()
+    flush_all(out)
     return Written(counted.rows, True)
 
 

@@ -376,12 +376,17 @@ def show(
     A streamed result (:attr:`QueryResult.more`) is written as it comes, the same columns
     dropped from every batch; the table shows at most :data:`cli.output.TABLE_MAX_ROWS` rows
     and says on stderr how to see the rest. The result is closed in the end, read or not
-    (a closed pipe, Ctrl-C, an error: the engine stops the query).
+    (a closed pipe, Ctrl-C, an error: the engine stops the query; after a Ctrl-C the local
+    engine leaves what it held to the end of the process, which comes at once).
     """
+    interrupted = False
     try:
         _show(common, result, prep, title, columns, rows)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
-        result.close()
+        result.close(interrupted)
 
 
 def _show(

@@ -205,6 +205,28 @@ def abandon(out: TextIO) -> None:
         quiet_stdout()
 
 
+def flush_all(out: TextIO) -> None:
+    """Flush ``out`` after whole rows were written (:func:`write_all`), under the same guard as
+    a piece: a first Ctrl-C is held until the flush is done, for :data:`GIVE_UP_SECONDS` at
+    most; a second Ctrl-C, or that time running out, gives up on ``out`` (:func:`abandon`).
+
+    A plain ``flush`` into a paused reader (``logq tail -F | less``: a poll's few lines stay in
+    stdout's buffer until this flush) waited until it read; a Ctrl-C stopped it, but left the
+    lines buffered, and the interpreter's own flush at exit waited on them again, deaf to
+    every other Ctrl-C, until the pager was quit (then "Exception ignored ... BrokenPipeError",
+    status 120)."""
+    guard = WholeRows()
+    flushed = False
+    try:
+        with guard.taken(), guard.writing():
+            out.flush()
+            flushed = True
+    except KeyboardInterrupt:
+        if not flushed:  # a second Ctrl-C or the time ran out in it, or it failed after one
+            abandon(out)
+        raise
+
+
 def write_all(out: TextIO, text: str, chunk: int, row_end: RowEnd = line_end) -> None:
     """Write ``text`` to ``out`` in pieces of at most ``chunk`` characters; on Ctrl-C, end with
     the row it cut (module doc). A second Ctrl-C inside a write leaves the row as it is (how

@@ -424,7 +424,8 @@ class _AthenaBatches:
         finally:
             self.close()
 
-    def close(self) -> None:
+    def close(self, interrupted: bool = False) -> None:
+        """Stop the query (also after a Ctrl-C: an abandoned query goes on billing)."""
         close, self._close = self._close, None
         if close is not None:
             close()

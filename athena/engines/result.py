@@ -85,7 +85,11 @@ class RowBatches(Protocol):
 
     def __iter__(self) -> Iterator[list[tuple[Any, ...]]]: ...
 
-    def close(self) -> None: ...
+    def close(self, interrupted: bool = False) -> None:
+        """Stop the query and let go of the connection. ``interrupted``: the program is ending
+        on a Ctrl-C; the query must still be stopped, but what takes long to free may be left
+        to the end of the process."""
+        ...
 
 
 #: Athena's price per byte scanned (USD 5 per TB) and its per-query minimum (10 MB).
@@ -141,10 +145,11 @@ class QueryResult:
     """A streamed result's rows after :attr:`rows`, not fetched yet (None: :attr:`rows` is the
     whole answer). Asked for with ``stream=True`` by callers that write rows as they come."""
 
-    def close(self) -> None:
-        """Stop a streamed result that is not read to its end (no-op otherwise)."""
+    def close(self, interrupted: bool = False) -> None:
+        """Stop a streamed result that is not read to its end (no-op otherwise); see
+        :meth:`RowBatches.close` for ``interrupted``."""
         if self.more is not None:
-            self.more.close()
+            self.more.close(interrupted)
 
     @property
     def cost_usd(self) -> float | None:

@@ -135,9 +135,16 @@ def _check_regex(pattern: str, common: Common) -> None:
 
 
 def _print_log_lines(common: Common, result, prep, rows: list, stream: bool = False) -> None:
-    """Log lines as text for people (like `tail`), rows for json/csv/markdown."""
+    """Log lines as text for people (like `tail`), rows for json/csv/markdown.
+
+    The text, and the rows of a ``--follow`` in csv or json, go out through
+    :func:`cli.output.write_all` and :func:`cli.whole_rows.flush_all`, as every other output
+    does: a Ctrl-C (the way to stop ``--follow``) ends them with a whole line or row, never
+    half of one (a CSV field's closing quote missing, and a reader took the rest of the file
+    into it), and into a pager that does not read (``| less``) it ends logq within a second."""
     from cli import runner
-    from cli.output import OutputFormat
+    from cli.output import OutputFormat, write_all
+    from cli.whole_rows import csv_row_end, flush_all
 
     if common.fmt is OutputFormat.table:
         if not rows and not stream:
@@ -146,14 +153,16 @@ def _print_log_lines(common: Common, result, prep, rows: list, stream: bool = Fa
         from athena.timerange import iso_utc
         from cli.output import visible
 
+        lines = []
         for ts, service, container, out_stream, message in rows:
             marker = "!" if out_stream == "stderr" else " "
             # Records of other Forward clients may carry no container name (nor stream).
             name = visible(container or "-")
             # Escaped: a logged "\r\x1b[2K" or "\x1b]0;...\x07" must not rewrite the terminal.
             text = visible("" if message is None else str(message))
-            sys.stdout.write(f"{iso_utc(ts)} {visible(str(service))} {name}{marker}| {text}\n")
-        sys.stdout.flush()
+            lines.append(f"{iso_utc(ts)} {visible(str(service))} {name}{marker}| {text}\n")
+        write_all(sys.stdout, "".join(lines))
+        flush_all(sys.stdout)
         return
     if stream and common.fmt is OutputFormat.csv:
         from cli.output import to_csv
@@ -162,18 +171,21 @@ def _print_log_lines(common: Common, result, prep, rows: list, stream: bool = Fa
         if getattr(result, "header_done", False):
             text = text.split("\n", 1)[1]
         result.header_done = True
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        write_all(sys.stdout, text, csv_row_end)
+        flush_all(sys.stdout)
         return
     if stream and common.fmt is OutputFormat.json:
         import json
 
         from cli.output import plain
 
-        for row in rows:
-            sys.stdout.write(
+        write_all(
+            sys.stdout,
+            "".join(
                 json.dumps(dict(zip(result.columns, map(plain, row), strict=True))) + "\n"
-            )
-        sys.stdout.flush()
+                for row in rows
+            ),
+        )
+        flush_all(sys.stdout)
         return
     runner.show(common, result, prep, rows=rows)

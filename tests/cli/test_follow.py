@@ -273,6 +273,29 @@ def test_follow_cli_stops_on_ctrl_c(tmp_path: Path, monkeypatch) -> None:
     assert [ln["timestamp"] for ln in lines] == sorted(ln["timestamp"] for ln in lines)
 
 
+def test_follow_cli_in_markdown_stops_on_ctrl_c(tmp_path: Path, monkeypatch) -> None:
+    """--follow -f markdown prints through runner.show, which closes the result it shows:
+    follow's result (the column names) had no close, and the first lines ended in an
+    AttributeError traceback, status 1."""
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    uri = str(tmp_path / "wh")
+    now = datetime.now(UTC)
+    write_frame(uri, "container_logs", logs_frame(3, now - timedelta(minutes=2), now, ["svc"]))
+
+    def ctrl_c(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("cli.follow.time.sleep", ctrl_c)
+    args = ["tail", "-s", "svc", "-F", "-f", "markdown", "--warehouse", uri]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("| timestamp ") and len(lines) == 2 + 3
+
+
 def test_athena_follow_reads_a_window_and_says_its_limit(monkeypatch) -> None:
     """Athena's answer names no object, so there follow re-reads the last ATHENA_LOOKBACK: a
     line up to that late is printed once; one later than that is not, as the start note says."""

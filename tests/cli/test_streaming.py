@@ -328,3 +328,127 @@ def test_json_past_the_window_is_one_document(past_window: str) -> None:
     rows = json.loads(proc.stdout)
     assert proc.returncode == 0 and len(rows) == PAST_WINDOW
     assert len({r["request_id"] for r in rows}) == len(rows)
+
+
+@pytest.fixture
+def left_open(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """The engine's list of what a Ctrl-C left to the exit, empty, and the process's end
+    recorded instead of done (:func:`athena.engines.local.exit_now_if_stuck`); SIGINT's
+    handler put back (the exit sets one that ends the process)."""
+    import athena.engines.spill as spill_mod
+
+    kept: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(local_mod, "_LEFT_OPEN", kept, raising=False)
+    monkeypatch.setattr(local_mod, "_LEFT_RUNNING", [])
+    monkeypatch.setattr(spill_mod, "remove_mine", lambda: None)
+    handler = signal.getsignal(signal.SIGINT)
+    yield kept
+    signal.signal(signal.SIGINT, handler)
+    for con, *_ in kept:
+        con.close()
+
+
+def _exits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    import os
+
+    ended: list[int] = []
+    monkeypatch.setattr(os, "_exit", ended.append)
+    local_mod.exit_now_if_stuck(130)
+    return ended
+
+
+@pytest.mark.parametrize("where", ["writing", "fetching"])
+def test_a_ctrl_c_leaves_the_streamed_result_to_the_exit(
+    big: str,
+    small_window: None,
+    left_open: list[tuple[Any, ...]],
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+) -> None:
+    """After a Ctrl-C the streamed result is not closed: closing the connection freed what
+    DuckDB held (a sorted 20M-row result: gigabytes, most of the time logq took to exit), and
+    Python's finalization freed it otherwise. The connection is kept, the process ends at once
+    (``os._exit``, the output flushed and the spill folder removed first)."""
+    from cli import runner
+
+    if where == "fetching":  # the Ctrl-C lands while DuckDB reads the next batch
+        monkeypatch.setattr(
+            local_mod._LocalBatches, "_read", lambda self: (_ for _ in ()).throw(KeyboardInterrupt)
+        )
+    result = LocalEngine(big).run(EVERY_ROW, {}, stream=True)
+    assert result.more is not None
+
+    def show(*args: Any) -> None:
+        # Held by a local, as emit's generators are by its frame in the traceback.
+        batches = iter(result.more or ())
+        next(batches)
+        next(batches)
+        raise KeyboardInterrupt  # the Ctrl-C lands while a batch is written
+
+    monkeypatch.setattr(runner, "_show", show)
+    with pytest.raises(KeyboardInterrupt):
+        runner.show(None, result, None)  # type: ignore[arg-type]
+    import duckdb
+
+    assert len(left_open) == 1
+    con = left_open[0][0]
+    with pytest.raises(duckdb.ResourceInUseException, match="open result"):
+        con.execute("SELECT 42")  # not closed, its result still held (closed: ConnectionException)
+    assert _exits(monkeypatch) == [130]
+
+
+def test_a_ctrl_c_before_the_first_row_leaves_the_connection_to_the_exit(
+    big: str, left_open: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a Ctrl-C while the query runs, before its first window is read (a sort)."""
+
+    def interrupted(relation: Any, max_rows: int | None) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(local_mod, "_first_window", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        LocalEngine(big).run(EVERY_ROW, {}, stream=True)
+    assert len(left_open) == 1
+    assert left_open[0][0].execute("SELECT 42").fetchall() == [(42,)]  # not closed
+    assert _exits(monkeypatch) == [130]
+
+
+def test_a_second_ctrl_c_while_the_exit_flushes_ends_it_with_the_same_status(
+    left_open: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exit after a Ctrl-C flushes stdout (a pager may hold it up) and removes the spill
+    folder; a second Ctrl-C then came out of it as a KeyboardInterrupt: a traceback, and the
+    interpreter's finalization the exit is there to skip. Now it ends the process at once,
+    with the status already said (130)."""
+    import io
+    import os
+
+    import duckdb
+
+    import athena.engines.spill as spill_mod
+
+    class Ended(BaseException):
+        """os._exit, which would end pytest."""
+
+    ended: list[int] = []
+    removed: list[bool] = []
+
+    def exit_now(status: int) -> None:
+        ended.append(status)
+        raise Ended
+
+    class PausedPager(io.StringIO):
+        def flush(self) -> None:  # the user presses Ctrl-C again while it waits
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(os, "_exit", exit_now)
+    monkeypatch.setattr(spill_mod, "remove_mine", lambda: removed.append(True))
+    monkeypatch.setattr(sys, "stdout", PausedPager())
+    left_open.append((duckdb.connect(),))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's (the fixture puts back)
+    with pytest.raises(Ended):
+        try:
+            local_mod.exit_now_if_stuck(130)
+        except KeyboardInterrupt:
+            pytest.fail("the second Ctrl-C came out of the exit as a KeyboardInterrupt")
+    assert ended == [130] and removed == [True]

@@ -18,11 +18,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 import pytest
 
-from cli.output import WRITE_CHUNK, OutputFormat, emit
+from athena.timerange import iso_utc
+from cli.output import WRITE_CHUNK, OutputFormat, emit, visible
 
 COLUMNS = ["path", "message", "n"]
 ROWS = [(f"/p/{i}", f'line "{i}"\nsecond, with a comma', i) for i in range(2_000)]
@@ -229,3 +231,104 @@ def test_one_ctrl_c_ends_the_last_flush_into_a_paused_reader(
     finally:
         stdout.close()
         os.close(read_end)
+
+
+LOG_ROWS = [
+    (
+        datetime(2026, 11, 30, 22, 0, 0, i * 1000, tzinfo=UTC),
+        "catalog",
+        f"catalog-{i % 3}",
+        "stderr" if i % 2 else "stdout",
+        f'panic "{i}": a line, with a comma\nand a second line',
+    )
+    for i in range(400)
+]
+
+
+@pytest.mark.parametrize("fmt", [OutputFormat.csv, OutputFormat.json, OutputFormat.table])
+def test_ctrl_c_while_tail_follow_writes_ends_with_the_whole_row(
+    fmt: OutputFormat, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``logq tail -F`` printed its lines with plain writes: a Ctrl-C (how a follow stops)
+    inside one cut the row there; half a CSV quoted field made a reader take the rest of the
+    file into it. Here the SIGINT lands halfway through the first write of a poll's lines."""
+    from types import SimpleNamespace
+
+    from cli.commands.logs import _print_log_lines
+    from cli.follow import DISPLAY_COLUMNS, _Rows
+
+    out = CutWrite(cut=1)
+    monkeypatch.setattr(sys, "stdout", out)
+    with pytest.raises(KeyboardInterrupt):
+        _print_log_lines(
+            SimpleNamespace(fmt=fmt), _Rows(DISPLAY_COLUMNS), None, LOG_ROWS, stream=True
+        )
+    text = out.getvalue()
+    assert text.endswith("\n")
+    if fmt is OutputFormat.csv:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+        assert rows[0] == DISPLAY_COLUMNS
+        assert rows[1:] == [[iso_utc(r[0]), *r[1:]] for r in LOG_ROWS[: len(rows) - 1]]
+    elif fmt is OutputFormat.json:
+        lines = text.splitlines()
+        assert [json.loads(line)["message"] for line in lines] == [
+            r[4] for r in LOG_ROWS[: len(lines)]
+        ]
+    else:
+        lines = text.splitlines()
+        assert lines and all(
+            line.endswith("| " + visible(r[4]))
+            for line, r in zip(lines, LOG_ROWS[: len(lines)], strict=True)
+        )
+
+
+def _print_tail_lines(fmt: OutputFormat) -> None:
+    """One ``logq tail -F`` poll's lines printed (csv: the header too)."""
+    from types import SimpleNamespace
+
+    from cli.commands.logs import _print_log_lines
+    from cli.follow import DISPLAY_COLUMNS, _Rows
+
+    common = SimpleNamespace(fmt=fmt)
+    _print_log_lines(common, _Rows(DISPLAY_COLUMNS), None, LOG_ROWS[:20], stream=True)
+
+
+@pytest.mark.timeout(60, method="thread")
+@pytest.mark.parametrize(
+    "write",
+    [
+        pytest.param(lambda: _print_tail_lines(OutputFormat.csv), id="tail-follow"),
+        pytest.param(lambda: emit(OutputFormat.table, COLUMNS, ROWS[:20]), id="table"),
+    ],
+)
+def test_one_ctrl_c_ends_a_flush_of_whole_rows_into_a_paused_reader(
+    write: Callable[[], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few rows fit in stdout's buffers and go out in the flush after their write (a
+    ``tail -F`` poll's lines; Rich's flush after a table): into a pager that does not read,
+    the flush waits. The Ctrl-C stopped it at once but left the rows buffered, and the
+    interpreter's flush at exit waited on them again, deaf to any other Ctrl-C until the pager
+    was quit. Now the flush is held GIVE_UP_SECONDS, then stdout is given up on."""
+    read_end, write_end = _full_pipe()
+    buffered = io.BufferedWriter(io.FileIO(write_end, "w"), buffer_size=1 << 20)
+    stdout = io.TextIOWrapper(buffered, encoding="utf-8")  # the rows fit in its buffers
+    monkeypatch.setattr(sys, "stdout", stdout)
+    main = threading.main_thread().ident
+
+    def ctrl_c_once_blocked() -> None:
+        time.sleep(0.3)  # blocked in the flush by then: the pipe is full
+        signal.pthread_kill(main, signal.SIGINT)
+
+    first = threading.Thread(target=ctrl_c_once_blocked, daemon=True)
+    try:
+        with _Valve(15) as valve, pytest.raises(KeyboardInterrupt):
+            first.start()
+            write()
+        first.join()
+        assert not valve.opened, "one Ctrl-C did not end a flush blocked on the reader"
+        # Given up on: the exit's flush of what is still buffered cannot wait on the reader.
+        assert os.path.samestat(os.fstat(write_end), os.stat(os.devnull))
+    finally:
+        os.close(read_end)  # first: a flush still waiting on it fails instead of hanging
+        with contextlib.suppress(BrokenPipeError):
+            stdout.close()
