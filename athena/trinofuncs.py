@@ -60,6 +60,20 @@ ATHENA_ONLY: dict[str, str] = {
     "url_extract_protocol": "regexp_extract(url, '^([A-Za-z][A-Za-z0-9+.-]*):', 1)",
     "url_extract_port": "CAST(regexp_extract(url, '^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*:([0-9]+)', "
     "1) AS bigint)",
+    # Math (https://trino.io/docs/current/functions/math.html): DuckDB has none of these
+    # names, and its own "did you mean" points elsewhere (nan() -> "nanosecond").
+    "nan": "CAST('NaN' AS double)",
+    "infinity": "CAST('Infinity' AS double)",
+    "is_finite": "abs(x) < CAST('Infinity' AS double)",
+    "is_infinite": "abs(x) = CAST('Infinity' AS double)",
+    "e": "exp(1)",
+    "from_unixtime_nanos": "from_unixtime(nanos / 1e9)",
+    "normal_cdf": "",
+    "crc32": "",
+    "xxhash64": "",
+    "hamming_distance": "",
+    "zip_with": "",
+    "ngrams": "",
     "human_readable_seconds": "",
     "parse_duration": "",
     "format_number": "",

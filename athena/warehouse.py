@@ -284,6 +284,14 @@ def open_warehouse(uri: str | None = None, create: bool = False) -> Warehouse:
         rest = text_path(uri[len("s3://") :]).strip("/")
         if not rest or uri.startswith("s3:///"):
             raise WarehouseError(f"{uri!r} names no bucket; use s3://BUCKET or s3://BUCKET/PREFIX")
+        if "//" in rest:
+            # pyarrow refuses every key with an empty folder name: the aggregator started,
+            # acknowledged, and failed each flush until its buffer filled.
+            fixed = "/".join(part for part in rest.split("/") if part)
+            raise WarehouseError(
+                f"{uri!r} has an empty folder name (//), which no S3 key of the warehouse may "
+                f"hold; write s3://{fixed}"
+            )
         settings = S3Settings.from_env()
         return Warehouse(uri=f"s3://{rest}", fs=s3_filesystem(settings), base=rest, s3=settings)
     if "://" in uri and not uri.startswith("file://"):

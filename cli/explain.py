@@ -255,6 +255,9 @@ def no_data_reason(common: Common, prep: Prepared) -> str | None:
         from cli.storage import check_bucket
 
         check_bucket(wh)  # a missing bucket lists as empty: say so, not "no data"
+        only_other = only_other_table_text(wh, prep.table, prep.services)
+        if only_other:
+            return only_other
         off = one_level_off(wh)
         return f"the warehouse {wh.uri} has no {prep.table} data at all; " + (
             off or "check --warehouse / LOGQ_WAREHOUSE, or run `logq demo` to make some"
@@ -264,6 +267,40 @@ def no_data_reason(common: Common, prep: Prepared) -> str | None:
         if len(unknown) == len(prep.services):
             return missing_services_text(wh, prep.table, unknown, known)
     return None
+
+
+#: Why a warehouse may hold no access lines at all: no container was taken for Envoy.
+_ENVOY_HINT = (
+    "; a line is stored as an access line when its container is recognised as Envoy "
+    "(by image or name, or label logq.format=envoy; README, 'Service name of a container')"
+)
+
+
+def only_other_table_text(wh: Warehouse, table: str, services: list[str] | None) -> str | None:
+    """Why ``table`` is empty when the warehouse holds the *other* table only (apps without an
+    Envoy sidecar, or Fluent Bit sending plain lines): what it has and the command that reads
+    it, not "check --warehouse, or run `logq demo`", which sent a user with a working pipeline
+    looking for a wrong path. ``--service`` names the other table has get
+    :func:`elsewhere_text`, as when ``table`` has data of other services. None when the other
+    table is empty too."""
+    from athena.partitions import list_services
+
+    other = next((t for t in TABLE_WORDS if t != table), None)
+    there = list_services(wh, other) if table in TABLE_WORDS and other else []
+    if not there:
+        return None
+    other_what, command = TABLE_WORDS[str(other)]
+    head = f"the warehouse {wh.uri} has no {table} data at all, only {other_what}"
+    if not services:
+        listed = ", ".join(there) if len(there) <= LIST_KNOWN_MAX else f"{len(there)} services"
+        text = f"{head} ({listed}): {command.removesuffix(' -s')} reads them"
+        return text + (_ENVOY_HINT if table == "envoy_access" else "")
+    elsewhere = [s for s in services if s in there]
+    nowhere = [s for s in services if s not in there]
+    parts = [elsewhere_text(table, elsewhere)] if elsewhere else []
+    if nowhere:
+        parts.append(f"{head}; {unknown_services_text(other or table, nowhere, there)}")
+    return "; ".join(parts)
 
 
 def one_level_off(wh: Warehouse) -> str | None:

@@ -130,16 +130,19 @@ def test_mistyped_warehouses_are_refused_before_anything_is_written(
 ) -> None:
     """``s3:/bucket`` made a local folder named ``s3:`` (the operator believed the data went to
     S3), ``file:///`` put the ledger at the file system's root, ``s3:///x`` read as bucket x,
-    and ``--config ""`` was ignored."""
+    ``s3://logs//wh`` started and failed every flush (no S3 key may hold an empty folder
+    name), and ``--config ""`` was ignored."""
     monkeypatch.chdir(tmp_path)
     buf = tmp_path / "buf"
     for uri, message in [
         ("s3:/mybucket/logs", "is not an S3 address; write s3://BUCKET/PREFIX"),
         ("S3://mybucket/logs", "is not an S3 address"),
         ("s3:///x", "names no bucket"),
+        ("s3://logs//wh", "has an empty folder name (//), which no S3 key of the warehouse "
+         "may hold; write s3://logs/wh"),
         ("file:///", "is the root of the file system"),
         ("/", "is the root of the file system"),
-    ]:
+    ]:  # fmt: skip
         assert main(["--warehouse", uri, "--buffer-dir", str(buf)]) == 2, uri
         assert message in capsys.readouterr().err, uri
     assert main(["--config", "", "--buffer-dir", str(buf)]) == 2

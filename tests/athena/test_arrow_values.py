@@ -72,3 +72,126 @@ def test_a_local_query_with_times_does_not_import_pandas(tmp_path: Path) -> None
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_intervals_read_as_athena_prints_them() -> None:
+    """`max(timestamp) - min(timestamp)` printed as DuckDB's MonthDayNano tuple
+    (`[0, 0, 4260000000000]` in JSON); Athena's forms instead: day to second in milliseconds,
+    year to month as years-months, the sign in front, NULL kept."""
+    import duckdb
+
+    sql = (
+        "SELECT TIMESTAMP '2026-11-30 23:11:00' - TIMESTAMP '2026-11-30 22:00:00' AS span, "
+        "INTERVAL '1' DAY - INTERVAL '1' HOUR AS a, INTERVAL '-90' MINUTE AS neg, "
+        "INTERVAL '1.5' SECOND AS ms, INTERVAL '14' MONTH AS ym, INTERVAL '-3' MONTH AS yneg, "
+        "INTERVAL '14' MONTH + INTERVAL '2' DAY AS mixed, INTERVAL '0' SECOND AS zero, "
+        "CAST(NULL AS INTERVAL) AS nothing"
+    )
+    table = duckdb.sql(sql).to_arrow_table()
+    assert [column_values(c) for c in table.columns] == [
+        ["0 01:11:00.000"],
+        ["0 23:00:00.000"],
+        ["-0 01:30:00.000"],
+        ["0 00:00:01.500"],
+        ["1-2"],
+        ["-0-3"],
+        ["1-2 2 00:00:00.000"],
+        ["0 00:00:00.000"],
+        [None],
+    ]
+
+
+def test_maps_read_as_dicts() -> None:
+    """`histogram(response_code)` is a map: pyarrow's key-value pairs printed in JSON as
+    `[[200, 700], [404, 34]]`; a dict prints as an object. A key a dict cannot hold (a list)
+    keeps the pairs; NULL is kept."""
+    import duckdb
+
+    sql = (
+        "SELECT histogram(code) AS h, map([[1]], [2]) AS listed, "
+        "CAST(NULL AS MAP(VARCHAR, INTEGER)) AS nothing FROM (VALUES (200), (200), (404)) t(code)"
+    )
+    table = duckdb.sql(sql).to_arrow_table()
+    assert [column_values(c) for c in table.columns] == [
+        [{200: 2, 404: 1}],
+        [[([1], 2)]],
+        [None],
+    ]
+
+
+def test_intervals_round_to_the_millisecond_as_trino() -> None:
+    """Trino's timestamp(p) minus timestamp(p) rounds to the nearest millisecond, a half up
+    (1.5 ms is 2, -1.5 ms is -1, -1.6 ms is -2); locally the microseconds were cut off
+    (`now() - max(timestamp)`, literals with a 4th digit)."""
+    import duckdb
+
+    base = "TIMESTAMP '2026-01-01 00:00:00'"
+    spans = [
+        f"TIMESTAMP '2026-01-01 00:00:00.0015' - {base}",
+        f"{base} - TIMESTAMP '2026-01-01 00:00:00.0015'",
+        f"{base} - TIMESTAMP '2026-01-01 00:00:00.0016'",
+        f"{base} - TIMESTAMP '2026-01-01 00:00:00.0004'",
+        "TIMESTAMP '2025-12-31 23:59:59.9994' - TIMESTAMP '2026-01-02 00:00:00'",
+    ]
+    table = duckdb.sql("SELECT " + ", ".join(spans)).to_arrow_table()
+    assert [column_values(c) for c in table.columns] == [
+        ["0 00:00:00.002"],
+        ["-0 00:00:00.001"],
+        ["-0 00:00:00.002"],
+        ["0 00:00:00.000"],
+        ["-1 00:00:00.001"],
+    ]
+
+
+def test_intervals_and_maps_inside_arrays_rows_and_maps() -> None:
+    """An interval or a map inside an array, a row or a map printed as before the fix at the
+    top level: MonthDayNano tuples and key-value pairs (`[[[200, 2]]]` in JSON)."""
+    import duckdb
+
+    sql = (
+        "SELECT [histogram(code)] AS maps, [INTERVAL '90' MINUTE, NULL] AS spans, "
+        "{'span': INTERVAL '14' MONTH, 'codes': histogram(code)} AS r, "
+        "map(['a'], [INTERVAL '1' SECOND]) AS valued, map([INTERVAL '1' DAY], [1]) AS keyed, "
+        "[CAST(NULL AS MAP(VARCHAR, INTEGER))] AS nulls "
+        "FROM (VALUES (200), (200), (404)) t(code)"
+    )
+    table = duckdb.sql(sql).to_arrow_table()
+    assert [column_values(c) for c in table.columns] == [
+        [[{200: 2, 404: 1}]],
+        [["0 01:30:00.000", None]],
+        [{"span": "1-2", "codes": {200: 2, 404: 1}}],
+        [{"a": "0 00:00:01.000"}],
+        [{"1 00:00:00.000": 1}],
+        [[None]],
+    ]
+
+
+def test_map_keys_are_spelled_as_json_spells_them() -> None:
+    """A dict key reaches JSON through `str()`: `histogram(date_trunc('hour', timestamp))`
+    printed `"2026-11-30 22:00:00+00:00"` (ISO-8601 `...T22:00:00.000Z` everywhere else, and in
+    the pairs before maps were dicts) and `histogram(code >= 500)` printed `"False"`."""
+    import duckdb
+
+    sql = (
+        "SELECT histogram(date_trunc('hour', ts)) AS hours, histogram(code >= 500) AS failed, "
+        "histogram(encode('é')) AS blobs FROM (VALUES (TIMESTAMPTZ '2026-11-30 22:10:00+00', "
+        "200), (TIMESTAMPTZ '2026-11-30 22:20:00+00', 503)) t(ts, code)"
+    )
+    table = duckdb.sql(sql).to_arrow_table()
+    assert [column_values(c) for c in table.columns] == [
+        [{"2026-11-30T22:00:00.000Z": 2}],
+        [{"false": 1, "true": 1}],
+        [{"é": 2}],
+    ]
+
+
+def test_a_map_whose_keys_read_the_same_keeps_its_pairs() -> None:
+    """Times apart by under a millisecond print the same: a dict would keep one count."""
+    import duckdb
+
+    sql = (
+        "SELECT histogram(ts) AS h FROM (VALUES (TIMESTAMPTZ '2026-11-30 22:00:00.0001+00'), "
+        "(TIMESTAMPTZ '2026-11-30 22:00:00.0002+00')) t(ts)"
+    )
+    [[pairs]] = [column_values(c) for c in duckdb.sql(sql).to_arrow_table().columns]
+    assert [count for _, count in pairs] == [1, 1]

@@ -6,6 +6,7 @@ Each test runs the Trino text through the local engine (transpiled and run by Du
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,40 @@ def test_athena_only_functions_say_what_to_use(
     url = call.split("'")[1]
     filled = suggestion.replace("(url,", f"('{url}',").replace("NAME", "k")
     assert duck(f"SELECT {filled}") == (trino_value,)
+
+
+@pytest.mark.parametrize(
+    ("call", "x", "trino_value"),
+    [
+        ("nan()", "", "nan"),
+        ("infinity()", "", float("inf")),
+        ("is_finite(x)", "1.5", True),
+        ("is_finite(x)", "CAST('-Infinity' AS double)", False),
+        ("is_finite(x)", "CAST('NaN' AS double)", False),
+        ("is_infinite(x)", "CAST('-Infinity' AS double)", True),
+        ("is_infinite(x)", "CAST('NaN' AS double)", False),
+        ("e()", "", math.e),
+        ("from_unixtime_nanos(nanos)", "1700000000000000000", 1_700_000_000),
+    ],
+)  # fmt: skip
+def test_athena_only_math_functions_say_what_to_use(
+    duck, call: str, x: str, trino_value: Any
+) -> None:
+    """https://trino.io/docs/current/functions/math.html (and from_unixtime_nanos, datetime):
+    DuckDB has none of these names; its own error suggested another function ("nanosecond"
+    for nan()). The refusal names a spelling that gives Trino's value on both engines."""
+    with pytest.raises(QueryError) as refused:
+        to_duckdb(f"SELECT {call.replace('(x)', '(1.0)').replace('(nanos)', '(0)')}", {})
+    message = str(refused.value)
+    assert f"{call.split('(')[0]}() is an Athena (Trino) function" in message
+    suggestion = message.split("use ", 1)[1].split(" instead", 1)[0]
+    value = duck(f"SELECT {suggestion.replace('(x)', f'({x})').replace('nanos', x)}")[0]
+    if call.startswith("from_unixtime"):
+        value = value.timestamp()
+    if trino_value == "nan":
+        assert math.isnan(value)
+    else:
+        assert value == trino_value
 
 
 def test_athena_only_function_without_equivalent_and_in_logq_sql(

@@ -258,6 +258,39 @@ def test_a_service_with_container_logs_only_is_not_called_unknown(logq, tmp_path
     )
 
 
+def test_a_warehouse_with_container_logs_only_says_so(logq, tmp_path) -> None:
+    """A pipeline whose apps have no Envoy sidecar (or Fluent Bit sending plain lines) fills
+    container_logs only: `errors` must say that and point to `tail`, not "check --warehouse,
+    or run `logq demo`", which sends the user looking for a wrong path. A --service the logs
+    have gets the same words as when envoy_access holds other services; still exit 3."""
+    from datetime import UTC, datetime, timedelta
+
+    from tests.athena.factory import logs_frame, write_frame
+
+    uri = str(tmp_path / "wh")
+    now = datetime.now(UTC)
+    write_frame(uri, "container_logs", logs_frame(20, now - timedelta(minutes=30), now, ["app"]))
+    run = logq("errors", "--warehouse", uri)
+    assert run.exit_code == 3, run.stderr
+    assert run.stdout.startswith(
+        f"No results: the warehouse {uri} has no envoy_access data at all, only container "
+        "logs (app): logq tail reads them; a line is stored as an access line when its "
+        "container is recognised as Envoy"
+    )
+    one = logq("errors", "-s", "app", "--warehouse", uri)
+    assert one.exit_code == 3
+    assert one.stdout == (
+        "No results: service 'app' has no Envoy access logs (it has container logs: "
+        "logq tail -s app)\n"
+    )
+    typo = logq("latency", "-s", "apq", "-f", "json", "--warehouse", uri)
+    assert typo.exit_code == 3 and typo.json() == []
+    assert typo.stderr.rstrip().endswith(
+        "only container logs; unknown service 'apq' in container_logs; known: app; "
+        "did you mean 'app'?"
+    )
+
+
 def test_unknown_service_among_many_names_only_the_closest() -> None:
     """With 60 services, the 30 first names would hide the one meant: only the closest."""
     from cli.explain import unknown_services_text

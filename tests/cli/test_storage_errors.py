@@ -129,6 +129,7 @@ def test_ddl_with_services_does_not_warn(logq, warehouse) -> None:
     [
         ("s3:/mybucket/logs", "is not an S3 address; write s3://BUCKET/PREFIX"),
         ("s3:///x", "names no bucket"),
+        ("s3://bucket//wh", "has an empty folder name (//)"),
         ("file:///", "is the root of the file system"),
         ("", "is empty"),
     ],
