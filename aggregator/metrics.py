@@ -31,6 +31,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -481,6 +482,10 @@ class MetricsServer:
         self._server = await listen.start_server(self._handle, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
+
+    def addresses(self) -> list[tuple[Any, ...]]:
+        """The ``getsockname()`` of every socket listened on (one per address of the host)."""
+        return [s.getsockname() for s in self._server.sockets] if self._server else []
 
     async def stop(self) -> None:
         if self._server:

@@ -55,11 +55,11 @@ from aggregator.dedup import OffsetState
 from aggregator.diskguard import GuardedBuffer
 from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, compile_format
 from aggregator.flusher import Flusher, FlushResult
-from aggregator.ledger import Committed, Ledger
+from aggregator.ledger import LEDGER_DIR, NODES_DIR, Committed, Ledger
 from aggregator.metrics import Metrics, MetricsServer
 from aggregator.open_files import fd_limit_hint
 from aggregator.parse_warnings import ParseFailureWarnings
-from aggregator.server import ForwardServer, ServerLimits, tls_context
+from aggregator.server import ForwardServer, ServerLimits, bound_addresses, tls_context
 from aggregator.stop_budget import StopWatchdog, WorkerCalls
 from aggregator.throttle import Throttle
 from aggregator.twins import TwinRunning, live_twin
@@ -198,8 +198,9 @@ class Aggregator:
         self._quarantined_here = 0
         """Segments this process set aside (drain reports them and exits 1)."""
         self._forgotten = False
-        """Whether the drain removed the node from the ledger (its last step, after every
-        flush and set-aside: :meth:`_timed_out_status`)."""
+        """Whether the stop or the drain removed the node's heartbeat from the ledger (the
+        drain's last step, after every flush and set-aside: :meth:`_timed_out_status`; a stop
+        cut short before it says so: :meth:`_heartbeat_note`)."""
         self._cycle_error = ""
         """The last error of a flush cycle (logged with its traceback when it changes)."""
         self._exit_now: Callable[[int], object] = os._exit
@@ -371,11 +372,14 @@ class Aggregator:
         mhost, mport = split_host_port(self.settings.metrics_listen, "--metrics-listen")
         self.metrics_server = MetricsServer(self.metrics, mhost, mport)
         try:
-            mport = await self.metrics_server.start()
+            await self.metrics_server.start()
         except OSError as exc:
             raise listen_error("--metrics-listen", self.settings.metrics_listen, exc) from exc
-        shown = join_host_port(mhost or "0.0.0.0", mport)
-        print(f"metrics on http://{shown}/metrics", file=sys.stderr, flush=True)
+        # Every address listened on, IPv4 first, as ``listening on`` names them: ``:PORT``
+        # (IPv4 and IPv6, README) read ``0.0.0.0:PORT``, which the README says is IPv4 only.
+        bound = bound_addresses(self.metrics_server.addresses())
+        shown = " and ".join(f"http://{join_host_port(h, p)}/metrics" for h, p in bound)
+        print(f"metrics on {shown}", file=sys.stderr, flush=True)
 
     async def _start_serving(self) -> None:
         """The Forward server, listening once the chunk ids of the previous run are read."""
@@ -648,13 +652,14 @@ class Aggregator:
             if not done:
                 log.warning(
                     "stopped: every acknowledged record is in %s, but the ledger heartbeat of "
-                    "node %s could not be removed within --stop-timeout (%gs): compaction "
-                    "waits for this node until it starts again or its heartbeat is stale",
+                    "node %s could not be removed within --stop-timeout (%gs)%s",
                     self.warehouse.uri,
                     self.ledger.node_id,
                     self.settings.stop_timeout,
+                    self._heartbeat_note(),
                 )
                 return 0
+            self._forgotten = True
         set_aside = self.buffer.quarantined()
         if set_aside:
             log.warning(
@@ -708,11 +713,12 @@ class Aggregator:
         if written or self._timed_out_status() == 0:
             log.warning(
                 "stopped: every acknowledged record is in %s%s, but the stop ran out of "
-                "--stop-timeout (%gs) waiting on it, abandoning: %s",
+                "--stop-timeout (%gs) waiting on it, abandoning: %s%s",
                 self.warehouse.uri,
                 self._set_aside_note(),
                 self.settings.stop_timeout,
                 running,
+                self._heartbeat_note(),
             )
             return 0
         left = self.buffer.sealed()
@@ -777,6 +783,25 @@ class Aggregator:
             return ""
         return f", except {set_aside} quarantined segments in {self.buffer.quarantine_dir}"
 
+    def _heartbeat_note(self) -> str:
+        """What a stop that exits 0 without removing its ledger heartbeat leaves the operator
+        (``""`` once it is removed, or without a ledger): the heartbeat, once stale, holds
+        compaction and the ledger's expiry back on every aggregator (:func:`.ledger.
+        compaction_blocker`: to them it is a node that stopped without writing out its
+        buffer) until this node starts again or a drain of its (written) buffer removes it."""
+        if self.ledger is None or self._forgotten:
+            return ""
+        beat = self.warehouse.path(LEDGER_DIR, NODES_DIR, f"{self.ledger.node_id}.json")
+        if self.warehouse.is_s3:
+            beat = f"s3://{beat}"
+        return (
+            f"; its ledger heartbeat {beat} stays: once it is stale, compaction and the "
+            f"ledger's expiry wait for node {self.ledger.node_id} on every aggregator until it "
+            f"starts again or `logq-aggregator drain --buffer-dir {self.settings.buffer_dir}` "
+            "removes it (the buffer is written: that drain ends at once; if the volume is "
+            "gone, delete that file)"
+        )
+
     def _stop_timed_out(self, code: int = 1) -> None:
         """The watchdog's word on a stop still held at ``--stop-timeout`` (in its own thread),
         before it exits with ``code`` (:meth:`_timed_out_status`). Every acknowledged record
@@ -786,11 +811,12 @@ class Aggregator:
         if code == 0:
             log.warning(
                 "stopped: every acknowledged record is in %s%s, but the stop did not end within "
-                "--stop-timeout (%gs): exiting 0 now, abandoning: %s",
+                "--stop-timeout (%gs): exiting 0 now, abandoning: %s%s",
                 self.warehouse.uri,
                 self._set_aside_note(),
                 self.settings.stop_timeout,
                 running,
+                self._heartbeat_note(),
             )
             self._flush_logs()
             return

@@ -17,6 +17,15 @@ choice of the inputs that hold most of its values (values counted from the foote
 values less its nulls where its statistics count them: integers and times). The first row
 group still decides the rest (DELTA or PLAIN, statistics) and any column the inputs do not
 decide (a tie, or no values).
+
+An integer chunk of at most :data:`.storage.INT_DICTIONARY_MAX` values has no vote for a
+dictionary: its writer's choice was by count of distinct values (:func:`.storage._int_encoding`),
+and so few cannot exceed it, whatever the column holds. Small flushed objects (a partition's
+rows of one flush: hundreds to a few thousand) all had every integer column dictionary-encoded,
+and their votes made a merge dictionary-encode response sizes and durations with hundreds of
+thousands of distinct values. Measured (100 inputs of 2,000 envoy rows, random sizes and
+durations): 6,124,050 bytes merged with those votes, 5,087,026 without (the first row group's
+PLAIN). A chunk that chose PLAIN, or a dictionary over more values, still votes.
 """
 
 from __future__ import annotations
@@ -26,7 +35,15 @@ from collections.abc import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aggregator.storage import DICTIONARY_PAGE_LIMIT, NO_DICTIONARY, write_options
+from aggregator.storage import (
+    DICTIONARY_PAGE_LIMIT,
+    INT_DICTIONARY_MAX,
+    NO_DICTIONARY,
+    write_options,
+)
+
+#: Parquet physical types of integer columns (and of times, which no vote changes).
+_INTEGER_TYPES = frozenset({"INT32", "INT64"})
 
 #: Per column: (values in input chunks with a dictionary, values in chunks without one).
 Votes = dict[str, tuple[int, int]]
@@ -34,12 +51,17 @@ Votes = dict[str, tuple[int, int]]
 
 def dictionary_votes(footers: Iterable[pq.FileMetaData | None]) -> Votes:
     """How many values of each column the inputs (``footers``) hold dictionary-encoded and
-    how many not; chunks with no values (all null, where statistics say so) do not count."""
+    how many not; chunks with no values (all null, where statistics say so) do not count, nor
+    does the dictionary of an integer chunk of :data:`INT_DICTIONARY_MAX` values or fewer (the
+    module's docstring)."""
     votes: Votes = {}
     for meta in footers:
         if meta is None:
             continue
         names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+        integers = [
+            meta.schema.column(i).physical_type in _INTEGER_TYPES for i in range(meta.num_columns)
+        ]
         for r in range(meta.num_row_groups):
             row_group = meta.row_group(r)
             for i, name in enumerate(names):
@@ -51,6 +73,8 @@ def dictionary_votes(footers: Iterable[pq.FileMetaData | None]) -> Votes:
                 if values <= 0:
                     continue
                 with_dict, without = votes.get(name, (0, 0))
+                if chunk.has_dictionary_page and integers[i] and values <= INT_DICTIONARY_MAX:
+                    continue  # too few values to have chosen otherwise: no vote
                 if chunk.has_dictionary_page:
                     votes[name] = (with_dict + values, without)
                 else:

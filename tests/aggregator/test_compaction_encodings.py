@@ -19,7 +19,7 @@ import pytest
 import aggregator.compaction.merge as merge_mod
 from aggregator.compaction.inputs import _readable
 from aggregator.storage import write_options
-from athena.schema import CONTAINER_LOGS
+from athena.schema import CONTAINER_LOGS, ENVOY_ACCESS
 from athena.warehouse import open_warehouse
 from tests.aggregator.test_compaction import HOUR
 
@@ -99,3 +99,47 @@ def test_a_merge_encodes_a_column_as_most_of_its_inputs_do(
         output.stat().st_size,
         before.stat().st_size,
     )
+
+
+def test_small_inputs_do_not_vote_integers_into_a_dictionary(tmp_path: Path) -> None:
+    """Flushed objects of a few thousand rows dictionary-encode every integer column (at most
+    ``INT_DICTIONARY_MAX`` distinct values: :func:`.storage._int_encoding`), whatever it holds:
+    those choices are no vote. Response sizes distinct across the hour stay PLAIN in the
+    merge, as its first row group decides; status codes keep their dictionary."""
+    rng = np.random.default_rng(7)
+    rows, start = 1_000, int(HOUR.timestamp() * 1000)
+    paths = []
+    for seq in range(20):
+        times = np.sort(rng.integers(start + seq * 60_000, start + (seq + 1) * 60_000, rows))
+        columns: dict[str, pa.Array] = {}
+        for f in ENVOY_ACCESS.arrow_schema():
+            if f.name == "timestamp":
+                columns[f.name] = pa.array(times, f.type)
+            elif f.name == "bytes_sent":
+                columns[f.name] = pa.array(rng.integers(0, 50_000_000, rows), f.type)
+            elif f.name == "response_code":
+                columns[f.name] = pa.array(rng.choice([200, 404, 503], rows), f.type)
+            elif pa.types.is_integer(f.type):
+                columns[f.name] = pa.nulls(rows, f.type)
+            else:
+                columns[f.name] = pa.array(rng.choice(["a", "b"], rows).tolist(), f.type)
+        table = pa.table(columns, schema=ENVOY_ACCESS.arrow_schema())
+        paths.append(tmp_path / f"n-{seq:02d}.parquet")
+        pq.write_table(table, paths[-1], **write_options(table))
+    assert (
+        pq.ParquetFile(paths[0])
+        .metadata.row_group(0)
+        .column(ENVOY_ACCESS.arrow_schema().names.index("bytes_sent"))
+        .has_dictionary_page
+    )  # (each input's own choice: a dictionary)
+    wh = open_warehouse(str(tmp_path))
+    group = _readable(wh, [wh.fs.get_file_info(str(p)) for p in paths])
+    output = tmp_path / "merged.parquet"
+    assert merge_mod._merge(wh, ENVOY_ACCESS, group, str(output)) == 20 * rows
+
+    meta = pq.ParquetFile(output).metadata
+    names = meta.schema.names
+    assert meta.num_row_groups == 1
+    merged = meta.row_group(0)
+    assert not merged.column(names.index("bytes_sent")).has_dictionary_page
+    assert merged.column(names.index("response_code")).has_dictionary_page

@@ -241,3 +241,42 @@ def test_an_address_not_on_this_host_alone_is_an_error(monkeypatch: pytest.Monke
     with pytest.raises(OSError) as caught:
         _listening("localhost")
     assert caught.value.errno == errno.EADDRNOTAVAIL, caught.value
+
+
+def test_the_metrics_line_names_every_address_listened_on(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--metrics-listen :0`` (no host: every address of this host, here made the loopbacks
+    of :data:`LOOPBACKS`): the ``metrics on`` line names each address listened on, on the one
+    port, IPv4 first, as ``listening on`` does. It said ``http://0.0.0.0:PORT/metrics``
+    whatever was bound, which the README says is IPv4 only."""
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        if host is not None:
+            return _real_getaddrinfo(host, port, *args, **kwargs)
+        return [
+            (family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (sa[0], int(port or 0), *sa[2:]))
+            for family, sa in reversed(LOOPBACKS)
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    settings = Settings(
+        metrics_listen=":0", warehouse=str(tmp_path / "wh"), buffer_dir=str(tmp_path / "b")
+    )
+    agg = Aggregator(settings)
+
+    async def scenario() -> int:
+        await agg._start_metrics()
+        assert agg.metrics_server is not None
+        try:
+            return agg.metrics_server.port
+        finally:
+            await agg.metrics_server.stop()
+
+    port = asyncio.run(scenario())
+    urls = [
+        f"http://{'[' + sa[0] + ']' if ':' in sa[0] else sa[0]}:{port}/metrics"
+        for _, sa in LOOPBACKS
+    ]
+    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("metrics on ")]
+    assert line == [f"metrics on {' and '.join(urls)}"], (line, FAMILIES)

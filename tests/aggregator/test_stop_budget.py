@@ -360,6 +360,21 @@ def test_a_stop_held_after_its_flush_committed_exits_0(tmp_path: Path) -> None:
     assert read_table(str(tmp_path / "wh"), "container_logs")["message"].to_pylist() == ["a line"]
 
 
+def test_a_stop_that_exits_0_with_its_heartbeat_left_says_what_it_holds(tmp_path: Path) -> None:
+    """The same exit 0 comes before the stop's last step, the removal of the node's ledger
+    heartbeat: the file stays, and once stale it holds compaction and the ledger's expiry back
+    on every aggregator (a node that stopped without writing out its buffer, to them). The
+    line names the file and how to end that (a restart, or a drain of the written buffer);
+    it said only "stopped: every acknowledged record is in ...", and a scale-in whose volume
+    was retired on that exit 0 stopped compaction until someone found the heartbeat."""
+    code, line = _stop_held_after_the_flush(tmp_path, flush_fails=False)
+    assert code == 0, line
+    node = (tmp_path / "buffer" / "node-id").read_text().strip()
+    beat = tmp_path / "wh" / "_ledger" / "_nodes" / f"{node}.json"
+    assert f"its ledger heartbeat {beat} stays" in line, line
+    assert f"logq-aggregator drain --buffer-dir {tmp_path / 'buffer'}" in line, line
+
+
 def test_a_stop_held_with_the_buffer_unwritten_exits_1(tmp_path: Path) -> None:
     """The same hold with the segment still in the buffer (the warehouse refused it): exit 1,
     and the line says where the data is."""
