@@ -34,6 +34,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple, TextIO
 
 from athena.engines.result import human_bytes
+from cli.sql_text import NESTED, sql_text
 from cli.textio import writes_utf8
 from cli.whole_rows import RowEnd, csv_row_end, end_with, flush_all, line_end
 from cli.whole_rows import write_all as chunked_write
@@ -160,6 +161,18 @@ class _RowsEndingLF:
         return len(row)
 
 
+#: Types :func:`plain` returns unchanged: most CSV fields, written without a call.
+_CSV_AS_IS = frozenset({str, int, float, bool})
+
+
+def _csv_field(value: Any) -> Any:
+    if value is None:
+        return ""
+    if type(value) in _CSV_AS_IS:
+        return value
+    return sql_text(value, plain) if isinstance(value, NESTED) else plain(value)
+
+
 def to_csv(columns: Sequence[str], rows: Rows) -> str:
     """CSV with a header row, rows ending in ``\n``; NULL is the empty field. A field holding
     a line break (``\n`` or ``\r``) is quoted, so it stays one field."""
@@ -167,13 +180,15 @@ def to_csv(columns: Sequence[str], rows: Rows) -> str:
 
 
 def csv_pieces(columns: Sequence[str], batches: Iterable[Rows]) -> Iterator[str]:
-    """:func:`to_csv`'s text a batch of rows at a time (the header with the first)."""
+    """:func:`to_csv`'s text a batch of rows at a time (the header with the first). NULL is
+    empty; ARRAY, MAP, ROW and VARBINARY values as Athena's result CSV writes them
+    (:mod:`cli.sql_text`); anything else :func:`plain`."""
     buf = _RowsEndingLF()
     writer = csv.writer(buf, lineterminator="\r\n")
     writer.writerow(columns)
     for rows in batches:
         for row in rows:
-            writer.writerow(["" if v is None else plain(v) for v in row])
+            writer.writerow([_csv_field(v) for v in row])
         yield "".join(buf.parts)
         buf.parts.clear()
     yield "".join(buf.parts)
@@ -228,6 +243,8 @@ def _md_cell(value: Any) -> str:
         return ""
     if type(value) is int:
         return str(value)
+    if isinstance(value, NESTED):
+        return _md_text(sql_text(value, plain))
     return _md_text(value if type(value) is str else str(plain(value)))
 
 
@@ -314,6 +331,8 @@ def format_cell(column: str, value: Any) -> str:
         if "bytes" in column:
             return human_bytes(value)
         return f"{value:,}" if isinstance(value, int) else f"{value:,.2f}"
+    if isinstance(value, NESTED):
+        return sql_text(value, plain)
     return str(value)
 
 
