@@ -110,6 +110,22 @@ def map_value(pairs: list[tuple[Any, Any]]) -> dict[Any, Any] | list[tuple[Any, 
     return keyed if len(keyed) == len(pairs) else pairs
 
 
+class BinaryKey(str):
+    """A VARBINARY map key: the text JSON prints (its bytes decoded as UTF-8; a ``str``, so
+    keys that read the same still keep :func:`map_value`'s pairs), holding its bytes for csv,
+    markdown and the table, which print them in hex as any VARBINARY (``{00 ff=1}``)."""
+
+    raw: bytes
+
+    def __new__(cls, raw: bytes) -> BinaryKey:
+        key = super().__new__(cls, raw.decode("utf-8", "replace"))
+        key.raw = raw
+        return key
+
+    def __reduce__(self) -> tuple[type[BinaryKey], tuple[bytes]]:  # a copy keeps its bytes
+        return BinaryKey, (self.raw,)
+
+
 def _map_key(key: Any) -> Any:
     if isinstance(key, bool):
         return "true" if key else "false"
@@ -118,7 +134,7 @@ def _map_key(key: Any) -> Any:
 
         return iso_utc(key)
     if isinstance(key, bytes):
-        return key.decode("utf-8", "replace")
+        return BinaryKey(key)
     return key
 
 

@@ -10,8 +10,11 @@ console and its result CSV print Trino's text form instead, which this module wr
 - ``ROW``: ``{name=value, ...}`` (Athena names an unnamed row's fields ``field0``, …; DuckDB
   its own way, kept as it gives them);
 - ``VARBINARY``: hex bytes separated by spaces, ``68 c3 a9``;
-- NULL inside any of them: ``null``; ``true``/``false`` for booleans; text as it is, unquoted;
-  an interval as :func:`athena.arrow_values.interval_text` writes one (``0 01:30:00.000``).
+- NULL inside any of them: ``null``; ``true``/``false`` for booleans; ``NaN``, ``Infinity``
+  and ``-Infinity`` for those doubles (Python's ``nan``/``inf`` are not Athena's, and pyathena
+  reads Athena's ``[NaN]`` as a float); text as it is, unquoted; a VARBINARY map key in hex
+  too (:class:`athena.arrow_values.BinaryKey`); an interval as
+  :func:`athena.arrow_values.interval_text` writes one (``0 01:30:00.000``).
 
 Nested values are written recursively; other values inside them read as the format prints
 them on their own (``scalar``: times in ISO-8601 UTC, decimals as numbers). Each format's own
@@ -21,8 +24,11 @@ whole text afterwards. JSON output does not use this: it writes lists and object
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
+
+from athena.arrow_values import BinaryKey, interval_text
 
 #: Values this module writes: what pyarrow and pyathena give for ARRAY, MAP, ROW, VARBINARY.
 NESTED = (list, tuple, dict, bytes, bytearray, memoryview)
@@ -31,17 +37,21 @@ NESTED = (list, tuple, dict, bytes, bytearray, memoryview)
 def sql_text(value: Any, scalar: Callable[[Any], Any]) -> str:
     """``value`` (an instance of :data:`NESTED`) in Athena's text form (see the module);
     ``scalar`` gives the printable form of any other value inside it."""
+    if type(value) is str:  # the most common item, as it is (not a BinaryKey)
+        return value
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).hex(" ")
+    if isinstance(value, BinaryKey):
+        return value.raw.hex(" ")
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, dict):
         return _map_text(value.items(), scalar)
     if _is_interval(value):  # inside a value: a column of them is text already
-        from athena.arrow_values import interval_text
-
         return interval_text(value)
     if isinstance(value, list | tuple):
         if value and all(_is_pair(item) for item in value):

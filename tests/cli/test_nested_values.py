@@ -20,6 +20,10 @@ FAMILIES: dict[str, tuple[Any, str]] = {
     "map-as-pairs": ([([1], 2)], "{[1]=2}"),  # pyarrow's form: nested, or keys not hashable
     "row": ({"x": 1, "y": "x|y", "ok": True}, "{x=1, y=x|y, ok=true}"),
     "varbinary": (b"h\xc3\xa9\x00\xff", "68 c3 a9 00 ff"),
+    "doubles": (
+        [1.5, float("nan"), float("inf"), float("-inf")],
+        "[1.5, NaN, Infinity, -Infinity]",
+    ),
     "nested": (
         [{"at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "tags": [("k", [b"\x01"])]}, None],
         "[{at=2026-01-02T03:04:05.000Z, tags={k=[01]}}, null]",
@@ -84,6 +88,7 @@ def test_athena_engine_values_read_back_as_athena_wrote_them() -> None:
         ("map", "{last=Smith, first=Bob}"),
         ("row", "{field0=Bob, field1=38}"),
         ("varbinary", "68 c3 a9"),
+        ("array", "[1.5, NaN, Infinity, -Infinity]"),  # pyathena reads it as JSON: floats
     ]:
         assert _csv_cell(convert(kind, text)) == text
 
@@ -108,3 +113,20 @@ def test_local_engine_values_from_duckdb() -> None:
         "[{k=true}]",
         "68 c3 a9",
     ]
+
+
+def test_local_engine_varbinary_map_keys_in_hex_as_other_varbinary() -> None:
+    """A map's VARBINARY keys (``histogram`` of a blob): hex in csv, as its values are; JSON
+    still prints the key as text, as before."""
+    import json
+
+    import duckdb
+
+    from athena.arrow_values import column_values
+
+    table = duckdb.sql("select map([from_hex('00ff'), encode('é')], [from_hex('01'), null]) m")
+    [value] = column_values(table.to_arrow_table().column(0))
+    assert _csv_cell(value) == "{00 ff=01, c3 a9=null}"
+    out = io.StringIO()
+    emit(OutputFormat.json, ["m"], [(value,)], out=out)
+    assert json.loads(out.getvalue()) == [{"m": {"\x00\ufffd": "\x01", "é": None}}]
