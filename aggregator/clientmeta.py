@@ -13,6 +13,9 @@ stream and no Envoy parsing:
 
 Only keys that a record *lacks* are filled (absent, not nil: a logq-shipper record has them all
 and never reaches this module), so a client's own top-level ``service`` or ``host`` still wins.
+A key whose value logq cannot use counts as lacking (:func:`present_keys`): a ``service``,
+``host`` or other metadata value that is not text (``42``, ``{"name": "orders"}`` from an ECS
+logging app under ``Merge_Log On``), a ``stream`` that is no stream (``console``).
 The service follows the shipper's rules (DESIGN.md §2): the ECS task-definition family, else the
 ``logq.service`` pod label, else the pod's owner name by :func:`shipper.discover.pod_owner_name`;
 a record still without one takes the tag's last part later (``aggregator.batch.service_column``).
@@ -24,7 +27,7 @@ absurdly long pod names) count as absent: they never raise and never cost more t
 from __future__ import annotations
 
 import functools
-from collections.abc import Container
+from collections.abc import Container, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +52,20 @@ KUBE_FIELDS = (
 LABEL_SERVICE = "logq.service"
 #: Set by the kubelet on a static pod (and its mirror): the uid its log folder is named after.
 ANNOTATION_CONFIG_HASH = "kubernetes.io/config.hash"
-_STREAMS = frozenset(("stdout", "stderr"))
+#: The two values of the ``stream`` column (DESIGN.md).
+STREAMS = frozenset(("stdout", "stderr"))
+#: The record keys that :func:`fills` may fill: metadata read only when it is text.
+FILLABLE_KEYS = (
+    wire.KEY_STREAM,
+    wire.KEY_SERVICE,
+    wire.KEY_CONTAINER_ID,
+    wire.KEY_CONTAINER_NAME,
+    wire.KEY_HOST,
+    wire.KEY_IMAGE,
+)
+_FILLABLE = frozenset(FILLABLE_KEYS)
+_STREAM_VALUES = frozenset((*STREAMS, None))
+_TEXT_TYPES = frozenset((str, type(None)))
 #: Kubernetes object names are DNS subdomains (<= 253 characters): a longer "pod name" is not
 #: one, and is not handed to the owner-name regexes.
 _MAX_POD_NAME = 253
@@ -99,6 +115,44 @@ def _owner(pod: str, host: str, uid: str) -> str:
     return pod_owner_name(pod, node_names(host), uid)
 
 
+def stream_of(value: object) -> str | None:
+    """``stdout`` or ``stderr`` of a ``stream`` (or Docker's ``source``) value in any case
+    (``STDERR`` is ``stderr``; sent as ``bin`` too), else None: the column holds only those two
+    (DESIGN.md), so ``console`` or a number is no stream."""
+    if type(value) is bytes:
+        value = value.decode("ascii", "replace")
+    if not isinstance(value, str):
+        return None
+    if value in STREAMS:
+        return value
+    lowered = value.lower() if value.isascii() else ""
+    return lowered if lowered in STREAMS else None
+
+
+def is_metadata(key: str, value: object) -> bool:
+    """Whether a record's ``value`` of metadata ``key`` is one logq reads: text (``bin``
+    too), nil (which keeps the key's column NULL), and for ``stream`` a stream
+    (:func:`stream_of`). Any other value is ignored, as if the key were absent."""
+    if value is None:
+        return True
+    if key == wire.KEY_STREAM:
+        return stream_of(value) is not None
+    return type(value) is str or type(value) is bytes  # not an EventTime's ext bytes
+
+
+def present_keys(record: dict[Any, Any]) -> Set[str]:
+    """The :data:`FILLABLE_KEYS` of ``record`` whose values logq reads (:func:`is_metadata`):
+    the ``present`` of :func:`fills`. (The keys it has first, by one C-level intersection: a
+    Fluent Bit record has few of them, often only ``stream``; then their values, in a loop
+    that calls nothing for the usual ones.)"""
+    present = _FILLABLE.intersection(record)
+    for key in present:  # the usual values (text; a stream's stdout or stderr) at little cost
+        value = record[key]
+        if type(value) is not str or (key == wire.KEY_STREAM and value not in STREAMS):
+            return frozenset(k for k in present if is_metadata(k, record[k]))
+    return present
+
+
 def _str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -144,7 +198,7 @@ def fills(
     the shipper's last rule for a container without labels.
     """
     out: dict[str, str] = {}
-    stream = source if isinstance(source, str) and source in _STREAMS else None
+    stream = stream_of(source)
     name = _str(container_name)
     if stream is not None and wire.KEY_STREAM not in present:
         out[wire.KEY_STREAM] = stream
@@ -180,14 +234,38 @@ def has_client_keys(record: dict[Any, Any]) -> bool:
     return KEY_SOURCE in record or KEY_KUBERNETES in record or KEY_ECS_TASK_DEFINITION in record
 
 
-def record_fills(records: list[dict[Any, Any]], tag: str) -> dict[str, dict[int, str]]:
-    """Per key, the filled values by record index, for records decoded as Python dicts."""
+def usual_values(columns: Mapping[str, Sequence[object]]) -> bool:
+    """Whether the :data:`FILLABLE_KEYS` columns of some records (all of them, a key's value or
+    None per record) hold only text or nil, and streams only ``stdout`` or ``stderr``: then the
+    keys a record has are those :func:`present_keys` would give (whole columns checked in C,
+    rather than each record in Python)."""
+    try:
+        if not _STREAM_VALUES.issuperset(columns[wire.KEY_STREAM]):
+            return False
+    except TypeError:  # an unhashable value (a map): not a stream
+        return False
+    return all(
+        _TEXT_TYPES.issuperset(map(type, columns[key]))
+        for key in FILLABLE_KEYS
+        if key != wire.KEY_STREAM
+    )
+
+
+def record_fills(
+    records: list[dict[Any, Any]], tag: str, columns: Mapping[str, Sequence[object]] | None = None
+) -> dict[str, dict[int, str]]:
+    """Per key, the filled values by record index, for records decoded as Python dicts.
+    ``columns``: their :data:`FILLABLE_KEYS` values by key, if at hand (:func:`usual_values`,
+    looked at once a record has client metadata)."""
     out: dict[str, dict[int, str]] = {}
+    usual: bool | None = None
     for i, rec in enumerate(records):
         if not has_client_keys(rec):
             continue
+        if usual is None:
+            usual = columns is not None and usual_values(columns)
         values = fills(
-            rec,
+            rec if usual else present_keys(rec),
             rec.get(KEY_SOURCE),
             kube_of(rec.get(KEY_KUBERNETES)),
             rec.get(KEY_ECS_TASK_DEFINITION),

@@ -11,8 +11,10 @@ invalid UTF-8) falls back to the general path, :func:`shipper.wire.decode_messag
 per-record coercion, which accepts the same protocol; a message neither path accepts raises
 :class:`shipper.wire.ProtocolError`. The coercion replaces invalid UTF-8 as Fluent Bit and Vector
 do (:func:`_lossy_text`), gives a service name that is not UTF-8 a folder of its own
-(:func:`_coerce_service`, :func:`_tag_service`) and reads keys sent as ``bin`` as keys
-(:func:`records_batch`).
+(:func:`_coerce_service`, :func:`_tag_service`), ignores metadata that is not text
+(:func:`_coerce_text`: a ``service`` of ``42`` then takes the tag's), keeps only ``stdout``
+and ``stderr`` as a stream, in any case (:func:`aggregator.clientmeta.stream_of`), and reads
+keys sent as ``bin`` as keys (:func:`records_batch`).
 
 Garbage collection: decoding allocates millions of small dicts and strings; CPython's default
 collector thresholds make it rescan them over and over (measured: ~2x the decode time). The
@@ -153,7 +155,7 @@ def _invalid_as_sent(value: str | bytes) -> str | None:
 
 
 def _coerce_service(value: Any) -> str | None:
-    """:func:`_coerce_str` of a ``service`` value; one that is not valid UTF-8 becomes its
+    """:func:`_coerce_text` of a ``service`` value; one that is not valid UTF-8 becomes its
     partition value at once (:func:`athena.schema.sanitize_service`, which hashes its bytes as
     sent): the buffer holds only valid text, and two names replaced to the same text would
     land in one folder."""
@@ -161,7 +163,16 @@ def _coerce_service(value: Any) -> str | None:
         sent = _invalid_as_sent(value)
         if sent is not None:
             return sanitize_service(sent)
-    return _coerce_str(value)
+    return _coerce_text(value)
+
+
+def _coerce_text(value: Any) -> str | None:
+    """A metadata value (``host``, ``image``...) as text; None for one that is not text
+    (``42``, ``true``, ``{"name": "orders"}``): it is ignored, as if absent (a ``service``
+    then takes the tag's), where JSON-coding it made a junk partition of each such value."""
+    if isinstance(value, str | bytes) and type(value) is not RawEventTime:
+        return _text(value)
+    return None
 
 
 def _jsonable(value: Any) -> Any:
@@ -209,6 +220,18 @@ def _coerce_str(value: Any) -> str | None:
     if isinstance(value, str | bytes) and type(value) is not RawEventTime:
         return _text(value)
     return json.dumps(_jsonable(value), ensure_ascii=False)
+
+
+#: How the general path coerces each :data:`DICT_KEYS` column (``source_id``: as before, the
+#: shipper's own key).
+_COERCE: dict[str, Callable[[Any], str | None]] = {
+    **{key: _coerce_text for key in DICT_KEYS},
+    wire.KEY_SERVICE: _coerce_service,
+    wire.KEY_STREAM: clientmeta.stream_of,
+    wire.KEY_SOURCE_ID: _coerce_str,
+}
+#: The values of a ``stream`` column that need no coercion.
+_STREAM_VALUES = frozenset((*clientmeta.STREAMS, None))
 
 
 def _coerce_offset(value: Any) -> int | None:
@@ -335,7 +358,8 @@ def _records_batch(tag: str, times_ns: pa.Array, records: list[dict[str, Any]]) 
         if _has_bin_keys(records):
             raise _BinKeyed from None
         values = [[r.get(k) for r in records] for k in _SHIPPER_KEY_NAMES]
-        filled = clientmeta.record_fills(records, tag)
+        by_name = dict(zip(_SHIPPER_KEY_NAMES, values, strict=True))
+        filled = clientmeta.record_fills(records, tag, by_name)
     try:
         by_key = dict(zip(_SHIPPER_KEY_NAMES, values, strict=True)) if n else {}
         logs = by_key.get(wire.KEY_LOG, [])
@@ -344,7 +368,10 @@ def _records_batch(tag: str, times_ns: pa.Array, records: list[dict[str, Any]]) 
         columns = [pa.array(logs, pa.string())]
         for key in DICT_KEYS:
             column = by_key[key] if key in by_key else [r.get(key) for r in records]
-            columns.append(pa.array(_filled(column, filled.get(key)), DICT_STRING))
+            column = _filled(column, filled.get(key))
+            if key == wire.KEY_STREAM and not _STREAM_VALUES.issuperset(column):
+                raise ValueError("a stream to coerce")  # ``STDERR``, ``console``: below
+            columns.append(pa.array(column, DICT_STRING))
         columns.append(pa.array(by_key.get(wire.KEY_OFFSET, []), pa.int64()))
     except (pa.ArrowException, TypeError, ValueError, OverflowError, UnicodeError):
         logs = [_coerce_str(r.get(wire.KEY_LOG)) for r in records]
@@ -352,7 +379,7 @@ def _records_batch(tag: str, times_ns: pa.Array, records: list[dict[str, Any]]) 
         columns = [pa.array([_text(v) for v in logs], pa.string())]
         for key in DICT_KEYS:
             column = _filled([r.get(key) for r in records], filled.get(key))
-            coerce = _coerce_service if key == wire.KEY_SERVICE else _coerce_str
+            coerce = _COERCE[key]
             columns.append(pa.array([coerce(v) for v in column], DICT_STRING))
         columns.append(
             pa.array([_coerce_offset(r.get(wire.KEY_OFFSET)) for r in records], pa.int64())

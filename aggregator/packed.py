@@ -36,9 +36,10 @@ A logq-shipper blob of :data:`CONSTANT_MIN_ENTRIES` or more entries is first rea
 comes here.
 
 This path is strict on purpose: anything it does not expect (a wrong ``size``, float times, a
-value of an unexpected type, invalid UTF-8, a record without ``log``) returns None and the
-caller takes the general path (:mod:`aggregator.decode`), which accepts the whole protocol and
-coerces what it can. Both produce identical batches for identical input.
+value of an unexpected type, a ``stream`` other than ``stdout``/``stderr``, invalid UTF-8, a
+record without ``log``) returns None and the caller takes the general path
+(:mod:`aggregator.decode`), which accepts the whole protocol and coerces what it can. Both
+produce identical batches for identical input.
 
 Records of Fluent Bit's kubernetes filter, FireLens and Docker's fluentd driver carry their
 metadata under other keys (``kubernetes``, ``source``, ``ecs_task_definition``): the two
@@ -489,21 +490,43 @@ def _time_ns(raw: msgspec.Raw) -> int | None:
     return None
 
 
-def _dict_column(raws: list[msgspec.Raw], dict_type: pa.DataType) -> pa.Array:
-    """A dictionary column from msgpack values; decoded once when they are all the same."""
+def _dict_column(raws: list[msgspec.Raw], dict_type: pa.DataType, stream: bool = False) -> pa.Array:
+    """A dictionary column from msgpack values; decoded once when they are all the same.
+    ``stream``: the values must be streams (:func:`_checked_streams`, else ValueError)."""
     first = raws[0]
     if raws.count(first) == len(raws):
-        return constant_column(_TEXT.decode(first), len(raws), dict_type)
-    return pa.array([_TEXT.decode(r) for r in raws], dict_type)
+        value = _TEXT.decode(first)
+        if stream:
+            _checked_streams([value])
+        return constant_column(value, len(raws), dict_type)
+    values = [_TEXT.decode(r) for r in raws]
+    return pa.array(_checked_streams(values) if stream else values, dict_type)
 
 
 def columns(entries: list[_Entry], dict_type: pa.DataType) -> list[pa.Array] | None:
     """``time_ns``, ``log``, the :data:`RAW_KEYS` columns and ``offset``, or None (general path)."""
 
     def keys(records: list[Any]) -> list[pa.Array]:
-        return [_dict_column([getattr(r, key) for r in records], dict_type) for key in RAW_KEYS]
+        return [
+            _dict_column([getattr(r, key) for r in records], dict_type, key == wire.KEY_STREAM)
+            for key in RAW_KEYS
+        ]
 
     return _assemble(entries, keys)
+
+
+#: The values a ``stream`` column holds (NULL: none given).
+_STREAM_VALUES = frozenset((*clientmeta.STREAMS, None))
+
+
+def _checked_streams(values: list[str | None]) -> list[str | None]:
+    """``values`` of a ``stream`` column, when they are only ``stdout``, ``stderr`` or None;
+    else ValueError: another value (``STDERR``, ``console``) is the general path's to coerce
+    (:func:`aggregator.clientmeta.stream_of`). Checked on the decoded values (one set
+    look-up for a constant column), before any Arrow array is built."""
+    if not _STREAM_VALUES.issuperset(values):
+        raise ValueError("a stream that is not stdout or stderr")
+    return values
 
 
 class _ClientRecord(msgspec.Struct, gc=False):
@@ -595,14 +618,16 @@ def _texts(raws: list[msgspec.Raw], decode: Callable[[msgspec.Raw], Any] = _TEXT
     return out
 
 
-def _raw_column(raws: list[msgspec.Raw], dict_type: pa.DataType) -> pa.Array:
+def _raw_column(raws: list[msgspec.Raw], dict_type: pa.DataType, stream: bool = False) -> pa.Array:
     """:func:`_dict_column` of raws that may be ``_ABSENT`` (a null)."""
     first = raws[0]
     if raws.count(first) == len(raws):
-        return constant_column(
-            None if first is _ABSENT else _TEXT.decode(first), len(raws), dict_type
-        )
-    return pa.array(_texts(raws), dict_type)
+        value = None if first is _ABSENT else _TEXT.decode(first)
+        if stream:
+            _checked_streams([value])
+        return constant_column(value, len(raws), dict_type)
+    values = _texts(raws)
+    return pa.array(_checked_streams(values) if stream else values, dict_type)
 
 
 #: Record keys whose values decide :func:`clientmeta.fills` (with which keys are present).
@@ -641,9 +666,9 @@ def _client_keys(records: list[_ClientRecord], dict_type: pa.DataType, tag: str)
     ):
         fills = _fills_of(raws, 0, tag)
         return [
-            constant_column(fills[k], n, dict_type)
+            constant_column(fills[k], n, dict_type)  # a filled stream is one (stream_of)
             if k in fills
-            else _raw_column(raws[k], dict_type)
+            else _raw_column(raws[k], dict_type, k == wire.KEY_STREAM)
             for k in RAW_KEYS
         ]
     values = {key: _texts(raws[key]) for key in RAW_KEYS}
@@ -665,6 +690,7 @@ def _client_keys(records: list[_ClientRecord], dict_type: pa.DataType, tag: str)
             memo[memo_key] = fills
         for key, value in fills.items():
             values[key][i] = value
+    _checked_streams(values[wire.KEY_STREAM])
     return [pa.array(values[key], dict_type) for key in RAW_KEYS]
 
 

@@ -121,7 +121,7 @@ def test_invalid_utf8_in_the_other_text_is_replaced_the_same_way(mode: str) -> N
     }
     batch = decoded(frames(sent_str(b"app\xff.web"), [record])[mode])
     assert column(batch, "tag") == ["app\ufffd.web"]
-    assert column(batch, "stream") == ["std\ufffdout"]
+    assert column(batch, "stream") == [None]  # replaced, it is no stream (stdout/stderr)
     assert column(batch, "container_name") == ["web-\ufffd("]
     assert column(batch, "container_id") == ["c0\ufffdffee"]
     assert column(batch, "host") == ["ip-\ufffd"]

@@ -200,7 +200,8 @@ def test_constant_metadata_decoder_takes_a_shipper_batch_with_both_streams() -> 
         {wire.KEY_FORMAT: "envoy"},  # absent first, present later
         {wire.KEY_HOST: None},  # nil later
         {wire.KEY_IMAGE: b"envoyproxy/envoy:v1.31.2"},  # the same text as bin
-        {wire.KEY_STREAM: "console"},  # a stream the decoder does not know
+        {wire.KEY_STREAM: "console"},  # a stream the decoder does not know: ignored
+        {wire.KEY_STREAM: "STDERR"},  # a stream in another case: lowered
     ],
 )
 @pytest.mark.usefixtures("small_batches_too")
@@ -214,6 +215,8 @@ def test_a_record_that_differs_from_the_first_gets_its_own_values(later: dict[st
     expected = None if value is _DROP or value is None else value
     if isinstance(expected, bytes):
         expected = expected.decode()
+    if key == wire.KEY_STREAM:
+        expected = {"console": None, "STDERR": "stderr"}[value]  # the column's two (DESIGN.md)
     assert batch.column(key).to_pylist()[7] == expected
     assert batch.column(key).to_pylist()[6] == shipper_record(6).get(key)
 
