@@ -231,6 +231,12 @@ def _for_duckdb(node: Any) -> Any:
         return trinofuncs.format_call(node, _adapted)
     if isinstance(node, exp.Anonymous) and str(node.this).lower() in trinofuncs.ATHENA_ONLY:
         raise trinofuncs.athena_only(str(node.this))
+    typed = trinofuncs.typed_athena_only(node)
+    if typed is not None:  # width_bucket(x, ARRAY[...]) is not what its advice spells
+        bins = not isinstance(node, exp.WidthBucket) or node.args.get("num_buckets") is not None
+        raise trinofuncs.athena_only(typed, advice_fits=bins)
+    if isinstance(node, exp.Normalize):
+        return trinofuncs.normalize(node, _adapted)
     if _ADHOC.get(False) and isinstance(node, exp.ApproxDistinct):
         return trinofuncs.approx_distinct(node, _adapted)
     if isinstance(node, exp.RegexpExtract):
@@ -315,8 +321,76 @@ def _transpile(sql: str, params: dict[str, Any], adhoc: bool = False) -> tuple[s
         tree = tree.transform(_for_duckdb, copy=False)
     finally:
         _ADHOC.reset(adhoc_token)
+    if adhoc:
+        athena_column_names(tree)
     used = {p.name for p in tree.find_all(sqlglot.exp.Placeholder)}
     return tree.sql(dialect="duckdb", pretty=True), {k: v for k, v in flat.items() if k in used}
+
+
+#: The alias the local engine gives a column Athena names by a position only known once the
+#: statement runs: one after a ``*`` in the select list, or one a ``*`` reads from a subquery or
+#: a ``WITH`` query (DuckDB makes repeats unique: ``_col?_1``). :func:`athena_column_name` turns
+#: it into ``_col`` and the result position.
+UNNAMED = "_col?"
+_UNNAMED_NAME = re.compile(r"_col\?(?:_\d+)?")
+
+
+def athena_column_name(name: str, position: int) -> str:
+    """A result column's name as Athena gives it: ``name``, or ``_col<position>`` for a column
+    :func:`athena_column_names` marked :data:`UNNAMED`."""
+    return f"_col{position}" if _UNNAMED_NAME.fullmatch(name) else name
+
+
+def athena_column_names(tree: Any) -> None:
+    """Name the unnamed result columns of a query as Athena (Trino) does, in place: ``_col``
+    and the column's position from 0, counting every column, a ``*``'s too (Trino's
+    ``LogicalPlanner.createOutputPlan``: a field with no name is ``"_col" + columnNumber``),
+    where DuckDB would name them after the expression (``count_star()``). A bare column keeps
+    its name and an alias wins, on both engines. A set operation's names are its first
+    query's. Where the position depends on the tables' columns (after a ``*``), or a ``*``
+    reads a subquery's unnamed column (which has no name on Trino either), the alias is
+    :data:`UNNAMED` and the local engine names the column by its position in the result."""
+    from sqlglot import exp
+
+    top = _first_query(tree)
+    if top is None:
+        return
+    after_star = False
+    for position, item in enumerate(list(top.expressions)):
+        if isinstance(item, exp.Star) or (
+            isinstance(item, exp.Column) and isinstance(item.this, exp.Star)
+        ):
+            after_star = True
+        elif not _named(item):
+            name = UNNAMED if after_star else f"_col{position}"
+            item.replace(exp.alias_(item.copy(), name, quoted=True))
+    for select in list(tree.find_all(exp.Select)):
+        if select is top:
+            continue
+        for item in list(select.expressions):
+            star = isinstance(item, exp.Star) or (
+                isinstance(item, exp.Column) and isinstance(item.this, exp.Star)
+            )
+            if not star and not _named(item):
+                item.replace(exp.alias_(item.copy(), UNNAMED, quoted=True))
+
+
+def _first_query(tree: Any) -> Any:
+    """The SELECT that names a statement's columns (a set operation's first), or None."""
+    from sqlglot import exp
+
+    query = tree
+    while isinstance(query, exp.SetOperation | exp.Subquery):
+        query = query.this
+    return query if isinstance(query, exp.Select) else None
+
+
+def _named(item: Any) -> bool:
+    """Whether a select item has a name on Trino: an alias, or a column (in parentheses too)."""
+    from sqlglot import exp
+
+    inner = item.unnest() if isinstance(item, exp.Paren) else item
+    return isinstance(inner, exp.Alias | exp.Column)
 
 
 def _parse_error(exc: Exception) -> QueryError:

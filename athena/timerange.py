@@ -16,13 +16,19 @@ from datetime import UTC, datetime, timedelta
 #: importing pyarrow; a test asserts they agree).
 DT_FORMAT = "%Y-%m-%d-%H"
 
-_RELATIVE = re.compile(
-    r"^\s*(\d+)\s*(s|secs?|seconds?|m|mins?|minutes?|h|hrs?|hours?|d|days?|w|wks?|weeks?)\s*$",
-    re.IGNORECASE,
-)
+#: One amount and its unit; longer spellings first, so that ``30mins`` is not read as ``30m``.
+_PART = r"(\d+)\s*(seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h|days?|d|weeks?|wks?|w)\s*"
+#: A duration: one part (``15m``) or several, largest unit first by habit (``1h30m``, ``2d12h``).
+_RELATIVE = re.compile(rf"^\s*(?:{_PART})+$", re.IGNORECASE)
+_PARTS = re.compile(_PART, re.IGNORECASE)
+#: The forms a duration takes, for error texts.
+DURATION_FORMS = "a number and a unit: 30s, 15m, 1h, 2d, 1w, or several together: 1h30m, 2d12h"
+#: Digits of the largest amount read (leading zeros aside): 10**15 s is beyond the year 9999.
+_MAX_DIGITS = 15
 #: Seconds per unit, keyed by the unit's first letter.
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_INTERVAL = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$", re.IGNORECASE)
+_INTERVAL = re.compile(r"^\s*(?:\d+\s*[smhd]\s*)+$", re.IGNORECASE)
+_INTERVAL_PARTS = re.compile(r"(\d+)\s*([smhd])", re.IGNORECASE)
 #: ``1M`` is a month in Grafana's time picker (and Java's, Elasticsearch's date maths), a minute
 #: to a case-blind parser. Refused rather than guessed: a month read as a minute answers another
 #: question with no sign of it.
@@ -33,24 +39,29 @@ class TimeRangeError(ValueError):
     """A ``--since``/``--until``/``--every`` value could not be understood; says what works."""
 
 
-def _refuse_month(value: str, unit: str) -> None:
-    """Refuse a bare upper-case ``M`` unit (``1M``): see :data:`AMBIGUOUS_UNIT`. Every other
-    spelling keeps its meaning whatever its case (``15m``, ``15MIN``, ``1H``, ``2D``)."""
-    if unit == "M":
-        raise TimeRangeError(f"{value.strip()!r}: {AMBIGUOUS_UNIT}")
+def _seconds(value: str, parts: list[tuple[str, str]], what: str, forms: str) -> int:
+    """The seconds of ``parts`` (``(amount, unit)`` pairs), each unit said once (``1h2h`` is
+    a typo, not 3 hours). A bare upper-case ``M`` (``1M``, ``1h30M``) is refused (see
+    :data:`AMBIGUOUS_UNIT`); every other spelling keeps its meaning whatever its case.
+    OverflowError for an amount no time range holds (Python refuses to read one of over 4,300
+    digits: it would be a ValueError naming ``sys.set_int_max_str_digits``)."""
+    units = [unit[0].lower() for _, unit in parts]
+    if len(set(units)) < len(units):
+        raise TimeRangeError(f"{what}{value.strip()!r} gives a unit twice; use {forms}")
+    if any(unit == "M" for _, unit in parts):
+        raise TimeRangeError(f"{what}{value.strip()!r}: {AMBIGUOUS_UNIT}")
+    if any(len(amount.lstrip("0")) > _MAX_DIGITS for amount, _ in parts):
+        raise OverflowError(value)
+    return sum(int(amount.lstrip("0") or "0") * _UNITS[unit[0].lower()] for amount, unit in parts)
 
 
 def parse_duration(value: str) -> timedelta:
-    """``15m``/``1h``/``2d``/``1w`` (also ``30s``) as a timedelta."""
-    match = _RELATIVE.match(value or "")
-    if not match:
-        raise TimeRangeError(
-            f"{value!r} is not a duration; use a number and a unit: 30s, 15m, 1h, 2d, 1w"
-        )
-    _refuse_month(value, match.group(2))
-    amount, unit = int(match.group(1)), match.group(2).lower()
+    """``15m``/``1h``/``2d``/``1w`` (also ``30s``), or several together (``1h30m``, ``2d12h``),
+    as a timedelta."""
+    if not _RELATIVE.match(value or ""):
+        raise TimeRangeError(f"{value!r} is not a duration; use {DURATION_FORMS}")
     try:
-        return timedelta(seconds=amount * _UNITS[unit[0]])
+        return timedelta(seconds=_seconds(value, _PARTS.findall(value), "", DURATION_FORMS))
     except OverflowError:
         raise TimeRangeError(
             f"{value!r} is out of range: times must fall in the years 1-9999"
@@ -58,25 +69,25 @@ def parse_duration(value: str) -> timedelta:
 
 
 def parse_interval(value: str) -> timedelta:
-    """A bucket width for ``--every`` (``30s``, ``1m``, ``5m``, ``1h``, ``1d``); must be > 0."""
-    match = _INTERVAL.match(value or "")
-    if match and match.group(2) == "M":
-        raise TimeRangeError(f"--every {value.strip()!r}: {AMBIGUOUS_UNIT}")
-    if not match or int(match.group(1)) <= 0:
-        raise TimeRangeError(f"--every {value!r} is not an interval; use e.g. 30s, 1m, 5m, 1h, 1d")
+    """A bucket width for ``--every`` (``30s``, ``1m``, ``5m``, ``1h``, ``1d``, or several
+    together: ``1h30m``); must be > 0."""
+    forms = "use e.g. 30s, 1m, 5m, 1h, 1d, or several together: 1h30m"
+    if not _INTERVAL.match(value or ""):
+        raise TimeRangeError(f"--every {value!r} is not an interval; {forms}")
     try:
-        return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2).lower()])
+        seconds = _seconds(value, _INTERVAL_PARTS.findall(value), "--every ", forms[4:])
+        if seconds <= 0:
+            raise TimeRangeError(f"--every {value!r} is not an interval; {forms}")
+        return timedelta(seconds=seconds)
     except OverflowError:
-        raise TimeRangeError(
-            f"--every {value!r} is out of range; use e.g. 30s, 1m, 5m, 1h, 1d"
-        ) from None
+        raise TimeRangeError(f"--every {value!r} is out of range; {forms}") from None
 
 
 def parse_time(value: str, now: datetime) -> datetime:
     """A point in time: ``now``, a duration before ``now``, or ISO-8601 (naive means UTC)."""
     text = (value or "").strip()
     if not text:
-        raise TimeRangeError("empty time; use 15m, 1h, 2d, 1w, now or an ISO-8601 time")
+        raise TimeRangeError("empty time; use 15m, 1h, 2d, 1w, 1h30m, now or an ISO-8601 time")
     if text.lower() == "now":
         return now
     if _RELATIVE.match(text):
@@ -90,7 +101,7 @@ def parse_time(value: str, now: datetime) -> datetime:
         parsed = datetime.fromisoformat(text.replace("z", "Z"))
     except ValueError:
         raise TimeRangeError(
-            f"{value!r} is not a time; use 15m, 1h, 2d, 1w (before now) or ISO-8601 such as "
+            f"{value!r} is not a time; use 15m, 1h, 2d, 1w, 1h30m (before now) or ISO-8601 such as "
             "2024-05-01T13:00:00Z"
         ) from None
     if parsed.tzinfo is None:

@@ -33,8 +33,13 @@ documented in Trino's "Functions and operators" pages):
 * ``approx_distinct(x)``: a HyperLogLog on Trino (standard error 2.3%), exact locally
   (``count(DISTINCT x)``), as the local percentiles are: the same answer within Trino's error.
 
+* ``normalize(s[, NFC])``: DuckDB's ``nfc_normalize(s)``, the same NFC form; other forms are
+  refused.
+
 Functions Athena has and DuckDB lacks (:data:`ATHENA_ONLY`) are refused before DuckDB sees
-them, with what to write instead that works on both engines.
+them, with what to write instead that works on both engines; that includes those sqlglot
+parses into typed expressions (``from_base``, ``width_bucket``, ``soundex``,
+``split_to_map``: :func:`typed_athena_only`).
 """
 
 from __future__ import annotations
@@ -85,12 +90,59 @@ ATHENA_ONLY: dict[str, str] = {
     "codepoint": "",
     "word_stem": "",
     "luhn_check": "",
+    # sqlglot parses these as typed expressions (:func:`typed_athena_only`), which DuckDB's
+    # SQL spells under other names: its error named a function the user never wrote
+    # (split_to_map -> "str_to_map does not exist").
+    "from_base": "",
+    "width_bucket": "CASE WHEN x < lo THEN 0 WHEN x >= hi THEN n + 1 ELSE "
+    "CAST(floor((x - lo) * n / CAST(hi - lo AS double)) AS bigint) + 1 END (for lo < hi)",
+    "soundex": "",
+    "split_to_map": "",
+    "map_agg": "",
 }
 
 
-def athena_only(name: str) -> QueryError:
-    """The local engine's refusal of an Athena-only function, with what to use instead."""
-    advice = ATHENA_ONLY.get(name.lower(), "")
+def typed_athena_only(node: Any) -> str | None:
+    """The Trino name of ``node`` when sqlglot parses that Athena-only function into a typed
+    expression (``exp.StrToMap`` for ``split_to_map``), else None. A column or alias of that
+    name is no call, and stays a Column/Alias."""
+    from sqlglot import exp
+
+    typed = {
+        exp.FromBase: "from_base",
+        exp.WidthBucket: "width_bucket",
+        exp.Soundex: "soundex",
+        exp.StrToMap: "split_to_map",
+    }
+    return typed.get(type(node))
+
+
+def normalize(node: Any, adapt: Callable[[Any], Any]) -> Any:
+    """Trino's ``normalize(s)`` / ``normalize(s, NFC)`` as DuckDB's ``nfc_normalize(s)``: both
+    the Unicode NFC form (Trino's default; "Functions and operators: string"). The other
+    forms (NFD, NFKC, NFKD) have no DuckDB function and are refused."""
+    from sqlglot import exp
+
+    form = node.args.get("form")
+    name = form.name.upper() if isinstance(form, exp.Expression) else "NFC"
+    if name not in ("NFC", "NFD", "NFKC", "NFKD"):
+        raise QueryError(
+            f"normalize(s, {name}): {name} is no normal form; Athena (Trino) takes NFC (the "
+            "default), NFD, NFKC or NFKD, unquoted"
+        )
+    if name != "NFC":
+        raise QueryError(
+            f"normalize(s, {name}) is an Athena (Trino) form the local engine (DuckDB) does "
+            "not have (it normalizes to NFC only: normalize(s)); run the statement with "
+            "--engine athena"
+        )
+    return exp.Anonymous(this="nfc_normalize", expressions=[adapt(node.this)])
+
+
+def athena_only(name: str, advice_fits: bool = True) -> QueryError:
+    """The local engine's refusal of an Athena-only function, with what to use instead
+    (unless not ``advice_fits``: another form of the call, ``width_bucket(x, ARRAY[...])``)."""
+    advice = ATHENA_ONLY.get(name.lower(), "") if advice_fits else ""
     if advice:
         then = f"use {advice} instead (it works on both engines), or run the statement with"
     else:

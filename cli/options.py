@@ -94,7 +94,7 @@ _COMMON: list[tuple[str, Any, Any]] = [
         Annotated[
             str | None,
             typer.Option(
-                help="Start: 30s, 15m, 1h, 2d, 1w before now (1M is refused: 30d or 1m), or "
+                help="Start: 30s, 15m, 1h, 2d, 1w, 1h30m before now (1M is refused: 30d or 1m), or "
                 "ISO-8601 (UTC when no zone); "
                 "when absent, the default span ends at --until.",
                 rich_help_panel=QUERY_PANEL,

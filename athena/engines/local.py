@@ -516,8 +516,10 @@ class LocalEngine:
                 reader = None  # the pending result holds the connection
                 con.close()
         table = _integral_decimals_to_int(table)
+        from athena.queries import athena_column_name
+
         return QueryResult(
-            columns=table.column_names,
+            columns=[athena_column_name(c, i) for i, c in enumerate(table.column_names)],
             rows=_python_rows(table),
             engine=self.name,
             elapsed_s=elapsed,

@@ -194,10 +194,26 @@ def top(
             )
 
 
+#: Most intervals a timeline draws or returns.
+MAX_INTERVALS = 5000
+#: ``--every`` when not given: the first of these that keeps the range within
+#: :data:`MAX_INTERVALS` (1m up to about 3.5 days, 15m over 30d). Each one ``--every``
+#: accepts (s, m, h, d: a week is 7d).
+AUTO_EVERY = ("1m", "5m", "15m", "1h", "6h", "1d", "7d")
+
+
 @query_command(limit_text="every interval of the range")
 def timeline(
     common: Common,
-    every: Annotated[str, typer.Option(help="Interval: 30s, 1m, 5m, 1h, 1d.")] = "1m",
+    every: Annotated[
+        str | None,
+        typer.Option(
+            help="Interval: 30s, 1m, 5m, 1h, 1d (or several units: 1h30m). Default: 1m, or the "
+            "first of 5m, 15m, 1h, 6h, 1d, 7d that keeps the range within 5,000 intervals "
+            "(said in the output).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Requests and errors per interval: a chart in the terminal, rows in json/csv/markdown.
 
@@ -213,15 +229,22 @@ def timeline(
 
     with friendly():
         from athena.timerange import parse_interval
+        from cli.notes import note
 
-        step = int(parse_interval(every).total_seconds())
+        step = int(parse_interval(every or AUTO_EVERY[0]).total_seconds())
         prep = runner.prepare(common, "timeline", "envoy_access", {"every_seconds": step})
-        _check_intervals(prep, step, every)
+        auto = every is None
+        if every is None:  # not given: the default, or a coarser one that the range allows
+            every = _auto_every(prep)
+            step = int(parse_interval(every).total_seconds())
+            prep.params["every_seconds"] = step
+        _check_intervals(prep, step, every, chosen=auto)
+        if auto and every != AUTO_EVERY[0]:
+            note(f"logq: --every {every} (the default 1m would make over 5,000 intervals)")
         result = runner.execute(common, prep)
         if result is None:
             return
         from cli.chart import fill_intervals, partial_notes, render_timeline
-        from cli.notes import note
 
         rows = fill_intervals(result.rows, prep.trange.since, prep.trange.until, step)
         cut = len(rows)
@@ -237,11 +260,33 @@ def timeline(
             note(f"logq: showing the newest {len(rows):,} of {cut:,} intervals (raise --limit)")
 
 
-def _check_intervals(prep: Any, step: int, every: str) -> None:
-    """Refuse a range of over 5,000 intervals (counted from the interval --since falls in)."""
+def _interval_count(prep: Any, step: int) -> float:
+    """Intervals of ``step`` seconds in the range, counted from the one --since falls in."""
     since = int(prep.trange.since.timestamp()) // step * step
-    buckets = (prep.trange.until.timestamp() - since) / step
-    if buckets > 5000:
+    return (prep.trange.until.timestamp() - since) / step
+
+
+def _auto_every(prep: Any) -> str:
+    """The first of :data:`AUTO_EVERY` within :data:`MAX_INTERVALS` over the range (the last
+    one when none is: :func:`_check_intervals` then refuses the range)."""
+    from athena.timerange import parse_interval
+
+    for every in AUTO_EVERY:
+        if _interval_count(prep, int(parse_interval(every).total_seconds())) <= MAX_INTERVALS:
+            return every
+    return AUTO_EVERY[-1]
+
+
+def _check_intervals(prep: Any, step: int, every: str, chosen: bool = False) -> None:
+    """Refuse a range of over 5,000 intervals (counted from the interval --since falls in);
+    ``chosen``: ``every`` is the coarsest of :data:`AUTO_EVERY`, the user gave none."""
+    buckets = _interval_count(prep, step)
+    if buckets > MAX_INTERVALS and chosen:
+        raise ValueError(
+            f"this range makes {buckets:,.0f} intervals (max 5,000) even {every} wide; "
+            "use a shorter range or a larger --every"
+        )
+    if buckets > MAX_INTERVALS:
         raise ValueError(
             f"--every {every} over this range makes {buckets:,.0f} intervals (max 5,000); "
             "use a larger --every or a shorter range"

@@ -356,6 +356,7 @@ def _services_local(common: Common) -> None:
     from cli import runner
     from cli.explain import NO_DATA_EXIT, one_level_off, unknown_services_text
     from cli.notes import note
+    from cli.output import OutputFormat
 
     hours = None  # every hour, unless --since/--until narrow it
     if common.since or common.until:
@@ -392,8 +393,13 @@ def _services_local(common: Common) -> None:
             off = one_level_off(wh)
             reason = f"the warehouse {wh.uri} holds no data yet" + (f"; {off}" if off else "")
             nothing = True
-        note(f"logq: no results: {reason}")
-    runner.show(common, result, title="services")
+        reason = reason or "no data in the warehouse's partitions"
+    if not rows and common.fmt in (OutputFormat.table, OutputFormat.markdown):
+        sys.stdout.write(f"No results: {reason}\n")  # one line, as the canned queries say it
+    else:
+        if not rows:
+            note(f"logq: no results: {reason}")
+        runner.show(common, result, title="services")
     for svc, when in ahead.items():
         from cli.explain import ahead_text
 

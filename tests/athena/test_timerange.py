@@ -143,3 +143,50 @@ def test_times_beyond_the_calendar_are_time_range_errors(since: str) -> None:
 def test_intervals_beyond_the_calendar_are_time_range_errors() -> None:
     with pytest.raises(TimeRangeError, match="out of range"):
         parse_interval("99999999999d")
+
+
+@pytest.mark.parametrize(
+    ("text", "delta"),
+    [("1h30m", timedelta(hours=1, minutes=30)), ("2d12h", timedelta(days=2, hours=12)),
+     ("1w2d", timedelta(days=9)), ("1h 30min", timedelta(hours=1, minutes=30)),
+     ("1m30s", timedelta(seconds=90)), ("2hours15mins", timedelta(hours=2, minutes=15))],
+)  # fmt: skip
+def test_compound_durations(text: str, delta: timedelta) -> None:
+    """Several units together, wherever one unit is accepted: --since/--until and --every."""
+    assert parse_duration(text) == delta
+    assert parse_time(text, NOW) == NOW - delta
+    if text.isalnum() and "w" not in text and "hours" not in text:
+        assert parse_interval(text) == delta
+
+
+@pytest.mark.parametrize("text", ["1h1h", "1h30M", "1h30", "h30m", "1h-30m", "99999999999w1d"])
+def test_compound_durations_refused(text: str) -> None:
+    """A unit given twice, an ambiguous M, a number without a unit, or out of range: refused,
+    with the accepted forms (or the range) in the message."""
+    with pytest.raises(TimeRangeError, match=r"1h30m|ambiguous|years 1-9999"):
+        parse_duration(text)
+
+
+def test_duration_error_lists_compound_form() -> None:
+    with pytest.raises(TimeRangeError, match=r"30s, 15m, 1h, 2d, 1w, or several together: 1h30m"):
+        parse_duration("soon")
+
+
+@pytest.mark.parametrize("text", ["1" * 5000 + "s", "1h" + "9" * 4400 + "m"])
+def test_durations_of_thousands_of_digits_are_out_of_range(text: str) -> None:
+    """Python reads no integer of over 4,300 digits (a ValueError telling the user to call
+    sys.set_int_max_str_digits): the amount is out of range, as a shorter huge one is; and
+    leading zeros are no digits of the amount."""
+    with pytest.raises(TimeRangeError, match="years 1-9999"):
+        parse_duration(text)
+    with pytest.raises(TimeRangeError, match="out of range"):
+        parse_interval(text)
+    ninety = "0" * 5000 + "90s"
+    assert parse_duration(ninety) == parse_interval(ninety) == timedelta(seconds=90)
+
+
+def test_every_unit_twice_lists_the_forms_every_takes() -> None:
+    """--every takes no weeks: its error does not offer 1w."""
+    with pytest.raises(TimeRangeError, match=r"unit twice; use e\.g\. 30s, 1m") as refused:
+        parse_interval("1h2h")
+    assert "1w" not in str(refused.value)

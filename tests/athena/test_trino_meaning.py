@@ -240,3 +240,79 @@ def test_hidden_columns_are_refused_locally() -> None:
     the wrong column."""
     with pytest.raises(QueryError, match=r'"[$]path" is a hidden column .* --engine athena'):
         to_duckdb('SELECT "$path", count(*) FROM envoy_access GROUP BY 1', {})
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        ("from_base('ff', 16)", "from_base"),
+        ("width_bucket(3.5, 0, 10, 5)", "width_bucket"),
+        ("width_bucket(3.5, ARRAY[1.0, 2.0])", "width_bucket"),
+        ("soundex('Robert')", "soundex"),
+        ("split_to_map('a=1,b=2', ',', '=')", "split_to_map"),
+        ("map_agg(k, v) FROM (VALUES ('a', 1)) t(k, v)", "map_agg"),
+    ],
+)
+def test_typed_athena_only_functions_are_refused_by_their_name(call: str, name: str) -> None:
+    """sqlglot parses these into typed expressions, which DuckDB's SQL spells otherwise: the
+    local error named a function the user never wrote (split_to_map -> "str_to_map does not
+    exist"). They are refused like the other Athena-only functions, by the name written."""
+    with pytest.raises(QueryError) as refused:
+        to_duckdb(f"SELECT {call}", {})
+    message = str(refused.value)
+    assert f"{name}() is an Athena (Trino) function the local engine (DuckDB)" in message
+    assert "--engine athena" in message and "str_to_map" not in message
+
+
+def test_names_of_typed_athena_only_functions_as_columns_stay_valid(duck) -> None:
+    """Only calls are refused: a column or alias of that name, or the name in a string, runs."""
+    assert duck(
+        "SELECT soundex, width_bucket AS from_base, 'split_to_map(a)' AS normalize "
+        "FROM (VALUES (1, 2)) t(soundex, width_bucket)"
+    ) == (1, 2, "split_to_map(a)")
+
+
+def test_width_bucket_suggestion_gives_trinos_buckets(duck) -> None:
+    """https://trino.io/docs/current/functions/math.html#width_bucket: the bucket of x in n
+    equal-width buckets over [bound1, bound2); 0 below, n + 1 at or above bound2 (as Trino's
+    MathFunctions computes it). The spelling suggested (works on both engines) gives those."""
+    with pytest.raises(QueryError) as refused:
+        to_duckdb("SELECT width_bucket(x, 0, 10, 5)", {})
+    suggestion = str(refused.value).split("use ", 1)[1].split(" (for lo < hi)", 1)[0]
+    xs = [-1, 0, 1.99, 2, 5, 9.99, 10, 11]
+    want = (0, 1, 1, 2, 3, 5, 6, 6)
+    for x, bucket in zip(xs, want, strict=True):
+        values = {"x": str(x), "lo": "0", "hi": "10", "n": "5"}
+        sql = re.sub(r"\b(x|lo|hi|n)\b", lambda m, v=values: v[m.group(1)], suggestion)
+        assert duck(f"SELECT {sql}") == (bucket,), (x, sql)
+
+
+def test_normalize_is_nfc_as_in_trino(duck) -> None:
+    """https://trino.io/docs/current/functions/string.html#normalize: "Transforms string with
+    NFC normalization form" (the default form). DuckDB's nfc_normalize is that form: e and a
+    combining acute become é, A and a combining ring Å, the Ångström sign Å (U+00C5), as
+    Python's unicodedata (the Unicode standard's NFC, as Java's Normalizer) gives them."""
+    import unicodedata
+
+    texts = ["e\u0301", "A\u030a", "\u212b", "plain", "\ufb01"]
+    got = duck("SELECT " + ", ".join(f"normalize('{t}'), normalize('{t}', NFC)" for t in texts))
+    want = tuple(unicodedata.normalize("NFC", t) for t in texts for _ in range(2))
+    assert got == want and got[0] == "\u00e9" and got[-1] == "\ufb01"  # NFC keeps ligatures
+    with pytest.raises(QueryError, match=r"normalize\(s, NFD\) .*--engine athena"):
+        to_duckdb("SELECT normalize('e', NFD)", {})
+
+
+def test_normalize_with_no_normal_form_is_not_called_an_athena_form() -> None:
+    """Trino's grammar takes NFC, NFD, NFKC or NFKD only: ``normalize(s, foo)`` fails there
+    too, so it is no "Athena form" that --engine athena would run."""
+    with pytest.raises(QueryError, match="FOO is no normal form") as refused:
+        to_duckdb("SELECT normalize('e', foo)", {})
+    assert "--engine athena" not in str(refused.value)
+
+
+def test_width_bucket_over_an_array_is_not_given_the_four_argument_advice() -> None:
+    """``width_bucket(x, bins)`` has no lo, hi or n: the CASE written for the four-argument
+    form would not be what it computes."""
+    with pytest.raises(QueryError, match="no local equivalent") as refused:
+        to_duckdb("SELECT width_bucket(3.5, ARRAY[1.0, 2.0])", {})
+    assert "CASE" not in str(refused.value)

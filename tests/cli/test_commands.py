@@ -169,6 +169,43 @@ def test_timeline_rows_fill_empty_intervals(logq, warehouse: Warehouse) -> None:
     assert "the first interval is partial" in chart.stdout
 
 
+def test_timeline_default_every_fits_a_long_range(logq, warehouse: Warehouse) -> None:
+    """Without --every, 30 days (43,200 one-minute intervals, over the 5,000 a timeline
+    draws) get 15-minute intervals, said on stderr and in the chart's header; an explicit
+    --every 1m over the same range is still refused."""
+    month = ["--since", "2026-10-29T00:20:00Z", "--until", UNTIL, "--warehouse", warehouse.uri]
+    run = logq("timeline", *month, "-f", "json", "--limit", "10000")
+    assert run.exit_code == 0, run.stderr
+    assert "--every 15m (the default 1m would make over 5,000 intervals)" in run.stderr
+    rows = run.json()
+    assert len(rows) == 30 * 24 * 4 + 1  # both ends fall inside an interval (00:15-00:30)
+    assert rows[-1]["bucket"] == "2026-11-28T00:15:00.000Z"
+    ts = warehouse.access["timestamp"]
+    in_range = (ts >= pd.Timestamp("2026-10-29T00:20:00Z")) & (ts < pd.Timestamp(UNTIL))
+    assert sum(r["requests"] for r in rows) == int(in_range.sum()) > 0
+    chart = logq("timeline", *month)
+    assert chart.exit_code == 0 and "requests per 15m" in chart.stdout
+    fine = logq("timeline", *month, "--every", "1m")
+    assert fine.exit_code == 2 and "43,200 intervals (max 5,000)" in fine.stderr
+    short = logq("timeline", "--since", SINCE, "--until", UNTIL, "--warehouse", warehouse.uri)
+    assert "requests per 1m" in short.stdout and "--every" not in short.stderr
+
+
+def test_timeline_default_every_over_years_is_a_step_every_accepts(logq, warehouse) -> None:
+    """Over 5,000 days the default step is 7d (--every takes no weeks: "1w" was refused as
+    an --every the user never gave); a range too long even for that is refused as a range."""
+    years = ["--until", UNTIL, "--warehouse", warehouse.uri, "-f", "json"]
+    run = logq("timeline", "--since", "1000w", *years)
+    assert run.exit_code == 0, run.stderr
+    assert "logq: --every 7d (the default 1m" in run.stderr
+    before = int((warehouse.access["timestamp"] < pd.Timestamp(UNTIL)).sum())
+    assert sum(r["requests"] for r in run.json()) == before > 0
+    ages = logq("timeline", "--since", "5000w", *years)
+    assert ages.exit_code == 2 and "not an interval" not in ages.stderr
+    assert "intervals (max 5,000) even 7d wide; use a shorter range" in ages.stderr
+    assert "--every 7d (the default" not in ages.stderr
+
+
 def test_timeline_since_is_not_moved_on_athena(logq, warehouse: Warehouse) -> None:
     """The Athena SQL (--dry-run prints it with its values) keeps --since as given: the
     interval boundary it falls in used to replace it there too."""

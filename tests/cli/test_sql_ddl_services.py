@@ -48,6 +48,43 @@ def test_sql_aggregate_over_both_tables(logq, warehouse: Warehouse) -> None:
     assert run.json() == [{"a": len(warehouse.access), "l": len(warehouse.logs)}]
 
 
+def test_sql_names_unnamed_columns_as_athena(logq, warehouse: Warehouse) -> None:
+    """Athena (Trino's LogicalPlanner) names a column with no name ``_col`` and its position;
+    DuckDB named them after the expression (``count_star()``, ``max("timestamp")``). A bare
+    column keeps its name and an alias wins; a UNION takes its first query's names."""
+    run = logq(
+        "sql",
+        'SELECT service, count(*), max("timestamp"), count(*) AS n, upper(service) '
+        "FROM envoy_access GROUP BY service ORDER BY 2 DESC LIMIT 1",
+        "-f", "csv", "--warehouse", warehouse.uri,
+    )  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    assert run.stdout.splitlines()[0] == "service,_col1,_col2,n,_col4"
+    union = logq("sql", "SELECT 1, 2 AS b UNION ALL SELECT 3, 4", "-f", "json",
+                 "--warehouse", warehouse.uri)  # fmt: skip
+    rows = sorted(union.json(), key=lambda r: r["b"])
+    assert rows == [{"_col0": 1, "b": 2}, {"_col0": 3, "b": 4}]
+
+
+def test_sql_names_columns_after_a_star_by_their_position(logq, warehouse: Warehouse) -> None:
+    """Trino counts every column, a ``*``'s too: an unnamed one after ``*`` is ``_col`` and
+    its position in the result, and a subquery's unnamed column read through ``*`` has no
+    name either (DuckDB said ``count_star()`` for both)."""
+    wh = ["-f", "json", "--warehouse", warehouse.uri]
+    star = logq("sql", "SELECT *, count(*) OVER () FROM container_logs LIMIT 1", *wh)
+    assert star.exit_code == 0, star.stderr
+    names = list(star.json()[0])
+    assert names[-1] == f"_col{len(names) - 1}" and len(names) > 5
+    derived = logq(
+        "sql",
+        "WITH c AS (SELECT count(*), 7 AS seven, max(service) FROM envoy_access) "
+        "SELECT 1, * FROM c, (SELECT min(service) FROM envoy_access)",
+        *wh,
+    )
+    assert derived.exit_code == 0, derived.stderr
+    assert list(derived.json()[0]) == ["_col0", "_col1", "seven", "_col3", "_col4"]
+
+
 def test_sql_since_restricts_partitions(logq, warehouse: Warehouse) -> None:
     run = logq(
         "sql", "SELECT count(*) AS n FROM envoy_access", "-s", "recipe", "--since",
@@ -154,6 +191,16 @@ def test_services_empty_and_unknown(logq, warehouse: Warehouse, empty_warehouse:
     assert run.json() == [] and "holds no data yet" in run.stderr
     run = logq("services", "-s", "nope", "--warehouse", warehouse.uri, "-f", "json")
     assert run.json() == [] and "known: billing, recipe, users" in run.stderr
+
+
+def test_services_empty_warehouse_in_a_table_is_one_line(logq, empty_warehouse: str) -> None:
+    """The table format says "No results" once, without an empty table under it (as the
+    canned queries do), and the exit status stays 3."""
+    for fmt in ("table", "markdown"):
+        run = logq("services", "-f", fmt, "--warehouse", empty_warehouse)
+        assert run.exit_code == 3
+        assert run.stdout == f"No results: the warehouse {empty_warehouse} holds no data yet\n"
+        assert "no results" not in run.stderr
 
 
 def test_relative_since_counts_only_recent_rows(logq, tmp_path: Path) -> None:
