@@ -20,7 +20,8 @@ from aggregator.buffer import NODE_ID
 from aggregator.decode import BUFFER_COMPRESSIONS
 from aggregator.server import MAX_INFLIGHT_BYTES
 from athena.warehouse import resolve_uri
-from shipper.config import program_keys
+from shipper.config import blame_file, program_keys
+from shipper.errors import shown_value
 from shipper.wire import MAX_MESSAGE_ENTRIES
 
 DEFAULT_LISTEN = "127.0.0.1:24224"
@@ -225,7 +226,37 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: no such file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--config {path}: not valid TOML: {exc}") from exc
-    return {k.replace("-", "_"): v for k, v in program_keys(data, "aggregator").items()}
+    except OSError as exc:  # a directory, no permission: compact let it out as a traceback
+        raise ConfigError(f"--config {path}: cannot read it: {exc.strerror or exc}") from None
+    return program_keys(data, "aggregator")  # the keys as written: errors quote them so
+
+
+#: Settings whose ``--config`` key is the flag's name, not the field's (both are accepted).
+_FILE_KEYS = {"envoy_formats": "envoy_format", "users": "user"}
+
+
+def file_settings(path: str) -> dict[str, Any]:
+    """The settings of the ``--config`` file ``path``, by :class:`Settings` field name, checked:
+    an unknown key or a value of the wrong type is a :class:`ConfigError` naming the key and the
+    file. The aggregator and its ``compact`` and ``drain`` commands read the file through it (a
+    ``warehous = ...`` typo must not make ``compact`` work on ``$LOGQ_WAREHOUSE``)."""
+    known = {f.name: f for f in fields(Settings)}
+    aliases = {key: name for name, key in _FILE_KEYS.items()}
+    file_values: dict[str, Any] = {}
+    written: dict[str, str] = {}  # field name: the key as the file spells it (flush-interval)
+    for key, value in _read_toml(path).items():
+        name = key.replace("-", "_")
+        name = aliases.get(name, name)
+        file_values[name], written[name] = value, key
+    unknown = sorted(written[name] for name in file_values if name not in known)
+    if unknown:
+        # The keys as the README spells them: the flags --envoy-format and --user.
+        keys = sorted({_FILE_KEYS.get(name, name) for name in known})
+        raise ConfigError(f"--config {path}: unknown keys {unknown}; the keys are {keys}")
+    return {
+        name: _typed(path, written[name], known[name].type, value)
+        for name, value in file_values.items()
+    }
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
@@ -235,24 +266,18 @@ def load_settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "config", None) is not None and not args.config.strip():
         raise ConfigError("--config is empty; pass the path of a TOML file or leave --config out")
     if getattr(args, "config", None):
-        file_values = _read_toml(args.config)
-        if "envoy_format" in file_values:
-            file_values["envoy_formats"] = file_values.pop("envoy_format")
-        if "user" in file_values:
-            file_values["users"] = file_values.pop("user")
-        unknown = sorted(set(file_values) - set(known))
-        if unknown:
-            raise ConfigError(
-                f"--config {args.config}: unknown keys {unknown}; the keys are {sorted(known)}"
-            )
-        for key, value in file_values.items():
-            values[key] = _typed(args.config, key, known[key].type, value)
+        values.update(file_settings(args.config))
+    # The settings the file gives and no flag overrides, as their flags spell them (--user).
+    from_file = [_FILE_KEYS.get(k, k) for k in values if getattr(args, k, None) is None]
     for name in known:
         flag_value = getattr(args, name, None)
         if flag_value is not None:
             values[name] = flag_value
     settings = Settings(**values)
-    _check(settings)
+    try:
+        _check(settings)
+    except ConfigError as exc:  # a file's value out of range: say where it was written
+        raise ConfigError(blame_file(str(exc), args.config or "", from_file)) from None
     return settings
 
 
@@ -274,8 +299,12 @@ def _typed(path: str, key: str, kind: Any, value: Any) -> Any:
     else:
         ok = isinstance(value, str)
         want = "a string"
+    texts = value if isinstance(value, list) else [value]
+    if ok and kind not in ("float", "int") and any("\x00" in v for v in texts):
+        # A TOML "\u0000" reached os.mkdir & co. as a ValueError traceback (the shipper's rule).
+        ok, want = False, "text without NUL characters (no path or name holds one)"
     if not ok:
-        raise ConfigError(f"--config {path}: {key} must be {want}, got {value!r}")
+        raise ConfigError(f"--config {path}: {key} must be {want}, got {shown_value(key, value)}")
     return value
 
 

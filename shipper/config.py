@@ -13,13 +13,15 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import socket
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from shipper.errors import ConfigError, preview
+from shipper.errors import ConfigError, preview, shown_value
 from shipper.exclude import split_patterns
 from shipper.multiline import parse_mapping
 
@@ -148,10 +150,11 @@ _HELP = {
     "spreading; a name with several addresses is one aggregator per address "
     "(default: 127.0.0.1:24224)",
     "docker_root": "Docker containers dir holding <id>/<id>-json.log and config.v2.json; "
-    "an error if given and missing (default: /var/lib/docker/containers, may be missing)",
+    "given and missing: an error with --once, else read once it appears (default: "
+    "/var/lib/docker/containers, may be missing)",
     "cri_root": "kubelet pod log dir (<namespace>_<pod>_<uid>/<container>/<n>.log), not "
-    "/var/log/containers; an error if given and missing (default: /var/log/pods, may be "
-    "missing)",
+    "/var/log/containers; given and missing: an error with --once, else read once it "
+    "appears (default: /var/log/pods, may be missing)",
     "path": "plain-text log files by glob; repeatable (kubelet's /var/log/containers symlinks "
     "are read as the CRI pod logs they point to)",
     "exclude": "do not read sources that match this shell glob (case-sensitive; * also "
@@ -205,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(Fluentd Forward protocol).",
         epilog="exit status: 0 done (--once) or stopped by SIGTERM/SIGINT; 1 delivery failed "
         "or a log folder could not be listed (--once), wrong shared key, or checkpoints could "
-        "not be saved at exit; 2 bad configuration (also a --docker-root or --cri-root given "
-        "that does not exist)",
+        "not be saved at exit; 2 bad configuration (also, with --once, a --docker-root or "
+        "--cri-root given that does not exist)",
     )
     a = p.add_argument
     a("--aggregator", action="append", metavar="HOST:PORT", help=_HELP["aggregator"])
@@ -315,6 +318,20 @@ def program_keys(raw: dict[str, Any], program: str) -> dict[str, Any]:
     return {**top, **own} if isinstance(own, dict) else top
 
 
+def blame_file(message: str, path: str, keys: Iterable[str]) -> str:
+    """``message``, a value refused once flags and file are merged (it names the setting as its
+    flag, ``--flush-interval``), led by ``--config PATH:`` when one of ``keys`` (the settings
+    whose value came from that file, not from a flag) is the one it names: else the operator
+    looks for a flag never given. Both daemons use it."""
+    if message.startswith("--config "):
+        return message
+    for key in keys:
+        name = re.escape(key.replace("_", "-"))
+        if re.search(rf"(?<![\w-])(?:--)?{name}(?![\w-])", message):
+            return f"--config {path}: {message}"
+    return message
+
+
 def _load_toml(path: str) -> dict[str, Any]:
     if not path.strip():
         raise ConfigError("--config is empty; pass the path of a TOML file or leave --config out")
@@ -371,14 +388,20 @@ def _check_type(path: str, key: str, kind: str, value: Any) -> None:
     elif kind == "seconds":
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         want = f"a number of seconds without quotes, e.g. {key} = 0.5"
-    else:
-        return  # booleans and compress: checked with the flags (_flag, _to_config)
+    elif kind == "bool":
+        # Checked here, not only in _flag: there the error cannot name the file, and a flag
+        # given on the command line as well would let the file's wrong value pass unseen.
+        ok = isinstance(value, bool)
+        want = f"true or false (a TOML boolean, no quotes), e.g. {key} = true"
+    else:  # compress: a TOML boolean or one of the flag's choices (1 == True in Python)
+        ok = isinstance(value, bool) or (isinstance(value, str) and value in ("none", "gzip"))
+        want = f"'none' or 'gzip' in quotes (or true / false), e.g. {key} = \"gzip\""
     texts = value if isinstance(value, list) else [value]
     if ok and kind in ("strings", "string") and any("\x00" in v for v in texts):
         # A TOML "\u0000" would reach os.mkdir & co. as a ValueError traceback.
         ok, want = False, "text without NUL characters (no path or name holds one)"
     if not ok:
-        raise ConfigError(f"--config {path}: {key} must be {want}; got {preview(value)}")
+        raise ConfigError(f"--config {path}: {key} must be {want}; got {shown_value(key, value)}")
 
 
 def _flag(m: dict[str, Any], key: str) -> bool:
@@ -422,8 +445,12 @@ def load_config(argv: list[str] | None = None) -> Config:
     merged: dict[str, Any] = {}
     if args.get("config") is not None:
         merged.update(_load_toml(args["config"]))
+    from_file = [k for k in merged if args.get(k) is None]
     merged.update({k: v for k, v in args.items() if v is not None and k != "config"})
-    return _to_config(merged)
+    try:
+        return _to_config(merged)
+    except ConfigError as exc:  # a file's value out of range: say where it was written
+        raise ConfigError(blame_file(str(exc), args["config"], from_file)) from None
 
 
 def _refuse_empty(m: dict[str, Any]) -> None:

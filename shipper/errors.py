@@ -44,6 +44,20 @@ def preview(value: Any, limit: int = 60) -> str:
     return clipped(repr(value), limit)
 
 
+#: ``--config`` keys (as fields, as flags) whose values are secrets: errors show only their type.
+SECRET_KEYS = frozenset({"shared_key", "password", "user", "users"})
+
+
+def shown_value(key: str, value: Any) -> str:
+    """``value`` for an error about the ``--config`` key ``key``: :func:`preview`, or only its
+    type for a secret (stderr ends up in the journal and the pod's logs)."""
+    if key.replace("-", "_") not in SECRET_KEYS:
+        return preview(value)
+    kinds = sorted({type(v).__name__ for v in value}) if isinstance(value, list) else []
+    what = f"a list of {', '.join(kinds)}" if kinds else f"a value of type {type(value).__name__}"
+    return f"{what} (the value is a secret, not shown)"
+
+
 def unusable_dir_message(flag: str, directory: Path, exc: OSError, what: str, todo: str) -> str:
     """One line for a directory a program cannot use (``--state-dir``, ``--buffer-dir``): the
     flag and directory, ``what`` is wrong, the cause, the uid/gid this process runs as, and

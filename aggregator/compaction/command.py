@@ -7,6 +7,7 @@ import math
 import sys
 import time
 from datetime import timedelta
+from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -80,9 +81,36 @@ def _lookback(every: bool, hours: float | None) -> timedelta | None:
     return DEFAULT_LOOKBACK if hours is None else timedelta(hours=hours)
 
 
+def _file_settings(path: str | None) -> dict[str, Any]:
+    """The checked ``--config`` file (nothing without one); an empty ``--config ""`` (an unset
+    variable) is refused, as the aggregator and the shipper refuse it."""
+    from aggregator.config import ConfigError, file_settings
+
+    if path is None:
+        return {}
+    if not path.strip():
+        raise ConfigError("--config is empty; pass the path of a TOML file or leave --config out")
+    return file_settings(path)
+
+
+def _target_bytes(flag: int | None, conf: dict[str, Any], path: str | None) -> int:
+    """``--target-file-bytes`` over the file's ``target_file_bytes`` over the default, refused
+    unless positive as the aggregator refuses it (a 0 flag fell through to the file)."""
+    from aggregator.config import ConfigError
+
+    if flag is not None:
+        target, where = flag, "--target-file-bytes"
+    else:
+        target = conf.get("target_file_bytes", DEFAULT_TARGET_BYTES)
+        where = f"--config {path}: target_file_bytes"
+    if target <= 0:
+        raise ConfigError(f"{where} must be a positive number of bytes, got {target}")
+    return target
+
+
 def compact_main(argv: list[str]) -> int:
     """``logq-aggregator compact``: one compaction pass over the warehouse, then exit."""
-    from aggregator.config import ConfigError, _read_toml
+    from aggregator.config import ConfigError
 
     parser = argparse.ArgumentParser(
         prog="logq-aggregator compact",
@@ -138,12 +166,15 @@ def compact_main(argv: list[str]) -> int:
 
     logs.setup("info")
     try:
-        conf = _read_toml(args.config) if args.config else {}
-        wh = open_warehouse(args.warehouse or conf.get("warehouse"))
+        conf = _file_settings(args.config)
+        target = _target_bytes(args.target_file_bytes, conf, args.config)
+    except ConfigError as exc:  # a bad configuration, as for the aggregator: exit 2
+        print(f"logq-aggregator compact: {exc}", file=sys.stderr)
+        return 2
+    try:
+        # A flag given wins over the file even when it is empty (then refused), as in serve.
+        wh = open_warehouse(args.warehouse if args.warehouse is not None else conf.get("warehouse"))
         _check_exists(wh)
-        target = int(
-            args.target_file_bytes or conf.get("target_file_bytes") or DEFAULT_TARGET_BYTES
-        )
         beats = read_heartbeats(wh)
         now = time.time()
         hold = compaction_blocker(beats, None, now)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -85,8 +86,8 @@ def test_one_config_file_serves_both_daemons(tmp_path: Path) -> None:
         ('flush_interval = "soon"\n', [], "flush_interval must be a number, got 'soon'"),
         ("listen = 5\n", [], "listen must be a string, got 5"),
         ("max_frame_bytes = inf\n", [], "max_frame_bytes must be a whole number, got inf"),
-        ("max-connections = true\n", [], "max_connections must be a whole number, got True"),
-        ("envoy_format = 5\n", [], "envoy_formats must be a string or a list of strings"),
+        ("max-connections = true\n", [], "max-connections must be a whole number, got True"),
+        ("envoy_format = 5\n", [], "envoy_format must be a string or a list of strings"),
         ("flush_interval = nan\n", [], "--flush-interval must be > 0 seconds"),
         ("", ["--idle-timeout", "-1"], "--idle-timeout must be > 0 seconds"),
         ("retry_max_interval = 0\n", [], "--retry-max-interval must be > 0 seconds"),
@@ -287,3 +288,130 @@ def test_the_listening_line_shows_both_families_ipv4_first() -> None:
         assert listening == [("0.0.0.0", 24224), ("::", 24225)]
         assert listening_text(listening) == "0.0.0.0:24224 and [::]:24225"
     assert listening_text(bound_addresses([("127.0.0.1", 5)])) == "127.0.0.1:5"
+
+
+@pytest.mark.parametrize(
+    ("toml", "said"),
+    [
+        ('warehous = "/elsewhere"', "unknown keys ['warehous']"),
+        ('target_file_bytes = "big"', "target_file_bytes must be a whole number, got 'big'"),
+        ("warehouse = 5", "warehouse must be a string, got 5"),
+    ],
+)
+def test_compact_checks_its_config_file_as_the_aggregator_does(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    toml: str,
+    said: str,
+) -> None:
+    """``compact --config`` ignored unknown keys, so a ``warehous`` typo compacted
+    ``$LOGQ_WAREHOUSE`` (exit 0), and a value of the wrong type was a traceback."""
+    from aggregator.compaction.command import compact_main
+
+    monkeypatch.setenv("LOGQ_WAREHOUSE", str(tmp_path / "other"))
+    conf = tmp_path / "agg.toml"
+    conf.write_text(toml + "\n")
+    assert compact_main(["--config", str(conf)]) == 2
+    err = capsys.readouterr().err
+    assert f"logq-aggregator compact: --config {conf}: {said}" in err
+    assert not (tmp_path / "other").exists()
+
+
+def test_unknown_key_error_lists_the_keys_as_documented(tmp_path: Path) -> None:
+    """The list named the fields ``envoy_formats`` and ``users``; the README's keys are
+    ``envoy_format`` and ``user`` (``user = ["name:pw"]``), as the flags."""
+    conf = tmp_path / "agg.toml"
+    conf.write_text("usr = ['a:b']\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(argparse.Namespace(config=str(conf)))
+    keys = str(err.value).split("the keys are ")[1]
+    assert "'envoy_format'" in keys and "'user'" in keys
+    assert "envoy_formats" not in keys and "'users'" not in keys
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--config", "{tmp}"], "--config {tmp}: cannot read it: Is a directory"),
+        (["--config", " "], "--config is empty"),
+        (["--config", "{conf}"], "--config {conf}: target_file_bytes must be a positive number"),
+        (["--target-file-bytes", "-5"], "--target-file-bytes must be a positive number"),
+        (["--config", "{conf}", "--target-file-bytes", "0"], "--target-file-bytes must be a"),
+    ],
+)
+def test_compact_refuses_what_the_aggregator_refuses(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    said: str,
+) -> None:
+    """``compact --config DIR`` was an IsADirectoryError traceback once the file was read
+    outside the command's OSError handling; ``--config ""`` was ignored; a target size of 0 or
+    less (flag or file) was taken, and a 0 flag fell through to the file."""
+    from aggregator.compaction.command import compact_main
+
+    (tmp_path / "wh").mkdir()
+    monkeypatch.setenv("LOGQ_WAREHOUSE", str(tmp_path / "wh"))
+    conf = tmp_path / "agg.toml"
+    conf.write_text("target_file_bytes = -5\n")
+    fill = {"tmp": str(tmp_path), "conf": str(conf)}
+    assert compact_main([a.format(**fill) for a in argv]) == 2
+    assert f"logq-aggregator compact: {said.format(**fill)}" in capsys.readouterr().err
+
+
+def test_serve_names_a_config_file_it_cannot_read(tmp_path: Path) -> None:
+    """A directory (or a file without read permission) said only ``[Errno 21] Is a directory``."""
+    with pytest.raises(ConfigError, match=rf"^--config {re.escape(str(tmp_path))}: cannot read"):
+        load_settings(argparse.Namespace(config=str(tmp_path)))
+
+
+def test_a_value_out_of_range_in_the_file_names_the_file(tmp_path: Path) -> None:
+    """``flush_interval = -1`` in the file said only ``--flush-interval must be > 0``: the
+    operator looked for a flag never given. A flag's own bad value does not blame the file."""
+    conf = tmp_path / "agg.toml"
+    conf.write_text("flush_interval = -1\nlog_level = 'info'\n")
+    with pytest.raises(ConfigError, match=rf"^--config {re.escape(str(conf))}: --flush-interval "):
+        load_settings(argparse.Namespace(config=str(conf)))
+    with pytest.raises(ConfigError, match=r"^--flush-interval must be > 0"):
+        load_settings(argparse.Namespace(config=str(conf), flush_interval=-2.0))
+
+
+@pytest.mark.parametrize(
+    ("toml", "said"),
+    [
+        # The key as written: the error said flush_interval, which grep does not find.
+        ('flush-interval = "5"', "flush-interval must be a number, got '5'"),
+        ("flush-intervall = 5", "unknown keys ['flush-intervall']"),
+        # A NUL was a ValueError traceback (serve and compact): the shipper's rule.
+        ('warehouse = "/tmp/w\\u0000x"', "warehouse must be text without NUL characters"),
+        # Other users' passwords were printed to the logs.
+        ('user = ["alice:s3cret", 5]', "user must be a string or a list of strings, got a list"),
+    ],
+)
+def test_file_errors_quote_the_key_as_written_and_no_secret(
+    tmp_path: Path, toml: str, said: str
+) -> None:
+    conf = tmp_path / "agg.toml"
+    conf.write_text(toml + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(argparse.Namespace(config=str(conf)))
+    assert str(err.value).startswith(f"--config {conf}: {said}")
+    assert "s3cret" not in str(err.value)
+
+
+def test_compact_an_empty_warehouse_flag_is_not_replaced_by_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--warehouse ""`` (an unset variable) fell through to the file's warehouse, and compacted
+    it; a flag wins over the file, and an empty one is refused, as serve refuses it."""
+    from aggregator.compaction.command import compact_main
+
+    (tmp_path / "wh").mkdir()
+    conf = tmp_path / "agg.toml"
+    conf.write_text(f"warehouse = {str(tmp_path / 'wh')!r}\n")
+    assert compact_main(["--config", str(conf)]) == 0
+    capsys.readouterr()
+    assert compact_main(["--config", str(conf), "--warehouse", ""]) == 1
+    assert "is empty" in capsys.readouterr().err

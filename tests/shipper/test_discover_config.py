@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from shipper import discover as discover_mod
 from shipper.checkpoint import FileState, Registry
-from shipper.config import Endpoint, load_config, parse_endpoint
+from shipper.config import Endpoint, build_parser, load_config, parse_endpoint
 from shipper.discover import (
     Discoverer,
     discover_all,
@@ -228,15 +229,42 @@ def test_fresh_start_says_when_duplicates_are_dropped(
     ],
 )
 def test_config_booleans_must_be_toml_booleans(tmp_path: Path, toml: str, key: str) -> None:
-    """Before the fix ``once = "false"`` turned --once on: a non-empty string is truthy."""
+    """Before the fix ``once = "false"`` turned --once on: a non-empty string is truthy. The
+    error names the file (it did not), also when the flag is given on the command line too
+    (the file's wrong value then passed unseen)."""
     conf = tmp_path / "c.toml"
     conf.write_text(toml + "\n")
-    with pytest.raises(ConfigError, match=rf"^{key} must be true or false .* got ") as err:
-        load_config(["--config", str(conf)])
-    assert "\n" not in str(err.value)
+    prefix = rf"^--config {re.escape(str(conf))}: {key} must be true or false .* got "
+    for flags in ([], [f"--{key}"]):
+        with pytest.raises(ConfigError, match=prefix) as err:
+            load_config(["--config", str(conf), *flags])
+        assert "\n" not in str(err.value)
     conf.write_text("once = false\ntls = false\n")
     cfg = load_config(["--config", str(conf)])
     assert (cfg.once, cfg.tls) == (False, False)
+
+
+def test_config_compress_names_the_file(tmp_path: Path) -> None:
+    """``compress = 1`` was refused without naming the file or saying what to write."""
+    conf = tmp_path / "c.toml"
+    conf.write_text("compress = 1\n")
+    with pytest.raises(
+        ConfigError, match=rf"^--config {re.escape(str(conf))}: compress must be 'none' or 'gzip'"
+    ):
+        load_config(["--config", str(conf)])
+    for value, gzip in (('"gzip"', True), ('"none"', False), ("true", True), ("false", False)):
+        conf.write_text(f"compress = {value}\n")
+        assert load_config(["--config", str(conf)]).compress is gzip
+
+
+def test_help_says_a_missing_root_is_an_error_only_with_once() -> None:
+    """The daemon warns and reads a given --docker-root / --cri-root once it appears (README,
+    ``check_roots``); --help said it was an error whenever given and missing, and the exit
+    status list said 2 for it."""
+    text = " ".join(build_parser().format_help().split())
+    assert "an error if given and missing" not in text
+    assert text.count("given and missing: an error with --once, else read once it appears") == 2
+    assert "2 bad configuration (also, with --once, a --docker-root or --cri-root" in text
 
 
 def test_tls_options_without_tls_are_refused(tmp_path: Path) -> None:
@@ -353,3 +381,24 @@ def test_fixed_metadata_applies_to_new_lines_of_a_running_source(tmp_path: Path)
         (f"logq.{cid[:12]}", cid[:12], cid[:12], "one"),
         ("logq.pay", "pay", "real-name", "two"),
     ]
+
+
+def test_a_value_out_of_range_in_the_file_names_the_file(tmp_path: Path) -> None:
+    """``batch_lines = 0`` in the file said only ``batch-lines must be positive``, as if a flag
+    had been given. A flag's own bad value does not blame the file."""
+    conf = tmp_path / "c.toml"
+    conf.write_text("batch_lines = 0\nlog_level = 'info'\n")
+    with pytest.raises(ConfigError, match=rf"^--config {re.escape(str(conf))}: batch-lines must"):
+        load_config(["--config", str(conf)])
+    with pytest.raises(ConfigError, match=r"^batch-lines must be positive"):
+        load_config(["--config", str(conf), "--batch-lines", "0"])
+
+
+@pytest.mark.parametrize("toml", ['password = ["s3cret"]', 'shared_key = ["s3cret"]'])
+def test_a_secret_of_the_wrong_type_is_not_shown(tmp_path: Path, toml: str) -> None:
+    """The error quoted the value: a password in a list reached the journal."""
+    conf = tmp_path / "c.toml"
+    conf.write_text(toml + "\n")
+    with pytest.raises(ConfigError, match=r"got a list of str \(the value is a secret") as err:
+        load_config(["--config", str(conf)])
+    assert "s3cret" not in str(err.value)

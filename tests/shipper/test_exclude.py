@@ -204,13 +204,15 @@ def test_an_empty_pattern_is_refused(
         raise AssertionError("the configuration was accepted: the shipper would start")
 
     monkeypatch.setattr(daemon, "setup_logging", started)
+    where = ""  # a value from the file: the message says which file
     if toml is not None:
         conf = tmp_path / "shipper.toml"
         conf.write_text(toml + "\n")
         argv = ["--config", str(conf)]
+        where = f"--config {conf}: "
     assert main([*argv, "--state-dir", str(tmp_path / "state")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("logq-shipper: --exclude is empty") and err.count("\n") == 1
+    assert err.startswith(f"logq-shipper: {where}--exclude is empty") and err.count("\n") == 1
     assert "pass a glob" in err
     assert not (tmp_path / "state").exists()
 
