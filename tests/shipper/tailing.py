@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,22 +41,114 @@ def fresh_process(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return now
 
 
-def create_on_inode(path: Path, content: bytes, ino: int) -> None:
-    """Create ``path`` with ``content`` on inode ``ino``, just freed, as a file system does when
-    nothing else takes it first (ext4 hands out the lowest free inode of the group: files are
-    created until one gets it, the others deleted). Skips where the file system never does."""
-    spares = []
-    for i in range(200):
-        spare = path.with_name(f".spare{i}")
-        spare.write_bytes(content)
-        if spare.stat().st_ino == ino:
-            spare.rename(path)
-            break
-        spares.append(spare)
-    else:
-        pytest.skip("this file system did not hand the freed inode to a new file")
-    for spare in spares:
-        spare.unlink()
+class InodeTaken(AssertionError):
+    """The inode a test meant to create a file on stayed taken by another file."""
+
+
+def create_on_inode(
+    path: Path,
+    content: bytes,
+    ino: int,
+    *,
+    patience: float = 1.0,
+    each_probe: Callable[[int], object] | None = None,
+) -> None:
+    """Create ``path`` with ``content`` on inode ``ino``, just freed, as logrotate's ``create``
+    gets it: ext4 hands out the lowest free inode of the directory's group.
+
+    Probe files are created until one lands on ``ino``. One below it (a lower inode freed
+    meanwhile) is held, so the next probe goes higher. One above it means another process took
+    ``ino`` (parallel test workers, anything creating files on the file system): the probe is
+    deleted and the next one tries again, since such files are mostly short-lived. After
+    ``patience`` seconds the test fails with :class:`InodeTaken` (never skips): its scenario
+    cannot be built. ``each_probe`` is called with the count of probes made (for the tests of
+    this helper)."""
+    held: list[Path] = []
+    deadline = time.monotonic() + patience
+    probes = 0
+    try:
+        while True:
+            probe = path.with_name(f".probe{len(held)}")
+            probe.write_bytes(content)
+            got = probe.stat().st_ino
+            probes += 1
+            if got == ino:
+                probe.rename(path)
+                return
+            if got < ino:
+                held.append(probe)
+            else:
+                probe.unlink()
+            if time.monotonic() > deadline:
+                if not reuses_freed_inodes(path.parent):
+                    pytest.skip(
+                        f"the file system of {path.parent} never hands a freed inode to a new "
+                        "file (tmpfs, btrfs): the scenario cannot happen there. Run the tests "
+                        "with --basetemp on an ext4 file system to cover it."
+                    )
+                raise InodeTaken(
+                    f"inode {ino} freed under {path.parent} was not handed back to a new file "
+                    f"within {patience} s ({probes} tries): another file holds it, or this file "
+                    "system does not reuse freed inodes (tmpfs, btrfs). Run the tests with "
+                    "--basetemp on an ext4 file system."
+                )
+            if each_probe is not None:
+                each_probe(probes)
+            if got > ino:
+                time.sleep(0.001)  # let whoever holds ``ino`` run, and maybe delete it
+    finally:
+        for probe in held:
+            probe.unlink()
+
+
+_REUSE_SEEN: dict[int, bool] = {}
+
+
+def _reuse_seen(folder: Path) -> bool:
+    for trial in range(5):
+        d = folder / f".reuse-probe-{os.getpid()}-{trial}"
+        d.mkdir()
+        try:
+            first = d / "first"
+            first.write_bytes(b"x")
+            ino = first.stat().st_ino
+            first.unlink()
+            for i in range(64):
+                f = d / f"f{i}"
+                f.write_bytes(b"x")
+                if f.stat().st_ino == ino:
+                    return True
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+    return False
+
+
+def reuses_freed_inodes(folder: Path) -> bool:
+    """Whether the file system of ``folder`` hands a freed inode to a new file at all (ext4 and
+    xfs do; tmpfs and btrfs never do): five tries in private folders, once per file system.
+    Only asked when :func:`create_on_inode` gave up, to tell "another file holds it" (a
+    failure) from "it can never happen here" (a skip)."""
+    dev = folder.stat().st_dev
+    if dev not in _REUSE_SEEN:
+        _REUSE_SEEN[dev] = _reuse_seen(folder)
+    return _REUSE_SEEN[dev]
+
+
+def on_a_freed_inode(scenario: Callable[[Path], None], tmp_path: Path, attempts: int = 3) -> None:
+    """Run ``scenario``, which frees an inode and creates a file on it (:func:`create_on_inode`),
+    in a fresh directory under ``tmp_path``; again in another one when another file kept that
+    inode (:class:`InodeTaken`: a file a parallel test created in the same inode group while the
+    scenario had the inode free). Up to ``attempts`` runs, then the test fails: never skips."""
+    taken: list[str] = []
+    for n in range(1, attempts + 1):
+        d = tmp_path / f"run{n}"
+        d.mkdir()
+        try:
+            scenario(d)
+            return
+        except InodeTaken as e:
+            taken.append(str(e))
+    raise InodeTaken(f"the scenario lost its freed inode in all {attempts} runs: {taken[-1]}")
 
 
 def spec_for(path: Path, fmt: str = "docker") -> SourceSpec:

@@ -35,6 +35,7 @@ from tests.shipper.tailing import (
     create_on_inode,
     drain_sent,
     new_source_id,
+    on_a_freed_inode,
     spec_for,
 )
 from tests.shipper.test_hostile_state import identity
@@ -94,21 +95,29 @@ def test_truncated_while_down_and_written_past_the_old_offset(
     assert "file was replaced" in err and f"path={log}" in err and "level=warning" in err
 
 
-def test_deleted_and_created_again_on_the_same_inode(tmp_path: Path, receiver: Receiver) -> None:
+def test_deleted_and_created_again_on_the_same_inode(tmp_path: Path) -> None:
     """The auditor's case: a log deleted and created again while the shipper is down gets the
     inode just freed, and the same banner; the new file is longer than the old offset."""
-    log = tmp_path / "worker.log"
-    log.write_bytes(banner_log("run1", 100))
-    ship_once(tmp_path, receiver, log)
-    recreate_on_same_inode(log, banner_log("run2", 300))
-    err = ship_once(tmp_path, receiver, log)
-    assert stored(receiver, "run1") == [f"run1 line {i}" for i in range(1, 101)]
-    assert stored(receiver, "run2") == [f"run2 line {i}" for i in range(1, 301)]
-    assert stored(receiver, BANNER) == [BANNER, BANNER]
-    assert "file was replaced" in err and f"path={log}" in err
-    # A new source id: the aggregator's per-source dedup must not take them for resends.
-    ids = {r[wire.KEY_SOURCE_ID] for _, _, r in receiver.records}
-    assert len(ids) == 2
+
+    def scenario(tmp_path: Path) -> None:
+        receiver = Receiver()
+        try:
+            log = tmp_path / "worker.log"
+            log.write_bytes(banner_log("run1", 100))
+            ship_once(tmp_path, receiver, log)
+            recreate_on_same_inode(log, banner_log("run2", 300))
+            err = ship_once(tmp_path, receiver, log)
+            assert stored(receiver, "run1") == [f"run1 line {i}" for i in range(1, 101)]
+            assert stored(receiver, "run2") == [f"run2 line {i}" for i in range(1, 301)]
+            assert stored(receiver, BANNER) == [BANNER, BANNER]
+            assert "file was replaced" in err and f"path={log}" in err
+            # A new source id: the aggregator's per-source dedup must not take them for resends.
+            ids = {r[wire.KEY_SOURCE_ID] for _, _, r in receiver.records}
+            assert len(ids) == 2
+        finally:
+            receiver.close()
+
+    on_a_freed_inode(scenario, tmp_path)
 
 
 def test_a_grown_file_resumes_at_its_checkpoint_without_a_warning(

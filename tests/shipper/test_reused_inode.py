@@ -32,7 +32,14 @@ from shipper.fingerprint import fingerprint
 from shipper.tailer import Tailer
 from tests.shipper.receiver import Receiver
 from tests.shipper.shipping import shipper_args, until
-from tests.shipper.tailing import aggregator_keeps, create_on_inode, drain, drain_sent, spec_for
+from tests.shipper.tailing import (
+    aggregator_keeps,
+    create_on_inode,
+    drain,
+    drain_sent,
+    on_a_freed_inode,
+    spec_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -62,55 +69,72 @@ def _csv(n: int) -> bytes:
 
 def _logrotate_create(path: Path, n: int) -> None:
     """logrotate ``create``, ``rotate 1``: the oldest rotated file deleted, the live file
-    renamed to it, a new live file created (and filled at once by the program)."""
+    renamed to it, a new live file created (and filled at once by the program) on the inode
+    just freed, as ext4 does when nothing else takes it first (:func:`create_on_inode`)."""
     rotated = path.with_name(path.name + ".1")
-    rotated.unlink(missing_ok=True)
+    if not rotated.exists():
+        os.rename(path, rotated)
+        path.write_bytes(_csv(n))
+        return
+    freed = rotated.stat().st_ino
+    rotated.unlink()
     os.rename(path, rotated)
-    path.write_bytes(_csv(n))
+    create_on_inode(path, _csv(n), freed)
 
 
 def test_a_new_file_on_a_reused_inode_with_the_same_first_line_loses_nothing(
-    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rotate_wait, "ROTATE_WAIT_SECONDS", 0.1)
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    path = logs / "app.csv"
-    path.write_bytes(_csv(0))
-    inodes = [path.stat().st_ino]
-    args = ("--path", str(path), "--poll-interval", "0.05", "--discover-interval", "0.2")
-    shipper = Shipper(load_config(shipper_args(tmp_path, receiver, *args)))
+    receivers: list[Receiver] = []
 
-    def seen() -> int:
-        """Records the receiver got, stored or dropped as resends."""
-        return len(receiver.records) + receiver.duplicates
+    def scenario(tmp_path: Path) -> None:
+        monkeypatch.setattr(rotate_wait, "ROTATE_WAIT_SECONDS", 0.1)
+        receiver = Receiver()
+        receivers.append(receiver)
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        path = logs / "app.csv"
+        path.write_bytes(_csv(0))
+        inodes = [path.stat().st_ino]
+        args = ("--path", str(path), "--poll-interval", "0.05", "--discover-interval", "0.2")
+        shipper = Shipper(load_config(shipper_args(tmp_path, receiver, *args)))
 
-    async def scenario() -> None:
-        run = asyncio.create_task(shipper.run())
-        try:
-            for n in range(1, ROUNDS + 1):
-                await until(lambda n=n: seen() >= n * (LINES + 1), WAIT)
-                _logrotate_create(path, n)
-                inodes.append(path.stat().st_ino)
-                st = path.with_name(path.name + ".1").stat()
-                # The renamed file read to its end and let go after its rotate wait: its
-                # inode is free to be reused by the next rotation's new file.
-                await until(lambda st=st: (st.st_dev, st.st_ino) not in _open_inodes(), WAIT)
-            await until(lambda: seen() >= (ROUNDS + 1) * (LINES + 1), WAIT)
-        finally:
-            shipper.request_stop()
-            assert await asyncio.wait_for(run, WAIT) == 0
+        def seen() -> int:
+            """Records the receiver got, stored or dropped as resends."""
+            return len(receiver.records) + receiver.duplicates
 
-    asyncio.run(scenario())
-    assert len(set(inodes)) < len(inodes), f"no inode was reused: {inodes} (not ext4?)"
-    expected = [line for n in range(ROUNDS + 1) for line in _csv(n).decode().splitlines()]
-    got = receiver.lines()
-    missing = sorted(set(expected) - set(got))
-    assert not missing and receiver.duplicates == 0, (
-        f"{receiver.duplicates} records dropped as resends; {len(missing)} lines missing, "
-        f"e.g. {missing[:2]}; inodes {inodes}"
-    )
-    assert sorted(got) == sorted(expected)
+        async def shipping() -> None:
+            run = asyncio.create_task(shipper.run())
+            try:
+                for n in range(1, ROUNDS + 1):
+                    await until(lambda n=n: seen() >= n * (LINES + 1), WAIT)
+                    _logrotate_create(path, n)
+                    inodes.append(path.stat().st_ino)
+                    st = path.with_name(path.name + ".1").stat()
+                    # The renamed file read to its end and let go after its rotate wait: its
+                    # inode is free to be reused by the next rotation's new file.
+                    await until(lambda st=st: (st.st_dev, st.st_ino) not in _open_inodes(), WAIT)
+                await until(lambda: seen() >= (ROUNDS + 1) * (LINES + 1), WAIT)
+            finally:
+                shipper.request_stop()
+                assert await asyncio.wait_for(run, WAIT) == 0
+
+        asyncio.run(shipping())
+        assert len(set(inodes)) < len(inodes), f"no inode was reused: {inodes} (not ext4?)"
+        expected = [line for n in range(ROUNDS + 1) for line in _csv(n).decode().splitlines()]
+        got = receiver.lines()
+        missing = sorted(set(expected) - set(got))
+        assert not missing and receiver.duplicates == 0, (
+            f"{receiver.duplicates} records dropped as resends; {len(missing)} lines missing, "
+            f"e.g. {missing[:2]}; inodes {inodes}"
+        )
+        assert sorted(got) == sorted(expected)
+
+    try:
+        on_a_freed_inode(scenario, tmp_path)
+    finally:
+        for receiver in receivers:
+            receiver.close()
 
 
 def _write(path: Path, lines: list[str]) -> None:
@@ -132,28 +156,34 @@ def rotated_and_let_go(t: Tailer, path: Path, one: Path) -> int:
     return one.stat().st_ino
 
 
-def test_a_missed_rotation_on_the_inode_of_a_file_let_go_is_read(
-    tmp_path: Path, reg: Registry
-) -> None:
+def test_a_missed_rotation_on_the_inode_of_a_file_let_go_is_read(tmp_path: Path) -> None:
     """A file the tailer let go is remembered by identity (:attr:`Tailer._released`) so that
     the search for missed rotations does not read it again. A new file on its inode with the
     same first line, rotated away before the tailer saw it at the live path, had that identity
     and was never read."""
-    path, one, two = tmp_path / "app.csv", tmp_path / "app.csv.1", tmp_path / "app.csv.2"
-    _write(path, [HEADER, "a 1"])
-    t = Tailer(spec_for(path, "plain"), reg, "h", 65536)
-    assert drain(t) == [HEADER, "a 1"]
-    freed = rotated_and_let_go(t, path, one)
-    assert freed not in {c.ino for c in (*t.cursors, *t._lingering)}  # let go
-    # logrotate create, rotate 2, twice before the tailer looks again: the file let go is
-    # deleted, and the next live file, created on its inode, is rotated away at once.
-    one.unlink()
-    os.rename(path, one)
-    _create_on_inode(path, [HEADER, "c 1"], freed)
-    os.rename(one, two)
-    os.rename(path, one)
-    _write(path, [HEADER, "d 1"])
-    assert drain(t) == [HEADER, "c 1", HEADER, "d 1"]
+
+    def scenario(tmp_path: Path) -> None:
+        reg = Registry(tmp_path / "state")
+        try:
+            path, one, two = tmp_path / "app.csv", tmp_path / "app.csv.1", tmp_path / "app.csv.2"
+            _write(path, [HEADER, "a 1"])
+            t = Tailer(spec_for(path, "plain"), reg, "h", 65536)
+            assert drain(t) == [HEADER, "a 1"]
+            freed = rotated_and_let_go(t, path, one)
+            assert freed not in {c.ino for c in (*t.cursors, *t._lingering)}  # let go
+            # logrotate create, rotate 2, twice before the tailer looks again: the file let go is
+            # deleted, and the next live file, created on its inode, is rotated away at once.
+            one.unlink()
+            os.rename(path, one)
+            _create_on_inode(path, [HEADER, "c 1"], freed)
+            os.rename(one, two)
+            os.rename(path, one)
+            _write(path, [HEADER, "d 1"])
+            assert drain(t) == [HEADER, "c 1", HEADER, "d 1"]
+        finally:
+            reg.close()
+
+    on_a_freed_inode(scenario, tmp_path)
 
 
 def test_a_checkpoint_of_an_older_shipper_resumes_under_its_stored_source_id(

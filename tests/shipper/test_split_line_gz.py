@@ -30,6 +30,7 @@ from tests.shipper.tailing import (
     create_on_inode,
     drain,
     drain_sent,
+    on_a_freed_inode,
     rotate_docker,
     set_clock,
     spec_for,
@@ -177,32 +178,36 @@ def test_a_new_file_on_the_inode_of_a_held_file_does_not_take_its_checkpoint(
     truncation in place leaves for new content (:meth:`Registry.take_restarted`), and the new
     file took it over. A restart then knew nothing of the held file: its parts were lost,
     uncounted, and the next part stored alone."""
-    set_clock(monkeypatch, [1000.0])
-    path = tmp_path / "c-json.log"
-    path.write_bytes(docker_line("first", 0))
-    t, reg = _tailer(path)
-    assert drain(t) == ["first"]
-    freed = path.stat().st_ino
-    rotate_docker(path, max_file=5, compress=True)
-    assert drain(t) == []  # let go: its inode is free once the descriptor is closed
-    # The held file on the inode just freed: epoch 1 (the finished entry of "first" had 0).
-    create_on_inode(path, docker_line("head-", 1, "stdout", nl=False), freed)
-    assert drain(t) == []
-    (held,) = [(k, s) for k, s in reg.items() if s.path == str(path)]
-    assert held[1].epoch > 0 and held[1].offset == 0 and held[1].acked == 0
-    rotate_docker(path, max_file=5, compress=True)
-    assert drain(t) == []  # let go, held: the line's next part is not there yet
-    create_on_inode(path, docker_line("err", 2, "stderr"), freed)
-    assert drain(t) == ["err"]
-    assert held[0] in dict(reg.items())  # still there for a restart
-    _kill(t, reg)
-    losses: list[str] = []
-    t, reg = _tailer(path, losses)
-    with open(path, "ab") as f:
-        f.write(docker_line("tail", 3, "stdout"))
-    assert drain(t) == ["head-tail"]
-    assert losses == []
-    reg.close()
+
+    def scenario(tmp_path: Path) -> None:
+        set_clock(monkeypatch, [1000.0])
+        path = tmp_path / "c-json.log"
+        path.write_bytes(docker_line("first", 0))
+        t, reg = _tailer(path)
+        assert drain(t) == ["first"]
+        freed = path.stat().st_ino
+        rotate_docker(path, max_file=5, compress=True)
+        assert drain(t) == []  # let go: its inode is free once the descriptor is closed
+        # The held file on the inode just freed: epoch 1 (the finished entry of "first" had 0).
+        create_on_inode(path, docker_line("head-", 1, "stdout", nl=False), freed)
+        assert drain(t) == []
+        (held,) = [(k, s) for k, s in reg.items() if s.path == str(path)]
+        assert held[1].epoch > 0 and held[1].offset == 0 and held[1].acked == 0
+        rotate_docker(path, max_file=5, compress=True)
+        assert drain(t) == []  # let go, held: the line's next part is not there yet
+        create_on_inode(path, docker_line("err", 2, "stderr"), freed)
+        assert drain(t) == ["err"]
+        assert held[0] in dict(reg.items())  # still there for a restart
+        _kill(t, reg)
+        losses: list[str] = []
+        t, reg = _tailer(path, losses)
+        with open(path, "ab") as f:
+            f.write(docker_line("tail", 3, "stdout"))
+        assert drain(t) == ["head-tail"]
+        assert losses == []
+        reg.close()
+
+    on_a_freed_inode(scenario, tmp_path)
 
 
 def test_a_file_behind_at_the_stop_and_compressed_is_still_counted_not_read(

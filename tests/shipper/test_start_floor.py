@@ -27,6 +27,7 @@ from tests.shipper.tailing import (
     create_on_inode,
     drain_sent,
     fresh_process,
+    on_a_freed_inode,
     rotate_docker,
     spec_for,
 )
@@ -267,24 +268,28 @@ def test_a_copy_on_the_inode_and_time_of_one_there_at_the_start_is_still_a_loss(
     same tick of a coarse clock (1 s file times) got its inode: taken for the copy there at the
     start, a file the shipper never read was not counted (R3s20, the extended tailer model's
     ``cri_slow_reopen`` seed 34, coarse times)."""
-    path = tmp_path / "c-json.log"
-    old = Path(f"{path}.1.gz")
-    old.write_bytes(gzip.compress(docker_line("old 0", 0)))
-    path.write_bytes(b"")
-    tick = os.stat(path).st_mtime_ns // 10**9 * 10**9
-    for p in (old, path):
-        backdate(p, to=tick)
-    losses: list[str] = []
-    t, reg = tailer(path, losses)
-    assert drain_sent(t) == []
-    ino = old.stat().st_ino
-    path.write_bytes(docker_line("first 0", 1) + docker_line("first 1", 2))
-    old.unlink()  # max-file 2: the oldest copy goes, the live file is rotated and compressed
-    os.replace(path, f"{path}.1")
-    create_on_inode(old, gzip.compress(Path(f"{path}.1").read_bytes()), ino)
-    os.unlink(f"{path}.1")
-    backdate(old, to=tick)
-    path.write_bytes(docker_line("second 0", 3))
-    assert logs(drain_sent(t)) == ["second 0"]
-    assert losses == ["rotated_unseen"]
-    reg.close()
+
+    def scenario(tmp_path: Path) -> None:
+        path = tmp_path / "c-json.log"
+        old = Path(f"{path}.1.gz")
+        old.write_bytes(gzip.compress(docker_line("old 0", 0)))
+        path.write_bytes(b"")
+        tick = os.stat(path).st_mtime_ns // 10**9 * 10**9
+        for p in (old, path):
+            backdate(p, to=tick)
+        losses: list[str] = []
+        t, reg = tailer(path, losses)
+        assert drain_sent(t) == []
+        ino = old.stat().st_ino
+        path.write_bytes(docker_line("first 0", 1) + docker_line("first 1", 2))
+        old.unlink()  # max-file 2: the oldest copy goes, the live file is rotated and compressed
+        os.replace(path, f"{path}.1")
+        create_on_inode(old, gzip.compress(Path(f"{path}.1").read_bytes()), ino)
+        os.unlink(f"{path}.1")
+        backdate(old, to=tick)
+        path.write_bytes(docker_line("second 0", 3))
+        assert logs(drain_sent(t)) == ["second 0"]
+        assert losses == ["rotated_unseen"]
+        reg.close()
+
+    on_a_freed_inode(scenario, tmp_path)
