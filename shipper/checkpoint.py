@@ -46,9 +46,11 @@ from shipper.errors import ConfigError, clipped, preview, unusable_dir_message
 log = logging.getLogger("logq.shipper.checkpoint")
 
 FORMAT_VERSION = 1
-"""Still 1 with :attr:`FileState.tail` and the document's ``finished`` part added: an older
-shipper ignores keys it does not know, an entry without a tail resumes unchecked, as before, and
-a document without ``finished`` has no file finished moments before its save."""
+"""Still 1 with :attr:`FileState.tail`, :attr:`FileState.rotated` and the document's
+``finished`` part added: an older shipper ignores keys it does not know (see
+:func:`parse_entry`), an entry without a tail resumes unchecked, as before, one without
+``rotated`` is judged as a file that was live at the stop (a page when it is gone, as before),
+and a document without ``finished`` has no file finished moments before its save."""
 
 
 @dataclass(slots=True)
@@ -89,7 +91,8 @@ class FileState:
     last acknowledgement): a file whose bytes there differ is not resumed at :attr:`offset`."""
     seen: int | None = None
     """The file's size at the shipper's last look before this entry was saved (taken about
-    every second while it runs, and until its tailer closes at a stop), None when unknown (an
+    every second while it runs, and until its tailer closes at a stop; also when the running
+    shipper sees it renamed away, and when it lets it go), None when unknown (an
     older shipper's entry). A file gone at the next start with :attr:`seen` past
     :attr:`offset` held bytes never acknowledged: lost for sure, and how many is known (see
     :mod:`shipper.removed`)."""
@@ -110,6 +113,14 @@ class FileState:
     and time was not written since, whatever its change time says: a change of its status
     alone (chmod, chown, xattrs, a hard link) moves only that (see
     :func:`shipper.resume._unchanged_since`). Saved only when set."""
+    rotated: bool = False
+    """The running shipper saw this file renamed away by a rotation (its path named another
+    file: the writer moved on to a new one), and has not seen it at the live path since. A
+    file gone at the next start that was read to :attr:`seen` (its size at the stop) then
+    lost nothing a Docker json-file writer could have written (dockerd writes nothing to a
+    file once it rotated it); another writer may have appended to it after the stop (see
+    :meth:`shipper.resume.Resume._rotated_then_deleted`). False in an older shipper's entry:
+    judged as a live file's, a page when it is gone. Saved only when set."""
 
 
 #: Cuts kept per file at most (each one is a split line flushed and not acknowledged yet).
@@ -123,10 +134,11 @@ MAX_FINISHED = 4096
 
 
 def _entry(state: FileState) -> dict[str, object]:
-    """``state`` as saved: the ``--multiline`` fields and :attr:`FileState.left_at` only when
-    set, so that the checkpoints of sources without the option are as they were."""
+    """``state`` as saved: the ``--multiline`` fields, :attr:`FileState.left_at` and
+    :attr:`FileState.rotated` only when set, so that the checkpoints of sources without the
+    option, and of files never rotated away, are as they were."""
     out = asdict(state)
-    for name in ("shipped", "grouped", "left_at"):
+    for name in ("shipped", "grouped", "left_at", "rotated"):
         if not out[name]:
             del out[name]
     return out
@@ -215,6 +227,7 @@ def parse_entry(value: object) -> tuple[FileState | None, str]:
         shipped=value.get("shipped") is True,
         grouped=grouped if isinstance(grouped := value.get("grouped"), str) else "",
         left_at=left_at,
+        rotated=value.get("rotated") is True,  # anything else: judged as a live file, as before
     )
     return state, ", ".join(problems)
 

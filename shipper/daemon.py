@@ -472,12 +472,11 @@ class Shipper:
         """Keep in each open file's checkpoint the size seen now
         (:attr:`~shipper.checkpoint.FileState.seen`, saved with the next write): if its
         container is removed while the shipper is down, the next start knows how much of it was
-        never shipped. Not a write of its own: at a stop the last save carries it."""
+        never shipped, and whether a file rotated away and deleted meanwhile was read to its
+        end (also one watched for its rotate wait: a writer may still append to it). Not a
+        write of its own: at a stop the last save carries it."""
         for runner in self.runners.values():
-            for cur in runner.tailer.cursors:
-                size = cur.size()
-                if cur.state.seen is None or size > cur.state.seen:
-                    cur.state.seen = size
+            runner.tailer.note_sizes()
 
     def _update_gauges(self) -> None:
         self._note_sizes()

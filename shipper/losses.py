@@ -11,6 +11,7 @@ LOSS_REASONS = (
     "pin_limit",
     "rotated_unseen",
     "removed_while_down",
+    "rotated_then_deleted",
 )
 """Why lines may have been lost (the ``reason`` label of ``logq_shipper_files_lost_total``):
 a file known from the checkpoint was gone at start (``deleted_unread``: rotated away and deleted
@@ -18,7 +19,11 @@ while the shipper was down, and no ``.gz`` of it shows it was read to its end; o
 or pod was removed meanwhile with bytes the shipper had seen and not shipped, see
 :mod:`shipper.removed`); a container or pod removed while the shipper was down after all it
 had seen was shipped (``removed_while_down``: lines written after the shipper stopped, if any,
-are lost; a possible loss); a file truncated in place
+are lost; a possible loss); a file renamed away by a rotation before the shipper stopped,
+read to its size at the stop and deleted while the shipper was down, of a source whose writer
+may still have appended to it after the stop (``rotated_then_deleted``: a ``--path`` or CRI
+file; a possible loss; a Docker json-file source's counts nothing, see
+:meth:`shipper.resume.Resume._rotated_then_deleted`); a file truncated in place
 (copytruncate) with no copy to finish from, while lines we had not read were in it
 (``truncated_without_copy``: lost for sure), or after we had read all we saw
 (``truncated_in_place``: lines written between our last look and the truncation, if any, are

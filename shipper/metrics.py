@@ -138,7 +138,9 @@ class Metrics:
             "rotated_unseen (at least one per file when compressed copies show them, else one "
             "per look that found files may be missing), pin_limit (one per episode of files "
             "that may be lost), removed_while_down (possible: a container or pod removed while "
-            "the shipper was down, after all it had seen was shipped)",
+            "the shipper was down, after all it had seen was shipped), rotated_then_deleted "
+            "(possible: a file rotated away before the stop, read to its size then, deleted "
+            "while the shipper was down; lines appended to it after the stop, if any)",
             ["service", "reason"],
             registry=r,
         )

@@ -138,7 +138,11 @@ class Opening:
             state = FileState(self.spec.key, str(path), sid, 0, 0, epoch)
             self.registry.put(key, state)
         else:
-            if path == self.spec.path:  # such an entry as an older shipper left it
+            if path == self.spec.path:
+                # At the live path again (the kubelet renames a file back when the runtime
+                # could not reopen its log): its writer may write on.
+                state.rotated = False
+                # Such an entry as an older shipper left it:
                 self.registry.take_restarted(
                     st.st_dev, st.st_ino, self.spec.key, fp, self._rereadable_keys()
                 )

@@ -82,7 +82,7 @@ class Pinning:
             return
         log.info("log file rotated while behind path=%s read=%d", live.path, live.read_pos)
         self._check_overrun(live)
-        live.rotated_at = time.monotonic()
+        self._renamed_away(live)
         self._floor = os.fstat(live.fd).st_mtime_ns
         self.live = None
         if not self._open_live():

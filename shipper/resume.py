@@ -1006,10 +1006,19 @@ class Resume:
                     state.path,
                 )
                 continue
+            # Renamed away before the stop and read to its size then -- unless a compressed
+            # copy of it (its first bytes) with another size than ``end`` (that one was taken
+            # above) shows it got lines after the stop: then they are lost for sure, a page.
+            grew = state.rotated and any(f == fp for f, _ in compressed)
+            if state.rotated and state.seen is not None and state.seen <= end and not grew:
+                self._rotated_then_deleted(state, end)
+                continue
             why = "rotated away while the shipper was down, or while it was behind at its last stop"
             if state.grouped:  # not behind: held for a record open at the stop (R1s19 #1)
                 why += ", or kept for a multi-line record open at that stop and deleted, with "
                 why += "no compressed copy, since"
+            if grew:
+                why += "; its compressed copy is not the size read to: written after the stop"
             log.warning(
                 "log file deleted before it was read to the end (%s); lines after offset %d are "
                 "lost path=%s",
@@ -1018,6 +1027,35 @@ class Resume:
                 state.path,
             )
             self.on_loss("deleted_unread")
+
+    def _rotated_then_deleted(self: Tailer, state: FileState, end: int) -> None:
+        """The file of checkpoint ``state`` had been renamed away by a rotation when the
+        shipper stopped (often in its rotate wait: a stop within 5 s of a rotation), was read
+        to ``end``, as far as its size at the stop (:attr:`FileState.seen`), and was deleted
+        while the shipper was down (``max-file``). Counted ``deleted_unread`` it paged while
+        every line of it was stored.
+
+        A Docker json-file source lost nothing: dockerd writes nothing to a file once it
+        rotated it. Another writer may have appended to the renamed file after the stop -- a
+        program that had not reopened its log yet (logrotate's ``create`` mode), a runtime
+        between the kubelet's rename and its reopen -- so those lines, if any, are lost: a
+        possible loss (``rotated_then_deleted``, a ticket, not a page)."""
+        if self.spec.key.startswith("docker:"):
+            log.info(
+                "rotated log file deleted while the shipper was down, read to its end before "
+                "the stop (offset %d, its size at the stop); nothing lost path=%s",
+                end,
+                state.path,
+            )
+            return
+        log.warning(
+            "rotated log file deleted while the shipper was down; it had been read to its size "
+            "at the stop (offset %d), but lines its writer appended to it after the stop, if "
+            "any (one that had not reopened its log yet), are lost path=%s",
+            end,
+            state.path,
+        )
+        self.on_loss("rotated_then_deleted")
 
     def _truncated_while_down(self: Tailer, state: FileState, end: int) -> None:
         """The file of checkpoint ``state`` is still there, without the content read (truncated

@@ -27,6 +27,23 @@ a signal, or later), so the program's last lines go to the renamed file. Fluent 
 class RotateWait:
     """Part of :class:`~shipper.tailer.Tailer`: files kept open in their rotate wait."""
 
+    def _renamed_away(self: Tailer, cur: Cursor) -> None:
+        """``cur``'s path names another file now: a rotation renamed it away. Its rotate wait
+        starts, and its checkpoint says so (:attr:`~shipper.checkpoint.FileState.rotated`,
+        saved with the next write): gone at the next start after it was read to its size at
+        the stop, it was not counted as lost (``deleted_unread``, a page) -- the writer had
+        moved on to the new file."""
+        cur.rotated_at = time.monotonic()
+        # Its size now, Docker's final one (dockerd writes nothing to a file it rotated): the
+        # size noted up to a second ago may miss the lines written just before the rename.
+        # Saved with the flag, then a kill (no stop to note sizes), or the flag set after the
+        # stop noted them (a source still draining a deleted file looks on): the file, gone
+        # at the next start with those lines unread, was taken as read to its end, unpaged.
+        cur.note_seen()
+        if not cur.state.rotated:
+            cur.state.rotated = True
+            self.registry.dirty = True
+
     def _in_rotate_wait(self: Tailer, cur: Cursor) -> bool:
         """Whether ``cur`` was renamed away less than :data:`ROTATE_WAIT_SECONDS` ago and is
         still on disk: its writer may still append (never under ``--once``)."""

@@ -384,7 +384,7 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
             # Kept at the head: its writer may still append (logrotate's create mode) until
             # the new file has data; then its unterminated last line, if any, is finished as it
             # is and it is released (the branch above).
-            head.rotated_at = time.monotonic()
+            self._renamed_away(head)
             self._open_live()
             return True
         if os.fstat(head.fd).st_size < head.read_pos or fingerprint(head.fd) != head.fp:
@@ -410,6 +410,10 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
             kept = set(self._released)
             self._released_ends = {k: v for k, v in self._released_ends.items() if k in kept}
         tail = cur.tail(cur.read_pos)
+        # Its size now, the last one noted: kept (held for a split line, or batches in
+        # flight) and gone at the next start, it is judged by it -- a size noted up to a second
+        # ago could miss what a writer appended since, read and never acknowledged.
+        cur.note_seen()
         cur.close()
         if cur in self.parser.pending_origins() and not cur.superseded:
             # The first parts of a split line whose last part is in the next file: keep the
@@ -488,6 +492,14 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
     def behind(self) -> list[tuple[str, int]]:
         """Bytes written but not acknowledged yet, per open file."""
         return [(str(c.path), max(c.size() - c.acked_to, 0)) for c in self.cursors]
+
+    def note_sizes(self) -> None:
+        """Keep in the checkpoint of each file held open the size seen now
+        (:attr:`~shipper.checkpoint.FileState.seen`, saved with the next write): also of the
+        files renamed away and watched for the rest of their rotate wait (see
+        :mod:`shipper.rotate_wait`), whose writer may still append to them."""
+        for cur in (*self.cursors, *self._lingering):
+            cur.note_seen()
 
     def forget_deleted(self) -> int:
         """At a stop cut short: the deleted files still held cannot be read by a restart.
