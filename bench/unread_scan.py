@@ -39,8 +39,10 @@ from tests.shipper.hostgen import docker_line
 from tests.shipper.tailing import commit, drain_sent, rotate_docker, spec_for
 
 
-def build(root: Path, mib: int) -> Path:
-    """The files and registry a restart finds (see the module's docstring)."""
+def _stopped_in_a_split_line(root: Path) -> Path:
+    """A stderr line's first part ends the file, Docker rotates it with ``compress`` and the
+    shipper stops (its registry saved) with the line open. Returns the live path (no file
+    there yet: the next one is the caller's)."""
     path = root / "c-json.log"
     path.write_bytes(docker_line("before", 0) + docker_line("err-", 1, "stderr", nl=False))
     reg = Registry(root / "state")
@@ -51,7 +53,18 @@ def build(root: Path, mib: int) -> Path:
     reg.save()
     t.close()
     reg.close()
-    block = b"".join(docker_line(f"GET /api/v1/things/{i} 200 ok", i) for i in range(20000))
+    return path
+
+
+def _block() -> bytes:
+    """20000 Docker json-file lines of an access log: what the ``--mib`` MiB repeat."""
+    return b"".join(docker_line(f"GET /api/v1/things/{i} 200 ok", i) for i in range(20000))
+
+
+def build(root: Path, mib: int) -> Path:
+    """The files and registry a restart finds (see the module's docstring)."""
+    path = _stopped_in_a_split_line(root)
+    block = _block()
     os.replace(f"{path}.1.gz", f"{path}.2.gz")
     with gzip.open(f"{path}.1.gz", "wb", compresslevel=1) as f:
         for _ in range(-(-(mib << 20) // len(block))):
@@ -64,17 +77,8 @@ def build_held(root: Path, mib: int) -> Path:
     """The files and registry of a restart that reads a held file of ``mib`` MiB again from
     its ``.gz`` (see ``--case held``): its first line and the bytes before the checkpoint are
     the held file's, then ``mib`` MiB of lines, then the split line's first part."""
-    path = root / "c-json.log"
-    path.write_bytes(docker_line("before", 0) + docker_line("err-", 1, "stderr", nl=False))
-    reg = Registry(root / "state")
-    t = Tailer(spec_for(path), reg, "h", 65536)
-    drain_sent(t)
-    rotate_docker(path, max_file=5, compress=True)
-    drain_sent(t, ack=False)
-    reg.save()
-    t.close()
-    reg.close()
-    block = b"".join(docker_line(f"GET /api/v1/things/{i} 200 ok", i) for i in range(20000))
+    path = _stopped_in_a_split_line(root)
+    block = _block()
     with gzip.open(f"{path}.1.gz", "wb", compresslevel=1) as f:
         f.write(docker_line("before", 0))
         for _ in range(-(-(mib << 20) // len(block))):

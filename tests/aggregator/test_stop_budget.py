@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,17 +67,58 @@ def _ack(sock: socket.socket, message: str, chunk: str) -> None:
     assert read_acks(sock, 1) == [chunk]
 
 
-def _exits_recorded(tmp_path: Path) -> tuple[Aggregator, list[int], threading.Event]:
-    """An aggregator of ``--stop-timeout 0.2`` whose exit (``os._exit`` in the real process)
-    is recorded instead: its codes in the list, the event set at the first."""
-    settings = Settings(
-        warehouse=str(tmp_path / "wh"), buffer_dir=str(tmp_path / "buffer"), stop_timeout=0.2
-    )
+def _settings(tmp_path: Path, **options: Any) -> Settings:
+    """An aggregator's settings: its warehouse ``tmp_path/wh``, its buffer ``tmp_path/buffer``."""
+    return Settings(warehouse=str(tmp_path / "wh"), buffer_dir=str(tmp_path / "buffer"), **options)
+
+
+def _listening(tmp_path: Path) -> Settings:
+    """A server on a free port of 127.0.0.1, ``--stop-timeout 1``, no flush before the stop's."""
+    return _settings(tmp_path, listen="127.0.0.1:0", flush_interval=300, stop_timeout=1.0)
+
+
+def _exits_recorded(settings: Settings) -> tuple[Aggregator, list[int], threading.Event]:
+    """An aggregator whose exit (``os._exit`` in the real process) is recorded instead: its
+    codes in the list, the event set at the first."""
     agg = Aggregator(settings)
     exits: list[int] = []
     exited = threading.Event()
     agg._exit_now = lambda code: (exits.append(code), exited.set())
     return agg, exits, exited
+
+
+async def _running(agg: Aggregator) -> asyncio.Future[int]:
+    """``agg.run()`` started, once it listens."""
+    running = asyncio.ensure_future(agg.run())
+    while not agg.port:
+        assert not running.done()
+        await asyncio.sleep(0.02)
+    return running
+
+
+async def _stop_until_the_watchdog_exits(
+    agg: Aggregator, exited: threading.Event, release: threading.Event
+) -> None:
+    """Stop ``agg``, held, until its watchdog exits; then ``release`` the hold."""
+    agg.stop()
+    try:
+        assert await asyncio.to_thread(exited.wait, 30), "no exit at --stop-timeout"
+    finally:
+        release.set()
+
+
+@contextlib.contextmanager
+def _logged() -> Iterator[list[str]]:
+    """The messages ``logq.aggregator`` logs meanwhile, at every level it lets through."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: lines.append(r.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("logq.aggregator")
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
 
 
 @pytest.mark.s3
@@ -130,7 +172,7 @@ def test_the_watchdog_ends_a_stop_still_held_at_its_budget(
 ) -> None:
     """The last resort, for a stop held where no step is cut short (the event loop itself):
     exit 1 at ``--stop-timeout``, saying so; a stop that ends first disarms it."""
-    agg, exits, exited = _exits_recorded(tmp_path)
+    agg, exits, exited = _exits_recorded(_settings(tmp_path, stop_timeout=0.2))
     with caplog.at_level(logging.ERROR, logger="logq.aggregator"):
         agg.stop()  # and nothing ends it
         assert exited.wait(30), "no exit at --stop-timeout"
@@ -146,16 +188,7 @@ def test_a_stop_cut_short_by_a_large_buffer_does_not_blame_the_warehouse(
     backlog after an outage): the stop is cut short all the same, exit 1, and its line says
     how much is left rather than that the warehouse did not answer (an operator would look for
     an outage that is not there)."""
-    settings = Settings(
-        listen="127.0.0.1:0",
-        warehouse=str(tmp_path / "wh"),
-        buffer_dir=str(tmp_path / "buffer"),
-        flush_interval=300,
-        stop_timeout=1.0,
-    )
-    agg = Aggregator(settings)
-    exits: list[int] = []
-    agg._exit_now = exits.append  # os._exit in the real process
+    agg, _, _ = _exits_recorded(_listening(tmp_path))  # its exit recorded, not taken
     real_flush = agg._flush_segment
 
     def slow_flush(segment, deadline=None):  # type: ignore[no-untyped-def]
@@ -165,10 +198,7 @@ def test_a_stop_cut_short_by_a_large_buffer_does_not_blame_the_warehouse(
     agg._flush_segment = slow_flush  # type: ignore[method-assign]
 
     async def scenario() -> int:
-        running = asyncio.ensure_future(agg.run())
-        while not agg.port:
-            assert not running.done()
-            await asyncio.sleep(0.02)
+        running = await _running(agg)
         for n in range(4):
             await asyncio.to_thread(_send_to, agg.port, f"line {n}", f"c{n}")
             await agg._seal()  # one segment each: a backlog of four
@@ -180,7 +210,7 @@ def test_a_stop_cut_short_by_a_large_buffer_does_not_blame_the_warehouse(
     line = next(r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
     assert "did not answer within" not in line, line
     assert re.search(r"ran out of --stop-timeout \(1s\).*: [1-4] buffer segments", line), line
-    assert f"the data is safe in {settings.buffer_dir}" in line, line
+    assert f"the data is safe in {agg.settings.buffer_dir}" in line, line
 
 
 class _StuckHandler(logging.Handler):
@@ -201,7 +231,7 @@ def test_the_watchdog_exits_even_when_its_log_line_cannot_be_written(
     """The last resort must not wait on what may hold the stop itself: a log write that blocks.
     The line is given a moment, then the process exits 1 without it."""
     monkeypatch.setattr(stop_budget, "SAY_SECONDS", 0.1)
-    agg, exits, exited = _exits_recorded(tmp_path)
+    agg, exits, exited = _exits_recorded(_settings(tmp_path, stop_timeout=0.2))
     stuck = _StuckHandler()
     logger = logging.getLogger("logq.aggregator")
     logger.addHandler(stuck)
@@ -263,7 +293,7 @@ def test_the_watchdog_of_a_drain_says_to_run_drain_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """``drain`` is for a buffer whose aggregator is gone for good: no next start writes it."""
-    agg, _, exited = _exits_recorded(tmp_path)
+    agg, _, exited = _exits_recorded(_settings(tmp_path, stop_timeout=0.2))
     agg._draining = True
     with caplog.at_level(logging.ERROR, logger="logq.aggregator"):
         agg.stop()
@@ -302,21 +332,8 @@ def _stop_held_after_the_flush(tmp_path: Path, flush_fails: bool) -> tuple[int |
     """One record acknowledged, then a stop held after its flush (the offsets journal's fold
     hangs: a disk that stopped answering) past ``--stop-timeout``: the watchdog's exit status
     and its log line. ``flush_fails``: the warehouse refuses the flush (the segment stays)."""
-    settings = Settings(
-        listen="127.0.0.1:0",
-        warehouse=str(tmp_path / "wh"),
-        buffer_dir=str(tmp_path / "buffer"),
-        flush_interval=300,
-        stop_timeout=1.0,
-    )
-    agg = Aggregator(settings)
-    exits: list[int] = []
-    exited = threading.Event()
-    agg._exit_now = lambda code: (exits.append(code), exited.set())  # os._exit in a process
+    agg, exits, exited = _exits_recorded(_listening(tmp_path))
     release = threading.Event()
-    lines: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda r: lines.append(r.getMessage())  # type: ignore[method-assign]
 
     def refused(segment, deadline=None):  # type: ignore[no-untyped-def]
         raise OSError("the warehouse refused the write")
@@ -325,26 +342,15 @@ def _stop_held_after_the_flush(tmp_path: Path, flush_fails: bool) -> tuple[int |
         agg._flush_segment = refused  # type: ignore[method-assign]
 
     async def scenario() -> None:
-        running = asyncio.ensure_future(agg.run())
-        while not agg.port:
-            assert not running.done()
-            await asyncio.sleep(0.02)
+        running = await _running(agg)
         assert agg.flusher is not None
         agg.flusher.offsets.close = lambda: release.wait(30)  # type: ignore[method-assign]
         await asyncio.to_thread(_send_to, agg.port, "a line", "c1")
-        agg.stop()
-        try:
-            assert await asyncio.to_thread(exited.wait, 30), "no exit at --stop-timeout"
-        finally:
-            release.set()
+        await _stop_until_the_watchdog_exits(agg, exited, release)
         await asyncio.wait_for(running, 30)
 
-    logger = logging.getLogger("logq.aggregator")
-    logger.addHandler(handler)
-    try:
+    with _logged() as lines:
         asyncio.run(scenario())
-    finally:
-        logger.removeHandler(handler)
     watchdog = [line for line in lines if "--stop-timeout (1s): exiting" in line]
     assert len(watchdog) == 1, lines
     return exits[0], watchdog[0]
@@ -389,30 +395,15 @@ def test_a_stop_held_after_its_flush_by_the_heartbeat_exits_0(tmp_path: Path) ->
     stopped answering right after): the stop gives up on the flush loop at its step deadline,
     without the watchdog. The buffer is written (its directory holds no segment): exit 0,
     "stopped"; it exited 1 with "0 buffer segments (0.0 MB) not written"."""
-    settings = Settings(
-        listen="127.0.0.1:0",
-        warehouse=str(tmp_path / "wh"),
-        buffer_dir=str(tmp_path / "buffer"),
-        flush_interval=300,
-        stop_timeout=1.0,
-    )
-    agg = Aggregator(settings)
-    exits: list[int] = []
-    agg._exit_now = exits.append  # os._exit in a process
+    agg, exits, _ = _exits_recorded(_listening(tmp_path))
     held, release = threading.Event(), threading.Event()
-    lines: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda r: lines.append(r.getMessage())  # type: ignore[method-assign]
 
     def hung_heartbeat(*args: object) -> None:
         held.set()
         release.wait(30)
 
     async def scenario() -> int:
-        running = asyncio.ensure_future(agg.run())
-        while not agg.port:
-            assert not running.done()
-            await asyncio.sleep(0.02)
+        running = await _running(agg)
         assert agg.ledger is not None
         agg.ledger.heartbeat = hung_heartbeat  # type: ignore[method-assign]
         await asyncio.to_thread(_send_to, agg.port, "a line", "c1")
@@ -424,12 +415,8 @@ def test_a_stop_held_after_its_flush_by_the_heartbeat_exits_0(tmp_path: Path) ->
         finally:
             release.set()
 
-    logger = logging.getLogger("logq.aggregator")
-    logger.addHandler(handler)
-    try:
+    with _logged() as lines:
         code = asyncio.run(scenario())
-    finally:
-        logger.removeHandler(handler)
     assert code == 0 and exits in ([], [0]), (code, exits, lines)
     assert any(line.startswith("stopped: every acknowledged record is in ") for line in lines)
     assert not any("not written" in line for line in lines), lines
@@ -467,25 +454,14 @@ def test_a_drain_held_while_it_sets_a_segment_aside_exits_1(
         real_fsync_dir(path)
 
     monkeypatch.setattr(buffer_mod, "fsync_dir", fsync_dir)
-    settings = Settings(
-        warehouse=str(tmp_path / "wh"),
-        buffer_dir=str(buffer_dir),
-        stop_timeout=1.0,
-        retry_max_interval=0.01,
+    agg, exits, exited = _exits_recorded(
+        _settings(tmp_path, stop_timeout=1.0, retry_max_interval=0.01)
     )
-    agg = Aggregator(settings)
-    exits: list[int] = []
-    exited = threading.Event()
-    agg._exit_now = lambda code: (exits.append(code), exited.set())  # os._exit in a process
 
     async def scenario() -> int:
         draining = asyncio.ensure_future(agg.drain())
         assert await asyncio.to_thread(moved.wait, 30), "the segment was not set aside"
-        agg.stop()
-        try:
-            assert await asyncio.to_thread(exited.wait, 30), "no exit at --stop-timeout"
-        finally:
-            release.set()
+        await _stop_until_the_watchdog_exits(agg, exited, release)
         return await asyncio.wait_for(draining, 30)
 
     assert asyncio.run(scenario()) == 1  # (the drain itself, once the volume answered)
@@ -506,17 +482,8 @@ def test_a_drain_held_after_its_flush_exits_1_until_the_node_is_forgotten(
     buffer_dir = tmp_path / "buffer"
     buffer_dir.mkdir()
     write_segment(buffer_dir / f"{1:016d}.seg", 2, 5)
-    settings = Settings(
-        warehouse=str(tmp_path / "wh"), buffer_dir=str(buffer_dir), stop_timeout=1.0
-    )
-    agg = Aggregator(settings)
-    exits: list[int] = []
-    exited = threading.Event()
-    agg._exit_now = lambda code: (exits.append(code), exited.set())  # os._exit in a process
+    agg, exits, exited = _exits_recorded(_settings(tmp_path, stop_timeout=1.0))
     held, release = threading.Event(), threading.Event()
-    lines: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda r: lines.append(r.getMessage())  # type: ignore[method-assign]
 
     def hung_forget(ledger: Ledger) -> None:
         held.set()
@@ -527,19 +494,11 @@ def test_a_drain_held_after_its_flush_exits_1_until_the_node_is_forgotten(
     async def scenario() -> int:
         draining = asyncio.ensure_future(agg.drain())
         assert await asyncio.to_thread(held.wait, 30), "the drain did not get to the ledger"
-        agg.stop()
-        try:
-            assert await asyncio.to_thread(exited.wait, 30), "no exit at --stop-timeout"
-        finally:
-            release.set()
+        await _stop_until_the_watchdog_exits(agg, exited, release)
         return await asyncio.wait_for(draining, 30)
 
-    logger = logging.getLogger("logq.aggregator")
-    logger.addHandler(handler)
-    try:
+    with _logged() as lines:
         asyncio.run(scenario())
-    finally:
-        logger.removeHandler(handler)
     assert exits == [1], (exits, lines)
     assert not list(buffer_dir.glob("*.seg")), "the segment was written"
     assert any("is written by running logq-aggregator drain again" in line for line in lines)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from shipper.birth import birth_time
+from shipper.checkpoint import Registry
 from shipper.cursor import Chunk
 from shipper.discover import SourceSpec
 from shipper.fingerprint import fingerprint
@@ -230,3 +231,23 @@ def aggregator_keeps(sent: list[tuple[str, int, str]]) -> list[str]:
             highest[sid] = offset
             kept.append(log)
     return kept
+
+
+def stop_behind_at_a_compress_rotation(path: Path) -> None:
+    """The shipper behind at its stop in the Docker file ``path``, which Docker then rotates
+    with ``compress``: ``acked`` shipped, ``in flight`` sent and never acknowledged, the file
+    gzipped to ``.1.gz`` and the next one written (``next``); the registry (``state`` beside
+    ``path``) saved and closed, nothing else written, as at a ``kill -9``. The copy ends in
+    whole lines: no split line is open in it."""
+    reg = Registry(path.parent / "state")
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    path.write_bytes(docker_line("acked", 0))
+    assert drain(t) == ["acked"]
+    with open(path, "ab") as f:
+        f.write(docker_line("in flight", 1))
+    assert drain(t, ack=False) == ["in flight"]
+    rotate_docker(path, max_file=3, compress=True)
+    path.write_bytes(docker_line("next", 2))
+    reg.save()
+    t.close()
+    reg.close()

@@ -23,9 +23,17 @@ import pytest
 
 from shipper import fd_budget, gz_pool, held_gz
 from shipper.checkpoint import Registry
+from shipper.discover import SourceSpec
 from shipper.tailer import Tailer
-from tests.shipper.hostgen import docker_line
-from tests.shipper.tailing import drain, drain_sent, rotate_docker, set_clock, spec_for
+from tests.shipper.hostgen import docker_line, make_container
+from tests.shipper.tailing import (
+    drain,
+    drain_sent,
+    rotate_docker,
+    set_clock,
+    spec_for,
+    stop_behind_at_a_compress_rotation,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -54,6 +62,39 @@ def _held_at_restart(path: Path) -> None:
     reg.close()
     with open(path, "ab") as f:
         f.write(docker_line("tail", 3, "stdout"))
+
+
+def _container_held_at_restart(tmp_path: Path, cid: str) -> Path:
+    """The same for container ``cid``'s file, found by the shipper under ``tmp_path/docker``
+    (returned), its state in ``tmp_path/state``: a stdout line's first part ends the file
+    Docker rotated with ``compress``, its last part is in the next file, written while the
+    shipper was down."""
+    docker = tmp_path / "docker"
+    path = make_container(docker, cid, "app")
+    spec = SourceSpec(key=f"docker:{cid}", path=path, format="docker", service="app")
+    path.write_bytes(docker_line("before", 0) + docker_line("head-", 1, "stdout", nl=False))
+    reg = Registry(tmp_path / "state")
+    t = Tailer(spec, reg, "h", 65536)
+    assert [log for log, _, _ in drain_sent(t)] == ["before"]
+    rotate_docker(path, max_file=3, compress=True)
+    path.write_bytes(docker_line("tail", 2, "stdout"))
+    reg.save()
+    t.close()
+    reg.close()
+    return docker
+
+
+def _held_copy_read_by_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Tailer, Registry, Path]:
+    """A restart on :func:`_held_at_restart`'s files whose worker has read the held ``.gz``
+    (returned) off the loop, the start itself not made yet."""
+    set_clock(monkeypatch, [1000.0])
+    path = tmp_path / "c-json.log"
+    _held_at_restart(path)
+    t, reg = _tailer(path)
+    asyncio.run(t.prepare_off_loop())
+    return t, reg, Path(f"{path}.1.gz")
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -98,12 +139,7 @@ def test_a_copy_replaced_after_the_worker_read_it_is_read_again_by_the_start(
 ) -> None:
     """The worker's answer is for the file it read: a ``.gz`` replaced before the start (its
     identity changed) is read by the start, as without a worker, and its content is shipped."""
-    set_clock(monkeypatch, [1000.0])
-    path = tmp_path / "c-json.log"
-    _held_at_restart(path)
-    gz = Path(f"{path}.1.gz")
-    t, reg = _tailer(path)
-    asyncio.run(t.prepare_off_loop())
+    t, reg, gz = _held_copy_read_by_the_worker(tmp_path, monkeypatch)
     with gzip.open(f"{gz}.new", "wb") as f:  # same bytes up to the checkpoint, another part
         f.write(docker_line("before", 0) + docker_line("other-", 1, "stdout", nl=False))
     os.replace(f"{gz}.new", gz)
@@ -119,17 +155,7 @@ def test_a_copy_with_nothing_held_is_not_decompressed_in_the_worker_either(
     stop) is only streamed, not decompressed, by the worker as by the start: counted lost."""
     set_clock(monkeypatch, [1000.0])
     path = tmp_path / "c-json.log"
-    path.write_bytes(docker_line("acked", 0))
-    t, reg = _tailer(path)
-    assert drain(t) == ["acked"]
-    with open(path, "ab") as f:
-        f.write(docker_line("in flight", 1))
-    assert drain(t, ack=False) == ["in flight"]
-    rotate_docker(path, max_file=3, compress=True)
-    path.write_bytes(docker_line("next", 2))
-    reg.save()
-    t.close()
-    reg.close()
+    stop_behind_at_a_compress_rotation(path)
     made: list[Path] = []
     monkeypatch.setattr(held_gz, "decompressed", lambda gz, opened=None: made.append(gz))
     losses: list[str] = []
@@ -177,24 +203,10 @@ def test_the_source_reader_decompresses_a_held_copy_in_a_gz_thread(
     its split line is shipped whole."""
     from shipper.config import load_config
     from shipper.daemon import Shipper
-    from shipper.discover import SourceSpec
-    from tests.shipper.hostgen import make_container
     from tests.shipper.receiver import Receiver
     from tests.shipper.shipping import shipper_args, until
 
-    docker = tmp_path / "docker"
-    cid = "d" * 64
-    path = make_container(docker, cid, "app")
-    spec = SourceSpec(key=f"docker:{cid}", path=path, format="docker", service="app")
-    path.write_bytes(docker_line("before", 0) + docker_line("head-", 1, "stdout", nl=False))
-    reg = Registry(tmp_path / "state")
-    t = Tailer(spec, reg, "h", 65536)
-    assert [log for log, _, _ in drain_sent(t)] == ["before"]
-    rotate_docker(path, max_file=3, compress=True)
-    path.write_bytes(docker_line("tail", 2, "stdout"))
-    reg.save()
-    t.close()
-    reg.close()
+    docker = _container_held_at_restart(tmp_path, "d" * 64)
     threads = _spy(monkeypatch)
     receiver = Receiver()
     cfg = load_config(shipper_args(tmp_path, receiver, "--poll-interval", "0.01", docker=docker))
@@ -253,12 +265,7 @@ def test_a_copy_rewritten_to_the_same_size_and_mtime_is_read_again_by_the_start(
 ) -> None:
     """Same inode, size and mtime (rewritten in place, its mtime set back as ``touch -r`` or
     ``rsync --inplace`` do), other bytes: not the file the worker read (its ctime moved)."""
-    set_clock(monkeypatch, [1000.0])
-    path = tmp_path / "c-json.log"
-    _held_at_restart(path)
-    gz = Path(f"{path}.1.gz")
-    t, reg = _tailer(path)
-    asyncio.run(t.prepare_off_loop())
+    t, reg, gz = _held_copy_read_by_the_worker(tmp_path, monkeypatch)
     st = gz.stat()
     other = gzip.compress(
         docker_line("before", 0) + docker_line("OTHER", 1, "stdout", nl=False), mtime=0
@@ -295,24 +302,10 @@ def test_a_stop_does_not_wait_for_a_start_queued_for_a_gz_thread(
     from shipper import resume
     from shipper.config import load_config
     from shipper.daemon import Shipper
-    from shipper.discover import SourceSpec
-    from tests.shipper.hostgen import make_container
     from tests.shipper.receiver import Receiver
     from tests.shipper.shipping import shipper_args, until
 
-    docker = tmp_path / "docker"
-    cid = "e" * 64
-    path = make_container(docker, cid, "app")
-    path.write_bytes(docker_line("before", 0) + docker_line("head-", 1, "stdout", nl=False))
-    reg = Registry(tmp_path / "state")
-    spec = SourceSpec(key=f"docker:{cid}", path=path, format="docker", service="app")
-    t = Tailer(spec, reg, "h", 65536)
-    assert [log for log, _, _ in drain_sent(t)] == ["before"]
-    rotate_docker(path, max_file=3, compress=True)
-    path.write_bytes(docker_line("tail", 2, "stdout"))
-    reg.save()
-    t.close()
-    reg.close()
+    docker = _container_held_at_restart(tmp_path, "e" * 64)
     prepared: list[object] = []
     real = resume.prepare_held
     monkeypatch.setattr(resume, "prepare_held", lambda plan: prepared.append(plan) or real(plan))

@@ -88,12 +88,18 @@ def _rotated_entry(tmp_path: Path, spec: SourceSpec) -> tuple[str, dict[str, obj
     return key, entry
 
 
-def _edit_entry(tmp_path: Path, key: str, drop: str) -> None:
-    """Rewrite the saved registry without the field ``drop`` of entry ``key``."""
+def _stop_in_rotate_wait_saved_without(tmp_path: Path, spec: SourceSpec, drop: str) -> Path:
+    """:func:`_stop_in_rotate_wait`, then the renamed file's saved entry (flagged ``rotated``)
+    rewritten without its field ``drop``: as a shipper saved it before it noted any size
+    (``seen``), or one from before the flag (``rotated``). Returns the renamed file."""
+    rotated = _stop_in_rotate_wait(tmp_path, spec)
+    key, entry = _rotated_entry(tmp_path, spec)
+    assert entry["rotated"] is True
     path = tmp_path / "state" / "checkpoints.json"
     doc = json.loads(path.read_bytes())
     del doc["files"][key][drop]
     path.write_text(json.dumps(doc))
+    return rotated
 
 
 def _restart(tmp_path: Path, spec: SourceSpec) -> list[str]:
@@ -140,20 +146,14 @@ def test_rotated_file_with_bytes_unread_at_the_stop_still_pages(tmp_path: Path) 
 
 def test_rotated_file_of_unknown_size_at_the_stop_still_pages(tmp_path: Path) -> None:
     spec = _docker_spec(tmp_path)
-    rotated = _stop_in_rotate_wait(tmp_path, spec)
-    key, entry = _rotated_entry(tmp_path, spec)
-    assert entry["rotated"] is True
-    _edit_entry(tmp_path, key, "seen")  # saved before any size was noted
+    rotated = _stop_in_rotate_wait_saved_without(tmp_path, spec, "seen")  # no size noted yet
     rotated.unlink()
     assert _restart(tmp_path, spec) == ["deleted_unread"]
 
 
 def test_an_older_shippers_entry_without_the_flag_pages_as_before(tmp_path: Path) -> None:
     spec = _docker_spec(tmp_path)
-    rotated = _stop_in_rotate_wait(tmp_path, spec)
-    key, entry = _rotated_entry(tmp_path, spec)
-    assert entry["rotated"] is True
-    _edit_entry(tmp_path, key, "rotated")  # as a shipper before the flag saved it
+    rotated = _stop_in_rotate_wait_saved_without(tmp_path, spec, "rotated")  # an older shipper
     rotated.unlink()
     assert _restart(tmp_path, spec) == ["deleted_unread"]
 
@@ -172,12 +172,8 @@ def test_live_file_deleted_while_down_still_pages(tmp_path: Path) -> None:
     assert "rotated" not in entry and entry["seen"] == entry["offset"]  # read to its end
     spec.path.unlink()  # deleted while down: what its writer wrote after the stop is gone
     append_docker(spec.path, 100, 2)  # a new live file
-    losses: list[str] = []
-    reg = Registry(tmp_path / "state")
-    t = Tailer(spec, reg, "h", 65536, on_loss=losses.append)
-    assert drain(t) == ["line 100", "line 101"]
-    t.close()
-    reg.close()
+    lines, losses = _restart_reading(tmp_path, spec)
+    assert lines == ["line 100", "line 101"]
     assert losses == ["deleted_unread"]
 
 
@@ -207,6 +203,20 @@ def test_a_file_back_at_the_live_path_is_live_again(tmp_path: Path) -> None:
     t.close()
     reg.close()
     assert losses == ["deleted_unread", "deleted_unread"]
+
+
+def _restart_reading(tmp_path: Path, spec: SourceSpec) -> tuple[list[str], list[str]]:
+    """Start again on the saved registry and read to the end: (the lines read, the losses
+    counted)."""
+    losses: list[str] = []
+    reg = Registry(tmp_path / "state")
+    try:
+        t = Tailer(spec, reg, "h", 65536, on_loss=losses.append)
+        lines = drain(t)
+        t.close()
+    finally:
+        reg.close()
+    return lines, losses
 
 
 def test_the_flag_is_saved_only_when_set_and_read_strictly() -> None:
@@ -301,12 +311,8 @@ def test_a_rename_seen_before_the_last_lines_were_read_still_pages_after_a_kill(
     _, entry = _rotated_entry(tmp_path, spec)
     assert entry["rotated"] is True and entry["seen"] == rotated.stat().st_size
     rotated.unlink()
-    losses: list[str] = []
-    reg = Registry(tmp_path / "state")
-    t = Tailer(spec, reg, "h", 65536, on_loss=losses.append)
-    assert drain(t) == ["line 100", "line 101"]
-    t.close()
-    reg.close()
+    lines, losses = _restart_reading(tmp_path, spec)
+    assert lines == ["line 100", "line 101"]
     assert losses == ["deleted_unread"]
 
 

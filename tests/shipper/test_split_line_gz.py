@@ -34,6 +34,7 @@ from tests.shipper.tailing import (
     rotate_docker,
     set_clock,
     spec_for,
+    stop_behind_at_a_compress_rotation,
 )
 
 
@@ -218,15 +219,7 @@ def test_a_file_behind_at_the_stop_and_compressed_is_still_counted_not_read(
     compressed generation is never read); the loss is counted, as before."""
     set_clock(monkeypatch, [1000.0])
     path = tmp_path / "c-json.log"
-    path.write_bytes(docker_line("acked", 0))
-    t, reg = _tailer(path)
-    assert drain(t) == ["acked"]
-    with open(path, "ab") as f:
-        f.write(docker_line("in flight", 1))
-    assert drain(t, ack=False) == ["in flight"]
-    rotate_docker(path, max_file=3, compress=True)
-    path.write_bytes(docker_line("next", 2))
-    _kill(t, reg)
+    stop_behind_at_a_compress_rotation(path)
     losses: list[str] = []
     t, reg = _tailer(path, losses)
     assert drain(t) == ["next"]
