@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import os
@@ -943,7 +942,7 @@ class ForwardServer:
             raise ConnectionClosed("PING has fields of the wrong type", "handshake_failed")
         salt_b = salt if isinstance(salt, bytes) else salt.encode("utf-8", "surrogateescape")
         expected = wire.ping_digest(salt_b, hostname, nonce, self.shared_key)
-        ok = isinstance(digest, str) and hmac.compare_digest(digest, expected)
+        ok = wire.same_digest(digest, expected)
         reason = "" if ok else "shared_key mismatch"
         if ok and self.users and not self._user_ok(ping, auth):
             ok, reason = False, "username/password mismatch"
@@ -979,12 +978,12 @@ class ForwardServer:
     def _user_ok(self, ping: list[Any], auth: bytes) -> bool:
         username = ping[4] if len(ping) > 4 else None
         digest = ping[5] if len(ping) > 5 else None
-        if not isinstance(username, str) or not isinstance(digest, str):
+        if not isinstance(username, str):
             return False
         password = self.users.get(username)
         if password is None:
             return False
-        return hmac.compare_digest(digest, wire.password_digest(auth, username, password))
+        return wire.same_digest(digest, wire.password_digest(auth, username, password))
 
 
 #: TCP states (``tcpi_state`` of Linux's ``TCP_INFO``, ``include/net/tcp_states.h``) in which

@@ -41,9 +41,10 @@ _SECOND = slice(0, 19)
 _FRACTION = slice(20, -1)
 _NO_NEWLINE = slice(0, -1)
 _SURROGATE = re.compile("[\ud800-\udfff]")
-#: A JSON escape of a UTF-16 surrogate (``\\ud800`` to ``\\udfff``, any case): what can put
-#: one into a decoded string.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+#: A JSON escape of a UTF-16 surrogate (``\\ud800`` to ``\\udfff``, any case), or a surrogate's
+#: UTF-8 form (bytes ED A0..BF ..): what can put one into a decoded string. The latter is not
+#: UTF-8, yet ``json.loads`` of bytes decodes it (``surrogatepass``) without a UnicodeDecodeError.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 
 def _chomp(log: str) -> str:
@@ -290,11 +291,13 @@ class LineParser:
             log = log[:-1]
         self._emit(out, offset, p.time, p.time_ns, stream, log)
 
-    def _raw(self, out: Lines, end: int, raw: bytes) -> None:
-        """A line the format cannot parse: shipped as it is (counted), never dropped."""
+    def _raw(self, out: Lines, end: int, raw: bytes, counted: bool = False) -> None:
+        """A line the format cannot parse: shipped as it is (counted), never dropped.
+        ``counted``: its invalid UTF-8, if any, is counted already (one count per line)."""
         out.malformed += 1
         t_ns = time.time_ns()
-        self._emit(out, end, now_rfc3339(t_ns), t_ns, "stdout", decode_text(raw, out))
+        text = raw.decode("utf-8", "replace") if counted else decode_text(raw, out)
+        self._emit(out, end, now_rfc3339(t_ns), t_ns, "stdout", text)
 
 
 class PlainParser(LineParser):
@@ -340,23 +343,29 @@ class DockerParser(LineParser):
                 docs = None
             if docs is not None and len(docs) != len(lines):
                 docs = None  # a line held several values ("{..},{..}"): go line by line
+        counted: set[int] = set()  # lines whose invalid UTF-8 is counted: once per line
         if docs is None:
-            docs = [self._decode(raw, out) for raw in lines]
+            docs = [self._decode(raw, out, counted, i) for i, raw in enumerate(lines)]
         if _SURROGATE_ESCAPE.search(joined):  # one C scan of the block
-            _replace_surrogates(docs, out)
+            _replace_surrogates(docs, out, counted)
         # The per-line loop: complete single-part lines with Docker's fixed-width time are
         # handled inline; everything else goes through the general path.
         cache = self.times._cache
         limit = self.max_line_bytes // 4
         partials = self._partials
         pos = base
-        for doc, raw in zip(docs, lines, strict=True):
+        for i, (doc, raw) in enumerate(zip(docs, lines, strict=True)):
             start = pos
             pos += len(raw) + 1
             try:
                 log = doc["log"]
                 stream = doc["stream"]
                 t = doc["time"]
+                if type(log) is not str or type(stream) is not str or type(t) is not str:
+                    # A list or null where text belongs (not Docker's output): never a part
+                    # of a split line, whose parts are joined as text later.
+                    self._lenient(out, start, pos, doc, raw, i in counted)
+                    continue
                 if (
                     not partials
                     and log.endswith("\n")
@@ -381,7 +390,7 @@ class DockerParser(LineParser):
                 else:
                     self._part(out, start, pos, t, stream, log, False)
             except (TypeError, KeyError, AttributeError):
-                self._lenient(out, start, pos, doc, raw)
+                self._lenient(out, start, pos, doc, raw, i in counted)
         return out
 
     def _feed_block(self, lines: list[bytes], base: int) -> Lines | None:
@@ -439,8 +448,11 @@ class DockerParser(LineParser):
         out.nbytes = sum(map(len, out.logs))
         return out
 
-    def _lenient(self, out: Lines, start: int, end: int, doc: object, raw: bytes) -> None:
-        """Docker omits empty ``log`` and ``stream``; anything else unexpected is raw text."""
+    def _lenient(
+        self, out: Lines, start: int, end: int, doc: object, raw: bytes, counted: bool
+    ) -> None:
+        """Docker omits empty ``log`` and ``stream``; anything else unexpected is raw text
+        (``counted``: its invalid UTF-8 is counted already)."""
         if isinstance(doc, dict) and isinstance(doc.get("time"), str):
             log = doc.get("log", "")
             stream = doc.get("stream") or "stdout"
@@ -448,14 +460,17 @@ class DockerParser(LineParser):
                 last = log.endswith("\n")
                 self._part(out, start, end, doc["time"], stream, log[:-1] if last else log, last)
                 return
-        self._raw(out, end, raw)
+        self._raw(out, end, raw, counted)
 
     @staticmethod
-    def _decode(raw: bytes, out: Lines) -> object:
+    def _decode(raw: bytes, out: Lines, counted: set[int], index: int) -> object:
+        """Line ``index`` of a block as JSON (None if it is not); invalid UTF-8 is replaced,
+        counted, and the line noted in ``counted``."""
         try:
             return json.loads(raw)
         except UnicodeDecodeError:
             out.invalid_utf8 += 1
+            counted.add(index)
             try:
                 return json.loads(raw.decode("utf-8", "replace"))
             except ValueError:
@@ -464,19 +479,22 @@ class DockerParser(LineParser):
             return None
 
 
-def _replace_surrogates(docs: list[object], out: Lines) -> None:
-    """Lone surrogates in ``log`` values (JSON ``\\udc80`` escapes, which ``json.loads``
-    accepts and msgspec refuses) become U+FFFD, counted in ``out.invalid_utf8`` like invalid
-    UTF-8 bytes: they are not text either, and the encoder would replace them uncounted.
+def _replace_surrogates(docs: list[object], out: Lines, counted: set[int]) -> None:
+    """Lone surrogates in ``log`` values (JSON ``\\udc80`` escapes, or a surrogate's UTF-8
+    bytes, which ``json.loads`` accepts and msgspec refuses) become U+FFFD, counted in
+    ``out.invalid_utf8`` like invalid UTF-8 bytes (once per line, whatever else it holds:
+    ``counted``): they are not text either, and the encoder would replace them uncounted.
 
     Only called for blocks holding such an escape (Docker itself writes none: Go's encoder
     emits raw UTF-8, and U+FFFD for bytes that are not)."""
-    for doc in docs:
+    for index, doc in enumerate(docs):
         if isinstance(doc, dict):
             log = doc.get("log")
             if isinstance(log, str) and _SURROGATE.search(log):
                 doc["log"] = _SURROGATE.sub("\ufffd", log)
-                out.invalid_utf8 += 1
+                if index not in counted:  # invalid UTF-8 bytes too: still one line
+                    counted.add(index)
+                    out.invalid_utf8 += 1
 
 
 _STREAMS = {b"stdout": "stdout", b"stderr": "stderr"}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import hmac
 import io
 import itertools
 import math
@@ -601,10 +602,21 @@ def iter_messages(unpacker: msgpack.Unpacker, budget: ObjectBudget | None = None
 
 
 def _hex_sha512(*parts: bytes | str) -> str:
+    """Text is hashed as the bytes it came from: a PING field that is not valid UTF-8 was read
+    with ``surrogateescape`` (:func:`new_unpacker`) and is encoded back the same way."""
     h = hashlib.sha512()
     for part in parts:
-        h.update(part.encode("utf-8") if isinstance(part, str) else part)
+        h.update(part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part)
     return h.hexdigest()
+
+
+def same_digest(given: object, expected: str) -> bool:
+    """Whether a handshake's hex digest ``given`` (any value a client sent) is ``expected``,
+    in constant time. Compared as bytes: :func:`hmac.compare_digest` raises TypeError on text
+    that is not ASCII."""
+    if not isinstance(given, str):
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
 
 
 def encode_helo(nonce: bytes, auth: bytes = b"", keepalive: bool = True) -> bytes:

@@ -10,9 +10,11 @@ The server runs in the test's event loop over a buffer whose fsyncs the test com
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from typing import Any
 
+import msgpack
 import pytest
 
 import aggregator.server as server_mod
@@ -168,6 +170,47 @@ def test_a_failed_handshake_answers_late_without_holding_up_the_others(
     _run(scenario())
     failed = [r for r in caplog.records if "shared_key mismatch" in r.getMessage()]
     assert [r.levelno for r in failed] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+
+
+def test_a_ping_of_non_ascii_digest_or_non_utf8_hostname_gets_its_pong(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A PING digest that is not ASCII made ``hmac.compare_digest`` raise TypeError, and a
+    hostname that is not UTF-8 made hashing it raise: the connection was closed unanswered as
+    an internal error (an ERROR with a traceback per try). Now the first is a failed handshake
+    and the second is hashed as the bytes the client sent, as the client hashes them."""
+    monkeypatch.setattr(server_mod, "AUTH_DELAY_SECONDS", 0.01)
+
+    async def ping(host: str, port: int, hostname: bytes, digest: str) -> Any:
+        reader, writer = await asyncio.open_connection(host, port)
+        unpacker = wire.new_unpacker()
+        helo = None
+        while helo is None:
+            unpacker.feed(await reader.read(4096))
+            helo = next(unpacker, None)
+        nonce = helo[1]["nonce"]
+        if not digest:
+            digest = hashlib.sha512(b"salt" + hostname + nonce + b"k").hexdigest()
+        # A str8 hostname holding exactly the given bytes, whatever they are.
+        raw = b"\x94\xa4PING\xd9" + bytes([len(hostname)]) + hostname
+        writer.write(raw + msgpack.packb(b"salt") + msgpack.packb(digest))
+        pong = await _pong(reader, unpacker)
+        writer.close()
+        return pong
+
+    async def scenario() -> None:
+        metrics = Metrics()
+        server = ForwardServer(HeldBuffer(), metrics, ServerLimits(), shared_key="k")  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            assert (await ping(host, port, b"client", "\u00e9" * 128))[:2] == ["PONG", False]
+            assert (await ping(host, port, b"caf\xe9", ""))[:2] == ["PONG", True]
+            assert _rejected(metrics, "auth_failed") == 1
+            assert _rejected(metrics, "internal_error") == 0
+        finally:
+            await server.stop(grace=5)
+
+    _run(scenario())
 
 
 def test_the_delay_doubles_per_recent_failure_up_to_a_cap() -> None:

@@ -68,6 +68,49 @@ def test_docker_malformed_line_is_shipped_raw_and_counted() -> None:
     assert out.malformed == 2
 
 
+def test_docker_non_text_log_while_a_split_line_is_open_is_raw() -> None:
+    """A ``log`` that is a JSON list while a split line of its stream is open used to become
+    one of its parts: joining them raised TypeError out of ``flush`` (and a next part lost
+    the line's head). It is a malformed line, shipped raw, like one with no split open."""
+    p = DockerParser()
+    part = docker_line("out-", 0, "stdout", nl=False)
+    odd = b'{"log":["x"],"stream":"stdout","time":"2026-11-28T12:00:00Z"}'
+    out = feed(p, part + odd + b"\n")
+    assert out.logs == [odd.decode()]
+    assert out.malformed == 1
+    flushed = p.flush(None, len(part) + len(odd) + 2, every=True)
+    assert flushed.logs == ["out-"]
+
+
+def test_docker_malformed_invalid_utf8_line_is_counted_once_and_the_open_split_goes_on() -> None:
+    """A malformed line holding invalid UTF-8 (not JSON, or JSON with a list for ``log``) is
+    one bad line: ``invalid_utf8`` once, not again when it is shipped raw. A split line open
+    meanwhile keeps its parts: joined with its last part, at an offset above the raw line's.
+    Likewise one line with a lone-surrogate escape and an invalid byte (another stream's
+    line, in between) is counted once."""
+    part = docker_line("out-", 0, "stdout", nl=False)
+    last = docker_line("end", 1, "stdout")
+    for odd in (
+        b"not json \xff",
+        b'{"log":["\xff"],"stream":"stdout","time":"2026-11-28T12:00:00Z"}',
+        b'{"log":"x\\udc80 \xff\\n","stream":"stderr","time":"2026-11-28T12:00:00Z"}',
+    ):
+        out = feed(DockerParser(), part + odd + b"\n" + last)
+        assert out.invalid_utf8 == 1, odd
+        assert out.logs[-1] == "out-end"
+        assert out.offsets == sorted(set(out.offsets))
+        assert out.offsets[-1] == len(part) + len(odd) + 1 + len(last)
+
+
+def test_docker_a_surrogate_in_utf8_bytes_is_replaced_and_counted() -> None:
+    """Bytes ED A0 80 (a surrogate's UTF-8 form) are not UTF-8, but ``json.loads`` of bytes
+    decodes them to a lone surrogate: it was left for the encoder to replace, uncounted."""
+    line = b'{"log":"a\xed\xa0\x80b\\n","stream":"stdout","time":"2026-11-28T12:00:00Z"}\n'
+    out = feed(DockerParser(), line + line)
+    assert out.logs == ["a\ufffdb", "a\ufffdb"]
+    assert out.invalid_utf8 == 2
+
+
 def test_docker_invalid_utf8_replaced_and_counted() -> None:
     bad = b'{"log":"caf\xe9 \xff\\n","stream":"stdout","time":"2026-11-28T12:00:00Z"}\n'
     out = feed(DockerParser(), docker_line("fine") + bad)
