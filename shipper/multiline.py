@@ -19,9 +19,12 @@ newline: above the offset of every line before X, of either stream, and below X'
 handled at once: it starts a record, or it is emitted at ``e``. No line waits for another to be
 emitted, so offsets are unique, rise in the order records are emitted (as the aggregator's dedup
 needs: it drops a record at or below the source's mark) and depend only on the file's bytes.
-(Docker json-file and CRI lines are never empty; a plain ``--path`` file has one stream, where
-``e - 1`` is at worst the end of the record's own last line.) A record flushed at the timeout
-gets the offsets the tailer gives flushed split lines
+(A plain ``--path`` file has one stream, where ``e - 1`` is at worst the end of the record's
+own last line. Docker json-file and CRI lines are never empty as the runtime writes them; an
+empty one in a damaged or hand-written file, shipped raw, has no offset below its own that the
+line before it has not taken: it neither continues nor ends a record, and is emitted at once at
+its own offset, as another stream's line is, see :meth:`MultilineParser._line`.) A record
+flushed at the timeout gets the offsets the tailer gives flushed split lines
 (:meth:`shipper.split_lines.SplitLines._flushed`), which also records the cut so that a restart
 cuts there again.
 
@@ -292,6 +295,9 @@ class MultilineParser:
         the last quiet point, where a restart reads it again from: the quiet point in the
         first, the first line read in the others (see :meth:`pending_start`)."""
         self._stats = _Stats()
+        self._empty_apart = inner.format_name != "plain"
+        """Whether a physically empty line stays out of records (Docker, CRI: it is malformed
+        there, see :meth:`_line`); a plain file's empty line is text a record may hold."""
 
     # -- what the tailer and cursors read and set on a parser -------------------------------
 
@@ -421,23 +427,24 @@ class MultilineParser:
             logical = self.inner.feed(lines, base)
             if len(logical) == len(lines) and not self.inner.pending_streams():
                 _add_counts(out, logical)
-                self._feed_whole(out, logical, base)
+                self._feed_whole(out, lines, logical, base)
                 self._take_stats(out)
                 return out
             self.inner.reset()  # nothing was open before the block: back to that
         return self._feed_each(out, lines, base)
 
-    def _feed_whole(self, out: Lines, logical: Lines, base: int) -> None:
+    def _feed_whole(self, out: Lines, lines: list[bytes], logical: Lines, base: int) -> None:
         """:meth:`feed` of a block of whole lines, none split: :meth:`_before_line` and
         :meth:`_after_line` inlined (no split line is open here), the hot loop."""
         origin = self.origin
         origins = {origin}
         span, records = self._span, self._records
         start = base
+        apart = self._empty_apart
         for i, end in enumerate(logical.offsets):
             if span:
                 span.setdefault(origin, start)
-            self._line(out, logical, i, origins)
+            self._line(out, logical, i, origins, apart and not lines[i])
             if not records:
                 span.clear()
             elif not span:
@@ -475,9 +482,10 @@ class MultilineParser:
             before = {s: set(inner.pending_origins((s,))) for s in inner.pending_streams()}
             logical = inner.feed([raw], start)
             _add_counts(out, logical)
+            empty = self._empty_apart and not raw
             for i in range(len(logical)):
                 origins = before.get(logical.streams[i], set()) | {origin}
-                self._line(out, logical, i, origins)
+                self._line(out, logical, i, origins, empty)
             self._after_line(origin, start)
         self._take_stats(out)
         return out
@@ -539,11 +547,23 @@ class MultilineParser:
         rec.size += _size(text) + 1
         return [rec]
 
-    def _line(self, out: Lines, logical: Lines, i: int, origins: set[object]) -> None:
+    def _line(
+        self, out: Lines, logical: Lines, i: int, origins: set[object], empty: bool = False
+    ) -> None:
         """One logical line: joined to its stream's record; else that record is emitted just
         below the line's offset (module docstring) and the line starts a record, or is
-        emitted at once at its own offset."""
+        emitted at once at its own offset.
+
+        An ``empty`` line (a physically empty Docker or CRI line, shipped raw as malformed)
+        is emitted at once at its own offset and leaves its stream's record open: just below
+        its offset is the end of the line before it, whose offset may be taken already (by
+        another stream's line), and the aggregator drops a second record at one offset
+        without a count. The record ends at a later line, just below that line's offset,
+        which is above this one's. Decided by the bytes alone, so a restart does the same."""
         stream, text, end = logical.streams[i], logical.logs[i], logical.offsets[i]
+        if empty:
+            _put(out, end, logical.heads[i], logical.times[i], stream, text)
+            return
         rec = self._records.get(stream)
         if rec is None:
             state = self._follow(START, text)
