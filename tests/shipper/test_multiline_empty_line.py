@@ -127,3 +127,37 @@ def test_cri_empty_lines_across_a_kill_at_any_point(
         _finish(second, now)
         kept = aggregator_keeps(first.sent + second.sent)
         assert kept == expected, f"killed at {stop} of {ref.events} (step {at})"
+
+
+@pytest.mark.parametrize("fmt", ["cri", "docker"])
+def test_an_empty_line_in_a_block_with_a_split_line_is_kept_apart_too(fmt: str) -> None:
+    """A block holding a split line's parts is fed one physical line at a time
+    (``MultilineParser._feed_each``): the empty line there also leaves the record open."""
+    if fmt == "cri":
+        p = MultilineParser(CriParser(), BUILTIN["python"])
+        first = cri_line(TB, 0).rstrip(b"\n")
+        part, rest, other = (
+            cri_line("a", 1, "stderr", "P"),
+            cri_line("b", 2, "stderr"),
+            cri_line("xx", 3, "stderr"),
+        )
+    else:
+        p = MultilineParser(DockerParser(), BUILTIN["python"])
+        first = docker_line(TB).rstrip(b"\n")
+        part, rest, other = (
+            docker_line("a", 1, "stderr", nl=False),
+            docker_line("b", 2, "stderr"),
+            docker_line("xx", 3, "stderr"),
+        )
+    p.origin = "f1"
+    opened = p.feed([first], 0)
+    block = [part.rstrip(b"\n"), rest.rstrip(b"\n"), other.rstrip(b"\n"), b""]
+    out = p.feed(block, len(first) + 1)
+    assert opened.logs == [] and (out.logs, out.malformed) == (["ab", "xx", ""], 1)
+    assert out.offsets == sorted(set(out.offsets))
+    frame = (cri_line if fmt == "cri" else docker_line)(FRAME, 4).rstrip(b"\n")
+    base = len(first) + 1 + sum(len(x) + 1 for x in block)
+    later = p.feed([frame], base)  # joins the record the empty line left open
+    flushed = p.flush("f1", base + len(frame) + 2, every=True)
+    assert later.logs == [] and flushed.logs == [f"{TB}\n{FRAME}"]
+    assert flushed.offsets[0] > out.offsets[-1]
