@@ -51,7 +51,7 @@ def create_on_inode(
     content: bytes,
     ino: int,
     *,
-    patience: float = 1.0,
+    patience: float = 5.0,
     each_probe: Callable[[int], object] | None = None,
 ) -> None:
     """Create ``path`` with ``content`` on inode ``ino``, just freed, as logrotate's ``create``
