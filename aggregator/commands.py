@@ -15,7 +15,13 @@ import sys
 from pathlib import Path
 
 from aggregator import logs
-from aggregator.config import ConfigError, add_serve_flags, load_settings
+from aggregator.config import (
+    ConfigError,
+    Settings,
+    add_serve_flags,
+    blame_warehouse,
+    load_settings,
+)
 from aggregator.decode import tune_gc
 from aggregator.envoy import FormatError
 from aggregator.memory import tune_memory
@@ -54,6 +60,7 @@ def serve(argv: list[str], drain: bool = False) -> int:
             file=sys.stderr,
         )
         return 2
+    settings: Settings | None = None
     try:
         settings = load_settings(args)
         if drain and not (Path(settings.buffer_dir) / "node-id").is_file():
@@ -66,7 +73,7 @@ def serve(argv: list[str], drain: bool = False) -> int:
         check_open_files_limit(0 if drain else settings.max_connections, MAX_METRICS_CONNECTIONS)
         aggregator = Aggregator(settings)
     except (ConfigError, WarehouseError, FormatError, OSError) as exc:
-        print(f"logq-aggregator: {exc}", file=sys.stderr)
+        print(f"logq-aggregator: {blame_warehouse(exc, args, settings)}", file=sys.stderr)
         return 2
     tune_gc()
     tune_memory()

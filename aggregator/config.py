@@ -1,8 +1,9 @@
 """Settings of ``logq-aggregator``: command-line flags, a TOML ``--config`` file, and defaults.
 
 Every flag is also a key of the TOML file (dashes or underscores, e.g. ``flush-interval = 5`` or
-``flush_interval = 5``), optionally under an ``[aggregator]`` table; a ``[shipper]`` table is the
-shipper's and skipped, so one file can serve both daemons (:func:`shipper.config.program_keys`).
+``flush_interval = 5``, but not both: two spellings of one setting are an error), optionally
+under an ``[aggregator]`` table; a ``[shipper]`` table is the shipper's and skipped, so one file
+can serve both daemons (:func:`shipper.config.file_keys`).
 Precedence: flag > config file > environment (``LOGQ_WAREHOUSE``) > default, as Fluent Bit and
 Vector users expect.
 """
@@ -11,16 +12,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import tomllib
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from aggregator.buffer import NODE_ID
 from aggregator.decode import BUFFER_COMPRESSIONS
+from aggregator.envoy import FormatError, compile_format
 from aggregator.server import MAX_INFLIGHT_BYTES
-from athena.warehouse import resolve_uri
-from shipper.config import blame_file, program_keys
+from athena.warehouse import WarehouseError, resolve_uri
+from shipper.config import blame_file, file_keys, file_prefix, read_config_file
+from shipper.config import file_setting_names as shipper_file_keys
 from shipper.errors import shown_value
 from shipper.wire import MAX_MESSAGE_ENTRIES
 
@@ -219,66 +220,93 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, default=None, **kwargs)
 
 
-def _read_toml(path: str) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--config {path}: not valid TOML: {exc}") from exc
-    except OSError as exc:  # a directory, no permission: compact let it out as a traceback
-        raise ConfigError(f"--config {path}: cannot read it: {exc.strerror or exc}") from None
-    return program_keys(data, "aggregator")  # the keys as written: errors quote them so
+#: ``--config`` keys (the canonical ones, as the flags spell them) whose :class:`Settings` field
+#: has another name; the field's name (``envoy_formats``, ``users``) is accepted as a key too.
+#: docs/operations.md ("Config files") lists both spellings.
+FILE_ALIASES = {"envoy_format": "envoy_formats", "user": "users"}
+_FILE_KEYS = {name: key for key, name in FILE_ALIASES.items()}
 
 
-#: Settings whose ``--config`` key is the flag's name, not the field's (both are accepted).
-_FILE_KEYS = {"envoy_formats": "envoy_format", "users": "user"}
+def _file_values(path: str) -> dict[str, tuple[str, Any]]:
+    """The ``--config`` file's settings by field name, each with the key as written."""
+    raw = read_config_file(path, ConfigError)
+    return file_keys(raw, path, "aggregator", FILE_ALIASES, ConfigError)
 
 
-def file_settings(path: str) -> dict[str, Any]:
-    """The settings of the ``--config`` file ``path``, by :class:`Settings` field name, checked:
-    an unknown key or a value of the wrong type is a :class:`ConfigError` naming the key and the
-    file. The aggregator and its ``compact`` and ``drain`` commands read the file through it (a
-    ``warehous = ...`` typo must not make ``compact`` work on ``$LOGQ_WAREHOUSE``)."""
+def _unknown_key(path: str, key: str, others: list[str]) -> ConfigError:
+    """The error for an unknown ``key``: a logq-shipper key (``state_dir``, ``aggregator``) in
+    a file both daemons read is said to belong under ``[shipper]``; else the keys there are."""
+    also = f" (also unknown: {', '.join(map(repr, others))})" if others else ""
+    if key.replace("-", "_") in shipper_file_keys():
+        return ConfigError(
+            f"{file_prefix(path, key)}a logq-shipper setting, not the aggregator's{also}; put it "
+            "under [shipper] in a file both read, or remove it"
+        )
+    keys = sorted({_FILE_KEYS.get(name, name) for name in (f.name for f in fields(Settings))})
+    return ConfigError(f"{file_prefix(path, key)}unknown key{also}; the keys are {keys}")
+
+
+def _checked_file(path: str) -> dict[str, tuple[str, Any]]:
+    """The settings of the ``--config`` file ``path``, by :class:`Settings` field name, each
+    with the key as the file spells it (for :func:`blame_file`), checked: an unknown key, two
+    spellings of one setting or a value of the wrong type is a :class:`ConfigError` naming the
+    key and the file. serve, ``compact`` and ``drain`` read the file through
+    :func:`load_settings` (a ``warehous = ...`` typo must not make ``compact`` work on
+    ``$LOGQ_WAREHOUSE``)."""
     known = {f.name: f for f in fields(Settings)}
-    aliases = {key: name for name, key in _FILE_KEYS.items()}
-    file_values: dict[str, Any] = {}
-    written: dict[str, str] = {}  # field name: the key as the file spells it (flush-interval)
-    for key, value in _read_toml(path).items():
-        name = key.replace("-", "_")
-        name = aliases.get(name, name)
-        file_values[name], written[name] = value, key
-    unknown = sorted(written[name] for name in file_values if name not in known)
+    values = _file_values(path)
+    unknown = sorted(key for name, (key, _) in values.items() if name not in known)
     if unknown:
-        # The keys as the README spells them: the flags --envoy-format and --user.
-        keys = sorted({_FILE_KEYS.get(name, name) for name in known})
-        raise ConfigError(f"--config {path}: unknown keys {unknown}; the keys are {keys}")
+        raise _unknown_key(path, unknown[0], unknown[1:])
     return {
-        name: _typed(path, written[name], known[name].type, value)
-        for name, value in file_values.items()
+        name: (key, _typed(path, key, known[name].type, value))
+        for name, (key, value) in values.items()
     }
 
 
-def load_settings(args: argparse.Namespace) -> Settings:
-    """Merge flags over the ``--config`` file over defaults, and check the result."""
+def load_settings(args: argparse.Namespace, partial: bool = False) -> Settings:
+    """Merge flags over the ``--config`` file over defaults, and check the result.
+
+    ``partial``: the caller takes few of serve's flags (``compact``: two). Each value is checked
+    as serve checks it, but not the settings that only hold together (``tls_cert`` with
+    ``tls_key``, ``user`` with ``shared_key``): serve may complete the file with its own flags
+    (``--tls-key``, ``--shared-key``), which such a caller cannot be given, and does not use."""
     known = {f.name: f for f in fields(Settings)}
     values: dict[str, Any] = {}
-    if getattr(args, "config", None) is not None and not args.config.strip():
-        raise ConfigError("--config is empty; pass the path of a TOML file or leave --config out")
-    if getattr(args, "config", None):
-        values.update(file_settings(args.config))
-    # The settings the file gives and no flag overrides, as their flags spell them (--user).
-    from_file = [_FILE_KEYS.get(k, k) for k in values if getattr(args, k, None) is None]
+    written: dict[str, str] = {}
+    if getattr(args, "config", None) is not None:
+        for name, (key, value) in _checked_file(args.config).items():
+            values[name], written[name] = value, key
+    # The settings the file gives and no flag overrides, as their flags spell them (--user),
+    # each with the key as the file spells it.
+    from_file = {
+        _FILE_KEYS.get(k, k): key for k, key in written.items() if getattr(args, k, None) is None
+    }
     for name in known:
         flag_value = getattr(args, name, None)
         if flag_value is not None:
             values[name] = flag_value
     settings = Settings(**values)
     try:
-        _check(settings)
+        _check(settings, partial)
     except ConfigError as exc:  # a file's value out of range: say where it was written
         raise ConfigError(blame_file(str(exc), args.config or "", from_file)) from None
     return settings
+
+
+def blame_warehouse(exc: Exception, args: argparse.Namespace, settings: Settings | None) -> str:
+    """The message of ``exc``; for a warehouse ``open_warehouse`` refused (``ftp://x``,
+    ``s3://``) that the ``--config`` file named (no ``--warehouse`` flag), led by ``--config
+    PATH: key 'warehouse':``. serve and ``compact`` open the warehouse once the settings are
+    checked, out of :func:`blame_file`'s sight, and must say alike where to fix it."""
+    config = getattr(args, "config", None)
+    from_file = (
+        isinstance(exc, WarehouseError)
+        and settings is not None
+        and settings.warehouse is not None
+        and getattr(args, "warehouse", None) is None
+    )
+    return file_prefix(config, "warehouse") + str(exc) if config and from_file else str(exc)
 
 
 def _typed(path: str, key: str, kind: Any, value: Any) -> Any:
@@ -304,7 +332,7 @@ def _typed(path: str, key: str, kind: Any, value: Any) -> Any:
         # A TOML "\u0000" reached os.mkdir & co. as a ValueError traceback (the shipper's rule).
         ok, want = False, "text without NUL characters (no path or name holds one)"
     if not ok:
-        raise ConfigError(f"--config {path}: {key} must be {want}, got {shown_value(key, value)}")
+        raise ConfigError(f"{file_prefix(path, key)}must be {want}, got {shown_value(key, value)}")
     return value
 
 
@@ -318,7 +346,7 @@ def _seconds(value: float, flag: str, zero_ok: bool = False) -> None:
         raise ConfigError(f"{flag} must be {more} seconds (a finite number), got {value}")
 
 
-def _check(s: Settings) -> None:
+def _check(s: Settings, partial: bool = False) -> None:
     # An empty value is an unset variable in a template: a --buffer-dir "" meant the current
     # directory.
     for name in ("buffer_dir", "tls_cert", "tls_key", "shared_key", "metrics_listen"):
@@ -364,13 +392,18 @@ def _check(s: Settings) -> None:
             f"buffer-compression must be one of {', '.join(BUFFER_COMPRESSIONS)}, "
             f"got {s.buffer_compression!r}"
         )
-    if bool(s.tls_cert) != bool(s.tls_key):
+    if not partial and bool(s.tls_cert) != bool(s.tls_key):
         raise ConfigError("TLS needs both --tls-cert and --tls-key")
     if isinstance(s.envoy_formats, str):
         s.envoy_formats = [s.envoy_formats]
+    for text in s.envoy_formats:
+        try:
+            compile_format(text)
+        except FormatError as exc:  # as a flag's error: blame_file then names the file's key
+            raise ConfigError(f"--envoy-format: {exc}") from None
     if isinstance(s.users, str):
         s.users = [s.users]
-    if s.users and not s.shared_key:
+    if not partial and s.users and not s.shared_key:
         raise ConfigError("--user needs --shared-key: user authentication is part of its handshake")
     user_map(s)
 
@@ -378,9 +411,15 @@ def _check(s: Settings) -> None:
 def user_map(s: Settings) -> dict[str, str]:
     """``--user`` values as ``{name: password}``; ConfigError for a value without a colon."""
     users: dict[str, str] = {}
-    for value in s.users:
+    for number, value in enumerate(s.users, 1):
         name, sep, password = str(value).partition(":")
         if not sep or not name or not password:
-            raise ConfigError(f"--user must be NAME:PASSWORD, got {str(value)[:40]!r}")
+            # Never the value: without its colon it may well be the password alone. Its place
+            # instead, so that the operator knows which of several to fix.
+            which = f"value {number} of {len(s.users)}" if len(s.users) > 1 else "the value given"
+            raise ConfigError(
+                f"--user must be NAME:PASSWORD (a name, a colon, a password); {which} is not "
+                "(it is not shown: it holds a password)"
+            )
         users[name] = password
     return users

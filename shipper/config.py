@@ -1,10 +1,11 @@
 """Settings of logq-shipper: command-line flags, an optional TOML file, and their defaults.
 
 Every flag is also a key of the ``--config`` TOML file (dashes or underscores both accepted, e.g.
-``max-line-bytes = 262144`` or ``aggregator = ["agg-1:24224", "agg-2:24224"]``), optionally under
-a ``[shipper]`` table. Flags given on the command line win over the file, the file wins over the
+``max-line-bytes = 262144`` or ``aggregator = ["agg-1:24224", "agg-2:24224"]``; two spellings of
+one setting are an error, see :func:`file_keys`), optionally under a ``[shipper]`` table. Flags
+given on the command line win over the file, the file wins over the
 defaults; this is what operators of Fluent Bit expect when they override one setting for a
-debugging run. One file can serve both daemons (:func:`program_keys`): each reads the top-level
+debugging run. One file can serve both daemons (:func:`file_keys`): each reads the top-level
 keys and its own table, and skips the other's.
 """
 
@@ -16,7 +17,6 @@ import os
 import re
 import socket
 import tomllib
-from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -307,69 +307,145 @@ _EXPECTED = {
 PROGRAM_TABLES = ("shipper", "aggregator")
 
 
-def program_keys(raw: dict[str, Any], program: str) -> dict[str, Any]:
+def file_prefix(path: str, key: str | None = None) -> str:
+    """``--config PATH: key 'x': ``, how every error about a ``--config`` file begins (both
+    daemons): the operator sees which file, and which key in it, to fix."""
+    return f"--config {path}: " + (f"key {key!r}: " if key is not None else "")
+
+
+#: A UTF-8 byte order mark: Windows editors (Notepad) save one; tomllib refuses it as
+#: "Invalid statement (at line 1, column 1)", which says nothing of the invisible cause.
+_BOM = b"\xef\xbb\xbf"
+
+
+def read_config_file(path: str, error: type[Exception]) -> dict[str, Any]:
+    """The parsed TOML file ``path`` of ``--config`` (both daemons read it here), else
+    ``error`` (the program's ConfigError) led by ``--config PATH:``, whatever the cause: an
+    empty path, no such file, a directory, no permission, not UTF-8, bad TOML (a NUL byte
+    included). A leading UTF-8 byte order mark is skipped; CRLF line ends are TOML's own."""
+    if not path.strip():
+        raise error("--config is empty; pass the path of a TOML file or leave --config out")
+    where = file_prefix(path)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise error(f"{where}no such file; check the path") from None
+    except IsADirectoryError:
+        raise error(f"{where}is a directory; pass the TOML file in it") from None
+    except (OSError, ValueError) as exc:  # no permission; ValueError: a NUL in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise error(f"{where}cannot read it: {reason}") from None
+    try:
+        text = data.removeprefix(_BOM).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # TOML is UTF-8 by definition; a Latin-1 or UTF-16 file fails here.
+        raise error(
+            f"{where}not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{where}not valid TOML: {exc}") from None
+
+
+def setting_name(key: str, aliases: dict[str, str]) -> str:
+    """The setting a ``--config`` key names: dashes read as underscores, then an alias (a
+    program's :data:`FILE_ALIASES`) read as the name it stands for."""
+    norm = key.replace("-", "_")
+    return aliases.get(norm, norm)
+
+
+def file_keys(
+    raw: dict[str, Any],
+    path: str,
+    program: str,
+    aliases: dict[str, str],
+    error: type[Exception],
+) -> dict[str, tuple[str, Any]]:
     """The keys of a parsed ``--config`` file that ``program`` (``shipper`` or ``aggregator``)
-    reads: the top-level ones, overridden by those of its own ``[program]`` table, without the
-    other daemon's table. So one file configures both daemons, with the keys both take (such
-    as ``shared_key``) at the top. Only a table is a program's: in the shipper,
-    ``aggregator = ["a:24224"]`` is its own setting, ``[aggregator]`` the aggregator's table."""
+    reads, by setting name (:func:`setting_name` of a key as written, with the program's
+    ``aliases``), each with the key as written and its value: the top-level keys,
+    overridden by those of its own ``[program]`` table, without the other daemon's table. So
+    one file configures both daemons, with the keys both take (such as ``shared_key``) at the
+    top. Only a table is a program's: in the shipper, ``aggregator = ["a:24224"]`` is its own
+    setting, ``[aggregator]`` the aggregator's table.
+
+    Two spellings of one setting in one table (``flush_interval`` and ``flush-interval``,
+    ``path`` and ``paths``) are an ``error``: the last one silently won, and the operator who
+    edited the first saw no effect. A key of the program's table over a top-level one is the
+    documented override, not a clash."""
     top = {k: v for k, v in raw.items() if not (k in PROGRAM_TABLES and isinstance(v, dict))}
+    named = _by_setting(top, path, aliases, error)
     own = raw.get(program)
-    return {**top, **own} if isinstance(own, dict) else top
+    if isinstance(own, dict):
+        named.update(_by_setting(own, path, aliases, error))
+    return named
 
 
-def blame_file(message: str, path: str, keys: Iterable[str]) -> str:
+def _by_setting(
+    table: dict[str, Any], path: str, aliases: dict[str, str], error: type[Exception]
+) -> dict[str, tuple[str, Any]]:
+    """One table's keys by setting name; an ``error`` for two spellings of one setting."""
+    out: dict[str, tuple[str, Any]] = {}
+    for key, value in table.items():
+        name = setting_name(key, aliases)
+        if name in out:
+            first = out[name][0]
+            raise error(
+                f"{file_prefix(path, key)}the same setting as key {first!r} ({name}); "
+                "keep one of them"
+            )
+        out[name] = (key, value)
+    return out
+
+
+def blame_file(message: str, path: str, keys: dict[str, str]) -> str:
     """``message``, a value refused once flags and file are merged (it names the setting as its
-    flag, ``--flush-interval``), led by ``--config PATH:`` when one of ``keys`` (the settings
-    whose value came from that file, not from a flag) is the one it names: else the operator
-    looks for a flag never given. Both daemons use it."""
+    flag, ``--flush-interval``), led by ``--config PATH: key 'x':`` when one of ``keys`` (the
+    settings whose value came from that file, not from a flag, each with the key as the file
+    spells it) is the one it names: else the operator looks for a flag never given. Both
+    daemons use it."""
     if message.startswith("--config "):
         return message
-    for key in keys:
-        name = re.escape(key.replace("_", "-"))
-        if re.search(rf"(?<![\w-])(?:--)?{name}(?![\w-])", message):
-            return f"--config {path}: {message}"
+    for name, written in keys.items():
+        pattern = re.escape(name.replace("_", "-"))
+        if re.search(rf"(?<![\w-])(?:--)?{pattern}(?![\w-])", message):
+            return file_prefix(path, written) + message
     return message
 
 
-def _load_toml(path: str) -> dict[str, Any]:
-    if not path.strip():
-        raise ConfigError("--config is empty; pass the path of a TOML file or leave --config out")
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    except UnicodeDecodeError as exc:
-        # TOML is UTF-8 by definition; a Latin-1 or UTF-16 file fails here, inside tomllib.
-        raise ConfigError(
-            f"config file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
-            "save it as UTF-8"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+#: Other spellings a shipper ``--config`` file accepts for a setting (besides dashes for
+#: underscores); docs/operations.md lists them.
+FILE_ALIASES = {"aggregators": "aggregator", "paths": "path"}
+
+
+def file_setting_names() -> frozenset[str]:
+    """The settings a shipper ``--config`` file takes, as field names (``state_dir``) and
+    aliases: the aggregator names them when one is given to it."""
+    return frozenset(set(_HELP) - {"config"} | set(FILE_ALIASES))
+
+
+def _load_toml(path: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The checked settings of the ``--config`` file ``path``, and each one's key as the file
+    spells it (for :func:`blame_file`)."""
+    raw = read_config_file(path, ConfigError)
     known = set(_HELP) - {"config"}
     out: dict[str, Any] = {}
-    for key, value in program_keys(raw, "shipper").items():
-        norm = key.replace("-", "_")
-        if norm == "aggregators":
-            norm = "aggregator"
-        elif norm == "paths":
-            norm = "path"
+    written: dict[str, str] = {}
+    for norm, (key, value) in file_keys(raw, path, "shipper", FILE_ALIASES, ConfigError).items():
         if norm not in known:
             raise ConfigError(
-                f"unknown key {key!r} in {path}; known keys: {', '.join(sorted(known))}"
+                f"{file_prefix(path, key)}unknown key (a logq-aggregator key goes under "
+                f"[aggregator]); the shipper's keys: {', '.join(sorted(known))}"
             )
         _check_type(path, key, _KINDS[norm], value)
         if norm in ("aggregator", "path", "exclude", "multiline") and isinstance(value, str):
             value = [value]
         if norm == "multiline":
             for text in value:  # checked here, where the message can name the file and key
-                parse_mapping(text, f"--config {path}: {key} =")
-        out[norm] = value
-    return out
+                parse_mapping(text, f"{file_prefix(path, key)}{key} =")
+        out[norm], written[norm] = value, key
+    return out, written
 
 
 def _check_type(path: str, key: str, kind: str, value: Any) -> None:
@@ -401,7 +477,7 @@ def _check_type(path: str, key: str, kind: str, value: Any) -> None:
         # A TOML "\u0000" would reach os.mkdir & co. as a ValueError traceback.
         ok, want = False, "text without NUL characters (no path or name holds one)"
     if not ok:
-        raise ConfigError(f"--config {path}: {key} must be {want}; got {shown_value(key, value)}")
+        raise ConfigError(f"{file_prefix(path, key)}must be {want}; got {shown_value(key, value)}")
 
 
 def _flag(m: dict[str, Any], key: str) -> bool:
@@ -443,9 +519,10 @@ def load_config(argv: list[str] | None = None) -> Config:
     """Parse flags (and the ``--config`` file they name) into a validated :class:`Config`."""
     args = vars(build_parser().parse_args(argv))
     merged: dict[str, Any] = {}
+    written: dict[str, str] = {}
     if args.get("config") is not None:
-        merged.update(_load_toml(args["config"]))
-    from_file = [k for k in merged if args.get(k) is None]
+        merged, written = _load_toml(args["config"])
+    from_file = {k: key for k, key in written.items() if args.get(k) is None}
     merged.update({k: v for k, v in args.items() if v is not None and k != "config"})
     try:
         return _to_config(merged)

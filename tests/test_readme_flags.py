@@ -7,6 +7,7 @@ an operator reading the README could not know they existed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 from pathlib import Path
 
@@ -41,3 +42,32 @@ def test_every_flag_is_in_the_readme(program: str) -> None:
         add_serve_flags(parser)
     assert help_flags(parser) - table_flags(program) == set()
     assert table_flags(program) - help_flags(parser) == set()
+
+
+OPERATIONS = README.parent / "docs" / "operations.md"
+
+
+def documented_keys(program: str) -> set[str]:
+    """The keys docs/operations.md lists for ``program`` in its "Config files" table."""
+    text = OPERATIONS.read_text(encoding="utf-8").split("### Config files", 1)[1]
+    row = next(ln for ln in text.splitlines() if ln.startswith(f"| `{program}` |"))
+    return set(re.findall(r"`([a-z_]+)`", row.split(" | ", 1)[1]))
+
+
+def test_every_config_key_and_alias_is_documented() -> None:
+    """The accepted spellings were undocumented: ``aggregators``, ``paths``, ``envoy_formats``
+    and ``users`` worked, and with a second spelling of a setting the last silently won."""
+    from aggregator import config as agg
+    from shipper import config as ship
+
+    shipper = {k.replace("-", "_") for k in ship.file_setting_names()} - set(ship.FILE_ALIASES)
+    assert documented_keys("logq-shipper") == shipper
+    aggregator = {flag[2:].replace("-", "_") for flag, _ in agg._FLAGS}
+    assert documented_keys("logq-aggregator") == aggregator
+    # What the loader takes (a Settings field without a flag would be a key too).
+    fields = {agg._FILE_KEYS.get(f.name, f.name) for f in dataclasses.fields(agg.Settings)}
+    assert documented_keys("logq-aggregator") == fields
+    section = OPERATIONS.read_text(encoding="utf-8").split("### Config files", 1)[1]
+    # The aggregator's canonical key is the flag's (envoy_format), its field the alias.
+    for alias, name in {**ship.FILE_ALIASES, **agg._FILE_KEYS}.items():
+        assert f"`{alias}` for `{name}`" in section

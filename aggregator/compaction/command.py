@@ -7,14 +7,13 @@ import math
 import sys
 import time
 from datetime import timedelta
-from typing import Any
 
 import pyarrow.fs as pafs
 
 from aggregator.compaction.grace import DEFAULT_GRACE, safe_grace
 from aggregator.compaction.listing import DEFAULT_LOOKBACK
 from aggregator.compaction.notes import PassNotes
-from aggregator.compaction.passes import DEFAULT_TARGET_BYTES, compact_warehouse
+from aggregator.compaction.passes import compact_warehouse
 from aggregator.ledger import Heartbeat, compaction_blocker, read_heartbeats
 from aggregator.storage import StorageError
 from athena.schema import TABLES
@@ -81,36 +80,9 @@ def _lookback(every: bool, hours: float | None) -> timedelta | None:
     return DEFAULT_LOOKBACK if hours is None else timedelta(hours=hours)
 
 
-def _file_settings(path: str | None) -> dict[str, Any]:
-    """The checked ``--config`` file (nothing without one); an empty ``--config ""`` (an unset
-    variable) is refused, as the aggregator and the shipper refuse it."""
-    from aggregator.config import ConfigError, file_settings
-
-    if path is None:
-        return {}
-    if not path.strip():
-        raise ConfigError("--config is empty; pass the path of a TOML file or leave --config out")
-    return file_settings(path)
-
-
-def _target_bytes(flag: int | None, conf: dict[str, Any], path: str | None) -> int:
-    """``--target-file-bytes`` over the file's ``target_file_bytes`` over the default, refused
-    unless positive as the aggregator refuses it (a 0 flag fell through to the file)."""
-    from aggregator.config import ConfigError
-
-    if flag is not None:
-        target, where = flag, "--target-file-bytes"
-    else:
-        target = conf.get("target_file_bytes", DEFAULT_TARGET_BYTES)
-        where = f"--config {path}: target_file_bytes"
-    if target <= 0:
-        raise ConfigError(f"{where} must be a positive number of bytes, got {target}")
-    return target
-
-
 def compact_main(argv: list[str]) -> int:
     """``logq-aggregator compact``: one compaction pass over the warehouse, then exit."""
-    from aggregator.config import ConfigError
+    from aggregator.config import ConfigError, Settings, blame_warehouse, load_settings
 
     parser = argparse.ArgumentParser(
         prog="logq-aggregator compact",
@@ -165,15 +137,20 @@ def compact_main(argv: list[str]) -> int:
     from aggregator import logs
 
     logs.setup("info")
+    settings: Settings | None = None
     try:
-        conf = _file_settings(args.config)
-        target = _target_bytes(args.target_file_bytes, conf, args.config)
-    except ConfigError as exc:  # a bad configuration, as for the aggregator: exit 2
-        print(f"logq-aggregator compact: {exc}", file=sys.stderr)
+        # The file checked as serve checks each value (a value out of range included), its
+        # two flags over it; the warehouse ($LOGQ_WAREHOUSE without either) opened here, as a
+        # usage error, not a failed pass.
+        given = {"warehouse": args.warehouse, "target_file_bytes": args.target_file_bytes}
+        conf = argparse.Namespace(config=args.config, **given)
+        settings = load_settings(conf, partial=True)
+        wh = open_warehouse(settings.warehouse)
+    except (ConfigError, WarehouseError) as exc:  # a bad configuration, as in serve: exit 2
+        print(f"logq-aggregator compact: {blame_warehouse(exc, conf, settings)}", file=sys.stderr)
         return 2
+    target = settings.target_file_bytes
     try:
-        # A flag given wins over the file even when it is empty (then refused), as in serve.
-        wh = open_warehouse(args.warehouse if args.warehouse is not None else conf.get("warehouse"))
         _check_exists(wh)
         beats = read_heartbeats(wh)
         now = time.time()

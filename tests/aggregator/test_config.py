@@ -72,9 +72,9 @@ def test_one_config_file_serves_both_daemons(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "argv", "message"),
     [
-        ("flush_intervall = 3\n", [], "unknown keys ['flush_intervall']"),
-        ('shipper = "a:24224"\n', [], "unknown keys ['shipper']"),  # not a table: a typo
-        ("[aggregator]\nstate_dir = 3\n", [], "unknown keys ['state_dir']"),
+        ("flush_intervall = 3\n", [], "key 'flush_intervall': unknown key"),
+        ('shipper = "a:24224"\n', [], "key 'shipper': unknown key"),  # not a table: a typo
+        ("[aggregator]\nstate_dir = 3\n", [], "key 'state_dir': a logq-shipper setting"),
         ("listen = [\n", [], "not valid TOML"),
         ("", ["--listen", "nohostport"], "HOST:PORT"),
         ("", ["--tls-cert", "c.pem"], "both --tls-cert and --tls-key"),
@@ -83,11 +83,11 @@ def test_one_config_file_serves_both_daemons(tmp_path: Path) -> None:
         ("", ["--user", "alice:pw"], "--user needs --shared-key"),
         ("", ["--shared-key", "k", "--user", "alice"], "--user must be NAME:PASSWORD"),
         ('user = ["bob:"]\n', ["--shared-key", "k"], "--user must be NAME:PASSWORD"),
-        ('flush_interval = "soon"\n', [], "flush_interval must be a number, got 'soon'"),
-        ("listen = 5\n", [], "listen must be a string, got 5"),
-        ("max_frame_bytes = inf\n", [], "max_frame_bytes must be a whole number, got inf"),
-        ("max-connections = true\n", [], "max-connections must be a whole number, got True"),
-        ("envoy_format = 5\n", [], "envoy_format must be a string or a list of strings"),
+        ('flush_interval = "soon"\n', [], "key 'flush_interval': must be a number, got 'soon'"),
+        ("listen = 5\n", [], "key 'listen': must be a string, got 5"),
+        ("max_frame_bytes = inf\n", [], "key 'max_frame_bytes': must be a whole number, got inf"),
+        ("max-connections = true\n", [], "key 'max-connections': must be a whole number, got True"),
+        ("envoy_format = 5\n", [], "key 'envoy_format': must be a string or a list of strings"),
         ("flush_interval = nan\n", [], "--flush-interval must be > 0 seconds"),
         ("", ["--idle-timeout", "-1"], "--idle-timeout must be > 0 seconds"),
         ("retry_max_interval = 0\n", [], "--retry-max-interval must be > 0 seconds"),
@@ -293,9 +293,9 @@ def test_the_listening_line_shows_both_families_ipv4_first() -> None:
 @pytest.mark.parametrize(
     ("toml", "said"),
     [
-        ('warehous = "/elsewhere"', "unknown keys ['warehous']"),
-        ('target_file_bytes = "big"', "target_file_bytes must be a whole number, got 'big'"),
-        ("warehouse = 5", "warehouse must be a string, got 5"),
+        ('warehous = "/elsewhere"', "key 'warehous': unknown key"),
+        ('target_file_bytes = "big"', "key 'target_file_bytes': must be a whole number, got 'big'"),
+        ("warehouse = 5", "key 'warehouse': must be a string, got 5"),
     ],
 )
 def test_compact_checks_its_config_file_as_the_aggregator_does(
@@ -333,9 +333,12 @@ def test_unknown_key_error_lists_the_keys_as_documented(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "said"),
     [
-        (["--config", "{tmp}"], "--config {tmp}: cannot read it: Is a directory"),
+        (["--config", "{tmp}"], "--config {tmp}: is a directory; pass the TOML file in it"),
         (["--config", " "], "--config is empty"),
-        (["--config", "{conf}"], "--config {conf}: target_file_bytes must be a positive number"),
+        (
+            ["--config", "{conf}"],
+            "--config {conf}: key 'target_file_bytes': --target-file-bytes must be",
+        ),
         (["--target-file-bytes", "-5"], "--target-file-bytes must be a positive number"),
         (["--config", "{conf}", "--target-file-bytes", "0"], "--target-file-bytes must be a"),
     ],
@@ -363,7 +366,7 @@ def test_compact_refuses_what_the_aggregator_refuses(
 
 def test_serve_names_a_config_file_it_cannot_read(tmp_path: Path) -> None:
     """A directory (or a file without read permission) said only ``[Errno 21] Is a directory``."""
-    with pytest.raises(ConfigError, match=rf"^--config {re.escape(str(tmp_path))}: cannot read"):
+    with pytest.raises(ConfigError, match=rf"^--config {re.escape(str(tmp_path))}: is a directory"):
         load_settings(argparse.Namespace(config=str(tmp_path)))
 
 
@@ -372,7 +375,10 @@ def test_a_value_out_of_range_in_the_file_names_the_file(tmp_path: Path) -> None
     operator looked for a flag never given. A flag's own bad value does not blame the file."""
     conf = tmp_path / "agg.toml"
     conf.write_text("flush_interval = -1\nlog_level = 'info'\n")
-    with pytest.raises(ConfigError, match=rf"^--config {re.escape(str(conf))}: --flush-interval "):
+    with pytest.raises(
+        ConfigError,
+        match=rf"^--config {re.escape(str(conf))}: key 'flush_interval': --flush-interval ",
+    ):
         load_settings(argparse.Namespace(config=str(conf)))
     with pytest.raises(ConfigError, match=r"^--flush-interval must be > 0"):
         load_settings(argparse.Namespace(config=str(conf), flush_interval=-2.0))
@@ -382,12 +388,15 @@ def test_a_value_out_of_range_in_the_file_names_the_file(tmp_path: Path) -> None
     ("toml", "said"),
     [
         # The key as written: the error said flush_interval, which grep does not find.
-        ('flush-interval = "5"', "flush-interval must be a number, got '5'"),
-        ("flush-intervall = 5", "unknown keys ['flush-intervall']"),
+        ('flush-interval = "5"', "key 'flush-interval': must be a number, got '5'"),
+        ("flush-intervall = 5", "key 'flush-intervall': unknown key"),
         # A NUL was a ValueError traceback (serve and compact): the shipper's rule.
-        ('warehouse = "/tmp/w\\u0000x"', "warehouse must be text without NUL characters"),
+        ('warehouse = "/tmp/w\\u0000x"', "key 'warehouse': must be text without NUL characters"),
         # Other users' passwords were printed to the logs.
-        ('user = ["alice:s3cret", 5]', "user must be a string or a list of strings, got a list"),
+        (
+            'user = ["alice:s3cret", 5]',
+            "key 'user': must be a string or a list of strings, got a list",
+        ),
     ],
 )
 def test_file_errors_quote_the_key_as_written_and_no_secret(
@@ -413,5 +422,157 @@ def test_compact_an_empty_warehouse_flag_is_not_replaced_by_the_file(
     conf.write_text(f"warehouse = {str(tmp_path / 'wh')!r}\n")
     assert compact_main(["--config", str(conf)]) == 0
     capsys.readouterr()
-    assert compact_main(["--config", str(conf), "--warehouse", ""]) == 1
+    assert compact_main(["--config", str(conf), "--warehouse", ""]) == 2
     assert "is empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("toml", "first", "second"),
+    [
+        ("flush_interval = 5\nflush-interval = 7", "flush_interval", "flush-interval"),
+        ('envoy_format = "%A%"\nenvoy_formats = ["%B%"]', "envoy_format", "envoy_formats"),
+        ('shared_key = "k"\nuser = ["a:b"]\nusers = ["c:d"]', "user", "users"),
+        ('[aggregator]\nlog-level = "info"\nlog_level = "debug"', "log-level", "log_level"),
+    ],
+)
+def test_two_spellings_of_one_setting_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], toml: str, first: str, second: str
+) -> None:
+    """The last of ``flush_interval = 5`` and ``flush-interval = 7`` silently won: the operator
+    who edited the other saw no effect. serve and compact refuse it (exit 2), naming both."""
+    from aggregator.compaction.command import compact_main
+
+    conf = tmp_path / "agg.toml"
+    conf.write_text(toml + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(argparse.Namespace(config=str(conf)))
+    said = f"--config {conf}: key {second!r}: the same setting as key {first!r}"
+    assert str(err.value).startswith(said) and "keep one of them" in str(err.value)
+    assert compact_main(["--config", str(conf)]) == 2
+    assert said in capsys.readouterr().err
+
+
+def test_a_table_key_over_a_top_level_one_is_no_clash(tmp_path: Path) -> None:
+    """``[aggregator]`` overriding a top-level key of a shared file is documented, not a
+    duplicate, whatever the spelling."""
+    conf = tmp_path / "agg.toml"
+    conf.write_text("flush_interval = 5\n[aggregator]\nflush-interval = 7\n")
+    assert parse(["--config", str(conf)]).flush_interval == 7
+
+
+@pytest.mark.parametrize(
+    ("argv", "toml"),
+    [
+        (["--shared-key", "k", "--user", "hunter2-is-my-password"], ""),
+        (["--shared-key", "k"], 'user = ["hunter2-is-my-password"]'),
+        (["--shared-key", "k"], 'user = ["fluent:pw", "hunter2-is-my-password"]'),
+        (["--shared-key", "k"], 'users = ":hunter2-is-my-password"'),
+    ],
+)
+def test_a_bad_user_value_is_not_echoed(tmp_path: Path, argv: list[str], toml: str) -> None:
+    """``--user must be NAME:PASSWORD, got 'hunter2-is-my-pass...'``: a value without its colon
+    is likely the password alone, and stderr ends up in the journal and the pod's logs."""
+    conf = tmp_path / "agg.toml"
+    conf.write_text(toml + "\n")
+    with pytest.raises(ConfigError, match="--user must be NAME:PASSWORD") as err:
+        parse(["--config", str(conf), *argv])
+    assert "hunter2" not in str(err.value)
+    if "," in toml:  # which of several is at fault, since it cannot be shown
+        assert "value 2 of 2 is not" in str(err.value)
+    if toml:
+        assert str(err.value).startswith(f"--config {conf}: key ")
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"flush_interval = 5\x00\n", "not valid TOML"),
+        (b"\xff\xfef\x00", "not UTF-8 text"),
+        (b"listen = [\n", "not valid TOML"),
+    ],
+)
+def test_a_file_that_cannot_be_parsed_is_named(tmp_path: Path, content: bytes, said: str) -> None:
+    conf = tmp_path / "agg.toml"
+    conf.write_bytes(content)
+    with pytest.raises(ConfigError, match=rf"^--config {re.escape(str(conf))}: {said}"):
+        parse(["--config", str(conf)])
+
+
+def test_a_byte_order_mark_and_crlf_line_ends_are_read(tmp_path: Path) -> None:
+    """Notepad saves UTF-8 with a byte order mark and CRLF: tomllib refused the mark as
+    "Invalid statement (at line 1, column 1)", which says nothing of the invisible cause."""
+    conf = tmp_path / "agg.toml"
+    conf.write_bytes(b'\xef\xbb\xbfflush_interval = 5\r\nlisten = "127.0.0.1:24300"\r\n')
+    settings = parse(["--config", str(conf)])
+    assert (settings.flush_interval, settings.listen) == (5, "127.0.0.1:24300")
+
+
+@pytest.mark.parametrize(
+    ("argv", "toml", "said"),
+    [
+        ([], 'warehouse = ""', "--config {conf}: key 'warehouse': --warehouse is empty"),
+        ([], 'warehouse = "ftp://x/y"', "--config {conf}: key 'warehouse': unsupported"),
+        (["--warehouse", "s3://"], "", "'s3://' names no bucket"),
+        ([], "flush_interval = -1", "--config {conf}: key 'flush_interval': --flush-interval"),
+        ([], 'shared_key = "k"\nuser = "pw"', "--config {conf}: key 'user': --user must be"),
+        # serve said only "format '%A' lacks ...": neither the file nor the key.
+        ([], 'envoy_formats = ["%A"]', "--config {conf}: key 'envoy_formats': --envoy-format: "),
+    ],
+)
+def test_compact_exits_2_on_a_warehouse_that_serve_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], toml: str, said: str
+) -> None:
+    """serve exits 2 on these (a usage error); compact exited 1, as for a failed pass, or
+    (a value out of range) took the file and failed later on a missing warehouse (exit 1)."""
+    from aggregator.compaction.command import compact_main
+
+    conf = tmp_path / "agg.toml"
+    conf.write_text(toml + "\n")
+    assert compact_main(["--config", str(conf), *argv]) == 2
+    assert f"logq-aggregator compact: {said.format(conf=conf)}" in capsys.readouterr().err
+    assert main(["--config", str(conf), "--buffer-dir", str(tmp_path / "b"), *argv]) == 2
+    # serve names the file's key alike (a file's warehouse was not blamed on the file).
+    assert f"logq-aggregator: {said.format(conf=conf)}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("toml", "serve_flags"),
+    [
+        ('tls_cert = "c.pem"', ["--tls-key", "k.pem"]),
+        ('user = ["fluent:pw"]', ["--shared-key", "k"]),
+    ],
+)
+def test_compact_takes_a_file_that_serve_completes_with_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], toml: str, serve_flags: list[str]
+) -> None:
+    """compact has no --tls-key or --shared-key: a file whose ``tls_cert`` or ``user`` serve
+    completes with its flags was refused (exit 2, "TLS needs both"), though compact uses
+    neither. Each value is still checked (see the test above)."""
+    from aggregator.compaction.command import compact_main
+
+    (tmp_path / "wh").mkdir()
+    conf = tmp_path / "agg.toml"
+    conf.write_text(f"warehouse = {str(tmp_path / 'wh')!r}\n{toml}\n")
+    assert compact_main(["--config", str(conf)]) == 0, capsys.readouterr().err
+    assert parse(["--config", str(conf), *serve_flags]).warehouse == str(tmp_path / "wh")
+    with pytest.raises(ConfigError):  # serve itself still wants the pair
+        parse(["--config", str(conf)])
+
+
+def test_compact_takes_the_warehouses_serve_takes_from_the_file(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    s3_warehouse: str,
+) -> None:
+    """compact now opens the file's warehouse among its usage checks (exit 2): an S3 URI and a
+    directory relative to the working directory, as serve reads them, must still be compacted."""
+    from aggregator.compaction.command import compact_main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rel" / "wh").mkdir(parents=True)
+    for warehouse in ("rel/wh", "./rel/wh/", s3_warehouse, s3_warehouse + "/"):
+        conf = tmp_path / "agg.toml"
+        conf.write_text(f"[aggregator]\nwarehouse = {warehouse!r}\n")
+        assert compact_main(["--config", str(conf)]) == 0, capsys.readouterr().err
+        assert "compacted 0 files" in capsys.readouterr().err

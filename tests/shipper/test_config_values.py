@@ -89,7 +89,7 @@ def test_toml_values_of_the_wrong_type_are_refused(
     """Before the fix: TypeError/OverflowError tracebacks, or a float/bool read as an int."""
     conf = toml(tmp_path, line)
     err = refused(["--config", conf, "--once"], capsys)
-    assert f"--config {conf}: {key} must be " in err and err.rstrip().endswith(shown)
+    assert f"--config {conf}: key {key!r}: must be " in err and err.rstrip().endswith(shown)
 
 
 def test_every_key_has_a_type_check() -> None:
@@ -125,9 +125,9 @@ def test_keys_under_a_shipper_table(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert (cfg.shared_key, cfg.log_level, cfg.batch_lines) == ("k", "warning", 9)
     # The shipper's table holds shipper keys only, and is checked like the top level.
     err = refused(["--config", toml(tmp_path, "[shipper]\nflush_interval = 3"), "--once"], capsys)
-    assert "unknown key 'flush_interval'" in err
+    assert "key 'flush_interval': unknown key" in err
     err = refused(["--config", toml(tmp_path, '[shipper]\nbatch_lines = "7"'), "--once"], capsys)
-    assert "batch_lines must be a whole number" in err
+    assert "key 'batch_lines': must be a whole number" in err
 
 
 def test_log_level_key_is_checked_like_the_flag(
@@ -144,7 +144,7 @@ def test_compress_is_none_gzip_or_a_boolean(
 ) -> None:
     """Before the fix ``compress = 1`` compared equal to True and meant gzip."""
     err = refused(["--config", toml(tmp_path, f"compress = {value}")], capsys)
-    assert "compress must be 'none' or 'gzip'" in err
+    assert "key 'compress': must be 'none' or 'gzip'" in err
     assert load_config(["--config", toml(tmp_path, "compress = false")]).compress is False
     assert load_config(["--config", toml(tmp_path, 'compress = "gzip"')]).compress is True
 
@@ -356,3 +356,62 @@ def test_other_timeouts_and_resets_keep_their_own_words() -> None:
     reset = ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
     assert describe_error(reset) == "connection reset by peer"
     assert describe_error(ConnectionResetError("Connection lost")) == "Connection lost"
+
+
+@pytest.mark.parametrize(
+    ("text", "first", "second"),
+    [
+        ('aggregator = "a:1"\naggregators = ["b:2"]', "aggregator", "aggregators"),
+        ('paths = ["/x/*.log"]\npath = "/y/*.log"', "paths", "path"),
+        ("batch_lines = 7\nbatch-lines = 9", "batch_lines", "batch-lines"),
+        (
+            "[shipper]\nmax-line-bytes = 2048\nmax_line_bytes = 4096",
+            "max-line-bytes",
+            "max_line_bytes",
+        ),
+    ],
+)
+def test_two_spellings_of_one_setting_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, first: str, second: str
+) -> None:
+    """The last of ``aggregator = ...`` and ``aggregators = ...`` silently won."""
+    conf = toml(tmp_path, text)
+    err = refused(["--config", conf], capsys)
+    assert f"--config {conf}: key {second!r}: the same setting as key {first!r}" in err
+    assert "keep one of them" in err
+
+
+def test_a_byte_order_mark_and_crlf_line_ends_are_read(tmp_path: Path) -> None:
+    """Notepad's UTF-8 with a byte order mark was "not valid TOML: Invalid statement (at line
+    1, column 1)"."""
+    conf = tmp_path / "shipper.toml"
+    conf.write_bytes(b'\xef\xbb\xbfbatch_lines = 7\r\naggregator = "a:1"\r\n')
+    cfg = load_config(["--config", str(conf)])
+    assert (cfg.batch_lines, cfg.aggregators) == (7, (Endpoint("a", 1),))
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"batch_lines = 7\x00\n", "not valid TOML"),
+        (b"batch_lines = [\n", "not valid TOML"),
+        (b"", None),
+    ],
+)
+def test_every_file_error_names_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, said: str | None
+) -> None:
+    conf = tmp_path / "shipper.toml"
+    conf.write_bytes(content)
+    if said is None:  # an empty file: the defaults
+        assert load_config(["--config", str(conf)]).batch_lines == 2048
+        return
+    assert refused(["--config", str(conf)], capsys).startswith(
+        f"logq-shipper: --config {conf}: {said}"
+    )
+    assert refused(["--config", str(tmp_path)], capsys).startswith(
+        f"logq-shipper: --config {tmp_path}: is a directory"
+    )
+    assert refused(["--config", str(tmp_path / "no")], capsys).startswith(
+        f"logq-shipper: --config {tmp_path / 'no'}: no such file"
+    )

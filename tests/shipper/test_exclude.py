@@ -209,7 +209,7 @@ def test_an_empty_pattern_is_refused(
         conf = tmp_path / "shipper.toml"
         conf.write_text(toml + "\n")
         argv = ["--config", str(conf)]
-        where = f"--config {conf}: "
+        where = f"--config {conf}: key 'exclude': "
     assert main([*argv, "--state-dir", str(tmp_path / "state")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"logq-shipper: {where}--exclude is empty") and err.count("\n") == 1

@@ -68,7 +68,7 @@ def test_bad_flag_values_are_refused_with_what_is_allowed(value: str, says: str)
 def test_a_bad_toml_value_is_refused(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("multiline = 3\n")
-    with pytest.raises(ConfigError, match="multiline must be a string or a list of strings"):
+    with pytest.raises(ConfigError, match="key 'multiline': must be a string or a list of strings"):
         load_config(["--config", str(cfg)])
 
 
@@ -78,8 +78,8 @@ def test_a_bad_toml_mapping_names_the_file_and_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(["--config", str(cfg)])
     assert str(err.value) == (
-        f"--config {cfg}: multiline = 'api=ruby': unknown parser 'ruby'; use one of java, "
-        "python, go (or label a container logq.multiline=none to keep it out)"
+        f"--config {cfg}: key 'multiline': multiline = 'api=ruby': unknown parser 'ruby'; "
+        "use one of java, python, go (or label a container logq.multiline=none to keep it out)"
     )
 
 
