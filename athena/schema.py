@@ -107,7 +107,7 @@ CONTAINER_LOGS = Table(
     comment="One row per container output line that is not an Envoy access-log line",
     columns=(
         *_COMMON_HEAD,
-        _c("stream", pa.string(), "string", "stdout or stderr"),
+        _c("stream", pa.string(), "string", "stdout or stderr; NULL when the sender named neither"),
         _c("message", pa.string(), "string", "the line, without its trailing newline"),
     ),
 )
