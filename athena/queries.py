@@ -322,7 +322,8 @@ def _transpile(sql: str, params: dict[str, Any], adhoc: bool = False) -> tuple[s
     finally:
         _ADHOC.reset(adhoc_token)
     if adhoc:
-        athena_column_names(tree)
+        tree = _values_as_select(tree)
+        athena_column_names(tree, unnamed_marker(sql))
     used = {p.name for p in tree.find_all(sqlglot.exp.Placeholder)}
     return tree.sql(dialect="duckdb", pretty=True), {k: v for k, v in flat.items() if k in used}
 
@@ -330,18 +331,50 @@ def _transpile(sql: str, params: dict[str, Any], adhoc: bool = False) -> tuple[s
 #: The alias the local engine gives a column Athena names by a position only known once the
 #: statement runs: one after a ``*`` in the select list, or one a ``*`` reads from a subquery or
 #: a ``WITH`` query (DuckDB makes repeats unique: ``_col?_1``). :func:`athena_column_name` turns
-#: it into ``_col`` and the result position.
+#: it into ``_col`` and the result position. A statement that itself says ``_col?`` gets a
+#: longer marker (:func:`unnamed_marker`), so a name the user wrote is never taken for it.
 UNNAMED = "_col?"
-_UNNAMED_NAME = re.compile(r"_col\?(?:_\d+)?")
 
 
-def athena_column_name(name: str, position: int) -> str:
+def unnamed_marker(sql: str) -> str:
+    """The marker for the unnamed columns of ``sql``: :data:`UNNAMED` with as many more ``?``
+    as it takes not to occur anywhere in the statement (any case: DuckDB compares names
+    without case when it makes repeats unique), so no alias, column or literal can match it."""
+    marker = UNNAMED
+    while marker.lower() in sql.lower():
+        marker += "?"
+    return marker
+
+
+def athena_column_name(name: str, position: int, marker: str = UNNAMED) -> str:
     """A result column's name as Athena gives it: ``name``, or ``_col<position>`` for a column
-    :func:`athena_column_names` marked :data:`UNNAMED`."""
-    return f"_col{position}" if _UNNAMED_NAME.fullmatch(name) else name
+    :func:`athena_column_names` marked with ``marker`` (:func:`unnamed_marker` of the same
+    statement; a repeat DuckDB made unique carries ``_<n>`` after it, once per level of
+    subquery that repeated it: ``_col?_1_1``)."""
+    return f"_col{position}" if re.fullmatch(_marked(marker), name) else name
 
 
-def athena_column_names(tree: Any) -> None:
+def _marked(marker: str) -> str:
+    """The pattern of a name marked with ``marker``: DuckDB adds ``_<n>`` to repeats."""
+    return re.escape(marker) + r"(?:_\d+)*"
+
+
+def unnamed_in_message(message: str, marker: str) -> str:
+    """DuckDB's ``message`` with the names the local engine gave columns that have none
+    (``"_col?_0"``: ``marker`` of the statement, :func:`unnamed_marker`) shown as ``(no name)``,
+    and how to give them one: the statement cannot refer to them, on Athena either (Trino:
+    "Column 'col0' cannot be resolved"), and the markers are no names a user could write."""
+    named = re.compile(f'"{_marked(marker)}"')
+    if not named.search(message):
+        return message
+    return (
+        named.sub("(no name)", message) + "; a column of a VALUES list, or an expression "
+        "with no alias in a subquery, has no name to refer to (on Athena either): name it, "
+        "(VALUES (1, 2)) AS t(a, b) or SELECT ... AS a"
+    )
+
+
+def athena_column_names(tree: Any, marker: str = UNNAMED) -> None:
     """Name the unnamed result columns of a query as Athena (Trino) does, in place: ``_col``
     and the column's position from 0, counting every column, a ``*``'s too (Trino's
     ``LogicalPlanner.createOutputPlan``: a field with no name is ``"_col" + columnNumber``),
@@ -349,9 +382,12 @@ def athena_column_names(tree: Any) -> None:
     its name and an alias wins, on both engines. A set operation's names are its first
     query's. Where the position depends on the tables' columns (after a ``*``), or a ``*``
     reads a subquery's unnamed column (which has no name on Trino either), the alias is
-    :data:`UNNAMED` and the local engine names the column by its position in the result."""
+    ``marker`` (:func:`unnamed_marker`) and the local engine names the column by its position
+    in the result."""
     from sqlglot import exp
 
+    _name_values_columns(tree, marker)
+    _name_row_fields(tree)
     top = _first_query(tree)
     if top is None:
         return
@@ -362,7 +398,7 @@ def athena_column_names(tree: Any) -> None:
         ):
             after_star = True
         elif not _named(item):
-            name = UNNAMED if after_star else f"_col{position}"
+            name = marker if after_star else f"_col{position}"
             item.replace(exp.alias_(item.copy(), name, quoted=True))
     for select in list(tree.find_all(exp.Select)):
         if select is top:
@@ -372,7 +408,64 @@ def athena_column_names(tree: Any) -> None:
                 isinstance(item, exp.Column) and isinstance(item.this, exp.Star)
             )
             if not star and not _named(item):
-                item.replace(exp.alias_(item.copy(), UNNAMED, quoted=True))
+                item.replace(exp.alias_(item.copy(), marker, quoted=True))
+
+
+def _name_values_columns(tree: Any, marker: str) -> None:
+    """Mark the columns of a ``VALUES`` list read as a table without column names (``FROM
+    (VALUES (1, 2)) [AS t]``): Trino's fields have no name there, so a ``*`` gives ``_col`` and
+    the position, where DuckDB says ``col0``, ``col1``. Each gets ``marker`` and its index, and
+    a list with no alias gets one from ``marker`` too (DuckDB needs it to name columns; Trino
+    cannot refer to such a list by name, so no statement can clash with it)."""
+    from sqlglot import exp
+
+    lists = [v for v in tree.find_all(exp.Values) if isinstance(v.parent, exp.From | exp.Join)]
+    for n, values in enumerate(lists):
+        alias = values.args.get("alias")
+        first = values.expressions[0] if values.expressions else None
+        if (alias is not None and alias.columns) or first is None:
+            continue
+        width = len(first.expressions) if isinstance(first, exp.Tuple) else 1
+        name = alias.this if alias is not None else exp.to_identifier(f"{marker}v{n}", quoted=True)
+        columns = [exp.to_identifier(f"{marker}_{i}", quoted=True) for i in range(width)]
+        values.set("alias", exp.TableAlias(this=name, columns=columns))
+
+
+def _values_as_select(tree: Any) -> Any:
+    """A statement that is a bare ``VALUES`` list as ``SELECT * FROM (VALUES ...)``, its ORDER
+    BY, LIMIT and OFFSET moved to the SELECT: its columns then get Athena's names
+    (:func:`_name_values_columns`: ``_col0``, ``_col1``), where DuckDB's are ``col0``,
+    ``col1``. Any other statement as it is."""
+    from sqlglot import exp
+
+    if not isinstance(tree, exp.Values):
+        return tree
+    select = exp.Select(expressions=[exp.Star()])
+    for clause in ("order", "limit", "offset"):
+        select.set(clause, tree.args.get(clause))
+        tree.set(clause, None)
+    return select.from_(tree, copy=False)
+
+
+def _name_row_fields(tree: Any) -> None:
+    """Name the fields of a ``ROW(...)`` value as Athena shows them: ``field0``, ``field1``
+    (``{field0=1, field1=2}``), where sqlglot's DuckDB struct says ``_0``, ``_1``. A ROW
+    inside a CAST (in the same SELECT: nested in another ROW, an ARRAY, a MAP, a CASE) is left
+    alone: the cast names its fields, and sqlglot writes such a ROW as DuckDB's unnamed
+    ``ROW(...)``, which casts by position; named fields would have to match the target's names
+    (DuckDB: "STRUCT to STRUCT cast must have at least one matching member")."""
+    from sqlglot import exp
+
+    for row in list(tree.find_all(exp.Struct)):
+        if isinstance(row.find_ancestor(exp.Cast, exp.Select), exp.Cast) or any(
+            isinstance(e, exp.PropertyEQ | exp.Alias | exp.Slice) for e in row.expressions
+        ):
+            continue
+        named = [
+            exp.PropertyEQ(this=exp.to_identifier(f"field{i}"), expression=e)
+            for i, e in enumerate(row.expressions)
+        ]
+        row.set("expressions", named)
 
 
 def _first_query(tree: Any) -> Any:

@@ -17,18 +17,20 @@ from datetime import UTC, datetime, timedelta
 DT_FORMAT = "%Y-%m-%d-%H"
 
 #: One amount and its unit; longer spellings first, so that ``30mins`` is not read as ``30m``.
+#: Every pattern is ASCII-only: ``\d`` would also take other scripts' digits (``١h``,
+#: fullwidth ``１h``), which int() reads as numbers, so a value no one meant to type passed.
 _PART = r"(\d+)\s*(seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h|days?|d|weeks?|wks?|w)\s*"
 #: A duration: one part (``15m``) or several, largest unit first by habit (``1h30m``, ``2d12h``).
-_RELATIVE = re.compile(rf"^\s*(?:{_PART})+$", re.IGNORECASE)
-_PARTS = re.compile(_PART, re.IGNORECASE)
+_RELATIVE = re.compile(rf"^\s*(?:{_PART})+$", re.IGNORECASE | re.ASCII)
+_PARTS = re.compile(_PART, re.IGNORECASE | re.ASCII)
 #: The forms a duration takes, for error texts.
 DURATION_FORMS = "a number and a unit: 30s, 15m, 1h, 2d, 1w, or several together: 1h30m, 2d12h"
 #: Digits of the largest amount read (leading zeros aside): 10**15 s is beyond the year 9999.
 _MAX_DIGITS = 15
 #: Seconds per unit, keyed by the unit's first letter.
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_INTERVAL = re.compile(r"^\s*(?:\d+\s*[smhd]\s*)+$", re.IGNORECASE)
-_INTERVAL_PARTS = re.compile(r"(\d+)\s*([smhd])", re.IGNORECASE)
+_INTERVAL = re.compile(r"^\s*(?:\d+\s*[smhd]\s*)+$", re.IGNORECASE | re.ASCII)
+_INTERVAL_PARTS = re.compile(r"(\d+)\s*([smhd])", re.IGNORECASE | re.ASCII)
 #: ``1M`` is a month in Grafana's time picker (and Java's, Elasticsearch's date maths), a minute
 #: to a case-blind parser. Refused rather than guessed: a month read as a minute answers another
 #: question with no sign of it.
@@ -166,8 +168,10 @@ class TimeRange:
         milliseconds neither takes in nor leaves out the row at the earlier one.
         """
         now = (now or datetime.now(UTC)).astimezone(UTC)
-        end = parse_time(until, now) if until else now
-        if since:
+        # An empty value given (``--since ""``, a shell variable left unset) is refused by
+        # parse_time rather than read as "not given": that would answer another range.
+        end = parse_time(until, now) if until is not None else now
+        if since is not None:
             start = parse_time(since, now)
         elif open_start:
             start = EPOCH

@@ -94,8 +94,12 @@ ATHENA_ONLY: dict[str, str] = {
     # SQL spells under other names: its error named a function the user never wrote
     # (split_to_map -> "str_to_map does not exist").
     "from_base": "",
+    # Trino numbers the buckets from bound1 either way: with bound1 > bound2 the first
+    # bucket is the highest values (MathFunctions.widthBucket: n + 1 - the ascending one).
     "width_bucket": "CASE WHEN x < lo THEN 0 WHEN x >= hi THEN n + 1 ELSE "
-    "CAST(floor((x - lo) * n / CAST(hi - lo AS double)) AS bigint) + 1 END (for lo < hi)",
+    "CAST(floor((x - lo) * n / CAST(hi - lo AS double)) AS bigint) + 1 END when lo < hi, or "
+    "CASE WHEN x >= lo THEN 0 WHEN x < hi THEN n + 1 ELSE "
+    "n - CAST(floor((x - hi) * n / CAST(lo - hi AS double)) AS bigint) END when lo > hi",
     "soundex": "",
     "split_to_map": "",
     "map_agg": "",

@@ -412,7 +412,8 @@ class _Rows:
         self.rows: list[Row] = []
         self.engine = "local"
         self.header_done = False
+        #: The Markdown table's layout (``cli.output.MarkdownLayout``), set by the first rows.
+        self.markdown: Any = None
 
     def close(self, interrupted: bool = False) -> None:
-        """Nothing to stop: the rows are all here (markdown goes through
-        :func:`cli.runner.show`, which closes the result it shows)."""
+        """Nothing to stop: the rows are all here."""

@@ -264,39 +264,56 @@ def to_markdown(columns: Sequence[str], rows: Rows) -> str:
 
 
 def markdown_pieces(columns: Sequence[str], batches: Iterable[Rows]) -> Iterator[str]:
-    """:func:`to_markdown`'s text a batch of rows at a time. The first batch sets the layout:
-    numeric columns right-aligned (``---:``) and every cell padded to the widest of its column,
-    since the header and the alignment row come before any row. For a streamed result that is
-    its first window (thousands of rows): a wider value after it makes its line stick out, and
-    the table stays valid Markdown (padding is only for people reading the text itself)."""
+    """:func:`to_markdown`'s text a batch of rows at a time. The first batch sets the layout
+    (:class:`MarkdownLayout`); the header and the alignment row come with it."""
     batches = iter(batches)
     first = next(batches, [])
-    numeric = [_is_numeric_column(first, i) for i in range(len(columns))]
-    titles = [_md_text(c) for c in columns]
-    first_cells = [[_md_cell(v) for v in row] for row in first]
-    widths = [
-        max(3, _width(titles[i]), *(_width(row[i]) for row in first_cells))
-        for i in range(len(columns))
-    ]
+    layout = MarkdownLayout(columns, first)
+    yield layout.header()
+    if first:
+        yield layout.lines(first)
+    for batch in batches:
+        if batch:
+            yield layout.lines(batch)
 
-    def line(cells: Sequence[str]) -> str:
+
+class MarkdownLayout:
+    """A Markdown table's layout, set by its first rows: numeric columns right-aligned
+    (``---:``) and every cell padded to the widest of its column, since the header and the
+    alignment row come before any row. For a streamed result that is its first window
+    (thousands of rows), for ``tail -F`` its first answer: a wider value after it makes its
+    line stick out, and the table stays valid Markdown (padding is only for people reading
+    the text itself). Kept so that later rows join the same table, without a header again."""
+
+    def __init__(self, columns: Sequence[str], first: Rows) -> None:
+        self.numeric = [_is_numeric_column(first, i) for i in range(len(columns))]
+        self.titles = [_md_text(c) for c in columns]
+        first_cells = [[_md_cell(v) for v in row] for row in first]
+        self.widths = [
+            max(3, _width(self.titles[i]), *(_width(row[i]) for row in first_cells))
+            for i in range(len(columns))
+        ]
+
+    def header(self) -> str:
+        """The column names and the alignment row."""
+        rule = (
+            "-" * (w - 1) + ":" if right else "-" * w
+            for w, right in zip(self.widths, self.numeric, strict=True)
+        )
+        return self._line(self.titles) + "| " + " | ".join(rule) + " |\n"
+
+    def lines(self, rows: Rows) -> str:
+        """The table lines of ``rows``."""
+        return "".join(self._line([_md_cell(v) for v in row]) for row in rows)
+
+    def _line(self, cells: Sequence[str]) -> str:
         padded = (
             (c.rjust(w) if right else c.ljust(w))  # ASCII, nearly every cell: in C
             if c.isascii()
             else (" " * (w - _width(c)) + c if right else c + " " * (w - _width(c)))
-            for c, w, right in zip(cells, widths, numeric, strict=True)
+            for c, w, right in zip(cells, self.widths, self.numeric, strict=True)
         )
         return "| " + " | ".join(padded) + " |\n"
-
-    rule = (
-        "-" * (w - 1) + ":" if right else "-" * w for w, right in zip(widths, numeric, strict=True)
-    )
-    yield line(titles) + "| " + " | ".join(rule) + " |\n"
-    if first_cells:
-        yield "".join(line(cells) for cells in first_cells)
-    for batch in batches:
-        if batch:
-            yield "".join(line([_md_cell(v) for v in row]) for row in batch)
 
 
 # --- the human table ---------------------------------------------------------------------------

@@ -304,11 +304,14 @@ class AthenaEngine:
                     "workgroup's BytesScannedCutoffPerQuery is a hard limit)\n"
                 )
             columns = [d[0] for d in (result_set.description or [])]
+            fetched_from = _typed_nested(result_set, sql)
             if stream:
-                rows, more = _first_window(result_set, max_rows, lambda: _close(cursor, conn))
+                rows, more = _first_window(fetched_from, max_rows, lambda: _close(cursor, conn))
             else:
                 fetched = (
-                    result_set.fetchall() if max_rows is None else result_set.fetchmany(max_rows)
+                    fetched_from.fetchall()
+                    if max_rows is None
+                    else fetched_from.fetchmany(max_rows)
                 )
                 rows = [tuple(r) for r in fetched]
             return QueryResult(
@@ -366,6 +369,48 @@ class AthenaEngine:
                 "and service in WHERE)"
             )
         return ""
+
+
+def _typed_nested(result_set: Any, sql: str) -> Any:
+    """``result_set``, its ARRAY, MAP and ROW values typed as the statement declares them
+    (:mod:`athena.nested_types`: Athena's metadata says only ``array``, and pyathena reads
+    ``{a=1}`` as ``{'a': '1'}``); unchanged when no column is nested or the types are not
+    known. Scalars are typed by pyathena from the metadata already."""
+    from athena.nested_types import NESTED_KINDS, declared_types
+
+    kinds = [str(d[1]).lower() for d in (result_set.description or [])]
+    if not NESTED_KINDS.intersection(kinds):
+        return result_set
+    types = declared_types(sql)
+    if types is None or len(types) != len(kinds):
+        return result_set
+    chosen = {i: t for i, (k, t) in enumerate(zip(kinds, types, strict=True)) if k in NESTED_KINDS}
+    return _TypedRows(result_set, chosen)
+
+
+class _TypedRows:
+    """A finished result set whose fetched rows get their nested columns typed."""
+
+    def __init__(self, result_set: Any, types: dict[int, Any]) -> None:
+        self._result_set = result_set
+        self._types = types
+
+    def _typed(self, rows: list[Any]) -> list[tuple[Any, ...]]:
+        from athena.nested_types import typed_value
+
+        out = []
+        for row in rows:
+            values = list(row)
+            for i, dtype in self._types.items():
+                values[i] = typed_value(values[i], dtype)
+            out.append(tuple(values))
+        return out
+
+    def fetchmany(self, size: int) -> list[tuple[Any, ...]]:
+        return self._typed(self._result_set.fetchmany(size))
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self._typed(self._result_set.fetchall())
 
 
 def _close(cursor: Any, conn: Any) -> None:

@@ -496,7 +496,7 @@ class LocalEngine:
                         con, lambda: _fetch(con.sql(duck_sql, params=bound), max_rows)
                     )
             except duckdb.Error as exc:
-                raise self._query_error(exc, scopes, by_name, files) from exc
+                raise self._query_error(exc, scopes, by_name, files, sql) from exc
             elapsed = time.perf_counter() - started
             if reader is not None:  # more to come: settle the schemas before any row goes out
                 self._check_uniform(scopes, by_name)
@@ -516,10 +516,11 @@ class LocalEngine:
                 reader = None  # the pending result holds the connection
                 con.close()
         table = _integral_decimals_to_int(table)
-        from athena.queries import athena_column_name
+        from athena.queries import athena_column_name, unnamed_marker
 
+        marker = unnamed_marker(sql)
         return QueryResult(
-            columns=[athena_column_name(c, i) for i, c in enumerate(table.column_names)],
+            columns=[athena_column_name(c, i, marker) for i, c in enumerate(table.column_names)],
             rows=_python_rows(table),
             engine=self.name,
             elapsed_s=elapsed,
@@ -537,10 +538,12 @@ class LocalEngine:
         scopes: dict[str, list[Partition]],
         by_name: set[str],
         files: list[str],
+        sql: str | None = None,
     ) -> Exception:
         """What a DuckDB error while running the query means: tables that mix schemas or a file
         that vanished (run again), a damaged file, the sandbox's refusal, the statement's own
-        fault (:class:`StatementError`), or another engine failure."""
+        fault (:class:`StatementError`), or another engine failure. ``sql``: the statement, whose
+        unnamed columns the message then calls so (:func:`athena.queries.unnamed_in_message`)."""
         mixed = _mixed_tables(exc, scopes, by_name, self.warehouse.is_s3)
         if mixed:
             return _MixedSchemas(*mixed)
@@ -551,7 +554,12 @@ class LocalEngine:
         if refused is not None:
             return StatementError(refused)
         failed = StatementError if _statement_fault(exc) else EngineError
-        return failed(f"DuckDB could not run the query: {_one_line(_duckdb_text(exc))}")
+        text = _one_line(_duckdb_text(exc))
+        if sql is not None:
+            from athena.queries import unnamed_in_message, unnamed_marker
+
+            text = unnamed_in_message(text, unnamed_marker(sql))
+        return failed(f"DuckDB could not run the query: {text}")
 
     def _stream_error(
         self, scopes: dict[str, list[Partition]], files: list[str]

@@ -231,7 +231,8 @@ def timeline(
         from athena.timerange import parse_interval
         from cli.notes import note
 
-        step = int(parse_interval(every or AUTO_EVERY[0]).total_seconds())
+        # `every is None`, not falsy: an empty --every is refused, not taken for the default.
+        step = int(parse_interval(AUTO_EVERY[0] if every is None else every).total_seconds())
         prep = runner.prepare(common, "timeline", "envoy_access", {"every_seconds": step})
         auto = every is None
         if every is None:  # not given: the default, or a coarser one that the range allows

@@ -31,7 +31,9 @@ def tail(
         ),
     ] = False,
     interval: Annotated[
-        float, typer.Option(min=0.2, help="Seconds between polls with --follow.")
+        float,
+        # A maximum too: inf (or 1e999) passed the minimum and time.sleep() failed on it.
+        typer.Option(min=0.2, max=3600.0, help="Seconds between polls with --follow."),
     ] = 2.0,
 ) -> None:
     """Recent container output lines (app stdout/stderr, Envoy's own lines), oldest first.
@@ -174,6 +176,9 @@ def _print_log_lines(common: Common, result, prep, rows: list, stream: bool = Fa
         write_all(sys.stdout, text, csv_row_end)
         flush_all(sys.stdout)
         return
+    if stream and common.fmt is OutputFormat.markdown:
+        _stream_markdown(result, rows)
+        return
     if stream and common.fmt is OutputFormat.json:
         import json
 
@@ -189,3 +194,21 @@ def _print_log_lines(common: Common, result, prep, rows: list, stream: bool = Fa
         flush_all(sys.stdout)
         return
     runner.show(common, result, prep, rows=rows)
+
+
+def _stream_markdown(result, rows: list) -> None:
+    """The rows of a ``--follow`` poll as lines of one Markdown table: the header and its
+    layout come with the first answer, later polls add rows only (a header each poll made a
+    new table of every poll, and an empty poll printed a table of no rows)."""
+    from cli.output import MarkdownLayout, write_all
+    from cli.whole_rows import flush_all
+
+    layout = getattr(result, "markdown", None)
+    text = ""
+    if layout is None:
+        layout = result.markdown = MarkdownLayout(result.columns, rows)
+        text = layout.header()
+    text += layout.lines(rows)
+    if text:
+        write_all(sys.stdout, text)
+        flush_all(sys.stdout)

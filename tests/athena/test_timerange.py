@@ -190,3 +190,23 @@ def test_every_unit_twice_lists_the_forms_every_takes() -> None:
     with pytest.raises(TimeRangeError, match=r"unit twice; use e\.g\. 30s, 1m") as refused:
         parse_interval("1h2h")
     assert "1w" not in str(refused.value)
+
+
+@pytest.mark.parametrize("text", ["١h", "１h", "1h３0m", "٣٠s", "1ſ", "𝟏h"])
+def test_durations_take_ascii_digits_and_units_only(text: str) -> None:
+    """``\\d`` (and a case-blind ``s``) also match other scripts' digits and ``ſ``, which
+    int() read as numbers: a value no one typed on purpose passed as a range."""
+    with pytest.raises(TimeRangeError, match="is not a duration"):
+        parse_duration(text)
+    with pytest.raises(TimeRangeError, match="is not a time"):
+        parse_time(text, NOW)
+    with pytest.raises(TimeRangeError, match="is not an interval"):
+        parse_interval(text)
+
+
+@pytest.mark.parametrize("empty", ["", " "])
+def test_an_empty_since_or_until_is_refused_not_taken_for_the_default(empty: str) -> None:
+    with pytest.raises(TimeRangeError, match="empty time"):
+        TimeRange.parse(empty, None, now=NOW)
+    with pytest.raises(TimeRangeError, match="empty time"):
+        TimeRange.parse("1h", empty, now=NOW)

@@ -272,19 +272,39 @@ def test_names_of_typed_athena_only_functions_as_columns_stay_valid(duck) -> Non
     ) == (1, 2, "split_to_map(a)")
 
 
+def _trino_width_bucket(x: float, bound1: float, bound2: float, n: int) -> int:
+    """Trino's ``MathFunctions.widthBucket``: buckets over [min, max) counted from bound1, so
+    with bound1 > bound2 the numbers run the other way (n + 1 minus the ascending bucket)."""
+    lower, upper = min(bound1, bound2), max(bound1, bound2)
+    if x < lower:
+        bucket = 0
+    elif x >= upper:
+        bucket = n + 1
+    else:
+        bucket = int(n * (x - lower) / (upper - lower) + 1)
+    return n - bucket + 1 if bound1 > bound2 else bucket
+
+
 def test_width_bucket_suggestion_gives_trinos_buckets(duck) -> None:
     """https://trino.io/docs/current/functions/math.html#width_bucket: the bucket of x in n
-    equal-width buckets over [bound1, bound2); 0 below, n + 1 at or above bound2 (as Trino's
-    MathFunctions computes it). The spelling suggested (works on both engines) gives those."""
+    equal-width buckets between bound1 and bound2; 0 before bound1's side, n + 1 beyond
+    bound2's, numbered from bound1 also when bound1 > bound2 (as Trino's MathFunctions
+    computes it). The spellings suggested (they work on both engines) give those, each for
+    the order of bounds it names."""
     with pytest.raises(QueryError) as refused:
         to_duckdb("SELECT width_bucket(x, 0, 10, 5)", {})
-    suggestion = str(refused.value).split("use ", 1)[1].split(" (for lo < hi)", 1)[0]
+    advice = str(refused.value).split("use ", 1)[1]
+    ascending = advice.split(" when lo < hi, or ", 1)[0]
+    descending = advice.split(" when lo < hi, or ", 1)[1].split(" when lo > hi", 1)[0]
     xs = [-1, 0, 1.99, 2, 5, 9.99, 10, 11]
-    want = (0, 1, 1, 2, 3, 5, 6, 6)
-    for x, bucket in zip(xs, want, strict=True):
-        values = {"x": str(x), "lo": "0", "hi": "10", "n": "5"}
-        sql = re.sub(r"\b(x|lo|hi|n)\b", lambda m, v=values: v[m.group(1)], suggestion)
-        assert duck(f"SELECT {sql}") == (bucket,), (x, sql)
+    assert [_trino_width_bucket(x, 0, 10, 5) for x in xs] == [0, 1, 1, 2, 3, 5, 6, 6]
+    assert [_trino_width_bucket(x, 10, 0, 5) for x in xs] == [6, 5, 5, 4, 3, 1, 0, 0]
+    for lo, hi, form in [(0, 10, ascending), (10, 0, descending), (-3, 7.5, ascending),
+                         (7.5, -3, descending)]:  # fmt: skip
+        for x in [*xs, -3, 7.5, 4.2]:
+            values = {"x": str(x), "lo": str(lo), "hi": str(hi), "n": "5"}
+            sql = re.sub(r"\b(x|lo|hi|n)\b", lambda m, v=values: f"({v[m.group(1)]})", form)
+            assert duck(f"SELECT {sql}") == (_trino_width_bucket(x, lo, hi, 5),), (x, lo, sql)
 
 
 def test_normalize_is_nfc_as_in_trino(duck) -> None:

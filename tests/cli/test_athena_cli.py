@@ -684,3 +684,66 @@ def test_projected_hours_are_those_of_the_dt_projection() -> None:
     ahead = TimeRange.parse("2026-11-28T11:00:00Z", "2026-12-01T00:00:00Z", now=now)
     assert projected_hours(ahead, now) == 2  # 11:00 and the current hour, 12:00
     assert projected_hours(TimeRange.parse("2019-01-01", "2019-02-01", now=now), now) == 0
+
+
+def test_sql_numbers_on_athena_are_json_numbers_as_on_duckdb(
+    logq, moto: str, warehouse: Warehouse
+) -> None:
+    """Athena sends every value as text; its column types (the result metadata) make the
+    numbers and booleans JSON numbers and booleans, as the local engine's are."""
+    sql = (
+        "SELECT CAST(1 AS tinyint) AS t, CAST(2 AS smallint) AS s, 3 AS i, "
+        "CAST(9007199254740993 AS bigint) AS b, CAST(1.5 AS real) AS r, 2.25E0 AS d, "
+        "CAST(12.50 AS decimal(10, 2)) AS dec, CAST(7 AS decimal(10, 0)) AS whole, true AS ok"
+    )
+    local = logq("sql", sql, "-f", "json", "--warehouse", warehouse.uri)
+    assert local.exit_code == 0, local.stderr
+    queue_result(
+        moto,
+        [("t", "tinyint"), ("s", "smallint"), ("i", "integer"), ("b", "bigint"),
+         ("r", "real"), ("d", "double"), ("dec", "decimal"), ("whole", "decimal"),
+         ("ok", "boolean")],
+        [["1", "2", "3", "9007199254740993", "1.5", "2.25", "12.50", "7", "true"]],
+    )  # fmt: skip
+    remote = logq("sql", sql, "-f", "json", *ATHENA)
+    assert remote.exit_code == 0, remote.stderr
+    assert remote.json() == local.json()
+    assert remote.json()[0]["b"] == 9007199254740993 and remote.json()[0]["whole"] == 7
+
+
+def test_sql_nested_values_on_athena_are_typed_as_the_statement_declares(
+    logq, moto: str, warehouse: Warehouse
+) -> None:
+    """Athena's metadata types a nested column only as array/map/row and pyathena guessed the
+    rest: a map's and a row's numbers came out as text ({"a": "1"}), a VARCHAR array's digits
+    as numbers. The statement's own types (sqlglot's inference) make the JSON the local
+    engine's; Athena's text of each value is what moto sends, as Athena would."""
+    sql = (
+        "SELECT map(ARRAY['a', 'b'], ARRAY[1, 2]) AS m, ROW(1, 'x', true) AS r, "
+        "ARRAY['1', '22'] AS texts, ARRAY[1.5E0, 2E0] AS doubles, "
+        "array_agg(response_code) AS codes FROM envoy_access WHERE response_code = 503 "
+        "AND service = 'nothing-here'"
+    )
+    local = logq("sql", sql, "-f", "json", "--warehouse", warehouse.uri)
+    assert local.exit_code == 0, local.stderr
+    want = {
+        "m": {"a": 1, "b": 2},
+        "r": {"field0": 1, "field1": "x", "field2": True},
+        "texts": ["1", "22"],
+        "doubles": [1.5, 2.0],
+        "codes": None,
+    }
+    assert local.json() == [want]
+    queue_result(
+        moto,
+        [("m", "map"), ("r", "row"), ("texts", "array"), ("doubles", "array"),
+         ("codes", "array")],
+        [["{a=1, b=2}", "{field0=1, field1=x, field2=true}", "[1, 22]", "[1.5, 2.0]", None]],
+    )  # fmt: skip
+    remote = logq("sql", sql, "-f", "json", *ATHENA)
+    assert remote.exit_code == 0, remote.stderr
+    assert remote.json() == [want]
+    queue_result(moto, [("codes", "array")], [["[503, 502]"]])
+    codes = logq("sql", "SELECT array_agg(response_code) AS codes FROM envoy_access", "-f",
+                 "csv", *ATHENA)  # fmt: skip
+    assert codes.stdout.splitlines() == ["codes", '"[503, 502]"']

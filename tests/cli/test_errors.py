@@ -6,6 +6,7 @@ import csv
 import io
 
 import pandas as pd
+import pytest
 
 from tests.cli.conftest import Warehouse
 from tests.cli.routes import route
@@ -365,3 +366,37 @@ def test_env_var_warehouse(logq, warehouse: Warehouse, monkeypatch) -> None:
         "1000",
     )
     assert _strip(run.json()) == expected_errors(warehouse.access, ["recipe"], SINCE, UNTIL)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["timeline", "--since", "١h"],
+        ["timeline", "--until", "１h"],
+        ["timeline", "--since", ""],
+        ["services", "--since", ""],
+        ["services", "--until", " "],
+        ["sql", "SELECT 1 AS one", "--since", ""],
+        ["sql", "SELECT 1 AS one", "--until", ""],
+        ["timeline", "--every", ""],
+        ["timeline", "--every", "１m"],
+        ["timeline", "--since", "0"],
+        ["timeline", "--since", "-1h"],
+        ["timeline", "--since", "99999999999d"],
+        ["timeline", "--since", "nan"],
+        ["timeline", "--since", "inf"],
+        ["errors", "--limit", "-1"],
+        ["errors", "--limit", "99999999999999999999"],
+        ["tail", "-F", "--interval", "inf"],
+        ["tail", "-F", "--interval", "1e999"],
+    ],
+)
+def test_hostile_ranges_and_sizes_are_usage_errors(logq, warehouse: Warehouse, args) -> None:
+    """Each is refused up front (exit 2, a message naming the value, no traceback): Unicode
+    digits, an empty value (not taken for the default, by any command: `services` and `sql`
+    read their range without TimeRange.parse's defaults), zero, negative, huge, NaN, inf."""
+    run = logq(*args, "-f", "csv", "--warehouse", warehouse.uri)
+    assert run.exit_code == 2, (run.exit_code, run.stdout, run.stderr)
+    assert "Traceback" not in run.stderr and run.stdout == ""
+    if args[-2] in ("--since", "--until") and not args[-1].strip():  # the option is named
+        assert f"'{args[-2]}'" in run.stderr and "empty" in run.stderr, run.stderr

@@ -296,6 +296,38 @@ def test_follow_cli_in_markdown_stops_on_ctrl_c(tmp_path: Path, monkeypatch) -> 
     assert lines[0].startswith("| timestamp ") and len(lines) == 2 + 3
 
 
+def test_follow_cli_in_markdown_prints_the_header_once(tmp_path: Path, monkeypatch) -> None:
+    """--follow -f markdown is one table, as csv is one file: the header and the alignment
+    row come with the first answer, each later poll adds its rows only, and a poll with
+    nothing new prints nothing (each poll was a whole new table, an empty one included)."""
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    uri = str(tmp_path / "wh")
+    now = datetime.now(UTC)
+    write_frame(uri, "container_logs", logs_frame(3, now - timedelta(minutes=2), now, ["svc"]))
+    later = _frame([(now - timedelta(seconds=30), "h", "c2", f"later {i}") for i in range(2)])
+    sleeps = {"n": 0}
+
+    def poll_then_stop(seconds: float) -> None:
+        sleeps["n"] += 1
+        if sleeps["n"] == 1:
+            _add_file(uri, tmp_path, later, "later")
+        elif sleeps["n"] == 3:  # the second poll found nothing new
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("cli.follow.time.sleep", poll_then_stop)
+    args = ["tail", "-s", "svc", "-F", "-f", "markdown", "--warehouse", uri]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("| timestamp ") and set(lines[1]) <= set("|-: ")
+    assert len(lines) == 2 + 3 + 2 and sum("| timestamp " in ln for ln in lines) == 1
+    assert [ln.split("|")[-2].strip() for ln in lines[-2:]] == ["later 0", "later 1"]
+    assert len({len(ln) for ln in lines}) == 1  # the same layout: one table
+
+
 def test_athena_follow_reads_a_window_and_says_its_limit(monkeypatch) -> None:
     """Athena's answer names no object, so there follow re-reads the last ATHENA_LOOKBACK: a
     line up to that late is printed once; one later than that is not, as the start note says."""

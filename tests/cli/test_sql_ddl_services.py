@@ -85,6 +85,116 @@ def test_sql_names_columns_after_a_star_by_their_position(logq, warehouse: Wareh
     assert list(derived.json()[0]) == ["_col0", "_col1", "seven", "_col3", "_col4"]
 
 
+def test_sql_never_renames_a_name_the_user_wrote(logq, warehouse: Warehouse) -> None:
+    """The local engine marks the columns Athena names by position with ``_col?``; an alias
+    the user wrote that way (or as DuckDB's repeat of it, ``_col?_1``) is theirs and stays,
+    while the unnamed columns around it still get ``_col`` and their position."""
+    wh = ["-f", "csv", "--warehouse", warehouse.uri]
+    plain = logq("sql", 'SELECT 1 AS "_col?", 2, 3 AS "_col?_1"', *wh)
+    assert plain.exit_code == 0, plain.stderr
+    assert plain.stdout.splitlines()[0] == "_col?,_col1,_col?_1"
+    star = logq("sql", 'SELECT *, 1 AS "_COL?", 3 FROM (SELECT 5 AS a, 6)', *wh)
+    assert star.exit_code == 0, star.stderr
+    assert star.stdout.splitlines()[0] == "a,_col1,_COL?,_col3"
+
+
+def test_sql_names_columns_made_unique_twice_by_position(logq, warehouse: Warehouse) -> None:
+    """A ``*`` over a subquery whose own ``*`` read two unnamed lists: DuckDB makes the
+    repeated marker unique at each level (``_col?_1_1``), which came out as a column name."""
+    wh = ["-f", "csv", "--warehouse", warehouse.uri]
+    for sql in [
+        "SELECT * FROM (SELECT * FROM (SELECT 1, 2) a, (SELECT 3, 4) b)",
+        "SELECT * FROM (SELECT * FROM (VALUES (1, 2)) a, (VALUES (3, 4)) b)",
+        "WITH w AS (SELECT * FROM (VALUES (1, 2)) a, (VALUES (3, 4)) b) SELECT * FROM w",
+    ]:
+        run = logq("sql", sql, *wh)
+        assert run.exit_code == 0, run.stderr
+        assert run.stdout.splitlines() == ["_col0,_col1,_col2,_col3", "1,2,3,4"], sql
+
+
+def test_sql_names_values_columns_as_athena(logq, warehouse: Warehouse) -> None:
+    """A VALUES list read through ``*`` has no column names on Trino (``_col0``, ``_col1``);
+    DuckDB said ``col0``, ``col1``. Names the user gave stay."""
+    wh = ["-f", "csv", "--warehouse", warehouse.uri]
+    bare = logq("sql", "SELECT * FROM (VALUES (1, 2)) CROSS JOIN (VALUES 3) AS t", *wh)
+    assert bare.exit_code == 0, bare.stderr
+    assert bare.stdout.splitlines() == ["_col0,_col1,_col2", "1,2,3"]
+    named = logq("sql", "SELECT * FROM (VALUES (1, 2)) AS t(a, b)", *wh)
+    assert named.stdout.splitlines() == ["a,b", "1,2"]
+
+
+def test_sql_error_on_an_unnamed_column_says_it_has_no_name(logq, warehouse: Warehouse) -> None:
+    """DuckDB's candidates were the local engine's markers (``"_col?_0"``), names no one can
+    write; the message calls them unnamed and says how to name them."""
+    wh = ["-f", "csv", "--warehouse", warehouse.uri]
+    for sql in ["SELECT col0 FROM (VALUES (1, 2))", "SELECT x FROM (SELECT 1)"]:
+        run = logq("sql", sql, *wh)
+        assert run.exit_code != 0 and run.stdout == "", (sql, run.stdout)
+        assert "_col?" not in run.stderr and "(no name)" in run.stderr, run.stderr
+        assert "(VALUES (1, 2)) AS t(a, b)" in run.stderr, run.stderr
+
+
+def test_sql_names_the_columns_of_a_bare_values_statement_as_athena(
+    logq, warehouse: Warehouse
+) -> None:
+    """``logq sql "VALUES ..."`` (a statement it takes) is named as Athena names it, ``_col0``,
+    ``_col1``, as the same list read through ``SELECT *`` is; its ORDER BY and LIMIT apply."""
+    wh = ["-f", "csv", "--warehouse", warehouse.uri]
+    bare = logq("sql", "VALUES (1, 'a'), (2, 'b')", *wh)
+    assert bare.exit_code == 0, bare.stderr
+    assert bare.stdout.splitlines() == ["_col0,_col1", "1,a", "2,b"]
+    ordered = logq("sql", "VALUES 1, 3, 2 ORDER BY 1 DESC LIMIT 2", *wh)
+    assert ordered.stdout.splitlines() == ["_col0", "3", "2"]
+    union = logq("sql", "VALUES 1 UNION ALL SELECT 2", *wh)
+    assert union.stdout.splitlines() == ["_col0", "1", "2"]
+
+
+def test_sql_names_row_fields_as_athena(logq, warehouse: Warehouse) -> None:
+    """Athena shows a ROW's fields as ``field0``, ``field1`` (``{field0=1, field1=a}``);
+    DuckDB's struct said ``_0``, ``_1``. A cast to a ROW type keeps the names it gives."""
+    run = logq(
+        "sql",
+        "SELECT ROW(1, 'a', ROW(2)), CAST(ROW(1, 2) AS ROW(x integer, y integer)), "
+        "ARRAY[ROW(3)]",
+        "-f", "json", "--warehouse", warehouse.uri,
+    )  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    assert run.json() == [
+        {
+            "_col0": {"field0": 1, "field1": "a", "field2": {"field0": 2}},
+            "_col1": {"x": 1, "y": 2},
+            "_col2": [{"field0": 3}],
+        }
+    ]
+
+
+def test_sql_rows_inside_a_cast_keep_casting_by_position(logq, warehouse: Warehouse) -> None:
+    """A ROW nested in a cast's operand (in another ROW, an ARRAY, a MAP, a CASE; TRY_CAST
+    too) is cast by position as on Trino: naming its fields field0, field1 made DuckDB refuse
+    the cast ("STRUCT to STRUCT cast must have at least one matching member")."""
+    run = logq(
+        "sql",
+        "SELECT CAST(ROW(1, ROW(2, 3)) AS ROW(a integer, b ROW(c integer, d integer))) AS n, "
+        "CAST(ARRAY[ROW(1, 2)] AS ARRAY(ROW(a integer, b integer))) AS arr, "
+        "CAST(map(ARRAY['k'], ARRAY[ROW(1, 2)]) AS MAP(varchar, ROW(a integer, b integer))) AS m, "
+        "CAST(CASE WHEN true THEN ROW(1, 2) END AS ROW(a integer, b integer)) AS c, "
+        "TRY_CAST(ROW(1, ROW(2, 3)) AS ROW(a integer, b ROW(c integer, d integer))) AS t, "
+        "ROW(4, ROW(5)) AS plain",
+        "-f", "json", "--warehouse", warehouse.uri,
+    )  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    assert run.json() == [
+        {
+            "n": {"a": 1, "b": {"c": 2, "d": 3}},
+            "arr": [{"a": 1, "b": 2}],
+            "m": {"k": {"a": 1, "b": 2}},
+            "c": {"a": 1, "b": 2},
+            "t": {"a": 1, "b": {"c": 2, "d": 3}},
+            "plain": {"field0": 4, "field1": {"field0": 5}},
+        }
+    ]
+
+
 def test_sql_since_restricts_partitions(logq, warehouse: Warehouse) -> None:
     run = logq(
         "sql", "SELECT count(*) AS n FROM envoy_access", "-s", "recipe", "--since",
