@@ -47,6 +47,33 @@ def quiet_sqlglot() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def parse_statements(sql: str) -> list[Any]:
+    """The statements of ``sql`` as sqlglot reads them in Trino's dialect, quietly (see
+    :func:`quiet_sqlglot`; its errors propagate). Empty statements are dropped, and so is what
+    sqlglot makes of a comment after the last ``;`` (a ``Semicolon`` holding only the comment):
+    ``SELECT 1; -- why`` is one statement, as in the Athena console."""
+    import sqlglot
+    from sqlglot import exp
+
+    with quiet_sqlglot():
+        trees = sqlglot.parse(sql, read="trino")
+    return [t for t in trees if t is not None and not isinstance(t, exp.Semicolon)]
+
+
+def one_statement(sql: str) -> Any:
+    """The one statement of ``sql`` (:func:`parse_statements`); QueryError when it does not
+    parse or holds another number of statements."""
+    from sqlglot.errors import ParseError, TokenError
+
+    try:
+        statements = parse_statements(sql)
+    except (ParseError, TokenError) as exc:
+        raise _parse_error(exc) from exc
+    if len(statements) != 1:
+        raise QueryError(f"expected one SQL statement, got {len(statements)}")
+    return statements[0]
+
+
 class QueryError(ValueError):
     """A query or its parameters are unusable; the message says what is missing or wrong."""
 
@@ -304,18 +331,9 @@ def _flat_values(params: dict[str, Any]) -> dict[str, Any]:
 def _transpile(sql: str, params: dict[str, Any], adhoc: bool = False) -> tuple[str, dict[str, Any]]:
     """Expand, parse as Trino, adapt for DuckDB (:func:`_for_duckdb`) and generate."""
     import sqlglot
-    from sqlglot.errors import ParseError, TokenError
 
     flat_sql, flat = _flatten(sql, params)
-    try:
-        with quiet_sqlglot():
-            statements = sqlglot.parse(flat_sql, read="trino")
-    except (ParseError, TokenError) as exc:
-        raise _parse_error(exc) from exc
-    statements = [s for s in statements if s is not None]
-    if len(statements) != 1:
-        raise QueryError(f"expected one SQL statement, got {len(statements)}")
-    tree = statements[0]
+    tree = one_statement(flat_sql)
     adhoc_token = _ADHOC.set(adhoc)
     try:
         tree = tree.transform(_for_duckdb, copy=False)
@@ -494,16 +512,11 @@ def _parse_error(exc: Exception) -> QueryError:
 
 
 def tables_of(sql: str) -> set[str]:
-    """Names of the tables a statement reads (CTEs that shadow them excluded), lower-cased."""
-    import sqlglot
-    from sqlglot.errors import ParseError, TokenError
-
-    try:
-        with quiet_sqlglot():
-            tree = sqlglot.parse_one(sql, read="trino")
-    except (ParseError, TokenError) as exc:
-        raise _parse_error(exc) from exc
-    return {t.name.lower() for t in table_references(tree)}
+    """Names of the tables a statement reads (CTEs that shadow them excluded), lower-cased.
+    Its statements as :func:`parse_statements` reads them, so ``...; -- note`` is the one query
+    it is everywhere else, not a ``Block`` whose CTEs go unseen (``WITH envoy_access AS (...)``
+    left the table out: no view, and DuckDB's "circular reference")."""
+    return {t.name.lower() for t in table_references(one_statement(sql))}
 
 
 def table_references(tree: Any) -> list[Any]:

@@ -42,7 +42,7 @@ from athena.queries import (
     HIDDEN_COLUMNS,
     LOCAL_TABLES,
     QueryError,
-    quiet_sqlglot,
+    parse_statements,
     table_references,
 )
 
@@ -142,14 +142,12 @@ def hidden_columns(tree: Any) -> list[str]:
 def _parse(statement: str, required: bool) -> Any:
     """The statement's one sqlglot tree (Trino), or None when it does not parse and nothing
     requires it to; QueryError when ``required``."""
-    import sqlglot
     from sqlglot.errors import SqlglotError
 
     from athena.queries import _parse_error
 
     try:
-        with quiet_sqlglot():
-            trees = [t for t in sqlglot.parse(statement, read="trino") if t is not None]
+        trees = parse_statements(statement)
     except SqlglotError as exc:
         if not required:
             return None

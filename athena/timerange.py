@@ -210,13 +210,10 @@ class TimeRange:
         return int((last - start) // timedelta(hours=1)) + 1
 
     def hours(self) -> list[str]:
-        """Every ``dt`` value in range, oldest first (see :meth:`hour_count` first)."""
-        start, last = self._hour_span()
-        out = []
-        while start <= last:
-            out.append(dt_of(start))
-            start += timedelta(hours=1)
-        return out
+        """Every ``dt`` value in range, oldest first (see :meth:`hour_count` first). Counted, not
+        stepped until past the end: the hour after 9999-12-31T23 is not a ``datetime``."""
+        start, _ = self._hour_span()
+        return [dt_of(start + timedelta(hours=i)) for i in range(self.hour_count())]
 
     def contains_dt(self, dt: str) -> bool:
         """Whether partition ``dt`` may hold rows of this range (string order is time order)."""
@@ -235,7 +232,7 @@ class TimeRange:
 def sql_timestamp(ts: datetime) -> str:
     """``YYYY-MM-DD HH:MM:SS.mmm`` in UTC: what ``CAST(x AS timestamp)`` reads in both engines."""
     ts = ts.astimezone(UTC)
-    return ts.strftime("%Y-%m-%d %H:%M:%S.") + f"{ts.microsecond // 1000:03d}"
+    return f"{ts.year:04d}-{ts:%m-%d %H:%M:%S}.{ts.microsecond // 1000:03d}"  # as in dt_of
 
 
 def iso_utc(ts: datetime) -> str:
@@ -243,4 +240,4 @@ def iso_utc(ts: datetime) -> str:
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=UTC)
     ts = ts.astimezone(UTC)
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+    return f"{ts.year:04d}-{ts:%m-%dT%H:%M:%S}.{ts.microsecond // 1000:03d}Z"  # as in dt_of

@@ -26,6 +26,26 @@ def shown(value: str, limit: int = 80) -> str:
     return f"{value[:limit]!r}... ({len(value):,} characters)"
 
 
+def empty_option_text(option: str, value: str, instead: str, absent: str, what: str = "") -> str:
+    """Why an empty filter value is refused: ``--path "$P"`` with ``$P`` unset means no filter
+    at all and answers for everything, with no sign of it. ``instead`` says what to give,
+    ``absent`` what leaving the option out asks; ``what`` replaces "is empty"."""
+    return (
+        f"{option} {shown(value)} {what or 'is empty'}; {instead}, or leave {option} out to "
+        f"{absent}"
+    )
+
+
+def refuse_empty(
+    option: str, value: str | None, instead: str, absent: str, *, blank: bool = False
+) -> None:
+    """ValueError (exit 2, :func:`empty_option_text`) for a filter option given as ``""``
+    (with ``blank``, also one of only spaces: a time, where they mean nothing; a ``--grep``
+    pattern of a space is a pattern); None (not given) and any other value pass."""
+    if value is not None and (value == "" or (blank and not value.strip())):
+        raise ValueError(empty_option_text(option, value, instead, absent))
+
+
 def note_once(message: str) -> None:
     """:func:`note` a message once per command (``trace`` and ``tail --follow`` run their query
     more than once); :func:`cli.runner.prepare` starts each command with none noted."""

@@ -47,17 +47,6 @@ def _complete_service(incomplete: str, ctx: typer.Context = None) -> list[str]:
     return sorted(n for n in names if n.startswith(incomplete))
 
 
-def _time_given(value: str | None, param: typer.CallbackParam) -> str | None:
-    """``--since``/``--until`` as given; an empty one (``--since "$UNSET"``) is refused here,
-    for every command: taken for "not given", it answered for another range without a word."""
-    if value is not None and not value.strip():
-        raise typer.BadParameter(
-            f"empty; give 15m, 1h, 2d, 1w, 1h30m, now or an ISO-8601 time, or leave "
-            f"{param.opts[0]} out"
-        )
-    return value
-
-
 @dataclass
 class Common:
     """Values of the shared options of one invocation."""
@@ -109,7 +98,6 @@ _COMMON: list[tuple[str, Any, Any]] = [
                 "ISO-8601 (UTC when no zone); "
                 "when absent, the default span ends at --until.",
                 rich_help_panel=QUERY_PANEL,
-                callback=_time_given,
             ),
         ],
         None,
@@ -121,7 +109,6 @@ _COMMON: list[tuple[str, Any, Any]] = [
             typer.Option(
                 help="End (exclusive), same forms; default now.",
                 rich_help_panel=QUERY_PANEL,
-                callback=_time_given,
             ),
         ],
         None,

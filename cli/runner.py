@@ -22,7 +22,7 @@ from cli.explain import (
     note_stale,
     note_unknown_services,
 )
-from cli.notes import forget_notes, note, shown
+from cli.notes import forget_notes, note, refuse_empty, shown
 from cli.options import Common, EngineName
 from cli.output import OutputFormat
 from cli.service_names import normalise_services
@@ -45,6 +45,20 @@ def normalise_method(value: str | None) -> str:
             f"--method {shown(value)} is not an HTTP method; use e.g. GET, POST, DELETE"
         )
     return method
+
+
+def check_filters(common: Common) -> None:
+    """Refuse ``--path ""``, ``--method ""``, ``--since ""`` and ``--until ""`` as ``--service
+    ""`` is refused: from an unset shell variable, they took every path or method, or the
+    default range, answering another question unnoticed."""
+    refuse_empty(
+        "--path", common.path, "give a path prefix (/api) or a route (/api/v1/items/{id})",
+        "take every path",
+    )  # fmt: skip
+    refuse_empty("--method", common.method, "give an HTTP method (GET, POST)", "take every method")
+    when = "give a time (15m, 1h, 2026-11-30T08:00:00Z)"
+    refuse_empty("--since", common.since, when, "use the default (see --help)", blank=True)
+    refuse_empty("--until", common.until, when, "end now", blank=True)
 
 
 @dataclass
@@ -87,6 +101,7 @@ def prepare(
     from athena.timerange import TimeRange
 
     forget_notes()  # a new invocation (tests run many in one process) notes afresh
+    check_filters(common)  # first: an empty --since is named before the range is read
     trange = TimeRange.parse(
         common.since, common.until, default=default_since or common.default_since
     )
@@ -419,7 +434,9 @@ def _show(
     ):
         dropped.append(columns.index("service"))
         columns, rows = _without(columns, rows, dropped[-1])
+    over = False  # rows past --limit were fetched (`logq sql` asks for one more, to know)
     if common.limit:  # most queries LIMIT in SQL; this holds --limit for every command
+        over = len(rows) > common.limit
         rows = rows[: common.limit]
     exit_code = 0
     if not rows and prep is not None:
@@ -439,13 +456,15 @@ def _show(
         if reason is not None:
             note(f"logq: no results: {reason}")
             exit_code = NO_DATA_EXIT
-    rest = () if more is None else _rest(more, dropped, common.limit, len(rows))
+    rest = _Rest(() if more is None else more, dropped, common.limit, len(rows))
     table_title = title if common.fmt is OutputFormat.table else None
     written = emit(common.fmt, columns, rows, title=table_title, more=rest)
     if not written.complete:
         note(_cut_text(written.rows, total))
     elif total is not None and total > written.rows:
         note(f"logq: showing {written.rows:,} of {total:,} rows (raise --limit)")
+    elif prep is None and (over or rest.over):  # `logq sql`: uncounted (that would run it all)
+        note(f"logq: showing the first {written.rows:,} rows; the result has more (raise --limit)")
     if result.engine == "athena":
         from athena.engines.athena import cost_line
 
@@ -454,34 +473,49 @@ def _show(
         raise typer.Exit(exit_code)
 
 
-def _rest(
-    more: Iterable[list[tuple[Any, ...]]], dropped: list[int], limit: int | None, shown: int
-) -> Iterator[list[tuple[Any, ...]]]:
+class _Rest:
     """The batches of a streamed result after the ``shown`` first rows: the ``dropped``
-    columns left out, and no more rows than ``--limit`` (None or 0: every row)."""
-    left = None if not limit else limit - shown
-    for batch in more:
-        if left is not None and left <= 0:
-            return
-        for at in dropped:
-            batch = [r[:at] + r[at + 1 :] for r in batch]
-        if left is not None:
-            batch = batch[:left]
-            left -= len(batch)
-        yield batch
+    columns left out, and no more rows than ``--limit`` (None or 0: every row). ``over`` says,
+    once read, whether rows past the limit came (``logq sql`` fetches one more to know)."""
+
+    def __init__(
+        self,
+        more: Iterable[list[tuple[Any, ...]]],
+        dropped: list[int],
+        limit: int | None,
+        shown: int,
+    ) -> None:
+        self.more, self.dropped = more, dropped
+        self.left = None if not limit else limit - shown
+        self.over = False
+
+    def __iter__(self) -> Iterator[list[tuple[Any, ...]]]:
+        for batch in self.more:
+            if self.left is not None and len(batch) > self.left:
+                self.over = True
+                batch = batch[: self.left]
+            for at in self.dropped:
+                batch = [r[:at] + r[at + 1 :] for r in batch]
+            if self.left is not None:
+                self.left -= len(batch)
+            if batch:
+                yield batch
+            if self.over:
+                return
 
 
 def sql_fetch(common: Common) -> tuple[int | None, bool]:
     """``(max_rows, stream)`` for ``logq sql``'s engine: json, csv and markdown stream every
-    row (up to ``--limit``); the table shows at most :data:`cli.output.TABLE_MAX_ROWS`, so it
-    fetches one row more (to know that others were left out) and never streams. A streamed
+    row (up to ``--limit``); the table shows at most :data:`cli.output.TABLE_MAX_ROWS` and never
+    streams. Either fetches one row more than it shows, to know that others were left out (and
+    say so: ``--limit`` cut silently). A streamed
     local result reads every file's footer before its first row and fetches a window of 10,000+
     rows: the default format paid both (7 s of footers over 9,600 files) to show 1,000 rows."""
     from cli.output import TABLE_MAX_ROWS
 
     if common.fmt is not OutputFormat.table:
-        return common.limit, True
-    return min(common.limit or TABLE_MAX_ROWS + 1, TABLE_MAX_ROWS + 1), False
+        return (common.limit + 1 if common.limit else None), True
+    return min(common.limit + 1 if common.limit else TABLE_MAX_ROWS + 1, TABLE_MAX_ROWS + 1), False
 
 
 def _cut_text(shown: int, total: int | None) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import unicodedata
 
-from cli.notes import shown
+from cli.notes import empty_option_text, shown
 
 #: What the user learns when a value is refused: how names are stored, where to find them.
 STORED_AS = (
@@ -59,10 +59,8 @@ def folded(part: str) -> str:
 def empty_text(value: str) -> str:
     """Why an empty ``--service`` value is refused, and the two things meant instead."""
     what = "is empty" if not value.strip() else "holds an empty name between its commas"
-    return (
-        f"--service {shown(value)} {what}; give a service name (`logq services` lists them), "
-        "or leave --service out to ask about every service"
-    )
+    instead = "give a service name (`logq services` lists them)"
+    return empty_option_text("--service", value, instead, "ask about every service", what)
 
 
 def refused_text(part: str, name: str, warehouse: str | None) -> str:

@@ -144,15 +144,42 @@ def _sandbox(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
     con.execute("SET lock_configuration = true")
 
 
+#: How DuckDB names the extension a function of the statement needs: its attempt to install
+#: and load it on its own (refused by the sandbox, worded as a plain ``duckdb.Error``), or its
+#: advice to ``INSTALL``/``LOAD`` it when it does not try (statements logq refuses). Matched at
+#: the start of the message only: a message that quotes a value (``Could not convert string
+#: '... exists in the x extension'``) is not about an extension.
+_NEEDS_EXTENSION = re.compile(
+    r"An error occurred while trying to automatically install the required extension '(\w+)"
+    r"|Catalog Error: .* is not in the catalog, but it exists in the (\w+) extension"
+)
+#: Extensions logq's own SQL needs (the views read Parquet, the session zone is ICU's, Trino's
+#: functions map onto core and JSON ones), built into DuckDB's wheels: a DuckDB that lacks one
+#: is a broken installation (exit 1), not a statement to change.
+_ENGINE_EXTENSIONS = frozenset({"parquet", "icu", "json", "core_functions"})
+
+_SANDBOX = (
+    "the local engine reads only the warehouse tables (envoy_access, container_logs): "
+    "no other files, extensions or settings"
+)
+
+
 def _refusal(exc: Exception) -> str | None:
-    """The sandbox's refusal of ``exc`` as advice, or None when it is another error."""
+    """The sandbox's refusal of ``exc`` as advice, or None when it is another error. A function
+    of an extension DuckDB lacks (``iceberg_scan``, ``read_xlsx``, ``st_read``) is one: the
+    statement must change (exit 2), and DuckDB's own advice, ``INSTALL x; LOAD x;``, is what
+    ``logq sql`` refuses, so it is not repeated."""
     import duckdb
 
     text = str(exc)
     if isinstance(exc, duckdb.PermissionException) or "configuration has been locked" in text:
+        return f"{_SANDBOX}; DuckDB refused: " + _one_line(text)
+    extension = _NEEDS_EXTENSION.match(text)
+    name = extension and (extension.group(1) or extension.group(2))
+    if name and name not in _ENGINE_EXTENSIONS:
         return (
-            "the local engine reads only the warehouse tables (envoy_access, container_logs): "
-            "no other files, extensions or settings; DuckDB refused: " + _one_line(text)
+            f"{_SANDBOX}; the statement needs DuckDB's {name} extension, which it does not "
+            "load: query envoy_access or container_logs in Athena SQL"
         )
     return None
 

@@ -55,15 +55,13 @@ def show_answer(statement: str) -> Any | None:
 
 def _show_text(statement: str) -> str | None:
     """What follows SHOW in a one-statement ``statement`` (comments and ``;`` gone), or None."""
-    import sqlglot
     from sqlglot import exp
     from sqlglot.errors import SqlglotError
 
-    from athena.queries import quiet_sqlglot
+    from athena.queries import parse_statements
 
     try:
-        with quiet_sqlglot():
-            trees = [t for t in sqlglot.parse(statement, read="trino") if t is not None]
+        trees = parse_statements(statement)
     except SqlglotError:
         return None  # not SHOW as sqlglot reads it: the engine reports the error
     if len(trees) != 1 or not isinstance(trees[0], exp.Command):

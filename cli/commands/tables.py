@@ -110,6 +110,7 @@ def flag_scope(common: Common) -> tuple[list[str] | None, Any]:
     from cli import runner
 
     services = runner.normalise_services(common.service, common.warehouse)
+    runner.check_filters(common)
     if not (common.since or common.until):
         return services, None
     return services, TimeRange.parse(common.since, common.until, open_start=True)
@@ -150,16 +151,14 @@ def check_read_only(statement: str, inner: bool = False) -> None:
     left to the engine (which parses it the same way, so it never reaches DuckDB); after EXPLAIN
     it must be a query sqlglot recognises, as the rest would reach DuckDB verbatim.
     """
-    import sqlglot
     from sqlglot import exp
     from sqlglot.errors import ParseError, TokenError
 
-    from athena.queries import quiet_sqlglot
+    from athena.queries import parse_statements
 
     word = (statement.split(None, 1) or ["(empty)"])[0].upper()
     try:
-        with quiet_sqlglot():
-            trees = [t for t in sqlglot.parse(statement, read="trino") if t is not None]
+        trees = parse_statements(statement)
     except (ParseError, TokenError):  # an unclosed quote or comment is a TokenError
         if inner:
             raise _refused(f"EXPLAIN {word}") from None
@@ -205,8 +204,17 @@ def run_local(
         missing = re.search(r"Table with name (\S+) does not exist", str(exc))
         if missing is None:
             raise
+        name = missing.group(1)
+        if name.lower() in TABLES:
+            # Named inside a string (DuckDB's query(), query_table()): logq binds the tables
+            # where the statement names them, and DuckDB never sees that name as a table.
+            raise StatementError(
+                f"{name!r} is a warehouse table, but the local engine reads it only where the "
+                f"statement names it (FROM {name.lower()}), not by a name in a string such as "
+                "DuckDB's query() or query_table(): name the table in the statement"
+            ) from None
         raise StatementError(
-            f"unknown table {missing.group(1)!r}; the tables are {', '.join(TABLES)}"
+            f"unknown table {name!r}; the tables are {', '.join(TABLES)}"
         ) from None
 
 
@@ -358,6 +366,7 @@ def _services_local(common: Common) -> None:
     from cli.notes import note
     from cli.output import OutputFormat
 
+    runner.check_filters(common)
     hours = None  # every hour, unless --since/--until narrow it
     if common.since or common.until:
         from athena.timerange import TimeRange

@@ -124,6 +124,21 @@ def test_tables_of() -> None:
     }
 
 
+@pytest.mark.parametrize("tail", ["", "; -- the 5xx", ";\n/* the 5xx */"])
+def test_tables_of_sees_a_shadowing_cte_before_a_trailing_comment(tail: str) -> None:
+    """The statements as the rest of logq reads them (:func:`queries.parse_statements`): a
+    comment after the last ``;`` made the statement a ``Block``, whose CTEs went unseen, so
+    the table shadowed by its own ``WITH`` was not read at all (no local view: DuckDB's
+    "circular reference to CTE")."""
+    sql = (
+        "WITH envoy_access AS (SELECT * FROM envoy_access WHERE response_code >= 500) "
+        f"SELECT count(*) FROM envoy_access{tail}"
+    )
+    assert queries.tables_of(sql) == {"envoy_access"}
+    with pytest.raises(QueryError, match="expected one SQL statement, got 2"):
+        queries.tables_of(f"SELECT 1; SELECT * FROM envoy_access{tail}")
+
+
 def test_unknown_query() -> None:
     with pytest.raises(QueryError, match="the queries are"):
         queries.load("nope")

@@ -133,6 +133,23 @@ def test_formatting() -> None:
     assert iso_utc(datetime(2026, 1, 1)) == "2026-01-01T00:00:00.000Z"
 
 
+def test_formatting_keeps_four_year_digits() -> None:
+    """ISO-8601 (and Athena's timestamp text) have four; glibc's ``%Y`` gives ``1`` for year
+    1, which `--since 0001-01-01` put in its notes and the SQL."""
+    early = datetime(1, 1, 1, 0, 0, 0, 5000, tzinfo=UTC)
+    assert iso_utc(early) == "0001-01-01T00:00:00.005Z"
+    assert sql_timestamp(early) == "0001-01-01 00:00:00.005"
+    assert iso_utc(datetime(999, 12, 31, 23, 59, 59)) == "0999-12-31T23:59:59.000Z"
+
+
+def test_the_last_hours_of_the_calendar_are_listed() -> None:
+    """The hour after 9999-12-31T23 is no datetime: listing up to it must not step past it
+    (every canned query over such a range was an OverflowError traceback)."""
+    span = TimeRange.parse("9999-12-31T22:00:00Z", "9999-12-31T23:59:59.999Z", now=NOW)
+    assert span.hours() == ["9999-12-31-22", "9999-12-31-23"]
+    assert TimeRange.parse("1h", None, now=NOW).hours() == ["2026-11-27-23", "2026-11-28-00"]
+
+
 @pytest.mark.parametrize("since", ["99999999999w", "9" * 30 + "h"])
 def test_times_beyond_the_calendar_are_time_range_errors(since: str) -> None:
     """Not an OverflowError traceback: a TimeRangeError (a ValueError) that says why."""

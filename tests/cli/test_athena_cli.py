@@ -141,6 +141,20 @@ def test_sql_runs_exactly_as_written(logq, moto: str) -> None:
     assert executions(moto)[-1]["Query"] == statement
 
 
+@pytest.mark.parametrize("fmt", ["json", "table"])
+def test_sql_limit_that_cuts_the_answer_says_so_on_athena(logq, moto: str, fmt: str) -> None:
+    """One row past --limit is fetched to know that the limit cut the answer, and is not
+    shown; a limit the answer fits in says nothing."""
+    statement = "SELECT service FROM envoy_access WHERE dt >= '2026-11-28-00'"
+    for limit, note in ((2, True), (3, False)):
+        queue_result(moto, [("service", "varchar")], [["a"], ["b"], ["c"]])
+        run = logq("sql", statement, "-f", fmt, "--limit", str(limit), *ATHENA)
+        assert run.exit_code == 0, run.stderr
+        assert re.findall(r"\b[abc]\b", run.stdout) == ["a", "b", "c"][:limit], run.stdout
+        said = f"logq: showing the first {limit} rows; the result has more (raise --limit)"
+        assert (said in run.stderr) is note, run.stderr
+
+
 def test_timeline_on_athena_fills_intervals(logq, moto: str) -> None:
     queue_result(
         moto,

@@ -104,6 +104,35 @@ def test_an_empty_service_is_refused(logq, tmp_path: Path, value: str, command: 
     assert "give a service name" in run.stderr and "leave --service out" in run.stderr
 
 
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        ("errors", "--path"),
+        ("top", "--method"),
+        ("latency", "--path"),
+        ("tail", "--grep"),
+        ("errors", "--since"),
+        ("timeline", "--until"),
+        ("sql", "--since"),
+        ("sql", "--until"),
+        ("services", "--since"),
+    ],
+)
+def test_an_empty_filter_is_refused_as_an_empty_service_is(
+    logq, tmp_path: Path, command: str, option: str
+) -> None:
+    """`--path "$P"` with P unset took every path (exit 0), `--since "$START"` the default
+    range (every row for `sql`), while `-s ""` was refused: all are exit 2 saying what to do."""
+    uri, _ = items(tmp_path)
+    args = {"sql": ["sql", "SELECT count(*) AS n FROM envoy_access"]}.get(command, [command])
+    window = [] if option in ("--since", "--until") else WIDE
+    run = logq(*args, option, "", *window, "--warehouse", uri)
+    assert run.exit_code == 2, (run.stdout, run.stderr)
+    assert run.stdout == ""
+    assert f"logq: error: {option} '' is empty; give " in run.stderr
+    assert f"or leave {option} out to " in run.stderr
+
+
 def test_did_you_mean_names_only_services_that_exist(logq, tmp_path: Path) -> None:
     """The suggestion was the rewritten name (`*` -> a hashed name, `recipe/../checkout` ->
     'recipe_checkout'), which no service has; and `café-ü`, stored as `cafe-u`, was refused

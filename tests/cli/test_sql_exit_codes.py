@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from athena import queries
-from athena.engines.local import _statement_fault
+from athena.engines.local import _refusal, _statement_fault
 from tests.cli.conftest import Warehouse
 from tests.cli.test_sql_sandbox import one_line_error
 
@@ -28,10 +28,20 @@ from tests.cli.test_sql_sandbox import one_line_error
         ("SELECT nosuchcol FROM envoy_access", 'Referenced column "nosuchcol" not found'),
         ("SELECT * FROM '/etc/passwd'", "unknown table '/etc/passwd'; the tables are"),
         ("SELECT * FROM nosuch", "unknown table 'nosuch'; the tables are"),
+        # a warehouse table named in a string DuckDB reads as SQL: not "unknown table
+        # 'envoy_access'; the tables are envoy_access, ...", which contradicts itself
+        ("SELECT * FROM query_table('envoy_access')", "(FROM envoy_access), not by a name"),
+        ("SELECT * FROM query('SELECT 1 FROM Container_Logs')", "(FROM container_logs), not"),
         ("SELECT * FROM read_text('/etc/passwd')", "reads only the warehouse tables"),
         ("SELECT nosuchfn(1)", "nosuchfn does not exist"),
         ("SELECT response_code + 'x' FROM envoy_access", "Binder Error"),
         ("SELECT CAST(host AS integer) FROM envoy_access", "Conversion Error"),
+        # a value that quotes DuckDB's words for a missing extension is no missing extension
+        (
+            "SELECT CAST('f is not in the catalog, but it exists in the spatial extension' "
+            "AS integer)",
+            "Conversion Error: Could not convert string",
+        ),
         ("SELECT regexp_like(path, '(') FROM envoy_access", "Invalid Input Error"),
     ],
 )
@@ -88,3 +98,20 @@ def test_a_failed_read_of_a_registered_dataset_is_no_statement_fault(tmp_path: P
     with pytest.raises(duckdb.InvalidInputException) as bad_pattern:
         con.sql("SELECT regexp_matches('a', '(')").fetchall()
     assert _statement_fault(bad_pattern.value)
+
+
+def test_an_extension_logq_itself_needs_is_an_engine_failure() -> None:
+    """DuckDB's wheels build in parquet, icu and json, which logq's own SQL needs (the views,
+    the session zone, the Trino functions): a DuckDB lacking one tries to install it, and that
+    is a broken installation (exit 1), not a statement to change. An extension only the
+    statement needs stays the statement's fault."""
+    wording = (
+        "An error occurred while trying to automatically install the required extension '{}: "
+        'Cannot access directory "/root/.duckdb/extensions" - file system operations are '
+        "disabled by configuration"
+    )
+    for engine_needs in ("parquet", "icu", "json"):
+        missing = duckdb.Error(wording.format(engine_needs))
+        assert _refusal(missing) is None and not _statement_fault(missing)
+    refusal = _refusal(duckdb.Error(wording.format("iceberg")))
+    assert refusal is not None and "needs DuckDB's iceberg extension" in refusal

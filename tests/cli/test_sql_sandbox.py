@@ -87,6 +87,29 @@ def test_sql_reads_no_file_but_the_warehouse(
 
 
 @pytest.mark.parametrize(
+    ("statement", "extension"),
+    [
+        ("SELECT * FROM iceberg_scan('{secret_dir}')", "iceberg"),  # DuckDB tries to install it
+        ("SELECT * FROM read_xlsx('{secret}')", "excel"),
+        ("SELECT * FROM st_read('{secret}')", "spatial"),  # DuckDB says: INSTALL spatial
+    ],
+)
+def test_a_function_of_an_extension_is_refused_as_the_statements_fault(
+    logq, warehouse: Warehouse, tmp_path: Path, statement: str, extension: str
+) -> None:
+    """The statement must change (exit 2, not 1, an engine failure "retrying may help"), and
+    DuckDB's advice to INSTALL and LOAD the extension, which `logq sql` refuses, is not given."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("a,b\nhunter2,2\n")
+    sql = statement.format(secret=secret, secret_dir=tmp_path)
+    run = logq("sql", sql, "--warehouse", warehouse.uri)
+    assert run.exit_code == 2, run.stderr
+    line = one_line_error(run.stderr)
+    assert "reads only the warehouse tables" in line and f"{extension} extension" in line
+    assert "INSTALL" not in line and "hunter2" not in run.stdout
+
+
+@pytest.mark.parametrize(
     "statement",
     [
         "COPY (SELECT 42 AS x) TO '{out}'",
@@ -271,6 +294,74 @@ def test_show_tables_and_columns_answer_as_athena(logq, warehouse: Warehouse) ->
     unknown = logq("sql", "SHOW COLUMNS FROM nope", "--warehouse", uri)
     assert unknown.exit_code == 2
     assert "unknown table 'nope'; the tables are envoy_access" in one_line_error(unknown.stderr)
+
+
+@pytest.mark.parametrize("tail", ["; -- how many", ";\n-- how many\n", "; /* n */", ";  "])
+def test_a_comment_after_the_last_semicolon_is_no_second_statement(
+    logq, warehouse: Warehouse, tail: str
+) -> None:
+    """``SELECT ...; -- note``, as saved from an editor, is one statement (sqlglot makes the
+    comment a ``Semicolon`` of its own: "expected one SQL statement, got 2"); with the scope
+    flags, as SHOW, and a second real statement is still refused."""
+    uri = warehouse.uri
+    run = logq("sql", f"SELECT 42 AS n{tail}", "-f", "json", "--warehouse", uri)
+    assert run.exit_code == 0, run.stderr
+    assert run.json() == [{"n": 42}]
+    scoped = logq("sql", f"SELECT count(*) AS n FROM envoy_access{tail}", "-s", "recipe",
+                  "-f", "json", "--warehouse", uri)  # fmt: skip
+    assert scoped.exit_code == 0, scoped.stderr
+    recipe = warehouse.access[warehouse.access["service"] == "recipe"]
+    assert scoped.json() == [{"n": len(recipe)}]
+    show = logq("sql", f"SHOW TABLES{tail}", "-f", "csv", "--warehouse", uri)
+    assert show.stdout.split() == ["tab_name", "container_logs", "envoy_access"], show.stderr
+    two = logq("sql", f"SELECT 1; SELECT 2{tail}", "--warehouse", uri)
+    assert two.exit_code == 2 and "expected one SQL statement" in two.stderr
+    shadowed = logq(  # the table read under a CTE of its own name: the tables it reads are seen
+        "sql", "WITH envoy_access AS (SELECT * FROM envoy_access WHERE service = 'recipe') "
+        f"SELECT count(*) AS n FROM envoy_access{tail}", "-f", "json", "--warehouse", uri,
+    )  # fmt: skip
+    assert shadowed.exit_code == 0, shadowed.stderr
+    assert shadowed.json() == [{"n": len(recipe)}]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT 1; -- ;\n{copy}",
+        "SELECT 1; /* ; */ {copy}",
+        "SELECT 1; /* /* */ {copy} */",
+        "SELECT ';' AS a; {copy}",
+        "SELECT '--' AS a; {copy}; -- x",
+        'SELECT "a;--" FROM container_logs; {copy}',
+        "SELECT $$ ; $$ AS a; {copy}",
+        "SELECT $$; -- $$; {copy}",
+        "-- a comment\n{copy}; -- x",
+        "/* a comment */ {copy}; /* x */",
+        "{copy}; -- x",
+        "EXPLAIN ANALYZE SELECT 1; -- x\n{copy}",
+        # the COPY is all comment: the SELECT runs, and the regenerated SQL DuckDB gets never
+        # holds the comment that came after the last ``;``, nor a ``*/`` that closes one early
+        "SELECT 1 AS n; -- */; {copy}; /*",
+        "SELECT 1 AS n -- */; {copy}; /*\n",
+    ],
+)
+def test_no_second_statement_passes_as_a_comment(logq, tmp_path: Path, statement: str) -> None:
+    """A comment after the last ``;`` is dropped (``SELECT ...; -- note`` runs): nothing else
+    is, whatever hides a ``;`` or a comment marker (strings, quoted names, ``$$``, block
+    comments, a comment then a statement). The target is the one write DuckDB's sandbox alone
+    would let through, a COPY onto a file the views read."""
+    root = tmp_path / "wh"
+    start, end = utc(2026, 11, 28, 10, 0), utc(2026, 11, 28, 11, 0)
+    write_frame(str(root), "container_logs", logs_frame(20, start, end, ["app"], seed=4))
+    part = next(root.rglob("part-*.parquet"))
+    before = part.read_bytes()
+    copy = f"COPY (SELECT * FROM container_logs) TO '{part}' (FORMAT parquet, USE_TMP_FILE false)"
+    run = logq("sql", statement.format(copy=copy), "-f", "json", "--warehouse", str(root))
+    assert part.read_bytes() == before
+    if statement.startswith("SELECT 1 AS n"):
+        assert run.exit_code == 0 and run.json() == [{"n": 1}], run.stderr
+    else:
+        assert run.exit_code == 2 and one_line_error(run.stderr), run.stderr
 
 
 @pytest.mark.parametrize("comment", ["-- how many\n", "--how many\n", "-- x=1 \n"])

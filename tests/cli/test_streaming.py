@@ -102,12 +102,35 @@ def test_rows_are_written_as_they_are_fetched(
 
 
 def test_a_limit_stops_the_stream(logq, big: str, small_window: None, monkeypatch) -> None:
+    """The stream stops one row past --limit: that row is not written, but says the limit cut
+    the answer (before, `logq sql --limit` cut silently while the other commands said so)."""
     fetched = Fetched(monkeypatch)
     run = logq("sql", EVERY_ROW, "-f", "json", "--limit", "2345", "--warehouse", big)
     rows = run.json()
     assert run.exit_code == 0 and len(rows) == 2345
     assert [r["request_id"] for r in rows] == [f"req-{i:08d}" for i in range(2345)]
-    assert fetched.rows == 2345
+    assert fetched.rows == 2346
+    assert run.stderr == "logq: showing the first 2,345 rows; the result has more (raise --limit)\n"
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "markdown", "table"])
+@pytest.mark.parametrize("limit", [5, WINDOW, WINDOW + BATCH, ROWS - 1, ROWS, ROWS + 1])
+def test_a_limit_that_cuts_the_answer_says_so(
+    logq, big: str, small_window: None, fmt: str, limit: int
+) -> None:
+    """In the first window, in a streamed batch, at a batch's end, or not at all (a limit of
+    every row or more): the note comes exactly when rows were left out."""
+    run = logq("sql", EVERY_ROW, "-f", fmt, "--limit", str(limit), "--warehouse", big)
+    assert run.exit_code == 0, run.stderr
+    shown = min(limit, ROWS, TABLE_MAX_ROWS if fmt == "table" else ROWS)
+    assert f"req-{shown - 1:08d}" in run.stdout and f"req-{shown:08d}" not in run.stdout
+    if fmt == "table" and limit > TABLE_MAX_ROWS:
+        assert f"showing the first {TABLE_MAX_ROWS:,} rows: a table" in run.stderr
+    elif limit < ROWS:
+        note = f"logq: showing the first {limit:,} rows; the result has more (raise --limit)"
+        assert run.stderr == note + "\n"
+    else:
+        assert run.stderr == ""
 
 
 def test_the_table_shows_the_first_rows_and_says_how_to_get_all(
@@ -150,7 +173,8 @@ def test_the_table_fetches_one_row_past_its_cap_and_reads_no_footer(
 
 
 def test_a_result_that_fits_the_table_has_no_note(logq, big: str) -> None:
-    run = logq("sql", EVERY_ROW, "--limit", str(TABLE_MAX_ROWS), "--warehouse", big)
+    every = f"SELECT * FROM envoy_access ORDER BY request_id LIMIT {TABLE_MAX_ROWS}"
+    run = logq("sql", every, "--limit", str(TABLE_MAX_ROWS), "--warehouse", big)
     assert run.exit_code == 0 and run.stderr == ""
     assert f"req-{TABLE_MAX_ROWS - 1:08d}" in run.stdout
 
