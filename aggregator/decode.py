@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import math
 import operator
 import re
@@ -38,8 +39,11 @@ import numpy as np
 import pyarrow as pa
 
 from aggregator import clientmeta, packed, packed_scan
+from aggregator.throttle import Throttle
 from athena.schema import sanitize_service
 from shipper import wire
+
+log = logging.getLogger("logq.aggregator.decode")
 
 #: Keys of the records kept as columns (besides ``log``); low-cardinality ones dictionary-coded.
 #: (One list, declared where the fast path fills them, so both paths build the same columns.)
@@ -222,13 +226,50 @@ def _coerce_str(value: Any) -> str | None:
     return json.dumps(_jsonable(value), ensure_ascii=False)
 
 
-#: How the general path coerces each :data:`DICT_KEYS` column (``source_id``: as before, the
-#: shipper's own key).
+_foreign_source_ids = Throttle(math.inf)
+"""Types of ``source_id`` values that are not text, each said once per process."""
+
+
+def _source_id(value: Any) -> str | None:
+    """A ``source_id`` as the offset dedup keys it (:mod:`aggregator.dedup`): text only.
+
+    logq-shipper always sends text (``host:inode:fingerprint``). A value of another type (``5``,
+    ``b"5"``, ``5.0``) is another client's own field that happens to have that name, not such
+    an id: coerced to text, ``5`` and ``"5"`` shared one high-water mark and a record of one
+    could be dropped as a resend of the other, a silent loss. So it is no id: the record is
+    kept as records without ``source_id`` are (a resent message is still recognised by its
+    chunk id), and a WARNING says so once per type. The record keeps the field as sent where
+    it is stored whole (a record without ``log`` is stored as JSON)."""
+    if value is None:
+        return None
+    if type(value) is str:
+        return _text(value)
+    kind = type(value).__name__
+    if _foreign_source_ids.due(kind, 0.0):
+        log.warning(
+            "records with a source_id that is not text (%s, e.g. %.40r): not a logq-shipper "
+            "source id, so they are stored without the offset dedup (as records without "
+            "source_id are; resent messages are still dropped by their chunk id). Said once "
+            "per type; if that client means to be deduplicated by offset, send source_id as "
+            "text",
+            kind,
+            value,
+        )
+    return None
+
+
+def _all_text(values: Any) -> bool:
+    """Whether every value is text or None (no ``source_id`` of another type): one C pass."""
+    return set(map(type, values)) <= {str, type(None)}
+
+
+#: How the general path coerces each :data:`DICT_KEYS` column (``source_id``: text only, the
+#: shipper's own key; see :func:`_source_id`).
 _COERCE: dict[str, Callable[[Any], str | None]] = {
     **{key: _coerce_text for key in DICT_KEYS},
     wire.KEY_SERVICE: _coerce_service,
     wire.KEY_STREAM: clientmeta.stream_of,
-    wire.KEY_SOURCE_ID: _coerce_str,
+    wire.KEY_SOURCE_ID: _source_id,
 }
 #: The values of a ``stream`` column that need no coercion.
 _STREAM_VALUES = frozenset((*clientmeta.STREAMS, None))
@@ -371,6 +412,8 @@ def _records_batch(tag: str, times_ns: pa.Array, records: list[dict[str, Any]]) 
             column = _filled(column, filled.get(key))
             if key == wire.KEY_STREAM and not _STREAM_VALUES.issuperset(column):
                 raise ValueError("a stream to coerce")  # ``STDERR``, ``console``: below
+            if key == wire.KEY_SOURCE_ID and not _all_text(column):
+                raise ValueError("a source_id that is not text")  # Arrow takes b"5" as "5"
             columns.append(pa.array(column, DICT_STRING))
         columns.append(pa.array(by_key.get(wire.KEY_OFFSET, []), pa.int64()))
     except (pa.ArrowException, TypeError, ValueError, OverflowError, UnicodeError):

@@ -18,7 +18,10 @@ counters. Names follow Prometheus conventions (``_total`` counters, base units: 
   than ``unhealthy_after`` (each failure counts in ``logq_aggregator_storage_errors_total``;
   the next flush interval tries again), or
 * a background task of the aggregator (the flush loop, compaction...) stopped on an internal
-  error: that needs a restart, and the log holds its traceback.
+  error: that needs a restart, and the log holds its traceback, or
+* it is stopping (SIGTERM, SIGINT): from the stop request until the exit it takes no more
+  data (the Forward port closes, the last flush runs), so it says ``stopping: ...`` and a load
+  balancer sends shippers elsewhere. ``/metrics`` answers 200 until the exit.
 """
 
 from __future__ import annotations
@@ -287,6 +290,9 @@ class Metrics:
         """Why appends wait for disk space under --buffer-dir, while they do."""
         self.starting: str | None = "starting"
         """What a start is doing until the Forward port listens (None from then on)."""
+        self.stopping: str | None = None
+        """Why a stop began (SIGTERM...), from then until the exit: the aggregator takes no more
+        data, so a load balancer must stop sending shippers to it."""
         self.buffer_error: str | None = None
         """Why the buffer could not seal or open a segment, until it can again."""
         self.buffer_failing_since: float | None = None
@@ -404,10 +410,12 @@ class Metrics:
 
     def problem(self) -> str | None:
         """Why /healthz answers 503, or None while healthy."""
+        if self.broken is not None:  # says why it stops, and that it is to be restarted
+            return self.broken
+        if self.stopping is not None:
+            return self.stopping
         if self.starting is not None:
             return self.starting
-        if self.broken is not None:
-            return self.broken
         if self.disk_low is not None:
             return self.disk_low
         now = time.monotonic()

@@ -83,6 +83,14 @@ BACKPRESSURE_CLOSE_SECONDS = 10.0
 #: than BACKPRESSURE_CLOSE_SECONDS, the longest those others wait.
 MESSAGE_STALL_SECONDS = 5.0
 STOP_DRAIN_SECONDS = 0.3
+#: How long a connection being closed may go without its client taking any of its last bytes
+#: (acks, and with TLS close_notify) before its socket is dropped (:func:`_release`). Without a
+#: bound, asyncio waits up to 30 s (``ssl_shutdown_timeout``) for the close_notify of a client
+#: that is gone or does not answer, after an idle timeout, a protocol error, a full buffer or a
+#: stop, and for ever for a plain TCP client that reads nothing: the socket and its file
+#: descriptor stayed open that long after the connection was closed. A client that reads is
+#: given the time it takes (up to --idle-timeout, as for its acks, :meth:`ForwardServer._drain`).
+CLOSE_GRACE_SECONDS = 1.0
 #: With --max-connections reached, a connection that got no byte between messages, or whose
 #: unfinished message began, at least this long ago may be closed to make room for a new one
 #: (:meth:`ForwardServer._make_room`); one that is storing or acking a message never is.
@@ -326,10 +334,10 @@ class ForwardServer:
             if conn.share is not None:
                 conn.share.close()
             self._conns.pop(task, None)
-            self.metrics.connections.dec()
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), timeout=1)
+            try:
+                await _release(writer, self.limits.idle_timeout)
+            finally:  # counted until its socket is closed: the gauge tells the sockets held
+                self.metrics.connections.dec()
 
     async def _start_tls(self, conn: _Conn, writer: asyncio.StreamWriter) -> None:
         """The TLS handshake, within the handshake timeout. A failure (a plaintext client on
@@ -1022,14 +1030,9 @@ def _peer_closed(writer: asyncio.StreamWriter) -> bool:
     up. False when it cannot be told (no ``TCP_INFO``: not Linux)."""
     if writer.is_closing():  # TLS: the transport closes when the peer's close_notify comes
         return True
-    sock = writer.get_extra_info("socket")
-    tcp_info = getattr(socket, "TCP_INFO", None)
-    if sock is None or tcp_info is None:
-        return False
     size = _LAST_DATA_RECV_OFFSET + _LAST_DATA_RECV.size
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, size)
-    except OSError:
+    info = _tcp_info(writer, size)
+    if not info:
         return False
     if info[0] == _TCP_CLOSE:
         return True
@@ -1037,6 +1040,69 @@ def _peer_closed(writer: asyncio.StreamWriter) -> bool:
         return False
     (idle_ms,) = _LAST_DATA_RECV.unpack_from(info, _LAST_DATA_RECV_OFFSET)
     return idle_ms >= GIVEN_UP_AFTER_S * 1000
+
+
+#: Offset and size of ``tcpi_bytes_acked`` (bytes of ours the peer's TCP acknowledged, Linux
+#: 4.1+) in ``struct tcp_info``: after the fields :data:`_LAST_DATA_RECV_OFFSET` counts, 13 more
+#: ``__u32`` (last_data_recv ... total_retrans) and two ``__u64`` (the pacing rates).
+_BYTES_ACKED = struct.Struct("=Q")
+_BYTES_ACKED_OFFSET = 120
+
+
+async def _release(writer: asyncio.StreamWriter, limit: float) -> None:
+    """Close a connection, and drop its socket once its client stops taking its last bytes.
+
+    The close first hands what is still queued (acks) to the client and, with TLS, sends
+    close_notify and waits for the client's. A client that closed answers at once; one that is
+    gone or does not read (an idle timeout, a protocol error) would hold the socket for
+    asyncio's 30 s SSL shutdown timeout (plain TCP: for ever), so once it has taken nothing for
+    :data:`CLOSE_GRACE_SECONDS` the socket is dropped (abort). A client that reads its acks
+    slowly (its kernel buffers full, the rest queued here) is not cut off while it makes
+    progress: an ack dropped then would have its chunk resent, stored twice if it goes to
+    another aggregator (this one stopping). ``limit`` bounds that; a cancelled wait (the stop
+    past its grace) drops the socket too."""
+    if not writer.is_closing():  # a second close() of a TLS transport would make abort() a no-op
+        writer.close()
+    closed = asyncio.ensure_future(writer.wait_closed())
+    give_up = time.monotonic() + limit
+    try:
+        seen = _delivery(writer)
+        while not (await asyncio.wait((closed,), timeout=CLOSE_GRACE_SECONDS))[0]:
+            now = _delivery(writer)
+            if now == seen or time.monotonic() >= give_up:
+                writer.transport.abort()
+                return
+            seen = now
+        with contextlib.suppress(Exception):  # the error that ended it (a reset): it is closed
+            closed.result()
+    except asyncio.CancelledError:
+        writer.transport.abort()
+        raise
+    finally:
+        closed.cancel()
+
+
+def _delivery(writer: asyncio.StreamWriter) -> tuple[int, int]:
+    """How far a closing connection's last bytes got: the bytes its client's TCP acknowledged
+    (``TCP_INFO``, 0 where it cannot be told) and those asyncio still holds. They change only
+    while the client takes them (once the kernel buffers are full, while it reads)."""
+    size = _BYTES_ACKED_OFFSET + _BYTES_ACKED.size
+    info = _tcp_info(writer, size)
+    acked = _BYTES_ACKED.unpack_from(info, _BYTES_ACKED_OFFSET)[0] if len(info) >= size else 0
+    return acked, writer.transport.get_write_buffer_size()
+
+
+def _tcp_info(writer: asyncio.StreamWriter, size: int) -> bytes:
+    """The first ``size`` bytes of the connection's Linux ``struct tcp_info`` (fewer from an
+    older kernel), or none where it cannot be asked (not Linux, the socket closed)."""
+    sock = writer.get_extra_info("socket")
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    if sock is None or tcp_info is None:
+        return b""
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, tcp_info, size)
+    except OSError:
+        return b""
 
 
 def _note_partial(conn: _Conn, partial: bool) -> None:

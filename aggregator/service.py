@@ -16,8 +16,9 @@ The command line (serve, ``compact``, ``drain``) is :mod:`aggregator.commands`. 
    volume nearly full: see diskguard.py), withholds acks;
 5. on SIGTERM/SIGINT: before step 3 is done (a large buffer takes a while to read), stop
    starting: release the lock, leave the buffer as found, one line, exit 0 (nothing was
-   acknowledged in this run); once serving: stop accepting, let connections finish acking
-   what they sent, seal, flush everything acknowledged, exit 0 (exit 1 if the warehouse still
+   acknowledged in this run); once serving: ``/healthz`` says ``stopping: ...`` (503) from the
+   request until the exit, stop accepting, let connections finish acking what they sent, seal,
+   flush everything acknowledged, exit 0 (exit 1 if the warehouse still
    refuses the data after ``SHUTDOWN_FLUSH_SECONDS``: it stays in the buffer and is written at
    the next start); a second signal exits 1 at once (the buffer holds everything acknowledged).
    A stop while the replay waits for its peers ends the wait and exits 1, the replay left in
@@ -509,6 +510,10 @@ class Aggregator:
         if self._stop_deadline is None:  # the stop's budget runs from the first request
             self._stop_deadline = time.monotonic() + self.settings.stop_timeout
             self._watchdog.start()
+        if self.metrics.stopping is None:  # /healthz 503 from now until the exit
+            self.metrics.stopping = (
+                "stopping: no new connections or data; flushing what was acknowledged"
+            )
         self._stopping.set()
         self._stop_wait.set()  # a replay waiting for its peers stops waiting
         self._flush_now.set()  # wake the flush loop so that it returns

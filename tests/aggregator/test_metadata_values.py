@@ -11,7 +11,12 @@ is ignored like the others. The record's line is what it was.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import math
+import time
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -20,7 +25,11 @@ import pytest
 
 from aggregator import decode as dec
 from aggregator import packed, packed_scan
+from aggregator import service as service_mod
+from aggregator.config import Settings
+from aggregator.throttle import Throttle
 from shipper import wire
+from tests.aggregator.helpers import read_table, record
 from tests.aggregator.test_client_metadata import (
     K8S_TAG,
     T0,
@@ -30,6 +39,7 @@ from tests.aggregator.test_client_metadata import (
     kube_record,
     routed,
 )
+from tests.aggregator.test_disk_full import _wait_for
 from tests.aggregator.test_packed import shipper_record
 
 NOT_TEXT: list[Any] = [42, True, 1.5, ["a"], {"name": "orders", "version": "1.2"}]
@@ -170,3 +180,64 @@ def test_client_records_of_mixed_metadata_and_odd_streams() -> None:
         for i in range(len(records))
     ]
     assert column(batch, "stream") == expected
+
+
+# --- source_id: text only (the offset dedup's key) ------------------------------------------
+
+SOURCE_IDS_NOT_TEXT: list[Any] = [5, b"5", 5.0, True]
+
+
+@pytest.mark.parametrize("value", SOURCE_IDS_NOT_TEXT, ids=repr)
+def test_a_source_id_that_is_not_text_is_no_source_id(value: Any) -> None:
+    """logq-shipper sends its source ids as text; any other value is another client's field,
+    not an id to deduplicate by: absent in the buffer, on every decode path, the shipper's
+    record beside it keeping its id."""
+    shipper = record("shipped", source_id="5", offset=10)
+    foreign = record("foreign", source_id=value, offset=10)
+    mixed = decode_all_ways("app.billing", [foreign, shipper])
+    assert column(mixed, "source_id") == [None, "5"]
+    for batch in [mixed, *one_each_way("app.billing", foreign)]:
+        assert column(batch, "source_id")[0] is None
+        assert column(batch, "log")[0] == "foreign"
+
+
+def test_records_whose_source_id_differs_only_in_type_are_all_stored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect: a ``source_id`` of 5, b"5" or 5.0 was coerced to text and shared the offset
+    dedup's mark with the text "5": of records with the same offset, all but one were dropped
+    as resends, silently. Now only text is a source id; the others are kept (each in a message
+    of its own chunk), a WARNING said once per type."""
+    settings = Settings(
+        listen="127.0.0.1:0",
+        warehouse=str(tmp_path / "wh"),
+        buffer_dir=str(tmp_path / "buf"),
+        flush_interval=0.2,
+    )
+    monkeypatch.setattr(dec, "_foreign_source_ids", Throttle(math.inf))  # none said yet
+    agg = service_mod.Aggregator(settings)
+    values: list[Any] = ["5", 5, b"5", 5.0, 5, "5"]
+
+    async def send(port: int, i: int, value: Any) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        entries = [(time.time_ns(), record(f"line {i}", source_id=value, offset=10))]
+        writer.write(wire.encode_packed_forward("logq.types", entries, chunk=f"c{i}"))
+        await writer.drain()
+        assert wire.decode_ack(msgpack.unpackb(await reader.read(4096))) == f"c{i}"
+        writer.close()
+
+    async def scenario() -> int:
+        running = asyncio.ensure_future(agg.run())
+        await _wait_for(lambda: agg.port, running, "start")
+        for i, value in enumerate(values):
+            await send(agg.port, i, value)
+        agg.stop()
+        return await asyncio.wait_for(running, 120)
+
+    with caplog.at_level(logging.WARNING, logger="logq.aggregator"):
+        assert asyncio.run(asyncio.wait_for(scenario(), 240)) == 0
+    stored = read_table(settings.warehouse, "container_logs")["message"].to_pylist()
+    # The text "5" at offset 10 twice is a shipper's resend: stored once. Every other is kept.
+    assert sorted(stored) == ["line 0", "line 1", "line 2", "line 3", "line 4"]
+    said = [r.getMessage() for r in caplog.records if "source_id that is not text" in r.message]
+    assert [m.split("(")[1].split(",")[0] for m in said] == ["int", "bytes", "float"], said

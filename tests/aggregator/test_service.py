@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import signal
@@ -242,3 +243,49 @@ def test_the_flush_interval_runs_from_seal_to_seal() -> None:
     assert seal_wait(10.0, last_seal=100.0, now=100.0) == 10.0
     assert seal_wait(10.0, last_seal=100.0, now=107.0) == 3.0
     assert seal_wait(10.0, last_seal=100.0, now=125.0) == 0.0
+
+
+def test_sigterm_while_a_client_streams_keeps_every_acked_record(tmp_path: Path) -> None:
+    """A client streams chunks without waiting for each ack (as logq-shipper and Fluent Bit
+    pipeline them) while SIGTERM comes: every chunk it got an ack for is in the warehouse once
+    the stop and a restart on the same buffer are done (an unacked one is the client's to
+    resend)."""
+    agg = start_aggregator(tmp_path, extra=["--flush-interval", "0.3"])
+    acked: list[str] = []
+    sent = 0
+    try:
+        with agg.connect() as sock:
+            sock.settimeout(30)
+            unpacker = wire.new_unpacker()
+            while True:
+                if sent == 20:
+                    agg.proc.send_signal(signal.SIGTERM)
+                try:
+                    _chunk(sock, "logq.stream", [(sent + 1, f"line {sent}")], f"s{sent}")
+                    sent += 1
+                    data = sock.recv(65536) if sent % 4 == 0 else b"x"
+                except OSError:
+                    break
+                if not data:  # the server closed the connection: the stop
+                    break
+                if data != b"x":
+                    unpacker.feed(data)
+                    acked.extend(wire.decode_ack(obj) for obj in unpacker)
+            sock.settimeout(5)
+            with contextlib.suppress(OSError):
+                while data := sock.recv(65536):
+                    unpacker.feed(data)
+                    acked.extend(wire.decode_ack(obj) for obj in unpacker)
+        code = agg.proc.wait(60)
+    finally:
+        agg.stop()
+    assert code == 0, agg.log_text()
+    assert sent > 20 and len(acked) >= 20, (sent, acked)
+    again = start_aggregator(tmp_path)
+    try:
+        assert again.stop() == 0, again.log_text()
+    finally:
+        again.stop()
+    stored = read_table(agg.warehouse, "container_logs")["message"].to_pylist()
+    assert len(stored) == len(set(stored)), "nothing stored twice"
+    assert {f"line {c[1:]}" for c in acked} <= set(stored)

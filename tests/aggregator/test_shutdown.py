@@ -86,6 +86,54 @@ def test_a_second_stop_request_exits_at_once_saying_where_the_data_is(
     assert f"the data is safe in {settings.buffer_dir}" in line
 
 
+def test_healthz_says_stopping_from_the_stop_request_until_the_exit(tmp_path: Path) -> None:
+    """Defect: /healthz answered 200 while the stop's last flush ran and the Forward port was
+    closed, so a load balancer kept sending shippers to it. From the stop request on it answers
+    503 ``stopping: ...``; /metrics (liveness) stays 200; the acked line is written."""
+    settings = _settings(tmp_path, flush_interval=300)
+    agg = service_mod.Aggregator(settings)
+    in_stop_flush = threading.Event()
+    release = threading.Event()
+    real_flush = agg._flush_segment
+
+    def held_flush(segment: Any, deadline: float | None = None) -> Any:
+        in_stop_flush.set()
+        release.wait(120)
+        return real_flush(segment, deadline)
+
+    agg._flush_segment = held_flush  # type: ignore[method-assign]
+
+    async def refused(port: int) -> bool:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return True
+        writer.close()
+        return False
+
+    async def scenario() -> tuple[int, list[tuple[int, str]], bool]:
+        running = asyncio.ensure_future(agg.run())
+        await _wait_for(lambda: agg.port and agg.metrics_server, running, "start")
+        assert agg.metrics_server is not None
+        mport, fport = agg.metrics_server.port, agg.port
+        assert await http_get(mport, "/healthz") == (200, "ok\n")
+        assert await _ack(fport, "c1", "acked before the stop") == {"ack": "c1"}
+        agg._stop_requested()
+        await _wait_for(in_stop_flush.is_set, running, "the stop's flush")
+        answers = [await http_get(mport, "/healthz"), await http_get(mport, "/metrics")]
+        port_refused = await refused(fport)
+        release.set()
+        return await asyncio.wait_for(running, 120), answers, port_refused
+
+    code, (healthz, page), port_refused = asyncio.run(asyncio.wait_for(scenario(), 240))
+    assert code == 0
+    assert port_refused, "the Forward port takes no new connection while stopping"
+    assert healthz[0] == 503
+    assert healthz[1].startswith("stopping:"), healthz
+    assert page[0] == 200 and "logq_aggregator_acks_total" in page[1]
+    assert _stored(settings) == ["acked before the stop"]
+
+
 @pytest.mark.integration
 def test_a_second_sigterm_ends_a_stalled_stop_with_exit_1_and_the_data_stays(
     tmp_path: Path,
