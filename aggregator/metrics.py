@@ -30,8 +30,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import socket
-import struct
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -45,6 +43,7 @@ from aggregator import listen
 from aggregator.batch import service_column
 from aggregator.throttle import Throttle
 from shipper import wire
+from shipper.sender import reset_connection
 
 log = logging.getLogger("logq.aggregator.metrics")
 
@@ -262,7 +261,8 @@ class Metrics:
         self.metrics_connections_refused = Counter(
             "logq_aggregator_metrics_connections_refused_total",
             "Connections to --metrics-listen closed unanswered: that many were open already "
-            "(scrapers that do not read their replies, or too many at once)",
+            "(scrapers that do not read their replies, or too many at once), or the connection "
+            "had sent no request for 1 s and a newcomer took its slot",
             registry=r,
         )
         self.disk_free = Gauge(
@@ -461,6 +461,12 @@ MAX_METRICS_CONNECTIONS = 16
 WRITE_TIMEOUT_SECONDS = 10.0
 #: Seconds a client has to send its request's head.
 REQUEST_TIMEOUT_SECONDS = 10.0
+#: Seconds a connection may stay open without a request before a newcomer over the limit takes
+#: its slot: a scraper or probe sends its request head as soon as it connects, so one silent this
+#: long is a port scanner, a broken probe or a slowloris, and keeping it would lock every scrape
+#: and ``/healthz`` probe out until :data:`REQUEST_TIMEOUT_SECONDS` (a liveness probe failing
+#: meanwhile restarts a healthy aggregator).
+SILENT_EVICT_SECONDS = 1.0
 #: Seconds between two WARNINGs about metrics connections closed over the limit.
 _REFUSED_WARNING_SECONDS = 60.0
 
@@ -485,6 +491,11 @@ class MetricsServer:
         self._refused_warnings = Throttle(_REFUSED_WARNING_SECONDS)
         self._rendering: asyncio.Future[bytes] | None = None
         """The page being rendered in a worker thread, while one is."""
+        self._silent: dict[asyncio.StreamWriter, float] = {}
+        """Connections waiting for their request head, and since when (monotonic), oldest
+        first: the ones a newcomer over the limit may take the slot of."""
+        self._evicted: set[asyncio.StreamWriter] = set()
+        """Connections closed for a newcomer whose slot was handed over already."""
 
     async def start(self) -> int:
         self._server = await listen.start_server(self._handle, self.host, self.port)
@@ -506,26 +517,46 @@ class MetricsServer:
         return self._open
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._open >= MAX_METRICS_CONNECTIONS:
+        if self._open >= MAX_METRICS_CONNECTIONS and not self._evict_silent():
             self._refuse(writer)
             return
         self._open += 1
         try:
             await self._serve(reader, writer)
         finally:
-            self._open -= 1
+            if writer in self._evicted:
+                self._evicted.discard(writer)
+            else:
+                self._open -= 1
+
+    def _evict_silent(self) -> bool:
+        """Free a slot for a newcomer: close the connection that has sent no request for the
+        longest, if that is :data:`SILENT_EVICT_SECONDS` or more (counted as a connection
+        refused, as it goes unanswered). False when none has been silent that long: every slot
+        holds a request being answered, or a client that connected a moment ago."""
+        if not self._silent:
+            return False
+        writer, since = next(iter(self._silent.items()))
+        if time.monotonic() - since < SILENT_EVICT_SECONDS:
+            return False
+        del self._silent[writer]
+        self._evicted.add(writer)
+        self._open -= 1
+        self._refuse(writer)
+        return True
 
     def _refuse(self, writer: asyncio.StreamWriter) -> None:
         """Close a connection over :data:`MAX_METRICS_CONNECTIONS` unread; count it, and say so
         at most every :data:`_REFUSED_WARNING_SECONDS`."""
-        _reset(writer)
+        reset_connection(writer)
         self.metrics.metrics_connections_refused.inc()
         self._refused += 1
         if not self._refused_warnings.due("refused", time.time()):
             return
         log.warning(
             "closed %d metrics connection(s) unanswered: %d were open already (the limit); "
-            "scrapers that do not read their replies, or too many at once, hold them: check "
+            "scrapers that do not read their replies, connections that send no request "
+            "(closed after 1 s for a newcomer), or too many at once, hold them: check "
             "what connects to --metrics-listen (logq_aggregator_metrics_connections_refused_total "
             "counts them) peer=%s",
             self._refused,
@@ -539,10 +570,14 @@ class MetricsServer:
         # drain() returns only once the whole reply is with the kernel: close() then frees it.
         writer.transport.set_write_buffer_limits(high=0)
         answered = False
+        self._silent[writer] = time.monotonic()
         try:
-            request = await asyncio.wait_for(
-                reader.readuntil(b"\r\n\r\n"), timeout=REQUEST_TIMEOUT_SECONDS
-            )
+            try:
+                request = await asyncio.wait_for(
+                    reader.readuntil(b"\r\n\r\n"), timeout=REQUEST_TIMEOUT_SECONDS
+                )
+            finally:
+                self._silent.pop(writer, None)
             line = request.split(b"\r\n", 1)[0].decode("latin-1").split()
             path = line[1].split("?", 1)[0] if len(line) >= 2 else "/"
             status, ctype, body = await self._reply(path)
@@ -559,7 +594,7 @@ class MetricsServer:
             if answered:
                 writer.close()
             else:
-                _reset(writer)
+                reset_connection(writer)
 
     async def _reply(self, path: str) -> tuple[str, str, bytes]:
         """Status, content type and body for ``path``."""
@@ -583,17 +618,6 @@ class MetricsServer:
 
     def _rendered(self, _: asyncio.Future[bytes]) -> None:
         self._rendering = None
-
-
-def _reset(writer: asyncio.StreamWriter) -> None:
-    """Close a connection and drop what it has not sent: a reset (SO_LINGER 0), as the
-    kernel's send buffer (up to 4 MB) would otherwise wait for a client that does not read,
-    just as close() would keep the rest of the reply in memory."""
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

@@ -1005,16 +1005,18 @@ _TCP_CLOSE = 7
 _LAST_DATA_RECV = struct.Struct("=I")
 _LAST_DATA_RECV_OFFSET = 52
 
-#: A client that closed its side is taken as having given up on its messages only when their
-#: data reached this host at least this long ago: the aggregator was stalled (stopped, paused,
-#: swapping, a hung fsync) while the data waited in its socket. A client that gives up has
-#: waited its ack timeout since sending (logq-shipper 30 s by default, Fluentd's
-#: ack_response_timeout 190 s), so its data is far older than this when the stalled process
-#: reads it; a client that half-closes right after sending and then reads its acks (``nc -N``,
-#: scripts, proxies that pass a half-close on) sent its data moments before, and a serving
-#: aggregator reads it within milliseconds. 2 s leaves room for a loaded aggregator (a busy
-#: event loop, reads paused by backpressure) without dropping such a client's messages, and a
-#: stall shorter than 2 s is shorter than any client's ack timeout in practice.
+#: A client that closed its side with a FIN is taken as having given up on its messages only
+#: when their data reached this host at least this long ago: the aggregator was stalled
+#: (stopped, paused, swapping, a hung fsync) while the data waited in its socket. A client that
+#: gives up has waited its ack timeout since sending (Fluentd's ack_response_timeout 190 s), so
+#: its data is far older than this when the stalled process reads it; a client that half-closes
+#: right after sending and then reads its acks (``nc -N``, scripts, proxies that pass a
+#: half-close on) sent its data moments before, and a serving aggregator reads it within
+#: milliseconds. 2 s leaves room for a loaded aggregator (a busy event loop, reads paused by
+#: backpressure) without dropping such a client's messages. It is a guess about the client's
+#: ack timeout, and a client giving up sooner has its lines stored twice; logq-shipper, whose
+#: ``--ack-timeout`` goes down to 0.1 s, resets the connections it gives up on instead (see
+#: :func:`shipper.sender.reset_connection`), which this tells exactly.
 GIVEN_UP_AFTER_S = 2.0
 
 
@@ -1022,12 +1024,13 @@ def _peer_closed(writer: asyncio.StreamWriter) -> bool:
     """Whether the client has given up on the connection, which its kernel told ours (FIN or
     RST) even while this process was stopped and before the bytes it sent earlier are read:
     asked of the socket's TCP state, not of the stream (whose end-of-file comes only after every
-    byte before it was read). A reset connection has; one the client closed (or half-closed)
-    has only when its last data arrived :data:`GIVEN_UP_AFTER_S` ago or more: a stall, past
-    which it gave up waiting for the acks. A client that half-closes right after sending waits
-    for its acks. Clients that ask for acks (logq-shipper, Fluent Bit, Fluentd's out_forward
-    with ``require_ack_response``) keep the connection open until the ack comes or they give
-    up. False when it cannot be told (no ``TCP_INFO``: not Linux)."""
+    byte before it was read). A reset connection has (logq-shipper resets the connections it
+    gives up on); one the client closed (or half-closed) has only when its last data arrived
+    :data:`GIVEN_UP_AFTER_S` ago or more: a stall, past which it gave up waiting for the acks.
+    A client that half-closes right after sending waits for its acks. Clients that ask for acks
+    (logq-shipper, Fluent Bit, Fluentd's out_forward with ``require_ack_response``) keep the
+    connection open until the ack comes or they give up. False when it cannot be told (no
+    ``TCP_INFO``: not Linux)."""
     if writer.is_closing():  # TLS: the transport closes when the peer's close_notify comes
         return True
     size = _LAST_DATA_RECV_OFFSET + _LAST_DATA_RECV.size

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import socket
 import threading
 import time
@@ -48,6 +49,11 @@ SWEEP_SECONDS = 60.0
 #: A loss counted before any scrape showed its series at 0 waits for one at most this long
 #: (seconds; Prometheus scrapes every 15 s to 1 min): see :meth:`Metrics.count_loss`.
 HOLD_SECONDS = 300.0
+#: Seconds a metrics connection may wait on its client, to send its request or to read the
+#: reply, before it is closed: each holds a thread and a descriptor, and the descriptors come
+#: out of the reserve kept for the aggregator sockets and checkpoint saves
+#: (:mod:`shipper.fd_budget`); a scraper or probe sends its request as soon as it connects.
+REQUEST_TIMEOUT_SECONDS = 10.0
 
 
 class Metrics:
@@ -365,6 +371,20 @@ class Metrics:
         metrics = self
 
         class Handler(MetricsHandler.factory(self.registry)):  # type: ignore[misc]
+            timeout = REQUEST_TIMEOUT_SECONDS
+
+            def setup(self) -> None:
+                super().setup()
+                self.rfile.close()  # the socket closes only once every file made of it has
+                # The whole request within the timeout: the socket's own applies to each read,
+                # and a client sending a byte at a time (a slowloris) would never be dropped.
+                self.rfile = io.BufferedReader(_Deadline(self.connection, self.timeout))
+
+            def parse_request(self) -> bool:
+                ok = bool(super().parse_request())
+                self.connection.settimeout(self.timeout)  # the reply's own time to be read
+                return ok
+
             def do_GET(self) -> None:
                 path = urlparse(self.path).path
                 if path not in ("/healthz", "/livez"):
@@ -387,6 +407,24 @@ class Metrics:
         with self._lock:
             self._serving = True
         return server
+
+
+class _Deadline(io.RawIOBase):
+    """Reads of a socket that all end by one deadline (:exc:`TimeoutError` past it)."""
+
+    def __init__(self, sock: socket.socket, seconds: float) -> None:
+        self._sock = sock
+        self._deadline = time.monotonic() + seconds
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not come in time")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
 
 
 class _DualStackServer(ThreadingHTTPServer):

@@ -26,7 +26,9 @@ import hashlib
 import logging
 import os
 import random
+import socket
 import ssl
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,14 +171,17 @@ class _Connection:
             return PeerProtocolError(_protocol_error(self.endpoint, exc))
         return None
 
-    def _fail(self, error: BaseException) -> None:
+    def _fail(self, error: BaseException, reset: bool = False) -> None:
         self.closed = True
         for fut in self.pending.values():
             if not fut.done():
                 fut.set_exception(error)
         self.pending.clear()
         with contextlib.suppress(Exception):
-            self.writer.close()
+            if reset:
+                reset_connection(self.writer)
+            else:
+                self.writer.close()
 
     async def send(self, payload: bytes, chunk: str) -> asyncio.Future[None]:
         """Write one message; returns the future its ack resolves.
@@ -196,10 +201,30 @@ class _Connection:
                 await self.writer.drain()
         return fut
 
-    def close(self) -> None:
+    def close(self, reset: bool = False) -> None:
+        """Close the connection; ``reset``: with a reset (see :func:`reset_connection`), as
+        the batches sent on it go again, to this aggregator or another one."""
         if not self.task.done():
             self.task.cancel()
-        self._fail(ConnectionError("connection closed"))
+        self._fail(ConnectionError("connection closed"), reset)
+
+
+def reset_connection(writer: asyncio.StreamWriter) -> None:
+    """Close a connection with a reset (RST: SO_LINGER 0) and drop what it has not sent yet.
+
+    The shipper gives a connection up this way when a batch on it failed (no ack within
+    ``--ack-timeout``): its batches go again, maybe to another aggregator. An aggregator that
+    has not read them yet (stopped, paused, swapped out) finds the reset in its socket's TCP
+    state when it resumes, whatever the delay, and stores none of them; a FIN it could not tell
+    from a client that half-closes and waits for its acks, and it stored them too
+    (:func:`aggregator.server._peer_closed`). The aggregator's metrics port drops clients that
+    do not read their replies this way too: close() would leave the reply in the kernel's send
+    buffer (up to 4 MB) for as long as the client does not read it."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 def _consume(fut: asyncio.Future[None]) -> None:
@@ -359,7 +384,7 @@ class ForwardClient:
         h.last_error = describe_error(exc)
         conn = self._conns.pop(ep, None)
         if conn is not None:
-            conn.close()
+            conn.close(reset=True)  # its batches go again: the aggregator must not store them
 
     async def _connection(self, ep: Endpoint) -> _Connection:
         conn = self._conns.get(ep)

@@ -35,6 +35,8 @@ from aggregator import server as server_module
 from aggregator.metrics import Metrics
 from aggregator.server import ForwardServer, ServerLimits
 from shipper import wire
+from shipper.config import Endpoint
+from shipper.sender import ForwardClient, rendezvous_order
 from tests.aggregator.helpers import read_acks, read_table, record, start_aggregator
 from tests.aggregator.test_inflight import HeldBuffer, _until
 from tests.support.procs import wait_until
@@ -45,6 +47,10 @@ pytestmark = pytest.mark.skipif(
 
 #: ``st`` of /proc/net/tcp for CLOSE_WAIT: the peer's FIN was received.
 CLOSE_WAIT = "08"
+#: ``st`` of /proc/net/tcp for ESTABLISHED.
+ESTABLISHED = "01"
+#: ``st`` of /proc/net/tcp for LISTEN.
+LISTEN = "0A"
 #: The in-process tests' :data:`aggregator.server.GIVEN_UP_AFTER_S`, and how long their stall
 #: lasts (past it).
 GIVEN_UP_AFTER_S = 0.3
@@ -359,3 +365,90 @@ def test_an_aggregator_stalled_past_the_ack_timeout_does_not_store_the_resent_li
     assert messages == expected
     assert dropped == 1
     assert "closed its connection before 1 messages it sent (40 lines)" in n0.log_text()
+
+
+def _first_for(endpoint: Endpoint, endpoints: tuple[Endpoint, ...]) -> str:
+    """A source id that rendezvous hashing sends to ``endpoint`` first."""
+    return next(
+        name
+        for name in (f"source-{i}" for i in range(1000))
+        if rendezvous_order(name, endpoints)[0] == endpoint
+    )
+
+
+def _server_states(port: int) -> set[str]:
+    """The TCP states (``st``, hex) of the server's ends of the connections to IPv4 ``port``."""
+    states = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] != LISTEN:
+            states.add(fields[3])
+    return states
+
+
+@pytest.mark.integration
+def test_a_shipper_with_a_short_ack_timeout_fails_over_from_a_stalled_aggregator_once(
+    tmp_path: Path,
+) -> None:
+    """x2's chaos run: two aggregators, logq-shipper's ``--ack-timeout 1``, one aggregator
+    stopped (SIGSTOP) for 1-5 s stored lines twice. The shipper gave up on a batch, closed the
+    connection (FIN) and resent the batch to the other aggregator; the stopped one resumed less
+    than :data:`aggregator.server.GIVEN_UP_AFTER_S` after the batch reached its socket, so it
+    took the FIN for a client that half-closes and waits for its acks, and stored the batch
+    too. The shipper now resets the connection it gives up on (RST), which the aggregator tells
+    apart from a half-close whatever the delay: the batch is stored once."""
+    n0 = start_aggregator(tmp_path, extra=["--node-id", "n0"], name="n0")
+    n1 = start_aggregator(tmp_path, extra=["--node-id", "n1"], name="n1")
+    endpoints = (Endpoint("127.0.0.1", n0.port), Endpoint("127.0.0.1", n1.port))
+    source = _first_for(endpoints[0], endpoints)
+    batch = _message("batch", 40)
+
+    async def deliver() -> Endpoint:
+        client = ForwardClient(
+            endpoints, hostname="test-host", ack_timeout=0.3, backoff_base=0.01, backoff_cap=0.1
+        )
+        gave_up = asyncio.Event()
+
+        def on_retry(_: str) -> None:
+            client.ack_timeout = 30.0  # n1 just started: its first ack may take a while
+            gave_up.set()
+
+        client.on_retry = on_retry
+        try:
+            delivery = asyncio.create_task(client.deliver(batch, "batch", affinity=source))
+            await gave_up.wait()
+            # n0 resumes once the client's close reached its socket: 0.3 s after the batch
+            # did, well within GIVEN_UP_AFTER_S.
+            await asyncio.to_thread(
+                wait_until,
+                lambda: ESTABLISHED not in _server_states(n0.port),
+                15,
+                "the client's close",
+            )
+            os.killpg(n0.proc.pid, signal.SIGCONT)
+            return await delivery
+        finally:
+            await client.close()
+
+    try:
+        os.killpg(n0.proc.pid, signal.SIGSTOP)
+        try:
+            assert _run(deliver()) == endpoints[1]
+        finally:
+            os.killpg(n0.proc.pid, signal.SIGCONT)
+        wait_until(
+            lambda: not _server_states(n0.port),
+            30,
+            "n0 reads what waited in its socket and closes the connection",
+            proc=n0.proc,
+            log=n0.log,
+        )
+        assert n0.stop() == 0
+        assert n1.stop() == 0
+    finally:
+        for agg in (n0, n1):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(agg.proc.pid, signal.SIGCONT)
+            agg.stop()
+    messages = sorted(read_table(n0.warehouse, "container_logs")["message"].to_pylist())
+    assert messages == sorted(f"batch {i}" for i in range(40)), "stored by n0 and n1 both"

@@ -181,3 +181,39 @@ def test_acks_flow_while_a_scrape_renders_and_scrapers_that_do_not_read_are_drop
         huge.release.set()
         for sock in scrapers:
             sock.close()
+
+
+def test_connections_that_never_send_a_request_do_not_lock_scrapes_out() -> None:
+    """Sixteen connections that open the metrics port and send nothing (a port scanner, a
+    broken probe, a slowloris) held every slot for the 10 s request timeout, over and over: each
+    scrape and each ``/healthz`` probe meanwhile was reset, so a liveness probe could restart a
+    healthy aggregator. A newcomer now takes the slot of the connection silent the longest."""
+
+    async def scenario() -> None:
+        metrics = metrics_mod.Metrics()
+        metrics.starting = None  # started: /healthz says ok
+        server = metrics_mod.MetricsServer(metrics, "127.0.0.1", 0)
+        await server.start()
+        silent: list[socket.socket] = []
+        try:
+            for _ in range(MAX_METRICS_CONNECTIONS):
+                silent.append(socket.create_connection(("127.0.0.1", server.port)))
+            while server.open_connections < MAX_METRICS_CONNECTIONS:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(metrics_mod.SILENT_EVICT_SECONDS + 0.2)
+            status, body = await http_get(server.port, "/healthz")
+            assert (status, body) == (200, "ok\n")
+            # The probe's slot is free again: the scrape takes it, nobody else goes.
+            status, body = await http_get(server.port, "/metrics")
+            assert status == 200 and "logq_aggregator_acks_total" in body
+            assert [_reset(sock) for sock in silent] == [True] + [False] * (len(silent) - 1)
+            refused = "logq_aggregator_metrics_connections_refused_total"
+            assert metrics.registry.get_sample_value(refused) == 1
+            while server.open_connections != MAX_METRICS_CONNECTIONS - 1:
+                await asyncio.sleep(0.05)
+        finally:
+            for sock in silent:
+                sock.close()
+            await server.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,44 @@ def test_a_dead_aggregators_sources_spread_over_every_survivor() -> None:
     landed = {ep: sum(1 for s in moved if after[s] == ep) for ep in eps}
     assert landed[eps[1]] == 0
     assert all(landed[ep] >= len(moved) / 6 for ep in (eps[0], eps[2], eps[3])), landed
+
+
+def test_a_connection_given_up_after_the_ack_timeout_is_reset_not_closed() -> None:
+    """A batch without an ack within ``ack_timeout`` goes again (maybe to another aggregator),
+    so the connection it was on ends with a reset (RST), not a FIN: an aggregator that has not
+    read the batch yet (stopped, paused) tells the reset apart from a client that half-closes
+    and waits for its acks whatever the delay, and does not store the batch a second time
+    (x2s24: ``--ack-timeout 1`` and an aggregator stopped for 1-5 s stored lines twice).
+    ``tests/aggregator/test_given_up_messages.py`` has the two aggregators of that run."""
+
+    async def go() -> BaseException | bytes:
+        received = asyncio.get_running_loop().create_future()
+
+        async def never_ack(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            outcome: BaseException | bytes = b""  # end of file: the client sent a FIN
+            try:
+                while await reader.read(65536):
+                    pass  # read on, ack nothing
+            except ConnectionResetError as exc:
+                outcome = exc
+            finally:
+                writer.close()
+            if not received.done():  # the first connection's end (the client reconnects)
+                received.set_result(outcome)
+
+        server = await asyncio.start_server(never_ack, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        c = client(f"127.0.0.1:{port}", ack_timeout=0.2, give_up_after=30)
+        payload, chunk = message(10)
+        delivery = asyncio.create_task(c.deliver(payload, chunk))
+        try:
+            return await asyncio.wait_for(received, 30)
+        finally:
+            delivery.cancel()
+            with contextlib.suppress(asyncio.CancelledError, DeliveryError):
+                await delivery
+            await c.close()
+            server.close()
+            await server.wait_closed()
+
+    assert isinstance(asyncio.run(go()), ConnectionResetError)

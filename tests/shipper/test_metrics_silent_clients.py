@@ -1,0 +1,95 @@
+"""Connections to ``--metrics-listen`` that send no request must not be held for ever.
+
+The shipper's metrics server serves each connection on a thread of its own; with no timeout, a
+client that connected and sent nothing (a port scanner, a probe that leaks connections, a
+slowloris) kept its thread and its descriptor for the life of the process. Those descriptors come
+out of the reserve that :mod:`shipper.fd_budget` keeps for the sockets to the aggregators and
+the checkpoint saves, so enough of them stopped the shipper from reconnecting or saving its
+checkpoints. Found by holding 1,500 silent connections on a running shipper: 1,504 threads and
+1,513 descriptors, still there 15 s later.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+
+import pytest
+
+from shipper import metrics as metrics_mod
+from shipper.config import Endpoint
+from shipper.metrics import Metrics
+from tests.shipper.receiver import free_port
+
+
+def _closed_by_server(sock: socket.socket, within: float) -> bool:
+    """Whether the server closed ``sock`` (end of file or reset) within ``within`` seconds."""
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_connection_that_sends_nothing_is_closed_and_scrapes_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(metrics_mod, "REQUEST_TIMEOUT_SECONDS", 0.5)
+    port = free_port()
+    server = Metrics().serve(Endpoint("127.0.0.1", port))
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+    try:
+        assert all(_closed_by_server(sock, within=10) for sock in silent)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=10) as resp:
+            assert resp.status == 200
+    finally:
+        for sock in silent:
+            sock.close()
+        server.shutdown()
+        server.server_close()
+
+
+def _closed_while_trickling(sock: socket.socket, within: float) -> bool:
+    """Send a request head a byte at a time (every 0.1 s, never finishing it): whether the
+    server closed the connection within ``within`` seconds."""
+    sock.setblocking(False)
+    head = b"GET /livez HTTP/1.0\r\n" + b"X-Slow: " + b"x" * 10_000
+    deadline = time.monotonic() + within
+    for byte in head:
+        if time.monotonic() > deadline:
+            return False
+        try:
+            if sock.recv(1) == b"":
+                return True
+        except BlockingIOError:
+            pass
+        except ConnectionResetError:
+            return True
+        try:
+            sock.send(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_client_that_trickles_its_request_is_closed_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The timeout is for the whole request, not for each read: a client sending a byte every
+    0.1 s (a slowloris) kept its thread and descriptor for as long as it went on, as each read
+    waited less than the timeout."""
+    monkeypatch.setattr(metrics_mod, "REQUEST_TIMEOUT_SECONDS", 0.5)
+    port = free_port()
+    server = Metrics().serve(Endpoint("127.0.0.1", port))
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            assert _closed_while_trickling(sock, within=10)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=10) as resp:
+            assert resp.status == 200
+    finally:
+        server.shutdown()
+        server.server_close()
