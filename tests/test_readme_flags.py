@@ -71,3 +71,65 @@ def test_every_config_key_and_alias_is_documented() -> None:
     # The aggregator's canonical key is the flag's (envoy_format), its field the alias.
     for alias, name in {**ship.FILE_ALIASES, **agg._FILE_KEYS}.items():
         assert f"`{alias}` for `{name}`" in section
+
+
+def test_keys_both_daemons_take_are_the_ones_named() -> None:
+    """docs/operations.md names the keys both daemons take (to say where they belong in a
+    shared file); the README once named two of the four."""
+    both = documented_keys("logq-shipper") & documented_keys("logq-aggregator")
+    section = OPERATIONS.read_text(encoding="utf-8").split("### Config files", 1)[1]
+    named = re.search(r"keys both take \(([^)]*)\)", " ".join(section.split()))
+    assert named is not None
+    assert set(re.findall(r"`([a-z_]+)`", named.group(1))) == both
+    readme = " ".join(README.read_text(encoding="utf-8").split())
+    assert all(f"`{key}`" in readme.split("## Configuration", 1)[1] for key in both)
+
+
+#: ``logq sql`` examples the README quotes: the statement, the answer as the README gives it,
+#: and the CSV logq prints. The README said that a VALUES list's columns stay DuckDB's ``col0``
+#: and an unnamed ROW's fields ``_0``, ``_1`` after logq had come to name both as Athena does.
+SQL_EXAMPLES = [
+    ("VALUES (1, 'x')", "give `_col0`, `_col1`", "_col0,_col1\n1,x\n"),
+    ("SELECT * FROM (VALUES (1, 'x'))", "give `_col0`, `_col1`", "_col0,_col1\n1,x\n"),
+    ("SELECT ROW(1, 'x')", "gives `{field0=1, field1=x}`", '_col0\n"{field0=1, field1=x}"\n'),
+    ("SELECT 1; -- why", "a second statement exits 2", "_col0\n1\n"),
+]
+
+
+@pytest.mark.parametrize(("statement", "said", "printed"), SQL_EXAMPLES)
+def test_readme_sql_examples_answer_as_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, statement: str, said: str, printed: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    readme = " ".join(README.read_text(encoding="utf-8").split())
+    assert f"`{statement}`" in readme
+    assert said in readme.split(f"`{statement}`", 1)[1][:200]
+    monkeypatch.delenv("LOGQ_ENGINE", raising=False)
+    run = CliRunner().invoke(app, ["sql", statement, "-f", "csv", "--warehouse", str(tmp_path)])
+    assert (run.exit_code, run.stdout) == (0, printed), run.stderr
+
+
+@pytest.mark.parametrize(
+    ("function", "statement"),
+    [
+        ("read_xlsx", "SELECT * FROM read_xlsx('a.xlsx')"),
+        ("st_point", "SELECT st_point(1, 2)"),
+        ("iceberg_scan", "SELECT * FROM iceberg_scan('s3://b/t')"),
+    ],
+)
+def test_readme_extension_functions_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, function: str, statement: str
+) -> None:
+    """The README names these as refused, exit 2, naming the extension."""
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    assert f"`{function}`" in README.read_text(encoding="utf-8")
+    monkeypatch.delenv("LOGQ_ENGINE", raising=False)
+    run = CliRunner().invoke(app, ["sql", statement, "--warehouse", str(tmp_path)])
+    assert run.exit_code == 2, run.stderr
+    assert "extension, which it does not load" in run.stderr
