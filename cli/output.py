@@ -547,17 +547,21 @@ def _header_word(title: str) -> int:
 
 
 def table_widths(
-    columns: Sequence[str], cells: Sequence[Sequence[Any]], whole_titles: bool = False
+    columns: Sequence[str],
+    cells: Sequence[Sequence[Any]],
+    whole_titles: bool = False,
+    titles: Sequence[str] | None = None,
 ) -> tuple[list[int], list[bool]]:
     """(width each column needs, whether it may be narrower): a fixed column needs its widest
     value, and its whole title with ``whole_titles`` (else the title wraps between words); prose
     and cut columns can go down to :data:`MIN_FREE_WIDTH` (or their widest value, if smaller)."""
     from rich.cells import cell_len
 
+    titles = titles or table_titles(columns)
     widths, free = [], []
     for i, col in enumerate(columns):
         values = _widest([row[i] for row in cells])
-        name = visible(header(col))
+        name = titles[i]
         title = cell_len(name) if whole_titles else _header_word(name)
         if col in PROSE_COLUMNS or col in CUT_COLUMNS:
             widths.append(max(min(values, MIN_FREE_WIDTH), min(title, MIN_FREE_WIDTH), 1))
@@ -573,14 +577,21 @@ def frame_width(count: int) -> int:
     return 3 * count + 1
 
 
-def natural_width(columns: Sequence[str], cells: Sequence[Sequence[Any]]) -> int:
+def natural_width(titles: Sequence[str], cells: Sequence[Sequence[Any]]) -> int:
     """Width of the table with nothing wrapped: every value and title on one line."""
     from rich.cells import cell_len
 
     total = 0
-    for i, col in enumerate(columns):
-        total += max(_widest([row[i] for row in cells]), cell_len(visible(header(col))), 1)
-    return total + frame_width(len(columns))
+    for i, title in enumerate(titles):
+        total += max(_widest([row[i] for row in cells]), cell_len(title), 1)
+    return total + frame_width(len(titles))
+
+
+def table_titles(columns: Sequence[str], as_named: bool = False) -> list[str]:
+    """The titles a table shows: :func:`header`'s for a canned answer's columns (``p99_ms`` →
+    ``p99 ms``), or the names as the statement gave them (``as_named``: ``logq sql``, where
+    ``a_b`` shown as ``a b`` and ``_col0`` as `` col0`` named no column of the statement)."""
+    return [visible(c if as_named else header(c)) for c in columns]
 
 
 def render_table(
@@ -590,6 +601,7 @@ def render_table(
     title: str | None = None,
     width: int | None = None,
     color: bool | None = None,
+    as_named: bool = False,
 ) -> None:
     """Print rows for people (colour only when ``out`` is a terminal, unless ``color`` says).
 
@@ -597,28 +609,30 @@ def render_table(
     wrapped, whatever reads it (``grep``, ``less -S``, a ticket) sees each row on one line. On a
     terminal (or with ``width``) only prose wraps and paths are cut with "…", then titles wrap
     between words; when the values that must stay whole still do not fit, every row prints as a
-    record, one ``name value`` per line.
+    record, one ``name value`` per line. Titles as :func:`table_titles` makes them.
     """
     out = out or sys.stdout
     cells = _cells(columns, rows)
+    titles = table_titles(columns, as_named)
     pipe = width is None and not _is_terminal(out)
     if pipe:
-        width = max(natural_width(columns, cells), len(title or ""), 20)  # never wrapped
+        width = max(natural_width(titles, cells), len(title or ""), 20)  # never wrapped
     con = console(out, width=width, force_terminal=color, markup=False)
-    if pipe or not rows or natural_width(columns, cells) <= con.width:
-        _print_table(con, columns, rows, cells, title, None, wrap_titles=not pipe)
+    if pipe or not rows or natural_width(titles, cells) <= con.width:
+        _print_table(con, columns, titles, rows, cells, title, None, wrap_titles=not pipe)
         return
     for whole_titles in (True, False):
-        need, _ = table_widths(columns, cells, whole_titles)
+        need, _ = table_widths(columns, cells, whole_titles, titles)
         if sum(need) + frame_width(len(columns)) <= con.width:
-            _print_table(con, columns, rows, cells, title, need, wrap_titles=True)
+            _print_table(con, columns, titles, rows, cells, title, need, wrap_titles=True)
             return
-    _print_records(con, columns, cells, title)
+    _print_records(con, titles, cells, title)
 
 
 def _print_table(
     console: Any,
     columns: Sequence[str],
+    titles: Sequence[str],
     rows: Sequence[Sequence[Any]],
     cells: Sequence[Sequence[Any]],
     title: str | None,
@@ -642,7 +656,7 @@ def _print_table(
     table = Table(header_style="bold", show_lines=False)
     for i, col in enumerate(columns):
         numeric = _is_numeric_column(rows, i)
-        name = Text(visible(header(col)), no_wrap=not wrap_titles, overflow="fold")
+        name = Text(titles[i], no_wrap=not wrap_titles, overflow="fold")
         if free[i] and fixed is not None:
             overflow = "fold" if col in PROSE_COLUMNS else "ellipsis"
             table.add_column(name, justify="left", no_wrap=False, overflow=overflow)
@@ -669,14 +683,14 @@ def _print_title(console: Any, title: str | None) -> None:
 
 
 def _print_records(
-    console: Any, columns: Sequence[str], cells: Sequence[Sequence[Any]], title: str | None
+    console: Any, titles: Sequence[str], cells: Sequence[Sequence[Any]], title: str | None
 ) -> None:
     """Rows too wide for the terminal, one record per row (like ``psql``'s expanded display):
     ``name  value`` lines, a value that does not fit beside its name on its own line below."""
     from rich.text import Text
 
     _print_title(console, title)
-    names = [visible(header(c)) for c in columns]
+    names = list(titles)
     label = max(len(n) for n in names)
     for number, row in enumerate(cells, 1):
         rule = f"── {number} of {len(cells)} "
@@ -710,8 +724,10 @@ def emit(
     out: TextIO | None = None,
     title: str | None = None,
     more: Iterable[Rows] = (),
+    as_named: bool = False,
 ) -> Written:
     """Write the result in ``fmt`` to ``out`` (stdout by default), in pieces (see WRITE_CHUNK).
+    ``as_named``: the table's titles are the column names as given (:func:`table_titles`).
 
     ``more``: batches of rows after ``rows`` (a streamed result), read one at a time and
     written as they come for json, csv and markdown; the table reads them only up to
@@ -721,7 +737,7 @@ def emit(
     out = out or sys.stdout
     if fmt is OutputFormat.table:
         shown, complete = _table_rows(rows, more)
-        render_table(columns, shown, out=out, title=title)
+        render_table(columns, shown, out=out, title=title, as_named=as_named)
         flush_all(out)
         return Written(len(shown), complete)
     counted = _Counted([rows], more)

@@ -458,7 +458,7 @@ def _show(
             exit_code = NO_DATA_EXIT
     rest = _Rest(() if more is None else more, dropped, common.limit, len(rows))
     table_title = title if common.fmt is OutputFormat.table else None
-    written = emit(common.fmt, columns, rows, title=table_title, more=rest)
+    written = emit(common.fmt, columns, rows, title=table_title, more=rest, as_named=prep is None)
     if not written.complete:
         note(_cut_text(written.rows, total))
     elif total is not None and total > written.rows:

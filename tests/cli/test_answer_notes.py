@@ -47,7 +47,7 @@ def test_sql_keeps_a_total_rows_column_the_user_named(logq, warehouse: Warehouse
     )))  # fmt: skip
     assert rows[0] == ["service", "total_rows"] and len(rows) == 3
     table = logq("sql", TOTALS, *RANGE, "--warehouse", warehouse.uri)
-    assert "total rows" in table.stdout and "showing" not in table.stderr  # headers read as words
+    assert "total_rows" in table.stdout and "showing" not in table.stderr  # named as written
     assert f"{int(want.iloc[0]):,}" in table.stdout
 
 

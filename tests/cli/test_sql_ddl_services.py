@@ -66,6 +66,20 @@ def test_sql_names_unnamed_columns_as_athena(logq, warehouse: Warehouse) -> None
     assert rows == [{"_col0": 1, "b": 2}, {"_col0": 3, "b": 4}]
 
 
+def test_sql_table_titles_are_the_names_the_statement_gave(logq, warehouse: Warehouse) -> None:
+    """The table showed ``a_b`` as ``a b`` and ``_col1`` as `` col1`` (titles made for the
+    canned answers' columns, ``p99_ms`` -> ``p99 ms``): names no column of the statement has.
+    The canned answers keep theirs."""
+    run = logq("sql", "SELECT 1 AS a_b, 2, 3 AS p99_ms", "-f", "table",
+               "--warehouse", warehouse.uri)  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    titles = run.stdout.splitlines()[1].strip("│┃ ").split()
+    assert [t.strip("│┃") for t in titles if t.strip("│┃")] == ["a_b", "_col1", "p99_ms"]
+    latency = logq("latency", "--since", "30d", "-f", "table", "--warehouse", warehouse.uri)
+    assert latency.exit_code == 0, latency.stderr
+    assert "p99 ms" in latency.stdout and "p99_ms" not in latency.stdout
+
+
 def test_sql_names_columns_after_a_star_by_their_position(logq, warehouse: Warehouse) -> None:
     """Trino counts every column, a ``*``'s too: an unnamed one after ``*`` is ``_col`` and
     its position in the result, and a subquery's unnamed column read through ``*`` has no
