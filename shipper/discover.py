@@ -87,6 +87,17 @@ _POD_RANDOM = re.compile(rf"^(.+)-[{_SAFE}]{{5}}$")
 _TEMPLATE_HASH = re.compile(rf"^(.+)-[{_SAFE}]{{6,10}}$")
 _CRONJOB_TIME = re.compile(r"^(.+)-\d{8,10}$")
 _ORDINAL = re.compile(r"^(.+)-\d+$")
+#: A name the API server generated from a ``generateName`` over 58 characters: the base cut
+#: to 58 (its dash, and maybe part of a template hash or CronJob time, cut off), then the 5
+#: random characters with no dash (apiserver's ``names.SimpleNameGenerator``): 63 in all.
+_CUT_GENERATED = re.compile(rf"^(.{{57}}[^-])[{_SAFE}]{{5}}$")
+#: A pod-template-hash is ``SafeEncodeString`` of a decimal uint32: its digits map to these 10.
+_HASH_CHARS = "bcdf456789"
+#: What the cut may leave of a template hash (1 to 10 of its characters) or of a CronJob time
+#: (5 to 10 digits: the CronJob's name is 52 characters at most) at the end of such a base.
+#: Nothing else is taken for a cut: a bare pod of 63 characters (Airflow's ``<task>-<8 random>``)
+#: or a workload whose own name is cut looks the same, and keeps the name the rules below give.
+_CUT_TAIL = re.compile(rf"^(.+)-(?:[{_HASH_CHARS}]{{1,10}}|\d{{5,10}})$")
 
 
 #: A static pod's UID: the hex digest of its manifest (kubelet's config hash); API-created pods
@@ -103,6 +114,9 @@ def pod_owner_name(pod: str, nodes: tuple[str, ...] = (), uid: str = "") -> str:
     when ``node-1`` is one of ``nodes`` (the host's names: the path does not say which node it
     is) *and* ``uid`` is a 32-hex config hash: a regular pod (dashed UUID) named
     ``spark-worker-1`` on node ``worker-1`` stays with its siblings ``spark-worker-0``/``-2``.
+    A generated name of 63 characters may have been cut (:data:`_CUT_GENERATED`):
+    ``<58 characters><5 random>``; what is left of a template hash or CronJob time after the
+    last dash is dropped with them (:data:`_CUT_TAIL`), any other such name keeps the rules below.
     A name without such suffixes is its own owner. An Indexed Job's ``train-3-x2x7k`` gives
     ``train-3``: from the name alone, the index cannot be told from a name that ends in a
     number (``migrate-42``, ``gpu-driver-535``), and a wrong cut would merge workloads.
@@ -111,6 +125,12 @@ def pod_owner_name(pod: str, nodes: tuple[str, ...] = (), uid: str = "") -> str:
         for node in nodes:
             if node and pod.endswith("-" + node) and len(pod) > len(node) + 1:
                 return pod[: -len(node) - 1]
+    m = _CUT_GENERATED.match(pod)
+    m2 = _CUT_TAIL.match(m.group(1)) if m else None
+    if m2:
+        # Each pod of a long-named Deployment or CronJob would be a service of its own, and a
+        # new one at each rollout.
+        return m2.group(1)
     m = _POD_RANDOM.match(pod)
     if m:
         base = m.group(1)
@@ -132,10 +152,12 @@ def node_names(hostname: str) -> tuple[str, ...]:
 
 
 def service_name(labels: dict[str, str], container_name: str, nodes: tuple[str, ...] = ()) -> str:
-    """The service of a container by DESIGN.md §2's order of precedence."""
+    """The service of a container by DESIGN.md §2's order of precedence. A label that is empty
+    or blank names nothing (the aggregator strips a name to nothing, then stores it as
+    ``svc-<hash>``): the next rule decides."""
     for key in (LABEL_SERVICE, LABEL_ECS_FAMILY, LABEL_COMPOSE_SERVICE):
         value = labels.get(key)
-        if value:
+        if value and not value.isspace():
             return value
     pod = labels.get(LABEL_K8S_POD)
     if pod:
@@ -505,13 +527,13 @@ class Discoverer:
     def _spec(self, path: Path, cid: str, meta: ContainerMeta) -> SourceSpec:
         labels = dict(meta.labels)
         # ECS: the task definition's container name (``app``), not Docker's generated one.
-        name = labels.get(LABEL_ECS_CONTAINER) or (meta.name or cid[:12]).lstrip("/")
+        name = labels.get(LABEL_ECS_CONTAINER) or (meta.name or as_text(cid[:12])).lstrip("/")
         return SourceSpec(
             key=f"docker:{cid}",
             path=path,
             format="docker",
             service=service_name(labels, name, self.nodes),
-            container_id=cid,
+            container_id=as_text(cid),
             container_name=name,
             image=meta.image,
             format_hint=labels.get(LABEL_FORMAT) or None,
@@ -525,7 +547,7 @@ class Discoverer:
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            return _NO_META
+            return self._removed(key, cached, seen)
         except OSError as exc:
             if exc.errno in TRANSIENT_ERRNOS:
                 return self._unreadable(path, exc, cached, scan, seen)
@@ -545,18 +567,38 @@ class Discoverer:
             return cached[1]
         try:
             with open(path, "rb") as f:
-                doc = json.load(f)
-        except FileNotFoundError:
-            return _NO_META
+                # Docker writes UTF-8 only; a stray byte costs that character, not the labels
+                # (a BOM, which ``json.load`` of bytes skipped, is skipped too).
+                doc = json.loads(f.read().decode("utf-8-sig", "replace"))
+        except FileNotFoundError:  # removed since the stat above
+            return self._removed(key, cached, seen)
         except (OSError, ValueError, RecursionError) as exc:
             if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
                 return self._unreadable(path, exc, cached, scan, seen)
-            # Shipped under the container's id until the file is fixed (warned once per version).
+            # The last good version's metadata, else shipped under the container's id, until
+            # the file is fixed (warned once per version).
             log.warning("cannot read container metadata path=%s error=%s", path, exc)
             doc = None
-        meta = ContainerMeta(read=False) if doc is None else _parse_meta(doc)
+        if doc is not None:
+            meta = _parse_meta(doc)
+        elif cached is not None and cached[1].read:
+            meta = cached[1]
+        else:
+            meta = ContainerMeta(read=False)
         self._meta[key] = (version, meta)
         return meta
+
+    @staticmethod
+    def _removed(
+        key: str, cached: tuple[tuple[int, int, int], ContainerMeta] | None, seen: set[str]
+    ) -> ContainerMeta:
+        """The metadata of a container whose ``config.v2.json`` is gone: ``docker rm`` deletes
+        the folder's files one by one, this one maybe first, and the log's last lines are
+        still the container's, not its id's. Never read: none (it may appear)."""
+        if cached is not None and cached[1].read:
+            seen.add(key)
+            return cached[1]
+        return _NO_META
 
     @staticmethod
     def _unreadable(
@@ -592,10 +634,12 @@ def _parse_meta(doc: object) -> ContainerMeta:
         return ContainerMeta()
     config = doc.get("Config") if isinstance(doc.get("Config"), dict) else {}
     labels = config.get("Labels") if isinstance(config.get("Labels"), dict) else {}
+    # Every string as text msgpack can send (a ``\\ud800`` escape stopped the shipper); a label
+    # that is no string (``null``) is none of Docker's, whose labels are strings: not a label.
     return ContainerMeta(
-        name=str(doc.get("Name") or ""),
-        image=str(config.get("Image") or ""),
-        labels=tuple((str(k), str(v)) for k, v in (labels or {}).items()),
+        name=as_text(str(doc.get("Name") or "")),
+        image=as_text(str(config.get("Image") or "")),
+        labels=tuple((as_text(k), as_text(v)) for k, v in labels.items() if isinstance(v, str)),
     )
 
 
@@ -708,10 +752,11 @@ def _cri_spec(path: Path, fmt: str, nodes: tuple[str, ...]) -> SourceSpec:
     filter gives as ``namespace_name``/``pod_name``/``container_name`` (dockershim's container
     names held the same), since the service (the pod's owner) does not tell namespaces or
     pods apart."""
-    container = path.parent.name
-    namespace, pod, uid = _pod_folder(path.parent.parent.name) or ("", "", "")
+    # Folder names as text (a name that is no UTF-8 stopped the shipper); the key keeps them.
+    container = as_text(path.parent.name)
+    namespace, pod, uid = _pod_folder(as_text(path.parent.parent.name)) or ("", "", "")
     return SourceSpec(
-        key=_cri_key(path.parent.parent.name, container, path.name),
+        key=_cri_key(path.parent.parent.name, path.parent.name, path.name),
         path=path,
         format=fmt,
         service=pod_owner_name(pod, nodes, uid),

@@ -16,13 +16,13 @@ cost about 0.1 µs.
 
 from __future__ import annotations
 
-import re
 import struct
 from typing import Any
 
 import msgspec
 
 from shipper import wire
+from shipper.fsnames import SURROGATE as _SURROGATE
 
 PER_LINE_KEYS = 4
 HEAD = struct.Struct(">3sII")
@@ -31,7 +31,6 @@ EVENT_TIME = b"\x92\xd7\x00"
 
 _ENCODER = msgspec.msgpack.Encoder()
 _ENCODE = _ENCODER.encode
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _K_STREAM, _K_TIME, _K_OFFSET = wire.KEY_STREAM, wire.KEY_TIME, wire.KEY_OFFSET
 _STRIDE = 10
 """Flat-list items per entry: head, map header + "log", log, "stream", stream, "time", time,

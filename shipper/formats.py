@@ -32,6 +32,7 @@ import msgspec
 from msgspec import Raw
 
 from shipper.entry import EVENT_TIME, HEAD
+from shipper.fsnames import SURROGATE as _SURROGATE
 from shipper.lines import Lines
 from shipper.rfc3339 import TimeParser, now_rfc3339
 
@@ -40,7 +41,6 @@ _GET_LOG, _GET_STREAM, _GET_TIME = attrgetter("log"), attrgetter("stream"), attr
 _SECOND = slice(0, 19)
 _FRACTION = slice(20, -1)
 _NO_NEWLINE = slice(0, -1)
-_SURROGATE = re.compile("[\ud800-\udfff]")
 #: A JSON escape of a UTF-16 surrogate (``\\ud800`` to ``\\udfff``, any case), or a surrogate's
 #: UTF-8 form (bytes ED A0..BF ..): what can put one into a decoded string. The latter is not
 #: UTF-8, yet ``json.loads`` of bytes decodes it (``surrogatepass``) without a UnicodeDecodeError.
