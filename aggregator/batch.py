@@ -27,8 +27,14 @@ event: tag, event time, the wire keys). :func:`route` splits and types them with
   look like.
 * Everything else goes to ``container_logs``, timestamped with the event time.
 
+A record without a container name whose tag is that of a tailed kubelet log (Fluent Bit's or
+Fluentd's ``kube.var.log.containers.<pod>_<namespace>_<container>-<64 hex>.log``: no kubernetes
+filter; that exact shape only) takes its container's name and id from the tag first
+(:func:`with_tag_containers`).
+
 The service of a row is the record's ``service`` (for other clients, filled from their metadata
-at decode time: :mod:`.clientmeta`), else the last dot-separated part of the tag,
+at decode time: :mod:`.clientmeta`), else the last dot-separated part of the tag (the pod's
+owner for a tailed kubelet log's tag, whose last part is always ``log``: :func:`tag_service`),
 sanitised by :func:`athena.schema.sanitize_service` once per distinct value. Low-cardinality
 columns stay dictionary-encoded from the wire to the Parquet file, and predicates on them are
 computed once per distinct value.
@@ -36,6 +42,7 @@ computed once per distinct value.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -48,6 +55,7 @@ from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, parse_lines
 from aggregator.envoy_diagnostics import diagnostic
 from athena.schema import CONTAINER_LOGS, ENVOY_ACCESS, TIMESTAMP, Table, sanitize_service
 from shipper import wire
+from shipper.discover import pod_owner_name
 
 
 def records_table(payloads: Iterable[bytes]) -> pa.Table:
@@ -70,8 +78,114 @@ def _per_value(array: pa.Array, fn: Callable[[pa.Array], pa.Array]) -> pa.Array:
     return fn(array)
 
 
+#: A DNS label, as Kubernetes names a namespace or a container (RFC 1123, 63 characters at most).
+_DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
+
+#: The tag Fluent Bit (``Tag kube.*``) or Fluentd (``tag kubernetes.*``) gives a tailed kubelet
+#: log of ``/var/log/containers``: any prefix, then its path with ``.`` for ``/``, ending in the
+#: full file name the kubelet gives it, ``<pod>_<namespace>_<container>-<64 hex id>.log``. Its
+#: last part is ``log`` whatever the pod: the pod's owner names the service instead. Only this
+#: exact shape: any other tag keeps the DESIGN §2 rule (its last dot-separated part). Matched on
+#: what follows the tag's last ``var.log.containers.`` (:func:`kubelet_log`): a regex searching
+#: the whole tag for it took time quadratic in the tag's length, a client's to choose.
+_KUBELET_LOG_DIR = "var.log.containers."
+_KUBELET_LOG_FILE = re.compile(
+    rf"(?P<pod>{_DNS_LABEL}(?:\.{_DNS_LABEL})*)_(?P<ns>{_DNS_LABEL})_"
+    rf"(?P<container>{_DNS_LABEL})-(?P<id>[0-9a-f]{{64}})\.log"
+)
+
+
+class KubeletLog(NamedTuple):
+    """What the tag of a tailed kubelet log tells of its container."""
+
+    namespace: str
+    pod: str
+    container: str
+    container_id: str
+
+    @property
+    def container_name(self) -> str:
+        """As logq-shipper and :mod:`.clientmeta` name a pod's container."""
+        return f"{self.namespace}/{self.pod}/{self.container}"
+
+
+def kubelet_log(tag: str | None) -> KubeletLog | None:
+    """The container of a tailed kubelet log's tag (:data:`_KUBELET_LOG_FILE`), else None."""
+    if tag is None or not tag.endswith(".log"):
+        return None
+    at = tag.rfind(_KUBELET_LOG_DIR)
+    m = _KUBELET_LOG_FILE.fullmatch(tag, at + len(_KUBELET_LOG_DIR)) if at >= 0 else None
+    if m is None:
+        return None
+    return KubeletLog(m.group("ns"), m.group("pod"), m.group("container"), m.group("id"))
+
+
+def tag_service(tag: str | None) -> str | None:
+    """The service a record without one takes from its tag: the pod's owner for a tailed
+    kubelet log (:func:`kubelet_log`), else the tag's last dot-separated part."""
+    if tag is None:
+        return None
+    log = kubelet_log(tag)
+    return pod_owner_name(log.pod) if log else tag.rpartition(".")[2]
+
+
+def _tag_services(tags: pa.Array) -> pa.Array:
+    """:func:`tag_service` of each value (called on a dictionary's few distinct tags)."""
+    return pa.array([tag_service(t) for t in tags.to_pylist()], pa.string())
+
+
+_TAG_CONTAINER = pa.struct(
+    [(wire.KEY_CONTAINER_NAME, pa.string()), (wire.KEY_CONTAINER_ID, pa.string())]
+)
+
+
+def _containers_of(tags: pa.Array) -> pa.Array:
+    """The container name and id of each tag (NULL for a tag that names no kubelet log)."""
+    logs = [kubelet_log(t) for t in tags.to_pylist()]
+    return pa.array(
+        [(k.container_name, k.container_id) if k else None for k in logs], _TAG_CONTAINER
+    )
+
+
+def _tag_containers(tags: pa.Array) -> dict[str, pa.Array]:
+    """Per row, the container name and id that a kubelet log's tag gives (NULL for others)."""
+    logs = _per_value(tags, _containers_of)
+    return {
+        key: pc.struct_field(logs, key) for key in (wire.KEY_CONTAINER_NAME, wire.KEY_CONTAINER_ID)
+    }
+
+
+def _lacking(values: pa.Array) -> pa.Array:
+    """Per row, whether the value is NULL or empty."""
+    return pc.invert(pc.fill_null(pc.not_equal(values, ""), False))
+
+
+def with_tag_containers(records: pa.Table) -> pa.Table:
+    """``records`` with the container name and id of a tailed kubelet log's tag in the rows that
+    lack them (NULL or empty): Fluent Bit without its kubernetes filter sends neither, and the
+    name is what tells an Envoy sidecar (``istio-proxy``) whose access lines are parsed. A
+    record that names its container keeps its own name and id (none: not the tag's, which
+    could pair it with another container's id). Unchanged (no copy) when no tag is such a tag,
+    the usual case."""
+    names = _col(records, wire.KEY_CONTAINER_NAME)
+    if not names.null_count and not pc.any(_per_value(names, lambda v: pc.equal(v, ""))).as_py():
+        return records  # every record names its container (logq-shipper's do)
+    from_tag = _tag_containers(_col(records, "tag"))
+    if from_tag[wire.KEY_CONTAINER_NAME].null_count == records.num_rows:
+        return records
+    unnamed = _lacking(_per_value(names, lambda v: v))  # one naming its container keeps its id
+    for key, given in from_tag.items():
+        index = records.schema.get_field_index(key)
+        current = _per_value(_col(records, key), lambda v: v)
+        lacking = pc.and_(unnamed, _lacking(current))
+        filled = pc.if_else(pc.and_(lacking, pc.is_valid(given)), given, current)
+        field = records.schema.field(index)
+        records = records.set_column(index, field, filled.cast(field.type))
+    return records
+
+
 def service_column(records: pa.Table) -> pa.DictionaryArray:
-    """Sanitised service per row: record ``service``, else the tag's last part."""
+    """Sanitised service per row: record ``service``, else the tag's (:func:`tag_service`)."""
     service = _col(records, wire.KEY_SERVICE)
     if (
         isinstance(service, pa.DictionaryArray)
@@ -81,9 +195,7 @@ def service_column(records: pa.Table) -> pa.DictionaryArray:
     ):  # every record names its service (logq-shipper's do): no row needs its tag
         encoded = service
     else:
-        tag_tail = _per_value(
-            _col(records, "tag"), lambda v: pc.extract_regex(v, r"(?P<s>[^.]*)$").field("s")
-        )
+        tag_tail = _per_value(_col(records, "tag"), _tag_services)
         service = _per_value(service, lambda v: v)
         raw = pc.if_else(pc.fill_null(pc.equal(service, ""), True), tag_tail, service)
         encoded = pc.dictionary_encode(raw)
@@ -180,7 +292,7 @@ def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS)
     samples: dict[str, UnparsedSample] = {}
     if records.num_rows == 0:
         return Routed(tables, failures)
-    records = records.combine_chunks()
+    records = with_tag_containers(records.combine_chunks())
     service = service_column(records)
     mask, on_stderr = envoy_rows(records)
     candidates = pc.indices_nonzero(mask)

@@ -74,6 +74,13 @@ JOURNAL_NAME = "chunks.journal"
 CHUNK_METADATA = b"logq.chunk"
 KEY_BYTES = 16
 
+#: Chunk ids that name no data: Fluent Bit's forward output in Message mode (a ``Tag`` built
+#: from record fields) with ``Require_ack_response`` hashes zero bytes for every message (its
+#: ``record_size`` stays 0 since it reads records with the log event decoder), so each message
+#: it sends carries this id, the first 16 bytes of SHA-512("") in hex. Taken for resends, its
+#: lines of one tag and time (a ``Time_Key`` of second precision) were acked and dropped.
+ANONYMOUS_CHUNKS = frozenset({hashlib.sha512(b"").hexdigest()[:32]})
+
 _ROWS = struct.Struct(">I")  # the row count that starts every buffer frame (decode.to_ipc)
 _WHEN = struct.Struct(">d")
 _FRAME_OVERHEAD = len(encode_frame(_WHEN.pack(0.0)))  # a journal frame without its keys
@@ -98,6 +105,15 @@ def chunk_key(chunk: str, batch: pa.RecordBatch, client: str, by_text: bool = Fa
         first, last = f"text:{first}", f"text:{last}"
     text = "\x00".join(map(str, (client, tag, chunk, batch.num_rows, first, last)))
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def names_data(chunk: str | None) -> bool:
+    """Whether a ``chunk`` id tells one message from another, so that a second message under it
+    may be a resend: not one of :data:`ANONYMOUS_CHUNKS`, whose messages are always stored (at
+    least once, as Fluentd's ``in_forward`` stores every message). Asked only of a message
+    whose key was seen already (``ForwardServer._store_one``), so that it costs nothing per
+    new chunk: the messages of an anonymous id are keyed and remembered like any others."""
+    return chunk not in ANONYMOUS_CHUNKS
 
 
 class RecentChunks:

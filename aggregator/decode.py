@@ -696,6 +696,31 @@ def _options_of(obj: list[Any]) -> Any:
     return obj[2] if len(obj) > 2 else None
 
 
+#: Fluent Bit's ``fluent_signal`` option: what a message holds (``FLB_INPUT_CHUNK_TYPE_*`` of its
+#: flb_input_chunk.h). Its forward output sends whatever its ``Match`` catches, metrics and traces
+#: of other inputs too, as ``[tag, <cmetrics / ctraces msgpack>, {"fluent_signal": 1, ...}]``.
+FLUENT_SIGNALS = {0: "logs", 1: "metrics", 2: "traces", 3: "blobs", 4: "profiles"}
+
+
+def other_signal(obj: Any) -> int | None:
+    """The ``fluent_signal`` of a message that holds no log events (metrics, traces...), else
+    None (logs, or no such option: every other client). Its payload is no ``[time, record]``
+    entries: decoded as such, it became a "bad entry" row of junk per message."""
+    if not isinstance(obj, list) or len(obj) < 2:
+        return None
+    options = _options_of(obj)
+    signal = options.get("fluent_signal") if isinstance(options, dict) else None
+    if isinstance(signal, bool) or not isinstance(signal, int) or signal == 0:
+        return None
+    return signal
+
+
+def chunk_of(obj: list[Any]) -> str | None:
+    """The ``chunk`` id of a Forward message, to ack it (None: no ack wanted); ProtocolError for
+    one that no ack could echo (see :func:`_chunk`)."""
+    return _chunk(_options_of(obj))
+
+
 def has_chunk(obj: list[Any]) -> bool:
     """Whether a Forward message asks for an ack (has a ``chunk`` option)."""
     options = _options_of(obj)

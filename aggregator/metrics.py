@@ -209,6 +209,14 @@ class Metrics:
             "(a client resending after a lost ack)",
             registry=r,
         )
+        self.signals_dropped = Counter(
+            "logq_aggregator_signal_messages_dropped_total",
+            "Fluent Bit messages of another signal than logs (fluent_signal: metrics, traces, "
+            "blobs, profiles, other): acked and not stored (logq keeps logs only); narrow the "
+            "Match of that forward output",
+            ["signal"],
+            registry=r,
+        )
         self.abandoned = Counter(
             "logq_aggregator_abandoned_messages_total",
             "Messages with a chunk id whose client closed the connection before their ack (it "

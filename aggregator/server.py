@@ -42,12 +42,20 @@ import msgpack
 
 from aggregator import listen
 from aggregator.buffer import Buffer
-from aggregator.chunks import RecentChunks, chunk_key, frame_payload
-from aggregator.decode import BAD_ENTRY_MARKER, decode, has_chunk
+from aggregator.chunks import RecentChunks, chunk_key, frame_payload, names_data
+from aggregator.decode import (
+    BAD_ENTRY_MARKER,
+    FLUENT_SIGNALS,
+    chunk_of,
+    decode,
+    has_chunk,
+    other_signal,
+)
 from aggregator.inflight import InflightBytes, Share
 from aggregator.metrics import Metrics
 from aggregator.open_files import fd_limit_hint
 from aggregator.throttle import Throttle
+from aggregator.udp_heartbeat import answer_heartbeats
 from shipper import wire
 
 log = logging.getLogger("logq.aggregator.server")
@@ -219,6 +227,8 @@ class ForwardServer:
         """Chunk ids buffered recently: a resend of one is acked and not stored again. Those of
         a previous run are restored before listening (``Aggregator._restore_chunks``)."""
         self._server: listen.Listeners | None = None
+        self._heartbeats: list[asyncio.BaseTransport] = []
+        """Fluentd's UDP heartbeat, answered on the same port (:mod:`.udp_heartbeat`)."""
         self._conns: dict[asyncio.Task[None], _Conn] = {}
         # Connection unpackers build Forward- and Message-mode messages as their bytes arrive
         # and keep a half-received one between reads. Past one message's worth of objects in
@@ -249,6 +259,8 @@ class ForwardServer:
             listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
         # ``:PORT`` binds one socket per family, in no fixed order: IPv4 first, every run.
         self.listening = bound_addresses(s.getsockname() for s in self._server.sockets)
+        # Fluentd's UDP heartbeat, on exactly those addresses and port (never fatal).
+        self._heartbeats = await answer_heartbeats(self._server.sockets)
         log.info(
             "at most %s bytes of messages in flight on all connections (--max-inflight-bytes)",
             f"{self.inflight.limit:,}",
@@ -259,6 +271,8 @@ class ForwardServer:
         """Stop accepting; let connections finish the batch they are acking, then close them."""
         if self._server:
             self._server.close()
+        for heartbeat in self._heartbeats:
+            heartbeat.close()
         for conn in self._conns.values():
             conn.stopping = True
         # Give readers a moment to take what is already in their socket buffers (clients
@@ -866,6 +880,9 @@ class ForwardServer:
         them is safe, and storing them would store them twice. A message without a chunk id
         (fluent-logger, Fluent Bit or Fluentd without acks) is always stored: its client cannot
         resend it."""
+        signal = other_signal(obj)
+        if signal is not None:  # never stored: a client that left has nothing to resend
+            return None, None if peer_closed else self._skip_signal(conn, obj, signal)
         batch, chunk, replaced, bad = self._decode(obj)
         if chunk is not None and peer_closed:
             conn.acks = True
@@ -877,7 +894,8 @@ class ForwardServer:
             else None
         )
         known, earlier = self.chunks.earlier(key) if key else (False, None)
-        if known:
+        # Asked on the resend path only: a new chunk (logq-shipper's every one) pays nothing.
+        if known and names_data(chunk):
             # A resend (its ack was lost): acked once the first copy is durable.
             self.metrics.records_in.inc(batch.num_rows)
             self.metrics.duplicates.inc(batch.num_rows)
@@ -898,6 +916,29 @@ class ForwardServer:
                 self._bad_entries(batch.column("tag")[0].as_py(), bad)
         conn.acks = bool(conn.acks) or chunk is not None
         return wait, chunk
+
+    def _skip_signal(self, conn: _Conn, obj: list[Any], signal: int) -> str | None:
+        """Ack a message of Fluent Bit's metrics, traces or other non-log signal without storing
+        it (logq keeps logs only; refused, it would be resent forever), count it
+        (``logq_aggregator_signal_messages_dropped_total{signal}``) and say so, once per tag
+        and signal every WARN_EVERY_SECONDS. Its chunk, if it wants an ack."""
+        chunk = chunk_of(obj)
+        conn.acks = bool(conn.acks) or chunk is not None
+        tag = obj[0].decode("utf-8", "replace") if isinstance(obj[0], bytes) else str(obj[0])
+        kind = FLUENT_SIGNALS.get(signal, "other")
+        self.metrics.signals_dropped.labels(kind).inc()
+        if self._warnings.due(("signal", tag, signal), time.time()):
+            log.warning(
+                "dropped a Fluent Bit message of fluent_signal=%s (%s) from %s: logq stores "
+                "logs only; narrow the Match of that forward output to log tags (said once "
+                "every %.0fs per tag and signal) tag=%s",
+                signal,
+                kind,
+                conn.peer,
+                WARN_EVERY_SECONDS,
+                tag,
+            )
+        return chunk
 
     async def _handshake(
         self,
@@ -951,9 +992,10 @@ class ForwardServer:
         salt_b = salt if isinstance(salt, bytes) else salt.encode("utf-8", "surrogateescape")
         expected = wire.ping_digest(salt_b, hostname, nonce, self.shared_key)
         ok = wire.same_digest(digest, expected)
-        reason = "" if ok else "shared_key mismatch"
+        reason, fix = ("", "") if ok else ("shared_key mismatch", "check the client's shared key")
         if ok and self.users and not self._user_ok(ping, auth):
             ok, reason = False, "username/password mismatch"
+            fix = "check the client's username and password against --user"
         if ok:
             self._auth_failures.pop(conn.client, None)
         else:
@@ -963,7 +1005,7 @@ class ForwardServer:
         if not ok:
             due = self._warnings.due(("auth_failed", conn.client), time.time())
             raise ConnectionClosed(
-                f"handshake failed from {hostname!r}: {reason} (check the client's shared key; "
+                f"handshake failed from {hostname!r}: {reason} ({fix}; "
                 "later failures from this address are logged at most once every "
                 f"{WARN_EVERY_SECONDS:.0f}s)",
                 "auth_failed",

@@ -228,7 +228,7 @@ def test_ports_are_published_on_the_hosts_loopback_by_default() -> None:
     for name, spec in specs:
         host, published, target = spec.rsplit(":", 2)
         assert host == "127.0.0.1", (name, spec)
-        assert published == target, (name, spec)
+        assert published == target.removesuffix("/udp"), (name, spec)
     raw = yaml.safe_load(COMPOSE.read_text())["services"]
     opened = interpolate(raw, {"LOGQ_PUBLISH_ADDR": "192.0.2.7"})
     assert all(
@@ -245,6 +245,9 @@ def test_shipper_reaches_the_aggregator_where_it_listens() -> None:
     assert target_host == "aggregator" and target_host in services()
     assert int(target_port) == port
     assert port in _published(services()["aggregator"])
+    # Fluentd's heartbeat_type udp asks the same port on UDP (aggregator/udp_heartbeat.py).
+    specs = [str(s) for s in services()["aggregator"]["ports"]]
+    assert any(s.endswith(f":{port}:{port}/udp") for s in specs), specs
     for name in ("aggregator", "shipper"):
         metrics = flag_values(logq_services()[name]).get("--metrics-listen")
         if metrics:

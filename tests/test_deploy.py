@@ -273,6 +273,24 @@ def test_k8s_shippers_list_every_aggregator_pod_where_it_listens() -> None:
     assert targets[listen_port] == listen_port
 
 
+def test_the_forward_port_is_open_on_udp_too_for_fluentds_heartbeat() -> None:
+    """A Fluentd ``out_forward`` with ``heartbeat_type udp`` counts an aggregator down (and sends
+    it nothing) unless its UDP heartbeat, sent to the Forward port, is answered
+    (aggregator/udp_heartbeat.py): the port must reach the aggregator on UDP as on TCP."""
+    agg = k8s_aggregator()
+    listen_port = port_of(flag_values(k8s_argv(agg))["--listen"])
+    container = {(p["containerPort"], p.get("protocol", "TCP")): p["name"] for p in agg["ports"]}
+    assert {(listen_port, "TCP"), (listen_port, "UDP")} <= container.keys()
+    svc = k8s("Service", "logq-aggregator")
+    served = {(p["port"], p.get("protocol", "TCP")): p["targetPort"] for p in svc["spec"]["ports"]}
+    for proto in ("TCP", "UDP"):
+        assert served.get((listen_port, proto)) == container[(listen_port, proto)], proto
+    ecs_agg = ecs_container(ECS_AGGREGATOR, "aggregator")
+    ecs_port = port_of(flag_values(ecs_argv(ecs_agg))["--listen"])
+    mapped = {(p["containerPort"], p["hostPort"], p["protocol"]) for p in ecs_agg["portMappings"]}
+    assert {(ecs_port, ecs_port, "tcp"), (ecs_port, ecs_port, "udp")} <= mapped
+
+
 def test_k8s_probes_hit_metrics_listen_and_healthz() -> None:
     agg = k8s_aggregator()
     metrics_port = port_of(flag_values(k8s_argv(agg))["--metrics-listen"])

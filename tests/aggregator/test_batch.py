@@ -214,6 +214,73 @@ def test_envoy_by_the_last_part_of_a_pod_container_name() -> None:
 DIAG = "[2026-11-28 10:00:00.123][14][warning][config] [source/common/config/grpc.cc:1] gone"
 
 
+def test_a_tailed_kubelet_log_tag_gives_the_pods_owner_not_log() -> None:
+    """Fluent Bit's Kubernetes set-up tails ``/var/log/containers/*.log`` with ``Tag kube.*``
+    (Fluentd: ``kubernetes.*``): the tag is the file's path with ``.`` for ``/``, so its last
+    part is ``log`` for every pod. Records without the kubernetes filter's map (no filter, or
+    the API server was unreachable) all landed in service ``log``; the file name holds the pod,
+    whose owner is the service (DESIGN.md §2), as for logq-shipper's own lines. Only that exact
+    shape: every other tag keeps the tag's last part, and a record's own service wins."""
+    cid = "0123456789abcdef" * 4
+    uid = "5f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+    events = [
+        (f"kube.var.log.containers.recipe-7d9c8b5f4-x2x7k_default_recipe-{cid}.log", T0,
+         {"log": "a"}),
+        (f"kubernetes.var.log.containers.db-0_shop_postgres-{cid}.log", T0, {"log": "b"}),
+        (f"kubevar.log.containers.cart-5d8f7c9b6d-q4w2z_shop_cart-{cid}.log", T0, {"log": "c"}),
+        (f"kube.var.log.containers.web-1.v2-x2x7k_default_web-{cid}.log", T0, {"log": "d"}),
+        ("kube.var.log.containers.x.log", T0, {"log": "e"}),
+        (f"kube.var.log.containers.recipe-7d9c8b5f4-x2x7k_default_recipe-{cid}.log", T0,
+         {"log": "f", "service": "own"}),
+        # Not that shape: the tag's last part, as DESIGN §2 says.
+        (f"kube.var.log.pods.shop_cart-5d8f7c9b6d-q4w2z_{uid}.cart.0.log", T0, {"log": "g"}),
+        (f"kube.var.log.containers.db-0_shop_postgres-{cid[:63]}.log", T0, {"log": "h"}),
+        (f"kube.var.log.containers.db-0_shop_postgres-{cid.upper()}.log", T0, {"log": "i"}),
+        (f"kube.var.log.containers.Db-0_shop_postgres-{cid}.log", T0, {"log": "j"}),
+        (f"kube.var.log.containers.db-0_shop_postgres-{cid}.log.gz", T0, {"log": "k"}),
+        (f"app.containers.db-0_shop_postgres-{cid}.log", T0, {"log": "l"}),
+        (f"kube.var.log.containers.db-0_shop_-{cid}.log", T0, {"log": "m"}),
+        (f"kube.var.log.containers.db-0_shop_postgres_{cid}.log", T0, {"log": "n"}),
+        (f"kube.var.log.containers.db-0_postgres-{cid}.log", T0, {"log": "o"}),
+        ("docker.recipe", T0, {"log": "p"}),
+    ]  # fmt: skip
+    logs = route(table_of(events)).tables["container_logs"]
+    services = dict(zip(logs["message"].to_pylist(), logs["service"].to_pylist(), strict=True))
+    assert services == {
+        "a": "recipe", "b": "db", "c": "cart", "d": "web-1.v2", "e": "log", "f": "own",
+        "g": "log", "h": "log", "i": "log", "j": "log", "k": "gz", "l": "log", "m": "log",
+        "n": "log", "o": "log", "p": "recipe",
+    }  # fmt: skip
+
+
+def test_a_tailed_kubelet_log_tag_names_the_container_so_sidecars_parse() -> None:
+    """Without the kubernetes filter, a Fluent Bit record of an Istio sidecar has no image nor
+    container name: its access lines stayed unparsed in ``container_logs``. The tag names the
+    container (and its id), as logq-shipper names it: ``<namespace>/<pod>/<container>``. A
+    record's own ``container_name`` still wins, and with it its own (here: no) id."""
+    cid = "ab" * 32
+    uid = "5f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+    events = [
+        (f"kube.var.log.containers.cart-5d8f7c9b6d-q4w2z_shop_istio-proxy-{cid}.log", T0,
+         {"log": envoy_line(code=201), "stream": "stdout"}),
+        (f"kube.var.log.pods.shop_cart-5d8f7c9b6d-q4w2z_{uid}.istio-proxy.0.log", T0,
+         {"log": envoy_line(code=202), "stream": "stdout"}),
+        (f"kube.var.log.containers.cart-5d8f7c9b6d-q4w2z_shop_cart-{cid}.log", T0,
+         {"log": "app line", "container_name": "mine"}),
+        ("logq.recipe", T0, {"log": "plain"}),
+    ]  # fmt: skip
+    routed = route(table_of(events))
+    envoy = routed.tables["envoy_access"].to_pylist()
+    keys = ("response_code", "service", "container_name", "container_id")
+    assert [tuple(r[k] for k in keys) for r in envoy] == [
+        (201, "cart", "shop/cart-5d8f7c9b6d-q4w2z/istio-proxy", cid),
+    ]  # fmt: skip
+    logs = routed.tables["container_logs"].to_pylist()
+    assert [(r["message"], r["container_name"], r["container_id"]) for r in logs] == [
+        (envoy_line(code=202), None, None), ("app line", "mine", None), ("plain", None, None)
+    ]  # fmt: skip
+
+
 def test_each_service_with_failures_gets_its_first_counted_line_as_sample() -> None:
     """The sample is a line the counter counted: not one on stderr, not the data plane's own
     log line, not an app's line; the first such line of each service, without its newline."""

@@ -144,6 +144,30 @@ def test_shared_key_handshake_success_and_failure(tmp_path: Path) -> None:
     assert "shared_key mismatch" in agg.log_text()
 
 
+def test_a_wrong_user_is_told_to_check_its_user_not_its_shared_key(tmp_path: Path) -> None:
+    """Fluentd's ``<security><user>``: the shared key was right, so the warning must point the
+    operator at the username and password (``--user``), not at the shared key."""
+    agg = start_aggregator(tmp_path, extra=["--shared-key", "s3cr3t", "--user", "alice:wonder"])
+    try:
+        with agg.connect() as sock:
+            unpacker = wire.new_unpacker()
+            unpacker.feed(sock.recv(65536))
+            helo = next(unpacker)
+            nonce, auth = helo[1]["nonce"], helo[1]["auth"]
+            sock.sendall(
+                wire.encode_ping("fluentd-1", os.urandom(16), nonce, "s3cr3t", "alice", "x", auth)
+            )
+            unpacker.feed(sock.recv(65536))
+            pong = next(unpacker)
+            assert pong[1] is False and pong[2] == "username/password mismatch"
+            assert closed_by_server(sock)
+    finally:
+        assert agg.stop() == 0
+    warning = next(line for line in agg.log_text().splitlines() if "handshake failed" in line)
+    assert "username/password mismatch" in warning
+    assert "shared key" not in warning and "--user" in warning
+
+
 def test_tls(tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(

@@ -126,6 +126,33 @@ def test_the_same_entries_from_another_host_or_tag_are_not_a_resend(tmp_path: Pa
     assert table["message"].to_pylist() == ["GET /healthz 200"] * 3
 
 
+@pytest.mark.integration
+def test_fluent_bit_message_mode_acks_are_not_taken_for_resends(tmp_path: Path) -> None:
+    """Fluent Bit's forward output in Message mode (a Tag built from record fields) with
+    ``Require_ack_response`` hashes zero bytes for every message (``record_size = off - pre``
+    with ``off`` never advanced, plugins/out_forward/forward_format.c): each one's chunk is
+    ``cf83e1357eefb8bdf1542850d66d8007``. Lines of one tag in the same second (a parser's
+    ``Time_Key`` of second precision) were taken for resends of the first: acked, and lost."""
+    agg = start_aggregator(tmp_path)
+    chunk = hashlib.sha512(b"").hexdigest()[:32]
+    second = wire.EventTime(int(time.time()), 0)
+    texts = ["GET /a 200", "GET /b 500", "GET /c 200"]
+    try:
+        with agg.connect() as sock:
+            for text in texts:
+                record = {"log": text}
+                sock.sendall(
+                    wire.pack(["web", second, record, {"chunk": chunk, "fluent_signal": 0}])
+                )
+                assert read_acks(sock, 1) == [chunk]
+        table = wait_rows(agg.warehouse, "container_logs", 3, agg)
+        assert agg.stop() == 0
+        table = read_table(agg.warehouse, "container_logs")
+    finally:
+        agg.stop()
+    assert sorted(table["message"].to_pylist()) == texts
+
+
 def test_keys_are_small_whatever_the_chunk_id() -> None:
     """A client's chunk id may be megabytes: the remembered key is a 16-byte digest."""
     import pyarrow as pa
