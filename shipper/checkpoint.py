@@ -50,7 +50,8 @@ FORMAT_VERSION = 1
 ``finished`` part added: an older shipper ignores keys it does not know (see
 :func:`parse_entry`), an entry without a tail resumes unchecked, as before, one without
 ``rotated`` is judged as a file that was live at the stop (a page when it is gone, as before),
-and a document without ``finished`` has no file finished moments before its save."""
+and a document without ``finished`` has no file finished moments before its save. Also with
+:attr:`FileState.floor`: an entry without it numbers its lines from their ends, as before."""
 
 
 @dataclass(slots=True)
@@ -121,6 +122,15 @@ class FileState:
     file once it rotated it); another writer may have appended to it after the stop (see
     :meth:`shipper.resume.Resume._rotated_then_deleted`). False in an older shipper's entry:
     judged as a live file's, a page when it is gone. Saved only when set."""
+    floor: int = 0
+    """The highest offset given to a record of this file that ends at or before
+    :attr:`offset`, when it is above :attr:`offset` (else 0): a split line flushed as it is
+    there gets an offset past the read position (see
+    :meth:`shipper.split_lines.SplitLines._flush_offset`), and the lines after it are numbered
+    above it (:meth:`shipper.cursor.Cursor.number`). A restart resumes the numbering from it,
+    so a line read again gets the offset it had -- numbered from its end alone, a one-byte
+    line got an offset at or below :attr:`acked` and was dropped unsent. Saved only when set;
+    an older entry has none and numbers from the file's bytes, as before."""
 
 
 #: Cuts kept per file at most (each one is a split line flushed and not acknowledged yet).
@@ -134,11 +144,12 @@ MAX_FINISHED = 4096
 
 
 def _entry(state: FileState) -> dict[str, object]:
-    """``state`` as saved: the ``--multiline`` fields, :attr:`FileState.left_at` and
-    :attr:`FileState.rotated` only when set, so that the checkpoints of sources without the
-    option, and of files never rotated away, are as they were."""
+    """``state`` as saved: the ``--multiline`` fields, :attr:`FileState.left_at`,
+    :attr:`FileState.rotated` and :attr:`FileState.floor` only when set, so that the
+    checkpoints of sources without the option, and of files never rotated away, are as they
+    were."""
     out = asdict(state)
-    for name in ("shipped", "grouped", "left_at", "rotated"):
+    for name in ("shipped", "grouped", "left_at", "rotated", "floor"):
         if not out[name]:
             del out[name]
     return out
@@ -150,6 +161,14 @@ def file_key(dev: int, ino: int, fingerprint: str) -> str:
 
 #: No file offset is larger (off_t is a signed 64-bit integer); past it a value is corrupt.
 MAX_OFFSET = 2**63 - 1
+
+MAX_FLOOR_LEAD = 2 * MAX_CUTS
+"""How far above its offset a checkpoint's :attr:`FileState.floor` can be. A flushed split
+line or record is numbered at most one past the highest offset given before, and a line
+longer than a byte brings the numbering back to the file's bytes: a few streams flushed at
+one place lead by a few. A floor further ahead is corrupt: kept, it numbered every later line
+of the file far from its bytes (up to past the aggregator's 64-bit column), each in a Python
+loop."""
 
 
 def parse_entry(value: object) -> tuple[FileState | None, str]:
@@ -212,6 +231,10 @@ def parse_entry(value: object) -> tuple[FileState | None, str]:
     ):
         problems.append(f"left_at={preview(left_at, 40)} dropped")
         left_at = None
+    floor = value.get("floor", 0)
+    if type(floor) is not int or not 0 <= floor <= positions["offset"] + MAX_FLOOR_LEAD:
+        problems.append(f"floor={preview(floor, 40)} dropped")
+        floor = 0
     state = FileState(
         source=value["source"],
         path=value["path"],
@@ -228,6 +251,7 @@ def parse_entry(value: object) -> tuple[FileState | None, str]:
         grouped=grouped if isinstance(grouped := value.get("grouped"), str) else "",
         left_at=left_at,
         rotated=value.get("rotated") is True,  # anything else: judged as a live file, as before
+        floor=floor,
     )
     return state, ", ".join(problems)
 

@@ -316,6 +316,7 @@ class CopyTruncate:
                     head.state.epoch,
                     cuts=[list(c) for c in head.state.cuts],  # same bytes, same cuts
                     acked_to=head.state.acked_to,
+                    floor=head.state.floor,  # and the same numbering
                 )
                 self.registry.put(file_key(st.st_dev, st.st_ino, head.fp), state)
                 copy = Cursor(fd, sib, head.fp, state, self.parser, birth_time(fd))
@@ -324,6 +325,7 @@ class CopyTruncate:
                 state.tail = copy.tail(state.offset)
                 copy.read_pos = copy.checked_pos = head.read_pos
                 copy.cuts = list(head.cuts)
+                copy.last_offset, copy.raised = head.last_offset, list(head.raised)
                 copy.acked_floor = max(head.acked_floor, state.acked)
                 copy.stop_at = head.stop_at
                 self._follow_acks(head, copy)
@@ -412,7 +414,7 @@ class CopyTruncate:
         if head not in self.parser.pending_origins():
             return None
         self.parser.origin = head
-        lines = self.parser.flush(head, self._flush_offset(head), every=True)
+        lines = head.number(self.parser.flush(head, self._flush_offset(head), every=True), True)
         if not len(lines):
             return None
         log.info(

@@ -74,6 +74,14 @@ class Cursor:
         """Where the acknowledged batches end (their resume point): the checkpoint, unless it
         is kept at :attr:`opened_at` (then also kept in :attr:`FileState.acked_to`)."""
         self.acked_floor = state.acked
+        self.last_offset = state.floor
+        """The highest record offset given in this file so far (see :meth:`number`)."""
+        self.raised: list[tuple[int, int]] = (
+            [(state.offset, state.floor)] if state.floor > state.offset else []
+        )
+        """``(position, offset)`` of records whose offset is above their end in the file
+        (split lines flushed at ``position``, the lines numbered above them), for
+        :meth:`floor_at`; pruned as the checkpoint passes them."""
         self.parser = parser
         self.outstanding = 0
         """Batches read from this file and not acknowledged yet."""
@@ -221,7 +229,7 @@ class Cursor:
         if len(lines) == max_lines:
             idx = sum(map(len, lines)) + max_lines - 1
         self.parser.origin = self
-        parsed = self.parser.feed(lines, self.read_pos)
+        parsed = self.number(self.parser.feed(lines, self.read_pos))
         self._advance(data, idx + 1)
         if self.acked_floor and parsed.offsets and parsed.offsets[0] <= self.acked_floor:
             parsed = _drop_upto(parsed, self.acked_floor)
@@ -234,7 +242,7 @@ class Cursor:
         own, as it did in the first run."""
         self.parser.origin = self
         streams = None if stream is None else (stream,)
-        lines = self.parser.flush(self, offset, every=True, streams=streams)
+        lines = self.number(self.parser.flush(self, offset, every=True, streams=streams), True)
         if self.acked_floor:
             lines = _drop_upto(lines, self.acked_floor)
         if len(lines):
@@ -242,6 +250,52 @@ class Cursor:
                 "cutting a split line where it was flushed before the restart path=%s", self.path
             )
         return Chunk(self, lines, self._resume(), 0)
+
+    def number(self, lines: Lines, flushed: bool = False) -> Lines:
+        """``lines``, just parsed, with offsets above every offset given in this file before.
+
+        A line's offset is its end in the file, except for split lines (and ``--multiline``
+        records) flushed as they are, which get one past the read position (see
+        :meth:`shipper.split_lines.SplitLines._flush_offset`; ``flushed``): the line after
+        them ends at least a byte further on, and a one-byte line (a damaged ``"\\n"``) ended
+        exactly at such an offset -- the aggregator dropped it as a resend (it keeps a record
+        only when its offset is above the source's highest). Such a line gets the next offset
+        up instead; the lines after it are numbered from their ends again once these are
+        above. The offsets given above their ends are kept (:attr:`raised`) so that the
+        checkpoint can say where a restart resumes the numbering (:meth:`floor_at`)."""
+        offsets = lines.offsets
+        if not offsets:
+            return lines
+        if flushed:
+            self.raised.append((self.read_pos, offsets[-1]))
+        else:
+            for i, end in enumerate(offsets):
+                if end > self.last_offset:
+                    break  # the rest are above too: offsets increase within a block
+                offsets[i] = self.last_offset = self.last_offset + 1
+                self.raised.append((end, self.last_offset))
+        self.last_offset = max(self.last_offset, offsets[-1])
+        return lines
+
+    def floor_at(self, pos: int) -> int:
+        """The highest offset given to a record ending at or before ``pos`` when it is above
+        ``pos``, else 0 (:attr:`FileState.floor` of a checkpoint at ``pos``): the records read
+        after ``pos`` again were numbered from it."""
+        floor = max((offset for end, offset in self.raised if end <= pos), default=0)
+        return floor if floor > pos else 0
+
+    def prune_raised(self, pos: int) -> None:
+        """The checkpoint is at ``pos`` now: only what :meth:`floor_at` needs is kept -- at
+        ``pos`` and after it, and at :attr:`opened_at`, where the checkpoint goes back to
+        once a file before this one is held (see
+        :meth:`shipper.tailer.Tailer._checkpoint_offset`): folded into ``pos``, the floor this
+        file was opened with was lost, and a restart from there numbered the tiny lines after
+        it below the offsets they had (dropped as acknowledged when they were not)."""
+        later = [(end, offset) for end, offset in self.raised if end > pos]
+        for at in {min(pos, self.opened_at), pos}:
+            if floor := self.floor_at(at):
+                later.append((at, floor))
+        self.raised = later
 
     def _resume(self) -> int:
         """Where a restart must read again: our position, or the start of a split line's
@@ -256,7 +310,7 @@ class Cursor:
     def _last_line(self, data: bytes) -> Chunk:
         # Its offset counts a newline that is not there: one past the end, still increasing.
         self.parser.origin = self
-        parsed = self.parser.feed([data], self.read_pos)
+        parsed = self.number(self.parser.feed([data], self.read_pos))
         self._advance(data, len(data))
         return Chunk(self, parsed, self._resume(), len(data))
 
@@ -274,7 +328,7 @@ class Cursor:
         dropped = self._skip_total + nl - len(prefix)
         self._skip = None
         self._advance(data, nl + 1)
-        parsed = overlong_line(self.parser, prefix, self.read_pos, dropped)
+        parsed = self.number(overlong_line(self.parser, prefix, self.read_pos, dropped))
         if self.read_pos <= self.acked_floor:
             parsed = self.parser.new_lines()
         return Chunk(self, parsed, self._resume(), nl + 1)

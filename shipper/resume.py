@@ -164,7 +164,9 @@ class Resume:
             self.cursors = held_gz + oldest_first(rotated)
             self._pass_over()
             now = time.time()
-            for mtime_ns, cur in rotated:  # renamed moments ago: its writer may still append
+            for mtime_ns, cur in rotated:
+                self._flag_rotated(cur)
+                # Renamed moments ago: its writer may still append.
                 age = now - mtime_ns / 1e9
                 if age < rotate_wait.ROTATE_WAIT_SECONDS:
                     cur.rotated_at = time.monotonic() - max(age, 0.0)
@@ -770,6 +772,7 @@ class Resume:
                     cuts=[list(c) for c in state.cuts],
                     tail=state.tail,
                     acked_to=state.acked_to,
+                    floor=state.floor,
                 )
                 self.registry.put(file_key(st.st_dev, st.st_ino, fp), copy)
                 log.info(

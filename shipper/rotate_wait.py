@@ -34,6 +34,16 @@ class RotateWait:
         the stop, it was not counted as lost (``deleted_unread``, a page) -- the writer had
         moved on to the new file."""
         cur.rotated_at = time.monotonic()
+        self._flag_rotated(cur)
+
+    def _flag_rotated(self: Tailer, cur: Cursor) -> None:
+        """``cur`` was renamed away by a rotation: its checkpoint says so
+        (:attr:`~shipper.checkpoint.FileState.rotated`), with its size now. Also for a file a
+        start finds only under its rotated name (see :meth:`shipper.resume.Resume._start`):
+        the live file at the previous stop, rotated while the shipper was down, never seen
+        renamed by a running shipper. Unflagged, a stop in its rotate wait (or while it held
+        a split line's first parts), then ``max-file`` deleting it, paged ``deleted_unread``
+        though it had been read to its end."""
         # Its size now, Docker's final one (dockerd writes nothing to a file it rotated): the
         # size noted up to a second ago may miss the lines written just before the rename.
         # Saved with the flag, then a kill (no stop to note sizes), or the flag set after the

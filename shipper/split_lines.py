@@ -240,7 +240,7 @@ class SplitLines:
         acknowledged."""
         self.parser.origin = head
         at = self._flush_offset(head)
-        lines = self.parser.flush(head, at, every=True, streams=streams)
+        lines = head.number(self.parser.flush(head, at, every=True, streams=streams), True)
         if not len(lines):
             return None
         log.log(level, "%s lines=%d path=%s", why, len(lines), head.path)
@@ -278,8 +278,10 @@ class SplitLines:
         past it, and past every offset given at that position before (another stream's line
         flushed earlier, acknowledged or still in flight): the aggregator keeps a record only
         when its offset is above the source's highest, so a second line at the same offset
-        was dropped (R1). The line that comes next ends at least a whole entry further on."""
-        at = head.read_pos + 1
+        was dropped (R1). Also past every offset given in the file so far
+        (:attr:`~shipper.cursor.Cursor.last_offset`): a one-byte line read since the last
+        flush was numbered past it (see :meth:`~shipper.cursor.Cursor.number`)."""
+        at = max(head.read_pos, head.last_offset) + 1
         earlier = [int(c[1]) for c in head.state.cuts if c[0] == head.read_pos]
         if head.state.acked >= at:
             earlier.append(head.state.acked)

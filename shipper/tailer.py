@@ -448,6 +448,9 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         st.acked_to = cur.acked_to if cur.acked_to > st.offset else 0
         if st.cuts:
             st.cuts = [c for c in st.cuts if c[0] > st.offset]
+        if cur.raised or st.floor:
+            st.floor = cur.floor_at(st.offset)
+            cur.prune_raised(st.offset)
         st.acked = max(st.acked, acked)
         st.grouped = self.multiline or ""
         st.tail = cur.tail(st.offset)

@@ -357,3 +357,33 @@ def test_a_compressed_copy_longer_than_read_pages(tmp_path: Path) -> None:
     Path(f"{rotated}.gz").write_bytes(gzip.compress(rotated.read_bytes()))
     rotated.unlink()
     assert _restart(tmp_path, spec) == ["deleted_unread"]
+
+
+@pytest.mark.parametrize("fmt", ["docker", "plain"])
+def test_a_file_found_under_its_rotated_name_at_a_start_is_flagged(
+    tmp_path: Path, fmt: str
+) -> None:
+    """The live file at one stop, rotated while the shipper was down: the next start finds it
+    only under its rotated name. Stopped again within its rotate wait (or while it held a
+    split line's first parts) and deleted while down, it paged ``deleted_unread`` though it
+    had been read to its end: nothing had flagged it, as the running shipper never saw the
+    rename."""
+    spec = _docker_spec(tmp_path) if fmt == "docker" else spec_for(tmp_path / "app.log", "plain")
+    path, rotated = spec.path, Path(f"{spec.path}.1")
+    _append(spec, path, 0, 5)
+    for expected in ([f"line {i}" for i in range(5)], [f"line {i}" for i in range(5, 8)]):
+        reg = Registry(tmp_path / "state")
+        t = Tailer(spec, reg, "h", 65536)
+        assert drain(t) == expected
+        t.note_sizes()
+        t.close()
+        reg.save()
+        reg.close()
+        if not rotated.exists():  # the first stop: rotated while the shipper is down
+            os.rename(path, rotated)
+            _append(spec, path, 5, 3)
+    _, entry = _rotated_entry(tmp_path, spec)
+    size = rotated.stat().st_size
+    rotated.unlink()
+    assert _restart(tmp_path, spec) == ([] if fmt == "docker" else ["rotated_then_deleted"])
+    assert entry.get("rotated") is True and entry["seen"] == entry["offset"] == size
