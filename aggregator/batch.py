@@ -7,8 +7,9 @@ event: tag, event time, the wire keys). :func:`route` splits and types them with
   data plane told by its image or container name (:data:`ENVOY_IMAGE` and :data:`ENVOY_NAME`): an
   image mentioning ``envoy`` or ``istio-proxy``, or whose repository's last part is
   ``consul-dataplane`` or ``consul-dataplane-fips`` (Consul), ``kuma-dp`` (Kuma, Kong Mesh),
-  ``emissary``, ``ambassador`` or ``aes`` (Emissary-ingress, Ambassador) or
-  ``ecs-service-connect-agent`` (ECS Service Connect); a container name whose last ``/`` part
+  ``emissary``, ``ambassador`` or ``aes`` (Emissary-ingress, Ambassador),
+  ``ecs-service-connect-agent`` (ECS Service Connect) or, after a ``/``, ``proxyv2`` (Istio's
+  ``istio/proxyv2``); a container name whose last ``/`` part
   (logq-shipper's CRI container names are ``<namespace>/<pod>/<container>``, and an
   ``envoy-gateway-...`` pod's other containers are not Envoy) mentions ``envoy`` or
   ``istio-proxy``, holds ``consul-dataplane`` or ``kuma-sidecar`` as ``-``-separated parts (so the
@@ -217,12 +218,16 @@ def _flag(array: pa.Array, pattern: str) -> pa.Array:
 #: by the last part of their repository (``hashicorp/consul-dataplane:1.5``,
 #: ``kumahq/kuma-dp``, ``emissaryingress/emissary``, ``datawire/aes``, ECS Service Connect's
 #: ``ecs-service-connect-agent:interface-v1``), so ``ambassador/ambassador-agent`` (not Envoy)
-#: and a registry's host are not taken for one.
+#: and a registry's host are not taken for one. Istio's sidecar image is ``istio/proxyv2``
+#: (``gcr.io/istio-release/proxyv2``, ``-distroless`` tags), run in ECS or compose under any
+#: container name: ``proxyv2`` is matched only after a ``/`` (a bare ``proxyv2`` says nothing
+#: of Istio, ``haproxyv2`` is another program).
 ENVOY_IMAGE = (
     r"envoy|istio-proxy"
     r"|(?:^|/)(?:consul-dataplane(?:-fips)?|kuma-dp|emissary|ambassador|aes"
     r"|ecs-service-connect-agent)"
     r"(?:[:@]|$)"
+    r"|/proxyv2(?:[:@]|$)"
 )
 #: Container names of Envoy data planes, matched on the name's last ``/`` part (see the module
 #: docstring): consul-k8s names its sidecar ``consul-dataplane`` (``consul-dataplane-<service>``

@@ -92,7 +92,8 @@ class Freshness(NamedTuple):
 
     service: str
     access_hours: int
-    """Hours (``dt`` partitions) of envoy_access data."""
+    """Hours (``dt`` partitions with a data file: :func:`athena.partitions.hours_with_data`)
+    of envoy_access data."""
     log_hours: int
     """Hours of container_logs data."""
     newest: datetime | None
@@ -117,11 +118,10 @@ def service_freshness(
     ``hours_between``: only the ``dt`` hours from the first to the second (inclusive) count.
     ``before``: the newest line at or before it (see the module docstring).
     """
-    from athena.partitions import list_dts
+    from athena.partitions import hours_with_data
 
-    lo, hi = hours_between or ("", "~")
     hours = {
-        t: [dt for dt in list_dts(wh, t, service) if lo <= dt <= hi]
+        t: hours_with_data(wh, t, service, hours_between)
         for t in ("envoy_access", "container_logs")
     }
     values = [_newest_of(wh, t, [(dt, service) for dt in dts], before) for t, dts in hours.items()]

@@ -120,7 +120,7 @@ _COMMON: list[tuple[str, Any, Any]] = [
             typer.Option(
                 help="Only request paths starting with this prefix; a route as printed, with "
                 "{id} for its ids (/api/v1/items/{id}), takes that route and those under it "
-                "(/api/v1/items/{id}/lines).",
+                "(/api/v1/items/{id}/lines); an empty value is an error.",
                 rich_help_panel=QUERY_PANEL,
             ),
         ],
@@ -131,7 +131,8 @@ _COMMON: list[tuple[str, Any, Any]] = [
         Annotated[
             str | None,
             typer.Option(
-                help="Only this HTTP method (GET, POST, ...).", rich_help_panel=QUERY_PANEL
+                help="Only this HTTP method (GET, POST, ...); an empty value is an error.",
+                rich_help_panel=QUERY_PANEL,
             ),
         ],
         None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import textwrap
 import time
 from datetime import timedelta
 
@@ -80,14 +81,30 @@ def _lookback(every: bool, hours: float | None) -> timedelta | None:
     return DEFAULT_LOOKBACK if hours is None else timedelta(hours=hours)
 
 
+def _paragraph(text: str) -> str:
+    """``text`` wrapped for ``--help`` without breaking a flag at its hyphens (argparse's own
+    wrapping printed ``--max-deferral-`` and ``hours`` on two lines)."""
+    return textwrap.fill(text, width=79, break_on_hyphens=False)
+
+
 def compact_main(argv: list[str]) -> int:
     """``logq-aggregator compact``: one compaction pass over the warehouse, then exit."""
     from aggregator.config import ConfigError, Settings, blame_warehouse, load_settings
 
     parser = argparse.ArgumentParser(
         prog="logq-aggregator compact",
-        description="Merge closed hours' small Parquet files into large ones (Athena's "
-        "small-files problem). Safe to run while aggregators are writing.",
+        description=_paragraph(
+            "Merge closed hours' small Parquet files into large ones (Athena's small-files "
+            "problem). Safe to run while aggregators are writing."
+        ),
+        epilog=_paragraph(
+            "exit status: 0 done (also deferred, while a restart may still end the wait); 1 a "
+            "pass that failed or a warehouse that does not exist; 2 a usage error (a bad flag, "
+            f"--config or --warehouse); {DEFERRED_TOO_LONG_EXIT} deferred for longer than "
+            "--max-deferral-hours, or for a heartbeat the warehouse refuses (--force merges "
+            "anyway)"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="the aggregator's TOML file (warehouse, sizes)")
     parser.add_argument("--warehouse", help="local dir or s3://bucket/prefix")

@@ -32,11 +32,15 @@ def sql(
     empty and no --service is in the list).
     Locally only queries run (SELECT, WITH, VALUES, EXPLAIN [ANALYZE] of a query, DESCRIBE)
     over the warehouse tables: DuckDB would otherwise let a statement write or read any file
-    (COPY ... TO, read_text) or change settings. SHOW TABLES and SHOW COLUMNS FROM <table>
+    (COPY ... TO, read_text) or change settings, so functions of the DuckDB extensions it
+    does not load (read_xlsx, st_point, ...) are refused too (its JSON and time zone functions
+    work). SHOW TABLES and SHOW COLUMNS FROM <table>
     answer as on Athena (tab_name, field); other SHOW statements need --engine athena. To
     filter by path or method, say so in the statement (WHERE starts_with(path, '/api') AND
     method = 'GET'). Every row by default: -f json, csv and markdown write rows as they come,
     in bounded memory; the table shows at most the first 1,000 and says how to get the rest.
+    --limit N stops after N rows; when the result has more, stderr says "logq: showing the
+    first N rows; the result has more (raise --limit)".
     """
     from cli import runner
     from cli.explain import NO_DATA_EXIT, note_unknown_services
@@ -310,9 +314,9 @@ SERVICES_COLUMNS = ["service", "access_hours", "log_hours", "newest"]
 def services(common: Common) -> None:
     """Known services: the hours of data each has per table and its newest line (freshness).
 
-    Columns, on either engine: service, access_hours and log_hours (UTC hour partitions with
-    data in envoy_access and container_logs within the range, counted in whole hours), newest
-    (the newest line of either table in those hours). Default range: every hour locally (it
+    Columns, on either engine: service, access_hours and log_hours (UTC hours within the range
+    with data, a Parquet file, in envoy_access and container_logs), newest (the newest line of
+    either table in those hours). Default range: every hour locally (it
     only lists folders), the last 1d on Athena (where it is a billed scan).
     """
 
@@ -445,9 +449,8 @@ def _freshness(
 
 def _services_dry_run(wh: Any, chosen: list[str], hours: tuple[str, str] | None) -> None:
     """What ``services`` would read locally: no SQL, folder listings and newest hours."""
-    from athena.partitions import list_dts
+    from athena.partitions import hours_with_data
 
-    lo, hi = hours or ("", "~")
     out = sys.stdout
     out.write(
         f"-- engine: local over {wh.uri}: no SQL; lists the service=/dt= folders of both tables "
@@ -455,6 +458,6 @@ def _services_dry_run(wh: Any, chosen: list[str], hours: tuple[str, str] | None)
     )
     for table in ("envoy_access", "container_logs"):
         for svc in chosen:
-            dts = [dt for dt in list_dts(wh, table, svc) if lo <= dt <= hi]
+            dts = hours_with_data(wh, table, svc, hours)
             if dts:
                 out.write(f"--   {table}/service={svc}: {len(dts)} hours, newest dt={dts[-1]}\n")

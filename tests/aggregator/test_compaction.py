@@ -24,7 +24,7 @@ import aggregator.compaction.grace as grace_mod
 import aggregator.compaction.listing as listing_mod
 import aggregator.compaction.passes as passes_mod
 from aggregator.batch import records_table, route
-from aggregator.compaction.command import compact_main
+from aggregator.compaction.command import DEFERRED_TOO_LONG_EXIT, compact_main
 from aggregator.compaction.intents import finish_intents
 from aggregator.compaction.partition import compact_partition
 from aggregator.compaction.passes import CompactionFailed, compact_warehouse
@@ -537,6 +537,19 @@ def test_compact_refuses_a_missing_warehouse_and_odd_windows(
         assert usage.value.code == 2
         assert f"{flag} must be a number from 0 to" in capsys.readouterr().err
     assert compact_main(["--warehouse", str(tmp_path)]) == 0  # an empty warehouse is fine
+
+
+def test_compact_help_names_every_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    """A cron job's author reads --help to tell a failed pass (1) from a bad flag or --config
+    (2) and a deferral that needs a drain (3); the help once named none of them."""
+    with pytest.raises(SystemExit) as done:
+        compact_main(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "exit status: 0 done" in text
+    assert "1 a pass that failed or a warehouse that does not exist" in text
+    assert "2 a usage error (a bad flag, --config or --warehouse)" in text
+    assert f"{DEFERRED_TOO_LONG_EXIT} deferred for longer than --max-deferral-hours" in text
 
 
 # --- the grace never undercuts a crashed peer's staleness -------------------------------------

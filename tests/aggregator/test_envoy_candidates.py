@@ -1,6 +1,6 @@
 """Which lines are tried as Envoy access lines: data planes named without "envoy" (Consul's,
-Kuma's, Emissary's, ECS Service Connect's), near-miss names that are apps, Envoy's stderr, and
-the ``format plain`` opt-out."""
+Kuma's, Emissary's, ECS Service Connect's, Istio's proxyv2 image), near-miss names that are
+apps, Envoy's stderr, and the ``format plain`` opt-out."""
 
 from __future__ import annotations
 
@@ -47,6 +47,11 @@ def codes(records: list[dict]) -> list[int]:
         "datawire/aes:1.14.4",  # Ambassador Edge Stack
         "ecs-service-connect-agent:interface-v1",  # loaded by the ECS agent on EC2
         "registry.internal:5000/mesh/kuma-dp@sha256:" + "ab" * 32,
+        # Istio's sidecar, in a container named freely (ECS, compose).
+        "docker.io/istio/proxyv2:1.24.1",
+        "gcr.io/istio-release/proxyv2:1.24.1",
+        "istio/proxyv2:1.24.1-distroless",
+        "istio/proxyv2@sha256:" + "cd" * 32,
     ],
 )
 def test_data_plane_images_named_without_envoy_are_candidates(image: str) -> None:
@@ -95,6 +100,9 @@ def test_data_plane_container_names_are_candidates(name: str) -> None:
         ("consul", "hashicorp/consul:1.17.1"),
         ("crypto", "mycorp/aes-vault:1.2"),
         ("app", "mycorp/ambassador-portal:3"),
+        ("proxy", "mycorp/haproxyv2:2.9"),  # proxyv2 only as the repository's last part
+        ("proxy", "mycorp/proxyv2-tools:1"),
+        ("proxy", "proxyv2:1"),  # no repository path: not Istio's image
     ],
 )
 def test_near_miss_names_are_not_candidates(name: str, image: str | None) -> None:

@@ -14,7 +14,9 @@ import pytest
 from athena.engines.local import LocalEngine
 from athena.partitions import (
     Partition,
+    hours_with_data,
     is_data_file,
+    is_dt,
     list_dts,
     list_files,
     list_services,
@@ -376,3 +378,53 @@ def test_a_real_listing_error_is_the_same_error(tmp_path: Path) -> None:
     with pytest.raises(OSError) as planned:
         plan(wh, "envoy_access", None, r)
     assert str(planned.value) == str(sequential.value)
+
+
+def test_hours_with_data_are_the_hours_the_readers_read(tmp_path: Path) -> None:
+    """``logq services`` counts the hours whose files a query reads: not an hour holding only
+    an in-flight ``.tmp`` write or files the reader rule skips (``odd``'s fourth hour), nor a
+    ``dt=`` that is no hour; a compaction output counts. Its folders are listed one by one,
+    not walked: a walk follows symbolic links (a link to the service folder in two hours made
+    ``logq services`` list for ever)."""
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    _layout(wh)
+    inflight = dt_of(LONG_END + timedelta(hours=1))
+    _put(wh, f"service=short/dt={inflight}/.c-x.parquet.0123abcd.tmp")
+    _put(wh, "service=short/dt=garbage/c.parquet")
+    _put(wh, "service=short/dt=2026-1-1-1/c.parquet")
+    loop = Path(wh.path("envoy_access", f"service=long/dt={dt_of(LONG_END - timedelta(hours=1))}"))
+    (loop / "up").symlink_to("..")
+    for svc in ("long", "short", "odd"):
+        read = [p.dt for p in plan(wh, "envoy_access", [svc], None) if is_dt(p.dt)]
+        recorded = _recorded(wh)
+        assert hours_with_data(recorded, "envoy_access", svc) == read, svc
+        assert not any(recursive for _, recursive, _ in recorded.fs.calls)  # type: ignore[attr-defined]
+    assert len(hours_with_data(wh, "envoy_access", "odd")) == 7
+    assert hours_with_data(wh, "envoy_access", "short") == [
+        dt_of(LONG_END - timedelta(hours=h)) for h in (5, 4, 3, 2, 1)
+    ]
+    between = (dt_of(LONG_END - timedelta(hours=3)), dt_of(LONG_END - timedelta(hours=2)))
+    assert hours_with_data(wh, "envoy_access", "short", between) == list(between)
+    assert hours_with_data(wh, "container_logs", "short") == []
+
+
+#: ``dt`` folder names no writer writes: ``strptime`` takes some, a range selects none.
+NOT_HOURS = [
+    "garbage",
+    "2026-1-1-1",
+    "2026-02-29-00",
+    "2026-11-28-24",
+    "0000-01-01-00",
+    "2026-11-28",
+    "2026-11-28-05-00",
+    " 2026-11-28-05",
+    "\uff12\uff10\uff12\uff16-11-28-05",  # full-width digits: int() reads them
+    "",
+]
+
+
+def test_is_dt_takes_every_hour_the_writer_names_and_nothing_else() -> None:
+    for when in (utc(1, 1, 1, 0), utc(2024, 2, 29, 23), LONG_END, utc(9999, 12, 31, 23)):
+        assert is_dt(dt_of(when)), when
+    for value in NOT_HOURS:
+        assert not is_dt(value), value

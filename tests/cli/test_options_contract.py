@@ -168,6 +168,34 @@ def test_timeline_help_names_every_format_that_prints_rows(
     assert "rows in json/csv/markdown" in logq("timeline", "--help").stdout
 
 
+@pytest.mark.parametrize("cmd", ["errors", "top"])
+def test_request_filter_help_says_an_empty_value_is_refused(
+    logq, monkeypatch: pytest.MonkeyPatch, cmd: str
+) -> None:
+    """`--path ""` and `--method ""` exit 2 (an unset shell variable); the help said so of
+    --service only."""
+    monkeypatch.setenv("COLUMNS", "300")
+    lines = logq(cmd, "--help").stdout.splitlines()
+    for option in ("--path", "--method"):
+        [line] = [ln for ln in lines if ln.startswith(f"│ {option} ")]
+        assert "an empty value is an error" in line, line
+
+
+def test_sql_help_names_the_limit_note_and_refused_extensions(
+    logq, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `logq sql` says when --limit cuts its rows, and that functions of the DuckDB
+    extensions it does not load (read_xlsx) are refused: the help named neither. Those of the
+    extensions it loads work, and the help must not say they are refused."""
+    monkeypatch.setenv("COLUMNS", "300")
+    text = " ".join(logq("sql", "--help").stdout.replace("│", " ").split())
+    assert "logq: showing the first N rows; the result has more (raise --limit)" in text
+    assert (
+        "functions of the DuckDB extensions it does not load (read_xlsx, st_point, ...) are "
+        "refused too (its JSON and time zone functions work)"
+    ) in text
+
+
 @pytest.mark.integration
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     """`logq tail ... | head -2`: before, "logq: error: [Errno 32] Broken pipe" and exit 1.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from tests.athena.factory import access_frame, write_frame
-from tests.cli.conftest import SERVICES, Warehouse
+from tests.cli.conftest import END, SERVICES, START, Warehouse
 
 LOGQ = Path(sys.executable).with_name("logq")
 
@@ -325,6 +326,38 @@ def test_services_empty_warehouse_in_a_table_is_one_line(logq, empty_warehouse: 
         assert run.exit_code == 3
         assert run.stdout == f"No results: the warehouse {empty_warehouse} holds no data yet\n"
         assert "no results" not in run.stderr
+
+
+def test_services_counts_only_hours_with_parquet_files(logq, tmp_path: Path) -> None:
+    """An emptied hour folder (files moved away, a failed copy), one holding no data file
+    (`_tmp.parquet`, notes) or a `dt=` name that is no hour counted as an hour of data, and a
+    service whose folders were all empty was listed with 0 hours: count only valid hours
+    with a `.parquet` file (what the queries read)."""
+    uri = str(tmp_path / "wh")
+    frame = access_frame(200, START, END, ["billing"], seed=5)
+    [first, *_] = write_frame(uri, "envoy_access", frame)
+    hours = frame["timestamp"].map(lambda t: t.strftime("%Y-%m-%d-%H")).nunique()
+    root = tmp_path / "wh"
+    billing = root / "envoy_access" / "service=billing"
+    (billing / "dt=2026-11-29-05").mkdir()
+    (billing / "dt=2026-11-29-06").mkdir()
+    (billing / "dt=2026-11-29-06" / "_tmp.parquet").write_bytes(b"partial")
+    (billing / "dt=2026-11-29-06" / "notes.txt").write_text("x")
+    for odd in ("dt=garbage", "dt=2026-1-1-1"):
+        (billing / odd).mkdir()
+        shutil.copy(first, billing / odd / "part-0000.parquet")
+    (root / "container_logs" / "service=billing" / "dt=2026-11-29-05").mkdir(parents=True)
+    for table in ("envoy_access", "container_logs"):
+        (root / table / "service=ghost" / "dt=2026-11-28-01").mkdir(parents=True)
+    run = logq("services", "-f", "json", "--warehouse", uri)
+    assert run.exit_code == 0, run.stderr
+    rows = run.json()
+    assert [(r["service"], r["access_hours"], r["log_hours"]) for r in rows] == [
+        ("billing", hours, 0)
+    ]
+    dry = logq("services", "--dry-run", "--warehouse", uri)
+    assert f"envoy_access/service=billing: {hours} hours, newest dt=" in dry.stdout
+    assert "ghost" not in dry.stdout and "container_logs" not in dry.stdout.split("\n", 1)[1]
 
 
 def test_relative_since_counts_only_recent_rows(logq, tmp_path: Path) -> None:
