@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shipper import wire
-from shipper.discover import node_names, pod_owner_name
+from shipper.discover import names_service, node_names, pod_owner_name
 
 KEY_SOURCE = "source"
 KEY_KUBERNETES = "kubernetes"
@@ -98,7 +98,7 @@ class Kube:
     @property
     def service(self) -> str | None:
         """``labels["logq.service"]``, else the pod's owner name, else None."""
-        if self.label_service:
+        if names_service(self.label_service):  # an empty or blank label: the next rule
             return self.label_service
         if self.pod_name and len(self.pod_name) <= _MAX_POD_NAME:
             # Cut to what a node name and a uid can be: the cache below never holds big keys.

@@ -37,6 +37,7 @@ import stat
 from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeGuard
 
 from shipper import multiline
 from shipper.errors import ConfigError
@@ -151,13 +152,20 @@ def node_names(hostname: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(n for n in names if n))
 
 
+def names_service(value: str | None) -> TypeGuard[str]:
+    """Whether a label's value names a service: an empty or blank one names nothing (the
+    aggregator strips a name to nothing, then stores it as ``svc-<hash>``), so the next rule
+    decides. One rule for logq-shipper (:func:`service_name`) and for the ``logq.service``
+    label other clients send (:mod:`aggregator.clientmeta`)."""
+    return bool(value and not value.isspace())
+
+
 def service_name(labels: dict[str, str], container_name: str, nodes: tuple[str, ...] = ()) -> str:
-    """The service of a container by DESIGN.md §2's order of precedence. A label that is empty
-    or blank names nothing (the aggregator strips a name to nothing, then stores it as
-    ``svc-<hash>``): the next rule decides."""
+    """The service of a container by DESIGN.md §2's order of precedence; a label counts only
+    when it :func:`names_service`."""
     for key in (LABEL_SERVICE, LABEL_ECS_FAMILY, LABEL_COMPOSE_SERVICE):
         value = labels.get(key)
-        if value and not value.isspace():
+        if names_service(value):
             return value
     pod = labels.get(LABEL_K8S_POD)
     if pod:

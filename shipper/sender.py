@@ -213,7 +213,8 @@ def reset_connection(writer: asyncio.StreamWriter) -> None:
     """Close a connection with a reset (RST: SO_LINGER 0) and drop what it has not sent yet.
 
     The shipper gives a connection up this way when a batch on it failed (no ack within
-    ``--ack-timeout``): its batches go again, maybe to another aggregator. An aggregator that
+    ``--ack-timeout``) or is still unacked at a stop (:meth:`ForwardClient.close`): its batches
+    go again, maybe to another aggregator. An aggregator that
     has not read them yet (stopped, paused, swapped out) finds the reset in its socket's TCP
     state when it resumes, whatever the delay, and stores none of them; a FIN it could not tell
     from a client that half-closes and waits for its acks, and it stored them too
@@ -566,7 +567,9 @@ class ForwardClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._resolving
         for conn in list(self._conns.values()):
-            conn.close()
+            # Batches still unacked are given up as at an ack timeout: read and sent again at
+            # the next start, maybe to another aggregator, so reset as _mark_down does.
+            conn.close(reset=bool(conn.pending))
             with contextlib.suppress(Exception):
                 await conn.writer.wait_closed()
         self._conns.clear()

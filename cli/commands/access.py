@@ -229,9 +229,12 @@ def timeline(
 
     with friendly():
         from athena.timerange import parse_interval
-        from cli.notes import note
+        from cli.notes import note, refuse_empty
 
-        # `every is None`, not falsy: an empty --every is refused, not taken for the default.
+        # `every is None`, not falsy: an empty --every is refused, not taken for the default,
+        # in the words of the other empty options (runner.check_filters).
+        default = "use the default (1m, coarser for a long range)"
+        refuse_empty("--every", every, "give an interval (30s, 5m, 1h)", default, blank=True)
         step = int(parse_interval(AUTO_EVERY[0] if every is None else every).total_seconds())
         prep = runner.prepare(common, "timeline", "envoy_access", {"every_seconds": step})
         auto = every is None

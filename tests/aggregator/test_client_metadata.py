@@ -166,6 +166,10 @@ def test_a_shipper_sized_kubernetes_message_takes_the_msgspec_path() -> None:
     ("kube", "service"),
     [
         ({"labels": {"logq.service": "checkout"}}, "checkout"),  # the label wins
+        # An empty or blank label names nothing: the pod's owner, as logq-shipper decides
+        # (shipper.discover.service_name), not one `svc-<hash>` folder for every such pod.
+        ({"labels": {"logq.service": ""}, "pod_name": "db-0"}, "db"),
+        ({"labels": {"logq.service": " \t"}, "pod_name": "db-0"}, "db"),
         ({"pod_name": "report-28391234-x2x7k"}, "report"),  # CronJob
         ({"pod_name": "db-0"}, "db"),  # StatefulSet
         ({"pod_name": "agent-x2x7k"}, "agent"),  # DaemonSet

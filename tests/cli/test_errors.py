@@ -392,6 +392,7 @@ def test_env_var_warehouse(logq, warehouse: Warehouse, monkeypatch) -> None:
         ["sql", "SELECT 1 AS one", "--since", ""],
         ["sql", "SELECT 1 AS one", "--until", ""],
         ["timeline", "--every", ""],
+        ["timeline", "--every", " "],
         ["timeline", "--every", "１m"],
         ["timeline", "--since", "0"],
         ["timeline", "--since", "-1h"],
@@ -411,5 +412,7 @@ def test_hostile_ranges_and_sizes_are_usage_errors(logq, warehouse: Warehouse, a
     run = logq(*args, "-f", "csv", "--warehouse", warehouse.uri)
     assert run.exit_code == 2, (run.exit_code, run.stdout, run.stderr)
     assert "Traceback" not in run.stderr and run.stdout == ""
-    if args[-2] in ("--since", "--until") and not args[-1].strip():  # the option is named
+    if args[-2] in ("--since", "--until", "--every") and not args[-1].strip():
+        # the option is named, in the one wording every empty option has (cli.notes)
         assert f"logq: error: {args[-2]} " in run.stderr and "is empty" in run.stderr
+        assert f"leave {args[-2]} out to" in run.stderr

@@ -209,6 +209,40 @@ def test_a_dead_aggregators_sources_spread_over_every_survivor() -> None:
     assert all(landed[ep] >= len(moved) / 6 for ep in (eps[0], eps[2], eps[3])), landed
 
 
+class _NeverAcks:
+    """An aggregator that reads every byte and acks nothing: :attr:`ended` is how the first
+    connection ended (``b""``: the client's FIN; a ConnectionResetError: its reset),
+    :attr:`arrived` is set once it has read data."""
+
+    def __init__(self) -> None:
+        self.ended: asyncio.Future[BaseException | bytes] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.arrived = asyncio.Event()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        outcome: BaseException | bytes = b""  # end of file: the client sent a FIN
+        try:
+            while await reader.read(65536):
+                self.arrived.set()  # read on, ack nothing
+        except ConnectionResetError as exc:
+            outcome = exc
+        finally:
+            writer.close()
+        if not self.ended.done():  # the first connection's end (the client reconnects)
+            self.ended.set_result(outcome)
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
 def test_a_connection_given_up_after_the_ack_timeout_is_reset_not_closed() -> None:
     """A batch without an ack within ``ack_timeout`` goes again (maybe to another aggregator),
     so the connection it was on ends with a reset (RST), not a FIN: an aggregator that has not
@@ -218,33 +252,50 @@ def test_a_connection_given_up_after_the_ack_timeout_is_reset_not_closed() -> No
     ``tests/aggregator/test_given_up_messages.py`` has the two aggregators of that run."""
 
     async def go() -> BaseException | bytes:
-        received = asyncio.get_running_loop().create_future()
-
-        async def never_ack(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            outcome: BaseException | bytes = b""  # end of file: the client sent a FIN
-            try:
-                while await reader.read(65536):
-                    pass  # read on, ack nothing
-            except ConnectionResetError as exc:
-                outcome = exc
-            finally:
-                writer.close()
-            if not received.done():  # the first connection's end (the client reconnects)
-                received.set_result(outcome)
-
-        server = await asyncio.start_server(never_ack, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        c = client(f"127.0.0.1:{port}", ack_timeout=0.2, give_up_after=30)
+        aggregator = _NeverAcks()
+        c = client(await aggregator.start(), ack_timeout=0.2, give_up_after=30)
         payload, chunk = message(10)
         delivery = asyncio.create_task(c.deliver(payload, chunk))
         try:
-            return await asyncio.wait_for(received, 30)
+            return await asyncio.wait_for(aggregator.ended, 30)
         finally:
             delivery.cancel()
             with contextlib.suppress(asyncio.CancelledError, DeliveryError):
                 await delivery
             await c.close()
-            server.close()
-            await server.wait_closed()
+            await aggregator.close()
 
     assert isinstance(asyncio.run(go()), ConnectionResetError)
+
+
+def test_a_stop_with_batches_unacked_resets_their_connection_and_closes_idle_ones() -> None:
+    """A stop (``ForwardClient.close``) gives up on the batches still waiting for their acks as
+    an ack timeout does: the next start reads and sends them again, maybe to another
+    aggregator. So their connection ends with a reset too, which an aggregator that has not
+    read them yet tells apart from a half-close at any delay (a FIN within 2 s of the data, a
+    second SIGTERM just after a send, had them stored and acked into the void). A connection
+    with nothing pending still ends with a FIN: there is nothing to give up."""
+
+    async def go(pending: bool) -> BaseException | bytes:
+        aggregator = _NeverAcks()
+        c = client(await aggregator.start(), ack_timeout=60, give_up_after=60)
+        payload, chunk = message(10)
+        delivery = asyncio.create_task(c.deliver(payload, chunk))
+        try:
+            await asyncio.wait_for(aggregator.arrived.wait(), 30)
+            if not pending:  # the ack-less batch given up on its own: only an idle connection
+                delivery.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await delivery
+                for conn in c._conns.values():
+                    conn.pending.clear()
+            await c.close()
+            return await asyncio.wait_for(aggregator.ended, 30)
+        finally:
+            delivery.cancel()
+            with contextlib.suppress(asyncio.CancelledError, DeliveryError, ConnectionError):
+                await delivery
+            await aggregator.close()
+
+    assert isinstance(asyncio.run(go(pending=True)), ConnectionResetError)
+    assert asyncio.run(go(pending=False)) == b""
