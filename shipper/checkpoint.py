@@ -76,10 +76,11 @@ class FileState:
     """``[position, offset, stream]``: where an unfinished split line of ``stream`` was shipped
     as it was (its next part had not come), and the offset its record got (``[position,
     offset]``, written before the stream was kept: every line open there). Kept until the
-    checkpoint passes the position: a restart that reads the parts again must cut them there
-    again, into the same record, which the aggregator then recognises as one it has -- joined
-    with a part written later, the parts would be stored twice. The stream says which line: the
-    other stream's, still waiting for its next part then, is not cut."""
+    checkpoint passes the position (put back while it goes back before it: see
+    :meth:`shipper.cursor.Cursor.place_cuts`): a restart that reads the parts again must cut
+    them there again, into the same record, which the aggregator then recognises as one it
+    has -- joined with a part written later, the parts would be stored twice. The stream says
+    which line: the other stream's, still waiting for its next part then, is not cut."""
     acked_to: int = 0
     """Where the acknowledged batches end when :attr:`offset` is kept below it (a file read
     while an earlier one held a split line's first part, see
@@ -133,7 +134,8 @@ class FileState:
     an older entry has none and numbers from the file's bytes, as before."""
 
 
-#: Cuts kept per file at most (each one is a split line flushed and not acknowledged yet).
+#: Cuts kept per file at most (each one is a split line flushed and not acknowledged yet, or
+#: passed by the checkpoint while it can still go back before it).
 MAX_CUTS = 64
 
 FINISHED_SAVE_SECONDS = 2.0

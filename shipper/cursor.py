@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shipper import fd_budget
-from shipper.checkpoint import FileState, file_key
+from shipper.checkpoint import MAX_CUTS, FileState, file_key
 from shipper.fingerprint import TAIL_BYTES, bytes_before, tail_hash
 from shipper.formats import LineParser, overlong_line
 from shipper.lines import Lines
@@ -82,6 +82,10 @@ class Cursor:
         """``(position, offset)`` of records whose offset is above their end in the file
         (split lines flushed at ``position``, the lines numbered above them), for
         :meth:`floor_at`; pruned as the checkpoint passes them."""
+        self.passed_cuts: list[list[int | str]] = []
+        """Cuts (:attr:`FileState.cuts`) the checkpoint has passed, above :attr:`opened_at`:
+        kept out of the saved entry, but put back while a held file keeps the checkpoint at
+        :attr:`opened_at` (see :meth:`place_cuts`)."""
         self.parser = parser
         self.outstanding = 0
         """Batches read from this file and not acknowledged yet."""
@@ -283,6 +287,42 @@ class Cursor:
         after ``pos`` again were numbered from it."""
         floor = max((offset for end, offset in self.raised if end <= pos), default=0)
         return floor if floor > pos else 0
+
+    def place_cuts(self, pos: int) -> None:
+        """The checkpoint is at ``pos`` now: :attr:`FileState.cuts` keeps the cuts after it,
+        :attr:`passed_cuts` those between :attr:`opened_at` and it.
+
+        A checkpoint can go back to :attr:`opened_at` after the acks passed a cut -- this
+        file or the one after it released while holding a split line's first part (see
+        :meth:`shipper.tailer.Tailer._checkpoint_offset`). Dropped as the ack passed it, a
+        restart from there read the parts again uncut, joined them to a later part under a
+        new offset and stored them a second time (R1s24). At most
+        :data:`~shipper.checkpoint.MAX_CUTS` in all (a longer list is dropped as corrupt at
+        a start), the furthest in the file kept: those after the checkpoint go before any
+        passed one."""
+        every = sorted([*self.state.cuts, *self.passed_cuts], key=lambda c: (int(c[0]), int(c[1])))
+        every = [c for c in every if int(c[0]) > self.opened_at][-MAX_CUTS:]
+        self.state.cuts = [c for c in every if int(c[0]) > pos]
+        self.passed_cuts = [c for c in every if int(c[0]) <= pos]
+
+    def keep_cut(self, cut: list[int | str]) -> bool:
+        """Record ``cut`` (a split line flushed here) in :attr:`FileState.cuts`; False when
+        :data:`~shipper.checkpoint.MAX_CUTS` not passed by the acks are kept already.
+
+        A passed cut :meth:`place_cuts` put back (the checkpoint at :attr:`opened_at`) gives
+        way, the oldest first, as there: refused for them, a line flushed while a file was held
+        had no cut, and a restart before its ack joined its parts to a later part and stored
+        them twice. An old passed cut missing usually costs nothing: its parts go out joined to
+        the next line of their stream, under that line's offset, acknowledged too (not sent
+        again) when it is before :attr:`acked_to`."""
+        cuts = self.state.cuts
+        if len(cuts) >= MAX_CUTS:
+            passed = next((c for c in cuts if int(c[0]) <= self.acked_to), None)
+            if passed is None:
+                return False
+            cuts.remove(passed)
+        cuts.append(cut)
+        return True
 
     def prune_raised(self, pos: int) -> None:
         """The checkpoint is at ``pos`` now: only what :meth:`floor_at` needs is kept -- at

@@ -246,10 +246,8 @@ class SplitLines:
         log.log(level, "%s lines=%d path=%s", why, len(lines), head.path)
         # Where the parts were cut, for a restart that reads them again before this is acked.
         for offset, stream in zip(lines.offsets, lines.streams, strict=True):
-            if len(head.state.cuts) < MAX_CUTS:
-                head.state.cuts.append([head.read_pos, offset, stream])
-            elif self.multiline is not None:  # without --multiline: dropped silently, as before
-                self._cut_not_kept(head, lines)
+            if not head.keep_cut([head.read_pos, offset, stream]) and self.multiline is not None:
+                self._cut_not_kept(head, lines)  # without --multiline: dropped silently
         self.registry.put(head.key, head.state)
         chunk = Chunk(head, lines, head._resume(), 0, save_first=True)
         if self._held:

@@ -446,8 +446,8 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         cur.acked_to = max(cur.acked_to, resume)
         st.offset = self._checkpoint_offset(cur, resume)
         st.acked_to = cur.acked_to if cur.acked_to > st.offset else 0
-        if st.cuts:
-            st.cuts = [c for c in st.cuts if c[0] > st.offset]
+        if st.cuts or cur.passed_cuts:
+            cur.place_cuts(st.offset)
         if cur.raised or st.floor:
             st.floor = cur.floor_at(st.offset)
             cur.prune_raised(st.offset)
