@@ -248,8 +248,10 @@ class Catalog:
         if not self._created:
             statements.append((f"CREATE DATABASE IF NOT EXISTS {ddl.quote_ident(db)}", None))
             statements += [(s, db) for s in ddl.create_all(self.warehouse.uri, self.services, db)]
+            # One column a statement: Hive refuses the whole statement for one duplicate
+            # (:func:`_already_added`), which would leave the others out.
             for table, columns in (grown or {}).items():
-                statements.append((ddl.add_columns(TABLES[table], columns, db), db))
+                statements += [(ddl.add_columns(TABLES[table], [c], db), db) for c in columns]
         statements += [(ddl.set_service_values(t, self.services, db), db) for t in TABLES.values()]
         if self._pending is not None:  # the last update's statement, still queued or running
             self._wait_for_pending(client, *self._pending)
@@ -260,6 +262,10 @@ class Catalog:
             except StillRunning as slow:
                 self._pending = (slow.qid, time.monotonic())
                 raise
+            except CatalogError as exc:
+                if not _already_added(sql, exc):
+                    raise
+                log.info("the table already has the columns of %r; going on", sql)
 
     def _wait_for_pending(self, client: Any, qid: str, since: float) -> None:
         """Return once the statement ``qid`` given up on at ``since`` has ended; until then
@@ -313,6 +319,16 @@ def run_athena(client: Any, sql: str, database: str | None, settings: Settings) 
         if time.monotonic() > deadline:
             raise StillRunning(qid, str(state))
         time.sleep(ATHENA_POLL_SECONDS)
+
+
+def _already_added(sql: str, exc: CatalogError) -> bool:
+    """Whether ``sql`` is an ``ADD COLUMNS`` that Athena refused because the table has the
+    columns already (Hive: "Duplicate column name"). That is the goal reached, not a failure:
+    the ``CREATE … IF NOT EXISTS`` just before it creates a missing table with every column, and
+    another replica or an operator may have added them first. Taken for a failure, the update
+    failed at every retry (``_ddl/*.columns.json`` is only rewritten after a whole update), so
+    no new service ever reached the enum."""
+    return " ADD COLUMNS (" in sql and "duplicate column" in str(exc).lower()
 
 
 def _state(client: Any, qid: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import urllib.request
@@ -460,3 +461,51 @@ def test_the_stored_ddl_is_read_in_one_request_a_file_and_as_before(
         assert catalog.resync() is False
     finally:
         proxy.close()
+
+
+class _HasColumns:
+    """An Athena client over tables that have every column but ``message``: it refuses an
+    ``ADD COLUMNS`` of any other one as Hive does, the whole statement for one duplicate
+    (moto's server runs every statement it is given), and runs the rest."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, str] = {}
+        self.missing = "ALTER TABLE `logq`.`container_logs` ADD COLUMNS (`message` string)"
+
+    def start_query_execution(self, QueryString: str, **kwargs: object) -> dict:
+        qid = f"q{len(self.sent)}"
+        self.sent[qid] = QueryString
+        return {"QueryExecutionId": qid}
+
+    def get_query_execution(self, QueryExecutionId: str) -> dict:
+        sql = self.sent[QueryExecutionId]
+        if " ADD COLUMNS (" in sql and sql != self.missing:
+            reason = "FAILED: SemanticException [Error 10036]: Duplicate column name: stream"
+            return {"QueryExecution": {"Status": {"State": "FAILED", "StateChangeReason": reason}}}
+        return {"QueryExecution": {"Status": {"State": "SUCCEEDED"}}}
+
+
+def test_columns_the_table_has_already_do_not_block_the_enum_for_ever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stored column list predates a column (DDL written before Athena was configured, or
+    by an older version), so the start's DDL holds ``CREATE … IF NOT EXISTS`` (which creates
+    the table whole) then ``ADD COLUMNS``, which Athena refuses as a duplicate: the enum update
+    must go on, not fail at every flush."""
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    catalog = Catalog(wh, Settings(athena_database="logq", athena_output="s3://r/"))
+    new_columns = ("stream", "message")
+    older = [c.name for c in TABLES["container_logs"].data_columns if c.name not in new_columns]
+    catalog._put("container_logs.columns.json", json.dumps(older) + "\n")
+    client = _HasColumns()
+    monkeypatch.setattr(boto3.session.Session, "client", lambda self, *a, **k: client)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    assert catalog.add_services({"recipe"})
+    sent = list(client.sent.values())
+    adds = [q for q in sent if " ADD COLUMNS (" in q]
+    # Refused for `stream` (the table has it); `message`, which it lacks, is added all the same.
+    assert adds == [client.missing.replace("message", "stream"), client.missing], sent
+    alters = [q for q in sent if "SET TBLPROPERTIES ('projection.service.values' = 'recipe')" in q]
+    assert len(alters) == len(TABLES), sent
+    stored = json.loads((tmp_path / "wh" / "_ddl" / "container_logs.columns.json").read_text())
+    assert set(new_columns) <= set(stored)
