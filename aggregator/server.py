@@ -805,9 +805,10 @@ class ForwardServer:
         log.log(
             level,
             "client %s closed its connection before %d messages it sent (%d lines) were "
-            "buffered: not stored here, the client resends them (it gave up waiting for their "
-            "acks: was this aggregator stalled, e.g. stopped, swapping or in a hung fsync, for "
-            "longer than the client's ack timeout?)",
+            "buffered: not stored here, the client resends them (it stopped with them "
+            "unacknowledged, as logq-shipper does at its own stop, or gave up waiting for their "
+            "acks: if the client did not stop, was this aggregator stalled, e.g. stopped, "
+            "swapping or in a hung fsync, for longer than the client's ack timeout?)",
             conn.peer,
             messages,
             lines,
