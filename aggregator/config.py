@@ -125,7 +125,10 @@ def listening_text(addresses: list[tuple[str, int]]) -> str:
 
 _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--listen", {"help": f"HOST:PORT of the Forward server (default {DEFAULT_LISTEN})"}),
-    ("--warehouse", {"help": "local dir or s3://bucket/prefix (default $LOGQ_WAREHOUSE)"}),
+    (
+        "--warehouse",
+        {"help": "local dir or s3://bucket/prefix ($LOGQ_WAREHOUSE, ./logq-warehouse)"},
+    ),
     ("--buffer-dir", {"help": "directory of the durable buffer (default ./logq-buffer)"}),
     ("--flush-interval", {"type": float, "help": "seconds between flushes (default 10)"}),
     ("--shared-key", {"help": "require the Forward shared-key handshake with this key"}),

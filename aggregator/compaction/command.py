@@ -107,7 +107,10 @@ def compact_main(argv: list[str]) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="the aggregator's TOML file (warehouse, sizes)")
-    parser.add_argument("--warehouse", help="local dir or s3://bucket/prefix")
+    parser.add_argument(
+        "--warehouse",
+        help="local dir or s3://bucket/prefix (default $LOGQ_WAREHOUSE, else ./logq-warehouse)",
+    )
     parser.add_argument("--target-file-bytes", type=int, help="output file size (128 MiB)")
     parser.add_argument("--table", action="append", choices=list(TABLES), help="only this table")
     parser.add_argument("--service", help="only this (sanitised) service")
