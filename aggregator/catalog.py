@@ -43,6 +43,8 @@ _PARTITION_RE = re.compile(r"^service=(.+)$")
 _SERVICE_VALUES_RE = re.compile(r"'projection\.service\.values'\s*=\s*'([^']*)'")
 ATHENA_POLL_SECONDS = 0.2
 ATHENA_TIMEOUT_SECONDS = 120.0
+#: Athena refuses a query string longer than this (its service quota, not adjustable).
+ATHENA_QUERY_MAX_BYTES = 262_144
 #: How long a DDL statement left to finish (:class:`StillRunning`) may be RUNNING before it is
 #: stopped and the DDL sent again: one stuck that long (Athena lets DDL run for hours; a DDL
 #: statement takes seconds) would keep every new service out of the enum, so out of every
@@ -253,6 +255,7 @@ class Catalog:
             for table, columns in (grown or {}).items():
                 statements += [(ddl.add_columns(TABLES[table], [c], db), db) for c in columns]
         statements += [(ddl.set_service_values(t, self.services, db), db) for t in TABLES.values()]
+        _check_lengths(statements, len(self.services))
         if self._pending is not None:  # the last update's statement, still queued or running
             self._wait_for_pending(client, *self._pending)
             self._pending = None  # finished or stopped: this update sends the whole DDL again
@@ -319,6 +322,21 @@ def run_athena(client: Any, sql: str, database: str | None, settings: Settings) 
         if time.monotonic() > deadline:
             raise StillRunning(qid, str(state))
         time.sleep(ATHENA_POLL_SECONDS)
+
+
+def _check_lengths(statements: list[tuple[str, str | None]], services: int) -> None:
+    """Refuse, before sending any, DDL that Athena would refuse at every flush for its length:
+    the service enum lists every name ever seen, and past :data:`ATHENA_QUERY_MAX_BYTES` (about
+    13,000 names of 20 characters) no new service reaches the Athena table again."""
+    longest = max(len(sql.encode()) for sql, _ in statements)
+    if longest > ATHENA_QUERY_MAX_BYTES:
+        raise CatalogError(
+            f"the service enum of {services:,} names makes a DDL statement of {longest:,} "
+            f"bytes, over Athena's {ATHENA_QUERY_MAX_BYTES:,}-byte query limit: new services do "
+            "not reach the Athena table (`logq --engine local` still reads them); label "
+            "containers (logq.service) so that names do not multiply, and let retired "
+            "services' folders leave the warehouse (an S3 lifecycle rule)"
+        )
 
 
 def _already_added(sql: str, exc: CatalogError) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import urllib.request
@@ -509,3 +510,24 @@ def test_columns_the_table_has_already_do_not_block_the_enum_for_ever(
     assert len(alters) == len(TABLES), sent
     stored = json.loads((tmp_path / "wh" / "_ddl" / "container_logs.columns.json").read_text())
     assert set(new_columns) <= set(stored)
+
+
+def test_an_enum_over_athenas_query_limit_is_refused_before_it_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """2,100 service names of 128 characters make an ``ALTER`` over Athena's 262,144-byte
+    limit: Athena refused it at every flush, saying only that the query was too long. Now
+    nothing is sent, and the warning says what is too long and what to do."""
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    catalog = Catalog(wh, Settings(athena_database="logq", athena_output="s3://r/"))
+    client = _HasColumns()
+    monkeypatch.setattr(boto3.session.Session, "client", lambda self, *a, **k: client)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    assert catalog.add_services({"recipe"})  # a short enum goes through
+    sent = len(client.sent)
+    many = {f"{i:04d}" + "s" * 124 for i in range(2100)}
+    with caplog.at_level(logging.WARNING, logger="logq.aggregator.catalog"):
+        assert not catalog.add_services(many)
+    assert len(client.sent) == sent  # nothing sent Athena would refuse
+    assert "over Athena's 262,144-byte query limit" in caplog.text
+    assert "2,101 names" in caplog.text and "logq.service" in caplog.text
