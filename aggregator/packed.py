@@ -581,7 +581,7 @@ class _KubeMap(msgspec.Struct):
 
 _CLIENT_ENTRIES = msgspec.msgpack.Decoder(list[_ClientEntry])
 _KUBE = msgspec.msgpack.Decoder(_KubeMap)
-_FILLABLE = tuple(k for k in RAW_KEYS if k != wire.KEY_FORMAT and k != wire.KEY_SOURCE_ID)
+_FILLABLE = clientmeta.FILLABLE_KEYS  # the metadata of RAW_KEYS (not format, source_id)
 
 
 def _kube(raw: msgspec.Raw) -> clientmeta.Kube | None:
