@@ -663,7 +663,7 @@ def _decode(
                 second if isinstance(second, bytes) else second.encode("utf-8", "surrogateescape")
             )
             if compressed in ("gzip", b"gzip"):
-                blob = wire.gunzip_members(blob, max_decompressed)
+                blob = wire.gunzip_members(blob, max_decompressed, max_entries)
             # The msgspec path reads exactly ``size`` entries and nothing after them (a wrong
             # size declines it); _unpack_entries reads them all and refuses a truncated blob,
             # or one of more than ``max_entries`` (a size over it skips the msgspec path).

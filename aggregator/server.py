@@ -81,6 +81,11 @@ UNPACKER_RENEW_BYTES = 1024 * 1024
 #: connections together (docs/operations.md section 3, "memory").
 MAX_INFLIGHT_BYTES = 256 * 1024 * 1024
 HANDSHAKE_TIMEOUT = 30.0
+#: Most bytes a client may send before its PING is complete. A PING is a few hundred bytes;
+#: without this bound an unauthenticated client could make the server buffer a PING of up to
+#: --max-frame-bytes (32 MiB by default; a thousand connections: 32 GiB) and charge it to the
+#: in-flight budget the authenticated clients wait on.
+MAX_PING_BYTES = FIRST_READ
 #: A connection left unread this long because the buffer is full is closed without reading
 #: what it sent since: its client (whose ack timeout should be longer: logq-shipper's is 30 s,
 #: Fluentd's 190 s) resends later or elsewhere, and no copy of those batches stays behind here to
@@ -182,6 +187,21 @@ class _Conn:
     """Monotonic time of the last bytes read (or of the accept)."""
     evicted: str | None = None
     """Why the server closed this connection to make room for a new one (None: it did not)."""
+    in_ping: bool = False
+    """Whether the unfinished "message" is the ``--shared-key`` PING (see :meth:`stalled_for`)."""
+
+    def stalled_for(self, now: float) -> float | None:
+        """How long the unfinished message has waited on its client (None: none is unfinished).
+        From its last byte: a message still coming, however slowly (a large chunk over a slow
+        link), is being sent, not stalled, and closing it for a newcomer lost what was sent and
+        had the client resend it all. A PING (and a TLS handshake: no byte of it is read here)
+        from its start instead: a real client sends it at once, and one trickled a byte at a
+        time by a client without the key must not hold the slot for the handshake timeout."""
+        if self.partial_since is None:
+            return None
+        return now - (
+            self.partial_since if self.in_ping else max(self.partial_since, self.last_byte)
+        )
 
     @property
     def client(self) -> str:
@@ -360,6 +380,11 @@ class ForwardServer:
         misconfigured client retries in a loop)."""
         assert self.ssl_context is not None
         timeout = min(HANDSHAKE_TIMEOUT, self.limits.idle_timeout)
+        # Waiting on the client, as for an unfinished message: a newcomer at --max-connections
+        # may take its slot (:meth:`_make_room`). Otherwise connections that never finish their
+        # TLS handshake (silent, or half a ClientHello) held every slot for the handshake
+        # timeout, and clients without the certificate locked out the ones with it.
+        conn.reading, conn.partial_since = True, time.monotonic()
         try:
             await writer.start_tls(self.ssl_context, ssl_handshake_timeout=timeout)
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
@@ -371,6 +396,8 @@ class ForwardServer:
                 "tls_failed",
                 logging.INFO if due else logging.DEBUG,
             ) from None
+        finally:
+            conn.reading, conn.partial_since = False, None
 
     def _open_connections(self) -> int:
         """Connections that count against --max-connections (not those being closed)."""
@@ -378,12 +405,13 @@ class ForwardServer:
 
     def _make_room(self) -> bool:
         """Close one connection so a new one can be served instead of refused: the one whose
-        unfinished message began longest ago, else the one idle longest between messages, if
-        that was at least EVICT_AFTER_SECONDS ago. Only connections waiting to read qualify:
-        one storing or acking a message, or held back by the server (full buffer, in-flight
-        budget), is never closed. Without this, connections that sent one byte (or nothing)
-        held every slot for --idle-timeout and locked every new client out. The closed client
-        loses nothing: an unfinished message was never acked and is resent, and a quiet
+        unfinished message has waited longest on its client (:meth:`_Conn.stalled_for`: from
+        its last byte, so one still arriving is not stalled), else the one idle longest between
+        messages, if that was at least EVICT_AFTER_SECONDS ago. Only connections waiting to read
+        qualify: one storing or acking a message, or held back by the server (full buffer,
+        in-flight budget), is never closed. Without this, connections that sent one byte (or
+        nothing) held every slot for --idle-timeout and locked every new client out. The closed
+        client loses nothing: an unfinished message was never acked and is resent, and a quiet
         client reconnects when it has lines."""
         now = time.monotonic()
         stalled: list[tuple[float, _Conn]] = []
@@ -391,11 +419,12 @@ class ForwardServer:
         for task, conn in self._conns.items():
             if conn.evicted is not None or not conn.reading or task.done():
                 continue
-            if conn.partial_since is not None:
-                stalled.append((now - conn.partial_since, conn))
+            stalled_for = conn.stalled_for(now)
+            if stalled_for is not None:
+                stalled.append((stalled_for, conn))
             elif conn.fed == conn.boundary:
                 idle.append((now - conn.last_byte, conn))
-        for kind, candidates in (("its message unfinished", stalled), ("idle", idle)):
+        for kind, candidates in (("no byte of its unfinished message", stalled), ("idle", idle)):
             age, victim = max(candidates, key=lambda c: c[0], default=(0.0, None))
             if victim is not None and age >= EVICT_AFTER_SECONDS and victim.task is not None:
                 victim.evicted = f"{kind} for {age:.0f}s"
@@ -958,6 +987,7 @@ class ForwardServer:
         limit = min(HANDSHAKE_TIMEOUT, self.limits.idle_timeout)
         deadline = time.monotonic() + limit
         ping = None
+        conn.in_ping = True
         while ping is None:
             slow = ConnectionClosed(
                 f"no complete PING within {limit:.0f}s of HELO (slow client)", "slow_client"
@@ -982,6 +1012,17 @@ class ForwardServer:
                 ping = next(wire.iter_messages(unpacker, conn.budget), None)
             except wire.ProtocolError as exc:
                 raise ConnectionClosed(f"bad PING: {exc}", "handshake_failed") from None
+            if ping is None and conn.fed > MAX_PING_BYTES:
+                raise ConnectionClosed(
+                    f"no complete PING in the first {MAX_PING_BYTES} bytes (a PING is a few "
+                    "hundred): not a Forward client with a shared key, or a hostile one",
+                    "handshake_failed",
+                )
+            # An unfinished PING is a stalled message (:meth:`_make_room`): otherwise one byte
+            # of PING on every connection held all the slots for the handshake timeout, and
+            # unauthenticated clients locked the authenticated ones out.
+            _note_partial(conn, ping is None)
+        conn.in_ping = False
         conn.boundary = unpacker.tell()
         assert conn.share is not None
         conn.share.keep(conn.fed - conn.boundary)  # the PING's bytes; messages behind it stay

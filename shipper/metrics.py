@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from http.server import ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -54,6 +55,16 @@ HOLD_SECONDS = 300.0
 #: out of the reserve kept for the aggregator sockets and checkpoint saves
 #: (:mod:`shipper.fd_budget`); a scraper or probe sends its request as soon as it connects.
 REQUEST_TIMEOUT_SECONDS = 10.0
+#: Metrics connections served at once. Each holds a thread and a descriptor of the reserve
+#: above until its request came and its reply was read (up to twice the timeout): without a
+#: bound, a client opening connections faster than they time out (a scanner, a flood) took
+#: thousands of each. Past it a newcomer takes the slot of the connection that has waited
+#: longest for its request, if that is :data:`SILENT_EVICT_SECONDS` or more, else it is closed
+#: unanswered: connections that send nothing cannot lock a scraper or a probe out.
+MAX_METRICS_CONNECTIONS = 16
+#: How long a connection may wait for its request before a newcomer over the limit may take
+#: its slot (a scraper sends its request as soon as it connects).
+SILENT_EVICT_SECONDS = 1.0
 
 
 class Metrics:
@@ -381,7 +392,14 @@ class Metrics:
                 self.rfile = io.BufferedReader(_Deadline(self.connection, self.timeout))
 
             def parse_request(self) -> bool:
-                ok = bool(super().parse_request())
+                # A connection whose slot went to a newcomer was shut down: the end of file
+                # cut its head short, and answering that head (rendering the page) failed on
+                # the closed socket with a traceback on stderr for every one evicted.
+                slots = self.server.slots
+                ok = slots.serving(self.connection) and bool(super().parse_request())
+                if not slots.answering(self.connection):  # its whole head has come
+                    self.close_connection = True
+                    return False
                 self.connection.settimeout(self.timeout)  # the reply's own time to be read
                 return ok
 
@@ -427,7 +445,71 @@ class _Deadline(io.RawIOBase):
         return self._sock.recv_into(buffer)
 
 
-class _DualStackServer(ThreadingHTTPServer):
+class _Slots:
+    """The :data:`MAX_METRICS_CONNECTIONS` slots of a metrics server and what each waits for
+    (shared by the accepting thread and the handler threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._silent: dict[socket.socket, float] = {}
+        """Connections with no request yet, oldest first, and when each was accepted."""
+
+    def admit(self, sock: socket.socket) -> bool:
+        """Whether ``sock`` may be served: a free slot, or one taken from the connection that
+        has waited longest for its request (shut down: its thread's read ends at once)."""
+        with self._lock:
+            if len(self._open) >= MAX_METRICS_CONNECTIONS:
+                victim = next(iter(self._silent.items()), None)
+                if victim is None or time.monotonic() - victim[1] < SILENT_EVICT_SECONDS:
+                    return False
+                self._release(victim[0])
+                with contextlib.suppress(OSError):
+                    victim[0].shutdown(socket.SHUT_RDWR)
+            self._open.add(sock)
+            self._silent[sock] = time.monotonic()
+            return True
+
+    def answering(self, sock: socket.socket) -> bool:
+        """``sock``'s request has come: its slot is no longer for a newcomer to take. False if
+        it was taken already (``sock`` is shut down: answer nothing)."""
+        with self._lock:
+            self._silent.pop(sock, None)
+            return sock in self._open
+
+    def serving(self, sock: socket.socket) -> bool:
+        """Whether ``sock`` still has its slot (not given to a newcomer)."""
+        with self._lock:
+            return sock in self._open
+
+    def release(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._release(sock)
+
+    def _release(self, sock: socket.socket) -> None:
+        self._open.discard(sock)
+        self._silent.pop(sock, None)
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A threading HTTP server that serves at most :data:`MAX_METRICS_CONNECTIONS` at once."""
+
+    def __init__(self, address: Any, handler: type) -> None:
+        self.slots = _Slots()
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.admit(request):
+            self.shutdown_request(request)  # closed unanswered; the scraper retries
+            return
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        self.slots.release(request)
+        super().shutdown_request(request)
+
+
+class _DualStackServer(_BoundedServer):
     """Listens on every IPv6 address and, through IPv4-mapped ones, every IPv4 address."""
 
     address_family = socket.AF_INET6
@@ -437,7 +519,7 @@ class _DualStackServer(ThreadingHTTPServer):
         super().server_bind()
 
 
-def _listening_server(listen: Endpoint, handler: type) -> ThreadingHTTPServer:
+def _listening_server(listen: Endpoint, handler: type) -> _BoundedServer:
     """The HTTP server on ``listen``. Host ``""`` (``--metrics-listen :PORT``): IPv4 and IPv6
     both, whatever the host's ``net.ipv6.bindv6only``; IPv4 alone on a host without IPv6
     (``ipv6.disable=1``), where binding ``[::]`` fails."""
@@ -447,9 +529,9 @@ def _listening_server(listen: Endpoint, handler: type) -> ThreadingHTTPServer:
         except OSError as exc:
             if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                 raise
-        return ThreadingHTTPServer(("0.0.0.0", listen.port), handler)
+        return _BoundedServer(("0.0.0.0", listen.port), handler)
     family = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM)[0][0]
-    server_class = type("MetricsServer", (ThreadingHTTPServer,), {"address_family": family})
+    server_class = type("MetricsServer", (_BoundedServer,), {"address_family": family})
     return server_class((listen.host, listen.port), handler)
 
 

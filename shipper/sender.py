@@ -95,6 +95,12 @@ def _protocol_error(ep: Endpoint, exc: BaseException | None = None, obj: Any = N
     return f"aggregator {ep} answered {what}; is this address a logq-aggregator (Forward) port?"
 
 
+#: OpenSSL's verify codes for a trusted certificate issued to another name
+#: (``X509_V_ERR_HOSTNAME_MISMATCH``, ``X509_V_ERR_IP_ADDRESS_MISMATCH``): --tls-ca is right,
+#: the address is not, so "check --tls-ca" would send the operator the wrong way.
+_NAME_MISMATCH = frozenset({62, 64})
+
+
 def describe_error(exc: BaseException) -> str:
     """A short human explanation of why a delivery attempt failed."""
     if isinstance(exc, ConnectionRefusedError):
@@ -102,6 +108,12 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return str(exc) or "timed out"
     if isinstance(exc, ssl.SSLCertVerificationError):
+        if exc.verify_code in _NAME_MISMATCH:
+            return (
+                f"TLS certificate is not for this address ({exc.verify_message}); give "
+                "--aggregator a name or IP address the aggregator's certificate lists "
+                "(subjectAltName), or reissue the certificate with this one"
+            )
         return f"TLS certificate not trusted ({exc.verify_message}); check --tls-ca"
     if isinstance(exc, ssl.SSLError):
         return f"TLS failed ({exc.reason or exc}); is the aggregator listening with TLS?"

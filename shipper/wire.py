@@ -452,28 +452,65 @@ def _entry(tag: str, entry: Any) -> Event:
     return Event(tag, time_to_ns(head), _record(entry[1]))
 
 
-def gunzip_members(blob: bytes, max_bytes: int) -> bytes:
-    """Decompress one or several concatenated gzip members, refusing output over ``max_bytes``."""
+#: Input fed to the decompressor at first for a gzip member after the first, doubled while the
+#: member goes on. zlib copies the input left over after a member's end (``unused_data``): fed
+#: the whole rest of the blob, a blob of many tiny members was copied once per member, quadratic
+#: (32 MB of empty 20-byte members: ~20 minutes of the aggregator's event loop).
+_MEMBER_WINDOW = 64
+
+
+def gunzip_members(blob: bytes, max_bytes: int, max_members: int | None = None) -> bytes:
+    """Decompress one or several concatenated gzip members, refusing output over ``max_bytes``
+    and more than ``max_members`` members (a sender writes whole entries in each, so the
+    per-message entry limit bounds them too; empty members would cost time for nothing).
+
+    Linear in the blob's size however many members it holds: the first member is fed the whole
+    blob (the usual single member: one call, no copy), the later ones a window that doubles
+    while the member goes on, so the leftover input zlib copies at each member's end stays
+    small."""
+    view = memoryview(blob)
     parts: list[bytes] = []  # one member (the usual case) is returned without another copy
     total = 0
-    data = blob
-    while data:
-        d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    pos = 0
+    window = len(view)
+    members = 0
+    while pos < len(view):
+        # Padding zeros after the last member are tolerated (as gzip(1) does).
+        if pos and view[pos] == 0 and not bytes(view[pos:]).strip(b"\x00"):
+            break
+        members += 1
+        if max_members is not None and members > max_members:
+            raise ProtocolError(
+                f"more than {max_members} gzip members in one message (the per-message entry "
+                "limit): send fewer, larger members"
+            )
+        pos, total = _gunzip_member(view, pos, window, max_bytes, total, parts)
+        window = _MEMBER_WINDOW
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _gunzip_member(
+    view: memoryview, pos: int, window: int, max_bytes: int, total: int, parts: list[bytes]
+) -> tuple[int, int]:
+    """Decompress the gzip member at ``pos`` into ``parts``: where the next one starts, and the
+    output's total so far. Fed ``window`` bytes at a time, doubled after each."""
+    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    while not d.eof:
+        if pos >= len(view):
+            raise ProtocolError("truncated gzip payload")
+        piece = view[pos : pos + window]
         try:
-            part = d.decompress(data, max_bytes - total + 1)
+            part = d.decompress(piece, max_bytes - total + 1)
         except zlib.error as exc:
             raise ProtocolError(f"bad gzip payload: {exc}") from exc
         total += len(part)
         if total > max_bytes or d.unconsumed_tail:
             raise ProtocolError(f"decompressed payload exceeds {max_bytes} bytes")
-        if not d.eof:
-            raise ProtocolError("truncated gzip payload")
-        parts.append(part)
-        data = d.unused_data
-        # Padding zeros after the last member are tolerated (as gzip(1) does).
-        if data and not data.strip(b"\x00"):
-            break
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+        if part:
+            parts.append(part)
+        pos += len(piece) - len(d.unused_data)
+        window *= 2
+    return pos, total
 
 
 #: What a receiver makes of a bad entry (the entry as unpacked, why it is bad) instead of
@@ -541,7 +578,7 @@ def decode_message(
     if isinstance(second, bytes | str):
         blob = second if isinstance(second, bytes) else second.encode("utf-8", "surrogateescape")
         if options.get("compressed") in ("gzip", b"gzip"):
-            blob = gunzip_members(blob, max_decompressed_bytes)
+            blob = gunzip_members(blob, max_decompressed_bytes, max_entries)
         elif options.get("compressed") not in (None, "text", b"text"):
             raise ProtocolError(f"unsupported compression {options.get('compressed')!r}")
         return Message(tag, _packed_entries(tag, blob, max_entries, on_bad_entry), options)

@@ -10,8 +10,11 @@ The server runs in the test's event loop over a buffer whose fsyncs the test com
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import ssl
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -19,9 +22,10 @@ import pytest
 
 import aggregator.server as server_mod
 from aggregator.metrics import Metrics
-from aggregator.server import ForwardServer, ServerLimits
+from aggregator.server import ForwardServer, ServerLimits, tls_context
 from shipper import wire
 from tests.aggregator.test_inflight import HeldBuffer, _ack, _message, _rejected, _run, _until
+from tests.shipper.tlsgen import make_ca_and_server
 
 
 def _open(server: ForwardServer) -> int:
@@ -72,6 +76,192 @@ def test_when_full_stalled_then_idle_connections_make_room_never_one_storing(
                 assert await _ack(reader) == name
             for writer in (w_stalled, w_idle, w_busy, w_new, w_next, w_over):
                 writer.close()
+        finally:
+            await server.stop(grace=5)
+
+    _run(scenario())
+
+
+def test_unfinished_pings_make_room_for_a_client_with_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a shared key, two connections that sent one byte of a PING held both slots for the
+    handshake timeout (30 s, renewed at will), never made room: a client that has the key was
+    refused, and the ones it evicted when idle could not come back. They are stalled messages
+    now: the client with the key takes a slot and its message is stored and acked."""
+    monkeypatch.setattr(server_mod, "EVICT_AFTER_SECONDS", 0.0)
+
+    async def scenario() -> None:
+        buffer = HeldBuffer()
+        metrics = Metrics()
+        limits = ServerLimits(max_connections=2)
+        server = ForwardServer(buffer, metrics, limits, shared_key="k")  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            holders = []
+            for _ in range(2):
+                reader, writer = await asyncio.open_connection(host, port)
+                await reader.read(4096)  # HELO
+                writer.write(b"\x94")  # the head of a PING, then nothing
+                holders.append((reader, writer))
+            await _until(lambda: [c.fed for c in server._conns.values()] == [1, 1])
+
+            reader, writer = await asyncio.open_connection(host, port)
+            first = await reader.read(4096)
+            assert first, "the client with the key was refused: the unfinished PINGs held on"
+            unpacker = wire.new_unpacker()
+            unpacker.feed(first)
+            helo = next(unpacker)
+            assert helo[0] == "HELO", helo
+            writer.write(wire.encode_ping("client", b"salt", helo[1]["nonce"], "k"))
+            unpacker.feed(await reader.read(4096))
+            assert next(unpacker)[1] is True  # PONG: authenticated
+            writer.write(_message("keyed", 3))
+            await _until(lambda: len(buffer.frames) == 1)
+            buffer.sync(0)
+            assert await _ack(reader) == "keyed"
+            assert _rejected(metrics, "evicted") == 1
+            for _, holder in (*holders, (reader, writer)):
+                holder.close()
+        finally:
+            await server.stop(grace=5)
+
+    _run(scenario())
+
+
+def test_a_ping_trickled_a_byte_at_a_time_still_makes_room(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A message still arriving is not stalled, but a PING is stalled from its first byte: a
+    real client sends it at once, and one trickled without the key (a byte every 50 ms) must
+    not hold its slot for the handshake timeout. A client with the key takes the slot."""
+    monkeypatch.setattr(server_mod, "EVICT_AFTER_SECONDS", 0.5)
+
+    async def scenario() -> None:
+        buffer = HeldBuffer()
+        metrics = Metrics()
+        limits = ServerLimits(max_connections=1)
+        server = ForwardServer(buffer, metrics, limits, shared_key="k")  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            r_trickle, w_trickle = await asyncio.open_connection(host, port)
+            await r_trickle.read(4096)  # HELO
+
+            async def trickle() -> None:
+                with contextlib.suppress(ConnectionError):
+                    for _ in range(600):
+                        w_trickle.write(b"\xc0")  # a PING that never ends: the nils of a map
+                        await asyncio.sleep(0.05)
+
+            w_trickle.write(b"\x94\xa4PING\xdf\x00\x01\x00\x00")  # a 64K-pair map
+            sender = asyncio.ensure_future(trickle())
+            await asyncio.sleep(1.0)
+            reader, writer = await asyncio.open_connection(host, port)
+            await _until(
+                lambda: _rejected(metrics, "max_connections") + _rejected(metrics, "evicted") == 1
+            )
+            assert _rejected(metrics, "evicted") == 1, "the trickled PING kept its slot"
+            unpacker = wire.new_unpacker()
+            unpacker.feed(await reader.read(4096))
+            helo = next(unpacker)
+            writer.write(wire.encode_ping("client", b"salt", helo[1]["nonce"], "k"))
+            assert (await _pong(reader, unpacker))[:2] == ["PONG", True]
+            sender.cancel()
+            for w in (w_trickle, writer):
+                w.close()
+        finally:
+            await server.stop(grace=5)
+
+    _run(scenario())
+
+
+def test_unfinished_tls_handshakes_make_room_for_a_client_that_completes_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """On a TLS port, a connection that sent nothing, and one that sent half a ClientHello,
+    held their slots for the handshake timeout (30 s, renewed at will) and never made room:
+    clients without the certificate locked out the ones with it. They wait on their clients
+    as an unfinished message does now: a TLS client takes a slot and is served."""
+    monkeypatch.setattr(server_mod, "EVICT_AFTER_SECONDS", 0.0)
+    ca, cert, key = make_ca_and_server(tmp_path)
+
+    async def scenario() -> None:
+        buffer = HeldBuffer()
+        metrics = Metrics()
+        server = ForwardServer(
+            buffer,  # type: ignore[arg-type]
+            metrics,
+            ServerLimits(max_connections=2),
+            ssl_context=tls_context(str(cert), str(key)),
+        )
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            silent = await asyncio.open_connection(host, port)
+            half = await asyncio.open_connection(host, port)
+            half[1].write(b"\x16\x03\x01\x02\x00\x01")  # a ClientHello's first bytes
+            await _until(lambda: _open(server) == 2)
+            client = ssl.create_default_context(cafile=str(ca))
+            reader, writer = await asyncio.open_connection(host, port, ssl=client)
+            writer.write(_message("tls", 3))
+            await _until(lambda: len(buffer.frames) == 1)
+            buffer.sync(0)
+            assert await _ack(reader) == "tls"
+            assert _rejected(metrics, "evicted") == 1
+            for w in (silent[1], half[1], writer):
+                w.close()
+        finally:
+            await server.stop(grace=5)
+
+    _run(scenario())
+
+
+def test_a_message_still_arriving_is_never_closed_for_a_newcomer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slow client (a large Fluentd chunk over a slow link) whose message began long ago but
+    keeps coming is sending, not stalled: a newcomer at --max-connections was given its slot
+    and the message, half sent, was lost and resent (and could be cut again). The newcomer is
+    refused now, the message is stored and acked; once the client stops mid-message for
+    EVICT_AFTER_SECONDS, a newcomer takes its slot."""
+    monkeypatch.setattr(server_mod, "EVICT_AFTER_SECONDS", 0.5)
+
+    async def scenario() -> None:
+        buffer = HeldBuffer()
+        metrics = Metrics()
+        server = ForwardServer(buffer, metrics, ServerLimits(max_connections=1))  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            frame = _message("slow", 3)
+            sent = 0
+            begun = asyncio.get_running_loop().time()
+            while asyncio.get_running_loop().time() - begun < 1.5:  # 3 x EVICT_AFTER_SECONDS
+                writer.write(frame[sent : sent + 1])
+                sent += 1
+                await asyncio.sleep(0.05)
+            assert sent < len(frame), "the message must still be unfinished"
+            r_new, w_new = await asyncio.open_connection(host, port)
+            await _until(
+                lambda: _rejected(metrics, "max_connections") + _rejected(metrics, "evicted") == 1
+            )
+            assert _rejected(metrics, "evicted") == 0, "the message still arriving was cut"
+            assert await asyncio.wait_for(r_new.read(), 30) == b""  # refused
+            w_new.close()
+            writer.write(frame[sent:])
+            await _until(lambda: len(buffer.frames) == 1)
+            buffer.sync(0)
+            assert await _ack(reader) == "slow"
+            assert _rejected(metrics, "evicted") == 0
+
+            writer.write(_message("stopped", 3)[:5])  # then nothing
+            await asyncio.sleep(0.6)
+            r_new, w_new = await asyncio.open_connection(host, port)
+            w_new.write(_message("new", 3))
+            await _until(lambda: len(buffer.frames) == 2)
+            assert await asyncio.wait_for(reader.read(), 30) == b""
+            assert _rejected(metrics, "evicted") == 1
+            for w in (writer, w_new):
+                w.close()
         finally:
             await server.stop(grace=5)
 

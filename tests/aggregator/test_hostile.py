@@ -144,6 +144,29 @@ def test_shared_key_handshake_success_and_failure(tmp_path: Path) -> None:
     assert "shared_key mismatch" in agg.log_text()
 
 
+def test_an_unauthenticated_client_cannot_make_the_server_buffer_a_huge_ping(
+    tmp_path: Path,
+) -> None:
+    """Before its handshake a client could send a PING of up to --max-frame-bytes (a 30 MiB
+    hostname): the server kept reading it for up to the handshake timeout, 30 MiB per
+    connection outside any authentication. It is closed once a PING's worth of bytes came
+    without one, and a good client right behind it is served."""
+    agg = start_aggregator(tmp_path, extra=["--shared-key", "s3cr3t"])
+    try:
+        with agg.connect() as sock:
+            sock.recv(65536)  # HELO
+            sock.sendall(b"\x92\xa4PING\xc6" + (30 << 20).to_bytes(4, "big"))
+            with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                sock.sendall(b"x" * (1 << 20))
+            assert closed_by_server(sock)
+        with agg.connect() as sock:
+            assert _handshake(sock, "s3cr3t")[1] is True
+            good_chunk(agg, sock, "authed")
+    finally:
+        assert agg.stop() == 0
+    assert "no complete PING in the first 65536 bytes" in agg.log_text()
+
+
 def test_a_wrong_user_is_told_to_check_its_user_not_its_shared_key(tmp_path: Path) -> None:
     """Fluentd's ``<security><user>``: the shared key was right, so the warning must point the
     operator at the username and password (``--user``), not at the shared key."""

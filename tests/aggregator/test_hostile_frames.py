@@ -130,6 +130,23 @@ def test_a_gzip_bomb_of_tiny_entries_is_refused_at_the_entry_limit() -> None:
     refused(obj, "more than 500000 entries in one message .the per-message entry limit.")
 
 
+def test_a_blob_of_more_gzip_members_than_the_entry_limit_is_refused() -> None:
+    """Empty gzip members (20 bytes each) hold no entry, so the entry limit never saw them: a
+    32 MB message of 1.6 million was decompressed member by member on the event loop. A
+    sender writes whole entries in each member, so a message may hold as many members as
+    entries; the members a real sender writes (one per entry at most) still decode."""
+    entries = [gzip.compress(wire.pack_entries([(T0 + i, shipper_record(i))])) for i in range(20)]
+    decoded = dec.decode(message(b"".join(entries), compressed="gzip"), 1 << 30, max_entries=20)
+    assert decoded[0].num_rows == 20
+    empties = gzip.compress(b"") * 21
+    refused(message(empties, compressed="gzip"), "more than 20 gzip members", max_entries=20)
+    refused(
+        message(b"".join(entries) + gzip.compress(b""), compressed="gzip"),
+        "more than 20 gzip members",
+        max_entries=20,
+    )
+
+
 @pytest.mark.parametrize("mode", ["packed", "gzip", "forward"])
 def test_the_entry_limit_holds_on_every_path(mode: str) -> None:
     blob = blob_of(100)

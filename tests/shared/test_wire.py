@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import random
+import zlib
 
 import msgpack
 import pytest
@@ -97,6 +99,54 @@ def test_gzip_bomb_is_refused() -> None:
     blob = gzip.compress(b"\x00" * 10_000_000)
     with pytest.raises(wire.ProtocolError, match="exceeds"):
         wire.gunzip_members(blob, max_bytes=1_000_000)
+
+
+def test_many_gzip_members_are_decompressed_in_linear_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """zlib copies the input left after a member's end (``unused_data``): fed the whole rest of
+    the blob for each member, a blob of n tiny members cost ~n²/2 member sizes of copying
+    (32 MB of empty members: ~20 minutes of the aggregator's event loop). Counted as the bytes
+    the decompressors are handed, which the copy follows; the output is unchanged."""
+    fed = 0
+    real = zlib.decompressobj
+
+    class Counting:
+        def __init__(self, **kwargs: int) -> None:
+            self._d = real(**kwargs)
+
+        def decompress(self, data: bytes | memoryview, max_length: int = 0) -> bytes:
+            nonlocal fed
+            fed += len(data)
+            return self._d.decompress(data, max_length)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._d, name)
+
+    monkeypatch.setattr(wire.zlib, "decompressobj", Counting)
+    members = [gzip.compress(str(i).encode()) for i in range(2000)]
+    blob = b"".join(members) + b"\x00" * 8
+    assert wire.gunzip_members(blob, 1 << 20) == b"".join(str(i).encode() for i in range(2000))
+    assert fed <= len(blob) + len(members) * wire._MEMBER_WINDOW
+
+
+def test_later_gzip_members_of_any_size_decompress_exactly_and_keep_the_bomb_limit() -> None:
+    """Fluentd's concatenated members (one per buffer append): the members after the first are
+    fed in doubling windows, so one far larger than the first window (incompressible, and
+    stored at level 0) must come out whole, as must empty ones and zero padding; the output
+    limit holds to the byte in a later member as in the first."""
+    sizes = [0, 1, 63, 64, 65, 5_000, 300_000, 0, 70_000]
+    bodies = [random.Random(n).randbytes(n) for n in sizes]
+    blob = b"".join(gzip.compress(b, compresslevel=i % 10) for i, b in enumerate(bodies))
+    whole = b"".join(bodies)
+    assert wire.gunzip_members(blob + b"\x00" * 9, len(whole)) == whole
+    with pytest.raises(wire.ProtocolError, match="exceeds"):
+        wire.gunzip_members(blob, len(whole) - 1)
+    bomb = gzip.compress(b"a") + gzip.compress(b"\x00" * 10_000_000)
+    with pytest.raises(wire.ProtocolError, match="exceeds 1000000 bytes"):
+        wire.gunzip_members(bomb, max_bytes=1_000_000)
+    with pytest.raises(wire.ProtocolError, match="truncated"):
+        wire.gunzip_members(blob[:-3], len(whole))
 
 
 def test_truncated_gzip_is_refused() -> None:

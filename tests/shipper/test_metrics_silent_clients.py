@@ -12,6 +12,7 @@ checkpoints. Found by holding 1,500 silent connections on a running shipper: 1,5
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import urllib.request
 
@@ -93,3 +94,64 @@ def test_a_client_that_trickles_its_request_is_closed_too(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_connections_over_the_limit_are_closed_and_probes_still_get_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each connection took a thread and a descriptor of the reserve kept for the aggregator
+    sockets until it timed out: a client opening connections faster than that (a flood)
+    took thousands. At most MAX_METRICS_CONNECTIONS are served; past it a newcomer takes the
+    slot of one silent for SILENT_EVICT_SECONDS, else it is closed, so a probe still gets in."""
+    monkeypatch.setattr(metrics_mod, "REQUEST_TIMEOUT_SECONDS", 60.0)
+    monkeypatch.setattr(metrics_mod, "MAX_METRICS_CONNECTIONS", 4)
+    monkeypatch.setattr(metrics_mod, "SILENT_EVICT_SECONDS", 0.5)
+    port = free_port()
+    server = Metrics().serve(Endpoint("127.0.0.1", port))
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+    try:
+        closed = sum(_closed_by_server(sock, within=2) for sock in silent)
+        assert closed >= 16, f"{20 - closed} silent connections still held"
+        time.sleep(0.6)  # the ones left have been silent long enough to make room
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=10) as resp:
+            assert resp.status == 200
+    finally:
+        for sock in silent:
+            sock.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_connection_closed_for_a_newcomer_mid_request_is_not_answered(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A connection whose slot goes to a newcomer is shut down; one that had sent part of its
+    request head then read end of file, took the head as complete and was answered: the page
+    rendered for nothing and the write to the closed socket printed a traceback on stderr, one
+    per connection evicted (a client could fill the shipper's log with them)."""
+    monkeypatch.setattr(metrics_mod, "REQUEST_TIMEOUT_SECONDS", 60.0)
+    monkeypatch.setattr(metrics_mod, "MAX_METRICS_CONNECTIONS", 1)
+    monkeypatch.setattr(metrics_mod, "SILENT_EVICT_SECONDS", 0.2)
+    port = free_port()
+    server = Metrics().serve(Endpoint("127.0.0.1", port))
+    try:
+        # Cut in its request line, then in its headers.
+        for head in (b"GET /metrics HTTP/1", b"GET /metrics HTTP/1.0\r\nX-Slow: y\r\n"):
+            with socket.create_connection(("127.0.0.1", port)) as partial:
+                partial.sendall(head)
+                time.sleep(0.3)  # silent long enough to give way
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=10) as resp:
+                    assert resp.status == 200
+                assert _closed_by_server(partial, within=10)
+        deadline = time.monotonic() + 10
+        while _handler_threads() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _handler_threads()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def _handler_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if "process_request" in t.name]

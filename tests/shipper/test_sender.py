@@ -162,6 +162,26 @@ def test_tls_with_self_signed_ca(tmp_path: Path) -> None:
         r.close()
 
 
+def test_a_certificate_for_another_name_says_so_not_check_the_ca(tmp_path: Path) -> None:
+    """The chain is trusted (--tls-ca is right) but the certificate names another host: the
+    error named --tls-ca, the one setting that was not wrong."""
+    ca, cert, key = make_ca_and_server(tmp_path, dns_names=("aggregator.example",))
+    r = Receiver(tls=server_context(cert, key))
+    try:
+
+        async def other_name() -> None:
+            c = client(r.address, tls=tls_context(ca), give_up_after=0.3)
+            with pytest.raises(DeliveryError, match="not for this address") as err:
+                await c.deliver(*message(1))
+            assert "--tls-ca" not in str(err.value) and "subjectAltName" in str(err.value)
+            await c.close()
+
+        asyncio.run(other_name())
+        assert len(r.records) == 0
+    finally:
+        r.close()
+
+
 def test_endpoint_str() -> None:
     assert str(Endpoint("h", 1)) == "h:1"
 
