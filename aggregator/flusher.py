@@ -47,7 +47,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aggregator.batch import UnparsedSample, records_table, route
+from aggregator.batch import FRAMES_AT_ONCE, UnparsedSample, joined_tables, records_table, route
 from aggregator.buffer import Segment, read_frames
 from aggregator.decode import from_ipc, ipc_rows
 from aggregator.dedup import OffsetState
@@ -361,19 +361,29 @@ class Flusher:
 
 
 def _slices(payloads: Iterator[bytes], rows: int) -> Iterator[pa.Table]:
-    """Consecutive frames grouped into tables of at least ``rows`` records (the last: fewer)."""
+    """Consecutive frames grouped into tables of at least ``rows`` records (the last: fewer).
+
+    Frames are decoded :data:`~aggregator.batch.FRAMES_AT_ONCE` at a time as they are read,
+    so a slice of many small frames holds its rows, not every frame's bytes and decoding."""
+    decoded: list[pa.Table] = []
     pending: list[bytes] = []
     count = 0
     for payload in payloads:
         pending.append(payload)
         count += ipc_rows(payload)
+        if len(pending) >= FRAMES_AT_ONCE or count >= rows:
+            decoded.append(records_table(pending))
+            pending = []  # let the frames go
         if count >= rows:
-            table = records_table(pending)
-            pending, count = [], 0  # let the frames go while the slice is parsed
+            table = joined_tables(decoded)
+            decoded, count = [], 0  # let the groups go while the slice is parsed
             yield table
     if pending:
-        table = records_table(pending)
+        decoded.append(records_table(pending))
         pending = []
+    if decoded:
+        table = joined_tables(decoded)
+        decoded = []
         yield table
 
 

@@ -95,13 +95,25 @@ def timestamps(draw: st.DrawFn, rows: int) -> list[int | None]:
     return values
 
 
-def chunked(values: list[Any], dtype: pa.DataType, cuts: list[int]) -> pa.ChunkedArray:
+def chunked(
+    values: list[Any], dtype: pa.DataType, cuts: list[int], unused: int = 0
+) -> pa.ChunkedArray:
     """``values`` in pieces (a flushed object's spilled batches), each its own dictionary for
-    dictionary columns (Arrow's writer must unify or materialize them)."""
+    dictionary columns (Arrow's writer must unify or materialize them), holding ``unused``
+    values no row uses as well (a partition's rows keep the segment's dictionary: the other
+    services' names, which :func:`put_table` cuts)."""
     bounds = [0, *sorted(c for c in cuts if c <= len(values)), len(values)]
     pieces = [values[a:b] for a, b in itertools.pairwise(bounds)]
     if pa.types.is_dictionary(dtype):
-        arrays = [pa.array(p, pa.string()).dictionary_encode() for p in pieces]
+        others = pa.array([f"other service {i}" for i in range(unused)], pa.string())
+        arrays = []
+        for piece in pieces:
+            own = pa.array(piece, pa.string()).dictionary_encode()
+            arrays.append(
+                pa.DictionaryArray.from_arrays(
+                    pc.add(own.indices, len(others)), pa.concat_arrays([others, own.dictionary])
+                )
+            )
         return pa.chunked_array([a.cast(dtype) for a in arrays], dtype)
     return pa.chunked_array([pa.array(p, dtype) for p in pieces], dtype)
 
@@ -115,6 +127,7 @@ def tables(draw: st.DrawFn) -> pa.Table:
     strings = [c.name for c in spec.data_columns if pa.types.is_string(c.arrow)]
     long = draw(st.sampled_from([None, *strings]))  # one column at most: a test of seconds
     cuts = draw(st.lists(st.integers(0, rows), max_size=3))
+    unused = draw(st.sampled_from([0, 3]))
     columns = {}
     for col in spec.data_columns:
         dtype = col.arrow
@@ -126,7 +139,7 @@ def tables(draw: st.DrawFn) -> pa.Table:
             values = draw(string_values(rows, col.name == long))
             if col.name in DICTIONARY_COLUMNS:
                 dtype = DICT_STRING
-        columns[col.name] = chunked(values, dtype, cuts)
+        columns[col.name] = chunked(values, dtype, cuts, unused)
     return pa.table(columns)
 
 

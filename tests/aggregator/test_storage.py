@@ -163,6 +163,21 @@ def test_a_dictionary_column_of_chunks_with_their_own_dictionaries_reads_back(
     assert frame["offset"].tolist() == offsets.to_pylist()
 
 
+def test_a_small_dictionary_against_many_rows_is_written_whole(tmp_path: Path) -> None:
+    """The usual flush (a few services, objects of thousands of rows) must not pay for cutting
+    a dictionary of a few names per object (~6 ns a row per column, for ~400 bytes): it is
+    written whole. A dictionary large against the rows (many services' names) is still cut."""
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    dictionary = pa.array([f"{i:064x}" for i in range(8)])  # 8 services' container ids
+    for rows, kept in [(20_000, 8), (100, 1)]:
+        ids = pa.DictionaryArray.from_arrays(pa.array([3] * rows, pa.int32()), dictionary)
+        path = tmp_path / f"{rows}.parquet"
+        put_table(wh, str(path), pa.table({"container_id": ids}))
+        stored = pq.ParquetFile(path, read_dictionary=["container_id"]).read()["container_id"]
+        assert len(stored.chunk(0).dictionary) == kept
+        assert stored.to_pylist() == [f"{3:064x}"] * rows
+
+
 def test_a_string_column_larger_than_the_dictionary_limit_is_plain(tmp_path: Path) -> None:
     """A sample of repeating values does not keep a column whose bytes could outgrow the
     dictionary limit from switching to PLAIN in mid-chunk (which fastparquet misreads): such
