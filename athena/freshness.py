@@ -107,23 +107,27 @@ def known_services(wh: Warehouse) -> list[str]:
     return sorted(set(list_services(wh, "envoy_access")) | set(list_services(wh, "container_logs")))
 
 
-def service_freshness(
-    wh: Warehouse,
-    service: str,
-    hours_between: tuple[str, str] | None = None,
-    before: datetime | None = None,
-) -> Freshness:
-    """Hours of data per table and the newest line (read from each table's newest hour with rows).
-
-    ``hours_between``: only the ``dt`` hours from the first to the second (inclusive) count.
-    ``before``: the newest line at or before it (see the module docstring).
-    """
+def service_hours(
+    wh: Warehouse, service: str, hours_between: tuple[str, str] | None = None
+) -> dict[str, list[str]]:
+    """The hours with data of ``service`` by table (:func:`athena.partitions.hours_with_data`),
+    listed once for :func:`freshness_in` to be asked more than once."""
     from athena.partitions import hours_with_data
 
-    hours = {
+    return {
         t: hours_with_data(wh, t, service, hours_between)
         for t in ("envoy_access", "container_logs")
     }
+
+
+def freshness_in(
+    wh: Warehouse, service: str, hours: dict[str, list[str]], before: datetime | None = None
+) -> Freshness:
+    """Hours of data per table and the newest line (read from each table's newest hour with
+    rows) of ``service``, over the ``hours`` :func:`service_hours` listed. ``before``: the
+    newest line at or before it (see the module docstring); asked again with it (rows stamped
+    ahead of the clock), the newest hours are read again but no hour folder is listed again
+    (a year of hours of both tables is 17,520 listings)."""
     values = [_newest_of(wh, t, [(dt, service) for dt in dts], before) for t, dts in hours.items()]
     newest = max((v for v in values if v is not None), default=None)
     return Freshness(service, len(hours["envoy_access"]), len(hours["container_logs"]), newest)

@@ -17,11 +17,14 @@ until two agree (:func:`_settled_listing`): a merge committed between two pages 
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
@@ -96,11 +99,13 @@ def list_dts(wh: Warehouse, table: str, service: str) -> list[str]:
 _DT_SHAPE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})-([0-9]{2})")
 
 
+@lru_cache(maxsize=1 << 16)
 def is_dt(value: str) -> bool:
     """``value`` is an hour as the writers name it (``2026-11-28-05``): not ``garbage``, nor
     ``2026-1-1-1``, which ``strptime`` would take but no writer writes and no range selects,
     nor ``2026-02-30-05``. The same answer as ``dt_of(parse_dt(value)) == value``, without
-    ``strptime`` (30 us a call: a second for a warehouse of 30,000 hours)."""
+    ``strptime`` (30 us a call: a second for a warehouse of 30,000 hours), and once per
+    value (``logq services`` asks of the same hours for each of hundreds of services)."""
     match = _DT_SHAPE.fullmatch(value)
     if match is None:
         return False
@@ -121,9 +126,19 @@ def hours_with_data(
     Locally one listing of the service's folder, then one of each hour in range: not one
     recursive listing, which follows symbolic links (a link to a parent folder in two hours'
     folders made it list for ever); on S3, where a folder exists only while it holds an
-    object, the one listing of its ``dt=`` folders, no request added."""
+    object, the one listing of its ``dt=`` folders, no request added.
+
+    A local directory is read with :func:`os.scandir` (:func:`_local_hours`): pyarrow's listing
+    stats every entry and reads a folder to its end, where the names and their types are
+    enough and the first data file answers (CPU a service: a year of hours of one file each,
+    190 ms, now 94; a month of 30 files an hour, 69 ms, now 13; what is left is mostly the
+    kernel opening and reading each hour's folder, which an exact count cannot skip).
+    """
     lo, hi = between or ("", "~")
-    folders = _subdirs(wh, wh.path(table, f"service={service}"), "dt")
+    path = wh.path(table, f"service={service}")
+    if _is_local(wh):
+        return _local_hours(path, lo, hi)
+    folders = _subdirs(wh, path, "dt")
     hours = sorted(dt for dt in folders if lo <= dt <= hi and is_dt(dt))
     if wh.is_s3:
         return hours
@@ -138,6 +153,75 @@ def _holds_data_file(wh: Warehouse, folder: str) -> bool:
 
     infos = wh.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
     return any(i.type == pafs.FileType.File and is_data_file(i.base_name) for i in infos)
+
+
+def _is_local(wh: Warehouse) -> bool:
+    """Whether ``wh`` is a directory of this machine, its paths the operating system's."""
+    import pyarrow.fs as pafs
+
+    return not wh.is_s3 and isinstance(wh.fs, pafs.LocalFileSystem)
+
+
+def _local_hours(path: str, lo: str, hi: str) -> list[str]:
+    """:func:`hours_with_data` of the local service folder ``path``: its ``dt=`` folders from
+    ``lo`` to ``hi`` that hold a data file, as pyarrow's listing answers (a link is followed;
+    one that leads nowhere, or in a circle, is no folder or file). Names are pruned before
+    anything else is looked at: the range is one comparison of the whole name. ``path`` is
+    text as pyarrow takes it, given to :func:`os.scandir` as :func:`os_path` makes it (under
+    ``LC_ALL=C PYTHONUTF8=0`` a warehouse in ``/data/wärehouse`` failed with "'ascii' codec
+    can't encode character")."""
+    from athena.warehouse import os_path
+
+    path = os_path(path)
+    first, last = f"dt={lo}", f"dt={hi}"  # between them: names starting with "dt="
+    inside = {e.name[3:]: e for e in _scan(path) if first <= e.name <= last}
+    hours = sorted(dt for dt, e in inside.items() if is_dt(dt) and _entry_is(e, folder=True))
+    return [dt for dt in hours if _local_data_file(f"{path}/dt={dt}")]
+
+
+def _local_data_file(folder: str) -> bool:
+    """:func:`_holds_data_file` for a local folder, stopping at the first data file (an hour
+    of a warehouse not compacted holds hundreds)."""
+    try:
+        entries = os.scandir(folder)
+    except FileNotFoundError:
+        return False
+    with entries:
+        return any(is_data_file(e.name) and _entry_is(e, folder=False) for e in entries)
+
+
+def _scan(folder: str) -> list[os.DirEntry[str]]:
+    """The entries of a local folder: none when it does not exist, a folder above it being a
+    file too (``envoy_access`` a file: pyarrow's ``allow_not_found`` answers no entries); a
+    folder that is a file, or denied, is an error, as in pyarrow's listing."""
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except FileNotFoundError:
+        return []
+    except NotADirectoryError:
+        if os.path.exists(folder):  # the folder itself is a file
+            raise
+        return []
+
+
+#: What makes a link one that leads nowhere: pyarrow's listing leaves those entries out (it
+#: raises on any other error, such as a link into a folder this user may not enter).
+_NO_TARGET = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
+
+
+def _entry_is(entry: os.DirEntry[str], folder: bool) -> bool:
+    """Whether ``entry`` is a folder (``folder``) or a file, a link followed; False for a link
+    that leads nowhere or in a circle (:data:`_NO_TARGET`). A link that cannot be followed for
+    another reason (permission denied) is an error, as in pyarrow's listing: taken as no
+    folder, a ``dt=`` link into a folder closed to this user made ``logq services`` count one
+    hour less, where the readers fail on it."""
+    try:
+        return entry.is_dir() if folder else entry.is_file()
+    except OSError as exc:
+        if exc.errno in _NO_TARGET:
+            return False
+        raise
 
 
 def list_files(wh: Warehouse, path: str, every_file: bool = False) -> tuple[DataFile, ...]:

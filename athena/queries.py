@@ -437,16 +437,34 @@ def _name_values_columns(tree: Any, marker: str) -> None:
     cannot refer to such a list by name, so no statement can clash with it)."""
     from sqlglot import exp
 
-    lists = [v for v in tree.find_all(exp.Values) if isinstance(v.parent, exp.From | exp.Join)]
-    for n, values in enumerate(lists):
-        alias = values.args.get("alias")
+    for n, (values, holder) in enumerate(_values_tables(tree)):
+        alias = holder.args.get("alias")
         first = values.expressions[0] if values.expressions else None
         if (alias is not None and alias.columns) or first is None:
             continue
         width = len(first.expressions) if isinstance(first, exp.Tuple) else 1
         name = alias.this if alias is not None else exp.to_identifier(f"{marker}v{n}", quoted=True)
         columns = [exp.to_identifier(f"{marker}_{i}", quoted=True) for i in range(width)]
-        values.set("alias", exp.TableAlias(this=name, columns=columns))
+        holder.set("alias", exp.TableAlias(this=name, columns=columns))
+
+
+def _values_tables(tree: Any) -> list[tuple[Any, Any]]:
+    """The ``VALUES`` lists read as tables, each with the node that holds its alias: the list
+    itself in ``FROM``/``JOIN``, the ``LATERAL`` around it in ``LATERAL (VALUES ...) AS t``
+    (sqlglot hangs that alias on the LATERAL, and DuckDB names those columns ``col0`` too)."""
+    from sqlglot import exp
+
+    found = []
+    for values in tree.find_all(exp.Values):
+        if isinstance(values.parent, exp.From | exp.Join):
+            found.append((values, values))
+            continue
+        inner = values  # LATERAL ((VALUES ...)) too: climb the parentheses
+        while isinstance(inner.parent, exp.Subquery | exp.Paren):
+            inner = inner.parent
+        if isinstance(inner.parent, exp.Lateral):
+            found.append((values, inner.parent))
+    return found
 
 
 def _values_as_select(tree: Any) -> Any:

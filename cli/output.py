@@ -60,6 +60,43 @@ class OutputFormat(StrEnum):
     markdown = "markdown"
 
 
+def unique_columns(columns: Sequence[str]) -> list[str]:
+    """``columns`` with each repeated name made unique.
+
+    A statement may name two columns alike (``SELECT 1 AS a, 2 AS a``, a join's ``*``); the
+    Athena console shows both. A JSON object keeps one value per key, and CSV readers that go
+    by the header (``csv.DictReader``, pandas) lose or rename one, so every format names the
+    second ``a_2``, the third ``a_3`` (skipping a name the result already has), the first
+    keeping its name: each value has a name of its own, the same in every format.
+    """
+    taken = set(columns)
+    seen: set[str] = set()
+    out: list[str] = []
+    for name in columns:
+        if name in seen:
+            n = 2
+            while f"{name}_{n}" in taken:
+                n += 1
+            taken.add(f"{name}_{n}")
+            out.append(f"{name}_{n}")
+        else:
+            seen.add(name)
+            out.append(name)
+    return out
+
+
+def unique_columns_note(columns: Sequence[str], shown: Sequence[str]) -> str:
+    """What :func:`unique_columns` changed (``columns`` to ``shown``), for stderr."""
+    pairs = [f"{c!r} as {s!r}" for c, s in zip(columns, shown, strict=True) if c != s]
+    names = list(dict.fromkeys(repr(c) for c, s in zip(columns, shown, strict=True) if c != s))
+    more = f" and {len(pairs) - 5} more" if len(pairs) > 5 else ""  # a join's `*`: dozens
+    return (
+        f"logq: note: the result has more than one column named {', '.join(names[:5])}"
+        f"{' and others' if len(names) > 5 else ''}; showing the later ones "
+        f"{', '.join(pairs[:5])}{more} so that every value is kept (name them with AS to choose)"
+    )
+
+
 def plain(value: Any) -> Any:
     """A JSON-ready value: ISO-8601 UTC for times, float for decimals, text for bytes."""
     if isinstance(value, datetime):
@@ -173,22 +210,36 @@ def _csv_field(value: Any) -> Any:
     return sql_text(value, plain) if isinstance(value, NESTED) else plain(value)
 
 
-def to_csv(columns: Sequence[str], rows: Rows) -> str:
+def _csv_field_shown(value: Any) -> Any:
+    """:func:`_csv_field` for a terminal: text with its control characters shown escaped."""
+    field = _csv_field(value)
+    return visible(field) if isinstance(field, str) else field
+
+
+def to_csv(columns: Sequence[str], rows: Rows, on_terminal: bool = False) -> str:
     """CSV with a header row, rows ending in ``\n``; NULL is the empty field. A field holding
-    a line break (``\n`` or ``\r``) is quoted, so it stays one field."""
-    return "".join(csv_pieces(columns, [rows]))
+    a line break (``\n`` or ``\r``) is quoted, so it stays one field. ``on_terminal``: as
+    :func:`csv_pieces`."""
+    return "".join(csv_pieces(columns, [rows], on_terminal))
 
 
-def csv_pieces(columns: Sequence[str], batches: Iterable[Rows]) -> Iterator[str]:
+def csv_pieces(
+    columns: Sequence[str], batches: Iterable[Rows], on_terminal: bool = False
+) -> Iterator[str]:
     """:func:`to_csv`'s text a batch of rows at a time (the header with the first). NULL is
     empty; ARRAY, MAP, ROW and VARBINARY values as Athena's result CSV writes them
-    (:mod:`cli.sql_text`); anything else :func:`plain`."""
+    (:mod:`cli.sql_text`); anything else :func:`plain`.
+
+    ``on_terminal``: the CSV is read by a person, not a program, so text is :func:`visible`
+    (``\x1b``, ``\r``, ``\n`` shown escaped, as the table shows them): a log line's
+    ``ESC [2J`` must not clear their screen. Piped or redirected, every field stays exact."""
     buf = _RowsEndingLF()
     writer = csv.writer(buf, lineterminator="\r\n")
-    writer.writerow(columns)
+    field = _csv_field_shown if on_terminal else _csv_field
+    writer.writerow([visible(c) for c in columns] if on_terminal else columns)
     for rows in batches:
         for row in rows:
-            writer.writerow([_csv_field(v) for v in row])
+            writer.writerow([field(v) for v in row])
         yield "".join(buf.parts)
         buf.parts.clear()
     yield "".join(buf.parts)
@@ -744,7 +795,7 @@ def emit(
     if fmt is OutputFormat.json:
         pieces = json_pieces(columns, counted, ascii_only=not writes_utf8(out))
     elif fmt is OutputFormat.csv:
-        pieces = csv_pieces(columns, counted)
+        pieces = csv_pieces(columns, counted, on_terminal=_is_terminal(out))
     else:
         pieces = markdown_pieces(columns, counted)
     row_end = csv_row_end if fmt is OutputFormat.csv else line_end

@@ -412,7 +412,7 @@ def _show(
     columns: list[str] | None,
     rows: list[tuple[Any, ...]] | None,
 ) -> None:
-    from cli.output import emit
+    from cli.output import emit, unique_columns, unique_columns_note
 
     more = result.more if rows is None else None
     columns = list(columns if columns is not None else result.columns)
@@ -434,6 +434,10 @@ def _show(
     ):
         dropped.append(columns.index("service"))
         columns, rows = _without(columns, rows, dropped[-1])
+    named = unique_columns(columns)  # JSON keeps one value per key: `a`, `a_2`
+    if named != columns:
+        note(unique_columns_note(columns, named))
+        columns = named
     over = False  # rows past --limit were fetched (`logq sql` asks for one more, to know)
     if common.limit:  # most queries LIMIT in SQL; this holds --limit for every command
         over = len(rows) > common.limit

@@ -146,12 +146,14 @@ def _sandbox(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
 
 #: How DuckDB names the extension a function of the statement needs: its attempt to install
 #: and load it on its own (refused by the sandbox, worded as a plain ``duckdb.Error``), or its
-#: advice to ``INSTALL``/``LOAD`` it when it does not try (statements logq refuses). Matched at
-#: the start of the message only: a message that quotes a value (``Could not convert string
-#: '... exists in the x extension'``) is not about an extension.
+#: advice to ``INSTALL``/``LOAD`` it when it does not try (statements logq refuses), also when
+#: the extension's function is of another kind (``FROM st_point(1, 2)``: a scalar function used
+#: as a table). Matched at the start of the message only: a message that quotes a value
+#: (``Could not convert string '... exists in the x extension'``) is not about an extension.
 _NEEDS_EXTENSION = re.compile(
     r"An error occurred while trying to automatically install the required extension '(\w+)"
-    r"|Catalog Error: .* is not in the catalog, but it exists in the (\w+) extension"
+    r"|Catalog Error: .* is not in the catalog, "
+    r"(?:but it|a function by this name) exists in the (\w+) extension"
 )
 #: Extensions logq's own SQL needs (the views read Parquet, the session zone is ICU's, Trino's
 #: functions map onto core and JSON ones), built into DuckDB's wheels: a DuckDB that lacks one

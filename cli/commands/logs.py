@@ -170,7 +170,8 @@ def _print_log_lines(common: Common, result, prep, rows: list, stream: bool = Fa
     if stream and common.fmt is OutputFormat.csv:
         from cli.output import to_csv
 
-        text = to_csv(result.columns, rows)
+        # A terminal shows a log line's ESC or CR escaped, as `logq sql -f csv` there does.
+        text = to_csv(result.columns, rows, on_terminal=sys.stdout.isatty())
         if getattr(result, "header_done", False):
             text = text.split("\n", 1)[1]
         result.header_done = True

@@ -285,16 +285,38 @@ def ddl(
                 )
             uri = wh.uri
         if not uri.startswith("s3://"):
-            sys.stderr.write(
-                f"logq: note: {uri} is not an s3:// location; Athena reads only S3 "
-                "(pass --warehouse s3://bucket/prefix)\n"
-            )
+            sys.stderr.write(_local_ddl_note(uri, athena_database, service) + "\n")
         statements = [f"CREATE DATABASE IF NOT EXISTS {quote_ident(athena_database)}"]
         for table, create in zip(
             TABLES.values(), create_all(uri, names, athena_database), strict=True
         ):
             statements += [create, set_service_values(table, names, athena_database)]
         sys.stdout.write(";\n\n".join(statements) + ";\n")
+
+
+def _local_ddl_note(uri: str, database: str, service: list[str] | None) -> str:
+    """Why the DDL of a local warehouse is of no use to Athena (its LOCATION is this folder,
+    and Athena reads only S3), and the two commands that give the DDL to apply: copy the
+    folder to S3, then print the DDL of the copy (the options given carried over). The folder
+    to copy is the one :func:`~athena.warehouse.open_warehouse` opens: with ``--service`` the
+    URI is as given, and ``aws s3 sync file:///data/wh`` (or a quoted ``'~/wh'``) names no
+    folder."""
+    import shlex
+
+    from athena.warehouse import open_warehouse
+
+    folder = open_warehouse(uri).base
+    again = ["logq", "ddl", "--warehouse", "s3://BUCKET/PREFIX"]
+    if database != "logq":
+        again += ["--athena-database", database]
+    for value in service or []:
+        again += ["--service", value]
+    return (
+        f"logq: note: {uri} is a local folder and Athena reads only S3, so the LOCATION "
+        "printed is of no use to Athena; copy the folder to S3 "
+        f"(aws s3 sync {shlex.quote(folder)} s3://BUCKET/PREFIX) and print the DDL to apply with "
+        f"`{shlex.join(again)}`"
+    )
 
 
 #: ``logq services`` on Athena, the same columns with the same meaning as the local engine's:
@@ -427,17 +449,18 @@ def _freshness(
     """Each service's :class:`~athena.freshness.Freshness`, its newest line being the newest
     not stamped in the future (as the stale note and empty answers count it: rows from a clock
     that is ahead would hide a stall), and the newest time of those ahead, by service."""
-    from athena.freshness import service_freshness
+    from athena.freshness import freshness_in, service_hours
     from cli.explain import newest_and_ahead
 
     found, ahead = [], {}
     for svc in chosen:
-        fresh = service_freshness(wh, svc, hours)
+        listed = service_hours(wh, svc, hours)  # once: asked again below with rows ahead
+        fresh = freshness_in(wh, svc, listed)
 
-        def newest(before: Any, svc: str = svc, fresh: Any = fresh) -> Any:
+        def newest(before: Any, svc: str = svc, fresh: Any = fresh, listed: Any = listed) -> Any:
             if before is None:
                 return fresh.newest
-            return service_freshness(wh, svc, hours, before).newest
+            return freshness_in(wh, svc, listed, before).newest
 
         last, later = newest_and_ahead(newest)
         if later is not None:

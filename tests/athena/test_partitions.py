@@ -394,17 +394,59 @@ def test_hours_with_data_are_the_hours_the_readers_read(tmp_path: Path) -> None:
     _put(wh, "service=short/dt=2026-1-1-1/c.parquet")
     loop = Path(wh.path("envoy_access", f"service=long/dt={dt_of(LONG_END - timedelta(hours=1))}"))
     (loop / "up").symlink_to("..")
+    odd = Path(wh.path("envoy_access", "service=odd"))
+    (odd / f"dt={dt_of(LONG_END + timedelta(hours=1))}").symlink_to(loop)  # a linked hour
+    (odd / f"dt={dt_of(LONG_END + timedelta(hours=2))}").symlink_to("nowhere")
+    (odd / f"dt={dt_of(LONG_END + timedelta(hours=3))}").symlink_to(f"dt={dt_of(LONG_END)}")
+    gone = odd / f"dt={dt_of(LONG_END + timedelta(hours=4))}"
+    gone.mkdir()
+    (gone / "c.parquet").symlink_to("nowhere.parquet")  # no file to read
+    (gone / "d.parquet").mkdir()  # a folder, not a file
     for svc in ("long", "short", "odd"):
         read = [p.dt for p in plan(wh, "envoy_access", [svc], None) if is_dt(p.dt)]
         recorded = _recorded(wh)
         assert hours_with_data(recorded, "envoy_access", svc) == read, svc
         assert not any(recursive for _, recursive, _ in recorded.fs.calls)  # type: ignore[attr-defined]
-    assert len(hours_with_data(wh, "envoy_access", "odd")) == 7
+        assert hours_with_data(wh, "envoy_access", svc) == read, svc  # os.scandir's answer
+    assert len(read) == 8  # odd: 7 hours and the linked one
+    assert len(hours_with_data(wh, "envoy_access", "odd")) == 8
     assert hours_with_data(wh, "envoy_access", "short") == [
         dt_of(LONG_END - timedelta(hours=h)) for h in (5, 4, 3, 2, 1)
     ]
     between = (dt_of(LONG_END - timedelta(hours=3)), dt_of(LONG_END - timedelta(hours=2)))
     assert hours_with_data(wh, "envoy_access", "short", between) == list(between)
+    assert hours_with_data(wh, "container_logs", "short") == []
+
+
+def test_hours_with_data_fails_on_a_link_it_cannot_follow_as_the_readers_do(
+    tmp_path: Path,
+) -> None:
+    """A link that leads nowhere is no hour, but one that cannot be followed for another
+    reason (permission denied on a folder closed to this user; here, a target name too long,
+    which root cannot bypass) is an error, as pyarrow's listing and the readers say: the
+    os.scandir listing took it as no folder or file, and ``logq services`` counted one hour
+    less without a word. And a table folder that is a file holds no hours, as before."""
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    _layout(wh)
+    too_long = f"/{'a' * 300}"
+    short = Path(wh.path("envoy_access", "service=short"))
+    (short / f"dt={dt_of(LONG_END)}").symlink_to(too_long)
+    hour = Path(wh.path("envoy_access", "service=long", f"dt={dt_of(LONG_END)}"))
+    hour.mkdir()
+    (hour / "c.parquet").symlink_to(too_long)
+    for svc in ("short", "long"):
+        with pytest.raises(OSError, match="too long") as read:
+            plan(wh, "envoy_access", [svc], None)
+        with pytest.raises(OSError, match="too long") as listed:
+            hours_with_data(_recorded(wh), "envoy_access", svc)
+        with pytest.raises(OSError, match="too long") as scanned:
+            hours_with_data(wh, "envoy_access", svc)
+        assert scanned.value.errno == listed.value.errno == read.value.errno, svc
+    # Out of the range asked, the link is not looked at (its name is enough to leave it out).
+    before = (dt_of(LONG_END - timedelta(hours=2)), dt_of(LONG_END - timedelta(hours=1)))
+    assert hours_with_data(wh, "envoy_access", "short", before) == list(before)
+    Path(wh.path("container_logs")).write_bytes(b"not a folder")
+    assert hours_with_data(_recorded(wh), "container_logs", "short") == []
     assert hours_with_data(wh, "container_logs", "short") == []
 
 

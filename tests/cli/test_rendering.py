@@ -210,6 +210,57 @@ def test_markdown_escapes_controls() -> None:
     assert "\x1b" not in text and "\\\\x1b\\[2J" in text  # \x1b, with Markdown's own escapes
 
 
+def test_csv_on_a_terminal_escapes_controls_and_piped_stays_exact() -> None:
+    """``-f csv`` to a terminal passed a log line's ESC, CR and BEL to it (a message could
+    clear the screen or fake output): there it shows them escaped as the table does; to a
+    pipe or file it stays exact CSV (the tests below read it back)."""
+    columns = ["message\x1b[8m", "n"]
+    rows = [(line, i) for i, line in enumerate(HOSTILE_LINES)]
+    shown = Terminal()
+    emit(OutputFormat.csv, columns, rows, out=shown)
+    text = shown.getvalue()
+    assert not RAW_CONTROL.search(text.replace("\n", "")), repr(text)
+    assert text.splitlines() == ["message\\x1b[8m,n"] + [
+        f"{visible(line)},{i}" for i, line in enumerate(HOSTILE_LINES)
+    ]
+    piped = io.StringIO()
+    emit(OutputFormat.csv, columns, rows, out=piped)
+    back = list(csv.reader(io.StringIO(piped.getvalue(), newline="")))
+    assert back == [columns] + [[line, str(i)] for i, line in enumerate(HOSTILE_LINES)]
+
+
+def test_tail_follow_csv_on_a_terminal_escapes_controls_and_piped_stays_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``logq tail -F -f csv`` writes each poll's rows itself (not through ``emit``): on a
+    terminal it still passed a log line's ESC and CR to it, where ``logq sql -f csv`` shows
+    them escaped. Piped, two polls are one exact CSV file (one header)."""
+    from types import SimpleNamespace
+
+    from cli.commands.logs import _print_log_lines
+    from cli.follow import DISPLAY_COLUMNS, _Rows
+
+    at = datetime(2026, 11, 30, 22, 0, tzinfo=UTC)
+    rows = [(at, "svc", "app", "stdout", line) for line in HOSTILE_LINES]
+    for out in (Terminal(), io.StringIO()):
+        monkeypatch.setattr(sys, "stdout", out)
+        result = _Rows(DISPLAY_COLUMNS)
+        for poll in (rows[:2], rows[2:]):  # two polls: the header once
+            _print_log_lines(SimpleNamespace(fmt=OutputFormat.csv), result, None, poll, True)
+        text = out.getvalue()
+        stamp = "2026-11-30T22:00:00.000Z"
+        if out.isatty():
+            assert not RAW_CONTROL.search(text.replace("\n", "")), repr(text)
+            assert text.splitlines() == [",".join(DISPLAY_COLUMNS)] + [
+                f"{stamp},svc,app,stdout,{visible(line)}" for line in HOSTILE_LINES
+            ]
+        else:
+            back = list(csv.reader(io.StringIO(text, newline="")))
+            assert back == [DISPLAY_COLUMNS] + [
+                [stamp, "svc", "app", "stdout", line] for line in HOSTILE_LINES
+            ]
+
+
 def _hostile_warehouse(tmp_path: Path) -> str:
     uri = str(tmp_path / "wh")
     start = utc(2026, 11, 29, 11, 0)

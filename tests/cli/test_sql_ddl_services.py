@@ -138,6 +138,22 @@ def test_sql_names_values_columns_as_athena(logq, warehouse: Warehouse) -> None:
     assert named.stdout.splitlines() == ["a,b", "1,2"]
 
 
+def test_sql_names_lateral_values_columns_as_athena(logq, warehouse: Warehouse) -> None:
+    """``LATERAL (VALUES ...) AS t`` follows the rule of a plain VALUES list: ``t.*`` and
+    ``*`` give ``_col`` and the result position, where DuckDB said ``col0``; names given stay."""
+    wh = ["-f", "csv", "--warehouse", warehouse.uri]
+    s = "(SELECT 1 AS x) s"
+    for sql, want in [
+        (f"SELECT t.* FROM {s}, LATERAL (VALUES (1, 2)) AS t", ["_col0,_col1", "1,2"]),
+        (f"SELECT * FROM {s} CROSS JOIN LATERAL (VALUES (1, 2)) AS t", ["x,_col1,_col2", "1,1,2"]),
+        (f"SELECT * FROM {s} CROSS JOIN LATERAL (VALUES (1, 2))", ["x,_col1,_col2", "1,1,2"]),
+        (f"SELECT * FROM {s}, LATERAL (VALUES (1, 2)) AS t(a, b)", ["x,a,b", "1,1,2"]),
+    ]:
+        run = logq("sql", sql, *wh)
+        assert run.exit_code == 0, run.stderr
+        assert run.stdout.splitlines() == want, sql
+
+
 def test_sql_error_on_an_unnamed_column_says_it_has_no_name(logq, warehouse: Warehouse) -> None:
     """DuckDB's candidates were the local engine's markers (``"_col?_0"``), names no one can
     write; the message calls them unnamed and says how to name them."""
@@ -285,7 +301,40 @@ def test_ddl_prints_both_tables(logq, warehouse: Warehouse) -> None:
         )
     local = logq("ddl", "--warehouse", warehouse.uri)
     assert "'projection.service.values' = 'billing,recipe,users'" in local.stdout
-    assert "not an s3:// location" in local.stderr
+    assert "is a local folder and Athena reads only S3" in local.stderr
+
+
+def test_ddl_of_a_local_warehouse_says_the_commands_that_give_a_usable_one(
+    logq, warehouse: Warehouse
+) -> None:
+    """A local warehouse's DDL has a LOCATION Athena cannot read (the folder). The note said
+    "pass --warehouse s3://bucket/prefix" only; it now gives the copy to make and the exact
+    command for its DDL, the options given carried over, and that command prints a LOCATION
+    in S3 with the same service list (it lists nothing: the services are given)."""
+    import re
+    import shlex
+
+    run = logq("ddl", "--warehouse", warehouse.uri, "-s", "recipe,users",
+               "--athena-database", "my db")  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    assert f"'{warehouse.uri}/envoy_access/'" in run.stdout
+    assert f"(aws s3 sync {shlex.quote(warehouse.uri)} s3://BUCKET/PREFIX)" in run.stderr
+    [command] = re.findall(r"`(logq ddl [^`]*)`", run.stderr)
+    args = shlex.split(command)[1:]
+    assert args == ["ddl", "--warehouse", "s3://BUCKET/PREFIX", "--athena-database", "my db",
+                    "--service", "recipe,users"]  # fmt: skip
+    again = logq(*args)
+    assert again.exit_code == 0, again.stderr
+    assert "LOCATION 's3://BUCKET/PREFIX/envoy_access/'" in again.stdout
+    assert "'projection.service.values' = 'recipe,users'" in again.stdout
+    assert again.stdout.startswith("CREATE DATABASE IF NOT EXISTS `my db`;")
+    assert again.stderr == ""
+    listed = logq("ddl", "--warehouse", warehouse.uri)  # services found: the copy's are listed
+    assert "`logq ddl --warehouse s3://BUCKET/PREFIX`" in listed.stderr
+    # The folder to copy as opened, not the URI as given: `aws s3 sync file:///...` names none.
+    given = logq("ddl", "--warehouse", f"file://{warehouse.uri}", "-s", "recipe")
+    assert given.exit_code == 0, given.stderr
+    assert f"(aws s3 sync {shlex.quote(warehouse.uri)} s3://BUCKET/PREFIX)" in given.stderr
 
 
 def test_services_lists_newest_time(logq, warehouse: Warehouse) -> None:
@@ -358,6 +407,54 @@ def test_services_counts_only_hours_with_parquet_files(logq, tmp_path: Path) -> 
     dry = logq("services", "--dry-run", "--warehouse", uri)
     assert f"envoy_access/service=billing: {hours} hours, newest dt=" in dry.stdout
     assert "ghost" not in dry.stdout and "container_logs" not in dry.stdout.split("\n", 1)[1]
+
+
+def test_services_reads_each_hour_folder_once_and_stops_at_a_data_file(
+    logq, tmp_path: Path, monkeypatch
+) -> None:
+    """`logq services` on a year of 200 services took minutes: pyarrow's listing stats every
+    entry and reads each hour's folder to its end, and with rows stamped ahead of the clock
+    every hour was listed again. Each hour folder is now read once, with os.scandir, and
+    only up to its first data file (the answer is the same: the test above and
+    test_hours_with_data_are_the_hours_the_readers_read)."""
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    uri = str(tmp_path / "wh")
+    frame = access_frame(300, now - timedelta(hours=6), now + timedelta(hours=2), ["svc"], seed=2)
+    write_frame(uri, "envoy_access", frame, files_per_partition=3)
+    service = tmp_path / "wh" / "envoy_access" / "service=svc"
+    hours = sorted(p.name for p in service.iterdir())
+    scanned: list[tuple[str, int]] = []  # (folder, entries taken)
+    real_scandir = os.scandir
+
+    class Counted:
+        def __init__(self, path: str) -> None:
+            self.inner = real_scandir(path)
+            self.at = len(scanned)
+            scanned.append((str(path), 0))
+
+        def __enter__(self) -> Counted:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.inner.close()
+
+        def __iter__(self) -> Counted:
+            return self
+
+        def __next__(self) -> os.DirEntry[str]:
+            entry = next(self.inner)
+            folder, taken = scanned[self.at]
+            scanned[self.at] = (folder, taken + 1)
+            return entry
+
+    monkeypatch.setattr(os, "scandir", Counted)
+    run = logq("services", "-f", "json", "--warehouse", uri)
+    assert run.exit_code == 0, run.stderr
+    assert run.json()[0]["access_hours"] == len(hours)
+    assert "also has rows" in run.stderr  # the second look for the newest line happened
+    hour_scans = [(f, n) for f, n in scanned if "/dt=" in f]
+    assert sorted(f.rsplit("/", 1)[1] for f, _ in hour_scans) == hours  # each hour once
+    assert all(n == 1 for _, n in hour_scans), hour_scans  # 3 files each, the first answers
 
 
 def test_relative_since_counts_only_recent_rows(logq, tmp_path: Path) -> None:
@@ -556,3 +653,28 @@ def test_ctrl_c_stops_a_runaway_local_query(warehouse: Warehouse) -> None:
             proc.communicate()
     assert proc.returncode == 130, err
     assert err == "logq: interrupted\n"
+
+
+def test_sql_keeps_every_value_of_columns_named_alike(logq, empty_warehouse: str) -> None:
+    """``SELECT 1 AS a, 2 AS a`` has two columns ``a`` (the Athena console shows both): a JSON
+    object kept one value, and csv.DictReader would too. Every format names the later ones
+    ``a_2`` (``a_3`` when the result has an ``a_2``), the same everywhere, and stderr says so."""
+    import csv
+    import io
+
+    sql = "SELECT 1 AS a, 2 AS a, 3 AS a_2, 4 AS a"
+    names = ["a", "a_3", "a_2", "a_4"]
+    runs = {f: logq("sql", sql, "-f", f, "--warehouse", empty_warehouse) for f in
+            ("json", "csv", "table", "markdown")}  # fmt: skip
+    for fmt, run in runs.items():
+        assert run.exit_code == 0, run.stderr
+        assert "more than one column named 'a'" in run.stderr, (fmt, run.stderr)
+        assert "'a' as 'a_3', 'a' as 'a_4'" in run.stderr, (fmt, run.stderr)
+    assert runs["json"].json() == [dict(zip(names, [1, 2, 3, 4], strict=True))]
+    assert list(csv.DictReader(io.StringIO(runs["csv"].stdout))) == [
+        dict(zip(names, "1234", strict=True))
+    ]
+    for fmt in ("table", "markdown"):
+        assert all(n in runs[fmt].stdout for n in names), runs[fmt].stdout
+    alone = logq("sql", "SELECT 1 AS a, 2 AS b", "-f", "json", "--warehouse", empty_warehouse)
+    assert alone.json() == [{"a": 1, "b": 2}] and "note" not in alone.stderr

@@ -168,6 +168,33 @@ def test_a_warehouse_with_a_non_ascii_name_under_the_c_locale(
     assert json.loads(done.stdout) == [{"n": len(warehouse.access)}]
 
 
+def test_services_of_a_warehouse_with_a_non_ascii_name_under_the_c_locale(
+    warehouse, tmp_path, subprocess_env: dict[str, str]
+) -> None:
+    """``logq services`` lists a local warehouse's hour folders with os.scandir, which takes
+    names as Python's file functions do: in ``/data/wärehouse`` it failed with "'ascii' codec
+    can't encode character" (the hours are counted as under UTF-8)."""
+    import json
+    import shutil
+    import subprocess
+
+    from tests.support.procs import console_script
+
+    folder = tmp_path / "wärehouse"
+    shutil.copytree(warehouse.uri, folder)
+    command = [str(console_script("logq")), "services", "--warehouse", str(folder), "-f", "json"]
+    answers = []
+    for locale in ({"LC_ALL": "C", "PYTHONUTF8": "0"}, {"PYTHONUTF8": "1"}):
+        env = {**subprocess_env, **locale, "LOGQ_CACHE_DIR": str(tmp_path)}
+        env.pop("PYTHONIOENCODING", None)
+        done = subprocess.run(command, capture_output=True, env=env, timeout=60)
+        assert done.returncode == 0, done.stderr.decode("utf-8", "replace")
+        answers.append(json.loads(done.stdout))
+    assert answers[0] == answers[1]
+    assert [row["service"] for row in answers[0]] == sorted(set(warehouse.access["service"]))
+    assert all(row["access_hours"] > 0 for row in answers[0])
+
+
 def test_an_s3_warehouse_with_a_non_ascii_prefix_from_the_environment() -> None:
     """Under the C locale Python reads ``LOGQ_WAREHOUSE=s3://bucket/päth`` as surrogates (the
     UTF-8 bytes it could not decode): pyarrow refused the key ("surrogates not allowed"). The
