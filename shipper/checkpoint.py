@@ -22,6 +22,9 @@ The service and container name of each source with files here are kept under ``s
 The epoch new content must start at on an inode whose entry went while the inode stayed (a file
 truncated while the shipper was down) is kept under ``epochs`` (see :meth:`Registry.keep_epoch`):
 an epoch is never used twice for a first line on an inode.
+The aggregator a file's batches went to last, when that is not its first choice (a failover), is
+kept under ``sent_to`` (see :meth:`Registry.place`): a restart sends its unacknowledged batch
+there again, to the aggregator whose offset marks recognise it.
 
 A lock file keeps two shippers from sharing one state directory.
 """
@@ -51,7 +54,10 @@ FORMAT_VERSION = 1
 :func:`parse_entry`), an entry without a tail resumes unchecked, as before, one without
 ``rotated`` is judged as a file that was live at the stop (a page when it is gone, as before),
 and a document without ``finished`` has no file finished moments before its save. Also with
-:attr:`FileState.floor`: an entry without it numbers its lines from their ends, as before."""
+:attr:`FileState.floor`: an entry without it numbers its lines from their ends, as before. And
+with the document's ``sent_to`` part (see :meth:`Registry.place`): a shipper of 2026-11-30
+(886beb7) loads a document with it as one without (it reads only the parts it knows) and
+leaves it out of its next save; a document without it sends every file to its first choice."""
 
 
 @dataclass(slots=True)
@@ -327,6 +333,31 @@ def _followed_entries(value: object) -> dict[str, float]:
     }
 
 
+MAX_ENDPOINT_TEXT = 300
+"""Longest ``host:port`` kept under ``sent_to`` (a DNS name is at most 253 bytes); past it a
+value is corrupt."""
+
+
+def _sent_to_entries(value: object) -> tuple[dict[str, str], str]:
+    """The ``sent_to`` part of a registry document (source id -> the ``host:port``, see
+    :attr:`shipper.config.Endpoint.hash_key`, its batches went to last when not its first
+    choice: :meth:`Registry.place`), and what was dropped from it ('' if nothing). A malformed
+    entry is dropped: that file's next batch goes to its first choice, as before the part
+    existed (a batch a failover aggregator stored may then be stored twice)."""
+    if value is None:
+        return {}, ""  # an older shipper's registry, or no file away from its first choice
+    if not isinstance(value, dict):
+        return {}, f"sent_to is a JSON {_json_type(value)}, not an object"
+    out: dict[str, str] = {}
+    bad: list[str] = []
+    for sid, where in value.items():
+        if isinstance(where, str) and 0 < len(where) <= MAX_ENDPOINT_TEXT and ":" in where:
+            out[sid] = where
+        else:
+            bad.append(f"{preview(sid, 40)}={preview(where, 40)}")
+    return out, (f"entries {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}" if bad else "")
+
+
 #: Epochs remembered for inodes whose content's checkpoint was dropped while the inode stayed
 #: (see :meth:`Registry.keep_epoch`): at most this many, each for a week at most.
 MAX_EPOCH_FLOORS = 4096
@@ -450,6 +481,10 @@ class Registry:
         self._followed: dict[str, float] = {}
         """Source key -> when a tailer (of this run or an earlier one) last had all its files
         in hand, saved under ``followed`` (see :meth:`note_followed`)."""
+        self._sent_to: dict[str, str] = {}
+        """Source id -> the aggregator (``host:port``) its batches went to last, for the files
+        whose last batch did not go to their first choice; saved under ``sent_to`` (see
+        :meth:`place`)."""
         self.followed_before: dict[str, float] | None = None
         """The ``followed`` part the previous run saved: which sources a run ever followed,
         and when one last had all its files in hand. None on a first run, after an unreadable
@@ -510,6 +545,17 @@ class Registry:
         if "followed" in doc:
             self._followed = _followed_entries(doc["followed"])
             self.followed_before = dict(self._followed)
+        self._sent_to, problem = _sent_to_entries(doc.get("sent_to"))
+        if problem:
+            log.warning(
+                "ignoring malformed aggregator placements in the checkpoint registry: the "
+                "files they were for send their next batch to their first-choice aggregator, "
+                "which stores it a second time if a failover aggregator had stored it before "
+                "the stop path=%s problem=%s",
+                self.path,
+                problem,
+            )
+            self.dirty = True
         self._prune_floors()
         for key, value in files.items():
             state, problem = parse_entry(value)
@@ -671,6 +717,26 @@ class Registry:
         """What :meth:`describe` (in this run or the previous one) said of ``source``."""
         return self._sources.get(source)
 
+    def sent_to(self, source_id: str) -> str:
+        """The aggregator (``host:port``) the last batch of ``source_id`` went to, when that was
+        not its first choice (see :meth:`place`); '' otherwise."""
+        return self._sent_to.get(source_id, "")
+
+    def place(self, source_id: str, endpoint: str) -> bool:
+        """Note that the next batch of ``source_id`` goes to ``endpoint`` (``host:port``), or
+        to its first-choice aggregator (''). Whether that changed what is saved: the caller
+        then saves before sending, for a restart to send that batch, if unacknowledged, to
+        the aggregator that may have stored it -- whose offset marks drop it -- not to the
+        first choice, which would store it again (a shipper killed during a failover)."""
+        if self._sent_to.get(source_id, "") == endpoint:
+            return False
+        if endpoint:
+            self._sent_to[source_id] = endpoint
+        else:
+            del self._sent_to[source_id]
+        self.dirty = True
+        return True
+
     def next_epoch(self, dev: int, ino: int) -> int:
         """One past the highest epoch of any entry on inode ``dev``:``ino`` (finished ones
         included), 0 when there is none: the epoch new content on that inode must start at.
@@ -774,6 +840,12 @@ class Registry:
         # Always written, also empty: its presence tells a later start that no source
         # missing from it was ever followed (an older shipper's registry has none).
         doc["followed"] = {k: round(v, 3) for k, v in self._followed.items()}
+        if self._sent_to:
+            # Only files with a checkpoint can be read again: the others' placements go.
+            ids = {s.source_id for s in self._files.values()}
+            self._sent_to = {k: v for k, v in self._sent_to.items() if k in ids}
+            if self._sent_to:
+                doc["sent_to"] = dict(self._sent_to)
         self._prune_floors()
         if self._floors:
             doc["epochs"] = {k: list(v) for k, v in self._floors.items()}

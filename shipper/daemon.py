@@ -115,6 +115,7 @@ class Shipper:
             ack_timeout=cfg.ack_timeout,
             give_up_after=cfg.retry_timeout if cfg.once else None,
             on_retry=lambda ep: self.metrics.retries.labels(ep).inc(),
+            placements=self,
         )
         for endpoint in cfg.aggregators:  # at 0 from the start (see Metrics.watch_service)
             self.metrics.retries.labels(str(endpoint))
@@ -178,6 +179,17 @@ class Shipper:
         self._generation += 1
         self._dirty.set()
         return self._generation
+
+    def sent_to(self, source_id: str) -> str:
+        """Where the last batch of ``source_id`` went, if not its first choice
+        (:class:`shipper.sender.Placements`)."""
+        return self.registry.sent_to(source_id)
+
+    async def place(self, source_id: str, endpoint: str) -> None:
+        """Save where the next batch of ``source_id`` goes before it is sent, when that
+        changes what a restart would do (:class:`shipper.sender.Placements`)."""
+        if self.registry.place(source_id, endpoint):
+            await self.checkpoint_saved(self.checkpoint_changed())
 
     async def checkpoint_saved(self, generation: int) -> None:
         """Wait until the registry holding ``generation`` is durable on disk -- or until a

@@ -5,7 +5,10 @@ delivered only when the server answers ``{"ack": chunk}``. A missing ack (timeou
 connection or a refused connect make the batch go again -- to the next endpoint (failover), after
 an exponential backoff with full jitter. A source's batches go to the healthy endpoint that ranks
 first for it by rendezvous hashing (sources spread evenly, and a dead endpoint's sources spread
-evenly over the survivors); batches without a source go round-robin. One connection per
+evenly over the survivors); batches without a source go round-robin. A source's batch that goes
+elsewhere than where a restart would send it first (a failover) has its endpoint saved first
+(:class:`Placements`): a restart then sends it, if unacknowledged, to the aggregator that may
+have stored it, whose offset marks drop it, not to the first choice. One connection per
 endpoint, with many batches in flight on it. A name with several addresses is several endpoints,
 resolved again every 30 s (:mod:`shipper.resolve`).
 
@@ -32,7 +35,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 
@@ -69,6 +72,27 @@ def tls_context(ca: Path | None, verify: bool = True) -> ssl.SSLContext:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+class Placements(Protocol):
+    """Where each source's (file's) batches went last, kept across restarts (the shipper's
+    checkpoint registry: :meth:`shipper.checkpoint.Registry.place`).
+
+    Aggregators drop a resent line by the offset marks of its ``source_id``, and each has
+    marks only for the lines sent to it. A shipper killed with a batch in flight to a failover
+    aggregator (its first choice was down moments before) sent it, after its restart, to the
+    first choice again, which stored it a second time."""
+
+    def sent_to(self, affinity: str) -> str:
+        """The ``host:port`` (:attr:`Endpoint.hash_key`) the last batch of ``affinity`` went
+        to, if not its first choice; '' otherwise."""
+        ...
+
+    async def place(self, affinity: str, endpoint: str) -> None:
+        """Save (durably: returns once on disk, or once the write failed, as shipping goes on
+        without durable checkpoints) that the next batch of ``affinity`` goes to ``endpoint``
+        (a ``host:port``), or to its first choice (''); a no-op when that is what is saved."""
+        ...
 
 
 class HandshakeTimeout(TimeoutError):
@@ -280,6 +304,7 @@ class ForwardClient:
         on_retry: Any = None,
         resolver: resolve.Resolver = resolve.system_resolver,
         dns_refresh: float = resolve.DNS_REFRESH_SECONDS,
+        placements: Placements | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("at least one aggregator endpoint is needed")
@@ -310,6 +335,10 @@ class ForwardClient:
         self._resolved_at: float | None = None if resolve.needs_dns(endpoints) else float("inf")
         self._resolving: asyncio.Task[None] | None = None
         self._first_resolution = asyncio.Lock()
+        self._placements = placements
+        self._settled: set[str] = set()
+        """Sources with a batch acknowledged in this run: a saved placement no longer says
+        where their next batch goes (see :meth:`_resumed_at`)."""
 
     # -- endpoints --------------------------------------------------------------------------
 
@@ -362,6 +391,9 @@ class ForwardClient:
         now = time.monotonic()
         if affinity is not None:
             order = self._rank(affinity)
+            resumed = self._resumed_at(affinity)
+            if resumed is not None:
+                order = (resumed, *(ep for ep in order if ep != resumed))
         else:
             n = len(self.endpoints)
             start = self._rr
@@ -383,11 +415,51 @@ class ForwardClient:
             self._ranks[affinity] = order
         return order
 
+    def _resumed_at(self, affinity: str) -> Endpoint | None:
+        """The endpoint to try first for ``affinity``'s first batch in this run: the one its
+        last batch went to before a restart, when that was not its first choice (see
+        :class:`Placements`). The batch read again is the one that was in flight there; that
+        aggregator drops what it stored of it. Once a batch is acknowledged, the source is
+        ranked as always (and a down endpoint is passed over as always)."""
+        if self._placements is None or affinity in self._settled:
+            return None
+        where = self._placements.sent_to(affinity)
+        if not where:
+            return None
+        for ep in self.endpoints:
+            if ep.hash_key == where:
+                return ep
+        self._settle(affinity)  # said once
+        log.warning(
+            "the aggregator a file's last batch went to before the restart is not among the "
+            "aggregator endpoints now (removed from --aggregator, or no longer an address its "
+            "name resolves to); its unacknowledged lines go to the file's first choice, which "
+            "stores them a second time if that aggregator had stored them endpoint=%s "
+            "source_id=%s",
+            where,
+            affinity,
+        )
+        return None
+
+    def _settle(self, affinity: str) -> None:
+        if len(self._settled) >= RANK_CACHE:
+            self._settled.clear()
+        self._settled.add(affinity)
+
+    async def _place(self, affinity: str | None, ep: Endpoint) -> None:
+        """Before a batch of ``affinity`` goes to ``ep``: save where a restart must send it
+        first, if not where it would anyway (see :class:`Placements`)."""
+        if self._placements is None or affinity is None:
+            return
+        first = self._rank(affinity)[0]
+        await self._placements.place(affinity, "" if ep == first else ep.hash_key)
+
     def forget(self, affinity: str) -> None:
         """``affinity`` (a file's source id) is done: its file was read to its end and
         acknowledged. Its ranking goes, or the cache would keep one per file the host ever
         had (up to :data:`RANK_CACHE`). Only a cache: a later batch of it is ranked the same."""
         self._ranks.pop(affinity, None)
+        self._settled.discard(affinity)
 
     def _mark_down(self, ep: Endpoint, exc: BaseException) -> None:
         h = self._health.setdefault(ep, _Health())
@@ -517,6 +589,13 @@ class ForwardClient:
                 continue
             try:
                 conn = await self._connection(ep)
+                await self._place(affinity, ep)
+                if conn.closed:
+                    # Closed while the placement was being saved (the aggregator ended it, or
+                    # another batch's failure did): nothing was sent on it, so not a failure
+                    # of ``ep``. Sent on, it failed as one: ``ep`` marked down, and a new
+                    # connection another source had opened to it meanwhile was reset.
+                    continue
                 fut = await conn.send(payload, chunk)
                 try:
                     await asyncio.wait_for(asyncio.shield(fut), self.ack_timeout)
@@ -554,6 +633,8 @@ class ForwardClient:
                 h.down_until = 0.0
                 self._last_success = time.monotonic()
                 self.stats.delivered += 1
+                if affinity is not None:
+                    self._settle(affinity)
                 return ep
 
     def _check_give_up(self) -> None:
