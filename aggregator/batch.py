@@ -200,20 +200,29 @@ def with_tag_containers(records: pa.Table) -> pa.Table:
     return records
 
 
+def _names_no_service(values: pa.Array) -> pa.Array:
+    """Per value, whether it names no service: NULL, empty or blank (only whitespace, as
+    Python's ``str.isspace`` has it, which Arrow's ``utf8_is_space`` matches). One rule with
+    :func:`shipper.discover.names_service`: a blank name would sanitise to nothing, then be
+    stored as ``svc-<hash>``, one folder per run of spaces, rather than the tag's service."""
+    blank = pc.or_(pc.equal(values, ""), pc.utf8_is_space(values))
+    return pc.fill_null(blank, True)
+
+
 def service_column(records: pa.Table) -> pa.DictionaryArray:
-    """Sanitised service per row: record ``service``, else the tag's (:func:`tag_service`)."""
+    """Sanitised service per row: record ``service``, else (none, empty or blank) the tag's
+    (:func:`tag_service`)."""
     service = _col(records, wire.KEY_SERVICE)
     if (
         isinstance(service, pa.DictionaryArray)
         and not service.null_count
-        and not service.dictionary.null_count
-        and not pc.any(pc.equal(service.dictionary, "")).as_py()
+        and not pc.any(_names_no_service(service.dictionary)).as_py()
     ):  # every record names its service (logq-shipper's do): no row needs its tag
         encoded = service
     else:
         tag_tail = _per_value(_col(records, "tag"), _tag_services)
         service = _per_value(service, lambda v: v)
-        raw = pc.if_else(pc.fill_null(pc.equal(service, ""), True), tag_tail, service)
+        raw = pc.if_else(_names_no_service(service), tag_tail, service)
         encoded = pc.dictionary_encode(raw)
     names = [sanitize_service(v) for v in encoded.dictionary.to_pylist()]
     # Several raw names may sanitise to one: the dictionary gets each name once.

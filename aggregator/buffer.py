@@ -186,17 +186,31 @@ _UNUSABLE_DIR = {
 _UNUSABLE_DIR[errno.EPERM] = _UNUSABLE_DIR[errno.EACCES]
 
 
-def unusable_dir_error(directory: Path, exc: OSError) -> OSError:
-    """``exc`` (raised while opening ``directory``) as one line that names the directory, the
-    uid/gid this process runs as and what to do; other errors are returned unchanged."""
-    if exc.errno not in _UNUSABLE_DIR or (
+#: What an error of another cause says, when one of any cause is made a line of its own.
+_OTHER_CAUSE = ("cannot be used", "check the path and its volume")
+
+
+def unusable_dir_error(
+    directory: Path, exc: OSError, flag: str = "--buffer-dir", any_cause: bool = False
+) -> OSError:
+    """``exc`` (raised while opening ``directory``, the folder of ``flag``) as one line that
+    names the flag, the directory, the uid/gid this process runs as and what to do. Errors of
+    other causes are returned unchanged, unless ``any_cause``: where the directory is created
+    (a bare ``[Errno 2] No such file or directory: '/proc/b'`` named no flag)."""
+    known = exc.errno in _UNUSABLE_DIR and not (
         exc.errno == errno.EEXIST and exc.filename != str(directory)  # only mkdir's "a file"
-    ):
+    )
+    if not (known or any_cause):
         return exc
-    what, todo = _UNUSABLE_DIR[exc.errno]
-    error = type(exc)(unusable_dir_message("--buffer-dir", directory, exc, what, todo))
+    what, todo = _UNUSABLE_DIR[exc.errno or 0] if known else _OTHER_CAUSE
+    error = type(exc)(unusable_dir_message(flag, directory, exc, what, todo))
     error.errno = exc.errno
     return error
+
+
+class BufferDirInUse(OSError):
+    """Another live process holds the buffer directory's lock: said as it is (a failure at
+    run time, exit 1, as a port in use: that process may be an instance still stopping)."""
 
 
 class Buffer:
@@ -234,6 +248,7 @@ class Buffer:
 
     def open(self, node_id: str | None = None) -> list[Segment]:
         """Create or reopen the directory; return the segments left by a previous run."""
+        self.lock()  # its errors say what is wrong already (wrapped again, they said it twice)
         try:
             return self._open(node_id)
         except OSError as exc:
@@ -253,11 +268,10 @@ class Buffer:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._lock_dir()
+        except BufferDirInUse:
+            raise
         except OSError as exc:
-            error = unusable_dir_error(self.dir, exc)
-            if error is exc:
-                raise
-            raise error from exc
+            raise unusable_dir_error(self.dir, exc, any_cause=True) from exc
 
     def _open(self, node_id: str | None) -> list[Segment]:
         self.lock()
@@ -303,7 +317,7 @@ class Buffer:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lock_fd)
-            raise OSError(
+            raise BufferDirInUse(
                 f"--buffer-dir {self.dir} is in use by another logq-aggregator; give each "
                 "instance its own buffer directory"
             ) from None

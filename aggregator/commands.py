@@ -27,8 +27,35 @@ from aggregator.envoy import FormatError
 from aggregator.memory import tune_memory
 from aggregator.metrics import MAX_METRICS_CONNECTIONS
 from aggregator.open_files import check_open_files_limit, quiet_accept_errors
+from aggregator.server import CertificateError
 from aggregator.service import Aggregator
+from aggregator.twins import TwinRunning
 from athena.warehouse import WarehouseError
+
+#: Exit status of a usage error: the command must change (a bad flag, a ``--config`` value, an
+#: ``--envoy-format`` or ``--warehouse`` that cannot be, TLS files that are no PEM pair, a
+#: ``--buffer-dir`` copied from a running aggregator's). A service manager need not retry it.
+EXIT_USAGE = 2
+#: Exit status of a failure at run time: the command may be right, the host or the network
+#: refused (a port in use, a folder not writable, a full disk, a buffer dir locked by another
+#: process); a retry may succeed once that is fixed.
+EXIT_FAILED = 1
+#: The errors that are usage errors (:data:`EXIT_USAGE`); any other is :data:`EXIT_FAILED`.
+USAGE_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError,
+    WarehouseError,
+    FormatError,
+    CertificateError,
+    TwinRunning,
+)
+
+EPILOG = (
+    "exit status: 0 stopped (SIGTERM/SIGINT) with every acknowledged record in the warehouse "
+    "(drain: the buffer written out); 1 a failure at run time, named in one line with what to "
+    "do (a port in use, a --buffer-dir or --warehouse folder that cannot be written, a full "
+    "disk, a stop that ran out of --stop-timeout with data left in the buffer); 2 a usage "
+    "error: a bad flag or --config value, or a --buffer-dir copied from a running aggregator's"
+)
 
 
 def _serve_parser() -> argparse.ArgumentParser:
@@ -36,6 +63,7 @@ def _serve_parser() -> argparse.ArgumentParser:
         prog="logq-aggregator",
         description="Forward protocol server: buffers durably, writes partitioned Parquet. "
         "Subcommands: 'logq-aggregator compact --help', 'logq-aggregator drain --help'.",
+        epilog=EPILOG,
     )
     add_serve_flags(parser)
     return parser
@@ -47,6 +75,7 @@ def _drain_parser() -> argparse.ArgumentParser:
         description="Write out the buffer of an aggregator that is gone for good (its "
         "--buffer-dir re-attached here), skipping lines other aggregators already stored, "
         "then exit. Takes the aggregator's flags and --config; no port is opened.",
+        epilog=EPILOG,
     )
     add_serve_flags(parser)
     return parser
@@ -72,16 +101,22 @@ def serve(argv: list[str], drain: bool = False) -> int:
         quiet_accept_errors()
         check_open_files_limit(0 if drain else settings.max_connections, MAX_METRICS_CONNECTIONS)
         aggregator = Aggregator(settings)
-    except (ConfigError, WarehouseError, FormatError, OSError) as exc:
+    except (*USAGE_ERRORS, OSError) as exc:
         print(f"logq-aggregator: {blame_warehouse(exc, args, settings)}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     tune_gc()
     tune_memory()
     try:
         return asyncio.run(aggregator.drain() if drain else aggregator.run())
     except (OSError, ValueError) as exc:
         print(f"logq-aggregator: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
+
+
+def exit_status(exc: Exception) -> int:
+    """:data:`EXIT_USAGE` for a usage error (:data:`USAGE_ERRORS`), else :data:`EXIT_FAILED`:
+    serve exited 2 for every error, and a port in use or a full disk read as a bad command."""
+    return EXIT_USAGE if isinstance(exc, USAGE_ERRORS) else EXIT_FAILED
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,7 @@ from aggregator import clientmeta, packed, packed_scan
 from aggregator.throttle import Throttle
 from athena.schema import sanitize_service
 from shipper import wire
+from shipper.discover import names_service
 
 log = logging.getLogger("logq.aggregator.decode")
 
@@ -637,10 +638,10 @@ def _tag_service(tag: str | bytes) -> str | None:
 
 
 def _with_service(batch: pa.RecordBatch, service: str) -> pa.RecordBatch:
-    """``batch`` with ``service`` in the rows without one (NULL or empty: those that take the
-    tag's)."""
+    """``batch`` with ``service`` in the rows without one (NULL, empty or blank: those that
+    take the tag's, :func:`shipper.discover.names_service`)."""
     index = batch.schema.get_field_index(wire.KEY_SERVICE)
-    values = [value or service for value in batch.column(index).to_pylist()]
+    values = [v if names_service(v) else service for v in batch.column(index).to_pylist()]
     return batch.set_column(index, wire.KEY_SERVICE, pa.array(values, DICT_STRING))
 
 

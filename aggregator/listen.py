@@ -10,15 +10,22 @@ port (Fluent Bit's listeners: one port); another process that holds that port on
 address makes the whole set be bound again, on a new port, up to :data:`PORT_TRIES` times.
 An address of a family this host has not enabled (no IPv6 socket, or ``::1`` missing) is left
 out as asyncio leaves it out, as long as another one is listened on (:func:`_bound`).
+
+A connection's task that is cancelled (the loop ending with the connection still open or
+closing, a stop past its grace) ends quietly, its socket dropped (:func:`ends_quietly`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+
+#: A connection handler of ``asyncio.start_server``.
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 #: Bindings of a ``HOST:0`` tried before giving up, each on a new port, when another process
 #: holds the port picked for the first address on one of the others.
@@ -48,9 +55,30 @@ class Listeners:
             await server.wait_closed()
 
 
-async def start_server(callback: Any, host: str, port: int, **kwargs: Any) -> Listeners:
+def ends_quietly(callback: Handler) -> Handler:
+    """``callback``, whose task ends (not cancelled) when it is cancelled, the connection's
+    socket dropped: the connection is over either way. A task of ``asyncio.start_server``
+    that ends cancelled made Python 3.11 log ``Exception in callback
+    StreamReaderProtocol.connection_made.<locals>.callback ... CancelledError`` with a
+    traceback (its done callback asks ``task.exception()`` of a cancelled task; 3.12 checks
+    first): at every SIGTERM with a client connected to ``--metrics-listen`` (its task still
+    open when ``asyncio.run`` cancels what is left) or a Forward connection closing then."""
+
+    @functools.wraps(callback)
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await callback(reader, writer)
+        except asyncio.CancelledError:
+            writer.transport.abort()
+
+    return handle
+
+
+async def start_server(callback: Handler, host: str, port: int, **kwargs: Any) -> Listeners:
     """``asyncio.start_server(callback, host, port, **kwargs)``, with every address of
-    ``host`` on one port (``""``: every address of this host, as asyncio reads it)."""
+    ``host`` on one port (``""``: every address of this host, as asyncio reads it); each
+    connection's task :func:`ends_quietly`."""
+    callback = ends_quietly(callback)
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE

@@ -43,6 +43,7 @@ from aggregator import listen
 from aggregator.batch import service_column
 from aggregator.throttle import Throttle
 from shipper import wire
+from shipper.discover import names_service
 from shipper.sender import reset_connection
 
 log = logging.getLogger("logq.aggregator.metrics")
@@ -452,7 +453,8 @@ def _deciding_names(batch: pa.RecordBatch) -> list[str] | None:
         return None
     if not service.null_count:
         names = service.dictionary.to_pylist()
-        return names if all(names) else None  # "" takes the tag's service
+        # "" or a blank name takes the tag's service: not one that decides alone.
+        return names if all(map(names_service, names)) else None
     tag = batch.column(batch.schema.get_field_index("tag"))
     every_null = service.null_count == len(service)
     if every_null and isinstance(tag, pa.DictionaryArray) and not tag.null_count:

@@ -43,6 +43,7 @@ import msgpack
 from aggregator import listen
 from aggregator.buffer import Buffer
 from aggregator.chunks import RecentChunks, chunk_key, frame_payload, names_data
+from aggregator.declared import DeclaredSize
 from aggregator.decode import (
     BAD_ENTRY_MARKER,
     FLUENT_SIGNALS,
@@ -189,6 +190,13 @@ class _Conn:
     """Why the server closed this connection to make room for a new one (None: it did not)."""
     in_ping: bool = False
     """Whether the unfinished "message" is the ``--shared-key`` PING (see :meth:`stalled_for`)."""
+
+    read: bytes = b""
+    """The last read, fed to the unpacker, until its complete messages are stored: the
+    unfinished message's part of it is walked then (:meth:`ForwardServer._declared_error`),
+    and the read dropped before the fsync is awaited."""
+    declared: DeclaredSize | None = None
+    """The headers of the unfinished message, walked so far (None: none walked)."""
 
     def stalled_for(self, now: float) -> float | None:
         """How long the unfinished message has waited on its client (None: none is unfinished).
@@ -496,6 +504,7 @@ class ForwardServer:
                 )
             self._feed(unpacker, data)
             conn.fed += len(data)
+            conn.read = data  # for _declared_error, which drops it
             del data  # a whole read: not kept while the messages in it are made durable
             await self._process(conn, unpacker, writer)
             _note_partial(conn, conn.boundary != conn.fed)
@@ -506,6 +515,7 @@ class ForwardServer:
         """A fresh unpacker for a connection between messages (its old one holds a buffer as
         large as the largest message it took, for good): the stream offsets start over."""
         conn.fed = conn.boundary = 0
+        conn.declared = None
         return wire.new_unpacker(
             self.limits.max_frame_bytes,
             max_array_len=self.limits.max_message_entries,
@@ -792,6 +802,9 @@ class ForwardServer:
         stored twice. Its acks could not reach the client anyway. Checked again before the acks are
         written, for messages the client gave up on while they were being made durable."""
         entries, error = self._store(conn, unpacker, messages, _peer_closed(writer))
+        if error is None and unpacker is not None:
+            error = self._declared_error(conn)
+        conn.read = b""
         self._report_abandoned(conn)
         # Ack, in order, what is durable before a bad message or a failed write: it is in the
         # buffer either way, and an unacked copy would be resent and stored twice.
@@ -820,6 +833,35 @@ class ForwardServer:
             self.metrics.acks.inc(len(acks))
         if error is not None:
             raise error
+
+    def _declared_error(self, conn: _Conn) -> ConnectionClosed | None:
+        """A refusal of the unfinished message when its headers, read so far, declare more than
+        ``--max-frame-bytes`` (an array of 10^8 elements, a bin of 100 MB): msgpack checks a
+        length only once all its bytes are there, so such a message was read until the limit
+        filled the unpacker or ``--idle-timeout`` ran out. Walks only the unfinished message's
+        bytes of the last read (:mod:`aggregator.declared`); None when there is none."""
+        read = conn.read
+        if conn.boundary == conn.fed or not read:
+            conn.declared = None
+            return None
+        walker = conn.declared
+        if walker is None or walker.start != conn.boundary:
+            walker = conn.declared = DeclaredSize(conn.boundary)
+        first = conn.fed - len(read)  # the stream offset of the read's first byte
+        if walker.done or not first <= walker.next_offset <= conn.fed:
+            walker.done = True  # its first bytes came before this read (behind a PING): unseen
+            return None
+        walker.feed(read, walker.next_offset - first)
+        declared, limit = walker.least_size(), self.limits.max_frame_bytes
+        if declared <= limit:
+            return None
+        return ConnectionClosed(
+            f"a message whose msgpack headers declare {declared:,} bytes at least "
+            f"({walker.largest}), over --max-frame-bytes ({limit:,} bytes): refused from its "
+            "headers, before its body is read; the client must send smaller messages (or "
+            "raise --max-frame-bytes)",
+            "frame_too_large",
+        )
 
     def _report_abandoned(self, conn: _Conn) -> None:
         """Count the messages :meth:`_store_one` did not store because their client was gone,
@@ -1346,11 +1388,16 @@ def _peer(writer: asyncio.StreamWriter) -> str:
     return str(peer)
 
 
+class CertificateError(ValueError):
+    """``--tls-cert`` / ``--tls-key`` name no usable PEM pair: the command must change (exit
+    2, as a bad flag), unlike a failure of the host at run time (exit 1)."""
+
+
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
     """Server TLS context from PEM files, with a message that says which file is wrong."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         ctx.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"cannot load --tls-cert {cert} / --tls-key {key}: {exc}") from exc
+        raise CertificateError(f"cannot load --tls-cert {cert} / --tls-key {key}: {exc}") from exc
     return ctx

@@ -2,7 +2,7 @@
 
 The command line (serve, ``compact``, ``drain``) is :mod:`aggregator.commands`. Serving:
 
-1. lock ``--buffer-dir`` (a second aggregator on it exits 2 before it binds any port), then
+1. lock ``--buffer-dir`` (a second aggregator on it exits 1 before it binds any port), then
    serve ``--metrics-listen``: ``/metrics`` answers from here on (liveness), ``/healthz`` says
    ``starting: ...`` (503, with the progress) until step 3;
 2. open the buffer; refuse (exit 2) a buffer dir whose node id a live process uses, a copy
@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from aggregator.buffer import SPILL_DIR, Segment
+from aggregator.buffer import SPILL_DIR, Segment, unusable_dir_error
 from aggregator.catalog import Catalog
 from aggregator.compact_loop import PeriodicCompaction
 from aggregator.config import (
@@ -65,7 +65,7 @@ from aggregator.stop_budget import StopWatchdog, WorkerCalls
 from aggregator.throttle import Throttle
 from aggregator.twins import TwinRunning, live_twin
 from athena.ddl import outside_projection
-from athena.warehouse import open_warehouse
+from athena.warehouse import Warehouse, open_warehouse, resolve_uri
 
 log = logging.getLogger("logq.aggregator")
 T = TypeVar("T")
@@ -136,6 +136,17 @@ def listen_error(flag: str, address: str, exc: OSError) -> OSError:
     return error
 
 
+def _open_warehouse(uri: str | None) -> Warehouse:
+    """The warehouse, a local one's folder made. A folder that cannot be made fails the start
+    (exit 1) with one line naming ``--warehouse``, the folder and what to do: the bare
+    ``[Errno 20] Not a directory: ...`` named neither the setting nor a remedy."""
+    try:
+        return open_warehouse(uri, create=True)
+    except OSError as exc:
+        folder = Path(exc.filename) if exc.filename else Path(resolve_uri(uri))
+        raise unusable_dir_error(folder, exc, "--warehouse", any_cause=True) from exc
+
+
 def envoy_formats(settings: Settings) -> tuple[EnvoyFormat, ...]:
     """The configured ``--envoy-format``s, then the built-in ones: a configured format is tried
     first, so one that differs from a built-in format only in its operators (Envoy's default
@@ -161,7 +172,7 @@ class Aggregator:
         self.formats = envoy_formats(settings)  # bad formats fail before anything is created
         self.metrics = Metrics()
         self.metrics.unhealthy_after = settings.unhealthy_after
-        self.warehouse = open_warehouse(settings.warehouse, create=True)
+        self.warehouse = _open_warehouse(settings.warehouse)
         self.buffer = GuardedBuffer(
             settings.buffer_dir,
             settings.segment_bytes,

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from shipper.errors import ConfigError, clipped, preview, unusable_dir_message
+from shipper.errors import StartError, clipped, preview, unusable_dir_message
 
 log = logging.getLogger("logq.shipper.checkpoint")
 
@@ -431,7 +431,7 @@ _UNUSABLE = {
 _UNUSABLE[errno.EPERM] = _UNUSABLE[errno.EACCES]
 
 
-def unusable_state_dir(state_dir: Path, exc: OSError) -> ConfigError:
+def unusable_state_dir(state_dir: Path, exc: OSError) -> StartError:
     """``exc`` (raised while creating or locking ``state_dir``) as one line naming the
     directory, the cause, the uid/gid this process runs as and what to do."""
     what, todo = _UNUSABLE.get(
@@ -443,7 +443,7 @@ def unusable_state_dir(state_dir: Path, exc: OSError) -> ConfigError:
             "create it for that user (install -d -o {uid} -g {gid} {dir}) or point --state-dir "
             "at a writable directory"
         )
-    return ConfigError(unusable_dir_message("--state-dir", state_dir, exc, what, todo))
+    return StartError(unusable_dir_message("--state-dir", state_dir, exc, what, todo))
 
 
 class Registry:
@@ -508,7 +508,7 @@ class Registry:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise ConfigError(
+            raise StartError(
                 f"--state-dir {self.state_dir} is in use by another logq-shipper; "
                 "give each shipper its own state directory"
             ) from None
@@ -600,7 +600,7 @@ class Registry:
         try:
             os.replace(self.path, bad)
         except OSError as exc:
-            raise ConfigError(
+            raise StartError(
                 f"checkpoint registry {self.path} is {why} and cannot be moved aside ({exc}); "
                 "move or delete it"
             ) from None

@@ -206,10 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="logq-shipper",
         description="Tail container log files and forward them to logq-aggregator "
         "(Fluentd Forward protocol).",
-        epilog="exit status: 0 done (--once) or stopped by SIGTERM/SIGINT; 1 delivery failed "
-        "or a log folder could not be listed (--once), wrong shared key, or checkpoints could "
-        "not be saved at exit; 2 bad configuration (also, with --once, a --docker-root or "
-        "--cri-root given that does not exist)",
+        epilog="exit status: 0 done (--once) or stopped by SIGTERM/SIGINT; 1 a failure at run "
+        "time: delivery failed or a log folder could not be listed (--once), wrong shared key, "
+        "checkpoints could not be saved at exit, or the host refused the start (--state-dir "
+        "not writable or used by another shipper, --metrics-listen port in use); 2 bad "
+        "configuration (also, with --once, a --docker-root or --cri-root given that does not "
+        "exist): the command must change",
     )
     a = p.add_argument
     a("--aggregator", action="append", metavar="HOST:PORT", help=_HELP["aggregator"])

@@ -60,7 +60,7 @@ with deferred_interrupts("logq-shipper"):
     from shipper.checkpoint import Registry
     from shipper.config import Config, load_config
     from shipper.discover import Discoverer, Scan, SourceSpec, check_roots, node_names
-    from shipper.errors import ConfigError, ShipperError
+    from shipper.errors import ConfigError, ShipperError, StartError
     from shipper.exclude import Excluder, Exclusion
     from shipper.followed import prune_followed
     from shipper.fsnames import as_text
@@ -551,9 +551,9 @@ class Shipper:
             try:
                 self.metrics.serve(self.cfg.metrics_listen)
             except OSError as exc:
-                raise ConfigError(
+                raise StartError(
                     f"cannot serve metrics on {self.cfg.metrics_listen}: {exc.strerror or exc}; "
-                    "pick another --metrics-listen"
+                    "stop the process that listens there or pick another --metrics-listen"
                 ) from None
         saver = asyncio.create_task(self._checkpoint_loop())
         ticker = asyncio.create_task(self._tick_loop())

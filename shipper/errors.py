@@ -4,6 +4,7 @@
 
     ShipperError                  anything the daemon reports to the user and exits on
     ├── ConfigError               bad flags or config file (exit 2)
+    ├── StartError                the host refused what a start needs (exit 1)
     └── DeliveryError             batches could not be delivered within the retry budget
         └── HandshakeError        the aggregator refused the shared key or demanded one
 
@@ -24,6 +25,13 @@ class ShipperError(Exception):
 
 class ConfigError(ShipperError):
     """Invalid flags or configuration file; the message says which setting and why."""
+
+
+class StartError(ShipperError):
+    """The host refused what the shipper needs to start (its ``--state-dir``, its
+    ``--metrics-listen`` port): exit 1, a failure at run time. Exit 2 (:class:`ConfigError`)
+    says the command must change; these may pass once the other process stops or the volume
+    is fixed, with the same command."""
 
 
 class DeliveryError(ShipperError):

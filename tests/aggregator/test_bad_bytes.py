@@ -202,6 +202,15 @@ def test_a_record_with_its_own_service_ignores_an_invalid_tag() -> None:
     assert service_of("", tag=sent_str(b"app.\xff")) == sanitize_service(sent_str(b"\xff"))
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_blank_service_takes_an_invalid_tags_service_as_an_empty_one_does(mode: str) -> None:
+    """A service of only whitespace names nothing (shipper.discover.names_service): the
+    invalid tag's partition value, computed at decode, fills it as it fills an empty one."""
+    tag = sent_str(b"app.\xff")
+    assert service_of(" \t", tag=tag, mode=mode) == service_of("", tag=tag, mode=mode)
+    assert service_of(" \t", tag=tag, mode=mode) == sanitize_service(sent_str(b"\xff"))
+
+
 #: Partition values of valid names, as the code before this change gave them (computed with
 #: it): a folder of existing data never moves. Ordinary names, names sanitised already, names
 #: hashed (nothing printable left) and names with a U+FFFD sent as such.

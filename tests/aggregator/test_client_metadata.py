@@ -191,6 +191,28 @@ def test_kubernetes_service_follows_the_shippers_rules(kube: dict[str, Any], ser
     assert column(batch, "service") == [service]
 
 
+#: Services that name nothing: empty, and blank (only whitespace, Unicode's too).
+NO_NAMES = ["", " ", "   ", "\t\n", "\u00a0", "\u3000 "]
+
+
+@pytest.mark.parametrize("blank", NO_NAMES)
+def test_a_blank_service_takes_the_next_source_as_an_empty_one_does(blank: str) -> None:
+    """A record's own ``service`` of only whitespace names nothing
+    (:func:`shipper.discover.names_service`): the tag's service (a kubelet log's pod owner), as
+    for an empty one, not a ``svc-<hash>`` folder per run of spaces. A message mixing it with a
+    named record keeps that record's name."""
+    plain = decode_all_ways("app.checkout", [{"log": "a", "service": blank}, {"log": "b"}])
+    named = decode_all_ways("app.checkout", [{"log": "c", "service": "orders"}] * 2)
+    mixed = decode_all_ways(
+        "app.checkout", [{"log": "d", "service": blank}, {"log": "e", "service": "orders"}]
+    )
+    kube = decode_all_ways(K8S_TAG, [{**kube_record("f"), "service": blank}])
+    assert routed(plain).tables["container_logs"]["service"].to_pylist() == ["checkout"] * 2
+    assert routed(named).tables["container_logs"]["service"].to_pylist() == ["orders"] * 2
+    assert routed(mixed).tables["container_logs"]["service"].to_pylist() == ["checkout", "orders"]
+    assert routed(kube).tables["container_logs"]["service"].to_pylist() == ["recipe"]
+
+
 def test_firelens_records_get_family_stream_and_bare_container_name() -> None:
     records = [firelens_record(_now_line()), firelens_record(ENVOY_DIAG, source="stderr")]
     batch = decode_all_ways("envoy-firelens-0f4e8d2c6b7a4b1e9c3d5f7a9b1c3d5e", records)

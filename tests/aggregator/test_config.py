@@ -202,6 +202,7 @@ def test_a_file_in_the_way_is_named(tmp_path: Path) -> None:
     for directory in (tmp_path / "afile" / "buffer", tmp_path / "afile"):
         text = str(_buffer_error(directory))
         assert text.startswith(f"--buffer-dir {directory} is not a directory"), text
+        assert text.count("is not a directory") == 1, text  # said once, not wrapped twice
         assert f"uid {os.getuid()}, gid {os.getgid()}" in text
     # Other errors keep their own words (a second instance on the same directory).
     held = Buffer(tmp_path / "held", 1 << 20, 1 << 30)
@@ -230,7 +231,7 @@ def test_cli_prints_one_line_for_an_unusable_buffer_dir(
         timeout=120,
         stdin=subprocess.DEVNULL,
     )
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == 1, done.stderr  # the host refused it: no usage error (2)
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"logq-aggregator: --buffer-dir {tmp_path / 'afile' / 'buffer'} is")
@@ -247,16 +248,62 @@ def test_a_port_in_use_names_the_flag_and_what_to_do(
         taken.listen()
         port = taken.getsockname()[1]
         args = ["--buffer-dir", str(tmp_path / "buf"), "--warehouse", str(tmp_path / "wh")]
-        assert main(["--listen", f"127.0.0.1:{port}", *args]) == 2
+        assert main(["--listen", f"127.0.0.1:{port}", *args]) == 1  # not 2: no usage error
         err = capsys.readouterr().err
         assert f"cannot listen on 127.0.0.1:{port} (--listen): address already in use" in err
         assert "pick another port" in err
         assert (
-            main(["--listen", "127.0.0.1:0", "--metrics-listen", f"127.0.0.1:{port}", *args]) == 2
+            main(["--listen", "127.0.0.1:0", "--metrics-listen", f"127.0.0.1:{port}", *args]) == 1
         )
         assert "(--metrics-listen): address already in use" in capsys.readouterr().err
     # The failed starts left the buffer unlocked (the second could open it) and no segment.
     assert not list((tmp_path / "buf").glob("*.seg"))
+
+
+def _one_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The last stderr line of a serve that failed, which must be its only error line."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_runtime_failures_exit_1_naming_what_failed_and_what_to_do(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Exit 2 is a usage error (the command must change); what the host refuses at run time is
+    1 (serve exited 2 for any OSError): a warehouse folder that cannot be made, a buffer dir
+    another process holds, a --buffer-dir that cannot be created."""
+    (tmp_path / "afile").write_text("not a directory")
+    args = ["--listen", "127.0.0.1:0"]
+    wh = tmp_path / "afile" / "wh"
+    assert main([*args, "--buffer-dir", str(tmp_path / "b1"), "--warehouse", str(wh)]) == 1
+    last = _one_line(capsys)
+    assert last.startswith(f"logq-aggregator: --warehouse {wh} is not a directory"), last
+    assert "point it at a directory" in last
+    held = Buffer(tmp_path / "held", 1 << 20, 1 << 30)
+    held.lock()
+    try:
+        good_wh = ["--warehouse", str(tmp_path / "wh")]
+        assert main([*args, "--buffer-dir", str(tmp_path / "held"), *good_wh]) == 1
+        assert "is in use by another logq-aggregator" in _one_line(capsys)
+    finally:
+        held.unlock()
+    # A cause without its own words still names the flag, the folder and what to do.
+    assert main([*args, "--buffer-dir", "/proc/logq-buffer", *good_wh]) == 1
+    last = _one_line(capsys)
+    assert last.startswith("logq-aggregator: --buffer-dir /proc/logq-buffer cannot be used ("), last
+    assert last.endswith("check the path and its volume")
+
+
+def test_usage_errors_still_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """TLS files that are no PEM pair are a bad flag value (the command must change)."""
+    args = ["--listen", "127.0.0.1:0", "--buffer-dir", str(tmp_path / "b")]
+    missing = str(tmp_path / "missing.pem")
+    tls = ["--tls-cert", missing, "--tls-key", missing]
+    assert main([*args, "--warehouse", str(tmp_path / "wh"), *tls]) == 2
+    assert f"cannot load --tls-cert {missing}" in _one_line(capsys)
+    assert main([*args, "--flush-interval", "0"]) == 2
+    assert "--flush-interval" in _one_line(capsys)
 
 
 def test_listen_without_host_means_every_address_of_both_families() -> None:

@@ -86,7 +86,8 @@ def test_malformed_input_closes_only_that_connection(tmp_path: Path) -> None:
             with agg.connect() as sock:
                 frame = wire.encode_packed_forward("logq.t", [(NOW, record("cut"))], "cut")
                 sock.sendall(frame[: len(frame) // 2])
-            # A 100 MB message: refused as soon as it exceeds --max-frame-bytes.
+            # A 100 MB message: refused as soon as its header declares more than
+            # --max-frame-bytes (tests/aggregator/test_declared_size.py).
             with agg.connect() as sock:
                 big = wire.pack(["logq.big", b"x" * (100 * 1024 * 1024), {"chunk": "big"}])
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -101,7 +102,7 @@ def test_malformed_input_closes_only_that_connection(tmp_path: Path) -> None:
     assert messages == {"before", "last", *(f"after-{n}" for n in HOSTILE)}
     log = agg.log_text()
     assert "not the Forward protocol" in log
-    assert "larger than --max-frame-bytes" in log or "exceeds max_bin_len" in log
+    assert "over --max-frame-bytes (8,388,608 bytes): refused from its headers" in log
 
 
 def _handshake(sock: socket.socket, key: str, hostname: str = "client-1") -> list:

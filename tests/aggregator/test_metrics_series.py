@@ -89,6 +89,16 @@ def test_a_received_message_creates_its_services_series_at_0_until_they_are_swep
     assert services_in(m) == {"other", "recipe", "cart"}
 
 
+def test_a_blank_service_does_not_stand_for_the_tags_service_it_takes() -> None:
+    """A blank ``service`` takes the tag's service, as an empty one does: two messages with the
+    same blank name and other tags are two services, each with its series from its first
+    message (the shortcut once remembered the blank name as if it decided the service)."""
+    m = Metrics()
+    m.messages_received(_message("  ", tag="logq.cart"))
+    m.messages_received(_message("  ", tag="logq.orders"))
+    assert services_in(m) == {"cart", "orders"}
+
+
 def test_the_names_remembered_for_received_messages_stay_bounded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

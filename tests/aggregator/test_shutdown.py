@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from aggregator.config import Settings
 from shipper import wire
 from tests.aggregator.helpers import http_get, read_acks, read_table, record, start_aggregator
 from tests.aggregator.test_disk_full import _ack, _wait_for
-from tests.support.procs import wait_until
+from tests.support.procs import free_port, wait_until
 
 
 def _settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -168,6 +169,48 @@ def test_a_second_sigterm_ends_a_stalled_stop_with_exit_1_and_the_data_stays(
     finally:
         again.stop()
     assert read_table(str(warehouse), "container_logs")["message"].to_pylist() == ["kept"]
+
+
+#: Log words of a traceback or of asyncio's own error reports: none belongs in a normal stop.
+TRACEBACK_WORDS = ("Traceback", "Exception in callback", "CancelledError", "level=error")
+
+
+@pytest.mark.integration
+def test_a_stop_with_clients_connected_logs_no_traceback(tmp_path: Path) -> None:
+    """SIGTERM with Forward clients connected (idle, after an ack, mid-message, one whose
+    connection the server is closing: junk sent just before) and metrics clients (kept alive
+    after a reply, silent, mid-request). Python 3.11 logged ``Exception in callback ...
+    CancelledError`` with a traceback for each connection task the loop's end cancelled."""
+    metrics_port = free_port()
+    agg = start_aggregator(tmp_path, extra=["--metrics-listen", f"127.0.0.1:{metrics_port}"])
+    clients: list[socket.socket] = []
+    try:
+        idle, acked, mid, closing = (agg.connect() for _ in range(4))
+        clients += [idle, acked, mid, closing]
+        now = time.time_ns()
+        acked.sendall(wire.encode_packed_forward("logq.stop", [(now, record("a"))], "a1"))
+        assert read_acks(acked, 1) == ["a1"]
+        frame = wire.encode_packed_forward("logq.stop", [(now, record("b" * 500))] * 40, "b1")
+        mid.sendall(frame[: len(frame) // 2])
+        kept = socket.create_connection(("127.0.0.1", metrics_port), timeout=15)
+        silent = socket.create_connection(("127.0.0.1", metrics_port), timeout=15)
+        partial = socket.create_connection(("127.0.0.1", metrics_port), timeout=15)
+        clients += [kept, silent, partial]
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert kept.recv(4096).startswith(b"HTTP/1.1 200")
+        partial.sendall(b"GET /metr")
+        time.sleep(0.5)  # every connection read by the server
+        closing.sendall(b"\xc1 not msgpack")
+        code = agg.stop()
+    finally:
+        for client in clients:
+            client.close()
+        agg.stop()
+    log = agg.log_text()
+    assert code == 0, log
+    assert "stopped cleanly" in log
+    bad = [line for line in log.splitlines() if any(w in line for w in TRACEBACK_WORDS)]
+    assert bad == [], "\n".join(bad)
 
 
 @pytest.mark.integration

@@ -24,7 +24,7 @@ from shipper import checkpoint, config, daemon, sender
 from shipper.checkpoint import Registry
 from shipper.config import Endpoint, load_config, parse_endpoint
 from shipper.daemon import main
-from shipper.errors import ConfigError, DeliveryError
+from shipper.errors import DeliveryError, StartError
 from shipper.sender import describe_error, tls_context
 from tests.shipper.receiver import Receiver
 from tests.shipper.shipping import plain_id
@@ -272,7 +272,7 @@ def test_state_dir_that_cannot_be_written_is_one_line(
         return real_open(path, *args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(checkpoint.os, "open", failing_open)
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(StartError) as err:  # the host refused it: exit 1, not 2
         Registry(tmp_path)
     text = str(err.value)
     assert text.startswith(f"--state-dir {tmp_path} {says} ")
@@ -285,14 +285,14 @@ def test_state_dir_without_locks_or_in_the_way_is_one_line(
 ) -> None:
     in_the_way = tmp_path / "file"
     in_the_way.write_text("x")
-    with pytest.raises(ConfigError, match=r"is not a directory .*point --state-dir at a dir"):
+    with pytest.raises(StartError, match=r"is not a directory .*point --state-dir at a dir"):
         Registry(in_the_way)
 
     def no_locks(fd: int, op: int) -> None:
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
     monkeypatch.setattr(checkpoint.fcntl, "flock", no_locks)
-    with pytest.raises(ConfigError, match=rf"^--state-dir {tmp_path} cannot be used \(.*lock"):
+    with pytest.raises(StartError, match=rf"^--state-dir {tmp_path} cannot be used \(.*lock"):
         Registry(tmp_path)
 
 

@@ -18,7 +18,7 @@ from shipper.discover import (
     rotated_siblings,
     service_name,
 )
-from shipper.errors import ConfigError
+from shipper.errors import ConfigError, StartError
 from shipper.formats import CriParser, DockerParser
 from tests.shipper.hostgen import make_container
 
@@ -191,7 +191,7 @@ def test_registry_roundtrip_and_lock(tmp_path: Path) -> None:
     reg = Registry(tmp_path)
     reg.put("1:2:ab", FileState("docker:x", "/p", "h:2:ab", 100, 90))
     reg.save()
-    with pytest.raises(ConfigError, match="in use by another logq-shipper"):
+    with pytest.raises(StartError, match="in use by another logq-shipper"):
         Registry(tmp_path)
     reg.close()
     again = Registry(tmp_path)
