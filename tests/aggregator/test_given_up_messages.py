@@ -37,7 +37,13 @@ from aggregator.server import ForwardServer, ServerLimits
 from shipper import wire
 from shipper.config import Endpoint
 from shipper.sender import ForwardClient, rendezvous_order
-from tests.aggregator.helpers import read_acks, read_table, record, start_aggregator
+from tests.aggregator.helpers import (
+    AggregatorProc,
+    read_acks,
+    read_table,
+    record,
+    start_aggregator,
+)
 from tests.aggregator.test_inflight import HeldBuffer, _until
 from tests.support.procs import wait_until
 
@@ -314,6 +320,22 @@ def _metric(port: int, line_start: str) -> float:
     raise AssertionError(f"{line_start} not in /metrics")
 
 
+@contextlib.contextmanager
+def _stopped_at_the_end(*aggs: AggregatorProc) -> Iterator[None]:
+    """Stop ``aggs`` when the block ends: each must exit 0 (it drained cleanly) when the block
+    ran to its end; any the block left stopped (SIGSTOP) when it failed is resumed first, so
+    that no aggregator outlives the test."""
+    try:
+        yield
+        for agg in aggs:
+            assert agg.stop() == 0
+    finally:
+        for agg in aggs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(agg.proc.pid, signal.SIGCONT)
+            agg.stop()
+
+
 @pytest.mark.integration
 def test_an_aggregator_stalled_past_the_ack_timeout_does_not_store_the_resent_lines(
     tmp_path: Path,
@@ -326,7 +348,7 @@ def test_an_aggregator_stalled_past_the_ack_timeout_does_not_store_the_resent_li
     n1 = start_aggregator(tmp_path, extra=[*extra, "--node-id", "n1"], name="n1")
     batch = _message("batch", 40)
     no_acks = _message("no-acks", 3, chunk=False)
-    try:
+    with _stopped_at_the_end(n0, n1):
         n0_metrics = _metrics_port(n0.log_text())
         os.killpg(n0.proc.pid, signal.SIGSTOP)
         try:
@@ -353,13 +375,6 @@ def test_an_aggregator_stalled_past_the_ack_timeout_does_not_store_the_resent_li
             log=n0.log,
         )
         dropped = _metric(n0_metrics, 'logq_aggregator_abandoned_messages_total{outcome="dropped"}')
-        assert n0.stop() == 0
-        assert n1.stop() == 0
-    finally:
-        for agg in (n0, n1):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(agg.proc.pid, signal.SIGCONT)
-            agg.stop()
     messages = sorted(read_table(n0.warehouse, "container_logs")["message"].to_pylist())
     expected = sorted([f"batch {i}" for i in range(40)] + [f"no-acks {i}" for i in range(3)])
     assert messages == expected
@@ -430,7 +445,7 @@ def test_a_shipper_with_a_short_ack_timeout_fails_over_from_a_stalled_aggregator
         finally:
             await client.close()
 
-    try:
+    with _stopped_at_the_end(n0, n1):
         os.killpg(n0.proc.pid, signal.SIGSTOP)
         try:
             assert _run(deliver()) == endpoints[1]
@@ -443,12 +458,5 @@ def test_a_shipper_with_a_short_ack_timeout_fails_over_from_a_stalled_aggregator
             proc=n0.proc,
             log=n0.log,
         )
-        assert n0.stop() == 0
-        assert n1.stop() == 0
-    finally:
-        for agg in (n0, n1):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(agg.proc.pid, signal.SIGCONT)
-            agg.stop()
     messages = sorted(read_table(n0.warehouse, "container_logs")["message"].to_pylist())
     assert messages == sorted(f"batch {i}" for i in range(40)), "stored by n0 and n1 both"

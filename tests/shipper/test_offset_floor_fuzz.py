@@ -15,79 +15,55 @@ other fuzzers (DEVELOPERS.md)."""
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
 
 import pytest
 
-from shipper.checkpoint import Registry
-from shipper.tailer import Tailer
-from tests.shipper.hostgen import cri_line, docker_line
-from tests.shipper.tailing import aggregator_keeps, fresh_process, rotate_docker, spec_for
-from tests.shipper.test_multiline_fuzz_cri_plain import _rotate
-from tests.shipper.test_multiline_restarts import _finish, _Run, same_or_joined
+from tests.shipper import kill_anywhere as ka
+from tests.shipper.tailing import aggregator_keeps, fresh_process, rotate_docker
+from tests.shipper.test_multiline_restarts import _Run, same_or_joined
 
-_FROM = int(os.environ.get("R3_SEED_FROM", "0"))
-SEEDS = range(_FROM, _FROM + int(os.environ["R3_SEEDS"])) if "R3_SEEDS" in os.environ else (0, 1)
-STOPS = int(os.environ.get("R3_STOPS", "6"))
-COMPRESS = bool(os.environ.get("R3_COMPRESS"))
+SEEDS = ka.seeds((0, 1))
+STOPS = ka.STOPS
+COMPRESS = ka.COMPRESS
 """``R3_COMPRESS=1``: Docker files rotated with ``compress`` (a held file read again from its
 ``.gz``); ``R3_KUBELET=1`` rotates CRI and plain files as the kubelet does (see
-:func:`tests.shipper.test_multiline_fuzz_cri_plain._rotate`)."""
+:func:`tests.shipper.kill_anywhere.rotate`)."""
 
 DAMAGED = (b"\n", b"x\n", b"\n\n\n\n", b"\nx\n", b"x\n\n")
 """Raw bytes that parse as no Docker or CRI entry (shipped as they are), and as empty or
 one-letter lines of a plain file: each line ends at most two bytes past the one before."""
 
 
+def _odds(fmt: str) -> ka.Odds:
+    """Damaged lines among traces, split lines (not in plain files), rotations, copytruncate
+    (plain files) and timeouts; the rest plain lines."""
+    plain = fmt == "plain"
+    return (
+        (0.1, ka.boom),
+        (0.25, ka.trace),
+        *([] if plain else [(0.4, ka.part)]),
+        (0.65, lambda rng, st, n: ("damaged", rng.choice(DAMAGED))),
+        (0.7, ka.rotation),
+        *([(0.73, ka.copytruncate)] if plain else []),
+        (0.88, ka.ticks("0.5", "2.5", "6")),
+    )
+
+
 def _script(rng: random.Random, fmt: str) -> list[tuple]:
-    s: list[tuple] = []
-    for n in range(1, rng.randint(10, 60) + 1):
-        stream = "out" if fmt == "plain" else rng.choice(["out", "err"])
-        r = rng.random()
-        if r < 0.1:
-            s.append((stream, f"java.lang.IllegalStateException: boom #{n}#"))
-        elif r < 0.25:
-            s.append((stream, f"\tat com.example.C.m(C.java:{n}) #{n}#"))
-        elif r < 0.4 and fmt != "plain":
-            s.append(("part", stream, f"part #{n}# "))
-        elif r < 0.65:
-            s.append(("damaged", rng.choice(DAMAGED)))
-        elif r < 0.7:
-            s.append(("rotate",))
-        elif r < 0.73 and fmt == "plain":
-            s.append(("ctrunc",))
-        elif r < 0.88:
-            s.append(("tick", rng.choice(["0.5", "2.5", "6"])))
-        else:
-            s.append((stream, f"plain #{n}#"))
-    return s
-
-
-def _entry(step: tuple, fmt: str, n: int) -> bytes:
-    part = step[0] == "part"
-    stream, text = (step[1], step[2]) if part else step
-    std = "stdout" if stream == "out" else "stderr"
-    if fmt == "docker":
-        return docker_line(text, n, std, not part)
-    if fmt == "cri":
-        return cri_line(text, n, std, "P" if part else "F")
-    return text.encode() + b"\n"
+    return ka.script(rng, _odds(fmt), ka.streams(fmt))
 
 
 def _play(script, path: Path, now, run: _Run, n, fmt: str, gen: list[int], start: int = 0):
-    for i in range(start, len(script)):
-        step = script[i]
+    def act(step: tuple) -> None:
         if step[0] in ("rotate", "ctrunc"):
             if fmt == "docker":
                 if path.exists() and path.stat().st_size:
                     rotate_docker(path, max_file=50, compress=COMPRESS)
             else:
-                _rotate(path, gen, step[0] == "ctrunc")
-        elif step[0] == "tick":
-            now[0] += float(step[1])
+                ka.rotate(path, gen, step[0] == "ctrunc")
         elif step[0] == "damaged" and not (path.exists() and path.stat().st_size):
             # Not a file's first line: files are told apart by their first bytes (see
             # shipper.fingerprint), and two that begin with the same damaged bytes on one
@@ -96,16 +72,10 @@ def _play(script, path: Path, now, run: _Run, n, fmt: str, gen: list[int], start
             pass
         else:
             with open(path, "ab") as f:
-                f.write(step[1] if step[0] == "damaged" else _entry(step, fmt, n[0]))
+                f.write(step[1] if step[0] == "damaged" else ka.entry(step, fmt, n[0]))
             n[0] += 1
-        if not run.drain() or run.event():
-            return i
-    return None
 
-
-def _tailer(path: Path, state: Path, fmt: str, multiline: str | None) -> tuple[Tailer, Registry]:
-    reg = Registry(state)
-    return Tailer(spec_for(path, fmt), reg, "h", 65536, multiline=multiline), reg
+    return ka.play(script, now, run, start, act)
 
 
 _PARTS = re.compile(r"^(part #\d+# )+")
@@ -131,44 +101,24 @@ def test_tiny_damaged_lines_kill_anywhere(
     rng = random.Random(seed)
     script = _script(rng, fmt)
     now = fresh_process(monkeypatch)
-    ref = tmp_path / "ref"
-    ref.mkdir()
-    t, reg = _tailer(ref / "c.log", ref / "state", fmt, multiline)
-    run = _Run(t, reg, 0, None)
-    _play(script, ref / "c.log", now, run, [0], fmt, [0])
-    _finish(run, now)
-    t.close()  # each tailer's files count against the process's open-files budget
+    fuzz = ka.Fuzz(
+        lambda path, state: ka.tailer(path, state, fmt, multiline),
+        lambda script, path, now, run, n, gen, start: _play(
+            script, path, now, run, n, fmt, gen, start
+        ),
+    )
+    run = ka.reference(fuzz, script, tmp_path, now)
     expected = aggregator_keeps(run.sent)
     assert len(expected) == len(run.sent), (seed, run.sent)  # nothing swallowed
     joined = "\n".join(expected)
     for step in script:
         if step[0] not in ("damaged", "rotate", "ctrunc", "tick"):
             assert joined.count(re.search(r"#\d+#", step[-1]).group(0)) == 1, (seed, step)
-    events = run.events
-    stops = sorted(rng.sample(range(1, events + 1), min(STOPS, events)))
-    for lost_acks in (0, 2):
-        for stop in stops:
-            root = tmp_path / f"run{lost_acks}-{stop}"
-            root.mkdir()
-            path = root / "c.log"
-            n, gen = [0], [0]
-            t, reg = _tailer(path, root / "state", fmt, multiline)
-            first = _Run(t, reg, lost_acks, stop)
-            at = _play(script, path, now, first, n, fmt, gen)
-            reg.save()
-            t.close()
-            reg.close()
-            t, reg = _tailer(path, root / "state", fmt, multiline)
-            second = _Run(t, reg, 0, None)
-            second.drain()
-            if at is not None:
-                _play(script, path, now, second, n, fmt, gen, at + 1)
-            _finish(second, now)
-            t.close()
-            where = (seed, lost_acks, stop, at)
-            _one_record_per_offset(first.sent + second.sent)
-            kept = aggregator_keeps(first.sent + second.sent)
-            try:
-                same_or_joined(kept, expected)
-            except AssertionError as e:
-                raise AssertionError(f"{where}: {e}") from None
+    for kill in ka.kills(fuzz, script, tmp_path, now, rng, run.events):
+        where = (seed, kill.lost_acks, kill.stop, kill.at)
+        _one_record_per_offset(kill.first.sent + kill.second.sent)
+        kept = aggregator_keeps(kill.first.sent + kill.second.sent)
+        try:
+            same_or_joined(kept, expected)
+        except AssertionError as e:
+            raise AssertionError(f"{where}: {e}") from None

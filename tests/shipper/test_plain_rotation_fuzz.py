@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 from shipper.checkpoint import Registry
 from shipper.cursor import Chunk
 from shipper.tailer import Tailer
+from tests.shipper.kill_anywhere import logrotate
 from tests.shipper.tailing import aggregator_keeps, commit, fresh_process, spec_for
 
 Step = tuple[str, ...]
@@ -102,25 +102,6 @@ def _script(rng: random.Random, mode: str) -> list[Step]:
     return steps
 
 
-def _rotate(path: Path, generations: list[int], copy: bool) -> None:
-    """logrotate: ``.N`` moves to ``.N+1``; the live file is renamed to ``.1`` and created
-    again, or copied to ``.1`` and truncated. An empty file is not rotated."""
-    if not path.exists() or not path.stat().st_size:
-        return
-    generations[0] += 1
-    for k in range(generations[0], 0, -1):
-        older = Path(f"{path}.{k}")
-        if older.exists():
-            os.replace(older, f"{path}.{k + 1}")
-    if copy:
-        shutil.copyfile(path, f"{path}.1")
-        with open(path, "r+b") as f:
-            f.truncate(0)
-    else:
-        os.replace(path, f"{path}.1")
-        path.touch()
-
-
 def _play(
     steps: list[Step], path: Path, now: list[float], run: Run, generations: list[int], start: int
 ) -> int | None:
@@ -128,7 +109,7 @@ def _play(
     for i in range(start, len(steps)):
         step = steps[i]
         if step[0] in ("rotate", "ctrunc"):
-            _rotate(path, generations, step[0] == "ctrunc")
+            logrotate(path, generations, step[0] == "ctrunc")
         elif step[0] == "tick":
             now[0] += float(step[1])
         else:
