@@ -7,7 +7,8 @@ The sizing in docs/operations.md rests on two figures this script measures:
   rows each (1,080 x 50 rows is the documented worst case per partition-hour at
   ``--flush-interval 10`` with 3 aggregators; the files here are ~5 KiB of random ids, the
   audit's were ~7 KB), merged by one ``compact_warehouse`` pass: wall time of the pass, input
-  files merged per second and the process's peak RSS (VmHWM, the set-up included); the rows are
+  files merged per second, the CPU seconds of the pass (all threads; wall times on a shared
+  machine vary more) and the process's peak RSS (VmHWM, the set-up included); the rows are
   then counted back (every row exactly once, or the script fails);
 * **idle**: ``--idle-services`` services x ``--idle-hours`` hours x 2 tables of partitions
   already compacted (one file each): wall time of a pass that only lists them (one LIST per
@@ -205,12 +206,13 @@ def bench_merge(
         f"(~{size / 1024:.1f} KiB each) in {time.monotonic() - started:.1f}s"
     )
     before = requests_now(requests, wh)
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     merged = impl.compact_warehouse(wh, now=NOW + timedelta(days=1), lookback=None)
-    wall = time.monotonic() - started
+    wall, cpu = time.monotonic() - started, time.process_time() - cpu
     print(
         f"[{label}] merge pass: {merged} files merged in {wall:.2f}s: "
         f"{merged / wall:.0f} files/s, {wall / partitions:.2f}s per partition; "
+        f"{cpu:.2f} CPU s ({cpu / max(1, merged) * 1000:.2f} ms a file); "
         f"peak RSS {peak_rss_mib():.0f} MiB{request_mix(requests, wh, before)}"
     )
     for folder in folders:

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from aggregator import storage
 from aggregator.compaction import encodings
 from aggregator.compaction.inputs import WHOLE_READ_BYTES, Input, _batches, _Fetcher
-from aggregator.compaction.runs import merge_run, open_at_once, plan_runs, runs_bytes
+from aggregator.compaction.runs import merge_run, most_open, plan_runs, runs_bytes
 from aggregator.compaction.sorted_rows import _Source, first_ts, sorted_rows
 from aggregator.durable import atomic_file
 from aggregator.multipart import MultipartUpload, buffer_bytes
@@ -180,7 +180,7 @@ def _sources(
     small = [f for f in small if f.size <= WHOLE_READ_BYTES]
     fetcher = _Fetcher(wh, small, progress, FETCH_AHEAD_BYTES)
     closing.callback(fetcher.close)
-    share = READ_BYTES // max(1, *(open_at_once([group[i] for i in r]) for r in runs))
+    share = READ_BYTES // max(1, most_open(group, runs))
 
     def opener(f: Input) -> Callable[[], Iterator[pa.Table]]:
         def batches() -> Iterator[pa.Table]:

@@ -80,6 +80,14 @@ def open_at_once(group: list[Input]) -> int:
     return _deepest([_span(f.meta) for f in group])[0]
 
 
+def most_open(group: list[Input], runs: list[list[int]]) -> int:
+    """The most inputs of any of ``runs`` (indices into ``group``) open at one instant:
+    :func:`open_at_once` of each run, every footer's span worked out once (a merge of 720
+    flush files in 12 runs walked each footer 12 times)."""
+    spans = [_span(f.meta) for f in group]
+    return max((_deepest([spans[i] for i in run])[0] for run in runs), default=0)
+
+
 def plan_runs(group: list[Input]) -> list[list[int]]:
     """``group``'s indices in runs (one run: merged at once), by first index: the order of the
     next step's inputs. Of several, a run of one input is not merged first, only read in the
