@@ -52,6 +52,7 @@ from typing import NamedTuple
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from aggregator import small_frames
 from aggregator.decode import BUFFER_SCHEMA, from_ipc
 from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, parse_lines
 from aggregator.envoy_diagnostics import diagnostic
@@ -73,8 +74,20 @@ def records_table(payloads: Iterable[bytes]) -> pa.Table:
     frames = iter(payloads)
     groups: list[pa.Table] = []
     while group := list(itertools.islice(frames, FRAMES_AT_ONCE)):
-        groups.append(joined_tables([from_ipc(p) for p in group]))
+        groups.append(joined_tables(frame_tables(group)))
     return joined_tables(groups) if groups else BUFFER_SCHEMA.empty_table()
+
+
+def frame_tables(payloads: list[bytes]) -> list[pa.Table]:
+    """A table per IPC frame and per run of consecutive small frames (decoded together, ~15 µs
+    a frame against ~90 µs for an IPC frame: :mod:`.small_frames`), in the frames' order."""
+    tables: list[pa.Table] = []
+    for small, run in itertools.groupby(payloads, small_frames.is_small):
+        if small:
+            tables.append(small_frames.run_table(list(run), BUFFER_SCHEMA))
+        else:
+            tables.extend(from_ipc(p) for p in run)
+    return tables
 
 
 def joined_tables(tables: list[pa.Table]) -> pa.Table:

@@ -18,8 +18,9 @@ Layout of ``--buffer-dir``::
                             (node id ``<node-id>-quarantine``), written out with ``drain``
 
 A segment is a sequence of frames ``[u32 length][u32 crc32][payload]``; the payload is the decoded
-events of one Forward message (a row count and an Arrow IPC stream, see ``decode.to_ipc``; a
-message with a ``chunk`` also carries its chunk key, see ``chunks.frame_payload``). A
+events of one Forward message (a row count and an Arrow IPC stream, see ``decode.to_ipc``, or
+for a message of few rows msgpack columns, see ``small_frames``; a message with a ``chunk``
+also carries its chunk key, see ``chunks.frame_payload``). A
 crash can leave a torn frame at the end of the last segment: replay stops at a last frame whose
 length or checksum is wrong, which can only be a frame that was never acknowledged (acks go out
 after the fsync that covers it). A damaged frame inside a segment is skipped, with an ERROR, and

@@ -24,11 +24,12 @@ reboot) between the fsync of a message and its ack: the client resends to the re
 aggregator. So the key is also on disk, where the records are:
 
 * in the buffer frame itself (:func:`frame_payload`): the Arrow IPC record batch carries it as
-  custom metadata (``logq.chunk``), written and fsync'd with the records, atomically with them
-  (one checksummed frame). Readers that do not look for it (from_ipc, an older logq) get the
-  same table: a buffer written by this version replays under the previous one (a downgrade),
-  and segments of the previous version (no key) replay here, only without keys. At start the
-  segments left by the previous run are read for their keys (:func:`frame_chunk`);
+  custom metadata (``logq.chunk``), a small frame (:mod:`aggregator.small_frames`) as its first
+  field, written and fsync'd with the records, atomically with them (one checksummed frame).
+  Readers that do not look for it (from_ipc, an older logq) get the same table from an IPC
+  frame (an older logq cannot read small frames: see that module on downgrades), and segments
+  of versions without keys replay here, only without keys. At start the segments left by the
+  previous run are read for their keys (:func:`frame_chunk`);
 * in ``<buffer-dir>/chunks.journal`` (:class:`FlushedChunks`) once the segment is flushed and
   deleted: its keys are appended and fsync'd before the segment goes, and kept for
   :data:`RESEND_WINDOW_SECONDS` (and at most :data:`DEFAULT_LIMIT` keys): a crash a few seconds
@@ -55,6 +56,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from aggregator import small_frames
 from aggregator.decode import to_ipc
 from aggregator.durable import atomic_file
 from aggregator.frames import Scan, encode_frame, scan_frames
@@ -169,7 +171,11 @@ class RecentChunks:
 def frame_payload(batch: pa.RecordBatch, compression: str, key: bytes | None) -> bytes:
     """The buffer frame of a message: :func:`aggregator.decode.to_ipc`'s, with the message's
     chunk ``key`` (if it has one) as custom metadata of its record batch, so that the key is
-    durable exactly when the records are. ``from_ipc`` reads the same table from both."""
+    durable exactly when the records are. ``from_ipc`` reads the same table from both.
+    A message of few rows is a small frame (:mod:`aggregator.small_frames`) carrying the key."""
+    small = small_frames.encode(batch, key)
+    if small is not None:
+        return small
     metadata = None if key is None else {CHUNK_METADATA: key.hex().encode("ascii")}
     return to_ipc(batch, compression, metadata)
 
@@ -186,6 +192,8 @@ def frame_chunk(payload: bytes) -> bytes | None:
     buffer of small messages (26 s per million lines of 20-line frames), reading headers
     takes microseconds a frame. The records' bytes are never searched: a log line cannot
     forge a key."""
+    if small_frames.is_small(payload):
+        return small_frames.chunk_of(payload)
     if CHUNK_METADATA not in payload:  # a quick scan spares the frames without a key
         return None
     try:

@@ -38,7 +38,7 @@ import msgpack
 import numpy as np
 import pyarrow as pa
 
-from aggregator import clientmeta, packed, packed_scan
+from aggregator import clientmeta, packed, packed_scan, small_frames
 from aggregator.throttle import Throttle
 from athena.schema import sanitize_service
 from shipper import wire
@@ -798,6 +798,10 @@ def to_ipc(
 
 
 def from_ipc(payload: bytes) -> pa.Table:
+    """The table of one buffer frame of either kind: an IPC stream (:func:`to_ipc`) or a small
+    frame (:mod:`aggregator.small_frames`)."""
+    if small_frames.is_small(payload):
+        return small_frames.run_table([payload], BUFFER_SCHEMA)
     return pa.ipc.open_stream(pa.py_buffer(payload)[_ROWS.size :]).read_all()
 
 

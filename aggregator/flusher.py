@@ -49,7 +49,7 @@ import pyarrow.compute as pc
 
 from aggregator.batch import FRAMES_AT_ONCE, UnparsedSample, joined_tables, records_table, route
 from aggregator.buffer import Segment, read_frames
-from aggregator.decode import from_ipc, ipc_rows
+from aggregator.decode import ipc_rows
 from aggregator.dedup import OffsetState
 from aggregator.durable import write_atomic
 from aggregator.envoy import EnvoyFormat
@@ -167,12 +167,26 @@ class Flusher:
         return result
 
     def sources(self, segments: list[Segment]) -> set[str]:
-        """The source ids of the records in ``segments`` (read frame by frame)."""
+        """The source ids of the records in ``segments``, read a slice of :data:`SLICE_ROWS`
+        records at a time: the memory of a flush whatever the frames' sizes (groups of
+        ``FRAMES_AT_ONCE`` frames of Fluentd's 8 MB messages would hold gigabytes)."""
         found: set[str] = set()
         for segment in segments:
-            for payload in read_frames(segment.path, segment.end):
-                column = _plain(from_ipc(payload)[wire.KEY_SOURCE_ID])
-                found.update(s for s in pc.unique(column).to_pylist() if s is not None)
+            try:
+                for records in _slices(read_frames(segment.path, segment.end), SLICE_ROWS):
+                    column = _plain(records[wire.KEY_SOURCE_ID])
+                    found.update(s for s in pc.unique(column).to_pylist() if s is not None)
+            except OSError:
+                raise  # the disk: the flush that asked is retried
+            except Exception as exc:  # a data error: raised here, it would fail (and set aside)
+                # the segment being flushed, not this one, whose own flush fails on it
+                log.warning(
+                    "replay: segment %d does not decode (%s: %s); read the others, its own "
+                    "flush will report it",
+                    segment.seq,
+                    type(exc).__name__,
+                    exc,
+                )
         return found
 
     def _flush_segment(

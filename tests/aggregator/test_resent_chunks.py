@@ -349,18 +349,20 @@ def _batch(texts: list[str], start: int = 1) -> pa.RecordBatch:
 
 @pytest.mark.parametrize("compression", ["none", "lz4", "zstd"])
 def test_a_keyed_frame_reads_as_the_same_table_for_old_and_new_readers(compression: str) -> None:
-    """The key rides as custom metadata of the record batch: ``from_ipc`` (and so the previous
-    version, after a downgrade) reads the very table ``to_ipc`` would have written."""
+    """The key of a message too big for a small frame (aggregator/small_frames.py: those carry
+    it as a field) rides as custom metadata of the record batch: ``from_ipc`` (and so the
+    previous version, after a downgrade) reads the very table ``to_ipc`` would have written."""
     from aggregator.batch import records_table
     from aggregator.chunks import frame_chunk, frame_payload
     from aggregator.decode import from_ipc, ipc_rows, to_ipc
+    from aggregator.small_frames import MAX_ROWS
 
-    batch = _batch(["x", "y", "logq.chunk"])
+    batch = _batch(["x", "y", "logq.chunk"] * MAX_ROWS)
     key = bytes(range(16))
     keyed = frame_payload(batch, compression, key)
     plain = to_ipc(batch, compression)
     assert frame_payload(batch, compression, None) == plain
-    assert ipc_rows(keyed) == 3
+    assert ipc_rows(keyed) == 3 * MAX_ROWS
     assert from_ipc(keyed).equals(from_ipc(plain), check_metadata=True)
     assert records_table([keyed, plain]).equals(records_table([plain, plain]), check_metadata=True)
     assert frame_chunk(keyed) == key
@@ -368,7 +370,7 @@ def test_a_keyed_frame_reads_as_the_same_table_for_old_and_new_readers(compressi
     assert frame_chunk(b"\x00\x00\x00\x01logq.chunk garbage") is None
     # Lines that spell the key-value's bytes forge no key: only the batch header is read.
     value = (struct.pack("<I", 32) + b"f" * 32 + b"\x00").decode("latin-1")
-    forged = _batch([f"\n\x00\x00\x00logq.chunk\x00{value}"] * 3)
+    forged = _batch([f"\n\x00\x00\x00logq.chunk\x00{value}"] * (MAX_ROWS + 1))
     assert frame_chunk(to_ipc(forged, compression)) is None
     assert frame_chunk(frame_payload(forged, compression, key)) == key
 
