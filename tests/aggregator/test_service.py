@@ -252,7 +252,7 @@ def test_sigterm_while_a_client_streams_keeps_every_acked_record(tmp_path: Path)
     resend)."""
     agg = start_aggregator(tmp_path, extra=["--flush-interval", "0.3"])
     acked: list[str] = []
-    sent = 0
+    sent = acked_before_stop = 0
     try:
         with agg.connect() as sock:
             sock.settimeout(30)
@@ -260,6 +260,7 @@ def test_sigterm_while_a_client_streams_keeps_every_acked_record(tmp_path: Path)
             while True:
                 if sent == 20:
                     agg.proc.send_signal(signal.SIGTERM)
+                    acked_before_stop = len(acked)
                 try:
                     _chunk(sock, "logq.stream", [(sent + 1, f"line {sent}")], f"s{sent}")
                     sent += 1
@@ -280,7 +281,10 @@ def test_sigterm_while_a_client_streams_keeps_every_acked_record(tmp_path: Path)
     finally:
         agg.stop()
     assert code == 0, agg.log_text()
-    assert sent > 20 and len(acked) >= 20, (sent, acked)
+    # Each of the 5 blocking reads before the stop returned acks. How many of the 20 chunks sent
+    # before the SIGTERM are acked depends on the machine's load: those the server had not read
+    # when the stop closed the connection are unacked (the client's to resend).
+    assert sent > 20 and acked_before_stop >= 5, (sent, acked_before_stop, acked)
     again = start_aggregator(tmp_path)
     try:
         assert again.stop() == 0, again.log_text()
