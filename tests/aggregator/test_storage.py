@@ -42,8 +42,10 @@ T0 = 1_795_860_000_000_000_000
 
 
 def envoy_rows(n: int) -> pa.Table:
+    """``n`` Envoy access rows as the router makes them, from one message of ``n`` records
+    (one message per record made the very same table 25 times slower: 7.8 s, not 0.3 s)."""
     rng = random.Random(5)
-    batches = []
+    records = []
     for i in range(n):
         line = envoy_line(
             when=f"2026-11-28T14:{i // 6000:02d}:{i // 100 % 60:02d}.{i % 100:03d}Z",
@@ -52,9 +54,10 @@ def envoy_rows(n: int) -> pa.Table:
             duration=rng.randint(1, 300),
             rid=f"{rng.getrandbits(128):032x}",
         )
-        rec = record(line, image=ENVOY_IMAGE)
-        batches.append(to_ipc(records_batch("logq.recipe", pa.array([T0 + i]), [rec])))
-    return route(records_table(batches)).tables["envoy_access"].drop_columns(["service"])
+        records.append(record(line, image=ENVOY_IMAGE))
+    times = pa.array([T0 + i for i in range(n)])
+    batch = to_ipc(records_batch("logq.recipe", times, records))
+    return route(records_table([batch])).tables["envoy_access"].drop_columns(["service"])
 
 
 def encodings(path: Path) -> dict[str, set[str]]:
