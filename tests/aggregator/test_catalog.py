@@ -316,7 +316,10 @@ def test_a_ddl_statement_given_up_on_is_waited_for_not_raced(
 
     catalog, mine = _impatient_catalog(tmp_path, moto_server, monkeypatch)
 
-    set_progression(moto_server, 1.0)  # QUEUED, RUNNING, SUCCEEDED: a step a second
+    # QUEUED, RUNNING, SUCCEEDED: a step every 3 s, so the statement is still QUEUED or
+    # RUNNING at the second update on a loaded machine too (with a step a second, 2 s between
+    # the two calls let it end first and the second update sent the next statement).
+    set_progression(moto_server, 3.0)
     try:
         with pytest.raises(catalog_mod.StillRunning):
             catalog.apply_athena()
