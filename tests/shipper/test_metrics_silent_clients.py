@@ -11,10 +11,12 @@ checkpoints. Found by holding 1,500 silent connections on a running shipper: 1,5
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
@@ -22,6 +24,28 @@ from shipper import metrics as metrics_mod
 from shipper.config import Endpoint
 from shipper.metrics import Metrics
 from tests.shipper.receiver import free_port
+
+
+@contextlib.contextmanager
+def _serving(silent: int = 0) -> Iterator[tuple[int, list[socket.socket]]]:
+    """A shipper metrics server on a free port and ``silent`` connections to it that send
+    nothing: (the port, those connections); all closed and the server shut down at the end."""
+    port = free_port()
+    server = Metrics().serve(Endpoint("127.0.0.1", port))
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(silent)]
+    try:
+        yield port, socks
+    finally:
+        for sock in socks:
+            sock.close()
+        server.shutdown()
+        server.server_close()
+
+
+def _assert_live(port: int) -> None:
+    """A probe gets its answer."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=10) as resp:
+        assert resp.status == 200
 
 
 def _closed_by_server(sock: socket.socket, within: float) -> bool:
@@ -39,18 +63,9 @@ def test_a_connection_that_sends_nothing_is_closed_and_scrapes_go_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(metrics_mod, "REQUEST_TIMEOUT_SECONDS", 0.5)
-    port = free_port()
-    server = Metrics().serve(Endpoint("127.0.0.1", port))
-    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
-    try:
+    with _serving(silent=5) as (port, silent):
         assert all(_closed_by_server(sock, within=10) for sock in silent)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=10) as resp:
-            assert resp.status == 200
-    finally:
-        for sock in silent:
-            sock.close()
-        server.shutdown()
-        server.server_close()
+        _assert_live(port)
 
 
 def _closed_while_trickling(sock: socket.socket, within: float) -> bool:
@@ -84,16 +99,10 @@ def test_a_client_that_trickles_its_request_is_closed_too(
     0.1 s (a slowloris) kept its thread and descriptor for as long as it went on, as each read
     waited less than the timeout."""
     monkeypatch.setattr(metrics_mod, "REQUEST_TIMEOUT_SECONDS", 0.5)
-    port = free_port()
-    server = Metrics().serve(Endpoint("127.0.0.1", port))
-    try:
+    with _serving() as (port, _):
         with socket.create_connection(("127.0.0.1", port)) as sock:
             assert _closed_while_trickling(sock, within=10)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=10) as resp:
-            assert resp.status == 200
-    finally:
-        server.shutdown()
-        server.server_close()
+        _assert_live(port)
 
 
 def test_connections_over_the_limit_are_closed_and_probes_still_get_in(
@@ -106,20 +115,11 @@ def test_connections_over_the_limit_are_closed_and_probes_still_get_in(
     monkeypatch.setattr(metrics_mod, "REQUEST_TIMEOUT_SECONDS", 60.0)
     monkeypatch.setattr(metrics_mod, "MAX_METRICS_CONNECTIONS", 4)
     monkeypatch.setattr(metrics_mod, "SILENT_EVICT_SECONDS", 0.5)
-    port = free_port()
-    server = Metrics().serve(Endpoint("127.0.0.1", port))
-    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
-    try:
+    with _serving(silent=20) as (port, silent):
         closed = sum(_closed_by_server(sock, within=2) for sock in silent)
         assert closed >= 16, f"{20 - closed} silent connections still held"
         time.sleep(0.6)  # the ones left have been silent long enough to make room
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=10) as resp:
-            assert resp.status == 200
-    finally:
-        for sock in silent:
-            sock.close()
-        server.shutdown()
-        server.server_close()
+        _assert_live(port)
 
 
 def test_a_connection_closed_for_a_newcomer_mid_request_is_not_answered(
@@ -133,24 +133,18 @@ def test_a_connection_closed_for_a_newcomer_mid_request_is_not_answered(
     monkeypatch.setattr(metrics_mod, "MAX_METRICS_CONNECTIONS", 1)
     monkeypatch.setattr(metrics_mod, "SILENT_EVICT_SECONDS", 0.2)
     earlier = set(_handler_threads())  # other tests' servers of this process may still end theirs
-    port = free_port()
-    server = Metrics().serve(Endpoint("127.0.0.1", port))
-    try:
+    with _serving() as (port, _):
         # Cut in its request line, then in its headers.
         for head in (b"GET /metrics HTTP/1", b"GET /metrics HTTP/1.0\r\nX-Slow: y\r\n"):
             with socket.create_connection(("127.0.0.1", port)) as partial:
                 partial.sendall(head)
                 time.sleep(0.3)  # silent long enough to give way
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=10) as resp:
-                    assert resp.status == 200
+                _assert_live(port)
                 assert _closed_by_server(partial, within=10)
         deadline = time.monotonic() + 10
         while set(_handler_threads()) - earlier and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not set(_handler_threads()) - earlier
-    finally:
-        server.shutdown()
-        server.server_close()
     assert "Traceback" not in capfd.readouterr().err
 
 
