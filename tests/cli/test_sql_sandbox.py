@@ -327,6 +327,17 @@ def test_a_comment_after_the_last_semicolon_is_no_second_statement(
     assert shadowed.json() == [{"n": len(recipe)}]
 
 
+def _warehouse_and_copy_onto_its_file(tmp_path: Path) -> tuple[Path, Path, str]:
+    """A local warehouse of one file, that file, and the one write DuckDB's sandbox alone would
+    let through: a COPY onto it without a temp file."""
+    root = tmp_path / "wh"
+    start, end = utc(2026, 11, 28, 10, 0), utc(2026, 11, 28, 11, 0)
+    write_frame(str(root), "container_logs", logs_frame(20, start, end, ["app"], seed=4))
+    part = next(root.rglob("part-*.parquet"))
+    copy = f"COPY (SELECT * FROM container_logs) TO '{part}' (FORMAT parquet, USE_TMP_FILE false)"
+    return root, part, copy
+
+
 @pytest.mark.parametrize(
     "statement",
     [
@@ -353,12 +364,8 @@ def test_no_second_statement_passes_as_a_comment(logq, tmp_path: Path, statement
     is, whatever hides a ``;`` or a comment marker (strings, quoted names, ``$$``, block
     comments, a comment then a statement). The target is the one write DuckDB's sandbox alone
     would let through, a COPY onto a file the views read."""
-    root = tmp_path / "wh"
-    start, end = utc(2026, 11, 28, 10, 0), utc(2026, 11, 28, 11, 0)
-    write_frame(str(root), "container_logs", logs_frame(20, start, end, ["app"], seed=4))
-    part = next(root.rglob("part-*.parquet"))
+    root, part, copy = _warehouse_and_copy_onto_its_file(tmp_path)
     before = part.read_bytes()
-    copy = f"COPY (SELECT * FROM container_logs) TO '{part}' (FORMAT parquet, USE_TMP_FILE false)"
     run = logq("sql", statement.format(copy=copy), "-f", "json", "--warehouse", str(root))
     assert part.read_bytes() == before
     if statement.startswith("SELECT 1 AS n"):
@@ -409,12 +416,8 @@ def test_other_show_statements_say_what_works(logq, warehouse: Warehouse, statem
 def test_warehouse_files_cannot_be_overwritten(logq, tmp_path: Path) -> None:
     """The one write the DuckDB sandbox alone would let through: a COPY onto a file the views
     read, without a temp file. The statement check refuses it in every disguise."""
-    root = tmp_path / "wh"
-    start, end = utc(2026, 11, 28, 10, 0), utc(2026, 11, 28, 11, 0)
-    write_frame(str(root), "container_logs", logs_frame(20, start, end, ["app"], seed=4))
-    part = next(root.rglob("part-*.parquet"))
+    root, part, copy = _warehouse_and_copy_onto_its_file(tmp_path)
     before = part.read_bytes()
-    copy = f"COPY (SELECT * FROM container_logs) TO '{part}' (FORMAT parquet, USE_TMP_FILE false)"
     for statement in (copy, f"EXPLAIN ANALYZE {copy}", f"EXPLAIN (FORMAT json) {copy}"):
         run = logq("sql", statement, "--warehouse", str(root))
         assert run.exit_code == 2 and "runs queries only" in one_line_error(run.stderr)
