@@ -600,15 +600,15 @@ def _header_word(title: str) -> int:
 def table_widths(
     columns: Sequence[str],
     cells: Sequence[Sequence[Any]],
+    titles: Sequence[str],
     whole_titles: bool = False,
-    titles: Sequence[str] | None = None,
 ) -> tuple[list[int], list[bool]]:
     """(width each column needs, whether it may be narrower): a fixed column needs its widest
-    value, and its whole title with ``whole_titles`` (else the title wraps between words); prose
-    and cut columns can go down to :data:`MIN_FREE_WIDTH` (or their widest value, if smaller)."""
+    value, and its whole title (``titles``, as the table shows them) with ``whole_titles`` (else
+    the title wraps between words); prose and cut columns can go down to
+    :data:`MIN_FREE_WIDTH` (or their widest value, if smaller)."""
     from rich.cells import cell_len
 
-    titles = titles or table_titles(columns)
     widths, free = [], []
     for i, col in enumerate(columns):
         values = _widest([row[i] for row in cells])
@@ -673,7 +673,7 @@ def render_table(
         _print_table(con, columns, titles, rows, cells, title, None, wrap_titles=not pipe)
         return
     for whole_titles in (True, False):
-        need, _ = table_widths(columns, cells, whole_titles, titles)
+        need, _ = table_widths(columns, cells, titles, whole_titles)
         if sum(need) + frame_width(len(columns)) <= con.width:
             _print_table(con, columns, titles, rows, cells, title, need, wrap_titles=True)
             return
