@@ -275,7 +275,6 @@ class Buffer:
             raise unusable_dir_error(self.dir, exc, any_cause=True) from exc
 
     def _open(self, node_id: str | None) -> list[Segment]:
-        self.lock()
         self.node_id = node_id or self._load_node_id()
         found = sorted(
             (int(m.group(1)), p) for p in self.dir.iterdir() if (m := _SEGMENT_RE.match(p.name))

@@ -47,7 +47,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aggregator.batch import FRAMES_AT_ONCE, UnparsedSample, joined_tables, records_table, route
+from aggregator.batch import FRAMES_AT_ONCE, UnparsedSample, frame_tables, joined_tables, route
 from aggregator.buffer import Segment, read_frames
 from aggregator.decode import ipc_rows
 from aggregator.dedup import OffsetState
@@ -386,14 +386,14 @@ def _slices(payloads: Iterator[bytes], rows: int) -> Iterator[pa.Table]:
         pending.append(payload)
         count += ipc_rows(payload)
         if len(pending) >= FRAMES_AT_ONCE or count >= rows:
-            decoded.append(records_table(pending))
+            decoded.append(joined_tables(frame_tables(pending)))
             pending = []  # let the frames go
         if count >= rows:
             table = joined_tables(decoded)
             decoded, count = [], 0  # let the groups go while the slice is parsed
             yield table
     if pending:
-        decoded.append(records_table(pending))
+        decoded.append(joined_tables(frame_tables(pending)))
         pending = []
     if decoded:
         table = joined_tables(decoded)

@@ -114,7 +114,7 @@ def test_small_frames_give_the_table_ipc_frames_give(
 ) -> None:
     """Small and IPC frames in any mix (runs of small frames cut by IPC ones, and by the
     decoding groups of ``FRAMES_AT_ONCE``) read as the same table, dictionaries included, as
-    IPC frames alone; so do single frames (``from_ipc``, used by the replay's reconciliation)."""
+    IPC frames alone; so do single frames (``from_ipc``)."""
     monkeypatch.setattr(batch_mod, "FRAMES_AT_ONCE", at_once)
     batches = [shipper_batch(n, first=10 * i) for i, n in enumerate([1, 2, 3, 40, 1, 17, 5, 1])]
     batches[3:3] = odd_batches()
