@@ -494,8 +494,9 @@ class MetricsServer:
         self.host = host
         self.port = port
         self._server: listen.Listeners | None = None
-        self._open = 0
-        """Connections being served."""
+        self._serving: set[asyncio.StreamWriter] = set()
+        """Connections being served (one closed for a newcomer leaves at once: its slot is the
+        newcomer's)."""
         self._refused = 0
         """Connections closed over the limit since the last WARNING about them."""
         self._refused_warnings = Throttle(_REFUSED_WARNING_SECONDS)
@@ -504,8 +505,6 @@ class MetricsServer:
         self._silent: dict[asyncio.StreamWriter, float] = {}
         """Connections waiting for their request head, and since when (monotonic), oldest
         first: the ones a newcomer over the limit may take the slot of."""
-        self._evicted: set[asyncio.StreamWriter] = set()
-        """Connections closed for a newcomer whose slot was handed over already."""
 
     async def start(self) -> int:
         self._server = await listen.start_server(self._handle, self.host, self.port)
@@ -524,20 +523,17 @@ class MetricsServer:
     @property
     def open_connections(self) -> int:
         """Connections being served (at most :data:`MAX_METRICS_CONNECTIONS`)."""
-        return self._open
+        return len(self._serving)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._open >= MAX_METRICS_CONNECTIONS and not self._evict_silent():
+        if len(self._serving) >= MAX_METRICS_CONNECTIONS and not self._evict_silent():
             self._refuse(writer)
             return
-        self._open += 1
+        self._serving.add(writer)
         try:
             await self._serve(reader, writer)
         finally:
-            if writer in self._evicted:
-                self._evicted.discard(writer)
-            else:
-                self._open -= 1
+            self._serving.discard(writer)
 
     def _evict_silent(self) -> bool:
         """Free a slot for a newcomer: close the connection that has sent no request for the
@@ -550,8 +546,7 @@ class MetricsServer:
         if time.monotonic() - since < SILENT_EVICT_SECONDS:
             return False
         del self._silent[writer]
-        self._evicted.add(writer)
-        self._open -= 1
+        self._serving.discard(writer)
         self._refuse(writer)
         return True
 
