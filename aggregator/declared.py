@@ -84,7 +84,6 @@ class DeclaredSize:
         "done",
         "head",
         "headers",
-        "items",
         "largest",
         "left",
         "skip",
@@ -97,10 +96,9 @@ class DeclaredSize:
         """Stream offset up to which the message is walked (a split header's bytes excepted)."""
         self.skip = 0
         """Bytes still to come of the payload of the last header."""
-        self.items = 1
-        """Elements still to come of the open arrays and maps (the message itself, first)."""
         self.left = [1]
-        """Per open array or map, innermost last: its elements still to come."""
+        """Per open array or map, innermost last: its elements still to come (the message
+        itself, first); each is a byte at least."""
         self.head = b""
         """The first bytes of a header that a read split."""
         self.headers = 0
@@ -119,7 +117,7 @@ class DeclaredSize:
 
     def least_size(self) -> int:
         """Bytes the message holds at least, by the headers walked so far."""
-        return self.at - self.start + self.skip + self.items
+        return self.at - self.start + self.skip + sum(self.left)
 
     def feed(self, data: bytes, offset: int = 0) -> None:
         """Walk ``data[offset:]``: the message's next bytes, from :attr:`next_offset` on."""
@@ -182,7 +180,6 @@ class DeclaredSize:
             self.done = True
             return 1
         self.headers += 1
-        self.items += count - 1
         self.left[-1] -= 1
         if count:
             self.left.append(count)
