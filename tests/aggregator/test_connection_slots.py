@@ -24,7 +24,16 @@ import aggregator.server as server_mod
 from aggregator.metrics import Metrics
 from aggregator.server import ForwardServer, ServerLimits, tls_context
 from shipper import wire
-from tests.aggregator.test_inflight import HeldBuffer, _ack, _message, _rejected, _run, _until
+from tests.aggregator.test_inflight import (
+    HeldBuffer,
+    _ack,
+    _handshake,
+    _message,
+    _pong,
+    _rejected,
+    _run,
+    _until,
+)
 from tests.shipper.tlsgen import make_ca_and_server
 
 
@@ -156,15 +165,11 @@ def test_a_ping_trickled_a_byte_at_a_time_still_makes_room(
             w_trickle.write(b"\x94\xa4PING\xdf\x00\x01\x00\x00")  # a 64K-pair map
             sender = asyncio.ensure_future(trickle())
             await asyncio.sleep(1.0)
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer, unpacker = await _handshake(host, port)
             await _until(
                 lambda: _rejected(metrics, "max_connections") + _rejected(metrics, "evicted") == 1
             )
             assert _rejected(metrics, "evicted") == 1, "the trickled PING kept its slot"
-            unpacker = wire.new_unpacker()
-            unpacker.feed(await reader.read(4096))
-            helo = next(unpacker)
-            writer.write(wire.encode_ping("client", b"salt", helo[1]["nonce"], "k"))
             assert (await _pong(reader, unpacker))[:2] == ["PONG", True]
             sender.cancel()
             for w in (w_trickle, writer):
@@ -304,26 +309,6 @@ def test_a_connection_is_not_closed_for_a_newcomer_before_it_has_been_quiet_a_wh
     refusals = [r for r in caplog.records if "over --max-connections" in r.getMessage()]
     assert len(refusals) == 1 and refusals[0].levelno == logging.WARNING
     assert "counts them all" in refusals[0].getMessage()
-
-
-async def _handshake(host: str, port: int, key: str) -> tuple[Any, Any, Any]:
-    reader, writer = await asyncio.open_connection(host, port)
-    unpacker = wire.new_unpacker()
-    helo = None
-    while helo is None:
-        unpacker.feed(await reader.read(4096))
-        helo = next(unpacker, None)
-    writer.write(wire.encode_ping("client", b"salt", helo[1]["nonce"], key))
-    return reader, writer, unpacker
-
-
-async def _pong(reader: asyncio.StreamReader, unpacker: Any) -> Any:
-    while (obj := next(unpacker, None)) is None:
-        data = await asyncio.wait_for(reader.read(4096), 30)
-        if not data:
-            return "closed"
-        unpacker.feed(data)
-    return obj
 
 
 def test_a_failed_handshake_answers_late_without_holding_up_the_others(

@@ -346,29 +346,36 @@ def test_a_connection_asking_for_acks_is_closed_unread_after_waiting_too_long(
     _run(scenario())
 
 
+async def _handshake(host: str, port: int, key: str = "k") -> tuple[Any, Any, Any]:
+    """Connect, read the HELO and send a PING with ``key``: (reader, writer, unpacker)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    unpacker = wire.new_unpacker()
+    helo = None
+    while helo is None:
+        data = await reader.read(4096)
+        if not data:
+            raise ConnectionError("the server closed the connection before its HELO")
+        unpacker.feed(data)
+        helo = next(unpacker, None)
+    writer.write(wire.encode_ping("client", b"salt", helo[1]["nonce"], key))
+    return reader, writer, unpacker
+
+
+async def _pong(reader: asyncio.StreamReader, unpacker: Any) -> Any:
+    """The server's answer to the PING (``"closed"`` if it closed the connection instead)."""
+    while (obj := next(unpacker, None)) is None:
+        data = await asyncio.wait_for(reader.read(4096), 30)
+        if not data:
+            return "closed"
+        unpacker.feed(data)
+    return obj
+
+
 def test_a_handshake_is_not_queued_behind_a_full_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     """A PING sent at once gets its PONG while the budget is full (it waited for the budget
     past the handshake deadline and was refused as a slow client: a rush of shared-key
     clients would all fail)."""
     monkeypatch.setattr(server_mod, "HANDSHAKE_TIMEOUT", 1.0)
-
-    async def handshake(host: str, port: int) -> tuple[asyncio.StreamReader, Any, Any]:
-        reader, writer = await asyncio.open_connection(host, port)
-        unpacker = wire.new_unpacker()
-        helo = None
-        while helo is None:
-            unpacker.feed(await reader.read(4096))
-            helo = next(unpacker, None)
-        writer.write(wire.encode_ping("client", b"salt", helo[1]["nonce"], "k"))
-        return reader, writer, unpacker
-
-    async def pong(reader: asyncio.StreamReader, unpacker: Any) -> Any:
-        while (obj := next(unpacker, None)) is None:
-            data = await asyncio.wait_for(reader.read(4096), 30)
-            if not data:
-                return "closed"
-            unpacker.feed(data)
-        return obj
 
     async def scenario() -> None:
         buffer = HeldBuffer()
@@ -377,14 +384,14 @@ def test_a_handshake_is_not_queued_behind_a_full_budget(monkeypatch: pytest.Monk
         server = ForwardServer(buffer, metrics, limits, shared_key="k")  # type: ignore[arg-type]
         host, port = await server.start("127.0.0.1", 0)
         try:
-            r1, w1, u1 = await handshake(host, port)
-            assert (await pong(r1, u1))[:2] == ["PONG", True]
+            r1, w1, u1 = await _handshake(host, port)
+            assert (await _pong(r1, u1))[:2] == ["PONG", True]
             w1.write(_message("big", 1500))
             await _until(lambda: len(buffer.frames) == 1)  # the budget is full
-            r2, w2, u2 = await handshake(host, port)
+            r2, w2, u2 = await _handshake(host, port)
             await asyncio.sleep(1.5)  # past HANDSHAKE_TIMEOUT with the budget still full
             buffer.sync(0)
-            assert (await pong(r2, u2))[:2] == ["PONG", True]
+            assert (await _pong(r2, u2))[:2] == ["PONG", True]
             assert _rejected(metrics, "slow_client") == 0
             for writer in (w1, w2):
                 writer.close()
