@@ -7,8 +7,10 @@ are available")."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,13 +103,32 @@ def test_udp_binds_the_tcp_listeners_addresses_and_port_and_is_freed_on_close(ho
             again.bind(name)
 
 
+@contextlib.contextmanager
+def _udp_held_where_tcp_is_free() -> Iterator[int]:
+    """Hold the UDP side of a port whose TCP side no one listens on, and give that port. A UDP
+    port the kernel picks alone may be another test's TCP listening port: the aggregator then
+    could not start at all, a collision and not what the test is about."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                udp.close()
+                continue
+        with udp:
+            yield port
+        return
+    raise RuntimeError("no port free for both TCP and UDP in 50 tries")
+
+
 @pytest.mark.integration
 def test_a_udp_port_held_elsewhere_leaves_the_tcp_forward_port_serving(tmp_path: Path) -> None:
     """Another process holds the UDP side of the port: the aggregator still starts and takes
     logs over TCP, and says why heartbeats go unanswered."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as held:
-        held.bind(("127.0.0.1", 0))
-        port = held.getsockname()[1]
+    with _udp_held_where_tcp_is_free() as port:
         agg = start_aggregator(tmp_path, extra=["--listen", f"127.0.0.1:{port}"])
         try:
             assert agg.port == port
