@@ -10,7 +10,6 @@ is gone for good (its disk re-attached elsewhere) and exits. Serving is
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from aggregator.server import CertificateError
 from aggregator.service import Aggregator
 from aggregator.twins import TwinRunning
 from athena.warehouse import WarehouseError
+from shipper.startup import run_held
 
 #: Exit status of a usage error: the command must change (a bad flag, a ``--config`` value, an
 #: ``--envoy-format`` or ``--warehouse`` that cannot be, TLS files that are no PEM pair, a
@@ -107,7 +107,7 @@ def serve(argv: list[str], drain: bool = False) -> int:
     tune_gc()
     tune_memory()
     try:
-        return asyncio.run(aggregator.drain() if drain else aggregator.run())
+        return run_held(aggregator.drain if drain else aggregator.run)
     except (OSError, ValueError) as exc:
         print(f"logq-aggregator: {exc}", file=sys.stderr)
         return exit_status(exc)

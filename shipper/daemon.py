@@ -40,6 +40,7 @@ from shipper.startup import (
     interrupted,
     is_interrupt,
     redeliver_dropped_interrupts,
+    run_held,
 )
 
 # The console script imports this module before main() runs: a Ctrl-C during these imports
@@ -828,7 +829,7 @@ def _main(argv: list[str] | None) -> int:
     setup_logging(cfg.log_level)
     raise_open_files_limit()
     try:
-        return asyncio.run(_amain(cfg))
+        return run_held(lambda: _amain(cfg))
     except ConfigError as exc:
         print(f"logq-shipper: {exc}", file=sys.stderr)
         return 2

@@ -23,7 +23,10 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 INTERRUPTED = 130
 """128 + SIGINT: the status shells report for a program stopped by Ctrl-C."""
@@ -101,3 +104,28 @@ def deferred_interrupts(program: str) -> Iterator[None]:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a pending SIGINT lands here
         except KeyboardInterrupt:
             raise SystemExit(interrupted(program)) from None
+
+
+def run_held(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """``asyncio.run(main())`` with SIGINT held back until the coroutine starts.
+
+    A Ctrl-C while asyncio builds the event loop left a half-built loop whose finalizer printed a
+    traceback ("'_UnixSelectorEventLoop' object has no attribute '_signal_handlers'"), and one
+    before the coroutine existed left it never awaited (a RuntimeWarning). Held back, the signal
+    lands as the coroutine starts, where asyncio's own handler cancels it and ``asyncio.run``
+    raises ``KeyboardInterrupt``: the caller's 130 and one line. ``main`` is a factory so the
+    coroutine is made only once it will be awaited. Outside the main thread nothing is held."""
+    import asyncio  # (here: ``logq`` imports this module and need not import asyncio)
+
+    if threading.current_thread() is not threading.main_thread():
+        return asyncio.run(main())
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    async def released() -> T:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a pending SIGINT lands here
+        return await main()
+
+    try:
+        return asyncio.run(released())
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # if released() never ran

@@ -78,6 +78,20 @@ class _After:
 
 if os.environ.get("LOGQ_TEST_AT"):
     sys.meta_path.insert(0, _At)
+if os.environ.get("LOGQ_TEST_LOOP"):
+    # SIGINT while asyncio builds the event loop: inside BaseSelectorEventLoop.__init__,
+    # before _UnixSelectorEventLoop.__init__ has set what its finalizer reads.
+    import selectors
+
+    _Selector = selectors.DefaultSelector
+
+    def _selector_then_sigint(*args, **kwargs):
+        selectors.DefaultSelector = _Selector
+        open(os.environ["LOGQ_TEST_REACHED"], "w").close()
+        os.kill(os.getpid(), signal.SIGINT)
+        return _Selector(*args, **kwargs)
+
+    selectors.DefaultSelector = _selector_then_sigint
 if os.environ.get("LOGQ_TEST_AFTER"):
     sys.meta_path.insert(0, _After)
 '''
@@ -196,6 +210,29 @@ def test_sigint_after_the_cli_module_ran_exits_130_without_traceback(
     assert reached.exists(), run.output
     assert "Traceback" not in run.output, run.output
     assert run.status == 130, run.output
+
+
+@pytest.mark.parametrize("program", ["logq-shipper", "logq-aggregator"])
+def test_sigint_while_the_event_loop_is_built_exits_130_without_traceback(
+    program: str, tmp_path: Path, hook: Path, subprocess_env: dict[str, str]
+) -> None:
+    """A Ctrl-C inside ``asyncio.run`` before the loop is whole (a CI run caught it 0.1 s in)
+    left a half-built loop whose finalizer printed a traceback, and the daemon's coroutine never
+    awaited: the signal is held back until the coroutine starts (shipper.startup.run_held)."""
+    reached = tmp_path / "reached"
+    env = {
+        **subprocess_env,
+        "PYTHONPATH": _with(hook, subprocess_env),
+        "LOGQ_TEST_LOOP": "1",
+        "LOGQ_TEST_REACHED": str(reached),
+    }
+    proc, log = _start(program, tmp_path / "work", env)
+    run = _finish(proc, log)
+    assert reached.exists(), f"{program} never built an event loop:\n{run.output}"
+    assert "Traceback" not in run.output, run.output
+    assert "never awaited" not in run.output, run.output
+    assert run.status == 130, run.output
+    assert run.output.strip().splitlines()[-1] == f"{program}: interrupted", run.output
 
 
 #: Seconds from the program's first import of its own (FIRST_IMPORT) to the SIGINT.
