@@ -20,7 +20,7 @@ from aggregator.decode import BUFFER_COMPRESSIONS
 from aggregator.envoy import FormatError, compile_format
 from aggregator.server import MAX_INFLIGHT_BYTES
 from athena.warehouse import WarehouseError, resolve_uri
-from shipper.config import blame_file, file_keys, file_prefix, read_config_file
+from shipper.config import blame_file, close_key, file_keys, file_prefix, read_config_file
 from shipper.config import file_setting_names as shipper_file_keys
 from shipper.errors import shown_value
 from shipper.wire import MAX_MESSAGE_ENTRIES
@@ -246,7 +246,8 @@ def _unknown_key(path: str, key: str, others: list[str]) -> ConfigError:
             "under [shipper] in a file both read, or remove it"
         )
     keys = sorted({_FILE_KEYS.get(name, name) for name in (f.name for f in fields(Settings))})
-    return ConfigError(f"{file_prefix(path, key)}unknown key{also}; the keys are {keys}")
+    close = close_key(key, {*keys, *FILE_ALIASES.values()})
+    return ConfigError(f"{file_prefix(path, key)}unknown key{close}{also}; the keys are {keys}")
 
 
 def _checked_file(path: str) -> dict[str, tuple[str, Any]]:

@@ -12,11 +12,13 @@ keys and its own table, and skips the other's.
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import os
 import re
 import socket
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -350,6 +352,19 @@ def read_config_file(path: str, error: type[Exception]) -> dict[str, Any]:
         raise error(f"{where}not valid TOML: {exc}") from None
 
 
+def close_key(key: str, known: Iterable[str]) -> str:
+    """What to say after "unknown key" when ``key`` is near one of ``known`` (the settings'
+    names, underscores): keys are case-sensitive (TOML's), so ``Listen`` is not ``listen``, and a
+    typo (``flush_intervall``) is worth a suggestion. Both daemons use it; empty when nothing
+    is close."""
+    names = sorted(known)
+    norm = key.replace("-", "_")
+    if norm.lower() in names:
+        return f" (keys are lower case: write {norm.lower()!r})"
+    close = difflib.get_close_matches(norm.lower(), names, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def setting_name(key: str, aliases: dict[str, str]) -> str:
     """The setting a ``--config`` key names: dashes read as underscores, then an alias (a
     program's :data:`FILE_ALIASES`) read as the name it stands for."""
@@ -427,6 +442,9 @@ def file_setting_names() -> frozenset[str]:
     return frozenset(set(_HELP) - {"config"} | set(FILE_ALIASES))
 
 
+_AGGREGATOR_KEY_HINT = " (a logq-aggregator key goes under [aggregator])"
+
+
 def _load_toml(path: str) -> tuple[dict[str, Any], dict[str, str]]:
     """The checked settings of the ``--config`` file ``path``, and each one's key as the file
     spells it (for :func:`blame_file`)."""
@@ -437,8 +455,9 @@ def _load_toml(path: str) -> tuple[dict[str, Any], dict[str, str]]:
     for norm, (key, value) in file_keys(raw, path, "shipper", FILE_ALIASES, ConfigError).items():
         if norm not in known:
             raise ConfigError(
-                f"{file_prefix(path, key)}unknown key (a logq-aggregator key goes under "
-                f"[aggregator]); the shipper's keys: {', '.join(sorted(known))}"
+                f"{file_prefix(path, key)}unknown key"
+                f"{close_key(key, known | set(FILE_ALIASES)) or _AGGREGATOR_KEY_HINT}; "
+                f"the shipper's keys: {', '.join(sorted(known))}"
             )
         _check_type(path, key, _KINDS[norm], value)
         if norm in ("aggregator", "path", "exclude", "multiline") and isinstance(value, str):

@@ -130,6 +130,26 @@ def test_keys_under_a_shipper_table(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "key 'batch_lines': must be a whole number" in err
 
 
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (
+            'Aggregator = "a:1"',
+            "key 'Aggregator': unknown key (keys are lower case: write 'aggregator')",
+        ),
+        ('paht = "/x/*.log"', "key 'paht': unknown key (did you mean 'path'?);"),
+        ('[shipper]\nState-Dir = "/s"', "unknown key (keys are lower case: write 'state_dir')"),
+        ("xyz = 1", "key 'xyz': unknown key (a logq-aggregator key goes under [aggregator]);"),
+    ],
+)
+def test_unknown_key_names_the_key_it_is_close_to(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, said: str
+) -> None:
+    """TOML keys are case-sensitive: ``Aggregator`` (as Fluent Bit's case-insensitive keys are
+    often written) is said to be lower case, and a typo gets the key it is close to."""
+    assert said in refused(["--config", toml(tmp_path, content), "--once"], capsys)
+
+
 def test_log_level_key_is_checked_like_the_flag(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
