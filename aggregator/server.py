@@ -855,9 +855,12 @@ class ForwardServer:
         declared, limit = walker.least_size(), self.limits.max_frame_bytes
         if declared <= limit:
             return None
+        # (Under a small limit, short headers alone -- a str of 20 bytes -- can declare more:
+        # no length header is then named.)
+        largest = f" ({walker.largest})" if walker.largest else ""
         return ConnectionClosed(
-            f"a message whose msgpack headers declare {declared:,} bytes at least "
-            f"({walker.largest}), over --max-frame-bytes ({limit:,} bytes): refused from its "
+            f"a message whose msgpack headers declare {declared:,} bytes at least{largest}, "
+            f"over --max-frame-bytes ({limit:,} bytes): refused from its "
             "headers, before its body is read; the client must send smaller messages (or "
             "raise --max-frame-bytes)",
             "frame_too_large",

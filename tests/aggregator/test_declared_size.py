@@ -51,12 +51,35 @@ def test_a_message_declaring_more_than_the_limit_is_refused_from_its_headers(
 ) -> None:
     """The head comes in pieces (a header split between two reads too); the connection is closed
     while the client still sends nothing more, and a bystander's messages go on being acked."""
-    head = DECLARING[name]
+    refusal = _refusal(DECLARING[name], LIMIT, caplog)
+    assert f"over --max-frame-bytes ({LIMIT:,} bytes)" in refusal, refusal
+    assert "refused from its headers" in refusal and f"{BIG:,}" in refusal
+
+
+def test_under_a_tiny_limit_short_headers_are_refused_without_empty_words(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With ``--max-frame-bytes 48``, a Message-mode record whose log is a 31-byte str (one-byte
+    headers, no length header to name) declares more than the limit: the refusal said "at least
+    (), over". The bystander's message is small enough for the limit."""
+    head = b"\x94\xa8logq.big\x01\x81\xa3log\xbfab"
+    small = msgpack.packb(["logq.ok", 1, {"log": "x"}, {"chunk": "after"}])
+    refusal = _refusal(head, 48, caplog, bystander=small)
+    assert "declare 49 bytes at least, over --max-frame-bytes (48 bytes)" in refusal, refusal
+    assert "()" not in refusal
+
+
+def _refusal(
+    head: bytes, limit: int, caplog: pytest.LogCaptureFixture, bystander: bytes | None = None
+) -> str:
+    """The reason logged for the connection that sent ``head`` (in three pieces, then nothing
+    more) to a server whose ``--max-frame-bytes`` is ``limit``; a bystander's message (chunk
+    ``after``) sent after it must still be acked."""
 
     async def scenario() -> None:
         buffer = HeldBuffer()
         metrics = Metrics()
-        limits = ServerLimits(LIMIT, idle_timeout=HOUR, max_message_entries=10**9)
+        limits = ServerLimits(limit, idle_timeout=HOUR, max_message_entries=10**9)
         server = ForwardServer(buffer, metrics, limits)  # type: ignore[arg-type]
         host, port = await server.start("127.0.0.1", 0)
         try:
@@ -68,7 +91,7 @@ def test_a_message_declaring_more_than_the_limit_is_refused_from_its_headers(
                 await asyncio.sleep(0.05)
             assert await asyncio.wait_for(reader.read(), 60) == b""  # closed: never the idle
             assert _rejected(metrics, "frame_too_large") == 1
-            w_good.write(_message("after", 2))
+            w_good.write(_message("after", 2) if bystander is None else bystander)
             await _until(lambda: len(buffer.frames) == 1)
             buffer.sync(0)
             assert await _ack(r_good) == "after"
@@ -80,8 +103,7 @@ def test_a_message_declaring_more_than_the_limit_is_refused_from_its_headers(
     caplog.set_level(logging.WARNING, logger="logq.aggregator.server")
     _run(scenario())
     (refusal,) = [r.getMessage() for r in caplog.records if "closing connection" in r.getMessage()]
-    assert f"over --max-frame-bytes ({LIMIT:,} bytes)" in refusal, refusal
-    assert "refused from its headers" in refusal and f"{BIG:,}" in refusal
+    return refusal
 
 
 def test_messages_within_the_limit_split_anywhere_are_all_acked() -> None:
