@@ -44,7 +44,6 @@ computed once per distinct value.
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -56,9 +55,9 @@ from aggregator import small_frames
 from aggregator.decode import BUFFER_SCHEMA, from_ipc
 from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, parse_lines
 from aggregator.envoy_diagnostics import diagnostic
+from aggregator.tags import kubelet_log, tag_service
 from athena.schema import CONTAINER_LOGS, ENVOY_ACCESS, TIMESTAMP, Table, sanitize_service
 from shipper import wire
-from shipper.discover import pod_owner_name
 
 #: Buffer frames decoded at once before their rows are joined into one table. A frame decoded
 #: alone costs ~27 KB of Arrow and Python objects whatever its rows (its schema, nine
@@ -105,57 +104,6 @@ def _per_value(array: pa.Array, fn: Callable[[pa.Array], pa.Array]) -> pa.Array:
     if isinstance(array, pa.DictionaryArray):
         return pc.take(fn(array.dictionary), array.indices)
     return fn(array)
-
-
-#: A DNS label, as Kubernetes names a namespace or a container (RFC 1123, 63 characters at most).
-_DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
-
-#: The tag Fluent Bit (``Tag kube.*``) or Fluentd (``tag kubernetes.*``) gives a tailed kubelet
-#: log of ``/var/log/containers``: any prefix, then its path with ``.`` for ``/``, ending in the
-#: full file name the kubelet gives it, ``<pod>_<namespace>_<container>-<64 hex id>.log``. Its
-#: last part is ``log`` whatever the pod: the pod's owner names the service instead. Only this
-#: exact shape: any other tag keeps the DESIGN §2 rule (its last dot-separated part). Matched on
-#: what follows the tag's last ``var.log.containers.`` (:func:`kubelet_log`): a regex searching
-#: the whole tag for it took time quadratic in the tag's length, a client's to choose.
-_KUBELET_LOG_DIR = "var.log.containers."
-_KUBELET_LOG_FILE = re.compile(
-    rf"(?P<pod>{_DNS_LABEL}(?:\.{_DNS_LABEL})*)_(?P<ns>{_DNS_LABEL})_"
-    rf"(?P<container>{_DNS_LABEL})-(?P<id>[0-9a-f]{{64}})\.log"
-)
-
-
-class KubeletLog(NamedTuple):
-    """What the tag of a tailed kubelet log tells of its container."""
-
-    namespace: str
-    pod: str
-    container: str
-    container_id: str
-
-    @property
-    def container_name(self) -> str:
-        """As logq-shipper and :mod:`.clientmeta` name a pod's container."""
-        return f"{self.namespace}/{self.pod}/{self.container}"
-
-
-def kubelet_log(tag: str | None) -> KubeletLog | None:
-    """The container of a tailed kubelet log's tag (:data:`_KUBELET_LOG_FILE`), else None."""
-    if tag is None or not tag.endswith(".log"):
-        return None
-    at = tag.rfind(_KUBELET_LOG_DIR)
-    m = _KUBELET_LOG_FILE.fullmatch(tag, at + len(_KUBELET_LOG_DIR)) if at >= 0 else None
-    if m is None:
-        return None
-    return KubeletLog(m.group("ns"), m.group("pod"), m.group("container"), m.group("id"))
-
-
-def tag_service(tag: str | None) -> str | None:
-    """The service a record without one takes from its tag: the pod's owner for a tailed
-    kubelet log (:func:`kubelet_log`), else the tag's last dot-separated part."""
-    if tag is None:
-        return None
-    log = kubelet_log(tag)
-    return pod_owner_name(log.pod) if log else tag.rpartition(".")[2]
 
 
 def _tag_services(tags: pa.Array) -> pa.Array:

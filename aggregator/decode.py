@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from aggregator import clientmeta, packed, packed_scan, small_frames
+from aggregator.tags import tag_service
 from aggregator.throttle import Throttle
 from athena.schema import sanitize_service
 from shipper import wire
@@ -618,9 +619,9 @@ def decode(
         # A record nested ~1000 deep is valid msgpack (and JSON) but overflows the recursive
         # conversion to JSON text: the message is refused like any other malformed one.
         raise wire.ProtocolError("a record nested too deeply to decode") from None
-    tag_service = _tag_service(obj[0])  # obj is a list with a tag: _decode refused others
-    if tag_service is not None:
-        batch = _with_service(batch, tag_service)
+    service = _tag_service(obj[0])  # obj is a list with a tag: _decode refused others
+    if service is not None:
+        batch = _with_service(batch, service)
     if times is not None and times.replaced and on_replaced_times is not None:
         on_replaced_times(batch.take(pa.array(times.replaced, pa.int32())), times.example)
     if times is not None and times.bad and on_bad_entries is not None:
@@ -629,12 +630,12 @@ def decode(
 
 
 def _tag_service(tag: str | bytes) -> str | None:
-    """The service of a tag that is not valid UTF-8 (the partition value of its last part,
-    hashed over its bytes as sent: see :func:`_coerce_service`), else None: the usual case,
-    where the tag's text in the buffer decides the service at flush
-    (:func:`aggregator.batch.service_column`)."""
+    """The service of a tag that is not valid UTF-8 (the partition value of what it names,
+    :func:`aggregator.tags.tag_service`, hashed over its bytes as sent: see
+    :func:`_coerce_service`), else None: the usual case, where the tag's text in the buffer
+    decides the service at flush (:func:`aggregator.batch.service_column`)."""
     sent = _invalid_as_sent(tag)
-    return None if sent is None else sanitize_service(sent.rpartition(".")[2])
+    return None if sent is None else sanitize_service(tag_service(sent))
 
 
 def _with_service(batch: pa.RecordBatch, service: str) -> pa.RecordBatch:

@@ -197,6 +197,17 @@ def test_an_invalid_name_keeps_its_printable_part_as_the_same_bytes_in_bin_do() 
     assert service_of(tag=sent_str(b"app.Web\xfe-1")) == "web-1"
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_an_invalid_kubelet_log_tag_gives_the_pods_owner_as_a_valid_one_does(mode: str) -> None:
+    """A tailed kubelet log's tag names the pod's owner (aggregator/tags.py) even when a bad
+    byte in its prefix makes the tag invalid UTF-8: that path kept the plain last-part rule and
+    filed every such pod under ``log``."""
+    path = "var.log.containers.recipe-7d9c8b5f4-x2x7k_default_recipe-" + "0a" * 32 + ".log"
+    assert service_of(tag=sent_str(b"kube\xff." + path.encode()), mode=mode) == "recipe"
+    assert service_of(tag=b"kube\xff." + path.encode(), mode=mode) == "recipe"
+    assert service_of(tag="kube." + path, mode=mode) == "recipe"
+
+
 def test_a_record_with_its_own_service_ignores_an_invalid_tag() -> None:
     assert service_of("checkout", tag=sent_str(b"app.\xff")) == "checkout"
     assert service_of("", tag=sent_str(b"app.\xff")) == sanitize_service(sent_str(b"\xff"))
