@@ -56,6 +56,7 @@ FLUSH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 60, 120, 300, 600,
 #: so that ``increase()`` alerts see the first close of each.
 CLOSE_REASONS = (
     "auth_failed",
+    "auth_rate_limited",
     "handshake_failed",
     "protocol_error",
     "frame_too_large",

@@ -18,8 +18,10 @@ with the reason logged and counted; a bad entry in a well-formed message does no
 stored as a marked row, :func:`aggregator.decode.bad_entry_line`). At --max-connections a new
 client takes the slot of a connection stalled in a message or idle
 (:meth:`ForwardServer._make_room`) rather than be locked out by clients that hold slots
-without sending; repeated refusals and failed handshakes are logged at a bounded rate, and a
-failed shared-key handshake is answered late (:meth:`ForwardServer._auth_delay`).
+without sending; repeated refusals and failed handshakes are logged at a bounded rate, a
+failed shared-key handshake is answered late (:meth:`ForwardServer._auth_delay`), and an
+address with several failures gets its keys checked at a bounded rate
+(:meth:`ForwardServer._check_turn`).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from aggregator.open_files import fd_limit_hint
 from aggregator.throttle import Throttle
 from aggregator.udp_heartbeat import answer_heartbeats
 from shipper import wire
+from shipper.config import weak_key_warning
 
 log = logging.getLogger("logq.aggregator.server")
 
@@ -118,6 +121,28 @@ WARN_EVERY_SECONDS = 10.0
 AUTH_DELAY_SECONDS = 0.5
 AUTH_DELAY_MAX_SECONDS = 8.0
 AUTH_FAILURES_FORGOTTEN_SECONDS = 300.0
+#: Failed handshakes from one address (within AUTH_FAILURES_FORGOTTEN_SECONDS of each other)
+#: after which its key checks are rate-limited: at most one every
+#: :data:`AUTH_CHECK_INTERVAL_SECONDS`, the right key's included (checking a right key at once
+#: would tell a guesser which guess was right). The delay alone did not bound guessing: each
+#: failed connection waits on its own, so an address holding --max-connections (1024) of them
+#: at the 8 s cap tried 128 keys a second. A handshake waits its turn (delayed, not answered)
+#: if that comes within :data:`AUTH_CHECK_WAIT_MAX_SECONDS`, else it is closed unanswered, its
+#: key unchecked (``auth_rate_limited``). Not a lockout: a client with the right key behind the
+#: same address (NAT, or the host of a misconfigured Fluent Bit) that keeps retrying still gets
+#: its turn, and passes. A success below the threshold forgets the failures; past it, they are
+#: kept until AUTH_FAILURES_FORGOTTEN_SECONDS after the last (a guesser behind a NAT must not
+#: get fresh tries from its neighbours' successes).
+AUTH_RATE_LIMIT_FAILURES = 5
+#: 0.25 checks a second per address (900 an hour): slow for a guesser, at most 2 turns ahead.
+AUTH_CHECK_INTERVAL_SECONDS = 4.0
+#: Below the shipper's 10 s handshake timeout, and twice the interval: beside one failing
+#: client (one connection at a time, so one turn taken at most) a right-key client's first
+#: try always gets a turn, and is in within 8 s.
+AUTH_CHECK_WAIT_MAX_SECONDS = 8.0
+#: Addresses whose failed handshakes are remembered at most; past it the one whose last failure
+#: is oldest is forgotten, so a client with many addresses cannot grow the table without bound.
+AUTH_FAILURES_MAX_ADDRESSES = 10_000
 
 
 class ConnectionClosed(Exception):
@@ -129,6 +154,25 @@ class ConnectionClosed(Exception):
         super().__init__(reason)
         self.label = label
         self.level = level
+
+
+@dataclass
+class _AuthRecord:
+    """One address's recent failed handshakes (:meth:`ForwardServer._auth_delay`) and its
+    turn for the next key check once rate-limited (:meth:`ForwardServer._check_turn`)."""
+
+    failures: int
+    last_failure: float
+    """Monotonic time of the last failure."""
+    next_check: float
+    """Monotonic time before which no key of this address is checked (when rate-limited)."""
+
+    def limited(self, now: float) -> bool:
+        """Whether this address's key checks are rate-limited now."""
+        return (
+            self.failures >= AUTH_RATE_LIMIT_FAILURES
+            and now - self.last_failure <= AUTH_FAILURES_FORGOTTEN_SECONDS
+        )
 
 
 @dataclass
@@ -272,8 +316,9 @@ class ForwardServer:
         metrics.inflight_waiting.set_function(lambda: self.inflight.waiting)
         self._warnings = Throttle(WARN_EVERY_SECONDS)
         """Keys of the rate-limited WARNINGs (refusals, failed handshakes, bad entries)."""
-        self._auth_failures: dict[str, tuple[int, float]] = {}
-        """Client address -> (recent failed handshakes, monotonic time of the last one)."""
+        self._auth_failures: dict[str, _AuthRecord] = {}
+        """Client address -> its failed handshakes, oldest last failure first (bounded by
+        :data:`AUTH_FAILURES_MAX_ADDRESSES`)."""
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         # TLS is started per connection (:meth:`_start_tls`), not by the listener: a handshake
@@ -293,6 +338,8 @@ class ForwardServer:
             "at most %s bytes of messages in flight on all connections (--max-inflight-bytes)",
             f"{self.inflight.limit:,}",
         )
+        if weak := weak_key_warning(self.shared_key):
+            log.warning("%s", weak)
         return self.listening[0]
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -1077,6 +1124,13 @@ class ForwardServer:
         if not isinstance(hostname, str) or not isinstance(salt, bytes | str):
             raise ConnectionClosed("PING has fields of the wrong type", "handshake_failed")
         salt_b = salt if isinstance(salt, bytes) else salt.encode("utf-8", "surrogateescape")
+        # The turn is taken, and a key checked at once, in one step with no await: PINGs sent
+        # together on many connections cannot all be checked before the rate limit begins.
+        wait = self._check_turn(conn.client)
+        if wait is None:
+            raise self._rate_limited(conn, hostname)
+        if wait > 0:
+            await asyncio.sleep(wait)  # delayed, not answered: the PONG tells the check
         expected = wire.ping_digest(salt_b, hostname, nonce, self.shared_key)
         ok = wire.same_digest(digest, expected)
         reason, fix = ("", "") if ok else ("shared_key mismatch", "check the client's shared key")
@@ -1084,7 +1138,9 @@ class ForwardServer:
             ok, reason = False, "username/password mismatch"
             fix = "check the client's username and password against --user"
         if ok:
-            self._auth_failures.pop(conn.client, None)
+            record = self._auth_failures.get(conn.client)
+            if record is not None and not record.limited(time.monotonic()):
+                del self._auth_failures[conn.client]  # a success forgets a few failures
         else:
             await asyncio.sleep(self._auth_delay(conn.client))
         writer.write(wire.encode_pong(ok, reason, self.hostname, salt_b, nonce, self.shared_key))
@@ -1102,15 +1158,66 @@ class ForwardServer:
     def _auth_delay(self, client: str) -> float:
         """Seconds to wait before answering a failed handshake from ``client``: doubled with
         each recent failure from the same address, so that a shared key cannot be guessed at
-        thousands of tries a second. (An asyncio sleep: the other connections go on.)"""
+        thousands of tries a second. (An asyncio sleep: the other connections go on.) The
+        failure is counted towards ``client``'s rate limit (:meth:`_check_turn`)."""
         now = time.monotonic()
-        if len(self._auth_failures) >= 10_000:  # bounded: a burst of addresses, never a leak
-            self._auth_failures.clear()
-        count, last = self._auth_failures.get(client, (0, now))
-        if now - last > AUTH_FAILURES_FORGOTTEN_SECONDS:
-            count = 0
-        self._auth_failures[client] = (count + 1, now)
+        record = self._auth_failures.pop(client, None)  # re-added last: the newest failure
+        if record is None or now - record.last_failure > AUTH_FAILURES_FORGOTTEN_SECONDS:
+            record = _AuthRecord(0, now, now + AUTH_CHECK_INTERVAL_SECONDS)
+        count = record.failures
+        while len(self._auth_failures) >= AUTH_FAILURES_MAX_ADDRESSES:
+            del self._auth_failures[next(iter(self._auth_failures))]  # the oldest failure
+        record.failures, record.last_failure = count + 1, now
+        self._auth_failures[client] = record
+        if count + 1 == AUTH_RATE_LIMIT_FAILURES:
+            log.warning(
+                "%d failed shared-key handshakes from %s: its key checks are now limited to "
+                "one every %gs, until %gs after its last failure (a handshake waits its "
+                "turn up to %gs, else is closed unchecked: connections_closed_total"
+                '{reason="auth_rate_limited"}); a client there has a wrong key or is guessing '
+                "it (the auth_failed WARNINGs name its hostname): fix or block it",
+                count + 1,
+                client,
+                AUTH_CHECK_INTERVAL_SECONDS,
+                AUTH_FAILURES_FORGOTTEN_SECONDS,
+                AUTH_CHECK_WAIT_MAX_SECONDS,
+            )
         return min(AUTH_DELAY_MAX_SECONDS, AUTH_DELAY_SECONDS * 2**count)
+
+    def _check_turn(self, client: str) -> float | None:
+        """Seconds a handshake from ``client`` waits before its key is checked (0: at once),
+        its turn taken; None: no turn within :data:`AUTH_CHECK_WAIT_MAX_SECONDS`, so it is
+        refused unchecked. An address under :data:`AUTH_RATE_LIMIT_FAILURES` recent failures
+        is checked at once; past it, one check every :data:`AUTH_CHECK_INTERVAL_SECONDS`, in
+        the order the handshakes came: a right-key client that keeps retrying gets a turn
+        (where a lockout renewed by its failing neighbour's retries refused it for ever), and
+        a guesser, however many connections it opens, gets one check per interval."""
+        now = time.monotonic()
+        record = self._auth_failures.get(client)
+        if record is None:
+            return 0.0
+        turn = max(now, record.next_check) if record.limited(now) else now
+        if turn - now > AUTH_CHECK_WAIT_MAX_SECONDS:
+            return None
+        record.next_check = turn + AUTH_CHECK_INTERVAL_SECONDS
+        return turn - now
+
+    def _rate_limited(self, conn: _Conn, hostname: str) -> ConnectionClosed:
+        """The close, unanswered, of a handshake refused by the rate limit: its client takes it
+        for a network error and retries (a PONG refusal would make a logq shipper with the
+        right key report a key problem, and ``--once`` give up). Logged once every
+        :data:`WARN_EVERY_SECONDS` per address."""
+        due = self._warnings.due(("auth_rate_limited", conn.client), time.time())
+        return ConnectionClosed(
+            f"handshake from {hostname!r} closed unanswered, its key unchecked: {conn.client} "
+            f"had {AUTH_RATE_LIMIT_FAILURES} or more failed handshakes, so its key checks are "
+            f"limited to one every {AUTH_CHECK_INTERVAL_SECONDS:g}s and none is free within "
+            f"{AUTH_CHECK_WAIT_MAX_SECONDS:g}s (a client there has a wrong key or is "
+            "guessing it: fix or block it; later ones from this address are logged at most "
+            f"once every {WARN_EVERY_SECONDS:.0f}s)",
+            "auth_rate_limited",
+            logging.WARNING if due else logging.DEBUG,
+        )
 
     def _user_ok(self, ping: list[Any], auth: bytes) -> bool:
         username = ping[4] if len(ping) > 4 else None

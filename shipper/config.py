@@ -32,6 +32,22 @@ DEFAULT_PORT = 24224
 #: Levels ``--log-level`` (and the ``log_level`` key) accepts.
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
+#: A ``--shared-key`` shorter than this is warned about at start (:func:`weak_key_warning`).
+STRONG_KEY_CHARS = 16
+
+
+def weak_key_warning(key: str | None) -> str | None:
+    """The start-up WARNING for a ``--shared-key`` too short to resist guessing (None: no key,
+    or a long enough one), for both programs. Only a warning: Fluentd setups that share the
+    key with logq keep working. It gives the key's length, never the key."""
+    if key is None or len(key) >= STRONG_KEY_CHARS:
+        return None
+    return (
+        f"--shared-key is only {len(key)} characters long (under {STRONG_KEY_CHARS}): short "
+        "keys can be guessed; use a long random one, e.g. the output of `openssl rand -hex 32`, "
+        "set alike on every shipper, aggregator and other Forward client"
+    )
+
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:

@@ -59,7 +59,7 @@ with deferred_interrupts("logq-shipper"):
 
     from shipper import checkpoint, gz_pool
     from shipper.checkpoint import Registry
-    from shipper.config import Config, load_config
+    from shipper.config import Config, load_config, weak_key_warning
     from shipper.discover import Discoverer, Scan, SourceSpec, check_roots, node_names
     from shipper.errors import ConfigError, ShipperError, StartError
     from shipper.exclude import Excluder, Exclusion
@@ -544,6 +544,8 @@ class Shipper:
         return handlers
 
     async def run(self) -> int:
+        if weak := weak_key_warning(self.cfg.shared_key):
+            log.warning("%s", weak)
         loop = asyncio.get_running_loop()
         for sig, handler in self._signal_handlers():
             with contextlib.suppress(NotImplementedError, RuntimeError):

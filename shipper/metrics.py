@@ -206,6 +206,14 @@ class Metrics:
             "permissions); the sources already followed are kept",
             registry=r,
         )
+        self.metrics_connections_refused = Counter(
+            "logq_shipper_metrics_connections_refused",
+            f"Connections to --metrics-listen closed unanswered: {MAX_METRICS_CONNECTIONS} "
+            "were being served already, or the connection had sent no request for "
+            f"{SILENT_EVICT_SECONDS:g} s and a newcomer took its slot (as the aggregator's "
+            "logq_aggregator_metrics_connections_refused_total)",
+            registry=r,
+        )
         self._problems: dict[str, str] = {}
         self._service_seen: dict[str, float] = {}
         """Service -> when a source of it was last followed (:attr:`clock`)."""
@@ -420,6 +428,7 @@ class Metrics:
                 self.wfile.write(body)
 
         server = _listening_server(listen, Handler)
+        server.slots.on_refused = self.metrics_connections_refused.inc
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         with self._lock:
@@ -454,6 +463,9 @@ class _Slots:
         self._open: set[socket.socket] = set()
         self._silent: dict[socket.socket, float] = {}
         """Connections with no request yet, oldest first, and when each was accepted."""
+        self.on_refused: Callable[[], None] = lambda: None
+        """Called for each connection closed unanswered, refused or evicted (the counter
+        ``logq_shipper_metrics_connections_refused_total``)."""
 
     def admit(self, sock: socket.socket) -> bool:
         """Whether ``sock`` may be served: a free slot, or one taken from the connection that
@@ -461,6 +473,7 @@ class _Slots:
         with self._lock:
             if len(self._open) >= MAX_METRICS_CONNECTIONS:
                 victim = next(iter(self._silent.items()), None)
+                self.on_refused()  # the newcomer, or the victim whose slot it takes
                 if victim is None or time.monotonic() - victim[1] < SILENT_EVICT_SECONDS:
                     return False
                 self._release(victim[0])

@@ -47,6 +47,8 @@ log = logging.getLogger("logq.shipper.sender")
 
 HANDSHAKE_TIMEOUT = 10.0
 WRITE_SLICE = 256 * 1024
+#: Characters of a server's handshake rejection reason kept in the error (quoted, then cut).
+REASON_CHARS = 200
 
 
 #: Sources whose endpoint ranking is kept (a host has hundreds; past this the cache restarts).
@@ -564,9 +566,11 @@ class ForwardClient:
             )
         _, ok, reason, server_host, digest = pong[:5]
         if not ok:
+            # The server's words, quoted and cut (:func:`preview`): a hostile one could put
+            # newlines or terminal escapes in them, or megabytes, to forge lines in our log.
             raise HandshakeError(
-                f"aggregator {ep} rejected the handshake: {reason}; check --shared-key"
-                + (" and --username/--password" if auth else "")
+                f"aggregator {ep} rejected the handshake: {preview(reason, REASON_CHARS)}; "
+                "check --shared-key" + (" and --username/--password" if auth else "")
             )
         expected = wire.pong_digest(salt, str(server_host), nonce, self.shared_key or "")
         if digest != expected:
@@ -688,7 +692,11 @@ async def _read_one(ep: Endpoint, reader: Any, unpacker: Any, deadline: float) -
         async with asyncio.timeout_at(deadline):
             data = await reader.read(65536)
         if not data:
-            raise ConnectionError("aggregator closed the connection during the handshake")
+            raise ConnectionError(
+                "aggregator closed the connection during the handshake (retried; a "
+                "logq-aggregator does so while it rate-limits the key checks of this address "
+                "after failed handshakes of another client here: see its WARNINGs)"
+            )
         try:
             unpacker.feed(data)
         except msgpack.UnpackException as exc:  # BufferFull: no message fits in 1 MiB

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -327,10 +328,10 @@ def test_a_failed_handshake_answers_late_without_holding_up_the_others(
                 reader, writer, unpacker = await _handshake(host, port, "guess")
                 assert (await _pong(reader, unpacker))[:2] == ["PONG", False]
                 writer.close()
-            assert server._auth_failures["127.0.0.1"][0] == 3
+            assert server._auth_failures["127.0.0.1"].failures == 3
             monkeypatch.setattr(server_mod, "AUTH_DELAY_SECONDS", 3600.0)
             _, w_slow, _ = await _handshake(host, port, "guess")
-            await _until(lambda: server._auth_failures["127.0.0.1"][0] == 4)  # now waiting
+            await _until(lambda: server._auth_failures["127.0.0.1"].failures == 4)  # now waiting
             r_ok, w_ok, u_ok = await _handshake(host, port, "k")
             assert (await _pong(r_ok, u_ok))[:2] == ["PONG", True]
             assert len(server._conns) == 2  # the guess still waits for its PONG
@@ -393,3 +394,141 @@ def test_the_delay_doubles_per_recent_failure_up_to_a_cap() -> None:
     delays = [server._auth_delay("10.0.0.1") for _ in range(7)]
     assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
     assert server._auth_delay("10.0.0.2") == 0.5  # per address
+
+
+def test_guesses_sent_at_once_get_one_key_check_per_interval(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each failed handshake waited on its own connection, so one address holding many of them
+    tried a key per connection (1024 / 8 s: 128 a second). Now, past AUTH_RATE_LIMIT_FAILURES
+    failures, its keys are checked once per AUTH_CHECK_INTERVAL_SECONDS: 20 guesses sent at
+    once get 5 checks, 2 wait their turn unanswered, 13 are closed unchecked (the right key
+    too, when its turn is too far); a client with the right key on another address is served."""
+    monkeypatch.setattr(server_mod, "AUTH_DELAY_SECONDS", 0.01)
+    monkeypatch.setattr(server_mod, "AUTH_CHECK_INTERVAL_SECONDS", 60.0)
+    monkeypatch.setattr(server_mod, "AUTH_CHECK_WAIT_MAX_SECONDS", 120.0)
+    free = server_mod.AUTH_RATE_LIMIT_FAILURES
+
+    async def scenario() -> None:
+        metrics = Metrics()
+        server = ForwardServer(HeldBuffer(), metrics, ServerLimits(), shared_key="k")  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            guesses = [await _handshake(host, port, f"guess-{i}") for i in range(20)]
+            await _until(lambda: _rejected(metrics, "auth_rate_limited") == 20 - free - 2)
+            answers = await asyncio.gather(
+                *(asyncio.wait_for(_pong(r, u), 0.5) for r, _, u in guesses),
+                return_exceptions=True,
+            )
+            checked = [a for a in answers if isinstance(a, list)]
+            assert len(checked) == free and _rejected(metrics, "auth_failed") == free
+            assert all(p[:3] == ["PONG", False, "shared_key mismatch"] for p in checked)
+            assert all(p[4] == "" for p in checked)  # no digest to guess from
+            assert answers.count("closed") == 20 - free - 2  # unchecked, unanswered
+            waiting = [a for a in answers if isinstance(a, TimeoutError)]
+            assert len(waiting) == 2  # their turns: 60 s and 120 s on, delayed, not answered
+            # The right key: its turn too far from the limited address, served from another.
+            r_same, w_same, u_same = await _handshake(host, port, "k")
+            assert await _pong(r_same, u_same) == "closed"
+            r_other, w_other, u_other = await _handshake(host, port, "k", source="127.0.0.2")
+            assert (await _pong(r_other, u_other))[:2] == ["PONG", True]
+            assert _rejected(metrics, "auth_failed") == free  # still no more checks
+            for writer in [w for _, w, _ in guesses] + [w_same, w_other]:
+                writer.close()
+        finally:
+            await server.stop(grace=0)
+
+    caplog.set_level(logging.DEBUG, logger="logq.aggregator.server")
+    _run(scenario())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        sum("failed shared-key handshakes from 127.0.0.1: its key checks" in w for w in warnings)
+        == 1
+    )
+    assert sum("closed unanswered, its key unchecked" in w for w in warnings) == 1  # every 10 s
+
+
+def test_a_right_key_behind_the_address_of_a_client_retrying_a_wrong_one_gets_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stale Fluent Bit with an old key on a shipper's host (or behind its NAT) retries for
+    ever. With a lockout renewed by its every failure, the shipper beside it was refused for
+    ever; with checks rate-limited, the failing client holds one turn at most, so the right key
+    gets a turn on each try (within AUTH_CHECK_WAIT_MAX_SECONDS) and passes, while the failing
+    client is still checked, one key per interval. A success there does not lift the limit."""
+    monkeypatch.setattr(server_mod, "AUTH_DELAY_SECONDS", 0.01)
+    monkeypatch.setattr(server_mod, "AUTH_DELAY_MAX_SECONDS", 0.05)
+    monkeypatch.setattr(server_mod, "AUTH_CHECK_INTERVAL_SECONDS", 0.2)
+    monkeypatch.setattr(server_mod, "AUTH_CHECK_WAIT_MAX_SECONDS", 0.4)
+
+    async def scenario() -> None:
+        metrics = Metrics()
+        server = ForwardServer(HeldBuffer(), metrics, ServerLimits(), shared_key="k")  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        stop = asyncio.Event()
+
+        async def misconfigured() -> None:
+            while not stop.is_set():
+                reader, writer, unpacker = await _handshake(host, port, "old-key")
+                await _pong(reader, unpacker)
+                writer.close()
+
+        retrying = asyncio.create_task(misconfigured())
+        try:
+            await _until(lambda: _rejected(metrics, "auth_failed") >= 8)  # limited, retrying
+            for _ in range(3):
+                failed = _rejected(metrics, "auth_failed")
+                reader, writer, unpacker = await _handshake(host, port, "k")
+                assert (await _pong(reader, unpacker))[:2] == ["PONG", True]  # first try
+                writer.close()
+                await _until(lambda n=failed: _rejected(metrics, "auth_failed") > n)  # still tried
+            assert server._auth_failures["127.0.0.1"].limited(time.monotonic())
+        finally:
+            stop.set()
+            await retrying
+            await server.stop(grace=0)
+
+    _run(scenario())
+
+
+def test_the_failed_handshake_table_keeps_the_latest_addresses_within_its_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Failures from more addresses than AUTH_FAILURES_MAX_ADDRESSES forget the oldest: the
+    table stays bounded and a flood of new addresses does not wipe a recent guesser's count
+    (it emptied the whole table). Taking turns adds no entry."""
+    monkeypatch.setattr(server_mod, "AUTH_FAILURES_MAX_ADDRESSES", 100)
+    server = ForwardServer(HeldBuffer(), Metrics(), ServerLimits(), shared_key="k")  # type: ignore[arg-type]
+    for i in range(250):
+        address = f"10.0.{i // 256}.{i % 256}"
+        assert server._check_turn(address) == 0.0
+        server._auth_delay(address)
+        assert server._check_turn(f"10.1.{i // 256}.{i % 256}") == 0.0  # no failure: no entry
+        if i == 150:
+            for _ in range(server_mod.AUTH_RATE_LIMIT_FAILURES):
+                server._auth_delay("10.9.9.9")  # rate-limited, and among the newest
+        assert len(server._auth_failures) <= 100
+    assert "10.0.0.0" not in server._auth_failures  # the oldest went first
+    assert server._auth_failures["10.9.9.9"].limited(time.monotonic())
+
+
+def test_a_short_shared_key_is_warned_about_once_at_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A short key is accepted (Fluentd setups share it) but said to be weak, with how to make
+    a strong one; the key itself is never logged."""
+
+    async def start(key: str) -> None:
+        server = ForwardServer(HeldBuffer(), Metrics(), ServerLimits(), shared_key=key)  # type: ignore[arg-type]
+        await server.start("127.0.0.1", 0)
+        await server.stop(grace=0)
+
+    caplog.set_level(logging.INFO, logger="logq.aggregator.server")
+    _run(start("s3cr3t-fluentd"))
+    weak = [r for r in caplog.records if "openssl rand -hex 32" in r.getMessage()]
+    assert len(weak) == 1 and weak[0].levelno == logging.WARNING
+    assert "14 characters" in weak[0].getMessage()
+    assert "s3cr3t-fluentd" not in weak[0].getMessage()
+    caplog.clear()
+    _run(start("0123456789abcdef"))
+    assert not [r for r in caplog.records if "openssl" in r.getMessage()]

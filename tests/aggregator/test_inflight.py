@@ -346,9 +346,13 @@ def test_a_connection_asking_for_acks_is_closed_unread_after_waiting_too_long(
     _run(scenario())
 
 
-async def _handshake(host: str, port: int, key: str = "k") -> tuple[Any, Any, Any]:
-    """Connect, read the HELO and send a PING with ``key``: (reader, writer, unpacker)."""
-    reader, writer = await asyncio.open_connection(host, port)
+async def _handshake(
+    host: str, port: int, key: str = "k", source: str | None = None
+) -> tuple[Any, Any, Any]:
+    """Connect (from the address ``source``, if given), read the HELO and send a PING with
+    ``key``: (reader, writer, unpacker)."""
+    local = (source, 0) if source else None
+    reader, writer = await asyncio.open_connection(host, port, local_addr=local)
     unpacker = wire.new_unpacker()
     helo = None
     while helo is None:

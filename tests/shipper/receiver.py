@@ -32,8 +32,11 @@ class Receiver:
         ack: bool = True,
         ack_delay: float = 0.0,
         ack_first: int | None = None,
+        reject_reason: str = "shared_key mismatch",
     ) -> None:
         self.shared_key = shared_key
+        self.reject_reason = reject_reason
+        """The reason its PONG gives for a wrong key (a hostile server's can be anything)."""
         self.tls = tls
         self.drop_first = drop_first
         """Close the connection instead of acking the first N messages."""
@@ -130,9 +133,7 @@ class Receiver:
         server_host = "receiver"
         if not ok:
             self.handshake_failures += 1
-            writer.write(
-                wire.encode_pong(False, "shared_key mismatch", server_host, b"", nonce, "")
-            )
+            writer.write(wire.encode_pong(False, self.reject_reason, server_host, b"", nonce, ""))
             await writer.drain()
             return False
         writer.write(wire.encode_pong(True, "", server_host, salt_b, nonce, self.shared_key or ""))

@@ -27,11 +27,14 @@ from tests.shipper.receiver import free_port
 
 
 @contextlib.contextmanager
-def _serving(silent: int = 0) -> Iterator[tuple[int, list[socket.socket]]]:
-    """A shipper metrics server on a free port and ``silent`` connections to it that send
-    nothing: (the port, those connections); all closed and the server shut down at the end."""
+def _serving(
+    silent: int = 0, metrics: Metrics | None = None
+) -> Iterator[tuple[int, list[socket.socket]]]:
+    """A shipper metrics server on a free port (of ``metrics``, if given) and ``silent``
+    connections to it that send nothing: (the port, those connections); all closed and the
+    server shut down at the end."""
     port = free_port()
-    server = Metrics().serve(Endpoint("127.0.0.1", port))
+    server = (metrics or Metrics()).serve(Endpoint("127.0.0.1", port))
     socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(silent)]
     try:
         yield port, socks
@@ -120,6 +123,32 @@ def test_connections_over_the_limit_are_closed_and_probes_still_get_in(
         assert closed >= 16, f"{20 - closed} silent connections still held"
         time.sleep(0.6)  # the ones left have been silent long enough to make room
         _assert_live(port)
+
+
+def test_connections_closed_unanswered_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused or evicted, a connection closed unanswered was counted nowhere: a flood or a
+    leaking probe holding the slots showed only as failed scrapes. It is counted in
+    ``logq_shipper_metrics_connections_refused_total``, named as the aggregator's."""
+    monkeypatch.setattr(metrics_mod, "REQUEST_TIMEOUT_SECONDS", 60.0)
+    monkeypatch.setattr(metrics_mod, "MAX_METRICS_CONNECTIONS", 4)
+    monkeypatch.setattr(metrics_mod, "SILENT_EVICT_SECONDS", 3600.0)
+    metrics = Metrics()
+    name = "logq_shipper_metrics_connections_refused_total"
+    assert metrics.registry.get_sample_value(name) == 0.0  # listed at 0 from the start
+
+    def counted(n: float) -> bool:
+        deadline = time.monotonic() + 10
+        while metrics.registry.get_sample_value(name) != n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return metrics.registry.get_sample_value(name) == n
+
+    with _serving(silent=10, metrics=metrics) as (port, silent):
+        assert counted(6.0)  # refused: none of the 4 served was silent for long
+        assert all(_closed_by_server(sock, within=10) for sock in silent[4:])
+        monkeypatch.setattr(metrics_mod, "SILENT_EVICT_SECONDS", 0.0)
+        _assert_live(port)  # takes the slot of the one silent longest, closed unanswered
+        assert counted(7.0)
+        assert _closed_by_server(silent[0], within=10)
 
 
 def test_a_connection_closed_for_a_newcomer_mid_request_is_not_answered(

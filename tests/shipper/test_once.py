@@ -105,6 +105,31 @@ def test_once_ships_every_line_with_metadata(tmp_path: Path, receiver: Receiver)
     assert len(receiver.records) == 800 and receiver.duplicates == 0
 
 
+@pytest.mark.parametrize("key", ["s3cret-fluentd", "0123456789abcdef"])
+def test_a_short_shared_key_is_warned_about_once_and_still_used(tmp_path: Path, key: str) -> None:
+    """A short key is accepted (Fluentd setups share it with logq) but said to be weak at start,
+    with how to make a strong one and never the key itself; a 16-character one is not."""
+    receiver = Receiver(shared_key=key)
+    try:
+        root = tmp_path / "containers"
+        make_container(root, "d" * 64, "web", lines=["hello"])
+        res = run_shipper(
+            *("--aggregator", receiver.address, "--shared-key", key),
+            *("--docker-root", str(root), "--cri-root", str(empty_root(tmp_path))),
+            *("--state-dir", str(tmp_path / "state"), "--once"),
+        )
+    finally:
+        receiver.close()
+    assert res.returncode == 0, res.stderr
+    assert [r["log"] for _, _, r in receiver.records] == ["hello"]
+    weak = [line for line in res.stderr.splitlines() if "openssl rand -hex 32" in line]
+    if len(key) >= 16:
+        assert weak == [], res.stderr
+        return
+    assert len(weak) == 1 and "level=warning" in weak[0], res.stderr
+    assert f"{len(key)} characters" in weak[0] and key not in weak[0]
+
+
 def test_once_fails_clearly_when_no_aggregator(tmp_path: Path) -> None:
     root = tmp_path / "containers"
     make_container(root, "c" * 64, "web", lines=["hello"])

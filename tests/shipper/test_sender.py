@@ -137,6 +137,28 @@ def test_shared_key_handshake_ok_and_wrong_key() -> None:
         r.close()
 
 
+def test_a_rogue_servers_rejection_reason_is_quoted_and_cut() -> None:
+    """The PONG's reason went into the error (and the shipper's log) as given: a hostile server
+    could forge log lines with newlines, hide them with terminal escapes, or send megabytes."""
+    forged = 'no\nts=2026-12-01T00:00:00.000Z level=info msg="all good"\r\x1b[2K' + "x" * 100_000
+    r = Receiver(shared_key="s3cret", reject_reason=forged)
+    try:
+
+        async def bad() -> str:
+            c = client(r.address, shared_key="wrong", give_up_after=5.0)
+            with pytest.raises(HandshakeError) as err:
+                await c.deliver(*message(1))
+            await c.close()
+            return str(err.value)
+
+        text = asyncio.run(bad())
+    finally:
+        r.close()
+    assert "rejected the handshake: 'no\\nts=2026" in text, text[:300]
+    assert not any(ch in text for ch in "\n\r\x1b"), text[:300]
+    assert len(text) < 400 and text.endswith("...; check --shared-key"), text[:300]
+
+
 def test_tls_with_self_signed_ca(tmp_path: Path) -> None:
     ca, cert, key = make_ca_and_server(tmp_path)
     r = Receiver(tls=server_context(cert, key))
