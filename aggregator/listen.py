@@ -31,6 +31,9 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 #: holds the port picked for the first address on one of the others.
 PORT_TRIES = 20
 
+#: asyncio's default StreamReader limit (``asyncio.start_server``'s ``limit``).
+STREAM_LIMIT = 64 * 1024
+
 #: An address to bind: (family, sockaddr) as ``getaddrinfo`` gives it.
 Address = tuple[int, tuple[Any, ...]]
 
@@ -74,12 +77,25 @@ def ends_quietly(callback: Handler) -> Handler:
     return handle
 
 
-async def start_server(callback: Handler, host: str, port: int, **kwargs: Any) -> Listeners:
-    """``asyncio.start_server(callback, host, port, **kwargs)``, with every address of
-    ``host`` on one port (``""``: every address of this host, as asyncio reads it); each
-    connection's task :func:`ends_quietly`."""
+async def start_server(
+    callback: Handler,
+    host: str,
+    port: int,
+    *,
+    limit: int = STREAM_LIMIT,
+    reader: type[asyncio.StreamReader] = asyncio.StreamReader,
+    **kwargs: Any,
+) -> Listeners:
+    """``asyncio.start_server(callback, host, port, limit=limit, **kwargs)``, with every
+    address of ``host`` on one port (``""``: every address of this host, as asyncio reads it);
+    each connection's task :func:`ends_quietly`. ``reader``: the class of each connection's
+    StreamReader (the Forward server's counts what it receives, :mod:`.stop_reads`)."""
     callback = ends_quietly(callback)
     loop = asyncio.get_running_loop()
+
+    def protocol() -> asyncio.StreamReaderProtocol:  # as asyncio.start_server makes it
+        return asyncio.StreamReaderProtocol(reader(limit=limit, loop=loop), callback, loop=loop)
+
     infos = await loop.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
@@ -89,7 +105,7 @@ async def start_server(callback: Handler, host: str, port: int, **kwargs: Any) -
     servers: list[asyncio.AbstractServer] = []
     try:
         for sock in sockets:
-            servers.append(await asyncio.start_server(callback, sock=sock, **kwargs))
+            servers.append(await loop.create_server(protocol, sock=sock, **kwargs))
     except BaseException:
         for server in servers:
             server.close()

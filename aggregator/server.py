@@ -57,6 +57,7 @@ from aggregator.decode import (
 from aggregator.inflight import InflightBytes, Share
 from aggregator.metrics import Metrics
 from aggregator.open_files import fd_limit_hint
+from aggregator.stop_reads import CutReader
 from aggregator.throttle import Throttle
 from aggregator.udp_heartbeat import answer_heartbeats
 from shipper import wire
@@ -99,6 +100,8 @@ BACKPRESSURE_CLOSE_SECONDS = 10.0
 #: in-flight budget is closed (its connection is the one the budget lets read first). Shorter
 #: than BACKPRESSURE_CLOSE_SECONDS, the longest those others wait.
 MESSAGE_STALL_SECONDS = 5.0
+#: How long connections read on normally once a graceful stop begins; then each reads what had
+#: reached this host by the end of it and no more (:mod:`aggregator.stop_reads`).
 STOP_DRAIN_SECONDS = 0.3
 #: How long a connection being closed may go without its client taking any of its last bytes
 #: (acks, and with TLS close_notify) before its socket is dropped (:func:`_release`). Without a
@@ -202,7 +205,8 @@ class _Conn:
     """``host:port`` of the client."""
     task: asyncio.Task[None] | None = None
     reading: bool = False
-    stopping: bool = False
+    reader: CutReader | None = None
+    """The connection's reader, which the stop cuts (:meth:`ForwardServer.stop`)."""
     received: int = field(default=0)
     fed: int = 0
     """Bytes fed to this connection's unpacker."""
@@ -326,7 +330,7 @@ class ForwardServer:
         # mode), and a misconfigured client then got no logged reason at all.
         # Every address of ``host`` on one port, ``:0`` too (:mod:`.listen`).
         self._server = await listen.start_server(
-            self._accept, host, port, backlog=1024, limit=STREAM_LIMIT
+            self._accept, host, port, backlog=1024, limit=STREAM_LIMIT, reader=CutReader
         )
         for listening in self._server.sockets:  # accepted sockets inherit it
             listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
@@ -343,18 +347,24 @@ class ForwardServer:
         return self.listening[0]
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop accepting; let connections finish the batch they are acking, then close them."""
+        """Stop accepting; let connections read on for STOP_DRAIN_SECONDS, then read what had
+        reached this host by then and no more, finish the batch they are acking, and close.
+
+        Clients without acks (fluent-logger, Fluent Bit or Fluentd without
+        require_ack_response) cannot resend what they wrote: every complete message in the
+        socket when the window ends is stored, also on a connection busy then (waiting for the
+        fsync of an earlier message), which used to leave without reading it. A connection
+        waiting for bytes with none left is stopped at once; one whose client keeps streaming
+        stops at what had arrived (:mod:`.stop_reads`), so it does not hold the stop open."""
         if self._server:
             self._server.close()
         for heartbeat in self._heartbeats:
             heartbeat.close()
-        for conn in self._conns.values():
-            conn.stopping = True
-        # Give readers a moment to take what is already in their socket buffers (clients
-        # without acks, like fluent-logger, count on it), then stop those still waiting.
         await asyncio.sleep(STOP_DRAIN_SECONDS)
+        tls = self.ssl_context is not None
         for task, conn in list(self._conns.items()):
-            if conn.reading:
+            left = conn.reader is not None and conn.reader.cut(tls)
+            if conn.reading and not left:
                 task.cancel()
         tasks = list(self._conns)
         if tasks:
@@ -388,7 +398,8 @@ class ForwardServer:
                 )
             writer.close()
             return
-        conn = _Conn(peer, task, share=self.inflight.share())
+        cut_reader = reader if isinstance(reader, CutReader) else None
+        conn = _Conn(peer, task, reader=cut_reader, share=self.inflight.share())
         self._conns[task] = conn
         self.metrics.connections.inc()
         try:
@@ -531,7 +542,7 @@ class ForwardServer:
             if conn.fed > conn.boundary:  # messages sent right behind the PING
                 await self._process(conn, unpacker, writer)
                 _note_partial(conn, conn.boundary != conn.fed)
-        while not conn.stopping:
+        while True:  # until the client closes, or the stop's cut (:meth:`stop`)
             await self._wait_for_space(conn, reader)
             await self._wait_for_objects(conn)
             data = await self._read_next(conn, reader)

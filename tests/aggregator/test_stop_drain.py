@@ -1,0 +1,213 @@
+"""A graceful stop reads what a client without acks had sent before the drain window ended
+(aggregator/stop_reads.py, ``ForwardServer.stop``).
+
+Defect: the stop flagged every connection, waited ``STOP_DRAIN_SECONDS``, then cancelled those
+waiting in a read; but the msgpack loop was ``while not conn.stopping``, so a connection busy
+when the stop came (waiting for the fsync of message A) went back to the loop top, saw the flag
+and left without reading message B, already in its socket. fluent-logger, Fluent Bit and
+Fluentd without ``require_ack_response`` cannot resend it: B was lost. The JSON loop had no
+such check and read on, for as long as its client sent, until the stop's grace ran out.
+
+Now the window's end cuts each connection's reader at what had reached this host: the busy
+connection reads B after A's fsync, drops the unfinished message behind it (as before), and
+reads nothing its client sent after the cut. The fsync of A is held by a gate on ``os.fsync``
+(buffer segments only), as the fault injection of test_fsync_failure.py; the end of the window
+is seen by an idle connection the stop closes then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import socket
+import ssl
+import struct
+import termios
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from aggregator import service as service_mod
+from aggregator.config import Settings
+from shipper import wire
+from tests.aggregator.helpers import REAL_FSYNC, is_segment, read_table, record
+from tests.aggregator.test_disk_full import _wait_for
+from tests.shipper.tlsgen import make_ca_and_server
+
+TAG = "logq.drain"
+
+
+class HeldFsync:
+    """``os.fsync`` whose next fsync of a buffer segment, once armed, waits for ``release``
+    (a slow disk, for one message); every other fsync is real."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.armed = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        monkeypatch.setattr(os, "fsync", self)
+
+    def __call__(self, fd: int) -> None:
+        if self.armed and is_segment(fd):
+            self.armed = False
+            self.entered.set()
+            assert self.release.wait(60), "the test never released the held fsync"
+        REAL_FSYNC(fd)
+
+
+def _message(text: str, encoding: str) -> bytes:
+    """One message without a ``chunk`` option (no ack asked, as fluent-logger sends)."""
+    rec = record(text, service="drain")
+    if encoding == "json":
+        return json.dumps([TAG, int(time.time()), rec]).encode()
+    return wire.encode_message(TAG, time.time_ns(), rec)
+
+
+def _connect(port: int, ca: Path | None) -> socket.socket:
+    """A client connection; over TLS when ``ca`` (its handshake done) is given."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    if ca is None:
+        return sock
+    return ssl.create_default_context(cafile=str(ca)).wrap_socket(sock, server_hostname="127.0.0.1")
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Block until the server closes ``sock`` (True) or 30 s pass (False)."""
+    sock.settimeout(30)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+@pytest.mark.parametrize("encoding", ["msgpack", "json"])
+@pytest.mark.parametrize("tail", ["unfinished", "after the window"])
+def test_a_stop_stores_what_a_busy_connection_had_received_and_nothing_sent_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoding: str, tail: str, transport: str
+) -> None:
+    """A no-ack client sends A; while A's fsync is held it sends B (and with ``unfinished``
+    half of C); the stop comes and its drain window ends (the idle connection is closed);
+    (with ``after the window`` the client then sends D;) the fsync is released. A and B are in
+    the warehouse after the stop, C (unfinished) and D (sent after the window) are not, and
+    the stop ends with 0. Before the fix: B was lost (msgpack); the JSON loop read D too.
+    Over TLS the cut counts deciphered bytes only (no kernel queue): B, deciphered as it came,
+    is in the reader, and D is not read either."""
+    ca, cert, key = make_ca_and_server(tmp_path) if transport == "tls" else (None, None, None)
+    settings = Settings(
+        listen="127.0.0.1:0",
+        warehouse=str(tmp_path / "wh"),
+        buffer_dir=str(tmp_path / "buf"),
+        flush_interval=300,
+        tls_cert=str(cert) if cert else None,
+        tls_key=str(key) if key else None,
+    )
+    agg = service_mod.Aggregator(settings)
+    exits: list[int] = []
+    agg._exit_now = exits.append  # type: ignore[method-assign]
+    disk = HeldFsync(monkeypatch)
+    c = _message("C unfinished", encoding)
+
+    async def scenario() -> int:
+        running = asyncio.ensure_future(agg.run())
+        try:
+            await _wait_for(lambda: agg.port, running, "start")
+            idle = await asyncio.to_thread(_connect, agg.port, ca)
+            client = await asyncio.to_thread(_connect, agg.port, ca)
+            with idle, client:
+                assert agg.server is not None
+                await _wait_for(lambda: len(agg.server._conns) == 2, running, "2 connections")
+                disk.armed = True
+                client.sendall(_message("A durable slowly", encoding))
+                assert await asyncio.to_thread(disk.entered.wait, 30), "A was never fsync'd"
+                unfinished = c[: len(c) // 2] if tail == "unfinished" else b""
+                client.sendall(_message("B behind A", encoding) + unfinished)
+                agg._stop_requested()
+                assert await asyncio.to_thread(_closed_by_server, idle), "no end of the window"
+                if tail == "after the window":
+                    client.sendall(_message("D after the window", encoding))
+                disk.release.set()
+                return await asyncio.wait_for(running, 120)
+        finally:
+            disk.release.set()
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 240)) == 0
+    assert not exits
+    stored = sorted(read_table(settings.warehouse, "container_logs")["message"].to_pylist())
+    assert stored == ["A durable slowly", "B behind A"]
+
+
+def _unacked(sock: socket.socket) -> int:
+    """Bytes ``sock`` sent that its peer's kernel has not acknowledged (Linux ``SIOCOUTQ``):
+    the rest reached the aggregator's host, in its socket or its reader."""
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4)))[0])
+
+
+def test_a_stop_also_reads_what_waits_in_the_kernel_behind_a_full_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While A's fsync is held, the no-ack client writes messages until its socket takes no
+    more: the connection's reader fills and asyncio stops pulling from the socket, so much of
+    what reached this host waits in the kernel's receive queue when the window ends. Every
+    message that had reached it is stored (counted from what the client's kernel says the
+    aggregator's acknowledged), and not all the client wrote (reading stopped at the cut)."""
+    settings = Settings(
+        listen="127.0.0.1:0",
+        warehouse=str(tmp_path / "wh"),
+        buffer_dir=str(tmp_path / "buf"),
+        flush_interval=300,
+    )
+    agg = service_mod.Aggregator(settings)
+    agg._exit_now = lambda code: None  # type: ignore[method-assign]
+    disk = HeldFsync(monkeypatch)
+    bulk = [_message(f"B{i:07d}", "msgpack") for i in range(20_000)]
+    size = len(bulk[0])
+    assert {len(m) for m in bulk} == {size}, "the messages must be of one length"
+    stream = b"".join(bulk)
+    figures: dict[str, int] = {}
+
+    async def scenario() -> int:
+        running = asyncio.ensure_future(agg.run())
+        try:
+            await _wait_for(lambda: agg.port, running, "start")
+            idle = socket.create_connection(("127.0.0.1", agg.port), timeout=30)
+            client = socket.create_connection(("127.0.0.1", agg.port), timeout=30)
+            with idle, client:
+                assert agg.server is not None
+                await _wait_for(lambda: len(agg.server._conns) == 2, running, "2 connections")
+                disk.armed = True
+                client.sendall(_message("A durable slowly", "msgpack"))
+                assert await asyncio.to_thread(disk.entered.wait, 30), "A was never fsync'd"
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)  # fills sooner
+                client.setblocking(False)
+                sent = 0
+                while sent < len(stream):  # until the socket takes no more for a while
+                    try:
+                        sent += client.send(stream[sent : sent + 65536])
+                    except BlockingIOError:
+                        await asyncio.sleep(0.2)
+                        try:
+                            sent += client.send(stream[sent : sent + 65536])
+                        except BlockingIOError:
+                            break
+                assert sent < len(stream), "send more: the client's socket never filled"
+                agg._stop_requested()
+                assert await asyncio.to_thread(_closed_by_server, idle), "no end of the window"
+                figures.update(sent=sent, reached=sent - _unacked(client))
+                disk.release.set()
+                return await asyncio.wait_for(running, 120)
+        finally:
+            disk.release.set()
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 240)) == 0
+    stored = read_table(settings.warehouse, "container_logs")["message"].to_pylist()
+    assert stored.count("A durable slowly") == 1
+    behind = sorted(m for m in stored if m.startswith("B"))
+    assert behind == [f"B{i:07d}" for i in range(len(behind))], "stored in order, none skipped"
+    assert figures["reached"] // size <= len(behind) < figures["sent"] // size, (figures, size)
