@@ -265,10 +265,10 @@ def _footer_bound(wh: Warehouse, path: str, low: bool) -> datetime | None:
 
     The statistics are read raw (int64) and converted with the column's Parquet time unit:
     pyarrow's ``statistics.max`` converts timestamps through pandas, whose import alone costs
-    more than the whole note (it runs with every query).
+    more than the whole note (it runs with every query). For the same reason pyarrow.compute
+    is left to :func:`_column_bound`, for files whose footers do not tell.
     """
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from athena.engines.local import unreadable_file
@@ -288,18 +288,30 @@ def _footer_bound(wh: Warehouse, path: str, low: bool) -> datetime | None:
             if stats is not None and stats.has_min_max and unit is not None:
                 raw = stats.min_raw if low else stats.max_raw
             if not isinstance(raw, int):  # no statistics, or not an int64 time (e.g. INT96)
-                table = pq.read_table(path, columns=["timestamp"], filesystem=wh.fs)
-                ts = table["timestamp"]
-                if pa.types.is_timestamp(ts.type):
-                    unit, ts = ts.type.unit, pc.cast(ts, pa.int64())
-                value = scalar_value((pc.min if low else pc.max)(ts))
-                return None if value is None else from_epoch(value, unit or "ms")
+                return _column_bound(wh, path, low, unit)
             bounds.append(raw)
     except (pa.ArrowException, ValueError) as exc:
         raise unreadable_file(path, exc) from exc
     if not bounds or unit is None:
         return None
     return from_epoch(min(bounds) if low else max(bounds), unit)
+
+
+def _column_bound(wh: Warehouse, path: str, low: bool, unit: str | None) -> datetime | None:
+    """Max (or min, ``low``) ``timestamp`` of one file whose footer has no usable statistics,
+    from the column itself (``unit``: the footer's, for a column of plain integers). Its
+    errors are :func:`_footer_bound`'s to name the file. pyarrow.compute is imported here
+    only: it builds a wrapper and docstring for each of its hundreds of functions on import
+    (0.05-0.15 s), a cost the footers' note, run with every query, need not pay."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    ts = pq.read_table(path, columns=["timestamp"], filesystem=wh.fs)["timestamp"]
+    if pa.types.is_timestamp(ts.type):
+        unit, ts = ts.type.unit, pc.cast(ts, pa.int64())
+    value = scalar_value((pc.min if low else pc.max)(ts))
+    return None if value is None else from_epoch(value, unit or "ms")
 
 
 def _max_before(wh: Warehouse, path: str, before: datetime) -> datetime | None:
