@@ -133,11 +133,20 @@ def _profile_region() -> str | None:
         return None
 
 
-def s3_filesystem(settings: S3Settings | None = None) -> pafs.S3FileSystem:
+def s3_filesystem(
+    settings: S3Settings | None = None, request_timeout: float | None = None
+) -> pafs.S3FileSystem:
     """pyarrow's S3 filesystem configured from ``settings`` (None: the standard AWS
-    environment, read now)."""
+    environment, read now).
+
+    ``request_timeout`` (seconds without a byte of the answer): None keeps the AWS SDK's 3 s,
+    after which the request is sent again (3 attempts in all). The tests that count a server's
+    requests wait longer: an answer slower than that under load was sent, and counted, twice.
+    """
     settings = settings or S3Settings.from_env()
     kwargs: dict = {"region": settings.region}
+    if request_timeout is not None:
+        kwargs["request_timeout"] = request_timeout
     if settings.endpoint:
         kwargs["endpoint_override"] = settings.endpoint
         kwargs["scheme"] = settings.scheme

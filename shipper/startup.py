@@ -23,7 +23,9 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
+from types import CodeType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -55,8 +57,9 @@ def interrupted(program: str) -> int:
 def redeliver_dropped_interrupts() -> None:
     """Install a ``sys.unraisablehook`` that sends a ``KeyboardInterrupt`` Python could not
     raise (it landed in a weakref callback or a finalizer) again as the signal it came from,
-    10 ms later from a timer thread: the handler raises it where it can propagate, as if the
-    signal had come a moment later. That is SIGINT for Ctrl-C, and the SIGTERM or SIGHUP of a
+    from a thread of its own once the hook has returned (:func:`_send_after`): the handler
+    raises it where it can propagate, as if the signal had come a moment later. That is
+    SIGINT for Ctrl-C, and the SIGTERM or SIGHUP of a
     :class:`~athena.engines.result.Terminated` (its ``signum``): sent again as SIGINT, which a
     job started in the background or by CI inherits as ignored, it was lost, and an Athena
     query went on running after ``timeout`` or a closed terminal had asked logq to stop.
@@ -67,10 +70,10 @@ def redeliver_dropped_interrupts() -> None:
 
     def hook(unraisable: sys.UnraisableHookArgs) -> None:
         if isinstance(unraisable.exc_value, KeyboardInterrupt):
-            # From another thread, a moment later: sent from here, the handler would run at
-            # once, inside this hook, and the interrupt would be dropped again.
+            # From another thread, once this hook has returned: sent from here, the handler
+            # would run at once, inside this hook, and the interrupt would be dropped again.
             signum = getattr(unraisable.exc_value, "signum", signal.SIGINT)
-            later = threading.Timer(0.01, os.kill, (os.getpid(), signum))
+            later = threading.Thread(target=_send_after, args=(hook.__code__, signum))
             later.daemon = True
             later.start()
             return
@@ -78,6 +81,22 @@ def redeliver_dropped_interrupts() -> None:
 
     hook.redelivers_interrupts = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
+
+
+def _send_after(hook: CodeType, signum: int) -> None:
+    """Send ``signum`` to this process once the main thread is out of ``hook`` (looked at every
+    10 ms). A timer of 10 ms was not enough: on a loaded machine the main thread was still in
+    the hook, starting the timer's thread, when the signal came, and the ``KeyboardInterrupt``
+    was dropped again ("Exception ignored in sys.unraisablehook")."""
+    main = threading.main_thread().ident
+    while True:
+        time.sleep(0.01)
+        frame = sys._current_frames().get(main) if main is not None else None
+        while frame is not None and frame.f_code is not hook:
+            frame = frame.f_back
+        if frame is None:  # (the main thread is out of the hook, or gone)
+            break
+    os.kill(os.getpid(), signum)
 
 
 @contextlib.contextmanager
@@ -126,6 +145,60 @@ def run_held(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return await main()
 
     try:
-        return asyncio.run(released())
+        # asyncio.run(), on a loop that closes with the stop signals ignored (_close_quietly)
+        with asyncio.Runner(loop_factory=_quietly_closing_loop) as runner:
+            return runner.run(released())
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # if released() never ran
+
+
+#: The signals that stop a daemon (SIGHUP: a warning), ignored while its event loop closes.
+_STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+def _quietly_closing_loop() -> Any:  # an asyncio event loop (asyncio is imported lazily)
+    """asyncio's event loop (``asyncio.run``'s own), whose ``close()`` ignores the stop signals
+    until it is done: :func:`_close_quietly`."""
+    import asyncio
+
+    class QuietlyClosingLoop(asyncio.SelectorEventLoop):
+        def close(self) -> None:
+            _close_quietly(self, super().close)
+
+    return QuietlyClosingLoop()
+
+
+def _close_quietly(loop: Any, close: Callable[[], None]) -> None:
+    """Close ``loop`` with SIGINT, SIGTERM and SIGHUP ignored (the program's end: a stop asked
+    for now has nothing left to stop), then give each its handler back, unless the loop has set
+    it to the default as it removed its own.
+
+    A signal landing in asyncio's ``close()`` printed a message or a traceback: once the loop's
+    self-pipe was closed, the signal's wakeup byte was written to a closed descriptor
+    ("Exception ignored when trying to write to the signal wakeup fd: ... Bad file
+    descriptor"), or, with SIGINT no longer the loop's (logq-shipper gave its handlers back at
+    the end of its run), a ``KeyboardInterrupt`` left the loop half closed, and closing it
+    again on garbage collection failed ("Exception ignored in: BaseEventLoop.__del__ ...
+    AttributeError"). Ignored, a signal is dropped by the kernel: no byte, no exception.
+    They are ignored in ``close()`` alone, which waits for nothing (it shuts the default
+    executor down without waiting): before it, asyncio's stop (cancelling tasks,
+    ``shutdown_default_executor``) can wait without end for a thread stuck in a call, and a
+    stop signal must still end it there."""
+    if loop.is_running() or loop.is_closed():
+        close()  # (raises for a running loop; nothing to do for a closed one)
+        return
+    if threading.current_thread() is not threading.main_thread():
+        close()  # (signal handlers can only be set from the main thread)
+        return
+    # Not a handler set outside Python (None: an embedding host's): it could not be set back,
+    # and the signal would stay ignored for the rest of the process.
+    known = [sig for sig in _STOP_SIGNALS if signal.getsignal(sig) is not None]
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in known}
+    try:
+        close()
+    finally:
+        for sig, handler in before.items():
+            if signal.getsignal(sig) == signal.SIG_IGN:
+                signal.signal(sig, handler)  # not the loop's: its handler back

@@ -22,11 +22,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from shipper.startup import deferred_interrupts, is_interrupt
-from tests.support.procs import console_script, free_port, start_group, stop_group
+from shipper.startup import deferred_interrupts, is_interrupt, run_held
+from tests.support.procs import console_script, free_port, start_group, stop_group, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -94,6 +95,21 @@ if os.environ.get("LOGQ_TEST_LOOP"):
     selectors.DefaultSelector = _selector_then_sigint
 if os.environ.get("LOGQ_TEST_AFTER"):
     sys.meta_path.insert(0, _After)
+if os.environ.get("LOGQ_TEST_CLOSE"):
+    # Signal $LOGQ_TEST_CLOSE while the event loop closes: its self-pipe closed, the loop not
+    # marked closed yet and its signal handlers not removed yet.
+    import asyncio.selector_events
+
+    _Loop = asyncio.selector_events.BaseSelectorEventLoop
+    _close_self_pipe = _Loop._close_self_pipe
+
+    def _close_self_pipe_then_signal(self):
+        _Loop._close_self_pipe = _close_self_pipe
+        _close_self_pipe(self)
+        open(os.environ["LOGQ_TEST_REACHED"], "w").close()
+        os.kill(os.getpid(), getattr(signal, os.environ["LOGQ_TEST_CLOSE"]))
+
+    _Loop._close_self_pipe = _close_self_pipe_then_signal
 '''
 
 #: A module each program imports early in its guarded start-up imports: the delays count from
@@ -235,6 +251,160 @@ def test_sigint_while_the_event_loop_is_built_exits_130_without_traceback(
     assert run.output.strip().splitlines()[-1] == f"{program}: interrupted", run.output
 
 
+#: What each daemon writes once it runs, its signal handlers installed.
+RUNNING = {"logq-shipper": "no log files found", "logq-aggregator": "listening on"}
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("program", list(RUNNING))
+def test_a_stop_signal_while_the_event_loop_closes_is_dropped_quietly(
+    program: str, sig: str, tmp_path: Path, hook: Path, subprocess_env: dict[str, str]
+) -> None:
+    """Stopped by SIGTERM, the daemon got a second signal while asyncio closed its loop: the
+    signal's wakeup byte went to the loop's closed self-pipe ("Exception ignored when trying to
+    write to the signal wakeup fd"), or a SIGINT left the loop half closed (logq-shipper: a
+    traceback from the loop's ``__del__``; a SIGTERM killed it). Its stop is done by then: the
+    signal is dropped, and the exit is the stop's (shipper.startup._close_quietly)."""
+    reached = tmp_path / "reached"
+    env = {
+        **subprocess_env,
+        "PYTHONPATH": _with(hook, subprocess_env),
+        "LOGQ_TEST_CLOSE": sig,
+        "LOGQ_TEST_REACHED": str(reached),
+    }
+    proc, log = _start(program, tmp_path / "work", env)
+    try:
+        wait_until(lambda: RUNNING[program] in log.read_text(), 60, program, proc, log)
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        run = _finish(proc, log)
+    assert reached.exists(), f"{program} never closed its event loop:\n{run.output}"
+    assert "Exception ignored" not in run.output, run.output
+    assert "Traceback" not in run.output, run.output
+    assert run.status == 0, run.output
+
+
+#: asyncio's stop after the daemon's coroutine returned, held by an executor thread that does
+#: not return (a call stuck on S3): ``shutdown_default_executor`` waits for it, with no timeout
+#: on Python 3.11. Prints a line once it waits.
+STUCK_EXECUTOR = """\
+import asyncio
+import os
+import signal
+import threading
+
+from shipper.startup import run_held
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the parent ignored SIGINT
+stuck = threading.Event()  # never set
+_shutdown = asyncio.BaseEventLoop.shutdown_default_executor
+
+
+async def shutdown_default_executor(self):
+    print("waiting for the executor", flush=True)
+    await _shutdown(self)
+
+
+asyncio.BaseEventLoop.shutdown_default_executor = shutdown_default_executor
+
+
+async def main():
+    asyncio.get_running_loop().run_in_executor(None, stuck.wait)
+    return 0
+
+
+try:
+    run_held(main)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    os._exit(130)  # (the stuck thread would hold a normal exit)
+print("went on", flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("sig", "status", "said"),
+    [(signal.SIGINT, 130, "interrupted\n"), (signal.SIGTERM, -signal.SIGTERM, "")],
+)
+def test_a_stop_signal_while_asyncio_waits_for_its_executor_still_ends_the_process(
+    sig: signal.Signals, status: int, said: str, subprocess_env: dict[str, str]
+) -> None:
+    """The stop signals are ignored only while the loop itself closes (run_held's
+    ``_close_quietly``), which waits for nothing: before that, asyncio's stop can wait without
+    end for an executor thread, and a Ctrl-C or SIGTERM must still end the process there."""
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STUCK_EXECUTOR],
+        env=subprocess_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "waiting for the executor\n"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (proc.returncode, out) == (status, said), err
+
+
+def test_run_held_gives_the_stop_signals_their_handlers_back() -> None:
+    """A caller running a daemon's ``main()`` in its own process (a test, a wrapper) keeps its
+    handlers: those ``_close_quietly`` ignores while the loop closes come back after it."""
+
+    def mine(signum: int, frame: object) -> None:
+        pass
+
+    async def main() -> int:
+        return 7
+
+    sigint = signal.getsignal(signal.SIGINT)
+    before = {sig: signal.signal(sig, mine) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        assert run_held(main) == 7
+        assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.getsignal(signal.SIGHUP) is mine
+        assert signal.getsignal(signal.SIGINT) is sigint
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def test_a_stop_signal_handled_outside_python_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A handler Python did not set (an embedding host's: Python reports it as None) cannot be
+    set back: ignored while the loop closed, SIGHUP stayed ignored for the rest of the process.
+    Such a signal is left as it is."""
+    real_get, real_set = signal.getsignal, signal.signal
+
+    def outside(sig: int) -> Any:
+        return None if sig == signal.SIGHUP else real_get(sig)
+
+    def setting(sig: int, handler: Any) -> Any:
+        previous = real_set(sig, handler)
+        return None if sig == signal.SIGHUP else previous
+
+    before = real_get(signal.SIGHUP)
+    try:
+        monkeypatch.setattr(signal, "getsignal", outside)
+        monkeypatch.setattr(signal, "signal", setting)
+
+        async def main() -> int:
+            return 7
+
+        assert run_held(main) == 7
+        monkeypatch.undo()
+        assert signal.getsignal(signal.SIGHUP) is before
+    finally:
+        real_set(signal.SIGHUP, before)
+
+
 #: Seconds from the program's first import of its own (FIRST_IMPORT) to the SIGINT.
 DELAYS = (0.0, 0.01, 0.03, 0.06, 0.1, 0.2, 0.4)
 
@@ -364,6 +534,31 @@ def test_a_ctrl_c_python_cannot_raise_is_delivered_again(
     subprocess_env: dict[str, str],
 ) -> None:
     assert _run_quietly(UNRAISABLE_CTRL_C, subprocess_env) == (130, "interrupted\n")
+
+
+#: The main thread held up inside the hook just after it started its redelivery thread, as a
+#: loaded machine can deschedule it: the signal sent again 10 ms later landed in the hook itself
+#: ("Exception ignored in sys.unraisablehook", KeyboardInterrupt) and was lost once more.
+STALLED_HOOK = """\
+import threading
+import time
+
+_start = threading.Thread.start
+
+
+def _start_then_stall(self):
+    _start(self)
+    time.sleep(0.3)
+
+
+threading.Thread.start = _start_then_stall
+"""
+
+
+def test_a_ctrl_c_sent_again_waits_until_the_hook_has_returned(
+    subprocess_env: dict[str, str],
+) -> None:
+    assert _run_quietly(STALLED_HOOK + UNRAISABLE_CTRL_C, subprocess_env) == (130, "interrupted\n")
 
 
 #: SIGTERM (``timeout``, a CI job's kill) landing in a weakref callback while an Athena query

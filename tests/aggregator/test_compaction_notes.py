@@ -27,7 +27,7 @@ from aggregator.writer import object_name, write_partitions
 from athena.schema import DT_FORMAT, partition_path
 from athena.warehouse import Warehouse, open_warehouse
 from tests.aggregator.helpers import parquet_files, record
-from tests.aggregator.test_compaction_requests import one_row, settled
+from tests.aggregator.test_compaction_requests import counted_warehouse, one_row, settled
 from tests.support.seaweedfs import SeaweedFS
 
 #: A closed hour (ended over 2 hours ago), well inside the default 48-hour lookback.
@@ -224,13 +224,13 @@ def test_the_periodic_pass_stays_quiet_about_open_partitions(
 @pytest.mark.s3
 @pytest.mark.integration
 def test_the_notes_cost_no_request_when_the_listing_reaches_the_open_hours(
-    seaweedfs: SeaweedFS, s3_warehouse: str
+    seaweedfs: SeaweedFS, s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On S3 a service with a long history is listed from its window's first hour on: that
     listing holds the open hours too, so the command's notes cost no request. Listed hour by
     hour (--all), an hour with files that ended within the grace costs the command one LIST,
     the running hour none (it is never told)."""
-    wh = open_warehouse(s3_warehouse)
+    wh = counted_warehouse(s3_warehouse, monkeypatch)
     hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     now = hour + timedelta(minutes=20)  # the hour before ended within the grace
     for ago in [*range(4, 24), *range(60, 160)]:  # 20 hours in the window, 100 before it

@@ -7,9 +7,14 @@ a service's window is listed in one request, not one per hour."""
 from __future__ import annotations
 
 import math
+import os
+import signal
+import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,12 +26,13 @@ import pytest
 
 import aggregator.compaction.inputs as inputs_mod
 import aggregator.storage as storage
+import athena.warehouse as warehouse_mod
 from aggregator.compaction.partition import compact_partition
 from aggregator.compaction.passes import CompactionFailed, compact_warehouse
 from aggregator.storage import DELETE_BATCH, StorageError, delete_objects, put_bytes, put_table
 from athena.intents import INTENT_PREFIX
 from athena.schema import CONTAINER_LOGS, DT_FORMAT, partition_path
-from athena.warehouse import S3Settings, Warehouse, open_warehouse, s3_client
+from athena.warehouse import S3Settings, Warehouse, open_warehouse, s3_client, s3_filesystem
 from tests.aggregator.test_compaction import (
     DT,
     HOUR,
@@ -73,6 +79,24 @@ def settled(server: SeaweedFS, wh: Warehouse) -> Counter[str]:
     return server.requests(bucket)
 
 
+#: Seconds the clients of a :func:`counted_warehouse` wait for an answer before sending the
+#: request again: pyarrow's SDK waits 3 s, the small-document boto3 client 4 s.
+PATIENCE = 120.0
+
+
+def counted_warehouse(uri: str, monkeypatch: pytest.MonkeyPatch) -> Warehouse:
+    """The S3 warehouse at ``uri`` for a test that counts its requests: both its clients wait
+    for a slow answer rather than send the request again, so each request the code sends is
+    counted once. Under load SeaweedFS took over 3 s to answer a LIST once: pyarrow's client
+    sent it again, the server answered both, and a pass's 127 LISTs were counted as 128."""
+    wh = open_warehouse(uri)
+    assert wh.s3 is not None
+    for timeout in (warehouse_mod.S3_READ_TIMEOUT, warehouse_mod.S3_SMALL_READ_TIMEOUT):
+        patient = warehouse_mod._new_s3_client(wh.s3, PATIENCE)
+        monkeypatch.setitem(warehouse_mod._CLIENTS, (wh.s3, timeout), patient)
+    return replace(wh, fs=s3_filesystem(wh.s3, request_timeout=PATIENCE))
+
+
 def one_row(message: str) -> pa.Table:
     """A merged file's content, one row of ``container_logs`` (less its partition columns)."""
     return pa.Table.from_pylist(
@@ -107,6 +131,35 @@ def put_history(
         list(pool.map(put, hours_ago))
 
 
+@contextmanager
+def stalled(server: SeaweedFS, seconds: float) -> Iterator[None]:
+    """``server`` stopped (SIGSTOP), as a loaded machine can hold it back, until ``seconds``
+    have passed (resumed earlier if the block fails first)."""
+    resume = threading.Timer(seconds, os.killpg, (server.proc.pid, signal.SIGCONT))
+    os.killpg(server.proc.pid, signal.SIGSTOP)
+    resume.start()
+    try:
+        yield
+    finally:
+        resume.cancel()
+        os.killpg(server.proc.pid, signal.SIGCONT)
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_a_counted_warehouse_sends_a_slow_request_once(
+    seaweedfs: SeaweedFS, s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The counts below are exact even on a loaded machine: a LIST the server answers only
+    after pyarrow's 3 s (SeaweedFS stopped for 5 s) is sent, and counted, once."""
+    wh = counted_warehouse(s3_warehouse, monkeypatch)
+    put_bytes(wh, f"{wh.base}/t/f.parquet", b"x")
+    before = settled(seaweedfs, wh)
+    with stalled(seaweedfs, 5.0):
+        assert [i.base_name for i in storage.list_folder(wh, f"{wh.base}/t")] == ["f.parquet"]
+    assert settled(seaweedfs, wh)["LIST"] - before["LIST"] == 1
+
+
 def entries(wh: Warehouse, folder: str) -> list[str]:
     infos = wh.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
@@ -115,12 +168,12 @@ def entries(wh: Warehouse, folder: str) -> list[str]:
 @pytest.mark.s3
 @pytest.mark.integration
 def test_deleting_n_objects_costs_one_request_per_1000(
-    seaweedfs: SeaweedFS, s3_warehouse: str
+    seaweedfs: SeaweedFS, s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """2,001 keys (a few written, the rest never were: S3 deletes a missing key as a success)
     cost 3 requests in all, not 2,001 deletes (each was a HEAD, then a DELETE if found, through
     pyarrow); the written ones are gone."""
-    wh = open_warehouse(s3_warehouse)
+    wh = counted_warehouse(s3_warehouse, monkeypatch)
     written = [f"{wh.base}/t/f-{i}.parquet" for i in range(5)]
     for path in written:
         put_bytes(wh, path, b"x")
@@ -138,12 +191,14 @@ def test_deleting_n_objects_costs_one_request_per_1000(
 
 @pytest.mark.s3
 @pytest.mark.integration
-def test_a_merge_deletes_its_inputs_in_one_request(seaweedfs: SeaweedFS, s3_warehouse: str) -> None:
+def test_a_merge_deletes_its_inputs_in_one_request(
+    seaweedfs: SeaweedFS, s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A pass over two partitions of 12 flush files each: per partition one DeleteObjects for
     the inputs and one DELETE for the intent (was 12 + 1), and every row exactly once."""
     flush_files(s3_warehouse, files=12, rows_per_file=10, service="svc")
     rows = service_rows(s3_warehouse)
-    wh = open_warehouse(s3_warehouse)
+    wh = counted_warehouse(s3_warehouse, monkeypatch)
     before = settled(seaweedfs, wh)
     assert compact_warehouse(wh, now=LATER, lookback=None) == 2 * 12
     assert requests_after(seaweedfs, wh, before, "DELETE", 4) == 2 * (1 + 1)
@@ -167,14 +222,14 @@ PASS_UPLOADS_GETS = 1
 @pytest.mark.s3
 @pytest.mark.integration
 def test_a_merge_fetches_each_small_input_in_one_get(
-    seaweedfs: SeaweedFS, s3_warehouse: str
+    seaweedfs: SeaweedFS, s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two partitions of 12 flush files: each input is fetched whole, with its footer, in one
     GET (pyarrow sent a HEAD before each GET: 2 per input, 56 GET-kind requests here in all,
     the intent's delete adding a HEAD per merge), and every row is there exactly once."""
     flush_files(s3_warehouse, files=12, rows_per_file=10, service="svc")
     rows = service_rows(s3_warehouse)
-    wh = open_warehouse(s3_warehouse)
+    wh = counted_warehouse(s3_warehouse, monkeypatch)
     before = settled(seaweedfs, wh)
     assert compact_warehouse(wh, now=LATER, lookback=None) == 2 * 12
     expected = 2 * 12 + 2 * MERGE_CHECK_GETS + PASS_CLOCK_GETS + PASS_UPLOADS_GETS
@@ -193,7 +248,7 @@ def test_a_small_input_not_kept_is_fetched_whole_in_one_get_when_merged(
     monkeypatch.setattr(inputs_mod, "PREFETCH_BYTES", 0)
     flush_files(s3_warehouse, files=12, rows_per_file=10, service="svc")
     rows = service_rows(s3_warehouse)
-    wh = open_warehouse(s3_warehouse)
+    wh = counted_warehouse(s3_warehouse, monkeypatch)
     before = settled(seaweedfs, wh)
     assert compact_warehouse(wh, now=LATER, lookback=None) == 2 * 12
     expected = 2 * 12 * (2 + 1) + 2 * MERGE_CHECK_GETS + PASS_CLOCK_GETS + PASS_UPLOADS_GETS
@@ -204,14 +259,14 @@ def test_a_small_input_not_kept_is_fetched_whole_in_one_get_when_merged(
 @pytest.mark.s3
 @pytest.mark.integration
 def test_a_merge_deletes_its_intent_without_recreating_a_folder_marker(
-    seaweedfs: SeaweedFS, s3_warehouse: str
+    seaweedfs: SeaweedFS, s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A merge's PUTs are the objects it writes, one each (pyarrow uploads a small object in
     one part): its intent and its output, and the pass its record and its store-clock marker;
     deleting the intent sends
     one DELETE and no PUT (pyarrow's delete re-created the folder marker: 7 PUTs here)."""
     flush_files(s3_warehouse, files=3, rows_per_file=10, service="svc")
-    wh = open_warehouse(s3_warehouse)
+    wh = counted_warehouse(s3_warehouse, monkeypatch)
     before = settled(seaweedfs, wh)
     assert compact_warehouse(wh, now=LATER, lookback=None) == 2 * 3
     assert requests_after(seaweedfs, wh, before, "DELETE", 4) == 2 * (1 + 1)
@@ -234,7 +289,7 @@ def test_a_rolled_back_merge_costs_one_delete_per_object(
     patch_merge(monkeypatch, fail)
     flush_files(s3_warehouse, files=3, rows_per_file=10, service="svc")
     rows = service_rows(s3_warehouse)
-    wh = open_warehouse(s3_warehouse)
+    wh = counted_warehouse(s3_warehouse, monkeypatch)
     before = settled(seaweedfs, wh)
     with pytest.raises(CompactionFailed):
         compact_warehouse(wh, now=LATER, lookback=None)
@@ -461,14 +516,14 @@ def test_without_a_config_file_the_region_lookup_imports_no_botocore(tmp_path: P
 @pytest.mark.s3
 @pytest.mark.integration
 def test_a_service_with_a_long_history_is_listed_in_one_request_per_pass(
-    seaweedfs: SeaweedFS, s3_warehouse: str
+    seaweedfs: SeaweedFS, s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A service with 100 compacted hours before the 48-hour window and 20 within it, and two
     to merge: the pass lists its hour folders, then the window from its first hour on in one
     request (was one per hour in the window: 22 here), merges both hours and leaves the
     history alone."""
     flush_files(s3_warehouse, files=3, rows_per_file=10, service="old")
-    wh = open_warehouse(s3_warehouse)
+    wh = counted_warehouse(s3_warehouse, monkeypatch)
     # 20 hours in the window, 100 before it
     put_history(wh, "old", [*range(8, 28), *range(60, 160)], lambda ago: f"hour {ago} ago")
     rows = service_rows(s3_warehouse)

@@ -34,7 +34,12 @@ from aggregator.storage import (
 from athena.schema import TIMESTAMP
 from athena.warehouse import open_warehouse
 from tests.aggregator.helpers import ENVOY_IMAGE, envoy_line, record
-from tests.aggregator.test_compaction_requests import bucket_of, requests_after, settled
+from tests.aggregator.test_compaction_requests import (
+    bucket_of,
+    counted_warehouse,
+    requests_after,
+    settled,
+)
 from tests.support.parquet import assert_fastparquet_reads
 from tests.support.seaweedfs import SeaweedFS
 
@@ -332,11 +337,11 @@ def test_delete_objects_on_s3_deletes_every_one_and_skips_missing_ones(s3_wareho
 @pytest.mark.integration
 @pytest.mark.s3
 def test_delete_object_on_s3_is_one_request_and_a_gone_one_is_fine(
-    seaweedfs: SeaweedFS, s3_warehouse: str
+    seaweedfs: SeaweedFS, s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One DELETE, whether the object is there or gone already (pyarrow's ``delete_file`` sent
     a HEAD, the DELETE and a PUT re-creating the folder marker; a HEAD alone for a gone one)."""
-    wh = open_warehouse(s3_warehouse)
+    wh = counted_warehouse(s3_warehouse, monkeypatch)
     path = f"{wh.base}/t/intent.json"
     put_bytes(wh, path, b"{}")
     for _ in range(2):  # there, then gone
@@ -349,11 +354,13 @@ def test_delete_object_on_s3_is_one_request_and_a_gone_one_is_fine(
 
 @pytest.mark.integration
 @pytest.mark.s3
-def test_fetch_object_on_s3_is_one_get(seaweedfs: SeaweedFS, s3_warehouse: str) -> None:
+def test_fetch_object_on_s3_is_one_get(
+    seaweedfs: SeaweedFS, s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The whole object in one GET (pyarrow opened it with a HEAD first, even given its size);
     a gone one raises FileNotFoundError, as pyarrow does; a local warehouse: None (read it
     through pyarrow)."""
-    wh = open_warehouse(s3_warehouse)
+    wh = counted_warehouse(s3_warehouse, monkeypatch)
     path = f"{wh.base}/t/f.parquet"
     body = bytes(range(256)) * 40
     put_bytes(wh, path, body)
