@@ -23,6 +23,7 @@ from athena.warehouse import WarehouseError, resolve_uri
 from shipper.config import blame_file, close_key, file_keys, file_prefix, read_config_file
 from shipper.config import file_setting_names as shipper_file_keys
 from shipper.errors import shown_value
+from shipper.version import VersionAction
 from shipper.wire import MAX_MESSAGE_ENTRIES
 
 DEFAULT_LISTEN = "127.0.0.1:24224"
@@ -221,6 +222,7 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     )
     for flag, kwargs in _FLAGS:
         parser.add_argument(flag, default=None, **kwargs)
+    parser.add_argument("--version", action=VersionAction)
 
 
 #: ``--config`` keys (the canonical ones, as the flags spell them) whose :class:`Settings` field

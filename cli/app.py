@@ -62,12 +62,9 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from importlib.metadata import PackageNotFoundError, version
+        from shipper.version import version_text
 
-        try:
-            typer.echo(f"logq {version('logq')}")
-        except PackageNotFoundError:  # running from a source tree that was never installed
-            typer.echo("logq (not installed)")
+        typer.echo(version_text("logq"))
         raise typer.Exit()
 
 

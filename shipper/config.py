@@ -26,6 +26,7 @@ from typing import Any
 from shipper.errors import ConfigError, preview, shown_value
 from shipper.exclude import split_patterns
 from shipper.multiline import parse_mapping
+from shipper.version import VersionAction
 
 DEFAULT_PORT = 24224
 
@@ -259,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--poll-interval", type=float, metavar="SECONDS", help=_HELP["poll_interval"])
     a("--discover-interval", type=float, metavar="SECONDS", help=_HELP["discover_interval"])
     a("--log-level", choices=LOG_LEVELS, help=_HELP["log_level"])
+    a("--version", action=VersionAction)
     return p
 
 
