@@ -184,6 +184,9 @@ class Aggregator:
         self._stopping = asyncio.Event()
         self._clock: Callable[[], float] = time.monotonic  # tests move it
         self._stop_requested_at = 0.0
+        self._stop_status: int | None = None
+        """The stop's exit status once its flush is over (then only worker threads are waited
+        for, :meth:`_leave_workers`): a second stop request exits with it."""
         self._flush_lock = asyncio.Lock()
         self._size_seal: asyncio.Task[None] | None = None
         self._catalog_task: asyncio.Task[None] | None = None
@@ -369,6 +372,7 @@ class Aggregator:
         await self._stopping.wait()
         resync_task.cancel()
         code = await self._shutdown(flush_task, compact_task)
+        self._stop_status = code
         return await self._leave_workers(code)
 
     def _check_stop(self) -> None:
@@ -544,6 +548,15 @@ class Aggregator:
             return
         if now - self._stop_requested_at < STOP_REPEAT_IGNORED_SECONDS:
             log.info("stop requested again at once: taken as the same request")
+            return
+        if self._stop_status is not None:  # the flush is over: nothing is cut short
+            log.info(
+                "stop requested again after the stop's flush: exiting now (status %d) without "
+                "waiting for worker threads",
+                self._stop_status,
+            )
+            self._flush_logs()
+            self._exit_now(self._stop_status)
             return
         self._exit_at_once()
 

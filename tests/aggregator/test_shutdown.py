@@ -87,6 +87,46 @@ def test_a_second_stop_request_exits_at_once_saying_where_the_data_is(
     assert f"the data is safe in {settings.buffer_dir}" in line
 
 
+def test_a_second_stop_after_the_flush_exits_with_the_stops_status(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Everything is written ("stopped cleanly") and the stop waits only for a call in a worker
+    thread (a compaction pass ending): a second request exits with the stop's status, 0. It
+    said "second stop request: exiting now without finishing the flush" and exited 1."""
+    settings = _settings(tmp_path, flush_interval=300)
+    agg = service_mod.Aggregator(settings)
+    exits: list[int] = []
+    agg._exit_now = exits.append
+    now = [1000.0]
+    agg._clock = lambda: now[0]
+    began, release = threading.Event(), threading.Event()
+
+    def compaction_pass() -> None:
+        began.set()
+        release.wait(120)
+
+    async def scenario() -> int:
+        running = asyncio.ensure_future(agg.run())
+        await _wait_for(lambda: agg.port, running, "start")
+        assert await _ack(agg.port, "c1", "acked") == {"ack": "c1"}
+        call = asyncio.ensure_future(agg._calls.run("a compaction pass", compaction_pass))
+        await asyncio.to_thread(began.wait, 30)
+        agg._stop_requested()
+        await _wait_for(lambda: "stopped cleanly" in caplog.text, running, "the stop's flush")
+        now[0] += 5.0
+        agg._stop_requested()
+        assert exits == [0]  # os._exit(0) in the real process
+        release.set()  # here the process goes on: let it finish
+        await call
+        return await asyncio.wait_for(running, 120)
+
+    with caplog.at_level(logging.INFO, logger="logq.aggregator"):
+        assert asyncio.run(asyncio.wait_for(scenario(), 240)) == 0
+    assert "stop requested again after the stop's flush: exiting now (status 0)" in caplog.text
+    assert "second stop request" not in caplog.text
+    assert _stored(settings) == ["acked"]
+
+
 def test_healthz_says_stopping_from_the_stop_request_until_the_exit(tmp_path: Path) -> None:
     """Defect: /healthz answered 200 while the stop's last flush ran and the Forward port was
     closed, so a load balancer kept sending shippers to it. From the stop request on it answers
