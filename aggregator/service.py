@@ -34,7 +34,6 @@ import errno
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -66,6 +65,7 @@ from aggregator.throttle import Throttle
 from aggregator.twins import TwinRunning, live_twin
 from athena.ddl import outside_projection
 from athena.warehouse import Warehouse, open_warehouse, resolve_uri
+from shipper.errors import listen_error
 
 log = logging.getLogger("logq.aggregator")
 T = TypeVar("T")
@@ -115,25 +115,6 @@ class ReplayPostponed(Exception):
 class StartInterrupted(Exception):
     """A stop was requested while the aggregator was still starting: it ends the start-up
     (raised between its steps, and between the segments of the buffer read)."""
-
-
-def listen_error(flag: str, address: str, exc: OSError) -> OSError:
-    """A failed bind as one line naming the flag, the address and what to do (the bare error
-    named neither the flag nor a remedy)."""
-    hints = {
-        errno.EADDRINUSE: "another process listens there: stop it or pick another port",
-        errno.EACCES: "ports below 1024 need root (or CAP_NET_BIND_SERVICE): pick one above 1023",
-        errno.EADDRNOTAVAIL: "this host has no such address: use 127.0.0.1, :PORT (every "
-        "address) or one of its own addresses",
-    }
-    code = exc.errno or 0
-    reason = os.strerror(code).lower() if code > 0 else (exc.strerror or str(exc))
-    hint = hints.get(code, "check the address")
-    if isinstance(exc, socket.gaierror):
-        hint = "the host name does not resolve: use an IP address or a name this host knows"
-    error = OSError(f"cannot listen on {address} ({flag}): {reason}; {hint}")
-    error.errno = exc.errno
-    return error
 
 
 def _open_warehouse(uri: str | None) -> Warehouse:

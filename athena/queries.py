@@ -70,8 +70,21 @@ def one_statement(sql: str) -> Any:
     except (ParseError, TokenError) as exc:
         raise _parse_error(exc) from exc
     if len(statements) != 1:
-        raise QueryError(f"expected one SQL statement, got {len(statements)}")
+        raise statement_count_error(len(statements))
     return statements[0]
+
+
+def statement_count_error(count: int) -> QueryError:
+    """``logq sql`` given no statement or several: what to do, not only the count (``expected
+    one SQL statement, got 0`` for a blank argument or a comment left the user guessing)."""
+    if count == 0:
+        todo = (
+            "the text is blank or only comments: pass one statement in quotes, e.g. "
+            'logq sql "SELECT service, count(*) AS n FROM envoy_access GROUP BY service"'
+        )
+    else:
+        todo = "run them one at a time, one logq sql each"
+    return QueryError(f"expected one SQL statement, got {count}; {todo}")
 
 
 class QueryError(ValueError):

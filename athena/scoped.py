@@ -43,6 +43,7 @@ from athena.queries import (
     LOCAL_TABLES,
     QueryError,
     parse_statements,
+    statement_count_error,
     table_references,
 )
 
@@ -158,7 +159,7 @@ def _parse(statement: str, required: bool) -> Any:
     if len(trees) != 1:
         if not required:
             return None
-        raise QueryError(f"expected one SQL statement, got {len(trees)}")
+        raise statement_count_error(len(trees))
     return trees[0]
 
 

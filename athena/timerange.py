@@ -141,6 +141,20 @@ def _ceil_ms(ts: datetime) -> datetime:
         return ts - timedelta(microseconds=extra)
 
 
+def _order_hint(since: str | None, until: str | None) -> str:
+    """What to do about a range that ends before it starts. ``--since 1h --until 2h`` reads
+    as "from 1 h to 2 h", but both count back from now: the error named the two times and left
+    the user to work out which flag takes the larger one."""
+    if until is None:
+        return "give a --since in the past (15m, 1h, or an earlier ISO time)"
+    if since is None:
+        return "give a later --until, or a --since before it"
+    return (
+        "give the earlier time to --since (relative times count back from now: "
+        "--since 3h --until 2h is the hour that ended 2 hours ago)"
+    )
+
+
 @dataclass(frozen=True)
 class TimeRange:
     """A half-open UTC range ``[since, until)``."""
@@ -182,7 +196,8 @@ class TimeRange:
         start, end = _ceil_ms(start), _ceil_ms(end)
         if start >= end:
             raise TimeRangeError(
-                f"--since ({iso_utc(start)}) must be before --until ({iso_utc(end)})"
+                f"--since ({iso_utc(start)}) must be before --until ({iso_utc(end)}); "
+                + _order_hint(since, until)
             )
         return cls(start, end)
 

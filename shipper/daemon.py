@@ -61,7 +61,7 @@ with deferred_interrupts("logq-shipper"):
     from shipper.checkpoint import Registry
     from shipper.config import Config, load_config, weak_key_warning
     from shipper.discover import Discoverer, Scan, SourceSpec, check_roots, node_names
-    from shipper.errors import ConfigError, ShipperError, StartError
+    from shipper.errors import ConfigError, ShipperError, StartError, listen_error
     from shipper.exclude import Excluder, Exclusion
     from shipper.followed import prune_followed
     from shipper.fsnames import as_text
@@ -554,10 +554,8 @@ class Shipper:
             try:
                 self.metrics.serve(self.cfg.metrics_listen)
             except OSError as exc:
-                raise StartError(
-                    f"cannot serve metrics on {self.cfg.metrics_listen}: {exc.strerror or exc}; "
-                    "stop the process that listens there or pick another --metrics-listen"
-                ) from None
+                failed = listen_error("--metrics-listen", str(self.cfg.metrics_listen), exc)
+                raise StartError(str(failed)) from None
         saver = asyncio.create_task(self._checkpoint_loop())
         ticker = asyncio.create_task(self._tick_loop())
         exit_error: ShipperError | None = None

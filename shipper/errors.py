@@ -9,12 +9,15 @@
         └── HandshakeError        the aggregator refused the shared key or demanded one
 
 and the helpers that keep a value quoted in an error message short (:func:`preview`) and that
-say why a directory cannot be used (:func:`unusable_dir_message`, also the aggregator's).
+say why a directory cannot be used (:func:`unusable_dir_message`) or an address cannot be
+listened on (:func:`listen_error`), both also the aggregator's.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +78,24 @@ def unusable_dir_message(flag: str, directory: Path, exc: OSError, what: str, to
     return f"{flag} {directory} {what} ({cause}; running as uid {uid}, gid {gid}): " + todo.format(
         uid=uid, gid=gid, dir=directory
     )
+
+
+def listen_error(flag: str, address: str, exc: OSError) -> OSError:
+    """A failed bind as one line naming the flag, the address and what to do (the bare error
+    named neither the flag nor a remedy). Shared by both daemons: the shipper's
+    ``--metrics-listen`` told "stop the process that listens there" also for a host name that
+    does not resolve or an address this host does not have."""
+    hints = {
+        errno.EADDRINUSE: "another process listens there: stop it or pick another port",
+        errno.EACCES: "ports below 1024 need root (or CAP_NET_BIND_SERVICE): pick one above 1023",
+        errno.EADDRNOTAVAIL: "this host has no such address: use 127.0.0.1, :PORT (every "
+        "address) or one of its own addresses",
+    }
+    code = exc.errno or 0
+    reason = os.strerror(code).lower() if code > 0 else (exc.strerror or str(exc))
+    hint = hints.get(code, "check the address")
+    if isinstance(exc, socket.gaierror):
+        hint = "the host name does not resolve: use an IP address or a name this host knows"
+    error = OSError(f"cannot listen on {address} ({flag}): {reason}; {hint}")
+    error.errno = exc.errno
+    return error

@@ -25,6 +25,10 @@ def _check_exists(wh: Warehouse) -> None:
     """A warehouse that is not there is a typo to report, not an empty pass (exit 0)."""
     where = wh.base.split("/", 1)[0] if wh.is_s3 else wh.base
     info = wh.fs.get_file_info(where)
+    if not wh.is_s3 and info.type not in (pafs.FileType.Directory, pafs.FileType.NotFound):
+        # It said "does not exist" of a file (or a device, a pipe: pyarrow's Unknown type).
+        kind = "a file, not a directory" if info.type == pafs.FileType.File else "not a directory"
+        raise WarehouseError(f"the warehouse {wh.uri} is {kind}; check --warehouse")
     if info.type != pafs.FileType.Directory:
         what = "bucket" if wh.is_s3 else "directory"
         raise WarehouseError(

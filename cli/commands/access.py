@@ -47,8 +47,9 @@ def _status_bounds(text: str, value: str) -> tuple[int, int]:
         return base, base + 99
     if text.isascii() and text.isdigit() and (int(text) == 0 or 100 <= int(text) <= 599):
         return int(text), int(text)
-    raise ValueError(
-        f"--status {_shown(value)}: use 5xx, 4xx, a code such as 503 or 0, or a range 4xx-5xx"
+    raise ValueError(  # a code out of range (999) was told "use ... a code such as 503"
+        f"--status {_shown(value)}: use 5xx, 4xx (classes 1xx to 5xx), a code from 100 to 599 "
+        "such as 503, 0 (the client went away), or a range 4xx-5xx"
     )
 
 
@@ -112,7 +113,8 @@ def latency(
     ] = LatencyBy.path,
     raw_paths: RawPaths = False,
 ) -> None:
-    """p50/p90/p99/max request duration and count per service, slowest p99 first.
+    """p50/p90/p99/max request duration and count per service and route (or --by upstream
+    host, method), slowest p99 first.
 
     --by path groups by route: the path without its query string, id-like segments as {id}
     (--raw-paths keeps paths as logged).
@@ -158,7 +160,7 @@ def upstreams(common: Common) -> None:
     """Per upstream host: requests, 5xx count and rate, p99 — find the one bad instance.
 
     p99 is exact locally (nearest rank); Athena's approx_percentile can differ, most for hosts
-    with few requests (see latency --help).
+    with few requests (latency's percentiles are exact on both engines: latency --by upstream).
     """
     from cli import runner
 

@@ -258,7 +258,7 @@ def ddl(
         from athena.ddl import create_all, quote_ident, set_service_values
         from athena.schema import TABLES
         from athena.warehouse import open_warehouse, resolve_uri
-        from cli.runner import normalise_services
+        from cli.runner import check_local, normalise_services
 
         if not athena_database.strip():
             raise ValueError("--athena-database is empty; name a database (default: logq)")
@@ -270,7 +270,9 @@ def ddl(
             from athena.freshness import known_services
             from cli.storage import check_bucket
 
-            wh = open_warehouse(uri)
+            # A local folder that is missing or a file listed as empty: "holds no services yet"
+            # and the placeholder DDL, exit 0, for a typo in --warehouse.
+            wh = check_local(open_warehouse(uri))
             names = known_services(wh)  # OSError (denied, unreachable): exit 1 with advice
             if not names:
                 check_bucket(wh)

@@ -531,6 +531,12 @@ def test_compact_refuses_a_missing_warehouse_and_odd_windows(
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "a-file").write_text("x")
     assert compact_main(["--warehouse", str(tmp_path / "a-file")]) == 1
+    said = capsys.readouterr().err  # it said "does not exist" of the file
+    assert f"the warehouse {tmp_path / 'a-file'} is a file, not a directory" in said, said
+    os.mkfifo(tmp_path / "a-pipe")  # neither file nor folder: pyarrow's FileType.Unknown
+    assert compact_main(["--warehouse", str(tmp_path / "a-pipe")]) == 1
+    said = capsys.readouterr().err
+    assert f"the warehouse {tmp_path / 'a-pipe'} is not a directory" in said, said
     for flag, value in (("--grace-minutes", "nan"), ("--lookback-hours", "1e30")):
         with pytest.raises(SystemExit) as usage:
             compact_main(["--warehouse", str(tmp_path), flag, value])

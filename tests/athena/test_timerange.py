@@ -91,8 +91,14 @@ def test_until_on_hour_boundary_is_exclusive() -> None:
 
 def test_default_and_order() -> None:
     assert TimeRange.parse(None, None, now=NOW, default="1d").since == NOW - timedelta(days=1)
-    with pytest.raises(TimeRangeError, match="must be before"):
+    with pytest.raises(TimeRangeError, match="must be before") as reversed_:
         TimeRange.parse("1h", "2h", now=NOW)
+    # What to do, not only what is wrong: both count back from now.
+    assert "give the earlier time to --since (relative times count back from now" in str(
+        reversed_.value
+    )
+    with pytest.raises(TimeRangeError, match="give a --since in the past"):
+        TimeRange.parse("2030-01-01", None, now=NOW)
 
 
 def test_until_alone_ends_the_default_span_there() -> None:

@@ -345,6 +345,9 @@ def test_bad_time_and_status_are_clear_errors(logq, warehouse: Warehouse) -> Non
     assert run.exit_code == 2 and "M is ambiguous: use 30d for a month" in run.stderr
     run = logq("errors", "--status", "6xx", "--warehouse", warehouse.uri)
     assert run.exit_code == 2 and "5xx" in run.stderr
+    for code in ("999", "42"):  # a code, but none HTTP has: the error says which ones are
+        run = logq("errors", "--status", code, "--warehouse", warehouse.uri)
+        assert run.exit_code == 2 and "a code from 100 to 599 such as 503" in run.stderr
 
 
 def test_backward_and_half_status_ranges_are_refused(logq, warehouse: Warehouse) -> None:

@@ -299,6 +299,25 @@ def test_show_tables_and_columns_answer_as_athena(logq, warehouse: Warehouse) ->
     assert "unknown table 'nope'; the tables are envoy_access" in one_line_error(unknown.stderr)
 
 
+@pytest.mark.parametrize(
+    ("statement", "todo"),
+    [
+        ("  ", "got 0; the text is blank or only comments: pass one statement in quotes, e.g. "),
+        ("-- why", "got 0; the text is blank or only comments"),
+        ("SELECT 1; SELECT 2", "got 2; run them one at a time, one logq sql each"),
+    ],
+)
+@pytest.mark.parametrize("scope", [(), ("--since", "1h")])
+def test_no_or_several_statements_say_what_to_do(
+    logq, empty_warehouse: str, statement: str, todo: str, scope: tuple[str, ...]
+) -> None:
+    """``logq sql "$Q"`` with Q unset said only "expected one SQL statement, got 0", with
+    nothing on what to pass; the scoped path (--since) says the same as the plain one."""
+    run = logq("sql", statement, *scope, "--warehouse", empty_warehouse)
+    assert run.exit_code == 2, run.stderr
+    assert f"logq: error: expected one SQL statement, {todo}" in run.stderr, run.stderr
+
+
 @pytest.mark.parametrize("tail", ["; -- how many", ";\n-- how many\n", "; /* n */", ";  "])
 def test_a_comment_after_the_last_semicolon_is_no_second_statement(
     logq, warehouse: Warehouse, tail: str

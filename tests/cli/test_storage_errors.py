@@ -116,6 +116,23 @@ def test_ddl_of_an_empty_local_warehouse_warns(logq, empty_warehouse: str) -> No
     assert "holds no services yet" in warning[0] and "apply `logq ddl` again" in warning[0]
 
 
+@pytest.mark.parametrize(
+    ("name", "problem"), [("typo", "does not exist"), ("a-file", "is not a directory")]
+)
+def test_ddl_of_a_local_warehouse_that_is_no_folder_is_refused(
+    logq, tmp_path, name: str, problem: str
+) -> None:
+    """A mistyped --warehouse (or a file) was listed as empty: "holds no services yet", the
+    placeholder DDL and exit 0, where the query commands say what is wrong (exit 2)."""
+    (tmp_path / "a-file").write_text("x")
+    run = logq("ddl", "--warehouse", str(tmp_path / name))
+    assert run.exit_code == 2, run.stderr
+    assert run.stdout == ""
+    assert f"the warehouse {tmp_path / name} {problem}" in _one_error_line(run.stderr)
+    given = logq("ddl", "--warehouse", str(tmp_path / name), "-s", "recipe")  # nothing to list
+    assert given.exit_code == 0 and given.stdout.count("CREATE EXTERNAL TABLE") == 2
+
+
 def test_ddl_with_services_does_not_warn(logq, warehouse) -> None:
     run = logq("ddl", "--warehouse", warehouse.uri)
     assert "'projection.service.values' = 'billing,recipe,users'" in run.stdout

@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 
 from shipper.checkpoint import Registry
+from shipper.errors import listen_error
 from tests.shipper.shipping import empty_root
 from tests.shipper.test_discovery_metadata import run_daemon
 
@@ -50,8 +51,34 @@ def test_a_metrics_port_in_use_exits_1(tmp_path: Path) -> None:
         args = ("--state-dir", str(tmp_path / "state"), "--metrics-listen", f"127.0.0.1:{port}")
         status, last = _refused(tmp_path, *args)
     assert status == 1, last
-    assert last.startswith(f"logq-shipper: cannot serve metrics on 127.0.0.1:{port}"), last
-    assert "pick another --metrics-listen" in last
+    assert last.startswith(f"logq-shipper: cannot listen on 127.0.0.1:{port} (--metrics-listen)")
+    assert "another process listens there: stop it or pick another port" in last, last
+
+
+def test_a_metrics_address_not_on_this_host_says_so(tmp_path: Path) -> None:
+    """A --metrics-listen address this host does not have (TEST-NET-1, RFC 5737: on no host)
+    was answered "stop the process that listens there or pick another --metrics-listen", as if
+    its port were taken: the aggregator's hints (``listen_error``) now say what is wrong."""
+    address = "192.0.2.1:9110"
+    status, last = _refused(
+        tmp_path, "--state-dir", str(tmp_path / "s"), "--metrics-listen", address
+    )
+    assert status == 1, last
+    assert last.startswith(f"logq-shipper: cannot listen on {address} (--metrics-listen): "), last
+    assert "this host has no such address: use 127.0.0.1, :PORT" in last, last
+    assert "stop the process that listens there" not in last, last
+
+
+def test_a_host_name_that_does_not_resolve_says_so() -> None:
+    """The hint both daemons give for a --listen / --metrics-listen host name that does not
+    resolve (a typo): not "check the address", nor the shipper's old "stop the process that
+    listens there". Built from the error getaddrinfo raises, no resolver asked."""
+    failed = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    said = str(listen_error("--metrics-listen", "metrics.local:9110", failed))
+    assert said == (
+        "cannot listen on metrics.local:9110 (--metrics-listen): Name or service not known; "
+        "the host name does not resolve: use an IP address or a name this host knows"
+    )
 
 
 def test_a_bad_flag_value_still_exits_2(tmp_path: Path) -> None:
