@@ -1,8 +1,10 @@
 """How fresh the data is: the newest (and oldest) row of a service or of planned partitions.
 
-Two ways to find it: reading a partition's ``timestamp`` column (``logq services``), or only the
-Parquet footers' row-group statistics of the newest files (the stale-data note, which runs with
-every query and must cost next to nothing). Both read the warehouse, never run a query.
+Two ways to find it: reading a partition's ``timestamp`` column (the newest data an empty answer
+names), or only the Parquet footers' row-group statistics of the newest files of an hour (the
+stale-data note, which runs with every query and must cost next to nothing, and ``logq
+services``, which reads the newest hour of every service). Both read the warehouse, never run a
+query.
 
 ``before``: rows stamped after it are not counted. A source whose clock is ahead writes rows
 "from the future"; the newest row overall then says nothing about how far behind the pipeline
@@ -14,6 +16,7 @@ file's largest time: a file whose largest is after ``before`` has its ``timestam
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, NamedTuple
@@ -34,21 +37,13 @@ def newest_in_partition(
     """Largest ``timestamp`` in one partition (reads only that column of its files), at or
     before ``before`` when given; None when it holds no such rows. A file that is not readable
     Parquet is an EngineError naming it."""
-    import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    from athena.engines.local import unreadable_file
     from athena.partitions import list_files
 
     newest = None
     for f in list_files(wh, wh.path(table, f"service={service}", f"dt={dt}")):
-        try:
-            # ParquetFile, not read_table: that imports pyarrow.dataset, and with it pandas
-            # (half a second of every `logq services`).
-            col = pq.ParquetFile(f.path, filesystem=wh.fs).read(columns=["timestamp"])["timestamp"]
-        except (pa.ArrowException, OSError) as exc:
-            raise unreadable_file(f.path, exc) from exc
+        col = _file_times(wh, f.path)
         if before is not None:
             value = _newest_at_or_before(col, before)
         else:
@@ -121,16 +116,79 @@ def service_hours(
 
 
 def freshness_in(
-    wh: Warehouse, service: str, hours: dict[str, list[str]], before: datetime | None = None
+    wh: Warehouse,
+    service: str,
+    hours: dict[str, list[str]],
+    before: datetime | None = None,
+    tops: Tops | None = None,
 ) -> Freshness:
-    """Hours of data per table and the newest line (read from each table's newest hour with
-    rows) of ``service``, over the ``hours`` :func:`service_hours` listed. ``before``: the
-    newest line at or before it (see the module docstring); asked again with it (rows stamped
-    ahead of the clock), the newest hours are read again but no hour folder is listed again
-    (a year of hours of both tables is 17,520 listings)."""
-    values = [_newest_of(wh, t, [(dt, service) for dt in dts], before) for t, dts in hours.items()]
+    """Hours of data per table and the newest line of ``service`` (from each table's newest
+    hour with rows: :func:`newest_in_hour`), over the ``hours`` :func:`service_hours` listed.
+    ``before``: the newest line at or before it (see the module docstring); asked again with
+    it (rows stamped ahead of the clock), the newest hours are read again but no hour folder is
+    listed again (a year of hours of both tables is 17,520 listings), nor a footer ``tops``
+    (:func:`footer_bound`) holds from the first time."""
+    values = [_newest_of_hours(wh, t, service, dts, before, tops) for t, dts in hours.items()]
     newest = max((v for v in values if v is not None), default=None)
     return Freshness(service, len(hours["envoy_access"]), len(hours["container_logs"]), newest)
+
+
+def _newest_of_hours(
+    wh: Warehouse,
+    table: str,
+    service: str,
+    dts: list[str],
+    before: datetime | None,
+    tops: Tops | None,
+) -> datetime | None:
+    """Newest ``timestamp`` of ``service`` in ``table`` over its hours ``dts``, newest hour
+    first: the first hour with rows (at or before ``before``) answers."""
+    last = "~" if before is None else dt_of(before)
+    for dt in sorted((dt for dt in dts if dt <= last), reverse=True):
+        found = newest_in_hour(wh, table, service, dt, before, tops)
+        if found is not None:
+            return found
+    return None
+
+
+def newest_in_hour(
+    wh: Warehouse,
+    table: str,
+    service: str,
+    dt: str,
+    before: datetime | None = None,
+    tops: Tops | None = None,
+) -> datetime | None:
+    """Newest ``timestamp`` of one hour folder (at or before ``before``), from the footers of
+    its newest flushed files (:func:`newest_files`), as the stale note finds it: an uncompacted
+    hour holds a file per flush per writer node (360 at a 10 s flush), and reading the column
+    of each made ``logq services`` take minutes locally and thousands of requests on S3. Every
+    other file's footer is read too: their names (compaction outputs ``c-<random id>``) carry
+    no order, and a compacted hour of a busy service holds more of them than
+    :data:`MAX_FOOTERS` (one per 128 MB), so the cap would leave out the one with the newest
+    row at random; there are few of them, a footer each. A column is read only where a footer
+    cannot tell (:func:`footer_bound`: no statistics, or a largest time after ``before``, which
+    may hide a row at or before it). Only when those files hold no such row are the hour's
+    other flushed files read, so an hour with rows is never passed over for an older one. None
+    when the hour holds no such rows."""
+    from athena.partitions import list_files
+
+    paths = [f.path for f in list_files(wh, wh.path(table, f"service={service}", f"dt={dt}"))]
+    flushed = [p for p in paths if _flush_name(p)]
+    first = newest_files(flushed) + [p for p in paths if not _flush_name(p)]
+    found = _largest_bound(wh, first, before, tops)
+    if found is None:
+        taken = set(first)
+        found = _largest_bound(wh, [p for p in paths if p not in taken], before, tops)
+    return found
+
+
+def _largest_bound(
+    wh: Warehouse, paths: list[str], before: datetime | None, tops: Tops | None
+) -> datetime | None:
+    """The largest :func:`footer_bound` of ``paths`` (None: none has such rows)."""
+    values = [footer_bound(wh, path, before=before, tops=tops) for path in paths]
+    return max((v for v in values if v is not None), default=None)
 
 
 #: Footers read per hour at most when looking for the newest row (the newest files of each
@@ -190,10 +248,9 @@ def newest_in(
     last = "~" if before is None else dt_of(before)
     for dt in sorted({p.dt for p in parts if p.dt <= last}, reverse=True):
         files = [f.path for p in parts if p.dt == dt for f in p.files]
-        values = [footer_bound(wh, path, before=before, tops=tops) for path in newest_files(files)]
-        found = [v for v in values if v is not None]
-        if found:
-            return max(found)
+        found = _largest_bound(wh, newest_files(files), before, tops)
+        if found is not None:
+            return found
     return None
 
 
@@ -207,12 +264,10 @@ def newest_files(paths: Iterable[str]) -> list[str]:
     busy service is read before services whose last rows came many segments ago. Other names
     (compaction outputs, hand-written files) carry no order and come after, one each.
     """
-    import re
-
     by_node: dict[str, list[tuple[int, int, str]]] = {}
     others: list[str] = []
     for path in paths:
-        match = re.fullmatch(r"(.*)-(\d{16})-(\d{4})\.parquet", path.rsplit("/", 1)[-1])
+        match = _flush_name(path)
         if match:
             key = (int(match.group(2)), int(match.group(3)), path)
             by_node.setdefault(match.group(1), []).append(key)
@@ -230,6 +285,15 @@ def newest_files(paths: Iterable[str]) -> list[str]:
         if len(picked) >= MAX_FOOTERS:
             break
     return picked[:MAX_FOOTERS]
+
+
+def _flush_name(path: str) -> re.Match[str] | None:
+    """The node, segment number and part of a file the writer named (``<node>-<seq>-<part>``,
+    :func:`aggregator.writer.object_name`); None for any other name."""
+    return _FLUSH_NAME.fullmatch(path.rsplit("/", 1)[-1])
+
+
+_FLUSH_NAME = re.compile(r"(.*)-(\d{16})-(\d{4})\.parquet")
 
 
 #: Files' largest ``timestamp`` as their footers gave it, by path: what one note has read, so
@@ -305,9 +369,8 @@ def _column_bound(wh: Warehouse, path: str, low: bool, unit: str | None) -> date
     (0.05-0.15 s), a cost the footers' note, run with every query, need not pay."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    ts = pq.read_table(path, columns=["timestamp"], filesystem=wh.fs)["timestamp"]
+    ts = _read_times(wh, path)
     if pa.types.is_timestamp(ts.type):
         unit, ts = ts.type.unit, pc.cast(ts, pa.int64())
     value = scalar_value((pc.min if low else pc.max)(ts))
@@ -322,14 +385,23 @@ def _max_before(wh: Warehouse, path: str, before: datetime) -> datetime | None:
 def _file_times(wh: Warehouse, path: str) -> pa.ChunkedArray:
     """One file's ``timestamp`` column (an unreadable file: the error that names it)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from athena.engines.local import unreadable_file
 
     try:
-        return pq.read_table(path, columns=["timestamp"], filesystem=wh.fs)["timestamp"]
+        return _read_times(wh, path)
     except (pa.ArrowException, OSError) as exc:
         raise unreadable_file(path, exc) from exc
+
+
+def _read_times(wh: Warehouse, path: str) -> pa.ChunkedArray:
+    """One file's ``timestamp`` column, opened once. ParquetFile, not ``pq.read_table``: that
+    opens the file twice and imports pyarrow.dataset, and with it pandas (half a second of
+    every `logq services` whose newest files hold rows stamped ahead)."""
+    import pyarrow.parquet as pq
+
+    with wh.fs.open_input_file(path) as source:  # closed here, also when it is no Parquet
+        return pq.ParquetFile(source).read(columns=["timestamp"])["timestamp"]
 
 
 def _newest_at_or_before(col: pa.ChunkedArray, before: datetime) -> datetime | None:

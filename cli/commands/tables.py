@@ -384,8 +384,8 @@ def split_ahead(result: Any) -> dict[str, Any]:
 
 
 def _services_local(common: Common) -> None:
-    """``logq services`` on the local engine: folder listings, plus the ``timestamp`` column of
-    each service's newest hour with rows."""
+    """``logq services`` on the local engine: folder listings, plus the Parquet footers of the
+    newest files of each service's newest hour with rows (``athena.freshness.newest_in_hour``)."""
     from athena.engines.result import QueryResult
     from athena.freshness import known_services
     from athena.warehouse import open_warehouse
@@ -451,18 +451,21 @@ def _freshness(
     """Each service's :class:`~athena.freshness.Freshness`, its newest line being the newest
     not stamped in the future (as the stale note and empty answers count it: rows from a clock
     that is ahead would hide a stall), and the newest time of those ahead, by service."""
-    from athena.freshness import freshness_in, service_hours
+    from athena.freshness import Tops, freshness_in, service_hours
     from cli.explain import newest_and_ahead
 
     found, ahead = [], {}
     for svc in chosen:
         listed = service_hours(wh, svc, hours)  # once: asked again below with rows ahead
-        fresh = freshness_in(wh, svc, listed)
+        tops: Tops = {}  # footers read once: asked again below, only columns are read
+        fresh = freshness_in(wh, svc, listed, tops=tops)
 
-        def newest(before: Any, svc: str = svc, fresh: Any = fresh, listed: Any = listed) -> Any:
+        def newest(
+            before: Any, svc: str = svc, fresh: Any = fresh, listed: Any = listed, tops: Any = tops
+        ) -> Any:
             if before is None:
                 return fresh.newest
-            return freshness_in(wh, svc, listed, before).newest
+            return freshness_in(wh, svc, listed, before, tops).newest
 
         last, later = newest_and_ahead(newest)
         if later is not None:
@@ -479,7 +482,8 @@ def _services_dry_run(wh: Any, chosen: list[str], hours: tuple[str, str] | None)
     out = sys.stdout
     out.write(
         f"-- engine: local over {wh.uri}: no SQL; lists the service=/dt= folders of both tables "
-        "and reads the timestamp column of each service's newest hour with rows\n"
+        "and reads the Parquet footers of the newest files of each service's newest hour with "
+        "rows\n"
     )
     for table in ("envoy_access", "container_logs"):
         for svc in chosen:

@@ -134,14 +134,17 @@ def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)
 
 
-def write_with_writer(uri: str, table: str, frame: pd.DataFrame, seq: int = 1) -> list[str]:
+def write_with_writer(
+    uri: str, table: str, frame: pd.DataFrame, seq: int = 1, name: str | None = None
+) -> list[str]:
     """Write ``frame`` with the aggregator's own writer (``aggregator.writer``: its partitions,
-    sorting and object names, ``node-a-<seq>-<part>.parquet``), as one flushed segment would;
-    returns the paths written."""
+    sorting and object names, ``node-a-<seq>-<part>.parquet``), as one flushed segment would
+    (``name``: another object name, e.g. a compaction output's); returns the paths written."""
     from aggregator.writer import object_name, write_partitions
 
     schema_table = {"envoy_access": ENVOY_ACCESS, "container_logs": CONTAINER_LOGS}[table]
     schema = pa.schema([pa.field("service", pa.string()), *schema_table.arrow_schema()])
     rows = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
     wh = open_warehouse(uri, create=True)
-    return [w.path for w in write_partitions(wh, table, rows, object_name("node-a", seq))]
+    named = name or object_name("node-a", seq)
+    return [w.path for w in write_partitions(wh, table, rows, named)]
