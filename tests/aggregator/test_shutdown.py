@@ -44,17 +44,26 @@ def _stored(settings: Settings) -> list[str]:
     return sorted(read_table(settings.warehouse, "container_logs")["message"].to_pylist())
 
 
-def test_a_second_stop_request_exits_at_once_saying_where_the_data_is(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The stop's flush hangs (a warehouse write that does not return): the second request
-    ends the process with 1 without waiting for it. It used to be ignored."""
+def _exits_and_clock_recorded(
+    tmp_path: Path,
+) -> tuple[Settings, service_mod.Aggregator, list[int], list[float]]:
+    """An aggregator whose exits are recorded (not made) and whose stop-request clock is the
+    returned one-element list, to move by hand."""
     settings = _settings(tmp_path, flush_interval=300)
     agg = service_mod.Aggregator(settings)
     exits: list[int] = []
     agg._exit_now = exits.append
     now = [1000.0]
     agg._clock = lambda: now[0]
+    return settings, agg, exits, now
+
+
+def test_a_second_stop_request_exits_at_once_saying_where_the_data_is(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stop's flush hangs (a warehouse write that does not return): the second request
+    ends the process with 1 without waiting for it. It used to be ignored."""
+    settings, agg, exits, now = _exits_and_clock_recorded(tmp_path)
     release = threading.Event()
     real_flush = agg._flush_segment
 
@@ -93,12 +102,7 @@ def test_a_second_stop_after_the_flush_exits_with_the_stops_status(
     """Everything is written ("stopped cleanly") and the stop waits only for a call in a worker
     thread (a compaction pass ending): a second request exits with the stop's status, 0. It
     said "second stop request: exiting now without finishing the flush" and exited 1."""
-    settings = _settings(tmp_path, flush_interval=300)
-    agg = service_mod.Aggregator(settings)
-    exits: list[int] = []
-    agg._exit_now = exits.append
-    now = [1000.0]
-    agg._clock = lambda: now[0]
+    settings, agg, exits, now = _exits_and_clock_recorded(tmp_path)
     began, release = threading.Event(), threading.Event()
 
     def compaction_pass() -> None:
