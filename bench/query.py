@@ -25,6 +25,12 @@ the files are on a private SeaweedFS (started and stopped here; PUTs take ~10 ms
 through pyarrow's S3 filesystem as ``s3://`` warehouses are; ``--code DIR``: the commands run the
 code of another checkout (before/after figures).
 
+``--services-hour N [--services S] [--code DIR]``: instead, ``logq services`` on a local
+warehouse whose newest hour holds N flushed files per service (two writer nodes, the names the
+aggregator gives them, as an uncompacted hour at a 10 s flush interval holds 360) for S services
+(default 20): wall time and peak RSS of the process (it reads the footers of each hour's newest
+files, not every file).
+
 ``--listing s3|local [--services N] [--hours H] [--e2e]``: instead, the cost of *planning* a query
 over every service (no ``--service``): N services (default 500) x the last H hours (default 48),
 one tiny file per service-hour, on a private SeaweedFS (``s3``, started and stopped here) or in a
@@ -236,7 +242,12 @@ def main() -> int:
         default=None,
         help="--listing, --files: run the code of this checkout (before/after figures)",
     )
+    ap.add_argument(
+        "--services-hour", type=int, default=0, help="logq services mode: files per service-hour"
+    )
     args = ap.parse_args()
+    if args.services_hour:
+        return services_hour(args.services_hour, args.services or 20, args.repeat, args.code)
     if args.listing:
         return planning(
             args.listing, args.services or 500, args.hours or 48, args.e2e,
@@ -262,6 +273,46 @@ def main() -> int:
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def services_hour(files: int, services: int, repeat: int, code_dir: str | None) -> int:
+    """The ``--services-hour`` mode: ``files`` flushes (two nodes taking turns, 40 rows each
+    over all ``services``) into the newest closed hour, then ``logq services -f json`` timed."""
+    from aggregator.writer import object_name, write_partitions
+
+    root = Path(tempfile.mkdtemp(prefix="logq-bench-services-"))
+    env = {**os.environ, "LOGQ_CACHE_DIR": str(root / "cache")}
+    if code_dir:
+        env["PYTHONPATH"] = str(Path(code_dir).resolve())
+    try:
+        wh = open_warehouse(str(root / "wh"), create=True)
+        hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+        start_ms, rng = int(hour.timestamp() * 1000), np.random.default_rng(7)
+        t0 = time.perf_counter()
+        for seg in range(files):
+            step_ms = 3_600_000 // files
+            begin = start_ms + seg * step_ms
+            rows = pa.concat_tables(
+                service_table(f"svc-{i:02d}", 40 // services + 1, begin, step_ms, rng)
+                for i in range(services)
+            )
+            node = ("node-a", "node-b")[seg % 2]
+            write_partitions(wh, "envoy_access", rows, object_name(node, seg // 2 + 1))
+        code = f"; the code of {code_dir}" if code_dir else ""
+        print(f"{files} files x {services} services in one hour, built in "
+              f"{time.perf_counter() - t0:.1f} s{code}")  # fmt: skip
+        runs = [run_logq(["services", "-f", "json", "--warehouse", str(root / "wh")], env)
+                for _ in range(repeat)]  # fmt: skip
+        bad = [r for r in runs if r.status != 0]
+        if bad:
+            print(bad[0].stderr, file=sys.stderr)
+            return 1
+        print(f"logq services: median {statistics.median(r.seconds for r in runs):.2f} s "
+              f"(runs {min(r.seconds for r in runs):.2f}-{max(r.seconds for r in runs):.2f} s), "
+              f"peak RSS {max(r.peak_mib for r in runs)} MiB")  # fmt: skip
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
