@@ -207,6 +207,8 @@ class _Conn:
     reading: bool = False
     reader: CutReader | None = None
     """The connection's reader, which the stop cuts (:meth:`ForwardServer.stop`)."""
+    secured: bool = False
+    """Whether its TLS handshake is done: its kernel receive queue holds application records."""
     received: int = field(default=0)
     fed: int = 0
     """Bytes fed to this connection's unpacker."""
@@ -363,7 +365,7 @@ class ForwardServer:
         await asyncio.sleep(STOP_DRAIN_SECONDS)
         tls = self.ssl_context is not None
         for task, conn in list(self._conns.items()):
-            left = conn.reader is not None and conn.reader.cut(tls)
+            left = conn.reader is not None and conn.reader.cut(tls, handshake_done=conn.secured)
             if conn.reading and not left:
                 task.cancel()
         tasks = list(self._conns)
@@ -453,6 +455,7 @@ class ForwardServer:
         conn.reading, conn.partial_since = True, time.monotonic()
         try:
             await writer.start_tls(self.ssl_context, ssl_handshake_timeout=timeout)
+            conn.secured = True
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
             due = self._warnings.due(("tls_failed", conn.client), time.time())
             raise ConnectionClosed(
