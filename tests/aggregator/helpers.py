@@ -168,12 +168,25 @@ def read_acks(sock: socket.socket, count: int, timeout: float = 30.0) -> list[st
     return acks
 
 
+def _listed(fs: pafs.FileSystem, root: str) -> list[pafs.FileInfo]:
+    """Everything under ``root`` (nothing if it does not exist). Listed again when the folder
+    appears during the listing: Arrow's local listing fails on a folder it could not open, and
+    ``allow_not_found`` forgives that only if the folder is still missing when it looks again
+    (a running aggregator creating the table's folder at that moment made a test fail)."""
+    selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
+    for _ in range(3):
+        try:
+            return fs.get_file_info(selector)
+        except FileNotFoundError:
+            continue
+    return fs.get_file_info(selector)
+
+
 def read_table(warehouse: str, table: str) -> pa.Table:
     """Every visible Parquet file of a table, with ``service`` and ``dt`` from the path."""
     wh = open_warehouse(warehouse)
-    selector = pafs.FileSelector(wh.table_root(table), recursive=True, allow_not_found=True)
     parts = []
-    for info in wh.fs.get_file_info(selector):
+    for info in _listed(wh.fs, wh.table_root(table)):
         name = info.base_name
         if info.type != pafs.FileType.File or not name.endswith(".parquet"):
             continue
@@ -193,10 +206,9 @@ def read_table(warehouse: str, table: str) -> pa.Table:
 def parquet_files(warehouse: str, table: str | None = None) -> list[str]:
     wh = open_warehouse(warehouse)
     root = wh.table_root(table) if table else wh.base
-    selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
     return sorted(
         i.path
-        for i in wh.fs.get_file_info(selector)
+        for i in _listed(wh.fs, root)
         if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
     )
 
