@@ -320,7 +320,12 @@ def freshness(port: int, warehouse: str, timeout: float = 120.0) -> float:
     wh = open_warehouse(warehouse)
     root = wh.path("container_logs", "service=probe")
     while time.perf_counter() - acked < timeout:
-        infos = wh.fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+        try:
+            infos = wh.fs.get_file_info(
+                pafs.FileSelector(root, recursive=True, allow_not_found=True)
+            )
+        except FileNotFoundError:  # the folder appeared during the listing: Arrow fails on that
+            continue
         for info in infos:
             if info.base_name.endswith(".parquet") and not info.base_name.startswith((".", "_")):
                 table = pq.read_table(info.path, filesystem=wh.fs, columns=["message"])
