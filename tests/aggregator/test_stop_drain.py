@@ -95,6 +95,23 @@ def _closed_by_server(sock: socket.socket) -> bool:
         return False
 
 
+def _aggregator(
+    tmp_path: Path, transport: str
+) -> tuple[Path | None, Settings, service_mod.Aggregator]:
+    """An aggregator on a free port (with ``tls``: a certificate of a new CA), flushing only at
+    its stop: (the CA to trust, or None; its settings; it)."""
+    ca, cert, key = make_ca_and_server(tmp_path) if transport == "tls" else (None, None, None)
+    settings = Settings(
+        listen="127.0.0.1:0",
+        warehouse=str(tmp_path / "wh"),
+        buffer_dir=str(tmp_path / "buf"),
+        flush_interval=300,
+        tls_cert=str(cert) if cert else None,
+        tls_key=str(key) if key else None,
+    )
+    return ca, settings, service_mod.Aggregator(settings)
+
+
 @pytest.mark.parametrize("transport", ["tcp", "tls"])
 @pytest.mark.parametrize("encoding", ["msgpack", "json"])
 @pytest.mark.parametrize("tail", ["unfinished", "after the window"])
@@ -108,16 +125,7 @@ def test_a_stop_stores_what_a_busy_connection_had_received_and_nothing_sent_afte
     the stop ends with 0. Before the fix: B was lost (msgpack); the JSON loop read D too.
     Over TLS B is deciphered as it comes (the reader is not full, the kernel queue empty at
     the cut): it is in the reader, and D is not read either."""
-    ca, cert, key = make_ca_and_server(tmp_path) if transport == "tls" else (None, None, None)
-    settings = Settings(
-        listen="127.0.0.1:0",
-        warehouse=str(tmp_path / "wh"),
-        buffer_dir=str(tmp_path / "buf"),
-        flush_interval=300,
-        tls_cert=str(cert) if cert else None,
-        tls_key=str(key) if key else None,
-    )
-    agg = service_mod.Aggregator(settings)
+    ca, settings, agg = _aggregator(tmp_path, transport)
     exits: list[int] = []
     agg._exit_now = exits.append  # type: ignore[method-assign]
     disk = HeldFsync(monkeypatch)
@@ -242,16 +250,7 @@ def test_a_stop_also_reads_what_waits_in_the_kernel_behind_a_full_reader(
     (``full``: thousands of messages lost). A fix that counted raw bytes but let asyncio's
     socket reads (up to 256 KiB) run on would decipher the bytes sent after the window along
     with the last ones before it (``partly``)."""
-    ca, cert, key = make_ca_and_server(tmp_path) if transport == "tls" else (None, None, None)
-    settings = Settings(
-        listen="127.0.0.1:0",
-        warehouse=str(tmp_path / "wh"),
-        buffer_dir=str(tmp_path / "buf"),
-        flush_interval=300,
-        tls_cert=str(cert) if cert else None,
-        tls_key=str(key) if key else None,
-    )
-    agg = service_mod.Aggregator(settings)
+    ca, settings, agg = _aggregator(tmp_path, transport)
     agg._exit_now = lambda code: None  # type: ignore[method-assign]
     disk = HeldFsync(monkeypatch)
     figures: dict[str, int] = {}
