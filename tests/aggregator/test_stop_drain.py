@@ -46,6 +46,7 @@ from shipper import wire
 from tests.aggregator.helpers import REAL_FSYNC, is_segment, read_table, record
 from tests.aggregator.test_disk_full import _wait_for
 from tests.shipper.tlsgen import make_ca_and_server
+from tests.support.procs import closed_unanswered
 
 TAG = "logq.drain"
 
@@ -82,17 +83,6 @@ def _connect(port: int, ca: Path | None) -> socket.socket:
     if ca is None:
         return sock
     return ssl.create_default_context(cafile=str(ca)).wrap_socket(sock, server_hostname="127.0.0.1")
-
-
-def _closed_by_server(sock: socket.socket) -> bool:
-    """Block until the server closes ``sock`` (True) or 30 s pass (False)."""
-    sock.settimeout(30)
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
 
 
 def _aggregator(
@@ -146,7 +136,7 @@ def test_a_stop_stores_what_a_busy_connection_had_received_and_nothing_sent_afte
                 unfinished = c[: len(c) // 2] if tail == "unfinished" else b""
                 client.sendall(_message("B behind A", encoding) + unfinished)
                 agg._stop_requested()
-                assert await asyncio.to_thread(_closed_by_server, idle), "no end of the window"
+                assert await asyncio.to_thread(closed_unanswered, idle, 30), "no end of the window"
                 if tail == "after the window":
                     client.sendall(_message("D after the window", encoding))
                 disk.release.set()
@@ -278,7 +268,7 @@ def test_a_stop_also_reads_what_waits_in_the_kernel_behind_a_full_reader(
                 client.setblocking(False)
                 sent = await _fill(agg, client, stream, queue)
                 agg._stop_requested()
-                assert await asyncio.to_thread(_closed_by_server, idle), "no end of the window"
+                assert await asyncio.to_thread(closed_unanswered, idle, 30), "no end of the window"
                 figures.update(sent=sent, reached=sent - _unacked(client))
                 rest = asyncio.ensure_future(asyncio.to_thread(_send_rest, client, stream[sent:]))
                 disk.release.set()

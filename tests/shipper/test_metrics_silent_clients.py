@@ -24,6 +24,7 @@ from shipper import metrics as metrics_mod
 from shipper.config import Endpoint
 from shipper.metrics import Metrics
 from tests.shipper.receiver import free_port
+from tests.support.procs import closed_unanswered
 
 
 @contextlib.contextmanager
@@ -51,23 +52,12 @@ def _assert_live(port: int) -> None:
         assert resp.status == 200
 
 
-def _closed_by_server(sock: socket.socket, within: float) -> bool:
-    """Whether the server closed ``sock`` (end of file or reset) within ``within`` seconds."""
-    sock.settimeout(within)
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
-
-
 def test_a_connection_that_sends_nothing_is_closed_and_scrapes_go_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(metrics_mod, "REQUEST_TIMEOUT_SECONDS", 0.5)
     with _serving(silent=5) as (port, silent):
-        assert all(_closed_by_server(sock, within=10) for sock in silent)
+        assert all(closed_unanswered(sock, within=10) for sock in silent)
         _assert_live(port)
 
 
@@ -119,7 +109,7 @@ def test_connections_over_the_limit_are_closed_and_probes_still_get_in(
     monkeypatch.setattr(metrics_mod, "MAX_METRICS_CONNECTIONS", 4)
     monkeypatch.setattr(metrics_mod, "SILENT_EVICT_SECONDS", 0.5)
     with _serving(silent=20) as (port, silent):
-        closed = sum(_closed_by_server(sock, within=2) for sock in silent)
+        closed = sum(closed_unanswered(sock, within=2) for sock in silent)
         assert closed >= 16, f"{20 - closed} silent connections still held"
         time.sleep(0.6)  # the ones left have been silent long enough to make room
         _assert_live(port)
@@ -144,11 +134,11 @@ def test_connections_closed_unanswered_are_counted(monkeypatch: pytest.MonkeyPat
 
     with _serving(silent=10, metrics=metrics) as (port, silent):
         assert counted(6.0)  # refused: none of the 4 served was silent for long
-        assert all(_closed_by_server(sock, within=10) for sock in silent[4:])
+        assert all(closed_unanswered(sock, within=10) for sock in silent[4:])
         monkeypatch.setattr(metrics_mod, "SILENT_EVICT_SECONDS", 0.0)
         _assert_live(port)  # takes the slot of the one silent longest, closed unanswered
         assert counted(7.0)
-        assert _closed_by_server(silent[0], within=10)
+        assert closed_unanswered(silent[0], within=10)
 
 
 def test_a_connection_closed_for_a_newcomer_mid_request_is_not_answered(
@@ -169,7 +159,7 @@ def test_a_connection_closed_for_a_newcomer_mid_request_is_not_answered(
                 partial.sendall(head)
                 time.sleep(0.3)  # silent long enough to give way
                 _assert_live(port)
-                assert _closed_by_server(partial, within=10)
+                assert closed_unanswered(partial, within=10)
         deadline = time.monotonic() + 10
         while set(_handler_threads()) - earlier and time.monotonic() < deadline:
             time.sleep(0.05)

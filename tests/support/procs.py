@@ -51,6 +51,18 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
+def closed_unanswered(sock: socket.socket, within: float) -> bool:
+    """Whether the server closed ``sock`` (end of file or reset) within ``within`` seconds
+    without sending a byte on it (a byte received first: False)."""
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
 def console_script(name: str) -> Path:
     """Path of an installed console script (``logq``, ``weed``...) next to the running Python.
 
