@@ -33,7 +33,7 @@ from aggregator.config import Settings
 from aggregator.storage import put_bytes, read_small
 from athena import ddl
 from athena.schema import TABLES, sanitize_service
-from athena.warehouse import Warehouse
+from athena.warehouse import Warehouse, list_entries
 
 log = logging.getLogger("logq.aggregator.catalog")
 
@@ -106,7 +106,7 @@ class Catalog:
             selector = pafs.FileSelector(
                 self.warehouse.table_root(table), recursive=False, allow_not_found=True
             )
-            for info in self.warehouse.fs.get_file_info(selector):
+            for info in list_entries(self.warehouse.fs, selector):
                 m = _PARTITION_RE.match(info.base_name)
                 if m and info.type == pafs.FileType.Directory:
                     found.add(m.group(1))

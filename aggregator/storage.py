@@ -26,7 +26,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from aggregator.durable import atomic_file, write_atomic
-from athena.warehouse import Warehouse, s3_client, s3_small_client
+from athena.warehouse import Warehouse, list_entries, s3_client, s3_small_client
 
 log = logging.getLogger("logq.aggregator.storage")
 
@@ -757,7 +757,7 @@ def list_folder(wh: Warehouse, folder: str) -> list[pafs.FileInfo]:
     """Everything directly in ``folder`` (nothing if it does not exist)."""
     selector = pafs.FileSelector(folder, recursive=False, allow_not_found=True)
     try:
-        return wh.fs.get_file_info(selector)
+        return list_entries(wh.fs, selector)
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"listing {folder} in {wh.uri} failed: {exc}") from exc
 

@@ -160,22 +160,17 @@ def newest_in_hour(
     tops: Tops | None = None,
 ) -> datetime | None:
     """Newest ``timestamp`` of one hour folder (at or before ``before``), from the footers of
-    its newest flushed files (:func:`newest_files`), as the stale note finds it: an uncompacted
-    hour holds a file per flush per writer node (360 at a 10 s flush), and reading the column
-    of each made ``logq services`` take minutes locally and thousands of requests on S3. Every
-    other file's footer is read too: their names (compaction outputs ``c-<random id>``) carry
-    no order, and a compacted hour of a busy service holds more of them than
-    :data:`MAX_FOOTERS` (one per 128 MB), so the cap would leave out the one with the newest
-    row at random; there are few of them, a footer each. A column is read only where a footer
-    cannot tell (:func:`footer_bound`: no statistics, or a largest time after ``before``, which
-    may hide a row at or before it). Only when those files hold no such row are the hour's
-    other flushed files read, so an hour with rows is never passed over for an older one. None
-    when the hour holds no such rows."""
+    the files :func:`newest_files` picks, as the stale note finds it: an uncompacted hour
+    holds a file per flush per writer node (360 at a 10 s flush), and reading the column of
+    each made ``logq services`` take minutes locally and thousands of requests on S3. A column
+    is read only where a footer cannot tell (:func:`footer_bound`: no statistics, or a largest
+    time after ``before``, which may hide a row at or before it). Only when those files hold
+    no such row are the hour's other flushed files read, so an hour with rows is never passed
+    over for an older one. None when the hour holds no such rows."""
     from athena.partitions import list_files
 
     paths = [f.path for f in list_files(wh, wh.path(table, f"service={service}", f"dt={dt}"))]
-    flushed = [p for p in paths if _flush_name(p)]
-    first = newest_files(flushed) + [p for p in paths if not _flush_name(p)]
+    first = newest_files(paths)
     found = _largest_bound(wh, first, before, tops)
     if found is None:
         taken = set(first)
@@ -191,8 +186,8 @@ def _largest_bound(
     return max((v for v in values if v is not None), default=None)
 
 
-#: Footers read per hour at most when looking for the newest row (the newest files of each
-#: writer node, by name: names carry a per-node increasing segment number).
+#: Footers of flushed files read per hour at most when looking for the newest row (the newest
+#: files of each writer node, by name: names carry a per-node increasing segment number).
 MAX_FOOTERS = 16
 
 
@@ -255,14 +250,19 @@ def newest_in(
 
 
 def newest_files(paths: Iterable[str]) -> list[str]:
-    """The files most likely to hold the newest row, at most :data:`MAX_FOOTERS`.
+    """The files whose footers find the newest row: at most :data:`MAX_FOOTERS` flushed files,
+    then every other file. The stale-data note (:func:`newest_in`) and ``logq services``
+    (:func:`newest_in_hour`) both read these.
 
     The writer names files ``<node>-<seq>-<part>.parquet`` with a segment number that grows per
     node across every service folder (one segment is flushed into each service it holds), so
     per node the highest numbers are its latest flushes whichever folder they are in; the files
     of each node's two newest segments are taken newest first, one node after the other, so a
     busy service is read before services whose last rows came many segments ago. Other names
-    (compaction outputs, hand-written files) carry no order and come after, one each.
+    (compaction outputs ``c-<random id>``, hand-written files) carry no order: a compacted hour
+    of a busy service holds more outputs than :data:`MAX_FOOTERS` (one per 128 MB), and a cap
+    would leave out the one with the newest row at random (the note named an older time than
+    the truth). There are few of them, a footer each: all are read, after the flushed ones.
     """
     by_node: dict[str, list[tuple[int, int, str]]] = {}
     others: list[str] = []
@@ -278,13 +278,12 @@ def newest_files(paths: Iterable[str]) -> list[str]:
         files.sort(reverse=True)
         keep = sorted({seq for seq, _, _ in files}, reverse=True)[:2]
         queues.append([path for seq, _, path in files if seq in keep])
-    queues.extend([path] for path in sorted(others, reverse=True))
     picked: list[str] = []
     for rank in range(max((len(q) for q in queues), default=0)):
         picked.extend(q[rank] for q in queues if rank < len(q))
         if len(picked) >= MAX_FOOTERS:
             break
-    return picked[:MAX_FOOTERS]
+    return picked[:MAX_FOOTERS] + sorted(others, reverse=True)
 
 
 def _flush_name(path: str) -> re.Match[str] | None:

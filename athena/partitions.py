@@ -72,7 +72,9 @@ def _subdirs(wh: Warehouse, path: str, key: str) -> dict[str, str]:
     """``value -> path`` of the ``key=value`` folders directly under ``path`` (missing: none)."""
     import pyarrow.fs as pafs
 
-    infos = wh.fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    from athena.warehouse import list_entries
+
+    infos = list_entries(wh.fs, pafs.FileSelector(path, allow_not_found=True))
     prefix = key + "="
     out = {}
     for info in infos:
@@ -151,7 +153,9 @@ def _holds_data_file(wh: Warehouse, folder: str) -> bool:
     inputs beside its output, or that output beside its inputs)."""
     import pyarrow.fs as pafs
 
-    infos = wh.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    from athena.warehouse import list_entries
+
+    infos = list_entries(wh.fs, pafs.FileSelector(folder, allow_not_found=True))
     return any(i.type == pafs.FileType.File and is_data_file(i.base_name) for i in infos)
 
 
@@ -256,14 +260,17 @@ def _settled_listing(wh: Warehouse, selector: pafs.FileSelector) -> list[FileInf
     one listed after they were deleted, is missed whole (rows missing, no error: the files
     read are all there), and one whose inputs are listed but not its intent is read twice. So
     a listing that may have taken several pages is taken only when the next one agrees with it
-    (:func:`_agrees`); otherwise the next one is checked the same way.
+    (:func:`_agrees`); otherwise the next one is checked the same way. Each listing is
+    :func:`athena.warehouse.list_entries`'s: the hour folder a flush makes right then is listed.
     """
-    infos = wh.fs.get_file_info(selector)
+    from athena.warehouse import list_entries
+
+    infos = list_entries(wh.fs, selector)
     page = S3_PAGE_ENTRIES if wh.is_s3 else LOCAL_PAGE_ENTRIES
     if len(infos) < page:
         return infos
     for _ in range(SETTLE_LISTINGS - 1):
-        again = wh.fs.get_file_info(selector)
+        again = list_entries(wh.fs, selector)
         if _agrees(infos, again, _hidden(wh, infos)):
             return infos
         infos = again
@@ -479,11 +486,13 @@ def _walk_service(
     """
     import pyarrow.fs as pafs
 
+    from athena.warehouse import list_entries
+
     selector = pafs.FileSelector(path, allow_not_found=True, recursive=True)
-    infos = wh.fs.get_file_info(selector)
+    infos = list_entries(wh.fs, selector)
     folders = _dt_folders(path, infos, wanted)
     if len(infos) >= S3_PAGE_ENTRIES:
-        again = _dt_folders(path, wh.fs.get_file_info(selector), wanted)
+        again = _dt_folders(path, list_entries(wh.fs, selector), wanted)
         folders = _settled_folders(wh, path, folders, again)
     hours = {
         folder[3:]: _data_files(wh, f"{path}/{folder}", got, every_file)

@@ -7,6 +7,7 @@ on the layout. S3 is reached with the standard AWS settings: ``AWS_ENDPOINT_URL`
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import threading
@@ -46,6 +47,47 @@ class Warehouse:
 
     def table_root(self, table: str) -> str:
         return self.path(table)
+
+
+#: Listings of a folder before the error of one that appeared during each is raised. Once made,
+#: a folder is there for the next listing: only one removed and made again in between could
+#: fail it too (no writer of the warehouse removes a folder it may make again). So a second
+#: listing already succeeds whatever the load (a slow machine widens the window, it cannot make
+#: a folder go missing again); the two more are a margin, not a timing guess.
+LISTING_ATTEMPTS = 4
+
+
+def list_entries(fs: pafs.FileSystem, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+    """``fs.get_file_info(selector)``, listed again when the folder appeared during the listing.
+
+    Arrow lists a local folder by opening it; when that fails, ``allow_not_found`` forgives
+    the failure only if the folder is still missing when Arrow looks again. A folder made
+    between the two (the aggregator's first flush into a new warehouse making
+    ``container_logs/``, or a new service's or hour's folder) failed the listing with "Cannot
+    list directory ...: No such file or directory" although the folder was there: ``logq``
+    failed once, compaction's pass, the catalog's listing of services too. Listed again, it is
+    read as it now is, up to :data:`LISTING_ATTEMPTS` times. Any other failure is raised at
+    once (:func:`appeared_during_listing`): a folder denied to this user, or a file where a
+    folder should be, is the same error at every attempt. An S3 listing never fails so: with
+    ``allow_not_found`` Arrow does not check that the prefix exists, and its S3 errors never
+    carry these words, so nothing on S3 is listed twice.
+    """
+    for _ in range(LISTING_ATTEMPTS - 1):
+        try:
+            return fs.get_file_info(selector)
+        except FileNotFoundError as exc:
+            if not (selector.allow_not_found and appeared_during_listing(exc)):
+                raise
+    return fs.get_file_info(selector)
+
+
+def appeared_during_listing(exc: OSError) -> bool:
+    """Whether ``exc`` is Arrow's failure to list a local folder that was missing when the
+    listing opened it (``ENOENT``): with ``allow_not_found``, one that was there again when
+    Arrow looked (see :func:`list_entries`). Its words are Arrow's (``arrow/util/io_util.cc``,
+    ``ListDir``), so that no other missing file (one named inside the folder, a path a
+    filesystem wrapper did not find) passes for it."""
+    return exc.errno == errno.ENOENT and "Cannot list directory" in str(exc)
 
 
 def resolve_uri(uri: str | None) -> str:

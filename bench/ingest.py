@@ -243,11 +243,11 @@ def parquet_files(
     warehouse: str, table: str | None = None
 ) -> tuple[pafs.FileSystem, list[pafs.FileInfo]]:
     """The warehouse's file system and its visible Parquet objects (of ``table``, else all)."""
-    from athena.warehouse import open_warehouse
+    from athena.warehouse import list_entries, open_warehouse
 
     wh = open_warehouse(warehouse)
     root = wh.path(table) if table else wh.base
-    infos = wh.fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    infos = list_entries(wh.fs, pafs.FileSelector(root, recursive=True, allow_not_found=True))
     return wh.fs, [
         i
         for i in infos
@@ -305,7 +305,7 @@ def text_floor(warehouse: str, column: str) -> float:
 
 def freshness(port: int, warehouse: str, timeout: float = 120.0) -> float:
     """Seconds from the ack of one line to the moment a reader can see it in the warehouse."""
-    from athena.warehouse import open_warehouse
+    from athena.warehouse import list_entries, open_warehouse
 
     marker = f"freshness-probe-{uuid.uuid4()}"
     rec = {wire.KEY_LOG: marker, wire.KEY_STREAM: "stdout", wire.KEY_SERVICE: "probe"}
@@ -320,12 +320,7 @@ def freshness(port: int, warehouse: str, timeout: float = 120.0) -> float:
     wh = open_warehouse(warehouse)
     root = wh.path("container_logs", "service=probe")
     while time.perf_counter() - acked < timeout:
-        try:
-            infos = wh.fs.get_file_info(
-                pafs.FileSelector(root, recursive=True, allow_not_found=True)
-            )
-        except FileNotFoundError:  # the folder appeared during the listing: Arrow fails on that
-            continue
+        infos = list_entries(wh.fs, pafs.FileSelector(root, recursive=True, allow_not_found=True))
         for info in infos:
             if info.base_name.endswith(".parquet") and not info.base_name.startswith((".", "_")):
                 table = pq.read_table(info.path, filesystem=wh.fs, columns=["message"])

@@ -309,6 +309,7 @@ def one_level_off(wh: Warehouse) -> str | None:
     import pyarrow.fs as pafs
 
     from athena.schema import TABLES
+    from athena.warehouse import list_entries
 
     root = wh.base.rstrip("/")
     prefix = "s3://" if wh.is_s3 else ""
@@ -323,11 +324,11 @@ def one_level_off(wh: Warehouse) -> str | None:
                 f"{wh.uri} is a folder inside a warehouse: did you mean --warehouse {prefix}{up}?"
             )
     try:
-        infos = wh.fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        infos = list_entries(wh.fs, pafs.FileSelector(root, allow_not_found=True))
         for info in sorted(infos, key=lambda i: i.path):
             if info.type != pafs.FileType.Directory:
                 continue
-            inner = wh.fs.get_file_info(pafs.FileSelector(info.path, allow_not_found=True))
+            inner = list_entries(wh.fs, pafs.FileSelector(info.path, allow_not_found=True))
             if any(i.base_name in TABLES for i in inner):
                 return (
                     f"{info.base_name}/ inside it is a warehouse: did you mean --warehouse "

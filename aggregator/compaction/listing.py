@@ -32,7 +32,7 @@ from aggregator.compaction.notes import PassNotes
 from aggregator.storage import StorageError, list_folder, list_tree_after
 from athena.schema import DT_FORMAT, TABLES, Table, parse_dt
 from athena.threads import ordered_map
-from athena.warehouse import Warehouse
+from athena.warehouse import Warehouse, list_entries
 
 log = logging.getLogger("logq.aggregator.compaction")
 
@@ -273,7 +273,7 @@ def list_tree(wh: Warehouse, folder: str) -> list[pafs.FileInfo]:
     request per 1,000 objects (pyarrow lists a recursive selector without a delimiter)."""
     selector = pafs.FileSelector(folder, recursive=True, allow_not_found=True)
     try:
-        return wh.fs.get_file_info(selector)
+        return list_entries(wh.fs, selector)
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"listing {folder} in {wh.uri} failed: {exc}") from exc
 

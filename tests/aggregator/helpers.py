@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from athena.warehouse import open_warehouse
+from athena.warehouse import list_entries, open_warehouse
 from shipper import wire
 from tests.support.procs import console_script, log_tail, start_group, stop_group, wait_until
 
@@ -169,17 +169,10 @@ def read_acks(sock: socket.socket, count: int, timeout: float = 30.0) -> list[st
 
 
 def _listed(fs: pafs.FileSystem, root: str) -> list[pafs.FileInfo]:
-    """Everything under ``root`` (nothing if it does not exist). Listed again when the folder
-    appears during the listing: Arrow's local listing fails on a folder it could not open, and
-    ``allow_not_found`` forgives that only if the folder is still missing when it looks again
-    (a running aggregator creating the table's folder at that moment made a test fail)."""
-    selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
-    for _ in range(3):
-        try:
-            return fs.get_file_info(selector)
-        except FileNotFoundError:
-            continue
-    return fs.get_file_info(selector)
+    """Everything under ``root`` (nothing if it does not exist), listed as the product lists
+    (:func:`athena.warehouse.list_entries`): a running aggregator creating the table's folder
+    during the listing made a test fail."""
+    return list_entries(fs, pafs.FileSelector(root, recursive=True, allow_not_found=True))
 
 
 def read_table(warehouse: str, table: str) -> pa.Table:

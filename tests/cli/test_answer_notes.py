@@ -17,8 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from athena.freshness import footer_bound, newest_files
-from athena.timerange import TimeRange
+from athena.freshness import MAX_FOOTERS, footer_bound, newest_files
+from athena.schema import compacted_object_name
+from athena.timerange import TimeRange, iso_utc
 from athena.warehouse import Warehouse as OpenWarehouse
 from athena.warehouse import open_warehouse
 from cli.explain import STALE_LISTED_SERVICES, note_freshness, note_stale
@@ -96,6 +97,33 @@ def test_newest_files_prefers_each_nodes_latest_segments() -> None:
     assert set(picked) == {names[0], names[4], names[5], names[3], "t/service=q/dt=h/c-1.parquet"}
     many = [f"t/service=s{i:03d}/dt=h/n1-{i:016d}-0000.parquet" for i in range(100)]
     assert newest_files(many) == many[99:97:-1]  # the two newest segments only
+    nodes = [f"t/service=s/dt=h/n{i:02d}-{1:016d}-0000.parquet" for i in range(20)]
+    outputs = [f"t/service=s/dt=h/{compacted_object_name(f'{i:020x}')}" for i in range(20)]
+    picked = newest_files([*outputs, *nodes])  # flushed files capped, no compaction output
+    assert len(set(picked) & set(nodes)) == MAX_FOOTERS and set(outputs) <= set(picked)
+
+
+def test_stale_note_reads_every_compaction_output_of_the_newest_hour(
+    logq: Any, tmp_path: Path
+) -> None:
+    """A compacted hour of a busy service holds more outputs (``c-<random id>``: no order in
+    their names) than MAX_FOOTERS. The note read 16 of them with the flushed files, and named
+    the newest row of those: older than the truth when the newest rows were in another one.
+    It reads each output's footer, as `logq services` does."""
+    uri = str(tmp_path / "wh")
+    hour = (_now() - timedelta(minutes=40)).replace(minute=0, second=0)
+    step = timedelta(seconds=90)  # 20 slices: the hour's first 30 minutes, 10+ minutes old
+    slices = [
+        access_frame(5, hour + k * step, hour + (k + 1) * step, ["svc"], k) for k in range(20)
+    ]
+    for k, frame in enumerate(slices):  # the newest rows in c-000...0, the name sorting first
+        write_with_writer(uri, "envoy_access", frame, name=compacted_object_name(f"{19 - k:020x}"))
+    write_with_writer(uri, "envoy_access", slices[3], seq=7)  # a late flush of older rows
+    newest = iso_utc(slices[-1]["timestamp"].max().to_pydatetime())
+    for since in ("2h", "1m"):  # the hour planned; only later ones (none with files) planned
+        run = logq("errors", "--since", since, "--service", "svc", "--warehouse", uri)
+        assert run.exit_code == 0, run.stderr
+        assert f"logq: note: newest data for svc: {newest} (" in run.stderr, run.stderr
 
 
 @pytest.mark.parametrize("unit", ["ms", "us", "ns"])
