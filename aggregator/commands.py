@@ -24,12 +24,12 @@ from aggregator.config import (
 from aggregator.decode import tune_gc
 from aggregator.envoy import FormatError
 from aggregator.memory import tune_memory
-from aggregator.metrics import MAX_METRICS_CONNECTIONS
 from aggregator.open_files import check_open_files_limit, quiet_accept_errors
 from aggregator.server import CertificateError
 from aggregator.service import Aggregator
 from aggregator.twins import TwinRunning
 from athena.warehouse import WarehouseError
+from shipper.metric_bounds import MAX_METRICS_CONNECTIONS
 from shipper.startup import run_held
 
 #: Exit status of a usage error: the command must change (a bad flag, a ``--config`` value, an

@@ -11,7 +11,6 @@ Vector users expect.
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -20,7 +19,14 @@ from aggregator.decode import BUFFER_COMPRESSIONS
 from aggregator.envoy import FormatError, compile_format
 from aggregator.server import MAX_INFLIGHT_BYTES
 from athena.warehouse import WarehouseError, resolve_uri
-from shipper.config import blame_file, close_key, file_keys, file_prefix, read_config_file
+from shipper.config import (
+    at_least,
+    blame_file,
+    close_key,
+    file_keys,
+    file_prefix,
+    read_config_file,
+)
 from shipper.config import file_setting_names as shipper_file_keys
 from shipper.errors import shown_value
 from shipper.version import VersionAction
@@ -346,10 +352,41 @@ def _typed(path: str, key: str, kind: Any, value: Any) -> Any:
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _seconds(value: float, flag: str, zero_ok: bool = False) -> None:
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
-        more = ">= 0" if zero_ok else "> 0"
-        raise ConfigError(f"{flag} must be {more} seconds (a finite number), got {value}")
+#: The seconds settings, each with whether 0 is allowed (``--compact-interval``: 0 turns the
+#: periodic compaction off); every other must be more than 0.
+_SECONDS = {
+    "flush_interval": False,
+    "unhealthy_after": False,
+    "retry_max_interval": False,
+    "idle_timeout": False,
+    "stop_timeout": False,
+    "compact_interval": True,
+}
+
+#: The whole-number settings and the smallest value of each.
+_COUNTS = {
+    "max_message_entries": 1,
+    "max_connections": 1,
+    "max_frame_bytes": 1,
+    "buffer_limit_bytes": 1,
+    "segment_bytes": 1,
+    "target_file_bytes": 1,
+    "max_inflight_bytes": 1,
+}
+
+
+def _check_numbers(s: Settings) -> None:
+    """Every numeric setting in its range (:func:`shipper.config.at_least`, the shipper's
+    check), its error naming the flag."""
+    for name, zero_ok in _SECONDS.items():
+        flag = f"--{name.replace('_', '-')}"
+        setattr(
+            s,
+            name,
+            at_least(flag, getattr(s, name), 0.0, ConfigError, seconds=True, above=not zero_ok),
+        )
+    for name, least in _COUNTS.items():
+        at_least(f"--{name.replace('_', '-')}", getattr(s, name), least, ConfigError)
 
 
 def _check(s: Settings, partial: bool = False) -> None:
@@ -363,16 +400,7 @@ def _check(s: Settings, partial: bool = False) -> None:
     split_host_port(s.listen, "--listen")
     if s.metrics_listen:
         split_host_port(s.metrics_listen, "--metrics-listen")
-    _seconds(s.flush_interval, "--flush-interval")
-    _seconds(s.unhealthy_after, "--unhealthy-after")
-    _seconds(s.retry_max_interval, "--retry-max-interval")
-    _seconds(s.idle_timeout, "--idle-timeout")
-    _seconds(s.stop_timeout, "--stop-timeout")
-    _seconds(s.compact_interval, "--compact-interval", zero_ok=True)  # 0: off
-    if s.max_message_entries < 1:
-        raise ConfigError(f"--max-message-entries must be at least 1, got {s.max_message_entries}")
-    if s.max_connections < 1:
-        raise ConfigError(f"--max-connections must be at least 1, got {s.max_connections}")
+    _check_numbers(s)
     if s.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(
             f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {s.log_level!r}"
@@ -384,15 +412,6 @@ def _check(s: Settings, partial: bool = False) -> None:
         )
     if s.warehouse is not None and not s.warehouse.strip():
         raise ConfigError("--warehouse is empty; pass a directory or s3://bucket/prefix")
-    for name in (
-        "max_frame_bytes",
-        "buffer_limit_bytes",
-        "segment_bytes",
-        "target_file_bytes",
-        "max_inflight_bytes",
-    ):
-        if int(getattr(s, name)) <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of bytes")
     if s.buffer_compression not in BUFFER_COMPRESSIONS:
         raise ConfigError(
             f"buffer-compression must be one of {', '.join(BUFFER_COMPRESSIONS)}, "

@@ -44,6 +44,13 @@ from aggregator.batch import service_column
 from aggregator.throttle import Throttle
 from shipper import wire
 from shipper.discover import names_service
+from shipper.metric_bounds import (
+    MAX_METRICS_CONNECTIONS,
+    SERVICE_SERIES_IDLE_SECONDS,
+    SWEEP_SECONDS,
+    IdleNames,
+    MetricsSlots,
+)
 from shipper.sender import reset_connection
 
 log = logging.getLogger("logq.aggregator.metrics")
@@ -76,13 +83,6 @@ ABANDONED_OUTCOMES = ("dropped", "stored")
 #: Tables of ``logq_aggregator_rows_written_total{table,service}`` and the other per-service
 #: series (each created at 0 for a service's both tables, see :meth:`Metrics.services_seen`).
 TABLES = ("envoy_access", "container_logs")
-#: A service's own series (rows, parse failures, rows outside the projection) go after this
-#: long without rows: services come and go (renames, retired services, a Docker fluentd driver
-#: that tags every container with its id), and series kept for ever would grow /metrics and
-#: Prometheus without bound. One that comes back starts again at 0 (increase() takes resets).
-SERVICE_SERIES_IDLE_SECONDS = 24 * 3600.0
-#: How often (seconds) idle services are looked for.
-_SWEEP_SECONDS = 60.0
 #: Names (services, tags) remembered by :meth:`Metrics.messages_received` before it starts
 #: again: bounded, as tags can carry container ids while their service stays the same.
 _SERVICE_KEYS_MAX = 10_000
@@ -284,16 +284,14 @@ class Metrics:
             self.connections_rejected.labels(reason)
         for outcome in ABANDONED_OUTCOMES:
             self.abandoned.labels(outcome)
-        self._service_seen: dict[str, float] = {}
-        """Services with their own series (and :data:`OTHER_SERVICE` once used) -> when they
-        last had rows (monotonic)."""
+        self._service_seen = IdleNames(SERVICE_SERIES_IDLE_SECONDS, SWEEP_SECONDS)
+        """Services with their own series (and :data:`OTHER_SERVICE` once used), and when
+        they last had rows (monotonic)."""
         self._series_capped = False
         """Whether the cap on services with series was reported (once per process)."""
         self._service_keys: set[str] = set()
         """What decided the services of received messages whose series exist (emptied by a
         sweep that removes series): :meth:`messages_received` skips such messages."""
-        self._swept_at: float | None = None
-        """When idle services were last looked for (the clock of the first call before that)."""
         self.failing_since: float | None = None
         self.unhealthy_after = 300.0
         self.disk_low: str | None = None
@@ -322,17 +320,11 @@ class Metrics:
         now = time.monotonic() if now is None else now
         for service in services:
             label = service if service in self._service_seen else self._admit(service)
-            self._service_seen[label] = now
-        if self._swept_at is None:
-            self._swept_at = now
-        if now - self._swept_at < _SWEEP_SECONDS:
-            return
-        self._swept_at = now
-        idle = [s for s, t in self._service_seen.items() if now - t >= SERVICE_SERIES_IDLE_SECONDS]
+            self._service_seen.seen(label, now)
+        idle = self._service_seen.idle(now)
         if idle:
             self._service_keys.clear()  # the next messages find out which ones are still there
         for service in idle:
-            del self._service_seen[service]
             for metric, labels in (
                 (self.parse_failures, (service,)),
                 (self.times_replaced, (service,)),
@@ -463,21 +455,11 @@ def _deciding_names(batch: pa.RecordBatch) -> list[str] | None:
     return None
 
 
-#: Connections of the metrics port served at once (a scraper or two and health checks are the
-#: normal load); more are closed at once and counted. Each one may hold a rendered page until its
-#: client reads it: 15 scrapers that never read held 600 MB, and the port had no limit.
-MAX_METRICS_CONNECTIONS = 16
 #: Seconds a reply may wait for its client to read it before the connection is dropped (with the
 #: reply: a client that does not read must not keep a page in memory for as long as it likes).
 WRITE_TIMEOUT_SECONDS = 10.0
 #: Seconds a client has to send its request's head.
 REQUEST_TIMEOUT_SECONDS = 10.0
-#: Seconds a connection may stay open without a request before a newcomer over the limit takes
-#: its slot: a scraper or probe sends its request head as soon as it connects, so one silent this
-#: long is a port scanner, a broken probe or a slowloris, and keeping it would lock every scrape
-#: and ``/healthz`` probe out until :data:`REQUEST_TIMEOUT_SECONDS` (a liveness probe failing
-#: meanwhile restarts a healthy aggregator).
-SILENT_EVICT_SECONDS = 1.0
 #: Seconds between two WARNINGs about metrics connections closed over the limit.
 _REFUSED_WARNING_SECONDS = 60.0
 
@@ -488,24 +470,20 @@ class MetricsServer:
     It shares the event loop that serves Forward connections, so nothing it does may hold that
     loop: the page is rendered in a worker thread (one render shared by the scrapes that arrive
     meanwhile), a reply waits at most :data:`WRITE_TIMEOUT_SECONDS` for its client to read it,
-    and at most :data:`MAX_METRICS_CONNECTIONS` are open at once."""
+    and at most :data:`MAX_METRICS_CONNECTIONS` are open at once, a silent one giving its slot
+    to a newcomer as in the shipper (:mod:`shipper.metric_bounds`)."""
 
     def __init__(self, metrics: Metrics, host: str, port: int):
         self.metrics = metrics
         self.host = host
         self.port = port
         self._server: listen.Listeners | None = None
-        self._serving: set[asyncio.StreamWriter] = set()
-        """Connections being served (one closed for a newcomer leaves at once: its slot is the
-        newcomer's)."""
+        self._slots: MetricsSlots[asyncio.StreamWriter] = MetricsSlots()
         self._refused = 0
         """Connections closed over the limit since the last WARNING about them."""
         self._refused_warnings = Throttle(_REFUSED_WARNING_SECONDS)
         self._rendering: asyncio.Future[bytes] | None = None
         """The page being rendered in a worker thread, while one is."""
-        self._silent: dict[asyncio.StreamWriter, float] = {}
-        """Connections waiting for their request head, and since when (monotonic), oldest
-        first: the ones a newcomer over the limit may take the slot of."""
 
     async def start(self) -> int:
         self._server = await listen.start_server(self._handle, self.host, self.port)
@@ -524,32 +502,18 @@ class MetricsServer:
     @property
     def open_connections(self) -> int:
         """Connections being served (at most :data:`MAX_METRICS_CONNECTIONS`)."""
-        return len(self._serving)
+        return len(self._slots)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._serving) >= MAX_METRICS_CONNECTIONS and not self._evict_silent():
-            self._refuse(writer)
+        closed = self._slots.admit(writer)
+        if closed is not None:  # the newcomer, or the silent one whose slot it takes
+            self._refuse(closed)
+        if closed is writer:
             return
-        self._serving.add(writer)
         try:
             await self._serve(reader, writer)
         finally:
-            self._serving.discard(writer)
-
-    def _evict_silent(self) -> bool:
-        """Free a slot for a newcomer: close the connection that has sent no request for the
-        longest, if that is :data:`SILENT_EVICT_SECONDS` or more (counted as a connection
-        refused, as it goes unanswered). False when none has been silent that long: every slot
-        holds a request being answered, or a client that connected a moment ago."""
-        if not self._silent:
-            return False
-        writer, since = next(iter(self._silent.items()))
-        if time.monotonic() - since < SILENT_EVICT_SECONDS:
-            return False
-        del self._silent[writer]
-        self._serving.discard(writer)
-        self._refuse(writer)
-        return True
+            self._slots.release(writer)
 
     def _refuse(self, writer: asyncio.StreamWriter) -> None:
         """Close a connection over :data:`MAX_METRICS_CONNECTIONS` unread; count it, and say so
@@ -576,14 +540,12 @@ class MetricsServer:
         # drain() returns only once the whole reply is with the kernel: close() then frees it.
         writer.transport.set_write_buffer_limits(high=0)
         answered = False
-        self._silent[writer] = time.monotonic()
         try:
-            try:
-                request = await asyncio.wait_for(
-                    reader.readuntil(b"\r\n\r\n"), timeout=REQUEST_TIMEOUT_SECONDS
-                )
-            finally:
-                self._silent.pop(writer, None)
+            request = await asyncio.wait_for(
+                reader.readuntil(b"\r\n\r\n"), timeout=REQUEST_TIMEOUT_SECONDS
+            )
+            if not self._slots.answering(writer):  # its slot went to a newcomer: it is reset
+                return
             line = request.split(b"\r\n", 1)[0].decode("latin-1").split()
             path = line[1].split("?", 1)[0] if len(line) >= 2 else "/"
             status, ctype, body = await self._reply(path)

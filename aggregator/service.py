@@ -44,13 +44,7 @@ from typing import TypeVar
 from aggregator.buffer import SPILL_DIR, Segment, unusable_dir_error
 from aggregator.catalog import Catalog
 from aggregator.compact_loop import PeriodicCompaction
-from aggregator.config import (
-    Settings,
-    join_host_port,
-    listening_text,
-    split_host_port,
-    user_map,
-)
+from aggregator.config import Settings, listening_text, split_host_port, user_map
 from aggregator.dedup import OffsetState
 from aggregator.diskguard import GuardedBuffer
 from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, compile_format
@@ -66,6 +60,7 @@ from aggregator.twins import TwinRunning, live_twin
 from athena.ddl import outside_projection
 from athena.warehouse import Warehouse, open_warehouse, resolve_uri
 from shipper.errors import listen_error
+from shipper.logs import announce, announce_metrics
 
 log = logging.getLogger("logq.aggregator")
 T = TypeVar("T")
@@ -374,9 +369,7 @@ class Aggregator:
             raise listen_error("--metrics-listen", self.settings.metrics_listen, exc) from exc
         # Every address listened on, IPv4 first, as ``listening on`` names them: ``:PORT``
         # (IPv4 and IPv6, README) read ``0.0.0.0:PORT``, which the README says is IPv4 only.
-        bound = bound_addresses(self.metrics_server.addresses())
-        shown = " and ".join(f"http://{join_host_port(h, p)}/metrics" for h, p in bound)
-        print(f"metrics on {shown}", file=sys.stderr, flush=True)
+        announce_metrics(bound_addresses(self.metrics_server.addresses()))
 
     async def _start_serving(self) -> None:
         """The Forward server, listening once the chunk ids of the previous run are read."""
@@ -411,7 +404,7 @@ class Aggregator:
             raise listen_error("--listen", self.settings.listen, exc) from exc
         self.metrics.starting = None  # ready: /healthz reports on flushes and disk from now on
         shown = listening_text(self.server.listening)  # ``:PORT``: IPv4 and IPv6
-        print(f"listening on {shown}", file=sys.stderr, flush=True)
+        announce(f"listening on {shown}")
         log.info(
             "aggregator %s: warehouse %s, buffer %s",
             self.buffer.node_id,

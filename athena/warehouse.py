@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
+import stat
 import sys
 import threading
 from dataclasses import dataclass, field, replace
@@ -316,6 +318,41 @@ def text_path(path: str) -> str:
     if any("\udc80" <= c <= "\udcff" for c in path):
         return os.fsencode(path).decode("utf-8", "surrogateescape")
     return path
+
+
+def check_folder(path: str, fix: str = "check --warehouse", missing: str = "") -> str | None:
+    """What keeps this user from reading the local warehouse ``path`` (as
+    :attr:`Warehouse.base` holds it), as one line that says what to do, or None when it can
+    list the folder and enter it.
+
+    ``logq`` (exit 2) and ``logq-aggregator compact`` (exit 1) check here before anything is
+    listed: a mistyped path was answered "no results" or "compacted 0 files", and a folder
+    denied to this user Arrow's "Failed getting information for path '.../envoy_access'.
+    Detail: [errno 13] Permission denied" of a table inside it. ``fix`` is what to do about a
+    path that is wrong (missing, or no folder); ``missing`` is added for a missing one (the
+    hint at ``logq demo``)."""
+    folder = os_path(path)
+    try:
+        mode = os.stat(folder).st_mode
+        if stat.S_ISDIR(mode):
+            with os.scandir(folder) as entries:  # read permission: its names can be listed
+                next(entries, None)
+            os.stat(os.path.join(folder, "."))  # search permission: its files can be opened
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectory: a file above it
+        return f"the warehouse {path} does not exist; {fix}{missing}"
+    except PermissionError:
+        return (
+            f"the warehouse {path} cannot be read by this user (uid {os.geteuid()}, gid "
+            f"{os.getegid()}): permission denied; check the permissions of the folder and of "
+            f"those above it (`ls -ld {shlex.quote(path)}`: it needs r-x, to list and enter "
+            "it), or run as the user that owns it"
+        )
+    except OSError as exc:  # an I/O error, a name too long: the system's words
+        return f"the warehouse {path} cannot be read ({exc.strerror or exc}); {fix}"
+    if stat.S_ISDIR(mode):
+        return None
+    kind = "a file, not a directory" if stat.S_ISREG(mode) else "not a directory"
+    return f"the warehouse {path} is {kind}; {fix}"
 
 
 def open_warehouse(uri: str | None = None, create: bool = False) -> Warehouse:

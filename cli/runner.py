@@ -155,21 +155,18 @@ def check_athena_output(output: str | None) -> None:
 
 
 def check_local(wh: Warehouse) -> Warehouse:
-    """A local warehouse must be an existing directory: a missing one is most likely a typo,
-    better said than answered with "no results" (ValueError: exit 2, one line)."""
-    from pathlib import Path
+    """A local warehouse must be a folder this user can read (:func:`athena.warehouse.
+    check_folder`): a missing one is most likely a typo, better said than answered with "no
+    results" (ValueError: exit 2, one line)."""
+    from athena.warehouse import check_folder
 
-    from athena.warehouse import os_path
-
-    if wh.uri.startswith("s3://"):
+    if wh.is_s3:
         return wh
-    path = Path(os_path(wh.base))
-    if not path.is_dir():
-        problem = "is not a directory" if path.exists() else "does not exist"
-        raise ValueError(
-            f"the warehouse {wh.base} {problem}; check --warehouse / LOGQ_WAREHOUSE, or run "
-            "`logq demo` to make one"
-        )
+    problem = check_folder(
+        wh.base, "check --warehouse / LOGQ_WAREHOUSE", missing=", or run `logq demo` to make one"
+    )
+    if problem is not None:
+        raise ValueError(problem)
     return wh
 
 

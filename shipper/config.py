@@ -78,7 +78,7 @@ def parse_endpoint(
     text: str,
     default_port: int = DEFAULT_PORT,
     what: str = "aggregator address",
-    any_host: bool = False,
+    listen: bool = False,
 ) -> Endpoint:
     """``host:port``, ``host`` or ``[v6]:port`` into an :class:`Endpoint`; errors name ``what``
     (the flag the address came from).
@@ -86,8 +86,10 @@ def parse_endpoint(
     An IPv6 address needs its brackets: without them ``::1:24224`` cannot be split (is 24224
     the port or the last group?), and a guess would fail much later as "name or service not
     known". A trailing ``:`` with no port is refused too rather than read as the default port:
-    it is usually a variable that expanded to nothing. With ``any_host`` (an address to
-    listen on), ``:PORT`` gives the host ``""``: every address, IPv4 and IPv6."""
+    it is usually a variable that expanded to nothing. With ``listen`` (an address to listen
+    on), ``:PORT`` gives the host ``""``: every address, IPv4 and IPv6; and port 0 asks the
+    kernel for a free port, as the aggregator's ``--listen`` and ``--metrics-listen`` take it
+    (the port is told in the ``metrics on`` line)."""
     text = text.strip()
     if not text:
         raise ConfigError(f"empty {what}; expected HOST:PORT")
@@ -111,9 +113,10 @@ def parse_endpoint(
     if port_text and not (port_text.isascii() and port_text.isdigit()):
         raise ConfigError(f"bad port in {what} {text!r}; expected {example}")
     port = int(port_text) if port_text else default_port
-    if not 0 < port < 65536:
-        raise ConfigError(f"bad {what} {text!r}: port {port} is not in 1-65535")
-    if not host and not (any_host and sep and not text.startswith("[")):
+    least = 0 if listen else 1
+    if not least <= port < 65536:
+        raise ConfigError(f"bad {what} {text!r}: port {port} is not in {least}-65535")
+    if not host and not (listen and sep and not text.startswith("[")):
         raise ConfigError(f"bad {what} {text!r}: no host; expected HOST:PORT")
     return Endpoint(host, port)
 
@@ -196,7 +199,8 @@ _HELP = {
     "config": "TOML file; every flag is a key (optionally under [shipper])",
     "compress": "compress batches (CompressedPackedForward)",
     "max_line_bytes": "lines longer than this are truncated with a marker (default: 262144)",
-    "metrics_listen": "serve Prometheus metrics on HOST:PORT (a HOST alone: port 9110)",
+    "metrics_listen": "serve Prometheus metrics on HOST:PORT (a HOST alone: port 9110; port "
+    "0: a free port, named in the 'metrics on' line on stderr)",
     "tls": "connect to aggregators over TLS",
     "tls_ca": "CA bundle to verify the aggregator's certificate (default: system CAs)",
     "tls_no_verify": "do not verify the aggregator's certificate (testing only)",
@@ -294,6 +298,14 @@ _KINDS: dict[str, str] = {
     "retry_timeout": "seconds",
     "poll_interval": "seconds",
     "discover_interval": "seconds",
+}
+
+#: The smallest value of each whole-number setting (with 0 lines or bytes nothing is shipped).
+MIN_COUNTS = {
+    "max_line_bytes": 1024,
+    "batch_lines": 1,
+    "batch_bytes": 1,
+    "max_inflight_bytes": 1,
 }
 
 #: The smallest value of each seconds setting: below it the shipper spins (a 1 ns poll burns a
@@ -504,8 +516,8 @@ def _check_type(path: str, key: str, kind: str, value: Any) -> None:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         want = f"a number of seconds without quotes, e.g. {key} = 0.5"
     elif kind == "bool":
-        # Checked here, not only in _flag: there the error cannot name the file, and a flag
-        # given on the command line as well would let the file's wrong value pass unseen.
+        # Checked here, where the error names the file: a flag given on the command line as
+        # well would otherwise let the file's wrong value pass unseen.
         ok = isinstance(value, bool)
         want = f"true or false (a TOML boolean, no quotes), e.g. {key} = true"
     else:  # compress: a TOML boolean or one of the flag's choices (1 == True in Python)
@@ -519,39 +531,35 @@ def _check_type(path: str, key: str, kind: str, value: Any) -> None:
         raise ConfigError(f"{file_prefix(path, key)}must be {want}; got {shown_value(key, value)}")
 
 
-def _flag(m: dict[str, Any], key: str) -> bool:
-    """A boolean setting: a TOML ``once = "false"`` must not read as true (a non-empty string
-    is truthy in Python), so anything but a real boolean is refused."""
-    value = m.get(key, False)
-    if not isinstance(value, bool):
-        raise ConfigError(
-            f"{key.replace('_', '-')} must be true or false (a TOML boolean, no quotes), "
-            f"got {value!r}"
-        )
-    return value
-
-
-def _positive(name: str, value: int) -> int:
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive, got {value!r}")
-    return value
-
-
-def _seconds(key: str, value: float) -> float:
-    """A finite number of seconds, at least :data:`MIN_SECONDS` (``nan`` compares false with
-    everything, so a plain ``> 0`` check lets it through: an ack timeout of nan gave up at
-    once)."""
-    least = MIN_SECONDS[key]
-    try:
-        seconds = float(value)
-    except OverflowError:  # a TOML integer past any float
-        seconds = math.inf
-    if not (math.isfinite(seconds) and seconds >= least):
-        raise ConfigError(
-            f"--{key.replace('_', '-')} must be a finite number of seconds, at least {least:g}; "
-            f"got {preview(value)}"
-        )
-    return seconds
+def at_least(
+    flag: str,
+    value: Any,
+    least: float,
+    error: type[Exception],
+    *,
+    seconds: bool = False,
+    above: bool = False,
+) -> Any:
+    """``value``, checked to be at least ``least`` (more than it with ``above``), else
+    ``error`` (the program's ConfigError) naming ``flag`` as the command line spells it
+    (``--batch-lines must be at least 1; got 0``): the one range check of both daemons'
+    numeric settings. A value from the ``--config`` file is blamed on its key afterwards, by
+    :func:`blame_file`. ``seconds``: a finite number, returned as a float (``nan`` compares
+    false with everything, so a plain ``> 0`` check let it through: an ack timeout of nan gave
+    up at once; a TOML integer past any float is refused, not an OverflowError)."""
+    number = value
+    if seconds:
+        try:
+            number = float(value)
+        except OverflowError:  # a TOML integer past any float
+            number = math.inf
+    finite = not seconds or math.isfinite(number)
+    if finite and (number > least if above else number >= least):
+        return number
+    shown = f"{least:g}" if isinstance(least, float) else str(least)
+    bound = f"more than {shown}" if above else f"at least {shown}"
+    kind = "a finite number of seconds, " if seconds else ""
+    raise error(f"{flag} must be {kind}{bound}; got {preview(value)}")
 
 
 def load_config(argv: list[str] | None = None) -> Config:
@@ -625,20 +633,17 @@ def _to_config(m: dict[str, Any]) -> Config:
         kw["username"], kw["password"] = m["username"], password
     elif m.get("password"):
         raise ConfigError("--password needs --username")
-    kw["once"] = _flag(m, "once")
+    # Booleans and compress hold what the flag's choices or _check_type let through (TOML
+    # ``once = "false"``, ``compress = 1`` refused there, naming the key).
+    kw["once"] = m.get("once", False)
     compress = m.get("compress", "none")
-    if isinstance(compress, bool):  # TOML compress = true / false
-        kw["compress"] = compress
-    elif compress in ("none", "gzip"):
-        kw["compress"] = compress == "gzip"
-    else:  # 1 == True in Python: compared with the booleans, compress = 1 meant gzip
-        raise ConfigError(f"compress must be 'none' or 'gzip', got {preview(compress)}")
+    kw["compress"] = compress if isinstance(compress, bool) else compress == "gzip"
     if m.get("metrics_listen"):
         kw["metrics_listen"] = parse_endpoint(
-            m["metrics_listen"], default_port=9110, what="--metrics-listen address", any_host=True
+            m["metrics_listen"], default_port=9110, what="--metrics-listen address", listen=True
         )
-    kw["tls"] = _flag(m, "tls")
-    no_verify = _flag(m, "tls_no_verify")
+    kw["tls"] = m.get("tls", False)
+    no_verify = m.get("tls_no_verify", False)
     if not kw["tls"] and (m.get("tls_ca") or no_verify):
         # Without --tls these would be ignored and the logs would go out as plain text.
         flag = "--tls-ca" if m.get("tls_ca") else "--tls-no-verify"
@@ -651,23 +656,25 @@ def _to_config(m: dict[str, Any]) -> Config:
     kw["tls_verify"] = not no_verify
     if m.get("hostname"):
         kw["hostname"] = m["hostname"]
-    for key in ("max_line_bytes", "batch_lines", "batch_bytes", "max_inflight_bytes"):
+    for key, least in MIN_COUNTS.items():
         if key in m:
-            kw[key] = _positive(key.replace("_", "-"), m[key])
-    for key in MIN_SECONDS:
+            kw[key] = at_least(_flag_of(key), m[key], least, ConfigError)
+    for key, least_seconds in MIN_SECONDS.items():
         if key in m:
-            kw[key] = _seconds(key, m[key])
+            kw[key] = at_least(_flag_of(key), m[key], least_seconds, ConfigError, seconds=True)
     if m.get("log_level"):
         level = m["log_level"].strip().lower()
         if level not in LOG_LEVELS:
             raise ConfigError(
-                f"log-level must be one of {', '.join(LOG_LEVELS)}, got {preview(m['log_level'])}"
+                f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {preview(m['log_level'])}"
             )
         kw["log_level"] = level
-    cfg = Config(**kw)
-    if cfg.max_line_bytes < 1024:
-        raise ConfigError("max-line-bytes must be at least 1024")
-    return cfg
+    return Config(**kw)
+
+
+def _flag_of(key: str) -> str:
+    """The command-line flag of setting ``key``: ``--batch-lines`` of ``batch_lines``."""
+    return "--" + key.replace("_", "-")
 
 
 def config_keys() -> list[str]:

@@ -66,7 +66,7 @@ with deferred_interrupts("logq-shipper"):
     from shipper.followed import prune_followed
     from shipper.fsnames import as_text
     from shipper.inotify import DirectoryWatcher, FileWatcher, directories_to_watch
-    from shipper.logs import setup_logging
+    from shipper.logs import announce_metrics, setup_logging
     from shipper.metrics import Metrics
     from shipper.open_files import raise_open_files_limit as raise_limit
     from shipper.removed import count_removed
@@ -552,10 +552,11 @@ class Shipper:
                 loop.add_signal_handler(sig, handler)
         if self.cfg.metrics_listen is not None:
             try:
-                self.metrics.serve(self.cfg.metrics_listen)
+                server = self.metrics.serve(self.cfg.metrics_listen)
             except OSError as exc:
                 failed = listen_error("--metrics-listen", str(self.cfg.metrics_listen), exc)
                 raise StartError(str(failed)) from None
+            announce_metrics(server.addresses())
         saver = asyncio.create_task(self._checkpoint_loop())
         ticker = asyncio.create_task(self._tick_loop())
         exit_error: ShipperError | None = None

@@ -6,7 +6,8 @@ number to alert on when shipping falls behind.
 
 Services come and go (Docker names such as ``vigilant_turing``, short-lived ECS tasks and
 Kubernetes jobs): a service's own series are removed once no source of it has been followed for
-:data:`SERVICE_SERIES_IDLE_SECONDS`, or ``/metrics`` (and Prometheus) would grow with every
+:data:`~shipper.metric_bounds.SERVICE_SERIES_IDLE_SECONDS`, as the aggregator's once it has no
+rows (:mod:`shipper.metric_bounds`), or ``/metrics`` (and Prometheus) would grow with every
 container the host ever ran. One that comes back starts again at 0 (``increase()`` takes
 resets). ``bytes_behind`` goes with its file.
 
@@ -39,14 +40,17 @@ from prometheus_client.exposition import MetricsHandler
 
 from shipper.config import Endpoint
 from shipper.losses import LOSS_REASONS
+from shipper.metric_bounds import (
+    MAX_METRICS_CONNECTIONS,
+    SERVICE_SERIES_IDLE_SECONDS,
+    SILENT_EVICT_SECONDS,
+    SWEEP_SECONDS,
+    IdleNames,
+    MetricsSlots,
+)
 
 #: ``/healthz`` answers 503 once the event loop has not ticked for this long.
 STALL_SECONDS = 30.0
-#: A service's own series are removed after this long without a source of it being followed
-#: (the aggregator keeps its per-service series as long: ``aggregator.metrics``).
-SERVICE_SERIES_IDLE_SECONDS = 24 * 3600.0
-#: How often (seconds) idle services are looked for.
-SWEEP_SECONDS = 60.0
 #: A loss counted before any scrape showed its series at 0 waits for one at most this long
 #: (seconds; Prometheus scrapes every 15 s to 1 min): see :meth:`Metrics.count_loss`.
 HOLD_SECONDS = 300.0
@@ -55,16 +59,6 @@ HOLD_SECONDS = 300.0
 #: out of the reserve kept for the aggregator sockets and checkpoint saves
 #: (:mod:`shipper.fd_budget`); a scraper or probe sends its request as soon as it connects.
 REQUEST_TIMEOUT_SECONDS = 10.0
-#: Metrics connections served at once. Each holds a thread and a descriptor of the reserve
-#: above until its request came and its reply was read (up to twice the timeout): without a
-#: bound, a client opening connections faster than they time out (a scanner, a flood) took
-#: thousands of each. Past it a newcomer takes the slot of the connection that has waited
-#: longest for its request, if that is :data:`SILENT_EVICT_SECONDS` or more, else it is closed
-#: unanswered: connections that send nothing cannot lock a scraper or a probe out.
-MAX_METRICS_CONNECTIONS = 16
-#: How long a connection may wait for its request before a newcomer over the limit may take
-#: its slot (a scraper sends its request as soon as it connects).
-SILENT_EVICT_SECONDS = 1.0
 
 
 class Metrics:
@@ -215,10 +209,9 @@ class Metrics:
             registry=r,
         )
         self._problems: dict[str, str] = {}
-        self._service_seen: dict[str, float] = {}
-        """Service -> when a source of it was last followed (:attr:`clock`)."""
-        self._swept_at: float | None = None
-        """When idle services were last looked for (:attr:`clock`)."""
+        self._service_seen = IdleNames(SERVICE_SERIES_IDLE_SECONDS, SWEEP_SECONDS)
+        """The services with series, and when a source of each was last followed
+        (:attr:`clock`)."""
         self._lock = threading.Lock()
         """Guards the scrape bookkeeping below: scrapes run on the HTTP server's threads."""
         self._serving = False
@@ -250,7 +243,7 @@ class Metrics:
                 self.lost_files.labels(service, reason)
             with self._lock:
                 self._born[service] = self._scrapes
-        self._service_seen[service] = self.clock()
+        self._service_seen.seen(service, self.clock())
 
     def count_loss(self, service: str, reason: str) -> None:
         """Count a file of ``service`` that lost lines for ``reason`` (one of
@@ -308,15 +301,7 @@ class Metrics:
         for service in services:
             self.watch_service(service)
         self._release_overdue()
-        now = self.clock()
-        if self._swept_at is None:
-            self._swept_at = now
-        if now - self._swept_at < SWEEP_SECONDS:
-            return
-        self._swept_at = now
-        idle = [s for s, t in self._service_seen.items() if now - t >= SERVICE_SERIES_IDLE_SECONDS]
-        for service in idle:
-            del self._service_seen[service]
+        for service in self._service_seen.idle(self.clock()):
             with self._lock:
                 self._born.pop(service, None)
             for counter in self._service_counters():
@@ -383,7 +368,7 @@ class Metrics:
             return 503, "; ".join(problems) + "\n"
         return 200, "ok\n"
 
-    def serve(self, listen: Endpoint) -> ThreadingHTTPServer:
+    def serve(self, listen: Endpoint) -> _BoundedServer:
         """Serve ``/metrics`` (any other path too, as Prometheus' own server does, though only
         :func:`is_scrape` requests release held losses), ``/healthz`` and ``/livez`` on a daemon
         thread; returns the server (``server_address`` has the port)."""
@@ -404,7 +389,7 @@ class Metrics:
                 # cut its head short, and answering that head (rendering the page) failed on
                 # the closed socket with a traceback on stderr for every one evicted.
                 slots = self.server.slots
-                ok = slots.serving(self.connection) and bool(super().parse_request())
+                ok = slots.holds(self.connection) and bool(super().parse_request())
                 if not slots.answering(self.connection):  # its whole head has come
                     self.close_connection = True
                     return False
@@ -428,7 +413,7 @@ class Metrics:
                 self.wfile.write(body)
 
         server = _listening_server(listen, Handler)
-        server.slots.on_refused = self.metrics_connections_refused.inc
+        server.on_refused = self.metrics_connections_refused.inc
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         with self._lock:
@@ -454,72 +439,38 @@ class _Deadline(io.RawIOBase):
         return self._sock.recv_into(buffer)
 
 
-class _Slots:
-    """The :data:`MAX_METRICS_CONNECTIONS` slots of a metrics server and what each waits for
-    (shared by the accepting thread and the handler threads)."""
+class _BoundedServer(ThreadingHTTPServer):
+    """A threading HTTP server that serves at most :data:`MAX_METRICS_CONNECTIONS` at once
+    (:class:`~shipper.metric_bounds.MetricsSlots`)."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._open: set[socket.socket] = set()
-        self._silent: dict[socket.socket, float] = {}
-        """Connections with no request yet, oldest first, and when each was accepted."""
+    def __init__(self, address: Any, handler: type) -> None:
+        self.slots: MetricsSlots[socket.socket] = MetricsSlots()
         self.on_refused: Callable[[], None] = lambda: None
         """Called for each connection closed unanswered, refused or evicted (the counter
         ``logq_shipper_metrics_connections_refused_total``)."""
-
-    def admit(self, sock: socket.socket) -> bool:
-        """Whether ``sock`` may be served: a free slot, or one taken from the connection that
-        has waited longest for its request (shut down: its thread's read ends at once)."""
-        with self._lock:
-            if len(self._open) >= MAX_METRICS_CONNECTIONS:
-                victim = next(iter(self._silent.items()), None)
-                self.on_refused()  # the newcomer, or the victim whose slot it takes
-                if victim is None or time.monotonic() - victim[1] < SILENT_EVICT_SECONDS:
-                    return False
-                self._release(victim[0])
-                with contextlib.suppress(OSError):
-                    victim[0].shutdown(socket.SHUT_RDWR)
-            self._open.add(sock)
-            self._silent[sock] = time.monotonic()
-            return True
-
-    def answering(self, sock: socket.socket) -> bool:
-        """``sock``'s request has come: its slot is no longer for a newcomer to take. False if
-        it was taken already (``sock`` is shut down: answer nothing)."""
-        with self._lock:
-            self._silent.pop(sock, None)
-            return sock in self._open
-
-    def serving(self, sock: socket.socket) -> bool:
-        """Whether ``sock`` still has its slot (not given to a newcomer)."""
-        with self._lock:
-            return sock in self._open
-
-    def release(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._release(sock)
-
-    def _release(self, sock: socket.socket) -> None:
-        self._open.discard(sock)
-        self._silent.pop(sock, None)
-
-
-class _BoundedServer(ThreadingHTTPServer):
-    """A threading HTTP server that serves at most :data:`MAX_METRICS_CONNECTIONS` at once."""
-
-    def __init__(self, address: Any, handler: type) -> None:
-        self.slots = _Slots()
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.admit(request):
+        closed = self.slots.admit(request)
+        if closed is not None:
+            self.on_refused()  # the newcomer, or the silent one whose slot it takes
+        if closed is request:
             self.shutdown_request(request)  # closed unanswered; the scraper retries
             return
+        if closed is not None:  # its thread's read ends at once, and it answers nothing
+            with contextlib.suppress(OSError):
+                closed.shutdown(socket.SHUT_RDWR)
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
         self.slots.release(request)
         super().shutdown_request(request)
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """The (host, port) listened on, the port the kernel's for a ``--metrics-listen``
+        port 0."""
+        host, port = self.server_address[:2]
+        return [(str(host), int(port))]
 
 
 class _DualStackServer(_BoundedServer):
@@ -530,6 +481,11 @@ class _DualStackServer(_BoundedServer):
     def server_bind(self) -> None:
         self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().server_bind()
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """Both families, IPv4 first, as the aggregator names its ``:PORT`` (one socket here)."""
+        port = int(self.server_address[1])
+        return [("0.0.0.0", port), ("::", port)]
 
 
 def _listening_server(listen: Endpoint, handler: type) -> _BoundedServer:

@@ -18,21 +18,21 @@ from aggregator.compaction.passes import compact_warehouse
 from aggregator.ledger import Heartbeat, compaction_blocker, read_heartbeats
 from aggregator.storage import StorageError
 from athena.schema import TABLES
-from athena.warehouse import Warehouse, WarehouseError, open_warehouse
+from athena.warehouse import Warehouse, WarehouseError, check_folder, open_warehouse
 
 
 def _check_exists(wh: Warehouse) -> None:
-    """A warehouse that is not there is a typo to report, not an empty pass (exit 0)."""
-    where = wh.base.split("/", 1)[0] if wh.is_s3 else wh.base
-    info = wh.fs.get_file_info(where)
-    if not wh.is_s3 and info.type not in (pafs.FileType.Directory, pafs.FileType.NotFound):
-        # It said "does not exist" of a file (or a device, a pipe: pyarrow's Unknown type).
-        kind = "a file, not a directory" if info.type == pafs.FileType.File else "not a directory"
-        raise WarehouseError(f"the warehouse {wh.uri} is {kind}; check --warehouse")
-    if info.type != pafs.FileType.Directory:
-        what = "bucket" if wh.is_s3 else "directory"
+    """A warehouse that is not there is a typo to report, not an empty pass (exit 0); a local
+    one this user cannot read is said as ``logq`` says it (:func:`check_folder`)."""
+    if not wh.is_s3:
+        problem = check_folder(wh.base)
+        if problem is not None:
+            raise WarehouseError(problem)
+        return
+    bucket = wh.base.split("/", 1)[0]
+    if wh.fs.get_file_info(bucket).type != pafs.FileType.Directory:
         raise WarehouseError(
-            f"the warehouse {wh.uri} does not exist (no {what} {where}); check --warehouse"
+            f"the warehouse {wh.uri} does not exist (no bucket {bucket}); check --warehouse"
         )
 
 

@@ -42,6 +42,7 @@ from aggregator.writer import object_name, write_partitions
 from athena.schema import CONTAINER_LOGS, partition_path
 from athena.warehouse import open_warehouse
 from tests.aggregator.helpers import backdate, parquet_files, read_table, record, start_aggregator
+from tests.support.listing import without_override
 from tests.support.parquet import assert_fastparquet_reads
 from tests.support.procs import console_script, wait_until
 
@@ -523,12 +524,47 @@ def test_a_pass_stops_when_it_no_longer_may_compact(tmp_path: Path) -> None:
     assert read_table(uri, "container_logs").num_rows == 3 * 3 * 6
 
 
+def test_compact_of_a_warehouse_it_may_not_read_says_what_to_do(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """A warehouse folder denied to compact's user said "listing .../_ledger/_nodes in ...
+    failed: [Errno 13] Failed getting information for path ...": now the folder, the user and
+    what to do, in ``logq``'s words (:func:`athena.warehouse.check_folder`); exit 1."""
+    warehouse = tmp_path / "wh"
+    (warehouse / "_ledger").mkdir(parents=True)
+    warehouse.chmod(0)
+    try:
+        done = subprocess.run(
+            [
+                *without_override(),
+                str(console_script("logq-aggregator")),
+                *("compact", "--warehouse", str(warehouse)),
+            ],
+            capture_output=True,
+            text=True,
+            env=subprocess_env,
+            timeout=120,
+        )
+    finally:
+        warehouse.chmod(0o755)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(
+        f"logq-aggregator compact: the warehouse {warehouse} cannot be read by this user (uid "
+        f"{os.geteuid()}, gid {os.getegid()}): permission denied; check the permissions"
+    ), done.stderr
+    assert done.stderr.endswith("or run as the user that owns it\n"), done.stderr
+
+
 def test_compact_refuses_a_missing_warehouse_and_odd_windows(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A typo in a cron job's --warehouse must fail (it printed "compacted 0 files", exit 0)."""
     assert compact_main(["--warehouse", str(tmp_path / "nope")]) == 1
-    assert "does not exist" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"logq-aggregator compact: the warehouse {tmp_path / 'nope'} does not exist; "
+        "check --warehouse\n"
+    )
     (tmp_path / "a-file").write_text("x")
     assert compact_main(["--warehouse", str(tmp_path / "a-file")]) == 1
     said = capsys.readouterr().err  # it said "does not exist" of the file

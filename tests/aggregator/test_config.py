@@ -84,8 +84,16 @@ def test_one_config_file_serves_both_daemons(tmp_path: Path) -> None:
         ("listen = [\n", [], "not valid TOML"),
         ("", ["--listen", "nohostport"], "HOST:PORT"),
         ("", ["--tls-cert", "c.pem"], "both --tls-cert and --tls-key"),
-        ("", ["--flush-interval", "0"], "--flush-interval must be > 0"),
-        ("", ["--unhealthy-after", "-1"], "--unhealthy-after must be > 0"),
+        (
+            "",
+            ["--flush-interval", "0"],
+            "--flush-interval must be a finite number of seconds, more than 0; got 0.0",
+        ),
+        (
+            "",
+            ["--unhealthy-after", "-1"],
+            "--unhealthy-after must be a finite number of seconds, more than 0",
+        ),
         ("", ["--user", "alice:pw"], "--user needs --shared-key"),
         ("", ["--shared-key", "k", "--user", "alice"], "--user must be NAME:PASSWORD"),
         ('user = ["bob:"]\n', ["--shared-key", "k"], "--user must be NAME:PASSWORD"),
@@ -94,12 +102,28 @@ def test_one_config_file_serves_both_daemons(tmp_path: Path) -> None:
         ("max_frame_bytes = inf\n", [], "key 'max_frame_bytes': must be a whole number, got inf"),
         ("max-connections = true\n", [], "key 'max-connections': must be a whole number, got True"),
         ("envoy_format = 5\n", [], "key 'envoy_format': must be a string or a list of strings"),
-        ("flush_interval = nan\n", [], "--flush-interval must be > 0 seconds"),
-        ("", ["--idle-timeout", "-1"], "--idle-timeout must be > 0 seconds"),
-        ("retry_max_interval = 0\n", [], "--retry-max-interval must be > 0 seconds"),
-        ("", ["--compact-interval", "inf"], "--compact-interval must be >= 0 seconds"),
-        ("", ["--max-connections", "0"], "--max-connections must be at least 1"),
-        ("", ["--max-message-entries", "0"], "--max-message-entries must be at least 1"),
+        (
+            "flush_interval = nan\n",
+            [],
+            "--flush-interval must be a finite number of seconds, more than 0; got nan",
+        ),
+        (
+            "",
+            ["--idle-timeout", "-1"],
+            "--idle-timeout must be a finite number of seconds, more than 0",
+        ),
+        (
+            "retry_max_interval = 0\n",
+            [],
+            "--retry-max-interval must be a finite number of seconds, more than 0",
+        ),
+        (
+            "",
+            ["--compact-interval", "inf"],
+            "--compact-interval must be a finite number of seconds, at least 0; got inf",
+        ),
+        ("", ["--max-connections", "0"], "--max-connections must be at least 1; got 0"),
+        ("", ["--max-message-entries", "0"], "--max-message-entries must be at least 1; got 0"),
         ("", ["--log-level", "verbose"], "--log-level must be one of debug, info"),
         ("", ["--node-id", "../../escaped"], "--node-id must be 1-64 letters"),
         ("", ["--warehouse", " "], "--warehouse is empty"),
@@ -115,6 +139,23 @@ def test_bad_settings_say_what_to_do(
     conf.write_text(content)
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse(["--config", str(conf), *argv])
+
+
+def test_numbers_are_checked_as_the_shippers_are(tmp_path: Path) -> None:
+    """One range check for both daemons (:func:`shipper.config.at_least`): the same words, and
+    a TOML integer past any float is refused, where the aggregator's own check raised an
+    OverflowError traceback (``flush_interval = 1000...0``)."""
+    conf = tmp_path / "agg.toml"
+    conf.write_text("flush_interval = 1" + "0" * 400 + "\n")
+    with pytest.raises(ConfigError) as refused:
+        parse(["--config", str(conf)])
+    assert str(refused.value).startswith(
+        f"--config {conf}: key 'flush_interval': --flush-interval must be a finite number of "
+        "seconds, more than 0; got 1000"
+    )
+    with pytest.raises(ConfigError, match=r"^--max-frame-bytes must be at least 1; got 0$"):
+        parse(["--max-frame-bytes", "0"])
+    assert parse(["--compact-interval", "0", "--flush-interval", "0.5"]).flush_interval == 0.5
 
 
 def test_athena_database_with_output_or_workgroup(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -392,7 +433,7 @@ def test_unknown_key_error_lists_the_keys_as_documented(tmp_path: Path) -> None:
             ["--config", "{conf}"],
             "--config {conf}: key 'target_file_bytes': --target-file-bytes must be",
         ),
-        (["--target-file-bytes", "-5"], "--target-file-bytes must be a positive number"),
+        (["--target-file-bytes", "-5"], "--target-file-bytes must be at least 1; got -5"),
         (["--config", "{conf}", "--target-file-bytes", "0"], "--target-file-bytes must be a"),
     ],
 )
@@ -433,7 +474,10 @@ def test_a_value_out_of_range_in_the_file_names_the_file(tmp_path: Path) -> None
         match=rf"^--config {re.escape(str(conf))}: key 'flush_interval': --flush-interval ",
     ):
         load_settings(argparse.Namespace(config=str(conf)))
-    with pytest.raises(ConfigError, match=r"^--flush-interval must be > 0"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^--flush-interval must be a finite number of seconds, more than 0; got -2.0$",
+    ):
         load_settings(argparse.Namespace(config=str(conf), flush_interval=-2.0))
 
 

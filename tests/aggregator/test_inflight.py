@@ -303,7 +303,7 @@ def test_the_budget_is_a_flag_and_a_config_key(tmp_path: Path) -> None:
     conf.write_text("max-inflight-bytes = 1048576\n")
     settings = load_settings(parser.parse_args(["--config", str(conf)]))
     assert settings.max_inflight_bytes == 1 << 20
-    with pytest.raises(ConfigError, match="--max-inflight-bytes must be a positive number"):
+    with pytest.raises(ConfigError, match="--max-inflight-bytes must be at least 1; got "):
         load_settings(parser.parse_args(["--max-inflight-bytes", "0"]))
 
 

@@ -22,8 +22,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from aggregator import metrics as metrics_mod
 from aggregator import service as service_mod
 from aggregator.config import Settings
-from aggregator.metrics import MAX_METRICS_CONNECTIONS
 from shipper import wire
+from shipper.metric_bounds import MAX_METRICS_CONNECTIONS, SILENT_EVICT_SECONDS
 from tests.aggregator.helpers import http_get, record
 
 #: The label value that makes the page large.
@@ -200,7 +200,7 @@ def test_connections_that_never_send_a_request_do_not_lock_scrapes_out() -> None
                 silent.append(socket.create_connection(("127.0.0.1", server.port)))
             while server.open_connections < MAX_METRICS_CONNECTIONS:
                 await asyncio.sleep(0.05)
-            await asyncio.sleep(metrics_mod.SILENT_EVICT_SECONDS + 0.2)
+            await asyncio.sleep(SILENT_EVICT_SECONDS + 0.2)
             status, body = await http_get(server.port, "/healthz")
             assert (status, body) == (200, "ok\n")
             # The probe's slot is free again: the scrape takes it, nobody else goes.

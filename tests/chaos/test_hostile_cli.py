@@ -259,7 +259,7 @@ CASES: list[tuple[str, list[str], Refused | Rows | Prints]] = [
     ("errors-no-warehouse", ["errors", "--warehouse", "{wh}/does-not-exist"],
      Refused("does not exist")),
     ("sql-warehouse-is-file", ["sql", "SELECT 1", "--warehouse", "{wh}/../marker"],
-     Refused("is not a directory")),
+     Refused("is a file, not a directory")),
     ("services-no-warehouse", ["services", "--warehouse", "/nonexistent/" + INJECT],
      Refused("does not exist")),
     ("tail-bad-scheme", ["tail", "--warehouse", "ftp://x/" + INJECT],

@@ -7,10 +7,15 @@ answers the way AWS does.
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from cli.storage import advice
-from tests.support.procs import free_port
+from tests.support.listing import without_override
+from tests.support.procs import console_script, free_port
 
 CREDENTIALS = "check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
 
@@ -116,8 +121,15 @@ def test_ddl_of_an_empty_local_warehouse_warns(logq, empty_warehouse: str) -> No
     assert "holds no services yet" in warning[0] and "apply `logq ddl` again" in warning[0]
 
 
+FIX = "check --warehouse / LOGQ_WAREHOUSE"
+
+
 @pytest.mark.parametrize(
-    ("name", "problem"), [("typo", "does not exist"), ("a-file", "is not a directory")]
+    ("name", "problem"),
+    [
+        ("typo", f"does not exist; {FIX}, or run `logq demo` to make one"),
+        ("a-file", f"is a file, not a directory; {FIX}"),  # no demo to make over a file
+    ],
 )
 def test_ddl_of_a_local_warehouse_that_is_no_folder_is_refused(
     logq, tmp_path, name: str, problem: str
@@ -128,9 +140,48 @@ def test_ddl_of_a_local_warehouse_that_is_no_folder_is_refused(
     run = logq("ddl", "--warehouse", str(tmp_path / name))
     assert run.exit_code == 2, run.stderr
     assert run.stdout == ""
-    assert f"the warehouse {tmp_path / name} {problem}" in _one_error_line(run.stderr)
+    assert _one_error_line(run.stderr) == f"logq: error: the warehouse {tmp_path / name} {problem}"
     given = logq("ddl", "--warehouse", str(tmp_path / name), "-s", "recipe")  # nothing to list
     assert given.exit_code == 0 and given.stdout.count("CREATE EXTERNAL TABLE") == 2
+
+
+def test_a_warehouse_this_user_may_not_read_is_a_usage_error_saying_what_to_do(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """A warehouse folder denied to the user running ``logq`` (the aggregator's ``umask
+    077``, README) failed with Arrow's "[Errno 13] Failed getting information for path
+    '.../envoy_access'. Detail: [errno 13] Permission denied" (exit 1): now the folder, the
+    user and what to do, as ``logq-aggregator compact`` says it (exit 2: the command or the
+    folder must change)."""
+    warehouse = tmp_path / "wh"
+    (warehouse / "envoy_access").mkdir(parents=True)
+    warehouse.chmod(0o600)  # read and write for its owner, no search (x): nobody enters it
+    env = subprocess_env | {"LOGQ_CACHE_DIR": str(tmp_path / "cache")}
+    try:
+        done = subprocess.run(
+            [
+                *without_override(),
+                str(console_script("logq")),
+                "errors",
+                "--warehouse",
+                str(warehouse),
+                "--since",
+                "1h",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        warehouse.chmod(0o755)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    line = _one_error_line(done.stderr)
+    assert line.startswith(
+        f"logq: error: the warehouse {warehouse} cannot be read by this user (uid "
+        f"{os.geteuid()}, gid {os.getegid()}): permission denied; "
+    ), line
+    assert line.endswith("or run as the user that owns it"), line
 
 
 def test_ddl_with_services_does_not_warn(logq, warehouse) -> None:

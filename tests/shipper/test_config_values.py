@@ -227,6 +227,41 @@ def test_seconds_must_be_finite_and_not_absurdly_small(
     assert err.rstrip().endswith(f"got {float(value)!r}")
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "bound", "as_flag"),
+    [
+        ("batch_lines", "0", "at least 1", "0"),
+        ("batch_bytes", "-1", "at least 1", "-1"),
+        ("max_inflight_bytes", "0", "at least 1", "0"),
+        ("max_line_bytes", "1023", "at least 1024", "1023"),
+        ("ack_timeout", "0", "a finite number of seconds, at least 0.1", "0.0"),
+        ("poll_interval", "-1", "a finite number of seconds, at least 0.01", "-1.0"),
+    ],
+)
+def test_a_number_out_of_range_names_its_flag_or_its_key(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    key: str,
+    value: str,
+    bound: str,
+    as_flag: str,
+) -> None:
+    """``--batch-lines 0`` said ``batch-lines must be positive`` and ``--max-line-bytes 10``
+    ``max-line-bytes must be at least 1024``: no flag of that name, and no value. The flag is
+    named as given (``as_flag``: the value as argparse read it), and the same value from the
+    file is blamed on its key as written; exit status 2 both."""
+    flag = "--" + key.replace("_", "-")
+    err = refused([flag, value, "--once"], capsys)
+    assert err == f"logq-shipper: {flag} must be {bound}; got {as_flag}\n"
+    written = key.replace("_", "-")
+    conf = toml(tmp_path, f"[shipper]\n{written} = {value}")
+    err = refused(["--config", conf, "--once"], capsys)
+    assert (
+        err
+        == f"logq-shipper: --config {conf}: key {written!r}: {flag} must be {bound}; got {value}\n"
+    )
+
+
 def test_seconds_in_the_config_file_are_checked_too(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -249,6 +284,8 @@ def test_seconds_in_the_config_file_are_checked_too(
         ("--metrics-listen", "host:", "no port after ':'; write host:PORT"),
         ("--aggregator", "[::1", "expected HOST:PORT, or [::1]:24224 for IPv6"),
         ("--aggregator", "host:+1", "bad port"),
+        ("--aggregator", "host:0", "port 0 is not in 1-65535"),  # 0 is for listening only
+        ("--metrics-listen", "host:65536", "port 65536 is not in 0-65535"),
     ],
     ids=plain_id,
 )
@@ -268,6 +305,8 @@ def test_bracketed_ipv6_and_plain_addresses_still_work() -> None:
     cfg = load_config(["--aggregator", "[::1]:5", "--metrics-listen", "[::1]"])
     assert cfg.aggregators == (Endpoint("::1", 5),)
     assert cfg.metrics_listen == Endpoint("::1", 9110)
+    # Port 0: a free port, which the kernel picks (and the ``metrics on`` line tells).
+    assert load_config(["--metrics-listen", ":0"]).metrics_listen == Endpoint("", 0)
 
 
 @pytest.mark.parametrize(

@@ -386,14 +386,15 @@ def test_fixed_metadata_applies_to_new_lines_of_a_running_source(tmp_path: Path)
 
 def test_a_value_out_of_range_in_the_file_names_the_file(tmp_path: Path) -> None:
     """``batch_lines = 0`` in the file said only ``batch-lines must be positive``, as if a flag
-    had been given. A flag's own bad value does not blame the file."""
+    had been given. A flag's own bad value does not blame the file, and names the flag."""
     conf = tmp_path / "c.toml"
     conf.write_text("batch_lines = 0\nlog_level = 'info'\n")
     with pytest.raises(
-        ConfigError, match=rf"^--config {re.escape(str(conf))}: key 'batch_lines': batch-lines must"
+        ConfigError,
+        match=rf"^--config {re.escape(str(conf))}: key 'batch_lines': --batch-lines must",
     ):
         load_config(["--config", str(conf)])
-    with pytest.raises(ConfigError, match=r"^batch-lines must be positive"):
+    with pytest.raises(ConfigError, match=r"^--batch-lines must be at least 1; got 0$"):
         load_config(["--config", str(conf), "--batch-lines", "0"])
 
 

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import errno
+import re
+import signal
 import socket
+import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from shipper import metrics as metrics_mod
 from shipper.config import ConfigError, Endpoint, parse_endpoint
 from shipper.metrics import Metrics
+from tests.shipper.shipping import empty_root
+from tests.support import procs
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def get(url: str) -> tuple[int, str]:
@@ -72,7 +80,7 @@ def test_healthz_fails_while_checkpoints_cannot_be_written() -> None:
 def test_metrics_listen_without_a_host_answers_on_ipv4_and_ipv6() -> None:
     """``--metrics-listen :PORT`` (the deploy manifests): every address. ``0.0.0.0`` is IPv4
     only, which an IPv6-only cluster's Prometheus and probes cannot reach."""
-    assert parse_endpoint(":9881", what="--metrics-listen address", any_host=True) == (
+    assert parse_endpoint(":9881", what="--metrics-listen address", listen=True) == (
         Endpoint("", 9881)
     )
     with pytest.raises(ConfigError, match="no host"):
@@ -108,3 +116,47 @@ def test_metrics_listen_without_a_host_is_ipv4_on_a_host_without_ipv6(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _dual_stack() -> bool:
+    """Whether this host has IPv6: ``--metrics-listen :PORT`` then listens on both families
+    (else on IPv4 alone)."""
+    try:
+        socket.socket(socket.AF_INET6).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("listen", "said"),
+    [
+        ("127.0.0.1:0", ["http://127.0.0.1:{port}/metrics"]),
+        (":0", ["http://0.0.0.0:{port}/metrics", "http://[::]:{port}/metrics"]),
+    ],
+)
+def test_metrics_listen_port_0_takes_a_free_port_and_says_which(
+    tmp_path: Path, listen: str, said: list[str]
+) -> None:
+    """``--metrics-listen HOST:0`` was refused ("port 0 is not in 1-65535"), where the
+    aggregator's takes a free port and says which in its ``metrics on`` line. The shipper's
+    says it too, at any ``--log-level`` (a log line would be hidden by ``error``): the URL
+    answers, on one port for both families with ``:0``, as the aggregator's."""
+    root = str(empty_root(tmp_path))
+    log = tmp_path / "shipper.log"
+    cmd = [
+        *(sys.executable, "-m", "shipper.daemon", "--aggregator", "127.0.0.1:1"),
+        *("--docker-root", root, "--cri-root", root, "--state-dir", str(tmp_path / "state")),
+        *("--metrics-listen", listen, "--log-level", "error"),
+    ]
+    proc = procs.start_group(cmd, log, cwd=REPO)
+    try:
+        procs.wait_until(lambda: "metrics on" in log.read_text(), 60, "metrics line", proc, log)
+        text = log.read_text()
+        port = re.search(r"metrics on http://[^ ]+:(\d+)/metrics", text).group(1)  # type: ignore[union-attr]
+        urls = said if _dual_stack() else said[:1]
+        line = "metrics on " + " and ".join(url.format(port=port) for url in urls)
+        assert text.splitlines() == [line]  # --log-level error holds: no other line
+        assert get(f"http://127.0.0.1:{port}/livez") == (200, "ok\n")
+    finally:
+        assert procs.stop_group(proc, timeout=30, sig=signal.SIGTERM) == 0, log.read_text()

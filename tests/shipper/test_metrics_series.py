@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from shipper import metrics as metrics_mod
+from shipper.metric_bounds import IdleNames
 from shipper.metrics import SERVICE_SERIES_IDLE_SECONDS, SWEEP_SECONDS, Metrics
 from tests.shipper.hostgen import make_container
 from tests.shipper.receiver import Receiver
@@ -161,3 +162,22 @@ def test_the_shipper_drops_the_series_of_a_removed_container_a_day_later(
         asyncio.run(asyncio.wait_for(go(), 120))
     finally:
         receiver.close()
+
+
+def test_idle_names_are_one_sweep_for_both_daemons() -> None:
+    """:class:`~shipper.metric_bounds.IdleNames`, the books of the shipper's services (no
+    source followed) and of the aggregator's (no rows): a name idle for the day goes at the
+    first look after it, looks come at most every sweep interval, and a name seen again
+    after it went is new."""
+    names = IdleNames(idle_after=100.0, every=10.0)
+    names.seen("a", 0.0)
+    names.seen("b", 50.0)
+    assert names.idle(0.0) == []  # the first call starts the interval
+    assert names.idle(95.0) == []  # a look: nobody idle for 100 s yet
+    assert names.idle(101.0) == [] and len(names) == 2  # a is idle, but no look is due yet
+    assert names.idle(105.0) == ["a"] and "a" not in names and "b" in names
+    assert names.idle(150.0) == ["b"] and len(names) == 0
+    names.seen("a", 160.0)  # back: new, its 100 s start again
+    assert names.idle(259.0) == []
+    assert names.idle(265.0) == []  # idle since 260, no look due before 269
+    assert names.idle(270.0) == ["a"]

@@ -20,8 +20,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from shipper import metric_bounds as bounds_mod
 from shipper import metrics as metrics_mod
 from shipper.config import Endpoint
+from shipper.metric_bounds import MetricsSlots
 from shipper.metrics import Metrics
 from tests.shipper.receiver import free_port
 from tests.support.procs import closed_unanswered
@@ -106,8 +108,8 @@ def test_connections_over_the_limit_are_closed_and_probes_still_get_in(
     took thousands. At most MAX_METRICS_CONNECTIONS are served; past it a newcomer takes the
     slot of one silent for SILENT_EVICT_SECONDS, else it is closed, so a probe still gets in."""
     monkeypatch.setattr(metrics_mod, "REQUEST_TIMEOUT_SECONDS", 60.0)
-    monkeypatch.setattr(metrics_mod, "MAX_METRICS_CONNECTIONS", 4)
-    monkeypatch.setattr(metrics_mod, "SILENT_EVICT_SECONDS", 0.5)
+    monkeypatch.setattr(bounds_mod, "MAX_METRICS_CONNECTIONS", 4)
+    monkeypatch.setattr(bounds_mod, "SILENT_EVICT_SECONDS", 0.5)
     with _serving(silent=20) as (port, silent):
         closed = sum(closed_unanswered(sock, within=2) for sock in silent)
         assert closed >= 16, f"{20 - closed} silent connections still held"
@@ -120,8 +122,8 @@ def test_connections_closed_unanswered_are_counted(monkeypatch: pytest.MonkeyPat
     leaking probe holding the slots showed only as failed scrapes. It is counted in
     ``logq_shipper_metrics_connections_refused_total``, named as the aggregator's."""
     monkeypatch.setattr(metrics_mod, "REQUEST_TIMEOUT_SECONDS", 60.0)
-    monkeypatch.setattr(metrics_mod, "MAX_METRICS_CONNECTIONS", 4)
-    monkeypatch.setattr(metrics_mod, "SILENT_EVICT_SECONDS", 3600.0)
+    monkeypatch.setattr(bounds_mod, "MAX_METRICS_CONNECTIONS", 4)
+    monkeypatch.setattr(bounds_mod, "SILENT_EVICT_SECONDS", 3600.0)
     metrics = Metrics()
     name = "logq_shipper_metrics_connections_refused_total"
     assert metrics.registry.get_sample_value(name) == 0.0  # listed at 0 from the start
@@ -135,7 +137,7 @@ def test_connections_closed_unanswered_are_counted(monkeypatch: pytest.MonkeyPat
     with _serving(silent=10, metrics=metrics) as (port, silent):
         assert counted(6.0)  # refused: none of the 4 served was silent for long
         assert all(closed_unanswered(sock, within=10) for sock in silent[4:])
-        monkeypatch.setattr(metrics_mod, "SILENT_EVICT_SECONDS", 0.0)
+        monkeypatch.setattr(bounds_mod, "SILENT_EVICT_SECONDS", 0.0)
         _assert_live(port)  # takes the slot of the one silent longest, closed unanswered
         assert counted(7.0)
         assert closed_unanswered(silent[0], within=10)
@@ -149,8 +151,8 @@ def test_a_connection_closed_for_a_newcomer_mid_request_is_not_answered(
     rendered for nothing and the write to the closed socket printed a traceback on stderr, one
     per connection evicted (a client could fill the shipper's log with them)."""
     monkeypatch.setattr(metrics_mod, "REQUEST_TIMEOUT_SECONDS", 60.0)
-    monkeypatch.setattr(metrics_mod, "MAX_METRICS_CONNECTIONS", 1)
-    monkeypatch.setattr(metrics_mod, "SILENT_EVICT_SECONDS", 0.2)
+    monkeypatch.setattr(bounds_mod, "MAX_METRICS_CONNECTIONS", 1)
+    monkeypatch.setattr(bounds_mod, "SILENT_EVICT_SECONDS", 0.2)
     earlier = set(_handler_threads())  # other tests' servers of this process may still end theirs
     with _serving() as (port, _):
         # Cut in its request line, then in its headers.
@@ -169,3 +171,23 @@ def test_a_connection_closed_for_a_newcomer_mid_request_is_not_answered(
 
 def _handler_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if "process_request" in t.name]
+
+
+def test_the_slots_of_both_daemons_keep_one_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """:class:`~shipper.metric_bounds.MetricsSlots`, the books of the shipper's threads and of
+    the aggregator's event loop alike: a newcomer over the limit takes the slot of the
+    connection silent the longest (since the eviction time), never of one being answered;
+    with none silent that long, the newcomer is the one closed."""
+    monkeypatch.setattr(bounds_mod, "MAX_METRICS_CONNECTIONS", 2)
+    monkeypatch.setattr(bounds_mod, "SILENT_EVICT_SECONDS", 3600.0)
+    slots: MetricsSlots[str] = MetricsSlots()
+    assert (slots.admit("a"), slots.admit("b"), len(slots)) == (None, None, 2)
+    assert slots.admit("c") == "c"  # neither is silent for long enough: c has no slot
+    assert slots.answering("a") and not slots.holds("c")
+    monkeypatch.setattr(bounds_mod, "SILENT_EVICT_SECONDS", 0.0)
+    assert slots.admit("d") == "b"  # b, silent, gives its slot; a is being answered
+    assert not slots.holds("b") and not slots.answering("b")  # b answers nothing
+    assert slots.admit("e") == "d"  # the silent one of those left
+    assert slots.answering("e") and slots.admit("f") == "f"  # all answering: f is closed
+    slots.release("a")
+    assert (slots.admit("f"), len(slots)) == (None, 2)
