@@ -33,6 +33,9 @@ class Batch:
     save_first: bool = False
     """The checkpoints must be written before this batch is sent (see
     :attr:`shipper.cursor.Chunk.save_first`)."""
+    first_offset: int = 0
+    """The record offset of its first line (0 without lines); with :attr:`last_offset`, what
+    a restart sends where these lines went (see :class:`shipper.sender.Placements`)."""
 
 
 def record_constants(

@@ -23,8 +23,9 @@ The epoch new content must start at on an inode whose entry went while the inode
 truncated while the shipper was down) is kept under ``epochs`` (see :meth:`Registry.keep_epoch`):
 an epoch is never used twice for a first line on an inode.
 The aggregator a file's batches went to last, when that is not its first choice (a failover), is
-kept under ``sent_to`` (see :meth:`Registry.place`): a restart sends its unacknowledged batch
-there again, to the aggregator whose offset marks recognise it.
+kept under ``sent_to``, and how far the lines sent there reach under ``sent_through`` (see
+:meth:`Registry.place`), until those lines are acknowledged: a restart sends its
+unacknowledged lines there again, to the aggregator whose offset marks recognise them.
 
 A lock file keeps two shippers from sharing one state directory.
 """
@@ -57,7 +58,10 @@ and a document without ``finished`` has no file finished moments before its save
 :attr:`FileState.floor`: an entry without it numbers its lines from their ends, as before. And
 with the document's ``sent_to`` part (see :meth:`Registry.place`): a shipper of 2026-11-30
 (886beb7) loads a document with it as one without (it reads only the parts it knows) and
-leaves it out of its next save; a document without it sends every file to its first choice."""
+leaves it out of its next save; a document without it sends every file to its first choice.
+And with ``sent_through`` beside it: a shipper from before it keeps the placements and drops
+their reaches (its next save leaves them out); a placement without one sends only the first
+batch read again there, as before."""
 
 
 @dataclass(slots=True)
@@ -358,6 +362,29 @@ def _sent_to_entries(value: object) -> tuple[dict[str, str], str]:
     return out, (f"entries {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}" if bad else "")
 
 
+def _sent_through_entries(value: object, placed: dict[str, str]) -> tuple[dict[str, int], str]:
+    """The ``sent_through`` part of a registry document (source id -> the highest record
+    offset of its lines sent to its ``sent_to`` aggregator: :meth:`Registry.place`), for the
+    placements in ``placed``, and what was dropped from it ('' if nothing). Without its entry
+    a placement sends only the first batch read again there, as placements saved before the
+    part existed do; an entry without a placement is dropped without a word."""
+    if value is None:
+        return {}, ""  # an older shipper's registry, or no file away from its first choice
+    if not isinstance(value, dict):
+        return {}, f"sent_through is a JSON {_json_type(value)}, not an object"
+    out: dict[str, int] = {}
+    bad: list[str] = []
+    for sid, through in value.items():
+        if sid not in placed:
+            continue
+        if type(through) is int and 0 <= through <= MAX_OFFSET:
+            out[sid] = through
+        else:
+            bad.append(f"{preview(sid, 40)}={preview(through, 40)}")
+    listed = f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
+    return out, (f"sent_through entries {listed}" if bad else "")
+
+
 #: Epochs remembered for inodes whose content's checkpoint was dropped while the inode stayed
 #: (see :meth:`Registry.keep_epoch`): at most this many, each for a week at most.
 MAX_EPOCH_FLOORS = 4096
@@ -483,8 +510,11 @@ class Registry:
         in hand, saved under ``followed`` (see :meth:`note_followed`)."""
         self._sent_to: dict[str, str] = {}
         """Source id -> the aggregator (``host:port``) its batches went to last, for the files
-        whose last batch did not go to their first choice; saved under ``sent_to`` (see
-        :meth:`place`)."""
+        whose last batch did not go to their first choice and is not acknowledged everywhere
+        yet; saved under ``sent_to`` (see :meth:`place`)."""
+        self._sent_through: dict[str, int] = {}
+        """Source id -> the highest record offset of the lines sent to its :attr:`_sent_to`
+        aggregator (none for a placement an older shipper saved); under ``sent_through``."""
         self.followed_before: dict[str, float] | None = None
         """The ``followed`` part the previous run saved: which sources a run ever followed,
         and when one last had all its files in hand. None on a first run, after an unreadable
@@ -551,6 +581,18 @@ class Registry:
                 "ignoring malformed aggregator placements in the checkpoint registry: the "
                 "files they were for send their next batch to their first-choice aggregator, "
                 "which stores it a second time if a failover aggregator had stored it before "
+                "the stop path=%s problem=%s",
+                self.path,
+                problem,
+            )
+            self.dirty = True
+        self._sent_through, problem = _sent_through_entries(doc.get("sent_through"), self._sent_to)
+        if problem:
+            log.warning(
+                "ignoring malformed aggregator placements in the checkpoint registry (how far "
+                "their lines reach): the files they were for send only their first batch read "
+                "again to the aggregator saved for them, the rest to their first-choice "
+                "aggregator, which stores it a second time if the other had stored it before "
                 "the stop path=%s problem=%s",
                 self.path,
                 problem,
@@ -719,21 +761,45 @@ class Registry:
 
     def sent_to(self, source_id: str) -> str:
         """The aggregator (``host:port``) the last batch of ``source_id`` went to, when that was
-        not its first choice (see :meth:`place`); '' otherwise."""
+        not its first choice and its lines are not all acknowledged (see :meth:`place`); ''
+        otherwise."""
         return self._sent_to.get(source_id, "")
 
-    def place(self, source_id: str, endpoint: str) -> bool:
-        """Note that the next batch of ``source_id`` goes to ``endpoint`` (``host:port``), or
-        to its first-choice aggregator (''). Whether that changed what is saved: the caller
-        then saves before sending, for a restart to send that batch, if unacknowledged, to
-        the aggregator that may have stored it -- whose offset marks drop it -- not to the
-        first choice, which would store it again (a shipper killed during a failover)."""
-        if self._sent_to.get(source_id, "") == endpoint:
-            return False
-        if endpoint:
-            self._sent_to[source_id] = endpoint
-        else:
+    def sent_through(self, source_id: str) -> int | None:
+        """The highest record offset of the lines of ``source_id`` sent to :meth:`sent_to`;
+        None when unknown (a placement saved by an older shipper, or none)."""
+        return self._sent_through.get(source_id)
+
+    def place(self, source_id: str, endpoint: str, through: int | None = None) -> bool:
+        """Note that the next batch of ``source_id``, whose lines reach record offset
+        ``through`` (None: unknown), goes to ``endpoint`` (``host:port``), or to its
+        first-choice aggregator (''). Whether that changed what is saved: the caller then
+        saves before sending, for a restart to send those lines, if unacknowledged, to the
+        aggregator that may have stored them -- whose offset marks drop them -- not to the
+        first choice, which would store them again (a shipper killed during a failover).
+
+        The reach only grows while the endpoint stays (every line sent there may be read
+        again); a batch within it changes nothing. A placement leaves with the save that
+        has its lines acknowledged (see :meth:`snapshot`): at most one save per batch sent
+        away from the first choice (none for a batch read before the last ack: see
+        :meth:`reach`), none for a source on it."""
+        old = self._sent_to.get(source_id, "")
+        if not endpoint:
+            if not old:
+                return False
             del self._sent_to[source_id]
+            self._sent_through.pop(source_id, None)
+        elif old == endpoint:
+            reach = self._sent_through.get(source_id)
+            if through is None or (reach is not None and reach >= through):
+                return False
+            self._sent_through[source_id] = through
+        else:
+            self._sent_to[source_id] = endpoint
+            if through is None:
+                self._sent_through.pop(source_id, None)
+            else:
+                self._sent_through[source_id] = through
         self.dirty = True
         return True
 
@@ -806,6 +872,36 @@ class Registry:
                 return state
         return None
 
+    def reach(self, source_id: str, endpoint: str, through: int) -> None:
+        """The lines of ``source_id`` up to record offset ``through`` are read and go out
+        after its batch acknowledged at ``endpoint`` (``host:port``): when that is its saved
+        placement (a failover), its reach grows to them in memory, saved with the write the
+        acknowledgement makes anyway. Their own :meth:`place` then changes nothing: away
+        from the first choice a batch read ahead costs no write of its own. Saved before
+        they are sent, as a :meth:`place` would save it; if they go elsewhere, that
+        :meth:`place` saves the change first, and lines of the reach never sent are read
+        again at a restart and sent there, where nothing stored them."""
+        if self._sent_to.get(source_id) == endpoint:
+            self.place(source_id, endpoint, through)
+
+    def _prune_placements(self) -> None:
+        """Drop the placements no restart needs: of files without a checkpoint (never read
+        again), and of files whose checkpoint has every line sent there acknowledged (lines
+        at or below :attr:`FileState.acked` are not sent again) -- a file idle on its failover
+        aggregator sends its next lines, after a restart too, to its first choice. Taken in
+        the same snapshot as that checkpoint: never on disk without it."""
+        acked: dict[str, int] = {}
+        for state in self._files.values():
+            # Two entries of one id (a copy followed): the one acknowledged least decides.
+            acked[state.source_id] = min(acked.get(state.source_id, MAX_OFFSET), state.acked)
+        through = self._sent_through
+        self._sent_to = {
+            sid: where
+            for sid, where in self._sent_to.items()
+            if sid in acked and (sid not in through or through[sid] > acked[sid])
+        }
+        self._sent_through = {k: v for k, v in through.items() if k in self._sent_to}
+
     def _prune_floors(self) -> None:
         """Drop epochs remembered longer than :data:`EPOCH_FLOOR_SECONDS` (the inode has long
         been reused or freed) and the oldest beyond :data:`MAX_EPOCH_FLOORS`."""
@@ -841,11 +937,11 @@ class Registry:
         # missing from it was ever followed (an older shipper's registry has none).
         doc["followed"] = {k: round(v, 3) for k, v in self._followed.items()}
         if self._sent_to:
-            # Only files with a checkpoint can be read again: the others' placements go.
-            ids = {s.source_id for s in self._files.values()}
-            self._sent_to = {k: v for k, v in self._sent_to.items() if k in ids}
+            self._prune_placements()
             if self._sent_to:
                 doc["sent_to"] = dict(self._sent_to)
+            if self._sent_through:
+                doc["sent_through"] = dict(self._sent_through)
         self._prune_floors()
         if self._floors:
             doc["epochs"] = {k: list(v) for k, v in self._floors.items()}

@@ -186,10 +186,16 @@ class Shipper:
         (:class:`shipper.sender.Placements`)."""
         return self.registry.sent_to(source_id)
 
-    async def place(self, source_id: str, endpoint: str) -> None:
-        """Save where the next batch of ``source_id`` goes before it is sent, when that
-        changes what a restart would do (:class:`shipper.sender.Placements`)."""
-        if self.registry.place(source_id, endpoint):
+    def sent_through(self, source_id: str) -> int | None:
+        """How far the lines of ``source_id`` sent there reach
+        (:class:`shipper.sender.Placements`)."""
+        return self.registry.sent_through(source_id)
+
+    async def place(self, source_id: str, endpoint: str, through: int | None = None) -> None:
+        """Save where the next batch of ``source_id`` goes, and how far its lines reach,
+        before it is sent, when that changes what a restart would do
+        (:class:`shipper.sender.Placements`)."""
+        if self.registry.place(source_id, endpoint, through):
             await self.checkpoint_saved(self.checkpoint_changed())
 
     async def checkpoint_saved(self, generation: int) -> None:
@@ -739,6 +745,10 @@ class Shipper:
         A source reading a file the runtime deleted (held open: it was behind) reads it to
         its end first, within the same time: a restart could not read it any more."""
         self._note_sizes()  # what was there when reading stopped: unread if never shipped
+        # A batch waiting for the aggregator names (a placement, see ForwardClient._held) is
+        # sent nowhere: it would hold the stop up to --retry-timeout for a name that may not
+        # resolve before. Read again at the next start, it waits there again.
+        self.client.stop_holding()
         draining = 0
         for runner in self.runners.values():
             if runner.stopping:

@@ -19,7 +19,7 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from shipper.config import Endpoint
 
@@ -32,6 +32,17 @@ RESOLVE_TIMEOUT = 5.0
 
 Resolver = Callable[[str, int], Awaitable[list[tuple[str, int]]]]
 """``(host, port)`` -> the addresses to connect to, as ``(address, port)`` pairs."""
+
+
+class Expansion(NamedTuple):
+    """What one resolution of the configured endpoints found."""
+
+    members: dict[Endpoint, tuple[Endpoint, ...]]
+    """Each configured endpoint -> the endpoints it stands for now."""
+    unresolved: frozenset[Endpoint]
+    """The configured names that did not resolve this time (their addresses found last, or
+    the name itself, kept): a saved placement may yet be one of their addresses (see
+    :meth:`shipper.sender.ForwardClient._held`)."""
 
 
 async def system_resolver(host: str, port: int) -> list[tuple[str, int]]:
@@ -69,9 +80,11 @@ async def expand(
     configured: tuple[Endpoint, ...],
     resolver: Resolver,
     previous: dict[Endpoint, tuple[Endpoint, ...]],
-) -> dict[Endpoint, tuple[Endpoint, ...]]:
-    """Each configured endpoint -> the endpoints it stands for now (see the module docstring)."""
+) -> Expansion:
+    """Each configured endpoint -> the endpoints it stands for now (see the module docstring),
+    and the names that did not resolve."""
     members: dict[Endpoint, tuple[Endpoint, ...]] = {}
+    unresolved: set[Endpoint] = set()
     for ep in configured:
         if is_address(ep.host):
             members[ep] = (ep,)
@@ -81,6 +94,7 @@ async def expand(
                 addresses = await resolver(ep.host, ep.port)
         except (OSError, TimeoutError, UnicodeError) as exc:  # UnicodeError: a bad IDNA name
             members[ep] = previous.get(ep, (ep,))
+            unresolved.add(ep)
             log.warning(
                 "cannot resolve aggregator name=%s error=%r; keeping addresses=%s",
                 ep.host,
@@ -92,7 +106,7 @@ async def expand(
             members[ep] = tuple(Endpoint(a, p, server_name=ep.host) for a, p in addresses)
         else:
             members[ep] = (ep,)
-    return members
+    return Expansion(members, frozenset(unresolved))
 
 
 def flatten(members: dict[Endpoint, tuple[Endpoint, ...]]) -> tuple[Endpoint, ...]:

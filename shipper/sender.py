@@ -6,11 +6,13 @@ connection or a refused connect make the batch go again -- to the next endpoint 
 an exponential backoff with full jitter. A source's batches go to the healthy endpoint that ranks
 first for it by rendezvous hashing (sources spread evenly, and a dead endpoint's sources spread
 evenly over the survivors); batches without a source go round-robin. A source's batch that goes
-elsewhere than where a restart would send it first (a failover) has its endpoint saved first
-(:class:`Placements`): a restart then sends it, if unacknowledged, to the aggregator that may
-have stored it, whose offset marks drop it, not to the first choice. One connection per
-endpoint, with many batches in flight on it. A name with several addresses is several endpoints,
-resolved again every 30 s (:mod:`shipper.resolve`).
+elsewhere than where a restart would send it first (a failover) has its endpoint saved first,
+with how far its lines reach (:class:`Placements`): a restart then sends those lines, if
+unacknowledged, to the aggregator that may have stored them, whose offset marks drop them, not
+to the first choice -- waiting for the aggregator names to resolve when that aggregator is not
+among the endpoints at a start without DNS (:data:`PLACEMENT_DNS_WAIT_SECONDS`). One connection
+per endpoint, with many batches in flight on it. A name with several addresses is several
+endpoints, resolved again every 30 s (:mod:`shipper.resolve`).
 
 With a shared key the Fluentd handshake runs first: the server's ``HELO`` (nonce, auth salt),
 our ``PING`` (salted SHA-512 digest), the server's ``PONG`` (its own digest, verified here).
@@ -54,6 +56,17 @@ REASON_CHARS = 200
 #: Sources whose endpoint ranking is kept (a host has hundreds; past this the cache restarts).
 RANK_CACHE = 65_536
 
+PLACEMENT_DNS_WAIT_SECONDS = 60.0
+"""How long a file's batch read again waits, at most, for the aggregator names to resolve when
+the aggregator its lines went to before the restart is not among the endpoints (a name that
+did not resolve at the start: DNS down, a headless Service without ready pods yet). That
+address may be one of the name's, whose offset marks drop those lines; sent to the first
+choice, they would be stored twice. Past it, the file goes to its first choice, with a
+WARNING. Only that file waits: the others are sent as usual."""
+PLACEMENT_DNS_POLL_SECONDS = 2.0
+"""How often the names are resolved again while a batch waits for them (see
+:data:`PLACEMENT_DNS_WAIT_SECONDS`), instead of every 30 s."""
+
 
 def rendezvous_order(affinity: str, endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
     """``endpoints`` by descending hash of (source, endpoint): rendezvous (highest random weight)
@@ -77,24 +90,40 @@ def tls_context(ca: Path | None, verify: bool = True) -> ssl.SSLContext:
 
 
 class Placements(Protocol):
-    """Where each source's (file's) batches went last, kept across restarts (the shipper's
-    checkpoint registry: :meth:`shipper.checkpoint.Registry.place`).
+    """Where each source's (file's) batches went last, and how far their lines reach, kept
+    across restarts (the shipper's checkpoint registry: :meth:`shipper.checkpoint.Registry.place`).
 
     Aggregators drop a resent line by the offset marks of its ``source_id``, and each has
     marks only for the lines sent to it. A shipper killed with a batch in flight to a failover
     aggregator (its first choice was down moments before) sent it, after its restart, to the
-    first choice again, which stored it a second time."""
+    first choice again, which stored it a second time. Only the first batch read again went
+    there while the reach was not kept: the same lines read again in more batches (a lower
+    ``--batch-lines``) sent the others to the first choice."""
 
     def sent_to(self, affinity: str) -> str:
         """The ``host:port`` (:attr:`Endpoint.hash_key`) the last batch of ``affinity`` went
-        to, if not its first choice; '' otherwise."""
+        to, if not its first choice and not acknowledged everywhere yet; '' otherwise."""
         ...
 
-    async def place(self, affinity: str, endpoint: str) -> None:
-        """Save (durably: returns once on disk, or once the write failed, as shipping goes on
-        without durable checkpoints) that the next batch of ``affinity`` goes to ``endpoint``
-        (a ``host:port``), or to its first choice (''); a no-op when that is what is saved."""
+    def sent_through(self, affinity: str) -> int | None:
+        """The highest record offset of the lines of ``affinity`` sent to :meth:`sent_to`;
+        None when unknown (saved by a shipper that kept no reach): then only the first batch
+        read again goes there, as before."""
         ...
+
+    async def place(self, affinity: str, endpoint: str, through: int | None = None) -> None:
+        """Save (durably: returns once on disk, or once the write failed, as shipping goes on
+        without durable checkpoints) that the next batch of ``affinity``, whose lines reach
+        record offset ``through`` (None: unknown), goes to ``endpoint`` (a ``host:port``), or
+        to its first choice (''); a no-op when what is saved says that already (the same
+        endpoint, reaching as far)."""
+        ...
+
+
+class HeldAtStop(Exception):
+    """The shipper stops (:meth:`ForwardClient.stop_holding`) while this batch waits for the
+    aggregator names (see :data:`PLACEMENT_DNS_WAIT_SECONDS`): sent nowhere, it is read again
+    at the next start, its placement still saved."""
 
 
 class HandshakeTimeout(TimeoutError):
@@ -307,6 +336,8 @@ class ForwardClient:
         resolver: resolve.Resolver = resolve.system_resolver,
         dns_refresh: float = resolve.DNS_REFRESH_SECONDS,
         placements: Placements | None = None,
+        placement_wait: float = PLACEMENT_DNS_WAIT_SECONDS,
+        placement_poll: float = PLACEMENT_DNS_POLL_SECONDS,
     ) -> None:
         if not endpoints:
             raise ValueError("at least one aggregator endpoint is needed")
@@ -339,8 +370,19 @@ class ForwardClient:
         self._first_resolution = asyncio.Lock()
         self._placements = placements
         self._settled: set[str] = set()
-        """Sources with a batch acknowledged in this run: a saved placement no longer says
-        where their next batch goes (see :meth:`_resumed_at`)."""
+        """Sources with a batch acknowledged in this run past the lines a saved placement
+        reaches: it no longer says where their next batch goes (see :meth:`_resumed_at`)."""
+        self.placement_wait = placement_wait
+        self.placement_poll = placement_poll
+        self._unresolved: frozenset[Endpoint] = frozenset(
+            ep for ep in endpoints if not resolve.is_address(ep.host)
+        )
+        """The configured names that have not resolved at the last try (all of them before
+        the first): a placement not among the endpoints may be one of their addresses."""
+        self._holds: dict[str, float] = {}
+        """Source -> since when (monotonic) its batch waits for the names (see :meth:`_held`)."""
+        self._stop_holding = asyncio.Event()
+        """Set at a stop: batches waiting for the names give up (:class:`HeldAtStop`)."""
 
     # -- endpoints --------------------------------------------------------------------------
 
@@ -351,13 +393,17 @@ class ForwardClient:
                 if self._resolved_at is None:
                     await self._resolve()
             return
-        due = time.monotonic() - self._resolved_at >= self._dns_refresh
+        # A batch waiting for the names (see _held) has them resolved again soon.
+        every = self.placement_poll if self._holds and self._unresolved else self._dns_refresh
+        due = time.monotonic() - self._resolved_at >= every
         if due and (self._resolving is None or self._resolving.done()):
             self._resolving = asyncio.get_running_loop().create_task(self._resolve())
 
     async def _resolve(self) -> None:
         try:
-            self._members = await resolve.expand(self.configured, self._resolver, self._members)
+            self._members, self._unresolved = await resolve.expand(
+                self.configured, self._resolver, self._members
+            )
         except Exception:  # a resolver bug must not stop deliveries: keep the endpoints we have
             log.exception("resolving aggregator names failed; keeping the current endpoints")
             return
@@ -383,8 +429,9 @@ class ForwardClient:
             ep: h for ep, h in self._health.items() if ep in endpoints or ep in self._conns
         }
 
-    def _pick(self, affinity: str | None) -> tuple[Endpoint, float]:
-        """The endpoint for a batch, or the one back soonest and how long to wait for it.
+    def _pick(self, affinity: str | None, first: int | None = None) -> tuple[Endpoint, float]:
+        """The endpoint for a batch (its lines from record offset ``first``, None: unknown),
+        or the one back soonest and how long to wait for it.
 
         With an ``affinity`` (the source id) a source sticks to one aggregator while it is
         healthy: a resent batch then reaches the aggregator that can drop it as a duplicate,
@@ -393,7 +440,7 @@ class ForwardClient:
         now = time.monotonic()
         if affinity is not None:
             order = self._rank(affinity)
-            resumed = self._resumed_at(affinity)
+            resumed = self._resumed_at(affinity, first)
             if resumed is not None:
                 order = (resumed, *(ep for ep in order if ep != resumed))
         else:
@@ -417,51 +464,121 @@ class ForwardClient:
             self._ranks[affinity] = order
         return order
 
-    def _resumed_at(self, affinity: str) -> Endpoint | None:
-        """The endpoint to try first for ``affinity``'s first batch in this run: the one its
-        last batch went to before a restart, when that was not its first choice (see
-        :class:`Placements`). The batch read again is the one that was in flight there; that
-        aggregator drops what it stored of it. Once a batch is acknowledged, the source is
-        ranked as always (and a down endpoint is passed over as always)."""
+    def _saved_place(self, affinity: str, first: int | None) -> Endpoint | str | None:
+        """Where the placement saved for ``affinity`` sends its batch whose lines start at
+        record offset ``first`` (see :meth:`_resumed_at`): that endpoint, its ``host:port``
+        when it is not among the endpoints now, or None when none applies (none saved, the
+        source settled, or the batch starts past the lines sent there: never sent)."""
         if self._placements is None or affinity in self._settled:
             return None
         where = self._placements.sent_to(affinity)
         if not where:
             return None
+        through = self._placements.sent_through(affinity)
+        if through is not None and first is not None and first > through:
+            return None
         for ep in self.endpoints:
             if ep.hash_key == where:
                 return ep
+        return where
+
+    def _resumed_at(self, affinity: str, first: int | None) -> Endpoint | None:
+        """The endpoint to try first for ``affinity``'s batch of lines from record offset
+        ``first``: the one its lines went to before a restart, when that was not its first
+        choice (see :class:`Placements`), for every batch of the lines sent there (read
+        again: they were in flight), which that aggregator drops. A placement saved without
+        its reach applies to the first batch alone, as before. Once a batch past them is
+        acknowledged, the source is ranked as always (and a down endpoint is passed over as
+        always)."""
+        place = self._saved_place(affinity, first)
+        if not isinstance(place, str):
+            return place
         self._settle(affinity)  # said once
         log.warning(
             "the aggregator a file's last batch went to before the restart is not among the "
-            "aggregator endpoints now (removed from --aggregator, or no longer an address its "
-            "name resolves to); its unacknowledged lines go to the file's first choice, which "
-            "stores them a second time if that aggregator had stored them endpoint=%s "
-            "source_id=%s",
-            where,
+            "aggregator endpoints now (removed from --aggregator, no longer an address its "
+            "name resolves to, or its name did not resolve within %g s); its unacknowledged "
+            "lines go to the file's first choice, which stores them a second time if that "
+            "aggregator had stored them endpoint=%s source_id=%s",
+            self.placement_wait,
+            place,
             affinity,
         )
         return None
+
+    def _held(self, affinity: str | None, first: int | None) -> bool:
+        """Whether ``affinity``'s batch of lines from record offset ``first`` waits for the
+        aggregator names: its saved placement is not among the endpoints while a name has not
+        resolved (DNS down at the start). That address may be one of the name's: sent to the
+        first choice at once, the lines it stored were stored twice. At most
+        :attr:`placement_wait` per source, the names resolved again every
+        :attr:`placement_poll` meanwhile; other sources are not held up."""
+        if affinity is None:
+            return False
+        place = self._saved_place(affinity, first) if self._unresolved else None
+        if not isinstance(place, str):
+            self._holds.pop(affinity, None)
+            return False
+        now = time.monotonic()
+        if affinity not in self._holds:
+            self._holds[affinity] = now
+            log.info(
+                "waiting for the aggregator names to resolve (at most %g s) before sending a "
+                "file's unacknowledged lines: before the restart they went to endpoint=%s, "
+                "which may be an address of names=%s source_id=%s",
+                self.placement_wait,
+                place,
+                ",".join(sorted(map(str, self._unresolved))),
+                affinity,
+            )
+        if now - self._holds[affinity] < self.placement_wait:
+            return True
+        del self._holds[affinity]  # _resumed_at gives up on it next, with a WARNING
+        return False
+
+    def _placed_through(self, affinity: str, last: int | None) -> bool:
+        """Whether an acknowledged batch of ``affinity`` ending at record offset ``last``
+        reached the end of the lines its saved placement went to (or the reach is unknown):
+        the source is then settled (see :meth:`_resumed_at`)."""
+        if self._placements is None or last is None:
+            return True
+        through = self._placements.sent_through(affinity)
+        return through is None or last >= through or not self._placements.sent_to(affinity)
+
+    def stop_holding(self) -> None:
+        """The shipper stops: the batches waiting for the names (see :meth:`_held`) end with
+        :class:`HeldAtStop` at once, sent nowhere, rather than holding the stop up."""
+        self._stop_holding.set()
 
     def _settle(self, affinity: str) -> None:
         if len(self._settled) >= RANK_CACHE:
             self._settled.clear()
         self._settled.add(affinity)
+        self._holds.pop(affinity, None)
 
-    async def _place(self, affinity: str | None, ep: Endpoint) -> None:
-        """Before a batch of ``affinity`` goes to ``ep``: save where a restart must send it
-        first, if not where it would anyway (see :class:`Placements`)."""
+    async def _place(self, affinity: str | None, ep: Endpoint, last: int | None) -> None:
+        """Before a batch of ``affinity`` whose lines reach record offset ``last`` goes to
+        ``ep``: save where a restart must send them first, if not where it would anyway (see
+        :class:`Placements`). Away from the first choice, that is a save per batch (each
+        reaches further) unless its reach went with the last ack's checkpoint
+        (:meth:`shipper.checkpoint.Registry.reach`); the registry drops the placement once
+        its lines are acknowledged (:meth:`shipper.checkpoint.Registry.snapshot`), with their
+        checkpoint."""
         if self._placements is None or affinity is None:
             return
-        first = self._rank(affinity)[0]
-        await self._placements.place(affinity, "" if ep == first else ep.hash_key)
+        if ep == self._rank(affinity)[0]:
+            await self._placements.place(affinity, "")
+        else:
+            await self._placements.place(affinity, ep.hash_key, last)
 
     def forget(self, affinity: str) -> None:
         """``affinity`` (a file's source id) is done: its file was read to its end and
         acknowledged. Its ranking goes, or the cache would keep one per file the host ever
-        had (up to :data:`RANK_CACHE`). Only a cache: a later batch of it is ranked the same."""
+        had (up to :data:`RANK_CACHE`). Only a cache: a later batch of it is ranked the same.
+        (Its placement, if any, left the registry with its last acknowledgement.)"""
         self._ranks.pop(affinity, None)
         self._settled.discard(affinity)
+        self._holds.pop(affinity, None)
 
     def _mark_down(self, ep: Endpoint, exc: BaseException) -> None:
         h = self._health.setdefault(ep, _Health())
@@ -581,19 +698,40 @@ class ForwardClient:
 
     # -- delivery ---------------------------------------------------------------------------
 
-    async def deliver(self, payload: bytes, chunk: str, affinity: str | None = None) -> Endpoint:
-        """Send until acknowledged; raises :class:`DeliveryError` only when giving up."""
+    async def deliver(
+        self,
+        payload: bytes,
+        chunk: str,
+        affinity: str | None = None,
+        offsets: tuple[int, int] | None = None,
+        hold: bool = True,
+    ) -> Endpoint:
+        """Send until acknowledged; raises :class:`DeliveryError` only when giving up, and
+        :class:`HeldAtStop` at a stop while the batch waits for the aggregator names.
+        ``offsets``: the record offsets of the batch's first and last lines (None: unknown),
+        for where its source's lines went before a restart (:class:`Placements`). Without
+        ``hold`` the batch does not wait for the names (see :meth:`_held`): its source's
+        saved placement is then given up at once if not among the endpoints."""
+        first, last = offsets if offsets is not None else (None, None)
         attempt = 0
         while True:
             await self._resolve_when_due()
-            ep, wait = self._pick(affinity)
+            if self._held(affinity if hold else None, first):
+                if self._stop_holding.is_set():
+                    raise HeldAtStop(affinity)
+                self._check_give_up()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.placement_poll):
+                        await self._stop_holding.wait()
+                continue
+            ep, wait = self._pick(affinity, first)
             if wait > 0:
                 self._check_give_up()
                 await asyncio.sleep(min(wait, 1.0))
                 continue
             try:
                 conn = await self._connection(ep)
-                await self._place(affinity, ep)
+                await self._place(affinity, ep, last)
                 if conn.closed:
                     # Closed while the placement was being saved (the aggregator ended it, or
                     # another batch's failure did): nothing was sent on it, so not a failure
@@ -637,7 +775,7 @@ class ForwardClient:
                 h.down_until = 0.0
                 self._last_success = time.monotonic()
                 self.stats.delivered += 1
-                if affinity is not None:
+                if affinity is not None and self._placed_through(affinity, last):
                     self._settle(affinity)
                 return ep
 

@@ -11,6 +11,7 @@ of them: when it is full, reading stops and the files are the buffer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -22,9 +23,11 @@ from shipper.batch import Batch, encode_message, record_constants
 from shipper.discover import SourceSpec
 from shipper.errors import ShipperError
 from shipper.lines import Lines
+from shipper.sender import HeldAtStop
 from shipper.tailer import Tailer
 
 if TYPE_CHECKING:
+    from shipper.config import Endpoint
     from shipper.daemon import Shipper
     from shipper.metrics import Metrics
 
@@ -97,6 +100,9 @@ class SourceRunner:
             multiline=grouping,
         )
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=1)
+        self._queued: tuple[str, int] | None = None
+        """The source id and last record offset of the last batch with lines put on
+        :attr:`queue`: read, and sent after the batch being sent (see :meth:`_send`)."""
         self._wake = asyncio.Event()
         """Set by the file watcher when the live file changes, and by the flags below: an idle
         reader waits on it (see :meth:`_idle`)."""
@@ -255,7 +261,7 @@ class SourceRunner:
                 self._read_since_check = True
                 self._active.set()
                 await window.resize(reserve, batch.nbytes)
-                await self._blocking(self.queue.put(batch), self.queue.full())
+                await self._enqueue(batch)
                 await asyncio.sleep(0)
                 continue
             await window.release(reserve)
@@ -298,7 +304,12 @@ class SourceRunner:
                 await window.release(reserve)
                 return
             await window.resize(reserve, batch.nbytes)
-            await self._blocking(self.queue.put(batch), self.queue.full())
+            await self._enqueue(batch)
+
+    async def _enqueue(self, batch: Batch) -> None:
+        await self._blocking(self.queue.put(batch), self.queue.full())
+        if batch.lines:
+            self._queued = (batch.cursor.source_id, batch.last_offset)
 
     async def _idle(self) -> None:
         """At the end of the files, with nothing to do: wait before looking again.
@@ -467,6 +478,7 @@ class SourceRunner:
             nbytes=max(len(payload), 1),
             resume=resume,
             last_offset=lines.offsets[-1] if n else 0,
+            first_offset=lines.offsets[0] if n else 0,
             cursor=cursor,
             nread=nread,
             save_first=save_first,
@@ -504,21 +516,63 @@ class SourceRunner:
                     if affinity is not None:
                         client.forget(affinity)
                     affinity = batch.cursor.source_id
-                await self._send(batch, m)
+                try:
+                    await self._send(batch, m)
+                except HeldAtStop:
+                    await self._drop_at_stop()
+                    return
         finally:
             if affinity is not None:
                 client.forget(affinity)
+
+    async def _drop_at_stop(self) -> None:
+        """The shipper stops while a batch of a file it has open waits for the aggregator
+        names (see :class:`~shipper.sender.HeldAtStop` and :meth:`_send`): it and those read
+        after it go nowhere (a batch must not overtake it), their lines read again at the
+        next start; the reader ends."""
+        log.info(
+            "stopped while its batch waited for the aggregator names; its lines are read again "
+            "at the next start key=%s",
+            self.spec.key,
+        )
+        while (batch := await self.queue.get()) is not None:
+            await self.shipper.window.release(batch.nbytes)
+
+    async def _deliver(self, batch: Batch) -> Endpoint:
+        """Send ``batch`` until acknowledged; where it went. At a stop while it waits for the
+        aggregator names (:class:`~shipper.sender.HeldAtStop`): raised again when its file is
+        open (the next start reads these lines again), else sent at once -- its file is let
+        go (deleted, or renamed away and read) or is deleted and read to its end now: the
+        next start may not find these lines, better stored twice by the first choice than
+        lost."""
+        deliver = functools.partial(
+            self.shipper.client.deliver,
+            batch.payload,
+            batch.chunk,
+            affinity=batch.cursor.source_id,
+            offsets=(batch.first_offset, batch.last_offset),
+        )
+        try:
+            return await deliver()
+        except HeldAtStop:
+            if not (self.drain_deleted or batch.cursor.closed):
+                raise
+            return await deliver(hold=False)
 
     async def _send(self, batch: Batch, m: Metrics) -> None:
         """Deliver one batch, then advance and persist its checkpoint."""
         if batch.save_first:
             # A flushed split line's cut must survive a crash before its record is sent.
             await self.shipper.checkpoint_saved(self.shipper.checkpoint_changed())
+        sid = batch.cursor.source_id
         try:
             if batch.payload:
-                await self.shipper.client.deliver(
-                    batch.payload, batch.chunk, affinity=batch.cursor.source_id
-                )
+                sent_to = await self._deliver(batch)
+                if self._queued is not None and self._queued[0] == sid:
+                    # The next batch is read already: where this one went (a failover), the
+                    # placement reaches its lines from now on, saved with this ack's
+                    # checkpoint below -- not in a write of its own before it is sent.
+                    self.shipper.registry.reach(sid, sent_to.hash_key, self._queued[1])
         finally:
             await self.shipper.window.release(batch.nbytes)
         self.tailer.commit(batch.cursor, batch.resume, batch.last_offset)

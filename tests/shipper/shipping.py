@@ -33,6 +33,17 @@ def shipper_args(
     ]
 
 
+def failover_args(tmp_path: Path, docker: Path, state: str, *receivers: Receiver) -> list[str]:
+    """A shipper of ``docker``'s containers sending to ``receivers`` (each source's first
+    choice by rendezvous hashing, as always), polling its files every 50 ms, its state under
+    ``tmp_path/state`` (a copy of a killed one's, for a restart)."""
+    args = shipper_args(tmp_path, receivers[0], "--poll-interval", "0.05", docker=docker)
+    args[args.index(str(tmp_path / "state"))] = str(tmp_path / state)
+    for other in receivers[1:]:
+        args += ["--aggregator", other.address]
+    return args
+
+
 def empty_root(tmp_path: Path, name: str = "none") -> Path:
     """An empty folder ``tmp_path/name`` (made if missing) for a log root the test does not
     use: a ``--docker-root`` / ``--cri-root`` given that does not exist is an error."""

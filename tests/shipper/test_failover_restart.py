@@ -24,18 +24,8 @@ from shipper.errors import ShipperError
 from shipper.sender import ForwardClient, rendezvous_order
 from tests.shipper.hostgen import docker_line, make_container
 from tests.shipper.receiver import Receiver, free_port
-from tests.shipper.shipping import shipper_args, until
+from tests.shipper.shipping import failover_args, until
 from tests.shipper.test_sender import message
-
-
-def _args(tmp_path: Path, root: Path, state: str, *receivers: Receiver) -> list[str]:
-    """A shipper of ``root``'s containers sending to ``receivers`` (first choice by rendezvous
-    hashing, as always), its state under ``tmp_path/state``."""
-    args = shipper_args(tmp_path, receivers[0], "--poll-interval", "0.05", docker=root)
-    args[args.index(str(tmp_path / "state"))] = str(tmp_path / state)
-    for other in receivers[1:]:
-        args += ["--aggregator", other.address]
-    return args
 
 
 @pytest.mark.parametrize(
@@ -61,7 +51,7 @@ def test_a_batch_in_flight_to_a_failover_aggregator_goes_there_again_after_a_kil
     try:
 
         async def first_run() -> tuple[Receiver, Receiver]:
-            shipper = Shipper(load_config(_args(tmp_path, root, "state", one, two)))
+            shipper = Shipper(load_config(failover_args(tmp_path, root, "state", one, two)))
             run = asyncio.create_task(shipper.run())
             await until(lambda: len(one.lines()) + len(two.lines()) == 1)
             first, failover = (one, two) if one.lines() else (two, one)
@@ -90,7 +80,7 @@ def test_a_batch_in_flight_to_a_failover_aggregator_goes_there_again_after_a_kil
         receivers = (first, failover) if kept else (first,)
 
         async def second_run() -> Shipper:
-            shipper = Shipper(load_config(_args(tmp_path, root, "crashed", *receivers)))
+            shipper = Shipper(load_config(failover_args(tmp_path, root, "crashed", *receivers)))
             run = asyncio.create_task(shipper.run())
             await until(lambda: "after" in first.lines() + failover.lines())
             with open(log, "ab") as f:  # the next batch: back to the first choice, as always
@@ -182,23 +172,32 @@ def test_a_damaged_placement_is_ignored_with_a_warning(
     assert "ignoring malformed aggregator placements" in warning.getMessage()
 
 
-class _Placements:
+class FakePlacements:
     """What :class:`shipper.sender.Placements` is asked: each change it would save (a
-    checkpoint write, waited for before the batch is sent); ``on_save`` is called as one begins."""
+    checkpoint write, waited for before the batch is sent), as the registry decides it
+    (:meth:`shipper.checkpoint.Registry.place`); ``on_save`` is called as one begins."""
 
     def __init__(self) -> None:
         self.saved: dict[str, str] = {}
-        self.changes: list[tuple[str, str]] = []
+        self.through: dict[str, int] = {}
+        self.changes: list[tuple[str, str, int | None]] = []
         self.on_save: Callable[[str], None] | None = None
 
     def sent_to(self, affinity: str) -> str:
         return self.saved.get(affinity, "")
 
-    async def place(self, affinity: str, endpoint: str) -> None:
-        if self.saved.get(affinity, "") == endpoint:
+    def sent_through(self, affinity: str) -> int | None:
+        return self.through.get(affinity)
+
+    async def place(self, affinity: str, endpoint: str, through: int | None = None) -> None:
+        old, reach = self.saved.get(affinity, ""), self.through.get(affinity)
+        if old == endpoint and (not endpoint or through is None or (reach or -1) >= through):
             return
         self.saved[affinity] = endpoint
-        self.changes.append((affinity, endpoint))
+        self.through.pop(affinity, None)
+        if endpoint and through is not None:
+            self.through[affinity] = max(through, reach or 0) if old == endpoint else through
+        self.changes.append((affinity, endpoint, through))
         if self.on_save is not None:
             self.on_save(endpoint)
         await asyncio.sleep(0.01)  # the write and its fsync
@@ -214,33 +213,36 @@ def _ranked_after_a_dead_one(live: Receiver) -> tuple[tuple[Endpoint, ...], str]
     return eps, affinity
 
 
-def test_a_steady_failover_saves_the_placement_once_and_normal_running_never() -> None:
-    """The hot path: a placement is saved when a source moves, not with each batch."""
+def test_a_failover_saves_the_placement_per_batch_and_normal_running_never() -> None:
+    """The hot path: away from its first choice a source saves its placement once per batch
+    (how far its lines reach: all of them may be read again after a kill), and a batch within
+    what is saved (sent again) nothing; on its first choice it never saves one."""
     live = Receiver()
     try:
         eps, affinity = _ranked_after_a_dead_one(live)
 
-        async def go() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-            moved = _Placements()
+        async def go() -> tuple[list[tuple[str, str, int | None]], ...]:
+            moved = FakePlacements()
             c = ForwardClient(
                 eps, hostname="h", backoff_base=0.01, backoff_cap=0.1, placements=moved
             )
             for i in range(5):
-                await c.deliver(*message(2, first=2 * i), affinity=affinity)
+                await c.deliver(*message(2, first=2 * i), affinity=affinity, offsets=(i, 2 * i))
+            await c.deliver(*message(2, first=6), affinity=affinity, offsets=(7, 8))  # again
             await c.close()
-            steady = _Placements()
+            steady = FakePlacements()
             c = ForwardClient(eps[1:], hostname="h", placements=steady)
             for i in range(5, 10):
-                await c.deliver(*message(2, first=2 * i), affinity=affinity)
+                await c.deliver(*message(2, first=2 * i), affinity=affinity, offsets=(i, 2 * i))
             await c.close()
             return moved.changes, steady.changes
 
         moved, steady = asyncio.run(go())
     finally:
         live.close()
-    assert moved == [(affinity, live.address)]  # once, as the source moved; not per batch
+    assert moved == [(affinity, live.address, 2 * i) for i in range(5)]
     assert steady == []  # on its first choice: never
-    assert len(live.records) == 20
+    assert (len(live.records), live.duplicates) == (20, 2)
 
 
 def test_a_connection_closed_during_a_placement_save_is_no_failure_of_its_aggregator() -> None:
@@ -253,7 +255,7 @@ def test_a_connection_closed_during_a_placement_save_is_no_failure_of_its_aggreg
 
         async def go() -> dict[str, int]:
             eps, affinity = _ranked_after_a_dead_one(live)
-            placements = _Placements()
+            placements = FakePlacements()
             c = ForwardClient(
                 eps, hostname="h", backoff_base=0.01, backoff_cap=0.1, placements=placements
             )
@@ -291,7 +293,7 @@ def test_a_placement_that_cannot_be_saved_does_not_hold_up_the_batch(
     try:
 
         async def go() -> tuple[Receiver, Receiver]:
-            shipper = Shipper(load_config(_args(tmp_path, root, "state", one, two)))
+            shipper = Shipper(load_config(failover_args(tmp_path, root, "state", one, two)))
             run = asyncio.create_task(shipper.run())
             await until(lambda: len(one.lines()) + len(two.lines()) == 1)
             first, failover = (one, two) if one.lines() else (two, one)

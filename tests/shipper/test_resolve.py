@@ -53,13 +53,14 @@ def test_expand_names_addresses_and_failures(caplog: pytest.LogCaptureFixture) -
         Endpoint("one.svc", 24224),
         Endpoint("10.0.0.2", 24224),
     )
-    members = asyncio.run(expand((aggs, one, ip), resolver, {}))
+    members, unresolved = asyncio.run(expand((aggs, one, ip), resolver, {}))
     assert members[aggs] == (
         Endpoint("10.0.0.1", 24224, "aggs.svc"),
         Endpoint("10.0.0.2", 24224, "aggs.svc"),
     )
     assert members[one] == (one,)  # one address: stays a name, connect resolves it
     assert members[ip] == (ip,)
+    assert not unresolved
     assert [str(e) for e in flatten(members)] == [
         "10.0.0.1:24224",
         "10.0.0.2:24224",
@@ -68,10 +69,11 @@ def test_expand_names_addresses_and_failures(caplog: pytest.LogCaptureFixture) -
 
     answers["aggs.svc"] = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
     with caplog.at_level(logging.WARNING, logger="logq.shipper.resolve"):
-        again = asyncio.run(expand((aggs, one, ip), resolver, members))
+        again, unresolved = asyncio.run(expand((aggs, one, ip), resolver, members))
     assert again[aggs] == members[aggs], "a failed lookup keeps the addresses found last"
+    assert unresolved == {aggs}
     assert "cannot resolve aggregator name=aggs.svc" in caplog.text
-    assert asyncio.run(expand((aggs,), resolver, {}))[aggs] == (aggs,)
+    assert asyncio.run(expand((aggs,), resolver, {})).members[aggs] == (aggs,)
 
 
 def test_a_name_with_two_addresses_spreads_sources_and_follows_changes() -> None:

@@ -1,0 +1,306 @@
+"""A restart whose saved placement (see :mod:`tests.shipper.test_failover_restart`) is an
+address of an aggregator name that does not resolve yet (a DNS outage at the start): that
+file's batch waits for the name, re-resolved every ``PLACEMENT_DNS_POLL_SECONDS`` (at most
+``PLACEMENT_DNS_WAIT_SECONDS``), instead of going to the first choice, which would store its
+lines a second time. Other files go on meanwhile, and a stop ends the wait at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import socket
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from shipper.config import Endpoint, load_config, parse_endpoint
+from shipper.daemon import Shipper
+from shipper.sender import ForwardClient, HeldAtStop, rendezvous_order
+from tests.shipper.hostgen import docker_line, make_container
+from tests.shipper.receiver import Receiver, free_port
+from tests.shipper.shipping import empty_root, shipper_args, until
+from tests.shipper.test_failover_restart import FakePlacements
+from tests.shipper.test_sender import message
+
+NAME = Endpoint("aggs.test", 24224)
+
+
+class _Dns:
+    """A resolver for ``aggs.test``: ``answer`` while ``up``, else a temporary failure
+    (``EAI_AGAIN``), counted."""
+
+    def __init__(self, *receivers: Receiver) -> None:
+        self.answer = [("127.0.0.1", r.port) for r in receivers]
+        self.up = True
+        self.failures = 0
+
+    async def resolve(self, host: str, port: int) -> list[tuple[str, int]]:
+        assert (host, port) == (NAME.host, NAME.port)
+        if not self.up:
+            self.failures += 1
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return self.answer
+
+
+def _shipper(tmp_path: Path, root: Path, state: str, dns: _Dns, *extra: str) -> Shipper:
+    """A shipper of ``root``'s containers sending to the one name ``aggs.test``, resolved by
+    ``dns``, its state under ``tmp_path/state``."""
+    args = [
+        *("--aggregator", str(NAME), "--hostname", "h", "--poll-interval", "0.05"),
+        *("--docker-root", str(root), "--cri-root", str(empty_root(tmp_path))),
+        *("--state-dir", str(tmp_path / state), *extra),
+    ]
+    shipper = Shipper(load_config(args))
+    shipper.client._resolver = dns.resolve
+    return shipper
+
+
+def _killed_in_flight(
+    tmp_path: Path, root: Path, log: Path, receivers: tuple[Receiver, Receiver]
+) -> tuple[Receiver, Receiver]:
+    """A first run, the name resolving to ``receivers``: ``before`` goes to the file's first
+    choice, then ``in flight`` to the other (the first choice failed it), which stores it and
+    whose ack never comes; the state is then copied to ``crashed``, as a kill -9 leaves it.
+    Returns (first choice, failover)."""
+
+    async def first_run() -> tuple[Receiver, Receiver]:
+        shipper = _shipper(tmp_path, root, "state", _Dns(*receivers))
+        run = asyncio.create_task(shipper.run())
+        one, two = receivers
+        await until(lambda: len(one.lines()) + len(two.lines()) == 1)
+        first, failover = (one, two) if one.lines() else (two, one)
+        first.drop_first = 1
+        failover.ack_first = 0
+        with open(log, "ab") as f:
+            f.write(docker_line("in flight", 1))
+        await until(lambda: failover.lines() == ["in flight"])
+        shutil.copytree(tmp_path / "state", tmp_path / "crashed")
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        shipper.registry.close()
+        return first, failover
+
+    first, failover = asyncio.run(first_run())
+    failover.ack_first = None
+    return first, failover
+
+
+def test_a_batch_placed_on_an_address_of_a_name_not_resolved_yet_waits_for_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The restart finds DNS down: the batch read again waits (the name resolved again
+    meanwhile), and goes to the failover aggregator once the name resolves, which drops it by
+    offset. Sent at once to the first choice, it was stored twice."""
+    root = tmp_path / "docker"
+    log = make_container(root, "a" * 64, "app", lines=["before"])
+    receivers = (Receiver(), Receiver())
+    try:
+        first, failover = _killed_in_flight(tmp_path, root, log, receivers)
+        with open(log, "ab") as f:
+            f.write(docker_line("after", 2))
+        dns = _Dns(*receivers)
+
+        async def second_run() -> None:
+            dns.up = False
+            shipper = _shipper(tmp_path, root, "crashed", dns)
+            shipper.client.placement_poll = 0.05
+            run = asyncio.create_task(shipper.run())
+            await until(lambda: dns.failures >= 3)  # resolved again while the batch waits
+            assert (first.lines(), failover.lines()) == (["before"], ["in flight"])
+            dns.up = True
+            await until(lambda: "after" in first.lines() + failover.lines())
+            with open(log, "ab") as f:
+                f.write(docker_line("later", 3))
+            await until(lambda: "later" in first.lines())
+            shipper.request_stop()
+            assert await run == 0
+
+        with caplog.at_level(logging.INFO, logger="logq.shipper.sender"):
+            asyncio.run(second_run())
+    finally:
+        for r in receivers:
+            r.close()
+    stored = Counter(first.lines() + failover.lines())
+    assert stored == {"before": 1, "in flight": 1, "after": 1, "later": 1}
+    assert failover.duplicates == 1
+    assert "waiting for the aggregator names to resolve" in caplog.text
+    assert "is not among the aggregator endpoints now" not in caplog.text
+
+
+def test_a_stop_ends_the_wait_for_a_name_and_keeps_the_placement(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop while the batch waits for the name: the shipper ends at once -- not at
+    ``--retry-timeout``, its batch given up as unacknowledged -- the batch sent nowhere, its
+    placement still saved for the next start."""
+    root = tmp_path / "docker"
+    log = make_container(root, "a" * 64, "app", lines=["before"])
+    receivers = (Receiver(), Receiver())
+    try:
+        first, failover = _killed_in_flight(tmp_path, root, log, receivers)
+        assert failover.address in (tmp_path / "crashed" / "checkpoints.json").read_text()
+        dns = _Dns(*receivers)
+
+        async def second_run() -> None:
+            dns.up = False
+            shipper = _shipper(tmp_path, root, "crashed", dns, "--retry-timeout", "30")
+            shipper.client.placement_poll = 0.05
+            run = asyncio.create_task(shipper.run())
+            await until(lambda: dns.failures >= 2)
+            shipper.request_stop()
+            assert await run == 0
+
+        with caplog.at_level(logging.INFO):
+            asyncio.run(second_run())
+    finally:
+        for r in receivers:
+            r.close()
+    assert (first.lines(), failover.lines()) == (["before"], ["in flight"])
+    assert "exiting with unacknowledged batches" not in caplog.text  # it ended by itself
+    assert "stopped while its batch waited for the aggregator names" in caplog.text
+    assert failover.address in (tmp_path / "crashed" / "checkpoints.json").read_text()
+
+
+def _first_on(endpoint: Endpoint, endpoints: tuple[Endpoint, ...], n: int) -> list[str]:
+    """``n`` source ids that rank ``endpoint`` first among ``endpoints``."""
+    ids = (f"src-{i}" for i in range(10_000))
+    return [a for a in ids if rendezvous_order(a, endpoints)[0] == endpoint][:n]
+
+
+class _Setting:
+    """The name ``aggs.test`` (down) and an address configured beside it (``direct``), and a
+    source whose placement is an address of the name, ``named`` (its first choice is
+    ``direct``), and one without a placement."""
+
+    def __init__(self) -> None:
+        self.named, self.direct = Receiver(), Receiver()
+        self.dns = _Dns(self.named)
+        self.dns.answer.append(("127.0.0.1", free_port()))  # two addresses: two endpoints
+        self.dns.up = False
+        self.configured = (NAME, parse_endpoint(self.direct.address))
+        self.held, self.free = _first_on(self.configured[1], self.configured, 2)
+
+    def client(self, wait: float) -> ForwardClient:
+        placements = FakePlacements()
+        placements.saved[self.held] = self.named.address
+        placements.through[self.held] = 40
+        return ForwardClient(
+            self.configured,
+            hostname="h",
+            resolver=self.dns.resolve,
+            placements=placements,
+            placement_wait=wait,
+            placement_poll=0.05,
+        )
+
+    def held_batch(self, c: ForwardClient) -> asyncio.Task[Endpoint]:
+        deliver = c.deliver(*message(3, first=30), affinity=self.held, offsets=(31, 33))
+        return asyncio.create_task(deliver)
+
+    def close(self) -> None:
+        self.named.close()
+        self.direct.close()
+
+
+def test_other_files_go_on_while_one_waits_for_the_name_and_a_stop_ends_the_wait() -> None:
+    """While one source's batch waits for the name (its placement an address of it, the name
+    resolved again meanwhile), a source without a placement is delivered (to the address
+    configured beside the name); a stop ends the wait with :class:`HeldAtStop`."""
+    setting = _Setting()
+    try:
+
+        async def go() -> None:
+            c = setting.client(60.0)
+            waiting = setting.held_batch(c)
+            await c.deliver(*message(1), affinity=setting.free, offsets=(1, 1))
+            assert not waiting.done()
+            failures = setting.dns.failures
+            await until(lambda: setting.dns.failures >= failures + 2)
+            assert not waiting.done()
+            c.stop_holding()
+            with pytest.raises(HeldAtStop):
+                await waiting
+            await c.close()
+
+        asyncio.run(go())
+    finally:
+        setting.close()
+    assert (setting.named.messages, len(setting.direct.records)) == (0, 1)
+
+
+def test_past_the_wait_the_batch_goes_to_its_first_choice_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    setting = _Setting()
+    try:
+
+        async def go() -> Endpoint:
+            c = setting.client(0.2)
+            where = await setting.held_batch(c)
+            await c.close()
+            return where
+
+        with caplog.at_level(logging.WARNING, logger="logq.shipper.sender"):
+            where = asyncio.run(go())
+    finally:
+        setting.close()
+    assert where == setting.configured[1]
+    assert "is not among the aggregator endpoints now" in caplog.text
+    assert "did not resolve within 0.2 s" in caplog.text
+    assert setting.named.messages == 0
+
+
+def test_a_stop_sends_a_waiting_batch_of_a_deleted_file_to_its_first_choice(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The file whose batch waits for the name is deleted (the shipper holds it open: a
+    restart could not read it), then the shipper stops: the stop reads it to its end, so
+    the batch stops waiting and goes to the file's first choice at once, with the WARNING --
+    stored there, a second time if the other had it, rather than lost."""
+    named, direct = Receiver(), Receiver()
+    configured = (NAME, parse_endpoint(direct.address))
+    [source_id] = _first_on(configured[1], configured, 1)  # its first choice: direct
+    root = tmp_path / "docker"
+    log = make_container(root, "a" * 64, "app", lines=["before"])
+    dns = _Dns(named)
+    dns.up = False
+    try:
+
+        async def first_run() -> None:  # a checkpoint for the file, on direct alone
+            shipper = Shipper(load_config(shipper_args(tmp_path, direct, docker=root)))
+            run = asyncio.create_task(shipper.run())
+            await until(lambda: direct.lines() == ["before"])
+            shipper.request_stop()
+            assert await run == 0
+
+        asyncio.run(first_run())
+        # As a run that failed over to an address of the name before a kill -9 left it.
+        registry = tmp_path / "state" / "checkpoints.json"
+        doc = json.loads(registry.read_text())
+        [entry] = doc["files"].values()
+        entry["source_id"] = source_id
+        doc["sent_to"], doc["sent_through"] = {source_id: named.address}, {source_id: 10**6}
+        registry.write_text(json.dumps(doc))
+        with open(log, "ab") as f:
+            f.write(docker_line("in flight", 1))
+
+        async def second_run() -> None:
+            shipper = _shipper(tmp_path, root, "state", dns, "--aggregator", direct.address)
+            shipper.client.placement_poll = 0.05
+            run = asyncio.create_task(shipper.run())
+            await until(lambda: dns.failures >= 2)  # the batch waits
+            log.unlink()
+            shipper.request_stop()
+            assert await run == 0
+
+        with caplog.at_level(logging.INFO):
+            asyncio.run(second_run())
+    finally:
+        named.close()
+        direct.close()
+    assert (direct.lines(), named.messages) == (["before", "in flight"], 0)
+    assert "is not among the aggregator endpoints now" in caplog.text
+    assert "stopped while its batch waited" not in caplog.text
