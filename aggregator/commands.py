@@ -23,6 +23,7 @@ from aggregator.config import (
 )
 from aggregator.decode import tune_gc
 from aggregator.envoy import FormatError
+from aggregator.listen import UnresolvableHost
 from aggregator.memory import tune_memory
 from aggregator.open_files import check_open_files_limit, quiet_accept_errors
 from aggregator.server import CertificateError
@@ -34,11 +35,12 @@ from shipper.startup import run_held
 
 #: Exit status of a usage error: the command must change (a bad flag, a ``--config`` value, an
 #: ``--envoy-format`` or ``--warehouse`` that cannot be, TLS files that are no PEM pair, a
-#: ``--buffer-dir`` copied from a running aggregator's). A service manager need not retry it.
+#: ``--listen`` or ``--metrics-listen`` host name that does not exist, a ``--buffer-dir`` copied
+#: from a running aggregator's). A service manager need not retry it.
 EXIT_USAGE = 2
 #: Exit status of a failure at run time: the command may be right, the host or the network
-#: refused (a port in use, a folder not writable, a full disk, a buffer dir locked by another
-#: process); a retry may succeed once that is fixed.
+#: refused (a port in use, a host name DNS could not resolve for now, a folder not writable, a
+#: full disk, a buffer dir locked by another process); a retry may succeed once that is fixed.
 EXIT_FAILED = 1
 #: The errors that are usage errors (:data:`EXIT_USAGE`); any other is :data:`EXIT_FAILED`.
 USAGE_ERRORS: tuple[type[Exception], ...] = (
@@ -47,14 +49,17 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (
     FormatError,
     CertificateError,
     TwinRunning,
+    UnresolvableHost,
 )
 
 EPILOG = (
     "exit status: 0 stopped (SIGTERM/SIGINT) with every acknowledged record in the warehouse "
     "(drain: the buffer written out); 1 a failure at run time, named in one line with what to "
-    "do (a port in use, a --buffer-dir or --warehouse folder that cannot be written, a full "
-    "disk, a stop that ran out of --stop-timeout with data left in the buffer); 2 a usage "
-    "error: a bad flag or --config value, or a --buffer-dir copied from a running aggregator's"
+    "do (a port in use, a DNS failure to retry, a --buffer-dir or --warehouse folder that "
+    "cannot be written, a full disk, a stop that ran out of --stop-timeout with data left in "
+    "the buffer); 2 a usage error: a bad flag or --config value, a --listen or "
+    "--metrics-listen host name that does not exist, or a --buffer-dir copied from a running "
+    "aggregator's"
 )
 
 

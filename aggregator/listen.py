@@ -13,6 +13,11 @@ out as asyncio leaves it out, as long as another one is listened on (:func:`_bou
 
 A connection's task that is cancelled (the loop ending with the connection still open or
 closing, a stop past its grace) ends quietly, its socket dropped (:func:`ends_quietly`).
+
+A host name is resolved once at start-up, before the buffer is read (:func:`check_resolves`):
+a name that does not exist is a usage error (:class:`UnresolvableHost`, exit 2), a resolver
+that fails for now (``EAI_AGAIN``) a failure at run time (exit 1: start again), both said at
+once, not after the seconds per GiB that reading a large buffer takes.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import functools
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+
+from shipper.errors import listen_error
 
 #: A connection handler of ``asyncio.start_server``.
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -96,12 +103,7 @@ async def start_server(
     def protocol() -> asyncio.StreamReaderProtocol:  # as asyncio.start_server makes it
         return asyncio.StreamReaderProtocol(reader(limit=limit, loop=loop), callback, loop=loop)
 
-    infos = await loop.getaddrinfo(
-        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    if not infos:  # (as asyncio says it)
-        raise OSError(f"getaddrinfo({host!r}) returned empty list")
-    sockets = bind_all(distinct_addresses(infos), port)
+    sockets = bind_all(distinct_addresses(await _resolve(host, port)), port)
     servers: list[asyncio.AbstractServer] = []
     try:
         for sock in sockets:
@@ -113,6 +115,63 @@ async def start_server(
             sock.close()
         raise
     return Listeners(servers)
+
+
+class UnresolvableHost(ValueError):
+    """The host name of ``--listen`` or ``--metrics-listen`` does not resolve, for good (no
+    such name, or no address for it): the command must change (exit 2, as a bad flag)."""
+
+
+#: ``getaddrinfo`` errors that say the name has no address (the resolver answered): a typo, a
+#: name this host does not know. Any other (``EAI_AGAIN``: no answer for now, ``EAI_FAIL``: the
+#: resolver failed) may pass with the same command.
+NO_SUCH_NAME = frozenset(
+    getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name)
+)
+
+
+def listen_failure(flag: str, address: str, host: str, exc: OSError) -> Exception:
+    """The error to exit on when ``flag`` (``address``, whose host is ``host``) cannot be
+    listened on: for a host name that does not resolve, :class:`UnresolvableHost` when it does
+    not exist (exit 2), an OSError saying to start again when the resolver failed (exit 1);
+    else :func:`shipper.errors.listen_error` (a port in use, an address not on this host)."""
+    if not isinstance(exc, socket.gaierror):
+        return listen_error(flag, address, exc)
+    said = f"cannot listen on {address} ({flag}): the host name {host!r}"
+    reason = exc.strerror or str(exc)
+    if exc.errno in NO_SUCH_NAME:
+        return UnresolvableHost(
+            f"{said} does not resolve ({reason}): use an IP address, :PORT (every address) or "
+            "a name this host resolves"
+        )
+    if exc.errno == getattr(socket, "EAI_AGAIN", None):
+        why = "for now ({}): a temporary DNS failure; retry once DNS answers"
+    else:
+        why = "({}): the resolver failed; check this host's DNS (/etc/resolv.conf) and retry"
+    error = OSError(f"{said} could not be resolved {why.format(reason)}, or use an IP address")
+    error.errno = exc.errno
+    return error
+
+
+async def check_resolves(flag: str, address: str, host: str, port: int) -> None:
+    """Resolve ``host`` as :func:`start_server` will, raising :func:`listen_failure`'s error
+    if it does not: called at start-up before the buffer is read, so that a name that cannot
+    be listened on is said at once."""
+    try:
+        await _resolve(host, port)
+    except OSError as exc:
+        raise listen_failure(flag, address, host, exc) from exc
+
+
+async def _resolve(host: str, port: int) -> list[tuple[Any, ...]]:
+    """The ``getaddrinfo`` results of a listening ``host`` (``""``: every address)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    if not infos:  # (as asyncio says it)
+        raise OSError(f"getaddrinfo({host!r}) returned empty list")
+    return infos
 
 
 def distinct_addresses(infos: Sequence[tuple[Any, ...]]) -> list[Address]:

@@ -54,6 +54,7 @@ from aggregator.decode import (
     has_chunk,
     other_signal,
 )
+from aggregator.inflate import Inflater
 from aggregator.inflight import InflightBytes, Share
 from aggregator.metrics import Metrics
 from aggregator.open_files import fd_limit_hint
@@ -241,7 +242,11 @@ class _Conn:
     in_ping: bool = False
     """Whether the unfinished "message" is the ``--shared-key`` PING (see :meth:`stalled_for`)."""
 
-    read: bytes = b""
+    unfed: bytes | memoryview = b""
+    """Bytes read (and charged to the in-flight budget) not fed yet: those a client wrote with
+    its PING, or the rest of a read that held more than the unpacker had room for (several
+    messages under a small --max-frame-bytes), fed once the messages before them are stored."""
+    read: bytes | memoryview = b""
     """The last read, fed to the unpacker, until its complete messages are stored: the
     unfinished message's part of it is walked then (:meth:`ForwardServer._declared_error`),
     and the read dropped before the fsync is awaited."""
@@ -322,6 +327,8 @@ class ForwardServer:
         metrics.inflight_waiting.set_function(lambda: self.inflight.waiting)
         self._warnings = Throttle(WARN_EVERY_SECONDS)
         """Keys of the rate-limited WARNINGs (refusals, failed handshakes, bad entries)."""
+        self._inflater = Inflater()
+        """Inflates big gzip blobs in one worker thread, off the event loop."""
         self._auth_failures: dict[str, _AuthRecord] = {}
         """Client address -> its failed handshakes, oldest last failure first (bounded by
         :data:`AUTH_FAILURES_MAX_ADDRESSES`)."""
@@ -375,6 +382,7 @@ class ForwardServer:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1)
+        await self._inflater.close()
         if self._server:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=1)
@@ -508,6 +516,7 @@ class ForwardServer:
         try:
             data = await asyncio.wait_for(reader.read(size), timeout=timeout)
             conn.last_byte = time.monotonic()
+            self.metrics.bytes_in.inc(len(data))
             return data
         except TimeoutError:
             raise ConnectionClosed(f"idle for {timeout:.0f}s", "idle_timeout") from None
@@ -523,15 +532,17 @@ class ForwardServer:
                 f"not reading its acks for {self.limits.idle_timeout:.0f}s", "idle_timeout"
             ) from None
 
-    def _feed(self, unpacker: msgpack.Unpacker, data: bytes) -> None:
+    def _feed(self, unpacker: msgpack.Unpacker, data: bytes | memoryview) -> None:
         try:
             unpacker.feed(data)
         except msgpack.BufferFull:
-            raise ConnectionClosed(
-                f"message larger than --max-frame-bytes ({self.limits.max_frame_bytes} bytes)",
-                "frame_too_large",
-            ) from None
-        self.metrics.bytes_in.inc(len(data))
+            raise self._too_large() from None
+
+    def _too_large(self) -> ConnectionClosed:
+        return ConnectionClosed(
+            f"message larger than --max-frame-bytes ({self.limits.max_frame_bytes} bytes)",
+            "frame_too_large",
+        )
 
     async def _serve(
         self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -541,20 +552,17 @@ class ForwardServer:
         )
         unpacker = self._renew_unpacker(conn)
         if self.shared_key is not None:
-            await self._handshake(conn, reader, writer, unpacker)
-            if conn.fed > conn.boundary:  # messages sent right behind the PING
-                await self._process(conn, unpacker, writer)
-                _note_partial(conn, conn.boundary != conn.fed)
+            # What the client wrote with its PING (messages right behind it): read and charged
+            # already, taken as the first read, through the same checks as any other.
+            conn.unfed = await self._handshake(conn, reader, writer)
         while True:  # until the client closes, or the stop's cut (:meth:`stop`)
-            await self._wait_for_space(conn, reader)
-            await self._wait_for_objects(conn)
-            data = await self._read_next(conn, reader)
+            data = await self._next_bytes(conn, reader)
             if not data:
                 return
             if conn.boundary == conn.fed and data[:1] == b"[":
                 # Fluentd's in_forward also reads JSON text messages: so do we, for the rest of
                 # this connection.
-                return await self._serve_json(conn, reader, writer, data)
+                return await self._serve_json(conn, reader, writer, bytes(data))
             if conn.boundary == conn.fed and data[0] not in _ARRAY_HEADS:
                 # A new message starts here and it is not an array: refuse at once instead of
                 # waiting (up to the idle timeout) for the body a junk str/bin/map header announces.
@@ -563,14 +571,28 @@ class ForwardServer:
                     f"0x{data[0]:02x}",
                     "protocol_error",
                 )
+            # msgpack refuses a feed that would leave more than --max-frame-bytes unparsed: fed
+            # whole, a read of several small messages was refused as one message too large.
+            data = _fit(conn, data, self.limits.max_frame_bytes - (conn.fed - unpacker.tell()))
             self._feed(unpacker, data)
             conn.fed += len(data)
             conn.read = data  # for _declared_error, which drops it
-            del data  # a whole read: not kept while the messages in it are made durable
+            del data  # not kept while the messages in it are made durable
             await self._process(conn, unpacker, writer)
             _note_partial(conn, conn.boundary != conn.fed)
             if conn.boundary == conn.fed > UNPACKER_RENEW_BYTES:
                 unpacker = self._renew_unpacker(conn)
+
+    async def _next_bytes(self, conn: _Conn, reader: asyncio.StreamReader) -> bytes | memoryview:
+        """The bytes to feed next (empty: the client closed): those read already and not fed
+        (:attr:`_Conn.unfed`), else the next read, once the buffer and the object pool let
+        this connection read."""
+        if conn.unfed:
+            data, conn.unfed = conn.unfed, b""
+            return data
+        await self._wait_for_space(conn, reader)
+        await self._wait_for_objects(conn)
+        return await self._read_next(conn, reader)
 
     def _renew_unpacker(self, conn: _Conn) -> msgpack.Unpacker:
         """A fresh unpacker for a connection between messages (its old one holds a buffer as
@@ -643,6 +665,7 @@ class ForwardServer:
             conn.early = await asyncio.wait_for(reader.read(READ_SIZE), 1.0)
         except TimeoutError:
             return False
+        self.metrics.bytes_in.inc(len(conn.early))
         probe = wire.new_unpacker(READ_SIZE)
         probe.feed(conn.early)
         try:
@@ -732,7 +755,10 @@ class ForwardServer:
         parsed = 0  # bytes parsed so far for the unfinished message
         scanner = _JsonScanner(wire.message_objects(self.limits.max_message_entries))
         while True:
-            self.metrics.bytes_in.inc(len(data))
+            # At most what fills the unfinished message to --max-frame-bytes: the limit is a
+            # message's, not a read's (the rest is taken next, once the messages before it are
+            # stored).
+            data = bytes(_fit(conn, data, self.limits.max_frame_bytes - len(pending)))
             conn.fed += len(data)
             pending += data
             if len(pending) > self.limits.max_frame_bytes:
@@ -763,10 +789,9 @@ class ForwardServer:
             if messages:
                 await self._process(conn, None, writer, messages)
             assert conn.share is not None
-            conn.share.keep(len(pending))  # also what was only whitespace
+            conn.share.keep(len(pending) + len(conn.unfed))  # also what was only whitespace
             _note_partial(conn, bool(pending))
-            await self._wait_for_space(conn, reader)
-            data = await self._read_next(conn, reader)
+            data = await self._next_bytes(conn, reader)
             if not data:
                 return
 
@@ -862,9 +887,15 @@ class ForwardServer:
         aggregator: :func:`_peer_closed`) is not stored when it carries a chunk id: it would be
         stored twice. Its acks could not reach the client anyway. Checked again before the acks are
         written, for messages the client gave up on while they were being made durable."""
-        entries, error = self._store(conn, unpacker, messages, _peer_closed(writer))
+        entries, error = await self._store(conn, unpacker, messages, writer)
         if error is None and unpacker is not None:
-            error = self._declared_error(conn)
+            if conn.fed - conn.boundary > self.limits.max_frame_bytes:
+                # The unpacker's own limit counts only the bytes it has not parsed yet, and it
+                # parses the entries of a Forward-mode message as they come: the whole message
+                # is held to the limit here (and in _store, one that completed in this read).
+                error = self._too_large()
+            else:
+                error = self._declared_error(conn)
         conn.read = b""
         self._report_abandoned(conn)
         # Ack, in order, what is durable before a bad message or a failed write: it is in the
@@ -872,7 +903,8 @@ class ForwardServer:
         waits = [w for w, _ in entries if w is not None]
         results = await asyncio.gather(*waits, return_exceptions=True) if waits else []
         assert conn.share is not None
-        conn.share.keep(conn.fed - conn.boundary)  # durable: only the unfinished message stays
+        # Durable: only the unfinished message, and what is not fed yet, stay.
+        conn.share.keep(conn.fed - conn.boundary + len(conn.unfed))
         if waits and self.on_append:
             self.on_append()
         outcome = iter(results)
@@ -910,7 +942,7 @@ class ForwardServer:
             walker = conn.declared = DeclaredSize(conn.boundary)
         first = conn.fed - len(read)  # the stream offset of the read's first byte
         if walker.done or not first <= walker.next_offset <= conn.fed:
-            walker.done = True  # its first bytes came before this read (behind a PING): unseen
+            walker.done = True  # bytes of it were not walked: its whole size is still checked
             return None
         walker.feed(read, walker.next_offset - first)
         declared, limit = walker.least_size(), self.limits.max_frame_bytes
@@ -963,26 +995,40 @@ class ForwardServer:
             messages,
         )
 
-    def _store(
+    async def _store(
         self,
         conn: _Conn,
         unpacker: msgpack.Unpacker | None,
         messages: list[Any] | None,
-        peer_closed: bool = False,
+        writer: asyncio.StreamWriter,
     ) -> tuple[list[tuple[asyncio.Future[None] | None, str | None]], ConnectionClosed | None]:
         """Decode and append the complete messages: for each, its fsync future (None: nothing
-        to store) and its chunk, and the error that stopped them, if one did. ``peer_closed``:
-        the client has closed the connection, so messages with a chunk id are not stored.
+        to store) and its chunk, and the error that stopped them, if one did. Once the client
+        has closed the connection (:func:`_peer_closed`), messages with a chunk id are not
+        stored.
 
         Apart from :meth:`_process` so that no decoded message, batch or frame outlives it:
         they are garbage before the fsync is awaited (N connections waiting for it would
-        otherwise hold N messages, three times their wire size). ``messages`` is emptied."""
+        otherwise hold N messages, three times their wire size). ``messages`` is emptied.
+
+        A big gzip blob is inflated in a worker thread (:mod:`aggregator.inflate`): the other
+        connections go on meanwhile, this one waits for it, so its messages stay in order."""
         entries: list[tuple[asyncio.Future[None] | None, str | None]] = []
         error: ConnectionClosed | None = None
+        peer_closed = _peer_closed(writer)
         try:
             for obj in messages if unpacker is None else wire.iter_messages(unpacker, conn.budget):
                 if unpacker is not None:
-                    conn.boundary = unpacker.tell()
+                    start, conn.boundary = conn.boundary, unpacker.tell()
+                    if conn.boundary - start > self.limits.max_frame_bytes:
+                        error = self._too_large()  # (see _process)
+                        break
+                if other_signal(obj) is None:
+                    plain = await self._inflater.inflated(
+                        obj, self.limits.max_decompressed_bytes, self.limits.max_message_entries
+                    )
+                    if plain is not obj:  # a gzip blob: its client may have left meanwhile
+                        obj, peer_closed = plain, _peer_closed(writer)
                 try:
                     entries.append(self._store_one(conn, obj, peer_closed))
                 except ConnectionClosed as exc:  # the buffer write failed
@@ -1077,14 +1123,15 @@ class ForwardServer:
         return chunk
 
     async def _handshake(
-        self,
-        conn: _Conn,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        unpacker: msgpack.Unpacker,
-    ) -> None:
+        self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bytes:
         """HELO -> PING -> PONG as in Forward protocol v1, with user authentication (the HELO
-        carries an ``auth`` salt, the PING a username and password digest) when users are set."""
+        carries an ``auth`` salt, the PING a username and password digest) when users are set.
+
+        The bytes read behind the PING (a client may write its first messages with it) are
+        returned, still charged to the in-flight budget, for :meth:`_serve` to feed as its first
+        read (:attr:`_Conn.unfed`): unpacked with the PING they escaped the checks of a message
+        read later (its size, declared and whole, its first byte, JSON text)."""
         assert self.shared_key is not None
         nonce = os.urandom(16)
         auth = os.urandom(16) if self.users else b""
@@ -1094,6 +1141,10 @@ class ForwardServer:
         deadline = time.monotonic() + limit
         ping = None
         conn.in_ping = True
+        # The PING's own unpacker: it takes every byte the loop may read, and no more than one
+        # PING is unpacked from it.
+        unpacker = wire.new_unpacker(MAX_PING_BYTES + FIRST_READ, budget=conn.budget)
+        received = bytearray()
         while ping is None:
             slow = ConnectionClosed(
                 f"no complete PING within {limit:.0f}s of HELO (slow client)", "slow_client"
@@ -1112,13 +1163,13 @@ class ForwardServer:
             conn.share.take(len(data))
             if not data:
                 raise ConnectionClosed("closed during the handshake", "handshake_failed")
-            self._feed(unpacker, data)
-            conn.fed += len(data)
+            unpacker.feed(data)
+            received += data
             try:
                 ping = next(wire.iter_messages(unpacker, conn.budget), None)
             except wire.ProtocolError as exc:
                 raise ConnectionClosed(f"bad PING: {exc}", "handshake_failed") from None
-            if ping is None and conn.fed > MAX_PING_BYTES:
+            if ping is None and len(received) > MAX_PING_BYTES:
                 raise ConnectionClosed(
                     f"no complete PING in the first {MAX_PING_BYTES} bytes (a PING is a few "
                     "hundred): not a Forward client with a shared key, or a hostile one",
@@ -1129,9 +1180,9 @@ class ForwardServer:
             # unauthenticated clients locked the authenticated ones out.
             _note_partial(conn, ping is None)
         conn.in_ping = False
-        conn.boundary = unpacker.tell()
+        behind = bytes(received[unpacker.tell() :])
         assert conn.share is not None
-        conn.share.keep(conn.fed - conn.boundary)  # the PING's bytes; messages behind it stay
+        conn.share.keep(len(behind))  # the PING's bytes are released; those behind it stay
         if not (isinstance(ping, list) and len(ping) >= 4 and ping[0] == "PING"):
             raise ConnectionClosed("expected PING after HELO", "handshake_failed")
         hostname, salt, digest = ping[1], ping[2], ping[3]
@@ -1168,6 +1219,7 @@ class ForwardServer:
                 "auth_failed",
                 logging.WARNING if due else logging.DEBUG,
             )
+        return behind
 
     def _auth_delay(self, client: str) -> float:
         """Seconds to wait before answering a failed handshake from ``client``: doubled with
@@ -1356,6 +1408,17 @@ def _tcp_info(writer: asyncio.StreamWriter, size: int) -> bytes:
         return sock.getsockopt(socket.IPPROTO_TCP, tcp_info, size)
     except OSError:
         return b""
+
+
+def _fit(conn: _Conn, data: bytes | memoryview, room: int) -> bytes | memoryview:
+    """``data``, or its first ``room`` bytes (one at least: a message that fills the room alone
+    is over the limit, which the next byte tells) with the rest kept in :attr:`_Conn.unfed`."""
+    if len(data) <= room:
+        return data
+    view = memoryview(data)
+    room = max(room, 1)
+    conn.unfed = view[room:]
+    return view[:room]
 
 
 def _note_partial(conn: _Conn, partial: bool) -> None:

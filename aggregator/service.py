@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+from aggregator import listen
 from aggregator.buffer import SPILL_DIR, Segment, unusable_dir_error
 from aggregator.catalog import Catalog
 from aggregator.compact_loop import PeriodicCompaction
@@ -59,7 +60,6 @@ from aggregator.throttle import Throttle
 from aggregator.twins import TwinRunning, live_twin
 from athena.ddl import outside_projection
 from athena.warehouse import Warehouse, open_warehouse, resolve_uri
-from shipper.errors import listen_error
 from shipper.logs import announce, announce_metrics
 
 log = logging.getLogger("logq.aggregator")
@@ -311,6 +311,8 @@ class Aggregator:
         started = False
         self.metrics.starting = "starting: opening the buffer (--buffer-dir)"
         try:
+            await self._check_listen_hosts()
+            self._check_stop()
             await self._start_metrics()
             self._check_stop()
             await asyncio.to_thread(self._read_buffer_dir)
@@ -357,6 +359,19 @@ class Aggregator:
         if self._stopping.is_set():
             raise StartInterrupted
 
+    async def _check_listen_hosts(self) -> None:
+        """Resolve the hosts of --listen and --metrics-listen before the buffer is read: a name
+        that does not resolve failed the start only once the Forward port was opened, after the
+        segments left by the previous run were read (seconds per GiB)."""
+        settings = self.settings
+        for flag, address in (
+            ("--listen", settings.listen),
+            ("--metrics-listen", settings.metrics_listen),
+        ):
+            if address:
+                host, port = split_host_port(address, flag)
+                await listen.check_resolves(flag, address, host, port)
+
     async def _start_metrics(self) -> None:
         """``/metrics`` and ``/healthz`` on ``--metrics-listen`` (if set), listening."""
         if not self.settings.metrics_listen:
@@ -366,7 +381,8 @@ class Aggregator:
         try:
             await self.metrics_server.start()
         except OSError as exc:
-            raise listen_error("--metrics-listen", self.settings.metrics_listen, exc) from exc
+            address = self.settings.metrics_listen
+            raise listen.listen_failure("--metrics-listen", address, mhost, exc) from exc
         # Every address listened on, IPv4 first, as ``listening on`` names them: ``:PORT``
         # (IPv4 and IPv6, README) read ``0.0.0.0:PORT``, which the README says is IPv4 only.
         announce_metrics(bound_addresses(self.metrics_server.addresses()))
@@ -401,7 +417,7 @@ class Aggregator:
         try:
             _, self.port = await self.server.start(host, port)
         except OSError as exc:
-            raise listen_error("--listen", self.settings.listen, exc) from exc
+            raise listen.listen_failure("--listen", self.settings.listen, host, exc) from exc
         self.metrics.starting = None  # ready: /healthz reports on flushes and disk from now on
         shown = listening_text(self.server.listening)  # ``:PORT``: IPv4 and IPv6
         announce(f"listening on {shown}")

@@ -11,16 +11,18 @@ everything. Prints:
   where the bytes of a row go, and the least zstd can store the random request ids in.
 
 Usage: ``python bench/ingest.py [--lines N] [--chunk N] [--connections N] [--warehouse URI]
-[--unsized] [--istio]`` (a ``s3://`` warehouse uses the standard AWS settings, e.g. a local
-SeaweedFS; ``--istio`` sends lines in Istio's proxy format; ``--unsized`` sends the chunks
-without the ``size`` option, as Fluent Bit without ``Send_options true``, Fluentd and
-fluent-logger do).
+[--unsized] [--gzip] [--istio]`` (a ``s3://`` warehouse uses the standard AWS settings, e.g.
+a local SeaweedFS; ``--istio`` sends lines in Istio's proxy format; ``--unsized`` sends the
+chunks without the ``size`` option, as Fluent Bit without ``Send_options true``, Fluentd and
+fluent-logger do; ``--gzip`` sends them gzipped, CompressedPackedForward, as
+``logq-shipper --compress gzip`` and Fluent Bit's ``Compress gzip`` do).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import gzip
 import json
 import os
 import random
@@ -152,11 +154,12 @@ def docker_json_bytes(lines: list[tuple[int, str, str]]) -> int:
 
 
 def encode_chunks(
-    lines: list[tuple[int, str, str]], per_chunk: int, sized: bool = True
+    lines: list[tuple[int, str, str]], per_chunk: int, sized: bool = True, gzipped: bool = False
 ) -> list[tuple[str, str, bytes]]:
     """``(service, chunk id, frame)``: PackedForward frames of ``per_chunk`` lines of one service
-    each, with a ``chunk`` option and (unless ``sized`` is False) the ``size`` option. The
-    services take turns, and each service's frames come in the order of its offsets."""
+    each, with a ``chunk`` option and (unless ``sized`` is False) the ``size`` option, gzipped
+    when ``gzipped`` (CompressedPackedForward). The services take turns, and each service's
+    frames come in the order of its offsets."""
     by_service: dict[str, list] = {}
     for i, (t, svc, line) in enumerate(lines):
         rec = {
@@ -179,7 +182,11 @@ def encode_chunks(
                 continue
             cid = wire.new_chunk_id()
             if sized:
-                frame = wire.encode_packed_forward(f"logq.{svc}", part, chunk=cid)
+                frame = wire.encode_packed_forward(f"logq.{svc}", part, cid, gzipped)
+            elif gzipped:
+                blob = gzip.compress(wire.pack_entries(part), compresslevel=1)
+                options = {"chunk": cid, "compressed": "gzip"}
+                frame = wire.pack([f"logq.{svc}", blob, options])
             else:
                 frame = wire.pack([f"logq.{svc}", wire.pack_entries(part), {"chunk": cid}])
             chunks.append((svc, cid, frame))
@@ -499,7 +506,14 @@ def main() -> int:
         action="store_true",
         help="frames without the size option (Fluent Bit without Send_options, Fluentd)",
     )
+    ap.add_argument(
+        "--gzip",
+        action="store_true",
+        help="gzipped frames (CompressedPackedForward, as --compress gzip); not with --stages",
+    )
     args = ap.parse_args()
+    if args.stages and args.gzip:
+        ap.error("--gzip is for the whole pipeline: not with --stages")
     if args.stages:
         sized, runs = not args.unsized, max(1, args.runs)
         stages(args.lines, args.chunk, args.buffer_compression, sized, runs, args.istio)
@@ -527,7 +541,7 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
     print(f"generating {args.lines:,} Envoy lines ...", flush=True)
     lines = make_lines(args.lines, istio=args.istio)
     raw = docker_json_bytes(lines)
-    chunks = encode_chunks(lines, args.chunk, not args.unsized)
+    chunks = encode_chunks(lines, args.chunk, not args.unsized, args.gzip)
     del lines
     exe = Path(sys.executable).parent / "logq-aggregator"
     log = tmp / "aggregator.log"
@@ -585,7 +599,8 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
     n = args.lines
     where = "S3 (SeaweedFS)" if warehouse.startswith("s3://") else "local disk"
     print(f"warehouse                  {where}")
-    print(f"lines                      {n:,} ({'without' if args.unsized else 'with'} size)")
+    sizing = "without" if args.unsized else "with"
+    print(f"lines                      {n:,} ({sizing} size{', gzip' if args.gzip else ''})")
     print(f"acknowledged (durable)     {n / t_ack:,.0f} lines/s  ({t_ack:.2f} s)")
     print(f"committed to Parquet       {n / t_done:,.0f} lines/s  ({t_done:.2f} s, SIGTERM incl.)")
     print(

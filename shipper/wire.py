@@ -457,60 +457,94 @@ def _entry(tag: str, entry: Any) -> Event:
 #: the whole rest of the blob, a blob of many tiny members was copied once per member, quadratic
 #: (32 MB of empty 20-byte members: ~20 minutes of the aggregator's event loop).
 _MEMBER_WINDOW = 64
+#: Most output of one decompress call (a step of :meth:`GzipMembers.steps`), and most input fed
+#: at once: zlib copies the input an output step leaves (``unconsumed_tail``), so input fed
+#: whole would be copied once per step.
+GUNZIP_STEP = 1024 * 1024
 
 
 def gunzip_members(blob: bytes, max_bytes: int, max_members: int | None = None) -> bytes:
     """Decompress one or several concatenated gzip members, refusing output over ``max_bytes``
-    and more than ``max_members`` members (a sender writes whole entries in each, so the
-    per-message entry limit bounds them too; empty members would cost time for nothing).
-
-    Linear in the blob's size however many members it holds: the first member is fed the whole
-    blob (the usual single member: one call, no copy), the later ones a window that doubles
-    while the member goes on, so the leftover input zlib copies at each member's end stays
-    small."""
-    view = memoryview(blob)
-    parts: list[bytes] = []  # one member (the usual case) is returned without another copy
-    total = 0
-    pos = 0
-    window = len(view)
-    members = 0
-    while pos < len(view):
-        # Padding zeros after the last member are tolerated (as gzip(1) does).
-        if pos and view[pos] == 0 and not bytes(view[pos:]).strip(b"\x00"):
-            break
-        members += 1
-        if max_members is not None and members > max_members:
-            raise ProtocolError(
-                f"more than {max_members} gzip members in one message (the per-message entry "
-                "limit): send fewer, larger members"
-            )
-        pos, total = _gunzip_member(view, pos, window, max_bytes, total, parts)
-        window = _MEMBER_WINDOW
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    and more than ``max_members`` members (:class:`GzipMembers`, all its steps at once)."""
+    job = GzipMembers(blob, max_bytes, max_members)
+    for _ in job.steps():
+        pass
+    return job.output()
 
 
-def _gunzip_member(
-    view: memoryview, pos: int, window: int, max_bytes: int, total: int, parts: list[bytes]
-) -> tuple[int, int]:
-    """Decompress the gzip member at ``pos`` into ``parts``: where the next one starts, and the
-    output's total so far. Fed ``window`` bytes at a time, doubled after each."""
-    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    while not d.eof:
-        if pos >= len(view):
-            raise ProtocolError("truncated gzip payload")
-        piece = view[pos : pos + window]
-        try:
-            part = d.decompress(piece, max_bytes - total + 1)
-        except zlib.error as exc:
-            raise ProtocolError(f"bad gzip payload: {exc}") from exc
-        total += len(part)
-        if total > max_bytes or d.unconsumed_tail:
-            raise ProtocolError(f"decompressed payload exceeds {max_bytes} bytes")
-        if part:
-            parts.append(part)
-        pos += len(piece) - len(d.unused_data)
-        window *= 2
-    return pos, total
+class GzipMembers:
+    """One blob of concatenated gzip members, decompressed a step at a time (:meth:`steps`:
+    at most :data:`GUNZIP_STEP` bytes of output each), so that a caller can stop between steps
+    or go on in another thread. Output over ``max_bytes`` and more than ``max_members`` members
+    (a sender writes whole entries in each, so the per-message entry limit bounds them too;
+    empty members would cost time for nothing) are refused (:class:`ProtocolError`).
+
+    Linear in the blob's size however many members it holds: a member after the first is fed
+    a window that doubles while it goes on (up to :data:`GUNZIP_STEP`), so the leftover input
+    zlib copies at each member's end stays small."""
+
+    def __init__(self, blob: bytes, max_bytes: int, max_members: int | None = None) -> None:
+        self.blob = blob
+        self.max_bytes = max_bytes
+        self.max_members = max_members
+        self.members = 0
+        """Members begun so far."""
+        self.total = 0
+        """Bytes of output so far."""
+        self._parts: list[bytes] = []
+
+    def output(self) -> bytes:
+        """The whole output, once :meth:`steps` is over (one part, the usual single member
+        of at most one step, is returned without a copy)."""
+        parts = self._parts
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def steps(self) -> Iterator[None]:
+        """Decompress the blob, yielding after each step and as each member begins."""
+        view = memoryview(self.blob)
+        pos = 0
+        window = min(len(view), GUNZIP_STEP)
+        while pos < len(view):
+            # Padding zeros after the last member are tolerated (as gzip(1) does).
+            if pos and view[pos] == 0 and not bytes(view[pos:]).strip(b"\x00"):
+                break
+            self.members += 1
+            if self.max_members is not None and self.members > self.max_members:
+                raise ProtocolError(
+                    f"more than {self.max_members} gzip members in one message (the per-message "
+                    "entry limit): send fewer, larger members"
+                )
+            yield
+            pos = yield from self._member(view, pos, window)
+            window = _MEMBER_WINDOW
+
+    def _member(self, view: memoryview, pos: int, window: int) -> Iterator[None]:
+        """Decompress the member at ``pos``, fed ``window`` bytes at a time (doubled after each,
+        up to :data:`GUNZIP_STEP`): returns where the next one starts."""
+        d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        full = False  # the last step's output was cut at its limit: zlib may hold more of it
+        while not d.eof:
+            if full or d.unconsumed_tail:
+                piece: bytes | memoryview = d.unconsumed_tail
+            elif pos >= len(view):
+                raise ProtocolError("truncated gzip payload")
+            else:
+                piece = view[pos : pos + window]
+                pos += len(piece)
+                window = min(2 * window, GUNZIP_STEP)
+            limit = min(GUNZIP_STEP, self.max_bytes - self.total + 1)
+            try:
+                part = d.decompress(piece, limit)
+            except zlib.error as exc:
+                raise ProtocolError(f"bad gzip payload: {exc}") from exc
+            self.total += len(part)
+            if self.total > self.max_bytes:
+                raise ProtocolError(f"decompressed payload exceeds {self.max_bytes} bytes")
+            full = len(part) == limit
+            if part:
+                self._parts.append(part)
+            yield
+        return pos - len(d.unused_data)
 
 
 #: What a receiver makes of a bad entry (the entry as unpacked, why it is bad) instead of

@@ -114,7 +114,10 @@ def test_unfinished_pings_make_room_for_a_client_with_the_key(
                 await reader.read(4096)  # HELO
                 writer.write(b"\x94")  # the head of a PING, then nothing
                 holders.append((reader, writer))
-            await _until(lambda: [c.fed for c in server._conns.values()] == [1, 1])
+            # Both heads read: unfinished PINGs.
+            await _until(
+                lambda: [bool(c.partial_since) for c in server._conns.values()] == [True] * 2
+            )
 
             reader, writer = await asyncio.open_connection(host, port)
             first = await reader.read(4096)

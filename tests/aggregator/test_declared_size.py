@@ -11,7 +11,10 @@ timeout is an hour, so a connection closed within the test was closed by the ref
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
+import io
+import json
 import logging
 import random
 import struct
@@ -24,7 +27,16 @@ from aggregator.declared import MAX_HEADERS, DeclaredSize
 from aggregator.metrics import Metrics
 from aggregator.server import ForwardServer, ServerLimits, _Conn
 from shipper import wire
-from tests.aggregator.test_inflight import HeldBuffer, _ack, _message, _rejected, _run, _until
+from tests.aggregator.test_inflight import (
+    HeldBuffer,
+    _ack,
+    _handshake,
+    _message,
+    _pong,
+    _rejected,
+    _run,
+    _until,
+)
 
 LIMIT = 1 << 20
 HOUR = 3600.0
@@ -154,6 +166,187 @@ def test_messages_within_the_limit_split_anywhere_are_all_acked() -> None:
             await server.stop(grace=5)
 
     assert _run(scenario()) == ["p", "f", "m"]
+
+
+# --- the limit is a message's, not a read's -----------------------------------------------------
+
+
+class _DurableBuffer(HeldBuffer):
+    """Every append durable at once."""
+
+    def write(self, payload: bytes, chunk: bytes | None = None) -> asyncio.Future[None]:
+        wait = super().write(payload, chunk)
+        wait.set_result(None)
+        return wait
+
+
+def _json_message(name: str, size: int) -> bytes:
+    return json.dumps(["logq.j", 1_795_860_000, {"log": "x" * size}, {"chunk": name}]).encode()
+
+
+def _acks(data: bytes, how: str) -> list[str]:
+    """The acks in what the server wrote (msgpack, or JSON text for JSON messages)."""
+    if how != "JSON":
+        return [wire.decode_ack(obj) for obj in msgpack.Unpacker(io.BytesIO(data), raw=False)]
+    decoder, text, pos, acks = json.JSONDecoder(), data.decode(), 0, []
+    while pos < len(text):
+        ack, pos = decoder.raw_decode(text, pos)
+        acks.append(ack["ack"])
+    return acks
+
+
+@pytest.mark.parametrize("how", ["msgpack", "behind the PING", "JSON"])
+def test_small_messages_read_together_past_the_limit_are_all_acked(how: str) -> None:
+    """Under a --max-frame-bytes smaller than a read, one read of several small messages, each
+    within the limit: all stored and acked, in order (the read was refused as one message too
+    large: msgpack's buffer limit, and the JSON path's, judged what one read held). A message
+    over the limit behind them in the same read is still refused, once they are acked."""
+    limit = 1024
+    names = [f"m{i}" for i in range(12)]
+    if how == "JSON":
+        small = [_json_message(n, 200) for n in names]
+        big = _json_message("big", 2 * limit)
+    else:
+        small = [_message(n, 1) for n in names]
+        big = _message("big", 8)
+    assert max(map(len, small)) < limit < len(big) and sum(map(len, small)) > 2 * limit
+
+    async def scenario() -> list[str]:
+        buffer = _DurableBuffer()
+        metrics = Metrics()
+        key = "k" if how == "behind the PING" else None
+        limits = ServerLimits(limit, idle_timeout=HOUR)
+        server = ForwardServer(buffer, metrics, limits, shared_key=key)  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            if key is None:
+                reader, writer = await asyncio.open_connection(host, port)
+                writer.write(b"".join(small) + big)
+                unpacker = None
+            else:
+                reader, writer, unpacker = await _handshake(
+                    host, port, then=b"".join([*small, big])
+                )
+                assert (await _pong(reader, unpacker))[1] is True
+            data = await asyncio.wait_for(reader.read(), 30)  # until the server closes
+            if unpacker is not None:  # what the HELO's unpacker already holds
+                data = b"".join(wire.pack(obj) for obj in unpacker) + data
+            assert len(buffer.frames) == len(small)
+            assert _rejected(metrics, "frame_too_large") == 1
+            writer.close()
+            return _acks(data, how)
+        finally:
+            await server.stop(grace=5)
+
+    assert _run(scenario()) == names
+
+
+@pytest.mark.parametrize("pieces", [1, 30])
+def test_a_forward_mode_message_over_the_limit_is_refused_however_it_is_read(
+    pieces: int,
+) -> None:
+    """A Forward-mode message of many small entries, over the limit: its first 256 headers
+    declare less than the limit, and msgpack parses its entries as they come, so the
+    unpacker's buffer never holds more than the limit unparsed. Trickled, it was stored and
+    acked; in one read, it is now fed a limit's worth at a time. Refused either way."""
+    limit = 1024
+    entries = [[1_795_860_000, {"log": "x"}] for _ in range(200)]
+    frame = msgpack.packb(["logq.f", entries, {"chunk": "f"}])
+    assert len(frame) > 2 * limit
+
+    async def scenario() -> None:
+        buffer = _DurableBuffer()
+        metrics = Metrics()
+        server = ForwardServer(buffer, metrics, ServerLimits(limit, idle_timeout=HOUR))  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            step = -(-len(frame) // pieces)
+            with contextlib.suppress(ConnectionError):  # closed before the last piece
+                for at in range(0, len(frame), step):
+                    writer.write(frame[at : at + step])
+                    await writer.drain()
+                    await asyncio.sleep(0.005)
+                assert await asyncio.wait_for(reader.read(), 30) == b""  # closed, unacked
+            assert buffer.frames == []
+            assert _rejected(metrics, "frame_too_large") == 1
+            writer.close()
+        finally:
+            await server.stop(grace=5)
+
+    _run(scenario())
+
+
+# --- bytes a client writes with its PING ------------------------------------------------------
+
+
+def test_a_message_written_with_the_ping_is_refused_from_its_headers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A shared-key client may write its PING and its first message at once: the head of a
+    message declaring 100 MB, in the PING's write, is refused as when it comes in a later read
+    (it was buffered unchecked, and the connection held until --idle-timeout). The PONG comes
+    first; the server goes on serving others."""
+
+    async def scenario() -> None:
+        buffer = HeldBuffer()
+        metrics = Metrics()
+        limits = ServerLimits(LIMIT, idle_timeout=HOUR, max_message_entries=10**9)
+        server = ForwardServer(buffer, metrics, limits, shared_key="k")  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            reader, writer, unpacker = await _handshake(host, port, then=DECLARING["packed_bin"])
+            assert (await _pong(reader, unpacker))[1] is True
+            assert await asyncio.wait_for(reader.read(), 30) == b""  # closed: never the idle
+            assert _rejected(metrics, "frame_too_large") == 1
+            r_good, w_good, u_good = await _handshake(host, port, then=_message("after", 2))
+            assert (await _pong(r_good, u_good))[1] is True
+            await _until(lambda: len(buffer.frames) == 1)
+            buffer.sync(0)
+            assert wire.decode_ack(await _pong(r_good, u_good)) == "after"
+            for w in (writer, w_good):
+                w.close()
+        finally:
+            await server.stop(grace=5)
+
+    caplog.set_level(logging.WARNING, logger="logq.aggregator.server")
+    _run(scenario())
+    (refusal,) = [r.getMessage() for r in caplog.records if "closing connection" in r.getMessage()]
+    assert "refused from its headers" in refusal and f"{BIG:,}" in refusal, refusal
+
+
+def test_messages_written_with_the_ping_are_acked_and_counted_once() -> None:
+    """The PING, two whole messages and the first half of a third in one write, the rest of the
+    third later: all three acked, in order, and every byte the client sent counted once in
+    ``logq_aggregator_bytes_received_total``."""
+    frames = [_message(name, n) for name, n in (("a", 3), ("b", 40), ("c", 20))]
+    behind = frames[0] + frames[1] + frames[2][:1000]
+
+    async def scenario() -> None:
+        buffer = HeldBuffer()
+        metrics = Metrics()
+        limits = ServerLimits(LIMIT, idle_timeout=HOUR)
+        server = ForwardServer(buffer, metrics, limits, shared_key="k")  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            reader, writer, unpacker = await _handshake(host, port, then=behind)
+            assert (await _pong(reader, unpacker))[1] is True
+            await _until(lambda: len(buffer.frames) == 2)
+            buffer.sync(0)
+            buffer.sync(1)
+            acks = [wire.decode_ack(await _pong(reader, unpacker)) for _ in "ab"]
+            writer.write(frames[2][1000:])
+            await _until(lambda: len(buffer.frames) == 3)
+            buffer.sync(2)
+            acks.append(wire.decode_ack(await _pong(reader, unpacker)))
+            assert acks == ["a", "b", "c"]
+            ping = len(wire.encode_ping("client", b"salt", b"n" * 16, "k"))
+            assert metrics.bytes_in._value.get() == ping + sum(map(len, frames))
+            writer.close()
+        finally:
+            await server.stop(grace=5)
+
+    _run(scenario())
 
 
 def test_the_least_size_never_exceeds_the_message_and_the_walk_is_bounded() -> None:

@@ -347,10 +347,10 @@ def test_a_connection_asking_for_acks_is_closed_unread_after_waiting_too_long(
 
 
 async def _handshake(
-    host: str, port: int, key: str = "k", source: str | None = None
+    host: str, port: int, key: str = "k", source: str | None = None, then: bytes = b""
 ) -> tuple[Any, Any, Any]:
     """Connect (from the address ``source``, if given), read the HELO and send a PING with
-    ``key``: (reader, writer, unpacker)."""
+    ``key``, and ``then`` in the same write: (reader, writer, unpacker)."""
     local = (source, 0) if source else None
     reader, writer = await asyncio.open_connection(host, port, local_addr=local)
     unpacker = wire.new_unpacker()
@@ -361,12 +361,13 @@ async def _handshake(
             raise ConnectionError("the server closed the connection before its HELO")
         unpacker.feed(data)
         helo = next(unpacker, None)
-    writer.write(wire.encode_ping("client", b"salt", helo[1]["nonce"], key))
+    writer.write(wire.encode_ping("client", b"salt", helo[1]["nonce"], key) + then)
     return reader, writer, unpacker
 
 
 async def _pong(reader: asyncio.StreamReader, unpacker: Any) -> Any:
-    """The server's answer to the PING (``"closed"`` if it closed the connection instead)."""
+    """The server's next answer on a connection whose HELO ``unpacker`` read: its PONG, then
+    its acks (``"closed"`` if it closed the connection instead)."""
     while (obj := next(unpacker, None)) is None:
         data = await asyncio.wait_for(reader.read(4096), 30)
         if not data:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from aggregator import listen
+from aggregator.commands import main
 from aggregator.config import Settings
 from aggregator.listen import Address
 from aggregator.service import Aggregator
@@ -338,3 +339,110 @@ def test_a_handler_error_that_is_not_a_cancellation_is_still_reported() -> None:
 
     asyncio.run(main())
     assert [str(e.get("exception")) for e in errors] == ["a bug in the handler"], errors
+
+
+# --- a host name that does not resolve -----------------------------------------------------------
+
+#: A name no resolver has (RFC 6761: ``.invalid`` never exists).
+NO_SUCH_HOST = "nosuchhost.invalid"
+
+
+def _serve(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, *flags: str) -> tuple[int, int]:
+    """``logq-aggregator FLAGS`` in this process: its exit status, and how many times it began
+    reading its --buffer-dir (where a previous run's segments take seconds per GiB)."""
+    reads: list[None] = []
+    read_buffer_dir = Aggregator._read_buffer_dir
+
+    def counted(agg: Aggregator) -> None:
+        reads.append(None)
+        read_buffer_dir(agg)
+
+    monkeypatch.setattr(Aggregator, "_read_buffer_dir", counted)
+    where = ["--buffer-dir", str(tmp_path / "buf"), "--warehouse", str(tmp_path / "wh")]
+    return main([*flags, *where]), len(reads)
+
+
+def _last_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("flag", ["--listen", "--metrics-listen"])
+def test_a_host_name_that_does_not_exist_exits_2_before_the_buffer_is_read(
+    flag: str,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Asked of this host's resolver: the name does not exist, so the command must change
+    (exit 2, as a bad flag), said before the buffer is read. It exited 1 (a failure to retry)
+    once the Forward port was opened, after the previous run's segments were read."""
+    try:
+        socket.getaddrinfo(NO_SUCH_HOST, 24224, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        if exc.errno not in listen.NO_SUCH_NAME:
+            pytest.skip(
+                f"this host's resolver cannot tell that {NO_SUCH_HOST} does not exist: {exc}"
+            )
+    address = f"{NO_SUCH_HOST}:24224"
+    flags = {"--listen": "127.0.0.1:0", "--metrics-listen": "127.0.0.1:0", flag: address}
+    status, reads = _serve(tmp_path, monkeypatch, *(x for f in flags.items() for x in f))
+    last = _last_line(capsys)
+    assert (status, reads) == (2, 0), last
+    assert last.startswith(
+        f"logq-aggregator: cannot listen on {address} ({flag}): the host name "
+        f"'{NO_SUCH_HOST}' does not resolve ("
+    ), last
+    assert last.endswith("use an IP address, :PORT (every address) or a name this host resolves")
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "said"),
+    [
+        (
+            socket.EAI_AGAIN,
+            1,
+            f"could not be resolved for now (resolver said {socket.EAI_AGAIN}): a temporary DNS "
+            "failure; retry once DNS answers, or use an IP address",
+        ),
+        (
+            socket.EAI_FAIL,
+            1,
+            f"could not be resolved (resolver said {socket.EAI_FAIL}): the resolver failed; "
+            "check this host's DNS (/etc/resolv.conf) and retry, or use an IP address",
+        ),
+        (
+            socket.EAI_NONAME,
+            2,
+            f"does not resolve (resolver said {socket.EAI_NONAME}): use an IP address, :PORT "
+            "(every address) or a name this host resolves",
+        ),
+    ],
+)
+def test_a_resolver_failure_exits_1_saying_to_retry_a_name_that_does_not_exist_2(
+    code: int,
+    status: int,
+    said: str,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The resolver's answer, made here (no DNS server can be made to fail on demand): no
+    answer for now (``EAI_AGAIN``, DNS not up yet at boot) or a failed resolver may pass with
+    the same command, so exit 1 saying to retry; only a name that does not exist is exit 2.
+    Both before the buffer is read."""
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        if host == "logs.example":
+            raise socket.gaierror(code, f"resolver said {code}")
+        return _real_getaddrinfo(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    got, reads = _serve(tmp_path, monkeypatch, "--listen", "logs.example:24224")
+    last = _last_line(capsys)
+    assert (got, reads) == (status, 0), last
+    assert last == (
+        "logq-aggregator: cannot listen on logs.example:24224 (--listen): the host name "
+        f"'logs.example' {said}"
+    ), last

@@ -1,0 +1,111 @@
+"""CompressedPackedForward blobs inflated off the event loop when they are big.
+
+A gzip blob was inflated on the event loop while its message was decoded: a 64 MiB one (the
+decompressed limit is four times --max-frame-bytes, 128 MiB by default) held every other
+connection, the acks, /metrics and the flush loop for the whole inflate. A blob over
+:data:`INLINE_MAX_COMPRESSED` bytes, or one that goes past :data:`INLINE_MAX_MEMBERS` gzip
+members (tiny members cost a decompressor each) or :data:`INLINE_MAX_OUTPUT` bytes of output
+(130 KB of gzip inflate to 128 MiB of zeros), is inflated in a worker thread instead, one blob
+at a time (a single worker: a flood of big blobs takes one core, not all of them), in steps of
+:data:`shipper.wire.GUNZIP_STEP` bytes of output under the same limits
+(:class:`shipper.wire.GzipMembers`). Small blobs, what shippers send, stay inline: a thread
+hand-off costs more than their inflate. (Decoding the inflated entries still runs on the loop:
+bench/inflate_stall.py measures both.)
+
+The connection waits for its blob, so its messages keep their order and each ack still follows
+its message being durable; a connection closed meanwhile (its task cancelled: a stop past its
+grace, an eviction) stops its inflate at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Iterator
+from typing import Any
+
+from shipper.wire import GzipMembers
+
+#: Compressed bytes past which a blob is inflated in the worker (1 MiB: logq-shipper's gzip
+#: chunks, Fluent Bit's and Fluentd's, are far smaller).
+INLINE_MAX_COMPRESSED = 1024 * 1024
+#: Gzip members inflated inline at most; the rest of a blob of more goes to the worker.
+INLINE_MAX_MEMBERS = 256
+#: Output inflated inline at most (Fluentd's largest chunks: 8 MiB); the rest goes to the worker.
+INLINE_MAX_OUTPUT = 8 * 1024 * 1024
+
+_GZIP = ("gzip", b"gzip")
+_COMPRESSED = ("compressed", b"compressed")
+
+
+def gzip_blob(obj: Any) -> tuple[bytes, dict[Any, Any]] | None:
+    """The blob and options of a CompressedPackedForward message (``[tag, blob, {"compressed":
+    "gzip", ...}]``), or None for any other (the decoder judges those)."""
+    if not isinstance(obj, list) or len(obj) < 3 or not isinstance(obj[0], str | bytes):
+        return None
+    second, options = obj[1], obj[2]
+    if not isinstance(second, bytes | str) or not isinstance(options, dict):
+        return None
+    if not any(options.get(key) in _GZIP for key in _COMPRESSED):
+        return None
+    blob = second if isinstance(second, bytes) else second.encode("utf-8", "surrogateescape")
+    return blob, options
+
+
+class Inflater:
+    """Inflates the gzip blobs of messages, inline or in its one worker thread."""
+
+    def __init__(self) -> None:
+        self._worker: concurrent.futures.ThreadPoolExecutor | None = None
+
+    async def inflated(self, obj: Any, max_bytes: int, max_members: int) -> Any:
+        """``obj`` with its gzip blob inflated (a PackedForward message), or ``obj`` itself when
+        it is no CompressedPackedForward message. :class:`shipper.wire.ProtocolError` for a
+        blob that is not gzip, or is over ``max_bytes`` inflated or ``max_members`` members."""
+        found = gzip_blob(obj)
+        if found is None:
+            return obj
+        blob, options = found
+        job = GzipMembers(blob, max_bytes, max_members)
+        steps = job.steps()
+        if len(blob) <= INLINE_MAX_COMPRESSED:
+            for _ in steps:
+                if job.members > INLINE_MAX_MEMBERS or job.total >= INLINE_MAX_OUTPUT:
+                    break
+            else:
+                return _plain(obj, job.output(), options)
+        return _plain(obj, await self._in_worker(job, steps), options)
+
+    async def _in_worker(self, job: GzipMembers, steps: Iterator[None]) -> bytes:
+        """The output of ``job`` once the rest of its ``steps`` ran in the worker, after the
+        blobs queued before it."""
+        if self._worker is None:
+            self._worker = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="logq-inflate"
+            )
+        stopped = False
+
+        def run() -> bytes:
+            for _ in steps:
+                if stopped:
+                    return b""
+            return job.output()  # joined here too: a copy of all of it
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._worker, run)
+        except asyncio.CancelledError:
+            stopped = True  # the worker's next step returns (a queued run never starts)
+            raise
+
+    async def close(self) -> None:
+        """Drop the blobs still queued and wait for the worker to end (the server stopped: the
+        connections waiting for a blob were cancelled, so it ends at its next step)."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            await asyncio.to_thread(worker.shutdown, wait=True, cancel_futures=True)
+
+
+def _plain(obj: list[Any], blob: bytes, options: dict[Any, Any]) -> list[Any]:
+    """``obj`` as the PackedForward message of its inflated ``blob``."""
+    plain = {k: v for k, v in options.items() if k not in _COMPRESSED}
+    return [obj[0], blob, plain, *obj[3:]]
