@@ -193,14 +193,16 @@ def test_timeline_default_every_fits_a_long_range(logq, warehouse: Warehouse) ->
 
 def test_timeline_default_every_over_years_is_a_step_every_accepts(logq, warehouse) -> None:
     """Over 5,000 days the default step is 7d (--every takes no weeks: "1w" was refused as
-    an --every the user never gave); a range too long even for that is refused as a range."""
+    an --every the user never gave); a range too long even for that is refused as a range.
+    Both ranges are fixed: a relative --since before a fixed --until shrinks as the clock moves
+    (``5000w`` back from 2026-12-03 on fell within 5,000 7-day intervals of UNTIL)."""
     years = ["--until", UNTIL, "--warehouse", warehouse.uri, "-f", "json"]
-    run = logq("timeline", "--since", "1000w", *years)
+    run = logq("timeline", "--since", "2000-01-01T00:00:00Z", *years)  # 9,828 days
     assert run.exit_code == 0, run.stderr
     assert "logq: --every 7d (the default 1m" in run.stderr
     before = int((warehouse.access["timestamp"] < pd.Timestamp(UNTIL)).sum())
     assert sum(r["requests"] for r in run.json()) == before > 0
-    ages = logq("timeline", "--since", "5000w", *years)
+    ages = logq("timeline", "--since", "1900-01-01T00:00:00Z", *years)  # 6,622 intervals of 7d
     assert ages.exit_code == 2 and "not an interval" not in ages.stderr
     assert "intervals (max 5,000) even 7d wide; use a shorter range" in ages.stderr
     assert "--every 7d (the default" not in ages.stderr
@@ -302,17 +304,17 @@ def test_trace_across_services_in_time_order(logq, tmp_path) -> None:
     hops = frame.iloc[[3, 10, 17]].copy()
     frame.loc[hops.index, "request_id"] = "abc-123"
     write_frame(uri, "envoy_access", frame)
-    run = logq(
-        "trace", "abc-123", "--since", "2026-01-01T00:00:00Z", "--until", "2026-01-02T00:00:00Z",
-        "-f", "json", "--warehouse", uri,
-    )  # fmt: skip
+    day = ["--since", "2026-01-01T00:00:00Z", "--until", "2026-01-02T00:00:00Z"]
+    run = logq("trace", "abc-123", *day, "-f", "json", "--warehouse", uri)
     hops = frame[frame["request_id"] == "abc-123"].sort_values(["timestamp", "service"])
     got = run.json()
     assert [(r["timestamp"], r["service"], r["path"]) for r in got] == [
         (iso(t), s, p)
         for t, s, p in zip(hops["timestamp"], hops["service"], hops["path"], strict=True)
     ]
-    hostile = logq("trace", "abc-123' OR '1'='1", "--since", "1w", "-f", "json", "--warehouse", uri)
+    # Over the day that holds the rows (--since 1w held none of them after 2026-01-08, so an
+    # injected OR would have returned nothing either).
+    hostile = logq("trace", "abc-123' OR '1'='1", *day, "-f", "json", "--warehouse", uri)
     assert hostile.exit_code == 0 and hostile.json() == []
 
 

@@ -27,8 +27,9 @@ from tests.support.procs import console_script
 
 pytestmark = pytest.mark.integration
 
-#: An end to --since's span: "from a fixed time until now" grows every day, and past 5,000 minutes
-#: `timeline` prints a note about its --every, which these tests' exact stderr would not expect.
+#: An end to --since's span: "from a fixed time until now" grows every day (past 5,000 minutes
+#: `timeline` prints a note about its --every, which these tests' exact stderr would not expect),
+#: so every fixed --since here has a fixed --until.
 UNTIL = "2026-11-28T02:00:00Z"
 
 SITECUSTOMIZE = '''\
@@ -163,7 +164,7 @@ def ctrl_c_once_reached(
 @pytest.mark.parametrize(
     ("step", "args"),
     [
-        ("LocalEngine._register", ["errors", "--since", "2026-11-27T22:00:00Z"]),
+        ("LocalEngine._register", ["errors", "--since", "2026-11-27T22:00:00Z", "--until", UNTIL]),
         ("_sandbox", ["timeline", "--since", "2026-11-27T22:00:00Z", "--until", UNTIL]),
         ("_sandbox", ["sql", "SELECT * FROM envoy_access", "-f", "csv"]),
     ],
@@ -190,7 +191,10 @@ def test_ctrl_c_while_the_local_engine_sets_up_exits_130(
 
 @pytest.mark.parametrize(
     "args",
-    [["errors", "--since", "2026-11-27T22:00:00Z"], ["sql", "SELECT * FROM envoy_access"]],
+    [
+        ["errors", "--since", "2026-11-27T22:00:00Z", "--until", UNTIL],
+        ["sql", "SELECT * FROM envoy_access"],
+    ],
     ids=["canned", "sql"],
 )
 def test_an_engine_that_does_not_stop_ends_in_two_lines(
@@ -361,7 +365,10 @@ sys.meta_path.insert(0, _AtDuckDB)
 
 @pytest.mark.parametrize(
     "args",
-    [["errors", "--since", "2026-11-27T22:00:00Z"], ["tail", "--grep", "ERROR|panic"]],
+    [
+        ["errors", "--since", "2026-11-27T22:00:00Z", "--until", UNTIL],
+        ["tail", "--grep", "ERROR|panic"],
+    ],
     ids=["engine", "grep-check"],
 )
 def test_ctrl_c_while_duckdb_is_imported_waits_for_the_import(
