@@ -229,6 +229,9 @@ class Buffer:
         self._synced = _Synced()
         """What the last good fsync of the active segment covered (acknowledged frames)."""
         self._sealed_bytes = 0
+        self._sealing_bytes = 0
+        """Bytes of segments being sealed (their fsync under way): counted in
+        :attr:`total_bytes` until they are in ``_sealed_bytes`` (:meth:`_sealing`)."""
         self._waiters: list[asyncio.Future[None]] = []
         self._torn: list[_Torn] = []
         """Segments a failed write left with a partial frame it could not cut off, waiting for
@@ -405,7 +408,24 @@ class Buffer:
     @property
     def total_bytes(self) -> int:
         """Bytes on disk: sealed segments not yet flushed plus the active one."""
-        return self._sealed_bytes + self._active_size + sum(t.end for t in self._torn)
+        return (
+            self._sealed_bytes
+            + self._sealing_bytes
+            + self._active_size
+            + sum(t.end for t in self._torn)
+        )
+
+    @contextlib.contextmanager
+    def _sealing(self, size: int) -> Iterator[None]:
+        """Count ``size`` bytes of a segment being sealed in :attr:`total_bytes` meanwhile: its
+        bytes left ``_active_size`` (or ``_torn``) before its fsync and reach ``_sealed_bytes``
+        after it, so the buffer looked that much emptier for one fsync (connections read past
+        --buffer-limit-bytes then, and the disk guard's estimate was off by as much)."""
+        self._sealing_bytes += size
+        try:
+            yield
+        finally:
+            self._sealing_bytes -= size
 
     @property
     def active_bytes(self) -> int:
@@ -414,6 +434,11 @@ class Buffer:
     @property
     def full(self) -> bool:
         return self.total_bytes >= self.limit_bytes
+
+    def short_of_disk(self) -> str | None:
+        """Why the buffer's volume has no room for more data, None when it has (this buffer
+        does not watch its volume: :class:`aggregator.diskguard.GuardedBuffer` does)."""
+        return None
 
     async def wait_for_space(self) -> None:
         """Return once the buffer is under its limit (callers stop reading meanwhile)."""
@@ -534,23 +559,24 @@ class Buffer:
         loop = asyncio.get_running_loop()
         while self._torn:
             torn = self._torn.pop(0)
-            exc = torn.failed
-            if exc is None:
+            with self._sealing(torn.end):  # in total_bytes until sealed
+                exc = torn.failed
+                if exc is None:
+                    try:
+                        await loop.run_in_executor(None, os.fsync, torn.fd)
+                    except Exception as error:  # as in _sync_loop: this task must not end
+                        log.error("buffer fsync failed: %s; the senders will retry", error)
+                        exc = error
+                if exc is not None:
+                    try:
+                        await self._seal_acked(torn.segment, torn.fd, torn.synced)
+                    finally:
+                        _settle(torn.waiters, exc)
+                    continue
                 try:
-                    await loop.run_in_executor(None, os.fsync, torn.fd)
-                except Exception as error:  # as in _sync_loop: this task must not end
-                    log.error("buffer fsync failed: %s; the senders will retry", error)
-                    exc = error
-            if exc is not None:
-                try:
-                    await self._seal_acked(torn.segment, torn.fd, torn.synced)
+                    await self._seal_whole_frames(torn)
                 finally:
-                    _settle(torn.waiters, exc)
-                continue
-            try:
-                await self._seal_whole_frames(torn)
-            finally:
-                _settle(torn.waiters)
+                    _settle(torn.waiters)
 
     async def _seal_whole_frames(self, torn: _Torn) -> None:
         """Seal a torn segment whose whole frames are fsync'd (acknowledged once this returns)
@@ -586,7 +612,7 @@ class Buffer:
         to its acknowledged frames; the next append opens a new one (see module doc). The
         appends fail once that is done: none is resent while its frame may still be flushed."""
         waiters, self._waiters = waiters + self._waiters, []
-        old, fd, synced = self._active, self._fd, self._synced
+        old, fd, synced, size = self._active, self._fd, self._synced, self._active_size
         assert old is not None
         self._active, self._fd, self._active_size = None, -1, 0
         try:
@@ -594,7 +620,8 @@ class Buffer:
         except OSError as error:  # a full volume: the next append or seal opens one
             log.warning("could not open buffer segment %d yet: %s", old.seq + 1, error)
         try:
-            await self._seal_acked(old, fd, synced)
+            with self._sealing(size):
+                await self._seal_acked(old, fd, synced)
         finally:
             _settle(waiters, exc)
 
@@ -651,19 +678,20 @@ class Buffer:
                     self._open_active(old.seq + 1)
                 except OSError as exc:
                     open_error = exc
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, os.fsync, old_fd)
-            except OSError as exc:
-                # Flushed for its acknowledged frames only: the others' clients resend them.
+            with self._sealing(old_size):
                 try:
-                    await self._seal_acked(old, old_fd, synced)
-                finally:
-                    _settle(waiters, exc)
-                raise
-            _close(old_fd, old.path)
-            _settle(waiters)
-            self._sealed.append(old)
-            self._sealed_bytes += old_size
+                    await asyncio.get_running_loop().run_in_executor(None, os.fsync, old_fd)
+                except OSError as exc:
+                    # Flushed for its acknowledged frames only: the others' clients resend them.
+                    try:
+                        await self._seal_acked(old, old_fd, synced)
+                    finally:
+                        _settle(waiters, exc)
+                    raise
+                _close(old_fd, old.path)
+                _settle(waiters)
+                self._sealed.append(old)
+                self._sealed_bytes += old_size
             if open_error is not None:
                 raise open_error
             return old

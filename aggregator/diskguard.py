@@ -69,6 +69,11 @@ class GuardedBuffer(Buffer):
     def full(self) -> bool:
         return super().full or self._short_of_disk()
 
+    def short_of_disk(self) -> str | None:
+        """Why the volume is under the reserve (read again if the last reading is not to be
+        trusted), else None. ``full`` does not tell it while the buffer is over its limit."""
+        return self.disk_low if self._short_of_disk() else None
+
     def wake_if_space(self) -> None:
         """Let waiting readers go on if there is room again (space freed by anything)."""
         if self._space is not None and not self.full:

@@ -21,7 +21,8 @@ client takes the slot of a connection stalled in a message or idle
 without sending; repeated refusals and failed handshakes are logged at a bounded rate, a
 failed shared-key handshake is answered late (:meth:`ForwardServer._auth_delay`), and an
 address with several failures gets its keys checked at a bounded rate
-(:meth:`ForwardServer._check_turn`).
+(:meth:`ForwardServer._check_turn`). A stop ends the backpressure pause: what a held
+connection had sent is stored past the limit (:meth:`ForwardServer.stop`).
 """
 
 from __future__ import annotations
@@ -101,8 +102,9 @@ BACKPRESSURE_CLOSE_SECONDS = 10.0
 #: in-flight budget is closed (its connection is the one the budget lets read first). Shorter
 #: than BACKPRESSURE_CLOSE_SECONDS, the longest those others wait.
 MESSAGE_STALL_SECONDS = 5.0
-#: How long connections read on normally once a graceful stop begins; then each reads what had
-#: reached this host by the end of it and no more (:mod:`aggregator.stop_reads`).
+#: How long connections read on normally once a graceful stop begins (less if the stop gives
+#: them less in all); then each reads what had reached this host by the end of it and no more
+#: (:mod:`aggregator.stop_reads`).
 STOP_DRAIN_SECONDS = 0.3
 #: How long a connection being closed may go without its client taking any of its last bytes
 #: (acks, and with TLS close_notify) before its socket is dropped (:func:`_release`). Without a
@@ -206,6 +208,10 @@ class _Conn:
     """``host:port`` of the client."""
     task: asyncio.Task[None] | None = None
     reading: bool = False
+    held: bool = False
+    """Whether the server holds it back from reading (the buffer over --buffer-limit-bytes,
+    the in-flight budget, the objects of unfinished messages): at the stop's cut, a held
+    connection with nothing left to read is closed (:meth:`ForwardServer.stop`)."""
     reader: CutReader | None = None
     """The connection's reader, which the stop cuts (:meth:`ForwardServer.stop`)."""
     secured: bool = False
@@ -313,6 +319,8 @@ class ForwardServer:
         self._heartbeats: list[asyncio.BaseTransport] = []
         """Fluentd's UDP heartbeat, answered on the same port (:mod:`.udp_heartbeat`)."""
         self._conns: dict[asyncio.Task[None], _Conn] = {}
+        self._cut = asyncio.Event()
+        """Set at the stop's cut: from then on, no connection waits for room in the buffer."""
         # Connection unpackers build Forward- and Message-mode messages as their bytes arrive
         # and keep a half-received one between reads. Past one message's worth of objects in
         # all, connections in the middle of a message read no more, except the one whose
@@ -355,29 +363,42 @@ class ForwardServer:
             log.warning("%s", weak)
         return self.listening[0]
 
-    async def stop(self, grace: float = 10.0) -> None:
+    async def stop(self, grace: float) -> None:
         """Stop accepting; let connections read on for STOP_DRAIN_SECONDS, then read what had
-        reached this host by then and no more, finish the batch they are acking, and close.
+        reached this host by then and no more (the cut), finish the batch they are acking, and
+        close. ``grace``: how long all that may take from now (the service gives a share of
+        --stop-timeout, :func:`aggregator.stop_budget.connections_grace`); the connections
+        still open then are closed.
 
         Clients without acks (fluent-logger, Fluent Bit or Fluentd without
         require_ack_response) cannot resend what they wrote: every complete message in the
         socket when the window ends is stored, also on a connection busy then (waiting for the
         fsync of an earlier message), which used to leave without reading it. A connection
         waiting for bytes with none left is stopped at once; one whose client keeps streaming
-        stops at what had arrived (:mod:`.stop_reads`), so it does not hold the stop open."""
+        stops at what had arrived (:mod:`.stop_reads`), so it does not hold the stop open.
+
+        A connection held back at the cut (the buffer over --buffer-limit-bytes, the in-flight
+        budget) is closed at once if nothing is left to read from it; otherwise what it had
+        sent is read, stored past --buffer-limit-bytes and acknowledged (:meth:`_past_the_limit`):
+        the stop flushes the buffer and what is left to read is bounded by the cut, while a
+        pause would last until the stop closed the connection, its client's data unread and
+        unacknowledged (lost, without acks). With the buffer's volume short of disk it is closed
+        unacknowledged instead: its client resends later."""
+        end = time.monotonic() + grace
         if self._server:
             self._server.close()
         for heartbeat in self._heartbeats:
             heartbeat.close()
-        await asyncio.sleep(STOP_DRAIN_SECONDS)
+        await asyncio.sleep(min(STOP_DRAIN_SECONDS, grace))
         tls = self.ssl_context is not None
         for task, conn in list(self._conns.items()):
             left = conn.reader is not None and conn.reader.cut(tls, handshake_done=conn.secured)
-            if conn.reading and not left:
+            if (conn.reading or conn.held) and not (left or conn.early):
                 task.cancel()
+        self._cut.set()  # the held connections with bytes left read them
         tasks = list(self._conns)
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=grace)
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, end - time.monotonic()))
             for task in pending:
                 task.cancel()
             if pending:
@@ -606,33 +627,70 @@ class ForwardServer:
         )
 
     async def _wait_for_space(self, conn: _Conn, reader: asyncio.StreamReader) -> None:
-        """While the buffer is full, read nothing (TCP backpressure). A client that asks for
+        """While the buffer is full, read nothing (TCP backpressure), until the stop's cut
+        (:meth:`_paused`); from the cut on, read past the limit (:meth:`_past_the_limit`)."""
+        if not self.buffer.full:
+            return
+        if not self._cut.is_set():
+            conn.held = True
+            try:
+                await self._paused(conn, reader)
+            finally:
+                conn.held = False
+        if self._cut.is_set() and self.buffer.full:
+            self._past_the_limit()
+        if conn.partial_since is not None:  # our pause, not the client's slowness
+            conn.partial_since = time.monotonic()
+
+    async def _paused(self, conn: _Conn, reader: asyncio.StreamReader) -> None:
+        """Wait for room in the buffer, or for the stop's cut. A client that asks for
         acks is closed after BACKPRESSURE_CLOSE_SECONDS so it resends elsewhere or later (and
         no copy stays here to be stored once the buffer drains, after it gave up); one that
         never asked (fluent-logger, Fluent Bit or Fluentd without require_ack_response) cannot
         resend what it already wrote, so it waits as long as the buffer stays full. A new
         connection is told apart by its first message, read ahead when the time is up."""
-        if not self.buffer.full:
-            return
         self.metrics.backpressure.inc()
         if self.on_append:
             self.on_append()
         timeout = None if conn.acks is False else BACKPRESSURE_CLOSE_SECONDS
         try:
-            await asyncio.wait_for(self.buffer.wait_for_space(), timeout)
+            await asyncio.wait_for(self._until_cut(self.buffer.wait_for_space()), timeout)
         except TimeoutError:
             if conn.acks is None and not conn.early and await self._asks_no_acks(conn, reader):
                 conn.acks = False
-                await self.buffer.wait_for_space()
+                await self._until_cut(self.buffer.wait_for_space())
             else:
-                why = getattr(self.buffer, "disk_low", None) or "the warehouse is not taking data"
+                why = self.buffer.short_of_disk() or "the warehouse is not taking data"
                 raise ConnectionClosed(
                     f"buffer full for {BACKPRESSURE_CLOSE_SECONDS:.0f}s ({why}): closed unread, "
                     "the client resends later or elsewhere",
                     "backpressure",
                 ) from None
-        if conn.partial_since is not None:  # our pause, not the client's slowness
-            conn.partial_since = time.monotonic()
+
+    async def _until_cut(self, wait: Awaitable[None]) -> None:
+        """Await ``wait``, or the stop's cut if it comes first (``wait`` is then cancelled)."""
+        waiting = asyncio.ensure_future(wait)
+        cut = asyncio.ensure_future(self._cut.wait())
+        try:
+            await asyncio.wait({waiting, cut}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            cut.cancel()
+        if waiting.done() and not waiting.cancelled():
+            waiting.result()  # its error, if it failed
+
+    def _past_the_limit(self) -> None:
+        """A connection reads past --buffer-limit-bytes after the stop's cut: the stop
+        flushes the buffer, and what is left to read is what had reached this host by then.
+        Not when the buffer's volume is short of disk (the disk guard's reserve is what a
+        flush needs): the connection is closed unread, unacknowledged."""
+        short = self.buffer.short_of_disk()
+        if short is not None:
+            raise ConnectionClosed(
+                "stopping with the buffer's volume short of disk: closed unread, the client "
+                f"resends later or elsewhere ({short})",
+                "backpressure",
+            )
 
     async def _wait_for_objects(self, conn: _Conn) -> None:
         """Hold a connection in the middle of a message while the unfinished messages of all
@@ -640,8 +698,12 @@ class ForwardServer:
         pool, budget = self._objects, conn.budget
         if budget is None or not budget.used or pool.used <= self._objects_soft:
             return
-        while pool.used > self._objects_soft and not self._first_unfinished(conn):
-            await asyncio.sleep(0.05)
+        conn.held = True
+        try:
+            while pool.used > self._objects_soft and not self._first_unfinished(conn):
+                await asyncio.sleep(0.05)
+        finally:
+            conn.held = False
         if conn.partial_since is not None:  # our pause, not the client's slowness
             conn.partial_since = time.monotonic()
 
@@ -728,8 +790,11 @@ class ForwardServer:
         message it gets no ack for (logq-shipper after 30 s) and sends it elsewhere, while its
         bytes still wait in this socket: read later, they would be stored twice. So, like a
         full buffer, a wait past BACKPRESSURE_CLOSE_SECONDS closes such a connection unread
-        (its message is resent later or elsewhere); one that never asks for acks waits."""
+        (its message is resent later or elsewhere); one that never asks for acks waits. At
+        the stop's cut a waiting connection with bytes left waits on: the others, no longer
+        held by the buffer, make theirs durable and free the budget."""
         timeout = None if conn.acks is False else BACKPRESSURE_CLOSE_SECONDS
+        conn.held = True
         try:
             return await asyncio.wait_for(turn, timeout)
         except TimeoutError:
@@ -740,6 +805,8 @@ class ForwardServer:
                 "connections waiting): closed unread, the client resends later or elsewhere",
                 "backpressure",
             ) from None
+        finally:
+            conn.held = False
 
     async def _serve_json(
         self,

@@ -55,7 +55,7 @@ from aggregator.metrics import Metrics, MetricsServer
 from aggregator.open_files import fd_limit_hint
 from aggregator.parse_warnings import ParseFailureWarnings
 from aggregator.server import ForwardServer, ServerLimits, bound_addresses, tls_context
-from aggregator.stop_budget import StopWatchdog, WorkerCalls
+from aggregator.stop_budget import StopWatchdog, WorkerCalls, connections_grace
 from aggregator.throttle import Throttle
 from aggregator.twins import TwinRunning, live_twin
 from athena.ddl import outside_projection
@@ -600,7 +600,7 @@ class Aggregator:
         """The stop's steps, each cut short where ``--stop-timeout`` runs out
         (:meth:`_abandon_stop`)."""
         assert self.server is not None
-        await self.server.stop()
+        await self.server.stop(grace=connections_grace(self._stop_left()))
         compact_task.cancel()
         # Not cancelled: a flush running in a worker thread must finish before the final one
         # (within the stop's budget: one that has not returned then is left to the next start).

@@ -1,4 +1,5 @@
-"""What bounds a stop: the blocking calls under way in worker threads, and a watchdog.
+"""What bounds a stop: the open connections' share of it, the blocking calls under way in
+worker threads, and a watchdog.
 
 Flushes, compaction, catalog updates and ledger writes run in worker threads
 (``asyncio.to_thread``). Python cannot stop a thread, and a process does not exit while one of
@@ -9,6 +10,8 @@ steps are cut short within it (:class:`WorkerCalls` says what is still running),
 :class:`StopWatchdog` ends the process when it is spent whatever holds it. Nothing acknowledged
 is lost either way: every acknowledged record is fsync'd in the buffer before its ack, and the
 buffer is only emptied by a committed flush (as after ``kill -9``: the next start writes it).
+The open Forward connections get a share of what is left (:func:`connections_grace`), so that
+a client slow to finish leaves the flush most of the budget.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+#: The share of what is left of ``--stop-timeout`` (for the stop's steps) that open Forward
+#: connections get to finish what they are sending (:func:`connections_grace`), and its cap.
+CONNECTIONS_SHARE = 0.25
+CONNECTIONS_MAX_SECONDS = 10.0
 #: How often :meth:`WorkerCalls.wait_idle` looks whether the calls under way have returned.
 IDLE_POLL_SECONDS = 0.05
 #: How long :class:`StopWatchdog` lets its log line take before it exits without it.
@@ -30,6 +37,17 @@ SAY_SECONDS = 2.0
 #: How long, out of :data:`SAY_SECONDS`, :class:`StopWatchdog` lets its exit status take (a
 #: listing of the buffer dir) before it takes 1: the line must be said whatever the disk does.
 STATUS_SECONDS = 0.5
+
+
+def connections_grace(left: float) -> float:
+    """Seconds the open Forward connections get at a stop to finish what they are sending
+    (:meth:`aggregator.server.ForwardServer.stop`: its drain window, then the messages read
+    up to its cut made durable and acknowledged), out of ``left``, the seconds left of
+    ``--stop-timeout`` for the stop's steps: a quarter of it, at most
+    :data:`CONNECTIONS_MAX_SECONDS`. The rest is for the flush that writes what they sent.
+    A fixed 10 s took all of a --stop-timeout under it (the watchdog then exited 1, the buffer
+    unwritten, for one connection slow to finish) and more than its share of a short one."""
+    return max(0.0, min(CONNECTIONS_MAX_SECONDS, CONNECTIONS_SHARE * left))
 
 
 class WorkerCalls:

@@ -11,6 +11,7 @@ import pytest
 from aggregator.buffer import Buffer, read_frames
 from aggregator.dedup import OffsetState
 from aggregator.frames import encode_frame
+from tests.aggregator.test_stop_drain import HeldFsync
 
 
 def run(coro):
@@ -88,6 +89,34 @@ def test_full_buffer_blocks_until_a_segment_is_deleted(tmp_path: Path) -> None:
         buf.delete(sealed)
         await asyncio.wait_for(waiter, 1)
         assert buf.total_bytes == 0
+        await buf.close()
+
+    run(scenario())
+
+
+def test_a_segment_being_sealed_still_counts_in_the_buffer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a seal's fsync runs (held here: a slow disk), the segment's bytes still count:
+    the buffer stays full. They used to leave the count before the fsync and come back after
+    it, so connections read past --buffer-limit-bytes for every seal's fsync."""
+    disk = HeldFsync(monkeypatch)
+
+    async def scenario() -> None:
+        buf = Buffer(tmp_path, segment_bytes=1 << 20, limit_bytes=1000)
+        buf.open()
+        buf.start()
+        await buf.append(b"x" * 1200)
+        before = buf.total_bytes
+        disk.armed = True
+        seal = asyncio.ensure_future(buf.seal())
+        try:
+            assert await asyncio.to_thread(disk.entered.wait, 30), "no fsync of the seal"
+            assert (buf.total_bytes, buf.full) == (before, True)
+        finally:
+            disk.release.set()
+        assert await seal is not None
+        assert (buf.total_bytes, buf.full) == (before, True)
         await buf.close()
 
     run(scenario())

@@ -33,6 +33,8 @@ from aggregator.stop_budget import WorkerCalls
 from shipper import wire
 from tests.aggregator.black_hole import BlackHoleProxy
 from tests.aggregator.helpers import read_acks, read_table, record, start_aggregator, wait_rows
+from tests.aggregator.test_stop_drain import HeldFsync
+from tests.support.procs import closed_unanswered
 from tests.support.seaweedfs import SeaweedFS
 
 #: The stop's budget in the test: seconds, so that the test takes seconds.
@@ -211,6 +213,43 @@ def test_a_stop_cut_short_by_a_large_buffer_does_not_blame_the_warehouse(
     assert "did not answer within" not in line, line
     assert re.search(r"ran out of --stop-timeout \(1s\).*: [1-4] buffer segments", line), line
     assert f"the data is safe in {agg.settings.buffer_dir}" in line, line
+
+
+def test_a_connection_slow_to_finish_gets_a_share_of_the_stop_and_the_flush_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection still making its chunk durable at the stop (its fsync held: a slow disk)
+    gets a quarter of what is left of --stop-timeout (8 s here: 1.6 s), then is closed
+    unacknowledged, and the stop's flush has the rest: exit 0 without the watchdog, the
+    acked line written. It got a fixed 10 s, more than the whole --stop-timeout: the
+    watchdog exited 1 with the buffer unwritten."""
+    agg, exits, _ = _exits_recorded(_settings(tmp_path, listen="127.0.0.1:0", stop_timeout=8.0))
+    disk = HeldFsync(monkeypatch)
+    entries = [(time.time_ns(), record("slow", service="hung"))]
+
+    async def scenario() -> int:
+        running = await _running(agg)
+        await asyncio.to_thread(_send_to, agg.port, "acked", "c1")
+        with socket.create_connection(("127.0.0.1", agg.port), timeout=30) as slow:
+            disk.armed = True
+            slow.sendall(wire.encode_packed_forward("logq.hung", entries, "c2"))
+            try:
+                assert await asyncio.to_thread(disk.entered.wait, 30), "the chunk not read"
+                agg.stop()
+                assert await asyncio.to_thread(closed_unanswered, slow, 30), "not closed"
+            finally:
+                disk.release.set()
+        return await asyncio.wait_for(running, 60)
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 120)) == 0
+    assert exits == []
+    assert "acked" in read_table(str(tmp_path / "wh"), "container_logs")["message"].to_pylist()
+
+
+def test_open_connections_get_a_quarter_of_what_is_left_at_most_10_s() -> None:
+    assert stop_budget.connections_grace(87.0) == 10.0  # the default --stop-timeout, 90 s
+    assert stop_budget.connections_grace(20.0) == 5.0
+    assert stop_budget.connections_grace(-1.0) == 0.0  # spent
 
 
 class _StuckHandler(logging.Handler):
