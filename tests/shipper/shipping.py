@@ -76,6 +76,12 @@ async def until(check: Callable[[], bool], timeout: float = 30.0) -> None:
             await asyncio.sleep(0.02)
 
 
+async def first_choice(one: Receiver, two: Receiver) -> tuple[Receiver, Receiver]:
+    """Once a file's first line reached ``one`` or ``two``: (its first choice, the other)."""
+    await until(lambda: len(one.lines()) + len(two.lines()) == 1)
+    return (one, two) if one.lines() else (two, one)
+
+
 def plain_id(value: object) -> str | None:
     """A parametrize id without ``::`` (IPv6 addresses): ``make test``'s ``--dist loadscope``
     cuts test ids at their last ``::`` to find the module, so such a case ran on its own,

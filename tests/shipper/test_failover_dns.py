@@ -21,7 +21,7 @@ from shipper.daemon import Shipper
 from shipper.sender import ForwardClient, HeldAtStop, rendezvous_order
 from tests.shipper.hostgen import docker_line, make_container
 from tests.shipper.receiver import Receiver, free_port
-from tests.shipper.shipping import empty_root, shipper_args, until
+from tests.shipper.shipping import empty_root, first_choice, shipper_args, until
 from tests.shipper.test_failover_restart import FakePlacements
 from tests.shipper.test_sender import message
 
@@ -70,8 +70,7 @@ def _killed_in_flight(
         shipper = _shipper(tmp_path, root, "state", _Dns(*receivers))
         run = asyncio.create_task(shipper.run())
         one, two = receivers
-        await until(lambda: len(one.lines()) + len(two.lines()) == 1)
-        first, failover = (one, two) if one.lines() else (two, one)
+        first, failover = await first_choice(one, two)
         first.drop_first = 1
         failover.ack_first = 0
         with open(log, "ab") as f:

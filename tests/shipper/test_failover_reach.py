@@ -21,7 +21,7 @@ from shipper.config import load_config
 from shipper.daemon import Shipper
 from tests.shipper.hostgen import docker_line, make_container
 from tests.shipper.receiver import Receiver
-from tests.shipper.shipping import failover_args, until
+from tests.shipper.shipping import failover_args, first_choice, until
 
 
 def _saved(state: Path) -> dict:
@@ -45,8 +45,7 @@ def test_lines_read_again_in_more_batches_all_go_to_the_aggregator_they_were_sen
         async def first_run() -> tuple[Receiver, Receiver]:
             shipper = Shipper(load_config(failover_args(tmp_path, root, "state", one, two)))
             run = asyncio.create_task(shipper.run())
-            await until(lambda: len(one.lines()) + len(two.lines()) == 1)
-            first, failover = (one, two) if one.lines() else (two, one)
+            first, failover = await first_choice(one, two)
             first.drop_first = 1  # fails the next batch, and is up again at once
             failover.ack_first = 0  # stores the next batch, its ack lost
             with open(log, "ab") as f:
@@ -105,8 +104,7 @@ def test_a_file_idle_on_its_failover_aggregator_sends_its_later_lines_to_its_fir
         async def first_run() -> tuple[Receiver, Receiver]:
             shipper = Shipper(load_config(failover_args(tmp_path, root, "state", one, two)))
             run = asyncio.create_task(shipper.run())
-            await until(lambda: len(one.lines()) + len(two.lines()) == 1)
-            first, failover = (one, two) if one.lines() else (two, one)
+            first, failover = await first_choice(one, two)
             first.drop_first = 1_000_000  # down for good
             with open(log, "ab") as f:
                 f.write(docker_line("moved", 1))

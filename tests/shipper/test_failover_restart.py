@@ -24,7 +24,7 @@ from shipper.errors import ShipperError
 from shipper.sender import ForwardClient, rendezvous_order
 from tests.shipper.hostgen import docker_line, make_container
 from tests.shipper.receiver import Receiver, free_port
-from tests.shipper.shipping import failover_args, until
+from tests.shipper.shipping import failover_args, first_choice, until
 from tests.shipper.test_sender import message
 
 
@@ -53,8 +53,7 @@ def test_a_batch_in_flight_to_a_failover_aggregator_goes_there_again_after_a_kil
         async def first_run() -> tuple[Receiver, Receiver]:
             shipper = Shipper(load_config(failover_args(tmp_path, root, "state", one, two)))
             run = asyncio.create_task(shipper.run())
-            await until(lambda: len(one.lines()) + len(two.lines()) == 1)
-            first, failover = (one, two) if one.lines() else (two, one)
+            first, failover = await first_choice(one, two)
             first.drop_first = 1  # fails the next batch, and is up again at once
             failover.ack_first = 0  # stores the next batch, its ack lost
             with open(log, "ab") as f:
@@ -295,8 +294,7 @@ def test_a_placement_that_cannot_be_saved_does_not_hold_up_the_batch(
         async def go() -> tuple[Receiver, Receiver]:
             shipper = Shipper(load_config(failover_args(tmp_path, root, "state", one, two)))
             run = asyncio.create_task(shipper.run())
-            await until(lambda: len(one.lines()) + len(two.lines()) == 1)
-            first, failover = (one, two) if one.lines() else (two, one)
+            first, failover = await first_choice(one, two)
             first.drop_first = 1_000_000  # down for good
             with open(log, "ab") as f:
                 for i in range(3):
