@@ -342,7 +342,7 @@ def test_config_file_that_is_not_utf8(tmp_path: Path) -> None:
         load_config(["--config", str(tmp_path)])  # a directory
 
 
-@pytest.mark.parametrize("value", ["127.0.0.1:99999", "127.0.0.1:0", ":", "[]:9110", "h:port"])
+@pytest.mark.parametrize("value", ["127.0.0.1:99999", "127.0.0.1:65536", ":", "[]:9110", "h:port"])
 def test_bad_metrics_listen_names_the_flag(value: str) -> None:
     with pytest.raises(ConfigError, match="--metrics-listen address") as err:
         load_config(["--metrics-listen", value])
