@@ -25,6 +25,7 @@ from shipper.config import (
     close_key,
     file_keys,
     file_prefix,
+    join_host_port,
     read_config_file,
 )
 from shipper.config import file_setting_names as shipper_file_keys
@@ -118,11 +119,6 @@ def split_host_port(value: str, what: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"{what} must be HOST:PORT (e.g. 127.0.0.1:24224), got {value!r}")
     return host.strip("[]"), int(port)
-
-
-def join_host_port(host: str, port: int) -> str:
-    """``host:port`` as written in a flag or a URL: an IPv6 address in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def listening_text(addresses: list[tuple[str, int]]) -> str:

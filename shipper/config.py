@@ -50,6 +50,12 @@ def weak_key_warning(key: str | None) -> str | None:
     )
 
 
+def join_host_port(host: str, port: int) -> str:
+    """``host:port`` as written in a flag or a URL: an IPv6 address in brackets. Both daemons
+    print addresses with it (the shipper's aggregators, the aggregator's listeners)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """One aggregator address."""
@@ -62,8 +68,7 @@ class Endpoint:
     def __str__(self) -> str:
         """``host:port`` for logs, errors and metric labels; an IPv6 host in brackets
         (``[::1]:24224``), which :func:`parse_endpoint` reads back."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return join_host_port(self.host, self.port)
 
     @property
     def hash_key(self) -> str:
