@@ -512,7 +512,8 @@ class Shipper:
         # Per-service series of services without a source for a day go (see Metrics).
         self.metrics.services_seen({runner.spec.service for runner in self.runners.values()})
         self.metrics.files.set(len(paths))
-        self.metrics.inflight_bytes.set(self.window.used)
+        # Batches stepped out of the window while they wait for the names are read too.
+        self.metrics.inflight_bytes.set(self.window.used + self.window.aside)
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -39,15 +39,26 @@ class Expansion(NamedTuple):
 
     members: dict[Endpoint, tuple[Endpoint, ...]]
     """Each configured endpoint -> the endpoints it stands for now."""
-    unresolved: frozenset[Endpoint]
+    unresolved: dict[Endpoint, str]
     """The configured names that did not resolve this time (their addresses found last, or
-    the name itself, kept): a saved placement may yet be one of their addresses (see
-    :meth:`shipper.sender.ForwardClient._held`)."""
+    the name itself, kept), each with why (:func:`why_unresolved`): a saved placement may yet
+    be one of their addresses (see :meth:`shipper.sender.ForwardClient._held`), and
+    ``--once`` names them when it gives up."""
 
 
 async def system_resolver(host: str, port: int) -> list[tuple[str, int]]:
     loop = asyncio.get_running_loop()
     return addresses_of(await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+
+
+def why_unresolved(exc: BaseException) -> str:
+    """Why a name did not resolve, in words for an error line: the resolver's own
+    (``name or service not known``, ``temporary failure in name resolution``)."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {RESOLVE_TIMEOUT:g} s"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
 
 
 def addresses_of(infos: Iterable[tuple[Any, ...]]) -> list[tuple[str, int]]:
@@ -84,7 +95,7 @@ async def expand(
     """Each configured endpoint -> the endpoints it stands for now (see the module docstring),
     and the names that did not resolve."""
     members: dict[Endpoint, tuple[Endpoint, ...]] = {}
-    unresolved: set[Endpoint] = set()
+    unresolved: dict[Endpoint, str] = {}
     for ep in configured:
         if is_address(ep.host):
             members[ep] = (ep,)
@@ -94,7 +105,7 @@ async def expand(
                 addresses = await resolver(ep.host, ep.port)
         except (OSError, TimeoutError, UnicodeError) as exc:  # UnicodeError: a bad IDNA name
             members[ep] = previous.get(ep, (ep,))
-            unresolved.add(ep)
+            unresolved[ep] = why_unresolved(exc)
             log.warning(
                 "cannot resolve aggregator name=%s error=%r; keeping addresses=%s",
                 ep.host,
@@ -106,7 +117,7 @@ async def expand(
             members[ep] = tuple(Endpoint(a, p, server_name=ep.host) for a, p in addresses)
         else:
             members[ep] = (ep,)
-    return Expansion(members, frozenset(unresolved))
+    return Expansion(members, unresolved)
 
 
 def flatten(members: dict[Endpoint, tuple[Endpoint, ...]]) -> tuple[Endpoint, ...]:

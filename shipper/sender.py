@@ -35,6 +35,7 @@ import socket
 import ssl
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -62,7 +63,8 @@ the aggregator its lines went to before the restart is not among the endpoints (
 did not resolve at the start: DNS down, a headless Service without ready pods yet). That
 address may be one of the name's, whose offset marks drop those lines; sent to the first
 choice, they would be stored twice. Past it, the file goes to its first choice, with a
-WARNING. Only that file waits: the others are sent as usual."""
+WARNING. Only that file waits: the others are sent as usual, the window left to them (the
+waiting batch steps out of it and its file reads no further: :class:`shipper.source.Window`)."""
 PLACEMENT_DNS_POLL_SECONDS = 2.0
 """How often the names are resolved again while a batch waits for them (see
 :data:`PLACEMENT_DNS_WAIT_SECONDS`), instead of every 30 s."""
@@ -178,6 +180,10 @@ def describe_error(exc: BaseException) -> str:
         return (
             "connection closed during the TLS handshake; is the aggregator serving TLS "
             "(--tls-cert)?"
+        )
+    if isinstance(exc, socket.gaierror):
+        return (
+            f"could not resolve the name ({resolve.why_unresolved(exc)}); check DNS or --aggregator"
         )
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
@@ -305,6 +311,10 @@ class _Health:
     failures: int = 0
     down_until: float = 0.0
     last_error: str = ""
+    unresolved: str = ""
+    """Why its name did not resolve at the last connect ('' if it failed otherwise): when
+    every endpoint fails so, ``--once`` gives up naming DNS (see
+    :meth:`ForwardClient._check_give_up`)."""
 
 
 @dataclass
@@ -374,11 +384,12 @@ class ForwardClient:
         reaches: it no longer says where their next batch goes (see :meth:`_resumed_at`)."""
         self.placement_wait = placement_wait
         self.placement_poll = placement_poll
-        self._unresolved: frozenset[Endpoint] = frozenset(
-            ep for ep in endpoints if not resolve.is_address(ep.host)
-        )
+        self._unresolved: dict[Endpoint, str] = {
+            ep: "not resolved yet" for ep in endpoints if not resolve.is_address(ep.host)
+        }
         """The configured names that have not resolved at the last try (all of them before
-        the first): a placement not among the endpoints may be one of their addresses."""
+        the first), each with why: a placement not among the endpoints may be one of their
+        addresses."""
         self._holds: dict[str, float] = {}
         """Source -> since when (monotonic) its batch waits for the names (see :meth:`_held`)."""
         self._stop_holding = asyncio.Event()
@@ -536,6 +547,13 @@ class ForwardClient:
         del self._holds[affinity]  # _resumed_at gives up on it next, with a WARNING
         return False
 
+    def may_hold(self, affinity: str, first: int | None) -> bool:
+        """Whether ``affinity``'s batch of lines from record offset ``first`` may wait for the
+        aggregator names (see :meth:`_held`): its source then reads no further batch until it
+        is sent (:meth:`shipper.source.SourceRunner._until_sent`). Before the first resolution
+        every name counts as not resolved: a batch that goes at once cost only its read-ahead."""
+        return bool(self._unresolved) and isinstance(self._saved_place(affinity, first), str)
+
     def _placed_through(self, affinity: str, last: int | None) -> bool:
         """Whether an acknowledged batch of ``affinity`` ending at record offset ``last``
         reached the end of the lines its saved placement went to (or the reach is unknown):
@@ -586,6 +604,7 @@ class ForwardClient:
         delay = min(self.backoff_cap, self.backoff_base * 2 ** min(h.failures - 1, 16))
         h.down_until = time.monotonic() + random.uniform(delay / 2, delay)
         h.last_error = describe_error(exc)
+        h.unresolved = resolve.why_unresolved(exc) if isinstance(exc, socket.gaierror) else ""
         conn = self._conns.pop(ep, None)
         if conn is not None:
             conn.close(reset=True)  # its batches go again: the aggregator must not store them
@@ -705,25 +724,35 @@ class ForwardClient:
         affinity: str | None = None,
         offsets: tuple[int, int] | None = None,
         hold: bool = True,
+        on_hold: Callable[[bool], Awaitable[None]] | None = None,
     ) -> Endpoint:
         """Send until acknowledged; raises :class:`DeliveryError` only when giving up, and
         :class:`HeldAtStop` at a stop while the batch waits for the aggregator names.
         ``offsets``: the record offsets of the batch's first and last lines (None: unknown),
         for where its source's lines went before a restart (:class:`Placements`). Without
         ``hold`` the batch does not wait for the names (see :meth:`_held`): its source's
-        saved placement is then given up at once if not among the endpoints."""
+        saved placement is then given up at once if not among the endpoints. ``on_hold`` is
+        awaited with True as the batch begins to wait for the names, with False as it stops
+        waiting to be sent (not when it ends by an error: the caller sees that itself)."""
         first, last = offsets if offsets is not None else (None, None)
         attempt = 0
+        waiting = False
         while True:
             await self._resolve_when_due()
             if self._held(affinity if hold else None, first):
                 if self._stop_holding.is_set():
                     raise HeldAtStop(affinity)
+                if not waiting and on_hold is not None:
+                    await on_hold(True)
+                waiting = True
                 self._check_give_up()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.placement_poll):
                         await self._stop_holding.wait()
                 continue
+            if waiting and on_hold is not None:
+                await on_hold(False)
+            waiting = False
             ep, wait = self._pick(affinity, first)
             if wait > 0:
                 self._check_give_up()
@@ -780,10 +809,23 @@ class ForwardClient:
                 return ep
 
     def _check_give_up(self) -> None:
+        """Raise :class:`DeliveryError` once nothing was acknowledged for ``give_up_after``
+        seconds (``--once``). When every endpoint tried failed because its name did not
+        resolve -- or none was tried, the batches waiting for the names (:meth:`_held`) --
+        the error says DNS, not "cannot reach": the aggregators may be fine."""
         if self.give_up_after is None:
             return
         if time.monotonic() - self._last_success < self.give_up_after:
             return
+        failed = {str(ep): h.unresolved for ep, h in self._health.items() if h.last_error}
+        if not failed:
+            failed = {str(ep): why for ep, why in self._unresolved.items()}
+        if failed and all(failed.values()):
+            raise DeliveryError(
+                f"could not resolve aggregator name(s) {', '.join(failed)} (tried for "
+                f"{self.give_up_after:g} s): {'; '.join(dict.fromkeys(failed.values()))}; "
+                "check DNS or --aggregator"
+            )
         if len(self.endpoints) == 1:
             reasons = self._health[self.endpoints[0]].last_error
         else:

@@ -5,7 +5,9 @@ Per source there is a reader task (tail + parse + encode, one batch ahead) and a
 one after the other: the aggregator drops a record whose offset is not above the highest it has
 stored for the source, so a later batch must never overtake a resent earlier one. Sources run
 concurrently, and the :class:`Window` bounds the bytes read but not yet acknowledged across all
-of them: when it is full, reading stops and the files are the buffer.
+of them: when it is full, reading stops and the files are the buffer. A batch that waits for
+the aggregator names after a restart steps out of it while it waits, its file read no further
+meanwhile (see :class:`Window`).
 """
 
 from __future__ import annotations
@@ -48,11 +50,21 @@ often; it is polled meanwhile."""
 
 
 class Window:
-    """A byte budget for batches in flight; ``acquire`` waits while it is spent."""
+    """A byte budget for batches in flight; ``acquire`` waits while it is spent.
+
+    A batch waiting for the aggregator names (see
+    :data:`~shipper.sender.PLACEMENT_DNS_WAIT_SECONDS`) steps out of it (:meth:`step_aside`)
+    while it waits: it may wait a minute, and batches that cannot be sent must not keep the
+    files that can from being read. Its source reads nothing more meanwhile
+    (:meth:`SourceRunner._until_sent`), so that is one batch per waiting file, and all of them
+    together at most :attr:`limit` bytes (past it a waiting batch stays in, as before): the
+    batches read stay within twice the window."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self.aside = 0
+        """Bytes of the batches stepped out while they wait for the names."""
         self._cond = asyncio.Condition()
 
     def has_room(self, n: int) -> bool:
@@ -74,6 +86,25 @@ class Window:
         async with self._cond:
             self.used -= n
             self._cond.notify_all()
+
+    async def step_aside(self, n: int) -> bool:
+        """Take ``n`` bytes of a batch that waits for the names out of the budget, if the
+        batches aside stay within :attr:`limit` (one alone always may); whether it did."""
+        async with self._cond:
+            if self.aside and self.aside + n > self.limit:
+                return False
+            self.aside += n
+            self.used -= n
+            self._cond.notify_all()
+            return True
+
+    def step_back(self, n: int) -> None:
+        """A batch stepped aside is sent now: its ``n`` bytes count again, at once (they are
+        read already; readers wait until acks bring the budget back under its limit). Not a
+        coroutine: nothing to wake (the budget only shrinks), and no lock to wait for, so a
+        cancellation cannot leave the bytes counted aside -- and again when released."""
+        self.aside -= n
+        self.used += n
 
 
 class SourceRunner:
@@ -262,6 +293,10 @@ class SourceRunner:
                 self._active.set()
                 await window.resize(reserve, batch.nbytes)
                 await self._enqueue(batch)
+                if batch.lines and self.shipper.client.may_hold(
+                    batch.cursor.source_id, batch.first_offset
+                ):
+                    await self._until_sent()
                 await asyncio.sleep(0)
                 continue
             await window.release(reserve)
@@ -305,6 +340,25 @@ class SourceRunner:
                 return
             await window.resize(reserve, batch.nbytes)
             await self._enqueue(batch)
+
+    async def _until_sent(self) -> None:
+        """Read nothing more until the batches queued are sent: the last one may wait for the
+        aggregator names (:meth:`~shipper.sender.ForwardClient.may_hold`), up to a minute,
+        stepped out of the window (:class:`Window`). Batches read behind it would wait as
+        long, in the window, where the sources that can send need the room. Only the batches
+        of lines that went, before a restart, to an address of a name not resolved yet go one
+        at a time so. A stop ends the wait (the reader ends)."""
+        sent = asyncio.ensure_future(self.queue.join())
+        stop = asyncio.ensure_future(self._stopped.wait())
+
+        async def either() -> None:
+            await asyncio.wait({sent, stop}, return_when=asyncio.FIRST_COMPLETED)
+
+        try:
+            await self._blocking(either(), True)
+        finally:
+            sent.cancel()
+            stop.cancel()
 
     async def _enqueue(self, batch: Batch) -> None:
         await self._blocking(self.queue.put(batch), self.queue.full())
@@ -521,6 +575,8 @@ class SourceRunner:
                 except HeldAtStop:
                     await self._drop_at_stop()
                     return
+                finally:
+                    self.queue.task_done()  # for the reader's _until_sent
         finally:
             if affinity is not None:
                 client.forget(affinity)
@@ -537,6 +593,7 @@ class SourceRunner:
         )
         while (batch := await self.queue.get()) is not None:
             await self.shipper.window.release(batch.nbytes)
+            self.queue.task_done()
 
     async def _deliver(self, batch: Batch) -> Endpoint:
         """Send ``batch`` until acknowledged; where it went. At a stop while it waits for the
@@ -544,20 +601,39 @@ class SourceRunner:
         open (the next start reads these lines again), else sent at once -- its file is let
         go (deleted, or renamed away and read) or is deleted and read to its end now: the
         next start may not find these lines, better stored twice by the first choice than
-        lost."""
+        lost.
+
+        While it waits for the names, the batch is out of the window (:class:`Window`), back
+        in once it is sent or given up."""
+        window = self.shipper.window
+        aside = False
+
+        async def waits(held: bool) -> None:
+            nonlocal aside
+            if held and not aside:
+                aside = await window.step_aside(batch.nbytes)
+            elif not held and aside:
+                aside = False
+                window.step_back(batch.nbytes)
+
         deliver = functools.partial(
             self.shipper.client.deliver,
             batch.payload,
             batch.chunk,
             affinity=batch.cursor.source_id,
             offsets=(batch.first_offset, batch.last_offset),
+            on_hold=waits,
         )
         try:
-            return await deliver()
-        except HeldAtStop:
-            if not (self.drain_deleted or batch.cursor.closed):
-                raise
-            return await deliver(hold=False)
+            try:
+                return await deliver()
+            except HeldAtStop:
+                if not (self.drain_deleted or batch.cursor.closed):
+                    raise
+                await waits(False)
+                return await deliver(hold=False)
+        finally:
+            await waits(False)  # _send releases its bytes from the window
 
     async def _send(self, batch: Batch, m: Metrics) -> None:
         """Deliver one batch, then advance and persist its checkpoint."""

@@ -18,7 +18,9 @@ import pytest
 
 from shipper.config import Endpoint, load_config, parse_endpoint
 from shipper.daemon import Shipper
+from shipper.errors import DeliveryError
 from shipper.sender import ForwardClient, HeldAtStop, rendezvous_order
+from shipper.source import Window
 from tests.shipper.hostgen import docker_line, make_container
 from tests.shipper.receiver import Receiver, free_port
 from tests.shipper.shipping import empty_root, first_choice, shipper_args, until
@@ -149,8 +151,10 @@ def test_a_stop_ends_the_wait_for_a_name_and_keeps_the_placement(
             shipper.client.placement_poll = 0.05
             run = asyncio.create_task(shipper.run())
             await until(lambda: dns.failures >= 2)
+            assert shipper.window.aside > 0  # the waiting batch stepped out of the window
             shipper.request_stop()
             assert await run == 0
+            assert (shipper.window.used, shipper.window.aside) == (0, 0)
 
         with caplog.at_level(logging.INFO):
             asyncio.run(second_run())
@@ -161,6 +165,29 @@ def test_a_stop_ends_the_wait_for_a_name_and_keeps_the_placement(
     assert "exiting with unacknowledged batches" not in caplog.text  # it ended by itself
     assert "stopped while its batch waited for the aggregator names" in caplog.text
     assert failover.address in (tmp_path / "crashed" / "checkpoints.json").read_text()
+
+
+def test_batches_aside_stay_within_the_window() -> None:
+    """Batches waiting for the names step out of the window, together at most its size (one
+    alone always may): past it one stays in, and the batches read stay within twice the
+    window. Sent, a batch counts again at once, whatever the room."""
+
+    async def go() -> None:
+        w = Window(100)
+        await w.acquire(60)
+        assert await w.step_aside(60)
+        assert (w.used, w.aside) == (0, 60)
+        await w.acquire(60)  # room again: another source reads
+        assert not await w.step_aside(60)  # 120 aside would pass the window
+        assert (w.used, w.aside) == (60, 60)
+        w.step_back(60)
+        assert (w.used, w.aside, w.has_room(1)) == (120, 0, False)
+        await w.release(120)
+        await w.acquire(150)  # bigger than the window: alone
+        assert await w.step_aside(150)
+        assert (w.used, w.aside) == (0, 150)
+
+    asyncio.run(go())
 
 
 def _first_on(endpoint: Endpoint, endpoints: tuple[Endpoint, ...], n: int) -> list[str]:
@@ -291,9 +318,11 @@ def test_a_stop_sends_a_waiting_batch_of_a_deleted_file_to_its_first_choice(
             shipper.client.placement_poll = 0.05
             run = asyncio.create_task(shipper.run())
             await until(lambda: dns.failures >= 2)  # the batch waits
+            assert shipper.window.aside > 0
             log.unlink()
             shipper.request_stop()
             assert await run == 0
+            assert (shipper.window.used, shipper.window.aside) == (0, 0)
 
         with caplog.at_level(logging.INFO):
             asyncio.run(second_run())
@@ -303,3 +332,128 @@ def test_a_stop_sends_a_waiting_batch_of_a_deleted_file_to_its_first_choice(
     assert (direct.lines(), named.messages) == (["before", "in flight"], 0)
     assert "is not among the aggregator endpoints now" in caplog.text
     assert "stopped while its batch waited" not in caplog.text
+
+
+def test_files_waiting_for_the_name_leave_the_window_to_the_others(tmp_path: Path) -> None:
+    """Two files whose placements are addresses of the name (DNS down at the start), each
+    with a backlog of many batches, and a third file that can go to the address configured
+    beside the name, in a small ``--max-inflight-bytes``. The waiting files read one batch
+    each, held outside the window, and nothing more while they wait: the third file's new
+    line is delivered while they still wait -- before, their batches read ahead filled the
+    window, and it waited the whole 60 s with them. Once the name resolves, the waiting
+    files go on where they were: every line is stored once."""
+    named, direct = Receiver(), Receiver()
+    dns = _Dns(named)
+    dns.answer.append(("127.0.0.1", free_port()))  # two addresses: two endpoints
+    dns.up = False
+    configured = (NAME, parse_endpoint(direct.address))
+    [free_id] = _first_on(configured[1], configured, 1)  # its first choice: direct
+    root = tmp_path / "docker"
+    held = [make_container(root, c * 64, f"held{c}", lines=[f"{c} first"]) for c in "ab"]
+    free = make_container(root, "f" * 64, "free", lines=["f first"])
+    backlog = {
+        log: [f"{log.parent.name[0]} {i:03d} {'x' * 100}" for i in range(60)] for log in held
+    }
+    sent_again = [t for texts in backlog.values() for t in texts]
+    try:
+
+        async def first_run() -> None:  # a checkpoint for each file, on direct alone
+            shipper = Shipper(load_config(shipper_args(tmp_path, direct, docker=root)))
+            run = asyncio.create_task(shipper.run())
+            await until(lambda: len(direct.lines()) == 3)
+            shipper.request_stop()
+            assert await run == 0
+
+        asyncio.run(first_run())
+        # As a run that failed the two over to an address of the name before a kill -9.
+        registry = tmp_path / "state" / "checkpoints.json"
+        doc = json.loads(registry.read_text())
+        placed: list[str] = []
+        for entry in doc["files"].values():
+            if entry["path"] == str(free):
+                entry["source_id"] = free_id
+            else:
+                placed.append(entry["source_id"])
+        assert len(placed) == 2
+        doc["sent_to"] = {sid: named.address for sid in placed}
+        doc["sent_through"] = {sid: 10**6 for sid in placed}
+        registry.write_text(json.dumps(doc))
+        for log, texts in backlog.items():
+            with open(log, "ab") as f:
+                f.writelines(docker_line(text, i + 1) for i, text in enumerate(texts))
+
+        async def second_run() -> None:
+            # A batch of 5 lines is about 1.9 kB, and a reader reserves 2 kB (twice
+            # --batch-bytes) before it reads: the two waiting batches in the window would
+            # leave the free file no room (and their read-ahead even less); stepped out of it
+            # (together within its 5000 bytes), they leave it all.
+            shipper = _shipper(
+                tmp_path,
+                root,
+                "state",
+                dns,
+                *("--aggregator", direct.address),
+                *("--batch-lines", "5", "--batch-bytes", "1000", "--max-inflight-bytes", "5000"),
+            )
+            shipper.client.placement_poll = 0.05
+            run = asyncio.create_task(shipper.run())
+            await until(lambda: dns.failures >= 3)  # both files wait for the name
+            with open(free, "ab") as f:
+                f.write(docker_line("f second", 1))
+            # Well within the 60 s the waiting files may wait.
+            await until(lambda: "f second" in direct.lines(), timeout=20)
+            assert not dns.up and named.messages == 0
+            waiting = [r for r in shipper.runners.values() if r.spec.path in held]
+            assert len(waiting) == 2 and all(r.queue.empty() for r in waiting)  # read no more
+            dns.up = True
+            everything = set(sent_again)
+            await until(lambda: everything <= set(named.lines()))
+            shipper.request_stop()
+            assert await run == 0
+            assert (shipper.window.used, shipper.window.aside) == (0, 0)
+
+        asyncio.run(second_run())
+    finally:
+        named.close()
+        direct.close()
+    stored = Counter(named.lines() + direct.lines())
+    expected = ["a first", "b first", "f first", "f second", *sent_again]
+    assert stored == Counter(expected)
+    for log, texts in backlog.items():  # each file's lines in order, on the saved aggregator
+        assert [t for t in named.lines() if t[0] == log.parent.name[0]] == texts
+
+
+def test_once_gives_up_naming_the_name_a_waiting_batch_waits_for() -> None:
+    """``--once`` (a give-up time) with DNS down and the only batch waiting for the name (no
+    connect tried, so no connect error to tell): it gives up saying which name did not
+    resolve and why, not "no endpoint answered"."""
+    named = Receiver()
+    dns = _Dns(named)
+    dns.up = False
+    placements = FakePlacements()
+    placements.saved["src"], placements.through["src"] = named.address, 40
+    try:
+
+        async def go() -> None:
+            c = ForwardClient(
+                (NAME,),
+                hostname="h",
+                resolver=dns.resolve,
+                placements=placements,
+                give_up_after=0.3,
+                placement_poll=0.05,
+            )
+            try:
+                with pytest.raises(DeliveryError) as failed:
+                    await c.deliver(*message(1, first=30), affinity="src", offsets=(31, 31))
+            finally:
+                await c.close()
+            assert str(failed.value) == (
+                "could not resolve aggregator name(s) aggs.test:24224 (tried for 0.3 s): "
+                "temporary failure in name resolution; check DNS or --aggregator"
+            )
+
+        asyncio.run(go())
+    finally:
+        named.close()
+    assert named.messages == 0

@@ -151,6 +151,25 @@ def test_once_fails_clearly_when_no_aggregator(tmp_path: Path) -> None:
     assert "connection refused; is logq-aggregator running?" in last
 
 
+def test_once_with_dns_down_names_dns_in_its_error(tmp_path: Path) -> None:
+    """No aggregator name resolves (``.invalid`` never does, and fails at once): the last
+    line says so and where to look, not "cannot reach aggregator" -- the aggregator may be
+    up, it is the name or DNS that is wrong."""
+    root = tmp_path / "containers"
+    make_container(root, "c" * 64, "web", lines=["hello"])
+    res = run_shipper(
+        *("--aggregator", "name.invalid:24224", "--docker-root", str(root)),
+        *("--state-dir", str(tmp_path / "state"), "--once", "--retry-timeout", "1.5"),
+    )
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "logq-shipper: could not resolve aggregator name(s) name.invalid:24224 (tried for 1.5 s): "
+    ), last
+    assert last.endswith("; check DNS or --aggregator"), last
+    assert "cannot reach" not in last
+
+
 def test_once_cri_and_plain_files_with_gzip(tmp_path: Path, receiver: Receiver) -> None:
     from tests.shipper.hostgen import cri_line
 

@@ -71,7 +71,7 @@ def test_expand_names_addresses_and_failures(caplog: pytest.LogCaptureFixture) -
     with caplog.at_level(logging.WARNING, logger="logq.shipper.resolve"):
         again, unresolved = asyncio.run(expand((aggs, one, ip), resolver, members))
     assert again[aggs] == members[aggs], "a failed lookup keeps the addresses found last"
-    assert unresolved == {aggs}
+    assert unresolved == {aggs: "temporary failure in name resolution"}
     assert "cannot resolve aggregator name=aggs.svc" in caplog.text
     assert asyncio.run(expand((aggs,), resolver, {})).members[aggs] == (aggs,)
 
