@@ -36,18 +36,16 @@ def newest_in_partition(
 ) -> datetime | None:
     """Largest ``timestamp`` in one partition (reads only that column of its files), at or
     before ``before`` when given; None when it holds no such rows. A file that is not readable
-    Parquet is an EngineError naming it."""
-    import pyarrow.compute as pc
-
+    Parquet, or holds no times (:func:`_checked_times`), is an EngineError naming it."""
     from athena.partitions import list_files
 
     newest = None
     for f in list_files(wh, wh.path(table, f"service={service}", f"dt={dt}")):
         col = _file_times(wh, f.path)
         if before is not None:
-            value = _newest_at_or_before(col, before)
+            value = _newest_at_or_before(f.path, col, before)
         else:
-            value = scalar_value(pc.max(col)) if len(col) else None
+            value = _max_time(f.path, col)
         if value is not None and (newest is None or value > newest):
             newest = value
     return newest
@@ -323,6 +321,20 @@ def footer_bound(
     return bound
 
 
+def _checked_times(path: str, col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """``col``, the ``timestamp`` column of ``path``, if it holds times: a timestamp, or plain
+    integers (epoch milliseconds, as the first writers stored them). Text or any other type
+    (a file another tool wrote) is a :class:`~athena.foreign.ForeignFile` naming it: taken
+    for times, it failed deep inside the arithmetic with a traceback."""
+    import pyarrow as pa
+
+    from athena.foreign import wrong_type
+
+    if pa.types.is_timestamp(col.type) or pa.types.is_integer(col.type):
+        return col
+    raise wrong_type(path, "timestamp", col.type, "timestamp")
+
+
 def _footer_bound(wh: Warehouse, path: str, low: bool) -> datetime | None:
     """:func:`footer_bound` without ``before``: the file's max (or min) ``timestamp``.
 
@@ -335,12 +347,17 @@ def _footer_bound(wh: Warehouse, path: str, low: bool) -> datetime | None:
     import pyarrow.parquet as pq
 
     from athena.engines.local import unreadable_file
+    from athena.foreign import wrong_type
 
     try:
         meta = pq.read_metadata(path, filesystem=wh.fs)
         names = [meta.schema.column(i).name for i in range(meta.num_columns)]
         col = names.index("timestamp")
         unit = _time_unit(meta.schema.column(col))
+        if unit is None and meta.schema.column(col).physical_type not in ("INT96", "INT32"):
+            # Not a time at all (text, a float): no statistics tell, and the column neither.
+            found = meta.schema.to_arrow_schema().field("timestamp").type
+            raise wrong_type(path, "timestamp", found, "timestamp")
         bounds: list[int] = []
         for i in range(meta.num_row_groups):
             group = meta.row_group(i)
@@ -357,7 +374,7 @@ def _footer_bound(wh: Warehouse, path: str, low: bool) -> datetime | None:
         raise unreadable_file(path, exc) from exc
     if not bounds or unit is None:
         return None
-    return from_epoch(min(bounds) if low else max(bounds), unit)
+    return checked_epoch(path, min(bounds) if low else max(bounds), unit)
 
 
 def _column_bound(wh: Warehouse, path: str, low: bool, unit: str | None) -> datetime | None:
@@ -369,16 +386,16 @@ def _column_bound(wh: Warehouse, path: str, low: bool, unit: str | None) -> date
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    ts = _read_times(wh, path)
+    ts = _checked_times(path, _read_times(wh, path))
     if pa.types.is_timestamp(ts.type):
         unit, ts = ts.type.unit, pc.cast(ts, pa.int64())
     value = scalar_value((pc.min if low else pc.max)(ts))
-    return None if value is None else from_epoch(value, unit or "ms")
+    return None if value is None else checked_epoch(path, value, unit or "ms")
 
 
 def _max_before(wh: Warehouse, path: str, before: datetime) -> datetime | None:
     """The largest ``timestamp`` of one file at or before ``before`` (reads that column)."""
-    return _newest_at_or_before(_file_times(wh, path), before)
+    return _newest_at_or_before(path, _file_times(wh, path), before)
 
 
 def _file_times(wh: Warehouse, path: str) -> pa.ChunkedArray:
@@ -388,9 +405,10 @@ def _file_times(wh: Warehouse, path: str) -> pa.ChunkedArray:
     from athena.engines.local import unreadable_file
 
     try:
-        return _read_times(wh, path)
+        col = _read_times(wh, path)
     except (pa.ArrowException, OSError) as exc:
         raise unreadable_file(path, exc) from exc
+    return _checked_times(path, col)
 
 
 def _read_times(wh: Warehouse, path: str) -> pa.ChunkedArray:
@@ -403,14 +421,28 @@ def _read_times(wh: Warehouse, path: str) -> pa.ChunkedArray:
         return pq.ParquetFile(source).read(columns=["timestamp"])["timestamp"]
 
 
-def _newest_at_or_before(col: pa.ChunkedArray, before: datetime) -> datetime | None:
-    """The largest time of a ``timestamp`` column at or before ``before`` (aware UTC)."""
+def _newest_at_or_before(path: str, col: pa.ChunkedArray, before: datetime) -> datetime | None:
+    """The largest time of a ``timestamp`` column (of ``path``) at or before ``before``."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     col = _utc_times(col)
-    kept = col.filter(pc.less_equal(col, pa.scalar(before, col.type)))
-    value = scalar_value(pc.max(kept)) if len(kept) else None
+    return _max_time(path, col.filter(pc.less_equal(col, pa.scalar(before, col.type))))
+
+
+def _max_time(path: str, col: pa.ChunkedArray) -> datetime | None:
+    """The largest time of a ``timestamp`` column of ``path`` as an aware UTC datetime, None
+    when it is empty; one past year 9999 is a :class:`~athena.foreign.ForeignFile`."""
+    import pyarrow.compute as pc
+
+    from athena.foreign import times_out_of_range
+
+    if not len(col):
+        return None
+    try:
+        value = scalar_value(pc.max(_utc_times(col)))
+    except (OverflowError, ValueError):  # beyond Python's datetime
+        raise times_out_of_range(path) from None
     return None if value is None else value.astimezone(UTC)
 
 
@@ -443,6 +475,17 @@ def _time_unit(column: object) -> str | None:
     if logical.get("Type") != "Timestamp":
         return "ms"
     return _UNITS.get(str(logical.get("timeUnit")))
+
+
+def checked_epoch(path: str, value: int, unit: str) -> datetime:
+    """:func:`from_epoch` of a time read from ``path``; one past year 9999 (beyond Python's
+    datetime) is a :class:`~athena.foreign.ForeignFile` naming the file, not a traceback."""
+    from athena.foreign import times_out_of_range
+
+    try:
+        return from_epoch(value, unit)
+    except OverflowError:
+        raise times_out_of_range(path) from None
 
 
 def from_epoch(value: int, unit: str) -> datetime:
@@ -547,7 +590,5 @@ def _after_in_file(wh: Warehouse, path: str, after: datetime, tops: Tops) -> Ahe
         return None
     col = _utc_times(_file_times(wh, path))
     late = col.filter(pc.greater(col, pa.scalar(after, col.type)))
-    if not len(late):
-        return None
-    newest = scalar_value(pc.max(late))
-    return Ahead(len(late), newest.astimezone(UTC))
+    newest = _max_time(path, late)
+    return None if newest is None else Ahead(len(late), newest)

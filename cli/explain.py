@@ -494,6 +494,7 @@ def note_stale(common: Common, prep: Prepared) -> None:
     from functools import partial
 
     from athena.engines.result import EngineError
+    from athena.foreign import ForeignFile
     from athena.freshness import newest_data_quick, newest_in
     from athena.warehouse import open_warehouse
 
@@ -512,6 +513,8 @@ def note_stale(common: Common, prep: Prepared) -> None:
                 find = partial(newest_data_quick, wh, prep.table, svcs, tops=tops)
                 newest, ahead = newest_and_ahead(find)
             note_freshness(common, prep, wh, name, newest, ahead, not parts, tops)
+    except ForeignFile as exc:  # the answer stands; say why it comes without the check
+        note_once(f"logq: note: how fresh the data is was not checked: {exc}")
     except (OSError, EngineError):
         return  # a note is best effort; the query itself reports storage failures
 

@@ -22,9 +22,13 @@ others one at a time: 0.41 GB for the same query, and about twice as fast. The v
 column of :func:`full_schema`, so files of an older schema version (the writer only ever *adds*
 columns, Athena follows with ``ADD COLUMNS``) cannot go unnoticed: if the first file lacks a
 column, binding the view fails; if a later one does, DuckDB fails with "schema mismatch" when a
-query reads that column; a column whose type changed fails its cast. Any of these runs the query
-again with that table read ``union_by_name`` (the missing column NULL): mixed tables pay the old
-price, uniform ones (what the writer produces) do not. The newest hour's files go first, so
+query reads that column. Either runs the query again with that table read ``union_by_name``
+(the missing column NULL): mixed tables pay the old price, uniform ones (what the writer
+produces) do not. Every column is cast to the type :mod:`athena.schema` declares
+(:func:`_declared_column`; free where the file has that type), never to what the first file,
+or ``union_by_name``, made of it: a file another tool wrote with other types (text, epoch
+integers) fails the cast, and only then are footers read to name it
+(:class:`~athena.foreign.ForeignFile`). The newest hour's files go first, so
 that only queries that read a column the old files lack pay it (see :meth:`LocalEngine._register`).
 Nothing is printed before that is settled, so the second run shows only in the time taken: a
 result of up to :data:`~athena.engines.result.STREAM_WINDOW_ROWS` rows is fetched whole first;
@@ -71,6 +75,7 @@ from athena.engines.result import (
     StatementError,
 )
 from athena.engines.spill import spill_directory
+from athena.foreign import ForeignFile
 
 T = TypeVar("T")
 #: Past this many Parquet files, a local query says on stderr how to make it smaller. It still
@@ -228,6 +233,37 @@ def _bad_file(exc: Exception, files: list[str]) -> str | None:
     return max(named, key=len) if named else None
 
 
+#: How DuckDB names the column a failed cast read (``... when casting from source column
+#: response_code``, ``failed to cast column "response_code" ...``).
+_CAST_COLUMN = re.compile(r'(?:source column |failed to cast column "?)([A-Za-z_][A-Za-z0-9_]*)')
+#: pyarrow's words, in the error DuckDB passes on from an S3 table's scan (``reading the stream
+#: registered as ...``), for a file column that does not convert to the declared type
+#: (:mod:`athena.engines.s3scan` reads the files with the table's schema).
+_ARROW_CAST_FAILURES = ("Failed to parse string", "no kernel matching input types", "cast")
+
+
+def _cast_failure(exc: Exception) -> str | None:
+    """For a DuckDB error that is a cast which failed or cannot be done (a value that is no
+    such type, ``Unimplemented type for cast``), the column it names, ``""`` when it names
+    none; None for any other error. Such an error may come from a file whose column has another
+    type than the table's (the view casts every column to it: :func:`_declared_column`).
+
+    A binder error never does, even one that suggests "explicit type casts": the view's columns
+    have the declared types whatever the files hold, so the statement is at fault (``host + 1``
+    in ``logq sql`` must keep its own message, and read no footer)."""
+    import duckdb
+
+    text = str(exc)
+    if isinstance(exc, duckdb.ConversionException):
+        named = _CAST_COLUMN.search(text)
+        return named.group(1) if named else ""
+    if "reading the stream registered as" in text and any(
+        words in text for words in _ARROW_CAST_FAILURES
+    ):
+        return ""  # an S3 table's scan: pyarrow names neither the file nor the column
+    return None
+
+
 def _schema_mismatch(exc: Exception) -> bool:
     """Whether ``exc`` is DuckDB finding a file whose columns differ from the first file's: one
     lacking a column ("schema mismatch in glob") or holding it with another type (its cast
@@ -251,6 +287,31 @@ def unreadable_file(path: str, exc: Exception) -> EngineError:
         f"cannot read the Parquet file {path} ({reason}); if it is damaged or not Parquet "
         "(e.g. a truncated copy), move it out of the warehouse and run the command again"
     )
+
+
+def _declared_column(field: pa.Field) -> str:
+    """``field`` of the view as the table declares it: its file column cast to the declared
+    type. DuckDB takes a column's type from the first file (or, ``union_by_name``, widens it
+    over all of them): a file another tool wrote with ``response_code`` as text made the column
+    text, and ``max(response_code)`` answered ``abc``. Cast, a value that is no such type fails
+    the query (:func:`athena.foreign.find_foreign` then names the file); where the file's type
+    is the declared one, DuckDB drops the cast when it binds the view, and filters still reach
+    the Parquet scan (row groups skipped by their statistics)."""
+    import pyarrow as pa
+
+    name = f'"{field.name}"'
+    if field.name in ("service", "dt"):  # from the folder names, read as VARCHAR
+        return name
+    if pa.types.is_timestamp(field.type):
+        duck = "TIMESTAMPTZ" if field.type.tz else "TIMESTAMP"
+    else:
+        duck = _DUCKDB_TYPES[str(field.type)]
+    return f"CAST({name} AS {duck}) AS {name}"
+
+
+#: DuckDB's names of the Arrow types :mod:`athena.schema` declares (timestamps aside); a
+#: column of another type added there fails every local query until it is named here.
+_DUCKDB_TYPES = {"string": "VARCHAR", "int32": "INTEGER", "int64": "BIGINT"}
 
 
 def full_schema(table: str) -> pa.Schema:
@@ -364,13 +425,13 @@ class LocalEngine:
             import duckdb
 
             listing = ", ".join(_sql_str(f) for f in files)
-            columns = ", ".join(f'"{name}"' for name in schema.names)
+            columns = ", ".join(_declared_column(field) for field in schema)
             try:  # binding reads the first footer (all of them by_name): a damaged one fails now
                 con.execute(
-                    f'CREATE OR REPLACE TEMP VIEW "{table}" AS SELECT {columns} FROM read_parquet('
-                    f"[{listing}], hive_partitioning = true, "
+                    f'CREATE OR REPLACE TEMP VIEW "{table}" AS SELECT * FROM (SELECT {columns} '
+                    f"FROM read_parquet([{listing}], hive_partitioning = true, "
                     f"union_by_name = {str(by_name).lower()}, "
-                    "hive_types = {'service': VARCHAR, 'dt': VARCHAR})" + where
+                    "hive_types = {'service': VARCHAR, 'dt': VARCHAR}))" + where
                 )
             except duckdb.BinderException as exc:
                 if by_name:
@@ -379,6 +440,9 @@ class LocalEngine:
                     ) from exc
                 raise _MixedSchemas(table) from exc  # our own SQL: the first file lacks a column
             except duckdb.Error as exc:
+                foreign = self._foreign(exc, {table: parts})
+                if foreign is not None:
+                    raise foreign from exc
                 bad = _bad_file(exc, files)
                 if bad is not None:
                     raise self._file_error(bad, exc) from exc
@@ -573,6 +637,9 @@ class LocalEngine:
         that vanished (run again), a damaged file, the sandbox's refusal, the statement's own
         fault (:class:`StatementError`), or another engine failure. ``sql``: the statement, whose
         unnamed columns the message then calls so (:func:`athena.queries.unnamed_in_message`)."""
+        foreign = self._foreign(exc, scopes)
+        if foreign is not None:
+            return foreign
         mixed = _mixed_tables(exc, scopes, by_name, self.warehouse.is_s3)
         if mixed:
             return _MixedSchemas(*mixed)
@@ -589,6 +656,32 @@ class LocalEngine:
 
             text = unnamed_in_message(text, unnamed_marker(sql))
         return failed(f"DuckDB could not run the query: {text}")
+
+    def _foreign(self, exc: Exception, scopes: dict[str, list[Partition]]) -> ForeignFile | None:
+        """The file whose column types differ from its table's when ``exc`` is a cast that
+        failed (:func:`_cast_failure`), else None. Footers are read only here, after DuckDB
+        raised, one at a time: the files DuckDB names first, then each table's first file
+        (whose types DuckDB took for the column), then the others: all of them, as a cast
+        failing in a filter pushed into the scan names no file either. None leaves DuckDB's
+        message (the statement's own failed ``CAST(path AS INT)``)."""
+        column = _cast_failure(exc)
+        if column is None:
+            return None
+        from athena.foreign import find_foreign
+
+        text = str(exc)
+        for table, parts in scopes.items():
+            if not parts:
+                continue
+            paths = [f.path for p in parts for f in p.files]
+            named = [path for path in paths if path in text]
+            newest = max(p.dt for p in parts)
+            bound = next(p for p in parts if p.dt == newest).files[:1]  # as _register orders
+            first = [*named, *(f.path for f in bound)]
+            found = find_foreign(self.warehouse, table, paths, first=first, column=column)
+            if found is not None:
+                return found
+        return None
 
     def _stream_error(
         self, scopes: dict[str, list[Partition]], files: list[str]

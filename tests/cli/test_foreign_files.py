@@ -1,0 +1,222 @@
+"""Parquet files in the warehouse that logq's aggregator did not write (foreign files).
+
+Someone copies a file from another tool into a table's folder, or an old schema wrote it: its
+``timestamp`` is text, epoch integers or times past year 9999, or ``response_code`` is text.
+Each was a traceback (``logq services``, the stale note of every query), a raw DuckDB type
+error naming no file, or a wrong answer (``max(response_code)`` was ``abc``: DuckDB widened the
+column to text). Now: an error naming the file, the column and what to do; a query whose answer
+does not depend on the file's types still answers. The foreign file goes where DuckDB binds the
+view (``bound``: the first file of the newest hour) or where its scan meets it later
+(``scanned``), as the two fail differently. Files of an older schema version (columns missing,
+none of another type) are tests/cli/test_mixed_schemas.py's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from athena.warehouse import open_warehouse
+from tests.athena.factory import access_frame, write_frame
+
+#: Names that list before and after the factory's ``part-0000.parquet`` in a partition.
+NAMES = {"bound": "0-foreign.parquet", "scanned": "z-foreign.parquet"}
+ADVICE = "logq did not write it; move it out of the table's folder or rewrite it"
+
+
+def _far(t: pa.Table) -> pa.Array:
+    """Times past year 9999 (three times the largest Python holds), as another tool's clock
+    bug writes them."""
+    return pa.array([253402300800000 * 3] * len(t), pa.int64()).cast(t["timestamp"].type)
+
+
+#: How a foreign file differs from the table: the column and its values, from the rows copied.
+FOREIGN: dict[str, tuple[str, Callable[[pa.Table], pa.Array]]] = {
+    "ts_text": ("timestamp", lambda t: pa.array([str(v) for v in t["timestamp"].to_pylist()])),
+    "ts_far": ("timestamp", _far),
+    "ts_int": ("timestamp", lambda t: t["timestamp"].cast(pa.int64())),
+    "code_text": ("response_code", lambda t: pa.array(["abc"] * len(t))),
+    "code_bigint": ("response_code", lambda t: t["response_code"].cast(pa.int64())),
+    "duration_double": ("duration_ms", lambda t: t["duration_ms"].cast(pa.float64())),
+}  # fmt: skip
+
+
+def foreign_warehouse(root: Path | str, kind: str, where: str = "bound") -> tuple[str, str, int]:
+    """A warehouse of two services over the last two hours plus one foreign file in the newest
+    hour: the rows of a file there, copied with one column changed
+    (:data:`FOREIGN`). ``root``: a folder (the warehouse is ``wh`` in it) or an ``s3://``
+    warehouse. Returns the warehouse, the foreign file (as logq names it) and the rows before
+    it."""
+    uri = root if isinstance(root, str) else str(root / "wh")
+    now = datetime.now(UTC).replace(microsecond=0)
+    frame = access_frame(300, now - timedelta(hours=2), now - timedelta(minutes=1), ["a", "b"])
+    files = write_frame(uri, "envoy_access", frame, files_per_partition=2)
+    fs = open_warehouse(uri).fs
+    # The newest hour of all (service a's when it has one): the file DuckDB binds the view
+    # to and the stale-data note reads. Service a's newest hour alone missed both in the first
+    # minutes of an hour, when only service b had rows in it yet.
+    newest = max(files, key=lambda f: f.split("dt=")[1])
+    rows = pq.read_table(newest, filesystem=fs)
+    column, values = FOREIGN[kind]
+    foreign = f"{newest.rsplit('/', 1)[0]}/{NAMES[where]}"
+    changed = rows.set_column(rows.schema.get_field_index(column), column, values(rows))
+    pq.write_table(changed, foreign, filesystem=fs)
+    return uri, foreign, len(frame)
+
+
+def _error_line(stderr: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("logq: error: "), stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [
+        ("ts_text", "holds column timestamp as string where the table has timestamp"),
+        ("ts_far", "holds times past year 9999"),
+    ],
+)
+def test_services_names_a_file_whose_times_it_cannot_read(
+    logq, tmp_path: Path, kind: str, problem: str
+) -> None:
+    """Was a traceback (TypeError from text, OverflowError past 9999) and exit 1."""
+    uri, foreign, _ = foreign_warehouse(tmp_path, kind)
+    run = logq("services", "--warehouse", uri)
+    assert run.exit_code == 1, run.stdout
+    line = _error_line(run.stderr)
+    assert f"the Parquet file {foreign} {problem}: " in line, line
+    assert ADVICE in line and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("kind", ["ts_text", "ts_far"])
+def test_queries_answer_without_the_freshness_note(logq, tmp_path: Path, kind: str) -> None:
+    """The stale-data note reads the newest files' times: it is left out, with a note that
+    says why, and the answer stands. Past-9999 rows fall outside the window; text times that
+    read as times are counted (DuckDB converts them, as the view casts the column)."""
+    uri, foreign, truth = foreign_warehouse(tmp_path, kind, "scanned")
+    run = logq("errors", "--warehouse", uri, "-f", "json")
+    assert run.exit_code == 0, run.stderr
+    notes = [ln for ln in run.stderr.splitlines() if foreign in ln]
+    assert len(notes) == 1 and notes[0].startswith("logq: note: "), run.stderr
+    assert "Traceback" not in run.stderr
+    sql = "SELECT count(*) AS n FROM envoy_access"
+    counted = logq("sql", sql, "--since", "3h", "--warehouse", uri, "-f", "json")
+    assert counted.exit_code == 0, counted.stderr
+    copied = pq.read_metadata(foreign).num_rows
+    assert counted.json() == [{"n": truth + (copied if kind == "ts_text" else 0)}]
+
+
+@pytest.mark.parametrize("where", ["bound", "scanned"])
+@pytest.mark.parametrize(
+    ("kind", "column", "found", "declared"),
+    [
+        ("ts_int", "timestamp", "int64", "timestamp"),
+        ("code_text", "response_code", "string", "int"),
+    ],
+)
+def test_queries_refuse_a_file_of_other_column_types_naming_it(
+    logq, tmp_path: Path, kind: str, column: str, found: str, declared: str, where: str
+) -> None:
+    """Epoch integers were a raw DuckDB type error (Athena fails on them too, HIVE_BAD_DATA);
+    text response codes answered ``max(response_code)`` with ``abc``. No row is dropped
+    silently: a query reading the column fails, naming the file and the column; one that does
+    not read it (``latency`` reads no response code) answers."""
+    uri, foreign, _ = foreign_warehouse(tmp_path, kind, where)
+    sql = "SELECT max(response_code) AS m, count(*) AS n FROM envoy_access"
+    latency = logq("latency", "--warehouse", uri)
+    assert latency.exit_code == (1 if column == "timestamp" else 0), latency.stderr
+    for args in (["errors"], ["sql", sql, "--since", "3h"]):
+        run = logq(*args, "--warehouse", uri)
+        assert run.exit_code == 1, (args, run.stdout)
+        line = _error_line(run.stderr)
+        want = f"{foreign} holds column {column} as {found} where the table has {declared}"
+        assert want in line, (args, line)
+        assert ADVICE in line and "`logq ddl`" in line, line
+        assert run.stdout == ""
+
+
+def test_services_still_reads_epoch_integer_times(logq, tmp_path: Path) -> None:
+    """Plain integers are epoch milliseconds to the freshness figures (the first writers
+    stored them so): ``logq services`` lists the service; only the queries refuse the file."""
+    uri, _, _ = foreign_warehouse(tmp_path, "ts_int")
+    run = logq("services", "--warehouse", uri, "-f", "json")
+    assert run.exit_code == 0, run.stderr
+    assert [r["service"] for r in run.json()] == ["a", "b"]
+
+
+@pytest.mark.parametrize("where", ["bound", "scanned"])
+def test_values_of_the_same_kind_read_as_the_declared_type(
+    logq, tmp_path: Path, where: str
+) -> None:
+    """A bigint response code reads as the table's int; a double duration is not widened: the
+    answer keeps the declared integer type wherever the file is."""
+    uri, _, truth = foreign_warehouse(tmp_path, "code_bigint", where)
+    sql = "SELECT max(response_code) AS m, count(*) AS n FROM envoy_access"
+    run = logq("sql", sql, "--since", "3h", "--warehouse", uri, "-f", "json")
+    assert run.exit_code == 0, run.stderr
+    [row] = run.json()
+    assert isinstance(row["m"], int) and row["n"] > truth
+
+    uri, _, _ = foreign_warehouse(tmp_path / "double", "duration_double", where)
+    sql = "SELECT max(duration_ms) AS d FROM envoy_access"
+    run = logq("sql", sql, "--since", "3h", "--warehouse", uri, "-f", "json")
+    assert run.exit_code == 0, run.stderr
+    assert isinstance(run.json()[0]["d"], int), run.stdout
+
+
+def test_a_foreign_file_among_older_schema_files_is_named(logq, tmp_path: Path) -> None:
+    """Older files without ``upstream_host`` send the table through ``union_by_name``, which
+    widens a column to text across files: the cast back to the declared type still fails, and
+    the file is named."""
+    uri, foreign, _ = foreign_warehouse(tmp_path, "code_text", "scanned")
+    old = sorted(Path(uri).glob("envoy_access/service=b/dt=*/part-0000.parquet"))[0]
+    pq.write_table(pq.read_table(old).drop_columns(["upstream_host"]), old)
+    sql = "SELECT max(response_code) AS m, count(upstream_host) AS u FROM envoy_access"
+    run = logq("sql", sql, "--since", "3h", "--warehouse", uri)
+    assert run.exit_code == 1, run.stdout
+    line = _error_line(run.stderr)
+    assert f"{foreign} holds column response_code as string where the table has int" in line
+
+
+@pytest.mark.parametrize("where", ["bound", "scanned"])
+def test_a_statement_error_keeps_its_own_message_beside_a_foreign_file(
+    logq, tmp_path: Path, where: str
+) -> None:
+    """A type error in the statement itself is the user's (exit 2, DuckDB's words), even with
+    a foreign file in the table: a binder error's "explicit type casts" named the file (exit
+    1), and so could a failed ``CAST`` of another column."""
+    uri, foreign, _ = foreign_warehouse(tmp_path, "code_text", where)
+    for sql, words in (
+        ("SELECT host + 1 FROM envoy_access", "Binder Error"),
+        ("SELECT CAST(path AS INT) FROM envoy_access", "Could not convert string"),
+    ):
+        run = logq("sql", sql, "--warehouse", uri)
+        assert run.exit_code == 2, (sql, run.stderr)
+        line = _error_line(run.stderr)
+        assert words in line and foreign not in line, line
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["ts_int", "code_text"])
+def test_an_s3_warehouse_names_the_foreign_file(logq, s3_warehouse: str, kind: str) -> None:
+    """S3 tables are read by pyarrow with the declared schema: its error ("Failed to parse
+    string", "no kernel matching input types") named no file. The file is named; a statement's
+    own error keeps its message."""
+    uri, foreign, _ = foreign_warehouse(s3_warehouse, kind, "scanned")
+    column, found, declared = {
+        "ts_int": ("timestamp", "int64", "timestamp"),
+        "code_text": ("response_code", "string", "int"),
+    }[kind]
+    run = logq("errors", "--warehouse", uri)
+    assert run.exit_code == 1, run.stdout
+    line = _error_line(run.stderr)
+    assert f"{foreign} holds column {column} as {found} where the table has {declared}" in line
+    own = logq("sql", "SELECT host + 1 FROM envoy_access", "--warehouse", uri)
+    assert own.exit_code == 2 and "Binder Error" in _error_line(own.stderr), own.stderr
