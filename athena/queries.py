@@ -219,6 +219,12 @@ LOCAL_TABLES = ("envoy_access", "container_logs")
 #: ``"$file_modified_time"``). ``"$bucket"`` exists only on bucketed tables (ours are not). The
 #: local engine's tables have none of them (:func:`_for_duckdb` refuses them).
 HIDDEN_COLUMNS = ("$path", "$file_size", "$file_modified_time", "$partition", "$bucket")
+#: DuckDB table functions that are a statement in disguise, and that statement: they act on
+#: the database rather than read the warehouse, so the local engine refuses them as ``logq
+#: sql`` refuses the statement (``force_checkpoint()`` failed in DuckDB, exit 1 as if the
+#: engine broke; ``checkpoint()`` ran). Those that change a setting (``enable_logging()``,
+#: ``enable_profiling()``) are refused by the sandbox (:mod:`athena.engines.local`).
+STATEMENT_FUNCTIONS = {"checkpoint": "CHECKPOINT", "force_checkpoint": "FORCE CHECKPOINT"}
 
 
 def _for_duckdb(node: Any) -> Any:
@@ -236,6 +242,7 @@ def _for_duckdb(node: Any) -> Any:
       ``approx_distinct`` is exact locally (``count(DISTINCT x)``), in ad-hoc statements.
     * Athena's hidden columns (:data:`HIDDEN_COLUMNS`) are refused: the local views have no
       such column, and DuckDB's "not found" listed ``path`` as the likely one.
+    * DuckDB's statements written as functions (:data:`STATEMENT_FUNCTIONS`) are refused.
     Integer division truncates as in Trino through the connection's ``integer_division``
     setting (see :mod:`athena.engines.local`).
     """
@@ -248,6 +255,13 @@ def _for_duckdb(node: Any) -> Any:
             f'"{node.name.lower()}" is a hidden column of the Athena tables (which S3 object, '
             "of what size and age, or which partition a row came from); the local engine's "
             "tables have no such column: run the statement with --engine athena"
+        )
+    if isinstance(node, exp.Anonymous) and str(node.name).lower() in STATEMENT_FUNCTIONS:
+        name = str(node.name).lower()
+        raise QueryError(
+            f"{name}() is DuckDB's {STATEMENT_FUNCTIONS[name]} statement written as a function, "
+            "which acts on DuckDB's own database, not the warehouse tables: the local engine "
+            "runs queries only and refuses it as it refuses the statement; leave it out"
         )
     if isinstance(node, exp.Table) and node.name.lower() in LOCAL_TABLES and node.args.get("db"):
         node = node.copy()

@@ -14,7 +14,9 @@ from shipper.startup import deferred_interrupts, interrupted, is_interrupt
 with deferred_interrupts("logq"):
     import re
     import sys
-    from typing import Annotated
+    from collections.abc import Iterator
+    from contextlib import contextmanager, suppress
+    from typing import Annotated, Any
 
     import typer
     from typer.core import TyperGroup
@@ -40,10 +42,49 @@ def statement_last(args: list[str]) -> list[str]:
 
 
 class _Commands(TyperGroup):
-    """logq's command group: reads a ``logq sql`` statement that starts with a comment."""
+    """logq's command group: reads a ``logq sql`` statement that starts with a comment, and says
+    a usage error in one line (:func:`one_line_usage`)."""
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, statement_last(list(args)))
+        with one_line_usage():
+            return super().parse_args(ctx, statement_last(list(args)))
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        with one_line_usage(ctx):  # a command's own options are parsed here
+            return super().invoke(ctx)
+
+
+#: click's UsageError: typer 0.29 and later raise that of the click copy they ship, others that
+#: of click itself; either way it is the base of ``typer.BadParameter``.
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+@contextmanager
+def one_line_usage(group: typer.Context | None = None) -> Iterator[None]:
+    """Say a usage error (unknown option, bad value, missing argument) as every other error is
+    said, ``logq: error: ...`` in one line, with the help to read, and exit 2 as click does.
+    Typer drew a box of five lines or more on stderr, a shape scripts and their logs cannot
+    tell from the others. ``logq`` alone (help, no error) is left to click. ``group``: the
+    context of ``logq`` itself, which names the command when the error does not (``logq tail
+    --limit`` with no value)."""
+    try:
+        yield
+    except _USAGE_ERROR as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # not importable on every click version
+            raise
+        from cli.errors import shorten
+
+        message = shorten(" ".join(exc.format_message().split()).rstrip("."))
+        if exc.ctx is not None:
+            where = exc.ctx.command_path
+        elif group is not None and group.invoked_subcommand:
+            where = f"{group.command_path} {group.invoked_subcommand}"
+        else:
+            where = "logq"
+        with suppress(AttributeError, OSError, ValueError):  # stderr closed: still exit 2
+            sys.stderr.write(f"logq: error: {message} (see {where} -h)\n")
+            sys.stderr.flush()
+        raise typer.Exit(exc.exit_code) from None
 
 
 app = typer.Typer(

@@ -2,11 +2,13 @@
 
 Exit codes: 2 for bad input (time ranges, service names, SQL that does not parse, and the SQL of
 ``logq sql`` that the engine refuses as written: no such column or table, a type error, the local
-sandbox's refusal), 1 for engine and storage failures (DuckDB, Athena, S3; also a canned query
-the engine refuses, which is logq's bug, not the user's), 130 for Ctrl-C, 143 (SIGTERM) and 129
-(SIGHUP) when those stop an Athena query (:class:`~athena.engines.result.Terminated`). A script
-may retry on 1; retrying on 2 cannot help. ``LOGQ_DEBUG=1`` re-raises instead, to show the
-traceback. Anything else is a bug and keeps its traceback.
+sandbox's refusal; click's usage errors too, said in the same one line by
+:func:`cli.app.one_line_usage`), 1 for engine and storage failures (DuckDB, Athena, S3; also a
+canned query the engine refuses, which is logq's bug, not the user's), 130 for Ctrl-C, 143
+(SIGTERM) and 129 (SIGHUP) when those stop an Athena query
+(:class:`~athena.engines.result.Terminated`). A script may retry on 1; retrying on 2 cannot
+help. ``LOGQ_DEBUG=1`` re-raises instead, to show the traceback. Anything else is a bug and
+keeps its traceback.
 
 A reader that stops early (``logq timeline | head -2``) is no failure: logq stops writing at
 once, says nothing and exits 0 (:data:`READER_GONE_EXIT`), whatever the command and however

@@ -36,6 +36,11 @@ the rows it has not printed yet (all columns, counted: the same line twice in on
 two lines). A line that reaches the warehouse later than that is not printed there; the start
 note says so.
 
+Between polls follow waits for the reader of stdout as well as for the clock: ``logq tail -F
+| head -1`` on a quiet service printed nothing more, so no write ever failed, and it ran until
+a line arrived. When stdout is a pipe, the wait (:func:`pause`) ends as soon as its reader has
+gone away, and logq exits 0 as after any write into a closed pipe (:mod:`cli.errors`).
+
 Either way a poll that gets a full page (``POLL_LIMIT`` rows, newest first) reads on, page by
 page, towards older rows. If it still cannot read everything (more than ``POLL_LIMIT`` lines in
 one millisecond, or more than ``MAX_PAGES`` pages), it says on stderr which lines it skipped.
@@ -43,6 +48,10 @@ one millisecond, or more than ``MAX_PAGES`` pages), it says on stderr which line
 
 from __future__ import annotations
 
+import errno
+import os
+import select
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -160,7 +169,7 @@ def _follow_objects(
     objects.known(prep.scopes.get(prep.table, []))  # what the first answer read: history
     done = 0
     while polls is None or done < polls:
-        time.sleep(interval)
+        pause(interval)
         done += 1
         now = _now()
         # From TRACK before the last listing: a pause (``| less``, a laptop asleep) longer
@@ -181,6 +190,41 @@ def _follow_objects(
             if gap is not None:
                 _note_gap(floor, gap)
         objects.forget_before(TimeRange(max(floor, now - TRACK), now).dt_from)
+
+
+def pause(interval: float) -> None:
+    """Wait ``interval`` seconds before the next poll; BrokenPipeError (exit 0, as any write
+    into a closed pipe: :func:`cli.errors.friendly`) as soon as stdout's reader goes away.
+
+    Only a pipe or FIFO is watched: Linux reports ``POLLERR`` on a pipe's write end once no
+    reader is left (requested or not), without a write. A terminal or a file has no reader
+    to lose, and where ``poll`` is missing (Windows) or reports nothing, the wait is a sleep
+    and a closed pipe is found by the next write, as before. Only ``POLLERR`` ends it: the
+    ``POLLHUP`` of a read end given as stdout, or a ``POLLNVAL``, is no reader gone, and the
+    rest of the interval is slept (not polled again at once, in a loop)."""
+    fd = _pipe_out()
+    if fd is None:
+        time.sleep(interval)
+        return
+    watch = select.poll()
+    watch.register(fd, 0)  # no events asked for: POLLERR, POLLHUP and POLLNVAL still come
+    start = time.monotonic()
+    events = watch.poll(interval * 1000)
+    if any(mask & select.POLLERR for _, mask in events):
+        raise BrokenPipeError(errno.EPIPE, "the reader of stdout went away")
+    if events:
+        time.sleep(max(0.0, interval - (time.monotonic() - start)))
+
+
+def _pipe_out() -> int | None:
+    """stdout's file descriptor when it is a pipe or FIFO that :func:`pause` can watch."""
+    if not hasattr(select, "poll"):
+        return None
+    try:
+        fd = sys.stdout.fileno()
+        return fd if stat.S_ISFIFO(os.fstat(fd).st_mode) else None
+    except (AttributeError, OSError, ValueError):  # not a real file (a test runner's buffer)
+        return None
 
 
 def _now() -> datetime:
@@ -262,7 +306,7 @@ def _follow_window(
             floor = max(floor, gap + _MS)
     done = 0
     while polls is None or done < polls:
-        time.sleep(interval)
+        pause(interval)
         done += 1
         now = datetime.now(UTC)
         since = max(floor, min(newest - ATHENA_LOOKBACK, now - ATHENA_LOOKBACK))

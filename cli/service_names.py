@@ -4,10 +4,12 @@ The writer stores a service name lower-cased with accents folded, and rewrites a
 (``/``, quotes, ``..``) to ``_``. A value that only differs by case or accents names the same
 folder (``-s CAFE-U`` and ``-s café-ü`` both find ``cafe-u``) and is taken; a value the writer
 would have rewritten otherwise is refused, so a quote or a ``..`` never reaches a query. The
-refusal suggests only names the warehouse holds: the rewritten form (``recipe/../checkout`` ->
-``recipe_checkout``, ``*`` -> ``svc-<hash>``) is usually no service at all. An empty value (``-s
-""`` from an unset ``$SVC``, or an empty item of a comma list) is refused too: taken as "no
-filter" it answered for every service.
+refusal names what is wrong with the value (the characters refused, a ``_`` at an end, ``__``)
+and the rule a name follows: "stored as letters, digits, '_', '.', '-'" alone left ``recip_``
+unexplained. It suggests only names the warehouse holds: the rewritten form
+(``recipe/../checkout`` -> ``recipe_checkout``, ``*`` -> ``svc-<hash>``) is usually no service
+at all. An empty value (``-s ""`` from an unset ``$SVC``, or an empty item of a comma list)
+is refused too: taken as "no filter" it answered for every service.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import unicodedata
 
 from cli.notes import empty_option_text, shown
 
-#: What the user learns when a value is refused: how names are stored, where to find them.
-STORED_AS = (
-    "service names are stored as lower-case letters, digits, '_', '.', '-'; "
-    "`logq services` lists them"
-)
+#: The characters a stored name is made of (after case and accents are folded).
+_ACCEPTED = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
+#: Most refused characters a message names one by one.
+_NAMED_AT_MOST = 4
+#: Most characters of a refused value the message repeats.
+_SHOWN_CHARS = 40
 
 
 def normalise_services(values: list[str] | None, warehouse: str | None = None) -> list[str] | None:
@@ -68,7 +71,63 @@ def refused_text(part: str, name: str, warehouse: str | None) -> str:
     when it cannot be listed cheaply: see :func:`existing_names`)."""
     close = difflib.get_close_matches(name, existing_names(warehouse), n=3, cutoff=0.6)
     typo = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-    return f"--service {shown(part)} is not a service name ({STORED_AS}){typo}"
+    # The value cut shorter than elsewhere: the fault and the rule must fit in one error line
+    # (:data:`cli.errors.MAX_MESSAGE_CHARS`), not be cut from its middle.
+    value = shown(part, _echoed_chars(part))
+    return f"--service {value} is not a service name: {fault(part)}; {rule()}{typo}"
+
+
+def _echoed_chars(part: str) -> int:
+    """How many characters of ``part`` the refusal repeats: at most :data:`_SHOWN_CHARS` once
+    escaped, so 40 control characters (``\\x00``, 4 each) do not push the line past its cut."""
+    width = 0
+    for count, char in enumerate(part):
+        width += len(repr(char)) - 2
+        if width > _SHOWN_CHARS:
+            return count
+    return len(part)
+
+
+def rule() -> str:
+    """What the user learns when a value is refused: the names the writer stores unchanged
+    (:func:`athena.schema.sanitize_service`), and where to find them."""
+    from athena.schema import MAX_SERVICE_LEN  # imported when refusing only: it needs pyarrow
+
+    return (
+        "a name is lower-case letters, digits and '_', '.', '-' (never first or last, never "
+        f"'__' or '..'), up to {MAX_SERVICE_LEN} characters; case and accents fold ('Café' is "
+        "'cafe'); `logq services` lists them"
+    )
+
+
+def fault(part: str) -> str:
+    """What in ``part`` the writer would have rewritten (:func:`athena.schema.sanitize_service`),
+    in its order: characters it replaces, a run of dots or underscores it collapses, the length
+    it cuts, a ``_``, ``.`` or ``-`` at an end it strips. One of these is always true of a value
+    :func:`normalise_services` refuses."""
+    text = folded(part)
+    if not text:  # accents only (U+0301): nothing left once they fold
+        return "nothing is left of it once accents fold"
+    refused = list(dict.fromkeys(c for c in text if c not in _ACCEPTED))
+    if refused:
+        named = ", ".join(repr(c) for c in refused[:_NAMED_AT_MOST])
+        more = f" and {len(refused) - _NAMED_AT_MOST} more" if len(refused) > _NAMED_AT_MOST else ""
+        if len(refused) == 1:
+            return f"the character {named} is not accepted"
+        return f"the characters {named}{more} are not accepted"
+    runs = [run for run in ("..", "__") if run in text]
+    if runs:
+        return f"it holds {' and '.join(map(repr, runs))}"
+    from athena.schema import MAX_SERVICE_LEN
+
+    if len(text) > MAX_SERVICE_LEN:
+        return f"it is {len(text):,} characters long"
+    ends = [
+        f"{where} with {c!r}"
+        for where, c in (("starts", text[:1]), ("ends", text[-1:]))
+        if c and c in "_.-"
+    ]
+    return f"it {' and '.join(ends)}" if ends else "the writer would store it otherwise"
 
 
 def existing_names(warehouse: str | None) -> list[str]:

@@ -175,12 +175,21 @@ def _refusal(exc: Exception) -> str | None:
     """The sandbox's refusal of ``exc`` as advice, or None when it is another error. A function
     of an extension DuckDB lacks (``iceberg_scan``, ``read_xlsx``, ``st_read``) is one: the
     statement must change (exit 2), and DuckDB's own advice, ``INSTALL x; LOAD x;``, is what
-    ``logq sql`` refuses, so it is not repeated."""
+    ``logq sql`` refuses, so it is not repeated. So is a checkpoint DuckDB refuses inside a
+    query (``force_checkpoint()`` in a ``query('...')`` string, where :mod:`athena.queries`
+    does not see it): the statement must change, as for the ``CHECKPOINT`` ``logq sql``
+    refuses, where it was an engine failure (exit 1)."""
     import duckdb
 
     text = str(exc)
     if isinstance(exc, duckdb.PermissionException) or "configuration has been locked" in text:
         return f"{_SANDBOX}; DuckDB refused: " + _one_line(text)
+    if isinstance(exc, duckdb.TransactionException) and "CHECKPOINT" in text:
+        # force_checkpoint() where athena.queries cannot see it: inside query('...')
+        return (
+            "the local engine runs queries over the warehouse tables only, not DuckDB's "
+            "CHECKPOINT, which acts on its own database; DuckDB refused: " + _one_line(text)
+        )
     extension = _NEEDS_EXTENSION.match(text)
     name = extension and (extension.group(1) or extension.group(2))
     if name and name not in _ENGINE_EXTENSIONS:

@@ -9,6 +9,9 @@ import typer
 from cli.errors import friendly
 from cli.options import REQUEST_FILTERS, Common, query_command
 
+#: Seconds between ``--follow`` polls when ``--interval`` is not given.
+DEFAULT_INTERVAL = 2.0
+
 
 class Stream(StrEnum):
     """Values of ``tail --stream``."""
@@ -31,10 +34,16 @@ def tail(
         ),
     ] = False,
     interval: Annotated[
-        float,
+        float | None,
         # A maximum too: inf (or 1e999) passed the minimum and time.sleep() failed on it.
-        typer.Option(min=0.2, max=3600.0, help="Seconds between polls with --follow."),
-    ] = 2.0,
+        # No default here: given without --follow it is refused, not silently ignored.
+        typer.Option(
+            min=0.2,
+            max=3600.0,
+            show_default=False,
+            help=f"Seconds between polls with --follow (default {DEFAULT_INTERVAL:g}).",
+        ),
+    ] = None,
 ) -> None:
     """Recent container output lines (app stdout/stderr, Envoy's own lines), oldest first.
 
@@ -47,6 +56,11 @@ def tail(
     from cli import runner
 
     with friendly():
+        if interval is not None and not follow:
+            raise ValueError(
+                "--interval only applies with --follow (-F), the seconds between its polls; "
+                "add --follow, or leave --interval out"
+            )
         if follow and common.until:
             raise ValueError(
                 "--until does not go with --follow, which prints lines up to now as they "
@@ -82,9 +96,10 @@ def tail(
         limits = start_note(common.engine)
         if limits is not None:
             note(limits)
+        every = DEFAULT_INTERVAL if interval is None else interval
         if common.engine is EngineName.athena:
-            interval = max(interval, ATHENA_MIN_INTERVAL)
-        follow_lines(common, prep, rows, interval, _print_log_lines)
+            every = max(every, ATHENA_MIN_INTERVAL)
+        follow_lines(common, prep, rows, every, _print_log_lines)
 
 
 def _note_cut(rows: list[tuple[Any, ...]], prep: Any) -> None:

@@ -173,6 +173,36 @@ def test_hostile_service_matches_nothing(logq, warehouse: Warehouse) -> None:
         assert ("did you mean 'recipe'?" in run.stderr) == (hostile == "recipe' --")
 
 
+@pytest.mark.parametrize(
+    ("value", "fault"),
+    [
+        ("recip_", "it ends with '_'"),
+        ("_recipe", "it starts with '_'"),
+        ("-recipe.", "it starts with '-' and ends with '.'"),
+        ("recip$", "the character '$' is not accepted"),
+        ("x' OR '1'='1", "the characters \"'\", ' ', '=' are not accepted"),
+        ("café漢", "the character '漢' is not accepted"),
+        ("re__cipe", "it holds '__'"),
+        ("a" * 129, "it is 129 characters long"),
+        ("!@#$%^&*()" * 30, "the characters '!', '@', '#', '$' and 6 more are not accepted"),
+        ("\x01" * 40, "the character '\\x01' is not accepted"),  # echoed escaped: 4 each
+        ("\u0301", "nothing is left of it once accents fold"),  # a combining accent alone
+    ],
+)
+def test_a_refused_service_name_says_what_is_wrong(
+    logq, warehouse: Warehouse, value: str, fault: str
+) -> None:
+    """`-s recip_` was refused with "stored as lower-case letters, digits, '_', '.', '-'": a
+    rule it seemed to follow. The message names what is wrong (the characters refused, an end,
+    a run) and the whole rule the stored names follow."""
+    run = logq("tail", "-s", value, "--warehouse", warehouse.uri)
+    assert run.exit_code == 2 and run.stdout == "", run.stderr
+    assert f"is not a service name: {fault}; a name is lower-case letters, digits" in run.stderr
+    assert "'_', '.', '-' (never first or last, never '__' or '..')" in run.stderr
+    assert "up to 128 characters" in run.stderr and "`logq services` lists them" in run.stderr
+    assert len(run.stderr.splitlines()) == 1 and "[..." not in run.stderr  # not cut
+
+
 def test_service_names_match_as_stored(logq, warehouse: Warehouse) -> None:
     """Names are matched after the writer's sanitising: case folds, a path cannot escape."""
     want = expected_errors(warehouse.access, ["users"], SINCE, UNTIL)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -18,6 +21,18 @@ from cli.follow import follow_lines, follow_sql
 from cli.options import Common, EngineName
 from cli.output import OutputFormat
 from tests.athena.factory import logs_frame, write_frame
+
+LOGQ = Path(sys.executable).with_name("logq")
+#: :func:`cli.follow._pipe_out` itself, for the test of :func:`cli.follow.pause`.
+PIPE_OUT = follow._pipe_out
+
+
+@pytest.fixture(autouse=True)
+def _stdout_never_watched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests drive the polls through ``follow.time.sleep``, which ``pause`` skips when
+    stdout is a pipe: under ``pytest -s | tee`` they found no arrival and failed. Stdout is
+    watched only in the tests of that watch."""
+    monkeypatch.setattr(follow, "_pipe_out", lambda: None)
 
 
 def _common(uri: str, fmt: OutputFormat = OutputFormat.json) -> Common:
@@ -400,11 +415,11 @@ def test_follow_does_not_reprint_history_when_a_listed_object_vanishes(
     def failing_delete(wh, paths):  # S3 SlowDown / AccessDenied on the input deletes
         raise StorageError("SlowDown")
 
-    monkeypatch.setattr(attempt, "delete_objects", failing_delete)
-    for folder in Path(uri, "container_logs", "service=svc").iterdir():
-        with pytest.raises(StorageError):
-            compact_partition(wh, CONTAINER_LOGS, str(folder), 1 << 30)
-    monkeypatch.undo()
+    with monkeypatch.context() as patched:  # not undo(): it would undo the fixture's patch
+        patched.setattr(attempt, "delete_objects", failing_delete)
+        for folder in Path(uri, "container_logs", "service=svc").iterdir():
+            with pytest.raises(StorageError):
+                compact_partition(wh, CONTAINER_LOGS, str(folder), 1 << 30)
     left = sorted(p.name for p in Path(uri, "container_logs").rglob("*") if p.is_file())
     assert any(n.startswith("_compact-") for n in left) and len(left) >= 4, left
 
@@ -566,3 +581,79 @@ def test_follow_counts_a_pause_while_printing_the_first_answer(tmp_path: Path, m
     monkeypatch.setattr(follow.time, "sleep", lambda s: None)
     follow_lines(common, prep, initial, 1.0, blocked_printer, polls=1)
     assert len(printed) == 1 and len(notes) == 1 and "may not have been printed" in notes[0]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="POLLERR on a pipe without reader: Linux")
+def test_follow_ends_when_the_reader_of_its_pipe_goes_away(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """``logq tail -F | head -1`` on a quiet service: ``head`` exits after the first line, but
+    follow wrote nothing more (no new rows), so no write failed and it polled on until a line
+    arrived, holding the pipeline open. It now ends with status 0 once the reader is gone, as
+    after any write into a closed pipe."""
+    uri = str(tmp_path / "wh")
+    now = datetime.now(UTC)
+    old = logs_frame(3, now - timedelta(minutes=3), now - timedelta(minutes=2), ["svc"], seed=4)
+    write_frame(uri, "container_logs", old)
+    read_end, write_end = os.pipe()
+    args = ["tail", "-s", "svc", "-F", "--interval", "0.2", "--warehouse", uri]
+    proc = subprocess.Popen(
+        [str(LOGQ), *args], stdout=write_end, stderr=subprocess.PIPE, env=subprocess_env
+    )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:  # head -1: one line, then the pipe is closed
+        first = reader.readline()
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("logq tail -F kept polling after the reader of its stdout went away")
+    assert proc.returncode == 0, stderr.decode()
+    assert b" svc " in first and b"Traceback" not in stderr
+
+
+def test_follow_waits_between_polls_while_its_pipe_has_a_reader(monkeypatch) -> None:
+    """The wait is cut short by a pipe's reader going away only: with a reader it lasts the
+    interval, stdout that is no pipe (a file, a terminal) is never watched, and a read end
+    given as stdout, whose writer is gone (``POLLHUP``), is no reader gone: it sleeps."""
+    monkeypatch.setattr(follow, "_pipe_out", PIPE_OUT)
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "w") as out:
+        monkeypatch.setattr(sys, "stdout", out)
+        follow.pause(0.05)  # the reader is there: no error
+        os.close(read_end)
+        if sys.platform == "linux":
+            with pytest.raises(BrokenPipeError):
+                follow.pause(60)
+    slept: list[float] = []
+    monkeypatch.setattr(follow.time, "sleep", slept.append)
+    with open(os.devnull, "w") as out:
+        monkeypatch.setattr(sys, "stdout", out)
+        follow.pause(3.0)
+    assert slept == [3.0]
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    with os.fdopen(read_end, "w") as out:  # nonsense, but no reason to stop following
+        monkeypatch.setattr(sys, "stdout", out)
+        follow.pause(3.0)
+    assert len(slept) == 2 and 2.0 < slept[1] <= 3.0, slept
+
+
+@pytest.mark.parametrize("interval", ["2", "0.5"])
+def test_interval_without_follow_is_a_usage_error(
+    tmp_path: Path, interval: str, monkeypatch
+) -> None:
+    """``logq tail --interval 5`` (``-F`` forgotten) printed the lines once and exited 0, as
+    if polling; the option is refused, saying what it is for."""
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    uri = str(tmp_path / "wh")
+    now = datetime.now(UTC)
+    write_frame(uri, "container_logs", logs_frame(3, now - timedelta(minutes=2), now, ["svc"]))
+    run = CliRunner().invoke(app, ["tail", "-s", "svc", "--interval", interval, "--warehouse", uri])
+    assert run.exit_code == 2, run.stderr
+    assert run.stdout == ""
+    assert "logq: error: --interval only applies with --follow" in run.stderr

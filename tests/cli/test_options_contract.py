@@ -221,3 +221,44 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     assert all(b"svc" in line for line in first), first
     assert stderr == "", stderr
     assert code == 0  # the reader quit early: no failure (cli/errors.py READER_GONE_EXIT)
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["tail", "--bogus"], "No such option: --bogus (see logq tail -h)"),
+        (["errors", "--fomat", "json"], "No such option: --fomat (Possible options: --format, "),
+        (["top", "--by", "nope"], "Invalid value for '--by': "),
+        (["tail", "--limit"], "Option '--limit' requires an argument (see logq tail -h)"),
+        (["sql"], "Missing argument 'statement' (see logq sql -h)"),
+        (["demo", "--x"], "No such option: --x (see logq demo -h)"),
+    ],
+)
+def test_a_usage_error_is_one_line_as_every_error(args: list[str], line: str) -> None:
+    """click's usage errors (an unknown option, a bad value, a missing argument) were a box of
+    five lines or more under a usage line; every other error is one ``logq: error:`` line. Now
+    they are too, naming the help to read, with click's exit status 2. The real program: the
+    prog name ``logq`` comes from the command line."""
+    run = subprocess.run(
+        [str(LOGQ), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run.returncode == 2 and run.stdout == "", run.stderr
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"logq: error: {line}"), run.stderr
+    assert lines[0].endswith(" -h)"), run.stderr
+
+
+def test_logq_itself_says_its_usage_errors_in_one_line_and_its_help_whole() -> None:
+    """An unknown command or option of ``logq`` itself is one line too; ``logq`` alone, which
+    click answers with a usage "error" that is the help, still shows the whole help."""
+    for args, line in (
+        (["nosuch"], "logq: error: No such command 'nosuch' (see logq -h)"),
+        (["--bogus"], "logq: error: No such option: --bogus (see logq -h)"),
+    ):
+        run = subprocess.run(
+            [str(LOGQ), *args], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert run.returncode == 2 and run.stderr.splitlines() == [line], run.stderr
+    alone = subprocess.run([str(LOGQ)], capture_output=True, text=True, timeout=60, check=False)
+    assert "Usage: logq [OPTIONS] COMMAND" in alone.stdout + alone.stderr
+    assert "logq: error" not in alone.stderr

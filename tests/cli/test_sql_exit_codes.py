@@ -43,6 +43,11 @@ from tests.cli.test_sql_sandbox import one_line_error
             "Conversion Error: Could not convert string",
         ),
         ("SELECT regexp_like(path, '(') FROM envoy_access", "Invalid Input Error"),
+        # DuckDB's CHECKPOINT as a table function: a TransactionContext Error, exit 1 as if
+        # the engine failed (force_checkpoint) or run (checkpoint), where CHECKPOINT is refused
+        ("SELECT * FROM force_checkpoint()", "FORCE CHECKPOINT statement written as a function"),
+        ("SELECT * FROM checkpoint()", "DuckDB's CHECKPOINT statement written as a function"),
+        ("SELECT * FROM query('SELECT * FROM force_checkpoint()')", "not DuckDB's CHECKPOINT"),
     ],
 )
 def test_statement_refused_as_written_exits_2(

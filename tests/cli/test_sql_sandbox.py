@@ -147,6 +147,35 @@ def test_engine_sandbox_holds_without_the_statement_check(
     assert part.read_bytes() == before
 
 
+def test_checkpoint_functions_are_refused_as_the_statement_is(logq, warehouse: Warehouse) -> None:
+    """DuckDB's CHECKPOINT written as a table function, wherever in the statement: refused
+    before it runs, saying why (exit 2, as the CHECKPOINT statement), not DuckDB's
+    "TransactionContext Error" (exit 1, an engine failure a script would retry). A column, a
+    WITH query, a string or a comment of that name is no call."""
+    for statement in (
+        "SELECT * FROM Force_Checkpoint('memory')",
+        'SELECT * FROM "checkpoint"()',
+        "SELECT * FROM main.checkpoint()",
+        "SELECT count(*) AS n FROM envoy_access, LATERAL force_checkpoint()",
+        "SELECT (SELECT 1 FROM checkpoint()) AS x",
+        "EXPLAIN ANALYZE SELECT * FROM force_checkpoint()",
+        "SELECT checkpoint()",
+    ):
+        run = logq("sql", statement, "--warehouse", warehouse.uri)
+        assert run.exit_code == 2, (statement, run.stderr)
+        line = one_line_error(run.stderr)
+        assert "CHECKPOINT statement written as a function" in line, line
+        assert "runs queries only" in line and "TransactionContext" not in line
+    for sql, want in (
+        ("SELECT checkpoint FROM (SELECT 1 AS checkpoint) AS t", {"checkpoint": 1}),
+        ("WITH checkpoint AS (SELECT 1 AS c) SELECT c FROM checkpoint", {"c": 1}),
+        ("SELECT 'force_checkpoint()' AS s -- checkpoint()", {"s": "force_checkpoint()"}),
+        ("SELECT /* checkpoint() */ 1 AS n", {"n": 1}),
+    ):
+        run = logq("sql", sql, "-f", "json", "--warehouse", warehouse.uri)
+        assert run.exit_code == 0 and run.json() == [want], (sql, run.stderr)
+
+
 def test_settings_cannot_be_changed_mid_query(warehouse: Warehouse) -> None:
     engine = LocalEngine(warehouse.uri)
     result = engine.run("SELECT current_setting('enable_external_access') AS ext", {}, {})
