@@ -551,13 +551,8 @@ R = TypeVar("R")
 
 
 def _ordered(work: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
-    """``[work(i) for i in items]`` with up to ``workers`` calls at once (listings wait on the
-    network or the disk, not on Python). A failure is raised as the loop would raise it: the
-    first failing item's own exception, in ``items`` order; listings not yet started are
-    cancelled rather than run for nothing."""
-    if workers <= 1 or len(items) <= 1:
-        return [work(i) for i in items]
-    from athena.threads import ordered_map
+    """``[work(i) for i in items]``, up to ``workers`` listings at once
+    (:func:`athena.threads.ordered_list`)."""
+    from athena.threads import ordered_list
 
-    threads = min(workers, len(items))
-    return list(ordered_map(work, items, threads, ahead=len(items), name="logq-listing"))
+    return ordered_list(work, items, workers, name="logq-listing")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 from athena.freshness import _file_times, newest_data, newest_data_quick, newest_in
@@ -203,3 +204,77 @@ def test_a_column_read_closes_its_file_also_when_it_is_damaged(tmp_path: Path) -
         _file_times(wh, bad)
     assert caught.value is not None and handler.files
     assert all(f.closed for f in handler.files)
+
+
+def test_stale_note_newest_when_the_newest_flushes_hold_rows_ahead_only(tmp_path: Path) -> None:
+    """The stale note and an empty answer (:func:`newest_in`) read the footers of an hour's
+    newest flushes only; when those hold rows ahead of the clock only, the hour's other files
+    answer, as in `logq services`. It fell back to the hour before: "newest 09:10" for data of
+    10:20, an older time than the truth, named beside the rows ahead."""
+    start = utc(2026, 3, 1, 10, 0)
+    minute = timedelta(minutes=1)
+    hour_before = access_frame(4, utc(2026, 3, 1, 9, 10), utc(2026, 3, 1, 9, 11), ["svc"], 40)
+    older = [
+        access_frame(5, start + k * minute, start + (k + 1) * minute, ["svc"], k) for k in range(20)
+    ]
+    ahead = access_frame(3, utc(2026, 3, 1, 10, 50), utc(2026, 3, 1, 10, 51), ["svc"], seed=8)
+    uri = str(tmp_path / "wh")
+    _flushes(uri, [hour_before, *older, ahead, ahead])  # the two newest segments: ahead only
+    wh = open_warehouse(uri)
+    parts = plan(wh, "envoy_access", ["svc"], None)
+    tops: dict[str, datetime | None] = {}
+    assert newest_in(wh, parts, tops=tops) == ahead["timestamp"].max()
+    got = newest_in(wh, parts, NOW, tops)
+    assert got == pd.concat(older)["timestamp"].max()
+    assert got == newest_data(wh, "envoy_access", ["svc"], NOW)  # every column read
+
+
+def test_counting_rows_ahead_raises_an_hours_file_error_before_listing_the_next_hour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting rows ahead reads each hour's footers before the next hour is listed, as one
+    loop did: a foreign file in the first hour (a ForeignFile, which the note names) is the
+    error, not a failed listing of the hour after it (an OSError, which the note keeps quiet
+    about). Reading the footers of every hour at once, after all the listings, swapped them."""
+    import athena.partitions as partitions
+    from athena.foreign import ForeignFile
+    from athena.freshness import rows_after
+
+    uri, _ = _warehouse(tmp_path)
+    wh = open_warehouse(uri)
+    [ahead_file] = list(Path(uri, "envoy_access", "service=svc", "dt=2026-03-01-10").iterdir())
+    rows = pq.read_table(ahead_file)
+    far = pa.array([253402300800000 * 3] * len(rows), pa.int64()).cast(rows["timestamp"].type)
+    pq.write_table(rows.set_column(rows.schema.get_field_index("timestamp"), "timestamp", far),
+                   ahead_file)  # fmt: skip
+    real = partitions.list_files
+
+    def failing(wh: Warehouse, path: str, *args: object, **kwargs: object) -> object:
+        if "dt=2026-03-01-12" in path:
+            raise OSError(f"listing {path} failed")
+        return real(wh, path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(partitions, "list_files", failing)
+    with pytest.raises(ForeignFile, match="past year 9999"):
+        rows_after(wh, "envoy_access", ["svc"], NOW)
+
+
+def test_a_local_warehouse_reads_footers_in_the_calling_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No pool on a local folder: its footers cost microseconds, threads would only take turns
+    (the GIL). Only an s3:// warehouse reads S3_FOOTER_THREADS at once."""
+    import athena.threads as threads
+    from athena.freshness import oldest_data, rows_after
+
+    def no_pool(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a thread pool was made for a local warehouse")
+
+    uri, _ = _warehouse(tmp_path)
+    write_frame(uri, "envoy_access", access_frame(9, NOW - timedelta(minutes=9), NOW, ["b", "c"]))
+    wh = open_warehouse(uri)
+    parts = plan(wh, "envoy_access", None, None)
+    monkeypatch.setattr(threads, "ThreadPoolExecutor", no_pool)
+    assert newest_in(wh, parts, NOW) is not None
+    assert oldest_data(wh, "envoy_access", None) is not None
+    assert rows_after(wh, "envoy_access", None, NOW, parts) is not None

@@ -10,10 +10,13 @@ import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -434,3 +437,171 @@ def test_counting_rows_ahead_reads_each_footer_once(
     assert "2 rows for skew are stamped after now" in run.stderr, run.stderr
     twice = {p for p in reads if reads.count(p) > 1}
     assert not twice, f"{len(twice)} footers read more than once: {sorted(twice)[:3]}"
+
+
+def _many_services_on_s3(uri: str, now: datetime, skewed: bool = True) -> tuple[datetime, ...]:
+    """40 services, one compaction output each (every footer is read: no order in their names),
+    rows 6-8 minutes before ``now``; ``svc-17`` also has the newest rows at or before it (3
+    minutes before) and, ``skewed``, rows of a clock 20 minutes ahead, in the same file when
+    the hour allows. Returns the newest time at or before ``now`` and the newest of all."""
+    services = [f"svc-{i:02d}" for i in range(40)]
+    old = access_frame(80, now - timedelta(minutes=8), now - timedelta(minutes=6), services)
+    write_with_writer(uri, "envoy_access", old, name=compacted_object_name(f"{1:020x}"))
+    at, ahead_at = now - timedelta(minutes=3), now + timedelta(minutes=20)
+    skew = access_frame(3, at, at + timedelta(seconds=1), ["svc-17"], seed=5)
+    if skewed:
+        ahead = access_frame(2, ahead_at, ahead_at + timedelta(seconds=1), ["svc-17"], seed=6)
+        skew = pd.concat([skew, ahead])
+    write_with_writer(uri, "envoy_access", skew, name=compacted_object_name(f"{2:020x}"))
+    ts = [t.to_pydatetime() for t in skew["timestamp"]]
+    return max(t for t in ts if t <= now), max(ts)
+
+
+@pytest.mark.integration
+@pytest.mark.s3
+def test_footers_over_every_service_on_s3_read_at_once_give_the_same_answer(
+    s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On S3 the freshness notes read the newest files' footers a few at once
+    (S3_FOOTER_THREADS), not one round trip after the other: the newest row at or before now,
+    the newest ahead (its file's column read, the footer's largest time being ahead) and the
+    count of rows ahead are those the one-at-a-time reading gives, over real SeaweedFS."""
+    import athena.freshness as freshness
+    from athena.freshness import newest_in, rows_after
+    from athena.partitions import plan
+    from cli.explain import newest_and_ahead
+
+    now = _now()
+    newest, ahead = _many_services_on_s3(s3_warehouse, now)
+    wh = open_warehouse(s3_warehouse)
+    parts = plan(wh, "envoy_access", None, None)
+    assert len({p.service for p in parts}) == 40
+
+    def answers() -> tuple[Any, ...]:
+        tops: dict[str, Any] = {}
+        found = newest_and_ahead(partial(newest_in, wh, parts, tops=tops))
+        late = rows_after(wh, "envoy_access", None, now + timedelta(seconds=2), parts, None, tops)
+        return (*found, late)
+
+    at_once = answers()
+    assert at_once[:2] == (newest, ahead)
+    assert at_once[2] is not None and at_once[2].rows == 2 and at_once[2].newest == ahead
+    monkeypatch.setattr(freshness, "S3_FOOTER_THREADS", 1)  # one at a time, as before
+    assert answers() == at_once
+
+
+@pytest.mark.integration
+@pytest.mark.s3
+def test_stale_note_over_every_service_on_s3_reads_footers_concurrently(
+    s3_warehouse: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stale note of a query over every service of an s3:// warehouse (40 services, a
+    footer each) names the same newest row whether the footers are read one at a time or at
+    once; and they are read at once: footer reads overlap, never more than S3_FOOTER_THREADS
+    of them. Overlap is shown, not timed: the first read waits (up to 10 s) for a second to
+    start, which read one after the other it never does."""
+    import threading
+
+    import athena.freshness as freshness
+    from cli.runner import execute
+
+    newest, _ = _many_services_on_s3(s3_warehouse, _now(), skewed=False)
+    common = _common(EngineName.local, s3_warehouse, None)
+    prep = prepare(common, "errors", "envoy_access", {"status_min": 200, "status_max": 599})
+    execute(common, prep)  # plans every service's partitions, as the command does
+    threads_at_once = freshness.S3_FOOTER_THREADS
+
+    def note(threads: int) -> str:
+        monkeypatch.setattr(freshness, "S3_FOOTER_THREADS", threads)
+        forget_notes()
+        capsys.readouterr()
+        prep.stale_checked = False
+        note_stale(common, prep)
+        return capsys.readouterr().err
+
+    one_at_a_time = note(1)
+    assert f"logq: note: newest data in envoy_access: {iso_utc(newest)} (" in one_at_a_time
+
+    lock, second = threading.Lock(), threading.Event()
+    flight = {"now": 0, "most": 0, "reads": 0}
+    real = pq.read_metadata
+
+    def gated(path: str, *args: Any, **kwargs: Any) -> Any:
+        with lock:
+            flight["now"] += 1
+            flight["reads"] += 1
+            flight["most"] = max(flight["most"], flight["now"])
+            first = flight["reads"] == 1
+            if not first:
+                second.set()
+        try:
+            if first:
+                second.wait(10)
+            return real(path, *args, **kwargs)
+        finally:
+            with lock:
+                flight["now"] -= 1
+
+    monkeypatch.setattr(pq, "read_metadata", gated)
+    assert note(threads_at_once) == one_at_a_time
+    assert flight["reads"] >= 40
+    assert 2 <= flight["most"] <= threads_at_once, flight
+
+
+@pytest.mark.integration
+@pytest.mark.s3
+def test_footers_read_at_once_on_s3_raise_the_error_one_at_a_time_raises(
+    s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two files of another tool (times past year 9999: a ForeignFile naming the file) among
+    40 services' footers: read at once, the error is the one reading them in turn raises, that
+    of the first such file in reading order, also when the other fails first (its read is
+    held back here until the other has failed)."""
+    import threading
+
+    import athena.freshness as freshness
+    from athena.foreign import ForeignFile
+    from athena.freshness import newest_files, newest_in
+    from athena.partitions import plan
+    from athena.timerange import dt_of
+
+    now = _now()
+    _many_services_on_s3(s3_warehouse, now, skewed=False)
+    wh = open_warehouse(s3_warehouse)
+    newest_hour = dt_of(now - timedelta(minutes=3))  # svc-17's newest rows: the hour read
+    for svc in ("svc-05", "svc-30"):
+        folder = pafs.FileSelector(wh.path("envoy_access", f"service={svc}"), recursive=True)
+        path = next(f.path for f in wh.fs.get_file_info(folder) if f.is_file)
+        rows = pq.read_table(path, filesystem=wh.fs)
+        far = pa.array([253402300800000 * 3] * len(rows), pa.int64()).cast(rows["timestamp"].type)
+        changed = rows.set_column(rows.schema.get_field_index("timestamp"), "timestamp", far)
+        there = wh.path("envoy_access", f"service={svc}", f"dt={newest_hour}", "0-foreign.parquet")
+        pq.write_table(changed, there, filesystem=wh.fs)
+    parts = plan(wh, "envoy_access", None, None)
+    order = [p for p in newest_files(f.path for p in parts for f in p.files) if "foreign" in p]
+    first, other = order  # the first in reading order, and the other
+    other_failed = threading.Event()
+    real = pq.read_metadata
+
+    def held(path: str, *args: Any, **kwargs: Any) -> Any:
+        if path == first and freshness.S3_FOOTER_THREADS > 1:
+            assert other_failed.wait(10), "the other foreign file was never read"
+        try:
+            return real(path, *args, **kwargs)
+        finally:
+            if path == other:
+                threading.Timer(0.2, other_failed.set).start()  # once its time is refused
+
+    monkeypatch.setattr(pq, "read_metadata", held)
+
+    def error(threads: int) -> tuple[type, str]:
+        monkeypatch.setattr(freshness, "S3_FOOTER_THREADS", threads)
+        other_failed.clear()
+        with pytest.raises(ForeignFile) as caught:
+            newest_in(wh, parts, tops={})
+        return type(caught.value), str(caught.value)
+
+    at_once = freshness.S3_FOOTER_THREADS
+    one_at_a_time = error(1)
+    assert first in one_at_a_time[1], one_at_a_time
+    assert error(at_once) == one_at_a_time

@@ -1,0 +1,150 @@
+"""Stale-note benchmark: the note's cost over every service (no ``--service``) on S3.
+
+A query without ``--service`` over an ``s3://`` warehouse ends with the stale-data note
+(:func:`cli.explain.note_stale`): it reads the Parquet footers of the newest files of the
+newest hour the query planned (:func:`athena.freshness.newest_in`). Builds, on a private
+SeaweedFS (started and stopped here), ``--services`` services (default 50) x 1 hour of data ten
+minutes old (the note then speaks), laid out two ways:
+
+* ``outputs``: one compaction output (``c-<id>``) per service: no order in their names, so every
+  one's footer is read (a footer per service);
+* ``flushes``: three flushes of one writer node, each writing a file into every service folder
+  (``node-a-<seq>-0000``): the two newest segments' files, capped at ``MAX_FOOTERS`` (16).
+
+Then times :func:`note_stale` after ``logq errors --since 1h`` (planned, run once) with the
+footers read one at a time (``S3_FOOTER_THREADS = 1``: the code before) and a few at once,
+directly and through a relay adding ``--latency-ms`` (default 20) per request, as a real S3
+round trip does. Prints the median of ``--repeat`` notes (default 5) and checks that both
+print the same note. Figures, not assertions.
+
+Usage: ``python bench/stale_note.py [--services N] [--latency-ms MS] [--repeat N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.query import _SlowProxy
+
+
+def build(uri: str, services: int, layout: str) -> None:
+    """``services`` services' rows 10-12 minutes old, written with the aggregator's writer in
+    the ``layout`` the module docstring describes."""
+    from athena.schema import compacted_object_name
+    from tests.athena.factory import access_frame, write_with_writer
+
+    now = datetime.now(UTC)
+    names = [f"svc{i:03d}" for i in range(services)]
+    if layout == "outputs":
+        start = now - timedelta(minutes=12)
+        frame = access_frame(4 * services, start, start + timedelta(minutes=2), names)
+        write_with_writer(uri, "envoy_access", frame, name=compacted_object_name(f"{1:020x}"))
+        return
+    for k in range(3):
+        start = now - timedelta(minutes=12) + timedelta(seconds=40 * k)
+        frame = access_frame(4 * services, start, start + timedelta(seconds=40), names, seed=k)
+        write_with_writer(uri, "envoy_access", frame, seq=10 + k)
+
+
+def time_note(uri: str, threads: int, repeat: int) -> tuple[float, str, int]:
+    """Median seconds of one stale note over every service with ``threads`` footer readers,
+    the note it printed and the footers it read."""
+    import pyarrow.parquet as pq
+
+    import athena.freshness as freshness
+    from cli.explain import note_stale
+    from cli.notes import forget_notes
+    from cli.options import Common, EngineName
+    from cli.output import OutputFormat
+    from cli.runner import execute, prepare
+
+    common = Common(
+        service=None, since="1h", until=None, path=None, method=None, limit=None,
+        fmt=OutputFormat.json, engine=EngineName.local, warehouse=uri, dry_run=False,
+        athena_database="logq", athena_workgroup=None, athena_output=None, athena_region=None,
+        max_scan_bytes=None,
+    )  # fmt: skip
+    prep = prepare(common, "errors", "envoy_access", {"status_min": 200, "status_max": 299})
+    with contextlib.redirect_stderr(io.StringIO()):  # the command's own note, once
+        execute(common, prep)  # plans the partitions the note reads, as the command does
+    freshness.S3_FOOTER_THREADS = threads
+    real = pq.read_metadata
+    reads: list[str] = []
+
+    def counted(path: str, *args: object, **kwargs: object) -> object:
+        reads.append(path)
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    pq.read_metadata = counted  # type: ignore[assignment]
+    times, err = [], ""
+    try:
+        for _ in range(repeat):
+            reads.clear()
+            forget_notes()
+            prep.stale_checked = False
+            out = io.StringIO()
+            t0 = time.perf_counter()
+            with contextlib.redirect_stderr(out):
+                note_stale(common, prep)
+            times.append(time.perf_counter() - t0)
+            err = out.getvalue().strip()
+    finally:
+        pq.read_metadata = real
+    return statistics.median(times), err, len(reads)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--services", type=int, default=50)
+    ap.add_argument("--latency-ms", type=float, default=20.0)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+
+    import athena.freshness as freshness
+    from tests.support.seaweedfs import AWS_OVERRIDES, start_seaweedfs
+
+    after_threads = freshness.S3_FOOTER_THREADS
+    server = start_seaweedfs()
+    proxy = None
+    try:
+        for name in AWS_OVERRIDES:
+            os.environ.pop(name, None)
+        os.environ.update(server.env())
+        direct = os.environ["AWS_ENDPOINT_URL"]
+        proxy = _SlowProxy(server.endpoint, args.latency_ms / 1000)
+        for layout in ("outputs", "flushes"):
+            uri = f"s3://{server.create_bucket()}/wh"
+            build(uri, args.services, layout)
+            print(f"{layout}: {args.services} services x 1 hour on SeaweedFS")
+            for label, endpoint in (("direct", direct),
+                                    (f"+{args.latency_ms:g} ms", proxy.endpoint)):  # fmt: skip
+                os.environ["AWS_ENDPOINT_URL"] = endpoint
+                notes = []
+                for threads in (1, after_threads):
+                    secs, err, reads = time_note(uri, threads, args.repeat)
+                    notes.append(err)
+                    print(f"  {label:>9}  footers {threads} at a time: {secs * 1000:7.1f} ms  "
+                          f"({reads} footers read)")  # fmt: skip
+                same = "same note" if notes[0] == notes[1] else f"NOTES DIFFER: {notes}"
+                print(f"  {'':>9}  {same}: {notes[-1][:100]}")
+            os.environ["AWS_ENDPOINT_URL"] = direct
+    finally:
+        freshness.S3_FOOTER_THREADS = after_threads
+        if proxy is not None:
+            proxy.close()
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
