@@ -29,11 +29,16 @@ class ForeignFile(EngineError):
     errors are cut to about 400 characters (:func:`cli.errors.shorten`), and the path is long."""
 
     def __init__(self, path: str, problem: str, rewrite: str) -> None:
-        super().__init__(
-            f"the Parquet file {path} {problem}: logq did not write it; move it out of the "
-            f"table's folder or rewrite it {rewrite}, then run the command again"
+        self.path, self.problem, self.rewrite = path, problem, rewrite
+        super().__init__(self.advice(", then run the command again"))
+
+    def advice(self, then: str) -> str:
+        """The message, ending in ``then`` (``logq``: run the command again; compaction, which
+        goes on without the file: what it does until then)."""
+        return (
+            f"the Parquet file {self.path} {self.problem}: logq did not write it; move it out "
+            f"of the table's folder or rewrite it {self.rewrite}{then}"
         )
-        self.path = path
 
 
 def wrong_type(path: str, column: str, found: pa.DataType, declared: str) -> ForeignFile:
@@ -54,9 +59,13 @@ def times_out_of_range(path: str) -> ForeignFile:
 def same_kind(found: pa.DataType, declared: pa.DataType) -> bool:
     """Whether a file's column type reads as the declared one without changing a value: any
     timestamp unit for a timestamp, any integer width for an integer (DuckDB checks the range
-    as it casts), large or plain strings for a string."""
+    as it casts), large or plain strings for a string. A dictionary-encoded column (pandas'
+    categories, as pyarrow writes them) is of its values' kind: DuckDB reads it as they are,
+    and compaction's cast decodes it."""
     import pyarrow as pa
 
+    if pa.types.is_dictionary(found):
+        found = found.value_type
     kinds = (pa.types.is_timestamp, pa.types.is_integer, pa.types.is_floating)
     for kind in kinds:
         if kind(declared):
@@ -68,14 +77,22 @@ def same_kind(found: pa.DataType, declared: pa.DataType) -> bool:
 
 def mismatch(wh: Warehouse, table: str, path: str, column: str = "") -> ForeignFile | None:
     """The error for ``path`` when a column of it (``column``, else any) differs in kind from
-    ``table``'s declared type (:func:`same_kind`), else None; reads its footer only. A column
-    the file lacks is no mismatch (older schema versions lack the columns added since)."""
+    ``table``'s declared type (:func:`same_kind`), else None; reads its footer only."""
     import pyarrow.parquet as pq
 
+    return schema_mismatch(table, path, pq.read_schema(path, filesystem=wh.fs), column)
+
+
+def schema_mismatch(
+    table: str, path: str, schema: pa.Schema, column: str = ""
+) -> ForeignFile | None:
+    """:func:`mismatch` for a footer already read (``schema``, the file at ``path``): compaction
+    reads every input's footer anyway, and checks it here rather than read it twice. A column
+    the file lacks is no mismatch (older schema versions lack the columns added since), nor is
+    one the table does not declare (readers never see it)."""
     from athena.schema import table as schema_table
 
     declared = {c.name: c for c in schema_table(table).data_columns}
-    schema = pq.read_schema(path, filesystem=wh.fs)
     for field in schema:
         want = declared.get(field.name) if column in ("", field.name) else None
         if want is not None and not same_kind(field.type, want.arrow):

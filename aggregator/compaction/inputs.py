@@ -12,10 +12,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from aggregator.storage import fetch_object
+from athena.foreign import ForeignFile, schema_mismatch
 from athena.schema import Table
 from athena.warehouse import Warehouse
 
@@ -45,6 +47,9 @@ class Input:
     #: A run of a merge (:func:`.runs.merge_run`) of an input not sorted by time, already named
     #: in an INFO: the run is not sorted either, and is not named again.
     named_unsorted: bool = field(default=False, compare=False, repr=False)
+    #: Its footer declares a column with another type than the table (a file another tool
+    #: wrote): left out of every merge (:func:`_read_footer`).
+    foreign: ForeignFile | None = field(default=None, compare=False, repr=False)
 
 
 def _conform(table: pa.Table, spec: Table) -> pa.Table:
@@ -57,10 +62,35 @@ def _conform(table: pa.Table, spec: Table) -> pa.Table:
     arrays = []
     for f in schema:
         if f.name in table.column_names:
-            arrays.append(table[f.name].cast(f.type))
+            arrays.append(_cast(table[f.name], f.type))
         else:
             arrays.append(pa.nulls(table.num_rows, f.type))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+#: Timestamp units, coarsest first, and the ``floor_temporal`` unit of each.
+_UNITS = {"s": "second", "ms": "millisecond", "us": "microsecond", "ns": "nanosecond"}
+
+
+def _cast(column: pa.ChunkedArray, to: pa.DataType) -> pa.ChunkedArray:
+    """``column`` as ``to``. Times finer than ``to``'s unit (``timestamp[us]`` or ``[ns]``, as
+    pandas and Spark write them, against the table's milliseconds) are floored to it first:
+    the safe cast refused sub-millisecond values (``would lose data``), and that partition's
+    merge failed at every pass. Such a file is no foreign one (:func:`athena.foreign.same_kind`:
+    ``logq`` reads it; it shows times in milliseconds, the table's unit), and the floor keeps
+    each row in its hour and on the same side of any millisecond bound (``--since``,
+    ``--until``) it was on; rounding could carry ``HH:59:59.9995`` into the next hour. Floored
+    without the column's time zone (the same instants: a cast between time zones keeps the
+    values), as ``floor_temporal`` in a zone with summer time raises on the hour that
+    repeats."""
+    if (
+        pa.types.is_timestamp(to)
+        and pa.types.is_timestamp(column.type)
+        and list(_UNITS).index(column.type.unit) > list(_UNITS).index(to.unit)
+    ):
+        utc = column.cast(pa.timestamp(column.type.unit))
+        column = pc.floor_temporal(utc, unit=_UNITS[to.unit])
+    return column.cast(to)
 
 
 def _open(wh: Warehouse, path: str) -> pa.NativeFile:
@@ -214,9 +244,10 @@ def _batches(
             yield table
 
 
-def _readable(wh: Warehouse, infos: list[pafs.FileInfo]) -> list[Input]:
+def _readable(wh: Warehouse, infos: list[pafs.FileInfo], spec: Table | None = None) -> list[Input]:
     """The files whose Parquet footer reads, by name; any other is left where it is, with an
-    ERROR naming it (a truncated upload, a stray file: Athena fails on it too).
+    ERROR naming it (a truncated upload, a stray file: Athena fails on it too). With ``spec``,
+    each footer is also checked against the table's types (:attr:`Input.foreign`).
 
     Read :data:`READ_THREADS` at a time; files up to :data:`WHOLE_READ_BYTES` are read whole
     (their first :data:`PREFETCH_BYTES`), so that their merge needs no other request."""
@@ -231,12 +262,23 @@ def _readable(wh: Warehouse, infos: list[pafs.FileInfo]) -> list[Input]:
     if not ordered:
         return []
     with ThreadPoolExecutor(min(READ_THREADS, len(ordered)), "compact-footer") as pool:
-        results = list(pool.map(lambda a: _read_footer(wh, *a), zip(ordered, whole, strict=True)))
+        results = list(
+            pool.map(lambda a: _read_footer(wh, *a, spec), zip(ordered, whole, strict=True))
+        )
     return [f for f in results if f is not None]
 
 
-def _read_footer(wh: Warehouse, info: pafs.FileInfo, whole: bool) -> Input | None:
-    """``info``'s footer (and, if ``whole``, all its bytes), or None with an ERROR."""
+def _read_footer(
+    wh: Warehouse, info: pafs.FileInfo, whole: bool, spec: Table | None = None
+) -> Input | None:
+    """``info``'s footer (and, if ``whole``, all its bytes), or None with an ERROR.
+
+    With ``spec``, the footer is checked against the table's types as ``logq`` checks it
+    (:func:`athena.foreign.schema_mismatch`), here where it is read anyway: a file another tool
+    wrote (``timestamp`` as epoch integers or text, ``response_code`` as text) is marked
+    :attr:`Input.foreign`. Merging it would cast it: epoch integers were taken for
+    milliseconds and ISO text parsed into times (conversions Athena never makes: it refuses the
+    file), and a value that does not convert failed the whole partition's merge, every pass."""
     try:
         data: pa.Buffer | None = None
         if whole:
@@ -245,6 +287,9 @@ def _read_footer(wh: Warehouse, info: pafs.FileInfo, whole: bool) -> Input | Non
         else:
             with _open(wh, info.path) as fh:
                 meta = pq.read_metadata(fh)
+        foreign = None
+        if spec is not None:
+            foreign = schema_mismatch(spec.name, info.path, meta.schema.to_arrow_schema())
     except (pa.ArrowException, OSError) as exc:
         log.error(
             "not compacting %s: it is not a readable Parquet file (%s); queries of its "
@@ -254,4 +299,6 @@ def _read_footer(wh: Warehouse, info: pafs.FileInfo, whole: bool) -> Input | Non
         )
         return None
     size = len(data) if data is not None else info.size or 0
-    return Input(info.path, info.base_name, size, meta.num_rows, meta, data)
+    if foreign is not None:  # never merged: its bytes are not kept
+        data = None
+    return Input(info.path, info.base_name, size, meta.num_rows, meta, data, foreign=foreign)

@@ -78,6 +78,9 @@ class PassNotes:
         """Hour partitions that ended before the pass's lookback window: not looked at."""
         self.services = 0
         """Service folders the pass looked at (none: ``--service`` names no folder)."""
+        self.foreign: list[str] = []
+        """Files left out of the merges: their column types are not the table's (another
+        tool wrote them); each is named in an ERROR too, with what to do."""
 
     def begin(
         self, now: datetime, grace: timedelta, lookback: timedelta | None, target_bytes: int
@@ -93,6 +96,11 @@ class PassNotes:
     def add_older(self, count: int) -> None:
         with self._lock:
             self.older_hours += count
+
+    def foreign_file(self, path: str) -> None:
+        """``path`` was left out of its partition's merge (:mod:`athena.foreign`)."""
+        with self._lock:
+            self.foreign.append(path)
 
     def hour_open(self, folder: str, infos: list[pafs.FileInfo]) -> None:
         """``folder``'s hour has ended, but not plus the grace: noted if it has anything to
@@ -135,6 +143,8 @@ class PassNotes:
             )
         if self.open:
             out.extend(self._open_lines(safe_grace))
+        if self.foreign:
+            out.append(self._foreign_line())
         if self.older_hours and self.lookback is not None and lookback_given:
             out.append(
                 f"{_count(self.older_hours, 'hour partition')} that ended before "
@@ -143,6 +153,21 @@ class PassNotes:
                 "--all (or a longer --lookback-hours) covers them"
             )
         return out
+
+    def _foreign_line(self) -> str:
+        """The files another tool wrote, left in place: the ERRORs above name each and what
+        to do; this line, after the count of files merged, is the one a user reads."""
+        paths = sorted(self.foreign)
+        shown = ", ".join(paths[:EXAMPLES])
+        if len(paths) > EXAMPLES:
+            shown += f" and {len(paths) - EXAMPLES} more"
+        one = len(paths) == 1
+        return (
+            f"{_count(len(paths), 'Parquet file')} that logq did not write (other column types "
+            f"than the table's) {'was' if one else 'were'} left in place, out of the merges: "
+            f"{shown}; move {'it' if one else 'them'} out of the table's folder or rewrite "
+            f"{'it' if one else 'them'} with the table's types (`logq ddl` shows them)"
+        )
 
     def _open_lines(self, safe_grace: timedelta) -> list[str]:
         assert self.now is not None

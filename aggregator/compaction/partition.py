@@ -8,6 +8,7 @@ import contextlib
 import logging
 import re
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 
@@ -26,7 +27,13 @@ from aggregator.storage import list_folder
 from athena.schema import Table
 from athena.warehouse import Warehouse
 
+if TYPE_CHECKING:
+    from aggregator.compaction.notes import PassNotes
+
 log = logging.getLogger("logq.aggregator.compaction")
+
+#: How a foreign file's message ends in compaction's log (``logq``'s: run the command again).
+LEFT_OUT = "; compaction merges the rest of its partition without it until then"
 
 
 def stale_intents_before(clock: StoreClock | None) -> datetime:
@@ -71,6 +78,7 @@ def compact_partition(
     infos: list[pafs.FileInfo] | None = None,
     budget: _MemoryBudget | None = None,
     stale_before: datetime | None = None,
+    notes: PassNotes | None = None,
 ) -> int:
     """Merge the small files of one partition folder; return the number of input files merged.
 
@@ -83,6 +91,12 @@ def compact_partition(
     ``stale_before``: an intent dated before this (by the store) is a crashed merge's (None:
     ``INTENT_STALE_AFTER`` before now on this host's clock; a pass gives the store's,
     :mod:`.store_clock`).
+
+    A file whose footer declares other column types than ``spec`` (another tool's,
+    :attr:`.inputs.Input.foreign`) is left out of the merges, in place, with an ERROR naming it
+    (and told to ``notes``); the others are merged as usual. Athena refuses that file; merging
+    it would have cast it into one Athena reads (epoch integers taken for milliseconds) or failed
+    the partition's merge at every pass.
     """
     if infos is None:
         infos = list_folder(wh, folder)
@@ -101,7 +115,7 @@ def compact_partition(
     if len(small) < 2:  # _groups merges only small files, two or more: no footer to read
         return 0
     budget = budget or _merge_budget(wh)
-    files = _readable(wh, small)
+    files = _without_foreign(_readable(wh, small, spec), notes)
     merged = 0
     for group in _groups(files, target_bytes):
         with budget.reserve(_memory_cost(group, wh)):
@@ -109,6 +123,20 @@ def compact_partition(
                 break  # another compactor works here: it has (or the next pass will) the rest
         merged += len(group)
     return merged
+
+
+def _without_foreign(files: list[Input], notes: PassNotes | None) -> list[Input]:
+    """``files`` less the foreign ones, each named in an ERROR (once a pass: a pass reads a
+    partition's footers once) and told to ``notes``."""
+    kept = []
+    for f in files:
+        if f.foreign is None:
+            kept.append(f)
+            continue
+        log.error("%s", f.foreign.advice(LEFT_OUT))
+        if notes is not None:
+            notes.foreign_file(f.path)
+    return kept
 
 
 #: ``.<name>.<8 hex>.tmp``: a local write in progress (:func:`aggregator.durable.atomic_file`).

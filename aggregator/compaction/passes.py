@@ -112,9 +112,9 @@ def compact_warehouse(
     one that failed in a partition or was stopped does not.
 
     ``notes``: filled with what the pass left alone and why (partitions with files to merge
-    that are not closed yet, hours before the lookback), for ``compact`` to tell its user; the
-    periodic task passes none (open hours are its normal state, and its passes make no request
-    for them).
+    that are not closed yet, hours before the lookback, files another tool wrote), for
+    ``compact`` to tell its user; the periodic task passes none (open hours are its normal
+    state, and its passes make no request for them; a foreign file is an ERROR in its log).
 
     Also deletes offset-ledger hours past their retention (ledger.py): housekeeping that, like
     compaction, must run on one instance per warehouse. And what killed writes left, once
@@ -222,7 +222,7 @@ def _pass_partition(
             notes.young(folder, infos)
         _finish_early(wh, folder, infos, stale_before)
         return 0
-    return compact_partition(wh, spec, folder, target_bytes, infos, budget, stale_before)
+    return compact_partition(wh, spec, folder, target_bytes, infos, budget, stale_before, notes)
 
 
 def _finish_early(
