@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aggregator.compaction.inputs import Input
-from aggregator.compaction.sorted_rows import _Source, first_ts, sorted_rows
+from aggregator.compaction.sorted_rows import _Source, epoch_ms, first_ts, sorted_rows
 from aggregator.storage import write_options
 
 #: At most this many inputs of a merge are read at once (a group whose footers say more
@@ -52,7 +52,7 @@ def _span(meta: pq.FileMetaData | None) -> tuple[float, float]:
             stats = meta.row_group(i).column(index).statistics
             if stats is None or not stats.has_min_max or stats.null_count:
                 break  # (null times sort last)
-            last = max(last, stats.max.timestamp() * 1000 + 1)
+            last = max(last, epoch_ms(stats.max) + 1)
         else:
             return float(first), last
     return float(first), float("inf")

@@ -23,6 +23,7 @@ import contextlib
 import heapq
 import logging
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -205,6 +206,16 @@ def sorted_rows(sources: list[_Source], piece_bytes: int = PIECE_BYTES) -> Itera
             log.info("%s is not sorted by time: the merged file is sorted in runs there", s.name)
 
 
+def epoch_ms(value: datetime) -> float:
+    """``value`` of a footer's ``timestamp`` statistics as ms since the epoch. A column without
+    a time zone gives naive datetimes, which ``datetime.timestamp`` would read as this host's
+    local time: the merge reads those times as UTC (Arrow's cast), so must the bounds, or on a
+    host west of UTC a file's bound came out hours late and the merged file out of order."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp() * 1000
+
+
 def first_ts(meta: pq.FileMetaData | None) -> int:
     """A lower bound of the file's first ``timestamp`` (ms) from its footer's statistics, or
     the smallest int64 where it has none (such an input is read at once)."""
@@ -216,5 +227,5 @@ def first_ts(meta: pq.FileMetaData | None) -> int:
         stats = meta.row_group(0).column(index).statistics
         if stats is not None and stats.has_min_max:
             # The float seconds may round either way: a millisecond less is still a bound.
-            return int(stats.min.timestamp() * 1000) - 1
+            return int(epoch_ms(stats.min)) - 1
     return lowest

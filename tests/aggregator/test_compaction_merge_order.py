@@ -515,3 +515,27 @@ def test_a_merge_in_runs_is_the_stable_sort_of_the_group(
     expected = pa.concat_tables([pq.read_table(p) for p in paths]).sort_by("timestamp")
     assert merge_mod._merge(wh, CONTAINER_LOGS, group, output) == expected.num_rows
     assert pq.read_table(output).equals(expected)
+
+
+@pytest.mark.parametrize("zone", [None, "UTC"])
+def test_footer_bounds_read_times_without_a_zone_as_utc_on_any_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zone: str | None
+) -> None:
+    """A foreign file's ``timestamp`` without a time zone is merged as UTC (Arrow's cast), so its
+    footer bounds must be too: read as this host's local time, on a host west of UTC they came
+    out hours late, and the merge could put the file's rows after later ones."""
+    import time
+
+    monkeypatch.setenv("TZ", "America/Los_Angeles")
+    time.tzset()
+    try:
+        first, last = 1_700_000_000_005, 1_700_000_009_000
+        times = pa.array([first, last], pa.timestamp("ms", tz=zone))
+        path = tmp_path / "f.parquet"
+        pq.write_table(pa.table({"timestamp": times}), path)
+        meta = pq.read_metadata(path)
+        assert sorted_rows_mod.first_ts(meta) in (first - 1, first - 2)
+        assert runs_mod._span(meta) == (float(sorted_rows_mod.first_ts(meta)), last + 1)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
