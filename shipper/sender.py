@@ -802,6 +802,7 @@ class ForwardClient:
                 h = self._health.setdefault(ep, _Health())
                 h.failures = 0
                 h.down_until = 0.0
+                h.last_error = h.unresolved = ""  # up now: a later give-up must not cite it
                 self._last_success = time.monotonic()
                 self.stats.delivered += 1
                 if affinity is not None and self._placed_through(affinity, last):

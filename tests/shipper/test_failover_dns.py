@@ -457,3 +457,30 @@ def test_once_gives_up_naming_the_name_a_waiting_batch_waits_for() -> None:
     finally:
         named.close()
     assert named.messages == 0
+
+
+def test_once_forgets_the_error_of_an_endpoint_that_delivered_since() -> None:
+    """An endpoint that failed and then delivered is up: when ``--once`` gives up later, its
+    old error is no reason (it turned a DNS-only outage into "cannot reach ...: refused")."""
+    live = Receiver()
+    ep = parse_endpoint(live.address)
+    try:
+
+        async def go() -> str:
+            c = ForwardClient((ep,), hostname="h", give_up_after=0.3)
+            try:
+                c._mark_down(ep, ConnectionRefusedError(111, "Connection refused"))
+                c._health[ep].down_until = 0.0  # tried again at once
+                await c.deliver(*message(1))
+                c._last_success = float("-inf")  # nothing acknowledged since, for the test
+                with pytest.raises(DeliveryError) as failed:
+                    c._check_give_up()
+                return str(failed.value)
+            finally:
+                await c.close()
+
+        text = asyncio.run(go())
+    finally:
+        live.close()
+    assert live.messages == 1
+    assert text.endswith("no endpoint answered") and "refused" not in text.lower()
