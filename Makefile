@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/churn.py
 	$(BIN)/python bench/herd.py
 	$(BIN)/python bench/stale_note.py
+	$(BIN)/python bench/logq_services.py
 	$(BIN)/python bench/failover_writes.py
 
 clean:

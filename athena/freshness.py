@@ -204,6 +204,15 @@ def _largest_bound(
 #: :func:`athena.threads.ordered_list`).
 S3_FOOTER_THREADS = 8
 
+#: Services ``logq services`` works on at once on S3 (``cli.commands.tables``): each is a
+#: listing of its hours per table, then its newest hours' footers, a round trip or two each;
+#: one after the other, 100 services took 12 s behind a 20 ms round trip, 8 at once 1.9 s
+#: (``bench/logq_services.py``). 8, like the footers: the footer reads of
+#: the services in flight share those 8 (:mod:`athena.threads`: 8 services read theirs one
+#: at a time each, 2 services 4 at a time), never 8 x 8 requests at once. A local warehouse
+#: works on them in turn, in the calling thread, as before.
+S3_SERVICE_THREADS = 8
+
 
 def _per_file(wh: Warehouse, read: Callable[[str], T], paths: list[str]) -> list[T]:
     """``[read(p) for p in paths]``, up to :data:`S3_FOOTER_THREADS` at once on S3; the same

@@ -2,6 +2,7 @@
 
 import re
 import sys
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
@@ -450,29 +451,45 @@ def _freshness(
 ) -> tuple[list[Any], dict[str, Any]]:
     """Each service's :class:`~athena.freshness.Freshness`, its newest line being the newest
     not stamped in the future (as the stale note and empty answers count it: rows from a clock
-    that is ahead would hide a stall), and the newest time of those ahead, by service."""
+    that is ahead would hide a stall), and the newest time of those ahead, by service.
+
+    On S3 a few services at once (:data:`athena.freshness.S3_SERVICE_THREADS`), their rows in
+    ``chosen`` order and the error the loop would raise (the first failing service's); a
+    local warehouse goes through them in turn, in this thread, as before."""
+    from athena.freshness import S3_SERVICE_THREADS
+    from athena.threads import ordered_list
+
+    workers = S3_SERVICE_THREADS if wh.is_s3 else 1
+    each = ordered_list(
+        lambda svc: _service_freshness(wh, svc, hours), chosen, workers, name="logq-services"
+    )
+    found = [fresh for fresh, _ in each]
+    ahead = {fresh.service: later for fresh, later in each if later is not None}
+    return found, ahead
+
+
+def _service_freshness(
+    wh: Any, svc: str, hours: tuple[str, str] | None
+) -> tuple[Any, datetime | None]:
+    """One service's :class:`~athena.freshness.Freshness` (its newest line at or before now)
+    and the newest time of its rows stamped ahead of now (None: none). Reads only: services
+    can be asked at once (:func:`_freshness`)."""
     from athena.freshness import Tops, freshness_in, service_hours
     from cli.explain import newest_and_ahead
 
-    found, ahead = [], {}
-    for svc in chosen:
-        listed = service_hours(wh, svc, hours)  # once: asked again below with rows ahead
-        tops: Tops = {}  # footers read once: asked again below, only columns are read
-        fresh = freshness_in(wh, svc, listed, tops=tops)
+    listed = service_hours(wh, svc, hours)  # once: asked again below with rows ahead
+    tops: Tops = {}  # footers read once: asked again below, only columns are read
+    fresh = freshness_in(wh, svc, listed, tops=tops)
 
-        def newest(
-            before: Any, svc: str = svc, fresh: Any = fresh, listed: Any = listed, tops: Any = tops
-        ) -> Any:
-            if before is None:
-                return fresh.newest
-            return freshness_in(wh, svc, listed, before, tops).newest
+    def newest(before: datetime | None) -> datetime | None:
+        if before is None:
+            return fresh.newest
+        return freshness_in(wh, svc, listed, before, tops).newest
 
-        last, later = newest_and_ahead(newest)
-        if later is not None:
-            ahead[svc] = later
-            fresh = fresh._replace(newest=last)
-        found.append(fresh)
-    return found, ahead
+    last, later = newest_and_ahead(newest)
+    if later is not None:
+        fresh = fresh._replace(newest=last)
+    return fresh, later
 
 
 def _services_dry_run(wh: Any, chosen: list[str], hours: tuple[str, str] | None) -> None:

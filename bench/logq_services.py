@@ -1,0 +1,97 @@
+"""`logq services` benchmark: every service of an S3 warehouse, one after the other or at once.
+
+``logq services`` lists each service's hours (a listing per table) and reads the footers of the
+newest files of its newest hours: a few round trips per service. Builds, on a private SeaweedFS
+(started and stopped here), ``--services`` services (default 100) x 1 hour of data ten minutes
+old, in the two layouts of ``bench/stale_note.py`` (``outputs``: one compaction output per
+service; ``flushes``: three flushes of one writer node into every service folder). Then times
+the command in-process (no start-up: the work it does) with the services worked on one after
+the other (``S3_SERVICE_THREADS = 1``: the code before) and a few at once, directly and through
+a relay adding ``--latency-ms`` (default 20) per request, as a real S3 round trip does. Prints
+the median of ``--repeat`` runs (default 3) and checks that both print the same answer.
+Figures, not assertions.
+
+Usage: ``python bench/logq_services.py [--services N] [--latency-ms MS] [--repeat N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.query import _SlowProxy
+from bench.stale_note import build
+
+
+def time_services(uri: str, threads: int, repeat: int) -> tuple[float, str]:
+    """Median seconds of ``logq services -f json`` over ``uri`` with ``threads`` services at
+    once, and what it printed (stdout, then stderr)."""
+    from typer.testing import CliRunner
+
+    import athena.freshness as freshness
+    from cli.app import app
+
+    freshness.S3_SERVICE_THREADS = threads
+    runner = CliRunner()
+    times, out = [], ""
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        run = runner.invoke(app, ["services", "-f", "json", "--warehouse", uri])
+        times.append(time.perf_counter() - t0)
+        if run.exit_code != 0:
+            raise SystemExit(f"logq services exited {run.exit_code}: {run.stderr}")
+        out = run.stdout + run.stderr
+    return statistics.median(times), out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--services", type=int, default=100)
+    ap.add_argument("--latency-ms", type=float, default=20.0)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+
+    import athena.freshness as freshness
+    from tests.support.seaweedfs import AWS_OVERRIDES, start_seaweedfs
+
+    after_threads = freshness.S3_SERVICE_THREADS
+    os.environ.pop("LOGQ_ENGINE", None)
+    server = start_seaweedfs()
+    proxy = None
+    try:
+        for name in AWS_OVERRIDES:
+            os.environ.pop(name, None)
+        os.environ.update(server.env())
+        direct = os.environ["AWS_ENDPOINT_URL"]
+        proxy = _SlowProxy(server.endpoint, args.latency_ms / 1000)
+        for layout in ("outputs", "flushes"):
+            uri = f"s3://{server.create_bucket()}/wh"
+            build(uri, args.services, layout)
+            print(f"{layout}: {args.services} services x 1 hour on SeaweedFS")
+            for label, endpoint in (("direct", direct),
+                                    (f"+{args.latency_ms:g} ms", proxy.endpoint)):  # fmt: skip
+                os.environ["AWS_ENDPOINT_URL"] = endpoint
+                outs = []
+                for threads in (1, after_threads):
+                    secs, out = time_services(uri, threads, args.repeat)
+                    outs.append(out)
+                    print(f"  {label:>9}  services {threads} at a time: {secs * 1000:8.1f} ms")
+                same = "same answer" if outs[0] == outs[1] else "ANSWERS DIFFER"
+                print(f"  {'':>9}  {same} ({outs[-1].count('service')} services listed)")
+            os.environ["AWS_ENDPOINT_URL"] = direct
+    finally:
+        freshness.S3_SERVICE_THREADS = after_threads
+        if proxy is not None:
+            proxy.close()
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
