@@ -629,6 +629,19 @@ def decode(
     return batch, chunk
 
 
+def decode_packed(tag: str | bytes, blob: bytes, size: int) -> pa.RecordBatch | None:
+    """The batch of a PackedForward ``blob`` of ``size`` entries read by the fast paths alone
+    (:mod:`.packed_scan`, msgspec), as :func:`decode` makes it; None when they decline (the
+    general path, and its object budget, would decide). For :mod:`aggregator.big_messages`."""
+    text = tag if isinstance(tag, str) else tag.decode("utf-8", "replace")
+    try:
+        batch = _packed(text, blob, size)
+    except RecursionError:
+        return None
+    service = _tag_service(tag)
+    return batch if batch is None or service is None else _with_service(batch, service)
+
+
 def _tag_service(tag: str | bytes) -> str | None:
     """The service of a tag that is not valid UTF-8 (the partition value of what it names,
     :func:`aggregator.tags.tag_service`, hashed over its bytes as sent: see

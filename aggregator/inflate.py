@@ -9,8 +9,9 @@ members (tiny members cost a decompressor each) or :data:`INLINE_MAX_OUTPUT` byt
 at a time (a single worker: a flood of big blobs takes one core, not all of them), in steps of
 :data:`shipper.wire.GUNZIP_STEP` bytes of output under the same limits
 (:class:`shipper.wire.GzipMembers`). Small blobs, what shippers send, stay inline: a thread
-hand-off costs more than their inflate. (Decoding the inflated entries still runs on the loop:
-bench/inflate_stall.py measures both.)
+hand-off costs more than their inflate. The same worker joins and frames the batch of a big
+message decoded in slices (:mod:`aggregator.big_messages`, :meth:`Inflater.run`):
+bench/inflate_stall.py measures both.
 
 The connection waits for its blob, so its messages keep their order and each ack still follows
 its message being durable; a connection closed meanwhile (its task cancelled: a stop past its
@@ -21,8 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from shipper.wire import GzipMembers
 
@@ -34,6 +35,7 @@ INLINE_MAX_MEMBERS = 256
 #: Output inflated inline at most (Fluentd's largest chunks: 8 MiB); the rest goes to the worker.
 INLINE_MAX_OUTPUT = 8 * 1024 * 1024
 
+_T = TypeVar("_T")
 _GZIP = ("gzip", b"gzip")
 _COMPRESSED = ("compressed", b"compressed")
 
@@ -76,13 +78,22 @@ class Inflater:
                 return _plain(obj, job.output(), options)
         return _plain(obj, await self._in_worker(job, steps), options)
 
-    async def _in_worker(self, job: GzipMembers, steps: Iterator[None]) -> bytes:
-        """The output of ``job`` once the rest of its ``steps`` ran in the worker, after the
-        blobs queued before it."""
+    async def run(self, job: Callable[[], _T]) -> _T:
+        """``job()`` in the worker, after the work queued before it: for work whose long calls
+        release the GIL (Arrow's), else the loop waits for them as long as it would inline."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor(), job)
+
+    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._worker is None:
             self._worker = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="logq-inflate"
             )
+        return self._worker
+
+    async def _in_worker(self, job: GzipMembers, steps: Iterator[None]) -> bytes:
+        """The output of ``job`` once the rest of its ``steps`` ran in the worker, after the
+        blobs queued before it."""
+        worker = self._executor()
         stopped = False
 
         def run() -> bytes:
@@ -92,7 +103,7 @@ class Inflater:
             return job.output()  # joined here too: a copy of all of it
 
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._worker, run)
+            return await asyncio.get_running_loop().run_in_executor(worker, run)
         except asyncio.CancelledError:
             stopped = True  # the worker's next step returns (a queued run never starts)
             raise

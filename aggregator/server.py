@@ -42,8 +42,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import pyarrow as pa
 
-from aggregator import listen
+from aggregator import big_messages, listen
 from aggregator.buffer import Buffer
 from aggregator.chunks import RecentChunks, chunk_key, frame_payload, names_data
 from aggregator.declared import DeclaredSize
@@ -55,7 +56,7 @@ from aggregator.decode import (
     has_chunk,
     other_signal,
 )
-from aggregator.inflate import Inflater
+from aggregator.inflate import Inflater, gzip_blob
 from aggregator.inflight import InflightBytes, Share
 from aggregator.metrics import Metrics
 from aggregator.open_files import fd_limit_hint
@@ -98,6 +99,11 @@ MAX_PING_BYTES = FIRST_READ
 #: Fluentd's 190 s) resends later or elsewhere, and no copy of those batches stays behind here to
 #: be stored a second time once the buffer drains.
 BACKPRESSURE_CLOSE_SECONDS = 10.0
+#: Messages of all connections together that may be between a gzip inflate and the buffer write
+#: of a big message at once (:meth:`ForwardServer._store`): their inflated blobs, which the
+#: in-flight budget does not count (a gzip blob of a few KiB can inflate to 64 MiB), and their
+#: decoded slices live across awaits. Two: one inflating in the worker while one is decoded.
+HEAVY_AT_ONCE = 2
 #: An unfinished message that gets no byte for this long while other connections wait for the
 #: in-flight budget is closed (its connection is the one the budget lets read first). Shorter
 #: than BACKPRESSURE_CLOSE_SECONDS, the longest those others wait.
@@ -160,6 +166,24 @@ class ConnectionClosed(Exception):
         super().__init__(reason)
         self.label = label
         self.level = level
+
+
+class _DecodeNotes:
+    """What decoding one message told: whether some of its event times were replaced by the
+    receive time (counted at once) and its bad entries per reason (counted once stored)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.replaced = False
+        self.bad: dict[str, int] = {}
+
+    def on_replaced(self, rows: Any, example: str) -> None:
+        self.replaced = True
+        self.metrics.event_times_replaced(rows, example)
+
+    def on_bad_entries(self, tag: str, reasons: dict[str, int]) -> None:
+        self.replaced = True  # their rows carry the receive time, which a resend would not
+        self.bad.update(reasons)
 
 
 @dataclass
@@ -337,6 +361,8 @@ class ForwardServer:
         """Keys of the rate-limited WARNINGs (refusals, failed handshakes, bad entries)."""
         self._inflater = Inflater()
         """Inflates big gzip blobs in one worker thread, off the event loop."""
+        self._heavy = asyncio.Semaphore(HEAVY_AT_ONCE)
+        """Turns of the messages inflated or decoded across awaits (:data:`HEAVY_AT_ONCE`)."""
         self._auth_failures: dict[str, _AuthRecord] = {}
         """Client address -> its failed handshakes, oldest last failure first (bounded by
         :data:`AUTH_FAILURES_MAX_ADDRESSES`)."""
@@ -896,28 +922,16 @@ class ForwardServer:
         """:func:`decode` ``obj``: its batch, its ``chunk``, whether some of its event times
         were replaced by the receive time (counted here; its chunk key then cannot use them),
         and its bad entries per reason (counted once stored, :meth:`_bad_entries`)."""
-        replaced = False
-        bad: dict[str, int] = {}
-
-        def on_replaced(rows: Any, example: str) -> None:
-            nonlocal replaced
-            replaced = True
-            self.metrics.event_times_replaced(rows, example)
-
-        def on_bad_entries(tag: str, reasons: dict[str, int]) -> None:
-            nonlocal replaced
-            replaced = True  # their rows carry the receive time, which a resend would not
-            bad.update(reasons)
-
+        notes = _DecodeNotes(self.metrics)
         batch, chunk = decode(
             obj,
             self.limits.max_decompressed_bytes,
             self.limits.max_message_entries,
-            on_replaced,
-            on_bad_entries,
+            notes.on_replaced,
+            notes.on_bad_entries,
         )
         self.metrics.messages_received(batch)
-        return batch, chunk, replaced, bad
+        return batch, chunk, notes.replaced, notes.bad
 
     def _bad_entries(self, tag: str, reasons: dict[str, int]) -> None:
         """Count a message's bad entries (stored as rows of their own, see
@@ -1078,8 +1092,11 @@ class ForwardServer:
         they are garbage before the fsync is awaited (N connections waiting for it would
         otherwise hold N messages, three times their wire size). ``messages`` is emptied.
 
-        A big gzip blob is inflated in a worker thread (:mod:`aggregator.inflate`): the other
-        connections go on meanwhile, this one waits for it, so its messages stay in order."""
+        A big gzip blob is inflated in a worker thread (:mod:`aggregator.inflate`), and a big
+        message decoded a slice at a time (:meth:`_store_big`): the other connections go on
+        meanwhile, this one waits for it, so its messages stay in order. Such messages take
+        turns (:data:`HEAVY_AT_ONCE` of all connections at once), so that their inflated blobs
+        and decoded slices, which no budget counts, are held by a few connections only."""
         entries: list[tuple[asyncio.Future[None] | None, str | None]] = []
         error: ConnectionClosed | None = None
         peer_closed = _peer_closed(writer)
@@ -1090,17 +1107,31 @@ class ForwardServer:
                     if conn.boundary - start > self.limits.max_frame_bytes:
                         error = self._too_large()  # (see _process)
                         break
-                if other_signal(obj) is None:
-                    plain = await self._inflater.inflated(
-                        obj, self.limits.max_decompressed_bytes, self.limits.max_message_entries
-                    )
-                    if plain is not obj:  # a gzip blob: its client may have left meanwhile
-                        obj, peer_closed = plain, _peer_closed(writer)
-                try:
-                    entries.append(self._store_one(conn, obj, peer_closed))
-                except ConnectionClosed as exc:  # the buffer write failed
-                    error = exc
-                    break
+                heavy = other_signal(obj) is None and (
+                    gzip_blob(obj) is not None or big_messages.is_big(obj)
+                )
+                # A gzip blob (however small: it may inflate to 64 MiB) or a big message waits
+                # its turn before it is inflated or decoded: every connection at once would
+                # otherwise hold its inflated blob and decoded slices across the awaits, which
+                # no budget counts. (Without a wait, taking a turn does not yield.)
+                async with self._heavy if heavy else contextlib.nullcontext():
+                    if heavy:
+                        plain = await self._inflater.inflated(
+                            obj,
+                            self.limits.max_decompressed_bytes,
+                            self.limits.max_message_entries,
+                        )
+                        if plain is not obj:  # a gzip blob: its client may have left meanwhile
+                            obj, peer_closed = plain, _peer_closed(writer)
+                    try:
+                        if big_messages.is_big(obj):
+                            entries.append(await self._store_big(conn, obj, writer))
+                            peer_closed = _peer_closed(writer)  # (it may have left meanwhile)
+                            continue
+                        entries.append(self._store_one(conn, obj, peer_closed))
+                    except ConnectionClosed as exc:  # the buffer write failed
+                        error = exc
+                        break
         except wire.ObjectPoolFull as exc:
             error = ConnectionClosed(str(exc), "objects_pool_full")
         except wire.ProtocolError as exc:
@@ -1133,15 +1164,66 @@ class ForwardServer:
         if signal is not None:  # never stored: a client that left has nothing to resend
             return None, None if peer_closed else self._skip_signal(conn, obj, signal)
         batch, chunk, replaced, bad = self._decode(obj)
-        if chunk is not None and peer_closed:
-            conn.acks = True
-            conn.abandoned.append(batch.num_rows)
-            return None, None
         key = (
             chunk_key(chunk, batch, conn.client, by_text=replaced)
             if chunk and batch.num_rows
             else None
         )
+        return self._buffered(conn, batch, chunk, key, None, bad, peer_closed)
+
+    async def _store_big(
+        self, conn: _Conn, obj: Any, writer: asyncio.StreamWriter
+    ) -> tuple[asyncio.Future[None] | None, str | None]:
+        """:meth:`_store_one` of a big message (:mod:`aggregator.big_messages`): decoded a
+        slice of entries at a time, the other connections served between slices (their acks,
+        /metrics), then joined and framed in the worker thread, whose Arrow calls release the
+        GIL. The chunk dedup is asked after the last wait, in one step with the buffer write:
+        two copies of a chunk decoded at once are stored once."""
+        notes = _DecodeNotes(self.metrics)
+        steps = big_messages.decode_steps(
+            obj,
+            self.limits.max_decompressed_bytes,
+            self.limits.max_message_entries,
+            notes.on_replaced,
+            notes.on_bad_entries,
+        )
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                batches, chunk = done.value
+                break
+            await asyncio.sleep(0)
+        client, compression, by_text = conn.client, self.buffer_compression, notes.replaced
+
+        def framed() -> tuple[pa.RecordBatch, bytes | None, bytes | None]:
+            batch = big_messages.joined(batches)
+            if not batch.num_rows:
+                return batch, None, None
+            key = chunk_key(chunk, batch, client, by_text=by_text) if chunk else None
+            return batch, key, frame_payload(batch, compression, key)
+
+        batch, key, payload = await self._inflater.run(framed)
+        self.metrics.messages_received(batch)
+        return self._buffered(conn, batch, chunk, key, payload, notes.bad, _peer_closed(writer))
+
+    def _buffered(
+        self,
+        conn: _Conn,
+        batch: pa.RecordBatch,
+        chunk: str | None,
+        key: bytes | None,
+        payload: bytes | None,
+        bad: dict[str, int],
+        peer_closed: bool,
+    ) -> tuple[asyncio.Future[None] | None, str | None]:
+        """Append a decoded message to the buffer, unless its client gave it up or it is a
+        resend (see :meth:`_store_one`): its fsync future and its chunk. ``payload``: its
+        buffer frame, when already made (None: made here)."""
+        if chunk is not None and peer_closed:
+            conn.acks = True
+            conn.abandoned.append(batch.num_rows)
+            return None, None
         known, earlier = self.chunks.earlier(key) if key else (False, None)
         # Asked on the resend path only: a new chunk (logq-shipper's every one) pays nothing.
         if known and names_data(chunk):
@@ -1154,7 +1236,8 @@ class ForwardServer:
         wait = None
         if batch.num_rows:
             try:
-                payload = frame_payload(batch, self.buffer_compression, key)
+                if payload is None:
+                    payload = frame_payload(batch, self.buffer_compression, key)
                 wait = self.buffer.write(payload, chunk=key)
             except OSError as exc:  # disk full, I/O error: this frame was cut off
                 raise _buffer_error(exc) from exc

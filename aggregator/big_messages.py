@@ -1,0 +1,222 @@
+"""Big PackedForward messages decoded a slice of entries at a time, the event loop free between.
+
+Decoding a message's entries into an Arrow batch runs on the event loop; for a 64 MiB message
+(the decompressed limit is four times --max-frame-bytes) it took about a second, during which
+every other connection's acks, /metrics and /healthz waited (bench/inflate_stall.py, ``plain``).
+A worker thread alone does not help: msgspec, msgpack and Arrow's conversions each hold the GIL
+for the whole message (measured: single calls of 150 to 600 ms). So a message whose blob is over
+:data:`BIG_BYTES` is cut at its entries' boundaries into slices of about :data:`SLICE_BYTES`
+(:func:`decode_steps`), each decoded by :func:`aggregator.decode.decode` as a message of its
+own, the caller yielding to the loop between them; the slices' batches are then joined
+(:func:`joined`) and framed in the worker thread (:mod:`aggregator.inflate`), where Arrow's
+concatenation and IPC writer release the GIL. Smaller messages, what shippers send, keep the
+one-step path: slicing gains them nothing.
+
+A message is the same decoded in slices as whole:
+
+* its entries are found with msgpack's C ``skip`` (as :func:`aggregator.packed.count_entries`
+  finds them), :data:`ENDS_PER_STEP` at a time; a blob that is not whole entries (a truncated
+  one, trailing bytes, nesting msgpack refuses) or holds more than ``max_entries`` of them is
+  decoded whole, as before, which refuses it with its reason;
+* each slice takes the path its entries call for (:mod:`aggregator.packed_scan`, msgspec, the
+  general path), which all build the same columns; a ``size`` option is kept, as each slice's
+  count, only when it was the message's entry count (a wrong one sent the whole message down
+  the general path: its slices go unsized, counted, as a blob without one);
+* a slice that refuses (ProtocolError) refuses the message: nothing of it is stored;
+* bad entries and replaced times are told once for the message, their counts added up;
+* a blob with a ``size`` option is first cut without parsing (:func:`_fast_slices`) and
+  read by the fast paths alone, every slice checked to be whole entries;
+* a blob over :func:`shipper.wire.message_objects` bytes, which the general path would hold
+  to the message's object budget (tiny nested values), is sliced only that way; any other (a
+  Fluentd chunk without ``size``, records only the general path reads) is decoded whole, on
+  the loop, as before.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Generator
+from operator import itemgetter
+from typing import Any
+
+import msgpack
+import numpy as np
+import pyarrow as pa
+
+from aggregator.decode import OnBadEntries, OnReplacedTimes, chunk_of, decode, decode_packed
+from shipper import wire
+
+#: Blob bytes past which a message is decoded in slices (logq-shipper's messages hold 512 KiB
+#: of text at most, Fluent Bit's a few MiB; a 4 MiB one stalls the loop ~15 to 60 ms).
+BIG_BYTES = 4 * 1024 * 1024
+#: Bytes of entries decoded in one step: ~2 to 30 ms on the fast paths (measured), which cost
+#: ~10% more CPU so than whole (~25% in 1 MiB slices: each pays its own set-up).
+SLICE_BYTES = 2 * 1024 * 1024
+#: Entries whose ends are found in one step (~5 ms of msgpack skips for 450-byte entries).
+ENDS_PER_STEP = 16_384
+_STOP = object()
+_ENTRY_HEAD = b"\x92\xd7\x00"  # fixarray(2), fixext8 of type 0 (EventTime)
+_COMPRESSED = ("compressed", b"compressed")
+
+#: What :func:`decode_steps` gives once done: the slices' batches and the message's chunk.
+Sliced = tuple[list[pa.RecordBatch], str | None]
+
+
+def is_big(obj: Any) -> bool:
+    """Whether ``obj`` is a PackedForward message (gzip inflated already) whose blob is over
+    :data:`BIG_BYTES`: the messages :func:`decode_steps` decodes in slices."""
+    return _blob(obj) is not None
+
+
+def _blob(obj: Any) -> tuple[str | bytes, bytes, dict[Any, Any]] | None:
+    """(tag, blob, options) of a big PackedForward message, else None."""
+    if not isinstance(obj, list) or len(obj) != 3 or not isinstance(obj[0], str | bytes):
+        return None
+    tag, blob, options = obj
+    if not isinstance(blob, bytes) or len(blob) <= BIG_BYTES or not isinstance(options, dict):
+        return None
+    if any(options.get(key) not in (None, "text", b"text") for key in _COMPRESSED):
+        return None  # a gzip blob not inflated yet (the server inflates it first), or unknown
+    return tag, blob, options
+
+
+def decode_steps(
+    obj: Any,
+    max_decompressed: int,
+    max_entries: int,
+    on_replaced_times: OnReplacedTimes | None = None,
+    on_bad_entries: OnBadEntries | None = None,
+) -> Generator[None, None, Sliced]:
+    """:func:`aggregator.decode.decode` of a message, a step at a time: the caller lets other
+    work run at each ``yield``; the generator returns the batches of the message's slices (one
+    when it was decoded whole) and its chunk. ``is_big(obj)`` messages are decoded in slices
+    (see the module docstring); raises what :func:`decode` raises."""
+    found = _blob(obj)
+    if found is None:
+        return [decode(obj, max_decompressed, max_entries, on_replaced_times, on_bad_entries)[0]], (
+            chunk_of(obj)
+        )
+    tag, blob, options = found
+    chunk = chunk_of(obj)  # a chunk no ack could echo refuses the message before any work
+    size = options.get("size")
+    if type(size) is int and 0 < size <= max_entries:
+        fast = yield from _fast_slices(tag, blob, size)
+        if fast is not None:
+            return fast, chunk
+    if len(blob) > wire.message_objects(max_entries):
+        # Whole, the general path would hold this blob to the object budget, which only a
+        # whole decode counts: decoded whole, as before.
+        yield
+        batch, _ = decode(obj, max_decompressed, max_entries, on_replaced_times, on_bad_entries)
+        return [batch], chunk
+    ends = yield from _entry_ends(blob, max_entries)
+    if ends is None:  # decoded whole: refused with its reason, as before
+        yield
+        batch, _ = decode(obj, max_decompressed, max_entries, on_replaced_times, on_bad_entries)
+        return [batch], chunk
+    unsized = {k: v for k, v in options.items() if k != "size"}
+    keep_size = type(size) is int and size == len(ends)
+    replaced: list[pa.RecordBatch] = []
+    example: list[str] = []
+    bad: dict[str, int] = {}
+
+    def note_replaced(rows: pa.RecordBatch, sent: str) -> None:
+        replaced.append(rows)
+        example.append(sent)
+
+    def note_bad(_: str, reasons: dict[str, int]) -> None:
+        for reason, count in reasons.items():
+            bad[reason] = bad.get(reason, 0) + count
+
+    batches: list[pa.RecordBatch] = []
+    for first, last in _slices(ends):
+        yield
+        start = ends[first - 1] if first else 0
+        part = {**unsized, "size": last - first} if keep_size else unsized
+        piece = [tag, blob[start : ends[last - 1]], part]
+        batches.append(decode(piece, max_decompressed, max_entries, note_replaced, note_bad)[0])
+    if replaced and on_replaced_times is not None:
+        on_replaced_times(joined(replaced), example[0])
+    if bad and on_bad_entries is not None:
+        on_bad_entries(batches[0].column("tag")[0].as_py(), bad)
+    return batches, chunk
+
+
+def _fast_slices(
+    tag: str | bytes, blob: bytes, size: int
+) -> Generator[None, None, list[pa.RecordBatch] | None]:
+    """The batches of a blob of ``size`` EventTime entries (logq-shipper's, Fluent Bit's
+    with ``Send_options``), cut without parsing it: at the first ``[EventTime`` head past each
+    :data:`SLICE_BYTES`, each slice holding as many entries as it has such heads, read by the
+    fast paths, a slice a step. Each slice must be exactly that many whole entries (they
+    check it) and the counts must add up to ``size``, so a cut or a count fooled by those
+    bytes inside a value fails, never misreads: None then (and as soon as a slice declines),
+    and the caller cuts at parsed entry ends instead. Parsing them costs more than the fast
+    paths' whole decode (~0.15 us an entry)."""
+    batches: list[pa.RecordBatch] = []
+    start = total = 0
+    while start < len(blob):
+        cut = blob.find(_ENTRY_HEAD, start + SLICE_BYTES)
+        piece = blob[start : len(blob) if cut < 0 else cut]
+        count = _heads(piece)
+        yield
+        batch = decode_packed(tag, piece, count) if count else None
+        if batch is None or batch.num_rows != count:
+            return None
+        batches.append(batch)
+        start, total = start + len(piece), total + count
+    return batches if total == size else None
+
+
+def _heads(piece: bytes) -> int:
+    """How many times :data:`_ENTRY_HEAD` occurs in ``piece``: with numpy, from its rare first
+    byte (``bytes.count`` takes ~0.6 ms a MiB, as long as decoding the entries)."""
+    data = np.frombuffer(piece, np.uint8)
+    at = np.flatnonzero(data[:-2] == _ENTRY_HEAD[0])
+    return int(np.count_nonzero((data[at + 1] == _ENTRY_HEAD[1]) & (data[at + 2] == 0)))
+
+
+def _entry_ends(blob: bytes, max_entries: int) -> Generator[None, None, list[int] | None]:
+    """Where each entry of ``blob`` ends, :data:`ENDS_PER_STEP` entries a step; None when the
+    blob is not whole entries, or holds more than ``max_entries`` (decoded whole, refused)."""
+    unpacker = msgpack.Unpacker(max_buffer_size=len(blob) + 1024)
+    unpacker.feed(blob)
+    ends: list[int] = []
+    while len(ends) <= max_entries:
+        before = len(ends)
+        skips = itertools.islice(iter(unpacker.skip, _STOP), ENDS_PER_STEP)
+        try:  # a C loop: msgpack's skip() then tell(), appended as they come
+            ends.extend(map(itemgetter(1), zip(skips, iter(unpacker.tell, _STOP), strict=False)))
+        except msgpack.OutOfData:
+            break  # the end of the blob, or a truncated entry: told by the last end
+        except (msgpack.UnpackException, ValueError):  # StackError, FormatError
+            return None
+        if len(ends) - before < ENDS_PER_STEP:
+            break
+        yield
+    if not ends or ends[-1] != len(blob) or len(ends) > max_entries:
+        return None
+    return ends
+
+
+def _slices(ends: list[int]) -> list[tuple[int, int]]:
+    """(first, last + 1) entry indices of consecutive slices of about :data:`SLICE_BYTES`."""
+    out: list[tuple[int, int]] = []
+    first, start = 0, 0
+    while first < len(ends):
+        last = min(bisect.bisect_left(ends, start + SLICE_BYTES, first) + 1, len(ends))
+        out.append((first, last))
+        first, start = last, ends[last - 1]
+    return out
+
+
+def joined(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    """One batch of ``batches`` (their dictionaries unified), which it empties: the slices are
+    garbage once joined, so a message is held twice at most. Run in the worker thread: Arrow's
+    concatenation of 64 MiB holds the GIL little and the loop for ~0.1 s."""
+    if len(batches) == 1:
+        return batches.pop()
+    batch = pa.concat_batches(batches)
+    batches.clear()
+    return batch

@@ -1,0 +1,346 @@
+"""A big PackedForward message is decoded a slice of entries at a time (aggregator/big_messages.py)
+and comes out as it would whole: the same rows, the same refusals, bad entries and replaced
+times told once with their counts added up. In the server, another connection's message is
+decoded, stored and acked between two of the big message's slices.
+
+The thresholds are lowered (a few KiB, slices of a few entries) so that small blobs take the
+sliced path; the slices are watched by wrapping the decoder the module calls."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgpack
+import pyarrow as pa
+import pytest
+
+from aggregator import big_messages
+from aggregator.decode import decode, from_ipc, to_ipc
+from aggregator.metrics import Metrics
+from aggregator.server import ForwardServer, ServerLimits
+from shipper import wire
+from tests.aggregator.helpers import record
+from tests.aggregator.test_inflight import HeldBuffer, _ack, _message, _run, _until
+
+T0 = 1_795_860_000_000_000_000
+MAX_BYTES = 1 << 30
+MAX_ENTRIES = wire.MAX_MESSAGE_ENTRIES
+
+
+@pytest.fixture(autouse=True)
+def small_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(big_messages, "BIG_BYTES", 4096)
+    monkeypatch.setattr(big_messages, "SLICE_BYTES", 1500)
+    monkeypatch.setattr(big_messages, "ENDS_PER_STEP", 7)
+
+
+def _entries(n: int, services: int = 3) -> list[tuple[int, dict[str, Any]]]:
+    return [
+        (T0 + i, record(f"line {i} " + "x" * (i % 300), service=f"svc{i % services}"))
+        for i in range(n)
+    ]
+
+
+def _sliced(
+    obj: Any, max_entries: int = MAX_ENTRIES
+) -> tuple[pa.Table, str | None, int, list[Any], list[Any]]:
+    """(table, chunk, steps, replaced-times calls, bad-entries calls) of ``decode_steps``."""
+    replaced: list[Any] = []
+    bad: list[Any] = []
+    steps = big_messages.decode_steps(
+        obj,
+        MAX_BYTES,
+        max_entries,
+        lambda rows, example: replaced.append((rows.num_rows, example)),
+        lambda tag, reasons: bad.append((tag, reasons)),
+    )
+    count = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            batches, chunk = done.value
+            break
+        count += 1
+    table = pa.Table.from_batches([big_messages.joined(batches)])
+    return table, chunk, count, replaced, bad
+
+
+def _whole(obj: Any, max_entries: int = MAX_ENTRIES) -> tuple[pa.Table, str | None, list, list]:
+    replaced: list[Any] = []
+    bad: list[Any] = []
+    batch, chunk = decode(
+        obj,
+        MAX_BYTES,
+        max_entries,
+        lambda rows, example: replaced.append((rows.num_rows, example)),
+        lambda tag, reasons: bad.append((tag, reasons)),
+    )
+    return pa.Table.from_batches([batch]), chunk, replaced, bad
+
+
+def _same(obj: Any, max_entries: int = MAX_ENTRIES) -> int:
+    """Assert ``obj`` decodes in slices as it does whole; the steps it took."""
+    started = time.time_ns()
+    table, chunk, steps, replaced, bad = _sliced(obj, max_entries)
+    whole, whole_chunk, whole_replaced, whole_bad = _whole(obj, max_entries)
+    assert _rows(table, started) == _rows(whole, started)
+    assert (chunk, replaced, bad) == (whole_chunk, whole_replaced, whole_bad)
+    # ...and its buffer frame reads back the same
+    framed = from_ipc(to_ipc(table.to_batches()[0]))
+    assert _rows(framed, started) == _rows(whole, started)
+    return steps
+
+
+def _rows(table: pa.Table, started: int) -> list[dict[str, Any]]:
+    """The rows of ``table``, a time stamped since ``started`` (the receive time) as such."""
+    rows = table.to_pylist()
+    for row in rows:
+        if row["time_ns"] >= started:
+            row["time_ns"] = "received"
+    return rows
+
+
+def test_a_big_message_is_decoded_in_slices_as_it_is_whole() -> None:
+    entries = _entries(400)
+    blob = wire.pack_entries(entries)
+    assert len(blob) > 10 * big_messages.SLICE_BYTES
+    steps = _same(["logq.big", blob, {"size": len(entries), "chunk": "c1"}])
+    assert steps > len(blob) // (2 * big_messages.SLICE_BYTES)  # a step a slice
+
+
+@pytest.mark.parametrize("size", [None, 5, "400", True], ids=["none", "wrong", "text", "bool"])
+def test_without_a_usable_size_the_slices_are_counted(size: object) -> None:
+    blob = wire.pack_entries(_entries(400))
+    options: dict[str, Any] = {"chunk": "c1"}
+    if size is not None:
+        options["size"] = size
+    assert _same(["logq.big", blob, options]) > 1
+
+
+def test_bad_entries_and_replaced_times_are_told_once_with_their_counts_added() -> None:
+    packer = msgpack.Packer(use_bin_type=True)
+    parts = []
+    for i, (time_ns, rec) in enumerate(_entries(300)):
+        if i % 50 == 7:
+            parts.append(packer.pack([T0 // 10**9, "not a map"]))  # a bad entry
+        elif i % 50 == 9:
+            parts.append(packer.pack([0, rec]))  # a time that cannot be kept
+        else:
+            parts.append(wire.pack_entries([(time_ns, rec)]))
+    obj = ["logq.big", b"".join(parts), {"chunk": "c1"}]
+    assert _same(obj) > 1
+    _, _, _, replaced, bad = _sliced(obj)
+    assert len(bad) == 1 and sum(bad[0][1].values()) == 6
+    assert len(replaced) == 1 and replaced[0][0] == 6
+
+
+def test_a_truncated_or_overlong_big_message_is_refused_as_whole() -> None:
+    blob = wire.pack_entries(_entries(100))
+    for obj, limit in (
+        (["logq.big", blob[:-3], {"size": 100}], MAX_ENTRIES),  # truncated
+        (["logq.big", blob + b"\xc1", {"size": 100}], MAX_ENTRIES),  # a byte of no type
+        (["logq.big", blob, {"size": 100}], 99),  # more entries than allowed
+        (["logq.big", blob, {"size": 100, "chunk": {"no": "text"}}], MAX_ENTRIES),
+    ):
+        with pytest.raises(wire.ProtocolError) as whole:
+            _whole(obj, limit)
+        with pytest.raises(wire.ProtocolError) as sliced:
+            _sliced(obj, limit)
+        assert str(sliced.value) == str(whole.value)
+
+
+def test_a_slice_that_is_refused_refuses_the_message() -> None:
+    """An entry the general path refuses (an array longer than the entry limit) in the last
+    slice of a blob without ``size``: nothing of the message comes out, as whole."""
+    good = wire.pack_entries(_entries(200))
+    hostile = msgpack.packb([T0 // 10**9, {"log": "x", "list": list(range(300))}])
+    obj = ["logq.big", good + hostile, {"chunk": "c1"}]
+    with pytest.raises(wire.ProtocolError) as whole:
+        _whole(obj, max_entries=250)
+    with pytest.raises(wire.ProtocolError) as sliced:
+        _sliced(obj, max_entries=250)
+    assert str(sliced.value) == str(whole.value)
+    assert _same(["logq.big", good + hostile, {"chunk": "c1"}]) > 1  # under the default limit
+
+
+def test_past_the_object_budget_only_sized_fast_path_blobs_are_sliced() -> None:
+    """A blob the general path would hold to the message's object budget (more bytes than
+    :func:`shipper.wire.message_objects`: here a limit of 400 entries) is sliced when sized and
+    read by the fast paths; without ``size``, or with an entry only the general path reads,
+    it is decoded whole, in one step."""
+    entries = _entries(400)
+    blob = wire.pack_entries(entries)
+    assert len(blob) > wire.message_objects(400)
+    sliced = _same(["logq.big", blob, {"size": 400}], 400)
+    assert sliced > len(blob) // (2 * big_messages.SLICE_BYTES)
+    assert _same(["logq.big", blob, {"chunk": "c"}], 400) == 1
+    float_time = msgpack.packb([T0 / 10**9, record("a float time")])
+    cut = wire.pack_entries(entries[:200]) + float_time + wire.pack_entries(entries[201:])
+    steps = _same(["logq.big", cut, {"size": 400}], 400)
+    assert 2 < steps < sliced  # gave up at the slice of the float time
+
+
+def test_entry_heads_inside_values_do_not_fool_the_cut() -> None:
+    """Bytes that look like an entry's head (``[EventTime``) inside a ``bin`` value: the cut
+    without parsing fails its checks, and the blob is cut at parsed entry ends instead."""
+    fake = b"\x92\xd7\x00" + bytes(8) + b"\x81" + b"\x92\xd7\x00" * 5
+    entries = [(t, {**rec, "raw": fake}) for t, rec in _entries(300)]
+    blob = wire.pack_entries(entries)
+    assert blob.count(fake) == 300
+    assert _same(["logq.big", blob, {"size": 300, "chunk": "c"}]) > 1
+
+
+def test_small_messages_and_others_are_decoded_whole_in_one_step() -> None:
+    small = wire.pack_entries(_entries(5))
+    assert len(small) < big_messages.BIG_BYTES
+    big = wire.pack_entries(_entries(400))
+    for obj in (
+        ["logq.small", small, {"size": 5}],
+        ["logq.fwd", [[T0, record("a")], [T0, record("b")]], {}],  # Forward mode
+        ["logq.gz", big, {"compressed": "gzip"}],  # not inflated: the decoder's to judge
+    ):
+        assert not big_messages.is_big(obj)
+    table, _, steps, _, _ = _sliced(["logq.small", small, {"size": 5}])
+    assert steps == 0 and table.num_rows == 5
+
+
+# --- in the server ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def slices(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The order of the big message's slices ("slice") and of the one-step decodes of other
+    messages ("other"), as the server runs them."""
+    order: list[str] = []
+    real, real_packed = big_messages.decode, big_messages.decode_packed
+
+    def slice_decode(*args: Any, **kwargs: Any) -> Any:
+        for hook in ON_SLICE:
+            hook()
+        order.append("slice")
+        return real(*args, **kwargs)
+
+    def slice_decode_packed(*args: Any, **kwargs: Any) -> Any:
+        for hook in ON_SLICE:
+            hook()
+        order.append("slice")
+        return real_packed(*args, **kwargs)
+
+    def whole_decode(*args: Any, **kwargs: Any) -> Any:
+        order.append("other")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(big_messages, "decode", slice_decode)
+    monkeypatch.setattr(big_messages, "decode_packed", slice_decode_packed)
+    monkeypatch.setattr("aggregator.server.decode", whole_decode)
+    yield order
+    ON_SLICE.clear()
+
+
+#: Called before each slice is decoded (by the ``slices`` fixture).
+ON_SLICE: list[Callable[[], None]] = []
+
+
+def test_another_connection_is_acked_between_the_slices_of_a_big_message(
+    slices: list[str],
+) -> None:
+    """The other connection's message is sent while the big one's first slice is decoded: it
+    is decoded, stored and acked before the big one's last slice; the big message is stored
+    whole, as one frame, after it, and acked once durable."""
+    entries = _entries(1500)
+    big = wire.encode_packed_forward("logq.big", entries, chunk="big")
+    other = _message("other", 3)
+
+    async def scenario() -> None:
+        buffer = HeldBuffer()
+        server = ForwardServer(buffer, Metrics(), ServerLimits())  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            r_other, w_other = await asyncio.open_connection(host, port)
+
+            def first_slice_sends_other() -> None:
+                if "slice" not in slices:
+                    w_other.write(other)  # on the wire now, during the big message
+
+            ON_SLICE.append(first_slice_sends_other)
+            r_big, w_big = await asyncio.open_connection(host, port)
+            w_big.write(big)
+            await _until(lambda: len(buffer.frames) == 1)
+            assert "other" in slices
+            buffer.sync(0)
+            assert await _ack(r_other) == "other"
+            await _until(lambda: len(buffer.frames) == 2)
+            buffer.sync(1)
+            assert await _ack(r_big) == "big"
+            stored = from_ipc(buffer.frames[1])
+            assert stored.to_pylist() == _whole(msgpack.unpackb(big))[0].to_pylist()
+            for w in (w_big, w_other):
+                w.close()
+        finally:
+            await server.stop(grace=5)
+
+    _run(scenario())
+    at = slices.index("other")
+    assert slices[:at] == ["slice"] * at and at >= 1
+    after = slices[at + 1 :]
+    assert after.count("slice") >= 1 and set(after) == {"slice"}
+
+
+def test_big_messages_of_many_connections_are_decoded_a_few_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Big messages (plain, and gzip blobs of a few KiB that inflate past the threshold) sent
+    by many connections at once are inflated and decoded HEAVY_AT_ONCE at a time: each holds
+    its inflated blob and decoded slices across awaits, which no budget counts. All are
+    stored and acked."""
+    from aggregator import server as server_module
+
+    active: list[int] = [0, 0]  # now, most at once
+    real = big_messages.decode_steps
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        active[0] += 1
+        active[1] = max(active)
+        try:
+            for _ in range(300):  # steps of a long message: time for the others to arrive
+                yield
+            return (yield from real(*args, **kwargs))
+        finally:
+            active[0] -= 1
+
+    monkeypatch.setattr(big_messages, "decode_steps", counted)
+    entries = _entries(1500)
+    blob = wire.pack_entries(entries)
+    messages = [
+        wire.encode_packed_forward("logq.big", entries, chunk=f"big{i}") for i in range(4)
+    ] + [
+        msgpack.packb(["logq.gz", gzip.compress(blob), {"compressed": "gzip", "chunk": f"gz{i}"}])
+        for i in range(2)
+    ]
+
+    async def scenario() -> None:
+        buffer = HeldBuffer()
+        server = ForwardServer(buffer, Metrics(), ServerLimits())  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            conns = [await asyncio.open_connection(host, port) for _ in messages]
+            for (_, w), message in zip(conns, messages, strict=True):
+                w.write(message)
+            await _until(lambda: len(buffer.frames) == len(messages))
+            for i in range(len(messages)):
+                buffer.sync(i)
+            acks = {await _ack(r) for r, _ in conns}
+            assert acks == {f"big{i}" for i in range(4)} | {"gz0", "gz1"}
+            for _, w in conns:
+                w.close()
+        finally:
+            await server.stop(grace=5)
+
+    _run(scenario())
+    assert server_module.HEAVY_AT_ONCE == 2
+    assert active[1] == 2  # 6 at once without the turns
