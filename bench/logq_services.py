@@ -25,8 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.query import _SlowProxy
-from bench.stale_note import build
+from bench.stale_note import build, seaweedfs_endpoints
 
 
 def time_services(uri: str, threads: int, repeat: int) -> tuple[float, str]:
@@ -58,38 +57,26 @@ def main() -> int:
     args = ap.parse_args()
 
     import athena.freshness as freshness
-    from tests.support.seaweedfs import AWS_OVERRIDES, start_seaweedfs
 
     after_threads = freshness.S3_SERVICE_THREADS
-    os.environ.pop("LOGQ_ENGINE", None)
-    server = start_seaweedfs()
-    proxy = None
     try:
-        for name in AWS_OVERRIDES:
-            os.environ.pop(name, None)
-        os.environ.update(server.env())
-        direct = os.environ["AWS_ENDPOINT_URL"]
-        proxy = _SlowProxy(server.endpoint, args.latency_ms / 1000)
-        for layout in ("outputs", "flushes"):
-            uri = f"s3://{server.create_bucket()}/wh"
-            build(uri, args.services, layout)
-            print(f"{layout}: {args.services} services x 1 hour on SeaweedFS")
-            for label, endpoint in (("direct", direct),
-                                    (f"+{args.latency_ms:g} ms", proxy.endpoint)):  # fmt: skip
-                os.environ["AWS_ENDPOINT_URL"] = endpoint
-                outs = []
-                for threads in (1, after_threads):
-                    secs, out = time_services(uri, threads, args.repeat)
-                    outs.append(out)
-                    print(f"  {label:>9}  services {threads} at a time: {secs * 1000:8.1f} ms")
-                same = "same answer" if outs[0] == outs[1] else "ANSWERS DIFFER"
-                print(f"  {'':>9}  {same} ({outs[-1].count('service')} services listed)")
-            os.environ["AWS_ENDPOINT_URL"] = direct
+        with seaweedfs_endpoints(args.latency_ms) as (server, endpoints):
+            for layout in ("outputs", "flushes"):
+                uri = f"s3://{server.create_bucket()}/wh"
+                build(uri, args.services, layout)
+                print(f"{layout}: {args.services} services x 1 hour on SeaweedFS")
+                for label, endpoint in endpoints:
+                    os.environ["AWS_ENDPOINT_URL"] = endpoint
+                    outs = []
+                    for threads in (1, after_threads):
+                        secs, out = time_services(uri, threads, args.repeat)
+                        outs.append(out)
+                        print(f"  {label:>9}  services {threads} at a time: {secs * 1000:8.1f} ms")
+                    same = "same answer" if outs[0] == outs[1] else "ANSWERS DIFFER"
+                    print(f"  {'':>9}  {same} ({outs[-1].count('service')} services listed)")
+                os.environ["AWS_ENDPOINT_URL"] = endpoints[0][1]
     finally:
         freshness.S3_SERVICE_THREADS = after_threads
-        if proxy is not None:
-            proxy.close()
-        server.stop()
     return 0
 
 

@@ -29,8 +29,10 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -103,6 +105,30 @@ def time_note(uri: str, threads: int, repeat: int) -> tuple[float, str, int]:
     return statistics.median(times), err, len(reads)
 
 
+@contextlib.contextmanager
+def seaweedfs_endpoints(latency_ms: float) -> Iterator[tuple[Any, list[tuple[str, str]]]]:
+    """SeaweedFS started for a bench, the AWS settings pointed at it, and the two ways to reach
+    it, ``(label, endpoint URL)``: direct, and through a proxy adding ``latency_ms`` to every
+    request (S3 from another zone); the endpoint is set back to direct after each use, and all
+    of it stopped at the end."""
+    from tests.support.seaweedfs import AWS_OVERRIDES, start_seaweedfs
+
+    os.environ.pop("LOGQ_ENGINE", None)
+    server = start_seaweedfs()
+    proxy = None
+    try:
+        for name in AWS_OVERRIDES:
+            os.environ.pop(name, None)
+        os.environ.update(server.env())
+        direct = os.environ["AWS_ENDPOINT_URL"]
+        proxy = _SlowProxy(server.endpoint, latency_ms / 1000)
+        yield server, [("direct", direct), (f"+{latency_ms:g} ms", proxy.endpoint)]
+    finally:
+        if proxy is not None:
+            proxy.close()
+        server.stop()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--services", type=int, default=50)
@@ -111,38 +137,27 @@ def main() -> int:
     args = ap.parse_args()
 
     import athena.freshness as freshness
-    from tests.support.seaweedfs import AWS_OVERRIDES, start_seaweedfs
 
     after_threads = freshness.S3_FOOTER_THREADS
-    server = start_seaweedfs()
-    proxy = None
     try:
-        for name in AWS_OVERRIDES:
-            os.environ.pop(name, None)
-        os.environ.update(server.env())
-        direct = os.environ["AWS_ENDPOINT_URL"]
-        proxy = _SlowProxy(server.endpoint, args.latency_ms / 1000)
-        for layout in ("outputs", "flushes"):
-            uri = f"s3://{server.create_bucket()}/wh"
-            build(uri, args.services, layout)
-            print(f"{layout}: {args.services} services x 1 hour on SeaweedFS")
-            for label, endpoint in (("direct", direct),
-                                    (f"+{args.latency_ms:g} ms", proxy.endpoint)):  # fmt: skip
-                os.environ["AWS_ENDPOINT_URL"] = endpoint
-                notes = []
-                for threads in (1, after_threads):
-                    secs, err, reads = time_note(uri, threads, args.repeat)
-                    notes.append(err)
-                    print(f"  {label:>9}  footers {threads} at a time: {secs * 1000:7.1f} ms  "
-                          f"({reads} footers read)")  # fmt: skip
-                same = "same note" if notes[0] == notes[1] else f"NOTES DIFFER: {notes}"
-                print(f"  {'':>9}  {same}: {notes[-1][:100]}")
-            os.environ["AWS_ENDPOINT_URL"] = direct
+        with seaweedfs_endpoints(args.latency_ms) as (server, endpoints):
+            for layout in ("outputs", "flushes"):
+                uri = f"s3://{server.create_bucket()}/wh"
+                build(uri, args.services, layout)
+                print(f"{layout}: {args.services} services x 1 hour on SeaweedFS")
+                for label, endpoint in endpoints:
+                    os.environ["AWS_ENDPOINT_URL"] = endpoint
+                    notes = []
+                    for threads in (1, after_threads):
+                        secs, err, reads = time_note(uri, threads, args.repeat)
+                        notes.append(err)
+                        print(f"  {label:>9}  footers {threads} at a time: {secs * 1000:7.1f} ms  "
+                              f"({reads} footers read)")  # fmt: skip
+                    same = "same note" if notes[0] == notes[1] else f"NOTES DIFFER: {notes}"
+                    print(f"  {'':>9}  {same}: {notes[-1][:100]}")
+                os.environ["AWS_ENDPOINT_URL"] = endpoints[0][1]
     finally:
         freshness.S3_FOOTER_THREADS = after_threads
-        if proxy is not None:
-            proxy.close()
-        server.stop()
     return 0
 
 
