@@ -35,16 +35,14 @@ A message is the same decoded in slices as whole:
 from __future__ import annotations
 
 import bisect
-import itertools
 from collections.abc import Generator
-from operator import itemgetter
 from typing import Any
 
-import msgpack
 import numpy as np
 import pyarrow as pa
 
 from aggregator.decode import OnBadEntries, OnReplacedTimes, chunk_of, decode, decode_packed
+from aggregator.packed import entry_ends_in_steps
 from shipper import wire
 
 #: Blob bytes past which a message is decoded in slices (logq-shipper's messages hold 512 KiB
@@ -55,7 +53,6 @@ BIG_BYTES = 4 * 1024 * 1024
 SLICE_BYTES = 2 * 1024 * 1024
 #: Entries whose ends are found in one step (~5 ms of msgpack skips for 450-byte entries).
 ENDS_PER_STEP = 16_384
-_STOP = object()
 _ENTRY_HEAD = b"\x92\xd7\x00"  # fixarray(2), fixext8 of type 0 (EventTime)
 _COMPRESSED = ("compressed", b"compressed")
 
@@ -180,22 +177,8 @@ def _heads(piece: bytes) -> int:
 def _entry_ends(blob: bytes, max_entries: int) -> Generator[None, None, list[int] | None]:
     """Where each entry of ``blob`` ends, :data:`ENDS_PER_STEP` entries a step; None when the
     blob is not whole entries, or holds more than ``max_entries`` (decoded whole, refused)."""
-    unpacker = msgpack.Unpacker(max_buffer_size=len(blob) + 1024)
-    unpacker.feed(blob)
-    ends: list[int] = []
-    while len(ends) <= max_entries:
-        before = len(ends)
-        skips = itertools.islice(iter(unpacker.skip, _STOP), ENDS_PER_STEP)
-        try:  # a C loop: msgpack's skip() then tell(), appended as they come
-            ends.extend(map(itemgetter(1), zip(skips, iter(unpacker.tell, _STOP), strict=False)))
-        except msgpack.OutOfData:
-            break  # the end of the blob, or a truncated entry: told by the last end
-        except (msgpack.UnpackException, ValueError):  # StackError, FormatError
-            return None
-        if len(ends) - before < ENDS_PER_STEP:
-            break
-        yield
-    if not ends or ends[-1] != len(blob) or len(ends) > max_entries:
+    ends = yield from entry_ends_in_steps(blob, max_entries, ENDS_PER_STEP)
+    if not ends or ends[-1] != len(blob):
         return None
     return ends
 

@@ -54,7 +54,7 @@ import functools
 import io
 import itertools
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from operator import attrgetter, itemgetter
 from typing import Any, Literal
 
@@ -212,16 +212,34 @@ def _entry_ends(blob: bytes, max_entries: int) -> list[int] | None:
     """Where each complete entry at the start of the blob ends, or None when the general path
     would refuse the blob whatever follows: more than ``max_entries`` entries, nesting deeper
     than msgpack's stack, a byte that is no msgpack type."""
+    steps = entry_ends_in_steps(blob, max_entries, max_entries + 1)  # one step
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def entry_ends_in_steps(
+    blob: bytes, max_entries: int, per_step: int
+) -> Generator[None, None, list[int] | None]:
+    """:func:`_entry_ends`, ``per_step`` entries a step: :mod:`aggregator.big_messages` lets
+    the event loop run at each ``yield`` while it finds a big message's entries."""
     unpacker = msgpack.Unpacker(max_buffer_size=len(blob) + 1024)
     unpacker.feed(blob)
-    skips = itertools.islice(iter(unpacker.skip, _STOP), max_entries + 1)
     ends: list[int] = []
-    try:  # a C loop: msgpack's skip() then tell(), appended as they come
-        ends.extend(map(itemgetter(1), zip(skips, iter(unpacker.tell, _STOP), strict=False)))
-    except msgpack.OutOfData:
-        pass  # the end of the blob, or a truncated entry: told by the last end
-    except (msgpack.UnpackException, ValueError):  # StackError, FormatError
-        return None
+    while len(ends) <= max_entries:
+        before = len(ends)
+        skips = itertools.islice(iter(unpacker.skip, _STOP), per_step)
+        try:  # a C loop: msgpack's skip() then tell(), appended as they come
+            ends.extend(map(itemgetter(1), zip(skips, iter(unpacker.tell, _STOP), strict=False)))
+        except msgpack.OutOfData:
+            break  # the end of the blob, or a truncated entry: told by the last end
+        except (msgpack.UnpackException, ValueError):  # StackError, FormatError
+            return None
+        if len(ends) - before < per_step:
+            break
+        yield
     return ends if len(ends) <= max_entries else None
 
 
