@@ -17,7 +17,7 @@ Usage: ``python bench/logq_services.py [--services N] [--latency-ms MS] [--repea
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import statistics
 import sys
 import time
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.stale_note import build, seaweedfs_endpoints
+from bench.stale_note import each_warehouse
 
 
 def time_services(uri: str, threads: int, repeat: int) -> tuple[float, str]:
@@ -60,21 +60,16 @@ def main() -> int:
 
     after_threads = freshness.S3_SERVICE_THREADS
     try:
-        with seaweedfs_endpoints(args.latency_ms) as (server, endpoints):
-            for layout in ("outputs", "flushes"):
-                uri = f"s3://{server.create_bucket()}/wh"
-                build(uri, args.services, layout)
-                print(f"{layout}: {args.services} services x 1 hour on SeaweedFS")
-                for label, endpoint in endpoints:
-                    os.environ["AWS_ENDPOINT_URL"] = endpoint
-                    outs = []
-                    for threads in (1, after_threads):
-                        secs, out = time_services(uri, threads, args.repeat)
-                        outs.append(out)
-                        print(f"  {label:>9}  services {threads} at a time: {secs * 1000:8.1f} ms")
-                    same = "same answer" if outs[0] == outs[1] else "ANSWERS DIFFER"
-                    print(f"  {'':>9}  {same} ({outs[-1].count('service')} services listed)")
-                os.environ["AWS_ENDPOINT_URL"] = endpoints[0][1]
+        # closing: SeaweedFS stops at once when a run fails, not whenever the generator goes
+        with contextlib.closing(each_warehouse(args.services, args.latency_ms)) as cases:
+            for uri, label in cases:
+                outs = []
+                for threads in (1, after_threads):
+                    secs, out = time_services(uri, threads, args.repeat)
+                    outs.append(out)
+                    print(f"  {label:>9}  services {threads} at a time: {secs * 1000:8.1f} ms")
+                same = "same answer" if outs[0] == outs[1] else "ANSWERS DIFFER"
+                print(f"  {'':>9}  {same} ({outs[-1].count('service')} services listed)")
     finally:
         freshness.S3_SERVICE_THREADS = after_threads
     return 0

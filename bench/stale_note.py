@@ -129,6 +129,21 @@ def seaweedfs_endpoints(latency_ms: float) -> Iterator[tuple[Any, list[tuple[str
         server.stop()
 
 
+def each_warehouse(services: int, latency_ms: float) -> Iterator[tuple[str, str]]:
+    """For each layout (one compaction output per service, three flushes of one node), built
+    in a bucket of its own, and each way to reach SeaweedFS (:func:`seaweedfs_endpoints`):
+    ``(warehouse uri, label)`` with ``AWS_ENDPOINT_URL`` set to that way."""
+    with seaweedfs_endpoints(latency_ms) as (server, endpoints):
+        for layout in ("outputs", "flushes"):
+            uri = f"s3://{server.create_bucket()}/wh"
+            build(uri, services, layout)
+            print(f"{layout}: {services} services x 1 hour on SeaweedFS")
+            for label, endpoint in endpoints:
+                os.environ["AWS_ENDPOINT_URL"] = endpoint
+                yield uri, label
+            os.environ["AWS_ENDPOINT_URL"] = endpoints[0][1]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--services", type=int, default=50)
@@ -140,22 +155,17 @@ def main() -> int:
 
     after_threads = freshness.S3_FOOTER_THREADS
     try:
-        with seaweedfs_endpoints(args.latency_ms) as (server, endpoints):
-            for layout in ("outputs", "flushes"):
-                uri = f"s3://{server.create_bucket()}/wh"
-                build(uri, args.services, layout)
-                print(f"{layout}: {args.services} services x 1 hour on SeaweedFS")
-                for label, endpoint in endpoints:
-                    os.environ["AWS_ENDPOINT_URL"] = endpoint
-                    notes = []
-                    for threads in (1, after_threads):
-                        secs, err, reads = time_note(uri, threads, args.repeat)
-                        notes.append(err)
-                        print(f"  {label:>9}  footers {threads} at a time: {secs * 1000:7.1f} ms  "
-                              f"({reads} footers read)")  # fmt: skip
-                    same = "same note" if notes[0] == notes[1] else f"NOTES DIFFER: {notes}"
-                    print(f"  {'':>9}  {same}: {notes[-1][:100]}")
-                os.environ["AWS_ENDPOINT_URL"] = endpoints[0][1]
+        # closing: SeaweedFS stops at once when a run fails, not whenever the generator goes
+        with contextlib.closing(each_warehouse(args.services, args.latency_ms)) as cases:
+            for uri, label in cases:
+                notes = []
+                for threads in (1, after_threads):
+                    secs, err, reads = time_note(uri, threads, args.repeat)
+                    notes.append(err)
+                    print(f"  {label:>9}  footers {threads} at a time: {secs * 1000:7.1f} ms  "
+                          f"({reads} footers read)")  # fmt: skip
+                same = "same note" if notes[0] == notes[1] else f"NOTES DIFFER: {notes}"
+                print(f"  {'':>9}  {same}: {notes[-1][:100]}")
     finally:
         freshness.S3_FOOTER_THREADS = after_threads
     return 0
