@@ -210,7 +210,8 @@ S3_FOOTER_THREADS = 8
 #: (``bench/logq_services.py``). 8, like the footers: the footer reads of
 #: the services in flight share those 8 (:mod:`athena.threads`: 8 services read theirs one
 #: at a time each, 2 services 4 at a time), never 8 x 8 requests at once. A local warehouse
-#: works on them in turn, in the calling thread, as before.
+#: works on them in turn, in the calling thread, as before. ``logq services --dry-run`` lists
+#: the services' hours as many at once.
 S3_SERVICE_THREADS = 8
 
 

@@ -25,6 +25,8 @@ _ACCEPTED = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
 _NAMED_AT_MOST = 4
 #: Most characters of a refused value the message repeats.
 _SHOWN_CHARS = 40
+#: Most close names a refusal suggests by name; the others are counted.
+_SUGGESTED_AT_MOST = 3
 
 
 def normalise_services(values: list[str] | None, warehouse: str | None = None) -> list[str] | None:
@@ -69,12 +71,40 @@ def empty_text(value: str) -> str:
 def refused_text(part: str, name: str, warehouse: str | None) -> str:
     """Why ``part`` is not a service name, with the closest names the warehouse holds (none
     when it cannot be listed cheaply: see :func:`existing_names`)."""
-    close = difflib.get_close_matches(name, existing_names(warehouse), n=3, cutoff=0.6)
-    typo = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-    # The value cut shorter than elsewhere: the fault and the rule must fit in one error line
-    # (:data:`cli.errors.MAX_MESSAGE_CHARS`), not be cut from its middle.
+    from cli.errors import MAX_MESSAGE_CHARS
+
+    known = existing_names(warehouse)
+    close = difflib.get_close_matches(name, known, n=max(len(known), 1), cutoff=0.6)
+    # The value cut shorter than elsewhere: the fault, the rule and the names suggested must
+    # fit in one error line (:data:`cli.errors.MAX_MESSAGE_CHARS`), not be cut from its middle.
     value = shown(part, _echoed_chars(part))
-    return f"--service {value} is not a service name: {fault(part)}; {rule()}{typo}"
+    text = f"--service {value} is not a service name: {fault(part)}; {rule()}"
+    return text + suggestion(close, MAX_MESSAGE_CHARS - len(text))
+
+
+def suggestion(close: list[str], room: int) -> str:
+    """How a refusal ends, in at most ``room`` characters when it can: where the names are
+    (`logq services`), and the closest of ``close`` (closest first) that fit, up to
+    :data:`_SUGGESTED_AT_MOST` of them, counting the others.
+
+    A name is up to 128 characters: three of them made the line longer than the error cut,
+    which then took out its middle, the rule and half a name with it. When not even the
+    closest name fits, the count of close names does."""
+    listed = "; `logq services` lists them"
+    for count in range(min(len(close), _SUGGESTED_AT_MOST), 0, -1):
+        named = " or ".join(map(repr, close[:count]))
+        more = len(close) - count
+        if more:  # the command named last, where it says how to see the ones left out
+            are = "is" if more == 1 else "are"
+            text = f"; did you mean {named}? {more} more {are} close{listed} all"
+        else:
+            text = f"{listed}; did you mean {named}?"
+        if len(text) <= room:
+            return text
+    if not close:
+        return listed
+    what = "1 known name is" if len(close) == 1 else f"{len(close)} known names are"
+    return f"; {what} close{listed} all"
 
 
 def _echoed_chars(part: str) -> int:
@@ -90,13 +120,13 @@ def _echoed_chars(part: str) -> int:
 
 def rule() -> str:
     """What the user learns when a value is refused: the names the writer stores unchanged
-    (:func:`athena.schema.sanitize_service`), and where to find them."""
+    (:func:`athena.schema.sanitize_service`); where to find them, :func:`suggestion` says."""
     from athena.schema import MAX_SERVICE_LEN  # imported when refusing only: it needs pyarrow
 
     return (
         "a name is lower-case letters, digits and '_', '.', '-' (never first or last, never "
         f"'__' or '..'), up to {MAX_SERVICE_LEN} characters; case and accents fold ('Café' is "
-        "'cafe'); `logq services` lists them"
+        "'cafe')"
     )
 
 

@@ -493,8 +493,14 @@ def _service_freshness(
 
 
 def _services_dry_run(wh: Any, chosen: list[str], hours: tuple[str, str] | None) -> None:
-    """What ``services`` would read locally: no SQL, folder listings and newest hours."""
+    """What ``services`` would read locally: no SQL, folder listings and newest hours.
+
+    Each service's hours are a listing, a round trip each on S3: there a few are listed at
+    once (:data:`athena.freshness.S3_SERVICE_THREADS`, as :func:`_freshness` does), the lines
+    in the same order; a local warehouse lists them in turn, in this thread."""
+    from athena.freshness import S3_SERVICE_THREADS
     from athena.partitions import hours_with_data
+    from athena.threads import ordered_list
 
     out = sys.stdout
     out.write(
@@ -502,8 +508,13 @@ def _services_dry_run(wh: Any, chosen: list[str], hours: tuple[str, str] | None)
         "and reads the Parquet footers of the newest files of each service's newest hour with "
         "rows\n"
     )
-    for table in ("envoy_access", "container_logs"):
-        for svc in chosen:
-            dts = hours_with_data(wh, table, svc, hours)
-            if dts:
-                out.write(f"--   {table}/service={svc}: {len(dts)} hours, newest dt={dts[-1]}\n")
+    pairs = [(table, svc) for table in ("envoy_access", "container_logs") for svc in chosen]
+    each = ordered_list(
+        lambda pair: hours_with_data(wh, *pair, hours),
+        pairs,
+        S3_SERVICE_THREADS if wh.is_s3 else 1,
+        name="logq-services",
+    )
+    for (table, svc), dts in zip(pairs, each, strict=True):
+        if dts:
+            out.write(f"--   {table}/service={svc}: {len(dts)} hours, newest dt={dts[-1]}\n")

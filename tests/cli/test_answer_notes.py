@@ -33,6 +33,7 @@ from cli.runner import Prepared, prepare
 from tests.aggregator.test_compaction_requests import counted_warehouse
 from tests.athena.factory import access_frame, utc, write_frame, write_with_writer
 from tests.cli.conftest import Warehouse
+from tests.cli.flights import Flights
 
 RANGE = ["--since", "2026-11-27T22:00:00Z", "--until", "2026-11-28T02:00:00Z"]
 TOTALS = (
@@ -500,8 +501,6 @@ def test_stale_note_over_every_service_on_s3_reads_footers_concurrently(
     once; and they are read at once: footer reads overlap, never more than S3_FOOTER_THREADS
     of them. Overlap is shown, not timed: the first read waits (up to 10 s) for a second to
     start, which read one after the other it never does."""
-    import threading
-
     import athena.freshness as freshness
     from cli.runner import execute
 
@@ -522,30 +521,12 @@ def test_stale_note_over_every_service_on_s3_reads_footers_concurrently(
     one_at_a_time = note(1)
     assert f"logq: note: newest data in envoy_access: {iso_utc(newest)} (" in one_at_a_time
 
-    lock, second = threading.Lock(), threading.Event()
-    flight = {"now": 0, "most": 0, "reads": 0}
-    real = pq.read_metadata
-
-    def gated(path: str, *args: Any, **kwargs: Any) -> Any:
-        with lock:
-            flight["now"] += 1
-            flight["reads"] += 1
-            flight["most"] = max(flight["most"], flight["now"])
-            first = flight["reads"] == 1
-            if not first:
-                second.set()
-        try:
-            if first:
-                second.wait(10)
-            return real(path, *args, **kwargs)
-        finally:
-            with lock:
-                flight["now"] -= 1
-
-    monkeypatch.setattr(pq, "read_metadata", gated)
+    reads = Flights(pq.read_metadata, first_waits=True)
+    monkeypatch.setattr(pq, "read_metadata", reads)
     assert note(threads_at_once) == one_at_a_time
-    assert flight["reads"] >= 40
-    assert 2 <= flight["most"] <= threads_at_once, flight
+    assert reads.overlapped == [True], "no second footer was read while the first waited"
+    assert reads.calls >= 40
+    assert 2 <= reads.most <= threads_at_once, vars(reads)
 
 
 @pytest.mark.integration

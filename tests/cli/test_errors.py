@@ -203,6 +203,54 @@ def test_a_refused_service_name_says_what_is_wrong(
     assert len(run.stderr.splitlines()) == 1 and "[..." not in run.stderr  # not cut
 
 
+def test_a_refused_service_name_suggests_long_names_within_the_cut(logq, tmp_path) -> None:
+    """Three close names of 36 to 128 characters made the refusal longer than the error cut
+    (MAX_MESSAGE_CHARS), which took out its middle: the rule and the names with it. The
+    closest names that fit are named, the others counted, with the command listing them all;
+    when not even one fits, the count and the command are said."""
+    from datetime import UTC, datetime, timedelta
+
+    from cli.errors import MAX_MESSAGE_CHARS
+    from tests.athena.factory import access_frame, write_frame
+
+    canaries = [f"payments-gateway-eu-west-1-canary-{i:02d}" for i in range(12)]
+    longest = [f"{'ledger-' * 17}{i:02d}"[-128:] for i in range(12)]
+    uri, now = str(tmp_path / "wh"), datetime.now(UTC)
+    write_frame(uri, "envoy_access", access_frame(48, now - timedelta(hours=1), now, canaries))
+    write_frame(uri, "envoy_access", access_frame(48, now - timedelta(hours=1), now, longest))
+    lines = {}
+    for value in (f"{canaries[1]}/", f"{longest[1][:-1]}/"):
+        run = logq("errors", "-s", value, "--warehouse", uri)
+        assert run.exit_code == 2 and run.stdout == "", run.stderr
+        assert len(run.stderr.splitlines()) == 1 and "[..." not in run.stderr  # not cut
+        assert len(run.stderr) <= len("logq: error: \n") + MAX_MESSAGE_CHARS, run.stderr
+        assert "case and accents fold ('Café' is 'cafe')" in run.stderr  # the rule is whole
+        lines[value[:8]] = run.stderr
+    assert lines["payments"].endswith(
+        f"; did you mean '{canaries[1]}'? 11 more are close; `logq services` lists them all\n"
+    )
+    assert lines["ledger-l"].endswith(
+        "; 12 known names are close; `logq services` lists them all\n"
+    ), lines["ledger-l"]
+
+
+def test_a_refusal_counts_the_close_names_it_leaves_out() -> None:
+    """Up to three close names are named, closest first; one left out is "1 more is close",
+    and the names that do not fit the room left on the line are dropped, last first."""
+    from cli.service_names import suggestion
+
+    four = ["aa", "ab", "ac", "ad"]
+    assert suggestion(four, 400) == (
+        "; did you mean 'aa' or 'ab' or 'ac'? 1 more is close; `logq services` lists them all"
+    )
+    wide = ["a" * 60, "b" * 60, "c" * 60]
+    assert suggestion(wide, 150) == (
+        f"; did you mean '{wide[0]}'? 2 more are close; `logq services` lists them all"
+    )
+    assert suggestion(wide[:1], 400) == f"; `logq services` lists them; did you mean '{wide[0]}'?"
+    assert suggestion([], 0) == "; `logq services` lists them"
+
+
 def test_service_names_match_as_stored(logq, warehouse: Warehouse) -> None:
     """Names are matched after the writer's sanitising: case folds, a path cannot escape."""
     want = expected_errors(warehouse.access, ["users"], SINCE, UNTIL)

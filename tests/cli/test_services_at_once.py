@@ -6,7 +6,6 @@ goes through them in turn in the calling thread."""
 from __future__ import annotations
 
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from athena.schema import compacted_object_name
 from athena.timerange import iso_utc
 from athena.warehouse import open_warehouse
 from tests.athena.factory import access_frame, logs_frame, write_with_writer
+from tests.cli.flights import Flights
 
 SERVICES = [f"svc-{i:02d}" for i in range(40)]
 
@@ -48,15 +48,18 @@ def _many_services(uri: str, now: datetime) -> tuple[datetime, datetime]:
     return at, ahead
 
 
-def _services(logq: Any, uri: str, threads: int, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """``logq services -f json`` with ``threads`` services at once (1: as before); how long
-    ago or ahead a time is, said in a note, fixed (runs a second apart would differ)."""
+def _services(
+    logq: Any, uri: str, threads: int, monkeypatch: pytest.MonkeyPatch, *more: str
+) -> Any:
+    """``logq services -f json`` (and ``more`` options) with ``threads`` services at once (1:
+    as before); how long ago or ahead a time is, said in a note, fixed (runs a second apart
+    would differ)."""
     import athena.freshness as freshness
     import cli.output
 
     monkeypatch.setattr(freshness, "S3_SERVICE_THREADS", threads)
     monkeypatch.setattr(cli.output, "since_text", lambda when: "some time ahead")
-    return logq("services", "-f", "json", "--warehouse", uri)
+    return logq("services", "-f", "json", "--warehouse", uri, *more)
 
 
 @pytest.mark.integration
@@ -85,45 +88,18 @@ def test_services_on_s3_at_once_answer_as_one_after_the_other(
         one_after_the_other.stderr
     )
 
-    lock, second = threading.Lock(), threading.Event()
-    started = {"services": 0}
-    overlapped: list[bool] = []  # what the first service's wait for a second one gave
-    real_hours = freshness.service_hours
-
-    def gated_hours(*args: Any, **kwargs: Any) -> Any:
-        with lock:
-            started["services"] += 1
-            first = started["services"] == 1
-            if not first:
-                second.set()
-        if first:  # one after the other, the second starts only once this one is done
-            overlapped.append(second.wait(10))
-        return real_hours(*args, **kwargs)
-
-    flight = {"now": 0, "most": 0, "reads": 0}
-    real_footer = pq.read_metadata
-
-    def counted_footer(path: str, *args: Any, **kwargs: Any) -> Any:
-        with lock:
-            flight["now"] += 1
-            flight["reads"] += 1
-            flight["most"] = max(flight["most"], flight["now"])
-        try:
-            time.sleep(0.005)  # holds the read: reads of services in flight overlap it
-            return real_footer(path, *args, **kwargs)
-        finally:
-            with lock:
-                flight["now"] -= 1
-
-    monkeypatch.setattr(freshness, "service_hours", gated_hours)
-    monkeypatch.setattr(pq, "read_metadata", counted_footer)
+    services = Flights(freshness.service_hours, first_waits=True)
+    footers = Flights(pq.read_metadata, hold=0.005)  # reads of services in flight overlap it
+    monkeypatch.setattr(freshness, "service_hours", services)
+    monkeypatch.setattr(pq, "read_metadata", footers)
     at_once = _services(logq, s3_warehouse, 8, monkeypatch)
     assert (at_once.exit_code, at_once.stdout, at_once.stderr) == (
         0, one_after_the_other.stdout, one_after_the_other.stderr,
     )  # fmt: skip
-    assert overlapped == [True], "no second service was started while the first waited"
-    assert flight["reads"] >= 2 * len(SERVICES)
-    assert flight["most"] <= freshness.S3_FOOTER_THREADS, flight
+    assert services.overlapped == [True], "no second service was started while the first waited"
+    assert services.most <= freshness.S3_SERVICE_THREADS, vars(services)
+    assert footers.calls >= 2 * len(SERVICES)
+    assert footers.most <= freshness.S3_FOOTER_THREADS, vars(footers)
 
 
 @pytest.mark.integration
@@ -177,25 +153,58 @@ def test_services_on_s3_at_once_raise_the_first_services_error(
     )  # fmt: skip
 
 
+@pytest.mark.integration
+@pytest.mark.s3
+def test_services_dry_run_on_s3_lists_services_at_once(
+    logq: Any, s3_warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``logq services --dry-run`` lists each service's hours of each table, a round trip each
+    on S3: a few at once (S3_SERVICE_THREADS), the lines as one after the other prints them.
+    Overlap is shown, not timed: the first listing waits (up to 10 s) for a second to start,
+    which one after the other never does."""
+    import athena.freshness as freshness
+    import athena.partitions as partitions
+
+    _many_services(s3_warehouse, datetime.now(UTC).replace(microsecond=0))
+    one_after_the_other = _services(logq, s3_warehouse, 1, monkeypatch, "--dry-run")
+    assert one_after_the_other.exit_code == 0, one_after_the_other.stderr
+    lines = one_after_the_other.stdout.splitlines()
+    assert lines[1].startswith("--   envoy_access/service=svc-00: "), lines
+    assert len(lines) == 1 + len(SERVICES) + len(SERVICES[::2]), lines  # logs: every other
+
+    listings = Flights(partitions.hours_with_data, first_waits=True)
+    monkeypatch.setattr(partitions, "hours_with_data", listings)
+    at_once = _services(logq, s3_warehouse, 8, monkeypatch, "--dry-run")
+    assert (at_once.exit_code, at_once.stdout, at_once.stderr) == (
+        0, one_after_the_other.stdout, one_after_the_other.stderr,
+    )  # fmt: skip
+    assert listings.overlapped == [True], "no second listing started while the first waited"
+    assert listings.calls == 2 * len(SERVICES)  # each service in each table
+    assert listings.most <= freshness.S3_SERVICE_THREADS, vars(listings)
+
+
 def test_services_on_a_local_warehouse_use_no_pool(
     logq: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A local folder's listings and footers cost tens of microseconds: its services are
-    worked on in turn, every footer read in the calling thread, with no thread started."""
+    worked on in turn, every footer read (and --dry-run's every listing) in the calling
+    thread, with no thread started."""
+    import athena.partitions as partitions
+
     uri = str(tmp_path / "wh")
     now = datetime.now(UTC).replace(microsecond=0)
     _many_services(uri, now)
-    readers: set[int] = set()
-    real = pq.read_metadata
-
-    def noted(path: str, *args: Any, **kwargs: Any) -> Any:
-        readers.add(threading.get_ident())
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(pq, "read_metadata", noted)
+    footers = Flights(pq.read_metadata)
+    monkeypatch.setattr(pq, "read_metadata", footers)
     before = threading.active_count()
     run = _services(logq, uri, 8, monkeypatch)
     assert run.exit_code == 0, run.stderr
     assert [r["service"] for r in run.json()] == SERVICES
-    assert readers == {threading.get_ident()}
+    assert footers.calls and footers.threads == {threading.get_ident()}
     assert threading.active_count() == before
+    listings = Flights(partitions.hours_with_data)  # --dry-run's listings too
+    monkeypatch.setattr(partitions, "hours_with_data", listings)
+    dry = _services(logq, uri, 8, monkeypatch, "--dry-run")
+    assert dry.exit_code == 0 and f"envoy_access/service={SERVICES[-1]}:" in dry.stdout
+    assert listings.calls == 2 * len(SERVICES)
+    assert listings.threads == {threading.get_ident()}
