@@ -20,6 +20,7 @@ from athena.engines.result import EngineError
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from athena.warehouse import Warehouse
 
@@ -41,19 +42,48 @@ class ForeignFile(EngineError):
         )
 
 
+#: How the message of a file of other types or values ends: what to rewrite it with.
+_REWRITE = "with the table's types (`logq ddl` shows them)"
+
+
 def wrong_type(path: str, column: str, found: pa.DataType, declared: str) -> ForeignFile:
     """The error for a file whose ``column`` is ``found``, where the table declares the Athena
     type ``declared`` (the words `logq ddl` shows it in)."""
     return ForeignFile(
         path,
         f"holds column {column} as {found} where the table has {declared}",
-        "with the table's types (`logq ddl` shows them)",
+        _REWRITE,
     )
 
 
 def times_out_of_range(path: str) -> ForeignFile:
     """The error for a file whose ``timestamp`` values lie past year 9999 (or before year 1)."""
     return ForeignFile(path, "holds times past year 9999", "with real times")
+
+
+def out_of_range(path: str, column: str, values: str, declared: str) -> ForeignFile:
+    """The error for a file whose ``column`` is of the declared kind but holds ``values`` (its
+    footer's statistics: least to greatest) beyond what the table's type ``declared`` holds."""
+    return ForeignFile(
+        path, f"holds column {column} with values {values}, beyond the table's {declared}", _REWRITE
+    )
+
+
+def uncastable(path: str, reason: str) -> ForeignFile:
+    """The error for a file whose values failed the cast to the table's types as it was read
+    (``reason``: pyarrow's words), where its footer did not tell."""
+    return ForeignFile(
+        path,
+        f"holds values the table's types cannot hold ({reason})",
+        _REWRITE,
+    )
+
+
+#: The times a ``timestamp`` can hold, in seconds since 1970: years 1 to 9999, as a ``dt``
+#: partition names them (logq's writers keep every row within them; Python's datetime, and so
+#: `logq services` and the stale-data note, can hold no other).
+_TIME_SPAN_S = (-62_135_596_800, 253_402_300_800)
+_PER_SECOND = {"ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 
 def same_kind(found: pa.DataType, declared: pa.DataType) -> bool:
@@ -75,19 +105,45 @@ def same_kind(found: pa.DataType, declared: pa.DataType) -> bool:
     return found == declared
 
 
-def mismatch(wh: Warehouse, table: str, path: str, column: str = "") -> ForeignFile | None:
+def mismatch(
+    wh: Warehouse, table: str, path: str, column: str = "", failed: int | None = None
+) -> ForeignFile | None:
     """The error for ``path`` when a column of it (``column``, else any) differs in kind from
-    ``table``'s declared type (:func:`same_kind`), else None; reads its footer only."""
+    ``table``'s declared type (:func:`same_kind`) or holds integers beyond it
+    (:func:`range_mismatch`; ``failed``: among them the value a query's cast failed on, when
+    its error gave it), else None; reads its footer only.
+
+    This explains a query's failed cast, so times are not judged by their statistics: DuckDB
+    and pyarrow read a time past year 9999 as it is (the stale-data note names its file), and
+    a file of such times named here would not be the file whose cast failed."""
     import pyarrow.parquet as pq
 
-    return schema_mismatch(table, path, pq.read_schema(path, filesystem=wh.fs), column)
+    meta = pq.read_metadata(path, filesystem=wh.fs)
+    return footer_mismatch(table, path, meta, column, failed=failed, times=False)
+
+
+def footer_mismatch(
+    table: str,
+    path: str,
+    meta: pq.FileMetaData,
+    column: str = "",
+    failed: int | None = None,
+    times: bool = True,
+) -> ForeignFile | None:
+    """:func:`mismatch` for a footer already read (``meta``, the file at ``path``): compaction
+    reads every input's footer anyway, and checks it here rather than read it twice (its
+    times too, ``times``: a merge would keep a time past year 9999 as it is)."""
+    schema = meta.schema.to_arrow_schema()
+    return schema_mismatch(table, path, schema, column) or range_mismatch(
+        table, path, meta, schema, column, failed=failed, times=times
+    )
 
 
 def schema_mismatch(
     table: str, path: str, schema: pa.Schema, column: str = ""
 ) -> ForeignFile | None:
-    """:func:`mismatch` for a footer already read (``schema``, the file at ``path``): compaction
-    reads every input's footer anyway, and checks it here rather than read it twice. A column
+    """The error for ``path`` when a column of its ``schema`` (``column``, else any) differs in
+    kind from ``table``'s declared type (:func:`same_kind`), else None. A column
     the file lacks is no mismatch (older schema versions lack the columns added since), nor is
     one the table does not declare (readers never see it)."""
     from athena.schema import table as schema_table
@@ -100,13 +156,100 @@ def schema_mismatch(
     return None
 
 
+def range_mismatch(
+    table: str,
+    path: str,
+    meta: pq.FileMetaData,
+    schema: pa.Schema,
+    column: str = "",
+    failed: int | None = None,
+    times: bool = True,
+) -> ForeignFile | None:
+    """The error for ``path`` when a column of it (``column``, else any) holds values its type
+    allows but the declared one does not, by its footer's row-group statistics (no data page
+    read), else None: integers wider than the table's (``response_code`` as int64 holding
+    3,000,000,000, where the table has int) and times outside years 1 to 9999. Their types
+    are of the declared kind (:func:`same_kind`), so nothing else told: the cast failed as the
+    file was read, the merge of its partition at every pass naming only the partition, a query
+    with DuckDB's words naming no file. A row group without statistics is not looked at (the
+    cast, as the file is read, still decides for it).
+
+    ``failed``, the value a cast failed on, names only a column whose statistics span it (the
+    file whose cast failed, not another file beyond the type in another column); ``times``
+    False leaves time columns out."""
+    import pyarrow as pa
+
+    from athena.freshness import time_unit
+    from athena.schema import table as schema_table
+
+    for want in schema_table(table).data_columns:
+        name = want.name
+        is_time = times and pa.types.is_timestamp(want.arrow)
+        at = schema.get_field_index(name) if column in ("", name) else -1
+        if at < 0 or not (is_time or pa.types.is_integer(want.arrow)):
+            continue
+        found = schema.field(at).type
+        found = found.value_type if pa.types.is_dictionary(found) else found
+        if not is_time and found == want.arrow:
+            continue
+        index = _leaf_index(meta, name)
+        unit = time_unit(meta.schema.column(index)) if is_time and index is not None else None
+        if index is None or (is_time and unit not in _PER_SECOND):  # (INT96: no statistics)
+            continue
+        if unit is not None:
+            per = _PER_SECOND[unit]
+            low, high = _TIME_SPAN_S[0] * per, _TIME_SPAN_S[1] * per - 1
+            declared_range, suffix = "timestamp (years 1 to 9999)", f" ({unit} since 1970)"
+        else:
+            low, high = -(2 ** (want.arrow.bit_width - 1)), 2 ** (want.arrow.bit_width - 1) - 1
+            declared_range, suffix = want.athena, ""
+        bounds = _statistics_bounds(meta, index, raw=is_time)
+        if bounds is None or (failed is not None and not bounds[0] <= failed <= bounds[1]):
+            continue
+        if bounds[0] < low or bounds[1] > high:
+            values = f"{bounds[0]} to {bounds[1]}{suffix}"
+            return out_of_range(path, name, values, declared_range)
+    return None
+
+
+def _leaf_index(meta: pq.FileMetaData, name: str) -> int | None:
+    """The Parquet column of the top-level field ``name`` (None for a nested one: no table
+    column is)."""
+    names = meta.schema.names  # (leaf names: a nested field's may repeat a top-level one's)
+    index = names.index(name) if name in names else None
+    return index if index is not None and meta.schema.column(index).path == name else None
+
+
+def _statistics_bounds(meta: pq.FileMetaData, index: int, raw: bool) -> tuple[int, int] | None:
+    """The least and greatest value of column ``index`` over the row groups whose statistics
+    give them (``raw``: as stored, for times, which pyarrow would convert to datetimes and fail
+    on past year 9999), None when none does."""
+    low: int | None = None
+    high: int | None = None
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(index).statistics
+        if stats is None or not stats.has_min_max:
+            continue
+        least, most = (stats.min_raw, stats.max_raw) if raw else (stats.min, stats.max)
+        if not isinstance(least, int) or not isinstance(most, int):
+            continue
+        low = least if low is None else min(low, least)
+        high = most if high is None else max(high, most)
+    return None if low is None or high is None else (low, high)
+
+
 def find_foreign(
-    wh: Warehouse, table: str, paths: Iterable[str], first: Iterable[str] = (), column: str = ""
+    wh: Warehouse,
+    table: str,
+    paths: Iterable[str],
+    first: Iterable[str] = (),
+    column: str = "",
+    failed: int | None = None,
 ) -> ForeignFile | None:
     """The first file of ``paths`` (``first`` looked at before the others: the files a DuckDB
     error names, the file the view was bound to) whose ``column`` (else any column) differs
-    from ``table``'s, or None. Files that cannot be read are skipped: this only explains an
-    error already raised."""
+    from ``table``'s (:func:`mismatch`; ``failed``: the value the cast failed on), or None.
+    Files that cannot be read are skipped: this only explains an error already raised."""
     import pyarrow as pa
 
     seen: set[str] = set()
@@ -115,7 +258,7 @@ def find_foreign(
             continue
         seen.add(path)
         try:
-            found = mismatch(wh, table, path, column)
+            found = mismatch(wh, table, path, column, failed)
         except (OSError, pa.ArrowException, ValueError):
             continue
         if found is not None:

@@ -399,7 +399,7 @@ def _footer_bound(wh: Warehouse, path: str, low: bool) -> datetime | None:
         meta = pq.read_metadata(path, filesystem=wh.fs)
         names = [meta.schema.column(i).name for i in range(meta.num_columns)]
         col = names.index("timestamp")
-        unit = _time_unit(meta.schema.column(col))
+        unit = time_unit(meta.schema.column(col))
         if unit is None and meta.schema.column(col).physical_type not in ("INT96", "INT32"):
             # Not a time at all (text, a float): no statistics tell, and the column neither.
             found = meta.schema.to_arrow_schema().field("timestamp").type
@@ -510,7 +510,7 @@ _UNITS = {"milliseconds": "ms", "microseconds": "us", "nanoseconds": "ns", "ms":
           "ns": "ns", "s": "s"}  # fmt: skip
 
 
-def _time_unit(column: object) -> str | None:
+def time_unit(column: object) -> str | None:
     """``ms``/``us``/``ns`` of a Parquet INT64 TIMESTAMP column; ``ms`` for a plain INT64 (epoch
     milliseconds, as the first writers stored it); None for any other physical type."""
     import json

@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from aggregator.storage import fetch_object
-from athena.foreign import ForeignFile, schema_mismatch
+from athena.foreign import ForeignFile, footer_mismatch, uncastable
 from athena.schema import Table
 from athena.warehouse import Warehouse
 
@@ -47,9 +47,25 @@ class Input:
     #: A run of a merge (:func:`.runs.merge_run`) of an input not sorted by time, already named
     #: in an INFO: the run is not sorted either, and is not named again.
     named_unsorted: bool = field(default=False, compare=False, repr=False)
-    #: Its footer declares a column with another type than the table (a file another tool
-    #: wrote): left out of every merge (:func:`_read_footer`).
+    #: Its footer declares a column with another type than the table, or its statistics show
+    #: values beyond the table's type (a file another tool wrote): left out of every merge
+    #: (:func:`_read_footer`).
     foreign: ForeignFile | None = field(default=None, compare=False, repr=False)
+
+
+#: How the error of a file whose values failed the merge's cast ends: it is raised, and the
+#: partition's merge fails (the pass goes on with the others).
+CAST_FAILED = "; its partition is not compacted until then"
+
+
+def _conform_input(f: Input, table: pa.Table, spec: Table) -> pa.Table:
+    """:func:`_conform` of rows of ``f``, a value that does not convert (one its footer's
+    statistics could not tell, :func:`athena.foreign.range_mismatch`: a row group without them)
+    raised naming the file, not only its partition as pyarrow's words did."""
+    try:
+        return _conform(table, spec)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise ValueError(uncastable(f.path, str(exc)).advice(CAST_FAILED)) from exc
 
 
 def _conform(table: pa.Table, spec: Table) -> pa.Table:
@@ -229,7 +245,7 @@ def _batches(
         if not sizes.measured:
             read = parquet.iter_batches(PROBE_ROWS, row_groups=[i], use_threads=threads)
             if (first := next(read, None)) is not None:
-                probe = _conform(pa.Table.from_batches([first]), spec)
+                probe = _conform_input(f, pa.Table.from_batches([first]), spec)
                 sizes.observe(probe)
             del first  # (the probe's rows: held no longer than the probe)
         size = sizes.batch_rows(row_group)
@@ -239,7 +255,7 @@ def _batches(
         del probe
         read = parquet.iter_batches(size, row_groups=[i], use_threads=threads)
         for batch in read:
-            table = _conform(pa.Table.from_batches([batch]), spec)
+            table = _conform_input(f, pa.Table.from_batches([batch]), spec)
             sizes.observe(table)
             yield table
 
@@ -274,8 +290,9 @@ def _read_footer(
     """``info``'s footer (and, if ``whole``, all its bytes), or None with an ERROR.
 
     With ``spec``, the footer is checked against the table's types as ``logq`` checks it
-    (:func:`athena.foreign.schema_mismatch`), here where it is read anyway: a file another tool
-    wrote (``timestamp`` as epoch integers or text, ``response_code`` as text) is marked
+    (:func:`athena.foreign.footer_mismatch`), here where it is read anyway: a file another tool
+    wrote (``timestamp`` as epoch integers or text, ``response_code`` as text, or as int64
+    beyond the table's int by its statistics) is marked
     :attr:`Input.foreign`. Merging it would cast it: epoch integers were taken for
     milliseconds and ISO text parsed into times (conversions Athena never makes: it refuses the
     file), and a value that does not convert failed the whole partition's merge, every pass."""
@@ -289,7 +306,7 @@ def _read_footer(
                 meta = pq.read_metadata(fh)
         foreign = None
         if spec is not None:
-            foreign = schema_mismatch(spec.name, info.path, meta.schema.to_arrow_schema())
+            foreign = footer_mismatch(spec.name, info.path, meta)
     except (pa.ArrowException, OSError) as exc:
         log.error(
             "not compacting %s: it is not a readable Parquet file (%s); queries of its "

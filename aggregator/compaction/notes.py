@@ -163,8 +163,8 @@ class PassNotes:
             shown += f" and {len(paths) - EXAMPLES} more"
         one = len(paths) == 1
         return (
-            f"{_count(len(paths), 'Parquet file')} that logq did not write (other column types "
-            f"than the table's) {'was' if one else 'were'} left in place, out of the merges: "
+            f"{_count(len(paths), 'Parquet file')} that logq did not write (columns the table's "
+            f"types cannot hold) {'was' if one else 'were'} left in place, out of the merges: "
             f"{shown}; move {'it' if one else 'them'} out of the table's folder or rewrite "
             f"{'it' if one else 'them'} with the table's types (`logq ddl` shows them)"
         )

@@ -92,11 +92,11 @@ def compact_partition(
     ``INTENT_STALE_AFTER`` before now on this host's clock; a pass gives the store's,
     :mod:`.store_clock`).
 
-    A file whose footer declares other column types than ``spec`` (another tool's,
-    :attr:`.inputs.Input.foreign`) is left out of the merges, in place, with an ERROR naming it
-    (and told to ``notes``); the others are merged as usual. Athena refuses that file; merging
-    it would have cast it into one Athena reads (epoch integers taken for milliseconds) or failed
-    the partition's merge at every pass.
+    A file whose footer declares other column types than ``spec``, or values beyond them by its
+    statistics (another tool's, :attr:`.inputs.Input.foreign`), is left out of the merges, in
+    place, with an ERROR naming it (and told to ``notes``); the others are merged as usual.
+    Athena refuses that file; merging it would have cast it into one Athena reads (epoch
+    integers taken for milliseconds) or failed the partition's merge at every pass.
     """
     if infos is None:
         infos = list_folder(wh, folder)

@@ -247,8 +247,26 @@ def _bad_file(exc: Exception, files: list[str]) -> str | None:
 _CAST_COLUMN = re.compile(r'(?:source column |failed to cast column "?)([A-Za-z_][A-Za-z0-9_]*)')
 #: pyarrow's words, in the error DuckDB passes on from an S3 table's scan (``reading the stream
 #: registered as ...``), for a file column that does not convert to the declared type
-#: (:mod:`athena.engines.s3scan` reads the files with the table's schema).
-_ARROW_CAST_FAILURES = ("Failed to parse string", "no kernel matching input types", "cast")
+#: (:mod:`athena.engines.s3scan` reads the files with the table's schema), or whose values are
+#: beyond it ("Integer value 3000000000 not in range", an int64 column of an int one).
+_ARROW_CAST_FAILURES = (
+    "Failed to parse string",
+    "no kernel matching input types",
+    "cast",
+    "not in range",
+)
+
+
+#: How a failed cast names the integer it could not convert (DuckDB: ``Type INT64 with value
+#: 3000000000 can't be cast``; pyarrow: ``Integer value 3000000000 not in range``).
+_CAST_VALUE = re.compile(r"(?:with value|Integer value) (-?[0-9]+)\b")
+
+
+def _cast_value(exc: Exception) -> int | None:
+    """The integer a failed cast could not convert, when its error gives it: only a file whose
+    statistics span it is named (:func:`athena.foreign.range_mismatch`)."""
+    named = _CAST_VALUE.search(str(exc))
+    return int(named.group(1)) if named else None
 
 
 def _cast_failure(exc: Exception) -> str | None:
@@ -678,7 +696,7 @@ class LocalEngine:
             return None
         from athena.foreign import find_foreign
 
-        text = str(exc)
+        text, failed = str(exc), _cast_value(exc)
         for table, parts in scopes.items():
             if not parts:
                 continue
@@ -687,7 +705,9 @@ class LocalEngine:
             newest = max(p.dt for p in parts)
             bound = next(p for p in parts if p.dt == newest).files[:1]  # as _register orders
             first = [*named, *(f.path for f in bound)]
-            found = find_foreign(self.warehouse, table, paths, first=first, column=column)
+            found = find_foreign(
+                self.warehouse, table, paths, first=first, column=column, failed=failed
+            )
             if found is not None:
                 return found
         return None

@@ -23,11 +23,12 @@ import pytest
 
 from aggregator.compaction.command import compact_main
 from aggregator.compaction.inputs import _conform
-from aggregator.compaction.passes import compact_warehouse
+from aggregator.compaction.passes import CompactionFailed, compact_warehouse
 from athena.schema import partition_path
 from athena.schema import table as table_spec
 from athena.warehouse import open_warehouse
 from tests.aggregator.test_compaction import DT, HOUR, LATER, flush_files
+from tests.athena.factory import access_frame, write_frame
 
 ADVICE = "logq did not write it; move it out of the table's folder or rewrite it"
 
@@ -46,10 +47,12 @@ def folder_of(uri: str, service: str = "recipe") -> Path:
     return Path(open_warehouse(uri).path(partition_path("container_logs", service, DT)))
 
 
-def add_file(folder: Path, name: str, change: Callable[[pa.Table], pa.Table]) -> Path:
-    """A copy of the rows of the partition's first flush file, changed by ``change``, as
-    ``name``."""
-    first = sorted(folder.glob("n-*.parquet"))[0]
+def add_file(
+    folder: Path, name: str, change: Callable[[pa.Table], pa.Table], of: str = "n-*.parquet"
+) -> Path:
+    """A copy of the rows of the partition's first flush file (the first file named ``of``),
+    changed by ``change``, as ``name``."""
+    first = sorted(folder.glob(of))[0]
     path = folder / name
     pq.write_table(change(pq.read_table(first)), path)
     return path
@@ -123,8 +126,8 @@ def test_a_text_file_is_left_alone_and_the_rest_merged(
     assert "compacted 14 files" in err, err
     assert f"the Parquet file {odd} holds column timestamp as string where the table " in err
     assert (
-        f"logq-aggregator compact: 1 Parquet file that logq did not write (other column types "
-        f"than the table's) was left in place, out of the merges: {odd}; move it out of the "
+        f"logq-aggregator compact: 1 Parquet file that logq did not write (columns the table's "
+        f"types cannot hold) was left in place, out of the merges: {odd}; move it out of the "
         "table's folder or rewrite it with the table's types (`logq ddl` shows them)"
     ) in err.splitlines()
     assert odd.read_bytes() == data
@@ -260,3 +263,126 @@ def test_finer_times_are_floored_in_utc_whatever_their_zone() -> None:
         spec = table_spec("container_logs")
         got = _conform(pa.table({"timestamp": column}), spec)["timestamp"]
         assert got.cast(pa.int64()).to_pylist() == [micros // 1000, -1], tz
+
+
+def envoy_folder(uri: str) -> Path:
+    """Three logq files of 60 envoy_access rows in the closed hour ``HOUR``; their folder."""
+    frame = access_frame(60, HOUR, HOUR + timedelta(minutes=50), ["recipe"])
+    written = write_frame(uri, "envoy_access", frame, files_per_partition=3)
+    return Path(written[0]).parent
+
+
+def request_ids(folder: Path, skip: Path | None = None) -> Counter[str]:
+    """The ``request_id`` of every visible Parquet file of ``folder`` but ``skip``."""
+    found: Counter[str] = Counter()
+    for path in folder.glob("*.parquet"):
+        if path != skip:
+            found.update(pq.read_table(path)["request_id"].to_pylist())
+    return found
+
+
+#: Microseconds since 1970 in year 26059 (three times year 9999's end), as a clock bug writes.
+FAR_US = 253402300800 * 3 * 1_000_000
+
+#: Values a footer's types allow but the table's do not: the column, its values from the rows
+#: copied, and how the ERROR names them.
+BEYOND: dict[str, tuple[str, Callable[[pa.Table], pa.Array], str]] = {
+    "code_huge": (
+        "response_code",
+        lambda t: pa.array([200] * (len(t) - 1) + [3_000_000_000], pa.int64()),
+        "with values 200 to 3000000000, beyond the table's int",
+    ),
+    "ts_far": (
+        "timestamp",
+        lambda t: pa.array([FAR_US] * len(t), pa.timestamp("us", "UTC")),
+        f"with values {FAR_US} to {FAR_US} (us since 1970), beyond the table's timestamp "
+        "(years 1 to 9999)",
+    ),
+}
+
+
+def beyond(kind: str) -> Callable[[pa.Table], pa.Table]:
+    column, values, _ = BEYOND[kind]
+    return lambda t: t.set_column(t.schema.get_field_index(column), column, values(t))
+
+
+@pytest.mark.parametrize("kind", list(BEYOND))
+def test_a_file_of_values_beyond_the_table_types_is_left_alone_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """Its types are of the table's kinds (int64 for int, microseconds for milliseconds): its
+    footer's statistics tell the values. HEAD failed the partition's merge at every pass on
+    the int64 code (pyarrow's "Integer value 3000000000 not in range", naming the partition
+    only), and merged the far times into a file of logq's, which `logq services` then named
+    as one logq did not write, with every row of the hour in it."""
+    uri = str(tmp_path / "wh")
+    folder = envoy_folder(uri)
+    truth = request_ids(folder)
+    odd = add_file(folder, "z-foreign.parquet", beyond(kind), "part-*")
+    data = odd.read_bytes()
+
+    assert compact_main(["--warehouse", uri, "--all", "--grace-minutes", "0", "--force"]) == 0
+    err = capsys.readouterr().err
+    assert "compacted 3 files" in err, err
+    column, _, values = BEYOND[kind]
+    assert (
+        f"the Parquet file {odd} holds column {column} {values}: {ADVICE} with the table's " in err
+    )
+    assert f"was left in place, out of the merges: {odd}; " in err
+    assert odd.read_bytes() == data
+    assert sorted(p.name[:2] for p in folder.glob("*.parquet")) == ["c-", "z-"]
+    assert request_ids(folder, skip=odd) == truth  # no row lost, none twice
+
+
+def test_a_wider_file_of_values_the_table_holds_is_merged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An int64 ``response_code`` whose values fit the table's int is no foreign file: it is
+    merged, its codes cast to int."""
+    uri = str(tmp_path / "wh")
+    folder = envoy_folder(uri)
+
+    def wider(t: pa.Table) -> pa.Table:
+        index = t.schema.get_field_index("response_code")
+        return t.set_column(index, "response_code", t["response_code"].cast(pa.int64()))
+
+    copied = add_file(folder, "w-wider.parquet", wider, "part-*")
+    truth = request_ids(folder)
+    codes: Counter[int] = Counter()
+    for path in folder.glob("*.parquet"):
+        codes.update(pq.read_table(path)["response_code"].to_pylist())
+    caplog.set_level(logging.INFO, "logq.aggregator.compaction")
+    assert compact_warehouse(open_warehouse(uri), now=LATER, lookback=None) == 4
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert not copied.exists()
+    (merged,) = folder.glob("*.parquet")
+    table = pq.read_table(merged)
+    assert table.schema.field("response_code").type == pa.int32()
+    assert request_ids(folder) == truth  # no row lost, none twice
+    assert Counter(table["response_code"].to_pylist()) == codes
+
+
+def test_a_cast_failure_without_statistics_names_the_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file written without statistics tells nothing before its rows are read: its merge's
+    cast still fails, but the error names the file (HEAD: the partition and pyarrow's words
+    only), and the partition's files stay as they were."""
+    uri = str(tmp_path / "wh")
+    folder = envoy_folder(uri)
+    first = sorted(folder.glob("part-*.parquet"))[0]
+    odd = folder / "z-foreign.parquet"
+    pq.write_table(beyond("code_huge")(pq.read_table(first)), odd, write_statistics=False)
+    before = sorted(p.name for p in folder.glob("*.parquet"))
+
+    caplog.set_level(logging.INFO, "logq.aggregator.compaction")
+    with pytest.raises(CompactionFailed) as failed:
+        compact_warehouse(open_warehouse(uri), now=LATER, lookback=None)
+    assert failed.value.failed == [str(folder)]
+    [error] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert error.startswith(
+        f"compaction of {folder} failed: the Parquet file {odd} holds values the table's types "
+        "cannot hold (Integer value 3000000000 not in range"
+    ), error
+    assert f"{ADVICE} with the table's types (`logq ddl` shows them); its partition is" in error
+    assert sorted(p.name for p in folder.glob("*.parquet")) == before

@@ -42,6 +42,7 @@ FOREIGN: dict[str, tuple[str, Callable[[pa.Table], pa.Array]]] = {
     "ts_int": ("timestamp", lambda t: t["timestamp"].cast(pa.int64())),
     "code_text": ("response_code", lambda t: pa.array(["abc"] * len(t))),
     "code_bigint": ("response_code", lambda t: t["response_code"].cast(pa.int64())),
+    "code_huge": ("response_code", lambda t: pa.array([3_000_000_000] * len(t), pa.int64())),
     "duration_double": ("duration_ms", lambda t: t["duration_ms"].cast(pa.float64())),
 }  # fmt: skip
 
@@ -141,6 +142,29 @@ def test_queries_refuse_a_file_of_other_column_types_naming_it(
         assert run.stdout == ""
 
 
+@pytest.mark.parametrize("where", ["bound", "scanned"])
+def test_queries_name_a_file_of_values_beyond_the_table_type(
+    logq, tmp_path: Path, where: str
+) -> None:
+    """An int64 ``response_code`` is of the table's kind (int): only its values, beyond int,
+    fail the cast. That was DuckDB's "Type INT64 with value 3000000000 can't be cast", naming no
+    file; its footer's statistics now name the file, the column and the values."""
+    uri, foreign, _ = foreign_warehouse(tmp_path, "code_huge", where)
+    sql = "SELECT max(response_code) AS m, count(*) AS n FROM envoy_access"
+    for args in (["errors"], ["sql", sql, "--since", "3h"]):
+        run = logq(*args, "--warehouse", uri)
+        assert run.exit_code == 1, (args, run.stdout)
+        line = _error_line(run.stderr)
+        want = (
+            f"{foreign} holds column response_code with values 3000000000 to 3000000000, "
+            "beyond the table's int"
+        )
+        assert want in line, (args, line)
+        assert ADVICE in line and "`logq ddl`" in line, line
+    latency = logq("latency", "--warehouse", uri)  # reads no response code: answers
+    assert latency.exit_code == 0, latency.stderr
+
+
 def test_services_still_reads_epoch_integer_times(logq, tmp_path: Path) -> None:
     """Plain integers are epoch milliseconds to the freshness figures (the first writers
     stored them so): ``logq services`` lists the service; only the queries refuse the file."""
@@ -204,19 +228,20 @@ def test_a_statement_error_keeps_its_own_message_beside_a_foreign_file(
 
 @pytest.mark.s3
 @pytest.mark.integration
-@pytest.mark.parametrize("kind", ["ts_int", "code_text"])
+@pytest.mark.parametrize("kind", ["ts_int", "code_text", "code_huge"])
 def test_an_s3_warehouse_names_the_foreign_file(logq, s3_warehouse: str, kind: str) -> None:
     """S3 tables are read by pyarrow with the declared schema: its error ("Failed to parse
     string", "no kernel matching input types") named no file. The file is named; a statement's
     own error keeps its message."""
     uri, foreign, _ = foreign_warehouse(s3_warehouse, kind, "scanned")
-    column, found, declared = {
-        "ts_int": ("timestamp", "int64", "timestamp"),
-        "code_text": ("response_code", "string", "int"),
+    problem = {
+        "ts_int": "holds column timestamp as int64 where the table has timestamp",
+        "code_text": "holds column response_code as string where the table has int",
+        "code_huge": "holds column response_code with values 3000000000 to 3000000000, beyond",
     }[kind]
     run = logq("errors", "--warehouse", uri)
     assert run.exit_code == 1, run.stdout
     line = _error_line(run.stderr)
-    assert f"{foreign} holds column {column} as {found} where the table has {declared}" in line
+    assert f"{foreign} {problem}" in line, line
     own = logq("sql", "SELECT host + 1 FROM envoy_access", "--warehouse", uri)
     assert own.exit_code == 2 and "Binder Error" in _error_line(own.stderr), own.stderr
