@@ -69,6 +69,16 @@ def out_of_range(path: str, column: str, values: str, declared: str) -> ForeignF
     )
 
 
+def not_utf8(path: str, column: str) -> ForeignFile:
+    """The error for a file whose ``column`` is raw bytes (Parquet BINARY without the UTF8
+    annotation, as Spark, Hive and Impala write text) holding bytes that are not UTF-8 text."""
+    return ForeignFile(
+        path,
+        f"holds column {column} as binary with bytes that are not UTF-8 text",
+        "with that column as UTF-8 text",
+    )
+
+
 def uncastable(path: str, reason: str) -> ForeignFile:
     """The error for a file whose values failed the cast to the table's types as it was read
     (``reason``: pyarrow's words), where its footer did not tell."""
@@ -89,9 +99,9 @@ _PER_SECOND = {"ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 def same_kind(found: pa.DataType, declared: pa.DataType) -> bool:
     """Whether a file's column type reads as the declared one without changing a value: any
     timestamp unit for a timestamp, any integer width for an integer (DuckDB checks the range
-    as it casts), large or plain strings for a string. A dictionary-encoded column (pandas'
-    categories, as pyarrow writes them) is of its values' kind: DuckDB reads it as they are,
-    and compaction's cast decodes it."""
+    as it casts), large or plain strings for a string, and binary too (:func:`text_as_binary`).
+    A dictionary-encoded column (pandas' categories, as pyarrow writes them) is of its values'
+    kind: DuckDB reads it as they are, and compaction's cast decodes it."""
     import pyarrow as pa
 
     if pa.types.is_dictionary(found):
@@ -101,8 +111,67 @@ def same_kind(found: pa.DataType, declared: pa.DataType) -> bool:
         if kind(declared):
             return kind(found)
     if pa.types.is_string(declared) or pa.types.is_large_string(declared):
-        return pa.types.is_string(found) or pa.types.is_large_string(found)
+        return pa.types.is_string(found) or pa.types.is_large_string(found) or _binary(found)
     return found == declared
+
+
+def _binary(found: pa.DataType) -> bool:
+    """Whether ``found`` is raw bytes (Parquet BINARY without the UTF8 annotation), also
+    dictionary-encoded."""
+    import pyarrow as pa
+
+    found = found.value_type if pa.types.is_dictionary(found) else found
+    return pa.types.is_binary(found) or pa.types.is_large_binary(found)
+
+
+def text_as_binary(table: str, schema: pa.Schema) -> list[str]:
+    """The columns of a file's ``schema`` that the table declares as strings but the file holds
+    as raw bytes: Parquet BINARY without the UTF8 annotation, as Spark
+    (``spark.sql.parquet.binaryAsString`` readers), Hive, Impala and older writers store text.
+    Athena (Trino's Hive connector) reads them as varchar; logq reads them as strings too (the
+    local engine's ``binary_as_string``, compaction's cast), which holds only UTF-8 text: a
+    value that is not fails the read (:func:`utf8_mismatch` names the file). Trino passes such
+    bytes through unchecked; replacing them would change the data without a word."""
+    import pyarrow as pa
+
+    from athena.schema import table as schema_table
+
+    declared = {c.name for c in schema_table(table).data_columns if pa.types.is_string(c.arrow)}
+    return [f.name for f in schema if f.name in declared and _binary(f.type)]
+
+
+def _binary_mismatch(table: str, path: str, schema: pa.Schema) -> ForeignFile | None:
+    """The error for ``path`` when its ``schema`` holds raw bytes where the table declares
+    another type than a string (``response_code`` as BINARY), else None. The local engine
+    reads such a column as text too (``binary_as_string``): its bytes, when they are not
+    UTF-8, fail that read before any cast could tell the type, and only the footer names the
+    file (all other columns are left to :func:`mismatch`, which is not asked here)."""
+    import pyarrow as pa
+
+    return schema_mismatch(table, path, pa.schema([f for f in schema if _binary(f.type)]))
+
+
+#: Rows of a file's raw-bytes text columns checked at a time (:func:`utf8_mismatch`).
+UTF8_CHECK_ROWS = 64 * 1024
+
+
+def utf8_mismatch(table: str, path: str, parquet: pq.ParquetFile) -> ForeignFile | None:
+    """The error for ``path`` (open as ``parquet``) when a column it holds as raw bytes where
+    the table declares a string (:func:`text_as_binary`) holds bytes that are not UTF-8, else
+    None. Only those columns are read, a batch at a time, and only in such files: logq's own
+    write strings, and a file without such a column costs nothing here."""
+    import pyarrow as pa
+
+    columns = text_as_binary(table, parquet.schema_arrow)
+    if not columns:
+        return None
+    for batch in parquet.iter_batches(UTF8_CHECK_ROWS, columns=columns, use_threads=False):
+        for name, values in zip(batch.schema.names, batch.columns, strict=True):
+            try:
+                values.cast(pa.string())  # (checks the bytes; pyarrow strings are UTF-8)
+            except pa.ArrowInvalid:
+                return not_utf8(path, name)
+    return None
 
 
 def mismatch(
@@ -245,12 +314,17 @@ def find_foreign(
     first: Iterable[str] = (),
     column: str = "",
     failed: int | None = None,
+    utf8: bool = False,
 ) -> ForeignFile | None:
     """The first file of ``paths`` (``first`` looked at before the others: the files a DuckDB
     error names, the file the view was bound to) whose ``column`` (else any column) differs
-    from ``table``'s (:func:`mismatch`; ``failed``: the value the cast failed on), or None.
-    Files that cannot be read are skipped: this only explains an error already raised."""
+    from ``table``'s (:func:`mismatch`; ``failed``: the value the cast failed on), or with
+    ``utf8`` (the read found bytes that are not UTF-8) whose raw bytes the table declares as
+    another type (:func:`_binary_mismatch`) or whose raw-bytes text columns hold such bytes
+    (:func:`utf8_mismatch`), or None. Files that cannot be read are skipped: this only
+    explains an error already raised."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     seen: set[str] = set()
     for path in [*first, *paths]:
@@ -258,7 +332,14 @@ def find_foreign(
             continue
         seen.add(path)
         try:
-            found = mismatch(wh, table, path, column, failed)
+            if utf8:
+                with wh.fs.open_input_file(path) as fh:
+                    parquet = pq.ParquetFile(fh)
+                    found = _binary_mismatch(table, path, parquet.schema_arrow) or utf8_mismatch(
+                        table, path, parquet
+                    )
+            else:
+                found = mismatch(wh, table, path, column, failed)
         except (OSError, pa.ArrowException, ValueError):
             continue
         if found is not None:

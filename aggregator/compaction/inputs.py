@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from aggregator.storage import fetch_object
-from athena.foreign import ForeignFile, footer_mismatch, uncastable
+from athena.foreign import ForeignFile, footer_mismatch, text_as_binary, uncastable, utf8_mismatch
 from athena.schema import Table
 from athena.warehouse import Warehouse
 
@@ -295,7 +295,9 @@ def _read_footer(
     beyond the table's int by its statistics) is marked
     :attr:`Input.foreign`. Merging it would cast it: epoch integers were taken for
     milliseconds and ISO text parsed into times (conversions Athena never makes: it refuses the
-    file), and a value that does not convert failed the whole partition's merge, every pass."""
+    file), and a value that does not convert failed the whole partition's merge, every pass.
+    Text stored as raw bytes (Parquet BINARY, as Spark and Hive write it) is no other type: it
+    is merged as strings, unless it holds bytes that are not UTF-8 (:func:`_not_utf8`)."""
     try:
         data: pa.Buffer | None = None
         if whole:
@@ -306,7 +308,9 @@ def _read_footer(
                 meta = pq.read_metadata(fh)
         foreign = None
         if spec is not None:
-            foreign = footer_mismatch(spec.name, info.path, meta)
+            foreign = footer_mismatch(spec.name, info.path, meta) or _not_utf8(
+                wh, spec, info.path, meta, data
+            )
     except (pa.ArrowException, OSError) as exc:
         log.error(
             "not compacting %s: it is not a readable Parquet file (%s); queries of its "
@@ -319,3 +323,20 @@ def _read_footer(
     if foreign is not None:  # never merged: its bytes are not kept
         data = None
     return Input(info.path, info.base_name, size, meta.num_rows, meta, data, foreign=foreign)
+
+
+def _not_utf8(
+    wh: Warehouse, spec: Table, path: str, meta: pq.FileMetaData, data: pa.Buffer | None
+) -> ForeignFile | None:
+    """The error for an input whose text columns stored as raw bytes hold bytes that are not
+    UTF-8 (:func:`athena.foreign.utf8_mismatch`: only those columns are read, only in such a
+    file), else None. Checked before any merge: the merge's cast (to strings, which hold only
+    UTF-8) would fail on them, and the partition's merge with it at every pass; the file is
+    left out instead, as a file of other types is."""
+    if not text_as_binary(spec.name, meta.schema.to_arrow_schema()):
+        return None
+    with contextlib.ExitStack() as closing:
+        source = (
+            pa.BufferReader(data) if data is not None else closing.enter_context(_open(wh, path))
+        )
+        return utf8_mismatch(spec.name, path, pq.ParquetFile(source, metadata=meta))

@@ -28,8 +28,10 @@ produces) do not. Every column is cast to the type :mod:`athena.schema` declares
 (:func:`_declared_column`; free where the file has that type), never to what the first file,
 or ``union_by_name``, made of it: a file another tool wrote with other types (text, epoch
 integers) fails the cast, and only then are footers read to name it
-(:class:`~athena.foreign.ForeignFile`). The newest hour's files go first, so
-that only queries that read a column the old files lack pay it (see :meth:`LocalEngine._register`).
+(:class:`~athena.foreign.ForeignFile`). Text stored as Parquet BINARY (Spark, Hive) is read as
+text (``binary_as_string``, as Athena reads it; a cast of bytes escaped every non-ASCII one).
+The newest hour's files go first, so that only queries that read a column the old files lack
+pay it (see :meth:`LocalEngine._register`).
 Nothing is printed before that is settled, so the second run shows only in the time taken: a
 result of up to :data:`~athena.engines.result.STREAM_WINDOW_ROWS` rows is fetched whole first;
 a larger one asked for as a stream (``logq sql``: ``stream=True``) has every file's footer read,
@@ -291,6 +293,12 @@ def _cast_failure(exc: Exception) -> str | None:
     return None
 
 
+#: DuckDB's words for a Parquet file's text that is not UTF-8 (a local file, read
+#: ``binary_as_string``), and pyarrow's in the error of an S3 table's scan (its cast); not a
+#: statement's own failed cast of bytes ("could not convert blob to string").
+_NOT_UTF8 = ("Invalid string encoding found in Parquet file", "Invalid UTF8 payload")
+
+
 def _schema_mismatch(exc: Exception) -> bool:
     """Whether ``exc`` is DuckDB finding a file whose columns differ from the first file's: one
     lacking a column ("schema mismatch in glob") or holding it with another type (its cast
@@ -457,7 +465,7 @@ class LocalEngine:
                 con.execute(
                     f'CREATE OR REPLACE TEMP VIEW "{table}" AS SELECT * FROM (SELECT {columns} '
                     f"FROM read_parquet([{listing}], hive_partitioning = true, "
-                    f"union_by_name = {str(by_name).lower()}, "
+                    f"union_by_name = {str(by_name).lower()}, binary_as_string = true, "
                     "hive_types = {'service': VARCHAR, 'dt': VARCHAR}))" + where
                 )
             except duckdb.BinderException as exc:
@@ -689,14 +697,17 @@ class LocalEngine:
         failed (:func:`_cast_failure`), else None. Footers are read only here, after DuckDB
         raised, one at a time: the files DuckDB names first, then each table's first file
         (whose types DuckDB took for the column), then the others: all of them, as a cast
-        failing in a filter pushed into the scan names no file either. None leaves DuckDB's
-        message (the statement's own failed ``CAST(path AS INT)``)."""
-        column = _cast_failure(exc)
-        if column is None:
+        failing in a filter pushed into the scan names no file either. Or, for text that is
+        not UTF-8 (:data:`_NOT_UTF8`), the file holding such bytes in a column stored as raw
+        bytes (:func:`athena.foreign.utf8_mismatch`). None leaves DuckDB's message (the
+        statement's own failed ``CAST(path AS INT)``)."""
+        column, text = _cast_failure(exc), str(exc)
+        utf8 = any(words in text for words in _NOT_UTF8)
+        if column is None and not utf8:
             return None
         from athena.foreign import find_foreign
 
-        text, failed = str(exc), _cast_value(exc)
+        failed = _cast_value(exc)
         for table, parts in scopes.items():
             if not parts:
                 continue
@@ -706,7 +717,7 @@ class LocalEngine:
             bound = next(p for p in parts if p.dt == newest).files[:1]  # as _register orders
             first = [*named, *(f.path for f in bound)]
             found = find_foreign(
-                self.warehouse, table, paths, first=first, column=column, failed=failed
+                self.warehouse, table, paths, first, column or "", failed, utf8=utf8
             )
             if found is not None:
                 return found

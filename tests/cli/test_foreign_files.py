@@ -44,6 +44,13 @@ FOREIGN: dict[str, tuple[str, Callable[[pa.Table], pa.Array]]] = {
     "code_bigint": ("response_code", lambda t: t["response_code"].cast(pa.int64())),
     "code_huge": ("response_code", lambda t: pa.array([3_000_000_000] * len(t), pa.int64())),
     "duration_double": ("duration_ms", lambda t: t["duration_ms"].cast(pa.float64())),
+    # Text as Parquet BINARY (no UTF8 annotation), as Spark, Hive and Impala write it: a
+    # non-ASCII path in each (DuckDB's CAST of bytes to text escaped it), and bytes that are no
+    # UTF-8 text in the last.
+    "path_binary": ("path", lambda t: pa.array([f"{p}/é".encode() for p in t["path"].to_pylist()])),
+    "path_not_utf8": ("path", lambda t: pa.array([b"/ok"] * (len(t) - 1) + [b"/\xff"])),
+    # response_code as raw bytes (200 as a little-endian short: no UTF-8 text).
+    "code_binary": ("response_code", lambda t: pa.array([b"\xc8\x00"] * len(t))),
 }  # fmt: skip
 
 
