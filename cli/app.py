@@ -22,6 +22,10 @@ with deferred_interrupts("logq"):
     from typer.core import TyperGroup
 
     from cli.commands import access, logs, tables
+    from cli.plain_params import install as install_plain_params
+
+# Typer would import pydantic to coerce every option of the command run (~0.15 s).
+install_plain_params()
 
 
 #: An argument that is SQL starting with a ``--`` comment, not an option: an option is

@@ -71,3 +71,27 @@ def test_no_home_directory_means_no_cache(monkeypatch: pytest.MonkeyPatch) -> No
     sql, bound = queries.to_duckdb(text, COMMON)
     assert "$services__0" in sql and bound["services__0"] == COMMON["services"][0]
     assert sqlcache.get("missing") is None
+
+
+def test_the_key_changes_with_sqlglots_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sqlglot's part of the key is read from its ``_version.py`` (no path-wide metadata search):
+    a new sqlglot release means new keys; without that file (a source checkout) the installed
+    distribution's version is used."""
+    import importlib.metadata
+    import importlib.util
+    from importlib.machinery import ModuleSpec
+
+    package = tmp_path / "sqlglot"
+    package.mkdir()
+    spec = ModuleSpec("sqlglot", None, origin=str(package / "__init__.py"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
+    keys = []
+    for release in ("30.31.0", "30.32.0"):
+        (package / "_version.py").write_text(f"__version__ = version = {release!r}\n")
+        keys.append(sqlcache.key("SELECT 1"))
+    assert keys[0] != keys[1]
+    (package / "_version.py").unlink()
+    assert sqlcache.key("SELECT 1") not in keys
+    assert sqlcache._sqlglot_version() == importlib.metadata.version("sqlglot")

@@ -37,8 +37,9 @@ def test_help_imports_no_heavy_library() -> None:
 
 #: Libraries a local query that prints no sum (DuckDB's HUGEINT, cast with pyarrow.compute)
 #: runs without: the Athena engine's, pandas, sqlglot once the canned query's transpilation is
-#: cached, and pyarrow.compute (its import builds a wrapper per function: 0.05-0.15 s).
-NOT_FOR_A_LOCAL_QUERY = ("pandas", "pyarrow.compute", "sqlglot", "boto3", "pyathena")
+#: cached, pyarrow.compute (its import builds a wrapper per function: 0.05-0.15 s) and pydantic
+#: (typer's coercion of option values: plain ones are taken without it, see cli.plain_params).
+NOT_FOR_A_LOCAL_QUERY = ("pandas", "pyarrow.compute", "sqlglot", "boto3", "pyathena", "pydantic")
 
 
 def test_a_repeated_local_query_imports_only_what_it_needs(tmp_path: Path) -> None:
