@@ -307,6 +307,23 @@ def _statistics_bounds(meta: pq.FileMetaData, index: int, raw: bool) -> tuple[in
     return None if low is None or high is None else (low, high)
 
 
+def cast_can_fail(table: str, column: str) -> bool:
+    """Whether the cast of ``table``'s files to its declared types can fail on ``column`` (the
+    one a failed cast names; ``""``: it names none, so any may). A column the table does not
+    declare (``dt``, an alias of the statement) or declares as text cannot: any file value
+    converts to text. DuckDB names the column of the statement's own cast too, and
+    ``CAST(path AS INT)`` failing read every footer in scope to find no file at fault."""
+    import pyarrow as pa
+
+    from athena.schema import table as schema_table
+
+    if not column:
+        return True
+    declared = {c.name: c.arrow for c in schema_table(table).data_columns}
+    found = declared.get(column)
+    return found is not None and not (pa.types.is_string(found) or pa.types.is_large_string(found))
+
+
 def find_foreign(
     wh: Warehouse,
     table: str,

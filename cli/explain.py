@@ -27,14 +27,19 @@ if TYPE_CHECKING:
 NewestFinder = Callable[[datetime | None], datetime | None]
 
 
-def newest_and_ahead(find: NewestFinder) -> tuple[datetime | None, datetime | None]:
+def newest_and_ahead(
+    find: NewestFinder, at_or_before: bool = True
+) -> tuple[datetime | None, datetime | None]:
     """The newest row at or before now, and the newest row stamped ahead of now (else None).
 
     Freshness is the newest row *not* in the future: rows a source with its clock ahead wrote
     say nothing of how far behind the pipeline is, and while they were the newest a stalled
     pipeline never looked stale (the stale note and an empty answer's "newest data" also named
     two different times). Those rows are named apart (:func:`ahead_text`). ``find`` runs once
-    when nothing is ahead, as before; twice otherwise.
+    when nothing is ahead, as before; twice otherwise, unless ``at_or_before`` is False: then
+    the newest row at or before now is None once rows ahead are seen (the stale note names
+    those rows instead, and the second look read the ``timestamp`` column of every newest
+    file with rows ahead, which counting them reads again).
     """
     from datetime import UTC, timedelta
 
@@ -45,7 +50,7 @@ def newest_and_ahead(find: NewestFinder) -> tuple[datetime | None, datetime | No
     cap = datetime.now(UTC) + timedelta(seconds=CLOCK_TOLERANCE_SECONDS)
     if top is None or as_utc(top) <= cap:
         return top, None
-    return find(cap), top
+    return (find(cap) if at_or_before else None), top
 
 
 def ahead_text(ahead: datetime | None) -> str:
@@ -505,13 +510,14 @@ def note_stale(common: Common, prep: Prepared) -> None:
             parts = [p for p in planned if name is None or p.service == name]
             tops: Tops = {}  # the footers read for the newest row, not read again to count
             if parts:
-                newest, ahead = newest_and_ahead(partial(newest_in, wh, parts, tops=tops))
+                find = partial(newest_in, wh, parts, tops=tops)
             elif name is None and wh.is_s3:
                 return  # every service listed one by one: too many round trips for a note
             else:
                 svcs = None if name is None else [name]
                 find = partial(newest_data_quick, wh, prep.table, svcs, tops=tops)
-                newest, ahead = newest_and_ahead(find)
+            # Rows seen ahead get their note whatever the newest row before now (not looked for).
+            newest, ahead = newest_and_ahead(find, at_or_before=False)
             note_freshness(common, prep, wh, name, newest, ahead, not parts, tops)
     except ForeignFile as exc:  # the answer stands; say why it comes without the check
         note_once(f"logq: note: how fresh the data is was not checked: {exc}")

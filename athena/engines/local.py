@@ -271,7 +271,7 @@ def _cast_value(exc: Exception) -> int | None:
     return int(named.group(1)) if named else None
 
 
-def _cast_failure(exc: Exception) -> str | None:
+def _cast_failure(exc: Exception, s3: bool = False) -> str | None:
     """For a DuckDB error that is a cast which failed or cannot be done (a value that is no
     such type, ``Unimplemented type for cast``), the column it names, ``""`` when it names
     none; None for any other error. Such an error may come from a file whose column has another
@@ -279,11 +279,14 @@ def _cast_failure(exc: Exception) -> str | None:
 
     A binder error never does, even one that suggests "explicit type casts": the view's columns
     have the declared types whatever the files hold, so the statement is at fault (``host + 1``
-    in ``logq sql`` must keep its own message, and read no footer)."""
+    in ``logq sql`` must keep its own message, and read no footer). Nor does DuckDB's own cast
+    over an S3 table (``s3``): pyarrow hands it the declared types, and a file's values that do
+    not convert fail in pyarrow's scan, in its words; a ``CAST(path AS INT)`` of the statement
+    read every footer of the scope (seconds over thousands of files) to name none."""
     import duckdb
 
     text = str(exc)
-    if isinstance(exc, duckdb.ConversionException):
+    if isinstance(exc, duckdb.ConversionException) and not s3:
         named = _CAST_COLUMN.search(text)
         return named.group(1) if named else ""
     if "reading the stream registered as" in text and any(
@@ -697,19 +700,22 @@ class LocalEngine:
         failed (:func:`_cast_failure`), else None. Footers are read only here, after DuckDB
         raised, one at a time: the files DuckDB names first, then each table's first file
         (whose types DuckDB took for the column), then the others: all of them, as a cast
-        failing in a filter pushed into the scan names no file either. Or, for text that is
+        failing in a filter pushed into the scan names no file either; none where the view's
+        cast named cannot be a file's (:func:`athena.foreign.cast_can_fail`), unless the
+        reader's cast failed: two files hold the column with other types (a foreign first
+        file with ``path`` as int64, the others' text cast to it). Or, for text that is
         not UTF-8 (:data:`_NOT_UTF8`), the file holding such bytes in a column stored as raw
         bytes (:func:`athena.foreign.utf8_mismatch`). None leaves DuckDB's message (the
         statement's own failed ``CAST(path AS INT)``)."""
-        column, text = _cast_failure(exc), str(exc)
+        column, text = _cast_failure(exc, self.warehouse.is_s3), str(exc)
         utf8 = any(words in text for words in _NOT_UTF8)
         if column is None and not utf8:
             return None
-        from athena.foreign import find_foreign
+        from athena.foreign import cast_can_fail, find_foreign
 
-        failed = _cast_value(exc)
+        failed, reader = _cast_value(exc), _schema_mismatch(exc)
         for table, parts in scopes.items():
-            if not parts:
+            if not parts or not (utf8 or reader or cast_can_fail(table, column or "")):
                 continue
             paths = [f.path for p in parts for f in p.files]
             named = [path for path in paths if path in text]

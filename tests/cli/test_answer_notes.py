@@ -411,20 +411,26 @@ def test_a_stale_note_on_s3_costs_a_listing_not_a_request_per_file(
     assert "newest data for quiet" in err, err
 
 
-def test_counting_rows_ahead_reads_each_footer_once(
-    logq: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Rows seen ahead of now are counted over the hour's files; the footers read to find
-    the newest row (twice: with and without the rows ahead) are not read again for that."""
+def _flushes_with_a_clock_ahead(uri: str) -> None:
+    """Service ``skew``: 12 flushes of the last 20 minutes, then the newest one of a source
+    whose clock runs 5 minutes ahead (2 rows)."""
     now = _now()
-    uri = str(tmp_path / "wh")
     for i in range(12):
         at = now - timedelta(minutes=20 - i)
         frame = access_frame(4, at, at + timedelta(seconds=30), ["skew"], seed=i)
         write_with_writer(uri, "envoy_access", frame, seq=10 + i)
-    at = now + timedelta(minutes=5)  # the newest flush: a source with a clock 5 minutes ahead
+    at = now + timedelta(minutes=5)
     write_with_writer(uri, "envoy_access", access_frame(2, at, at + timedelta(seconds=1),
                                                         ["skew"], seed=50), seq=30)  # fmt: skip
+
+
+def test_counting_rows_ahead_reads_each_footer_once(
+    logq: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows seen ahead of now are counted over the hour's files; the footers read to find
+    the newest row are not read again for that."""
+    uri = str(tmp_path / "wh")
+    _flushes_with_a_clock_ahead(uri)
     reads: list[str] = []
     real = pq.read_metadata
 
@@ -438,6 +444,38 @@ def test_counting_rows_ahead_reads_each_footer_once(
     assert "2 rows for skew are stamped after now" in run.stderr, run.stderr
     twice = {p for p in reads if reads.count(p) > 1}
     assert not twice, f"{len(twice)} footers read more than once: {sorted(twice)[:3]}"
+
+
+def test_rows_seen_ahead_skip_the_lookup_of_the_newest_row_before_now(
+    logq: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the footers show rows ahead of now, the note names them whatever the newest row
+    at or before now, so that is not looked up: the note's newest-row lookup runs once (it
+    ran again, capped at now), and the ``timestamp`` column of the file ahead is read once,
+    to count its rows (that second lookup read it too)."""
+    import athena.freshness as freshness
+
+    uri = str(tmp_path / "wh")
+    _flushes_with_a_clock_ahead(uri)
+    lookups: list[Any] = []
+    columns: list[str] = []
+    real_newest, real_times = freshness.newest_in, freshness._read_times
+
+    def newest(wh: Any, parts: Any, before: Any = None, tops: Any = None) -> Any:
+        lookups.append(before)
+        return real_newest(wh, parts, before, tops)
+
+    def times(wh: Any, path: str) -> Any:
+        columns.append(path)
+        return real_times(wh, path)
+
+    monkeypatch.setattr(freshness, "newest_in", newest)
+    monkeypatch.setattr(freshness, "_read_times", times)
+    run = logq("latency", "-s", "skew", "--since", "1h", "--warehouse", uri)
+    assert run.exit_code == 0, run.stderr
+    assert "2 rows for skew are stamped after now, up to " in run.stderr, run.stderr
+    assert lookups == [None], f"the newest row looked up {len(lookups)} times: {lookups}"
+    assert len(columns) == 1 and columns[0].endswith("0030-0000.parquet"), columns
 
 
 def _many_services_on_s3(uri: str, now: datetime, skewed: bool = True) -> tuple[datetime, ...]:
