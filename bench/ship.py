@@ -1,6 +1,6 @@
 """Shipper throughput: a 1,000,000-line Docker json-file host shipped to an acking sink.
 
-    .venv/bin/python bench/ship.py [--lines N] [--containers C] [--keep DIR]
+    .venv/bin/python bench/ship.py [--lines N] [--containers C] [--keep DIR] [--batch-bytes N]
 
 Writes a host of C containers (Envoy access lines of ~250 bytes, Docker json-file layout with
 config.v2.json), starts a Forward sink in its own process (acks every chunk, discards the data),
@@ -135,6 +135,9 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="write the host here and keep it")
     ap.add_argument("--compress", action="store_true", help="ship with --compress gzip")
     ap.add_argument(
+        "--batch-bytes", type=int, help="ship with this --batch-bytes (small: many messages)"
+    )
+    ap.add_argument(
         "--pin",
         action="store_true",
         help="pin the shipper to CPU 0 and the sink to CPU 1 (one core each: wall = one core)",
@@ -180,6 +183,8 @@ def main() -> None:
         ]
         if args.compress:
             cmd += ["--compress", "gzip"]
+        if args.batch_bytes:
+            cmd += ["--batch-bytes", str(args.batch_bytes)]
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=REPO, preexec_fn=_pinned(0) if args.pin else None)
         _, status, usage = os.wait4(proc.pid, 0)

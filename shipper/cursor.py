@@ -181,9 +181,11 @@ class Cursor:
         :attr:`FileState.cuts`; stream None: every line open there) that reading has not
         reached again yet."""
 
-    def read(self, block: int, max_lines: int = 1 << 30) -> Chunk | None:
+    def read(self, block: int, max_lines: int = 1 << 30, first: int | None = None) -> Chunk | None:
         """The next complete lines (at most ``max_lines``), or None at the end of what is
-        written so far (or at :attr:`stop_at`)."""
+        written so far (or at :attr:`stop_at`). With ``first``, that much is read first, and
+        the whole ``block`` only when it holds no line end: a line longer than ``block`` is
+        cut (kept in part, the rest skipped), one that fits is read whole."""
         limit = block
         if self.cuts:
             pos, offset, stream = self.cuts[0]
@@ -196,22 +198,27 @@ class Cursor:
             if limit <= 0:
                 self.at_end = self.bound_reached = True
                 return None
-        data = os.pread(self.fd, limit, self.read_pos)
+        size = limit if first is None or self._skip is not None else min(limit, first)
+        data = os.pread(self.fd, size, self.read_pos)
+        idx = data.rfind(b"\n")
+        if idx < 0 and size < limit and len(data) == size:
+            size = limit  # no line end yet: read as far as a line may go
+            data = os.pread(self.fd, size, self.read_pos)
+            idx = data.rfind(b"\n")
         self.at_end = not data
-        self.unread_seen = len(data) == limit
+        self.unread_seen = len(data) == size
         if not data:
             return None
         if self._skip is not None:
             # At the bound, the rest of an overlong line is for the next run (it resumes at
             # the line's start): the skip stops there, and the next read ends the file.
             return self._skip_more(data)
-        idx = data.rfind(b"\n")
         if idx < 0:
             if self.cuts and self.read_pos + len(data) == self.cuts[0][0]:
                 # A cut inside a line: not where this file was cut (it is not what was read
                 # then). Forget it rather than stop there for good.
                 del self.cuts[0]
-                return self.read(block, max_lines)
+                return self.read(block, max_lines, first)
             if limit < block and len(data) == limit:
                 # The bound falls inside a line: left whole for the next run.
                 self.at_end = self.bound_reached = True
@@ -336,6 +343,10 @@ class Cursor:
             if floor := self.floor_at(at):
                 later.append((at, floor))
         self.raised = later
+
+    def restart_at(self) -> int:
+        """Where a restart reads this file again now (see :meth:`_resume`)."""
+        return self._resume()
 
     def _resume(self) -> int:
         """Where a restart must read again: our position, or the start of a split line's

@@ -103,6 +103,19 @@ class Lines:
             out.nbytes += len(self.logs[i])
         return out
 
+    def split(self, n: int) -> tuple[Lines, Lines]:
+        """The first ``n`` lines and the rest; the counters go with the first part (counted
+        once, as they are read)."""
+        rest = Lines(
+            self.offsets[n:], self.heads[n:], self.logs[n:], self.streams[n:], self.times[n:]
+        )
+        rest.nbytes = sum(map(len, rest.logs))
+        first = self.select([])
+        first.offsets, first.heads, first.logs = self.offsets[:n], self.heads[:n], self.logs[:n]
+        first.streams, first.times = self.streams[:n], self.times[:n]
+        first.nbytes = self.nbytes - rest.nbytes
+        return first, rest
+
     def encode(self, shared: dict[str, Any]) -> memoryview:
         """The PackedForward body of these lines with the source's ``shared`` record keys."""
         return encode_body(self.heads, self.logs, self.streams, self.times, self.offsets, shared)

@@ -392,6 +392,9 @@ class ForwardClient:
         addresses."""
         self._holds: dict[str, float] = {}
         """Source -> since when (monotonic) its batch waits for the names (see :meth:`_held`)."""
+        self._held_any = False
+        """A batch has waited for the names in this run: ``--once`` gives up no sooner than
+        such a wait ends (see :meth:`_give_up_after`)."""
         self._stop_holding = asyncio.Event()
         """Set at a stop: batches waiting for the names give up (:class:`HeldAtStop`)."""
 
@@ -533,6 +536,7 @@ class ForwardClient:
         now = time.monotonic()
         if affinity not in self._holds:
             self._holds[affinity] = now
+            self._held_any = True
             log.info(
                 "waiting for the aggregator names to resolve (at most %g s) before sending a "
                 "file's unacknowledged lines: before the restart they went to endpoint=%s, "
@@ -732,8 +736,9 @@ class ForwardClient:
         for where its source's lines went before a restart (:class:`Placements`). Without
         ``hold`` the batch does not wait for the names (see :meth:`_held`): its source's
         saved placement is then given up at once if not among the endpoints. ``on_hold`` is
-        awaited with True as the batch begins to wait for the names, with False as it stops
-        waiting to be sent (not when it ends by an error: the caller sees that itself)."""
+        awaited with True as the batch begins to wait for the names and at every poll of the
+        wait, with False as it stops waiting to be sent (not when it ends by an error: the
+        caller sees that itself)."""
         first, last = offsets if offsets is not None else (None, None)
         attempt = 0
         waiting = False
@@ -742,8 +747,8 @@ class ForwardClient:
             if self._held(affinity if hold else None, first):
                 if self._stop_holding.is_set():
                     raise HeldAtStop(affinity)
-                if not waiting and on_hold is not None:
-                    await on_hold(True)
+                if on_hold is not None:
+                    await on_hold(True)  # at every poll: see shipper.source.StepAside
                 waiting = True
                 self._check_give_up()
                 with contextlib.suppress(TimeoutError):
@@ -811,20 +816,31 @@ class ForwardClient:
 
     def _check_give_up(self) -> None:
         """Raise :class:`DeliveryError` once nothing was acknowledged for ``give_up_after``
-        seconds (``--once``). When every endpoint tried failed because its name did not
-        resolve -- or none was tried, the batches waiting for the names (:meth:`_held`) --
-        the error says DNS, not "cannot reach": the aggregators may be fine."""
-        if self.give_up_after is None:
+        seconds (``--once``), not while a batch waits for the names and no sooner than such a
+        wait ends (:meth:`_give_up_after`). When every endpoint tried failed because its name
+        did not resolve -- or none was tried, the batches waiting for the names
+        (:meth:`_held`) -- the error says DNS, not "cannot reach": the aggregators may be
+        fine."""
+        if self.give_up_after is None or self._holds:
+            return  # a batch waiting for the names is tried once its wait ends (at most
+            # placement_wait): given up before, a name resolving later, or the first choice
+            # it goes to then, would have taken it
+        give_up_after = self._give_up_after()
+        if time.monotonic() - self._last_success < give_up_after:
             return
-        if time.monotonic() - self._last_success < self.give_up_after:
-            return
+        tried = f"{give_up_after:g} s"
+        if give_up_after > self.give_up_after:
+            tried += (
+                ", as long as a file's unacknowledged lines waited for the aggregator names: "
+                "before the restart they went to an address that may be one of theirs"
+            )
         failed = {str(ep): h.unresolved for ep, h in self._health.items() if h.last_error}
         if not failed:
             failed = {str(ep): why for ep, why in self._unresolved.items()}
         if failed and all(failed.values()):
             raise DeliveryError(
                 f"could not resolve aggregator name(s) {', '.join(failed)} (tried for "
-                f"{self.give_up_after:g} s): {'; '.join(dict.fromkeys(failed.values()))}; "
+                f"{tried}): {'; '.join(dict.fromkeys(failed.values()))}; "
                 "check DNS or --aggregator"
             )
         if len(self.endpoints) == 1:
@@ -835,9 +851,19 @@ class ForwardClient:
             )
         names = ", ".join(str(ep) for ep in self.endpoints)
         raise DeliveryError(
-            f"cannot reach aggregator {names} after {self.give_up_after:g} s: "
-            f"{reasons or 'no endpoint answered'}"
+            f"cannot reach aggregator {names} after {tried}: {reasons or 'no endpoint answered'}"
         )
+
+    def _give_up_after(self) -> float:
+        """Seconds without an acknowledgement before ``--once`` gives up: ``give_up_after``
+        (``--retry-timeout``), or :attr:`placement_wait` if longer once a batch waited for
+        the names in this run. Given up sooner (30 s by default, against 60 s), a batch whose
+        wait would have ended with the names resolved, or with its first choice taking it,
+        failed the run; its wait is the longer one it may need."""
+        assert self.give_up_after is not None
+        if self._held_any:
+            return max(self.give_up_after, self.placement_wait)
+        return self.give_up_after
 
     async def close(self) -> None:
         if self._resolving is not None and not self._resolving.done():

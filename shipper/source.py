@@ -57,8 +57,9 @@ class Window:
     while it waits: it may wait a minute, and batches that cannot be sent must not keep the
     files that can from being read. Its source reads nothing more meanwhile
     (:meth:`SourceRunner._until_sent`), so that is one batch per waiting file, and all of them
-    together at most :attr:`limit` bytes (past it a waiting batch stays in, as before): the
-    batches read stay within twice the window."""
+    together at most :attr:`limit` bytes (past it a waiting batch stays in until there is room
+    aside, tried at every poll of its wait: :class:`StepAside`): the batches read stay within
+    twice the window."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -105,6 +106,27 @@ class Window:
         cancellation cannot leave the bytes counted aside -- and again when released."""
         self.aside -= n
         self.used += n
+
+
+class StepAside:
+    """The ``on_hold`` of one batch (see :meth:`~shipper.sender.ForwardClient.deliver`): out
+    of ``window`` while it waits for the aggregator names, back in once it is sent or given
+    up. Called at every poll of the wait, not only at its start: a batch the room aside
+    refused (:meth:`Window.step_aside`) tries again, and steps out once another waiting batch
+    is sent. Refused once, it stayed in for its whole wait (up to a minute), keeping the files
+    that can be sent from being read, as every waiting batch did before they stepped out."""
+
+    def __init__(self, window: Window, n: int) -> None:
+        self.window = window
+        self.n = n
+        self.aside = False
+
+    async def __call__(self, held: bool) -> None:
+        if held and not self.aside:
+            self.aside = await self.window.step_aside(self.n)
+        elif not held and self.aside:
+            self.aside = False
+            self.window.step_back(self.n)
 
 
 class SourceRunner:
@@ -605,17 +627,7 @@ class SourceRunner:
 
         While it waits for the names, the batch is out of the window (:class:`Window`), back
         in once it is sent or given up."""
-        window = self.shipper.window
-        aside = False
-
-        async def waits(held: bool) -> None:
-            nonlocal aside
-            if held and not aside:
-                aside = await window.step_aside(batch.nbytes)
-            elif not held and aside:
-                aside = False
-                window.step_back(batch.nbytes)
-
+        waits = StepAside(self.shipper.window, batch.nbytes)
         deliver = functools.partial(
             self.shipper.client.deliver,
             batch.payload,
@@ -656,5 +668,6 @@ class SourceRunner:
         self.shipper.lines_acked += batch.lines
         m.bytes_acked.labels(self.spec.service).inc(batch.nread)
         # The next batch goes out only once this ack's checkpoint is on disk: after a crash
-        # at most one batch (acked or not) is read and sent again.
+        # at most one batch (acked or not) is sent again (a read cut into several batches is
+        # read again, its acknowledged lines dropped by their offsets: Tailer._fit).
         await self.shipper.checkpoint_saved(self.shipper.checkpoint_changed())

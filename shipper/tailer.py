@@ -29,6 +29,8 @@ may be lost: :mod:`shipper.losses`.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import logging
 import os
 import time
@@ -53,6 +55,10 @@ from shipper.rotated import rotation_path
 from shipper.split_lines import SplitLines
 
 log = logging.getLogger("logq.shipper.tailer")
+
+READ_AHEAD_BYTES = 64 * 1024
+"""The least a read of a file asks for, however little room the message being filled has
+left: the lines past that room are kept for the next message (:meth:`Tailer._fit`)."""
 
 
 class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
@@ -126,6 +132,9 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         """A file after which files were lost: its open split lines go out at the next read."""
         self._cuts_warned = False
         """The WARNING that a flushed line's cut was not kept was logged (once per source)."""
+        self._read_past: tuple[Chunk, int] | None = None
+        """Lines read past ``max_bytes`` (``--batch-bytes``) and the restart position their
+        chunk had before it was read: the next read gives them (see :meth:`_fit`)."""
         self._orphan: Chunk | None = None
         """``--multiline``: the records still open in a file truncated in place with no copy
         to read on from, shipped as they are by the next read (see
@@ -255,6 +264,12 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
                 fd_budget.wait_for_room(self.spec.key)
                 return None
             self.start()
+        if self._read_past is not None:
+            (chunk, before), self._read_past = self._read_past, None
+            if of in (None, chunk.cursor):
+                return self._fit(chunk, before, max_lines, max_bytes, of)
+            self._read_past = chunk, before  # not that file's (never: they are read first)
+            return None
         if self._regrouping:
             self._end_regrouping()
         if self._lingering:
@@ -283,17 +298,20 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
                     return self.read(max_lines, max_bytes, of)
             else:
                 head.checked_pos = head.read_pos
-        block = min(self.block_size, max(max_bytes, 65536))
-        if block < self.max_line_bytes + 4096:  # an allowed line must fit in a block
-            block = self.block_size
+        # A read of about what the message has room for (at least READ_AHEAD_BYTES: small
+        # lines are read in few calls), the whole block only for a line longer than that.
+        first = min(self.block_size, max(max_bytes, READ_AHEAD_BYTES))
         self.parser.reading_at = time.monotonic()
-        chunk = self.cursors[0].read(block, max_lines)
+        cur = self.cursors[0]
+        before = cur.restart_at()
+        chunk = cur.read(self.block_size, max_lines, first)
         if chunk is not None:
             self._last_data = self.parser.reading_at
             if self._held:
                 if self.multiline is not None:
                     self._note_shipped(chunk)
                 self._settle_held(chunk)
+            return self._fit(chunk, before, max_lines, max_bytes, of)
         elif self.once and self.finished():
             # Its bound reached, the run ends for this source: a line left open goes now, as
             # it is, when the file ends there (a container that died mid-line). When more bytes
@@ -304,6 +322,35 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         elif head is self.live and len(self.cursors) == 1:
             chunk = self._flush_split(head)
         return chunk
+
+    def _fit(
+        self, chunk: Chunk, before: int, max_lines: int, max_bytes: int, of: Cursor | None
+    ) -> Chunk | None:
+        """The lines of ``chunk`` whose log text fits in ``max_bytes`` (at most ``max_lines``
+        of them), the rest kept for the next read: a Forward message holds at most
+        ``--batch-bytes`` of log text (a line longer than that goes alone). A read holds
+        more (at least :data:`READ_AHEAD_BYTES`), and whole records are only known once
+        parsed: the lines past the limit are kept parsed rather than read again. None when
+        not even the first line fits in a message that has lines already (``of``): it starts
+        the next one.
+
+        The lines given are acknowledged before the kept ones, so their chunk's restart
+        position is ``before`` (where a restart read the chunk again before it was read):
+        a restart from there drops the lines acknowledged by their offsets, as after any
+        checkpoint behind the acks (:attr:`~shipper.checkpoint.FileState.acked`)."""
+        lines = chunk.lines
+        if lines.nbytes <= max_bytes and len(lines) <= max_lines:
+            return chunk
+        ends = itertools.accumulate(map(len, itertools.islice(lines.logs, max_lines)))
+        n = bisect.bisect_right(list(ends), max_bytes)
+        if n == 0:
+            if of is not None:
+                self._read_past = chunk, before
+                return None
+            n = 1
+        head, tail = lines.split(n)
+        self._read_past = Chunk(chunk.cursor, tail, chunk.resume, chunk.nread), before
+        return Chunk(chunk.cursor, head, before, 0, chunk.save_first)
 
     def poll(self, finishing: bool = False) -> bool:
         """At the end of the current file: handle rotation, truncation, deletion.
@@ -539,6 +586,7 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
             or self._held
             or self._gap_flush is not None
             or self._orphan is not None
+            or self._read_past is not None
             or self._parked is not None
             or self._open_backoff
             or self.parser.pending_origins()
@@ -590,4 +638,5 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         self._lingering.clear()
         self._held.clear()
         self._holding.clear()
+        self._read_past = None  # their file is closed: read again from its checkpoint
         self.live = None

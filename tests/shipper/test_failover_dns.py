@@ -20,7 +20,7 @@ from shipper.config import Endpoint, load_config, parse_endpoint
 from shipper.daemon import Shipper
 from shipper.errors import DeliveryError
 from shipper.sender import ForwardClient, HeldAtStop, rendezvous_order
-from shipper.source import Window
+from shipper.source import StepAside, Window
 from tests.shipper.hostgen import docker_line, make_container
 from tests.shipper.receiver import Receiver, free_port
 from tests.shipper.shipping import empty_root, first_choice, shipper_args, until
@@ -426,7 +426,9 @@ def test_files_waiting_for_the_name_leave_the_window_to_the_others(tmp_path: Pat
 def test_once_gives_up_naming_the_name_a_waiting_batch_waits_for() -> None:
     """``--once`` (a give-up time) with DNS down and the only batch waiting for the name (no
     connect tried, so no connect error to tell): it gives up saying which name did not
-    resolve and why, not "no endpoint answered"."""
+    resolve and why, not "no endpoint answered" -- once the wait for the name has ended
+    (longer than the give-up time here, as by default: 60 s against 30), saying how long it
+    tried and why that long."""
     named = Receiver()
     dns = _Dns(named)
     dns.up = False
@@ -441,6 +443,7 @@ def test_once_gives_up_naming_the_name_a_waiting_batch_waits_for() -> None:
                 resolver=dns.resolve,
                 placements=placements,
                 give_up_after=0.3,
+                placement_wait=0.5,
                 placement_poll=0.05,
             )
             try:
@@ -448,10 +451,14 @@ def test_once_gives_up_naming_the_name_a_waiting_batch_waits_for() -> None:
                     await c.deliver(*message(1, first=30), affinity="src", offsets=(31, 31))
             finally:
                 await c.close()
-            assert str(failed.value) == (
-                "could not resolve aggregator name(s) aggs.test:24224 (tried for 0.3 s): "
-                "temporary failure in name resolution; check DNS or --aggregator"
-            )
+            # Its wait over, the batch went to the name itself: the system resolver's reason.
+            text = str(failed.value)
+            assert text.startswith(
+                "could not resolve aggregator name(s) aggs.test:24224 (tried for 0.5 s, as long "
+                "as a file's unacknowledged lines waited for the aggregator names: before the "
+                "restart they went to an address that may be one of theirs): "
+            ), text
+            assert text.endswith("; check DNS or --aggregator"), text
 
         asyncio.run(go())
     finally:
@@ -484,3 +491,70 @@ def test_once_forgets_the_error_of_an_endpoint_that_delivered_since() -> None:
         live.close()
     assert live.messages == 1
     assert text.endswith("no endpoint answered") and "refused" not in text.lower()
+
+
+def test_a_waiting_batch_refused_room_aside_steps_out_once_there_is_some() -> None:
+    """Two batches wait for the names in a window of 100 bytes, 60 each: the second is
+    refused room aside (120 would pass the window) and stays in. Once the first is sent, the
+    second steps out at its next poll -- refused once, it stayed in for its whole wait (up to
+    a minute), keeping the files that can be sent from being read. Sent, it counts again."""
+    named = Receiver()
+    dns = _Dns(named)
+    dns.answer.append(("127.0.0.1", free_port()))  # two addresses: two endpoints
+    dns.up = False
+    placements = FakePlacements()
+    placements.saved["src"], placements.through["src"] = named.address, 40
+    try:
+
+        async def go() -> None:
+            w = Window(100)
+            await w.acquire(60)
+            assert await w.step_aside(60)  # the first waiting batch
+            await w.acquire(60)  # the second one, read meanwhile
+            c = ForwardClient((NAME,), hostname="h", resolver=dns.resolve, placements=placements)
+            c.placement_poll = 0.05
+            second = StepAside(w, 60)
+            try:
+                send = asyncio.create_task(
+                    c.deliver(
+                        *message(1, first=30), affinity="src", offsets=(31, 31), on_hold=second
+                    )
+                )
+                await until(lambda: dns.failures >= 2)  # it waits, refused room aside
+                assert (w.used, w.aside, second.aside) == (60, 60, False)
+                w.step_back(60)  # the first one is sent...
+                await w.release(60)  # ...and acknowledged
+                await until(lambda: second.aside, timeout=10)
+                assert (w.used, w.aside) == (0, 60)
+                dns.up = True
+                await send
+                assert (w.used, w.aside, second.aside) == (60, 0, False)
+            finally:
+                await c.close()
+
+        asyncio.run(go())
+    finally:
+        named.close()
+    assert named.messages == 1
+
+
+def test_once_does_not_give_up_on_a_batch_before_its_wait_for_the_name_ends() -> None:
+    """``--once`` whose give-up time is shorter than the wait for the names (30 s against
+    60 s by default), DNS down: the waiting batch goes, once its wait ends, to its first
+    choice (the address configured beside the name), which takes it. Before, ``--once``
+    gave up while it waited and the run failed."""
+    setting = _Setting()
+    try:
+
+        async def go() -> Endpoint:
+            c = setting.client(wait=0.5)
+            c.give_up_after = 0.2
+            try:
+                return await setting.held_batch(c)
+            finally:
+                await c.close()
+
+        assert asyncio.run(go()) == setting.configured[1]
+    finally:
+        setting.close()
+    assert (setting.direct.messages, setting.named.messages) == (1, 0)

@@ -267,3 +267,64 @@ def test_once_over_tls_with_config_file(tmp_path: Path) -> None:
         assert r.lines() == ["over tls"]
     finally:
         r.close()
+
+
+def _texts(i: int) -> str:
+    """Line ``i``: 20 to 420 characters, the 100th 6,000 (over --batch-bytes 4096)."""
+    return f"{i:04d} " + ("y" * 6000 if i == 100 else "x" * (15 + (i * 37) % 400))
+
+
+def test_once_messages_hold_at_most_batch_bytes_of_log_text(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """With a small --batch-bytes and many lines, no Forward message carries more log text
+    than it, but for a line longer than it, which goes alone. A read takes at least 64 KiB:
+    its lines went out in one message, sixteen times the limit."""
+    root = tmp_path / "containers"
+    texts = [_texts(i) for i in range(1500)]
+    make_container(root, "a" * 64, "app", lines=texts)
+    res = run_shipper(
+        *("--aggregator", receiver.address, "--docker-root", str(root)),
+        *("--cri-root", str(empty_root(tmp_path)), "--state-dir", str(tmp_path / "state")),
+        *("--once", "--batch-bytes", "4096"),
+    )
+    assert res.returncode == 0, res.stderr
+    assert receiver.lines() == texts
+    assert receiver.duplicates == 0
+    sizes = [sum(map(len, chunk)) for chunk in receiver.chunks]
+    over = [chunk for chunk in receiver.chunks if sum(map(len, chunk)) > 4096]
+    assert over == [[texts[100]]]
+    assert max(s for s in sizes if s <= 4096) > 3000  # filled, not one line each
+
+
+def test_a_restart_after_messages_cut_from_one_read_sends_only_the_unacknowledged(
+    tmp_path: Path,
+) -> None:
+    """Messages cut from one read (--batch-bytes far below it) acknowledged, then the run
+    ends without more acks: the next run sends every line not acknowledged, and none that
+    was. (The checkpoint of such a message is where its read began; the lines read again
+    from there are dropped by their offsets.)"""
+    root = tmp_path / "containers"
+    texts = [_texts(i) for i in range(1500)]
+    make_container(root, "a" * 64, "app", lines=texts)
+    args = (
+        *("--docker-root", str(root), "--cri-root", str(empty_root(tmp_path))),
+        *("--state-dir", str(tmp_path / "state"), "--once", "--batch-bytes", "4096"),
+    )
+    stingy = Receiver(ack_first=5)
+    try:
+        res = run_shipper(
+            "--aggregator", stingy.address, *args, "--ack-timeout", "0.5", "--retry-timeout", "2"
+        )
+        assert res.returncode == 1, res.stderr
+        acked = [t for chunk in stingy.chunks[:5] for t in chunk]
+    finally:
+        stingy.close()
+    assert 0 < len(acked) < 200
+    second = Receiver()
+    try:
+        res = run_shipper("--aggregator", second.address, *args)
+        assert res.returncode == 0, res.stderr
+        assert second.lines() == texts[len(acked) :]
+    finally:
+        second.close()

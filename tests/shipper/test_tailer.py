@@ -13,7 +13,7 @@ from shipper.checkpoint import FileState, Registry, file_key
 from shipper.fingerprint import fingerprint
 from shipper.tailer import Tailer
 from tests.shipper.hostgen import docker_line
-from tests.shipper.tailing import append_docker, drain, spec_for
+from tests.shipper.tailing import append_docker, commit, drain, spec_for
 
 
 def test_resume_after_restart_from_checkpoint(tmp_path: Path, reg: Registry) -> None:
@@ -322,12 +322,15 @@ def test_truncation_in_place_with_unread_lines_is_counted_as_lost(
     path.write_bytes(b"".join(f"first {i:05d} {'x' * 80}\n".encode() for i in range(2000)))
     losses: list[str] = []
     t = Tailer(spec_for(path, "plain"), reg, "h", 1024, on_loss=losses.append)
-    chunk = t.read(max_bytes=1)  # one 64 KiB block of the ~190 KB: the rest is unread
-    assert chunk is not None and 0 < len(chunk.lines) < 2000
+    # One 64 KiB read of the ~190 KB: its first line given, its other lines kept for the
+    # next reads (see Tailer._fit), the rest of the file unread.
+    chunk = t.read(max_bytes=1)
+    assert chunk is not None and len(chunk.lines) == 1
     with open(path, "r+b") as f:
         f.truncate(0)
     path.write_bytes(b"after 1\n")
-    assert drain(t) == ["after 1"]
+    whole = 65536 // len(f"first 00000 {'x' * 80}\n")  # the lines wholly in the read
+    assert drain(t) == [f"first {i:05d} {'x' * 80}" for i in range(1, whole)] + ["after 1"]
     assert losses == ["truncated_without_copy"]
 
 
@@ -419,3 +422,52 @@ def test_two_copytruncates_before_we_look_lose_nothing(
     # A restart reads nothing twice: every copy is checkpointed at its end.
     t2 = Tailer(spec_for(path, "plain"), reg, "h", 65536, on_loss=losses.append)
     assert drain(t2) == []
+
+
+def test_lines_read_past_a_message_go_in_the_next_within_both_limits(
+    tmp_path: Path, reg: Registry
+) -> None:
+    """A read takes 64 KiB whatever room the message has: the lines past the room are given
+    by the next reads, each within ``max_bytes`` of log text and ``max_lines`` lines (a
+    line longer than ``max_bytes`` alone), in order, none twice."""
+    path = tmp_path / "app.log"
+    texts = [f"{i:04d} " + "x" * (3000 if i == 50 else (i * 37) % 200) for i in range(800)]
+    path.write_bytes("".join(f"{t}\n" for t in texts).encode())
+    t = Tailer(spec_for(path, "plain"), reg, "h", 16384)
+    got: list[list[str]] = []
+    while (chunk := t.read(max_lines=7, max_bytes=1000)) is not None:
+        got.append(chunk.lines.logs)
+        commit(t, chunk)
+    assert [log for logs in got for log in logs] == texts
+    assert all(len(logs) <= 7 for logs in got)
+    assert [logs for logs in got if sum(map(len, logs)) > 1000] == [[texts[50]]]
+
+
+@pytest.mark.parametrize("rotation", ["rename", "copytruncate"])
+def test_a_restart_after_part_of_a_read_was_acked_sends_the_rest_once_after_a_rotation(
+    tmp_path: Path, reg: Registry, rotation: str
+) -> None:
+    """A message cut from a read is acknowledged, its file rotated, then the shipper dies with
+    the rest of the read unsent. The checkpoint is where the read began, in that file (now
+    renamed away, or copied away and truncated in place): the restart reads it again there,
+    drops the acknowledged lines by their offsets, and sends each other line once."""
+    path = tmp_path / "c-json.log"
+    append_docker(path, 0, 5)
+    t = Tailer(spec_for(path), reg, "h", 65536)
+    assert drain(t) == [f"line {i}" for i in range(5)]
+    append_docker(path, 5, 200)
+    head = t.read(max_bytes=100)  # one read of the 200 lines: its first few given, the rest kept
+    assert head is not None
+    commit(t, head)
+    acked = len(head.lines)
+    assert 0 < acked < 200
+    rotated = tmp_path / "c-json.log.1"
+    if rotation == "rename":
+        os.rename(path, rotated)
+    else:
+        shutil.copyfile(path, rotated)
+        os.truncate(path, 0)
+    append_docker(path, 205, 3)
+    t.close()  # killed: the kept lines never went
+    t2 = Tailer(spec_for(path), reg, "h", 65536)
+    assert drain(t2) == [f"line {i}" for i in range(5 + acked, 208)]
