@@ -19,7 +19,13 @@ HEADER = struct.Struct(">II")
 
 
 def encode_frame(payload: bytes) -> bytes:
-    return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+    return frame_header(payload) + payload
+
+
+def frame_header(payload: bytes) -> bytes:
+    """The ``[length][crc32]`` that starts the frame of ``payload`` (zlib's checksum of a big
+    payload releases the GIL: a worker thread can make it)."""
+    return HEADER.pack(len(payload), zlib.crc32(payload))
 
 
 @dataclass

@@ -60,23 +60,35 @@ class Inflater:
     def __init__(self) -> None:
         self._worker: concurrent.futures.ThreadPoolExecutor | None = None
 
-    async def inflated(self, obj: Any, max_bytes: int, max_members: int) -> Any:
+    async def inflated(
+        self, obj: Any, max_bytes: int, max_members: int, inline: bool = True
+    ) -> Any:
         """``obj`` with its gzip blob inflated (a PackedForward message), or ``obj`` itself when
         it is no CompressedPackedForward message. :class:`shipper.wire.ProtocolError` for a
-        blob that is not gzip, or is over ``max_bytes`` inflated or ``max_members`` members."""
+        blob that is not gzip, or is over ``max_bytes`` inflated or ``max_members`` members.
+        ``inline=False``: all of it in the worker (its try inline, :meth:`inline`, failed)."""
         found = gzip_blob(obj)
         if found is None:
             return obj
         blob, options = found
         job = GzipMembers(blob, max_bytes, max_members)
         steps = job.steps()
-        if len(blob) <= INLINE_MAX_COMPRESSED:
-            for _ in steps:
-                if job.members > INLINE_MAX_MEMBERS or job.total >= INLINE_MAX_OUTPUT:
-                    break
-            else:
-                return _plain(obj, job.output(), options)
+        if inline and _inline_steps(job, steps, len(blob)):
+            return _plain(obj, job.output(), options)
         return _plain(obj, await self._in_worker(job, steps), options)
+
+    def inline(self, obj: Any, max_bytes: int, max_members: int) -> Any | None:
+        """:meth:`inflated` when its blob is inflated inline (a small one), without waiting;
+        None when it goes to the worker (what was inflated of it is dropped: the caller, which
+        waits for a turn first, must not hold it meanwhile)."""
+        found = gzip_blob(obj)
+        if found is None:
+            return obj
+        blob, options = found
+        job = GzipMembers(blob, max_bytes, max_members)
+        if _inline_steps(job, job.steps(), len(blob)):
+            return _plain(obj, job.output(), options)
+        return None
 
     async def run(self, job: Callable[[], _T]) -> _T:
         """``job()`` in the worker, after the work queued before it: for work whose long calls
@@ -114,6 +126,17 @@ class Inflater:
         worker, self._worker = self._worker, None
         if worker is not None:
             await asyncio.to_thread(worker.shutdown, wait=True, cancel_futures=True)
+
+
+def _inline_steps(job: GzipMembers, steps: Iterator[None], compressed: int) -> bool:
+    """Run ``steps`` of ``job`` (a blob of ``compressed`` bytes) on the loop while the blob is
+    small work: whether the inflate ended there (else its rest is the worker's)."""
+    if compressed > INLINE_MAX_COMPRESSED:
+        return False
+    for _ in steps:
+        if job.members > INLINE_MAX_MEMBERS or job.total >= INLINE_MAX_OUTPUT:
+            return False
+    return True
 
 
 def _plain(obj: list[Any], blob: bytes, options: dict[Any, Any]) -> list[Any]:

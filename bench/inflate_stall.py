@@ -12,7 +12,11 @@ the longest stall, the stalls over 50 ms added up, and the time to the ack:
 * ``plain``: PackedForward, no gzip: what decoding and buffering the lines cost alone;
 * ``gzip inline``: gzip inflated on the event loop, as before aggregator/inflate.py (forced
   here by raising its thresholds);
-* ``gzip worker``: gzip over 1 MiB inflated in the worker thread (the default).
+* ``gzip worker``: gzip over 1 MiB inflated in the worker thread (the default);
+* ``plain, disk``: ``plain`` into a real buffer (aggregator/buffer.py) in a temporary folder,
+  its frame's checksum and ``write`` included (the fsync runs in a thread either way);
+* ``forward mode``: the entries sent as a Forward-mode array (``[tag, [[time, record]...]]``,
+  Fluent Bit's default) rather than a PackedForward blob, into the list.
 
 Decoding the lines into a batch runs on the event loop a slice of ~2 MiB of entries at a time,
 the loop free between slices, and the batch is joined and framed in the inflate worker
@@ -20,7 +24,8 @@ the loop free between slices, and the batch is joined and framed in the inflate 
 either kind of line (2-core VM, median of 3). Before, the decode and frame were one step:
 ~0.8 s for the access lines and ~0.15 s for the long ones, in every row. The buffer's own
 write of the frame (its checksum and copy, then the ``write`` call: ~50 to 90 ms for a 38 to
-64 MiB frame) is not measured here: the buffer is a list.
+64 MiB frame) ran on the loop too, before aggregator/buffer.py wrote big frames in a worker
+(the ``plain, disk`` row).
 
 Usage: ``python bench/inflate_stall.py [--mib N] [--runs N]``. Figures, not assertions.
 """
@@ -31,12 +36,14 @@ import argparse
 import asyncio
 import contextlib
 import gzip
+import io
 import socket
 import statistics
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msgpack
 
 from aggregator import inflate
+from aggregator.buffer import Buffer
 from aggregator.metrics import Metrics
 from aggregator.server import ForwardServer, ServerLimits
 from bench.ingest import encode_chunks, make_lines
@@ -95,6 +103,29 @@ def long_lines(mib: int) -> tuple[str, bytes, int]:
     return "logq.long", wire.pack_entries(entries), count
 
 
+@contextlib.asynccontextmanager
+async def buffer_of(on_disk: bool) -> AsyncIterator[Any]:
+    """A :class:`DurableList`, or a real buffer in a temporary folder when ``on_disk``."""
+    if not on_disk:
+        yield DurableList()
+        return
+    with tempfile.TemporaryDirectory(prefix="inflate-stall-") as folder:
+        buffer = Buffer(folder, 1 << 40, 1 << 40)
+        buffer.open("bench")
+        buffer.start()
+        try:
+            yield buffer
+        finally:
+            await buffer.close()
+
+
+def forward_mode(tag: str, blob: bytes, chunk: str = "big") -> bytes:
+    """The Forward-mode message (``[tag, [[time, record]...], options]``) of ``blob``'s
+    entries."""
+    entries = list(msgpack.Unpacker(io.BytesIO(blob), raw=False, max_buffer_size=len(blob)))
+    return wire.pack([tag, entries, {"chunk": chunk}])
+
+
 def message(tag: str, blob: bytes, lines: int, compress: bool) -> bytes:
     """The PackedForward message of ``blob``, gzipped at level 1 (as logq-shipper --compress
     gzip does) when ``compress``."""
@@ -134,11 +165,16 @@ def send(port: int, frame: bytes, acked: dict[str, Any]) -> None:
     acked["seconds"] = time.perf_counter() - start
 
 
-async def one_run(frame: bytes, max_frame: int) -> tuple[float, float, float]:
+async def one_run(frame: bytes, max_frame: int, on_disk: bool = False) -> tuple[float, ...]:
     """(longest stall, stalls over FELT added up, seconds to the ack) of one ingest, under
-    ``--max-frame-bytes max_frame``."""
+    ``--max-frame-bytes max_frame``, into a real buffer when ``on_disk``."""
+    async with buffer_of(on_disk) as buffer:
+        return await _one_run(buffer, frame, max_frame)
+
+
+async def _one_run(buffer: Any, frame: bytes, max_frame: int) -> tuple[float, float, float]:
     limits = ServerLimits(max_frame_bytes=max_frame)
-    server = ForwardServer(DurableList(), Metrics(), limits)  # type: ignore[arg-type]
+    server = ForwardServer(buffer, Metrics(), limits)
     _, port = await server.start("127.0.0.1", 0)
     stalls: list[float] = []
     acked: dict[str, Any] = {}
@@ -172,6 +208,7 @@ def main() -> int:
     for kind in (access_lines, long_lines):
         tag, blob, lines = kind(args.mib)
         plain, gzipped = message(tag, blob, lines, False), message(tag, blob, lines, True)
+        forward = forward_mode(tag, blob)
         print(
             f"\n{kind.__name__.replace('_', ' ')}: one message of {lines:,} lines, "
             f"{len(blob) / 2**20:.1f} MiB of entries, {len(gzipped) / 2**20:.1f} MiB gzipped"
@@ -180,14 +217,16 @@ def main() -> int:
             f"{'sent as':<14}{'longest stall (least)':>24}{f'stalls >= {FELT * 1000:g} ms':>20}"
             f"{'ack':>10}"
         )
-        max_frame = len(plain) + 1024 * 1024  # the plain message too
-        for name, frame, inline in (
-            ("plain", plain, False),
-            ("gzip inline", gzipped, True),
-            ("gzip worker", gzipped, False),
+        max_frame = max(len(plain), len(forward)) + 1024 * 1024  # the plain messages too
+        for name, frame, inline, on_disk in (
+            ("plain", plain, False, False),
+            ("gzip inline", gzipped, True, False),
+            ("gzip worker", gzipped, False, False),
+            ("plain, disk", plain, False, True),
+            ("forward mode", forward, False, False),
         ):
             with inline_only(inline):
-                runs = [asyncio.run(one_run(frame, max_frame)) for _ in range(args.runs)]
+                runs = [asyncio.run(one_run(frame, max_frame, on_disk)) for _ in range(args.runs)]
             longest, felt, ack = (statistics.median(r[i] for r in runs) for i in range(3))
             least = min(r[0] for r in runs)
             print(

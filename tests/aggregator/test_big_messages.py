@@ -1,7 +1,8 @@
-"""A big PackedForward message is decoded a slice of entries at a time (aggregator/big_messages.py)
-and comes out as it would whole: the same rows, the same refusals, bad entries and replaced
-times told once with their counts added up. In the server, another connection's message is
-decoded, stored and acked between two of the big message's slices.
+"""A big PackedForward message, or a big Forward-mode one, is decoded a slice of entries at a
+time (aggregator/big_messages.py) and comes out as it would whole: the same rows, the same
+refusals, bad entries and replaced times told once with their counts added up. In the
+server, another connection's message is decoded, stored and acked between two of the big
+message's slices.
 
 The thresholds are lowered (a few KiB, slices of a few entries) so that small blobs take the
 sliced path; the slices are watched by wrapping the decoder the module calls."""
@@ -36,6 +37,8 @@ def small_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(big_messages, "BIG_BYTES", 4096)
     monkeypatch.setattr(big_messages, "SLICE_BYTES", 1500)
     monkeypatch.setattr(big_messages, "ENDS_PER_STEP", 7)
+    monkeypatch.setattr(big_messages, "BIG_ENTRIES", 50)
+    monkeypatch.setattr(big_messages, "SLICE_ENTRIES", 16)
 
 
 def _entries(n: int, services: int = 3) -> list[tuple[int, dict[str, Any]]]:
@@ -84,10 +87,11 @@ def _whole(obj: Any, max_entries: int = MAX_ENTRIES) -> tuple[pa.Table, str | No
 
 
 def _same(obj: Any, max_entries: int = MAX_ENTRIES) -> int:
-    """Assert ``obj`` decodes in slices as it does whole; the steps it took."""
+    """Assert ``obj`` decodes in slices as it does whole; the steps it took. (Whole first: a
+    Forward-mode message loses its entries as its slices are decoded.)"""
     started = time.time_ns()
-    table, chunk, steps, replaced, bad = _sliced(obj, max_entries)
     whole, whole_chunk, whole_replaced, whole_bad = _whole(obj, max_entries)
+    table, chunk, steps, replaced, bad = _sliced(obj, max_entries)
     assert _rows(table, started) == _rows(whole, started)
     assert (chunk, replaced, bad) == (whole_chunk, whole_replaced, whole_bad)
     # ...and its buffer frame reads back the same
@@ -195,6 +199,57 @@ def test_entry_heads_inside_values_do_not_fool_the_cut() -> None:
     assert _same(["logq.big", blob, {"size": 300, "chunk": "c"}]) > 1
 
 
+def _forward_mode(entries: list[Any], options: dict[str, Any] | None = None) -> Any:
+    """The Forward-mode message of ``entries`` (``(time, record)`` or raw entries) as the
+    server's unpacker gives it: EventTimes as :class:`shipper.wire.EventTime`."""
+    raw = [[wire.EventTime.from_ns(e[0]), e[1]] if isinstance(e, tuple) else e for e in entries]
+    message = ["logq.fwd", raw] if options is None else ["logq.fwd", raw, options]
+    unpacker = wire.new_unpacker()
+    unpacker.feed(wire.pack(message))
+    return next(unpacker)
+
+
+@pytest.mark.parametrize("options", [None, {}, {"chunk": "c1", "size": 3}], ids=str)
+def test_a_big_forward_mode_message_is_decoded_in_slices_as_it_is_whole(
+    options: dict[str, Any] | None,
+) -> None:
+    obj = _forward_mode(_entries(400), options)
+    assert big_messages.is_big(obj)
+    assert _same(obj) == -(-400 // big_messages.SLICE_ENTRIES)  # a step a slice
+    assert obj[1] == [None] * 400  # each slice's entries dropped once decoded
+
+
+def test_odd_forward_mode_entries_are_decoded_in_slices_as_whole() -> None:
+    """Fluent Bit's ``[[time, metadata], record]`` entries, integer and float times, times that
+    cannot be kept (replaced, told once) and bad entries (told once, counts added up): the
+    slices that hold them take the general path, the others the fast one, with the same rows."""
+    entries: list[Any] = []
+    for i, (time_ns, rec) in enumerate(_entries(300)):
+        if i % 50 == 7:
+            entries.append([T0 // 10**9, "not a map"])
+        elif i % 50 == 9:
+            entries.append([0, rec])
+        elif i % 3 == 0:
+            entries.append([[wire.EventTime.from_ns(time_ns), {"meta": 1}], rec])
+        elif i % 3 == 1:
+            entries.append([time_ns // 10**9, rec])
+        else:
+            entries.append([time_ns / 10**9, rec])
+    assert _same(_forward_mode(entries, {"chunk": "c1"})) > 1
+    _, _, _, replaced, bad = _sliced(_forward_mode(entries, {"chunk": "c1"}))
+    assert len(bad) == 1 and sum(bad[0][1].values()) == 6
+    assert len(replaced) == 1 and replaced[0][0] == 6
+
+
+def test_a_forward_mode_message_of_too_many_entries_is_refused_as_whole() -> None:
+    obj = _forward_mode(_entries(100), {"chunk": "c1"})
+    with pytest.raises(wire.ProtocolError) as whole:
+        _whole(obj, 99)
+    with pytest.raises(wire.ProtocolError) as sliced:
+        _sliced(obj, 99)
+    assert str(sliced.value) == str(whole.value)
+
+
 def test_small_messages_and_others_are_decoded_whole_in_one_step() -> None:
     small = wire.pack_entries(_entries(5))
     assert len(small) < big_messages.BIG_BYTES
@@ -246,19 +301,27 @@ def slices(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 ON_SLICE: list[Callable[[], None]] = []
 
 
+@pytest.mark.parametrize("mode", ["packed", "forward"])
 def test_another_connection_is_acked_between_the_slices_of_a_big_message(
-    slices: list[str],
+    slices: list[str], mode: str
 ) -> None:
     """The other connection's message is sent while the big one's first slice is decoded: it
     is decoded, stored and acked before the big one's last slice; the big message is stored
-    whole, as one frame, after it, and acked once durable."""
+    whole, as one frame, after it, its records once each and in order, and acked only once
+    durable."""
     entries = _entries(1500)
-    big = wire.encode_packed_forward("logq.big", entries, chunk="big")
+    if mode == "packed":
+        big = wire.encode_packed_forward("logq.big", entries, chunk="big")
+    else:
+        big = wire.pack(
+            ["logq.big", [[wire.EventTime.from_ns(t), r] for t, r in entries], {"chunk": "big"}]
+        )
     other = _message("other", 3)
+    metrics = Metrics()
 
     async def scenario() -> None:
         buffer = HeldBuffer()
-        server = ForwardServer(buffer, Metrics(), ServerLimits())  # type: ignore[arg-type]
+        server = ForwardServer(buffer, metrics, ServerLimits())  # type: ignore[arg-type]
         host, port = await server.start("127.0.0.1", 0)
         try:
             r_other, w_other = await asyncio.open_connection(host, port)
@@ -275,10 +338,16 @@ def test_another_connection_is_acked_between_the_slices_of_a_big_message(
             buffer.sync(0)
             assert await _ack(r_other) == "other"
             await _until(lambda: len(buffer.frames) == 2)
+            for _ in range(50):  # stored, not durable: no ack
+                await asyncio.sleep(0)
+            assert metrics.acks._value.get() == 1
             buffer.sync(1)
             assert await _ack(r_big) == "big"
             stored = from_ipc(buffer.frames[1])
-            assert stored.to_pylist() == _whole(msgpack.unpackb(big))[0].to_pylist()
+            unpacker = wire.new_unpacker()
+            unpacker.feed(big)
+            assert stored.to_pylist() == _whole(next(unpacker))[0].to_pylist()
+            assert stored.column("log").to_pylist() == [r["log"] for _, r in entries]
             for w in (w_big, w_other):
                 w.close()
         finally:
@@ -344,3 +413,89 @@ def test_big_messages_of_many_connections_are_decoded_a_few_at_a_time(
     _run(scenario())
     assert server_module.HEAVY_AT_ONCE == 2
     assert active[1] == 2  # 6 at once without the turns
+
+
+def test_a_small_gzip_message_is_stored_while_big_ones_hold_every_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two big messages hold both turns (their decoding held until the test lets it go): a
+    small gzip message of a third connection, inflated inline, is stored and acked meanwhile,
+    without a turn; a gzip blob that inflates big still waits for one."""
+    from aggregator import server as server_module
+
+    held: list[int] = [0]  # big messages being decoded
+    release: list[bool] = [False]
+    real = big_messages.decode_steps
+
+    def holding(*args: Any, **kwargs: Any) -> Any:
+        held[0] += 1
+        while not release[0]:
+            yield
+        return (yield from real(*args, **kwargs))
+
+    monkeypatch.setattr(big_messages, "decode_steps", holding)
+    entries = _entries(1500)
+    bigs = [wire.encode_packed_forward("logq.big", entries, chunk=f"big{i}") for i in range(2)]
+    small_blob = wire.pack_entries(_entries(5))
+    small = msgpack.packb(
+        ["logq.gz", gzip.compress(small_blob), {"compressed": "gzip", "chunk": "small"}]
+    )
+    big_gzip = msgpack.packb(
+        [
+            "logq.gz",
+            gzip.compress(wire.pack_entries(entries)),
+            {"compressed": "gzip", "chunk": "gz"},
+        ]
+    )
+    assert server_module.HEAVY_AT_ONCE == 2
+
+    async def scenario() -> None:
+        buffer = HeldBuffer()
+        server = ForwardServer(buffer, Metrics(), ServerLimits())  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            conns = [await asyncio.open_connection(host, port) for _ in range(4)]
+            for (_, w), message in zip(conns, bigs, strict=False):
+                w.write(message)
+            await _until(lambda: held[0] == 2)  # both turns taken
+            conns[2][1].write(big_gzip)
+            conns[3][1].write(small)
+            await _until(lambda: len(buffer.frames) == 1, timeout=10)
+            buffer.sync(0)
+            assert await _ack(conns[3][0]) == "small"
+            assert held[0] == 2  # the big gzip message still waits for a turn
+            release[0] = True
+            await _until(lambda: len(buffer.frames) == 4)
+            for i in range(1, 4):
+                buffer.sync(i)
+            acks = {await _ack(r) for r, _ in conns[:3]}
+            assert acks == {"big0", "big1", "gz"}
+            for _, w in conns:
+                w.close()
+        finally:
+            await server.stop(grace=5)
+
+    _run(scenario())
+
+
+def test_a_big_message_of_another_signal_is_acked_and_not_stored() -> None:
+    """Fluent Bit's metrics or traces (``fluent_signal``) in a message as big as a big log
+    message: skipped and acked as a small one is (it was decoded in slices and stored as logs)."""
+    blob = wire.pack_entries(_entries(400))
+    assert len(blob) > big_messages.BIG_BYTES
+    message = msgpack.packb(["logq.metrics", blob, {"fluent_signal": 1, "chunk": "m1"}])
+
+    async def scenario() -> None:
+        buffer = HeldBuffer()
+        server = ForwardServer(buffer, Metrics(), ServerLimits())  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(message)
+            assert await _ack(reader) == "m1"
+            assert buffer.frames == []
+            writer.close()
+        finally:
+            await server.stop(grace=5)
+
+    _run(scenario())
