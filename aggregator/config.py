@@ -29,7 +29,7 @@ from shipper.config import (
     read_config_file,
 )
 from shipper.config import file_setting_names as shipper_file_keys
-from shipper.errors import shown_value
+from shipper.errors import flag_of, shown_value
 from shipper.version import VersionAction
 from shipper.wire import MAX_MESSAGE_ENTRIES
 
@@ -375,14 +375,14 @@ def _check_numbers(s: Settings) -> None:
     """Every numeric setting in its range (:func:`shipper.config.at_least`, the shipper's
     check), its error naming the flag."""
     for name, zero_ok in _SECONDS.items():
-        flag = f"--{name.replace('_', '-')}"
+        flag = flag_of(name)
         setattr(
             s,
             name,
             at_least(flag, getattr(s, name), 0.0, ConfigError, seconds=True, above=not zero_ok),
         )
     for name, least in _COUNTS.items():
-        at_least(f"--{name.replace('_', '-')}", getattr(s, name), least, ConfigError)
+        at_least(flag_of(name), getattr(s, name), least, ConfigError)
 
 
 def _check(s: Settings, partial: bool = False) -> None:
@@ -391,7 +391,7 @@ def _check(s: Settings, partial: bool = False) -> None:
     for name in ("buffer_dir", "tls_cert", "tls_key", "shared_key", "metrics_listen"):
         value = getattr(s, name)
         if value is not None and not str(value).strip():
-            flag = f"--{name.replace('_', '-')}"
+            flag = flag_of(name)
             raise ConfigError(f"{flag} is empty (an unset variable?); give a value or leave it out")
     split_host_port(s.listen, "--listen")
     if s.metrics_listen:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from shipper.errors import ConfigError, preview, shown_value
+from shipper.errors import ConfigError, flag_of, preview, shown_value
 from shipper.exclude import split_patterns
 from shipper.multiline import parse_mapping
 from shipper.version import VersionAction
@@ -592,8 +592,7 @@ def _refuse_empty(m: dict[str, Any]) -> None:
         for value in values if isinstance(values, list) else [values]:
             if not value.strip():
                 raise ConfigError(
-                    f"--{key.replace('_', '-')} is empty (an unset variable?); pass "
-                    f"{expected} or leave it out"
+                    f"{flag_of(key)} is empty (an unset variable?); pass {expected} or leave it out"
                 )
 
 
@@ -663,10 +662,10 @@ def _to_config(m: dict[str, Any]) -> Config:
         kw["hostname"] = m["hostname"]
     for key, least in MIN_COUNTS.items():
         if key in m:
-            kw[key] = at_least(_flag_of(key), m[key], least, ConfigError)
+            kw[key] = at_least(flag_of(key), m[key], least, ConfigError)
     for key, least_seconds in MIN_SECONDS.items():
         if key in m:
-            kw[key] = at_least(_flag_of(key), m[key], least_seconds, ConfigError, seconds=True)
+            kw[key] = at_least(flag_of(key), m[key], least_seconds, ConfigError, seconds=True)
     if m.get("log_level"):
         level = m["log_level"].strip().lower()
         if level not in LOG_LEVELS:
@@ -675,11 +674,6 @@ def _to_config(m: dict[str, Any]) -> Config:
             )
         kw["log_level"] = level
     return Config(**kw)
-
-
-def _flag_of(key: str) -> str:
-    """The command-line flag of setting ``key``: ``--batch-lines`` of ``batch_lines``."""
-    return "--" + key.replace("_", "-")
 
 
 def config_keys() -> list[str]:

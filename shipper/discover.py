@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TypeGuard
 
 from shipper import multiline
-from shipper.errors import ConfigError
+from shipper.errors import ConfigError, flag_of
 from shipper.exclude import Excluder, Exclusion, kubelet_link_paths
 from shipper.fsnames import as_text
 
@@ -933,7 +933,7 @@ def check_roots(
     a file is an error. Either must not be kubelet's ``/var/log/containers``, whose symlinks no
     root scan reads: ``--cri-root /var/log/pods`` is the folder they point into."""
     for key, root in (("docker_root", docker_root), ("cri_root", cri_root)):
-        flag = "--" + key.replace("_", "-")
+        flag = flag_of(key)
         if key in given:
             _check_given_root(flag, root, once)
         pods = _kubelet_links_folder(root)

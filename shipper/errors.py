@@ -45,6 +45,11 @@ class HandshakeError(DeliveryError):
     """The shared-key handshake failed: retrying will not help until the key is fixed."""
 
 
+def flag_of(key: str) -> str:
+    """The command-line flag of setting ``key``: ``--batch-lines`` of ``batch_lines``."""
+    return "--" + key.replace("_", "-")
+
+
 def clipped(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters (``...`` marks the cut), for error messages."""
     return text if len(text) <= limit else text[:limit] + "..."
