@@ -67,30 +67,61 @@ def ahead_text(ahead: datetime | None) -> str:
 #: names are (a list of 200 hides the one that was meant).
 LIST_KNOWN_MAX = 10
 
+#: Characters the parts of an unknown-service message may take: the values given, the known
+#: names listed, and the services shown (``rest``, :func:`showing_text`). Past the room, names
+#: are counted: 80 unknown values of 60 characters, or 10 known names of 128, made a note of
+#: kilobytes.
+UNKNOWN_ROOM = {"unknown": 160, "known": 200, "showing": 160}
+
+#: The most characters of :func:`unknown_services_text` (with a ``rest`` of
+#: :func:`showing_text`), whatever the number and length of the names: the parts above, the
+#: words around them, and a suggestion (:func:`cli.service_names.suggestion`) in what is left
+#: of this, else its count of the close names.
+UNKNOWN_TEXT_MAX_CHARS = 800
+
 
 def unknown_services_text(table: str, unknown: list[str], known: list[str], rest: str = "") -> str:
     """``unknown service 'chekout' in <table>; known: a, b; did you mean 'checkout'?``.
 
     The closest known names (difflib) end the message; the known names are listed when there
-    are few (or when none is close), else counted. ``rest`` goes before the suggestion.
+    are few (or when none is close), else counted. ``rest`` goes before the suggestion. Within
+    :data:`UNKNOWN_TEXT_MAX_CHARS`: the values given, the known names and the close ones are
+    named while they fit (:data:`UNKNOWN_ROOM`) and counted past it, with `logq services`,
+    which lists them all.
     """
     import difflib
+
+    from cli.service_names import SUGGESTED_AT_MOST, named_within, suggestion
 
     close: list[str] = []
     for name in unknown:
         for match in difflib.get_close_matches(name, known, n=3, cutoff=0.6):
             if match not in close:
                 close.append(match)
-    text = f"unknown service {', '.join(map(repr, unknown))} in {table}"
+    named, left = named_within(unknown, UNKNOWN_ROOM["unknown"])
+    text = f"unknown service {named}{f' and {left:,} more' if left else ''} in {table}"
     if len(known) <= LIST_KNOWN_MAX or not close:
-        listed = ", ".join(known[:30]) + (f" ... ({len(known)} in all)" if len(known) > 30 else "")
+        listed, left = named_within(known, UNKNOWN_ROOM["known"], LIST_KNOWN_MAX, given=False)
         text += f"; known: {listed}"
+        text += f" ... ({len(known)} in all; `logq services` lists them)" if left else ""
     else:
         text += f" ({len(known)} known services; `logq services` lists them)"
     text += rest
-    if close:
-        text += f"; did you mean {' or '.join(map(repr, close))}?"
-    return text
+    typo = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    if len(close) > SUGGESTED_AT_MOST or len(text) + len(typo) > UNKNOWN_TEXT_MAX_CHARS:
+        typo = suggestion(close, UNKNOWN_TEXT_MAX_CHARS - len(text))  # the closest that fit
+    return text + typo
+
+
+def showing_text(found: list[str]) -> str:
+    """``; showing a, b only``: the ``--service`` names answered for beside unknown ones
+    (empty without any), counted past :data:`UNKNOWN_ROOM`."""
+    from cli.service_names import named_within
+
+    if not found:
+        return ""
+    named, left = named_within(found, UNKNOWN_ROOM["showing"], len(found), given=False)
+    return f"; showing {named}{f' and {left:,} more' if left else ''} only"
 
 
 #: Each table in words, with the command that reads it (for "it has container logs: ...").
@@ -155,8 +186,7 @@ def note_unknown_services(
         return unknown
     if not known:
         return unknown  # an empty table is explained by the "no data at all" reason
-    found = [s for s in services if s in known]
-    rest = f"; showing {', '.join(found)} only" if found else ""
+    rest = showing_text([s for s in services if s in known])
     note_once(f"logq: note: {missing_services_text(wh, table, unknown, known, rest)}")
     return unknown
 
@@ -202,8 +232,7 @@ def outside_enum_text(
     import difflib
 
     names = ", ".join(map(repr, missing))
-    shown_ = [s for s in services if s not in missing]
-    rest = f"; showing {', '.join(shown_)} only" if shown_ else ""
+    rest = showing_text([s for s in services if s not in missing])
     given = common.warehouse if (common.warehouse or "").startswith("s3://") else None
     uri = given or found.warehouse or "s3://BUCKET/PREFIX"
     close = {m for s in missing for m in difflib.get_close_matches(s, found.values, 3, 0.6)}

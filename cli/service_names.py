@@ -21,12 +21,12 @@ from cli.notes import empty_option_text, shown
 
 #: The characters a stored name is made of (after case and accents are folded).
 _ACCEPTED = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
-#: Most refused characters a message names one by one.
+#: Most refused characters, or unknown values, a message names one by one.
 _NAMED_AT_MOST = 4
 #: Most characters of a refused value the message repeats.
 _SHOWN_CHARS = 40
 #: Most close names a refusal suggests by name; the others are counted.
-_SUGGESTED_AT_MOST = 3
+SUGGESTED_AT_MOST = 3
 
 
 def normalise_services(values: list[str] | None, warehouse: str | None = None) -> list[str] | None:
@@ -85,13 +85,13 @@ def refused_text(part: str, name: str, warehouse: str | None) -> str:
 def suggestion(close: list[str], room: int) -> str:
     """How a refusal ends, in at most ``room`` characters when it can: where the names are
     (`logq services`), and the closest of ``close`` (closest first) that fit, up to
-    :data:`_SUGGESTED_AT_MOST` of them, counting the others.
+    :data:`SUGGESTED_AT_MOST` of them, counting the others.
 
     A name is up to 128 characters: three of them made the line longer than the error cut,
     which then took out its middle, the rule and half a name with it. When not even the
     closest name fits, the count of close names does."""
     listed = "; `logq services` lists them"
-    for count in range(min(len(close), _SUGGESTED_AT_MOST), 0, -1):
+    for count in range(min(len(close), SUGGESTED_AT_MOST), 0, -1):
         named = " or ".join(map(repr, close[:count]))
         more = len(close) - count
         if more:  # the command named last, where it says how to see the ones left out
@@ -105,6 +105,23 @@ def suggestion(close: list[str], room: int) -> str:
         return listed
     what = "1 known name is" if len(close) == 1 else f"{len(close)} known names are"
     return f"; {what} close{listed} all"
+
+
+def named_within(
+    names: list[str], room: int, at_most: int = _NAMED_AT_MOST, *, given: bool = True
+) -> tuple[str, int]:
+    """The first of ``names`` (up to ``at_most``) joined with ``, `` in at most ``room``
+    characters, the first always; and how many are left out, for the caller to count.
+
+    ``given``: values as typed, quoted, each cut past 80 characters (:func:`cli.notes.shown`;
+    a name that long is rare, a value of kilobytes is no name): a ``--service`` list of
+    kilobytes made a note of kilobytes. Otherwise stored names (up to 128 characters), named
+    whole so they can be copied."""
+    words = [shown(n) if given else n for n in names[:at_most]]
+    count = min(len(words), 1)
+    while count < len(words) and len(", ".join(words[: count + 1])) <= room:
+        count += 1
+    return ", ".join(words[:count]), len(names) - count
 
 
 def _echoed_chars(part: str) -> int:

@@ -391,7 +391,7 @@ def _services_local(common: Common) -> None:
     from athena.freshness import known_services
     from athena.warehouse import open_warehouse
     from cli import runner
-    from cli.explain import NO_DATA_EXIT, one_level_off, unknown_services_text
+    from cli.explain import NO_DATA_EXIT, one_level_off, showing_text, unknown_services_text
     from cli.notes import note
     from cli.output import OutputFormat
 
@@ -407,8 +407,7 @@ def _services_local(common: Common) -> None:
     names = known_services(wh)
     unknown = [s for s in wanted or [] if s not in names]
     if names and wanted and unknown and len(unknown) < len(wanted):
-        present = ", ".join(s for s in wanted if s in names)
-        rest = f"; showing {present} only"
+        rest = showing_text([s for s in wanted if s in names])
         note("logq: note: " + unknown_services_text("the warehouse", unknown, names, rest))
     chosen = [svc for svc in names if wanted is None or svc in wanted]
     if common.dry_run:

@@ -382,7 +382,68 @@ def test_unknown_service_among_many_names_only_the_closest() -> None:
     )
     far = unknown_services_text("envoy_access", ["zzz"], known)
     assert far.startswith("unknown service 'zzz' in envoy_access; known: checkout, svc-00")
-    assert far.endswith("... (60 in all)")
+    assert far.endswith("... (60 in all; `logq services` lists them)"), far
+    assert "svc-08 ... (60 in all" in far, far  # LIST_KNOWN_MAX names, not the first 30
+
+
+def _long_names() -> tuple[list[str], list[str]]:
+    """200 stored service names of 67 characters, and 80 unknown values each close to one of
+    them: comma-joined, a ``--service`` value of 5,439 characters."""
+    known = [
+        f"payments-gateway-eu-west-1-canary-cluster-{i:03d}-checkout-service-v2" for i in range(200)
+    ]
+    return known, [f"{name}x" for name in known[:80]]
+
+
+def test_unknown_services_text_stays_bounded_with_many_long_names() -> None:
+    """Every unknown value, every close known name and up to 30 known names were named in
+    full: kilobytes. The values given are cut and counted, the close names counted past the
+    room, and `logq services` named for the rest (UNKNOWN_TEXT_MAX_CHARS)."""
+    from cli.explain import UNKNOWN_TEXT_MAX_CHARS, showing_text, unknown_services_text
+
+    known, unknown = _long_names()
+    text = unknown_services_text("envoy_access", unknown, known, showing_text(known[100:180]))
+    assert len(text) <= UNKNOWN_TEXT_MAX_CHARS, (len(text), text)
+    assert text.startswith(f"unknown service {unknown[0]!r}, {unknown[1]!r} and 78 more in ")
+    assert f"; showing {known[100]}, {known[101]} and 78 more only" in text, text
+    assert text.endswith("more are close; `logq services` lists them all"), text
+    hostile = unknown_services_text("envoy_access", ["q" * 5000], known[:10])
+    assert f"'{'q' * 80}'... (5,000 characters) in envoy_access; known: {known[0]}, " in hostile
+    assert hostile.endswith(" ... (10 in all; `logq services` lists them)"), hostile
+    assert len(hostile) < 400, hostile
+
+
+def test_unknown_services_note_with_long_names_keeps_its_exit_status(logq, tmp_path) -> None:
+    """A --service list of 5,000 characters over 200 services of 67: the "no results" reason
+    (table and json: keys and rows unchanged) and the note beside an answer stay within
+    UNKNOWN_TEXT_MAX_CHARS, name `logq services`, and exit as before (3: no possible answer)."""
+    from datetime import UTC, datetime, timedelta
+
+    from cli.explain import UNKNOWN_TEXT_MAX_CHARS
+    from tests.athena.factory import access_frame, write_frame
+
+    known, unknown = _long_names()
+    uri, now = str(tmp_path / "wh"), datetime.now(UTC)
+    write_frame(uri, "envoy_access", access_frame(400, now - timedelta(hours=1), now, known))
+    value = ",".join(unknown)
+    assert len(value) > 5000
+    bound = len("No results: \n") + UNKNOWN_TEXT_MAX_CHARS
+    table = logq("errors", "-s", value, "--warehouse", uri)
+    assert table.exit_code == 3, table.stderr
+    assert table.stdout.startswith(f"No results: unknown service {unknown[0]!r}, ")
+    assert len(table.stdout) <= bound and "`logq services`" in table.stdout, table.stdout
+    as_json = logq("errors", "-s", value, "-f", "json", "--warehouse", uri)
+    assert (as_json.exit_code, as_json.json()) == (3, [])
+    reason = as_json.stderr.splitlines()[-1]
+    assert reason.startswith("logq: no results: unknown service ")
+    assert len(reason) <= bound and "`logq services`" in reason, reason
+    services = logq("services", "-s", value, "-f", "json", "--warehouse", uri)
+    assert services.exit_code == 3 and len(services.stderr) <= bound, services.stderr
+    mixed = logq("errors", "-s", f"{value},{','.join(known[100:180])}", "--warehouse", uri)
+    assert mixed.exit_code == 0, mixed.stderr
+    (line,) = [n for n in mixed.stderr.splitlines() if "unknown service" in n]
+    assert len(line) <= len("logq: note: ") + UNKNOWN_TEXT_MAX_CHARS, line
+    assert f"; showing {known[100]}, {known[101]} and 78 more only" in line, line
 
 
 def test_no_data_in_range_says_newest_time(logq, warehouse: Warehouse) -> None:
