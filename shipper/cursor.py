@@ -201,12 +201,17 @@ class Cursor:
         size = limit if first is None or self._skip is not None else min(limit, first)
         data = os.pread(self.fd, size, self.read_pos)
         idx = data.rfind(b"\n")
-        if idx < 0 and size < limit and len(data) == size:
+        long_line = idx < 0 and size < limit and len(data) == size
+        if long_line:
             size = limit  # no line end yet: read as far as a line may go
             data = os.pread(self.fd, size, self.read_pos)
-            idx = data.rfind(b"\n")
+            idx = data.find(b"\n")
         self.at_end = not data
         self.unread_seen = len(data) == size
+        if long_line and idx >= 0:
+            # That line alone: the lines after it, up to a whole block, are read by the next
+            # call rather than parsed now and kept past the message (Tailer._fit).
+            data = data[: idx + 1]
         if not data:
             return None
         if self._skip is not None:

@@ -26,7 +26,7 @@ from shipper.discover import SourceSpec
 from shipper.errors import ShipperError
 from shipper.lines import Lines
 from shipper.sender import HeldAtStop
-from shipper.tailer import Tailer
+from shipper.tailer import READ_AHEAD_BYTES, Tailer
 
 if TYPE_CHECKING:
     from shipper.config import Endpoint
@@ -76,6 +76,14 @@ class Window:
         async with self._cond:
             await self._cond.wait_for(lambda: self.has_room(n))
             self.used += n
+
+    def try_acquire(self, n: int) -> bool:
+        """:meth:`acquire` if there is room now, else nothing; whether it did. Not a
+        coroutine: the budget only shrinks (nothing to wake)."""
+        if not self.has_room(n):
+            return False
+        self.used += n
+        return True
 
     async def resize(self, held: int, n: int) -> None:
         """Turn a reservation of ``held`` bytes into one of ``n`` bytes (never waits)."""
@@ -151,8 +159,12 @@ class SourceRunner:
             once=cfg.once,
             kept_out=kept_out,
             multiline=grouping,
+            read_ahead=min(READ_AHEAD_BYTES, cfg.batch_bytes),
         )
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=1)
+        self._kept = 0
+        """Bytes the window counts for the lines the tailer read past the last batch
+        (:attr:`Tailer.kept_bytes`): see :meth:`_room`."""
         self._queued: tuple[str, int] | None = None
         """The source id and last record offset of the last batch with lines put on
         :attr:`queue`: read, and sent after the batch being sent (see :meth:`_send`)."""
@@ -245,7 +257,9 @@ class SourceRunner:
                     task.cancel()
             await asyncio.gather(reader, sender, pinner, return_exceptions=True)
             self._unwatch()
-            self.tailer.close()
+            self.tailer.close()  # its kept lines go (read again from the checkpoint)
+            await self.shipper.window.release(self._kept)
+            self._kept = 0
             if self.shipper.registry.dirty:
                 # The files' checkpoints were dropped (read to their end and acknowledged):
                 # checkpoints.json forgets them now, not at some other source's next ack.
@@ -278,13 +292,14 @@ class SourceRunner:
         cfg = self.shipper.cfg
         window = self.shipper.window
         # Room for a whole batch is reserved *before* reading it: a batch waiting for the
-        # window would otherwise be memory the window does not see.
+        # window would otherwise be memory the window does not see (so would the lines read
+        # past it, kept for the next: _room).
         reserve = 2 * cfg.batch_bytes
         failing_since: float | None = None
         while not self.stopping:
             if self.drain_deleted and not self.tailer.holds_deleted():
                 break
-            await self._blocking(window.acquire(reserve), not window.has_room(reserve))
+            room = await self._room(reserve)
             # Before the tailer's start (no-op after it): the compressed copies it reads again
             # are decompressed in a worker thread, not on the loop. No await between this and
             # the start below: the answers are for the files as the start finds them. A stop
@@ -293,12 +308,13 @@ class SourceRunner:
             try:
                 await self.tailer.prepare_off_loop()
             except gz_pool.GivenUp:
-                continue  # stopping: the start is not made
+                await window.release(room)  # stopping: the start is not made, nor the read
+                continue
             try:
-                batch = self._next_batch()
+                batch = self._next_batch(one_chunk=not room)
             except OSError as exc:
                 # EIO, EACCES...: keep the source, try again later; the checkpoint holds.
-                await window.release(reserve)
+                await window.release(room)
                 now = time.monotonic()
                 failing_since = failing_since if failing_since is not None else now
                 if cfg.once and now - failing_since >= cfg.retry_timeout:
@@ -310,10 +326,10 @@ class SourceRunner:
                 await asyncio.sleep(max(cfg.poll_interval, 1.0))
                 continue
             failing_since = None
+            await self._count_kept(room, batch)
             if batch is not None:
                 self._read_since_check = True
                 self._active.set()
-                await window.resize(reserve, batch.nbytes)
                 await self._enqueue(batch)
                 if batch.lines and self.shipper.client.may_hold(
                     batch.cursor.source_id, batch.first_offset
@@ -321,7 +337,6 @@ class SourceRunner:
                     await self._until_sent()
                 await asyncio.sleep(0)
                 continue
-            await window.release(reserve)
             try:
                 if await self.tailer.poll_off_loop(finishing=self.finishing):
                     continue
@@ -352,16 +367,40 @@ class SourceRunner:
         next line written after the stop starts a record of its own."""
         if not self.tailer.end(stopping=True):
             return
-        window = self.shipper.window
         reserve = 2 * self.shipper.cfg.batch_bytes
         while self.tailer.parser.pending_origins():
-            await self._blocking(window.acquire(reserve), not window.has_room(reserve))
+            room = await self._room(reserve)
             batch = self._next_batch(one_chunk=True)
+            await self._count_kept(room, batch)
             if batch is None:
-                await window.release(reserve)
                 return
-            await window.resize(reserve, batch.nbytes)
             await self._enqueue(batch)
+
+    async def _room(self, reserve: int) -> int:
+        """Reserve ``reserve`` bytes of the window for the next batch, before it is read; 0
+        when the tailer holds lines read past the last batch and the window has no room: the
+        next batch is those lines alone (:meth:`_next_batch` with ``one_chunk``), their bytes
+        counted already (:attr:`_kept`), once the batches read before them are sent (the
+        window's room comes back with acks). Such a source does not wait for room: sources
+        whose kept lines fill the window would wait for each other's, for good."""
+        window = self.shipper.window
+        if self._kept:
+            if window.try_acquire(reserve):
+                return reserve
+            await self._until_sent()
+            return reserve if window.try_acquire(reserve) else 0
+        await self._blocking(window.acquire(reserve), not window.has_room(reserve))
+        return reserve
+
+    async def _count_kept(self, held: int, batch: Batch | None) -> None:
+        """Turn the ``held`` bytes reserved for a read, and those counted for the lines kept
+        before it, into the bytes of the ``batch`` read and of the lines kept now: a source
+        holds them until its next batch, and many backlogged sources hold many (each at most
+        a batch's text, :attr:`Tailer.read_ahead`, or one long line), within the window."""
+        kept = self.tailer.kept_bytes
+        nbytes = batch.nbytes if batch is not None else 0
+        await self.shipper.window.resize(held + self._kept, nbytes + kept)
+        self._kept = kept
 
     async def _until_sent(self) -> None:
         """Read nothing more until the batches queued are sent: the last one may wait for the
@@ -369,7 +408,8 @@ class SourceRunner:
         stepped out of the window (:class:`Window`). Batches read behind it would wait as
         long, in the window, where the sources that can send need the room. Only the batches
         of lines that went, before a restart, to an address of a name not resolved yet go one
-        at a time so. A stop ends the wait (the reader ends)."""
+        at a time so (and the lines kept past a batch when the window is full: :meth:`_room`).
+        A stop ends the wait (the reader ends)."""
         sent = asyncio.ensure_future(self.queue.join())
         stop = asyncio.ensure_future(self._stopped.wait())
 

@@ -58,7 +58,9 @@ log = logging.getLogger("logq.shipper.tailer")
 
 READ_AHEAD_BYTES = 64 * 1024
 """The least a read of a file asks for, however little room the message being filled has
-left: the lines past that room are kept for the next message (:meth:`Tailer._fit`)."""
+left: the lines past that room are kept for the next message (:meth:`Tailer._fit`). A
+source's reader lowers it to ``--batch-bytes`` (:attr:`Tailer.read_ahead`): its kept lines
+count in ``--max-inflight-bytes``, within the room reserved for a batch."""
 
 
 class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
@@ -75,8 +77,12 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         once: bool = False,
         kept_out: bool = False,
         multiline: str | None = None,
+        read_ahead: int = READ_AHEAD_BYTES,
     ) -> None:
         self.spec = spec
+        self.read_ahead = read_ahead
+        """The least a read asks for (see :data:`READ_AHEAD_BYTES`): what is read past the
+        message's room is kept (:attr:`kept_bytes`)."""
         self.multiline = multiline
         """The ``--multiline`` parser grouping this source's lines into records (a key of
         :data:`~shipper.multiline.BUILTIN`), None for one record per line."""
@@ -298,9 +304,9 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
                     return self.read(max_lines, max_bytes, of)
             else:
                 head.checked_pos = head.read_pos
-        # A read of about what the message has room for (at least READ_AHEAD_BYTES: small
-        # lines are read in few calls), the whole block only for a line longer than that.
-        first = min(self.block_size, max(max_bytes, READ_AHEAD_BYTES))
+        # A read of about what the message has room for (at least read_ahead: small lines
+        # are read in few calls), the whole block only for a line longer than that.
+        first = min(self.block_size, max(max_bytes, self.read_ahead))
         self.parser.reading_at = time.monotonic()
         cur = self.cursors[0]
         before = cur.restart_at()
@@ -351,6 +357,12 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         head, tail = lines.split(n)
         self._read_past = Chunk(chunk.cursor, tail, chunk.resume, chunk.nread), before
         return Chunk(chunk.cursor, head, before, 0, chunk.save_first)
+
+    @property
+    def kept_bytes(self) -> int:
+        """Log text of the lines read past the last message, kept for the next (see
+        :meth:`_fit`): memory the reader counts in ``--max-inflight-bytes``."""
+        return self._read_past[0].lines.nbytes if self._read_past is not None else 0
 
     def poll(self, finishing: bool = False) -> bool:
         """At the end of the current file: handle rotation, truncation, deletion.

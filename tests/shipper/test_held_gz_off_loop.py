@@ -298,7 +298,8 @@ def test_a_stop_does_not_wait_for_a_start_queued_for_a_gz_thread(
 ) -> None:
     """A restart of many sources queues their copies for the two ``.gz`` threads: a stop meanwhile
     ends the sources waiting there at once, not at ``--retry-timeout`` "with unacknowledged
-    batches" (nothing was read), and their copies are never decompressed."""
+    batches" (nothing was read), and their copies are never decompressed. The window room
+    reserved for the read given up is released."""
     from shipper import resume
     from shipper.config import load_config
     from shipper.daemon import Shipper
@@ -322,6 +323,7 @@ def test_a_stop_does_not_wait_for_a_start_queued_for_a_gz_thread(
             await until(lambda: pool._work_queue.qsize() > 0)  # the source's plan, queued
             shipper.request_stop()
             assert await run == 0
+            assert shipper.window.used == 0  # the room reserved for the read not made is back
         finally:
             gate.set()
             await asyncio.gather(*busy, return_exceptions=True)
