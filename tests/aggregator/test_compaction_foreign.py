@@ -65,13 +65,18 @@ def foreign(kind: str) -> Callable[[pa.Table], pa.Table]:
     return change
 
 
-def messages(folder: Path, skip: Path | None = None) -> Counter[str]:
-    """The messages of every visible Parquet file of ``folder`` but ``skip``."""
+def values_of(column: str, folder: Path, skip: Path | None = None) -> Counter[str]:
+    """The ``column`` values of every visible Parquet file of ``folder`` but ``skip``."""
     found: Counter[str] = Counter()
     for path in folder.glob("*.parquet"):
         if path != skip:
-            found.update(pq.read_table(path)["message"].to_pylist())
+            found.update(pq.read_table(path)[column].to_pylist())
     return found
+
+
+def messages(folder: Path, skip: Path | None = None) -> Counter[str]:
+    """The messages of every visible Parquet file of ``folder`` but ``skip``."""
+    return values_of("message", folder, skip)
 
 
 def test_an_epoch_int_file_is_left_alone_named_once_a_pass(
@@ -274,11 +279,7 @@ def envoy_folder(uri: str) -> Path:
 
 def request_ids(folder: Path, skip: Path | None = None) -> Counter[str]:
     """The ``request_id`` of every visible Parquet file of ``folder`` but ``skip``."""
-    found: Counter[str] = Counter()
-    for path in folder.glob("*.parquet"):
-        if path != skip:
-            found.update(pq.read_table(path)["request_id"].to_pylist())
-    return found
+    return values_of("request_id", folder, skip)
 
 
 #: Microseconds since 1970 in year 26059 (three times year 9999's end), as a clock bug writes.
