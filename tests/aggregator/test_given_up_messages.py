@@ -419,8 +419,10 @@ def test_a_shipper_with_a_short_ack_timeout_fails_over_from_a_stalled_aggregator
     batch = _message("batch", 40)
 
     async def deliver() -> Endpoint:
+        # n0 stays down past the resend (at least half of backoff_base): a backoff of a few ms
+        # let a loaded machine's resend go back to the stopped n0.
         client = ForwardClient(
-            endpoints, hostname="test-host", ack_timeout=0.3, backoff_base=0.01, backoff_cap=0.1
+            endpoints, hostname="test-host", ack_timeout=0.3, backoff_base=60.0, backoff_cap=60.0
         )
         gave_up = asyncio.Event()
 
