@@ -8,10 +8,17 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: venv demo test lint bench clean
 
+# uv (from PyPI) installs the same releases as pip from the same index, several times faster
+# (a fresh .venv: 21 s against pip's 92 s on a 2-core machine, a fifth of `make test` there);
+# pip installs them where uv cannot be had or fails.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	if $(BIN)/python -m pip install --quiet uv && \
+	  UV_LINK_MODE=copy $(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[test]'; then :; \
+	else \
+	  $(BIN)/python -m pip install --quiet --upgrade pip && \
+	  $(BIN)/python -m pip install --quiet -e '.[test]'; \
+	fi
 	@touch $(STAMP)
 
 venv: $(STAMP)
