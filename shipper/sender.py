@@ -736,9 +736,10 @@ class ForwardClient:
         for where its source's lines went before a restart (:class:`Placements`). Without
         ``hold`` the batch does not wait for the names (see :meth:`_held`): its source's
         saved placement is then given up at once if not among the endpoints. ``on_hold`` is
-        awaited with True as the batch begins to wait for the names and at every poll of the
-        wait, with False as it stops waiting to be sent (not when it ends by an error: the
-        caller sees that itself)."""
+        awaited with True as the batch begins to wait for the names (not again at each poll
+        of that wait: a batch refused room aside waits for it by itself,
+        :class:`shipper.source.StepAside`), with False as it stops waiting to be sent (not
+        when it ends by an error: the caller sees that itself)."""
         first, last = offsets if offsets is not None else (None, None)
         attempt = 0
         waiting = False
@@ -747,8 +748,8 @@ class ForwardClient:
             if self._held(affinity if hold else None, first):
                 if self._stop_holding.is_set():
                     raise HeldAtStop(affinity)
-                if on_hold is not None:
-                    await on_hold(True)  # at every poll: see shipper.source.StepAside
+                if not waiting and on_hold is not None:
+                    await on_hold(True)
                 waiting = True
                 self._check_give_up()
                 with contextlib.suppress(TimeoutError):

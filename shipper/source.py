@@ -58,8 +58,8 @@ class Window:
     files that can from being read. Its source reads nothing more meanwhile
     (:meth:`SourceRunner._until_sent`), so that is one batch per waiting file, and all of them
     together at most :attr:`limit` bytes (past it a waiting batch stays in until there is room
-    aside, tried at every poll of its wait: :class:`StepAside`): the batches read stay within
-    twice the window."""
+    aside, woken when another one steps back: :class:`StepAside`): the batches read stay
+    within twice the window."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -67,6 +67,10 @@ class Window:
         self.aside = 0
         """Bytes of the batches stepped out while they wait for the names."""
         self._cond = asyncio.Condition()
+        self._aside_freed = asyncio.Event()
+        """Set, and replaced by a new one, when room aside is given back (:meth:`step_back`,
+        the only way it comes back): wakes the batches refused it (:meth:`step_aside_when_room`).
+        Not :attr:`_cond`: :meth:`step_back` takes no lock."""
 
     def has_room(self, n: int) -> bool:
         # A batch bigger than the whole window still goes, alone.
@@ -107,34 +111,66 @@ class Window:
             self._cond.notify_all()
             return True
 
+    async def step_aside_when_room(self, n: int) -> None:
+        """:meth:`step_aside`, waiting while the batches aside leave no room for ``n`` bytes:
+        woken when one of them steps back (:meth:`step_back`), not at a poll."""
+        while True:
+            freed = self._aside_freed  # before trying: a step back meanwhile sets this one
+            if await self.step_aside(n):
+                return
+            await freed.wait()
+
     def step_back(self, n: int) -> None:
         """A batch stepped aside is sent now: its ``n`` bytes count again, at once (they are
         read already; readers wait until acks bring the budget back under its limit). Not a
-        coroutine: nothing to wake (the budget only shrinks), and no lock to wait for, so a
-        cancellation cannot leave the bytes counted aside -- and again when released."""
+        coroutine: no reader to wake (the budget only shrinks), and no lock to wait for, so a
+        cancellation cannot leave the bytes counted aside -- and again when released. The
+        batches refused room aside are woken (:meth:`step_aside_when_room`): there is some."""
         self.aside -= n
         self.used += n
+        freed, self._aside_freed = self._aside_freed, asyncio.Event()
+        freed.set()
 
 
 class StepAside:
     """The ``on_hold`` of one batch (see :meth:`~shipper.sender.ForwardClient.deliver`): out
     of ``window`` while it waits for the aggregator names, back in once it is sent or given
-    up. Called at every poll of the wait, not only at its start: a batch the room aside
-    refused (:meth:`Window.step_aside`) tries again, and steps out once another waiting batch
-    is sent. Refused once, it stayed in for its whole wait (up to a minute), keeping the files
-    that can be sent from being read, as every waiting batch did before they stepped out."""
+    up. Refused room aside (:meth:`Window.step_aside`), it waits for some in a task of its
+    own and steps out as soon as the waiting batches sent or given up leave it room
+    (:meth:`Window.step_back`).
+    Refused once, it stayed in for its whole wait (up to a minute), keeping the files that
+    can be sent from being read, as every waiting batch did before they stepped out; tried
+    again at each poll of the wait for the names, it stayed in up to
+    :data:`~shipper.sender.PLACEMENT_DNS_POLL_SECONDS` past the room coming back."""
 
     def __init__(self, window: Window, n: int) -> None:
         self.window = window
         self.n = n
         self.aside = False
+        self._refused: asyncio.Task[None] | None = None
+        """Waits for room aside (:meth:`_when_room`) after a refusal; cancelled when the
+        batch stops waiting."""
 
     async def __call__(self, held: bool) -> None:
-        if held and not self.aside:
-            self.aside = await self.window.step_aside(self.n)
-        elif not held and self.aside:
+        if held:
+            if not (self.aside or self._refused):
+                self.aside = await self.window.step_aside(self.n)
+                if not self.aside:
+                    self._refused = asyncio.create_task(self._when_room())
+            return
+        # No await from here on: run in a cancelled task's ``finally`` (SourceRunner._deliver),
+        # it must not leave the bytes aside nor the task waiting for room.
+        if self._refused is not None:
+            self._refused.cancel()  # a cancelled task never steps aside (_when_room)
+            self._refused = None
+        if self.aside:
             self.aside = False
             self.window.step_back(self.n)
+
+    async def _when_room(self) -> None:
+        await self.window.step_aside_when_room(self.n)
+        self.aside = True  # no await between: cancelled, it was not counted aside
+        self._refused = None
 
 
 class SourceRunner:

@@ -493,11 +493,13 @@ def test_once_forgets_the_error_of_an_endpoint_that_delivered_since() -> None:
     assert text.endswith("no endpoint answered") and "refused" not in text.lower()
 
 
-def test_a_waiting_batch_refused_room_aside_steps_out_once_there_is_some() -> None:
+def test_a_waiting_batch_refused_room_aside_steps_out_as_soon_as_there_is_some() -> None:
     """Two batches wait for the names in a window of 100 bytes, 60 each: the second is
     refused room aside (120 would pass the window) and stays in. Once the first is sent, the
-    second steps out at its next poll -- refused once, it stayed in for its whole wait (up to
-    a minute), keeping the files that can be sent from being read. Sent, it counts again."""
+    second steps out, woken by it -- the wait for the names polls once an hour here, and no
+    poll comes. Refused once, it stayed in for its whole wait (up to a minute); tried again
+    at each poll, up to 2 s past the room coming back, keeping the files that can be sent from
+    being read meanwhile. A stop ends its wait, and it counts again."""
     named = Receiver()
     dns = _Dns(named)
     dns.answer.append(("127.0.0.1", free_port()))  # two addresses: two endpoints
@@ -511,23 +513,36 @@ def test_a_waiting_batch_refused_room_aside_steps_out_once_there_is_some() -> No
             await w.acquire(60)
             assert await w.step_aside(60)  # the first waiting batch
             await w.acquire(60)  # the second one, read meanwhile
-            c = ForwardClient((NAME,), hostname="h", resolver=dns.resolve, placements=placements)
-            c.placement_poll = 0.05
+            c = ForwardClient(
+                (NAME,),
+                hostname="h",
+                resolver=dns.resolve,
+                placements=placements,
+                placement_poll=3600.0,
+            )
             second = StepAside(w, 60)
+            calls: list[bool] = []
+
+            async def on_hold(held: bool) -> None:
+                calls.append(held)
+                await second(held)
+
             try:
                 send = asyncio.create_task(
                     c.deliver(
-                        *message(1, first=30), affinity="src", offsets=(31, 31), on_hold=second
+                        *message(1, first=30), affinity="src", offsets=(31, 31), on_hold=on_hold
                     )
                 )
-                await until(lambda: dns.failures >= 2)  # it waits, refused room aside
+                await until(lambda: calls == [True])  # it waits, refused room aside
                 assert (w.used, w.aside, second.aside) == (60, 60, False)
                 w.step_back(60)  # the first one is sent...
                 await w.release(60)  # ...and acknowledged
-                await until(lambda: second.aside, timeout=10)
-                assert (w.used, w.aside) == (0, 60)
-                dns.up = True
-                await send
+                await until(lambda: second.aside)
+                assert (w.used, w.aside, dns.failures, calls) == (0, 60, 1, [True])  # no poll
+                c.stop_holding()
+                with pytest.raises(HeldAtStop):
+                    await send
+                await second(False)  # as SourceRunner._deliver does
                 assert (w.used, w.aside, second.aside) == (60, 0, False)
             finally:
                 await c.close()
@@ -535,7 +550,35 @@ def test_a_waiting_batch_refused_room_aside_steps_out_once_there_is_some() -> No
         asyncio.run(go())
     finally:
         named.close()
-    assert named.messages == 1
+    assert named.messages == 0
+
+
+def test_a_refused_batch_that_stops_waiting_takes_no_room_aside_later() -> None:
+    """A batch refused room aside that stops waiting (sent, or given up at a stop) before
+    there is room no longer waits for it: when room comes back, only the batches still
+    waiting step out. Stepped out after it was sent, its bytes were counted aside for good,
+    and the window lost them."""
+
+    async def go() -> None:
+        w = Window(100)
+        await w.acquire(60)
+        first = StepAside(w, 60)
+        await first(True)
+        await w.acquire(50)
+        second = StepAside(w, 50)
+        await second(True)  # 110 aside would pass the window
+        await w.acquire(50)
+        third = StepAside(w, 50)
+        await third(True)
+        assert (w.used, w.aside, second.aside, third.aside) == (100, 60, False, False)
+        await second(False)  # sent before there was room aside
+        await first(False)
+        await until(lambda: third.aside)  # woken after the second, were it still waiting
+        assert (w.used, w.aside, second.aside) == (110, 50, False)
+        await third(False)
+        assert (w.used, w.aside) == (160, 0)
+
+    asyncio.run(go())
 
 
 def test_once_does_not_give_up_on_a_batch_before_its_wait_for_the_name_ends() -> None:
@@ -543,12 +586,31 @@ def test_once_does_not_give_up_on_a_batch_before_its_wait_for_the_name_ends() ->
     60 s by default), DNS down: the waiting batch goes, once its wait ends, to its first
     choice (the address configured beside the name), which takes it. Before, ``--once``
     gave up while it waited and the run failed."""
+    _once_held_batch_goes_to_its_first_choice(wait=0.5, give_up_after=0.2)
+
+
+def test_once_does_not_give_up_on_a_batch_that_begins_to_wait_long_after_the_last_ack() -> None:
+    """``--once``, DNS down, and nothing acknowledged for longer than the give-up time and
+    the wait for the names when a file's batch begins to wait for them (its file got a
+    descriptor late, say): it waits all the same, then goes to its first choice, which takes
+    it. Given up by the time since the last ack alone, the run failed at the start of the
+    wait, with a batch the first choice would take."""
+    _once_held_batch_goes_to_its_first_choice(wait=0.3, give_up_after=0.1, last_ack_ago=3600.0)
+
+
+def _once_held_batch_goes_to_its_first_choice(
+    wait: float, give_up_after: float, last_ack_ago: float = 0.0
+) -> None:
+    """``--once`` giving up after ``give_up_after`` s, DNS down, the last ack
+    ``last_ack_ago`` s back: the batch waiting up to ``wait`` s for the names goes to its
+    first choice (the address configured beside the name), which takes it."""
     setting = _Setting()
     try:
 
         async def go() -> Endpoint:
-            c = setting.client(wait=0.5)
-            c.give_up_after = 0.2
+            c = setting.client(wait=wait)
+            c.give_up_after = give_up_after
+            c._last_success -= last_ack_ago
             try:
                 return await setting.held_batch(c)
             finally:
