@@ -122,12 +122,44 @@ def test_trailing_bytes_after_the_last_entry_are_refused() -> None:
 
 def test_a_gzip_bomb_of_tiny_entries_is_refused_at_the_entry_limit() -> None:
     """16 KB of gzip, 16 MiB of 3-byte ``[0, {}]`` entries: 5.6 million of them. Refused once
-    the limit is passed (building at most that many), not decoded in full (~2 GB, 25 s)."""
+    the limit is passed (building at most that many), not decoded in full (~2 GB, 25 s).
+
+    At a limit of 5,000: at the default (500,000) each decoder built its 500,000 entries
+    first, ~2 CPU-s for the same refusal; the default is checked below."""
     body = b"\x92\x00\x80" * (16 * 1024 * 1024 // 3)
     bomb = gzip.compress(body, 9)
     assert len(bomb) < 20_000
     obj = message(bomb, compressed="gzip", chunk="c")
-    refused(obj, "more than 500000 entries in one message .the per-message entry limit.")
+    refused(
+        obj, "more than 5000 entries in one message .the per-message entry limit.", max_entries=5000
+    )
+
+
+def test_the_default_entry_limit_is_the_documented_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests refuse messages at small limits; without the flag, the decoders and the
+    aggregator take the limit the README, docs/operations.md and ``--help`` give."""
+    import argparse
+    import inspect
+
+    from aggregator.config import add_serve_flags, load_settings
+    from aggregator.server import ServerLimits
+
+    assert wire.MAX_MESSAGE_ENTRIES == 500_000
+    for decoder in (dec.decode, wire.decode_message):
+        default = inspect.signature(decoder).parameters["max_entries"].default
+        assert default == wire.MAX_MESSAGE_ENTRIES, decoder
+    monkeypatch.setenv("LOGQ_WAREHOUSE", "s3://bucket/prefix")
+    parser = argparse.ArgumentParser()
+    add_serve_flags(parser)
+    assert load_settings(parser.parse_args([])).max_message_entries == 500_000
+    assert ServerLimits().max_message_entries == 500_000
+    (flag,) = [a for a in parser._actions if "--max-message-entries" in a.option_strings]
+    assert "(default 500,000)" in str(flag.help)
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert "| `--max-message-entries N` | 500,000 |" in readme
+    operations = (root / "docs" / "operations.md").read_text(encoding="utf-8")
+    assert "more than `--max-message-entries` entries (500,000)" in operations
 
 
 def test_a_blob_of_more_gzip_members_than_the_entry_limit_is_refused() -> None:
@@ -398,9 +430,15 @@ def _closed(sock: socket.socket, timeout: float = 30.0) -> bytes:
     return out
 
 
+#: The entry limit of the server test: its bomb and its records of empty maps pass it (and the
+#: object budget, 128 per entry) with thousands of entries and objects, not the millions the
+#: defaults take to reach (500,000 entries, 8M objects: ~3 CPU-s of decoding to refuse them).
+SERVER_ENTRIES = 1_000
+
+
 @pytest.mark.integration
 def test_server_acks_what_came_before_a_refused_message_then_closes(tmp_path: Path) -> None:
-    agg = start_aggregator(tmp_path)
+    agg = start_aggregator(tmp_path, extra=["--max-message-entries", str(SERVER_ENTRIES)])
     now = time.time_ns()
 
     def good(name: str) -> bytes:
@@ -421,11 +459,12 @@ def test_server_acks_what_came_before_a_refused_message_then_closes(tmp_path: Pa
         "bomb": wire.pack(
             ["logq.good", gzip.compress(b"\x92\x00\x80" * 5_000_000, 9), {"compressed": "gzip"}]
         ),
-        # 16 KB of gzip, 17 million empty maps inside 20 records: over the object budget.
+        # A few hundred bytes of gzip, 200,000 empty maps inside 20 records (under the entry
+        # limit): over the object budget (128,000 at 1,000 entries).
         "nested": wire.pack(
             [
                 "logq.good",
-                gzip.compress(wire.pack_entries(_junk_entries(20, 850_000)), 9),
+                gzip.compress(wire.pack_entries(_junk_entries(20, 10_000)), 9),
                 {"compressed": "gzip", "chunk": "x4"},
             ]
         ),
@@ -474,8 +513,8 @@ def test_server_acks_what_came_before_a_refused_message_then_closes(tmp_path: Pa
         "truncated PackedForward entries",
         "nested too deeply",
         "chunk option must be a string",
-        "per-message entry limit",
-        "msgpack objects (the per-message limit",
+        f"more than {SERVER_ENTRIES} entries in one message (the per-message entry limit)",
+        f"more than {wire.message_objects(SERVER_ENTRIES):,} msgpack objects (the per-message",
         "chunk option is 2,000 characters long",
     ):
         assert reason in log, reason

@@ -6,6 +6,11 @@ when the output writes: with a small window and batch (patched in-process), the 
 go out after one window, not after the whole result (before, ``SELECT *`` held every row several
 times over: 1.85 GiB for 500,000 rows, 20 GB for 6 million). The subprocess tests use the real
 sizes: a closed pipe, Ctrl-C and a damaged file while rows are being written.
+
+The table's cap is patched down the same way (:data:`CAP` rows, the real one is 1,000): Rich
+takes ~2 ms a row of ``SELECT *``, so each table of 1,000 rows cost ~2 CPU-s; its boundaries
+(below, at and past the cap) are the same with 50 rows. The real value is checked against the
+README and ``logq sql --help``, which promise it.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ START, END = utc(2026, 11, 28, 10, 0), utc(2026, 11, 28, 13, 0)
 ROWS = 6_000
 #: The window and batch of the in-process tests (the real ones: 10,000 and 5,000 rows).
 WINDOW, BATCH = 1_000, 500
+#: The table's cap in the in-process tests: well below the window, as the real one (1,000) is
+#: below the real window (10,000).
+CAP = 50
 EVERY_ROW = "SELECT * FROM envoy_access ORDER BY request_id"
 
 
@@ -51,6 +59,26 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> str:
 def small_window(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(local_mod, "STREAM_WINDOW_ROWS", WINDOW)
     monkeypatch.setattr(local_mod, "STREAM_BATCH_ROWS", BATCH)
+
+
+@pytest.fixture
+def small_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table shows :data:`CAP` rows (``cli.runner.sql_fetch`` reads the cap at each call)."""
+    monkeypatch.setattr(output_mod, "TABLE_MAX_ROWS", CAP)
+
+
+def _squeezed(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_the_real_table_cap_is_the_one_the_docs_promise() -> None:
+    """The tests below patch the cap; this is the value the README and the help give."""
+    from cli.commands.tables import sql
+
+    assert TABLE_MAX_ROWS == 1_000
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert f"so it shows at most {TABLE_MAX_ROWS:,} rows" in _squeezed(readme)
+    assert f"the table shows at most the first {TABLE_MAX_ROWS:,}" in _squeezed(sql.__doc__ or "")
 
 
 class Fetched:
@@ -113,19 +141,30 @@ def test_a_limit_stops_the_stream(logq, big: str, small_window: None, monkeypatc
     assert run.stderr == "logq: showing the first 2,345 rows; the result has more (raise --limit)\n"
 
 
-@pytest.mark.parametrize("fmt", ["json", "csv", "markdown", "table"])
-@pytest.mark.parametrize("limit", [5, WINDOW, WINDOW + BATCH, ROWS - 1, ROWS, ROWS + 1])
+#: The streamed formats' limits: in the first window, in a streamed batch, at a batch's end, or
+#: cutting nothing (every row or more); past the table's cap, which they do not have.
+STREAM_LIMITS = [5, WINDOW, WINDOW + BATCH, ROWS - 1, ROWS, ROWS + 1]
+#: The table's: below, at and one past its cap, and past it while cutting rows or not.
+TABLE_LIMITS = [5, CAP - 1, CAP, CAP + 1, WINDOW + BATCH, ROWS - 1, ROWS, ROWS + 1]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "limit"),
+    [(fmt, limit) for fmt in ("json", "csv", "markdown") for limit in STREAM_LIMITS]
+    + [("table", limit) for limit in TABLE_LIMITS],
+)
 def test_a_limit_that_cuts_the_answer_says_so(
-    logq, big: str, small_window: None, fmt: str, limit: int
+    logq, big: str, small_window: None, small_table: None, fmt: str, limit: int
 ) -> None:
-    """In the first window, in a streamed batch, at a batch's end, or not at all (a limit of
-    every row or more): the note comes exactly when rows were left out."""
+    """Whether the limit cuts the answer in the first window, in a streamed batch, at a batch's
+    end, or not at all, and wherever it falls against the table's cap: the note comes exactly
+    when rows were left out, and says what left them out."""
     run = logq("sql", EVERY_ROW, "-f", fmt, "--limit", str(limit), "--warehouse", big)
     assert run.exit_code == 0, run.stderr
-    shown = min(limit, ROWS, TABLE_MAX_ROWS if fmt == "table" else ROWS)
+    shown = min(limit, ROWS, CAP if fmt == "table" else ROWS)
     assert f"req-{shown - 1:08d}" in run.stdout and f"req-{shown:08d}" not in run.stdout
-    if fmt == "table" and limit > TABLE_MAX_ROWS:
-        assert f"showing the first {TABLE_MAX_ROWS:,} rows: a table" in run.stderr
+    if fmt == "table" and limit > CAP:
+        assert f"showing the first {CAP:,} rows: a table" in run.stderr
     elif limit < ROWS:
         note = f"logq: showing the first {limit:,} rows; the result has more (raise --limit)"
         assert run.stderr == note + "\n"
@@ -134,22 +173,21 @@ def test_a_limit_that_cuts_the_answer_says_so(
 
 
 def test_the_table_shows_the_first_rows_and_says_how_to_get_all(
-    logq, big: str, small_window: None, monkeypatch
+    logq, big: str, small_window: None, small_table: None, monkeypatch
 ) -> None:
     """Before, the table rendered every row: 100,000 rows took 2 GiB and 8 minutes."""
-    monkeypatch.setattr(output_mod, "TABLE_MAX_ROWS", 700)
     fetched = Fetched(monkeypatch)
     run = logq("sql", EVERY_ROW, "--limit", "5000", "--warehouse", big)
     assert run.exit_code == 0, run.stderr
     shown = [f"req-{i:08d}" for i in range(ROWS) if f"req-{i:08d}" in run.stdout]
-    assert shown == [f"req-{i:08d}" for i in range(700)]
-    assert "showing the first 700 rows" in run.stderr
+    assert shown == [f"req-{i:08d}" for i in range(CAP)]
+    assert f"showing the first {CAP} rows" in run.stderr
     assert "--limit" in run.stderr and "-f csv" in run.stderr
     assert fetched.rows <= WINDOW + BATCH  # the rest was never fetched
 
 
 def test_the_table_fetches_one_row_past_its_cap_and_reads_no_footer(
-    logq, big: str, small_window: None, monkeypatch
+    logq, big: str, small_window: None, small_table: None, monkeypatch
 ) -> None:
     """The table (the default format) never streams: it fetches one row more than it shows,
     to know that rows were left out. Streaming it read every file's footer first (7 s over
@@ -165,18 +203,18 @@ def test_the_table_fetches_one_row_past_its_cap_and_reads_no_footer(
     monkeypatch.setattr(LocalEngine, "_uniform", uniform)
     run = logq("sql", EVERY_ROW, "--warehouse", big)
     assert run.exit_code == 0, run.stderr
-    assert f"showing the first {TABLE_MAX_ROWS:,} rows" in run.stderr
-    assert f"req-{TABLE_MAX_ROWS - 1:08d}" in run.stdout
-    assert f"req-{TABLE_MAX_ROWS:08d}" not in run.stdout
+    assert f"showing the first {CAP:,} rows" in run.stderr
+    assert f"req-{CAP - 1:08d}" in run.stdout
+    assert f"req-{CAP:08d}" not in run.stdout
     assert footers == []  # before: the 12 files' footers
-    assert fetched.rows == TABLE_MAX_ROWS + 1  # before: a window and a batch (1,500)
+    assert fetched.rows == CAP + 1  # before: a window and a batch (1,500)
 
 
-def test_a_result_that_fits_the_table_has_no_note(logq, big: str) -> None:
-    every = f"SELECT * FROM envoy_access ORDER BY request_id LIMIT {TABLE_MAX_ROWS}"
-    run = logq("sql", every, "--limit", str(TABLE_MAX_ROWS), "--warehouse", big)
+def test_a_result_that_fits_the_table_has_no_note(logq, big: str, small_table: None) -> None:
+    every = f"SELECT * FROM envoy_access ORDER BY request_id LIMIT {CAP}"
+    run = logq("sql", every, "--limit", str(CAP), "--warehouse", big)
     assert run.exit_code == 0 and run.stderr == ""
-    assert f"req-{TABLE_MAX_ROWS - 1:08d}" in run.stdout
+    assert f"req-{CAP - 1:08d}" in run.stdout
 
 
 def test_the_table_fetches_no_batch_past_its_rows() -> None:
