@@ -26,6 +26,29 @@ def shown(value: str, limit: int = 80) -> str:
     return f"{value[:limit]!r}... ({len(value):,} characters)"
 
 
+def refuse_not_utf8(option: str, value: str | None) -> None:
+    """ValueError (exit 2) for a value holding bytes that are not UTF-8 (``--path $'/\\xff'``;
+    Python keeps such argument bytes as lone surrogates), before an engine fails on it with an
+    encoding error. No stored value can hold such bytes: the aggregator stores text as UTF-8,
+    each invalid sequence replaced by U+FFFD (``aggregator.decode``)."""
+    if value is None or not any("\udc80" <= c <= "\udcff" for c in value):
+        return
+    sent = value.encode("utf-8", "surrogateescape")
+    raise ValueError(
+        f"{option} {shown_bytes(sent)} is not UTF-8 text: logq stores lines as UTF-8, each "
+        "invalid byte sequence replaced by U+FFFD (as Fluent Bit and Vector do), so nothing "
+        "stored holds these bytes; give the text in UTF-8 (check the terminal's or script's "
+        "encoding), or match the replacement character U+FFFD ($'\\uFFFD' in bash)"
+    )
+
+
+def shown_bytes(value: bytes, limit: int = 80) -> str:
+    """``repr(value)`` of bytes for an error message, cut when long."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value):,} bytes)"
+
+
 def empty_option_text(option: str, value: str, instead: str, absent: str, what: str = "") -> str:
     """Why an empty filter value is refused: ``--path "$P"`` with ``$P`` unset means no filter
     at all and answers for everything, with no sign of it. ``instead`` says what to give,

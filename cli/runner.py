@@ -22,7 +22,7 @@ from cli.explain import (
     note_stale,
     note_unknown_services,
 )
-from cli.notes import forget_notes, note, refuse_empty, shown
+from cli.notes import forget_notes, note, refuse_empty, refuse_not_utf8, shown
 from cli.options import Common, EngineName
 from cli.output import OutputFormat
 from cli.service_names import normalise_services
@@ -50,7 +50,7 @@ def normalise_method(value: str | None) -> str:
 def check_filters(common: Common) -> None:
     """Refuse ``--path ""``, ``--method ""``, ``--since ""`` and ``--until ""`` as ``--service
     ""`` is refused: from an unset shell variable, they took every path or method, or the
-    default range, answering another question unnoticed."""
+    default range, answering another question unnoticed; and a ``--path`` that is not UTF-8."""
     refuse_empty(
         "--path", common.path, "give a path prefix (/api) or a route (/api/v1/items/{id})",
         "take every path",
@@ -59,6 +59,7 @@ def check_filters(common: Common) -> None:
     when = "give a time (15m, 1h, 2026-11-30T08:00:00Z)"
     refuse_empty("--since", common.since, when, "use the default (see --help)", blank=True)
     refuse_empty("--until", common.until, when, "end now", blank=True)
+    refuse_not_utf8("--path", common.path)
 
 
 @dataclass

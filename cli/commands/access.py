@@ -312,6 +312,9 @@ def trace(
     from cli import runner
 
     with friendly():
+        from cli.notes import refuse_not_utf8
+
+        refuse_not_utf8("REQUEST_ID", request_id)
         request_id = request_id.strip()
         if not request_id or len(request_id) > 256:
             raise ValueError("REQUEST_ID must be 1-256 characters (the x-request-id header)")

@@ -129,10 +129,11 @@ def _check_regex(pattern: str, common: Common) -> None:
     asks DuckDB itself (an in-memory call on an empty string, a few ms); for Athena only what no
     engine takes is refused here, and Athena's own error says the rest.
     """
-    from cli.notes import refuse_empty, shown
+    from cli.notes import refuse_empty, refuse_not_utf8, shown
     from cli.options import EngineName
 
     refuse_empty("--grep", pattern, "give a regular expression", "take every line")
+    refuse_not_utf8("--grep", pattern)
     if "\x00" in pattern:
         raise ValueError(f"--grep {shown(pattern)} contains a NUL character")
     if common.engine is not EngineName.local:

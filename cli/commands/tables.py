@@ -45,10 +45,11 @@ def sql(
     """
     from cli import runner
     from cli.explain import NO_DATA_EXIT, note_unknown_services
-    from cli.notes import note
+    from cli.notes import note, refuse_not_utf8
 
     no_answer: str | None = None  # no --service has data in (Athena: is listed for) any table
     with friendly(user_sql=True):  # the engine refusing the statement is bad input: exit 2
+        refuse_not_utf8("the statement", statement)
         if common.engine is EngineName.athena:
             from cli.commands.sql_athena import run_on_athena
 
