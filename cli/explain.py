@@ -80,16 +80,23 @@ UNKNOWN_ROOM = {"unknown": 160, "known": 200, "showing": 160}
 UNKNOWN_TEXT_MAX_CHARS = 800
 
 
-def unknown_services_text(table: str, unknown: list[str], known: list[str], rest: str = "") -> str:
+def unknown_services_text(
+    table: str,
+    unknown: list[str],
+    known: list[str],
+    rest: str = "",
+    max_chars: int = UNKNOWN_TEXT_MAX_CHARS,
+) -> str:
     """``unknown service 'chekout' in <table>; known: a, b; did you mean 'checkout'?``.
 
     The known names closest to the values named (difflib) end the message; the known names are
     listed when there are few (or when none is close), else counted. ``rest`` goes before the
-    suggestion. Within :data:`UNKNOWN_TEXT_MAX_CHARS`: the values given, the known names and
-    the close ones are named while they fit (:data:`UNKNOWN_ROOM`) and counted past it, with
-    `logq services`, which lists them all.
+    suggestion. Within ``max_chars`` (less than :data:`UNKNOWN_TEXT_MAX_CHARS` when the text
+    follows another in one note): the values given, the known names and the close ones are
+    named while they fit (:data:`UNKNOWN_ROOM`) and counted past it, with `logq services`,
+    which lists them all.
     """
-    from cli.service_names import SUGGESTED_AT_MOST, named_within, suggestion
+    from cli.service_names import SUGGESTED_AT_MOST, close_names, named_within, suggestion
 
     named, left = named_within(unknown, UNKNOWN_ROOM["unknown"])
     close = close_names(unknown[: len(unknown) - left], known)
@@ -102,26 +109,9 @@ def unknown_services_text(table: str, unknown: list[str], known: list[str], rest
         text += f" ({len(known)} known services; `logq services` lists them)"
     text += rest
     typo = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-    if len(close) > SUGGESTED_AT_MOST or len(text) + len(typo) > UNKNOWN_TEXT_MAX_CHARS:
-        typo = suggestion(close, UNKNOWN_TEXT_MAX_CHARS - len(text))  # the closest that fit
+    if len(close) > SUGGESTED_AT_MOST or len(text) + len(typo) > max_chars:
+        typo = suggestion(close, max_chars - len(text))  # the closest that fit
     return text + typo
-
-
-def close_names(values: list[str], known: list[str]) -> list[str]:
-    """The known names closest to each of ``values`` (up to 3 each, difflib), in that order.
-
-    Only for the values a message names (:func:`unknown_services_text`): difflib compares a
-    value with every known name, character by character, so suggestions for every value given
-    cost their product (80 values of 67 characters against 200 names: 4.6 s before `logq
-    errors` answered), for names the message counted and never showed."""
-    import difflib
-
-    close: list[str] = []
-    for name in values:
-        for match in difflib.get_close_matches(name, known, n=3, cutoff=0.6):
-            if match not in close:
-                close.append(match)
-    return close
 
 
 def showing_text(found: list[str]) -> str:
@@ -145,16 +135,23 @@ TABLE_WORDS = {
 def elsewhere_text(table: str, names: list[str]) -> str:
     """``service 'app' has no Envoy access logs (it has container logs: logq tail -s app)``:
     for names the *other* table has. Not "unknown": the service exists, and the closest name in
-    this table (``did you mean 'api'?``) was a wrong lead."""
+    this table (``did you mean 'api'?``) was a wrong lead.
+
+    The names are counted past :data:`cli.service_names.NAMES_ROOM` (300 of them made a note
+    of 40 KB, each twice), and the command then takes them as a placeholder: a command with
+    some of the names would read only those."""
+    from cli.service_names import NAMES_ROOM, named_within
+
     what = TABLE_WORDS.get(table, (table, ""))[0]
     other = next((t for t in TABLE_WORDS if t != table), table)
     other_what, command = TABLE_WORDS[other]
-    quoted = ", ".join(map(repr, names))
+    quoted, left = named_within(names, NAMES_ROOM, given=False, quoted=True)
     has = "it has" if len(names) == 1 else "they have"
+    run = f"{command} <their names> reads them" if left else f"{command} {','.join(names)}"
     return (
-        f"{'service' if len(names) == 1 else 'services'} {quoted} "
-        f"{'has' if len(names) == 1 else 'have'} no {what} "
-        f"({has} {other_what}: {command} {','.join(names)})"
+        f"{'service' if len(names) == 1 else 'services'} {quoted}"
+        f"{f' and {left:,} more' if left else ''} "
+        f"{'has' if len(names) == 1 else 'have'} no {what} ({has} {other_what}: {run})"
     )
 
 
@@ -162,17 +159,20 @@ def missing_services_text(
     wh: Warehouse, table: str, missing: list[str], known: list[str], rest: str = ""
 ) -> str:
     """Why ``table`` has no folder for the ``missing`` services: those the other table has
-    (:func:`elsewhere_text`), then the unknown ones (:func:`unknown_services_text`)."""
+    (:func:`elsewhere_text`), then the unknown ones (:func:`unknown_services_text`, in what
+    the first part leaves of :data:`cli.service_names.NOTE_MAX_CHARS`)."""
     from athena.partitions import list_services
+    from cli.service_names import NOTE_MAX_CHARS, capped
 
     others = [t for t in TABLE_WORDS if t != table]
     there = {s for t in others for s in list_services(wh, t)} if table in TABLE_WORDS else set()
     elsewhere = [s for s in missing if s in there]
     nowhere = [s for s in missing if s not in there]
     if not nowhere:
-        return elsewhere_text(table, elsewhere) + rest
-    unknown = unknown_services_text(table, nowhere, known, rest)
-    return f"{elsewhere_text(table, elsewhere)}; {unknown}" if elsewhere else unknown
+        return capped(elsewhere_text(table, elsewhere) + rest)
+    head = f"{elsewhere_text(table, elsewhere)}; " if elsewhere else ""
+    room = min(UNKNOWN_TEXT_MAX_CHARS, NOTE_MAX_CHARS - len(head))
+    return capped(head + unknown_services_text(table, nowhere, known, rest, room))
 
 
 def note_unknown_services(
@@ -192,12 +192,13 @@ def note_unknown_services(
     from athena.partitions import list_services
 
     known = list_services(wh, table)
-    unknown = [s for s in services if s not in known]
+    names = set(known)  # 2,000 values against a list of 500: a million comparisons
+    unknown = [s for s in services if s not in names]
     if not unknown or (len(unknown) == len(services) and not all_too):
         return unknown
     if not known:
         return unknown  # an empty table is explained by the "no data at all" reason
-    rest = showing_text([s for s in services if s in known])
+    rest = showing_text([s for s in services if s in names])
     note_once(f"logq: note: {missing_services_text(wh, table, unknown, known, rest)}")
     return unknown
 
@@ -223,7 +224,8 @@ def note_outside_enum(
     found = service_enum(database, table, region)
     if found is None:
         return None
-    missing = [s for s in services if s not in found.values]
+    values = set(found.values)
+    missing = [s for s in services if s not in values]
     if missing:
         text = outside_enum_text(common, database, table, services, found, missing)
         note_once(f"logq: note: {text}")
@@ -239,34 +241,55 @@ def outside_enum_text(
     missing: list[str],
 ) -> str:
     """Which names Athena cannot see, why, and the commands that fix it (the warehouse taken
-    from the table's LOCATION when --warehouse does not name an s3:// one)."""
-    import difflib
+    from the table's LOCATION when --warehouse does not name an s3:// one).
 
-    names = ", ".join(map(repr, missing))
-    rest = showing_text([s for s in services if s not in missing])
+    As :func:`unknown_services_text`: the names given are named while they fit and counted
+    past it, and the service list's names closest to those named (not to every one: 2,000
+    names of 66 characters against a list of 200 took 43 s) end it, all of them (sorted)
+    while the text fits :data:`cli.service_names.NOTE_MAX_CHARS` (300 names made 36 KB), else
+    the closest that fit, the others counted. No `logq services`: on Athena it reads this
+    same list."""
+    from cli.service_names import (
+        NAMES_ROOM,
+        NOTE_MAX_CHARS,
+        capped,
+        close_names,
+        named_within,
+        suggestion,
+    )
+
+    named, left = named_within(missing, NAMES_ROOM)
+    outside = set(missing)
+    rest = showing_text([s for s in services if s not in outside])
     given = common.warehouse if (common.warehouse or "").startswith("s3://") else None
     uri = given or found.warehouse or "s3://BUCKET/PREFIX"
-    close = {m for s in missing for m in difflib.get_close_matches(s, found.values, 3, 0.6)}
+    close = close_names(missing[: len(missing) - left], found.values)
     typo = f"; did you mean {' or '.join(map(repr, sorted(close)))}?" if close else ""
-    return (
-        f"{names} {'is' if len(missing) == 1 else 'are'} not in the service list "
+    text = (
+        f"{named}{f' and {left:,} more' if left else ''} "
+        f"{'is' if len(missing) == 1 else 'are'} not in the service list "
         f"(projection.service.values) of the Athena table {database}.{table}, so Athena "
         f"reads none of {'its' if len(missing) == 1 else 'their'} data{rest}. The list is "
         "fixed when the DDL is applied by hand: apply again the DDL that `logq ddl "
         f"--warehouse {uri} --athena-database {database}` prints (it lists the services now "
         "in the warehouse), or run an aggregator with --athena-database, which keeps the list "
-        f"current; meanwhile `--engine local --warehouse {uri}` reads the data{typo}"
+        f"current; meanwhile `--engine local --warehouse {uri}` reads the data"
     )
+    if len(text) + len(typo) > NOTE_MAX_CHARS:  # all of them while they fit, as before
+        typo = suggestion(close, NOTE_MAX_CHARS - len(text), listed="")  # the closest
+    return capped(text + typo)
 
 
 def outside_enum_reason(database: str, tables: list[str], missing: list[str]) -> str:
     """The "no results" reason when no ``--service`` is in the service list of any table read:
     Athena reads none of their partitions, so the empty answer is no answer (exit
-    :data:`NO_DATA_EXIT`)."""
+    :data:`NO_DATA_EXIT`). The names are counted past a few, as the note above counts them."""
+    from cli.service_names import capped, counted
+
     where = ", ".join(f"{database}.{t}" for t in tables)
-    return (
-        f"Athena reads no partition of {', '.join(map(repr, missing))}: not in the service "
-        f"list of {where} (see the note above)"
+    return capped(
+        f"Athena reads no partition of {counted(missing)}: not in the service list of {where} "
+        "(see the note above)"
     )
 
 
@@ -293,6 +316,7 @@ def no_data_reason(common: Common, prep: Prepared) -> str | None:
         return None
     from athena.partitions import list_services
     from athena.warehouse import open_warehouse
+    from cli.service_names import capped
 
     wh = open_warehouse(common.warehouse)
     known = list_services(wh, prep.table)
@@ -304,11 +328,13 @@ def no_data_reason(common: Common, prep: Prepared) -> str | None:
         if only_other:
             return only_other
         off = one_level_off(wh)
-        return f"the warehouse {wh.uri} has no {prep.table} data at all; " + (
-            off or "check --warehouse / LOGQ_WAREHOUSE, or run `logq demo` to make some"
+        return capped(
+            f"the warehouse {wh.uri} has no {prep.table} data at all; "
+            + (off or "check --warehouse / LOGQ_WAREHOUSE, or run `logq demo` to make some")
         )
     if prep.services:
-        unknown = [s for s in prep.services if s not in known]
+        names = set(known)
+        unknown = [s for s in prep.services if s not in names]
         if len(unknown) == len(prep.services):
             return missing_services_text(wh, prep.table, unknown, known)
     return None
@@ -327,8 +353,10 @@ def only_other_table_text(wh: Warehouse, table: str, services: list[str] | None)
     it, not "check --warehouse, or run `logq demo`", which sent a user with a working pipeline
     looking for a wrong path. ``--service`` names the other table has get
     :func:`elsewhere_text`, as when ``table`` has data of other services. None when the other
-    table is empty too."""
+    table is empty too. Within :data:`cli.service_names.NOTE_MAX_CHARS`, its lists counted past
+    a few names as in :func:`unknown_services_text`."""
     from athena.partitions import list_services
+    from cli.service_names import NOTE_MAX_CHARS, capped, named_within
 
     other = next((t for t in TABLE_WORDS if t != table), None)
     there = list_services(wh, other) if table in TABLE_WORDS and other else []
@@ -337,15 +365,20 @@ def only_other_table_text(wh: Warehouse, table: str, services: list[str] | None)
     other_what, command = TABLE_WORDS[str(other)]
     head = f"the warehouse {wh.uri} has no {table} data at all, only {other_what}"
     if not services:
-        listed = ", ".join(there) if len(there) <= LIST_KNOWN_MAX else f"{len(there)} services"
+        # Ten names of 128 characters were 1,300: past the room, counted as past ten.
+        listed, left = named_within(there, UNKNOWN_ROOM["known"], LIST_KNOWN_MAX, given=False)
+        listed = f"{len(there)} services" if left else listed
         text = f"{head} ({listed}): {command.removesuffix(' -s')} reads them"
-        return text + (_ENVOY_HINT if table == "envoy_access" else "")
-    elsewhere = [s for s in services if s in there]
-    nowhere = [s for s in services if s not in there]
-    parts = [elsewhere_text(table, elsewhere)] if elsewhere else []
+        return capped(text + (_ENVOY_HINT if table == "envoy_access" else ""))
+    names = set(there)
+    elsewhere = [s for s in services if s in names]
+    nowhere = [s for s in services if s not in names]
+    text = elsewhere_text(table, elsewhere) if elsewhere else ""
     if nowhere:
-        parts.append(f"{head}; {unknown_services_text(other or table, nowhere, there)}")
-    return "; ".join(parts)
+        text += f"{'; ' if text else ''}{head}; "
+        room = min(UNKNOWN_TEXT_MAX_CHARS, NOTE_MAX_CHARS - len(text))
+        text += unknown_services_text(other or table, nowhere, there, max_chars=room)
+    return capped(text)
 
 
 def one_level_off(wh: Warehouse) -> str | None:
@@ -393,27 +426,39 @@ def _inside(name: str) -> bool:
 
 def explain_empty(common: Common, prep: Prepared, data_known: bool = False) -> str:
     """Why a query returned nothing, in words that say what to try next (``data_known``: the
-    caller found :func:`no_data_reason` None already)."""
+    caller found :func:`no_data_reason` None already). Within
+    :data:`cli.service_names.NOTE_MAX_CHARS`: the ``--service`` names counted past a few
+    (:func:`services_for`), anything else long (a ``--path`` of kilobytes) cut."""
     from athena.timerange import iso_utc
+    from cli.service_names import capped, counted
 
     span = f"between {iso_utc(prep.trange.since)} and {iso_utc(prep.trange.until)}"
     hint = f"; {prep.empty_hint}" if prep.empty_hint else ""
     if common.engine is not EngineName.local:
-        where = f" for {', '.join(prep.services)}" if prep.services else ""
+        where = services_for(prep.services)
         if prep.outside_enum:  # the services query reads the same list: no use pointing to it
-            return (
+            return capped(
                 f"no matching rows {span}{where}; Athena does not read "
-                f"{', '.join(map(repr, prep.outside_enum))}, which the table's service list "
+                f"{counted(prep.outside_enum)}, which the table's service list "
                 f"lacks (see the note above){hint}"
             )
-        return (
+        return capped(
             f"no matching rows {span}{where}; `logq services --engine athena --since 1d` lists "
             f"the services with recent data{hint}"
         )
     reason = None if data_known else no_data_reason(common, prep)
     if reason is not None:
         return reason
-    return explain_no_rows(common, prep, span, hint)
+    return capped(explain_no_rows(common, prep, span, hint))
+
+
+def services_for(services: list[str] | None) -> str:
+    """`` for a, b and 298 more``: the ``--service`` names an answer is for (empty without
+    any), named while they fit :data:`cli.service_names.NAMES_ROOM` and counted past it: a
+    reason repeats it up to three times, and 2,000 names made each 140 KB."""
+    from cli.service_names import counted
+
+    return f" for {counted(services, given=False)}" if services else ""
 
 
 def explain_no_rows(common: Common, prep: Prepared, span: str, hint: str) -> str:
@@ -424,7 +469,7 @@ def explain_no_rows(common: Common, prep: Prepared, span: str, hint: str) -> str
     from athena.warehouse import open_warehouse
 
     wh = open_warehouse(common.warehouse)
-    where = f" for {', '.join(prep.services)}" if prep.services else ""
+    where = services_for(prep.services)
     if not prep.scopes.get(prep.table):
         return no_partitions_reason(wh, prep, span, where) + hint
     files = sum(len(p.files) for p in prep.scopes[prep.table])

@@ -239,14 +239,19 @@ def _note_merged_while_paused(common: Common, paused: timedelta, merged: list[st
 
     A flush that landed in such an hour during the pause may be in the merged object only,
     which follow skips (its other rows were printed). Which of its rows are new is not known:
-    the object does not say which flushes it merged once its intent is gone.
+    the object does not say which flushes it merged once its intent is gone. The command it
+    gives repeats the ``--service`` values while they are short, else a placeholder stands for
+    them (a command with some of them would read only those).
     """
     from athena.timerange import iso_utc
     from cli import runner
+    from cli.service_names import NAMES_ROOM
 
     first = datetime.strptime(min(merged), DT_FORMAT).replace(tzinfo=UTC)
     last = datetime.strptime(max(merged), DT_FORMAT).replace(tzinfo=UTC) + _HOUR
     services = "".join(f" --service {s}" for s in common.service or [])
+    if len(services) > NAMES_ROOM:  # 2,000 names made the note tens of KB
+        services = " --service <the --service values given>"
     hours = sorted(set(merged))
     which = f"hour {hours[0]} was" if len(hours) == 1 else f"hours {', '.join(hours)} were"
     runner.note(

@@ -83,8 +83,10 @@ def sql(
                 for t in sorted(scopes)
             ]
             if services and unknown and all(len(u) == len(services) for u in unknown):
+                from cli.service_names import counted
+
                 no_answer = (  # as on Athena with names outside every table's service list
-                    f"no data of {', '.join(map(repr, services))} in {', '.join(sorted(scopes))}"
+                    f"no data of {counted(services)} in {', '.join(sorted(scopes))}"
                 )
             if common.dry_run:
                 for t, parts in scopes.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -163,3 +164,46 @@ def test_enum_read_from_glue(moto: str) -> None:
     assert service_enum(name, "missing", REGION) is None
     assert projection._warehouse_of("s3://bkt/other/", "envoy_access") is None
     assert projection._warehouse_of("s3://envoy_access/", "envoy_access") is None
+
+
+def test_a_long_list_outside_the_enum_is_counted_end_to_end(
+    logq: Callable, moto: str, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """300 values of 66 characters the enum lacks, with and without one it has: the note and
+    the "no results" reason name two and count the rest (they listed all 300: 36 and 21 KB),
+    and close names are looked for only for the two named (the exit statuses as before)."""
+    import difflib
+
+    from cli.service_names import NOTE_MAX_CHARS
+
+    compared: list[str] = []
+    real = difflib.get_close_matches
+
+    def get_close_matches(word: str, *args: Any, **kwargs: Any) -> list[str]:
+        compared.append(word)
+        return real(word, *args, **kwargs)
+
+    monkeypatch.setattr(difflib, "get_close_matches", get_close_matches)
+    given = [f"svc-gateway-eu-west-1-canary-cluster-{i:04d}-checkout-service-v2-blue" for i in
+             range(300)]  # fmt: skip
+    bound = len("logq: note: ") + NOTE_MAX_CHARS
+    queue_result(moto, ERRORS_COLUMNS, [["recipe", "/api", 503, "UH", 4, 50.0, 8, 1]])
+    run = logq("errors", "-s", ",".join(["recipe", *given]), "--since", "1h", "-f", "json",
+               *_athena(database))  # fmt: skip
+    assert run.exit_code == 0 and [r["service"] for r in run.json()] == ["recipe"], run.stderr
+    (note,) = [n for n in run.stderr.splitlines() if "service list" in n]
+    assert note.startswith(
+        f"logq: note: {given[0]!r}, {given[1]!r} and 298 more are not in the service list "
+        f"(projection.service.values) of the Athena table {database}.envoy_access, so Athena "
+        "reads none of their data; showing recipe only. "
+    ), note
+    assert len(note) <= bound, note
+    assert [w for w in compared if w in given] == given[:2]  # click asks for its options too
+    queue_result(moto, ERRORS_COLUMNS, [])
+    run = logq("errors", "-s", ",".join(given), "--since", "1h", *_athena(database))
+    assert run.exit_code == 3, (run.stdout, run.stderr)
+    assert run.stdout == (
+        f"No results: Athena reads no partition of {given[0]!r}, {given[1]!r} and 298 more: "
+        f"not in the service list of {database}.envoy_access (see the note above)\n"
+    )
+    assert all(len(line) <= bound for line in run.stderr.splitlines()), run.stderr
