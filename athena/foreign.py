@@ -8,12 +8,15 @@ than answering from a column DuckDB widened to text (``max(response_code)`` was 
 Nothing here runs on the happy path: the local engine reads every column cast to its declared
 type (a cast that cannot convert a value raises), and only then are footers read, one at a time,
 to find the file at fault (:func:`find_foreign`). Reading every footer of every query up front
-would cost what the engine avoids (see :mod:`athena.engines.local`).
+would cost what the engine avoids (see :mod:`athena.engines.local`). One check does run on the
+happy path of an S3 table, on schemas pyarrow's scan has read anyway (:func:`integer_times`):
+pyarrow's cast of integer times does not fail, where DuckDB's does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from athena.engines.result import EngineError
@@ -23,6 +26,11 @@ if TYPE_CHECKING:
     import pyarrow.parquet as pq
 
     from athena.warehouse import Warehouse
+
+
+#: Words of every :class:`ForeignFile` message: the local engine knows its own error by them when
+#: an S3 scan raised it (:func:`integer_times`) and DuckDB passed it on as text.
+DID_NOT_WRITE = "logq did not write it"
 
 
 class ForeignFile(EngineError):
@@ -37,7 +45,7 @@ class ForeignFile(EngineError):
         """The message, ending in ``then`` (``logq``: run the command again; compaction, which
         goes on without the file: what it does until then)."""
         return (
-            f"the Parquet file {self.path} {self.problem}: logq did not write it; move it out "
+            f"the Parquet file {self.path} {self.problem}: {DID_NOT_WRITE}; move it out "
             f"of the table's folder or rewrite it {self.rewrite}{then}"
         )
 
@@ -305,6 +313,43 @@ def _statistics_bounds(meta: pq.FileMetaData, index: int, raw: bool) -> tuple[in
         low = least if low is None else min(low, least)
         high = most if high is None else max(high, most)
     return None if low is None or high is None else (low, high)
+
+
+def integer_times(
+    table: str, path: str, schema: pa.Schema, reads: Callable[[str], bool]
+) -> ForeignFile | None:
+    """The error for ``path`` when its ``schema`` holds integers in a column that ``table``
+    declares as a timestamp and that the scan ``reads`` (by name), else None.
+
+    pyarrow's scan of an S3 table, which reads every file with the declared schema
+    (:mod:`athena.engines.s3scan`), casts such a column without a word, the integers taken as
+    epoch values in the declared unit (milliseconds): DuckDB's cast of a local file refuses
+    it, and so does Athena (``HIVE_BAD_DATA``). Only a time filter whose row-group statistics
+    pyarrow could not compare with it failed, and not for a row group of one value. Text times
+    are not looked at: pyarrow's cast parses them as DuckDB's does, or fails. The scan has read
+    ``schema`` (the footer) already: this reads nothing (a few microseconds a file)."""
+    import pyarrow as pa
+
+    for name, athena in _time_columns(table):
+        at = schema.get_field_index(name)
+        if at < 0:
+            continue
+        found = schema.field(at).type
+        kind = found.value_type if pa.types.is_dictionary(found) else found
+        if pa.types.is_integer(kind) and reads(name):
+            return wrong_type(path, name, found, athena)
+    return None
+
+
+@functools.cache
+def _time_columns(table: str) -> tuple[tuple[str, str], ...]:
+    """The columns ``table`` declares as timestamps: their names and Athena types."""
+    import pyarrow as pa
+
+    from athena.schema import table as schema_table
+
+    columns = schema_table(table).data_columns
+    return tuple((c.name, c.athena) for c in columns if pa.types.is_timestamp(c.arrow))
 
 
 def cast_can_fail(table: str, column: str) -> bool:

@@ -28,7 +28,9 @@ produces) do not. Every column is cast to the type :mod:`athena.schema` declares
 (:func:`_declared_column`; free where the file has that type), never to what the first file,
 or ``union_by_name``, made of it: a file another tool wrote with other types (text, epoch
 integers) fails the cast, and only then are footers read to name it
-(:class:`~athena.foreign.ForeignFile`). Text stored as Parquet BINARY (Spark, Hive) is read as
+(:class:`~athena.foreign.ForeignFile`). On S3, pyarrow's cast of epoch integers to times does
+not fail: the scan refuses such a file by the schema it read to scan it
+(:func:`athena.foreign.integer_times`). Text stored as Parquet BINARY (Spark, Hive) is read as
 text (``binary_as_string``, as Athena reads it; a cast of bytes escaped every non-ASCII one).
 The newest hour's files go first, so that only queries that read a column the old files lack
 pay it (see :meth:`LocalEngine._register`).
@@ -59,6 +61,7 @@ the caller knows whether the SQL was the user's (``logq sql``: bad input) or log
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import sys
 import time
@@ -77,7 +80,7 @@ from athena.engines.result import (
     StatementError,
 )
 from athena.engines.spill import spill_directory
-from athena.foreign import ForeignFile
+from athena.foreign import DID_NOT_WRITE, ForeignFile
 
 T = TypeVar("T")
 #: Past this many Parquet files, a local query says on stderr how to make it smaller. It still
@@ -290,10 +293,25 @@ def _cast_failure(exc: Exception, s3: bool = False) -> str | None:
         named = _CAST_COLUMN.search(text)
         return named.group(1) if named else ""
     if "reading the stream registered as" in text and any(
-        words in text for words in _ARROW_CAST_FAILURES
+        words in text for words in (*_ARROW_CAST_FAILURES, DID_NOT_WRITE)
     ):
         return ""  # an S3 table's scan: pyarrow names neither the file nor the column
     return None
+
+
+def _refuse_integer_times(
+    table: str, path: str, schema: pa.Schema, reads: Callable[[str], bool]
+) -> None:
+    """Raise :class:`ForeignFile` for a file of an S3 ``table`` whose times the scan would read
+    from integers (:func:`athena.foreign.integer_times`), as the file's first rows are read.
+    It reaches the query as DuckDB's text (naming the file): :func:`_cast_failure` knows it,
+    and :meth:`LocalEngine._foreign` names the file again from its footer, as for pyarrow's
+    own failed casts."""
+    from athena.foreign import integer_times
+
+    found = integer_times(table, path, schema, reads)
+    if found is not None:
+        raise found
 
 
 #: DuckDB's words for a Parquet file's text that is not UTF-8 (a local file, read
@@ -500,6 +518,7 @@ class LocalEngine:
             ds.partitioning(
                 pa.schema([("service", pa.string()), ("dt", pa.string())]), flavor="hive"
             ),
+            check=functools.partial(_refuse_integer_times, table),
         )
         if not where:
             con.register(table, dataset)

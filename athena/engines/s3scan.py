@@ -11,10 +11,17 @@ of at most :data:`FILES_PER_SCAN` files at a time, each dropped (footers and all
 next one opens. DuckDB still pushes the same columns and filter into every chunk, so only the
 columns a query reads are fetched. Its own fragments are never scanned by DuckDB; they are there
 so that anything reading it as a plain dataset still sees every file.
+
+pyarrow casts each file's columns to the table's types as it reads them, and some casts change
+what a value means without failing (integers to times). A ``check`` given to
+:func:`chunked_dataset` sees the schema of each file the scan opened, before any of its rows
+go out, and may raise to refuse the file: pyarrow read that footer to scan the file, so the
+check reads nothing more.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -28,23 +35,35 @@ FILES_PER_SCAN = 256
 
 #: Builds the dataset of some of the files (same schema, format, filesystem, partitioning).
 DatasetOf = Callable[[Sequence[str]], ds.FileSystemDataset]
+#: Looks at a file the scan opened: its path, its own schema (as the file holds it) and whether
+#: the scan reads a column of a name; raises to refuse the file, before any of its rows go out.
+Check = Callable[[str, pa.Schema, Callable[[str], bool]], None]
 
 
 class ChunkedScan(ds.FileSystemDataset):
     """Every file of ``paths`` as one dataset, scanned :data:`FILES_PER_SCAN` files at a time
     (see the module docstring). Build it with :func:`chunked_dataset`."""
 
-    def __init__(self, whole: ds.FileSystemDataset, dataset_of: DatasetOf, paths: list[str]):
+    def __init__(
+        self,
+        whole: ds.FileSystemDataset,
+        dataset_of: DatasetOf,
+        paths: list[str],
+        check: Check | None = None,
+    ):
         super().__init__(list(whole.get_fragments()), whole.schema, whole.format, whole.filesystem)
         self._dataset_of = dataset_of
         self._paths = paths
+        self._check = check
 
     def scanner(self, columns: Any = None, filter: Any = None, **options: Any) -> ChunkScan:
         """What DuckDB asks for: the rows of every file, ``columns`` and ``filter`` applied,
         read one chunk of files after the other. The schema comes from a scanner over this
         dataset (no file is read for it), so bad columns or filters fail here, as before."""
         projected = super().scanner(columns=columns, filter=filter, **options).projected_schema
-        batches = _chunks(self._dataset_of, self._paths, FILES_PER_SCAN, columns, filter, options)
+        batches = _chunks(
+            self._dataset_of, self._paths, FILES_PER_SCAN, columns, filter, options, self._check
+        )
         return ChunkScan(pa.RecordBatchReader.from_batches(projected, batches))
 
 
@@ -76,11 +95,14 @@ def _chunks(
     columns: Any,
     where: Any,
     options: dict[str, Any],
+    check: Check | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """The batches of ``paths``, ``size`` files per dataset; each chunk's dataset is released
     (by :func:`_chunk` returning) before the next is built."""
+    reads = _reads(columns, where)
     for start in range(0, len(paths), size):
-        yield from _chunk(dataset_of, paths[start : start + size], columns, where, options)
+        chunk = paths[start : start + size]
+        yield from _chunk(dataset_of, chunk, columns, where, options, check, reads)
 
 
 def _chunk(
@@ -89,10 +111,44 @@ def _chunk(
     columns: Any,
     where: Any,
     options: dict[str, Any],
+    check: Check | None = None,
+    reads: Callable[[str], bool] = lambda name: True,
 ) -> Iterator[pa.RecordBatch]:
-    """The batches of one chunk of files; its dataset lives only as long as this generator."""
-    scanner = dataset_of(paths).scanner(columns=columns, filter=where, **options)
-    yield from scanner.to_batches()
+    """The batches of one chunk of files; its dataset lives only as long as this generator.
+    With ``check``, each file is checked before its first batch goes out (pyarrow hands out
+    an empty batch for a file whose row groups the filter skipped, so every file is seen; one
+    it handed out nothing for, though its partition is in the filter, is checked at the end,
+    its footer read then if the scan did not)."""
+    dataset = dataset_of(paths)
+    scanner = dataset.scanner(columns=columns, filter=where, **options)
+    if check is None:
+        yield from scanner.to_batches()
+        return
+    seen: set[str] = set()
+    for tagged in scanner.scan_batches():
+        fragment = tagged.fragment
+        if fragment.path not in seen:
+            seen.add(fragment.path)
+            check(fragment.path, fragment.physical_schema, reads)  # (its footer: read already)
+        yield tagged.record_batch
+    for fragment in dataset.get_fragments(filter=where):  # (not those its dt rules out)
+        if fragment.path not in seen:
+            check(fragment.path, fragment.physical_schema, reads)
+
+
+def _reads(columns: Any, where: Any) -> Callable[[str], bool]:
+    """Whether a scan of ``columns`` (names; None: all) filtered by ``where`` reads a column of
+    a name. DuckDB leaves out of ``columns`` those only its filter needs: they are named in the
+    filter's text (a literal holding the name counts too: a check then looks at a column the
+    scan may not need, never the other way round)."""
+    text = "" if where is None else str(where)
+
+    def reads(name: str) -> bool:
+        if columns is None or not isinstance(columns, list) or name in columns:
+            return True
+        return re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", text) is not None
+
+    return reads
 
 
 def chunked_dataset(
@@ -101,9 +157,11 @@ def chunked_dataset(
     filesystem: Any,
     base_dir: str,
     partitioning: ds.Partitioning,
+    check: Check | None = None,
 ) -> ChunkedScan:
     """The Parquet files ``paths`` (on ``filesystem``, Hive partitions under ``base_dir``) as one
-    table of ``schema`` for DuckDB (files lacking a column read it as NULL)."""
+    table of ``schema`` for DuckDB (files lacking a column read it as NULL); ``check`` looks at
+    each file a scan opens (see the module docstring)."""
 
     def dataset_of(some: Sequence[str]) -> ds.FileSystemDataset:
         return ds.dataset(
@@ -115,4 +173,4 @@ def chunked_dataset(
             partition_base_dir=base_dir,
         )
 
-    return ChunkedScan(dataset_of(paths), dataset_of, paths)
+    return ChunkedScan(dataset_of(paths), dataset_of, paths, check)

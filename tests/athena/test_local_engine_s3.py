@@ -17,7 +17,9 @@ from typing import Any
 import duckdb
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -270,3 +272,133 @@ def test_a_file_that_fails_its_cast_is_one_line_without_python_traceback(
     message = str(failed.value)
     assert message.startswith(f"the Parquet file {files[3]} holds column response_code as string")
     assert "\n" not in message and "Traceback" not in message and "Python" not in message
+
+
+def _epoch_ms_copy(uri: str, source: str, one_time: bool) -> str:
+    """A foreign file beside ``source``: its rows with ``timestamp`` as int64 epoch
+    milliseconds (``one_time``: the first time in every row, so that the footer's statistics
+    hold one value). Named to list last in its partition."""
+    wh = open_warehouse(uri)
+    rows = pq.read_table(source, filesystem=wh.fs)
+    times = rows["timestamp"].cast(pa.int64())
+    if one_time:
+        times = pa.array([times[0].as_py()] * len(rows), pa.int64())
+    foreign = f"{source.rsplit('/', 1)[0]}/z-foreign.parquet"
+    changed = rows.set_column(rows.schema.get_field_index("timestamp"), "timestamp", times)
+    pq.write_table(changed, foreign, filesystem=wh.fs)
+    return foreign
+
+
+@pytest.mark.parametrize("one_time", [False, True])
+def test_a_file_of_epoch_integer_times_is_named_from_one_footer(
+    s3_access: tuple[str, pd.DataFrame, list[str]], monkeypatch: pytest.MonkeyPatch, one_time: bool
+) -> None:
+    """pyarrow cast int64 times to the declared timestamps as epoch milliseconds: a query that
+    does not filter on time (or whose filter pyarrow could compare with one value) answered
+    from them. The scan refuses the file as it opens it, and the error names it: the one
+    footer read after the failure is that file's. A query that reads no time answers, as over
+    a local warehouse."""
+    from athena.foreign import ForeignFile
+
+    uri, frame, files = s3_access
+    foreign = _epoch_ms_copy(uri, files[7], one_time)
+    reads = _footers_read(monkeypatch)
+    with pytest.raises(ForeignFile) as named:
+        LocalEngine(uri).run("SELECT min(timestamp) AS t FROM envoy_access", {}, None)
+    assert named.value.path == foreign, str(named.value)
+    assert "holds column timestamp as int64 where the table has timestamp" in str(named.value)
+    assert reads == [foreign]
+    # (count(response_code): for count(*) DuckDB has the scan read the first column, time)
+    sql = "SELECT count(response_code) AS n FROM envoy_access WHERE response_code >= 500"
+    copied = pq.read_table(foreign, filesystem=open_warehouse(uri).fs)
+    counted = LocalEngine(uri).run(sql, {}, None)
+    want = (
+        int((frame["response_code"] >= 500).sum())
+        + pc.sum(pc.greater_equal(copied["response_code"], 500)).as_py()
+    )
+    assert counted.rows == [(want,)]
+
+
+def _footers_read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths whose footers logq reads from now on (``pq.read_metadata``)."""
+    reads: list[str] = []
+    real = pq.read_metadata
+
+    def counting(path: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "read_metadata", counting)
+    return reads
+
+
+class _CountingOpens(pafs.FileSystemHandler):
+    """A filesystem over another that records every file opened for reading."""
+
+    def __init__(self, fs: pafs.FileSystem) -> None:
+        self.fs, self.opened = fs, []
+
+    def open_input_file(self, path: str) -> Any:
+        self.opened.append(path)
+        return self.fs.open_input_file(path)
+
+    def open_input_stream(self, path: str) -> Any:
+        self.opened.append(path)
+        return self.fs.open_input_stream(path)
+
+    def get_type_name(self) -> str:
+        return "counting"
+
+    def normalize_path(self, path: str) -> str:
+        return self.fs.normalize_path(path)
+
+    def get_file_info(self, paths: Any) -> Any:
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector: Any) -> Any:
+        return self.fs.get_file_info(selector)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __ne__(self, other: object) -> bool:
+        return self is not other
+
+    def _writes(self, *args: Any) -> Any:
+        raise NotImplementedError("read only")
+
+    create_dir = delete_dir = delete_dir_contents = delete_root_dir_contents = _writes
+    delete_file = move = copy_file = open_output_stream = open_append_stream = _writes
+
+
+def test_the_check_of_each_file_opens_nothing_more(
+    s3_access: tuple[str, pd.DataFrame, list[str]],
+) -> None:
+    """Each file's schema, checked before its rows go out, is the footer the scan read: with
+    the check, every file the scan reads is opened once, as without it, and the check saw
+    each of them (those whose row groups the filter skips too), and no file of another hour."""
+    uri, frame, files = s3_access
+    wh = open_warehouse(uri)
+    schema = full_schema("envoy_access")
+    partitioning = ds.partitioning(
+        pa.schema([("service", pa.string()), ("dt", pa.string())]), flavor="hive"
+    )
+    checked: list[tuple[str, str]] = []
+    scanned = sorted(f for f in files if "/dt=2026-11-28-12/" in f)  # (the others: pruned)
+
+    def check(path: str, found: pa.Schema, reads: Any) -> None:
+        checked.append((path, str(found.field("timestamp").type)))
+
+    for with_check in (None, check):
+        counting = _CountingOpens(wh.fs)
+        table = s3scan.chunked_dataset(
+            files, schema, pafs.PyFileSystem(counting), wh.table_root("envoy_access"),
+            partitioning, with_check,
+        )  # fmt: skip
+        con = duckdb.connect()
+        con.register("t", table)
+        sql = "SELECT count(*) FROM t WHERE dt = '2026-11-28-12' AND response_code >= 0"
+        [(n,)] = con.sql(sql).fetchall()
+        assert n == int((frame["timestamp"] >= pd.Timestamp(utc(2026, 11, 28, 12, 0))).sum())
+        assert sorted(counting.opened) == scanned, with_check
+    assert sorted(path for path, _ in checked) == scanned
