@@ -13,12 +13,18 @@ concatenation and IPC writer release the GIL. Smaller messages, what shippers se
 one-step path: slicing gains them nothing.
 
 A Forward-mode message (``[tag, [[time, record], ...], options]``, Fluent Bit's default) of
-more than :data:`BIG_ENTRIES` entries is sliced too, :data:`SLICE_ENTRIES` entries a slice:
-msgpack built its entries as its bytes came in (the server's unpacker parses an unfinished
-array a read at a time), but turning them into columns took ~0.15 s per 10,000 entries, at
-once. Its entries are Python objects already, so the slices are cut by count (their bytes are
-not known; ``--max-frame-bytes`` bounds a slice of long lines), each decoded as a Forward-mode
-message of its own, which takes the path its entries call for, as a PackedForward slice does.
+more than :data:`BIG_ENTRIES` entries, or of more than :data:`BIG_BYTES` bytes on the wire, is
+sliced too: msgpack built its entries as its bytes came in (the server's unpacker parses an
+unfinished array a read at a time), but turning them into columns took ~0.15 s per 10,000
+entries, at once, and framing a message of long lines (2,000 entries of 4 KiB, 64 KiB ones)
+held the loop as long as a PackedForward blob of its bytes. Judged by its count alone, such a
+message was decoded and framed whole, on the loop. Its entries are Python objects already, so
+the slices are cut by count: :data:`SLICE_ENTRIES` entries a slice, fewer when its entries
+average more than ``SLICE_BYTES / SLICE_ENTRIES`` bytes (:func:`_slice_entries`: the message's
+wire size, which the server knows, over its entry count; a message without one, JSON, has its
+entries' text measured). A slice of entries longer than the average is bounded by
+``--max-frame-bytes``. Each slice is decoded as a Forward-mode message of its own, which takes
+the path its entries call for, as a PackedForward slice does.
 Each slice's entries are dropped from the message once decoded (replaced by None: the message
 is garbage afterwards), so that they are freed a slice a step: freed at once, 150,000 entries
 held the loop ~0.1 to 0.25 s more.
@@ -69,6 +75,10 @@ BIG_ENTRIES = 8192
 #: Entries of a Forward-mode message decoded in one step (~1 MiB of 450-byte ones: ~10 to
 #: 30 ms on its fast path, which pays per entry more than the PackedForward ones).
 SLICE_ENTRIES = 2048
+#: Bytes counted for each field of a measured Forward-mode entry (its key and head), and for a
+#: value neither text nor binary (a number, a nested map: a guess).
+_FIELD_GUESS = 8
+_VALUE_GUESS = 64
 _ENTRY_HEAD = b"\x92\xd7\x00"  # fixarray(2), fixext8 of type 0 (EventTime)
 _COMPRESSED = ("compressed", b"compressed")
 
@@ -76,21 +86,65 @@ _COMPRESSED = ("compressed", b"compressed")
 Sliced = tuple[list[pa.RecordBatch], str | None]
 
 
-def is_big(obj: Any) -> bool:
+def is_big(obj: Any, size: int | None = None) -> bool:
     """Whether ``obj`` is a PackedForward message (gzip inflated already) whose blob is over
-    :data:`BIG_BYTES`, or a Forward-mode one of more than :data:`BIG_ENTRIES` entries: the
-    messages :func:`decode_steps` decodes in slices."""
-    return _blob(obj) is not None or _forward(obj) is not None
+    :data:`BIG_BYTES`, or a Forward-mode one of more than :data:`BIG_ENTRIES` entries or
+    :data:`BIG_BYTES` bytes: the messages :func:`decode_steps` decodes in slices. ``size``:
+    the message's bytes on the wire, when known (None: its entries' text is measured)."""
+    return _blob(obj) is not None or _forward(obj, size) is not None
 
 
-def _forward(obj: Any) -> tuple[str | bytes, list[Any], dict[Any, Any] | None] | None:
-    """(tag, entries, options) of a big Forward-mode message, else None."""
+def _forward(
+    obj: Any, size: int | None = None
+) -> tuple[str | bytes, list[Any], dict[Any, Any] | None] | None:
+    """(tag, entries, options) of a big Forward-mode message (``size``: see :func:`is_big`),
+    else None."""
     if not isinstance(obj, list) or len(obj) not in (2, 3) or not isinstance(obj[0], str | bytes):
         return None
     entries, options = obj[1], obj[2] if len(obj) == 3 else None
-    if not isinstance(entries, list) or len(entries) <= BIG_ENTRIES:
+    if not isinstance(entries, list) or not entries:
         return None
-    return (obj[0], entries, options) if options is None or isinstance(options, dict) else None
+    if options is not None and not isinstance(options, dict):
+        return None
+    if len(entries) <= BIG_ENTRIES and _forward_bytes(entries, size, BIG_BYTES) <= BIG_BYTES:
+        return None
+    return obj[0], entries, options
+
+
+def _forward_bytes(entries: list[Any], size: int | None, enough: int) -> int:
+    """The bytes of a Forward-mode message's ``entries``: its wire ``size`` when known (a
+    subtraction: the server's unpacker tells where each message ends), else their text
+    measured (:func:`_entry_bytes`), the count stopped once past ``enough``."""
+    if size is not None:
+        return size
+    total = 0
+    for entry in entries:
+        total += _entry_bytes(entry)
+        if total > enough:
+            break
+    return total
+
+
+def _entry_bytes(entry: Any) -> int:
+    """About the wire bytes of a Forward-mode entry: its record's text and binary values
+    (nested values guessed at :data:`_VALUE_GUESS`, keys at :data:`_FIELD_GUESS`): what
+    decoding and framing it cost. For messages whose wire size is not known (JSON)."""
+    record = entry[1] if isinstance(entry, list | tuple) and len(entry) == 2 else None
+    if not isinstance(record, dict):
+        return _FIELD_GUESS
+    return _FIELD_GUESS + sum(
+        _FIELD_GUESS + (len(v) if isinstance(v, str | bytes) else _VALUE_GUESS)
+        for v in record.values()
+    )
+
+
+def _slice_entries(entries: list[Any], size: int | None) -> int:
+    """Entries of a Forward-mode message decoded in one step: :data:`SLICE_ENTRIES`, or as
+    many as make :data:`SLICE_BYTES` at the message's average entry size (one at least)."""
+    total = _forward_bytes(entries, size, 1 << 62)
+    if total <= 0:
+        return SLICE_ENTRIES
+    return max(1, min(SLICE_ENTRIES, SLICE_BYTES * len(entries) // total))
 
 
 def _blob(obj: Any) -> tuple[str | bytes, bytes, dict[Any, Any]] | None:
@@ -111,17 +165,18 @@ def decode_steps(
     max_entries: int,
     on_replaced_times: OnReplacedTimes | None = None,
     on_bad_entries: OnBadEntries | None = None,
+    size: int | None = None,
 ) -> Generator[None, None, Sliced]:
     """:func:`aggregator.decode.decode` of a message, a step at a time: the caller lets other
     work run at each ``yield``; the generator returns the batches of the message's slices (one
-    when it was decoded whole) and its chunk. ``is_big(obj)`` messages are decoded in slices
-    (see the module docstring: a Forward-mode one loses its entries meanwhile); raises what
-    :func:`decode` raises."""
+    when it was decoded whole) and its chunk. ``is_big(obj, size)`` messages are decoded in
+    slices (see the module docstring: a Forward-mode one loses its entries meanwhile); raises
+    what :func:`decode` raises."""
     found = _blob(obj)
-    forward = _forward(obj) if found is None else None
+    forward = _forward(obj, size) if found is None else None
     if forward is not None and len(forward[1]) <= max_entries:
         chunk = chunk_of(obj)  # a chunk no ack could echo refuses the message before any work
-        pieces = _forward_pieces(*forward)
+        pieces = _forward_pieces(*forward, _slice_entries(forward[1], size))
         kept = yield from _decoded(
             pieces, max_decompressed, max_entries, on_replaced_times, on_bad_entries
         )
@@ -165,13 +220,13 @@ def decode_steps(
 
 
 def _forward_pieces(
-    tag: str | bytes, entries: list[Any], options: dict[Any, Any] | None
+    tag: str | bytes, entries: list[Any], options: dict[Any, Any] | None, step: int
 ) -> Iterator[list[Any]]:
-    """The Forward-mode messages of :data:`SLICE_ENTRIES` of ``entries`` each; the entries of
-    one are dropped from ``entries`` when the next is asked for (it has been decoded)."""
+    """The Forward-mode messages of ``step`` of ``entries`` each; the entries of one are
+    dropped from ``entries`` when the next is asked for (it has been decoded)."""
     rest = [] if options is None else [options]
-    for first in range(0, len(entries), SLICE_ENTRIES):
-        piece = entries[first : first + SLICE_ENTRIES]
+    for first in range(0, len(entries), step):
+        piece = entries[first : first + step]
         yield [tag, piece, *rest]
         entries[first : first + len(piece)] = [None] * len(piece)
 

@@ -13,6 +13,14 @@ hand-off costs more than their inflate. The same worker joins and frames the bat
 message decoded in slices (:mod:`aggregator.big_messages`, :meth:`Inflater.run`):
 bench/inflate_stall.py measures both.
 
+A small blob that inflates past those limits (a blob of repeated lines: 1 MiB of gzip can
+hold 8 MiB and more) was inflated inline up to them, thrown away, and inflated again from
+its start in the worker: :meth:`Inflater.inline` now hands the inflate it began over
+(:class:`Unfinished`: the zlib decompressor, where it is in the blob and the output so far)
+and :meth:`Inflater.finish` goes on with it in the worker, each byte inflated once. The
+server drops it (and the worker starts over) only when the message must wait for a turn
+first (:data:`aggregator.server.HEAVY_AT_ONCE`): the output so far is not held meanwhile.
+
 The connection waits for its blob, so its messages keep their order and each ack still follows
 its message being durable; a connection closed meanwhile (its task cancelled: a stop past its
 grace, an eviction) stops its inflate at the next step.
@@ -54,6 +62,26 @@ def gzip_blob(obj: Any) -> tuple[bytes, dict[Any, Any]] | None:
     return blob, options
 
 
+class Unfinished:
+    """A gzip blob's inflate begun inline and left for the worker (:meth:`Inflater.inline`):
+    the job (its output so far), its steps (the zlib decompressor and where it is in the
+    blob) and the message it is of. Going on with it (:meth:`Inflater.finish`) inflates
+    each byte of the blob once."""
+
+    def __init__(
+        self, obj: list[Any], options: dict[Any, Any], job: GzipMembers, steps: Iterator[None]
+    ) -> None:
+        self.obj = obj
+        self.options = options
+        self.job = job
+        self.steps = steps
+
+    @property
+    def inflated(self) -> int:
+        """Bytes of output inflated so far (inline)."""
+        return self.job.total
+
+
 class Inflater:
     """Inflates the gzip blobs of messages, inline or in its one worker thread."""
 
@@ -77,18 +105,27 @@ class Inflater:
             return _plain(obj, job.output(), options)
         return _plain(obj, await self._in_worker(job, steps), options)
 
-    def inline(self, obj: Any, max_bytes: int, max_members: int) -> Any | None:
+    def inline(self, obj: Any, max_bytes: int, max_members: int) -> Any | Unfinished:
         """:meth:`inflated` when its blob is inflated inline (a small one), without waiting;
-        None when it goes to the worker (what was inflated of it is dropped: the caller, which
-        waits for a turn first, must not hold it meanwhile)."""
+        else its inflate as far as it went inline (nothing of a blob over
+        :data:`INLINE_MAX_COMPRESSED`), for :meth:`finish` to go on with in the worker. A
+        caller that must wait (for a turn) before it may drop it and call :meth:`inflated`
+        with ``inline=False`` instead: what was inflated is then inflated again."""
         found = gzip_blob(obj)
         if found is None:
             return obj
         blob, options = found
         job = GzipMembers(blob, max_bytes, max_members)
-        if _inline_steps(job, job.steps(), len(blob)):
+        steps = job.steps()
+        if _inline_steps(job, steps, len(blob)):
             return _plain(obj, job.output(), options)
-        return None
+        return Unfinished(obj, options, job, steps)
+
+    async def finish(self, unfinished: Unfinished) -> Any:
+        """The message of an inflate :meth:`inline` began, inflated: its rest in the worker,
+        after the blobs queued before it (the limits hold as inline: ProtocolError)."""
+        job, steps = unfinished.job, unfinished.steps
+        return _plain(unfinished.obj, await self._in_worker(job, steps), unfinished.options)
 
     async def run(self, job: Callable[[], _T]) -> _T:
         """``job()`` in the worker, after the work queued before it: for work whose long calls

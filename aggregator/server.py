@@ -56,7 +56,7 @@ from aggregator.decode import (
     has_chunk,
     other_signal,
 )
-from aggregator.inflate import Inflater
+from aggregator.inflate import Inflater, Unfinished
 from aggregator.inflight import InflightBytes, Share
 from aggregator.metrics import Metrics
 from aggregator.open_files import fd_limit_hint
@@ -1107,9 +1107,11 @@ class ForwardServer:
         max_entries = self.limits.max_message_entries
         try:
             for obj in messages if unpacker is None else wire.iter_messages(unpacker, conn.budget):
+                size = None  # the message's bytes on the wire (JSON: not known)
                 if unpacker is not None:
                     start, conn.boundary = conn.boundary, unpacker.tell()
-                    if conn.boundary - start > self.limits.max_frame_bytes:
+                    size = conn.boundary - start
+                    if size > self.limits.max_frame_bytes:
                         error = self._too_large()  # (see _process)
                         break
                 logs = other_signal(obj) is None
@@ -1118,22 +1120,29 @@ class ForwardServer:
                 # message, waits its turn before it is inflated or decoded: every connection
                 # at once would otherwise hold its inflated blob and decoded slices across the
                 # awaits, which no budget counts. (Without a wait, taking a turn does not
-                # yield.)
+                # yield.) A Forward-mode message is big by its entries or its wire bytes.
                 quick = self._inflater.inline(obj, max_decompressed, max_entries) if logs else obj
-                heavy = quick is None or (logs and big_messages.is_big(quick))
+                heavy = isinstance(quick, Unfinished) or (logs and big_messages.is_big(quick, size))
                 if heavy and quick is not obj and self._heavy.locked():
-                    quick = None  # inflated big: not held across the wait for a turn
+                    # Inflated big, or partly: not held across the wait for a turn (the
+                    # worker inflates it again, from its start).
+                    quick = None
                 async with self._heavy if heavy else contextlib.nullcontext():
-                    if quick is None:  # inflated in the worker: its client may have left
+                    # Inflated in the worker: its client may have left meanwhile.
+                    if quick is None:
                         obj = await self._inflater.inflated(
                             obj, max_decompressed, max_entries, inline=False
                         )
                         peer_closed = _peer_closed(writer)
+                    elif isinstance(quick, Unfinished):  # begun inline: the rest, not again
+                        obj = await self._inflater.finish(quick)
+                        peer_closed = _peer_closed(writer)
                     else:
                         obj = quick
+                    del quick  # (an Unfinished holds its output so far)
                     try:
-                        if logs and big_messages.is_big(obj):
-                            entries.append(await self._store_big(conn, obj, writer))
+                        if logs and big_messages.is_big(obj, size):
+                            entries.append(await self._store_big(conn, obj, writer, size))
                             peer_closed = _peer_closed(writer)  # (it may have left meanwhile)
                             continue
                         entries.append(self._store_one(conn, obj, peer_closed))
@@ -1180,13 +1189,14 @@ class ForwardServer:
         return self._buffered(conn, batch, chunk, key, None, bad, peer_closed)
 
     async def _store_big(
-        self, conn: _Conn, obj: Any, writer: asyncio.StreamWriter
+        self, conn: _Conn, obj: Any, writer: asyncio.StreamWriter, size: int | None = None
     ) -> tuple[asyncio.Future[None] | None, str | None]:
-        """:meth:`_store_one` of a big message (:mod:`aggregator.big_messages`): decoded a
-        slice of entries at a time, the other connections served between slices (their acks,
-        /metrics), then joined and framed in the worker thread, whose Arrow calls release the
-        GIL. The chunk dedup is asked after the last wait, in one step with the buffer write:
-        two copies of a chunk decoded at once are stored once."""
+        """:meth:`_store_one` of a big message (:mod:`aggregator.big_messages`; ``size``: its
+        wire bytes, when known): decoded a slice of entries at a time, the other connections
+        served between slices (their acks, /metrics), then joined and framed in the worker
+        thread, whose Arrow calls release the GIL. The chunk dedup is asked after the last
+        wait, in one step with the buffer write: two copies of a chunk decoded at once are
+        stored once."""
         notes = _DecodeNotes(self.metrics)
         steps = big_messages.decode_steps(
             obj,
@@ -1194,6 +1204,7 @@ class ForwardServer:
             self.limits.max_message_entries,
             notes.on_replaced,
             notes.on_bad_entries,
+            size,
         )
         while True:
             try:

@@ -16,7 +16,10 @@ the longest stall, the stalls over 50 ms added up, and the time to the ack:
 * ``plain, disk``: ``plain`` into a real buffer (aggregator/buffer.py) in a temporary folder,
   its frame's checksum and ``write`` included (the fsync runs in a thread either way);
 * ``forward mode``: the entries sent as a Forward-mode array (``[tag, [[time, record]...]]``,
-  Fluent Bit's default) rather than a PackedForward blob, into the list.
+  Fluent Bit's default) rather than a PackedForward blob, into the list. One of long lines,
+  fewer than 8,192 entries, was decoded and framed whole on the loop before such messages
+  were judged by their bytes too: 64 MiB of 64 KiB lines ~100 to 120 ms, now ~45 to 60 ms;
+  16 MiB of 4 KiB lines ~25 to 40 ms, now ~13 ms (2-core VM under other load).
 
 Decoding the lines into a batch runs on the event loop a slice of ~2 MiB of entries at a time,
 the loop free between slices, and the batch is joined and framed in the inflate worker
@@ -27,7 +30,10 @@ write of the frame (its checksum and copy, then the ``write`` call: ~50 to 90 ms
 64 MiB frame) ran on the loop too, before aggregator/buffer.py wrote big frames in a worker
 (the ``plain, disk`` row).
 
-Usage: ``python bench/inflate_stall.py [--mib N] [--runs N]``. Figures, not assertions.
+Usage: ``python bench/inflate_stall.py [--mib N] [--runs N] [--kind access|long]
+[--line-kib N]``: ``--kind`` runs one kind of line only, ``--line-kib`` sets the long lines'
+length (64 KiB by default; 4 KiB lines are Fluentd's and Fluent Bit's long ones, whose
+Forward-mode messages are a few thousand entries of several MiB). Figures, not assertions.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gzip
 import io
 import socket
@@ -93,12 +100,12 @@ def access_lines(mib: int) -> tuple[str, bytes, int]:
     return frames[0][0], b"".join(blob for _, blob, _ in frames), len(lines)
 
 
-def long_lines(mib: int) -> tuple[str, bytes, int]:
-    """(tag, PackedForward blob, lines) of about ``mib`` MiB of 64 KiB lines (access lines
-    joined): few entries, so that inflating costs more than decoding."""
+def long_lines(mib: int, length: int = LONG_LINE) -> tuple[str, bytes, int]:
+    """(tag, PackedForward blob, lines) of about ``mib`` MiB of ``length``-byte lines (access
+    lines joined): few entries, so that inflating costs more than decoding."""
     text = " ".join(line for _, _, line in make_lines(200))
-    line = (text * (LONG_LINE // len(text) + 1))[:LONG_LINE]
-    count = mib * 1024 * 1024 // LONG_LINE
+    line = (text * (length // len(text) + 1))[:length]
+    count = mib * 1024 * 1024 // length
     entries = [(1_795_860_000_000_000_000 + i, {wire.KEY_LOG: line}) for i in range(count)]
     return "logq.long", wire.pack_entries(entries), count
 
@@ -201,16 +208,24 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--mib", type=int, default=64, help="decompressed size of the message")
     ap.add_argument("--runs", type=int, default=5, help="runs of each way (median shown)")
+    ap.add_argument("--kind", choices=("access", "long"), help="one kind of line only")
+    ap.add_argument("--line-kib", type=int, default=LONG_LINE // 1024, help="long lines' KiB")
     args = ap.parse_args()
+    kinds = {
+        "access": access_lines,
+        "long": functools.partial(long_lines, length=args.line_kib * 1024),
+    }
     for warm_up in (message(*access_lines(1), compress=True), message(*access_lines(8), False)):
         asyncio.run(one_run(warm_up, len(warm_up)))  # imports and first calls, not counted
     print(f"ticker every {TICK * 1000:g} ms; median of {args.runs} runs (the least in brackets)")
-    for kind in (access_lines, long_lines):
+    for kind_name, kind in kinds.items():
+        if args.kind not in (None, kind_name):
+            continue
         tag, blob, lines = kind(args.mib)
         plain, gzipped = message(tag, blob, lines, False), message(tag, blob, lines, True)
         forward = forward_mode(tag, blob)
         print(
-            f"\n{kind.__name__.replace('_', ' ')}: one message of {lines:,} lines, "
+            f"\n{kind_name} lines: one message of {lines:,} lines, "
             f"{len(blob) / 2**20:.1f} MiB of entries, {len(gzipped) / 2**20:.1f} MiB gzipped"
         )
         print(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -49,9 +50,10 @@ def _entries(n: int, services: int = 3) -> list[tuple[int, dict[str, Any]]]:
 
 
 def _sliced(
-    obj: Any, max_entries: int = MAX_ENTRIES
+    obj: Any, max_entries: int = MAX_ENTRIES, size: int | None = None
 ) -> tuple[pa.Table, str | None, int, list[Any], list[Any]]:
-    """(table, chunk, steps, replaced-times calls, bad-entries calls) of ``decode_steps``."""
+    """(table, chunk, steps, replaced-times calls, bad-entries calls) of ``decode_steps``
+    (``size``: the message's wire bytes, as the server tells them)."""
     replaced: list[Any] = []
     bad: list[Any] = []
     steps = big_messages.decode_steps(
@@ -60,6 +62,7 @@ def _sliced(
         max_entries,
         lambda rows, example: replaced.append((rows.num_rows, example)),
         lambda tag, reasons: bad.append((tag, reasons)),
+        size,
     )
     count = 0
     while True:
@@ -86,12 +89,12 @@ def _whole(obj: Any, max_entries: int = MAX_ENTRIES) -> tuple[pa.Table, str | No
     return pa.Table.from_batches([batch]), chunk, replaced, bad
 
 
-def _same(obj: Any, max_entries: int = MAX_ENTRIES) -> int:
+def _same(obj: Any, max_entries: int = MAX_ENTRIES, size: int | None = None) -> int:
     """Assert ``obj`` decodes in slices as it does whole; the steps it took. (Whole first: a
     Forward-mode message loses its entries as its slices are decoded.)"""
     started = time.time_ns()
     whole, whole_chunk, whole_replaced, whole_bad = _whole(obj, max_entries)
-    table, chunk, steps, replaced, bad = _sliced(obj, max_entries)
+    table, chunk, steps, replaced, bad = _sliced(obj, max_entries, size)
     assert _rows(table, started) == _rows(whole, started)
     assert (chunk, replaced, bad) == (whole_chunk, whole_replaced, whole_bad)
     # ...and its buffer frame reads back the same
@@ -211,12 +214,57 @@ def _forward_mode(entries: list[Any], options: dict[str, Any] | None = None) -> 
 
 @pytest.mark.parametrize("options", [None, {}, {"chunk": "c1", "size": 3}], ids=str)
 def test_a_big_forward_mode_message_is_decoded_in_slices_as_it_is_whole(
-    options: dict[str, Any] | None,
+    options: dict[str, Any] | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Many short entries: SLICE_ENTRIES a slice (their bytes never fill SLICE_BYTES)."""
+    monkeypatch.setattr(big_messages, "SLICE_BYTES", 1 << 20)
     obj = _forward_mode(_entries(400), options)
     assert big_messages.is_big(obj)
     assert _same(obj) == -(-400 // big_messages.SLICE_ENTRIES)  # a step a slice
     assert obj[1] == [None] * 400  # each slice's entries dropped once decoded
+
+
+def _long_entries(n: int, length: int) -> list[tuple[int, dict[str, Any]]]:
+    return [(T0 + i, record(f"long {i} " + "y" * length)) for i in range(n)]
+
+
+@pytest.mark.parametrize("known", [True, False], ids=["wire size", "measured"])
+def test_a_forward_mode_message_of_few_long_entries_is_big_by_its_bytes(
+    known: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fewer entries than BIG_ENTRIES, but more than BIG_BYTES of them (2,000 lines of 4 KiB,
+    at the real thresholds): decoded in slices of about SLICE_BYTES, fewer entries than
+    SLICE_ENTRIES each, as whole. Its wire size is the server's (msgpack), else its entries'
+    text is measured (JSON)."""
+    entries = _long_entries(40, 600)
+    frame = wire.pack(["logq.fwd", [[wire.EventTime.from_ns(t), r] for t, r in entries]])
+    assert len(entries) < big_messages.BIG_ENTRIES and len(frame) > 4 * big_messages.BIG_BYTES
+    size = len(frame) if known else None
+    pieces: list[int] = []
+    real = big_messages.decode
+
+    def counted(piece: Any, *args: Any, **kwargs: Any) -> Any:
+        pieces.append(len(piece[1]))
+        return real(piece, *args, **kwargs)
+
+    obj = _forward_mode(entries)
+    assert big_messages.is_big(obj, size)
+    monkeypatch.setattr(big_messages, "decode", counted)
+    assert _same(obj, size=size) == len(pieces) > 1  # a step a slice
+    per_slice = big_messages.SLICE_BYTES * len(entries) // len(frame)
+    assert 1 <= max(pieces) <= per_slice + 1 < big_messages.SLICE_ENTRIES
+    assert sum(pieces) == len(entries)
+
+
+def test_a_forward_mode_message_of_few_short_entries_is_not_big() -> None:
+    """Its wire size, or its measured text, under BIG_BYTES: decoded whole in one step."""
+    entries = _entries(30)
+    frame = wire.pack(["logq.fwd", [[wire.EventTime.from_ns(t), r] for t, r in entries]])
+    assert len(frame) < big_messages.BIG_BYTES
+    obj = _forward_mode(entries)
+    assert not big_messages.is_big(obj, len(frame))
+    assert not big_messages.is_big(obj)
+    assert _sliced(obj, size=len(frame))[2] == 0
 
 
 def test_odd_forward_mode_entries_are_decoded_in_slices_as_whole() -> None:
@@ -358,6 +406,59 @@ def test_another_connection_is_acked_between_the_slices_of_a_big_message(
     assert slices[:at] == ["slice"] * at and at >= 1
     after = slices[at + 1 :]
     assert after.count("slice") >= 1 and set(after) == {"slice"}
+
+
+@pytest.mark.parametrize("encoding", ["msgpack", "json"])
+def test_a_forward_mode_message_of_few_long_entries_is_decoded_the_big_way(
+    monkeypatch: pytest.MonkeyPatch, encoding: str
+) -> None:
+    """Fewer entries than BIG_ENTRIES but more than BIG_BYTES on the wire: the server decodes
+    it in slices and frames it in the worker (it was decoded and framed whole, on the event
+    loop), told its wire size (msgpack; JSON's is measured from its entries). Stored as one
+    frame, acked once durable, not before."""
+    entries = _long_entries(40, 600)
+    calls: list[tuple[Any, ...]] = []
+    real = big_messages.decode_steps
+
+    def watched(*args: Any) -> Any:
+        calls.append(args)
+        return (yield from real(*args))
+
+    monkeypatch.setattr(big_messages, "decode_steps", watched)
+    if encoding == "msgpack":
+        raw = [[wire.EventTime.from_ns(t), r] for t, r in entries]
+        frame = wire.pack(["logq.fwd", raw, {"chunk": "long"}])
+    else:
+        raw = [[t // 10**9, r] for t, r in entries]
+        frame = json.dumps(["logq.fwd", raw, {"chunk": "long"}]).encode()
+    assert len(entries) < big_messages.BIG_ENTRIES and len(frame) > big_messages.BIG_BYTES
+    metrics = Metrics()
+
+    async def scenario() -> None:
+        buffer = HeldBuffer()
+        server = ForwardServer(buffer, metrics, ServerLimits())  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(frame)
+            await _until(lambda: len(buffer.frames) == 1)
+            for _ in range(50):  # stored, not durable: no ack
+                await asyncio.sleep(0)
+            assert metrics.acks._value.get() == 0
+            buffer.sync(0)
+            if encoding == "msgpack":
+                assert await _ack(reader) == "long"
+            else:
+                assert json.loads(await asyncio.wait_for(reader.read(4096), 30)) == {"ack": "long"}
+            stored = from_ipc(buffer.frames[0])
+            assert stored.column("log").to_pylist() == [r["log"] for _, r in entries]
+            writer.close()
+        finally:
+            await server.stop(grace=5)
+
+    _run(scenario())
+    assert len(calls) == 1
+    assert calls[0][-1] == (len(frame) if encoding == "msgpack" else None)
 
 
 def test_big_messages_of_many_connections_are_decoded_a_few_at_a_time(

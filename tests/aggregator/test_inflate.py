@@ -21,12 +21,16 @@ from typing import Any
 import msgpack
 import pytest
 
+from aggregator import big_messages
+from aggregator import inflate as inflate_mod
 from aggregator import server as server_mod
+from aggregator.decode import from_ipc
 from aggregator.inflate import (
     INLINE_MAX_COMPRESSED,
     INLINE_MAX_MEMBERS,
     INLINE_MAX_OUTPUT,
     Inflater,
+    Unfinished,
 )
 from aggregator.metrics import Metrics
 from aggregator.server import ForwardServer, ServerLimits
@@ -157,6 +161,30 @@ def test_output_past_8_mib_is_inflated_in_the_worker(watched: _Watched) -> None:
     assert inline == INLINE_MAX_OUTPUT
 
 
+def test_an_inflate_begun_inline_is_finished_in_the_worker_not_started_over(
+    watched: _Watched,
+) -> None:
+    """:meth:`Inflater.inline` of a small blob that inflates past INLINE_MAX_OUTPUT hands
+    over what it began; :meth:`Inflater.finish` inflates only the rest, in the worker."""
+    body = b"\x00" * (3 * INLINE_MAX_OUTPUT)
+    obj = _gzip_message(gzip.compress(body, 9))
+
+    async def inflate() -> Any:
+        inflater = Inflater()
+        try:
+            begun = inflater.inline(obj, len(body), 10)
+            assert isinstance(begun, Unfinished) and begun.inflated == INLINE_MAX_OUTPUT
+            return await inflater.finish(begun)
+        finally:
+            await inflater.close()
+
+    plain = asyncio.run(inflate())
+    assert plain == ["logq.t", body, {"chunk": "c"}]
+    assert watched.threads() == ["MainThread", "worker"]
+    assert sum(size for name, size in watched.steps if name == "MainThread") == INLINE_MAX_OUTPUT
+    assert sum(size for _, size in watched.steps) == len(body)  # each byte inflated once
+
+
 def test_the_limits_hold_in_the_worker(watched: _Watched) -> None:
     """Output over the decompressed limit and more members than the entry limit are refused
     there as inline, the output checked at every step (not inflated in full first)."""
@@ -226,6 +254,44 @@ def test_other_connections_are_served_while_a_big_blob_inflates(watched: _Watche
 
     _run(scenario())
     assert "worker" in watched.threads()
+
+
+def test_a_small_blob_that_inflates_big_is_inflated_once(
+    watched: _Watched, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blob under INLINE_MAX_COMPRESSED whose output goes past INLINE_MAX_OUTPUT (lowered
+    to 1 MiB here: the same path, less CPU): the server inflates its start inline and the rest
+    in the worker, each byte once (it was inflated again from its start in the worker), and
+    stores and acks the message whole."""
+    monkeypatch.setattr(inflate_mod, "INLINE_MAX_OUTPUT", wire.GUNZIP_STEP)
+    text = "repeated " * 400
+    entries = [(1_795_860_000_000_000_000 + i, record(f"{i} {text}")) for i in range(700)]
+    body = wire.pack_entries(entries)
+    assert 2 * wire.GUNZIP_STEP < len(body) < big_messages.BIG_BYTES  # stored the small way
+    frame = wire.pack(["logq.t", gzip.compress(body, 6), {"compressed": "gzip", "chunk": "z"}])
+    assert len(frame) < INLINE_MAX_COMPRESSED
+
+    async def scenario() -> None:
+        buffer = HeldBuffer()
+        server = ForwardServer(buffer, Metrics(), ServerLimits())  # type: ignore[arg-type]
+        host, port = await server.start("127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(frame)
+            await _until(lambda: len(buffer.frames) == 1)
+            buffer.sync(0)
+            assert await _ack(reader) == "z"
+            stored = from_ipc(buffer.frames[0])
+            assert stored.column("log").to_pylist() == [r["log"] for _, r in entries]
+            writer.close()
+        finally:
+            await server.stop(grace=5)
+
+    _run(scenario())
+    assert watched.threads() == ["MainThread", "worker"]
+    inline = sum(size for name, size in watched.steps if name == "MainThread")
+    assert inline == wire.GUNZIP_STEP
+    assert sum(size for _, size in watched.steps) == len(body)  # each byte inflated once
 
 
 def test_a_stop_during_an_inflate_ends_it_at_the_next_step(watched: _Watched) -> None:
