@@ -63,6 +63,30 @@ def ahead_text(ahead: datetime | None) -> str:
     return f" (rows stamped up to {iso_utc(ahead)}: {since_text(ahead)})"
 
 
+#: Services ``logq services`` gives a note of their own for rows stamped ahead of the clock;
+#: past them, one note counts the others (a host with a clock a day ahead, running every
+#: service, made one note per service of the warehouse after the table).
+AHEAD_NOTES_MAX = 4
+
+
+def note_ahead(ahead: dict[str, datetime]) -> None:
+    """The notes of ``logq services`` on rows stamped ahead of the clock: ``<svc> also has
+    rows (...)`` for the first :data:`AHEAD_NOTES_MAX` services (by name), then one note for
+    the rest, with the newest of their times."""
+    from cli.notes import note
+
+    names = sorted(ahead)
+    for svc in names[:AHEAD_NOTES_MAX]:
+        note(f"logq: note: {svc} also has rows{ahead_text(ahead[svc])}")
+    rest = names[AHEAD_NOTES_MAX:]
+    if rest:
+        newest = max(ahead[svc] for svc in rest)
+        note(
+            f"logq: note: {len(rest):,} more services also have rows{ahead_text(newest)}; "
+            "`logq services -s NAME` notes those of one"
+        )
+
+
 #: Known services listed in full by an unknown-service message; with more, only the closest
 #: names are (a list of 200 hides the one that was meant).
 LIST_KNOWN_MAX = 10

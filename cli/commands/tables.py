@@ -362,8 +362,7 @@ def _services_athena(common: Common) -> None:
 
     from athena.timerange import sql_timestamp
     from cli import runner
-    from cli.explain import ahead_text
-    from cli.notes import note
+    from cli.explain import note_ahead
     from cli.output import CLOCK_TOLERANCE_SECONDS
 
     cap = datetime.now(UTC) + timedelta(seconds=CLOCK_TOLERANCE_SECONDS)
@@ -373,8 +372,7 @@ def _services_athena(common: Common) -> None:
         return
     ahead = split_ahead(result)
     runner.show(common, result, prep, title="services")
-    for svc, when in ahead.items():
-        note(f"logq: note: {svc} also has rows{ahead_text(when)}")
+    note_ahead(ahead)
 
 
 def split_ahead(result: Any) -> dict[str, Any]:
@@ -440,10 +438,9 @@ def _services_local(common: Common) -> None:
         if not rows:
             note(f"logq: no results: {reason}")
         runner.show(common, result, title="services")
-    for svc, when in ahead.items():
-        from cli.explain import ahead_text
+    from cli.explain import note_ahead
 
-        note(f"logq: note: {svc} also has rows{ahead_text(when)}")
+    note_ahead(ahead)
     if nothing:
         raise typer.Exit(NO_DATA_EXIT)
 

@@ -290,3 +290,41 @@ def test_long_service_lists_locally_end_to_end(logq: Any, warehouse: Warehouse) 
         f"logq: no results: no data of {given[0]!r}, {given[1]!r} and 1,998 more in envoy_access"
     )
     assert all(len(line) <= len("logq: note: ") + NOTE_MAX_CHARS for line in lines), lines
+
+
+def test_rows_ahead_of_the_clock_are_noted_for_a_few_services_and_counted_past_them(
+    logq: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host whose clock runs ahead, running every service, stamps rows ahead in each:
+    `logq services` gave a note per service of the warehouse after its table. The first
+    four (by name) have theirs; one note counts the rest, with the newest of their times."""
+    from datetime import timedelta
+
+    import cli.output
+    from athena.timerange import iso_utc
+    from tests.athena.factory import access_frame, write_frame
+
+    monkeypatch.setattr(cli.output, "since_text", lambda when: "ahead")
+    now = datetime.now(UTC).replace(microsecond=0)
+    names = [f"svc-{i:02d}" for i in range(9)]
+    uri = str(tmp_path / "wh")
+    newest: dict[str, str] = {}
+    for i, name in enumerate(names):  # each later one's rows further ahead
+        start = now + timedelta(hours=2, minutes=i)
+        frame = access_frame(3, start, start + timedelta(seconds=5), [name])
+        write_frame(uri, "envoy_access", frame)
+        newest[name] = iso_utc(max(t.to_pydatetime() for t in frame["timestamp"]))
+    run = logq("services", "-f", "json", "--warehouse", uri)
+    assert run.exit_code == 0, run.stderr
+    assert [r["service"] for r in run.json()] == names
+    notes = [line for line in run.stderr.splitlines() if "also ha" in line]
+    assert notes[:4] == [
+        f"logq: note: {name} also has rows (rows stamped up to {newest[name]}: ahead)"
+        for name in names[:4]
+    ]
+    assert notes[4:] == [
+        f"logq: note: 5 more services also have rows (rows stamped up to {newest['svc-08']}: "
+        "ahead); `logq services -s NAME` notes those of one"
+    ]
+    one = logq("services", "-s", "svc-06", "--warehouse", uri)
+    assert f"logq: note: svc-06 also has rows (rows stamped up to {newest['svc-06']}" in one.stderr
