@@ -79,3 +79,20 @@ def empty_warehouse(tmp_path: Path) -> str:
     path = tmp_path / "empty"
     path.mkdir()
     return str(path)
+
+
+@pytest.fixture
+def compared(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The values difflib was asked to find close names for (the real search still runs):
+    suggestions are looked for only for the values a note names, not every one given."""
+    import difflib
+
+    seen: list[str] = []
+    real = difflib.get_close_matches
+
+    def get_close_matches(word: str, *args: object, **kwargs: object) -> list[str]:
+        seen.append(word)
+        return real(word, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(difflib, "get_close_matches", get_close_matches)
+    return seen

@@ -9,7 +9,6 @@ from __future__ import annotations
 import socket
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
@@ -167,23 +166,13 @@ def test_enum_read_from_glue(moto: str) -> None:
 
 
 def test_a_long_list_outside_the_enum_is_counted_end_to_end(
-    logq: Callable, moto: str, database: str, monkeypatch: pytest.MonkeyPatch
+    logq: Callable, moto: str, database: str, compared: list[str]
 ) -> None:
     """300 values of 66 characters the enum lacks, with and without one it has: the note and
     the "no results" reason name two and count the rest (they listed all 300: 36 and 21 KB),
     and close names are looked for only for the two named (the exit statuses as before)."""
-    import difflib
-
     from cli.service_names import NOTE_MAX_CHARS
 
-    compared: list[str] = []
-    real = difflib.get_close_matches
-
-    def get_close_matches(word: str, *args: Any, **kwargs: Any) -> list[str]:
-        compared.append(word)
-        return real(word, *args, **kwargs)
-
-    monkeypatch.setattr(difflib, "get_close_matches", get_close_matches)
     given = [f"svc-gateway-eu-west-1-canary-cluster-{i:04d}-checkout-service-v2-blue" for i in
              range(300)]  # fmt: skip
     bound = len("logq: note: ") + NOTE_MAX_CHARS

@@ -46,22 +46,6 @@ def _long(count: int, tag: str) -> list[str]:
             range(count)]  # fmt: skip
 
 
-@pytest.fixture
-def compared(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The values difflib was asked to find close names for (the real search still runs)."""
-    import difflib
-
-    seen: list[str] = []
-    real = difflib.get_close_matches
-
-    def get_close_matches(word: str, *args: Any, **kwargs: Any) -> list[str]:
-        seen.append(word)
-        return real(word, *args, **kwargs)
-
-    monkeypatch.setattr(difflib, "get_close_matches", get_close_matches)
-    return seen
-
-
 def _common(warehouse: str = "s3://logs/prod") -> Any:
     """The options the texts read, on Athena."""
     return SimpleNamespace(warehouse=warehouse, engine=EngineName.athena)
