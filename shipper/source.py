@@ -201,6 +201,9 @@ class SourceRunner:
         self._kept = 0
         """Bytes the window counts for the lines the tailer read past the last batch
         (:attr:`Tailer.kept_bytes`): see :meth:`_room`."""
+        self._reading = 0
+        """Bytes the window counts for the reader's read in hand: the room reserved for it,
+        then its batch until the queue takes it (:meth:`_release_held`)."""
         self._queued: tuple[str, int] | None = None
         """The source id and last record offset of the last batch with lines put on
         :attr:`queue`: read, and sent after the batch being sent (see :meth:`_send`)."""
@@ -294,8 +297,7 @@ class SourceRunner:
             await asyncio.gather(reader, sender, pinner, return_exceptions=True)
             self._unwatch()
             self.tailer.close()  # its kept lines go (read again from the checkpoint)
-            await self.shipper.window.release(self._kept)
-            self._kept = 0
+            await self._release_held()
             if self.shipper.registry.dirty:
                 # The files' checkpoints were dropped (read to their end and acknowledged):
                 # checkpoints.json forgets them now, not at some other source's next ack.
@@ -326,7 +328,6 @@ class SourceRunner:
 
     async def _read_loop(self) -> None:
         cfg = self.shipper.cfg
-        window = self.shipper.window
         # Room for a whole batch is reserved *before* reading it: a batch waiting for the
         # window would otherwise be memory the window does not see (so would the lines read
         # past it, kept for the next: _room).
@@ -335,7 +336,7 @@ class SourceRunner:
         while not self.stopping:
             if self.drain_deleted and not self.tailer.holds_deleted():
                 break
-            room = await self._room(reserve)
+            room = self._reading = await self._room(reserve)
             # Before the tailer's start (no-op after it): the compressed copies it reads again
             # are decompressed in a worker thread, not on the loop. No await between this and
             # the start below: the answers are for the files as the start finds them. A stop
@@ -344,13 +345,13 @@ class SourceRunner:
             try:
                 await self.tailer.prepare_off_loop()
             except gz_pool.GivenUp:
-                await window.release(room)  # stopping: the start is not made, nor the read
+                await self._release_reading()  # stopping: the start is not made, nor the read
                 continue
             try:
                 batch = self._next_batch(one_chunk=not room)
             except OSError as exc:
                 # EIO, EACCES...: keep the source, try again later; the checkpoint holds.
-                await window.release(room)
+                await self._release_reading()
                 now = time.monotonic()
                 failing_since = failing_since if failing_since is not None else now
                 if cfg.once and now - failing_since >= cfg.retry_timeout:
@@ -405,7 +406,7 @@ class SourceRunner:
             return
         reserve = 2 * self.shipper.cfg.batch_bytes
         while self.tailer.parser.pending_origins():
-            room = await self._room(reserve)
+            room = self._reading = await self._room(reserve)
             batch = self._next_batch(one_chunk=True)
             await self._count_kept(room, batch)
             if batch is None:
@@ -436,7 +437,29 @@ class SourceRunner:
         kept = self.tailer.kept_bytes
         nbytes = batch.nbytes if batch is not None else 0
         await self.shipper.window.resize(held + self._kept, nbytes + kept)
-        self._kept = kept
+        self._kept = kept  # (no await since the resize: a cancel cannot come between)
+        self._reading = nbytes
+
+    async def _release_reading(self) -> None:
+        """Give back the room reserved for a read that was not made."""
+        held, self._reading = self._reading, 0
+        await self.shipper.window.release(held)
+
+    async def _release_held(self) -> None:
+        """At the source's end, give back every byte of the window it still holds: its kept
+        lines, its read in hand and the batches queued that the sender did not take (the one
+        it was sending gave its own back: :meth:`_send`). A source that failed (one broken
+        file: the daemon starts it again at the next scan) had its reader and sender
+        cancelled with those bytes counted: each failure kept up to three batches' worth of
+        ``--max-inflight-bytes`` for good, and a file failing at every scan stopped every
+        source once they filled it."""
+        held = self._kept + self._reading
+        self._kept = self._reading = 0
+        while not self.queue.empty():
+            batch = self.queue.get_nowait()
+            if batch is not None:
+                held += batch.nbytes
+        await self.shipper.window.release(held)
 
     async def _until_sent(self) -> None:
         """Read nothing more until the batches queued are sent: the last one may wait for the
@@ -460,6 +483,7 @@ class SourceRunner:
 
     async def _enqueue(self, batch: Batch) -> None:
         await self._blocking(self.queue.put(batch), self.queue.full())
+        self._reading = 0  # the sender's now: it releases the bytes (_send, _drop_at_stop)
         if batch.lines:
             self._queued = (batch.cursor.source_id, batch.last_offset)
 
