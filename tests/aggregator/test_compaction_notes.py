@@ -197,7 +197,15 @@ def test_the_periodic_pass_stays_quiet_about_open_partitions(
 
     uri = str(tmp_path / "wh")
     flush_into(uri, OLD_HOUR, files=3)  # young files in a closed hour
-    flush_into(uri, datetime.now(UTC), files=2)  # the current hour
+    # The current hour: its two flushes' rows span 61 s, begun no later than 2 minutes ago
+    # (at the hour's start when it is younger), so that none falls in the next hour (within a
+    # minute of the hour's end they did: a sixth file).
+    now = datetime.now(UTC)
+    flush_into(
+        uri,
+        max(now.replace(minute=0, second=0, microsecond=0), now - timedelta(minutes=2)),
+        files=2,
+    )
     wh = open_warehouse(uri)
     loop = PeriodicCompaction(
         wh, Settings(compact_interval=0.05), Metrics(), Ledger(wh, "node-a", compacts=True)
