@@ -277,7 +277,9 @@ TIME_READERS: list[tuple[str, list[str]]] = [
     ("envoy_access", ["latency"]),
     ("envoy_access", ["sql", "SELECT count(*) AS n FROM envoy_access", "--since", "3h"]),
     ("envoy_access", ["sql", "SELECT min(timestamp) AS t FROM envoy_access"]),
-    ("container_logs", ["tail"]),
+    # (--since: tail's 15 minutes may end before the newest rows, at the hour's start in its
+    # first minutes: foreign_warehouse)
+    ("container_logs", ["tail", "--since", "3h"]),
 ]
 
 
