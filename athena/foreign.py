@@ -9,8 +9,9 @@ Nothing here runs on the happy path: the local engine reads every column cast to
 type (a cast that cannot convert a value raises), and only then are footers read, one at a time,
 to find the file at fault (:func:`find_foreign`). Reading every footer of every query up front
 would cost what the engine avoids (see :mod:`athena.engines.local`). One check does run on the
-happy path of an S3 table, on schemas pyarrow's scan has read anyway (:func:`integer_times`):
-pyarrow's cast of integer times does not fail, where DuckDB's does.
+happy path of an S3 table, on schemas pyarrow's scan has read anyway
+(:func:`refuse_integer_times`): pyarrow's cast of integer times does not fail, where DuckDB's
+does.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ if TYPE_CHECKING:
     from athena.warehouse import Warehouse
 
 
-#: Words of every :class:`ForeignFile` message: the local engine knows its own error by them when
-#: an S3 scan raised it (:func:`integer_times`) and DuckDB passed it on as text.
+#: Words of every :class:`ForeignFile` message: the local engine knows its own error by them
+#: when an S3 scan raised it (:func:`refuse_integer_times`) and DuckDB passed it on as text.
 DID_NOT_WRITE = "logq did not write it"
 
 
@@ -315,11 +316,15 @@ def _statistics_bounds(meta: pq.FileMetaData, index: int, raw: bool) -> tuple[in
     return None if low is None or high is None else (low, high)
 
 
-def integer_times(
+def refuse_integer_times(
     table: str, path: str, schema: pa.Schema, reads: Callable[[str], bool]
-) -> ForeignFile | None:
-    """The error for ``path`` when its ``schema`` holds integers in a column that ``table``
-    declares as a timestamp and that the scan ``reads`` (by name), else None.
+) -> None:
+    """Raise :class:`ForeignFile` for ``path`` when its ``schema`` holds integers in a column
+    that ``table`` declares as a timestamp and that the scan ``reads`` (by name): the check an
+    S3 table's scan runs on each file before its first rows go out
+    (:func:`athena.engines.s3scan.chunked_dataset`). The error reaches the query as DuckDB's
+    text: :func:`athena.engines.local._cast_failure` knows it by :data:`DID_NOT_WRITE`, and the
+    engine names the file again from its footer, as for pyarrow's own failed casts.
 
     pyarrow's scan of an S3 table, which reads every file with the declared schema
     (:mod:`athena.engines.s3scan`), casts such a column without a word, the integers taken as
@@ -337,8 +342,7 @@ def integer_times(
         found = schema.field(at).type
         kind = found.value_type if pa.types.is_dictionary(found) else found
         if pa.types.is_integer(kind) and reads(name):
-            return wrong_type(path, name, found, athena)
-    return None
+            raise wrong_type(path, name, found, athena)
 
 
 @functools.cache

@@ -120,11 +120,17 @@ def unknown_services_text(
     named while they fit (:data:`UNKNOWN_ROOM`) and counted past it, with `logq services`,
     which lists them all.
     """
-    from cli.service_names import SUGGESTED_AT_MOST, close_names, named_within, suggestion
+    from cli.service_names import (
+        SUGGESTED_AT_MOST,
+        close_names,
+        named_within,
+        suggestion,
+        with_more,
+    )
 
     named, left = named_within(unknown, UNKNOWN_ROOM["unknown"])
     close = close_names(unknown[: len(unknown) - left], known)
-    text = f"unknown service {named}{f' and {left:,} more' if left else ''} in {table}"
+    text = f"unknown service {with_more(named, left)} in {table}"
     if len(known) <= LIST_KNOWN_MAX or not close:
         listed, left = named_within(known, UNKNOWN_ROOM["known"], LIST_KNOWN_MAX, given=False)
         text += f"; known: {listed}"
@@ -141,12 +147,12 @@ def unknown_services_text(
 def showing_text(found: list[str]) -> str:
     """``; showing a, b only``: the ``--service`` names answered for beside unknown ones
     (empty without any), counted past :data:`UNKNOWN_ROOM`."""
-    from cli.service_names import named_within
+    from cli.service_names import named_within, with_more
 
     if not found:
         return ""
     named, left = named_within(found, UNKNOWN_ROOM["showing"], len(found), given=False)
-    return f"; showing {named}{f' and {left:,} more' if left else ''} only"
+    return f"; showing {with_more(named, left)} only"
 
 
 #: Each table in words, with the command that reads it (for "it has container logs: ...").
@@ -164,7 +170,7 @@ def elsewhere_text(table: str, names: list[str]) -> str:
     The names are counted past :data:`cli.service_names.NAMES_ROOM` (300 of them made a note
     of 40 KB, each twice), and the command then takes them as a placeholder: a command with
     some of the names would read only those."""
-    from cli.service_names import NAMES_ROOM, named_within
+    from cli.service_names import NAMES_ROOM, named_within, with_more
 
     what = TABLE_WORDS.get(table, (table, ""))[0]
     other = next((t for t in TABLE_WORDS if t != table), table)
@@ -173,8 +179,7 @@ def elsewhere_text(table: str, names: list[str]) -> str:
     has = "it has" if len(names) == 1 else "they have"
     run = f"{command} <their names> reads them" if left else f"{command} {','.join(names)}"
     return (
-        f"{'service' if len(names) == 1 else 'services'} {quoted}"
-        f"{f' and {left:,} more' if left else ''} "
+        f"{'service' if len(names) == 1 else 'services'} {with_more(quoted, left)} "
         f"{'has' if len(names) == 1 else 'have'} no {what} ({has} {other_what}: {run})"
     )
 
@@ -280,6 +285,7 @@ def outside_enum_text(
         close_names,
         named_within,
         suggestion,
+        with_more,
     )
 
     named, left = named_within(missing, NAMES_ROOM)
@@ -290,7 +296,7 @@ def outside_enum_text(
     close = close_names(missing[: len(missing) - left], found.values)
     typo = f"; did you mean {' or '.join(map(repr, sorted(close)))}?" if close else ""
     text = (
-        f"{named}{f' and {left:,} more' if left else ''} "
+        f"{with_more(named, left)} "
         f"{'is' if len(missing) == 1 else 'are'} not in the service list "
         f"(projection.service.values) of the Athena table {database}.{table}, so Athena "
         f"reads none of {'its' if len(missing) == 1 else 'their'} data{rest}. The list is "

@@ -19,11 +19,12 @@ def note(message: str) -> None:
     sys.stderr.flush()
 
 
-def shown(value: str, limit: int = 80) -> str:
+def shown(value: str | bytes, limit: int = 80) -> str:
     """``repr(value)`` for an error message, cut when long (a 100 KB value is not echoed)."""
     if len(value) <= limit:
         return repr(value)
-    return f"{value[:limit]!r}... ({len(value):,} characters)"
+    unit = "bytes" if isinstance(value, bytes) else "characters"
+    return f"{value[:limit]!r}... ({len(value):,} {unit})"
 
 
 def refuse_not_utf8(option: str, value: str | None) -> None:
@@ -35,18 +36,11 @@ def refuse_not_utf8(option: str, value: str | None) -> None:
         return
     sent = value.encode("utf-8", "surrogateescape")
     raise ValueError(
-        f"{option} {shown_bytes(sent)} is not UTF-8 text: logq stores lines as UTF-8, each "
+        f"{option} {shown(sent)} is not UTF-8 text: logq stores lines as UTF-8, each "
         "invalid byte sequence replaced by U+FFFD (as Fluent Bit and Vector do), so nothing "
         "stored holds these bytes; give the text in UTF-8 (check the terminal's or script's "
         "encoding), or match the replacement character U+FFFD ($'\\uFFFD' in bash)"
     )
-
-
-def shown_bytes(value: bytes, limit: int = 80) -> str:
-    """``repr(value)`` of bytes for an error message, cut when long."""
-    if len(value) <= limit:
-        return repr(value)
-    return f"{value[:limit]!r}... ({len(value):,} bytes)"
 
 
 def empty_option_text(option: str, value: str, instead: str, absent: str, what: str = "") -> str:

@@ -161,10 +161,14 @@ def named_within(
     return ", ".join(words[:count]), len(names) - count
 
 
+def with_more(named: str, left: int) -> str:
+    """``named`` (from :func:`named_within`) followed by `` and N more`` when ``left``."""
+    return f"{named} and {left:,} more" if left else named
+
+
 def counted(names: list[str], room: int = NAMES_ROOM, *, given: bool = True) -> str:
     """``'a', 'b' and 298 more``: :func:`named_within`, with the names left out counted."""
-    named, left = named_within(names, room, given=given)
-    return f"{named} and {left:,} more" if left else named
+    return with_more(*named_within(names, room, given=given))
 
 
 def capped(text: str, limit: int = NOTE_MAX_CHARS) -> str:

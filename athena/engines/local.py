@@ -30,10 +30,10 @@ or ``union_by_name``, made of it: a file another tool wrote with other types (te
 integers) fails the cast, and only then are footers read to name it
 (:class:`~athena.foreign.ForeignFile`). On S3, pyarrow's cast of epoch integers to times does
 not fail: the scan refuses such a file by the schema it read to scan it
-(:func:`athena.foreign.integer_times`). Text stored as Parquet BINARY (Spark, Hive) is read as
-text (``binary_as_string``, as Athena reads it; a cast of bytes escaped every non-ASCII one).
-The newest hour's files go first, so that only queries that read a column the old files lack
-pay it (see :meth:`LocalEngine._register`).
+(:func:`athena.foreign.refuse_integer_times`). Text stored as Parquet BINARY (Spark, Hive) is
+read as text (``binary_as_string``, as Athena reads it; a cast of bytes escaped every
+non-ASCII one). The newest hour's files go first, so that only queries that read a column the
+old files lack pay it (see :meth:`LocalEngine._register`).
 Nothing is printed before that is settled, so the second run shows only in the time taken: a
 result of up to :data:`~athena.engines.result.STREAM_WINDOW_ROWS` rows is fetched whole first;
 a larger one asked for as a stream (``logq sql``: ``stream=True``) has every file's footer read,
@@ -80,7 +80,7 @@ from athena.engines.result import (
     StatementError,
 )
 from athena.engines.spill import spill_directory
-from athena.foreign import DID_NOT_WRITE, ForeignFile
+from athena.foreign import DID_NOT_WRITE, ForeignFile, refuse_integer_times
 
 T = TypeVar("T")
 #: Past this many Parquet files, a local query says on stderr how to make it smaller. It still
@@ -299,21 +299,6 @@ def _cast_failure(exc: Exception, s3: bool = False) -> str | None:
     return None
 
 
-def _refuse_integer_times(
-    table: str, path: str, schema: pa.Schema, reads: Callable[[str], bool]
-) -> None:
-    """Raise :class:`ForeignFile` for a file of an S3 ``table`` whose times the scan would read
-    from integers (:func:`athena.foreign.integer_times`), as the file's first rows are read.
-    It reaches the query as DuckDB's text (naming the file): :func:`_cast_failure` knows it,
-    and :meth:`LocalEngine._foreign` names the file again from its footer, as for pyarrow's
-    own failed casts."""
-    from athena.foreign import integer_times
-
-    found = integer_times(table, path, schema, reads)
-    if found is not None:
-        raise found
-
-
 #: DuckDB's words for a Parquet file's text that is not UTF-8 (a local file, read
 #: ``binary_as_string``), and pyarrow's in the error of an S3 table's scan (its cast); not a
 #: statement's own failed cast of bytes ("could not convert blob to string").
@@ -518,7 +503,7 @@ class LocalEngine:
             ds.partitioning(
                 pa.schema([("service", pa.string()), ("dt", pa.string())]), flavor="hive"
             ),
-            check=functools.partial(_refuse_integer_times, table),
+            check=functools.partial(refuse_integer_times, table),
         )
         if not where:
             con.register(table, dataset)

@@ -111,8 +111,8 @@ def _chunk(
     columns: Any,
     where: Any,
     options: dict[str, Any],
-    check: Check | None = None,
-    reads: Callable[[str], bool] = lambda name: True,
+    check: Check | None,
+    reads: Callable[[str], bool],
 ) -> Iterator[pa.RecordBatch]:
     """The batches of one chunk of files; its dataset lives only as long as this generator.
     With ``check``, each file is checked before its first batch goes out (pyarrow hands out

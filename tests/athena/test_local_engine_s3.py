@@ -27,6 +27,7 @@ import athena.engines.s3scan as s3scan
 from athena.engines.local import LocalEngine, full_schema
 from athena.warehouse import open_warehouse
 from tests.athena.factory import access_frame, utc, write_frame
+from tests.cli.flights import Flights
 
 pytestmark = [pytest.mark.s3, pytest.mark.integration]
 
@@ -302,7 +303,9 @@ def test_a_file_of_epoch_integer_times_is_named_from_one_footer(
 
     uri, frame, files = s3_access
     foreign = _epoch_ms_copy(uri, files[7], one_time)
-    reads = _footers_read(monkeypatch)
+    footers = Flights(pq.read_metadata)  # the paths whose footers are read from now on
+    monkeypatch.setattr(pq, "read_metadata", footers)
+    reads = footers.firsts
     with pytest.raises(ForeignFile) as named:
         LocalEngine(uri).run("SELECT min(timestamp) AS t FROM envoy_access", {}, None)
     assert named.value.path == foreign, str(named.value)
@@ -317,19 +320,6 @@ def test_a_file_of_epoch_integer_times_is_named_from_one_footer(
         + pc.sum(pc.greater_equal(copied["response_code"], 500)).as_py()
     )
     assert counted.rows == [(want,)]
-
-
-def _footers_read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The paths whose footers logq reads from now on (``pq.read_metadata``)."""
-    reads: list[str] = []
-    real = pq.read_metadata
-
-    def counting(path: str, *args: Any, **kwargs: Any) -> Any:
-        reads.append(path)
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(pq, "read_metadata", counting)
-    return reads
 
 
 class _CountingOpens(pafs.FileSystemHandler):

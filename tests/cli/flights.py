@@ -15,7 +15,7 @@ OVERLAP_WAIT = 10
 
 class Flights:
     """``real`` wrapped to count its calls: ``calls`` in all, ``now`` in flight, ``most`` in
-    flight at once, and the ``threads`` they ran in (idents).
+    flight at once, the ``threads`` they ran in (idents) and their ``firsts`` arguments.
 
     ``first_waits``: the first call waits (up to :data:`OVERLAP_WAIT` s) for a second one to
     start before it runs, which calls made one after the other never do; ``overlapped`` then
@@ -30,6 +30,7 @@ class Flights:
         self.calls = self.now = self.most = 0
         self.overlapped: list[bool] = []  # what the first call's wait for a second one gave
         self.threads: set[int] = set()
+        self.firsts: list[Any] = []  # each call's first argument (a footer read: its path)
         self._lock, self._second = threading.Lock(), threading.Event()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -38,6 +39,7 @@ class Flights:
             self.calls += 1
             self.most = max(self.most, self.now)
             self.threads.add(threading.get_ident())
+            self.firsts.append(args[0] if args else None)
             first = self.calls == 1
             if not first:
                 self._second.set()

@@ -371,14 +371,9 @@ def test_a_stale_note_reads_no_footer_of_every_file_of_the_hour(
     later hour is found so, and only then are footers read."""
     uri = str(tmp_path / "wh")
     _busy_hour(uri)
-    reads: list[str] = []
-    real = pq.read_metadata
-
-    def counting(path: str, *args: Any, **kwargs: Any) -> Any:
-        reads.append(path)
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(pq, "read_metadata", counting)
+    footers = Flights(pq.read_metadata)
+    monkeypatch.setattr(pq, "read_metadata", footers)
+    reads = footers.firsts
     err = _note_at_ten_forty(uri, capsys)
     assert reads == [], f"{len(reads)} footers read for a stale note with nothing ahead"
     assert "newest data for quiet: 2026-03-01T10:37:00.000Z (3m ago)" in err, err
@@ -431,14 +426,9 @@ def test_counting_rows_ahead_reads_each_footer_once(
     the newest row are not read again for that."""
     uri = str(tmp_path / "wh")
     _flushes_with_a_clock_ahead(uri)
-    reads: list[str] = []
-    real = pq.read_metadata
-
-    def counting(path: str, *args: Any, **kwargs: Any) -> Any:
-        reads.append(path)
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(pq, "read_metadata", counting)
+    footers = Flights(pq.read_metadata)
+    monkeypatch.setattr(pq, "read_metadata", footers)
+    reads = footers.firsts
     run = logq("latency", "-s", "skew", "--since", "1h", "--warehouse", uri)
     assert run.exit_code == 0, run.stderr
     assert "2 rows for skew are stamped after now" in run.stderr, run.stderr
