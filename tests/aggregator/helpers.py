@@ -4,12 +4,14 @@ read back what it wrote."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from aggregator.metrics import Metrics
+from aggregator.server import ForwardServer, ServerLimits
 from athena.warehouse import list_entries, open_warehouse
 from shipper import wire
 from tests.support.procs import console_script, log_tail, start_group, stop_group, wait_until
@@ -148,6 +152,28 @@ def start_aggregator(
         stop_group(proc)
         raise
     return AggregatorProc(proc, log, found[0], warehouse, buffer_dir)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    buffer: Any,
+    metrics: Metrics,
+    limits: ServerLimits | None = None,
+    *,
+    grace: float = 5.0,
+    **options: Any,
+) -> AsyncIterator[tuple[ForwardServer, str, int]]:
+    """A :class:`ForwardServer` in the running event loop, listening on a free port of
+    127.0.0.1: ``(server, host, port)``. ``buffer`` is a test double of the real buffer (hence
+    ``Any``); ``options`` are the server's other keywords (``shared_key``, ``ssl_context``).
+    Stopped with ``grace`` on the way out, whether the test's body passed or failed, so that a
+    failure is reported as itself and not as a server left running."""
+    server = ForwardServer(buffer, metrics, ServerLimits() if limits is None else limits, **options)
+    host, port = await server.start("127.0.0.1", 0)
+    try:
+        yield server, host, port
+    finally:
+        await server.stop(grace=grace)
 
 
 def read_acks(sock: socket.socket, count: int, timeout: float = 30.0) -> list[str]:

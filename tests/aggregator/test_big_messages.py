@@ -23,9 +23,8 @@ import pytest
 from aggregator import big_messages
 from aggregator.decode import decode, from_ipc, to_ipc
 from aggregator.metrics import Metrics
-from aggregator.server import ForwardServer, ServerLimits
 from shipper import wire
-from tests.aggregator.helpers import record
+from tests.aggregator.helpers import record, serving
 from tests.aggregator.test_inflight import HeldBuffer, _ack, _message, _run, _until
 
 T0 = 1_795_860_000_000_000_000
@@ -369,9 +368,7 @@ def test_another_connection_is_acked_between_the_slices_of_a_big_message(
 
     async def scenario() -> None:
         buffer = HeldBuffer()
-        server = ForwardServer(buffer, metrics, ServerLimits())  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, metrics) as (_, host, port):
             r_other, w_other = await asyncio.open_connection(host, port)
 
             def first_slice_sends_other() -> None:
@@ -398,8 +395,6 @@ def test_another_connection_is_acked_between_the_slices_of_a_big_message(
             assert stored.column("log").to_pylist() == [r["log"] for _, r in entries]
             for w in (w_big, w_other):
                 w.close()
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
     at = slices.index("other")
@@ -436,9 +431,7 @@ def test_a_forward_mode_message_of_few_long_entries_is_decoded_the_big_way(
 
     async def scenario() -> None:
         buffer = HeldBuffer()
-        server = ForwardServer(buffer, metrics, ServerLimits())  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, metrics) as (_, host, port):
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(frame)
             await _until(lambda: len(buffer.frames) == 1)
@@ -453,8 +446,6 @@ def test_a_forward_mode_message_of_few_long_entries_is_decoded_the_big_way(
             stored = from_ipc(buffer.frames[0])
             assert stored.column("log").to_pylist() == [r["log"] for _, r in entries]
             writer.close()
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
     assert len(calls) == 1
@@ -495,9 +486,7 @@ def test_big_messages_of_many_connections_are_decoded_a_few_at_a_time(
 
     async def scenario() -> None:
         buffer = HeldBuffer()
-        server = ForwardServer(buffer, Metrics(), ServerLimits())  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, Metrics()) as (_, host, port):
             conns = [await asyncio.open_connection(host, port) for _ in messages]
             for (_, w), message in zip(conns, messages, strict=True):
                 w.write(message)
@@ -508,8 +497,6 @@ def test_big_messages_of_many_connections_are_decoded_a_few_at_a_time(
             assert acks == {f"big{i}" for i in range(4)} | {"gz0", "gz1"}
             for _, w in conns:
                 w.close()
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
     assert server_module.HEAVY_AT_ONCE == 2
@@ -552,9 +539,7 @@ def test_a_small_gzip_message_is_stored_while_big_ones_hold_every_turn(
 
     async def scenario() -> None:
         buffer = HeldBuffer()
-        server = ForwardServer(buffer, Metrics(), ServerLimits())  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, Metrics()) as (_, host, port):
             conns = [await asyncio.open_connection(host, port) for _ in range(4)]
             for (_, w), message in zip(conns, bigs, strict=False):
                 w.write(message)
@@ -573,8 +558,6 @@ def test_a_small_gzip_message_is_stored_while_big_ones_hold_every_turn(
             assert acks == {"big0", "big1", "gz"}
             for _, w in conns:
                 w.close()
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
 
@@ -588,15 +571,11 @@ def test_a_big_message_of_another_signal_is_acked_and_not_stored() -> None:
 
     async def scenario() -> None:
         buffer = HeldBuffer()
-        server = ForwardServer(buffer, Metrics(), ServerLimits())  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, Metrics()) as (_, host, port):
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(message)
             assert await _ack(reader) == "m1"
             assert buffer.frames == []
             writer.close()
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())

@@ -25,6 +25,7 @@ import aggregator.server as server_mod
 from aggregator.metrics import Metrics
 from aggregator.server import ForwardServer, ServerLimits, tls_context
 from shipper import wire
+from tests.aggregator.helpers import serving
 from tests.aggregator.test_inflight import (
     HeldBuffer,
     _ack,
@@ -53,9 +54,8 @@ def test_when_full_stalled_then_idle_connections_make_room_never_one_storing(
     async def scenario() -> None:
         buffer = HeldBuffer()
         metrics = Metrics()
-        server = ForwardServer(buffer, metrics, ServerLimits(max_connections=3))  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        limits = ServerLimits(max_connections=3)
+        async with serving(buffer, metrics, limits) as (server, host, port):
             r_stalled, w_stalled = await asyncio.open_connection(host, port)
             w_stalled.write(b"\x93")  # the head of a 3-item array, then nothing
             await _until(lambda: any(c.partial_since for c in server._conns.values()))
@@ -86,8 +86,6 @@ def test_when_full_stalled_then_idle_connections_make_room_never_one_storing(
                 assert await _ack(reader) == name
             for writer in (w_stalled, w_idle, w_busy, w_new, w_next, w_over):
                 writer.close()
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
 
@@ -105,9 +103,7 @@ def test_unfinished_pings_make_room_for_a_client_with_the_key(
         buffer = HeldBuffer()
         metrics = Metrics()
         limits = ServerLimits(max_connections=2)
-        server = ForwardServer(buffer, metrics, limits, shared_key="k")  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, metrics, limits, shared_key="k") as (server, host, port):
             holders = []
             for _ in range(2):
                 reader, writer = await asyncio.open_connection(host, port)
@@ -136,8 +132,6 @@ def test_unfinished_pings_make_room_for_a_client_with_the_key(
             assert _rejected(metrics, "evicted") == 1
             for _, holder in (*holders, (reader, writer)):
                 holder.close()
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
 
@@ -154,9 +148,7 @@ def test_a_ping_trickled_a_byte_at_a_time_still_makes_room(
         buffer = HeldBuffer()
         metrics = Metrics()
         limits = ServerLimits(max_connections=1)
-        server = ForwardServer(buffer, metrics, limits, shared_key="k")  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, metrics, limits, shared_key="k") as (_, host, port):
             r_trickle, w_trickle = await asyncio.open_connection(host, port)
             await r_trickle.read(4096)  # HELO
 
@@ -178,8 +170,6 @@ def test_a_ping_trickled_a_byte_at_a_time_still_makes_room(
             sender.cancel()
             for w in (w_trickle, writer):
                 w.close()
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
 
@@ -197,14 +187,9 @@ def test_unfinished_tls_handshakes_make_room_for_a_client_that_completes_one(
     async def scenario() -> None:
         buffer = HeldBuffer()
         metrics = Metrics()
-        server = ForwardServer(
-            buffer,  # type: ignore[arg-type]
-            metrics,
-            ServerLimits(max_connections=2),
-            ssl_context=tls_context(str(cert), str(key)),
-        )
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        limits = ServerLimits(max_connections=2)
+        tls = tls_context(str(cert), str(key))
+        async with serving(buffer, metrics, limits, ssl_context=tls) as (server, host, port):
             silent = await asyncio.open_connection(host, port)
             half = await asyncio.open_connection(host, port)
             half[1].write(b"\x16\x03\x01\x02\x00\x01")  # a ClientHello's first bytes
@@ -218,8 +203,6 @@ def test_unfinished_tls_handshakes_make_room_for_a_client_that_completes_one(
             assert _rejected(metrics, "evicted") == 1
             for w in (silent[1], half[1], writer):
                 w.close()
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
 
@@ -237,9 +220,7 @@ def test_a_message_still_arriving_is_never_closed_for_a_newcomer(
     async def scenario() -> None:
         buffer = HeldBuffer()
         metrics = Metrics()
-        server = ForwardServer(buffer, metrics, ServerLimits(max_connections=1))  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, metrics, ServerLimits(max_connections=1)) as (_, host, port):
             reader, writer = await asyncio.open_connection(host, port)
             frame = _message("slow", 3)
             sent = 0
@@ -271,8 +252,6 @@ def test_a_message_still_arriving_is_never_closed_for_a_newcomer(
             assert _rejected(metrics, "evicted") == 1
             for w in (writer, w_new):
                 w.close()
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
 
@@ -291,9 +270,8 @@ def test_a_connection_is_not_closed_for_a_newcomer_before_it_has_been_quiet_a_wh
 
     async def scenario() -> None:
         metrics = Metrics()
-        server = ForwardServer(HeldBuffer(), metrics, ServerLimits(max_connections=2))  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        limits = ServerLimits(max_connections=2)
+        async with serving(HeldBuffer(), metrics, limits) as (server, host, port):
             holders = [await asyncio.open_connection(host, port) for _ in range(2)]
             await _until(lambda: _open(server) == 2)
             for _ in range(20):
@@ -305,8 +283,6 @@ def test_a_connection_is_not_closed_for_a_newcomer_before_it_has_been_quiet_a_wh
             assert _open(server) == 2
             for _, writer in holders:
                 writer.close()
-        finally:
-            await server.stop(grace=5)
 
     caplog.set_level(logging.INFO, logger="logq.aggregator.server")
     _run(scenario())
@@ -324,9 +300,7 @@ def test_a_failed_handshake_answers_late_without_holding_up_the_others(
 
     async def scenario() -> None:
         metrics = Metrics()
-        server = ForwardServer(HeldBuffer(), metrics, ServerLimits(), shared_key="k")  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(HeldBuffer(), metrics, shared_key="k") as (server, host, port):
             for _ in range(3):
                 reader, writer, unpacker = await _handshake(host, port, "guess")
                 assert (await _pong(reader, unpacker))[:2] == ["PONG", False]
@@ -342,8 +316,6 @@ def test_a_failed_handshake_answers_late_without_holding_up_the_others(
             assert _rejected(metrics, "auth_failed") == 3
             for writer in (w_slow, w_ok):
                 writer.close()
-        finally:
-            await server.stop(grace=5)
 
     caplog.set_level(logging.DEBUG, logger="logq.aggregator.server")
     _run(scenario())
@@ -379,15 +351,11 @@ def test_a_ping_of_non_ascii_digest_or_non_utf8_hostname_gets_its_pong(
 
     async def scenario() -> None:
         metrics = Metrics()
-        server = ForwardServer(HeldBuffer(), metrics, ServerLimits(), shared_key="k")  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(HeldBuffer(), metrics, shared_key="k") as (_, host, port):
             assert (await ping(host, port, b"client", "\u00e9" * 128))[:2] == ["PONG", False]
             assert (await ping(host, port, b"caf\xe9", ""))[:2] == ["PONG", True]
             assert _rejected(metrics, "auth_failed") == 1
             assert _rejected(metrics, "internal_error") == 0
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
 
@@ -414,9 +382,7 @@ def test_guesses_sent_at_once_get_one_key_check_per_interval(
 
     async def scenario() -> None:
         metrics = Metrics()
-        server = ForwardServer(HeldBuffer(), metrics, ServerLimits(), shared_key="k")  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(HeldBuffer(), metrics, shared_key="k", grace=0) as (_, host, port):
             guesses = [await _handshake(host, port, f"guess-{i}") for i in range(20)]
             await _until(lambda: _rejected(metrics, "auth_rate_limited") == 20 - free - 2)
             answers = await asyncio.gather(
@@ -438,8 +404,6 @@ def test_guesses_sent_at_once_get_one_key_check_per_interval(
             assert _rejected(metrics, "auth_failed") == free  # still no more checks
             for writer in [w for _, w, _ in guesses] + [w_same, w_other]:
                 writer.close()
-        finally:
-            await server.stop(grace=0)
 
     caplog.set_level(logging.DEBUG, logger="logq.aggregator.server")
     _run(scenario())
@@ -466,30 +430,29 @@ def test_a_right_key_behind_the_address_of_a_client_retrying_a_wrong_one_gets_in
 
     async def scenario() -> None:
         metrics = Metrics()
-        server = ForwardServer(HeldBuffer(), metrics, ServerLimits(), shared_key="k")  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        stop = asyncio.Event()
+        async with serving(HeldBuffer(), metrics, shared_key="k", grace=0) as (server, host, port):
+            stop = asyncio.Event()
 
-        async def misconfigured() -> None:
-            while not stop.is_set():
-                reader, writer, unpacker = await _handshake(host, port, "old-key")
-                await _pong(reader, unpacker)
-                writer.close()
+            async def misconfigured() -> None:
+                while not stop.is_set():
+                    reader, writer, unpacker = await _handshake(host, port, "old-key")
+                    await _pong(reader, unpacker)
+                    writer.close()
 
-        retrying = asyncio.create_task(misconfigured())
-        try:
-            await _until(lambda: _rejected(metrics, "auth_failed") >= 8)  # limited, retrying
-            for _ in range(3):
-                failed = _rejected(metrics, "auth_failed")
-                reader, writer, unpacker = await _handshake(host, port, "k")
-                assert (await _pong(reader, unpacker))[:2] == ["PONG", True]  # first try
-                writer.close()
-                await _until(lambda n=failed: _rejected(metrics, "auth_failed") > n)  # still tried
-            assert server._auth_failures["127.0.0.1"].limited(time.monotonic())
-        finally:
-            stop.set()
-            await retrying
-            await server.stop(grace=0)
+            retrying = asyncio.create_task(misconfigured())
+            try:
+                await _until(lambda: _rejected(metrics, "auth_failed") >= 8)  # limited, retrying
+                for _ in range(3):
+                    failed = _rejected(metrics, "auth_failed")
+                    reader, writer, unpacker = await _handshake(host, port, "k")
+                    assert (await _pong(reader, unpacker))[:2] == ["PONG", True]  # first try
+                    writer.close()
+                    # The failing client's keys are still tried meanwhile.
+                    await _until(lambda n=failed: _rejected(metrics, "auth_failed") > n)
+                assert server._auth_failures["127.0.0.1"].limited(time.monotonic())
+            finally:  # the retries end before the server stops
+                stop.set()
+                await retrying
 
     _run(scenario())
 
@@ -522,9 +485,8 @@ def test_a_short_shared_key_is_warned_about_once_at_start(
     a strong one; the key itself is never logged."""
 
     async def start(key: str) -> None:
-        server = ForwardServer(HeldBuffer(), Metrics(), ServerLimits(), shared_key=key)  # type: ignore[arg-type]
-        await server.start("127.0.0.1", 0)
-        await server.stop(grace=0)
+        async with serving(HeldBuffer(), Metrics(), shared_key=key, grace=0):
+            pass  # the warning is said at start
 
     caplog.set_level(logging.INFO, logger="logq.aggregator.server")
     _run(start("s3cr3t-fluentd"))

@@ -27,6 +27,7 @@ from aggregator.declared import MAX_HEADERS, DeclaredSize
 from aggregator.metrics import Metrics
 from aggregator.server import ForwardServer, ServerLimits, _Conn
 from shipper import wire
+from tests.aggregator.helpers import serving
 from tests.aggregator.test_inflight import (
     HeldBuffer,
     _ack,
@@ -92,9 +93,7 @@ def _refusal(
         buffer = HeldBuffer()
         metrics = Metrics()
         limits = ServerLimits(limit, idle_timeout=HOUR, max_message_entries=10**9)
-        server = ForwardServer(buffer, metrics, limits)  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, metrics, limits) as (_, host, port):
             r_good, w_good = await asyncio.open_connection(host, port)
             reader, writer = await asyncio.open_connection(host, port)
             for piece in (head[:11], head[11:14], head[14:]):
@@ -109,8 +108,6 @@ def _refusal(
             assert await _ack(r_good) == "after"
             for w in (writer, w_good):
                 w.close()
-        finally:
-            await server.stop(grace=5)
 
     caplog.set_level(logging.WARNING, logger="logq.aggregator.server")
     _run(scenario())
@@ -138,9 +135,8 @@ def test_messages_within_the_limit_split_anywhere_are_all_acked() -> None:
         buffer = HeldBuffer()
         metrics = Metrics()
         limit = max(len(f) for f in frames)  # a message's size exactly at the limit is fine
-        server = ForwardServer(buffer, metrics, ServerLimits(limit, idle_timeout=HOUR))  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        limits = ServerLimits(limit, idle_timeout=HOUR)
+        async with serving(buffer, metrics, limits) as (_, host, port):
             reader, writer = await asyncio.open_connection(host, port)
 
             async def send() -> None:
@@ -162,8 +158,6 @@ def test_messages_within_the_limit_split_anywhere_are_all_acked() -> None:
             assert _rejected(metrics, "frame_too_large") == 0
             writer.close()
             return acks
-        finally:
-            await server.stop(grace=5)
 
     assert _run(scenario()) == ["p", "f", "m"]
 
@@ -216,9 +210,7 @@ def test_small_messages_read_together_past_the_limit_are_all_acked(how: str) -> 
         metrics = Metrics()
         key = "k" if how == "behind the PING" else None
         limits = ServerLimits(limit, idle_timeout=HOUR)
-        server = ForwardServer(buffer, metrics, limits, shared_key=key)  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, metrics, limits, shared_key=key) as (_, host, port):
             if key is None:
                 reader, writer = await asyncio.open_connection(host, port)
                 writer.write(b"".join(small) + big)
@@ -235,8 +227,6 @@ def test_small_messages_read_together_past_the_limit_are_all_acked(how: str) -> 
             assert _rejected(metrics, "frame_too_large") == 1
             writer.close()
             return _acks(data, how)
-        finally:
-            await server.stop(grace=5)
 
     assert _run(scenario()) == names
 
@@ -257,9 +247,8 @@ def test_a_forward_mode_message_over_the_limit_is_refused_however_it_is_read(
     async def scenario() -> None:
         buffer = _DurableBuffer()
         metrics = Metrics()
-        server = ForwardServer(buffer, metrics, ServerLimits(limit, idle_timeout=HOUR))  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        limits = ServerLimits(limit, idle_timeout=HOUR)
+        async with serving(buffer, metrics, limits) as (_, host, port):
             reader, writer = await asyncio.open_connection(host, port)
             step = -(-len(frame) // pieces)
             with contextlib.suppress(ConnectionError):  # closed before the last piece
@@ -271,8 +260,6 @@ def test_a_forward_mode_message_over_the_limit_is_refused_however_it_is_read(
             assert buffer.frames == []
             assert _rejected(metrics, "frame_too_large") == 1
             writer.close()
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
 
@@ -292,9 +279,7 @@ def test_a_message_written_with_the_ping_is_refused_from_its_headers(
         buffer = HeldBuffer()
         metrics = Metrics()
         limits = ServerLimits(LIMIT, idle_timeout=HOUR, max_message_entries=10**9)
-        server = ForwardServer(buffer, metrics, limits, shared_key="k")  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, metrics, limits, shared_key="k") as (_, host, port):
             reader, writer, unpacker = await _handshake(host, port, then=DECLARING["packed_bin"])
             assert (await _pong(reader, unpacker))[1] is True
             assert await asyncio.wait_for(reader.read(), 30) == b""  # closed: never the idle
@@ -306,8 +291,6 @@ def test_a_message_written_with_the_ping_is_refused_from_its_headers(
             assert wire.decode_ack(await _pong(r_good, u_good)) == "after"
             for w in (writer, w_good):
                 w.close()
-        finally:
-            await server.stop(grace=5)
 
     caplog.set_level(logging.WARNING, logger="logq.aggregator.server")
     _run(scenario())
@@ -326,9 +309,7 @@ def test_messages_written_with_the_ping_are_acked_and_counted_once() -> None:
         buffer = HeldBuffer()
         metrics = Metrics()
         limits = ServerLimits(LIMIT, idle_timeout=HOUR)
-        server = ForwardServer(buffer, metrics, limits, shared_key="k")  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, metrics, limits, shared_key="k") as (_, host, port):
             reader, writer, unpacker = await _handshake(host, port, then=behind)
             assert (await _pong(reader, unpacker))[1] is True
             await _until(lambda: len(buffer.frames) == 2)
@@ -343,8 +324,6 @@ def test_messages_written_with_the_ping_are_acked_and_counted_once() -> None:
             ping = len(wire.encode_ping("client", b"salt", b"n" * 16, "k"))
             assert metrics.bytes_in._value.get() == ping + sum(map(len, frames))
             writer.close()
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
 

@@ -27,13 +27,11 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from aggregator import server as server_module
 from aggregator.metrics import Metrics
-from aggregator.server import ForwardServer, ServerLimits
 from shipper import wire
 from shipper.config import Endpoint
 from shipper.sender import ForwardClient, rendezvous_order
@@ -42,9 +40,10 @@ from tests.aggregator.helpers import (
     read_acks,
     read_table,
     record,
+    serving,
     start_aggregator,
 )
-from tests.aggregator.test_inflight import HeldBuffer, _until
+from tests.aggregator.test_inflight import HeldBuffer, _run, _until
 from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -106,18 +105,12 @@ def _abandoned(metrics: Metrics, outcome: str) -> float:
     return metrics.abandoned.labels(outcome)._value.get()
 
 
-def _run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 120))
-
-
 def test_a_message_whose_client_closed_before_it_was_read_is_not_stored(
     caplog: pytest.LogCaptureFixture, short_stall: None
 ) -> None:
     async def scenario() -> None:
         buffer, metrics = HeldBuffer(), Metrics()
-        server = ForwardServer(buffer, metrics, ServerLimits())  # type: ignore[arg-type]
-        _, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, metrics) as (server, _, port):
             given_up = _message("given-up", 5) + _message("given-up-too", 3)
             no_acks = _message("no-acks", 4, chunk=False)
             # The stall: the loop runs none of the server's code while these calls block.
@@ -139,8 +132,6 @@ def test_a_message_whose_client_closed_before_it_was_read_is_not_stored(
             assert _abandoned(metrics, "dropped") == 2
             assert _abandoned(metrics, "stored") == 0
             assert metrics.acks._value.get() == 0
-        finally:
-            await server.stop(grace=5)
 
     with caplog.at_level("WARNING", logger="logq.aggregator.server"):
         _run(scenario())
@@ -157,9 +148,7 @@ def test_a_client_that_closes_while_its_message_is_made_durable_is_counted(
 
     async def scenario() -> None:
         buffer, metrics = HeldBuffer(), Metrics()
-        server = ForwardServer(buffer, metrics, ServerLimits())  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, metrics) as (_, host, port):
             _, writer = await asyncio.open_connection(host, port)
             writer.write(_message("slow-fsync", 5))
             await _until(lambda: len(buffer.frames) == 1)  # appended, not durable yet
@@ -171,8 +160,6 @@ def test_a_client_that_closes_while_its_message_is_made_durable_is_counted(
             buffer.sync(0)
             await _until(lambda: _abandoned(metrics, "stored") == 1, timeout=10)
             assert _abandoned(metrics, "dropped") == 0
-        finally:
-            await server.stop(grace=5)
 
     with caplog.at_level("WARNING", logger="logq.aggregator.server"):
         _run(scenario())
@@ -189,9 +176,7 @@ def test_a_client_still_connected_gets_its_ack_and_its_lines_stored() -> None:
 
     async def scenario() -> None:
         buffer, metrics = HeldBuffer(), Metrics()
-        server = ForwardServer(buffer, metrics, ServerLimits())  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, metrics) as (_, host, port):
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(_message("kept", 5))
             await _until(lambda: len(buffer.frames) == 1)
@@ -206,8 +191,6 @@ def test_a_client_still_connected_gets_its_ack_and_its_lines_stored() -> None:
             assert await reader.read() == b""
             writer.close()
             assert _abandoned(metrics, "dropped") == _abandoned(metrics, "stored") == 0
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
 
@@ -234,9 +217,7 @@ async def _serve_half_closed(payload: bytes) -> tuple[bytes, HeldBuffer, Metrics
     """What a client that half-closes right after sending reads back, with the server's buffer
     and metrics."""
     buffer, metrics = HeldBuffer(), Metrics()
-    server = ForwardServer(buffer, metrics, ServerLimits())  # type: ignore[arg-type]
-    _, port = await server.start("127.0.0.1", 0)
-    try:
+    async with serving(buffer, metrics) as (_, _, port):
         client = asyncio.create_task(_send_half_close_and_read(port, payload))
 
         def synced_and_answered() -> bool:
@@ -245,8 +226,6 @@ async def _serve_half_closed(payload: bytes) -> tuple[bytes, HeldBuffer, Metrics
 
         await _until(synced_and_answered, timeout=30)
         return await client, buffer, metrics
-    finally:
-        await server.stop(grace=5)
 
 
 def test_a_msgpack_client_that_half_closes_and_waits_gets_its_ack() -> None:
@@ -277,9 +256,7 @@ def test_a_dropped_message_resent_to_the_same_aggregator_is_stored_and_acked(
 
     async def scenario() -> None:
         buffer, metrics = HeldBuffer(), Metrics()
-        server = ForwardServer(buffer, metrics, ServerLimits())  # type: ignore[arg-type]
-        _, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, metrics) as (_, _, port):
             message = _message("resent", 4)
             _send_and_close(port, message)  # the stall: dropped when the loop resumes
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -299,8 +276,6 @@ def test_a_dropped_message_resent_to_the_same_aggregator_is_stored_and_acked(
             assert acks == ["resent"]
             assert len(buffer.frames) == 1
             assert _abandoned(metrics, "dropped") == 1
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
 

@@ -869,7 +869,7 @@ def test_a_bug_decoding_one_message_still_acks_the_durable_ones_before_it(
 
     import aggregator.server as server_module
     from aggregator.metrics import Metrics
-    from aggregator.server import ForwardServer, ServerLimits
+    from tests.aggregator.helpers import serving
     from tests.aggregator.test_inflight import HeldBuffer, _message
 
     real = server_module.decode
@@ -884,10 +884,8 @@ def test_a_bug_decoding_one_message_still_acks_the_durable_ones_before_it(
     async def scenario() -> list[str]:
         buffer = HeldBuffer()
         metrics = Metrics()
-        server = ForwardServer(buffer, metrics, ServerLimits())  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
         bug = wire.encode_packed_forward("logq.bug", [(time.time_ns(), {"log": "x"})], chunk="b")
-        try:
+        async with serving(buffer, metrics) as (_, host, port):
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(_message("first", 3) + _message("second", 3) + bug)
             while len(buffer.waits) < 2:
@@ -901,7 +899,5 @@ def test_a_bug_decoding_one_message_still_acks_the_durable_ones_before_it(
             acks = [wire.decode_ack(obj) for obj in unpacker]
             assert metrics.connections_rejected.labels("internal_error")._value.get() == 1
             return acks
-        finally:
-            await server.stop(grace=5)
 
     assert asyncio.run(scenario()) == ["first", "second"]

@@ -35,7 +35,7 @@ from aggregator.inflate import (
 from aggregator.metrics import Metrics
 from aggregator.server import ForwardServer, ServerLimits
 from shipper import wire
-from tests.aggregator.helpers import record
+from tests.aggregator.helpers import record, serving
 from tests.aggregator.test_inflight import HeldBuffer, _ack, _message, _rejected, _run, _until
 
 WORKER = "logq-inflate"
@@ -223,9 +223,7 @@ def test_other_connections_are_served_while_a_big_blob_inflates(watched: _Watche
 
     async def scenario() -> None:
         buffer = HeldBuffer()
-        server = ForwardServer(buffer, Metrics(), ServerLimits())  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, Metrics()) as (_, host, port):
             watched.held.clear()
             r_big, w_big = await asyncio.open_connection(host, port)
             w_big.write(big + _message("after-big", 2))
@@ -249,8 +247,6 @@ def test_other_connections_are_served_while_a_big_blob_inflates(watched: _Watche
             assert acks == ["big", "after-big"]
             for w in (w_big, w_other):
                 w.close()
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
     assert "worker" in watched.threads()
@@ -273,9 +269,7 @@ def test_a_small_blob_that_inflates_big_is_inflated_once(
 
     async def scenario() -> None:
         buffer = HeldBuffer()
-        server = ForwardServer(buffer, Metrics(), ServerLimits())  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, Metrics()) as (_, host, port):
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(frame)
             await _until(lambda: len(buffer.frames) == 1)
@@ -284,8 +278,6 @@ def test_a_small_blob_that_inflates_big_is_inflated_once(
             stored = from_ipc(buffer.frames[0])
             assert stored.column("log").to_pylist() == [r["log"] for _, r in entries]
             writer.close()
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
     assert watched.threads() == ["MainThread", "worker"]
@@ -336,9 +328,7 @@ def test_a_blob_whose_client_left_during_its_inflate_is_not_stored(
         nonlocal left
         buffer = HeldBuffer()
         metrics = Metrics()
-        server = ForwardServer(buffer, metrics, ServerLimits())  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, metrics) as (_, host, port):
             watched.held.clear()
             _, writer = await asyncio.open_connection(host, port)
             writer.write(big)
@@ -348,8 +338,6 @@ def test_a_blob_whose_client_left_during_its_inflate_is_not_stored(
             await _until(lambda: metrics.abandoned.labels("dropped")._value.get() == 1)
             assert buffer.frames == []
             writer.close()
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
 
@@ -362,9 +350,7 @@ def test_a_big_blob_over_the_limit_closes_only_its_connection(watched: _Watched)
     async def scenario() -> None:
         buffer = HeldBuffer()
         metrics = Metrics()
-        server = ForwardServer(buffer, metrics, ServerLimits())  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, metrics) as (_, host, port):
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(frame)
             assert await asyncio.wait_for(reader.read(), 30) == b""
@@ -376,8 +362,6 @@ def test_a_big_blob_over_the_limit_closes_only_its_connection(watched: _Watched)
             assert await _ack(r_ok) == "ok"
             for w in (writer, w_ok):
                 w.close()
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
     assert "worker" in watched.threads()

@@ -21,9 +21,9 @@ import aggregator.server as server_mod
 from aggregator.config import ConfigError, add_serve_flags, load_settings
 from aggregator.inflight import InflightBytes
 from aggregator.metrics import Metrics
-from aggregator.server import FIRST_READ, ForwardServer, ServerLimits
+from aggregator.server import FIRST_READ, ServerLimits
 from shipper import wire
-from tests.aggregator.helpers import read_acks, read_table, record, start_aggregator
+from tests.aggregator.helpers import read_acks, read_table, record, serving, start_aggregator
 
 
 async def _until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -188,11 +188,9 @@ def test_past_the_budget_another_connection_is_not_read_until_bytes_are_released
         buffer = HeldBuffer()
         metrics = Metrics()
         limits = ServerLimits(max_inflight_bytes=FIRST_READ)
-        server = ForwardServer(buffer, metrics, limits)  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
         big, small = _message("big", 1500), _message("small", 10)
         assert len(big) > 4 * FIRST_READ
-        try:
+        async with serving(buffer, metrics, limits) as (server, host, port):
             r1, w1 = await asyncio.open_connection(host, port)
             w1.write(big)
             await _until(lambda: len(buffer.frames) == 1)  # decoded, appended, not yet durable
@@ -214,8 +212,6 @@ def test_past_the_budget_another_connection_is_not_read_until_bytes_are_released
             await _until(lambda: server.inflight.used == 0)
             for writer in (w1, w2):
                 writer.close()
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
 
@@ -225,9 +221,7 @@ def test_decoded_messages_are_not_kept_while_their_fsync_is_awaited() -> None:
 
     async def scenario() -> None:
         buffer = HeldBuffer()
-        server = ForwardServer(buffer, Metrics(), ServerLimits())  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, Metrics()) as (server, host, port):
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(_message("kept", 2000))
             await _until(lambda: len(buffer.frames) == 1)
@@ -237,8 +231,6 @@ def test_decoded_messages_are_not_kept_while_their_fsync_is_awaited() -> None:
             buffer.sync(0)
             assert await _ack(reader) == "kept"
             writer.close()
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
 
@@ -322,9 +314,8 @@ def test_a_connection_asking_for_acks_is_closed_unread_after_waiting_too_long(
     async def scenario() -> None:
         buffer = HeldBuffer()
         metrics = Metrics()
-        server = ForwardServer(buffer, metrics, ServerLimits(max_inflight_bytes=FIRST_READ))  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        limits = ServerLimits(max_inflight_bytes=FIRST_READ)
+        async with serving(buffer, metrics, limits) as (_, host, port):
             r1, w1 = await asyncio.open_connection(host, port)
             w1.write(_message("big", 1500))
             await _until(lambda: len(buffer.frames) == 1)  # appended, not durable: budget full
@@ -340,8 +331,6 @@ def test_a_connection_asking_for_acks_is_closed_unread_after_waiting_too_long(
             assert len(buffer.frames) == 1  # the given-up message was never read
             for writer in (w1, w2):
                 writer.close()
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
 
@@ -386,9 +375,7 @@ def test_a_handshake_is_not_queued_behind_a_full_budget(monkeypatch: pytest.Monk
         buffer = HeldBuffer()
         metrics = Metrics()
         limits = ServerLimits(max_inflight_bytes=FIRST_READ)
-        server = ForwardServer(buffer, metrics, limits, shared_key="k")  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, metrics, limits, shared_key="k") as (_, host, port):
             r1, w1, u1 = await _handshake(host, port)
             assert (await _pong(r1, u1))[:2] == ["PONG", True]
             w1.write(_message("big", 1500))
@@ -400,8 +387,6 @@ def test_a_handshake_is_not_queued_behind_a_full_budget(monkeypatch: pytest.Monk
             assert _rejected(metrics, "slow_client") == 0
             for writer in (w1, w2):
                 writer.close()
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
 
@@ -423,9 +408,7 @@ def test_a_stalled_message_does_not_hold_the_others_up_to_the_idle_timeout(
         buffer = DurableBuffer()
         metrics = Metrics()
         limits = ServerLimits(max_inflight_bytes=4 * FIRST_READ, idle_timeout=600.0)
-        server = ForwardServer(buffer, metrics, limits)  # type: ignore[arg-type]
-        host, port = await server.start("127.0.0.1", 0)
-        try:
+        async with serving(buffer, metrics, limits) as (server, host, port):
             stalled = _message("stalled", 3000)
             r1, w1 = await asyncio.open_connection(host, port)
             w1.write(stalled[: len(stalled) // 2])  # half a message, then nothing
@@ -437,7 +420,5 @@ def test_a_stalled_message_does_not_hold_the_others_up_to_the_idle_timeout(
             assert await asyncio.wait_for(r1.read(), 30) == b""
             for writer in (w1, w2):
                 writer.close()
-        finally:
-            await server.stop(grace=5)
 
     _run(scenario())
