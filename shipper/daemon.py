@@ -15,6 +15,9 @@ checkpoints as acks arrive, and handles the process lifecycle:
   An idle source sleeps until inotify reports a change of its live file (at most
   :data:`~shipper.source.IDLE_CEILING_SECONDS`), else it looks every ``--poll-interval``
   (no inotify, watch limit reached, network filesystems); see :class:`FileWatcher`.
+  A source that fails (one broken file) is started again by the discovery pass
+  :data:`RETRY_SECONDS` later, the pause doubling with each failure in a row up to the
+  safety-net rescan period; the others are unaffected.
 * SIGTERM / SIGINT: stop reading, wait for in-flight acks (at most ``--retry-timeout``), save
   checkpoints, exit 0. SIGHUP: a warning that there is no configuration reload; it goes on.
 * checkpoints that cannot be written (full or read-only ``--state-dir``) do not stop shipping:
@@ -84,6 +87,12 @@ FULL_SCAN_SECONDS = 10.0
 """With inotify watching every folder, the safety-net rescan runs this often (at least)."""
 MAX_BACKOFF_SECONDS = 30.0
 """Longest pause between discovery passes that keep failing (out of file descriptors...)."""
+RETRY_SECONDS = 1.0
+"""A source that failed (one broken file) is started again this soon by a discovery pass; each
+failure in a row doubles the pause, up to the safety-net rescan period (see
+:meth:`Shipper._note_failure`)."""
+RETRY_EARLY_SECONDS = 0.01
+"""A pass this close to a source's retry time takes it: a timer may fire a hair early."""
 GAUGE_SECONDS = 1.0
 """How often ``bytes_behind`` and the other gauges are refreshed (at most)."""
 GONE_GRACE_SECONDS = 5.0
@@ -163,6 +172,14 @@ class Shipper:
         removed once it has delivered what it had read (see :meth:`_stop_excluded`)."""
         self._missing: dict[str, float] = {}
         """Source key -> when its file was first found missing (see GONE_GRACE_SECONDS)."""
+        self._retry_at: dict[str, float] = {}
+        """Key of a failed source -> when the discovery pass may start it again (monotonic);
+        taken or dropped by the first pass after that time."""
+        self._failures: dict[str, int] = {}
+        """Key of a source -> its failures in a row (kept while its file is found: the count
+        sets the next retry's pause)."""
+        self._retry_added = asyncio.Event()
+        """A retry was recorded: the wait for the next pass is worked out again."""
         self._scan_failures = 0
         """Discovery passes in a row that could not list everything (0: the last one could)."""
         self._blind_passes = 0
@@ -370,10 +387,20 @@ class Shipper:
         self._note_excluded(scan)
         self._stop_excluded(scan)
         seen = {s.key for s in scan.specs}
+        now = time.monotonic()
         for spec in scan.specs:
             runner = self.runners.get(spec.key)
             if runner is None:
-                log.info("new source key=%s service=%s path=%s", spec.key, spec.service, spec.path)
+                due = self._retry_at.get(spec.key)
+                if due is not None and due > now + RETRY_EARLY_SECONDS:
+                    continue  # failed a moment ago: not before its retry time
+                log.info(
+                    "%s key=%s service=%s path=%s",
+                    "new source" if due is None else "source started again after a failure",
+                    spec.key,
+                    spec.service,
+                    spec.path,
+                )
                 self.registry.describe(spec.key, spec.service, spec.container_name)
                 runner = SourceRunner(self, spec, kept_out=spec.key in self._kept_out)
                 self._kept_out.discard(spec.key)
@@ -397,7 +424,7 @@ class Shipper:
                 self.registry.describe(spec.key, spec.service, spec.container_name)
         for key in seen:
             self._missing.pop(key, None)
-        now = time.monotonic()
+        self._forget_retries(scan, seen, now)
         for key, runner in self.runners.items():
             if key in seen or runner.finishing or key in scan.excluded or key in scan.read_as:
                 continue
@@ -418,14 +445,26 @@ class Shipper:
             return True
         return now - self._missing.setdefault(key, now) >= GONE_GRACE_SECONDS
 
+    def _forget_retries(self, scan: Scan, seen: set[str], now: float) -> None:
+        """After a pass: the retries due were taken (their sources started above) or, their
+        files not found, are dropped: a later pass that finds one starts it as a new source,
+        a file that vanished meanwhile is not started again. A complete pass that did not
+        find a source forgets its failures too."""
+        self._retry_at = {k: t for k, t in self._retry_at.items() if t > now + RETRY_EARLY_SECONDS}
+        if scan.complete:
+            kept = seen | self.runners.keys() | self._retry_at.keys()
+            self._failures = {k: n for k, n in self._failures.items() if k in kept}
+
     def _runner_done(self, task: asyncio.Task[None]) -> None:
         key = task.get_name()
         runner = self.runners.get(key)
         exc = None if task.cancelled() else task.exception()
         ends = exc is not None or key in self._stopped_excluded
+        ran_since = None
         if runner is not None and runner.task is task and (runner.finishing or ends):
             del self.runners[key]
             self._stopped_excluded.discard(key)
+            ran_since = runner.started_at
         if exc is None:
             return
         if isinstance(exc, ShipperError) or self.cfg.once:
@@ -434,13 +473,35 @@ class Shipper:
                 self._failure = exc
             self._stop.set()
         else:
-            # One broken file must not stop the others: it is picked up again at the next scan.
+            # One broken file must not stop the others: a discovery pass starts it again soon.
+            delay = self._note_failure(key, ran_since)
             log.error(
-                "source failed, will retry at the next scan key=%s error=%r",
+                "source failed, will retry in %.1f s key=%s failures=%d error=%r",
+                delay,
                 key,
+                self._failures[key],
                 str(exc),
                 exc_info=exc,
             )
+
+    def _note_failure(self, key: str, ran_since: float | None) -> float:
+        """Record when the failed source ``key`` may start again; returns the pause.
+
+        1 s after its first failure, doubling with each failure in a row up to the safety-net
+        rescan period (the retry of a shipper without backoff: a file that fails every time
+        costs one traceback per period, and a transient fault heals within seconds). A source
+        that ran that long before it failed starts over at 1 s: counting "in a row" by time
+        run rather than by batches shipped, a file that fails after every first batch still
+        backs off."""
+        cap = max(self.cfg.discover_interval, FULL_SCAN_SECONDS)
+        now = time.monotonic()
+        ran_long = ran_since is not None and now - ran_since >= cap
+        failures = 1 if ran_long else self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        delay = min(RETRY_SECONDS * 2 ** min(failures - 1, 16), cap)
+        self._retry_at[key] = now + delay
+        self._retry_added.set()
+        return delay
 
     def _gc_registry(self, live: set[str]) -> None:
         """Forget the checkpoints of sources gone for :data:`STALE_CHECKPOINT_SECONDS`; those
@@ -682,23 +743,14 @@ class Shipper:
             # it waited for the safety-net rescan, --discover-interval or longer).
             recheck = watcher is not None
             while not self._stop.is_set():
-                timeout = self._scan_delay(recheck, covered)
-                if watcher is not None and not self._blind_passes:
-                    change = asyncio.ensure_future(watcher.wait(timeout))
-                    await asyncio.wait([stop, change], return_when=asyncio.FIRST_COMPLETED)
-                    # After an event, look again soon: a container's files are written one by
-                    # one, and the scan that the first event triggered may have come too early.
-                    recheck = change.done() and not change.cancelled() and change.result()
-                    change.cancel()
-                    if recheck:
-                        await asyncio.sleep(SETTLE_SECONDS)  # let a burst of events finish
-                else:
-                    # No inotify, or a root unlistable: events would only bring failing passes.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(stop), timeout)
-                    recheck = False
-                    if watcher is not None:
-                        watcher.changed.clear()
+                woke = await self._pause(watcher, stop, self._scan_delay(recheck, covered))
+                if woke is None:
+                    continue  # a source failed: its retry may be due before the pass planned
+                # After an event, look again soon: a container's files are written one by
+                # one, and the scan that the first event triggered may have come too early.
+                recheck = woke
+                if recheck:
+                    await asyncio.sleep(SETTLE_SECONDS)  # let a burst of events finish
                 if self._stop.is_set():
                     break
                 scan = self._discover()
@@ -710,16 +762,48 @@ class Shipper:
             if watcher is not None:
                 watcher.close()
 
+    async def _pause(
+        self, watcher: DirectoryWatcher | None, stop: asyncio.Future[bool], timeout: float
+    ) -> bool | None:
+        """Wait for the next discovery pass: True when inotify reported a change, False after
+        ``timeout`` (or a stop), None when a source failed meanwhile (the wait is worked out
+        again: its retry may be due sooner)."""
+        self._retry_added.clear()
+        retry = asyncio.ensure_future(self._retry_added.wait())
+        try:
+            if watcher is not None and not self._blind_passes:
+                change = asyncio.ensure_future(watcher.wait(timeout))
+                done, _ = await asyncio.wait(
+                    [stop, change, retry], return_when=asyncio.FIRST_COMPLETED
+                )
+                change.cancel()
+                if change in done:
+                    return change.result()
+                return None if retry in done else False
+            # No inotify, or a root unlistable: events would only bring failing passes (and
+            # so would a retry: the pass taking it would fail too).
+            waits = [stop] if self._blind_passes else [stop, retry]
+            done, _ = await asyncio.wait(waits, timeout=timeout)
+            if watcher is not None:
+                watcher.changed.clear()
+            return None if retry in done else False
+        finally:
+            retry.cancel()
+
     def _scan_delay(self, recheck: bool, covered: bool) -> float:
         """Seconds until the next discovery pass unless inotify reports a change first."""
         interval = self.cfg.discover_interval
         if self._blind_passes:
             return min(interval * 2 ** min(self._blind_passes, 16), MAX_BACKOFF_SECONDS)
         if self._scan_failures:
-            return interval  # a folder failed: look again without waiting for the safety net
-        if recheck:
-            return min(RECHECK_SECONDS, interval)
-        return max(interval, FULL_SCAN_SECONDS) if covered else interval
+            delay = interval  # a folder failed: look again without waiting for the safety net
+        elif recheck:
+            delay = min(RECHECK_SECONDS, interval)
+        else:
+            delay = max(interval, FULL_SCAN_SECONDS) if covered else interval
+        if self._retry_at:  # a failed source is started again by the pass at its retry time
+            delay = min(delay, max(min(self._retry_at.values()) - time.monotonic(), 0.0))
+        return delay
 
     def _watch(self, watcher: DirectoryWatcher) -> bool:
         """Watch the folders where log files appear; True when every one of them is watched

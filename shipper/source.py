@@ -198,6 +198,9 @@ class SourceRunner:
             read_ahead=min(READ_AHEAD_BYTES, cfg.batch_bytes),
         )
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=1)
+        self.started_at = 0.0
+        """When :meth:`start` ran: a source that ran long enough before it failed starts its
+        retry backoff over (see ``Shipper._note_failure``)."""
         self._kept = 0
         """Bytes the window counts for the lines the tailer read past the last batch
         (:attr:`Tailer.kept_bytes`): see :meth:`_room`."""
@@ -278,6 +281,7 @@ class SourceRunner:
         self.spec = spec
 
     def start(self) -> None:
+        self.started_at = time.monotonic()
         self.task = asyncio.get_running_loop().create_task(self._run(), name=self.spec.key)
 
     async def _run(self) -> None:
@@ -449,9 +453,9 @@ class SourceRunner:
         """At the source's end, give back every byte of the window it still holds: its kept
         lines, its read in hand and the batches queued that the sender did not take (the one
         it was sending gave its own back: :meth:`_send`). A source that failed (one broken
-        file: the daemon starts it again at the next scan) had its reader and sender
+        file: the daemon starts it again after a backoff) had its reader and sender
         cancelled with those bytes counted: each failure kept up to three batches' worth of
-        ``--max-inflight-bytes`` for good, and a file failing at every scan stopped every
+        ``--max-inflight-bytes`` for good, and a file failing at every retry stopped every
         source once they filled it."""
         held = self._kept + self._reading
         self._kept = self._reading = 0
