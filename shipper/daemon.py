@@ -474,6 +474,8 @@ class Shipper:
             self._stop.set()
         else:
             # One broken file must not stop the others: a discovery pass starts it again soon.
+            if runner is not None:
+                self.metrics.source_failures.labels(runner.spec.service).inc()
             delay = self._note_failure(key, ran_since)
             log.error(
                 "source failed, will retry in %.1f s key=%s failures=%d error=%r",

@@ -194,6 +194,13 @@ class Metrics:
             "Failed writes of the checkpoint registry (full or read-only --state-dir)",
             registry=r,
         )
+        self.source_failures = Counter(
+            "logq_shipper_source_failures",
+            "Log sources that stopped on an unexpected error (one broken file; the others go "
+            "on): each is started again after a backoff, see the ERROR 'source failed' line",
+            ["service"],
+            registry=r,
+        )
         self.discovery_failures = Counter(
             "logq_shipper_discovery_failures",
             "Discovery passes that could not list every log folder (out of file descriptors, "
@@ -338,6 +345,7 @@ class Metrics:
             self.multiline_joined,
             self.multiline_cut,
             self.cuts_dropped,
+            self.source_failures,
         )
 
     def tick(self) -> None:

@@ -111,6 +111,11 @@ def test_a_failing_source_is_retried_with_a_backoff_and_ships_each_line_once(
     behind = [line for line in text.splitlines() if line.startswith("logq_shipper_bytes_behind{")]
     assert behind == [f'logq_shipper_bytes_behind{{path="{log}"}} 0.0'], behind
     assert "logq_shipper_open_files 1.0" in text
+    # Each failure is counted under the source's service, for an alert.
+    counted = [
+        line for line in text.splitlines() if line.startswith("logq_shipper_source_failures_total")
+    ]
+    assert [line.rsplit(" ", 1)[1] for line in counted] == [f"{failures}.0"], counted
     assert used == 0
     assert "logq_shipper_inflight_bytes 0.0" in text
 
