@@ -94,19 +94,46 @@ def is_big(obj: Any, size: int | None = None) -> bool:
     return _blob(obj) is not None or _forward(obj, size) is not None
 
 
+def message_bytes(obj: Any, size: int | None, max_entries: int) -> int | None:
+    """``size``, the message's bytes on the wire, when known; else (JSON) a Forward-mode
+    message's entries measured (:func:`_entry_bytes`) once, for the server to pass on to
+    :func:`is_big` and :func:`decode_steps` as its size: each measured them again when told
+    none (up to four times, the last time all of them, for :func:`_slice_entries`). Measured
+    as far as they use it: all of a message they may slice; of one they refuse whole (more
+    than ``max_entries`` entries), only what :func:`is_big` reads (up to :data:`BIG_BYTES`,
+    none past :data:`BIG_ENTRIES` entries). None for any other message (its size is not
+    used)."""
+    parts = _forward_parts(obj) if size is None else None
+    if parts is None:
+        return size
+    entries = parts[1]
+    if len(entries) <= max_entries:
+        return _forward_bytes(entries, None, 1 << 62)
+    return None if len(entries) > BIG_ENTRIES else _forward_bytes(entries, None, BIG_BYTES)
+
+
 def _forward(
     obj: Any, size: int | None = None
 ) -> tuple[str | bytes, list[Any], dict[Any, Any] | None] | None:
     """(tag, entries, options) of a big Forward-mode message (``size``: see :func:`is_big`),
     else None."""
+    parts = _forward_parts(obj)
+    if parts is None:
+        return None
+    entries = parts[1]
+    if len(entries) <= BIG_ENTRIES and _forward_bytes(entries, size, BIG_BYTES) <= BIG_BYTES:
+        return None
+    return parts
+
+
+def _forward_parts(obj: Any) -> tuple[str | bytes, list[Any], dict[Any, Any] | None] | None:
+    """(tag, entries, options) of a Forward-mode message with entries, big or not, else None."""
     if not isinstance(obj, list) or len(obj) not in (2, 3) or not isinstance(obj[0], str | bytes):
         return None
     entries, options = obj[1], obj[2] if len(obj) == 3 else None
     if not isinstance(entries, list) or not entries:
         return None
     if options is not None and not isinstance(options, dict):
-        return None
-    if len(entries) <= BIG_ENTRIES and _forward_bytes(entries, size, BIG_BYTES) <= BIG_BYTES:
         return None
     return obj[0], entries, options
 

@@ -35,6 +35,14 @@ from shipper.wire import MAX_MESSAGE_ENTRIES
 
 DEFAULT_LISTEN = "127.0.0.1:24224"
 MiB = 1024 * 1024
+#: The smallest ``--max-frame-bytes``. A client resends a refused message as it was, forever (a
+#: logq-shipper never splits a batch, Fluent Bit and Fluentd never split a chunk), so a limit
+#: under a normal client's largest message stops that client for good, not one message. The
+#: largest of a logq-shipper with its default --batch-lines and --batch-bytes is 2,048 records
+#: and 512 Ki characters of log text: measured 1.3 MiB in ASCII with Kubernetes names (~400
+#: bytes of keys per record), 2.8 MiB in 4-byte UTF-8; Fluent Bit's chunks are about 2 MB.
+#: ``--max-frame-bytes 1`` was taken, and refused every message.
+MIN_FRAME_BYTES = 4 * MiB
 
 
 class ConfigError(ValueError):
@@ -66,7 +74,8 @@ class Settings:
     less, and doubles; Fluentd's ``retry_max_interval``). Shorter: a warehouse that is back is
     written to sooner, at the price of more failing requests while it is down."""
     max_frame_bytes: int = 32 * MiB
-    """Largest Forward message accepted; a larger one closes that connection."""
+    """Largest Forward message accepted; a larger one closes that connection. At least
+    :data:`MIN_FRAME_BYTES`."""
     buffer_limit_bytes: int = 1024 * MiB
     """Buffer size on disk beyond which acks are withheld and reading stops (backpressure)."""
     segment_bytes: int = 64 * MiB
@@ -153,7 +162,10 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
         "--retry-max-interval",
         {"type": float, "help": "longest wait between retries of a failing flush (60 s)"},
     ),
-    ("--max-frame-bytes", {"type": int, "help": "largest Forward message (default 32 MiB)"}),
+    (
+        "--max-frame-bytes",
+        {"type": int, "help": "largest Forward message (default 32 MiB, at least 4 MiB)"},
+    ),
     ("--buffer-limit-bytes", {"type": int, "help": "buffer size that withholds acks (1 GiB)"}),
     (
         "--segment-bytes",
@@ -363,7 +375,6 @@ _SECONDS = {
 _COUNTS = {
     "max_message_entries": 1,
     "max_connections": 1,
-    "max_frame_bytes": 1,
     "buffer_limit_bytes": 1,
     "segment_bytes": 1,
     "target_file_bytes": 1,
@@ -383,6 +394,12 @@ def _check_numbers(s: Settings) -> None:
         )
     for name, least in _COUNTS.items():
         at_least(flag_of(name), getattr(s, name), least, ConfigError)
+    if s.max_frame_bytes < MIN_FRAME_BYTES:
+        raise ConfigError(
+            f"--max-frame-bytes must be at least {MIN_FRAME_BYTES} (4 MiB): a client resends a "
+            "message over it forever, and a logq-shipper's default batch reaches 1.3 MiB (2.8 "
+            f"MiB of non-ASCII text), a Fluent Bit chunk about 2 MB; got {s.max_frame_bytes}"
+        )
 
 
 def _check(s: Settings, partial: bool = False) -> None:

@@ -14,10 +14,12 @@ out as asyncio leaves it out, as long as another one is listened on (:func:`_bou
 A connection's task that is cancelled (the loop ending with the connection still open or
 closing, a stop past its grace) ends quietly, its socket dropped (:func:`ends_quietly`).
 
-A host name is resolved once at start-up, before the buffer is read (:func:`check_resolves`):
+A host name is resolved once at start-up, before the buffer is read (:func:`resolved`):
 a name that does not exist is a usage error (:class:`UnresolvableHost`, exit 2), a resolver
 that fails for now (``EAI_AGAIN``) a failure at run time (exit 1: start again), both said at
-once, not after the seconds per GiB that reading a large buffer takes.
+once, not after the seconds per GiB that reading a large buffer takes. Its addresses are the
+ones bound then (:func:`start_server`'s ``addresses``): resolved again at the bind, after
+that read, the name could fail for now there, ending a start that had taken those seconds.
 """
 
 from __future__ import annotations
@@ -91,19 +93,23 @@ async def start_server(
     *,
     limit: int = STREAM_LIMIT,
     reader: type[asyncio.StreamReader] = asyncio.StreamReader,
+    addresses: Sequence[Address] | None = None,
     **kwargs: Any,
 ) -> Listeners:
     """``asyncio.start_server(callback, host, port, limit=limit, **kwargs)``, with every
     address of ``host`` on one port (``""``: every address of this host, as asyncio reads it);
     each connection's task :func:`ends_quietly`. ``reader``: the class of each connection's
-    StreamReader (the Forward server's counts what it receives, :mod:`.stop_reads`)."""
+    StreamReader (the Forward server's counts what it receives, :mod:`.stop_reads`).
+    ``addresses``: those of ``host``, :func:`resolved` already (None: resolved here)."""
     callback = ends_quietly(callback)
     loop = asyncio.get_running_loop()
 
     def protocol() -> asyncio.StreamReaderProtocol:  # as asyncio.start_server makes it
         return asyncio.StreamReaderProtocol(reader(limit=limit, loop=loop), callback, loop=loop)
 
-    sockets = bind_all(distinct_addresses(await _resolve(host, port)), port)
+    if addresses is None:
+        addresses = distinct_addresses(await _resolve(host, port))
+    sockets = bind_all(addresses, port)
     servers: list[asyncio.AbstractServer] = []
     try:
         for sock in sockets:
@@ -153,12 +159,12 @@ def listen_failure(flag: str, address: str, host: str, exc: OSError) -> Exceptio
     return error
 
 
-async def check_resolves(flag: str, address: str, host: str, port: int) -> None:
-    """Resolve ``host`` as :func:`start_server` will, raising :func:`listen_failure`'s error
-    if it does not: called at start-up before the buffer is read, so that a name that cannot
-    be listened on is said at once."""
+async def resolved(flag: str, address: str, host: str, port: int) -> list[Address]:
+    """The addresses of ``host`` to listen on, for :func:`start_server`'s ``addresses``;
+    :func:`listen_failure`'s error if it does not resolve: called at start-up before the
+    buffer is read, so that a name that cannot be listened on is said at once."""
     try:
-        await _resolve(host, port)
+        return distinct_addresses(await _resolve(host, port))
     except OSError as exc:
         raise listen_failure(flag, address, host, exc) from exc
 

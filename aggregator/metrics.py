@@ -31,7 +31,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -485,8 +485,11 @@ class MetricsServer:
         self._rendering: asyncio.Future[bytes] | None = None
         """The page being rendered in a worker thread, while one is."""
 
-    async def start(self) -> int:
-        self._server = await listen.start_server(self._handle, self.host, self.port)
+    async def start(self, addresses: Sequence[listen.Address] | None = None) -> int:
+        """Listen (``addresses``: those of the host, resolved already); the port."""
+        self._server = await listen.start_server(
+            self._handle, self.host, self.port, addresses=addresses
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 

@@ -37,7 +37,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +104,13 @@ BACKPRESSURE_CLOSE_SECONDS = 10.0
 #: in-flight budget does not count (a gzip blob of a few KiB can inflate to 64 MiB), and their
 #: decoded slices live across awaits. Two: one inflating in the worker while one is decoded.
 HEAVY_AT_ONCE = 2
+#: The end of a refusal over --max-frame-bytes: its client resends the same message as it was
+#: (a logq-shipper batch, a Fluentd chunk), forever, and all the client itself logs is a closed
+#: connection, so the aggregator's WARNING is the one that can say what to change.
+SEND_SMALLER = (
+    "the client resends it as it is, forever: it must send smaller messages (logq-shipper: "
+    "--batch-bytes, --batch-lines; Fluentd: chunk_limit_size) or raise --max-frame-bytes"
+)
 #: An unfinished message that gets no byte for this long while other connections wait for the
 #: in-flight budget is closed (its connection is the one the budget lets read first). Shorter
 #: than BACKPRESSURE_CLOSE_SECONDS, the longest those others wait.
@@ -367,13 +374,23 @@ class ForwardServer:
         """Client address -> its failed handshakes, oldest last failure first (bounded by
         :data:`AUTH_FAILURES_MAX_ADDRESSES`)."""
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
+    async def start(
+        self, host: str, port: int, addresses: Sequence[listen.Address] | None = None
+    ) -> tuple[str, int]:
+        """Listen on every address of ``host`` (``addresses``: resolved already, see
+        :func:`listen.start_server`); the first address listened on."""
         # TLS is started per connection (:meth:`_start_tls`), not by the listener: a handshake
         # that fails there is dropped by asyncio without a word (it logs OSErrors only in debug
         # mode), and a misconfigured client then got no logged reason at all.
         # Every address of ``host`` on one port, ``:0`` too (:mod:`.listen`).
         self._server = await listen.start_server(
-            self._accept, host, port, backlog=1024, limit=STREAM_LIMIT, reader=CutReader
+            self._accept,
+            host,
+            port,
+            backlog=1024,
+            limit=STREAM_LIMIT,
+            reader=CutReader,
+            addresses=addresses,
         )
         for listening in self._server.sockets:  # accepted sockets inherit it
             listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
@@ -585,9 +602,10 @@ class ForwardServer:
         except msgpack.BufferFull:
             raise self._too_large() from None
 
-    def _too_large(self) -> ConnectionClosed:
+    def _too_large(self, what: str = "message") -> ConnectionClosed:
         return ConnectionClosed(
-            f"message larger than --max-frame-bytes ({self.limits.max_frame_bytes} bytes)",
+            f"{what} larger than --max-frame-bytes ({self.limits.max_frame_bytes:,} bytes); "
+            + SEND_SMALLER,
             "frame_too_large",
         )
 
@@ -855,11 +873,7 @@ class ForwardServer:
             conn.fed += len(data)
             pending += data
             if len(pending) > self.limits.max_frame_bytes:
-                raise ConnectionClosed(
-                    f"JSON message larger than --max-frame-bytes ({self.limits.max_frame_bytes} "
-                    "bytes)",
-                    "frame_too_large",
-                )
+                raise self._too_large("JSON message")
             # The json module cannot resume a parse: an unfinished message is parsed again from
             # its start. So a scanner (linear) says when a message is complete and only then is
             # it parsed for sure; before that, a parse is tried only while all the tries for
@@ -1035,8 +1049,7 @@ class ForwardServer:
         return ConnectionClosed(
             f"a message whose msgpack headers declare {declared:,} bytes at least{largest}, "
             f"over --max-frame-bytes ({limit:,} bytes): refused from its "
-            "headers, before its body is read; the client must send smaller messages (or "
-            "raise --max-frame-bytes)",
+            "headers, before its body is read; " + SEND_SMALLER,
             "frame_too_large",
         )
 
@@ -1107,7 +1120,7 @@ class ForwardServer:
         max_entries = self.limits.max_message_entries
         try:
             for obj in messages if unpacker is None else wire.iter_messages(unpacker, conn.budget):
-                size = None  # the message's bytes on the wire (JSON: not known)
+                size = None  # the message's bytes on the wire (JSON: measured below)
                 if unpacker is not None:
                     start, conn.boundary = conn.boundary, unpacker.tell()
                     size = conn.boundary - start
@@ -1115,6 +1128,8 @@ class ForwardServer:
                         error = self._too_large()  # (see _process)
                         break
                 logs = other_signal(obj) is None
+                if logs:  # JSON: a Forward-mode message's entries measured here, once
+                    size = big_messages.message_bytes(obj, size, max_entries)
                 # A small gzip blob is inflated inline at once, no await: a message that is
                 # small then is stored without a turn. A gzip blob for the worker, or a big
                 # message, waits its turn before it is inflated or decoded: every connection
@@ -1192,11 +1207,11 @@ class ForwardServer:
         self, conn: _Conn, obj: Any, writer: asyncio.StreamWriter, size: int | None = None
     ) -> tuple[asyncio.Future[None] | None, str | None]:
         """:meth:`_store_one` of a big message (:mod:`aggregator.big_messages`; ``size``: its
-        wire bytes, when known): decoded a slice of entries at a time, the other connections
-        served between slices (their acks, /metrics), then joined and framed in the worker
-        thread, whose Arrow calls release the GIL. The chunk dedup is asked after the last
-        wait, in one step with the buffer write: two copies of a chunk decoded at once are
-        stored once."""
+        wire bytes, or a JSON Forward-mode message's measured entries): decoded a slice of
+        entries at a time, the other connections served between slices (their acks,
+        /metrics), then joined and framed in the worker thread, whose Arrow calls release the
+        GIL. The chunk dedup is asked after the last wait, in one step with the buffer write:
+        two copies of a chunk decoded at once are stored once."""
         notes = _DecodeNotes(self.metrics)
         steps = big_messages.decode_steps(
             obj,

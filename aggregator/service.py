@@ -173,6 +173,9 @@ class Aggregator:
         self._catalog_ready = False
         self.server: ForwardServer | None = None
         self.metrics_server: MetricsServer | None = None
+        self._addresses: dict[str, list[listen.Address]] = {}
+        """The addresses of --listen and --metrics-listen, by flag, resolved once at start-up
+        (:meth:`_check_listen_hosts`) and bound as they are."""
         self.flusher: Flusher | None = None
         self.ledger: Ledger | None = None
         self.port = 0
@@ -362,7 +365,8 @@ class Aggregator:
     async def _check_listen_hosts(self) -> None:
         """Resolve the hosts of --listen and --metrics-listen before the buffer is read: a name
         that does not resolve failed the start only once the Forward port was opened, after the
-        segments left by the previous run were read (seconds per GiB)."""
+        segments left by the previous run were read (seconds per GiB). Their addresses are kept
+        for the binds: resolved again there, after that read, a name could fail for now."""
         settings = self.settings
         for flag, address in (
             ("--listen", settings.listen),
@@ -370,7 +374,7 @@ class Aggregator:
         ):
             if address:
                 host, port = split_host_port(address, flag)
-                await listen.check_resolves(flag, address, host, port)
+                self._addresses[flag] = await listen.resolved(flag, address, host, port)
 
     async def _start_metrics(self) -> None:
         """``/metrics`` and ``/healthz`` on ``--metrics-listen`` (if set), listening."""
@@ -379,7 +383,7 @@ class Aggregator:
         mhost, mport = split_host_port(self.settings.metrics_listen, "--metrics-listen")
         self.metrics_server = MetricsServer(self.metrics, mhost, mport)
         try:
-            await self.metrics_server.start()
+            await self.metrics_server.start(self._addresses.get("--metrics-listen"))
         except OSError as exc:
             address = self.settings.metrics_listen
             raise listen.listen_failure("--metrics-listen", address, mhost, exc) from exc
@@ -415,7 +419,7 @@ class Aggregator:
         self.metrics.starting = "starting: opening the Forward port (--listen)"
         host, port = split_host_port(self.settings.listen, "--listen")
         try:
-            _, self.port = await self.server.start(host, port)
+            _, self.port = await self.server.start(host, port, self._addresses.get("--listen"))
         except OSError as exc:
             raise listen.listen_failure("--listen", self.settings.listen, host, exc) from exc
         self.metrics.starting = None  # ready: /healthz reports on flushes and disk from now on

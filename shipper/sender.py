@@ -797,10 +797,14 @@ class ForwardClient:
                 self.stats.retries[str(ep)] = self.stats.retries.get(str(ep), 0) + 1
                 if self.on_retry is not None:
                     self.on_retry(str(ep))
+                # The message's size: an aggregator that closes the connection on a message
+                # over its --max-frame-bytes says so only in its own log, and the same message
+                # goes again, forever; this is what to compare with that limit.
                 log.warning(
-                    "delivery failed, will retry endpoint=%s attempt=%d error=%r",
+                    "delivery failed, will retry endpoint=%s attempt=%d bytes=%d error=%r",
                     ep,
                     attempt,
+                    len(payload),
                     describe_error(exc),
                 )
                 self._check_give_up()

@@ -255,6 +255,50 @@ def test_a_forward_mode_message_of_few_long_entries_is_big_by_its_bytes(
     assert sum(pieces) == len(entries)
 
 
+@pytest.mark.parametrize(
+    ("entries", "max_entries", "measured"),
+    [(40, MAX_ENTRIES, 40), (30, 20, "some"), (60, 20, 0)],
+    ids=["all", "refused, judged by its bytes", "refused, judged by its count"],
+)
+def test_a_json_forward_mode_message_is_measured_once_as_far_as_it_is_used(
+    entries: int, max_entries: int, measured: int | str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a wire size (JSON), :func:`message_bytes` measures the entries once, and
+    ``is_big`` and ``decode_steps`` told it measure none and judge and slice as when they
+    measured themselves. A message of more than ``max_entries`` entries is refused whole:
+    measured only as far as ``is_big`` reads (up to BIG_BYTES; nothing past BIG_ENTRIES,
+    which decide alone), never all of them for the slices it will not have."""
+    obj = _forward_mode(_long_entries(entries, 600))
+    alone = big_messages.is_big(obj)
+    steps = _steps_or_refusal(_forward_mode(_long_entries(entries, 600)), max_entries, None)
+    calls: list[Any] = []
+    measure = big_messages._entry_bytes
+
+    def counted(entry: Any) -> int:
+        calls.append(entry)
+        return measure(entry)
+
+    monkeypatch.setattr(big_messages, "_entry_bytes", counted)
+    size = big_messages.message_bytes(obj, None, max_entries)
+    if measured == "some":
+        assert 0 < len(calls) < entries and size is not None and size > big_messages.BIG_BYTES
+    else:
+        assert len(calls) == measured
+    calls.clear()
+    assert big_messages.is_big(obj, size) == alone
+    assert _steps_or_refusal(obj, max_entries, size) == steps
+    assert calls == []
+    assert big_messages.message_bytes(obj, 1234, max_entries) == 1234 and calls == []
+
+
+def _steps_or_refusal(obj: Any, max_entries: int, size: int | None) -> int | str:
+    """The steps ``decode_steps`` took, or why it refused the message."""
+    try:
+        return _sliced(obj, max_entries, size)[2]
+    except wire.ProtocolError as exc:
+        return str(exc)
+
+
 def test_a_forward_mode_message_of_few_short_entries_is_not_big() -> None:
     """Its wire size, or its measured text, under BIG_BYTES: decoded whole in one step."""
     entries = _entries(30)
@@ -409,17 +453,25 @@ def test_a_forward_mode_message_of_few_long_entries_is_decoded_the_big_way(
 ) -> None:
     """Fewer entries than BIG_ENTRIES but more than BIG_BYTES on the wire: the server decodes
     it in slices and frames it in the worker (it was decoded and framed whole, on the event
-    loop), told its wire size (msgpack; JSON's is measured from its entries). Stored as one
-    frame, acked once durable, not before."""
+    loop), told its wire size (msgpack; JSON's is measured from its entries, each entry once:
+    the server's two ``is_big`` calls, ``decode_steps`` and its slice count each measured
+    them, up to four times). Stored as one frame, acked once durable, not before."""
     entries = _long_entries(40, 600)
     calls: list[tuple[Any, ...]] = []
     real = big_messages.decode_steps
+    measured: list[Any] = []
+    measure = big_messages._entry_bytes
 
     def watched(*args: Any) -> Any:
         calls.append(args)
         return (yield from real(*args))
 
+    def counted(entry: Any) -> int:
+        measured.append(entry)
+        return measure(entry)
+
     monkeypatch.setattr(big_messages, "decode_steps", watched)
+    monkeypatch.setattr(big_messages, "_entry_bytes", counted)
     if encoding == "msgpack":
         raw = [[wire.EventTime.from_ns(t), r] for t, r in entries]
         frame = wire.pack(["logq.fwd", raw, {"chunk": "long"}])
@@ -449,7 +501,11 @@ def test_a_forward_mode_message_of_few_long_entries_is_decoded_the_big_way(
 
     _run(scenario())
     assert len(calls) == 1
-    assert calls[0][-1] == (len(frame) if encoding == "msgpack" else None)
+    if encoding == "msgpack":
+        assert calls[0][-1] == len(frame) and measured == []
+    else:
+        assert len(measured) == len(entries)  # each entry once
+        assert calls[0][-1] == sum(map(measure, measured)) > big_messages.BIG_BYTES
 
 
 def test_big_messages_of_many_connections_are_decoded_a_few_at_a_time(

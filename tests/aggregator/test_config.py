@@ -14,7 +14,13 @@ import pytest
 
 from aggregator.buffer import Buffer
 from aggregator.commands import main
-from aggregator.config import ConfigError, Settings, add_serve_flags, load_settings
+from aggregator.config import (
+    MIN_FRAME_BYTES,
+    ConfigError,
+    Settings,
+    add_serve_flags,
+    load_settings,
+)
 from tests.support.procs import console_script
 
 
@@ -153,9 +159,69 @@ def test_numbers_are_checked_as_the_shippers_are(tmp_path: Path) -> None:
         f"--config {conf}: key 'flush_interval': --flush-interval must be a finite number of "
         "seconds, more than 0; got 1000"
     )
-    with pytest.raises(ConfigError, match=r"^--max-frame-bytes must be at least 1; got 0$"):
-        parse(["--max-frame-bytes", "0"])
+    with pytest.raises(ConfigError, match=r"^--max-connections must be at least 1; got 0$"):
+        parse(["--max-connections", "0"])
     assert parse(["--compact-interval", "0", "--flush-interval", "0.5"]).flush_interval == 0.5
+
+
+@pytest.mark.parametrize("value", ["0", "1", "65536", str(MIN_FRAME_BYTES - 1)])
+def test_a_frame_limit_under_a_normal_message_is_refused_at_start(
+    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--max-frame-bytes 1`` was taken, and then every message was refused, and resent by
+    its client forever. The error names the flag, the floor and why; from the file, the key."""
+    reason = (
+        f"--max-frame-bytes must be at least {MIN_FRAME_BYTES} (4 MiB): a client resends a "
+        "message over it forever, and a logq-shipper's default batch reaches 1.3 MiB"
+    )
+    with pytest.raises(ConfigError, match=rf"^{re.escape(reason)}.*; got {value}$"):
+        parse(["--max-frame-bytes", value])
+    conf = tmp_path / "agg.toml"
+    conf.write_text(f"max-frame-bytes = {value}\n")
+    with pytest.raises(ConfigError, match=rf"^--config {re.escape(str(conf))}: key "):
+        parse(["--config", str(conf)])
+    wh = tmp_path / "wh"
+    buf = tmp_path / "buf"
+    assert main(["--max-frame-bytes", value, "--warehouse", str(wh), "--buffer-dir", str(buf)]) == 2
+    assert reason in capsys.readouterr().err
+    assert not wh.exists() and not buf.exists()
+
+
+def test_the_smallest_frame_limit_is_taken() -> None:
+    assert parse(["--max-frame-bytes", str(MIN_FRAME_BYTES)]).max_frame_bytes == MIN_FRAME_BYTES
+
+
+def test_the_frame_floor_takes_a_default_shipper_batch() -> None:
+    """The floor's reason: a logq-shipper batch at its default --batch-lines and --batch-bytes
+    (2,048 records, 512 Ki characters of log text), of 4-byte UTF-8 characters and with long
+    Kubernetes names, is one message under it; in ASCII it is over 1 MiB (a floor of 1 MiB
+    would have refused it, forever)."""
+    from shipper.batch import encode_message, pack_entries, record_constants
+    from shipper.config import Config
+    from shipper.lines import Lines
+
+    cfg = Config()
+    shared = record_constants(
+        "payments-api-7d9f8c6b5-x2x7q",
+        "a" * 64,
+        "payments-api",
+        "ip-10-0-12-34.eu-west-1.compute.internal",
+        "123456789012.dkr.ecr.eu-west-1.amazonaws.com/payments/api:v1.42.3",
+        "b" * 32,
+        "json",
+    )
+
+    def message(char: str) -> bytes:
+        lines = Lines()
+        text = char * (cfg.batch_bytes // cfg.batch_lines)
+        for i in range(cfg.batch_lines):
+            lines.add(
+                i * 2000, "2026-12-03T11:34:42.123456789Z", 1_795_000_000 * 10**9, "stdout", text
+            )
+        assert lines.nbytes == cfg.batch_bytes
+        return encode_message("logq.k8s", pack_entries(lines, shared), len(lines), "c" * 32, False)
+
+    assert 1 << 20 < len(message("x")) < len(message("\U0001f600")) < MIN_FRAME_BYTES
 
 
 def test_athena_database_with_output_or_workgroup(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,7 +25,7 @@ import pytest
 
 from aggregator.declared import MAX_HEADERS, DeclaredSize
 from aggregator.metrics import Metrics
-from aggregator.server import ForwardServer, ServerLimits, _Conn
+from aggregator.server import SEND_SMALLER, ForwardServer, ServerLimits, _Conn
 from shipper import wire
 from tests.aggregator.helpers import serving
 from tests.aggregator.test_inflight import (
@@ -190,7 +190,9 @@ def _acks(data: bytes, how: str) -> list[str]:
 
 
 @pytest.mark.parametrize("how", ["msgpack", "behind the PING", "JSON"])
-def test_small_messages_read_together_past_the_limit_are_all_acked(how: str) -> None:
+def test_small_messages_read_together_past_the_limit_are_all_acked(
+    how: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Under a --max-frame-bytes smaller than a read, one read of several small messages, each
     within the limit: all stored and acked, in order (the read was refused as one message too
     large: msgpack's buffer limit, and the JSON path's, judged what one read held). A message
@@ -228,17 +230,24 @@ def test_small_messages_read_together_past_the_limit_are_all_acked(how: str) -> 
             writer.close()
             return _acks(data, how)
 
+    caplog.set_level(logging.WARNING, logger="logq.aggregator.server")
     assert _run(scenario()) == names
+    (refusal,) = [r.getMessage() for r in caplog.records if "closing connection" in r.getMessage()]
+    assert refusal.endswith(SEND_SMALLER), refusal
+    if how == "JSON":
+        assert f"JSON message larger than --max-frame-bytes ({limit:,} bytes)" in refusal
 
 
 @pytest.mark.parametrize("pieces", [1, 30])
 def test_a_forward_mode_message_over_the_limit_is_refused_however_it_is_read(
-    pieces: int,
+    pieces: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A Forward-mode message of many small entries, over the limit: its first 256 headers
     declare less than the limit, and msgpack parses its entries as they come, so the
     unpacker's buffer never holds more than the limit unparsed. Trickled, it was stored and
-    acked; in one read, it is now fed a limit's worth at a time. Refused either way."""
+    acked; in one read, it is now fed a limit's worth at a time. Refused either way, with a
+    WARNING that says what to change: the client only sees its connection closed, and resends
+    the same message."""
     limit = 1024
     entries = [[1_795_860_000, {"log": "x"}] for _ in range(200)]
     frame = msgpack.packb(["logq.f", entries, {"chunk": "f"}])
@@ -261,7 +270,10 @@ def test_a_forward_mode_message_over_the_limit_is_refused_however_it_is_read(
             assert _rejected(metrics, "frame_too_large") == 1
             writer.close()
 
+    caplog.set_level(logging.WARNING, logger="logq.aggregator.server")
     _run(scenario())
+    (refusal,) = [r.getMessage() for r in caplog.records if "closing connection" in r.getMessage()]
+    assert f"message larger than --max-frame-bytes ({limit:,} bytes); {SEND_SMALLER}" in refusal
 
 
 # --- bytes a client writes with its PING ------------------------------------------------------

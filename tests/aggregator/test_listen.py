@@ -92,12 +92,47 @@ def test_localhost_port_0_listens_on_one_port_for_every_address(
         listen="localhost:0", warehouse=str(tmp_path / "wh"), buffer_dir=str(tmp_path / "b")
     )
     agg = Aggregator(settings)
+    listening = _started(agg)
+    assert [host for host, _ in listening] == [sa[0] for _, sa in LOOPBACKS], families
+    ports = {port for _, port in listening}
+    assert ports == {agg.port} and agg.port > 0, listening
+
+
+def test_the_listen_hosts_are_resolved_once_and_those_addresses_bound(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--listen and --metrics-listen resolved before the buffer is read, and again at their
+    binds: once that read took its seconds per GiB, a resolver that failed for now there (or a
+    name gone) ended the start. Now each name is asked once and its addresses are bound."""
+    asked: list[str] = []
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        asked.append(host)
+        if host not in ("forward.test", "metrics.test"):
+            return _real_getaddrinfo(host, port, *args, **kwargs)
+        if asked.count(host) > 1:
+            raise socket.gaierror(socket.EAI_AGAIN, "asked again")
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("127.0.0.1", 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    where = {"warehouse": str(tmp_path / "wh"), "buffer_dir": str(tmp_path / "b")}
+    agg = Aggregator(Settings(listen="forward.test:0", metrics_listen="metrics.test:0", **where))
+    assert _started(agg) == [("127.0.0.1", agg.port)]
+    assert agg.metrics_server is not None and agg.metrics_server.port > 0
+    assert sorted(h for h in asked if h in ("forward.test", "metrics.test")) == [
+        "forward.test",
+        "metrics.test",
+    ]
+
+
+def _started(agg: Aggregator) -> list[tuple[str, int]]:
+    """Where ``agg`` listens once started (then stopped)."""
 
     async def scenario() -> list[tuple[str, int]]:
         running = asyncio.ensure_future(agg.run())
         try:
             while not agg.port:
-                assert not running.done()
+                assert not running.done(), running.exception()
                 await asyncio.sleep(0.02)
             assert agg.server is not None
             return list(agg.server.listening)
@@ -105,10 +140,7 @@ def test_localhost_port_0_listens_on_one_port_for_every_address(
             agg.stop()
             await asyncio.wait_for(running, 30)
 
-    listening = asyncio.run(scenario())
-    assert [host for host, _ in listening] == [sa[0] for _, sa in LOOPBACKS], families
-    ports = {port for _, port in listening}
-    assert ports == {agg.port} and agg.port > 0, listening
+    return asyncio.run(scenario())
 
 
 def test_metrics_port_0_listens_on_one_port_for_every_address(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from pathlib import Path
 
 import pytest
@@ -47,8 +48,12 @@ def test_ack_and_gzip(receiver: Receiver) -> None:
     assert receiver.options[1]["compressed"] == "gzip"
 
 
-def test_resend_when_connection_drops_before_ack() -> None:
+def test_resend_when_connection_drops_before_ack(caplog: pytest.LogCaptureFixture) -> None:
+    """Each retry's WARNING gives the message's size: an aggregator that closed the connection
+    on a message over its --max-frame-bytes gets the same message again, forever, and the
+    shipper's operator sees only a closed connection."""
     r = Receiver(drop_first=2)
+    size = len(message(10)[0])
     try:
 
         async def go() -> None:
@@ -58,8 +63,12 @@ def test_resend_when_connection_drops_before_ack() -> None:
             assert sum(c.stats.retries.values()) == 2
             await c.close()
 
+        caplog.set_level(logging.WARNING, logger="logq.shipper.sender")
         asyncio.run(go())
         assert len(r.records) == 10 and r.messages == 3
+        retries = [m.getMessage() for m in caplog.records if "will retry" in m.getMessage()]
+        assert len(retries) == 2
+        assert all(f" attempt={n} bytes={size} error=" in m for n, m in enumerate(retries, 1))
     finally:
         r.close()
 
