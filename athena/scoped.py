@@ -46,6 +46,7 @@ from athena.queries import (
     statement_count_error,
     table_references,
 )
+from athena.timerange import iso_utc
 
 if TYPE_CHECKING:
     from athena.timerange import TimeRange
@@ -92,7 +93,7 @@ class Scope:
         if self.rows is not None:
             words.append(
                 f"dt {self.rows.dt_from}..{self.rows.dt_to}, rows with "
-                f"{self.rows.since.isoformat()} <= timestamp < {self.rows.until.isoformat()}"
+                f"{iso_utc(self.rows.since)} <= timestamp < {iso_utc(self.rows.until)}"
             )
         return "; ".join(words) or "every row (no --service/--since/--until: sent as typed)"
 

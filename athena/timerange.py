@@ -141,6 +141,18 @@ def _ceil_ms(ts: datetime) -> datetime:
         return ts - timedelta(microseconds=extra)
 
 
+def _flag_time(flag: str, value: str, now: datetime) -> datetime:
+    """:func:`parse_time` of ``flag``'s value, its error naming the flag: with both given,
+    ``'10:00' is not a time`` left the user to guess which of --since and --until it was."""
+    try:
+        return parse_time(value, now)
+    except TimeRangeError as exc:
+        text = str(exc)
+        raise TimeRangeError(
+            f"{flag} {text}" if text.startswith(("'", '"')) else f"{flag}: {text}"
+        ) from None
+
+
 def _order_hint(since: str | None, until: str | None) -> str:
     """What to do about a range that ends before it starts. ``--since 1h --until 2h`` reads
     as "from 1 h to 2 h", but both count back from now: the error named the two times and left
@@ -184,9 +196,9 @@ class TimeRange:
         now = (now or datetime.now(UTC)).astimezone(UTC)
         # An empty value given (``--since ""``, a shell variable left unset) is refused by
         # parse_time rather than read as "not given": that would answer another range.
-        end = parse_time(until, now) if until is not None else now
+        end = _flag_time("--until", until, now) if until is not None else now
         if since is not None:
-            start = parse_time(since, now)
+            start = _flag_time("--since", since, now)
         elif open_start:
             start = EPOCH
         elif _RELATIVE.match(default):

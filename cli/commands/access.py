@@ -63,7 +63,10 @@ def _shown(value: str) -> str:
 def errors(
     common: Common,
     status: Annotated[
-        str, typer.Option(help="Status class or code: 5xx, 4xx, 503, 0 (client went away).")
+        str,
+        typer.Option(
+            help="Status class, code or range: 5xx, 4xx, 503, 0 (client went away), 4xx-5xx."
+        ),
     ] = "5xx",
     raw_paths: RawPaths = False,
 ) -> None:

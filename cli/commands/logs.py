@@ -30,7 +30,10 @@ def tail(
     follow: Annotated[
         bool,
         typer.Option(
-            "--follow", "-F", help="Keep printing new lines as they arrive (Ctrl-C stops)."
+            "--follow",
+            "-F",
+            help="Keep printing new lines as they arrive (Ctrl-C stops); with -f json one "
+            "JSON object per line (JSON Lines), not an array.",
         ),
     ] = False,
     interval: Annotated[

@@ -94,9 +94,12 @@ def sql(
                     for p in parts:
                         sys.stdout.write(f"--   {p.relative}\n")
                 if trange is not None:
+                    from athena.timerange import iso_utc
+
+                    # As every other time logq prints (was 10:39:28.068000+00:00 here).
                     sys.stdout.write(
-                        f"-- rows with {trange.since.isoformat()} <= timestamp < "
-                        f"{trange.until.isoformat()}\n"
+                        f"-- rows with {iso_utc(trange.since)} <= timestamp < "
+                        f"{iso_utc(trange.until)}\n"
                     )
                 sys.stdout.write(engine.prepare(query, {}, scopes, explain)[0] + "\n")
                 return

@@ -74,6 +74,11 @@ def test_time_range_condition_and_dt_detection() -> None:
         "AND \"timestamp\" < CAST('2026-11-28 01:00:00.000' AS timestamp)) AS container_logs"
     )
     assert not scoped.dt_condition
+    # --dry-run's words print the times as logq prints them everywhere (was +00:00 isoformat).
+    assert Scope(["recipe"], rows).describe() == (
+        "service IN (recipe); dt 2026-11-28-00..2026-11-28-00, rows with "
+        "2026-11-28T00:00:00.500Z <= timestamp < 2026-11-28T01:00:00.000Z"
+    )
     for typed in (
         "SELECT 1 FROM envoy_access WHERE dt >= '2026-11-28-00'",
         "SELECT 1 FROM envoy_access a JOIN container_logs c ON c.dt = a.dt AND a.dt > 'x'",

@@ -233,3 +233,16 @@ def test_an_empty_since_or_until_is_refused_not_taken_for_the_default(empty: str
         TimeRange.parse(empty, None, now=NOW)
     with pytest.raises(TimeRangeError, match="empty time"):
         TimeRange.parse("1h", empty, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "flag"),
+    [("1h", "10:00", "--until"), ("10:00", "now", "--since"), ("1h1h", None, "--since"),
+     ("1M", None, "--since"), ("1h", "2M", "--until")],
+)  # fmt: skip
+def test_a_value_that_is_no_time_names_its_flag(since: str, until: str | None, flag: str) -> None:
+    """With --since and --until both given, "'10:00' is not a time" did not say which."""
+    with pytest.raises(TimeRangeError) as refused:
+        TimeRange.parse(since, until, now=NOW)
+    bad = until if flag == "--until" else since
+    assert str(refused.value).startswith(f"{flag} {bad!r}")

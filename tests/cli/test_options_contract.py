@@ -160,6 +160,18 @@ def test_tail_help_explains_the_stderr_marker(logq, monkeypatch: pytest.MonkeyPa
     assert "has !| instead of |" in text and "stderr" in text
 
 
+def test_errors_and_follow_help_say_what_they_take_and_print(
+    logq, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--status 4xx-5xx` works (and its error offers it), but the help named no range;
+    `tail -F -f json` prints JSON Lines where `tail -f json` prints an array, unsaid."""
+    monkeypatch.setenv("COLUMNS", "300")
+    [status] = [ln for ln in logq("errors", "--help").stdout.splitlines() if "│ --status" in ln]
+    assert "4xx-5xx" in status, status
+    [follow] = [ln for ln in logq("tail", "--help").stdout.splitlines() if "│ --follow" in ln]
+    assert "JSON Lines" in follow, follow
+
+
 def test_timeline_help_names_every_format_that_prints_rows(
     logq, monkeypatch: pytest.MonkeyPatch
 ) -> None:

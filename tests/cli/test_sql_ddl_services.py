@@ -265,7 +265,8 @@ def test_sql_since_until_restrict_rows_not_just_hours(logq, warehouse: Warehouse
     assert row["first"] >= since.replace("Z", ".000Z")
     dry = logq("sql", "SELECT 1 FROM envoy_access", "--since", since, "--until", until,
                "--dry-run", "--warehouse", warehouse.uri)  # fmt: skip
-    assert "-- rows with 2026-11-27T23:20:00+00:00 <= timestamp < 2026-11-28T00:40:00+00:00" in (
+    # Times as logq prints them everywhere else (was 2026-11-27T23:20:00+00:00).
+    assert "-- rows with 2026-11-27T23:20:00.000Z <= timestamp < 2026-11-28T00:40:00.000Z" in (
         dry.stdout
     )
 
