@@ -188,7 +188,8 @@ class TimeRange:
         """Build the range from CLI values.
 
         Without ``since``, the range is ``default`` long and ends at ``until`` (``--until
-        04:00`` alone means the hour before 04:00, not the hour before now), or starts at
+        2026-11-28T04:00Z`` alone means the hour before 04:00 that day, not the hour before
+        now; a bare clock time such as ``04:00`` is no time: it names no day), or starts at
         :data:`EPOCH` with ``open_start`` (``logq sql``: every row). Both ends are rounded up
         to the millisecond, the precision of the stored times, so that a bound between two
         milliseconds neither takes in nor leaves out the row at the earlier one.

@@ -76,8 +76,11 @@ def one_line_usage(group: typer.Context | None = None) -> Iterator[None]:
     except _USAGE_ERROR as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # not importable on every click version
             raise
-        from cli.errors import shorten
+        from cli.errors import plain_reason, shorten
 
+        reason = plain_reason(exc)
+        if reason is not None:  # pydantic's words, about the value typer checked with it
+            exc.message = reason
         message = shorten(" ".join(exc.format_message().split()).rstrip("."))
         if exc.ctx is not None:
             where = exc.ctx.command_path

@@ -114,3 +114,55 @@ def friendly(user_sql: bool = False) -> Iterator[None]:
             line = f"{line.rstrip('. ')}; {hint}"
         sys.stderr.write(f"logq: error: {line}\n")
         raise typer.Exit(1 if failure else 2) from None
+
+
+#: pydantic's lead-in to the message of a ``ValueError`` raised inside a validator (typer's
+#: choice check raises one): it tells a user nothing.
+_VALUE_ERROR_LEAD = "Value error, "
+
+
+def plain_reason(exc: BaseException) -> str | None:
+    """What was wrong with an option's value, in a user's words, when typer's pydantic check
+    refused it (``exc`` is the ``BadParameter`` raised from pydantic's ``ValidationError``);
+    None for any other usage error, whose words are click's own and plain already.
+
+    pydantic speaks to programmers ("Value error, 'xml' is not one of ...", "Input should be a
+    valid integer, unable to parse string as an integer") and never echoes the value."""
+    cause = exc.__cause__
+    errors = getattr(cause, "errors", None)
+    if type(cause).__name__ != "ValidationError" or not callable(errors):
+        return None
+    try:
+        first = errors(include_url=False)[0]
+        kind, value, bounds = first["type"], first["input"], first.get("ctx") or {}
+    except (IndexError, KeyError, TypeError):
+        return None
+    # repr() quotes the value and escapes control characters, as typer's own message did.
+    shown = repr(value) if isinstance(value, str) else repr(str(value))
+    if kind in ("int_parsing", "int_from_float", "int_type"):
+        return f"{shown} is not a whole number"
+    if kind in ("float_parsing", "float_type", "finite_number") or _is_nan(value):
+        return f"{shown} is not a number"  # NaN fails pydantic's bounds checks, said so
+    if kind in ("greater_than_equal", "greater_than") and bounds:
+        return f"{shown} is less than the minimum, {_bound(bounds)}"
+    if kind in ("less_than_equal", "less_than") and bounds:
+        return f"{shown} is more than the maximum, {_bound(bounds)}"
+    message = getattr(exc, "message", "")
+    if isinstance(message, str) and message.startswith(_VALUE_ERROR_LEAD):
+        return message.removeprefix(_VALUE_ERROR_LEAD)  # typer's choice message, escaped
+    return None
+
+
+def _is_nan(value: object) -> bool:
+    """Whether ``value`` reads as a NaN float ("nan", "NaN")."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return number != number
+
+
+def _bound(bounds: dict[str, object]) -> str:
+    """The limit in pydantic's error context, written as the help writes it (3600, not 3600.0)."""
+    limit = next(iter(bounds.values()))
+    return f"{limit:g}" if isinstance(limit, float) else str(limit)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from cli.notes import note_once
+from cli.notes import note_once, plural
 from cli.options import Common, EngineName
 
 if TYPE_CHECKING:
@@ -503,11 +503,11 @@ def explain_no_rows(common: Common, prep: Prepared, span: str, hint: str) -> str
     if not prep.scopes.get(prep.table):
         return no_partitions_reason(wh, prep, span, where) + hint
     files = sum(len(p.files) for p in prep.scopes[prep.table])
-    read = f"{len(prep.scopes[prep.table])} partitions, {files} files read"
+    read = f"{plural(len(prep.scopes[prep.table]), 'partition')}, {plural(files, 'file')} read"
     if prep.table == "envoy_access" and prep.name in COUNTED:
         requests = count_requests(common, prep)
         if requests:
-            return f"{requests:,} requests {span}{where}, none matched ({read}){hint}"
+            return f"{plural(requests, 'request')} {span}{where}, none matched ({read}){hint}"
         parts = prep.scopes[prep.table]
         if lists_every_service(wh, prep):  # the partitions read: footers, no listing
             what = "in those partitions"

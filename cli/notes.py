@@ -19,6 +19,11 @@ def note(message: str) -> None:
     sys.stderr.flush()
 
 
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``count`` and its noun, singular for 1: "1 file", "3 files", "1,204 partitions"."""
+    return f"{count:,} {noun if count == 1 else nouns or noun + 's'}"
+
+
 def shown(value: str | bytes, limit: int = 80) -> str:
     """``repr(value)`` for an error message, cut when long (a 100 KB value is not echoed)."""
     if len(value) <= limit:

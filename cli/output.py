@@ -378,9 +378,12 @@ def _is_numeric_column(rows: Sequence[Sequence[Any]], index: int) -> bool:
 
 
 def format_cell(column: str, value: Any) -> str:
-    """Text of one value in the human table, with the unit its column name implies."""
+    """Text of one value in the human table, with the unit its column name implies.
+
+    NULL is an empty cell, as in ``markdown`` (and psql): ``-`` is a value logq stores
+    (``response_flags`` '-', no flags), so a NULL shown as ``-`` could not be told from it."""
     if value is None:
-        return "-"
+        return ""
     if isinstance(value, datetime):
         from athena.timerange import iso_utc
 

@@ -7,7 +7,8 @@ than the query itself. For the values logq's options take in practice (text, rep
 choice, a whole number in range), the answer is known without pydantic: the value itself, a
 list of them, the choice typer's own :func:`coerce_cli_choice` picks, the number. Anything
 else (a bad choice, a number out of range or not plainly written, a file, a custom parser)
-goes to typer's own adapter, built then, so its result and its error messages are typer's.
+goes to typer's own adapter, built then, so its result and its error are typer's (the
+error said in plain words by :func:`cli.errors.plain_reason`).
 
 :func:`install` changes only how a parameter gets its coercion, and only on a typer that has
 the lazy per-parameter hook this relies on; any other typer is left as it is (slower, same

@@ -22,7 +22,7 @@ from cli.explain import (
     note_stale,
     note_unknown_services,
 )
-from cli.notes import forget_notes, note, refuse_empty, refuse_not_utf8, shown
+from cli.notes import forget_notes, note, plural, refuse_empty, refuse_not_utf8, shown
 from cli.options import Common, EngineName
 from cli.output import OutputFormat
 from cli.service_names import normalise_services
@@ -224,10 +224,13 @@ def dry_run(
         size = sum(p.bytes for p in parts)
         out.write(
             f"-- engine: local (DuckDB) over {engine.warehouse.uri}\n"
-            f"-- {table}: {len(parts)} partitions, {files} files, {size:,} bytes\n"
+            f"-- {table}: {plural(len(parts), 'partition')}, {plural(files, 'file')}, "
+            f"{plural(size, 'byte')}\n"
         )
         for p in parts:
-            out.write(f"--   {p.relative} ({len(p.files)} files, {p.bytes:,} bytes)\n")
+            out.write(
+                f"--   {p.relative} ({plural(len(p.files), 'file')}, {plural(p.bytes, 'byte')})\n"
+            )
     sql, bound = engine.prepare(prep.sql, prep.params, prep.scopes)
     out.write(sql + "\n")
     out.write("-- parameters: " + json.dumps(bound, default=str) + "\n")
@@ -375,12 +378,15 @@ def show(
     title: str | None = None,
     columns: list[str] | None = None,
     rows: list[tuple[Any, ...]] | None = None,
+    as_named: bool | None = None,
 ) -> None:
     """Print a result in ``--format``; empty results get a reason (stderr for json/csv).
 
     A canned query's ``total_rows`` column (they count their rows before the LIMIT) is dropped
     and turns into "showing 50 of 124 rows" when the limit cut rows; ``logq sql`` (no ``prep``)
-    prints its columns as the user named them, ``total_rows`` included. The service column of
+    prints its columns as the user named them, ``total_rows`` included (``as_named``, when
+    given, says which: ``services`` has no ``prep`` locally, and its titles are words, as on
+    Athena). The service column of
     the queries that group by service is dropped from table and markdown output when exactly
     one ``--service`` was given (json and csv keep it: their columns never depend on the
     arguments). When the question had no possible answer (:func:`no_data_reason`), the exit
@@ -394,7 +400,8 @@ def show(
     """
     interrupted = False
     try:
-        _show(common, result, prep, title, columns, rows)
+        named = prep is None if as_named is None else as_named
+        _show(common, result, prep, title, columns, rows, named)
     except KeyboardInterrupt:
         interrupted = True
         raise
@@ -409,6 +416,7 @@ def _show(
     title: str | None,
     columns: list[str] | None,
     rows: list[tuple[Any, ...]] | None,
+    as_named: bool,
 ) -> None:
     from cli.output import emit, unique_columns, unique_columns_note
 
@@ -460,13 +468,14 @@ def _show(
             exit_code = NO_DATA_EXIT
     rest = _Rest(() if more is None else more, dropped, common.limit, len(rows))
     table_title = title if common.fmt is OutputFormat.table else None
-    written = emit(common.fmt, columns, rows, title=table_title, more=rest, as_named=prep is None)
+    written = emit(common.fmt, columns, rows, title=table_title, more=rest, as_named=as_named)
     if not written.complete:
         note(_cut_text(written.rows, total))
     elif total is not None and total > written.rows:
         note(f"logq: showing {written.rows:,} of {total:,} rows (raise --limit)")
     elif prep is None and (over or rest.over):  # `logq sql`: uncounted (that would run it all)
-        note(f"logq: showing the first {written.rows:,} rows; the result has more (raise --limit)")
+        first = "row" if written.rows == 1 else plural(written.rows, "row")
+        note(f"logq: showing the first {first}; the result has more (raise --limit)")
     if result.engine == "athena":
         from athena.engines.athena import cost_line
 

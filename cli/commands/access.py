@@ -40,6 +40,13 @@ def parse_status(value: str) -> tuple[int, int]:
     return _status_bounds(text, value)
 
 
+def status_label(value: str) -> str:
+    """A ``--status`` value :func:`parse_status` took, as the title shows it: as logq reads it,
+    lower case, without blanks or leading zeros (``5XX`` -> ``5xx``, `` 0503`` -> ``503``)."""
+    sides = value.strip().lower().split("-", 1)
+    return "-".join(side if side.endswith("xx") else str(int(side)) for side in sides)
+
+
 def _status_bounds(text: str, value: str) -> tuple[int, int]:
     """One side of ``--status`` (``5xx`` or ``503``) as a code range; errors quote ``value``."""
     if len(text) == 3 and text[0] in "12345" and text[1:] == "xx":
@@ -85,7 +92,7 @@ def errors(
         prep = runner.prepare(common, "errors", "envoy_access", extra)
         result = runner.execute(common, prep)
         if result is not None:
-            runner.show(common, result, prep, title=f"{status} responses")
+            runner.show(common, result, prep, title=f"{status_label(status)} responses")
 
 
 class LatencyBy(StrEnum):

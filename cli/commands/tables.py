@@ -440,7 +440,7 @@ def _services_local(common: Common) -> None:
     else:
         if not rows:
             note(f"logq: no results: {reason}")
-        runner.show(common, result, title="services")
+        runner.show(common, result, title="services", as_named=False)
     from cli.explain import note_ahead
 
     note_ahead(ahead)

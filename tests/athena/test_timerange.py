@@ -102,14 +102,29 @@ def test_default_and_order() -> None:
 
 
 def test_until_alone_ends_the_default_span_there() -> None:
-    """``--until 04:00`` alone: the default span before 04:00 (not before now), or every row
-    before it for ``logq sql`` (``open_start``)."""
+    """``--until 2026-11-27T04:00:00Z`` alone: the default span before 04:00 (not before now),
+    or every row before it for ``logq sql`` (``open_start``)."""
     until = "2026-11-27T04:00:00Z"
     r = TimeRange.parse(None, until, now=NOW, default="1h")
     assert (r.since, r.until) == (datetime(2026, 11, 27, 3, tzinfo=UTC), parse_time(until, NOW))
     open_ended = TimeRange.parse(None, until, now=NOW, open_start=True)
     assert open_ended.since == datetime(1970, 1, 1, tzinfo=UTC)
     assert open_ended.until == parse_time(until, NOW)
+
+
+def test_the_until_example_of_the_parse_docstring_is_taken_as_it_says() -> None:
+    """The docstring promised ``--until 04:00`` alone, a bare clock time, which is refused
+    (it names no day): its example is now a time logq takes, with the meaning it gives."""
+    import re
+
+    doc = TimeRange.parse.__doc__ or ""
+    example = re.search(r"``--until\s+(\S+)``\s+alone means the hour before (\d\d:\d\d)", doc)
+    assert example, doc
+    r = TimeRange.parse(None, example.group(1), now=NOW, default="1h")
+    assert r.until.strftime("%H:%M") == example.group(2)
+    assert r.until - r.since == timedelta(hours=1)
+    with pytest.raises(TimeRangeError, match="is not a time"):
+        TimeRange.parse(None, "04:00", now=NOW)
 
 
 def test_bounds_between_milliseconds_round_up_to_the_next_one() -> None:

@@ -503,6 +503,19 @@ def test_bad_time_and_status_are_clear_errors(logq, warehouse: Warehouse) -> Non
         assert run.exit_code == 2 and "a code from 100 to 599 such as 503" in run.stderr
 
 
+@pytest.mark.parametrize(
+    ("typed", "title"), [("5XX", "5xx"), (" 4Xx-5XX ", "4xx-5xx"), ("0503", "503"), ("000", "0")]
+)
+def test_the_errors_title_names_the_status_as_read(
+    logq, warehouse: Warehouse, typed: str, title: str
+) -> None:
+    """The title echoed --status as typed ("5XX responses", " 0503 responses")."""
+    run = logq("errors", "--status", typed, "--since", SINCE, "--until", UNTIL, "-f", "table",
+               "--warehouse", warehouse.uri)  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    assert run.stdout.splitlines()[0].strip() == f"{title} responses", run.stdout
+
+
 def test_backward_and_half_status_ranges_are_refused(logq, warehouse: Warehouse) -> None:
     """A range that matches nothing is refused (not "no results"); errors quote the value typed."""
     for value in ("5xx-1xx", "503-500", "5xx-4xx"):

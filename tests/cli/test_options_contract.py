@@ -274,3 +274,38 @@ def test_logq_itself_says_its_usage_errors_in_one_line_and_its_help_whole() -> N
     alone = subprocess.run([str(LOGQ)], capture_output=True, text=True, timeout=60, check=False)
     assert "Usage: logq [OPTIONS] COMMAND" in alone.stdout + alone.stderr
     assert "logq: error" not in alone.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["errors", "-f", "xml"], "Invalid value for '--format' / '-f': 'xml' is not one of "
+         "'table', 'json', 'csv', 'markdown' (see logq errors -h)"),
+        (["top", "--by", "nope"], "Invalid value for '--by': 'nope' is not one of 'path', "
+         "'user_agent', 'client' (see logq top -h)"),
+        (["tail", "--stream", "both"], "Invalid value for '--stream': 'both' is not one of "
+         "'stdout', 'stderr' (see logq tail -h)"),
+        (["errors", "--limit", "abc"], "Invalid value for '--limit': 'abc' is not a whole "
+         "number (see logq errors -h)"),
+        (["errors", "--limit", "1.5"], "Invalid value for '--limit': '1.5' is not a whole "
+         "number (see logq errors -h)"),
+        (["top", "--limit", "0"], "Invalid value for '--limit': '0' is less than the minimum, "
+         "1 (see logq top -h)"),
+        (["top", "--limit", "9" * 20], f"Invalid value for '--limit': '{'9' * 20}' is more "
+         "than the maximum, 10000000 (see logq top -h)"),
+        (["tail", "-F", "--interval", "nan"], "Invalid value for '--interval': 'nan' is not "
+         "a number (see logq tail -h)"),
+        (["tail", "-F", "--interval", "0.1"], "Invalid value for '--interval': '0.1' is less "
+         "than the minimum, 0.2 (see logq tail -h)"),
+        (["tail", "-F", "--interval", "4000"], "Invalid value for '--interval': '4000' is more "
+         "than the maximum, 3600 (see logq tail -h)"),
+    ],
+)  # fmt: skip
+def test_a_bad_option_value_is_said_in_plain_words(logq, args: list[str], line: str) -> None:
+    """Typer checks choices and numbers with pydantic, whose words were passed on as they
+    came: "Value error, 'xml' is not one of ...", "Input should be a valid integer, unable to
+    parse string as an integer" (without the value), and NaN "should be less than or equal to
+    3600" (cli/errors.py plain_reason)."""
+    run = logq(*args)
+    assert run.exit_code == 2 and run.stdout == "", run.stderr
+    assert run.stderr.splitlines() == [f"logq: error: {line}"]

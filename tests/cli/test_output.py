@@ -33,7 +33,8 @@ def test_cells_have_units() -> None:
     assert format_cell("bytes_sent", 1536) == "1.5 KiB"
     assert format_cell("bytes_sent", 5 * 1024**2) == "5.0 MiB"
     assert format_cell("count", 1234567) == "1,234,567"
-    assert format_cell("count", None) == "-"
+    assert format_cell("count", None) == ""  # NULL: empty, as in markdown; '-' is a value
+    assert format_cell("response_flags", "-") == "-"
     assert header("path_share_pct") == "path share %" and header("p99_ms") == "p99 ms"
 
 

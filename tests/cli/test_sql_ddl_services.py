@@ -355,6 +355,17 @@ def test_services_lists_newest_time(logq, warehouse: Warehouse) -> None:
         assert rows[svc]["access_hours"] == 4
 
 
+def test_services_table_titles_are_words_as_every_canned_answers(
+    logq, warehouse: Warehouse
+) -> None:
+    """Locally the table said ``access_hours`` / ``log_hours`` (titles as ``logq sql`` keeps
+    them), where every canned answer's table, and ``services`` on Athena, says words."""
+    run = logq("services", "-f", "table", "--warehouse", warehouse.uri)
+    assert run.exit_code == 0, run.stderr
+    titles = [t.strip() for t in run.stdout.splitlines()[2].split("┃")[1:-1]]
+    assert titles == ["service", "access hours", "log hours", "newest"], run.stdout
+
+
 def test_services_limit(logq, warehouse: Warehouse) -> None:
     every = logq("services", "-f", "json", "--warehouse", warehouse.uri).json()
     first = logq("services", "-f", "json", "--limit", "2", "--warehouse", warehouse.uri).json()
@@ -680,3 +691,19 @@ def test_sql_keeps_every_value_of_columns_named_alike(logq, empty_warehouse: str
         assert all(n in runs[fmt].stdout for n in names), runs[fmt].stdout
     alone = logq("sql", "SELECT 1 AS a, 2 AS b", "-f", "json", "--warehouse", empty_warehouse)
     assert alone.json() == [{"a": 1, "b": 2}] and "note" not in alone.stderr
+
+
+def test_null_and_the_value_dash_look_different_in_the_table(logq, empty_warehouse: str) -> None:
+    """The table showed NULL as ``-``, and ``-`` is a value logq stores (``response_flags``
+    '-': no flags), so ``SELECT NULL, '-'`` read ``- | -``. NULL is now an empty cell in the
+    table, as in markdown (and csv's empty field, json's null)."""
+    sql = "SELECT NULL AS x, '-' AS y, 1 AS z"
+    cells = {}
+    for fmt in ("table", "markdown"):
+        run = logq("sql", sql, "-f", fmt, "--warehouse", empty_warehouse)
+        assert run.exit_code == 0, run.stderr
+        row = [line for line in run.stdout.splitlines() if "1" in line][-1]
+        cells[fmt] = [c.strip() for c in row.replace("│", "|").split("|")[1:-1]]
+    assert cells["table"] == cells["markdown"] == ["", "-", "1"], cells
+    json_run = logq("sql", sql, "-f", "json", "--warehouse", empty_warehouse)
+    assert json_run.json() == [{"x": None, "y": "-", "z": 1}]
