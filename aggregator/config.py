@@ -31,18 +31,17 @@ from shipper.config import (
 from shipper.config import file_setting_names as shipper_file_keys
 from shipper.errors import flag_of, shown_value
 from shipper.version import VersionAction
-from shipper.wire import MAX_MESSAGE_ENTRIES
+from shipper.wire import MAX_MESSAGE_BYTES, MAX_MESSAGE_ENTRIES
 
 DEFAULT_LISTEN = "127.0.0.1:24224"
 MiB = 1024 * 1024
-#: The smallest ``--max-frame-bytes``. A client resends a refused message as it was, forever (a
-#: logq-shipper never splits a batch, Fluent Bit and Fluentd never split a chunk), so a limit
-#: under a normal client's largest message stops that client for good, not one message. The
-#: largest of a logq-shipper with its default --batch-lines and --batch-bytes is 2,048 records
-#: and 512 Ki characters of log text: measured 1.3 MiB in ASCII with Kubernetes names (~400
-#: bytes of keys per record), 2.8 MiB in 4-byte UTF-8; Fluent Bit's chunks are about 2 MB.
-#: ``--max-frame-bytes 1`` was taken, and refused every message.
-MIN_FRAME_BYTES = 4 * MiB
+#: The smallest ``--max-frame-bytes``: the largest message a logq-shipper builds
+#: (:data:`shipper.wire.MAX_MESSAGE_BYTES`, 4 MiB; its batches close before they pass it). A
+#: client resends a refused message as it was, forever (Fluent Bit and Fluentd never split a
+#: chunk either), so a limit under a normal client's largest message stops that client for good,
+#: not one message; Fluent Bit's chunks are about 2 MB. ``--max-frame-bytes 1`` was taken, and
+#: refused every message.
+MIN_FRAME_BYTES = MAX_MESSAGE_BYTES
 
 
 class ConfigError(ValueError):
@@ -397,8 +396,8 @@ def _check_numbers(s: Settings) -> None:
     if s.max_frame_bytes < MIN_FRAME_BYTES:
         raise ConfigError(
             f"--max-frame-bytes must be at least {MIN_FRAME_BYTES} (4 MiB): a client resends a "
-            "message over it forever, and a logq-shipper's default batch reaches 1.3 MiB (2.8 "
-            f"MiB of non-ASCII text), a Fluent Bit chunk about 2 MB; got {s.max_frame_bytes}"
+            "message over it forever, and a logq-shipper's messages reach 4 MiB, a Fluent Bit "
+            f"chunk about 2 MB; got {s.max_frame_bytes}"
         )
 
 

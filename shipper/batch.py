@@ -8,11 +8,23 @@ image, source id) pre-encoded once and repeated in every record (see :mod:`shipp
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shipper import wire
+from shipper.entry import RECORD_BYTES, pack_shared
 from shipper.lines import Lines
+
+if TYPE_CHECKING:
+    from shipper.cursor import Cursor
+
+#: Bytes of a message besides its body and tag: the array header (1), the ``bin`` header (5),
+#: the options ``{size, chunk, compressed}`` (58 at most), with room to spare.
+ENVELOPE_BYTES = 128
+#: What gzip can add to a body that does not compress, at most (zlib's deflateBound: about
+#: 0.03 % plus 31 bytes), with room to spare: 4 KiB of 4 MiB.
+GZIP_SLACK = wire.MAX_MESSAGE_BYTES >> 10
 
 
 @dataclass(slots=True)
@@ -36,6 +48,33 @@ class Batch:
     first_offset: int = 0
     """The record offset of its first line (0 without lines); with :attr:`last_offset`, what
     a restart sends where these lines went (see :class:`shipper.sender.Placements`)."""
+
+
+@dataclass(slots=True)
+class WireRoom:
+    """The room a Forward message being filled has left for its records, in an upper bound of
+    their encoded bytes (:meth:`~shipper.lines.Lines.wire_bytes`): the reader takes no line
+    past it (:meth:`shipper.tailer.Tailer._fit`), so that no message passes
+    :data:`~shipper.wire.MAX_MESSAGE_BYTES`, whatever ``--batch-lines`` and ``--batch-bytes``
+    allow. The first record of a message always goes: ``--max-line-bytes`` is bounded so that
+    one fits (:data:`shipper.config.MAX_LINE_BYTES`)."""
+
+    left: int
+    per_record: Callable[[Cursor], int]
+    """Bytes of each record of a file besides 4 per character of its texts: its shared keys
+    and :data:`~shipper.entry.RECORD_BYTES`."""
+
+
+def body_room(tag: str, compress: bool) -> int:
+    """The most bytes a message body of ``tag`` may take: :data:`~shipper.wire.MAX_MESSAGE_BYTES`
+    less the envelope, and less what gzip may add (``compress``)."""
+    envelope = ENVELOPE_BYTES + len(wire.pack(tag)) + (GZIP_SLACK if compress else 0)
+    return wire.MAX_MESSAGE_BYTES - envelope
+
+
+def record_bytes(shared: dict[str, Any]) -> int:
+    """:attr:`WireRoom.per_record` of records carrying the ``shared`` keys."""
+    return RECORD_BYTES + len(pack_shared(shared))
 
 
 def record_constants(

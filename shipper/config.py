@@ -203,15 +203,18 @@ _HELP = {
     "once": "ship what the files hold now, wait for every ack, exit",
     "config": "TOML file; every flag is a key (optionally under [shipper])",
     "compress": "compress batches (CompressedPackedForward)",
-    "max_line_bytes": "lines longer than this are truncated with a marker (default: 262144)",
+    "max_line_bytes": "lines longer than this are truncated with a marker (default: 262144, "
+    "at most 393216)",
     "metrics_listen": "serve Prometheus metrics on HOST:PORT (a HOST alone: port 9110; port "
     "0: a free port, named in the 'metrics on' line on stderr)",
     "tls": "connect to aggregators over TLS",
     "tls_ca": "CA bundle to verify the aggregator's certificate (default: system CAs)",
     "tls_no_verify": "do not verify the aggregator's certificate (testing only)",
     "hostname": "host name put into records (default: this machine's)",
-    "batch_lines": "max lines per Forward message (default: 2048)",
-    "batch_bytes": "max bytes of log text per Forward message (default: 524288)",
+    "batch_lines": "max lines per Forward message (default: 2048; a message closes earlier "
+    "at 4 MiB)",
+    "batch_bytes": "max characters of log text per Forward message (default: 524288; a message "
+    "closes earlier at 4 MiB)",
     "max_inflight_bytes": "stop reading files when this much is waiting for acks "
     "(default: 8388608)",
     "ack_timeout": "seconds to wait for an ack before resending (default: 30, at least 0.1)",
@@ -312,6 +315,15 @@ MIN_COUNTS = {
     "batch_bytes": 1,
     "max_inflight_bytes": 1,
 }
+
+#: The largest ``--max-line-bytes``: one record must fit in a message of
+#: :data:`shipper.wire.MAX_MESSAGE_BYTES` (4 MiB), the first of a batch goes whatever its size,
+#: and a batch's room is counted as 4 bytes per character of a record's texts (what UTF-8 may
+#: take, see :class:`shipper.batch.WireRoom`). A record's log text holds at most this many
+#: characters plus a marker, its time and stream texts at most a read block of this plus 4 KiB
+#: (one physical line): 8 x 384 KiB + 17 KiB leaves about 1 MB for its source's keys (service,
+#: container, host, image...).
+MAX_LINE_BYTES = 384 * 1024
 
 #: The smallest value of each seconds setting: below it the shipper spins (a 1 ns poll burns a
 #: core) or gives up before any aggregator could answer.
@@ -663,6 +675,12 @@ def _to_config(m: dict[str, Any]) -> Config:
     for key, least in MIN_COUNTS.items():
         if key in m:
             kw[key] = at_least(flag_of(key), m[key], least, ConfigError)
+    if kw.get("max_line_bytes", 0) > MAX_LINE_BYTES:
+        raise ConfigError(
+            f"--max-line-bytes must be at most {MAX_LINE_BYTES} (384 KiB): one line must fit in "
+            "a Forward message of 4 MiB, the most every logq-aggregator takes, counting 4 bytes "
+            f"per character; got {kw['max_line_bytes']}"
+        )
     for key, least_seconds in MIN_SECONDS.items():
         if key in m:
             kw[key] = at_least(flag_of(key), m[key], least_seconds, ConfigError, seconds=True)

@@ -36,6 +36,19 @@ _STRIDE = 10
 """Flat-list items per entry: head, map header + "log", log, "stream", stream, "time", time,
 "offset", offset, shared pairs."""
 
+#: Most bytes one record takes in a body besides its shared keys and 4 per character of its
+#: ``log``, ``stream`` and ``time`` texts (UTF-8 takes at most 4 bytes per code point; a lone
+#: surrogate becomes U+FFFD, 3): the entry head (11), the map header (1: at most 11 pairs), the
+#: four per-line keys (4 + 7 + 5 + 7), the three texts' ``str`` headers (5 each) and the offset
+#: (9, a uint64).
+RECORD_BYTES = HEAD.size + 1 + 23 + 3 * 5 + 9
+
+
+def record_bound(log: str, stream: str, time: str, per_record: int) -> int:
+    """Most bytes a record of these texts takes, ``per_record`` (:data:`RECORD_BYTES` plus the
+    shared keys) included."""
+    return per_record + 4 * (len(log) + len(stream) + len(time))
+
 
 #: Event times an EventTime can carry and the aggregator keeps as sent (ns since the epoch):
 #: from 1970-01-01T00:00:01Z (its seconds are unsigned, and a time of 0 is replaced on receipt,

@@ -8,12 +8,13 @@ plus the byte offset just past each line's last part (offsets strictly increase 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import accumulate, islice, repeat
 from typing import Any
 
 from msgspec import Raw
 
 from shipper import wire
-from shipper.entry import encode_body, entry_head, head_time_ns
+from shipper.entry import encode_body, entry_head, head_time_ns, record_bound
 
 _K_LOG, _K_STREAM, _K_TIME, _K_OFFSET = (
     wire.KEY_LOG,
@@ -115,6 +116,19 @@ class Lines:
         first.streams, first.times = self.streams[:n], self.times[:n]
         first.nbytes = self.nbytes - rest.nbytes
         return first, rest
+
+    def wire_bytes(self, per_record: int) -> int:
+        """Most bytes these lines take in a message body, ``per_record`` bytes of keys and
+        headers each (see :data:`~shipper.entry.RECORD_BYTES`), without encoding them: it is
+        counted for every read. A join measures a column in ~5 ns a line, ``sum(map(len,
+        ...))`` in ~20."""
+        chars = self.nbytes + len("".join(self.streams)) + len("".join(self.times))
+        return len(self.offsets) * per_record + 4 * chars
+
+    def wire_ends(self, per_record: int, n: int) -> list[int]:
+        """:meth:`wire_bytes` of the first 1, 2, ... ``n`` lines."""
+        first = [islice(column, n) for column in (self.logs, self.streams, self.times)]
+        return list(accumulate(map(record_bound, *first, repeat(per_record, n))))
 
     def encode(self, shared: dict[str, Any]) -> memoryview:
         """The PackedForward body of these lines with the source's ``shared`` record keys."""

@@ -18,10 +18,17 @@ import logging
 import os
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shipper import fd_budget, gz_pool, multiline, wire
-from shipper.batch import Batch, encode_message, record_constants
+from shipper.batch import (
+    Batch,
+    WireRoom,
+    body_room,
+    encode_message,
+    record_bytes,
+    record_constants,
+)
 from shipper.discover import SourceSpec
 from shipper.errors import ShipperError
 from shipper.lines import Lines
@@ -30,6 +37,7 @@ from shipper.tailer import READ_AHEAD_BYTES, Tailer
 
 if TYPE_CHECKING:
     from shipper.config import Endpoint
+    from shipper.cursor import Cursor
     from shipper.daemon import Shipper
     from shipper.metrics import Metrics
 
@@ -47,6 +55,15 @@ none (discovery's safety-net scans, gauges, checkpoints)."""
 WATCH_RETRY_SECONDS = 60.0
 """A live file the watcher refused (inotify watch limit reached) is offered to it again this
 often; it is polled meanwhile."""
+
+
+def batch_reserve(batch_bytes: int) -> int:
+    """The window's room a reader reserves for its next batch: twice ``--batch-bytes`` (a
+    character of log text and its record's keys take more than a byte), and never more than
+    a message holds (:data:`~shipper.wire.MAX_MESSAGE_BYTES`): with ``--batch-bytes`` raised
+    past it, a reserve the window rarely had left every other batch to the lines kept past
+    the last one alone."""
+    return min(2 * batch_bytes, wire.MAX_MESSAGE_BYTES)
 
 
 class Window:
@@ -198,6 +215,8 @@ class SourceRunner:
             read_ahead=min(READ_AHEAD_BYTES, cfg.batch_bytes),
         )
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=1)
+        self._per_record: tuple[str, int] | None = None
+        """(source id, :meth:`_record_bytes`) of the file read last."""
         self.started_at = 0.0
         """When :meth:`start` ran: a source that ran long enough before it failed starts its
         retry backoff over (see ``Shipper._note_failure``)."""
@@ -335,7 +354,7 @@ class SourceRunner:
         # Room for a whole batch is reserved *before* reading it: a batch waiting for the
         # window would otherwise be memory the window does not see (so would the lines read
         # past it, kept for the next: _room).
-        reserve = 2 * cfg.batch_bytes
+        reserve = batch_reserve(cfg.batch_bytes)
         failing_since: float | None = None
         while not self.stopping:
             if self.drain_deleted and not self.tailer.holds_deleted():
@@ -408,7 +427,7 @@ class SourceRunner:
         next line written after the stop starts a record of its own."""
         if not self.tailer.end(stopping=True):
             return
-        reserve = 2 * self.shipper.cfg.batch_bytes
+        reserve = batch_reserve(self.shipper.cfg.batch_bytes)
         while self.tailer.parser.pending_origins():
             room = self._reading = await self._room(reserve)
             batch = self._next_batch(one_chunk=True)
@@ -590,12 +609,18 @@ class SourceRunner:
         resume = 0
         nread = 0
         save_first = False
-        while len(lines) < cfg.batch_lines and lines.nbytes < cfg.batch_bytes:
+        # However large --batch-lines and --batch-bytes, no message passes the 4 MiB every
+        # aggregator takes: one over an aggregator's limit would be resent forever.
+        room = WireRoom(body_room(self.spec.tag, cfg.compress), self._record_bytes)
+        while len(lines) < cfg.batch_lines and lines.nbytes < cfg.batch_bytes and room.left > 0:
             try:
                 # One file per batch (see Tailer.read): the batch's source id and the
                 # checkpoint its ack advances are that file's.
                 chunk = self.tailer.read(
-                    cfg.batch_lines - len(lines), cfg.batch_bytes - lines.nbytes, of=cursor
+                    cfg.batch_lines - len(lines),
+                    cfg.batch_bytes - lines.nbytes,
+                    of=cursor,
+                    room=room,
                 )
             except OSError:
                 if cursor is None:
@@ -639,17 +664,9 @@ class SourceRunner:
         payload = b""
         chunk_id = ""
         if n:
-            consts = record_constants(
-                svc,
-                self.spec.container_id,
-                self.spec.container_name,
-                cfg.hostname,
-                self.spec.image,
-                cursor.source_id,
-                self.spec.format_hint,
-            )
             chunk_id = wire.new_chunk_id()
-            payload = encode_message(self.spec.tag, lines.encode(consts), n, chunk_id, cfg.compress)
+            body = lines.encode(self._constants(cursor))
+            payload = encode_message(self.spec.tag, body, n, chunk_id, cfg.compress)
         return Batch(
             tag=self.spec.tag,
             payload=payload,
@@ -663,6 +680,26 @@ class SourceRunner:
             nread=nread,
             save_first=save_first,
         )
+
+    def _constants(self, cursor: Cursor) -> dict[str, Any]:
+        """The keys every record of ``cursor``'s file carries."""
+        return record_constants(
+            self.spec.service,
+            self.spec.container_id,
+            self.spec.container_name,
+            self.shipper.cfg.hostname,
+            self.spec.image,
+            cursor.source_id,
+            self.spec.format_hint,
+        )
+
+    def _record_bytes(self, cursor: Cursor) -> int:
+        """:attr:`WireRoom.per_record` of ``cursor``'s file (its source id is the one key that
+        differs between files), computed once per file."""
+        known = self._per_record
+        if known is None or known[0] != cursor.source_id:
+            known = self._per_record = cursor.source_id, record_bytes(self._constants(cursor))
+        return known[1]
 
     def _warn_bad_times(self) -> None:
         """Say once per source that lines went out stamped with their read time."""

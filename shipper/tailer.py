@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Callable
 
 from shipper import fd_budget
+from shipper.batch import WireRoom
 from shipper.birth import Identity
 from shipper.checkpoint import Registry
 from shipper.copytruncate import CopyTruncate
@@ -138,9 +139,11 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         """A file after which files were lost: its open split lines go out at the next read."""
         self._cuts_warned = False
         """The WARNING that a flushed line's cut was not kept was logged (once per source)."""
-        self._read_past: tuple[Chunk, int] | None = None
-        """Lines read past ``max_bytes`` (``--batch-bytes``) and the restart position their
-        chunk had before it was read: the next read gives them (see :meth:`_fit`)."""
+        self._read_past: tuple[Chunk, int | None] | None = None
+        """Lines read past ``max_bytes`` (``--batch-bytes``) or the message's
+        :class:`~shipper.batch.WireRoom` and the restart position their chunk had before it
+        was read (None: never cut, see :meth:`read`): the next read gives them (see
+        :meth:`_fit`)."""
         self._orphan: Chunk | None = None
         """``--multiline``: the records still open in a file truncated in place with no copy
         to read on from, shipped as they are by the next read (see
@@ -249,9 +252,34 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
     # -- reading ----------------------------------------------------------------------------
 
     def read(
-        self, max_lines: int = 1 << 30, max_bytes: int = 1 << 30, of: Cursor | None = None
+        self,
+        max_lines: int = 1 << 30,
+        max_bytes: int = 1 << 30,
+        of: Cursor | None = None,
+        room: WireRoom | None = None,
     ) -> Chunk | None:
         """The next lines of the oldest unfinished file, or None when it is at its end.
+
+        With ``room``, no more lines than it has room for (with ``of``: None when not even
+        one fits); what they take is taken from it. Lines read in blocks are cut to fit
+        (:meth:`_fit`); the open lines flushed as they are (split lines, ``--multiline``
+        records: a few at a time) go whole, in the next message when they do not fit.
+        """
+        before = room.left if room is not None else 0
+        chunk = self._read(max_lines, max_bytes, of, room)
+        if room is None or chunk is None or room.left != before or not chunk.lines:
+            return chunk  # counted by _fit, or nothing to count
+        wire = chunk.lines.wire_bytes(room.per_record(chunk.cursor))
+        if of is not None and wire > room.left:
+            self._read_past = chunk, None  # never cut: no restart position inside it
+            return None
+        room.left -= wire
+        return chunk
+
+    def _read(
+        self, max_lines: int, max_bytes: int, of: Cursor | None, room: WireRoom | None
+    ) -> Chunk | None:
+        """:meth:`read` but for the room taken by lines not read in blocks.
 
         With ``of`` (the file a Forward message is being filled from), also None when the next
         lines are another file's: they start the next message. A message carries one file's
@@ -273,7 +301,7 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         if self._read_past is not None:
             (chunk, before), self._read_past = self._read_past, None
             if of in (None, chunk.cursor):
-                return self._fit(chunk, before, max_lines, max_bytes, of)
+                return self._fit(chunk, before, max_lines, max_bytes, of, room)
             self._read_past = chunk, before  # not that file's (never: they are read first)
             return None
         if self._regrouping:
@@ -301,7 +329,7 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
                 if not self._truncated(head) or not self.cursors:
                     return None
                 if self._orphan is not None:
-                    return self.read(max_lines, max_bytes, of)
+                    return self._read(max_lines, max_bytes, of, room)
             else:
                 head.checked_pos = head.read_pos
         # A read of about what the message has room for (at least read_ahead: small lines
@@ -317,7 +345,7 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
                 if self.multiline is not None:
                     self._note_shipped(chunk)
                 self._settle_held(chunk)
-            return self._fit(chunk, before, max_lines, max_bytes, of)
+            return self._fit(chunk, before, max_lines, max_bytes, of, room)
         elif self.once and self.finished():
             # Its bound reached, the run ends for this source: a line left open goes now, as
             # it is, when the file ends there (a container that died mid-line). When more bytes
@@ -330,7 +358,13 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         return chunk
 
     def _fit(
-        self, chunk: Chunk, before: int, max_lines: int, max_bytes: int, of: Cursor | None
+        self,
+        chunk: Chunk,
+        before: int | None,
+        max_lines: int,
+        max_bytes: int,
+        of: Cursor | None,
+        room: WireRoom | None = None,
     ) -> Chunk | None:
         """The lines of ``chunk`` whose log text fits in ``max_bytes`` (at most ``max_lines``
         of them), the rest kept for the next read: a Forward message holds at most
@@ -343,18 +377,37 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         The lines given are acknowledged before the kept ones, so their chunk's restart
         position is ``before`` (where a restart read the chunk again before it was read):
         a restart from there drops the lines acknowledged by their offsets, as after any
-        checkpoint behind the acks (:attr:`~shipper.checkpoint.FileState.acked`)."""
+        checkpoint behind the acks (:attr:`~shipper.checkpoint.FileState.acked`).
+
+        With ``room``, the lines also fit in what the message has room for (in an upper bound
+        of their encoded bytes), taken from it. A chunk without a restart position inside
+        (``before`` None: open lines flushed, see :meth:`read`) is given whole or not at all."""
         lines = chunk.lines
-        if lines.nbytes <= max_bytes and len(lines) <= max_lines:
+        per = room.per_record(chunk.cursor) if room is not None else 0
+        wire = lines.wire_bytes(per) if room is not None else 0
+        fits = room is None or wire <= room.left
+        if (lines.nbytes <= max_bytes and len(lines) <= max_lines and fits) or (
+            before is None and of is None
+        ):
+            if room is not None:
+                room.left -= wire
             return chunk
+        if before is None:
+            self._read_past = chunk, before
+            return None
         ends = itertools.accumulate(map(len, itertools.islice(lines.logs, max_lines)))
         n = bisect.bisect_right(list(ends), max_bytes)
+        if not fits:  # per-line bounds only then: the rare cut by the room
+            assert room is not None
+            n = bisect.bisect_right(lines.wire_ends(per, max(n, 1)), room.left, hi=n)
         if n == 0:
             if of is not None:
                 self._read_past = chunk, before
                 return None
             n = 1
         head, tail = lines.split(n)
+        if room is not None:
+            room.left -= head.wire_bytes(per)
         self._read_past = Chunk(chunk.cursor, tail, chunk.resume, chunk.nread), before
         return Chunk(chunk.cursor, head, before, 0, chunk.save_first)
 

@@ -123,6 +123,14 @@ class Message:
 
 # --- encoding (the shipper side) ---------------------------------------------------------------
 
+#: Largest Forward message a logq-shipper builds, on the wire (gzip-compressed or not), and the
+#: smallest ``--max-frame-bytes`` a logq-aggregator takes (its ``MIN_FRAME_BYTES``): every
+#: shipper message is accepted by every aggregator. A client resends a refused message as it
+#: was, forever, so a message over an aggregator's limit would stop its file for good. Batches
+#: close before they pass it, whatever ``--batch-lines`` and ``--batch-bytes`` say
+#: (:class:`shipper.batch.WireRoom`).
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
 
 def new_chunk_id() -> str:
     """A fresh ``chunk`` option value: base64 of 16 random bytes."""

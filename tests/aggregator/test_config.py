@@ -172,7 +172,7 @@ def test_a_frame_limit_under_a_normal_message_is_refused_at_start(
     its client forever. The error names the flag, the floor and why; from the file, the key."""
     reason = (
         f"--max-frame-bytes must be at least {MIN_FRAME_BYTES} (4 MiB): a client resends a "
-        "message over it forever, and a logq-shipper's default batch reaches 1.3 MiB"
+        "message over it forever, and a logq-shipper's messages reach 4 MiB"
     )
     with pytest.raises(ConfigError, match=rf"^{re.escape(reason)}.*; got {value}$"):
         parse(["--max-frame-bytes", value])

@@ -51,6 +51,8 @@ class Receiver:
         self.records: list[tuple[str, int, dict[str, Any]]] = []
         self.duplicates = 0
         self.messages = 0
+        self.sizes: list[int] = []
+        """The bytes of each message on the wire, in the order they came (resends included)."""
         self.options: list[dict[str, Any]] = []
         self.handshake_failures = 0
         self.high: dict[str, int] = defaultdict(lambda: -1)
@@ -78,6 +80,7 @@ class Receiver:
         try:
             if self.shared_key is not None and not await self._handshake(reader, writer, unpacker):
                 return
+            at = unpacker.tell()
             while True:
                 data = await reader.read(1 << 20)
                 if not data:
@@ -85,8 +88,10 @@ class Receiver:
                 unpacker.feed(data)
                 for obj in wire.iter_messages(unpacker):
                     msg = wire.decode_message(obj)
+                    size, at = unpacker.tell() - at, unpacker.tell()
                     with self._lock:
                         self.messages += 1
+                        self.sizes.append(size)
                         if self.drop_first > 0:
                             self.drop_first -= 1
                             writer.close()

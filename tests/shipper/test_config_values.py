@@ -234,6 +234,13 @@ def test_seconds_must_be_finite_and_not_absurdly_small(
         ("batch_bytes", "-1", "at least 1", "-1"),
         ("max_inflight_bytes", "0", "at least 1", "0"),
         ("max_line_bytes", "1023", "at least 1024", "1023"),
+        (
+            "max_line_bytes",
+            "393217",
+            "at most 393216 (384 KiB): one line must fit in a Forward message of 4 MiB, the most "
+            "every logq-aggregator takes, counting 4 bytes per character",
+            "393217",
+        ),
         ("ack_timeout", "0", "a finite number of seconds, at least 0.1", "0.0"),
         ("poll_interval", "-1", "a finite number of seconds, at least 0.01", "-1.0"),
     ],
