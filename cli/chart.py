@@ -128,18 +128,24 @@ def render_timeline(
     that gave up, often on a slow upstream) is neither ok nor an HTTP error: it gets its own
     cells, so a wave of clients timing out does not draw as healthy traffic.
 
-    With ``until`` and ``step``: a first interval the range starts inside, and a last one
-    that ends after ``until`` (the range ends inside it, e.g. now), are marked
-    (:func:`partial_notes`), so that a shorter bar does not read as a drop."""
+    ``every_label``: the --every text, in the header; its interval (``step`` when given) sets
+    the labels' precision (:func:`label_format`). With ``until`` and ``step``: a first
+    interval the range starts inside, and a last one that ends after ``until`` (the range
+    ends inside it, e.g. now), are marked (:func:`partial_notes`), so that a shorter bar does
+    not read as a drop."""
     from rich.text import Text
 
+    from athena.timerange import parse_interval
     from cli.output import console as make_console
 
     out = out or sys.stdout
     console = make_console(out, width=width)
-    bar_width = max(10, min(60, console.width - 44))
-    peak = max((r[1] for r in rows), default=0)
     day_changes = len({r[0].date() for r in rows}) > 1
+    interval = step or int(parse_interval(every_label).total_seconds())
+    labels = [r[0].strftime(label_format(interval, day_changes)) for r in rows]
+    wide = max([11, *(len(label) for label in labels)])  # 11: "time UTC" and "MM-DD HH:MM"
+    bar_width = max(10, min(60, console.width - 33 - wide))  # 33: the counts, a margin
+    peak = max((r[1] for r in rows), default=0)
     total = sum(r[1] for r in rows)
     errors = sum(r[3] for r in rows)
     gone = sum(_no_response(r) for r in rows)
@@ -151,16 +157,13 @@ def render_timeline(
             style="bold",
         )
     )
-    columns = Text(f"{'time UTC':>11} {'requests':>8} {'5xx':>6} {LEGEND}", style="dim")
+    columns = Text(f"{'time UTC':>{wide}} {'requests':>8} {'5xx':>6} {LEGEND}", style="dim")
     console.print(columns)
-    for row in rows:
-        bucket, requests, e4, e5 = row[:4]
+    for row, label in zip(rows, labels, strict=True):
+        requests, e4, e5 = row[1:4]
         gone = _no_response(row)
-        label = bucket.strftime("%m-%d %H:%M" if day_changes else "%H:%M")
-        if bucket.second:
-            label += bucket.strftime(":%S")
         ok = requests - e4 - e5 - gone
-        line = Text(f"{label:>11} {requests:>8,} {e5:>6,} ")
+        line = Text(f"{label:>{wide}} {requests:>8,} {e5:>6,} ")
         line.append(bar(ok, peak, bar_width), style="green")
         line.append(cells(e4, peak, bar_width, E4_GLYPH), style="yellow")
         line.append(cells(e5, peak, bar_width, E5_GLYPH), style="bold red")
@@ -170,6 +173,18 @@ def render_timeline(
     if until is not None:
         for text in partial_notes(rows, until, step):
             console.print(Text(text, style="dim"))
+
+
+def label_format(step: int, dated: bool) -> str:
+    """The strftime format of every time label of a chart of ``step``-second intervals: the
+    precision of --every, the same on every row. Seconds when ``step`` is not whole minutes
+    (``--every 1s``, ``90s``): seconds shown only where not 0 made whole minutes read ``10:39``
+    among ``10:38:59`` and ``10:39:01``. Else hours and minutes, for an hour's or a day's step
+    too (a clock time reads so); with ``dated`` (the chart spans days) the month and day first.
+    A first interval the range starts inside is labelled at the same precision: the partial
+    note under the chart gives its exact start (``--since 1h`` starts at some second)."""
+    clock = "%H:%M" if step % 60 == 0 else "%H:%M:%S"
+    return f"%m-%d {clock}" if dated else clock
 
 
 def _no_response(row: Sequence[Any]) -> int:

@@ -664,9 +664,11 @@ def note_freshness(
     footers read to find ``newest``, not read again to count the rows ahead.
     """
     from athena.timerange import as_utc, dt_of, iso_utc
+    from cli.output import since_text
 
     who = f"for {name}" if name else f"in {prep.table}"
-    age = None if newest is None else (prep.trange.until - as_utc(newest)).total_seconds()
+    now = prep.trange.until
+    age = None if newest is None else (now - as_utc(newest)).total_seconds()
     stale = age is not None and age > STALE_AFTER_SECONDS
     if seen is not None or (stale and not later_read):
         # Nothing seen ahead: only hours after now's can hold rows of a clock hours ahead
@@ -677,8 +679,9 @@ def note_freshness(
             note_once(ahead_note(common, prep, who, found, seen))
             return
     if stale and newest is not None and age is not None:
+        # since_text, as `logq services` says its newest rows: "2m 42s ago" in both places
         note_once(
-            f"logq: note: newest data {who}: {iso_utc(newest)} ({human_age(age)} ago): "
+            f"logq: note: newest data {who}: {iso_utc(newest)} ({since_text(newest, now)}): "
             "rows after it may not be flushed yet or the pipeline is stalled (or there "
             "was no traffic since)"
         )
@@ -758,15 +761,3 @@ def query_filters(common: Common, prep: Prepared) -> list[str]:
         "--stream": params.get("stream"),
     }
     return [flag for flag, value in given.items() if value]
-
-
-def human_age(seconds: float) -> str:
-    """``45s``, ``9m``, ``3h05m``, ``2d04h``."""
-    s = int(seconds)
-    if s < 120:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m"
-    if s < 172800:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"

@@ -47,6 +47,15 @@ def _complete_service(incomplete: str, ctx: typer.Context = None) -> list[str]:
     return sorted(n for n in names if n.startswith(incomplete))
 
 
+def service_option(help: str, **more: Any) -> Any:
+    """``--service``/``-s`` as every command that takes it declares it: the metavar ``NAME``
+    (a ``list[str]`` option otherwise shows ``<list[str]>`` in its help) and completion from
+    the warehouse's services. ``more``: other ``typer.Option`` settings (a help panel)."""
+    return typer.Option(
+        "--service", "-s", metavar="NAME", help=help, autocompletion=_complete_service, **more
+    )
+
+
 @dataclass
 class Common:
     """Values of the shared options of one invocation."""
@@ -77,14 +86,10 @@ _COMMON: list[tuple[str, Any, Any]] = [
         "service",
         Annotated[
             list[str] | None,
-            typer.Option(
-                "--service",
-                "-s",
-                metavar="NAME",
-                help="Service to query (repeatable or comma-separated); all services when "
+            service_option(
+                "Service to query (repeatable or comma-separated); all services when "
                 "absent (an empty value is an error).",
                 rich_help_panel=QUERY_PANEL,
-                autocompletion=_complete_service,
             ),
         ],
         None,

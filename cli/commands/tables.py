@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.errors import friendly
-from cli.options import REQUEST_FILTERS, Common, EngineName, query_command
+from cli.options import REQUEST_FILTERS, Common, EngineName, query_command, service_option
 
 
 @query_command(
@@ -243,11 +243,7 @@ def ddl(
     ] = "logq",
     service: Annotated[
         list[str] | None,
-        typer.Option(
-            "--service",
-            "-s",
-            help="Service names for the projection enum (repeatable, or comma-separated).",
-        ),
+        service_option("Service names for the projection enum (repeatable, or comma-separated)."),
     ] = None,
 ) -> None:
     """Print Athena DDL for both tables (partition projection): CREATE DATABASE IF NOT EXISTS,

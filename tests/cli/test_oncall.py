@@ -80,8 +80,8 @@ def test_stalled_pipeline_is_not_read_as_no_errors(logq, tmp_path: Path) -> None
                       r"matched \(\d+ partitions?, \d+ files? read\)", run.stdout)  # fmt: skip
     assert count, run.stdout
     assert int(count.group(1)) >= 13  # the window holds the last 13 and maybe a few older ones
-    note = re.search(r"newest data for checkout: (\S+) \((\d+)m ago\): rows after it may not be "
-                     r"flushed yet or the pipeline is stalled", run.stderr)  # fmt: skip
+    note = re.search(r"newest data for checkout: (\S+) \((\d+)m(?: \d+s)? ago\): rows after it "
+                     r"may not be flushed yet or the pipeline is stalled", run.stderr)  # fmt: skip
     assert note, run.stderr
     assert note.group(1) == _iso(newest) and note.group(2) in ("9", "10")
     # json: the same words on stderr, [] on stdout

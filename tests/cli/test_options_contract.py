@@ -208,6 +208,23 @@ def test_sql_help_names_the_limit_note_and_refused_extensions(
     ) in text
 
 
+def test_every_service_option_shows_the_same_metavar(logq, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ddl --help` showed `<list[str]>` for --service where the query commands show NAME:
+    every command that takes --service shows it alike (the commands are the app's own, so a
+    new one is checked too)."""
+    import typer
+
+    from cli.app import app
+
+    monkeypatch.setenv("COLUMNS", "300")
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    taking = [n for n, c in commands.items() if any(p.name == "service" for p in c.params)]
+    assert "ddl" in taking and "errors" in taking, taking
+    for name in taking:
+        [line] = [ln for ln in logq(name, "--help").stdout.splitlines() if "│ --service" in ln]
+        assert line.split()[1:4] == ["--service", "-s", "NAME"], (name, line)
+
+
 @pytest.mark.integration
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     """`logq tail ... | head -2`: before, "logq: error: [Errno 32] Broken pipe" and exit 1.

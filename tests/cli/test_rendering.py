@@ -346,6 +346,58 @@ def test_timeline_shows_a_single_error() -> None:
     assert "▒X" in out.getvalue()  # one request in 100,000 still gets its cell
 
 
+def _labels(rows: list[tuple[datetime, int, int, int]], every: str, step: int = 0) -> list[str]:
+    """The time labels of the chart of ``rows`` (``step``: as the timeline command passes it;
+    0: read from ``every``), and checks that the header's column ends where they do."""
+    out = io.StringIO()
+    render_timeline(rows, every, out=out, width=100, step=step)
+    lines = out.getvalue().splitlines()
+    header = next(ln for ln in lines if "time UTC" in ln)
+    drawn = [ln for ln in lines[2:] if ln and ln != header][: len(rows)]
+    labels = [ln[: header.index("time UTC") + len("time UTC")].strip() for ln in drawn]
+    assert all(ln[header.index("time UTC") + len("time UTC")] == " " for ln in drawn), lines
+    return labels
+
+
+def _at(*times: datetime) -> list[tuple[datetime, int, int, int]]:
+    return [(t, 10, 1, 1) for t in times]
+
+
+def test_timeline_labels_have_the_precision_of_every_on_every_row() -> None:
+    """`--every 1s` labelled whole minutes `10:39` among `10:38:59` and `10:39:01` (seconds
+    were shown only when not 0): each chart's labels now have one precision, that of --every;
+    a first interval the range starts inside (a --since at some second or millisecond) too."""
+    t = datetime(2026, 11, 29, 10, 38, 59, tzinfo=UTC)
+    second = timedelta(seconds=1)
+    assert _labels(_at(t, t + second, t + 2 * second), "1s") == [
+        "10:38:59",
+        "10:39:00",
+        "10:39:01",
+    ]
+    ninety = [
+        datetime(2026, 11, 29, 10, 0, tzinfo=UTC) + timedelta(seconds=90 * i) for i in range(3)
+    ]
+    assert _labels(_at(*ninety), "90s", step=90) == ["10:00:00", "10:01:30", "10:03:00"]
+    # --since 10:37:42.5 --every 1m: the first row is the minute the range starts inside
+    # (the partial note gives the exact start), not a "10:37:42" among "10:38", "10:39".
+    first = datetime(2026, 11, 29, 10, 37, 42, 500000, tzinfo=UTC)
+    minutes = [datetime(2026, 11, 29, 10, m, tzinfo=UTC) for m in (38, 39)]
+    assert _labels(_at(first, *minutes), "1m", step=60) == ["10:37", "10:38", "10:39"]
+    # --since 08:30 --every 1h (a clock time reads HH:MM, for hours too)
+    hours = [datetime(2026, 11, 29, h, m, tzinfo=UTC) for h, m in ((8, 30), (9, 0), (10, 0))]
+    assert _labels(_at(*hours), "1h", step=3600) == ["08:30", "09:00", "10:00"]
+    # over midnight: dated labels, seconds kept for --every 30s, and the column still lines up
+    night = datetime(2026, 11, 29, 23, 59, 30, tzinfo=UTC)
+    half = timedelta(seconds=30)
+    assert _labels(_at(night, night + half, night + 2 * half), "30s", step=30) == [
+        "11-29 23:59:30",
+        "11-30 00:00:00",
+        "11-30 00:00:30",
+    ]
+    days = [datetime(2026, 11, d, tzinfo=UTC) for d in (28, 29, 30)]
+    assert _labels(_at(*days), "1d", step=86400) == ["11-28 00:00", "11-29 00:00", "11-30 00:00"]
+
+
 # --- 4. a reader that quits early ---------------------------------------------------------------
 
 
