@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from shipper import wire
 from shipper.errors import ConfigError, flag_of, preview, shown_value
 from shipper.exclude import split_patterns
 from shipper.multiline import parse_mapping
@@ -671,7 +672,7 @@ def _to_config(m: dict[str, Any]) -> Config:
         kw["tls_ca"] = ca
     kw["tls_verify"] = not no_verify
     if m.get("hostname"):
-        kw["hostname"] = m["hostname"]
+        kw["hostname"] = _hostname(m["hostname"])
     for key, least in MIN_COUNTS.items():
         if key in m:
             kw[key] = at_least(flag_of(key), m[key], least, ConfigError)
@@ -692,6 +693,18 @@ def _to_config(m: dict[str, Any]) -> Config:
             )
         kw["log_level"] = level
     return Config(**kw)
+
+
+def _hostname(name: str) -> str:
+    """``--hostname``, refused past :data:`~shipper.wire.MAX_KEY_BYTES`: every record carries
+    it, and one that passes a message is refused by every aggregator and resent forever."""
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > wire.MAX_KEY_BYTES:
+        raise ConfigError(
+            f"--hostname must be at most {wire.MAX_KEY_BYTES} bytes: every record carries it "
+            f"(a host name has at most 253 characters); got {size} bytes"
+        )
+    return name
 
 
 def config_keys() -> list[str]:

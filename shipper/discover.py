@@ -35,13 +35,14 @@ import os
 import re
 import stat
 from collections.abc import Container
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeGuard
 
-from shipper import multiline
+from shipper import multiline, wire
 from shipper.errors import ConfigError, flag_of
 from shipper.exclude import Excluder, Exclusion, kubelet_link_paths
+from shipper.formats import truncate
 from shipper.fsnames import as_text
 
 log = logging.getLogger("logq.shipper.discover")
@@ -80,6 +81,52 @@ class SourceSpec:
     @property
     def tag(self) -> str:
         return f"logq.{self.service}"
+
+
+#: The texts of a :class:`SourceSpec` every record carries, by their record key.
+_RECORD_TEXTS = {
+    "service": wire.KEY_SERVICE,
+    "container_id": wire.KEY_CONTAINER_ID,
+    "container_name": wire.KEY_CONTAINER_NAME,
+    "image": wire.KEY_IMAGE,
+    "format_hint": wire.KEY_FORMAT,
+}
+_CUT_WARNED: dict[str, None] = {}
+"""Sources whose texts were cut, already warned about (once each), the newest
+:data:`MAX_CUT_WARNED` only (a host churning through such containers keeps no more)."""
+MAX_CUT_WARNED = 1024
+
+
+def bounded(spec: SourceSpec) -> SourceSpec:
+    """``spec`` with each text its records carry cut to :data:`~shipper.wire.MAX_KEY_BYTES`
+    plus the marker of a cut line (a ``config.v2.json`` holding a 2 MB image or label made
+    every record of its container pass a message: refused by every aggregator and resent
+    forever, the file stuck). The cut depends on the text alone, so a cut service is the same
+    name at every pass and restart (its partition and tag do not move). Said once per source."""
+    cut: dict[str, str] = {}
+    sizes: list[str] = []
+    for attr, key in _RECORD_TEXTS.items():
+        value = getattr(spec, attr)
+        if value is None or len(value) <= wire.MAX_KEY_BYTES // 4:
+            continue  # the usual case, without encoding it
+        short, was_cut = truncate(value, wire.MAX_KEY_BYTES)
+        if was_cut:
+            cut[attr] = short
+            sizes.append(f"{key}={len(value.encode('utf-8', 'surrogatepass'))}")
+    if not cut:
+        return spec
+    if spec.key not in _CUT_WARNED:
+        _CUT_WARNED[spec.key] = None
+        if len(_CUT_WARNED) > MAX_CUT_WARNED:
+            del _CUT_WARNED[next(iter(_CUT_WARNED))]
+        log.warning(
+            "container metadata too long for a record: cut to %d bytes with a marker (every "
+            "record carries it, and a message over 4 MiB is refused) key=%s bytes=%s",
+            wire.MAX_KEY_BYTES,
+            spec.key,
+            ",".join(sizes),
+        )
+    return replace(spec, **cut)
 
 
 # Kubernetes' rand.SafeEncodeString alphabet: generated name suffixes use only these.
@@ -536,7 +583,7 @@ class Discoverer:
         labels = dict(meta.labels)
         # ECS: the task definition's container name (``app``), not Docker's generated one.
         name = labels.get(LABEL_ECS_CONTAINER) or (meta.name or as_text(cid[:12])).lstrip("/")
-        return SourceSpec(
+        spec = SourceSpec(
             key=f"docker:{cid}",
             path=path,
             format="docker",
@@ -547,6 +594,7 @@ class Discoverer:
             format_hint=labels.get(LABEL_FORMAT) or None,
             multiline=_multiline_label(labels, cid),
         )
+        return bounded(spec)
 
     def _metadata(self, path: str, scan: Scan, seen: set[str]) -> ContainerMeta | None:
         """The container's metadata; None when it cannot be read for now (out of fds...)."""
@@ -763,7 +811,9 @@ def _cri_spec(path: Path, fmt: str, nodes: tuple[str, ...]) -> SourceSpec:
     # Folder names as text (a name that is no UTF-8 stopped the shipper); the key keeps them.
     container = as_text(path.parent.name)
     namespace, pod, uid = _pod_folder(as_text(path.parent.parent.name)) or ("", "", "")
-    return SourceSpec(
+    # Bounded as the others, though folder names cannot pass it: three of at most 255 bytes
+    # (NAME_MAX), 765 with each byte an invalid one become U+FFFD.
+    spec = SourceSpec(
         key=_cri_key(path.parent.parent.name, path.parent.name, path.name),
         path=path,
         format=fmt,
@@ -772,6 +822,7 @@ def _cri_spec(path: Path, fmt: str, nodes: tuple[str, ...]) -> SourceSpec:
         container_name=f"{namespace}/{pod}/{container}",
         format_hint=None,
     )
+    return bounded(spec)
 
 
 #: Pod log symlinks already reported as dangling (once each, not every discovery pass).
@@ -843,6 +894,8 @@ def _path_sources(
                     service=as_text(stem),
                     container_name=as_text(path.name),
                 )
+                # Bounded as the others, though a file name (255 bytes) cannot pass it.
+                spec = bounded(spec)
                 out[key] = (spec, ())
     return list(out.values())
 

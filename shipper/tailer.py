@@ -270,6 +270,13 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         if room is None or chunk is None or room.left != before or not chunk.lines:
             return chunk  # counted by _fit, or nothing to count
         wire = chunk.lines.wire_bytes(room.per_record(chunk.cursor))
+        # Such a chunk is never cut, yet fits in a message: it holds one open line per stream,
+        # and a runtime writes two (``stdout``, ``stderr``: CRI's parser takes no other,
+        # dockerd writes no other). Each is at most --max-line-bytes characters (4 bytes each)
+        # and a marker, its time and stream one read block (one physical line), its keys at
+        # most 6 x MAX_KEY_BYTES: 2 x (4 x 384 KiB + 388 KiB + 25 KiB) ~ 3.99 MB of 4.19 (its
+        # bound, 4 bytes per character of the time too, may say more: it goes first, whole;
+        # test_metadata_cap encodes the worst two).
         if of is not None and wire > room.left:
             self._read_past = chunk, None  # never cut: no restart position inside it
             return None

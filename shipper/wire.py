@@ -130,6 +130,15 @@ class Message:
 #: close before they pass it, whatever ``--batch-lines`` and ``--batch-bytes`` say
 #: (:class:`shipper.batch.WireRoom`).
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+#: Most UTF-8 bytes of each text a source's records share (service, container name and id,
+#: image, ``format``, host), before the marker of a cut: they come from container metadata no
+#: one bounds (``config.v2.json``, labels), and a record that passes a message would be refused
+#: and resent forever. Real ones are far shorter: an image reference with a digest takes at most
+#: ~460 characters (a 255-character name, a 128-character tag, a 71-character digest), a
+#: Kubernetes name 253, an ECS family 255, a host name 253; and the aggregator keeps the first
+#: 128 characters of a service name (``athena.schema.MAX_SERVICE_LEN``), so a cut one is stored
+#: under the partition its whole name had (unless the kept part sanitises to fewer).
+MAX_KEY_BYTES = 4096
 
 
 def new_chunk_id() -> str:
