@@ -112,6 +112,20 @@ def _frame(rows: list[tuple[datetime, str, str, str]]) -> pd.DataFrame:
     return frame
 
 
+#: How far back from its "now" the rows of a compaction test reach (the seed at 50 s).
+ROWS_SPAN = timedelta(minutes=2)
+
+
+def _now_in_one_hour() -> datetime:
+    """Now to the second, or the second before the hour when the hour began less than
+    :data:`ROWS_SPAN` ago, so that the rows a test writes back from it fall into one
+    partition-hour. Run across the hour, the seed and the arrivals fell into two, and
+    compaction, which merges one hour's files, merged none (found by a run at 13:00)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    began = now.replace(minute=0, second=0)
+    return began - timedelta(seconds=1) if now - began < ROWS_SPAN else now
+
+
 def _follow(
     tmp_path: Path,
     arrivals: list[pd.DataFrame | Callable[[str], object]],
@@ -119,12 +133,14 @@ def _follow(
     monkeypatch,
     limit: int = 100,
     history: list[str] = (),
+    now: datetime | None = None,
 ) -> tuple[list[list[tuple]], list[str], int]:
     """Follow ``svc``; before poll k, ``arrivals[k]`` lands (as new objects, as a flush adds
     them) or runs (a callable, given the warehouse). Returns the printed batches (after the
-    initial one), the notes and the number of queries the polls ran."""
+    initial one), the notes and the number of queries the polls ran. ``now``: the time the
+    seed is written back from (a compaction test's :func:`_now_in_one_hour`)."""
     uri = str(tmp_path / "wh")
-    now = datetime.now(UTC).replace(microsecond=0)
+    now = now or datetime.now(UTC).replace(microsecond=0)
     old = [(now - timedelta(seconds=60 + i), "h1", "c", msg) for i, msg in enumerate(history)]
     write_frame(
         uri, "container_logs", _frame([*old, (now - timedelta(seconds=50), "h1", "c", "seed")])
@@ -236,7 +252,7 @@ def test_follow_does_not_print_a_compaction_output_again(tmp_path: Path, monkeyp
     from athena.schema import CONTAINER_LOGS
     from athena.warehouse import open_warehouse
 
-    now = datetime.now(UTC).replace(microsecond=0)
+    now = _now_in_one_hour()
     merged: list[int] = []
 
     def compact(uri: str) -> None:
@@ -246,7 +262,9 @@ def test_follow_does_not_print_a_compaction_output_again(tmp_path: Path, monkeyp
 
     one = _frame([(now - timedelta(seconds=3), "h1", "c", "one")])
     after = _frame([(now - timedelta(seconds=2), "h1", "c", "after compaction")])
-    batches, notes, _ = _follow(tmp_path, [one, compact, after, pd.DataFrame()], 4, monkeypatch)
+    batches, notes, _ = _follow(
+        tmp_path, [one, compact, after, pd.DataFrame()], 4, monkeypatch, now=now
+    )
     assert sum(merged) >= 2, "the seed's and the first arrival's objects were merged"
     assert [[r[4] for r in b] for b in batches] == [["one"], ["after compaction"]]
     assert notes == []
@@ -407,7 +425,7 @@ def test_follow_does_not_reprint_history_when_a_listed_object_vanishes(
     from athena.warehouse import open_warehouse
 
     uri = str(tmp_path / "wh")
-    now = datetime.now(UTC).replace(microsecond=0)
+    now = _now_in_one_hour()
     rows = [(now - timedelta(seconds=30 + i), "h1", "c", f"old {i}") for i in range(6)]
     write_frame(uri, "container_logs", _frame(rows), files_per_partition=2)
     wh = open_warehouse(uri)
@@ -451,7 +469,7 @@ def test_follow_does_not_reprint_a_flush_the_first_answer_read_after_a_relisting
     that moment: the engine lists the hour again and the first answer prints the flush's line.
     The polls must count what that answer read, not its first listing: the flush is history.
     (Before: the first poll printed it a second time.)"""
-    now = datetime.now(UTC).replace(microsecond=0)
+    now = _now_in_one_hour()
     flush = _frame([(now - timedelta(seconds=20), "h2", "c", "landed during the relisting")])
     seed = _frame([(now - timedelta(seconds=50 + i), "h1", "c", f"old {i}") for i in range(3)])
     uri = str(tmp_path / "wh")
@@ -492,7 +510,7 @@ def test_follow_says_when_a_pause_let_compaction_take_a_late_flush(
     from athena.intents import GRACE_FLOOR
 
     clock = _paused_clock(monkeypatch)
-    now = datetime.now(UTC).replace(microsecond=0)
+    now = _now_in_one_hour()
     late = _frame([(now - timedelta(seconds=50), "h2", "c", "late flush")])  # the seed's hour
 
     def lands_then_compacted(uri: str) -> None:
@@ -500,7 +518,9 @@ def test_follow_says_when_a_pause_let_compaction_take_a_late_flush(
         clock["offset"] = GRACE_FLOOR + timedelta(minutes=1)
         _compact_hours(uri)
 
-    batches, notes, _ = _follow(tmp_path, [lands_then_compacted, pd.DataFrame()], 2, monkeypatch)
+    batches, notes, _ = _follow(
+        tmp_path, [lands_then_compacted, pd.DataFrame()], 2, monkeypatch, now=now
+    )
     assert [r[4] for b in batches for r in b] == []
     assert len(notes) == 1, notes
     hour = f"{now - timedelta(seconds=50):%Y-%m-%d-%H}"
@@ -563,7 +583,7 @@ def test_follow_counts_a_pause_while_printing_the_first_answer(tmp_path: Path, m
 
     clock = _paused_clock(monkeypatch)
     uri = str(tmp_path / "wh")
-    now = datetime.now(UTC).replace(microsecond=0)
+    now = _now_in_one_hour()
     write_frame(uri, "container_logs", _frame([(now - timedelta(seconds=50), "h1", "c", "seed")]))
     common, prep, initial = _tail_shown(uri)
     late = _frame([(now - timedelta(seconds=50), "h2", "c", "late flush")])
