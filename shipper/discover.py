@@ -97,6 +97,19 @@ _CUT_WARNED: dict[str, None] = {}
 MAX_CUT_WARNED = 1024
 
 
+def _first_time(warned: dict[str, None], key: str, limit: int) -> bool:
+    """Whether ``key`` is new to ``warned`` (it is added): a warning said once per key. The
+    dict keeps the newest ``limit`` keys in the order they came, so that a host that keeps
+    starting such containers does not grow it for ever (a key dropped is warned about again
+    if it comes back, at worst once per scan)."""
+    if key in warned:
+        return False
+    warned[key] = None
+    if len(warned) > limit:
+        del warned[next(iter(warned))]
+    return True
+
+
 def bounded(spec: SourceSpec) -> SourceSpec:
     """``spec`` with each text its records carry cut to :data:`~shipper.wire.MAX_KEY_BYTES`
     plus the marker of a cut line (a ``config.v2.json`` holding a 2 MB image or label made
@@ -115,10 +128,7 @@ def bounded(spec: SourceSpec) -> SourceSpec:
             sizes.append(f"{key}={len(value.encode('utf-8', 'surrogatepass'))}")
     if not cut:
         return spec
-    if spec.key not in _CUT_WARNED:
-        _CUT_WARNED[spec.key] = None
-        if len(_CUT_WARNED) > MAX_CUT_WARNED:
-            del _CUT_WARNED[next(iter(_CUT_WARNED))]
+    if _first_time(_CUT_WARNED, spec.key, MAX_CUT_WARNED):
         log.warning(
             "container metadata too long for a record: cut to %d bytes with a marker (every "
             "record carries it, and a message over 4 MiB is refused) key=%s bytes=%s",
@@ -250,10 +260,7 @@ def _multiline_label(labels: dict[str, str], cid: str) -> str | None:
     name = value.strip().lower()
     if name in multiline.BUILTIN or name == multiline.NONE:
         return name
-    if cid not in _BAD_MULTILINE:
-        _BAD_MULTILINE[cid] = None
-        if len(_BAD_MULTILINE) > MAX_BAD_MULTILINE:
-            del _BAD_MULTILINE[next(iter(_BAD_MULTILINE))]
+    if _first_time(_BAD_MULTILINE, cid, MAX_BAD_MULTILINE):
         log.warning(
             "label %s=%r names no multiline parser; use one of %s or %s (ignored) container=%s",
             LABEL_MULTILINE,
