@@ -499,13 +499,18 @@ def test_rows_seen_ahead_skip_the_lookup_of_the_newest_row_before_now(
 
 def _many_services_on_s3(uri: str, now: datetime, skewed: bool = True) -> tuple[datetime, ...]:
     """40 services, one compaction output each (every footer is read: no order in their names),
-    rows 6-8 minutes before ``now``; ``svc-17`` also has the newest rows at or before it (3
-    minutes before) and, ``skewed``, rows of a clock 20 minutes ahead, in the same file when
-    the hour allows. Returns the newest time at or before ``now`` and the newest of all."""
+    rows up to 5 minutes before ``svc-17``'s newest rows at or before ``now`` (3 minutes
+    before it, 150 s in an hour's first 30 s: all of them in one partition-hour, whose files
+    the stale note reads at once; across an hour it read svc-17's file alone) and,
+    ``skewed``, rows of a clock 20 minutes ahead, in the same file when the hour allows.
+    Returns the newest time at or before ``now`` and the newest of all."""
     services = [f"svc-{i:02d}" for i in range(40)]
-    old = access_frame(80, now - timedelta(minutes=8), now - timedelta(minutes=6), services)
-    write_with_writer(uri, "envoy_access", old, name=compacted_object_name(f"{1:020x}"))
     at, ahead_at = now - timedelta(minutes=3), now + timedelta(minutes=20)
+    if at.minute == 0 and at.second < 30:
+        at = now - timedelta(seconds=150)  # still older than the stale note's 120 s
+    lo = max(at.replace(minute=0, second=0), at - timedelta(minutes=5))
+    old = access_frame(80, lo, lo + (at - lo) / 2, services)
+    write_with_writer(uri, "envoy_access", old, name=compacted_object_name(f"{1:020x}"))
     skew = access_frame(3, at, at + timedelta(seconds=1), ["svc-17"], seed=5)
     if skewed:
         ahead = access_frame(2, ahead_at, ahead_at + timedelta(seconds=1), ["svc-17"], seed=6)
@@ -603,10 +608,9 @@ def test_footers_read_at_once_on_s3_raise_the_error_one_at_a_time_raises(
     from athena.partitions import plan
     from athena.timerange import dt_of
 
-    now = _now()
-    _many_services_on_s3(s3_warehouse, now, skewed=False)
+    newest, _ = _many_services_on_s3(s3_warehouse, _now(), skewed=False)
     wh = open_warehouse(s3_warehouse)
-    newest_hour = dt_of(now - timedelta(minutes=3))  # svc-17's newest rows: the hour read
+    newest_hour = dt_of(newest)  # svc-17's newest rows: the hour read
     for svc in ("svc-05", "svc-30"):
         folder = pafs.FileSelector(wh.path("envoy_access", f"service={svc}"), recursive=True)
         path = next(f.path for f in wh.fs.get_file_info(folder) if f.is_file)
