@@ -318,11 +318,18 @@ class PlainParser(LineParser):
         return out
 
 
+#: The streams whose split parts are joined: the only ones a runtime writes. An entry of any
+#: other stream (a file dockerd did not write) is a line of its own even without its ``\n``:
+#: otherwise each of many made-up streams could hold an open line of ``--max-line-bytes``,
+#: all flushed in one chunk, which is never cut, past the message cap every aggregator takes.
+JOINED_STREAMS = frozenset(("stdout", "stderr"))
+
+
 class DockerParser(LineParser):
     """Docker json-file: ``{"log":"...\\n","stream":"stdout","time":"...Z"}`` per line.
 
     Docker splits messages over 16 KiB into entries whose ``log`` does not end in ``\\n``; only
-    the last part does. Parts are joined per stream.
+    the last part does. Parts are joined per stream (:data:`JOINED_STREAMS`).
     """
 
     format_name = "docker"
@@ -388,7 +395,7 @@ class DockerParser(LineParser):
                 if log[-1:] == "\n":
                     self._part(out, start, pos, t, stream, log[:-1], True)
                 else:
-                    self._part(out, start, pos, t, stream, log, False)
+                    self._part(out, start, pos, t, stream, log, stream not in JOINED_STREAMS)
             except (TypeError, KeyError, AttributeError):
                 self._lenient(out, start, pos, doc, raw, i in counted)
         return out
@@ -457,8 +464,9 @@ class DockerParser(LineParser):
             log = doc.get("log", "")
             stream = doc.get("stream") or "stdout"
             if isinstance(log, str) and isinstance(stream, str):
-                last = log.endswith("\n")
-                self._part(out, start, end, doc["time"], stream, log[:-1] if last else log, last)
+                ends = log.endswith("\n")
+                last = ends or stream not in JOINED_STREAMS
+                self._part(out, start, end, doc["time"], stream, log[:-1] if ends else log, last)
                 return
         self._raw(out, end, raw, counted)
 

@@ -61,6 +61,28 @@ def test_docker_partials_per_stream_interleaved() -> None:
     assert out.offsets == sorted(out.offsets)
 
 
+def test_docker_joins_split_parts_only_on_the_runtimes_streams() -> None:
+    """A part without ``\\n`` of a stream no runtime writes (a file dockerd did not write) is
+    a line of its own: left open, 1,000 such streams would each hold a line of up to
+    ``--max-line-bytes``, flushed in one chunk past the message cap. stdout/stderr still join,
+    also in the lenient path (a ``log`` key omitted, as Docker does when it is empty)."""
+    made_up = b"".join(docker_line(f"part {i}", i, f"s{i}", nl=False) for i in range(1000))
+    data = (
+        docker_line("out-", 0, "stdout", nl=False)
+        + made_up
+        + b'{"stream":"s-x","time":"2026-11-28T12:00:00.5Z"}\n'  # lenient path, no log
+        + docker_line("err-", 1, "stderr", nl=False)
+        + docker_line("end", 2, "stdout")
+        + docker_line("end", 3, "stderr")
+    )
+    p = DockerParser()
+    out = feed(p, data)
+    assert out.logs == [*(f"part {i}" for i in range(1000)), "", "out-end", "err-end"]
+    assert out.streams[:2] == ["s0", "s1"] and out.streams[-2:] == ["stdout", "stderr"]
+    assert out.offsets == sorted(out.offsets)
+    assert p.pending_start() is None
+
+
 def test_docker_malformed_line_is_shipped_raw_and_counted() -> None:
     data = docker_line("ok", 0) + b"this is not json\n" + b'{"no_log": 1}\n' + docker_line("ok2")
     out = feed(DockerParser(), data)
