@@ -70,11 +70,12 @@ Processes (real console scripts, each in its own process group that dies with th
 * :func:`drain(host, shipper, aggregators)`: stop writing, wait until everything is acknowledged,
   SIGTERM the shipper then every given aggregator (asserting exit 0 each).
 * :func:`assert_exact(warehouse, env, written)`: ``logq sql`` ``count(*)`` per table equals the
-  manifest's, and a SHA-256 over the sorted rows of each table (every column of
-  :data:`tests.support.expect.COLUMNS`, read with ``logq sql --format json``) equals the same
-  over the manifest's rows; on failure the message counts the rows missing, duplicated and
-  unexpected, with samples of each (:func:`explain`). ``written`` is a :class:`LiveHost` or a
-  :class:`~cli.demohost.Manifest`. Returns a :class:`TableCheck` per table.
+  manifest's, and the rows of each table (every column of :data:`tests.support.expect.COLUMNS`,
+  read with ``logq sql --format json`` in the same run, see
+  :func:`tests.support.expect.select_tables`) equal the manifest's as a multiset; on failure the
+  message counts the rows missing, duplicated and unexpected, with samples of each
+  (:func:`explain`). ``written`` is a :class:`LiveHost` or a :class:`~cli.demohost.Manifest`.
+  Returns a :class:`TableCheck` per table.
 * :func:`stop_seaweedfs(server)` / :func:`start_seaweedfs_again(server)` (same data dir and
   ports) and :func:`restart_seaweedfs(server, down_seconds)`, for a private server from
   ``tests.support.seaweedfs.start_seaweedfs()`` -- never the session's, others use it.
@@ -105,8 +106,8 @@ from cli.demoservices import SERVICES
 from cli.demotraffic import AccessRow, LogRow
 from shipper.checkpoint import file_key
 from shipper.fingerprint import fingerprint
-from tests.support.expect import COLUMNS, as_counter, expected_rows, select_table
-from tests.support.pipeline import Aggregator, Daemon, logq_json
+from tests.support.expect import COLUMNS, as_counter, expected_rows, select_tables
+from tests.support.pipeline import Aggregator, Daemon
 from tests.support.procs import (
     LOCALHOST,
     console_script,
@@ -747,15 +748,6 @@ class TableCheck:
     same_rows: bool
 
 
-def _counts(warehouse: str, env: dict[str, str]) -> dict[str, int]:
-    """``count(*)`` of every table, through one ``logq sql`` run (each run starts a Python
-    process, about a second of CPU on a busy machine)."""
-    tables = list(COLUMNS)
-    sql = "SELECT " + ", ".join(f"(SELECT count(*) FROM {t}) AS {t}" for t in tables)
-    (row,) = logq_json(["sql", sql, "--warehouse", warehouse], env)
-    return {t: int(row[t]) for t in tables}
-
-
 def _short(value: object, limit: int = 200) -> object:
     """A value cut for an assertion message (a 20 KiB line would drown the diff)."""
     if isinstance(value, str) and len(value) > limit:
@@ -793,11 +785,11 @@ def assert_exact(
     manifest = written.manifest if isinstance(written, LiveHost) else written
     checks: dict[str, TableCheck] = {}
     problems: list[str] = []
-    counts = _counts(warehouse, env)
+    rows, counts = select_tables(warehouse, env)  # one logq run: rows and count(*)
     for table in COLUMNS:
         want = as_counter(expected_rows(manifest, table, host), table)
         counted = counts[table]
-        got = as_counter(select_table(table, warehouse, env), table)
+        got = as_counter(rows[table], table)
         check = TableCheck(table, sum(want.values()), counted, want == got)
         checks[table] = check
         if counted != check.expected or not check.same_rows:
