@@ -16,7 +16,6 @@ Mark tests that use S3 with ``@pytest.mark.s3`` (and ``integration`` when they s
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.moto import MotoServer, start_moto
-from tests.support.seaweedfs import AWS_OVERRIDES, SeaweedFS, start_seaweedfs
+from tests.support.seaweedfs import AWS_OVERRIDES, SeaweedFS, program_env, start_seaweedfs
 
 #: Start order of the modules under ``make test`` (pytest-xdist): lower first. Chaos scenarios take
 #: 15-65 s each, other integration tests (real processes) seconds, most of the rest milliseconds.
@@ -145,10 +144,7 @@ def subprocess_env() -> dict[str, str]:
 
     Tests add ``s3_env`` on top when the child must reach SeaweedFS.
     """
-    env = {k: v for k, v in os.environ.items() if k not in AWS_OVERRIDES}
-    env.pop("LOGQ_WAREHOUSE", None)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return program_env()
 
 
 @pytest.fixture(scope="session")

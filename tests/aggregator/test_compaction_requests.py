@@ -6,6 +6,7 @@ a service's window is listed in one request, not one per hour."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -91,10 +92,18 @@ def counted_warehouse(uri: str, monkeypatch: pytest.MonkeyPatch) -> Warehouse:
     sent it again, the server answered both, and a pass's 127 LISTs were counted as 128."""
     wh = open_warehouse(uri)
     assert wh.s3 is not None
+    patient = _patient_client(wh.s3)
     for timeout in (warehouse_mod.S3_READ_TIMEOUT, warehouse_mod.S3_SMALL_READ_TIMEOUT):
-        patient = warehouse_mod._new_s3_client(wh.s3, PATIENCE)
         monkeypatch.setitem(warehouse_mod._CLIENTS, (wh.s3, timeout), patient)
     return replace(wh, fs=s3_filesystem(wh.s3, request_timeout=PATIENCE))
+
+
+@functools.cache
+def _patient_client(settings: S3Settings) -> Any:
+    """One patient boto3 client per settings for the whole module, in both roles (the same
+    settings): each new one is a boto3 session loading the S3 service model anew, about half a
+    CPU-second; two per test were most of this module's own CPU."""
+    return warehouse_mod._new_s3_client(settings, PATIENCE)
 
 
 def one_row(message: str) -> pa.Table:

@@ -53,13 +53,15 @@ def _parse(lines: list[str | None], split: bool) -> ParsedAccess:
     return parsed
 
 
-def _assert_same(lines: list[str | None]) -> None:
+def _assert_same(lines: list[str | None]) -> ParsedAccess:
+    """The split parser's result, once checked to be the regexes'."""
     fast, regex = _parse(lines, split=True), _parse(lines, split=False)
     assert fast.rows.to_pylist() == regex.rows.to_pylist()
     assert fast.unparsed.to_pylist() == regex.unparsed.to_pylist()
     assert fast.columns.keys() == regex.columns.keys()
     for name, values in regex.columns.items():
         assert fast.columns[name].to_pylist() == values.to_pylist(), name
+    return fast
 
 
 #: Short values of characters that matter to the parsers: delimiters, blanks, multi-byte UTF-8.
@@ -78,38 +80,60 @@ _TIMES = st.sampled_from(
 )
 
 
+# The strategies the composite ones below draw from are built once, here: built in the
+# composites, each draw built and validated them anew, nearly half of the module's CPU. The
+# examples are the same (a strategy's draws depend on its structure, not on the object).
+_WORD = st.one_of(_TEXT, st.sampled_from(["GET", "/api/x?y=1", "-", "200", "10.0.0.1:80"]))
+_NUMBER = st.one_of(st.integers(0, 10**19).map(str), st.just("-"), _TEXT)
+_FLAGS = st.one_of(st.sampled_from(["-", "UF,URX", "UH"]), _TEXT)
+_USER_AGENT = st.one_of(_TEXT, st.just("Mozilla/5.0 (X11; Linux) é"))
+_DEFAULT_END = st.sampled_from(["", " ", "\t", " \n", "x"])
+
+
 @st.composite
 def default_line(draw: st.DrawFn) -> str:
     """A default-format line whose values may break the format (quotes, spaces, tabs...)."""
-    word = st.one_of(_TEXT, st.sampled_from(["GET", "/api/x?y=1", "-", "200", "10.0.0.1:80"]))
-    number = st.one_of(st.integers(0, 10**19).map(str), st.just("-"), _TEXT)
     return envoy_line(
         when=draw(_TIMES),
-        method=draw(word),
-        path=draw(word),
-        code=draw(number),  # type: ignore[arg-type]
-        flags=draw(st.one_of(st.sampled_from(["-", "UF,URX", "UH"]), _TEXT)),
-        rx=draw(number),  # type: ignore[arg-type]
-        tx=draw(number),  # type: ignore[arg-type]
-        duration=draw(number),  # type: ignore[arg-type]
-        ust=draw(number),
-        xff=draw(word),
-        ua=draw(st.one_of(_TEXT, st.just("Mozilla/5.0 (X11; Linux) é"))),
-        rid=draw(word),
-        authority=draw(word),
-        upstream=draw(word),
-    ) + draw(st.sampled_from(["", " ", "\t", " \n", "x"]))
+        method=draw(_WORD),
+        path=draw(_WORD),
+        code=draw(_NUMBER),  # type: ignore[arg-type]
+        flags=draw(_FLAGS),
+        rx=draw(_NUMBER),  # type: ignore[arg-type]
+        tx=draw(_NUMBER),  # type: ignore[arg-type]
+        duration=draw(_NUMBER),  # type: ignore[arg-type]
+        ust=draw(_NUMBER),
+        xff=draw(_WORD),
+        ua=draw(_USER_AGENT),
+        rid=draw(_WORD),
+        authority=draw(_WORD),
+        upstream=draw(_WORD),
+    ) + draw(_DEFAULT_END)
+
+
+def _usual_or_text(*usual: str) -> st.SearchStrategy[str]:
+    return st.one_of(st.sampled_from(usual), _TEXT)
+
+
+_CUSTOM_VALUES = {
+    "protocol": _usual_or_text("HTTP/1.1", "é»"),
+    "method": _usual_or_text("GET", "PÖST"),
+    "code": _usual_or_text("503", "0"),
+    "agent": _usual_or_text("curl/8 (x)", ""),
+    "upstream": _usual_or_text("10.0.0.1:80", "-"),
+}
+_CUSTOM_END = st.sampled_from(["", " ", "\t\n"])
 
 
 @st.composite
 def custom_line(draw: st.DrawFn) -> str:
-    def value(*usual: str) -> str:
-        return draw(st.one_of(st.sampled_from(usual), _TEXT))
+    def value(name: str) -> str:
+        return draw(_CUSTOM_VALUES[name])
 
     return (
-        f'[{draw(_TIMES)}] «{value("HTTP/1.1", "é»")}» "é={value("GET", "PÖST")}" '
-        f'{value("503", "0")}ms "{value("curl/8 (x)", "")}" "x" up={value("10.0.0.1:80", "-")}'
-        + draw(st.sampled_from(["", " ", "\t\n"]))  # after a value: trimmed off
+        f'[{draw(_TIMES)}] «{value("protocol")}» "é={value("method")}" '
+        f'{value("code")}ms "{value("agent")}" "x" up={value("upstream")}'
+        + draw(_CUSTOM_END)  # after a value: trimmed off
     )
 
 
@@ -240,8 +264,7 @@ def test_quotes_in_paths_shift_no_other_value(requests: list[tuple[str, str]], i
         else envoy_line(path=path, ua=agent, rid=f"rid-{i}")
         for i, (path, agent) in enumerate(requests)
     ]
-    _assert_same(lines)
-    parsed = _parse(lines, split=True)
+    parsed = _assert_same(lines)
     assert parsed.unparsed.to_pylist() == []
     assert parsed.columns["path"].to_pylist() == [path for path, _ in requests]
     assert parsed.columns["user_agent"].to_pylist() == [agent for _, agent in requests]
@@ -286,19 +309,23 @@ def test_a_pattern_counting_characters_would_tell_bytes_apart() -> None:
     assert format_matches(text, "^.$").to_pylist() == [False]
 
 
+_USUAL_LINES = [envoy_line(), envoy_line(xff="10.0.0.1", ua="Mozilla/5.0 (X11) é"), ISTIO_LINE]
+_TO_MUTATE = st.one_of(st.sampled_from(_USUAL_LINES + OTHER_LINES), default_line(), custom_line())
+_EDITS = st.integers(1, 3)
+_INSERTED = st.text('" \t\né-x', min_size=1, max_size=2)
+
+
 @st.composite
 def mutated_line(draw: st.DrawFn) -> str:
     """A line of one of the formats with a few characters that matter inserted or deleted
     anywhere: in a free-text value, a literal between quoted values, a number, the end...
     (Not blanks that RE2's ``\\s`` does not know: before a last unquoted value's trailing
     whitespace, the split parser trims them off that value and the regexes do not.)"""
-    usual = [envoy_line(), envoy_line(xff="10.0.0.1", ua="Mozilla/5.0 (X11) é"), ISTIO_LINE]
-    usual += OTHER_LINES
-    line = draw(st.one_of(st.sampled_from(usual), default_line(), custom_line()))
-    for _ in range(draw(st.integers(1, 3))):
+    line = draw(_TO_MUTATE)
+    for _ in range(draw(_EDITS)):
         at = draw(st.sampled_from(range(len(line) + 1)))  # (integers favour the ends)
         if draw(st.booleans()):
-            line = line[:at] + draw(st.text('" \t\né-x', min_size=1, max_size=2)) + line[at:]
+            line = line[:at] + draw(_INSERTED) + line[at:]
         else:
             line = line[:at] + line[at + 1 :]
     return line
@@ -309,14 +336,18 @@ def mutated_line(draw: st.DrawFn) -> str:
 _UNQUOTED = st.text("a09/-:,é😀\t\v\n\x1c\u3000 ", min_size=1, max_size=6)
 
 
+_QUOTED = {"method": "GET", "path": "/a", "flags": "-", "xff": "-", "ua": "curl/8"}
+_QUOTED |= {"rid": "r-1", "authority": "a.internal", "upstream": "10.0.0.1:80"}
+_ODD = st.sets(st.sampled_from(sorted(_QUOTED)), max_size=2)
+_QUOTED_END = st.sampled_from(["", " ", "\t\n", "\v", "x"])
+
+
 @st.composite
 def quoted_line(draw: st.DrawFn) -> str:
     """A default-format line of quote-free values, a few of them odd (blanks anywhere)."""
-    usual = {"method": "GET", "path": "/a", "flags": "-", "xff": "-", "ua": "curl/8"}
-    usual |= {"rid": "r-1", "authority": "a.internal", "upstream": "10.0.0.1:80"}
-    odd = draw(st.sets(st.sampled_from(sorted(usual)), max_size=2))
-    values = {name: draw(_UNQUOTED) if name in odd else value for name, value in usual.items()}
-    return envoy_line(**values) + draw(st.sampled_from(["", " ", "\t\n", "\v", "x"]))
+    odd = draw(_ODD)
+    values = {name: draw(_UNQUOTED) if name in odd else value for name, value in _QUOTED.items()}
+    return envoy_line(**values) + draw(_QUOTED_END)
 
 
 @settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])

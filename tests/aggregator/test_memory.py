@@ -1,4 +1,5 @@
-"""Allocator tuning (aggregator/memory.py): applied in a fresh process and in the real service.
+"""Allocator tuning (aggregator/memory.py): applied in a fresh process and in the real service;
+pyarrow kept from loading pandas at the aggregator's start (aggregator/launch.py).
 
 Each check runs in a child process: the settings are process-wide (Arrow's default pool, glibc's
 arena limit) and must not leak into the test runner. Memory figures are in bench/ingest.py.
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.aggregator.helpers import envoy_line
 from tests.support.pipeline import start_aggregator
 from tests.support.procs import wait_until
 
@@ -38,11 +40,7 @@ print(json.dumps({
 
 
 def _probe(env: dict[str, str]) -> dict[str, object]:
-    done = subprocess.run(
-        [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return _json_probe(_PROBE, env)
 
 
 def _clean(env: dict[str, str]) -> dict[str, str]:
@@ -129,9 +127,10 @@ print(json.dumps({
 """
 
 
-def _early_probe(env: dict[str, str], mode: str) -> dict[str, object]:
+def _json_probe(code: str, env: dict[str, str], *args: str) -> dict[str, object]:
+    """What ``code``, run by a new Python with ``args``, prints last (a JSON object)."""
     done = subprocess.run(
-        [sys.executable, "-c", _EARLY_PROBE, mode],
+        [sys.executable, "-c", code, *args],
         env=env,
         capture_output=True,
         text=True,
@@ -139,6 +138,10 @@ def _early_probe(env: dict[str, str], mode: str) -> dict[str, object]:
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _early_probe(env: dict[str, str], mode: str) -> dict[str, object]:
+    return _json_probe(_EARLY_PROBE, env, mode)
 
 
 def test_early_tuning_moves_arrows_native_pool_too(subprocess_env: dict[str, str]) -> None:
@@ -178,3 +181,56 @@ def test_a_fatal_signal_leaves_the_python_stack(subprocess_env: dict[str, str]) 
     assert done.returncode == -7  # SIGBUS
     assert "Fatal Python error: Bus error" in done.stderr
     assert 'File "<string>", line 4' in done.stderr  # the lambda that raised it
+
+
+_NO_PANDAS = """
+import json, sys
+import aggregator.commands
+
+def serve(argv):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from aggregator.envoy import parse_lines
+
+    parsed = parse_lines(pa.array([sys.argv[2]]))  # pa.array of numpy offsets inside
+    times = pa.table({"t": pa.array([1_700_000_000_000], pa.timestamp("ms", tz="UTC"))})
+    sink = pa.BufferOutputStream()
+    pq.write_table(times, sink)
+    read = pq.read_table(pa.BufferReader(sink.getvalue()))["t"].to_pylist()
+    arrow = {
+        "pandas_loaded": "pandas" in sys.modules,
+        "rows": parsed.rows.to_pylist(),
+        "numbers": pa.array(np.arange(3)).to_pylist(),
+        "time": read[0].isoformat(),
+    }
+    import pandas  # still there for anything else that wants it
+
+    arrow["series"] = pa.array(pandas.Series([4, 5])).to_pylist()
+    print(json.dumps(arrow))
+    return 0
+
+aggregator.commands.main = serve
+if sys.argv[1] == "launch":
+    from aggregator.launch import main
+    sys.exit(main([]))
+sys.exit(serve([]))
+"""
+
+
+@pytest.mark.parametrize("mode", ["launch", "plain"])
+def test_the_console_entry_keeps_pandas_out_of_pyarrow(
+    mode: str, subprocess_env: dict[str, str]
+) -> None:
+    """``logq-aggregator`` keeps pyarrow from importing pandas (aggregator/launch.py), which
+    its pandas shim does the first time ``pa.array`` runs: half a CPU-second or more of every
+    aggregator, which never uses pandas. Through the console entry, Envoy parsing, numpy
+    arrays and zoned timestamps read back from Parquet give the same values and pandas is never
+    imported (it stays importable); without it (``plain``: the same work, the entry skipped),
+    pyarrow imports pandas."""
+    out = _json_probe(_NO_PANDAS, subprocess_env, mode, envoy_line())
+    assert out["pandas_loaded"] is (mode == "plain")
+    assert out["rows"] == [0]
+    assert out["numbers"] == [0, 1, 2]
+    assert out["time"] == "2023-11-14T22:13:20+00:00"
+    assert out["series"] == [4, 5]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -12,6 +13,7 @@ import pytest
 
 from cli.demo import run_demo
 from tests.support.procs import console_script
+from tests.support.seaweedfs import program_env
 
 pytestmark = pytest.mark.integration
 
@@ -21,30 +23,22 @@ def _rows(warehouse: Path, table: str) -> int:
     return dataset.count_rows()
 
 
-def test_run_demo_ships_every_line_and_answers(tmp_path: Path, subprocess_env) -> None:
-    out = io.StringIO()
-    status = run_demo(workdir=tmp_path / "demo", out=out, extra_env=subprocess_env)
-    text = out.getvalue()
-    assert status == 0, text
-    for n in range(1, 6):
-        assert f"[{n}/5]" in text
-    written = int(re.search(r"([\d,]+) log lines", text).group(1).replace(",", ""))  # type: ignore[union-attr]
-    landed = re.search(r"([\d,]+) envoy_access rows, ([\d,]+) container_logs rows", text)
-    assert landed, text
-    access, logs = (int(g.replace(",", "")) for g in landed.groups())
-    assert access + logs == written
-    warehouse = tmp_path / "demo" / "warehouse"
-    assert _rows(warehouse, "envoy_access") == access
-    assert _rows(warehouse, "container_logs") == logs
-    # The errors table names the route the incident hit, and the next steps use this warehouse.
-    assert "/api/v1/recipes/feed" in text
-    assert f"export LOGQ_WAREHOUSE={warehouse}" in text
-    assert "logq errors --service recipe" in text
+@dataclass
+class DemoRun:
+    """What one ``logq demo`` printed, and its kept work directory."""
+
+    done: subprocess.CompletedProcess[str]
+    work: Path
 
 
-def test_logq_demo_command(tmp_path: Path, subprocess_env) -> None:
-    """The user's entry point: ``logq demo`` (work directory under $TMPDIR, kept afterwards)."""
-    env = {**subprocess_env, "TMPDIR": str(tmp_path), "COLUMNS": "160"}
+@pytest.fixture(scope="module")
+def logq_demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """``logq demo``, the user's entry point (work directory under $TMPDIR, kept afterwards),
+    run once for the two tests below: a demo is a host of 3,000 requests, an aggregator, a
+    shipper and a ``logq`` (about 6 CPU-s), and both read the same run. ``run_demo`` with a
+    work directory given, in this process, is the failing-step test's."""
+    tmp = tmp_path_factory.mktemp("demo")
+    env = {**program_env(), "TMPDIR": str(tmp), "COLUMNS": "160"}
     done = subprocess.run(
         [str(console_script("logq")), "demo"],
         env=env,
@@ -53,10 +47,35 @@ def test_logq_demo_command(tmp_path: Path, subprocess_env) -> None:
         timeout=120,
         stdin=subprocess.DEVNULL,
     )
+    (work,) = tmp.glob("logq-demo-*")
+    return DemoRun(done, work)
+
+
+def test_run_demo_ships_every_line_and_answers(logq_demo: DemoRun) -> None:
+    text = logq_demo.done.stdout
+    assert logq_demo.done.returncode == 0, text + logq_demo.done.stderr
+    for n in range(1, 6):
+        assert f"[{n}/5]" in text
+    written = int(re.search(r"([\d,]+) log lines", text).group(1).replace(",", ""))  # type: ignore[union-attr]
+    landed = re.search(r"([\d,]+) envoy_access rows, ([\d,]+) container_logs rows", text)
+    assert landed, text
+    access, logs = (int(g.replace(",", "")) for g in landed.groups())
+    assert access + logs == written
+    warehouse = logq_demo.work / "warehouse"
+    assert _rows(warehouse, "envoy_access") == access
+    assert _rows(warehouse, "container_logs") == logs
+    # The errors table names the route the incident hit, and the next steps use this warehouse.
+    assert "/api/v1/recipes/feed" in text
+    assert f"export LOGQ_WAREHOUSE={warehouse}" in text
+    assert "logq errors --service recipe" in text
+
+
+def test_logq_demo_command(logq_demo: DemoRun) -> None:
+    """The user's entry point: ``logq demo`` (work directory under $TMPDIR, kept afterwards)."""
+    done = logq_demo.done
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Demo finished" in done.stdout
-    (work,) = tmp_path.glob("logq-demo-*")
-    assert _rows(work / "warehouse", "envoy_access") > 0
+    assert _rows(logq_demo.work / "warehouse", "envoy_access") > 0
 
 
 def test_a_failing_step_is_named_with_its_reason(tmp_path: Path, subprocess_env) -> None:
@@ -65,7 +84,8 @@ def test_a_failing_step_is_named_with_its_reason(tmp_path: Path, subprocess_env)
     # The warehouse cannot be a directory: the aggregator must fail and the demo say so.
     (work / "warehouse").write_text("not a directory")
     out = io.StringIO()
-    status = run_demo(workdir=work, out=out, extra_env=subprocess_env)
+    # A host of 100 requests, not the demo's 3,000 (1.2 CPU-s to write): the run ends at step 2.
+    status = run_demo(workdir=work, out=out, extra_env=subprocess_env, requests=100)
     text = out.getvalue()
     assert status == 1, text
     assert re.search(r"logq demo failed at step [2-4]: logq-aggregator", text), text

@@ -5,6 +5,11 @@ computed from the typed values the lines were rendered from. The test compares t
 content of both tables (as multisets, so a duplicate or a loss shows) with that manifest, then
 restarts the aggregator, appends lines to live files and ships again to show that what was
 already delivered is not delivered twice and that the new lines arrive once.
+
+The shipper and the aggregators run as processes; what they stored is read back by ``logq sql``
+run in the test's process (:func:`~tests.support.pipeline.logq_json_in_process`: the same
+command code, without a second of CPU for each ``logq`` start), except the canned query, asked
+of a real ``logq``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,12 @@ from cli.demoruntime import docker_entry, rfc3339nano
 from cli.demotraffic import AccessRow
 from tests.support.expect import assert_tables_match
 from tests.support.parquet import assert_fastparquet_reads, fastparquet_values
-from tests.support.pipeline import logq_json, run_shipper_once, start_aggregator
+from tests.support.pipeline import (
+    logq_json,
+    logq_json_in_process,
+    run_shipper_once,
+    start_aggregator,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.s3]
 
@@ -101,7 +111,8 @@ def test_every_line_arrives_exactly_once_with_typed_values(
     assert any(r["message"] == long_line["message"] for r in logs)
     assert all(r["timestamp"].microsecond % 1000 == 0 for r in access[:50])
 
-    # 4. The canned query answers from S3 what the manifest says.
+    # 4. The canned query answers from S3 what the manifest says, asked of a ``logq`` process
+    # (the tables above and the counts below are read by the same code in this one).
     wh = ["--warehouse", s3_warehouse]
     errors = logq_json(
         ["errors", "--service", "recipe", "--since", "3h", "--limit", "10000", *wh],
@@ -135,7 +146,7 @@ def test_restart_and_appended_lines_are_shipped_once(
     counts = manifest.counts()
     sql = "SELECT service, count(*) AS n FROM {t} GROUP BY service"
     for table in ("envoy_access", "container_logs"):
-        rows = logq_json(["sql", sql.format(t=table), "--warehouse", s3_warehouse], env)
+        rows = logq_json_in_process(["sql", sql.format(t=table), "--warehouse", s3_warehouse], env)
         assert {r["service"]: r["n"] for r in rows} == counts[table]
 
     # Append to a live Envoy log: exactly the new lines arrive, once.
@@ -156,14 +167,14 @@ def test_restart_and_appended_lines_are_shipped_once(
     ship_round()
     wh = ["--warehouse", s3_warehouse]
     appended = "request_id LIKE 'appended-%'"
-    rows = logq_json(
+    rows = logq_json_in_process(
         ["sql", f"SELECT request_id, bytes_sent FROM envoy_access WHERE {appended}", *wh],
         env,
     )
     assert sorted(r["request_id"] for r in rows) == [f"appended-{i}" for i in range(5)]
     assert {r["bytes_sent"] for r in rows} == {1234}
     # ...and nothing stored before was lost (e.g. overwritten by a reused object key).
-    rows = logq_json(["sql", sql.format(t="envoy_access"), *wh], env)
+    rows = logq_json_in_process(["sql", sql.format(t="envoy_access"), *wh], env)
     want = {**counts["envoy_access"], "search": counts["envoy_access"]["search"] + 5}
     assert {r["service"]: r["n"] for r in rows} == want
 
@@ -187,5 +198,5 @@ def test_acknowledged_lines_survive_an_aggregator_crash(
     sql = "SELECT service, count(*) AS n FROM {t} GROUP BY service"
     counts = manifest.counts()
     for table in ("envoy_access", "container_logs"):
-        rows = logq_json(["sql", sql.format(t=table), "--warehouse", s3_warehouse], env)
+        rows = logq_json_in_process(["sql", sql.format(t=table), "--warehouse", s3_warehouse], env)
         assert {r["service"]: r["n"] for r in rows} == counts[table], table

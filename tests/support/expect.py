@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cli.demohost import Manifest
-from tests.support.pipeline import logq_json
+from tests.support.pipeline import logq_json, logq_json_in_process
 
 ACCESS_COLUMNS = (
     "service", "host", "container_id", "container_name", "timestamp", "method", "path",
@@ -30,10 +30,14 @@ def parse_ts(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
 
 
-def select_table(table: str, warehouse: str, env: dict[str, str]) -> list[dict[str, Any]]:
-    """Every row of ``table`` through ``logq sql --format json`` (timestamps parsed)."""
+def select_table(
+    table: str, warehouse: str, env: dict[str, str], *, in_process: bool = False
+) -> list[dict[str, Any]]:
+    """Every row of ``table`` through ``logq sql --format json`` (timestamps parsed), a ``logq``
+    process or, ``in_process``, the same command run in this one."""
     quoted = ", ".join(f'"{c}"' for c in COLUMNS[table])
-    rows = logq_json(
+    run = logq_json_in_process if in_process else logq_json
+    rows = run(
         ["sql", f"SELECT {quoted} FROM {table}", "--warehouse", warehouse, "--limit", "1000000"],
         env,
     )
@@ -106,11 +110,15 @@ def diff(expected: Counter, got: Counter) -> str:
 def assert_tables_match(
     manifest: Manifest, warehouse: str, env: dict[str, str], host: str
 ) -> dict[str, list[dict[str, Any]]]:
-    """Both tables hold exactly the manifest's rows; returns what was read, per table."""
+    """Both tables hold exactly the manifest's rows; returns what was read, per table.
+
+    Read by ``logq sql`` in this process: the pipeline's programs are the ones under test here,
+    and a ``logq`` process per table cost more CPU than the comparison (the tests that are about
+    ``logq`` itself run it as a process)."""
     out = {}
     counts = manifest.counts()
     for table in COLUMNS:
-        rows = select_table(table, warehouse, env)
+        rows = select_table(table, warehouse, env, in_process=True)
         assert dict(Counter(r["service"] for r in rows)) == counts[table], table
         want = as_counter(expected_rows(manifest, table, host), table)
         got = as_counter(rows, table)

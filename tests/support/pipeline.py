@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -127,7 +128,27 @@ def logq_json(args: list[str], env: dict[str, str]) -> list[dict[str, Any]]:
     done = subprocess.run(
         cmd, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
     )
-    assert done.returncode == 0, f"{' '.join(args)} exited {done.returncode}:\n{done.stderr}"
-    rows = json.loads(done.stdout)
-    assert isinstance(rows, list), done.stdout[:500]
+    return _json_rows(args, done.returncode, done.stdout, done.stderr)
+
+
+def logq_json_in_process(args: list[str], env: dict[str, str]) -> list[dict[str, Any]]:
+    """:func:`logq_json` run in this process (typer's test runner), with ``env`` as the whole
+    environment while it runs: the same command code, without a new Python importing pyarrow,
+    DuckDB and sqlglot first (about a CPU-second of each ``logq`` process). For reading back
+    what a test wrote; a test of the program itself runs :func:`logq_json`."""
+    from typer.testing import CliRunner
+
+    from cli.app import app
+
+    unset: dict[str, str | None] = {name: None for name in os.environ if name not in env}
+    done = CliRunner().invoke(
+        app, [*args, "--format", "json"], env={**unset, **env}, catch_exceptions=False
+    )
+    return _json_rows(args, done.exit_code, done.stdout, done.stderr)
+
+
+def _json_rows(args: list[str], status: int, stdout: str, stderr: str) -> list[dict[str, Any]]:
+    assert status == 0, f"{' '.join(args)} exited {status}:\n{stderr}"
+    rows = json.loads(stdout)
+    assert isinstance(rows, list), stdout[:500]
     return rows

@@ -66,6 +66,15 @@ AWS_OVERRIDES = (
 )
 
 
+def program_env() -> dict[str, str]:
+    """A copy of the environment for our programs run as child processes, without AWS settings
+    that would leak in (the ``subprocess_env`` fixture; module fixtures call it directly)."""
+    env = {k: v for k, v in os.environ.items() if k not in AWS_OVERRIDES}
+    env.pop("LOGQ_WAREHOUSE", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
 #: ``SeaweedFS_s3_request_total{bucket="b",code="200",type="PUT"} 3`` in the metrics text.
 _REQUESTS = re.compile(r"\ASeaweedFS_s3_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)\Z")
 
