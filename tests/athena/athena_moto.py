@@ -4,8 +4,10 @@ and the Glue catalog tables (their properties) that Athena reads."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -68,9 +70,33 @@ def set_progression(endpoint: str, seconds: float | None) -> None:
 
 def executions(endpoint: str) -> list[dict[str, Any]]:
     """Every query execution moto has seen (query text, state), via the real Athena API."""
+    return [execution(endpoint, i) for i in execution_ids(endpoint)]
+
+
+# moto's server keeps the executions of the whole test session (every module's), in the order
+# they started: a test that needs only their number, the newest or one of them asks for no
+# more, where ``executions`` sends one GetQueryExecution for each.
+
+
+def execution_ids(endpoint: str) -> list[str]:
+    """The ids of every query execution moto has seen, oldest first."""
+    return _client("athena", endpoint).list_query_executions()["QueryExecutionIds"]
+
+
+def execution(endpoint: str, query_id: str) -> dict[str, Any]:
+    """The query execution ``query_id`` (query text, state), via the real Athena API."""
     client = _client("athena", endpoint)
-    ids = client.list_query_executions()["QueryExecutionIds"]
-    return [client.get_query_execution(QueryExecutionId=i)["QueryExecution"] for i in ids]
+    return client.get_query_execution(QueryExecutionId=query_id)["QueryExecution"]
+
+
+def execution_count(endpoint: str) -> int:
+    """How many query executions moto has seen (``len(executions(endpoint))``)."""
+    return len(execution_ids(endpoint))
+
+
+def last_execution(endpoint: str) -> dict[str, Any]:
+    """The newest query execution moto has seen (``executions(endpoint)[-1]``)."""
+    return execution(endpoint, execution_ids(endpoint)[-1])
 
 
 def glue_table(
@@ -106,7 +132,10 @@ def moto_env(endpoint: str) -> dict[str, str]:
     }
 
 
+@functools.cache
 def _client(service: str, endpoint: str) -> Any:
+    """One client per service and endpoint for the test process (boto3 clients are thread-safe;
+    making one reads and builds the service's model, ~50 ms)."""
     return boto3.client(
         service,
         endpoint_url=endpoint,
@@ -124,3 +153,24 @@ def athena_env(monkeypatch: Any, endpoint: str) -> dict[str, str]:
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return env
+
+
+@contextlib.contextmanager
+def shared_botocore_loader() -> Iterator[None]:
+    """Every botocore session made meanwhile in this process shares one model loader.
+
+    A ``logq --engine athena`` run makes its own sessions (pyathena's, the Glue lookup's), and
+    each new session's loader parses AWS's model files again: endpoints, partitions and the
+    service's API, ~0.2 CPU-s a run, most of an in-process command's cost. The loader only
+    reads and caches files of the installed botocore (``Loader`` caches them per instance
+    already): sharing it between the commands a test module runs in-process changes no
+    request and no answer.
+    """
+    import botocore.session
+
+    real = botocore.session.create_loader
+    botocore.session.create_loader = functools.cache(real)
+    try:
+        yield
+    finally:
+        botocore.session.create_loader = real

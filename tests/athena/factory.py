@@ -114,16 +114,21 @@ def write_frame(
     if frame.empty:
         return written
     dts = frame["timestamp"].map(lambda t: dt_of(t.to_pydatetime()))
-    for (service, dt), part in frame.groupby([frame["service"], dts], sort=True):
+    # The frame is converted to Arrow once and each file's rows taken from it: converting
+    # each file's slice of the frame on its own cost ~10 ms a file (tests write hundreds).
+    rows = pa.Table.from_pandas(
+        frame.drop(columns=["service"]), schema=schema, preserve_index=False
+    ).replace_schema_metadata(None)
+    partitions = frame.groupby([frame["service"], dts], sort=True).indices
+    for service, dt in sorted(partitions):
         folder = wh.path(table, f"service={service}", f"dt={dt}")
         wh.fs.create_dir(folder, recursive=True)
-        chunks = [part.iloc[i::files_per_partition] for i in range(files_per_partition)]
-        for k, chunk in enumerate(chunks):
-            if chunk.empty:
+        at = partitions[(service, dt)]  # the partition's rows, in the frame's order
+        for k in range(files_per_partition):
+            chunk = at[k::files_per_partition]
+            if not len(chunk):
                 continue
-            arrow = pa.Table.from_pandas(
-                chunk.drop(columns=["service"]), schema=schema, preserve_index=False
-            ).replace_schema_metadata(None)
+            arrow = rows.take(chunk)
             path = f"{folder}/part-{k:04d}.parquet"
             pq.write_table(arrow, path, filesystem=wh.fs, compression="zstd")
             written.append(path)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
+import typer.testing
 from typer.testing import CliRunner
 
 from cli.app import app
@@ -65,6 +69,11 @@ def logq(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Run]:
     """Run ``logq ARGS`` in-process; stdout and stderr kept apart."""
     monkeypatch.delenv("LOGQ_WAREHOUSE", raising=False)
     monkeypatch.delenv("LOGQ_ENGINE", raising=False)
+    # typer's runner builds the click command from the app at each call (~15 ms, most of a
+    # short command's cost); a ``logq`` process builds it once too, and the command keeps no
+    # state between calls (each has its own click context). What typer reads from the
+    # environment as it builds it (the completion options read a variable) is the key.
+    monkeypatch.setattr(typer.testing, "_get_command", lambda app: _app_command(app, _environ()))
     runner = CliRunner()
 
     def run(*args: str) -> Run:
@@ -72,6 +81,18 @@ def logq(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Run]:
         return Run(result.exit_code, result.stdout, result.stderr)
 
     return run
+
+
+def _environ() -> tuple[tuple[str, str], ...]:
+    """The environment, but the name of the test pytest is running (new at each test)."""
+    return tuple(sorted((k, v) for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"))
+
+
+@functools.lru_cache(maxsize=8)
+def _app_command(typer_app: typer.Typer, environ: tuple[tuple[str, str], ...]) -> Any:
+    """The click command (of typer's own click) of ``typer_app`` in the environment
+    ``environ``, built once."""
+    return typer.main.get_command(typer_app)
 
 
 @pytest.fixture

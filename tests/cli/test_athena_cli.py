@@ -16,16 +16,28 @@ import pytest
 from athena.schema import TABLES
 from tests.athena.athena_moto import (
     athena_env,
+    execution,
+    execution_count,
+    execution_ids,
     executions,
+    last_execution,
     moto_env,
     queue_result,
     set_progression,
+    shared_botocore_loader,
 )
 from tests.cli.conftest import Warehouse
 
 pytestmark = pytest.mark.integration
 
 ATHENA = ["--engine", "athena", "--athena-output", "s3://results/", "--athena-database", "logs"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_botocore_loader() -> Iterator[None]:
+    """The module's in-process commands read botocore's model files once, as one process."""
+    with shared_botocore_loader():
+        yield
 
 
 @pytest.fixture
@@ -49,7 +61,7 @@ def test_errors_on_athena_json(logq, moto: str) -> None:
          "path_share_pct": 2.5, "path_requests": 480}
     ]  # fmt: skip
     assert "Athena scanned" in run.stderr and "USD" in run.stderr
-    last = executions(moto)[-1]["Query"]
+    last = last_execution(moto)["Query"]
     assert "service IN ('recipe')" in last and "dt BETWEEN" in last
 
 
@@ -58,7 +70,7 @@ def test_hostile_values_on_athena(logq, moto: str) -> None:
     run = logq("errors", "--path", "x' OR '1'='1", "-f", "json", *ATHENA)
     assert run.exit_code == 0, run.stderr
     assert run.json() == []
-    last = executions(moto)[-1]["Query"]
+    last = last_execution(moto)["Query"]
     assert "starts_with(path, 'x'' OR ''1''=''1')" in last
     run = logq("errors", "-s", "x' OR '1'='1", "-f", "json", *ATHENA)
     assert run.exit_code == 2 and "not a service name" in run.stderr
@@ -90,13 +102,13 @@ def test_dry_run_on_athena_prints_final_sql_and_partitions(logq) -> None:
 
 
 def test_max_scan_bytes_refuses_before_starting(logq, moto: str, warehouse: Warehouse) -> None:
-    before = len(executions(moto))
+    before = execution_count(moto)
     run = logq(
         "errors", "--since", "2026-11-27T22:00:00Z", "--until", "2026-11-28T02:00:00Z",
         "--max-scan-bytes", "1000", "--warehouse", warehouse.uri, *ATHENA,
     )  # fmt: skip
     assert run.exit_code == 1 and "max-scan-bytes" in run.stderr
-    assert len(executions(moto)) == before
+    assert execution_count(moto) == before
 
 
 def test_max_scan_bytes_counts_every_table_the_query_reads(
@@ -114,13 +126,13 @@ def test_max_scan_bytes_counts_every_table_the_query_reads(
     sizes = {t: sum(p.bytes for p in plan(wh, t, None, trange)) for t in TABLES}
     assert all(sizes.values())
     budget = sizes["envoy_access"] + sizes["container_logs"] // 2
-    before = len(executions(moto))
+    before = execution_count(moto)
     run = logq(
         "services", "--since", since, "--until", until, "--max-scan-bytes", str(budget),
         "--warehouse", warehouse.uri, *ATHENA,
     )  # fmt: skip
     assert run.exit_code == 1 and "max-scan-bytes" in run.stderr, run.stderr
-    assert len(executions(moto)) == before
+    assert execution_count(moto) == before
 
 
 def test_athena_needs_output(logq, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,7 +150,7 @@ def test_sql_runs_exactly_as_written(logq, moto: str) -> None:
     run = logq("sql", statement, "-f", "json", *ATHENA)
     assert run.exit_code == 0, run.stderr
     assert run.json() == [{"service": "recipe", "n": 10}, {"service": "users", "n": 3}]
-    assert executions(moto)[-1]["Query"] == statement
+    assert last_execution(moto)["Query"] == statement
 
 
 @pytest.mark.parametrize("fmt", ["json", "table"])
@@ -189,7 +201,7 @@ def test_timeline_on_athena_counts_from_since(logq, moto: str) -> None:
         "-f", "json", *ATHENA,
     )  # fmt: skip
     assert run.exit_code == 0, run.stderr
-    assert "2026-11-28 00:00:30.000" in executions(moto)[-1]["Query"]
+    assert "2026-11-28 00:00:30.000" in last_execution(moto)["Query"]
     assert [(r["bucket"], r["requests"], r["no_response"]) for r in run.json()] == [
         ("2026-11-28T00:00:30.000Z", 5, 1),
         ("2026-11-28T00:01:00.000Z", 7, 0),
@@ -212,11 +224,11 @@ def test_trace_on_athena_finds_a_request_in_the_newest_hour(logq, moto: str) -> 
          ("authority", "varchar")],
         [[recent, "recipe", "envoy", "GET", "/r", 200, "-", 5, 4, "10.0.0.1:80", "recipe"]],
     )  # fmt: skip
-    before = len(executions(moto))
+    before = execution_count(moto)
     run = logq("trace", "abc-123", "-f", "json", *ATHENA)
     assert run.exit_code == 0, run.stderr
     assert [(r["service"], r["path"]) for r in run.json()] == [("recipe", "/r")]
-    assert len(executions(moto)) == before + 1  # found in the newest hour: the day is not read
+    assert execution_count(moto) == before + 1  # found in the newest hour: the day is not read
 
 
 def test_tail_and_services_on_athena(logq, moto: str) -> None:
@@ -230,7 +242,7 @@ def test_tail_and_services_on_athena(logq, moto: str) -> None:
     run = logq("tail", "-s", "recipe", "--grep", "x' OR '1'='1", "-f", "json", *ATHENA)
     assert run.exit_code == 0, run.stderr
     assert [r["message"] for r in run.json()] == ["first", "second"]
-    assert "regexp_like(message, 'x'' OR ''1''=''1')" in executions(moto)[-1]["Query"]
+    assert "regexp_like(message, 'x'' OR ''1''=''1')" in last_execution(moto)["Query"]
     queue_result(
         moto,
         [("service", "varchar"), ("access_hours", "bigint"), ("log_hours", "bigint"),
@@ -249,7 +261,7 @@ def test_tail_and_services_on_athena(logq, moto: str) -> None:
     # Rows ahead of this clock are named apart, as the local engine does, not as the newest.
     assert "search also has rows (rows stamped up to 2099-01-01T00:00:00.000Z" in run.stderr
     assert "recipe also has rows" not in run.stderr
-    sent = executions(moto)[-1]["Query"]
+    sent = last_execution(moto)["Query"]
     assert "FROM container_logs" in sent and "count(DISTINCT dt) AS access_hours" in sent
     now = re.search(r"\"timestamp\" <= CAST\('([0-9: .-]+)' AS timestamp\)", sent)
     assert now is not None, sent
@@ -265,7 +277,7 @@ def test_athena_settings_from_environment(logq, moto: str, monkeypatch: pytest.M
     queue_result(moto, [("path", "varchar")], [])
     run = logq("errors", "-s", "recipe", "-f", "json")
     assert run.exit_code == 0, run.stderr
-    sent = executions(moto)[-1]
+    sent = last_execution(moto)
     assert sent["QueryExecutionContext"]["Database"] == "envdb"
     assert sent["ResultConfiguration"]["OutputLocation"].startswith("s3://env-results/q/")
     assert sent["WorkGroup"] == "primary"
@@ -300,7 +312,7 @@ def test_tail_grep_goes_to_athena_unjudged(logq, moto: str) -> None:
         queue_result(moto, [("timestamp", "timestamp"), ("message", "varchar")], [])
         run = logq("tail", "-s", "recipe", "--grep", pattern, "-f", "json", *ATHENA)
         assert run.exit_code == 0, run.stderr
-        assert f"regexp_like(message, '{pattern}')" in executions(moto)[-1]["Query"]
+        assert f"regexp_like(message, '{pattern}')" in last_execution(moto)["Query"]
 
 
 def test_services_has_the_same_columns_and_answer_on_both_engines(
@@ -482,12 +494,18 @@ def _logq_process(
 
 
 def _wait_for_query(moto_server: str, marker: str, proc: subprocess.Popen[str]) -> dict:
-    """The execution whose text holds ``marker``, once moto has it (the process is alive)."""
+    """The execution whose text holds ``marker``, once moto has it (the process is alive).
+    Each execution is read once (its text does not change): moto holds the session's every
+    query, and this polls every 0.05 s while logq starts."""
     deadline = time.monotonic() + 60
+    other: set[str] = set()
     while time.monotonic() < deadline:
-        found = [e for e in executions(moto_server) if marker in e["Query"]]
-        if found:
-            return found[-1]
+        for query_id in execution_ids(moto_server):
+            if query_id not in other:
+                found = execution(moto_server, query_id)
+                if marker in found["Query"]:
+                    return found
+                other.add(query_id)
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
     raise AssertionError(f"no query with {marker!r} reached moto")
@@ -515,7 +533,7 @@ def test_sigterm_or_sighup_stops_the_athena_query(
     assert proc.returncode == 128 + signum, err
     assert f"athena: cancelling query {qid} ({signum.name})" in err
     assert f"logq: stopped by {signum.name}" in err and "Traceback" not in err
-    state = next(e for e in executions(moto_server) if e["QueryExecutionId"] == qid)
+    state = execution(moto_server, qid)
     assert state["Status"]["State"] == "CANCELLED"
 
 
@@ -655,18 +673,18 @@ def test_over_athenas_partition_limit_is_refused_before_running(
     """2,401 hours x 500 services = 1.2 million partitions: Athena would queue, plan and fail
     the query (HIVE_EXCEEDED_PARTITION_LIMIT); refused before anything is sent (exit 2)."""
     table_enum(500)
-    before = len(executions(moto))
+    before = execution_count(moto)
     for dry in ([], ["--dry-run"]):
         run = logq("errors", "--since", "100d", *dry, *ATHENA)
         assert run.exit_code == 2, run.stderr
         assert "over its limit of 1,000,000" in run.stderr and "x 500 services" in run.stderr
         assert "narrow --since/--until (at most 2,000 hours" in run.stderr
         assert "or add --service" in run.stderr and run.stdout == ""
-    assert len(executions(moto)) == before
+    assert execution_count(moto) == before
     queue_result(moto, [("path", "varchar")], [])
     named = logq("errors", "-s", "svc1", "--since", "100d", "-f", "json", *ATHENA)
     assert named.exit_code == 0, named.stderr
-    assert len(executions(moto)) == before + 1
+    assert execution_count(moto) == before + 1
 
 
 def test_many_projected_partitions_warn_and_an_unknown_enum_refuses_nothing(

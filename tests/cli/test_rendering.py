@@ -261,8 +261,11 @@ def test_tail_follow_csv_on_a_terminal_escapes_controls_and_piped_stays_exact(
             ]
 
 
-def _hostile_warehouse(tmp_path: Path) -> str:
-    uri = str(tmp_path / "wh")
+@pytest.fixture(scope="module")
+def hostile_warehouse(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Log lines, a container name and a user agent holding escape sequences (the tests only
+    read it)."""
+    uri = str(tmp_path_factory.mktemp("hostile") / "wh")
     start = utc(2026, 11, 29, 11, 0)
     logs = logs_frame(len(HOSTILE_LINES), start, start + timedelta(minutes=1), ["recipe"], 2)
     logs["message"] = HOSTILE_LINES
@@ -277,8 +280,8 @@ def _hostile_warehouse(tmp_path: Path) -> str:
 RANGE = ["--since", "2026-11-29T10:00:00Z", "--until", "2026-11-29T12:00:00Z"]
 
 
-def test_tail_escapes_control_characters(logq, tmp_path: Path) -> None:
-    uri = _hostile_warehouse(tmp_path)
+def test_tail_escapes_control_characters(logq, hostile_warehouse: str) -> None:
+    uri = hostile_warehouse
     run = logq("tail", *RANGE, "--warehouse", uri)
     assert run.exit_code == 0, run.stderr
     lines = run.stdout.splitlines()
@@ -294,16 +297,16 @@ def test_tail_escapes_control_characters(logq, tmp_path: Path) -> None:
     assert all(" app\\x1b[8m" in ln for ln in lines)
 
 
-def test_json_and_csv_keep_the_raw_text(logq, tmp_path: Path) -> None:
-    uri = _hostile_warehouse(tmp_path)
+def test_json_and_csv_keep_the_raw_text(logq, hostile_warehouse: str) -> None:
+    uri = hostile_warehouse
     rows = logq("tail", *RANGE, "-f", "json", "--warehouse", uri).json()
     assert sorted(r["message"] for r in rows) == sorted(HOSTILE_LINES)
     text = logq("tail", *RANGE, "-f", "csv", "--warehouse", uri).stdout
     assert sorted(r["message"] for r in csv.DictReader(io.StringIO(text))) == sorted(HOSTILE_LINES)
 
 
-def test_top_user_agent_table_is_escaped(logq, tmp_path: Path) -> None:
-    uri = _hostile_warehouse(tmp_path)
+def test_top_user_agent_table_is_escaped(logq, hostile_warehouse: str) -> None:
+    uri = hostile_warehouse
     run = logq("top", "--by", "user_agent", *RANGE, "--warehouse", uri)
     assert run.exit_code == 0, run.stderr
     assert not RAW_CONTROL.search(run.stdout.replace("\n", "")), repr(run.stdout)
