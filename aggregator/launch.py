@@ -44,31 +44,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def arrow_without_pandas() -> None:
-    """Keep pyarrow from importing pandas, which the aggregator never uses.
-
-    ``pa.array`` asks pyarrow's pandas shim whether its input is a pandas object, and the shim
-    imports pandas to answer, once per process: half a CPU-second or more (and tens of MiB) of
-    every aggregator, at its first frame. The shim makes that one attempt only; made while
-    ``import pandas`` fails, it leaves pyarrow without pandas for good (as when pandas is not
-    installed), and pandas stays importable for anything else."""
+    """Make pyarrow's one attempt at pandas now, while it fails (:mod:`athena.no_pandas`): the
+    aggregator never uses pandas, and ``pa.array`` at its first frame imported it."""
     import pyarrow as pa
 
-    if "pandas" in sys.modules:  # already paid for: pyarrow may as well use it
-        return
-    sys.meta_path.insert(0, _NoPandas)
-    try:
-        pa.array([0])  # the shim's one attempt
-    finally:
-        sys.meta_path.remove(_NoPandas)
+    from athena.no_pandas import pandas_kept_from_pyarrow
 
-
-class _NoPandas:
-    """An import finder that fails ``import pandas`` (and only that)."""
-
-    @staticmethod
-    def find_spec(name: str, path: object = None, target: object = None) -> None:
-        if name == "pandas":
-            raise ImportError("pandas is kept from pyarrow in logq-aggregator")
+    with pandas_kept_from_pyarrow():
+        pa.array([0])
 
 
 if __name__ == "__main__":

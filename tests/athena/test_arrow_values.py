@@ -55,6 +55,23 @@ def test_a_local_query_with_times_does_not_import_pandas(tmp_path: Path) -> None
     """pyarrow imports pandas (half a second) to convert zoned times; logq's answers hold
     them, and `logq services` reads the newest of each partition: neither needs it."""
     uri = str(tmp_path / "wh")
+    assert _pandas_after_queries(uri, None) == "False"
+
+
+@pytest.mark.integration
+@pytest.mark.s3
+def test_a_query_over_s3_does_not_import_pandas(
+    s3_warehouse: str, subprocess_env: dict[str, str], s3_env: dict[str, str]
+) -> None:
+    """Over S3 the tables are read through pyarrow.dataset, whose load imported pandas (half
+    a CPU-second of every such ``logq``): it is kept from it (athena/no_pandas.py), and the
+    answers are the same. Without the block this prints True."""
+    assert _pandas_after_queries(s3_warehouse, {**subprocess_env, **s3_env}) == "False"
+
+
+def _pandas_after_queries(uri: str, env: dict[str, str] | None) -> str:
+    """Whether pandas is loaded after three commands over ``uri`` (rows written here), run in
+    a new Python through typer's runner."""
     write_frame(uri, "envoy_access", access_frame(50, utc(2026, 11, 27), utc(2026, 11, 28), ["a"]))
     script = (
         "import sys\n"
@@ -68,10 +85,10 @@ def test_a_local_query_with_times_does_not_import_pandas(tmp_path: Path) -> None
         "print('pandas' in sys.modules)\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
+    return done.stdout.strip()
 
 
 def test_intervals_read_as_athena_prints_them() -> None:
