@@ -139,6 +139,18 @@ def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)
 
 
+def recent_in_one_hour(now: datetime) -> tuple[datetime, datetime]:
+    """``(lo, at)``: ``at`` 3 minutes before ``now`` (150 s when that is in an hour's first
+    30 s: still older than the stale note's 120 s) and ``lo`` up to 5 minutes before it in
+    its partition-hour, so that rows stamped from ``lo`` to ``at`` fall into one hour, whose
+    files the freshness notes and ``logq services`` read together. Rows 6-8 minutes before
+    ``now`` and the newest 3 minutes before it fell into two hours between :03 and :08."""
+    at = now - timedelta(minutes=3)
+    if at.minute == 0 and at.second < 30:
+        at = now - timedelta(seconds=150)
+    return max(at.replace(minute=0, second=0, microsecond=0), at - timedelta(minutes=5)), at
+
+
 def write_with_writer(
     uri: str, table: str, frame: pd.DataFrame, seq: int = 1, name: str | None = None
 ) -> list[str]:

@@ -32,7 +32,13 @@ from cli.options import Common, EngineName
 from cli.output import OutputFormat
 from cli.runner import Prepared, prepare
 from tests.aggregator.test_compaction_requests import counted_warehouse
-from tests.athena.factory import access_frame, utc, write_frame, write_with_writer
+from tests.athena.factory import (
+    access_frame,
+    recent_in_one_hour,
+    utc,
+    write_frame,
+    write_with_writer,
+)
 from tests.cli.conftest import Warehouse
 from tests.cli.flights import Flights
 
@@ -505,10 +511,8 @@ def _many_services_on_s3(uri: str, now: datetime, skewed: bool = True) -> tuple[
     ``skewed``, rows of a clock 20 minutes ahead, in the same file when the hour allows.
     Returns the newest time at or before ``now`` and the newest of all."""
     services = [f"svc-{i:02d}" for i in range(40)]
-    at, ahead_at = now - timedelta(minutes=3), now + timedelta(minutes=20)
-    if at.minute == 0 and at.second < 30:
-        at = now - timedelta(seconds=150)  # still older than the stale note's 120 s
-    lo = max(at.replace(minute=0, second=0), at - timedelta(minutes=5))
+    lo, at = recent_in_one_hour(now)
+    ahead_at = now + timedelta(minutes=20)
     old = access_frame(80, lo, lo + (at - lo) / 2, services)
     write_with_writer(uri, "envoy_access", old, name=compacted_object_name(f"{1:020x}"))
     skew = access_frame(3, at, at + timedelta(seconds=1), ["svc-17"], seed=5)

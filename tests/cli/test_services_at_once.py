@@ -18,25 +18,30 @@ import pytest
 from athena.schema import compacted_object_name
 from athena.timerange import iso_utc
 from athena.warehouse import open_warehouse
-from tests.athena.factory import access_frame, logs_frame, write_with_writer
+from tests.athena.factory import access_frame, logs_frame, recent_in_one_hour, write_with_writer
 from tests.cli.flights import Flights
 
 SERVICES = [f"svc-{i:02d}" for i in range(40)]
 
 
 def _many_services(uri: str, now: datetime) -> tuple[datetime, datetime]:
-    """40 services, their envoy_access rows 6-8 minutes before ``now`` in three flushes of one
-    writer node (two footers per service read: its two newest segments), container_logs of
-    every other service in one compaction output; ``svc-17`` also has rows 3 minutes before
-    ``now`` and rows of a clock 20 minutes ahead (a note of its own). Returns svc-17's newest
-    row at or before ``now`` and its newest of all."""
+    """40 services, their envoy_access rows in three flushes of one writer node (two footers
+    per service read: its two newest segments), container_logs of every other service in one
+    compaction output, all up to 5 minutes before ``svc-17``'s rows 3 minutes before ``now``
+    and in their partition-hour (:func:`recent_in_one_hour`: 6-8 minutes before ``now``, run
+    from :06 to :08 the newest hour of many services held their last flush alone, one footer
+    read, and the footer count fell short); ``svc-17`` also has rows of a clock 20 minutes
+    ahead (a note of its own). Returns svc-17's newest row at or before ``now`` and its
+    newest of all."""
+    lo, at = recent_in_one_hour(now)
+    step = (at - lo) / 6  # the flushes in the first half, in at's hour: see the docstring
     for k in range(3):
-        start = now - timedelta(minutes=8) + timedelta(seconds=40 * k)
-        frame = access_frame(80, start, start + timedelta(seconds=40), SERVICES, seed=k)
+        start = lo + step * k
+        frame = access_frame(80, start, start + step, SERVICES, seed=k)
         write_with_writer(uri, "envoy_access", frame, seq=10 + k)
-    logs = logs_frame(40, now - timedelta(minutes=8), now - timedelta(minutes=6), SERVICES[::2])
+    logs = logs_frame(40, lo, lo + step * 3, SERVICES[::2])
     write_with_writer(uri, "container_logs", logs, name=compacted_object_name(f"{1:020x}"))
-    at, ahead = now - timedelta(minutes=3), now + timedelta(minutes=20)
+    ahead = now + timedelta(minutes=20)
     for name, when in ((2, at), (3, ahead)):
         frame = access_frame(2, when, when + timedelta(seconds=1), ["svc-17"], seed=name)
         write_with_writer(uri, "envoy_access", frame, name=compacted_object_name(f"{name:020x}"))
