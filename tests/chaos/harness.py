@@ -71,7 +71,7 @@ Processes (real console scripts, each in its own process group that dies with th
   SIGTERM the shipper then every given aggregator (asserting exit 0 each).
 * :func:`assert_exact(warehouse, env, written)`: ``logq sql`` ``count(*)`` per table equals the
   manifest's, and the rows of each table (every column of :data:`tests.support.expect.COLUMNS`,
-  read with ``logq sql --format json`` in the same run, see
+  read with ``logq sql --format json`` run in the test's process, see
   :func:`tests.support.expect.select_tables`) equal the manifest's as a multiset; on failure the
   message counts the rows missing, duplicated and unexpected, with samples of each
   (:func:`explain`). ``written`` is a :class:`LiveHost` or a :class:`~cli.demohost.Manifest`.
@@ -785,7 +785,7 @@ def assert_exact(
     manifest = written.manifest if isinstance(written, LiveHost) else written
     checks: dict[str, TableCheck] = {}
     problems: list[str] = []
-    rows, counts = select_tables(warehouse, env)  # one logq run: rows and count(*)
+    rows, counts = select_tables(warehouse, env)
     for table in COLUMNS:
         want = as_counter(expected_rows(manifest, table, host), table)
         counted = counts[table]

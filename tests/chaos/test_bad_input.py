@@ -706,7 +706,7 @@ def check_warehouse(
 ) -> None:
     ours = {c.id for c in manifest.containers}
     host = socket.gethostname()
-    tables, _ = select_tables(warehouse, env)  # both tables in one logq run
+    tables, _ = select_tables(warehouse, env)
     for table in COLUMNS:
         rows = tables[table]
         leaked = sorted({r["container_id"] for r in rows} & forbidden_cids)

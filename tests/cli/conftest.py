@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import typer.testing
 from typer.testing import CliRunner
 
 from cli.app import app
+from tests.athena.athena_moto import shared_botocore_loader
 from tests.athena.factory import access_frame, logs_frame, utc, write_frame
 
 START = utc(2026, 11, 27, 22, 30)
@@ -56,6 +57,14 @@ class Run:
 
     def json(self) -> list[dict]:
         return json.loads(self.stdout)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_botocore_loader() -> Iterator[None]:
+    """A module's in-process commands (Athena's, over S3) read botocore's model files once, as
+    one process does, not once per command (0.2-0.4 CPU-s each)."""
+    with shared_botocore_loader():
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -24,20 +24,12 @@ from tests.athena.athena_moto import (
     moto_env,
     queue_result,
     set_progression,
-    shared_botocore_loader,
 )
 from tests.cli.conftest import Warehouse
 
 pytestmark = pytest.mark.integration
 
 ATHENA = ["--engine", "athena", "--athena-output", "s3://results/", "--athena-database", "logs"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_botocore_loader() -> Iterator[None]:
-    """The module's in-process commands read botocore's model files once, as one process."""
-    with shared_botocore_loader():
-        yield
 
 
 @pytest.fixture

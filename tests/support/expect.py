@@ -44,52 +44,17 @@ def select_table(
     return [{**r, "timestamp": parse_ts(r["timestamp"])} for r in rows]
 
 
-#: Column of :func:`select_tables`'s statement naming the table a row comes from.
-TABLE_TAG = "logq_table"
-#: ``TABLE_TAG`` of the one row carrying both tables' ``count(*)``.
-COUNTS_TAG = "count(*)"
-
-
-def _branch(table: str | None, columns: list[str]) -> str:
-    """One ``SELECT`` of :func:`select_tables`: ``table``'s columns (NULL for the other
-    table's), or (``table=None``) the row of ``count(*)`` of both tables."""
-    own = COLUMNS[table] if table else ()
-    values = [f"'{table or COUNTS_TAG}' AS {TABLE_TAG}"]
-    values += [f'"{c}"' if c in own else f'NULL AS "{c}"' for c in columns]
-    for t in COLUMNS:
-        values.append(f"(SELECT count(*) FROM {t}) AS n_{t}" if table is None else f"NULL AS n_{t}")
-    return "SELECT " + ", ".join(values) + (f" FROM {table}" if table else "")
-
-
 def select_tables(
     warehouse: str, env: dict[str, str]
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
-    """Every row of both tables and each table's ``count(*)``, through ONE ``logq sql --format
-    json`` run: (rows per table, timestamps parsed, as :func:`select_table` returns them;
-    ``count(*)`` per table).
-
-    One run, not three: each ``logq`` process costs about a CPU-second of start-up on a busy
-    machine. The rows come from a ``UNION ALL`` of both tables (each branch names its own
-    columns, NULL for the other table's, which are dropped again here); the counts are scalar
-    ``count(*)`` subqueries in an extra row, so they stay the engine's own count of each table,
-    not a count of the rows returned.
-    """
-    columns = list(dict.fromkeys(c for cols in COLUMNS.values() for c in cols))
-    sql = " UNION ALL ".join(_branch(t, columns) for t in (*COLUMNS, None))
-    rows = logq_json(["sql", sql, "--warehouse", warehouse, "--limit", "10000000"], env)
-    out: dict[str, list[dict[str, Any]]] = {t: [] for t in COLUMNS}
-    counts: dict[str, int] = {}
-    for r in rows:
-        tag = r[TABLE_TAG]
-        if tag == COUNTS_TAG:
-            assert not counts, f"two {COUNTS_TAG} rows"
-            counts = {t: int(r[f"n_{t}"]) for t in COLUMNS}
-            continue
-        row = {c: r[c] for c in COLUMNS[tag]}
-        row["timestamp"] = parse_ts(row["timestamp"])
-        out[tag].append(row)
-    assert counts, f"no {COUNTS_TAG} row in the answer"
-    return out, counts
+    """Every row of both tables (as :func:`select_table` gives them) and each table's
+    ``count(*)`` -- the engine's own count, not a count of the rows returned --, read by ``logq
+    sql`` in this process (:func:`~tests.support.pipeline.logq_json_in_process`): a ``logq``
+    process for each of the three reads cost about a CPU-second of start-up."""
+    rows = {t: select_table(t, warehouse, env, in_process=True) for t in COLUMNS}
+    sql = "SELECT " + ", ".join(f"(SELECT count(*) FROM {t}) AS {t}" for t in COLUMNS)
+    (row,) = logq_json_in_process(["sql", sql, "--warehouse", warehouse], env)
+    return rows, {t: int(row[t]) for t in COLUMNS}
 
 
 def as_counter(rows: list[dict[str, Any]], table: str) -> Counter:
