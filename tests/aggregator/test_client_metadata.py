@@ -361,7 +361,7 @@ def test_firelens_through_fluent_logger_lands_by_task_family(
     finally:
         assert agg.terminate() == 0
     sql = "SELECT service, container_name, path FROM envoy_access ORDER BY container_name"
-    access = pipeline.logq_json(["sql", sql, "--warehouse", warehouse], subprocess_env)
+    access = pipeline.logq_json_in_process(["sql", sql, "--warehouse", warehouse], subprocess_env)
     assert access == [
         {
             "service": "recipe",
@@ -375,7 +375,7 @@ def test_firelens_through_fluent_logger_lands_by_task_family(
         },
     ]
     sql = "SELECT service, stream, message FROM container_logs ORDER BY message"
-    logs = pipeline.logq_json(["sql", sql, "--warehouse", warehouse], subprocess_env)
+    logs = pipeline.logq_json_in_process(["sql", sql, "--warehouse", warehouse], subprocess_env)
     assert logs == [
         {"service": "recipe", "stream": "stderr", "message": ENVOY_DIAG},
         {"service": "recipe", "stream": "stderr", "message": ENVOY_DIAG + " (consul)"},

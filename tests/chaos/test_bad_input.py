@@ -937,5 +937,6 @@ def test_frames_arriving_in_small_pieces_are_accepted(
         assert agg.terminate() == 0
     finally:
         agg.kill()
-    rows = select_table("container_logs", str(tmp_path / "warehouse"), subprocess_env)
+    warehouse = str(tmp_path / "warehouse")
+    rows = select_table("container_logs", warehouse, subprocess_env, in_process=True)
     assert Counter(r["message"] for r in rows) == Counter(m for *_, msgs in frames for m in msgs)

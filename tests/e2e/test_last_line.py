@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.shipper.hostgen import docker_line, make_container
-from tests.support.pipeline import logq_json, run_shipper_once, start_aggregator
+from tests.support.pipeline import logq_json_in_process, run_shipper_once, start_aggregator
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def test_a_trailing_partial_entry_is_stored_once(
     finally:
         agg.kill()
     sql = "SELECT message, stream FROM container_logs WHERE service = 'crash' ORDER BY timestamp"
-    rows = logq_json(["sql", sql, "--warehouse", warehouse], env)
+    rows = logq_json_in_process(["sql", sql, "--warehouse", warehouse], env)
     assert [(r["message"], r["stream"]) for r in rows] == [
         ("starting", "stdout"),
         (PANIC, "stderr"),
