@@ -139,16 +139,26 @@ def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)
 
 
+def in_one_hour(t: datetime, span: timedelta) -> datetime:
+    """``t``, or the second before its hour when that hour began less than ``span`` before it:
+    rows stamped up to ``span`` before the result fall into one partition-hour, whose files
+    compaction merges and the freshness notes read together. Tests that wrote such rows back
+    from now failed when run just after the hour."""
+    began = t.replace(minute=0, second=0, microsecond=0)
+    return began - timedelta(seconds=1) if t - began < span else t
+
+
+#: How far before the newest of :func:`recent_in_one_hour`'s rows the others may go.
+RECENT_SPAN = timedelta(minutes=5)
+
+
 def recent_in_one_hour(now: datetime) -> tuple[datetime, datetime]:
-    """``(lo, at)``: ``at`` 3 minutes before ``now`` (150 s when that is in an hour's first
-    30 s: still older than the stale note's 120 s) and ``lo`` up to 5 minutes before it in
-    its partition-hour, so that rows stamped from ``lo`` to ``at`` fall into one hour, whose
-    files the freshness notes and ``logq services`` read together. Rows 6-8 minutes before
-    ``now`` and the newest 3 minutes before it fell into two hours between :03 and :08."""
-    at = now - timedelta(minutes=3)
-    if at.minute == 0 and at.second < 30:
-        at = now - timedelta(seconds=150)
-    return max(at.replace(minute=0, second=0, microsecond=0), at - timedelta(minutes=5)), at
+    """``(lo, at)``: ``at`` 3 minutes before ``now`` or earlier (older than the stale note's
+    120 s) and ``lo`` :data:`RECENT_SPAN` before it, both in one partition-hour
+    (:func:`in_one_hour`). Rows 6-8 minutes before ``now`` and the newest 3 minutes before it
+    fell into two hours between :03 and :08."""
+    at = in_one_hour(now - timedelta(minutes=3), RECENT_SPAN)
+    return at - RECENT_SPAN, at
 
 
 def write_with_writer(

@@ -506,8 +506,8 @@ def test_rows_seen_ahead_skip_the_lookup_of_the_newest_row_before_now(
 def _many_services_on_s3(uri: str, now: datetime, skewed: bool = True) -> tuple[datetime, ...]:
     """40 services, one compaction output each (every footer is read: no order in their names),
     rows up to 5 minutes before ``svc-17``'s newest rows at or before ``now`` (3 minutes
-    before it, 150 s in an hour's first 30 s: all of them in one partition-hour, whose files
-    the stale note reads at once; across an hour it read svc-17's file alone) and,
+    before it or earlier: all of them in one partition-hour, :func:`recent_in_one_hour`,
+    whose files the stale note reads at once; across an hour it read svc-17's file alone) and,
     ``skewed``, rows of a clock 20 minutes ahead, in the same file when the hour allows.
     Returns the newest time at or before ``now`` and the newest of all."""
     services = [f"svc-{i:02d}" for i in range(40)]

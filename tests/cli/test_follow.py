@@ -20,7 +20,7 @@ from cli import follow, runner
 from cli.follow import follow_lines, follow_sql
 from cli.options import Common, EngineName
 from cli.output import OutputFormat
-from tests.athena.factory import logs_frame, write_frame
+from tests.athena.factory import in_one_hour, logs_frame, write_frame
 
 LOGQ = Path(sys.executable).with_name("logq")
 #: :func:`cli.follow._pipe_out` itself, for the test of :func:`cli.follow.pause`.
@@ -117,13 +117,11 @@ ROWS_SPAN = timedelta(minutes=2)
 
 
 def _now_in_one_hour() -> datetime:
-    """Now to the second, or the second before the hour when the hour began less than
-    :data:`ROWS_SPAN` ago, so that the rows a test writes back from it fall into one
-    partition-hour. Run across the hour, the seed and the arrivals fell into two, and
-    compaction, which merges one hour's files, merged none (found by a run at 13:00)."""
-    now = datetime.now(UTC).replace(microsecond=0)
-    began = now.replace(minute=0, second=0)
-    return began - timedelta(seconds=1) if now - began < ROWS_SPAN else now
+    """Now to the second, moved before the hour when it began less than :data:`ROWS_SPAN` ago
+    (:func:`~tests.athena.factory.in_one_hour`). Run across the hour, the seed and the arrivals
+    fell into two partition-hours, and compaction, which merges one hour's files, merged none
+    (found by a run at 13:00)."""
+    return in_one_hour(datetime.now(UTC).replace(microsecond=0), ROWS_SPAN)
 
 
 def _follow(

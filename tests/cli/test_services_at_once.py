@@ -27,8 +27,8 @@ SERVICES = [f"svc-{i:02d}" for i in range(40)]
 def _many_services(uri: str, now: datetime) -> tuple[datetime, datetime]:
     """40 services, their envoy_access rows in three flushes of one writer node (two footers
     per service read: its two newest segments), container_logs of every other service in one
-    compaction output, all up to 5 minutes before ``svc-17``'s rows 3 minutes before ``now``
-    and in their partition-hour (:func:`recent_in_one_hour`: 6-8 minutes before ``now``, run
+    compaction output, all up to 5 minutes before ``svc-17``'s rows 3 minutes or more before
+    ``now`` and in their partition-hour (:func:`recent_in_one_hour`: 6-8 minutes before ``now``, run
     from :06 to :08 the newest hour of many services held their last flush alone, one footer
     read, and the footer count fell short); ``svc-17`` also has rows of a clock 20 minutes
     ahead (a note of its own). Returns svc-17's newest row at or before ``now`` and its
