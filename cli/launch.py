@@ -5,17 +5,20 @@ A Ctrl-C while ``logq`` starts must end with status 130 and one line, never a tr
 (the typer app, every command's registration: tens of milliseconds on a loaded machine), and a
 signal landing there, before :func:`cli.app.main` runs, was Python's to report. Imported from
 here, the whole module is inside :func:`~shipper.startup.deferred_interrupts` (as
-``aggregator/launch.py`` does for ``logq-aggregator``). This module imports nothing heavy.
+``aggregator/launch.py`` does for ``logq-aggregator``). This module imports nothing heavy, and
+keeps numpy out (:func:`~athena.no_numpy.numpy_kept_out`) before anything imports pyarrow.
 """
 
 from __future__ import annotations
 
+from athena.no_numpy import numpy_kept_out
 from shipper.startup import deferred_interrupts, redeliver_dropped_interrupts
 
 
 def main() -> None:
     redeliver_dropped_interrupts()
     with deferred_interrupts("logq"):
+        numpy_kept_out()
         from cli.app import main as run
     run()
 

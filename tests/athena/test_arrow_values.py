@@ -51,44 +51,52 @@ def test_other_types_are_pyarrows_own_values() -> None:
         assert column_values(column) == column.to_pylist()
 
 
-def test_a_local_query_with_times_does_not_import_pandas(tmp_path: Path) -> None:
+def test_a_local_query_with_times_loads_neither_pandas_nor_numpy(tmp_path: Path) -> None:
     """pyarrow imports pandas (half a second) to convert zoned times; logq's answers hold
-    them, and `logq services` reads the newest of each partition: neither needs it."""
+    them, and `logq services` reads the newest of each partition: neither needs it. pyarrow
+    imports numpy at its own import (0.3 CPU-s), and logq never uses it: the console entry
+    keeps it out (athena/no_numpy.py). Without either block this names it."""
     uri = str(tmp_path / "wh")
-    assert _pandas_after_queries(uri, None) == "False"
+    assert _loaded_after_queries(uri, None) == "loaded: []"
 
 
 @pytest.mark.integration
 @pytest.mark.s3
-def test_a_query_over_s3_does_not_import_pandas(
+def test_a_query_over_s3_loads_neither_pandas_nor_numpy(
     s3_warehouse: str, subprocess_env: dict[str, str], s3_env: dict[str, str]
 ) -> None:
     """Over S3 the tables are read through pyarrow.dataset, whose load imported pandas (half
     a CPU-second of every such ``logq``): it is kept from it (athena/no_pandas.py), and the
-    answers are the same. Without the block this prints True."""
-    assert _pandas_after_queries(s3_warehouse, {**subprocess_env, **s3_env}) == "False"
+    answers are the same. ``pyarrow.dataset`` runs without numpy too."""
+    env = {**subprocess_env, **s3_env}
+    assert _loaded_after_queries(s3_warehouse, env) == "loaded: []"
 
 
-def _pandas_after_queries(uri: str, env: dict[str, str] | None) -> str:
-    """Whether pandas is loaded after three commands over ``uri`` (rows written here), run in
-    a new Python through typer's runner."""
+def _loaded_after_queries(uri: str, env: dict[str, str] | None) -> str:
+    """Which of pandas and numpy are loaded after three commands over ``uri`` (rows written
+    here), run in a new Python through the ``logq`` console entry, as a user runs them."""
     write_frame(uri, "envoy_access", access_frame(50, utc(2026, 11, 27), utc(2026, 11, 28), ["a"]))
     script = (
         "import sys\n"
-        "from typer.testing import CliRunner\n"
-        "from cli.app import app\n"
+        "from cli.launch import main\n"
         f"for args in (['errors', '--since', '2026-11-26T00:00:00Z'], ['services'],\n"
         "             ['sql', 'SELECT timestamp FROM envoy_access', '-f', 'json']):\n"
-        f"    done = CliRunner().invoke(app, [*args, '--warehouse', {uri!r}])\n"
-        "    assert done.exit_code == 0, done.output\n"
-        "    assert '2026-11-27' in done.output, done.output\n"
-        "print('pandas' in sys.modules)\n"
+        f"    sys.argv = ['logq', *args, '--warehouse', {uri!r}]\n"
+        "    try:\n"
+        "        main()\n"
+        "    except SystemExit as exit:\n"
+        "        assert not exit.code, exit.code\n"
+        "    print('\\n-- done', flush=True)\n"
+        "print('loaded:', [m for m in ('pandas', 'numpy') if m in sys.modules])\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
     )
     assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
+    *answers, last = done.stdout.split("-- done\n")
+    errors, services, times = answers
+    assert "/api/" in errors and "2026-11-27" in services and "2026-11-27" in times, done.stdout
+    return last.strip()
 
 
 def test_intervals_read_as_athena_prints_them() -> None:
@@ -212,3 +220,11 @@ def test_a_map_whose_keys_read_the_same_keeps_its_pairs() -> None:
     )
     [[pairs]] = [column_values(c) for c in duckdb.sql(sql).to_arrow_table().columns]
     assert [count for _, count in pairs] == [1, 1]
+
+
+def test_numpy_kept_out_says_why() -> None:
+    """In a ``logq`` process, something that does ask for numpy is told why it is missing."""
+    code = "from athena.no_numpy import numpy_kept_out\nnumpy_kept_out()\nimport numpy\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "ImportError: numpy is not loaded in logq, which never uses it" in done.stderr

@@ -154,23 +154,24 @@ def test_footer_bound_reads_each_time_unit(tmp_path: Path, unit: str, stats: boo
     assert footer_bound(wh, path).tzinfo is not None  # type: ignore[union-attr]
 
 
-def test_stale_note_does_not_import_pandas(tmp_path: Path) -> None:
-    """The note runs with every query; pandas' import alone (~250 ms) cost more than it."""
+def test_stale_note_loads_neither_pandas_nor_numpy(tmp_path: Path) -> None:
+    """The note runs with every query; pandas' import alone (~250 ms) cost more than it, and
+    the console entry keeps numpy out of ``logq`` (athena/no_numpy.py)."""
     uri = str(tmp_path / "wh")
     aggregator_named(uri, {"checkout": (400, 3)}, code=503)  # an answer: no empty-answer path
     code = (
         "import sys\n"
-        "from cli.app import main\n"
+        "from cli.launch import main\n"
         f"sys.argv = ['logq', 'errors', '-s', 'checkout', '--since', '1h', '-f', 'json', "
         f"'--warehouse', {uri!r}]\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "print('PANDAS', 'pandas' in sys.modules, file=sys.stderr)\n"
+        "print('LOADED', [m for m in ('pandas', 'numpy') if m in sys.modules], file=sys.stderr)\n"
     )
     env = {**os.environ, "LOGQ_CACHE_DIR": str(tmp_path / "cache")}
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=120, check=False)  # fmt: skip
     assert '"response_code": 503' in run.stdout and "newest data for checkout:" in run.stderr
-    assert "PANDAS False" in run.stderr, run.stderr
+    assert "LOADED []" in run.stderr, run.stderr
 
 
 def test_json_and_csv_columns_do_not_depend_on_the_services_given(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -771,3 +772,30 @@ def test_sql_nested_values_on_athena_are_typed_as_the_statement_declares(
     codes = logq("sql", "SELECT array_agg(response_code) AS codes FROM envoy_access", "-f",
                  "csv", *ATHENA)  # fmt: skip
     assert codes.stdout.splitlines() == ["codes", '"[503, 502]"']
+
+
+def test_an_athena_answer_in_a_logq_process_loads_neither_pandas_nor_numpy(
+    logq, moto: str, subprocess_env: dict[str, str]
+) -> None:
+    """The console entry keeps numpy out of ``logq`` (athena/no_numpy.py), which never uses
+    it: pyathena's rows and their typed values (a timestamp, an array, a map) need neither
+    numpy nor pandas, and the answer is the in-process one."""
+    columns = [("t", "timestamp"), ("codes", "array(integer)"), ("m", "map(varchar,integer)")]
+    row = ["2026-11-28 00:00:00.123", "[1, 2]", "{a=1}"]
+    sql = "SELECT t, codes, m FROM envoy_access"
+    code = (
+        "import sys\nfrom cli.launch import main\nsys.argv[0] = 'logq'\ntry:\n    main()\n"
+        "finally:\n    loaded = [m for m in ('pandas', 'numpy') if m in sys.modules]\n"
+        "    print('loaded:', loaded, file=sys.stderr)\n"
+    )
+    queue_result(moto, columns, [row])
+    env = {**subprocess_env, **moto_env(moto)}
+    env.pop("AWS_ENDPOINT_URL", None)
+    run = subprocess.run(
+        [sys.executable, "-c", code, "sql", sql, "-f", "json", *ATHENA],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.splitlines()[-1] == "loaded: []", run.stderr
+    queue_result(moto, columns, [row])
+    assert json.loads(run.stdout) == logq("sql", sql, "-f", "json", *ATHENA).json()

@@ -105,6 +105,8 @@ class _Hold:
 
 if os.environ.get("LOGQ_TEST_HOLD"):
     sys.meta_path.insert(0, _Hold)
+if os.environ.get("LOGQ_TEST_DEAF"):
+    import numpy  # DuckDB's Python functions (the nap) need it; logq keeps it out otherwise
 '''
 
 
