@@ -535,10 +535,13 @@ class Aggregator:
         now = self._clock()
         if not self._stopping.is_set():
             self._stop_requested_at = now
-            if self.metrics.starting is not None:
-                phase = self.metrics.starting.removeprefix("starting: ").split(";")[0]
-                log.info("stop requested during start-up: ending it (%s)", phase)
+            starting = self.metrics.starting
+            # In force before it is logged: the read of the buffer ends at its next segment
+            # (stop() starts a thread, and the read went on meanwhile, to its end on a busy host).
             self.stop()
+            if starting is not None:
+                phase = starting.removeprefix("starting: ").split(";")[0]
+                log.info("stop requested during start-up: ending it (%s)", phase)
             return
         if now - self._stop_requested_at < STOP_REPEAT_IGNORED_SECONDS:
             log.info("stop requested again at once: taken as the same request")

@@ -32,7 +32,8 @@ SEGMENTS = 3
 SITECUSTOMIZE = '''\
 """Test hook of tests/aggregator/test_stop_during_start.py: once aggregator.buffer is imported,
 its reading of chunk ids stops before the second segment, touches $LOGQ_TEST_REACHED and waits
-for the file $LOGQ_TEST_GO."""
+for the file $LOGQ_TEST_GO. The stop's watchdog takes 0.3 s to start (a busy host): the stop
+must be in force before "stop requested" is logged, or the read went on past the next segment."""
 import importlib.util
 import os
 import sys
@@ -69,7 +70,31 @@ class _Hold:
         return spec
 
 
+class _SlowWatchdog:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name != "aggregator.stop_budget":
+            return None
+        sys.meta_path.remove(_SlowWatchdog)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            start = module.StopWatchdog.start
+
+            def slow_start(self):
+                start(self)
+                time.sleep(0.3)
+
+            module.StopWatchdog.start = slow_start
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
 sys.meta_path.insert(0, _Hold)
+sys.meta_path.insert(0, _SlowWatchdog)
 '''
 
 
