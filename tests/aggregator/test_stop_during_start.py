@@ -40,61 +40,58 @@ import sys
 import time
 
 
-class _Hold:
+def _hold_the_read(module):
+    real, calls = module.frame_chunks, []
+
+    def held(frames):
+        calls.append(1)
+        if len(calls) == 2:
+            open(os.environ["LOGQ_TEST_REACHED"], "w").close()
+            deadline = time.monotonic() + 60
+            while not os.path.exists(os.environ["LOGQ_TEST_GO"]):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+        return real(frames)
+
+    module.frame_chunks = held
+
+
+def _slow_watchdog(module):
+    start = module.StopWatchdog.start
+
+    def slow_start(self):
+        start(self)
+        time.sleep(0.3)
+
+    module.StopWatchdog.start = slow_start
+
+
+PATCHES = {"aggregator.buffer": _hold_the_read, "aggregator.stop_budget": _slow_watchdog}
+
+
+class _Patch:
+    """Runs a module of PATCHES, then its patch; leaves sys.meta_path after the last."""
+
     @staticmethod
     def find_spec(name, path=None, target=None):
-        if name != "aggregator.buffer":
+        patch = PATCHES.pop(name, None)
+        if patch is None:
             return None
-        sys.meta_path.remove(_Hold)
+        if not PATCHES:
+            sys.meta_path.remove(_Patch)
         spec = importlib.util.find_spec(name)
         run = spec.loader.exec_module
 
         def exec_module(module):
             run(module)
-            real, calls = module.frame_chunks, []
-
-            def held(frames):
-                calls.append(1)
-                if len(calls) == 2:
-                    open(os.environ["LOGQ_TEST_REACHED"], "w").close()
-                    deadline = time.monotonic() + 60
-                    while not os.path.exists(os.environ["LOGQ_TEST_GO"]):
-                        if time.monotonic() > deadline:
-                            break
-                        time.sleep(0.01)
-                return real(frames)
-
-            module.frame_chunks = held
+            patch(module)
 
         spec.loader.exec_module = exec_module
         return spec
 
 
-class _SlowWatchdog:
-    @staticmethod
-    def find_spec(name, path=None, target=None):
-        if name != "aggregator.stop_budget":
-            return None
-        sys.meta_path.remove(_SlowWatchdog)
-        spec = importlib.util.find_spec(name)
-        run = spec.loader.exec_module
-
-        def exec_module(module):
-            run(module)
-            start = module.StopWatchdog.start
-
-            def slow_start(self):
-                start(self)
-                time.sleep(0.3)
-
-            module.StopWatchdog.start = slow_start
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
-sys.meta_path.insert(0, _Hold)
-sys.meta_path.insert(0, _SlowWatchdog)
+sys.meta_path.insert(0, _Patch)
 '''
 
 
