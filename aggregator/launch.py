@@ -44,11 +44,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def arrow_without_pandas() -> None:
-    """Make pyarrow's one attempt at pandas now, while it fails (:mod:`athena.no_pandas`): the
-    aggregator never uses pandas, and ``pa.array`` at its first frame imported it."""
+    """Make pyarrow's one attempt at pandas now, while it fails
+    (:mod:`athena.unused_imports`): the aggregator never uses pandas, and ``pa.array`` at its
+    first frame imported it."""
     import pyarrow as pa
 
-    from athena.no_pandas import pandas_kept_from_pyarrow
+    from athena.unused_imports import pandas_kept_from_pyarrow
 
     with pandas_kept_from_pyarrow():
         pa.array([0])

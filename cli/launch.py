@@ -6,12 +6,13 @@ A Ctrl-C while ``logq`` starts must end with status 130 and one line, never a tr
 signal landing there, before :func:`cli.app.main` runs, was Python's to report. Imported from
 here, the whole module is inside :func:`~shipper.startup.deferred_interrupts` (as
 ``aggregator/launch.py`` does for ``logq-aggregator``). This module imports nothing heavy, and
-keeps numpy out (:func:`~athena.no_numpy.numpy_kept_out`) before anything imports pyarrow.
+keeps numpy out (:func:`~athena.unused_imports.numpy_kept_out`) before anything imports
+pyarrow.
 """
 
 from __future__ import annotations
 
-from athena.no_numpy import numpy_kept_out
+from athena.unused_imports import numpy_kept_out
 from shipper.startup import deferred_interrupts, redeliver_dropped_interrupts
 
 

@@ -491,10 +491,8 @@ class LocalEngine:
                     f"DuckDB could not read the {table} files: {_one_line(str(exc))}"
                 ) from exc
             return
-        from athena.no_pandas import pandas_kept_from_pyarrow
+        import pyarrow.dataset as ds
 
-        with pandas_kept_from_pyarrow():  # pyarrow.dataset's load imported it: 0.5 CPU-s
-            import pyarrow.dataset as ds
         from athena.engines.s3scan import chunked_dataset
 
         dataset = chunked_dataset(

@@ -55,7 +55,7 @@ def test_a_local_query_with_times_loads_neither_pandas_nor_numpy(tmp_path: Path)
     """pyarrow imports pandas (half a second) to convert zoned times; logq's answers hold
     them, and `logq services` reads the newest of each partition: neither needs it. pyarrow
     imports numpy at its own import (0.3 CPU-s), and logq never uses it: the console entry
-    keeps it out (athena/no_numpy.py). Without either block this names it."""
+    keeps it out (athena/unused_imports.py). Without either block this names it."""
     uri = str(tmp_path / "wh")
     assert _loaded_after_queries(uri, None) == "loaded: []"
 
@@ -66,8 +66,8 @@ def test_a_query_over_s3_loads_neither_pandas_nor_numpy(
     s3_warehouse: str, subprocess_env: dict[str, str], s3_env: dict[str, str]
 ) -> None:
     """Over S3 the tables are read through pyarrow.dataset, whose load imported pandas (half
-    a CPU-second of every such ``logq``): it is kept from it (athena/no_pandas.py), and the
-    answers are the same. ``pyarrow.dataset`` runs without numpy too."""
+    a CPU-second of every such ``logq``): without numpy (athena/unused_imports.py) pandas
+    cannot load, and the answers are the same."""
     env = {**subprocess_env, **s3_env}
     assert _loaded_after_queries(s3_warehouse, env) == "loaded: []"
 
@@ -224,7 +224,7 @@ def test_a_map_whose_keys_read_the_same_keeps_its_pairs() -> None:
 
 def test_numpy_kept_out_says_why() -> None:
     """In a ``logq`` process, something that does ask for numpy is told why it is missing."""
-    code = "from athena.no_numpy import numpy_kept_out\nnumpy_kept_out()\nimport numpy\n"
+    code = "from athena.unused_imports import numpy_kept_out\nnumpy_kept_out()\nimport numpy\n"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "ImportError: numpy is not loaded in logq, which never uses it" in done.stderr

@@ -156,7 +156,7 @@ def test_footer_bound_reads_each_time_unit(tmp_path: Path, unit: str, stats: boo
 
 def test_stale_note_loads_neither_pandas_nor_numpy(tmp_path: Path) -> None:
     """The note runs with every query; pandas' import alone (~250 ms) cost more than it, and
-    the console entry keeps numpy out of ``logq`` (athena/no_numpy.py)."""
+    the console entry keeps numpy out of ``logq`` (athena/unused_imports.py)."""
     uri = str(tmp_path / "wh")
     aggregator_named(uri, {"checkout": (400, 3)}, code=503)  # an answer: no empty-answer path
     code = (

@@ -777,8 +777,8 @@ def test_sql_nested_values_on_athena_are_typed_as_the_statement_declares(
 def test_an_athena_answer_in_a_logq_process_loads_neither_pandas_nor_numpy(
     logq, moto: str, subprocess_env: dict[str, str]
 ) -> None:
-    """The console entry keeps numpy out of ``logq`` (athena/no_numpy.py), which never uses
-    it: pyathena's rows and their typed values (a timestamp, an array, a map) need neither
+    """The console entry keeps numpy out of ``logq`` (athena/unused_imports.py), which never
+    uses it: pyathena's rows and their typed values (a timestamp, an array, a map) need neither
     numpy nor pandas, and the answer is the in-process one."""
     columns = [("t", "timestamp"), ("codes", "array(integer)"), ("m", "map(varchar,integer)")]
     row = ["2026-11-28 00:00:00.123", "[1, 2]", "{a=1}"]
