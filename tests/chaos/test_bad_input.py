@@ -68,14 +68,7 @@ from cli.demoruntime import docker_entry, rfc3339nano, split_parts
 from cli.demoservices import SERVICES
 from shipper import wire
 from shipper.formats import TRUNCATION_MARKER
-from tests.support.expect import (
-    COLUMNS,
-    as_counter,
-    diff,
-    expected_rows,
-    select_table,
-    select_tables,
-)
+from tests.support.expect import COLUMNS, as_counter, diff, expected_rows, select_table
 from tests.support.pipeline import (
     Aggregator,
     run_shipper_once,
@@ -706,9 +699,8 @@ def check_warehouse(
 ) -> None:
     ours = {c.id for c in manifest.containers}
     host = socket.gethostname()
-    tables, _ = select_tables(warehouse, env)
     for table in COLUMNS:
-        rows = tables[table]
+        rows = select_table(table, warehouse, env, in_process=True)
         leaked = sorted({r["container_id"] for r in rows} & forbidden_cids)
         assert not leaked, f"{table}: rows from the wrong-key shipper landed: {leaked}"
         mine = [r for r in rows if r["container_id"] in ours]

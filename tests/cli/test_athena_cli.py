@@ -282,20 +282,13 @@ def test_athena_api_error_is_one_line_without_pyathena_traceback(
 ) -> None:
     """pyathena logs a traceback for every failed API call; a real `logq` process (no pytest
     log capture) must show only logq's own one-line error."""
-    import subprocess
-    import sys
-
-    env = {**subprocess_env, **moto_env(moto_server)}
-    env.pop("LOGQ_DEBUG", None)
-    run = subprocess.run(
-        [sys.executable, "-c", "from cli.app import main; main()", "top", "--since", "1h",
-         "--engine", "athena", "--athena-workgroup", "no-such-workgroup"],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert run.returncode == 1, run.stderr
-    assert "Traceback" not in run.stderr and "Failed to" not in run.stderr, run.stderr
-    errors = [ln for ln in run.stderr.splitlines() if ln.startswith("logq: error:")]
-    assert len(errors) == 1 and "WorkGroup" in errors[0], run.stderr
+    args = ["top", "--since", "1h", "--engine", "athena", "--athena-workgroup", "no-such-workgroup"]
+    proc = _logq_process(moto_server, subprocess_env, args)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and "Failed to" not in err, err
+    errors = [ln for ln in err.splitlines() if ln.startswith("logq: error:")]
+    assert len(errors) == 1 and "WorkGroup" in errors[0], err
 
 
 def test_tail_grep_goes_to_athena_unjudged(logq, moto: str) -> None:
@@ -473,10 +466,12 @@ def test_canned_query_refused_by_athena_is_an_engine_failure(
 def _logq_process(
     moto_server: str, env: dict[str, str], args: list[str], prelude: str = ""
 ) -> subprocess.Popen[str]:
-    """A real ``logq ARGS`` process against moto (``prelude``: Python run before logq)."""
+    """A real ``logq ARGS`` process against moto, through the console entry (``prelude``:
+    Python run before logq)."""
     env = {**env, **moto_env(moto_server)}
+    env.pop("AWS_ENDPOINT_URL", None)
     env.pop("LOGQ_DEBUG", None)
-    code = prelude + "\nimport sys\nfrom cli.app import main\nsys.argv[0] = 'logq'\nmain()\n"
+    code = prelude + "\nimport sys\nfrom cli.launch import main\nsys.argv[0] = 'logq'\nmain()\n"
     return subprocess.Popen(
         [sys.executable, "-c", code, *args],
         env=env,
@@ -783,19 +778,15 @@ def test_an_athena_answer_in_a_logq_process_loads_neither_pandas_nor_numpy(
     columns = [("t", "timestamp"), ("codes", "array(integer)"), ("m", "map(varchar,integer)")]
     row = ["2026-11-28 00:00:00.123", "[1, 2]", "{a=1}"]
     sql = "SELECT t, codes, m FROM envoy_access"
-    code = (
-        "import sys\nfrom cli.launch import main\nsys.argv[0] = 'logq'\ntry:\n    main()\n"
-        "finally:\n    loaded = [m for m in ('pandas', 'numpy') if m in sys.modules]\n"
-        "    print('loaded:', loaded, file=sys.stderr)\n"
+    said_at_exit = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('loaded:', [m for m in ('pandas', 'numpy')\n"
+        "                                          if m in sys.modules], file=sys.stderr))\n"
     )
     queue_result(moto, columns, [row])
-    env = {**subprocess_env, **moto_env(moto)}
-    env.pop("AWS_ENDPOINT_URL", None)
-    run = subprocess.run(
-        [sys.executable, "-c", code, "sql", sql, "-f", "json", *ATHENA],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr
-    assert run.stderr.splitlines()[-1] == "loaded: []", run.stderr
+    proc = _logq_process(moto, subprocess_env, ["sql", sql, "-f", "json", *ATHENA], said_at_exit)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert err.splitlines()[-1] == "loaded: []", err
     queue_result(moto, columns, [row])
-    assert json.loads(run.stdout) == logq("sql", sql, "-f", "json", *ATHENA).json()
+    assert json.loads(out) == logq("sql", sql, "-f", "json", *ATHENA).json()
