@@ -6,6 +6,9 @@ per connection, each waiting for its ack), then stops the aggregator with SIGTER
 everything. Prints:
 
 * lines/s to acknowledged (durable in the buffer) and to committed Parquet (SIGTERM included);
+* lines per CPU-second of the whole aggregator process (all its threads, from the first frame
+  to its exit: the socket reads, fsyncs and final flush included), the rate of one core, where
+  ``--stages`` times the pipeline's stages alone;
 * the aggregator's peak RSS;
 * Parquet bytes vs. the bytes the same lines take in Docker json-file logs (target <= 1/12),
   where the bytes of a row go, and the least zstd can store the random request ids in.
@@ -46,7 +49,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from bench.procfs import status_kib
+from bench.procfs import cpu_seconds, status_kib
 from shipper import wire
 
 SERVICES = ["recipe", "checkout", "search", "billing", "auth", "catalog", "cart", "profile"]
@@ -580,6 +583,7 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
 
     groups = per_connection(chunks, args.connections)
     errors: list[str] = []
+    cpu0 = cpu_seconds(proc.pid)
     t0 = time.perf_counter()
     threads = [threading.Thread(target=send, args=(port, g, args.window, errors)) for g in groups]
     for th in threads:
@@ -589,8 +593,10 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
     t_ack = time.perf_counter() - t0
     hwm_acked = status_kib(proc.pid, "VmHWM")
     proc.send_signal(signal.SIGTERM)
-    rc = proc.wait(timeout=600)
+    _, status, rusage = os.wait4(proc.pid, 0)
+    rc = proc.returncode = os.waitstatus_to_exitcode(status)
     t_done = time.perf_counter() - t0
+    cpu = rusage.ru_utime + rusage.ru_stime - cpu0
     watcher.join(timeout=5)
     if errors or rc != 0:
         print(f"FAILED: rc={rc} errors={errors}\n{log.read_text()[-3000:]}", file=sys.stderr)
@@ -603,6 +609,10 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
     print(f"lines                      {n:,} ({sizing} size{', gzip' if args.gzip else ''})")
     print(f"acknowledged (durable)     {n / t_ack:,.0f} lines/s  ({t_ack:.2f} s)")
     print(f"committed to Parquet       {n / t_done:,.0f} lines/s  ({t_done:.2f} s, SIGTERM incl.)")
+    print(
+        f"aggregator CPU             {n / cpu:,.0f} lines per CPU-second  ({cpu:.2f} s of its"
+        " threads from the first frame to its exit: the lines/s of one core)"
+    )
     print(
         f"aggregator peak RSS        {peak['kib'] / 1024:,.0f} MiB  "
         f"({hwm_acked / 1024:,.0f} MiB until the last ack; the rest is the final flush)"
