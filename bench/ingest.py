@@ -30,6 +30,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -592,11 +593,12 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
         th.join()
     t_ack = time.perf_counter() - t0
     hwm_acked = status_kib(proc.pid, "VmHWM")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)  # the aggregator's, once reaped
     proc.send_signal(signal.SIGTERM)
-    _, status, rusage = os.wait4(proc.pid, 0)
-    rc = proc.returncode = os.waitstatus_to_exitcode(status)
+    rc = proc.wait(timeout=600)
     t_done = time.perf_counter() - t0
-    cpu = rusage.ru_utime + rusage.ru_stime - cpu0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime - cpu0
     watcher.join(timeout=5)
     if errors or rc != 0:
         print(f"FAILED: rc={rc} errors={errors}\n{log.read_text()[-3000:]}", file=sys.stderr)
