@@ -578,7 +578,10 @@ class ForwardServer:
     ) -> bytes:
         conn.reading = True
         try:
-            data = await asyncio.wait_for(reader.read(size), timeout=timeout)
+            # asyncio.timeout, not wait_for: wait_for runs the read as a task of its own, one
+            # more task per read on the ingest path (and per in-flight turn, per drain).
+            async with asyncio.timeout(timeout):
+                data = await reader.read(size)
             conn.last_byte = time.monotonic()
             self.metrics.bytes_in.inc(len(data))
             return data
@@ -590,7 +593,8 @@ class ForwardServer:
     async def _drain(self, writer: asyncio.StreamWriter) -> None:
         """Wait for the peer to take our acks, but not forever (it holds a connection slot)."""
         try:
-            await asyncio.wait_for(writer.drain(), timeout=self.limits.idle_timeout)
+            async with asyncio.timeout(self.limits.idle_timeout):
+                await writer.drain()
         except TimeoutError:
             raise ConnectionClosed(
                 f"not reading its acks for {self.limits.idle_timeout:.0f}s", "idle_timeout"
@@ -840,7 +844,8 @@ class ForwardServer:
         timeout = None if conn.acks is False else BACKPRESSURE_CLOSE_SECONDS
         conn.held = True
         try:
-            return await asyncio.wait_for(turn, timeout)
+            async with asyncio.timeout(timeout):
+                return await turn
         except TimeoutError:
             self.metrics.inflight_closed.inc()
             raise ConnectionClosed(
