@@ -8,7 +8,8 @@ everything. Prints:
 * lines/s to acknowledged (durable in the buffer) and to committed Parquet (SIGTERM included);
 * lines per CPU-second of the whole aggregator process (all its threads, from the first frame
   to its exit: the socket reads, fsyncs and final flush included), the rate of one core, where
-  ``--stages`` times the pipeline's stages alone;
+  ``--stages`` times the pipeline's stages alone; and that CPU split between the event loop
+  (the main thread) and the other threads (buffer writes, flushes);
 * the aggregator's peak RSS;
 * Parquet bytes vs. the bytes the same lines take in Docker json-file logs (target <= 1/12),
   where the bytes of a row go, and the least zstd can store the random request ids in.
@@ -50,7 +51,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from bench.procfs import cpu_seconds, status_kib
+from bench.procfs import cpu_seconds, status_kib, thread_cpu
 from shipper import wire
 
 SERVICES = ["recipe", "checkout", "search", "billing", "auth", "catalog", "cart", "profile"]
@@ -236,9 +237,12 @@ def send(port: int, chunks: list[tuple[str, bytes]], window: int, errors: list[s
         errors.append(repr(exc))
 
 
-def watch_hwm(proc: subprocess.Popen, peak: dict[str, int]) -> None:
+def watch_hwm(
+    proc: subprocess.Popen, peak: dict[str, int], threads: dict[tuple[int, str], float]
+) -> None:
     """Track the aggregator's peak RSS (VmHWM, reset by exec, so the bench's own memory that a
-    forked child briefly shares is not counted) until it exits."""
+    forked child briefly shares is not counted) and the CPU of each of its threads until it
+    exits."""
     status = Path(f"/proc/{proc.pid}/status")
     while proc.poll() is None:
         try:
@@ -247,7 +251,23 @@ def watch_hwm(proc: subprocess.Popen, peak: dict[str, int]) -> None:
                     peak["kib"] = max(peak["kib"], int(line.split()[1]))
         except (OSError, ValueError):
             pass
+        threads.update(thread_cpu(proc.pid))
         time.sleep(0.05)
+
+
+def cpu_by_thread(
+    pid: int, start: dict[tuple[int, str], float], end: dict[tuple[int, str], float], total: float
+) -> str:
+    """Where the aggregator's CPU went from the first frame on: the event loop (the main
+    thread: socket reads, decoding, framing, acks) and the other threads (asyncio's executor:
+    buffer appends and fsyncs, flushes; the Parquet writers' pool). Python 3.11 names no OS
+    thread, so they are told apart by thread id only; a thread's last 50 ms may be missed."""
+    loop = sum(cpu - start.get(key, 0.0) for key, cpu in end.items() if key[0] == pid)
+    others = [cpu - start.get(key, 0.0) for key, cpu in end.items() if key[0] != pid]
+    return (
+        f"event loop {loop:.2f} s, other threads {sum(others):.2f} s ({len(others)} threads), "
+        f"unsampled {max(total - loop - sum(others), 0.0):.2f} s (threads' last 50 ms)"
+    )
 
 
 def parquet_files(
@@ -578,13 +598,15 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
             return 1
         time.sleep(0.05)
     peak = {"kib": 0}
-    watcher = threading.Thread(target=watch_hwm, args=(proc, peak), daemon=True)
+    by_thread: dict[tuple[int, str], float] = {}
+    watcher = threading.Thread(target=watch_hwm, args=(proc, peak, by_thread), daemon=True)
     watcher.start()
     fresh = freshness(port, warehouse)
 
     groups = per_connection(chunks, args.connections)
     errors: list[str] = []
     cpu0 = cpu_seconds(proc.pid)
+    by_thread0 = thread_cpu(proc.pid)
     t0 = time.perf_counter()
     threads = [threading.Thread(target=send, args=(port, g, args.window, errors)) for g in groups]
     for th in threads:
@@ -615,6 +637,7 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
         f"aggregator CPU             {n / cpu:,.0f} lines per CPU-second  ({cpu:.2f} s of its"
         " threads from the first frame to its exit: the lines/s of one core)"
     )
+    print(f"  by thread                {cpu_by_thread(proc.pid, by_thread0, by_thread, cpu)}")
     print(
         f"aggregator peak RSS        {peak['kib'] / 1024:,.0f} MiB  "
         f"({hwm_acked / 1024:,.0f} MiB until the last ack; the rest is the final flush)"

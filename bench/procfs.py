@@ -52,6 +52,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def thread_cpu(pid: int) -> dict[tuple[int, str], float]:
+    """User + system CPU seconds of each live thread of ``pid``, keyed by (thread id, name)."""
+    out: dict[tuple[int, str], float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[(int(tid), name)] = (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return out
+
+
 def usage(name: str, proc: subprocess.Popen) -> Usage:
     """The figures of a process that is still running (call right before stopping it)."""
     return Usage(name, status_kib(proc.pid, "VmHWM"), cpu_seconds(proc.pid))
