@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from aggregator.buffer import NODE_ID
-from aggregator.decode import BUFFER_COMPRESSIONS
+from aggregator.decode import BUFFER_COMPRESSIONS, DEFAULT_BUFFER_COMPRESSION
 from aggregator.envoy import FormatError, compile_format
 from aggregator.server import MAX_INFLIGHT_BYTES
 from athena.warehouse import WarehouseError, resolve_uri
@@ -79,7 +79,7 @@ class Settings:
     """Buffer size on disk beyond which acks are withheld and reading stops (backpressure)."""
     segment_bytes: int = 64 * MiB
     """A buffer segment this large is sealed and flushed before the flush interval is up."""
-    buffer_compression: str = "none"
+    buffer_compression: str = DEFAULT_BUFFER_COMPRESSION
     """Compression of buffer frames: none, lz4 or zstd (CPU vs. disk; see aggregator/decode)."""
     target_file_bytes: int = 128 * MiB
     """Compaction merges a closed hour's small files into files of about this size."""
@@ -176,7 +176,7 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ),
     (
         "--buffer-compression",
-        {"choices": BUFFER_COMPRESSIONS, "help": "buffer frames: none (default), lz4 or zstd"},
+        {"choices": BUFFER_COMPRESSIONS, "help": "buffer frames: none, lz4 (default) or zstd"},
     ),
     ("--target-file-bytes", {"type": int, "help": "compacted file size (default 128 MiB)"}),
     (

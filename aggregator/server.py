@@ -50,6 +50,7 @@ from aggregator.chunks import RecentChunks, chunk_key, frame_payload, names_data
 from aggregator.declared import DeclaredSize
 from aggregator.decode import (
     BAD_ENTRY_MARKER,
+    DEFAULT_BUFFER_COMPRESSION,
     FLUENT_SIGNALS,
     chunk_of,
     decode,
@@ -329,7 +330,7 @@ class ForwardServer:
         ssl_context: ssl.SSLContext | None = None,
         users: dict[str, str] | None = None,
         on_append: Callable[[], None] | None = None,
-        buffer_compression: str = "none",
+        buffer_compression: str = DEFAULT_BUFFER_COMPRESSION,
     ):
         self.buffer = buffer
         self.metrics = metrics

@@ -51,6 +51,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from aggregator.decode import BUFFER_COMPRESSIONS, DEFAULT_BUFFER_COMPRESSION
 from bench.procfs import cpu_seconds, status_kib, thread_cpu
 from shipper import wire
 
@@ -524,7 +525,12 @@ def main() -> int:
     ap.add_argument(
         "--istio", action="store_true", help="lines in Istio's proxy format (default: Envoy's)"
     )
-    ap.add_argument("--buffer-compression", default="none", choices=("none", "lz4", "zstd"))
+    ap.add_argument(
+        "--buffer-compression",
+        default=DEFAULT_BUFFER_COMPRESSION,
+        choices=BUFFER_COMPRESSIONS,
+        help=f"the aggregator's buffer frames (default {DEFAULT_BUFFER_COMPRESSION}, as its own)",
+    )
     ap.add_argument(
         "--unsized",
         action="store_true",
