@@ -790,7 +790,7 @@ _ROWS = struct.Struct(">I")
 #: ~0.4 µs a line more than none (encode + decode) and zstd ~0.8 µs; but the whole aggregator
 #: (``bench/ingest.py``) spends less CPU with lz4 than with none: 2.7 times fewer bytes to write,
 #: fsync and read back through the kernel, and fewer segments sealed by size (measured 2026-12-04,
-#: 1M lines, five alternating runs each: median ~250,000 lines per CPU-second with lz4 against
+#: 1M lines, five alternating runs each: median ~245,000 lines per CPU-second with lz4 against
 #: ~227,000 with none, and 20 Parquet objects against 38). Hence the default
 #: (:data:`DEFAULT_BUFFER_COMPRESSION`). Frames record their compression, so a buffer written
 #: with one setting replays under any other.
