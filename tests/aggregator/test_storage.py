@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from aggregator import storage as storage_mod
@@ -400,14 +400,21 @@ def int_columns(draw: st.DrawFn) -> pa.ChunkedArray:
     return pa.chunked_array([pa.array(piece, dtype) for piece in pieces], dtype)
 
 
-@given(int_columns(), st.sampled_from([0, 1, 3, 10]))
+@given(int_columns(), st.sampled_from([0, 1, 3, 10]), st.sampled_from([1, 4, 25, 10_000]))
+# the head holds every distinct value, as many as the limit; the one over it comes after the head
+@example(pa.chunked_array([pa.array([0, 100, 50, 0, 100, 100, 50], pa.int64())]), 3, 4)
+@example(pa.chunked_array([pa.array([0, 100, 50, 0, 100, 7, 50], pa.int64())]), 3, 4)
 @settings(max_examples=400, deadline=None)
-def test_the_integer_encoding_follows_the_values_only(column: pa.ChunkedArray, limit: int) -> None:
+def test_the_integer_encoding_follows_the_values_only(
+    column: pa.ChunkedArray, limit: int, head: int
+) -> None:
     """The choice for any integer column (narrow, unsigned, all null, one row, chunked with
     empty chunks) is what the values say, computed here the plain way: a dictionary for at most
     the limit of distinct values, DELTA when at least 90% of neighbours ascend, else PLAIN.
     Never an error (compaction runs the same choice over whatever the files hold), never an
-    answer bent by wrap-around (an unsigned difference is never negative)."""
+    answer bent by wrap-around (an unsigned difference is never negative), whatever the rows
+    counted first (``DISTINCT_HEAD_ROWS``: a head of nulls only, one shorter than the column,
+    or none)."""
     values = column.to_pylist()
     present = [v for v in values if v is not None]
     if len(set(present)) <= limit:
@@ -418,4 +425,5 @@ def test_the_integer_encoding_follows_the_values_only(column: pa.ChunkedArray, l
         expected = "DELTA_BINARY_PACKED" if ascending >= 0.9 * (len(values) - 1) else "PLAIN"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(storage_mod, "INT_DICTIONARY_MAX", limit)
+        patch.setattr(storage_mod, "DISTINCT_HEAD_ROWS", head)
         assert storage_mod._int_encoding(column) == expected
