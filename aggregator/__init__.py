@@ -11,6 +11,7 @@ Modules, in the order data flows through them:
   (parsing), :mod:`.writer`, :mod:`.storage` and :mod:`.durable` (objects, local or S3);
 * :mod:`.compaction` merges closed hours' small files; :mod:`.catalog` keeps the Athena DDL
   current; :mod:`.metrics` serves Prometheus metrics and ``/healthz``;
-* :mod:`.service` runs it all (``logq-aggregator``, also ``drain``), :mod:`.config` reads flags
-  and TOML, :mod:`.launch` is the console entry and :mod:`.memory` its allocator settings.
+* :mod:`.service` runs it all (``logq-aggregator``, also ``drain``), :mod:`.arguments` parses
+  the command line (light: before anything heavy), :mod:`.config` merges flags and TOML,
+  :mod:`.launch` is the console entry and :mod:`.memory` its allocator settings.
 """

@@ -77,11 +77,9 @@ from pathlib import Path
 
 from aggregator.chunks import JOURNAL_NAME, FlushedChunks, frame_chunks
 from aggregator.durable import fsync_dir, write_atomic
+from aggregator.flag_values import NODE_ID
 from aggregator.frames import HEADER, Scan, encode_frame, frame_header, scan_frames
 from shipper.errors import unusable_dir_message
-
-#: What a node id may hold: it starts every object key and ledger file this instance writes.
-NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 log = logging.getLogger("logq.aggregator.buffer")
 

@@ -4,7 +4,8 @@
 and exits; ``logq-aggregator drain --buffer-dir DIR`` writes out the buffer of an aggregator that
 is gone for good (its disk re-attached elsewhere) and exits. Serving is
 :class:`aggregator.service.Aggregator`; the console script enters through
-:mod:`aggregator.launch` (allocator settings first).
+:mod:`aggregator.launch` (the command line parsed first, then allocator settings). The parsers
+are :mod:`aggregator.arguments`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import sys
 from pathlib import Path
 
 from aggregator import logs
+from aggregator.arguments import Command, parse_command_line
 from aggregator.config import (
     ConfigError,
     Settings,
-    add_serve_flags,
     blame_warehouse,
     load_settings,
 )
@@ -52,42 +53,10 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (
     UnresolvableHost,
 )
 
-EPILOG = (
-    "exit status: 0 stopped (SIGTERM/SIGINT) with every acknowledged record in the warehouse "
-    "(drain: the buffer written out); 1 a failure at run time, named in one line with what to "
-    "do (a port in use, a DNS failure to retry, a --buffer-dir or --warehouse folder that "
-    "cannot be written, a full disk, a stop that ran out of --stop-timeout with data left in "
-    "the buffer); 2 a usage error: a bad flag or --config value, a --listen or "
-    "--metrics-listen host name that does not exist, or a --buffer-dir copied from a running "
-    "aggregator's"
-)
 
-
-def _serve_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="logq-aggregator",
-        description="Forward protocol server: buffers durably, writes partitioned Parquet. "
-        "Subcommands: 'logq-aggregator compact --help', 'logq-aggregator drain --help'.",
-        epilog=EPILOG,
-    )
-    add_serve_flags(parser)
-    return parser
-
-
-def _drain_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="logq-aggregator drain",
-        description="Write out the buffer of an aggregator that is gone for good (its "
-        "--buffer-dir re-attached here), skipping lines other aggregators already stored, "
-        "then exit. Takes the aggregator's flags and --config; no port is opened.",
-        epilog=EPILOG,
-    )
-    add_serve_flags(parser)
-    return parser
-
-
-def serve(argv: list[str], drain: bool = False) -> int:
-    args = (_drain_parser() if drain else _serve_parser()).parse_args(argv)
+def serve(args: argparse.Namespace, drain: bool = False) -> int:
+    """Serve (or ``drain``) with the parsed flags ``args``
+    (:func:`aggregator.arguments.serve_parser`): the exit status."""
     if drain and not (args.buffer_dir or args.config):
         print(
             "logq-aggregator drain: pass --buffer-dir DIR (the buffer to write out)",
@@ -125,14 +94,18 @@ def exit_status(exc: Exception) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "compact":
-        from aggregator.compaction.command import compact_main
+    """Run the command ``argv`` (default: ``sys.argv[1:]``) names: the exit status."""
+    return run(parse_command_line(argv))
 
-        return compact_main(argv[1:])
-    if argv and argv[0] == "drain":
-        return serve(argv[1:], drain=True)
-    return serve(argv)
+
+def run(command: Command) -> int:
+    """Run a parsed command line (:func:`aggregator.arguments.parse_command_line`, which
+    :mod:`aggregator.launch` calls before it imports this module): the exit status."""
+    if command.name == "compact":
+        from aggregator.compaction.command import compact
+
+        return compact(command.args)
+    return serve(command.args, drain=command.name == "drain")
 
 
 if __name__ == "__main__":

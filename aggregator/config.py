@@ -1,5 +1,8 @@
 """Settings of ``logq-aggregator``: command-line flags, a TOML ``--config`` file, and defaults.
 
+The flags themselves (names, help, choices) are :mod:`aggregator.arguments`; this module merges
+their values with the file's and checks them.
+
 Every flag is also a key of the TOML file (dashes or underscores, e.g. ``flush-interval = 5`` or
 ``flush_interval = 5``, but not both: two spellings of one setting are an error), optionally
 under an ``[aggregator]`` table; a ``[shipper]`` table is the shipper's and skipped, so one file
@@ -14,10 +17,14 @@ import argparse
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from aggregator.buffer import NODE_ID
-from aggregator.decode import BUFFER_COMPRESSIONS, DEFAULT_BUFFER_COMPRESSION
 from aggregator.envoy import FormatError, compile_format
-from aggregator.server import MAX_INFLIGHT_BYTES
+from aggregator.flag_values import (
+    BUFFER_COMPRESSIONS,
+    DEFAULT_BUFFER_COMPRESSION,
+    DEFAULT_LISTEN,
+    MAX_INFLIGHT_BYTES,
+    NODE_ID,
+)
 from athena.warehouse import WarehouseError, resolve_uri
 from shipper.config import (
     at_least,
@@ -30,10 +37,9 @@ from shipper.config import (
 )
 from shipper.config import file_setting_names as shipper_file_keys
 from shipper.errors import flag_of, shown_value
-from shipper.version import VersionAction
-from shipper.wire import MAX_MESSAGE_BYTES, MAX_MESSAGE_ENTRIES
+from shipper.wire import MAX_MESSAGE_BYTES
+from shipper.wire_limits import MAX_MESSAGE_ENTRIES
 
-DEFAULT_LISTEN = "127.0.0.1:24224"
 MiB = 1024 * 1024
 #: The smallest ``--max-frame-bytes``: the largest message a logq-shipper builds
 #: (:data:`shipper.wire.MAX_MESSAGE_BYTES`, 4 MiB; its batches close before they pass it). A
@@ -80,7 +86,7 @@ class Settings:
     segment_bytes: int = 64 * MiB
     """A buffer segment this large is sealed and flushed before the flush interval is up."""
     buffer_compression: str = DEFAULT_BUFFER_COMPRESSION
-    """Compression of buffer frames: none, lz4 or zstd (CPU vs. disk; see aggregator/decode)."""
+    """Compression of buffer frames: none, lz4 or zstd (CPU vs. disk: aggregator/flag_values)."""
     target_file_bytes: int = 128 * MiB
     """Compaction merges a closed hour's small files into files of about this size."""
     compact_interval: float = 0.0
@@ -132,110 +138,6 @@ def split_host_port(value: str, what: str) -> tuple[str, int]:
 def listening_text(addresses: list[tuple[str, int]]) -> str:
     """``0.0.0.0:24224 and [::]:24224``: every address listened on, as a flag writes it."""
     return " and ".join(join_host_port(host, port) for host, port in addresses)
-
-
-_FLAGS: list[tuple[str, dict[str, Any]]] = [
-    ("--listen", {"help": f"HOST:PORT of the Forward server (default {DEFAULT_LISTEN})"}),
-    (
-        "--warehouse",
-        {"help": "local dir or s3://bucket/prefix ($LOGQ_WAREHOUSE, ./logq-warehouse)"},
-    ),
-    ("--buffer-dir", {"help": "directory of the durable buffer (default ./logq-buffer)"}),
-    ("--flush-interval", {"type": float, "help": "seconds between flushes (default 10)"}),
-    ("--shared-key", {"help": "require the Forward shared-key handshake with this key"}),
-    (
-        "--user",
-        {
-            "action": "append",
-            "dest": "users",
-            "metavar": "NAME:PASSWORD",
-            "help": "also require this user in the handshake (repeatable; better in --config)",
-        },
-    ),
-    ("--metrics-listen", {"help": "HOST:PORT for Prometheus /metrics and /healthz"}),
-    (
-        "--unhealthy-after",
-        {"type": float, "help": "/healthz says 503 after flushes failed this long (300 s)"},
-    ),
-    (
-        "--retry-max-interval",
-        {"type": float, "help": "longest wait between retries of a failing flush (60 s)"},
-    ),
-    (
-        "--max-frame-bytes",
-        {"type": int, "help": "largest Forward message (default 32 MiB, at least 4 MiB)"},
-    ),
-    ("--buffer-limit-bytes", {"type": int, "help": "buffer size that withholds acks (1 GiB)"}),
-    (
-        "--segment-bytes",
-        {
-            "type": int,
-            "help": "seal a buffer segment at this size (64 MiB); a flush writes one object per "
-            "partition and segment",
-        },
-    ),
-    (
-        "--buffer-compression",
-        {"choices": BUFFER_COMPRESSIONS, "help": "buffer frames: none, lz4 (default) or zstd"},
-    ),
-    ("--target-file-bytes", {"type": int, "help": "compacted file size (default 128 MiB)"}),
-    (
-        "--compact-interval",
-        {
-            "type": float,
-            "help": "compact every N s (default 0: off); safe on every aggregator: the live one "
-            "with the smallest node id compacts",
-        },
-    ),
-    (
-        "--max-message-entries",
-        {"type": int, "help": f"entries in one Forward message (default {MAX_MESSAGE_ENTRIES:,})"},
-    ),
-    ("--max-connections", {"type": int, "help": "concurrent connections (default 1024)"}),
-    (
-        "--max-inflight-bytes",
-        {
-            "type": int,
-            "help": "bytes of messages read and not yet durable, all connections together; "
-            "past it reading waits (default 256 MiB)",
-        },
-    ),
-    ("--idle-timeout", {"type": float, "help": "close silent connections after (600 s)"}),
-    (
-        "--stop-timeout",
-        {
-            "type": float,
-            "help": "a stop (SIGTERM) ends within this many seconds, exit 1 if the warehouse "
-            "did not take the buffer by then (default 90; keep it below the SIGKILL deadline)",
-        },
-    ),
-    ("--tls-cert", {"help": "PEM certificate: serve Forward over TLS"}),
-    ("--tls-key", {"help": "PEM private key of --tls-cert"}),
-    ("--athena-database", {"help": "apply the DDL to this Athena database"}),
-    ("--athena-workgroup", {"help": "Athena workgroup for the DDL queries"}),
-    ("--athena-output", {"help": "s3:// location for Athena query results"}),
-    (
-        "--envoy-format",
-        {
-            "action": "append",
-            "dest": "envoy_formats",
-            "metavar": "FORMAT",
-            "help": "Envoy access-log format string, tried before the built-in ones (repeatable)",
-        },
-    ),
-    ("--node-id", {"help": "object key prefix of this instance (default: persisted random id)"}),
-    ("--log-level", {"help": "debug, info, warning or error (default info)"}),
-]
-
-
-def add_serve_flags(parser: argparse.ArgumentParser) -> None:
-    """Add every serve flag with a default of None (so config-file values can fill the gaps)."""
-    parser.add_argument(
-        "--config", help="TOML file whose keys are these flags (optionally under [aggregator])"
-    )
-    for flag, kwargs in _FLAGS:
-        parser.add_argument(flag, default=None, **kwargs)
-    parser.add_argument("--version", action=VersionAction)
 
 
 #: ``--config`` keys (the canonical ones, as the flags spell them) whose :class:`Settings` field

@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from aggregator import clientmeta, packed, packed_scan, small_frames
+from aggregator.flag_values import BUFFER_COMPRESSIONS
 from aggregator.tags import tag_service
 from aggregator.throttle import Throttle
 from athena.schema import sanitize_service
@@ -785,18 +786,6 @@ def _chunk(options: Any) -> str | None:
 
 _ROWS = struct.Struct(">I")
 
-#: Buffer frame compressions (``--buffer-compression``). Per Envoy line: ``none`` ~260 bytes of
-#: disk, ``lz4`` ~95, ``zstd`` ~55. In process alone (``bench/ingest.py --stages``) lz4 costs
-#: ~0.4 µs a line more than none (encode + decode) and zstd ~0.8 µs; but the whole aggregator
-#: (``bench/ingest.py``) spends less CPU with lz4 than with none: 2.7 times fewer bytes to write,
-#: fsync and read back through the kernel, and fewer segments sealed by size (measured 2026-12-04,
-#: 1M lines, five alternating runs each: median ~245,000 lines per CPU-second with lz4 against
-#: ~227,000 with none, and 20 Parquet objects against 38). Hence the default
-#: (:data:`DEFAULT_BUFFER_COMPRESSION`). Frames record their compression, so a buffer written
-#: with one setting replays under any other.
-BUFFER_COMPRESSIONS = ("none", "lz4", "zstd")
-#: ``--buffer-compression`` when not given.
-DEFAULT_BUFFER_COMPRESSION = "lz4"
 _IPC_OPTIONS = {
     name: pa.ipc.IpcWriteOptions(compression=None if name == "none" else name, use_threads=False)
     for name in BUFFER_COMPRESSIONS

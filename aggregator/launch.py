@@ -3,7 +3,9 @@
 Arrow picks its native memory pool from ``ARROW_DEFAULT_MEMORY_POOL`` when pyarrow loads, and
 glibc's arena limit only binds threads created after it is set (see :mod:`.memory`). Both must
 happen before :mod:`.service` imports pyarrow and the AWS SDK starts its threads, so the console
-script enters here rather than in :mod:`.commands`.
+script enters here rather than in :mod:`.commands`. The command line is parsed before either
+(:func:`aggregator.arguments.parse_command_line`, light modules only): ``--help``, ``--version``
+and a bad flag need none of it.
 
 This module imports nothing heavy itself: :func:`main` imports with SIGINT held back
 (:func:`shipper.startup.deferred_interrupts`), so a Ctrl-C during start-up -- importing pyarrow
@@ -30,13 +32,18 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.enable()
     redeliver_dropped_interrupts()
     with deferred_interrupts("logq-aggregator"):
+        # --help, --version and a usage error end here, before the heavy imports (pyarrow,
+        # the server, the compaction code): answered in tens of milliseconds, not 0.6 s.
+        from aggregator.arguments import parse_command_line
+
+        command = parse_command_line(argv)
         from aggregator.memory import tune_memory_early
 
         tune_memory_early()
         arrow_without_pandas()
-        from aggregator.commands import main as service_main
+        from aggregator.commands import run
     try:
-        return service_main(argv)
+        return run(command)
     except (KeyboardInterrupt, RuntimeError) as exc:
         if not is_interrupt(exc):
             raise

@@ -42,6 +42,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from aggregator import listen
 from aggregator.batch import service_column
 from aggregator.throttle import Throttle
+from athena.table_names import TABLE_NAMES
 from shipper import wire
 from shipper.discover import names_service
 from shipper.metric_bounds import (
@@ -80,9 +81,6 @@ CLOSE_REASONS = (
 #: buffered (not stored: the client resends it); ``stored``, it closed while the message was
 #: being made durable (stored, and resent by the client: its lines may be stored twice).
 ABANDONED_OUTCOMES = ("dropped", "stored")
-#: Tables of ``logq_aggregator_rows_written_total{table,service}`` and the other per-service
-#: series (each created at 0 for a service's both tables, see :meth:`Metrics.services_seen`).
-TABLES = ("envoy_access", "container_logs")
 #: Names (services, tags) remembered by :meth:`Metrics.messages_received` before it starts
 #: again: bounded, as tags can carry container ids while their service stays the same.
 _SERVICE_KEYS_MAX = 10_000
@@ -328,8 +326,8 @@ class Metrics:
             for metric, labels in (
                 (self.parse_failures, (service,)),
                 (self.times_replaced, (service,)),
-                *((self.rows_outside_projection, (table, service)) for table in TABLES),
-                *((self.rows_written, (table, service)) for table in TABLES),
+                *((self.rows_outside_projection, (table, service)) for table in TABLE_NAMES),
+                *((self.rows_written, (table, service)) for table in TABLE_NAMES),
             ):
                 with contextlib.suppress(KeyError):  # never created (no rows of that table)
                     metric.remove(*labels)
@@ -363,7 +361,8 @@ class Metrics:
                 return label
         self.parse_failures.labels(label)
         self.times_replaced.labels(label)
-        for table in TABLES:
+        # rows_written{table,service} and rows_outside_projection: at 0 for both tables.
+        for table in TABLE_NAMES:
             self.rows_outside_projection.labels(table, label)
             self.rows_written.labels(table, label)
         return label

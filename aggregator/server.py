@@ -50,13 +50,13 @@ from aggregator.chunks import RecentChunks, chunk_key, frame_payload, names_data
 from aggregator.declared import DeclaredSize
 from aggregator.decode import (
     BAD_ENTRY_MARKER,
-    DEFAULT_BUFFER_COMPRESSION,
     FLUENT_SIGNALS,
     chunk_of,
     decode,
     has_chunk,
     other_signal,
 )
+from aggregator.flag_values import DEFAULT_BUFFER_COMPRESSION, MAX_INFLIGHT_BYTES
 from aggregator.inflate import Inflater, Unfinished
 from aggregator.inflight import InflightBytes, Share
 from aggregator.metrics import Metrics
@@ -86,9 +86,6 @@ SOCKET_RCVBUF = 128 * 1024
 #: connection lives (msgpack grows it, never shrinks it): between messages, past this many
 #: bytes fed, it is replaced by a new one (a Fluent Bit connection lives for hours).
 UNPACKER_RENEW_BYTES = 1024 * 1024
-#: Default of ``--max-inflight-bytes``: bytes of messages read and not yet durable, all
-#: connections together (docs/operations.md section 3, "memory").
-MAX_INFLIGHT_BYTES = 256 * 1024 * 1024
 HANDSHAKE_TIMEOUT = 30.0
 #: Most bytes a client may send before its PING is complete. A PING is a few hundred bytes;
 #: without this bound an unauthenticated client could make the server buffer a PING of up to

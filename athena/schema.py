@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
+from athena.table_names import CONTAINER_LOGS_NAME, ENVOY_ACCESS_NAME, TABLE_NAMES
 from athena.timerange import dt_of as dt_of  # the dt value of a time, defined there
 
 #: Partition value format for ``dt``: the UTC hour.
@@ -76,7 +77,7 @@ _COMMON_HEAD = (
 )
 
 ENVOY_ACCESS = Table(
-    name="envoy_access",
+    name=ENVOY_ACCESS_NAME,
     comment="One row per Envoy access-log line",
     columns=(
         *_COMMON_HEAD,
@@ -103,7 +104,7 @@ ENVOY_ACCESS = Table(
 )
 
 CONTAINER_LOGS = Table(
-    name="container_logs",
+    name=CONTAINER_LOGS_NAME,
     comment="One row per container output line that is not an Envoy access-log line",
     columns=(
         *_COMMON_HEAD,
@@ -113,6 +114,7 @@ CONTAINER_LOGS = Table(
 )
 
 TABLES: dict[str, Table] = {t.name: t for t in (ENVOY_ACCESS, CONTAINER_LOGS)}
+assert tuple(TABLES) == TABLE_NAMES, TABLES  # athena/table_names.py: their names, in order
 PARTITION_KEYS = ("service", "dt")
 #: The name of a compaction output: ``c-`` and 20 hex digits. A flush object is named
 #: ``<node id>-<16 digits>-<4 digits>.parquet`` (a node may be called ``c``), so the two never

@@ -51,7 +51,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from aggregator.decode import BUFFER_COMPRESSIONS, DEFAULT_BUFFER_COMPRESSION
+from aggregator.flag_values import BUFFER_COMPRESSIONS, DEFAULT_BUFFER_COMPRESSION
 from bench.procfs import cpu_seconds, status_kib, thread_cpu
 from shipper import wire
 

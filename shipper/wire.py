@@ -36,6 +36,8 @@ from typing import Any
 
 import msgpack
 
+from shipper.wire_limits import MAX_MESSAGE_ENTRIES as MAX_MESSAGE_ENTRIES  # defined there
+
 EVENT_TIME_EXT = 0
 _EVENT_TIME = struct.Struct(">II")
 NS_PER_SECOND = 1_000_000_000
@@ -200,12 +202,6 @@ def encode_forward(
 # --- decoding (the aggregator side) ------------------------------------------------------------
 
 
-#: Most entries one message may hold (and longest array or map in it), unless the caller says
-#: otherwise. A message's memory grows with its entry count, not its bytes: a gzip blob of 16 KB
-#: inflates to 5 million 3-byte ``[0, {}]`` entries, ~2 GB of Python objects. Real clients send
-#: far fewer: logq-shipper 2,048 lines, Fluent Bit 2 MB chunks, Fluentd 8 MB chunks (~100,000
-#: lines of 80 bytes).
-MAX_MESSAGE_ENTRIES = 500_000
 #: PackedForward blobs are unpacked this many bytes at a time (:func:`unpack_entries`).
 _UNPACK_SLICE = 1024 * 1024
 #: Array and map elements one message may build: 128 per entry of its entry limit, and

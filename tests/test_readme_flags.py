@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.config import add_serve_flags
+from aggregator.arguments import add_serve_flags
 from shipper.config import build_parser
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -57,12 +57,13 @@ def documented_keys(program: str) -> set[str]:
 def test_every_config_key_and_alias_is_documented() -> None:
     """The accepted spellings were undocumented: ``aggregators``, ``paths``, ``envoy_formats``
     and ``users`` worked, and with a second spelling of a setting the last silently won."""
+    from aggregator import arguments
     from aggregator import config as agg
     from shipper import config as ship
 
     shipper = {k.replace("-", "_") for k in ship.file_setting_names()} - set(ship.FILE_ALIASES)
     assert documented_keys("logq-shipper") == shipper
-    aggregator = {flag[2:].replace("-", "_") for flag, _ in agg._FLAGS}
+    aggregator = {flag[2:].replace("-", "_") for flag, _ in arguments._FLAGS}
     assert documented_keys("logq-aggregator") == aggregator
     # What the loader takes (a Settings field without a flag would be a key too).
     fields = {agg._FILE_KEYS.get(f.name, f.name) for f in dataclasses.fields(agg.Settings)}

@@ -1,23 +1,25 @@
-"""``logq-aggregator compact``: one compaction pass over the warehouse, then exit."""
+"""``logq-aggregator compact``: one compaction pass over the warehouse, then exit.
+
+Its command line is :mod:`aggregator.compaction.arguments` (parsed before anything heavy is
+imported).
+"""
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-import textwrap
 import time
 from datetime import timedelta
 
 import pyarrow.fs as pafs
 
+from aggregator.compaction.arguments import DEFERRED_TOO_LONG_EXIT, parse_compact_args
 from aggregator.compaction.grace import DEFAULT_GRACE, safe_grace
 from aggregator.compaction.listing import DEFAULT_LOOKBACK
 from aggregator.compaction.notes import PassNotes
 from aggregator.compaction.passes import compact_warehouse
 from aggregator.ledger import Heartbeat, compaction_blocker, read_heartbeats
 from aggregator.storage import StorageError
-from athena.schema import TABLES
 from athena.warehouse import Warehouse, WarehouseError, check_folder, open_warehouse
 
 
@@ -34,16 +36,6 @@ def _check_exists(wh: Warehouse) -> None:
         raise WarehouseError(
             f"the warehouse {wh.uri} does not exist (no bucket {bucket}); check --warehouse"
         )
-
-
-#: ``compact``'s exit status when its pass has been deferred for longer than
-#: ``--max-deferral-hours``: a failed CronJob run (kube_job_failed), told apart from a pass that
-#: failed (1) or a usage error (2).
-DEFERRED_TOO_LONG_EXIT = 3
-#: Default ``--max-deferral-hours``: a crashed aggregator is back in minutes (a pod rescheduled
-#: with its volume in well under an hour); one still down after this was scaled in, or its node
-#: lost, and waits for an operator's ``drain``, which only an alert gets done.
-MAX_DEFERRAL_HOURS = 2.0
 
 
 def _deferred_for(beats: list[Heartbeat], now: float) -> float:
@@ -85,80 +77,16 @@ def _lookback(every: bool, hours: float | None) -> timedelta | None:
     return DEFAULT_LOOKBACK if hours is None else timedelta(hours=hours)
 
 
-def _paragraph(text: str) -> str:
-    """``text`` wrapped for ``--help`` without breaking a flag at its hyphens (argparse's own
-    wrapping printed ``--max-deferral-`` and ``hours`` on two lines)."""
-    return textwrap.fill(text, width=79, break_on_hyphens=False)
-
-
 def compact_main(argv: list[str]) -> int:
     """``logq-aggregator compact``: one compaction pass over the warehouse, then exit."""
-    from aggregator.config import ConfigError, Settings, blame_warehouse, load_settings
+    return compact(parse_compact_args(argv))
 
-    parser = argparse.ArgumentParser(
-        prog="logq-aggregator compact",
-        description=_paragraph(
-            "Merge closed hours' small Parquet files into large ones (Athena's small-files "
-            "problem). Safe to run while aggregators are writing."
-        ),
-        epilog=_paragraph(
-            "exit status: 0 done (also deferred, while a restart may still end the wait); 1 a "
-            "pass that failed or a warehouse that does not exist; 2 a usage error (a bad flag, "
-            f"--config or --warehouse); {DEFERRED_TOO_LONG_EXIT} deferred for longer than "
-            "--max-deferral-hours, or for a heartbeat the warehouse refuses (--force merges "
-            "anyway)"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", help="the aggregator's TOML file (warehouse, sizes)")
-    parser.add_argument(
-        "--warehouse",
-        help="local dir or s3://bucket/prefix (default $LOGQ_WAREHOUSE, else ./logq-warehouse)",
-    )
-    parser.add_argument("--target-file-bytes", type=int, help="output file size (128 MiB)")
-    parser.add_argument("--table", action="append", choices=list(TABLES), help="only this table")
-    parser.add_argument("--service", help="only this (sanitised) service")
-    parser.add_argument(
-        "--grace-minutes",
-        type=float,
-        help="an hour is closed this long after it ends, if no file is younger (30; raised "
-        "to 10 flush intervals of the slowest-flushing aggregator + 6 minutes when longer, "
-        "unless given with --force)",
-    )
-    parser.add_argument(
-        "--lookback-hours",
-        type=float,
-        help="only hours that ended within this many hours (default: 48 before the last "
-        "completed pass, at least 48, at most 30 days)",
-    )
-    parser.add_argument("--all", action="store_true", help="every closed hour, however old")
-    parser.add_argument(
-        "--max-deferral-hours",
-        type=float,
-        default=MAX_DEFERRAL_HOURS,
-        help="a pass deferred for an aggregator that stopped without writing out its buffer "
-        "exits 0 while that has lasted at most this long (a restart ends it), then exits "
-        f"{DEFERRED_TOO_LONG_EXIT} so that the failed run is noticed (it needs a drain: "
-        f"default {MAX_DEFERRAL_HOURS:g})",
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="compact even while an aggregator that stopped without writing out its buffer "
-        "has not been restarted or drained, and with a --grace-minutes given below the safe "
-        "one (its replay may then store some rows twice)",
-    )
-    args = parser.parse_args(argv)
-    for flag, value, most in (
-        ("--grace-minutes", args.grace_minutes, 7 * 24 * 60),
-        ("--lookback-hours", args.lookback_hours, 10 * 366 * 24),
-        ("--max-deferral-hours", args.max_deferral_hours, 10 * 366 * 24),
-    ):
-        if value is None:
-            continue
-        if not (math.isfinite(value) and 0 <= value <= most):
-            parser.error(f"{flag} must be a number from 0 to {most}, got {value}")
+
+def compact(args: argparse.Namespace) -> int:
+    """The compaction pass of a parsed command line (:func:`parse_compact_args`): the exit
+    status."""
     from aggregator import logs
+    from aggregator.config import ConfigError, Settings, blame_warehouse, load_settings
 
     logs.setup("info")
     settings: Settings | None = None

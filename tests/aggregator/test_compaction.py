@@ -24,7 +24,8 @@ import aggregator.compaction.grace as grace_mod
 import aggregator.compaction.listing as listing_mod
 import aggregator.compaction.passes as passes_mod
 from aggregator.batch import records_table, route
-from aggregator.compaction.command import DEFERRED_TOO_LONG_EXIT, compact_main
+from aggregator.compaction.arguments import DEFERRED_TOO_LONG_EXIT
+from aggregator.compaction.command import compact_main
 from aggregator.compaction.intents import finish_intents
 from aggregator.compaction.partition import compact_partition
 from aggregator.compaction.passes import CompactionFailed, compact_warehouse

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
+from aggregator.arguments import add_serve_flags
 from aggregator.buffer import Buffer
 from aggregator.commands import main
 from aggregator.config import (
     MIN_FRAME_BYTES,
     ConfigError,
     Settings,
-    add_serve_flags,
     load_settings,
 )
 from tests.support.procs import console_script

@@ -141,7 +141,8 @@ def test_the_default_entry_limit_is_the_documented_one(monkeypatch: pytest.Monke
     import argparse
     import inspect
 
-    from aggregator.config import add_serve_flags, load_settings
+    from aggregator.arguments import add_serve_flags
+    from aggregator.config import load_settings
     from aggregator.server import ServerLimits
 
     assert wire.MAX_MESSAGE_ENTRIES == 500_000

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 import aggregator.server as server_mod
-from aggregator.config import ConfigError, add_serve_flags, load_settings
+from aggregator.arguments import add_serve_flags
+from aggregator.config import ConfigError, load_settings
 from aggregator.inflight import InflightBytes
 from aggregator.metrics import Metrics
 from aggregator.server import FIRST_READ, ServerLimits

@@ -162,7 +162,7 @@ def test_early_tuning_moves_arrows_native_pool_too(subprocess_env: dict[str, str
 _FATAL = """
 import os, signal
 import aggregator.commands
-aggregator.commands.main = lambda argv: os.kill(os.getpid(), signal.SIGBUS)
+aggregator.commands.run = lambda command: os.kill(os.getpid(), signal.SIGBUS)
 from aggregator.launch import main
 main([])
 """
@@ -187,7 +187,7 @@ _NO_PANDAS = """
 import json, sys
 import aggregator.commands
 
-def serve(argv):
+def serve(command):
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -210,7 +210,7 @@ def serve(argv):
     print(json.dumps(arrow))
     return 0
 
-aggregator.commands.main = serve
+aggregator.commands.run = serve
 if sys.argv[1] == "launch":
     from aggregator.launch import main
     sys.exit(main([]))
