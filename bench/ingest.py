@@ -14,12 +14,14 @@ everything. Prints:
 * Parquet bytes vs. the bytes the same lines take in Docker json-file logs (target <= 1/12),
   where the bytes of a row go, and the least zstd can store the random request ids in.
 
-Usage: ``python bench/ingest.py [--lines N] [--chunk N] [--connections N] [--warehouse URI]
-[--unsized] [--gzip] [--istio]`` (a ``s3://`` warehouse uses the standard AWS settings, e.g.
-a local SeaweedFS; ``--istio`` sends lines in Istio's proxy format; ``--unsized`` sends the
-chunks without the ``size`` option, as Fluent Bit without ``Send_options true``, Fluentd and
-fluent-logger do; ``--gzip`` sends them gzipped, CompressedPackedForward, as
-``logq-shipper --compress gzip`` and Fluent Bit's ``Compress gzip`` do).
+Usage: ``python bench/ingest.py [--lines N] [--runs N] [--chunk N] [--connections N]
+[--warehouse URI] [--unsized] [--gzip] [--istio]`` (``--runs N`` measures N aggregators one
+after another and prints the median of each figure; a ``s3://`` warehouse uses the standard
+AWS settings, e.g. a local SeaweedFS; ``--istio`` sends lines in Istio's proxy format;
+``--unsized`` sends the chunks without the ``size`` option, as Fluent Bit without
+``Send_options true``, Fluentd and fluent-logger do; ``--gzip`` sends them gzipped,
+CompressedPackedForward, as ``logq-shipper --compress gzip`` and Fluent Bit's ``Compress gzip``
+do).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -519,8 +522,8 @@ def main() -> int:
     ap.add_argument(
         "--runs",
         type=int,
-        default=3,
-        help="with --stages: whole pipeline runs (after one warm-up run)",
+        help="aggregators measured one after another, then the medians (default 1); with "
+        "--stages: whole pipeline runs after one warm-up run (default 3)",
     )
     ap.add_argument(
         "--istio", action="store_true", help="lines in Istio's proxy format (default: Envoy's)"
@@ -545,7 +548,7 @@ def main() -> int:
     if args.stages and args.gzip:
         ap.error("--gzip is for the whole pipeline: not with --stages")
     if args.stages:
-        sized, runs = not args.unsized, max(1, args.runs)
+        sized, runs = not args.unsized, max(1, args.runs or 3)
         stages(args.lines, args.chunk, args.buffer_compression, sized, runs, args.istio)
         return 0
 
@@ -557,6 +560,7 @@ def main() -> int:
         s3_server, warehouse, s3_env = start_s3()
         env.update(s3_env)
     try:
+        args.runs = args.runs or 1
         return run(args, tmp, warehouse, env)
     finally:
         if s3_server is not None:
@@ -567,12 +571,66 @@ def main() -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class RunFigures:
+    """What one aggregator run measured (rates in lines per second)."""
+
+    acked: float
+    committed: float
+    per_cpu_second: float
+    peak_mib: float
+
+
 def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]) -> int:
+    """Generate the lines once, then measure ``args.runs`` aggregators (a fresh one each, with
+    its own buffer and warehouse) and, with several, print the median of each figure: on a
+    shared VM whose speed drifts by tens of percent, the median run is the figure to hold
+    against a target. Compacts the last run's warehouse."""
     print(f"generating {args.lines:,} Envoy lines ...", flush=True)
     lines = make_lines(args.lines, istio=args.istio)
     raw = docker_json_bytes(lines)
     chunks = encode_chunks(lines, args.chunk, not args.unsized, args.gzip)
     del lines
+    runs = max(1, args.runs)
+    figures: list[RunFigures] = []
+    for number in range(runs):
+        where, folder = warehouse, tmp
+        if runs > 1:
+            print(f"--- run {number + 1} of {runs}")
+            where, folder = f"{warehouse.rstrip('/')}/run-{number + 1}", tmp / f"run-{number + 1}"
+            folder.mkdir()
+        measured = one_run(args, folder, where, env, chunks, raw)
+        if measured is None:
+            return 1
+        figures.append(measured)
+    if runs > 1:
+        print_medians(figures)
+    return compacted(where, env, raw, args.lines)
+
+
+def print_medians(figures: list[RunFigures]) -> None:
+    """The median of each figure over the runs, and every run's value (in run order)."""
+
+    def line(label: str, values: list[float], unit: str) -> None:
+        each = ", ".join(f"{v:,.0f}" for v in values)
+        print(f"{label:<26} {statistics.median(values):,.0f} {unit}  (runs: {each})")
+
+    print(f"--- median of {len(figures)} runs")
+    line("acknowledged (durable)", [f.acked for f in figures], "lines/s")
+    line("committed to Parquet", [f.committed for f in figures], "lines/s")
+    line("aggregator CPU", [f.per_cpu_second for f in figures], "lines per CPU-second")
+    line("aggregator peak RSS", [f.peak_mib for f in figures], "MiB")
+
+
+def one_run(
+    args: argparse.Namespace,
+    tmp: Path,
+    warehouse: str,
+    env: dict[str, str],
+    chunks: list[tuple[str, str, bytes]],
+    raw: int,
+) -> RunFigures | None:
+    """Start an aggregator, send it every chunk, stop it, print what it took (None: failed)."""
     exe = Path(sys.executable).parent / "logq-aggregator"
     log = tmp / "aggregator.log"
     cmd = [
@@ -601,7 +659,7 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
         elif proc.poll() is not None or time.monotonic() > deadline:
             print(log.read_text(), file=sys.stderr)
             proc.kill()
-            return 1
+            return None
         time.sleep(0.05)
     peak = {"kib": 0}
     by_thread: dict[tuple[int, str], float] = {}
@@ -630,7 +688,7 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
     watcher.join(timeout=5)
     if errors or rc != 0:
         print(f"FAILED: rc={rc} errors={errors}\n{log.read_text()[-3000:]}", file=sys.stderr)
-        return 1
+        return None
     pq_bytes, n_files = parquet_stats(warehouse)
     n = args.lines
     where = "S3 (SeaweedFS)" if warehouse.startswith("s3://") else "local disk"
@@ -654,7 +712,7 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
     rows, sizes = column_bytes(warehouse)
     if rows != n:  # every line is an access line of a built-in format
         print(f"FAILED: {rows:,} envoy_access rows for {n:,} lines sent", file=sys.stderr)
-        return 1
+        return None
     if rows:
         top = sorted(sizes.items(), key=lambda kv: -kv[1])
         print(
@@ -667,7 +725,7 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
         )
     print(f"freshness                  {fresh:.2f} s from ack to readable ")
     print(f"                           (flush interval {args.flush_interval:g} s; target <= +2 s)")
-    return compacted(warehouse, env, raw, n)
+    return RunFigures(n / t_ack, n / t_done, n / cpu, peak["kib"] / 1024)
 
 
 def compacted(warehouse: str, env: dict[str, str], raw: int, n: int) -> int:
