@@ -19,8 +19,10 @@ those delimiters. A plan is compiled from the format string:
 
 The cutting itself (:func:`_cut_at`) finds the delimiters with numpy over the batch's bytes and
 describes the parts as new offsets into the *same* bytes: nothing is copied until a value is
-taken into its column. (``split_pattern`` builds every part with Arrow's builders, ~2x the cost
-of the whole cut, then ``take`` copies each value once more.)
+taken into its column. (``split_pattern`` builds every part with Arrow's builders, ~2x the
+cost of the whole cut, then ``take`` copies each value once more.) A batch's quotes are found
+once for all the formats' plans (:data:`_last_quotes`): Istio's lines go through the default
+format's plan first, which takes none of them.
 
 Which lines the plan takes is what the format's strict regex says, but the regex runs only on
 the lines that :func:`_checked` cannot vouch for: the values' bytes checked by class in numpy
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import re
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -351,7 +354,7 @@ def _cut_at(strings: pa.Array, byte: int, parts: int) -> tuple[np.ndarray, _Piec
     if not n:
         return np.ones(0, bool), _Pieces(strings, parts)
     offsets, data = offsets_and_bytes(strings)
-    at = _positions(data, byte, int(offsets[0]), int(offsets[-1]))
+    at = _scanned(strings, byte, data, offsets)
     if not _each_holds(at, offsets, parts - 1):
         return np.diff(np.searchsorted(at, offsets)) == parts - 1, None
     value_offsets = np.empty(n * (2 * parts - 1) + 1, np.int32)
@@ -364,6 +367,35 @@ def _cut_at(strings: pa.Array, byte: int, parts: int) -> tuple[np.ndarray, _Piec
         n * (2 * parts - 1), pa.py_buffer(value_offsets), strings.buffers()[2]
     )
     return np.ones(n, bool), _Pieces(pieces, parts)
+
+
+#: The batch :func:`_cut_at` last scanned for quotes, and where they are in it (dropped with
+#: the batch): the next format's plan is handed the same lines when the plan before it took
+#: none (Istio's lines meet the default format's plan first), and scans them only once.
+_last_quotes: tuple[weakref.ref[pa.Array], np.ndarray] | None = None
+
+
+def _scanned(strings: pa.Array, byte: int, data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """:func:`_positions` of ``byte`` in ``strings``; the quotes of the last batch scanned
+    for quotes are remembered (:data:`_last_quotes`)."""
+    global _last_quotes
+    if byte != _QUOTE:
+        return _positions(data, byte, int(offsets[0]), int(offsets[-1]))
+    last = _last_quotes
+    if last is not None and last[0]() is strings:
+        return last[1]
+    at = _positions(data, byte, int(offsets[0]), int(offsets[-1]))
+    at.flags.writeable = False  # shared by the plans that scan this batch
+    _last_quotes = (weakref.ref(strings, _forget_quotes), at)
+    return at
+
+
+def _forget_quotes(dead: weakref.ref[pa.Array]) -> None:
+    """Drop the remembered quotes once their batch is gone."""
+    global _last_quotes
+    last = _last_quotes
+    if last is not None and last[0] is dead:
+        _last_quotes = None
 
 
 #: Bytes compared at once by :func:`_positions` (its boolean mask is this big, not the batch).

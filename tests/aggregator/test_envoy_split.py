@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -426,3 +427,43 @@ def test_lines_no_format_parses_cost_the_later_formats_one_match() -> None:
     assert parsed.unparsed.to_pylist() == [0, 1, 2, 3, 4]
     assert parsed.columns["request_id"].to_pylist() == ["rid-k"]
     assert seen and set(seen) == {1}
+
+
+def test_the_formats_plans_scan_a_batch_for_quotes_once() -> None:
+    """Istio's lines meet the default format's plan first, which takes none of them: the Istio
+    plan is handed the same batch and reuses its quotes instead of scanning every byte again.
+    Another batch (here the same lines in a new array) is scanned anew."""
+    scans: list[int] = []
+    real = envoy_split._positions
+
+    def counting(data: np.ndarray, byte: int, start: int, stop: int) -> np.ndarray:
+        if byte == ord('"'):
+            scans.append(stop - start)
+        return real(data, byte, start, stop)
+
+    lines = [ISTIO_LINE] * 3
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(envoy_split, "_positions", counting)
+        first = parse_lines(pa.array(lines), BUILTIN_FORMATS, json_logs=False)
+        assert len(scans) == 1
+        again = parse_lines(pa.array(lines), BUILTIN_FORMATS, json_logs=False)
+    assert len(scans) == 2
+    assert first.rows.to_pylist() == again.rows.to_pylist() == [0, 1, 2]
+    assert first.columns["request_id"].to_pylist() == again.columns["request_id"].to_pylist()
+    assert {k: v.to_pylist() for k, v in first.columns.items()} == {
+        k: v.to_pylist() for k, v in envoy.parse_lines(pa.array(lines)).columns.items()
+    }
+
+
+def test_remembered_quotes_are_never_another_batchs() -> None:
+    """The quotes remembered belong to one array object: a batch of the same length with its
+    quotes elsewhere is cut at its own, and a dropped batch's quotes are let go."""
+    one = pa.array(['a"b', 'c"d'])
+    fit, pieces = envoy_split._cut_at(one, ord('"'), 2)
+    assert fit.all() and pieces is not None and pieces.part(1).to_pylist() == ["b", "d"]
+    other = pa.array(['"ab', 'cd"'])
+    fit, pieces = envoy_split._cut_at(other, ord('"'), 2)
+    assert fit.all() and pieces is not None
+    assert pieces.part(0).to_pylist() == ["", "cd"] and pieces.part(1).to_pylist() == ["ab", ""]
+    del other, pieces
+    assert envoy_split._last_quotes is None
