@@ -112,14 +112,25 @@ def _read(candidates: pa.Array) -> dict[str, pa.Array]:
 def _read_bulk(candidates: pa.Array) -> dict[str, pa.Array]:
     """:func:`_read` with ``pyarrow.json``: ArrowInvalid when two lines type a key differently."""
     n = len(candidates)
-    body = "\n".join(candidates.to_pylist()).encode("utf-8") + b"\n"
     # Times stay strings (the reader would otherwise infer timestamps in its own way).
     times = pa.schema([(k, pa.string()) for k in ALIASES["start"]])
     options = pajson.ParseOptions(explicit_schema=times, newlines_in_values=False)
-    table = pajson.read_json(pa.py_buffer(body), parse_options=options)
+    table = pajson.read_json(_ndjson(candidates), parse_options=options)
     if table.num_rows != n:
         raise ValueError("row count changed")
     return {col: _as_strings(table, keys, n, col in INT_COLUMNS) for col, keys in ALIASES.items()}
+
+
+def _ndjson(lines: pa.Array) -> pa.Buffer:
+    """``lines`` (no NULLs) as newline-delimited JSON: their bytes with a newline after each,
+    in one numpy pass over the bytes (a Python string per line, joined and encoded, cost ~0.5
+    µs a line more). Invalid UTF-8 is left to the reader, which refuses it as ``json.loads``
+    would."""
+    if not pa.types.is_string(lines.type):  # large strings: as text
+        return pa.py_buffer("".join(f"{line}\n" for line in lines.to_pylist()).encode())
+    offsets, data = offsets_and_bytes(lines)
+    base = int(offsets[0])
+    return pa.py_buffer(np.insert(data[base : int(offsets[-1])], offsets[1:] - base, ord("\n")))
 
 
 #: A number key and its colon (group 1), then a quoted value :func:`_numbers_unquoted` rewrites.

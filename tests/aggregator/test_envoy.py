@@ -17,7 +17,7 @@ from aggregator.envoy import (
     compile_format,
     parse_lines,
 )
-from aggregator.envoy_json import _looks_like_json
+from aggregator.envoy_json import _looks_like_json, _ndjson
 from tests.aggregator.helpers import envoy_line
 
 
@@ -354,3 +354,21 @@ def test_default_start_time_fractions_alone_and_mixed(printed: str, expected: st
         assert parsed.rows.to_pylist() == list(range(len(lines)))
         when = parsed.columns["timestamp"][len(lines) - 1].as_py()
         assert when.isoformat(timespec="milliseconds") == expected + "+00:00"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text(), max_size=8), st.integers(0, 3), st.booleans())
+def test_json_lines_reach_the_reader_byte_for_byte(texts: list[str], cut: int, large: bool) -> None:
+    """The reader gets every line's bytes and a newline after each, from any slice of a batch
+    (its offsets start past 0), empty lines, non-ASCII and newlines inside a line included."""
+    array = pa.array(["x", *texts, "y"], pa.large_string() if large else pa.string())
+    lines = array.slice(1 + min(cut, len(texts)), len(texts) - min(cut, len(texts)))
+    expected = "".join(f"{text}\n" for text in texts[min(cut, len(texts)) :]).encode()
+    assert _ndjson(lines).to_pybytes() == expected
+
+
+def test_json_lines_of_a_sliced_batch_parse_as_the_whole() -> None:
+    batch = pa.array([JSON_TYPED, JSON_STRINGS, JSON_TYPED.replace('"r-2"', '"r-3"')])
+    parsed = parse_lines(batch.slice(1))
+    assert parsed.columns["request_id"].to_pylist() == ["r-1", "r-3"]
+    assert parsed.columns["response_code"].to_pylist() == [503, 200]
