@@ -15,9 +15,10 @@ everything. Prints:
   where the bytes of a row go, and the least zstd can store the random request ids in.
 
 Usage: ``python bench/ingest.py [--lines N] [--runs N] [--chunk N] [--connections N]
-[--warehouse URI] [--unsized] [--gzip] [--istio]`` (``--runs N`` measures N aggregators one
-after another and prints the median of each figure; a ``s3://`` warehouse uses the standard
-AWS settings, e.g. a local SeaweedFS; ``--istio`` sends lines in Istio's proxy format;
+[--warehouse URI] [--unsized] [--gzip] [--istio | --json]`` (``--runs N`` measures N
+aggregators one after another and prints the median of each figure; a ``s3://`` warehouse uses
+the standard AWS settings, e.g. a local SeaweedFS; ``--istio`` sends lines in Istio's proxy
+format, ``--json`` as Envoy's JSON access logs;
 ``--unsized`` sends the chunks without the ``size`` option, as Fluent Bit without
 ``Send_options true``, Fluentd and fluent-logger do; ``--gzip`` sends them gzipped,
 CompressedPackedForward, as ``logq-shipper --compress gzip`` and Fluent Bit's ``Compress gzip``
@@ -108,10 +109,14 @@ def istio_fields(rng: random.Random, i: int, svc: str, flags: str) -> tuple[str,
     return f'{details} - "-"', tail
 
 
-def make_lines(n: int, seed: int = 7, istio: bool = False) -> list[tuple[int, str, str]]:
+def make_lines(
+    n: int, seed: int = 7, istio: bool = False, json_logs: bool = False
+) -> list[tuple[int, str, str]]:
     """``(time_ns, service, line)`` for ``n`` Envoy access lines spread over ~20 minutes of the
     hour before this one (a closed hour: compaction may merge it); in Envoy's default format,
-    or with ``istio`` in Istio's proxy format (envoy_access keeps the fields the two share)."""
+    with ``istio`` in Istio's proxy format (envoy_access keeps the fields the two share), or
+    with ``json_logs`` as Envoy's JSON access logs (the same values under the keys of Envoy's
+    docs, numbers typed, unset values null)."""
     rng = random.Random(seed)
     base = int(time.time()) // 3600 * 3600 - 3600 + 1200
     out = []
@@ -135,16 +140,43 @@ def make_lines(n: int, seed: int = 7, istio: bool = False) -> list[tuple[int, st
         ust = "-" if flags != "-" else str(max(0, dur - rng.randint(0, 3)))
         when = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         middle, tail = istio_fields(rng, i, svc, flags) if istio else ("", "")
-        line = (
-            f'[{when}] "{rng.choice(["GET", "GET", "GET", "POST", "PUT"])} {path} HTTP/1.1" '
-            f"{code} {flags} {middle + ' ' if middle else ''}"
-            f"{rng.choice([0, 0, 0, rng.randint(10, 4000)])} "
-            f"{rng.randint(100, 40000)} {dur} {ust} "
-            f'"{rng.choice(["-", "-", f"10.1.{rng.randint(0, 255)}.{rng.randint(1, 254)}"])}" '
-            f'"{rng.choice(AGENTS)}" "{uuid.UUID(int=rng.getrandbits(128), version=4)}" '
-            f'"{svc}.internal:8080" "10.0.{i % 16}.{rng.randint(2, 30)}:8080"'
-            f"{' ' + tail if tail else ''}"
-        )
+        # Drawn in the order the text line prints them (the same lines as ever for a seed).
+        method = rng.choice(["GET", "GET", "GET", "POST", "PUT"])
+        received = rng.choice([0, 0, 0, rng.randint(10, 4000)])
+        sent = rng.randint(100, 40000)
+        xff = rng.choice(["-", "-", f"10.1.{rng.randint(0, 255)}.{rng.randint(1, 254)}"])
+        agent = rng.choice(AGENTS)
+        request_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        upstream = f"10.0.{i % 16}.{rng.randint(2, 30)}:8080"
+        if json_logs:
+            line = json.dumps(
+                {
+                    "start_time": when,
+                    "method": method,
+                    "path": path,
+                    "protocol": "HTTP/1.1",
+                    "response_code": code,
+                    "response_flags": flags,
+                    "bytes_received": received,
+                    "bytes_sent": sent,
+                    "duration": dur,
+                    "upstream_service_time": None if ust == "-" else ust,
+                    "x_forwarded_for": None if xff == "-" else xff,
+                    "user_agent": agent,
+                    "request_id": request_id,
+                    "authority": f"{svc}.internal:8080",
+                    "upstream_host": upstream,
+                },
+                separators=(",", ":"),
+            )
+        else:
+            line = (
+                f'[{when}] "{method} {path} HTTP/1.1" '
+                f"{code} {flags} {middle + ' ' if middle else ''}"
+                f"{received} {sent} {dur} {ust} "
+                f'"{xff}" "{agent}" "{request_id}" "{svc}.internal:8080" "{upstream}"'
+                f"{' ' + tail if tail else ''}"
+            )
         out.append((int(t * 1e9), svc, line))
     return out
 
@@ -383,6 +415,7 @@ def stages(
     sized: bool = True,
     runs: int = 3,
     istio: bool = False,
+    json_logs: bool = False,
 ) -> None:
     """The aggregator's per-line cost on ONE core, stage by stage, in this process (no I/O
     waits; pinned to one CPU, so the writer's threads share it): what "lines/s on one core"
@@ -403,7 +436,7 @@ def stages(
 
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     tune_gc()
-    chunks = encode_chunks(make_lines(lines, istio=istio), chunk, sized)
+    chunks = encode_chunks(make_lines(lines, istio=istio, json_logs=json_logs), chunk, sized)
     unpacker = wire.new_unpacker()
     objs = []
     for _, _, frame in chunks:
@@ -525,8 +558,12 @@ def main() -> int:
         help="aggregators measured one after another, then the medians (default 1); with "
         "--stages: whole pipeline runs after one warm-up run (default 3)",
     )
-    ap.add_argument(
+    style = ap.add_mutually_exclusive_group()
+    style.add_argument(
         "--istio", action="store_true", help="lines in Istio's proxy format (default: Envoy's)"
+    )
+    style.add_argument(
+        "--json", action="store_true", help="lines as Envoy's JSON access logs (typed values)"
     )
     ap.add_argument(
         "--buffer-compression",
@@ -549,7 +586,7 @@ def main() -> int:
         ap.error("--gzip is for the whole pipeline: not with --stages")
     if args.stages:
         sized, runs = not args.unsized, max(1, args.runs or 3)
-        stages(args.lines, args.chunk, args.buffer_compression, sized, runs, args.istio)
+        stages(args.lines, args.chunk, args.buffer_compression, sized, runs, args.istio, args.json)
         return 0
 
     tmp = Path(tempfile.mkdtemp(prefix="logq-bench-"))
@@ -587,7 +624,7 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
     shared VM whose speed drifts by tens of percent, the median run is the figure to hold
     against a target. Compacts the last run's warehouse."""
     print(f"generating {args.lines:,} Envoy lines ...", flush=True)
-    lines = make_lines(args.lines, istio=args.istio)
+    lines = make_lines(args.lines, istio=args.istio, json_logs=args.json)
     raw = docker_json_bytes(lines)
     chunks = encode_chunks(lines, args.chunk, not args.unsized, args.gzip)
     del lines
