@@ -13,6 +13,7 @@ next parser.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from typing import Any
@@ -22,8 +23,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
-from aggregator.envoy import DASH_IS_NULL, INT_COLUMNS, STRING_COLUMNS, start_time_to_timestamp
+from aggregator.envoy import (
+    DASH_IS_NULL,
+    INT_COLUMNS,
+    STRING_COLUMNS,
+    _dash_to_null,
+    start_time_to_timestamp,
+)
 from aggregator.string_bytes import offsets_and_bytes
+from athena.schema import TIMESTAMP
 
 #: envoy_access column -> JSON keys that hold it, most usual first.
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -94,7 +102,8 @@ def _looks_like_json(lines: pa.Array) -> pa.Array:
 
 
 def _read(candidates: pa.Array) -> dict[str, pa.Array]:
-    """Column -> string values (None where absent), one per candidate line."""
+    """Column -> string values (None where absent), one per candidate line; a number column of
+    typed JSON stays integers (:func:`_as_strings`)."""
     try:
         return _read_bulk(candidates)
     except (pa.ArrowInvalid, ValueError):
@@ -153,7 +162,13 @@ def _as_strings(table: pa.Table, keys: tuple[str, ...], n: int, number: bool) ->
     Envoy Gateway's ``x-envoy-origin-path``). For a ``number`` column ``"-"`` and ``""`` hold
     no value (:data:`UNSET_NUMBERS`), as in every reader of this module, so a line's value never
     depends on which reader its batch needed."""
-    found = [_text(table[key].combine_chunks()) for key in keys if key in table.column_names]
+    columns = [table[key].combine_chunks() for key in keys if key in table.column_names]
+    types = {column.type for column in columns}
+    if number and len(types) == 1 and pa.types.is_integer(next(iter(types))):
+        # Typed JSON: whole numbers stay numbers, range-checked by _typed as their digits are
+        # (a key the reader typed otherwise, e.g. double for a number past 2^63: as text).
+        return columns[0] if len(columns) == 1 else pc.coalesce(*columns)
+    found = [_text(column) for column in columns]
     if number:
         found = [
             pc.if_else(pc.is_in(f, UNSET_NUMBERS), pa.scalar(None, pa.string()), f) for f in found
@@ -205,24 +220,42 @@ def _scalar(value: Any) -> str | None:
 
 
 def _typed(raw: dict[str, pa.Array]) -> dict[str, pa.Array]:
-    start = pc.extract_regex(
-        pc.fill_null(raw["start"], ""),
+    out = {"timestamp": _times(raw["start"])}
+    for name in STRING_COLUMNS:
+        values = raw[name]
+        out[name] = _dash_to_null(values) if name in DASH_IS_NULL else values
+    for name, typ in INT_COLUMNS.items():
+        values, digits = raw[name], _INT_LIMITS[typ]
+        if pa.types.is_integer(values.type):  # typed JSON: the numbers whose digits would fit
+            fits = pc.and_(pc.greater_equal(values, 0), pc.less(values, 10**digits))
+            out[name] = pc.cast(pc.if_else(fits, values, pa.scalar(None, values.type)), typ)
+            continue
+        valid = pc.fill_null(pc.match_substring_regex(values, rf"^\d{{1,{digits}}}$"), False)
+        out[name] = pc.cast(pc.if_else(valid, values, pa.scalar(None, pa.string())), typ)
+    return out
+
+
+#: Envoy's default START_TIME, as nearly every JSON access line spells it.
+_MILLIS_Z = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
+
+
+def _times(start: pa.Array) -> pa.Array:
+    """The start times as ``timestamp[ms, UTC]`` (NULL where there is none or it is invalid):
+    in one ISO-8601 cast when every line spells its time as Envoy does by default, as the text
+    formats' split parser does; else (a line without one, another spelling, an invalid date)
+    through the general conversion, line by line."""
+    usual = len(start) and not start.null_count
+    if usual and pc.all(pc.match_substring_regex(start, _MILLIS_Z)).as_py():
+        with contextlib.suppress(pa.ArrowInvalid):  # an invalid date (2026-02-30): line by line
+            return start.cast(TIMESTAMP)
+    parts = pc.extract_regex(
+        pc.fill_null(start, ""),
         r"^(?P<s>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(?P<f>\d{1,9}))?(?:Z|[+-]00:?00)$",
     )
     # flatten(), not field(): the fields of a line that did not match must be NULL, not "" (one
     # "" fails Arrow's fast cast of the whole batch).
-    seconds, fraction = start.flatten()
-    out = {"timestamp": start_time_to_timestamp(seconds, fraction)}
-    for name in STRING_COLUMNS:
-        values = raw[name]
-        if name in DASH_IS_NULL:
-            values = pc.if_else(pc.equal(values, "-"), pa.scalar(None, pa.string()), values)
-        out[name] = values
-    for name, typ in INT_COLUMNS.items():
-        digits = _INT_LIMITS[typ]
-        valid = pc.fill_null(pc.match_substring_regex(raw[name], rf"^\d{{1,{digits}}}$"), False)
-        out[name] = pc.cast(pc.if_else(valid, raw[name], pa.scalar(None, pa.string())), typ)
-    return out
+    seconds, fraction = parts.flatten()
+    return start_time_to_timestamp(seconds, fraction)
 
 
 def _spread(mask: pa.Array, values: pa.Array) -> pa.Array:

@@ -372,3 +372,67 @@ def test_json_lines_of_a_sliced_batch_parse_as_the_whole() -> None:
     parsed = parse_lines(batch.slice(1))
     assert parsed.columns["request_id"].to_pylist() == ["r-1", "r-3"]
     assert parsed.columns["response_code"].to_pylist() == [503, 200]
+
+
+_NUMBERS = st.one_of(
+    st.integers(-(10**19), 2**64 - 1),
+    st.sampled_from([0, 10**9 - 1, 10**9, 2**31, 10**18 - 1, 10**18, 2**63 - 1, 2**63, -1]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(_NUMBERS, _NUMBERS, _NUMBERS), min_size=1, max_size=5))
+def test_typed_json_numbers_read_as_their_digits_would(numbers: list[tuple[int, int, int]]) -> None:
+    """A number column of typed JSON is range-checked as a number: a value is kept exactly
+    when its digits would be as json_format's text (no sign, 9 digits for an int column, 18
+    for a bigint one), so a line's values never depend on which spelling its Envoy used."""
+
+    def line(code: object, sent: object, duration: object, i: int) -> str:
+        return (
+            f'{{"start_time":"2026-11-28T14:00:0{i}.000Z","method":"GET","path":"/",'
+            f'"protocol":"HTTP/1.1","response_code":{code},"bytes_sent":{sent},'
+            f'"duration":{duration},"request_id":"r-{i}"}}'
+        )
+
+    ok = [(c, s, d) for c, s, d in numbers if 0 <= c < 10**9]  # a line needs its code
+    typed = parse_lines(pa.array([line(*n, i) for i, n in enumerate(numbers)]))
+    text = parse_lines(pa.array([line(*(f'"{v}"' for v in n), i) for i, n in enumerate(numbers)]))
+    for parsed in (typed, text):
+        assert parsed.columns["response_code"].to_pylist() == [c for c, _, _ in ok]
+        assert parsed.columns["bytes_sent"].to_pylist() == [
+            s if 0 <= s < 10**18 else None for _, s, _ in ok
+        ]
+        assert parsed.columns["duration_ms"].to_pylist() == [
+            d if 0 <= d < 10**9 else None for _, _, d in ok
+        ]
+
+
+def test_one_number_column_under_two_keys_of_two_types() -> None:
+    """``duration`` read as int64 and ``duration_ms`` as double (pyarrow's JSON reader types a
+    number past 2^63 so) in one batch: the column still holds each line's value."""
+    lines = [
+        '{"start_time":"2026-11-28T14:00:00.000Z","response_code":200,"duration":7}',
+        '{"start_time":"2026-11-28T14:00:01.000Z","response_code":200,"duration_ms":9}',
+        f'{{"start_time":"2026-11-28T14:00:02.000Z","response_code":200,"duration_ms":{2**63}}}',
+    ]
+    parsed = parse_lines(pa.array(lines))
+    assert parsed.rows.to_pylist() == [0, 1, 2]
+    assert parsed.columns["duration_ms"].to_pylist() == [7, 9, None]
+
+
+def test_json_start_times_convert_alike_in_every_spelling() -> None:
+    """A batch of Envoy's usual start times (one cast) gives the times the general conversion
+    gives when one line of another spelling joins it; an invalid date among usual ones is
+    NULL (its line unparsed), not a failed batch."""
+
+    def line(when: str, i: int) -> str:
+        return f'{{"start_time":"{when}","response_code":200,"request_id":"r-{i}"}}'
+
+    usual = [line(f"2026-11-28T14:00:0{i}.{i}25Z", i) for i in range(3)]
+    alone = parse_lines(pa.array(usual)).columns["timestamp"].to_pylist()
+    mixed = parse_lines(pa.array([*usual, line("2026-11-28T14:00:09+00:00", 3)]))
+    assert alone == mixed.columns["timestamp"].to_pylist()[:3]
+    assert alone[1] == datetime(2026, 11, 28, 14, 0, 1, 125000, tzinfo=UTC)
+    bad = parse_lines(pa.array([*usual, line("2026-02-30T14:00:00.000Z", 3)]))
+    assert bad.rows.to_pylist() == [0, 1, 2] and bad.unparsed.to_pylist() == [3]
+    assert bad.columns["timestamp"].to_pylist() == alone
