@@ -157,7 +157,8 @@ def _numbers_unquoted(lines: pa.Array) -> pa.Array:
 
 
 def _as_strings(table: pa.Table, keys: tuple[str, ...], n: int, number: bool) -> pa.Array:
-    """Per line, the first of ``keys`` it holds a value for, as text. Per line, not per batch:
+    """Per line, the first of ``keys`` it holds a value for, as text (a ``number`` column of
+    typed JSON as the reader's integers). Per line, not per batch:
     one batch mixes services, whose formats may name a column differently (Istio's ``path``,
     Envoy Gateway's ``x-envoy-origin-path``). For a ``number`` column ``"-"`` and ``""`` hold
     no value (:data:`UNSET_NUMBERS`), as in every reader of this module, so a line's value never
