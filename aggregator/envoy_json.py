@@ -13,7 +13,6 @@ next parser.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from typing import Any
@@ -30,8 +29,8 @@ from aggregator.envoy import (
     _dash_to_null,
     start_time_to_timestamp,
 )
+from aggregator.envoy_split import _usual_timestamp
 from aggregator.string_bytes import offsets_and_bytes
-from athena.schema import TIMESTAMP
 
 #: envoy_access column -> JSON keys that hold it, most usual first.
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -247,8 +246,9 @@ def _times(start: pa.Array) -> pa.Array:
     through the general conversion, line by line."""
     usual = len(start) and not start.null_count
     if usual and pc.all(pc.match_substring_regex(start, _MILLIS_Z)).as_py():
-        with contextlib.suppress(pa.ArrowInvalid):  # an invalid date (2026-02-30): line by line
-            return start.cast(TIMESTAMP)
+        timestamp = _usual_timestamp(start)  # the split parser's cast; None: an invalid date
+        if timestamp is not None:
+            return timestamp
     parts = pc.extract_regex(
         pc.fill_null(start, ""),
         r"^(?P<s>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(?P<f>\d{1,9}))?(?:Z|[+-]00:?00)$",
