@@ -5,6 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+NODE   := $(VENV)/node/.installed
 
 .PHONY: venv demo test lint bench clean
 
@@ -21,12 +22,22 @@ $(STAMP): pyproject.toml
 	fi
 	@touch $(STAMP)
 
+# The Fluent project's Node.js Forward client and server (@fluent-org/logger), which the interop
+# tests (tests/interop) run against logq: a second implementation of the protocol. Node.js and
+# npm come with the machine (apt-get install nodejs npm elsewhere); the versions are pinned.
+$(NODE): tests/interop/package.json
+	@command -v npm >/dev/null || { echo "make test needs Node.js and npm for tests/interop:" \
+	  "apt-get install nodejs npm" >&2; exit 1; }
+	mkdir -p $(VENV)/node && cp tests/interop/package.json $(VENV)/node/
+	npm install --prefix $(VENV)/node --no-package-lock --no-audit --no-fund --loglevel=error
+	@touch $(NODE)
+
 venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/logq demo
 
-test: $(STAMP)
+test: $(STAMP) $(NODE)
 	$(BIN)/ruff check shipper aggregator athena cli tests bench
 	@# PYTHONDONTWRITEBYTECODE emptied: with it set (some machines do), every one of the
 	@# suite's many program runs compiled logq's modules again, and pytest re-rewrote every

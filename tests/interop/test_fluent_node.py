@@ -1,0 +1,204 @@
+"""logq against the Fluent project's Node.js Forward client and server (``@fluent-org/logger``).
+
+Every other Forward test here speaks the protocol through logq's own ``shipper.wire`` (or the
+Python fluent-logger, Message mode only): a misreading of the spec shared by both ends would
+pass them all. This implementation shares no code with logq. Its client sends each of the four
+modes with acks, EventTime or integer times, and does the shared-key handshake with a user over
+TLS; its server takes ``logq-shipper``'s handshake, gzip chunks and ack requests.
+
+The packages are installed by ``make test`` into ``.venv/node`` (pinned in
+``tests/interop/package.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli.demohost import write_host
+from tests.aggregator.helpers import read_table, start_aggregator
+from tests.shipper.tlsgen import make_ca_and_server
+from tests.support.pipeline import run_shipper_once
+
+pytestmark = pytest.mark.integration
+
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "fluent_node.js"
+NODE_MODULES = HERE.parent.parent / ".venv" / "node" / "node_modules"
+MODES = ("Message", "Forward", "PackedForward", "CompressedPackedForward")
+KEY = "interop-shared-key-0123456789abcdef"
+
+
+def _node_env() -> dict[str, str]:
+    node = shutil.which("node")
+    assert node, "Node.js is not installed: `apt-get install nodejs npm`, then `make test`"
+    assert (NODE_MODULES / "@fluent-org" / "logger").is_dir(), (
+        f"@fluent-org/logger is not installed in {NODE_MODULES}: run `make test`, which "
+        "installs it (npm, tests/interop/package.json)"
+    )
+    return {**os.environ, "NODE_PATH": str(NODE_MODULES)}
+
+
+def send(port: int, **options: Any) -> dict[str, Any]:
+    """Run the Node client's ``send`` (see fluent_node.js); its summary."""
+    done = subprocess.run(
+        ["node", str(SCRIPT), "send", json.dumps({"port": port, **options})],
+        env=_node_env(),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def node_server(tmp_path: Path) -> Iterator[tuple[int, Path, Path]]:
+    """The Node server with a shared key over TLS: ``(port, entries file, CA)``."""
+    ca, cert, key = make_ca_and_server(tmp_path)
+    entries = tmp_path / "entries.jsonl"
+    options = {"sharedKey": KEY, "cert": str(cert), "key": str(key)}
+    with entries.open("w") as out:
+        proc = subprocess.Popen(
+            ["node", str(SCRIPT), "serve", json.dumps(options)],
+            env=_node_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not entries.read_text().strip() and proc.poll() is None:
+            assert time.monotonic() < deadline, "the Node server did not start"
+            time.sleep(0.05)
+        first = entries.read_text().splitlines()[0]
+        assert proc.poll() is None, first
+        yield json.loads(first)["port"], entries, ca
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _received(entries: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in entries.read_text().splitlines()[1:]]
+
+
+def test_each_mode_with_acks_lands_once_with_its_times(tmp_path: Path) -> None:
+    agg = start_aggregator(tmp_path)
+    base_ms = (time.time_ns() // 1_000_000) - 60_000
+    times_ms = [base_ms + 1_000 * i + i % 1000 for i in range(30)]  # odd milliseconds
+    try:
+        for mode in MODES:
+            summary = send(
+                agg.port, mode=mode, ack=True, milliseconds=True, count=30, tag="node",
+                prefix=mode, service="nodesvc", times=times_ms,
+            )  # fmt: skip
+            assert summary == {"ok": 30, "failed": 0, "errors": []}, mode
+        # Integer times, the client's default: it sends the whole seconds of each time.
+        summary = send(
+            agg.port, mode="Forward", ack=True, count=10, tag="node", prefix="seconds",
+            service="nodesvc", times=times_ms[:10],
+        )  # fmt: skip
+        assert summary == {"ok": 10, "failed": 0, "errors": []}
+        assert agg.stop() == 0, agg.log_text()
+    finally:
+        agg.stop()
+    rows = read_table(agg.warehouse, "container_logs").to_pylist()
+    got = Counter(r["message"] for r in rows)
+    expected = [f"{m} {i}" for m in MODES for i in range(30)] + [f"seconds {i}" for i in range(10)]
+    assert got == Counter(expected)  # every acked record, once
+    by_message = {r["message"]: r for r in rows}
+    for mode in MODES:
+        for i in range(30):
+            row = by_message[f"{mode} {i}"]
+            assert row["service"] == "nodesvc"
+            assert round(row["timestamp"].timestamp() * 1000) == times_ms[i], (mode, i)
+    for i in range(10):
+        assert by_message[f"seconds {i}"]["timestamp"].timestamp() == times_ms[i] // 1000
+
+
+def test_handshake_with_user_over_tls_and_refusals(tmp_path: Path) -> None:
+    ca, cert, key = make_ca_and_server(tmp_path)
+    agg = start_aggregator(
+        tmp_path,
+        extra=["--shared-key", KEY, "--user", "alice:pw-1", "--tls-cert", str(cert),
+               "--tls-key", str(key)],
+    )  # fmt: skip
+    secure = {"ack": True, "ca": str(ca), "tag": "node", "service": "secure", "count": 20}
+    try:
+        wrong_key = send(
+            agg.port, mode="PackedForward", sharedKey="not-the-key", username="alice",
+            password="pw-1", prefix="wrong key", waitMs=3000, **secure,
+        )  # fmt: skip
+        assert wrong_key["ok"] == 0
+        assert any("shared_key mismatch" in e for e in wrong_key["errors"]), wrong_key
+        wrong_password = send(
+            agg.port, mode="PackedForward", sharedKey=KEY, username="alice", password="pw-2",
+            prefix="wrong password", waitMs=3000, **secure,
+        )  # fmt: skip
+        assert wrong_password["ok"] == 0
+        assert any("username/password mismatch" in e for e in wrong_password["errors"])
+        for mode in ("Message", "CompressedPackedForward"):
+            right = send(
+                agg.port, mode=mode, sharedKey=KEY, username="alice", password="pw-1",
+                milliseconds=True, prefix=mode, **secure,
+            )  # fmt: skip
+            assert right == {"ok": 20, "failed": 0, "errors": []}, mode
+        assert agg.stop() == 0, agg.log_text()
+    finally:
+        agg.stop()
+    rows = read_table(agg.warehouse, "container_logs").to_pylist()
+    assert Counter(r["message"] for r in rows) == Counter(
+        f"{m} {i}" for m in ("Message", "CompressedPackedForward") for i in range(20)
+    )
+    log = agg.log_text()
+    assert "handshake failed from 'node-client': shared_key mismatch" in log
+
+
+def _docker_lines(root: Path) -> Counter[str]:
+    """The ``log`` of every json-file entry under ``root``, as the shipper sends it."""
+    lines: Counter[str] = Counter()
+    for path in root.glob("*/*-json.log"):
+        for raw in path.read_text().splitlines():
+            text = json.loads(raw)["log"]
+            lines[text.removesuffix("\n")] += 1
+    return lines
+
+
+def test_shipper_to_the_node_server_over_tls_with_a_shared_key(
+    tmp_path: Path, node_server: tuple[int, Path, Path], subprocess_env: dict[str, str]
+) -> None:
+    port, entries, ca = node_server
+    manifest = write_host(tmp_path / "containers", seed=5, requests=60, long_line=False)
+    shipped = run_shipper_once(
+        f"127.0.0.1:{port}", manifest.root, tmp_path / "state", subprocess_env,
+        "--shared-key", KEY, "--tls", "--tls-ca", str(ca), "--compress", "gzip",
+    )  # fmt: skip
+    assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+    received = _received(entries)
+    assert Counter(e["record"]["log"] for e in received) == _docker_lines(manifest.root)
+    assert len(received) == manifest.docker_entries
+    services = {c.service for c in manifest.containers}
+    assert {e["record"]["service"] for e in received} == services
+    assert {e["tag"] for e in received} == {f"logq.{s}" for s in services}
+    now = time.time()
+    assert all(now - 4 * 3600 < e["time"] <= now for e in received)
+
+    refused = run_shipper_once(
+        f"127.0.0.1:{port}", manifest.root, tmp_path / "state-2", subprocess_env,
+        "--shared-key", "a-different-key-0123456789abcdef", "--tls", "--tls-ca", str(ca),
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "rejected the handshake" in refused.stderr, refused.stderr
+    assert "check --shared-key" in refused.stderr
+    assert len(_received(entries)) == len(received)  # nothing more arrived
