@@ -7,18 +7,20 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NODE   := $(VENV)/node/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench lock clean
 
 # uv (from PyPI) installs the same releases as pip from the same index, several times faster
 # (a fresh .venv: 21 s against pip's 92 s on a 2-core machine, a fifth of `make test` there);
 # pip installs them where uv cannot be had or fails.
-$(STAMP): pyproject.toml
+# constraints.txt pins every release to the ones the suite last passed with (`make lock`).
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	if $(BIN)/python -m pip install --quiet uv && \
-	  UV_LINK_MODE=copy $(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[test]'; then :; \
+	  UV_LINK_MODE=copy $(BIN)/uv pip install --python $(BIN)/python --quiet \
+	    -c constraints.txt -e '.[test]'; then :; \
 	else \
 	  $(BIN)/python -m pip install --quiet --upgrade pip && \
-	  $(BIN)/python -m pip install --quiet -e '.[test]'; \
+	  $(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'; \
 	fi
 	@touch $(STAMP)
 
@@ -64,6 +66,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/stale_note.py
 	$(BIN)/python bench/logq_services.py
 	$(BIN)/python bench/failover_writes.py
+
+# The newest releases pyproject.toml allows, written to constraints.txt: run make test after.
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 \
+	  --no-header --quiet -o constraints.txt.new
+	sed -n '/^#/p;/^#/!q' constraints.txt | cat - constraints.txt.new > constraints.txt.top
+	mv constraints.txt.top constraints.txt && rm constraints.txt.new
 
 clean:
 	rm -rf $(VENV) logq-warehouse .pytest_cache
