@@ -5,7 +5,7 @@
 //   node fluent_node.js send '{"port": N, "mode": "PackedForward", ...}'
 //     emits `count` records with the client's own options, waits for each emit's promise
 //     (with "ack", resolved by the server's ack) and prints {"ok": N, "failed": N, "errors": [...]}.
-//   node fluent_node.js serve '{"sharedKey": ..., "cert": ..., "key": ...}'
+//   node fluent_node.js serve '{"sharedKey": ..., "users": {name: password}, "cert": ..., "key": ...}'
 //     listens on 127.0.0.1 (a free port, printed first as {"port": N}), acks each chunk and
 //     prints each entry it receives as one JSON line {"tag", "time", "record"}.
 "use strict";
@@ -67,8 +67,8 @@ async function serve(o) {
     options.security = {
       serverHostname: "node-server",
       sharedKey: o.sharedKey,
-      authorize: false,
-      userDict: {},
+      authorize: Boolean(o.users), // {"name": "password"}: user authentication too
+      userDict: o.users || {},
     };
   }
   if (o.cert) {

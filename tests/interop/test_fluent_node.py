@@ -64,10 +64,10 @@ def send(port: int, **options: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def node_server(tmp_path: Path) -> Iterator[tuple[int, Path, Path]]:
-    """The Node server with a shared key over TLS: ``(port, entries file, CA)``."""
+    """The Node server with a shared key and a user over TLS: ``(port, entries file, CA)``."""
     ca, cert, key = make_ca_and_server(tmp_path)
     entries = tmp_path / "entries.jsonl"
-    options = {"sharedKey": KEY, "cert": str(cert), "key": str(key)}
+    options = {"sharedKey": KEY, "users": {"shipper": "pw-9"}, "cert": str(cert), "key": str(key)}
     with entries.open("w") as out:
         proc = subprocess.Popen(
             ["node", str(SCRIPT), "serve", json.dumps(options)],
@@ -175,14 +175,15 @@ def _docker_lines(root: Path) -> Counter[str]:
     return lines
 
 
-def test_shipper_to_the_node_server_over_tls_with_a_shared_key(
+def test_shipper_to_the_node_server_over_tls_with_a_shared_key_and_user(
     tmp_path: Path, node_server: tuple[int, Path, Path], subprocess_env: dict[str, str]
 ) -> None:
     port, entries, ca = node_server
     manifest = write_host(tmp_path / "containers", seed=5, requests=60, long_line=False)
+    secure = ["--shared-key", KEY, "--tls", "--tls-ca", str(ca), "--username", "shipper"]
     shipped = run_shipper_once(
         f"127.0.0.1:{port}", manifest.root, tmp_path / "state", subprocess_env,
-        "--shared-key", KEY, "--tls", "--tls-ca", str(ca), "--compress", "gzip",
+        *secure, "--password", "pw-9", "--compress", "gzip",
     )  # fmt: skip
     assert shipped.returncode == 0, shipped.stdout + shipped.stderr
     received = _received(entries)
@@ -194,11 +195,18 @@ def test_shipper_to_the_node_server_over_tls_with_a_shared_key(
     now = time.time()
     assert all(now - 4 * 3600 < e["time"] <= now for e in received)
 
-    refused = run_shipper_once(
+    wrong_key = run_shipper_once(
         f"127.0.0.1:{port}", manifest.root, tmp_path / "state-2", subprocess_env,
         "--shared-key", "a-different-key-0123456789abcdef", "--tls", "--tls-ca", str(ca),
+        "--username", "shipper", "--password", "pw-9",
     )  # fmt: skip
-    assert refused.returncode != 0
-    assert "rejected the handshake" in refused.stderr, refused.stderr
-    assert "check --shared-key" in refused.stderr
+    assert wrong_key.returncode != 0
+    assert "rejected the handshake: 'shared key mismatch'" in wrong_key.stderr, wrong_key.stderr
+    wrong_password = run_shipper_once(
+        f"127.0.0.1:{port}", manifest.root, tmp_path / "state-3", subprocess_env,
+        *secure, "--password", "pw-8",
+    )  # fmt: skip
+    assert wrong_password.returncode != 0
+    assert "'username/password mismatch'" in wrong_password.stderr, wrong_password.stderr
+    assert "check --shared-key and --username/--password" in wrong_password.stderr
     assert len(_received(entries)) == len(received)  # nothing more arrived
