@@ -26,6 +26,7 @@ async function send(o) {
       reconnect: { delay: 100, minDelay: 100, maxDelay: 500 },
     },
     milliseconds: Boolean(o.milliseconds),
+    flushInterval: o.flushInterval || 0, // ms: events batched into bigger messages
     disconnect: { waitForPending: true, waitForPendingDelay: 15000, socketDisconnectDelay: 100 },
   };
   if (o.ack) options.ack = { ackTimeout: 20000 };

@@ -127,6 +127,26 @@ def test_each_mode_with_acks_lands_once_with_its_times(tmp_path: Path) -> None:
         assert by_message[f"seconds {i}"]["timestamp"].timestamp() == times_ms[i] // 1000
 
 
+def test_events_batched_into_big_messages_each_land_once(tmp_path: Path) -> None:
+    """The client's ``flushInterval`` batches thousands of events into one message."""
+    agg = start_aggregator(tmp_path)
+    try:
+        for mode in ("Forward", "CompressedPackedForward"):
+            summary = send(
+                agg.port, mode=mode, ack=True, milliseconds=True, count=40_000, tag="bulk",
+                prefix=mode, service="bulk", flushInterval=50,
+            )  # fmt: skip
+            assert summary == {"ok": 40_000, "failed": 0, "errors": []}, mode
+        assert agg.stop() == 0, agg.log_text()
+    finally:
+        agg.stop()
+    messages = read_table(agg.warehouse, "container_logs")["message"].to_pylist()
+    expected = [f"{m} {i}" for m in ("Forward", "CompressedPackedForward") for i in range(40_000)]
+    assert Counter(messages) == Counter(expected)
+    log = agg.log_text()
+    assert "level=warning" not in log and "level=error" not in log, log
+
+
 def test_handshake_with_user_over_tls_and_refusals(tmp_path: Path) -> None:
     ca, cert, key = make_ca_and_server(tmp_path)
     agg = start_aggregator(
