@@ -4,7 +4,8 @@
 //
 //   node fluent_node.js send '{"port": N, "mode": "PackedForward", ...}'
 //     emits `count` records with the client's own options, waits for each emit's promise
-//     (with "ack", resolved by the server's ack) and prints {"ok": N, "failed": N, "errors": [...]}.
+//     (with "ack", resolved by the server's ack) for at most `waitMs` (with `endOnError`, until
+//     the first socket error: a refused handshake) and prints {"ok": N, "failed": N, "errors": [...]}.
 //   node fluent_node.js serve '{"sharedKey": ..., "users": {name: password}, "cert": ..., "key": ...}'
 //     listens on 127.0.0.1 (a free port, printed first as {"port": N}), acks each chunk and
 //     prints each entry it receives as one JSON line {"tag", "time", "record"}.
@@ -41,7 +42,12 @@ async function send(o) {
   }
   const client = new FluentClient(o.tag, options);
   const errors = [];
-  client.socketOn("error", (e) => errors.push(String(e)));
+  let onError; // resolved by the first socket error: a refused handshake ends the wait at once
+  const refused = new Promise((resolve) => (onError = resolve));
+  client.socketOn("error", (e) => {
+    errors.push(String(e));
+    onError(null);
+  });
   const sent = [];
   for (let i = 0; i < o.count; i++) {
     const record = { log: `${o.prefix} ${i}`, service: o.service, seq: i };
@@ -49,10 +55,10 @@ async function send(o) {
     const time = o.times ? o.times[i % o.times.length] : undefined;
     sent.push(time === undefined ? client.emit(record) : client.emit(record, time));
   }
-  const settled = await Promise.race([
-    Promise.allSettled(sent),
-    new Promise((resolve) => setTimeout(() => resolve(null), o.waitMs || 30000)),
-  ]);
+  const waitAtMost = new Promise((resolve) => setTimeout(() => resolve(null), o.waitMs || 30000));
+  const races = [Promise.allSettled(sent), waitAtMost];
+  if (o.endOnError) races.push(refused);
+  const settled = await Promise.race(races);
   const results = settled || [];
   const failed = results.filter((r) => r.status === "rejected");
   for (const r of failed.slice(0, 3)) errors.push(String(r.reason));

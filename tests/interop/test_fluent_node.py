@@ -158,13 +158,13 @@ def test_handshake_with_user_over_tls_and_refusals(tmp_path: Path) -> None:
     try:
         wrong_key = send(
             agg.port, mode="PackedForward", sharedKey="not-the-key", username="alice",
-            password="pw-1", prefix="wrong key", waitMs=3000, **secure,
+            password="pw-1", prefix="wrong key", waitMs=20_000, endOnError=True, **secure,
         )  # fmt: skip
         assert wrong_key["ok"] == 0
         assert any("shared_key mismatch" in e for e in wrong_key["errors"]), wrong_key
         wrong_password = send(
             agg.port, mode="PackedForward", sharedKey=KEY, username="alice", password="pw-2",
-            prefix="wrong password", waitMs=3000, **secure,
+            prefix="wrong password", waitMs=20_000, endOnError=True, **secure,
         )  # fmt: skip
         assert wrong_password["ok"] == 0
         assert any("username/password mismatch" in e for e in wrong_password["errors"])
