@@ -270,6 +270,12 @@ class _Connection:
         view = memoryview(payload)
         async with self._write_lock:
             for i in range(0, len(view), WRITE_SLICE):
+                if self.closed or self.writer.is_closing():
+                    # Closed meanwhile (the aggregator ended it, or another batch's failure
+                    # did). Not written on: asyncio's TLS transport, closed twice (its end and
+                    # ours), raised AttributeError on a write, which ended --once as an
+                    # "internal error" instead of a retry.
+                    raise ConnectionError("connection closed")
                 self.writer.write(view[i : i + WRITE_SLICE])
                 await self.writer.drain()
         return fut

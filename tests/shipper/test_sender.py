@@ -14,7 +14,7 @@ from shipper.batch import encode_message, pack_entries
 from shipper.config import Endpoint, parse_endpoint
 from shipper.errors import DeliveryError, HandshakeError
 from shipper.lines import Lines
-from shipper.sender import ForwardClient, rendezvous_order, tls_context
+from shipper.sender import ForwardClient, _Connection, rendezvous_order, tls_context
 from tests.shipper.receiver import Receiver, free_port
 from tests.shipper.tlsgen import make_ca_and_server, server_context
 
@@ -350,3 +350,34 @@ def test_a_stop_with_batches_unacked_resets_their_connection_and_closes_idle_one
 
     assert isinstance(asyncio.run(go(pending=True)), ConnectionResetError)
     assert asyncio.run(go(pending=False)) == b""
+
+
+def test_a_batch_sent_on_a_tls_connection_closed_meanwhile_fails_as_a_connection_error(
+    tmp_path: Path,
+) -> None:
+    """asyncio's TLS transport, closed twice (the aggregator's end, then ours), raises
+    AttributeError on a write: a batch sent on it then ended ``--once`` as an internal error
+    instead of a retry. Seen with an aggregator refusing the shipper's client certificate."""
+    ca, cert, key = make_ca_and_server(tmp_path)
+
+    async def scenario() -> None:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(1)
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_context(cert, key))
+        port = server.sockets[0].getsockname()[1]
+        try:
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=tls_context(ca), server_hostname="127.0.0.1"
+            )
+            conn = _Connection(Endpoint("127.0.0.1", port), reader, writer, wire.new_unpacker())
+            writer.close()
+            writer.close()  # as both ends' closing did: the transport forgets its TLS protocol
+            with pytest.raises(ConnectionError, match="connection closed"):
+                await conn.send(b"message", "chunk-1")
+            conn.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
