@@ -98,6 +98,14 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ),
     ("--tls-cert", {"help": "PEM certificate: serve Forward over TLS"}),
     ("--tls-key", {"help": "PEM private key of --tls-cert"}),
+    (
+        "--tls-client-ca",
+        {
+            "metavar": "FILE",
+            "help": "PEM CA bundle: require every client to present a certificate it signed "
+            "(mutual TLS; needs --tls-cert)",
+        },
+    ),
     ("--athena-database", {"help": "apply the DDL to this Athena database"}),
     ("--athena-workgroup", {"help": "Athena workgroup for the DDL queries"}),
     ("--athena-output", {"help": "s3:// location for Athena query results"}),

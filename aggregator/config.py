@@ -109,6 +109,8 @@ class Settings:
     (``terminationGracePeriodSeconds``, ``stopTimeout``: 120 s in deploy/)."""
     tls_cert: str | None = None
     tls_key: str | None = None
+    tls_client_ca: str | None = None
+    """PEM CA bundle: clients must present a certificate it signed (mutual TLS)."""
     athena_database: str | None = None
     athena_workgroup: str | None = None
     athena_output: str | None = None
@@ -306,7 +308,8 @@ def _check_numbers(s: Settings) -> None:
 def _check(s: Settings, partial: bool = False) -> None:
     # An empty value is an unset variable in a template: a --buffer-dir "" meant the current
     # directory.
-    for name in ("buffer_dir", "tls_cert", "tls_key", "shared_key", "metrics_listen"):
+    texts = ("buffer_dir", "tls_cert", "tls_key", "tls_client_ca", "shared_key", "metrics_listen")
+    for name in texts:
         value = getattr(s, name)
         if value is not None and not str(value).strip():
             flag = flag_of(name)
@@ -333,6 +336,11 @@ def _check(s: Settings, partial: bool = False) -> None:
         )
     if not partial and bool(s.tls_cert) != bool(s.tls_key):
         raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    if not partial and s.tls_client_ca and not s.tls_cert:
+        raise ConfigError(
+            "--tls-client-ca needs --tls-cert and --tls-key: client certificates are asked for "
+            "in the TLS handshake"
+        )
     if isinstance(s.envoy_formats, str):
         s.envoy_formats = [s.envoy_formats]
     for text in s.envoy_formats:

@@ -530,13 +530,23 @@ class ForwardServer:
             due = self._warnings.due(("tls_failed", conn.client), time.time())
             raise ConnectionClosed(
                 f"TLS handshake failed ({exc.__class__.__name__}: {exc or 'connection lost'}): "
-                "is the client sending plaintext, or does it not trust this server's "
-                f"certificate? (said at most once every {WARN_EVERY_SECONDS:.0f}s per address)",
+                f"{self._tls_causes()} (said at most once every {WARN_EVERY_SECONDS:.0f}s per "
+                "address)",
                 "tls_failed",
                 logging.INFO if due else logging.DEBUG,
             ) from None
         finally:
             conn.reading, conn.partial_since = False, None
+
+    def _tls_causes(self) -> str:
+        """What a failed TLS handshake may mean, for its log line."""
+        causes = "is the client sending plaintext, or does it not trust this server's certificate?"
+        if self.ssl_context is not None and self.ssl_context.verify_mode == ssl.CERT_REQUIRED:
+            causes = (
+                "is the client sending plaintext, does it not trust this server's certificate, "
+                "or has it no certificate signed by --tls-client-ca?"
+            )
+        return causes
 
     def _open_connections(self) -> int:
         """Connections that count against --max-connections (not those being closed)."""
@@ -1767,11 +1777,21 @@ class CertificateError(ValueError):
     2, as a bad flag), unlike a failure of the host at run time (exit 1)."""
 
 
-def tls_context(cert: str, key: str) -> ssl.SSLContext:
-    """Server TLS context from PEM files, with a message that says which file is wrong."""
+def tls_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
+    """Server TLS context from PEM files, with a message that says which file is wrong. With
+    ``client_ca`` (``--tls-client-ca``), a client must present a certificate that CA signed
+    (mutual TLS, as Fluentd's ``client_cert_auth`` and Vector's ``verify_certificate``)."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         ctx.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
         raise CertificateError(f"cannot load --tls-cert {cert} / --tls-key {key}: {exc}") from exc
+    if client_ca:
+        try:
+            ctx.load_verify_locations(cafile=client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise CertificateError(
+                f"cannot load --tls-client-ca {client_ca}: {exc}; it must be a PEM CA bundle"
+            ) from exc
+        ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx

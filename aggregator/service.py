@@ -394,7 +394,7 @@ class Aggregator:
     async def _start_serving(self) -> None:
         """The Forward server, listening once the chunk ids of the previous run are read."""
         ssl_ctx = (
-            tls_context(self.settings.tls_cert, self.settings.tls_key)
+            tls_context(self.settings.tls_cert, self.settings.tls_key, self.settings.tls_client_ca)
             if self.settings.tls_cert and self.settings.tls_key
             else None
         )

@@ -152,6 +152,9 @@ class Config:
     tls: bool = False
     tls_ca: Path | None = None
     tls_verify: bool = True
+    tls_cert: Path | None = None
+    """Client certificate (PEM) for aggregators that require one (``--tls-client-ca``)."""
+    tls_key: Path | None = None
     hostname: str = field(default_factory=socket.gethostname)
     batch_lines: int = 2048
     batch_bytes: int = 512 * 1024
@@ -211,6 +214,8 @@ _HELP = {
     "tls": "connect to aggregators over TLS",
     "tls_ca": "CA bundle to verify the aggregator's certificate (default: system CAs)",
     "tls_no_verify": "do not verify the aggregator's certificate (testing only)",
+    "tls_cert": "client certificate (PEM) for aggregators that require one (mutual TLS)",
+    "tls_key": "private key (PEM) of --tls-cert",
     "hostname": "host name put into records (default: this machine's)",
     "batch_lines": "max lines per Forward message (default: 2048; a message closes earlier "
     "at 4 MiB)",
@@ -264,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--tls", action="store_true", default=None, help=_HELP["tls"])
     a("--tls-ca", metavar="FILE", help=_HELP["tls_ca"])
     a("--tls-no-verify", action="store_true", default=None, help=_HELP["tls_no_verify"])
+    a("--tls-cert", metavar="FILE", help=_HELP["tls_cert"])
+    a("--tls-key", metavar="FILE", help=_HELP["tls_key"])
     a("--hostname", help=_HELP["hostname"])
     a("--batch-lines", type=int, metavar="N", help=_HELP["batch_lines"])
     a("--batch-bytes", type=int, metavar="N", help=_HELP["batch_bytes"])
@@ -293,6 +300,8 @@ _KINDS: dict[str, str] = {
     "password": "string",
     "metrics_listen": "string",
     "tls_ca": "string",
+    "tls_cert": "string",
+    "tls_key": "string",
     "hostname": "string",
     "log_level": "string",
     "compress": "compress",
@@ -350,6 +359,8 @@ _EXPECTED = {
     "password": "a password (or set $LOGQ_SHIPPER_PASSWORD)",
     "metrics_listen": "HOST:PORT",
     "tls_ca": "a PEM file",
+    "tls_cert": "a PEM file",
+    "tls_key": "a PEM file",
     "hostname": "a host name",
     "log_level": f"one of {', '.join(LOG_LEVELS)}",
 }
@@ -661,15 +672,21 @@ def _to_config(m: dict[str, Any]) -> Config:
         )
     kw["tls"] = m.get("tls", False)
     no_verify = m.get("tls_no_verify", False)
-    if not kw["tls"] and (m.get("tls_ca") or no_verify):
+    tls_only = [key for key in ("tls_ca", "tls_cert", "tls_key") if m.get(key)] + (
+        ["tls_no_verify"] if no_verify else []
+    )
+    if not kw["tls"] and tls_only:
         # Without --tls these would be ignored and the logs would go out as plain text.
-        flag = "--tls-ca" if m.get("tls_ca") else "--tls-no-verify"
+        flag = flag_of(tls_only[0])
         raise ConfigError(f"{flag} needs --tls; without it logs would be sent unencrypted")
-    if m.get("tls_ca"):
-        ca = Path(m["tls_ca"])
-        if not ca.is_file():
-            raise ConfigError(f"--tls-ca {ca} is not a readable file")
-        kw["tls_ca"] = ca
+    if bool(m.get("tls_cert")) != bool(m.get("tls_key")):
+        raise ConfigError("a client certificate needs both --tls-cert and --tls-key")
+    for key in ("tls_ca", "tls_cert", "tls_key"):
+        if m.get(key):
+            path = Path(m[key])
+            if not path.is_file():
+                raise ConfigError(f"{flag_of(key)} {path} is not a readable file")
+            kw[key] = path
     kw["tls_verify"] = not no_verify
     if m.get("hostname"):
         kw["hostname"] = _hostname(m["hostname"])

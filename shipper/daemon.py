@@ -64,7 +64,7 @@ with deferred_interrupts("logq-shipper"):
     from shipper.checkpoint import Registry
     from shipper.config import Config, load_config, weak_key_warning
     from shipper.discover import Discoverer, Scan, SourceSpec, check_roots, node_names
-    from shipper.errors import ConfigError, ShipperError, StartError, listen_error
+    from shipper.errors import ConfigError, DeliveryError, ShipperError, StartError, listen_error
     from shipper.exclude import Excluder, Exclusion
     from shipper.followed import prune_followed
     from shipper.fsnames import as_text
@@ -695,6 +695,8 @@ class Shipper:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
         if self._failure is not None:
+            if isinstance(self._failure, DeliveryError):
+                raise _with_client_cert_hint(self._failure, self.cfg)
             if isinstance(self._failure, ShipperError):
                 raise self._failure
             raise ShipperError(f"internal error: {self._failure!r}") from self._failure
@@ -895,13 +897,49 @@ def raise_open_files_limit() -> int | None:
     return raise_limit(log)[1]
 
 
+#: How a connection closed by the peer reads in a delivery error (whichever write or read
+#: met the close first).
+_CLOSED_SIGNS = (
+    "closed the connection",
+    "connection closed",
+    "reset by peer",
+    "broken pipe",
+    "connection lost",
+)
+
+
+def _with_client_cert_hint(error: DeliveryError, cfg: Config) -> DeliveryError:
+    """``error``, with a hint when TLS connections were closed on a shipper without a client
+    certificate: an aggregator with ``--tls-client-ca`` refuses those in the TLS handshake,
+    which the client sees only as its connections closing (TLS 1.3 ends the client's side of
+    the handshake before the server checks the client)."""
+    text = str(error)
+    if not cfg.tls or cfg.tls_cert is not None:
+        return error
+    if not any(sign in text.lower() for sign in _CLOSED_SIGNS):
+        return error
+    return DeliveryError(
+        f"{text} (an aggregator that requires client certificates, --tls-client-ca, closes "
+        "TLS connections without one: if so, pass --tls-cert and --tls-key)"
+    )
+
+
 def _tls(cfg: Config) -> ssl.SSLContext | None:
     if not cfg.tls:
         return None
     try:
-        return tls_context(cfg.tls_ca, cfg.tls_verify)
+        ctx = tls_context(cfg.tls_ca, cfg.tls_verify)
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"cannot load --tls-ca {cfg.tls_ca}: {exc}; it must be PEM") from None
+    if cfg.tls_cert is not None and cfg.tls_key is not None:
+        try:
+            ctx.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"cannot load --tls-cert {cfg.tls_cert} / --tls-key {cfg.tls_key}: {exc}; "
+                "they must be a PEM certificate and its private key"
+            ) from None
+    return ctx
 
 
 def main(argv: list[str] | None = None) -> int:

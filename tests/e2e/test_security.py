@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from cli.demohost import write_host
+from tests.shipper.tlsgen import make_ca_and_server, make_client_cert
 from tests.support.expect import assert_tables_match
 from tests.support.pipeline import run_shipper_once, start_aggregator
+from tests.support.procs import console_script
 
 pytestmark = pytest.mark.integration
 
@@ -141,3 +144,85 @@ def test_user_authentication_in_the_handshake(
         agg.kill()
     assert "username/password mismatch" in agg.log.read_text()
     assert_tables_match(manifest, warehouse, subprocess_env, socket.gethostname())
+
+
+def test_mutual_tls_takes_only_clients_with_a_certificate_its_ca_signed(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """``--tls-client-ca``: a shipper with a client certificate that CA signed delivers every
+    line; one without a certificate, or with one another CA signed, is refused in the TLS
+    handshake and stores nothing, its error saying what to pass."""
+    manifest = write_host(tmp_path / "containers", seed=34, requests=30, long_line=False)
+    ca, cert, key = make_ca_and_server(tmp_path)
+    client_ca, client_cert, client_key = make_client_cert(tmp_path)
+    _, stranger_cert, stranger_key = make_client_cert(tmp_path, "stranger")
+    warehouse = str(tmp_path / "warehouse")
+    agg = start_aggregator(
+        warehouse, tmp_path, subprocess_env, "--tls-cert", str(cert), "--tls-key", str(key),
+        "--tls-client-ca", str(client_ca),
+    )  # fmt: skip
+    tls = ["--tls", "--tls-ca", str(ca), "--retry-timeout", "3"]
+    try:
+        refused = run_shipper_once(
+            agg.address, manifest.root, tmp_path / "no-cert", subprocess_env, *tls
+        )
+        message = refused.stdout + refused.stderr
+        assert refused.returncode != 0, message[-2000:]
+        assert "pass --tls-cert and --tls-key" in message, message[-2000:]
+        assert "Traceback" not in message and "internal error" not in message, message[-2000:]
+        stranger = run_shipper_once(
+            agg.address, manifest.root, tmp_path / "stranger", subprocess_env, *tls,
+            "--tls-cert", str(stranger_cert), "--tls-key", str(stranger_key),
+        )  # fmt: skip
+        message = stranger.stdout + stranger.stderr
+        assert stranger.returncode != 0, message[-2000:]
+        assert "Traceback" not in message and "internal error" not in message, message[-2000:]
+        assert list(Path(warehouse).rglob("*.parquet")) == []
+        done = run_shipper_once(
+            agg.address, manifest.root, tmp_path / "state", subprocess_env, *tls,
+            "--tls-cert", str(client_cert), "--tls-key", str(client_key),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert agg.terminate() == 0, agg.log.read_text()
+    finally:
+        agg.kill()
+    log = agg.log.read_text()
+    assert "has it no certificate signed by --tls-client-ca?" in log
+    assert_tables_match(manifest, warehouse, subprocess_env, socket.gethostname())
+
+
+@pytest.mark.parametrize(
+    ("program", "args", "message"),
+    [
+        ("logq-aggregator", ["--tls-client-ca", "{ca}"], "--tls-client-ca needs --tls-cert"),
+        (
+            "logq-aggregator",
+            ["--tls-cert", "{cert}", "--tls-key", "{key}", "--tls-client-ca", "{cert}.missing"],
+            "cannot load --tls-client-ca",
+        ),
+        ("logq-shipper", ["--tls-cert", "{cert}", "--tls-key", "{key}"], "--tls-cert needs --tls"),
+        ("logq-shipper", ["--tls", "--tls-cert", "{cert}"], "needs both --tls-cert and --tls-key"),
+        (
+            "logq-shipper",
+            ["--tls", "--tls-cert", "{ca}", "--tls-key", "{key}"],
+            "cannot load --tls-cert",
+        ),
+    ],
+)
+def test_client_certificate_flags_that_cannot_work_exit_2(
+    tmp_path: Path, subprocess_env: dict[str, str], program: str, args: list[str], message: str
+) -> None:
+    ca, cert, key = make_ca_and_server(tmp_path)
+    paths = {"ca": str(ca), "cert": str(cert), "key": str(key)}
+    common = (
+        ["--listen", "127.0.0.1:0", "--buffer-dir", str(tmp_path / "buf")]
+        if program == "logq-aggregator"
+        else ["--aggregator", "127.0.0.1:1", "--state-dir", str(tmp_path / "state"), "--once"]
+    )
+    done = subprocess.run(
+        [str(console_script(program)), *common, *(a.format(**paths) for a in args)],
+        env=subprocess_env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

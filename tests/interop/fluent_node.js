@@ -32,6 +32,7 @@ async function send(o) {
   };
   if (o.ack) options.ack = { ackTimeout: 20000 };
   if (o.ca) options.socket.tls = { ca: fs.readFileSync(o.ca), servername: "localhost" };
+  if (o.cert) Object.assign(options.socket.tls, { cert: fs.readFileSync(o.cert), key: fs.readFileSync(o.key) });
   if (o.sharedKey) {
     options.security = {
       clientHostname: "node-client",

@@ -26,7 +26,7 @@ import pytest
 
 from cli.demohost import write_host
 from tests.aggregator.helpers import read_table, start_aggregator
-from tests.shipper.tlsgen import make_ca_and_server
+from tests.shipper.tlsgen import make_ca_and_server, make_client_cert
 from tests.support.pipeline import run_shipper_once
 
 pytestmark = pytest.mark.integration
@@ -183,6 +183,32 @@ def test_handshake_with_user_over_tls_and_refusals(tmp_path: Path) -> None:
     )
     log = agg.log_text()
     assert "handshake failed from 'node-client': shared_key mismatch" in log
+
+
+def test_mutual_tls_takes_the_client_with_a_certificate_its_ca_signed(tmp_path: Path) -> None:
+    ca, cert, key = make_ca_and_server(tmp_path)
+    client_ca, client_cert, client_key = make_client_cert(tmp_path)
+    agg = start_aggregator(
+        tmp_path,
+        extra=["--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(client_ca)],
+    )
+    common = {"ack": True, "ca": str(ca), "tag": "node", "service": "mtls", "count": 10}
+    try:
+        # Refused in the TLS handshake, which this client retries quietly: none of its 10
+        # records is acked within 2 s (and none lands: checked below).
+        without = send(agg.port, mode="PackedForward", prefix="no cert", waitMs=2000, **common)
+        assert without["ok"] == 0, without
+        summary = send(
+            agg.port, mode="PackedForward", prefix="cert", cert=str(client_cert),
+            key=str(client_key), **common,
+        )  # fmt: skip
+        assert summary == {"ok": 10, "failed": 0, "errors": []}
+        assert agg.stop() == 0, agg.log_text()
+    finally:
+        agg.stop()
+    rows = read_table(agg.warehouse, "container_logs").to_pylist()
+    assert Counter(r["message"] for r in rows) == Counter(f"cert {i}" for i in range(10))
+    assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in agg.log_text()
 
 
 def _docker_lines(root: Path) -> Counter[str]:

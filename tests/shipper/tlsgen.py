@@ -20,12 +20,30 @@ def _name(cn: str) -> x509.Name:
 def make_ca_and_server(tmp: Path, dns_names: tuple[str, ...] = ()) -> tuple[Path, Path, Path]:
     """Returns (ca.pem, server.pem, server.key); the certificate names 127.0.0.1 and localhost,
     or only ``dns_names`` when given."""
+    names = [x509.DNSName(n) for n in dns_names] or [
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.DNSName("localhost"),
+    ]
+    return _issue(tmp, "logq test CA", "127.0.0.1", names, "server")
+
+
+def make_client_cert(tmp: Path, name: str = "client") -> tuple[Path, Path, Path]:
+    """A CA of its own and a client certificate it signed, for mutual TLS: returns
+    (``<name>-ca.pem``, ``<name>.pem``, ``<name>.key``)."""
+    return _issue(tmp, f"logq {name} CA", f"logq {name}", [], name)
+
+
+def _issue(
+    tmp: Path, ca_name: str, subject: str, names: list[x509.GeneralName], stem: str
+) -> tuple[Path, Path, Path]:
+    """A new CA and a certificate it signed for ``subject`` (``names`` as subjectAltName),
+    written as PEM files: the CA's as ``ca.pem`` for a server, ``<stem>-ca.pem`` otherwise."""
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
         x509.CertificateBuilder()
-        .subject_name(_name("logq test CA"))
-        .issuer_name(_name("logq test CA"))
+        .subject_name(_name(ca_name))
+        .issuer_name(_name(ca_name))
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(hours=1))
@@ -38,24 +56,20 @@ def make_ca_and_server(tmp: Path, dns_names: tuple[str, ...] = ()) -> tuple[Path
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(_name("127.0.0.1"))
+        .subject_name(_name(subject))
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(hours=1))
         .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(n) for n in dns_names]
-                or [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
     )
-    ca_pem, cert_pem, key_pem = tmp / "ca.pem", tmp / "server.pem", tmp / "server.key"
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    ca_pem = tmp / ("ca.pem" if stem == "server" else f"{stem}-ca.pem")
+    cert_pem, key_pem = tmp / f"{stem}.pem", tmp / f"{stem}.key"
     ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_pem.write_bytes(
