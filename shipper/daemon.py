@@ -898,13 +898,14 @@ def raise_open_files_limit() -> int | None:
 
 
 #: How a connection closed by the peer reads in a delivery error (whichever write or read
-#: met the close first).
+#: met the close first), or a TLS error other than the aggregator's certificate.
 _CLOSED_SIGNS = (
     "closed the connection",
     "connection closed",
     "reset by peer",
     "broken pipe",
     "connection lost",
+    "tls failed",
 )
 
 
