@@ -64,7 +64,15 @@ with deferred_interrupts("logq-shipper"):
     from shipper.checkpoint import Registry
     from shipper.config import Config, load_config, weak_key_warning
     from shipper.discover import Discoverer, Scan, SourceSpec, check_roots, node_names
-    from shipper.errors import ConfigError, DeliveryError, ShipperError, StartError, listen_error
+    from shipper.errors import (
+        CLIENT_CERT_HINT,
+        ConfigError,
+        DeliveryError,
+        ShipperError,
+        StartError,
+        closed_by_peer,
+        listen_error,
+    )
     from shipper.exclude import Excluder, Exclusion
     from shipper.followed import prune_followed
     from shipper.fsnames import as_text
@@ -122,6 +130,7 @@ class Shipper:
             username=cfg.username,
             password=cfg.password,
             tls=_tls(cfg),
+            client_cert=cfg.tls_cert is not None,
             ack_timeout=cfg.ack_timeout,
             give_up_after=cfg.retry_timeout if cfg.once else None,
             on_retry=lambda ep: self.metrics.retries.labels(ep).inc(),
@@ -897,32 +906,15 @@ def raise_open_files_limit() -> int | None:
     return raise_limit(log)[1]
 
 
-#: How a connection closed by the peer reads in a delivery error (whichever write or read
-#: met the close first), or a TLS error other than the aggregator's certificate.
-_CLOSED_SIGNS = (
-    "closed the connection",
-    "connection closed",
-    "reset by peer",
-    "broken pipe",
-    "connection lost",
-    "tls failed",
-)
-
-
 def _with_client_cert_hint(error: DeliveryError, cfg: Config) -> DeliveryError:
     """``error``, with a hint when TLS connections were closed on a shipper without a client
     certificate: an aggregator with ``--tls-client-ca`` refuses those in the TLS handshake,
     which the client sees only as its connections closing (TLS 1.3 ends the client's side of
     the handshake before the server checks the client)."""
     text = str(error)
-    if not cfg.tls or cfg.tls_cert is not None:
+    if not cfg.tls or cfg.tls_cert is not None or not closed_by_peer(text):
         return error
-    if not any(sign in text.lower() for sign in _CLOSED_SIGNS):
-        return error
-    return DeliveryError(
-        f"{text} (an aggregator that requires client certificates, --tls-client-ca, closes "
-        "TLS connections without one: if so, pass --tls-cert and --tls-key)"
-    )
+    return DeliveryError(f"{text} ({CLIENT_CERT_HINT})")
 
 
 def _tls(cfg: Config) -> ssl.SSLContext | None:

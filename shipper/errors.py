@@ -45,6 +45,30 @@ class HandshakeError(DeliveryError):
     """The shared-key handshake failed: retrying will not help until the key is fixed."""
 
 
+#: What to do when TLS connections close on a shipper without a client certificate.
+CLIENT_CERT_HINT = (
+    "an aggregator that requires client certificates, --tls-client-ca, closes TLS connections "
+    "without one: if so, pass --tls-cert and --tls-key"
+)
+#: How a connection closed by the peer reads in a delivery error (whichever write or read
+#: met the close first), or a TLS error other than the aggregator's certificate.
+_CLOSED_SIGNS = (
+    "closed the connection",
+    "connection closed",
+    "reset by peer",
+    "broken pipe",
+    "connection lost",
+    "tls failed",
+)
+
+
+def closed_by_peer(why: str) -> bool:
+    """Whether a delivery error's text says the aggregator closed the connection: how an
+    aggregator with ``--tls-client-ca`` refusing a client without a certificate looks from
+    the client (TLS 1.3 ends the client's side of the handshake before the server checks it)."""
+    return any(sign in why.lower() for sign in _CLOSED_SIGNS)
+
+
 def flag_of(key: str) -> str:
     """The command-line flag of setting ``key``: ``--batch-lines`` of ``batch_lines``."""
     return "--" + key.replace("_", "-")

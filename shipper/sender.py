@@ -44,11 +44,20 @@ import msgpack
 
 from shipper import resolve, wire
 from shipper.config import Endpoint
-from shipper.errors import DeliveryError, HandshakeError, preview
+from shipper.errors import (
+    CLIENT_CERT_HINT,
+    DeliveryError,
+    HandshakeError,
+    closed_by_peer,
+    preview,
+)
 
 log = logging.getLogger("logq.shipper.sender")
 
 HANDSHAKE_TIMEOUT = 10.0
+#: Failed deliveries of a batch, its connections closed each time, before a shipper with TLS
+#: and no client certificate says once that the aggregator may require one.
+CLIENT_CERT_HINT_AFTER = 3
 WRITE_SLICE = 256 * 1024
 #: Characters of a server's handshake rejection reason kept in the error (quoted, then cut).
 REASON_CHARS = 200
@@ -343,6 +352,7 @@ class ForwardClient:
         username: str | None = None,
         password: str | None = None,
         tls: ssl.SSLContext | None = None,
+        client_cert: bool = False,
         ack_timeout: float = 30.0,
         connect_timeout: float = 5.0,
         backoff_base: float = 0.2,
@@ -365,6 +375,9 @@ class ForwardClient:
         self.username = username
         self.password = password
         self.tls = tls
+        self.client_cert = client_cert
+        """Whether ``tls`` presents a client certificate (``--tls-cert``)."""
+        self._cert_hint_given = False
         self.ack_timeout = ack_timeout
         self.connect_timeout = connect_timeout
         self.backoff_base = backoff_base
@@ -806,13 +819,15 @@ class ForwardClient:
                 # The message's size: an aggregator that closes the connection on a message
                 # over its --max-frame-bytes says so only in its own log, and the same message
                 # goes again, forever; this is what to compare with that limit.
+                why = describe_error(exc)
                 log.warning(
                     "delivery failed, will retry endpoint=%s attempt=%d bytes=%d error=%r",
                     ep,
                     attempt,
                     len(payload),
-                    describe_error(exc),
+                    why,
                 )
+                self._hint_client_cert(ep, attempt, why)
                 self._check_give_up()
             else:
                 h = self._health.setdefault(ep, _Health())
@@ -824,6 +839,16 @@ class ForwardClient:
                 if affinity is not None and self._placed_through(affinity, last):
                     self._settle(affinity)
                 return ep
+
+    def _hint_client_cert(self, ep: Endpoint, attempt: int, why: str) -> None:
+        """Say once (a WARNING) what to pass when TLS connections keep being closed on a
+        shipper without a client certificate: an aggregator with ``--tls-client-ca`` refuses
+        it so, and the retries' own lines only say that the connection closed."""
+        if self._cert_hint_given or self.tls is None or self.client_cert:
+            return
+        if attempt >= CLIENT_CERT_HINT_AFTER and closed_by_peer(why):
+            self._cert_hint_given = True
+            log.warning("TLS connections to %s keep closing (%s); %s", ep, why, CLIENT_CERT_HINT)
 
     def _check_give_up(self) -> None:
         """Raise :class:`DeliveryError` once nothing was acknowledged for ``give_up_after``

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from shipper.errors import DeliveryError, HandshakeError
 from shipper.lines import Lines
 from shipper.sender import ForwardClient, _Connection, rendezvous_order, tls_context
 from tests.shipper.receiver import Receiver, free_port
-from tests.shipper.tlsgen import make_ca_and_server, server_context
+from tests.shipper.tlsgen import make_ca_and_server, make_client_cert, server_context
 
 
 def message(n: int, compress: bool = False, first: int = 0) -> tuple[bytes, str]:
@@ -381,3 +382,43 @@ def test_a_batch_sent_on_a_tls_connection_closed_meanwhile_fails_as_a_connection
             await server.wait_closed()
 
     asyncio.run(scenario())
+
+
+def test_tls_connections_closed_without_a_client_certificate_say_once_what_to_pass(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An aggregator with ``--tls-client-ca`` refuses a shipper without a certificate in the
+    TLS handshake, which the shipper sees only as its connections closing: after a few such
+    retries it says once what to pass; with the certificate it delivers."""
+    ca, cert, key = make_ca_and_server(tmp_path)
+    client_ca, client_cert, client_key = make_client_cert(tmp_path)
+    server = server_context(cert, key)
+    server.load_verify_locations(cafile=client_ca)
+    server.verify_mode = ssl.CERT_REQUIRED
+    r = Receiver(tls=server)
+    try:
+
+        async def without() -> None:
+            c = client(r.address, tls=tls_context(ca), give_up_after=1.5)
+            with pytest.raises(DeliveryError):
+                await c.deliver(*message(1))
+            await c.close()
+
+        with caplog.at_level(logging.WARNING, logger="logq.shipper.sender"):
+            asyncio.run(without())
+        hints = [m for m in caplog.messages if "pass --tls-cert and --tls-key" in m]
+        assert len(hints) == 1, caplog.messages[-5:]
+        assert "keep closing" in hints[0]
+        assert r.records == []
+
+        async def with_cert() -> None:
+            ctx = tls_context(ca)
+            ctx.load_cert_chain(client_cert, client_key)
+            c = client(r.address, tls=ctx, client_cert=True)
+            await c.deliver(*message(3))
+            await c.close()
+
+        asyncio.run(with_cert())
+        assert len(r.records) == 3
+    finally:
+        r.close()
