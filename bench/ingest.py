@@ -15,14 +15,15 @@ everything. Prints:
   where the bytes of a row go, and the least zstd can store the random request ids in.
 
 Usage: ``python bench/ingest.py [--lines N] [--runs N] [--chunk N] [--connections N]
-[--warehouse URI] [--unsized] [--gzip] [--istio | --json]`` (``--runs N`` measures N
+[--warehouse URI] [--unsized] [--gzip] [--tls] [--istio | --json]`` (``--runs N`` measures N
 aggregators one after another and prints the median of each figure; a ``s3://`` warehouse uses
 the standard AWS settings, e.g. a local SeaweedFS; ``--istio`` sends lines in Istio's proxy
 format, ``--json`` as Envoy's JSON access logs;
 ``--unsized`` sends the chunks without the ``size`` option, as Fluent Bit without
 ``Send_options true``, Fluentd and fluent-logger do; ``--gzip`` sends them gzipped,
 CompressedPackedForward, as ``logq-shipper --compress gzip`` and Fluent Bit's ``Compress gzip``
-do).
+do; ``--tls`` serves Forward over TLS, a throwaway CA's certificate, as shippers sending to an
+aggregator fleet over the network do).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -247,10 +249,22 @@ def per_connection(chunks: list[tuple[str, str, bytes]], n: int) -> list[list[tu
     return groups
 
 
-def send(port: int, chunks: list[tuple[str, bytes]], window: int, errors: list[str]) -> None:
+def connect(port: int, tls: ssl.SSLContext | None) -> socket.socket:
+    """A connection to the aggregator on 127.0.0.1, over TLS with ``tls``."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    return tls.wrap_socket(sock, server_hostname="127.0.0.1") if tls is not None else sock
+
+
+def send(
+    port: int,
+    chunks: list[tuple[str, bytes]],
+    window: int,
+    errors: list[str],
+    tls: ssl.SSLContext | None = None,
+) -> None:
     """Send chunks with up to ``window`` unacknowledged, checking every ack."""
     try:
-        with socket.create_connection(("127.0.0.1", port)) as sock:
+        with connect(port, tls) as sock:
             unpacker = wire.new_unpacker()
             pending: list[str] = []
             i = 0
@@ -370,13 +384,15 @@ def text_floor(warehouse: str, column: str) -> float:
     return float(-(p * np.log2(p)).sum() * total / 8 / rows)
 
 
-def freshness(port: int, warehouse: str, timeout: float = 120.0) -> float:
+def freshness(
+    port: int, warehouse: str, tls: ssl.SSLContext | None = None, timeout: float = 120.0
+) -> float:
     """Seconds from the ack of one line to the moment a reader can see it in the warehouse."""
     from athena.warehouse import list_entries, open_warehouse
 
     marker = f"freshness-probe-{uuid.uuid4()}"
     rec = {wire.KEY_LOG: marker, wire.KEY_STREAM: "stdout", wire.KEY_SERVICE: "probe"}
-    with socket.create_connection(("127.0.0.1", port)) as sock:
+    with connect(port, tls) as sock:
         sock.sendall(wire.encode_packed_forward("logq.probe", [(time.time_ns(), rec)], "probe"))
         unpacker = wire.new_unpacker()
         while True:
@@ -581,15 +597,28 @@ def main() -> int:
         action="store_true",
         help="gzipped frames (CompressedPackedForward, as --compress gzip); not with --stages",
     )
+    ap.add_argument(
+        "--tls",
+        action="store_true",
+        help="Forward over TLS (the aggregator's --tls-cert/--tls-key, a throwaway CA); "
+        "not with --stages",
+    )
     args = ap.parse_args()
-    if args.stages and args.gzip:
-        ap.error("--gzip is for the whole pipeline: not with --stages")
+    if args.stages and (args.gzip or args.tls):
+        ap.error("--gzip and --tls are for the whole pipeline: not with --stages")
     if args.stages:
         sized, runs = not args.unsized, max(1, args.runs or 3)
         stages(args.lines, args.chunk, args.buffer_compression, sized, runs, args.istio, args.json)
         return 0
 
     tmp = Path(tempfile.mkdtemp(prefix="logq-bench-"))
+    args.tls_files, args.tls_client = None, None
+    if args.tls:
+        from tests.shipper.tlsgen import make_ca_and_server
+
+        ca, cert, key = make_ca_and_server(tmp)
+        args.tls_files = (cert, key)
+        args.tls_client = ssl.create_default_context(cafile=str(ca))
     s3_server = None
     env = dict(os.environ)
     warehouse = args.warehouse or str(tmp / "warehouse")
@@ -685,6 +714,8 @@ def one_run(
         "--buffer-compression",
         args.buffer_compression,
     ]
+    if args.tls_files is not None:
+        cmd += ["--tls-cert", str(args.tls_files[0]), "--tls-key", str(args.tls_files[1])]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     port = 0
@@ -702,14 +733,17 @@ def one_run(
     by_thread: dict[tuple[int, str], float] = {}
     watcher = threading.Thread(target=watch_hwm, args=(proc, peak, by_thread), daemon=True)
     watcher.start()
-    fresh = freshness(port, warehouse)
+    fresh = freshness(port, warehouse, args.tls_client)
 
     groups = per_connection(chunks, args.connections)
     errors: list[str] = []
     cpu0 = cpu_seconds(proc.pid)
     by_thread0 = thread_cpu(proc.pid)
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=send, args=(port, g, args.window, errors)) for g in groups]
+    threads = [
+        threading.Thread(target=send, args=(port, g, args.window, errors, args.tls_client))
+        for g in groups
+    ]
     for th in threads:
         th.start()
     for th in threads:
@@ -731,7 +765,8 @@ def one_run(
     where = "S3 (SeaweedFS)" if warehouse.startswith("s3://") else "local disk"
     print(f"warehouse                  {where}")
     sizing = "without" if args.unsized else "with"
-    print(f"lines                      {n:,} ({sizing} size{', gzip' if args.gzip else ''})")
+    extras = (", gzip" if args.gzip else "") + (", TLS" if args.tls else "")
+    print(f"lines                      {n:,} ({sizing} size{extras})")
     print(f"acknowledged (durable)     {n / t_ack:,.0f} lines/s  ({t_ack:.2f} s)")
     print(f"committed to Parquet       {n / t_done:,.0f} lines/s  ({t_done:.2f} s, SIGTERM incl.)")
     print(
