@@ -6,7 +6,8 @@
 //     emits `count` records with the client's own options, waits for each emit's promise
 //     (with "ack", resolved by the server's ack) for at most `waitMs` (with `endOnError`, until
 //     the first socket error: a refused handshake) and prints {"ok": N, "failed": N, "errors": [...]}.
-//   node fluent_node.js serve '{"sharedKey": ..., "users": {name: password}, "cert": ..., "key": ...}'
+//   node fluent_node.js serve '{"sharedKey": ..., "users": {name: password}, "cert": ..., "key": ...,
+//                               "clientCa": ...}'
 //     listens on 127.0.0.1 (a free port, printed first as {"port": N}), acks each chunk and
 //     prints each entry it receives as one JSON line {"tag", "time", "record"}.
 "use strict";
@@ -81,6 +82,14 @@ async function serve(o) {
   }
   if (o.cert) {
     options.tlsOptions = { cert: fs.readFileSync(o.cert), key: fs.readFileSync(o.key) };
+    if (o.clientCa) {
+      // Mutual TLS: only clients with a certificate this CA signed.
+      Object.assign(options.tlsOptions, {
+        ca: fs.readFileSync(o.clientCa),
+        requestCert: true,
+        rejectUnauthorized: true,
+      });
+    }
   }
   const server = new FluentServer(options);
   server.on("entry", (tag, time, record) => {

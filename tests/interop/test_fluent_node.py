@@ -12,6 +12,7 @@ The packages are installed by ``make test`` into ``.venv/node`` (pinned in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -62,12 +63,11 @@ def send(port: int, **options: Any) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture
-def node_server(tmp_path: Path) -> Iterator[tuple[int, Path, Path]]:
-    """The Node server with a shared key and a user over TLS: ``(port, entries file, CA)``."""
-    ca, cert, key = make_ca_and_server(tmp_path)
-    entries = tmp_path / "entries.jsonl"
-    options = {"sharedKey": KEY, "users": {"shipper": "pw-9"}, "cert": str(cert), "key": str(key)}
+@contextlib.contextmanager
+def node_serving(folder: Path, **options: Any) -> Iterator[tuple[int, Path]]:
+    """The Node server's ``serve`` with ``options`` (see fluent_node.js): ``(port, the file
+    where it writes each entry it receives)``."""
+    entries = folder / "entries.jsonl"
     with entries.open("w") as out:
         proc = subprocess.Popen(
             ["node", str(SCRIPT), "serve", json.dumps(options)],
@@ -83,10 +83,22 @@ def node_server(tmp_path: Path) -> Iterator[tuple[int, Path, Path]]:
             time.sleep(0.05)
         first = entries.read_text().splitlines()[0]
         assert proc.poll() is None, first
-        yield json.loads(first)["port"], entries, ca
+        yield json.loads(first)["port"], entries
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture
+def node_server(tmp_path: Path) -> Iterator[tuple[int, Path, Path]]:
+    """The Node server with a shared key and a user over TLS: ``(port, entries file, CA)``."""
+    ca, cert, key = make_ca_and_server(tmp_path)
+    users = {"shipper": "pw-9"}
+    with node_serving(tmp_path, sharedKey=KEY, users=users, cert=str(cert), key=str(key)) as (
+        port,
+        entries,
+    ):
+        yield port, entries, ca
 
 
 def _received(entries: Path) -> list[dict[str, Any]]:
@@ -256,3 +268,31 @@ def test_shipper_to_the_node_server_over_tls_with_a_shared_key_and_user(
     assert "'username/password mismatch'" in wrong_password.stderr, wrong_password.stderr
     assert "check --shared-key and --username/--password" in wrong_password.stderr
     assert len(_received(entries)) == len(received)  # nothing more arrived
+
+
+def test_shipper_presents_its_client_certificate_to_the_node_server(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """Mutual TLS against another TLS server (Node's, requestCert and rejectUnauthorized): no
+    certificate is refused, with the hint; the one its CA signed delivers every line."""
+    ca, cert, key = make_ca_and_server(tmp_path)
+    client_ca, client_cert, client_key = make_client_cert(tmp_path)
+    manifest = write_host(tmp_path / "containers", seed=6, requests=20, long_line=False)
+    tls = ["--tls", "--tls-ca", str(ca), "--retry-timeout", "3"]
+    with node_serving(tmp_path, cert=str(cert), key=str(key), clientCa=str(client_ca)) as (
+        port,
+        entries,
+    ):
+        refused = run_shipper_once(
+            f"127.0.0.1:{port}", manifest.root, tmp_path / "no-cert", subprocess_env, *tls
+        )
+        assert refused.returncode != 0, refused.stderr
+        assert "pass --tls-cert and --tls-key" in refused.stderr, refused.stderr
+        assert _received(entries) == []
+        shipped = run_shipper_once(
+            f"127.0.0.1:{port}", manifest.root, tmp_path / "state", subprocess_env, *tls,
+            "--tls-cert", str(client_cert), "--tls-key", str(client_key),
+        )  # fmt: skip
+        assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+        received = _received(entries)
+    assert Counter(e["record"]["log"] for e in received) == _docker_lines(manifest.root)
