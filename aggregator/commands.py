@@ -27,8 +27,8 @@ from aggregator.envoy import FormatError
 from aggregator.listen import UnresolvableHost
 from aggregator.memory import tune_memory
 from aggregator.open_files import check_open_files_limit, quiet_accept_errors
-from aggregator.server import CertificateError
 from aggregator.service import Aggregator
+from aggregator.tls_files import CertificateError
 from aggregator.twins import TwinRunning
 from athena.warehouse import WarehouseError
 from shipper.metric_bounds import MAX_METRICS_CONNECTIONS

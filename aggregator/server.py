@@ -63,6 +63,7 @@ from aggregator.metrics import Metrics
 from aggregator.open_files import fd_limit_hint
 from aggregator.stop_reads import CutReader
 from aggregator.throttle import Throttle
+from aggregator.tls_files import TlsFiles
 from aggregator.udp_heartbeat import answer_heartbeats
 from shipper import wire
 from shipper.config import weak_key_warning
@@ -326,6 +327,7 @@ class ForwardServer:
         shared_key: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         users: dict[str, str] | None = None,
+        tls_files: TlsFiles | None = None,
         on_append: Callable[[], None] | None = None,
         buffer_compression: str = DEFAULT_BUFFER_COMPRESSION,
     ):
@@ -335,7 +337,10 @@ class ForwardServer:
         self.shared_key = shared_key
         self.users = users or {}
         """``username -> password``: user authentication in the handshake when not empty."""
-        self.ssl_context = ssl_context
+        self.tls_files = tls_files
+        """Where a new connection's TLS context comes from, loaded again when the files change
+        (None: ``ssl_context`` for good)."""
+        self.ssl_context = tls_files.context if tls_files is not None else ssl_context
         self.on_append = on_append
         self.buffer_compression = buffer_compression
         self.hostname = socket.gethostname()
@@ -516,6 +521,8 @@ class ForwardServer:
         the TLS port, an untrusted certificate, a stalled handshake) closes the connection with
         its reason logged at INFO, once every WARN_EVERY_SECONDS per client address (a
         misconfigured client retries in a loop)."""
+        if self.tls_files is not None:
+            self.ssl_context = self.tls_files.current()  # a rotated certificate, once changed
         assert self.ssl_context is not None
         timeout = min(HANDSHAKE_TIMEOUT, self.limits.idle_timeout)
         # Waiting on the client, as for an unfinished message: a newcomer at --max-connections
@@ -1770,28 +1777,3 @@ def _peer(writer: asyncio.StreamWriter) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"
     return str(peer)
-
-
-class CertificateError(ValueError):
-    """``--tls-cert`` / ``--tls-key`` name no usable PEM pair: the command must change (exit
-    2, as a bad flag), unlike a failure of the host at run time (exit 1)."""
-
-
-def tls_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
-    """Server TLS context from PEM files, with a message that says which file is wrong. With
-    ``client_ca`` (``--tls-client-ca``), a client must present a certificate that CA signed
-    (mutual TLS, as Fluentd's ``client_cert_auth`` and Vector's ``verify_certificate``)."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        ctx.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise CertificateError(f"cannot load --tls-cert {cert} / --tls-key {key}: {exc}") from exc
-    if client_ca:
-        try:
-            ctx.load_verify_locations(cafile=client_ca)
-        except (OSError, ssl.SSLError) as exc:
-            raise CertificateError(
-                f"cannot load --tls-client-ca {client_ca}: {exc}; it must be a PEM CA bundle"
-            ) from exc
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx

@@ -54,9 +54,10 @@ from aggregator.ledger import LEDGER_DIR, NODES_DIR, Committed, Ledger
 from aggregator.metrics import Metrics, MetricsServer
 from aggregator.open_files import fd_limit_hint
 from aggregator.parse_warnings import ParseFailureWarnings
-from aggregator.server import ForwardServer, ServerLimits, bound_addresses, tls_context
+from aggregator.server import ForwardServer, ServerLimits, bound_addresses
 from aggregator.stop_budget import StopWatchdog, WorkerCalls, connections_grace
 from aggregator.throttle import Throttle
+from aggregator.tls_files import TlsFiles
 from aggregator.twins import TwinRunning, live_twin
 from athena.ddl import outside_projection
 from athena.warehouse import Warehouse, open_warehouse, resolve_uri
@@ -393,11 +394,8 @@ class Aggregator:
 
     async def _start_serving(self) -> None:
         """The Forward server, listening once the chunk ids of the previous run are read."""
-        ssl_ctx = (
-            tls_context(self.settings.tls_cert, self.settings.tls_key, self.settings.tls_client_ca)
-            if self.settings.tls_cert and self.settings.tls_key
-            else None
-        )
+        s = self.settings
+        tls = TlsFiles(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert and s.tls_key else None
         self.server = ForwardServer(
             self.buffer,
             self.metrics,
@@ -409,8 +407,8 @@ class Aggregator:
                 max_inflight_bytes=self.settings.max_inflight_bytes,
             ),
             shared_key=self.settings.shared_key,
-            ssl_context=ssl_ctx,
             users=user_map(self.settings),
+            tls_files=tls,
             on_append=self._on_append,
             buffer_compression=self.settings.buffer_compression,
         )

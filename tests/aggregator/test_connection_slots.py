@@ -23,7 +23,8 @@ import pytest
 
 import aggregator.server as server_mod
 from aggregator.metrics import Metrics
-from aggregator.server import ForwardServer, ServerLimits, tls_context
+from aggregator.server import ForwardServer, ServerLimits
+from aggregator.tls_files import tls_context
 from shipper import wire
 from tests.aggregator.helpers import serving
 from tests.aggregator.test_inflight import (
