@@ -83,6 +83,7 @@ with deferred_interrupts("logq-shipper"):
     from shipper.removed import count_removed
     from shipper.sender import ForwardClient, tls_context
     from shipper.source import SourceRunner, Window
+    from shipper.tls_reload import ReloadingTls
 
 log = logging.getLogger("logq.shipper")
 
@@ -129,7 +130,7 @@ class Shipper:
             shared_key=cfg.shared_key,
             username=cfg.username,
             password=cfg.password,
-            tls=_tls(cfg),
+            tls_files=_tls(cfg),
             client_cert=cfg.tls_cert is not None,
             ack_timeout=cfg.ack_timeout,
             give_up_after=cfg.retry_timeout if cfg.once else None,
@@ -917,9 +918,17 @@ def _with_client_cert_hint(error: DeliveryError, cfg: Config) -> DeliveryError:
     return DeliveryError(f"{text} ({CLIENT_CERT_HINT})")
 
 
-def _tls(cfg: Config) -> ssl.SSLContext | None:
+def _tls(cfg: Config) -> ReloadingTls | None:
+    """The client TLS context of ``cfg``, built again for new connections when its files
+    (``--tls-ca``, ``--tls-cert``, ``--tls-key``) change; a ConfigError at start."""
     if not cfg.tls:
         return None
+    return ReloadingTls(
+        (cfg.tls_ca, cfg.tls_cert, cfg.tls_key), lambda: _tls_context(cfg), (ConfigError,), log
+    )
+
+
+def _tls_context(cfg: Config) -> ssl.SSLContext:
     try:
         ctx = tls_context(cfg.tls_ca, cfg.tls_verify)
     except (ssl.SSLError, OSError) as exc:

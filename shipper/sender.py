@@ -51,6 +51,7 @@ from shipper.errors import (
     closed_by_peer,
     preview,
 )
+from shipper.tls_reload import ReloadingTls
 
 log = logging.getLogger("logq.shipper.sender")
 
@@ -352,6 +353,7 @@ class ForwardClient:
         username: str | None = None,
         password: str | None = None,
         tls: ssl.SSLContext | None = None,
+        tls_files: ReloadingTls | None = None,
         client_cert: bool = False,
         ack_timeout: float = 30.0,
         connect_timeout: float = 5.0,
@@ -374,7 +376,10 @@ class ForwardClient:
         self.shared_key = shared_key
         self.username = username
         self.password = password
-        self.tls = tls
+        self.tls = tls_files.context if tls_files is not None else tls
+        self.tls_files = tls_files
+        """Where a new connection's TLS context comes from, built again when its files change
+        (a client certificate or CA rotated in place; None: ``tls`` for good)."""
         self.client_cert = client_cert
         """Whether ``tls`` presents a client certificate (``--tls-cert``)."""
         self._cert_hint_given = False
@@ -649,6 +654,8 @@ class ForwardClient:
         # asyncio.timeout() runs in this task; wait_for() would wrap the coroutine in a task of
         # its own whose error goes unretrieved ("Task exception was never retrieved") when this
         # task is cancelled at the moment it fails.
+        if self.tls_files is not None:
+            self.tls = self.tls_files.current()
         try:
             async with asyncio.timeout(self.connect_timeout):
                 reader, writer = await asyncio.open_connection(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import ssl
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from shipper.config import Endpoint, parse_endpoint
 from shipper.errors import DeliveryError, HandshakeError
 from shipper.lines import Lines
 from shipper.sender import ForwardClient, _Connection, rendezvous_order, tls_context
+from shipper.tls_reload import RELOAD_CHECK_SECONDS, ReloadingTls
 from tests.shipper.receiver import Receiver, free_port
 from tests.shipper.tlsgen import make_ca_and_server, make_client_cert, server_context
 
@@ -420,5 +422,53 @@ def test_tls_connections_closed_without_a_client_certificate_say_once_what_to_pa
 
         asyncio.run(with_cert())
         assert len(r.records) == 3
+    finally:
+        r.close()
+
+
+def test_a_client_certificate_rotated_in_place_is_used_without_a_restart(tmp_path: Path) -> None:
+    """``--tls-cert``/``--tls-key`` rewritten in place (cert-manager): new connections present
+    the new pair once the files are looked at again, and no earlier."""
+    ca, cert, key = make_ca_and_server(tmp_path)
+    client_ca, good_cert, good_key = make_client_cert(tmp_path)
+    _, old_cert, old_key = make_client_cert(tmp_path, "expired")
+    server = server_context(cert, key)
+    server.load_verify_locations(cafile=client_ca)
+    server.verify_mode = ssl.CERT_REQUIRED
+    cert_file, key_file = tmp_path / "client-now.pem", tmp_path / "client-now.key"
+    shutil.copy(old_cert, cert_file)
+    shutil.copy(old_key, key_file)
+    now = [0.0]
+
+    def build() -> ssl.SSLContext:
+        ctx = tls_context(ca)
+        ctx.load_cert_chain(cert_file, key_file)
+        return ctx
+
+    files = ReloadingTls(
+        (ca, cert_file, key_file), build, (ssl.SSLError,), logging.getLogger("t"), lambda: now[0]
+    )
+    r = Receiver(tls=server)
+    try:
+
+        async def refused() -> None:
+            c = client(r.address, tls_files=files, client_cert=True, give_up_after=0.5)
+            with pytest.raises(DeliveryError):
+                await c.deliver(*message(1))
+            await c.close()
+
+        asyncio.run(refused())  # the old pair, which the aggregator does not take
+        shutil.copy(good_cert, cert_file)
+        shutil.copy(good_key, key_file)
+        asyncio.run(refused())  # rotated, but not looked at before RELOAD_CHECK_SECONDS
+        now[0] += RELOAD_CHECK_SECONDS
+
+        async def delivered() -> None:
+            c = client(r.address, tls_files=files, client_cert=True, give_up_after=15)
+            await c.deliver(*message(2))
+            await c.close()
+
+        asyncio.run(delivered())
+        assert len(r.records) == 2
     finally:
         r.close()
