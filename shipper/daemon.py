@@ -64,15 +64,7 @@ with deferred_interrupts("logq-shipper"):
     from shipper.checkpoint import Registry
     from shipper.config import Config, load_config, weak_key_warning
     from shipper.discover import Discoverer, Scan, SourceSpec, check_roots, node_names
-    from shipper.errors import (
-        CLIENT_CERT_HINT,
-        ConfigError,
-        DeliveryError,
-        ShipperError,
-        StartError,
-        closed_by_peer,
-        listen_error,
-    )
+    from shipper.errors import ConfigError, ShipperError, StartError, listen_error
     from shipper.exclude import Excluder, Exclusion
     from shipper.followed import prune_followed
     from shipper.fsnames import as_text
@@ -705,8 +697,6 @@ class Shipper:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
         if self._failure is not None:
-            if isinstance(self._failure, DeliveryError):
-                raise _with_client_cert_hint(self._failure, self.cfg)
             if isinstance(self._failure, ShipperError):
                 raise self._failure
             raise ShipperError(f"internal error: {self._failure!r}") from self._failure
@@ -905,17 +895,6 @@ def raise_open_files_limit() -> int | None:
     """Raise the soft limit on open files to the hard limit (:mod:`shipper.open_files`); returns
     the soft limit now (None: unlimited)."""
     return raise_limit(log)[1]
-
-
-def _with_client_cert_hint(error: DeliveryError, cfg: Config) -> DeliveryError:
-    """``error``, with a hint when TLS connections were closed on a shipper without a client
-    certificate: an aggregator with ``--tls-client-ca`` refuses those in the TLS handshake,
-    which the client sees only as its connections closing (TLS 1.3 ends the client's side of
-    the handshake before the server checks the client)."""
-    text = str(error)
-    if not cfg.tls or cfg.tls_cert is not None or not closed_by_peer(text):
-        return error
-    return DeliveryError(f"{text} ({CLIENT_CERT_HINT})")
 
 
 def _tls(cfg: Config) -> ReloadingTls | None:

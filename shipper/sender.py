@@ -851,11 +851,17 @@ class ForwardClient:
         """Say once (a WARNING) what to pass when TLS connections keep being closed on a
         shipper without a client certificate: an aggregator with ``--tls-client-ca`` refuses
         it so, and the retries' own lines only say that the connection closed."""
-        if self._cert_hint_given or self.tls is None or self.client_cert:
+        if self._cert_hint_given or attempt < CLIENT_CERT_HINT_AFTER:
             return
-        if attempt >= CLIENT_CERT_HINT_AFTER and closed_by_peer(why):
+        if self.may_lack_client_cert(why):
             self._cert_hint_given = True
             log.warning("TLS connections to %s keep closing (%s); %s", ep, why, CLIENT_CERT_HINT)
+
+    def may_lack_client_cert(self, why: str) -> bool:
+        """Whether a delivery failure (``why``) may be an aggregator with ``--tls-client-ca``
+        refusing this shipper, which presents no client certificate: under TLS 1.3 the client
+        sees that only as its connections closing (:func:`shipper.errors.closed_by_peer`)."""
+        return self.tls is not None and not self.client_cert and closed_by_peer(why)
 
     def _check_give_up(self) -> None:
         """Raise :class:`DeliveryError` once nothing was acknowledged for ``give_up_after``
@@ -893,9 +899,9 @@ class ForwardClient:
                 f"{ep}: {h.last_error}" for ep, h in self._health.items() if h.last_error
             )
         names = ", ".join(str(ep) for ep in self.endpoints)
-        raise DeliveryError(
-            f"cannot reach aggregator {names} after {tried}: {reasons or 'no endpoint answered'}"
-        )
+        why = reasons or "no endpoint answered"
+        hint = f" ({CLIENT_CERT_HINT})" if self.may_lack_client_cert(why) else ""
+        raise DeliveryError(f"cannot reach aggregator {names} after {tried}: {why}{hint}")
 
     def _give_up_after(self) -> float:
         """Seconds without an acknowledgement before ``--once`` gives up: ``give_up_after``

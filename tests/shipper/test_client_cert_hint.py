@@ -1,16 +1,19 @@
-"""The hint ``--once`` adds when TLS connections close on a shipper without a client certificate
+"""The hint a shipper gives when TLS connections close and it presents no client certificate
 (an aggregator with ``--tls-client-ca`` refuses it in the TLS handshake, which the client sees
-only as its connections closing): only then, and whatever words the close came in."""
+only as its connections closing): only then, and whatever words the close came in. ``--once``
+ends its error with it (:meth:`ForwardClient._check_give_up`); follow mode says it once as a
+WARNING (tests/shipper/test_sender.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import ssl
+import time
 
 import pytest
 
-from shipper.config import Config, Endpoint
-from shipper.daemon import _with_client_cert_hint
+from shipper.config import Endpoint
 from shipper.errors import DeliveryError
+from shipper.sender import ForwardClient
 
 HINT = "pass --tls-cert and --tls-key"
 CLOSED = [
@@ -21,31 +24,47 @@ CLOSED = [
     "Connection lost",
     "TLS failed (TLSV13_ALERT_CERTIFICATE_REQUIRED); is the aggregator listening with TLS?",
 ]
+ENDPOINT = Endpoint("127.0.0.1", 24224)
 
 
-def _config(**tls: object) -> Config:
-    return Config(aggregators=(Endpoint("127.0.0.1", 24224),), **tls)  # type: ignore[arg-type]
+def _client(tls: bool, client_cert: bool) -> ForwardClient:
+    """A ``--once`` client whose last delivery failed for good (nothing acked for a minute)."""
+    return ForwardClient(
+        (ENDPOINT,),
+        hostname="test-host",
+        tls=ssl.create_default_context() if tls else None,
+        client_cert=client_cert,
+        give_up_after=30.0,
+    )
+
+
+def _given_up(client: ForwardClient, why: str) -> str:
+    """The error ``--once`` gives up with after failures of ``why``."""
+    client._health[ENDPOINT].last_error = why
+    client._last_success = time.monotonic() - 60
+    with pytest.raises(DeliveryError) as failed:
+        client._check_give_up()
+    return str(failed.value)
 
 
 @pytest.mark.parametrize("why", CLOSED)
 def test_closed_tls_connections_without_a_client_certificate_get_the_hint(why: str) -> None:
-    error = DeliveryError(f"cannot reach aggregator 127.0.0.1:24224 after 30 s: {why}")
-    hinted = _with_client_cert_hint(error, _config(tls=True))
-    assert str(hinted).startswith(str(error))
-    assert HINT in str(hinted)
+    error = _given_up(_client(tls=True, client_cert=False), why)
+    assert error.startswith(f"cannot reach aggregator {ENDPOINT} after 30 s: {why}")
+    assert HINT in error
 
 
 @pytest.mark.parametrize(
-    ("tls", "why"),
+    ("tls", "client_cert", "why"),
     [
-        ({"tls": True, "tls_cert": Path("c.pem"), "tls_key": Path("c.key")}, CLOSED[0]),
-        ({}, CLOSED[0]),  # no TLS: a client certificate is not the cause
-        ({"tls": True}, "connection refused"),  # nothing listening: not a refusal in TLS
-        ({"tls": True}, "TLS certificate not trusted (self-signed); check --tls-ca"),
+        (True, True, CLOSED[0]),  # a certificate presented
+        (False, False, CLOSED[0]),  # no TLS: a client certificate is not the cause
+        (True, False, "connection refused"),  # nothing listening: not a refusal in TLS
+        (True, False, "TLS certificate not trusted (self-signed); check --tls-ca"),
     ],
 )
 def test_no_hint_where_a_client_certificate_is_not_the_cause(
-    tls: dict[str, object], why: str
+    tls: bool, client_cert: bool, why: str
 ) -> None:
-    error = DeliveryError(f"cannot reach aggregator 127.0.0.1:24224 after 30 s: {why}")
-    assert _with_client_cert_hint(error, _config(**tls)) is error
+    error = _given_up(_client(tls, client_cert), why)
+    assert error == f"cannot reach aggregator {ENDPOINT} after 30 s: {why}"
