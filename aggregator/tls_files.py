@@ -9,9 +9,7 @@ import ssl
 import time
 from collections.abc import Callable
 
-from shipper.tls_reload import RELOAD_CHECK_SECONDS, ReloadingTls
-
-__all__ = ["RELOAD_CHECK_SECONDS", "CertificateError", "TlsFiles", "tls_context"]
+from shipper.tls_reload import ReloadingTls
 
 log = logging.getLogger("logq.aggregator.server")
 

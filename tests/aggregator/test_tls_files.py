@@ -15,7 +15,8 @@ import pytest
 
 from aggregator.metrics import Metrics
 from aggregator.server import ServerLimits
-from aggregator.tls_files import RELOAD_CHECK_SECONDS, TlsFiles
+from aggregator.tls_files import TlsFiles
+from shipper.tls_reload import RELOAD_CHECK_SECONDS
 from tests.aggregator.helpers import serving
 from tests.aggregator.test_inflight import HeldBuffer
 from tests.shipper.tlsgen import make_ca_and_server
