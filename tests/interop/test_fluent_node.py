@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from cli.demohost import write_host
-from tests.aggregator.helpers import read_table, start_aggregator
+from tests.aggregator.helpers import AggregatorProc, read_table, start_aggregator
 from tests.shipper.tlsgen import make_ca_and_server, make_client_cert
 from tests.support.pipeline import run_shipper_once
 
@@ -101,6 +101,11 @@ def node_server(tmp_path: Path) -> Iterator[tuple[int, Path, Path]]:
         yield port, entries, ca
 
 
+def _stored(agg: AggregatorProc) -> Counter[str]:
+    """Each message the (stopped) aggregator stored in container_logs, with its count."""
+    return Counter(read_table(agg.warehouse, "container_logs")["message"].to_pylist())
+
+
 def _received(entries: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in entries.read_text().splitlines()[1:]]
 
@@ -152,9 +157,8 @@ def test_events_batched_into_big_messages_each_land_once(tmp_path: Path) -> None
         assert agg.stop() == 0, agg.log_text()
     finally:
         agg.stop()
-    messages = read_table(agg.warehouse, "container_logs")["message"].to_pylist()
     expected = [f"{m} {i}" for m in ("Forward", "CompressedPackedForward") for i in range(40_000)]
-    assert Counter(messages) == Counter(expected)
+    assert _stored(agg) == Counter(expected)
     log = agg.log_text()
     assert "level=warning" not in log and "level=error" not in log, log
 
@@ -189,8 +193,7 @@ def test_handshake_with_user_over_tls_and_refusals(tmp_path: Path) -> None:
         assert agg.stop() == 0, agg.log_text()
     finally:
         agg.stop()
-    rows = read_table(agg.warehouse, "container_logs").to_pylist()
-    assert Counter(r["message"] for r in rows) == Counter(
+    assert _stored(agg) == Counter(
         f"{m} {i}" for m in ("Message", "CompressedPackedForward") for i in range(20)
     )
     log = agg.log_text()
@@ -218,8 +221,7 @@ def test_mutual_tls_takes_the_client_with_a_certificate_its_ca_signed(tmp_path: 
         assert agg.stop() == 0, agg.log_text()
     finally:
         agg.stop()
-    rows = read_table(agg.warehouse, "container_logs").to_pylist()
-    assert Counter(r["message"] for r in rows) == Counter(f"cert {i}" for i in range(10))
+    assert _stored(agg) == Counter(f"cert {i}" for i in range(10))
     assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in agg.log_text()
 
 

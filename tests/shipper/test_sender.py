@@ -394,9 +394,7 @@ def test_tls_connections_closed_without_a_client_certificate_say_once_what_to_pa
     retries it says once what to pass; with the certificate it delivers."""
     ca, cert, key = make_ca_and_server(tmp_path)
     client_ca, client_cert, client_key = make_client_cert(tmp_path)
-    server = server_context(cert, key)
-    server.load_verify_locations(cafile=client_ca)
-    server.verify_mode = ssl.CERT_REQUIRED
+    server = server_context(cert, key, client_ca)
     r = Receiver(tls=server)
     try:
 
@@ -432,9 +430,7 @@ def test_a_client_certificate_rotated_in_place_is_used_without_a_restart(tmp_pat
     ca, cert, key = make_ca_and_server(tmp_path)
     client_ca, good_cert, good_key = make_client_cert(tmp_path)
     _, old_cert, old_key = make_client_cert(tmp_path, "expired")
-    server = server_context(cert, key)
-    server.load_verify_locations(cafile=client_ca)
-    server.verify_mode = ssl.CERT_REQUIRED
+    server = server_context(cert, key, client_ca)
     cert_file, key_file = tmp_path / "client-now.pem", tmp_path / "client-now.key"
     shutil.copy(old_cert, cert_file)
     shutil.copy(old_key, key_file)
