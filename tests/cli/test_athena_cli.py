@@ -467,11 +467,16 @@ def _logq_process(
     moto_server: str, env: dict[str, str], args: list[str], prelude: str = ""
 ) -> subprocess.Popen[str]:
     """A real ``logq ARGS`` process against moto, through the console entry (``prelude``:
-    Python run before logq)."""
+    Python run before logq). It starts with SIGHUP at its default, as from a terminal's shell:
+    a test run under ``nohup`` would pass on SIGHUP ignored, and logq rightly keeps it so."""
     env = {**env, **moto_env(moto_server)}
     env.pop("AWS_ENDPOINT_URL", None)
     env.pop("LOGQ_DEBUG", None)
-    code = prelude + "\nimport sys\nfrom cli.launch import main\nsys.argv[0] = 'logq'\nmain()\n"
+    code = (
+        "import signal\nsignal.signal(signal.SIGHUP, signal.SIG_DFL)\n"
+        + prelude
+        + "\nimport sys\nfrom cli.launch import main\nsys.argv[0] = 'logq'\nmain()\n"
+    )
     return subprocess.Popen(
         [sys.executable, "-c", code, *args],
         env=env,
