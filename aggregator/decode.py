@@ -790,6 +790,11 @@ _IPC_OPTIONS = {
     name: pa.ipc.IpcWriteOptions(compression=None if name == "none" else name, use_threads=False)
     for name in BUFFER_COMPRESSIONS
 }
+#: Buffer frames are decompressed in the reading thread. With Arrow's thread pool (its default)
+#: each compressed column buffer of a frame became a task handed to another thread and waited
+#: for: measured on the bench's lz4 frames of 5,000 Envoy lines, 0.24 µs of CPU a line against
+#: 0.08 in the reading thread (the frames are small; the handoffs cost more than the work).
+_IPC_READ = pa.ipc.IpcReadOptions(use_threads=False)
 
 
 def to_ipc(
@@ -811,7 +816,7 @@ def from_ipc(payload: bytes) -> pa.Table:
     frame (:mod:`aggregator.small_frames`)."""
     if small_frames.is_small(payload):
         return small_frames.run_table([payload], BUFFER_SCHEMA)
-    return pa.ipc.open_stream(pa.py_buffer(payload)[_ROWS.size :]).read_all()
+    return pa.ipc.open_stream(pa.py_buffer(payload)[_ROWS.size :], options=_IPC_READ).read_all()
 
 
 def ipc_rows(payload: bytes) -> int:
