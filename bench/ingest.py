@@ -11,6 +11,9 @@ everything. Prints:
   ``--stages`` times the pipeline's stages alone; and that CPU split between the event loop
   (the main thread) and the other threads (buffer writes, flushes);
 * the aggregator's peak RSS;
+* a machine reference: the milliseconds of a fixed piece of work that runs no logq code, before
+  and after each run (this VM's speed drifts by tens of percent between hours: a slow run
+  beside a slow reference is the machine, not the code);
 * Parquet bytes vs. the bytes the same lines take in Docker json-file logs (target <= 1/12),
   where the bytes of a row go, and the least zstd can store the random request ids in.
 
@@ -645,6 +648,8 @@ class RunFigures:
     committed: float
     per_cpu_second: float
     peak_mib: float
+    reference_ms: float
+    """:func:`machine_reference` around the run (the mean of before and after)."""
 
 
 def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]) -> int:
@@ -686,6 +691,10 @@ def print_medians(figures: list[RunFigures]) -> None:
     line("committed to Parquet", [f.committed for f in figures], "lines/s")
     line("aggregator CPU", [f.per_cpu_second for f in figures], "lines per CPU-second")
     line("aggregator peak RSS", [f.peak_mib for f in figures], "MiB")
+    references = [f.reference_ms for f in figures]
+    each = ", ".join(f"{r:.1f}" for r in references)
+    median = statistics.median(references)
+    print(f"{'machine reference':<26} {median:.1f} ms  (runs: {each}; higher is slower)")
 
 
 def one_run(
@@ -699,6 +708,7 @@ def one_run(
     """Start an aggregator, send it every chunk, stop it, print what it took (None: failed)."""
     exe = Path(sys.executable).parent / "logq-aggregator"
     log = tmp / "aggregator.log"
+    reference_before = machine_reference()  # the machine's speed, before the aggregator runs
     cmd = [
         str(exe),
         "--listen",
@@ -760,6 +770,7 @@ def one_run(
     if errors or rc != 0:
         print(f"FAILED: rc={rc} errors={errors}\n{log.read_text()[-3000:]}", file=sys.stderr)
         return None
+    reference = (reference_before + machine_reference()) / 2
     pq_bytes, n_files = parquet_stats(warehouse)
     n = args.lines
     where = "S3 (SeaweedFS)" if warehouse.startswith("s3://") else "local disk"
@@ -774,6 +785,10 @@ def one_run(
         " threads from the first frame to its exit: the lines/s of one core)"
     )
     print(f"  by thread                {cpu_by_thread(proc.pid, by_thread0, by_thread, cpu)}")
+    print(
+        f"machine reference          {reference:.1f} ms (fixed work, no logq code, before and "
+        "after the run: the VM's speed; higher is slower)"
+    )
     print(
         f"aggregator peak RSS        {peak['kib'] / 1024:,.0f} MiB  "
         f"({hwm_acked / 1024:,.0f} MiB until the last ack; the rest is the final flush)"
@@ -797,7 +812,7 @@ def one_run(
         )
     print(f"freshness                  {fresh:.2f} s from ack to readable ")
     print(f"                           (flush interval {args.flush_interval:g} s; target <= +2 s)")
-    return RunFigures(n / t_ack, n / t_done, n / cpu, peak["kib"] / 1024)
+    return RunFigures(n / t_ack, n / t_done, n / cpu, peak["kib"] / 1024, reference)
 
 
 def compacted(warehouse: str, env: dict[str, str], raw: int, n: int) -> int:
