@@ -17,7 +17,7 @@ import sys
 from typing import Any, NamedTuple
 
 from aggregator.compaction.arguments import parse_compact_args
-from aggregator.flag_values import BUFFER_COMPRESSIONS, DEFAULT_LISTEN
+from aggregator.flag_values import BUFFER_COMPRESSIONS, DEFAULT_LISTEN, TLS_KEY_PASSWORD_ENV
 from shipper.version import VersionAction
 from shipper.wire_limits import MAX_MESSAGE_ENTRIES
 
@@ -98,6 +98,14 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
     ),
     ("--tls-cert", {"help": "PEM certificate: serve Forward over TLS"}),
     ("--tls-key", {"help": "PEM private key of --tls-cert"}),
+    (
+        "--tls-key-password",
+        {
+            "metavar": "SECRET",
+            "help": f"passphrase of an encrypted --tls-key (or ${TLS_KEY_PASSWORD_ENV}, kept "
+            "out of `ps`)",
+        },
+    ),
     (
         "--tls-client-ca",
         {

@@ -14,6 +14,7 @@ Vector users expect.
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -24,6 +25,7 @@ from aggregator.flag_values import (
     DEFAULT_LISTEN,
     MAX_INFLIGHT_BYTES,
     NODE_ID,
+    TLS_KEY_PASSWORD_ENV,
 )
 from athena.warehouse import WarehouseError, resolve_uri
 from shipper.config import (
@@ -109,6 +111,8 @@ class Settings:
     (``terminationGracePeriodSeconds``, ``stopTimeout``: 120 s in deploy/)."""
     tls_cert: str | None = None
     tls_key: str | None = None
+    tls_key_password: str | None = None
+    """Passphrase of an encrypted ``tls_key``; None: ``$LOGQ_AGGREGATOR_TLS_KEY_PASSWORD``."""
     tls_client_ca: str | None = None
     """PEM CA bundle: clients must present a certificate it signed (mutual TLS)."""
     athena_database: str | None = None
@@ -210,6 +214,8 @@ def load_settings(args: argparse.Namespace, partial: bool = False) -> Settings:
         if flag_value is not None:
             values[name] = flag_value
     settings = Settings(**values)
+    if settings.tls_key_password is None and settings.tls_key:
+        settings.tls_key_password = os.environ.get(TLS_KEY_PASSWORD_ENV) or None
     try:
         _check(settings, partial)
     except ConfigError as exc:  # a file's value out of range: say where it was written
@@ -308,7 +314,15 @@ def _check_numbers(s: Settings) -> None:
 def _check(s: Settings, partial: bool = False) -> None:
     # An empty value is an unset variable in a template: a --buffer-dir "" meant the current
     # directory.
-    texts = ("buffer_dir", "tls_cert", "tls_key", "tls_client_ca", "shared_key", "metrics_listen")
+    texts = (
+        "buffer_dir",
+        "tls_cert",
+        "tls_key",
+        "tls_key_password",
+        "tls_client_ca",
+        "shared_key",
+        "metrics_listen",
+    )
     for name in texts:
         value = getattr(s, name)
         if value is not None and not str(value).strip():
@@ -336,6 +350,8 @@ def _check(s: Settings, partial: bool = False) -> None:
         )
     if not partial and bool(s.tls_cert) != bool(s.tls_key):
         raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    if not partial and s.tls_key_password and not s.tls_key:
+        raise ConfigError("--tls-key-password needs --tls-cert and --tls-key: it opens the key")
     if not partial and s.tls_client_ca and not s.tls_cert:
         raise ConfigError(
             "--tls-client-ca needs --tls-cert and --tls-key: client certificates are asked for "

@@ -33,3 +33,7 @@ NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: Default of ``--max-inflight-bytes``: bytes of messages read and not yet durable, all
 #: connections together (docs/operations.md section 3, "memory").
 MAX_INFLIGHT_BYTES = 256 * 1024 * 1024
+
+#: Environment variable holding the passphrase of an encrypted ``--tls-key`` when no
+#: ``--tls-key-password`` (flag or config key) gives one: kept out of ``ps``.
+TLS_KEY_PASSWORD_ENV = "LOGQ_AGGREGATOR_TLS_KEY_PASSWORD"

@@ -395,7 +395,11 @@ class Aggregator:
     async def _start_serving(self) -> None:
         """The Forward server, listening once the chunk ids of the previous run are read."""
         s = self.settings
-        tls = TlsFiles(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert and s.tls_key else None
+        tls = (
+            TlsFiles(s.tls_cert, s.tls_key, s.tls_client_ca, key_password=s.tls_key_password)
+            if s.tls_cert and s.tls_key
+            else None
+        )
         self.server = ForwardServer(
             self.buffer,
             self.metrics,

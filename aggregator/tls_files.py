@@ -9,9 +9,15 @@ import ssl
 import time
 from collections.abc import Callable
 
+from aggregator.flag_values import TLS_KEY_PASSWORD_ENV
+from shipper.tls_keys import KeyPairError, load_key_pair
 from shipper.tls_reload import ReloadingTls
 
 log = logging.getLogger("logq.aggregator.server")
+
+
+#: Where the passphrase of an encrypted ``--tls-key`` comes from, for errors.
+PASSPHRASE_FROM = f"--tls-key-password or ${TLS_KEY_PASSWORD_ENV}"
 
 
 class CertificateError(ValueError):
@@ -19,15 +25,18 @@ class CertificateError(ValueError):
     2, as a bad flag), unlike a failure of the host at run time (exit 1)."""
 
 
-def tls_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
-    """Server TLS context from PEM files, with a message that says which file is wrong. With
-    ``client_ca`` (``--tls-client-ca``), a client must present a certificate that CA signed
-    (mutual TLS, as Fluentd's ``client_cert_auth`` and Vector's ``verify_certificate``)."""
+def tls_context(
+    cert: str, key: str, client_ca: str | None = None, key_password: str | None = None
+) -> ssl.SSLContext:
+    """Server TLS context from PEM files, with a message that says which file is wrong; an
+    encrypted key opened with ``key_password`` (:mod:`shipper.tls_keys`). With ``client_ca``
+    (``--tls-client-ca``), a client must present a certificate that CA signed (mutual TLS, as
+    Fluentd's ``client_cert_auth`` and Vector's ``verify_certificate``)."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        ctx.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise CertificateError(f"cannot load --tls-cert {cert} / --tls-key {key}: {exc}") from exc
+        load_key_pair(ctx, cert, key, key_password, PASSPHRASE_FROM)
+    except KeyPairError as exc:
+        raise CertificateError(str(exc)) from exc
     if client_ca:
         try:
             ctx.load_verify_locations(cafile=client_ca)
@@ -49,10 +58,11 @@ class TlsFiles(ReloadingTls):
         key: str,
         client_ca: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        key_password: str | None = None,
     ) -> None:
         super().__init__(
             (cert, key, client_ca),
-            lambda: tls_context(cert, key, client_ca),
+            lambda: tls_context(cert, key, client_ca, key_password),
             (CertificateError,),
             log,
             clock,

@@ -36,6 +36,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 #: A ``--shared-key`` shorter than this is warned about at start (:func:`weak_key_warning`).
 STRONG_KEY_CHARS = 16
+#: Environment variable holding the passphrase of an encrypted ``--tls-key`` when no
+#: ``--tls-key-password`` (flag or config key) gives one: kept out of ``ps``.
+TLS_KEY_PASSWORD_ENV = "LOGQ_SHIPPER_TLS_KEY_PASSWORD"
 
 
 def weak_key_warning(key: str | None) -> str | None:
@@ -155,6 +158,8 @@ class Config:
     tls_cert: Path | None = None
     """Client certificate (PEM) for aggregators that require one (``--tls-client-ca``)."""
     tls_key: Path | None = None
+    tls_key_password: str | None = None
+    """Passphrase of an encrypted ``tls_key`` (or ``$LOGQ_SHIPPER_TLS_KEY_PASSWORD``)."""
     hostname: str = field(default_factory=socket.gethostname)
     batch_lines: int = 2048
     batch_bytes: int = 512 * 1024
@@ -216,6 +221,8 @@ _HELP = {
     "tls_no_verify": "do not verify the aggregator's certificate (testing only)",
     "tls_cert": "client certificate (PEM) for aggregators that require one (mutual TLS)",
     "tls_key": "private key (PEM) of --tls-cert",
+    "tls_key_password": "passphrase of an encrypted --tls-key (or "
+    "$LOGQ_SHIPPER_TLS_KEY_PASSWORD, kept out of `ps`)",
     "hostname": "host name put into records (default: this machine's)",
     "batch_lines": "max lines per Forward message (default: 2048; a message closes earlier "
     "at 4 MiB)",
@@ -271,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--tls-no-verify", action="store_true", default=None, help=_HELP["tls_no_verify"])
     a("--tls-cert", metavar="FILE", help=_HELP["tls_cert"])
     a("--tls-key", metavar="FILE", help=_HELP["tls_key"])
+    a("--tls-key-password", metavar="SECRET", help=_HELP["tls_key_password"])
     a("--hostname", help=_HELP["hostname"])
     a("--batch-lines", type=int, metavar="N", help=_HELP["batch_lines"])
     a("--batch-bytes", type=int, metavar="N", help=_HELP["batch_bytes"])
@@ -302,6 +310,7 @@ _KINDS: dict[str, str] = {
     "tls_ca": "string",
     "tls_cert": "string",
     "tls_key": "string",
+    "tls_key_password": "string",
     "hostname": "string",
     "log_level": "string",
     "compress": "compress",
@@ -361,6 +370,7 @@ _EXPECTED = {
     "tls_ca": "a PEM file",
     "tls_cert": "a PEM file",
     "tls_key": "a PEM file",
+    "tls_key_password": "the key's passphrase (or set $LOGQ_SHIPPER_TLS_KEY_PASSWORD)",
     "hostname": "a host name",
     "log_level": f"one of {', '.join(LOG_LEVELS)}",
 }
@@ -687,6 +697,11 @@ def _to_config(m: dict[str, Any]) -> Config:
             if not path.is_file():
                 raise ConfigError(f"{flag_of(key)} {path} is not a readable file")
             kw[key] = path
+    key_password = m.get("tls_key_password") or os.environ.get(TLS_KEY_PASSWORD_ENV)
+    if m.get("tls_key_password") and not m.get("tls_key"):
+        raise ConfigError("--tls-key-password needs --tls-cert and --tls-key: it opens the key")
+    if key_password and m.get("tls_key"):
+        kw["tls_key_password"] = key_password
     kw["tls_verify"] = not no_verify
     if m.get("hostname"):
         kw["hostname"] = _hostname(m["hostname"])

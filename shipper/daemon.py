@@ -62,7 +62,7 @@ with deferred_interrupts("logq-shipper"):
 
     from shipper import checkpoint, gz_pool
     from shipper.checkpoint import Registry
-    from shipper.config import Config, load_config, weak_key_warning
+    from shipper.config import TLS_KEY_PASSWORD_ENV, Config, load_config, weak_key_warning
     from shipper.discover import Discoverer, Scan, SourceSpec, check_roots, node_names
     from shipper.errors import ConfigError, ShipperError, StartError, listen_error
     from shipper.exclude import Excluder, Exclusion
@@ -75,6 +75,7 @@ with deferred_interrupts("logq-shipper"):
     from shipper.removed import count_removed
     from shipper.sender import ForwardClient, tls_context
     from shipper.source import SourceRunner, Window
+    from shipper.tls_keys import KeyPairError, load_key_pair
     from shipper.tls_reload import ReloadingTls
 
 log = logging.getLogger("logq.shipper")
@@ -914,13 +915,14 @@ def _tls_context(cfg: Config) -> ssl.SSLContext:
         raise ConfigError(f"cannot load --tls-ca {cfg.tls_ca}: {exc}; it must be PEM") from None
     if cfg.tls_cert is not None and cfg.tls_key is not None:
         try:
-            ctx.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key))
-        except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(
-                f"cannot load --tls-cert {cfg.tls_cert} / --tls-key {cfg.tls_key}: {exc}; "
-                "they must be a PEM certificate and its private key"
-            ) from None
+            load_key_pair(ctx, cfg.tls_cert, cfg.tls_key, cfg.tls_key_password, PASSPHRASE_FROM)
+        except KeyPairError as exc:
+            raise ConfigError(str(exc)) from None
     return ctx
+
+
+#: Where the passphrase of an encrypted ``--tls-key`` comes from, for errors.
+PASSPHRASE_FROM = f"--tls-key-password or ${TLS_KEY_PASSWORD_ENV}"
 
 
 def main(argv: list[str] | None = None) -> int:

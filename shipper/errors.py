@@ -85,7 +85,7 @@ def preview(value: Any, limit: int = 60) -> str:
 
 
 #: ``--config`` keys (as fields, as flags) whose values are secrets: errors show only their type.
-SECRET_KEYS = frozenset({"shared_key", "password", "user", "users"})
+SECRET_KEYS = frozenset({"shared_key", "password", "user", "users", "tls_key_password"})
 
 
 def shown_value(key: str, value: Any) -> str:

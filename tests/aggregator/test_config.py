@@ -739,3 +739,26 @@ def test_compact_takes_the_warehouses_serve_takes_from_the_file(
         conf.write_text(f"[aggregator]\nwarehouse = {warehouse!r}\n")
         assert compact_main(["--config", str(conf)]) == 0, capsys.readouterr().err
         assert "compacted 0 files" in capsys.readouterr().err
+
+
+def test_tls_key_password_from_the_flag_the_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The passphrase of an encrypted --tls-key: flag over file over
+    $LOGQ_AGGREGATOR_TLS_KEY_PASSWORD; the variable is taken only with a key (one set in an
+    image for TLS hosts must not stop a plain-TCP aggregator), and errors never show it."""
+    tls = ["--tls-cert", "c.pem", "--tls-key", "k.pem"]
+    monkeypatch.setenv("LOGQ_AGGREGATOR_TLS_KEY_PASSWORD", "from-env")
+    assert parse(tls).tls_key_password == "from-env"
+    assert parse([]).tls_key_password is None
+    conf = tmp_path / "agg.toml"
+    conf.write_text('[aggregator]\ntls_key_password = "from-file"\n')
+    assert parse(["--config", str(conf), *tls]).tls_key_password == "from-file"
+    flagged = parse(["--config", str(conf), *tls, "--tls-key-password", "from-flag"])
+    assert flagged.tls_key_password == "from-flag"
+    with pytest.raises(ConfigError, match="--tls-key-password needs --tls-cert and --tls-key"):
+        parse(["--tls-key-password", "x"])
+    conf.write_text("tls_key_password = 12345678\n")
+    with pytest.raises(ConfigError, match="the value is a secret, not shown") as refused:
+        parse(["--config", str(conf), *tls])
+    assert "12345678" not in str(refused.value)

@@ -19,7 +19,7 @@ from aggregator.tls_files import TlsFiles
 from shipper.tls_reload import RELOAD_CHECK_SECONDS
 from tests.aggregator.helpers import serving
 from tests.aggregator.test_inflight import HeldBuffer
-from tests.shipper.tlsgen import make_ca_and_server
+from tests.shipper.tlsgen import encrypted_copy, make_ca_and_server
 
 
 async def _trusted(host: str, port: int, ca: Path) -> bool:
@@ -75,3 +75,28 @@ def test_unchanged_files_are_not_loaded_again(tmp_path: Path) -> None:
     first = files.current()
     now[0] += 10 * RELOAD_CHECK_SECONDS
     assert files.current() is first
+
+
+@pytest.mark.parametrize("password", [None, "pass-1"])
+def test_a_key_rotated_to_an_encrypted_one_opens_with_the_passphrase_or_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, password: str | None
+) -> None:
+    """A rotated key that is encrypted: with --tls-key-password it is opened; without, the
+    files are refused with a WARNING naming the flag (the previous pair stays), never
+    OpenSSL's prompt on the terminal, which would hold the event loop."""
+    (tmp_path / "new").mkdir()
+    _, cert, key = make_ca_and_server(tmp_path)
+    _, new_cert, new_key = make_ca_and_server(tmp_path / "new")
+    now = [0.0]
+    files = TlsFiles(str(cert), str(key), clock=lambda: now[0], key_password=password)
+    first = files.current()
+    shutil.copy(new_cert, cert)
+    shutil.copy(encrypted_copy(new_key, "pass-1"), key)
+    now[0] += RELOAD_CHECK_SECONDS
+    with caplog.at_level(logging.WARNING, logger="logq.aggregator.server"):
+        taken = files.current()
+    if password is None:
+        assert taken is first
+        assert any("is encrypted" in m and "--tls-key-password" in m for m in caplog.messages)
+    else:
+        assert taken is not first and not caplog.messages

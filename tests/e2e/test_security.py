@@ -9,9 +9,13 @@ nothing reaches the warehouse.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import ipaddress
+import os
+import pty
 import socket
 import subprocess
+import termios
 from pathlib import Path
 
 import pytest
@@ -21,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from cli.demohost import write_host
-from tests.shipper.tlsgen import make_ca_and_server, make_client_cert
+from tests.shipper.tlsgen import encrypted_copy, make_ca_and_server, make_client_cert
 from tests.support.expect import assert_tables_match
 from tests.support.pipeline import run_shipper_once, start_aggregator
 from tests.support.procs import console_script
@@ -29,6 +33,7 @@ from tests.support.procs import console_script
 pytestmark = pytest.mark.integration
 
 KEY = "s3cret-forward-key"
+PASSPHRASE = "key-passphrase-123"
 
 
 def _self_signed(folder: Path) -> tuple[Path, Path]:
@@ -203,6 +208,37 @@ def test_mutual_tls_takes_only_clients_with_a_certificate_its_ca_signed(
         ("logq-shipper", ["--tls-cert", "{cert}", "--tls-key", "{key}"], "--tls-cert needs --tls"),
         ("logq-shipper", ["--tls", "--tls-cert", "{cert}"], "needs both --tls-cert and --tls-key"),
         (
+            "logq-aggregator",
+            ["--tls-cert", "{cert}", "--tls-key", "{encrypted}"],
+            "is encrypted: give its passphrase with --tls-key-password or "
+            "$LOGQ_AGGREGATOR_TLS_KEY_PASSWORD",
+        ),
+        (
+            "logq-aggregator",
+            ["--tls-cert", "{cert}", "--tls-key", "{encrypted}", "--tls-key-password", "wrong"],
+            "(is the passphrase, --tls-key-password or $LOGQ_AGGREGATOR_TLS_KEY_PASSWORD, the",
+        ),
+        ("logq-aggregator", ["--tls-key-password", "x"], "--tls-key-password needs --tls-cert"),
+        (
+            "logq-shipper",
+            ["--tls", "--tls-cert", "{cert}", "--tls-key", "{encrypted}"],
+            "is encrypted: give its passphrase with --tls-key-password or "
+            "$LOGQ_SHIPPER_TLS_KEY_PASSWORD",
+        ),
+        (
+            "logq-shipper",
+            [
+                "--tls",
+                "--tls-cert",
+                "{cert}",
+                "--tls-key",
+                "{encrypted}",
+                "--tls-key-password",
+                "no",
+            ],
+            "(is the passphrase, --tls-key-password or $LOGQ_SHIPPER_TLS_KEY_PASSWORD, the key's?)",
+        ),
+        (
             "logq-shipper",
             ["--tls", "--tls-cert", "{ca}", "--tls-key", "{key}"],
             "cannot load --tls-cert",
@@ -213,7 +249,8 @@ def test_client_certificate_flags_that_cannot_work_exit_2(
     tmp_path: Path, subprocess_env: dict[str, str], program: str, args: list[str], message: str
 ) -> None:
     ca, cert, key = make_ca_and_server(tmp_path)
-    paths = {"ca": str(ca), "cert": str(cert), "key": str(key)}
+    encrypted = encrypted_copy(key, PASSPHRASE)
+    paths = {"ca": str(ca), "cert": str(cert), "key": str(key), "encrypted": str(encrypted)}
     common = (
         ["--listen", "127.0.0.1:0", "--buffer-dir", str(tmp_path / "buf")]
         if program == "logq-aggregator"
@@ -226,3 +263,71 @@ def test_client_certificate_flags_that_cannot_work_exit_2(
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_encrypted_keys_open_with_their_passphrase(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """Encrypted private keys on both ends of mutual TLS (Fluent Bit's ``tls.key_passwd``,
+    Fluentd's ``private_key_passphrase``): the aggregator's passphrase from
+    $LOGQ_AGGREGATOR_TLS_KEY_PASSWORD, the shipper's from --tls-key-password; every line
+    arrives."""
+    manifest = write_host(tmp_path / "containers", seed=35, requests=20, long_line=False)
+    ca, cert, key = make_ca_and_server(tmp_path)
+    client_ca, client_cert, client_key = make_client_cert(tmp_path)
+    server_key, shipper_key = encrypted_copy(key, PASSPHRASE), encrypted_copy(client_key, "other")
+    warehouse = str(tmp_path / "warehouse")
+    env = {**subprocess_env, "LOGQ_AGGREGATOR_TLS_KEY_PASSWORD": PASSPHRASE}
+    agg = start_aggregator(
+        warehouse, tmp_path, env, "--tls-cert", str(cert), "--tls-key", str(server_key),
+        "--tls-client-ca", str(client_ca),
+    )  # fmt: skip
+    try:
+        done = run_shipper_once(
+            agg.address, manifest.root, tmp_path / "state", subprocess_env, "--tls",
+            "--tls-ca", str(ca), "--tls-cert", str(client_cert), "--tls-key", str(shipper_key),
+            "--tls-key-password", "other",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert agg.terminate() == 0, agg.log.read_text()
+    finally:
+        agg.kill()
+    assert_tables_match(manifest, warehouse, subprocess_env, socket.gethostname())
+
+
+@pytest.mark.parametrize("program", ["logq-aggregator", "logq-shipper"])
+def test_an_encrypted_key_without_its_passphrase_asks_no_terminal(
+    tmp_path: Path, subprocess_env: dict[str, str], program: str
+) -> None:
+    """OpenSSL asks for a missing passphrase on the controlling terminal: a daemon started
+    from a shell sat at "Enter PEM pass phrase:" (and a key rotated to an encrypted one would
+    have stopped the aggregator's event loop there). It exits 2 instead, naming the flag."""
+    _, cert, key = make_ca_and_server(tmp_path)
+    encrypted = encrypted_copy(key, PASSPHRASE)
+    common = (
+        ["--listen", "127.0.0.1:0", "--buffer-dir", str(tmp_path / "buf")]
+        if program == "logq-aggregator"
+        else ["--aggregator", "127.0.0.1:1", "--state-dir", str(tmp_path / "state"), "--once"]
+    )
+    tls = ["--tls-cert", str(cert), "--tls-key", str(encrypted)]
+    if program == "logq-shipper":
+        tls.insert(0, "--tls")
+    leader, terminal = pty.openpty()
+
+    def on_the_terminal() -> None:  # in the child: the pty becomes its controlling terminal
+        os.setsid()
+        fcntl.ioctl(terminal, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(
+        [str(console_script(program)), *common, *tls],
+        env=subprocess_env, stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, preexec_fn=on_the_terminal,
+    )  # fmt: skip
+    os.close(terminal)
+    try:
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        os.close(leader)
+    assert proc.returncode == 2, err
+    assert "is encrypted: give its passphrase with --tls-key-password" in err, err

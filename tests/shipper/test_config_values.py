@@ -481,3 +481,24 @@ def test_every_file_error_names_the_file(
     assert refused(["--config", str(tmp_path / "no")], capsys).startswith(
         f"logq-shipper: --config {tmp_path / 'no'}: no such file"
     )
+
+
+def test_tls_key_password_from_the_flag_the_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The passphrase of an encrypted --tls-key: flag over file over
+    $LOGQ_SHIPPER_TLS_KEY_PASSWORD, the variable taken only with a key; without one the flag
+    is refused (it would open nothing)."""
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("x")
+    key.write_text("x")
+    tls = ["--aggregator", "a:1", "--tls", "--tls-cert", str(cert), "--tls-key", str(key)]
+    monkeypatch.setenv("LOGQ_SHIPPER_TLS_KEY_PASSWORD", "from-env")
+    assert load_config(tls).tls_key_password == "from-env"
+    assert load_config(["--aggregator", "a:1", "--tls"]).tls_key_password is None
+    conf = toml(tmp_path, '[shipper]\ntls_key_password = "from-file"')
+    assert load_config(["--config", conf, *tls]).tls_key_password == "from-file"
+    flagged = load_config(["--config", conf, *tls, "--tls-key-password", "from-flag"])
+    assert flagged.tls_key_password == "from-flag"
+    err = refused(["--aggregator", "a:1", "--tls", "--tls-key-password", "x", "--once"], capsys)
+    assert "--tls-key-password needs --tls-cert and --tls-key" in err

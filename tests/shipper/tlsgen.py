@@ -90,3 +90,18 @@ def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.
         ctx.load_verify_locations(cafile=client_ca)
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+def encrypted_copy(key: Path, passphrase: str) -> Path:
+    """``key`` encrypted with ``passphrase`` (PKCS#8, as ``openssl pkcs8 -topk8`` writes it),
+    beside it as ``<stem>-encrypted.key``."""
+    loaded = serialization.load_pem_private_key(key.read_bytes(), None)
+    out = key.with_name(f"{key.stem}-encrypted.key")
+    out.write_bytes(
+        loaded.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(passphrase.encode()),
+        )
+    )
+    return out

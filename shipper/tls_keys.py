@@ -1,0 +1,51 @@
+"""A certificate and its private key loaded into a TLS context, the key possibly encrypted
+(``--tls-key-password``, as Fluent Bit's ``tls.key_passwd`` and Fluentd's
+``private_key_passphrase``), for both daemons.
+
+OpenSSL asks for the passphrase of an encrypted key on the terminal when none is given. A
+daemon started from a shell then hung at start on a prompt, and a key rewritten encrypted while
+it ran (:mod:`shipper.tls_reload`) would block the event loop on it. So a passphrase is always
+given as a function: with none configured it raises, and the error names the flag to pass.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+
+class KeyPairError(ValueError):
+    """The certificate and key do not load; the message says which files and what to pass."""
+
+
+class _NoPassphrase(Exception):
+    """The key is encrypted and no passphrase was configured."""
+
+
+def load_key_pair(
+    ctx: ssl.SSLContext,
+    cert: str | Path,
+    key: str | Path,
+    password: str | None,
+    passphrase_from: str,
+) -> None:
+    """``ctx.load_cert_chain(cert, key)``, an encrypted key opened with ``password``;
+    ``passphrase_from`` names where a passphrase comes from (``--tls-key-password or $…``)."""
+
+    def passphrase() -> str:
+        if password is None:
+            raise _NoPassphrase
+        return password
+
+    try:
+        ctx.load_cert_chain(str(cert), str(key), password=passphrase)
+    except _NoPassphrase:
+        raise KeyPairError(
+            f"--tls-key {key} is encrypted: give its passphrase with {passphrase_from}"
+        ) from None
+    except (OSError, ssl.SSLError) as exc:
+        check = f" (is the passphrase, {passphrase_from}, the key's?)" if password else ""
+        raise KeyPairError(
+            f"cannot load --tls-cert {cert} / --tls-key {key}: {exc}; they must be a PEM "
+            f"certificate and its private key{check}"
+        ) from exc
