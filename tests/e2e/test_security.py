@@ -70,26 +70,39 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def test_tls_and_shared_key_deliver_every_line(
-    tmp_path: Path, subprocess_env: dict[str, str]
+def _every_line_arrives(
+    tmp_path: Path,
+    seed: int,
+    env: dict[str, str],
+    aggregator: list[str],
+    shipper: list[str],
+    aggregator_env: dict[str, str] | None = None,
+    requests: int = 40,
 ) -> None:
-    manifest = write_host(tmp_path / "containers", seed=31, requests=80, long_line=False)
-    cert, key = _self_signed(tmp_path)
+    """A host's containers shipped once by ``logq-shipper SHIPPER`` to ``logq-aggregator
+    AGGREGATOR``: both exit 0 and the warehouse holds every line."""
+    manifest = write_host(tmp_path / "containers", seed=seed, requests=requests, long_line=False)
     warehouse = str(tmp_path / "warehouse")
-    agg = start_aggregator(
-        warehouse, tmp_path, subprocess_env,
-        "--shared-key", KEY, "--tls-cert", str(cert), "--tls-key", str(key),
-    )  # fmt: skip
+    agg = start_aggregator(warehouse, tmp_path, aggregator_env or env, *aggregator)
     try:
-        done = run_shipper_once(
-            agg.address, manifest.root, tmp_path / "state", subprocess_env,
-            "--shared-key", KEY, "--tls", "--tls-ca", str(cert), "--compress", "gzip",
-        )  # fmt: skip
+        done = run_shipper_once(agg.address, manifest.root, tmp_path / "state", env, *shipper)
         assert done.returncode == 0, done.stdout + done.stderr
         assert agg.terminate() == 0, agg.log.read_text()
     finally:
         agg.kill()
-    assert_tables_match(manifest, warehouse, subprocess_env, socket.gethostname())
+    assert_tables_match(manifest, warehouse, env, socket.gethostname())
+
+
+def test_tls_and_shared_key_deliver_every_line(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    cert, key = _self_signed(tmp_path)
+    _every_line_arrives(
+        tmp_path, 31, subprocess_env,
+        ["--shared-key", KEY, "--tls-cert", str(cert), "--tls-key", str(key)],
+        ["--shared-key", KEY, "--tls", "--tls-ca", str(cert), "--compress", "gzip"],
+        requests=80,
+    )  # fmt: skip
 
 
 def test_wrong_shared_key_is_refused_and_nothing_is_stored(
@@ -272,27 +285,16 @@ def test_encrypted_keys_open_with_their_passphrase(
     Fluentd's ``private_key_passphrase``): the aggregator's passphrase from
     $LOGQ_AGGREGATOR_TLS_KEY_PASSWORD, the shipper's from --tls-key-password; every line
     arrives."""
-    manifest = write_host(tmp_path / "containers", seed=35, requests=20, long_line=False)
     ca, cert, key = make_ca_and_server(tmp_path)
     client_ca, client_cert, client_key = make_client_cert(tmp_path)
     server_key, shipper_key = encrypted_copy(key, PASSPHRASE), encrypted_copy(client_key, "other")
-    warehouse = str(tmp_path / "warehouse")
-    env = {**subprocess_env, "LOGQ_AGGREGATOR_TLS_KEY_PASSWORD": PASSPHRASE}
-    agg = start_aggregator(
-        warehouse, tmp_path, env, "--tls-cert", str(cert), "--tls-key", str(server_key),
-        "--tls-client-ca", str(client_ca),
+    _every_line_arrives(
+        tmp_path, 35, subprocess_env,
+        ["--tls-cert", str(cert), "--tls-key", str(server_key), "--tls-client-ca", str(client_ca)],
+        ["--tls", "--tls-ca", str(ca), "--tls-cert", str(client_cert), "--tls-key",
+         str(shipper_key), "--tls-key-password", "other"],
+        {**subprocess_env, "LOGQ_AGGREGATOR_TLS_KEY_PASSWORD": PASSPHRASE},
     )  # fmt: skip
-    try:
-        done = run_shipper_once(
-            agg.address, manifest.root, tmp_path / "state", subprocess_env, "--tls",
-            "--tls-ca", str(ca), "--tls-cert", str(client_cert), "--tls-key", str(shipper_key),
-            "--tls-key-password", "other",
-        )  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert agg.terminate() == 0, agg.log.read_text()
-    finally:
-        agg.kill()
-    assert_tables_match(manifest, warehouse, subprocess_env, socket.gethostname())
 
 
 @pytest.mark.parametrize("program", ["logq-aggregator", "logq-shipper"])
