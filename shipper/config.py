@@ -160,6 +160,9 @@ class Config:
     tls_key: Path | None = None
     tls_key_password: str | None = None
     """Passphrase of an encrypted ``tls_key`` (or ``$LOGQ_SHIPPER_TLS_KEY_PASSWORD``)."""
+    tls_server_name: str | None = None
+    """Name the aggregators' certificates are verified against, and sent as SNI, instead of
+    each ``--aggregator`` host (Fluent Bit's ``tls.vhost``, Vector's ``tls.server_name``)."""
     hostname: str = field(default_factory=socket.gethostname)
     batch_lines: int = 2048
     batch_bytes: int = 512 * 1024
@@ -223,6 +226,9 @@ _HELP = {
     "tls_key": "private key (PEM) of --tls-cert",
     "tls_key_password": "passphrase of an encrypted --tls-key (or "
     "$LOGQ_SHIPPER_TLS_KEY_PASSWORD, kept out of `ps`)",
+    "tls_server_name": "name to verify the aggregators' certificates against (and send as "
+    "SNI) instead of each --aggregator host: for aggregators addressed by IP or another name "
+    "than their certificate's",
     "hostname": "host name put into records (default: this machine's)",
     "batch_lines": "max lines per Forward message (default: 2048; a message closes earlier "
     "at 4 MiB)",
@@ -279,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--tls-cert", metavar="FILE", help=_HELP["tls_cert"])
     a("--tls-key", metavar="FILE", help=_HELP["tls_key"])
     a("--tls-key-password", metavar="SECRET", help=_HELP["tls_key_password"])
+    a("--tls-server-name", metavar="NAME", help=_HELP["tls_server_name"])
     a("--hostname", help=_HELP["hostname"])
     a("--batch-lines", type=int, metavar="N", help=_HELP["batch_lines"])
     a("--batch-bytes", type=int, metavar="N", help=_HELP["batch_bytes"])
@@ -311,6 +318,7 @@ _KINDS: dict[str, str] = {
     "tls_cert": "string",
     "tls_key": "string",
     "tls_key_password": "string",
+    "tls_server_name": "string",
     "hostname": "string",
     "log_level": "string",
     "compress": "compress",
@@ -371,6 +379,7 @@ _EXPECTED = {
     "tls_cert": "a PEM file",
     "tls_key": "a PEM file",
     "tls_key_password": "the key's passphrase (or set $LOGQ_SHIPPER_TLS_KEY_PASSWORD)",
+    "tls_server_name": "a DNS name or IP address the aggregators' certificates list",
     "hostname": "a host name",
     "log_level": f"one of {', '.join(LOG_LEVELS)}",
 }
@@ -630,6 +639,20 @@ def _refuse_empty(m: dict[str, Any]) -> None:
                 )
 
 
+#: What ``--tls-server-name`` may hold: a DNS name or an IP address (IPv6 without brackets).
+_SERVER_NAME = re.compile(r"[A-Za-z0-9._:-]{1,253}")
+
+
+def _server_name(value: str) -> str:
+    name = value.strip()
+    if not _SERVER_NAME.fullmatch(name):
+        raise ConfigError(
+            f"--tls-server-name must be a DNS name or an IP address (no port, no scheme), "
+            f"got {preview(value)}"
+        )
+    return name
+
+
 def _exclude_patterns(values: list[str]) -> tuple[str, ...]:
     """Every ``--exclude`` value split on commas, as Fluent Bit's ``Exclude_Path`` is
     (:func:`~shipper.exclude.split_patterns`); an empty item is refused as an empty value is:
@@ -682,9 +705,9 @@ def _to_config(m: dict[str, Any]) -> Config:
         )
     kw["tls"] = m.get("tls", False)
     no_verify = m.get("tls_no_verify", False)
-    tls_only = [key for key in ("tls_ca", "tls_cert", "tls_key") if m.get(key)] + (
-        ["tls_no_verify"] if no_verify else []
-    )
+    tls_only = [
+        key for key in ("tls_ca", "tls_cert", "tls_key", "tls_server_name") if m.get(key)
+    ] + (["tls_no_verify"] if no_verify else [])
     if not kw["tls"] and tls_only:
         # Without --tls these would be ignored and the logs would go out as plain text.
         flag = flag_of(tls_only[0])
@@ -702,6 +725,8 @@ def _to_config(m: dict[str, Any]) -> Config:
         raise ConfigError("--tls-key-password needs --tls-cert and --tls-key: it opens the key")
     if key_password and m.get("tls_key"):
         kw["tls_key_password"] = key_password
+    if m.get("tls_server_name"):
+        kw["tls_server_name"] = _server_name(m["tls_server_name"])
     kw["tls_verify"] = not no_verify
     if m.get("hostname"):
         kw["hostname"] = _hostname(m["hostname"])

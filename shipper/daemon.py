@@ -125,6 +125,7 @@ class Shipper:
             password=cfg.password,
             tls_files=_tls(cfg),
             client_cert=cfg.tls_cert is not None,
+            server_name=cfg.tls_server_name,
             ack_timeout=cfg.ack_timeout,
             give_up_after=cfg.retry_timeout if cfg.once else None,
             on_retry=lambda ep: self.metrics.retries.labels(ep).inc(),

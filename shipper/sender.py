@@ -178,8 +178,8 @@ def describe_error(exc: BaseException) -> str:
         if exc.verify_code in _NAME_MISMATCH:
             return (
                 f"TLS certificate is not for this address ({exc.verify_message}); give "
-                "--aggregator a name or IP address the aggregator's certificate lists "
-                "(subjectAltName), or reissue the certificate with this one"
+                "--aggregator (or --tls-server-name) a name or IP address the aggregator's "
+                "certificate lists (subjectAltName), or reissue the certificate with this one"
             )
         return f"TLS certificate not trusted ({exc.verify_message}); check --tls-ca"
     if isinstance(exc, ssl.SSLError):
@@ -355,6 +355,7 @@ class ForwardClient:
         tls: ssl.SSLContext | None = None,
         tls_files: ReloadingTls | None = None,
         client_cert: bool = False,
+        server_name: str | None = None,
         ack_timeout: float = 30.0,
         connect_timeout: float = 5.0,
         backoff_base: float = 0.2,
@@ -382,6 +383,9 @@ class ForwardClient:
         (a client certificate or CA rotated in place; None: ``tls`` for good)."""
         self.client_cert = client_cert
         """Whether ``tls`` presents a client certificate (``--tls-cert``)."""
+        self.server_name = server_name
+        """The name every aggregator's certificate is verified against (``--tls-server-name``;
+        None: the name or address each endpoint was given by)."""
         self._cert_hint_given = False
         self.ack_timeout = ack_timeout
         self.connect_timeout = connect_timeout
@@ -662,7 +666,9 @@ class ForwardClient:
                     ep.host,
                     ep.port,
                     ssl=self.tls,
-                    server_hostname=(ep.server_name or ep.host) if self.tls else None,
+                    server_hostname=(
+                        (self.server_name or ep.server_name or ep.host) if self.tls else None
+                    ),
                     limit=1 << 20,
                 )
         except TimeoutError:

@@ -333,3 +333,33 @@ def test_an_encrypted_key_without_its_passphrase_asks_no_terminal(
         os.close(leader)
     assert proc.returncode == 2, err
     assert "is encrypted: give its passphrase with --tls-key-password" in err, err
+
+
+def test_tls_server_name_verifies_an_aggregator_addressed_by_ip(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """An aggregator whose certificate names only a DNS name, reached at 127.0.0.1 (an IP
+    behind a load balancer, a name that resolves elsewhere): refused as a name mismatch, the
+    error naming --tls-server-name; with --tls-server-name that name (Fluent Bit's
+    ``tls.vhost``), every line arrives."""
+    ca, cert, key = make_ca_and_server(tmp_path, dns_names=("aggregator.logq.test",))
+    agg = start_aggregator(
+        str(tmp_path / "refused"), tmp_path, subprocess_env,
+        "--tls-cert", str(cert), "--tls-key", str(key),
+    )  # fmt: skip
+    try:
+        refused = run_shipper_once(
+            agg.address, write_host(tmp_path / "one", seed=36, requests=5).root,
+            tmp_path / "refused-state", subprocess_env, "--tls", "--tls-ca", str(ca),
+            "--retry-timeout", "2",
+        )  # fmt: skip
+    finally:
+        agg.kill()
+    message = refused.stdout + refused.stderr
+    assert refused.returncode != 0, message[-2000:]
+    assert "is not for this address" in message and "--tls-server-name" in message, message
+    _every_line_arrives(
+        tmp_path, 36, subprocess_env,
+        ["--tls-cert", str(cert), "--tls-key", str(key)],
+        ["--tls", "--tls-ca", str(ca), "--tls-server-name", "aggregator.logq.test"],
+    )  # fmt: skip

@@ -502,3 +502,22 @@ def test_tls_key_password_from_the_flag_the_file_or_the_environment(
     assert flagged.tls_key_password == "from-flag"
     err = refused(["--aggregator", "a:1", "--tls", "--tls-key-password", "x", "--once"], capsys)
     assert "--tls-key-password needs --tls-cert and --tls-key" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tls-server-name", "agg.example"], "--tls-server-name needs --tls"),
+        (["--tls", "--tls-server-name", "https://agg:24224"], "must be a DNS name or an IP"),
+        (["--tls", "--tls-server-name", "two names"], "must be a DNS name or an IP"),
+    ],
+)
+def test_tls_server_name_needs_tls_and_a_name(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert message in refused(["--aggregator", "a:1", "--once", *argv], capsys)
+
+
+def test_tls_server_name_is_taken() -> None:
+    cfg = load_config(["--aggregator", "10.0.0.7:24224", "--tls", "--tls-server-name", "agg.x"])
+    assert cfg.tls_server_name == "agg.x"
