@@ -107,6 +107,15 @@ _FLAGS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     (
+        "--allow-network",
+        {
+            "action": "append",
+            "metavar": "CIDR",
+            "help": "take Forward connections only from this address or network, e.g. "
+            "10.0.0.0/8 (repeatable; default: from every address)",
+        },
+    ),
+    (
         "--tls-client-ca",
         {
             "metavar": "FILE",

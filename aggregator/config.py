@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from aggregator.allowed import parse_networks
 from aggregator.envoy import FormatError, compile_format
 from aggregator.flag_values import (
     BUFFER_COMPRESSIONS,
@@ -115,6 +116,8 @@ class Settings:
     """Passphrase of an encrypted ``tls_key``; None: ``$LOGQ_AGGREGATOR_TLS_KEY_PASSWORD``."""
     tls_client_ca: str | None = None
     """PEM CA bundle: clients must present a certificate it signed (mutual TLS)."""
+    allow_network: list[str] = field(default_factory=list)
+    """Addresses or networks (CIDR) whose clients the Forward port takes; empty: every one."""
     athena_database: str | None = None
     athena_workgroup: str | None = None
     athena_output: str | None = None
@@ -364,6 +367,12 @@ def _check(s: Settings, partial: bool = False) -> None:
             compile_format(text)
         except FormatError as exc:  # as a flag's error: blame_file then names the file's key
             raise ConfigError(f"--envoy-format: {exc}") from None
+    if isinstance(s.allow_network, str):
+        s.allow_network = [s.allow_network]
+    try:
+        parse_networks(s.allow_network)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if isinstance(s.users, str):
         s.users = [s.users]
     if not partial and s.users and not s.shared_key:

@@ -75,6 +75,7 @@ CLOSE_REASONS = (
     "objects_pool_full",
     "buffer_error",
     "internal_error",
+    "not_allowed",
 )
 #: Every ``outcome`` of ``logq_aggregator_abandoned_messages_total`` (server.py), created at 0
 #: (see CLOSE_REASONS): ``dropped``, the client had closed the connection before the message was

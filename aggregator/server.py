@@ -45,6 +45,7 @@ import msgpack
 import pyarrow as pa
 
 from aggregator import big_messages, listen
+from aggregator.allowed import Network, allowed
 from aggregator.buffer import Buffer
 from aggregator.chunks import RecentChunks, chunk_key, frame_payload, names_data
 from aggregator.declared import DeclaredSize
@@ -330,8 +331,11 @@ class ForwardServer:
         tls_files: TlsFiles | None = None,
         on_append: Callable[[], None] | None = None,
         buffer_compression: str = DEFAULT_BUFFER_COMPRESSION,
+        allowed_networks: tuple[Network, ...] = (),
     ):
         self.buffer = buffer
+        self.allowed_networks = allowed_networks
+        """``--allow-network``: the client addresses taken (none: every one)."""
         self.metrics = metrics
         self.limits = limits
         self.shared_key = shared_key
@@ -460,6 +464,9 @@ class ForwardServer:
         peer = _peer(writer)
         task = asyncio.current_task()
         assert task is not None
+        if not allowed(writer.get_extra_info("peername"), self.allowed_networks):
+            self._not_allowed(peer, writer)
+            return
         if self._open_connections() >= self.limits.max_connections and not self._make_room():
             self.metrics.connections_rejected.labels("max_connections").inc()
             if self._warnings.due("max_connections", time.time()):
@@ -515,6 +522,19 @@ class ForwardServer:
                 await _release(writer, self.limits.idle_timeout)
             finally:  # counted until its socket is closed: the gauge tells the sockets held
                 self.metrics.connections.dec()
+
+    def _not_allowed(self, peer: str, writer: asyncio.StreamWriter) -> None:
+        """Close a connection from outside ``--allow-network`` before anything is read."""
+        self.metrics.connections_rejected.labels("not_allowed").inc()
+        host = peer.rsplit(":", 1)[0]
+        if self._warnings.due(("not_allowed", host), time.time()):
+            log.warning(
+                "closing connection from %s: not in --allow-network (said once every %.0fs "
+                'per address; connections_closed_total{reason="not_allowed"} counts them all)',
+                peer,
+                WARN_EVERY_SECONDS,
+            )
+        writer.close()
 
     async def _start_tls(self, conn: _Conn, writer: asyncio.StreamWriter) -> None:
         """The TLS handshake, within the handshake timeout. A failure (a plaintext client on

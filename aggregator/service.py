@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from aggregator import listen
+from aggregator.allowed import parse_networks
 from aggregator.buffer import SPILL_DIR, Segment, unusable_dir_error
 from aggregator.catalog import Catalog
 from aggregator.compact_loop import PeriodicCompaction
@@ -415,6 +416,7 @@ class Aggregator:
             tls_files=tls,
             on_append=self._on_append,
             buffer_compression=self.settings.buffer_compression,
+            allowed_networks=parse_networks(self.settings.allow_network),
         )
         await self._restore_chunks(self.server)
         self._check_stop()

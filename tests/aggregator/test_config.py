@@ -762,3 +762,19 @@ def test_tls_key_password_from_the_flag_the_file_or_the_environment(
     with pytest.raises(ConfigError, match="the value is a secret, not shown") as refused:
         parse(["--config", str(conf), *tls])
     assert "12345678" not in str(refused.value)
+
+
+def test_allow_network_from_flags_or_the_file_checked_at_start(tmp_path: Path) -> None:
+    conf = tmp_path / "agg.toml"
+    conf.write_text('allow_network = ["10.0.0.0/8", "fd00::/8"]\n')
+    assert parse(["--config", str(conf)]).allow_network == ["10.0.0.0/8", "fd00::/8"]
+    conf.write_text('allow_network = "10.0.0.0/8"\n')
+    assert parse(["--config", str(conf)]).allow_network == ["10.0.0.0/8"]
+    flags = parse(["--allow-network", "10.1.0.0/16", "--allow-network", "127.0.0.1"])
+    assert flags.allow_network == ["10.1.0.0/16", "127.0.0.1"]
+    assert parse([]).allow_network == []
+    with pytest.raises(ConfigError, match="--allow-network must be an address or a network"):
+        parse(["--allow-network", "10.0.0.0/8", "--allow-network", "10.0.0.300"])
+    conf.write_text('allow_network = ["10.0.0.0/99"]\n')
+    with pytest.raises(ConfigError, match=f"--config {conf}: key 'allow_network'"):
+        parse(["--config", str(conf)])

@@ -13,9 +13,11 @@ import fcntl
 import ipaddress
 import os
 import pty
+import re
 import socket
 import subprocess
 import termios
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,7 @@ from cryptography.x509.oid import NameOID
 from cli.demohost import write_host
 from tests.shipper.tlsgen import encrypted_copy, make_ca_and_server, make_client_cert
 from tests.support.expect import assert_tables_match
-from tests.support.pipeline import run_shipper_once, start_aggregator
+from tests.support.pipeline import Aggregator, run_shipper_once, start_aggregator
 from tests.support.procs import console_script
 
 pytestmark = pytest.mark.integration
@@ -363,3 +365,44 @@ def test_tls_server_name_verifies_an_aggregator_addressed_by_ip(
         ["--tls-cert", str(cert), "--tls-key", str(key)],
         ["--tls", "--tls-ca", str(ca), "--tls-server-name", "aggregator.logq.test"],
     )  # fmt: skip
+
+
+def _not_allowed_count(agg: Aggregator) -> float:
+    """``connections_closed_total{reason="not_allowed"}`` from the aggregator's metrics port."""
+    found = re.search(r"metrics on (http://[^/\s]+)/metrics", agg.log.read_text())
+    assert found is not None, agg.log.read_text()
+    with urllib.request.urlopen(f"{found.group(1)}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    closed = re.search(
+        r'^logq_aggregator_connections_closed_total\{reason="not_allowed"\} (\S+)$', text, re.M
+    )
+    assert closed is not None, text
+    return float(closed.group(1))
+
+
+def test_allow_network_takes_only_the_listed_clients(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """--allow-network (Fluentd's in_forward ``<client> network``): a shipper on 127.0.0.1 is
+    closed by an aggregator that takes only 10.0.0.0/8 and 2001:db8::/32, before it reads a
+    byte: the shipper fails, nothing is stored, the metric counts it and the log says why.
+    Listed (127.0.0.0/8), it delivers every line."""
+    refusing = start_aggregator(
+        str(tmp_path / "refused"), tmp_path, subprocess_env,
+        "--allow-network", "10.0.0.0/8", "--allow-network", "2001:db8::/32",
+        "--metrics-listen", "127.0.0.1:0",
+    )  # fmt: skip
+    try:
+        before = _not_allowed_count(refusing)  # (the start-up check's probe was one)
+        refused = run_shipper_once(
+            refusing.address, write_host(tmp_path / "one", seed=37, requests=5).root,
+            tmp_path / "refused-state", subprocess_env, "--retry-timeout", "2",
+        )  # fmt: skip
+        after = _not_allowed_count(refusing)
+    finally:
+        refusing.kill()
+    assert refused.returncode != 0, (refused.stdout + refused.stderr)[-2000:]
+    assert after > before
+    assert "not in --allow-network" in refusing.log.read_text()
+    assert not list((tmp_path / "refused").rglob("*.parquet"))
+    _every_line_arrives(tmp_path, 37, subprocess_env, ["--allow-network", "127.0.0.0/8"], [])
