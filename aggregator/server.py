@@ -306,7 +306,7 @@ class _Conn:
     @property
     def client(self) -> str:
         """The client's host, without the port (a resend comes on a new connection)."""
-        return self.peer.rsplit(":", 1)[0]
+        return _host(self.peer)
 
 
 def bound_addresses(names: Iterable[tuple[Any, ...]]) -> list[tuple[str, int]]:
@@ -526,8 +526,7 @@ class ForwardServer:
     def _not_allowed(self, peer: str, writer: asyncio.StreamWriter) -> None:
         """Close a connection from outside ``--allow-network`` before anything is read."""
         self.metrics.connections_rejected.labels("not_allowed").inc()
-        host = peer.rsplit(":", 1)[0]
-        if self._warnings.due(("not_allowed", host), time.time()):
+        if self._warnings.due(("not_allowed", _host(peer)), time.time()):
             log.warning(
                 "closing connection from %s: not in --allow-network (said once every %.0fs "
                 'per address; connections_closed_total{reason="not_allowed"} counts them all)',
@@ -1790,6 +1789,11 @@ def _buffer_error(exc: BaseException) -> ConnectionClosed:
         f"client will resend it: {todo}",
         "buffer_error",
     )
+
+
+def _host(peer: str) -> str:
+    """The host of a :func:`_peer` ``host:port``."""
+    return peer.rsplit(":", 1)[0]
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

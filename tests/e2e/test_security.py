@@ -211,6 +211,14 @@ def test_mutual_tls_takes_only_clients_with_a_certificate_its_ca_signed(
     assert_tables_match(manifest, warehouse, subprocess_env, socket.gethostname())
 
 
+def _start_args(program: str, tmp_path: Path) -> list[str]:
+    """The least a daemon needs to get as far as loading its TLS files (the shipper: --once,
+    an aggregator nobody listens on)."""
+    if program == "logq-aggregator":
+        return ["--listen", "127.0.0.1:0", "--buffer-dir", str(tmp_path / "buf")]
+    return ["--aggregator", "127.0.0.1:1", "--state-dir", str(tmp_path / "state"), "--once"]
+
+
 @pytest.mark.parametrize(
     ("program", "args", "message"),
     [
@@ -266,11 +274,7 @@ def test_client_certificate_flags_that_cannot_work_exit_2(
     ca, cert, key = make_ca_and_server(tmp_path)
     encrypted = encrypted_copy(key, PASSPHRASE)
     paths = {"ca": str(ca), "cert": str(cert), "key": str(key), "encrypted": str(encrypted)}
-    common = (
-        ["--listen", "127.0.0.1:0", "--buffer-dir", str(tmp_path / "buf")]
-        if program == "logq-aggregator"
-        else ["--aggregator", "127.0.0.1:1", "--state-dir", str(tmp_path / "state"), "--once"]
-    )
+    common = _start_args(program, tmp_path)
     done = subprocess.run(
         [str(console_script(program)), *common, *(a.format(**paths) for a in args)],
         env=subprocess_env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
@@ -308,11 +312,7 @@ def test_an_encrypted_key_without_its_passphrase_asks_no_terminal(
     have stopped the aggregator's event loop there). It exits 2 instead, naming the flag."""
     _, cert, key = make_ca_and_server(tmp_path)
     encrypted = encrypted_copy(key, PASSPHRASE)
-    common = (
-        ["--listen", "127.0.0.1:0", "--buffer-dir", str(tmp_path / "buf")]
-        if program == "logq-aggregator"
-        else ["--aggregator", "127.0.0.1:1", "--state-dir", str(tmp_path / "state"), "--once"]
-    )
+    common = _start_args(program, tmp_path)
     tls = ["--tls-cert", str(cert), "--tls-key", str(encrypted)]
     if program == "logq-shipper":
         tls.insert(0, "--tls")
