@@ -25,6 +25,9 @@ import pytest
 from tests.support.moto import MotoServer, start_moto
 from tests.support.seaweedfs import AWS_OVERRIDES, SeaweedFS, program_env, start_seaweedfs
 
+#: A crashed xdist worker's dying words (its fault handler's stacks) in the run's summary.
+pytest_plugins = ["tests.support.crashes"]
+
 #: Start order of the modules under ``make test`` (pytest-xdist): lower first. Chaos scenarios take
 #: 15-65 s each, other integration tests (real processes) seconds, most of the rest milliseconds.
 _CHAOS, _INTEGRATION, _UNIT = 0, 1, 2
