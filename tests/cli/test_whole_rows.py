@@ -25,9 +25,20 @@ import pytest
 
 from athena.timerange import iso_utc
 from cli.output import WRITE_CHUNK, OutputFormat, emit, visible
+from shipper.startup import redeliver_dropped_interrupts
 
 COLUMNS = ["path", "message", "n"]
 ROWS = [(f"/p/{i}", f'line "{i}"\nsecond, with a comma', i) for i in range(2_000)]
+
+
+@pytest.fixture(autouse=True)
+def _dropped_ctrl_c_sent_again() -> None:
+    """What logq's ``main()`` does first (cli/launch.py): a Ctrl-C whose KeyboardInterrupt
+    lands in a gc callback is dropped as "unraisable", and is sent again. Hypothesis installs
+    such a callback in any process that ran one of its tests: without this, a test's one
+    Ctrl-C was dropped there now and then, and its hang detector sent the second. (conftest's
+    ``_unraisable_hook_restored`` puts pytest's hook back.)"""
+    redeliver_dropped_interrupts()
 
 
 class CutWrite(io.StringIO):
