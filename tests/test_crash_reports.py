@@ -13,7 +13,7 @@ from tests.support.crashes import innermost_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 
-DYING = '''
+DYING = """
 import ctypes
 
 
@@ -29,7 +29,7 @@ def test_dies() -> None:
 
 def test_lives() -> None:
     assert True
-'''
+"""
 
 
 @pytest.mark.integration
@@ -53,7 +53,7 @@ def test_a_crashed_worker_shows_where_each_thread_was(tmp_path: Path) -> None:
     assert "Fatal Python error: Segmentation fault" in summary, out[-3000:]
     assert 'test_dying.py", line 7 in deep' in summary  # where it died
     # 8 frames a thread: ctypes' string_at, deep at line 7, then 6 of the 20 deeps at line 8.
-    assert summary.count('line 8 in deep') == 6, summary
+    assert summary.count("line 8 in deep") == 6, summary
     assert "1 failed, 1 passed" in out, out[-3000:]
     assert list((tmp_path / "tmp").glob("logq-test-faults-*")) == []  # removed at the end
 
