@@ -19,12 +19,10 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import signal
 import socket
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +42,7 @@ from tests.aggregator.helpers import (
     start_aggregator,
 )
 from tests.aggregator.test_inflight import HeldBuffer, _run, _until
+from tests.support.metrics import metrics_base, sample
 from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -280,21 +279,6 @@ def test_a_dropped_message_resent_to_the_same_aggregator_is_stored_and_acked(
     _run(scenario())
 
 
-def _metrics_port(log_text: str) -> int:
-    found = re.search(r"metrics on http://[^:]+:(\d+)/", log_text)
-    assert found, log_text
-    return int(found.group(1))
-
-
-def _metric(port: int, line_start: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    for line in text.splitlines():
-        if line.startswith(line_start + " "):
-            return float(line.split()[-1])
-    raise AssertionError(f"{line_start} not in /metrics")
-
-
 @contextlib.contextmanager
 def _stopped_at_the_end(*aggs: AggregatorProc) -> Iterator[None]:
     """Stop ``aggs`` when the block ends: each must exit 0 (it drained cleanly) when the block
@@ -324,7 +308,7 @@ def test_an_aggregator_stalled_past_the_ack_timeout_does_not_store_the_resent_li
     batch = _message("batch", 40)
     no_acks = _message("no-acks", 3, chunk=False)
     with _stopped_at_the_end(n0, n1):
-        n0_metrics = _metrics_port(n0.log_text())
+        n0_metrics = metrics_base(n0.log_text())
         os.killpg(n0.proc.pid, signal.SIGSTOP)
         try:
             with n0.connect() as sock:  # the kernel accepts while the process is stopped
@@ -341,7 +325,7 @@ def test_an_aggregator_stalled_past_the_ack_timeout_does_not_store_the_resent_li
             os.killpg(n0.proc.pid, signal.SIGCONT)
         wait_until(
             lambda: (
-                _metric(n0_metrics, "logq_aggregator_bytes_received_total")
+                sample(n0_metrics, "logq_aggregator_bytes_received_total")
                 >= len(batch) + len(no_acks)
             ),
             30,
@@ -349,7 +333,7 @@ def test_an_aggregator_stalled_past_the_ack_timeout_does_not_store_the_resent_li
             proc=n0.proc,
             log=n0.log,
         )
-        dropped = _metric(n0_metrics, 'logq_aggregator_abandoned_messages_total{outcome="dropped"}')
+        dropped = sample(n0_metrics, 'logq_aggregator_abandoned_messages_total{outcome="dropped"}')
     messages = sorted(read_table(n0.warehouse, "container_logs")["message"].to_pylist())
     expected = sorted([f"batch {i}" for i in range(40)] + [f"no-acks {i}" for i in range(3)])
     assert messages == expected

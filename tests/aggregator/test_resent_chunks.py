@@ -25,6 +25,7 @@ from tests.aggregator.helpers import (
     start_aggregator,
     wait_rows,
 )
+from tests.support.metrics import metrics_base, sample
 from tests.support.procs import wait_until
 
 
@@ -197,11 +198,7 @@ def test_a_chunk_whose_write_failed_is_forgotten_and_old_ones_age_out() -> None:
 
 
 def _metric(agg: AggregatorProc, name: str) -> float:
-    port = int(re.search(r"metrics on http://[^:]+:(\d+)/", agg.log_text()).group(1))
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    found = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
-    return float(found.group(1)) if found else 0.0
+    return sample(metrics_base(agg.log_text()), name, default=0.0)
 
 
 def _send_unread(agg: AggregatorProc, messages: list[bytes]) -> socket.socket:

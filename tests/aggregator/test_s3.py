@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 import urllib.error
 import urllib.request
@@ -33,6 +32,7 @@ from tests.aggregator.helpers import (
 )
 from tests.aggregator.proxy import TcpProxy
 from tests.aggregator.test_flusher import write_segment
+from tests.support.metrics import metrics_base
 from tests.support.parquet import assert_fastparquet_reads
 from tests.support.procs import wait_until
 
@@ -115,9 +115,7 @@ def test_s3_outage_keeps_data_buffered_then_writes_it(
             )
             assert read_acks(sock, 1) == ["0"]
             wait_rows(s3_warehouse, "container_logs", 1, agg)
-            metrics = re.search(r"metrics on (http://[^/\s]+)/metrics", agg.log_text())
-            assert metrics, agg.log_text()
-            healthz = f"{metrics.group(1)}/healthz"
+            healthz = f"{metrics_base(agg.log_text())}/healthz"
             assert _status(healthz) == 200
             proxy.down()
             outage_started = time.monotonic()

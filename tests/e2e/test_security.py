@@ -13,11 +13,9 @@ import fcntl
 import ipaddress
 import os
 import pty
-import re
 import socket
 import subprocess
 import termios
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -29,6 +27,7 @@ from cryptography.x509.oid import NameOID
 from cli.demohost import write_host
 from tests.shipper.tlsgen import encrypted_copy, make_ca_and_server, make_client_cert
 from tests.support.expect import assert_tables_match
+from tests.support.metrics import metrics_base, sample
 from tests.support.pipeline import Aggregator, run_shipper_once, start_aggregator
 from tests.support.procs import console_script
 
@@ -369,15 +368,8 @@ def test_tls_server_name_verifies_an_aggregator_addressed_by_ip(
 
 def _not_allowed_count(agg: Aggregator) -> float:
     """``connections_closed_total{reason="not_allowed"}`` from the aggregator's metrics port."""
-    found = re.search(r"metrics on (http://[^/\s]+)/metrics", agg.log.read_text())
-    assert found is not None, agg.log.read_text()
-    with urllib.request.urlopen(f"{found.group(1)}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    closed = re.search(
-        r'^logq_aggregator_connections_closed_total\{reason="not_allowed"\} (\S+)$', text, re.M
-    )
-    assert closed is not None, text
-    return float(closed.group(1))
+    series = 'logq_aggregator_connections_closed_total{reason="not_allowed"}'
+    return sample(metrics_base(agg.log.read_text()), series)
 
 
 def test_allow_network_takes_only_the_listed_clients(
