@@ -24,24 +24,26 @@ FAULTS_DIR = "LOGQ_TEST_FAULTS_DIR"
 #: The frames of each thread's stack that the summary shows (the innermost: where it was).
 SHOWN_FRAMES = 8
 
-_open: list[IO[str]] = []
-_made: list[str] = []
+#: This worker's fault file, open while the fault handler writes to it.
+_fault_file: IO[str] | None = None
+#: The folder this controller made (removed at the end); None when it was given.
+_made: str | None = None
 
 
 @pytest.hookimpl(trylast=True)  # after pytest's own faulthandler plugin, which takes stderr
 def pytest_configure(config: pytest.Config) -> None:
+    global _fault_file, _made
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker is None:
         if FAULTS_DIR not in os.environ:  # set before xdist starts the workers
-            _made.append(tempfile.mkdtemp(prefix="logq-test-faults-"))
-            os.environ[FAULTS_DIR] = _made[-1]
+            _made = tempfile.mkdtemp(prefix="logq-test-faults-")
+            os.environ[FAULTS_DIR] = _made
         return
     folder = os.environ.get(FAULTS_DIR)
     if not folder or not os.path.isdir(folder):
         return
-    out = open(Path(folder) / f"{worker}-{os.getpid()}.log", "w", encoding="utf-8")  # noqa: SIM115
-    _open.append(out)
-    faulthandler.enable(out, all_threads=True)
+    _fault_file = open(Path(folder) / f"{worker}-{os.getpid()}.log", "w", encoding="utf-8")  # noqa: SIM115
+    faulthandler.enable(_fault_file, all_threads=True)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -75,13 +77,12 @@ def innermost_frames(lines: list[str], frames: int) -> list[str]:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if os.environ.get("PYTEST_XDIST_WORKER") is None:
-        for folder in _made:
-            shutil.rmtree(folder, ignore_errors=True)
-            os.environ.pop(FAULTS_DIR, None)
-        _made.clear()
-        return
-    for out in _open:
+    global _fault_file, _made
+    if _made is not None:
+        shutil.rmtree(_made, ignore_errors=True)
+        os.environ.pop(FAULTS_DIR, None)
+        _made = None
+    if _fault_file is not None:
         faulthandler.disable()
-        out.close()
-    _open.clear()
+        _fault_file.close()
+        _fault_file = None
