@@ -10,6 +10,10 @@ everything. Prints:
   to its exit: the socket reads, fsyncs and final flush included), the rate of one core, where
   ``--stages`` times the pipeline's stages alone; and that CPU split between the event loop
   (the main thread) and the other threads (buffer writes, flushes);
+* with ``--pin``, the aggregator runs on one CPU (its threads and Arrow's share it) and the
+  senders on the others: its committed lines/s are then the wall-clock rate of one core, the
+  issue's "lines/s on one core" read literally (unpinned, its threads spread over every CPU and
+  a CPU-second buys less: GIL hand-offs and caches between cores);
 * the aggregator's peak RSS;
 * a machine reference: the milliseconds of a fixed piece of work that runs no logq code, before
   and after each run (this VM's speed drifts by tens of percent between hours: a slow run
@@ -18,7 +22,7 @@ everything. Prints:
   where the bytes of a row go, and the least zstd can store the random request ids in.
 
 Usage: ``python bench/ingest.py [--lines N] [--runs N] [--chunk N] [--connections N]
-[--warehouse URI] [--unsized] [--gzip] [--tls] [--istio | --json]`` (``--runs N`` measures N
+[--warehouse URI] [--pin] [--unsized] [--gzip] [--tls] [--istio | --json]`` (``--runs N`` measures N
 aggregators one after another and prints the median of each figure; a ``s3://`` warehouse uses
 the standard AWS settings, e.g. a local SeaweedFS; ``--istio`` sends lines in Istio's proxy
 format, ``--json`` as Envoy's JSON access logs;
@@ -591,6 +595,11 @@ def main() -> int:
         help=f"the aggregator's buffer frames (default {DEFAULT_BUFFER_COMPRESSION}, as its own)",
     )
     ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="run the aggregator on one CPU and the senders on the others (its wall = one core)",
+    )
+    ap.add_argument(
         "--unsized",
         action="store_true",
         help="frames without the size option (Fluent Bit without Send_options, Fluentd)",
@@ -609,6 +618,10 @@ def main() -> int:
     args = ap.parse_args()
     if args.stages and (args.gzip or args.tls):
         ap.error("--gzip and --tls are for the whole pipeline: not with --stages")
+    if args.pin and args.stages:
+        ap.error("--stages runs on one CPU already: --pin is for the whole pipeline")
+    if args.pin and len(os.sched_getaffinity(0)) < 2:
+        ap.error("--pin needs two CPUs: one for the aggregator, the others for the senders")
     if args.stages:
         sized, runs = not args.unsized, max(1, args.runs or 3)
         stages(args.lines, args.chunk, args.buffer_compression, sized, runs, args.istio, args.json)
@@ -622,6 +635,12 @@ def main() -> int:
         ca, cert, key = make_ca_and_server(tmp)
         args.tls_files = (cert, key)
         args.tls_client = ssl.create_default_context(cafile=str(ca))
+    args.pinned = None
+    if args.pin:  # the last CPU for the aggregator; this process's threads (senders, SeaweedFS)
+        # on the rest
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, set(cpus[:-1]))
+        args.pinned = functools.partial(os.sched_setaffinity, 0, {cpus[-1]})
     s3_server = None
     env = dict(os.environ)
     warehouse = args.warehouse or str(tmp / "warehouse")
@@ -727,7 +746,9 @@ def one_run(
     if args.tls_files is not None:
         cmd += ["--tls-cert", str(args.tls_files[0]), "--tls-key", str(args.tls_files[1])]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=args.pinned
+        )
     port = 0
     deadline = time.monotonic() + 30
     while not port:
@@ -779,7 +800,11 @@ def one_run(
     extras = (", gzip" if args.gzip else "") + (", TLS" if args.tls else "")
     print(f"lines                      {n:,} ({sizing} size{extras})")
     print(f"acknowledged (durable)     {n / t_ack:,.0f} lines/s  ({t_ack:.2f} s)")
-    print(f"committed to Parquet       {n / t_done:,.0f} lines/s  ({t_done:.2f} s, SIGTERM incl.)")
+    on_one = ", the aggregator on one CPU: the rate of one core" if args.pin else ""
+    print(
+        f"committed to Parquet       {n / t_done:,.0f} lines/s  ({t_done:.2f} s, SIGTERM incl."
+        f"{on_one})"
+    )
     print(
         f"aggregator CPU             {n / cpu:,.0f} lines per CPU-second  ({cpu:.2f} s of its"
         " threads from the first frame to its exit: the lines/s of one core)"
