@@ -404,7 +404,7 @@ class ForwardServer:
         # ``:PORT`` binds one socket per family, in no fixed order: IPv4 first, every run.
         self.listening = bound_addresses(s.getsockname() for s in self._server.sockets)
         # Fluentd's UDP heartbeat, on exactly those addresses and port (never fatal).
-        self._heartbeats = await answer_heartbeats(self._server.sockets)
+        self._heartbeats = await answer_heartbeats(self._server.sockets, self.allowed_networks)
         log.info(
             "at most %s bytes of messages in flight on all connections (--max-inflight-bytes)",
             f"{self.inflight.limit:,}",

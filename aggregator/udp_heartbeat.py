@@ -6,8 +6,11 @@ back (its phi accrual failure detector): it then sends nothing at all ("no nodes
 available"). Fluentd's ``in_forward`` answers on UDP on its TCP port with one byte, ``"\\0"``
 (``HEARTBEAT_UDP_PAYLOAD``); so does this, but only to that one-byte heartbeat: any other
 datagram (junk, a scan, a spoofed source) gets nothing, so the port reflects no more bytes than
-it is sent and cannot amplify. Answers are dropped, not queued, while the socket's send buffer
-is full (a flood of spoofed heartbeats must not grow the transport's buffer without bound).
+it is sent and cannot amplify. With ``--allow-network``, only a heartbeat from an allowed address
+is answered, as only such a client's connection is taken: a Fluentd outside them counts the node
+down instead of sending to a port that would close its connection. Answers are dropped, not
+queued, while the socket's send buffer is full (a flood of spoofed heartbeats must not grow the
+transport's buffer without bound).
 ``heartbeat_type transport`` (Fluentd's default) and ``none`` need nothing here.
 
 The UDP sockets bind exactly the TCP listeners' addresses, on the same port number (the one
@@ -24,6 +27,8 @@ import socket
 from collections.abc import Iterable
 from typing import Any, cast
 
+from aggregator.allowed import Network, allowed
+
 log = logging.getLogger("logq.aggregator.udp_heartbeat")
 
 #: What Fluentd's out_forward sends as a heartbeat, and what its in_forward answers.
@@ -32,9 +37,11 @@ ANSWER = b"\0"
 
 
 class _Answer(asyncio.DatagramProtocol):
-    """Answers each heartbeat datagram (:data:`HEARTBEAT`) with :data:`ANSWER`."""
+    """Answers each heartbeat datagram (:data:`HEARTBEAT`) from an address in ``networks``
+    (none: every address) with :data:`ANSWER`."""
 
-    def __init__(self) -> None:
+    def __init__(self, networks: tuple[Network, ...] = ()) -> None:
+        self.networks = networks
         self.transport: asyncio.DatagramTransport | None = None
         self.paused = False
         """The transport's send buffer is full: answers are dropped until it drains."""
@@ -44,7 +51,9 @@ class _Answer(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        if data == HEARTBEAT and not self.paused and self.transport is not None:
+        if data != HEARTBEAT or self.paused or self.transport is None:
+            return
+        if allowed(addr, self.networks):
             self.transport.sendto(ANSWER, addr)
 
     def pause_writing(self) -> None:
@@ -74,10 +83,11 @@ def _udp_socket(family: int, sockaddr: tuple[Any, ...]) -> socket.socket:
 
 
 async def answer_heartbeats(
-    listening: Iterable[socket.socket],
+    listening: Iterable[socket.socket], networks: tuple[Network, ...] = ()
 ) -> list[asyncio.BaseTransport]:
     """Answer UDP heartbeats on the address and port of each listening TCP socket of the
-    Forward server; an address whose UDP port cannot be bound is said and skipped."""
+    Forward server, from the addresses in ``networks`` (``--allow-network``; none: from every
+    address); an address whose UDP port cannot be bound is said and skipped."""
     loop = asyncio.get_running_loop()
     transports: list[asyncio.BaseTransport] = []
     try:
@@ -97,7 +107,9 @@ async def answer_heartbeats(
                 )
                 continue
             try:
-                transport, _ = await loop.create_datagram_endpoint(_Answer, sock=sock)
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _Answer(networks), sock=sock
+                )
             except BaseException:
                 sock.close()
                 raise

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from aggregator import listen
+from aggregator.allowed import Network, parse_networks
 from aggregator.udp_heartbeat import _Answer, answer_heartbeats
 from shipper import wire
 from tests.aggregator.helpers import read_acks, read_table, start_aggregator
@@ -48,10 +49,10 @@ def _answers(udp: socket.socket, wait: float) -> list[tuple[bytes, tuple[str, in
 
 
 async def _listening(
-    host: str = "127.0.0.1",
+    host: str = "127.0.0.1", networks: tuple[Network, ...] = ()
 ) -> tuple[listen.Listeners, list[asyncio.BaseTransport]]:
     tcp = await listen.start_server(lambda r, w: w.close(), host, 0)
-    return tcp, await answer_heartbeats(tcp.sockets)
+    return tcp, await answer_heartbeats(tcp.sockets, networks)
 
 
 def test_only_a_heartbeat_is_answered_and_never_with_more_bytes() -> None:
@@ -75,6 +76,51 @@ def test_only_a_heartbeat_is_answered_and_never_with_more_bytes() -> None:
 
     got = asyncio.run(run())
     assert [data for data, _ in got] == [b"\0"]
+
+
+@pytest.mark.parametrize(
+    ("allow", "answered"),
+    [
+        ("10.0.0.0/8", False),
+        ("127.0.0.2", False),
+        ("127.0.0.0/8", True),
+    ],
+)
+def test_with_allow_network_only_an_allowed_address_is_answered(allow: str, answered: bool) -> None:
+    """``--allow-network``: a heartbeat from outside the networks gets no answer (its Fluentd
+    counts the node down, as the TCP connection would be closed); one from inside does."""
+
+    async def run() -> list[tuple[bytes, tuple[str, int]]]:
+        tcp, heartbeats = await _listening(networks=parse_networks([allow]))
+        port = tcp.sockets[0].getsockname()[1]
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.bind(("127.0.0.1", 0))
+                for _ in range(2):
+                    udp.sendto(b"\0", ("127.0.0.1", port))
+                return await asyncio.to_thread(_answers, udp, 1.0)
+        finally:
+            for heartbeat in heartbeats:
+                heartbeat.close()
+            tcp.close()
+
+    got = asyncio.run(run())
+    assert [data for data, _ in got] == ([b"\0", b"\0"] if answered else [])
+
+
+@pytest.mark.integration
+def test_an_aggregator_with_allow_network_answers_no_heartbeat_from_outside(
+    tmp_path: Path,
+) -> None:
+    """The server passes its ``--allow-network`` to the UDP answers: 127.0.0.1 outside
+    10.0.0.0/8 gets none."""
+    agg = start_aggregator(tmp_path, extra=["--allow-network", "10.0.0.0/8"])
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.sendto(b"\0", ("127.0.0.1", agg.port))
+            assert _answers(udp, 1.0) == []
+    finally:
+        assert agg.stop() == 0
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", ""])
