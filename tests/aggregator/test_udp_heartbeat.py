@@ -55,27 +55,33 @@ async def _listening(
     return tcp, await answer_heartbeats(tcp.sockets, networks)
 
 
-def test_only_a_heartbeat_is_answered_and_never_with_more_bytes() -> None:
-    """Junk, a scan, an empty or a large datagram (a spoofed source's request to reflect): no
-    answer, and the heartbeats after them are still answered."""
+def _answered(datagrams: list[bytes], networks: tuple[Network, ...] = ()) -> list[bytes]:
+    """What comes back to 127.0.0.1 for ``datagrams`` sent to heartbeat answers on a Forward
+    port of 127.0.0.1 (``networks``: its ``--allow-network``)."""
 
     async def run() -> list[tuple[bytes, tuple[str, int]]]:
-        tcp, heartbeats = await _listening()
+        tcp, heartbeats = await _listening(networks=networks)
         port = tcp.sockets[0].getsockname()[1]
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
                 udp.bind(("127.0.0.1", 0))
-                for junk in (b"", b"x", b"\0\0", b"\x92\xa0\x90", b"\0" * 60_000):
-                    udp.sendto(junk, ("127.0.0.1", port))
-                udp.sendto(b"\0", ("127.0.0.1", port))
+                for datagram in datagrams:
+                    udp.sendto(datagram, ("127.0.0.1", port))
                 return await asyncio.to_thread(_answers, udp, 1.0)
         finally:
             for heartbeat in heartbeats:
                 heartbeat.close()
             tcp.close()
 
-    got = asyncio.run(run())
-    assert [data for data, _ in got] == [b"\0"]
+    return [data for data, _ in asyncio.run(run())]
+
+
+def test_only_a_heartbeat_is_answered_and_never_with_more_bytes() -> None:
+    """Junk, a scan, an empty or a large datagram (a spoofed source's request to reflect): no
+    answer, and the heartbeats after them are still answered."""
+
+    junk = [b"", b"x", b"\0\0", b"\x92\xa0\x90", b"\0" * 60_000]
+    assert _answered([*junk, b"\0"]) == [b"\0"]
 
 
 @pytest.mark.parametrize(
@@ -90,22 +96,8 @@ def test_with_allow_network_only_an_allowed_address_is_answered(allow: str, answ
     """``--allow-network``: a heartbeat from outside the networks gets no answer (its Fluentd
     counts the node down, as the TCP connection would be closed); one from inside does."""
 
-    async def run() -> list[tuple[bytes, tuple[str, int]]]:
-        tcp, heartbeats = await _listening(networks=parse_networks([allow]))
-        port = tcp.sockets[0].getsockname()[1]
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                udp.bind(("127.0.0.1", 0))
-                for _ in range(2):
-                    udp.sendto(b"\0", ("127.0.0.1", port))
-                return await asyncio.to_thread(_answers, udp, 1.0)
-        finally:
-            for heartbeat in heartbeats:
-                heartbeat.close()
-            tcp.close()
-
-    got = asyncio.run(run())
-    assert [data for data, _ in got] == ([b"\0", b"\0"] if answered else [])
+    got = _answered([b"\0", b"\0"], parse_networks([allow]))
+    assert got == ([b"\0", b"\0"] if answered else [])
 
 
 @pytest.mark.integration
