@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import pytest
 from aggregator import decode as dec
 from shipper import wire
 from tests.aggregator.helpers import read_acks, read_table, record, start_aggregator, wait_rows
+from tests.support.metrics import by_label, metrics_base
 
 T = 1_795_860_000
 """A good event time (seconds)."""
@@ -149,22 +148,13 @@ def test_the_bulk_path_is_taken_when_no_entry_is_bad(monkeypatch: pytest.MonkeyP
         assert batch.num_rows == 50 and heard == []
 
 
-def _metric(port: int, name: str) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
-        text = reply.read().decode()
-    return {
-        m.group(1): float(m.group(2))
-        for m in re.finditer(rf'^{name}\{{reason="([^"]+)"\}} (\S+)$', text, re.M)
-    }
-
-
 @pytest.mark.integration
 def test_the_server_stores_and_acks_a_message_with_bad_entries(tmp_path: Path) -> None:
     """One bad entry among good ones: the message is acked, the good lines and a marked row
     are stored, the connection stays open, the metric counts it; a resend of the same chunk
     (its ack lost) is not stored twice."""
     agg = start_aggregator(tmp_path, extra=["--metrics-listen", "127.0.0.1:0"])
-    metrics_port = int(re.search(r"metrics on http://[^:]+:(\d+)/", agg.log_text()).group(1))  # type: ignore[union-attr]
+    base = metrics_base(agg.log_text())
     now = time.time_ns()
     good = [wire.pack([now // 10**9, record(f"good-{i}", service="shop")]) for i in range(2)]
     bad = [wire.pack([now // 10**9, 5]), wire.pack([True, {"log": "x"}])]
@@ -180,7 +170,7 @@ def test_the_server_stores_and_acks_a_message_with_bad_entries(tmp_path: Path) -
             sock.sendall(after)  # the same connection goes on
             assert read_acks(sock, 1) == ["after"]
         wait_rows(agg.warehouse, "container_logs", 5, agg)
-        counts = _metric(metrics_port, "logq_aggregator_bad_entries_total")
+        counts = by_label(base, "logq_aggregator_bad_entries_total", "reason")
     finally:
         assert agg.stop() == 0
     lines = sorted(read_table(agg.warehouse, "container_logs")["message"].to_pylist())

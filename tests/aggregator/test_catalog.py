@@ -21,6 +21,7 @@ from athena.warehouse import open_warehouse
 from shipper import wire
 from tests.aggregator.helpers import read_acks, record, start_aggregator, wait_rows
 from tests.aggregator.s3_hook_proxy import S3HookProxy
+from tests.support.metrics import metrics_base
 from tests.support.procs import wait_until
 from tests.support.seaweedfs import SeaweedFS
 
@@ -83,8 +84,7 @@ def test_ddl_applied_through_athena_and_metrics(
         _send(agg, "New Service", "c")
         wait_rows(agg.warehouse, "container_logs", 3, agg)
         _send(agg, "recipe", "d", image="envoyproxy/envoy:v1.31")  # not an access line
-        metrics_port = int(re.search(r"metrics on http://[^:]+:(\d+)/", agg.log_text()).group(1))
-        base = f"http://127.0.0.1:{metrics_port}"
+        base = metrics_base(agg.log_text())
         with urllib.request.urlopen(f"{base}/healthz", timeout=5) as resp:
             assert resp.status == 200
         # Rows per table and service: the denominator of a service's parse-failure ratio.

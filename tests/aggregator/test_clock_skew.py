@@ -8,9 +8,7 @@ service every ten minutes), and the local engine still finds them.
 
 from __future__ import annotations
 
-import re
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 from athena.ddl import outside_projection
 from shipper import wire
 from tests.aggregator.helpers import read_acks, read_table, record, start_aggregator, wait_rows
+from tests.support.metrics import metrics_base, metrics_text
 from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.integration
@@ -45,9 +44,7 @@ def test_a_new_services_series_are_served_at_0_before_the_flush_that_counts(
         with agg.connect() as sock:
             sock.sendall(wire.encode_packed_forward("logq.oldclock", entries, "o1"))
             assert read_acks(sock, 1) == ["o1"]
-        port = int(re.search(r"metrics on http://[^:]+:(\d+)/", agg.log_text()).group(1))
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            before_flush = resp.read().decode()
+        before_flush = metrics_text(metrics_base(agg.log_text()))
         assert read_table(agg.warehouse, "container_logs").num_rows == 0, "not flushed yet"
     finally:
         assert agg.stop() == 0  # its flush writes and counts the rows
@@ -85,11 +82,10 @@ def test_rows_from_a_broken_clock_are_kept_counted_and_logged(tmp_path: Path) ->
             sock.sendall(wire.encode_packed_forward("logq.clock", entries, "c1"))
             assert read_acks(sock, 1) == ["c1"]
         table = wait_rows(agg.warehouse, "container_logs", 5, agg)
-        port = int(re.search(r"metrics on http://[^:]+:(\d+)/", agg.log_text()).group(1))
+        base = metrics_base(agg.log_text())
 
         def scrape() -> str:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-                return resp.read().decode()
+            return metrics_text(base)
 
         # The rows are readable once the flush's files are renamed in; its counts are added
         # when the flush returns, a moment later.

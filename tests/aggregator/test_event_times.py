@@ -12,10 +12,8 @@ from __future__ import annotations
 import gzip
 import json
 import random
-import re
 import struct
 import time
-import urllib.request
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -28,6 +26,7 @@ import pytest
 from aggregator import decode as dec
 from shipper import wire
 from tests.aggregator.helpers import read_acks, record, start_aggregator, wait_rows
+from tests.support.metrics import metrics_base, metrics_text
 
 GOOD_S = 1_795_860_000
 """A good event time (seconds), kept exactly as sent."""
@@ -267,9 +266,7 @@ def test_messages_with_bad_times_are_acked_stored_and_counted(tmp_path: Path) ->
             assert read_acks(sock, len(cases)) == [f"c{i}" for i in range(len(cases))]
         rows = sum(1 if mode == "message" else 3 for mode, _ in cases)
         table = wait_rows(agg.warehouse, "container_logs", rows, agg)
-        port = int(re.search(r"metrics on http://[^:]+:(\d+)/", agg.log_text()).group(1))
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            metrics = resp.read().decode()
+        metrics = metrics_text(metrics_base(agg.log_text()))
     finally:
         agg.stop()
     messages = table["message"].to_pylist()
@@ -295,9 +292,7 @@ def test_a_resend_of_a_message_with_replaced_times_is_recognised(tmp_path: Path)
                     sock.sendall(frame(mode, BAD_TIMES["int 0"][0], chunk=f"resent-{mode}"))
                     assert read_acks(sock, 1) == [f"resent-{mode}"]
         table = wait_rows(agg.warehouse, "container_logs", 1 + 3, agg)
-        port = int(re.search(r"metrics on http://[^:]+:(\d+)/", agg.log_text()).group(1))
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            metrics = resp.read().decode()
+        metrics = metrics_text(metrics_base(agg.log_text()))
     finally:
         agg.stop()
     assert sorted(table["message"].to_pylist()) == ["bad", "bad", "good after", "good before"]
@@ -333,9 +328,7 @@ def test_messages_with_nil_and_string_times_are_acked_stored_and_counted(tmp_pat
             assert json.loads(sock.recv(4096)) == {"ack": "j1"}
         rows = sum(1 if mode == "message" else 3 for mode, _ in cases) + 1
         table = wait_rows(agg.warehouse, "container_logs", rows, agg)
-        port = int(re.search(r"metrics on http://[^:]+:(\d+)/", agg.log_text()).group(1))
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            metrics = resp.read().decode()
+        metrics = metrics_text(metrics_base(agg.log_text()))
     finally:
         agg.stop()
     messages = table["message"].to_pylist()

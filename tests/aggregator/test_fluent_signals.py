@@ -8,9 +8,7 @@ it sends ``[tag, <cmetrics / ctraces msgpack>, {"fluent_signal": 1 or 2, "chunk"
 from __future__ import annotations
 
 import hashlib
-import re
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from tests.aggregator.helpers import (
     start_aggregator,
     wait_rows,
 )
+from tests.support.metrics import by_label, metrics_base
 
 #: The shape of a cmetrics payload (its msgpack encoding: a map of ``meta`` and ``metrics``).
 CMETRICS = {
@@ -38,14 +37,8 @@ CMETRICS = {
 
 def _signals_dropped(agg: AggregatorProc) -> dict[str, float]:
     """``logq_aggregator_signal_messages_dropped_total`` by signal, from /metrics."""
-    port = int(re.search(r"metrics on http://[^:]+:(\d+)/", agg.log_text()).group(1))  # type: ignore[union-attr]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
-        text = reply.read().decode()
     name = "logq_aggregator_signal_messages_dropped_total"
-    return {
-        m.group(1): float(m.group(2))
-        for m in re.finditer(rf'^{name}\{{signal="([^"]+)"\}} (\S+)$', text, re.M)
-    }
+    return by_label(metrics_base(agg.log_text()), name, "signal")
 
 
 @pytest.mark.integration

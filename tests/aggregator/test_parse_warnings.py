@@ -5,9 +5,7 @@ that a hostile line (newlines, terminal escapes, a megabyte) stays one bounded l
 from __future__ import annotations
 
 import logging
-import re
 import time
-import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,6 +17,7 @@ from aggregator.logs import LogfmtFormatter
 from aggregator.parse_warnings import PARSE_WARNING_SECONDS, SHOWN_CHARS, ParseFailureWarnings
 from shipper import wire
 from tests.aggregator.helpers import ENVOY_IMAGE, envoy_line, read_acks, record, start_aggregator
+from tests.support.metrics import metrics_base, sample
 from tests.support.procs import wait_until
 
 T0 = 1_795_860_000_000_000_000  # 2026-11-28T10:00:00Z in ns
@@ -107,22 +106,18 @@ def test_the_aggregator_warns_once_per_service_with_a_counted_line(tmp_path: Pat
     second = [(time.time_ns(), record("later bad line", **envoy))]
     series = 'logq_aggregator_envoy_parse_failures_total{service="recipe"}'
     try:
-        port = int(re.search(r"metrics on http://[^:]+:(\d+)/", agg.log_text()).group(1))
+        base = metrics_base(agg.log_text())
 
-        def failures() -> str:
-            url = f"http://127.0.0.1:{port}/metrics"
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                text = resp.read().decode()
-            found = re.search(re.escape(series) + r" (\S+)", text)
-            return found.group(1) if found else ""
+        def failures() -> float:
+            return sample(base, series, 0.0)
 
         with agg.connect() as sock:
             sock.sendall(wire.encode_packed_forward("logq.recipe", first, "c1"))
             assert read_acks(sock, 1) == ["c1"]
-            wait_until(lambda: failures() == "2.0", 30, "the first flush", proc=agg.proc)
+            wait_until(lambda: failures() == 2.0, 30, "the first flush", proc=agg.proc)
             sock.sendall(wire.encode_packed_forward("logq.recipe", second, "c2"))
             assert read_acks(sock, 1) == ["c2"]
-            wait_until(lambda: failures() == "3.0", 30, "the second flush", proc=agg.proc)
+            wait_until(lambda: failures() == 3.0, 30, "the second flush", proc=agg.proc)
     finally:
         agg.stop()
     lines = [line for line in agg.log_text().splitlines() if SEEN in line]

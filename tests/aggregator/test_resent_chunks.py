@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 import socket
 import struct
 import time
-import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,7 +23,7 @@ from tests.aggregator.helpers import (
     start_aggregator,
     wait_rows,
 )
-from tests.support.metrics import metrics_base, sample
+from tests.support.metrics import metrics_base, metrics_text, sample
 from tests.support.procs import wait_until
 
 
@@ -61,9 +59,7 @@ def test_a_message_resent_after_a_lost_ack_is_acked_and_stored_once(tmp_path: Pa
             sock.sendall(first)  # once more, after the first copy was acked
             assert read_acks(sock, 1) == [first_id]
         table = wait_rows(agg.warehouse, "container_logs", 4, agg)
-        port = int(re.search(r"metrics on http://[^:]+:(\d+)/", agg.log_text()).group(1))
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            metrics = resp.read().decode()
+        metrics = metrics_text(metrics_base(agg.log_text()))
         assert agg.stop() == 0
     finally:
         agg.stop()
