@@ -24,6 +24,31 @@ def test_ipv4_clients_of_a_dual_stack_listener_are_checked_as_ipv4() -> None:
     assert not allowed(("::ffff:11.1.2.3", 1, 0, 0), networks)
 
 
+@pytest.mark.parametrize(
+    ("given", "meant"),
+    [
+        ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+        ("::ffff:10.1.2.3", "10.1.2.3/32"),
+        ("::ffff:0:0/96", "0.0.0.0/0"),
+        ("2001:db8::/32", "2001:db8::/32"),
+        ("::/0", "::/0"),
+    ],
+)
+def test_an_ipv4_mapped_network_is_taken_as_the_ipv4_network_it_names(
+    given: str, meant: str
+) -> None:
+    """IPv4 clients are compared as IPv4 addresses, so ``::ffff:10.0.0.0/104`` must mean
+    ``10.0.0.0/8`` to take any of them; other IPv6 networks stay as they are."""
+    assert [str(n) for n in parse_networks([given])] == [meant]
+
+
+def test_an_ipv4_mapped_network_takes_its_ipv4_clients_either_way() -> None:
+    networks = parse_networks(["::ffff:10.0.0.0/104"])
+    assert allowed(("10.9.8.7", 1), networks)
+    assert allowed(("::ffff:10.9.8.7", 1, 0, 0), networks)
+    assert not allowed(("11.0.0.1", 1), networks)
+
+
 def test_none_listed_takes_every_peer_and_a_list_refuses_what_is_no_address() -> None:
     assert allowed(("203.0.113.9", 1), ())
     assert allowed("/run/socket", ())
