@@ -90,6 +90,7 @@ def test_only_a_heartbeat_is_answered_and_never_with_more_bytes() -> None:
         ("10.0.0.0/8", False),
         ("127.0.0.2", False),
         ("127.0.0.0/8", True),
+        ("::ffff:127.0.0.1", True),  # the IPv4 address, in its IPv6 spelling
     ],
 )
 def test_with_allow_network_only_an_allowed_address_is_answered(allow: str, answered: bool) -> None:
