@@ -648,12 +648,11 @@ def main() -> int:
         ca, cert, key = make_ca_and_server(tmp)
         args.tls_files = (cert, key)
         args.tls_client = ssl.create_default_context(cafile=str(ca))
-    args.pinned, args.cpu = None, None
+    args.cpu = None  # the aggregator's one CPU, when it is pinned
     if args.pin:  # the last CPU for the aggregator; this process's threads (senders, SeaweedFS)
         # on the rest
         cpus = sorted(os.sched_getaffinity(0))
         os.sched_setaffinity(0, set(cpus[:-1]))
-        args.pinned = functools.partial(os.sched_setaffinity, 0, {cpus[-1]})
         args.cpu = cpus[-1]
     s3_server = None
     env = dict(os.environ)
@@ -760,9 +759,10 @@ def one_run(
     ]
     if args.tls_files is not None:
         cmd += ["--tls-cert", str(args.tls_files[0]), "--tls-key", str(args.tls_files[1])]
+    pinned = None if args.cpu is None else functools.partial(os.sched_setaffinity, 0, {args.cpu})
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=args.pinned
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=pinned
         )
     port = 0
     deadline = time.monotonic() + 30
@@ -816,6 +816,7 @@ def one_run(
     print(f"lines                      {n:,} ({sizing} size{extras})")
     print(f"acknowledged (durable)     {n / t_ack:,.0f} lines/s  ({t_ack:.2f} s)")
     on_one = ", the aggregator on one CPU: the rate of one core" if args.pin else ", every CPU"
+    where_timed = ", on the aggregator's CPU" if args.pin else ""
     print(
         f"committed to Parquet       {n / t_done:,.0f} lines/s  ({t_done:.2f} s, SIGTERM incl."
         f"{on_one})"
@@ -827,7 +828,7 @@ def one_run(
     print(f"  by thread                {cpu_by_thread(proc.pid, by_thread0, by_thread, cpu)}")
     print(
         f"machine reference          {reference:.1f} ms (fixed work, no logq code, before and "
-        "after the run, on the aggregator's CPU: the VM's speed; higher is slower)"
+        f"after the run{where_timed}: the VM's speed; higher is slower)"
     )
     print(
         f"aggregator peak RSS        {peak['kib'] / 1024:,.0f} MiB  "

@@ -84,14 +84,11 @@ def test_rows_from_a_broken_clock_are_kept_counted_and_logged(tmp_path: Path) ->
         table = wait_rows(agg.warehouse, "container_logs", 5, agg)
         base = metrics_base(agg.log_text())
 
-        def scrape() -> str:
-            return metrics_text(base)
-
         # The rows are readable once the flush's files are renamed in; its counts are added
         # when the flush returns, a moment later.
         counted = 'rows_outside_projection_total{service="other",table="container_logs"}'
-        wait_until(lambda: counted in scrape(), 30, "the flush's counts", proc=agg.proc)
-        metrics = scrape()
+        wait_until(lambda: counted in metrics_text(base), 30, "the flush's counts", proc=agg.proc)
+        metrics = metrics_text(base)
     finally:
         agg.stop()
     assert sorted(table["message"].to_pylist()) == sorted(
