@@ -36,9 +36,11 @@ from shipper.config import (
     file_keys,
     file_prefix,
     join_host_port,
+    parse_endpoint,
     read_config_file,
 )
 from shipper.config import file_setting_names as shipper_file_keys
+from shipper.errors import ConfigError as ShipperConfigError
 from shipper.errors import flag_of, shown_value
 from shipper.wire import MAX_MESSAGE_BYTES
 from shipper.wire_limits import MAX_MESSAGE_ENTRIES
@@ -137,11 +139,19 @@ def split_host_port(value: str, what: str) -> tuple[str, int]:
 
     ``:PORT`` (no host) gives the host ``""``: every address of this host, IPv4 and IPv6, as
     asyncio binds it. It was ``0.0.0.0``, IPv4 only, and asyncio makes ``[::]`` IPv6 only
-    (``IPV6_V6ONLY``): no value listened on both, and an IPv6-only pod could not be reached."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
+    (``IPV6_V6ONLY``): no value listened on both, and an IPv6-only pod could not be reached.
+
+    The rest is read as ``logq-shipper --listen`` reads it (:func:`shipper.config.parse_endpoint`):
+    an IPv6 address needs its brackets, the port is ASCII digits from 0 to 65535. Unlike the
+    shipper's, the port is required (no flag here has a default one to fall back on)."""
+    port = value.rsplit("]", 1)[-1].rpartition(":")[2]
+    if ":" not in value.rsplit("]", 1)[-1] or not port.strip():
         raise ConfigError(f"{what} must be HOST:PORT (e.g. 127.0.0.1:24224), got {value!r}")
-    return host.strip("[]"), int(port)
+    try:
+        endpoint = parse_endpoint(value, what=what, listen=True)
+    except ShipperConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    return endpoint.host, endpoint.port
 
 
 def listening_text(addresses: list[tuple[str, int]]) -> str:

@@ -433,6 +433,30 @@ def test_listen_without_host_means_every_address_of_both_families() -> None:
     assert join_host_port("127.0.0.1", 9880) == "127.0.0.1:9880"
 
 
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("127.0.0.1:\u00b2", "bad port in --listen"),  # a digit to str.isdigit, not to int()
+        ("127.0.0.1:99999", "port 99999 is not in 0-65535"),
+        ("::1:24224", "IPv6 addresses need brackets: [::1]:24224"),  # ::1 port 24224, or ::1:24224?
+        ("[::1:24224", "bad --listen '[::1:24224'"),
+        ("127.0.0.1", "--listen must be HOST:PORT"),
+        ("127.0.0.1:", "--listen must be HOST:PORT"),
+        ("[::1]", "--listen must be HOST:PORT"),
+    ],
+)
+def test_a_bad_listen_address_is_a_usage_error_naming_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, value: str, said: str
+) -> None:
+    """Read as logq-shipper reads its addresses: a port of Unicode digits ended in a traceback
+    (``int('²')``), and an IPv6 address without brackets was split at its last colon."""
+    args = ["--buffer-dir", str(tmp_path / "b"), "--warehouse", str(tmp_path / "wh")]
+    assert main([*args, "--listen", value]) == 2
+    assert said in _one_line(capsys)
+    assert main([*args, "--listen", "127.0.0.1:0", "--metrics-listen", value]) == 2
+    assert said.replace("--listen", "--metrics-listen") in _one_line(capsys)
+
+
 def test_the_listening_line_shows_both_families_ipv4_first() -> None:
     """asyncio binds ``:PORT``'s two sockets in set order, which changes from run to run: the
     line read ``listening on [::]:24224`` (IPv6 only, by the README) about half the time, and
