@@ -45,9 +45,10 @@ def modified_since(paths: list[Path], floor_ns: int) -> list[tuple[Path, os.stat
 def age(mtime_ns: int, path: Path) -> tuple[int, int, str]:
     """Where a rotated file sorts among its siblings, oldest first: by modification time, and
     files of the same time (coarse clocks, tiny files) by name: Docker's ``.2`` is older than
-    its ``.1``, kubelet's ``0.log.<time>`` names sort in time order."""
+    its ``.1``, kubelet's ``0.log.<time>`` names sort in time order. A suffix of other digits
+    (``.²``: ``str.isdigit`` takes it, ``int`` does not) is no number."""
     suffix = path.name.rsplit(".", 1)[-1]
-    return mtime_ns, -int(suffix) if suffix.isdigit() else 0, path.name
+    return mtime_ns, -int(suffix) if suffix.isascii() and suffix.isdigit() else 0, path.name
 
 
 def oldest_first(files: list[tuple[int, Cursor]]) -> list[Cursor]:

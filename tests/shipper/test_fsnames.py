@@ -1,4 +1,4 @@
-"""Files whose names are not UTF-8: shipped under a readable name, never a crash."""
+"""Files with unusual names (not UTF-8, a rotated suffix of other digits): never a crash."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from shipper.daemon import Shipper
 from shipper.fsnames import as_text
 from tests.shipper.receiver import Receiver
 from tests.shipper.shipping import shipper_args
+from tests.shipper.test_replaced_while_down import ship_once
 
 #: ``résumé.log`` written in Latin-1 (or a UTF-8 ``café.log`` under ``LC_ALL=C PYTHONUTF8=0``,
 #: which Python decodes the same way: bytes it cannot decode kept as lone surrogates).
@@ -63,3 +64,21 @@ def test_a_file_whose_name_is_no_utf8_is_shipped(tmp_path: Path) -> None:
         ("logq.r\ufffdsum\ufffd", "r\ufffdsum\ufffd", "r\ufffdsum\ufffd.log", "café line"),
     ]
     assert f'path="{logs}/r\ufffdsum\ufffd.log"'.encode() in scrape
+
+
+def test_a_rotated_copy_whose_suffix_is_no_number_is_no_crash(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """A sibling ``app.log.²``: ``'²'.isdigit()`` is True, but ``int('²')`` raises. Taken for
+    Docker's ``.1``/``.2`` numbering, it ended the restarted shipper with a ValueError. Such a
+    suffix orders the file by its time alone, as any other name that is not a number."""
+    log = tmp_path / "app.log"
+    log.write_bytes(b"first\n")
+    ship_once(tmp_path, receiver, log)
+    (tmp_path / "app.log.\u00b2").write_bytes(b"copy line\n")
+    with log.open("ab") as f:
+        f.write(b"second\n")
+    ship_once(tmp_path, receiver, log)
+    lines = [r["log"] for _, _, r in receiver.records]
+    assert lines.count("first") == 1 and lines.count("second") == 1, lines
+    assert lines.count("copy line") == 1, lines  # newer than what was read: a rotated copy
