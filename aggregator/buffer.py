@@ -173,10 +173,10 @@ def end_marker(path: Path) -> Path:
 def _load_end(path: Path) -> int | None:
     """The recorded end of a segment's acknowledged frames, or None (the whole file)."""
     try:
-        text = end_marker(path).read_text(encoding="ascii").strip()
+        text = end_marker(path).read_bytes().strip()
     except FileNotFoundError:
         return None
-    if not text.isdigit():
+    if not text.isdigit():  # bytes: ASCII digits only (a corrupt 0xff said only "'ascii' codec")
         raise OSError(
             f"{end_marker(path)} does not hold a byte count; restore it or, if the segment's "
             "frames after the last acknowledged one may be stored twice, delete it"

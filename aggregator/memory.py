@@ -146,7 +146,7 @@ def _arena_max() -> int | None:
     """Limit glibc's arenas (unless the environment did); the limit in force, None if unknown."""
     from_env = os.environ.get("MALLOC_ARENA_MAX", "")
     if from_env:
-        return int(from_env) if from_env.isdigit() else None
+        return int(from_env) if from_env.isascii() and from_env.isdigit() else None  # not ²
     libc = _glibc()
     if libc is None:
         return None

@@ -148,6 +148,26 @@ def test_frames_of_a_failed_group_fsync_are_not_flushed_nor_remembered(
     again.unlock()
 
 
+@pytest.mark.parametrize("marker", [b"abc\n", b"\xff\n", "\u00b2\n".encode(), b""])
+def test_a_corrupt_end_marker_names_itself_and_what_to_do(tmp_path: Path, marker: bytes) -> None:
+    """A marker that holds no byte count (a bad sector, a stray edit) stops the start with the
+    file's name and the choice to make; a byte that is not ASCII said only "'ascii' codec can't
+    decode byte 0xff" (no file, nothing to do). The segment stays, untouched."""
+    folder = tmp_path / "buf"
+    buffer = Buffer(folder, 1 << 20, 1 << 30)
+    buffer.open("node-a")
+    buffer.unlock()
+    segment = folder / f"{1:016d}.seg"
+    segment.write_bytes(b"frames")
+    end_marker(segment).write_bytes(marker)
+    again = Buffer(folder, 1 << 20, 1 << 30)
+    with pytest.raises(OSError, match="does not hold a byte count; restore it or") as caught:
+        again.open("node-a")
+    again.unlock()
+    assert str(end_marker(segment)) in str(caught.value)
+    assert segment.read_bytes() == b"frames"
+
+
 def test_a_failed_fsync_with_nothing_acknowledged_leaves_no_segment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -73,6 +73,17 @@ def test_operator_environment_wins(subprocess_env: dict[str, str]) -> None:
     assert "native" not in str(out["text"])  # nothing left behind to point out
 
 
+def test_an_arena_limit_that_is_no_number_is_unknown_not_a_crash(
+    subprocess_env: dict[str, str],
+) -> None:
+    """``MALLOC_ARENA_MAX=²``: ``str.isdigit`` takes it, ``int`` raises; the aggregator did not
+    start. glibc reads no number in it either: the limit is unknown, and left to glibc."""
+    out = _probe(_clean(subprocess_env) | {"MALLOC_ARENA_MAX": "\u00b2"})
+    assert out["arena_max"] is None
+    assert out["source"] == "environment+tuned"  # the pool was tuned, the arenas were not
+    assert out["pool"] == "system"
+
+
 def test_native_pool_left_behind_is_named(subprocess_env: dict[str, str]) -> None:
     """Set at run time, Arrow's C++ default pool stays as loaded: the log line says so."""
     out = _probe(_clean(subprocess_env))
