@@ -28,7 +28,7 @@ from aggregator.flag_values import (
     NODE_ID,
     TLS_KEY_PASSWORD_ENV,
 )
-from athena.warehouse import WarehouseError, resolve_uri
+from athena.warehouse import WarehouseError, is_s3_location, resolve_uri
 from shipper.config import (
     at_least,
     blame_file,
@@ -41,7 +41,7 @@ from shipper.config import (
 )
 from shipper.config import file_setting_names as shipper_file_keys
 from shipper.errors import ConfigError as ShipperConfigError
-from shipper.errors import flag_of, shown_value
+from shipper.errors import flag_of, preview, shown_value
 from shipper.wire import MAX_MESSAGE_BYTES
 from shipper.wire_limits import MAX_MESSAGE_ENTRIES
 
@@ -361,6 +361,7 @@ def _check(s: Settings, partial: bool = False) -> None:
             f"buffer-compression must be one of {', '.join(BUFFER_COMPRESSIONS)}, "
             f"got {s.buffer_compression!r}"
         )
+    _check_athena(s)
     if not partial and bool(s.tls_cert) != bool(s.tls_key):
         raise ConfigError("TLS needs both --tls-cert and --tls-key")
     if not partial and s.tls_key_password and not s.tls_key:
@@ -388,6 +389,26 @@ def _check(s: Settings, partial: bool = False) -> None:
     if not partial and s.users and not s.shared_key:
         raise ConfigError("--user needs --shared-key: user authentication is part of its handshake")
     user_map(s)
+
+
+def _check_athena(s: Settings) -> None:
+    """``--athena-workgroup`` and ``--athena-output`` only serve ``--athena-database`` (the DDL
+    is applied in Athena only with it): alone, they did nothing, without a word. Athena writes
+    the DDL's results to S3 only."""
+    if not s.athena_database:
+        for name in ("athena_workgroup", "athena_output"):
+            if getattr(s, name):
+                raise ConfigError(
+                    f"{flag_of(name)} needs --athena-database: the DDL is applied in Athena "
+                    "only to a named database (or leave both out: the DDL is written to the "
+                    "warehouse's _ddl/ folder either way)"
+                )
+    if s.athena_output and not is_s3_location(s.athena_output):
+        raise ConfigError(
+            f"--athena-output {preview(s.athena_output)} is not an S3 location; Athena writes "
+            "the results of the DDL it runs to S3: use s3://bucket/prefix/ (or leave it out when "
+            "the workgroup sets one)"
+        )
 
 
 def user_map(s: Settings) -> dict[str, str]:

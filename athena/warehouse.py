@@ -92,6 +92,12 @@ def appeared_during_listing(exc: OSError) -> bool:
     return exc.errno == errno.ENOENT and "Cannot list directory" in str(exc)
 
 
+def is_s3_location(uri: str) -> bool:
+    """Whether ``uri`` is ``s3://BUCKET`` or ``s3://BUCKET/PREFIX``: where Athena can write a
+    query's results (``--athena-output``; a local path fails later without naming the flag)."""
+    return uri.startswith("s3://") and len(uri) > len("s3://") and uri[5] != "/"
+
+
 def resolve_uri(uri: str | None) -> str:
     """The warehouse URI: the argument, else ``$LOGQ_WAREHOUSE``, else ``./logq-warehouse``.
 

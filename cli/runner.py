@@ -148,7 +148,9 @@ def check_athena_output(output: str | None) -> None:
     to S3, and a local path would fail later with an error that does not name the option."""
     if output is None:
         return
-    if not output.startswith("s3://") or len(output) <= len("s3://") or output[5] == "/":
+    from athena.warehouse import is_s3_location
+
+    if not is_s3_location(output):
         raise ValueError(
             f"--athena-output {shown(output)} is not an S3 location; Athena writes its results "
             "to S3: use s3://bucket/prefix/ (or leave it out when the workgroup sets one)"

@@ -239,6 +239,29 @@ def test_athena_database_alone_is_a_valid_setting() -> None:
     _check(Settings(athena_database="logs"))  # no ConfigError
 
 
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        (Settings(athena_output="s3://results/"), "--athena-output needs --athena-database"),
+        (Settings(athena_workgroup="etl"), "--athena-workgroup needs --athena-database"),
+        (
+            Settings(athena_database="logs", athena_output="results/"),
+            "--athena-output 'results/' is not an S3 location",
+        ),
+        (Settings(athena_database="logs", athena_output="s3://"), "is not an S3 location"),
+        (Settings(athena_database="logs", athena_output="s3:///r/"), "is not an S3 location"),
+    ],
+)
+def test_athena_settings_that_could_apply_no_ddl_are_refused(given: Settings, said: str) -> None:
+    """Without --athena-database the DDL is never applied in Athena: a workgroup or output
+    location alone did nothing, without a word. Athena writes results only to S3: a local
+    path failed later, at the first DDL, in a WARNING that did not name the flag."""
+    from aggregator.config import _check
+
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        _check(given)
+
+
 def test_mistyped_warehouses_are_refused_before_anything_is_written(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
