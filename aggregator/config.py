@@ -144,11 +144,8 @@ def split_host_port(value: str, what: str) -> tuple[str, int]:
     The rest is read as ``logq-shipper --listen`` reads it (:func:`shipper.config.parse_endpoint`):
     an IPv6 address needs its brackets, the port is ASCII digits from 0 to 65535. Unlike the
     shipper's, the port is required (no flag here has a default one to fall back on)."""
-    port = value.rsplit("]", 1)[-1].rpartition(":")[2]
-    if ":" not in value.rsplit("]", 1)[-1] or not port.strip():
-        raise ConfigError(f"{what} must be HOST:PORT (e.g. 127.0.0.1:24224), got {value!r}")
     try:
-        endpoint = parse_endpoint(value, what=what, listen=True)
+        endpoint = parse_endpoint(value, None, what, listen=True)
     except ShipperConfigError as exc:
         raise ConfigError(str(exc)) from None
     return endpoint.host, endpoint.port

@@ -85,7 +85,7 @@ class Endpoint:
 
 def parse_endpoint(
     text: str,
-    default_port: int = DEFAULT_PORT,
+    default_port: int | None = DEFAULT_PORT,
     what: str = "aggregator address",
     listen: bool = False,
 ) -> Endpoint:
@@ -98,22 +98,24 @@ def parse_endpoint(
     it is usually a variable that expanded to nothing. With ``listen`` (an address to listen
     on), ``:PORT`` gives the host ``""``: every address, IPv4 and IPv6; and port 0 asks the
     kernel for a free port, as the aggregator's ``--listen`` and ``--metrics-listen`` take it
-    (the port is told in the ``metrics on`` line)."""
+    (the port is told in the ``metrics on`` line). ``default_port`` None: the port is required
+    (the aggregator's flags have no default one to fall back on)."""
     text = text.strip()
     if not text:
         raise ConfigError(f"empty {what}; expected HOST:PORT")
-    example = f"HOST:PORT, or [::1]:{default_port} for IPv6"
+    shown_port = DEFAULT_PORT if default_port is None else default_port
+    example = f"HOST:PORT, or [::1]:{shown_port} for IPv6"
     if text.startswith("["):
         host, close, rest = text[1:].partition("]")
         if not close or (rest and not rest.startswith(":")):
             raise ConfigError(f"bad {what} {text!r}; expected {example}")
         sep, port_text = rest[:1], rest[1:]
     elif text.count(":") > 1:
-        raise ConfigError(
-            f"bad {what} {text!r}: IPv6 addresses need brackets: [::1]:{default_port}"
-        )
+        raise ConfigError(f"bad {what} {text!r}: IPv6 addresses need brackets: [::1]:{shown_port}")
     else:
         host, sep, port_text = text.partition(":")
+    if default_port is None and not port_text:
+        raise ConfigError(f"{what} must be HOST:PORT (e.g. 127.0.0.1:{shown_port}), got {text!r}")
     if sep and not port_text:
         raise ConfigError(
             f"bad {what} {text!r}: no port after ':'; write {text[:-1] or 'HOST'}:PORT, or "
@@ -121,7 +123,7 @@ def parse_endpoint(
         )
     if port_text and not (port_text.isascii() and port_text.isdigit()):
         raise ConfigError(f"bad port in {what} {text!r}; expected {example}")
-    port = int(port_text) if port_text else default_port
+    port = int(port_text) if port_text else shown_port  # default_port None: port_text given
     least = 0 if listen else 1
     if not least <= port < 65536:
         raise ConfigError(f"bad {what} {text!r}: port {port} is not in {least}-65535")
