@@ -58,7 +58,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from aggregator.decode import OnBadEntries, OnReplacedTimes, chunk_of, decode, decode_packed
+from aggregator.decode import (
+    ChunkId,
+    OnBadEntries,
+    OnReplacedTimes,
+    chunk_of,
+    decode,
+    decode_packed,
+)
 from aggregator.packed import entry_ends_in_steps
 from shipper import wire
 
@@ -83,7 +90,7 @@ _ENTRY_HEAD = b"\x92\xd7\x00"  # fixarray(2), fixext8 of type 0 (EventTime)
 _COMPRESSED = ("compressed", b"compressed")
 
 #: What :func:`decode_steps` gives once done: the slices' batches and the message's chunk.
-Sliced = tuple[list[pa.RecordBatch], str | None]
+Sliced = tuple[list[pa.RecordBatch], ChunkId | None]
 
 
 def is_big(obj: Any, size: int | None = None) -> bool:

@@ -88,12 +88,18 @@ _WHEN = struct.Struct(">d")
 _FRAME_OVERHEAD = len(encode_frame(_WHEN.pack(0.0)))  # a journal frame without its keys
 
 
-def chunk_key(chunk: str, batch: pa.RecordBatch, client: str, by_text: bool = False) -> bytes:
+def chunk_key(
+    chunk: str | bytes, tag: str | bytes, batch: pa.RecordBatch, client: str, by_text: bool = False
+) -> bytes:
     """What identifies a message for resends: the sending host (``client``, without the port:
-    a resend comes on a new connection), its tag, ``chunk`` id, row count, first and last event
-    time. The same for a resend of the same entries; different for new data under a reused id
-    or the same entries from another host or tag. A 16-byte digest: a client's ``chunk`` may be
-    any size.
+    a resend comes on a new connection), its ``tag`` and ``chunk`` id as sent, row count, first
+    and last event time. The same for a resend of the same entries; different for new data
+    under a reused id or the same entries from another host or tag. A 16-byte digest: a
+    client's ``chunk`` may be any size.
+
+    The tag and id are taken as sent, not as stored: tags ``team.\\xff`` and ``team.\\xfe``
+    (invalid UTF-8) are both stored as ``team.\\ufffd``, and were taken for one tag, the second
+    message for a resend of the first (acked, not stored).
 
     ``by_text``: some event times of the message were replaced by the receive time (they could
     not be kept as sent), which a resend would not repeat: the first and last lines stand in
@@ -101,15 +107,22 @@ def chunk_key(chunk: str, batch: pa.RecordBatch, client: str, by_text: bool = Fa
     chunk id (Fluent Bit's ids are hashes) by a client without a clock count as one: the
     price of not storing its resends twice."""
     column = batch.column(KEY_LOG if by_text else "time_ns")
-    tag = batch.column("tag")[0].as_py()
     first, last = column[0].as_py(), column[-1].as_py()
     if by_text:
         first, last = f"text:{first}", f"text:{last}"
+    # Bytes read as the same text as before for valid UTF-8 (keys on disk from an earlier run
+    # still match); each invalid byte becomes a surrogate of its own (surrogateescape).
+    tag, chunk = _as_sent(tag), _as_sent(chunk)
     text = "\x00".join(map(str, (client, tag, chunk, batch.num_rows, first, last)))
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
-def names_data(chunk: str | None) -> bool:
+def _as_sent(value: str | bytes) -> str:
+    """A tag or chunk id as text that tells apart every byte string (see :func:`chunk_key`)."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+def names_data(chunk: str | bytes | None) -> bool:
     """Whether a ``chunk`` id tells one message from another, so that a second message under it
     may be a resend: not one of :data:`ANONYMOUS_CHUNKS`, whose messages are always stored (at
     least once, as Fluentd's ``in_forward`` stores every message). Asked only of a message

@@ -307,6 +307,9 @@ BAD_ENTRY_CHARS = 4096
 #: Longest ``chunk`` option accepted: it is echoed in the ack, and real clients send a 16-byte
 #: id in base64 (24 characters).
 MAX_CHUNK_CHARS = 1024
+#: A message's ``chunk`` id as the client sent it: msgpack ``str``, or ``bin`` (bytes), which the
+#: ack echoes as ``bin`` (as Fluentd's in_forward echoes it).
+ChunkId = str | bytes
 
 
 class _Times(NamedTuple):
@@ -599,7 +602,7 @@ def decode(
     max_entries: int = wire.MAX_MESSAGE_ENTRIES,
     on_replaced_times: OnReplacedTimes | None = None,
     on_bad_entries: OnBadEntries | None = None,
-) -> tuple[pa.RecordBatch, str | None]:
+) -> tuple[pa.RecordBatch, ChunkId | None]:
     """One unpacked Forward message -> (its events as a buffer batch, its ``chunk`` or None).
 
     Whatever is wrong with the message raises :class:`shipper.wire.ProtocolError`, before
@@ -662,7 +665,7 @@ def _with_service(batch: pa.RecordBatch, service: str) -> pa.RecordBatch:
 
 def _decode(
     obj: Any, max_decompressed: int, max_entries: int
-) -> tuple[pa.RecordBatch, str | None, _Times | None]:
+) -> tuple[pa.RecordBatch, ChunkId | None, _Times | None]:
     if not isinstance(obj, list) or len(obj) < 2 or not isinstance(obj[0], str | bytes):
         batch, times = _general(obj, max_decompressed, max_entries)  # the precise ProtocolError
         return batch, None, times
@@ -706,10 +709,20 @@ def _decode(
 
 def _options_of(obj: list[Any]) -> Any:
     """The option map of a Forward message array (None when absent): ``[tag, time, record,
-    option]`` in Message mode, ``[tag, entries, option]`` otherwise."""
-    if len(obj) > 1 and _is_time(obj[1]):
-        return obj[3] if len(obj) > 3 else None
-    return obj[2] if len(obj) > 2 else None
+    option]`` in Message mode, ``[tag, entries, option]`` otherwise. Keys sent as msgpack
+    ``bin`` are read as text, as the general decoder (:func:`shipper.wire.decode`) and
+    Fluentd's in_forward read them: ``{b"chunk": ...}`` asked for an ack that never came, so
+    its client resent the message, stored once more each time."""
+    at = 3 if len(obj) > 1 and _is_time(obj[1]) else 2
+    options = obj[at] if len(obj) > at else None
+    if isinstance(options, dict) and not all(type(key) is str for key in options):
+        return {_key_text(key): value for key, value in options.items()}
+    return options
+
+
+def _key_text(key: Any) -> Any:
+    """An option key sent as ``bin`` as text (invalid UTF-8 replaced); other keys as they are."""
+    return key.decode("utf-8", "replace") if isinstance(key, bytes) else key
 
 
 #: Fluent Bit's ``fluent_signal`` option: what a message holds (``FLB_INPUT_CHUNK_TYPE_*`` of its
@@ -731,7 +744,7 @@ def other_signal(obj: Any) -> int | None:
     return signal
 
 
-def chunk_of(obj: list[Any]) -> str | None:
+def chunk_of(obj: list[Any]) -> ChunkId | None:
     """The ``chunk`` id of a Forward message, to ack it (None: no ack wanted); ProtocolError for
     one that no ack could echo (see :func:`_chunk`)."""
     return _chunk(_options_of(obj))
@@ -753,7 +766,7 @@ def _is_time(value: Any) -> bool:
     return isinstance(value, wire.EventTime | int | float) and not isinstance(value, bool)
 
 
-def _chunk(options: Any) -> str | None:
+def _chunk(options: Any) -> ChunkId | None:
     if not isinstance(options, dict):
         return None
     chunk = options.get("chunk")
@@ -763,8 +776,8 @@ def _chunk(options: Any) -> str | None:
             f"the chunk option is {len(chunk):,} characters long, over {MAX_CHUNK_CHARS} "
             "(Fluentd, Fluent Bit and logq-shipper send a 16-byte id in base64)"
         )
-    if isinstance(chunk, bytes):
-        return chunk.decode("ascii", "replace")
+    if isinstance(chunk, bytes):  # echoed as sent: read as text, two ids could become one
+        return chunk
     if chunk is None:  # no ack wanted (Fluentd's in_forward treats nil as absent too)
         return None
     if not isinstance(chunk, str):

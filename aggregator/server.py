@@ -52,6 +52,7 @@ from aggregator.declared import DeclaredSize
 from aggregator.decode import (
     BAD_ENTRY_MARKER,
     FLUENT_SIGNALS,
+    ChunkId,
     chunk_of,
     decode,
     has_chunk,
@@ -971,7 +972,7 @@ class ForwardServer:
             "slow_client",
         )
 
-    def _decode(self, obj: Any) -> tuple[Any, str | None, bool, dict[str, int]]:
+    def _decode(self, obj: Any) -> tuple[Any, ChunkId | None, bool, dict[str, int]]:
         """:func:`decode` ``obj``: its batch, its ``chunk``, whether some of its event times
         were replaced by the receive time (counted here; its chunk key then cannot use them),
         and its bad entries per reason (counted once stored, :meth:`_bad_entries`)."""
@@ -1042,7 +1043,7 @@ class ForwardServer:
         if waits and self.on_append:
             self.on_append()
         outcome = iter(results)
-        acks: list[str] = []
+        acks: list[ChunkId] = []
         for wait, chunk in entries:
             if wait is not None:
                 result = next(outcome)
@@ -1134,7 +1135,7 @@ class ForwardServer:
         unpacker: msgpack.Unpacker | None,
         messages: list[Any] | None,
         writer: asyncio.StreamWriter,
-    ) -> tuple[list[tuple[asyncio.Future[None] | None, str | None]], ConnectionClosed | None]:
+    ) -> tuple[list[tuple[asyncio.Future[None] | None, ChunkId | None]], ConnectionClosed | None]:
         """Decode and append the complete messages: for each, its fsync future (None: nothing
         to store) and its chunk, and the error that stopped them, if one did. Once the client
         has closed the connection (:func:`_peer_closed`), messages with a chunk id are not
@@ -1152,7 +1153,7 @@ class ForwardServer:
         gzip blob (inflated inline, to a message that is not big) takes no turn: it is stored
         without an await, holding nothing meanwhile, and did wait up to ~0.5 s behind two big
         messages' turns."""
-        entries: list[tuple[asyncio.Future[None] | None, str | None]] = []
+        entries: list[tuple[asyncio.Future[None] | None, ChunkId | None]] = []
         error: ConnectionClosed | None = None
         peer_closed = _peer_closed(writer)
         max_decompressed = self.limits.max_decompressed_bytes
@@ -1221,7 +1222,7 @@ class ForwardServer:
 
     def _store_one(
         self, conn: _Conn, obj: Any, peer_closed: bool = False
-    ) -> tuple[asyncio.Future[None] | None, str | None]:
+    ) -> tuple[asyncio.Future[None] | None, ChunkId | None]:
         """Decode one message and append it to the buffer (unless it is a resend of a chunk
         stored recently, or the client gave it up): its fsync future (None: nothing stored) and
         its chunk (None: no ack to write); ConnectionClosed when the buffer write failed.
@@ -1236,7 +1237,7 @@ class ForwardServer:
             return None, None if peer_closed else self._skip_signal(conn, obj, signal)
         batch, chunk, replaced, bad = self._decode(obj)
         key = (
-            chunk_key(chunk, batch, conn.client, by_text=replaced)
+            chunk_key(chunk, obj[0], batch, conn.client, by_text=replaced)
             if chunk and batch.num_rows
             else None
         )
@@ -1244,7 +1245,7 @@ class ForwardServer:
 
     async def _store_big(
         self, conn: _Conn, obj: Any, writer: asyncio.StreamWriter, size: int | None = None
-    ) -> tuple[asyncio.Future[None] | None, str | None]:
+    ) -> tuple[asyncio.Future[None] | None, ChunkId | None]:
         """:meth:`_store_one` of a big message (:mod:`aggregator.big_messages`; ``size``: its
         wire bytes, or a JSON Forward-mode message's measured entries): decoded a slice of
         entries at a time, the other connections served between slices (their acks,
@@ -1268,12 +1269,13 @@ class ForwardServer:
                 break
             await asyncio.sleep(0)
         client, compression, by_text = conn.client, self.buffer_compression, notes.replaced
+        tag = obj[0]  # a str or bytes: decode_steps refused any other
 
         def framed() -> tuple[pa.RecordBatch, bytes | None, bytes | None]:
             batch = big_messages.joined(batches)
             if not batch.num_rows:
                 return batch, None, None
-            key = chunk_key(chunk, batch, client, by_text=by_text) if chunk else None
+            key = chunk_key(chunk, tag, batch, client, by_text=by_text) if chunk else None
             return batch, key, frame_payload(batch, compression, key)
 
         batch, key, payload = await self._inflater.run(framed)
@@ -1284,12 +1286,12 @@ class ForwardServer:
         self,
         conn: _Conn,
         batch: pa.RecordBatch,
-        chunk: str | None,
+        chunk: ChunkId | None,
         key: bytes | None,
         payload: bytes | None,
         bad: dict[str, int],
         peer_closed: bool,
-    ) -> tuple[asyncio.Future[None] | None, str | None]:
+    ) -> tuple[asyncio.Future[None] | None, ChunkId | None]:
         """Append a decoded message to the buffer, unless its client gave it up or it is a
         resend (see :meth:`_store_one`): its fsync future and its chunk. ``payload``: its
         buffer frame, when already made (None: made here)."""
@@ -1322,7 +1324,7 @@ class ForwardServer:
         conn.acks = bool(conn.acks) or chunk is not None
         return wait, chunk
 
-    def _skip_signal(self, conn: _Conn, obj: list[Any], signal: int) -> str | None:
+    def _skip_signal(self, conn: _Conn, obj: list[Any], signal: int) -> ChunkId | None:
         """Ack a message of Fluent Bit's metrics, traces or other non-log signal without storing
         it (logq keeps logs only; refused, it would be resent forever), count it
         (``logq_aggregator_signal_messages_dropped_total{signal}``) and say so, once per tag

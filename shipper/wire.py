@@ -646,7 +646,7 @@ def _options(value: Any) -> dict[str, Any]:
     return {_as_text(k): v for k, v in value.items()}
 
 
-def encode_ack(chunk: str) -> bytes:
+def encode_ack(chunk: str | bytes) -> bytes:
     return pack({"ack": chunk})
 
 

@@ -150,6 +150,56 @@ def test_fluent_bit_message_mode_acks_are_not_taken_for_resends(tmp_path: Path) 
     assert sorted(table["message"].to_pylist()) == texts
 
 
+def _raw_acks(sock: socket.socket, count: int) -> list[object]:
+    """The next ``count`` replies as decoded, ``bin`` as bytes (not :func:`read_acks`' text)."""
+    unpacker = wire.new_unpacker()
+    replies: list[object] = []
+    sock.settimeout(30)
+    while len(replies) < count:
+        data = sock.recv(65536)
+        assert data, f"closed after {len(replies)} of {count} replies"
+        unpacker.feed(data)
+        replies += list(unpacker)
+    return replies
+
+
+@pytest.mark.integration
+def test_chunk_ids_and_tags_are_told_apart_by_their_bytes(tmp_path: Path) -> None:
+    """A ``bin`` chunk id is echoed as sent; ids or tags that differ only in bytes that are no
+    UTF-8 (read as the same text) are other messages, not resends; and a ``chunk`` key sent as
+    ``bin`` asks for an ack like a ``str`` one (unacked, its client resent it: stored again)."""
+    agg = start_aggregator(tmp_path)
+    second = int(time.time())
+
+    def message(tag: bytes, text: str, options: dict[object, object]) -> bytes:
+        return wire.pack([tag, [[second, {"log": text}]], options])
+
+    try:
+        with agg.connect() as sock:
+            sock.sendall(message(b"ids", "under id 80", {"chunk": b"\x80id"}))
+            sock.sendall(message(b"ids", "under id 81", {"chunk": b"\x81id"}))
+            assert _raw_acks(sock, 2) == [{"ack": b"\x80id"}, {"ack": b"\x81id"}]
+            for tag in (b"tag.\xff", b"tag.\xfe"):  # the same entries and id: Fluent Bit's hash
+                sock.sendall(message(tag, "same entries", {"chunk": "c1"}))
+            sock.sendall(message(b"tag.\xff", "same entries", {"chunk": "c1"}))  # a resend
+            assert _raw_acks(sock, 3) == [{"ack": "c1"}] * 3
+            for _ in range(3):  # the first copy and two resends
+                sock.sendall(message(b"keys", "bin option key", {b"chunk": "c2", b"size": 1}))
+                assert _raw_acks(sock, 1) == [{"ack": "c2"}]
+        table = wait_rows(agg.warehouse, "container_logs", 5, agg)
+        assert agg.stop() == 0
+        table = read_table(agg.warehouse, "container_logs")
+    finally:
+        agg.stop()
+    assert sorted(table["message"].to_pylist()) == [
+        "bin option key",
+        "same entries",
+        "same entries",
+        "under id 80",
+        "under id 81",
+    ]
+
+
 def test_keys_are_small_whatever_the_chunk_id() -> None:
     """A client's chunk id may be megabytes: the remembered key is a 16-byte digest."""
     import pyarrow as pa
@@ -160,10 +210,10 @@ def test_keys_are_small_whatever_the_chunk_id() -> None:
     batch = pa.RecordBatch.from_pylist(
         [{"tag": "t", "time_ns": 1, "log": "x"}], schema=BUFFER_SCHEMA
     )
-    key = chunk_key("c" * (1 << 20), batch, "10.0.0.1")
+    key = chunk_key("c" * (1 << 20), "t", batch, "10.0.0.1")
     assert len(key) == 16
-    assert key == chunk_key("c" * (1 << 20), batch, "10.0.0.1")
-    assert key != chunk_key("c" * (1 << 20), batch, "10.0.0.2")
+    assert key == chunk_key("c" * (1 << 20), "t", batch, "10.0.0.1")
+    assert key != chunk_key("c" * (1 << 20), "t", batch, "10.0.0.2")
 
 
 def test_a_chunk_whose_write_failed_is_forgotten_and_old_ones_age_out() -> None:
