@@ -68,7 +68,8 @@ def read_intent(fs: pafs.FileSystem, path: str) -> Intent:
         if not isinstance(output, str):
             raise TypeError("output is not a name")
         return Intent(tuple(inputs), output, int(body["rows"]))
-    except (ValueError, KeyError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+    # UnicodeDecodeError is a ValueError; RecursionError: JSON nested too deeply ("[" * 10**5)
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ValueError(f"{path} is not a readable compaction intent: {exc}") from exc
 
 

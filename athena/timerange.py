@@ -108,7 +108,12 @@ def parse_time(value: str, now: datetime) -> datetime:
         ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is in year 0 in UTC
+        raise TimeRangeError(
+            f"{value!r} is out of range: times must fall in the years 1-9999 in UTC"
+        ) from None
 
 
 def as_utc(ts: datetime) -> datetime:

@@ -721,7 +721,7 @@ def ahead_note(
     start too: the default span would otherwise end at the new ``--until``.
     """
     import math
-    from datetime import timedelta
+    from datetime import UTC, timedelta
 
     from athena.timerange import as_utc, iso_utc
     from cli.output import span_text
@@ -731,7 +731,10 @@ def ahead_note(
     newest = max(times)
     rows = f"{found.rows:,} " if found else ""
     ahead = span_text(math.ceil((newest - now).total_seconds()))
-    until = (newest + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    try:
+        until = (newest + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    except OverflowError:  # stamped in the last minute of 9999 (a clock set to garbage)
+        until = datetime.max.replace(microsecond=0, tzinfo=UTC)
     start = "" if common.since else f" --since {iso_utc(prep.trange.since)}"
     given = query_filters(common, prep)
     if not given:

@@ -249,9 +249,12 @@ def test_an_intent_without_its_output_hides_nothing(hour_folder) -> None:
     assert _rows(uri) == rows
 
 
-def test_an_unreadable_intent_hides_nothing(hour_folder) -> None:
+@pytest.mark.parametrize("junk", ['{"inputs": ', "[" * 200_000], ids=["cut", "nested-deep"])
+def test_an_unreadable_intent_hides_nothing(hour_folder, junk: str) -> None:
+    """Cut short, or nested too deeply for Python's JSON reader (a RecursionError traceback
+    from every query of the hour)."""
     uri, folder, names, rows = hour_folder
-    (folder / f"{INTENT_PREFIX}junk.json").write_text('{"inputs": ')
+    (folder / f"{INTENT_PREFIX}junk.json").write_text(junk)
     assert _names(uri, folder) == names
     assert _rows(uri) == rows
 

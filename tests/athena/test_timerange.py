@@ -261,3 +261,11 @@ def test_a_value_that_is_no_time_names_its_flag(since: str, until: str | None, f
         TimeRange.parse(since, until, now=NOW)
     bad = until if flag == "--until" else since
     assert str(refused.value).startswith(f"{flag} {bad!r}")
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-05:00"])
+def test_times_whose_offset_leaves_the_years_1_9999_are_out_of_range(text: str) -> None:
+    """In range as written, out of it in UTC: an OverflowError traceback from every command."""
+    with pytest.raises(TimeRangeError, match="out of range: times must fall in the years 1-9999"):
+        parse_time(text, NOW)
+    assert parse_time("0001-01-01T01:00:00+01:00", NOW) == datetime(1, 1, 1, tzinfo=UTC)

@@ -652,3 +652,23 @@ def test_footers_read_at_once_on_s3_raise_the_error_one_at_a_time_raises(
     one_at_a_time = error(1)
     assert first in one_at_a_time[1], one_at_a_time
     assert error(at_once) == one_at_a_time
+
+
+def test_rows_stamped_in_the_last_minute_of_9999_get_a_note_not_a_traceback(
+    logq: Any, tmp_path: Path
+) -> None:
+    """A clock set to garbage: the ``--until`` the note offers, the next whole minute, is past
+    the last time there is (an OverflowError from every query command). Its other rows are
+    20 minutes old: a stale service, whose later hours are looked at."""
+    uri = str(tmp_path / "wh")
+    now = _now()
+    write_with_writer(uri, "envoy_access", access_frame(3, now - timedelta(minutes=30),
+                                                        now - timedelta(minutes=20), ["far"],
+                                                        seed=3), seq=1)  # fmt: skip
+    at = datetime(9999, 12, 31, 23, 59, 30, tzinfo=UTC)
+    write_with_writer(uri, "envoy_access", access_frame(2, at, at + timedelta(seconds=10),
+                                                        ["far"], seed=4), seq=2)  # fmt: skip
+    run = logq("latency", "-s", "far", "--since", "1h", "--warehouse", uri)
+    assert run.exit_code == 0, run.stderr
+    assert "2 rows for far are stamped after now, up to 9999-12-31T23:59:" in run.stderr
+    assert "add --until 9999-12-31T23:59:59Z" in run.stderr, run.stderr
