@@ -75,6 +75,13 @@ def parse_interval(value: str) -> timedelta:
     together: ``1h30m``); must be > 0."""
     forms = "use e.g. 30s, 1m, 5m, 1h, 1d, or several together: 1h30m"
     if not _INTERVAL.match(value or ""):
+        if _RELATIVE.match(value or "") and any(u[0] in "wW" for _, u in _PARTS.findall(value)):
+            # --since takes 1w; a week interval would start on a Thursday (1970-01-01) in UTC,
+            # not on the Monday a reader expects: said, not guessed.
+            raise TimeRangeError(
+                f"--every {value!r}: weeks are no --every unit; use 7d (intervals of 7 days "
+                "start on 7-day boundaries from 1970-01-01, a Thursday, UTC)"
+            )
         raise TimeRangeError(f"--every {value!r} is not an interval; {forms}")
     try:
         seconds = _seconds(value, _INTERVAL_PARTS.findall(value), "--every ", forms[4:])

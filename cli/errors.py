@@ -110,6 +110,8 @@ def friendly(user_sql: bool = False) -> Iterator[None]:
             user_sql and isinstance(exc, StatementError)
         )
         hint = advice(message) if failure else None
+        if hint is None and isinstance(exc, PermissionError):  # a local warehouse's file
+            hint = "let the user running logq read it (chmod/chown) and run the command again"
         if hint:
             line = f"{line.rstrip('. ')}; {hint}"
         sys.stderr.write(f"logq: error: {line}\n")

@@ -127,7 +127,7 @@ def make_engine(common: Common) -> Any:
     if common.engine is EngineName.athena:
         from athena.engines.athena import AthenaEngine
 
-        check_athena_output(common.athena_output)
+        check_athena_options(common)
         return AthenaEngine(
             database=common.athena_database,
             workgroup=common.athena_workgroup,
@@ -141,6 +141,21 @@ def make_engine(common: Common) -> Any:
     engine = LocalEngine(common.warehouse, max_scan_bytes=common.max_scan_bytes)
     check_local(engine.warehouse)
     return engine
+
+
+def check_athena_options(common: Common) -> None:
+    """The Athena options, refused with what to do: one given empty (``--athena-database ""``
+    put "database )" in a dry run and a query to no database; ``--athena-region ""`` was taken
+    for no option at all), and an ``--athena-output`` that is not on S3."""
+    given = {
+        "--athena-database": common.athena_database,
+        "--athena-workgroup": common.athena_workgroup,
+        "--athena-region": common.athena_region,
+    }
+    for flag, value in given.items():
+        if value is not None and not value.strip():
+            raise ValueError(f"{flag} is empty (an unset variable?); give a value or leave it out")
+    check_athena_output(common.athena_output)
 
 
 def check_athena_output(output: str | None) -> None:
@@ -241,6 +256,7 @@ def dry_run(
 def execute(common: Common, prep: Prepared) -> QueryResult | None:
     """Run a prepared canned query (or print it for --dry-run, returning None)."""
     if common.dry_run and common.engine is EngineName.athena:
+        check_athena_options(common)
         projected = athena_projection(common, prep)
         check_projection(projected)
         dry_run(common, None, prep, projected)  # needs no output location or credentials

@@ -323,7 +323,14 @@ def unreadable_file(path: str, exc: Exception) -> EngineError:
     """One line naming the file and what to do; DuckDB's reason without the path repeated (the
     path can be long, and the message is cut at about 400 characters)."""
     reason = (_duckdb_text(exc).splitlines() or [""])[0]
-    reason = " ".join(reason.replace(f"'{path}'", "").replace(path, "").split())
+    for named in (f"'{path}'", f'"{path}"', path):  # "Cannot open file "": ..." was left
+        reason = reason.replace(named, "")
+    reason = " ".join(reason.split()).replace(" :", ":")
+    if "Permission denied" in reason:
+        return EngineError(
+            f"cannot read the Parquet file {path} ({reason}): let the user running logq read "
+            "it (chmod/chown), or move it out of the warehouse, and run the command again"
+        )
     return EngineError(
         f"cannot read the Parquet file {path} ({reason}); if it is damaged or not Parquet "
         "(e.g. a truncated copy), move it out of the warehouse and run the command again"

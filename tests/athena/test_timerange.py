@@ -269,3 +269,11 @@ def test_times_whose_offset_leaves_the_years_1_9999_are_out_of_range(text: str) 
     with pytest.raises(TimeRangeError, match="out of range: times must fall in the years 1-9999"):
         parse_time(text, NOW)
     assert parse_time("0001-01-01T01:00:00+01:00", NOW) == datetime(1, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("text", ["1w", "2weeks", "1w2d"])
+def test_every_in_weeks_says_to_use_days(text: str) -> None:
+    """``--since 1w`` is taken; ``--every 1w`` said only "not an interval"."""
+    with pytest.raises(TimeRangeError, match=r"weeks are no --every unit; use 7d .*Thursday"):
+        parse_interval(text)
+    assert parse_interval("7d") == timedelta(days=7)

@@ -347,6 +347,21 @@ def test_athena_output_must_be_s3(logq) -> None:
     assert "s3://bucket/prefix/" in run.stderr and "Traceback" not in run.stderr
 
 
+@pytest.mark.parametrize("flag", ["--athena-database", "--athena-workgroup", "--athena-region"])
+@pytest.mark.parametrize("dry", [True, False], ids=["dry-run", "query"])
+def test_an_empty_athena_option_is_refused(logq, flag: str, dry: bool) -> None:
+    """An empty value (an unset variable in a script): the dry run printed "(database )" and
+    an empty region counted as none given, without a word."""
+    more = ["--dry-run"] if dry else []
+    run = logq("errors", "--engine", "athena", flag, " ", "--since", "1h", "-s", "web", *more)
+    assert run.exit_code == 2, run.stderr
+    assert run.stdout == ""
+    assert (
+        run.stderr
+        == f"logq: error: {flag} is empty (an unset variable?); give a value or leave it out\n"
+    )
+
+
 def test_athena_without_credentials_says_what_to_check(
     logq, monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:

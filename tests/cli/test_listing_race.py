@@ -94,3 +94,38 @@ def test_a_folder_logq_may_not_read_is_an_error_naming_it(
     assert done.stderr.startswith("logq: error: "), done.stderr
     assert f"Cannot list directory '{table}'" in done.stderr, done.stderr
     assert "Permission denied" in done.stderr, done.stderr
+    assert "let the user running logq read it (chmod/chown)" in done.stderr, done.stderr
+
+
+def test_a_file_logq_may_not_read_is_an_error_naming_it_and_what_to_do(
+    warehouse: str, tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """Permission denied on one Parquet file: DuckDB's reason had the path cut out of its
+    quotes ("Cannot open file "": Permission denied"), and the advice was for a damaged file."""
+    denied = sorted((Path(warehouse) / "envoy_access").rglob("*.parquet"))[0]
+    denied.chmod(0)
+    env = subprocess_env | {"LOGQ_CACHE_DIR": str(tmp_path / "cache")}
+    sql = "SELECT count(*) AS n FROM envoy_access"
+    try:
+        done = subprocess.run(
+            [
+                *without_override(),
+                str(console_script("logq")),
+                "sql",
+                sql,
+                "--warehouse",
+                warehouse,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        denied.chmod(0o644)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stderr == (
+        f"logq: error: cannot read the Parquet file {denied} (IO Error: Cannot open file: "
+        "Permission denied): let the user running logq read it (chmod/chown), or move it out "
+        "of the warehouse, and run the command again\n"
+    )
