@@ -69,30 +69,54 @@ def is_data_file(name: str) -> bool:
 
 
 def _subdirs(wh: Warehouse, path: str, key: str) -> dict[str, str]:
-    """``value -> path`` of the ``key=value`` folders directly under ``path`` (missing: none)."""
+    """``value -> path`` of the ``key=value`` folders directly under ``path`` (missing: none)
+    whose value a writer writes (:func:`is_partition_value`); the others are noted
+    (:func:`athena.stray_folders.note_strays`) and left out."""
     import pyarrow.fs as pafs
 
+    from athena.stray_folders import note_strays
     from athena.warehouse import list_entries
 
     infos = list_entries(wh.fs, pafs.FileSelector(path, allow_not_found=True))
     prefix = key + "="
     out = {}
+    strays = []
     for info in infos:
         name = info.base_name
         if info.type == pafs.FileType.Directory and name.startswith(prefix):
             value = name[len(prefix) :]
-            if value:
+            if is_partition_value(key, value):
                 out[value] = info.path
+            else:
+                strays.append(name)
+    note_strays(shown_path(wh, path), key, strays)
     return out
 
 
+def is_partition_value(key: str, value: str) -> bool:
+    """Whether a ``key=value`` folder (``service`` or ``dt``) is one the aggregator writes,
+    and so one Athena's partition projection reads: a sanitised service name
+    (:func:`athena.stray_folders.is_service`), an hour (:func:`is_dt`). No reader reads
+    another (:mod:`athena.stray_folders`)."""
+    from athena.stray_folders import is_service
+
+    return is_dt(value) if key == "dt" else is_service(value)
+
+
+def shown_path(wh: Warehouse, path: str) -> str:
+    """``path`` inside the warehouse filesystem as a message names it (``s3://`` on S3)."""
+    return f"s3://{path}" if wh.is_s3 else path
+
+
 def list_services(wh: Warehouse, table: str) -> list[str]:
-    """Services that have a folder under ``table`` (sorted)."""
+    """Services that have a folder under ``table`` (sorted); a ``service=`` folder whose name
+    the aggregator never writes is noted, not listed (:mod:`athena.stray_folders`)."""
     return sorted(_subdirs(wh, wh.table_root(table), "service"))
 
 
 def list_dts(wh: Warehouse, table: str, service: str) -> list[str]:
-    """The ``dt`` partitions one service has (sorted, oldest first)."""
+    """The ``dt`` partitions one service has (sorted, oldest first); a ``dt=`` folder that is
+    no hour is noted, not listed (:mod:`athena.stray_folders`)."""
     return sorted(_subdirs(wh, wh.path(table, f"service={service}"), "dt"))
 
 
@@ -174,13 +198,27 @@ def _local_hours(path: str, lo: str, hi: str) -> list[str]:
     text as pyarrow takes it, given to :func:`os.scandir` as :func:`os_path` makes it (under
     ``LC_ALL=C PYTHONUTF8=0`` a warehouse in ``/data/wärehouse`` failed with "'ascii' codec
     can't encode character")."""
+    from athena.stray_folders import note_strays
     from athena.warehouse import os_path
 
-    path = os_path(path)
+    shown, path = path, os_path(path)
     first, last = f"dt={lo}", f"dt={hi}"  # between them: names starting with "dt="
-    inside = {e.name[3:]: e for e in _scan(path) if first <= e.name <= last}
+    entries = _scan(path)
+    note_strays(shown, "dt", [e.name for e in entries if _stray_hour(e)])
+    inside = {e.name[3:]: e for e in entries if first <= e.name <= last}
     hours = sorted(dt for dt, e in inside.items() if is_dt(dt) and _entry_is(e, folder=True))
     return [dt for dt in hours if _local_data_file(f"{path}/dt={dt}")]
+
+
+def _stray_hour(entry: os.DirEntry[str]) -> bool:
+    """Whether ``entry`` is a ``dt=`` folder whose name is no hour, as :func:`_subdirs` notes
+    one (a link that cannot be followed is not looked into: this is only for the note)."""
+    if not entry.name.startswith("dt=") or is_dt(entry.name[3:]):
+        return False
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _local_data_file(folder: str) -> bool:
@@ -374,7 +412,9 @@ def plan(
     """Partitions (with files) a query over ``table`` reads, in (service, dt) order.
 
     ``services`` None means every service; names are matched as sanitised partition values.
-    ``trange`` None means every hour. Partitions without data files are left out.
+    ``trange`` None means every hour. Partitions without data files are left out, and so are
+    folders whose ``service`` or ``dt`` no writer writes (:func:`is_partition_value`), as
+    Athena's projection never reads them: the listings that meet them note them.
     ``every_file``: what Athena reads, which cannot skip the inputs of an unfinished compaction
     (see :func:`list_files`), rather than what the local engine reads.
 
@@ -505,7 +545,7 @@ def _dt_folders(
     path: str, infos: list[FileInfo], wanted: Callable[[str], bool] | None
 ) -> dict[str, list[FileInfo]]:
     """The files of a recursive listing of the service folder ``path``, by ``dt=`` folder
-    directly under it (whose ``dt`` is ``wanted``, when given)."""
+    directly under it whose ``dt`` is an hour (:func:`is_dt`; and ``wanted``, when given)."""
     import pyarrow.fs as pafs
 
     start = len(path) + 1
@@ -514,8 +554,8 @@ def _dt_folders(
         if info.type != pafs.FileType.File or not info.path.startswith(path + "/"):
             continue
         folder = info.path[start:].rpartition("/")[0]
-        if not folder.startswith("dt=") or "/" in folder or len(folder) == 3:
-            continue
+        if not folder.startswith("dt=") or "/" in folder or not is_dt(folder[3:]):
+            continue  # (a dt= folder that is no hour: noted by the listing that chose the walk)
         if wanted is None or wanted(folder[3:]):
             found.setdefault(folder, []).append(info)
     return found

@@ -77,5 +77,9 @@ def note_once(message: str) -> None:
 
 
 def forget_notes() -> None:
-    """Start a new command with nothing noted (tests run many commands in one process)."""
+    """Start a new command with nothing noted (tests run many commands in one process), the
+    folders the listings skipped (:mod:`athena.stray_folders`) included."""
     _noted.clear()
+    strays = sys.modules.get("athena.stray_folders")  # not imported for this: start-up time
+    if strays is not None:
+        strays.forget_strays()

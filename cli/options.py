@@ -37,11 +37,13 @@ def _complete_service(incomplete: str, ctx: typer.Context = None) -> list[str]:
     Typer passes ``ctx`` by its annotation (a ``Context | None`` union would not be seen)."""
     try:
         from athena.partitions import list_services
+        from athena.stray_folders import unnoted
         from athena.warehouse import open_warehouse
 
         given = (ctx.params or {}).get("warehouse") if ctx is not None else None
         wh = open_warehouse(given if isinstance(given, str) and given else None)
-        names = set(list_services(wh, "envoy_access")) | set(list_services(wh, "container_logs"))
+        with unnoted():  # a note would land amid the command line being typed
+            names = {s for t in ("envoy_access", "container_logs") for s in list_services(wh, t)}
     except Exception:  # completion must never print a traceback into the shell
         return []
     return sorted(n for n in names if n.startswith(incomplete))

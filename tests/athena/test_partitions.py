@@ -470,3 +470,76 @@ def test_is_dt_takes_every_hour_the_writer_names_and_nothing_else() -> None:
         assert is_dt(dt_of(when)), when
     for value in NOT_HOURS:
         assert not is_dt(value), value
+
+
+#: Folders a hand copy or another tool leaves, none named as the aggregator names them: a
+#: ``service`` :func:`athena.schema.sanitize_service` would rewrite (DuckDB failed every query
+#: on ``svc=x``, read ``%2F..`` as ``/..``; ``odd `` was a second ``odd``), a ``dt`` that is no
+#: hour (read by long ranges and ``logq sql``, not by short ranges or ``logq services``).
+STRAY_SERVICES = ["svc=x", "%2F..", "Odd", "odd ", "a'b", ""]
+STRAY_HOURS = [
+    "garbage",
+    "2026-11-28-24",
+    "2026-13-45-99",
+    f"{dt_of(LONG_END - timedelta(hours=2))} ",
+]
+
+
+def _stray_folders(wh: Warehouse) -> None:
+    """A data file in each folder of :data:`STRAY_SERVICES` (in an hour the ranges read) and
+    of :data:`STRAY_HOURS` (in service ``odd``)."""
+    hour = dt_of(LONG_END - timedelta(hours=1))
+    for svc in STRAY_SERVICES:
+        _put(wh, f"service={svc}/dt={hour}/c.parquet")
+    for dt in STRAY_HOURS:
+        _put(wh, f"service=odd/dt={dt}/c.parquet")
+
+
+def _check_strays_left_out(wh: Warehouse, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every plan, listing and hour count is what it is without the stray folders, and each
+    listing that met them said so once, naming them (notes are said once per command: the
+    warehouse path in them is this test's own)."""
+    _layout(wh)
+    want = {
+        (bounds, tuple(svcs or ())): plan(wh, "envoy_access", svcs, TimeRange.parse(*bounds))
+        for bounds in RANGES[1:]
+        for svcs in (None, ["odd"])
+    }
+    hours = hours_with_data(wh, "envoy_access", "odd")
+    folders = list_dts(wh, "envoy_access", "odd")
+    _stray_folders(wh)
+    capsys.readouterr()
+    for (bounds, svcs), parts in want.items():
+        assert plan(wh, "envoy_access", list(svcs) or None, TimeRange.parse(*bounds)) == parts
+    every = plan(wh, "envoy_access", None, None)
+    assert {p.service for p in every} == {"long", "short", "odd"}
+    assert all(is_dt(p.dt) for p in every)
+    assert list_services(wh, "envoy_access") == ["long", "odd", "short"]
+    assert list_dts(wh, "envoy_access", "odd") == folders
+    assert hours_with_data(wh, "envoy_access", "odd") == hours
+    lines = capsys.readouterr().err.splitlines()
+    root = f"s3://{wh.path('envoy_access')}" if wh.is_s3 else wh.path("envoy_access")
+    services, odd = (
+        f"logq: note: skipped {len(STRAY_SERVICES)} folders in {root} (",
+        f"logq: note: skipped {len(STRAY_HOURS) + 1} folders in {root}/service=odd (",  # + dt=
+    )
+    assert [ln for ln in lines if ln.startswith(services)] == [lines[0]], lines
+    assert len([ln for ln in lines if ln.startswith(odd)]) == 1, lines
+    assert len(lines) == 2, lines  # once each, however many listings met them
+    assert all(ln.endswith("; move them out of the warehouse") for ln in lines), lines
+    assert "('service=', 'service=%2F..', 'service=Odd' and 3 more)" in lines[0]
+
+
+def test_folders_no_writer_names_are_left_out_everywhere_with_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _check_strays_left_out(open_warehouse(str(tmp_path / "wh"), create=True), capsys)
+
+
+@pytest.mark.s3
+@pytest.mark.integration
+def test_s3_folders_no_writer_names_are_left_out_everywhere_with_a_note(
+    s3_warehouse: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On S3 too, where a range covering most of a service's hours walks its folder."""
+    _check_strays_left_out(open_warehouse(s3_warehouse), capsys)

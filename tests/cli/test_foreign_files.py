@@ -310,3 +310,69 @@ def test_s3_and_local_refuse_epoch_integer_times_alike(
             line = _error_line(run.stderr)
             assert f"the Parquet file {foreign} {problem}: {ADVICE}" in line, (uri, args, line)
             assert run.stdout == ""
+
+
+# --- Folders logq did not write ---------------------------------------------------------------
+
+#: A data file copied into folders the aggregator never names (:mod:`athena.stray_folders`).
+#: Each changed some answers and not others: ``service=svc=x`` failed every query without
+#: --service (DuckDB: "Hive partition mismatch"), ``service=%2F..`` was answered as service
+#: ``/..``, ``service=a `` and ``service=A`` as more services ``a`` that ``-s a`` never chose,
+#: and a ``dt=`` that is no hour was counted by long ranges and ``logq sql`` only.
+STRAYS = [
+    "service=svc=x/dt=2026-11-28-00",
+    "service=%2F../dt=2026-11-28-00",
+    "service=a /dt=2026-11-28-00",
+    "service=A/dt=2026-11-28-00",
+    "service=a/dt=not-a-date",
+    "service=a/dt=2026-13-45-99",
+    "service=a/dt=2026-11-28-24",
+    "service=a/dt=2026-11-28-00 ",
+]
+SHORT = ["--since", "2026-11-27T23:00:00Z", "--until", "2026-11-28T02:00:00Z"]
+LONG = ["--since", "2026-11-01T00:00:00Z", "--until", "2026-11-29T00:00:00Z"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["services"],
+        ["errors", *SHORT],
+        ["errors", *LONG],
+        ["errors", "-s", "a", *LONG],
+        ["top", *LONG],
+        ["sql", "SELECT service, dt, count(*) AS n FROM envoy_access GROUP BY 1, 2 ORDER BY 1, 2"],
+        ["sql", "SELECT count(*) AS n FROM envoy_access", *LONG],
+    ],
+)
+def test_folders_logq_did_not_write_are_skipped_with_a_note(
+    logq, tmp_path: Path, args: list[str]
+) -> None:
+    """Every command answers as without those folders (Athena's projection never reads
+    them), and says which it skipped and what to do, once each listing meets them."""
+    uri = str(tmp_path / "wh")
+    start = datetime(2026, 11, 27, 23, tzinfo=UTC)
+    frame = access_frame(300, start, start + timedelta(hours=3), ["a", "b"], seed=4)
+    first = sorted(write_frame(uri, "envoy_access", frame))[0]
+    clean = logq(*args, "-f", "json", "--warehouse", uri)
+    assert clean.exit_code == 0 and clean.json(), clean.stderr
+    for stray in STRAYS:
+        folder = tmp_path / "wh" / "envoy_access" / stray
+        folder.mkdir(parents=True)
+        folder.joinpath("part-0000.parquet").write_bytes(Path(first).read_bytes())
+    run = logq(*args, "-f", "json", "--warehouse", uri)
+    assert (run.exit_code, run.stdout) == (0, clean.stdout), run.stderr
+    notes = [ln for ln in run.stderr.splitlines() if ln.startswith("logq: note: skipped ")]
+    table = str(tmp_path / "wh" / "envoy_access")
+    assert notes[0].startswith(f"logq: note: skipped 4 folders in {table} ("), notes
+    assert notes[0].endswith(
+        "so neither logq nor Athena reads them; move them out of the warehouse"
+    )
+    if args[0] == "services" or LONG[1] in args or "GROUP BY" in args[-1]:  # a's hours listed
+        assert len(notes) == 2 and f"skipped 4 folders in {table}/service=a (" in notes[1], notes
+    else:  # a short range looks its hours up by name: a's dt= folders are not listed
+        assert len(notes) == 1, notes
+    again = logq(*args, "-f", "json", "--warehouse", uri)  # each command notes afresh
+    assert [
+        ln for ln in again.stderr.splitlines() if ln.startswith("logq: note: skipped ")
+    ] == notes

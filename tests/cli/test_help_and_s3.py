@@ -117,6 +117,20 @@ def test_service_completion(warehouse, monkeypatch) -> None:
     assert _complete_service("") == []
 
 
+def test_service_completion_offers_no_folder_the_queries_skip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only names a query reads (``-s Recipe`` would be refused, ``svc=x`` is never read), and
+    no note about the others: it would land amid the command line being typed."""
+    from cli.options import _complete_service
+
+    for name in ("recipe", "Recipe", "recipe ", "svc=x"):
+        (tmp_path / "envoy_access" / f"service={name}" / "dt=2026-11-28-00").mkdir(parents=True)
+    monkeypatch.setenv("LOGQ_WAREHOUSE", str(tmp_path))
+    assert _complete_service("") == ["recipe"]
+    assert capsys.readouterr().err == ""
+
+
 def test_show_completion_script(logq, monkeypatch: pytest.MonkeyPatch) -> None:
     # Name the shell rather than let typer detect it from the parent processes, which fails
     # when the test runs detached from a shell (a CI runner, a background job).
