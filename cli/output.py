@@ -34,7 +34,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple, TextIO
 
 from athena.engines.result import human_bytes
-from cli.sql_text import NESTED, sql_text
+from cli.sql_text import NESTED, nonfinite_text, sql_text
 from cli.textio import writes_utf8
 from cli.whole_rows import RowEnd, csv_row_end, end_with, flush_all, line_end
 from cli.whole_rows import write_all as chunked_write
@@ -125,7 +125,8 @@ def json_ready(value: Any) -> Any:
     which ``jq``, ``JSON.parse`` and most other parsers reject, failing the whole document.
     ``null`` keeps the column numeric-or-null for consumers (a string such as ``"NaN"`` would
     put text into a numeric column); a NaN comes from 0/0-style arithmetic on no data, which
-    is what null says. The table, CSV and Markdown formats still show ``nan``/``inf``.
+    is what null says. The table, CSV and Markdown formats show them as Athena does
+    (:func:`cli.sql_text.nonfinite_text`: ``NaN``, ``Infinity``, ``-Infinity``).
     """
     value = plain(value)
     if isinstance(value, float) and not math.isfinite(value):
@@ -206,8 +207,14 @@ def _csv_field(value: Any) -> Any:
     if value is None:
         return ""
     if type(value) in _CSV_AS_IS:
-        return value
+        return nonfinite_text(value) if _is_nonfinite(value) else value
     return sql_text(value, plain) if isinstance(value, NESTED) else plain(value)
+
+
+def _is_nonfinite(value: Any) -> bool:
+    """A NaN or infinite double: csv, markdown and the table write it as Athena does
+    (``NaN``, ``-Infinity``), as they do inside an ARRAY, not as Python does (``nan``, ``-inf``)."""
+    return type(value) is float and not math.isfinite(value)
 
 
 def _csv_field_shown(value: Any) -> Any:
@@ -296,6 +303,8 @@ def _md_cell(value: Any) -> str:
         return str(value)
     if isinstance(value, NESTED):
         return _md_text(sql_text(value, plain))
+    if _is_nonfinite(value):
+        return nonfinite_text(value)
     return _md_text(value if type(value) is str else str(plain(value)))
 
 
@@ -394,6 +403,8 @@ def format_cell(column: str, value: Any) -> str:
         value = float(value)
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if _is_nonfinite(value):  # no unit either: ``NaN ms`` or ``inf TiB`` is no measure
+        return nonfinite_text(value)
     if isinstance(value, int | float):
         if column.endswith("_pct"):
             return f"{value:,.2f} %"

@@ -48,7 +48,7 @@ def sql_text(value: Any, scalar: Callable[[Any], Any]) -> str:
     if isinstance(value, BinaryKey):
         return value.raw.hex(" ")
     if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        return nonfinite_text(value)
     if isinstance(value, dict):
         return _map_text(value.items(), scalar)
     if _is_interval(value):  # inside a value: a column of them is text already
@@ -58,6 +58,12 @@ def sql_text(value: Any, scalar: Callable[[Any], Any]) -> str:
             return _map_text(value, scalar)  # pyarrow's form of a map
         return "[" + ", ".join(sql_text(item, scalar) for item in value) + "]"
     return str(scalar(value))
+
+
+def nonfinite_text(value: float) -> str:
+    """A NaN or infinite double as Athena's console and result CSV write it, in a value or on
+    its own: ``NaN``, ``Infinity``, ``-Infinity`` (Python's ``str`` gives ``nan``, ``inf``)."""
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
 
 
 def _map_text(pairs: Any, scalar: Callable[[Any], Any]) -> str:

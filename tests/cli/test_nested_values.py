@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cli.output import OutputFormat, emit, render_table
+from cli.output import OutputFormat, emit, format_cell, render_table
 from tests.cli.test_output import markdown_cells
 
 #: A value of each type family, as either engine hands it over, and Athena's text of it.
@@ -71,6 +71,27 @@ def test_markdown_shows_nested_values_as_athena(family: str) -> None:
 def test_table_shows_nested_values_as_athena(family: str) -> None:
     value, athena = FAMILIES[family]
     assert _table_cell(value) == athena
+
+
+#: NaN and infinite doubles on their own, as Athena's console and result CSV write them: the
+#: same words as inside an ARRAY (FAMILIES' "doubles"), not Python's ``nan``, ``inf``, ``-inf``.
+DOUBLES = [(float("nan"), "NaN"), (float("inf"), "Infinity"), (float("-inf"), "-Infinity")]
+
+
+@pytest.mark.parametrize(("value", "athena"), DOUBLES)
+def test_a_nonfinite_double_reads_as_athena_in_csv_markdown_and_table(
+    value: float, athena: str
+) -> None:
+    assert _csv_cell(value) == athena
+    assert _markdown_cell(value) == athena
+    assert _table_cell(value) == athena
+
+
+@pytest.mark.parametrize(("value", "athena"), DOUBLES)
+def test_a_nonfinite_double_in_the_table_has_no_unit(value: float, athena: str) -> None:
+    """A column's unit is no measure of NaN: not ``nan ms``, ``nan %`` or ``inf TiB``."""
+    for column in ("p99_ms", "error_pct", "bytes_sent", "n"):
+        assert format_cell(column, value) == athena
 
 
 def test_control_characters_inside_a_value_stay_escaped_in_the_table() -> None:
