@@ -28,8 +28,6 @@ from importlib import resources
 from typing import Any
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-#: Terminal colour codes sqlglot puts around the offending token of a parse error.
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 ParamValue = str | int | float | bool | list[str] | list[int] | None
 
@@ -550,10 +548,11 @@ def _named(item: Any) -> bool:
 
 
 def _parse_error(exc: Exception) -> QueryError:
-    """sqlglot's message on one line, without its colour codes (they end up in logs and pipes
-    as junk); the statement excerpt it quotes on a second line follows the position."""
-    text = " ".join(_ANSI.sub("", str(exc)).split())
-    return QueryError(f"cannot parse the SQL as Athena (Trino) SQL: {text}")
+    """sqlglot's error as a reason on one line (:func:`athena.parse_errors.parse_error_text`:
+    no class or token reprs, no colour codes), with the position and the statement around it."""
+    from athena.parse_errors import parse_error_text
+
+    return QueryError(f"cannot parse the SQL as Athena (Trino) SQL: {parse_error_text(exc)}")
 
 
 def tables_of(sql: str) -> set[str]:

@@ -139,6 +139,86 @@ def test_tables_of_sees_a_shadowing_cte_before_a_trailing_comment(tail: str) -> 
         queries.tables_of(f"SELECT 1; SELECT * FROM envoy_access{tail}")
 
 
+#: Statements sqlglot cannot parse, and the reason logq gives (after "cannot parse the SQL as
+#: Athena (Trino) SQL: "), position and excerpt included: sqlglot's own words named its classes
+#: (``<class 'sqlglot.expressions.query.Where'>``) and tokens (``<Token token_type: ...>``).
+PARSE_ERRORS = [
+    (
+        "SELECT * FROM envoy_access WHERE",
+        "the SQL ends early after WHERE: a condition is missing; "
+        "line 1, column 28: SELECT * FROM envoy_access WHERE",
+    ),
+    (
+        "SELECT * FROM",
+        "the SQL ends early after FROM: a table name is missing; line 1, column 10: SELECT * FROM",
+    ),
+    (
+        "SELECT a FROM b WHERE x = = 1",
+        "a value is missing before '='; line 1, column 27: SELECT a FROM b WHERE x = = 1",
+    ),
+    (  # only a comment and a ';' after it: the SQL still ends there
+        "SELECT a FROM b ORDER BY; -- why",
+        "the SQL ends early after ORDER BY: what to order by is missing; "
+        "line 1, column 17: SELECT a FROM b ORDER BY; -- why",
+    ),
+    (
+        "SELECT a FROM WHERE x = 1",
+        "a table name is missing before WHERE; line 1, column 15: SELECT a FROM WHERE x = 1",
+    ),
+    (
+        "SELECT date_trunc('hour', ) FROM b",
+        "a value is missing before ')'; line 1, column 27: SELECT date_trunc('hour', ) FROM b",
+    ),
+    ("SELECT (1", "the SQL ends early after '1': ')' is missing; line 1, column 9: SELECT (1"),
+    (
+        "SELECT 1 FROM t WHERE a = 1)",
+        "unexpected ')'; line 1, column 28: SELECT 1 FROM t WHERE a = 1)",
+    ),
+    (  # a reason not foreseen keeps sqlglot's description
+        "SELECT CAST(1 AS)",
+        "Expected TYPE after CAST at ')'; line 1, column 17: SELECT CAST(1 AS)",
+    ),
+    (  # the line and column of the token on a later line; the excerpt on one line
+        "SELECT *\nFROM envoy_access\nWHERE service = 'x' AND",
+        "the SQL ends early after AND: a condition is missing; "
+        "line 3, column 21: SELECT * FROM envoy_access WHERE service = 'x' AND",
+    ),
+]
+
+
+@pytest.mark.parametrize(("sql", "reason"), PARSE_ERRORS)
+def test_a_parse_error_reads_as_a_reason_with_its_place(sql: str, reason: str) -> None:
+    with pytest.raises(QueryError) as refused:
+        queries.one_statement(sql)
+    assert str(refused.value) == f"cannot parse the SQL as Athena (Trino) SQL: {reason}"
+
+
+def test_class_and_token_reprs_read_as_names_in_any_parse_error() -> None:
+    """A description no rule of :mod:`athena.parse_errors` knows still reads: a class as its
+    name, a token as its text, sqlglot's end-of-text token as the end of the SQL."""
+    from sqlglot.errors import ParseError
+
+    from athena.parse_errors import parse_error_text
+
+    token = (
+        "<Token token_type: TokenType.{}, text: {}, line: 1, col: 9, start: 8, end: 8, "
+        "comments: []>"
+    )
+    description = (
+        f"Odd {token.format('L_PAREN', '(')} in <class 'sqlglot.expressions.core.Glob'> "
+        f"before {token.format('SENTINEL', 'SENTINEL')}"
+    )
+    error = ParseError.new(
+        description, description=description, line=1, col=9, highlight="(", end_context=" 1"
+    )
+    assert parse_error_text(error) == (
+        "Odd '(' in Glob before the end of the SQL at '('; line 1, column 9: ( 1"
+    )
+    assert parse_error_text(ParseError(f"\x1b[4m{description}\x1b[0m")) == (
+        "Odd '(' in Glob before the end of the SQL"
+    )
+
+
 def test_unknown_query() -> None:
     with pytest.raises(QueryError, match="the queries are"):
         queries.load("nope")

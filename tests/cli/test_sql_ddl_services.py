@@ -286,6 +286,23 @@ def test_sql_errors_are_clear(logq, warehouse: Warehouse) -> None:
     assert "\x1b[" not in run.stderr  # no terminal colour codes in the message
 
 
+def test_sql_parse_errors_name_no_sqlglot_internals(logq, warehouse: Warehouse) -> None:
+    """A trailing WHERE read ``Required keyword: 'this' missing for <class
+    'sqlglot.expressions.query.Where'>``, a trailing FROM ``Expected table name but got <Token
+    token_type: TokenType.SENTINEL, ...>``: now the reason and where, still exit 2."""
+    from tests.cli.test_sql_sandbox import one_line_error
+
+    for sql, reason in [
+        ("SELECT * FROM envoy_access WHERE", "ends early after WHERE: a condition is missing"),
+        ("SELECT * FROM", "the SQL ends early after FROM: a table name is missing"),
+        ("SELECT a FROM b WHERE x = = 1", "a value is missing before '='; line 1, column 27"),
+    ]:
+        run = logq("sql", "-f", "csv", "--warehouse", warehouse.uri, "--", sql)
+        line = one_line_error(run.stderr)
+        assert run.exit_code == 2 and reason in line and line.endswith(sql), line
+        assert not any(w in line for w in ("<class", "<Token", "sqlglot", "SENTINEL")), line
+
+
 def test_ddl_prints_both_tables(logq, warehouse: Warehouse) -> None:
     run = logq("ddl", "--warehouse", "s3://bucket/wh", "-s", "recipe", "-s", "users")
     assert run.exit_code == 0
