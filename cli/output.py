@@ -399,8 +399,8 @@ def format_cell(column: str, value: Any) -> str:
         if column == "newest":  # freshness: how long ago, at a glance
             return f"{iso_utc(value)} ({since_text(value)})"
         return iso_utc(value)
-    if isinstance(value, Decimal):
-        value = float(value)
+    if isinstance(value, Decimal):  # a whole one (DECIMAL(38,0)) exact, past a float's digits
+        value = int(value) if _whole(value) else float(value)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if _is_nonfinite(value):  # no unit either: ``NaN ms`` or ``inf TiB`` is no measure
@@ -416,6 +416,12 @@ def format_cell(column: str, value: Any) -> str:
     if isinstance(value, NESTED):
         return sql_text(value, plain)
     return str(value)
+
+
+def _whole(value: Decimal) -> bool:
+    """A decimal without a fraction part as written (``7``, not ``7.00``: DECIMAL(p,0))."""
+    exponent = value.as_tuple().exponent
+    return isinstance(exponent, int) and exponent >= 0
 
 
 #: How far ahead of this machine's clock a time may be and still read as "0s ago": hosts'

@@ -373,13 +373,28 @@ def full_schema(table: str) -> pa.Schema:
 
 
 def _integral_decimals_to_int(table: pa.Table) -> pa.Table:
-    """DuckDB sums and counts as HUGEINT (DECIMAL(38,0) in Arrow); Athena returns bigint."""
+    """DuckDB sums and counts as HUGEINT (DECIMAL(38,0) in Arrow); Athena returns bigint.
+
+    A column holding a value past bigint stays a decimal (``CAST('99999999999999999999' AS
+    DECIMAL(38,0))``, which Athena answers, or a sum past 2**63): casting it failed the whole
+    query with Arrow's bare "Integer value out of bounds". :func:`_python_rows` makes its
+    values Python ints, exact in every output format."""
     import pyarrow as pa
 
     for i, f in enumerate(table.schema):
-        if pa.types.is_decimal(f.type) and f.type.scale == 0:
-            table = table.set_column(i, f.name, table.column(i).cast(pa.int64()))
+        if _whole_decimal(f.type):
+            try:
+                column = table.column(i).cast(pa.int64())
+            except pa.ArrowInvalid:  # a value past bigint: kept whole, as a decimal
+                continue
+            table = table.set_column(i, f.name, column)
     return table
+
+
+def _whole_decimal(kind: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_decimal(kind) and kind.scale == 0
 
 
 class LocalEngine:
@@ -1140,16 +1155,22 @@ def _batch_rows(batch: pa.RecordBatch) -> list[tuple[Any, ...]]:
 def _python_rows(table: pa.Table) -> list[tuple[Any, ...]]:
     """The rows as Python values, column by column (names may repeat: ``SELECT 1 a, 2 a``).
 
-    A column Python cannot hold (a timestamp or date past year 9999, DuckDB's ``infinity``)
-    is shown as DuckDB's own text for it (``33658-09-27 01:46:40+00``) rather than failing the
-    whole result: the value is real, people asked for it, and only Python's datetime is short.
+    A whole-number DECIMAL column (one with a value past bigint) is Python ints, printed as the
+    bigint columns are, digit for digit. A column Python cannot hold (a timestamp or date past
+    year 9999, DuckDB's ``infinity``) is shown as DuckDB's own text for it (``33658-09-27
+    01:46:40+00``) rather than failing the whole result: the value is real, people asked for
+    it, and only Python's datetime is short.
     """
     columns: list[list[Any]] = []
     for column in table.columns:
         try:
-            columns.append(column_values(column))
+            values = column_values(column)
         except (OverflowError, ValueError):
-            columns.append(_as_text(column))
+            values = _as_text(column)
+        else:
+            if _whole_decimal(column.type):  # past bigint (:func:`_integral_decimals_to_int`)
+                values = [None if v is None else int(v) for v in values]
+        columns.append(values)
     return list(zip(*columns, strict=True)) if columns else [()] * table.num_rows
 
 

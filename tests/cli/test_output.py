@@ -188,6 +188,14 @@ def test_plain_values() -> None:
     assert plain([datetime(2026, 1, 1, tzinfo=UTC)]) == ["2026-01-01T00:00:00.000Z"]
 
 
+def test_a_whole_decimal_reads_exactly_in_the_table() -> None:
+    """A DECIMAL(38,0) value (pyathena's ``Decimal``) was read as a float in the table:
+    99999999999999999999 showed as 100,000,000,000,000,000,000.00."""
+    assert format_cell("d", Decimal("99999999999999999999")) == "99,999,999,999,999,999,999"
+    assert format_cell("d", Decimal("-7")) == "-7"
+    assert format_cell("d", Decimal("2.50")) == "2.50"  # with a scale: as before
+
+
 def test_empty_table_formats() -> None:
     out = io.StringIO()
     emit(OutputFormat.csv, ["a", "b"], [], out=out)

@@ -250,6 +250,31 @@ def test_json_has_no_nan_or_infinity(logq, warehouse: Warehouse) -> None:
     assert csv.stdout.splitlines()[1:] == ['NaN,Infinity,-Infinity,1.5,"[NaN, 2.0]"']
 
 
+#: Whole numbers past bigint that Athena answers: a DECIMAL(38,0) literal, a sum past 2**63
+#: (DuckDB's HUGEINT), next to a whole decimal that fits (a bigint, as before) and a NULL one.
+PAST_BIGINT = (
+    "SELECT CAST('99999999999999999999' AS DECIMAL(38,0)) AS d, sum(x) AS s, "
+    "CAST(-7 AS DECIMAL(38,0)) AS fits, CAST(NULL AS DECIMAL(38,0)) AS n "
+    "FROM (VALUES (9223372036854775807), (9223372036854775807)) t(x)"
+)
+
+
+def test_whole_decimals_past_bigint_print_exactly(logq, warehouse: Warehouse) -> None:
+    """Every whole-number decimal column was cast to a 64-bit integer: one past it failed the
+    query with a bare "Integer value out of bounds". It is kept whole, digit for digit."""
+    args = ("sql", PAST_BIGINT, "--warehouse", warehouse.uri)
+    run = logq(*args, "-f", "json")
+    assert run.exit_code == 0, run.stderr
+    assert run.json() == [{"d": 10**20 - 1, "s": 2 * (2**63 - 1), "fits": -7, "n": None}]
+    assert '"d": 99999999999999999999, "s": 18446744073709551614' in run.stdout  # no float
+    run = logq(*args, "-f", "csv")
+    assert run.stdout.splitlines()[1] == "99999999999999999999,18446744073709551614,-7,"
+    run = logq(*args, "-f", "markdown")
+    assert "| 99999999999999999999 | 18446744073709551614 |" in run.stdout
+    run = logq(*args)
+    assert "99,999,999,999,999,999,999" in run.stdout and "18,446,744,073,709,551,614" in run.stdout
+
+
 def test_json_prints_time_of_day_values(logq, warehouse: Warehouse) -> None:
     """A TIME value (DuckDB's, and pyathena's for Athena ``time``) was a JSON traceback."""
     sql = "SELECT TIME '01:02:03.250' AS t, CAST(NULL AS TIME) AS n"

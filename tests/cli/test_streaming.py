@@ -141,6 +141,23 @@ def test_a_limit_stops_the_stream(logq, big: str, small_window: None, monkeypatc
     assert run.stderr == "logq: showing the first 2,345 rows; the result has more (raise --limit)\n"
 
 
+def test_a_whole_decimal_past_bigint_in_a_streamed_batch(
+    logq, big: str, small_window: None
+) -> None:
+    """A batch after the first window whose whole-decimal column holds a value past bigint (the
+    last row here) is converted as a whole result is: kept whole, where the window's values
+    fit a bigint. The cast to a 64-bit integer failed the stream after its first rows."""
+    sql = (
+        "SELECT request_id, CASE WHEN request_id = (SELECT max(request_id) FROM envoy_access) "
+        "THEN CAST('99999999999999999999' AS DECIMAL(38,0)) ELSE 1 END AS d "
+        "FROM envoy_access ORDER BY request_id"
+    )
+    run = logq("sql", sql, "-f", "json", "--warehouse", big)
+    assert run.exit_code == 0, run.stderr
+    values = [row["d"] for row in run.json()]
+    assert values == [1] * (ROWS - 1) + [10**20 - 1]
+
+
 #: The streamed formats' limits: in the first window, in a streamed batch, at a batch's end, or
 #: cutting nothing (every row or more); past the table's cap, which they do not have.
 STREAM_LIMITS = [5, WINDOW, WINDOW + BATCH, ROWS - 1, ROWS, ROWS + 1]
