@@ -33,6 +33,7 @@ from aggregator.config import Settings
 from aggregator.storage import put_bytes, read_small
 from athena import ddl
 from athena.schema import TABLES, sanitize_service
+from athena.stray_folders import is_service
 from athena.warehouse import Warehouse, list_entries
 
 log = logging.getLogger("logq.aggregator.catalog")
@@ -100,7 +101,10 @@ class Catalog:
         return found
 
     def listed(self) -> set[str]:
-        """The services that have a partition folder in any table (lists the warehouse)."""
+        """The services that have a partition folder in any table (lists the warehouse). A
+        folder no aggregator names so (``service=svc=x``, ``service=Svc``, copied in by hand or
+        left by an older sanitiser) is no service: no reader reads it
+        (:mod:`athena.stray_folders`), and its sanitised name in the enum named no folder."""
         found: set[str] = set()
         for table in TABLES:
             selector = pafs.FileSelector(
@@ -108,7 +112,7 @@ class Catalog:
             )
             for info in list_entries(self.warehouse.fs, selector):
                 m = _PARTITION_RE.match(info.base_name)
-                if m and info.type == pafs.FileType.Directory:
+                if m and info.type == pafs.FileType.Directory and is_service(m.group(1)):
                     found.add(m.group(1))
         return found
 

@@ -31,6 +31,7 @@ from aggregator.compaction.grace import DEFAULT_GRACE
 from aggregator.compaction.notes import PassNotes
 from aggregator.storage import StorageError, list_folder, list_tree_after
 from athena.schema import DT_FORMAT, TABLES, Table, parse_dt
+from athena.stray_folders import is_service
 from athena.threads import ordered_map
 from athena.warehouse import Warehouse, list_entries
 
@@ -92,6 +93,7 @@ def _closed_partitions_listed(
             for svc in list_folder(wh, wh.table_root(name))
             if svc.type == pafs.FileType.Directory
             and svc.base_name.startswith("service=")
+            and is_service(svc.base_name[len("service=") :])  # what readers read (stray_folders)
             and (service is None or svc.base_name == f"service={service}")
         ]
         if notes is not None:

@@ -387,3 +387,22 @@ def test_a_cast_failure_without_statistics_names_the_file(
     ), error
     assert f"{ADVICE} with the table's types (`logq ddl` shows them); its partition is" in error
     assert sorted(p.name for p in folder.glob("*.parquet")) == before
+
+
+@pytest.mark.parametrize("name", ["Recipe", "recipe=x", "%2Frecipe"])
+def test_a_service_folder_no_reader_reads_is_left_alone(tmp_path: Path, name: str) -> None:
+    """A ``service=`` folder named as no aggregator names one (copied in by hand): no reader
+    reads it (athena.stray_folders), so compaction does not rewrite it either; the real one
+    beside it is compacted."""
+    import shutil
+
+    uri = str(tmp_path / "wh")
+    flush_files(uri, files=3, rows_per_file=10)
+    real = folder_of(uri)
+    stray = real.parent.parent / f"service={name}" / real.name
+    shutil.copytree(real, stray)
+    before = sorted(p.name for p in stray.iterdir())
+    merged = compact_warehouse(open_warehouse(uri), now=LATER, lookback=None)
+    assert merged == 3 + 3  # the real folder's two hours: 3 files each
+    assert sorted(p.name for p in stray.iterdir()) == before
+    assert [p.name[:2] for p in real.glob("*.parquet")] == ["c-"]
