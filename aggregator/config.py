@@ -298,6 +298,7 @@ _COUNTS = {
     "segment_bytes": 1,
     "target_file_bytes": 1,
     "max_inflight_bytes": 1,
+    "max_frame_bytes": 1,  # and at least MIN_FRAME_BYTES, below
 }
 
 

@@ -39,6 +39,8 @@ STRONG_KEY_CHARS = 16
 #: Environment variable holding the passphrase of an encrypted ``--tls-key`` when no
 #: ``--tls-key-password`` (flag or config key) gives one: kept out of ``ps``.
 TLS_KEY_PASSWORD_ENV = "LOGQ_SHIPPER_TLS_KEY_PASSWORD"
+#: Environment variable holding the password of ``--username`` when ``--password`` is not given.
+PASSWORD_ENV = "LOGQ_SHIPPER_PASSWORD"
 
 
 def weak_key_warning(key: str | None) -> str | None:
@@ -430,6 +432,8 @@ def read_config_file(path: str, error: type[Exception]) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{where}not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib reads nested arrays and tables recursively
+        raise error(f"{where}values nested too deeply to read; no setting nests") from None
 
 
 def close_key(key: str, known: Iterable[str]) -> str:
@@ -581,6 +585,13 @@ def _check_type(path: str, key: str, kind: str, value: Any) -> None:
         raise ConfigError(f"{file_prefix(path, key)}must be {want}; got {shown_value(key, value)}")
 
 
+#: The largest whole-number setting (bytes, lines, entries, connections) of either daemon: 1 TiB
+#: is past any sane size, and a value past 2**63 (``--batch-lines 9223372036854775808``) failed
+#: later, in C code, as "Python int too large to convert to C ssize_t": a shipper's source
+#: retried for ever, an aggregator closed every connection.
+MAX_COUNT = 2**40
+
+
 def at_least(
     flag: str,
     value: Any,
@@ -596,7 +607,8 @@ def at_least(
     numeric settings. A value from the ``--config`` file is blamed on its key afterwards, by
     :func:`blame_file`. ``seconds``: a finite number, returned as a float (``nan`` compares
     false with everything, so a plain ``> 0`` check let it through: an ack timeout of nan gave
-    up at once; a TOML integer past any float is refused, not an OverflowError)."""
+    up at once; a TOML integer past any float is refused, not an OverflowError). A whole
+    number is at most :data:`MAX_COUNT`."""
     number = value
     if seconds:
         try:
@@ -604,6 +616,8 @@ def at_least(
         except OverflowError:  # a TOML integer past any float
             number = math.inf
     finite = not seconds or math.isfinite(number)
+    if not seconds and number > MAX_COUNT:
+        raise error(f"{flag} must be at most {MAX_COUNT:,}; got {preview(value)}")
     if finite and (number > least if above else number >= least):
         return number
     shown = f"{least:g}" if isinstance(least, float) else str(least)
@@ -687,13 +701,14 @@ def _to_config(m: dict[str, Any]) -> Config:
         kw["multiline"] = tuple(parse_mapping(v) for v in m["multiline"])
     if m.get("shared_key"):
         kw["shared_key"] = m["shared_key"]
-    password = m.get("password") or os.environ.get("LOGQ_SHIPPER_PASSWORD")
+    password = m.get("password") or os.environ.get(PASSWORD_ENV)
     if m.get("username"):
         if not m.get("shared_key"):
             raise ConfigError("--username needs --shared-key: user auth is part of the handshake")
         if not password:
-            raise ConfigError("--username needs --password or $LOGQ_SHIPPER_PASSWORD")
-        kw["username"], kw["password"] = m["username"], password
+            raise ConfigError(f"--username needs --password or ${PASSWORD_ENV}")
+        kw["username"] = _utf8("--username", m["username"])
+        kw["password"] = _utf8("--password" if m.get("password") else f"${PASSWORD_ENV}", password)
     elif m.get("password"):
         raise ConfigError("--password needs --username")
     # Booleans and compress hold what the flag's choices or _check_type let through (TOML
@@ -754,10 +769,25 @@ def _to_config(m: dict[str, Any]) -> Config:
     return Config(**kw)
 
 
+def _utf8(what: str, value: str) -> str:
+    """``value`` of ``what`` (a flag or variable), refused when it holds bytes that are no
+    UTF-8 (argv and the environment arrive with them as lone surrogates): it goes on the wire
+    as msgpack text, where encoding it failed with an internal error (``UnicodeEncodeError``),
+    at every attempt."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(
+            f"{what} holds bytes that are not UTF-8 (character {exc.start + 1}); give it as "
+            "UTF-8 text"
+        ) from None
+    return value
+
+
 def _hostname(name: str) -> str:
     """``--hostname``, refused past :data:`~shipper.wire.MAX_KEY_BYTES`: every record carries
     it, and one that passes a message is refused by every aggregator and resent forever."""
-    size = len(name.encode("utf-8", "surrogatepass"))
+    size = len(_utf8("--hostname", name).encode("utf-8"))
     if size > wire.MAX_KEY_BYTES:
         raise ConfigError(
             f"--hostname must be at most {wire.MAX_KEY_BYTES} bytes: every record carries it "

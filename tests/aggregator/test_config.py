@@ -130,6 +130,12 @@ def test_one_config_file_serves_both_daemons(tmp_path: Path) -> None:
         ),
         ("", ["--max-connections", "0"], "--max-connections must be at least 1; got 0"),
         ("", ["--max-message-entries", "0"], "--max-message-entries must be at least 1; got 0"),
+        # Past 2**63 each closed every connection: "Python int too large to convert to C ssize_t"
+        *[
+            ("", [flag, str(2**63)], f"{flag} must be at most 1,099,511,627,776; got {2**63}")
+            for flag in ("--max-message-entries", "--max-frame-bytes", "--max-connections")
+        ],
+        ("max_frame_bytes = 1099511627777\n", [], "--max-frame-bytes must be at most"),
         ("", ["--log-level", "verbose"], "--log-level must be one of debug, info"),
         ("", ["--node-id", "../../escaped"], "--node-id must be 1-64 letters"),
         ("", ["--warehouse", " "], "--warehouse is empty"),

@@ -233,6 +233,9 @@ def test_seconds_must_be_finite_and_not_absurdly_small(
         ("batch_lines", "0", "at least 1", "0"),
         ("batch_bytes", "-1", "at least 1", "-1"),
         ("max_inflight_bytes", "0", "at least 1", "0"),
+        # Past 2**63: an OverflowError in C code once there was data, the source retried forever
+        ("batch_lines", str(2**63), "at most 1,099,511,627,776", str(2**63)),
+        ("batch_bytes", str(2**40 + 1), "at most 1,099,511,627,776", str(2**40 + 1)),
         ("max_line_bytes", "1023", "at least 1024", "1023"),
         (
             "max_line_bytes",
@@ -461,6 +464,9 @@ def test_a_byte_order_mark_and_crlf_line_ends_are_read(tmp_path: Path) -> None:
     [
         (b"batch_lines = 7\x00\n", "not valid TOML"),
         (b"batch_lines = [\n", "not valid TOML"),
+        # tomllib's RecursionError was a traceback
+        (b"x = " + b"[" * 3000 + b"]" * 3000, "values nested too deeply to read"),
+        (b"x = " + b"{a=" * 3000 + b"1" + b"}" * 3000, "values nested too deeply to read"),
         (b"", None),
     ],
 )
@@ -521,3 +527,30 @@ def test_tls_server_name_needs_tls_and_a_name(
 def test_tls_server_name_is_taken() -> None:
     cfg = load_config(["--aggregator", "10.0.0.7:24224", "--tls", "--tls-server-name", "agg.x"])
     assert cfg.tls_server_name == "agg.x"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "said"),
+    [
+        (["--hostname", "host\udcff"], {}, "--hostname"),
+        (["--username", "user\udcff", "--password", "pw"], {}, "--username"),
+        (["--username", "user", "--password", "pw\udcff"], {}, "--password"),
+        (["--username", "user"], {"LOGQ_SHIPPER_PASSWORD": "pw\udcff"}, "$LOGQ_SHIPPER_PASSWORD"),
+    ],
+    ids=["hostname", "username", "password", "password-variable"],
+)
+def test_text_for_the_wire_that_is_not_utf8_is_refused(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    env: dict[str, str],
+    said: str,
+) -> None:
+    """Bytes that are no UTF-8 in argv or the environment arrive as lone surrogates; sent as
+    msgpack text they failed with "internal error: UnicodeEncodeError" at every attempt."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    key = ["--shared-key", "k" * 32]
+    err = refused([*args, *key, "--once"], capsys)
+    assert err.startswith(f"logq-shipper: {said} holds bytes that are not UTF-8 (character "), err
+    assert err.endswith("); give it as UTF-8 text\n"), err
