@@ -11,11 +11,11 @@ Per-line Python work is the shipper's throughput limit, so a Docker block of ord
 lines is decoded with one msgspec call (typed, into :class:`DockerEntry`) and turned into
 columns with ``map`` over whole lists (:meth:`DockerParser._feed_block`); any other block takes
 the general path (``json.loads``, then line by line), which yields the same records for the
-lines both accept. Nothing is ever dropped: a line that is not valid JSON is shipped as raw
-text and counted; invalid UTF-8 is carried with U+FFFD replacement characters and counted; an
-over-long line is truncated with a visible marker and counted; a runtime time that cannot be
-parsed or sent as an EventTime (before 1970, from 2106-02-07) is replaced by the read time,
-counted, and kept as text in the record.
+lines both accept. Nothing is ever dropped: a line that is not valid JSON (or is nested too
+deeply to decode) is shipped as raw text and counted; invalid UTF-8 is carried with U+FFFD
+replacement characters and counted; an over-long line is truncated with a visible marker and
+counted; a runtime time that cannot be parsed or sent as an EventTime (before 1970, from
+2106-02-07) is replaced by the read time, counted, and kept as text in the record.
 """
 
 from __future__ import annotations
@@ -346,7 +346,9 @@ class DockerParser(LineParser):
         if lines and all(lines):
             try:
                 docs = json.loads(b"[" + joined + b"]")
-            except ValueError:  # bad JSON or invalid UTF-8 somewhere: go line by line
+            except (ValueError, RecursionError):
+                # Bad JSON, JSON nested too deeply to decode, or invalid UTF-8 somewhere:
+                # go line by line.
                 docs = None
             if docs is not None and len(docs) != len(lines):
                 docs = None  # a line held several values ("{..},{..}"): go line by line
@@ -415,8 +417,8 @@ class DockerParser(LineParser):
                         chain((b"[" + lines[0],), islice(lines, 1, n - 1), (lines[-1] + b"]",))
                     )
                 )
-        except (msgspec.DecodeError, UnicodeDecodeError):
-            return None  # not JSON, not UTF-8, a missing key, a non-string value...
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            return None  # not JSON, not UTF-8, a missing key, too deep an ``attrs``...
         if len(docs) != n:
             return None  # a line held several values ("{..},{..}")
         logs = list(map(_GET_LOG, docs))
@@ -472,8 +474,9 @@ class DockerParser(LineParser):
 
     @staticmethod
     def _decode(raw: bytes, out: Lines, counted: set[int], index: int) -> object:
-        """Line ``index`` of a block as JSON (None if it is not); invalid UTF-8 is replaced,
-        counted, and the line noted in ``counted``."""
+        """Line ``index`` of a block as JSON (None if it is not, or is nested too deeply to
+        decode: a line, not the file, is bad); invalid UTF-8 is replaced, counted, and the
+        line noted in ``counted``."""
         try:
             return json.loads(raw)
         except UnicodeDecodeError:
@@ -481,9 +484,9 @@ class DockerParser(LineParser):
             counted.add(index)
             try:
                 return json.loads(raw.decode("utf-8", "replace"))
-            except ValueError:
+            except (ValueError, RecursionError):
                 return None
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
 
 

@@ -90,6 +90,33 @@ def test_docker_malformed_line_is_shipped_raw_and_counted() -> None:
     assert out.malformed == 2
 
 
+def test_docker_deeply_nested_json_line_is_shipped_raw_and_counted() -> None:
+    """A line nested too deeply for the JSON decoders (5000 ``[``, or a valid entry whose
+    extra ``attrs`` key is; also with invalid UTF-8) raised RecursionError out of ``feed``:
+    ``--once`` failed and a daemon's source retried forever, its later lines never shipped.
+    It is one malformed line, shipped raw; the lines around it are unaffected, whether it is
+    alone or not."""
+    deep_attrs = (
+        b'{"log":"x\\n","stream":"stdout","time":"2026-11-28T12:00:00.1Z","attrs":'
+        + b"[" * 5000
+        + b"]" * 5000
+        + b"}"
+    )
+    for bad in (b"[" * 5000, deep_attrs, b"[" * 5000 + b'"\xff"'):
+        before, after = docker_line("before", 0), docker_line("after", 1)
+        out = feed(DockerParser(), before + bad + b"\n" + after)
+        assert out.logs == ["before", bad.decode(errors="replace"), "after"]
+        assert out.malformed == 1
+        assert out.invalid_utf8 == (b"\xff" in bad)
+        assert out.offsets == [
+            len(before),
+            len(before) + len(bad) + 1,
+            len(before + bad) + 1 + len(after),
+        ]
+        alone = feed(DockerParser(), bad + b"\n")
+        assert alone.logs == [bad.decode(errors="replace")] and alone.malformed == 1
+
+
 def test_docker_non_text_log_while_a_split_line_is_open_is_raw() -> None:
     """A ``log`` that is a JSON list while a split line of its stream is open used to become
     one of its parts: joining them raised TypeError out of ``flush`` (and a next part lost
