@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
@@ -171,6 +172,18 @@ def file_key(dev: int, ino: int, fingerprint: str) -> str:
     return f"{dev}:{ino}:{fingerprint}"
 
 
+#: A key :func:`file_key` makes: a device and an inode number (ASCII decimal, at most 20
+#: digits: 64-bit) and a first-line hash without a colon.
+_FILE_KEY = re.compile(r"[0-9]{1,20}:[0-9]{1,20}:[^:]+")
+
+
+def valid_file_key(key: object) -> bool:
+    """Whether a saved entry's key is one :func:`file_key` makes. Others (a hand edit, a
+    corrupt file) are dropped at load: the code that resumes files reads the device and inode
+    back from the key, and one it cannot read failed the source at every retry."""
+    return isinstance(key, str) and _FILE_KEY.fullmatch(key) is not None
+
+
 #: No file offset is larger (off_t is a signed 64-bit integer); past it a value is corrupt.
 MAX_OFFSET = 2**63 - 1
 
@@ -277,7 +290,7 @@ def _finished_entries(value: object) -> dict[str, FileState]:
     out: dict[str, FileState] = {}
     for key, entry in list(value.items())[:MAX_FINISHED]:
         state, problem = parse_entry(entry)
-        if isinstance(key, str) and state is not None and not problem:
+        if valid_file_key(key) and state is not None and not problem:
             out[key] = state
     return out
 
@@ -600,13 +613,16 @@ class Registry:
             self.dirty = True
         self._prune_floors()
         for key, value in files.items():
-            state, problem = parse_entry(value)
+            if valid_file_key(key):
+                state, problem = parse_entry(value)
+            else:
+                state, problem = None, "the key is not <device>:<inode>:<first-line hash>"
             if state is None:
                 log.warning(
                     "ignoring malformed checkpoint entry: its file is read from its start "
                     "as a new one path=%s key=%s problem=%s",
                     self.path,
-                    key,
+                    clipped(key, 120),
                     problem,
                 )
                 self.dirty = True

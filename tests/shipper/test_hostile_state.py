@@ -31,6 +31,11 @@ from tests.shipper.test_once import run_shipper
 GOOD = {"source": "file:/x", "path": "/x", "source_id": "h:1:ab", "offset": 10, "acked": 9}
 
 
+def saved_key(name: str) -> str:
+    """A checkpoint key of the form the shipper saves (``<dev>:<ino>:<fingerprint>``)."""
+    return f"1:2:{name}"
+
+
 def load(tmp_path: Path, doc: object, caplog: pytest.LogCaptureFixture) -> Registry:
     (tmp_path / "checkpoints.json").write_text(json.dumps(doc))
     caplog.clear()
@@ -112,6 +117,39 @@ def test_unusable_entry_is_ignored_with_a_warning(
 @pytest.mark.parametrize(
     "bad",
     [
+        "junk",
+        "x:y:z",
+        "1:2",
+        "1:2:",
+        ":2:ab",
+        "1:2:ab:cd",
+        "+1:2:ab",
+        " 1:2:ab",
+        "1_0:2:ab",
+        "\u0661:2:ab",
+        pytest.param("9" * 5000 + ":2:ab", id="5000-digits"),
+    ],
+)
+def test_entry_under_a_malformed_key_is_ignored_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, bad: str
+) -> None:
+    """An entry (otherwise valid) whose key is not ``<dev>:<ino>:<fingerprint>`` as the
+    shipper writes it was loaded: resuming its source split the key and ``int()`` failed on
+    it (ValueError), so ``--once`` ended with an internal error and a daemon retried the
+    source forever. It is dropped at load like any unusable entry; a ``finished`` one too."""
+    doc = {"files": {bad: GOOD, "1:3:cd": GOOD}, "finished": {bad: GOOD}}
+    reg = load(tmp_path, doc, caplog)
+    assert [k for k, _ in reg.items()] == ["1:3:cd"]
+    assert reg.finished(bad) is None
+    (record,) = caplog.records
+    text = record.getMessage()
+    assert "ignoring malformed checkpoint entry" in text and str(reg.path) in text
+    assert "the key is not <device>:<inode>:<first-line hash>" in text
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
         {"offset": -100},
         {"acked": -1},
         {"offset": 10**30},
@@ -142,16 +180,16 @@ def test_other_damage_is_repaired_quietly_or_with_a_warning(
 ) -> None:
     doc = {
         "files": {
-            "a": {**GOOD, "epoch": -3},
-            "b": {**GOOD, "updated": float("nan"), "from_a_newer_shipper": 1},
-            "c": {**GOOD, "updated": 1e300},
+            saved_key("a"): {**GOOD, "epoch": -3},
+            saved_key("b"): {**GOOD, "updated": float("nan"), "from_a_newer_shipper": 1},
+            saved_key("c"): {**GOOD, "updated": 1e300},
         }
     }
     (tmp_path / "checkpoints.json").write_text(json.dumps(doc))  # NaN: what json writes
     with caplog.at_level(logging.WARNING, logger="logq.shipper.checkpoint"):
         reg = Registry(tmp_path)
     reg.close()
-    a, b, c = (reg.get(k) for k in "abc")
+    a, b, c = (reg.get(saved_key(k)) for k in "abc")
     assert a is not None and (a.epoch, a.offset, a.acked) == (0, 10, 9)
     assert b is not None and b.updated == 0.0 and (b.offset, b.acked) == (10, 9)
     assert c is not None and c.updated == 0.0
@@ -167,18 +205,18 @@ def test_where_the_acknowledged_batches_end_is_optional_and_repaired_alone(
     the positions stay."""
     doc = {
         "files": {
-            "old": GOOD,
-            "kept": {**GOOD, "acked_to": 120},
-            "bad": {**GOOD, "acked_to": -4},
+            saved_key("old"): GOOD,
+            saved_key("kept"): {**GOOD, "acked_to": 120},
+            saved_key("bad"): {**GOOD, "acked_to": -4},
         }
     }
     reg = load(tmp_path, doc, caplog)
-    old, kept, bad = (reg.get(k) for k in ("old", "kept", "bad"))
+    old, kept, bad = (reg.get(saved_key(k)) for k in ("old", "kept", "bad"))
     assert old is not None and old.acked_to == 0 and (old.offset, old.acked) == (10, 9)
     assert kept is not None and kept.acked_to == 120
     assert bad is not None and bad.acked_to == 0 and (bad.offset, bad.acked) == (10, 9)
     (record,) = caplog.records
-    assert "acked_to=-4" in record.getMessage() and "key=bad" in record.getMessage()
+    assert "acked_to=-4" in record.getMessage() and "key=1:2:bad" in record.getMessage()
 
 
 def test_split_line_cuts_are_kept_or_dropped_with_a_warning(
@@ -188,28 +226,29 @@ def test_split_line_cuts_are_kept_or_dropped_with_a_warning(
     a restart, never lost); the entry's positions stay."""
     doc = {
         "files": {
-            "ok": {**GOOD, "cuts": [[120, 121], [300, 301]]},
-            "short": {**GOOD, "cuts": [[120]]},
-            "text": {**GOOD, "cuts": "120"},
-            "negative": {**GOOD, "cuts": [[-1, 5]]},
-            "bool": {**GOOD, "cuts": [[True, 5]]},
+            saved_key("ok"): {**GOOD, "cuts": [[120, 121], [300, 301]]},
+            saved_key("short"): {**GOOD, "cuts": [[120]]},
+            saved_key("text"): {**GOOD, "cuts": "120"},
+            saved_key("negative"): {**GOOD, "cuts": [[-1, 5]]},
+            saved_key("bool"): {**GOOD, "cuts": [[True, 5]]},
         }
     }
     reg = load(tmp_path, doc, caplog)
-    assert reg.get("ok").cuts == [[120, 121], [300, 301]]  # type: ignore[union-attr]
-    for key in ("short", "text", "negative", "bool"):
-        st = reg.get(key)
-        assert st is not None and st.cuts == [] and (st.offset, st.acked) == (10, 9), key
+    assert reg.get(saved_key("ok")).cuts == [[120, 121], [300, 301]]  # type: ignore[union-attr]
+    for name in ("short", "text", "negative", "bool"):
+        st = reg.get(saved_key(name))
+        assert st is not None and st.cuts == [] and (st.offset, st.acked) == (10, 9), name
     assert sum("cuts=" in r.getMessage() for r in caplog.records) == 4
 
 
 def test_registry_roundtrip_survives_repair(tmp_path: Path) -> None:
-    (tmp_path / "checkpoints.json").write_text(json.dumps({"files": {"k": {**GOOD, "offset": -1}}}))
+    doc = {"files": {saved_key("k"): {**GOOD, "offset": -1}}}
+    (tmp_path / "checkpoints.json").write_text(json.dumps(doc))
     reg = Registry(tmp_path)
     reg.save()
     reg.close()
     again = Registry(tmp_path)
-    st = again.get("k")
+    st = again.get(saved_key("k"))
     again.close()
     assert st is not None and (st.offset, st.acked, st.source_id) == (0, 0, "h:1:ab")
 
@@ -217,7 +256,7 @@ def test_registry_roundtrip_survives_repair(tmp_path: Path) -> None:
 def _many_files(reg: Registry, n: int) -> None:
     for i in range(n):
         state = FileState(source="s", path=f"/p/{i}", source_id=f"h:{i}", offset=i, acked=i)
-        reg.put(f"k{i}", state)
+        reg.put(f"1:{i}:k", state)
 
 
 def test_short_writes_of_a_full_disk_never_leave_a_truncated_registry(
@@ -269,11 +308,12 @@ def _args(tmp_path: Path, receiver: Receiver) -> list[str]:
 @pytest.mark.integration
 @pytest.mark.parametrize(
     "corrupt",
-    ["negative", "huge", "not-a-number", "wrong-shape", "files-list"],
+    ["negative", "huge", "not-a-number", "wrong-shape", "files-list", "junk", "x:y:z", "1:2"],
 )
 def test_once_with_a_corrupt_checkpoint_ships_every_line_once(tmp_path: Path, corrupt: str) -> None:
     """Before the fix: a negative offset hung ``--once`` (EINVAL from pread, retried every
-    second); the wrong shapes crashed with AttributeError."""
+    second); the wrong shapes crashed with AttributeError; an entry under a key the shipper
+    does not write ended it with an internal error (ValueError)."""
     receiver = Receiver()
     try:
         (tmp_path / "plain").mkdir()
@@ -286,6 +326,9 @@ def test_once_with_a_corrupt_checkpoint_ships_every_line_once(tmp_path: Path, co
         doc = json.loads(registry.read_text())
         if corrupt in ("wrong-shape", "files-list"):
             doc = [1, 2, 3] if corrupt == "wrong-shape" else {"files": [1]}
+        elif corrupt in ("junk", "x:y:z", "1:2"):  # a key the shipper does not write
+            (entry,) = doc["files"].values()
+            doc["files"] = {corrupt: entry}
         else:
             value = {"negative": -100, "huge": 10**30, "not-a-number": "abc"}[corrupt]
             for entry in doc["files"].values():
