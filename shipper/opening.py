@@ -146,7 +146,7 @@ class Opening:
                 self.registry.take_restarted(
                     st.st_dev, st.st_ino, self.spec.key, fp, self._rereadable_keys()
                 )
-            if state.offset or another_life(state.source_id, st, birth):
+            if state.offset or state.acked or another_life(state.source_id, st, birth):
                 state = self._verified(fd, path, st, fp, state, birth)
         log.debug("opened path=%s ino=%d offset=%d", path, st.st_ino, state.offset)
         self._opened[fp] = None

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from shipper import fd_budget, gz_pool, rotate_wait
 from shipper.birth import Identity, birth_time
-from shipper.checkpoint import FileState, file_key
+from shipper.checkpoint import MAX_FLOOR_LEAD, FileState, file_key
 from shipper.cursor import Cursor
 from shipper.discover import compressed_siblings, rotated_siblings
 from shipper.fingerprint import fingerprint, gzip_identity, tail_hash
@@ -365,6 +365,13 @@ class Resume:
         the truncation -- and counted as ``truncated_in_place``: the old content's lines
         written after the checkpoint, if any, were lost while the shipper was down.
 
+        Its :attr:`FileState.acked` must be within the file too: records read again at or
+        below it are not sent, so one past the end (a corrupt entry, or the file truncated
+        while the shipper was down with the checkpoint held back before the truncation point)
+        dropped every line written up to there, without a word. Only records flushed as they
+        are (split lines, ``--multiline`` records) are numbered past the bytes read, by at
+        most :data:`~shipper.checkpoint.MAX_FLOOR_LEAD`.
+
         One ``pread`` per file opened at a position; entries without a :attr:`FileState.tail`
         (an older shipper's) are only checked against the size, as before. A checkpoint whose
         id names this inode with another birth time (:func:`~shipper.opening.another_life`)
@@ -377,6 +384,13 @@ class Resume:
             )
         elif state.offset > st.st_size:
             why = "checkpoint is past the end of the file: truncated while the shipper was down"
+        elif state.acked > st.st_size + MAX_FLOOR_LEAD:
+            # Lines re-read or written later at offsets up to ``acked`` would be dropped as
+            # acknowledged: every line of the file's next ``acked - size`` bytes, unseen.
+            why = (
+                "checkpoint's acknowledged offset is past the end of the file: truncated while "
+                "the shipper was down"
+            )
         else:
             if not state.tail:
                 return state
@@ -407,11 +421,12 @@ class Resume:
         # (A corrupt offset looks the same; the warning makes the possible duplicates visible.)
         log.warning(
             "%s; reading it from its start as new content under a new id (lines the old "
-            "content got after the checkpoint, if any, are lost) path=%s offset=%d size=%d "
-            "registry=%s",
+            "content got after the checkpoint, if any, are lost) path=%s offset=%d acked=%d "
+            "size=%d registry=%s",
             why,
             path,
             state.offset,
+            state.acked,
             st.st_size,
             self.registry.path,
         )

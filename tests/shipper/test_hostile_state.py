@@ -24,6 +24,7 @@ from shipper.config import Endpoint, load_config
 from shipper.daemon import Shipper
 from shipper.errors import ConfigError, ShipperError
 from shipper.fingerprint import fingerprint
+from tests.shipper.hostgen import docker_line
 from tests.shipper.receiver import Receiver, free_port
 from tests.shipper.shipping import empty_root, shipper_args
 from tests.shipper.test_once import run_shipper
@@ -443,5 +444,74 @@ def test_checkpoint_past_the_end_is_read_as_new_content_with_a_warning(
         (record,) = caplog.records
         text = record.getMessage()
         assert "past the end" in text and str(path) in text and "offset=1000000" in text
+    finally:
+        reg.close()
+
+
+@pytest.mark.parametrize("offset", [4, 0], ids=["offset-after-one", "offset-0"])
+def test_acknowledged_offset_past_the_end_is_read_as_new_content_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, offset: int
+) -> None:
+    """``acked`` beyond the file's size with a sound ``offset``: the file resumed at its
+    offset, and every line at or below ``acked`` (all of them, and all those written later
+    until the file passed it) was read and silently never sent. It is treated as an offset
+    past the end: read from its start under a new epoch, with the same warning."""
+    from shipper.discover import SourceSpec
+    from shipper.tailer import Tailer
+
+    path = tmp_path / "app.log"
+    path.write_text("one\ntwo\n")
+    reg = Registry(tmp_path / "state")
+    try:
+        st, fp = identity(path)
+        key = file_key(st.st_dev, st.st_ino, fp)
+        reg.put(key, FileState("file:app", str(path), "h:1:ab", offset, 10**5))
+        spec = SourceSpec(key="file:app", path=path, format="plain", service="svc")
+        tailer = Tailer(spec, reg, "h", 65536)
+        with caplog.at_level(logging.WARNING, logger="logq.shipper.tailer"):
+            tailer.start()
+        chunk = tailer.read()
+        tailer.close()
+        assert chunk is not None and chunk.lines.logs == ["one", "two"]
+        fresh = reg.get(key)
+        assert fresh is not None and fresh.source_id != "h:1:ab" and fresh.epoch == 1
+        (record,) = caplog.records
+        text = record.getMessage()
+        assert "acknowledged offset is past the end" in text and str(path) in text
+        assert "acked=100000" in text and "size=8" in text
+    finally:
+        reg.close()
+
+
+def test_acknowledged_offset_just_past_the_end_of_a_flushed_line_resumes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A line flushed as it is at the end of the file (a Docker split line whose last part
+    never came) is numbered one past the bytes read: its ack leaves ``acked`` past the file's
+    size, legitimately (as a ``--once`` run leaves it). The restart resumes at the checkpoint
+    under the same id, the next line sent, without a warning."""
+    from shipper.discover import SourceSpec
+    from shipper.tailer import Tailer
+
+    path = tmp_path / "c-json.log"
+    data = docker_line("one", 0) + docker_line("cut short", 1, nl=False)
+    path.write_bytes(data)
+    reg = Registry(tmp_path / "state")
+    try:
+        st, fp = identity(path)
+        key = file_key(st.st_dev, st.st_ino, fp)
+        size = len(data)
+        reg.put(key, FileState("docker:c", str(path), "h:1:ab", size, size + 1, floor=size + 1))
+        with path.open("ab") as f:
+            f.write(docker_line("two", 2))
+        spec = SourceSpec(key="docker:c", path=path, format="docker", service="svc")
+        tailer = Tailer(spec, reg, "h", 65536)
+        with caplog.at_level(logging.WARNING, logger="logq.shipper.tailer"):
+            tailer.start()
+        chunk = tailer.read()
+        tailer.close()
+        assert chunk is not None and chunk.lines.logs == ["two"]
+        assert reg.get(key).source_id == "h:1:ab"  # type: ignore[union-attr]
+        assert caplog.records == []
     finally:
         reg.close()
