@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import time
 from calendar import timegm
 from datetime import datetime
 
 from shipper.entry import MAX_EVENT_TIME_NS, MIN_EVENT_TIME_NS
+
+#: ``YYYY-MM-DDTHH:MM:SS`` in ASCII digits. :func:`time.strptime` alone also takes other
+#: Unicode digits (Arabic-Indic, fullwidth...), space-padded and one-digit fields.
+_HEAD = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}")
 
 
 class TimeParser:
@@ -45,6 +50,8 @@ class TimeParser:
         outside what an EventTime carries."""
         sec = self._cache.get(head)
         if sec is None:
+            if _HEAD.fullmatch(head) is None:
+                raise ValueError(f"{head!r} is not YYYY-MM-DDTHH:MM:SS in ASCII digits")
             sec = timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
             self._remember(head, sec)
         return sec
@@ -60,14 +67,15 @@ class TimeParser:
     def _seconds(self, head: str) -> int | None:
         """Epoch seconds of ``head`` (cached), or None: :meth:`to_ns` takes the slow path."""
         try:
-            sec = timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
-            self._remember(head, sec)
+            return self.seconds(head)
         except ValueError:
             return None
-        return sec
 
     def _slow(self, text: str) -> int | None:
-        """Any RFC 3339 form (offsets, up to 9 fraction digits); None if unparseable."""
+        """Any RFC 3339 form (offsets, up to 9 fraction digits); None if unparseable. A
+        fraction is one or more ASCII digits: ``int()`` alone took ``-5`` (0.05 s before the
+        second), ``1_2`` (``.012``), ``+5``, a leading space, other Unicode digits, and ignored what
+        followed the ninth digit."""
         t = text.strip()
         frac_ns = 0
         try:
@@ -78,6 +86,8 @@ class TimeParser:
                 main, tz = t[:-6], t[-6:]
             if "." in main:
                 main, frac = main.split(".", 1)
+                if not (frac.isdigit() and frac.isascii()):
+                    return None
                 frac_ns = int(frac[:9].ljust(9, "0"))
             dt = datetime.fromisoformat(main.replace("t", "T") + tz)
             if dt.tzinfo is None:

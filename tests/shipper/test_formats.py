@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -241,6 +243,50 @@ def test_time_parser_forms() -> None:
     assert tp.to_ns("2026-11-28T12:00:00.123456789Z") == T0_NS + 123_456_789
     assert tp.to_ns("2026-11-28T12:00:00.1Z") == T0_NS + 100_000_000
     assert tp.to_ns("2026-11-28T13:00:00.25+01:00") == T0_NS + 250_000_000
+
+
+ODD_TIMES = [
+    "2026-11-28T12:00:00.-5Z",  # int() read -0.05 s: a time before the second
+    "2026-11-28T12:00:00.+5Z",
+    "2026-11-28T12:00:00.1_2Z",  # int() read .012
+    "2026-11-28T12:00:00. 5Z",
+    "2026-11-28T12:00:00.Z",  # no digit at all
+    "2026-11-28T12:00:00.\u0661\u0662Z",  # Arabic-Indic digits
+    "2026-11-28T12:00:00.123456789xZ",  # int() read the first nine digits only
+    "2026-11-28T12:00:00.-5+01:00",
+    "2026-11-28T12:00:00.1_2+01:00",
+    "\u0662\u0660\u0662\u0666-11-28T12:00:00.5Z",  # strptime took Unicode digits
+    "2026-11-28T12:00:0\uff10.5Z",  # a fullwidth digit
+    "2026-11- 8T12:00:00.5Z",  # strptime took a space-padded day
+]
+
+
+def test_time_parser_refuses_fractions_and_digits_int_would_stretch() -> None:
+    """A fraction is one or more ASCII digits, and so is every field: ``int()`` and
+    ``strptime`` also read signs, underscores, spaces and other Unicode digits, giving wrong
+    times (``.-5`` 0.05 s *before* the second) that were not counted as bad."""
+    tp = TimeParser()
+    for text in ODD_TIMES:
+        assert tp.to_ns(text) is None, text
+    for head in ("\u0662\u0660\u0662\u0666-11-28T12:00:00", "2026-11- 8T12:00:00"):
+        with pytest.raises(ValueError):
+            tp.seconds(head)
+    assert tp.to_ns("2026-11-28T12:00:00.5Z") == T0_NS + 500_000_000  # the real one parses
+
+
+def test_docker_odd_time_gets_the_read_time_and_is_counted() -> None:
+    """Such a time is a bad time, as any that does not parse: the line ships with the read
+    time, its text kept, counted in ``bad_times``, the lines around it as usual."""
+    for text in ODD_TIMES:
+        odd = json.dumps({"log": "odd\n", "stream": "stdout", "time": text}).encode() + b"\n"
+        before = time.time_ns()
+        out = feed(DockerParser(), docker_line("a", 0) + odd + docker_line("b", 1))
+        assert out.logs == ["a", "odd", "b"] and out.times[1] == text, text
+        assert out.bad_times == 1 and out.malformed == 0, text
+        assert out.time_ns[1] >= before and out.time_ns[0] == T0_NS + 123, text
+    for text in ("2026-11-28T12:00:00.-5Z", "2026-11-28T12:00:00.1_2Z"):  # CRI alike
+        out = feed(CriParser(), f"{text} stdout F odd\n".encode())
+        assert out.logs == ["odd"] and out.bad_times == 1 and out.time_ns[0] >= before
 
 
 def test_truncate_keeps_utf8_boundaries() -> None:
