@@ -40,6 +40,7 @@ import logging
 import math
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
@@ -47,6 +48,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from shipper.errors import StartError, clipped, preview, unusable_dir_message
+from shipper.regular import kind, read_regular
 
 log = logging.getLogger("logq.shipper.checkpoint")
 
@@ -540,7 +542,11 @@ class Registry:
         except OSError as exc:
             raise unusable_state_dir(state_dir, exc) from None
         self._lock()
-        self._load()
+        try:
+            self._load()
+        except StartError:
+            self.close()
+            raise
 
     def _lock(self) -> None:
         try:
@@ -567,8 +573,16 @@ class Registry:
 
     def _load(self) -> None:
         try:
-            saved_at = self.path.stat().st_mtime
-            doc = json.loads(self.path.read_bytes())
+            st = self.path.stat()
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                # A FIFO's open() waited for a writer for ever: the shipper never started, and
+                # SIGTERM could not stop it. Set aside, its checkpoints would be saved into it.
+                raise StartError(
+                    f"--state-dir {self.state_dir}: {self.path.name} is {kind(st.st_mode)}, "
+                    "not a regular file: remove it (the shipper writes its checkpoints there)"
+                )
+            saved_at = st.st_mtime
+            doc = json.loads(read_regular(self.path))
         except FileNotFoundError:
             return
         except (OSError, ValueError, RecursionError) as exc:
@@ -971,7 +985,9 @@ class Registry:
         or :class:`OSError` is raised (and the partial tmp removed), never a truncated registry
         renamed into place."""
         tmp = self.state_dir / ".checkpoints.json.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        # O_NONBLOCK: a FIFO left at the tmp path fails (ENXIO) instead of waiting for a reader.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NONBLOCK
+        fd = os.open(tmp, flags, 0o644)
         try:
             view = memoryview(data)
             while view:

@@ -19,6 +19,7 @@ from shipper.checkpoint import FileState, file_key
 from shipper.cursor import Chunk, Cursor
 from shipper.discover import compressed_siblings, rotated_siblings
 from shipper.fingerprint import TAIL_BYTES, fingerprint, gzip_identity
+from shipper.regular import open_regular
 from shipper.rotated import age, rotation_path
 
 if TYPE_CHECKING:
@@ -260,7 +261,7 @@ class CopyTruncate:
             return False
         for sib in siblings:
             try:
-                fd = os.open(sib, os.O_RDONLY | os.O_CLOEXEC)
+                fd = open_regular(sib)
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE):
                     # The copy may be this one: deciding without it would lose its lines.

@@ -44,6 +44,7 @@ from shipper.errors import ConfigError, flag_of
 from shipper.exclude import Excluder, Exclusion, kubelet_link_paths
 from shipper.formats import truncate
 from shipper.fsnames import as_text
+from shipper.regular import NotRegularFile, kind, read_regular
 
 log = logging.getLogger("logq.shipper.discover")
 
@@ -270,6 +271,34 @@ def _multiline_label(labels: dict[str, str], cid: str) -> str | None:
             cid[:12],
         )
     return None
+
+
+_NOT_REGULAR: dict[str, None] = {}
+"""Paths found to be no regular file (a FIFO, a device...), already warned about (once each),
+the newest :data:`MAX_CUT_WARNED` only."""
+
+
+def skip_not_regular(what: str, path: str, mode: int) -> None:
+    """Warn (once per path) that ``path``, where a log or metadata file belongs, is a FIFO, a
+    device or a folder: opening a FIFO waits for a writer and blocked the whole shipper."""
+    if _first_time(_NOT_REGULAR, path, MAX_CUT_WARNED):
+        log.warning(
+            "%s is not a regular file but %s: it is not read; replace it with a regular file "
+            "(or remove it) path=%s",
+            what,
+            kind(mode),
+            path,
+        )
+
+
+def _regular_mode(path: str) -> int | None:
+    """The mode of ``path`` (links followed) when it is no regular file, else None (a regular
+    file, or one that cannot be looked at: the open that follows says why)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return None if stat.S_ISREG(mode) else mode
 
 
 def _readable(path: str) -> None:
@@ -565,7 +594,7 @@ class Discoverer:
         # every container on every pass.
         path = f"{cdir}/{cid}-json.log"
         try:
-            os.stat(path)
+            st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
@@ -574,6 +603,9 @@ class Discoverer:
             _cannot_list(scan, "container folder", cdir, exc)
             return None
         _readable(cdir)
+        if not stat.S_ISREG(st.st_mode):
+            skip_not_regular("container log", path, st.st_mode)
+            return None
         config = f"{cdir}/config.v2.json"
         meta = self._metadata(config, scan, seen)
         if meta is None:
@@ -624,17 +656,21 @@ class Discoverer:
                 )
             return _NO_META
         _readable(path)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO blocked the shipper in open()
+            skip_not_regular("container metadata", path, st.st_mode)
+            return _NO_META
         version = _version(st)
         seen.add(key)
         if cached is not None and cached[0] == version:
             return cached[1]
         try:
-            with open(path, "rb") as f:
-                # Docker writes UTF-8 only; a stray byte costs that character, not the labels
-                # (a BOM, which ``json.load`` of bytes skipped, is skipped too).
-                doc = json.loads(f.read().decode("utf-8-sig", "replace"))
+            # Docker writes UTF-8 only; a stray byte costs that character, not the labels
+            # (a BOM, which ``json.load`` of bytes skipped, is skipped too).
+            doc = json.loads(read_regular(path).decode("utf-8-sig", "replace"))
         except FileNotFoundError:  # removed since the stat above
             return self._removed(key, cached, seen)
+        except NotRegularFile:  # replaced since the stat above
+            return _NO_META
         except (OSError, ValueError, RecursionError) as exc:
             if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
                 return self._unreadable(path, exc, cached, scan, seen)
@@ -782,6 +818,10 @@ def _discover_cri(
             for f in logs:
                 fmt = _pod_log_format(Path(f.path)) if f.is_symlink() else "cri"
                 if fmt is None:
+                    continue
+                mode = _regular_mode(f.path)
+                if mode is not None:
+                    skip_not_regular("pod log", f.path, mode)
                     continue
                 key = _cri_key(pod_dir.name, cdir.name, f.name)
                 seen.add(key)
@@ -975,6 +1015,10 @@ def _linked_pod_log(
             )
         return None
     fmt = _pod_log_format(target)
+    mode = None if fmt is None else _regular_mode(str(target))
+    if mode is not None:
+        skip_not_regular("pod log", str(target), mode)
+        return None
     return None if fmt is None else _cri_spec(target, fmt, nodes)
 
 
@@ -1087,7 +1131,9 @@ def compressed_siblings(path: Path) -> list[Path]:
 
 
 def _siblings(path: Path) -> list[Path]:
-    """Files named ``<path's name>.<anything>`` beside it (see :func:`rotated_siblings`)."""
+    """Regular files named ``<path's name>.<anything>`` beside it (see
+    :func:`rotated_siblings`); a FIFO (whose open waits for a writer), a device or a folder of
+    such a name is left out with a warning."""
     try:
         names = os.listdir(path.parent)
     except OSError as exc:
@@ -1095,4 +1141,13 @@ def _siblings(path: Path) -> list[Path]:
             raise
         return []
     prefix = path.name + "."
-    return [path.parent / n for n in names if n.startswith(prefix)]
+    out = []
+    for name in names:
+        if name.startswith(prefix):
+            sib = path.parent / name
+            mode = _regular_mode(os.fspath(sib))
+            if mode is None:
+                out.append(sib)
+            else:
+                skip_not_regular("rotated log file", os.fspath(sib), mode)
+    return out

@@ -25,8 +25,9 @@ from shipper import fd_budget
 from shipper.birth import Identity, birth_time
 from shipper.checkpoint import FileState, file_key
 from shipper.cursor import Cursor
-from shipper.discover import rotated_siblings
+from shipper.discover import rotated_siblings, skip_not_regular
 from shipper.fingerprint import fingerprint, tail_hash
+from shipper.regular import NotRegularFile, open_regular
 from shipper.rotated import modified_since, oldest_first, rotation_path
 
 if TYPE_CHECKING:
@@ -89,8 +90,11 @@ class Opening:
         a new file on the inode of one let go, with the same first line, is.
         """
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_regular(path)
         except FileNotFoundError:
+            return None
+        except NotRegularFile as exc:  # a FIFO's open() waited for a writer: the whole shipper
+            skip_not_regular("log file", os.fspath(path), exc.mode)
             return None
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):

@@ -20,6 +20,7 @@ from shipper.cursor import Chunk, Cursor
 from shipper.fingerprint import fingerprint
 from shipper.held_gz import UnseenQuestion, held_by_compressed, unseen_cut
 from shipper.lines import Lines
+from shipper.regular import open_regular
 from shipper.removed import inode_in_folder
 
 if TYPE_CHECKING:
@@ -426,7 +427,7 @@ def _gone_from_disk(held: Cursor) -> bool:
         path = inode_in_folder(held.path.parent, held.dev, held.ino)
         if path is None:
             return True
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_regular(path)
     except FileNotFoundError:
         return True
     except OSError:

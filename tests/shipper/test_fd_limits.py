@@ -126,14 +126,14 @@ def test_metadata_unreadable_for_lack_of_fds_keeps_what_was_known(
     config = docker / ("a" * 64) / "config.v2.json"
     config.write_text(config.read_text() + " ")
     make_container(docker, "b" * 64, "new", {"logq.service": "billing"}, lines=["y"])
-    real_open = open
+    real_read = discover_mod.read_regular
 
-    def no_fds(path: object, *args: object, **kw: object) -> object:
+    def no_fds(path: str) -> bytes:
         if str(path).endswith("config.v2.json"):
             raise OSError(errno.EMFILE, "Too many open files")
-        return real_open(path, *args, **kw)  # type: ignore[call-overload]
+        return real_read(path)
 
-    monkeypatch.setattr("builtins.open", no_fds)
+    monkeypatch.setattr(discover_mod, "read_regular", no_fds)
     scan = d.scan()
     assert [(s.container_id[:1], s.service) for s in scan.specs] == [("a", "pay")]
     assert not scan.complete and "config.v2.json" in scan.failures[0]
