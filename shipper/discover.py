@@ -28,13 +28,15 @@ route's (:meth:`Discoverer._read_once`): its exclusion holds whatever the route.
 from __future__ import annotations
 
 import errno
+import fnmatch
 import glob
 import json
 import logging
 import os
 import re
 import stat
-from collections.abc import Container
+from collections import deque
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeGuard
@@ -920,7 +922,7 @@ def _path_sources(
     for pattern in patterns:
         if scan is not None:
             _probe(_glob_base(os.path.expanduser(pattern)), scan)
-        for name in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)):
+        for name in _one_name_a_file(expand_glob(os.path.expanduser(pattern))):
             path = Path(name).absolute()
             target = kubelet_link_target(path) if KUBELET_LINK.match(path.name) else None
             if target is not None:
@@ -945,6 +947,113 @@ def _path_sources(
                 spec = bounded(spec)
                 out[key] = (spec, ())
     return list(out.values())
+
+
+def expand_glob(pattern: str) -> Iterator[str]:
+    """The paths matching ``pattern`` as ``glob.glob(pattern, recursive=True)`` gives them
+    (``*`` and ``**`` pass over names starting with a dot, links to folders are followed),
+    walked without recursion and entering each folder once per part of the pattern, by its
+    (device, inode).
+
+    ``glob`` recursed once per folder level: a tree 1200 levels deep raised RecursionError,
+    which stopped the shipper. It also followed links to folders again and again: two links
+    ``a -> .`` and ``b -> .`` made it fan out exponentially (discovery never ended, on the
+    event loop), one gave each file 41 times. Fluent Bit's tail and Vector's file source
+    likewise know a folder by its device and inode. Folders that cannot be listed are passed
+    over, as ``glob`` did; one too deep for a path (ENAMETOOLONG) is warned about once."""
+    if not glob.has_magic(pattern):
+        if os.path.lexists(pattern):
+            yield pattern
+        return
+    parts = pattern.split("/")
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    base = "/".join(parts[:first]) if first else ""
+    if first == 1 and not parts[0]:
+        base = "/"
+    wanted = [part for part in parts[first:] if part]
+    if wanted[-1] == "**":
+        wanted.append("*")  # ``x/**``: every file under x (folders are no sources)
+    entered: set[tuple[int, int, int]] = set()
+    todo: deque[tuple[str, int]] = deque([(base, 0)])
+    while todo:
+        folder, i = todo.popleft()
+        try:
+            st = os.stat(folder or ".")
+        except OSError as exc:
+            _too_deep(folder, exc)
+            continue
+        mark = (st.st_dev, st.st_ino, i)
+        if mark in entered:
+            continue  # reached again through a link: already walked from here
+        entered.add(mark)
+        part, last = wanted[i], i == len(wanted) - 1
+        if part == "**":
+            todo.append((folder, i + 1))
+            todo.extend((_join(folder, name), i) for name in _subfolders(folder, "*"))
+        elif not glob.has_magic(part):
+            path = _join(folder, part)
+            if last and os.path.lexists(path):
+                yield path
+            elif not last and os.path.isdir(path):
+                todo.append((path, i + 1))
+        elif last:
+            yield from (_join(folder, name) for name in _names(folder, part))
+        else:
+            todo.extend((_join(folder, name), i + 1) for name in _subfolders(folder, part))
+
+
+def _join(folder: str, name: str) -> str:
+    return f"{folder.rstrip('/')}/{name}" if folder else name
+
+
+def _names(folder: str, part: str) -> list[str]:
+    """The names in ``folder`` that ``part`` matches (``glob``'s rules for hidden names), by
+    name; none when it cannot be listed."""
+    try:
+        with os.scandir(folder or ".") as it:
+            names = [e.name for e in it]
+    except OSError as exc:
+        _too_deep(folder, exc)
+        return []
+    if part.startswith("."):
+        return sorted(fnmatch.filter(names, part))
+    return sorted(n for n in fnmatch.filter(names, part) if not n.startswith("."))
+
+
+def _subfolders(folder: str, part: str) -> list[str]:
+    """:func:`_names` that are folders or links to folders."""
+    return [n for n in _names(folder, part) if os.path.isdir(_join(folder, n))]
+
+
+_TOO_DEEP: dict[str, None] = {}
+"""Folders warned about as too deep to list (once each, the newest :data:`MAX_CUT_WARNED`)."""
+
+
+def _too_deep(folder: str, exc: OSError) -> None:
+    if exc.errno == errno.ENAMETOOLONG and _first_time(_TOO_DEEP, folder[:256], MAX_CUT_WARNED):
+        log.warning(
+            "--path glob reaches a folder too deep to be listed (its path is longer than the "
+            "system allows): its files are not shipped; give a glob that does not reach it "
+            "path=%s...",
+            folder[:256],
+        )
+
+
+def _one_name_a_file(names: Iterator[str]) -> list[str]:
+    """``names`` by name, each file once: of the names of one file (a link to it, a folder
+    reached through a link), the one with the fewest parts, then the first by name. Names
+    that are not files now (gone, dangling links) are kept: the caller sorts them out."""
+    best: dict[object, str] = {}
+    for name in sorted(names, key=lambda n: (n.count("/"), n)):
+        try:
+            st = os.stat(name)
+            identity: object = (st.st_dev, st.st_ino)
+        except OSError:
+            identity = name
+        if KUBELET_LINK.match(os.path.basename(name)):
+            identity = name  # kubelet's links are kept each: --exclude matches their names
+        best.setdefault(identity, name)
+    return sorted(best.values())
 
 
 #: Kubelet's ``/var/log/containers`` names: ``<pod>_<namespace>_<container>-<container id>.log``
