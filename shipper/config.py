@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tail container log files and forward them to logq-aggregator "
         "(Fluentd Forward protocol).",
         epilog="exit status: 0 done (--once) or stopped by SIGTERM/SIGINT; 1 a failure at run "
-        "time: delivery failed or a log folder could not be listed (--once), wrong shared key, "
+        "time: delivery failed, or logs were skipped (--once: a log folder that could not be "
+        "listed, a log file that could not be read, each named in a WARNING), wrong shared key, "
         "checkpoints could not be saved at exit, or the host refused the start (--state-dir "
         "not writable or used by another shipper, --metrics-listen port in use); 2 bad "
         "configuration (also, with --once, a --docker-root or --cri-root given that does not "

@@ -26,8 +26,9 @@ checkpoints as acks arrive, and handles the process lifecycle:
   one error line (repeated every minute), ``logq_shipper_checkpoint_write_failures_total``,
   ``/healthz`` 503. If the last save at exit fails too, the shipper exits 1 with one line.
 
-Exit status: 0 done; 1 a delivery failure or a log folder that could not be listed for now
-(out of file descriptors...) in ``--once``,
+Exit status: 0 done; 1 a delivery failure or skipped logs in ``--once`` (a log folder that could
+not be listed, for now -- out of file descriptors -- or for good -- EACCES, a loop of links --, or
+a log file that could not be read: :meth:`Shipper._once_incomplete`),
 a wrong shared key, or checkpoints that could not be saved at exit; 2 a configuration error
 (also a ``--docker-root`` / ``--cri-root`` given that does not exist with ``--once``, or kubelet's
 ``/var/log/containers`` given as a root: :func:`~shipper.discover.check_roots`);
@@ -662,11 +663,8 @@ class Shipper:
             self._sync_sources(scan)
             if self.cfg.once:
                 await self._wait_once()
-                if not scan.complete and self._failure is None:
-                    # --once cannot claim that everything was shipped.
-                    self._failure = ShipperError(
-                        f"shipped the files found, but discovery was incomplete: {scan.failures[0]}"
-                    )
+                if self._failure is None:
+                    self._failure = self._once_incomplete(scan)
             else:
                 await self._follow()
             await self._shutdown()
@@ -705,6 +703,24 @@ class Shipper:
         if exit_error is not None:
             raise exit_error
         return 0
+
+    def _once_incomplete(self, scan: Scan) -> ShipperError | None:
+        """Why ``--once`` cannot claim that everything was shipped, if it cannot: a folder that
+        could not be listed, for now (out of fds) or for good (EACCES, a loop of links), or a
+        log file that could not be read (its lines skipped). Those were warnings and exit 0,
+        while ``--help`` promised 1."""
+        if not scan.complete:
+            return ShipperError(
+                f"shipped the files found, but discovery was incomplete: {scan.failures[0]}"
+            )
+        unread = [why for r in self.runners.values() for why in r.tailer.unreadable.values()]
+        skipped = scan.skipped + unread
+        if not skipped:
+            return None
+        more = (
+            f" (and {len(skipped) - 1} more, each in a WARNING above)" if len(skipped) > 1 else ""
+        )
+        return ShipperError(f"shipped the files found, but logs were skipped: {skipped[0]}{more}")
 
     def _retrieve_runner_errors(self) -> None:
         """Mark every finished source task's error as seen: the first one is already reported

@@ -322,16 +322,30 @@ def _cannot_list(scan: Scan, what: str, path: str, exc: OSError, *, root: bool =
         scan.unsure.append(path)
         scan.roots_failed = scan.roots_failed or root
         return
+    scan.skipped.append(f"cannot list {what} {path}: {exc.strerror or exc}; {fix_hint(exc)}")
     if path not in _UNLISTABLE:
         _UNLISTABLE.add(path)
         log.warning(
-            "cannot list %s, its logs are not shipped: give the shipper (uid=%d) read access "
-            "path=%s error=%s",
+            "cannot list %s, its logs are not shipped: %s path=%s error=%s",
             what,
-            os.geteuid(),
+            fix_hint(exc),
             path,
             exc,
         )
+
+
+def fix_hint(exc: OSError) -> str:
+    """What to do about a folder or file the shipper cannot read for good, by its errno
+    (telling the user to grant read access to a loop of links helped no one)."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"give the shipper (uid={os.geteuid()}) read access"
+    if exc.errno == errno.ELOOP:
+        return "it is a loop of symbolic links: point the link (or the flag) at the real folder"
+    if exc.errno == errno.ENOTDIR:
+        return "a part of its path is not a directory: fix the path"
+    if exc.errno == errno.ENAMETOOLONG:
+        return "its path is longer than the system allows: give a shorter one"
+    return "check the path and its file system"
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +370,9 @@ class Scan:
     """Listings or reads that failed for a transient reason (:data:`TRANSIENT_ERRNOS`): a
     source missing from :attr:`specs` may still exist. Permanent errors (EACCES...) are
     warned about once and their folder skipped: they are not failures."""
+    skipped: list[str] = field(default_factory=list)
+    """Folders skipped for a permanent error (EACCES, ELOOP...), at every pass: their logs
+    are not shipped, which ``--once`` must not call a success."""
     unsure: list[str] = field(default_factory=list)
     """The folders those failures concern: only sources under them may be missing wrongly."""
     roots_failed: bool = False

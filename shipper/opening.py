@@ -25,7 +25,7 @@ from shipper import fd_budget
 from shipper.birth import Identity, birth_time
 from shipper.checkpoint import FileState, file_key
 from shipper.cursor import Cursor
-from shipper.discover import rotated_siblings, skip_not_regular
+from shipper.discover import fix_hint, rotated_siblings, skip_not_regular
 from shipper.fingerprint import fingerprint, tail_hash
 from shipper.regular import NotRegularFile, open_regular
 from shipper.rotated import modified_since, oldest_first, rotation_path
@@ -99,9 +99,18 @@ class Opening:
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 self._out_of_descriptors(path, exc)
-            else:
-                log.warning("cannot open log file path=%s error=%s", path, exc)
+            elif os.fspath(path) not in self.unreadable:  # said once, not at every look
+                why = f"cannot read log file {path}: {exc.strerror or exc}; {fix_hint(exc)}"
+                self.unreadable[os.fspath(path)] = why
+                log.warning(
+                    "cannot open log file, its lines are not shipped: %s path=%s error=%s",
+                    fix_hint(exc),
+                    path,
+                    exc,
+                )
             return None
+        if self.unreadable:
+            self.unreadable.pop(os.fspath(path), None)
         if self._open_backoff:
             log.info("log files open again path=%s open_files=%d", path, fd_budget.open_files() + 1)
             self._open_backoff = 0.0

@@ -94,6 +94,9 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         """The source was excluded (``--exclude``, label ``logq.exclude``) until now: its
         checkpointed files deleted meanwhile held lines kept out on purpose, not lost (see
         :meth:`~shipper.resume.Resume._count_vanished`)."""
+        self.unreadable: dict[str, str] = {}
+        """Files of this source that cannot be opened for good (EACCES...), each with the reason
+        and what to do: their lines are not shipped (``--once`` exits 1 saying so)."""
         self._bounded = False
         """``--once``: :meth:`start` set the bound; files opened after it hold only newer
         lines and are not read (their checkpoints let the next run read them)."""

@@ -22,9 +22,11 @@ from typing import Any
 import pytest
 
 from shipper import discover as discover_mod
+from shipper import opening as opening_mod
 from shipper.config import load_config
 from shipper.daemon import Shipper
 from shipper.discover import Discoverer, Scan, rotated_siblings
+from shipper.errors import ShipperError
 from tests.shipper.hostgen import make_container
 from tests.shipper.receiver import Receiver
 from tests.shipper.shipping import shipper_args, stop_runners
@@ -67,9 +69,16 @@ def test_a_folder_never_listable_is_skipped_with_one_warning(
     for scan in scans:
         assert scan.complete and not scan.blind
         assert [s.service for s in scan.specs] == ["alpha"]
+        assert len(scan.skipped) == 1 and str(beta.parent) in scan.skipped[0]  # for --once
     warnings = [r.getMessage() for r in caplog.records if "cannot list" in r.getMessage()]
     assert len(warnings) == 1, warnings  # once per folder, not every pass
-    assert str(beta.parent) in warnings[0] and f"uid={os.geteuid()}" in warnings[0]
+    assert str(beta.parent) in warnings[0]
+    hint = {
+        errno.EACCES: f"give the shipper (uid={os.geteuid()}) read access",
+        errno.ENOTDIR: "not a directory: fix the path",
+        errno.ELOOP: "loop of symbolic links: point the link (or the flag) at the real folder",
+    }[err]
+    assert hint in warnings[0] and (err != errno.ELOOP or "read access" not in warnings[0])
 
 
 def test_a_folder_failing_again_after_it_recovered_is_warned_about_again(
@@ -219,3 +228,78 @@ def test_container_metadata_never_readable_ships_under_the_id(
         assert scan.complete
         assert [s.service for s in scan.specs] == ["a" * 12]
     assert caplog.text.count("cannot read container metadata") == 1
+
+
+# --- --once must not say it succeeded when it skipped logs -------------------------------------
+
+
+def _once(tmp_path: Path, receiver: Receiver, *extra: str, docker: Path) -> Shipper:
+    args = ("--once", "--retry-timeout", "5", "--poll-interval", "0.05", *extra)
+    return Shipper(load_config(shipper_args(tmp_path, receiver, *args, docker=docker)))
+
+
+def test_once_exits_1_when_a_container_folder_cannot_be_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, receiver: Receiver
+) -> None:
+    """``--help`` says ``--once`` exits 1 when a log folder could not be listed; a folder the
+    shipper may not enter (Docker's are root's, 0700) only got a warning and exit 0."""
+    docker = tmp_path / "containers"
+    make_container(docker, "a" * 64, "good", lines=["shipped"])
+    hidden = make_container(docker, "b" * 64, "hidden", lines=["skipped"])
+    real = discover_mod.os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if str(path).startswith(str(hidden.parent)):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(discover_mod.os, "stat", stat)
+    with pytest.raises(ShipperError) as failed:
+        asyncio.run(asyncio.wait_for(_once(tmp_path, receiver, docker=docker).run(), 60))
+    said = str(failed.value)
+    assert said.startswith("shipped the files found, but logs were skipped: cannot list"), said
+    assert str(hidden.parent) in said and "read access" in said, said
+    assert receiver.lines() == ["shipped"]
+
+
+def test_once_exits_1_when_a_log_file_cannot_be_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, receiver: Receiver
+) -> None:
+    """An unreadable log file (0600 root, the shipper another user) is data skipped too."""
+    docker = tmp_path / "containers"
+    make_container(docker, "a" * 64, "good", lines=["shipped"])
+    unreadable = make_container(docker, "b" * 64, "locked", lines=["skipped"])
+    real = opening_mod.open_regular
+
+    def open_regular(path: Any) -> int:
+        if str(path) == str(unreadable):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path)
+
+    monkeypatch.setattr(opening_mod, "open_regular", open_regular)
+    with pytest.raises(ShipperError) as failed:
+        asyncio.run(asyncio.wait_for(_once(tmp_path, receiver, docker=docker).run(), 60))
+    said = str(failed.value)
+    assert said.startswith(
+        f"shipped the files found, but logs were skipped: cannot read log "
+        f"file {unreadable}: Permission denied; give the shipper"
+    ), said
+    assert receiver.lines() == ["shipped"]
+
+
+def test_once_with_a_docker_root_that_is_a_link_loop_says_so(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """ELOOP was told "give the shipper read access", and --once exited 0."""
+    loop = tmp_path / "containers"
+    os.symlink(loop.name, loop)
+    with pytest.raises(ShipperError, match="loop of symbolic links") as failed:
+        asyncio.run(asyncio.wait_for(_once(tmp_path, receiver, docker=loop).run(), 60))
+    assert "read access" not in str(failed.value)
+
+
+def test_once_with_every_folder_readable_exits_0(tmp_path: Path, receiver: Receiver) -> None:
+    docker = tmp_path / "containers"
+    make_container(docker, "a" * 64, "good", lines=["shipped"])
+    assert asyncio.run(asyncio.wait_for(_once(tmp_path, receiver, docker=docker).run(), 60)) == 0
+    assert receiver.lines() == ["shipped"]
