@@ -15,6 +15,8 @@ import os
 import zlib
 from pathlib import Path
 
+from shipper.regular import open_regular
+
 FINGERPRINT_BYTES = 1024
 TAIL_BYTES = 256
 """Bytes just before a checkpoint's position that its :func:`tail_hash` covers."""
@@ -64,7 +66,7 @@ def gzip_identity(path: Path) -> tuple[str | None, int] | None:
     """(fingerprint of the uncompressed first line, uncompressed size mod 2**32) of a gzip
     file, or None if unreadable: tells whether a file that vanished was compressed whole."""
     try:
-        with open(path, "rb") as f:
+        with open(open_regular(path), "rb") as f:  # a FIFO named *.gz: never waited on
             f.seek(-4, os.SEEK_END)
             isize = int.from_bytes(f.read(4), "little")
             f.seek(0)

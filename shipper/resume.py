@@ -35,6 +35,7 @@ from shipper.held_gz import (
 )
 from shipper.opening import another_life, born_in
 from shipper.pinning import gz_at
+from shipper.regular import open_regular
 from shipper.rotated import age, compressed_identities, oldest_first, rotation_path
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def _inode_stays(key: str, state: FileState) -> tuple[bool, bool]:
     created on the freed inode). Without a birth time on both sides the second is False."""
     dev, ino, _ = key.split(":", 2)
     try:
-        fd = os.open(state.path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_regular(state.path)
     except OSError:
         return False, False
     try:
@@ -297,7 +298,7 @@ class Resume:
         rot = rotation_path(self.spec.path)
         for sib in rotated_siblings(rot):
             try:
-                fd = os.open(sib, os.O_RDONLY | os.O_CLOEXEC)
+                fd = open_regular(sib)
             except FileNotFoundError:
                 continue
             except OSError as exc:
@@ -474,7 +475,7 @@ class Resume:
         if where is None or any((c.dev, c.ino) == (int(dev), int(ino)) for c in self.cursors):
             return False
         try:
-            fd = os.open(where, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_regular(where)
         except FileNotFoundError:
             return False
         except OSError:
@@ -763,7 +764,7 @@ class Resume:
         repeated lines, renamed by logrotate ``create`` -- and adopting it would read that file
         from the middle under another file's id, its lines dropped as resends (R3)."""
         try:
-            fd = os.open(sib, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_regular(sib)
         except OSError:
             return False
         try:
@@ -809,7 +810,7 @@ class Resume:
         than the checkpoint, or other bytes before it."""
         dev, ino, fp = key.split(":", 2)
         try:
-            fd = os.open(self.spec.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_regular(self.spec.path)
         except OSError:
             return False
         try:
@@ -945,7 +946,7 @@ class Resume:
         it go (a writer that never reopened after a rename); None if it was read, or is not
         there. -1 when it cannot be told (it cannot be opened): then nothing is noted."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_regular(path)
         except FileNotFoundError:
             return None
         except OSError:

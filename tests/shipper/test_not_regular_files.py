@@ -14,6 +14,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,34 @@ def test_a_fifo_as_the_checkpoint_registry_is_a_start_error(
     last = done.stderr.strip().splitlines()[-1]
     assert "checkpoints.json is a FIFO (named pipe), not a regular file: remove it" in last, last
     assert "Traceback" not in done.stderr
+
+
+def _within(seconds: float, call: Callable[[], object]) -> object:
+    """``call()``'s result, failing (not hanging the suite) when it blocks past ``seconds``."""
+    import threading
+
+    out: list[object] = []
+    worker = threading.Thread(target=lambda: out.append(call()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), "blocked opening a FIFO"
+    return out[0]
+
+
+def test_a_file_that_became_a_fifo_since_its_checkpoint_is_not_waited_on(tmp_path: Path) -> None:
+    """The checks a restart makes of a checkpoint's file (is its inode still there?) and of a
+    vanished file's compressed copy opened them with a plain ``open``: a FIFO there since
+    (or one named like a ``.gz`` copy) stopped the shipper as at discovery."""
+    from shipper.checkpoint import FileState
+    from shipper.fingerprint import gzip_identity
+    from shipper.resume import _inode_stays
+
+    fifo = tmp_path / "app.log"
+    os.mkfifo(fifo)
+    st = fifo.stat()
+    state = FileState(source="file:app", path=str(fifo), source_id="s", offset=10, acked=9)
+    key = f"{st.st_dev}:{st.st_ino}:0123456789abcdef"
+    assert _within(5, lambda: _inode_stays(key, state)) == (False, False)
+    gz = tmp_path / "app.log.1.gz"
+    os.mkfifo(gz)
+    assert _within(5, lambda: gzip_identity(gz)) is None
