@@ -298,7 +298,6 @@ _COUNTS = {
     "segment_bytes": 1,
     "target_file_bytes": 1,
     "max_inflight_bytes": 1,
-    "max_frame_bytes": 1,  # and at least MIN_FRAME_BYTES, below
 }
 
 
@@ -320,6 +319,7 @@ def _check_numbers(s: Settings) -> None:
             "message over it forever, and a logq-shipper's messages reach 4 MiB, a Fluent Bit "
             f"chunk about 2 MB; got {s.max_frame_bytes}"
         )
+    at_least("--max-frame-bytes", s.max_frame_bytes, MIN_FRAME_BYTES, ConfigError)  # its most
 
 
 def _check(s: Settings, partial: bool = False) -> None:
