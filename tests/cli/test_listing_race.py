@@ -66,6 +66,15 @@ def test_a_folder_made_during_the_listing_is_no_error(
         assert [(s["service"], s["access_hours"]) for s in run.json()] == [("a", 2), ("b", 2)]
 
 
+def _logq_denied(
+    args: list[str], tmp_path: Path, subprocess_env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """``logq ARGS`` run as root without the capability to read what its mode denies."""
+    env = subprocess_env | {"LOGQ_CACHE_DIR": str(tmp_path / "cache")}
+    command = [*without_override(), str(console_script("logq")), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+
+
 def test_a_folder_logq_may_not_read_is_an_error_naming_it(
     warehouse: str, tmp_path: Path, subprocess_env: dict[str, str]
 ) -> None:
@@ -73,21 +82,8 @@ def test_a_folder_logq_may_not_read_is_an_error_naming_it(
     the first listing (it is no folder that appeared: nothing to list again)."""
     table = Path(warehouse) / "envoy_access"
     table.chmod(0)
-    env = subprocess_env | {"LOGQ_CACHE_DIR": str(tmp_path / "cache")}
     try:
-        done = subprocess.run(
-            [
-                *without_override(),
-                str(console_script("logq")),
-                "services",
-                "--warehouse",
-                warehouse,
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-        )
+        done = _logq_denied(["services", "--warehouse", warehouse], tmp_path, subprocess_env)
     finally:
         table.chmod(0o755)
     assert done.returncode == 1, (done.stdout, done.stderr)
@@ -104,23 +100,9 @@ def test_a_file_logq_may_not_read_is_an_error_naming_it_and_what_to_do(
     quotes ("Cannot open file "": Permission denied"), and the advice was for a damaged file."""
     denied = sorted((Path(warehouse) / "envoy_access").rglob("*.parquet"))[0]
     denied.chmod(0)
-    env = subprocess_env | {"LOGQ_CACHE_DIR": str(tmp_path / "cache")}
     sql = "SELECT count(*) AS n FROM envoy_access"
     try:
-        done = subprocess.run(
-            [
-                *without_override(),
-                str(console_script("logq")),
-                "sql",
-                sql,
-                "--warehouse",
-                warehouse,
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-        )
+        done = _logq_denied(["sql", sql, "--warehouse", warehouse], tmp_path, subprocess_env)
     finally:
         denied.chmod(0o644)
     assert done.returncode == 1, (done.stdout, done.stderr)

@@ -100,6 +100,19 @@ def test_a_folder_failing_again_after_it_recovered_is_warned_about_again(
     assert not discover_mod._UNLISTABLE - {str(beta.parent)}
 
 
+def _deny_stat(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """``os.stat`` of anything under ``folder`` fails as for a user who may not enter it (the
+    tests may run as root, who can)."""
+    real = discover_mod.os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if str(path).startswith(str(folder)):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(discover_mod.os, "stat", stat)
+
+
 def test_a_docker_container_folder_the_shipper_cannot_enter_is_warned_about(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -108,14 +121,7 @@ def test_a_docker_container_folder_the_shipper_cannot_enter_is_warned_about(
     docker = tmp_path / "containers"
     make_container(docker, "a" * 64, "alpha", lines=["x"])
     hidden = make_container(docker, "b" * 64, "beta", lines=["y"])
-    real = discover_mod.os.stat
-
-    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
-        if str(path).startswith(str(hidden.parent)):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(discover_mod.os, "stat", stat)
+    _deny_stat(monkeypatch, hidden.parent)
     d = Discoverer(docker, tmp_path / "none", ())
     with caplog.at_level(logging.WARNING, logger="logq.shipper"):
         scans = [d.scan() for _ in range(3)]
@@ -246,14 +252,7 @@ def test_once_exits_1_when_a_container_folder_cannot_be_listed(
     docker = tmp_path / "containers"
     make_container(docker, "a" * 64, "good", lines=["shipped"])
     hidden = make_container(docker, "b" * 64, "hidden", lines=["skipped"])
-    real = discover_mod.os.stat
-
-    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
-        if str(path).startswith(str(hidden.parent)):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(discover_mod.os, "stat", stat)
+    _deny_stat(monkeypatch, hidden.parent)
     with pytest.raises(ShipperError) as failed:
         asyncio.run(asyncio.wait_for(_once(tmp_path, receiver, docker=docker).run(), 60))
     said = str(failed.value)

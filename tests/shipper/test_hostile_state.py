@@ -16,6 +16,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -424,8 +425,19 @@ def test_checkpoint_past_the_end_is_read_as_new_content_with_a_warning(
     """Offset beyond the file's size: truncated while down (copytruncate) -- or a corrupt
     offset, which looks the same. The file is read from its start under a new epoch (no loss);
     the warning names the file, so possible duplicates are not silent."""
+    path, chunk, _ = _resumed_plain_file(tmp_path, caplog, 10**6, 10**6)
+    assert chunk is not None and chunk.lines.logs == ["one", "two"]
+    (record,) = caplog.records
+    text = record.getMessage()
+    assert "past the end" in text and str(path) in text and "offset=1000000" in text
+
+
+def _resumed_plain_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, offset: int, acked: int
+) -> tuple[Path, Any, FileState | None]:
+    """A plain file ``app.log`` of two lines with a checkpoint at ``offset``/``acked``: the
+    file, what a tailer started on it reads first, and its checkpoint after that."""
     from shipper.discover import SourceSpec
-    from shipper.tailer import Tailer
 
     path = tmp_path / "app.log"
     path.write_text("one\ntwo\n")
@@ -433,19 +445,23 @@ def test_checkpoint_past_the_end_is_read_as_new_content_with_a_warning(
     try:
         st, fp = identity(path)
         key = file_key(st.st_dev, st.st_ino, fp)
-        reg.put(key, FileState("file:app", str(path), "h:1:ab", 10**6, 10**6))
+        reg.put(key, FileState("file:app", str(path), "h:1:ab", offset, acked))
         spec = SourceSpec(key="file:app", path=path, format="plain", service="svc")
-        tailer = Tailer(spec, reg, "h", 65536)
-        with caplog.at_level(logging.WARNING, logger="logq.shipper.tailer"):
-            tailer.start()
-        chunk = tailer.read()
-        tailer.close()
-        assert chunk is not None and chunk.lines.logs == ["one", "two"]
-        (record,) = caplog.records
-        text = record.getMessage()
-        assert "past the end" in text and str(path) in text and "offset=1000000" in text
+        return path, _first_read(spec, reg, caplog), reg.get(key)
     finally:
         reg.close()
+
+
+def _first_read(spec: Any, reg: Registry, caplog: pytest.LogCaptureFixture) -> Any:
+    """What a tailer of ``spec`` started on ``reg`` reads first (its warnings in ``caplog``)."""
+    from shipper.tailer import Tailer
+
+    tailer = Tailer(spec, reg, "h", 65536)
+    with caplog.at_level(logging.WARNING, logger="logq.shipper.tailer"):
+        tailer.start()
+    chunk = tailer.read()
+    tailer.close()
+    return chunk
 
 
 @pytest.mark.parametrize("offset", [4, 0], ids=["offset-after-one", "offset-0"])
@@ -456,31 +472,13 @@ def test_acknowledged_offset_past_the_end_is_read_as_new_content_with_a_warning(
     offset, and every line at or below ``acked`` (all of them, and all those written later
     until the file passed it) was read and silently never sent. It is treated as an offset
     past the end: read from its start under a new epoch, with the same warning."""
-    from shipper.discover import SourceSpec
-    from shipper.tailer import Tailer
-
-    path = tmp_path / "app.log"
-    path.write_text("one\ntwo\n")
-    reg = Registry(tmp_path / "state")
-    try:
-        st, fp = identity(path)
-        key = file_key(st.st_dev, st.st_ino, fp)
-        reg.put(key, FileState("file:app", str(path), "h:1:ab", offset, 10**5))
-        spec = SourceSpec(key="file:app", path=path, format="plain", service="svc")
-        tailer = Tailer(spec, reg, "h", 65536)
-        with caplog.at_level(logging.WARNING, logger="logq.shipper.tailer"):
-            tailer.start()
-        chunk = tailer.read()
-        tailer.close()
-        assert chunk is not None and chunk.lines.logs == ["one", "two"]
-        fresh = reg.get(key)
-        assert fresh is not None and fresh.source_id != "h:1:ab" and fresh.epoch == 1
-        (record,) = caplog.records
-        text = record.getMessage()
-        assert "acknowledged offset is past the end" in text and str(path) in text
-        assert "acked=100000" in text and "size=8" in text
-    finally:
-        reg.close()
+    path, chunk, fresh = _resumed_plain_file(tmp_path, caplog, offset, 10**5)
+    assert chunk is not None and chunk.lines.logs == ["one", "two"]
+    assert fresh is not None and fresh.source_id != "h:1:ab" and fresh.epoch == 1
+    (record,) = caplog.records
+    text = record.getMessage()
+    assert "acknowledged offset is past the end" in text and str(path) in text
+    assert "acked=100000" in text and "size=8" in text
 
 
 def test_acknowledged_offset_just_past_the_end_of_a_flushed_line_resumes(
@@ -491,7 +489,6 @@ def test_acknowledged_offset_just_past_the_end_of_a_flushed_line_resumes(
     size, legitimately (as a ``--once`` run leaves it). The restart resumes at the checkpoint
     under the same id, the next line sent, without a warning."""
     from shipper.discover import SourceSpec
-    from shipper.tailer import Tailer
 
     path = tmp_path / "c-json.log"
     data = docker_line("one", 0) + docker_line("cut short", 1, nl=False)
@@ -505,11 +502,7 @@ def test_acknowledged_offset_just_past_the_end_of_a_flushed_line_resumes(
         with path.open("ab") as f:
             f.write(docker_line("two", 2))
         spec = SourceSpec(key="docker:c", path=path, format="docker", service="svc")
-        tailer = Tailer(spec, reg, "h", 65536)
-        with caplog.at_level(logging.WARNING, logger="logq.shipper.tailer"):
-            tailer.start()
-        chunk = tailer.read()
-        tailer.close()
+        chunk = _first_read(spec, reg, caplog)
         assert chunk is not None and chunk.lines.logs == ["two"]
         assert reg.get(key).source_id == "h:1:ab"  # type: ignore[union-attr]
         assert caplog.records == []

@@ -45,6 +45,20 @@ def _run(args: list[str], timeout: float = 45) -> subprocess.CompletedProcess[st
     )
 
 
+def _pods_with_a_fifo(tmp_path: Path, line: str) -> Path:
+    """A CRI root of two pods: ``good-0``, whose ``0.log`` holds ``line``, and ``bad-0``,
+    whose ``0.log`` is a FIFO."""
+    pods = tmp_path / "pods"
+    for name, fifo in (("good-0", False), ("bad-0", True)):
+        log = pods / f"prod_{name}_{UID}" / "app" / "0.log"
+        log.parent.mkdir(parents=True)
+        if fifo:
+            os.mkfifo(log)
+        else:
+            log.write_bytes(cri_line(line))
+    return pods
+
+
 def test_open_regular_refuses_a_fifo_without_waiting_for_a_writer(tmp_path: Path) -> None:
     fifo = tmp_path / "x.log"
     os.mkfifo(fifo)
@@ -64,14 +78,7 @@ def test_discovery_skips_a_fifo_container_log_and_pod_log_with_one_warning(
     bad = make_container(docker, "b" * 64, "bad")
     bad.unlink()
     os.mkfifo(bad)
-    pods = tmp_path / "pods"
-    for name, fifo in (("good-0", False), ("bad-0", True)):
-        log = pods / f"prod_{name}_{UID}" / "app" / "0.log"
-        log.parent.mkdir(parents=True)
-        if fifo:
-            os.mkfifo(log)
-        else:
-            log.write_bytes(cri_line("y"))
+    pods = _pods_with_a_fifo(tmp_path, "y")
     d = Discoverer(docker, pods, ())
     with caplog.at_level(logging.WARNING, logger="logq.shipper"):
         scans = [d.scan() for _ in range(3)]
@@ -107,14 +114,7 @@ def test_once_ships_the_good_sources_beside_fifos_and_ends(
     os.mkfifo(fifo_cfg.parent / "config.v2.json")
     rotated = make_container(docker, "d" * 64, "rotated", lines=["live of rotated"])
     os.mkfifo(f"{rotated}.1")
-    pods = tmp_path / "pods"
-    for name, fifo in (("good-0", False), ("bad-0", True)):
-        log = pods / f"prod_{name}_{UID}" / "app" / "0.log"
-        log.parent.mkdir(parents=True)
-        if fifo:
-            os.mkfifo(log)
-        else:
-            log.write_bytes(cri_line("good cri"))
+    pods = _pods_with_a_fifo(tmp_path, "good cri")
     args = shipper_args(tmp_path, receiver, "--once", "--retry-timeout", "5", docker=docker)
     args[args.index("--cri-root") + 1] = str(pods)
     done = _run(args)
