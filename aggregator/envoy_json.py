@@ -61,9 +61,20 @@ _NUMBER_KEYS = "|".join(
 )
 
 
+#: Most ``[`` and ``{`` one line may hold (in strings too) to be read as JSON. An access-log
+#: line holds a few; a line nested 40,000 deep (80 KB) overflowed the stack of pyarrow's JSON
+#: reader: the aggregator died at the flush (SIGSEGV), and again at every restart, replaying it
+#: from the buffer. 10,000 deep took 20 s of a flush. A line over this is no access line: it
+#: goes on to the text formats, and to container_logs, counted as unparsed.
+MAX_JSON_OPENINGS = 256
+
+
 def json_attempt(lines: pa.Array) -> tuple[pa.Array, dict[str, pa.Array]]:
     """Parse the lines that look like JSON objects; see the module docstring."""
     looks = _looks_like_json(lines)
+    if not pc.any(looks).as_py():
+        return looks, {}
+    looks = _not_too_nested(lines, looks)
     if not pc.any(looks).as_py():
         return looks, {}
     candidates = lines.filter(looks)
@@ -73,6 +84,26 @@ def json_attempt(lines: pa.Array) -> tuple[pa.Array, dict[str, pa.Array]]:
     ok_rows = pc.fill_null(ok_rows, False)
     mask = _spread(looks, ok_rows)
     return mask, {k: v.filter(ok_rows) for k, v in columns.items()}
+
+
+def _not_too_nested(lines: pa.Array, looks: pa.Array) -> pa.Array:
+    """``looks`` without the lines holding over :data:`MAX_JSON_OPENINGS` brackets and braces
+    (counted over the bytes of the lines that look like JSON, in one numpy pass)."""
+    rows = np.flatnonzero(looks.to_numpy(zero_copy_only=False))
+    candidates = lines.take(pa.array(rows))
+    if not pa.types.is_string(candidates.type):  # large strings: counted by the regex kernel
+        openings = pc.count_substring_regex(candidates, r"[\[{]").to_numpy(zero_copy_only=False)
+    else:
+        offsets, data = offsets_and_bytes(candidates)  # each line holds a "{": none is empty
+        base = int(offsets[0])
+        body = data[base : int(offsets[-1])]
+        opening = (body == ord("[")) | (body == ord("{"))
+        openings = np.add.reduceat(opening, offsets[:-1] - base, dtype=np.int64)
+    if (openings <= MAX_JSON_OPENINGS).all():
+        return looks
+    kept = looks.to_numpy(zero_copy_only=False).copy()
+    kept[rows[openings > MAX_JSON_OPENINGS]] = False
+    return pa.array(kept)
 
 
 def _looks_like_json(lines: pa.Array) -> pa.Array:

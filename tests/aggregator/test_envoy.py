@@ -249,6 +249,34 @@ def test_json_lines_that_are_not_access_logs_stay_unparsed() -> None:
     assert parsed.unparsed.to_pylist() == [0, 1]
 
 
+def test_a_json_line_nested_too_deeply_is_unparsed_not_a_crash() -> None:
+    """A line of 40,000 nested arrays (80 KB) overflowed the stack of pyarrow's JSON reader:
+    the aggregator died at the flush (SIGSEGV), and at every restart again, replaying it from
+    its buffer. Run in a child process, so that the old crash fails this test, not the run.
+    Lines at the limit still read; one over it is left to the text formats (unparsed)."""
+    import subprocess
+    import sys
+
+    child = """
+import pyarrow as pa
+from aggregator.envoy import parse_lines
+from aggregator.envoy_json import MAX_JSON_OPENINGS
+from tests.aggregator.test_envoy import JSON_TYPED
+nest = lambda n: '[' * n + ']' * n
+deep = '{"a":' + nest(40000) + '}'
+own = JSON_TYPED.count('{') + JSON_TYPED.count('[')  # a '[' in a string value counts too
+near = JSON_TYPED[:-1] + ', "x": ' + nest(MAX_JSON_OPENINGS - own) + '}'
+over = JSON_TYPED[:-1] + ', "x": ' + nest(MAX_JSON_OPENINGS - own + 1) + '}'
+parsed = parse_lines(pa.array([JSON_TYPED, deep, near, over]))
+print(parsed.rows.to_pylist(), parsed.unparsed.to_pylist())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.split("\n")[0] == "[0, 2] [1, 3]"
+
+
 #: Characters a JSON line may start with: Unicode blanks (what ``utf8_ltrim_whitespace``
 #: trims), ASCII controls, other non-ASCII text and printable ASCII around ``{``.
 _LEADING = st.sampled_from(
