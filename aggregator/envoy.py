@@ -162,6 +162,10 @@ _NO_QUOTE = '[^"]*'
 MAX_FORMAT_CHARS = 8192
 MAX_FORMAT_OPERATORS = 128
 _TOKEN = re.compile(r"%([A-Z_][A-Z0-9_]*(?:\([^)]*\))?)(?::(\d+))?%")
+#: What a format string is read as, left to right: ``%%`` (a literal percent sign) or an
+#: operator. Scanning for operators alone read ``%%DURATION%%`` (the text ``%DURATION%``) as
+#: the operator ``%DURATION%``.
+_SCAN = re.compile(r"%%|" + _TOKEN.pattern)
 
 
 @dataclass(frozen=True)
@@ -188,7 +192,8 @@ def compile_format(fmt: str) -> EnvoyFormat:
     run of non-blanks) but are not captured. ``%%`` is a literal percent sign.
     """
     fmt = fmt.rstrip("\n")
-    operators = len(_TOKEN.findall(fmt))
+    found = [m for m in _SCAN.finditer(fmt) if m.group(0) != "%%"]
+    operators = len(found)
     if len(fmt) > MAX_FORMAT_CHARS or operators > MAX_FORMAT_OPERATORS:
         raise FormatError(
             f"format of {len(fmt):,} characters and {operators} operators is over the limits "
@@ -200,8 +205,9 @@ def compile_format(fmt: str) -> EnvoyFormat:
     op_patterns: list[str] = []
     time_format: TimeFormat | None = None
     pos = 0
-    for m in _TOKEN.finditer(fmt):
+    for m in found:
         literal = fmt[pos : m.start()]
+        _check_literal(literal, fmt)
         parts.append(_literal(literal))
         pieces = len(parts)
         op = operator_key(m.group(1))
@@ -230,6 +236,7 @@ def compile_format(fmt: str) -> EnvoyFormat:
             parts.append(_ANY_QUOTED if quoted else r"(?:\S*)")
         op_patterns.append("".join(parts[pieces:]).replace(_ANY_QUOTED, _NO_QUOTE))
         pos = m.end()
+    _check_literal(fmt[pos:], fmt)
     parts.append(_literal(fmt[pos:]))
     missing = [c for c in REQUIRED if c not in columns]
     if missing:
@@ -264,6 +271,20 @@ def operator_key(name: str) -> str:
 
 def _literal(text: str) -> str:
     return re.escape(text.replace("%%", "%"))
+
+
+def _check_literal(text: str, fmt: str) -> None:
+    """FormatError for a ``%`` in the literal text between operators that is no ``%%``: an
+    operator Envoy refuses too (``%REQ(X-FOO%``, ``%req(:path)%``, a lone ``%``). Taken as
+    text, it made a format that no line matched, every line of it unparsed, and no error."""
+    rest = text.replace("%%", "")
+    if "%" in rest:
+        at = rest.index("%")
+        raise FormatError(
+            f"format {fmt!r}: {rest[at : at + 24]!r} is no operator (operators are upper case, "
+            "%NAME% or %NAME(ARG)%, each closed by '%'; write %% for a percent sign); fix the "
+            "access-log format"
+        )
 
 
 #: Built-in formats of other Envoy data planes. :func:`attempts_for` tries them only on the lines

@@ -467,3 +467,22 @@ def test_json_start_times_convert_alike_in_every_spelling() -> None:
     bad = parse_lines(pa.array([*usual, line("2026-02-30T14:00:00.000Z", 3)]))
     assert bad.rows.to_pylist() == [0, 1, 2] and bad.unparsed.to_pylist() == [3]
     assert bad.columns["timestamp"].to_pylist() == alone
+
+
+@pytest.mark.parametrize(
+    "bad", ["%REQ(", "%REQ(X-FOO%", "%", "%req(:path)%", "%REQ(A)(B)%", "50% %DURATION%"]
+)
+def test_a_percent_that_starts_no_operator_is_refused(bad: str) -> None:
+    """Envoy refuses these; logq took the rest as literal text: a format no line matched,
+    every line unparsed, and no error at start."""
+    with pytest.raises(FormatError, match=r"is no operator .*write %% for a percent sign"):
+        compile_format(f"[%START_TIME%] %RESPONSE_CODE% {bad}")
+
+
+def test_a_doubled_percent_is_text_even_before_an_operator_name() -> None:
+    """``%%DURATION%%`` is the text ``%DURATION%``: it was compiled as the operator."""
+    fmt = compile_format("[%START_TIME%] %RESPONSE_CODE% %%DURATION%% %DURATION% 100%%")
+    line = "[2026-11-28T14:00:00.000Z] 200 %DURATION% 15 100%"
+    parsed = parse_lines(pa.array([line]), (fmt,))
+    assert parsed.rows.to_pylist() == [0]
+    assert parsed.columns["duration_ms"].to_pylist() == [15]
