@@ -213,6 +213,12 @@ def _text(column: pa.Array) -> pa.Array:
     """A JSON column as text: whole numbers as digits; objects, arrays and booleans as NULL
     (no column of the table holds them), as :func:`_read_slow` does."""
     if pa.types.is_floating(column.type):
+        # The reader types a key double when one line holds a number past 2^63 (or a fraction):
+        # its digits are gone (12345678901234567890 became -9223372036854775808 here). Past
+        # 2^53 such a batch is read line by line (:func:`_read_slow`), which keeps them.
+        values = column.to_numpy(zero_copy_only=False)
+        if (np.abs(values[~np.isnan(values)]) >= 2.0**53).any():
+            raise ValueError("a number past 2^53: read line by line")
         return pc.cast(pc.cast(column, pa.int64(), safe=False), pa.string())
     if pa.types.is_nested(column.type) or pa.types.is_boolean(column.type):
         return pa.nulls(len(column), pa.string())

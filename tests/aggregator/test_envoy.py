@@ -486,3 +486,13 @@ def test_a_doubled_percent_is_text_even_before_an_operator_name() -> None:
     parsed = parse_lines(pa.array([line]), (fmt,))
     assert parsed.rows.to_pylist() == [0]
     assert parsed.columns["duration_ms"].to_pylist() == [15]
+
+
+def test_a_typed_json_number_past_2_63_in_a_text_column_keeps_its_digits() -> None:
+    """The bulk reader types such a key double; cast to int64 unchecked, 12345678901234567890
+    was stored as -9223372036854775808 (and exactly when the batch was read line by line)."""
+    big = JSON_TYPED.replace('"request_id":"r-2"', '"request_id":12345678901234567890')
+    assert big != JSON_TYPED
+    for batch in ([big], [big, JSON_TYPED]):
+        parsed = parse_lines(pa.array(batch))
+        assert parsed.columns["request_id"][0].as_py() == "12345678901234567890"
