@@ -716,13 +716,8 @@ def _options_of(obj: list[Any]) -> Any:
     at = 3 if len(obj) > 1 and _is_time(obj[1]) else 2
     options = obj[at] if len(obj) > at else None
     if isinstance(options, dict) and not all(type(key) is str for key in options):
-        return {_key_text(key): value for key, value in options.items()}
+        return wire.text_keys(options)
     return options
-
-
-def _key_text(key: Any) -> Any:
-    """An option key sent as ``bin`` as text (invalid UTF-8 replaced); other keys as they are."""
-    return key.decode("utf-8", "replace") if isinstance(key, bytes) else key
 
 
 #: Fluent Bit's ``fluent_signal`` option: what a message holds (``FLB_INPUT_CHUNK_TYPE_*`` of its

@@ -443,6 +443,12 @@ def keepable_seconds(seconds: int) -> bool:
 def _record(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadEntry(f"record must be a map, got {type(value).__name__}", BAD_RECORD)
+    return text_keys(value)
+
+
+def text_keys(value: dict[Any, Any]) -> dict[str, Any]:
+    """``value`` with every key as text, as records and option maps are read: a ``bin`` key
+    decoded (invalid UTF-8 replaced), any other kind as ``str`` gives it."""
     return {(k if isinstance(k, str) else _as_text(k)): v for k, v in value.items()}
 
 
@@ -643,7 +649,7 @@ def _options(value: Any) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise ProtocolError("option must be a map")
-    return {_as_text(k): v for k, v in value.items()}
+    return text_keys(value)
 
 
 def encode_ack(chunk: str | bytes) -> bytes:
