@@ -32,6 +32,7 @@ import pyarrow.fs as pafs
 from aggregator.config import Settings
 from aggregator.storage import put_bytes, read_small
 from athena import ddl
+from athena.named import counted
 from athena.schema import TABLES, sanitize_service
 from athena.stray_folders import is_service
 from athena.warehouse import Warehouse, list_entries
@@ -44,8 +45,6 @@ _PARTITION_RE = re.compile(r"^service=(.+)$")
 _SERVICE_VALUES_RE = re.compile(r"'projection\.service\.values'\s*=\s*'([^']*)'")
 ATHENA_POLL_SECONDS = 0.2
 ATHENA_TIMEOUT_SECONDS = 120.0
-#: Athena refuses a query string longer than this (its service quota, not adjustable).
-ATHENA_QUERY_MAX_BYTES = 262_144
 #: How long a DDL statement left to finish (:class:`StillRunning`) may be RUNNING before it is
 #: stopped and the DDL sent again: one stuck that long (Athena lets DDL run for hours; a DDL
 #: statement takes seconds) would keep every new service out of the enum, so out of every
@@ -88,6 +87,8 @@ class Catalog:
         failed update leaves the ones it missed out of it, so the next flush or resync tries
         again even when no service is new to it."""
         self._region_warned = False
+        self._length_warned = False
+        """Whether the DDL written was said to be too long for Athena (said once)."""
         self._pending: tuple[str, float] | None = None
         """A DDL statement given up on while still queued or running, and when (monotonic)
         it was: the next update waits for it (:class:`StillRunning`), for up to
@@ -164,7 +165,11 @@ class Catalog:
         missing = {s for s in listed if sanitize_service(s) not in stored}
         if not missing:
             return True
-        log.info("the stored DDL lacks services found in the warehouse: %s", sorted(missing))
+        log.info(
+            "the stored DDL lacks %d services found in the warehouse (%s); rewriting it",
+            len(missing),
+            counted(sorted(missing)),  # not thousands of names in one line (165 KB)
+        )
         with self._lock:  # what the warehouse holds is what counts: rewrite even if we wrote it
             self._applied = frozenset(s for s in self._applied if sanitize_service(s) in stored)
         return self.add_services(missing)
@@ -193,11 +198,31 @@ class Catalog:
         grown = self._grown_columns()
         if self.settings.athena_database:
             self.apply_athena(grown)
-        for table, statement in zip(TABLES, self.statements(), strict=True):
+        statements = self.statements()
+        if not self.settings.athena_database:
+            self._warn_length(statements)
+        for table, statement in zip(TABLES, statements, strict=True):
             self._put(f"{table}.sql", statement + ";\n")
             columns = [c.name for c in TABLES[table].data_columns]
             self._put(f"{table}.columns.json", json.dumps(columns) + "\n")
         self._applied = services
+
+    def _warn_length(self, statements: list[str]) -> None:
+        """Say once that the ``_ddl/*.sql`` written are too long for Athena. Without
+        ``--athena-database`` nothing applies them here (:func:`_check_lengths` refuses them
+        when something does), so an operator who runs them by hand learns it first from
+        Athena, with no hint of what to do."""
+        if self._length_warned:
+            return
+        why = ddl.too_long(
+            statements,
+            len(self.services),
+            f"Athena refuses the {DDL_DIR}/*.sql written in {self.warehouse.uri} (and what "
+            "`logq ddl` prints)",
+        )
+        if why is not None:
+            self._length_warned = True
+            log.warning("%s", why)
 
     def _read(self, name: str) -> bytes | None:
         """The file ``_ddl/<name>``, whole; None when there is none. On S3 one GetObject
@@ -329,18 +354,15 @@ def run_athena(client: Any, sql: str, database: str | None, settings: Settings) 
 
 
 def _check_lengths(statements: list[tuple[str, str | None]], services: int) -> None:
-    """Refuse, before sending any, DDL that Athena would refuse at every flush for its length:
-    the service enum lists every name ever seen, and past :data:`ATHENA_QUERY_MAX_BYTES` (about
-    13,000 names of 20 characters) no new service reaches the Athena table again."""
-    longest = max(len(sql.encode()) for sql, _ in statements)
-    if longest > ATHENA_QUERY_MAX_BYTES:
-        raise CatalogError(
-            f"the service enum of {services:,} names makes a DDL statement of {longest:,} "
-            f"bytes, over Athena's {ATHENA_QUERY_MAX_BYTES:,}-byte query limit: new services do "
-            "not reach the Athena table (`logq --engine local` still reads them); label "
-            "containers (logq.service) so that names do not multiply, and let retired "
-            "services' folders leave the warehouse (an S3 lifecycle rule)"
-        )
+    """Refuse, before sending any, DDL that Athena would refuse at every flush for its length
+    (:func:`athena.ddl.too_long`): no new service would reach the Athena table again."""
+    why = ddl.too_long(
+        (sql for sql, _ in statements),
+        services,
+        "new services do not reach the Athena table (`logq --engine local` still reads them)",
+    )
+    if why is not None:
+        raise CatalogError(why)
 
 
 def _already_added(sql: str, exc: CatalogError) -> bool:

@@ -38,7 +38,7 @@ import msgpack
 import numpy as np
 import pyarrow as pa
 
-from aggregator import clientmeta, packed, packed_scan, small_frames
+from aggregator import clientmeta, packed, packed_scan, small_frames, source_ids
 from aggregator.flag_values import BUFFER_COMPRESSIONS
 from aggregator.tags import tag_service
 from aggregator.throttle import Throttle
@@ -229,12 +229,13 @@ def _coerce_str(value: Any) -> str | None:
     return json.dumps(_jsonable(value), ensure_ascii=False)
 
 
-_foreign_source_ids = Throttle(math.inf)
+_foreign_source_ids = Throttle(math.inf, what="source_id types", logger=log)
 """Types of ``source_id`` values that are not text, each said once per process."""
 
 
 def _source_id(value: Any) -> str | None:
-    """A ``source_id`` as the offset dedup keys it (:mod:`aggregator.dedup`): text only.
+    """A ``source_id`` as the offset dedup keys it (:mod:`aggregator.dedup`): text only (a
+    long one is shortened after every path, :mod:`aggregator.source_ids`).
 
     logq-shipper always sends text (``host:inode:fingerprint``). A value of another type (``5``,
     ``b"5"``, ``5.0``) is another client's own field that happens to have that name, not such
@@ -248,7 +249,7 @@ def _source_id(value: Any) -> str | None:
     if type(value) is str:
         return _text(value)
     kind = type(value).__name__
-    if _foreign_source_ids.due(kind, 0.0):
+    if _foreign_source_ids.due(kind, time.time()):
         log.warning(
             "records with a source_id that is not text (%s, e.g. %.40r): not a logq-shipper "
             "source id, so they are stored without the offset dedup (as records without "
@@ -623,6 +624,7 @@ def decode(
         # A record nested ~1000 deep is valid msgpack (and JSON) but overflows the recursive
         # conversion to JSON text: the message is refused like any other malformed one.
         raise wire.ProtocolError("a record nested too deeply to decode") from None
+    batch = source_ids.bounded(batch)  # here, after every path: the same ids whichever ran
     service = _tag_service(obj[0])  # obj is a list with a tag: _decode refused others
     if service is not None:
         batch = _with_service(batch, service)
@@ -642,8 +644,11 @@ def decode_packed(tag: str | bytes, blob: bytes, size: int) -> pa.RecordBatch | 
         batch = _packed(text, blob, size)
     except RecursionError:
         return None
+    if batch is None:
+        return None
+    batch = source_ids.bounded(batch)
     service = _tag_service(tag)
-    return batch if batch is None or service is None else _with_service(batch, service)
+    return batch if service is None else _with_service(batch, service)
 
 
 def _tag_service(tag: str | bytes) -> str | None:

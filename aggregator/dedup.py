@@ -45,6 +45,17 @@ length of the outage, which nothing in the aggregator bounds: only the hosts' lo
 A shorter retention would turn a long outage's resend into duplicates; at ~100 bytes a source
 the 14 days cost ~45 MB of disk and ~150 MB of memory at the documented sizing
 (bench/offsets.py), and no longer any per-flush cost, so the retention stays.
+
+Why a bound on the sources too (:data:`MAX_SOURCES`). The retention bounds them by time, not by
+number: a client that makes up a new ``source_id`` per file, per message or per record (20,000
+in 20 messages, in one probe) grows the map, ``offsets.json`` and every snapshot's cost without
+limit. Past :data:`MAX_SOURCES` (over twice the ~460,000 sources of the documented sizing), the
+least recently seen sources are forgotten, down to :data:`EVICT_TO` (so the sort that finds them
+runs once per 100,000 new sources, not at every flush), as the retention would have forgotten
+them later; a WARNING says so (at most every :data:`EVICT_WARN_SECONDS`) and
+``logq_aggregator_sources_evicted_total`` counts them. What it costs: lines such a source resends
+later may be stored twice, exactly as after the retention. Each id is at most ~512 bytes
+(:mod:`aggregator.source_ids`), so the map stays within a few hundred MB whatever is sent.
 """
 
 from __future__ import annotations
@@ -72,6 +83,12 @@ DEFAULT_RETENTION_S = 14 * 24 * 3600
 JOURNAL_MIN_BYTES = 8 << 20
 #: Sources encoded at once when a snapshot is written (each part lets other threads run).
 SNAPSHOT_CHUNK = 10_000
+#: Sources remembered at most: past it, the least recently seen are forgotten (module docstring).
+MAX_SOURCES = 1_000_000
+#: Sources kept when some are forgotten for :data:`MAX_SOURCES` (a tenth below it).
+EVICT_TO = MAX_SOURCES - MAX_SOURCES // 10
+#: Seconds between two WARNINGs about forgotten sources.
+EVICT_WARN_SECONDS = 600.0
 
 _Mark = tuple[int, float]
 _SNAPSHOT_TYPE = dict[str, tuple[int, float]]
@@ -113,11 +130,18 @@ class OffsetState:
         path: str | os.PathLike[str],
         retention_s: float = DEFAULT_RETENTION_S,
         journal_min_bytes: int = JOURNAL_MIN_BYTES,
+        max_sources: int = MAX_SOURCES,
+        evict_to: int = EVICT_TO,
     ):
         self.path = Path(path)
         self.journal = journal_path(self.path)
         self.retention_s = retention_s
         self.journal_min_bytes = journal_min_bytes
+        self.max_sources = max_sources
+        self.evict_to = min(evict_to, max_sources)
+        self.evicted = 0
+        """Sources forgotten for :data:`MAX_SOURCES` since the start (a metric reads it)."""
+        self._evict_warned: float | None = None
         self._marks: dict[str, _Mark] = {}
         """The base's map; a fork's marks raised since it was made."""
         self._base: OffsetState | None = None
@@ -145,6 +169,7 @@ class OffsetState:
             ) from exc
         self._marks = snapshot  # decoded as (int, float) tuples: no second copy
         self._replay_journal()
+        self._bound()
         return self
 
     def _replay_journal(self) -> None:
@@ -241,7 +266,9 @@ class OffsetState:
     def fork(self) -> OffsetState:
         """An overlay to advance while a segment is flushed (:meth:`adopt` it once the segment
         is committed; a failed flush just drops it). Nothing is copied: it reads through."""
-        overlay = OffsetState(self.path, self.retention_s, self.journal_min_bytes)
+        overlay = OffsetState(
+            self.path, self.retention_s, self.journal_min_bytes, self.max_sources, self.evict_to
+        )
         overlay._base = self
         return overlay
 
@@ -252,6 +279,7 @@ class OffsetState:
         with self._lock:
             for sid, (offset, seen) in other._marks.items():
                 self._raise(sid, offset, seen)
+            self._bound()
         other._marks = {}
 
     def advance(self, source_id: pa.Array, offset: pa.Array) -> None:
@@ -266,12 +294,47 @@ class OffsetState:
         with self._lock:
             for sid, off in zip(maxima["s"].to_pylist(), maxima["o_max"].to_pylist(), strict=True):
                 self._raise(sid, off, now)
+            if self._base is None:
+                self._bound()
 
     def _raise(self, sid: str, offset: int, seen: float) -> None:
         mark = _merge(self._marks.get(sid), offset, seen)
         self._marks[sid] = mark
         if self._base is None:
             self._dirty[sid] = mark
+
+    def _bound(self) -> None:
+        """Past ``max_sources``, forget the least recently seen down to ``evict_to`` (see the
+        module docstring). Forgotten marks leave the next snapshot; in the meantime a restart
+        replays them from the journal and forgets them again."""
+        excess = len(self._marks) - self.max_sources
+        if excess <= 0:
+            return
+        count = len(self._marks) - self.evict_to
+        seen = np.fromiter((mark[1] for mark in self._marks.values()), np.float64)
+        oldest = np.argpartition(seen, count - 1)[:count] if count < len(seen) else None
+        sids = list(self._marks)
+        chosen = sids if oldest is None else [sids[i] for i in oldest.tolist()]
+        newest = max(self._marks[sid][1] for sid in chosen)
+        for sid in chosen:
+            del self._marks[sid]
+            self._dirty.pop(sid, None)
+        self.evicted += count
+        now = time.time()
+        if self._evict_warned is not None and now - self._evict_warned < EVICT_WARN_SECONDS:
+            return
+        self._evict_warned = now
+        log.warning(
+            "remembering over %d sources for the offset dedup: forgot the %d seen least "
+            "recently (last seen %s UTC or earlier), so lines they resend may be stored twice. "
+            "A fleet at the documented sizing has under half as many: look for a client that "
+            "sends a new source_id per file, message or record (said at most every %.0f s; "
+            "logq_aggregator_sources_evicted_total counts them)",
+            self.max_sources,
+            count,
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(newest)),
+            EVICT_WARN_SECONDS,
+        )
 
     # --- saving ---------------------------------------------------------------------------
 

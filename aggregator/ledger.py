@@ -627,7 +627,9 @@ Build = Callable[[dict[str, Any], SmallObject], T]
 #: Ledger folder -> the documents in it the warehouse refused for good at its last read
 #: (:func:`unreadable_documents`).
 _UNREADABLE: dict[str, tuple[str, ...]] = {}
-_UNREADABLE_LOGGED = Throttle(UNREADABLE_LOG_EVERY_S)
+_UNREADABLE_LOGGED = Throttle(
+    UNREADABLE_LOG_EVERY_S, what="unreadable ledger documents", logger=log
+)
 
 
 def unreadable_documents(warehouse: Warehouse) -> list[str]:

@@ -31,15 +31,16 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from aggregator import listen
+from aggregator import listen, source_ids
 from aggregator.batch import service_column
 from aggregator.throttle import Throttle
 from athena.table_names import TABLE_NAMES
@@ -93,6 +94,20 @@ MAX_SERVICE_SERIES = 2_000
 #: The ``service`` label of the services past :data:`MAX_SERVICE_SERIES`: never a stored
 #: service's name, as :func:`athena.schema.sanitize_service` strips leading underscores.
 OTHER_SERVICE = "_other_"
+
+
+class _KeptElsewhere:
+    """A counter whose count another module keeps, read at each scrape: for counts made where
+    no :class:`Metrics` is at hand (decoding is module-level) or before it is."""
+
+    def __init__(self, name: str, documentation: str, count: Callable[[], int]) -> None:
+        self.name, self.documentation, self.count = name, documentation, count
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return [CounterMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> list[CounterMetricFamily]:
+        return [CounterMetricFamily(self.name, self.documentation, value=self.count())]
 
 
 class Metrics:
@@ -197,7 +212,9 @@ class Metrics:
             ["service"],
             registry=r,
         )
-        self._times_warnings = Throttle(math.inf)
+        self._times_warnings = Throttle(
+            math.inf, what="services with replaced event times", logger=log
+        )
         """Services told of replaced event times: once each (the counter counts them all)."""
         self.duplicates = Counter(
             "logq_aggregator_duplicates_dropped_total",
@@ -272,6 +289,30 @@ class Metrics:
             "Connections to --metrics-listen closed unanswered: that many were open already "
             "(scrapers that do not read their replies, or too many at once), or the connection "
             "had sent no request for 1 s and a newcomer took its slot",
+            registry=r,
+        )
+        r.register(
+            _KeptElsewhere(
+                "logq_aggregator_long_source_ids_total",
+                f"Records whose source_id was over {source_ids.MAX_SOURCE_ID_BYTES} bytes, "
+                "stored with a fixed-length id in its place (its start and its SHA-256; all "
+                "aggregators of the process)",
+                lambda: source_ids.LONG.value,
+            )
+        )
+        self.sources_evicted: Callable[[], int] = lambda: 0
+        """Sources the offset dedup forgot for its bound (the service points it at them)."""
+        r.register(
+            _KeptElsewhere(
+                "logq_aggregator_sources_evicted_total",
+                "Sources the offset dedup forgot, least recently seen first, to stay under its "
+                "maximum (aggregator/dedup.py MAX_SOURCES): lines they resend may be stored twice",
+                lambda: self.sources_evicted(),
+            )
+        )
+        self.sources = Gauge(
+            "logq_aggregator_dedup_sources",
+            "Sources (source_id) whose highest committed offset the offset dedup remembers",
             registry=r,
         )
         self.disk_free = Gauge(
@@ -481,7 +522,9 @@ class MetricsServer:
         self._slots: MetricsSlots[asyncio.StreamWriter] = MetricsSlots()
         self._refused = 0
         """Connections closed over the limit since the last WARNING about them."""
-        self._refused_warnings = Throttle(_REFUSED_WARNING_SECONDS)
+        self._refused_warnings = Throttle(
+            _REFUSED_WARNING_SECONDS, what="refused metrics connections", logger=log
+        )
         self._rendering: asyncio.Future[bytes] | None = None
         """The page being rendered in a worker thread, while one is."""
 

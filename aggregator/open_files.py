@@ -106,7 +106,7 @@ class AcceptErrorFilter(logging.Filter):
         super().__init__()
         self.seconds = seconds
         self._clock = clock
-        self._lines = Throttle(seconds)
+        self._lines = Throttle(seconds, what="listeners failing to accept", logger=log)
         """Which listeners may log a line now."""
         self._held: dict[str, int] = {}
         """Listener -> lines held back since then."""

@@ -62,7 +62,9 @@ class ParseFailureWarnings:
     """Logs, per service, one unparsed line when its count rises (module docstring)."""
 
     def __init__(self) -> None:
-        self._throttle = Throttle(PARSE_WARNING_SECONDS)
+        self._throttle = Throttle(
+            PARSE_WARNING_SECONDS, what="services with unparsed Envoy lines", logger=log
+        )
 
     def note(
         self, failures: dict[str, int], samples: dict[str, UnparsedSample], now: float

@@ -372,8 +372,19 @@ class ForwardServer:
         """Bytes of messages read and not yet durable, all connections together."""
         metrics.inflight_bytes.set_function(lambda: self.inflight.used)
         metrics.inflight_waiting.set_function(lambda: self.inflight.waiting)
-        self._warnings = Throttle(WARN_EVERY_SECONDS)
-        """Keys of the rate-limited WARNINGs (refusals, failed handshakes, bad entries)."""
+        self._warnings = Throttle(WARN_EVERY_SECONDS, what="connection limits", logger=log)
+        """The rate-limited WARNINGs of the connection limits (a few fixed keys). Kept apart
+        from the many keys below, which could otherwise fill it and hide these."""
+        self._peer_warnings = Throttle(
+            WARN_EVERY_SECONDS,
+            what="client addresses refused or failing their handshake",
+            logger=log,
+        )
+        """Per address: refusals, failed handshakes."""
+        self._tag_warnings = Throttle(
+            WARN_EVERY_SECONDS, what="tags with bad entries or other signals", logger=log
+        )
+        """Per tag: bad entries, messages of other signals."""
         self._inflater = Inflater()
         """Inflates big gzip blobs in one worker thread, off the event loop."""
         self._heavy = asyncio.Semaphore(HEAVY_AT_ONCE)
@@ -527,7 +538,7 @@ class ForwardServer:
     def _not_allowed(self, peer: str, writer: asyncio.StreamWriter) -> None:
         """Close a connection from outside ``--allow-network`` before anything is read."""
         self.metrics.connections_rejected.labels("not_allowed").inc()
-        if self._warnings.due(("not_allowed", _host(peer)), time.time()):
+        if self._peer_warnings.due(("not_allowed", _host(peer)), time.time()):
             log.warning(
                 "closing connection from %s: not in --allow-network (said once every %.0fs "
                 'per address; connections_closed_total{reason="not_allowed"} counts them all)',
@@ -554,7 +565,7 @@ class ForwardServer:
             await writer.start_tls(self.ssl_context, ssl_handshake_timeout=timeout)
             conn.secured = True
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
-            due = self._warnings.due(("tls_failed", conn.client), time.time())
+            due = self._peer_warnings.due(("tls_failed", conn.client), time.time())
             raise ConnectionClosed(
                 f"TLS handshake failed ({exc.__class__.__name__}: {exc or 'connection lost'}): "
                 f"{self._tls_causes()} (said at most once every {WARN_EVERY_SECONDS:.0f}s per "
@@ -993,7 +1004,7 @@ class ForwardServer:
         WARN_EVERY_SECONDS."""
         for reason, count in reasons.items():
             self.metrics.bad_entries.labels(reason).inc(count)
-            if self._warnings.due(("bad_entry", tag, reason), time.time()):
+            if self._tag_warnings.due(("bad_entry", tag, reason), time.time()):
                 log.warning(
                     "bad Forward entries (%s) stored as rows whose line starts with %r, with "
                     "the receive time; the message's other entries were stored and acked; fix "
@@ -1334,7 +1345,7 @@ class ForwardServer:
         tag = obj[0].decode("utf-8", "replace") if isinstance(obj[0], bytes) else str(obj[0])
         kind = FLUENT_SIGNALS.get(signal, "other")
         self.metrics.signals_dropped.labels(kind).inc()
-        if self._warnings.due(("signal", tag, signal), time.time()):
+        if self._tag_warnings.due(("signal", tag, signal), time.time()):
             log.warning(
                 "dropped a Fluent Bit message of fluent_signal=%s (%s) from %s: logq stores "
                 "logs only; narrow the Match of that forward output to log tags (said once "
@@ -1436,7 +1447,7 @@ class ForwardServer:
         writer.write(wire.encode_pong(ok, reason, self.hostname, salt_b, nonce, self.shared_key))
         await self._drain(writer)
         if not ok:
-            due = self._warnings.due(("auth_failed", conn.client), time.time())
+            due = self._peer_warnings.due(("auth_failed", conn.client), time.time())
             raise ConnectionClosed(
                 f"handshake failed from {hostname!r}: {reason} ({fix}; "
                 "later failures from this address are logged at most once every "
@@ -1498,7 +1509,7 @@ class ForwardServer:
         for a network error and retries (a PONG refusal would make a logq shipper with the
         right key report a key problem, and ``--once`` give up). Logged once every
         :data:`WARN_EVERY_SECONDS` per address."""
-        due = self._warnings.due(("auth_rate_limited", conn.client), time.time())
+        due = self._peer_warnings.due(("auth_rate_limited", conn.client), time.time())
         return ConnectionClosed(
             f"handshake from {hostname!r} closed unanswered, its key unchecked: {conn.client} "
             f"had {AUTH_RATE_LIMIT_FAILURES} or more failed handshakes, so its key checks are "

@@ -169,7 +169,11 @@ class Aggregator:
         self._size_seal: asyncio.Task[None] | None = None
         self._catalog_task: asyncio.Task[None] | None = None
         self._catalog_pending: set[str] = set()
-        self._clock_warnings = Throttle(CLOCK_WARNING_SECONDS)
+        self._clock_warnings = Throttle(
+            CLOCK_WARNING_SECONDS,
+            what="tables and services with rows outside the partition projection",
+            logger=log,
+        )
         """Per (table, service): rows outside the Athena projection were logged lately."""
         self._parse_warnings = ParseFailureWarnings()
         self._catalog_ready = False
@@ -239,6 +243,8 @@ class Aggregator:
                 "and start again; the segments are then written to the warehouse",
             ) from exc
         offsets = OffsetState(Path(self.settings.buffer_dir) / "offsets.json").load()
+        self.metrics.sources.set_function(lambda: len(offsets))
+        self.metrics.sources_evicted = lambda: offsets.evicted
         compacts = self.settings.compact_interval > 0
         self.ledger = Ledger(self.warehouse, self.buffer.node_id, compacts=compacts)
         self._refuse_a_copy(self.ledger)

@@ -22,6 +22,8 @@ PLACEHOLDER_SERVICE = "unknown"
 
 #: First hour the ``dt`` projection covers; Athena only enumerates within the query's own range.
 PROJECTION_START = "2020-01-01-00"
+#: Athena refuses a query string longer than this (its service quota, not adjustable).
+ATHENA_QUERY_MAX_BYTES = 262_144
 #: Rows this far ahead of the aggregator's clock count as out of the projection (``..NOW``):
 #: a few minutes of skew between hosts is normal, and such rows become visible as time passes.
 FUTURE_SLACK_SECONDS = 15 * 60
@@ -145,3 +147,19 @@ def create_all(
     """DDL for every table, in a stable order."""
     services = list(services)
     return [create_table(t, warehouse_uri, services, database) for t in TABLES.values()]
+
+
+def too_long(statements: Iterable[str], services: int, consequence: str) -> str | None:
+    """Why Athena would refuse the longest of ``statements`` (None when it would not): its size,
+    :data:`ATHENA_QUERY_MAX_BYTES`, ``consequence`` (what that means where it is said) and what
+    to do. The service enum lists every name ever seen: past the limit (about 13,000 names of 20
+    characters) the DDL cannot be applied at all."""
+    longest = max((len(sql.encode("utf-8")) for sql in statements), default=0)
+    if longest <= ATHENA_QUERY_MAX_BYTES:
+        return None
+    return (
+        f"the service enum of {services:,} names makes a DDL statement of {longest:,} bytes, "
+        f"over Athena's {ATHENA_QUERY_MAX_BYTES:,}-byte query limit: {consequence}; label "
+        "containers (logq.service) so that names do not multiply, and let retired services' "
+        "folders leave the warehouse (an S3 lifecycle rule)"
+    )

@@ -17,6 +17,8 @@ from __future__ import annotations
 import difflib
 import unicodedata
 
+from athena import named
+from athena.named import with_more
 from cli.notes import empty_option_text, shown
 
 #: The characters a stored name is made of (after case and accents are folded).
@@ -29,7 +31,7 @@ _SHOWN_CHARS = 40
 SUGGESTED_AT_MOST = 3
 #: Characters the values a note or reason names one by one may take (:func:`counted`): past
 #: them, and past :data:`_NAMED_AT_MOST` values, the others are counted.
-NAMES_ROOM = 160
+NAMES_ROOM = named.NAMES_ROOM
 #: The most characters of a note or "no results" reason that names ``--service`` values,
 #: whatever their number and length: each list in it is cut at :data:`NAMES_ROOM` and counted,
 #: and :func:`capped` cuts anything left over (300 values of 66 characters, listed in full,
@@ -144,26 +146,14 @@ def named_within(
     given: bool = True,
     quoted: bool = False,
 ) -> tuple[str, int]:
-    """The first of ``names`` (up to ``at_most``) joined with ``, `` in at most ``room``
-    characters, the first always; and how many are left out, for the caller to count.
+    """:func:`athena.named.named_within` of ``--service`` values or stored names.
 
     ``given``: values as typed, quoted, each cut past 80 characters (:func:`cli.notes.shown`;
     a name that long is rare, a value of kilobytes is no name): a ``--service`` list of
     kilobytes made a note of kilobytes. Otherwise stored names (up to 128 characters), named
     whole so they can be copied, quoted with ``quoted``."""
-    if given:
-        words = [shown(n) for n in names[:at_most]]
-    else:
-        words = [repr(n) if quoted else n for n in names[:at_most]]
-    count = min(len(words), 1)
-    while count < len(words) and len(", ".join(words[: count + 1])) <= room:
-        count += 1
-    return ", ".join(words[:count]), len(names) - count
-
-
-def with_more(named: str, left: int) -> str:
-    """``named`` (from :func:`named_within`) followed by `` and N more`` when ``left``."""
-    return f"{named} and {left:,} more" if left else named
+    word = shown if given else (repr if quoted else str)
+    return named.named_within(names, room, at_most, word)
 
 
 def counted(names: list[str], room: int = NAMES_ROOM, *, given: bool = True) -> str:

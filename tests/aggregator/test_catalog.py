@@ -535,3 +535,48 @@ def test_an_enum_over_athenas_query_limit_is_refused_before_it_is_sent(
     assert len(client.sent) == sent  # nothing sent Athena would refuse
     assert "over Athena's 262,144-byte query limit" in caplog.text
     assert "2,101 names" in caplog.text and "logq.service" in caplog.text
+
+
+def test_the_resync_line_names_a_few_missing_services_and_counts_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defect: the resync's INFO line named every service the stored DDL lacked: 165 KB in one
+    line with thousands. Now it names a few and counts the others."""
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    catalog = Catalog(wh, Settings())
+    assert catalog.add_services(set())
+    names = [f"svc-{i:05d}-" + "x" * 40 for i in range(3000)]
+    for service in names:
+        folder = Path(wh.path(partition_path("container_logs", service, "2026-11-28-10")))
+        folder.mkdir(parents=True)
+        (folder / "x.parquet").write_bytes(b"")
+    with caplog.at_level(logging.INFO, logger="logq.aggregator.catalog"):
+        assert catalog.resync()
+    said = [r.getMessage() for r in caplog.records if "stored DDL lacks" in r.message]
+    assert len(said) == 1 and len(said[0]) < 400, said
+    assert said[0].startswith(
+        f"the stored DDL lacks 3000 services found in the warehouse ({names[0]}"
+    )
+    assert "more); rewriting it" in said[0]
+    assert catalog.stored_services() == set(names)
+
+
+def test_ddl_files_over_athenas_query_limit_are_warned_about_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defect: without --athena-database the _ddl/*.sql written could pass Athena's
+    262,144-byte limit (441 KB at 20,000 long names) without a word: only the catalog that
+    applies them checked. Now the aggregator says so once, with the size and what to do."""
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    catalog = Catalog(wh, Settings())
+    with caplog.at_level(logging.WARNING, logger="logq.aggregator.catalog"):
+        assert catalog.add_services({"recipe"})  # short: nothing to say
+        assert not caplog.records
+        assert catalog.add_services({f"{i:04d}" + "s" * 124 for i in range(2100)})
+        assert catalog.add_services({"one-more"})
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1, said
+    assert "service enum of 2,101 names makes a DDL statement of 27" in said[0]
+    assert "over Athena's 262,144-byte query limit: Athena refuses the _ddl/*.sql" in said[0]
+    assert "logq.service" in said[0]
+    assert (tmp_path / "wh" / "_ddl" / "container_logs.sql").stat().st_size > 262_144

@@ -291,3 +291,50 @@ def test_keep_mask_of_a_dictionary_column_is_that_of_its_values(tmp_path: Path) 
     plain = state.keep_mask(sources.dictionary_decode(), offsets).to_pylist()
     assert plain == [True, False, False, True]
     assert state.keep_mask(sources, offsets).to_pylist() == plain
+
+
+# --- the bound on the sources remembered ----------------------------------------------------
+
+
+def test_past_the_bound_the_least_recently_seen_sources_are_forgotten(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defect: nothing but the 14-day retention bounded the sources: 20,000 made-up ids in 20
+    messages were all kept, in memory and in offsets.json. Past the bound the least recently
+    seen are forgotten, down to a tenth below it, counted and said (rate-limited)."""
+    path = tmp_path / "offsets.json"
+    now = time.time()
+    path.write_text(json.dumps({f"old-{i}": [10, now - 100 + i] for i in range(6)}))
+    with caplog.at_level("WARNING", logger="logq.aggregator.dedup"):
+        state = OffsetState(path, max_sources=5, evict_to=3).load()
+        assert sorted(_marks(state, [f"old-{i}" for i in range(6)]).items()) == [
+            *[(f"old-{i}", None) for i in range(3)],
+            *[(f"old-{i}", 10) for i in range(3, 6)],
+        ]
+        assert state.evicted == 3
+        _advance(state, {"new-a": 5, "new-b": 5})  # 5 sources: within the bound
+        assert len(state) == 5 and state.evicted == 3
+        fork = state.fork()
+        _advance(fork, {"new-c": 7})
+        state.adopt(fork)  # 6: the three seen least recently go
+        assert len(state) == 3 and state.evicted == 6
+        assert sorted(_marks(state, ["new-a", "new-b", "new-c"]).values()) == [5, 5, 7]
+    said = [r.getMessage() for r in caplog.records if "sources for the offset dedup" in r.message]
+    assert len(said) == 1 and said[0].startswith("remembering over 5 sources"), said
+    # A forgotten source is new again: its lines are kept (a resend may be stored twice).
+    mask = state.keep_mask(pa.array(["old-5"]), pa.array([10], pa.int64()))
+    assert mask.to_pylist() == [True]
+    state.close()
+    assert sorted(json.loads(path.read_text())) == ["new-a", "new-b", "new-c"]
+
+
+def test_made_up_sources_by_the_thousand_stay_within_the_bound(tmp_path: Path) -> None:
+    path = tmp_path / "offsets.json"
+    state = OffsetState(path, max_sources=1000, evict_to=900).load()
+    for part in range(20):
+        _advance(state, {f"made-up-{part}-{i}": 1 for i in range(1000)})
+        state.save()
+        assert len(state) <= 1000
+    state.close()
+    assert len(json.loads(path.read_text())) <= 1000
+    assert len(OffsetState(path, max_sources=1000, evict_to=900).load()) <= 1000

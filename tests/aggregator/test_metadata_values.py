@@ -214,7 +214,9 @@ def test_records_whose_source_id_differs_only_in_type_are_all_stored(
         buffer_dir=str(tmp_path / "buf"),
         flush_interval=0.2,
     )
-    monkeypatch.setattr(dec, "_foreign_source_ids", Throttle(math.inf))  # none said yet
+    monkeypatch.setattr(  # none said yet
+        dec, "_foreign_source_ids", Throttle(math.inf, what="source_id types", logger=dec.log)
+    )
     agg = service_mod.Aggregator(settings)
     values: list[Any] = ["5", 5, b"5", 5.0, 5, "5"]
 

@@ -217,3 +217,16 @@ def test_a_blank_logq_warehouse_is_refused(logq, monkeypatch: pytest.MonkeyPatch
         run = logq("services")
         assert run.exit_code == 2, run.stderr
         assert "LOGQ_WAREHOUSE" in run.stderr and "empty" in run.stderr, run.stderr
+
+
+def test_ddl_over_athenas_query_limit_warns_with_the_size_and_what_to_do(logq) -> None:
+    """Defect: 2,100 names of 128 characters made DDL over Athena's 262,144-byte limit, printed
+    without a word: Athena refused it when applied. Now stderr says so (the DDL still prints)."""
+    names = ",".join(f"{i:04d}" + "s" * 124 for i in range(2100))
+    run = logq("ddl", "--warehouse", "s3://bucket/wh", "-s", names)
+    assert run.exit_code == 0 and run.stdout.count("CREATE EXTERNAL TABLE") == 2
+    warning = [ln for ln in run.stderr.splitlines() if ln.startswith("logq: warning:")]
+    assert len(warning) == 1, run.stderr
+    assert "service enum of 2,100 names makes a DDL statement of 27" in warning[0]
+    assert "over Athena's 262,144-byte query limit: Athena refuses it" in warning[0]
+    assert "logq.service" in warning[0]
