@@ -56,6 +56,7 @@ from aggregator.metrics import Metrics, MetricsServer
 from aggregator.open_files import fd_limit_hint
 from aggregator.parse_warnings import ParseFailureWarnings
 from aggregator.server import ForwardServer, ServerLimits, bound_addresses
+from aggregator.slow_flush import WARNING_SECONDS, slow_flush_text
 from aggregator.stop_budget import StopWatchdog, WorkerCalls, connections_grace
 from aggregator.throttle import Throttle
 from aggregator.tls_files import TlsFiles
@@ -175,6 +176,7 @@ class Aggregator:
             logger=log,
         )
         """Per (table, service): rows outside the Athena projection were logged lately."""
+        self._slow_flush_warnings = Throttle(WARNING_SECONDS)
         self._parse_warnings = ParseFailureWarnings()
         self._catalog_ready = False
         self.server: ForwardServer | None = None
@@ -1303,6 +1305,11 @@ class Aggregator:
             m.parse_failures.labels(m.series_label(service)).inc(count)
         now = time.time()
         self._parse_warnings.note(result.parse_failures, result.unparsed_samples, now)
+        slow = slow_flush_text(
+            result.segment, result.seconds, self.settings.flush_interval, result.files
+        )
+        if slow is not None and self._slow_flush_warnings.due("slow", now):
+            log.warning("%s", slow)
         for f in result.files:
             if outside_projection(f.dt, now):
                 m.rows_outside_projection.labels(f.table, m.series_label(f.service)).inc(f.rows)
