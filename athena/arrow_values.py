@@ -15,6 +15,7 @@ row, or a map's keys and values (:func:`_athena_value`).
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import TYPE_CHECKING, Any
 
@@ -56,12 +57,18 @@ def scalar_value(scalar: pa.Scalar) -> Any:
     return None if naive is None else _zoned_time(naive, zone_of(kind.tz))
 
 
+#: A fixed-offset Arrow zone, ``+05:30``: ASCII digits only (``str.isdigit`` takes ``٠٥``),
+#: nothing after the minutes (``+05:30x`` is no zone).
+_FIXED_OFFSET = re.compile(r"([+-])([0-9]{2}):([0-9]{2})")
+
+
 def zone_of(name: str) -> tzinfo:
     """The ``tzinfo`` of an Arrow time zone: UTC, a fixed offset (``+05:30``) or an IANA name."""
     if name in ("UTC", "utc", "Etc/UTC", "+00:00", "Z"):
         return UTC
-    sign, hours, minutes = name[:1], name[1:3], name[4:6]
-    if sign in "+-" and hours.isdigit() and minutes.isdigit() and name[3:4] == ":":
+    fixed = _FIXED_OFFSET.fullmatch(name)
+    if fixed is not None:
+        sign, hours, minutes = fixed.groups()
         offset = timedelta(hours=int(hours), minutes=int(minutes))
         return timezone(-offset if sign == "-" else offset)
     from zoneinfo import ZoneInfo

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfoNotFoundError
 
 import pyarrow as pa
 import pytest
 
-from athena.arrow_values import column_values, scalar_value
+from athena.arrow_values import column_values, scalar_value, zone_of
 from tests.athena.factory import access_frame, utc, write_frame
 
 INSTANTS = [0, 1_700_000_000_123_456, -86_400_000_001, None, 253_402_300_799_999_999]
@@ -228,3 +230,15 @@ def test_numpy_kept_out_says_why() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "ImportError: numpy is not loaded in logq, which never uses it" in done.stderr
+
+
+@pytest.mark.parametrize("name", ["+٠٥:٣٠", "+05:30x", "+5:30", "05:30"])
+def test_a_fixed_offset_zone_is_ascii_digits_and_nothing_more(name: str) -> None:
+    """``+٠٥:٣٠`` passed ``str.isdigit`` and read as +05:30; ``+05:30x`` as +05:30 too."""
+    with pytest.raises(ZoneInfoNotFoundError):  # an IANA name it is not
+        zone_of(name)
+
+
+def test_fixed_offset_zones() -> None:
+    assert zone_of("+05:30").utcoffset(None) == timedelta(hours=5, minutes=30)
+    assert zone_of("-01:00").utcoffset(None) == timedelta(hours=-1)
