@@ -31,7 +31,13 @@ from contextlib import contextmanager
 
 import typer
 
-from athena.engines.result import EngineError, EngineStuck, StatementError, Terminated
+from athena.engines.result import (
+    READ_ACCESS_HINT,
+    EngineError,
+    EngineStuck,
+    StatementError,
+    Terminated,
+)
 from cli.storage import advice
 
 #: Exit status when the reader of stdout went away (``| head``): success, see above.
@@ -111,7 +117,7 @@ def friendly(user_sql: bool = False) -> Iterator[None]:
         )
         hint = advice(message) if failure else None
         if hint is None and isinstance(exc, PermissionError):  # a local warehouse's file
-            hint = "let the user running logq read it (chmod/chown) and run the command again"
+            hint = f"{READ_ACCESS_HINT} and run the command again"
         if hint:
             line = f"{line.rstrip('. ')}; {hint}"
         sys.stderr.write(f"logq: error: {line}\n")

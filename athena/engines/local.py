@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from athena.arrow_values import column_values
 from athena.engines.result import (
+    READ_ACCESS_HINT,
     STREAM_BATCH_ROWS,
     STREAM_WINDOW_ROWS,
     EngineError,
@@ -328,8 +329,8 @@ def unreadable_file(path: str, exc: Exception) -> EngineError:
     reason = " ".join(reason.split()).replace(" :", ":")
     if "Permission denied" in reason:
         return EngineError(
-            f"cannot read the Parquet file {path} ({reason}): let the user running logq read "
-            "it (chmod/chown), or move it out of the warehouse, and run the command again"
+            f"cannot read the Parquet file {path} ({reason}): {READ_ACCESS_HINT}, or move it "
+            "out of the warehouse, and run the command again"
         )
     return EngineError(
         f"cannot read the Parquet file {path} ({reason}); if it is damaged or not Parquet "

@@ -9,6 +9,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from athena.partitions import Partition
 
+#: What to do about a warehouse file or folder logq may not read (the local engine's error
+#: for a Parquet file, the CLI's for any other ``PermissionError``).
+READ_ACCESS_HINT = "let the user running logq read it (chmod/chown)"
+
 
 class EngineError(RuntimeError):
     """A query failed in an engine; the message says what to change."""
