@@ -171,10 +171,10 @@ def count_entries(blob: bytes, max_entries: int) -> int | None:
       Timestamp (two refusals ``skip`` does not check): the few entries whose bytes could
       hold one (see :func:`_suspect_entries`) are built as the general path builds them.
 
-    Not checked: a map or an array holding a map used as a map key, inside a value the
-    msgspec decoders skip. Python cannot hash it, so the general path refuses the message;
-    the msgspec path stores the record without that value, as it does for a blob with a
-    ``size`` option (and as Fluentd, in Ruby, accepts it).
+    Not checked: a map or an array holding a map used as a map key. Python cannot hash it:
+    the general path reads it as its text (:func:`shipper.wire.map_key_text`), the msgspec
+    path skips the value it keys, unbuilt, as it does for a blob with a ``size`` option; both
+    store the same rows (as Fluentd, in Ruby, accepts such records).
     """
     if not blob or max_entries < _MIN_COUNTED_LIMIT:
         return None

@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import io
 import itertools
+import json
 import math
 import os
 import struct
@@ -258,6 +259,10 @@ class ObjectBudget:
         self._count(2 * len(items))
         return items
 
+    def count_map(self, pairs: int) -> None:
+        """Count a map of ``pairs`` built by other means than :meth:`hooks`' object hook."""
+        self._count(2 * pairs)
+
     def _count(self, n: int) -> None:
         self.used += n
         if self.pool is not None:
@@ -330,11 +335,32 @@ def unpack_entries(blob: bytes, max_entries: int, **options: Any) -> list[Any]:
     nested values are bounded by :func:`message_budget`. An incomplete last
     entry (a truncated blob) is refused too: msgpack's iteration just stops before it.
     """
+    try:
+        return _unpack_all(blob, max_entries, options, keyed=False)
+    except _UnhashableKey:
+        # A map (or an array holding one) used as a map key: valid msgpack, and Fluentd takes
+        # it (Ruby hashes any key), but no Python dict key. Read the blob again with such keys
+        # as text (:func:`map_key_text`): the records around it are kept, and the key lands
+        # among the record's other keys. Only such a blob pays for the pairs hook.
+        return _unpack_all(blob, max_entries, options, keyed=True)
+
+
+class _UnhashableKey(Exception):
+    """msgpack built a map key Python cannot hash (read again by :func:`_unpack_all`)."""
+
+
+def _unpack_all(blob: bytes, max_entries: int, options: dict[str, Any], keyed: bool) -> list[Any]:
+    """:func:`unpack_entries` once; ``keyed``: unhashable map keys become text."""
+    budget = message_budget(max_entries, len(blob))
+    hooks: dict[str, Any] = budget.hooks() if budget is not None else {}
+    if keyed:
+        hooks.pop("object_hook", None)
+        hooks["object_pairs_hook"] = _text_keyed_map(budget)
     unpacker = msgpack.Unpacker(
         max_buffer_size=len(blob) + 1024,  # grows only as far as one entry needs
         max_array_len=max_entries,
         max_map_len=max_entries,
-        **(budget.hooks() if (budget := message_budget(max_entries, len(blob))) else {}),
+        **hooks,
         **options,
     )
     view = memoryview(blob)
@@ -355,14 +381,46 @@ def unpack_entries(blob: bytes, max_entries: int, **options: Any) -> list[Any]:
         if _over_length_limit(exc):
             raise ProtocolError(f"{exc} (the per-message entry limit)") from exc
         raise ProtocolError(f"bad PackedForward entries: {exc}") from exc
-    except TypeError as exc:  # a map or an array as a map key
-        raise ProtocolError(f"bad PackedForward entries: unusable map key ({exc})") from exc
+    except TypeError as exc:  # a map (or an array holding one) as a map key
+        if keyed:
+            raise ProtocolError(f"bad PackedForward entries: unusable map key ({exc})") from exc
+        raise _UnhashableKey from exc
     if len(tail) != 1 or tail[0] is not None:
         raise ProtocolError(
             f"truncated PackedForward entries: the blob ends inside the entry after "
             f"{len(entries)} complete ones"
         )
     return entries
+
+
+def _text_keyed_map(budget: ObjectBudget | None) -> Callable[[list[tuple[Any, Any]]], dict]:
+    """An ``object_pairs_hook`` building maps as msgpack does, an unhashable key as its text,
+    counting the objects as :meth:`ObjectBudget.hooks` does."""
+
+    def build(pairs: list[tuple[Any, Any]]) -> dict:
+        if budget is not None:
+            budget.count_map(len(pairs))
+        built: dict = {}
+        for key, value in pairs:
+            try:
+                built[key] = value
+            except TypeError:
+                built[map_key_text(key)] = value
+        return built
+
+    return build
+
+
+def map_key_text(key: Any) -> str:
+    """A map key Python cannot hash as text: JSON where it is JSON (``{"a":1}``), else
+    Python's repr (a map holding bytes, or keyed by a tuple)."""
+    try:
+        try:
+            return json.dumps(key, ensure_ascii=False, separators=(",", ":"))
+        except (TypeError, ValueError):
+            return repr(key)
+    except RecursionError:  # nested deeper than Python's text makers go
+        return f"<{type(key).__name__} nested too deeply>"
 
 
 def check_entries(count: int, max_entries: int) -> None:

@@ -26,7 +26,7 @@ from aggregator import decode as dec
 from aggregator import packed
 from aggregator.server import MAX_JSON_DEPTH, ConnectionClosed, _json_messages, _JsonScanner
 from shipper import wire
-from tests.aggregator.helpers import read_acks, read_table, record, start_aggregator
+from tests.aggregator.helpers import read_acks, read_table, record, start_aggregator, wait_rows
 from tests.aggregator.test_packed import shipper_record
 
 T0 = 1_795_860_000_123_456_789
@@ -791,15 +791,28 @@ def test_binary_full_of_header_like_bytes_is_left_to_the_general_path() -> None:
     assert _now(obj, _LIMIT).equals(_before(obj, _LIMIT))
 
 
-def test_a_map_as_a_map_key_in_a_skipped_value_is_the_one_difference() -> None:
-    """Python cannot hash a map: the general path refuses a record with one as a map key. The
-    msgspec path skips values it does not keep unbuilt, so an unsized blob (counted) is now
-    stored like a sized one always was, without that value (Fluentd, in Ruby, accepts it)."""
-    blob = _entry(b"\x81\x81\x01\x02\x03") * 3
-    assert "unusable map key" in _before(message(blob, chunk="c"), _LIMIT)
-    batch = _now(message(blob, chunk="c"), _LIMIT)
-    assert batch.equals(dec.decode(message(blob, chunk="c", size=3), 1 << 30, _LIMIT)[0])
-    assert batch.column("log").to_pylist() == ["x"] * 3
+def test_a_map_as_a_map_key_is_read_as_text_by_both_paths() -> None:
+    """Python cannot hash a map. The general path refused a whole message with one as a map key
+    (and every resend of it: the client's data stopped there), while the msgspec path skipped
+    the value and stored the records (as Fluentd, in Ruby, accepts them). Now the general path
+    reads such a key as its JSON text, and both store the same rows, sized or not."""
+    in_value = _entry(b"\x81\x81\x01\x02\x03") * 3  # {"v": {{1: 2}: 3}}
+    time_ext = msgpack.packb(wire.EventTime.from_ns(T0).to_ext())
+    at_top = (b"\x92" + time_ext + b"\x82\xa3log\xa1x\x81\xa1a\x01\xa1v") * 3  # {"a": 1}: "v"
+    for blob in (in_value, at_top):
+        before = _before(message(blob, chunk="c"), _LIMIT)
+        assert not isinstance(before, str), before
+        assert before.column("log").to_pylist() == ["x"] * 3
+        assert _now(message(blob, chunk="c"), _LIMIT).equals(before)
+        sized = dec.decode(message(blob, chunk="c", size=3), 1 << 30, _LIMIT)[0]
+        assert sized.equals(before)
+    assert dec._unpack_entries(at_top)[0][1] == {"log": "x", '{"a":1}': "v"}
+
+
+def test_map_keys_past_json_are_read_as_their_repr() -> None:
+    assert wire.map_key_text({"a": [1, "é"]}) == '{"a":[1,"é"]}'
+    assert wire.map_key_text({(1, 2): 3}) == "{(1, 2): 3}"  # JSON keys are text
+    assert wire.map_key_text({"b": b"\x00"}) == "{'b': b'\\x00'}"
 
 
 def test_an_unsized_blob_over_the_object_budget_bytes_is_left_to_the_general_path() -> None:
@@ -902,3 +915,21 @@ def test_a_bug_decoding_one_message_still_acks_the_durable_ones_before_it(
             return acks
 
     assert asyncio.run(scenario()) == ["first", "second"]
+
+
+@pytest.mark.integration
+def test_a_record_keyed_by_a_map_is_stored_with_its_message(tmp_path: Path) -> None:
+    """Fluentd forwards a Ruby record keyed by a hash; the server refused its whole message and
+    every resend (the client's data stopped there). Now it is acked, and every record stored."""
+    agg = start_aggregator(tmp_path)
+    time_ext = msgpack.packb(wire.EventTime.from_ns(time.time_ns()).to_ext())
+    odd = b"\x92" + time_ext + b"\x82\xa3log\xa3odd\x81\xa1a\x01\xa1v"  # {{"a": 1}: "v"}
+    plain = wire.pack([wire.EventTime.from_ns(time.time_ns()), record("plain", "keyed")])
+    try:
+        with agg.connect() as sock:
+            sock.sendall(wire.pack(["logq.keyed", plain + odd + plain, {"chunk": "m1"}]))
+            assert read_acks(sock, 1) == ["m1"]
+        table = wait_rows(agg.warehouse, "container_logs", 3, agg)
+    finally:
+        assert agg.stop() == 0
+    assert sorted(table["message"].to_pylist()) == ["odd", "plain", "plain"]
