@@ -176,7 +176,8 @@ class Aggregator:
             logger=log,
         )
         """Per (table, service): rows outside the Athena projection were logged lately."""
-        self._slow_flush_warnings = Throttle(WARNING_SECONDS)
+        self._slow_flush_warnings = Throttle(WARNING_SECONDS, what="slow flushes", logger=log)
+        """One key: a flush longer than --flush-interval was logged lately."""
         self._parse_warnings = ParseFailureWarnings()
         self._catalog_ready = False
         self.server: ForwardServer | None = None
