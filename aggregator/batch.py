@@ -36,7 +36,8 @@ filter; that exact shape only) takes its container's name and id from the tag fi
 The service of a row is the record's ``service`` (for other clients, filled from their metadata
 at decode time: :mod:`.clientmeta`), else the last dot-separated part of the tag (the pod's
 owner for a tailed kubelet log's tag, whose last part is always ``log``: :func:`tag_service`),
-sanitised by :func:`athena.schema.sanitize_service` once per distinct value. Low-cardinality
+sanitised by :func:`athena.schema.sanitize_service` once per distinct value (a name stored under
+a hash is said once in the log: :mod:`.stored_names`). Low-cardinality
 columns stay dictionary-encoded from the wire to the Parquet file, and predicates on them are
 computed once per distinct value.
 """
@@ -55,8 +56,9 @@ from aggregator import small_frames
 from aggregator.decode import BUFFER_SCHEMA, from_ipc
 from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, parse_lines
 from aggregator.envoy_diagnostics import diagnostic
+from aggregator.stored_names import stored_service
 from aggregator.tags import kubelet_log, tag_service
-from athena.schema import CONTAINER_LOGS, ENVOY_ACCESS, TIMESTAMP, Table, sanitize_service
+from athena.schema import CONTAINER_LOGS, ENVOY_ACCESS, TIMESTAMP, Table
 from shipper import wire
 
 #: Buffer frames decoded at once before their rows are joined into one table. A frame decoded
@@ -185,7 +187,7 @@ def service_column(records: pa.Table) -> pa.DictionaryArray:
         service = _per_value(service, lambda v: v)
         raw = pc.if_else(_names_no_service(service), tag_tail, service)
         encoded = pc.dictionary_encode(raw)
-    names = [sanitize_service(v) for v in encoded.dictionary.to_pylist()]
+    names = [stored_service(v) for v in encoded.dictionary.to_pylist()]
     # Several raw names may sanitise to one: the dictionary gets each name once.
     unique = list(dict.fromkeys(names))
     index = {name: i for i, name in enumerate(unique)}

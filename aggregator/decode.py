@@ -40,9 +40,9 @@ import pyarrow as pa
 
 from aggregator import clientmeta, packed, packed_scan, small_frames, source_ids
 from aggregator.flag_values import BUFFER_COMPRESSIONS
+from aggregator.stored_names import stored_service
 from aggregator.tags import tag_service
 from aggregator.throttle import Throttle
-from athena.schema import sanitize_service
 from shipper import wire
 from shipper.discover import names_service
 
@@ -169,7 +169,7 @@ def _coerce_service(value: Any) -> str | None:
     if isinstance(value, str | bytes) and type(value) is not RawEventTime:
         sent = _invalid_as_sent(value)
         if sent is not None:
-            return sanitize_service(sent)
+            return stored_service(sent)
     return _coerce_text(value)
 
 
@@ -657,7 +657,7 @@ def _tag_service(tag: str | bytes) -> str | None:
     :func:`_coerce_service`), else None: the usual case, where the tag's text in the buffer
     decides the service at flush (:func:`aggregator.batch.service_column`)."""
     sent = _invalid_as_sent(tag)
-    return None if sent is None else sanitize_service(tag_service(sent))
+    return None if sent is None else stored_service(tag_service(sent))
 
 
 def _with_service(batch: pa.RecordBatch, service: str) -> pa.RecordBatch:

@@ -149,32 +149,84 @@ def table(name: str) -> Table:
 _UNSAFE = re.compile(r"[^a-z0-9_.-]+")
 _DOTS = re.compile(r"\.{2,}")
 _UNDERSCORES = re.compile(r"_{2,}")
+#: The longest partition value a service name becomes, its hash included.
 MAX_SERVICE_LEN = 128
 UNKNOWN_SERVICE = "unknown"
+#: Hex digits of the sha1 that keeps a name apart when sanitising loses part of it (40 bits:
+#: among 1,000 such names, two share a hash with odds of about 1 in 2 million).
+SERVICE_HASH_CHARS = 10
+#: Characters of its own a name keeps when it is hashed: ``-`` and the hash fill the rest of
+#: :data:`MAX_SERVICE_LEN`.
+_KEPT_CHARS = MAX_SERVICE_LEN - 1 - SERVICE_HASH_CHARS
+
+
+@dataclass(frozen=True)
+class SanitizedService:
+    """What :func:`sanitized_service` made of a service name, and what it lost on the way."""
+
+    value: str
+    """The partition value (:func:`sanitize_service`)."""
+    dropped: tuple[str, ...] = ()
+    """The characters dropped for having no ASCII form once accents fold (``З``, ``注``,
+    ``ø``, ``ß``, an emoji, U+FFFD, a byte that is not UTF-8), each once, in order."""
+    cut_from: int = 0
+    """The length of the sanitised name when it was longer than :data:`MAX_SERVICE_LEN`
+    (then cut), else 0."""
+    hashed: bool = False
+    """Whether the value ends in a hash of the name (``api-<hash>``, ``svc-<hash>``): it lost
+    characters, was cut, or had nothing printable left. It tells little of the name, so the
+    writer says which name it stands for (:mod:`aggregator.stored_names`). False for a name
+    stored already (``svc-0123456789`` sanitises to itself)."""
 
 
 def sanitize_service(name: str | None) -> str:
     """Make a service name safe as a partition value and a path segment.
 
     Lower-cased, accents folded, anything but ``[a-z0-9_.-]`` replaced by ``_``, runs of dots
-    collapsed and dots stripped at the ends (no ``.`` / ``..`` segment), at most 128 characters;
-    a name with nothing printable left becomes ``svc-<hash>`` (of its bytes as sent:
-    :func:`_name_bytes`). The same function runs in the writer
-    and in the query engines, so ``--service Recipe`` finds what the writer stored.
+    and underscores collapsed and ``._-`` stripped at the ends (no ``.`` / ``..`` segment). A
+    name that loses information on the way (characters with no ASCII form dropped, or longer
+    than :data:`MAX_SERVICE_LEN` once sanitised) gets ``-<hash>`` of its bytes as sent
+    (:func:`_name_bytes`), its own part cut so the whole is at most 128 characters
+    (``Заказы-api`` -> ``api-<hash>``, ``注文-api`` -> ``api-<another hash>``). Without it
+    both landed in ``api``, the folder of a service really called ``api``, and two long names
+    sharing their first 128 characters in one folder, without a word. A name with nothing
+    printable left becomes ``svc-<hash>``. Folding case and accents and replacing ``/`` or
+    spaces merges names by design and hashes nothing: those folders never moved. The same
+    function runs in the writer and in the query engines, so ``--service Recipe`` finds what
+    the writer stored; a stored name sanitises to itself.
     """
+    return sanitized_service(name).value
+
+
+def sanitized_service(name: str | None) -> SanitizedService:
+    """:func:`sanitize_service`, with what the name lost (the aggregator names it once in its
+    log; ``logq --service`` takes a hashed name as its hashed folder)."""
     if not name:
-        return UNKNOWN_SERVICE
-    folded = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode("ascii")
+        return SanitizedService(UNKNOWN_SERVICE)
+    text = str(name)
+    decomposed = unicodedata.normalize("NFKD", text)
+    folded = decomposed.encode("ascii", "ignore").decode("ascii")
+    dropped = () if len(folded) == len(decomposed) else _no_ascii_form(decomposed)
     cleaned = _UNSAFE.sub("_", folded.strip().lower())
     # No ".." segment, then no "__" noise (in this order: "_.." becomes "__" first). A stored
     # name sanitises to itself, so `--service <stored name>` finds its folder.
-    cleaned = _UNDERSCORES.sub("_", _DOTS.sub("_", cleaned))
-    cleaned = cleaned[:MAX_SERVICE_LEN].strip("._-")
-    if not cleaned:
-        # Nothing printable survived (e.g. a name in another script): keep names apart by hash.
-        digest = hashlib.sha1(_name_bytes(str(name))).hexdigest()[:10]
-        cleaned = f"svc-{digest}"
-    return cleaned
+    cleaned = _UNDERSCORES.sub("_", _DOTS.sub("_", cleaned)).strip("._-")
+    cut_from = len(cleaned) if len(cleaned) > MAX_SERVICE_LEN else 0
+    if cleaned and not (dropped or cut_from):
+        return SanitizedService(cleaned)
+    # Lost part of it, or nothing printable survived (e.g. a name in another script): keep
+    # names apart by hash, after what is left of the name when anything is.
+    digest = hashlib.sha1(_name_bytes(text)).hexdigest()[:SERVICE_HASH_CHARS]
+    kept = cleaned[:_KEPT_CHARS].rstrip("._-") or "svc"
+    return SanitizedService(f"{kept}-{digest}", dropped, cut_from, hashed=True)
+
+
+def _no_ascii_form(decomposed: str) -> tuple[str, ...]:
+    """The characters of ``decomposed`` (NFKD) that folding to ASCII drops, other than
+    accents (combining marks, which fold ``é`` to ``e`` by design), each once."""
+    return tuple(
+        dict.fromkeys(c for c in decomposed if ord(c) > 127 and not unicodedata.combining(c))
+    )
 
 
 def _name_bytes(name: str) -> bytes:
@@ -182,10 +234,9 @@ def _name_bytes(name: str) -> bytes:
     each bad byte escaped as a lone surrogate (U+DC80..U+DCFF: ``surrogateescape``, as msgpack,
     the aggregator's decoder and Python's command line hand them over): encoded back, distinct
     byte strings hash apart, and the hash the CLI computes for such a name is the folder its
-    records went to (``logq --service`` still refuses it: give the ``svc-<hash>`` folder's
-    name, which ``logq services`` lists). Other lone surrogates (a JSON ``\\ud800``) stand
-    for no byte: ``surrogatepass``, as always. A valid name is its UTF-8 either way, so its
-    folder never moves."""
+    records went to (``logq --service`` takes it as that folder). Other lone surrogates (a
+    JSON ``\\ud800``) stand for no byte: ``surrogatepass``, as always. A valid name is its
+    UTF-8 either way, so its folder never moves."""
     try:
         return name.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:

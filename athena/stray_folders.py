@@ -39,7 +39,8 @@ _quiet = 0
 @lru_cache(maxsize=1 << 12)
 def is_service(value: str) -> bool:
     """``value`` is a ``service`` partition value the aggregator writes: a name
-    :func:`athena.schema.sanitize_service` leaves as it is (``svc``, ``svc-0a1b2c3d4e``; not
+    :func:`athena.schema.sanitize_service` leaves as it is (``svc``, ``svc-0a1b2c3d4e``,
+    ``api-0a1b2c3d4e``: a name stored under a hash; not
     ``Svc``, ``svc ``, ``svc=x``, ``%2F..``, ``a'b``, nor the empty name)."""
     from athena.schema import sanitize_service
 

@@ -4,7 +4,8 @@
   text kept byte for byte: the same as the same bytes sent as ``bin`` (Rust's
   ``from_utf8_lossy``), not a ``?`` per byte that reads like a real question mark.
 * Service names that are not valid UTF-8 (in ``service`` or in the tag) land in folders of their
-  own (``svc-<hash>`` over their bytes as sent), while every valid name keeps its folder.
+  own (``svc-<hash>``, or what is left of the name and ``-<hash>``, over their bytes as sent),
+  while every valid name that loses nothing keeps its folder.
 * Record keys sent as ``bin`` (``{b"log": ...}``, as some old clients do) are read as keys.
 
 Each message is decoded as the server receives it (:func:`shipper.wire.new_unpacker`, or the
@@ -193,8 +194,14 @@ def test_json_mode_lone_surrogates_in_tag_and_service_stay_apart() -> None:
 
 
 def test_an_invalid_name_keeps_its_printable_part_as_the_same_bytes_in_bin_do() -> None:
-    assert service_of(sent_str(b"Rec\xffipe")) == service_of(b"Rec\xffipe") == "recipe"
-    assert service_of(tag=sent_str(b"app.Web\xfe-1")) == "web-1"
+    """Its printable part, and a hash of its bytes: without it ``Rec\\xffipe`` shared the
+    folder of ``recipe`` (:func:`athena.schema.sanitize_service`)."""
+    recipe = "recipe-" + hashlib.sha1(b"Rec\xffipe").hexdigest()[:10]
+    assert service_of(sent_str(b"Rec\xffipe")) == service_of(b"Rec\xffipe") == recipe
+    assert (
+        service_of(tag=sent_str(b"app.Web\xfe-1"))
+        == "web-1-" + hashlib.sha1(b"Web\xfe-1").hexdigest()[:10]
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -224,7 +231,8 @@ def test_a_blank_service_takes_an_invalid_tags_service_as_an_empty_one_does(mode
 
 #: Partition values of valid names, as the code before this change gave them (computed with
 #: it): a folder of existing data never moves. Ordinary names, names sanitised already, names
-#: hashed (nothing printable left) and names with a U+FFFD sent as such.
+#: hashed (nothing printable left) and a U+FFFD sent as such. Names that lost characters or
+#: were cut moved on purpose (:data:`HASHED_NOW`).
 SAME_FOLDERS = {
     "recipe": "recipe",
     "Recipe": "recipe",
@@ -234,19 +242,17 @@ SAME_FOLDERS = {
     "服务": "svc-4b81846f62",
     "サービス": "svc-2dd5ca6b6b",
     "a=b/c": "a_b_c",
-    "x" * 300: "x" * 128,
+    "x" * 128: "x" * 128,
     "/": "svc-42099b4af0",
     "?": "svc-5bab61eb53",
     "???": "svc-2d86c2a659",
     "-": "svc-3bc15c8aae",
     "\ufffd": "svc-9bdb77276c",
-    "a\ufffdb": "ab",
     "svc-5bab61eb53": "svc-5bab61eb53",
     "svc-0123456789": "svc-0123456789",
     "unknown": "unknown",
     "_x_": "x",
     "ns/pod/container": "ns_pod_container",
-    "emoji-😀": "emoji",
     "😀": "svc-9c533688a9",
     " spaced name ": "spaced_name",
     "tab\tname": "tab_name",
@@ -254,7 +260,6 @@ SAME_FOLDERS = {
 }
 #: Names with dots: the tag's last part is after the last dot, so these are sent as service only.
 SAME_FOLDERS_DOTTED = {
-    "日本.svc": "svc",
     "../../etc": "etc",
     "../../Evil/..\\Name": "evil_name",
     "a_.._..b": "a_b",
@@ -262,6 +267,26 @@ SAME_FOLDERS_DOTTED = {
     "..": "svc-9d891e731f",
     ".": "svc-3a52ce7809",
 }
+
+
+#: Names that lost characters without an ASCII form (U+FFFD, an emoji, kanji) or were cut,
+#: merged with the name left (``emoji-😀`` with ``emoji``): each gets a hash of its bytes.
+HASHED_NOW = {
+    name: f"{kept}-{hashlib.sha1(name.encode()).hexdigest()[:10]}"
+    for name, kept in {
+        "a\ufffdb": "ab",
+        "emoji-😀": "emoji",
+        "x" * 300: "x" * 117,
+        "日本.svc": "svc",
+    }.items()
+}
+
+
+@pytest.mark.parametrize("name", list(HASHED_NOW))
+def test_names_that_lose_characters_get_folders_of_their_own(name: str) -> None:
+    assert sanitize_service(name) == HASHED_NOW[name]
+    assert service_of(name) == HASHED_NOW[name]
+    assert service_of(name.encode(), mode="packed") == HASHED_NOW[name]  # as bin
 
 
 @pytest.mark.parametrize("name", [*SAME_FOLDERS, *SAME_FOLDERS_DOTTED])
