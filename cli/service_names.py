@@ -10,16 +10,32 @@ unexplained. It suggests only names the warehouse holds: the rewritten form
 (``recipe/../checkout`` -> ``recipe_checkout``, ``*`` -> ``svc-<hash>``) is usually no service
 at all. An empty value (``-s ""`` from an unset ``$SVC``, or an empty item of a comma list)
 is refused too: taken as "no filter" it answered for every service.
+
+A name the writer stores under a hash because it loses information otherwise (characters
+with no ASCII form: ``Заказы-api`` -> ``api-014a4ce317``, ``服务`` -> ``svc-4b81846f62``; longer
+than 128 characters) is taken as that hashed folder (:func:`hashed_folder`). The mapping is
+the writer's own, over the very name (no other name shares the folder but by a 40-bit hash
+collision) and the folder's name is always safe, so refusing it only made the user find the
+hash (in the aggregator's log or `logq services`) for a name they know. The hash is over the
+name as sent, its case included (``ЗАКАЗЫ-api`` is another folder, as it is to the writer):
+``-s`` takes it as typed, surrounding blanks aside. Such a value that also holds an ASCII
+character the writer would rewrite (``Заказы/api``, ``Заказы*``) is refused as any other: a
+glob or a path is more likely a mistake than a name, and the refusal suggests the warehouse's
+closest names, the hashed ones included.
 """
 
 from __future__ import annotations
 
 import difflib
 import unicodedata
+from typing import TYPE_CHECKING
 
 from athena import named
 from athena.named import with_more
 from cli.notes import empty_option_text, shown
+
+if TYPE_CHECKING:
+    from athena.schema import SanitizedService
 
 #: The characters a stored name is made of (after case and accents are folded).
 _ACCEPTED = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.-")
@@ -45,7 +61,8 @@ def normalise_services(values: list[str] | None, warehouse: str | None = None) -
 
     Each value may be a comma-separated list. ``warehouse`` (the ``--warehouse`` value, else
     ``LOGQ_WAREHOUSE``) is only read to suggest existing names when a value is refused.
-    ValueError (exit 2) for an empty name or one the writer would have stored otherwise.
+    ValueError (exit 2) for an empty name or one the writer would have stored otherwise (but
+    under a hash of it: :func:`hashed_folder`).
     """
     if not values:
         return None
@@ -56,12 +73,32 @@ def normalise_services(values: list[str] | None, warehouse: str | None = None) -
         for part in value.split(","):
             if not part.strip():
                 raise ValueError(empty_text(value))
-            name = sanitize_service(part)
-            if name != folded(part):
-                raise ValueError(refused_text(part, name, warehouse))
+            name = hashed_folder(part)
+            if name is None:
+                name = sanitize_service(part)
+                if name != folded(part):
+                    raise ValueError(refused_text(part, name, warehouse))
             if name not in out:
                 out.append(name)
     return out
+
+
+def hashed_folder(part: str) -> str | None:
+    """The folder the writer stores the service named ``part`` in when it hashes the name for
+    what it loses (characters with no ASCII form, a length past 128); None when it does not,
+    or when ``part`` also holds an ASCII character the writer rewrites (refused as usual).
+
+    ``part`` is hashed without its surrounding blanks: ``-s "checkout, Заказы-api"`` means
+    the name, not `` Заказы-api``."""
+    from athena.schema import sanitized_service
+
+    name = part.strip()
+    result = sanitized_service(name)
+    if not (result.dropped or result.cut_from):
+        return None
+    if any(c.isascii() and c not in _ACCEPTED for c in folded(name)):
+        return None
+    return result.value
 
 
 def folded(part: str) -> str:
@@ -184,7 +221,9 @@ def _echoed_chars(part: str) -> int:
 
 def rule() -> str:
     """What the user learns when a value is refused: the names the writer stores unchanged
-    (:func:`athena.schema.sanitize_service`); where to find them, :func:`suggestion` says."""
+    (:func:`athena.schema.sanitize_service`); where to find them, :func:`suggestion` says. The
+    names it hashes (:func:`hashed_folder`) are said by :func:`fault` when it refuses one: the
+    line has no room for them in every refusal."""
     from athena.schema import MAX_SERVICE_LEN  # imported when refusing only: it needs pyarrow
 
     return (
@@ -196,32 +235,48 @@ def rule() -> str:
 
 def fault(part: str) -> str:
     """What in ``part`` the writer would have rewritten (:func:`athena.schema.sanitize_service`),
-    in its order: characters it replaces, a run of dots or underscores it collapses, the length
-    it cuts, a ``_``, ``.`` or ``-`` at an end it strips. One of these is always true of a value
-    :func:`normalise_services` refuses."""
+    in its order: characters it replaces, a run of dots or underscores it collapses, a ``_``,
+    ``.`` or ``-`` at an end it strips. One of these is always true of a value
+    :func:`normalise_services` refuses. A value the writer hashes (letters with no ASCII form,
+    a length past 128) is refused only for an ASCII character it rewrites: that is the one
+    named (``Заказы/api``: ``'/'``)."""
+    from athena.schema import sanitized_service
+
     text = folded(part)
     if not text:  # accents only (U+0301): nothing left once they fold
         return "nothing is left of it once accents fold"
-    refused = list(dict.fromkeys(c for c in text if c not in _ACCEPTED))
+    result = sanitized_service(part.strip())
+    hashed = bool(result.dropped or result.cut_from)
+    refused = list(
+        dict.fromkeys(c for c in text if c not in _ACCEPTED and (c.isascii() or not hashed))
+    )
     if refused:
         named = ", ".join(repr(c) for c in refused[:_NAMED_AT_MOST])
         more = f" and {len(refused) - _NAMED_AT_MOST} more" if len(refused) > _NAMED_AT_MOST else ""
         if len(refused) == 1:
-            return f"the character {named} is not accepted"
-        return f"the characters {named}{more} are not accepted"
+            return f"the character {named} is not accepted{_taken(result)}"
+        return f"the characters {named}{more} are not accepted{_taken(result)}"
     runs = [run for run in ("..", "__") if run in text]
     if runs:
         return f"it holds {' and '.join(map(repr, runs))}"
-    from athena.schema import MAX_SERVICE_LEN
-
-    if len(text) > MAX_SERVICE_LEN:
-        return f"it is {len(text):,} characters long"
     ends = [
         f"{where} with {c!r}"
         for where, c in (("starts", text[:1]), ("ends", text[-1:]))
         if c and c in "_.-"
     ]
     return f"it {' and '.join(ends)}" if ends else "the writer would store it otherwise"
+
+
+def _taken(result: SanitizedService) -> str:
+    """What of a refused value would be taken (:func:`hashed_folder`), said after the
+    characters refused; empty when the writer does not hash it."""
+    if result.dropped:
+        return " (letters with no ASCII form are: the writer stores such a name under a hash)"
+    from athena.schema import MAX_SERVICE_LEN
+
+    if result.cut_from:
+        return f" (a name past {MAX_SERVICE_LEN} characters is: the writer stores it under a hash)"
+    return ""
 
 
 def existing_names(warehouse: str | None) -> list[str]:

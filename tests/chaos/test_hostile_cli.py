@@ -203,7 +203,10 @@ CASES: list[tuple[str, list[str], Refused | Rows | Prints]] = [
     ("flags-service-backslash", ["flags", "-s", "recipe\\"], Refused(NOT_A_SERVICE)),
     ("upstreams-service-percent", ["upstreams", "-s", "recipe%"], Refused(NOT_A_SERVICE)),
     ("top-service-newline", ["top", "-s", "recipe\nusers"], Refused(NOT_A_SERVICE)),
-    ("timeline-service-unicode", ["timeline", "-s", "récipe漢"], Refused(NOT_A_SERVICE)),
+    # 漢 has no ASCII form: the name is its own hashed folder (recipe-<hash>), none here.
+    ("errors-service-unicode", ["errors", "-s", "récipe漢", "-f", "json", *RANGE],
+     Rows(nothing, code=3)),
+    ("timeline-service-unicode-quote", ["timeline", "-s", "récipe漢'"], Refused(NOT_A_SERVICE)),
     ("trace-service-100kb", ["trace", "req-1", "-s", BIG + "'"], Refused(NOT_A_SERVICE)),
     ("tail-service-dotdot", ["tail", "-s", "../recipe"], Refused(NOT_A_SERVICE)),
     ("services-service-or", ["services", "-s", INJECT], Refused(NOT_A_SERVICE)),
