@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 
 from aggregator.throttle import Throttle
 from athena.schema import MAX_SERVICE_LEN, SanitizedService, sanitized_service
@@ -26,17 +27,17 @@ SHOWN_CHARS = 160
 #: Characters without an ASCII form the WARNING names one by one; the others are counted.
 NAMED_AT_MOST = 5
 
-_said = Throttle(math.inf)
+_said = Throttle(math.inf, what="service names stored under a hash", logger=log)
 """The hashed values already said, one per name as sent (their hash tells the names apart; a
-name as sent may be any length, a value is at most 128 characters). A name may be said again
-after 10,000 others."""
+name as sent may be any length, a value is at most 128 characters). Past 10,000 names, the
+others are counted and summed up every 10 minutes (:class:`~aggregator.throttle.Throttle`)."""
 
 
 def stored_service(name: str | None) -> str:
     """The partition value of ``name`` (:func:`athena.schema.sanitize_service`); when it is
     hashed, a WARNING says so the first time (:func:`rewrite_text`)."""
     result = sanitized_service(name)
-    if result.hashed and _said.due(result.value, 0.0):
+    if result.hashed and _said.due(result.value, time.time()):
         log.warning("%s", rewrite_text(str(name), result))
     return result.value
 

@@ -34,7 +34,8 @@ def _hash(name: str) -> str:
 @pytest.fixture
 def fresh(monkeypatch: pytest.MonkeyPatch) -> None:
     """A process that has said nothing yet."""
-    monkeypatch.setattr(stored_names, "_said", stored_names.Throttle(float("inf")))
+    fresh = stored_names.Throttle(float("inf"), what="hashed names", logger=stored_names.log)
+    monkeypatch.setattr(stored_names, "_said", fresh)
 
 
 def test_a_hashed_name_is_said_once_with_its_folder(
