@@ -36,7 +36,7 @@ import os
 import re
 import stat
 from collections import deque
-from collections.abc import Container, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeGuard
@@ -939,7 +939,8 @@ def _path_sources(
     for pattern in patterns:
         if scan is not None:
             _probe(_glob_base(os.path.expanduser(pattern)), scan)
-        for name in _one_name_a_file(expand_glob(os.path.expanduser(pattern))):
+        unlisted = None if scan is None else _glob_failure(scan)
+        for name in _one_name_a_file(expand_glob(os.path.expanduser(pattern), unlisted)):
             path = Path(name).absolute()
             target = kubelet_link_target(path) if KUBELET_LINK.match(path.name) else None
             if target is not None:
@@ -966,7 +967,21 @@ def _path_sources(
     return list(out.values())
 
 
-def expand_glob(pattern: str) -> Iterator[str]:
+def _glob_failure(scan: Scan) -> Callable[[str, OSError], None]:
+    """What :func:`expand_glob` does with a folder it cannot list: :func:`_cannot_list` (warned
+    once, ``--once`` fails; a transient error keeps the files under it from being taken for
+    deleted). ``glob`` passed over such folders in silence: a ``--path`` under a folder the
+    shipper may not read shipped nothing, with nothing said."""
+
+    def failed(folder: str, exc: OSError) -> None:
+        _cannot_list(scan, "--path folder", folder or ".", exc)
+
+    return failed
+
+
+def expand_glob(
+    pattern: str, on_error: Callable[[str, OSError], None] | None = None
+) -> Iterator[str]:
     """The paths matching ``pattern`` as ``glob.glob(pattern, recursive=True)`` gives them
     (``*`` and ``**`` pass over names starting with a dot, links to folders are followed),
     walked without recursion and entering each folder once per part of the pattern, by its
@@ -976,8 +991,9 @@ def expand_glob(pattern: str) -> Iterator[str]:
     which stopped the shipper. It also followed links to folders again and again: two links
     ``a -> .`` and ``b -> .`` made it fan out exponentially (discovery never ended, on the
     event loop), one gave each file 41 times. Fluent Bit's tail and Vector's file source
-    likewise know a folder by its device and inode. Folders that cannot be listed are passed
-    over, as ``glob`` did; one too deep for a path (ENAMETOOLONG) is warned about once."""
+    likewise know a folder by its device and inode. A folder that cannot be listed is passed
+    over; ``on_error`` hears of it (one missing, ENOENT, may just not exist yet: not an error),
+    else one too deep for a path (ENAMETOOLONG) is warned about once."""
     if not glob.has_magic(pattern):
         if os.path.lexists(pattern):
             yield pattern
@@ -997,7 +1013,7 @@ def expand_glob(pattern: str) -> Iterator[str]:
         try:
             st = os.stat(folder or ".")
         except OSError as exc:
-            _too_deep(folder, exc)
+            _unlisted(folder, exc, on_error)
             continue
         mark = (st.st_dev, st.st_ino, i)
         if mark in entered:
@@ -1006,7 +1022,7 @@ def expand_glob(pattern: str) -> Iterator[str]:
         part, last = wanted[i], i == len(wanted) - 1
         if part == "**":
             todo.append((folder, i + 1))
-            todo.extend((_join(folder, name), i) for name in _subfolders(folder, "*"))
+            todo.extend((_join(folder, name), i) for name in _subfolders(folder, "*", on_error))
         elif not glob.has_magic(part):
             path = _join(folder, part)
             if last and os.path.lexists(path):
@@ -1014,32 +1030,48 @@ def expand_glob(pattern: str) -> Iterator[str]:
             elif not last and os.path.isdir(path):
                 todo.append((path, i + 1))
         elif last:
-            yield from (_join(folder, name) for name in _names(folder, part))
+            yield from (_join(folder, name) for name in _names(folder, part, on_error))
         else:
-            todo.extend((_join(folder, name), i + 1) for name in _subfolders(folder, part))
+            todo.extend(
+                (_join(folder, name), i + 1) for name in _subfolders(folder, part, on_error)
+            )
 
 
 def _join(folder: str, name: str) -> str:
     return f"{folder.rstrip('/')}/{name}" if folder else name
 
 
-def _names(folder: str, part: str) -> list[str]:
+def _names(
+    folder: str, part: str, on_error: Callable[[str, OSError], None] | None = None
+) -> list[str]:
     """The names in ``folder`` that ``part`` matches (``glob``'s rules for hidden names), by
-    name; none when it cannot be listed."""
+    name; none when it cannot be listed (said to ``on_error``: :func:`expand_glob`)."""
     try:
         with os.scandir(folder or ".") as it:
             names = [e.name for e in it]
     except OSError as exc:
-        _too_deep(folder, exc)
+        _unlisted(folder, exc, on_error)
         return []
+    _readable(folder or ".")
     if part.startswith("."):
         return sorted(fnmatch.filter(names, part))
     return sorted(n for n in fnmatch.filter(names, part) if not n.startswith("."))
 
 
-def _subfolders(folder: str, part: str) -> list[str]:
+def _subfolders(
+    folder: str, part: str, on_error: Callable[[str, OSError], None] | None = None
+) -> list[str]:
     """:func:`_names` that are folders or links to folders."""
-    return [n for n in _names(folder, part) if os.path.isdir(_join(folder, n))]
+    return [n for n in _names(folder, part, on_error) if os.path.isdir(_join(folder, n))]
+
+
+def _unlisted(folder: str, exc: OSError, on_error: Callable[[str, OSError], None] | None) -> None:
+    """A folder :func:`expand_glob` could not list or enter: ``on_error`` unless it is
+    missing (not created yet, or removed meanwhile), else :func:`_too_deep`."""
+    if on_error is None:
+        _too_deep(folder, exc)
+    elif exc.errno != errno.ENOENT:
+        on_error(folder, exc)
 
 
 _TOO_DEEP: dict[str, None] = {}

@@ -302,3 +302,54 @@ def test_once_with_every_folder_readable_exits_0(tmp_path: Path, receiver: Recei
     make_container(docker, "a" * 64, "good", lines=["shipped"])
     assert asyncio.run(asyncio.wait_for(_once(tmp_path, receiver, docker=docker).run(), 60)) == 0
     assert receiver.lines() == ["shipped"]
+
+
+def test_a_path_glob_folder_never_listable_is_warned_about_and_fails_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--path`` globs passed over a folder they could not list in silence (as ``glob`` does):
+    a shipper not allowed to read /var/log/app shipped nothing and said nothing."""
+    logs = tmp_path / "logs"
+    for app in ("open", "locked"):
+        (logs / app).mkdir(parents=True)
+        (logs / app / f"{app}.log").write_text("x\n")
+    locked = logs / "locked"
+    monkeypatch.setattr(discover_mod.os, "scandir", _failing_scandir(locked, errno.EACCES))
+    d = Discoverer(tmp_path / "none", tmp_path / "none", (f"{logs}/*/*.log",))
+    with caplog.at_level(logging.WARNING, logger="logq.shipper"):
+        scans = [d.scan() for _ in range(3)]
+    for scan in scans:
+        assert scan.complete
+        assert [s.service for s in scan.specs] == ["open"]
+        assert len(scan.skipped) == 1 and str(locked) in scan.skipped[0]  # --once exits 1
+    warnings = [r.getMessage() for r in caplog.records if "cannot list" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert (
+        f"--path folder, its logs are not shipped: give the shipper (uid={os.geteuid()})"
+        in (warnings[0])
+    )
+    assert f"path={locked}" in warnings[0]
+
+
+def test_a_path_glob_folder_failing_for_now_keeps_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of descriptors while listing a folder under a ``--path`` glob: the pass is unsure of
+    that folder (its files are not taken for deleted), not of the others."""
+    logs = tmp_path / "logs"
+    for app in ("steady", "flaky"):
+        (logs / app).mkdir(parents=True)
+        (logs / app / f"{app}.log").write_text("x\n")
+    monkeypatch.setattr(discover_mod.os, "scandir", _failing_scandir(logs / "flaky", errno.EMFILE))
+    scan = Discoverer(tmp_path / "none", tmp_path / "none", (f"{logs}/*/*.log",)).scan()
+    assert [s.service for s in scan.specs] == ["steady"]
+    assert scan.unsure == [str(logs / "flaky")] and not scan.skipped
+
+
+def test_a_path_glob_under_a_folder_not_made_yet_says_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="logq.shipper"):
+        scan = Discoverer(tmp_path / "none", tmp_path / "none", (f"{tmp_path}/later/*.log",)).scan()
+    assert scan.complete and not scan.specs and not scan.skipped and not scan.failures
+    assert not caplog.records
