@@ -17,6 +17,9 @@ Layout of ``--buffer-dir``::
     quarantine/             segments set aside after a data error: a buffer dir of its own
                             (node id ``<node-id>-quarantine``), written out with ``drain``
 
+Those files are checked to be regular files before any is read (a FIFO's ``open()`` waited for
+a writer for ever, hanging the start): aggregator/state_files.py.
+
 A segment is a sequence of frames ``[u32 length][u32 crc32][payload]``; the payload is the decoded
 events of one Forward message (a row count and an Arrow IPC stream, see ``decode.to_ipc``, or
 for a message of few rows msgpack columns, see ``small_frames``; a message with a ``chunk``
@@ -79,6 +82,12 @@ from aggregator.chunks import JOURNAL_NAME, FlushedChunks, frame_chunks
 from aggregator.durable import fsync_dir, write_atomic
 from aggregator.flag_values import NODE_ID
 from aggregator.frames import HEADER, Scan, encode_frame, frame_header, scan_frames
+from aggregator.state_files import (
+    LOCK_NAME,
+    NotRegularStateFile,
+    check_lock_file,
+    check_state_files,
+)
 from shipper.errors import unusable_dir_message
 
 log = logging.getLogger("logq.aggregator.buffer")
@@ -294,12 +303,13 @@ class Buffer:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._lock_dir()
-        except BufferDirInUse:
+        except (BufferDirInUse, NotRegularStateFile):
             raise
         except OSError as exc:
             raise unusable_dir_error(self.dir, exc, any_cause=True) from exc
 
     def _open(self, node_id: str | None) -> list[Segment]:
+        check_state_files(self.dir)  # a FIFO among them hung the start (state_files.py)
         self.node_id = node_id or self._load_node_id()
         found = sorted(
             (int(m.group(1)), p) for p in self.dir.iterdir() if (m := _SEGMENT_RE.match(p.name))
@@ -337,7 +347,8 @@ class Buffer:
 
     def _lock_dir(self) -> None:
         """One aggregator per buffer dir: a second one would interleave segments and keys."""
-        self._lock_fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        check_lock_file(self.dir)
+        self._lock_fd = os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

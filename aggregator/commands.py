@@ -66,7 +66,9 @@ def serve(args: argparse.Namespace, drain: bool = False) -> int:
     settings: Settings | None = None
     try:
         settings = load_settings(args)
-        if drain and not (Path(settings.buffer_dir) / "node-id").is_file():
+        # exists(), not is_file(): a node-id that is a FIFO or a folder is said to be one
+        # when the buffer opens (aggregator/state_files.py), not "no node-id file".
+        if drain and not (Path(settings.buffer_dir) / "node-id").exists():
             raise ConfigError(
                 f"drain: {settings.buffer_dir} is not a logq-aggregator buffer directory (no "
                 "node-id file); pass the --buffer-dir of the aggregator to write out"
