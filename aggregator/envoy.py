@@ -11,7 +11,8 @@ runs a list of *attempts* over the batch, each seeing only the lines the previou
    spaces and checked by byte classes, :mod:`.envoy_checks`, with the DFA match only for the
    lines those checks cannot vouch for; a fraction of the cost of capturing), each strict
    regex (quoted values without quotes), then each lenient one (quotes allowed inside a quoted
-   value, as user agents have);
+   value, as user agents have, but not the ``" "`` between two quoted fields: a line with more
+   quoted fields than a format is no line of it);
 3. the same rounds for the built-in formats of other data planes (Emissary-ingress, Kuma,
    Istio 1.3 to 1.7: :data:`LATER_FORMATS`), on the lines all the others left that begin as
    their lines begin (``ACCESS [`` or ``[``, and a time): the others, Envoy's own diagnostics
@@ -98,6 +99,19 @@ class FormatError(ValueError):
 
 _TIME_SECONDS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"
 
+#: A quoted value of the lenient round (:attr:`EnvoyFormat.pattern`): quotes allowed, as user
+#: agents hold them (``Mozilla/5.0 "Chrome"``), but not ``" "``, the boundary between two quoted
+#: fields. A value running over one reads a line with more quoted fields than its format: Envoy's
+#: default line with fields added at its end (a slightly customised format) was stored with the
+#: user agent holding ``" "`` and every later column shifted, and a configured format's line
+#: could be taken by a built-in format's lenient pattern that way. Which of such a line's fields
+#: are the extra ones cannot be told, so no format may read it so: it goes to the next format,
+#: else to ``container_logs``, counted as unparsed. (A user agent that holds ``" "`` itself is
+#: indistinguishable from that, and is unparsed too.) Runs of quote-free text, each quote run
+#: after the first followed by a non-quote, or by a space and a non-quote: one way to read any
+#: value, so RE2 captures it faster than ``.*?`` did; greedy, as the strict ``[^"]*`` is.
+_ANY_QUOTED = r'(?:[^"]*(?:"+(?:[^" ]| [^"])[^"]*)*(?:"+ ?)?)'
+
 # operator (upper-cased, without %) -> (column, regex of its value)
 _INT32 = r"\d{1,9}|-"
 _INT64 = r"\d{1,18}|-"
@@ -124,7 +138,7 @@ _OPERATORS: dict[str, tuple[str, str]] = {
     "DURATION": ("duration_ms", _INT32),
     "RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)": ("upstream_service_time_ms", _INT32),
     "REQ(X-FORWARDED-FOR)": ("x_forwarded_for", r"[^\"]*"),
-    "REQ(USER-AGENT)": ("user_agent", "(?:.*?)"),
+    "REQ(USER-AGENT)": ("user_agent", _ANY_QUOTED),
     "REQ(X-REQUEST-ID)": ("request_id", r"[^\"]*"),
     "REQ(:AUTHORITY)": ("authority", r"[^\"\s]*"),
     "REQ(HOST)": ("authority", r"[^\"\s]*"),
@@ -154,8 +168,6 @@ DASH_IS_NULL = frozenset({"upstream_service_time_ms", "x_forwarded_for", "upstre
 #: Columns an Envoy format must capture to fill a row.
 REQUIRED = ("start", "response_code")
 
-#: A quoted value that may hold quotes, and its quote-free variant (see EnvoyFormat).
-_ANY_QUOTED = "(?:.*?)"
 _NO_QUOTE = '[^"]*'
 #: Bounds of a custom format: Istio's has 25 operators. A pattern of thousands of quoted fields
 #: is too big for RE2's DFA, and each line that does not match then costs ~0.5 s.
@@ -411,17 +423,19 @@ def text_attempt(fmt: EnvoyFormat, pattern: str) -> Attempt:
 
 
 def attempts_for(formats: tuple[EnvoyFormat, ...], json_logs: bool = True) -> list[Attempt]:
-    """JSON access logs first (they start with ``{``), then the text formats in three rounds:
-    every format's split plan, every strict regex (both in the order of ``formats``), then the
-    lenient regexes, built-in formats first. The :data:`LATER_FORMATS` among ``formats`` get
-    their three rounds after all that, on the lines the others left (the built-in ones: the
-    same text configured keeps its place, :func:`_built_in_later`).
+    """JSON access logs first (they start with ``{``), then the text formats in three rounds,
+    each in the order of ``formats`` (configured ones first, README): every format's split
+    plan, every strict regex, then every lenient regex. The :data:`LATER_FORMATS` among
+    ``formats`` get their three rounds after all that, on the lines the others left (the
+    built-in ones: the same text configured keeps its place, :func:`_built_in_later`).
 
-    By rounds, not format by format: a lenient regex lets a quoted value run over quotes, so a
-    configured format shorter than the default one would take the default's lines with their
-    last values shifted one column (a user agent holding the request id). The strict and split
-    rounds count the quotes, so there a configured format takes only lines of its own shape,
-    and one of the default's shape with other operators wins over the default, as configured."""
+    By rounds, not format by format: a line whose quoted values hold no quote is read by the
+    format of its shape, whichever comes first, and a lenient regex only sees the lines no
+    format reads strictly. Configured formats come first in the lenient round too: a
+    configured line whose user agent holds a quote was read by a built-in format of the same
+    shape (its real IP stored as ``x_forwarded_for``...). A lenient value never runs over the
+    ``" "`` between two quoted fields (:data:`_ANY_QUOTED`), so a format shorter than a line
+    cannot take it with its last values shifted (a user agent holding the request id)."""
     from aggregator.envoy_json import json_attempt
 
     attempts: list[Attempt] = [json_attempt] if json_logs else []
@@ -435,9 +449,8 @@ def attempts_for(formats: tuple[EnvoyFormat, ...], json_logs: bool = True) -> li
 def _built_in_later(fmt: EnvoyFormat) -> bool:
     """Whether ``fmt`` is one of :data:`LATER_FORMATS` itself, not an equal one: the same text
     given with ``--envoy-format`` (as Emissary's or Kuma's had to be before they were built in)
-    keeps its configured place, tried first and in order. Moved behind the other formats, it
-    would leave its lines to a shorter configured format's lenient regex, which takes them
-    with their last values shifted one column."""
+    keeps its configured place, tried first and in order: moved behind the other formats, it
+    would leave a line that another configured format fits too to that one."""
     return any(fmt is built_in for built_in in LATER_FORMATS)
 
 
@@ -466,8 +479,7 @@ def _rounds(formats: tuple[EnvoyFormat, ...]) -> list[Attempt]:
     plans = (split_plan(fmt) for fmt in formats)
     attempts = [split_attempt(plan) for plan in plans if plan is not None]
     attempts += [text_attempt(fmt, fmt.strict_pattern) for fmt in formats if fmt.strict_pattern]
-    lenient = sorted(formats, key=lambda fmt: fmt not in BUILTIN_FORMATS)  # stable
-    attempts += [text_attempt(fmt, fmt.pattern) for fmt in lenient]
+    attempts += [text_attempt(fmt, fmt.pattern) for fmt in formats]
     return attempts
 
 

@@ -356,3 +356,20 @@ def test_a_long_sample_is_cut_in_characters_and_keeps_its_length() -> None:
     (sample,) = routed.unparsed_samples.values()
     assert sample.line == line[:SAMPLE_CHARS]
     assert sample.chars == len(line)
+
+
+def test_a_default_line_with_fields_added_is_a_counted_unparsed_line() -> None:
+    """A sidecar whose format adds quoted fields to Envoy's default one, not given with
+    ``--envoy-format``: its lines are kept whole in container_logs, counted, and one is the
+    warning's sample (that tells what format to add), not stored with shifted columns."""
+    envoy = {"image": ENVOY_IMAGE, "container_name": "envoy"}
+    longer = envoy_line() + ' "outbound|80||shop.default" "-"'
+    events = [
+        ("logq.recipe", T0, record(envoy_line(), **envoy)),
+        ("logq.recipe", T0, record(longer + "\n", **envoy)),
+    ]
+    routed = route(table_of(events))
+    assert routed.tables["envoy_access"].num_rows == 1
+    assert routed.tables["container_logs"].column("message").to_pylist() == [longer]
+    assert routed.parse_failures == {"recipe": 1}
+    assert routed.unparsed_samples == {"recipe": UnparsedSample(longer, len(longer), "envoy")}

@@ -217,6 +217,65 @@ def test_a_configured_format_shorter_than_the_default_leaves_default_lines_alone
     assert cols["upstream_host"].to_pylist() == ["10.0.0.9:80", None]
 
 
+def test_a_line_with_more_quoted_fields_than_its_format_is_unparsed() -> None:
+    """Envoy's default line with quoted fields added at its end, as a slightly customised
+    format prints it (one no ``--envoy-format`` gives): the default format's lenient pattern
+    read it with the user agent holding ``" "`` and every later column shifted (the upstream
+    cluster stored as the authority). Which fields are the extra ones cannot be told, so the
+    line is unparsed (kept in container_logs, counted); a user agent holding stray quotes still
+    parses, its values where they were printed."""
+    line = envoy_line(ua='Mozilla/5.0 "Chrome"', rid="rid-1", upstream="10.0.0.9:80")
+    lines = [
+        line + ' "outbound|80||shop.default" "x"',
+        envoy_line(rid="rid-2") + ' "outbound|80||shop.default"',
+        line,
+        envoy_line(ua='a"b "c', rid="rid-4"),
+    ]
+    for formats in (BUILTIN_FORMATS, envoy_formats(Settings())):
+        parsed = parse_lines(pa.array(lines), formats)
+        assert parsed.unparsed.to_pylist() == [0, 1]
+        cols = parsed.columns
+        assert cols["user_agent"].to_pylist() == ['Mozilla/5.0 "Chrome"', 'a"b "c']
+        assert cols["request_id"].to_pylist() == ["rid-1", "rid-4"]
+        assert cols["authority"].to_pylist() == ["shop.internal"] * 2
+        assert cols["upstream_host"].to_pylist() == ["10.0.0.9:80", "10.0.3.7:8080"]
+    # Given as a format, the same lines are its own.
+    longer = DEFAULT_FORMAT + ' "%UPSTREAM_CLUSTER%" "%REQ(X-TRACE)%"'
+    parsed = parse_lines(pa.array(lines[:1]), envoy_formats(Settings(envoy_formats=[longer])))
+    assert parsed.unparsed.to_pylist() == []
+    assert parsed.columns["request_id"].to_pylist() == ["rid-1"]
+    assert parsed.columns["upstream_host"].to_pylist() == ["10.0.0.9:80"]
+
+
+def test_a_configured_format_wins_when_its_user_agent_holds_a_quote() -> None:
+    """A configured format of the default's shape (``X-Real-IP`` and the response duration where
+    the default logs ``X-Forwarded-For`` and the request's) takes its lines whose user agent
+    holds a quote too: the default format's lenient pattern, tried first, took them (the real
+    IP stored as ``x_forwarded_for``), though configured formats win over the built-in ones
+    (README). A format shorter than the default still leaves the default's lines alone."""
+    custom = DEFAULT_FORMAT.replace("%REQ(X-FORWARDED-FOR)%", "%REQ(X-REAL-IP)%").replace(
+        "%DURATION%", "%RESPONSE_DURATION%"
+    )
+    shorter = DEFAULT_FORMAT.replace(' "%UPSTREAM_HOST%"', "")
+    formats = envoy_formats(Settings(envoy_formats=[custom, shorter]))
+    quoted = envoy_line(xff="10.9.8.7", duration=12, ua='Mozilla/5.0 "Chrome" x', rid="rid-1")
+    plain = envoy_line(xff="10.9.8.7", duration=12, rid="rid-2")
+    parsed = parse_lines(pa.array([quoted, plain]), formats)
+    assert parsed.unparsed.to_pylist() == []
+    cols = parsed.columns
+    assert cols["x_forwarded_for"].to_pylist() == [None, None]
+    assert cols["duration_ms"].to_pylist() == [None, None]
+    assert cols["user_agent"].to_pylist() == ['Mozilla/5.0 "Chrome" x', "curl/8.5.0"]
+    assert cols["request_id"].to_pylist() == ["rid-1", "rid-2"]
+    # Without the custom format, the shorter one (now tried before the built-ins in every
+    # round) must not take the default's line by running its user agent over the request id.
+    parsed = parse_lines(pa.array([quoted]), envoy_formats(Settings(envoy_formats=[shorter])))
+    assert parsed.columns["user_agent"].to_pylist() == ['Mozilla/5.0 "Chrome" x']
+    assert parsed.columns["request_id"].to_pylist() == ["rid-1"]
+    assert parsed.columns["upstream_host"].to_pylist() == ["10.0.3.7:8080"]
+    assert parsed.columns["x_forwarded_for"].to_pylist() == ["10.9.8.7"]
+
+
 def test_a_json_line_reads_the_same_whatever_its_batch() -> None:
     """A line's values must not depend on its neighbours: alone (first bulk read), beside
     json_format and typed lines (the re-read with numbers unquoted) and beside a broken line

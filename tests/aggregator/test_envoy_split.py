@@ -250,7 +250,11 @@ def test_values_stay_aligned_with_the_lines_that_fit_the_plan() -> None:
 
 #: A path as Envoy logs it: any non-blank text, quotes included (scanners send them).
 _QUOTED_PATH = st.text("a/?=&\"'\\%é", min_size=1, max_size=10)
-_AGENT = st.text("a \"'-()é", max_size=10)
+#: A user agent with quotes, but not the ``" "`` between two quoted fields: a line whose user
+#: agent holds one is also the format's line with a field added at its end (``"" ""`` is an
+#: empty user agent and request id as well), and is left unparsed
+#: (test_a_line_with_more_quoted_fields_than_its_format_is_unparsed).
+_AGENT = st.text("a \"'-()é", max_size=10).filter(lambda agent: '" "' not in agent)
 
 
 @settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
