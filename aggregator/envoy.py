@@ -39,7 +39,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aggregator.envoy_time import TimeFormat, compile_time_format, with_fraction, without_rollover
+from aggregator.envoy_time import (
+    TimeFormat,
+    compile_time_format,
+    value_pattern,
+    with_fraction,
+    without_rollover,
+)
 
 #: Envoy's default access-log format (its lines unchanged from 1.x to today; recent Envoy sources
 #: spell it with the long operator names, see :func:`operator_key`).
@@ -225,8 +231,9 @@ def compile_format(fmt: str) -> EnvoyFormat:
         op = operator_key(m.group(1))
         quoted = literal.endswith('"')
         if op.startswith("START_TIME(") and op.endswith(")"):
-            if "start" in columns:
-                parts.append(r"(?:\S+)" if not quoted else _ANY_QUOTED)
+            if "start" in columns:  # matched, not converted: the first one is the row's
+                spec = m.group(1)[len("START_TIME(") : -1]
+                parts.append(_ANY_QUOTED if quoted else f"(?:{value_pattern(spec)})")
             else:
                 try:
                     time_format = compile_time_format(m.group(1)[len("START_TIME(") : -1])

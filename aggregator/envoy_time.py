@@ -47,6 +47,9 @@ _CALENDAR = {
     "z": r"(?:[+-]\d{2}:?\d{2}|Z)",
 }
 _EXPAND = {"T": "%H:%M:%S", "F": "%Y-%m-%d"}
+#: What a spec is read as, left to right, to expand :data:`_EXPAND`: ``%%`` is a percent sign,
+#: so ``%%T`` is the text ``%T``, not a time.
+_EXPANDED = re.compile(r"%(%|" + "|".join(_EXPAND) + ")")
 #: Regex of ``%s`` (epoch seconds); also how the epoch parts are told apart from literals.
 _EPOCH_DIGITS = r"\d{1,12}"
 _DIRECTIVE = re.compile(r"%([1-9]?f|[A-Za-z%])")
@@ -125,10 +128,38 @@ def with_fraction(seconds: pa.Array, fraction: pa.Array) -> pa.Array:
     return pc.add(pc.multiply(seconds, 1000), millis).cast(TIMESTAMP)
 
 
+def expand(spec: str) -> str:
+    """``spec`` with ``%T`` and ``%F`` written out (:data:`_EXPAND`), ``%%`` kept as it is."""
+    return _EXPANDED.sub(lambda m: _EXPAND.get(m.group(1), m.group(0)), spec)
+
+
+def value_pattern(spec: str) -> str:
+    """Regex (no groups) of a time printed with ``spec`` that is matched but not converted (a
+    format's second ``START_TIME``): each directive :func:`compile_time_format` knows as its
+    regex, any other as a run of non-blanks; the spec's own text, spaces included, as it is.
+    (``\\S+`` for the whole value never matched a time printed with a space.)"""
+    parts: list[str] = []
+    pos = 0
+    spec = expand(spec)
+    for m in _DIRECTIVE.finditer(spec):
+        parts.append(re.escape(spec[pos : m.start()]))
+        d = m.group(1)
+        if d == "%":
+            parts.append("%")
+        elif d.endswith("f"):
+            parts.append(rf"\d{{{int(d[0]) if len(d) == 2 else 9}}}")
+        elif d == "s":
+            parts.append(_EPOCH_DIGITS)
+        else:
+            parts.append(_CALENDAR.get(d, r"\S+"))
+        pos = m.end()
+    parts.append(re.escape(spec[pos:]))
+    return "".join(parts)
+
+
 def compile_time_format(spec: str) -> TimeFormat:
     """Compile an Envoy ``START_TIME`` spec; ValueError for a directive logq cannot parse."""
-    for short, long in _EXPAND.items():
-        spec = spec.replace(f"%{short}", long)
+    spec = expand(spec)
     pattern: list[str] = []
     before: list[str] = []
     after: list[str] = []
@@ -169,11 +200,12 @@ def compile_time_format(spec: str) -> TimeFormat:
     (after if frac else before).append(tail)
     pattern.append(tail)
     strp.append(spec[pos:])
-    if epoch and (spec.count("%s") > 1 or _EPOCH_DIGITS in after):
+    directives = [m.group(1) for m in _DIRECTIVE.finditer(spec)]  # %%Y is no year
+    if epoch and (directives.count("s") > 1 or _EPOCH_DIGITS in after):
         raise ValueError(
             f"%START_TIME({spec})%: %s must appear once, before any fraction (%f, %3f ...)"
         )
-    if not epoch and not any(f"%{d}" in spec for d in ("Y", "y")):
+    if not epoch and not any(d in directives for d in ("Y", "y")):
         raise ValueError(f"%START_TIME({spec})%: needs a year (%Y or %y) or %s to be a time")
     fields: tuple[str, ...] = ()
     if epoch:

@@ -186,6 +186,46 @@ def test_custom_start_time_formats(time_spec: str, printed: str, expected: str) 
     assert parsed.columns["response_code"].to_pylist() == [503]
 
 
+def test_a_second_start_time_printed_with_a_space_matches() -> None:
+    """A format may print the start time twice (Envoy's time and the common log format's):
+    the second was compiled as one run of non-blanks, so a spec with a space made a format
+    that no line matched, every line unparsed. The first gives the row's time."""
+    fmt = compile_format(
+        "[%START_TIME%] %RESPONSE_CODE% %START_TIME(%d/%b/%Y:%H:%M:%S %z)% %DURATION%"
+    )
+    line = "[2026-11-28T14:00:00.123Z] 503 28/Nov/2026:15:00:00 +0100 7"
+    parsed = parse_lines(pa.array([line, line.replace(" +0100", "+0100")]), (fmt,))
+    assert parsed.rows.to_pylist() == [0]
+    when = parsed.columns["timestamp"][0].as_py()
+    assert when.isoformat(timespec="milliseconds") == "2026-11-28T14:00:00.123+00:00"
+    assert parsed.columns["duration_ms"].to_pylist() == [7]
+    both = compile_format("%START_TIME(%F %T)% %START_TIME(%b %d %T)% %RESPONSE_CODE%")
+    parsed = parse_lines(pa.array(["2026-11-28 14:03:05 Nov 28 14:03:05 200"]), (both,))
+    assert parsed.unparsed.to_pylist() == []
+    assert parsed.columns["response_code"].to_pylist() == [200]
+
+
+@pytest.mark.parametrize(
+    ("spec", "printed", "expected"),
+    [
+        ("%Y-%m-%dT%H:%M:%S %%T", "2026-11-28T14:03:05 %T", "2026-11-28T14:03:05"),
+        ("%F %%F", "2026-11-28 %F", "2026-11-28T00:00:00"),
+        ("%s %%s", "1795874585 %s", "2026-11-28T14:03:05"),
+    ],
+)
+def test_a_doubled_percent_in_a_start_time_is_text(spec: str, printed: str, expected: str) -> None:
+    """``%%`` is a percent sign in a time spec as in strftime: ``%%T`` prints ``%T``, not a
+    time (it was expanded to ``%%H:%M:%S``, so no line matched), ``%%s`` is no second epoch
+    time (the format was refused) and ``%%Y`` no year."""
+    fmt = compile_format(f"[%START_TIME({spec})%] %RESPONSE_CODE%")
+    parsed = parse_lines(pa.array([f"[{printed}] 503"]), (fmt,), json_logs=False)
+    assert parsed.unparsed.to_pylist() == []
+    when = parsed.columns["timestamp"][0].as_py()
+    assert when.isoformat(timespec="seconds") == expected + "+00:00"
+    with pytest.raises(FormatError, match="needs a year"):
+        compile_format("[%START_TIME(%%Y %H:%M)%] %RESPONSE_CODE%")
+
+
 def test_default_format_constant_matches_the_documented_one() -> None:
     assert DEFAULT_FORMAT.startswith('[%START_TIME%] "%REQ(:METHOD)% ')
     assert DEFAULT_FORMAT.endswith('"%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"')
