@@ -238,6 +238,10 @@ def _for_duckdb(node: Any) -> Any:
     * ``regexp_replace``, ``split_part`` and ``format`` keep Trino's meaning, and functions only
       Athena has are refused with what to use instead (:mod:`athena.trinofuncs`);
       ``approx_distinct`` is exact locally (``count(DISTINCT x)``), in ad-hoc statements.
+    * ``json_extract[_scalar]``, ``split`` with a limit, ``substr``, ``AT TIME ZONE`` and, in
+      ad-hoc statements, casts of a DOUBLE to an integer or of a zoned timestamp to text keep
+      Trino's meaning, and a weighted ``approx_percentile`` is refused
+      (:mod:`athena.trinocalls`).
     * Athena's hidden columns (:data:`HIDDEN_COLUMNS`) are refused: the local views have no
       such column, and DuckDB's "not found" listed ``path`` as the likely one.
     * DuckDB's statements written as functions (:data:`STATEMENT_FUNCTIONS`) are refused.
@@ -246,7 +250,7 @@ def _for_duckdb(node: Any) -> Any:
     """
     from sqlglot import exp
 
-    from athena import trinofuncs
+    from athena import trinocalls, trinofuncs
 
     if isinstance(node, exp.Column) and node.name.lower() in HIDDEN_COLUMNS:
         raise QueryError(
@@ -267,6 +271,9 @@ def _for_duckdb(node: Any) -> Any:
         node.set("catalog", None)
         return node
     if isinstance(node, exp.ApproxQuantile):
+        weighted = trinocalls.weighted_percentile(node)
+        if weighted is not None:
+            raise weighted
         return exp.Anonymous(
             this="quantile_disc", expressions=[_adapted(node.this), _adapted(node.args["quantile"])]
         )
@@ -281,6 +288,18 @@ def _for_duckdb(node: Any) -> Any:
         return trinofuncs.split_part(node, _adapted)
     if isinstance(node, exp.Format):
         return trinofuncs.format_call(node, _adapted)
+    if isinstance(node, exp.JSONExtract | exp.JSONExtractScalar):
+        return trinocalls.json_extract(node, _adapted)
+    if isinstance(node, exp.Split):
+        return trinocalls.split(node, _adapted)
+    if isinstance(node, exp.Substring):
+        return trinocalls.substr(node, _adapted)
+    if isinstance(node, exp.AtTimeZone):
+        return trinocalls.at_time_zone(node, _adapted)
+    if _ADHOC.get(False) and isinstance(node, exp.Cast):
+        rewritten = trinocalls.cast(node, _adapted)
+        if rewritten is not None:
+            return rewritten
     if isinstance(node, exp.Anonymous) and str(node.this).lower() in trinofuncs.ATHENA_ONLY:
         raise trinofuncs.athena_only(str(node.this))
     typed = trinofuncs.typed_athena_only(node)

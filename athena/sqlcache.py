@@ -42,7 +42,8 @@ def cache_dir() -> Path | None:
 def _code_fingerprint() -> str:
     """sqlglot's version and the source of the modules that transform the tree."""
     source = b"".join(
-        (Path(__file__).parent / name).read_bytes() for name in ("queries.py", "trinofuncs.py")
+        (Path(__file__).parent / name).read_bytes()
+        for name in ("queries.py", "trinofuncs.py", "trinocalls.py")
     )
     return _sqlglot_version() + ":" + hashlib.sha256(source).hexdigest()[:16]
 

@@ -1,0 +1,220 @@
+"""More Trino calls whose DuckDB namesake answers otherwise, rewritten on the parsed tree.
+
+Companion of :mod:`athena.trinofuncs` (same contract: each rewrite takes the sqlglot node and
+``adapt``, which adapts its arguments, and returns the DuckDB tree). Each answer below is
+Trino's documented one (its "Functions and operators" pages) or its code's, where DuckDB gave
+another without a word:
+
+* ``json_extract_scalar(json, path)`` / ``json_extract(json, path)``: NULL for text that is not
+  JSON (Trino's ``JsonExtract`` returns NULL on a parse error): DuckDB failed the whole query,
+  so ``json_extract_scalar(message, '$.level')`` over ``container_logs``, where most lines are
+  plain text, answered nothing. ``json_extract_scalar`` of an object or array is NULL ("the
+  value referenced by json_path must be a scalar"): DuckDB gave its JSON text.
+* ``split(s, delimiter, limit)``: at most ``limit`` fields, the last holding the rest of the
+  text; sqlglot dropped the limit (``split('a,b,c', ',', 2)`` gave three fields, not
+  ``['a', 'b,c']``).
+* ``substr(s, start[, length])``: Trino's is empty for a start of 0, a length below 1 and a
+  negative start before the beginning of the text; DuckDB counts a start of 0 as the position
+  before the first character (``substr(path, 0, 5)`` gave 4 characters, Trino ''), a negative
+  length as characters before the start, and clamps a start before the beginning.
+* ``ts AT TIME ZONE zone``: Trino reads a TIMESTAMP without a zone in the session's zone (UTC
+  on Athena) and shows that instant in ``zone``; DuckDB reads it as a wall time *in* ``zone``,
+  shifting the other way (``TIMESTAMP '2024-03-10 22:00' AT TIME ZONE 'America/New_York'``
+  was 02:00 the next day, Trino 18:00). Cast to a TIMESTAMP WITH TIME ZONE first (UTC, the
+  session zone), both engines show the same wall time in ``zone``.
+* ``CAST(double AS integer)`` (and the other integer types): Trino rounds half away from zero
+  (``MathFunctions.round``: ``CAST(2.5e0 AS integer)`` is 3), DuckDB half to even (2), so
+  ``CAST(avg(duration_ms) AS bigint)`` differed on every .5. Rounded with DuckDB's ``round``
+  (half away from zero) first. REAL is left: Trino rounds it with Java's ``Math.round``
+  (half up, -2.5 to -2), as DuckDB's even rounding happens to on negative ties only.
+* ``CAST(ts AS varchar)`` of the tables' ``timestamp``: Athena's column is a ``timestamp(3)``
+  and prints ``2024-03-10 22:00:03.719`` (always 3 digits); locally it is a TIMESTAMP WITH
+  TIME ZONE (UTC) and printed ``2024-03-10 22:00:03.719+00``. A TIMESTAMP WITH TIME ZONE cast
+  to text prints as Athena prints the column. Trino's own zoned values (``now()``,
+  ``from_unixtime``) print with their zone there (``... UTC``), which this does not rebuild.
+* ``approx_percentile(x, w, p)`` with a weight is refused: there is no weighted quantile in
+  DuckDB, and sqlglot's spelling dropped the weight (``quantile_disc(x, p)``), an unweighted
+  answer.
+
+Rewrites that would change the canned queries' SQL (the casts) apply to ``logq sql`` only; the
+canned queries are written for both engines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from athena.queries import QueryError
+
+#: DuckDB's names of the integer types a CAST may target (as ``DataType.this`` names them).
+_INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INT", "BIGINT"})
+#: DuckDB's names of the text types a CAST may target.
+_TEXT_TYPES = frozenset({"VARCHAR", "TEXT", "CHAR", "NCHAR", "NVARCHAR"})
+
+#: ``json_extract`` / ``json_extract_scalar``: NULL unless the text is JSON (and, for the
+#: scalar one, the value at the path is neither an object nor an array).
+_JSON_VALID = "CASE WHEN json_valid(__json__) THEN __call__ END"
+_JSON_SCALAR = (
+    "CASE WHEN json_valid(__json__) AND json_type(__json__, __path__) NOT IN ('OBJECT', 'ARRAY') "
+    "THEN __call__ END"
+)
+
+#: Trino's ``split(s, d, limit)`` over DuckDB's ``string_split``: the fields past ``limit - 1``
+#: joined back with the delimiter (which is what they were split from).
+_SPLIT_LIMIT = """
+CASE
+  WHEN __s__ IS NULL OR __d__ IS NULL OR __limit__ IS NULL THEN NULL
+  WHEN __limit__ < 1 THEN error('split: limit must be positive')
+  WHEN len(string_split(__s__, __d__)) <= __limit__ THEN string_split(__s__, __d__)
+  ELSE list_concat(
+    list_slice(string_split(__s__, __d__), 1, __limit__ - 1),
+    [array_to_string(list_slice(string_split(__s__, __d__), __limit__, -1), __d__)])
+END
+"""
+
+#: Trino's ``substr`` (``StringFunctions.substr``): '' for a start of 0, a length below 1 or a
+#: start before the beginning; a NULL argument still gives NULL (``__empty__``).
+_SUBSTR = """
+CASE
+  WHEN __start__ = 0 OR (__start__ < 0 AND __start__ + length(__s__) < 0)__short__
+  THEN __empty__
+  ELSE __call__
+END
+"""
+
+#: What ``CAST(x AS double-to-integer type)`` means on Trino (see the module docs).
+_ROUNDED_CAST = "CASE WHEN typeof(__x__) = 'DOUBLE' THEN __rounded__ ELSE __call__ END"
+#: The text of the tables' timestamp as Athena prints its ``timestamp(3)``. DuckDB binds
+#: both branches whatever the type: the value reaches ``strftime`` through its text, which
+#: casts back to a TIMESTAMP WITH TIME ZONE (``strftime`` of an integer would not bind).
+_TIMESTAMP_TEXT = (
+    "CASE WHEN typeof(__x__) = 'TIMESTAMP WITH TIME ZONE' "
+    "THEN strftime(CAST(CAST(__x__ AS VARCHAR) AS TIMESTAMPTZ), '%Y-%m-%d %H:%M:%S.%g') "
+    "ELSE __call__ END"
+)
+
+
+def json_extract(node: Any, adapt: Callable[[Any], Any]) -> Any:
+    """``node`` (exp.JSONExtract or exp.JSONExtractScalar) with Trino's NULLs (module docs)."""
+    from sqlglot import exp
+
+    call = node.copy()
+    call.set("this", adapt(node.this))
+    call.set("expression", adapt(node.expression))
+    scalar = isinstance(node, exp.JSONExtractScalar)
+    return _fill(
+        _JSON_SCALAR if scalar else _JSON_VALID,
+        json=call.this,
+        path=_path_text(call.expression),
+        call=call,
+    )
+
+
+def _path_text(path: Any) -> Any:
+    """A JSON path argument as DuckDB's functions take it: sqlglot's JSONPath as its text."""
+    from sqlglot import exp
+
+    if isinstance(path, exp.JSONPath):
+        return exp.Literal.string(path.sql(dialect="duckdb").strip("'").replace("''", "'"))
+    return path
+
+
+def split(node: Any, adapt: Callable[[Any], Any]) -> Any:
+    """``node`` (exp.Split): with a limit, Trino's meaning of it (module docs)."""
+    limit = node.args.get("limit")
+    call = node.copy()
+    call.set("this", adapt(node.this))
+    call.set("expression", adapt(node.expression))
+    if limit is None:
+        return call
+    limit = adapt(limit)
+    if limit.is_int and limit.to_py() < 1:
+        raise QueryError(f"split: limit {limit.to_py()} is below 1, which Athena refuses")
+    return _fill(_SPLIT_LIMIT, s=call.this, d=call.expression, limit=limit)
+
+
+def substr(node: Any, adapt: Callable[[Any], Any]) -> Any:
+    """``node`` (exp.Substring) with Trino's meaning (module docs). A literal start of 1 or
+    more with no length, or a literal length of 1 or more, means the same on both engines and
+    is left as it is."""
+    from sqlglot import exp
+
+    call = node.copy()
+    for key, value in node.args.items():
+        if isinstance(value, exp.Expression):
+            call.set(key, adapt(value))
+    start, length = call.args.get("start"), call.args.get("length")
+    if start is None:
+        return call
+    plain_start = start.is_int and start.to_py() >= 1
+    plain_length = length is None or (length.is_int and length.to_py() >= 1)
+    if plain_start and plain_length:
+        return call
+    zero = exp.Literal.number(0)
+    empty = exp.Substring(
+        this=call.this.copy(),
+        start=exp.Literal.number(1),
+        length=zero if length is None else exp.Mul(this=length.copy(), expression=zero),
+    )
+    template = _SUBSTR.replace("__short__", "" if length is None else " OR __length__ < 1")
+    return _fill(template, s=call.this, start=start, length=length, empty=empty, call=call)
+
+
+def at_time_zone(node: Any, adapt: Callable[[Any], Any]) -> Any:
+    """``node`` (exp.AtTimeZone) with its value cast to a TIMESTAMP WITH TIME ZONE first, so a
+    value without a zone is read in UTC, the session zone (module docs)."""
+    from sqlglot import exp
+
+    value = exp.Cast(this=adapt(node.this), to=exp.DataType.build("TIMESTAMPTZ"))
+    return exp.AtTimeZone(this=value, zone=adapt(node.args["zone"]))
+
+
+def cast(node: Any, adapt: Callable[[Any], Any]) -> Any | None:
+    """``node`` (exp.Cast, exp.TryCast) with Trino's meaning where DuckDB's differs (module
+    docs: a DOUBLE to an integer, a TIMESTAMP WITH TIME ZONE to text), else None."""
+    from sqlglot import exp
+
+    to = node.args.get("to")
+    kind = to.this.name if isinstance(to, exp.DataType) else ""
+    if kind not in _INTEGER_TYPES and kind not in _TEXT_TYPES:
+        return None
+    call = node.copy()
+    call.set("this", adapt(node.this))
+    value = call.this
+    if kind in _TEXT_TYPES:
+        return _fill(_TIMESTAMP_TEXT, x=value, call=call)
+    rounded = call.copy()
+    rounded.set(
+        "this",
+        exp.Round(this=exp.Cast(this=value.copy(), to=exp.DataType.build("DOUBLE"))),
+    )
+    return _fill(_ROUNDED_CAST, x=value, rounded=rounded, call=call)
+
+
+def weighted_percentile(node: Any) -> QueryError | None:
+    """The refusal of ``approx_percentile(x, w, p)`` (exp.ApproxQuantile with a weight), or
+    None for the unweighted call."""
+    if node.args.get("weight") is None:
+        return None
+    return QueryError(
+        "approx_percentile(x, w, p) with a weight has no local equivalent (DuckDB has no "
+        "weighted quantile, and the unweighted one answers otherwise); drop the weight, or "
+        "run the statement with --engine athena"
+    )
+
+
+def _fill(template: str, **args: Any) -> Any:
+    """The DuckDB expression ``template`` with a copy of ``args[name]`` for each ``__name__``
+    (a column of that name as the template parses it)."""
+    import sqlglot
+    from sqlglot import exp
+
+    tree = sqlglot.parse_one(template, read="duckdb")
+
+    def put(node: Any) -> Any:
+        if isinstance(node, exp.Column) and node.name.startswith("__") and node.name.endswith("__"):
+            return args[node.name.strip("_")].copy()
+        return node
+
+    return tree.transform(put)
