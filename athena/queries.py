@@ -238,7 +238,8 @@ def _for_duckdb(node: Any) -> Any:
     * ``regexp_replace``, ``split_part`` and ``format`` keep Trino's meaning, and functions only
       Athena has are refused with what to use instead (:mod:`athena.trinofuncs`);
       ``approx_distinct`` is exact locally (``count(DISTINCT x)``), in ad-hoc statements.
-    * ``json_extract[_scalar]``, ``split`` with a limit, ``substr``, ``AT TIME ZONE`` and, in
+    * ``json_extract[_scalar]``, ``split`` with a limit, ``substr``, ``AT TIME ZONE``,
+      ``EXTRACT``'s fields, ``url_encode``/``url_decode`` and, in
       ad-hoc statements, casts of a DOUBLE to an integer or of a zoned timestamp to text keep
       Trino's meaning, and a weighted ``approx_percentile`` is refused
       (:mod:`athena.trinocalls`).
@@ -296,6 +297,10 @@ def _for_duckdb(node: Any) -> Any:
         return trinocalls.substr(node, _adapted)
     if isinstance(node, exp.AtTimeZone):
         return trinocalls.at_time_zone(node, _adapted)
+    if isinstance(node, exp.Extract):
+        return trinocalls.extract(node, _adapted)
+    if isinstance(node, exp.Anonymous) and str(node.this).lower() in ("url_encode", "url_decode"):
+        return trinocalls.url_coding(node, _adapted)
     if _ADHOC.get(False) and isinstance(node, exp.Cast):
         rewritten = trinocalls.cast(node, _adapted)
         if rewritten is not None:

@@ -32,6 +32,14 @@ another without a word:
   TIME ZONE (UTC) and printed ``2024-03-10 22:00:03.719+00``. A TIMESTAMP WITH TIME ZONE cast
   to text prints as Athena prints the column. Trino's own zoned values (``now()``,
   ``from_unixtime``) print with their zone there (``... UTC``), which this does not rebuild.
+* ``EXTRACT(DOW FROM ts)``: Trino's field is ``day_of_week()``, 1 (Monday) to 7 (Sunday);
+  DuckDB's ``dow`` is 0 for Sunday. ``DAY_OF_WEEK``, ``YEAR_OF_WEEK``/``YOW`` and
+  ``DAY_OF_MONTH``, Trino's other names, were refused by DuckDB ("extract specifier not
+  recognized"): each becomes DuckDB's field of the same meaning.
+* ``url_encode(s)`` is Java's ``URLEncoder`` (a space is ``+``, ``*`` stays, ``~`` is
+  ``%7E``) and ``url_decode(s)`` its ``URLDecoder`` (``+`` is a space); DuckDB's follow
+  RFC 3986 (``%20``, ``%2A``, ``~``; ``+`` kept), so a query string's ``q=a+b`` decoded to
+  ``a+b`` (also in the advice given for ``url_extract_parameter``).
 * ``approx_percentile(x, w, p)`` with a weight is refused: there is no weighted quantile in
   DuckDB, and sqlglot's spelling dropped the weight (``quantile_disc(x, p)``), an unweighted
   answer.
@@ -190,6 +198,52 @@ def cast(node: Any, adapt: Callable[[Any], Any]) -> Any | None:
         exp.Round(this=exp.Cast(this=value.copy(), to=exp.DataType.build("DOUBLE"))),
     )
     return _fill(_ROUNDED_CAST, x=value, rounded=rounded, call=call)
+
+
+#: Trino's EXTRACT fields DuckDB names otherwise (Trino's ``ExtractField``), by DuckDB's name.
+_EXTRACT_FIELDS = {
+    "DOW": "ISODOW",
+    "DAYOFWEEK": "ISODOW",
+    "DAY_OF_WEEK": "ISODOW",
+    "YOW": "ISOYEAR",
+    "YEAR_OF_WEEK": "ISOYEAR",
+    "DAY_OF_MONTH": "DAY",
+    "DAY_OF_YEAR": "DOY",
+}
+
+
+def extract(node: Any, adapt: Callable[[Any], Any]) -> Any:
+    """``node`` (exp.Extract) with Trino's field as DuckDB names it (module docs)."""
+    from sqlglot import exp
+
+    field = node.this
+    name = field.name.upper() if isinstance(field, exp.Var | exp.Identifier) else ""
+    call = node.copy()
+    call.set("expression", adapt(node.expression))
+    if name in _EXTRACT_FIELDS:
+        call.set("this", exp.var(_EXTRACT_FIELDS[name]))
+    return call
+
+
+#: Java's ``URLEncoder`` over DuckDB's RFC 3986 ``url_encode``: in its output ``%20`` can only
+#: be a space and ``%2A`` a star (a ``%`` of the text is ``%25``).
+_URL_ENCODE = "replace(replace(replace(url_encode(__s__), '%20', '+'), '%2A', '*'), '~', '%7E')"
+
+
+def url_coding(node: Any, adapt: Callable[[Any], Any]) -> Any:
+    """``url_encode(s)`` / ``url_decode(s)`` (exp.Anonymous) as Java codes them (module
+    docs); a call with another number of arguments is left to DuckDB's error."""
+    from sqlglot import exp
+
+    args = [adapt(a) for a in node.expressions]
+    if len(args) != 1:
+        return exp.Anonymous(this=node.name, expressions=args)
+    if node.name.lower() == "url_encode":
+        return _fill(_URL_ENCODE, s=args[0])
+    plus = exp.Anonymous(
+        this="replace", expressions=[args[0], exp.Literal.string("+"), exp.Literal.string(" ")]
+    )
+    return exp.Anonymous(this="url_decode", expressions=[plus])
 
 
 def weighted_percentile(node: Any) -> QueryError | None:

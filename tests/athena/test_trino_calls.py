@@ -135,3 +135,27 @@ def test_weighted_approx_percentile_is_refused_not_answered_unweighted() -> None
     """approx_percentile(x, w, p) became quantile_disc(x, p): the weight was dropped."""
     with pytest.raises(QueryError, match="with a weight has no local equivalent"):
         to_duckdb("SELECT approx_percentile(duration_ms, bytes_sent, 0.5) FROM envoy_access", {})
+
+
+def test_extract_fields_as_trino_names_and_numbers_them(engine: LocalEngine) -> None:
+    """https://trino.io/docs/current/functions/datetime.html#extract: DOW is day_of_week(),
+    1 (Monday) to 7 (Sunday): DuckDB's dow made Sunday 0. DAY_OF_WEEK, YEAR_OF_WEEK/YOW and
+    DAY_OF_MONTH failed ("extract specifier not recognized")."""
+    got = rows(
+        engine,
+        "SELECT extract(dow FROM DATE '2024-03-10'), extract(day_of_week FROM DATE "
+        "'2024-03-11'), extract(yow FROM DATE '2024-12-30'), extract(year_of_week FROM DATE "
+        "'2024-12-30'), extract(day_of_month FROM DATE '2024-12-30'), extract(day_of_year FROM "
+        "DATE '2024-02-01'), extract(dow FROM \"timestamp\") FROM envoy_access LIMIT 1",
+    )
+    assert got == [(7, 1, 2025, 2025, 30, 32, 7)]
+
+
+def test_url_encode_and_decode_as_javas_url_coder(engine: LocalEngine) -> None:
+    """https://trino.io/docs/current/functions/url.html#url_encode: "The ASCII space character
+    is encoded as +", and ".-*_" are not encoded; url_decode reads + as a space (Java's
+    URLDecoder). DuckDB wrote %20 and %2A, left ~, and kept + when decoding."""
+    got = rows(
+        engine, "SELECT url_encode('a b*~-_.é'), url_decode('q=a+b%20c%2B'), url_decode(NULL)"
+    )
+    assert got == [("a+b*%7E-_.%C3%A9", "q=a b c+", None)]
