@@ -77,6 +77,8 @@ CLOSE_REASONS = (
     "buffer_error",
     "internal_error",
     "not_allowed",
+    "evicted",
+    "tls_failed",
 )
 #: Every ``outcome`` of ``logq_aggregator_abandoned_messages_total`` (server.py), created at 0
 #: (see CLOSE_REASONS): ``dropped``, the client had closed the connection before the message was

@@ -151,3 +151,44 @@ def test_replaced_event_times_of_a_service_past_the_cap_count_under_the_shared_s
     text = m.render().decode()
     assert 'event_times_replaced_total{service="_other_"} 1.0' in text
     assert "one-too-many" not in text
+
+
+def _close_reasons_in_source() -> set[str]:
+    """Every ``reason`` the server gives ``connections_closed_total``: the label of each
+    ``ConnectionClosed(reason, label)`` and of each ``connections_rejected.labels(...)``,
+    written as text in the aggregator's source."""
+    import ast
+    from pathlib import Path
+
+    import aggregator
+
+    found: set[str] = set()
+    for path in Path(aggregator.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            func, label = node.func, None
+            if isinstance(func, ast.Name) and func.id == "ConnectionClosed":
+                given = node.args[1:2] + [k.value for k in node.keywords if k.arg == "label"]
+                label = given[0] if given else None
+            elif (
+                isinstance(func, ast.Attribute)
+                and func.attr == "labels"
+                and isinstance(func.value, ast.Attribute)
+                and func.value.attr == "connections_rejected"
+            ):
+                label = node.args[0] if node.args else None
+            if isinstance(label, ast.Constant) and isinstance(label.value, str):
+                found.add(label.value)
+    return found
+
+
+def test_every_close_reason_is_served_at_0_from_the_start() -> None:
+    """``increase()`` alerts miss the first close of a reason whose series is born at 1:
+    ``evicted`` and ``tls_failed`` were left out of CLOSE_REASONS."""
+    in_source = _close_reasons_in_source()
+    assert {"protocol_error", "evicted", "tls_failed", "not_allowed"} <= in_source
+    assert in_source <= set(metrics_mod.CLOSE_REASONS), in_source - set(metrics_mod.CLOSE_REASONS)
+    served = Metrics().render().decode()
+    for reason in in_source:
+        assert f'logq_aggregator_connections_closed_total{{reason="{reason}"}} 0.0' in served
