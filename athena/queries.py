@@ -241,7 +241,8 @@ def _for_duckdb(node: Any) -> Any:
     * ``json_extract[_scalar]``, ``split`` with a limit, ``substr``, ``AT TIME ZONE``,
       ``EXTRACT``'s fields, ``url_encode``/``url_decode`` and, in
       ad-hoc statements, casts of a DOUBLE to an integer or of a zoned timestamp to text keep
-      Trino's meaning, and a weighted ``approx_percentile`` is refused
+      Trino's meaning, a weighted ``approx_percentile`` is refused, and ``regexp_*`` patterns
+      have Java's named groups spelled for RE2 and their lookarounds refused
       (:mod:`athena.trinocalls`).
     * Athena's hidden columns (:data:`HIDDEN_COLUMNS`) are refused: the local views have no
       such column, and DuckDB's "not found" listed ``path`` as the likely one.
@@ -271,6 +272,8 @@ def _for_duckdb(node: Any) -> Any:
         node.set("db", None)
         node.set("catalog", None)
         return node
+    if isinstance(node, tuple(getattr(exp, name) for name in trinocalls.REGEX_CALLS)):
+        node = trinocalls.java_regex(node)  # then rewritten below as any such call
     if isinstance(node, exp.ApproxQuantile):
         weighted = trinocalls.weighted_percentile(node)
         if weighted is not None:

@@ -40,6 +40,9 @@ another without a word:
   ``%7E``) and ``url_decode(s)`` its ``URLDecoder`` (``+`` is a space); DuckDB's follow
   RFC 3986 (``%20``, ``%2A``, ``~``; ``+`` kept), so a query string's ``q=a+b`` decoded to
   ``a+b`` (also in the advice given for ``url_extract_parameter``).
+* ``regexp_*`` patterns are Java's: a named group ``(?<name>x)`` is RE2's ``(?P<name>x)``, and
+  a lookaround or atomic group, which RE2 lacks, is refused with what to do (DuckDB's "invalid
+  perl operator: (?<" named no way out).
 * ``approx_percentile(x, w, p)`` with a weight is refused: there is no weighted quantile in
   DuckDB, and sqlglot's spelling dropped the weight (``quantile_disc(x, p)``), an unweighted
   answer.
@@ -272,3 +275,76 @@ def _fill(template: str, **args: Any) -> Any:
         return node
 
     return tree.transform(put)
+
+
+#: The calls whose ``expression`` is a Java regex (Trino's ``regexp_*``), by sqlglot class name.
+REGEX_CALLS = (
+    "RegexpLike",
+    "RegexpExtract",
+    "RegexpExtractAll",
+    "RegexpReplace",
+    "RegexpSplit",
+    "RegexpCount",
+)
+#: Java constructs RE2 (DuckDB) lacks, after ``(``: what each is, for the refusal.
+_LOOKAROUND = {"?=": "a lookahead", "?!": "a negative lookahead", "?<=": "a lookbehind",
+               "?<!": "a negative lookbehind", "?>": "an atomic group"}  # fmt: skip
+
+
+def java_regex(node: Any) -> Any:
+    """``node`` (one of :data:`REGEX_CALLS`) with its literal pattern in RE2's spelling: Java's
+    named group ``(?<name>...)`` is RE2's ``(?P<name>...)``; a lookaround or atomic group,
+    which RE2 does not have, is refused with what to do (DuckDB said "invalid perl operator:
+    (?<"). A pattern that is not a literal is left to DuckDB."""
+    from sqlglot import exp
+
+    pattern = node.args.get("expression")
+    if not (isinstance(pattern, exp.Literal) and pattern.is_string):
+        return node
+    text = pattern.this
+    spelled = _re2_spelling(text, node.sql_name().lower())
+    if spelled == text:
+        return node
+    call = node.copy()
+    call.set("expression", exp.Literal.string(spelled))
+    return call
+
+
+def _re2_spelling(pattern: str, function: str) -> str:
+    """``pattern`` (Java) with its named groups spelled for RE2; QueryError for a lookaround.
+    Escapes (``\\(``), ``\\Q...\\E`` quotes and character classes (``[(]``) hold no group."""
+    out: list[str] = []
+    i, in_class = 0, False
+    while i < len(pattern):
+        char = pattern[i]
+        if pattern.startswith("\\Q", i):
+            end = pattern.find("\\E", i + 2)
+            end = len(pattern) if end < 0 else end + 2
+        elif char == "\\":
+            end = i + 2
+        elif in_class:
+            in_class = char != "]"
+            end = i + 1
+        elif char == "[":  # a "]" first in a class ("[]a]", "[^]a]") is one of its characters
+            in_class = True
+            end = i + 1 + pattern.startswith("^", i + 1)
+            end += pattern.startswith("]", end)
+        elif char == "(" and pattern.startswith("?", i + 1):
+            for opener, what in _LOOKAROUND.items():
+                if pattern.startswith(opener, i + 1):
+                    raise QueryError(
+                        f"{function}: the pattern holds {what} (({opener}...), which the local "
+                        "engine's regular expressions (RE2) do not have; match more and keep "
+                        "the part you want with a group (regexp_extract(s, pattern, 1)), or "
+                        "run the statement with --engine athena"
+                    )
+            if pattern.startswith("?<", i + 1):  # a named group: (?<name>...)
+                out.append("(?P<")
+                i += 3
+                continue
+            end = i + 1
+        else:
+            end = i + 1
+        out.append(pattern[i:end])
+        i = end
+    return "".join(out)

@@ -159,3 +159,40 @@ def test_url_encode_and_decode_as_javas_url_coder(engine: LocalEngine) -> None:
         engine, "SELECT url_encode('a b*~-_.é'), url_decode('q=a+b%20c%2B'), url_decode(NULL)"
     )
     assert got == [("a+b*%7E-_.%C3%A9", "q=a b c+", None)]
+
+
+def test_java_named_groups_are_spelled_for_re2(engine: LocalEngine) -> None:
+    """DuckDB refused Java's ``(?<name>...)`` ("invalid perl operator: (?<")."""
+    assert rows(
+        engine,
+        "SELECT regexp_extract('x=42', 'x=(?<n>[0-9]+)', 1), regexp_like('ab', '(?<g>b)'), "
+        "regexp_replace('ab', '(?<g>b)', 'c'), regexp_extract_all('a1b2', '(?<d>[0-9])')",
+    ) == [("42", True, "ac", ["1", "2"])]
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r"\(?<x>", r"[(?<]x", r"[]?<]", r"\Q(?<x>\E", "a(?:b)(?i)c"],
+)
+def test_what_only_looks_like_a_named_group_is_left_as_written(pattern: str) -> None:
+    from athena.trinocalls import _re2_spelling
+
+    assert _re2_spelling(pattern, "regexp_like") == pattern
+    assert _re2_spelling(r"\Q(?<x>\E(?<y>z)", "f") == r"\Q(?<x>\E(?P<y>z)"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "what"),
+    [
+        (r"(?<=x=)\d", "a lookbehind ((?<=...)"),
+        (r"(?<!x)\d", "a negative lookbehind ((?<!...)"),
+        (r"\d(?=ms)", "a lookahead ((?=...)"),
+        (r"\d(?!ms)", "a negative lookahead ((?!...)"),
+        (r"(?>a|ab)c", "an atomic group ((?>...)"),
+    ],
+)
+def test_a_lookaround_is_refused_with_what_to_do(pattern: str, what: str) -> None:
+    with pytest.raises(QueryError) as refused:
+        to_duckdb(f"SELECT regexp_extract(message, '{pattern}') FROM container_logs", {})
+    assert f"regexp_extract: the pattern holds {what}" in str(refused.value)
+    assert "--engine athena" in str(refused.value)
