@@ -200,12 +200,19 @@ class _RowsEndingLF:
 
 
 #: Types :func:`plain` returns unchanged: most CSV fields, written without a call.
-_CSV_AS_IS = frozenset({str, int, float, bool})
+_CSV_AS_IS = frozenset({str, int, float})
+
+
+#: A BOOLEAN as Athena writes it (its CSV results, its ARRAY text): ``csv`` and ``str``
+#: wrote Python's ``True``, beside ``[true, false]`` in the same row.
+_BOOLEAN_TEXT = {True: "true", False: "false"}
 
 
 def _csv_field(value: Any) -> Any:
     if value is None:
         return ""
+    if type(value) is bool:
+        return _BOOLEAN_TEXT[value]
     if type(value) in _CSV_AS_IS:
         return nonfinite_text(value) if _is_nonfinite(value) else value
     return sql_text(value, plain) if isinstance(value, NESTED) else plain(value)
@@ -301,6 +308,8 @@ def _md_cell(value: Any) -> str:
         return ""
     if type(value) is int:
         return str(value)
+    if type(value) is bool:
+        return _BOOLEAN_TEXT[value]
     if isinstance(value, NESTED):
         return _md_text(sql_text(value, plain))
     if _is_nonfinite(value):

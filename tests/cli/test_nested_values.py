@@ -78,6 +78,14 @@ def test_table_shows_nested_values_as_athena(family: str) -> None:
 DOUBLES = [(float("nan"), "NaN"), (float("inf"), "Infinity"), (float("-inf"), "-Infinity")]
 
 
+@pytest.mark.parametrize(("value", "athena"), [(True, "true"), (False, "false")])
+def test_a_boolean_reads_as_athena_in_csv_and_markdown(value: bool, athena: str) -> None:
+    """Python's ``True`` was written beside ``[true, false]`` in the same row."""
+    assert _csv_cell(value) == athena
+    assert _markdown_cell(value) == athena
+    assert _csv_cell([value]) == f"[{athena}]"
+
+
 @pytest.mark.parametrize(("value", "athena"), DOUBLES)
 def test_a_nonfinite_double_reads_as_athena_in_csv_markdown_and_table(
     value: float, athena: str
