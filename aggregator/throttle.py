@@ -5,10 +5,13 @@ and service, a client address) every ``seconds``, so a steady fault is visible w
 the log. The keys remembered are bounded (:data:`MAX_KEYS`). A full throttle first forgets the
 keys whose period is over (they would be due again anyway), oldest first; when none is, a new
 key is not named: it is counted, and one line says "N more warnings about <what> not logged"
-at most every period (:data:`SUMMARY_SECONDS` for a once-per-key throttle). So whatever the number
-of keys, a period logs at most about :data:`MAX_KEYS` named lines and one summary. (Clearing
-the memory when full, as before, warned again about every key: 12,000 services made 24,000
-once-per-service warnings, 15 MB of log.)
+at most every period (:data:`SUMMARY_SECONDS` for a once-per-key throttle), at the first call
+of :meth:`Throttle.due` past it, whatever its key: a count held back is said once the period is
+over even when no new key comes after it (said only when the next new key came, the count of a
+burst that stopped was never logged). So whatever the number of keys, a period logs at most
+about :data:`MAX_KEYS` named lines and one summary. (Clearing the memory when full, as before,
+warned again about every key: 12,000 services made 24,000 once-per-service warnings, 15 MB of
+log.)
 """
 
 from __future__ import annotations
@@ -46,18 +49,25 @@ class Throttle:
         """Whether ``key`` was not due in the last ``seconds`` before ``now`` and can be
         remembered; if so, it is remembered as due at ``now``."""
         with self._lock:
-            last = self._last.get(key)
-            if last is not None:
-                if now - last < self.seconds:
-                    return False
-                del self._last[key]  # put back last: the dict stays in order of time due
-            elif len(self._last) >= MAX_KEYS:
-                self._forget_expired(now)
-                if len(self._last) >= MAX_KEYS:
-                    self._not_named(now)
-                    return False
-            self._last[key] = now
-            return True
+            due = self._due(key, now)
+            if self._unnamed:
+                self._summarise(now)
+            return due
+
+    def _due(self, key: Hashable, now: float) -> bool:
+        """:meth:`due`, under the lock; a key not remembered for room is counted."""
+        last = self._last.get(key)
+        if last is not None:
+            if now - last < self.seconds:
+                return False
+            del self._last[key]  # put back last: the dict stays in order of time due
+        elif len(self._last) >= MAX_KEYS:
+            self._forget_expired(now)
+            if len(self._last) >= MAX_KEYS:
+                self._unnamed += 1
+                return False
+        self._last[key] = now
+        return True
 
     def _forget_expired(self, now: float) -> None:
         """Forget the oldest keys whose period is over (each forgotten once: amortised O(1))."""
@@ -69,9 +79,9 @@ class Throttle:
         for key in expired:
             del self._last[key]
 
-    def _not_named(self, now: float) -> None:
-        """Count a key not named; say how many at most once per period."""
-        self._unnamed += 1
+    def _summarise(self, now: float) -> None:
+        """Say how many keys were not named since the last summary, unless one was said
+        within the period."""
         period = self.seconds if math.isfinite(self.seconds) else SUMMARY_SECONDS
         if self._summarised is not None and now - self._summarised < period:
             return

@@ -56,9 +56,34 @@ def test_a_full_throttle_counts_new_keys_instead_of_warning_again(
         if math.isfinite(seconds):  # the named keys are due again in the next period
             assert [key for key in keys if warnings.due(key, 700.0)] == keys[:3]
         assert not warnings.due("service-5", 700.0)
-    # Held back since the first summary: 8 + 9 + 9, and this one.
+    # Held back since the first summary: 8 + 9 + 9, said by the first call past the period (a
+    # named key's, when the period ends), and with it this one when it is that call.
+    held = 26 if math.isfinite(seconds) else 27
     assert [m.split(" not")[0] for m in summaries(caplog)] == [
-        "27 more warnings about services with a fault"
+        f"{held} more warnings about services with a fault"
+    ]
+
+
+@pytest.mark.parametrize("seconds", [600.0, math.inf])
+def test_the_count_held_back_is_said_when_no_new_key_comes_after_it(
+    seconds: float, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defect: the summary was said only when a key that found no room came after the period:
+    the count of a burst that then stopped (a flood of services, once) was never logged. Now
+    any call past the period says it, a remembered key's too."""
+    monkeypatch.setattr(throttle, "MAX_KEYS", 2)
+    warnings = make(seconds)
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        assert [k for k in ("a", "b", "c", "d", "e") if warnings.due(k, 10.0)] == ["a", "b"]
+        assert [m.split(" not")[0] for m in summaries(caplog)] == [
+            "1 more warnings about services with a fault"
+        ]
+        caplog.clear()
+        warnings.due("a", 300.0)  # within the period: nothing more said yet
+        assert summaries(caplog) == []
+        warnings.due("a", 700.0)  # the burst is over: only a remembered key comes
+    assert [m.split(" not")[0] for m in summaries(caplog)] == [
+        "2 more warnings about services with a fault"
     ]
 
 
