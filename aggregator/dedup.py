@@ -52,10 +52,11 @@ in 20 messages, in one probe) grows the map, ``offsets.json`` and every snapshot
 limit. Past :data:`MAX_SOURCES` (over twice the ~460,000 sources of the documented sizing), the
 least recently seen sources are forgotten, down to :data:`EVICT_TO` (so the sort that finds them
 runs once per 100,000 new sources, not at every flush), as the retention would have forgotten
-them later; a WARNING says so (at most every :data:`EVICT_WARN_SECONDS`) and
-``logq_aggregator_sources_evicted_total`` counts them. What it costs: lines such a source resends
-later may be stored twice, exactly as after the retention. Each id is at most ~512 bytes
-(:mod:`aggregator.source_ids`), so the map stays within a few hundred MB whatever is sent.
+them later, and the next save writes the snapshot without them; a WARNING says so (at most
+every :data:`EVICT_WARN_SECONDS`) and ``logq_aggregator_sources_evicted_total`` counts them.
+What it costs: lines such a source resends later may be stored twice, exactly as after the
+retention. Each id is at most ~512 bytes (:mod:`aggregator.source_ids`), so the map stays within
+a few hundred MB whatever is sent.
 """
 
 from __future__ import annotations
@@ -142,6 +143,8 @@ class OffsetState:
         self.evicted = 0
         """Sources forgotten for :data:`MAX_SOURCES` since the start (a metric reads it)."""
         self._evict_warned: float | None = None
+        self._snapshot_due = False
+        """Sources were forgotten for the bound: the next save writes the snapshot without them."""
         self._marks: dict[str, _Mark] = {}
         """The base's map; a fork's marks raised since it was made."""
         self._base: OffsetState | None = None
@@ -305,8 +308,9 @@ class OffsetState:
 
     def _bound(self) -> None:
         """Past ``max_sources``, forget the least recently seen down to ``evict_to`` (see the
-        module docstring). Forgotten marks leave the next snapshot; in the meantime a restart
-        replays them from the journal and forgets them again."""
+        module docstring). The next save (or stop) writes the snapshot without them: left in
+        ``offsets.json`` until the journal outgrew it, they came back at every start, to be
+        forgotten, counted and warned about again."""
         excess = len(self._marks) - self.max_sources
         if excess <= 0:
             return
@@ -320,6 +324,7 @@ class OffsetState:
             del self._marks[sid]
             self._dirty.pop(sid, None)
         self.evicted += count
+        self._snapshot_due = True
         now = time.time()
         if self._evict_warned is not None and now - self._evict_warned < EVICT_WARN_SECONDS:
             return
@@ -344,6 +349,9 @@ class OffsetState:
         if self._base is not None:
             raise ValueError("a fork is not saved: adopt() it into its base")
         with self._lock:
+            if self._snapshot_due:
+                self.snapshot()
+                return
             if not self._dirty:
                 return
             payload = msgspec.json.encode([(sid, *mark) for sid, mark in self._dirty.items()])
@@ -408,11 +416,12 @@ class OffsetState:
                     jh.flush()
                     os.fsync(jh.fileno())
             self._journal_bytes = 0
+            self._snapshot_due = False
             if expired:
                 log.info("forgot %d sources unseen for %.0f s", len(expired), self.retention_s)
 
     def close(self) -> None:
         """At a clean stop: fold the journal into the snapshot (the next start reads one file)."""
         with self._lock:
-            if self._dirty or self._journal_bytes:
+            if self._dirty or self._journal_bytes or self._snapshot_due:
                 self.snapshot()

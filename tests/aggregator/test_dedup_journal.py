@@ -338,3 +338,30 @@ def test_made_up_sources_by_the_thousand_stay_within_the_bound(tmp_path: Path) -
     state.close()
     assert len(json.loads(path.read_text())) <= 1000
     assert len(OffsetState(path, max_sources=1000, evict_to=900).load()) <= 1000
+
+
+@pytest.mark.parametrize("stop", ["save", "close"])
+def test_sources_forgotten_at_load_leave_offsets_json_at_the_next_save(
+    tmp_path: Path, stop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defect: sources forgotten for the bound stayed in offsets.json until the journal
+    outgrew it (an idle aggregator's clean stop did not rewrite it): every start forgot them
+    again, counted them again and warned again. Now the next save, or the stop, writes the
+    snapshot without them."""
+    path = tmp_path / "offsets.json"
+    now = time.time()
+    path.write_text(json.dumps({f"old-{i}": [10, now - 100 + i] for i in range(6)}))
+    state = OffsetState(path, max_sources=5, evict_to=3).load()
+    assert state.evicted == 3
+    if stop == "save":
+        _advance(state, {"old-5": 11})
+        state.save()
+    else:
+        state.close()
+    assert sorted(json.loads(path.read_text())) == ["old-3", "old-4", "old-5"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="logq.aggregator.dedup"):
+        again = OffsetState(path, max_sources=5, evict_to=3).load()
+    assert again.evicted == 0 and len(again) == 3
+    assert not [r for r in caplog.records if "sources for the offset dedup" in r.message]
+    assert again.get("old-5") == (11 if stop == "save" else 10)
