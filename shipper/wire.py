@@ -138,9 +138,9 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 #: one bounds (``config.v2.json``, labels), and a record that passes a message would be refused
 #: and resent forever. Real ones are far shorter: an image reference with a digest takes at most
 #: ~460 characters (a 255-character name, a 128-character tag, a 71-character digest), a
-#: Kubernetes name 253, an ECS family 255, a host name 253; and the aggregator keeps the first
-#: 128 characters of a service name (``athena.schema.MAX_SERVICE_LEN``), so a cut one is stored
-#: under the partition its whole name had (unless the kept part sanitises to fewer).
+#: Kubernetes name 253, an ECS family 255, a host name 253. A service name past 128 characters
+#: (``athena.schema.MAX_SERVICE_LEN``) is stored under its first 117 and a hash of the name as
+#: received: one cut here always gets the same folder, apart from the other names.
 MAX_KEY_BYTES = 4096
 
 
