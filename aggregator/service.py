@@ -1309,7 +1309,7 @@ class Aggregator:
         slow = slow_flush_text(
             result.segment, result.seconds, self.settings.flush_interval, result.files
         )
-        if slow is not None and self._slow_flush_warnings.due("slow", now):
+        if slow is not None and not self._draining and self._slow_flush_warnings.due("slow", now):
             log.warning("%s", slow)
         for f in result.files:
             if outside_projection(f.dt, now):

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from aggregator.writer import WrittenFile
+from athena.named import counted
 
 #: Services a slow-flush warning names (those with the most objects); the others are counted.
 NAMED_SERVICES = 3
@@ -32,15 +33,11 @@ def slow_flush_text(
     written = list(files)
     per_service = Counter(f.service for f in written)
     hours = {f.dt for f in written}
-    named = ", ".join(
-        f"{name} ({count})" for name, count in per_service.most_common(NAMED_SERVICES)
-    )
-    others = len(per_service) - min(len(per_service), NAMED_SERVICES)
-    if others:
-        named += f" and {others:,} more"
+    most = [f"{name} ({count})" for name, count in per_service.most_common()]
     spread = (
-        f"{len(written):,} objects for {len(per_service):,} services over {len(hours):,} hours"
-        + (f"; most objects: {named}" if written else "")
+        f"{_many(len(written), 'object')} for {_many(len(per_service), 'service')} over "
+        f"{_many(len(hours), 'hour')}"
+        + (f"; most objects: {counted(most, at_most=NAMED_SERVICES)}" if written else "")
     )
     return (
         f"the flush of segment {segment} took {seconds:.2f}s, longer than --flush-interval "
@@ -49,3 +46,8 @@ def slow_flush_text(
         "if this repeats, look for sources stamping rows over many hours (clocks) or sending "
         "many service names, or raise --flush-interval so each flush has the time it needs"
     )
+
+
+def _many(count: int, thing: str) -> str:
+    """``1 hour``, ``2 hours``, ``1,200 objects``."""
+    return f"{count:,} {thing}" if count == 1 else f"{count:,} {thing}s"

@@ -73,4 +73,4 @@ def test_the_aggregator_warns_of_a_slow_flush_once(tmp_path: Path) -> None:
     ]
     assert len(warnings) == 1, warnings
     assert "level=warning" in warnings[0]
-    assert "for 1 services over 4 hours; most objects: spread (4)" in warnings[0]
+    assert "4 objects for 1 service over 4 hours; most objects: spread (4)" in warnings[0]
