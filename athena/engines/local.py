@@ -320,6 +320,17 @@ def _schema_mismatch(exc: Exception) -> bool:
     )
 
 
+#: DuckDB's words for a division by zero (with ``integer_division`` set, every ``/``: its
+#: message shows the division as ``//`` and advises a ``SET``, which logq refuses).
+_DIVISION_BY_ZERO = "Division by zero in expression"
+#: What logq says instead.
+DIVISION_BY_ZERO_TEXT = (
+    "division by zero: Athena refuses it too for integers and decimals (a DOUBLE divided by "
+    "0 is Infinity or NaN there, an error here); divide by nullif(x, 0) to get NULL, or wrap "
+    "the division in try(...)"
+)
+
+
 def unreadable_file(path: str, exc: Exception) -> EngineError:
     """One line naming the file and what to do; DuckDB's reason without the path repeated (the
     path can be long, and the message is cut at about 400 characters)."""
@@ -716,6 +727,8 @@ class LocalEngine:
             return StatementError(refused)
         failed = StatementError if _statement_fault(exc) else EngineError
         text = _one_line(_duckdb_text(exc))
+        if _DIVISION_BY_ZERO in text:
+            return failed(DIVISION_BY_ZERO_TEXT)
         if sql is not None:
             from athena.queries import unnamed_in_message, unnamed_marker
 

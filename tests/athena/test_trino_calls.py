@@ -196,3 +196,16 @@ def test_a_lookaround_is_refused_with_what_to_do(pattern: str, what: str) -> Non
         to_duckdb(f"SELECT regexp_extract(message, '{pattern}') FROM container_logs", {})
     assert f"regexp_extract: the pattern holds {what}" in str(refused.value)
     assert "--engine athena" in str(refused.value)
+
+
+@pytest.mark.parametrize("sql", ["SELECT 1/0", "SELECT 1.0/0", "SELECT 1e0/0"])
+def test_a_division_by_zero_says_what_to_do_in_logqs_words(engine: LocalEngine, sql: str) -> None:
+    """DuckDB's message showed the division as ``//`` (integer_division) and advised a SET,
+    which logq refuses."""
+    from athena.engines.local import DIVISION_BY_ZERO_TEXT
+    from athena.engines.result import StatementError
+
+    with pytest.raises(StatementError) as failed:
+        rows(engine, sql)
+    assert str(failed.value) == DIVISION_BY_ZERO_TEXT
+    assert "nullif(x, 0)" in str(failed.value) and "//" not in str(failed.value)
