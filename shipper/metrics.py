@@ -203,8 +203,9 @@ class Metrics:
         )
         self.discovery_failures = Counter(
             "logq_shipper_discovery_failures",
-            "Discovery passes that could not list every log folder (out of file descriptors, "
-            "permissions); the sources already followed are kept",
+            "Discovery passes that could not list every log folder for a passing reason (out "
+            "of file descriptors, EIO); the sources already followed are kept. A folder the "
+            "shipper may not read is warned about once and skipped, not counted here",
             registry=r,
         )
         self.metrics_connections_refused = Counter(
