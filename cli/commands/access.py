@@ -169,8 +169,9 @@ def flags(common: Common) -> None:
 def upstreams(common: Common) -> None:
     """Per upstream host: requests, 5xx count and rate, p99 — find the one bad instance.
 
-    p99 is exact locally (nearest rank); Athena's approx_percentile can differ, most for hosts
-    with few requests (latency's percentiles are exact on both engines: latency --by upstream).
+    p99 is exact on both engines (nearest rank: the smallest duration with at least 99% of the
+    host's requests at or below it), as latency's percentiles are: a host's p99 here is its
+    p99 in latency --by upstream for the same requests.
     """
     from cli import runner
 

@@ -297,6 +297,53 @@ def test_routes_on_athena_replace_every_match() -> None:
 
 
 # latency.sql as it was when it folded every request's path (three regexp_replace per row) and
+def test_upstreams_p99_is_nearest_rank_on_both_engines() -> None:
+    """upstreams.sql ranks durations as latency.sql does, with no approx_percentile for Athena:
+    Athena's (a q-digest) takes the smallest value with more than 99% of them at or below it,
+    so for a host with 100 or 200 requests the next one up from DuckDB's quantile_disc, and
+    the p99 of one host differed between engines and from its `latency --by upstream` p99.
+    On DuckDB the answer is quantile_disc's, ties and NULL durations (a request, not a time)
+    included, with the 5xx counts and rates of every request."""
+    import random
+
+    import duckdb
+    import pandas as pd
+    import sqlglot
+
+    text = queries.load("upstreams").text
+    assert "approx_percentile" not in to_athena(text, COMMON)[0]
+    assert sqlglot.parse_one(queries.athena_literal_sql(text, COMMON), read="trino") is not None
+    rng = random.Random(6)
+    sizes = [1, 2, 3, 99, 100, 101, 200]
+    rows = pd.DataFrame(
+        [
+            {
+                "dt": "2026-11-27-23",
+                "service": "recipe",
+                "timestamp": pd.Timestamp("2026-11-27 23:10:00"),
+                "path": "/",
+                "method": "GET",
+                "upstream_host": f"10.0.0.{size}:80" if size != 3 else None,
+                "response_code": rng.choice([200, 200, 503, 0]),
+                "duration_ms": None if rng.random() < 0.05 else rng.randrange(1, 60),
+            }
+            for size in sizes
+            for _ in range(size)
+        ]
+    ).astype({"duration_ms": "Int32"})
+    con = duckdb.connect()
+    con.register("envoy_access", rows)
+    want = con.execute(
+        "SELECT coalesce(upstream_host, '-'), count(*), count_if(response_code >= 500),"
+        " round(count_if(response_code >= 500) * 100 / count(*), 2),"
+        " quantile_disc(duration_ms, 0.99) FROM envoy_access GROUP BY 1"
+    ).fetchall()
+    sql, bound = to_duckdb(text, {**COMMON, "row_limit": 100})
+    got = [r[:5] for r in con.execute(sql, bound).fetchall()]
+    assert sorted(got, key=str) == sorted(want, key=str)
+    assert len(got) == len(sizes)
+
+
 # took quantile_disc on DuckDB: the reference the one-scan version must agree with.
 _ID_RE = (
     "'/([0-9]+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
