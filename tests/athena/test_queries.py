@@ -484,3 +484,44 @@ def test_latency_sql_is_trino_with_each_route_regex_once() -> None:
     assert tree is not None
     sql, _ = to_athena(queries.load("latency").text, COMMON)
     assert sql.count("regexp_replace(") == 3 and "'g'" not in sql
+
+
+def test_trace_puts_the_enclosing_hop_first_within_a_millisecond() -> None:
+    """Hops of one request starting in the same millisecond: the longer (enclosing) one
+    first, whatever order the engine reads them in; a hop without a duration after them."""
+    import duckdb
+    import pandas as pd
+
+    hops = [  # (service, container, duration): an app's sidecar inbound and outbound hops
+        ("recipe", "envoy", 5),
+        ("recipe", "envoy", 40),
+        ("recipe", "envoy", None),
+        ("front", "envoy", 3),
+    ]
+    params = {**COMMON, "all_services": True, "request_id": "r-1", "row_limit": 10}
+    sql, bound = to_duckdb(queries.load("trace").text, params)
+    for order in (hops, hops[::-1]):
+        rows = pd.DataFrame(
+            [
+                {
+                    "dt": "2026-11-27-23",
+                    "service": service,
+                    "container_name": container,
+                    "timestamp": pd.Timestamp("2026-11-27 23:10:00.123"),
+                    "method": "GET",
+                    "path": "/",
+                    "response_code": 200,
+                    "response_flags": "-",
+                    "duration_ms": duration,
+                    "upstream_service_time_ms": None,
+                    "upstream_host": None,
+                    "authority": "a",
+                    "request_id": "R-1",
+                }
+                for service, container, duration in order
+            ]
+        ).astype({"duration_ms": "Int32", "upstream_service_time_ms": "Int32"})
+        con = duckdb.connect()
+        con.register("envoy_access", rows)
+        got = [(r[1], r[7]) for r in con.execute(sql, bound).fetchall()]
+        assert got == [("recipe", 40), ("recipe", 5), ("front", 3), ("recipe", None)]
