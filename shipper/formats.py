@@ -280,7 +280,7 @@ class LineParser:
     ) -> None:
         """The parts of ``p`` as one line (marked when parts were cut at the line limit); a
         ``complete`` line loses the ``\r`` of its CRLF end."""
-        log = "".join(p.parts)
+        log = self._join(p.parts, out)
         if p.dropped:
             out.truncated += 1
             out.add(
@@ -290,6 +290,10 @@ class LineParser:
         if complete and log[-1:] == "\r":
             log = log[:-1]
         self._emit(out, offset, p.time, p.time_ns, stream, log)
+
+    def _join(self, parts: list[str], out: Lines) -> str:
+        """The text of a split line's parts, joined (the parts are text already here)."""
+        return "".join(parts)
 
     def _raw(self, out: Lines, end: int, raw: bytes, counted: bool = False) -> None:
         """A line the format cannot parse: shipped as it is (counted), never dropped.
@@ -532,8 +536,26 @@ class CriParser(LineParser):
                 continue
             t = fields[0].decode("ascii", "replace")
             last = not fields[2].startswith(b"P")
-            self._part(out, start, pos, t, stream, decode_text(fields[3], out), last)
+            if last and stream not in self._partials:
+                text = decode_text(fields[3], out)
+            else:
+                # A part of a split line: its bytes are kept as they are (see _join).
+                text = fields[3].decode("utf-8", "surrogateescape")
+            self._part(out, start, pos, t, stream, text, last)
         return out
+
+    def _join(self, parts: list[str], out: Lines) -> str:
+        """The parts of a split line decoded as one: containerd and CRI-O cut a long line
+        at a byte count, often inside a multi-byte character, so each part is held as
+        undecoded bytes (``surrogateescape``) and only the whole line is UTF-8 -- decoded
+        part by part, the character became two U+FFFD, counted as two invalid lines. Bytes
+        invalid in the joined line are replaced and counted once, as for any line."""
+        log = "".join(parts)
+        try:
+            log.encode("utf-8")
+        except UnicodeEncodeError:
+            return decode_text(log.encode("utf-8", "surrogateescape"), out)
+        return log
 
 
 PARSERS: dict[str, type[LineParser]] = {

@@ -17,6 +17,7 @@ from shipper.formats import (
 )
 from shipper.rfc3339 import TimeParser
 from tests.shipper.hostgen import T0, cri_line, docker_line
+from tests.shipper.hostgen import ts as hostgen_ts
 
 T0_NS = int(T0.timestamp()) * 10**9
 
@@ -223,6 +224,37 @@ def test_cri_partial_and_full() -> None:
     assert out.streams == ["stderr", "stdout", "stdout", "stdout"]
     assert out.time_ns[2] == T0_NS - 3600 * 10**9 + 500_000_000
     assert out.malformed == 0
+
+
+def cri_raw(text: bytes, i: int = 0, stream: str = "stdout", tag: str = "F") -> bytes:
+    """A CRI line whose text is ``text``'s bytes as the runtime wrote them."""
+    return f"{hostgen_ts(i)} {stream} {tag} ".encode() + text + b"\n"
+
+
+def test_cri_character_cut_between_parts_is_joined_whole() -> None:
+    """containerd cuts a long line at a byte count, often inside a multi-byte character: the
+    joined line holds the character, not two U+FFFD counted as invalid UTF-8 -- also when the
+    parts come in separate reads (a rotation between them) and with the other stream's lines
+    between them."""
+    euro = "€".encode()  # 3 bytes
+    p = CriParser()
+    out = feed(p, cri_raw(b"price " + euro[:1], 0, tag="P") + cri_line("err", 1, "stderr"))
+    assert out.logs == ["err"]
+    out = feed(p, cri_raw(euro[1:2], 2, tag="P") + cri_raw(euro[2:] + b" 5\r", 3))
+    assert out.logs == ["price \u20ac 5"]
+    assert out.invalid_utf8 == 0
+
+
+def test_cri_split_line_with_bad_bytes_is_counted_once() -> None:
+    """Bytes invalid in the joined line are replaced and counted once per line, whether the
+    line completes or is flushed unfinished (the container died mid-character)."""
+    p = CriParser()
+    out = feed(p, cri_raw(b"a\xff", 0, tag="P") + cri_raw(b"\xfeb", 1))
+    assert out.logs == ["a\ufffd\ufffdb"] and out.invalid_utf8 == 1
+    out = feed(p, cri_raw(b"c" + "\u20ac".encode()[:2], 2, tag="P"))
+    assert len(out) == 0
+    out = p.flush(None, 99)
+    assert out.logs == ["c\ufffd"] and out.invalid_utf8 == 1
 
 
 def test_cri_garbage_is_raw() -> None:
