@@ -95,6 +95,15 @@ def truncate(log: str, max_bytes: int) -> tuple[str, bool]:
     return kept + TRUNCATION_MARKER.format(dropped=len(raw) - max_bytes), True
 
 
+def _utf8_len(text: str) -> int:
+    """The bytes of ``text`` in UTF-8 as the runtime wrote them: a CRI part's undecoded bytes
+    (``surrogateescape``, see :meth:`CriParser._join`) count one each."""
+    try:
+        return len(text.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        return len(text.encode("utf-8", "surrogatepass"))
+
+
 @dataclass(slots=True)
 class _Partial:
     """An unfinished group of runtime-split parts of one stream."""
@@ -262,7 +271,7 @@ class LineParser:
         else:
             p.parts.append(text[: max(room, 0)])
             p.size += max(room, 0)
-            p.dropped += len(text) - max(room, 0)
+            p.dropped += _utf8_len(text[max(room, 0) :])
         if last:
             del self._partials[stream]
             self._emit_group(out, end, stream, p, complete=True)
@@ -282,10 +291,16 @@ class LineParser:
         ``complete`` line loses the ``\r`` of its CRLF end."""
         log = self._join(p.parts, out)
         if p.dropped:
+            # The parts were kept up to the limit in characters (cheap while they come):
+            # multi-byte text held up to 4 times --max-line-bytes, and the marker counted
+            # characters. The line is cut to the limit in bytes here, and says so in bytes.
+            raw = log.encode("utf-8", "surrogatepass")
+            over = max(len(raw) - self.max_line_bytes, 0)
+            if over:
+                log = raw[: self.max_line_bytes].decode("utf-8", "ignore")
             out.truncated += 1
-            out.add(
-                offset, p.time, p.time_ns, stream, log + TRUNCATION_MARKER.format(dropped=p.dropped)
-            )
+            marker = TRUNCATION_MARKER.format(dropped=p.dropped + over)
+            out.add(offset, p.time, p.time_ns, stream, log + marker)
             return
         if complete and log[-1:] == "\r":
             log = log[:-1]

@@ -211,6 +211,25 @@ def test_joined_partials_truncated_without_buffering_everything() -> None:
     assert out.logs[0] == "y" * 2048 + " [logq-shipper: truncated 7953 bytes]"
 
 
+@pytest.mark.parametrize("fmt", ["docker", "cri"])
+def test_joined_multibyte_partials_are_cut_at_the_limit_in_bytes(fmt: str) -> None:
+    """A split line of 3-byte characters is cut to ``--max-line-bytes`` bytes, like a line
+    of one part, and its marker counts the bytes dropped: the parts were kept up to the
+    limit in characters, three times the limit, the marker counting characters."""
+    text = "\u20ac" * 600  # 1,800 bytes a part
+    if fmt == "docker":
+        p, data = DockerParser(max_line_bytes=1000), docker_line(text, 0, nl=False) * 2
+        data += docker_line("x", 1)
+    else:
+        p, data = CriParser(max_line_bytes=1000), cri_line(text, 0, tag="P") * 2
+        data += cri_line("x", 1)
+    out = feed(p, data)
+    assert out.truncated == 1
+    kept, marker = out.logs[0].split(" [", 1)
+    assert kept == "\u20ac" * 333  # 999 bytes: the 1,000th is inside a character
+    assert marker == "logq-shipper: truncated 2601 bytes]"  # 3,601 bytes, 1,000 kept
+
+
 def test_cri_partial_and_full() -> None:
     data = (
         cri_line("hello ", 0, tag="P")
