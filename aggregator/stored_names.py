@@ -18,6 +18,7 @@ import math
 import time
 
 from aggregator.throttle import Throttle
+from athena.named import counted
 from athena.schema import MAX_SERVICE_LEN, SanitizedService, sanitized_service
 
 log = logging.getLogger("logq.aggregator.services")
@@ -48,11 +49,9 @@ def rewrite_text(name: str, result: SanitizedService) -> str:
     reasons = []
     letters = [c for c in result.dropped if not _is_escaped_byte(c)]
     if letters:
-        named = ", ".join(repr(c) for c in letters[:NAMED_AT_MOST])
-        left = len(letters) - NAMED_AT_MOST
-        more = f" and {left} more" if left > 0 else ""
         have = "has" if len(letters) == 1 else "have"
-        reasons.append(f"{named}{more} {have} no ASCII form")
+        named = counted(letters, at_most=NAMED_AT_MOST, word=repr)
+        reasons.append(f"{named} {have} no ASCII form")
     if len(letters) < len(result.dropped):
         reasons.append("it is not valid UTF-8")
     if result.cut_from:

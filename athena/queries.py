@@ -272,7 +272,7 @@ def _for_duckdb(node: Any) -> Any:
         node.set("db", None)
         node.set("catalog", None)
         return node
-    if isinstance(node, tuple(getattr(exp, name) for name in trinocalls.REGEX_CALLS)):
+    if type(node).__name__ in trinocalls.REGEX_CALLS:
         node = trinocalls.java_regex(node)  # then rewritten below as any such call
     if isinstance(node, exp.ApproxQuantile):
         weighted = trinocalls.weighted_percentile(node)

@@ -178,6 +178,12 @@ class SanitizedService:
     writer says which name it stands for (:mod:`aggregator.stored_names`). False for a name
     stored already (``svc-0123456789`` sanitises to itself)."""
 
+    @property
+    def lossy(self) -> bool:
+        """Whether the name lost part of itself (characters dropped, or cut): hashed with
+        what is left of it, where a name with nothing printable is ``svc-<hash>``."""
+        return bool(self.dropped or self.cut_from)
+
 
 def sanitize_service(name: str | None) -> str:
     """Make a service name safe as a partition value and a path segment.

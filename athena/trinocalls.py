@@ -277,14 +277,17 @@ def _fill(template: str, **args: Any) -> Any:
     return tree.transform(put)
 
 
-#: The calls whose ``expression`` is a Java regex (Trino's ``regexp_*``), by sqlglot class name.
-REGEX_CALLS = (
-    "RegexpLike",
-    "RegexpExtract",
-    "RegexpExtractAll",
-    "RegexpReplace",
-    "RegexpSplit",
-    "RegexpCount",
+#: The calls whose ``expression`` is a Java regex (Trino's ``regexp_*``), by sqlglot class name
+#: (none of those classes has subclasses: the name is the class).
+REGEX_CALLS = frozenset(
+    {
+        "RegexpLike",
+        "RegexpExtract",
+        "RegexpExtractAll",
+        "RegexpReplace",
+        "RegexpSplit",
+        "RegexpCount",
+    }
 )
 #: Java constructs RE2 (DuckDB) lacks, after ``(``: what each is, for the refusal.
 _LOOKAROUND = {"?=": "a lookahead", "?!": "a negative lookahead", "?<=": "a lookbehind",

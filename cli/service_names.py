@@ -94,7 +94,7 @@ def hashed_folder(part: str) -> str | None:
 
     name = part.strip()
     result = sanitized_service(name)
-    if not (result.dropped or result.cut_from):
+    if not result.lossy:
         return None
     if any(c.isascii() and c not in _ACCEPTED for c in folded(name)):
         return None
@@ -246,7 +246,7 @@ def fault(part: str) -> str:
     if not text:  # accents only (U+0301): nothing left once they fold
         return "nothing is left of it once accents fold"
     result = sanitized_service(part.strip())
-    hashed = bool(result.dropped or result.cut_from)
+    hashed = result.lossy
     refused = list(
         dict.fromkeys(c for c in text if c not in _ACCEPTED and (c.isascii() or not hashed))
     )

@@ -256,7 +256,7 @@ class ObjectBudget:
         return items
 
     def _map(self, items: dict) -> dict:
-        self._count(2 * len(items))
+        self.count_map(len(items))
         return items
 
     def count_map(self, pairs: int) -> None:
