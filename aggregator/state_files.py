@@ -22,20 +22,21 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from aggregator.chunks import JOURNAL_NAME
 from shipper.regular import kind
 
+#: What to do about dedup.py's snapshot or journal when it is no regular file.
+_OFFSETS_HINT = "put this buffer's file back, or remove it (resent lines may then be stored twice)"
 #: What to do when a state file of the buffer dir, by name, is no regular file. The names are
 #: those of buffer.py's layout (its module docstring); ``offsets.*`` are dedup.py's.
 _HINTS = {
     "node-id": "put this buffer's node-id file back, or remove it to get a new node id",
     "last-seq": "replace it with a file holding a number above the highest segment number in "
     "the object keys of the warehouse (<node-id>-<seq>-<n>): segment numbers are never reused",
-    "offsets.json": "put this buffer's file back, or remove it (resent lines may then be "
-    "stored twice)",
-    "offsets.journal": "put this buffer's file back, or remove it (resent lines may then be "
-    "stored twice)",
-    "chunks.journal": "remove it (resends of the chunks flushed in the last minutes may then "
-    "be stored again)",
+    "offsets.json": _OFFSETS_HINT,
+    "offsets.journal": _OFFSETS_HINT,
+    JOURNAL_NAME: "remove it (resends of the chunks flushed in the last minutes may then be "
+    "stored again)",
 }
 #: The lock file, checked when the lock is taken (before the others: see buffer.py).
 LOCK_NAME = "lock"
