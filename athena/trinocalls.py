@@ -57,6 +57,7 @@ from collections.abc import Callable
 from typing import Any
 
 from athena.queries import QueryError
+from athena.trinofuncs import from_template
 
 #: DuckDB's names of the integer types a CAST may target (as ``DataType.this`` names them).
 _INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INT", "BIGINT"})
@@ -114,7 +115,7 @@ def json_extract(node: Any, adapt: Callable[[Any], Any]) -> Any:
     call.set("this", adapt(node.this))
     call.set("expression", adapt(node.expression))
     scalar = isinstance(node, exp.JSONExtractScalar)
-    return _fill(
+    return from_template(
         _JSON_SCALAR if scalar else _JSON_VALID,
         json=call.this,
         path=_path_text(call.expression),
@@ -142,7 +143,7 @@ def split(node: Any, adapt: Callable[[Any], Any]) -> Any:
     limit = adapt(limit)
     if limit.is_int and limit.to_py() < 1:
         raise QueryError(f"split: limit {limit.to_py()} is below 1, which Athena refuses")
-    return _fill(_SPLIT_LIMIT, s=call.this, d=call.expression, limit=limit)
+    return from_template(_SPLIT_LIMIT, s=call.this, d=call.expression, limit=limit)
 
 
 def substr(node: Any, adapt: Callable[[Any], Any]) -> Any:
@@ -169,7 +170,7 @@ def substr(node: Any, adapt: Callable[[Any], Any]) -> Any:
         length=zero if length is None else exp.Mul(this=length.copy(), expression=zero),
     )
     template = _SUBSTR.replace("__short__", "" if length is None else " OR __length__ < 1")
-    return _fill(template, s=call.this, start=start, length=length, empty=empty, call=call)
+    return from_template(template, s=call.this, start=start, length=length, empty=empty, call=call)
 
 
 def at_time_zone(node: Any, adapt: Callable[[Any], Any]) -> Any:
@@ -194,13 +195,13 @@ def cast(node: Any, adapt: Callable[[Any], Any]) -> Any | None:
     call.set("this", adapt(node.this))
     value = call.this
     if kind in _TEXT_TYPES:
-        return _fill(_TIMESTAMP_TEXT, x=value, call=call)
+        return from_template(_TIMESTAMP_TEXT, x=value, call=call)
     rounded = call.copy()
     rounded.set(
         "this",
         exp.Round(this=exp.Cast(this=value.copy(), to=exp.DataType.build("DOUBLE"))),
     )
-    return _fill(_ROUNDED_CAST, x=value, rounded=rounded, call=call)
+    return from_template(_ROUNDED_CAST, x=value, rounded=rounded, call=call)
 
 
 #: Trino's EXTRACT fields DuckDB names otherwise (Trino's ``ExtractField``), by DuckDB's name.
@@ -242,7 +243,7 @@ def url_coding(node: Any, adapt: Callable[[Any], Any]) -> Any:
     if len(args) != 1:
         return exp.Anonymous(this=node.name, expressions=args)
     if node.name.lower() == "url_encode":
-        return _fill(_URL_ENCODE, s=args[0])
+        return from_template(_URL_ENCODE, s=args[0])
     plus = exp.Anonymous(
         this="replace", expressions=[args[0], exp.Literal.string("+"), exp.Literal.string(" ")]
     )
@@ -259,22 +260,6 @@ def weighted_percentile(node: Any) -> QueryError | None:
         "weighted quantile, and the unweighted one answers otherwise); drop the weight, or "
         "run the statement with --engine athena"
     )
-
-
-def _fill(template: str, **args: Any) -> Any:
-    """The DuckDB expression ``template`` with a copy of ``args[name]`` for each ``__name__``
-    (a column of that name as the template parses it)."""
-    import sqlglot
-    from sqlglot import exp
-
-    tree = sqlglot.parse_one(template, read="duckdb")
-
-    def put(node: Any) -> Any:
-        if isinstance(node, exp.Column) and node.name.startswith("__") and node.name.endswith("__"):
-            return args[node.name.strip("_")].copy()
-        return node
-
-    return tree.transform(put)
 
 
 #: The calls whose ``expression`` is a Java regex (Trino's ``regexp_*``), by sqlglot class name

@@ -309,7 +309,7 @@ def _conversion(arg: Any, flags: str, width: str | None, precision: str | None, 
     if conv in "sS":
         value = _java_text(arg)
     elif conv == "f":
-        value = _from_template(_DECIMAL_ROUNDED.format(digits=int(precision or 6)), arg)
+        value = from_template(_DECIMAL_ROUNDED.format(digits=int(precision or 6)), arg=arg)
     printed = exp.Anonymous(
         this="printf", expressions=[exp.Literal.string(spec + conv.lower()), value]
     )
@@ -368,15 +368,21 @@ END
 
 def _java_text(arg: Any) -> Any:
     """``arg`` as the text Java's ``%s`` prints of it on Athena (:data:`_JAVA_TEXT`)."""
-    return _from_template(_JAVA_TEXT, arg)
+    return from_template(_JAVA_TEXT, arg=arg)
 
 
-def _from_template(template: str, arg: Any) -> Any:
-    """The DuckDB expression ``template`` with ``arg`` in place of each ``__arg__``."""
+def from_template(template: str, **args: Any) -> Any:
+    """The DuckDB expression ``template`` with a copy of ``args[name]`` for each ``__name__``
+    (a column of that name as the template parses it). :mod:`athena.trinocalls` fills its
+    templates so too."""
     import sqlglot
     from sqlglot import exp
 
     tree = sqlglot.parse_one(template, read="duckdb")
-    return tree.transform(
-        lambda node: arg.copy() if isinstance(node, exp.Column) and node.name == "__arg__" else node
-    )
+
+    def put(node: Any) -> Any:
+        if isinstance(node, exp.Column) and node.name.startswith("__") and node.name.endswith("__"):
+            return args[node.name.strip("_")].copy()
+        return node
+
+    return tree.transform(put)
