@@ -104,6 +104,10 @@ UNKNOWN_ROOM = {"unknown": 160, "known": 200, "showing": 160}
 UNKNOWN_TEXT_MAX_CHARS = 800
 
 
+#: Why a name that differs in case only is suggested (:func:`cli.service_names.other_cases`).
+_CASED_WHY = " (a name with letters of no ASCII form is stored under a hash of its exact spelling)"
+
+
 def unknown_services_text(
     table: str,
     unknown: list[str],
@@ -122,14 +126,18 @@ def unknown_services_text(
     """
     from cli.service_names import (
         SUGGESTED_AT_MOST,
+        as_typed,
         close_names,
         named_within,
+        other_cases,
         suggestion,
         with_more,
     )
 
-    named, left = named_within(unknown, UNKNOWN_ROOM["unknown"])
-    close = close_names(unknown[: len(unknown) - left], known)
+    named, left = named_within([as_typed(n) for n in unknown], UNKNOWN_ROOM["unknown"])
+    shown = unknown[: len(unknown) - left]
+    cased = other_cases(shown, known)
+    close = cased or close_names(shown, known)
     text = f"unknown service {with_more(named, left)} in {table}"
     if len(known) <= LIST_KNOWN_MAX or not close:
         listed, left = named_within(known, UNKNOWN_ROOM["known"], LIST_KNOWN_MAX, given=False)
@@ -141,6 +149,8 @@ def unknown_services_text(
     typo = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
     if len(close) > SUGGESTED_AT_MOST or len(text) + len(typo) > max_chars:
         typo = suggestion(close, max_chars - len(text))  # the closest that fit
+    if cased and len(text) + len(typo) + len(_CASED_WHY) <= max_chars:
+        typo += _CASED_WHY
     return text + typo
 
 

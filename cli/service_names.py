@@ -18,7 +18,9 @@ the writer's own, over the very name (no other name shares the folder but by a 4
 collision) and the folder's name is always safe, so refusing it only made the user find the
 hash (in the aggregator's log or `logq services`) for a name they know. The hash is over the
 name as sent, its case included (``ЗАКАЗЫ-api`` is another folder, as it is to the writer):
-``-s`` takes it as typed, surrounding blanks aside. Such a value that also holds an ASCII
+``-s`` takes it as typed, surrounding blanks aside. When that folder is missing, the note
+names the value as typed and the spellings differing in case only whose folders exist
+(:func:`other_cases`). Such a value that also holds an ASCII
 character the writer would rewrite (``Заказы/api``, ``Заказы*``) is refused as any other: a
 glob or a path is more likely a mistake than a name, and the refusal suggests the warehouse's
 closest names, the hashed ones included.
@@ -53,6 +55,10 @@ NAMES_ROOM = named.NAMES_ROOM
 #: and :func:`capped` cuts anything left over (300 values of 66 characters, listed in full,
 #: made a note of 36 KB).
 NOTE_MAX_CHARS = 1200
+#: The value typed for each hashed folder a ``--service`` value was taken as in this process
+#: (:func:`hashed_folder`): a note about a folder the warehouse lacks names what was typed,
+#: ``'ЗАКАЗЫ-api'``, where the hash alone (``'api-96308befc7'``) told the user nothing.
+_TYPED: dict[str, str] = {}
 
 
 def normalise_services(values: list[str] | None, warehouse: str | None = None) -> list[str] | None:
@@ -98,7 +104,35 @@ def hashed_folder(part: str) -> str | None:
         return None
     if any(c.isascii() and c not in _ACCEPTED for c in folded(name)):
         return None
+    _TYPED[result.value] = name
     return result.value
+
+
+def as_typed(name: str) -> str:
+    """The ``--service`` value typed for ``name`` when it is a hashed folder taken for one
+    (:func:`hashed_folder`), else ``name``."""
+    return _TYPED.get(name, name)
+
+
+def other_cases(names: list[str], known: list[str] | tuple[str, ...]) -> list[str]:
+    """Spellings of the hashed ``names``, as typed, that differ in case only and whose folders
+    ``known`` holds (lower, upper, first letter capital, each word capital).
+
+    The writer hashes a name's exact spelling, so ``-s ЗАКАЗЫ-api`` finds no ``Заказы-api``
+    data, and difflib over the hashes cannot tell which hash was meant: the hash is the
+    writer's, so each spelling is tried the writer's way."""
+    from athena.schema import sanitized_service
+
+    have = set(known)
+    found: list[str] = []
+    for name in names:
+        typed = _TYPED.get(name)
+        if typed is None:
+            continue
+        for variant in (typed.lower(), typed.upper(), typed.capitalize(), typed.title()):
+            if variant not in found and sanitized_service(variant).value in have:
+                found.append(variant)
+    return found
 
 
 def folded(part: str) -> str:

@@ -152,7 +152,7 @@ def test_did_you_mean_names_only_services_that_exist(logq, tmp_path: Path) -> No
                     "--warehouse", uri)  # fmt: skip
         assert tail.exit_code == 0 and len(tail.json()) == 30, (spelling, tail.stderr)
     # 漢 has no ASCII form: the name is stored under a hash (cafe-<hash>), not as café-ü's
-    # cafe-u nor as a service called café (test_hashed_service_names.py).
+    # cafe-u nor as a service called café (test_hashed_service_names.py); named as typed.
     other = logq("tail", "-s", "café漢", *WIDE, "--warehouse", uri)
     assert other.exit_code == 3, other.stderr
-    assert "unknown service 'cafe-" in other.stdout
+    assert "unknown service 'café漢' in container_logs; known: cafe-u" in other.stdout

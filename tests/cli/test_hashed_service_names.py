@@ -68,3 +68,30 @@ def test_a_hashed_name_with_a_character_the_writer_rewrites_is_refused_for_it(
         "the character '*' is not accepted (a name past 128 characters is: the writer stores it "
         "under a hash)"
     ) in long.stderr
+
+
+def test_a_hashed_name_without_a_folder_is_named_as_typed_with_its_other_case(
+    logq, warehouse: str
+) -> None:
+    """The hash covers the exact spelling: ``ЗАКАЗЫ-api`` is not ``Заказы-api``'s folder. The
+    note names what was typed (not its hash) and the spelling whose folder exists."""
+    run = logq("tail", "-s", "ЗАКАЗЫ-api", *WIDE, "--warehouse", warehouse)
+    assert run.exit_code == 3, run.stderr
+    assert "unknown service 'ЗАКАЗЫ-api' in container_logs;" in run.stdout
+    assert sanitize_service("ЗАКАЗЫ-api") not in run.stdout
+    assert "did you mean 'Заказы-api'? (a name with letters of no ASCII form is stored" in (
+        run.stdout
+    )
+    upper = logq("tail", "-s", "注文-API,api", *WIDE, "--warehouse", warehouse)
+    assert upper.exit_code == 0, upper.stderr
+    assert "unknown service '注文-API' in container_logs;" in upper.stderr
+    assert "did you mean '注文-api'?" in upper.stderr
+
+
+def test_a_hashed_name_no_spelling_of_which_is_stored_gets_no_such_suggestion(
+    logq, warehouse: str
+) -> None:
+    run = logq("tail", "-s", "Доставка-api", *WIDE, "--warehouse", warehouse)
+    assert run.exit_code == 3, run.stderr
+    assert "unknown service 'Доставка-api' in container_logs;" in run.stdout
+    assert "exact spelling" not in run.stdout and "'Заказы-api'" not in run.stdout
