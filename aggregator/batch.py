@@ -275,6 +275,9 @@ class Routed:
     unparsed_samples: dict[str, UnparsedSample] = field(default_factory=dict)
     """The first of those lines per service with any (only those counted in
     ``parse_failures``: never a stderr line nor the data plane's own log line)."""
+    numbers_rounded: dict[str, int] = field(default_factory=dict)
+    """Envoy JSON access lines stored with a number rounded (one with a fraction in an integer
+    column, :mod:`aggregator.envoy_json`), per service with any."""
 
 
 def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS) -> Routed:
@@ -282,6 +285,7 @@ def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS)
     tables: dict[str, pa.Table] = {}
     failures: dict[str, int] = {}
     samples: dict[str, UnparsedSample] = {}
+    rounded: dict[str, int] = {}
     if records.num_rows == 0:
         return Routed(tables, failures)
     records = with_tag_containers(records.combine_chunks())
@@ -302,6 +306,11 @@ def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS)
             rows = _at(candidates, parsed.rows)
             cols = dict(parsed.columns)
             tables[ENVOY_ACCESS.name] = _assemble(ENVOY_ACCESS, records, service, rows, cols)
+        if len(parsed.rounded):
+            counts = pc.value_counts(
+                pc.take(service, _at(candidates, parsed.rounded)).dictionary_decode()
+            )
+            rounded = {c["values"].as_py(): c["counts"].as_py() for c in counts}
         if len(parsed.unparsed):
             bad = pc.take(candidates, parsed.unparsed)
             failed = _counted(bad, on_stderr)
@@ -318,7 +327,7 @@ def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS)
             "message": _without_newline(pc.take(_col(records, wire.KEY_LOG), plain_idx)),
         }
         tables[CONTAINER_LOGS.name] = _assemble(CONTAINER_LOGS, records, service, plain_idx, cols)
-    return Routed(tables, failures, samples)
+    return Routed(tables, failures, samples, rounded)
 
 
 def _samples(

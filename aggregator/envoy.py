@@ -30,6 +30,7 @@ default ISO-8601 or in a custom ``%START_TIME(spec)%`` (:mod:`.envoy_time`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Callable
@@ -171,6 +172,10 @@ INT_COLUMNS: dict[str, pa.DataType] = {
 }
 #: Columns where Envoy's ``-`` (unset) is stored as NULL.
 DASH_IS_NULL = frozenset({"upstream_service_time_ms", "x_forwarded_for", "upstream_host"})
+#: The key of the JSON attempt's columns that marks its rows with a number stored rounded
+#: (:mod:`.envoy_json`): no ``envoy_access`` column; :func:`_run` takes it out into
+#: :attr:`ParsedAccess.rounded`.
+ROUNDED = "_numbers_rounded"
 #: Columns an Envoy format must capture to fill a row.
 REQUIRED = ("start", "response_code")
 
@@ -371,6 +376,9 @@ class ParsedAccess:
     """``timestamp`` and every envoy_access column the formats fill, aligned with ``rows``."""
     unparsed: pa.Array
     """int64 positions of the lines no format matched."""
+    rounded: pa.Array = dataclasses.field(default_factory=lambda: pa.array([], pa.int64()))
+    """int64 positions (in the input, ascending) of the parsed JSON lines with a number that has
+    a fraction, stored rounded in its integer column (:mod:`.envoy_json`)."""
 
 
 def _convert(
@@ -510,6 +518,7 @@ def _run(lines: pa.Array, attempts: list[Attempt]) -> ParsedAccess:
     todo = lines
     rows: list[pa.Array] = []
     parts: list[dict[str, pa.Array]] = []
+    rounded: list[pa.Array] = []
     for attempt in attempts:
         if len(todo) == 0:
             break
@@ -528,6 +537,7 @@ def _run(lines: pa.Array, attempts: list[Attempt]) -> ParsedAccess:
             )
             continue
         if converted:
+            cut = converted.pop(ROUNDED, None)  # only JSON numbers are ever rounded
             good = _fileable(converted["timestamp"])
             if pc.all(good).as_py():
                 rows.append(remaining.filter(ok))
@@ -536,13 +546,18 @@ def _run(lines: pa.Array, attempts: list[Attempt]) -> ParsedAccess:
                 rows.append(remaining.filter(ok).filter(good))
                 parts.append({k: v.filter(good) for k, v in converted.items()})
                 ok = pc.and_(ok, pc.fill_null(_scatter(ok, good), False))
+                cut = None if cut is None else cut.filter(good)
+            if cut is not None and pc.any(cut).as_py():
+                rounded.append(rows[-1].filter(cut))
         if pc.any(ok).as_py():  # else no copy: most attempts refuse every line left to them
             todo = todo.filter(pc.invert(ok))
             remaining = remaining.filter(pc.invert(ok))
+    # JSON lines, the only ones rounded, are the first attempt's: in input order already.
+    cut = pa.concat_arrays(rounded) if rounded else pa.array([], pa.int64())
     if not parts:
         return ParsedAccess(pa.array([], pa.int64()), {}, remaining)
     if len(parts) == 1:  # rows of one parser are already in input order
-        return ParsedAccess(rows[0], parts[0], remaining)
+        return ParsedAccess(rows[0], parts[0], remaining, cut)
     row_index = pa.concat_arrays(rows)
     columns = {k: pa.concat_arrays([p[k] for p in parts]) for k in parts[0]}
     order = pc.sort_indices(row_index)
@@ -550,6 +565,7 @@ def _run(lines: pa.Array, attempts: list[Attempt]) -> ParsedAccess:
         rows=row_index.take(order),
         columns={k: v.take(order) for k, v in columns.items()},
         unparsed=remaining,
+        rounded=cut,
     )
 
 

@@ -87,6 +87,8 @@ class FlushResult:
     parse_failures: dict[str, int] = field(default_factory=dict)
     unparsed_samples: dict[str, UnparsedSample] = field(default_factory=dict)
     """One of those unparsed lines per service with failures: the first slice's that had one."""
+    numbers_rounded: dict[str, int] = field(default_factory=dict)
+    """Envoy JSON access lines stored with a number rounded, per service (Routed)."""
     seconds: float = 0.0
     services: set[str] = field(default_factory=set)
     """Services that got rows (the catalog extends the Athena ``service`` enum with them)."""
@@ -207,6 +209,10 @@ class Flusher:
                         )
                     for service, sample in routed.unparsed_samples.items():
                         result.unparsed_samples.setdefault(service, sample)
+                    for service, count in routed.numbers_rounded.items():
+                        result.numbers_rounded[service] = (
+                            result.numbers_rounded.get(service, 0) + count
+                        )
                     for table_name, table in routed.tables.items():
                         result.services |= _services(table)
                         spill.add(table_name, table)

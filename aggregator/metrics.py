@@ -190,6 +190,14 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        self.numbers_rounded = Counter(
+            "logq_aggregator_envoy_numbers_rounded_total",
+            "Envoy JSON access lines stored with a number rounded to the nearest whole number "
+            "(a number with a fraction, e.g. a duration of 1.5, in an integer column); the "
+            "series of a service appears at its first such line",
+            ["service"],
+            registry=r,
+        )
         self.rows_outside_projection = Counter(
             "logq_aggregator_rows_outside_projection_total",
             "Rows stamped before 2020 or more than 15 minutes ahead (a broken clock): stored, "
@@ -369,6 +377,7 @@ class Metrics:
         for service in idle:
             for metric, labels in (
                 (self.parse_failures, (service,)),
+                (self.numbers_rounded, (service,)),
                 (self.times_replaced, (service,)),
                 *((self.rows_outside_projection, (table, service)) for table in TABLE_NAMES),
                 *((self.rows_written, (table, service)) for table in TABLE_NAMES),

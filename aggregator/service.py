@@ -1304,6 +1304,8 @@ class Aggregator:
             m.rows_written.labels(f.table, m.series_label(f.service)).inc(f.rows)
         for service, count in result.parse_failures.items():
             m.parse_failures.labels(m.series_label(service)).inc(count)
+        for service, count in result.numbers_rounded.items():
+            m.numbers_rounded.labels(m.series_label(service)).inc(count)
         now = time.time()
         self._parse_warnings.note(result.parse_failures, result.unparsed_samples, now)
         slow = slow_flush_text(
