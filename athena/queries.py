@@ -234,16 +234,20 @@ def _for_duckdb(node: Any) -> Any:
     * ``date_diff(unit, a, b)`` counts whole units, as Trino does (DuckDB's ``date_diff``
       counts unit boundaries crossed; its ``date_sub`` is Trino's meaning): 23:45 to 03:56 the
       next day is 0 days, not 1.
-    * ``regexp_extract`` is NULL when the pattern does not match, as in Trino (DuckDB gives '').
+    * ``regexp_extract`` is NULL when the pattern does not match or the group is unset, as in
+      Trino (DuckDB gives ''), and ``array[i]`` fails outside the array, as in Trino
+      (:mod:`athena.trinocalls`).
     * ``regexp_replace``, ``split_part`` and ``format`` keep Trino's meaning, and functions only
       Athena has are refused with what to use instead (:mod:`athena.trinofuncs`);
       ``approx_distinct`` is exact locally (``count(DISTINCT x)``), in ad-hoc statements.
     * ``json_extract[_scalar]``, ``split`` with a limit, ``substr``, ``AT TIME ZONE``,
-      ``EXTRACT``'s fields, ``url_encode``/``url_decode`` and, in
-      ad-hoc statements, casts of a DOUBLE to an integer or of a zoned timestamp to text keep
-      Trino's meaning, a weighted ``approx_percentile`` is refused, and ``regexp_*`` patterns
-      have Java's named groups spelled for RE2 and their lookarounds refused
-      (:mod:`athena.trinocalls`).
+      ``EXTRACT``'s fields, ``url_encode``/``url_decode``, ``date_format``'s specifiers and, in
+      ad-hoc statements, casts of a DOUBLE to an integer or to text or of a zoned timestamp to
+      text, a DOUBLE divided by zero and ``upper`` keep Trino's meaning, a weighted
+      ``approx_percentile`` is refused, and ``regexp_*`` patterns have Java's named groups
+      spelled for RE2 and their lookarounds refused (:mod:`athena.trinocalls`).
+    * ``json_size``, ``any_match``/``all_match``/``none_match`` and ``regexp_position``, which
+      DuckDB lacks, are written with its functions (:mod:`athena.trinomissing`).
     * Athena's hidden columns (:data:`HIDDEN_COLUMNS`) are refused: the local views have no
       such column, and DuckDB's "not found" listed ``path`` as the likely one.
     * DuckDB's statements written as functions (:data:`STATEMENT_FUNCTIONS`) are refused.
@@ -252,7 +256,7 @@ def _for_duckdb(node: Any) -> Any:
     """
     from sqlglot import exp
 
-    from athena import trinocalls, trinofuncs
+    from athena import trinocalls, trinofuncs, trinomissing
 
     if isinstance(node, exp.Column) and node.name.lower() in HIDDEN_COLUMNS:
         raise QueryError(
@@ -304,10 +308,16 @@ def _for_duckdb(node: Any) -> Any:
         return trinocalls.extract(node, _adapted)
     if isinstance(node, exp.Anonymous) and str(node.this).lower() in ("url_encode", "url_decode"):
         return trinocalls.url_coding(node, _adapted)
+    if _ADHOC.get(False) and isinstance(node, exp.Upper):
+        return trinocalls.upper(node, _adapted)
+    if _ADHOC.get(False) and isinstance(node, exp.Div):
+        return trinocalls.divide(node, _adapted)
     if _ADHOC.get(False) and isinstance(node, exp.Cast):
         rewritten = trinocalls.cast(node, _adapted)
         if rewritten is not None:
             return rewritten
+    if isinstance(node, exp.Anonymous) and str(node.this).lower() in trinomissing.NAMES:
+        return trinomissing.rewrite(node, _adapted)
     if isinstance(node, exp.Anonymous) and str(node.this).lower() in trinofuncs.ATHENA_ONLY:
         raise trinofuncs.athena_only(str(node.this))
     typed = trinofuncs.typed_athena_only(node)
@@ -319,13 +329,11 @@ def _for_duckdb(node: Any) -> Any:
     if _ADHOC.get(False) and isinstance(node, exp.ApproxDistinct):
         return trinofuncs.approx_distinct(node, _adapted)
     if isinstance(node, exp.RegexpExtract):
-        extract = node.copy()
-        for key in ("this", "expression"):
-            extract.set(key, _adapted(node.args[key]))
-        matches = exp.Anonymous(
-            this="regexp_matches", expressions=[extract.this.copy(), extract.expression.copy()]
-        )
-        return exp.Case(ifs=[exp.If(this=matches, true=extract)])
+        return trinocalls.regexp_extract(node, _adapted)
+    if isinstance(node, exp.Bracket):
+        return trinocalls.subscript(node, _adapted)
+    if isinstance(node, exp.TimeToStr):
+        return trinocalls.date_format(node, _adapted)
     return node
 
 

@@ -43,7 +43,7 @@ def _code_fingerprint() -> str:
     """sqlglot's version and the source of the modules that transform the tree."""
     source = b"".join(
         (Path(__file__).parent / name).read_bytes()
-        for name in ("queries.py", "trinofuncs.py", "trinocalls.py")
+        for name in ("queries.py", "trinofuncs.py", "trinocalls.py", "trinomissing.py")
     )
     return _sqlglot_version() + ":" + hashlib.sha256(source).hexdigest()[:16]
 

@@ -31,7 +31,25 @@ another without a word:
   and prints ``2024-03-10 22:00:03.719`` (always 3 digits); locally it is a TIMESTAMP WITH
   TIME ZONE (UTC) and printed ``2024-03-10 22:00:03.719+00``. A TIMESTAMP WITH TIME ZONE cast
   to text prints as Athena prints the column. Trino's own zoned values (``now()``,
-  ``from_unixtime``) print with their zone there (``... UTC``), which this does not rebuild.
+  ``from_unixtime``) print with their zone there (``... UTC``), which this does not rebuild:
+  locally they and the column are one type, and which one a value came from is lost.
+* ``CAST(double AS varchar)`` (and REAL) is Java's ``Double.toString``: ``1.0E7`` from 1e7 up
+  and ``1.5E-5`` under 1e-3, ``NaN``, ``Infinity``; DuckDB wrote ``10000000.0``, ``1.5e-05``,
+  ``nan``, ``inf``. Ad-hoc statements only, as the other casts.
+* ``regexp_extract(s, pattern, group)`` is NULL when the group took no part in the match
+  (``JoniRegexpFunctions``); DuckDB gave ''.
+* ``array[i]`` fails outside the array (``ArraySubscriptOperator``: "Array subscript must be
+  less than or equal to array length", "... is negative", "SQL array indices start at 1"),
+  where DuckDB gave NULL or counted a negative index from the end; ``element_at`` stays NULL
+  outside, and fails for 0 as Trino's does.
+* ``date_format(ts, format)``: ``%v`` is the ISO week and ``%x`` its year (DuckDB refused
+  ``%v``), a letter Trino does not know is that letter, and ``%D %U %u %V %w %X``, which Trino
+  refuses, are refused (sqlglot made ``%u`` DuckDB's Monday-based week).
+* ``a / b`` of a DOUBLE or REAL by zero is Infinity or NaN, as in Trino, where the statement
+  shows the DOUBLE (:func:`divide` says why only there); DuckDB failed. Ad-hoc statements only.
+* ``upper(s)`` leaves ``ß`` as it is, as Trino's (character by character, Java's
+  ``Character.toUpperCase``); DuckDB wrote ``ẞ``. Other letters follow DuckDB's Unicode tables,
+  which may differ from Java's for rare scripts. Ad-hoc statements only.
 * ``EXTRACT(DOW FROM ts)``: Trino's field is ``day_of_week()``, 1 (Monday) to 7 (Sunday);
   DuckDB's ``dow`` is 0 for Sunday. ``DAY_OF_WEEK``, ``YEAR_OF_WEEK``/``YOW`` and
   ``DAY_OF_MONTH``, Trino's other names, were refused by DuckDB ("extract specifier not
@@ -47,8 +65,9 @@ another without a word:
   DuckDB, and sqlglot's spelling dropped the weight (``quantile_disc(x, p)``), an unweighted
   answer.
 
-Rewrites that would change the canned queries' SQL (the casts) apply to ``logq sql`` only; the
-canned queries are written for both engines.
+Rewrites that would change the canned queries' SQL (the casts, ``/`` and ``upper``) apply to
+``logq sql`` only; the canned queries are written for both engines. Functions DuckDB lacks
+altogether (``json_size``, ``any_match``, ``regexp_position``) are in :mod:`athena.trinomissing`.
 """
 
 from __future__ import annotations
@@ -103,8 +122,36 @@ _ROUNDED_CAST = "CASE WHEN typeof(__x__) = 'DOUBLE' THEN __rounded__ ELSE __call
 _TIMESTAMP_TEXT = (
     "CASE WHEN typeof(__x__) = 'TIMESTAMP WITH TIME ZONE' "
     "THEN strftime(CAST(CAST(__x__ AS VARCHAR) AS TIMESTAMPTZ), '%Y-%m-%d %H:%M:%S.%g') "
+    "WHEN typeof(__x__) IN ('DOUBLE', 'FLOAT') THEN __java__ "
     "ELSE __call__ END"
 )
+#: The text of a DOUBLE or REAL as Trino casts it (Java's ``Double.toString``/``Float.toString``):
+#: the shortest digits that read back as the value, as DuckDB's own text, but from 1e7 up and
+#: below 1e-3 in Java's notation (``1.0E7``, ``1.5E-5``, where DuckDB writes ``10000000.0`` and
+#: ``1.5e-05``), and ``NaN``/``Infinity`` for DuckDB's ``nan``/``inf``. Built from DuckDB's
+#: text, given once to a lambda (``t``) so the value is computed once: ``a`` is it unsigned,
+#: ``sig`` its significant digits and ``exp`` the power of ten of the first.
+_JAVA_NUMBER_TEXT = """
+list_extract(list_transform([CAST(__x__ AS VARCHAR)], t -> CASE
+  WHEN t IN ('nan', '-nan') THEN 'NaN'
+  WHEN t = 'inf' THEN 'Infinity'
+  WHEN t = '-inf' THEN '-Infinity'
+  WHEN TRY_CAST(t AS DOUBLE) = 0
+    OR abs(TRY_CAST(t AS DOUBLE)) >= 1e-3 AND abs(TRY_CAST(t AS DOUBLE)) < 1e7 THEN t
+  ELSE list_extract(list_transform([struct_pack(
+      a := ltrim(t, '-'),
+      sig := rtrim(ltrim(replace(split_part(ltrim(t, '-'), 'e', 1), '.', ''), '0'), '0'),
+      exp := CASE WHEN contains(t, 'e')
+        THEN CAST(split_part(t, 'e', 2) AS INTEGER)
+          + strpos(split_part(ltrim(t, '-'), 'e', 1) || '.', '.') - 2
+        WHEN ltrim(split_part(ltrim(t, '-'), '.', 1), '0') <> ''
+        THEN length(ltrim(split_part(ltrim(t, '-'), '.', 1), '0')) - 1
+        ELSE length(ltrim(split_part(t, '.', 2), '0')) - length(split_part(t, '.', 2)) - 1
+      END)], n -> CASE WHEN starts_with(t, '-') THEN '-' ELSE '' END
+      || left(n['sig'], 1) || '.' || coalesce(nullif(substr(n['sig'], 2), ''), '0')
+      || 'E' || CAST(n['exp'] AS VARCHAR)), 1)
+END), 1)
+"""
 
 
 def json_extract(node: Any, adapt: Callable[[Any], Any]) -> Any:
@@ -195,7 +242,8 @@ def cast(node: Any, adapt: Callable[[Any], Any]) -> Any | None:
     call.set("this", adapt(node.this))
     value = call.this
     if kind in _TEXT_TYPES:
-        return from_template(_TIMESTAMP_TEXT, x=value, call=call)
+        java = from_template(_JAVA_NUMBER_TEXT, x=value)
+        return from_template(_TIMESTAMP_TEXT, x=value, call=call, java=java)
     rounded = call.copy()
     rounded.set(
         "this",
@@ -336,3 +384,209 @@ def _re2_spelling(pattern: str, function: str) -> str:
         out.append(pattern[i:end])
         i = end
     return "".join(out)
+
+
+#: Trino's ``regexp_extract(s, pattern, group)`` when the match leaves ``group`` unset (an
+#: optional group, or the other side of an alternation): NULL (``beg == -1`` in its
+#: ``JoniRegexpFunctions``); DuckDB's ``regexp_extract`` gives ''. Its ``regexp_extract_all``
+#: gives NULL there, as Trino's does, and its first element is the first match: asked only for
+#: an empty group, the rare case, so the common one costs one extraction as before.
+_REGEXP_EXTRACT = """
+CASE WHEN regexp_matches(__s__, __p__) THEN
+  CASE WHEN __call__ <> '' THEN __call__
+  ELSE list_extract(regexp_extract_all(__s__, __p__, __g__), 1) END
+END
+"""
+
+
+def regexp_extract(node: Any, adapt: Callable[[Any], Any]) -> Any:
+    """``node`` (exp.RegexpExtract) with Trino's NULLs: when the pattern does not match (DuckDB
+    gives ''), and when the group asked for took no part in the match (:data:`_REGEXP_EXTRACT`)."""
+    from sqlglot import exp
+
+    call = node.copy()
+    for key, value in node.args.items():
+        if isinstance(value, exp.Expression):
+            call.set(key, adapt(value))
+    group = call.args.get("group")
+    if group is None or (group.is_int and group.to_py() == 0):  # the whole match: always set
+        matches = exp.Anonymous(
+            this="regexp_matches", expressions=[call.this.copy(), call.expression.copy()]
+        )
+        return exp.Case(ifs=[exp.If(this=matches, true=call)])
+    return from_template(_REGEXP_EXTRACT, s=call.this, p=call.expression, g=group, call=call)
+
+
+#: Trino's ``array[i]`` (``ArraySubscriptOperator``) fails for an index outside the array, where
+#: DuckDB's is NULL (and counts a negative one from the end); ``element_at`` is NULL outside but
+#: fails too for 0. Maps, rows and what else DuckDB subscripts are left to it: the type is known
+#: only when the statement runs, and ``typeof`` of a constant type folds away before any row.
+_SUBSCRIPT = """
+CASE
+  WHEN typeof(__x__) NOT LIKE '%]' OR typeof(__x__) LIKE 'MAP(%' THEN __call__
+  WHEN TRY_CAST(__i__ AS BIGINT) = 0 THEN error('SQL array indices start at 1')__strict__
+  ELSE __call__
+END
+"""
+_STRICT_SUBSCRIPT = """
+  WHEN TRY_CAST(__i__ AS BIGINT) < 0 THEN error('Array subscript is negative: ' || __i__)
+  WHEN TRY_CAST(__i__ AS BIGINT) > cardinality(__x__) THEN error(
+    'Array subscript must be less than or equal to array length: ' || __i__ || ' > '
+    || cardinality(__x__) || ' (element_at(array, index) is NULL past the end)')"""
+
+
+def subscript(node: Any, adapt: Callable[[Any], Any]) -> Any:
+    """``node`` (exp.Bracket: ``x[i]``, or ``element_at(x, i)`` when ``safe``) failing where
+    Trino's fails (:data:`_SUBSCRIPT`). A text index (a map's key) or a slice is left as it is."""
+    from sqlglot import exp
+    from sqlglot.expressions.builders import apply_index_offset
+
+    call = node.copy()
+    call.set("this", adapt(node.this))
+    call.set("expressions", [adapt(e) for e in node.expressions])
+    if len(call.expressions) != 1 or isinstance(call.expressions[0], exp.Slice):
+        return call
+    if isinstance(call.expressions[0], exp.Literal) and call.expressions[0].is_string:
+        return call
+    # The index as DuckDB's SQL will read it (sqlglot keeps a literal index into an array it
+    # knows 0-based, and adds the offset back when it writes DuckDB's 1-based one).
+    offset = 1 - (call.args.get("offset") or 0)
+    (index,) = apply_index_offset(
+        call.this, [e.copy() for e in call.expressions], offset, dialect="duckdb"
+    )
+    strict = "" if call.args.get("safe") else _STRICT_SUBSCRIPT
+    return from_template(_SUBSCRIPT.replace("__strict__", strict), x=call.this, i=index, call=call)
+
+
+#: Trino's ``date_format`` specifiers (MySQL's, ``DateTimeFunctions.createDateTimeFormatter``)
+#: in DuckDB's ``strftime`` spelling. sqlglot maps them one by one, but left ``%v`` (the ISO
+#: week, which DuckDB calls ``%V``) for DuckDB to refuse, and gave DuckDB a meaning for those
+#: Trino refuses (``%u`` became DuckDB's Monday-based week ``%W``).
+_DATE_FORMAT = {
+    "a": "%a", "b": "%b", "c": "%-m", "d": "%d", "e": "%-d", "f": "%f", "H": "%H", "h": "%I",
+    "I": "%I", "i": "%M", "j": "%j", "k": "%-H", "l": "%-I", "M": "%B", "m": "%m", "p": "%p",
+    "r": "%I:%M:%S %p", "S": "%S", "s": "%S", "T": "%H:%M:%S", "v": "%V", "x": "%G", "W": "%A",
+    "Y": "%Y", "y": "%y", "%": "%%",
+}  # fmt: skip
+#: The specifiers Trino refuses ("%u not supported in date format string"), with what to use.
+_DATE_FORMAT_REFUSED = {
+    "D": "day_of_month(ts) for the day",
+    "U": "%v for the ISO week (Monday first)",
+    "u": "%v for the ISO week (Monday first)",
+    "V": "%v for the ISO week (Monday first)",
+    "w": "day_of_week(ts) for the day of the week (1 for Monday to 7)",
+    "X": "%x for the ISO week's year",
+}
+
+
+def date_format(node: Any, adapt: Callable[[Any], Any]) -> Any:
+    """``node`` (exp.TimeToStr, Trino's ``date_format(ts, format)``) as ``strftime`` with each
+    of Trino's specifiers spelled as DuckDB's (:data:`_DATE_FORMAT`); any other letter after a
+    ``%`` is that letter, as in Trino, and those Trino refuses are refused with what to use. A
+    format that is not a literal is left to sqlglot's mapping."""
+    from sqlglot import exp
+    from sqlglot.dialects.trino import Trino
+    from sqlglot.time import format_time
+
+    call = node.copy()
+    call.set("this", adapt(node.this))
+    fmt = call.args.get("format")
+    if not (isinstance(fmt, exp.Literal) and fmt.is_string):
+        return call
+    trino = format_time(fmt.this, Trino.INVERSE_TIME_MAPPING, Trino.INVERSE_TIME_TRIE) or ""
+    out: list[str] = []
+    escaped = False
+    for char in trino:
+        if not escaped:
+            escaped = char == "%"
+            out.append("" if escaped else char.replace("%", "%%"))
+            continue
+        escaped = False
+        if char in _DATE_FORMAT_REFUSED:
+            raise QueryError(
+                f"date_format(): %{char} is not supported in Athena's date format strings "
+                f"(Trino refuses %D %U %u %V %w %X); use {_DATE_FORMAT_REFUSED[char]}"
+            )
+        out.append(_DATE_FORMAT.get(char, char))
+    return exp.Anonymous(this="strftime", expressions=[call.this, exp.Literal.string("".join(out))])
+
+
+#: Trino's functions whose answer is a DOUBLE whatever their arguments, by sqlglot class name
+#: (``Rand`` only without an argument: ``random(n)`` is an integer).
+_DOUBLE_CALLS = frozenset(
+    {
+        "Sqrt", "Cbrt", "Ln", "Log", "Exp", "Pow", "Degrees", "Radians", "Sin", "Cos", "Tan",
+        "Asin", "Acos", "Atan", "Atan2", "Sinh", "Cosh", "Tanh", "Pi", "Rand", "Stddev",
+        "StddevPop", "StddevSamp", "Variance", "VariancePop", "Corr", "CovarPop", "CovarSamp",
+        "TimeToUnix",
+    }
+)  # fmt: skip
+#: The floating-point types a CAST may name (as ``DataType.this`` names them).
+_FLOAT_TYPES = frozenset({"DOUBLE", "FLOAT"})
+
+
+def divide(node: Any, adapt: Callable[[Any], Any]) -> Any:
+    """``node`` (exp.Div) as IEEE's division when the statement shows a side is a DOUBLE or
+    REAL (:func:`is_floating`): ``1e0 / 0`` is Infinity and ``0e0 / 0`` NaN, as in Trino.
+
+    The local engine sets ``integer_division`` so that an integer divided by an integer
+    truncates as in Trino; that makes every ``/`` DuckDB's ``//``, which fails on a zero
+    whatever the type. ``"/"(a, b)`` is DuckDB's ``/`` called by name, which the setting does
+    not touch. The operands' types are known only when DuckDB binds the statement, and no one
+    expression can take DuckDB's ``/`` for floats and ``//`` for integers (a CASE over ``typeof``
+    makes both answers DOUBLE: ``7 / 2`` was ``3.0``), so a division whose DOUBLE the statement
+    does not show (a column, ``sum(x)``) still fails on a zero, saying how to write it."""
+    from sqlglot import exp
+
+    floating = is_floating(node.this) or is_floating(node.expression)
+    call = node.copy()
+    call.set("this", adapt(node.this))
+    call.set("expression", adapt(node.expression))
+    if not floating:
+        return call
+    return exp.Anonymous(
+        this=exp.to_identifier("/", quoted=True), expressions=[call.this, call.expression]
+    )
+
+
+def is_floating(node: Any) -> bool:
+    """Whether Trino types ``node`` (an unadapted operand) DOUBLE or REAL, as far as the
+    statement shows: a literal with an exponent (``1e0``; ``1.5`` is a DECIMAL), a CAST to
+    one, a function that always answers one (:data:`_DOUBLE_CALLS`), or arithmetic, a CASE or
+    ``coalesce`` with such a value in it (Trino's common type of a DOUBLE and a number is
+    DOUBLE)."""
+    from sqlglot import exp
+
+    if isinstance(node, exp.Literal):
+        return not node.is_string and "e" in node.this.lower()
+    if isinstance(node, exp.Cast | exp.TryCast):
+        to = node.args.get("to")
+        return isinstance(to, exp.DataType) and to.this.name in _FLOAT_TYPES
+    if type(node).__name__ in _DOUBLE_CALLS:
+        return not (isinstance(node, exp.Rand) and node.args.get("this") is not None)
+    if isinstance(node, exp.Paren | exp.Neg):
+        return is_floating(node.this)
+    if isinstance(node, exp.Add | exp.Sub | exp.Mul | exp.Div | exp.Mod):
+        return is_floating(node.this) or is_floating(node.expression)
+    if isinstance(node, exp.Coalesce | exp.Nullif):
+        return any(is_floating(a) for a in [node.this, *node.expressions] if a is not None)
+    if isinstance(node, exp.Case):
+        branches = [i.args.get("true") for i in node.args.get("ifs") or []]
+        return any(is_floating(b) for b in [*branches, node.args.get("default")] if b is not None)
+    return False
+
+
+#: Trino's ``upper`` maps each character alone (airlift's ``SliceUtf8.toUpperCase``, Java's
+#: ``Character.toUpperCase``), which leaves ``ß`` as it is (its capital is two letters, ``SS``,
+#: which only Java's ``String.toUpperCase`` writes); DuckDB's gives the capital ``ẞ``. The text
+#: is upper-cased between its ``ß`` (the value computed once, through the lambda).
+_UPPER = """
+list_extract(list_transform([__s__], v -> CASE WHEN contains(v, 'ß')
+  THEN array_to_string(list_transform(string_split(v, 'ß'), p -> upper(p)), 'ß')
+  ELSE upper(v) END), 1)
+"""
+
+
+def upper(node: Any, adapt: Callable[[Any], Any]) -> Any:
+    """``node`` (exp.Upper) keeping ``ß`` as Trino keeps it (:data:`_UPPER`)."""
+    return from_template(_UPPER, s=adapt(node.this))

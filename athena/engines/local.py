@@ -325,9 +325,10 @@ def _schema_mismatch(exc: Exception) -> bool:
 _DIVISION_BY_ZERO = "Division by zero in expression"
 #: What logq says instead.
 DIVISION_BY_ZERO_TEXT = (
-    "division by zero: Athena refuses it too for integers and decimals (a DOUBLE divided by "
-    "0 is Infinity or NaN there, an error here); divide by nullif(x, 0) to get NULL, or wrap "
-    "the division in try(...)"
+    "division by zero: Athena refuses it too for integers and decimals; divide by nullif(x, 0) "
+    "to get NULL, or wrap the division in try(...). A DOUBLE divided by 0 is Infinity or NaN "
+    "on Athena, and in logq sql where the statement shows the DOUBLE: write CAST(x AS double) "
+    "/ y"
 )
 
 

@@ -6,12 +6,14 @@ compares with what Trino's documentation (or its code, where named) gives.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
 import pytest
 
 from athena.engines.local import LocalEngine
+from athena.engines.result import StatementError
 from athena.queries import QueryError, to_duckdb
 from tests.athena.factory import access_frame, logs_frame, utc, write_frame
 
@@ -198,7 +200,9 @@ def test_a_lookaround_is_refused_with_what_to_do(pattern: str, what: str) -> Non
     assert "--engine athena" in str(refused.value)
 
 
-@pytest.mark.parametrize("sql", ["SELECT 1/0", "SELECT 1.0/0", "SELECT 1e0/0"])
+@pytest.mark.parametrize(
+    "sql", ["SELECT 1/0", "SELECT 1.0/0", "SELECT x/y FROM (VALUES (1, 0)) t(x, y)"]
+)
 def test_a_division_by_zero_says_what_to_do_in_logqs_words(engine: LocalEngine, sql: str) -> None:
     """DuckDB's message showed the division as ``//`` (integer_division) and advised a SET,
     which logq refuses."""
@@ -209,3 +213,155 @@ def test_a_division_by_zero_says_what_to_do_in_logqs_words(engine: LocalEngine, 
         rows(engine, sql)
     assert str(failed.value) == DIVISION_BY_ZERO_TEXT
     assert "nullif(x, 0)" in str(failed.value) and "//" not in str(failed.value)
+
+
+def test_regexp_extract_of_a_group_left_unset_is_null(engine: LocalEngine) -> None:
+    """JoniRegexpFunctions.regexpExtract: NULL when the group took no part in the match (an
+    optional group, the other side of an alternation); DuckDB gave ''. An empty group that
+    matched stays '', and regexp_extract_all has NULL elements there on both engines."""
+    got = rows(
+        engine,
+        "SELECT regexp_extract('ab', 'a(x)?b', 1), regexp_extract('ab', 'a(x?)b', 1), "
+        "regexp_extract('GET /', '(POST|(GET)) (/)', 2), regexp_extract('POST /', "
+        "'(POST|(GET)) (/)', 2), regexp_extract('zz', 'a(x)?', 1), regexp_extract('ab', 'b'), "
+        "regexp_extract_all('ab ac', 'a(x)?', 1)",
+    )
+    assert got == [(None, "", "GET", None, None, "b", [None, None])]
+
+
+def test_array_subscript_outside_the_array_fails_as_in_trino(engine: LocalEngine) -> None:
+    """Trino's ArraySubscriptOperator fails outside the array (DuckDB: NULL, and a negative
+    index counted from the end); element_at is NULL there, and fails for 0 only."""
+    assert rows(
+        engine,
+        "SELECT ARRAY[1, 2][2], x[i], element_at(ARRAY[1, 2], 5), element_at(ARRAY[1, 2], -1), "
+        "split('a,b', ',')[2], MAP(ARRAY['k'], ARRAY[7])['k'], MAP(ARRAY[5], ARRAY[ARRAY[1]])[5] "
+        "FROM (VALUES (ARRAY[3, 4], 1)) t(x, i)",
+    ) == [(2, 3, None, 2, "b", 7, [1])]
+    for sql, says in [
+        (
+            "SELECT ARRAY[1, 2][5]",
+            "Array subscript must be less than or equal to array length: 5 > 2",
+        ),
+        ("SELECT x[i] FROM (VALUES (ARRAY[3, 4], 3)) t(x, i)", "array length: 3 > 2"),
+        ("SELECT ARRAY[1, 2][-1]", "Array subscript is negative: -1"),
+        ("SELECT ARRAY[1, 2][0]", "SQL array indices start at 1"),
+        ("SELECT element_at(ARRAY[1, 2], 0)", "SQL array indices start at 1"),
+    ]:
+        with pytest.raises(StatementError, match=re.escape(says)):
+            rows(engine, sql)
+
+
+def test_date_format_takes_trinos_specifiers(engine: LocalEngine) -> None:
+    """Trino's date_format (DateTimeFunctions): %v is the ISO week and %x its year (DuckDB
+    refused %v); a letter Trino does not know is that letter."""
+    got = rows(
+        engine,
+        "SELECT date_format(TIMESTAMP '2024-12-30 13:05:09', '%x-W%v %W %i:%s %q'), "
+        "date_format(DATE '2021-01-03', '%x-W%v'), date_format(\"timestamp\", '%v') "
+        'FROM envoy_access ORDER BY "timestamp" LIMIT 1',
+    )
+    assert got == [("2025-W01 Monday 05:09 q", "2020-W53", "10")]
+
+
+@pytest.mark.parametrize("spec", ["%u", "%U", "%V", "%w", "%X", "%D"])
+def test_date_format_specifiers_trino_refuses_are_refused(spec: str) -> None:
+    """Trino: "%u not supported in date format string"; sqlglot gave %u DuckDB's meaning of
+    %W (a week from Monday), an answer where Athena has none."""
+    with pytest.raises(QueryError, match=f"date_format\\(\\): {spec} is not supported"):
+        to_duckdb(f"SELECT date_format(\"timestamp\", '{spec}') FROM envoy_access", {})
+
+
+def test_json_size_as_trino(engine: LocalEngine) -> None:
+    """https://trino.io/docs/current/functions/json.html#json_size: the members of an object
+    or array, 0 for a scalar; NULL where the path finds nothing, and for text not JSON."""
+    got = rows(
+        engine,
+        'SELECT json_size(\'{"x": {"a": 1, "b": 2}}\', \'$.x\'), json_size(\'{"x": [1, 2, 3]}\', '
+        "'$.x'), json_size('{\"x\": {\"a\": 1}}', '$.x.a'), json_size('{\"x\": 1}', '$.y'), "
+        "json_size(message, '$.ctx') FROM container_logs ORDER BY 5 NULLS LAST",
+    )
+    assert got == [(2, 3, 0, None, 1), (2, 3, 0, None, None)]
+
+
+def test_any_all_none_match_with_sqls_three_values(engine: LocalEngine) -> None:
+    """https://trino.io/docs/current/functions/array.html#any_match: NULL when the predicate
+    is NULL for an element and decides for none; an empty array is false for any_match, true
+    for the other two."""
+    got = rows(
+        engine,
+        "SELECT any_match(ARRAY[1, 2], x -> x > 1), any_match(ARRAY[1, NULL], x -> x > 1), "
+        "any_match(ARRAY[], x -> x > 1), all_match(ARRAY[2, 3], x -> x > 1), "
+        "all_match(ARRAY[2, NULL], x -> x > 1), all_match(ARRAY[0, NULL], x -> x > 1), "
+        "all_match(ARRAY[], x -> x > 1), none_match(ARRAY[1], x -> x > 1), "
+        "none_match(ARRAY[1, NULL], x -> x > 1), none_match(ARRAY[5, NULL], x -> x > 1), "
+        "any_match(CAST(NULL AS array(integer)), x -> x > 1)",
+    )
+    assert got == [(True, None, False, True, None, False, True, True, None, False, None)]
+
+
+def test_regexp_position_as_trino(engine: LocalEngine) -> None:
+    """https://trino.io/docs/current/functions/regexp.html#regexp_position (its examples
+    first): the n-th match from start, each search from where the last one ended, over the
+    whole text (^ is its start); -1 without one."""
+    text = "'I have 23 apples, 5 pears and 13 oranges'"
+    got = rows(
+        engine,
+        f"SELECT regexp_position({text}, '\\b\\d+\\b'), regexp_position({text}, '\\b\\d+\\b', 5), "
+        f"regexp_position({text}, '\\b\\d+\\b', 12), regexp_position({text}, '\\b\\d+\\b', 12, 2), "
+        f"regexp_position({text}, '\\b\\d+\\b', 12, 3), regexp_position('abc', 'c', 4), "
+        "regexp_position('aaa', 'aa', 2), regexp_position('aaa', 'a+', 1, 2), "
+        "regexp_position('abc', 'x*', 1, 3), regexp_position('éxé', 'é', 2), "
+        "regexp_position('ab', '^b', 2), regexp_position('k=v', '(?<key>\\w)=')",
+    )
+    assert got == [(8, 8, 19, 31, -1, -1, 2, -1, 3, 3, -1, 1)]
+    assert rows(  # columns named as the rewrite's lambda parameters are still the columns
+        engine, "SELECT regexp_position(q, 'b', m, n) FROM (VALUES ('abab', 2, 2)) t(q, m, n)"
+    ) == [(4,)]
+    with pytest.raises(StatementError, match="start position cannot be smaller than 1"):
+        rows(engine, "SELECT regexp_position('abc', 'b', 0)")
+
+
+def test_a_double_divided_by_zero_is_infinity_or_nan(engine: LocalEngine) -> None:
+    """IEEE's answer, as Trino's, where the statement shows a DOUBLE or REAL (DuckDB failed:
+    integer_division makes every / its //); integers still divide as integers, truncated."""
+    got = rows(
+        engine,
+        "SELECT 1e0 / 0, -1e0 / y, CAST(y AS double) / y, coalesce(y, 0e0) / 0, 7 / d, -7 / d, "
+        "d * 1e0 / 4, CAST(1 AS real) / 0, typeof(7 / d) FROM (VALUES (1, 0, 2)) t(x, y, d)",
+    )
+    assert [str(v) for v in got[0]] == [
+        "inf", "-inf", "nan", "nan", "3", "-3", "0.5", "inf", "INTEGER"
+    ]  # fmt: skip
+    from athena.engines.local import DIVISION_BY_ZERO_TEXT
+
+    with pytest.raises(StatementError) as failed:  # a DOUBLE column: DuckDB's // fails
+        rows(engine, "SELECT x / y FROM (VALUES (1e0, 0e0)) t(x, y)")
+    assert str(failed.value) == DIVISION_BY_ZERO_TEXT
+    assert "CAST(x AS double) / y" in DIVISION_BY_ZERO_TEXT
+
+
+def test_cast_of_a_double_to_text_as_java_prints_it(engine: LocalEngine) -> None:
+    """Trino's CAST(double AS varchar) is Java's Double.toString: 1.0E7 from 1e7 up and under
+    1e-3 (DuckDB wrote 10000000.0 and 1.5e-05), NaN and Infinity (DuckDB: nan, inf)."""
+    got = rows(
+        engine,
+        "SELECT CAST(1e7 AS varchar), CAST(1.5e-5 AS varchar), CAST(-123456789.123e0 AS varchar), "
+        "CAST(5e-4 AS varchar), CAST(0.1e0 + 0.2e0 AS varchar), CAST(-0e0 AS varchar), "
+        "CAST(9999999.5e0 AS varchar), CAST(1e-3 AS varchar), CAST(0e0 / 0 AS varchar), "
+        "CAST(-1e0 / 0 AS varchar), CAST(CAST(2.5e7 AS real) AS varchar), "
+        "CAST(avg(bytes_sent) * 1e9 AS varchar) = CAST(avg(bytes_sent) * 1e9 AS varchar)"
+        " FROM envoy_access",
+    )
+    assert got == [
+        ("1.0E7", "1.5E-5", "-1.23456789123E8", "5.0E-4", "0.30000000000000004", "-0.0",
+         "9999999.5", "0.001", "NaN", "-Infinity", "2.5E7", True)
+    ]  # fmt: skip
+
+
+def test_upper_keeps_the_sharp_s_as_trino(engine: LocalEngine) -> None:
+    """Trino upper-cases character by character (Java's Character.toUpperCase): ß has no
+    one-letter capital there and stays; DuckDB gave ẞ."""
+    assert rows(engine, "SELECT upper('straße ßa'), upper('ẞ'), upper(NULL), lower('ẞ')") == [
+        ("STRAßE ßA", "ẞ", None, "ß")
+    ]
