@@ -35,7 +35,8 @@ another without a word:
   locally they and the column are one type, and which one a value came from is lost.
 * ``CAST(double AS varchar)`` (and REAL) is Java's ``Double.toString``: ``1.0E7`` from 1e7 up
   and ``1.5E-5`` under 1e-3, ``NaN``, ``Infinity``; DuckDB wrote ``10000000.0``, ``1.5e-05``,
-  ``nan``, ``inf``. Ad-hoc statements only, as the other casts.
+  ``nan``, ``inf`` (:data:`athena.trinofuncs.JAVA_NUMBER_TEXT`, which ``format``'s ``%s``
+  prints too). Ad-hoc statements only, as the other casts.
 * ``regexp_extract(s, pattern, group)`` is NULL when the group took no part in the match
   (``JoniRegexpFunctions``); DuckDB gave ''.
 * ``array[i]`` fails outside the array (``ArraySubscriptOperator``: "Array subscript must be
@@ -76,7 +77,7 @@ from collections.abc import Callable
 from typing import Any
 
 from athena.queries import QueryError
-from athena.trinofuncs import from_template
+from athena.trinofuncs import JAVA_NUMBER_TEXT, from_template
 
 #: DuckDB's names of the integer types a CAST may target (as ``DataType.this`` names them).
 _INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INT", "BIGINT"})
@@ -125,33 +126,6 @@ _TIMESTAMP_TEXT = (
     "WHEN typeof(__x__) IN ('DOUBLE', 'FLOAT') THEN __java__ "
     "ELSE __call__ END"
 )
-#: The text of a DOUBLE or REAL as Trino casts it (Java's ``Double.toString``/``Float.toString``):
-#: the shortest digits that read back as the value, as DuckDB's own text, but from 1e7 up and
-#: below 1e-3 in Java's notation (``1.0E7``, ``1.5E-5``, where DuckDB writes ``10000000.0`` and
-#: ``1.5e-05``), and ``NaN``/``Infinity`` for DuckDB's ``nan``/``inf``. Built from DuckDB's
-#: text, given once to a lambda (``t``) so the value is computed once: ``a`` is it unsigned,
-#: ``sig`` its significant digits and ``exp`` the power of ten of the first.
-_JAVA_NUMBER_TEXT = """
-list_extract(list_transform([CAST(__x__ AS VARCHAR)], t -> CASE
-  WHEN t IN ('nan', '-nan') THEN 'NaN'
-  WHEN t = 'inf' THEN 'Infinity'
-  WHEN t = '-inf' THEN '-Infinity'
-  WHEN TRY_CAST(t AS DOUBLE) = 0
-    OR abs(TRY_CAST(t AS DOUBLE)) >= 1e-3 AND abs(TRY_CAST(t AS DOUBLE)) < 1e7 THEN t
-  ELSE list_extract(list_transform([struct_pack(
-      a := ltrim(t, '-'),
-      sig := rtrim(ltrim(replace(split_part(ltrim(t, '-'), 'e', 1), '.', ''), '0'), '0'),
-      exp := CASE WHEN contains(t, 'e')
-        THEN CAST(split_part(t, 'e', 2) AS INTEGER)
-          + strpos(split_part(ltrim(t, '-'), 'e', 1) || '.', '.') - 2
-        WHEN ltrim(split_part(ltrim(t, '-'), '.', 1), '0') <> ''
-        THEN length(ltrim(split_part(ltrim(t, '-'), '.', 1), '0')) - 1
-        ELSE length(ltrim(split_part(t, '.', 2), '0')) - length(split_part(t, '.', 2)) - 1
-      END)], n -> CASE WHEN starts_with(t, '-') THEN '-' ELSE '' END
-      || left(n['sig'], 1) || '.' || coalesce(nullif(substr(n['sig'], 2), ''), '0')
-      || 'E' || CAST(n['exp'] AS VARCHAR)), 1)
-END), 1)
-"""
 
 
 def json_extract(node: Any, adapt: Callable[[Any], Any]) -> Any:
@@ -242,7 +216,7 @@ def cast(node: Any, adapt: Callable[[Any], Any]) -> Any | None:
     call.set("this", adapt(node.this))
     value = call.this
     if kind in _TEXT_TYPES:
-        java = from_template(_JAVA_NUMBER_TEXT, x=value)
+        java = from_template(JAVA_NUMBER_TEXT, x=value)
         return from_template(_TIMESTAMP_TEXT, x=value, call=call, java=java)
     rounded = call.copy()
     rounded.set(

@@ -23,8 +23,8 @@ documented in Trino's "Functions and operators" pages):
     TIMESTAMP on Athena and WITH TIME ZONE (UTC) locally: both print as Athena prints it (a
     TIMESTAMP WITH TIME ZONE of Trino's own, ``current_timestamp``, prints with its zone there).
   - ``%s`` of a DOUBLE or REAL: Java's ``Double.toString``, as DuckDB's text between 1e-3 and
-    1e7 (``0.5``, ``10000.0``), ``NaN``/``Infinity``; outside that range Java writes
-    ``1.0E7``, which is not rebuilt here: the query fails saying to use ``%e``/``%f``.
+    1e7 (``0.5``, ``10000.0``), ``NaN``/``Infinity``, and outside that range Java's ``1.0E7``
+    (:data:`JAVA_NUMBER_TEXT`, which ``CAST(x AS varchar)`` prints too).
 
   Left as they are, and differing only there: ``%e`` of a DECIMAL and ties of ``%f`` of a
   DOUBLE or REAL (Java rounds the shortest decimal form half-up, printf the binary value),
@@ -337,17 +337,7 @@ _DECIMAL_ROUNDED = (
 #: What ``%s`` prints of a value, as Java prints what Trino passes it (see the module doc).
 _JAVA_TEXT = """
 CASE
-  WHEN typeof(__arg__) IN ('DOUBLE', 'FLOAT') THEN CASE
-    WHEN CAST(__arg__ AS VARCHAR) = 'nan' THEN 'NaN'
-    WHEN CAST(__arg__ AS VARCHAR) = 'inf' THEN 'Infinity'
-    WHEN CAST(__arg__ AS VARCHAR) = '-inf' THEN '-Infinity'
-    WHEN abs(CAST(CAST(__arg__ AS VARCHAR) AS DOUBLE)) >= 1e7
-      OR (abs(CAST(CAST(__arg__ AS VARCHAR) AS DOUBLE)) < 1e-3
-          AND CAST(CAST(__arg__ AS VARCHAR) AS DOUBLE) <> 0)
-    THEN error('format(): %s of the DOUBLE ' || CAST(__arg__ AS VARCHAR) || ' prints in '
-      || 'Java''s scientific notation on Athena (1.0E7, 1.0E-4), which the local engine '
-      || 'does not write; use %e or %.Nf, or --engine athena')
-    ELSE CAST(__arg__ AS VARCHAR) END
+  WHEN typeof(__arg__) IN ('DOUBLE', 'FLOAT') THEN __number__
   WHEN typeof(__arg__) LIKE 'TIMESTAMP%' THEN
     split_part(CAST(__arg__ AS VARCHAR), ' ', 1) || 'T'
     || substr(split_part(CAST(__arg__ AS VARCHAR), ' ', 2), 1, 5)
@@ -368,7 +358,36 @@ END
 
 def _java_text(arg: Any) -> Any:
     """``arg`` as the text Java's ``%s`` prints of it on Athena (:data:`_JAVA_TEXT`)."""
-    return from_template(_JAVA_TEXT, arg=arg)
+    return from_template(_JAVA_TEXT, arg=arg, number=from_template(JAVA_NUMBER_TEXT, x=arg))
+
+
+#: The text of a DOUBLE or REAL as Trino casts it and ``format``'s ``%s`` prints it (Java's
+#: ``Double.toString``/``Float.toString``): the shortest digits that read back as the value, as
+#: DuckDB's own text, but from 1e7 up and below 1e-3 in Java's notation (``1.0E7``, ``1.5E-5``,
+#: where DuckDB writes ``10000000.0`` and ``1.5e-05``), and ``NaN``/``Infinity`` for DuckDB's
+#: ``nan``/``inf``. Built from DuckDB's text, given once to a lambda (``t``) so the value is
+#: computed once: ``sig`` is its significant digits and ``exp`` the power of ten of the first
+#: (the struct's fields are read ``n['sig']``: DuckDB reads ``n.sig`` as a table's column).
+JAVA_NUMBER_TEXT = """
+list_extract(list_transform([CAST(__x__ AS VARCHAR)], t -> CASE
+  WHEN t IN ('nan', '-nan') THEN 'NaN'
+  WHEN t = 'inf' THEN 'Infinity'
+  WHEN t = '-inf' THEN '-Infinity'
+  WHEN TRY_CAST(t AS DOUBLE) = 0
+    OR abs(TRY_CAST(t AS DOUBLE)) >= 1e-3 AND abs(TRY_CAST(t AS DOUBLE)) < 1e7 THEN t
+  ELSE list_extract(list_transform([struct_pack(
+      sig := rtrim(ltrim(replace(split_part(ltrim(t, '-'), 'e', 1), '.', ''), '0'), '0'),
+      exp := CASE WHEN contains(t, 'e')
+        THEN CAST(split_part(t, 'e', 2) AS INTEGER)
+          + strpos(split_part(ltrim(t, '-'), 'e', 1) || '.', '.') - 2
+        WHEN ltrim(split_part(ltrim(t, '-'), '.', 1), '0') <> ''
+        THEN length(ltrim(split_part(ltrim(t, '-'), '.', 1), '0')) - 1
+        ELSE length(ltrim(split_part(t, '.', 2), '0')) - length(split_part(t, '.', 2)) - 1
+      END)], n -> CASE WHEN starts_with(t, '-') THEN '-' ELSE '' END
+      || left(n['sig'], 1) || '.' || coalesce(nullif(substr(n['sig'], 2), ''), '0')
+      || 'E' || CAST(n['exp'] AS VARCHAR)), 1)
+END), 1)
+"""
 
 
 def from_template(template: str, **args: Any) -> Any:
