@@ -50,13 +50,27 @@ Why a bound on the sources too (:data:`MAX_SOURCES`). The retention bounds them 
 number: a client that makes up a new ``source_id`` per file, per message or per record (20,000
 in 20 messages, in one probe) grows the map, ``offsets.json`` and every snapshot's cost without
 limit. Past :data:`MAX_SOURCES` (over twice the ~460,000 sources of the documented sizing), the
-least recently seen sources are forgotten, down to :data:`EVICT_TO` (so the sort that finds them
-runs once per 100,000 new sources, not at every flush), as the retention would have forgotten
-them later, and the next save writes the snapshot without them; a WARNING says so (at most
-every :data:`EVICT_WARN_SECONDS`) and ``logq_aggregator_sources_evicted_total`` counts them.
+least recently seen sources are forgotten, down to :data:`EVICT_TO` (so it happens once per
+100,000 new sources, not at every flush), as the retention would have forgotten them later, and
+the next save writes the snapshot without them; a WARNING says so (at most every
+:data:`EVICT_WARN_SECONDS`) and ``logq_aggregator_sources_evicted_total`` counts them.
 What it costs: lines such a source resends later may be stored twice, exactly as after the
 retention. Each id is at most ~512 bytes (:mod:`aggregator.source_ids`), so the map stays within
 a few hundred MB whatever is sent.
+
+Why the map is kept in the order the sources were last seen. Finding the least recently seen
+by their times took ~0.15 s at 1,000,000 sources, under the lock and mostly holding the GIL
+(a copy of every key, every time read into an array, a partition). Instead a raised mark is
+moved to the end of the dict (popped and put back), so the least recently seen are the first
+ones and forgetting them costs what is forgotten, taken in parts that let the event loop run
+(``bench/offsets.py --evict``). A source raised again within :data:`ORDER_SLACK_S` keeps its
+place: every move takes a new slot of the dict, which rebuilds itself once they run out, so
+moving at every flush cost a ~50 ms rebuild every few hundred thousand raises; the order is
+then by last seen within that slack, which does not matter to what is forgotten. The snapshot
+is written in that order, so a restart reads it back in order; a file in another order (an
+earlier version wrote first-seen order; the clock stepped back) is put in order once at load.
+The file format is unchanged, and an earlier version reads what this one writes. Lookups
+(:meth:`OffsetState.get`, once per source per batch) are unchanged.
 """
 
 from __future__ import annotations
@@ -82,7 +96,8 @@ log = logging.getLogger("logq.aggregator.dedup")
 DEFAULT_RETENTION_S = 14 * 24 * 3600
 #: The journal is folded into a new snapshot once it is larger than the snapshot and than this.
 JOURNAL_MIN_BYTES = 8 << 20
-#: Sources encoded at once when a snapshot is written (each part lets other threads run).
+#: Sources encoded at once when a snapshot is written, or forgotten at once for
+#: :data:`MAX_SOURCES` (each part lets other threads run).
 SNAPSHOT_CHUNK = 10_000
 #: Sources remembered at most: past it, the least recently seen are forgotten (module docstring).
 MAX_SOURCES = 1_000_000
@@ -90,6 +105,10 @@ MAX_SOURCES = 1_000_000
 EVICT_TO = MAX_SOURCES - MAX_SOURCES // 10
 #: Seconds between two WARNINGs about forgotten sources.
 EVICT_WARN_SECONDS = 600.0
+#: Seconds a source raised again keeps the place in the map its first raise in that time gave
+#: it: moving it at every flush made the dict rebuild itself (~50 ms holding the GIL at 1,000,000
+#: sources) after every few hundred thousand raises. The order is by last seen within this.
+ORDER_SLACK_S = 300.0
 
 _Mark = tuple[int, float]
 _SNAPSHOT_TYPE = dict[str, tuple[int, float]]
@@ -150,6 +169,9 @@ class OffsetState:
         self._base: OffsetState | None = None
         self._dirty: dict[str, _Mark] = {}
         """Marks changed since the last save (the next journal record)."""
+        self._moved: set[str] = set()
+        """Sources moved to the end of the map since ``_moved_since`` (:data:`ORDER_SLACK_S`)."""
+        self._moved_since = -ORDER_SLACK_S
         self._lock = threading.RLock()
         """Serialises changes to the map with saves (two flush threads may share the base)."""
         self._journal_bytes = 0
@@ -172,8 +194,20 @@ class OffsetState:
             ) from exc
         self._marks = snapshot  # decoded as (int, float) tuples: no second copy
         self._replay_journal()
+        self._order_by_seen()
         self._bound()
         return self
+
+    def _order_by_seen(self) -> None:
+        """Put the map in the order the sources were last seen, if it is not (a snapshot from
+        an earlier version, written in first-seen order; a clock that stepped back): eviction
+        takes the first ones (see the module docstring). Checked at load only."""
+        seen = np.fromiter((mark[1] for mark in self._marks.values()), np.float64)
+        if len(seen) < 2 or bool(np.all(np.maximum.accumulate(seen) - seen <= ORDER_SLACK_S)):
+            return
+        sids = list(self._marks)
+        marks = self._marks
+        self._marks = {sids[i]: marks[sids[i]] for i in np.argsort(seen, kind="stable").tolist()}
 
     def _replay_journal(self) -> None:
         if not self.journal.exists():
@@ -218,7 +252,7 @@ class OffsetState:
             return False
         marks = self._marks
         for sid, offset, seen in entries:
-            marks[sid] = _merge(marks.get(sid), offset, seen)
+            marks[sid] = _merge(marks.pop(sid, None), offset, seen)  # to the end: seen last
         return True
 
     # --- reading --------------------------------------------------------------------------
@@ -280,6 +314,7 @@ class OffsetState:
         if other._base is not self:
             raise ValueError("adopt() takes a fork of this state")
         with self._lock:
+            self._start_moving()
             for sid, (offset, seen) in other._marks.items():
                 self._raise(sid, offset, seen)
             self._bound()
@@ -295,16 +330,36 @@ class OffsetState:
         now = time.time()
         maxima = table.group_by("s", use_threads=False).aggregate([("o", "max")])
         with self._lock:
+            if self._base is None:
+                self._start_moving()
             for sid, off in zip(maxima["s"].to_pylist(), maxima["o_max"].to_pylist(), strict=True):
                 self._raise(sid, off, now)
             if self._base is None:
                 self._bound()
 
     def _raise(self, sid: str, offset: int, seen: float) -> None:
-        mark = _merge(self._marks.get(sid), offset, seen)
+        if self._base is not None:
+            self._marks[sid] = _merge(self._marks.get(sid), offset, seen)
+            return
+        if sid in self._moved:
+            mark = _merge(self._marks.get(sid), offset, seen)  # moved lately: stays in place
+        else:
+            # Popped and put back: the map stays in the order the sources were last seen, so
+            # the least recently seen are the first (see the module docstring). A new source
+            # is put at the end anyway: only a move is remembered.
+            current = self._marks.pop(sid, None)
+            if current is not None:
+                self._moved.add(sid)
+            mark = _merge(current, offset, seen)
         self._marks[sid] = mark
-        if self._base is None:
-            self._dirty[sid] = mark
+        self._dirty[sid] = mark
+
+    def _start_moving(self) -> None:
+        """Let every source move to the end again once :data:`ORDER_SLACK_S` have passed."""
+        now = time.monotonic()
+        if now - self._moved_since >= ORDER_SLACK_S:
+            self._moved.clear()
+            self._moved_since = now
 
     def _bound(self) -> None:
         """Past ``max_sources``, forget the least recently seen down to ``evict_to`` (see the
@@ -315,14 +370,18 @@ class OffsetState:
         if excess <= 0:
             return
         count = len(self._marks) - self.evict_to
-        seen = np.fromiter((mark[1] for mark in self._marks.values()), np.float64)
-        oldest = np.argpartition(seen, count - 1)[:count] if count < len(seen) else None
-        sids = list(self._marks)
-        chosen = sids if oldest is None else [sids[i] for i in oldest.tolist()]
-        newest = max(self._marks[sid][1] for sid in chosen)
-        for sid in chosen:
-            del self._marks[sid]
-            self._dirty.pop(sid, None)
+        marks, dirty = self._marks, self._dirty
+        newest = 0.0
+        left = count
+        # The first ones are the least recently seen (the map is kept in that order), taken in
+        # parts so that the event loop gets the GIL between them, as a snapshot does.
+        while left > 0:
+            part = list(itertools.islice(marks, min(left, SNAPSHOT_CHUNK)))
+            for sid in part:
+                newest = max(newest, marks.pop(sid)[1])
+                dirty.pop(sid, None)
+            left -= len(part)
+            time.sleep(0)  # hand the GIL over between parts
         self.evicted += count
         self._snapshot_due = True
         now = time.time()

@@ -11,13 +11,18 @@ Every rotated log file is a new source and sources are kept 14 days, so an aggre
 * loading at restart (snapshot + a journal as large as the snapshot allows), time and peak RSS
   of a fresh process.
 
-Usage: ``python bench/offsets.py [--sources 100000,1000000]``.
+With ``--evict`` it prints instead what forgetting the least recently seen sources costs once
+:data:`aggregator.dedup.MAX_SOURCES` are remembered (the flush that brings one more source
+forgets a tenth of them): the time and the longest event-loop gap, three times in a row.
+
+Usage: ``python bench/offsets.py [--sources 100000,1000000] [--evict]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import subprocess
 import sys
 import tempfile
@@ -29,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pyarrow as pa
 
-from aggregator.dedup import OffsetState, journal_path
+from aggregator.dedup import EVICT_TO, MAX_SOURCES, OffsetState, journal_path
 
 FLUSH_SOURCES = 200
 FLUSH_ROWS = 100_000
@@ -139,11 +144,38 @@ def bench(n: int, tmp: Path) -> None:
     journal_path(path).unlink(missing_ok=True)
 
 
+def bench_evict(tmp: Path) -> None:
+    """Forgetting sources for the bound, as a flush thread does it while the event loop runs."""
+    logging.getLogger("logq.aggregator.dedup").setLevel(logging.ERROR)  # the WARNING it says
+    state = OffsetState(tmp / "offsets-evict.json")
+    ids = source_ids(MAX_SOURCES)
+    for run in range(3):
+        # Up to the bound (the sources a client made up since the last time), then the one
+        # source more that tips it over.
+        while len(state) < MAX_SOURCES:
+            part = ids[: min(100_000, MAX_SOURCES - len(state))]
+            ids = ids[len(part) :] or [f"made-up-{run}-{i}" for i in range(MAX_SOURCES)]
+            state.advance(pa.array(part), pa.array(range(len(part)), pa.int64()))
+        tip = pa.array([f"tip-{run}"])
+        took, gap = gil_gap(lambda tip=tip: state.advance(tip, pa.array([1], pa.int64())))
+        print(
+            f"{MAX_SOURCES:>9,} sources: forgetting {MAX_SOURCES - EVICT_TO + 1:,} took "
+            f"{took * 1000:5.1f} ms, longest event-loop gap {gap * 1000:4.0f} ms "
+            f"({len(state):,} left)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sources", default="100000,1000000", help="comma-separated counts")
+    parser.add_argument(
+        "--evict", action="store_true", help="only the cost of forgetting sources for the bound"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="logq-offsets-") as tmp:
+        if args.evict:
+            bench_evict(Path(tmp))
+            return
         for n in (int(x) for x in args.sources.split(",")):
             bench(n, Path(tmp))
 
