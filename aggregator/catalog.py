@@ -51,6 +51,11 @@ ATHENA_TIMEOUT_SECONDS = 120.0
 #: query, until then. A QUEUED one is never stopped: that would only send it to the back of
 #: the queue again (a queue that slow would then never run it).
 PENDING_LIMIT_SECONDS = 1800.0
+#: The DDL written is said again to be too long for Athena (without ``--athena-database``) once
+#: its longest statement has grown by this fraction since it was last said: said once per
+#: process, a long-running aggregator whose enum kept growing said nothing more, and a steady
+#: size is not worth saying at every update.
+LENGTH_WARN_GROWTH = 0.10
 
 
 class CatalogError(RuntimeError):
@@ -87,8 +92,10 @@ class Catalog:
         failed update leaves the ones it missed out of it, so the next flush or resync tries
         again even when no service is new to it."""
         self._region_warned = False
-        self._length_warned = False
-        """Whether the DDL written was said to be too long for Athena (said once)."""
+        self._length_warned = 0
+        """The bytes of the longest DDL statement when it was last said to be too long for
+        Athena (0: not said, or short enough since): said again once it has grown by
+        :data:`LENGTH_WARN_GROWTH`."""
         self._pending: tuple[str, float] | None = None
         """A DDL statement given up on while still queued or running, and when (monotonic)
         it was: the next update waits for it (:class:`StillRunning`), for up to
@@ -208,11 +215,13 @@ class Catalog:
         self._applied = services
 
     def _warn_length(self, statements: list[str]) -> None:
-        """Say once that the ``_ddl/*.sql`` written are too long for Athena. Without
-        ``--athena-database`` nothing applies them here (:func:`_check_lengths` refuses them
-        when something does), so an operator who runs them by hand learns it first from
-        Athena, with no hint of what to do."""
-        if self._length_warned:
+        """Say that the ``_ddl/*.sql`` written are too long for Athena, again whenever they
+        have grown by :data:`LENGTH_WARN_GROWTH` since. Without ``--athena-database`` nothing
+        applies them here (:func:`_check_lengths` refuses them when something does), so an
+        operator who runs them by hand learns it first from Athena, with no hint of what to
+        do."""
+        longest = ddl.longest_bytes(statements)
+        if self._length_warned and longest < self._length_warned * (1 + LENGTH_WARN_GROWTH):
             return
         why = ddl.too_long(
             statements,
@@ -220,9 +229,11 @@ class Catalog:
             f"Athena refuses the {DDL_DIR}/*.sql written in {self.warehouse.uri} (and what "
             "`logq ddl` prints)",
         )
-        if why is not None:
-            self._length_warned = True
-            log.warning("%s", why)
+        if why is None:
+            self._length_warned = 0
+            return
+        self._length_warned = longest
+        log.warning("%s (said again if it grows by %.0f%% more)", why, LENGTH_WARN_GROWTH * 100)
 
     def _read(self, name: str) -> bytes | None:
         """The file ``_ddl/<name>``, whole; None when there is none. On S3 one GetObject

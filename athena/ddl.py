@@ -149,12 +149,18 @@ def create_all(
     return [create_table(t, warehouse_uri, services, database) for t in TABLES.values()]
 
 
+def longest_bytes(statements: Iterable[str]) -> int:
+    """The size in UTF-8 bytes of the longest of ``statements`` (0 when there is none), as
+    Athena counts it against :data:`ATHENA_QUERY_MAX_BYTES`."""
+    return max((len(sql.encode("utf-8")) for sql in statements), default=0)
+
+
 def too_long(statements: Iterable[str], services: int, consequence: str) -> str | None:
     """Why Athena would refuse the longest of ``statements`` (None when it would not): its size,
     :data:`ATHENA_QUERY_MAX_BYTES`, ``consequence`` (what that means where it is said) and what
     to do. The service enum lists every name ever seen: past the limit (about 13,000 names of 20
     characters) the DDL cannot be applied at all."""
-    longest = max((len(sql.encode("utf-8")) for sql in statements), default=0)
+    longest = longest_bytes(statements)
     if longest <= ATHENA_QUERY_MAX_BYTES:
         return None
     return (

@@ -580,3 +580,22 @@ def test_ddl_files_over_athenas_query_limit_are_warned_about_once(
     assert "over Athena's 262,144-byte query limit: Athena refuses the _ddl/*.sql" in said[0]
     assert "logq.service" in said[0]
     assert (tmp_path / "wh" / "_ddl" / "container_logs.sql").stat().st_size > 262_144
+
+
+def test_ddl_files_over_athenas_query_limit_are_warned_about_again_as_they_grow(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defect: the too-long warning was said once per process: an aggregator whose enum kept
+    growing for weeks said nothing more. Now it is said again once the DDL has grown by a tenth
+    since it was last said (not at every new service)."""
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    catalog = Catalog(wh, Settings())
+    with caplog.at_level(logging.WARNING, logger="logq.aggregator.catalog"):
+        assert catalog.add_services({f"{i:04d}" + "s" * 124 for i in range(2100)})
+        assert catalog.add_services({f"{i:04d}" + "t" * 124 for i in range(100)})  # under 10%
+        assert catalog.add_services({f"{i:04d}" + "u" * 124 for i in range(200)})  # 300 since
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said
+    assert "service enum of 2,100 names" in said[0]
+    assert "service enum of 2,400 names" in said[1]
+    assert said[1].endswith("(said again if it grows by 10% more)")
