@@ -71,7 +71,6 @@ import errno
 import fcntl
 import logging
 import os
-import re
 import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -83,7 +82,11 @@ from aggregator.durable import fsync_dir, write_atomic
 from aggregator.flag_values import NODE_ID
 from aggregator.frames import HEADER, Scan, encode_frame, frame_header, scan_frames
 from aggregator.state_files import (
+    ACKED_SUFFIX,
+    LAST_SEQ_NAME,
     LOCK_NAME,
+    NODE_ID_NAME,
+    SEGMENT_RE,
     NotRegularStateFile,
     check_lock_file,
     check_state_files,
@@ -92,7 +95,6 @@ from shipper.errors import unusable_dir_message
 
 log = logging.getLogger("logq.aggregator.buffer")
 
-_SEGMENT_RE = re.compile(r"^(\d{16})\.seg$")
 #: Sub-folder of the buffer dir the flusher parks a segment's parsed rows in (spill.py).
 SPILL_DIR = "spill"
 #: Sub-folder for segments whose flush fails with a data error (see Buffer.quarantine).
@@ -176,7 +178,7 @@ def _readable(path: Path, end: int | None) -> int:
 
 def end_marker(path: Path) -> Path:
     """The file that holds :attr:`Segment.end` of the segment at ``path`` (see module doc)."""
-    return path.with_suffix(".acked")
+    return path.with_suffix(ACKED_SUFFIX)
 
 
 def _load_end(path: Path) -> int | None:
@@ -312,7 +314,7 @@ class Buffer:
         check_state_files(self.dir)  # a FIFO among them hung the start (state_files.py)
         self.node_id = node_id or self._load_node_id()
         found = sorted(
-            (int(m.group(1)), p) for p in self.dir.iterdir() if (m := _SEGMENT_RE.match(p.name))
+            (int(m.group(1)), p) for p in self.dir.iterdir() if (m := SEGMENT_RE.fullmatch(p.name))
         )
         for seq, path in found:
             if path.stat().st_size == 0:
@@ -321,7 +323,8 @@ class Buffer:
                 continue
             self._sealed.append(Segment(seq, path, _load_end(path)))
         self._sealed_bytes = sum(s.size for s in self._sealed)
-        for marker in self.dir.glob("*.acked"):  # left by a crash right after its segment went
+        # End markers left by a crash right after their segment went:
+        for marker in self.dir.glob(f"*{ACKED_SUFFIX}"):
             if not marker.with_suffix(".seg").exists():
                 marker.unlink()
         # Never reuse a sequence number, even when every segment was flushed and deleted: object
@@ -359,7 +362,7 @@ class Buffer:
             ) from None
 
     def _load_last_seq(self) -> int:
-        path = self.dir / "last-seq"
+        path = self.dir / LAST_SEQ_NAME
         try:
             return int(path.read_text(encoding="ascii").strip())
         except FileNotFoundError:
@@ -371,10 +374,10 @@ class Buffer:
             ) from None
 
     def _save_last_seq(self, seq: int) -> None:
-        write_atomic(self.dir / "last-seq", f"{seq}\n".encode("ascii"))
+        write_atomic(self.dir / LAST_SEQ_NAME, f"{seq}\n".encode("ascii"))
 
     def _load_node_id(self) -> str:
-        path = self.dir / "node-id"
+        path = self.dir / NODE_ID_NAME
         if path.exists():
             value = path.read_text(encoding="ascii").strip()
             if NODE_ID.fullmatch(value):
@@ -844,7 +847,7 @@ class Buffer:
         if not self._closed:
             return False
         for path in self.dir.iterdir():
-            if _SEGMENT_RE.match(path.name):
+            if SEGMENT_RE.fullmatch(path.name):
                 with contextlib.suppress(FileNotFoundError):  # deleted meanwhile: committed
                     if path.stat().st_size > 0:
                         return False
@@ -913,8 +916,8 @@ class Buffer:
         each retry would write and delete them again: R4)."""
         folder = self.quarantine_dir
         folder.mkdir(exist_ok=True)
-        if not (folder / "node-id").exists():  # its own keys: never this node's segment keys
-            write_atomic(folder / "node-id", f"{self.node_id[:53]}-quarantine\n".encode("ascii"))
+        if not (folder / NODE_ID_NAME).exists():  # its own keys: never this node's segment keys
+            write_atomic(folder / NODE_ID_NAME, f"{self.node_id[:53]}-quarantine\n".encode("ascii"))
         target = folder / segment.path.name
         if segment.end is not None:  # before the segment: never one without its marker
             write_atomic(end_marker(target), f"{segment.end}\n".encode("ascii"))

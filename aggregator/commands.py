@@ -28,6 +28,7 @@ from aggregator.listen import UnresolvableHost
 from aggregator.memory import tune_memory
 from aggregator.open_files import check_open_files_limit, quiet_accept_errors
 from aggregator.service import Aggregator
+from aggregator.state_files import NODE_ID_NAME
 from aggregator.tls_files import CertificateError
 from aggregator.twins import TwinRunning
 from athena.warehouse import WarehouseError
@@ -68,7 +69,7 @@ def serve(args: argparse.Namespace, drain: bool = False) -> int:
         settings = load_settings(args)
         # exists(), not is_file(): a node-id that is a FIFO or a folder is said to be one
         # when the buffer opens (aggregator/state_files.py), not "no node-id file".
-        if drain and not (Path(settings.buffer_dir) / "node-id").exists():
+        if drain and not (Path(settings.buffer_dir) / NODE_ID_NAME).exists():
             raise ConfigError(
                 f"drain: {settings.buffer_dir} is not a logq-aggregator buffer directory (no "
                 "node-id file); pass the --buffer-dir of the aggregator to write out"

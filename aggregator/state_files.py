@@ -25,13 +25,24 @@ from pathlib import Path
 from aggregator.chunks import JOURNAL_NAME
 from shipper.regular import kind
 
+# The names of buffer.py's layout are here rather than there, as :data:`LOCK_NAME` is:
+# buffer.py imports this module, which checks them.
+
+#: The buffer dir's random node id, prefix of every object key it writes.
+NODE_ID_NAME = "node-id"
+#: The highest segment number the buffer dir ever opened (buffer.py's layout).
+LAST_SEQ_NAME = "last-seq"
+#: A segment's name, ``<seq>.seg`` with its number in 16 digits (group 1); for ``fullmatch``.
+SEGMENT_RE = re.compile(r"(\d{16})\.seg")
+#: The suffix of a segment's end marker, ``<seq>.acked`` (buffer.py, "A failed fsync").
+ACKED_SUFFIX = ".acked"
 #: What to do about dedup.py's snapshot or journal when it is no regular file.
 _OFFSETS_HINT = "put this buffer's file back, or remove it (resent lines may then be stored twice)"
 #: What to do when a state file of the buffer dir, by name, is no regular file. The names are
 #: those of buffer.py's layout (its module docstring); ``offsets.*`` are dedup.py's.
 _HINTS = {
-    "node-id": "put this buffer's node-id file back, or remove it to get a new node id",
-    "last-seq": "replace it with a file holding a number above the highest segment number in "
+    NODE_ID_NAME: "put this buffer's node-id file back, or remove it to get a new node id",
+    LAST_SEQ_NAME: "replace it with a file holding a number above the highest segment number in "
     "the object keys of the warehouse (<node-id>-<seq>-<n>): segment numbers are never reused",
     "offsets.json": _OFFSETS_HINT,
     "offsets.journal": _OFFSETS_HINT,
@@ -41,8 +52,6 @@ _HINTS = {
 #: The lock file, checked when the lock is taken (before the others: see buffer.py).
 LOCK_NAME = "lock"
 _LOCK_HINT = "remove it (the aggregator makes it again)"
-#: A name the aggregator gives a segment (``<seq>.seg``) or its end marker (``<seq>.acked``).
-_SEGMENT_FILE = re.compile(r"\d{16}\.seg|.*\.acked")
 _SEGMENT_HINT = (
     "move it out of the buffer dir (the aggregator writes its segments and their .acked "
     "markers as regular files)"
@@ -91,7 +100,7 @@ def _state_files(directory: Path) -> Iterator[tuple[Path, str]]:
     for name, hint in _HINTS.items():
         yield directory / name, hint
     for entry in sorted(os.listdir(directory)):
-        if _SEGMENT_FILE.fullmatch(entry):
+        if SEGMENT_RE.fullmatch(entry) or entry.endswith(ACKED_SUFFIX):
             yield directory / entry, _SEGMENT_HINT
     notes = directory / _FLUSHING_DIR
     if notes.is_dir():

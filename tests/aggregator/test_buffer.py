@@ -11,6 +11,7 @@ import pytest
 from aggregator.buffer import Buffer, read_frames
 from aggregator.dedup import OffsetState
 from aggregator.frames import encode_frame
+from aggregator.state_files import NODE_ID_NAME
 from tests.aggregator.test_stop_drain import HeldFsync
 
 
@@ -31,7 +32,7 @@ def test_append_seal_reopen_replays_in_order(tmp_path: Path) -> None:
         buf.unlock()
 
     run(first_run())
-    node = (tmp_path / "node-id").read_text().strip()
+    node = (tmp_path / NODE_ID_NAME).read_text().strip()
     buf = Buffer(tmp_path, 1 << 20, 1 << 30)
     replay = buf.open()
     assert buf.node_id == node

@@ -29,6 +29,7 @@ from aggregator.buffer import Segment
 from aggregator.config import Settings
 from aggregator.diskguard import GuardedBuffer
 from aggregator.ledger import entry_name
+from aggregator.state_files import LAST_SEQ_NAME, NODE_ID_NAME
 from shipper import wire
 from tests.aggregator.helpers import http_get, read_table, record
 from tests.aggregator.test_flusher import data_files, make_flusher, write_segment
@@ -280,8 +281,8 @@ def test_an_aggregator_restarted_on_a_full_volume_writes_out_its_segments_then_t
 
     buffer_dir = tmp_path / "buf"
     buffer_dir.mkdir()
-    (buffer_dir / "node-id").write_text("abcdef012345\n")
-    (buffer_dir / "last-seq").write_text("1\n")
+    (buffer_dir / NODE_ID_NAME).write_text("abcdef012345\n")
+    (buffer_dir / LAST_SEQ_NAME).write_text("1\n")
     left = write_segment(buffer_dir / f"{1:016d}.seg", frames=3, per_frame=20)
     volume = _Volume(MIB // 2)
     monkeypatch.setattr(diskguard_mod, "disk_space", volume)

@@ -26,6 +26,7 @@ from aggregator.ledger import (
     read_replay_marks,
     stale_after,
 )
+from aggregator.state_files import NODE_ID_NAME
 from athena.warehouse import Warehouse, open_warehouse
 from shipper import wire
 from tests.aggregator.helpers import (
@@ -144,7 +145,7 @@ def test_a_stop_during_the_replay_wait_ends_it_and_leaves_the_replay(tmp_path: P
     assert _messages(warehouse) == []
     assert len(list(a.buffer_dir.glob("*.seg"))) == 1
     assert read_replay_marks(wh) == []
-    node_a = (a.buffer_dir / "node-id").read_text().strip()
+    node_a = (a.buffer_dir / NODE_ID_NAME).read_text().strip()
     assert (Path(warehouse) / LEDGER_DIR / NODES_DIR / f"{node_a}.json").exists()  # not empty
 
     Ledger(wh, "peer").forget()  # the peer stopped cleanly: its buffer is written

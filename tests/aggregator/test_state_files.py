@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from aggregator.buffer import Buffer
-from aggregator.state_files import NotRegularStateFile
+from aggregator.state_files import LAST_SEQ_NAME, NODE_ID_NAME, NotRegularStateFile
 from tests.support.procs import console_script
 
 SEGMENT = "0000000000000003.seg"
@@ -58,9 +58,9 @@ def _make(path: Path, what: str) -> None:
     [
         ("lock", "fifo", "a FIFO (named pipe)"),
         ("lock", "folder", "a directory"),
-        ("node-id", "fifo", "a FIFO (named pipe)"),
-        ("node-id", "device", "a character device"),
-        ("last-seq", "fifo", "a FIFO (named pipe)"),
+        (NODE_ID_NAME, "fifo", "a FIFO (named pipe)"),
+        (NODE_ID_NAME, "device", "a character device"),
+        (LAST_SEQ_NAME, "fifo", "a FIFO (named pipe)"),
         ("offsets.json", "fifo", "a FIFO (named pipe)"),
         ("offsets.journal", "folder", "a directory"),
         ("chunks.journal", "fifo", "a FIFO (named pipe)"),
@@ -91,7 +91,7 @@ def test_a_state_file_that_is_no_regular_file_is_refused_when_the_buffer_opens(
 @pytest.mark.parametrize(
     ("name", "todo"),
     [
-        ("last-seq", "replace it with a file holding a number above the highest segment number"),
+        (LAST_SEQ_NAME, "replace it with a file holding a number above the highest segment number"),
         ("chunks.journal", "remove it (resends of the chunks flushed"),
         (SEGMENT, "move it out of the buffer dir"),
     ],
@@ -108,7 +108,7 @@ def test_the_aggregator_exits_at_once_naming_a_fifo_in_its_buffer_dir(
 def test_drain_names_a_fifo_node_id(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
     """``drain`` said "no node-id file" (exit 2) of a buffer dir whose node-id is a FIFO."""
     todo = "put this buffer's node-id file back, or remove it to get a new node id"
-    _exits_naming_the_fifo(tmp_path, subprocess_env, ["drain"], "node-id", todo)
+    _exits_naming_the_fifo(tmp_path, subprocess_env, ["drain"], NODE_ID_NAME, todo)
 
 
 def _exits_naming_the_fifo(

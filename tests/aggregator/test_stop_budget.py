@@ -29,6 +29,7 @@ from aggregator import stop_budget
 from aggregator.config import Settings
 from aggregator.ledger import Ledger
 from aggregator.service import Aggregator
+from aggregator.state_files import NODE_ID_NAME
 from aggregator.stop_budget import WorkerCalls
 from shipper import wire
 from tests.aggregator.black_hole import BlackHoleProxy
@@ -414,7 +415,7 @@ def test_a_stop_that_exits_0_with_its_heartbeat_left_says_what_it_holds(tmp_path
     was retired on that exit 0 stopped compaction until someone found the heartbeat."""
     code, line = _stop_held_after_the_flush(tmp_path, flush_fails=False)
     assert code == 0, line
-    node = (tmp_path / "buffer" / "node-id").read_text().strip()
+    node = (tmp_path / "buffer" / NODE_ID_NAME).read_text().strip()
     beat = tmp_path / "wh" / "_ledger" / "_nodes" / f"{node}.json"
     assert f"its ledger heartbeat {beat} stays" in line, line
     assert f"logq-aggregator drain --buffer-dir {tmp_path / 'buffer'}" in line, line

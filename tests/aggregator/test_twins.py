@@ -24,6 +24,7 @@ from aggregator.buffer import Buffer
 from aggregator.config import Settings
 from aggregator.ledger import LEDGER_DIR, NODES_DIR, REPLAYING_DIR, Ledger
 from aggregator.service import Aggregator
+from aggregator.state_files import NODE_ID_NAME
 from aggregator.twins import ProcessToken, this_process
 from athena.warehouse import open_warehouse
 from shipper import wire
@@ -64,7 +65,7 @@ def test_a_copy_of_a_running_nodes_buffer_dir_is_refused(
     original = start_aggregator(tmp_path, warehouse=s3_warehouse, env=env, name="orig")
     clone_dir = tmp_path / "clone-buffer"
     try:
-        node = (original.buffer_dir / "node-id").read_text().strip()
+        node = (original.buffer_dir / NODE_ID_NAME).read_text().strip()
         _send(original, "a1", ["a 1", "a 2"])
         wait_until(lambda: _beat(s3_warehouse, node) is not None, 30, "the original's heartbeat")
         shutil.copytree(original.buffer_dir, clone_dir, symlinks=True)
@@ -119,7 +120,7 @@ def test_a_restart_after_kill_9_on_the_same_host_starts_at_once(tmp_path: Path) 
     """The previous run's fresh heartbeat names a process of this host that is gone: no wait
     for a rewrite, no refusal, and the replay writes what it had acknowledged."""
     first = start_aggregator(tmp_path, extra=["--flush-interval", "3600"])
-    node = (first.buffer_dir / "node-id").read_text().strip()
+    node = (first.buffer_dir / NODE_ID_NAME).read_text().strip()
     wait_until(lambda: _beat(first.warehouse, node) is not None, 30, "the first heartbeat")
     _send(first, "k1", ["before the kill"])
     first.kill9()
