@@ -37,7 +37,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +89,13 @@ SOCKET_RCVBUF = 128 * 1024
 #: connection lives (msgpack grows it, never shrinks it): between messages, past this many
 #: bytes fed, it is replaced by a new one (a Fluent Bit connection lives for hours).
 UNPACKER_RENEW_BYTES = 1024 * 1024
+#: Most bytes of an unfinished message the unpacker has not parsed yet (a value still arriving:
+#: the blob of a PackedForward message, a long string) that a connection also keeps between
+#: reads (:attr:`_Conn.kept`), i.e. holds twice. Past it the message's bytes are dropped, and
+#: it cannot be read again with its map keys as text (:meth:`ForwardServer._read_keyed`): only
+#: its option map could hold one then, or a record with a value longer than this. Without it a
+#: rush of clients each sending a 2 MB PackedForward message held the in-flight budget twice.
+KEPT_UNPARSED_BYTES = 64 * 1024
 HANDSHAKE_TIMEOUT = 30.0
 #: Most bytes a client may send before its PING is complete. A PING is a few hundred bytes;
 #: without this bound an unauthenticated client could make the server buffer a PING of up to
@@ -290,6 +297,22 @@ class _Conn:
     and the read dropped before the fsync is awaited."""
     declared: DeclaredSize | None = None
     """The headers of the unfinished message, walked so far (None: none walked)."""
+    unpacker: msgpack.Unpacker | None = None
+    """The connection's unpacker (:meth:`ForwardServer._renew_unpacker`; a ``keyed`` one
+    after a map key Python cannot hash, :meth:`ForwardServer._read_keyed`)."""
+    keyed: bool = False
+    """Whether :attr:`unpacker` reads such map keys as text (until it is renewed)."""
+    kept: list[bytes | memoryview] = field(default_factory=list)
+    """The bytes fed since the unfinished message began (from stream offset
+    :attr:`kept_from`; the reads as they were fed): msgpack raises TypeError on a map key
+    Python cannot hash and cannot go on, so that message is read again from them
+    (:meth:`ForwardServer._read_keyed`). They are the unfinished message's bytes, which the
+    in-flight budget charges anyway; those of the complete messages are dropped with the read,
+    and those of a message with more than :data:`KEPT_UNPARSED_BYTES` not parsed yet, which
+    the unpacker holds too (:func:`_keep_unfinished`)."""
+    kept_from: int = 0
+    """Stream offset of the first byte of :attr:`kept`: past :attr:`boundary`, the unfinished
+    message's bytes were dropped."""
 
     def stalled_for(self, now: float) -> float | None:
         """How long the unfinished message has waited on its client (None: none is unfinished).
@@ -665,7 +688,7 @@ class ForwardServer:
         conn.budget = wire.message_budget(
             self.limits.max_message_entries, self.limits.max_frame_bytes, self._objects
         )
-        unpacker = self._renew_unpacker(conn)
+        self._renew_unpacker(conn)
         if self.shared_key is not None:
             # What the client wrote with its PING (messages right behind it): read and charged
             # already, taken as the first read, through the same checks as any other.
@@ -688,15 +711,18 @@ class ForwardServer:
                 )
             # msgpack refuses a feed that would leave more than --max-frame-bytes unparsed: fed
             # whole, a read of several small messages was refused as one message too large.
-            data = _fit(conn, data, self.limits.max_frame_bytes - (conn.fed - unpacker.tell()))
-            self._feed(unpacker, data)
+            assert conn.unpacker is not None
+            unparsed = conn.fed - conn.unpacker.tell()
+            data = _fit(conn, data, self.limits.max_frame_bytes - unparsed)
+            self._feed(conn.unpacker, data)
             conn.fed += len(data)
             conn.read = data  # for _declared_error, which drops it
+            conn.kept.append(data)  # for _read_keyed (_process keeps the unfinished part)
             del data  # not kept while the messages in it are made durable
-            await self._process(conn, unpacker, writer)
+            await self._process(conn, writer)
             _note_partial(conn, conn.boundary != conn.fed)
             if conn.boundary == conn.fed > UNPACKER_RENEW_BYTES:
-                unpacker = self._renew_unpacker(conn)
+                self._renew_unpacker(conn)
 
     async def _next_bytes(self, conn: _Conn, reader: asyncio.StreamReader) -> bytes | memoryview:
         """The bytes to feed next (empty: the client closed): those read already and not fed
@@ -709,16 +735,74 @@ class ForwardServer:
         await self._wait_for_objects(conn)
         return await self._read_next(conn, reader)
 
-    def _renew_unpacker(self, conn: _Conn) -> msgpack.Unpacker:
+    def _renew_unpacker(self, conn: _Conn) -> None:
         """A fresh unpacker for a connection between messages (its old one holds a buffer as
-        large as the largest message it took, for good): the stream offsets start over."""
-        conn.fed = conn.boundary = 0
+        large as the largest message it took, for good): the stream offsets start over. Not
+        ``keyed``: most clients never send a key Python cannot hash, and the pairs hook costs
+        every map built."""
+        conn.fed = conn.boundary = conn.kept_from = 0
         conn.declared = None
-        return wire.new_unpacker(
+        conn.kept.clear()
+        conn.keyed = False
+        conn.unpacker = wire.new_unpacker(
             self.limits.max_frame_bytes,
             max_array_len=self.limits.max_message_entries,
             budget=conn.budget,
         )
+
+    def _unpacked(self, conn: _Conn) -> Iterator[tuple[Any, int]]:
+        """The complete messages fed to the connection's unpacker, each with its bytes on the
+        wire (:attr:`_Conn.boundary` moved past it). A message keyed by a map (or an array
+        holding one) somewhere, which Fluentd forwards (Ruby hashes any key) and msgpack cannot
+        build, is read again from its bytes with such keys as text (:meth:`_read_keyed`): as
+        :func:`shipper.wire.unpack_entries` reads a PackedForward blob, so every mode stores
+        the same rows."""
+        again: list[bytes | memoryview] = []  # what is fed again, read by read
+        while True:
+            unpacker = conn.unpacker
+            assert unpacker is not None
+            try:
+                for obj in wire.iter_messages(unpacker, conn.budget):
+                    start, conn.boundary = conn.boundary, unpacker.tell()
+                    yield obj, conn.boundary - start
+            except wire.UnhashableKey:
+                if conn.keyed:
+                    raise
+                again = self._read_keyed(conn)
+            if not again:
+                return
+            self._feed(conn.unpacker, again.pop(0))
+
+    def _read_keyed(self, conn: _Conn) -> list[bytes | memoryview]:
+        """Replace the connection's unpacker, which msgpack left unusable at a map key Python
+        cannot hash, with a ``keyed`` one starting at the unfinished message (the stream
+        offsets start over there, as at :meth:`_renew_unpacker`): the bytes fed since, to be
+        fed to it again read by read, as they were, so that its buffer holds no more than the
+        old one did. The message's objects counted so far are given back to the object pool,
+        to be counted again. Refused (:class:`shipper.wire.ProtocolError`) when its bytes were
+        dropped (:data:`KEPT_UNPARSED_BYTES`)."""
+        if conn.kept_from > conn.boundary:
+            raise wire.ProtocolError(
+                "a map key Python cannot hash (a map, or an array holding one) in a message "
+                f"that had more than {KEPT_UNPARSED_BYTES:,} bytes of one value pending between "
+                "reads, too many to keep to read it again with such keys as text: send such "
+                "records with shorter values, or keyed by text"
+            )
+        pieces = _kept_since(conn, conn.boundary)
+        if conn.budget is not None:
+            conn.budget.reset()
+        conn.fed -= conn.boundary
+        conn.boundary = conn.kept_from = 0
+        conn.declared = None
+        conn.kept = list(pieces)
+        conn.keyed = True
+        conn.unpacker = wire.new_unpacker(
+            self.limits.max_frame_bytes,
+            max_array_len=self.limits.max_message_entries,
+            budget=conn.budget,
+            keyed=True,
+        )
+        return pieces
 
     async def _wait_for_space(self, conn: _Conn, reader: asyncio.StreamReader) -> None:
         """While the buffer is full, read nothing (TCP backpressure), until the stop's cut
@@ -822,7 +906,7 @@ class ForwardServer:
         except TimeoutError:
             return False
         self.metrics.bytes_in.inc(len(conn.early))
-        probe = wire.new_unpacker(READ_SIZE)
+        probe = wire.new_unpacker(READ_SIZE, keyed=True)  # once a connection: any key goes
         probe.feed(conn.early)
         try:
             first = next(probe, None)
@@ -945,7 +1029,7 @@ class ForwardServer:
                 pending = b""
             conn.boundary = conn.fed - len(pending)
             if messages:
-                await self._process(conn, None, writer, messages)
+                await self._process(conn, writer, messages)
             assert conn.share is not None
             conn.share.keep(len(pending) + len(conn.unfed))  # also what was only whitespace
             _note_partial(conn, bool(pending))
@@ -1018,23 +1102,19 @@ class ForwardServer:
                 )
 
     async def _process(
-        self,
-        conn: _Conn,
-        unpacker: msgpack.Unpacker | None,
-        writer: asyncio.StreamWriter,
-        messages: list[Any] | None = None,
+        self, conn: _Conn, writer: asyncio.StreamWriter, messages: list[Any] | None = None
     ) -> None:
-        """Buffer the complete messages of ``unpacker`` (or the decoded JSON ``messages``),
-        then ack them in the connection's own encoding once durable, and give their bytes
-        back to the in-flight budget.
+        """Buffer the complete messages of the connection's unpacker (or the decoded JSON
+        ``messages``), then ack them in the connection's own encoding once durable, and give
+        their bytes back to the in-flight budget.
 
         A message whose client has already given up on the connection (it closed it, past its
         ack timeout while this process was stopped, and resends the message here or to another
         aggregator: :func:`_peer_closed`) is not stored when it carries a chunk id: it would be
         stored twice. Its acks could not reach the client anyway. Checked again before the acks are
         written, for messages the client gave up on while they were being made durable."""
-        entries, error = await self._store(conn, unpacker, messages, writer)
-        if error is None and unpacker is not None:
+        entries, error = await self._store(conn, messages, writer)
+        if error is None and messages is None:
             if conn.fed - conn.boundary > self.limits.max_frame_bytes:
                 # The unpacker's own limit counts only the bytes it has not parsed yet, and it
                 # parses the entries of a Forward-mode message as they come: the whole message
@@ -1043,6 +1123,8 @@ class ForwardServer:
             else:
                 error = self._declared_error(conn)
         conn.read = b""
+        if messages is None:
+            _keep_unfinished(conn)
         self._report_abandoned(conn)
         # Ack, in order, what is durable before a bad message or a failed write: it is in the
         # buffer either way, and an unacked copy would be resent and stored twice.
@@ -1066,7 +1148,7 @@ class ForwardServer:
         if acks and _peer_closed(writer):
             self._stored_abandoned(conn, len(acks))
         if acks:
-            encode = _json_ack if unpacker is None else wire.encode_ack
+            encode = wire.encode_ack if messages is None else _json_ack
             writer.write(b"".join(encode(c) for c in acks))
             await self._drain(writer)
             self.metrics.acks.inc(len(acks))
@@ -1141,11 +1223,7 @@ class ForwardServer:
         )
 
     async def _store(
-        self,
-        conn: _Conn,
-        unpacker: msgpack.Unpacker | None,
-        messages: list[Any] | None,
-        writer: asyncio.StreamWriter,
+        self, conn: _Conn, messages: list[Any] | None, writer: asyncio.StreamWriter
     ) -> tuple[list[tuple[asyncio.Future[None] | None, ChunkId | None]], ConnectionClosed | None]:
         """Decode and append the complete messages: for each, its fsync future (None: nothing
         to store) and its chunk, and the error that stopped them, if one did. Once the client
@@ -1170,14 +1248,12 @@ class ForwardServer:
         max_decompressed = self.limits.max_decompressed_bytes
         max_entries = self.limits.max_message_entries
         try:
-            for obj in messages if unpacker is None else wire.iter_messages(unpacker, conn.budget):
-                size = None  # the message's bytes on the wire (JSON: measured below)
-                if unpacker is not None:
-                    start, conn.boundary = conn.boundary, unpacker.tell()
-                    size = conn.boundary - start
-                    if size > self.limits.max_frame_bytes:
-                        error = self._too_large()  # (see _process)
-                        break
+            # With each message, its bytes on the wire (JSON: measured below).
+            unpacked = self._unpacked(conn) if messages is None else ((m, None) for m in messages)
+            for obj, size in unpacked:
+                if size is not None and size > self.limits.max_frame_bytes:
+                    error = self._too_large()  # (see _process)
+                    break
                 logs = other_signal(obj) is None
                 if logs:  # JSON: a Forward-mode message's entries measured here, once
                     size = big_messages.message_bytes(obj, size, max_entries)
@@ -1215,6 +1291,8 @@ class ForwardServer:
                     except ConnectionClosed as exc:  # the buffer write failed
                         error = exc
                         break
+        except ConnectionClosed as exc:  # a keyed read again past --max-frame-bytes
+            error = exc
         except wire.ObjectPoolFull as exc:
             error = ConnectionClosed(str(exc), "objects_pool_full")
         except wire.ProtocolError as exc:
@@ -1655,6 +1733,33 @@ def _fit(conn: _Conn, data: bytes | memoryview, room: int) -> bytes | memoryview
     room = max(room, 1)
     conn.unfed = view[room:]
     return view[:room]
+
+
+def _kept_since(conn: _Conn, offset: int) -> list[bytes | memoryview]:
+    """The bytes of :attr:`_Conn.kept` from stream ``offset`` on, piece by piece."""
+    pieces: list[bytes | memoryview] = []
+    at = conn.kept_from
+    for piece in conn.kept:
+        end = at + len(piece)
+        if end > offset:
+            pieces.append(piece if at >= offset else memoryview(piece)[offset - at :])
+        at = end
+    return pieces
+
+
+def _keep_unfinished(conn: _Conn) -> None:
+    """Keep in :attr:`_Conn.kept` only the unfinished message's bytes (none between messages,
+    the usual case), copied out of a read that held more: not the whole read for its tail.
+    None of them when more than :data:`KEPT_UNPARSED_BYTES` are not parsed yet (the unpacker
+    holds those: they would be held twice); the next reads are kept from their start."""
+    unpacker = conn.unpacker
+    if unpacker is not None and conn.fed - unpacker.tell() > KEPT_UNPARSED_BYTES:
+        conn.kept = []
+        conn.kept_from = conn.fed
+        return
+    pieces = _kept_since(conn, conn.boundary)
+    conn.kept = [p if isinstance(p, bytes) else bytes(p) for p in pieces]
+    conn.kept_from = max(conn.kept_from, conn.boundary)  # (past it: dropped, see above)
 
 
 def _note_partial(conn: _Conn, partial: bool) -> None:

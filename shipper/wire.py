@@ -300,6 +300,7 @@ def new_unpacker(
     max_buffer_size: int = 64 * 1024 * 1024,
     max_array_len: int | None = None,
     budget: ObjectBudget | None = None,
+    keyed: bool = False,
 ) -> msgpack.Unpacker:
     """A streaming unpacker for one connection: feed bytes, iterate complete objects.
 
@@ -308,13 +309,15 @@ def new_unpacker(
     ``max_array_len`` (also applied to maps) refuses, from its header alone, an array longer
     than that: a Forward-mode message of millions of tiny entries is not built in memory.
     ``budget`` bounds the objects one message builds (pass it to :func:`iter_messages` too,
-    which starts it over for each message).
+    which starts it over for each message). ``keyed``: a map key Python cannot hash is read
+    as its text (:func:`map_key_text`) instead of raising :class:`UnhashableKey` (slower:
+    for bytes known to hold one).
     """
     limits: dict[str, Any] = {}
     if max_array_len is not None:
         limits = {"max_array_len": max_array_len, "max_map_len": max_array_len}
-    if budget is not None:
-        limits.update(budget.hooks())
+    hooks = budget.hooks() if budget is not None else {}
+    limits.update(_keyed_hooks(hooks, budget) if keyed else hooks)
     return msgpack.Unpacker(
         ext_hook=_ext_hook,
         raw=False,
@@ -337,7 +340,7 @@ def unpack_entries(blob: bytes, max_entries: int, **options: Any) -> list[Any]:
     """
     try:
         return _unpack_all(blob, max_entries, options, keyed=False)
-    except _UnhashableKey:
+    except UnhashableKey:
         # A map (or an array holding one) used as a map key: valid msgpack, and Fluentd takes
         # it (Ruby hashes any key), but no Python dict key. Read the blob again with such keys
         # as text (:func:`map_key_text`): the records around it are kept, and the key lands
@@ -345,8 +348,12 @@ def unpack_entries(blob: bytes, max_entries: int, **options: Any) -> list[Any]:
         return _unpack_all(blob, max_entries, options, keyed=True)
 
 
-class _UnhashableKey(Exception):
-    """msgpack built a map key Python cannot hash (read again by :func:`_unpack_all`)."""
+class UnhashableKey(ProtocolError):
+    """msgpack built a map key Python cannot hash: a map, or an array holding one. Valid
+    msgpack, and Fluentd forwards such records, so a reader that can reads the bytes again with
+    such keys as text (:func:`unpack_entries` a blob; the aggregator's server a streamed
+    message, with :func:`new_unpacker`'s ``keyed``); any other refuses the message as a
+    ProtocolError."""
 
 
 def _unpack_all(blob: bytes, max_entries: int, options: dict[str, Any], keyed: bool) -> list[Any]:
@@ -354,8 +361,7 @@ def _unpack_all(blob: bytes, max_entries: int, options: dict[str, Any], keyed: b
     budget = message_budget(max_entries, len(blob))
     hooks: dict[str, Any] = budget.hooks() if budget is not None else {}
     if keyed:
-        hooks.pop("object_hook", None)
-        hooks["object_pairs_hook"] = _text_keyed_map(budget)
+        hooks = _keyed_hooks(hooks, budget)
     unpacker = msgpack.Unpacker(
         max_buffer_size=len(blob) + 1024,  # grows only as far as one entry needs
         max_array_len=max_entries,
@@ -382,15 +388,23 @@ def _unpack_all(blob: bytes, max_entries: int, options: dict[str, Any], keyed: b
             raise ProtocolError(f"{exc} (the per-message entry limit)") from exc
         raise ProtocolError(f"bad PackedForward entries: {exc}") from exc
     except TypeError as exc:  # a map (or an array holding one) as a map key
-        if keyed:
-            raise ProtocolError(f"bad PackedForward entries: unusable map key ({exc})") from exc
-        raise _UnhashableKey from exc
+        error = ProtocolError if keyed else UnhashableKey
+        raise error(f"bad PackedForward entries: unusable map key ({exc})") from exc
     if len(tail) != 1 or tail[0] is not None:
         raise ProtocolError(
             f"truncated PackedForward entries: the blob ends inside the entry after "
             f"{len(entries)} complete ones"
         )
     return entries
+
+
+def _keyed_hooks(hooks: dict[str, Any], budget: ObjectBudget | None) -> dict[str, Any]:
+    """``hooks`` (:meth:`ObjectBudget.hooks` or none) with maps built by
+    :func:`_text_keyed_map` instead of msgpack: slower (a list of pairs, then the map, per
+    map), so only for bytes known to hold an unhashable key."""
+    keyed = {name: hook for name, hook in hooks.items() if name != "object_hook"}
+    keyed["object_pairs_hook"] = _text_keyed_map(budget)
+    return keyed
 
 
 def _text_keyed_map(budget: ObjectBudget | None) -> Callable[[list[tuple[Any, Any]]], dict]:
@@ -728,9 +742,10 @@ def decode_ack(obj: Any) -> str | None:
 def iter_messages(unpacker: msgpack.Unpacker, budget: ObjectBudget | None = None) -> Iterator[Any]:
     """Complete objects buffered in ``unpacker``; malformed bytes raise :class:`ProtocolError`.
 
-    A map whose key is an array or a map is valid msgpack but no Python dict key (msgpack raises
-    TypeError): also a ProtocolError, not an unexpected error. ``budget`` (the unpacker's, see
-    :func:`new_unpacker`) starts over as each message completes."""
+    A map whose key is a map (or an array holding one) is valid msgpack but no Python dict key
+    (msgpack raises TypeError, and the unpacker cannot go on): :class:`UnhashableKey`, which a
+    caller that kept the bytes reads again with a ``keyed`` unpacker. ``budget`` (the
+    unpacker's, see :func:`new_unpacker`) starts over as each message completes."""
     try:
         for obj in unpacker:
             if budget is not None:
@@ -743,7 +758,7 @@ def iter_messages(unpacker: msgpack.Unpacker, budget: ObjectBudget | None = None
             raise ProtocolError(f"message too large: {exc} (the per-message entry limit)") from exc
         raise ProtocolError(f"malformed msgpack: {exc}") from exc
     except TypeError as exc:
-        raise ProtocolError(f"malformed msgpack: unusable map key ({exc})") from exc
+        raise UnhashableKey(f"malformed msgpack: unusable map key ({exc})") from exc
 
 
 # --- shared-key handshake ----------------------------------------------------------------------

@@ -11,6 +11,7 @@ too deeply (RecursionError), records of millions of tiny nested values (the obje
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import re
@@ -933,3 +934,270 @@ def test_a_record_keyed_by_a_map_is_stored_with_its_message(tmp_path: Path) -> N
     finally:
         assert agg.stop() == 0
     assert sorted(table["message"].to_pylist()) == ["odd", "plain", "plain"]
+
+
+# --- map keys in Message and Forward mode (the connection's streaming unpacker) -------------------
+
+
+def _odd_entry(ns: int, log: str) -> bytes:
+    """``[EventTime, {"log": log, {"a": 1}: "v"}]``: a record keyed by a map, as Fluentd
+    forwards a Ruby record so keyed (Python cannot build it)."""
+    time_ext = msgpack.packb(wire.EventTime.from_ns(ns).to_ext())
+    return b"\x92" + time_ext + b"\x82\xa3log" + msgpack.packb(log) + b"\x81\xa1a\x01\xa1v"
+
+
+def _forward(tag: str, entries: list[bytes], chunk: str) -> bytes:
+    """A Forward-mode message of the packed ``entries`` (an array of at most 65,535)."""
+    head = b"\xdc" + len(entries).to_bytes(2, "big")
+    return b"\x93" + msgpack.packb(tag) + head + b"".join(entries) + msgpack.packb({"chunk": chunk})
+
+
+def _plain_entry(ns: int, log: str) -> bytes:
+    return wire.pack([wire.EventTime.from_ns(ns), record(log, "keyed")])
+
+
+def test_only_a_keyed_unpacker_builds_a_map_keyed_by_a_map() -> None:
+    frame = _forward("logq.keyed", [_odd_entry(T0, "odd")], "c")
+    plain = wire.new_unpacker()
+    plain.feed(frame)
+    with pytest.raises(wire.UnhashableKey, match="unusable map key"):
+        list(wire.iter_messages(plain))
+    assert issubclass(wire.UnhashableKey, wire.ProtocolError)  # refused where not read again
+    keyed = wire.new_unpacker(keyed=True, budget=wire.ObjectBudget(100))
+    keyed.feed(frame)
+    (message,) = wire.iter_messages(keyed)
+    assert message[1][0][1] == {"log": "odd", '{"a":1}': "v"}
+
+
+def _frames_of(buffer: Any) -> list[list[str]]:
+    return [dec.from_ipc(frame).column("log").to_pylist() for frame in buffer.frames]
+
+
+async def _stored(buffer: Any, count: int, metrics: Any) -> list[list[str]]:
+    """The logs of each frame appended, once ``count`` are, or once the connection is refused;
+    each is made durable as it comes (the server reads on, and refuses, after that)."""
+    refused = metrics.connections_rejected.labels("protocol_error")
+    while True:
+        for wait in buffer.waits:
+            if not wait.done():
+                wait.set_result(None)
+        if len(buffer.frames) >= count or refused._value.get():
+            return _frames_of(buffer)
+        await asyncio.sleep(0.005)
+
+
+async def _acks(reader: Any, count: int) -> list[str]:
+    unpacker, acks = wire.new_unpacker(), []
+    while len(acks) < count:
+        data = await asyncio.wait_for(reader.read(4096), 30)
+        assert data, f"closed after the acks {acks}"
+        unpacker.feed(data)
+        acks += [wire.decode_ack(obj) for obj in unpacker]
+    return acks
+
+
+def test_message_and_forward_mode_records_keyed_by_a_map_are_stored_as_packed_ones() -> None:
+    """Fluentd forwards Ruby records keyed by a hash in every mode. In Message and Forward mode
+    the server refused the whole message and closed the connection (msgpack cannot build such
+    a map, and its streaming unpacker cannot go on), and every resend of it: the client's data
+    stopped there. Now such a message is read again with the key as its JSON text, as a
+    PackedForward blob is: stored, with the same rows, acked once durable, and the messages
+    after it on the connection too."""
+    from aggregator.metrics import Metrics
+    from tests.aggregator.helpers import serving
+    from tests.aggregator.test_inflight import HeldBuffer
+
+    now = time.time_ns()
+    entries = [_plain_entry(now, "plain"), _odd_entry(now, "odd"), _plain_entry(now, "plain")]
+    packed_form = wire.pack(["logq.keyed", b"".join(entries), {"chunk": "packed"}])
+    message_mode = (
+        b"\x94"
+        + msgpack.packb("logq.keyed")
+        + _odd_entry(now, "odd")[1:]  # [tag, time, record, option]: the entry's two items
+        + msgpack.packb({"chunk": "message"})
+    )
+    after = _forward("logq.keyed", [_plain_entry(now, "after")], "after")
+
+    async def scenario() -> None:
+        buffer = HeldBuffer()
+        metrics = Metrics()
+        async with serving(buffer, metrics) as (_, host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(
+                packed_form + _forward("logq.keyed", entries, "forward") + message_mode + after
+            )
+            assert await _stored(buffer, 4, metrics) == [
+                ["plain", "odd", "plain"],
+                ["plain", "odd", "plain"],
+                ["odd"],
+                ["after"],
+            ]
+            assert await _acks(reader, 4) == ["packed", "forward", "message", "after"]
+            writer.close()
+            assert metrics.connections_rejected.labels("protocol_error")._value.get() == 0
+        packed_rows = dec.from_ipc(buffer.frames[0]).to_pylist()
+        assert dec.from_ipc(buffer.frames[1]).to_pylist() == packed_rows
+        assert dec.from_ipc(buffer.frames[2]).to_pylist() == packed_rows[1:2]
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_map_key_reads_its_message_again_from_the_reads_before() -> None:
+    """The map key comes in a later read than its message's start (a Forward-mode message is
+    built as its entries arrive): the message is read again from its first byte, the reads
+    before included, the message before it in the first read left as stored."""
+    from aggregator.metrics import Metrics
+    from tests.aggregator.helpers import serving
+    from tests.aggregator.test_inflight import HeldBuffer
+
+    now = time.time_ns()
+    first = _forward("logq.keyed", [_plain_entry(now, "first")], "first")
+    logs = [f"before-{i}-" + "x" * 200 for i in range(600)] + ["odd", "last"]
+    entries = [_plain_entry(now, log) for log in logs[:-2]]
+    entries += [_odd_entry(now, "odd"), _plain_entry(now, "last")]
+    keyed = _forward("logq.keyed", entries, "keyed")
+    cut = len(first) + len(keyed) // 2  # the map key is in the second half
+
+    async def scenario() -> None:
+        buffer = HeldBuffer()
+        metrics = Metrics()
+        async with serving(buffer, metrics) as (server, host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write((first + keyed)[:cut])
+            assert await _stored(buffer, 1, metrics) == [["first"]]  # and durable: read on
+            while server.inflight.used < cut - len(first):  # all read, so fed, unfinished
+                await asyncio.sleep(0.005)
+            assert len(buffer.frames) == 1
+            writer.write((first + keyed)[cut:])
+            assert await _stored(buffer, 2, metrics) == [["first"], logs]
+            assert await _acks(reader, 2) == ["first", "keyed"]
+            writer.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_message_keyed_by_a_map_is_still_held_to_the_object_budget(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Read again, a message is counted as it is built, as any other: past the per-message
+    objects it is refused for that, not stored."""
+    from aggregator.metrics import Metrics
+    from aggregator.server import ServerLimits
+    from tests.aggregator.helpers import serving
+    from tests.aggregator.test_inflight import HeldBuffer
+
+    now = time.time_ns()
+    tree = [[[0] * 10] * 10] * 10  # 1,110 objects, no array over the entry limit of 10
+    heavy = wire.pack([wire.EventTime.from_ns(now), record("heavy", "keyed", a=tree, b=tree)])
+    frame = _forward("logq.keyed", [_odd_entry(now, "odd"), heavy], "c")
+    assert wire.message_objects(10) < 2 * 1_110
+
+    async def scenario() -> bytes:
+        buffer = HeldBuffer()
+        metrics = Metrics()
+        async with serving(buffer, metrics, ServerLimits(max_message_entries=10)) as (_, h, p):
+            reader, writer = await asyncio.open_connection(h, p)
+            writer.write(frame)
+            rest = await asyncio.wait_for(reader.read(), 30)
+            writer.close()
+            assert buffer.frames == []
+            assert metrics.connections_rejected.labels("protocol_error")._value.get() == 1
+        return rest
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 60)) == b""  # closed, nothing acked
+    assert "msgpack objects (the per-message limit" in caplog.text
+
+
+@pytest.mark.integration
+def test_message_and_forward_mode_records_keyed_by_a_map_reach_the_warehouse(
+    tmp_path: Path,
+) -> None:
+    """As the PackedForward one above, through a real aggregator: Forward mode, Message mode,
+    and a message after them on the same connection, each acked, every record stored."""
+    agg = start_aggregator(tmp_path)
+    now = time.time_ns()
+    entries = [_plain_entry(now, "plain"), _odd_entry(now, "odd"), _plain_entry(now, "plain")]
+    message_mode = b"\x94" + msgpack.packb("logq.keyed") + _odd_entry(now, "alone")[1:]
+    try:
+        with agg.connect() as sock:
+            sock.sendall(
+                _forward("logq.keyed", entries, "m1")
+                + message_mode
+                + msgpack.packb({"chunk": "m2"})
+                + _forward("logq.keyed", [_plain_entry(now, "after")], "m3")
+            )
+            assert read_acks(sock, 3) == ["m1", "m2", "m3"]
+        table = wait_rows(agg.warehouse, "container_logs", 5, agg)
+    finally:
+        assert agg.stop() == 0
+    assert sorted(table["message"].to_pylist()) == ["after", "alone", "odd", "plain", "plain"]
+    assert "not the Forward protocol" not in agg.log_text()
+
+
+def test_a_value_still_arriving_is_not_kept_twice_and_later_messages_are_read_again() -> None:
+    """The unpacker holds the bytes of a value still arriving (a PackedForward blob): the
+    connection does not keep them too (a rush of clients would hold the in-flight budget
+    twice). A message keyed by a map that follows in the same read is still read again."""
+    from aggregator.metrics import Metrics
+    from aggregator.server import KEPT_UNPARSED_BYTES
+    from tests.aggregator.helpers import serving
+    from tests.aggregator.test_inflight import HeldBuffer
+
+    now = time.time_ns()
+    logs = [f"packed-{i}-" + "x" * 200 for i in range(3000)]
+    big = wire.encode_packed_forward(
+        "logq.keyed", [(now, record(log, "keyed")) for log in logs], chunk="big"
+    )
+    keyed = _forward("logq.keyed", [_odd_entry(now, "odd")], "keyed")
+    cut = len(big) // 2
+    assert cut > 4 * KEPT_UNPARSED_BYTES
+
+    async def scenario() -> None:
+        buffer = HeldBuffer()
+        metrics = Metrics()
+        async with serving(buffer, metrics) as (server, host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(big[:cut])
+            while server.inflight.used < cut:  # read, and so fed
+                await asyncio.sleep(0.005)
+            (conn,) = server._conns.values()
+            assert sum(len(piece) for piece in conn.kept) <= KEPT_UNPARSED_BYTES
+            writer.write(big[cut:] + keyed)
+            assert await _stored(buffer, 2, metrics) == [logs, ["odd"]]
+            assert await _acks(reader, 2) == ["big", "keyed"]
+            writer.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_map_key_after_a_long_value_split_between_reads_is_refused_as_such(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its message's bytes were not kept (see above): it cannot be read again, and is refused
+    with what to do, not as malformed msgpack."""
+    from aggregator.metrics import Metrics
+    from tests.aggregator.helpers import serving
+    from tests.aggregator.test_inflight import HeldBuffer
+
+    now = time.time_ns()
+    long = wire.pack([wire.EventTime.from_ns(now), record("y" * 300_000, "keyed")])
+    frame = _forward("logq.keyed", [long, _odd_entry(now, "odd")], "c")
+    cut = 150_000
+
+    async def scenario() -> bytes:
+        buffer = HeldBuffer()
+        metrics = Metrics()
+        async with serving(buffer, metrics) as (server, host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(frame[:cut])
+            while server.inflight.used < cut:
+                await asyncio.sleep(0.005)
+            writer.write(frame[cut:])
+            rest = await asyncio.wait_for(reader.read(), 30)
+            writer.close()
+            assert buffer.frames == []
+            assert metrics.connections_rejected.labels("protocol_error")._value.get() == 1
+        return rest
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 30)) == b""  # closed, nothing acked
+    assert "too many to keep to read it again" in caplog.text

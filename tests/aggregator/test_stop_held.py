@@ -145,8 +145,25 @@ def test_a_client_held_by_a_full_buffer_at_the_stop_gets_its_chunk_acked_and_sto
     assert _stored(settings) == ["first", "held at the stop"]
 
 
+def _keyed_by_a_map(log: str) -> bytes:
+    """A Message-mode message without options whose record is also keyed by a map
+    (``{"log": log, {"a": 1}: "v"}``), as Fluentd forwards a Ruby record so keyed."""
+    now = wire.pack(wire.EventTime.from_ns(time.time_ns()))
+    return b"\x93" + wire.pack(TAG) + now + b"\x82\xa3log" + wire.pack(log) + b"\x81\xa1a\x01\xa1v"
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        pytest.param(
+            lambda: wire.encode_message(TAG, time.time_ns(), record("no ack")), id="plain"
+        ),
+        # Told apart too: read ahead with such a key as its text, as it is stored.
+        pytest.param(lambda: _keyed_by_a_map("no ack"), id="keyed-by-a-map"),
+    ],
+)
 def test_a_client_without_acks_held_at_the_stop_gets_its_message_stored_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: Callable[[], bytes]
 ) -> None:
     """A client that asks for no acks (fluent-logger), held by the full buffer long enough to
     be told apart by its first message, read ahead (``BACKPRESSURE_CLOSE_SECONDS`` shortened):
@@ -163,7 +180,7 @@ def test_a_client_without_acks_held_at_the_stop_gets_its_message_stored_once(
 
         async with _full_buffer(agg, running):
             with _connect(agg.port) as no_acks:
-                no_acks.sendall(wire.encode_message(TAG, time.time_ns(), record("no ack")))
+                no_acks.sendall(first())
                 await _wait_for(read_ahead, running, "its first message read ahead")
                 agg._stop_requested()
                 assert await asyncio.to_thread(closed_unanswered, no_acks, 30), "not closed"
