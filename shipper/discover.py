@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import stat
+import threading
 from collections import deque
 from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field, replace
@@ -100,17 +101,24 @@ _CUT_WARNED: dict[str, None] = {}
 MAX_CUT_WARNED = 1024
 
 
+_WARNED_LOCK = threading.Lock()
+"""Held by :func:`_first_time`: discovery passes run on a thread of their own
+(:meth:`shipper.daemon.Shipper._discover`), while the sources, on the event loop, warn through
+:func:`skip_not_regular` too; two evictions at once would delete the same oldest key."""
+
+
 def _first_time(warned: dict[str, None], key: str, limit: int) -> bool:
     """Whether ``key`` is new to ``warned`` (it is added): a warning said once per key. The
     dict keeps the newest ``limit`` keys in the order they came, so that a host that keeps
     starting such containers does not grow it for ever (a key dropped is warned about again
     if it comes back, at worst once per scan)."""
-    if key in warned:
-        return False
-    warned[key] = None
-    if len(warned) > limit:
-        del warned[next(iter(warned))]
-    return True
+    with _WARNED_LOCK:
+        if key in warned:
+            return False
+        warned[key] = None
+        if len(warned) > limit:
+            del warned[next(iter(warned))]
+        return True
 
 
 def bounded(spec: SourceSpec) -> SourceSpec:
@@ -427,6 +435,9 @@ class Discoverer:
     ``config.v2.json`` is parsed again only when its (inode, mtime, size) changed: a host with
     1000 idle containers otherwise re-parsed 1000 files of several KB on every pass. A bad file
     is warned about once per version of it, and its fixed version is read at the next pass.
+
+    One pass at a time, and its caches are its own: the daemon runs every pass on one thread
+    of its own (:meth:`shipper.daemon.Shipper._discover`), off the event loop.
     """
 
     def __init__(

@@ -165,14 +165,14 @@ def test_a_failing_folder_does_not_stop_draining_or_back_off_the_others(
 
     async def go() -> None:
         shipper = Shipper(cfg)
-        shipper._sync_sources(shipper._discover())
+        shipper._sync_sources(await shipper._discover())
         runners = {r.spec.service: r for r in shipper.runners.values()}
         assert sorted(runners) == ["alpha", "beta"]
         for path in (alpha / "0.log", alpha):
             path.unlink() if path.is_file() else path.rmdir()
         alpha.parent.rmdir()
         monkeypatch.setattr(discover_mod.os, "scandir", _failing_scandir(beta.parent, errno.EMFILE))
-        scan = shipper._discover()
+        scan = await shipper._discover()
         assert not scan.complete
         shipper._sync_sources(scan)
         assert runners["alpha"].finishing  # its pod is gone

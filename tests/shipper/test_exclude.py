@@ -266,24 +266,24 @@ def test_a_followed_source_that_becomes_excluded_stops_and_keeps_its_checkpoint(
     async def go() -> None:
         shipper = Shipper(cfg, metrics)
 
-        def passes(n: int) -> None:
+        async def passes(n: int) -> None:
             """Discovery passes now, besides the daemon's own (inotify makes those rare)."""
             for _ in range(n):
-                shipper._sync_sources(shipper._discover())
+                shipper._sync_sources(await shipper._discover())
 
         run = asyncio.create_task(shipper.run())
         await until(lambda: len(receiver.records) == 2)
-        passes(3)
+        await passes(3)
         assert excluded_gauge() == 1.0
         # docker rename app debug-app: the next pass excludes it.
         config = kept.parent / "config.v2.json"
         config.write_text(config.read_text().replace('"/app"', '"/debug-app"'))
-        passes(1)
+        await passes(1)
         await until(lambda: f"docker:{'a' * 64}" not in shipper.runners)
         assert excluded_gauge() == 2.0
         append_docker(kept, 2, 3, "a")
         append_docker(noisy, 1, 2, "noise")
-        passes(3)
+        await passes(3)
         assert not shipper.runners
         shipper.request_stop()
         assert await run == 0

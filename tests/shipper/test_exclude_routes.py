@@ -262,18 +262,18 @@ def test_a_rotation_does_not_forget_an_excluded_source(
     async def go() -> None:
         shipper = Shipper(cfg, metrics)
         try:
-            shipper._sync_sources(shipper._discover())
+            shipper._sync_sources(await shipper._discover())
             gauges = [excluded_gauge(metrics)]
             for rotate in (True, False) * 3:
                 if rotate:
                     noisy.rename(noisy.with_name(noisy.name + ".1"))
                 else:
                     append_docker(noisy, 0, 1, "noise")
-                shipper._sync_sources(shipper._discover())
+                shipper._sync_sources(await shipper._discover())
                 gauges.append(excluded_gauge(metrics))
             assert gauges == [1.0] * 7
             shutil.rmtree(noisy.parent)
-            shipper._sync_sources(shipper._discover())
+            shipper._sync_sources(await shipper._discover())
             assert excluded_gauge(metrics) == 0.0
             assert not shipper.runners
         finally:
@@ -307,7 +307,7 @@ def test_lifting_an_exclusion_after_rotations_counts_no_loss(
         run = asyncio.create_task(shipper.run())
         await until(lambda: len(receiver.records) == 2)
         rename("app", "debug-app")
-        shipper._sync_sources(shipper._discover())
+        shipper._sync_sources(await shipper._discover())
         await until(lambda: not shipper.runners)
         append_docker(log, 2, 1, "x")
         log.rename(log.with_name(log.name + ".1"))
@@ -317,7 +317,7 @@ def test_lifting_an_exclusion_after_rotations_counts_no_loss(
         log.with_name(log.name + ".2").unlink()
         append_docker(log, 4, 1, "z")
         rename("debug-app", "app")
-        shipper._sync_sources(shipper._discover())
+        shipper._sync_sources(await shipper._discover())
         await until(lambda: len(receiver.records) == 4)
         shipper.request_stop()
         assert await run == 0

@@ -160,7 +160,7 @@ def test_the_pass_at_the_retry_time_restarts_only_the_files_still_there(
     async def go() -> None:
         shipper = Shipper(cfg)
         try:
-            scan = shipper._discover()
+            scan = await shipper._discover()
             keys = {spec.path.name: spec.key for spec in scan.specs}
             assert sorted(keys) == ["gone.log", "kept.log"]
             for key in keys.values():  # both failed a moment ago
@@ -173,7 +173,7 @@ def test_the_pass_at_the_retry_time_restarts_only_the_files_still_there(
             for key in keys.values():
                 shipper._retry_at[key] -= 1  # the time has come
             (logs / "gone.log").unlink()
-            shipper._sync_sources(shipper._discover())
+            shipper._sync_sources(await shipper._discover())
             assert list(shipper.runners) == [keys["kept.log"]]
             assert "source started again after a failure" in caplog.text
             # The vanished file is not started again, nor waited for.

@@ -153,12 +153,15 @@ def test_a_failed_pass_drains_nothing_and_a_file_still_there_is_not_gone(
 
     async def go() -> None:
         shipper = Shipper(cfg)
+        # The runner reads and sends while the passes run (off the loop): its first batch
+        # waits for a checkpoint write (Shipper.place), which the daemon's loop makes.
+        saver = asyncio.create_task(shipper._checkpoint_loop())
         real_scan = shipper.discoverer.scan
-        shipper._sync_sources(shipper._discover())
+        shipper._sync_sources(await shipper._discover())
         (runner,) = shipper.runners.values()
         shipper.discoverer.scan = lambda: failing  # type: ignore[method-assign]
         for _ in range(3):
-            shipper._sync_sources(shipper._discover())
+            shipper._sync_sources(await shipper._discover())
         assert not runner.finishing
         assert caplog.text.count("discovery failed") == 1  # once, not every pass
         assert shipper.metrics.discovery_failures._value.get() == 3
@@ -174,10 +177,11 @@ def test_a_failed_pass_drains_nothing_and_a_file_still_there_is_not_gone(
         shipper._sync_sources(Scan())
         assert runner.finishing
         shipper.discoverer.scan = real_scan  # type: ignore[method-assign]
-        shipper._sync_sources(shipper._discover())
+        shipper._sync_sources(await shipper._discover())
         assert "discovery works again after 3 failed passes" in caplog.text
         assert shipper._scan_delay(False, True) == 10.0  # inotify covers all: safety net only
         await stop_runners(shipper)
+        saver.cancel()
 
     try:
         with caplog.at_level(logging.INFO, logger="logq.shipper"):

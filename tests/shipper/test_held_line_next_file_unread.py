@@ -304,7 +304,7 @@ def test_the_source_reader_polls_through_the_off_loop_scan(
 
     async def go() -> None:
         shipper = Shipper(cfg)
-        shipper._sync_sources(shipper._discover())
+        shipper._sync_sources(await shipper._discover())
         await until(lambda: calls["poll"] >= 3)
         await stop_runners(shipper)
 

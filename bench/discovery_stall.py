@@ -1,0 +1,193 @@
+"""How long a discovery pass takes, and how long it holds the shipper's event loop.
+
+    .venv/bin/python bench/discovery_stall.py [--containers 300] [--pods 0] [--files 0]
+                                              [--passes 50] [--changed 0] [--src DIR]
+
+Writes a host of ``--containers`` Docker json-file containers (a ``config.v2.json`` with the
+labels of an ECS task and a dozen image labels), ``--pods`` CRI pod logs and ``--files`` plain
+files (one ``--path`` glob), builds the daemon (:class:`shipper.daemon.Shipper`, its real
+configuration) and runs ``--passes`` discovery passes as its follow mode does
+(``Shipper._discover``, then ``Shipper._watch``: the folders inotify watches), 20 ms apart.
+Meanwhile a probe on the same event loop wakes every millisecond and records how late it woke:
+a pass that runs on the loop makes it wake late by the whole pass; one on another thread, by
+the time the loop waits for the GIL (at most the interpreter's switch interval, 5 ms, once the
+pass holds it). ``--changed`` rewrites that many ``config.v2.json`` before each pass (their
+metadata is parsed again, as after ``docker update`` or at a deploy).
+
+Prints, for the first pass (every ``config.v2.json`` parsed) and the others (metadata cached):
+the pass time (median, max) and the probe's lateness during the passes (p50, p99, max: the
+loop's longest stall), next to its lateness while no pass runs (the machine's noise).
+``--src`` runs the shipper of another checkout (e.g. ``git archive HEAD | tar -x -C /tmp/head``)
+for a before/after comparison in the same minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+PROBE_SECONDS = 0.001
+"""The probe's period: its lateness past this is the loop's stall."""
+GAP_SECONDS = 0.02
+"""Pause between passes (the probe's baseline is measured in them)."""
+
+
+def make_host(root: Path, containers: int, pods: int, files: int) -> dict[str, Path]:
+    """Docker containers with ECS-like metadata, CRI pod logs, plain files under ``root``."""
+    docker, cri, plain = root / "docker", root / "pods", root / "files"
+    for folder in (docker, cri, plain):
+        folder.mkdir(parents=True)
+    for i in range(containers):
+        cid = f"{i:08x}" + "c" * 56
+        labels = {
+            "com.amazonaws.ecs.cluster": "arn:aws:ecs:eu-west-1:123456789012:cluster/prod",
+            "com.amazonaws.ecs.container-name": "app",
+            "com.amazonaws.ecs.task-arn": f"arn:aws:ecs:eu-west-1:123456789012:task/prod/{i:032x}",
+            "com.amazonaws.ecs.task-definition-family": f"service-{i % 120}",
+            "com.amazonaws.ecs.task-definition-version": "42",
+            **{f"org.opencontainers.image.label{k}": "x" * 60 for k in range(12)},
+        }
+        write_config(docker / cid, cid, labels, i)
+        (docker / cid / f"{cid}-json.log").write_bytes(b"")
+    for i in range(pods):
+        folder = (
+            cri / f"team_service{i % 50}-5d8f7c9b6d-x{i:04d}_{i:08x}-0000-0000-0000-000000000000"
+        )
+        (folder / "app").mkdir(parents=True)
+        (folder / "app" / "0.log").write_bytes(b"")
+    for i in range(files):
+        (plain / f"app{i}.log").write_bytes(b"")
+    return {"docker": docker, "cri": cri, "plain": plain}
+
+
+def write_config(folder: Path, cid: str, labels: dict[str, str], version: int) -> None:
+    folder.mkdir(exist_ok=True)
+    config = {
+        "ID": cid,
+        "Name": f"/ecs-service-{version}-app-e8a4c0",
+        "Config": {"Image": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/app:1", "Labels": labels},
+        "State": {"Running": True, "Pid": 1000 + version},
+        "Version": version,
+    }
+    (folder / "config.v2.json").write_text(json.dumps(config))
+
+
+class Probe:
+    """Wakes every :data:`PROBE_SECONDS` on the loop; records how late each wake-up was,
+    filed under what was running (a pass or not)."""
+
+    def __init__(self) -> None:
+        self.in_pass = False
+        self.passes = 0
+        """Passes started: one that started and ended while the probe slept counts too."""
+        self.late: dict[bool, list[float]] = {True: [], False: []}
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + PROBE_SECONDS
+            passes, during = self.passes, self.in_pass
+            await asyncio.sleep(PROBE_SECONDS)
+            during = during or self.in_pass or self.passes != passes
+            self.late[during].append(max(loop.time() - due, 0.0))
+
+
+async def measure(args: argparse.Namespace, host: dict[str, Path], state: Path) -> dict[str, Any]:
+    from shipper.config import load_config
+    from shipper.daemon import Shipper
+    from shipper.inotify import DirectoryWatcher
+
+    argv = [
+        *("--aggregator", "127.0.0.1:9", "--hostname", "bench"),
+        *("--docker-root", str(host["docker"]), "--cri-root", str(host["cri"])),
+        *("--path", f"{host['plain']}/*.log", "--state-dir", str(state)),
+    ]
+    shipper = Shipper(load_config(argv))
+    watcher = DirectoryWatcher.create()
+    if watcher is not None:
+        watcher.start(asyncio.get_running_loop())
+    probe = Probe()
+    prober = asyncio.create_task(probe.run())
+    await asyncio.sleep(0.05)
+    times: list[float] = []
+    stalls: list[list[float]] = []
+    folders = sorted(host["docker"].iterdir())
+    try:
+        for n in range(args.passes):
+            for i in range(args.changed if n else 0):
+                folder = folders[(n * args.changed + i) % len(folders)]
+                write_config(folder, folder.name, {"logq.service": f"s{n}"}, n)
+            before = len(probe.late[True])
+            probe.in_pass = True
+            probe.passes += 1
+            t0 = time.perf_counter()
+            scan = shipper._discover()
+            if inspect.isawaitable(scan):  # the pass off the loop (after the change)
+                scan = await scan
+            if watcher is not None:
+                covered = shipper._watch(watcher)
+                if inspect.isawaitable(covered):
+                    await covered
+            times.append(time.perf_counter() - t0)
+            probe.in_pass = False
+            await asyncio.sleep(GAP_SECONDS)
+            stalls.append(probe.late[True][before:])
+            if not n:
+                sources = len(scan.specs)
+    finally:
+        prober.cancel()
+        if watcher is not None:
+            watcher.close()
+        shipper.registry.close()
+        await shipper.client.close()
+    return {"times": times, "stalls": stalls, "idle": probe.late[False], "sources": sources}
+
+
+def row(name: str, values: list[float]) -> str:
+    if not values:
+        return f"  {name:<28} (none)"
+    ms = sorted(v * 1000 for v in values)
+    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+    return (
+        f"  {name:<28} p50 {statistics.median(ms):7.2f} ms  p99 {p99:7.2f} ms  "
+        f"max {ms[-1]:7.2f} ms  (n={len(ms)})"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--containers", type=int, default=300)
+    ap.add_argument("--pods", type=int, default=0)
+    ap.add_argument("--files", type=int, default=0)
+    ap.add_argument("--passes", type=int, default=50)
+    ap.add_argument("--changed", type=int, default=0, help="config.v2.json rewritten a pass")
+    ap.add_argument("--src", type=Path, help="run the shipper of this checkout")
+    args = ap.parse_args()
+    sys.path.insert(0, str(args.src or REPO))
+    with tempfile.TemporaryDirectory(prefix="logq-discovery-") as tmp:
+        host = make_host(Path(tmp), args.containers, args.pods, args.files)
+        got = asyncio.run(measure(args, host, Path(tmp) / "state"))
+    print(
+        f"discovery: {args.containers} containers, {args.pods} pods, {args.files} files "
+        f"({got['sources']} sources), {args.changed} configs changed a pass, "
+        f"code {args.src or REPO}"
+    )
+    print(row("first pass: time", got["times"][:1]))
+    print(row("first pass: loop stall", got["stalls"][0]))
+    print(row("next passes: time", got["times"][1:]))
+    print(row("next passes: loop stall", [s for st in got["stalls"][1:] for s in st]))
+    print(row("no pass: probe lateness", got["idle"]))
+
+
+if __name__ == "__main__":
+    main()
