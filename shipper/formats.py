@@ -114,6 +114,9 @@ class _Partial:
     parts: list[str]
     size: int = 0
     dropped: int = 0
+    cr: bool = False
+    """Whether the text so far (kept or dropped) ends in ``\r``: the CRLF end of a complete
+    line is no part of it, also when the limit cut it off with the text before it."""
     starts: dict[object, int] = field(default_factory=dict)
     """Per file (:attr:`LineParser.origin`) the offset of the group's first part in it: a group
     can span a rotation, and no file's checkpoint may pass the start of its parts."""
@@ -264,6 +267,8 @@ class LineParser:
             p = self._partials[stream] = _Partial(start, t, t_ns, [])
         p.starts.setdefault(self.origin, start)
         p.read_at = self.reading_at
+        if text:  # Docker's last part of a line split between its \r and \n is empty
+            p.cr = text[-1] == "\r"
         room = self.max_line_bytes - p.size
         if len(text) <= room:
             p.parts.append(text)
@@ -288,8 +293,15 @@ class LineParser:
         self, out: Lines, offset: int, stream: str, p: _Partial, complete: bool
     ) -> None:
         """The parts of ``p`` as one line (marked when parts were cut at the line limit); a
-        ``complete`` line loses the ``\r`` of its CRLF end."""
+        ``complete`` line loses the ``\r`` of its CRLF end, before it is cut: as a line of one
+        part does (a line of the limit and a CRLF end was kept whole in one part, but cut in
+        several, with a marker of the \r alone)."""
         log = self._join(p.parts, out)
+        if complete and p.cr:
+            if p.dropped:
+                p.dropped -= 1  # past the limit: the last byte dropped
+            else:
+                log = log[:-1]
         if p.dropped:
             # The parts were kept up to the limit in characters (cheap while they come):
             # multi-byte text held up to 4 times --max-line-bytes, and the marker counted
@@ -302,8 +314,6 @@ class LineParser:
             marker = TRUNCATION_MARKER.format(dropped=p.dropped + over)
             out.add(offset, p.time, p.time_ns, stream, log + marker)
             return
-        if complete and log[-1:] == "\r":
-            log = log[:-1]
         self._emit(out, offset, p.time, p.time_ns, stream, log)
 
     def _join(self, parts: list[str], out: Lines) -> str:

@@ -230,6 +230,32 @@ def test_joined_multibyte_partials_are_cut_at_the_limit_in_bytes(fmt: str) -> No
     assert marker == "logq-shipper: truncated 2601 bytes]"  # 3,601 bytes, 1,000 kept
 
 
+@pytest.mark.parametrize("fmt", ["docker", "cri"])
+@pytest.mark.parametrize("size", [1000, 1200])
+@pytest.mark.parametrize("cut", [600, None])
+def test_a_split_crlf_line_is_cut_as_the_same_line_in_one_part(
+    fmt: str, size: int, cut: int | None
+) -> None:
+    """A complete line's CRLF end is no part of it, also when the line limit cut it off with
+    the text before it: a line of the limit and a ``\r`` was kept whole in one part, but in
+    several it was marked ``truncated 1 bytes`` (its ``\r``), and a longer one counted its
+    ``\r`` in its marker. ``cut`` None: the runtime split it between ``\r`` and ``\n``."""
+    text = "x" * size + "\r"
+    first, rest = (text[:cut], text[cut:]) if cut else (text, "")
+    if fmt == "docker":
+        parser, whole = DockerParser, docker_line(text)
+        split = docker_line(first, 0, nl=False) + docker_line(rest, 1)
+    else:
+        parser, whole = CriParser, cri_line(text)
+        split = cri_line(first, 0, tag="P") + cri_line(rest, 1)
+    one = feed(parser(max_line_bytes=1000), whole)
+    two = feed(parser(max_line_bytes=1000), split)
+    assert two.logs == one.logs
+    assert two.truncated == one.truncated == (size > 1000)
+    if size > 1000:
+        assert one.logs[0] == "x" * 1000 + " [logq-shipper: truncated 200 bytes]"
+
+
 def test_cri_partial_and_full() -> None:
     data = (
         cri_line("hello ", 0, tag="P")
