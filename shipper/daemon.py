@@ -62,6 +62,7 @@ with deferred_interrupts("logq-shipper"):
     from collections.abc import Callable
     from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
+    from typing import TypeVar
 
     from shipper import checkpoint, gz_pool
     from shipper.checkpoint import Registry
@@ -82,6 +83,8 @@ with deferred_interrupts("logq-shipper"):
     from shipper.tls_reload import ReloadingTls
 
 log = logging.getLogger("logq.shipper")
+
+_T = TypeVar("_T")
 
 STALE_CHECKPOINT_SECONDS = 7 * 24 * 3600
 SETTLE_SECONDS = 0.05
@@ -108,6 +111,10 @@ SAVE_RETRY_SECONDS = 1.0
 """Pause between attempts to write checkpoints that failed."""
 SAVE_ERROR_LOG_SECONDS = 60.0
 """While checkpoint writes keep failing, the error line is repeated this often."""
+SLOW_PASS_SECONDS = 30.0
+"""A discovery pass still running after this long is warned about, and ``/healthz`` answers
+503 until it ends: off the event loop, a pass hung on a dead file system (a stale NFS mount
+under a root) no longer stalls the loop, which ``/livez`` reported, but it finds nothing new."""
 
 
 class Shipper:
@@ -325,8 +332,7 @@ class Shipper:
         they ran, and the discoverer's caches have one user.
         The :class:`Scan` is handed over whole when the pass is done (its specs are frozen);
         what the daemon keeps (runners, retries, failure counts) changes here, on the loop."""
-        loop = asyncio.get_running_loop()
-        scan = await loop.run_in_executor(self._discovery, self.discoverer.scan)
+        scan = await self._off_loop(self.discoverer.scan)
         # Back off only while a whole root cannot be listed (out of fds...): a failing folder
         # under it says nothing about the others, whose discovery must stay prompt.
         self._blind_passes = self._blind_passes + 1 if scan.blind else 0
@@ -345,6 +351,35 @@ class Shipper:
             )
         self._scan_failures += 1
         return scan
+
+    async def _off_loop(self, work: Callable[[], _T]) -> _T:
+        """``work()`` run on the discovery thread; said (WARNING, ``/healthz`` 503) while it
+        runs longer than :data:`SLOW_PASS_SECONDS`."""
+        started = time.monotonic()
+        future = asyncio.get_running_loop().run_in_executor(self._discovery, work)
+        done, _ = await asyncio.wait({future}, timeout=SLOW_PASS_SECONDS)
+        if done:
+            return future.result()
+        log.warning(
+            "discovery pass still running after %g s: no new container or file is found, and "
+            "none gone is released, until it ends; look for a slow or hung file system (a "
+            "stale NFS mount) under docker_root=%s cri_root=%s paths=%s",
+            SLOW_PASS_SECONDS,
+            self.cfg.docker_root,
+            self.cfg.cri_root,
+            ",".join(self.cfg.paths) or "-",
+        )
+        self.metrics.set_problem(
+            "discovery",
+            f"a discovery pass has been running for more than {SLOW_PASS_SECONDS:g} s: new "
+            "containers and files are not found (a hung file system under a log root?)",
+        )
+        try:
+            return await future
+        finally:  # also when a stop gives up waiting (see _follow)
+            self.metrics.set_problem("discovery", None)
+            if future.done():
+                log.info("discovery pass ended after %.1f s", time.monotonic() - started)
 
     def _note_excluded(self, scan: Scan) -> None:
         """One INFO line per source when it is first found excluded (not at every pass), and
@@ -791,7 +826,14 @@ class Shipper:
                     await asyncio.sleep(SETTLE_SECONDS)  # let a burst of events finish
                 if self._stop.is_set():
                     break
-                scan = await self._discover()
+                passing = asyncio.ensure_future(self._discover())
+                await asyncio.wait({passing, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if not passing.done():
+                    # Asked to stop during the pass: a pass hung on a dead file system does
+                    # not hold up the stop (its final checkpoint save above all).
+                    passing.cancel()
+                    break
+                scan = passing.result()
                 if self._stop.is_set():
                     break  # asked to stop during the pass: start nothing new
                 self._sync_sources(scan)
@@ -850,8 +892,7 @@ class Shipper:
         (events then cover every change discovery cares about). The folders are listed on
         the discovery thread (10 ms and more for 1000 containers, at every pass); the watches
         change here, on the loop, which reads their events."""
-        loop = asyncio.get_running_loop()
-        dirs, roots_there = await loop.run_in_executor(self._discovery, self._watch_dirs)
+        dirs, roots_there = await self._off_loop(self._watch_dirs)
         watcher.watch_all(dirs)
         if any(os.path.dirname(p) != _glob_dir(p) for p in self.cfg.paths):
             return False  # a wildcard in a folder part: new folders there are not watched

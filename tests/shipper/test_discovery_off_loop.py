@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from shipper import daemon as daemon_mod
+from shipper.checkpoint import Registry
 from shipper.config import load_config
 from shipper.daemon import Shipper
 from shipper.discover import Scan
@@ -16,7 +21,7 @@ from tests.shipper.shipping import shipper_args, until
 
 #: How long the slow pass waits for the line written meanwhile to arrive (at once when the
 #: loop runs during the pass; never when the pass holds it).
-WAIT_SECONDS = 3.0
+WAIT_SECONDS = 5.0
 
 
 def test_a_slow_discovery_pass_does_not_hold_up_shipping(
@@ -57,6 +62,95 @@ def test_a_slow_discovery_pass_does_not_hold_up_shipping(
     asyncio.run(asyncio.wait_for(go(), 60))
     assert arrived == [True, True]  # during the pass, which ran on another thread
     assert receiver.lines() == ["one", "two"]
+
+
+def test_a_hung_pass_is_said_and_turns_healthz_503_while_it_lasts(
+    tmp_path: Path,
+    receiver: Receiver,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pass hung on a dead file system (a stale NFS mount under a root) stalled the loop,
+    which ``/livez`` reported; off the loop, the shipper goes on without finding anything new,
+    which is said instead: a WARNING and ``/healthz`` 503 while it lasts, until it ends."""
+    caplog.set_level(logging.INFO, logger="logq.shipper")
+    monkeypatch.setattr(daemon_mod, "SLOW_PASS_SECONDS", 0.1)
+    log = tmp_path / "logs" / "app" / "app.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("one\n")
+    glob = str(tmp_path / "logs" / "*" / "app.log")
+    args = ("--path", glob, "--poll-interval", "0.05", "--discover-interval", "0.1")
+    cfg = load_config(shipper_args(tmp_path, receiver, *args))
+    release = threading.Event()
+    health: list[tuple[int, str]] = []
+
+    async def go() -> None:
+        shipper = Shipper(cfg)
+        real_scan = shipper.discoverer.scan
+
+        def hung_scan() -> Scan:
+            scan = real_scan()
+            if receiver.lines() == ["one"]:
+                release.wait(WAIT_SECONDS)
+            return scan
+
+        shipper.discoverer.scan = hung_scan  # type: ignore[method-assign]
+        run = asyncio.create_task(shipper.run())
+        await until(lambda: "discovery pass still running" in caplog.text, timeout=WAIT_SECONDS)
+        health.append(shipper.metrics.health())
+        release.set()
+        await until(lambda: "discovery pass ended" in caplog.text)
+        health.append(shipper.metrics.health())
+        shipper.request_stop()
+        assert await run == 0
+
+    asyncio.run(asyncio.wait_for(go(), 60))
+    assert health[0][0] == 503 and "a discovery pass has been running" in health[0][1]
+    assert health[1] == (200, "ok\n")
+    assert caplog.text.count("discovery pass still running after 0.1 s") == 1
+    assert "look for a slow or hung file system" in caplog.text
+
+
+def test_a_stop_does_not_wait_for_a_hung_pass(tmp_path: Path, receiver: Receiver) -> None:
+    """SIGTERM during a pass hung on a dead file system stops the shipper, its checkpoints
+    saved, without waiting for the pass: on the loop, the pass held the stop (and every ack)
+    until it ended, and a shipper killed meanwhile sent its lines again at the next start."""
+    log = tmp_path / "logs" / "app" / "app.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("one\n")
+    glob = str(tmp_path / "logs" / "*" / "app.log")
+    args = ("--path", glob, "--poll-interval", "0.05", "--discover-interval", "0.1")
+    cfg = load_config(shipper_args(tmp_path, receiver, *args))
+    hung, release = threading.Event(), threading.Event()
+    released: list[bool] = []
+
+    async def go() -> None:
+        shipper = Shipper(cfg)
+        real_scan = shipper.discoverer.scan
+
+        def hung_scan() -> Scan:
+            scan = real_scan()
+            if receiver.lines() == ["one"] and not hung.is_set():
+                hung.set()
+                released.append(release.wait(WAIT_SECONDS))  # True: released after the stop
+            return scan
+
+        shipper.discoverer.scan = hung_scan  # type: ignore[method-assign]
+        run = asyncio.create_task(shipper.run())
+        await until(hung.is_set)
+        shipper.request_stop()
+        assert await run == 0
+        release.set()
+        shipper._discovery.shutdown(wait=True)
+
+    asyncio.run(asyncio.wait_for(go(), 60))
+    assert released == [True]
+    saved = Registry(tmp_path / "state")
+    try:
+        (state,) = saved.items()
+        assert state[1].offset == len("one\n")
+    finally:
+        saved.close()
 
 
 def _wait(check: Callable[[], bool], timeout: float) -> bool:
