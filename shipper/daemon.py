@@ -59,8 +59,7 @@ with deferred_interrupts("logq-shipper"):
     import signal
     import ssl
     import time
-    from collections.abc import Callable
-    from concurrent.futures import ThreadPoolExecutor
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
     from typing import TypeVar
 
@@ -68,6 +67,7 @@ with deferred_interrupts("logq-shipper"):
     from shipper.checkpoint import Registry
     from shipper.config import TLS_KEY_PASSWORD_ENV, Config, load_config, weak_key_warning
     from shipper.discover import Discoverer, Scan, SourceSpec, check_roots, node_names
+    from shipper.discovery_thread import DiscoveryThread
     from shipper.errors import ConfigError, ShipperError, StartError, listen_error
     from shipper.exclude import Excluder, Exclusion
     from shipper.followed import prune_followed
@@ -174,9 +174,11 @@ class Shipper:
             node_names(cfg.hostname),
             Excluder(cfg.excludes),
         )
-        self._discovery = ThreadPoolExecutor(1, thread_name_prefix="logq-discovery")
+        self._discovery = DiscoveryThread()
         """The one thread where discovery passes run (see :meth:`_discover`): the
-        :attr:`discoverer` and its caches are only ever used from there, one pass at a time."""
+        :attr:`discoverer` and its caches are only ever used from there, one pass at a time.
+        A daemon thread: a pass hung on a dead file system does not keep the process alive
+        after a stop."""
         self._excluded: dict[str, tuple[SourceSpec, Exclusion]] = {}
         """The sources excluded at the last pass, each logged once when first seen; also those
         whose file is missing for less than GONE_GRACE_SECONDS (a rotation between rename and
@@ -356,7 +358,7 @@ class Shipper:
         """``work()`` run on the discovery thread; said (WARNING, ``/healthz`` 503) while it
         runs longer than :data:`SLOW_PASS_SECONDS`."""
         started = time.monotonic()
-        future = asyncio.get_running_loop().run_in_executor(self._discovery, work)
+        future = asyncio.wrap_future(self._discovery.submit(work))
         done, _ = await asyncio.wait({future}, timeout=SLOW_PASS_SECONDS)
         if done:
             return future.result()
@@ -739,7 +741,7 @@ class Shipper:
                     "duplicates)"
                 )
             gz_pool.shutdown()
-            self._discovery.shutdown(wait=False, cancel_futures=True)
+            self._discovery.shutdown()
             await self.client.close()
             self.registry.close()
             if self.file_watcher is not None:
@@ -808,9 +810,10 @@ class Shipper:
         covered = False
         if watcher is not None:
             watcher.start(asyncio.get_running_loop())
-            covered = await self._watch(watcher)
         stop = asyncio.ensure_future(self._stop.wait())
         try:
+            if watcher is not None:
+                covered = bool(await _unless_stopped(self._watch(watcher), stop))
             # A container that appeared between the start's scan and the watches being set up
             # sent its events to no one: look once more soon, now that they are in place (else
             # it waited for the safety-net rescan, --discover-interval or longer).
@@ -826,19 +829,18 @@ class Shipper:
                     await asyncio.sleep(SETTLE_SECONDS)  # let a burst of events finish
                 if self._stop.is_set():
                     break
-                passing = asyncio.ensure_future(self._discover())
-                await asyncio.wait({passing, stop}, return_when=asyncio.FIRST_COMPLETED)
-                if not passing.done():
-                    # Asked to stop during the pass: a pass hung on a dead file system does
-                    # not hold up the stop (its final checkpoint save above all).
-                    passing.cancel()
-                    break
-                scan = passing.result()
-                if self._stop.is_set():
+                # Asked to stop during the pass (or the listing of the folders to watch, on
+                # the same thread): one hung on a dead file system does not hold up the stop
+                # (its final checkpoint save above all).
+                scan = await _unless_stopped(self._discover(), stop)
+                if scan is None or self._stop.is_set():
                     break  # asked to stop during the pass: start nothing new
                 self._sync_sources(scan)
                 if watcher is not None and not scan.blind:
-                    covered = await self._watch(watcher)
+                    listed = await _unless_stopped(self._watch(watcher), stop)
+                    if listed is None:
+                        break
+                    covered = listed
         finally:
             stop.cancel()
             if watcher is not None:
@@ -988,6 +990,17 @@ def _tls(cfg: Config) -> ReloadingTls | None:
     return ReloadingTls(
         (cfg.tls_ca, cfg.tls_cert, cfg.tls_key), lambda: _tls_context(cfg), (ConfigError,), log
     )
+
+
+async def _unless_stopped(work: Awaitable[_T], stop: asyncio.Future[bool]) -> _T | None:
+    """``await work``, unless ``stop`` comes first: None then, and ``work`` is cancelled (its
+    thread's call, if one runs, is left to end on its own)."""
+    task = asyncio.ensure_future(work)
+    await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    if not task.done():
+        task.cancel()
+        return None
+    return task.result()
 
 
 def _tls_context(cfg: Config) -> ssl.SSLContext:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -161,3 +164,97 @@ def _wait(check: Callable[[], bool], timeout: float) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def test_a_stop_does_not_wait_for_a_hung_listing_of_the_folders_to_watch(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """After each pass the folders inotify watches are listed on the discovery thread too: a
+    stop during that listing, hung on a dead file system, waited for it (unlike a stop during
+    the pass itself), and with it the final checkpoint save."""
+    log = tmp_path / "logs" / "app" / "app.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("one\n")
+    glob = str(tmp_path / "logs" / "*" / "app.log")
+    args = ("--path", glob, "--poll-interval", "0.05", "--discover-interval", "0.1")
+    cfg = load_config(shipper_args(tmp_path, receiver, *args))
+    hung, release = threading.Event(), threading.Event()
+    released: list[bool] = []
+
+    async def go() -> None:
+        shipper = Shipper(cfg)
+        real_watch_dirs = shipper._watch_dirs
+
+        def hung_watch_dirs() -> tuple[list[Path], bool]:
+            listed = real_watch_dirs()
+            if receiver.lines() == ["one"] and not hung.is_set():
+                hung.set()
+                released.append(release.wait(WAIT_SECONDS))  # True: released after the stop
+            return listed
+
+        shipper._watch_dirs = hung_watch_dirs  # type: ignore[method-assign]
+        run = asyncio.create_task(shipper.run())
+        await until(hung.is_set)
+        shipper.request_stop()
+        assert await run == 0
+        release.set()
+        shipper._discovery.shutdown(wait=True)
+
+    asyncio.run(asyncio.wait_for(go(), 60))
+    assert released == [True]
+
+
+#: A shipper whose second discovery pass hangs (for HUNG_SECONDS), stopped during it.
+_HUNG_PASS_SCRIPT = """
+import asyncio, sys, threading
+from shipper.config import load_config
+from shipper.daemon import Shipper
+
+async def go() -> int:
+    shipper = Shipper(load_config(sys.argv[2:]))
+    real_scan, passes, hung = shipper.discoverer.scan, [], threading.Event()
+
+    def hung_scan():
+        passes.append(1)
+        if len(passes) == 2:
+            hung.set()
+            threading.Event().wait(float(sys.argv[1]))
+        return real_scan()
+
+    shipper.discoverer.scan = hung_scan
+    run = asyncio.create_task(shipper.run())
+    while not hung.is_set():
+        await asyncio.sleep(0.02)
+    shipper.request_stop()
+    return await run
+
+sys.exit(asyncio.run(go()))
+"""
+#: How long the script's pass hangs: far longer than the test waits for the process to end.
+HUNG_SECONDS = 120.0
+
+
+def test_the_process_ends_after_a_stop_during_a_hung_pass(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """The discovery thread is a daemon thread: a ThreadPoolExecutor's is joined at the
+    interpreter's exit, so the process of a shipper stopped during a pass hung on a dead file
+    system did not end (its pod not either) until the pass did, or SIGKILL came."""
+    log = tmp_path / "logs" / "app" / "app.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("one\n")
+    glob = str(tmp_path / "logs" / "*" / "app.log")
+    args = ("--path", glob, "--poll-interval", "0.05", "--discover-interval", "0.1")
+    argv = [str(HUNG_SECONDS), *shipper_args(tmp_path, receiver, *args)]
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": root}
+    ended = subprocess.run(
+        [sys.executable, "-c", _HUNG_PASS_SCRIPT, *argv],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=WAIT_SECONDS * 6,  # (the process of the old code lived HUNG_SECONDS)
+        check=False,
+    )
+    assert ended.returncode == 0, ended.stderr
