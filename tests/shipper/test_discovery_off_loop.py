@@ -33,13 +33,8 @@ def test_a_slow_discovery_pass_does_not_hold_up_shipping(
     """A pass that takes long (a slow or hung file system under a root, thousands of
     ``config.v2.json`` parsed at a deploy) ran on the event loop: no line was read, sent or
     acknowledged until it ended. Now a line written during such a pass arrives during it."""
-    log = tmp_path / "logs" / "app" / "app.log"
-    log.parent.mkdir(parents=True)
-    log.write_text("one\n")
-    # A wildcard in a folder part: inotify cannot cover it, so passes run every 100 ms.
-    glob = str(tmp_path / "logs" / "*" / "app.log")
-    args = ("--path", glob, "--poll-interval", "0.05", "--discover-interval", "0.1")
-    cfg = load_config(shipper_args(tmp_path, receiver, *args))
+    log = _one_line_log(tmp_path)
+    cfg = load_config(_glob_args(tmp_path, receiver))
     arrived: list[bool] = []
 
     async def go() -> None:
@@ -78,12 +73,8 @@ def test_a_hung_pass_is_said_and_turns_healthz_503_while_it_lasts(
     which is said instead: a WARNING and ``/healthz`` 503 while it lasts, until it ends."""
     caplog.set_level(logging.INFO, logger="logq.shipper")
     monkeypatch.setattr(daemon_mod, "SLOW_PASS_SECONDS", 0.1)
-    log = tmp_path / "logs" / "app" / "app.log"
-    log.parent.mkdir(parents=True)
-    log.write_text("one\n")
-    glob = str(tmp_path / "logs" / "*" / "app.log")
-    args = ("--path", glob, "--poll-interval", "0.05", "--discover-interval", "0.1")
-    cfg = load_config(shipper_args(tmp_path, receiver, *args))
+    _one_line_log(tmp_path)
+    cfg = load_config(_glob_args(tmp_path, receiver))
     release = threading.Event()
     health: list[tuple[int, str]] = []
 
@@ -114,31 +105,41 @@ def test_a_hung_pass_is_said_and_turns_healthz_503_while_it_lasts(
     assert "look for a slow or hung file system" in caplog.text
 
 
-def test_a_stop_does_not_wait_for_a_hung_pass(tmp_path: Path, receiver: Receiver) -> None:
+#: The calls on the discovery thread, by what they do: (where it is, its name).
+_THREAD_CALLS = {
+    "pass": ("discoverer", "scan"),
+    "listing of the folders to watch": ("", "_watch_dirs"),
+}
+
+
+@pytest.mark.parametrize("hung_call", sorted(_THREAD_CALLS))
+def test_a_stop_does_not_wait_for_a_hung_call_on_the_discovery_thread(
+    tmp_path: Path, receiver: Receiver, hung_call: str
+) -> None:
     """SIGTERM during a pass hung on a dead file system stops the shipper, its checkpoints
     saved, without waiting for the pass: on the loop, the pass held the stop (and every ack)
-    until it ended, and a shipper killed meanwhile sent its lines again at the next start."""
-    log = tmp_path / "logs" / "app" / "app.log"
-    log.parent.mkdir(parents=True)
-    log.write_text("one\n")
-    glob = str(tmp_path / "logs" / "*" / "app.log")
-    args = ("--path", glob, "--poll-interval", "0.05", "--discover-interval", "0.1")
-    cfg = load_config(shipper_args(tmp_path, receiver, *args))
+    until it ended, and a shipper killed meanwhile sent its lines again at the next start.
+    So does one during the listing of the folders inotify watches, done on the discovery
+    thread after each pass (a stop waited for that one)."""
+    _one_line_log(tmp_path)
+    cfg = load_config(_glob_args(tmp_path, receiver))
     hung, release = threading.Event(), threading.Event()
     released: list[bool] = []
 
     async def go() -> None:
         shipper = Shipper(cfg)
-        real_scan = shipper.discoverer.scan
+        where, name = _THREAD_CALLS[hung_call]
+        owner = getattr(shipper, where) if where else shipper
+        real_call = getattr(owner, name)
 
-        def hung_scan() -> Scan:
-            scan = real_scan()
+        def hung_one() -> object:
+            answer = real_call()
             if receiver.lines() == ["one"] and not hung.is_set():
                 hung.set()
                 released.append(release.wait(WAIT_SECONDS))  # True: released after the stop
-            return scan
+            return answer
 
-        shipper.discoverer.scan = hung_scan  # type: ignore[method-assign]
+        setattr(owner, name, hung_one)
         run = asyncio.create_task(shipper.run())
         await until(hung.is_set)
         shipper.request_stop()
@@ -154,54 +155,6 @@ def test_a_stop_does_not_wait_for_a_hung_pass(tmp_path: Path, receiver: Receiver
         assert state[1].offset == len("one\n")
     finally:
         saved.close()
-
-
-def _wait(check: Callable[[], bool], timeout: float) -> bool:
-    """Block this thread until ``check()`` holds; False after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def test_a_stop_does_not_wait_for_a_hung_listing_of_the_folders_to_watch(
-    tmp_path: Path, receiver: Receiver
-) -> None:
-    """After each pass the folders inotify watches are listed on the discovery thread too: a
-    stop during that listing, hung on a dead file system, waited for it (unlike a stop during
-    the pass itself), and with it the final checkpoint save."""
-    log = tmp_path / "logs" / "app" / "app.log"
-    log.parent.mkdir(parents=True)
-    log.write_text("one\n")
-    glob = str(tmp_path / "logs" / "*" / "app.log")
-    args = ("--path", glob, "--poll-interval", "0.05", "--discover-interval", "0.1")
-    cfg = load_config(shipper_args(tmp_path, receiver, *args))
-    hung, release = threading.Event(), threading.Event()
-    released: list[bool] = []
-
-    async def go() -> None:
-        shipper = Shipper(cfg)
-        real_watch_dirs = shipper._watch_dirs
-
-        def hung_watch_dirs() -> tuple[list[Path], bool]:
-            listed = real_watch_dirs()
-            if receiver.lines() == ["one"] and not hung.is_set():
-                hung.set()
-                released.append(release.wait(WAIT_SECONDS))  # True: released after the stop
-            return listed
-
-        shipper._watch_dirs = hung_watch_dirs  # type: ignore[method-assign]
-        run = asyncio.create_task(shipper.run())
-        await until(hung.is_set)
-        shipper.request_stop()
-        assert await run == 0
-        release.set()
-        shipper._discovery.shutdown(wait=True)
-
-    asyncio.run(asyncio.wait_for(go(), 60))
-    assert released == [True]
 
 
 #: A shipper whose second discovery pass hangs (for HUNG_SECONDS), stopped during it.
@@ -240,12 +193,8 @@ def test_the_process_ends_after_a_stop_during_a_hung_pass(
     """The discovery thread is a daemon thread: a ThreadPoolExecutor's is joined at the
     interpreter's exit, so the process of a shipper stopped during a pass hung on a dead file
     system did not end (its pod not either) until the pass did, or SIGKILL came."""
-    log = tmp_path / "logs" / "app" / "app.log"
-    log.parent.mkdir(parents=True)
-    log.write_text("one\n")
-    glob = str(tmp_path / "logs" / "*" / "app.log")
-    args = ("--path", glob, "--poll-interval", "0.05", "--discover-interval", "0.1")
-    argv = [str(HUNG_SECONDS), *shipper_args(tmp_path, receiver, *args)]
+    _one_line_log(tmp_path)
+    argv = [str(HUNG_SECONDS), *_glob_args(tmp_path, receiver)]
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": root}
     ended = subprocess.run(
@@ -258,3 +207,29 @@ def test_the_process_ends_after_a_stop_during_a_hung_pass(
         check=False,
     )
     assert ended.returncode == 0, ended.stderr
+
+
+def _one_line_log(tmp_path: Path) -> Path:
+    """``logs/app/app.log`` holding the line ``one``."""
+    log = tmp_path / "logs" / "app" / "app.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("one\n")
+    return log
+
+
+def _glob_args(tmp_path: Path, receiver: Receiver) -> list[str]:
+    """A shipper of ``logs/*/app.log``: a wildcard in a folder part, which inotify cannot
+    cover, so passes run every 100 ms."""
+    glob = str(tmp_path / "logs" / "*" / "app.log")
+    args = ("--path", glob, "--poll-interval", "0.05", "--discover-interval", "0.1")
+    return shipper_args(tmp_path, receiver, *args)
+
+
+def _wait(check: Callable[[], bool], timeout: float) -> bool:
+    """Block this thread until ``check()`` holds; False after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
