@@ -176,7 +176,8 @@ class OffsetState:
         """Sources moved to the end of the map since ``_moved_since`` (:data:`ORDER_SLACK_S`)."""
         self._moved_since = -ORDER_SLACK_S
         self._lock = threading.RLock()
-        """Serialises changes to the map with saves (two flush threads may share the base)."""
+        """Serialises changes to the map with saves, and a fork's reads of its base (a fork
+        shares its base's: two flush threads may share the base)."""
         self._journal_bytes = 0
         self._snapshot_bytes = 0
 
@@ -287,7 +288,9 @@ class OffsetState:
         # One hashing pass gives both each row's source and the sources (their marks are
         # looked up once each): unique() then index_in() hashed every row twice.
         encoded = pc.dictionary_encode(source_id)
-        stored = pa.array([self.get(s) for s in encoded.dictionary.to_pylist()], pa.int64())
+        sources = encoded.dictionary.to_pylist()
+        with self._lock:  # _raise pops a mark and puts it back: never read between the two
+            stored = pa.array([self.get(s) for s in sources], pa.int64())
         row_source = encoded.indices
         row_stored = pc.take(stored, row_source)
         above = pc.fill_null(pc.greater(offset, row_stored), True)
@@ -310,6 +313,9 @@ class OffsetState:
             self.path, self.retention_s, self.journal_min_bytes, self.max_sources, self.evict_to
         )
         overlay._base = self
+        # One lock for both: the overlay reads the base's map (get), where _raise pops a mark
+        # and puts it back at the end, so a read between the two would find no mark.
+        overlay._lock = self._lock
         return overlay
 
     def adopt(self, other: OffsetState) -> None:

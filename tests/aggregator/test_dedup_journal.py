@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -213,6 +214,27 @@ def test_a_fork_holds_only_its_changes_and_adopting_two_keeps_both(tmp_path: Pat
         "x": 7,
     }
     assert len(again) == 1001
+
+
+def test_a_fork_reads_its_base_only_while_no_adopt_moves_a_mark(tmp_path: Path) -> None:
+    """adopt() pops a mark and puts it back at the end (last-seen order) under the base's lock:
+    a fork's keep_mask read between the two would take a resent line's source as unknown and
+    keep the line twice. So the fork reads under that lock: held here as adopt() holds it."""
+    state = OffsetState(tmp_path / "offsets.json")
+    _advance(state, {"a": 5})
+    fork = state.fork()
+    masks: list[list[bool]] = []
+
+    def read() -> None:
+        masks.append(fork.keep_mask(pa.array(["a"]), pa.array([5], pa.int64())).to_pylist())
+
+    with state._lock:
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(0.3)
+        assert reader.is_alive() and masks == []  # waits for the base's lock
+    reader.join(5)
+    assert masks == [[False]]  # offset 5 is stored already: a resend, dropped
 
 
 def test_a_fork_is_not_saved_and_adopts_only_its_own(tmp_path: Path) -> None:
