@@ -114,6 +114,9 @@ class _Partial:
     parts: list[str]
     size: int = 0
     dropped: int = 0
+    invalid_utf8: bool = False
+    """Whether the line is counted as invalid UTF-8 already (a Docker part held some): its
+    other parts' invalid UTF-8 is not counted again (:meth:`LineParser._part`)."""
     cr: bool = False
     """Whether the text so far (kept or dropped) ends in ``\r``: the CRLF end of a complete
     line is no part of it, also when the limit cut it off with the text before it."""
@@ -248,13 +251,28 @@ class LineParser:
         out.add(offset, t, t_ns, stream, log)
 
     def _part(
-        self, out: Lines, start: int, end: int, t: str, stream: str, text: str, last: bool
+        self,
+        out: Lines,
+        start: int,
+        end: int,
+        t: str,
+        stream: str,
+        text: str,
+        last: bool,
+        counted: bool = False,
     ) -> None:
         """One part of a possibly split line: joined with its predecessors, emitted when last.
 
         ``text`` holds no ``\n``; the ``\r`` of a CRLF line end is stripped here, after
-        joining, since the writer's split may fall between the ``\r`` and the ``\n``."""
+        joining, since the writer's split may fall between the ``\r`` and the ``\n``.
+        ``counted``: the part's invalid UTF-8 was counted in ``out`` as a line's (a Docker
+        entry is decoded alone); the count is taken back when an earlier part of the line was
+        counted already: one count per line, as a line of one part has."""
         p = self._partials.get(stream)
+        if p is not None and counted:
+            if p.invalid_utf8:
+                out.invalid_utf8 -= 1
+            p.invalid_utf8 = True
         if p is None:
             t_ns = self.times.to_ns(t)
             if t_ns is None:
@@ -264,7 +282,7 @@ class LineParser:
                     text = text[:-1]
                 self._emit(out, end, t, t_ns, stream, text)
                 return
-            p = self._partials[stream] = _Partial(start, t, t_ns, [])
+            p = self._partials[stream] = _Partial(start, t, t_ns, [], invalid_utf8=counted)
         p.starts.setdefault(self.origin, start)
         p.read_at = self.reading_at
         if text:  # Docker's last part of a line split between its \r and \n is empty
@@ -423,10 +441,12 @@ class DockerParser(LineParser):
                             _chomp(log),
                         )
                         continue
+                bad = i in counted
                 if log[-1:] == "\n":
-                    self._part(out, start, pos, t, stream, log[:-1], True)
+                    self._part(out, start, pos, t, stream, log[:-1], True, bad)
                 else:
-                    self._part(out, start, pos, t, stream, log, stream not in JOINED_STREAMS)
+                    last = stream not in JOINED_STREAMS
+                    self._part(out, start, pos, t, stream, log, last, bad)
             except (TypeError, KeyError, AttributeError):
                 self._lenient(out, start, pos, doc, raw, i in counted)
         return out
@@ -497,7 +517,8 @@ class DockerParser(LineParser):
             if isinstance(log, str) and isinstance(stream, str):
                 ends = log.endswith("\n")
                 last = ends or stream not in JOINED_STREAMS
-                self._part(out, start, end, doc["time"], stream, log[:-1] if ends else log, last)
+                text = log[:-1] if ends else log
+                self._part(out, start, end, doc["time"], stream, text, last, counted)
                 return
         self._raw(out, end, raw, counted)
 

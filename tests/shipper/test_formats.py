@@ -195,6 +195,37 @@ def test_docker_lone_surrogates_are_counted_as_invalid_utf8() -> None:
     assert (alone.invalid_utf8, alone.logs) == (1, ["bad \ufffd s"])
 
 
+def test_docker_split_line_with_invalid_utf8_in_each_part_is_counted_once() -> None:
+    """A line split in parts that each hold invalid UTF-8 (a lone-surrogate escape, a bad
+    byte) is one bad line, counted once as the same line in one part is (and as CRI's are):
+    each part was counted, also when its parts came in separate reads, with the other
+    stream's lines between them or flushed unfinished."""
+
+    def entry(log: bytes, second: int, stream: bytes = b"stdout") -> bytes:
+        return b'{"log":"%s","stream":"%s","time":"2026-11-28T12:00:0%dZ"}\n' % (
+            log,
+            stream,
+            second,
+        )
+
+    whole = feed(DockerParser(), entry(b"a\\udc80 b\xff c\\uDFFF\\n", 0))
+    assert (whole.logs, whole.invalid_utf8) == (["a\ufffd b\ufffd c\ufffd"], 1)
+    parts = entry(b"a\\udc80 ", 0) + entry(b"b\xff", 1) + entry(b" c\\uDFFF\\n", 2)
+    out = feed(DockerParser(), parts)
+    assert (out.logs, out.invalid_utf8) == (whole.logs, 1)
+    p = DockerParser()
+    first = feed(p, entry(b"a\\udc80 ", 0) + entry(b"err\xff\\n", 1, b"stderr"))
+    assert (first.logs, first.invalid_utf8) == (["err\ufffd"], 2)  # the split line's, stderr's
+    rest = feed(p, entry(b"b\xff", 2) + entry(b" c\\uDFFF\\n", 3))
+    assert (rest.logs, rest.invalid_utf8) == (whole.logs, 0)
+    p = DockerParser()
+    assert feed(p, entry(b"a\\udc80 ", 0) + entry(b"b\xff", 1)).invalid_utf8 == 1
+    flushed = p.flush(None, 999, every=True)
+    assert (flushed.logs, flushed.invalid_utf8) == (["a\ufffd b\ufffd"], 0)
+    later = feed(p, entry(b"c\\udc80", 2))  # a new line: counted as such
+    assert later.invalid_utf8 == 1
+
+
 def test_truncation_marker_and_counter() -> None:
     p = DockerParser(max_line_bytes=1024)
     out = feed(p, docker_line("x" * 5000))
