@@ -400,14 +400,22 @@ class FuzzStats:
 
 
 def classify(frame: bytes) -> bool:
-    """True when ``frame`` is exactly whole msgpack objects, as the server's unpacker sees it."""
-    unpacker = wire.new_unpacker(MAX_FRAME_BYTES)
-    try:
-        unpacker.feed(frame)
-        count = sum(1 for _ in wire.iter_messages(unpacker))
-    except (msgpack.BufferFull, wire.ProtocolError, TypeError):  # TypeError: an array map key
-        return False
-    return count > 0 and unpacker.tell() == len(frame)
+    """True when ``frame`` is exactly whole msgpack objects, as the server's unpacker sees it.
+
+    A map keyed by a map (or an array holding one) is no Python dict key (UnhashableKey): the
+    server reads such a message again with those keys as text and stores it, in every mode
+    (``ForwardServer._read_keyed``), and so is the frame read again here."""
+    for keyed in (False, True):
+        unpacker = wire.new_unpacker(MAX_FRAME_BYTES, keyed=keyed)
+        try:
+            unpacker.feed(frame)
+            count = sum(1 for _ in wire.iter_messages(unpacker))
+        except wire.UnhashableKey:
+            continue  # (not raised by a keyed unpacker: refused if it were)
+        except (msgpack.BufferFull, wire.ProtocolError):
+            return False
+        return count > 0 and unpacker.tell() == len(frame)
+    return False
 
 
 def fuzz_worker(port: int, frames: list[bytes], stats: FuzzStats, worker: int) -> None:
