@@ -87,9 +87,11 @@ from aggregator.state_files import (
     LOCK_NAME,
     NODE_ID_NAME,
     SEGMENT_RE,
+    SEGMENT_SUFFIX,
     NotRegularStateFile,
     check_lock_file,
     check_state_files,
+    segment_name,
 )
 from shipper.errors import unusable_dir_message
 
@@ -325,7 +327,7 @@ class Buffer:
         self._sealed_bytes = sum(s.size for s in self._sealed)
         # End markers left by a crash right after their segment went:
         for marker in self.dir.glob(f"*{ACKED_SUFFIX}"):
-            if not marker.with_suffix(".seg").exists():
+            if not marker.with_suffix(SEGMENT_SUFFIX).exists():
                 marker.unlink()
         # Never reuse a sequence number, even when every segment was flushed and deleted: object
         # keys are derived from it, and a reused one would overwrite data already committed.
@@ -390,7 +392,7 @@ class Buffer:
     def _open_active(self, seq: int) -> None:
         """Open segment ``seq`` for appending; on an error (a full volume) none is open and
         nothing changed but maybe an empty file, which the next try or start reuses or drops."""
-        path = self.dir / f"{seq:016d}.seg"
+        path = self.dir / segment_name(seq)
         self._save_last_seq(seq)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
@@ -901,7 +903,7 @@ class Buffer:
 
     def quarantined(self) -> int:
         """Segments waiting in :attr:`quarantine_dir`."""
-        return len(list(self.quarantine_dir.glob("*.seg")))
+        return len(list(self.quarantine_dir.glob(f"*{SEGMENT_SUFFIX}")))
 
     def quarantine(self, segment: Segment, before_move: Callable[[], None] | None = None) -> Path:
         """Move a segment that cannot be flushed (a data error, not an outage) out of the way,

@@ -96,6 +96,12 @@ from aggregator.frames import HEADER, Scan, encode_frame, scan_frames
 
 log = logging.getLogger("logq.aggregator.dedup")
 
+#: The snapshot's name in the buffer dir (service.py loads it there; state_files.py checks it).
+OFFSETS_NAME = "offsets.json"
+#: What :func:`journal_path` puts after the snapshot's stem.
+_JOURNAL_SUFFIX = ".journal"
+#: The journal's name beside :data:`OFFSETS_NAME` (:func:`journal_path` of it).
+OFFSETS_JOURNAL_NAME = f"{Path(OFFSETS_NAME).stem}{_JOURNAL_SUFFIX}"
 DEFAULT_RETENTION_S = 14 * 24 * 3600
 #: The journal is folded into a new snapshot once it is larger than the snapshot and than this.
 JOURNAL_MIN_BYTES = 8 << 20
@@ -137,7 +143,7 @@ def _merge(current: _Mark | None, offset: int, seen: float) -> _Mark:
 
 def journal_path(snapshot: Path) -> Path:
     """``<dir>/offsets.json`` -> ``<dir>/offsets.journal``."""
-    return snapshot.with_name(f"{snapshot.stem}.journal")
+    return snapshot.with_name(f"{snapshot.stem}{_JOURNAL_SUFFIX}")
 
 
 class OffsetState:

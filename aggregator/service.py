@@ -47,7 +47,7 @@ from aggregator.buffer import SPILL_DIR, Segment, unusable_dir_error
 from aggregator.catalog import Catalog
 from aggregator.compact_loop import PeriodicCompaction
 from aggregator.config import Settings, listening_text, split_host_port, user_map
-from aggregator.dedup import OffsetState
+from aggregator.dedup import OFFSETS_NAME, OffsetState
 from aggregator.diskguard import GuardedBuffer
 from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, compile_format
 from aggregator.flusher import Flusher, FlushResult
@@ -57,6 +57,7 @@ from aggregator.open_files import fd_limit_hint
 from aggregator.parse_warnings import ParseFailureWarnings
 from aggregator.server import ForwardServer, ServerLimits, bound_addresses
 from aggregator.slow_flush import WARNING_SECONDS, slow_flush_text
+from aggregator.state_files import SEGMENT_SUFFIX
 from aggregator.stop_budget import StopWatchdog, WorkerCalls, connections_grace
 from aggregator.throttle import Throttle
 from aggregator.tls_files import TlsFiles
@@ -241,11 +242,11 @@ class Aggregator:
             raise OSError(
                 exc.errno,
                 f"--buffer-dir {self.settings.buffer_dir} is full ({exc.strerror}): not even its "
-                "small state files can be written. Its .seg files hold acknowledged data, do not "
-                "delete them: give the volume more room (or move the directory to a bigger one) "
-                "and start again; the segments are then written to the warehouse",
+                f"small state files can be written. Its {SEGMENT_SUFFIX} files hold acknowledged "
+                "data, do not delete them: give the volume more room (or move the directory to a "
+                "bigger one) and start again; the segments are then written to the warehouse",
             ) from exc
-        offsets = OffsetState(Path(self.settings.buffer_dir) / "offsets.json").load()
+        offsets = OffsetState(Path(self.settings.buffer_dir) / OFFSETS_NAME).load()
         self.metrics.sources.set_function(lambda: len(offsets))
         self.metrics.sources_evicted = lambda: offsets.evicted
         compacts = self.settings.compact_interval > 0
@@ -657,7 +658,7 @@ class Aggregator:
             try:
                 await asyncio.to_thread(self.flusher.offsets.close)
             except OSError as exc:  # the journal still holds every mark: nothing is lost
-                log.warning("could not fold the offsets journal into offsets.json: %s", exc)
+                log.warning("could not fold the offsets journal into %s: %s", OFFSETS_NAME, exc)
         if self._catalog_task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from aggregator.chunks import JOURNAL_NAME
+from aggregator.dedup import OFFSETS_JOURNAL_NAME, OFFSETS_NAME
 from shipper.regular import kind
 
 # The names of buffer.py's layout are here rather than there, as :data:`LOCK_NAME` is:
@@ -32,20 +33,22 @@ from shipper.regular import kind
 NODE_ID_NAME = "node-id"
 #: The highest segment number the buffer dir ever opened (buffer.py's layout).
 LAST_SEQ_NAME = "last-seq"
+#: The suffix of a segment's name (:func:`segment_name`).
+SEGMENT_SUFFIX = ".seg"
 #: A segment's name, ``<seq>.seg`` with its number in 16 digits (group 1); for ``fullmatch``.
-SEGMENT_RE = re.compile(r"(\d{16})\.seg")
+SEGMENT_RE = re.compile(r"(\d{16})" + re.escape(SEGMENT_SUFFIX))
 #: The suffix of a segment's end marker, ``<seq>.acked`` (buffer.py, "A failed fsync").
 ACKED_SUFFIX = ".acked"
 #: What to do about dedup.py's snapshot or journal when it is no regular file.
 _OFFSETS_HINT = "put this buffer's file back, or remove it (resent lines may then be stored twice)"
 #: What to do when a state file of the buffer dir, by name, is no regular file. The names are
-#: those of buffer.py's layout (its module docstring); ``offsets.*`` are dedup.py's.
+#: those of buffer.py's layout (its module docstring); ``OFFSETS_*`` are dedup.py's.
 _HINTS = {
     NODE_ID_NAME: "put this buffer's node-id file back, or remove it to get a new node id",
     LAST_SEQ_NAME: "replace it with a file holding a number above the highest segment number in "
     "the object keys of the warehouse (<node-id>-<seq>-<n>): segment numbers are never reused",
-    "offsets.json": _OFFSETS_HINT,
-    "offsets.journal": _OFFSETS_HINT,
+    OFFSETS_NAME: _OFFSETS_HINT,
+    OFFSETS_JOURNAL_NAME: _OFFSETS_HINT,
     JOURNAL_NAME: "remove it (resends of the chunks flushed in the last minutes may then be "
     "stored again)",
 }
@@ -62,6 +65,11 @@ _NOTE_HINT = (
     "remove it (that segment's flush then finds what earlier attempts wrote by listing the "
     "warehouse)"
 )
+
+
+def segment_name(seq: int) -> str:
+    """The name of segment number ``seq`` in the buffer dir (what :data:`SEGMENT_RE` matches)."""
+    return f"{seq:016d}{SEGMENT_SUFFIX}"
 
 
 class NotRegularStateFile(OSError):

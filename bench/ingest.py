@@ -63,6 +63,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from aggregator.dedup import OFFSETS_NAME
 from aggregator.flag_values import BUFFER_COMPRESSIONS, DEFAULT_BUFFER_COMPRESSION
 from bench.procfs import cpu_seconds, status_kib, thread_cpu
 from shipper import wire
@@ -466,7 +467,7 @@ def stages(
         objs += list(unpacker)
     tmp = tempfile.mkdtemp(prefix="logq-stages-")
     wh = open_warehouse(tmp, create=True)
-    offsets = OffsetState(Path(tmp) / "offsets.json")
+    offsets = OffsetState(Path(tmp) / OFFSETS_NAME)
     walls: dict[str, list[float]] = {}
     cpus: dict[str, list[float]] = {}
 

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from aggregator.metrics import Metrics
 from aggregator.server import ForwardServer, ServerLimits
+from aggregator.state_files import SEGMENT_SUFFIX
 from athena.warehouse import list_entries, open_warehouse
 from shipper import wire
 from tests.support.procs import console_script, log_tail, start_group, stop_group, wait_until
@@ -265,7 +266,7 @@ REAL_WRITE = os.write
 def is_segment(fd: int) -> bool:
     """Whether ``fd`` is open on a buffer segment file (fault injection hits only those)."""
     try:
-        return os.readlink(f"/proc/self/fd/{fd}").endswith(".seg")
+        return os.readlink(f"/proc/self/fd/{fd}").endswith(SEGMENT_SUFFIX)
     except OSError:
         return False
 

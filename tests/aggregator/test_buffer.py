@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 
 from aggregator.buffer import Buffer, read_frames
-from aggregator.dedup import OffsetState
+from aggregator.dedup import OFFSETS_NAME, OffsetState
 from aggregator.frames import encode_frame
-from aggregator.state_files import NODE_ID_NAME
+from aggregator.state_files import NODE_ID_NAME, segment_name
 from tests.aggregator.test_stop_drain import HeldFsync
 
 
@@ -44,7 +44,7 @@ def test_append_seal_reopen_replays_in_order(tmp_path: Path) -> None:
 
 
 def test_torn_tail_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    seg = tmp_path / "0000000000000001.seg"
+    seg = tmp_path / segment_name(1)
     good = encode_frame(b"acked")
     seg.write_bytes(good + encode_frame(b"torn-frame")[:-3])
     assert list(read_frames(seg)) == [b"acked"]
@@ -59,7 +59,7 @@ def test_a_damaged_frame_inside_a_segment_loses_only_itself(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Disk damage in an acknowledged frame: the frames after it are still replayed."""
-    seg = tmp_path / "0000000000000001.seg"
+    seg = tmp_path / segment_name(1)
     frames = [encode_frame(f"frame-{i}".encode() * 50) for i in range(5)]
     data = bytearray(b"".join(frames))
     data[len(frames[0]) + 20] ^= 0x01  # one bit in frame 1's payload
@@ -124,14 +124,14 @@ def test_a_segment_being_sealed_still_counts_in_the_buffer(
 
 
 def test_dedup_keeps_new_offsets_and_first_occurrences(tmp_path: Path) -> None:
-    state = OffsetState(tmp_path / "offsets.json")
+    state = OffsetState(tmp_path / OFFSETS_NAME)
     sources = pa.array(["a", "a", "a", "b", None, "a", "b", "c"])
     offsets = pa.array([10, 20, 20, 5, 1, 30, None, 7], pa.int64())
     keep = state.keep_mask(sources, offsets).to_pylist()
     assert keep == [True, True, False, True, True, True, True, True]
     state.advance(sources.filter(pa.array(keep)), offsets.filter(pa.array(keep)))
     state.save()
-    again = OffsetState(tmp_path / "offsets.json").load()
+    again = OffsetState(tmp_path / OFFSETS_NAME).load()
     assert (again.get("a"), again.get("b"), again.get("c")) == (30, 5, 7)
     resend = again.keep_mask(pa.array(["a", "a", "b", None]), pa.array([20, 40, 5, 1], pa.int64()))
     assert resend.to_pylist() == [False, True, False, True]
@@ -164,7 +164,7 @@ def test_dedup_matches_the_rule_on_random_batches(tmp_path: Path) -> None:
     import random
 
     rng = random.Random(4)
-    state = OffsetState(tmp_path / "offsets.json")
+    state = OffsetState(tmp_path / OFFSETS_NAME)
     state.advance(pa.array(["a", "b"]), pa.array([50, 10], pa.int64()))
     for shuffled in (False, True, True):
         rows = [(rng.choice(["a", "b", "c", None]), off) for off in range(0, 200, 3)]

@@ -21,6 +21,7 @@ from aggregator.config import (
     Settings,
     load_settings,
 )
+from aggregator.state_files import SEGMENT_SUFFIX
 from tests.support.procs import console_script
 
 
@@ -399,7 +400,7 @@ def test_a_port_in_use_names_the_flag_and_what_to_do(
         )
         assert "(--metrics-listen): address already in use" in capsys.readouterr().err
     # The failed starts left the buffer unlocked (the second could open it) and no segment.
-    assert not list((tmp_path / "buf").glob("*.seg"))
+    assert not list((tmp_path / "buf").glob(f"*{SEGMENT_SUFFIX}"))
 
 
 def _one_line(capsys: pytest.CaptureFixture[str]) -> str:

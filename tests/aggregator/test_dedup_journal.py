@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from aggregator.dedup import OffsetState
+from aggregator.dedup import OFFSETS_JOURNAL_NAME, OFFSETS_NAME, OffsetState, journal_path
 from shipper import wire
 from tests.aggregator.helpers import (
     AggregatorProc,
@@ -28,10 +28,6 @@ from tests.aggregator.helpers import (
     wait_rows,
 )
 from tests.support.procs import wait_until
-
-
-def journal_path(snapshot: Path) -> Path:
-    return snapshot.with_name("offsets.journal")
 
 
 def _advance(state: OffsetState, marks: dict[str, int]) -> None:
@@ -47,7 +43,7 @@ def _many(n: int) -> dict[str, int]:
 
 
 def test_a_save_appends_only_the_changed_marks(tmp_path: Path) -> None:
-    path = tmp_path / "offsets.json"
+    path = tmp_path / OFFSETS_NAME
     state = OffsetState(path)
     _advance(state, _many(2000))
     state.snapshot()
@@ -69,7 +65,7 @@ def test_a_save_appends_only_the_changed_marks(tmp_path: Path) -> None:
 
 
 def test_a_torn_last_journal_record_is_cut_off_and_the_older_marks_load(tmp_path: Path) -> None:
-    path = tmp_path / "offsets.json"
+    path = tmp_path / OFFSETS_NAME
     state = OffsetState(path)
     _advance(state, {"a": 10, "b": 20})
     state.save()
@@ -93,7 +89,7 @@ def test_a_torn_last_journal_record_is_cut_off_and_the_older_marks_load(tmp_path
 
 
 def test_a_torn_record_with_a_bad_checksum_at_the_end_is_dropped(tmp_path: Path) -> None:
-    path = tmp_path / "offsets.json"
+    path = tmp_path / OFFSETS_NAME
     state = OffsetState(path)
     _advance(state, {"a": 10})
     state.save()
@@ -105,7 +101,7 @@ def test_a_torn_record_with_a_bad_checksum_at_the_end_is_dropped(tmp_path: Path)
 
 
 def test_a_damaged_record_followed_by_good_ones_is_skipped(tmp_path: Path) -> None:
-    path = tmp_path / "offsets.json"
+    path = tmp_path / OFFSETS_NAME
     state = OffsetState(path)
     for marks in ({"a": 10}, {"b": 20}, {"c": 30}):
         _advance(state, marks)
@@ -122,7 +118,7 @@ def test_a_damaged_record_followed_by_good_ones_is_skipped(tmp_path: Path) -> No
 
 def test_an_offsets_json_written_by_the_previous_version_loads(tmp_path: Path) -> None:
     """Upgrade: a buffer dir holding only the old whole-map file (float times)."""
-    path = tmp_path / "offsets.json"
+    path = tmp_path / OFFSETS_NAME
     now = time.time()
     path.write_text(json.dumps({"a": [10, now], "b": [20, now - 5.5]}))
     state = OffsetState(path).load()
@@ -141,7 +137,7 @@ def test_an_offsets_json_written_by_the_previous_version_loads(tmp_path: Path) -
 
 
 def test_the_journal_is_folded_into_a_new_snapshot_once_it_outgrows_it(tmp_path: Path) -> None:
-    path = tmp_path / "offsets.json"
+    path = tmp_path / OFFSETS_NAME
     state = OffsetState(path, journal_min_bytes=2000)
     journal = journal_path(path)
     snapshots = 0
@@ -163,7 +159,7 @@ def test_the_journal_is_folded_into_a_new_snapshot_once_it_outgrows_it(tmp_path:
 def test_a_crash_between_snapshot_and_journal_truncation_replays_idempotently(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "offsets.json"
+    path = tmp_path / OFFSETS_NAME
     state = OffsetState(path)
     _advance(state, {"a": 10, "b": 20})
     state.save()
@@ -179,7 +175,7 @@ def test_a_crash_between_snapshot_and_journal_truncation_replays_idempotently(
 def test_sources_unseen_for_the_retention_are_forgotten_at_snapshot_time(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "offsets.json"
+    path = tmp_path / OFFSETS_NAME
     old = time.time() - 3600
     path.write_text(json.dumps({"stale": [10, old], "fresh": [20, time.time()]}))
     state = OffsetState(path, retention_s=600).load()
@@ -195,7 +191,7 @@ def test_sources_unseen_for_the_retention_are_forgotten_at_snapshot_time(
 def test_a_fork_holds_only_its_changes_and_adopting_two_keeps_both(tmp_path: Path) -> None:
     """Adopting merges the overlay (highest offset wins): a fork adopted after another cannot
     lower or drop the marks the first one raised (replacing the map with the fork's did)."""
-    state = OffsetState(tmp_path / "offsets.json")
+    state = OffsetState(tmp_path / OFFSETS_NAME)
     _advance(state, _many(1000))
     first, second = state.fork(), state.fork()
     assert len(first._marks) == 0  # an overlay, not a copy
@@ -207,7 +203,7 @@ def test_a_fork_holds_only_its_changes_and_adopting_two_keeps_both(tmp_path: Pat
     state.adopt(first)
     state.adopt(second)
     state.save()
-    again = OffsetState(tmp_path / "offsets.json").load()
+    again = OffsetState(tmp_path / OFFSETS_NAME).load()
     assert _marks(again, ["host:1:fp00000001", "host:2:fp00000002", "x"]) == {
         "host:1:fp00000001": 5000,
         "host:2:fp00000002": 6000,
@@ -220,7 +216,7 @@ def test_a_fork_reads_its_base_only_while_no_adopt_moves_a_mark(tmp_path: Path) 
     """adopt() pops a mark and puts it back at the end (last-seen order) under the base's lock:
     a fork's keep_mask read between the two would take a resent line's source as unknown and
     keep the line twice. So the fork reads under that lock: held here as adopt() holds it."""
-    state = OffsetState(tmp_path / "offsets.json")
+    state = OffsetState(tmp_path / OFFSETS_NAME)
     _advance(state, {"a": 5})
     fork = state.fork()
     masks: list[list[bool]] = []
@@ -238,7 +234,7 @@ def test_a_fork_reads_its_base_only_while_no_adopt_moves_a_mark(tmp_path: Path) 
 
 
 def test_a_fork_is_not_saved_and_adopts_only_its_own(tmp_path: Path) -> None:
-    state = OffsetState(tmp_path / "offsets.json")
+    state = OffsetState(tmp_path / OFFSETS_NAME)
     other = OffsetState(tmp_path / "other.json")
     with pytest.raises(ValueError):
         state.fork().save()
@@ -247,7 +243,7 @@ def test_a_fork_is_not_saved_and_adopts_only_its_own(tmp_path: Path) -> None:
 
 
 def test_an_unreadable_snapshot_is_a_clear_error(tmp_path: Path) -> None:
-    path = tmp_path / "offsets.json"
+    path = tmp_path / OFFSETS_NAME
     path.write_text("{not json")
     with pytest.raises(OSError, match=r"offsets\.json is unreadable"):
         OffsetState(path).load()
@@ -270,8 +266,8 @@ def test_the_aggregator_journals_each_flush_and_folds_the_journal_at_a_clean_sto
             assert read_acks(sock, 1) == [chunk]
 
     agg = start_aggregator(tmp_path)
-    snapshot = agg.buffer_dir / "offsets.json"
-    journal = agg.buffer_dir / "offsets.journal"
+    snapshot = agg.buffer_dir / OFFSETS_NAME
+    journal = agg.buffer_dir / OFFSETS_JOURNAL_NAME
     try:
         send(agg, [10, 20, 30], "c1")
         wait_rows(agg.warehouse, "container_logs", 3, agg)
@@ -295,7 +291,7 @@ def test_the_aggregator_journals_each_flush_and_folds_the_journal_at_a_clean_sto
 def test_keep_mask_keeps_a_known_source_s_row_without_offset(tmp_path: Path) -> None:
     """A row of a source with a mark but a NULL offset cannot be a resent line: kept, and
     the keyed rows of that source still compared with the mark (one hash of the sources)."""
-    state = OffsetState(tmp_path / "offsets.json")
+    state = OffsetState(tmp_path / OFFSETS_NAME)
     _advance(state, {"a": 10})
     sources = pa.array(["a", "a", "a", None, "b", "a"])
     offsets = pa.array([None, 5, 11, 3, None, 11], pa.int64())
@@ -305,7 +301,7 @@ def test_keep_mask_keeps_a_known_source_s_row_without_offset(tmp_path: Path) -> 
 def test_keep_mask_of_a_dictionary_column_is_that_of_its_values(tmp_path: Path) -> None:
     """A dictionary holding a source twice (as concatenated batches' can) is one source: its
     repeated (source, offset) is dropped as in the plain column."""
-    state = OffsetState(tmp_path / "offsets.json")
+    state = OffsetState(tmp_path / OFFSETS_NAME)
     _advance(state, {"b": 3})
     indices = pa.array([0, 1, 2, 3], pa.int32())
     sources = pa.DictionaryArray.from_arrays(indices, pa.array(["a", "a", "b", "b"]))
@@ -324,7 +320,7 @@ def test_past_the_bound_the_least_recently_seen_sources_are_forgotten(
     """Defect: nothing but the 14-day retention bounded the sources: 20,000 made-up ids in 20
     messages were all kept, in memory and in offsets.json. Past the bound the least recently
     seen are forgotten, down to a tenth below it, counted and said (rate-limited)."""
-    path = tmp_path / "offsets.json"
+    path = tmp_path / OFFSETS_NAME
     now = time.time()
     path.write_text(json.dumps({f"old-{i}": [10, now - 100 + i] for i in range(6)}))
     with caplog.at_level("WARNING", logger="logq.aggregator.dedup"):
@@ -351,7 +347,7 @@ def test_past_the_bound_the_least_recently_seen_sources_are_forgotten(
 
 
 def test_made_up_sources_by_the_thousand_stay_within_the_bound(tmp_path: Path) -> None:
-    path = tmp_path / "offsets.json"
+    path = tmp_path / OFFSETS_NAME
     state = OffsetState(path, max_sources=1000, evict_to=900).load()
     for part in range(20):
         _advance(state, {f"made-up-{part}-{i}": 1 for i in range(1000)})
@@ -370,7 +366,7 @@ def test_sources_forgotten_at_load_leave_offsets_json_at_the_next_save(
     outgrew it (an idle aggregator's clean stop did not rewrite it): every start forgot them
     again, counted them again and warned again. Now the next save, or the stop, writes the
     snapshot without them."""
-    path = tmp_path / "offsets.json"
+    path = tmp_path / OFFSETS_NAME
     now = time.time()
     path.write_text(json.dumps({f"old-{i}": [10, now - 100 + i] for i in range(6)}))
     state = OffsetState(path, max_sources=5, evict_to=3).load()
@@ -397,7 +393,7 @@ def test_the_map_is_kept_and_saved_in_the_order_the_sources_were_last_seen(
     the sources were last seen, so the first ones are forgotten: an ``offsets.json`` in another
     order (an earlier version wrote first-seen order) is put in order at load, a raised mark
     moves to the end, and the snapshot is written in that order for the next start."""
-    path = tmp_path / "offsets.json"
+    path = tmp_path / OFFSETS_NAME
     now = time.time()
     hour = 3600
     path.write_text(

@@ -29,7 +29,7 @@ from aggregator.buffer import Segment
 from aggregator.config import Settings
 from aggregator.diskguard import GuardedBuffer
 from aggregator.ledger import entry_name
-from aggregator.state_files import LAST_SEQ_NAME, NODE_ID_NAME
+from aggregator.state_files import LAST_SEQ_NAME, NODE_ID_NAME, SEGMENT_SUFFIX, segment_name
 from shipper import wire
 from tests.aggregator.helpers import http_get, read_table, record
 from tests.aggregator.test_flusher import data_files, make_flusher, write_segment
@@ -87,7 +87,7 @@ def _small_slices(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_flush_whose_spill_hits_enospc_commits_every_row_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, budget: int
 ) -> None:
-    seg = Segment(9, tmp_path / "0000000000000009.seg")
+    seg = Segment(9, tmp_path / segment_name(9))
     total = write_segment(seg.path, frames=12, per_frame=50)
     wh_dir = tmp_path / "wh"
     flusher = make_flusher(tmp_path, wh_dir)
@@ -119,7 +119,7 @@ def test_a_spill_folder_that_cannot_be_created_holds_the_rows_in_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A disk so full that not even the folder fits (mkdir: ENOSPC)."""
-    seg = Segment(4, tmp_path / "0000000000000004.seg")
+    seg = Segment(4, tmp_path / segment_name(4))
     total = write_segment(seg.path, frames=6, per_frame=50)
     flusher = make_flusher(tmp_path, tmp_path / "wh")
     real_mkdir = Path.mkdir
@@ -283,7 +283,7 @@ def test_an_aggregator_restarted_on_a_full_volume_writes_out_its_segments_then_t
     buffer_dir.mkdir()
     (buffer_dir / NODE_ID_NAME).write_text("abcdef012345\n")
     (buffer_dir / LAST_SEQ_NAME).write_text("1\n")
-    left = write_segment(buffer_dir / f"{1:016d}.seg", frames=3, per_frame=20)
+    left = write_segment(buffer_dir / segment_name(1), frames=3, per_frame=20)
     volume = _Volume(MIB // 2)
     monkeypatch.setattr(diskguard_mod, "disk_space", volume)
     real_write_atomic = buffer_mod.write_atomic
@@ -308,7 +308,7 @@ def test_an_aggregator_restarted_on_a_full_volume_writes_out_its_segments_then_t
 
     async def scenario() -> None:
         running = asyncio.ensure_future(agg.run())
-        segment = buffer_dir / f"{1:016d}.seg"
+        segment = buffer_dir / segment_name(1)
         while segment.exists():  # the previous run's segment goes out although the disk is full
             assert not running.done(), running.result()
             await asyncio.sleep(0.1)
@@ -431,7 +431,7 @@ def test_an_append_during_a_seal_lands_in_a_segment_that_is_flushed(
 
     asyncio.run(scenario())
     assert [_frames(s) for s in buffer.sealed()] == [[b"before"], [b"during"]]
-    on_disk = sorted(p.name for p in (tmp_path / "buf").glob("*.seg"))
+    on_disk = sorted(p.name for p in (tmp_path / "buf").glob(f"*{SEGMENT_SUFFIX}"))
     assert on_disk == [s.path.name for s in buffer.sealed()], "no orphaned segment file"
 
 
@@ -496,7 +496,9 @@ def test_close_on_a_full_volume_seals_without_opening_another_segment(
     asyncio.run(scenario())
     [segment] = buffer.sealed()
     assert _frames(segment) == [b"acked"]
-    assert sorted(p.name for p in (tmp_path / "buf").glob("*.seg")) == [segment.path.name]
+    assert sorted(p.name for p in (tmp_path / "buf").glob(f"*{SEGMENT_SUFFIX}")) == [
+        segment.path.name
+    ]
     again = Buffer(tmp_path / "buf", 1 << 20, 1 << 30)  # the lock was released
     assert [s.seq for s in again.open("node-a")] == [segment.seq]
     again.unlock()
@@ -584,4 +586,4 @@ def test_sigterm_with_the_buffer_volume_full_flushes_and_exits_0(
 
     assert asyncio.run(asyncio.wait_for(scenario(), 240)) == 0
     assert read_table(settings.warehouse, "container_logs")["message"].to_pylist() == ["acked"]
-    assert list((tmp_path / "buf").glob("*.seg")) == []
+    assert list((tmp_path / "buf").glob(f"*{SEGMENT_SUFFIX}")) == []

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pytest
 
 from aggregator.ledger import LEDGER_DIR, NODES_DIR, Ledger, expire_ledger
-from aggregator.state_files import NODE_ID_NAME
+from aggregator.state_files import NODE_ID_NAME, SEGMENT_SUFFIX
 from athena.warehouse import open_warehouse
 from shipper import wire
 from tests.aggregator.helpers import backdate, read_acks, read_table, record, start_aggregator
@@ -85,7 +85,7 @@ def test_drain_of_a_dead_aggregator_skips_what_its_peer_committed(tmp_path: Path
     assert drain.returncode == 0, drain.stderr
     assert "drained" in drain.stderr
     assert _messages(warehouse) == _expected(range(1, 151))  # c1 once, c2 once
-    assert list(a.buffer_dir.glob("*.seg")) == []
+    assert list(a.buffer_dir.glob(f"*{SEGMENT_SUFFIX}")) == []
     node_a = (a.buffer_dir / NODE_ID_NAME).read_text().strip()
     assert not (Path(warehouse) / LEDGER_DIR / NODES_DIR / f"{node_a}.json").exists()
 

@@ -19,6 +19,7 @@ from aggregator import flusher as flusher_mod
 from aggregator import writer as writer_mod
 from aggregator.buffer import Segment
 from aggregator.ledger import Committed
+from aggregator.state_files import segment_name
 from aggregator.storage import StorageError
 from shipper import wire
 from tests.aggregator.helpers import read_acks, read_table, record, start_aggregator, wait_rows
@@ -63,7 +64,7 @@ def _rows(wh_dir: Path) -> int:
 def test_a_retry_does_not_rewrite_objects_compacted_since_the_failed_attempt(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seg = Segment(5, tmp_path / "0000000000000005.seg")
+    seg = Segment(5, tmp_path / segment_name(5))
     total = write_segment(seg.path, frames=8, per_frame=50)
     wh_dir = tmp_path / "wh"
     flusher = make_flusher(tmp_path, wh_dir)
@@ -90,7 +91,7 @@ def test_a_restart_after_a_failed_attempt_does_not_rewrite_its_objects_either(
 ) -> None:
     """The committed keys are noted with the segment's flush state when an attempt fails: a
     new process (fresh memory, a replay) keeps them too."""
-    seg = Segment(6, tmp_path / "0000000000000006.seg")
+    seg = Segment(6, tmp_path / segment_name(6))
     total = write_segment(seg.path, frames=8, per_frame=50)
     wh_dir = tmp_path / "wh"
     _fail_for(monkeypatch, "cart")
@@ -114,7 +115,7 @@ def test_a_replay_that_drops_rows_rewrites_the_objects_that_change(
 ) -> None:
     """Kept only with the same rows: when a replay drops rows a peer committed, the objects of
     that partition are written again (without them), not kept with the peer's rows."""
-    seg = Segment(8, tmp_path / "0000000000000008.seg")
+    seg = Segment(8, tmp_path / segment_name(8))
     total = write_segment(seg.path, frames=4, per_frame=30)
     wh_dir = tmp_path / "wh"
     _fail_for(monkeypatch, "search")

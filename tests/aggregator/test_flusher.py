@@ -19,12 +19,13 @@ from aggregator import spill as spill_mod
 from aggregator import writer as writer_mod
 from aggregator.buffer import Segment
 from aggregator.decode import records_batch, to_ipc
-from aggregator.dedup import OffsetState
+from aggregator.dedup import OFFSETS_NAME, OffsetState
 from aggregator.envoy import BUILTIN_FORMATS
 from aggregator.flusher import Flusher
 from aggregator.frames import encode_frame
 from aggregator.ledger import Committed, Ledger, entry_name
 from aggregator.spill import Spill
+from aggregator.state_files import segment_name
 from aggregator.storage import StorageError
 from athena.warehouse import open_warehouse
 from shipper import wire
@@ -75,7 +76,7 @@ def digest(root: Path) -> dict[str, str]:
 
 def make_flusher(tmp: Path, wh_dir: Path, ledger: bool = True) -> Flusher:
     wh = open_warehouse(str(wh_dir), create=True)
-    offsets = OffsetState(tmp / "offsets.json").load()
+    offsets = OffsetState(tmp / OFFSETS_NAME).load()
     return Flusher(
         wh,
         offsets,
@@ -94,7 +95,7 @@ def small_slices(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("small_slices")
 def test_a_segment_of_many_slices_writes_one_sorted_object_per_partition(tmp_path: Path) -> None:
-    seg = Segment(7, tmp_path / "0000000000000007.seg")
+    seg = Segment(7, tmp_path / segment_name(7))
     total = write_segment(seg.path, frames=30, per_frame=40)  # 1,200 records = 6 slices
     wh_dir = tmp_path / "wh"
     result = make_flusher(tmp_path, wh_dir).flush(seg)
@@ -119,7 +120,7 @@ def test_a_segment_of_many_slices_writes_one_sorted_object_per_partition(tmp_pat
 
 @pytest.mark.usefixtures("small_slices")
 def test_a_replayed_segment_rewrites_the_same_keys_byte_for_byte(tmp_path: Path) -> None:
-    seg = Segment(3, tmp_path / "0000000000000003.seg")
+    seg = Segment(3, tmp_path / segment_name(3))
     write_segment(seg.path, frames=12, per_frame=50)
     first, second = tmp_path / "one", tmp_path / "two"
     (first / "state").mkdir(parents=True)
@@ -135,7 +136,7 @@ def test_a_big_partition_is_cut_into_objects_of_part_rows(
 ) -> None:
     monkeypatch.setattr(spill_mod, "PART_ROWS", 150)
     monkeypatch.setattr(writer_mod, "WRITE_ROWS", 200)
-    seg = Segment(1, tmp_path / "0000000000000001.seg")
+    seg = Segment(1, tmp_path / segment_name(1))
     total = write_segment(seg.path, frames=20, per_frame=60)
     wh_dir = tmp_path / "wh"
     result = make_flusher(tmp_path, wh_dir).flush(seg)
@@ -153,7 +154,7 @@ def test_a_big_partition_is_cut_into_objects_of_part_rows(
 def test_a_failed_write_keeps_the_offsets_and_the_retry_writes_every_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seg = Segment(2, tmp_path / "0000000000000002.seg")
+    seg = Segment(2, tmp_path / segment_name(2))
     total = write_segment(seg.path, frames=10, per_frame=50)
     wh_dir = tmp_path / "wh"
     flusher = make_flusher(tmp_path, wh_dir)
@@ -191,7 +192,7 @@ def test_a_failed_write_leaves_no_deleted_spill_file_mapped(
     Python's cycle collector runs: the error's traceback must not sit in a reference cycle
     with the rows (it did through ``write_objects``'s list of failures). The collector is off
     here so that only reference counting frees them."""
-    seg = Segment(2, tmp_path / "0000000000000002.seg")
+    seg = Segment(2, tmp_path / segment_name(2))
     write_segment(seg.path, frames=10, per_frame=50)
     flusher = make_flusher(tmp_path, tmp_path / "wh")
 
@@ -324,7 +325,7 @@ def test_a_replay_that_writes_fewer_objects_deletes_the_crashed_attempts_extra_o
     rows a peer committed (here: every row of one service): the objects the crashed attempt
     wrote for that service must go, or its rows would be stored twice."""
     frames, per_frame = 6, 50
-    seg = Segment(3, tmp_path / "0000000000000003.seg")
+    seg = Segment(3, tmp_path / segment_name(3))
     total = write_segment(seg.path, frames=frames, per_frame=per_frame)
     wh_dir = tmp_path / "wh"
     flusher = make_flusher(tmp_path, wh_dir)
@@ -360,7 +361,7 @@ def test_a_replay_without_a_note_removes_this_segments_objects_it_does_not_write
 ) -> None:
     """A segment that crashed mid-flush under a version that wrote one object per slice (and
     no notes): its extra slice objects are found by listing and deleted by the replay."""
-    seg = Segment(4, tmp_path / "0000000000000004.seg")
+    seg = Segment(4, tmp_path / segment_name(4))
     total = write_segment(seg.path, frames=6, per_frame=50)
     wh_dir = tmp_path / "wh"
     make_flusher(tmp_path / "old", wh_dir).flush(seg)  # objects ...-0000 per partition
@@ -394,7 +395,7 @@ def test_a_note_of_another_warehouse_deletes_nothing_outside_this_one(
     into warehouse B (``drain --warehouse B``, or a restart with another ``--warehouse``). The
     note's keys are paths of A: B's flush must not delete them (on S3 they were relative paths,
     which a local warehouse read as folders under the current directory)."""
-    seg = Segment(5, tmp_path / "0000000000000005.seg")
+    seg = Segment(5, tmp_path / segment_name(5))
     total = write_segment(seg.path, frames=6, per_frame=50)
     first = make_flusher(tmp_path, tmp_path / "wh-a")
 
@@ -422,7 +423,7 @@ def test_a_retry_after_the_offsets_save_failed_only_saves(
     marks fails (a full buffer disk). The retry must not flush again: with the marks raised it
     would drop every row as resent and replace the ledger entry, which peers read to skip
     lines they replay, with an empty one."""
-    seg = Segment(6, tmp_path / "0000000000000006.seg")
+    seg = Segment(6, tmp_path / segment_name(6))
     total = write_segment(seg.path, frames=3, per_frame=50)
     wh_dir = tmp_path / "wh"
     flusher = make_flusher(tmp_path, wh_dir)
@@ -442,7 +443,7 @@ def test_a_retry_after_the_offsets_save_failed_only_saves(
     assert pq.read_metadata(ledger[0]).num_rows == total, "the ledger entry keeps its lines"
     assert result.records == total and result.duplicates == 0 and len(result.files) == 6
     assert sum(pq.read_metadata(p).num_rows for p in data_files(wh_dir)) == total
-    reloaded = OffsetState(tmp_path / "offsets.json").load()
+    reloaded = OffsetState(tmp_path / OFFSETS_NAME).load()
     assert not reloaded.keep_mask(pa.array(["src-1"]), pa.array([total], pa.int64()))[0].as_py()
 
 
@@ -473,7 +474,7 @@ def test_a_slice_of_many_one_line_frames_takes_memory_for_its_rows(tmp_path: Pat
     5,000 frames are enough to tell the two apart, at half the CPU of 12,000 (writing the
     segment is most of it): decoded together they grow RSS by ~136 MiB, a few hundred at a
     time by ~15 MiB (as for 12,000: what stays is one group's decoding and the allocator's)."""
-    seg = tmp_path / "0000000000000001.seg"
+    seg = tmp_path / segment_name(1)
     assert write_segment(seg, frames=5_000, per_frame=1) == 5_000
     out = subprocess.run(
         [sys.executable, "-c", _DECODE_SLICES, str(seg)],

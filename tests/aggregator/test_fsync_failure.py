@@ -32,6 +32,7 @@ from aggregator.buffer import Buffer, Segment, end_marker, read_frames
 from aggregator.chunks import frame_payload
 from aggregator.config import Settings
 from aggregator.decode import records_batch
+from aggregator.state_files import SEGMENT_SUFFIX, segment_name
 from shipper import wire
 from tests.aggregator.helpers import REAL_FSYNC, REAL_FTRUNCATE, is_segment, read_table, record
 
@@ -157,7 +158,7 @@ def test_a_corrupt_end_marker_names_itself_and_what_to_do(tmp_path: Path, marker
     buffer = Buffer(folder, 1 << 20, 1 << 30)
     buffer.open("node-a")
     buffer.unlock()
-    segment = folder / f"{1:016d}.seg"
+    segment = folder / segment_name(1)
     segment.write_bytes(b"frames")
     end_marker(segment).write_bytes(marker)
     again = Buffer(folder, 1 << 20, 1 << 30)
@@ -189,7 +190,9 @@ def test_a_failed_fsync_with_nothing_acknowledged_leaves_no_segment(
     asyncio.run(scenario())
     [segment] = buffer.sealed()
     assert _lines(segment) == ["next"]
-    assert sorted(p.name for p in (tmp_path / "buf").glob("*.seg")) == [segment.path.name]
+    assert sorted(p.name for p in (tmp_path / "buf").glob(f"*{SEGMENT_SUFFIX}")) == [
+        segment.path.name
+    ]
 
 
 @pytest.mark.parametrize("cut", [True, False], ids=["cut-back", "cut-fails-marked"])

@@ -22,6 +22,7 @@ from aggregator import writer as writer_mod
 from aggregator.buffer import end_marker
 from aggregator.config import Settings
 from aggregator.service import QUARANTINE_AFTER, Aggregator
+from aggregator.state_files import segment_name
 from tests.aggregator.helpers import parquet_files, read_table
 from tests.aggregator.test_flusher import write_segment
 from tests.support.procs import console_script
@@ -44,7 +45,7 @@ def test_a_segment_failing_with_a_data_error_is_set_aside_then_drained(
     buffer_dir, warehouse = tmp_path / "buffer", str(tmp_path / "warehouse")
     buffer_dir.mkdir()
     rows = {
-        seq: write_segment(buffer_dir / f"{seq:016d}.seg", 2, 30, source=f"src-{seq}")
+        seq: write_segment(buffer_dir / segment_name(seq), 2, 30, source=f"src-{seq}")
         for seq in (1, 2, 3)
     }
     real_put = writer_mod.put_table
@@ -61,8 +62,8 @@ def test_a_segment_failing_with_a_data_error_is_set_aside_then_drained(
     assert asyncio.run(asyncio.wait_for(flush_buffer(agg), 60))  # the 3 segments are replayed
     monkeypatch.undo()
 
-    quarantined = buffer_dir / "quarantine" / "0000000000000002.seg"
-    assert quarantined.exists() and not (buffer_dir / "0000000000000002.seg").exists()
+    quarantined = buffer_dir / "quarantine" / segment_name(2)
+    assert quarantined.exists() and not (buffer_dir / segment_name(2)).exists()
     assert agg.metrics.quarantined._value.get() == 1
     assert not [p for p in parquet_files(warehouse) if POISONED in p], "its partial write undone"
     assert (
@@ -91,7 +92,7 @@ def test_errors_that_change_from_try_to_try_are_retried_not_set_aside(
     """Only the same data error, again and again, sets a segment aside: a flaky one is retried."""
     buffer_dir, warehouse = tmp_path / "buffer", str(tmp_path / "warehouse")
     buffer_dir.mkdir()
-    rows = write_segment(buffer_dir / f"{1:016d}.seg", 2, 30)
+    rows = write_segment(buffer_dir / segment_name(1), 2, 30)
     real_route = flusher_mod.route
     calls = 0
 
@@ -119,7 +120,7 @@ def test_a_drain_that_sets_a_segment_aside_says_so_and_exits_1(
     buffer_dir, warehouse = tmp_path / "buffer", str(tmp_path / "warehouse")
     buffer_dir.mkdir()
     for seq in (1, 2):
-        write_segment(buffer_dir / f"{seq:016d}.seg", 2, 30, source=f"src-{seq}")
+        write_segment(buffer_dir / segment_name(seq), 2, 30, source=f"src-{seq}")
     real_put = writer_mod.put_table
 
     def put(wh, path, table):
@@ -146,10 +147,10 @@ def test_a_segment_whose_marker_cannot_be_set_aside_stays_until_it_can(
     buffer_dir, warehouse = tmp_path / "buffer", str(tmp_path / "warehouse")
     buffer_dir.mkdir()
     rows = {
-        seq: write_segment(buffer_dir / f"{seq:016d}.seg", 1, 30, source=f"src-{seq}")
+        seq: write_segment(buffer_dir / segment_name(seq), 1, 30, source=f"src-{seq}")
         for seq in (1, 2, 3)
     }
-    poisoned = buffer_dir / f"{2:016d}.seg"
+    poisoned = buffer_dir / segment_name(2)
     acked_end = poisoned.stat().st_size
     write_segment(tmp_path / "unacked.seg", 1, 30, source="unacked")
     with poisoned.open("ab") as out:  # the frame after the acknowledged ones

@@ -26,7 +26,7 @@ from aggregator.ledger import (
     read_replay_marks,
     stale_after,
 )
-from aggregator.state_files import NODE_ID_NAME
+from aggregator.state_files import NODE_ID_NAME, SEGMENT_SUFFIX, segment_name
 from athena.warehouse import Warehouse, open_warehouse
 from shipper import wire
 from tests.aggregator.helpers import (
@@ -143,7 +143,7 @@ def test_a_stop_during_the_replay_wait_ends_it_and_leaves_the_replay(tmp_path: P
     assert "stopped before the replay of the 1 buffer segments" in log, log
     assert f"the data is safe in {a.buffer_dir} and will be written at the next start" in log
     assert _messages(warehouse) == []
-    assert len(list(a.buffer_dir.glob("*.seg"))) == 1
+    assert len(list(a.buffer_dir.glob(f"*{SEGMENT_SUFFIX}"))) == 1
     assert read_replay_marks(wh) == []
     node_a = (a.buffer_dir / NODE_ID_NAME).read_text().strip()
     assert (Path(warehouse) / LEDGER_DIR / NODES_DIR / f"{node_a}.json").exists()  # not empty
@@ -194,7 +194,7 @@ def test_a_stop_with_new_data_waits_for_the_peer_then_writes_all(tmp_path: Path)
     assert "have not committed their buffers" not in log, log
     assert "stopped cleanly" in log, log
     assert _messages(warehouse) == _expected(range(1, 41))
-    assert list(a.buffer_dir.glob("*.seg")) == []
+    assert list(a.buffer_dir.glob(f"*{SEGMENT_SUFFIX}")) == []
 
 
 # --- the order of replays (ledger.py), without processes ------------------------------------
@@ -365,7 +365,7 @@ def test_failed_polls_do_not_put_off_the_replay_waits_timeout(
 
     buffer_dir, warehouse = tmp_path / "buffer", str(tmp_path / "warehouse")
     buffer_dir.mkdir()
-    rows = write_segment(buffer_dir / f"{1:016d}.seg", 2, 30)  # left by a previous run
+    rows = write_segment(buffer_dir / segment_name(1), 2, 30)  # left by a previous run
     _live_peer(open_warehouse(warehouse, create=True), "peer", committed_through=0.0)
     monkeypatch.setattr(service_mod, "REPLAY_PEER_WAIT_SECONDS", 2.0)
     agg = Aggregator(

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 
 from aggregator.chunks import RecentChunks
+from aggregator.state_files import SEGMENT_SUFFIX
 from shipper import wire
 from tests.aggregator.helpers import (
     AggregatorProc,
@@ -265,7 +266,7 @@ def _send_unread(agg: AggregatorProc, messages: list[bytes]) -> socket.socket:
 
 
 def _segments_with_data(agg: AggregatorProc) -> list[Path]:
-    return [p for p in agg.buffer_dir.glob("*.seg") if p.stat().st_size > 0]
+    return [p for p in agg.buffer_dir.glob(f"*{SEGMENT_SUFFIX}") if p.stat().st_size > 0]
 
 
 def _restart(tmp_path: Path, agg: AggregatorProc) -> AggregatorProc:

@@ -18,6 +18,7 @@ from aggregator.dedup import OffsetState
 from aggregator.envoy import BUILTIN_FORMATS
 from aggregator.flusher import Flusher
 from aggregator.ledger import Committed, Ledger, entry_name
+from aggregator.state_files import segment_name
 from athena.warehouse import open_warehouse
 from shipper import wire
 from tests.aggregator.helpers import (
@@ -153,7 +154,7 @@ def test_a_replay_on_s3_deletes_only_the_earlier_attempts_extra_objects(
 ) -> None:
     """The replay's listing of partition folders (flusher._found) spells keys as S3 does."""
     wh = open_warehouse(s3_warehouse)
-    seg = Segment(5, tmp_path / "0000000000000005.seg")
+    seg = Segment(5, tmp_path / segment_name(5))
     total = write_segment(seg.path, frames=4, per_frame=50)
 
     def flusher(state: str) -> Flusher:

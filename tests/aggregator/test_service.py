@@ -13,6 +13,7 @@ import msgpack
 import pytest
 from fluent import sender
 
+from aggregator.state_files import SEGMENT_SUFFIX
 from shipper import wire
 from tests.aggregator.helpers import (
     ENVOY_IMAGE,
@@ -179,7 +180,7 @@ def test_sigterm_flushes_everything_acknowledged(tmp_path: Path) -> None:
         agg.stop()
     table = read_table(agg.warehouse, "container_logs")
     assert sorted(table["message"].to_pylist()) == [f"s{c}" for c in range(5)]
-    assert list(agg.buffer_dir.glob("*.seg")) == []
+    assert list(agg.buffer_dir.glob(f"*{SEGMENT_SUFFIX}")) == []
 
 
 def test_restarts_never_overwrite_earlier_objects(tmp_path: Path) -> None:

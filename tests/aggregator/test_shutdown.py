@@ -20,6 +20,7 @@ import pytest
 
 from aggregator import service as service_mod
 from aggregator.config import Settings
+from aggregator.state_files import SEGMENT_SUFFIX
 from shipper import wire
 from tests.aggregator.helpers import http_get, read_acks, read_table, record, start_aggregator
 from tests.aggregator.test_disk_full import _ack, _wait_for
@@ -205,7 +206,7 @@ def test_a_second_sigterm_ends_a_stalled_stop_with_exit_1_and_the_data_stays(
         agg.stop()
     assert code == 1, agg.log_text()
     assert f"the data is safe in {agg.buffer_dir}" in agg.log_text()
-    assert list(agg.buffer_dir.glob("*.seg")), "the acked line stays in the buffer"
+    assert list(agg.buffer_dir.glob(f"*{SEGMENT_SUFFIX}")), "the acked line stays in the buffer"
     (warehouse / "container_logs").unlink()
     again = start_aggregator(tmp_path, warehouse=str(warehouse))
     try:

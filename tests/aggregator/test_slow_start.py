@@ -24,6 +24,7 @@ from aggregator import buffer as buffer_mod
 from aggregator import commands as commands_mod
 from aggregator import service as service_mod
 from aggregator.config import Settings
+from aggregator.state_files import SEGMENT_SUFFIX, segment_name
 from tests.aggregator.helpers import http_get, read_table
 from tests.aggregator.test_flusher import write_segment
 
@@ -79,7 +80,7 @@ def left_by_a_previous_run(buffer_dir: Path) -> int:
     """Segments a previous run left (as after an S3 outage); returns their record count."""
     buffer_dir.mkdir()
     return sum(
-        write_segment(buffer_dir / f"{seq:016d}.seg", frames=4, per_frame=20, source=f"s{seq}")
+        write_segment(buffer_dir / segment_name(seq), frames=4, per_frame=20, source=f"s{seq}")
         for seq in range(1, SEGMENTS + 1)
     )
 
@@ -109,7 +110,7 @@ def test_healthz_says_starting_until_the_forward_port_listens(
             assert ": 1 done, " in body and "the Forward port opens after the last" in body
             status, body = await http_get(metrics, "/metrics")
             assert status == 200  # liveness passes while the buffer is read
-            backlog = sum(f.stat().st_size for f in (tmp_path / "buf").glob("*.seg"))
+            backlog = sum(f.stat().st_size for f in (tmp_path / "buf").glob(f"*{SEGMENT_SUFFIX}"))
             assert gauge(body, "logq_aggregator_buffer_bytes") == backlog
             assert not port_open(forward), "the Forward port listens only once ready"
         finally:
@@ -185,7 +186,7 @@ def test_a_stop_while_the_buffer_is_read_ends_the_start_up_and_leaves_the_buffer
     empty segment is left behind and the lock is free again; 0, as nothing was acked."""
     buffer_dir = tmp_path / "buf"
     left_by_a_previous_run(buffer_dir)
-    segments = sorted(p.name for p in buffer_dir.glob("*.seg"))
+    segments = sorted(p.name for p in buffer_dir.glob(f"*{SEGMENT_SUFFIX}"))
     gate = Gate(monkeypatch)
     settings = Settings(
         listen="127.0.0.1:0", warehouse=str(tmp_path / "wh"), buffer_dir=str(buffer_dir)
@@ -204,7 +205,7 @@ def test_a_stop_while_the_buffer_is_read_ends_the_start_up_and_leaves_the_buffer
     with caplog.at_level(logging.INFO, logger="logq.aggregator"):
         assert asyncio.run(asyncio.wait_for(scenario(), 120)) == 0
     assert agg.port == 0, "the Forward port never opened"
-    assert sorted(p.name for p in buffer_dir.glob("*.seg")) == segments
+    assert sorted(p.name for p in buffer_dir.glob(f"*{SEGMENT_SUFFIX}")) == segments
     assert read_table(settings.warehouse, "container_logs").num_rows == 0
     again = buffer_mod.Buffer(buffer_dir, 1 << 20, 1 << 30)
     again.lock()  # raises while the stopped aggregator still holds it

@@ -25,6 +25,7 @@ from aggregator.config import Settings
 from aggregator.decode import BUFFER_SCHEMA, DICT_STRING, from_ipc, ipc_rows, records_batch, to_ipc
 from aggregator.frames import encode_frame
 from aggregator.service import Aggregator
+from aggregator.state_files import SEGMENT_SUFFIX, segment_name
 from shipper import wire
 from tests.aggregator.helpers import read_acks, read_table, record, start_aggregator, wait_rows
 from tests.aggregator.test_flusher import digest, make_flusher
@@ -155,7 +156,7 @@ def test_a_segment_mixing_old_and_small_frames_flushes_the_same_objects(
     assert sum(map(small_frames.is_small, new)) == 7
     results = {}
     for name, payloads in (("old", old), ("new", new)):
-        seg = Segment(5, tmp_path / name / "0000000000000005.seg")
+        seg = Segment(5, tmp_path / name / segment_name(5))
         (tmp_path / name / "state").mkdir(parents=True)
         seg.path.write_bytes(b"".join(map(encode_frame, payloads)))
         assert list(read_frames(seg.path, seg.end)) == payloads
@@ -174,7 +175,7 @@ def test_the_replay_reads_the_sources_of_big_frames_a_slice_at_a_time(
     at the restart after a crash)."""
     monkeypatch.setattr(flusher_mod, "SLICE_ROWS", 1_000)
     frames = [to_ipc(shipper_batch(1_000, 1_000 * i, f"src-{i}")) for i in range(40)]
-    seg = Segment(1, tmp_path / "0000000000000001.seg")
+    seg = Segment(1, tmp_path / segment_name(1))
     seg.path.write_bytes(b"".join(map(encode_frame, frames)))
     flusher = make_flusher(tmp_path, tmp_path / "wh")
     tracemalloc.start()
@@ -224,7 +225,7 @@ def test_a_damaged_small_frame_is_reported_or_set_aside_and_its_neighbours_flush
         frames = [encode_frame(p) for p in payloads]
         if seq == 3:
             frames[1] = frames[1][:-1] + bytes([frames[1][-1] ^ 1])
-        (buffer_dir / f"{seq:016d}.seg").write_bytes(b"".join(frames))
+        (buffer_dir / segment_name(seq)).write_bytes(b"".join(frames))
         sent[seq] = [b[wire.KEY_LOG].to_pylist() for b in batches]
 
     async def restart_key_scan() -> list[bytes]:
@@ -241,9 +242,9 @@ def test_a_damaged_small_frame_is_reported_or_set_aside_and_its_neighbours_flush
     agg = Aggregator(Settings(warehouse=warehouse, buffer_dir=str(buffer_dir)))
     with caplog.at_level(logging.WARNING):
         assert asyncio.run(asyncio.wait_for(flush_buffer(agg), 60))
-    assert (buffer_dir / "quarantine" / "0000000000000002.seg").exists()
+    assert (buffer_dir / "quarantine" / segment_name(2)).exists()
     assert agg.metrics.quarantined._value.get() == 1
-    assert "0000000000000003.seg: the frame at offset" in caplog.text
+    assert f"{segment_name(3)}: the frame at offset" in caplog.text
     flushed = read_table(warehouse, "container_logs")["message"].to_pylist()
     expected = [
         line for seq, i in [(1, 0), (1, 1), (1, 2), (3, 0), (3, 2)] for line in sent[seq][i]
@@ -293,7 +294,7 @@ def test_a_kill_9_replays_old_and_small_frames_and_dedups_their_resends(
             for m in messages:
                 sock.sendall(m)
             assert read_acks(sock, 3) == ["c0", "c3", "c44"]
-        segments = list(agg.buffer_dir.glob("*.seg"))
+        segments = list(agg.buffer_dir.glob(f"*{SEGMENT_SUFFIX}"))
         payloads = [p for s in segments for p in read_frames(s, s.stat().st_size)]
         assert sum(map(small_frames.is_small, payloads)) == 4
         agg.kill9()

@@ -14,7 +14,7 @@ import pytest
 
 from aggregator import decode as dec
 from aggregator import source_ids
-from aggregator.dedup import OffsetState
+from aggregator.dedup import OFFSETS_NAME, OffsetState
 from aggregator.throttle import Throttle
 from shipper import wire
 from tests.aggregator.test_packed import shipper_record
@@ -86,7 +86,7 @@ def test_a_long_source_id_is_shortened_alike_on_every_decode_path(
 def test_the_resend_of_a_record_with_a_long_source_id_is_still_dropped(tmp_path: Path) -> None:
     records = [shipper_record(i, source_id=f"{HOST}:{i}:fp") for i in range(3)]
     first = every_path("app.billing", records)["packed"]
-    state = OffsetState(tmp_path / "offsets.json")
+    state = OffsetState(tmp_path / OFFSETS_NAME)
     state.advance(first.column("source_id").dictionary_decode(), first.column("offset"))
     state.save()
     resent = every_path("app.billing", records)["forward"]

@@ -19,10 +19,17 @@ from pathlib import Path
 import pytest
 
 from aggregator.buffer import Buffer
-from aggregator.state_files import LAST_SEQ_NAME, NODE_ID_NAME, NotRegularStateFile
+from aggregator.dedup import OFFSETS_JOURNAL_NAME, OFFSETS_NAME
+from aggregator.state_files import (
+    LAST_SEQ_NAME,
+    NODE_ID_NAME,
+    SEGMENT_SUFFIX,
+    NotRegularStateFile,
+    segment_name,
+)
 from tests.support.procs import console_script
 
-SEGMENT = "0000000000000003.seg"
+SEGMENT = segment_name(3)
 
 
 def _within(seconds: float, call: Callable[[], object]) -> object:
@@ -61,8 +68,8 @@ def _make(path: Path, what: str) -> None:
         (NODE_ID_NAME, "fifo", "a FIFO (named pipe)"),
         (NODE_ID_NAME, "device", "a character device"),
         (LAST_SEQ_NAME, "fifo", "a FIFO (named pipe)"),
-        ("offsets.json", "fifo", "a FIFO (named pipe)"),
-        ("offsets.journal", "folder", "a directory"),
+        (OFFSETS_NAME, "fifo", "a FIFO (named pipe)"),
+        (OFFSETS_JOURNAL_NAME, "folder", "a directory"),
         ("chunks.journal", "fifo", "a FIFO (named pipe)"),
         (SEGMENT, "fifo", "a FIFO (named pipe)"),
         (SEGMENT, "folder", "a directory"),
@@ -75,7 +82,7 @@ def test_a_state_file_that_is_no_regular_file_is_refused_when_the_buffer_opens(
 ) -> None:
     directory = tmp_path / "buffer"
     directory.mkdir()
-    (directory / "0000000000000002.seg").write_bytes(b"")  # a real (empty) segment beside it
+    (directory / segment_name(2)).write_bytes(b"")  # a real (empty) segment beside it
     _make(directory / name, what)
     buffer = Buffer(directory, 1 << 20, 1 << 30)
     error = _within(20, buffer.open)
@@ -139,4 +146,14 @@ def _exits_naming_the_fifo(
     said = f"logq-aggregator: --buffer-dir {buffer}: {buffer / name} is a FIFO (named pipe), "
     assert last.startswith(said) and f"not a regular file: {todo}" in last, last
     assert (buffer / name).exists()  # left as found: no segment opened beside it either
-    assert [p.name for p in buffer.glob("*.seg")] == ([SEGMENT] if name == SEGMENT else [])
+    assert [p.name for p in buffer.glob(f"*{SEGMENT_SUFFIX}")] == (
+        [SEGMENT] if name == SEGMENT else []
+    )
+
+
+def test_the_buffer_dir_names_are_those_earlier_versions_wrote() -> None:
+    """The names are named once, in their owning modules; this pins their values: a buffer dir
+    is read by the next version after an upgrade, and a renamed file (segments holding
+    acknowledged data above all) would be left unread."""
+    assert (OFFSETS_NAME, OFFSETS_JOURNAL_NAME) == ("offsets.json", "offsets.journal")
+    assert (segment_name(7), SEGMENT_SUFFIX) == ("0000000000000007.seg", ".seg")

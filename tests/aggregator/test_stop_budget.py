@@ -29,7 +29,7 @@ from aggregator import stop_budget
 from aggregator.config import Settings
 from aggregator.ledger import Ledger
 from aggregator.service import Aggregator
-from aggregator.state_files import NODE_ID_NAME
+from aggregator.state_files import NODE_ID_NAME, SEGMENT_SUFFIX, segment_name
 from aggregator.stop_budget import WorkerCalls
 from shipper import wire
 from tests.aggregator.black_hole import BlackHoleProxy
@@ -158,7 +158,9 @@ def test_a_stop_on_a_hung_warehouse_ends_within_its_budget_and_loses_nothing(
     # after the first line's flush (its heartbeat, the DDL update), whichever the hang caught.
     assert re.search(r"abandoning: [a-z][^;]* \(for \d+ s\)", line), line
     assert f"the data is safe in {agg.buffer_dir}" in line, line
-    assert list(agg.buffer_dir.glob("*.seg")), "the acknowledged line stays in the buffer"
+    assert list(agg.buffer_dir.glob(f"*{SEGMENT_SUFFIX}")), (
+        "the acknowledged line stays in the buffer"
+    )
 
     # The next start, on a warehouse that answers, writes it; nothing twice.
     again = start_aggregator(tmp_path, warehouse=s3_warehouse, env=direct)
@@ -427,7 +429,7 @@ def test_a_stop_held_with_the_buffer_unwritten_exits_1(tmp_path: Path) -> None:
     code, line = _stop_held_after_the_flush(tmp_path, flush_fails=True)
     assert code == 1, line
     assert f"the data is safe in {tmp_path / 'buffer'}" in line, line
-    assert any(p.stat().st_size for p in (tmp_path / "buffer").glob("*.seg"))
+    assert any(p.stat().st_size for p in (tmp_path / "buffer").glob(f"*{SEGMENT_SUFFIX}"))
 
 
 def test_a_stop_held_after_its_flush_by_the_heartbeat_exits_0(tmp_path: Path) -> None:
@@ -485,7 +487,7 @@ def test_a_drain_held_while_it_sets_a_segment_aside_exits_1(
 
     buffer_dir = tmp_path / "buffer"
     buffer_dir.mkdir()
-    write_segment(buffer_dir / f"{1:016d}.seg", 2, 5)
+    write_segment(buffer_dir / segment_name(1), 2, 5)
 
     def poisoned(*args: object) -> None:
         raise ValueError("simulated encoder bug")
@@ -514,7 +516,7 @@ def test_a_drain_held_while_it_sets_a_segment_aside_exits_1(
 
     assert asyncio.run(scenario()) == 1  # (the drain itself, once the volume answered)
     assert exits == [1], exits
-    assert [p.name for p in quarantine.glob("*.seg")] == [f"{1:016d}.seg"]
+    assert [p.name for p in quarantine.glob(f"*{SEGMENT_SUFFIX}")] == [segment_name(1)]
 
 
 def test_a_drain_held_after_its_flush_exits_1_until_the_node_is_forgotten(
@@ -529,7 +531,7 @@ def test_a_drain_held_after_its_flush_exits_1_until_the_node_is_forgotten(
 
     buffer_dir = tmp_path / "buffer"
     buffer_dir.mkdir()
-    write_segment(buffer_dir / f"{1:016d}.seg", 2, 5)
+    write_segment(buffer_dir / segment_name(1), 2, 5)
     agg, exits, exited = _exits_recorded(_settings(tmp_path, stop_timeout=1.0))
     held, release = threading.Event(), threading.Event()
 
@@ -548,5 +550,5 @@ def test_a_drain_held_after_its_flush_exits_1_until_the_node_is_forgotten(
     with _logged() as lines:
         asyncio.run(scenario())
     assert exits == [1], (exits, lines)
-    assert not list(buffer_dir.glob("*.seg")), "the segment was written"
+    assert not list(buffer_dir.glob(f"*{SEGMENT_SUFFIX}")), "the segment was written"
     assert any("is written by running logq-aggregator drain again" in line for line in lines)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from aggregator.state_files import SEGMENT_SUFFIX, segment_name
 from tests.aggregator.helpers import read_table, start_aggregator
 from tests.aggregator.test_flusher import write_segment
 from tests.support.procs import console_script, start_group, stop_group, wait_until
@@ -96,7 +97,10 @@ sys.meta_path.insert(0, _Patch)
 
 
 def _digests(buffer_dir: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in buffer_dir.glob("*.seg")}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in buffer_dir.glob(f"*{SEGMENT_SUFFIX}")
+    }
 
 
 def test_sigterm_while_the_buffer_is_read_stops_cleanly_with_exit_0(
@@ -105,7 +109,7 @@ def test_sigterm_while_the_buffer_is_read_stops_cleanly_with_exit_0(
     buffer_dir = tmp_path / "agg-buffer"
     buffer_dir.mkdir()
     records = sum(
-        write_segment(buffer_dir / f"{seq:016d}.seg", frames=4, per_frame=20, source=f"s{seq}")
+        write_segment(buffer_dir / segment_name(seq), frames=4, per_frame=20, source=f"s{seq}")
         for seq in range(1, SEGMENTS + 1)
     )
     before = _digests(buffer_dir)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from aggregator.buffer import Buffer, Segment, end_marker, read_frames
+from aggregator.state_files import SEGMENT_SUFFIX
 from tests.aggregator.helpers import REAL_FSYNC, REAL_FTRUNCATE, REAL_WRITE, is_segment
 
 
@@ -174,7 +175,9 @@ def test_a_torn_first_write_of_a_segment_leaves_no_segment(
     buffer = _run(tmp_path / "buf", steps)
     [segment] = buffer.sealed()
     assert _texts(segment) == ["next"]
-    assert sorted(p.name for p in (tmp_path / "buf").glob("*.seg")) == [segment.path.name]
+    assert sorted(p.name for p in (tmp_path / "buf").glob(f"*{SEGMENT_SUFFIX}")) == [
+        segment.path.name
+    ]
     assert list((tmp_path / "buf").glob("*.acked")) == []
 
 
