@@ -694,31 +694,7 @@ class Shipper:
                 self.metrics.file_watches.set_function(lambda: watcher.watches)
                 watcher.on_refused = self.metrics.file_watches_refused.inc
         try:
-            scan = await self._discover()
-            specs = scan.specs
-            if not specs and scan.complete:
-                log.warning(
-                    "%s docker_root=%s cri_root=%s paths=%s excluded=%d",
-                    "every log file found is excluded (--exclude, label logq.exclude)"
-                    if scan.excluded
-                    else "no log files found",
-                    self.cfg.docker_root,
-                    self.cfg.cri_root,
-                    ",".join(self.cfg.paths) or "-",
-                    len(scan.excluded),
-                )
-            if scan.complete:
-                found = {s.key for s in specs} | scan.excluded.keys()
-                self._count_removed(found)
-                self._gc_registry(found)
-            self._prune_followed(scan)
-            self._sync_sources(scan)
-            if self.cfg.once:
-                await self._wait_once()
-                if self._failure is None:
-                    self._failure = self._once_incomplete(scan)
-            else:
-                await self._follow()
+            await self._ship()
             await self._shutdown()
         finally:
             # Never cancel a save in progress: its thread would keep writing the same tmp file
@@ -756,6 +732,43 @@ class Shipper:
         if exit_error is not None:
             raise exit_error
         return 0
+
+    async def _ship(self) -> None:
+        """The first discovery pass, then the sources it found shipped: to the end of their
+        files (``--once``), or followed with the passes after it until a stop. A stop during
+        the first pass does not wait for it either (see :meth:`_follow`)."""
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            scan = await _unless_stopped(self._discover(), stop)
+        finally:
+            stop.cancel()
+        if scan is None:  # (a first pass hung on a dead file system held the stop for good)
+            log.info("stopped during the first discovery pass: no source was started")
+            return
+        specs = scan.specs
+        if not specs and scan.complete:
+            log.warning(
+                "%s docker_root=%s cri_root=%s paths=%s excluded=%d",
+                "every log file found is excluded (--exclude, label logq.exclude)"
+                if scan.excluded
+                else "no log files found",
+                self.cfg.docker_root,
+                self.cfg.cri_root,
+                ",".join(self.cfg.paths) or "-",
+                len(scan.excluded),
+            )
+        if scan.complete:
+            found = {s.key for s in specs} | scan.excluded.keys()
+            self._count_removed(found)
+            self._gc_registry(found)
+        self._prune_followed(scan)
+        self._sync_sources(scan)
+        if self.cfg.once:
+            await self._wait_once()
+            if self._failure is None:
+                self._failure = self._once_incomplete(scan)
+        else:
+            await self._follow()
 
     def _once_incomplete(self, scan: Scan) -> ShipperError | None:
         """Why ``--once`` cannot claim that everything was shipped, if it cannot: a folder that

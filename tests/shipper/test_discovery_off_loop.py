@@ -157,19 +157,20 @@ def test_a_stop_does_not_wait_for_a_hung_call_on_the_discovery_thread(
         saved.close()
 
 
-#: A shipper whose second discovery pass hangs (for HUNG_SECONDS), stopped during it.
+#: A shipper whose discovery pass number ``argv[2]`` hangs (for HUNG_SECONDS), stopped during
+#: it.
 _HUNG_PASS_SCRIPT = """
 import asyncio, sys, threading
 from shipper.config import load_config
 from shipper.daemon import Shipper
 
 async def go() -> int:
-    shipper = Shipper(load_config(sys.argv[2:]))
+    shipper = Shipper(load_config(sys.argv[3:]))
     real_scan, passes, hung = shipper.discoverer.scan, [], threading.Event()
 
     def hung_scan():
         passes.append(1)
-        if len(passes) == 2:
+        if len(passes) == int(sys.argv[2]):
             hung.set()
             threading.Event().wait(float(sys.argv[1]))
         return real_scan()
@@ -187,14 +188,16 @@ sys.exit(asyncio.run(go()))
 HUNG_SECONDS = 120.0
 
 
+@pytest.mark.parametrize("hung_pass", [2, 1], ids=["a-later-pass", "the-first-pass"])
 def test_the_process_ends_after_a_stop_during_a_hung_pass(
-    tmp_path: Path, receiver: Receiver
+    tmp_path: Path, receiver: Receiver, hung_pass: int
 ) -> None:
     """The discovery thread is a daemon thread: a ThreadPoolExecutor's is joined at the
     interpreter's exit, so the process of a shipper stopped during a pass hung on a dead file
-    system did not end (its pod not either) until the pass did, or SIGKILL came."""
+    system did not end (its pod not either) until the pass did, or SIGKILL came. The first
+    pass, at start-up, held the stop itself: nothing but SIGKILL ended that shipper."""
     _one_line_log(tmp_path)
-    argv = [str(HUNG_SECONDS), *_glob_args(tmp_path, receiver)]
+    argv = [str(HUNG_SECONDS), str(hung_pass), *_glob_args(tmp_path, receiver)]
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": root}
     ended = subprocess.run(
