@@ -66,8 +66,8 @@ with deferred_interrupts("logq-shipper"):
     from shipper import checkpoint, gz_pool
     from shipper.checkpoint import Registry
     from shipper.config import TLS_KEY_PASSWORD_ENV, Config, load_config, weak_key_warning
+    from shipper.daemon_threads import DaemonThreads
     from shipper.discover import Discoverer, Scan, SourceSpec, check_roots, node_names
-    from shipper.discovery_thread import DiscoveryThread
     from shipper.errors import ConfigError, ShipperError, StartError, listen_error
     from shipper.exclude import Excluder, Exclusion
     from shipper.followed import prune_followed
@@ -174,7 +174,7 @@ class Shipper:
             node_names(cfg.hostname),
             Excluder(cfg.excludes),
         )
-        self._discovery = DiscoveryThread()
+        self._discovery = DaemonThreads()
         """The one thread where discovery passes run (see :meth:`_discover`): the
         :attr:`discoverer` and its caches are only ever used from there, one pass at a time.
         A daemon thread: a pass hung on a dead file system does not keep the process alive

@@ -7,15 +7,19 @@ default executor (``asyncio.to_thread``), they shared its few threads (``min(32,
 with the checkpoint writes (:meth:`shipper.daemon.Shipper._save`): a start of many sources
 with such copies queued the saves behind seconds of decompression, while acknowledged lines
 waited to be recorded. Here they get :data:`GZ_THREADS` threads of their own, shut down with
-the daemon (:func:`shutdown`); the default executor keeps serving the saves.
+the daemon (:func:`shutdown`); the default executor keeps serving the saves. Daemon threads
+(:mod:`shipper.daemon_threads`): a read hung on a dead file system does not keep a stopped
+shipper's process alive, as an executor's threads did (joined at exit).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import TypeVar
+
+from shipper.daemon_threads import DaemonThreads
 
 GZ_THREADS = 2
 """Threads reading compressed copies at once: two keep one source's scan from holding back
@@ -24,13 +28,13 @@ every other source's start, and leave the default executor's threads to the save
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
-_pool: ThreadPoolExecutor | None = None
+_pool: DaemonThreads | None = None
 
 
-def _executor() -> ThreadPoolExecutor:
+def _executor() -> DaemonThreads:
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=GZ_THREADS, thread_name_prefix="logq-gz")
+        _pool = DaemonThreads("logq-gz", GZ_THREADS)
     return _pool
 
 
@@ -81,4 +85,4 @@ def shutdown() -> None:
     global _pool
     pool, _pool = _pool, None
     if pool is not None:
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=False)

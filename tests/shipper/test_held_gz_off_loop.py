@@ -320,7 +320,7 @@ def test_a_stop_does_not_wait_for_a_start_queued_for_a_gz_thread(
         shipper = Shipper(cfg)
         run = asyncio.create_task(shipper.run())
         try:
-            await until(lambda: pool._work_queue.qsize() > 0)  # the source's plan, queued
+            await until(lambda: pool.queued() > 0)  # the source's plan, queued
             shipper.request_stop()
             assert await run == 0
             assert shipper.window.used == 0  # the room reserved for the read not made is back
