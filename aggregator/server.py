@@ -92,10 +92,18 @@ UNPACKER_RENEW_BYTES = 1024 * 1024
 #: Most bytes of an unfinished message the unpacker has not parsed yet (a value still arriving:
 #: the blob of a PackedForward message, a long string) that a connection also keeps between
 #: reads (:attr:`_Conn.kept`), i.e. holds twice. Past it the message's bytes are dropped, and
-#: it cannot be read again with its map keys as text (:meth:`ForwardServer._read_keyed`): only
+#: it cannot be read again with its map keys as text (:meth:`ForwardServer._read_keyed`; it is
+#: refused then, and its resend read so from its first byte, :data:`KEYED_CLIENTS_MAX`): only
 #: its option map could hold one then, or a record with a value longer than this. Without it a
 #: rush of clients each sending a 2 MB PackedForward message held the in-flight budget twice.
 KEPT_UNPARSED_BYTES = 64 * 1024
+#: Client addresses remembered as sending records keyed by a map
+#: (:meth:`ForwardServer._remember_keyed`), whose connections are then read with such keys as
+#: text from their first byte: a message that could not be read again (see above) is refused,
+#: and its resend, on a new connection, must not be refused the same way for good. The one
+#: that sent one least recently is forgotten first (that costs it a message read again, or one
+#: more refusal and resend).
+KEYED_CLIENTS_MAX = 1024
 HANDSHAKE_TIMEOUT = 30.0
 #: Most bytes a client may send before its PING is complete. A PING is a few hundred bytes;
 #: without this bound an unauthenticated client could make the server buffer a PING of up to
@@ -415,6 +423,11 @@ class ForwardServer:
         self._auth_failures: dict[str, _AuthRecord] = {}
         """Client address -> its failed handshakes, oldest last failure first (bounded by
         :data:`AUTH_FAILURES_MAX_ADDRESSES`)."""
+        self._keyed_clients: dict[str, None] = {}
+        """Client addresses (:attr:`_Conn.client`: a resend comes from another port) that sent
+        a map key Python cannot hash, least recently first (bounded by
+        :data:`KEYED_CLIENTS_MAX`): their connections' unpackers are ``keyed`` from the first
+        byte (:meth:`_renew_unpacker`)."""
 
     async def start(
         self, host: str, port: int, addresses: Sequence[listen.Address] | None = None
@@ -737,17 +750,20 @@ class ForwardServer:
 
     def _renew_unpacker(self, conn: _Conn) -> None:
         """A fresh unpacker for a connection between messages (its old one holds a buffer as
-        large as the largest message it took, for good): the stream offsets start over. Not
-        ``keyed``: most clients never send a key Python cannot hash, and the pairs hook costs
-        every map built."""
+        large as the largest message it took, for good): the stream offsets start over.
+        ``keyed`` only for a client remembered as sending a key Python cannot hash
+        (:meth:`_remember_keyed`): most clients never do, and the pairs hook costs every map
+        built; such a client's message is then read whole at once, not read again, and one
+        that could not be read again (:meth:`_read_keyed`) is read when resent."""
         conn.fed = conn.boundary = conn.kept_from = 0
         conn.declared = None
         conn.kept.clear()
-        conn.keyed = False
+        conn.keyed = conn.client in self._keyed_clients
         conn.unpacker = wire.new_unpacker(
             self.limits.max_frame_bytes,
             max_array_len=self.limits.max_message_entries,
             budget=conn.budget,
+            keyed=conn.keyed,
         )
 
     def _unpacked(self, conn: _Conn) -> Iterator[tuple[Any, int]]:
@@ -779,14 +795,21 @@ class ForwardServer:
         offsets start over there, as at :meth:`_renew_unpacker`): the bytes fed since, to be
         fed to it again read by read, as they were, so that its buffer holds no more than the
         old one did. The message's objects counted so far are given back to the object pool,
-        to be counted again. Refused (:class:`shipper.wire.ProtocolError`) when its bytes were
-        dropped (:data:`KEPT_UNPARSED_BYTES`)."""
+        to be counted again. Its client is remembered (:meth:`_remember_keyed`). Refused
+        (ConnectionClosed, ``protocol_error``) when its bytes were dropped
+        (:data:`KEPT_UNPARSED_BYTES`): its client resends it on a new connection, read with
+        such keys as text from its first byte, so it is stored then (once: nothing of it was)."""
+        self._remember_keyed(conn)
         if conn.kept_from > conn.boundary:
-            raise wire.ProtocolError(
+            raise ConnectionClosed(
                 "a map key Python cannot hash (a map, or an array holding one) in a message "
                 f"that had more than {KEPT_UNPARSED_BYTES:,} bytes of one value pending between "
-                "reads, too many to keep to read it again with such keys as text: send such "
-                "records with shorter values, or keyed by text"
+                "reads, too many to keep to read it again with such keys as text: closed "
+                "unacknowledged; its resend on a new connection is read with such keys as text "
+                "from its first byte, as this address's connections are from now on (a client "
+                "that sends without acks cannot resend it: it is lost, so send such records "
+                "keyed by text)",
+                "protocol_error",
             )
         pieces = _kept_since(conn, conn.boundary)
         if conn.budget is not None:
@@ -803,6 +826,28 @@ class ForwardServer:
             keyed=True,
         )
         return pieces
+
+    def _remember_keyed(self, conn: _Conn) -> None:
+        """Remember ``conn``'s client address as one sending map keys Python cannot hash (the
+        most recent, :data:`KEYED_CLIENTS_MAX` at most): a client that sends one sends more
+        (a Fluentd whose records carry a Ruby hash as a key), and any of them may come with
+        a long value split between reads, too long to keep to read its message again. Said
+        at INFO the first time (the least recent is forgotten past the bound)."""
+        client = conn.client
+        known = client in self._keyed_clients
+        self._keyed_clients.pop(client, None)  # re-added last: the most recent
+        while len(self._keyed_clients) >= KEYED_CLIENTS_MAX:
+            del self._keyed_clients[next(iter(self._keyed_clients))]
+        self._keyed_clients[client] = None
+        if not known:
+            log.info(
+                "client %s sent a record keyed by a map (or by an array holding one; Fluentd "
+                "forwards Ruby records so keyed): such keys are stored as their JSON text, "
+                "and its connections are read so from their first byte from now on (slower "
+                "per map; the last %d such client addresses are remembered)",
+                client,
+                KEYED_CLIENTS_MAX,
+            )
 
     async def _wait_for_space(self, conn: _Conn, reader: asyncio.StreamReader) -> None:
         """While the buffer is full, read nothing (TCP backpressure), until the stop's cut
@@ -1291,7 +1336,7 @@ class ForwardServer:
                     except ConnectionClosed as exc:  # the buffer write failed
                         error = exc
                         break
-        except ConnectionClosed as exc:  # a keyed read again past --max-frame-bytes
+        except ConnectionClosed as exc:  # a keyed read again: its bytes dropped, or too large
             error = exc
         except wire.ObjectPoolFull as exc:
             error = ConnectionClosed(str(exc), "objects_pool_full")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import logging
 import re
 import socket
 import time
@@ -1201,3 +1202,81 @@ def test_a_map_key_after_a_long_value_split_between_reads_is_refused_as_such(
 
     assert asyncio.run(asyncio.wait_for(scenario(), 30)) == b""  # closed, nothing acked
     assert "too many to keep to read it again" in caplog.text
+
+
+def test_a_map_keyed_message_refused_as_such_is_stored_once_when_resent(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The message above could not be read again, so it was refused, and its client's resend
+    on a new connection was refused the same way, for ever: that client's data stopped there.
+    Now its client address is remembered, and its next connections are read with such keys as
+    text from their first byte, after each renewal of their unpacker too: the resend is read
+    whole, stored once and acked. A client at another address stays on the plain unpacker."""
+    from aggregator import server as server_module
+    from aggregator.metrics import Metrics
+    from tests.aggregator.helpers import serving
+    from tests.aggregator.test_inflight import HeldBuffer
+
+    caplog.set_level(logging.INFO, logger="logq.aggregator.server")
+    # Renewed after every message: the second message below comes to a renewed unpacker.
+    monkeypatch.setattr(server_module, "UNPACKER_RENEW_BYTES", 0)
+    now = time.time_ns()
+
+    def split_keyed(log: str, chunk: str) -> bytes:
+        long = wire.pack([wire.EventTime.from_ns(now), record(log, "keyed")])
+        return _forward("logq.keyed", [long, _odd_entry(now, "odd")], chunk)
+
+    first, second = "y" * 300_000, "z" * 300_000
+    frame, later = split_keyed(first, "c"), split_keyed(second, "c2")
+    cut = 150_000  # a read ends inside the long value: over 64 KiB of it pending
+
+    async def send_split(server: Any, writer: Any, data: bytes) -> None:
+        writer.write(data[:cut])
+        while server.inflight.used < cut:  # read, and so fed
+            await asyncio.sleep(0.005)
+        writer.write(data[cut:])
+
+    async def stored(buffer: Any, count: int, metrics: Any) -> list[list[str]]:
+        refused = metrics.connections_rejected.labels("protocol_error")
+        while len(buffer.frames) < count:
+            assert refused._value.get() <= 1, "a message keyed by a map was refused again"
+            await asyncio.sleep(0.005)
+        for wait in buffer.waits:
+            if not wait.done():
+                wait.set_result(None)
+        return _frames_of(buffer)
+
+    async def scenario() -> None:
+        buffer = HeldBuffer()
+        metrics = Metrics()
+        async with serving(buffer, metrics) as (server, host, port):
+            reader, writer = await asyncio.open_connection(host, port)
+            await send_split(server, writer, frame)
+            assert await asyncio.wait_for(reader.read(), 30) == b""  # closed, nothing acked
+            writer.close()
+            assert buffer.frames == []
+            # The client resends the same bytes on a new connection, split the same way.
+            reader, writer = await asyncio.open_connection(host, port)
+            await send_split(server, writer, frame)
+            assert await stored(buffer, 1, metrics) == [[first, "odd"]]
+            assert await _acks(reader, 1) == ["c"]
+            # Its next message, after the unpacker's renewal, is read so too.
+            await send_split(server, writer, later)
+            assert await stored(buffer, 2, metrics) == [[first, "odd"], [second, "odd"]]
+            assert await _acks(reader, 1) == ["c2"]
+            # Another client: the plain unpacker.
+            other_reader, other_writer = await asyncio.open_connection(
+                host, port, local_addr=("127.0.0.2", 0)
+            )
+            other_writer.write(_forward("logq.keyed", [_plain_entry(now, "plain")], "p"))
+            assert await stored(buffer, 3, metrics) == [[first, "odd"], [second, "odd"], ["plain"]]
+            assert await _acks(other_reader, 1) == ["p"]
+            (other,) = [c for c in server._conns.values() if c.client == "127.0.0.2"]
+            assert not other.keyed
+            for each in (writer, other_writer):
+                each.close()
+            assert metrics.connections_rejected.labels("protocol_error")._value.get() == 1
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert "its resend on a new connection is read with such keys as text" in caplog.text
+    assert "client 127.0.0.1 sent a record keyed by a map" in caplog.text
