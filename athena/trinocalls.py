@@ -306,18 +306,24 @@ def java_regex(node: Any) -> Any:
     named group ``(?<name>...)`` is RE2's ``(?P<name>...)``; a lookaround or atomic group,
     which RE2 does not have, is refused with what to do (DuckDB said "invalid perl operator:
     (?<"). A pattern that is not a literal is left to DuckDB."""
-    from sqlglot import exp
-
     pattern = node.args.get("expression")
-    if not (isinstance(pattern, exp.Literal) and pattern.is_string):
-        return node
-    text = pattern.this
-    spelled = _re2_spelling(text, node.sql_name().lower())
-    if spelled == text:
+    spelled = re2_pattern(pattern, node.sql_name().lower())
+    if spelled is pattern:
         return node
     call = node.copy()
-    call.set("expression", exp.Literal.string(spelled))
+    call.set("expression", spelled)
     return call
+
+
+def re2_pattern(pattern: Any, function: str) -> Any:
+    """``pattern`` (the pattern argument of ``function``) in RE2's spelling when it is a
+    literal (:func:`_re2_spelling`), else itself: one left as it was is the very node."""
+    from sqlglot import exp
+
+    if not (isinstance(pattern, exp.Literal) and pattern.is_string):
+        return pattern
+    spelled = _re2_spelling(pattern.this, function)
+    return pattern if spelled == pattern.this else exp.Literal.string(spelled)
 
 
 def _re2_spelling(pattern: str, function: str) -> str:

@@ -123,11 +123,9 @@ def _regexp_position(args: list[Any]) -> Any:
     Java's spelling made RE2's, as for the other ``regexp_*`` calls."""
     from sqlglot import exp
 
-    from athena.trinocalls import _re2_spelling
+    from athena.trinocalls import re2_pattern
 
-    s, pattern = args[0], args[1]
-    if isinstance(pattern, exp.Literal) and pattern.is_string:
-        pattern = exp.Literal.string(_re2_spelling(pattern.this, "regexp_position"))
+    s, pattern = args[0], re2_pattern(args[1], "regexp_position")
     start = args[2] if len(args) > 2 else exp.Literal.number(1)
     occurrence = args[3] if len(args) > 3 else exp.Literal.number(1)
     return from_template(_POSITION, s=s, p=pattern, start=start, n=occurrence)
