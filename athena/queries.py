@@ -235,8 +235,9 @@ def _for_duckdb(node: Any) -> Any:
       counts unit boundaries crossed; its ``date_sub`` is Trino's meaning): 23:45 to 03:56 the
       next day is 0 days, not 1.
     * ``regexp_extract`` is NULL when the pattern does not match or the group is unset, as in
-      Trino (DuckDB gives ''), and ``array[i]`` fails outside the array, as in Trino
-      (:mod:`athena.trinocalls`).
+      Trino (DuckDB gives ''), ``array[i]`` fails outside the array and ``map[key]`` for a
+      missing key, as in Trino, ``row[i]`` reads a ROW's field, and ``date_parse`` reads
+      Trino's specifiers (:mod:`athena.trinocalls`).
     * ``regexp_replace``, ``split_part`` and ``format`` keep Trino's meaning, and functions only
       Athena has are refused with what to use instead (:mod:`athena.trinofuncs`);
       ``approx_distinct`` is exact locally (``count(DISTINCT x)``), in ad-hoc statements.
@@ -334,6 +335,8 @@ def _for_duckdb(node: Any) -> Any:
         return trinocalls.subscript(node, _adapted)
     if isinstance(node, exp.TimeToStr):
         return trinocalls.date_format(node, _adapted)
+    if isinstance(node, exp.StrToTime):
+        return trinocalls.date_parse(node, _adapted)
     return node
 
 

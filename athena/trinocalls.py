@@ -30,9 +30,12 @@ another without a word:
 * ``CAST(ts AS varchar)`` of the tables' ``timestamp``: Athena's column is a ``timestamp(3)``
   and prints ``2024-03-10 22:00:03.719`` (always 3 digits); locally it is a TIMESTAMP WITH
   TIME ZONE (UTC) and printed ``2024-03-10 22:00:03.719+00``. A TIMESTAMP WITH TIME ZONE cast
-  to text prints as Athena prints the column. Trino's own zoned values (``now()``,
-  ``from_unixtime``) print with their zone there (``... UTC``), which this does not rebuild:
-  locally they and the column are one type, and which one a value came from is lost.
+  to text prints as Athena prints the column. Trino's own zoned values print with their zone
+  there (``2024-03-10 22:00:03.719 UTC``): locally they and the column are one type, so those
+  the statement shows (``now()``, ``current_timestamp``, ``from_unixtime(x)``, and
+  ``date_trunc``, ``date_add`` or an interval added to one: :func:`athena.trinotypes.is_zoned`)
+  print so, and other values as the column. ``localtimestamp``, a ``timestamp(3)`` without
+  a zone, prints with three fraction digits (DuckDB wrote six).
 * ``CAST(double AS varchar)`` (and REAL) is Java's ``Double.toString``: ``1.0E7`` from 1e7 up
   and ``1.5E-5`` under 1e-3, ``NaN``, ``Infinity``; DuckDB wrote ``10000000.0``, ``1.5e-05``,
   ``nan``, ``inf`` (:data:`athena.trinofuncs.JAVA_NUMBER_TEXT`, which ``format``'s ``%s``
@@ -43,11 +46,23 @@ another without a word:
   less than or equal to array length", "... is negative", "SQL array indices start at 1"),
   where DuckDB gave NULL or counted a negative index from the end; ``element_at`` stays NULL
   outside, and fails for 0 as Trino's does.
+* ``map[key]`` fails for a key the map lacks (``MapSubscriptOperator``: "Key not present in
+  map: b"), where DuckDB gave NULL; ``element_at`` stays NULL. Only where the statement shows
+  the map (:func:`athena.trinotypes.is_map`).
+* ``row[i]`` is the ROW's ``i``-th field (from 1, a constant: Trino's "Structural" types
+  page); DuckDB reads no field by position of the ROWs sqlglot writes, which have names.
+  Where the statement shows the ROW (:func:`athena.trinotypes.is_row`); elsewhere the
+  local engine says what to write (:data:`athena.engines.local.ROW_POSITION_TEXT`).
+* ``date_parse(text, format)`` reads Trino's specifiers (the ``date_format`` ones: ``%f``
+  1 to 9 digits cut to milliseconds, an unknown letter is that letter), a year the text lacks
+  is 1970 and ``%y``'s ``69`` is 2069, as Joda reads them; DuckDB's ``strptime`` took 1900 and
+  1969 and refused ``%q`` and ``%v``. Those Trino refuses are refused, and ``%v``/``%x`` too.
 * ``date_format(ts, format)``: ``%v`` is the ISO week and ``%x`` its year (DuckDB refused
   ``%v``), a letter Trino does not know is that letter, and ``%D %U %u %V %w %X``, which Trino
   refuses, are refused (sqlglot made ``%u`` DuckDB's Monday-based week).
 * ``a / b`` of a DOUBLE or REAL by zero is Infinity or NaN, as in Trino, where the statement
-  shows the DOUBLE (:func:`divide` says why only there); DuckDB failed. Ad-hoc statements only.
+  shows the DOUBLE, a column's definition included (:func:`divide` says why only there);
+  DuckDB failed. Ad-hoc statements only.
 * ``upper(s)`` leaves ``ß`` as it is, as Trino's (character by character, Java's
   ``Character.toUpperCase``); DuckDB wrote ``ẞ``. Other letters follow DuckDB's Unicode tables,
   which may differ from Java's for rare scripts. Ad-hoc statements only.
@@ -78,6 +93,7 @@ from typing import Any
 
 from athena.queries import QueryError
 from athena.trinofuncs import JAVA_NUMBER_TEXT, from_template
+from athena.trinotypes import is_floating, is_map, is_row, is_zoned
 
 #: DuckDB's names of the integer types a CAST may target (as ``DataType.this`` names them).
 _INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INT", "BIGINT"})
@@ -126,6 +142,13 @@ _TIMESTAMP_TEXT = (
     "WHEN typeof(__x__) IN ('DOUBLE', 'FLOAT') THEN __java__ "
     "ELSE __call__ END"
 )
+
+#: The text of Trino's own TIMESTAMP WITH TIME ZONE values (``now()``, ``from_unixtime``: a
+#: ``timestamp(3) with time zone`` in the session's zone, UTC on Athena), as Trino casts one
+#: to text: three fraction digits and the zone's name (``SqlTimestampWithTimeZone``).
+_ZONED_TEXT = "strftime(__x__, '%Y-%m-%d %H:%M:%S.%g') || ' UTC'"
+#: ``localtimestamp``'s text: a ``timestamp(3)`` in Trino (DuckDB's has six digits).
+_LOCAL_TEXT = "strftime(__x__, '%Y-%m-%d %H:%M:%S.%g')"
 
 
 def json_extract(node: Any, adapt: Callable[[Any], Any]) -> Any:
@@ -216,6 +239,10 @@ def cast(node: Any, adapt: Callable[[Any], Any]) -> Any | None:
     call.set("this", adapt(node.this))
     value = call.this
     if kind in _TEXT_TYPES:
+        if is_zoned(node.this):
+            return from_template(_ZONED_TEXT, x=value)
+        if isinstance(node.this, exp.Localtimestamp):
+            return from_template(_LOCAL_TEXT, x=value)
         java = from_template(JAVA_NUMBER_TEXT, x=value)
         return from_template(_TIMESTAMP_TEXT, x=value, call=call, java=java)
     rounded = call.copy()
@@ -417,7 +444,9 @@ _STRICT_SUBSCRIPT = """
 
 def subscript(node: Any, adapt: Callable[[Any], Any]) -> Any:
     """``node`` (exp.Bracket: ``x[i]``, or ``element_at(x, i)`` when ``safe``) failing where
-    Trino's fails (:data:`_SUBSCRIPT`). A text index (a map's key) or a slice is left as it is."""
+    Trino's fails (:data:`_SUBSCRIPT`, and :data:`_MAP_SUBSCRIPT` for a map the statement
+    shows), and a ROW's field by position (:func:`_row_field`). Another text index (a map's
+    key) or a slice is left as it is."""
     from sqlglot import exp
     from sqlglot.expressions.builders import apply_index_offset
 
@@ -426,16 +455,74 @@ def subscript(node: Any, adapt: Callable[[Any], Any]) -> Any:
     call.set("expressions", [adapt(e) for e in node.expressions])
     if len(call.expressions) != 1 or isinstance(call.expressions[0], exp.Slice):
         return call
-    if isinstance(call.expressions[0], exp.Literal) and call.expressions[0].is_string:
-        return call
     # The index as DuckDB's SQL will read it (sqlglot keeps a literal index into an array it
     # knows 0-based, and adds the offset back when it writes DuckDB's 1-based one).
     offset = 1 - (call.args.get("offset") or 0)
     (index,) = apply_index_offset(
         call.this, [e.copy() for e in call.expressions], offset, dialect="duckdb"
     )
+    if is_row(node.this) and not call.args.get("safe"):
+        return _row_field(node.this, call.this, index)
+    if is_map(node.this):
+        if call.args.get("safe"):  # element_at(map, key): NULL for a missing key, as Trino's
+            return call
+        return from_template(_MAP_SUBSCRIPT, m=call.this, k=index, call=call)
+    if isinstance(call.expressions[0], exp.Literal) and call.expressions[0].is_string:
+        return call
     strict = "" if call.args.get("safe") else _STRICT_SUBSCRIPT
     return from_template(_SUBSCRIPT.replace("__strict__", strict), x=call.this, i=index, call=call)
+
+
+#: Trino's ``map[key]`` (``MapSubscriptOperator``) fails for a key the map lacks, naming it
+#: (the key cast to text); DuckDB's is NULL. A NULL map or key is NULL on both; ``element_at``
+#: is NULL for a missing key on both. Only for a map the statement shows
+#: (:func:`athena.trinotypes.is_map`): on another type ``map_contains`` would not bind.
+_MAP_SUBSCRIPT = """
+CASE
+  WHEN NOT map_contains(__m__, __k__)
+  THEN error('Key not present in map: ' || CAST(__k__ AS VARCHAR))
+  ELSE __call__
+END
+"""
+
+
+def _row_field(trino_row: Any, row: Any, index: Any) -> Any:
+    """``row[i]``: the ``i``-th field (from 1) of a ROW the statement shows (``trino_row``,
+    unadapted; ``row`` adapted), as Trino reads it (its "Structural" types page: "accessed by
+    position with the subscript operator ([]); the position starts at 1 and must be a
+    constant"). DuckDB's ``[i]`` reads only a ROW without field names (its ``ROW(...)`` is
+    written with names, ``CAST(... AS ROW(x int))`` has them), failing "struct_extract with
+    an integer key can only be used on unnamed structs"; its ``struct_extract_at`` reads
+    either kind."""
+    from sqlglot import exp
+
+    if not index.is_int:
+        raise QueryError(
+            "a ROW's field is read by a constant position (r[1], from 1), as Athena requires; "
+            "read it by name (r.x), or cast the row to ROW(x type, ...) to name its fields"
+        )
+    position = index.to_py()
+    fields = _row_fields(trino_row)
+    if position < 1 or (fields is not None and position > fields):
+        has = "" if fields is None else f", and this ROW has {fields} fields"
+        raise QueryError(
+            f"a ROW's field position is {position}: positions start at 1{has} (Athena "
+            "refuses the statement too)"
+        )
+    return exp.Anonymous(this="struct_extract_at", expressions=[row, index])
+
+
+def _row_fields(row: Any) -> int | None:
+    """How many fields ``row`` (unadapted, :func:`athena.trinotypes.is_row`) has, when a
+    constructor or a CAST shows them, else None."""
+    from sqlglot import exp
+
+    while isinstance(row, exp.Paren):
+        row = row.this
+    if isinstance(row, exp.Struct):
+        return len(row.expressions)
+    to = row.args.get("to") if isinstance(row, exp.Cast) else None
+    return len(to.expressions) if isinstance(to, exp.DataType) and to.expressions else None
 
 
 #: Trino's ``date_format`` specifiers (MySQL's, ``DateTimeFunctions.createDateTimeFormatter``)
@@ -491,31 +578,102 @@ def date_format(node: Any, adapt: Callable[[Any], Any]) -> Any:
     return exp.Anonymous(this="strftime", expressions=[call.this, exp.Literal.string("".join(out))])
 
 
-#: Trino's functions whose answer is a DOUBLE whatever their arguments, by sqlglot class name
-#: (``Rand`` only without an argument: ``random(n)`` is an integer).
-_DOUBLE_CALLS = frozenset(
-    {
-        "Sqrt", "Cbrt", "Ln", "Log", "Exp", "Pow", "Degrees", "Radians", "Sin", "Cos", "Tan",
-        "Asin", "Acos", "Atan", "Atan2", "Sinh", "Cosh", "Tanh", "Pi", "Rand", "Stddev",
-        "StddevPop", "StddevSamp", "Variance", "VariancePop", "Corr", "CovarPop", "CovarSamp",
-        "TimeToUnix",
-    }
-)  # fmt: skip
-#: The floating-point types a CAST may name (as ``DataType.this`` names them).
-_FLOAT_TYPES = frozenset({"DOUBLE", "FLOAT"})
+#: Trino's ``date_parse`` specifiers (the formatter ``date_format`` prints with, read back) in
+#: DuckDB's ``strptime`` spelling. sqlglot's own mapping left ``%f`` as DuckDB's microseconds
+#: (1 to 6 digits; Trino reads 1 to 9), and ``%v`` and an unknown letter (``%q``) for DuckDB
+#: to refuse, and gave DuckDB a meaning for those Trino refuses (``%u`` a week from Monday).
+_DATE_PARSE = {
+    "a": "%a", "b": "%b", "c": "%-m", "d": "%d", "e": "%-d", "f": "%n", "H": "%H", "h": "%I",
+    "I": "%I", "i": "%M", "j": "%j", "k": "%-H", "l": "%-I", "M": "%B", "m": "%m", "p": "%p",
+    "r": "%I:%M:%S %p", "S": "%S", "s": "%S", "T": "%H:%M:%S", "W": "%A", "Y": "%Y", "y": "%y",
+    "%": "%%",
+}  # fmt: skip
+#: What Trino's ``date_parse`` gives when DuckDB's ``strptime`` gives ``__r__``: a year the
+#: text does not hold is 1970 (Joda starts from the epoch), where DuckDB takes 1900 (both
+#: years have no 29 February, so the same day and time are valid in both).
+_DATE_PARSE_NO_YEAR = "__r__ + INTERVAL 70 YEAR"
+#: ``%y``: Trino reads two digits as 1970 to 2069 (Joda's ``appendTwoDigitYear(2020)``),
+#: DuckDB as 1969 to 2068, so ``69`` alone differs (2069, not 1969).
+_DATE_PARSE_TWO_DIGITS = (
+    "CASE WHEN year(__r__) = 1969 THEN __r__ + INTERVAL 100 YEAR ELSE __r__ END"
+)
+#: ``%f``: Trino's answer is a ``timestamp(3)``, the fraction cut to milliseconds; DuckDB's
+#: ``%n`` (up to 9 digits, as Trino reads) gives nanoseconds.
+_DATE_PARSE_MILLIS = "CAST(date_trunc('millisecond', __r__) AS TIMESTAMP)"
+
+
+def date_parse(node: Any, adapt: Callable[[Any], Any]) -> Any:
+    """``node`` (exp.StrToTime, Trino's ``date_parse(text, format)``) as ``strptime`` with each
+    of Trino's specifiers spelled as DuckDB's (:data:`_DATE_PARSE`), any other letter after a
+    ``%`` read as that letter, as in Trino; those Trino refuses (as ``date_format`` does) are
+    refused, and ``%v``/``%x`` (an ISO week and its year, which DuckDB reads otherwise: the
+    week's Monday, Joda its Thursday) too, with what to do. A format that is not a literal
+    is left to sqlglot's mapping.
+
+    Left as it is: a weekday name (``%a``, ``%W``), which DuckDB reads and ignores and Joda
+    applies, moving the date within its week, so the answers differ when the text's weekday
+    is not its date's, or the format has no day."""
+    from sqlglot import exp
+    from sqlglot.dialects.trino import Trino
+    from sqlglot.time import format_time
+
+    call = node.copy()
+    call.set("this", adapt(node.this))
+    fmt = call.args.get("format")
+    if not (isinstance(fmt, exp.Literal) and fmt.is_string):
+        return call
+    trino = format_time(fmt.this, Trino.INVERSE_TIME_MAPPING, Trino.INVERSE_TIME_TRIE) or ""
+    out: list[str] = []
+    used: set[str] = set()
+    escaped = False
+    for char in trino:
+        if not escaped:
+            escaped = char == "%"
+            out.append("" if escaped else char.replace("%", "%%"))
+            continue
+        escaped = False
+        if char in _DATE_FORMAT_REFUSED:
+            raise QueryError(
+                f"date_parse(): %{char} is not supported in Athena's date format strings "
+                "(Trino refuses %D %U %u %V %w %X); take that part of the text out first "
+                "(regexp_replace), or match it with literal characters"
+            )
+        if char in "vx":
+            raise QueryError(
+                f"date_parse(): %{char} (an ISO week or its year) is read otherwise by the local "
+                "engine (the week's Monday; Athena's Joda gives its Thursday); parse the date "
+                "itself, or run the statement with --engine athena"
+            )
+        used.add(char)
+        out.append(_DATE_PARSE.get(char, char))
+    parsed: Any = exp.Anonymous(
+        this="strptime", expressions=[call.this, exp.Literal.string("".join(out))]
+    )
+    if "f" in used:
+        parsed = from_template(_DATE_PARSE_MILLIS, r=parsed)
+    if not used & {"Y", "y"}:
+        parsed = from_template(_DATE_PARSE_NO_YEAR, r=parsed)
+    elif "y" in used and "Y" not in used:
+        parsed = from_template(_DATE_PARSE_TWO_DIGITS, r=parsed)
+    return parsed
 
 
 def divide(node: Any, adapt: Callable[[Any], Any]) -> Any:
     """``node`` (exp.Div) as IEEE's division when the statement shows a side is a DOUBLE or
-    REAL (:func:`is_floating`): ``1e0 / 0`` is Infinity and ``0e0 / 0`` NaN, as in Trino.
+    REAL (:func:`athena.trinotypes.is_floating`): ``1e0 / 0`` is Infinity and ``0e0 / 0``
+    NaN, as in Trino.
 
     The local engine sets ``integer_division`` so that an integer divided by an integer
     truncates as in Trino; that makes every ``/`` DuckDB's ``//``, which fails on a zero
     whatever the type. ``"/"(a, b)`` is DuckDB's ``/`` called by name, which the setting does
     not touch. The operands' types are known only when DuckDB binds the statement, and no one
     expression can take DuckDB's ``/`` for floats and ``//`` for integers (a CASE over ``typeof``
-    makes both answers DOUBLE: ``7 / 2`` was ``3.0``), so a division whose DOUBLE the statement
-    does not show (a column, ``sum(x)``) still fails on a zero, saying how to write it."""
+    makes both answers DOUBLE: ``7 / 2`` was ``3.0``), so the statement must show the DOUBLE:
+    a column counts when its definition in a derived table, ``WITH`` query or ``VALUES`` list
+    shows it, or the warehouse schema types it so (none of the tables' columns is a DOUBLE
+    today: their numbers are integers, whose division by zero Athena refuses too), and
+    ``avg`` of an integer is one, as Trino's. A division whose DOUBLE the statement does not
+    show (a parameter) still fails on a zero, saying how to write it."""
     from sqlglot import exp
 
     floating = is_floating(node.this) or is_floating(node.expression)
@@ -527,33 +685,6 @@ def divide(node: Any, adapt: Callable[[Any], Any]) -> Any:
     return exp.Anonymous(
         this=exp.to_identifier("/", quoted=True), expressions=[call.this, call.expression]
     )
-
-
-def is_floating(node: Any) -> bool:
-    """Whether Trino types ``node`` (an unadapted operand) DOUBLE or REAL, as far as the
-    statement shows: a literal with an exponent (``1e0``; ``1.5`` is a DECIMAL), a CAST to
-    one, a function that always answers one (:data:`_DOUBLE_CALLS`), or arithmetic, a CASE or
-    ``coalesce`` with such a value in it (Trino's common type of a DOUBLE and a number is
-    DOUBLE)."""
-    from sqlglot import exp
-
-    if isinstance(node, exp.Literal):
-        return not node.is_string and "e" in node.this.lower()
-    if isinstance(node, exp.Cast | exp.TryCast):
-        to = node.args.get("to")
-        return isinstance(to, exp.DataType) and to.this.name in _FLOAT_TYPES
-    if type(node).__name__ in _DOUBLE_CALLS:
-        return not (isinstance(node, exp.Rand) and node.args.get("this") is not None)
-    if isinstance(node, exp.Paren | exp.Neg):
-        return is_floating(node.this)
-    if isinstance(node, exp.Add | exp.Sub | exp.Mul | exp.Div | exp.Mod):
-        return is_floating(node.this) or is_floating(node.expression)
-    if isinstance(node, exp.Coalesce | exp.Nullif):
-        return any(is_floating(a) for a in [node.this, *node.expressions] if a is not None)
-    if isinstance(node, exp.Case):
-        branches = [i.args.get("true") for i in node.args.get("ifs") or []]
-        return any(is_floating(b) for b in [*branches, node.args.get("default")] if b is not None)
-    return False
 
 
 #: Trino's ``upper`` maps each character alone (airlift's ``SliceUtf8.toUpperCase``, Java's

@@ -20,8 +20,10 @@ documented in Trino's "Functions and operators" pages):
     ``2.68``); printf goes through a double (``2.67``). The decimal is rounded exactly first.
   - ``%s`` of a TIMESTAMP: Java's ``2020-01-01T00:00`` (seconds only when not zero, then
     3, 6 or 9 fraction digits); written so from DuckDB's text. The tables' ``timestamp`` is a
-    TIMESTAMP on Athena and WITH TIME ZONE (UTC) locally: both print as Athena prints it (a
-    TIMESTAMP WITH TIME ZONE of Trino's own, ``current_timestamp``, prints with its zone there).
+    TIMESTAMP on Athena and WITH TIME ZONE (UTC) locally: both print as Athena prints it. A
+    TIMESTAMP WITH TIME ZONE of Trino's own (``now()``, ``from_unixtime(x)``) is Java's
+    ``ZonedDateTime`` there, ``2024-03-10T22:00:03.719Z[UTC]``: so where the statement shows
+    one (:func:`athena.trinotypes.is_zoned`).
   - ``%s`` of a DOUBLE or REAL: Java's ``Double.toString``, as DuckDB's text between 1e-3 and
     1e7 (``0.5``, ``10000.0``), ``NaN``/``Infinity``, and outside that range Java's ``1.0E7``
     (:data:`JAVA_NUMBER_TEXT`, which ``CAST(x AS varchar)`` prints too).
@@ -49,6 +51,7 @@ from collections.abc import Callable
 from typing import Any
 
 from athena.queries import QueryError
+from athena.trinotypes import is_zoned
 
 #: A URL's scheme and authority (optional), the part before its path.
 _BEFORE_PATH = "^(?:[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*)?"
@@ -280,7 +283,8 @@ def format_call(node: Any, adapt: Callable[[Any], Any]) -> Any:
         at = int(index) if index is not None else ordinary
         if not 1 <= at <= len(args):
             raise QueryError(f"format(): {spec.group(0)!r} has no argument {at}")
-        parts.append(_conversion(args[at - 1].copy(), flags, width, precision, conversion))
+        zoned = is_zoned(node.expressions[at - 1])
+        parts.append(_conversion(args[at - 1].copy(), flags, width, precision, conversion, zoned))
     parts += _literal(text[pos:])
     if not parts:
         return exp.Literal.string("")
@@ -300,13 +304,18 @@ def _literal(text: str) -> list[Any]:
     return [exp.Literal.string(text)] if text else []
 
 
-def _conversion(arg: Any, flags: str, width: str | None, precision: str | None, conv: str) -> Any:
-    """``coalesce(printf('%<spec>', arg), '<null, padded>')`` for one Java conversion."""
+def _conversion(
+    arg: Any, flags: str, width: str | None, precision: str | None, conv: str, zoned: bool = False
+) -> Any:
+    """``coalesce(printf('%<spec>', arg), '<null, padded>')`` for one Java conversion; ``zoned``:
+    the argument is one of Trino's zoned timestamps (:func:`athena.trinotypes.is_zoned`)."""
     from sqlglot import exp
 
     spec = "%" + flags + (width or "") + (f".{precision}" if precision else "")
     value = arg
-    if conv in "sS":
+    if conv in "sS" and zoned:
+        value = from_template(_JAVA_ZONED_TEXT, text=_java_text(from_template(_MILLIS, x=arg)))
+    elif conv in "sS":
         value = _java_text(arg)
     elif conv == "f":
         value = from_template(_DECIMAL_ROUNDED.format(digits=int(precision or 6)), arg=arg)
@@ -354,6 +363,13 @@ CASE
   ELSE CAST(__arg__ AS VARCHAR)
 END
 """
+
+
+#: ``%s`` of Trino's own zoned timestamps (``now()``, ``from_unixtime``: a ``timestamp(3) with
+#: time zone`` in the session's zone, UTC): Java's ``ZonedDateTime``, its ``LocalDateTime`` and
+#: ``Z[UTC]`` (the offset, then the zone's name). DuckDB's ``now()`` has six digits: cut to 3.
+_JAVA_ZONED_TEXT = "__text__ || 'Z[UTC]'"
+_MILLIS = "date_trunc('millisecond', __x__)"
 
 
 def _java_text(arg: Any) -> Any:

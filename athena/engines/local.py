@@ -331,6 +331,17 @@ DIVISION_BY_ZERO_TEXT = (
     "/ y"
 )
 
+#: DuckDB's words for ``r[1]`` on a ROW with field names, which its ``[]`` cannot read by
+#: position (its ``ROW(...)`` has names); logq reads such a field where the statement shows
+#: the ROW (:func:`athena.trinocalls.subscript`), and says this where it does not.
+_ROW_POSITION = "struct_extract with an integer key can only be used on unnamed structs"
+#: What logq says instead.
+ROW_POSITION_TEXT = (
+    "a ROW's field by position (r[1]) is read locally only where the statement shows the ROW "
+    "(ROW(...), CAST(... AS ROW(...)), or a column a subquery or WITH query defines as one, "
+    "not through *); read the field by name (r.x), or run the statement with --engine athena"
+)
+
 
 def unreadable_file(path: str, exc: Exception) -> EngineError:
     """One line naming the file and what to do; DuckDB's reason without the path repeated (the
@@ -730,6 +741,8 @@ class LocalEngine:
         text = _one_line(_duckdb_text(exc))
         if _DIVISION_BY_ZERO in text:
             return failed(DIVISION_BY_ZERO_TEXT)
+        if _ROW_POSITION in text:
+            return failed(ROW_POSITION_TEXT)
         if sql is not None:
             from athena.queries import unnamed_in_message, unnamed_marker
 
