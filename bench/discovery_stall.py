@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/discovery_stall.py [--containers 300] [--pods 0] [--files 0]
                                               [--passes 50] [--changed 0] [--src DIR]
+                                              [--gone 0] [--stat-ms 0]
 
 Writes a host of ``--containers`` Docker json-file containers (a ``config.v2.json`` with the
 labels of an ECS task and a dozen image labels), ``--pods`` CRI pod logs and ``--files`` plain
@@ -13,6 +14,16 @@ a pass that runs on the loop makes it wake late by the whole pass; one on anothe
 the time the loop waits for the GIL (at most the interpreter's switch interval, 5 ms, once the
 pass holds it). ``--changed`` rewrites that many ``config.v2.json`` before each pass (their
 metadata is parsed again, as after ``docker update`` or at a deploy).
+
+``--gone`` deletes the log files of that many containers after the first pass (their folders
+stay: a rotation between rename and create, or a container's files going), and every pass
+after it is handed to the daemon's bookkeeping (``Shipper._sync_sources``) with a source
+"running" for each container found at the first pass (stand-ins: nothing is read or sent), so
+each pass asks whether each of those sources is gone, as the daemon does for
+:data:`~shipper.daemon.GONE_GRACE_SECONDS` after a file goes (the grace is started again at
+each pass: nothing is drained). ``--stat-ms`` makes every look at a path in those containers'
+folders take that long (a slow or hung NFS mount under the root): on the loop, each pass
+stalls it by the looks at every gone source; on the discovery thread, not at all.
 
 Prints, for the first pass (every ``config.v2.json`` parsed) and the others (metadata cached):
 the pass time (median, max) and the probe's lateness during the passes (p50, p99, max: the
@@ -27,10 +38,14 @@ import argparse
 import asyncio
 import inspect
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
+import types
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +97,27 @@ def write_config(folder: Path, cid: str, labels: dict[str, str], version: int) -
     (folder / "config.v2.json").write_text(json.dumps(config))
 
 
+@contextmanager
+def slow_stats(folders: list[Path], seconds: float) -> Iterator[None]:
+    """``os.stat`` of a path in ``folders`` (``os.path.isfile``, ``isdir``, ``Path.stat``...)
+    sleeps ``seconds`` first, the GIL released, as a call on a slow network mount does."""
+    prefixes = tuple(f"{folder}/" for folder in folders)
+    names = {str(folder) for folder in folders}
+    real: Callable[..., os.stat_result] = os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        text = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else ""
+        if seconds and (text in names or text.startswith(prefixes)):
+            time.sleep(seconds)
+        return real(path, *args, **kwargs)
+
+    os.stat = stat  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        os.stat = real
+
+
 class Probe:
     """Wakes every :data:`PROBE_SECONDS` on the loop; records how late each wake-up was,
     filed under what was running (a pass or not)."""
@@ -91,6 +127,8 @@ class Probe:
         self.passes = 0
         """Passes started: one that started and ended while the probe slept counts too."""
         self.late: dict[bool, list[float]] = {True: [], False: []}
+        self.sources = 0
+        """Sources the first pass found."""
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -122,35 +160,61 @@ async def measure(args: argparse.Namespace, host: dict[str, Path], state: Path) 
     times: list[float] = []
     stalls: list[list[float]] = []
     folders = sorted(host["docker"].iterdir())
+    gone = folders[: args.gone]
     try:
-        for n in range(args.passes):
-            for i in range(args.changed if n else 0):
-                folder = folders[(n * args.changed + i) % len(folders)]
-                write_config(folder, folder.name, {"logq.service": f"s{n}"}, n)
-            before = len(probe.late[True])
-            probe.in_pass = True
-            probe.passes += 1
-            t0 = time.perf_counter()
-            scan = shipper._discover()
-            if inspect.isawaitable(scan):  # the pass off the loop (after the change)
-                scan = await scan
-            if watcher is not None:
-                covered = shipper._watch(watcher)
-                if inspect.isawaitable(covered):
-                    await covered
-            times.append(time.perf_counter() - t0)
-            probe.in_pass = False
-            await asyncio.sleep(GAP_SECONDS)
-            stalls.append(probe.late[True][before:])
-            if not n:
-                sources = len(scan.specs)
+        with slow_stats(gone, args.stat_ms / 1000):
+            await passes(args, shipper, watcher, probe, folders, gone, times, stalls)
     finally:
         prober.cancel()
         if watcher is not None:
             watcher.close()
         shipper.registry.close()
         await shipper.client.close()
-    return {"times": times, "stalls": stalls, "idle": probe.late[False], "sources": sources}
+    return {"times": times, "stalls": stalls, "idle": probe.late[False], "sources": probe.sources}
+
+
+async def passes(
+    args: argparse.Namespace,
+    shipper: Any,
+    watcher: Any,
+    probe: Probe,
+    folders: list[Path],
+    gone: list[Path],
+    times: list[float],
+    stalls: list[list[float]],
+) -> None:
+    """``--passes`` passes as the follow mode runs them, each one's time and stalls noted."""
+    for n in range(args.passes):
+        for i in range(args.changed if n else 0):
+            folder = folders[(n * args.changed + i) % len(folders)]
+            write_config(folder, folder.name, {"logq.service": f"s{n}"}, n)
+        before = len(probe.late[True])
+        probe.in_pass = True
+        probe.passes += 1
+        t0 = time.perf_counter()
+        scan = shipper._discover()
+        if inspect.isawaitable(scan):  # the pass off the loop (after the change)
+            scan = await scan
+        if n and gone:
+            shipper._sync_sources(scan)  # is each source missing gone? (stats)
+            shipper._missing.clear()  # the grace starts again: every pass asks again
+        if watcher is not None:
+            covered = shipper._watch(watcher)
+            if inspect.isawaitable(covered):
+                await covered
+        times.append(time.perf_counter() - t0)
+        probe.in_pass = False
+        await asyncio.sleep(GAP_SECONDS)
+        stalls.append(probe.late[True][before:])
+        if not n:
+            probe.sources = len(scan.specs)
+            if gone:
+                # Stand-ins for the sources the daemon would run: nothing read or sent.
+                for spec in scan.specs:
+                    runner = types.SimpleNamespace(spec=spec, finishing=False, stopping=False)
+                    shipper.runners[spec.key] = runner
+                for folder in gone:
+                    (folder / f"{folder.name}-json.log").unlink()
 
 
 def row(name: str, values: list[float]) -> str:
@@ -172,6 +236,8 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=50)
     ap.add_argument("--changed", type=int, default=0, help="config.v2.json rewritten a pass")
     ap.add_argument("--src", type=Path, help="run the shipper of this checkout")
+    ap.add_argument("--gone", type=int, default=0, help="containers whose log file goes")
+    ap.add_argument("--stat-ms", type=float, default=0.0, help="a look in their folders takes")
     args = ap.parse_args()
     sys.path.insert(0, str(args.src or REPO))
     with tempfile.TemporaryDirectory(prefix="logq-discovery-") as tmp:
@@ -180,6 +246,7 @@ def main() -> None:
     print(
         f"discovery: {args.containers} containers, {args.pods} pods, {args.files} files "
         f"({got['sources']} sources), {args.changed} configs changed a pass, "
+        f"{args.gone} files gone (a stat there {args.stat_ms:g} ms), "
         f"code {args.src or REPO}"
     )
     print(row("first pass: time", got["times"][:1]))

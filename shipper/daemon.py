@@ -60,6 +60,7 @@ with deferred_interrupts("logq-shipper"):
     import ssl
     import time
     from collections.abc import Awaitable, Callable
+    from dataclasses import replace
     from pathlib import Path
     from typing import TypeVar
 
@@ -70,13 +71,14 @@ with deferred_interrupts("logq-shipper"):
     from shipper.discover import Discoverer, Scan, SourceSpec, check_roots, node_names
     from shipper.errors import ConfigError, ShipperError, StartError, listen_error
     from shipper.exclude import Excluder, Exclusion
-    from shipper.followed import prune_followed
+    from shipper.followed import gone_followed
     from shipper.fsnames import as_text
     from shipper.inotify import DirectoryWatcher, FileWatcher, directories_to_watch
     from shipper.logs import announce_metrics, setup_logging
     from shipper.metrics import Metrics
     from shipper.open_files import raise_open_files_limit as raise_limit
-    from shipper.removed import count_removed
+    from shipper.presence import look
+    from shipper.removed import count_removed, gone_files, unfound
     from shipper.sender import ForwardClient, tls_context
     from shipper.source import SourceRunner, Window
     from shipper.tls_keys import KeyPairError, load_key_pair
@@ -332,9 +334,11 @@ class Shipper:
         :attr:`_discovery`'s one thread, so passes never overlap (one still running when its
         waiter was cancelled holds the next back), their results reach the loop in the order
         they ran, and the discoverer's caches have one user.
-        The :class:`Scan` is handed over whole when the pass is done (its specs are frozen);
-        what the daemon keeps (runners, retries, failure counts) changes here, on the loop."""
-        scan = await self._off_loop(self.discoverer.scan)
+        The :class:`Scan` is handed over whole when the pass is done (its specs are frozen),
+        with what the thread found of the sources the pass missed (:meth:`_pass`); what the
+        daemon keeps (runners, retries, failure counts) changes here, on the loop."""
+        known = self._known()
+        scan = await self._off_loop(lambda: self._pass(known))
         # Back off only while a whole root cannot be listed (out of fds...): a failing folder
         # under it says nothing about the others, whose discovery must stay prompt.
         self._blind_passes = self._blind_passes + 1 if scan.blind else 0
@@ -353,6 +357,31 @@ class Shipper:
             )
         self._scan_failures += 1
         return scan
+
+    def _known(self) -> dict[str, Path]:
+        """The live files of the sources running (not draining) and of those kept excluded,
+        by key: a pass that does not find one looks at it (see :meth:`_gone`). Taken on the
+        loop when a pass starts: sources are started and excluded only from a pass's results,
+        on the loop, so none appears meanwhile."""
+        known = {key: spec.path for key, (spec, _) in self._excluded.items()}
+        known.update((key, r.spec.path) for key, r in self.runners.items() if not r.finishing)
+        return known
+
+    def _pass(self, known: dict[str, Path]) -> Scan:
+        """A discovery pass, and a look at the files of the ``known`` sources it did not find
+        (:mod:`shipper.presence`): the discovery thread's work. On the loop, those ``stat``
+        calls (a file and its folder per source missing, at every pass while it is missing)
+        held every read and ack, for as long as a slow file system took. Sources under a
+        folder the pass could not list are not looked at: they are kept anyway, and that
+        folder may be the one that hangs."""
+        scan = self.discoverer.scan()
+        found = {spec.key for spec in scan.specs} | scan.excluded.keys()
+        missing = {
+            key: path
+            for key, path in known.items()
+            if key not in found and not scan.may_have_missed(path)
+        }
+        return replace(scan, looked=look(missing)) if missing else scan
 
     async def _off_loop(self, work: Callable[[], _T]) -> _T:
         """``work()`` run on the discovery thread; said (WARNING, ``/healthz`` 503) while it
@@ -419,7 +448,7 @@ class Shipper:
         for key, entry in self._excluded.items():
             if key in scan.excluded or key in shipped:
                 continue
-            if scan.may_have_missed(entry[0].path) or not self._gone(key, entry[0], now):
+            if scan.may_have_missed(entry[0].path) or not self._gone(key, scan, now):
                 kept[key] = entry
             else:
                 self._missing.pop(key, None)
@@ -487,18 +516,23 @@ class Shipper:
                 continue
             if scan.may_have_missed(runner.spec.path):
                 continue  # its folder was unreadable this time: it may only be unlisted
-            if self._gone(key, runner.spec, now):
+            if self._gone(key, scan, now):
                 log.info("source gone, draining key=%s", key)
                 runner.finishing = True
                 self._missing.pop(key, None)
 
-    def _gone(self, key: str, spec: SourceSpec, now: float) -> bool:
+    def _gone(self, key: str, scan: Scan, now: float) -> bool:
         """Whether a source missing from a complete pass is really gone: its folder removed
-        (a container or pod deleted), or its file missing for GONE_GRACE_SECONDS."""
-        if os.path.isfile(spec.path):
+        (a container or pod deleted), or its file missing for GONE_GRACE_SECONDS. What was
+        there was looked at on the discovery thread after the pass (:attr:`Scan.looked`);
+        a source it did not look at (none the daemon knew when the pass started) is kept."""
+        there = scan.looked.get(key)
+        if there is None:
+            return False
+        if there.file:
             self._missing.pop(key, None)
             return False  # still there, whatever the listing said
-        if not os.path.isdir(spec.path.parent):
+        if not there.folder:
             return True
         return now - self._missing.setdefault(key, now) >= GONE_GRACE_SECONDS
 
@@ -571,16 +605,33 @@ class Shipper:
             if state.source not in live and state.updated < cutoff:
                 self.registry.remove(key)
 
-    def _count_removed(self, found: set[str]) -> None:
+    async def _forget_removed(self, scan: Scan) -> bool:
+        """After the first discovery pass: count and forget the checkpoints of files removed
+        while the shipper was down, forget those gone for long and the ``followed`` entries
+        of containers and pods removed. Returns True (for :func:`_unless_stopped`)."""
+        if scan.complete:
+            found = {s.key for s in scan.specs} | scan.excluded.keys()
+            await self._count_removed(found)
+            self._gc_registry(found)
+        await self._prune_followed(scan)
+        return True
+
+    async def _count_removed(self, found: set[str]) -> None:
         """Count the files of sources removed while the shipper was down (see
         :mod:`shipper.removed`) before :meth:`_gc_registry` forgets them: found by no pass,
         their lines not shipped were lost without a count (``deleted_unread``), and lines
-        written while the shipper was down possibly so (``removed_while_down``)."""
+        written while the shipper was down possibly so (``removed_while_down``). Which are
+        gone is looked at on the discovery thread (a folder listed and its files stat'ed per
+        file, which held the loop at start-up on a slow file system); the registry, which
+        nothing else changes before the sources start, is changed here, on the loop."""
+        files = unfound(self.registry, found)
+        gone = await self._off_loop(lambda: gone_files(files)) if files else set()
         on_loss = self.metrics.count_loss
-        if count_removed(self.registry, found, node_names(self.cfg.hostname), on_loss):
+        nodes = node_names(self.cfg.hostname)
+        if count_removed(self.registry, found, nodes, on_loss, gone):
             self.checkpoint_changed()
 
-    def _prune_followed(self, scan: Scan) -> None:
+    async def _prune_followed(self, scan: Scan) -> None:
         """After the first discovery pass: forget the ``followed`` entries of containers and
         pods removed while the shipper was down (see :mod:`shipper.followed`). Their folders
         are looked at one by one, so a pass that failed somewhere does not matter: a folder
@@ -598,7 +649,13 @@ class Shipper:
             # and its pods would be looked for under --cri-root only, and dropped.
             pod_roots.clear()
         docker_root = Path(self.cfg.docker_root) if self.cfg.docker_root else None
-        dropped = prune_followed(self.registry, docker_root, pod_roots)
+        sources = self.registry.followed_sources()
+        if not sources:
+            return
+        # Looked at on the discovery thread (roots listed, a folder stat'ed per entry).
+        dropped = await self._off_loop(lambda: gone_followed(sources, docker_root, pod_roots))
+        for source in dropped:
+            self.registry.forget_followed(source)
         if dropped:
             log.info(
                 "forgot the followed entries of %d containers or pods removed while the "
@@ -740,9 +797,12 @@ class Shipper:
         stop = asyncio.ensure_future(self._stop.wait())
         try:
             scan = await _unless_stopped(self._discover(), stop)
+            # The checkpoints and followed entries of what was removed meanwhile are looked
+            # at on the discovery thread too: a stop does not wait for those looks either.
+            done = scan is not None and await _unless_stopped(self._forget_removed(scan), stop)
         finally:
             stop.cancel()
-        if scan is None:  # (a first pass hung on a dead file system held the stop for good)
+        if scan is None or not done:  # (a call hung on a dead file system held the stop)
             log.info("stopped during the first discovery pass: no source was started")
             return
         specs = scan.specs
@@ -757,11 +817,6 @@ class Shipper:
                 ",".join(self.cfg.paths) or "-",
                 len(scan.excluded),
             )
-        if scan.complete:
-            found = {s.key for s in specs} | scan.excluded.keys()
-            self._count_removed(found)
-            self._gc_registry(found)
-        self._prune_followed(scan)
         self._sync_sources(scan)
         if self.cfg.once:
             await self._wait_once()

@@ -47,6 +47,7 @@ from shipper.errors import ConfigError, flag_of
 from shipper.exclude import Excluder, Exclusion, kubelet_link_paths
 from shipper.formats import truncate
 from shipper.fsnames import as_text
+from shipper.presence import Presence
 from shipper.regular import NotRegularFile, kind, read_regular
 
 log = logging.getLogger("logq.shipper.discover")
@@ -391,6 +392,11 @@ class Scan:
     read_as: set[str] = field(default_factory=set)
     """Keys of sources whose file another source (another route) reads: not in :attr:`specs`
     (see :meth:`Discoverer._read_once`)."""
+    looked: dict[str, Presence] = field(default_factory=dict)
+    """The sources the daemon runs (or keeps excluded) that this pass did not find, by key:
+    whether their file and its folder were there, looked at on the discovery thread right
+    after the pass (:mod:`shipper.presence`). A source not in it is not judged gone by this
+    pass."""
 
     @property
     def complete(self) -> bool:

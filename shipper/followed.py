@@ -89,22 +89,33 @@ def _vouched(sources: list[str], docker_root: Path | None, roots: list[Path]) ->
     return kinds
 
 
-def prune_followed(
-    registry: Registry, docker_root: Path | None, pod_roots: Iterable[Path]
+def gone_followed(
+    sources: list[str], docker_root: Path | None, pod_roots: Iterable[Path]
 ) -> list[str]:
-    """Forget the ``followed`` entries whose source's folder is gone under every root it may
-    be under (see the module's docstring); returns their keys."""
+    """The ``followed`` entries of ``sources`` whose source's folder is gone under every root
+    it may be under (see the module's docstring). It lists the roots and stats a folder or
+    more per entry: a work for a thread other than the event loop's (the daemon's discovery
+    thread), whose registry changes on the loop from what it returns."""
     roots = sorted(root for root in set(pod_roots) if _usable(root))  # looked at once each
     if docker_root is not None and not _usable(docker_root):
         docker_root = None
-    sources = registry.followed_sources()
     vouched = _vouched(sources, docker_root, roots)
-    dropped = []
+    gone = []
     for source in sources:
         if source.partition(":")[0] not in vouched:
             continue
         folders = folders_of(source, docker_root, roots)
         if folders and all(_gone(f) for f in folders):
-            registry.forget_followed(source)
-            dropped.append(source)
+            gone.append(source)
+    return gone
+
+
+def prune_followed(
+    registry: Registry, docker_root: Path | None, pod_roots: Iterable[Path]
+) -> list[str]:
+    """Forget the ``followed`` entries whose source's folder is gone (:func:`gone_followed`,
+    looked at here); returns their keys."""
+    dropped = gone_followed(registry.followed_sources(), docker_root, pod_roots)
+    for source in dropped:
+        registry.forget_followed(source)
     return dropped

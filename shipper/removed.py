@@ -21,6 +21,11 @@ size the shipper last saw (:attr:`~shipper.checkpoint.FileState.seen`).
   when the shipper stopped: lines it wrote after that, if any, are lost, and nothing can tell
   whether there were any. Not counting them hid the usual loss of a Kubernetes rollout of the
   shipper, the last lines of pods deleted meanwhile (A2s18's F2, R4s18).
+
+Whether a file is gone takes a listing of its folder and a ``stat`` of each of its files: the
+daemon has it done on its discovery thread (:func:`gone_files` of :func:`unfound`) and judges
+here, on its event loop, what was found (``gone``): on a slow or hung file system, those calls
+held the loop at start-up.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container, Mapping
 from pathlib import Path
 
 from shipper.checkpoint import Described, FileState, Registry
@@ -37,19 +42,35 @@ from shipper.discover import pod_owner_name
 log = logging.getLogger("logq.shipper")
 
 
+def unfound(registry: Registry, found: set[str]) -> dict[str, Path]:
+    """The checkpointed files of sources not in ``found`` (the keys a complete discovery pass
+    found, excluded ones included), by key: those :func:`count_removed` judges if gone."""
+    return {key: Path(state.path) for key, state in registry.items() if state.source not in found}
+
+
+def gone_files(files: Mapping[str, Path]) -> set[str]:
+    """The keys of ``files`` (:func:`unfound`) that are provably gone (see :func:`_gone`). It
+    lists a folder and stats its files for each: a work for a thread other than the loop's."""
+    return {key for key, path in files.items() if _gone(key, path)}
+
+
 def count_removed(
     registry: Registry,
     found: set[str],
     nodes: tuple[str, ...],
     on_loss: Callable[[str, str], None],
+    gone: Container[str] | None = None,
 ) -> int:
     """Judge and forget the checkpoints of files of sources not in ``found`` (the keys a
-    complete discovery pass found, excluded ones included) that are gone;
+    complete discovery pass found, excluded ones included) that are gone: those in ``gone``
+    (:func:`gone_files`, looked at elsewhere), else looked at here;
     ``on_loss(service, reason)`` is called once per file (``deleted_unread``: lost for sure or
     of unknown amount; ``removed_while_down``: possible). Returns how many were counted."""
+    if gone is None:
+        gone = gone_files(unfound(registry, found))
     counted = 0
     for key, state in registry.items():
-        if state.source in found or not _gone(key, Path(state.path)):
+        if state.source in found or key not in gone:
             continue
         registry.remove(key)
         who = registry.described(state.source) or _guessed(state.source, nodes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ import pytest
 
 from shipper import daemon as daemon_mod
 from shipper.checkpoint import Registry
-from shipper.config import load_config
+from shipper.config import Config, load_config
 from shipper.daemon import Shipper
 from shipper.discover import Scan
 from tests.shipper.receiver import Receiver
@@ -105,6 +106,100 @@ def test_a_hung_pass_is_said_and_turns_healthz_503_while_it_lasts(
     assert "look for a slow or hung file system" in caplog.text
 
 
+def test_a_hung_look_at_a_missing_file_does_not_hold_up_shipping(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source missing from a pass is looked at (its file, its folder) at every pass until
+    it is known gone; on a slow or hung file system (a stale NFS mount) those ``stat`` calls,
+    made on the event loop, held every read and ack. Now they run on the discovery thread:
+    a line written while one hangs arrives meanwhile."""
+    live = _one_line_log(tmp_path)
+    going = tmp_path / "logs" / "going" / "app.log"
+    going.parent.mkdir()
+    going.write_text("x\n")
+    cfg = load_config(_glob_args(tmp_path, receiver))
+    real_isfile = os.path.isfile
+    loop_thread = threading.current_thread()
+    arrived: list[bool] = []
+
+    def hung_isfile(path: object) -> bool:
+        if path == going and not arrived:  # (the one look that hangs)
+            with live.open("a") as f:
+                f.write("two\n")
+            arrived.append(_wait(lambda: "two" in receiver.lines(), WAIT_SECONDS))
+            arrived.append(threading.current_thread() is not loop_thread)
+        return real_isfile(path)  # type: ignore[arg-type]
+
+    async def go() -> None:
+        shipper = Shipper(cfg)
+        run = asyncio.create_task(shipper.run())
+        await until(lambda: sorted(receiver.lines()) == ["one", "x"])
+        monkeypatch.setattr(os.path, "isfile", hung_isfile)
+        going.unlink()  # its folder stays: looked at by every pass until the grace is over
+        await until(lambda: bool(arrived), timeout=30)
+        shipper.request_stop()
+        assert await run == 0
+
+    asyncio.run(asyncio.wait_for(go(), 60))
+    assert arrived == [True, True]  # during the look, which ran on another thread
+    assert sorted(receiver.lines()) == ["one", "two", "x"]
+
+
+def test_the_start_s_looks_at_removed_sources_do_not_hold_the_loop(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At start, the checkpoints of sources not found are judged (removed while the shipper
+    was down?) by listing their folders: on the event loop, a hung listing held it (no stop,
+    no ``/livez``) until it ended. Now it runs on the discovery thread: the loop runs, a stop
+    meanwhile ends the shipper, and the checkpoint waits for the next start to be judged."""
+    log = _one_line_log(tmp_path)
+    cfg = load_config(_glob_args(tmp_path, receiver))
+    asyncio.run(asyncio.wait_for(_ship_and_stop(cfg, receiver), 60))
+    shutil.rmtree(log.parent)  # removed while the shipper is down
+    real_listdir = os.listdir
+    loop_thread = threading.current_thread()
+    beats: list[float] = []
+    ran: list[bool] = []
+    release = threading.Event()
+
+    def hung_listdir(path: object = ".") -> list[str]:
+        if path == log.parent and not ran:
+            seen = len(beats)
+            ran.append(_wait(lambda: len(beats) > seen + 2, WAIT_SECONDS))  # the loop runs
+            ran.append(threading.current_thread() is not loop_thread)
+            ran.append(release.wait(WAIT_SECONDS))  # True: released after the stop
+        return real_listdir(path)  # type: ignore[call-overload, no-any-return]
+
+    async def go() -> None:
+        shipper = Shipper(cfg)
+        monkeypatch.setattr(os, "listdir", hung_listdir)
+        run = asyncio.create_task(shipper.run())
+        while len(ran) < 2:
+            beats.append(time.monotonic())
+            await asyncio.sleep(0.01)
+        shipper.request_stop()
+        assert await run == 0
+        release.set()
+        shipper._discovery.shutdown(wait=True)
+
+    asyncio.run(asyncio.wait_for(go(), 60))
+    assert ran == [True, True, True]
+    saved = Registry(tmp_path / "state")
+    try:
+        assert [state.path for _, state in saved.items()] == [str(log)]  # judged next time
+    finally:
+        saved.close()
+
+
+async def _ship_and_stop(cfg: Config, receiver: Receiver) -> None:
+    """Run a shipper of ``cfg`` until ``one`` is shipped, then stop it."""
+    shipper = Shipper(cfg)
+    run = asyncio.create_task(shipper.run())
+    await until(lambda: receiver.lines() == ["one"])
+    shipper.request_stop()
+    assert await run == 0
+
+
 #: The calls on the discovery thread, by what they do: (where it is, its name).
 _THREAD_CALLS = {
     "pass": ("discoverer", "scan"),
@@ -161,7 +256,7 @@ def test_a_stop_does_not_wait_for_a_hung_call_on_the_discovery_thread(
 #: it.
 _HUNG_PASS_SCRIPT = """
 import asyncio, sys, threading
-from shipper.config import load_config
+from shipper.config import Config, load_config
 from shipper.daemon import Shipper
 
 async def go() -> int:

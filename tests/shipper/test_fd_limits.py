@@ -167,14 +167,15 @@ def test_a_failed_pass_drains_nothing_and_a_file_still_there_is_not_gone(
         assert shipper.metrics.discovery_failures._value.get() == 3
         assert shipper._scan_delay(False, True) > cfg.discover_interval  # backing off
         # A complete pass that misses a file still on disk does not drain it either.
-        shipper._sync_sources(Scan())
+        shipper.discoverer.scan = Scan  # type: ignore[method-assign]
+        shipper._sync_sources(await shipper._discover())
         assert not runner.finishing
         # Missing while its folder is there: a rotation between rename and create, not gone.
         log.unlink()
-        shipper._sync_sources(Scan())
+        shipper._sync_sources(await shipper._discover())
         assert not runner.finishing
         shipper._missing[runner.spec.key] -= daemon_mod.GONE_GRACE_SECONDS  # time passes
-        shipper._sync_sources(Scan())
+        shipper._sync_sources(await shipper._discover())
         assert runner.finishing
         shipper.discoverer.scan = real_scan  # type: ignore[method-assign]
         shipper._sync_sources(await shipper._discover())

@@ -147,7 +147,7 @@ def test_pods_reached_through_symlinks_are_kept_after_a_pass_that_failed(tmp_pat
     try:
         args = [*shipper_args(tmp_path, receiver, cri=cri), "--path", str(tmp_path / "l/*.log")]
         shipper = Shipper(load_config(args))
-        shipper._prune_followed(Scan(failures=["cannot list l: Too many open files"]))
+        asyncio.run(shipper._prune_followed(Scan(failures=["cannot list l: Too many open files"])))
         assert sorted(shipper.registry.followed_sources()) == sorted(sources)
         shipper.registry.close()
     finally:
