@@ -84,8 +84,73 @@ def decode_text(raw: bytes, counts: Lines) -> str:
         return raw.decode("utf-8", "replace")
 
 
+def decode_line(raw: bytes, counts: Lines | None, max_bytes: int) -> str:
+    """:func:`decode_text` of a line (``counts`` None: its invalid UTF-8 is counted already),
+    except that one to be cut (what it shows is over ``max_bytes``) keeps the bytes that are
+    not UTF-8 as they are (``surrogateescape``): its cut (:func:`cut_line`) counts them as
+    the file holds them, one byte each, not as the 3-byte U+FFFD that replaces them."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        if counts is not None:
+            counts.invalid_utf8 += 1
+        shown = raw.decode("utf-8", "replace")
+        if len(shown) * 4 > max_bytes and len(shown.encode("utf-8")) > max_bytes:
+            # (as many characters as shown or more: a LineParser._emit cuts it for sure)
+            return raw.decode("utf-8", "surrogateescape")
+        return shown
+
+
+def _file_bytes(text: str) -> bytes:
+    """The bytes of a line as the file holds them: ``text`` may hold those that are not UTF-8
+    as ``surrogateescape`` surrogates (a surrogate no decoding here made counts as UTF-8
+    would have it)."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
+def _shown_size(text: str) -> int:
+    """The UTF-8 size of ``text`` as shipped: its undecoded bytes replaced by U+FFFD."""
+    return len(_file_bytes(text).decode("utf-8", "replace").encode("utf-8"))
+
+
+def cut_line(text: str, max_bytes: int) -> tuple[str, int]:
+    """A line as shipped, within ``max_bytes`` of UTF-8, and how many bytes of it, as the
+    file holds them, are not kept (0: it fits whole). ``text`` may hold bytes that are not
+    UTF-8 as ``surrogateescape`` surrogates (:func:`decode_line`, a CRI split line's parts):
+    what is kept shows them as U+FFFD (3 bytes in the limit, for one to three bytes of the
+    file), and the count counts them as the file holds them -- so a line says the same
+    ``truncated N bytes`` whether it came in one part or several, and N is the line's size
+    less the bytes kept (a character cut in the middle is not kept: none of its bytes is)."""
+    raw = _file_bytes(text)
+    shown = raw.decode("utf-8", "replace")
+    if len(shown) * 4 <= max_bytes or len(shown.encode("utf-8")) <= max_bytes:
+        return shown, 0
+    if shown == text:  # all UTF-8: cut at a character's start
+        end = max_bytes
+        while raw[end] & 0xC0 == 0x80:
+            end -= 1
+        kept = raw[:end]
+    else:
+        # The most characters whose bytes, shown, fit: a byte that is not UTF-8 shows as 3
+        # bytes (or none more, after another of its sequence), one of a character as its
+        # UTF-8; each character shows as one byte or more, so at most max_bytes of them.
+        lo, hi = 0, min(len(text), max_bytes)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if _shown_size(text[:mid]) <= max_bytes:
+                lo = mid
+            else:
+                hi = mid - 1
+        kept = _file_bytes(text[:lo])
+    return kept.decode("utf-8", "replace"), len(raw) - len(kept)
+
+
 def truncate(log: str, max_bytes: int) -> tuple[str, bool]:
-    """Cut ``log`` to ``max_bytes`` of UTF-8 plus a marker saying how much was dropped."""
+    """Cut ``log`` to ``max_bytes`` of UTF-8 plus a marker saying how much was dropped (the
+    container metadata's values; lines are cut by :func:`cut_line`)."""
     if len(log) * 4 <= max_bytes:
         return log, False
     raw = log.encode("utf-8", "surrogatepass")
@@ -102,6 +167,25 @@ def _utf8_len(text: str) -> int:
         return len(text.encode("utf-8", "surrogateescape"))
     except UnicodeEncodeError:
         return len(text.encode("utf-8", "surrogatepass"))
+
+
+#: The ``surrogateescape`` form of a UTF-8 continuation byte (0x80 to 0xBF) that was not
+#: decoded: what a CRI part starts with when the runtime split the line inside a character.
+_CONTINUATION = range(0xDC80, 0xDCC0)
+
+
+def _past_continuation(text: str, at: int, before: str) -> int:
+    """``at``, or past the (at most 3) undecoded continuation bytes there when the character
+    ``before`` it is an undecoded byte too: a character the runtime split between two parts
+    is not cut in the middle where the limit drops the rest of its line, so what is kept
+    still decodes as the line does (a line of valid UTF-8 was counted as invalid). What is
+    shown is cut at the limit later all the same (:func:`cut_line`)."""
+    if not before or not 0xDC80 <= ord(before) <= 0xDCFF:
+        return at
+    end = at
+    while end < len(text) and end - at < 3 and ord(text[end]) in _CONTINUATION:
+        end += 1
+    return end
 
 
 @dataclass(slots=True)
@@ -245,9 +329,13 @@ class LineParser:
     # -- shared helpers --------------------------------------------------------------------
 
     def _emit(self, out: Lines, offset: int, t: str, t_ns: int, stream: str, log: str) -> None:
+        """A line of ``out``, cut at the limit with its marker (:func:`cut_line`); ``log`` may
+        hold undecoded bytes only when it is over the limit (:func:`decode_line`)."""
         if len(log) * 4 > self.max_line_bytes:
-            log, cut = truncate(log, self.max_line_bytes)
-            out.truncated += cut
+            log, dropped = cut_line(log, self.max_line_bytes)
+            if dropped:
+                log += TRUNCATION_MARKER.format(dropped=dropped)
+                out.truncated += 1
         out.add(offset, t, t_ns, stream, log)
 
     def _part(
@@ -292,9 +380,13 @@ class LineParser:
             p.parts.append(text)
             p.size += len(text)
         else:
-            p.parts.append(text[: max(room, 0)])
-            p.size += max(room, 0)
-            p.dropped += _utf8_len(text[max(room, 0) :])
+            keep = max(room, 0)
+            if not p.dropped:  # what is kept so far ends where this part starts
+                before = text[keep - 1] if keep else next((t[-1] for t in p.parts[::-1] if t), "")
+                keep = _past_continuation(text, keep, before)
+            p.parts.append(text[:keep])
+            p.size += keep
+            p.dropped += _utf8_len(text[keep:])
         if last:
             del self._partials[stream]
             self._emit_group(out, end, stream, p, complete=True)
@@ -314,28 +406,29 @@ class LineParser:
         ``complete`` line loses the ``\r`` of its CRLF end, before it is cut: as a line of one
         part does (a line of the limit and a CRLF end was kept whole in one part, but cut in
         several, with a marker of the \r alone)."""
-        log = self._join(p.parts, out)
         if complete and p.cr:
             if p.dropped:
                 p.dropped -= 1  # past the limit: the last byte dropped
-            else:
-                log = log[:-1]
+            else:  # (before the join: whether the line is to be cut is told without it)
+                last = max(i for i, text in enumerate(p.parts) if text)
+                p.parts[last] = p.parts[last][:-1]
+        log = self._join(p.parts, out, bool(p.dropped))
         if p.dropped:
             # The parts were kept up to the limit in characters (cheap while they come):
             # multi-byte text held up to 4 times --max-line-bytes, and the marker counted
-            # characters. The line is cut to the limit in bytes here, and says so in bytes.
-            raw = log.encode("utf-8", "surrogatepass")
-            over = max(len(raw) - self.max_line_bytes, 0)
-            if over:
-                log = raw[: self.max_line_bytes].decode("utf-8", "ignore")
+            # characters. The line is cut to the limit in bytes here, and says so in the
+            # bytes of the line as the file holds them (those of a CRI line that are not
+            # UTF-8 are still undecoded here, as in a line of one part: cut_line).
+            log, over = cut_line(log, self.max_line_bytes)
             out.truncated += 1
             marker = TRUNCATION_MARKER.format(dropped=p.dropped + over)
             out.add(offset, p.time, p.time_ns, stream, log + marker)
             return
         self._emit(out, offset, p.time, p.time_ns, stream, log)
 
-    def _join(self, parts: list[str], out: Lines) -> str:
-        """The text of a split line's parts, joined (the parts are text already here)."""
+    def _join(self, parts: list[str], out: Lines, cut: bool) -> str:
+        """The text of a split line's parts, joined (the parts are text already here; ``cut``:
+        some were dropped at the limit)."""
         return "".join(parts)
 
     def _raw(self, out: Lines, end: int, raw: bytes, counted: bool = False) -> None:
@@ -343,7 +436,7 @@ class LineParser:
         ``counted``: its invalid UTF-8, if any, is counted already (one count per line)."""
         out.malformed += 1
         t_ns = time.time_ns()
-        text = raw.decode("utf-8", "replace") if counted else decode_text(raw, out)
+        text = decode_line(raw, None if counted else out, self.max_line_bytes)
         self._emit(out, end, now_rfc3339(t_ns), t_ns, "stdout", text)
 
 
@@ -361,7 +454,7 @@ class PlainParser(LineParser):
             pos += len(raw) + 1
             if raw[-1:] == b"\r":
                 raw = raw[:-1]
-            self._emit(out, pos, t, t_ns, "stdout", decode_text(raw, out))
+            self._emit(out, pos, t, t_ns, "stdout", decode_line(raw, out, self.max_line_bytes))
         return out
 
 
@@ -583,24 +676,27 @@ class CriParser(LineParser):
             t = fields[0].decode("ascii", "replace")
             last = not fields[2].startswith(b"P")
             if last and stream not in self._partials:
-                text = decode_text(fields[3], out)
+                text = decode_line(fields[3], out, self.max_line_bytes)
             else:
                 # A part of a split line: its bytes are kept as they are (see _join).
                 text = fields[3].decode("utf-8", "surrogateescape")
             self._part(out, start, pos, t, stream, text, last)
         return out
 
-    def _join(self, parts: list[str], out: Lines) -> str:
+    def _join(self, parts: list[str], out: Lines, cut: bool) -> str:
         """The parts of a split line decoded as one: containerd and CRI-O cut a long line
         at a byte count, often inside a multi-byte character, so each part is held as
         undecoded bytes (``surrogateescape``) and only the whole line is UTF-8 -- decoded
         part by part, the character became two U+FFFD, counted as two invalid lines. Bytes
-        invalid in the joined line are replaced and counted once, as for any line."""
+        invalid in the joined line are replaced and counted once, as for any line; in a line
+        to be cut (``cut``, or over the limit) they stay undecoded, as :func:`decode_line`
+        leaves them in a line of one part, for its marker to count them as the file does."""
         log = "".join(parts)
         try:
             log.encode("utf-8")
         except UnicodeEncodeError:
-            return decode_text(log.encode("utf-8", "surrogateescape"), out)
+            raw = log.encode("utf-8", "surrogateescape")
+            return decode_line(raw, out, -1 if cut else self.max_line_bytes)
         return log
 
 

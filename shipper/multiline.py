@@ -66,7 +66,7 @@ from dataclasses import dataclass
 from msgspec import Raw
 
 from shipper.errors import ConfigError
-from shipper.formats import LineParser, truncate
+from shipper.formats import TRUNCATION_MARKER, LineParser, cut_line
 from shipper.lines import Lines
 
 START = "start_state"
@@ -614,8 +614,10 @@ class MultilineParser:
         """``rec`` as one line of ``out`` at ``offset``; returns the offset."""
         log = "\n".join(rec.lines)
         if len(log) * 4 > self.inner.max_line_bytes:
-            log, cut = truncate(log, self.inner.max_line_bytes)
-            out.truncated += cut
+            log, dropped = cut_line(log, self.inner.max_line_bytes)
+            if dropped:
+                log += TRUNCATION_MARKER.format(dropped=dropped)
+                out.truncated += 1
         _put(out, offset, rec.head, rec.time, stream, log)
         if len(rec.lines) > 1:
             self._stats.joined += 1

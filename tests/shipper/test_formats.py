@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shipper.formats import (
+    TRUNCATION_MARKER,
     CriParser,
     DockerParser,
     PlainParser,
@@ -258,7 +259,73 @@ def test_joined_multibyte_partials_are_cut_at_the_limit_in_bytes(fmt: str) -> No
     assert out.truncated == 1
     kept, marker = out.logs[0].split(" [", 1)
     assert kept == "\u20ac" * 333  # 999 bytes: the 1,000th is inside a character
-    assert marker == "logq-shipper: truncated 2601 bytes]"  # 3,601 bytes, 1,000 kept
+    assert marker == "logq-shipper: truncated 2602 bytes]"  # 3,601 bytes, 999 kept
+
+
+def _cri(raw: bytes, i: int, tag: str) -> bytes:
+    """A CRI line of ``raw`` bytes (any, UTF-8 or not) with tag ``tag`` (``P``: a part)."""
+    return f"{hostgen_ts(i)} stdout {tag} ".encode() + raw + b"\n"
+
+
+#: Lines over a limit: (the line's bytes, the limit, the text kept, the bytes not kept). Bytes
+#: that are not UTF-8 show as U+FFFD, 3 bytes each in the limit, and count one each (as the
+#: file holds them) in the marker; a character the limit cuts in the middle is not kept.
+_CUT_LINES = [
+    (b"a" * 10 + b"\xff" * 10, 15, "a" * 10 + "\ufffd", 9),
+    (b"a" * 10 + b"\xff" * 10, 12, "a" * 10, 10),
+    (b"\xff" * 4 + b"a" * 20, 10, "\ufffd" * 3, 21),
+    (("a" * 10 + "\u00e9" * 10).encode(), 11, "a" * 10, 20),
+]
+
+
+@pytest.mark.parametrize(("raw", "limit", "kept", "dropped"), _CUT_LINES)
+def test_a_cut_line_says_the_same_bytes_not_kept_in_one_part_or_several(
+    raw: bytes, limit: int, kept: str, dropped: int
+) -> None:
+    """``truncated N bytes`` counts the bytes of the line, as the file holds them, that were
+    not kept, whatever the line came in: a CRI line of one part counted the dropped bytes
+    that are not UTF-8 as the 3 bytes of their U+FFFD (30 for 10), the same line split by
+    the runtime (or flushed unfinished, as after a restart) counted them as one byte each and
+    the bytes kept as 3 (15 here, 25 there, 9 true), and a character cut at the limit counted
+    as kept, though none of it was."""
+    expected = [kept + TRUNCATION_MARKER.format(dropped=dropped)]
+    outs = {
+        "cri whole": feed(CriParser(limit), _cri(raw, 0, "F")),
+        "plain": feed(PlainParser(limit), raw + b"\n"),
+    }
+    for at in sorted({1, 5, 10, 11, 12, limit, len(raw) - 1}):
+        first, rest = _cri(raw[:at], 0, "P"), _cri(raw[at:], 1, "F")
+        outs[f"cri split at {at}"] = feed(CriParser(limit), first + rest)
+        flushed = CriParser(limit)
+        feed(flushed, first + _cri(raw[at:], 1, "P"))
+        outs[f"cri flushed, split at {at}"] = flushed.flush(None, 1000, every=True)
+    valid = raw.isascii() or b"\xff" not in raw
+    if valid:  # the same text in Docker json-file (dockerd writes no other)
+        text = raw.decode()
+        outs["docker whole"] = feed(DockerParser(limit), docker_line(text))
+        for at in (1, 5, 10, 11, 12, len(text) - 1):
+            split = docker_line(text[:at], 0, nl=False) + docker_line(text[at:], 1)
+            outs[f"docker split at {at}"] = feed(DockerParser(limit), split)
+    for name, out in outs.items():
+        assert (name, out.logs) == (name, expected)
+        assert (name, out.truncated, out.invalid_utf8) == (name, 1, int(not valid))
+
+
+@given(
+    st.binary(min_size=2, max_size=40).filter(lambda raw: b"\n" not in raw),
+    st.integers(min_value=4, max_value=30),
+    st.data(),
+)
+def test_a_cri_line_cut_in_parts_shows_what_it_shows_in_one(
+    raw: bytes, limit: int, data: st.DataObject
+) -> None:
+    """Any bytes, any limit, any split by the runtime: the same record and marker."""
+    at = data.draw(st.integers(min_value=1, max_value=len(raw) - 1))
+    whole = feed(CriParser(limit), _cri(raw, 0, "F"))
+    split = feed(CriParser(limit), _cri(raw[:at], 0, "P") + _cri(raw[at:], 1, "F"))
+    assert split.logs == whole.logs
+    assert split.truncated == whole.truncated
+    assert len(whole.logs[0].split(" [logq-shipper")[0].encode()) <= limit
 
 
 @pytest.mark.parametrize("fmt", ["docker", "cri"])
