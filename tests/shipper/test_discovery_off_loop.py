@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -252,11 +253,11 @@ def test_a_stop_does_not_wait_for_a_hung_call_on_the_discovery_thread(
         saved.close()
 
 
-#: A shipper whose discovery pass number ``argv[2]`` hangs (for HUNG_SECONDS), stopped during
-#: it.
+#: A shipper whose discovery pass number ``argv[2]`` (or the first after it once a line was
+#: acknowledged, if ``argv[2]`` is not 1) hangs for ``argv[1]`` seconds; says ``hung`` then.
 _HUNG_PASS_SCRIPT = """
 import asyncio, sys, threading
-from shipper.config import Config, load_config
+from shipper.config import load_config
 from shipper.daemon import Shipper
 
 async def go() -> int:
@@ -265,17 +266,15 @@ async def go() -> int:
 
     def hung_scan():
         passes.append(1)
-        if len(passes) == int(sys.argv[2]):
+        due = len(passes) == 1 if sys.argv[2] == "1" else len(passes) >= int(sys.argv[2])
+        if due and not hung.is_set() and (sys.argv[2] == "1" or shipper.lines_acked):
             hung.set()
+            print("hung", flush=True)
             threading.Event().wait(float(sys.argv[1]))
         return real_scan()
 
     shipper.discoverer.scan = hung_scan
-    run = asyncio.create_task(shipper.run())
-    while not hung.is_set():
-        await asyncio.sleep(0.02)
-    shipper.request_stop()
-    return await run
+    return await shipper.run()
 
 sys.exit(asyncio.run(go()))
 """
@@ -288,23 +287,39 @@ def test_the_process_ends_after_a_stop_during_a_hung_pass(
     tmp_path: Path, receiver: Receiver, hung_pass: int
 ) -> None:
     """The discovery thread is a daemon thread: a ThreadPoolExecutor's is joined at the
-    interpreter's exit, so the process of a shipper stopped during a pass hung on a dead file
-    system did not end (its pod not either) until the pass did, or SIGKILL came. The first
-    pass, at start-up, held the stop itself: nothing but SIGKILL ended that shipper."""
+    interpreter's exit, so the process of a shipper stopped (SIGTERM) during a pass hung on a
+    dead file system did not end (its pod not either) until the pass did, or SIGKILL came.
+    The first pass, at start-up, held the stop itself: nothing but SIGKILL ended that
+    shipper. Its checkpoints are saved all the same: the line shipped before the hang is not
+    read and sent again at the next start."""
     _one_line_log(tmp_path)
     argv = [str(HUNG_SECONDS), str(hung_pass), *_glob_args(tmp_path, receiver)]
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": root}
-    ended = subprocess.run(
+    with subprocess.Popen(
         [sys.executable, "-c", _HUNG_PASS_SCRIPT, *argv],
         env=env,
         cwd=root,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=WAIT_SECONDS * 6,  # (the process of the old code lived HUNG_SECONDS)
-        check=False,
-    )
-    assert ended.returncode == 0, ended.stderr
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "hung\n"
+            proc.send_signal(signal.SIGTERM)
+            # (the process of the old code lived HUNG_SECONDS)
+            _, stderr = proc.communicate(timeout=WAIT_SECONDS * 6)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    saved = Registry(tmp_path / "state")
+    try:
+        offsets = [state.offset for _, state in saved.items()]
+    finally:
+        saved.close()
+    # The first pass hung before any source started: nothing was read, nothing is saved.
+    assert offsets == ([len("one\n")] if hung_pass > 1 else [])
 
 
 def _one_line_log(tmp_path: Path) -> Path:
