@@ -278,6 +278,9 @@ class Routed:
     numbers_rounded: dict[str, int] = field(default_factory=dict)
     """Envoy JSON access lines stored with a number rounded (one with a fraction in an integer
     column, :mod:`aggregator.envoy_json`), per service with any."""
+    numbers_too_large: dict[str, int] = field(default_factory=dict)
+    """Envoy JSON access lines stored with a number NULL, past its column's digits, per service
+    with any."""
 
 
 def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS) -> Routed:
@@ -286,6 +289,7 @@ def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS)
     failures: dict[str, int] = {}
     samples: dict[str, UnparsedSample] = {}
     rounded: dict[str, int] = {}
+    too_large: dict[str, int] = {}
     if records.num_rows == 0:
         return Routed(tables, failures)
     records = with_tag_containers(records.combine_chunks())
@@ -306,11 +310,8 @@ def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS)
             rows = _at(candidates, parsed.rows)
             cols = dict(parsed.columns)
             tables[ENVOY_ACCESS.name] = _assemble(ENVOY_ACCESS, records, service, rows, cols)
-        if len(parsed.rounded):
-            counts = pc.value_counts(
-                pc.take(service, _at(candidates, parsed.rounded)).dictionary_decode()
-            )
-            rounded = {c["values"].as_py(): c["counts"].as_py() for c in counts}
+        rounded = _per_service(service, _at(candidates, parsed.rounded))
+        too_large = _per_service(service, _at(candidates, parsed.too_large))
         if len(parsed.unparsed):
             bad = pc.take(candidates, parsed.unparsed)
             failed = _counted(bad, on_stderr)
@@ -327,7 +328,15 @@ def route(records: pa.Table, formats: tuple[EnvoyFormat, ...] = BUILTIN_FORMATS)
             "message": _without_newline(pc.take(_col(records, wire.KEY_LOG), plain_idx)),
         }
         tables[CONTAINER_LOGS.name] = _assemble(CONTAINER_LOGS, records, service, plain_idx, cols)
-    return Routed(tables, failures, samples, rounded)
+    return Routed(tables, failures, samples, rounded, too_large)
+
+
+def _per_service(service: pa.DictionaryArray, rows: pa.Array) -> dict[str, int]:
+    """How many of ``rows`` each service has, for the services with any."""
+    if not len(rows):
+        return {}
+    counts = pc.value_counts(pc.take(service, rows).dictionary_decode())
+    return {c["values"].as_py(): c["counts"].as_py() for c in counts}
 
 
 def _samples(

@@ -176,6 +176,10 @@ DASH_IS_NULL = frozenset({"upstream_service_time_ms", "x_forwarded_for", "upstre
 #: (:mod:`.envoy_json`): no ``envoy_access`` column; :func:`_run` takes it out into
 #: :attr:`ParsedAccess.rounded`.
 ROUNDED = "_numbers_rounded"
+#: The same for a number past its column's digits, stored NULL (:attr:`ParsedAccess.too_large`).
+TOO_LARGE = "_numbers_too_large"
+#: The keys of the JSON attempt's row marks, each taken out into :class:`ParsedAccess`.
+MARKS = (ROUNDED, TOO_LARGE)
 #: Columns an Envoy format must capture to fill a row.
 REQUIRED = ("start", "response_code")
 
@@ -379,6 +383,9 @@ class ParsedAccess:
     rounded: pa.Array = dataclasses.field(default_factory=lambda: pa.array([], pa.int64()))
     """int64 positions (in the input, ascending) of the parsed JSON lines with a number that has
     a fraction, stored rounded in its integer column (:mod:`.envoy_json`)."""
+    too_large: pa.Array = dataclasses.field(default_factory=lambda: pa.array([], pa.int64()))
+    """int64 positions (in the input, ascending) of the parsed JSON lines with a number past its
+    column's digits, stored NULL (:mod:`.envoy_json`)."""
 
 
 def _convert(
@@ -518,7 +525,7 @@ def _run(lines: pa.Array, attempts: list[Attempt]) -> ParsedAccess:
     todo = lines
     rows: list[pa.Array] = []
     parts: list[dict[str, pa.Array]] = []
-    rounded: list[pa.Array] = []
+    marked: dict[str, list[pa.Array]] = {key: [] for key in MARKS}
     for attempt in attempts:
         if len(todo) == 0:
             break
@@ -537,7 +544,8 @@ def _run(lines: pa.Array, attempts: list[Attempt]) -> ParsedAccess:
             )
             continue
         if converted:
-            cut = converted.pop(ROUNDED, None)  # only JSON numbers are ever rounded
+            # Only JSON numbers are ever marked (rounded, too large).
+            marks = {key: converted.pop(key) for key in MARKS if key in converted}
             good = _fileable(converted["timestamp"])
             if pc.all(good).as_py():
                 rows.append(remaining.filter(ok))
@@ -546,18 +554,21 @@ def _run(lines: pa.Array, attempts: list[Attempt]) -> ParsedAccess:
                 rows.append(remaining.filter(ok).filter(good))
                 parts.append({k: v.filter(good) for k, v in converted.items()})
                 ok = pc.and_(ok, pc.fill_null(_scatter(ok, good), False))
-                cut = None if cut is None else cut.filter(good)
-            if cut is not None and pc.any(cut).as_py():
-                rounded.append(rows[-1].filter(cut))
+                marks = {key: mark.filter(good) for key, mark in marks.items()}
+            for key, mark in marks.items():
+                if pc.any(mark).as_py():
+                    marked[key].append(rows[-1].filter(mark))
         if pc.any(ok).as_py():  # else no copy: most attempts refuse every line left to them
             todo = todo.filter(pc.invert(ok))
             remaining = remaining.filter(pc.invert(ok))
-    # JSON lines, the only ones rounded, are the first attempt's: in input order already.
-    cut = pa.concat_arrays(rounded) if rounded else pa.array([], pa.int64())
+    # JSON lines, the only ones marked, are the first attempt's: in input order already.
+    cut, large = (
+        pa.concat_arrays(marked[key]) if marked[key] else pa.array([], pa.int64()) for key in MARKS
+    )
     if not parts:
         return ParsedAccess(pa.array([], pa.int64()), {}, remaining)
     if len(parts) == 1:  # rows of one parser are already in input order
-        return ParsedAccess(rows[0], parts[0], remaining, cut)
+        return ParsedAccess(rows[0], parts[0], remaining, cut, large)
     row_index = pa.concat_arrays(rows)
     columns = {k: pa.concat_arrays([p[k] for p in parts]) for k in parts[0]}
     order = pc.sort_indices(row_index)
@@ -566,6 +577,7 @@ def _run(lines: pa.Array, attempts: list[Attempt]) -> ParsedAccess:
         columns={k: v.take(order) for k, v in columns.items()},
         unparsed=remaining,
         rounded=cut,
+        too_large=large,
     )
 
 

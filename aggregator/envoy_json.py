@@ -23,7 +23,17 @@ gives the same row, :func:`_read_slow` being the reference):
   program's JSON) is stored rounded to the nearest whole number, halves up (``1.5`` -> 2, as
   Athena's and DuckDB's ``CAST(1.5 AS INTEGER)``), and its line counted in
   ``logq_aggregator_envoy_numbers_rounded_total`` (:data:`aggregator.envoy.ROUNDED`): it was
-  cut, ``1.9`` stored as 1 and ``"1.9"`` as NULL, uncounted.
+  cut, ``1.9`` stored as 1 and ``"1.9"`` as NULL, uncounted. Not a ``response_code``
+  (:data:`WHOLE_ONLY`): a status is a code, not a quantity, and ``200.5`` rounded made a 201
+  that was never sent; the line has no status, as a text line with ``200.5`` for
+  ``%RESPONSE_CODE%`` has none: unparsed, in ``container_logs``, counted as a parse failure;
+* a number is read by its decimal digits, never through a double where a double could change
+  it: ``"9007199254740993.0"`` and ``9007199254740993.0`` are 9007199254740993 (past 2^53 a
+  double holds every other whole number only, and it was stored as ...992), in every reader
+  (:data:`_LONG_DIGITS`);
+* a number past its column's digits is NULL, the rest of its line stored, and the line counted
+  in ``logq_aggregator_envoy_numbers_too_large_total`` (:data:`aggregator.envoy.TOO_LARGE`): a
+  ``bytes_sent`` past int64 was NULL uncounted, and the same line in a text format is unparsed.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 import numpy as np
@@ -43,6 +54,7 @@ from aggregator.envoy import (
     INT_COLUMNS,
     ROUNDED,
     STRING_COLUMNS,
+    TOO_LARGE,
     _dash_to_null,
     start_time_to_timestamp,
 )
@@ -69,13 +81,30 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "upstream_host": ("upstream_host",),
 }
 _INT_LIMITS = {pa.int32(): 9, pa.int64(): 18}
+#: Number columns whose fraction is not rounded away: the line's number is NULL instead (a
+#: ``response_code``: NULL makes the line no access line, module docstring).
+WHOLE_ONLY = frozenset({"response_code"})
+#: 16 digits in a row, or with a dot among them: more than a double is sure to keep. A number
+#: of 15 digits or fewer below 2^53 reads as a double whose nearest whole number (halves up) is
+#: its own, and whose shortest text (Arrow's, Python's ``repr``) gives those digits back; one of
+#: more digits, or past 2^53, may not (``9007199254740993.0`` reads as ...992.0, and
+#: ``0.49999999999999999`` as 0.5): those are read by their digits (:func:`_exact`).
+_LONG_DIGITS = r"\d(?:\.?\d){15}"
+#: Every whole number up to this is a double of its own; past it, every other one only.
+_EXACT_DOUBLES = 2.0**53
+#: An unquoted JSON number of :data:`_LONG_DIGITS`: where the bulk reader's double may have lost
+#: digits (:func:`_read_bulk`). Any key's, in a string too: only a batch with a number key the
+#: reader typed double is checked, and a false match only sends it to :func:`_read_slow`.
+_LONG_NUMBER = r"[:,\[]\s*-?" + _LONG_DIGITS
 #: A number as JSON spells it, or as :func:`_text` and :func:`_number_text` print one, without
 #: a sign: a number column's text that holds no plain digits but still a number.
 _DECIMAL = r"^\d+(?:\.\d+)?(?:[eE][+-]?\d+)?$"
 #: Texts that hold no number: json_format prints an unset number as ``"-"`` (the re-read of
 #: :func:`_numbers_unquoted` makes them null, so every reader must treat them as absent).
 UNSET_NUMBERS = pa.array(["-", ""], pa.string())
-#: The keys of the number columns, as a regex alternation (see :func:`_numbers_unquoted`).
+#: The keys of the number columns.
+_NUMBER_NAMES = frozenset(key for column in INT_COLUMNS for key in ALIASES[column])
+#: The same as a regex alternation (see :func:`_numbers_unquoted`).
 _NUMBER_KEYS = "|".join(
     dict.fromkeys(re.escape(key) for column in INT_COLUMNS for key in ALIASES[column])
 )
@@ -164,6 +193,14 @@ def _read_bulk(candidates: pa.Array) -> dict[str, pa.Array]:
     table = pajson.read_json(_ndjson(candidates), parse_options=options)
     if table.num_rows != n:
         raise ValueError("row count changed")
+    doubles = any(
+        pa.types.is_floating(field.type) for field in table.schema if field.name in _NUMBER_NAMES
+    )
+    if doubles and pc.any(pc.match_substring_regex(candidates, _LONG_NUMBER)).as_py():
+        # A number key typed double (a fraction, or past int64, in some line) whose digits the
+        # double may not hold: 12345678901234567890 became -9223372036854775808 here, and
+        # 9007199254740993.0 became ...992.
+        raise ValueError("a number a double may have changed: read line by line")
     return {col: _as_strings(table, keys, n, col in INT_COLUMNS) for col, keys in ALIASES.items()}
 
 
@@ -246,15 +283,9 @@ def _no_number(typ: pa.DataType) -> bool:
 
 def _text(column: pa.Array) -> pa.Array:
     """A number column of the bulk reader (strings, numbers or nulls: :func:`_no_number`) as
-    text: whole numbers as digits, others as Arrow prints a double (``1.5``, ``1e+17``:
-    :data:`_DECIMAL`), which reads back as the same double."""
-    if pa.types.is_floating(column.type):
-        # The reader types a key double when one line holds a number past 2^63 (or a fraction):
-        # its digits are gone (12345678901234567890 became -9223372036854775808 here). Past
-        # 2^53 such a batch is read line by line (:func:`_read_slow`), which keeps them.
-        values = column.to_numpy(zero_copy_only=False)
-        if (np.abs(values[~np.isnan(values)]) >= 2.0**53).any():
-            raise ValueError("a number past 2^53: read line by line")
+    text: whole numbers as digits, others as Arrow prints a double, its shortest text (``1.5``,
+    ``1e+17``: :data:`_DECIMAL`), the digits of the line when they were 15 or fewer (a double
+    that may have changed a number sent the batch to :func:`_read_slow`, :func:`_read_bulk`)."""
     return pc.cast(column, pa.string())
 
 
@@ -263,7 +294,7 @@ def _read_slow(candidates: pa.Array) -> dict[str, pa.Array]:
     objects: list[dict[str, Any]] = []
     for line in candidates.to_pylist():
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, parse_float=_decimal)
         except (TypeError, ValueError):
             obj = {}
         objects.append(obj if isinstance(obj, dict) else {})
@@ -279,10 +310,20 @@ def _read_slow(candidates: pa.Array) -> dict[str, pa.Array]:
     return out
 
 
+def _decimal(text: str) -> Decimal | float:
+    """A JSON number with a fraction or an exponent as :func:`_read_slow` reads it: its exact
+    value (a float lost ``9007199254740993.0``'s last digit); a float for an exponent past what
+    :class:`~decimal.Decimal` holds (``1e9999999999999999999``: ``inf``, as the bulk reader)."""
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return float(text)
+
+
 def _number_text(value: Any) -> str | None:
     """A JSON value of a number column as text, as :func:`_text` gives it: a number's digits
-    (``1.5``, ``1e+17`` for a float), a string as is; None for null, objects, arrays, booleans
-    and Python's ``NaN`` and ``Infinity`` (no JSON, but ``json.loads`` reads them)."""
+    (``1.5``, ``1E+17`` for a :func:`_decimal`), a string as is; None for null, objects, arrays,
+    booleans and Python's ``NaN`` and ``Infinity`` (no JSON, but ``json.loads`` reads them)."""
     if value is None or isinstance(value, bool | dict | list):
         return None
     if isinstance(value, float):
@@ -293,50 +334,106 @@ def _number_text(value: Any) -> str | None:
 def _json_text(value: Any) -> str | None:
     """A JSON value of a string column as text: a string as is, anything else as its compact
     JSON (``12``, ``1.5``, ``true``, ``{"a":1}``, ``["x"]``), as Fluent Bit and Vector coerce a
-    value to a string; None for null."""
+    value to a string; None for null. A number with a fraction or exponent is printed as a
+    double is (``1e3``: ``1000.0``), as before :func:`_decimal` read it exactly."""
     if value is None or isinstance(value, str):
         return value
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=float)
 
 
 def _typed(raw: dict[str, pa.Array]) -> dict[str, pa.Array]:
-    """The ``envoy_access`` columns of :func:`_read`'s values, and :data:`ROUNDED`."""
+    """The ``envoy_access`` columns of :func:`_read`'s values, :data:`ROUNDED` and
+    :data:`TOO_LARGE`."""
     out = {"timestamp": _times(raw["start"])}
     for name in STRING_COLUMNS:
         values = raw[name]
         out[name] = _dash_to_null(values) if name in DASH_IS_NULL else values
-    rounded: pa.Array | None = None
+    marks: dict[str, pa.Array | None] = {ROUNDED: None, TOO_LARGE: None}
     for name, typ in INT_COLUMNS.items():
-        out[name], cut = _number(raw[name], typ)
-        if cut is not None:
-            rounded = cut if rounded is None else pc.or_(rounded, cut)
+        out[name], cut, large = _number(raw[name], typ)
+        if cut is not None and name in WHOLE_ONLY:
+            out[name], cut = pc.if_else(cut, pa.scalar(None, typ), out[name]), None
+        for key, mark in ((ROUNDED, cut), (TOO_LARGE, large)):
+            if mark is not None:
+                before = marks[key]
+                marks[key] = mark if before is None else pc.or_(before, mark)
     n = len(out["timestamp"])
-    out[ROUNDED] = pa.array(np.zeros(n, bool)) if rounded is None else rounded
+    for key, mark in marks.items():
+        out[key] = pa.array(np.zeros(n, bool)) if mark is None else mark
     return out
 
 
-def _number(values: pa.Array, typ: pa.DataType) -> tuple[pa.Array, pa.Array | None]:
-    """A number column's values as ``typ`` (module docstring), and which were rounded (None:
-    none; the usual batch, whose numbers are all digits, costs one regex as before)."""
+def _number(
+    values: pa.Array, typ: pa.DataType
+) -> tuple[pa.Array, pa.Array | None, pa.Array | None]:
+    """A number column's values as ``typ`` (module docstring), which were rounded and which
+    were past the column's digits (None: none; the usual batch, whose numbers are all digits
+    that fit, costs one regex as before)."""
     digits = _INT_LIMITS[typ]
+    limit = 10**digits
     if pa.types.is_integer(values.type):  # typed JSON: the numbers whose digits would fit
-        fits = pc.and_(pc.greater_equal(values, 0), pc.less(values, 10**digits))
-        return pc.cast(pc.if_else(fits, values, pa.scalar(None, values.type)), typ), None
+        low, high = (pc.min_max(values)[key].as_py() for key in ("min", "max"))
+        if high is None or (low >= 0 and high < limit):
+            return pc.cast(values, typ), None, None
+        fits = pc.and_(pc.greater_equal(values, 0), pc.less(values, limit))
+        large = pc.fill_null(pc.greater_equal(values, limit), False)
+        return pc.cast(pc.if_else(fits, values, pa.scalar(None, values.type)), typ), None, large
     plain = pc.fill_null(pc.match_substring_regex(values, rf"^\d{{1,{digits}}}$"), False)
     whole = pc.cast(pc.if_else(plain, values, pa.scalar(None, pa.string())), typ)
     if pc.all(pc.or_(plain, pc.is_null(values))).as_py():
-        return whole, None
+        return whole, None, None
     other = pc.and_(
         pc.invert(plain), pc.fill_null(pc.match_substring_regex(values, _DECIMAL), False)
     )
     if not pc.any(other).as_py():
-        return whole, None
-    number = pc.cast(pc.if_else(other, values, pa.scalar(None, pa.string())), pa.float64())
+        return whole, None, None
+    texts = pc.if_else(other, values, pa.scalar(None, pa.string()))
+    number = pc.cast(texts, pa.float64())
     near = pc.round(number, round_mode="half_up")
-    fits = pc.and_(pc.greater_equal(number, 0), pc.less(near, float(10**digits)))
-    fits = pc.fill_null(fits, False)
+    fits = pc.fill_null(pc.less(near, float(limit)), False)
     kept = pc.cast(pc.if_else(fits, near, pa.scalar(None, pa.float64())), typ)
-    return pc.coalesce(whole, kept), pc.fill_null(pc.and_(fits, pc.not_equal(near, number)), False)
+    cut = pc.fill_null(pc.and_(fits, pc.not_equal(near, number)), False)
+    large = pc.and_not(other, fits)
+    # Of many digits (16 characters: no regex, the usual fraction is short), or past 2^53 in a
+    # bigint column (in an int one it is too large anyway), the double may not be the number:
+    # read by its digits (:data:`_LONG_DIGITS`). Two reductions decide for the usual batch.
+    lengths = pc.binary_length(texts)
+    huge = limit > _EXACT_DOUBLES and pc.max(number).as_py() >= _EXACT_DOUBLES
+    if huge or pc.max(lengths).as_py() >= 16:
+        doubtful = pc.or_(pc.greater_equal(number, _EXACT_DOUBLES), pc.greater_equal(lengths, 16))
+        kept, cut, large = _exact(
+            texts, pc.fill_null(doubtful, False), kept, cut, large, limit, typ
+        )
+    return pc.coalesce(whole, kept), cut, large
+
+
+def _exact(
+    texts: pa.Array,
+    rows: pa.Array,
+    kept: pa.Array,
+    cut: pa.Array,
+    large: pa.Array,
+    limit: int,
+    typ: pa.DataType,
+) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """:func:`_number`'s ``kept``, ``cut`` and ``large`` with the ``rows`` of ``texts`` read by
+    their decimal digits, one by one (few: Envoy prints whole numbers, which come here only
+    past the column's digits). A text :class:`~decimal.Decimal` cannot hold (an exponent of 19
+    digits or more) keeps its double's answer."""
+    values = kept.to_pylist()
+    cuts = cut.to_numpy(zero_copy_only=False).copy()
+    larges = large.to_numpy(zero_copy_only=False).copy()
+    for row in np.flatnonzero(rows.to_numpy(zero_copy_only=False)):
+        try:
+            number = Decimal(texts[row].as_py())
+        except InvalidOperation:
+            continue
+        near = int(number.to_integral_value(rounding=ROUND_HALF_UP)) if number < limit else limit
+        fits = near < limit
+        values[row] = near if fits else None
+        cuts[row] = fits and near != number
+        larges[row] = not fits
+    return pa.array(values, typ), pa.array(cuts), pa.array(larges)
 
 
 #: Envoy's default START_TIME, as nearly every JSON access line spells it.

@@ -89,6 +89,8 @@ class FlushResult:
     """One of those unparsed lines per service with failures: the first slice's that had one."""
     numbers_rounded: dict[str, int] = field(default_factory=dict)
     """Envoy JSON access lines stored with a number rounded, per service (Routed)."""
+    numbers_too_large: dict[str, int] = field(default_factory=dict)
+    """Envoy JSON access lines stored with a number past its column NULL, per service."""
     seconds: float = 0.0
     services: set[str] = field(default_factory=set)
     """Services that got rows (the catalog extends the Athena ``service`` enum with them)."""
@@ -212,6 +214,10 @@ class Flusher:
                     for service, count in routed.numbers_rounded.items():
                         result.numbers_rounded[service] = (
                             result.numbers_rounded.get(service, 0) + count
+                        )
+                    for service, count in routed.numbers_too_large.items():
+                        result.numbers_too_large[service] = (
+                            result.numbers_too_large.get(service, 0) + count
                         )
                     for table_name, table in routed.tables.items():
                         result.services |= _services(table)

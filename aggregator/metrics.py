@@ -198,6 +198,15 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        self.numbers_too_large = Counter(
+            "logq_aggregator_envoy_numbers_too_large_total",
+            "Envoy JSON access lines stored with a number column NULL because the number was "
+            "past its digits (9 for an int column, 18 for a bigint one, e.g. a bytes_sent past "
+            "int64); the rest of the line is stored. The series of a service appears at its "
+            "first such line",
+            ["service"],
+            registry=r,
+        )
         self.rows_outside_projection = Counter(
             "logq_aggregator_rows_outside_projection_total",
             "Rows stamped before 2020 or more than 15 minutes ahead (a broken clock): stored, "
@@ -378,6 +387,7 @@ class Metrics:
             for metric, labels in (
                 (self.parse_failures, (service,)),
                 (self.numbers_rounded, (service,)),
+                (self.numbers_too_large, (service,)),
                 (self.times_replaced, (service,)),
                 *((self.rows_outside_projection, (table, service)) for table in TABLE_NAMES),
                 *((self.rows_written, (table, service)) for table in TABLE_NAMES),

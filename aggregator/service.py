@@ -1307,6 +1307,8 @@ class Aggregator:
             m.parse_failures.labels(m.series_label(service)).inc(count)
         for service, count in result.numbers_rounded.items():
             m.numbers_rounded.labels(m.series_label(service)).inc(count)
+        for service, count in result.numbers_too_large.items():
+            m.numbers_too_large.labels(m.series_label(service)).inc(count)
         now = time.time()
         self._parse_warnings.note(result.parse_failures, result.unparsed_samples, now)
         slow = slow_flush_text(

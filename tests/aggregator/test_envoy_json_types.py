@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +38,25 @@ NEIGHBOURS = (
 
 def _rows(values: dict[str, Any]) -> list[tuple[dict[str, Any], bool]]:
     """The row of ``{**BASE, **values}`` and whether it was counted as rounded, per reader."""
-    line = json.dumps({**BASE, **values})
+    return [(row, rounded) for row, rounded, _ in _line_rows(json.dumps({**BASE, **values}))]
+
+
+def _line_rows(line: str) -> list[tuple[dict[str, Any], bool, bool]]:
+    """The row of ``line``, whether it was counted as rounded and as too large, per reader."""
     out = []
     for neighbours in NEIGHBOURS:
         parsed = parse_lines(pa.array([line, *neighbours]))
         assert parsed.rows.to_pylist()[:1] == [0], (line, neighbours)
         row = {name: column[0].as_py() for name, column in parsed.columns.items()}
-        out.append((row, 0 in parsed.rounded.to_pylist()))
+        out.append((row, 0 in parsed.rounded.to_pylist(), 0 in parsed.too_large.to_pylist()))
     return out
+
+
+def _with_raw(key: str, number: str) -> str:
+    """A line of :data:`BASE` and ``key`` holding ``number``, JSON text as is (``json.dumps``
+    prints a float's shortest digits, never ``9007199254740993.0``)."""
+    base = {name: value for name, value in BASE.items() if name != key}
+    return json.dumps(base)[:-1] + f', "{key}": {number}}}'
 
 
 def _one_row(values: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -131,6 +143,62 @@ def test_a_response_code_spelled_as_a_float_still_makes_an_access_line() -> None
         assert row["response_code"] == 200 and not rounded
 
 
+def test_a_response_code_with_a_fraction_makes_no_access_line() -> None:
+    """``200.5`` was stored as 201, a status never sent: the line has no status, as a text
+    line with ``200.5`` for ``%RESPONSE_CODE%`` has none (both unparsed, in container_logs)."""
+    text = '[2026-11-28T14:00:00.000Z] "GET / HTTP/1.1" 200.5 - 0 0 1 - "-" "-" "-" "-" "-"'
+    lines = [_with_raw("response_code", code) for code in ("200.5", '"200.5"', "404.4", "1.5")]
+    for line in [*lines, text]:
+        for neighbours in NEIGHBOURS:
+            parsed = parse_lines(pa.array([line, *neighbours]))
+            assert parsed.unparsed.to_pylist()[:1] == [0], (line, neighbours)
+            assert 0 not in parsed.rounded.to_pylist()
+
+
+#: (JSON text of ``bytes_sent``, what it stores, whether the line is counted as rounded, and
+#: as too large). A double holds every whole number to 2^53, every other one past it.
+EXACT_CASES: list[tuple[str, int | None, bool, bool]] = [
+    ('"9007199254740993.0"', 9007199254740993, False, False),
+    ("9007199254740993.0", 9007199254740993, False, False),
+    ("9.007199254740993e15", 9007199254740993, False, False),
+    ('"9007199254740992.6"', 9007199254740993, True, False),
+    ("9007199254740992.6", 9007199254740993, True, False),
+    ('"4503599627370495.4"', 4503599627370495, True, False),
+    ("0.49999999999999999", 0, True, False),
+    ('"999999999999999999.4"', 999999999999999999, True, False),
+    ("999999999999999999", 999999999999999999, False, False),
+    ("999999999999999999.5", None, False, True),
+    ("1000000000000000000", None, False, True),
+    ("9223372036854775807", None, False, True),
+    ('"99999999999999999999"', None, False, True),
+    ("99999999999999999999", None, False, True),
+    ("18446744073709551616.0", None, False, True),
+    ("1e400", None, False, True),
+    ('"1e400"', None, False, True),
+    ("1e9999999999999999999999", None, False, False),  # no number Python's Decimal holds
+]
+
+
+def test_numbers_are_read_by_their_digits_and_past_their_column_counted() -> None:
+    """Quoted or not, a number was read through a double: past 2^53 its last digits changed
+    (``9007199254740993.0`` stored as ...992), and below, a number of many digits could round
+    the wrong way; one past the column's digits was NULL uncounted."""
+    wrong = []
+    for number, stored, rounded, large in EXACT_CASES:
+        rows = _line_rows(_with_raw("bytes_sent", number))
+        assert all(row == rows[0] for row in rows), rows
+        row, counted, too_large = rows[0]
+        if (row["bytes_sent"], counted, too_large) != (stored, rounded, large):
+            wrong.append((number, row["bytes_sent"], counted, too_large))
+    assert wrong == []
+
+
+def test_an_int_column_counts_a_number_past_its_nine_digits() -> None:
+    for number in ("1234567890", '"1234567890"', "1234567890.0", "999999999.5"):
+        rows = _line_rows(_with_raw("duration", number))
+        assert [(row["duration_ms"], large) for row, _, large in rows] == [(None, True)] * 3
+
+
 def test_rounded_lines_are_given_by_their_positions_in_the_batch() -> None:
     """Lines of other formats and unparsed ones around them do not shift the positions."""
     lines = [
@@ -159,6 +227,25 @@ def test_route_counts_the_rounded_lines_per_service() -> None:
     assert routed.tables["envoy_access"].column("duration_ms").to_pylist() == [2, 7, 3, 3]
 
 
+def test_route_counts_the_lines_with_a_number_too_large_per_service() -> None:
+    """The line is kept, its other values stored; the number past int64 is NULL, counted."""
+
+    def event(service: str, sent: str) -> tuple[str, int, dict]:
+        line = _with_raw("bytes_sent", sent)[:-1] + ', "path": "/a"}'
+        return (f"logq.{service}", T0, record(line, service=service, format="envoy"))
+
+    sent = ["1", "99999999999999999999", "2", '"18446744073709551616"', "1e19"]
+    services = ["cart", "cart", "recipe", "recipe", "cart"]
+    events = [event(service, number) for service, number in zip(services, sent, strict=True)]
+    table = records_table([to_ipc(records_batch(t, pa.array([n]), [r])) for t, n, r in events])
+    routed = route(table)
+    assert routed.numbers_too_large == {"cart": 2, "recipe": 1}
+    access = routed.tables["envoy_access"]
+    assert access.column("bytes_sent").to_pylist() == [1, None, 2, None, None]
+    assert access.column("path").to_pylist() == ["/a"] * 5
+    assert "container_logs" not in routed.tables
+
+
 _SCALARS = st.one_of(
     st.none(),
     st.booleans(),
@@ -183,15 +270,46 @@ def test_any_json_values_read_alike_in_every_reader(values: dict[str, Any]) -> N
     _one_row(values)
 
 
+#: JSON numbers without a sign, of up to 40 digits and an exponent (``12.5e-3``).
+_NUMBER_TEXTS = st.builds(
+    "".join,
+    st.tuples(
+        st.integers(0, 10**20).map(str),
+        st.just("") | st.text("0123456789", min_size=1, max_size=20).map(lambda t: "." + t),
+        st.just("") | st.integers(-25, 25).map(lambda e: f"e{e}"),
+    ),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from(["duration", "bytes_sent"]), _NUMBER_TEXTS, st.booleans())
+def test_any_number_is_stored_as_its_digits_round_in_every_reader(
+    key: str, number: str, quoted: bool
+) -> None:
+    """Whatever its spelling, a number is stored as its exact value rounded half up, or NULL
+    past its column's digits (9, 18), the line counted as rounded or too large."""
+    column, digits = {"duration": ("duration_ms", 9), "bytes_sent": ("bytes_sent", 18)}[key]
+    exact = Decimal(number)
+    near = int(exact.to_integral_value(rounding=ROUND_HALF_UP))
+    fits = near < 10**digits
+    expected = (near if fits else None, fits and near != exact, not fits)
+    line = _with_raw(key, f'"{number}"' if quoted else number)
+    assert [(row[column], rounded, large) for row, rounded, large in _line_rows(line)] == [
+        expected
+    ] * len(NEIGHBOURS)
+
+
 @pytest.mark.integration
 def test_through_the_aggregator_values_are_kept_and_rounding_is_counted(tmp_path: Path) -> None:
     """A real ``logq-aggregator``: a JSON access line's object user agent and fractional
     duration reach the Parquet row as its JSON text and rounded, and the rounding is counted in
-    ``logq_aggregator_envoy_numbers_rounded_total`` for its service."""
+    ``logq_aggregator_envoy_numbers_rounded_total`` for its service; a ``bytes_sent`` past int64
+    is NULL in its row, counted in ``logq_aggregator_envoy_numbers_too_large_total``."""
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     lines = [
         json.dumps({**BASE, "start_time": now, "duration": 1.5, "user_agent": {"app": "x"}}),
         json.dumps({**BASE, "start_time": now, "duration": "7", "path": ["/a", "/b"]}),
+        json.dumps({**BASE, "start_time": now, "duration": 9, "bytes_sent": 2**64}),
     ]
     agg = start_aggregator(tmp_path, extra=["--metrics-listen", "127.0.0.1:0"])
     try:
@@ -199,14 +317,18 @@ def test_through_the_aggregator_values_are_kept_and_rounding_is_counted(tmp_path
             events = [(time.time_ns(), record(line, format="envoy")) for line in lines]
             sock.sendall(wire.encode_packed_forward("logq.recipe", events, "c1"))
             assert read_acks(sock, 1) == ["c1"]
-        wait_rows(agg.warehouse, "envoy_access", 2, agg)
-        series = 'logq_aggregator_envoy_numbers_rounded_total{service="recipe"} 1.0'
+        wait_rows(agg.warehouse, "envoy_access", 3, agg)
         base = metrics_base(agg.log_text())
-        wait_until(lambda: series in metrics_text(base), 15, "the rounded count", proc=agg.proc)
+        for series in (
+            'logq_aggregator_envoy_numbers_rounded_total{service="recipe"} 1.0',
+            'logq_aggregator_envoy_numbers_too_large_total{service="recipe"} 1.0',
+        ):
+            wait_until(lambda: series in metrics_text(base), 15, series, proc=agg.proc)  # noqa: B023
     finally:
         assert agg.stop() == 0
     rows = read_table(agg.warehouse, "envoy_access").sort_by("duration_ms").to_pylist()
-    assert [(r["duration_ms"], r["user_agent"], r["path"]) for r in rows] == [
-        (2, '{"app":"x"}', None),
-        (7, None, '["/a","/b"]'),
+    assert [(r["duration_ms"], r["user_agent"], r["path"], r["bytes_sent"]) for r in rows] == [
+        (2, '{"app":"x"}', None, None),
+        (7, None, '["/a","/b"]', None),
+        (9, None, None, None),
     ]
