@@ -224,7 +224,7 @@ class Catalog:
         if self._length_warned and longest < self._length_warned * (1 + LENGTH_WARN_GROWTH):
             return
         why = ddl.too_long(
-            statements,
+            longest,
             len(self.services),
             f"Athena refuses the {DDL_DIR}/*.sql written in {self.warehouse.uri} (and what "
             "`logq ddl` prints)",
@@ -368,7 +368,7 @@ def _check_lengths(statements: list[tuple[str, str | None]], services: int) -> N
     """Refuse, before sending any, DDL that Athena would refuse at every flush for its length
     (:func:`athena.ddl.too_long`): no new service would reach the Athena table again."""
     why = ddl.too_long(
-        (sql for sql, _ in statements),
+        ddl.longest_bytes(sql for sql, _ in statements),
         services,
         "new services do not reach the Athena table (`logq --engine local` still reads them)",
     )

@@ -155,12 +155,13 @@ def longest_bytes(statements: Iterable[str]) -> int:
     return max((len(sql.encode("utf-8")) for sql in statements), default=0)
 
 
-def too_long(statements: Iterable[str], services: int, consequence: str) -> str | None:
-    """Why Athena would refuse the longest of ``statements`` (None when it would not): its size,
-    :data:`ATHENA_QUERY_MAX_BYTES`, ``consequence`` (what that means where it is said) and what
-    to do. The service enum lists every name ever seen: past the limit (about 13,000 names of 20
-    characters) the DDL cannot be applied at all."""
-    longest = longest_bytes(statements)
+def too_long(longest: int, services: int, consequence: str) -> str | None:
+    """Why Athena would refuse DDL whose longest statement is of ``longest`` bytes
+    (:func:`longest_bytes`; None when it would not): its size, :data:`ATHENA_QUERY_MAX_BYTES`,
+    ``consequence`` (what that means where it is said) and what to do. The service enum lists
+    every name ever seen: past the limit (about 13,000 names of 20 characters) the DDL cannot be
+    applied at all. A size, not the statements: a caller that has it does not encode a few
+    hundred KB of DDL again."""
     if longest <= ATHENA_QUERY_MAX_BYTES:
         return None
     return (

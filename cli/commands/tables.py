@@ -258,7 +258,13 @@ def ddl(
     let the aggregator keep it current (--athena-database).
     """
     with friendly():
-        from athena.ddl import create_all, quote_ident, set_service_values, too_long
+        from athena.ddl import (
+            create_all,
+            longest_bytes,
+            quote_ident,
+            set_service_values,
+            too_long,
+        )
         from athena.schema import TABLES
         from athena.warehouse import open_warehouse, resolve_uri
         from cli.runner import check_local, normalise_services
@@ -296,7 +302,7 @@ def ddl(
             TABLES.values(), create_all(uri, names, athena_database), strict=True
         ):
             statements += [create, set_service_values(table, names, athena_database)]
-        why = too_long(statements, len(names), "Athena refuses it")
+        why = too_long(longest_bytes(statements), len(names), "Athena refuses it")
         if why is not None:
             sys.stderr.write(f"logq: warning: {why}\n")
         sys.stdout.write(";\n\n".join(statements) + ";\n")

@@ -599,3 +599,30 @@ def test_ddl_files_over_athenas_query_limit_are_warned_about_again_as_they_grow(
     assert "service enum of 2,100 names" in said[0]
     assert "service enum of 2,400 names" in said[1]
     assert said[1].endswith("(said again if it grows by 10% more)")
+
+
+class _CountedText(str):
+    """A DDL statement that counts its encodings (a few hundred KB each with many services)."""
+
+    encoded = 0
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        _CountedText.encoded += 1
+        return super().encode(encoding, errors)
+
+
+def test_an_update_encodes_each_ddl_statement_once_to_size_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The length check encoded every statement twice (its longest, then again for the
+    warning's text): 2 x 270 KB at each update of 2,100 long names. The size is taken once."""
+    wh = open_warehouse(str(tmp_path / "wh"), create=True)
+    catalog = Catalog(wh, Settings())
+    statements = Catalog.statements
+    monkeypatch.setattr(
+        Catalog, "statements", lambda self: [_CountedText(s) for s in statements(self)]
+    )
+    for services in ({"recipe"}, {f"{i:04d}" + "s" * 124 for i in range(2100)}):
+        _CountedText.encoded = 0
+        assert catalog.add_services(services)
+        assert _CountedText.encoded == len(TABLES)
