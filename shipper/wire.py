@@ -409,17 +409,21 @@ def _keyed_hooks(hooks: dict[str, Any], budget: ObjectBudget | None) -> dict[str
 
 def _text_keyed_map(budget: ObjectBudget | None) -> Callable[[list[tuple[Any, Any]]], dict]:
     """An ``object_pairs_hook`` building maps as msgpack does, an unhashable key as its text,
-    counting the objects as :meth:`ObjectBudget.hooks` does."""
+    counting the objects as :meth:`ObjectBudget.hooks` does: the map's pairs as built, a
+    repeated key's once (the last value kept). Counted as sent, a message of repeated keys was
+    refused once it was read keyed (it held a map key, or its client was remembered as sending
+    them) where the plain unpacker let it through; the pairs list the hook is given is one map's,
+    at most ``max_map_len``."""
 
     def build(pairs: list[tuple[Any, Any]]) -> dict:
-        if budget is not None:
-            budget.count_map(len(pairs))
         built: dict = {}
         for key, value in pairs:
             try:
                 built[key] = value
             except TypeError:
                 built[map_key_text(key)] = value
+        if budget is not None:
+            budget.count_map(len(built))
         return built
 
     return build

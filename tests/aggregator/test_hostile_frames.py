@@ -1109,6 +1109,62 @@ def test_a_message_keyed_by_a_map_is_still_held_to_the_object_budget(
     assert "msgpack objects (the per-message limit" in caplog.text
 
 
+def _repeated_keys(pairs: int) -> bytes:
+    """A map of ``pairs`` pairs that all have the key ``"k"`` (its last value, 1, is kept)."""
+    return bytes([0x80 | pairs]) + b"\xa1k\x00" * (pairs - 1) + b"\xa1k\x01"
+
+
+def _repeated_keys_entry(ns: int, log: str) -> bytes:
+    """A record whose values ``a``, ``b``, ``c`` each hold 10 maps of 10 pairs of one key: 98
+    objects as built (each map holds one pair), 638 counted pair by pair."""
+    maps = b"\x9a" + _repeated_keys(10) * 10
+    time_ext = msgpack.packb(wire.EventTime.from_ns(ns).to_ext())
+    record_ = (
+        b"\x84\xa3log"
+        + msgpack.packb(log)
+        + b"".join(b"\xa1" + k + maps for k in (b"a", b"b", b"c"))
+    )
+    return b"\x92" + time_ext + record_
+
+
+def test_repeated_map_keys_count_as_built_in_a_message_read_keyed_too() -> None:
+    """A map of repeated keys builds one pair per key, as msgpack counts it; read again with its
+    map keys as text (or for a client remembered as sending them), every pair sent was counted:
+    a message the per-message object limit lets through (9 such records, ~920 objects of
+    1,280) was refused, its connection closed, once one of its records was keyed by a map."""
+    from aggregator.metrics import Metrics
+    from aggregator.server import ServerLimits
+    from tests.aggregator.helpers import serving
+    from tests.aggregator.test_inflight import HeldBuffer
+
+    now = time.time_ns()
+    logs = [f"repeated-{i}" for i in range(9)]
+    repeated = [_repeated_keys_entry(now, log) for log in logs]
+    plain, keyed = (
+        _forward("logq.keyed", [*entries, *repeated], chunk)
+        for entries, chunk in (
+            ([_plain_entry(now, "plain")], "plain"),
+            ([_odd_entry(now, "odd")], "odd"),
+        )
+    )
+    assert wire.message_objects(10) == 1_280
+
+    async def scenario() -> None:
+        buffer = HeldBuffer()
+        metrics = Metrics()
+        async with serving(buffer, metrics, ServerLimits(max_message_entries=10)) as (_, h, p):
+            reader, writer = await asyncio.open_connection(h, p)
+            writer.write(plain + keyed)
+            assert await _stored(buffer, 2, metrics) == [["plain", *logs], ["odd", *logs]]
+            assert await _acks(reader, 2) == ["plain", "odd"]
+            writer.close()
+            assert metrics.connections_rejected.labels("protocol_error")._value.get() == 0
+        rows = [dec.from_ipc(frame).to_pylist()[1:] for frame in buffer.frames]
+        assert rows[0] == rows[1]  # the repeated keys' last values, on both paths
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
 @pytest.mark.integration
 def test_message_and_forward_mode_records_keyed_by_a_map_reach_the_warehouse(
     tmp_path: Path,
