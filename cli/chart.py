@@ -132,7 +132,11 @@ def render_timeline(
     the labels' precision (:func:`label_format`). With ``until`` and ``step``: a first
     interval the range starts inside, and a last one that ends after ``until`` (the range
     ends inside it, e.g. now), are marked (:func:`partial_notes`), so that a shorter bar does
-    not read as a drop."""
+    not read as a drop.
+
+    Into a file or a pipe (no ``width``), as :func:`cli.output.render_table` does, the header
+    and the notes are never wrapped: Rich's default 80 columns there broke the header between
+    "one cell =" and its number, and a note mid-sentence, for ``grep`` or a ticket to read."""
     from rich.text import Text
 
     from athena.timerange import parse_interval
@@ -140,6 +144,7 @@ def render_timeline(
 
     out = out or sys.stdout
     console = make_console(out, width=width)
+    whole = width is None and not (hasattr(out, "isatty") and out.isatty())
     day_changes = len({r[0].date() for r in rows}) > 1
     interval = step or int(parse_interval(every_label).total_seconds())
     labels = [r[0].strftime(label_format(interval, day_changes)) for r in rows]
@@ -155,7 +160,8 @@ def render_timeline(
             f"requests per {every_label}: {total:,} total, {errors:,} 5xx{gone_text}; "
             f"one cell = {peak / bar_width:,.1f} requests",
             style="bold",
-        )
+        ),
+        soft_wrap=whole,
     )
     columns = Text(f"{'time UTC':>{wide}} {'requests':>8} {'5xx':>6} {LEGEND}", style="dim")
     console.print(columns)
@@ -172,7 +178,7 @@ def render_timeline(
     console.print(columns)  # again below: the end of a long chart is where one reads it
     if until is not None:
         for text in partial_notes(rows, until, step):
-            console.print(Text(text, style="dim"))
+            console.print(Text(text, style="dim"), soft_wrap=whole)
 
 
 def label_format(step: int, dated: bool) -> str:

@@ -349,6 +349,22 @@ def test_timeline_shows_a_single_error() -> None:
     assert "▒X" in out.getvalue()  # one request in 100,000 still gets its cell
 
 
+def test_timeline_header_and_notes_are_whole_lines_in_a_pipe() -> None:
+    """Into a pipe (no terminal width) the header and the partial notes are one line each, as a
+    table's rows are: at Rich's default 80 columns the header broke between "one cell =" and
+    its number, and a note mid-sentence."""
+    t0 = datetime(2026, 11, 29, 10, 0, 30, 250_000, tzinfo=UTC)
+    rows = [(t0, 1_234_567, 2_345, 34_567, 4_567), (t0 + timedelta(minutes=1), 1_000, 0, 0, 0)]
+    out = io.StringIO()
+    render_timeline(rows, "1m", out=out, until=t0 + timedelta(minutes=1, seconds=10), step=60)
+    lines = out.getvalue().splitlines()
+    header = "requests per 1m: 1,235,567 total, 34,567 5xx, 4,567 code 0 (client went away); "
+    assert lines[0].startswith(header) and lines[0].endswith(" requests"), lines
+    first = "the first interval is partial: the range starts at 10:00:30.250 UTC, inside the "
+    assert f"{first}interval from 10:00:00 UTC" in lines, lines
+    assert "the last interval is partial: the range ends at 10:01:40.250 UTC" in lines, lines
+
+
 def _labels(rows: list[tuple[datetime, int, int, int]], every: str, step: int = 0) -> list[str]:
     """The time labels of the chart of ``rows`` (``step``: as the timeline command passes it;
     0: read from ``every``), and checks that the header's column ends where they do."""
