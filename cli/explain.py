@@ -473,7 +473,7 @@ def explain_empty(common: Common, prep: Prepared, data_known: bool = False) -> s
     from cli.service_names import capped, counted
 
     span = f"between {iso_utc(prep.trange.since)} and {iso_utc(prep.trange.until)}"
-    hint = f"; {prep.empty_hint}" if prep.empty_hint else ""
+    hint = path_hint(common.path) + (f"; {prep.empty_hint}" if prep.empty_hint else "")
     if common.engine is not EngineName.local:
         where = services_for(prep.services)
         if prep.outside_enum:  # the services query reads the same list: no use pointing to it
@@ -490,6 +490,22 @@ def explain_empty(common: Common, prep: Prepared, data_known: bool = False) -> s
     if reason is not None:
         return reason
     return capped(explain_no_rows(common, prep, span, hint))
+
+
+#: Longest ``--path`` :func:`path_hint` spells out again with its ``/``.
+PATH_HINT_CHARS = 80
+
+
+def path_hint(path: str | None) -> str:
+    """What to try when a ``--path`` without its leading ``/`` matched nothing: Envoy logs a
+    request's path from its ``/`` (``/api/v1/items``) and ``--path`` is a prefix of it, so
+    ``--path api/v1`` matches no request, and the empty answer read as "no errors on that
+    route" (empty for a path that holds ``*`` or ``://`` too: an ``OPTIONS *`` or an absolute
+    form, ``http://host/x``, is logged so)."""
+    if not path or path.startswith("/") or "*" in path or "://" in path:
+        return ""
+    fix = f"--path /{path}" if len(path) <= PATH_HINT_CHARS else "a --path that starts with /"
+    return f"; a path as Envoy logs it starts with '/': try {fix}"
 
 
 def services_for(services: list[str] | None) -> str:

@@ -48,7 +48,7 @@ def _long(count: int, tag: str) -> list[str]:
 
 def _common(warehouse: str = "s3://logs/prod") -> Any:
     """The options the texts read, on Athena."""
-    return SimpleNamespace(warehouse=warehouse, engine=EngineName.athena)
+    return SimpleNamespace(warehouse=warehouse, engine=EngineName.athena, path=None)
 
 
 @pytest.mark.parametrize("count", [300, 2000])

@@ -99,6 +99,26 @@ def test_window_with_no_requests_names_the_newest_data(logq, tmp_path: Path) -> 
     assert "none matched" not in run.stdout
 
 
+def test_a_path_without_its_slash_is_said_to_need_one(logq, tmp_path: Path) -> None:
+    """`--path api/v1` matches no request (Envoy logs paths from their `/`): the empty answer
+    said only "no requests ... matching --path api/v1", read as "no errors on that route"; it
+    now says what to type. A `/` path that matches nothing gets no such hint."""
+    uri, _ = stalled(tmp_path, minutes_ago=1)
+    args = ("-s", "checkout", "--since", "1h", "--warehouse", uri)
+    run = logq("latency", "--path", "api/v1", *args)
+    assert run.exit_code == 0, run.stderr
+    assert (
+        run.stdout.startswith("No results: no requests ") and "matching --path api/v1" in run.stdout
+    )
+    assert run.stdout.rstrip().endswith(
+        "; a path as Envoy logs it starts with '/': try --path /api/v1"
+    ), run.stdout
+    js = logq("errors", "--path", "api/v1", "-f", "json", *args)
+    assert js.json() == [] and "try --path /api/v1" in js.stderr, js.stderr
+    right = logq("latency", "--path", "/api/v9", *args)
+    assert right.stdout.startswith("No results: no requests ") and "try" not in right.stdout
+
+
 def test_rows_stamped_ahead_of_the_clock_do_not_read_as_fresh(logq, tmp_path: Path) -> None:
     """A host whose clock is 2 h ahead: its rows are not "0s ago" data. The newest data an
     empty answer names and the stale note's are the same time (the newest row not in the
