@@ -13,11 +13,12 @@ from the column name (``_ms`` → ms, ``_pct`` → %, ``bytes`` → KiB/MiB).
 
 Two rules keep the human formats truthful. A value is never broken across lines where the break
 would make it read as another value (``10.0.5.7`` + ``7:8080``): numbers, hosts, timestamps, ids,
-codes and flags never wrap; only prose (a log message, a user agent) wraps, and a path is cut with
-an ellipsis. When even that cannot fit the terminal, rows print one record at a time instead. And
-text from the logs is data, never terminal control: control characters in it are shown escaped
-(``\x1b``, ``\r``, ``\n``), as ``journalctl`` and ``less`` do, so a user agent such as
-``\x1b[2J`` cannot clear the screen of the person reading it, nor fake output.
+codes and flags never wrap; only prose (a log message, a user agent) wraps, and a path is cut in
+its middle with an ellipsis (``/api/v1/r…/feed``: routes differ at their end). When even that
+cannot fit the terminal, rows print one record at a time instead. And text from the logs is
+data, never terminal control: control characters in it are shown escaped (``\x1b``, ``\r``,
+``\n``), as ``journalctl`` and ``less`` do, so a user agent such as ``\x1b[2J`` cannot clear
+the screen of the person reading it, nor fake output.
 """
 
 from __future__ import annotations
@@ -590,7 +591,8 @@ def console(out: TextIO, **options: Any) -> Any:
 
 #: Prose: wrapped at spaces, a word longer than the column folded (read on as one text).
 PROSE_COLUMNS = frozenset({"message", "user_agent", "meaning", "check"})
-#: Free text that may be cut short with an ellipsis (visibly incomplete, never a wrong value).
+#: Free text that may be cut in its middle with an ellipsis (visibly incomplete, never a wrong
+#: value): :func:`_cut_paths`.
 CUT_COLUMNS = frozenset({"path", "container_name"})
 #: What a prose or cut column keeps at least before rows print as records.
 MIN_FREE_WIDTH = 10
@@ -687,9 +689,10 @@ def render_table(
 
     Into a file or a pipe (no ``width``) the table is as wide as its longest values: nothing is
     wrapped, whatever reads it (``grep``, ``less -S``, a ticket) sees each row on one line. On a
-    terminal (or with ``width``) only prose wraps and paths are cut with "…", then titles wrap
-    between words; when the values that must stay whole still do not fit, every row prints as a
-    record, one ``name value`` per line. Titles as :func:`table_titles` makes them.
+    terminal (or with ``width``) only prose wraps and paths are cut with "…" in their middle,
+    then titles wrap between words; when the values that must stay whole still do not fit,
+    every row prints as a record, one ``name value`` per line. Titles as :func:`table_titles`
+    makes them.
     """
     out = out or sys.stdout
     cells = _cells(columns, rows)
@@ -734,6 +737,9 @@ def _print_table(
     ]
     _print_title(console, title)
     table = Table(header_style="bold", show_lines=False)
+    if fixed is not None:
+        cells, fixed = _cut_paths(console.width, columns, cells, fixed, free)
+        free = [f and columns[i] not in CUT_COLUMNS for i, f in enumerate(free)]
     for i, col in enumerate(columns):
         numeric = _is_numeric_column(rows, i)
         name = Text(titles[i], no_wrap=not wrap_titles, overflow="fold")
@@ -751,6 +757,84 @@ def _print_table(
     for row in cells:
         table.add_row(*row)
     console.print(table)
+
+
+#: Share of a cut value's room that its end keeps (the rest is its start, then "…"): routes
+#: share their start (``/api/v1/``) and differ at their end (``/feed``, ``/{id}``).
+CUT_END_SHARE = 2 / 3
+
+
+def _cut_paths(
+    width: int,
+    columns: Sequence[str],
+    cells: Sequence[Sequence[Any]],
+    fixed: list[int],
+    free: Sequence[bool],
+) -> tuple[list[list[Any]], list[int]]:
+    """(cells, widths) with each too long path or container name cut in its middle to its
+    column's width (the columns that may narrow share what the fixed ones leave, the widest
+    narrowed first, as Rich shares them), and those columns' widths fixed at that.
+
+    Rich cuts a value's end: at 80 columns ``logq errors`` showed ``/api/v1/recipe…`` for
+    both ``/api/v1/recipes/feed`` and ``/api/v1/recipes/{id}``, rows that read as one route
+    with two counts. Kept start and end (``/api…cipes/feed``) tell them apart, and the "…"
+    still says the value is not whole."""
+    from rich.cells import cell_len
+
+    loose = [i for i, f in enumerate(free) if f]
+    room = width - frame_width(len(columns)) - sum(w for i, w in enumerate(fixed) if not free[i])
+    natural = [_widest([row[i] for row in cells]) for i in loose]
+
+    def total(level: int) -> int:
+        return sum(max(min(w, level), fixed[i]) for w, i in zip(natural, loose, strict=True))
+
+    low, high = 1, max(natural, default=1)  # the widest level that fits: a binary search
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if total(middle) <= room else (low, middle - 1)
+    level = low
+    widths = list(fixed)
+    out = [list(row) for row in cells]
+    for i, w in zip(loose, natural, strict=True):
+        if columns[i] not in CUT_COLUMNS:
+            continue
+        widths[i] = max(min(w, level), fixed[i])
+        for row in out:
+            if cell_len(row[i].plain) > widths[i]:
+                row[i] = _cut_middle(row[i], widths[i])
+    return out, widths
+
+
+def _cut_middle(text: Any, width: int) -> Any:
+    """``text`` (a Rich ``Text``) as its start, "…" and its end, ``width`` cells in all. The end
+    starts at a ``/`` when its last segments fit (``/api/v1/r…/feed``, not ``/api/…ipes/feed``);
+    else it is the last characters that fit."""
+    from rich.cells import cell_len
+    from rich.text import Text
+
+    plain = text.plain
+    if width < 2:
+        return Text(_fitting(plain, width), style=text.style)
+    end_room = round((width - 1) * CUT_END_SHARE)
+    segments = [plain[i:] for i in range(1, len(plain)) if plain[i] == "/"]
+    end = next((tail for tail in segments if cell_len(tail) <= end_room), "")
+    if not end:
+        end = _fitting(plain[::-1], end_room)[::-1]
+    start = _fitting(plain, width - 1 - cell_len(end))
+    return Text(start + "…" + end, style=text.style)
+
+
+def _fitting(text: str, width: int) -> str:
+    """The longest start of ``text`` within ``width`` cells."""
+    from rich.cells import cell_len
+
+    out, used = "", 0
+    for char in text:
+        used += cell_len(char)
+        if used > width:
+            break
+        out += char
+    return out
 
 
 def _print_title(console: Any, title: str | None) -> None:

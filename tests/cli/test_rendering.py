@@ -100,8 +100,32 @@ def test_a_terminal_never_breaks_an_identifier(width: int) -> None:
         rows = [line for line in text.splitlines() if line.startswith("│")]
         assert len(rows) == 2, text
         for row, path in zip(rows, (LONG_PATH, "/api/recipes/42"), strict=True):
-            cell = row.split("│")[5].strip()
-            assert cell == path or (cell.endswith("…") and path.startswith(cell[:-1])), row
+            assert _shows(row.split("│")[5].strip(), path), row
+
+
+def _shows(cell: str, value: str) -> bool:
+    """``cell`` is ``value``, or its start, "…" and its end."""
+    start, cut, end = cell.partition("…")
+    return cell == value or (cut and value.startswith(start) and value.endswith(end))
+
+
+def test_routes_cut_to_fit_stay_apart() -> None:
+    """At 80 columns `logq errors` cut each route's end: `/api/v1/recipes/feed` and
+    `/api/v1/recipes/{id}` both read `/api/v1/recipe…`, one route with two counts. A path too
+    long for its column keeps its start and its last segments, the "…" between them."""
+    columns = ["service", "path", "response_code", "response_flags", "count",
+               "path_share_pct", "path_requests"]  # fmt: skip
+    paths = ["/api/v1/recipes/feed", "/api/v1/recipes/{id}", "/api/v1/recipes/{id}/ratings",
+             "/healthz", "/api/v1/products/SKU-99880123456"]  # fmt: skip
+    rows = [("recipe", p, 503, "UF,URX", 90, 17.21, 523) for p in paths]
+    for width in (80, 76):
+        text = _table(rows, columns, width=width)
+        lines = [line for line in text.splitlines() if line.startswith("│")]
+        assert len(lines) == len(paths) and max(map(len, text.splitlines())) <= width, text
+        cells = [line.split("│")[2].strip() for line in lines]
+        assert len(set(cells)) == len(paths), cells
+        assert all(_shows(c, p) for c, p in zip(cells, paths, strict=True)), cells
+        assert cells[3] == "/healthz" and "…/feed" in cells[0] and "…/{id}" in cells[1], cells
 
 
 def test_a_narrow_terminal_prints_records() -> None:
