@@ -41,7 +41,8 @@ def sql(
     method = 'GET'). Every row by default: -f json, csv and markdown write rows as they come,
     in bounded memory; the table shows at most the first 1,000 and says how to get the rest.
     --limit N stops after N rows; when the result has more, stderr says "logq: showing the
-    first N rows; the result has more (raise --limit)".
+    first N rows; the result has more (raise --limit)". In the table format an EXPLAIN prints
+    its plan as the lines of text it is.
     """
     from cli import runner
     from cli.explain import NO_DATA_EXIT, note_unknown_services
@@ -108,9 +109,37 @@ def sql(
         no_answer = no_answer if not result.rows else None
         if no_answer is not None:
             note(f"logq: no results: {no_answer}")
+        if split_explain(statement)[0] and show_plan(common, result):
+            return
         runner.show(common, result)
     if no_answer is not None:
         raise typer.Exit(NO_DATA_EXIT)
+
+
+def show_plan(common: Common, result: Any) -> bool:
+    """Print an EXPLAIN's plan in the table format as the lines of text it is; False (nothing
+    printed) for another format or a result that is no plan.
+
+    A plan is one text value of many lines (DuckDB's ``explain_key``, ``explain_value``;
+    Athena's ``Query Plan``), drawn as boxes: in a table cell its line breaks showed as
+    ``\\n``, and DuckDB's boxes ran together on one line. Its lines are the engine's, not the
+    logs': each is still shown with its control characters escaped, as every table cell is."""
+    from cli.output import OutputFormat, visible, write_all
+
+    if common.fmt is not OutputFormat.table or result.more is not None or not result.rows:
+        return False
+    text = [row[-1] for row in result.rows]
+    if not all(isinstance(t, str) for t in text) or len(result.columns) > 2:
+        return False
+    keys = [str(row[0]) for row in result.rows] if len(result.columns) == 2 else []
+    out = []
+    for i, plan in enumerate(text):
+        if keys:
+            out.append(visible(keys[i]))
+        out.extend(visible(line) for line in plan.rstrip("\n").split("\n"))
+    write_all(sys.stdout, "\n".join(out) + "\n")
+    result.close()
+    return True
 
 
 def flag_scope(common: Common) -> tuple[list[str] | None, Any]:

@@ -65,6 +65,23 @@ def test_explain_of_a_query_runs_over_the_warehouse(logq, warehouse: Warehouse) 
     assert dry.exit_code == 0 and "\nEXPLAIN ANALYZE\nSELECT" in dry.stdout
 
 
+def test_explain_prints_its_plan_as_lines_in_the_table_format(logq, warehouse: Warehouse) -> None:
+    """The plan is one text value of many lines: in a table cell its line breaks read ``\\n``
+    and DuckDB's boxes ran together on one line. The table format prints it as its lines (json
+    keeps the value whole); a SELECT whose values hold line breaks is still a table."""
+    statement = "EXPLAIN SELECT count(*) AS n FROM envoy_access"
+    run = logq("sql", statement, "--warehouse", warehouse.uri)
+    assert run.exit_code == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == "physical_plan" and "\\n" not in run.stdout, run.stdout
+    assert any("READ_PARQUET" in line for line in lines) and len(lines) > 5, run.stdout
+    assert all(line.startswith(("╭", "│", "╰", "┌", "└")) for line in lines[1:]), run.stdout
+    js = logq("sql", statement, "-f", "json", "--warehouse", warehouse.uri).json()
+    assert js[0]["explain_key"] == "physical_plan" and "\n" in js[0]["explain_value"]
+    text = logq("sql", "SELECT 'a' || chr(10) || 'b' AS t", "--warehouse", warehouse.uri)
+    assert "┃ t " in text.stdout and "a\\nb" in text.stdout, text.stdout
+
+
 @pytest.mark.parametrize(
     "statement",
     [
