@@ -118,8 +118,9 @@ def _note_cut(rows: list[tuple[Any, ...]], prep: Any) -> None:
 
     limit = int(prep.params["row_limit"])
     start = iso_utc(rows[0][0]) if rows else "?"
+    newest = "line" if limit == 1 else f"{limit:,} lines"
     note(
-        f"logq: showing the newest {limit:,} lines, from {start}; older lines from "
+        f"logq: showing the newest {newest}, from {start}; older lines from "
         f"{iso_utc(prep.trange.since)} on match too (raise --limit, or narrow --since)"
     )
 

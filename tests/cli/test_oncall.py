@@ -64,6 +64,11 @@ def test_one_of_a_kind_is_said_in_the_singular(logq, tmp_path: Path) -> None:
     cut = logq("sql", "SELECT 1 AS n UNION ALL SELECT 2", "--limit", "1", "--warehouse", uri)
     assert cut.exit_code == 0, cut.stderr
     assert cut.stderr == "logq: showing the first row; the result has more (raise --limit)\n"
+    logs = logs_frame(2, start, start + timedelta(minutes=30), ["checkout"])
+    write_frame(uri, "container_logs", logs)
+    tail = logq("tail", "-s", "checkout", *hour, "--limit", "1", "--warehouse", uri)
+    assert tail.exit_code == 0, tail.stderr
+    assert "logq: showing the newest line, from " in tail.stderr, tail.stderr  # was "1 lines"
 
 
 def _iso(ts: datetime) -> str:
