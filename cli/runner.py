@@ -7,6 +7,7 @@ empty or may be stale is in :mod:`cli.explain`; how new the data is, in :mod:`at
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -155,7 +156,19 @@ def check_athena_options(common: Common) -> None:
     for flag, value in given.items():
         if value is not None and not value.strip():
             raise ValueError(f"{flag} is empty (an unset variable?); give a value or leave it out")
+    region = common.athena_region
+    if region is not None and not AWS_REGION.fullmatch(region):
+        raise ValueError(
+            f"--athena-region (or LOGQ_ATHENA_REGION) {shown(region)} is not an AWS region "
+            "name; give one such as us-east-1 or eu-west-1, or leave it out for AWS_REGION"
+        )
     check_athena_output(common.athena_output)
+
+
+#: What botocore takes for a region name (``botocore.utils.validate_region_name``: a host
+#: label); it refused others in words that named no option ("Provided region_name ''; drop'
+#: doesn't match a supported format").
+AWS_REGION = re.compile(r"(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)")
 
 
 def check_athena_output(output: str | None) -> None:

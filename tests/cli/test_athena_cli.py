@@ -362,6 +362,18 @@ def test_an_empty_athena_option_is_refused(logq, flag: str, dry: bool) -> None:
     )
 
 
+@pytest.mark.parametrize("region", ["'; drop", "us east 1", "-us-east-1", "eu-west-1\n"])
+def test_a_malformed_athena_region_names_the_option(logq, region: str) -> None:
+    """botocore refused it in words that named no option ("Provided region_name ... doesn't
+    match a supported format"); it is refused before anything runs, saying which option."""
+    run = logq("errors", "--engine", "athena", "--athena-region", region, "--since", "1h",
+               "--athena-output", "s3://results/logq/", "-s", "web")  # fmt: skip
+    assert run.exit_code == 2 and run.stdout == "", run.stderr
+    assert run.stderr.startswith("logq: error: --athena-region (or LOGQ_ATHENA_REGION) ")
+    assert "is not an AWS region name; give one such as us-east-1" in run.stderr, run.stderr
+    assert len(run.stderr.splitlines()) == 1 and "Traceback" not in run.stderr
+
+
 def test_athena_without_credentials_says_what_to_check(
     logq, monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
