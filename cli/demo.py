@@ -11,6 +11,7 @@ installed console scripts work. The work directory is kept so the printed comman
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -237,7 +238,7 @@ class Demo:
         cmd = [
             *program("logq"),
             "errors", "--service", service, "--since", "3h",
-            "--warehouse", str(self.paths.warehouse),
+            "--warehouse", str(self.paths.warehouse), "--engine", "local",
         ]  # fmt: skip
         self.step(5, f"logq errors --service {service} --since 3h")
         self.out.flush()
@@ -340,6 +341,10 @@ def next_steps(warehouse: Path, service: str) -> str:
         # `make demo` runs the venv's logq; the user's shell does not have it yet.
         lines.append(f"  source {bin_dir / 'activate'}    # puts logq on your PATH")
     lines.append(f"  export LOGQ_WAREHOUSE={warehouse}")
+    engine = os.environ.get("LOGQ_ENGINE", "")
+    if engine.strip() and engine.strip().lower() != "local":
+        # Set up for Athena: the commands below would ask Athena, not this local warehouse.
+        lines.append(f"  export LOGQ_ENGINE=local    # was {shlex.quote(engine)}; Athena reads S3")
     for command, text in _SUGGESTIONS:
         if known is None or command in known:
             lines.append("  " + text.format(service=service))

@@ -36,9 +36,11 @@ def logq_demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     """``logq demo``, the user's entry point (work directory under $TMPDIR, kept afterwards),
     run once for the two tests below: a demo is a host of 3,000 requests, an aggregator, a
     shipper and a ``logq`` (about 6 CPU-s), and both read the same run. ``run_demo`` with a
-    work directory given, in this process, is the failing-step test's."""
+    work directory given, in this process, is the failing-step test's. ``LOGQ_ENGINE=athena``,
+    as in the shell of a user set up for Athena: the demo's warehouse is local whatever it says
+    (its query failed, "Athena needs a place for results")."""
     tmp = tmp_path_factory.mktemp("demo")
-    env = {**program_env(), "TMPDIR": str(tmp), "COLUMNS": "160"}
+    env = {**program_env(), "TMPDIR": str(tmp), "COLUMNS": "160", "LOGQ_ENGINE": "athena"}
     done = subprocess.run(
         [str(console_script("logq")), "demo"],
         env=env,
@@ -67,6 +69,7 @@ def test_run_demo_ships_every_line_and_answers(logq_demo: DemoRun) -> None:
     # The errors table names the route the incident hit, and the next steps use this warehouse.
     assert "/api/v1/recipes/feed" in text
     assert f"export LOGQ_WAREHOUSE={warehouse}" in text
+    assert "  export LOGQ_ENGINE=local    # was athena; Athena reads S3\n" in text, text
     assert "logq errors --service recipe" in text
 
 
