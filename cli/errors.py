@@ -3,9 +3,10 @@
 Exit codes: 2 for bad input (time ranges, service names, SQL that does not parse, and the SQL of
 ``logq sql`` that the engine refuses as written: no such column or table, a type error, the local
 sandbox's refusal; click's usage errors too, said in the same one line by
-:func:`cli.app.one_line_usage`), 1 for engine and storage failures (DuckDB, Athena, S3; also a
-canned query the engine refuses, which is logq's bug, not the user's), 130 for Ctrl-C, 143
-(SIGTERM) and 129 (SIGHUP) when those stop an Athena query
+:func:`cli.app.one_line_usage`; and a query refused or cancelled over ``--max-scan-bytes``,
+which scans the same bytes however often it is retried), 1 for engine and storage failures
+(DuckDB, Athena, S3; also a canned query the engine refuses, which is logq's bug, not the
+user's), 130 for Ctrl-C, 143 (SIGTERM) and 129 (SIGHUP) when those stop an Athena query
 (:class:`~athena.engines.result.Terminated`). A script may retry on 1; retrying on 2 cannot
 help. ``LOGQ_DEBUG=1`` re-raises instead, to show the traceback. Anything else is a bug and
 keeps its traceback.
@@ -35,6 +36,7 @@ from athena.engines.result import (
     READ_ACCESS_HINT,
     EngineError,
     EngineStuck,
+    ScanBudgetError,
     StatementError,
     Terminated,
 )
@@ -113,7 +115,7 @@ def friendly(user_sql: bool = False) -> Iterator[None]:
         message = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
         line = shorten(message)
         failure = isinstance(exc, EngineError | OSError) and not (
-            user_sql and isinstance(exc, StatementError)
+            (user_sql and isinstance(exc, StatementError)) or isinstance(exc, ScanBudgetError)
         )
         hint = advice(message) if failure else None
         if hint is None and isinstance(exc, PermissionError):  # a local warehouse's file

@@ -100,7 +100,7 @@ def test_max_scan_bytes_refuses_before_starting(logq, moto: str, warehouse: Ware
         "errors", "--since", "2026-11-27T22:00:00Z", "--until", "2026-11-28T02:00:00Z",
         "--max-scan-bytes", "1000", "--warehouse", warehouse.uri, *ATHENA,
     )  # fmt: skip
-    assert run.exit_code == 1 and "max-scan-bytes" in run.stderr
+    assert run.exit_code == 2 and "max-scan-bytes" in run.stderr
     assert execution_count(moto) == before
 
 
@@ -124,7 +124,7 @@ def test_max_scan_bytes_counts_every_table_the_query_reads(
         "services", "--since", since, "--until", until, "--max-scan-bytes", str(budget),
         "--warehouse", warehouse.uri, *ATHENA,
     )  # fmt: skip
-    assert run.exit_code == 1 and "max-scan-bytes" in run.stderr, run.stderr
+    assert run.exit_code == 2 and "max-scan-bytes" in run.stderr, run.stderr
     assert execution_count(moto) == before
 
 
@@ -822,3 +822,14 @@ def test_an_athena_answer_in_a_logq_process_loads_neither_pandas_nor_numpy(
     assert err.splitlines()[-1] == "loaded: []", err
     queue_result(moto, columns, [row])
     assert json.loads(out) == logq("sql", sql, "-f", "json", *ATHENA).json()
+
+
+def test_a_local_query_over_max_scan_bytes_exits_2_as_bad_input(logq, warehouse: Warehouse) -> None:
+    """Over budget, the same query scans the same bytes however often it runs: exit 2, which a
+    script does not retry (1 is an engine failure that retrying may mend)."""
+    run = logq(
+        "errors", "--since", "2026-11-27T22:00:00Z", "--until", "2026-11-28T02:00:00Z",
+        "--max-scan-bytes", "10", "--warehouse", warehouse.uri, "--engine", "local",
+    )  # fmt: skip
+    assert run.exit_code == 2, run.stderr
+    assert "max-scan-bytes" in run.stderr

@@ -157,11 +157,11 @@ def test_sql_max_scan_bytes_on_athena_counts_the_scope(
     budget = ["--max-scan-bytes", str(scoped - 1), "--warehouse", warehouse.uri]
     before = len(executions(moto))
     run = logq("sql", statement, *FLAGS, *budget, *ATHENA)
-    assert run.exit_code == 1 and "over --max-scan-bytes" in run.stderr, run.stderr
+    assert run.exit_code == 2 and "over --max-scan-bytes" in run.stderr, run.stderr
     assert "not started" in run.stderr and len(executions(moto)) == before
     no_flags = logq("sql", statement, "--max-scan-bytes", str(whole - 1), "--warehouse",
                     warehouse.uri, *ATHENA)  # fmt: skip
-    assert no_flags.exit_code == 1 and "of every hour" in no_flags.stderr
+    assert no_flags.exit_code == 2 and "of every hour" in no_flags.stderr
     assert len(executions(moto)) == before
     sent_to_athena(logq, moto, statement, *FLAGS, "--max-scan-bytes", str(scoped), "--warehouse",
                    warehouse.uri)  # fmt: skip
