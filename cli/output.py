@@ -15,7 +15,8 @@ Two rules keep the human formats truthful. A value is never broken across lines 
 would make it read as another value (``10.0.5.7`` + ``7:8080``): numbers, hosts, timestamps, ids,
 codes and flags never wrap; only prose (a log message, a user agent) wraps, and a path is cut in
 its middle with an ellipsis (``/api/v1/r…/feed``: routes differ at their end). When even that
-cannot fit the terminal, rows print one record at a time instead. And text from the logs is
+cannot fit the terminal, the table drops its bars (one space between columns), and when even
+that does not fit, rows print one record at a time instead. And text from the logs is
 data, never terminal control: control characters in it are shown escaped (``\x1b``, ``\r``,
 ``\n``), as ``journalctl`` and ``less`` do, so a user agent such as ``\x1b[2J`` cannot clear
 the screen of the person reading it, nor fake output.
@@ -654,9 +655,10 @@ def table_widths(
     return widths, free
 
 
-def frame_width(count: int) -> int:
-    """Columns Rich's default box takes around ``count`` columns: a bar and a space each side."""
-    return 3 * count + 1
+def frame_width(count: int, compact: bool = False) -> int:
+    """Columns Rich's default box takes around ``count`` columns: a bar and a space each side;
+    ``compact``, one space between columns (:func:`_print_table`)."""
+    return count - 1 if compact else 3 * count + 1
 
 
 def natural_width(titles: Sequence[str], cells: Sequence[Sequence[Any]]) -> int:
@@ -690,9 +692,9 @@ def render_table(
     Into a file or a pipe (no ``width``) the table is as wide as its longest values: nothing is
     wrapped, whatever reads it (``grep``, ``less -S``, a ticket) sees each row on one line. On a
     terminal (or with ``width``) only prose wraps and paths are cut with "…" in their middle,
-    then titles wrap between words; when the values that must stay whole still do not fit,
-    every row prints as a record, one ``name value`` per line. Titles as :func:`table_titles`
-    makes them.
+    then titles wrap between words, then the box's bars go; when the values that must stay
+    whole still do not fit, every row prints as a record, one ``name value`` per line. Titles
+    as :func:`table_titles` makes them.
     """
     out = out or sys.stdout
     cells = _cells(columns, rows)
@@ -704,11 +706,12 @@ def render_table(
     if pipe or not rows or natural_width(titles, cells) <= con.width:
         _print_table(con, columns, titles, rows, cells, title, None, wrap_titles=not pipe)
         return
-    for whole_titles in (True, False):
-        need, _ = table_widths(columns, cells, titles, whole_titles)
-        if sum(need) + frame_width(len(columns)) <= con.width:
-            _print_table(con, columns, titles, rows, cells, title, need, wrap_titles=True)
-            return
+    for compact in (False, True):
+        for whole_titles in (True, False):
+            need, _ = table_widths(columns, cells, titles, whole_titles)
+            if sum(need) + frame_width(len(columns), compact) <= con.width:
+                _print_table(con, columns, titles, rows, cells, title, need, True, compact=compact)
+                return
     _print_records(con, titles, cells, title)
 
 
@@ -721,10 +724,14 @@ def _print_table(
     title: str | None,
     fixed: list[int] | None,
     wrap_titles: bool,
+    compact: bool = False,
 ) -> None:
     """A Rich table. With ``fixed`` (the widths of :func:`table_widths`), fixed columns are
     exactly that wide and never wrap; prose and cut columns take the rest. Without, every
-    column is as wide as its widest value or title (the table fits as it is)."""
+    column is as wide as its widest value or title (the table fits as it is). ``compact``:
+    without the box's bars, a rule under the titles and one space between columns, as
+    ``kubectl get`` prints: 16 columns more for the values of a 7-column table (at 80 columns
+    ``logq latency`` missed the bordered table by one, and printed every row as a record)."""
     from rich.table import Table
     from rich.text import Text
 
@@ -736,9 +743,17 @@ def _print_table(
         for i, c in enumerate(columns)
     ]
     _print_title(console, title)
-    table = Table(header_style="bold", show_lines=False)
+    if compact:
+        from rich import box
+
+        table = Table(
+            header_style="bold", show_lines=False, box=box.SIMPLE_HEAD, padding=(0, 0),
+            show_edge=False,
+        )  # fmt: skip
+    else:
+        table = Table(header_style="bold", show_lines=False)
     if fixed is not None:
-        cells, fixed = _cut_paths(console.width, columns, cells, fixed, free)
+        cells, fixed = _cut_paths(console.width, columns, cells, fixed, free, compact)
         free = [f and columns[i] not in CUT_COLUMNS for i, f in enumerate(free)]
     for i, col in enumerate(columns):
         numeric = _is_numeric_column(rows, i)
@@ -770,6 +785,7 @@ def _cut_paths(
     cells: Sequence[Sequence[Any]],
     fixed: list[int],
     free: Sequence[bool],
+    compact: bool = False,
 ) -> tuple[list[list[Any]], list[int]]:
     """(cells, widths) with each too long path or container name cut in its middle to its
     column's width (the columns that may narrow share what the fixed ones leave, the widest
@@ -782,7 +798,11 @@ def _cut_paths(
     from rich.cells import cell_len
 
     loose = [i for i, f in enumerate(free) if f]
-    room = width - frame_width(len(columns)) - sum(w for i, w in enumerate(fixed) if not free[i])
+    room = (
+        width
+        - frame_width(len(columns), compact)
+        - sum(w for i, w in enumerate(fixed) if not free[i])
+    )
     natural = [_widest([row[i] for row in cells]) for i in loose]
 
     def total(level: int) -> int:

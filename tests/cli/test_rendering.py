@@ -137,6 +137,35 @@ def test_a_narrow_terminal_prints_records() -> None:
     assert LONG_PATH in text.replace("\n  ", "")  # folded under its name, nothing dropped
 
 
+def test_a_table_a_few_columns_too_wide_drops_its_bars_before_turning_to_records() -> None:
+    """`logq latency` at 80 columns missed the boxed table by one column and printed every
+    row as a record; without the bars (one space between columns) it is a table, values whole."""
+    columns = ["service", "path", "requests", "p50_ms", "p90_ms", "p99_ms", "max_ms"]
+    rows = [
+        ("checkout", "/api/v1/recipes/feed", 452, 162, 15016, 15037, 15039),
+        ("recipe", "/api/v1/recipes/{id}/ratings", 69, 22, 45, 103, 103),
+    ]
+    text = _table(rows, columns, width=80)
+    assert "── 1 of" not in text and "│" not in text, text
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    body = [line for line in lines if line.startswith(("checkout", "recipe "))]
+    assert len(body) == 2, text
+    assert body[0].split()[2:] == [
+        "452",
+        "162",
+        "ms",
+        "15,016",
+        "ms",
+        "15,037",
+        "ms",
+        "15,039",
+        "ms",
+    ]
+    assert "/api/v1/recipes/feed" in body[0] and "…/{id}/ratings" in body[1], text
+    assert "── 1 of 2" in _table(rows, columns, width=50)  # narrower still: records
+
+
 def test_percentages_stay_whole_in_forty_columns() -> None:
     columns = ["service", "path", "requests", "request_share_pct", "errors_5xx", "error_pct"]
     rows = [("recipe", "/api/recipes/42", 123456, 37.91, 1234, 12.5)] * 3
