@@ -201,8 +201,9 @@ def _cast_kind(node: Any) -> str:
 
 def definitions(column: Any, depth: int = 0) -> list[Any]:
     """The expressions ``column`` stands for when it is a column of a derived table, a ``WITH``
-    query (each branch of a UNION) or a ``VALUES`` list with named columns (each row's value),
-    found from the nearest SELECT holding it; [] when the statement does not show them."""
+    query (each branch of a UNION, by position) or a ``VALUES`` list with named columns (each
+    row's value), found from the nearest SELECT holding it; [] when the statement does not
+    show them."""
     from sqlglot import exp
 
     if depth > _MAX_DEPTH:
@@ -280,19 +281,45 @@ def _cte(node: Any, name: str) -> Any | None:
 
 
 def _projections(query: Any, name: str) -> list[Any]:
-    """The expressions ``query`` (a SELECT, or a set operation's branches) names ``name``."""
+    """The expressions ``query`` (a SELECT, or a set operation's branches) names ``name``. A
+    set operation's columns are named by its first branch and each branch gives its value at
+    the same position, whatever that branch names it (Trino's UNION, INTERSECT and EXCEPT):
+    ``n`` of ``SELECT 7 AS n, 1e0 AS f UNION ALL SELECT 3 AS f, 0e0 AS n`` is 7 and 3, and
+    reading the later branches by name took it for a DOUBLE. [] when a ``*`` or a VALUES
+    branch hides the position."""
     from sqlglot import exp
 
-    if isinstance(query, exp.SetOperation):
-        return _projections(query.this, name) + _projections(query.expression, name)
-    if isinstance(query, exp.Subquery | exp.Paren):
-        return _projections(query.this, name)
-    if not isinstance(query, exp.Select):
+    branches = _branches(query)
+    first = branches[0]
+    if not isinstance(first, exp.Select):
         return []
-    for projection in query.expressions:
-        if projection.alias_or_name == name and not isinstance(projection, exp.Star):
-            return [projection.this if isinstance(projection, exp.Alias) else projection]
-    return []
+    at = next(
+        (i for i, p in enumerate(first.expressions) if p.alias_or_name == name and not p.is_star),
+        None,
+    )
+    if at is None:
+        return []
+    found = []
+    for branch in branches:
+        if not isinstance(branch, exp.Select) or len(branch.expressions) <= at:
+            return []
+        if len(branches) > 1 and any(p.is_star for p in branch.expressions[: at + 1]):
+            return []
+        projection = branch.expressions[at]
+        found.append(projection.this if isinstance(projection, exp.Alias) else projection)
+    return found
+
+
+def _branches(query: Any) -> list[Any]:
+    """The branches of a set operation, left to right (``query`` itself when it is not one),
+    those in parentheses unwrapped."""
+    from sqlglot import exp
+
+    while isinstance(query, exp.Subquery | exp.Paren):
+        query = query.this
+    if isinstance(query, exp.SetOperation):
+        return _branches(query.this) + _branches(query.expression)
+    return [query]
 
 
 def _values_column(values: Any, alias: Any, name: str) -> list[Any]:

@@ -399,6 +399,24 @@ def test_a_double_column_divided_by_zero_is_infinity_or_nan(engine: LocalEngine)
         assert str(failed.value) == DIVISION_BY_ZERO_TEXT
 
 
+def test_a_union_column_is_typed_by_position_not_by_later_branches_names(
+    engine: LocalEngine,
+) -> None:
+    """A set operation's columns are named by its first branch and each branch gives its
+    value at the same position (Trino's UNION): n is 7 and 3, integers, so n / 2 truncates;
+    reading the second branch by name took its 0e0 for n and divided as DOUBLE (3.5, 1.5).
+    f is 1e0 and 0e0 (by position), and 1 AS x with 2e0 a DOUBLE column."""
+    got = rows(
+        engine,
+        "SELECT n / 2, f / 0 FROM (SELECT 7 AS n, 1e0 AS f UNION ALL SELECT 3 AS f, 0e0 AS n) "
+        "ORDER BY 1 DESC",
+    )
+    assert [(n, str(f)) for n, f in got] == [(3, "inf"), (1, "nan")]
+    assert all(isinstance(n, int) for n, _ in got)
+    union = "SELECT x / 0 FROM (SELECT 1 AS x UNION ALL SELECT 2e0 AS y)"
+    assert [str(x) for (x,) in rows(engine, union)] == ["inf", "inf"]
+
+
 def test_trinos_own_zoned_timestamps_print_with_their_zone(engine: LocalEngine) -> None:
     """Trino's now(), current_timestamp and from_unixtime(x) are timestamp(3) with time zone
     values in the session zone (UTC on Athena): CAST(... AS varchar) prints them with three
