@@ -475,12 +475,15 @@ def subscript(node: Any, adapt: Callable[[Any], Any]) -> Any:
 
 #: Trino's ``map[key]`` (``MapSubscriptOperator``) fails for a key the map lacks, naming it
 #: (the key cast to text); DuckDB's is NULL. A NULL map or key is NULL on both; ``element_at``
-#: is NULL for a missing key on both. Only for a map the statement shows
-#: (:func:`athena.trinotypes.is_map`): on another type ``map_contains`` would not bind.
+#: is NULL for a missing key on both, which the message says, as the array's does (Trino's
+#: words alone left a query over rows that lack a key with no way on). Only for a map the
+#: statement shows (:func:`athena.trinotypes.is_map`): on another type ``map_contains`` would
+#: not bind.
 _MAP_SUBSCRIPT = """
 CASE
   WHEN NOT map_contains(__m__, __k__)
-  THEN error('Key not present in map: ' || CAST(__k__ AS VARCHAR))
+  THEN error('Key not present in map: ' || CAST(__k__ AS VARCHAR)
+    || ' (element_at(map, key) is NULL for a missing key)')
   ELSE __call__
 END
 """

@@ -457,7 +457,9 @@ def test_trinos_own_zoned_timestamps_print_with_their_zone(engine: LocalEngine) 
 
 def test_map_subscript_of_a_missing_key_fails_as_in_trino(engine: LocalEngine) -> None:
     """Trino's MapSubscriptOperator fails for a key the map lacks ("Key not present in map:
-    b"); DuckDB gave NULL. element_at(map, key) stays NULL, and a NULL map or key is NULL."""
+    b"); DuckDB gave NULL. element_at(map, key) stays NULL, and a NULL map or key is NULL. The
+    message says element_at, as the array subscript's does: Trino's words alone named no way
+    on for rows that lack the key."""
     assert rows(
         engine,
         "SELECT MAP(ARRAY['a'], ARRAY[1])['a'], element_at(MAP(ARRAY['a'], ARRAY[1]), 'b'), "
@@ -471,8 +473,9 @@ def test_map_subscript_of_a_missing_key_fails_as_in_trino(engine: LocalEngine) -
         ("SELECT CAST(MAP(ARRAY[1], ARRAY[2]) AS MAP(bigint, bigint))[7]", "in map: 7"),
         ("SELECT m[k] FROM (SELECT MAP(ARRAY[1], ARRAY['x']) AS m, 3 AS k)", "in map: 3"),
     ]:
-        with pytest.raises(StatementError, match=re.escape(says)):
+        with pytest.raises(StatementError, match=re.escape(says)) as failed:
             rows(engine, sql)
+        assert "(element_at(map, key) is NULL for a missing key)" in str(failed.value)
 
 
 def test_row_fields_by_position_as_trino(engine: LocalEngine) -> None:
