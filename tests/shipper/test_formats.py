@@ -328,6 +328,42 @@ def test_a_cri_line_cut_in_parts_shows_what_it_shows_in_one(
     assert len(whole.logs[0].split(" [logq-shipper")[0].encode()) <= limit
 
 
+def test_a_long_line_of_binary_output_is_cut_measuring_it_about_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A line of bytes that are not UTF-8 (a container writing binary output) is cut at the
+    most characters whose U+FFFDs fit, measured a block at a time: a search over the whole
+    line measured up to the limit at each of its ~18 halvings (0.1 s of the event loop for a
+    line of 1 MiB, 6 times the cut before). What is kept fits, one character more would not,
+    and the marker counts the bytes of the file not kept, in one part or in several."""
+    import random
+
+    from shipper import formats
+
+    raw = random.Random(7).randbytes(60_000).replace(b"\n", b"x")
+    limit = 40_000
+    measured: list[int] = []
+    real = formats._shown_size
+
+    def counted(text: str) -> int:
+        measured.append(len(text))
+        return real(text)
+
+    monkeypatch.setattr(formats, "_shown_size", counted)
+    whole = feed(CriParser(limit), _cri(raw, 0, "F"))
+    assert sum(measured) < limit  # (the search over the line: 18 halvings of up to 40,000)
+    split = feed(CriParser(limit), _cri(raw[:30_001], 0, "P") + _cri(raw[30_001:], 1, "F"))
+    assert split.logs == whole.logs == feed(PlainParser(limit), raw + b"\n").logs
+    log, marker = whole.logs[0].rsplit(" [logq-shipper: ", 1)
+    kept = len(raw) - int(marker.removeprefix("truncated ").removesuffix(" bytes]"))
+    assert log == raw[:kept].decode("utf-8", "replace")
+    assert len(log.encode()) <= limit
+    text = raw.decode("utf-8", "surrogateescape")
+    chars = len(raw[:kept].decode("utf-8", "surrogateescape"))
+    one_more = text[: chars + 1].encode("utf-8", "surrogateescape")
+    assert len(one_more.decode("utf-8", "replace").encode()) > limit
+
+
 @pytest.mark.parametrize("fmt", ["docker", "cri"])
 @pytest.mark.parametrize("size", [1000, 1200])
 @pytest.mark.parametrize("cut", [600, None])
