@@ -220,9 +220,9 @@ def definitions(column: Any, depth: int = 0) -> list[Any]:
             found = _values_column(query, source.args.get("alias"), name)
         elif isinstance(source, exp.Table):
             cte = _cte(column, source.name) if not source.args.get("db") else None
-            found = _projections(cte.this, name) if cte is not None else []
+            found = _projections(cte.this, name, _renamed(cte)) if cte is not None else []
         else:
-            found = _projections(query, name) if query is not None else []
+            found = _projections(query, name, _renamed(source)) if query is not None else []
         if found:
             return found
     return []
@@ -280,34 +280,43 @@ def _cte(node: Any, name: str) -> Any | None:
     return None
 
 
-def _projections(query: Any, name: str) -> list[Any]:
-    """The expressions ``query`` (a SELECT, or a set operation's branches) names ``name``. A
-    set operation's columns are named by its first branch and each branch gives its value at
-    the same position, whatever that branch names it (Trino's UNION, INTERSECT and EXCEPT):
-    ``n`` of ``SELECT 7 AS n, 1e0 AS f UNION ALL SELECT 3 AS f, 0e0 AS n`` is 7 and 3, and
-    reading the later branches by name took it for a DOUBLE. [] when a ``*`` or a VALUES
-    branch hides the position."""
+def _projections(query: Any, name: str, renamed: list[str] | None = None) -> list[Any]:
+    """The expressions ``query`` (a SELECT, or a set operation's branches) names ``name``, or
+    those at its position in ``renamed`` (the column names of ``t(a, b) AS (...)``, which
+    name the query's columns by position, whatever it names them). A set operation's columns
+    are named by its first branch and each branch gives its value at the same position,
+    whatever that branch names it (Trino's UNION, INTERSECT and EXCEPT): ``n`` of ``SELECT 7
+    AS n, 1e0 AS f UNION ALL SELECT 3 AS f, 0e0 AS n`` is 7 and 3, and reading the later
+    branches by name (or ``y`` of ``t(x, y) AS (SELECT 1e0 AS y, 7 AS x)`` by the query's
+    names) took it for a DOUBLE. [] when a ``*`` or a VALUES branch hides the position."""
     from sqlglot import exp
 
     branches = _branches(query)
     first = branches[0]
     if not isinstance(first, exp.Select):
         return []
-    at = next(
-        (i for i, p in enumerate(first.expressions) if p.alias_or_name == name and not p.is_star),
-        None,
-    )
+    names = renamed or [None if p.is_star else p.alias_or_name for p in first.expressions]
+    at = names.index(name) if name in names else None
     if at is None:
         return []
+    by_position = renamed is not None or len(branches) > 1
     found = []
     for branch in branches:
         if not isinstance(branch, exp.Select) or len(branch.expressions) <= at:
             return []
-        if len(branches) > 1 and any(p.is_star for p in branch.expressions[: at + 1]):
+        if by_position and any(p.is_star for p in branch.expressions[: at + 1]):
             return []
         projection = branch.expressions[at]
         found.append(projection.this if isinstance(projection, exp.Alias) else projection)
     return found
+
+
+def _renamed(source: Any) -> list[str] | None:
+    """The column names a derived table's or ``WITH`` query's alias gives (``t(a, b)``), if
+    any."""
+    alias = source.args.get("alias")
+    columns = alias.columns if alias is not None else []
+    return [c.name for c in columns] if columns else None
 
 
 def _branches(query: Any) -> list[Any]:

@@ -417,6 +417,19 @@ def test_a_union_column_is_typed_by_position_not_by_later_branches_names(
     assert [str(x) for (x,) in rows(engine, union)] == ["inf", "inf"]
 
 
+def test_a_column_renamed_by_its_tables_alias_is_typed_by_position(engine: LocalEngine) -> None:
+    """``t(x, y) AS (SELECT 1e0 AS y, 7 AS x)`` (a WITH query or a derived table with column
+    names) names the query's columns by position: y is 7, an integer, so y / 2 truncates (it
+    was typed by the query's own name, a DOUBLE: 3.5), and x is the DOUBLE, Infinity over 0."""
+    for sql in [
+        "WITH t(x, y) AS (SELECT 1e0 AS y, 7 AS x) SELECT y / 2, x / 0 FROM t",
+        "SELECT y / 2, x / 0 FROM (SELECT 1e0 AS y, 7 AS x) AS t(x, y)",
+    ]:
+        ((y, x),) = rows(engine, sql)
+        assert (y, str(x)) == (3, "inf")
+        assert isinstance(y, int)
+
+
 def test_trinos_own_zoned_timestamps_print_with_their_zone(engine: LocalEngine) -> None:
     """Trino's now(), current_timestamp and from_unixtime(x) are timestamp(3) with time zone
     values in the session zone (UTC on Athena): CAST(... AS varchar) prints them with three
