@@ -210,15 +210,26 @@ _CONTINUATION = range(0xDC80, 0xDCC0)
 
 
 def _past_continuation(text: str, at: int, before: str) -> int:
-    """``at``, or past the (at most 3) undecoded continuation bytes there when the character
-    ``before`` it is an undecoded byte too: a character the runtime split between two parts
-    is not cut in the middle where the limit drops the rest of its line, so what is kept
-    still decodes as the line does (a line of valid UTF-8 was counted as invalid). What is
-    shown is cut at the limit later all the same (:func:`cut_line`)."""
-    if not before or not 0xDC80 <= ord(before) <= 0xDCFF:
-        return at
+    """``at``, or past the undecoded continuation bytes there that the character ending
+    ``before`` (what is kept before ``at``, its last 3 characters) still lacks, when it ends
+    in an undecoded lead byte and fewer continuation bytes than its sequence takes: a
+    character the runtime split between two parts is not cut in the middle where the limit
+    drops the rest of its line, so what is kept still decodes as the line does (a line of
+    valid UTF-8 was counted as invalid). What is shown is cut at the limit later all the same
+    (:func:`cut_line`). Only that character's bytes: parts of continuation bytes alone after
+    an undecoded byte were each kept whole, past the limit without end."""
+    missing = 0
+    for after, char in enumerate(reversed(before[-3:])):
+        byte = ord(char) - 0xDC00
+        if not 0x80 <= byte <= 0xFF:
+            break  # not an undecoded byte: no character left unfinished
+        if byte < 0xC0:
+            continue  # a continuation byte: its lead is further back
+        length = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4 if byte < 0xF8 else 1
+        missing = max(length - 1 - after, 0)
+        break
     end = at
-    while end < len(text) and end - at < 3 and ord(text[end]) in _CONTINUATION:
+    while end < len(text) and end - at < missing and ord(text[end]) in _CONTINUATION:
         end += 1
     return end
 
@@ -417,7 +428,11 @@ class LineParser:
         else:
             keep = max(room, 0)
             if not p.dropped:  # what is kept so far ends where this part starts
-                before = text[keep - 1] if keep else next((t[-1] for t in p.parts[::-1] if t), "")
+                before = text[max(keep - 3, 0) : keep]
+                for kept in reversed(p.parts):
+                    if len(before) >= 3:
+                        break
+                    before = kept[-3:] + before
                 keep = _past_continuation(text, keep, before)
             p.parts.append(text[:keep])
             p.size += keep

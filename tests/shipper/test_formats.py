@@ -364,6 +364,33 @@ def test_a_long_line_of_binary_output_is_cut_measuring_it_about_once(
     assert len(one_more.decode("utf-8", "replace").encode()) > limit
 
 
+def test_a_split_line_of_continuation_bytes_is_held_within_the_limit() -> None:
+    """A character split by the runtime at the limit is kept whole (its continuation bytes
+    at the next part's start), once: parts of continuation bytes alone after it were each
+    kept whole too, so a line held 61,024 characters for a limit of 1,024 after 20,000 such
+    parts. The line shipped is the same, and a character split over three parts at the limit
+    is still kept whole."""
+    parts = [b"a" * 1023 + b"\xe2"] + [b"\x80\x80\x80"] * 20_000
+    parser = CriParser(1024)
+    blob = b"".join(_cri(part, i, "P") for i, part in enumerate(parts))
+    feed(parser, blob)
+    held = parser._partials["stdout"]
+    assert held.size <= 1024 + 3
+    out = feed(parser, _cri(b"", 20_001, "F"))
+    whole = feed(CriParser(1024), _cri(b"".join(parts), 0, "F"))
+    assert out.logs == whole.logs
+    # A character split over three parts at the limit is still kept whole, in one line.
+    line = b"a" * 1023 + "\u20ac".encode() + b"b"
+    parts = [line[:1024], line[1024:1025], line[1025:]]
+    blob = b"".join(_cri(part, i, "P" if i < 2 else "F") for i, part in enumerate(parts))
+    split = feed(CriParser(1024), blob)
+    assert split.logs == feed(CriParser(1024), _cri(line, 0, "F")).logs
+    assert (split.logs, split.invalid_utf8) == (
+        ["a" * 1023 + " [logq-shipper: truncated 4 bytes]"],
+        0,
+    )
+
+
 @pytest.mark.parametrize("fmt", ["docker", "cri"])
 @pytest.mark.parametrize("size", [1000, 1200])
 @pytest.mark.parametrize("cut", [600, None])
