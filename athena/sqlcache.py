@@ -39,12 +39,23 @@ def cache_dir() -> Path | None:
     return Path(base) / "logq"
 
 
+#: The modules whose source the transpiled SQL depends on: those that transform the tree, and
+#: what they read the types of values from (:mod:`athena.trinotypes`, which reads the tables'
+#: column types in :mod:`athena.schema`): a change to one of those changed a canned query's
+#: SQL (a ``[]`` on a column typed a map or a row is rewritten) while its cached text stayed.
+TRANSPILE_MODULES = (
+    "queries.py",
+    "trinofuncs.py",
+    "trinocalls.py",
+    "trinomissing.py",
+    "trinotypes.py",
+    "schema.py",
+)
+
+
 def _code_fingerprint() -> str:
     """sqlglot's version and the source of the modules that transform the tree."""
-    source = b"".join(
-        (Path(__file__).parent / name).read_bytes()
-        for name in ("queries.py", "trinofuncs.py", "trinocalls.py", "trinomissing.py")
-    )
+    source = b"".join((Path(__file__).parent / name).read_bytes() for name in TRANSPILE_MODULES)
     return _sqlglot_version() + ":" + hashlib.sha256(source).hexdigest()[:16]
 
 

@@ -95,3 +95,21 @@ def test_the_key_changes_with_sqlglots_version(
     (package / "_version.py").unlink()
     assert sqlcache.key("SELECT 1") not in keys
     assert sqlcache._sqlglot_version() == importlib.metadata.version("sqlglot")
+
+
+@pytest.mark.parametrize("module", ["trinotypes.py", "schema.py"])
+def test_the_key_changes_with_the_modules_that_type_values(
+    module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rewrites read the types of values off the tree (athena/trinotypes.py) and the
+    tables' column types (athena/schema.py): a canned query's SQL changes with them, so its
+    cached text must not outlive a change to either (the key hashed the other transpile
+    modules only)."""
+    before = sqlcache.key("SELECT 1")
+    real = Path.read_bytes
+
+    def changed(path: Path) -> bytes:
+        return real(path) + (b"\n# changed\n" if path.name == module else b"")
+
+    monkeypatch.setattr(Path, "read_bytes", changed)
+    assert sqlcache.key("SELECT 1") != before
