@@ -217,6 +217,15 @@ LOCAL_TABLES = ("envoy_access", "container_logs")
 #: ``"$file_modified_time"``). ``"$bucket"`` exists only on bucketed tables (ours are not). The
 #: local engine's tables have none of them (:func:`_for_duckdb` refuses them).
 HIDDEN_COLUMNS = ("$path", "$file_size", "$file_modified_time", "$partition", "$bucket")
+#: The hidden column canned queries may name on the local engine too (``tail.sql`` orders a
+#: millisecond's lines by it): there it is the Parquet file a row was read from, and ordering
+#: by it orders each file's rows as they stand in it (:data:`FILE_ROW_COLUMN`, see
+#: :func:`written_order`). Ad-hoc statements are refused it, as every hidden column: the
+#: views have it only for the canned queries that name it, so ``SELECT *`` never shows it.
+PATH_COLUMN = "$path"
+#: The local engine's position of a row in its file (DuckDB's ``file_row_number``): no Athena
+#: column, so no SQL file names it; the local engine adds it after ``"$path"`` in ORDER BY.
+FILE_ROW_COLUMN = "$file_row_number"
 #: DuckDB table functions that are a statement in disguise, and that statement: they act on
 #: the database rather than read the warehouse, so the local engine refuses them as ``logq
 #: sql`` refuses the statement (``force_checkpoint()`` failed in DuckDB, exit 1 as if the
@@ -250,7 +259,9 @@ def _for_duckdb(node: Any) -> Any:
     * ``json_size``, ``any_match``/``all_match``/``none_match`` and ``regexp_position``, which
       DuckDB lacks, are written with its functions (:mod:`athena.trinomissing`).
     * Athena's hidden columns (:data:`HIDDEN_COLUMNS`) are refused: the local views have no
-      such column, and DuckDB's "not found" listed ``path`` as the likely one.
+      such column, and DuckDB's "not found" listed ``path`` as the likely one. A canned query
+      may name ``"$path"`` (:data:`PATH_COLUMN`); an ORDER BY key on it is followed by the
+      row's place in its file, in the same direction (:func:`written_order`).
     * DuckDB's statements written as functions (:data:`STATEMENT_FUNCTIONS`) are refused.
     Integer division truncates as in Trino through the connection's ``integer_division``
     setting (see :mod:`athena.engines.local`).
@@ -259,6 +270,10 @@ def _for_duckdb(node: Any) -> Any:
 
     from athena import trinocalls, trinofuncs, trinomissing
 
+    if not _ADHOC.get(False) and isinstance(node, exp.Order):
+        return written_order(node)
+    if not _ADHOC.get(False) and isinstance(node, exp.Column) and node.name == PATH_COLUMN:
+        return node  # a canned query's: the local views that read it have it
     if isinstance(node, exp.Column) and node.name.lower() in HIDDEN_COLUMNS:
         raise QueryError(
             f'"{node.name.lower()}" is a hidden column of the Athena tables (which S3 object, '
@@ -338,6 +353,40 @@ def _for_duckdb(node: Any) -> Any:
     if isinstance(node, exp.StrToTime):
         return trinocalls.date_parse(node, _adapted)
     return node
+
+
+def written_order(order: Any) -> Any:
+    """``order`` (an ORDER BY, changed in place) with each key on ``"$path"`` followed by
+    ``"$file_row_number"`` in the same direction: the rows of one file in the order they
+    stand in it, which is the order they were written (the writer and compaction sort each
+    file by time, stably). On Athena a file's rows among themselves come in any order;
+    locally they come as written, one of the orders Athena could give."""
+    from sqlglot import exp
+
+    keys: list[Any] = []
+    for key in order.expressions:
+        keys.append(key)
+        column = key.this if isinstance(key, exp.Ordered) else None
+        if isinstance(column, exp.Column) and column.name == PATH_COLUMN and not column.table:
+            row = key.copy()
+            row.set("this", exp.column(FILE_ROW_COLUMN, quoted=True))
+            keys.append(row)
+    order.set("expressions", keys)
+    return order
+
+
+def reads_file_rows(sql: str) -> bool:
+    """Whether ``sql`` is a canned query that names ``"$path"``: the local engine's views of
+    its tables then carry ``"$path"`` and ``"$file_row_number"`` (ad-hoc statements are refused
+    them, and views without them keep ``SELECT *`` to the table's own columns)."""
+    return sql in _CANNED_TEXTS and f'"{PATH_COLUMN}"' in sql
+
+
+def canned_variant(text: str) -> str:
+    """``text``, a canned query changed by logq itself (``tail --follow`` adds columns to
+    ``tail.sql``), counted as canned: transpiled as one (cached, ``"$path"`` allowed)."""
+    _CANNED_TEXTS.add(text)
+    return text
 
 
 #: Whether the statement being transpiled is ad-hoc (``logq sql``): rewrites that would change

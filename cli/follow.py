@@ -91,15 +91,17 @@ Fetch = Callable[[datetime, datetime], list[Row]]
 def follow_sql() -> str:
     """The ``tail`` query with ``host`` and ``container_id`` added, so each row is identified.
 
-    Derived from ``athena/queries/tail.sql`` (same filters and order), not copied.
+    Derived from ``athena/queries/tail.sql`` (same filters and order), not copied; counted as
+    a canned query (:func:`athena.queries.canned_variant`): its ``"$path"`` ordering reads a
+    millisecond's lines in the order they were written on the local engine too.
     """
-    from athena.queries import load
+    from athena.queries import canned_variant, load
 
     text = load("tail").text
     head, sep, rest = text.partition("\nFROM container_logs")
     if not sep or not head.rstrip().endswith("message"):
         raise RuntimeError("athena/queries/tail.sql changed shape: its SELECT must end in message")
-    return f"{head.rstrip()},\n  host,\n  container_id{sep}{rest}"
+    return canned_variant(f"{head.rstrip()},\n  host,\n  container_id{sep}{rest}")
 
 
 def start_note(engine: EngineName) -> str | None:
@@ -186,7 +188,7 @@ def _follow_objects(
             end = datetime.strptime(watched.dt_to, DT_FORMAT).replace(tzinfo=UTC)
             rows, gap = read_window(_local_fetch(engine, prep, fresh), floor, end + _HOUR)
             if rows:
-                show(sorted(rows, key=lambda r: as_utc(r[0])))
+                show(oldest_first(rows))
             if gap is not None:
                 _note_gap(floor, gap)
         objects.forget_before(TimeRange(max(floor, now - TRACK), now).dt_from)
@@ -317,7 +319,7 @@ def _follow_window(
         since = max(floor, min(newest - ATHENA_LOOKBACK, now - ATHENA_LOOKBACK))
         rows, gap = read_window(fetch, since, now + timedelta(seconds=1))
         seen.forget_before(since)
-        fresh = sorted(seen.new_rows(rows), key=lambda r: as_utc(r[0]))
+        fresh = oldest_first(seen.new_rows(rows))
         for row in fresh:
             newest = max(newest, as_utc(row[0]))
         if fresh:
@@ -325,6 +327,14 @@ def _follow_window(
         if gap is not None:
             _note_gap(since, gap)
             floor = max(floor, gap + _MS)  # said once, not again every poll
+
+
+def oldest_first(rows: list[Row]) -> list[Row]:
+    """Rows the follow query returned newest first, oldest first: reversed, so that the lines
+    of one millisecond keep the order the query gave them (their written order, ``tail.sql``),
+    then sorted by time, stably (pages of a window come newest page first, each in order).
+    Sorted without the reversal, a stack trace printed upside down."""
+    return sorted(reversed(rows), key=lambda r: as_utc(r[0]))
 
 
 def _query_fetch(common: Common, prep: Any) -> Fetch:

@@ -48,6 +48,23 @@ and materialising the footers once per query (still every footer in memory). Pas
 :data:`MANY_FILES` files a query warns on stderr and suggests ``--service`` or a shorter
 ``--since``; it still runs.
 
+Written order. The tables store milliseconds, and a stack trace's lines share one: ordered by
+time alone, DuckDB returned them in any order (its top-N sort is not stable). Within a Parquet
+file the rows stand in the order they were written (the writer and compaction sort by time,
+stably), and a partition's flush files are named from buffer segment ids, in the order they
+were flushed. So a canned query that orders by Athena's hidden column ``"$path"`` (``tail.sql``)
+gets views with two more columns, ``"$path"`` (DuckDB's ``filename``) and ``"$file_row_number"``
+(its ``file_row_number``), and the transpiler follows each ORDER BY key on ``"$path"`` with one on
+``"$file_row_number"`` in the same direction (:func:`athena.queries.written_order`): newest first
+and oldest first are then the same order read from either end, ``LIMIT`` included. On S3 the
+scan numbers each file's rows as pyarrow hands them out (:mod:`athena.engines.s3scan`).
+Other statements get views without them: ``SELECT *`` shows the table's columns and ``dt``
+only, and ``logq sql`` is refused hidden columns as before (a view's columns cannot be hidden
+from ``*``, and DuckDB's virtual columns do not pass through a view). Weighed and left: a
+sequence column in the files (a contract change), and ``row_number()`` over the files (it
+serialises the scan). Athena runs ``tail.sql`` as written: its ``"$path"`` keeps one object's
+lines together, in any order among themselves.
+
 Once the views exist the connection is locked down (:func:`_sandbox`): DuckDB may then open only
 the Parquet files the views read, cannot load extensions and cannot change a setting. ``logq sql``
 runs statements people type (or paste), and DuckDB's SQL can read any file (``read_text``), write
@@ -82,6 +99,7 @@ from athena.engines.result import (
 )
 from athena.engines.spill import spill_directory
 from athena.foreign import DID_NOT_WRITE, ForeignFile, refuse_integer_times
+from athena.queries import FILE_ROW_COLUMN, PATH_COLUMN, reads_file_rows
 
 T = TypeVar("T")
 #: Past this many Parquet files, a local query says on stderr how to make it smaller. It still
@@ -481,9 +499,12 @@ class LocalEngine:
         parts: list[Partition],
         rows: TimeRange | None = None,
         by_name: bool = False,
+        positions: bool = False,
     ) -> None:
         """``table`` as a view of ``parts``; with ``rows``, only rows with a ``timestamp`` in it
         (partitions are whole hours, ``logq sql --since 15m`` means the last 15 minutes).
+        With ``positions``, the view also has each row's file and place in it (``"$path"``,
+        ``"$file_row_number"``: see the module docstring, "Written order").
 
         Local files are matched to the first file's columns unless ``by_name`` (DuckDB's
         ``union_by_name``, for tables that mix schema versions: see the module docstring);
@@ -500,6 +521,9 @@ class LocalEngine:
             parts = [parts[first], *parts[:first], *parts[first + 1 :]]
         files = [f.path for p in parts for f in p.files]
         if not files:
+            if positions:
+                schema = schema.append(pa.field(PATH_COLUMN, pa.string()))
+                schema = schema.append(pa.field(FILE_ROW_COLUMN, pa.int64()))
             con.register(table, pa.Table.from_batches([], schema=schema))
             return
         where = ""
@@ -513,6 +537,8 @@ class LocalEngine:
 
             listing = ", ".join(_sql_str(f) for f in files)
             columns = ", ".join(_declared_column(field) for field in schema)
+            if positions:  # DuckDB's virtual columns of read_parquet: only tail.sql reads them
+                columns += f', filename AS "{PATH_COLUMN}", file_row_number AS "{FILE_ROW_COLUMN}"'
             try:  # binding reads the first footer (all of them by_name): a damaged one fails now
                 con.execute(
                     f'CREATE OR REPLACE TEMP VIEW "{table}" AS SELECT * FROM (SELECT {columns} '
@@ -550,6 +576,7 @@ class LocalEngine:
                 pa.schema([("service", pa.string()), ("dt", pa.string())]), flavor="hive"
             ),
             check=functools.partial(refuse_integer_times, table),
+            positions=(PATH_COLUMN, FILE_ROW_COLUMN) if positions else None,
         )
         if not where:
             con.register(table, dataset)
@@ -647,6 +674,7 @@ class LocalEngine:
     ) -> QueryResult:
         duckdb = load_duckdb()
         duck_sql, bound = self.prepare(sql, params, scopes, explain)
+        positions = reads_file_rows(sql)
         total = sum(p.bytes for parts in scopes.values() for p in parts)
         if self.max_scan_bytes is not None and total > self.max_scan_bytes:
             raise ScanBudgetError(
@@ -661,7 +689,9 @@ class LocalEngine:
 
             def set_up() -> None:  # binding reads footers (every one by_name): not instant
                 for name, parts in scopes.items():
-                    self._register(con, name, parts, rows, by_name=name in by_name)
+                    self._register(
+                        con, name, parts, rows, by_name=name in by_name, positions=positions
+                    )
                 _sandbox(con, [] if self.warehouse.is_s3 else files)
 
             _interruptible(con, set_up)

@@ -17,6 +17,12 @@ what a value means without failing (integers to times). A ``check`` given to
 :func:`chunked_dataset` sees the schema of each file the scan opened, before any of its rows
 go out, and may raise to refuse the file: pyarrow read that footer to scan the file, so the
 check reads nothing more.
+
+With ``positions`` (two column names), the table has two more columns: the path of the file a
+row came from and a number that grows with the row's place in that file, both filled in here
+from the batches as they are read (pyarrow has no row-in-file column). The number counts the
+rows the scan handed out (the filter may have skipped some), enough to order a file's rows as
+they stand in it, as the local engine's ``"$path"`` ordering needs (:mod:`athena.engines.local`).
 """
 
 from __future__ import annotations
@@ -50,20 +56,33 @@ class ChunkedScan(ds.FileSystemDataset):
         dataset_of: DatasetOf,
         paths: list[str],
         check: Check | None = None,
+        positions: tuple[str, str] | None = None,
     ):
         super().__init__(list(whole.get_fragments()), whole.schema, whole.format, whole.filesystem)
         self._dataset_of = dataset_of
         self._paths = paths
         self._check = check
+        self._positions = positions
 
     def scanner(self, columns: Any = None, filter: Any = None, **options: Any) -> ChunkScan:
         """What DuckDB asks for: the rows of every file, ``columns`` and ``filter`` applied,
         read one chunk of files after the other. The schema comes from a scanner over this
         dataset (no file is read for it), so bad columns or filters fail here, as before."""
         projected = super().scanner(columns=columns, filter=filter, **options).projected_schema
-        batches = _chunks(
-            self._dataset_of, self._paths, FILES_PER_SCAN, columns, filter, options, self._check
+        tagged = _chunks(
+            self._dataset_of,
+            self._paths,
+            FILES_PER_SCAN,
+            columns,
+            filter,
+            options,
+            self._check,
+            with_paths=self._positions is not None,
         )
+        if self._positions is not None:
+            batches = _placed(tagged, projected, self._positions)
+        else:
+            batches = (batch for _, batch in tagged)
         return ChunkScan(pa.RecordBatchReader.from_batches(projected, batches))
 
 
@@ -88,6 +107,26 @@ class ChunkScan:
         return self._reader
 
 
+def _placed(
+    tagged: Iterator[tuple[str, pa.RecordBatch]], schema: pa.Schema, names: tuple[str, str]
+) -> Iterator[pa.RecordBatch]:
+    """The batches with the columns ``names`` (those of them the scan reads) filled in: the
+    path of the batch's file, and the place of each row among the file's rows read so far."""
+    path_name, row_name = names
+    counts: dict[str, int] = {}
+    for path, batch in tagged:
+        start = counts.get(path, 0)
+        counts[path] = start + batch.num_rows
+        for name, value in (
+            (path_name, pa.array([path] * batch.num_rows, pa.string())),
+            (row_name, pa.array(range(start, start + batch.num_rows), pa.int64())),
+        ):
+            at = schema.get_field_index(name)
+            if at >= 0:
+                batch = batch.set_column(at, schema.field(at), value)
+        yield batch
+
+
 def _chunks(
     dataset_of: DatasetOf,
     paths: list[str],
@@ -96,13 +135,15 @@ def _chunks(
     where: Any,
     options: dict[str, Any],
     check: Check | None = None,
-) -> Iterator[pa.RecordBatch]:
-    """The batches of ``paths``, ``size`` files per dataset; each chunk's dataset is released
-    (by :func:`_chunk` returning) before the next is built."""
+    with_paths: bool = False,
+) -> Iterator[tuple[str, pa.RecordBatch]]:
+    """The batches of ``paths``, ``size`` files per dataset, each with its file's path
+    (``""`` unless ``check`` or ``with_paths``); each chunk's dataset is released (by
+    :func:`_chunk` returning) before the next is built."""
     reads = _reads(columns, where)
     for start in range(0, len(paths), size):
         chunk = paths[start : start + size]
-        yield from _chunk(dataset_of, chunk, columns, where, options, check, reads)
+        yield from _chunk(dataset_of, chunk, columns, where, options, check, reads, with_paths)
 
 
 def _chunk(
@@ -113,7 +154,8 @@ def _chunk(
     options: dict[str, Any],
     check: Check | None,
     reads: Callable[[str], bool],
-) -> Iterator[pa.RecordBatch]:
+    with_paths: bool = False,
+) -> Iterator[tuple[str, pa.RecordBatch]]:
     """The batches of one chunk of files; its dataset lives only as long as this generator.
     With ``check``, each file is checked before its first batch goes out (pyarrow hands out
     an empty batch for a file whose row groups the filter skipped, so every file is seen; one
@@ -121,18 +163,19 @@ def _chunk(
     its footer read then if the scan did not)."""
     dataset = dataset_of(paths)
     scanner = dataset.scanner(columns=columns, filter=where, **options)
-    if check is None:
-        yield from scanner.to_batches()
+    if check is None and not with_paths:
+        yield from (("", batch) for batch in scanner.to_batches())
         return
     seen: set[str] = set()
     for tagged in scanner.scan_batches():
         fragment = tagged.fragment
         if fragment.path not in seen:
             seen.add(fragment.path)
-            check(fragment.path, fragment.physical_schema, reads)  # (its footer: read already)
-        yield tagged.record_batch
+            if check is not None:  # (its footer: read already)
+                check(fragment.path, fragment.physical_schema, reads)
+        yield fragment.path, tagged.record_batch
     for fragment in dataset.get_fragments(filter=where):  # (not those its dt rules out)
-        if fragment.path not in seen:
+        if check is not None and fragment.path not in seen:
             check(fragment.path, fragment.physical_schema, reads)
 
 
@@ -158,10 +201,16 @@ def chunked_dataset(
     base_dir: str,
     partitioning: ds.Partitioning,
     check: Check | None = None,
+    positions: tuple[str, str] | None = None,
 ) -> ChunkedScan:
     """The Parquet files ``paths`` (on ``filesystem``, Hive partitions under ``base_dir``) as one
     table of ``schema`` for DuckDB (files lacking a column read it as NULL); ``check`` looks at
-    each file a scan opens (see the module docstring)."""
+    each file a scan opens; ``positions`` names the columns of a row's file and place in it,
+    added to ``schema`` (see the module docstring)."""
+    if positions is not None:
+        path_name, row_name = positions
+        schema = schema.append(pa.field(path_name, pa.string()))
+        schema = schema.append(pa.field(row_name, pa.int64()))
 
     def dataset_of(some: Sequence[str]) -> ds.FileSystemDataset:
         return ds.dataset(
@@ -173,4 +222,4 @@ def chunked_dataset(
             partition_base_dir=base_dir,
         )
 
-    return ChunkedScan(dataset_of(paths), dataset_of, paths, check)
+    return ChunkedScan(dataset_of(paths), dataset_of, paths, check, positions)

@@ -53,8 +53,9 @@ def tail(
     Each line prints as TIME SERVICE CONTAINER| MESSAGE; a line the container wrote to stderr
     has !| instead of | (e.g. "recipe app!| panic: ..."), so errors stand out and grep '!|'
     finds them. json/csv carry the stream in a column instead. Times are stored to the
-    millisecond: lines one container wrote within the same millisecond (a stack trace) can
-    come out in any order among themselves.
+    millisecond: lines of the same millisecond (a stack trace) print in the order one
+    aggregator wrote them with --engine local; Athena keeps those of one flush together, in
+    any order among themselves.
     """
     from cli import runner
 

@@ -191,6 +191,19 @@ def test_follow_pages_through_a_burst_larger_than_a_poll(tmp_path: Path, monkeyp
     assert queries > 2, "a poll that got a full page read on"
 
 
+def test_follow_prints_each_millisecond_in_written_order(tmp_path: Path, monkeypatch) -> None:
+    """A stack trace that arrives while following (many lines in each of a few milliseconds,
+    pages cutting through them) prints in the order it was written, not upside down or
+    scrambled: the rows come newest first, and sorting them by time kept ties reversed."""
+    monkeypatch.setattr(follow, "POLL_LIMIT", 40)
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=20)
+    trace = _frame([(base + timedelta(milliseconds=i // 30), "h1", "c", f"frame {i}")
+                    for i in range(90)])  # fmt: skip
+    batches, notes, _ = _follow(tmp_path, [trace], 2, monkeypatch)
+    assert [r[4] for b in batches for r in b] == list(trace["message"])
+    assert notes == []
+
+
 def test_follow_tells_apart_hosts_and_repeated_lines(tmp_path: Path, monkeypatch) -> None:
     """The same line at the same millisecond from another host, arriving a poll later, is a new
     line; so is a container printing the same line twice in one millisecond."""
