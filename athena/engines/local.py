@@ -58,6 +58,9 @@ gets views with two more columns, ``"$path"`` (DuckDB's ``filename``) and ``"$fi
 ``"$file_row_number"`` in the same direction (:func:`athena.queries.written_order`): newest first
 and oldest first are then the same order read from either end, ``LIMIT`` included. On S3 the
 scan numbers each file's rows as pyarrow hands them out (:mod:`athena.engines.s3scan`).
+Between files it is name order: the written order for one node's flushes (and for compaction,
+which merges its inputs in name order), not across two nodes (whose order is not known) nor
+between a compaction output (``c-<random id>``) and a flush that landed in its hour later.
 Other statements get views without them: ``SELECT *`` shows the table's columns and ``dt``
 only, and ``logq sql`` is refused hidden columns as before (a view's columns cannot be hidden
 from ``*``, and DuckDB's virtual columns do not pass through a view). Weighed and left: a
