@@ -33,6 +33,14 @@ aggregator gives them, as an uncompacted hour at a 10 s flush interval holds 360
 (default 20): wall time and peak RSS of the process (it reads the footers of each hour's newest
 files, not every file).
 
+``--tail N [--services S] [--hours H] [--flushes F] [--code DIR]``: instead, ``logq tail`` over
+a container_logs table of N lines (S services, default 20, over the last H hours, default 24),
+a tenth of them in bursts of 8 lines sharing one millisecond (stack traces), each service-hour
+in F files (default 6: flushes whose lines interleave): wall time and peak RSS of ``tail
+--limit 100``, ``--limit 10000``, ``--stream stderr --grep`` and ``--since 1h`` for one service
+(tail orders a millisecond's lines by file and place in it, as written: see
+:mod:`athena.engines.local`); ``--code DIR`` runs another checkout (before/after figures).
+
 ``--listing s3|local [--services N] [--hours H] [--e2e]``: instead, the cost of *planning* a query
 over every service (no ``--service``): N services (default 500) x the last H hours (default 48),
 one tiny file per service-hour, on a private SeaweedFS (``s3``, started and stopped here) or in a
@@ -248,7 +256,14 @@ def main() -> int:
     ap.add_argument(
         "--services-hour", type=int, default=0, help="logq services mode: files per service-hour"
     )
+    ap.add_argument("--tail", type=int, default=0, help="logq tail mode: this many lines")
+    ap.add_argument("--flushes", type=int, default=6, help="--tail: files per service-hour")
     args = ap.parse_args()
+    if args.tail:
+        return tail_mode(
+            args.tail, args.services or 20, args.hours or 24, args.flushes, args.repeat,
+            args.code,
+        )  # fmt: skip
     if args.services_hour:
         return services_hour(args.services_hour, args.services or 20, args.repeat, args.code)
     if args.listing:
@@ -276,6 +291,97 @@ def main() -> int:
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def logs_table(
+    service: str, n: int, start_ms: int, span_ms: int, rng: np.random.Generator
+) -> pa.Table:
+    """``n`` container_logs rows of one service, a tenth in bursts of 8 lines of one
+    millisecond (a stack trace), the rest one a millisecond, with a ``service`` column."""
+    from athena.schema import CONTAINER_LOGS
+
+    bursts = n // 80
+    single = n - bursts * 8
+    ts = np.concatenate(
+        [
+            start_ms + rng.integers(0, span_ms, single),
+            np.repeat(start_ms + rng.integers(0, span_ms, bursts), 8),
+        ]
+    )
+    kind = np.concatenate([np.zeros(single, np.int8), np.ones(bursts * 8, np.int8)])
+    order = np.argsort(ts, kind="stable")
+    ts, kind = ts[order], kind[order]
+    numbers = np.arange(len(ts)).astype(str)
+    message = np.where(
+        kind == 1,
+        np.char.add('  File "/app/handlers.py", line ', numbers),
+        np.char.add(f"INFO {service} handled request ", numbers),
+    )
+    stream = np.where(kind == 1, "stderr", "stdout")
+    schema = CONTAINER_LOGS.arrow_schema()
+    columns = {
+        "timestamp": pa.array(ts, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+        "service": pa.array(np.full(len(ts), service)),
+        "host": pa.array(np.full(len(ts), "host-1")),
+        "container_id": pa.array(np.full(len(ts), "c" * 64)),
+        "container_name": pa.array(np.full(len(ts), service)),
+        "stream": pa.array(stream),
+        "message": pa.array(message),
+    }
+    fields = [pa.field("service", pa.string()), *schema]
+    order_names = ["timestamp", "service", *[f.name for f in schema if f.name != "timestamp"]]
+    return pa.table({k: columns[k] for k in order_names}).cast(
+        pa.schema([fields[1], fields[0], *list(schema)[1:]])
+    )
+
+
+def tail_mode(
+    rows: int, services: int, hours: int, flushes: int, repeat: int, code_dir: str | None
+) -> int:
+    """The ``--tail`` mode (module docstring)."""
+    from aggregator.writer import object_name, write_partitions
+
+    root = Path(tempfile.mkdtemp(prefix="logq-bench-tail-"))
+    env = {**os.environ, "LOGQ_CACHE_DIR": str(root / "cache")}
+    if code_dir:
+        env["PYTHONPATH"] = str(Path(code_dir).resolve())
+    try:
+        wh = open_warehouse(str(root / "wh"), create=True)
+        now = datetime.now(UTC)
+        start_ms = int((now - timedelta(hours=hours)).timestamp() * 1000)
+        span_ms = hours * 3_600_000 - 60_000
+        rng = np.random.default_rng(11)
+        t0 = time.perf_counter()
+        for i in range(services):
+            table = logs_table(f"svc-{i:02d}", rows // services, start_ms, span_ms, rng)
+            flush = rng.integers(0, flushes, table.num_rows)
+            for seg in range(flushes):  # rows of each flush keep their order (the writer's)
+                part = table.filter(pa.array(flush == seg))
+                write_partitions(wh, "container_logs", part, object_name("node-a", seg + 1))
+        code = f"; the code of {code_dir}" if code_dir else ""
+        took = time.perf_counter() - t0
+        print(f"built {rows:,} container_logs lines ({services} services x {hours} h, "
+              f"{flushes} files per service-hour) in {took:.1f} s{code}")  # fmt: skip
+        uri = str(root / "wh")
+        commands = [
+            ["tail", "-s", "svc-00", "--since", f"{hours}h", "--limit", "100"],
+            ["tail", "-s", "svc-00", "--since", f"{hours}h", "--limit", "10000"],
+            ["tail", "-s", "svc-00", "--since", f"{hours}h", "--stream", "stderr",
+             "--grep", "line 1[0-9]*$", "--limit", "1000"],
+            ["tail", "-s", "svc-00", "--since", "1h", "--limit", "1000"],
+        ]  # fmt: skip
+        for args in commands:
+            runs = [run_logq([*args, "-f", "json", "--warehouse", uri], env) for _ in range(repeat)]
+            bad = [r for r in runs if r.status != 0]
+            if bad:
+                print(bad[0].stderr, file=sys.stderr)
+                return 1
+            shown = " ".join(a if " " not in a else repr(a) for a in args)
+            print(f"  logq {shown:<78} median {statistics.median(r.seconds for r in runs):5.2f} s"
+                  f"  peak RSS {max(r.peak_mib for r in runs):4} MiB")  # fmt: skip
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
