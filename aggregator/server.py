@@ -154,6 +154,10 @@ WARN_EVERY_SECONDS = 10.0
 #: same address in the last :data:`AUTH_FAILURES_FORGOTTEN_SECONDS` up to
 #: :data:`AUTH_DELAY_MAX_SECONDS` (a guessing client gets a few tries a minute, not thousands).
 AUTH_DELAY_SECONDS = 0.5
+#: Closures whose WARNING is already said at most once per address every
+#: :data:`WARN_EVERY_SECONDS` where they are raised (their level lowered there); the others are
+#: throttled where they are logged (:meth:`ForwardServer._closed_level`).
+THROTTLED_WHERE_RAISED = frozenset({"auth_failed", "tls_failed"})
 AUTH_DELAY_MAX_SECONDS = 8.0
 AUTH_FAILURES_FORGOTTEN_SECONDS = 300.0
 #: Failed handshakes from one address (within AUTH_FAILURES_FORGOTTEN_SECONDS of each other)
@@ -539,8 +543,8 @@ class ForwardServer:
                 await self._start_tls(conn, writer)
             await self._serve(conn, reader, writer)
         except ConnectionClosed as exc:
-            level = logging.ERROR if exc.label == "buffer_error" else exc.level
-            log.log(level, "closing connection from %s: %s", peer, exc)
+            level, note = self._closed_level(exc, conn.client)
+            log.log(level, "closing connection from %s: %s%s", peer, exc, note)
             self.metrics.connections_rejected.labels(exc.label).inc()
         except asyncio.CancelledError:
             if conn.evicted is not None:
@@ -570,6 +574,24 @@ class ForwardServer:
                 await _release(writer, self.limits.idle_timeout)
             finally:  # counted until its socket is closed: the gauge tells the sockets held
                 self.metrics.connections.dec()
+
+    def _closed_level(self, exc: ConnectionClosed, client: str) -> tuple[int, str]:
+        """The level of a closed connection's line, and a note to append to it. A WARNING about
+        a client is said once every :data:`WARN_EVERY_SECONDS` per address, reason and text (a
+        health check or an HTTP client pointed at the Forward port, a client retrying a message
+        over --max-frame-bytes), later repeats at DEBUG: each closure was a WARNING, 200
+        connections of a load balancer's probe 200 lines. A buffer error stays an ERROR each
+        time (it pages)."""
+        if exc.label == "buffer_error":
+            return logging.ERROR, ""
+        if exc.level != logging.WARNING or exc.label in THROTTLED_WHERE_RAISED:
+            return exc.level, ""
+        if not self._peer_warnings.due((exc.label, client, str(exc)), time.time()):
+            return logging.DEBUG, ""
+        return logging.WARNING, (
+            f" (the same from this address is said at most once every {WARN_EVERY_SECONDS:.0f}s;"
+            f' connections_closed_total{{reason="{exc.label}"}} counts them all)'
+        )
 
     def _not_allowed(self, peer: str, writer: asyncio.StreamWriter) -> None:
         """Close a connection from outside ``--allow-network`` before anything is read."""

@@ -233,7 +233,7 @@ def test_small_messages_read_together_past_the_limit_are_all_acked(
     caplog.set_level(logging.WARNING, logger="logq.aggregator.server")
     assert _run(scenario()) == names
     (refusal,) = [r.getMessage() for r in caplog.records if "closing connection" in r.getMessage()]
-    assert refusal.endswith(SEND_SMALLER), refusal
+    assert SEND_SMALLER in refusal, refusal
     if how == "JSON":
         assert f"JSON message larger than --max-frame-bytes ({limit:,} bytes)" in refusal
 

@@ -521,7 +521,9 @@ def test_server_acks_what_came_before_a_refused_message_then_closes(tmp_path: Pa
         "chunk option is 2,000 characters long",
     ):
         assert reason in log, reason
-    assert log.count("not the Forward protocol: ") == len(bad)
+    # One line per reason and address every 10 s (tests/aggregator/test_closed_warnings.py):
+    # the same text again from 127.0.0.1 is not said twice.
+    assert 0 < log.count("not the Forward protocol: ") <= len(bad)
 
 
 @pytest.mark.integration
@@ -872,7 +874,9 @@ def test_server_refuses_hostile_unsized_blobs_and_stores_good_ones(tmp_path: Pat
     assert "unexpected error" not in log and "Traceback" not in log
     for _, reason in _HOSTILE_UNSIZED.values():
         assert re.search(reason, log), reason
-    assert log.count("not the Forward protocol: ") == len(bad)
+    # One line per reason and address every 10 s (tests/aggregator/test_closed_warnings.py):
+    # the same text again from 127.0.0.1 is not said twice.
+    assert 0 < log.count("not the Forward protocol: ") <= len(bad)
 
 
 def test_a_bug_decoding_one_message_still_acks_the_durable_ones_before_it(
