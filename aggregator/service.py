@@ -63,7 +63,7 @@ from aggregator.throttle import Throttle
 from aggregator.tls_files import TlsFiles
 from aggregator.twins import TwinRunning, live_twin
 from athena.ddl import outside_projection
-from athena.warehouse import Warehouse, open_warehouse, resolve_uri
+from athena.warehouse import Warehouse, open_warehouse, os_path, resolve_uri
 from shipper.logs import announce, announce_metrics
 
 log = logging.getLogger("logq.aggregator")
@@ -117,14 +117,38 @@ class StartInterrupted(Exception):
 
 
 def _open_warehouse(uri: str | None) -> Warehouse:
-    """The warehouse, a local one's folder made. A folder that cannot be made fails the start
-    (exit 1) with one line naming ``--warehouse``, the folder and what to do: the bare
-    ``[Errno 20] Not a directory: ...`` named neither the setting nor a remedy."""
+    """The warehouse, a local one's folder made and found writable. A folder that cannot be
+    made or written fails the start (exit 1) with one line naming ``--warehouse``, the folder
+    and what to do: the bare ``[Errno 20] Not a directory: ...`` named neither the setting nor
+    a remedy, and a folder that exists but cannot be written (a read-only mount, another
+    user's) was found out only by the first flush, after the start had acknowledged data,
+    which then failed in a loop of WARNINGs until the buffer filled."""
     try:
-        return open_warehouse(uri, create=True)
+        warehouse = open_warehouse(uri, create=True)
     except OSError as exc:
         folder = Path(exc.filename) if exc.filename else Path(resolve_uri(uri))
         raise unusable_dir_error(folder, exc, "--warehouse", any_cause=True) from exc
+    if not warehouse.is_s3:
+        folder = Path(os_path(warehouse.base))
+        try:
+            _check_writable(folder)
+        except OSError as exc:
+            raise unusable_dir_error(folder, exc, "--warehouse", any_cause=True) from exc
+    return warehouse
+
+
+#: The file made and removed in a local warehouse's folder at start to find it writable.
+WRITE_CHECK_NAME = ".logq-write-check"
+
+
+def _check_writable(folder: Path) -> None:
+    """Make and remove a file in ``folder``: OSError if the file system or its permissions
+    refuse (what a flush would meet; ``os.access`` answers for the real user, not the
+    effective one, and not for every file system's rules)."""
+    probe = folder / f"{WRITE_CHECK_NAME}-{os.getpid()}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.close(fd)
+    probe.unlink()
 
 
 def envoy_formats(settings: Settings) -> tuple[EnvoyFormat, ...]:

@@ -21,7 +21,7 @@ from aggregator.config import (
     Settings,
     load_settings,
 )
-from aggregator.state_files import SEGMENT_SUFFIX
+from aggregator.state_files import NODE_ID_NAME, SEGMENT_SUFFIX
 from tests.support.procs import console_script
 
 
@@ -436,6 +436,38 @@ def test_runtime_failures_exit_1_naming_what_failed_and_what_to_do(
     last = _one_line(capsys)
     assert last.startswith("logq-aggregator: --buffer-dir /proc/logq-buffer cannot be used ("), last
     assert last.endswith("check the path and its volume")
+
+
+def test_a_local_warehouse_that_cannot_be_written_fails_the_start(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A warehouse folder that exists on a read-only mount (or is another user's) was found
+    out by the first flush only: the aggregator started, acknowledged data, and its flushes
+    failed in a loop until the buffer filled. Now the start exits 1 naming the flag, the
+    folder and what to do, before a port is opened, as for a folder that cannot be made. As
+    root no folder refuses, so the refusal is made here as the kernel makes it (``os.open``
+    raising EROFS with the file name)."""
+    wh = tmp_path / "wh"
+    wh.mkdir()
+    real_open = os.open
+
+    def read_only(path: Any, flags: int, *args: Any) -> int:
+        if Path(path).parent == wh and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr("aggregator.service.os.open", read_only)
+    args = ["--listen", "127.0.0.1:0", "--buffer-dir", str(tmp_path / "b"), "--warehouse", str(wh)]
+    assert main(args) == 1
+    last = _one_line(capsys)
+    assert last.startswith(f"logq-aggregator: --warehouse {wh} is on a read-only file system")
+    assert last.endswith("mount a writable volume there"), last
+    assert "listening on" not in capsys.readouterr().out
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / NODE_ID_NAME).write_text("gone\n")
+    assert main(["drain", *args[2:]]) == 1  # drain writes the warehouse too
+    assert "read-only file system" in _one_line(capsys)
+    assert list(wh.iterdir()) == []  # the check leaves nothing behind
 
 
 def test_usage_errors_still_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
