@@ -16,6 +16,7 @@ from pathlib import Path
 
 from aggregator import logs
 from aggregator.arguments import Command, parse_command_line
+from aggregator.buffer import BufferDirInUse
 from aggregator.config import (
     ConfigError,
     Settings,
@@ -86,8 +87,22 @@ def serve(args: argparse.Namespace, drain: bool = False) -> int:
     try:
         return run_held(aggregator.drain if drain else aggregator.run)
     except (OSError, ValueError) as exc:
-        print(f"logq-aggregator: {exc}", file=sys.stderr)
+        held = drain and isinstance(exc, BufferDirInUse)
+        text = held_text(aggregator.settings.buffer_dir) if held else exc
+        print(f"logq-aggregator: {text}", file=sys.stderr)
         return exit_status(exc)
+
+
+def held_text(buffer_dir: str) -> str:
+    """What ``drain`` says of a buffer dir another process holds: "give each instance its own
+    buffer directory", serve's advice, is wrong there (the drain was pointed at that buffer on
+    purpose). It is most likely the aggregator of that buffer, still running or stopping."""
+    return (
+        f"drain: --buffer-dir {buffer_dir} is held by a running logq-aggregator "
+        "(or one still stopping); drain writes out the buffer of an aggregator that is gone: a "
+        "running one writes its own (SIGTERM stops it once everything acknowledged is in the "
+        "warehouse), so stop it, then drain this directory only if it still holds segments"
+    )
 
 
 def exit_status(exc: Exception) -> int:

@@ -470,6 +470,26 @@ def test_a_local_warehouse_that_cannot_be_written_fails_the_start(
     assert list(wh.iterdir()) == []  # the check leaves nothing behind
 
 
+def test_drain_of_a_buffer_a_running_aggregator_holds_says_to_stop_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``drain`` pointed at a live aggregator's buffer said serve's "give each instance its own
+    buffer directory", which is no remedy there: the drain was pointed at it on purpose."""
+    held = Buffer(tmp_path / "held", 1 << 20, 1 << 30)
+    held.open()
+    try:
+        args = ["drain", "--buffer-dir", str(tmp_path / "held"), "--warehouse", str(tmp_path)]
+        assert main(args) == 1
+        last = _one_line(capsys)
+    finally:
+        held.unlock()
+    assert last.startswith(
+        f"logq-aggregator: drain: --buffer-dir {tmp_path / 'held'} is held by a running "
+        "logq-aggregator"
+    ), last
+    assert "SIGTERM" in last and "its own buffer directory" not in last
+
+
 def test_usage_errors_still_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """TLS files that are no PEM pair are a bad flag value (the command must change)."""
     args = ["--listen", "127.0.0.1:0", "--buffer-dir", str(tmp_path / "b")]
