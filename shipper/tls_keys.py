@@ -10,6 +10,7 @@ given as a function: with none configured it raises, and the error names the fla
 
 from __future__ import annotations
 
+import os
 import ssl
 from pathlib import Path
 
@@ -44,8 +45,28 @@ def load_key_pair(
             f"--tls-key {key} is encrypted: give its passphrase with {passphrase_from}"
         ) from None
     except (OSError, ssl.SSLError) as exc:
+        unread = _unreadable(cert, "--tls-cert", "certificate") or _unreadable(
+            key, "--tls-key", "private key"
+        )
+        if unread:
+            raise KeyPairError(unread) from exc
         check = f" (is the passphrase, {passphrase_from}, the key's?)" if password else ""
         raise KeyPairError(
             f"cannot load --tls-cert {cert} / --tls-key {key}: {exc}; they must be a PEM "
             f"certificate and its private key{check}"
         ) from exc
+
+
+def _unreadable(path: str | Path, flag: str, what: str) -> str | None:
+    """Why ``path`` cannot be read, naming ``flag`` and what to do; None if it can. OpenSSL's
+    error (``[Errno 13] Permission denied``, ``[Errno 2] No such file or directory``) named
+    neither file, and the certificate and the key were both suspects."""
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as exc:
+        ids = f"running as uid {os.geteuid()}, gid {os.getegid()}"
+        return (
+            f"{flag} {path} cannot be read ({exc.strerror or exc}; {ids}): point it at the PEM "
+            f"{what}, a file this user can read"
+        )

@@ -496,7 +496,7 @@ def test_usage_errors_still_exit_2(capsys: pytest.CaptureFixture[str], tmp_path:
     missing = str(tmp_path / "missing.pem")
     tls = ["--tls-cert", missing, "--tls-key", missing]
     assert main([*args, "--warehouse", str(tmp_path / "wh"), *tls]) == 2
-    assert f"cannot load --tls-cert {missing}" in _one_line(capsys)
+    assert f"--tls-cert {missing} cannot be read (No such file" in _one_line(capsys)
     assert main([*args, "--flush-interval", "0"]) == 2
     assert "--flush-interval" in _one_line(capsys)
 

@@ -15,7 +15,7 @@ import pytest
 
 from aggregator.metrics import Metrics
 from aggregator.server import ServerLimits
-from aggregator.tls_files import TlsFiles
+from aggregator.tls_files import CertificateError, TlsFiles
 from shipper.tls_reload import RELOAD_CHECK_SECONDS
 from tests.aggregator.helpers import serving
 from tests.aggregator.test_inflight import HeldBuffer
@@ -100,3 +100,21 @@ def test_a_key_rotated_to_an_encrypted_one_opens_with_the_passphrase_or_is_refus
         assert any("is encrypted" in m and "--tls-key-password" in m for m in caplog.messages)
     else:
         assert taken is not first and not caplog.messages
+
+
+def test_a_file_that_cannot_be_read_is_named_with_what_to_do(tmp_path: Path) -> None:
+    """OpenSSL's error for a missing or unreadable file (``[Errno 2] No such file or
+    directory``) named neither of the two files: the start's line now names the one at fault,
+    its flag and the process's uid, at start and on a rotation (WARNING, the pair kept)."""
+    _, cert, key = make_ca_and_server(tmp_path)
+    missing = tmp_path / "gone.key"
+    with pytest.raises(CertificateError) as caught:
+        TlsFiles(str(cert), str(missing))
+    text = str(caught.value)
+    assert text.startswith(f"--tls-key {missing} cannot be read (No such file or directory; "), text
+    assert "running as uid" in text and text.endswith("a file this user can read")
+    with pytest.raises(CertificateError, match=f"^--tls-cert {tmp_path} cannot be read"):
+        TlsFiles(str(tmp_path), str(key))  # a folder given for the certificate
+    # Files that are read but are no pair keep their own words.
+    with pytest.raises(CertificateError, match="they must be a PEM certificate and its"):
+        TlsFiles(str(key), str(cert))
