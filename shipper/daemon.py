@@ -788,6 +788,12 @@ class Shipper:
             raise ShipperError(f"internal error: {self._failure!r}") from self._failure
         if exit_error is not None:
             raise exit_error
+        if not self.cfg.once:  # --once says "once: done" with its figures
+            # The last line of a stop, as the aggregator's "stopped cleanly": without it a log
+            # that ends at "stop requested" cannot be told from a process killed in its stop.
+            log.info(
+                "stopped: the checkpoints of every acknowledged line are in %s", self.registry.path
+            )
         return 0
 
     async def _ship(self) -> None:

@@ -197,6 +197,11 @@ def test_new_container_picked_up_and_sigterm_saves(tmp_path: Path, receiver: Rec
     assert rc == 0, err
     assert receiver.lines() == ["hello", "world"]
     assert (tmp_path / "state" / "checkpoints.json").exists()
+    # The stop's last line says it ended saved (a log that stopped at "stop requested" could
+    # not be told from a shipper killed during its stop).
+    last = sh.log_path.read_text().strip().splitlines()[-1]
+    assert "stopped: the checkpoints of every acknowledged line are in " in last, last
+    assert str(tmp_path / "state") in last
     # Restart: nothing is sent twice.
     sh = ShipperProc(tmp_path, "--aggregator", receiver.address, "--docker-root", str(root))
     # Stopped once it follows the file again (a SIGTERM before its handlers are installed, as a
