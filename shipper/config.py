@@ -476,12 +476,29 @@ def file_keys(
     ``path`` and ``paths``) are an ``error``: the last one silently won, and the operator who
     edited the first saw no effect. A key of the program's table over a top-level one is the
     documented override, not a clash."""
+    for key, value in raw.items():
+        if isinstance(value, dict) and key not in PROGRAM_TABLES:
+            raise error(_foreign_table(path, key))
     top = {k: v for k, v in raw.items() if not (k in PROGRAM_TABLES and isinstance(v, dict))}
     named = _by_setting(top, path, aliases, error)
     own = raw.get(program)
     if isinstance(own, dict):
         named.update(_by_setting(own, path, aliases, error))
     return named
+
+
+def _foreign_table(path: str, key: str) -> str:
+    """The error for a table no program reads: no setting is a table, so ``[aggregater]`` or
+    ``[Shipper]`` is a misspelt program table, whose settings would all go unread. It was said
+    as an unknown key, with the list of keys (the shipper added "a logq-aggregator key goes
+    under [aggregator]"), which left the table's name as the thing to look for."""
+    close = difflib.get_close_matches(key.lower(), PROGRAM_TABLES, n=1, cutoff=0.6)
+    hint = f" (did you mean [{close[0]}]?)" if close else ""
+    return (
+        f"{file_prefix(path, key)}a table [{key}] that neither program reads{hint}; the "
+        "tables are [aggregator] and [shipper] (lower case), every other setting goes at the "
+        "top of the file"
+    )
 
 
 def _by_setting(

@@ -150,6 +150,31 @@ def test_unknown_key_names_the_key_it_is_close_to(
     assert said in refused(["--config", toml(tmp_path, content), "--once"], capsys)
 
 
+@pytest.mark.parametrize(
+    ("content", "hint"),
+    [
+        ("[shippr]\nonce = true", " (did you mean [shipper]?);"),
+        ('[Aggregator]\nlisten = ":24224"', " (did you mean [aggregator]?);"),
+        ("[inputs]\nx = 1", ";"),
+    ],
+)
+def test_a_misspelt_table_is_named_as_a_table_by_both_daemons(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, hint: str
+) -> None:
+    """No setting is a table: ``[shippr]`` is a misspelt ``[shipper]``, whose settings would all
+    go unread. It was an unknown key, the shipper adding "a logq-aggregator key goes under
+    [aggregator]", and the aggregator listing its keys: neither named the table as the fault."""
+    from aggregator.commands import main as aggregator_main
+
+    conf = toml(tmp_path, content)
+    table = content.split("]")[0].lstrip("[")
+    said = f"a table [{table}] that neither program reads{hint}"
+    shipper_err = refused(["--config", conf, "--once"], capsys)
+    assert said in shipper_err and "the tables are [aggregator] and [shipper]" in shipper_err
+    assert aggregator_main(["--config", conf]) == 2
+    assert said in capsys.readouterr().err
+
+
 def test_log_level_key_is_checked_like_the_flag(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
