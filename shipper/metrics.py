@@ -378,9 +378,11 @@ class Metrics:
         return 200, "ok\n"
 
     def serve(self, listen: Endpoint) -> _BoundedServer:
-        """Serve ``/metrics`` (any other path too, as Prometheus' own server does, though only
-        :func:`is_scrape` requests release held losses), ``/healthz`` and ``/livez`` on a daemon
-        thread; returns the server (``server_address`` has the port)."""
+        """Serve ``/metrics`` (only :func:`is_scrape` requests release held losses),
+        ``/healthz`` and ``/livez`` on a daemon thread; returns the server (``server_address``
+        has the port). Any other path is a 404 naming those three, as on the aggregator's port:
+        Prometheus' own server answered every path with the metrics, so a probe with a typo
+        (``/healtz``) was a 200 for good, even with the event loop stuck."""
         metrics = self
 
         class Handler(MetricsHandler.factory(self.registry)):  # type: ignore[misc]
@@ -407,13 +409,18 @@ class Metrics:
 
             def do_GET(self) -> None:
                 path = urlparse(self.path).path
-                if path not in ("/healthz", "/livez"):
+                if path not in ("/metrics", "/healthz", "/livez"):
+                    self._answer(404, "not found: try /metrics, /healthz or /livez\n")
+                    return
+                if path == "/metrics":
                     number = metrics._scrape_begins() if is_scrape(self.path) else None
                     super().do_GET()
                     if number is not None:
                         metrics._scraped(number)
                     return
-                status, text = metrics.health() if path == "/healthz" else metrics.liveness()
+                self._answer(*(metrics.health() if path == "/healthz" else metrics.liveness()))
+
+            def _answer(self, status: int, text: str) -> None:
                 body = text.encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "text/plain; charset=utf-8")

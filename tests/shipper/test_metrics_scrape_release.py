@@ -8,6 +8,7 @@ A filtered ``?name[]=`` request, which does not show the series, keeps it held t
 
 from __future__ import annotations
 
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
@@ -31,12 +32,16 @@ def served() -> Iterator[tuple[Metrics, int]]:
         server.server_close()
 
 
-@pytest.mark.parametrize("target", ["/", "/favicon.ico", "/livez", "/healthz", "/metrics/"])
-def test_other_paths_keep_the_loss_held(served: tuple[Metrics, int], target: str) -> None:
+@pytest.mark.parametrize(
+    ("target", "status"),
+    [("/", 404), ("/favicon.ico", 404), ("/livez", 200), ("/healthz", 200), ("/metrics/", 404)],
+)
+def test_other_paths_keep_the_loss_held(
+    served: tuple[Metrics, int], target: str, status: int
+) -> None:
     metrics, port = served
     metrics.count_loss("gone", "removed_while_down")
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{target}", timeout=10) as resp:
-        assert resp.status == 200
+    assert _status(port, target) == status
     # Prometheus' first scrape still sees the series at 0, the next one the loss.
     assert [scrape_lost(port, "gone", "removed_while_down") for _ in range(2)] == [0.0, 1.0]
 
@@ -67,3 +72,25 @@ def test_a_request_that_did_not_show_the_series_keeps_the_loss_held(
     assert 'logq_shipper_files_lost_total{reason="removed_while_down",service="gone"}' not in body
     # Prometheus' first scrape of this target must still see the series at 0.
     assert [scrape_lost(port, "gone", "removed_while_down") for _ in range(2)] == [0.0, 1.0]
+
+
+def _status(port: int, target: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{target}", timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize("target", ["/healtz", "/health", "/", "/metrics/"])
+def test_a_path_with_a_typo_is_not_found(served: tuple[Metrics, int], target: str) -> None:
+    """A liveness probe with a typo (``/healtz``) was answered 200 with the metrics, for good,
+    whatever the shipper's state: Prometheus' server answers every path. Now a 404 that names
+    the three paths, as the aggregator's port answers."""
+    _, port = served
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}{target}", timeout=10)
+        raise AssertionError(f"{target} was answered")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404
+        assert "/metrics, /healthz or /livez" in exc.read().decode()
