@@ -180,7 +180,8 @@ def _unknown_key(path: str, key: str, others: list[str]) -> ConfigError:
         )
     keys = sorted({_FILE_KEYS.get(name, name) for name in (f.name for f in fields(Settings))})
     close = close_key(key, {*keys, *FILE_ALIASES.values()})
-    return ConfigError(f"{file_prefix(path, key)}unknown key{close}{also}; the keys are {keys}")
+    listed = ", ".join(keys)  # (Python's list spelling, ['a', 'b'], is not the user's)
+    return ConfigError(f"{file_prefix(path, key)}unknown key{close}{also}; the keys are {listed}")
 
 
 def _checked_file(path: str) -> dict[str, tuple[str, Any]]:
