@@ -17,11 +17,12 @@ gives the same row, :func:`_read_slow` being the reference):
   ``true``, ``{"a":1}``), as Fluent Bit and Vector coerce one to a string;
 * a number column reads a number as its value, in JSON's spelling or as a string (``12``,
   ``"12"``, ``12.0``, ``1e3``); ``"-"``, ``""``, ``null``, booleans, objects, arrays, other text,
-  negative numbers and numbers past the column's digits (9 for an int column, 18 for a bigint
-  one) are NULL, as the text formats' ``-`` is. Envoy's own numbers are whole (``%DURATION%`` is
-  milliseconds, truncated by Envoy); a number with a fraction (``"duration": 1.5``, from another
-  program's JSON) is stored rounded to the nearest whole number, halves up (``1.5`` -> 2, as
-  Athena's and DuckDB's ``CAST(1.5 AS INTEGER)``), and its line counted in
+  negative numbers (not ``-0``: 0) and numbers past the column's digits (9 for an int column,
+  18 for a bigint one) are NULL, as the text formats' ``-`` is. Envoy's own numbers are whole
+  (``%DURATION%`` is milliseconds, truncated by Envoy); a number with a fraction
+  (``"duration": 1.5``, from another program's JSON) is stored rounded to the nearest whole
+  number, halves up (``1.5`` -> 2, as Athena's and DuckDB's ``CAST(1.5 AS INTEGER)``), and its
+  line counted in
   ``logq_aggregator_envoy_numbers_rounded_total`` (:data:`aggregator.envoy.ROUNDED`): it was
   cut, ``1.9`` stored as 1 and ``"1.9"`` as NULL, uncounted. Not a ``response_code``
   (:data:`WHOLE_ONLY`): a status is a code, not a quantity, and ``200.5`` rounded made a 201
@@ -30,10 +31,12 @@ gives the same row, :func:`_read_slow` being the reference):
 * a number is read by its decimal digits, never through a double where a double could change
   it: ``"9007199254740993.0"`` and ``9007199254740993.0`` are 9007199254740993 (past 2^53 a
   double holds every other whole number only, and it was stored as ...992), in every reader
-  (:data:`_LONG_DIGITS`);
+  (:data:`_LONG_DIGITS`), and one past a double's range too (``1e-400`` is a fraction, rounded
+  and counted, ``2e308`` a number too large: :data:`_FAR_EXPONENT`);
 * a number past its column's digits is NULL, the rest of its line stored, and the line counted
   in ``logq_aggregator_envoy_numbers_too_large_total`` (:data:`aggregator.envoy.TOO_LARGE`): a
   ``bytes_sent`` past int64 was NULL uncounted, and the same line in a text format is unparsed.
+  Not a ``response_code``: without a status the line is unparsed, as a text line is.
 """
 
 from __future__ import annotations
@@ -92,13 +95,18 @@ WHOLE_ONLY = frozenset({"response_code"})
 _LONG_DIGITS = r"\d(?:\.?\d){15}"
 #: Every whole number up to this is a double of its own; past it, every other one only.
 _EXACT_DOUBLES = 2.0**53
-#: An unquoted JSON number of :data:`_LONG_DIGITS`: where the bulk reader's double may have lost
-#: digits (:func:`_read_bulk`). Any key's, in a string too: only a batch with a number key the
-#: reader typed double is checked, and a false match only sends it to :func:`_read_slow`.
-_LONG_NUMBER = r"[:,\[]\s*-?" + _LONG_DIGITS
-#: A number as JSON spells it, or as :func:`_text` and :func:`_number_text` print one, without
-#: a sign: a number column's text that holds no plain digits but still a number.
-_DECIMAL = r"^\d+(?:\.\d+)?(?:[eE][+-]?\d+)?$"
+#: An exponent of 3 digits or more: a number that may be past the doubles (``1e-400`` reads as
+#: 0.0, a fraction read as the whole number 0, uncounted; ``2e308`` as ``inf``, no number).
+_FAR_EXPONENT = r"[eE][+-]?\d{3}"
+#: An unquoted JSON number of :data:`_LONG_DIGITS` or :data:`_FAR_EXPONENT`: where the bulk
+#: reader's double may have lost digits (:func:`_read_bulk`). Any key's, in a string too: only
+#: a batch with a number key the reader typed double is checked, and a false match only sends
+#: it to :func:`_read_slow`.
+_LONG_NUMBER = r"[:,\[]\s*-?(?:" + _LONG_DIGITS + r"|[\d.]+" + _FAR_EXPONENT + ")"
+#: A number as JSON spells it, or as :func:`_text` and :func:`_number_text` print one: a number
+#: column's text that holds no plain digits but still a number. With its sign: ``-0``,
+#: ``"-0"`` and ``-0.0`` are 0, as ``0`` is (a negative number is NULL, :func:`_number`).
+_DECIMAL = r"^-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?$"
 #: Texts that hold no number: json_format prints an unset number as ``"-"`` (the re-read of
 #: :func:`_numbers_unquoted` makes them null, so every reader must treat them as absent).
 UNSET_NUMBERS = pa.array(["-", ""], pa.string())
@@ -390,17 +398,21 @@ def _number(
     texts = pc.if_else(other, values, pa.scalar(None, pa.string()))
     number = pc.cast(texts, pa.float64())
     near = pc.round(number, round_mode="half_up")
-    fits = pc.fill_null(pc.less(near, float(limit)), False)
+    # A negative number is NULL, uncounted; -0.0 is 0 (IEEE: not below 0).
+    positive = pc.fill_null(pc.greater_equal(number, 0), False)
+    fits = pc.and_(positive, pc.fill_null(pc.less(near, float(limit)), False))
     kept = pc.cast(pc.if_else(fits, near, pa.scalar(None, pa.float64())), typ)
     cut = pc.fill_null(pc.and_(fits, pc.not_equal(near, number)), False)
-    large = pc.and_not(other, fits)
+    large = pc.and_not(pc.and_(other, positive), fits)
     # Of many digits (16 characters: no regex, the usual fraction is short), or past 2^53 in a
     # bigint column (in an int one it is too large anyway), the double may not be the number:
-    # read by its digits (:data:`_LONG_DIGITS`). Two reductions decide for the usual batch.
+    # read by its digits (:data:`_LONG_DIGITS`); so may a 0.0 (``1e-400``: below the least
+    # double, a fraction). Three reductions decide for the usual batch.
     lengths = pc.binary_length(texts)
     huge = limit > _EXACT_DOUBLES and pc.max(number).as_py() >= _EXACT_DOUBLES
-    if huge or pc.max(lengths).as_py() >= 16:
+    if huge or pc.max(lengths).as_py() >= 16 or pc.any(pc.equal(number, 0)).as_py():
         doubtful = pc.or_(pc.greater_equal(number, _EXACT_DOUBLES), pc.greater_equal(lengths, 16))
+        doubtful = pc.or_(doubtful, pc.equal(number, 0))
         kept, cut, large = _exact(
             texts, pc.fill_null(doubtful, False), kept, cut, large, limit, typ
         )
@@ -419,7 +431,7 @@ def _exact(
     """:func:`_number`'s ``kept``, ``cut`` and ``large`` with the ``rows`` of ``texts`` read by
     their decimal digits, one by one (few: Envoy prints whole numbers, which come here only
     past the column's digits). A text :class:`~decimal.Decimal` cannot hold (an exponent of 19
-    digits or more) keeps its double's answer."""
+    digits or more) keeps its double's answer; a negative one is NULL, uncounted."""
     values = kept.to_pylist()
     cuts = cut.to_numpy(zero_copy_only=False).copy()
     larges = large.to_numpy(zero_copy_only=False).copy()
@@ -427,6 +439,9 @@ def _exact(
         try:
             number = Decimal(texts[row].as_py())
         except InvalidOperation:
+            continue
+        if number < 0:
+            values[row], cuts[row], larges[row] = None, False, False
             continue
         near = int(number.to_integral_value(rounding=ROUND_HALF_UP)) if number < limit else limit
         fits = near < limit

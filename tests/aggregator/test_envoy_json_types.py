@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from aggregator.batch import records_table, route
@@ -297,6 +297,64 @@ def test_any_number_is_stored_as_its_digits_round_in_every_reader(
     assert [(row[column], rounded, large) for row, rounded, large in _line_rows(line)] == [
         expected
     ] * len(NEIGHBOURS)
+
+
+#: JSON numbers in every spelling JSON has: a sign, ``e`` or ``E`` with or without its own sign,
+#: exponents past a double's range (``1e400``, ``1e-400``), ``-0``, ints past int64.
+_SPELLED_NUMBERS = st.builds(
+    "".join,
+    st.tuples(
+        st.sampled_from(["", "-"]),
+        st.integers(0, 10**25).map(str),
+        st.just("") | st.text("0123456789", min_size=1, max_size=20).map(lambda t: "." + t),
+        st.just("")
+        | st.builds(
+            "{}{}{}".format,
+            st.sampled_from("eE"),
+            st.sampled_from(["", "+", "-"]),
+            st.integers(0, 30) | st.sampled_from([308, 309, 323, 324, 330, 400]),
+        ),
+    ),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from(["duration", "bytes_sent", "response_code"]), _SPELLED_NUMBERS, st.booleans()
+)
+@example("duration", "-0.0", False)  # NULL, where 0.0 and -0 were 0
+@example("duration", "-0", True)
+@example("duration", "1e-400", False)  # 0, uncounted: a double's 0.0
+@example("response_code", "1E-400", True)  # status 0, where 1E-7 is no access line
+@example("bytes_sent", "2e308", False)  # NULL uncounted in bulk, counted line by line
+def test_any_spelling_of_a_number_is_one_row_in_every_reader(
+    key: str, number: str, quoted: bool
+) -> None:
+    """The row of a number is its value's, whatever JSON's spelling, quoted or not: a negative
+    one NULL, a zero (``-0``, ``0e-400``) 0, a fraction below a double's least (``1e-400``)
+    rounded as any other, and a ``response_code`` with a fraction no access line."""
+    column, digits = {
+        "duration": ("duration_ms", 9),
+        "bytes_sent": ("bytes_sent", 18),
+        "response_code": ("response_code", 9),
+    }[key]
+    exact = Decimal(number)
+    near = int(exact.to_integral_value(rounding=ROUND_HALF_UP))
+    if exact < 0:
+        expected = [(None, False, False)]
+    else:
+        fits = near < 10**digits
+        expected = [(near if fits else None, fits and near != exact, not fits)]
+    if key == "response_code":
+        expected = [] if expected[0][0] is None or expected[0][1] else [(near, False, False)]
+    line = _with_raw(key, f'"{number}"' if quoted else number)
+    for neighbours in NEIGHBOURS:
+        parsed = parse_lines(pa.array([line, *neighbours]))
+        found = [
+            (parsed.columns[column][0].as_py(), 0 in parsed.rounded.to_pylist(),
+             0 in parsed.too_large.to_pylist())
+        ] if parsed.rows.to_pylist()[:1] == [0] else []  # fmt: skip
+        assert found == expected, (line, neighbours)
 
 
 @pytest.mark.integration
