@@ -276,7 +276,8 @@ EXIT_STATUS = (
     "other table's logs, or the warehouse has no data of the table: the "
     "answer is empty and the reason is printed), and on Athena when the answer is empty and "
     "no --service is in the table's service list (a note says how to add them); "
-    "2 for bad input; 1 for engine or storage failures. A reader that stops early (| head) is "
+    "2 for bad input (a query over --max-scan-bytes too: retried, it scans as much); 1 for "
+    "engine or storage failures. A reader that stops early (| head) is "
     "no failure: 0."
 )
 

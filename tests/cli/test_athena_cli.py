@@ -833,3 +833,11 @@ def test_a_local_query_over_max_scan_bytes_exits_2_as_bad_input(logq, warehouse:
     )  # fmt: skip
     assert run.exit_code == 2, run.stderr
     assert "max-scan-bytes" in run.stderr
+
+
+def test_the_help_says_a_query_over_max_scan_bytes_exits_2(logq) -> None:
+    """The exit status paragraph of every query command's help said 2 for bad input and 1 for
+    engine failures: a refusal over --max-scan-bytes (exit 2) read as an engine failure, one
+    that a retry may mend."""
+    text = " ".join(logq("errors", "--help").stdout.split())
+    assert "2 for bad input (a query over --max-scan-bytes too" in text, text
