@@ -162,6 +162,18 @@ def check_athena_options(common: Common) -> None:
             f"--athena-region (or LOGQ_ATHENA_REGION) {shown(region)} is not an AWS region "
             "name; give one such as us-east-1 or eu-west-1, or leave it out for AWS_REGION"
         )
+    if region is None:  # the region boto3 falls back to: its variables, said by name
+        import os
+
+        for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+            value = os.environ.get(name)
+            if value and not AWS_REGION.fullmatch(value):
+                raise ValueError(
+                    f"{name} {shown(value)} is not an AWS region name; set it to one such as "
+                    "us-east-1, or give --athena-region"
+                )
+            if value:
+                break
     check_athena_output(common.athena_output)
 
 

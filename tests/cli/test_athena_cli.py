@@ -374,6 +374,23 @@ def test_a_malformed_athena_region_names_the_option(logq, region: str) -> None:
     assert len(run.stderr.splitlines()) == 1 and "Traceback" not in run.stderr
 
 
+@pytest.mark.parametrize("name", ["AWS_REGION", "AWS_DEFAULT_REGION"])
+def test_a_malformed_region_variable_is_named(logq, monkeypatch: pytest.MonkeyPatch, name) -> None:
+    """Without --athena-region the region is boto3's, from these variables: a malformed one got
+    botocore's words, naming no variable."""
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.delenv("LOGQ_ATHENA_REGION", raising=False)
+    monkeypatch.setenv(name, "us east 1")
+    run = logq("errors", "--engine", "athena", "--since", "1h",
+               "--athena-output", "s3://results/logq/", "-s", "web")  # fmt: skip
+    assert run.exit_code == 2 and run.stdout == "", run.stderr
+    assert run.stderr == (
+        f"logq: error: {name} 'us east 1' is not an AWS region name; set it to one such as "
+        "us-east-1, or give --athena-region\n"
+    )
+
+
 def test_athena_without_credentials_says_what_to_check(
     logq, monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
