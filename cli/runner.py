@@ -422,8 +422,11 @@ def show(
     columns: list[str] | None = None,
     rows: list[tuple[Any, ...]] | None = None,
     as_named: bool | None = None,
+    total: int | None = None,
 ) -> None:
     """Print a result in ``--format``; empty results get a reason (stderr for json/csv).
+    ``total``: how many rows the answer has in all, when the caller knows it (``logq services``
+    lists them all), for "showing 2 of 12 rows" where --limit cuts.
 
     A canned query's ``total_rows`` column (they count their rows before the LIMIT) is dropped
     and turns into "showing 50 of 124 rows" when the limit cut rows; ``logq sql`` (no ``prep``)
@@ -444,7 +447,7 @@ def show(
     interrupted = False
     try:
         named = prep is None if as_named is None else as_named
-        _show(common, result, prep, title, columns, rows, named)
+        _show(common, result, prep, title, columns, rows, named, total)
     except KeyboardInterrupt:
         interrupted = True
         raise
@@ -460,6 +463,7 @@ def _show(
     columns: list[str] | None,
     rows: list[tuple[Any, ...]] | None,
     as_named: bool,
+    total: int | None = None,
 ) -> None:
     from cli.output import emit, unique_columns, unique_columns_note
 
@@ -467,7 +471,6 @@ def _show(
     columns = list(columns if columns is not None else result.columns)
     rows = list(rows if rows is not None else result.rows)
     dropped: list[int] = []  # columns left out, in order: the same for every streamed batch
-    total = None
     if prep is not None and "total_rows" in columns:  # a canned query's count, not a user's
         at = columns.index("total_rows")
         total = int(rows[0][at]) if rows else 0

@@ -474,7 +474,7 @@ def _services_local(common: Common) -> None:
     else:
         if not rows:
             note(f"logq: no results: {reason}")
-        runner.show(common, result, title="services", as_named=False)
+        runner.show(common, result, title="services", as_named=False, total=len(rows))
     from cli.explain import note_ahead
 
     note_ahead(ahead)
