@@ -261,6 +261,14 @@ that keeps starting badly labelled containers does not grow it for ever (one dro
 about again if it is still running, at worst once per scan)."""
 MAX_BAD_MULTILINE = 1024
 
+#: Docker's own name for the driver whose files logq-shipper reads (``<id>-json.log``).
+JSON_FILE_DRIVER = "json-file"
+
+_OTHER_DRIVER: dict[str, None] = {}
+"""(service, log driver) pairs already warned about as writing no ``<id>-json.log`` (once
+each), the newest :data:`MAX_CUT_WARNED` only: on ECS every task of a family is a new
+container, and one line per family says all there is to say."""
+
 
 def _multiline_label(labels: dict[str, str], cid: str) -> str | None:
     """The container's ``logq.multiline`` label as :func:`shipper.multiline.choose` takes it; a
@@ -479,6 +487,11 @@ class Discoverer:
         self._future: dict[str, tuple[int, tuple[str, ...]]] = {}
         """By CRI key: (how many link folders were known, :meth:`_future_links` then); the
         folders only grow, so their number tells whether the links are still complete."""
+        self._drivers: dict[str, str] = {}
+        """By container id: the log driver of a container without ``<id>-json.log``, read once
+        from its ``hostconfig.json`` (:meth:`_other_driver`; a container's driver never
+        changes), so that a host of such containers is not read again at every pass; "" once
+        there is nothing (more) to say about it."""
         self._read_as: set[str] = set()
         """Keys of the sources that were another's file at the last pass (see
         :meth:`_read_once`), warned about when they first were."""
@@ -610,8 +623,10 @@ class Discoverer:
         _readable(str(root))
         out = []
         seen: set[str] = set()
+        dirs: set[str] = set()
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
+                dirs.add(entry.name)
                 found = self._container(entry.path, entry.name, scan, seen)
                 if found is not None:
                     out.append(found)
@@ -619,6 +634,8 @@ class Discoverer:
             del self._meta[gone]
         for gone in set(self._specs) - seen:
             del self._specs[gone]
+        for gone in set(self._drivers) - dirs:
+            del self._drivers[gone]
         return out
 
     def _container(
@@ -632,6 +649,7 @@ class Discoverer:
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
+            self._other_driver(cdir, cid, path, scan, seen)
             return None
         except OSError as exc:
             # EACCES: Docker's folders are root's (0700 or 0710); a shipper that is not root
@@ -653,6 +671,42 @@ class Discoverer:
         if meta is not _NO_META:
             self._specs[config] = (meta, spec)
         return spec, meta
+
+    def _other_driver(self, cdir: str, cid: str, path: str, scan: Scan, seen: set[str]) -> None:
+        """Say why a container without ``<id>-json.log`` is not shipped when its log driver
+        is another than json-file (``awslogs``, ECS's default in its console, ``fluentd``,
+        ``journald``, ``local``...): its output never reaches a file the shipper reads, and
+        nothing told the user so (WARNING once per service and driver). A json-file
+        container not started yet has no file either: its log comes when it starts."""
+        driver = self._drivers.get(cid)
+        if driver is None:
+            driver = _log_driver(f"{cdir}/hostconfig.json")
+            if driver is None:
+                return  # no hostconfig.json (not a container's folder, or not yet): ask again
+            self._drivers[cid] = driver
+        if driver in (JSON_FILE_DRIVER, ""):
+            return
+        meta = self._metadata(f"{cdir}/config.v2.json", scan, seen) or _NO_META
+        spec = self._spec(Path(path), cid, meta)
+        if meta.read:
+            # Judged for good (its labels and driver do not change): not made again at each
+            # pass. Without its metadata the service is its id for now: judged again later.
+            self._drivers[cid] = ""
+        names = {"service": spec.service, "container_name": spec.container_name}
+        if self.excluder.check(spec.key, names, (path,), dict(meta.labels)) is not None:
+            return  # kept out on purpose (--exclude, logq.exclude): nothing to say
+        if _first_time(_OTHER_DRIVER, f"{spec.service}\0{driver}", MAX_CUT_WARNED):
+            log.warning(
+                "a container logs through Docker's %r log driver, not json-file: it writes no "
+                "<id>-json.log, so logq-shipper cannot read its output (said once per service "
+                "and driver); set its log driver to json-file (ECS: the task definition's "
+                "logConfiguration.logDriver; Docker: --log-driver, or log-driver in "
+                "daemon.json for new containers) service=%s container_name=%s path=%s",
+                driver,
+                spec.service,
+                spec.container_name,
+                cdir,
+            )
 
     def _spec(self, path: Path, cid: str, meta: ContainerMeta) -> SourceSpec:
         labels = dict(meta.labels)
@@ -749,6 +803,19 @@ class Discoverer:
         scan.failures.append(f"cannot read container metadata {path}: {exc}")
         scan.unsure.append(os.path.dirname(path))
         return None
+
+
+def _log_driver(path: str) -> str | None:
+    """The log driver ``hostconfig.json`` at ``path`` names (``LogConfig.Type``; "" when it
+    names none: Docker's default, json-file unless daemon.json says otherwise), or None when
+    the file cannot be read or parsed now (missing, being rewritten, not a regular file)."""
+    try:
+        doc = json.loads(read_regular(path).decode("utf-8-sig", "replace"))
+    except (OSError, ValueError, RecursionError):  # NotRegularFile is an OSError
+        return None
+    config = doc.get("LogConfig") if isinstance(doc, dict) else None
+    driver = config.get("Type") if isinstance(config, dict) else None
+    return as_text(driver) if isinstance(driver, str) else ""
 
 
 def _identities(path: Path) -> list[object]:
