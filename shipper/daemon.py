@@ -658,9 +658,9 @@ class Shipper:
             self.registry.forget_followed(source)
         if dropped:
             log.info(
-                "forgot the followed entries of %d containers or pods removed while the "
-                "shipper was down",
+                "forgot the followed entries of %d %s removed while the shipper was down",
                 len(dropped),
+                "container or pod" if len(dropped) == 1 else "containers or pods",
             )
             self.checkpoint_changed()
 
