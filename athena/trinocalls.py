@@ -555,23 +555,15 @@ def date_format(node: Any, adapt: Callable[[Any], Any]) -> Any:
     ``%`` is that letter, as in Trino, and those Trino refuses are refused with what to use. A
     format that is not a literal is left to sqlglot's mapping."""
     from sqlglot import exp
-    from sqlglot.dialects.trino import Trino
-    from sqlglot.time import format_time
 
-    call = node.copy()
-    call.set("this", adapt(node.this))
-    fmt = call.args.get("format")
-    if not (isinstance(fmt, exp.Literal) and fmt.is_string):
+    call, parts = _format_parts(node, adapt)
+    if parts is None:
         return call
-    trino = format_time(fmt.this, Trino.INVERSE_TIME_MAPPING, Trino.INVERSE_TIME_TRIE) or ""
     out: list[str] = []
-    escaped = False
-    for char in trino:
-        if not escaped:
-            escaped = char == "%"
-            out.append("" if escaped else char.replace("%", "%%"))
+    for specifier, char in parts:
+        if not specifier:
+            out.append(char)
             continue
-        escaped = False
         if char in _DATE_FORMAT_REFUSED:
             raise QueryError(
                 f"date_format(): %{char} is not supported in Athena's date format strings "
@@ -579,6 +571,36 @@ def date_format(node: Any, adapt: Callable[[Any], Any]) -> Any:
             )
         out.append(_DATE_FORMAT.get(char, char))
     return exp.Anonymous(this="strftime", expressions=[call.this, exp.Literal.string("".join(out))])
+
+
+def _format_parts(
+    node: Any, adapt: Callable[[Any], Any]
+) -> tuple[Any, list[tuple[bool, str]] | None]:
+    """``node`` (``date_format``'s exp.TimeToStr, ``date_parse``'s exp.StrToTime) copied with
+    its value adapted, and its format as Trino spells it, in parts: ``(True, letter)`` for a
+    ``%`` specifier, ``(False, text)`` for a literal character, ``%`` escaped as DuckDB reads
+    it; None when the format is not a literal (left to sqlglot's mapping)."""
+    from sqlglot import exp
+    from sqlglot.dialects.trino import Trino
+    from sqlglot.time import format_time
+
+    call = node.copy()
+    call.set("this", adapt(node.this))
+    fmt = call.args.get("format")
+    if not (isinstance(fmt, exp.Literal) and fmt.is_string):
+        return call, None
+    trino = format_time(fmt.this, Trino.INVERSE_TIME_MAPPING, Trino.INVERSE_TIME_TRIE) or ""
+    parts: list[tuple[bool, str]] = []
+    escaped = False
+    for char in trino:
+        if not escaped:
+            escaped = char == "%"
+            if not escaped:
+                parts.append((False, char.replace("%", "%%")))
+            continue
+        escaped = False
+        parts.append((True, char))
+    return call, parts
 
 
 #: Trino's ``date_parse`` specifiers (the formatter ``date_format`` prints with, read back) in
@@ -617,24 +639,16 @@ def date_parse(node: Any, adapt: Callable[[Any], Any]) -> Any:
     applies, moving the date within its week, so the answers differ when the text's weekday
     is not its date's, or the format has no day."""
     from sqlglot import exp
-    from sqlglot.dialects.trino import Trino
-    from sqlglot.time import format_time
 
-    call = node.copy()
-    call.set("this", adapt(node.this))
-    fmt = call.args.get("format")
-    if not (isinstance(fmt, exp.Literal) and fmt.is_string):
+    call, parts = _format_parts(node, adapt)
+    if parts is None:
         return call
-    trino = format_time(fmt.this, Trino.INVERSE_TIME_MAPPING, Trino.INVERSE_TIME_TRIE) or ""
     out: list[str] = []
     used: set[str] = set()
-    escaped = False
-    for char in trino:
-        if not escaped:
-            escaped = char == "%"
-            out.append("" if escaped else char.replace("%", "%%"))
+    for specifier, char in parts:
+        if not specifier:
+            out.append(char)
             continue
-        escaped = False
         if char in _DATE_FORMAT_REFUSED:
             raise QueryError(
                 f"date_parse(): %{char} is not supported in Athena's date format strings "
