@@ -294,6 +294,16 @@ def main() -> int:
     return 0
 
 
+def _scratch(prefix: str, code_dir: str | None) -> tuple[Path, dict[str, str]]:
+    """A scratch folder (its caller removes it), and the environment of the ``logq`` runs: its
+    own transpile cache there, and the code of ``code_dir`` when given."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    env = {**os.environ, "LOGQ_CACHE_DIR": str(root / "cache")}
+    if code_dir:
+        env["PYTHONPATH"] = str(Path(code_dir).resolve())
+    return root, env
+
+
 def logs_table(
     service: str, n: int, start_ms: int, span_ms: int, rng: np.random.Generator
 ) -> pa.Table:
@@ -342,10 +352,7 @@ def tail_mode(
     """The ``--tail`` mode (module docstring)."""
     from aggregator.writer import object_name, write_partitions
 
-    root = Path(tempfile.mkdtemp(prefix="logq-bench-tail-"))
-    env = {**os.environ, "LOGQ_CACHE_DIR": str(root / "cache")}
-    if code_dir:
-        env["PYTHONPATH"] = str(Path(code_dir).resolve())
+    root, env = _scratch("logq-bench-tail-", code_dir)
     try:
         wh = open_warehouse(str(root / "wh"), create=True)
         now = datetime.now(UTC)
@@ -390,10 +397,7 @@ def services_hour(files: int, services: int, repeat: int, code_dir: str | None) 
     over all ``services``) into the newest closed hour, then ``logq services -f json`` timed."""
     from aggregator.writer import object_name, write_partitions
 
-    root = Path(tempfile.mkdtemp(prefix="logq-bench-services-"))
-    env = {**os.environ, "LOGQ_CACHE_DIR": str(root / "cache")}
-    if code_dir:
-        env["PYTHONPATH"] = str(Path(code_dir).resolve())
+    root, env = _scratch("logq-bench-services-", code_dir)
     try:
         wh = open_warehouse(str(root / "wh"), create=True)
         hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
