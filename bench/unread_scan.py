@@ -16,8 +16,8 @@ with a probe task that wakes every 10 ms, and prints the largest gap between its
   :meth:`Tailer.poll_off_loop` (what it does now).
 
 ``--case held`` builds instead a held file of ``--mib`` MiB: the rotated file a split line was
-open in, compressed while the shipper was down, whose ``.gz`` the start scans and decompresses
-to read the line again (see :mod:`shipper.held_gz`).
+open in, compressed while the shipper was down, whose ``.gz`` the start decompresses to read the
+line again (see :mod:`shipper.held_gz`).
 """
 
 from __future__ import annotations

@@ -263,10 +263,6 @@ class LineParser:
     """Base class: turns complete physical lines into logical :class:`Lines`."""
 
     format_name = "plain"
-    splits = False
-    """Whether the runtime splits long lines in this format (Docker's 16 KiB partial entries,
-    CRI ``P`` parts), so that a file can end inside a line whose next part is in the next
-    file (see :func:`shipper.held_gz.ends_in_split_line`)."""
 
     def __init__(self, max_line_bytes: int = 256 * 1024) -> None:
         self.max_line_bytes = max_line_bytes
@@ -523,7 +519,6 @@ class DockerParser(LineParser):
     """
 
     format_name = "docker"
-    splits = True
 
     def feed(self, lines: list[bytes], base: int) -> Lines:
         if lines and not self._partials and all(lines):
@@ -708,7 +703,6 @@ class CriParser(LineParser):
     """CRI (containerd, CRI-O): ``<RFC3339Nano> <stdout|stderr> <P|F>[:tags] <text>``."""
 
     format_name = "cri"
-    splits = True
 
     def feed(self, lines: list[bytes], base: int) -> Lines:
         out = self.new_lines()

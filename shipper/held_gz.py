@@ -14,10 +14,12 @@ or stored twice (the aggregator drops what it stored by offset). Without it the 
 lines were lost at any stop, SIGTERM included (R1s19 #1), and the split line's first parts at
 any restart with the option off (H1s20: the next file's last part was stored alone).
 
-Without the option, a source's compressed copies are read so only when one of them ends inside
-a split line read from its checkpoint on (:func:`ends_in_split_line`): a file whose checkpoint
-was left behind for another reason (the shipper was behind at its stop) is counted lost as
-before (docs/operations.md: compressed generations are not read).
+The same for a file the shipper had not read to its end (behind at its stop, or stopped --
+a DaemonSet or ECS agent update -- while the container wrote on and the runtime rotated and
+compressed the file): its unread lines exist only in the ``.gz``, and are read from it, from
+the checkpoint on, before the newer files. Only files rotated *and* compressed while the
+shipper knew nothing of them (no checkpoint has their first line) are not read (see
+docs/operations.md).
 """
 
 from __future__ import annotations
@@ -103,9 +105,9 @@ def decompressed(gz: Path, opened: BinaryIO | None = None) -> int | None:
             return os.dup(tmp.fileno())
     except (OSError, EOFError, zlib.error) as exc:
         log.warning(
-            "cannot read the compressed copy of a log file a checkpoint holds: what was open "
-            "in it (a multi-line record, a split line's first parts) is lost; check the file "
-            "and free space in the temporary directory (TMPDIR) path=%s error=%s",
+            "cannot read the compressed copy of a log file a checkpoint holds: its lines from "
+            "the checkpoint on are not read from it (counted lost if the file is gone); check "
+            "the file and free space in the temporary directory (TMPDIR) path=%s error=%s",
             gz,
             exc,
         )
@@ -121,94 +123,6 @@ def verified(fd: int, state: FileState) -> bool:
         return tail_hash(fd, state.offset) == state.tail
     except OSError:
         return False
-
-
-SCAN_BYTES = 2 << 20
-"""At least this many bytes of a copy's end are parsed by :func:`ends_in_split_line` (four of
-the parser's longest lines, if more)."""
-
-
-def ends_in_split_line(fd: int, offset: int, parser: LineParser) -> bool:
-    """Whether the decompressed copy at ``fd``, past the checkpoint's ``offset``, ends inside
-    a line the runtime split, parsed with ``parser`` (a fresh one of the source's format): a
-    stream's last entry is a part whose next one is not in this file.
-
-    Without ``--multiline`` that is what a checkpoint held back at a split line's start looks
-    like (the file was read to its end and let go holding the parts): its copy is read again,
-    so that the parts meet the next file's last part. A checkpoint left behind because the
-    shipper was behind at its stop usually ends in a whole line, and is counted lost as
-    before; one that ends inside a split line is read again too, and its unread lines with
-    it. Only the file's end is parsed (:func:`_tail_start`): parsed from the offset, a copy
-    the shipper was far behind in cost seconds of the event loop per 100 MiB at every start,
-    all sources waiting, to count it lost as before (R3s20). A read that fails: False."""
-    if not parser.splits:
-        return False
-    try:
-        size = os.fstat(fd).st_size
-        start = _tail_start(offset, size, parser)
-        data = os.pread(fd, size - start, start) if size > start else b""
-    except OSError:
-        return False
-    return _data_ends_in_split_line(data, start, start == offset, parser)
-
-
-def compressed_ends_in_split_line(gz: Path | BinaryIO, offset: int, parser: LineParser) -> bool:
-    """:func:`ends_in_split_line` for the gzip file ``gz`` itself, streamed: only its end is
-    kept, nothing is written. Without ``--multiline`` a start decides with it which copies to
-    decompress (:func:`decompressed`): a file the shipper was behind in at its stop, which
-    ends in whole lines, is counted lost as before without a temporary copy of it. A copy
-    that cannot be read: False (its loss is counted as before). ``gz`` may be the file
-    already open."""
-    if not parser.splits:
-        return False
-    keep = _tail_bytes(parser)
-    tail = bytearray()
-    total = 0
-    try:
-        with gzip.open(gz, "rb") as src:
-            while block := src.read(1 << 20):
-                total += len(block)
-                tail += block
-                if len(tail) > 2 * keep:
-                    del tail[: len(tail) - keep]
-    except (OSError, EOFError, zlib.error):
-        return False
-    start = _tail_start(offset, total, parser)
-    data = bytes(tail[len(tail) - (total - start) :]) if total > start else b""
-    return _data_ends_in_split_line(data, start, start == offset, parser)
-
-
-def _tail_bytes(parser: LineParser) -> int:
-    """How many bytes of a copy's end are parsed: :data:`SCAN_BYTES`, or four of ``parser``'s
-    longest lines."""
-    return max(SCAN_BYTES, 4 * parser.max_line_bytes)
-
-
-def _tail_start(offset: int, size: int, parser: LineParser) -> int:
-    """Where the parse of a copy of ``size`` bytes held at ``offset`` starts: the offset, or
-    the last :func:`_tail_bytes` if it is further back. A split line still open there has
-    its last part among them (the runtime writes its parts one after the other; only the
-    other stream's lines come in between, for at most the few seconds it waits)."""
-    return max(offset, size - _tail_bytes(parser))
-
-
-def _data_ends_in_split_line(
-    data: bytes, base: int, at_line_start: bool, parser: LineParser
-) -> bool:
-    """Whether ``data`` (a copy's bytes from position ``base`` to its end, which is a line's
-    start if ``at_line_start``) ends inside a split line, parsed with ``parser``. A line cut
-    at the start is skipped; so is an unterminated last line, not a part the runtime wrote
-    whole."""
-    if not at_line_start:
-        first = data.find(b"\n") + 1
-        if not first:
-            return False
-        data, base = data[first:], base + first
-    end = data.rfind(b"\n")
-    if end < 0:
-        return False
-    parser.feed(data[:end].split(b"\n"), base)
-    return bool(parser.pending_streams())
 
 
 def streams_with_entries(gz: Path, streams: Collection[str], parser: LineParser) -> set[str]:
@@ -326,20 +240,15 @@ def _close(fd: int | None) -> None:
 
 
 class HeldPlan(NamedTuple):
-    """What a start of a source may ask of the compressed copies beside it
-    (:meth:`shipper.resume.Resume._held_compressed`): each copy with the checkpoint offsets
-    it may be held at; ``split_first`` without ``--multiline`` (decompress only if a copy
-    ends inside a split line read from one of them); the source's format and line bound.
+    """The compressed copies beside a source that a start of it may read a held file again
+    from (:meth:`shipper.resume.Resume._held_compressed`): each is decompressed.
 
     Immutable: it is answered off the event loop (:func:`prepare_held`, see
     :meth:`shipper.resume.Resume.prepare_off_loop`). It may ask more than the start will
-    (every checkpoint of the source, not only those whose files are gone): the start takes
-    what it needs and the rest is closed."""
+    (the copies of every checkpoint of the source, not only of those whose files are gone):
+    the start takes what it needs and the rest is closed."""
 
-    copies: tuple[tuple[Path, tuple[int, ...]], ...]
-    split_first: bool
-    fmt: str
-    max_line_bytes: int
+    copies: tuple[Path, ...]
 
 
 @dataclass
@@ -349,77 +258,34 @@ class HeldCopies:
     unchanged, that the worker read; for any other (replaced, renamed over, still being
     written, not asked) it reads the copy itself, as without a prepared answer."""
 
-    ends_split: dict[tuple[GzIdent, int], bool] = field(default_factory=dict)
     copies: dict[GzIdent, int | None] = field(default_factory=dict)
     """Identity -> a descriptor of the decompressed copy (None: it could not be read, logged)."""
-    _handed: set[GzIdent] = field(default_factory=set)
-    """The copies whose descriptors :meth:`decompressed` gave out."""
-
-    def _ident(self, gz: Path) -> GzIdent | None:
-        try:
-            return gz_ident(os.stat(gz))
-        except OSError:
-            return None
-
-    def ends_in_split_line(self, gz: Path, offset: int, parser: LineParser) -> bool:
-        """:func:`compressed_ends_in_split_line`, answered by the worker if it read ``gz``."""
-        ident = self._ident(gz)
-        if ident is not None and (ident, offset) in self.ends_split:
-            return self.ends_split[ident, offset]
-        return compressed_ends_in_split_line(gz, offset, parser)
 
     def decompressed(self, gz: Path) -> int | None:
         """:func:`decompressed`, taken from the worker's if it decompressed ``gz`` (once: the
         descriptor is the caller's from then on)."""
-        ident = self._ident(gz)
+        try:
+            ident: GzIdent | None = gz_ident(os.stat(gz))
+        except OSError:
+            ident = None
         if ident is not None and ident in self.copies:
-            self._handed.add(ident)
             return self.copies.pop(ident)
         return decompressed(gz)
-
-    def copy_ends_in_split_line(self, fd: int, gz: Path, offset: int, parser: LineParser) -> bool:
-        """:func:`ends_in_split_line` of ``fd``, the copy of ``gz`` :meth:`decompressed` gave:
-        the worker's answer for the compressed file if that copy was the worker's (the same
-        bytes, parsed the same way: :func:`compressed_ends_in_split_line`), else parsed here
-        (its last :data:`SCAN_BYTES`, some 0.1 s of the loop)."""
-        ident = self._ident(gz)
-        if ident is not None and ident in self._handed and (ident, offset) in self.ends_split:
-            return self.ends_split[ident, offset]
-        return ends_in_split_line(fd, offset, parser)
 
     def close(self) -> None:
         """Close the decompressed copies no start took."""
         for fd in self.copies.values():
             _close(fd)
         self.copies.clear()
-        self.ends_split.clear()
-        self._handed.clear()
 
 
 def prepare_held(plan: HeldPlan) -> HeldCopies:
-    """Answer ``plan`` (see :class:`HeldPlan`): without ``--multiline``, whether each copy
-    ends inside a split line read from each of its offsets, and -- only if one does, as the
-    start decides -- each copy decompressed; with it, each copy decompressed. What a start
-    otherwise did on the event loop: about 0.6 s per 100 MiB copy (``bench/unread_scan.py
-    --case held``), during which the shipper sent, acknowledged and reported nothing. Reads
-    only the files and fresh parsers of its own; run in a worker thread
-    (:mod:`shipper.gz_pool`)."""
+    """Answer ``plan`` (see :class:`HeldPlan`): each copy decompressed. What a start otherwise
+    did on the event loop: about 0.6 s per 100 MiB copy (``bench/unread_scan.py --case
+    held``), during which the shipper sent, acknowledged and reported nothing. Reads only the
+    files; run in a worker thread (:mod:`shipper.gz_pool`)."""
     out = HeldCopies()
-    if plan.split_first:
-        kind = PARSERS[plan.fmt]
-        for gz, offsets in plan.copies:
-            for offset in offsets:
-                got = _read_unchanged(
-                    gz,
-                    lambda f, o=offset: compressed_ends_in_split_line(
-                        f, o, kind(plan.max_line_bytes)
-                    ),
-                )
-                if got is not None:
-                    out.ends_split[got[0], offset] = got[1]
-        if not any(out.ends_split.values()):
-            return out
-    for gz, _ in plan.copies:
+    for gz in plan.copies:
         got_fd = _read_unchanged(gz, lambda f, g=gz: decompressed(g, f), _close)
         if got_fd is None:
             continue

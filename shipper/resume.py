@@ -25,7 +25,6 @@ from shipper.checkpoint import MAX_FLOOR_LEAD, FileState, file_key
 from shipper.cursor import Cursor
 from shipper.discover import compressed_siblings, rotated_siblings
 from shipper.fingerprint import fingerprint, gzip_identity, tail_hash
-from shipper.formats import PARSERS
 from shipper.held_gz import (
     HeldCopies,
     HeldPlan,
@@ -224,16 +223,19 @@ class Resume:
 
     async def prepare_off_loop(self: Tailer) -> None:
         """Before :meth:`start`: the compressed copies it may read a held file again from
-        (:meth:`_held_compressed`), scanned and decompressed in a ``.gz`` worker thread
+        (:meth:`_held_compressed`), decompressed in a ``.gz`` worker thread
         (:mod:`shipper.gz_pool`), so that the event loop keeps sending, acknowledging and
         answering meanwhile: on the loop a 100 MiB copy held it for about 0.6 s at every such
         restart (more on a busy host), every source waiting (``bench/unread_scan.py``).
 
-        Asked of every checkpoint of the source (which of their files are gone is known only
-        once :meth:`start` opens the others). The answers are kept with the identity of the
-        copy each was read from (:class:`~shipper.held_gz.HeldCopies`): :meth:`start` uses one
-        only for that very file, unchanged; a copy replaced, renamed over or written since
-        is read again there, as without this. What it does not take is closed, and so is
+        Asked of every checkpoint of the source whose file is not found in its folder (by
+        inode and first line, :meth:`_still_there`; which are gone for sure is known only
+        once :meth:`start` opens the others): a plain file's generations that share a first
+        line (a banner) match every checkpoint of it, and each restart decompressed them all.
+        The answers are kept with the identity of the copy each was read from
+        (:class:`~shipper.held_gz.HeldCopies`): :meth:`start` uses one only for that very
+        file, unchanged; a copy replaced, renamed over or written since is read again there,
+        as without this. What it does not take is closed, and so is
         everything when the start is put off after all (:meth:`drop_prepared`): the copies'
         descriptors are not in the budget, so they are held only from here to the start."""
         if self._started or self._held_ready is not None:
@@ -244,22 +246,15 @@ class Resume:
             # while it waits -- a restart of thousands of waiting sources ran out of both.
             return
         self._held_ready = HeldCopies()  # nothing to take (yet): not asked again meanwhile
-        if self.multiline is None and not PARSERS[self.spec.format].splits:
-            return  # a plain file: nothing the runtime split is ever open in it
         known = [(k, s) for k, s in self.registry.items() if s.source == self.spec.key]
+        gone = self._not_found(known)
+        if gone is not None:  # None: cannot tell, every one is asked
+            known = gone
         held = held_by_compressed(self.spec.path, known) if known else []
         if not held:
             return
-        offsets: dict[Path, set[int]] = {}
-        for _, state, candidates in held:
-            for gz in candidates:
-                offsets.setdefault(gz, set()).add(state.offset)
-        plan = HeldPlan(
-            tuple((gz, tuple(sorted(offs))) for gz, offs in sorted(offsets.items())),
-            self.multiline is None,
-            self.spec.format,
-            self.max_line_bytes,
-        )
+        copies = {gz for _, _, candidates in held for gz in candidates}
+        plan = HeldPlan(tuple(sorted(copies)))
         asked = self._held_ready
         ready = await gz_pool.run(prepare_held, plan, HeldCopies.close, self.gz_stop)
         if self._held_ready is not asked:
@@ -555,24 +550,29 @@ class Resume:
         self: Tailer, known: set[str], rotated: list[tuple[int, Cursor]]
     ) -> list[Cursor]:
         """Files a checkpoint holds that are gone but for their gzip-compressed copy (Docker
-        ``compress``, the kubelet), opened from that copy at the checkpoint (see
-        :mod:`shipper.held_gz`), oldest first: with ``--multiline`` kept at the quiet point
-        before a record still open; without it, only when one of them ends inside a line the
-        runtime split (:meth:`_split_line_held`), held at that line's start. They are read
-        before every rotated file still uncompressed: both runtimes compress the older ones
-        (Docker all, the kubelet all but the newest), and a ``.gz``'s modification time is
-        when it was compressed, not written."""
+        ``compress``, the kubelet, logrotate ``compress``), opened from that copy at the
+        checkpoint (see :mod:`shipper.held_gz`), oldest first. They are read before every
+        rotated file still uncompressed: both runtimes compress the older ones (Docker all,
+        the kubelet all but the newest), and a ``.gz``'s modification time is when it was
+        compressed, not written.
+
+        Whatever held the checkpoint back: a ``--multiline`` record still open, the start of
+        a line the runtime split, or lines not read or not acknowledged at the stop (the
+        shipper was behind, or stopped for a DaemonSet or ECS agent update while the runtime
+        rotated and compressed the file). Only those were read again from the copy before;
+        the unread rest of any other file was counted ``deleted_unread`` (a page), lost with
+        a copy of it right there."""
         opened = {c.key for _, c in rotated}
-        vanished = [
-            (key, state)
-            for key in sorted(known - opened)
-            if (state := self.registry.get(key)) is not None
-        ]
-        if not vanished or (self.multiline is None and not PARSERS[self.spec.format].splits):
-            return []  # a plain file: nothing the runtime split is ever open in it
+        vanished = self._not_found(
+            [
+                (key, state)
+                for key in sorted(known - opened)
+                if (state := self.registry.get(key)) is not None
+            ]
+        )
+        if not vanished:
+            return []  # none, or cannot tell (then the start is put off: _vanished_ok)
         held = held_by_compressed(self.spec.path, vanished)
-        if self.multiline is None and not self._may_hold_split_line(held):
-            return []  # as before: nothing open in them, gone with the files
         copies: list[tuple[str, FileState, int, Path]] = []
         taken: set[Path] = set()
         for key, state, candidates in held:
@@ -580,14 +580,24 @@ class Resume:
             if got is not None:
                 taken.add(got[1])
                 copies.append((key, state, *got))
-        if self.multiline is None and not self._split_line_held(copies):
-            for _, _, fd, _ in copies:
-                os.close(fd)
-            return []  # as before: nothing open in them, gone with the files
         found = [self._resume_copy(key, state, fd, gz) for key, state, fd, gz in copies]
         self._note_unknown_after(found, known)
         # By the name it had uncompressed: Docker's .2 before its .1, kubelet's by time.
         return sorted(found, key=lambda c: age(0, c.path.with_suffix("")))
+
+    def _not_found(
+        self: Tailer, entries: list[tuple[str, FileState]]
+    ) -> list[tuple[str, FileState]] | None:
+        """Those of ``entries`` (checkpoints of this source) whose file is not in its folder
+        (:meth:`_still_there`), None when the folder cannot be looked at. The live file's
+        checkpoint is among those a start has not opened yet: a plain file's older generation
+        that starts with the same banner, compressed, holds the same bytes before a
+        checkpoint just past the banner, and was taken for it -- read from there under the
+        live file's ``source_id``, while the live file went on with it too."""
+        present = self._present_inodes()
+        if present is None:
+            return None
+        return [(k, s) for k, s in entries if not self._still_there(k, present)]
 
     def _note_unknown_after(self: Tailer, held: list[Cursor], known: set[str]) -> None:
         """Give each file read again from its compressed copy (``held``) the compressed copies
@@ -667,35 +677,6 @@ class Resume:
                 found.append((os.fstat(cur.fd).st_mtime_ns, cur))
         return found
 
-    def _may_hold_split_line(self: Tailer, held: list[tuple[str, FileState, list[Path]]]) -> bool:
-        """Without ``--multiline``: whether one of the compressed copies that ``held``'s
-        checkpoints may have been taken from ends inside a line the runtime split, read
-        streaming (see :func:`~shipper.held_gz.compressed_ends_in_split_line`). Only then are
-        they decompressed into temporary files and told apart (:meth:`_open_compressed`): a
-        start after a stop while behind decompressed every copy, to count its loss as
-        before."""
-        kind = PARSERS[self.spec.format]
-        ready = self._prepared()
-        return any(
-            ready.ends_in_split_line(gz, state.offset, kind(self.max_line_bytes))
-            for _, state, candidates in held
-            for gz in candidates
-        )
-
-    def _split_line_held(self: Tailer, copies: list[tuple[str, FileState, int, Path]]) -> bool:
-        """Without ``--multiline``: whether one of the decompressed ``copies`` ends inside a
-        line the runtime split, read from its checkpoint (see
-        :func:`~shipper.held_gz.ends_in_split_line`). Then they are all read again, as with the
-        option: the files read after the held one keep their checkpoints where they were
-        opened (:meth:`~shipper.tailer.Tailer._checkpoint_offset`), and their parts of other
-        streams' lines must meet the held file's again."""
-        kind = PARSERS[self.spec.format]
-        ready = self._prepared()
-        return any(
-            ready.copy_ends_in_split_line(fd, gz, state.offset, kind(self.max_line_bytes))
-            for _, state, fd, gz in copies
-        )
-
     def _resume_copy(self: Tailer, key: str, state: FileState, fd: int, gz: Path) -> Cursor:
         """A cursor of the decompressed copy ``fd`` of ``gz``, at checkpoint ``key``'s
         ``state``, which it takes over."""
@@ -708,8 +689,8 @@ class Resume:
         self.registry.put(cur.key, state)
         self._adopted.add(key)
         log.info(
-            "resuming a rotated file from its compressed copy: %s was open in it path=%s offset=%d",
-            "a multi-line record" if self.multiline is not None else "a split line",
+            "resuming a rotated file from its compressed copy at its checkpoint: its lines "
+            "from there on are read from the copy, nothing lost path=%s offset=%d",
             gz,
             state.offset,
         )
@@ -741,9 +722,9 @@ class Resume:
         if found:
             log.warning(
                 "several compressed copies match a rotated file a checkpoint holds, and which "
-                "one it was cannot be told: none is read, what was open in it (a multi-line "
-                "record, a split line's first parts) is lost; give each generation a distinct "
-                "first line (a timestamp) path=%s copies=%s",
+                "one it was cannot be told: none is read, its lines from the checkpoint on are "
+                "lost (counted); give each generation a distinct first line (a timestamp) "
+                "path=%s copies=%s",
                 state.path,
                 ",".join(str(gz) for _, gz in found),
             )
@@ -1027,7 +1008,8 @@ class Resume:
                 continue
             # Renamed away before the stop and read to its size then -- unless a compressed
             # copy of it (its first bytes) with another size than ``end`` (that one was taken
-            # above) shows it got lines after the stop: then they are lost for sure, a page.
+            # above) shows it got lines after the stop, and could not be read from (it cannot
+            # be decompressed, or not told from another generation): lost for sure, a page.
             grew = state.rotated and any(f == fp for f, _ in compressed)
             if state.rotated and state.seen is not None and state.seen <= end and not grew:
                 self._rotated_then_deleted(state, end)

@@ -153,7 +153,8 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         :meth:`~shipper.copytruncate.CopyTruncate._flush_truncated`)."""
         self._adopted: set[str] = set()
         """Registry keys of files gone but for a compressed copy, read again from that copy
-        since the start for the split line or ``--multiline`` record open in them (see
+        since the start from their checkpoints on: lines not read or not acknowledged at the
+        stop, or a split line or ``--multiline`` record open in them (see
         :mod:`shipper.held_gz`)."""
         self._held_ready: HeldCopies | None = None
         """The compressed copies :meth:`start` may read again, read in a worker thread before

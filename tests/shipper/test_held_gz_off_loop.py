@@ -1,9 +1,10 @@
 """A restart's work on compressed copies runs in the ``.gz`` worker threads, not on the loop.
 
-* A held file read again from its ``.gz`` (a split line open at its end) is scanned and
-  decompressed before the start, in a worker thread (:meth:`Tailer.prepare_off_loop`): the
-  start itself reads no compressed copy, and the line comes out whole. A copy replaced after
-  the worker read it is not taken from the worker's answer.
+* A held file read again from its ``.gz`` (a split line open at its end, or lines not read
+  at the stop) is decompressed before the start, in a worker thread
+  (:meth:`Tailer.prepare_off_loop`): the start itself reads no compressed copy, and the line
+  comes out whole. A copy replaced after the worker read it is not taken from the worker's
+  answer.
 * Those threads are not the default executor's, which the checkpoint saves use
   (:mod:`shipper.gz_pool`).
 """
@@ -100,22 +101,17 @@ def _held_copy_read_by_the_worker(
 def _spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Names of the threads the compressed copies are read in."""
     threads: list[str] = []
-    ends, decompressed = held_gz.compressed_ends_in_split_line, held_gz.decompressed
-
-    def ends_spy(gz: Path | BinaryIO, offset: int, parser: held_gz.LineParser) -> bool:
-        threads.append(threading.current_thread().name)
-        return ends(gz, offset, parser)
+    decompressed = held_gz.decompressed
 
     def decompressed_spy(gz: Path, opened: BinaryIO | None = None) -> int | None:
         threads.append(threading.current_thread().name)
         return decompressed(gz, opened)
 
-    monkeypatch.setattr(held_gz, "compressed_ends_in_split_line", ends_spy)
     monkeypatch.setattr(held_gz, "decompressed", decompressed_spy)
     return threads
 
 
-def test_a_held_copy_is_scanned_and_decompressed_before_the_start_in_a_worker(
+def test_a_held_copy_is_decompressed_before_the_start_in_a_worker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     set_clock(monkeypatch, [1000.0])
@@ -148,22 +144,25 @@ def test_a_copy_replaced_after_the_worker_read_it_is_read_again_by_the_start(
     reg.close()
 
 
-def test_a_copy_with_nothing_held_is_not_decompressed_in_the_worker_either(
+def test_a_copy_the_shipper_was_behind_in_is_decompressed_in_the_worker_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without ``--multiline`` a copy that ends in whole lines (the shipper was behind at its
-    stop) is only streamed, not decompressed, by the worker as by the start: counted lost."""
+    stop) is read from its checkpoint on too, so it is decompressed by the worker, not on the
+    loop. Before, such a copy was only streamed, to find no split line open in it, and its
+    unread lines counted lost ("deleted_unread")."""
     set_clock(monkeypatch, [1000.0])
     path = tmp_path / "c-json.log"
     stop_behind_at_a_compress_rotation(path)
-    made: list[Path] = []
-    monkeypatch.setattr(held_gz, "decompressed", lambda gz, opened=None: made.append(gz))
+    threads = _spy(monkeypatch)
     losses: list[str] = []
     t, reg = _tailer(path, losses)
     asyncio.run(t.prepare_off_loop())
-    assert drain(t) == ["next"]
-    assert made == []
-    assert losses == ["deleted_unread"]
+    worker = list(threads)
+    assert worker and all(name.startswith("logq-gz") for name in worker)
+    assert drain(t) == ["in flight", "next"]
+    assert threads == worker  # the start read no compressed copy itself
+    assert losses == []
     t.close()
     reg.close()
 
