@@ -61,6 +61,11 @@ LABEL_ECS_CONTAINER = "com.amazonaws.ecs.container-name"
 LABEL_K8S_POD = "io.kubernetes.pod.name"
 LABEL_K8S_POD_UID = "io.kubernetes.pod.uid"
 COMPRESSED_SUFFIXES = (".gz", ".zst", ".bz2", ".xz", ".zip", ".lz4", ".tmp")
+#: What logrotate's ``dateext`` (the default on RHEL, Fedora and Amazon Linux) puts after a
+#: file's name when it rotates it: ``-`` and its ``dateformat`` (``-%Y%m%d``: ``app.log-20261206``;
+#: ``-%Y%m%d%H``, ``-%Y%m%d-%s``), ``.gz`` with ``compress``. A digit first, then only digits,
+#: ``-``, ``_`` and ``.``: ``app.log-old`` or ``app.log-backup.tar`` is another file.
+DATEEXT = re.compile(r"-\d[\d._-]*(?:\.gz)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1358,7 +1363,8 @@ def discover_all(docker_root: Path, cri_root: Path, patterns: tuple[str, ...]) -
 
 
 def rotated_siblings(path: Path) -> list[Path]:
-    """Uncompressed rotated copies of ``path`` (``x-json.log.1``, ``0.log.20240101-120000``).
+    """Uncompressed rotated copies of ``path`` (``x-json.log.1``, ``0.log.20240101-120000``,
+    logrotate's ``app.log.1`` and, with ``dateext``, ``app.log-20261206``).
 
     Raises the :class:`OSError` of a transient listing failure (out of fds, EIO): "no rotated
     files" would then be a lie, and the caller must look again later. A folder that is gone or
@@ -1368,14 +1374,20 @@ def rotated_siblings(path: Path) -> list[Path]:
 
 def compressed_siblings(path: Path) -> list[Path]:
     """gzip-compressed rotated copies of ``path`` (``x-json.log.1.gz``, Docker ``compress``,
-    kubelet); listing errors as for :func:`rotated_siblings`."""
+    kubelet, logrotate ``compress``: ``app.log.1.gz``, ``app.log-20261206.gz``); listing
+    errors as for :func:`rotated_siblings`."""
     return [p for p in _siblings(path) if p.name.endswith(".gz")]
 
 
 def _siblings(path: Path) -> list[Path]:
-    """Regular files named ``<path's name>.<anything>`` beside it (see
-    :func:`rotated_siblings`); a FIFO (whose open waits for a writer), a device or a folder of
-    such a name is left out with a warning."""
+    """Regular files named ``<path's name>.<anything>`` or ``<path's name>`` and a
+    :data:`DATEEXT` date beside it (see :func:`rotated_siblings`); a FIFO (whose open waits
+    for a writer), a device or a folder of such a name is left out with a warning.
+
+    Without the dateext names, a ``--path`` file logrotate renamed to ``app.log-20261206``
+    while the shipper was down was taken for deleted: its unread rest counted lost
+    (``deleted_unread``, a page) though it lay right there, and a ``copytruncate`` copy of that
+    name was not found to finish the file from."""
     try:
         names = os.listdir(path.parent)
     except OSError as exc:
@@ -1385,7 +1397,9 @@ def _siblings(path: Path) -> list[Path]:
     prefix = path.name + "."
     out = []
     for name in names:
-        if name.startswith(prefix):
+        if name.startswith(prefix) or (
+            name.startswith(path.name) and DATEEXT.fullmatch(name, len(path.name))
+        ):
             sib = path.parent / name
             mode = _regular_mode(os.fspath(sib))
             if mode is None:

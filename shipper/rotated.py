@@ -11,6 +11,7 @@ read to its end before it was compressed, or lost lines.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from shipper.cursor import Cursor
@@ -42,13 +43,22 @@ def modified_since(paths: list[Path], floor_ns: int) -> list[tuple[Path, os.stat
     return out
 
 
+#: A rotated name ending in a logrotate ``dateext`` date of at least a year's four digits
+#: (``app.log-20261206``, ``-%Y%m%d.%H``: ``app.log-20261206.13``): its last part, digits or
+#: not, is part of the date, no ``.N`` counter. Such names sort in date order as they are.
+_DATED = re.compile(r"-\d{4}[\d._-]*$")
+
+
 def age(mtime_ns: int, path: Path) -> tuple[int, int, str]:
     """Where a rotated file sorts among its siblings, oldest first: by modification time, and
     files of the same time (coarse clocks, tiny files) by name: Docker's ``.2`` is older than
-    its ``.1``, kubelet's ``0.log.<time>`` names sort in time order. A suffix of other digits
-    (``.²``: ``str.isdigit`` takes it, ``int`` does not) is no number."""
+    its ``.1``, kubelet's ``0.log.<time>`` and logrotate's ``dateext`` ``app.log-<date>``
+    names sort in time order (:data:`_DATED`), and after every ``.N`` (``dateext`` turned on
+    later: the counted files are the older ones). A suffix of other digits (``.²``:
+    ``str.isdigit`` takes it, ``int`` does not) is no number."""
     suffix = path.name.rsplit(".", 1)[-1]
-    return mtime_ns, -int(suffix) if suffix.isascii() and suffix.isdigit() else 0, path.name
+    counted = suffix.isascii() and suffix.isdigit() and not _DATED.search(path.name)
+    return mtime_ns, -int(suffix) if counted else 0, path.name
 
 
 def oldest_first(files: list[tuple[int, Cursor]]) -> list[Cursor]:
