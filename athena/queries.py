@@ -268,7 +268,7 @@ def _for_duckdb(node: Any) -> Any:
     """
     from sqlglot import exp
 
-    from athena import trinocalls, trinofuncs, trinomissing
+    from athena import trinocalls, trinofuncs, trinomissing, trinotypes
 
     if not _ADHOC.get(False) and isinstance(node, exp.Order):
         return written_order(node)
@@ -292,6 +292,16 @@ def _for_duckdb(node: Any) -> Any:
         node.set("db", None)
         node.set("catalog", None)
         return node
+    if trinocalls.printed_projection(node):
+        zone = trinotypes.zone_given(node)
+        if zone is not None:
+            instant = trinocalls.zoned_instant(node, zone, _adapted)
+            if isinstance(node, exp.Column) and isinstance(node.parent, exp.Select):
+                return exp.alias_(instant, node.output_name, quoted=True)  # Athena's name
+            return instant
+    zoned = trinocalls.zoned_comparison(node, _adapted)
+    if zoned is not None:
+        return zoned
     if type(node).__name__ in trinocalls.REGEX_CALLS:
         node = trinocalls.java_regex(node)  # then rewritten below as any such call
     if isinstance(node, exp.ApproxQuantile):

@@ -21,7 +21,19 @@ another without a word:
   on Athena) and shows that instant in ``zone``; DuckDB reads it as a wall time *in* ``zone``,
   shifting the other way (``TIMESTAMP '2024-03-10 22:00' AT TIME ZONE 'America/New_York'``
   was 02:00 the next day, Trino 18:00). Cast to a TIMESTAMP WITH TIME ZONE first (UTC, the
-  session zone), both engines show the same wall time in ``zone``.
+  session zone), both engines show the same wall time in ``zone``. But Trino's answer is a
+  TIMESTAMP WITH TIME ZONE in ``zone`` ("sets the time zone of a timestamp": the same
+  instant), DuckDB's that wall time *without* a zone, which ``hour()``, ``date_trunc`` and
+  ``date_format`` read as Trino's read the zoned value, and which printed as if UTC (New
+  York's 22:00 as ``22:00Z``, 5 hours off) and compared so (``WHERE ts AT TIME ZONE z >
+  TIMESTAMP '...'``, which Trino compares as instants, the TIMESTAMP read in UTC). Where the
+  statement shows such a value (:func:`athena.trinotypes.zone_given`), a column of the answer
+  is its instant (:func:`zoned_instant`; the output prints it in UTC, as every time), so is
+  an operand of a comparison (:func:`zoned_comparison`), and ``CAST(... AS varchar)`` prints
+  it as Trino, with the zone's name (``2026-12-05 22:00:01.954 America/New_York``, three
+  fraction digits whatever the precision, the zone as written). Left: a value read through
+  a subquery's ``*`` (not shown) prints the wall time, and what is made of a wall time in
+  the hour a zone repeats prints as the later instant (:func:`zoned_instant`).
 * ``CAST(double AS integer)`` (and the other integer types): Trino rounds half away from zero
   (``MathFunctions.round``: ``CAST(2.5e0 AS integer)`` is 3), DuckDB half to even (2), so
   ``CAST(avg(duration_ms) AS bigint)`` differed on every .5. Rounded with DuckDB's ``round``
@@ -93,7 +105,7 @@ from typing import Any
 
 from athena.queries import QueryError
 from athena.trinofuncs import JAVA_NUMBER_TEXT, from_template
-from athena.trinotypes import is_floating, is_map, is_row, is_zoned
+from athena.trinotypes import is_floating, is_map, is_row, is_zoned, zone_given
 
 #: DuckDB's names of the integer types a CAST may target (as ``DataType.this`` names them).
 _INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INT", "BIGINT"})
@@ -147,6 +159,10 @@ _TIMESTAMP_TEXT = (
 #: ``timestamp(3) with time zone`` in the session's zone, UTC on Athena), as Trino casts one
 #: to text: three fraction digits and the zone's name (``SqlTimestampWithTimeZone``).
 _ZONED_TEXT = "strftime(__x__, '%Y-%m-%d %H:%M:%S.%g') || ' UTC'"
+#: The text of a value of ``x AT TIME ZONE zone`` (locally the zone's wall time, without a
+#: zone): as Trino prints a TIMESTAMP WITH TIME ZONE in a named zone,
+#: ``2026-12-05 22:00:01.954 America/New_York``.
+_AT_ZONE_TEXT = "strftime(__x__, '%Y-%m-%d %H:%M:%S.%g') || ' ' || __zone__"
 #: ``localtimestamp``'s text: a ``timestamp(3)`` in Trino (DuckDB's has six digits).
 _LOCAL_TEXT = "strftime(__x__, '%Y-%m-%d %H:%M:%S.%g')"
 
@@ -226,6 +242,90 @@ def at_time_zone(node: Any, adapt: Callable[[Any], Any]) -> Any:
     return exp.AtTimeZone(this=value, zone=adapt(node.args["zone"]))
 
 
+def printed_projection(node: Any) -> bool:
+    """Whether ``node`` is a column of the statement's answer: an expression (aliased or not)
+    of the outermost SELECT's list, or of a branch of an outermost UNION, INTERSECT or
+    EXCEPT. Not one of a derived table or a ``WITH`` query, whose values the statement uses
+    rather than prints."""
+    from sqlglot import exp
+
+    parent = node.parent
+    if isinstance(parent, exp.Alias):
+        node, parent = parent, parent.parent
+    if not isinstance(parent, exp.Select) or node.arg_key != "expressions":
+        return False
+    outer = parent.parent
+    while isinstance(outer, exp.SetOperation | exp.Subquery):
+        if isinstance(outer, exp.Subquery) and not (
+            outer.parent is None or isinstance(outer.parent, exp.SetOperation)
+        ):
+            return False  # a derived table, or a subquery in an expression
+        outer = outer.parent
+    return outer is None
+
+
+#: The instant of ``x AT TIME ZONE zone`` where the statement allows it (:func:`zoned_instant`):
+#: ``x`` as a TIMESTAMP WITH TIME ZONE, the zone's wall time still computed so that a zone
+#: DuckDB does not know fails the statement, as on Athena.
+_EXACT_INSTANT = "CASE WHEN (__x__ AT TIME ZONE __zone__) IS NULL THEN NULL ELSE __x__ END"
+
+
+def zoned_instant(node: Any, zone: Any, adapt: Callable[[Any], Any]) -> Any:
+    """``node``, a value of ``AT TIME ZONE zone`` (:func:`athena.trinotypes.zone_given`), as
+    the instant it is in Trino, a TIMESTAMP WITH TIME ZONE (printed in UTC, as every time is).
+
+    ``x AT TIME ZONE zone`` itself is ``x`` read as UTC (:data:`_EXACT_INSTANT`), unless the
+    SELECT holding it groups its rows, where its GROUP BY may name that very expression and
+    only what is made of it may be printed; that, and any other value (``date_trunc`` of
+    one, a column of a derived table defined by one), is the local engine's wall time in
+    ``zone`` read back in ``zone`` (DuckDB's ``AT TIME ZONE`` of a TIMESTAMP without a zone),
+    which is the instant but in the hour a zone repeats when its clocks go back: a wall time
+    there reads as the later of its two instants (01:30 in New York on the first Sunday of
+    November prints as 06:30Z, also for what was 05:30Z). The value is adapted below a
+    parenthesis, so that it is not taken for a printed column again
+    (:func:`printed_projection`)."""
+    from sqlglot import exp
+
+    bare = node
+    while isinstance(bare, exp.Paren):
+        bare = bare.this
+    select = node.find_ancestor(exp.Select)
+    grouped = select is not None and select.args.get("group") is not None
+    in_where = isinstance(node.find_ancestor(exp.Where, exp.Select), exp.Where)
+    if isinstance(bare, exp.AtTimeZone) and (in_where or not grouped):
+        value = exp.Cast(this=adapt(bare.this), to=exp.DataType.build("TIMESTAMPTZ"))
+        return from_template(_EXACT_INSTANT, x=value, zone=adapt(zone))
+    inner = exp.Paren(this=node.copy())
+    inner.parent = node.parent
+    return exp.AtTimeZone(this=adapt(inner), zone=adapt(zone))
+
+
+def zoned_comparison(node: Any, adapt: Callable[[Any], Any]) -> Any | None:
+    """``node`` (a comparison or BETWEEN) with each operand that is a value of ``AT TIME
+    ZONE`` compared as its instant (:func:`zoned_instant`), as Trino compares a TIMESTAMP WITH
+    TIME ZONE (with another, or with a TIMESTAMP read in the session zone, UTC on Athena);
+    None when no operand is one. Locally the operand was the zone's wall time, compared with
+    the other side as if it were UTC: 5 hours off for New York."""
+    from sqlglot import exp
+
+    from athena.trinotypes import zone_given
+
+    if isinstance(node, exp.Between):
+        keys = ("this", "low", "high")
+    elif isinstance(node, exp.EQ | exp.NEQ | exp.GT | exp.GTE | exp.LT | exp.LTE):
+        keys = ("this", "expression")
+    else:
+        return None
+    zones = {key: zone_given(node.args.get(key)) for key in keys}
+    if all(zone is None for zone in zones.values()):
+        return None
+    call = node.copy()
+    for key in keys:
+        operand, zone = node.args.get(key), zones[key]
+        call.set(key, adapt(operand) if zone is None else zoned_instant(operand, zone, adapt))
+    return call
+
+
 def cast(node: Any, adapt: Callable[[Any], Any]) -> Any | None:
     """``node`` (exp.Cast, exp.TryCast) with Trino's meaning where DuckDB's differs (module
     docs: a DOUBLE to an integer, a TIMESTAMP WITH TIME ZONE to text), else None."""
@@ -241,6 +341,9 @@ def cast(node: Any, adapt: Callable[[Any], Any]) -> Any | None:
     if kind in _TEXT_TYPES:
         if is_zoned(node.this):
             return from_template(_ZONED_TEXT, x=value)
+        zone = zone_given(node.this)
+        if zone is not None:
+            return from_template(_AT_ZONE_TEXT, x=value, zone=adapt(zone))
         if isinstance(node.this, exp.Localtimestamp):
             return from_template(_LOCAL_TEXT, x=value)
         java = from_template(JAVA_NUMBER_TEXT, x=value)

@@ -191,6 +191,40 @@ def is_zoned(node: Any, depth: int = 0) -> bool:
     return False
 
 
+def zone_given(node: Any, depth: int = 0) -> Any | None:
+    """The zone of ``node`` when it is visibly a value of ``x AT TIME ZONE zone`` (a Trino
+    TIMESTAMP WITH TIME ZONE in ``zone``, which the local engine holds as the zone's wall time
+    without a zone: see :mod:`athena.trinocalls`): the operator itself, or ``date_trunc``,
+    ``date_add``, an interval added to or taken from one, or ``min``, ``max`` or
+    ``arbitrary`` of one (each keeps the type and the zone), or a column so defined. Else
+    None. The zone is the operator's own expression; through a column it must be one string
+    literal (the same in every definition), which means the same outside the query that
+    defines the column."""
+    from sqlglot import exp
+
+    if depth > _MAX_DEPTH:
+        return None
+    deeper = depth + 1
+    if isinstance(node, exp.AtTimeZone):
+        return node.args.get("zone")
+    if isinstance(node, exp.TimestampTrunc | exp.DateAdd | exp.Paren):
+        return zone_given(node.this, deeper)
+    if type(node).__name__ in _SAME_TYPE_AGGREGATES - {"Sum"}:
+        return zone_given(node.this, deeper)
+    if isinstance(node, exp.Add | exp.Sub):
+        sides = (node.this, node.expression)
+        if not any(isinstance(s, exp.Interval) for s in sides):
+            return None
+        zones = [zone_given(s, deeper) for s in sides if not isinstance(s, exp.Interval)]
+        return zones[0] if zones else None
+    if isinstance(node, exp.Column):
+        zones = [zone_given(d, deeper) for d in definitions(node, deeper)]
+        texts = {z.this for z in zones if isinstance(z, exp.Literal) and z.is_string}
+        if zones and len(texts) == 1 and all(isinstance(z, exp.Literal) for z in zones):
+            return zones[0]
+    return None
+
+
 def _cast_kind(node: Any) -> str:
     """The type a CAST names, as ``DataType.this`` names it ('' for another target)."""
     from sqlglot import exp

@@ -95,15 +95,89 @@ def test_substr_outside_the_text_is_empty_as_in_trino(engine: LocalEngine) -> No
 
 def test_at_time_zone_of_a_timestamp_without_zone_reads_it_as_utc(engine: LocalEngine) -> None:
     """Trino reads a TIMESTAMP in the session zone (UTC on Athena) and shows it in the zone
-    given: 22:00 UTC is 18:00 in New York (EDT since that morning). DuckDB took 22:00 as New
-    York time (02:00 UTC the next day). The table's zoned column was right and stays so."""
+    given: 22:00 UTC is 18:00 in New York (EDT since that morning), the same instant. DuckDB
+    took 22:00 as New York time (02:00 UTC the next day). The table's zoned column was right
+    and stays so."""
     got = rows(
         engine,
         "SELECT TIMESTAMP '2024-03-10 22:00:00' AT TIME ZONE 'America/New_York', "
         "hour(\"timestamp\" AT TIME ZONE 'America/New_York') FROM envoy_access "
         'ORDER BY "timestamp" LIMIT 1',
     )
-    assert got == [(datetime(2024, 3, 10, 18, 0), 18)]
+    assert got == [(utc(2024, 3, 10, 22, 0), 18)]
+
+
+def test_a_printed_at_time_zone_value_is_its_instant(engine: LocalEngine) -> None:
+    """https://trino.io/docs/current/functions/datetime.html#time-zone-conversion: AT TIME ZONE
+    "sets the time zone of a timestamp", the same instant (timestamp '2012-10-31 01:00 UTC' AT
+    TIME ZONE 'America/Los_Angeles' is 2012-10-30 18:00:00.000 America/Los_Angeles). Locally
+    the value was New York's wall time without a zone, printed as UTC: 4 hours off. Printed
+    now as the instant, directly, through a derived table's or WITH query's column, and
+    date_trunc of one (New York's midnight, still EST: 05:00 UTC), while hour() and
+    date_format() keep New York's wall time, as Trino's do."""
+    ny = "\"timestamp\" AT TIME ZONE 'America/New_York'"
+    got = rows(
+        engine,
+        f"WITH c AS (SELECT {ny} AS wall FROM envoy_access ORDER BY 1 LIMIT 1) "
+        f"SELECT {ny} AS d, date_trunc('day', {ny}), hour({ny}), "
+        f"date_format({ny}, '%Y-%m-%d %H'), w, c.wall FROM envoy_access, "
+        f"(SELECT {ny} AS w FROM envoy_access ORDER BY 1 LIMIT 1), c "
+        'ORDER BY "timestamp" LIMIT 1',
+    )
+    first = utc(2024, 3, 10, 22, 0, 3, 719000)
+    assert got == [(first, utc(2024, 3, 10, 5, 0), 18, "2024-03-10 18", first, first)]
+    grouped = rows(
+        engine,
+        f"SELECT date_trunc('hour', {ny}) AS h, count(*) FROM envoy_access GROUP BY 1",
+    )
+    assert grouped == [(utc(2024, 3, 10, 22, 0), 3)]
+
+
+def test_at_time_zone_in_the_hour_clocks_go_back_keeps_both_instants(engine: LocalEngine) -> None:
+    """New York's 01:30 on 2024-11-03 was two instants (05:30 and 06:30 UTC); both printed as
+    one wall time without a zone."""
+    got = rows(
+        engine,
+        "SELECT x AT TIME ZONE 'America/New_York', hour(x AT TIME ZONE 'America/New_York') "
+        "FROM (VALUES TIMESTAMP '2024-11-03 05:30:00', TIMESTAMP '2024-11-03 06:30:00') t(x) "
+        "ORDER BY x",
+    )
+    assert got == [(utc(2024, 11, 3, 5, 30), 1), (utc(2024, 11, 3, 6, 30), 1)]
+
+
+def test_cast_of_an_at_time_zone_value_to_text_names_its_zone(engine: LocalEngine) -> None:
+    """Trino casts a TIMESTAMP WITH TIME ZONE to text with its zone's name
+    (SqlTimestampWithTimeZone: '2024-03-10 18:00:03.719 America/New_York'); locally it was the
+    wall time alone, which reads as UTC on a page of UTC times."""
+    got = rows(
+        engine,
+        "WITH c AS (SELECT \"timestamp\" AT TIME ZONE 'Asia/Kolkata' AS k FROM envoy_access) "
+        "SELECT CAST(\"timestamp\" AT TIME ZONE 'America/New_York' AS varchar), "
+        "CAST(date_trunc('hour', \"timestamp\" AT TIME ZONE 'America/New_York') AS varchar), "
+        "(SELECT CAST(k AS varchar) FROM c ORDER BY k LIMIT 1) "
+        'FROM envoy_access ORDER BY "timestamp" LIMIT 1',
+    )
+    assert got == [
+        (
+            "2024-03-10 18:00:03.719 America/New_York",
+            "2024-03-10 18:00:00.000 America/New_York",
+            "2024-03-11 03:30:03.719 Asia/Kolkata",
+        )
+    ]
+
+
+def test_a_comparison_with_an_at_time_zone_value_compares_instants(engine: LocalEngine) -> None:
+    """Trino compares a TIMESTAMP WITH TIME ZONE with a TIMESTAMP as instants, the TIMESTAMP
+    read in the session zone (UTC on Athena): 22:05 UTC and later are the last two rows.
+    Locally New York's wall time (18:05) was compared as if UTC, and none was."""
+    ny = "\"timestamp\" AT TIME ZONE 'America/New_York'"
+    got = rows(
+        engine,
+        f"SELECT count_if({ny} >= TIMESTAMP '2024-03-10 22:05:00'), "
+        f"count_if({ny} BETWEEN TIMESTAMP '2024-03-10 22:01:00' AND '2024-03-10 22:06:00'), "
+        f'count_if({ny} = "timestamp") FROM envoy_access',
+    )
+    assert got == [(2, 1, 3)]
 
 
 def test_cast_of_a_double_to_an_integer_rounds_half_away_from_zero(engine: LocalEngine) -> None:
