@@ -100,6 +100,7 @@ altogether (``json_size``, ``any_match``, ``regexp_position``) are in :mod:`athe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -676,6 +677,19 @@ def date_format(node: Any, adapt: Callable[[Any], Any]) -> Any:
     return exp.Anonymous(this="strftime", expressions=[call.this, exp.Literal.string("".join(out))])
 
 
+def _trino_spelling(python: str) -> str:
+    """A format as sqlglot holds it after reading Trino's (Python's ``strftime`` specifiers:
+    Trino's ``%i`` is ``%M``, its ``%M`` is ``%B``) spelled back as Trino's, one specifier at a
+    time. sqlglot's own ``format_time`` over ``Trino.INVERSE_TIME_MAPPING`` reads it through a
+    trie that also holds ``%H:%M:%S`` (Trino's ``%T``): a format with ``%H:%M`` not followed by
+    ``:%S`` came back as it was, ``%M`` then read as Trino's month name, so
+    ``date_format(ts, '%H:%i')`` printed ``03:December``."""
+    from sqlglot.dialects.trino import Trino
+
+    single = {k: v for k, v in Trino.INVERSE_TIME_MAPPING.items() if re.fullmatch(r"%-?.", k)}
+    return re.sub(r"%-?.", lambda m: single.get(m.group(0), m.group(0)), python, flags=re.S)
+
+
 def _format_parts(
     node: Any, adapt: Callable[[Any], Any]
 ) -> tuple[Any, list[tuple[bool, str]] | None]:
@@ -684,15 +698,13 @@ def _format_parts(
     ``%`` specifier, ``(False, text)`` for a literal character, ``%`` escaped as DuckDB reads
     it; None when the format is not a literal (left to sqlglot's mapping)."""
     from sqlglot import exp
-    from sqlglot.dialects.trino import Trino
-    from sqlglot.time import format_time
 
     call = node.copy()
     call.set("this", adapt(node.this))
     fmt = call.args.get("format")
     if not (isinstance(fmt, exp.Literal) and fmt.is_string):
         return call, None
-    trino = format_time(fmt.this, Trino.INVERSE_TIME_MAPPING, Trino.INVERSE_TIME_TRIE) or ""
+    trino = _trino_spelling(fmt.this)
     parts: list[tuple[bool, str]] = []
     escaped = False
     for char in trino:

@@ -588,6 +588,23 @@ def test_row_fields_by_position_as_trino(engine: LocalEngine) -> None:
     assert str(failed.value) == ROW_POSITION_TEXT
 
 
+def test_hours_and_minutes_without_seconds_are_read_as_such(engine: LocalEngine) -> None:
+    """``%H:%i`` with no ``:%s`` after it: sqlglot's trie over Trino's ``%T`` (``%H:%M:%S``)
+    gave the format back unmapped, and its ``%M`` (Trino's minutes, ``%i``, as sqlglot holds
+    them) was read as Trino's month name: ``date_format`` printed ``22:March``, and
+    ``date_parse`` failed or read a month."""
+    got = rows(
+        engine,
+        "SELECT date_format(TIMESTAMP '2024-03-10 22:05:09', '%H:%i'), "
+        "date_format(TIMESTAMP '2024-03-10 22:05:09', '%d %H:%i %M'), "
+        "date_parse('2024-03-10 22:05', '%Y-%m-%d %H:%i'), "
+        "date_format(TIMESTAMP '2024-03-10 22:05:09', '%h:%i %p')",
+    )
+    assert got == [
+        ("22:05", "10 22:05 March", datetime(2024, 3, 10, 22, 5), "10:05 PM"),
+    ]
+
+
 def test_date_parse_reads_trinos_specifiers(engine: LocalEngine) -> None:
     """Trino's date_parse (DateTimeFunctions, its Joda formatter): %f reads 1 to 9 digits, cut
     to milliseconds (DuckDB's %f: at most 6, kept); a text without a year is in 1970 (DuckDB:
