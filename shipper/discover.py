@@ -22,7 +22,9 @@ Sources that ``--exclude`` or the label ``logq.exclude`` keep out (:mod:`shipper
 found like the others, then set aside in :attr:`Scan.excluded`: the daemon reports them and
 never reads them. One file found by several routes under different keys (a ``--path`` glob
 over the Docker root gives ``file:<path>`` beside ``docker:<id>``) is one source, the first
-route's (:meth:`Discoverer._read_once`): its exclusion holds whatever the route.
+route's (:meth:`Discoverer._read_once`): its exclusion holds whatever the route. A ``--path``
+glob that also matches a file's rotated generations (``*``, ``*.log*``) does not make them
+sources of their own: the live file's source reads them (:func:`_generations`).
 """
 
 from __future__ import annotations
@@ -500,6 +502,9 @@ class Discoverer:
         self._read_as: set[str] = set()
         """Keys of the sources that were another's file at the last pass (see
         :meth:`_read_once`), warned about when they first were."""
+        self._lives: set[Path] = set()
+        """The ``--path`` files whose rotated generations the last pass left out (see
+        :func:`_generations`)."""
 
     def scan(self) -> Scan:
         """Every source on the host right now, deduplicated by key; those excluded (by any of
@@ -514,7 +519,7 @@ class Discoverer:
         cri = _discover_cri(self.cri_root, scan, self.nodes, self._cri)
         for spec in cri:
             found.setdefault(spec.key, (spec, None, ()))
-        paths = _path_sources(self.patterns, scan, self.nodes)
+        paths = _path_sources(self.patterns, scan, self.nodes, self._lives)
         for spec, links in paths:
             first = found.setdefault(spec.key, (spec, None, ()))
             if links:
@@ -522,7 +527,7 @@ class Discoverer:
                 self._link_folders.update(name.rpartition("/")[0] for name in named)
                 found[spec.key] = (first[0], first[1], (*first[2], *named))
         if sum(map(bool, (docker, cri, paths))) > 1 or len(self.patterns) > 1:
-            scan.read_as = self._read_once(found)
+            scan.read_as |= self._read_once(found)
         for key, (spec, meta, links) in found.items():
             future = self._future_links(key)
             exclusion = self._excluded(spec, (*links, *future) if links else future, meta)
@@ -1011,7 +1016,8 @@ def discover_paths(
     """Plain-text files matching ``--path`` globs (``**`` allowed); service = the file name up
     to its first dot. A kubelet ``/var/log/containers`` symlink is the CRI pod log it points to
     (:func:`_linked_pod_log`), under the same key as from ``--cri-root``: given both, each file
-    is shipped once.
+    is shipped once. A matched file that is a rotated generation of another matched file is
+    not a source (:func:`_generations`): that file's source reads it.
 
     ``glob`` ignores folders it cannot list; a failure to open one (out of fds) is noted in
     ``scan`` by probing the glob's fixed leading folder, so that its files are not taken for
@@ -1020,11 +1026,15 @@ def discover_paths(
 
 
 def _path_sources(
-    patterns: tuple[str, ...], scan: Scan | None, nodes: tuple[str, ...]
+    patterns: tuple[str, ...],
+    scan: Scan | None,
+    nodes: tuple[str, ...],
+    remembered: set[Path] | None = None,
 ) -> list[tuple[SourceSpec, tuple[Path, ...]]]:
     """:func:`discover_paths`, each source with the kubelet symlinks it was found through
     (``--exclude`` matches their paths too: Fluent Bit's ``Exclude_Path`` patterns name them)."""
     out: dict[str, tuple[SourceSpec, tuple[Path, ...]]] = {}
+    matched_by: dict[str, str] = {}  # plain file's key: the first glob that matched it
     for pattern in patterns:
         if scan is not None:
             _probe(_glob_base(os.path.expanduser(pattern)), scan)
@@ -1053,7 +1063,78 @@ def _path_sources(
                 # Bounded as the others, though a file name (255 bytes) cannot pass it.
                 spec = bounded(spec)
                 out[key] = (spec, ())
+                matched_by[key] = pattern
+    left_out = _generations({out[key][0].path for key in matched_by}, remembered)
+    for path, live in sorted(left_out.items()):
+        key = f"file:{path}"
+        del out[key]
+        if scan is not None:
+            scan.read_as.add(key)
+        _note_generations(matched_by[key], path, live)
+    if remembered is not None:
+        if scan is None or scan.complete:  # else a folder not listed now still holds them
+            remembered.clear()
+        remembered.update(left_out.values())
     return list(out.values())
+
+
+def _generations(paths: set[Path], remembered: set[Path] | None = None) -> dict[Path, Path]:
+    """The ``paths`` that are rotated generations of another of ``paths``, each with its live
+    file, the shortest such name (``app.log`` for ``app.log.1.old``): ``<live>.`` and a digit
+    (``app.log.1``, ``app.log.2026-12-06``) or ``<live>`` and a :data:`DATEEXT` date.
+
+    Fewer names than :func:`_siblings` takes for generations (``<live>.<anything>``): a file
+    left out here is shipped only if its live file's source reads it, so a live file of its
+    own with such a name (``app`` beside ``app.log``, ``app.log.json``) would be lost in
+    silence; such a name is at worst read twice, as before.
+
+    Why: the live file's source reads its generations itself when it needs them (a rotation
+    while running or while down, a new source already rotated, copytruncate). A glob that
+    also matches them (``*``, ``*.log*``: common in Fluent Bit configs written before
+    ``Exclude_Path``) made each a source of its own, its lines shipped again under another
+    source, and followed by path: each rotation put the next generation at that path, to be
+    read again from its start. A generation whose live file is not matched stays a source.
+
+    ``remembered`` are the live files that had generations at the last pass: one missing now
+    (between a rotation's rename and the new file) still has them, so a pass in that moment
+    does not start its generations as sources."""
+    known = remembered or set()
+    out: dict[Path, Path] = {}
+    for path in paths:
+        name = path.name
+        for i, ch in enumerate(name):
+            if i == 0 or ch not in ".-":
+                continue
+            live = path.parent / name[:i]
+            if live not in paths and live not in known:
+                continue
+            if name[i : i + 2] in _DOT_DIGITS or DATEEXT.fullmatch(name, i):
+                out[path] = live
+                break
+    return out
+
+
+#: How a rotated generation's name goes on after its live file's: ``.`` and a digit.
+_DOT_DIGITS = frozenset(f".{d}" for d in range(10))
+#: ``--path`` globs already reported as matching rotated generations (once each, not every
+#: discovery pass).
+_GENERATIONS_NOTED: set[str] = set()
+
+
+def _note_generations(pattern: str, path: Path, live: Path) -> None:
+    """Say once per glob that it matches rotated generations, which are not sources."""
+    if pattern in _GENERATIONS_NOTED:
+        return
+    _GENERATIONS_NOTED.add(pattern)
+    log.info(
+        "--path glob also matches rotated generations of the files it follows: each is read "
+        "as its live file's generation (when that file rotates), not shipped as a source of "
+        "its own; to say so in the config, give a glob that matches the live files only "
+        "(e.g. '*.log', not '*' or '*.log*') glob=%s example=%s live=%s",
+        pattern,
+        as_text(os.fspath(path)),
+        as_text(os.fspath(live)),
+    )
 
 
 def _glob_failure(scan: Scan) -> Callable[[str, OSError], None]:
