@@ -4,6 +4,8 @@ stop of one driven in-process (``Shipper`` run on the test's own event loop)."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -31,6 +33,25 @@ def shipper_args(
         *("--state-dir", str(tmp_path / "state")),
         *extra,
     ]
+
+
+#: The repository's folder: ``python -m shipper.daemon`` runs its code from there.
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_once(tmp_path: Path, receiver: Receiver, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``logq-shipper --once`` (:func:`shipper_args` then ``extra``) as a child process, checked
+    to exit 0; its output for the test's own assertions."""
+    args = shipper_args(tmp_path, receiver, *extra, "--once")
+    done = subprocess.run(
+        [sys.executable, "-m", "shipper.daemon", *args, "--retry-timeout", "5"],
+        capture_output=True,
+        text=True,
+        timeout=45,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 def failover_args(tmp_path: Path, docker: Path, state: str, *receivers: Receiver) -> list[str]:

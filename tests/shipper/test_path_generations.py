@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,10 +24,8 @@ from shipper.checkpoint import Registry
 from shipper.discover import Discoverer, SourceSpec, discover_paths
 from shipper.tailer import Tailer
 from tests.shipper.receiver import Receiver
-from tests.shipper.shipping import empty_root, shipper_args
+from tests.shipper.shipping import empty_root, run_once
 from tests.shipper.tailing import drain
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _write(path: Path, first: int, n: int, what: str = "line") -> None:
@@ -101,16 +98,7 @@ def test_a_generation_stays_left_out_while_its_live_file_is_renamed(tmp_path: Pa
 
 
 def _once(tmp_path: Path, receiver: Receiver, pattern: str) -> subprocess.CompletedProcess[str]:
-    args = shipper_args(tmp_path, receiver, "--path", pattern, "--once")
-    done = subprocess.run(
-        [sys.executable, "-m", "shipper.daemon", *args, "--retry-timeout", "5"],
-        capture_output=True,
-        text=True,
-        timeout=45,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+    return run_once(tmp_path, receiver, "--path", pattern)
 
 
 def _received(receiver: Receiver) -> list[tuple[str, str]]:

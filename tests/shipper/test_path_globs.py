@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import glob
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,9 +20,8 @@ import pytest
 
 from shipper.discover import discover_paths, expand_glob
 from tests.shipper.receiver import Receiver
-from tests.shipper.shipping import shipper_args
+from tests.shipper.shipping import run_once
 
-REPO = Path(__file__).resolve().parents[2]
 #: A walk that fans out again (the old glob) fails the test instead of stalling the suite.
 pytestmark = pytest.mark.timeout(60)
 
@@ -114,14 +111,6 @@ def test_once_ships_the_file_once_and_ends(
     else:
         os.symlink(".", logs / "a")
         os.symlink(".", logs / "b")
-    args = shipper_args(tmp_path, receiver, "--path", f"{logs}/**/*.log", "--once")
-    done = subprocess.run(
-        [sys.executable, "-m", "shipper.daemon", *args, "--retry-timeout", "5"],
-        capture_output=True,
-        text=True,
-        timeout=45,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_once(tmp_path, receiver, "--path", f"{logs}/**/*.log")
     assert "Traceback" not in done.stderr
     assert receiver.lines() == ["the line"]
