@@ -66,8 +66,11 @@ COMPRESSED_SUFFIXES = (".gz", ".zst", ".bz2", ".xz", ".zip", ".lz4", ".tmp")
 #: What logrotate's ``dateext`` (the default on RHEL, Fedora and Amazon Linux) puts after a
 #: file's name when it rotates it: ``-`` and its ``dateformat`` (``-%Y%m%d``: ``app.log-20261206``;
 #: ``-%Y%m%d%H``, ``-%Y%m%d-%s``), ``.gz`` with ``compress``. A digit first, then only digits,
-#: ``-``, ``_`` and ``.``: ``app.log-old`` or ``app.log-backup.tar`` is another file.
-DATEEXT = re.compile(r"-\d[\d._-]*(?:\.gz)?")
+#: ``-``, ``_`` and ``.``: ``app.log-old`` or ``app.log-backup.tar`` is another file. At least
+#: four digits (a year, ``%m%d``, an epoch): ``worker-1`` or ``worker-12`` beside ``worker`` is
+#: a numbered instance's live file, which a ``--path`` glob would otherwise leave out as a
+#: generation, its lines never shipped.
+DATEEXT = re.compile(r"-(?=(?:[._-]*\d){4})\d[\d._-]*(?:\.gz)?")
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ import pytest
 
 from shipper import wire
 from shipper.checkpoint import Registry
-from shipper.discover import Discoverer, SourceSpec, discover_paths
+from shipper.discover import Discoverer, SourceSpec, discover_paths, rotated_siblings
 from shipper.tailer import Tailer
 from tests.shipper.receiver import Receiver
 from tests.shipper.shipping import empty_root, run_once
@@ -154,3 +154,21 @@ def test_a_generation_shipped_before_is_not_shipped_again(
     # The generations are not sources (before: app.log.1 and app.log.2 were, each reading
     # nothing here only because the checkpoints of their files lay under app.log's source).
     assert "sources=1 " in done.stderr, done.stderr[-3000:]
+
+
+def test_numbered_instances_are_sources_not_generations(tmp_path: Path) -> None:
+    """Files of numbered instances without an extension (``worker``, ``worker-1``,
+    ``worker-2``: one per process) are live files of their own, not ``worker``'s dateext
+    generations: a ``-`` and fewer than four digits is no date. Before, ``worker-1`` and
+    ``worker-2`` were left out of a ``*`` glob as generations and their lines never shipped
+    (``worker``'s source never reads them: they are not its rotated files)."""
+    for name in ("worker", "worker-1", "worker-2", "worker-12", "worker-20261206"):
+        (tmp_path / name).write_bytes(b"x\n")
+    found = Discoverer(empty_root(tmp_path, "d"), empty_root(tmp_path, "c"), (f"{tmp_path}/*",))
+    assert sorted(s.path.name for s in found.scan().specs) == [
+        "worker",
+        "worker-1",
+        "worker-12",
+        "worker-2",
+    ]
+    assert sorted(p.name for p in rotated_siblings(tmp_path / "worker")) == ["worker-20261206"]
