@@ -29,11 +29,12 @@ another without a word:
   TIMESTAMP '...'``, which Trino compares as instants, the TIMESTAMP read in UTC). Where the
   statement shows such a value (:func:`athena.trinotypes.zone_given`), a column of the answer
   is its instant (:func:`zoned_instant`; the output prints it in UTC, as every time), so is
-  an operand of a comparison (:func:`zoned_comparison`), and ``CAST(... AS varchar)`` prints
-  it as Trino, with the zone's name (``2026-12-05 22:00:01.954 America/New_York``, three
-  fraction digits whatever the precision, the zone as written). Left: a value read through
-  a subquery's ``*`` (not shown) prints the wall time, and what is made of a wall time in
-  the hour a zone repeats prints as the later instant (:func:`zoned_instant`).
+  an operand of a comparison or ``IN`` (:func:`zoned_comparison`), and ``CAST(... AS
+  varchar)`` prints it as Trino, with the zone's name (``2026-12-05 22:00:01.954
+  America/New_York``, three fraction digits whatever the precision, the zone as written).
+  Left: a value read through a subquery's ``*`` (not shown) or a ``CASE`` or ``coalesce``
+  of one prints the wall time, and what is made of a wall time in the hour a zone repeats
+  prints as the later instant (:func:`zoned_instant`).
 * ``CAST(double AS integer)`` (and the other integer types): Trino rounds half away from zero
   (``MathFunctions.round``: ``CAST(2.5e0 AS integer)`` is 3), DuckDB half to even (2), so
   ``CAST(avg(duration_ms) AS bigint)`` differed on every .5. Rounded with DuckDB's ``round``
@@ -302,7 +303,7 @@ def zoned_instant(node: Any, zone: Any, adapt: Callable[[Any], Any]) -> Any:
 
 
 def zoned_comparison(node: Any, adapt: Callable[[Any], Any]) -> Any | None:
-    """``node`` (a comparison or BETWEEN) with each operand that is a value of ``AT TIME
+    """``node`` (a comparison, BETWEEN or IN) with each operand that is a value of ``AT TIME
     ZONE`` compared as its instant (:func:`zoned_instant`), as Trino compares a TIMESTAMP WITH
     TIME ZONE (with another, or with a TIMESTAMP read in the session zone, UTC on Athena);
     None when no operand is one. Locally the operand was the zone's wall time, compared with
@@ -311,19 +312,34 @@ def zoned_comparison(node: Any, adapt: Callable[[Any], Any]) -> Any | None:
 
     from athena.trinotypes import zone_given
 
+    def instant(operand: Any) -> Any:
+        zone = zone_given(operand)
+        return adapt(operand) if zone is None else zoned_instant(operand, zone, adapt)
+
+    if isinstance(node, exp.In):
+        # x IN (a, b) is x = a OR x = b: each side compared as its instant. Before, a zoned
+        # value's wall time was looked up in a list of UTC times (none of 22:05Z's rows was
+        # IN (TIMESTAMP '... 22:05:00') in New York).
+        listed = node.args.get("expressions") or []
+        if all(zone_given(x) is None for x in (node.this, *listed)):
+            return None
+        call = node.copy()
+        call.set("this", instant(node.this))
+        call.set("expressions", [instant(x) for x in listed])
+        if node.args.get("query") is not None:
+            call.set("query", adapt(node.args["query"]))
+        return call
     if isinstance(node, exp.Between):
         keys = ("this", "low", "high")
     elif isinstance(node, exp.EQ | exp.NEQ | exp.GT | exp.GTE | exp.LT | exp.LTE):
         keys = ("this", "expression")
     else:
         return None
-    zones = {key: zone_given(node.args.get(key)) for key in keys}
-    if all(zone is None for zone in zones.values()):
+    if all(zone_given(node.args.get(key)) is None for key in keys):
         return None
     call = node.copy()
     for key in keys:
-        operand, zone = node.args.get(key), zones[key]
-        call.set(key, adapt(operand) if zone is None else zoned_instant(operand, zone, adapt))
+        call.set(key, instant(node.args.get(key)))
     return call
 
 

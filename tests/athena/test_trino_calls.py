@@ -180,6 +180,20 @@ def test_a_comparison_with_an_at_time_zone_value_compares_instants(engine: Local
     assert got == [(2, 1, 3)]
 
 
+def test_in_with_an_at_time_zone_value_compares_instants(engine: LocalEngine) -> None:
+    """Trino's x IN (a, b) is x = a OR x = b, compared as instants as = is: the row of 22:05
+    UTC is IN (TIMESTAMP '2024-03-10 22:05:00') in New York too. Locally New York's wall time
+    (18:05) was looked up among UTC times, and no row was."""
+    ny = "\"timestamp\" AT TIME ZONE 'America/New_York'"
+    got = rows(
+        engine,
+        f"SELECT count_if({ny} IN (TIMESTAMP '2024-03-10 22:05:00', TIMESTAMP '2000-01-01')), "
+        f"count_if({ny} NOT IN (TIMESTAMP '2024-03-10 22:05:00')), "
+        f"count_if(TIMESTAMP '2024-03-10 22:05:00' IN ({ny})) FROM envoy_access",
+    )
+    assert got == [(1, 2, 1)]
+
+
 def test_cast_of_a_double_to_an_integer_rounds_half_away_from_zero(engine: LocalEngine) -> None:
     """Trino's DoubleOperators cast through MathFunctions.round (half away from zero):
     CAST(2.5e0 AS integer) is 3; DuckDB rounds half to even (2)."""
