@@ -1463,6 +1463,14 @@ def compressed_siblings(path: Path) -> list[Path]:
     return [p for p in _siblings(path) if p.name.endswith(".gz")]
 
 
+def generation_name(live: str, name: str) -> bool:
+    """Whether a file named ``name`` beside the file named ``live`` is named as one of its
+    rotated generations: ``<live>.<anything>`` or ``<live>`` and a :data:`DATEEXT` date."""
+    return name.startswith(live + ".") or (
+        name.startswith(live) and DATEEXT.fullmatch(name, len(live)) is not None
+    )
+
+
 def _siblings(path: Path) -> list[Path]:
     """Regular files named ``<path's name>.<anything>`` or ``<path's name>`` and a
     :data:`DATEEXT` date beside it (see :func:`rotated_siblings`); a FIFO (whose open waits
@@ -1478,12 +1486,9 @@ def _siblings(path: Path) -> list[Path]:
         if exc.errno in TRANSIENT_ERRNOS:
             raise
         return []
-    prefix = path.name + "."
     out = []
     for name in names:
-        if name.startswith(prefix) or (
-            name.startswith(path.name) and DATEEXT.fullmatch(name, len(path.name))
-        ):
+        if generation_name(path.name, name):
             sib = path.parent / name
             mode = _regular_mode(os.fspath(sib))
             if mode is None:

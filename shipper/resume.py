@@ -23,7 +23,7 @@ from shipper import fd_budget, gz_pool, rotate_wait
 from shipper.birth import Identity, birth_time
 from shipper.checkpoint import MAX_FLOOR_LEAD, FileState, file_key
 from shipper.cursor import Cursor
-from shipper.discover import compressed_siblings, rotated_siblings
+from shipper.discover import compressed_siblings, generation_name, rotated_siblings
 from shipper.fingerprint import fingerprint, gzip_identity, tail_hash
 from shipper.held_gz import (
     HeldCopies,
@@ -483,8 +483,10 @@ class Resume:
             os.close(fd)
 
     def _present_inodes(self: Tailer) -> dict[tuple[int, int], Path] | None:
-        """(device, inode) -> path of every file named like this source's files, or None when
-        the folder or one of them could not be looked at (anything but ENOENT)."""
+        """(device, inode) -> path of every file named like this source's files (its live file
+        and its generations' names, :func:`~shipper.discover.generation_name`: logrotate's
+        dateext ones too, else one still in its folder was looked for in the ``.gz`` copies),
+        or None when the folder or one of them could not be looked at (anything but ENOENT)."""
         rot = rotation_path(self.spec.path)
         try:
             names = os.listdir(rot.parent)
@@ -492,7 +494,7 @@ class Resume:
             return None
         out: dict[tuple[int, int], Path] = {}
         for name in names:
-            if name != rot.name and not name.startswith(rot.name + "."):
+            if name != rot.name and not generation_name(rot.name, name):
                 continue
             try:
                 st = os.stat(rot.parent / name)

@@ -16,6 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from shipper.checkpoint import Registry
 from shipper.discover import SourceSpec, compressed_siblings, discover_paths, rotated_siblings
 from shipper.rotated import age
@@ -177,3 +179,40 @@ def test_dateext_names_sort_by_their_date() -> None:
         "app.log-20261206.09",
         "app.log-20261206.10",
     ]
+
+
+def test_a_dateext_generation_still_there_is_not_looked_for_in_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start decompresses the ``.gz`` copies a checkpointed file not in its folder may be in
+    (``Tailer.prepare_off_loop``). Its look at the folder knew ``app.log`` and ``app.log.*``
+    only: a generation logrotate had renamed ``app.log-20261205`` counted as gone, and an
+    older ``app.log-20261204.gz`` with the same first line was decompressed at every start for
+    nothing. The generation is read where it is, its lines once."""
+    from shipper import resume
+
+    path = tmp_path / "app.log"
+    spec = SourceSpec("plain:test", path, "plain", "svc")
+    banner = b"=== app starting ===\n"
+    path.write_bytes(banner + b"a 1\n")
+    reg = Registry(tmp_path / "state")
+    t = Tailer(spec, reg, "h", 65536)
+    assert drain(t) == ["=== app starting ===", "a 1"]
+    reg.save()
+    t.close()
+    reg.close()
+    with open(path, "ab") as f:  # written while the shipper was down, then rotated
+        f.write(b"a 2\n")
+    os.rename(path, tmp_path / "app.log-20261205")
+    Path(f"{path}-20261204.gz").write_bytes(gzip.compress(banner + b"a 1\nolder\n"))
+    path.write_bytes(banner + b"b 1\n")
+    planned: list[object] = []
+    real = resume.prepare_held
+    monkeypatch.setattr(resume, "prepare_held", lambda plan: planned.append(plan) or real(plan))
+    reg = Registry(tmp_path / "state")
+    t = Tailer(spec, reg, "h", 65536)
+    asyncio.run(t.prepare_off_loop())
+    assert drain(t) == ["a 2", "=== app starting ===", "b 1"]
+    assert planned == []
+    t.close()
+    reg.close()
