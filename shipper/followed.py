@@ -38,8 +38,6 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from shipper.checkpoint import Registry
-
 
 def _usable(root: Path) -> bool:
     """Whether ``root`` is a folder that lists and holds at least one entry."""
@@ -108,14 +106,3 @@ def gone_followed(
         if folders and all(_gone(f) for f in folders):
             gone.append(source)
     return gone
-
-
-def prune_followed(
-    registry: Registry, docker_root: Path | None, pod_roots: Iterable[Path]
-) -> list[str]:
-    """Forget the ``followed`` entries whose source's folder is gone (:func:`gone_followed`,
-    looked at here); returns their keys."""
-    dropped = gone_followed(registry.followed_sources(), docker_root, pod_roots)
-    for source in dropped:
-        registry.forget_followed(source)
-    return dropped

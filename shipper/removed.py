@@ -59,15 +59,13 @@ def count_removed(
     found: set[str],
     nodes: tuple[str, ...],
     on_loss: Callable[[str, str], None],
-    gone: Container[str] | None = None,
+    gone: Container[str],
 ) -> int:
     """Judge and forget the checkpoints of files of sources not in ``found`` (the keys a
     complete discovery pass found, excluded ones included) that are gone: those in ``gone``
-    (:func:`gone_files`, looked at elsewhere), else looked at here;
+    (:func:`gone_files` of :func:`unfound`, looked at off the event loop);
     ``on_loss(service, reason)`` is called once per file (``deleted_unread``: lost for sure or
     of unknown amount; ``removed_while_down``: possible). Returns how many were counted."""
-    if gone is None:
-        gone = gone_files(unfound(registry, found))
     counted = 0
     for key, state in registry.items():
         if state.source in found or key not in gone:

@@ -16,7 +16,7 @@ from shipper import followed
 from shipper.checkpoint import Registry
 from shipper.config import load_config
 from shipper.daemon import Shipper
-from shipper.followed import prune_followed
+from shipper.followed import gone_followed
 from tests.shipper.hostgen import make_container
 from tests.shipper.receiver import Receiver
 from tests.shipper.shipping import empty_root, shipper_args
@@ -24,6 +24,15 @@ from tests.shipper.shipping import empty_root, shipper_args
 POD = "ns_web-1_0b5e6f4e-1d2c-4c3b-9a8f-7e6d5c4b3a21"
 POD_GONE = "ns_web-2_1b5e6f4e-1d2c-4c3b-9a8f-7e6d5c4b3a21"
 A, B, C = "a" * 64, "b" * 64, "c" * 64
+
+
+def prune_followed(reg: Registry, docker_root: Path | None, pod_roots: list[Path]) -> list[str]:
+    """What the daemon does after its first pass (``Shipper._prune_followed``): the entries
+    whose folders are gone, looked at, then forgotten; returns their keys."""
+    dropped = gone_followed(reg.followed_sources(), docker_root, pod_roots)
+    for source in dropped:
+        reg.forget_followed(source)
+    return dropped
 
 
 def _registry(state: Path, sources: list[str]) -> Registry:
