@@ -676,20 +676,12 @@ def date_format(node: Any, adapt: Callable[[Any], Any]) -> Any:
     format that is not a literal is left to sqlglot's mapping."""
     from sqlglot import exp
 
-    call, parts = _format_parts(node, adapt)
+    call, parts = _format_parts(
+        node, adapt, "date_format", lambda c: f"use {_DATE_FORMAT_REFUSED[c]}"
+    )
     if parts is None:
         return call
-    out: list[str] = []
-    for specifier, char in parts:
-        if not specifier:
-            out.append(char)
-            continue
-        if char in _DATE_FORMAT_REFUSED:
-            raise QueryError(
-                f"date_format(): %{char} is not supported in Athena's date format strings "
-                f"(Trino refuses %D %U %u %V %w %X); use {_DATE_FORMAT_REFUSED[char]}"
-            )
-        out.append(_DATE_FORMAT.get(char, char))
+    out = [_DATE_FORMAT.get(char, char) if specifier else char for specifier, char in parts]
     return exp.Anonymous(this="strftime", expressions=[call.this, exp.Literal.string("".join(out))])
 
 
@@ -706,13 +698,21 @@ def _trino_spelling(python: str) -> str:
     return re.sub(r"%-?.", lambda m: single.get(m.group(0), m.group(0)), python, flags=re.S)
 
 
+#: What ``date_parse`` says to do about a specifier Trino refuses.
+_DATE_PARSE_INSTEAD = (
+    "take that part of the text out first (regexp_replace), or match it with literal characters"
+)
+
+
 def _format_parts(
-    node: Any, adapt: Callable[[Any], Any]
+    node: Any, adapt: Callable[[Any], Any], function: str, instead: Callable[[str], str]
 ) -> tuple[Any, list[tuple[bool, str]] | None]:
     """``node`` (``date_format``'s exp.TimeToStr, ``date_parse``'s exp.StrToTime) copied with
     its value adapted, and its format as Trino spells it, in parts: ``(True, letter)`` for a
     ``%`` specifier, ``(False, text)`` for a literal character, ``%`` escaped as DuckDB reads
-    it; None when the format is not a literal (left to sqlglot's mapping)."""
+    it; None when the format is not a literal (left to sqlglot's mapping). A specifier Trino
+    refuses (:data:`_DATE_FORMAT_REFUSED`) is refused, saying ``function`` and what to do
+    (``instead`` of the letter)."""
     from sqlglot import exp
 
     call = node.copy()
@@ -730,6 +730,11 @@ def _format_parts(
                 parts.append((False, char.replace("%", "%%")))
             continue
         escaped = False
+        if char in _DATE_FORMAT_REFUSED:
+            raise QueryError(
+                f"{function}(): %{char} is not supported in Athena's date format strings "
+                f"(Trino refuses %D %U %u %V %w %X); {instead(char)}"
+            )
         parts.append((True, char))
     return call, parts
 
@@ -771,7 +776,7 @@ def date_parse(node: Any, adapt: Callable[[Any], Any]) -> Any:
     is not its date's, or the format has no day."""
     from sqlglot import exp
 
-    call, parts = _format_parts(node, adapt)
+    call, parts = _format_parts(node, adapt, "date_parse", lambda _: _DATE_PARSE_INSTEAD)
     if parts is None:
         return call
     out: list[str] = []
@@ -780,12 +785,6 @@ def date_parse(node: Any, adapt: Callable[[Any], Any]) -> Any:
         if not specifier:
             out.append(char)
             continue
-        if char in _DATE_FORMAT_REFUSED:
-            raise QueryError(
-                f"date_parse(): %{char} is not supported in Athena's date format strings "
-                "(Trino refuses %D %U %u %V %w %X); take that part of the text out first "
-                "(regexp_replace), or match it with literal characters"
-            )
         if char in "vx":
             raise QueryError(
                 f"date_parse(): %{char} (an ISO week or its year) is read otherwise by the local "
