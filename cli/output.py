@@ -703,6 +703,11 @@ def render_table(
     if pipe:
         width = max(natural_width(titles, cells), len(title or ""), 20)  # never wrapped
     con = console(out, width=width, force_terminal=color, markup=False)
+    if pipe and rows and _plain_box(con):
+        _print_title(con, title)
+        _write_plain_table(out, titles, [_is_numeric_column(rows, i) for i in range(len(titles))],
+                           cells)  # fmt: skip
+        return
     if pipe or not rows or natural_width(titles, cells) <= con.width:
         _print_table(con, columns, titles, rows, cells, title, None, wrap_titles=not pipe)
         return
@@ -772,6 +777,54 @@ def _print_table(
     for row in cells:
         table.add_row(*row)
     console.print(table)
+
+
+def _plain_box(console: Any) -> bool:
+    """Whether the console prints Rich's default box without colour codes: no colour (a pipe,
+    unless ``--color``-like settings or ``FORCE_COLOR`` give one) and an encoding that has the
+    box's characters (else Rich falls back to an ASCII box)."""
+    encoding = (console.encoding or "").lower()
+    return console.color_system is None and encoding.startswith("utf")
+
+
+def _write_plain_table(
+    out: TextIO, titles: Sequence[str], numeric: Sequence[bool], cells: Sequence[Sequence[Any]]
+) -> None:
+    """The table :func:`_print_table` prints into a pipe, every column as wide as its widest
+    value or title, written directly: the same characters as Rich's (its default box, a space
+    each side of a value, numbers right-aligned), at a small part of the cost. Rich lays out
+    each of a thousand rows' 20 cells through several layers of renderables: ~1.3 s of CPU for
+    ``logq sql "SELECT * FROM envoy_access" | less``; plain text needs none of it. Styles are
+    dropped, as Rich drops them without a colour system. A terminal still gets Rich's table
+    (wrapping, cutting, colours)."""
+    from rich import box
+    from rich.cells import cell_len
+
+    texts = [[cell.plain for cell in row] for row in cells]
+    widths = [
+        max([cell_len(title), 1, *(cell_len(row[i]) for row in texts)])
+        for i, title in enumerate(titles)
+    ]
+    frame = box.HEAVY_HEAD
+    padded = [width + 2 for width in widths]
+
+    def line(values: Sequence[str], left: str, divider: str, right: str) -> str:
+        parts = []
+        for value, width, to_right in zip(values, widths, numeric, strict=True):
+            room = " " * (width - cell_len(value))
+            parts.append(f" {room}{value} " if to_right else f" {value}{room} ")
+        return left + divider.join(parts) + right + "\n"
+
+    head = frame.head_left, frame.head_vertical, frame.head_right
+    body = frame.mid_left, frame.mid_vertical, frame.mid_right
+    pieces = [
+        frame.get_top(padded) + "\n",
+        line(titles, *head),
+        frame.get_row(padded, "head") + "\n",
+    ]
+    pieces.extend(line(row, *body) for row in texts)
+    pieces.append(frame.get_bottom(padded) + "\n")
+    write_all(out, "".join(pieces))
 
 
 #: Share of a cut value's room that its end keeps (the rest is its start, then "…"): routes
