@@ -71,6 +71,11 @@ COMPRESSED_SUFFIXES = (".gz", ".zst", ".bz2", ".xz", ".zip", ".lz4", ".tmp")
 #: a numbered instance's live file, which a ``--path`` glob would otherwise leave out as a
 #: generation, its lines never shipped.
 DATEEXT = re.compile(r"-(?=(?:[._-]*\d){4})\d[\d._-]*(?:\.gz)?")
+#: What logrotate's ``extension .log`` (or ``addextension .log``) puts between a file's name
+#: less its extension and that extension, which it keeps at the end: ``app.log`` rotates to
+#: ``app.1.log`` (``.N``), with ``dateext`` to ``app-20261206.log`` (a :data:`DATEEXT` date),
+#: and ``.gz`` comes after the extension with ``compress``: see :func:`_kept_extension`.
+KEPT_EXTENSION_MARK = re.compile(r"\.\d+|-(?=(?:[._-]*\d){4})\d[\d._-]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +85,7 @@ class SourceSpec:
     key: str
     """Stable identity of the source across rotations (``docker:<id>``, ``cri:<dir>/<n>``...)."""
     path: Path
-    """The live file; rotated siblings are ``<path>.<suffix>``."""
+    """The live file; rotated siblings are named as :func:`generation_name` says."""
     format: str
     """Parser: ``docker``, ``cri`` or ``plain``."""
     service: str
@@ -1084,7 +1089,9 @@ def _path_sources(
 def _generations(paths: set[Path], remembered: set[Path] | None = None) -> dict[Path, Path]:
     """The ``paths`` that are rotated generations of another of ``paths``, each with its live
     file, the shortest such name (``app.log`` for ``app.log.1.old``): ``<live>.`` and a digit
-    (``app.log.1``, ``app.log.2026-12-06``) or ``<live>`` and a :data:`DATEEXT` date.
+    (``app.log.1``, ``app.log.2026-12-06``), ``<live>`` and a :data:`DATEEXT` date, or the live
+    file's name with logrotate's ``extension`` kept at the end (``app.1.log``,
+    ``app-20261206.log``: :func:`_kept_extension`).
 
     Fewer names than :func:`_siblings` takes for generations (``<live>.<anything>``): a file
     left out here is shipped only if its live file's source reads it, so a live file of its
@@ -1094,9 +1101,10 @@ def _generations(paths: set[Path], remembered: set[Path] | None = None) -> dict[
     Why: the live file's source reads its generations itself when it needs them (a rotation
     while running or while down, a new source already rotated, copytruncate). A glob that
     also matches them (``*``, ``*.log*``: common in Fluent Bit configs written before
-    ``Exclude_Path``) made each a source of its own, its lines shipped again under another
-    source, and followed by path: each rotation put the next generation at that path, to be
-    read again from its start. A generation whose live file is not matched stays a source.
+    ``Exclude_Path``; ``*.log`` with ``extension .log``) made each a source of its own, its
+    lines shipped again under another source, and followed by path: each rotation put the
+    next generation at that path, to be read again from its start. A generation whose live
+    file is not matched stays a source.
 
     ``remembered`` are the live files that had generations at the last pass: one missing now
     (between a rotation's rename and the new file) still has them, so a pass in that moment
@@ -1104,17 +1112,54 @@ def _generations(paths: set[Path], remembered: set[Path] | None = None) -> dict[
     known = remembered or set()
     out: dict[Path, Path] = {}
     for path in paths:
-        name = path.name
-        for i, ch in enumerate(name):
-            if i == 0 or ch not in ".-":
-                continue
-            live = path.parent / name[:i]
-            if live not in paths and live not in known:
-                continue
-            if name[i : i + 2] in _DOT_DIGITS or DATEEXT.fullmatch(name, i):
+        for name in _live_names(path.name):
+            live = path.parent / name
+            if (live in paths or live in known) and _rotated_name(name, path.name):
                 out[path] = live
                 break
     return out
+
+
+def _live_names(name: str) -> Iterator[str]:
+    """The names of which a file named ``name`` may be a rotated generation, shortest first:
+    its beginnings up to a ``.`` or ``-`` (``app.log`` of ``app.log.1``), then those with its
+    last extension put back (``app.log`` of ``app-20261206.log`` and ``app.1.log.gz``)."""
+    for i in range(1, len(name)):
+        if name[i] in ".-":
+            yield name[:i]
+    body, _, ext = name.removesuffix(".gz").rpartition(".")
+    if body and ext:
+        for i in range(1, len(body)):
+            if body[i] in ".-":
+                yield f"{body[:i]}.{ext}"
+
+
+def _rotated_name(live: str, name: str) -> bool:
+    """Whether ``name`` is named as a rotated generation of ``live`` by the strict rules of
+    :func:`_generations` (not ``<live>.<anything>``)."""
+    if name.startswith(live):
+        rest = name[len(live) :]
+        if rest[:2] in _DOT_DIGITS or DATEEXT.fullmatch(rest):
+            return True
+    return _kept_extension(live, name)
+
+
+def _kept_extension(live: str, name: str) -> bool:
+    """Whether ``name`` is a name logrotate's ``extension`` gives a rotated ``live``: the live
+    name less its last extension, a :data:`KEPT_EXTENSION_MARK` (``.N``, or a date of at least
+    four digits), the extension, ``.gz`` with ``compress``. ``app-backup.log``, ``app-v2.log``
+    or ``worker-1.log`` beside ``worker.log`` are files of their own, and a name without an
+    extension (``app``) or a dot file's (``.log``) has none to keep."""
+    stem, _, ext = live.rpartition(".")
+    if not stem or not ext:
+        return False
+    core = name.removesuffix(".gz")
+    tail = f".{ext}"
+    if len(core) <= len(stem) + len(tail):
+        return False
+    if not core.startswith(stem) or not core.endswith(tail):
+        return False
+    return KEPT_EXTENSION_MARK.fullmatch(core, len(stem), len(core) - len(tail)) is not None
 
 
 #: How a rotated generation's name goes on after its live file's: ``.`` and a digit.
@@ -1448,7 +1493,8 @@ def discover_all(docker_root: Path, cri_root: Path, patterns: tuple[str, ...]) -
 
 def rotated_siblings(path: Path) -> list[Path]:
     """Uncompressed rotated copies of ``path`` (``x-json.log.1``, ``0.log.20240101-120000``,
-    logrotate's ``app.log.1`` and, with ``dateext``, ``app.log-20261206``).
+    logrotate's ``app.log.1``, with ``dateext`` ``app.log-20261206``, with ``extension .log``
+    ``app.1.log`` or ``app-20261206.log``).
 
     Raises the :class:`OSError` of a transient listing failure (out of fds, EIO): "no rotated
     files" would then be a lie, and the caller must look again later. A folder that is gone or
@@ -1458,23 +1504,29 @@ def rotated_siblings(path: Path) -> list[Path]:
 
 def compressed_siblings(path: Path) -> list[Path]:
     """gzip-compressed rotated copies of ``path`` (``x-json.log.1.gz``, Docker ``compress``,
-    kubelet, logrotate ``compress``: ``app.log.1.gz``, ``app.log-20261206.gz``); listing
-    errors as for :func:`rotated_siblings`."""
+    kubelet, logrotate ``compress``: ``app.log.1.gz``, ``app.log-20261206.gz``,
+    ``app.1.log.gz``, ``app-20261206.log.gz``); listing errors as for
+    :func:`rotated_siblings`."""
     return [p for p in _siblings(path) if p.name.endswith(".gz")]
 
 
 def generation_name(live: str, name: str) -> bool:
     """Whether a file named ``name`` beside the file named ``live`` is named as one of its
-    rotated generations: ``<live>.<anything>`` or ``<live>`` and a :data:`DATEEXT` date."""
-    return name.startswith(live + ".") or (
-        name.startswith(live) and DATEEXT.fullmatch(name, len(live)) is not None
+    rotated generations: ``<live>.<anything>``, ``<live>`` and a :data:`DATEEXT` date, or
+    logrotate's ``extension`` kept at the end (``app.1.log``, ``app-20261206.log.gz``:
+    :func:`_kept_extension`)."""
+    return (
+        name.startswith(live + ".")
+        or (name.startswith(live) and DATEEXT.fullmatch(name, len(live)) is not None)
+        or _kept_extension(live, name)
     )
 
 
 def _siblings(path: Path) -> list[Path]:
-    """Regular files named ``<path's name>.<anything>`` or ``<path's name>`` and a
-    :data:`DATEEXT` date beside it (see :func:`rotated_siblings`); a FIFO (whose open waits
-    for a writer), a device or a folder of such a name is left out with a warning.
+    """Regular files beside ``path`` named as its generations (:func:`generation_name`:
+    ``<path's name>.<anything>``, ``<path's name>`` and a :data:`DATEEXT` date, or logrotate's
+    ``extension`` kept at the end; see :func:`rotated_siblings`); a FIFO (whose open waits for
+    a writer), a device or a folder of such a name is left out with a warning.
 
     Without the dateext names, a ``--path`` file logrotate renamed to ``app.log-20261206``
     while the shipper was down was taken for deleted: its unread rest counted lost

@@ -485,8 +485,9 @@ class Resume:
     def _present_inodes(self: Tailer) -> dict[tuple[int, int], Path] | None:
         """(device, inode) -> path of every file named like this source's files (its live file
         and its generations' names, :func:`~shipper.discover.generation_name`: logrotate's
-        dateext ones too, else one still in its folder was looked for in the ``.gz`` copies),
-        or None when the folder or one of them could not be looked at (anything but ENOENT)."""
+        dateext and ``extension`` ones too, else one still in its folder was looked for in the
+        ``.gz`` copies), or None when the folder or one of them could not be looked at
+        (anything but ENOENT)."""
         rot = rotation_path(self.spec.path)
         try:
             names = os.listdir(rot.parent)

@@ -47,6 +47,10 @@ def modified_since(paths: list[Path], floor_ns: int) -> list[tuple[Path, os.stat
 #: (``app.log-20261206``, ``-%Y%m%d.%H``: ``app.log-20261206.13``): its last part, digits or
 #: not, is part of the date, no ``.N`` counter. Such names sort in date order as they are.
 _DATED = re.compile(r"-\d{4}[\d._-]*$")
+#: A rotated name's ``.N`` counter or date, as it ends before an extension logrotate keeps at
+#: the end (``extension .log``: ``app.2.log``, ``app-20261206.log``; see
+#: :func:`shipper.discover._kept_extension`).
+_MARKED = re.compile(r"(?:\.\d+|-\d{4}[\d._-]*)$")
 
 
 def age(mtime_ns: int, path: Path) -> tuple[int, int, str]:
@@ -55,10 +59,27 @@ def age(mtime_ns: int, path: Path) -> tuple[int, int, str]:
     its ``.1``, kubelet's ``0.log.<time>`` and logrotate's ``dateext`` ``app.log-<date>``
     names sort in time order (:data:`_DATED`), and after every ``.N`` (``dateext`` turned on
     later: the counted files are the older ones). A suffix of other digits (``.²``:
-    ``str.isdigit`` takes it, ``int`` does not) is no number."""
-    suffix = path.name.rsplit(".", 1)[-1]
-    counted = suffix.isascii() and suffix.isdigit() and not _DATED.search(path.name)
+    ``str.isdigit`` takes it, ``int`` does not) is no number. With logrotate's ``extension``
+    the counter or date comes before the extension kept (:func:`_marked`): ``app.2.log`` is
+    older than ``app.1.log`` (by name alone ``app.1.log`` sorted first: read before it)."""
+    name = _marked(path.name)
+    suffix = name.rsplit(".", 1)[-1]
+    counted = _number(suffix) and not _DATED.search(name)
     return mtime_ns, -int(suffix) if counted else 0, path.name
+
+
+def _number(text: str) -> bool:
+    """Whether ``text`` is a ``.N`` counter ``int`` reads (``.²`` is not)."""
+    return text.isascii() and text.isdigit()
+
+
+def _marked(name: str) -> str:
+    """``name`` less an extension kept after its ``.N`` counter or date (``app.2.log`` ->
+    ``app.2``), else as it is (``x-json.log.1``, ``0.log.20261206-033000``)."""
+    base, dot, last = name.rpartition(".")
+    if dot and not _number(last) and _MARKED.search(base):
+        return base
+    return name
 
 
 def oldest_first(files: list[tuple[int, Cursor]]) -> list[Cursor]:
