@@ -833,8 +833,26 @@ class Resume:
 
         A registry an older shipper saved has no ``followed`` part: files last written after
         its final save are read, older ones skipped, with a WARNING (a source that run never
-        followed loses them). Compressed rotations are never read (see
-        :func:`shipper.discover.rotated_siblings`).
+        followed loses them).
+
+        Compressed rotated files (``.gz``: Docker ``compress``, the kubelet's older ones,
+        logrotate ``compress``) are not read, as for a source with checkpoints, where a
+        compressed file is read only from a checkpoint held in it (:meth:`_held_compressed`):
+
+        * no bound keeps them from being read twice: a ``.gz``'s modification time is when it
+          was compressed (the kubelet compresses a file at its next rotation), not when its
+          lines were written, so the time above cannot tell a copy of a file a run read and
+          forgot -- read again from the copy (another inode: another ``source_id``), the
+          aggregator could not drop its lines, stored twice;
+        * a source no run followed has no bound at all: at a first start, a host's years of
+          logrotate ``compress`` history (``rotate 52``, ``weekly``) would be shipped, each
+          file decompressed whole into ``TMPDIR`` first (Fluent Bit's tail does not read them
+          either: only the files its ``Path`` matches).
+
+        So lines a new container wrote before the shipper first followed it that are only in
+        a compressed file (rotated twice by then, or at once with Docker ``compress``) are
+        not shipped: an INFO says how many such files there are
+        (:meth:`_note_compressed_unread`).
         """
         since, followed = self._read_rotated_since()
         found: list[tuple[int, Cursor]] = []
@@ -856,6 +874,7 @@ class Resume:
                 self.spec.key,
                 len(found),
             )
+        self._note_compressed_unread(since)
         if skipped:
             assert since is not None
             log.log(
@@ -873,6 +892,32 @@ class Resume:
                 datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             )
         return found
+
+    def _note_compressed_unread(self: Tailer, since: float | None) -> None:
+        """Say (INFO) how many compressed rotated files of a source without checkpoints are
+        left unread that may hold lines no run read: those last written at ``since`` or later
+        (all when None; see :meth:`_first_seen` for why none is read). Before, nothing told
+        an operator that a new container's first lines were only in such a file."""
+        try:
+            copies = compressed_siblings(rotation_path(self.spec.path))
+        except OSError:
+            return  # the uncompressed ones were listed just now: the next start says it
+        unread = 0
+        for gz in copies:
+            try:
+                st = os.stat(gz)
+            except OSError:
+                continue
+            if since is None or _latest_write(st) >= since:
+                unread += 1
+        if unread:
+            log.info(
+                "new source already rotated: its compressed rotated files are not read (a "
+                "compressed file is read only from a checkpoint held in it); lines that are "
+                "only there are not shipped source=%s compressed=%d",
+                self.spec.key,
+                unread,
+            )
 
     def _read_rotated_since(self: Tailer) -> tuple[float | None, bool]:
         """(the time before which a first sighting skips rotated files, None: read them all;

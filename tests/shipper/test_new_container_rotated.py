@@ -3,6 +3,7 @@ started during a shipper restart or rollout): its rotated files hold its first l
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -477,5 +478,71 @@ def test_a_file_written_after_its_ended_tailer_let_it_go_is_read_when_found_agai
     write(path, 0, 1, "back")
     t = Tailer(spec_for(path), reg, "h", 65536)  # found again, in the same process
     assert drain(t) == ["first 0", "first 1", "late 2", "back 0"]
+    t.close()
+    reg.close()
+
+
+def _gzip_docker(path: Path, first: int, n: int, what: str) -> None:
+    """Docker ``compress: true``: a rotated file gzipped at once, only its ``.gz`` left."""
+    with gzip.open(path, "wb") as f:
+        f.write(b"".join(docker_line(f"{what} {i}", i) for i in range(first, first + n)))
+
+
+@pytest.mark.parametrize("first_run", [True, False])
+def test_compressed_rotated_files_of_a_new_source_are_not_read_and_it_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, first_run: bool
+) -> None:
+    """A new container (no run followed it) already rotated twice, the older file compressed
+    (Docker ``compress``, the kubelet): the uncompressed ``.1`` and the live file are read,
+    the ``.2.gz`` is not (a compressed file is read only from a checkpoint held in it: see
+    ``Resume._first_seen`` for why), and an INFO says how many were left (before: nothing
+    said, its lines gone unnoticed)."""
+    path = tmp_path / "c-json.log"
+    if not first_run:
+        previous_run(tmp_path / "state", time.time() - 60)
+    _gzip_docker(Path(f"{path}.2.gz"), 0, 3, "compressed")
+    write(f"{path}.1", 3, 3, "rotated")
+    write(path, 6, 2, "live")
+    reg = Registry(tmp_path / "state")
+    losses: list[str] = []
+    t = Tailer(spec_for(path), reg, "h", 65536, on_loss=losses.append)
+    with caplog.at_level(logging.INFO, logger="logq.shipper.tailer"):
+        assert drain(t) == [f"rotated {i}" for i in range(3, 6)] + ["live 6", "live 7"]
+    (said,) = [r for r in caplog.records if "compressed rotated files" in r.getMessage()]
+    assert said.levelno == logging.INFO
+    assert "compressed=1" in said.getMessage()
+    assert f"source={spec_for(path).key}" in said.getMessage()
+    assert losses == []
+    t.close()
+    reg.close()
+
+
+def test_compressed_files_a_run_read_are_not_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A source found again without checkpoints (a run read its files and forgot them): its
+    ``.gz`` last written before that run last had all its files in hand held lines read then,
+    and is not named as possibly unread."""
+    fresh_process(monkeypatch)
+    path = tmp_path / "c-json.log"
+    write(path, 0, 2, "live")
+    reg, t = start(tmp_path / "state", path)
+    assert drain(t) == ["live 0", "live 1"]
+    assert let_go(t) == []
+    stop(t, reg)
+    os.rename(path, f"{path}.1")
+    with open(f"{path}.1", "rb") as src:
+        data = src.read()
+    os.unlink(f"{path}.1")
+    with gzip.open(f"{path}.1.gz", "wb") as dst:
+        dst.write(data)
+    old = time.time() - 3600
+    os.utime(f"{path}.1.gz", (old, old))
+    write(path, 2, 1, "live")
+    fresh_process(monkeypatch)
+    reg, t = start(tmp_path / "state", path)
+    with caplog.at_level(logging.INFO, logger="logq.shipper.tailer"):
+        assert drain(t) == ["live 2"]
+    assert not [r for r in caplog.records if "compressed rotated files" in r.getMessage()]
     t.close()
     reg.close()
