@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from shipper import wire
 from shipper.checkpoint import Registry
 from shipper.discover import (
     Discoverer,
@@ -30,7 +31,8 @@ from shipper.discover import (
 )
 from shipper.rotated import age
 from shipper.tailer import Tailer
-from tests.shipper.shipping import empty_root
+from tests.shipper.receiver import Receiver
+from tests.shipper.shipping import empty_root, run_once
 from tests.shipper.tailing import drain
 from tests.shipper.test_logrotate_dateext import _gzip, _start, _stopped_after, _write
 
@@ -267,3 +269,32 @@ def test_a_gz_copy_keeping_the_extension_is_a_gz_sibling(tmp_path: Path) -> None
     (tmp_path / "app.log").write_bytes(b"x\n")
     (tmp_path / "app.3.log.gz").write_bytes(gzip.compress(b"y\n"))
     assert [p.name for p in compressed_siblings(tmp_path / "app.log")] == ["app.3.log.gz"]
+
+
+@pytest.mark.integration
+def test_once_ships_each_line_once_under_the_live_file(tmp_path: Path, receiver: Receiver) -> None:
+    """``--once --path '<dir>/*.log'`` over ``app.log``, ``app.1.log``, ``app-20261205.log``
+    and a look-alike ``app-backup.log``: each line once, the generations' as ``app.log``'s
+    (before: they were sources of their own too, shipped under their own names)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for name in ("app-20261205.log", "app.1.log", "app.log"):
+        _write_as(logs / "app.log", name)
+        if name != "app.log":
+            os.rename(logs / "app.log", logs / name)
+    _write_as(logs / "app-backup.log", "app-backup.log")
+    run_once(tmp_path, receiver, "--path", f"{logs}/*.log")
+    got = sorted((r[wire.KEY_LOG], r[wire.KEY_CONTAINER_NAME]) for _, _, r in receiver.records)
+    assert got == sorted(
+        [
+            (f"{n} {i}", "app.log")
+            for n in ("app-20261205.log", "app.1.log", "app.log")
+            for i in range(3)
+        ]
+        + [(f"app-backup.log {i}", "app-backup.log") for i in range(3)]
+    )
+
+
+def _write_as(path: Path, what: str) -> None:
+    with open(path, "ab") as f:
+        f.write(b"".join(b"%s %d\n" % (what.encode(), i) for i in range(3)))
