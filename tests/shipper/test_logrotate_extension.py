@@ -12,6 +12,7 @@ lost (``deleted_unread``) though it lay right there, and a ``*.log`` glob took
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import logging
 import os
@@ -298,3 +299,40 @@ def test_once_ships_each_line_once_under_the_live_file(tmp_path: Path, receiver:
 def _write_as(path: Path, what: str) -> None:
     with open(path, "ab") as f:
         f.write(b"".join(b"%s %d\n" % (what.encode(), i) for i in range(3)))
+
+
+def test_an_extension_generation_still_there_is_not_looked_for_in_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start's look at which checkpointed files are still in their folder
+    (``Resume._present_inodes``) takes ``extension`` names too: a generation renamed
+    ``app-20261205.log`` is read where it is, and an older ``app-20261204.log.gz`` with the
+    same first line is not decompressed for it (before: the file counted as gone, the copy
+    decompressed at every start)."""
+    from shipper import resume
+
+    path = tmp_path / "app.log"
+    spec = SourceSpec("plain:test", path, "plain", "svc")
+    banner = b"=== app starting ===\n"
+    path.write_bytes(banner + b"a 1\n")
+    reg = Registry(tmp_path / "state")
+    t = Tailer(spec, reg, "h", 65536)
+    assert drain(t) == ["=== app starting ===", "a 1"]
+    reg.save()
+    t.close()
+    reg.close()
+    with open(path, "ab") as f:  # written while the shipper was down, then rotated
+        f.write(b"a 2\n")
+    os.rename(path, tmp_path / "app-20261205.log")
+    (tmp_path / "app-20261204.log.gz").write_bytes(gzip.compress(banner + b"a 1\nolder\n"))
+    path.write_bytes(banner + b"b 1\n")
+    planned: list[object] = []
+    real = resume.prepare_held
+    monkeypatch.setattr(resume, "prepare_held", lambda plan: planned.append(plan) or real(plan))
+    reg = Registry(tmp_path / "state")
+    t = Tailer(spec, reg, "h", 65536)
+    asyncio.run(t.prepare_off_loop())
+    assert drain(t) == ["a 2", "=== app starting ===", "b 1"]
+    assert planned == []
+    t.close()
+    reg.close()
