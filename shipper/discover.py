@@ -73,9 +73,10 @@ COMPRESSED_SUFFIXES = (".gz", ".zst", ".bz2", ".xz", ".zip", ".lz4", ".tmp")
 DATEEXT = re.compile(r"-(?=(?:[._-]*\d){4})\d[\d._-]*(?:\.gz)?")
 #: What logrotate's ``extension .log`` (or ``addextension .log``) puts between a file's name
 #: less its extension and that extension, which it keeps at the end: ``app.log`` rotates to
-#: ``app.1.log`` (``.N``), with ``dateext`` to ``app-20261206.log`` (a :data:`DATEEXT` date),
+#: ``app.1.log`` (``.N``), with ``dateext`` to ``app-20261206.log`` (a :data:`DATEEXT` date;
+#: ``dateformat .%Y-%m-%d``: ``app.2026-12-06.log``, ``.`` and a digit as ``app.log.1`` takes),
 #: and ``.gz`` comes after the extension with ``compress``: see :func:`_kept_extension`.
-KEPT_EXTENSION_MARK = re.compile(r"\.\d+|-(?=(?:[._-]*\d){4})\d[\d._-]*")
+KEPT_EXTENSION_MARK = re.compile(r"\.\d[\d._-]*|-(?=(?:[._-]*\d){4})\d[\d._-]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1146,10 +1147,11 @@ def _rotated_name(live: str, name: str) -> bool:
 
 def _kept_extension(live: str, name: str) -> bool:
     """Whether ``name`` is a name logrotate's ``extension`` gives a rotated ``live``: the live
-    name less its last extension, a :data:`KEPT_EXTENSION_MARK` (``.N``, or a date of at least
-    four digits), the extension, ``.gz`` with ``compress``. ``app-backup.log``, ``app-v2.log``
-    or ``worker-1.log`` beside ``worker.log`` are files of their own, and a name without an
-    extension (``app``) or a dot file's (``.log``) has none to keep."""
+    name less its last extension, a :data:`KEPT_EXTENSION_MARK` (``.`` and a digit, or ``-``
+    and a date of at least four digits), the extension, ``.gz`` with ``compress``.
+    ``app-backup.log``, ``app-v2.log`` or ``worker-1.log`` beside ``worker.log`` are files of
+    their own, and a name without an extension (``app``) or a dot file's (``.log``) has none
+    to keep."""
     stem, _, ext = live.rpartition(".")
     if not stem or not ext:
         return False

@@ -44,9 +44,12 @@ def modified_since(paths: list[Path], floor_ns: int) -> list[tuple[Path, os.stat
 
 
 #: A rotated name ending in a logrotate ``dateext`` date of at least a year's four digits
-#: (``app.log-20261206``, ``-%Y%m%d.%H``: ``app.log-20261206.13``): its last part, digits or
-#: not, is part of the date, no ``.N`` counter. Such names sort in date order as they are.
-_DATED = re.compile(r"-\d{4}[\d._-]*$")
+#: (``app.log-20261206``, ``-%Y%m%d.%H``: ``app.log-20261206.13``), or in ``.`` and eight
+#: digits or more (``dateformat .%Y%m%d``: ``app.log.20261206``, no counter gets that far):
+#: its last part, digits or not, is part of the date, no ``.N`` counter (taken for one,
+#: ``.20261206`` sorted before ``.20261205``, as ``.2`` before ``.1``). Such names sort in date
+#: order as they are.
+_DATED = re.compile(r"(?:-\d{4}[\d._-]*|\.\d{8,})$")
 #: A rotated name's ``.N`` counter or date, as it ends before an extension logrotate keeps at
 #: the end (``extension .log``: ``app.2.log``, ``app-20261206.log``; see
 #: :func:`shipper.discover._kept_extension`).

@@ -336,3 +336,21 @@ def test_an_extension_generation_still_there_is_not_looked_for_in_copies(
     assert planned == []
     t.close()
     reg.close()
+
+
+def test_a_dateformat_starting_with_a_dot_keeps_the_extension_too(tmp_path: Path) -> None:
+    """``dateformat .%Y-%m-%d`` (or ``.%Y%m%d``) with ``extension .log``: ``app.2026-12-06.log``
+    is a generation, as ``app.log.2026-12-06`` is without the extension (``.`` and a digit);
+    a glob of ``*.log`` leaves it out, and it sorts by its date."""
+    for name in ("app.log", "app.2026-12-06.log", "app.20261205.log.gz", "app.v2.log"):
+        (tmp_path / name).write_bytes(b"x\n")
+    assert [p.name for p in rotated_siblings(tmp_path / "app.log")] == ["app.2026-12-06.log"]
+    assert [p.name for p in compressed_siblings(tmp_path / "app.log")] == ["app.20261205.log.gz"]
+    found = Discoverer(empty_root(tmp_path, "d"), empty_root(tmp_path, "c"), (f"{tmp_path}/*.log",))
+    assert sorted(s.path.name for s in found.scan().specs) == ["app.log", "app.v2.log"]
+    for names in (
+        ["app.2026-12-07.log", "app.2026-12-06.log"],
+        ["app.20261206.log", "app.20261205.log"],
+        ["app.log.20261206", "app.log.20261205"],  # without the extension kept: the same
+    ):
+        assert sorted(names, key=lambda n: age(0, Path(n))) == sorted(names)
