@@ -76,7 +76,10 @@ DATEEXT = re.compile(r"-(?=(?:[._-]*\d){4})\d[\d._-]*(?:\.gz)?")
 #: ``app.1.log`` (``.N``), with ``dateext`` to ``app-20261206.log`` (a :data:`DATEEXT` date;
 #: ``dateformat .%Y-%m-%d``: ``app.2026-12-06.log``, ``.`` and a digit as ``app.log.1`` takes),
 #: and ``.gz`` comes after the extension with ``compress``: see :func:`_kept_extension`.
-KEPT_EXTENSION_MARK = re.compile(r"\.\d[\d._-]*|-(?=(?:[._-]*\d){4})\d[\d._-]*")
+#: A ``-`` date there needs six digits or more (``-%Y%m``, the default ``-%Y%m%d``): a
+#: service's instances named by port beside it (``nginx-8080.log``, ``app-12345.log`` beside
+#: ``app.log``) are files of their own, which a ``*.log`` glob would leave out, never shipped.
+KEPT_EXTENSION_MARK = re.compile(r"\.\d[\d._-]*|-(?=(?:[._-]*\d){6})\d[\d._-]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1148,10 +1151,10 @@ def _rotated_name(live: str, name: str) -> bool:
 def _kept_extension(live: str, name: str) -> bool:
     """Whether ``name`` is a name logrotate's ``extension`` gives a rotated ``live``: the live
     name less its last extension, a :data:`KEPT_EXTENSION_MARK` (``.`` and a digit, or ``-``
-    and a date of at least four digits), the extension, ``.gz`` with ``compress``.
-    ``app-backup.log``, ``app-v2.log`` or ``worker-1.log`` beside ``worker.log`` are files of
-    their own, and a name without an extension (``app``) or a dot file's (``.log``) has none
-    to keep."""
+    and a date of at least six digits), the extension, ``.gz`` with ``compress``.
+    ``app-backup.log``, ``app-v2.log``, ``app-8080.log`` (a port) or ``worker-1.log`` beside
+    ``worker.log`` are files of their own, and a name without an extension (``app``) or a dot
+    file's (``.log``) has none to keep."""
     stem, _, ext = live.rpartition(".")
     if not stem or not ext:
         return False

@@ -147,6 +147,8 @@ _NAMES = (
     "app-backup.log",
     "app-v2.log",
     "app-1.log",
+    "app-8080.log",
+    "app-12345.log",
     "app-20261206.txt",
     "app.1.log.old",
     "app-20261204.log.tar.gz",
@@ -181,7 +183,8 @@ def test_a_glob_leaves_extension_generations_out_and_says_so_once(
 ) -> None:
     """``--path '<dir>/*.log'`` matches ``app-20261206.log`` and ``app.1.log``: read as
     ``app.log``'s generations (one INFO), not sources of their own; ``app-backup.log``,
-    ``app-v2.log``, ``app-1.log`` and ``worker-1.log`` beside ``worker.log`` are sources."""
+    ``app-v2.log``, ``app-1.log``, ``app-8080.log`` (a port, not a date) and ``worker-1.log``
+    beside ``worker.log`` are sources."""
     for name in _NAMES:
         (tmp_path / name).write_bytes(b"x\n")
     found = Discoverer(empty_root(tmp_path, "d"), empty_root(tmp_path, "c"), (f"{tmp_path}/*.log",))
@@ -190,6 +193,8 @@ def test_a_glob_leaves_extension_generations_out_and_says_so_once(
             scan = found.scan()
             assert sorted(s.path.name for s in scan.specs) == [
                 "app-1.log",
+                "app-12345.log",
+                "app-8080.log",
                 "app-backup.log",
                 "app-v2.log",
                 "app.log",
