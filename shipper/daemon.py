@@ -73,6 +73,7 @@ with deferred_interrupts("logq-shipper"):
     from shipper.exclude import Excluder, Exclusion
     from shipper.followed import gone_followed
     from shipper.fsnames import as_text
+    from shipper.idle_sweep import IdleSweep
     from shipper.inotify import DirectoryWatcher, FileWatcher, directories_to_watch
     from shipper.logs import announce_metrics, setup_logging
     from shipper.metrics import Metrics
@@ -149,6 +150,9 @@ class Shipper:
         self.file_watcher: FileWatcher | None = None
         """inotify on the sources' live files (follow mode, where available): idle sources
         sleep until their file changes instead of polling it (see SourceRunner._idle)."""
+        self.idle_sweep = IdleSweep()
+        """The safety net of the sources asleep on :attr:`file_watcher`: one look at all
+        their files every IDLE_CEILING_SECONDS (see :mod:`shipper.idle_sweep`)."""
         self._dirty = asyncio.Event()
         self._prune: asyncio.TimerHandle | None = None
         """A save due once the files finished before the last one are old enough to leave it
@@ -777,6 +781,7 @@ class Shipper:
             self._discovery.shutdown()
             await self.client.close()
             self.registry.close()
+            self.idle_sweep.close()
             if self.file_watcher is not None:
                 self.file_watcher.close()
             for sig, _ in self._signal_handlers():

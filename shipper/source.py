@@ -31,6 +31,7 @@ from shipper.batch import (
 )
 from shipper.discover import SourceSpec
 from shipper.errors import ShipperError
+from shipper.idle_sweep import Sleeper, stamp
 from shipper.lines import Lines
 from shipper.sender import HeldAtStop
 from shipper.tailer import READ_AHEAD_BYTES, Tailer
@@ -44,14 +45,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("logq.shipper.source")
 
 IDLE_CEILING_SECONDS = 2.0
-"""Longest sleep of an idle source whose live file is watched with inotify: the safety net
-for an event that never comes (a write inotify cannot see, a watch the kernel dropped). It is
-Fluent Bit's tail ``Progress_Check_Interval`` (2 s), which plays the same part next to its
-inotify backend; 500 idle sources then look at their files 250 times a second instead of
-2,000, and a lost event (or a write through ``mmap``, which inotify does not report) delays
-lines by 2 s at most, never loses them. Measured with bench/idle.py at 500 idle sources:
-7.5 % of a core polling every 0.25 s, 1.65 % with this ceiling, 1.2 % with 5 s, 0.55 % with
-none (discovery's safety-net scans, gauges, checkpoints)."""
+"""Longest sleep of an idle source whose live file is watched with inotify, unless a look at
+its file finds it unchanged: the safety net for an event that never comes (a write inotify
+cannot see, a watch the kernel dropped). It is Fluent Bit's tail ``Progress_Check_Interval``
+(2 s), which plays the same part next to its inotify backend; a lost event (or a write through
+``mmap``, which inotify does not report) delays lines by 2 s at most, never loses them. The
+looks are taken for all sleeping sources at once (:mod:`shipper.idle_sweep`): an ``fstat`` and
+a ``stat`` per file a period, where each source used to take a turn of its read loop.
+Measured with bench/idle.py at 500 idle sources: 7.5 % of a core polling every 0.25 s,
+1.65 % with a turn per source at this ceiling, 1.2 % with 5 s, 0.55 % with none (discovery's
+safety-net scans, gauges, checkpoints)."""
 WATCH_RETRY_SECONDS = 60.0
 """A live file the watcher refused (inotify watch limit reached) is offered to it again this
 often; it is polled meanwhile."""
@@ -515,69 +518,84 @@ class SourceRunner:
 
         A source rotating fast is looked at more often (Tailer.pin_check_seconds). A settled
         source whose live file is watched with inotify (see :meth:`_settled`) waits for the
-        file to change instead, up to :data:`IDLE_CEILING_SECONDS`: 500 idle sources polled
-        every 0.25 s cost about 8 % of a core for nothing."""
+        file to change instead: 500 idle sources polled every 0.25 s cost about 8 % of a core
+        for nothing. Its safety net, a look at the file every :data:`IDLE_CEILING_SECONDS`,
+        is taken for every sleeping source at once (:mod:`shipper.idle_sweep`), which wakes
+        it only when its file changed."""
         cfg = self.shipper.cfg
         delay = min(cfg.poll_interval, self.tailer.pin_check_seconds())
-        if not self._settled():
+        sleeper = self._settled()
+        if sleeper is None:
             await asyncio.sleep(delay)
         else:
             # One Event per source: events coalesce while it sleeps.
-            loop = asyncio.get_running_loop()
-            timer = loop.call_later(max(delay, IDLE_CEILING_SECONDS), self._wake.set)
+            sweep = self.shipper.idle_sweep
+            sweep.sleep(self._wake, sleeper, max(delay, IDLE_CEILING_SECONDS))
             try:
                 await self._wake.wait()
             finally:
-                timer.cancel()
-            if loop.time() < timer.when():  # an event ended the wait, not the ceiling
-                # Woken by a write: look at once after a quiet spell, but not more often than
-                # polling would -- a file written line by line is read in batches, as before,
-                # not a turn (and a Forward message) per write.
-                now = time.monotonic()
-                rest = self._last_event + delay - now
-                if rest > 0 and not (self.stopping or self.finishing or self.drain_deleted):
-                    await asyncio.sleep(rest)
-                self._last_event = max(now, self._last_event + delay)
+                sweep.woke(self._wake)
+            # Woken by a write (or the sweep found the file changed): look at once after a
+            # quiet spell, but not more often than polling would -- a file written line by
+            # line is read in batches, as before, not a turn (and a Forward message) per write.
+            now = time.monotonic()
+            rest = self._last_event + delay - now
+            if rest > 0 and not (self.stopping or self.finishing or self.drain_deleted):
+                await asyncio.sleep(rest)
+            self._last_event = max(now, self._last_event + delay)
         self._wake.clear()  # what woke it happened before the next read, which sees it
 
-    def _settled(self) -> bool:
-        """Whether the reader may sleep until its live file changes: the file is watched, the
-        path still names it (after a rename, nothing tells us when the next file appears), and
-        nothing time-driven is pending -- in the tailer (:meth:`Tailer.settled`), or because
-        the source is ending, runs ``--once`` (it ends at its bound, it never idles), or other
-        sources wait for a descriptor (idle files are closed after PARK_IDLE_SECONDS)."""
+    def _settled(self) -> Sleeper | None:
+        """The file the reader may sleep on until it changes, as last seen; None to poll.
+        It may sleep when the file is watched, the path still names it (after a rename,
+        nothing tells us when the next file appears), and nothing time-driven is pending --
+        in the tailer (:meth:`Tailer.settled`), or because the source is ending, runs
+        ``--once`` (it ends at its bound, it never idles), or other sources wait for a
+        descriptor (idle files are closed after PARK_IDLE_SECONDS)."""
         watcher = self.shipper.file_watcher
         if watcher is None:
-            return False  # no inotify: polled as ever
+            return None  # no inotify: polled as ever
         live = self.tailer.settled()
         if live is None:
             self._unwatch()
-            return False
+            return None
         if self._watched is None or self._watched[:2] != (live.dev, live.ino):
             self._unwatch()
             refused = self._unwatchable
             now = time.monotonic()
             if refused and refused[:2] == (live.dev, live.ino) and now < refused[2]:
-                return False
+                return None
             wd = watcher.watch(live.fd, live.dev, self._wake)
             if wd is None:
                 self._unwatchable = (live.dev, live.ino, now + WATCH_RETRY_SECONDS)
-                return False
+                return None
             self._watched = (live.dev, live.ino, wd)
             self._unwatchable = None
-            return False  # a write before the watch existed woke nobody: read once more
+            return None  # a write before the watch existed woke nobody: read once more
         elif not watcher.watching(self._watched[2], self._wake):
             self._watched = None  # dropped by the kernel: watched again at the next turn
-            return False
+            return None
         if self.finishing or self.stopping or self.drain_deleted or self.shipper.cfg.once:
-            return False
+            return None
         if fd_budget.waiting_sources():
-            return False
+            return None
         try:
             st = os.stat(self.spec.path)
+            # Taken before the read that found nothing new (Tailer._rewritten): a change after
+            # it, which an event may not report, is the sweep's to see.
+            seen = live.found_ours or stamp(os.fstat(live.fd))
         except OSError:
-            return False
-        return (st.st_dev, st.st_ino) == (live.dev, live.ino)
+            return None
+        if (st.st_dev, st.st_ino) != (live.dev, live.ino):
+            return None
+        key, registry = self.spec.key, self.shipper.registry
+        return Sleeper(
+            live.fd,
+            seen,
+            self.spec.path,
+            (live.dev, live.ino),
+            lambda at: registry.note_followed(key, at),
+        )
 
     def _unwatch(self) -> None:
         if self._watched is None:

@@ -8,6 +8,7 @@ tailer (split-line flush, rotate wait) must still fire while the source waits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -409,3 +410,119 @@ def test_a_file_refused_a_watch_is_counted_once_however_often_it_is_offered(
             assert count == 2.0, "... one count per file"
 
     asyncio.run(scenario())
+
+
+@pytest.fixture
+def lost_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every event of the live files' watcher is read and dropped, and the ceiling is short:
+    only the safety net (:mod:`shipper.idle_sweep`) can bring a change."""
+    monkeypatch.setattr(source_mod, "IDLE_CEILING_SECONDS", 0.2)
+
+    def drop(self: FileWatcher) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._fd, 64 * 1024):
+                pass
+
+    monkeypatch.setattr(FileWatcher, "_on_readable", drop)
+
+
+def count_turns(runner: SourceRunner, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many times the runner's reader looked at its files (Tailer.poll), as it goes."""
+    turns = [0]
+    real = runner.tailer.poll
+
+    def poll(finishing: bool = False) -> bool:
+        turns[0] += 1
+        return real(finishing)
+
+    monkeypatch.setattr(runner.tailer, "poll", poll)
+    return turns
+
+
+@pytest.mark.usefixtures("lost_events")
+def test_an_idle_unchanged_file_is_looked_at_without_waking_its_source(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The safety net's looks at a file that did not change cost a stat, not a turn of the
+    source's read loop (each turn: window room, a read at the end, the path, the first line),
+    yet keep noting that the source has all its files in hand, as a turn did."""
+    docker = tmp_path / "docker"
+    log = make_container(docker, "7" * 64, "app", lines=["before"])
+
+    async def scenario() -> None:
+        async with running(tmp_path, receiver, docker) as shipper:
+            await until(arrived(receiver, "before"), WAIT)
+            runner = only_runner(shipper)
+            await settled_on(runner, log)
+            turns = count_turns(runner, monkeypatch)
+            followed = shipper.registry.followed_at(runner.spec.key)
+            await asyncio.sleep(1.5)  # 7 periods of the safety net
+            assert turns[0] == 0, "a turn per period: the looks woke the source"
+            assert len(shipper.idle_sweep) == 1
+            assert (shipper.registry.followed_at(runner.spec.key) or 0) > (followed or 0)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.usefixtures("lost_events")
+def test_a_write_no_event_reports_is_shipped_within_the_ceiling(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    docker = tmp_path / "docker"
+    log = make_container(docker, "6" * 64, "app", lines=["before"])
+
+    async def scenario() -> None:
+        async with running(tmp_path, receiver, docker) as shipper:
+            await until(arrived(receiver, "before"), WAIT)
+            runner = only_runner(shipper)
+            for n in range(3):
+                await settled_on(runner, log)
+                append(log, f"unreported-{n}", start=10 + n)
+                await until(arrived(receiver, f"unreported-{n}"), WAIT)
+
+    asyncio.run(scenario())
+    assert receiver.lines() == ["before", "unreported-0", "unreported-1", "unreported-2"]
+
+
+@pytest.mark.usefixtures("lost_events")
+def test_a_truncation_no_event_reports_is_followed(tmp_path: Path, receiver: Receiver) -> None:
+    """copytruncate to the very size the file had: the size says nothing, its times do."""
+    docker = tmp_path / "docker"
+    log = make_container(docker, "5" * 64, "app", lines=["one"])
+
+    async def scenario() -> None:
+        async with running(tmp_path, receiver, docker) as shipper:
+            await until(arrived(receiver, "one"), WAIT)
+            await settled_on(only_runner(shipper), log)
+            size = log.stat().st_size
+            with open(log, "r+b") as f:
+                f.truncate(0)
+                f.write(docker_line("two", 1))
+            assert log.stat().st_size == size
+            await until(arrived(receiver, "two"), WAIT)
+
+    asyncio.run(scenario())
+    assert receiver.lines() == ["one", "two"]
+
+
+@pytest.mark.usefixtures("lost_events")
+def test_a_rename_no_event_reports_is_followed(tmp_path: Path, receiver: Receiver) -> None:
+    """Renamed away and a new file made at the path, the old one unchanged: the path names
+    another file, which the look at the path sees."""
+    docker = tmp_path / "docker"
+    log = make_container(docker, "4" * 64, "app", lines=["first"])
+
+    async def scenario() -> None:
+        async with running(tmp_path, receiver, docker) as shipper:
+            await until(arrived(receiver, "first"), WAIT)
+            runner = only_runner(shipper)
+            await settled_on(runner, log)
+            log.rename(log.with_name(log.name + ".1"))
+            append(log, "first-of-new", start=2)
+            await until(arrived(receiver, "first-of-new"), WAIT)
+            await settled_on(runner, log)
+            append(log, "later", start=3)
+            await until(arrived(receiver, "later"), WAIT)
+
+    asyncio.run(scenario())
+    assert receiver.lines() == ["first", "first-of-new", "later"]

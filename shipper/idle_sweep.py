@@ -1,0 +1,114 @@
+"""The safety net of idle sources asleep on inotify: one look at all their files at a time.
+
+An idle source whose live file is watched sleeps until an event says the file changed (see
+:meth:`shipper.source.SourceRunner._idle`), at most
+:data:`~shipper.source.IDLE_CEILING_SECONDS`, for the event that never comes (a write through
+``mmap``, a watch the kernel dropped). Each source used to wake at its ceiling and take a
+whole turn of its read loop to find nothing: window room reserved and given back, a read at
+the end of the file, a look at its path, its size and first line -- 300 idle pods, 150 turns
+a second, were about two thirds of the idle shipper's CPU (bench/idle.py --pods).
+
+Here one timer looks at every sleeping source's file at the same period, as Fluent Bit's tail
+input does next to its inotify backend (its progress check: an ``fstat`` of each file, only
+those with something new are read): an ``fstat`` of the descriptor the source reads and a
+``stat`` of its path. A source is woken only when either differs from what it saw before its
+last read -- its size or times changed (written, truncated, unlinked: the link count is in
+the change time), or its path names another file (renamed away) or none --, or when the look
+fails. The bound on a lost event is unchanged (one period); what an unchanged file costs is
+two system calls a period instead of a turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from shipper import fd_budget
+
+
+def stamp(st: os.stat_result) -> tuple[int, int, int]:
+    """What a write, a truncation or an unlink changes in a file's ``stat``: its size, its
+    modification and its change time (which a new link count moves too)."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+@dataclass(frozen=True)
+class Sleeper:
+    """One idle source's file as the source last saw it."""
+
+    fd: int
+    """The descriptor the source reads the file from."""
+    seen: tuple[int, int, int]
+    """:func:`stamp` of the file before the read that found nothing new."""
+    path: Path
+    """The path the source follows."""
+    named: tuple[int, int]
+    """(device, inode) the path named then: the file open as :attr:`fd`."""
+    unchanged: Callable[[float], None]
+    """Told the wall-clock time when a look found nothing changed (what a turn that found
+    nothing noted: :meth:`~shipper.checkpoint.Registry.note_followed`)."""
+
+
+class IdleSweep:
+    """Wakes the sleeping sources whose file changed, every ``period`` seconds (given at each
+    :meth:`sleep`: the shortest asked for), on the event loop; no timer while none sleeps."""
+
+    def __init__(self) -> None:
+        self._sleepers: dict[asyncio.Event, Sleeper] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._period = 0.0
+
+    def __len__(self) -> int:
+        return len(self._sleepers)
+
+    def sleep(self, wake: asyncio.Event, sleeper: Sleeper, period: float) -> None:
+        """``wake`` is set at the first look that finds ``sleeper``'s file changed."""
+        self._sleepers[wake] = sleeper
+        if self._timer is None or period < self._period:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._period = period
+            self._timer = asyncio.get_running_loop().call_later(period, self._sweep)
+
+    def woke(self, wake: asyncio.Event) -> None:
+        """The source of ``wake`` is awake (an event, a stop...): it is looked at no more."""
+        self._sleepers.pop(wake, None)
+        if not self._sleepers and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._sleepers.clear()
+
+    def _sweep(self) -> None:
+        self._timer = None
+        # Sources waiting for a descriptor: the idle ones close theirs (Tailer.poll parks them).
+        everyone = fd_budget.waiting_sources() > 0
+        now = time.time()
+        for wake, sleeper in list(self._sleepers.items()):
+            if everyone or changed(sleeper):
+                wake.set()
+                del self._sleepers[wake]
+            else:
+                sleeper.unchanged(now)
+        if self._sleepers:
+            self._timer = asyncio.get_running_loop().call_later(self._period, self._sweep)
+
+
+def changed(sleeper: Sleeper) -> bool:
+    """Whether the file of ``sleeper`` (or what its path names) is not as it was seen; True
+    when it cannot be looked at: the source's own turn then finds out what happened."""
+    try:
+        if stamp(os.fstat(sleeper.fd)) != sleeper.seen:
+            return True
+        st = os.stat(sleeper.path)
+    except OSError:
+        return True
+    return (st.st_dev, st.st_ino) != sleeper.named
