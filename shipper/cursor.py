@@ -439,18 +439,20 @@ class Cursor:
         except OSError:
             return 0
 
-    def note_seen(self) -> None:
+    def note_seen(self) -> int | None:
         """Keep the file's size now in its checkpoint
         (:attr:`~shipper.checkpoint.FileState.seen`, saved with the next write; only ever
         raised): a file gone at the next start that was read past it held nothing unread the
         shipper had seen (see :mod:`shipper.removed` and
         :meth:`shipper.resume.Resume._count_vanished`). Not once closed: its descriptor's
-        number may be another file's by then."""
+        number may be another file's by then. Returns the size (None when closed): the
+        gauges' look at the file is this one (:meth:`Tailer.note_sizes`)."""
         if self.closed:
-            return
+            return None
         size = self.size()
         if self.state.seen is None or size > self.state.seen:
             self.state.seen = size
+        return size
 
     def deleted(self) -> bool:
         """Whether the file has no name left (the runtime deleted it; only our descriptor

@@ -615,17 +615,21 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         head = self.cursors[0]
         return head.stop_at is not None and (head.bound_reached or head.read_pos >= head.stop_at)
 
-    def behind(self) -> list[tuple[str, int]]:
-        """Bytes written but not acknowledged yet, per open file."""
-        return [(str(c.path), max(c.size() - c.acked_to, 0)) for c in self.cursors]
-
-    def note_sizes(self) -> None:
+    def note_sizes(self) -> list[tuple[str, int]]:
         """Keep in the checkpoint of each file held open the size seen now
         (:attr:`~shipper.checkpoint.FileState.seen`, saved with the next write): also of the
         files renamed away and watched for the rest of their rotate wait (see
-        :mod:`shipper.rotate_wait`), whose writer may still append to them."""
-        for cur in (*self.cursors, *self._lingering):
+        :mod:`shipper.rotate_wait`), whose writer may still append to them. Returns, from the
+        same look (the daemon's gauges every second: one ``fstat`` a file, not two), the bytes
+        written but not acknowledged yet of each open file, by path."""
+        for cur in self._lingering:
             cur.note_seen()
+        behind = []
+        for cur in self.cursors:
+            size = cur.note_seen()
+            size = cur.size() if size is None else size
+            behind.append((str(cur.path), max(size - cur.acked_to, 0)))
+        return behind
 
     def forget_deleted(self) -> int:
         """At a stop cut short: the deleted files still held cannot be read by a restart.
