@@ -153,6 +153,9 @@ class Shipper:
         self.idle_sweep = IdleSweep()
         """The safety net of the sources asleep on :attr:`file_watcher`: one look at all
         their files every IDLE_CEILING_SECONDS (see :mod:`shipper.idle_sweep`)."""
+        self.poll_sweep = IdleSweep()
+        """The look at the files of the idle sources not watched (no inotify, watch limit,
+        network filesystems) every ``--poll-interval``, for all of them at once."""
         self._dirty = asyncio.Event()
         self._prune: asyncio.TimerHandle | None = None
         """A save due once the files finished before the last one are old enough to leave it
@@ -790,6 +793,7 @@ class Shipper:
             await self.client.close()
             self.registry.close()
             self.idle_sweep.close()
+            self.poll_sweep.close()
             if self.file_watcher is not None:
                 self.file_watcher.close()
             for sig, _ in self._signal_handlers():

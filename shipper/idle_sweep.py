@@ -21,6 +21,7 @@ two system calls a period instead of a turn.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import Callable
@@ -51,14 +52,18 @@ class Sleeper:
     unchanged: Callable[[float], None]
     """Told the wall-clock time when a look found nothing changed (what a turn that found
     nothing noted: :meth:`~shipper.checkpoint.Registry.note_followed`)."""
+    until: float = math.inf
+    """Woken anyway at the first look past this (monotonic): a file the watcher refused is
+    offered to it again then."""
 
 
 class IdleSweep:
-    """Wakes the sleeping sources whose file changed, every ``period`` seconds (given at each
-    :meth:`sleep`: the shortest asked for), on the event loop; no timer while none sleeps."""
+    """Wakes the sleeping sources whose file changed, on the event loop, every period: the
+    shortest one a sleeper asked for (a source rotating fast asks for less); no timer while
+    none sleeps."""
 
     def __init__(self) -> None:
-        self._sleepers: dict[asyncio.Event, Sleeper] = {}
+        self._sleepers: dict[asyncio.Event, tuple[Sleeper, float]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._period = 0.0
 
@@ -66,13 +71,13 @@ class IdleSweep:
         return len(self._sleepers)
 
     def sleep(self, wake: asyncio.Event, sleeper: Sleeper, period: float) -> None:
-        """``wake`` is set at the first look that finds ``sleeper``'s file changed."""
-        self._sleepers[wake] = sleeper
+        """``wake`` is set at the first look that finds ``sleeper``'s file changed, taken at
+        most ``period`` seconds from now."""
+        self._sleepers[wake] = sleeper, period
         if self._timer is None or period < self._period:
             if self._timer is not None:
                 self._timer.cancel()
-            self._period = period
-            self._timer = asyncio.get_running_loop().call_later(period, self._sweep)
+            self._arm(period)
 
     def woke(self, wake: asyncio.Event) -> None:
         """The source of ``wake`` is awake (an event, a stop...): it is looked at no more."""
@@ -87,19 +92,23 @@ class IdleSweep:
             self._timer = None
         self._sleepers.clear()
 
+    def _arm(self, period: float) -> None:
+        self._period = period
+        self._timer = asyncio.get_running_loop().call_later(period, self._sweep)
+
     def _sweep(self) -> None:
         self._timer = None
         # Sources waiting for a descriptor: the idle ones close theirs (Tailer.poll parks them).
         everyone = fd_budget.waiting_sources() > 0
-        now = time.time()
-        for wake, sleeper in list(self._sleepers.items()):
-            if everyone or changed(sleeper):
+        now, clock = time.time(), time.monotonic()
+        for wake, (sleeper, _) in list(self._sleepers.items()):
+            if everyone or clock >= sleeper.until or changed(sleeper):
                 wake.set()
                 del self._sleepers[wake]
             else:
                 sleeper.unchanged(now)
         if self._sleepers:
-            self._timer = asyncio.get_running_loop().call_later(self._period, self._sweep)
+            self._arm(min(period for _, period in self._sleepers.values()))
 
 
 def changed(sleeper: Sleeper) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable
@@ -517,24 +518,32 @@ class SourceRunner:
         """At the end of the files, with nothing to do: wait before looking again.
 
         A source rotating fast is looked at more often (Tailer.pin_check_seconds). A settled
-        source whose live file is watched with inotify (see :meth:`_settled`) waits for the
-        file to change instead: 500 idle sources polled every 0.25 s cost about 8 % of a core
-        for nothing. Its safety net, a look at the file every :data:`IDLE_CEILING_SECONDS`,
-        is taken for every sleeping source at once (:mod:`shipper.idle_sweep`), which wakes
-        it only when its file changed."""
-        cfg = self.shipper.cfg
-        delay = min(cfg.poll_interval, self.tailer.pin_check_seconds())
-        sleeper = self._settled()
-        if sleeper is None:
+        source (see :meth:`_settled`) sleeps until its file changes: one whose live file is
+        watched with inotify until an event says so, with a look at the file every
+        :data:`IDLE_CEILING_SECONDS` as the safety net (500 idle sources polled every 0.25 s
+        cost about 8 % of a core for nothing); one whose file is not watched (no inotify,
+        watch limit reached, a network filesystem) with a look every ``--poll-interval``.
+        Those looks are taken for every sleeping source at once (:mod:`shipper.idle_sweep`),
+        which wakes one only when its file changed: a look is two system calls, where a turn
+        of the read loop took a dozen and reserved window room."""
+        delay = min(self.shipper.cfg.poll_interval, self.tailer.pin_check_seconds())
+        settled = self._settled()
+        if settled is None:
             await asyncio.sleep(delay)
+            self._wake.clear()
+            return
+        sleeper, watched = settled
+        # One Event per source: events coalesce while it sleeps.
+        if watched:
+            sweep, period = self.shipper.idle_sweep, max(delay, IDLE_CEILING_SECONDS)
         else:
-            # One Event per source: events coalesce while it sleeps.
-            sweep = self.shipper.idle_sweep
-            sweep.sleep(self._wake, sleeper, max(delay, IDLE_CEILING_SECONDS))
-            try:
-                await self._wake.wait()
-            finally:
-                sweep.woke(self._wake)
+            sweep, period = self.shipper.poll_sweep, delay
+        sweep.sleep(self._wake, sleeper, period)
+        try:
+            await self._wake.wait()
+        finally:
+            sweep.woke(self._wake)
+        if watched:
             # Woken by a write (or the sweep found the file changed): look at once after a
             # quiet spell, but not more often than polling would -- a file written line by
             # line is read in batches, as before, not a turn (and a Forward message) per write.
@@ -545,35 +554,20 @@ class SourceRunner:
             self._last_event = max(now, self._last_event + delay)
         self._wake.clear()  # what woke it happened before the next read, which sees it
 
-    def _settled(self) -> Sleeper | None:
-        """The file the reader may sleep on until it changes, as last seen; None to poll.
-        It may sleep when the file is watched, the path still names it (after a rename,
-        nothing tells us when the next file appears), and nothing time-driven is pending --
-        in the tailer (:meth:`Tailer.settled`), or because the source is ending, runs
-        ``--once`` (it ends at its bound, it never idles), or other sources wait for a
-        descriptor (idle files are closed after PARK_IDLE_SECONDS)."""
-        watcher = self.shipper.file_watcher
-        if watcher is None:
-            return None  # no inotify: polled as ever
+    def _settled(self) -> tuple[Sleeper, bool] | None:
+        """The file the reader may sleep on until it changes, as last seen, and whether it is
+        watched with inotify (else it is looked at every ``--poll-interval``); None to take
+        another turn after ``--poll-interval``. It may sleep when the path still names its
+        live file (after a rename, nothing tells us when the next file appears), and nothing
+        time-driven is pending -- in the tailer (:meth:`Tailer.settled`), or because the
+        source is ending, runs ``--once`` (it ends at its bound, it never idles), or other
+        sources wait for a descriptor (idle files are closed after PARK_IDLE_SECONDS)."""
         live = self.tailer.settled()
         if live is None:
             self._unwatch()
             return None
-        if self._watched is None or self._watched[:2] != (live.dev, live.ino):
-            self._unwatch()
-            refused = self._unwatchable
-            now = time.monotonic()
-            if refused and refused[:2] == (live.dev, live.ino) and now < refused[2]:
-                return None
-            wd = watcher.watch(live.fd, live.dev, self._wake)
-            if wd is None:
-                self._unwatchable = (live.dev, live.ino, now + WATCH_RETRY_SECONDS)
-                return None
-            self._watched = (live.dev, live.ino, wd)
-            self._unwatchable = None
-            return None  # a write before the watch existed woke nobody: read once more
-        elif not watcher.watching(self._watched[2], self._wake):
-            self._watched = None  # dropped by the kernel: watched again at the next turn
+        watched = self._watch(live)
+        if watched is None:
             return None
         if self.finishing or self.stopping or self.drain_deleted or self.shipper.cfg.once:
             return None
@@ -589,13 +583,42 @@ class SourceRunner:
         if (st.st_dev, st.st_ino) != (live.dev, live.ino):
             return None
         key, registry = self.spec.key, self.shipper.registry
-        return Sleeper(
+        named = (live.dev, live.ino)
+        refused = self._unwatchable  # offered to the watcher again at its time
+        sleeper = Sleeper(
             live.fd,
             seen,
             self.spec.path,
-            (live.dev, live.ino),
+            named,
             lambda at: registry.note_followed(key, at),
+            refused[2] if refused and refused[:2] == named else math.inf,
         )
+        return sleeper, watched
+
+    def _watch(self, live: Cursor) -> bool | None:
+        """Whether inotify watches the live file (False: it is polled: no inotify, the watch
+        refused); None when it was watched just now -- a write before the watch existed woke
+        nobody: read once more -- or the kernel dropped the watch (watched again next turn)."""
+        watcher = self.shipper.file_watcher
+        if watcher is None:
+            return False
+        if self._watched is None or self._watched[:2] != (live.dev, live.ino):
+            self._unwatch()
+            refused = self._unwatchable
+            now = time.monotonic()
+            if refused and refused[:2] == (live.dev, live.ino) and now < refused[2]:
+                return False
+            wd = watcher.watch(live.fd, live.dev, self._wake)
+            if wd is None:
+                self._unwatchable = (live.dev, live.ino, now + WATCH_RETRY_SECONDS)
+                return False
+            self._watched = (live.dev, live.ino, wd)
+            self._unwatchable = None
+            return None
+        if not watcher.watching(self._watched[2], self._wake):
+            self._watched = None
+            return None
+        return True
 
     def _unwatch(self) -> None:
         if self._watched is None:

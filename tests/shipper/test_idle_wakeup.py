@@ -412,10 +412,14 @@ def test_a_file_refused_a_watch_is_counted_once_however_often_it_is_offered(
     asyncio.run(scenario())
 
 
-@pytest.fixture
-def lost_events(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every event of the live files' watcher is read and dropped, and the ceiling is short:
-    only the safety net (:mod:`shipper.idle_sweep`) can bring a change."""
+@pytest.fixture(params=["lost events", "no inotify"])
+def blind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Only the looks at the files of sleeping sources (:mod:`shipper.idle_sweep`) can bring
+    a change: every event of the live files' watcher is read and dropped (with a short
+    ceiling), or there is no watcher (polled every --poll-interval, 0.05 s here)."""
+    if request.param == "no inotify":
+        monkeypatch.setattr(FileWatcher, "create", classmethod(lambda cls: None))
+        return request.param
     monkeypatch.setattr(source_mod, "IDLE_CEILING_SECONDS", 0.2)
 
     def drop(self: FileWatcher) -> None:
@@ -424,6 +428,18 @@ def lost_events(monkeypatch: pytest.MonkeyPatch) -> None:
                 pass
 
     monkeypatch.setattr(FileWatcher, "_on_readable", drop)
+    return request.param
+
+
+async def asleep(shipper: Shipper, runner: SourceRunner, path: Path) -> None:
+    """Wait until the reader sleeps on the file now at ``path`` (watched, or polled)."""
+    if shipper.file_watcher is not None:
+        await settled_on(runner, path)
+        return
+    st = os.stat(path)
+    await until(lambda: runner._wake in shipper.poll_sweep._sleepers, WAIT)
+    sleeper, _ = shipper.poll_sweep._sleepers[runner._wake]
+    assert sleeper.named == (st.st_dev, st.st_ino)
 
 
 def count_turns(runner: SourceRunner, monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -439,7 +455,7 @@ def count_turns(runner: SourceRunner, monkeypatch: pytest.MonkeyPatch) -> list[i
     return turns
 
 
-@pytest.mark.usefixtures("lost_events")
+@pytest.mark.usefixtures("blind")
 def test_an_idle_unchanged_file_is_looked_at_without_waking_its_source(
     tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -453,18 +469,18 @@ def test_an_idle_unchanged_file_is_looked_at_without_waking_its_source(
         async with running(tmp_path, receiver, docker) as shipper:
             await until(arrived(receiver, "before"), WAIT)
             runner = only_runner(shipper)
-            await settled_on(runner, log)
+            await asleep(shipper, runner, log)
             turns = count_turns(runner, monkeypatch)
             followed = shipper.registry.followed_at(runner.spec.key)
-            await asyncio.sleep(1.5)  # 7 periods of the safety net
+            await asyncio.sleep(1.5)  # 7 looks (30 when polled)
             assert turns[0] == 0, "a turn per period: the looks woke the source"
-            assert len(shipper.idle_sweep) == 1
+            assert len(shipper.idle_sweep) + len(shipper.poll_sweep) == 1
             assert (shipper.registry.followed_at(runner.spec.key) or 0) > (followed or 0)
 
     asyncio.run(scenario())
 
 
-@pytest.mark.usefixtures("lost_events")
+@pytest.mark.usefixtures("blind")
 def test_a_write_no_event_reports_is_shipped_within_the_ceiling(
     tmp_path: Path, receiver: Receiver
 ) -> None:
@@ -476,7 +492,7 @@ def test_a_write_no_event_reports_is_shipped_within_the_ceiling(
             await until(arrived(receiver, "before"), WAIT)
             runner = only_runner(shipper)
             for n in range(3):
-                await settled_on(runner, log)
+                await asleep(shipper, runner, log)
                 append(log, f"unreported-{n}", start=10 + n)
                 await until(arrived(receiver, f"unreported-{n}"), WAIT)
 
@@ -484,7 +500,7 @@ def test_a_write_no_event_reports_is_shipped_within_the_ceiling(
     assert receiver.lines() == ["before", "unreported-0", "unreported-1", "unreported-2"]
 
 
-@pytest.mark.usefixtures("lost_events")
+@pytest.mark.usefixtures("blind")
 def test_a_truncation_no_event_reports_is_followed(tmp_path: Path, receiver: Receiver) -> None:
     """copytruncate to the very size the file had: the size says nothing, its times do."""
     docker = tmp_path / "docker"
@@ -493,7 +509,7 @@ def test_a_truncation_no_event_reports_is_followed(tmp_path: Path, receiver: Rec
     async def scenario() -> None:
         async with running(tmp_path, receiver, docker) as shipper:
             await until(arrived(receiver, "one"), WAIT)
-            await settled_on(only_runner(shipper), log)
+            await asleep(shipper, only_runner(shipper), log)
             size = log.stat().st_size
             with open(log, "r+b") as f:
                 f.truncate(0)
@@ -505,7 +521,7 @@ def test_a_truncation_no_event_reports_is_followed(tmp_path: Path, receiver: Rec
     assert receiver.lines() == ["one", "two"]
 
 
-@pytest.mark.usefixtures("lost_events")
+@pytest.mark.usefixtures("blind")
 def test_a_rename_no_event_reports_is_followed(tmp_path: Path, receiver: Receiver) -> None:
     """Renamed away and a new file made at the path, the old one unchanged: the path names
     another file, which the look at the path sees."""
@@ -516,11 +532,11 @@ def test_a_rename_no_event_reports_is_followed(tmp_path: Path, receiver: Receive
         async with running(tmp_path, receiver, docker) as shipper:
             await until(arrived(receiver, "first"), WAIT)
             runner = only_runner(shipper)
-            await settled_on(runner, log)
+            await asleep(shipper, runner, log)
             log.rename(log.with_name(log.name + ".1"))
             append(log, "first-of-new", start=2)
             await until(arrived(receiver, "first-of-new"), WAIT)
-            await settled_on(runner, log)
+            await asleep(shipper, runner, log)
             append(log, "later", start=3)
             await until(arrived(receiver, "later"), WAIT)
 
