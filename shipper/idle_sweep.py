@@ -1,21 +1,24 @@
-"""The safety net of idle sources asleep on inotify: one look at all their files at a time.
+"""Idle sources asleep until their file changes: one look at all their files at a time.
 
 An idle source whose live file is watched sleeps until an event says the file changed (see
 :meth:`shipper.source.SourceRunner._idle`), at most
 :data:`~shipper.source.IDLE_CEILING_SECONDS`, for the event that never comes (a write through
-``mmap``, a watch the kernel dropped). Each source used to wake at its ceiling and take a
-whole turn of its read loop to find nothing: window room reserved and given back, a read at
-the end of the file, a look at its path, its size and first line -- 300 idle pods, 150 turns
-a second, were about two thirds of the idle shipper's CPU (bench/idle.py --pods).
+``mmap``, a watch the kernel dropped); one whose file is not watched (no inotify, the watch
+limit reached, a network filesystem) looked at it every ``--poll-interval``. Each source used
+to wake at its ceiling (or interval) and take a whole turn of its read loop to find nothing:
+window room reserved and given back, a read at the end of the file, a look at its path, its
+size and first line -- 300 idle pods, 150 turns a second, were about two thirds of the idle
+shipper's CPU (bench/idle.py --pods); polled, 1,200 turns a second, about 5 % of a core.
 
-Here one timer looks at every sleeping source's file at the same period, as Fluent Bit's tail
-input does next to its inotify backend (its progress check: an ``fstat`` of each file, only
-those with something new are read): an ``fstat`` of the descriptor the source reads and a
-``stat`` of its path. A source is woken only when either differs from what it saw before its
-last read -- its size or times changed (written, truncated, unlinked: the link count is in
-the change time), or its path names another file (renamed away) or none --, or when the look
-fails. The bound on a lost event is unchanged (one period); what an unchanged file costs is
-two system calls a period instead of a turn.
+Here one timer looks at every sleeping source's file at the same period (one sweep for the
+watched files, one for the polled), as Fluent Bit's tail input does next to its inotify
+backend (its progress check: an ``fstat`` of each file, only those with something new are
+read): an ``fstat`` of the descriptor the source reads and a ``stat`` of its path. A source is
+woken only when either differs from what it saw before its last read -- its size or times
+changed (written, truncated, unlinked: the link count is in the change time), or its path
+names another file (renamed away) or none --, or when the look fails. The bounds are
+unchanged (one period); what an unchanged file costs is two system calls a period instead of
+a turn.
 """
 
 from __future__ import annotations
