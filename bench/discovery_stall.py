@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/discovery_stall.py [--containers 300] [--pods 0] [--files 0]
                                               [--passes 50] [--changed 0] [--src DIR]
-                                              [--gone 0] [--stat-ms 0]
+                                              [--gone 0] [--stat-ms 0] [--age 2.5]
 
 Writes a host of ``--containers`` Docker json-file containers (a ``config.v2.json`` with the
 labels of an ECS task and a dozen image labels), ``--pods`` CRI pod logs and ``--files`` plain
@@ -28,6 +28,8 @@ stalls it by the looks at every gone source; on the discovery thread, not at all
 Prints, for the first pass (every ``config.v2.json`` parsed) and the others (metadata cached):
 the pass time (median, max) and the probe's lateness during the passes (p50, p99, max: the
 loop's longest stall), next to its lateness while no pass runs (the machine's noise).
+The passes start ``--age`` seconds after the host is written (a folder changed less than two
+seconds before a pass is listed again at every pass: :mod:`shipper.listings`).
 ``--src`` runs the shipper of another checkout (e.g. ``git archive HEAD | tar -x -C /tmp/head``)
 for a before/after comparison in the same minutes.
 """
@@ -237,11 +239,15 @@ def main() -> None:
     ap.add_argument("--changed", type=int, default=0, help="config.v2.json rewritten a pass")
     ap.add_argument("--src", type=Path, help="run the shipper of this checkout")
     ap.add_argument("--gone", type=int, default=0, help="containers whose log file goes")
+    ap.add_argument("--age", type=float, default=2.5, help="seconds between writing and passes")
     ap.add_argument("--stat-ms", type=float, default=0.0, help="a look in their folders takes")
     args = ap.parse_args()
     sys.path.insert(0, str(args.src or REPO))
     with tempfile.TemporaryDirectory(prefix="logq-discovery-") as tmp:
         host = make_host(Path(tmp), args.containers, args.pods, args.files)
+        # As on a host whose containers started a while ago: folders changed in the last two
+        # seconds are listed again at every pass (shipper.listings.RECENT_NS).
+        time.sleep(args.age)
         got = asyncio.run(measure(args, host, Path(tmp) / "state"))
     print(
         f"discovery: {args.containers} containers, {args.pods} pods, {args.files} files "

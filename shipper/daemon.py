@@ -1001,6 +1001,7 @@ class Shipper:
             Path(self.cfg.docker_root) if self.cfg.docker_root else None,
             Path(self.cfg.cri_root) if self.cfg.cri_root else None,
             list(self.cfg.paths),
+            self.discoverer.listings,
         )
         return dirs, there
 

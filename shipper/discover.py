@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import functools
 import glob
 import json
 import logging
@@ -49,6 +50,7 @@ from shipper.errors import ConfigError, flag_of
 from shipper.exclude import Excluder, Exclusion, kubelet_link_paths
 from shipper.formats import truncate
 from shipper.fsnames import as_text
+from shipper.listings import Listings, subfolders
 from shipper.presence import Presence
 from shipper.regular import NotRegularFile, kind, read_regular
 
@@ -492,6 +494,10 @@ class Discoverer:
         self._specs: dict[str, tuple[ContainerMeta, SourceSpec]] = {}
         """By ``config.v2.json`` path: the spec made from that metadata object."""
         self._cri: dict[str, SourceSpec] = {}
+        self.listings = Listings()
+        """The folders under the CRI root as last listed (see :mod:`shipper.listings`); the
+        inotify watch list, made on the same thread after each pass, reads them too (and
+        keeps the Docker root's there)."""
         self._verdicts: dict[str, tuple[_Subject, Exclusion | None]] = {}
         """By key: the strings last matched and the verdict on them. Keyed by what is matched,
         not by spec object: ``--path`` sources and kubelet links are new objects at every
@@ -528,7 +534,8 @@ class Discoverer:
         docker = self._docker(scan)
         for spec, meta in docker:
             found[spec.key] = (spec, meta, ())
-        cri = _discover_cri(self.cri_root, scan, self.nodes, self._cri)
+        cri = _discover_cri(self.cri_root, scan, self.nodes, self._cri, self.listings)
+        self.listings.end_pass()
         for spec in cri:
             found.setdefault(spec.key, (spec, None, ()))
         paths = _path_sources(self.patterns, scan, self.nodes, self._lives)
@@ -888,23 +895,21 @@ def discover_cri(root: Path) -> list[SourceSpec]:
     return _discover_cri(root, Scan())
 
 
-def _dirs(path: str) -> list[os.DirEntry[str]]:
-    """Sub-folders of ``path``, by name (``os.scandir``: no stat per entry)."""
-    with os.scandir(path) as it:
-        return sorted((e for e in it if e.is_dir(follow_symlinks=False)), key=lambda e: e.name)
-
-
 def _discover_cri(
     root: Path,
     scan: Scan,
     nodes: tuple[str, ...] = (),
     cache: dict[str, SourceSpec] | None = None,
+    listings: Listings | None = None,
 ) -> list[SourceSpec]:
-    """The CRI sources; ``cache`` (key -> spec, pruned here) spares re-making unchanged ones."""
+    """The CRI sources; ``cache`` (key -> spec, pruned here) spares re-making unchanged ones,
+    ``listings`` listing again the folders that did not change since the last pass (it keeps
+    their last listings: :mod:`shipper.listings`)."""
     out: list[SourceSpec] = []
     known = cache if cache is not None else {}
+    folders = listings if listings is not None else Listings()
     try:
-        pod_dirs = _dirs(str(root))
+        pod_dirs = folders.get(str(root), functools.partial(subfolders, str(root)))
     except (FileNotFoundError, NotADirectoryError):
         known.clear()
         return []
@@ -923,7 +928,7 @@ def _discover_cri(
                 )
             continue
         try:
-            containers = _dirs(pod_dir.path)
+            containers = folders.get(pod_dir.path, functools.partial(subfolders, pod_dir.path))
         except FileNotFoundError:
             continue  # the pod was removed while we looked
         except OSError as exc:
@@ -932,31 +937,46 @@ def _discover_cri(
         _readable(pod_dir.path)
         for cdir in containers:
             try:
-                with os.scandir(cdir.path) as it:
-                    logs = sorted((f for f in it if _CRI_LOG.match(f.name)), key=lambda f: f.name)
+                logs = folders.get(cdir.path, functools.partial(_pod_logs, cdir.path, folders))
             except FileNotFoundError:
                 continue
             except OSError as exc:
                 _cannot_list(scan, "container folder", cdir.path, exc)
                 continue
             _readable(cdir.path)
-            for f in logs:
-                fmt = _pod_log_format(Path(f.path)) if f.is_symlink() else "cri"
-                if fmt is None:
-                    continue
-                mode = _regular_mode(f.path)
-                if mode is not None:
-                    skip_not_regular("pod log", f.path, mode)
-                    continue
-                key = _cri_key(pod_dir.name, cdir.name, f.name)
+            for name, path, fmt in logs:
+                key = _cri_key(pod_dir.name, cdir.name, name)
                 seen.add(key)
                 spec = known.get(key)
                 if spec is None or spec.format != fmt:
-                    spec = known[key] = _cri_spec(Path(f.path), fmt, nodes)
+                    spec = known[key] = _cri_spec(Path(path), fmt, nodes)
                 out.append(spec)
     for gone in set(known) - seen:
         del known[gone]
     return out
+
+
+def _pod_logs(folder: str, listings: Listings) -> list[tuple[str, str, str]]:
+    """(name, path, format) of the log files of a container's folder under the CRI root, by
+    name; the others (no regular file, a link whose target is not there) are said once and
+    left out. Only the folder's entries tell: kept while it does not change, unless a link
+    is among them (where it points may change without the folder knowing)."""
+    with os.scandir(folder) as it:
+        files = sorted((f for f in it if _CRI_LOG.match(f.name)), key=lambda f: f.name)
+    logs = []
+    for f in files:
+        link = f.is_symlink()
+        if link:
+            listings.forget(folder)
+        fmt = _pod_log_format(Path(f.path)) if link else "cri"
+        if fmt is None:
+            continue
+        mode = _regular_mode(f.path)
+        if mode is not None:
+            skip_not_regular("pod log", f.path, mode)
+            continue
+        logs.append((f.name, f.path, fmt))
+    return logs
 
 
 def _pod_folder(name: str) -> tuple[str, str, str] | None:

@@ -19,11 +19,14 @@ import asyncio
 import ctypes
 import ctypes.util
 import errno
+import functools
 import logging
 import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
+
+from shipper.listings import Listings, subfolders
 
 log = logging.getLogger("logq.shipper.inotify")
 
@@ -356,18 +359,24 @@ class FileWatcher(_Inotify):
 
 
 def directories_to_watch(
-    docker_root: Path | None, cri_root: Path | None, globs: list[str]
+    docker_root: Path | None,
+    cri_root: Path | None,
+    globs: list[str],
+    listings: Listings | None = None,
 ) -> list[Path]:
-    """The roots and the folders below them where new log files show up."""
+    """The roots and the folders below them where new log files show up, as ``listings``
+    keeps them (listed again only when they changed: discovery's
+    :attr:`~shipper.discover.Discoverer.listings`, on the same thread)."""
+    folders = listings if listings is not None else Listings()
     dirs: list[Path] = []
     if docker_root is not None and docker_root.is_dir():
         dirs.append(docker_root)
-        dirs += _subdirs(docker_root)
+        dirs += _subdirs(str(docker_root), folders)
     if cri_root is not None and cri_root.is_dir():
         dirs.append(cri_root)
-        for pod in _subdirs(cri_root):
+        for pod in _subdirs(str(cri_root), folders):
             dirs.append(pod)
-            dirs += _subdirs(pod)
+            dirs += _subdirs(str(pod), folders)
     for pattern in globs:
         static = _static_prefix(pattern)
         if static.is_dir():
@@ -375,11 +384,12 @@ def directories_to_watch(
     return dirs
 
 
-def _subdirs(path: Path) -> list[Path]:
+def _subdirs(path: str, listings: Listings) -> list[Path]:
     try:
-        return [Path(e.path) for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+        entries = listings.get(path, functools.partial(subfolders, path))
     except OSError:
         return []
+    return [Path(e.path) for e in entries]
 
 
 def _static_prefix(pattern: str) -> Path:
