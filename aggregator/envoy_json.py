@@ -6,7 +6,9 @@ the operator configured; the usual names (Envoy's docs, Istio's and Envoy Gatewa
 recognised, see :data:`ALIASES`, line by line (one batch mixes services and their spellings). A
 batch of lines starting with ``{`` is read at once by ``pyarrow.json``; when the batch mixes
 shapes the reader cannot unify (``"-"`` here, ``12`` there), it is read again with the number
-keys' quoted values unquoted, and only if that fails too with ``json.loads`` per line. A line
+keys' quoted values unquoted; lines no bulk read takes (``"200.0"`` beside ``200``, a number
+past int64 beside a fraction, a broken line) are read with ``json.loads`` one by one, the rest
+of their batch in bulk (:mod:`.envoy_json_odd`). A line
 without a parsable ``start_time`` or ``response_code`` is not an access line and is left to the
 next parser.
 
@@ -61,6 +63,7 @@ from aggregator.envoy import (
     _dash_to_null,
     start_time_to_timestamp,
 )
+from aggregator.envoy_json_odd import blamed_rows, conflicting_key, merged
 from aggregator.envoy_split import _usual_timestamp
 from aggregator.string_bytes import offsets_and_bytes
 
@@ -101,7 +104,7 @@ _FAR_EXPONENT = r"[eE][+-]?\d{3}"
 #: An unquoted JSON number of :data:`_LONG_DIGITS` or :data:`_FAR_EXPONENT`: where the bulk
 #: reader's double may have lost digits (:func:`_read_bulk`). Any key's, in a string too: only
 #: a batch with a number key the reader typed double is checked, and a false match only sends
-#: it to :func:`_read_slow`.
+#: its line to :func:`_read_slow`.
 _LONG_NUMBER = r"[:,\[]\s*-?(?:" + _LONG_DIGITS + r"|[\d.]+" + _FAR_EXPONENT + ")"
 #: A number as JSON spells it, or as :func:`_text` and :func:`_number_text` print one: a number
 #: column's text that holds no plain digits but still a number. With its sign: ``-0``,
@@ -112,6 +115,8 @@ _DECIMAL = r"^-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?$"
 UNSET_NUMBERS = pa.array(["-", ""], pa.string())
 #: The keys of the number columns.
 _NUMBER_NAMES = frozenset(key for column in INT_COLUMNS for key in ALIASES[column])
+#: The keys of the string columns (times apart: the reader keeps them strings).
+_STRING_KEYS = tuple(key for column in STRING_COLUMNS for key in ALIASES[column])
 #: The same as a regex alternation (see :func:`_numbers_unquoted`).
 _NUMBER_KEYS = "|".join(
     dict.fromkeys(re.escape(key) for column in INT_COLUMNS for key in ALIASES[column])
@@ -173,25 +178,63 @@ def _looks_like_json(lines: pa.Array) -> pa.Array:
     return pa.array(looks)
 
 
+#: Bulk reads :func:`_read` tries before it reads a batch line by line: each after one refusal,
+#: of the lines not yet blamed for one, or with the numbers unquoted (one round). A batch of
+#: lines odd in as many ways is rare; past it, line by line is what is left.
+_ROUNDS = 5
+
+
 def _read(candidates: pa.Array) -> dict[str, pa.Array]:
     """Column -> string values (None where absent), one per candidate line; a number column of
-    typed JSON stays integers (:func:`_as_strings`)."""
-    try:
-        return _read_bulk(candidates)
-    except (pa.ArrowException, ValueError):  # (any error of the reader: line by line)
-        pass
-    # A key typed differently by two lines, most often numbers as strings beside numbers: read
-    # again with them unquoted, if the batch has any (else that cannot help: a broken line).
-    if pc.any(pc.match_substring_regex(candidates, _NUMBER_KEY + _QUOTED_NUMBER)).as_py():
+    typed JSON stays integers (:func:`_as_strings`) unless some lines were read line by line.
+
+    In bulk while the reader takes the batch; when it refuses it, the lines to blame
+    (:func:`~aggregator.envoy_json_odd.blamed_rows`) are set apart for :func:`_read_slow` and
+    the rest read in bulk again: one number past int64 or one ``"200.0"`` beside typed numbers
+    sent the whole batch line by line (~10x the cost of the batch)."""
+    odd = np.zeros(len(candidates), bool)
+    unquote = False
+    for _ in range(_ROUNDS):
+        rest = candidates.filter(pa.array(~odd)) if odd.any() else candidates
+        lines = _numbers_unquoted(rest) if unquote else rest
         try:
-            return _read_bulk(_numbers_unquoted(candidates))
-        except (pa.ArrowException, ValueError):
-            pass
+            values, redo = _read_bulk(lines)
+        except (pa.ArrowException, ValueError) as error:  # (any error of the reader)
+            if not unquote and _quoted_beside_typed(rest, error):
+                unquote = True
+                continue
+            blamed = blamed_rows(lines, error)
+            if blamed is None:
+                break
+            odd[np.flatnonzero(~odd)[blamed]] = True
+            continue
+        if redo is not None:  # read, but some lines' values are not theirs
+            values = {name: column.filter(pa.array(~redo)) for name, column in values.items()}
+            odd[np.flatnonzero(~odd)[redo]] = True
+        if not odd.any():
+            return values
+        return merged(odd, _read_slow(candidates.filter(pa.array(odd))), values)
     return _read_slow(candidates)
 
 
-def _read_bulk(candidates: pa.Array) -> dict[str, pa.Array]:
-    """:func:`_read` with ``pyarrow.json``: ArrowInvalid when two lines type a key differently."""
+def _quoted_beside_typed(lines: pa.Array, error: Exception) -> bool:
+    """Whether the bulk reader refused ``lines`` for a number key typed as strings in some
+    lines and numbers in others, and some of its strings are what :func:`_numbers_unquoted`
+    rewrites (else the re-read cannot help: a broken line, a ``"200.0"``). That key's regex
+    alone: it stops at the key, where all of them read every line to its end."""
+    key = conflicting_key(error)
+    if key not in _NUMBER_NAMES:
+        return False
+    quoted = rf'"{re.escape(key)}"\s*:\s*' + _QUOTED_NUMBER
+    return pc.any(pc.match_substring_regex(lines, quoted)).as_py()
+
+
+def _read_bulk(candidates: pa.Array) -> tuple[dict[str, pa.Array], np.ndarray | None]:
+    """:func:`_read` with ``pyarrow.json``: ArrowInvalid when two lines type a key differently.
+    With the values, the lines whose values it cannot give back (None: none), to be read by
+    :func:`_read_slow` (their values here are not theirs): a number a double may have changed,
+    a string column's value the reader typed otherwise (:func:`_unreadable`). (Such a line sent
+    its whole batch line by line.)"""
     n = len(candidates)
     # Times stay strings (the reader would otherwise infer timestamps in its own way). Not the
     # string columns' keys: an explicit schema for them cost the reader ~0.4 µs a line more
@@ -201,15 +244,19 @@ def _read_bulk(candidates: pa.Array) -> dict[str, pa.Array]:
     table = pajson.read_json(_ndjson(candidates), parse_options=options)
     if table.num_rows != n:
         raise ValueError("row count changed")
+    redo = [_unreadable(table[key]) for key in _STRING_KEYS if key in table.column_names]
     doubles = any(
         pa.types.is_floating(field.type) for field in table.schema if field.name in _NUMBER_NAMES
     )
-    if doubles and pc.any(pc.match_substring_regex(candidates, _LONG_NUMBER)).as_py():
+    if doubles:
         # A number key typed double (a fraction, or past int64, in some line) whose digits the
         # double may not hold: 12345678901234567890 became -9223372036854775808 here, and
         # 9007199254740993.0 became ...992.
-        raise ValueError("a number a double may have changed: read line by line")
-    return {col: _as_strings(table, keys, n, col in INT_COLUMNS) for col, keys in ALIASES.items()}
+        redo.append(pc.fill_null(pc.match_substring_regex(candidates, _LONG_NUMBER), False))
+    values = {col: _as_strings(table, keys, n, col in INT_COLUMNS) for col, keys in ALIASES.items()}
+    odd = [rows.to_numpy(zero_copy_only=False) for rows in redo if rows is not None]
+    odd = [rows for rows in odd if rows.any()]
+    return values, (np.logical_or.reduce(odd) if odd else None)
 
 
 def _ndjson(lines: pa.Array) -> pa.Buffer:
@@ -271,16 +318,33 @@ def _as_strings(table: pa.Table, keys: tuple[str, ...], n: int, number: bool) ->
 
 def _json_texts(column: pa.ChunkedArray) -> pa.Array:
     """A string column's values as :func:`_json_text` gives them: strings as they are, whole
-    numbers as digits, booleans as ``true``/``false``. ValueError for what the reader's values
-    cannot give back (:func:`_read_slow` reads the batch): a double's JSON spelling (``12.0``),
-    an object's or array's text (the reader merges a batch's objects into one struct), an
-    ISO-8601 text it typed as a timestamp (printed back otherwise)."""
+    numbers as digits, booleans as ``true``/``false``; NULL where :func:`_unreadable`."""
     typ = column.type
     if pa.types.is_string(typ):
         return column.combine_chunks()
-    if pa.types.is_integer(typ) or pa.types.is_boolean(typ) or pa.types.is_null(typ):
+    if _readable_text(typ):
         return pc.cast(column.combine_chunks(), pa.string())
-    raise ValueError(f"a string column read as {typ}: read line by line")
+    return pa.nulls(len(column), pa.string())
+
+
+def _readable_text(typ: pa.DataType) -> bool:
+    """Whether the bulk reader's values of type ``typ`` give back a string column's text."""
+    return (
+        pa.types.is_string(typ)
+        or pa.types.is_integer(typ)
+        or pa.types.is_boolean(typ)
+        or pa.types.is_null(typ)
+    )
+
+
+def _unreadable(column: pa.ChunkedArray) -> pa.Array | None:
+    """The rows of a string column's key whose text the reader's values cannot give back
+    (:func:`_read_slow` reads those lines); None: none. A double's JSON spelling (``12.0``), an
+    object's or array's text (the reader merges a batch's objects into one struct), an ISO-8601
+    text it typed as a timestamp (printed back otherwise)."""
+    if _readable_text(column.type):
+        return None
+    return pc.is_valid(column.combine_chunks())
 
 
 def _no_number(typ: pa.DataType) -> bool:
@@ -293,7 +357,7 @@ def _text(column: pa.Array) -> pa.Array:
     """A number column of the bulk reader (strings, numbers or nulls: :func:`_no_number`) as
     text: whole numbers as digits, others as Arrow prints a double, its shortest text (``1.5``,
     ``1e+17``: :data:`_DECIMAL`), the digits of the line when they were 15 or fewer (a double
-    that may have changed a number sent the batch to :func:`_read_slow`, :func:`_read_bulk`)."""
+    that may have changed a number sent its line to :func:`_read_slow`, :func:`_read_bulk`)."""
     return pc.cast(column, pa.string())
 
 

@@ -10,12 +10,14 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pyarrow as pa
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from aggregator import envoy_json
 from aggregator.batch import records_table, route
 from aggregator.decode import records_batch, to_ipc
 from aggregator.envoy import ParsedAccess, parse_lines
@@ -27,13 +29,29 @@ from tests.support.procs import wait_until
 T0 = 1_795_860_000_000_000_000  # 2026-11-28T10:00:00Z in ns
 BASE = {"start_time": "2026-11-28T14:00:00.000Z", "response_code": 200}
 #: Neighbours that make a batch take each reader: a json_format line beside a typed one (their
-#: number keys typed differently: the re-read with numbers unquoted), then a broken line (the
-#: per-line read). Alone, a line goes through the first bulk read.
+#: number keys typed differently: the re-read with numbers unquoted); a number past int64, then
+#: a ``"200.0"`` beside typed numbers, then a broken line (a batch split: the odd lines read line
+#: by line, the rest in bulk; the line under test, first, on either side as its value makes it).
+#: Alone, a line goes through the first bulk read; :func:`_parsed` also reads every batch line
+#: by line.
 NEIGHBOURS = (
     [],
     [json.dumps({**BASE, "duration": "7"}), json.dumps({**BASE, "duration": 7})],
-    ['{"start_time": "broken'],
+    [json.dumps({**BASE, "duration": 7}), json.dumps({**BASE, "bytes_sent": 2**64})],
+    [json.dumps({**BASE, "duration": "7"}), json.dumps({**BASE, "response_code": "200.0"})],
+    [json.dumps({**BASE, "duration": 7}), '{"start_time": "broken'],
 )
+#: How many ways :func:`_parsed` reads a line.
+READS = len(NEIGHBOURS) + 1
+
+
+def _parsed(line: str) -> list[ParsedAccess]:
+    """``line`` first in a batch with each of :data:`NEIGHBOURS`, and read line by line (the
+    reference: ``json.loads``) beside the first ones."""
+    out = [parse_lines(pa.array([line, *neighbours])) for neighbours in NEIGHBOURS]
+    with mock.patch.object(envoy_json, "_read_bulk", side_effect=ValueError("line by line")):
+        out.append(parse_lines(pa.array([line, *NEIGHBOURS[1]])))
+    return out
 
 
 def _rows(values: dict[str, Any]) -> list[tuple[dict[str, Any], bool]]:
@@ -44,9 +62,8 @@ def _rows(values: dict[str, Any]) -> list[tuple[dict[str, Any], bool]]:
 def _line_rows(line: str) -> list[tuple[dict[str, Any], bool, bool]]:
     """The row of ``line``, whether it was counted as rounded and as too large, per reader."""
     out = []
-    for neighbours in NEIGHBOURS:
-        parsed = parse_lines(pa.array([line, *neighbours]))
-        assert parsed.rows.to_pylist()[:1] == [0], (line, neighbours)
+    for parsed in _parsed(line):
+        assert parsed.rows.to_pylist()[:1] == [0], line
         row = {name: column[0].as_py() for name, column in parsed.columns.items()}
         out.append((row, 0 in parsed.rounded.to_pylist(), 0 in parsed.too_large.to_pylist()))
     return out
@@ -149,9 +166,8 @@ def test_a_response_code_with_a_fraction_makes_no_access_line() -> None:
     text = '[2026-11-28T14:00:00.000Z] "GET / HTTP/1.1" 200.5 - 0 0 1 - "-" "-" "-" "-" "-"'
     lines = [_with_raw("response_code", code) for code in ("200.5", '"200.5"', "404.4", "1.5")]
     for line in [*lines, text]:
-        for neighbours in NEIGHBOURS:
-            parsed = parse_lines(pa.array([line, *neighbours]))
-            assert parsed.unparsed.to_pylist()[:1] == [0], (line, neighbours)
+        for parsed in _parsed(line):
+            assert parsed.unparsed.to_pylist()[:1] == [0], line
             assert 0 not in parsed.rounded.to_pylist()
 
 
@@ -196,7 +212,7 @@ def test_numbers_are_read_by_their_digits_and_past_their_column_counted() -> Non
 def test_an_int_column_counts_a_number_past_its_nine_digits() -> None:
     for number in ("1234567890", '"1234567890"', "1234567890.0", "999999999.5"):
         rows = _line_rows(_with_raw("duration", number))
-        assert [(row["duration_ms"], large) for row, _, large in rows] == [(None, True)] * 3
+        assert [(row["duration_ms"], large) for row, _, large in rows] == [(None, True)] * READS
 
 
 def test_rounded_lines_are_given_by_their_positions_in_the_batch() -> None:
@@ -296,7 +312,7 @@ def test_any_number_is_stored_as_its_digits_round_in_every_reader(
     line = _with_raw(key, f'"{number}"' if quoted else number)
     assert [(row[column], rounded, large) for row, rounded, large in _line_rows(line)] == [
         expected
-    ] * len(NEIGHBOURS)
+    ] * READS
 
 
 #: JSON numbers in every spelling JSON has: a sign, ``e`` or ``E`` with or without its own sign,
@@ -348,13 +364,12 @@ def test_any_spelling_of_a_number_is_one_row_in_every_reader(
     if key == "response_code":
         expected = [] if expected[0][0] is None or expected[0][1] else [(near, False, False)]
     line = _with_raw(key, f'"{number}"' if quoted else number)
-    for neighbours in NEIGHBOURS:
-        parsed = parse_lines(pa.array([line, *neighbours]))
+    for parsed in _parsed(line):
         found = [
             (parsed.columns[column][0].as_py(), 0 in parsed.rounded.to_pylist(),
              0 in parsed.too_large.to_pylist())
         ] if parsed.rows.to_pylist()[:1] == [0] else []  # fmt: skip
-        assert found == expected, (line, neighbours)
+        assert found == expected, line
 
 
 @pytest.mark.integration
