@@ -22,10 +22,12 @@ everything. Prints:
   where the bytes of a row go, and the least zstd can store the random request ids in.
 
 Usage: ``python bench/ingest.py [--lines N] [--runs N] [--chunk N] [--connections N]
-[--warehouse URI] [--no-pin] [--unsized] [--gzip] [--tls] [--istio | --json]`` (``--runs N``
+[--warehouse URI] [--no-pin] [--unsized] [--gzip] [--tls] [--istio | --json
+[--json-odd-every N]]`` (``--runs N``
 measures N aggregators one after another and prints the median of each figure; a ``s3://``
 warehouse uses the standard AWS settings, e.g. a local SeaweedFS; ``--istio`` sends lines in
-Istio's proxy format, ``--json`` as Envoy's JSON access logs; ``--unsized`` sends the chunks
+Istio's proxy format, ``--json`` as Envoy's JSON access logs, ``--json-odd-every N`` with one
+line in N holding a number the bulk JSON reader refuses; ``--unsized`` sends the chunks
 without the ``size`` option, as Fluent Bit without ``Send_options true``, Fluentd and
 fluent-logger do; ``--gzip`` sends them gzipped, CompressedPackedForward, as ``logq-shipper
 --compress gzip`` and Fluent Bit's ``Compress gzip`` do; ``--tls`` serves Forward over TLS, a
@@ -119,13 +121,16 @@ def istio_fields(rng: random.Random, i: int, svc: str, flags: str) -> tuple[str,
 
 
 def make_lines(
-    n: int, seed: int = 7, istio: bool = False, json_logs: bool = False
+    n: int, seed: int = 7, istio: bool = False, json_logs: bool = False, odd_every: int = 0
 ) -> list[tuple[int, str, str]]:
     """``(time_ns, service, line)`` for ``n`` Envoy access lines spread over ~20 minutes of the
     hour before this one (a closed hour: compaction may merge it); in Envoy's default format,
     with ``istio`` in Istio's proxy format (envoy_access keeps the fields the two share), or
     with ``json_logs`` as Envoy's JSON access logs (the same values under the keys of Envoy's
-    docs, numbers typed, unset values null)."""
+    docs, numbers typed, unset values null); with ``odd_every`` N, one JSON line in N (the
+    middle one of each N) holds an odd number, in turn a ``bytes_sent`` past int64 (stored NULL,
+    counted too large) and a ``response_code`` as a quoted fraction (``"200.0"``: 200), each of
+    which the bulk JSON reader refuses beside typed numbers."""
     rng = random.Random(seed)
     base = int(time.time()) // 3600 * 3600 - 3600 + 1200
     out = []
@@ -158,26 +163,29 @@ def make_lines(
         request_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         upstream = f"10.0.{i % 16}.{rng.randint(2, 30)}:8080"
         if json_logs:
-            line = json.dumps(
-                {
-                    "start_time": when,
-                    "method": method,
-                    "path": path,
-                    "protocol": "HTTP/1.1",
-                    "response_code": code,
-                    "response_flags": flags,
-                    "bytes_received": received,
-                    "bytes_sent": sent,
-                    "duration": dur,
-                    "upstream_service_time": None if ust == "-" else ust,
-                    "x_forwarded_for": None if xff == "-" else xff,
-                    "user_agent": agent,
-                    "request_id": request_id,
-                    "authority": f"{svc}.internal:8080",
-                    "upstream_host": upstream,
-                },
-                separators=(",", ":"),
-            )
+            values = {
+                "start_time": when,
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "response_code": code,
+                "response_flags": flags,
+                "bytes_received": received,
+                "bytes_sent": sent,
+                "duration": dur,
+                "upstream_service_time": None if ust == "-" else ust,
+                "x_forwarded_for": None if xff == "-" else xff,
+                "user_agent": agent,
+                "request_id": request_id,
+                "authority": f"{svc}.internal:8080",
+                "upstream_host": upstream,
+            }
+            if odd_every and i % odd_every == odd_every // 2:
+                if i // odd_every % 2:
+                    values["response_code"] = f"{code}.0"
+                else:
+                    values["bytes_sent"] = 2**64
+            line = json.dumps(values, separators=(",", ":"))
         else:
             line = (
                 f'[{when}] "{method} {path} HTTP/1.1" '
@@ -439,6 +447,7 @@ def stages(
     runs: int = 3,
     istio: bool = False,
     json_logs: bool = False,
+    odd_every: int = 0,
 ) -> None:
     """The aggregator's per-line cost on ONE core, stage by stage, in this process (no I/O
     waits; pinned to one CPU, so the writer's threads share it): what "lines/s on one core"
@@ -459,7 +468,8 @@ def stages(
 
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     tune_gc()
-    chunks = encode_chunks(make_lines(lines, istio=istio, json_logs=json_logs), chunk, sized)
+    made = make_lines(lines, istio=istio, json_logs=json_logs, odd_every=odd_every)
+    chunks = encode_chunks(made, chunk, sized)
     unpacker = wire.new_unpacker()
     objs = []
     for _, _, frame in chunks:
@@ -602,6 +612,15 @@ def main() -> int:
         "--json", action="store_true", help="lines as Envoy's JSON access logs (typed values)"
     )
     ap.add_argument(
+        "--json-odd-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --json: one line in N holds an odd number (a bytes_sent past int64, a "
+        'response_code "200.0", in turn), which the bulk JSON reader refuses beside typed '
+        "numbers: its cost to the rest of the batch",
+    )
+    ap.add_argument(
         "--buffer-compression",
         default=DEFAULT_BUFFER_COMPRESSION,
         choices=BUFFER_COMPRESSIONS,
@@ -631,6 +650,8 @@ def main() -> int:
         "not with --stages",
     )
     args = ap.parse_args()
+    if args.json_odd_every and not args.json:
+        ap.error("--json-odd-every is for --json lines")
     if args.stages and (args.gzip or args.tls):
         ap.error("--gzip and --tls are for the whole pipeline: not with --stages")
     if args.pin and len(os.sched_getaffinity(0)) < 2:
@@ -638,7 +659,16 @@ def main() -> int:
         args.pin = False
     if args.stages:
         sized, runs = not args.unsized, max(1, args.runs or 3)
-        stages(args.lines, args.chunk, args.buffer_compression, sized, runs, args.istio, args.json)
+        stages(
+            args.lines,
+            args.chunk,
+            args.buffer_compression,
+            sized,
+            runs,
+            args.istio,
+            args.json,
+            args.json_odd_every,
+        )
         return 0
 
     tmp = Path(tempfile.mkdtemp(prefix="logq-bench-"))
@@ -691,7 +721,9 @@ def run(args: argparse.Namespace, tmp: Path, warehouse: str, env: dict[str, str]
     shared VM whose speed drifts by tens of percent, the median run is the figure to hold
     against a target. Compacts the last run's warehouse."""
     print(f"generating {args.lines:,} Envoy lines ...", flush=True)
-    lines = make_lines(args.lines, istio=args.istio, json_logs=args.json)
+    lines = make_lines(
+        args.lines, istio=args.istio, json_logs=args.json, odd_every=args.json_odd_every
+    )
     raw = docker_json_bytes(lines)
     chunks = encode_chunks(lines, args.chunk, not args.unsized, args.gzip)
     del lines
