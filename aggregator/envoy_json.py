@@ -18,9 +18,9 @@ gives the same row, :func:`_read_slow` being the reference):
 * a string column keeps a number, boolean, object or array as its compact JSON text (``12``,
   ``true``, ``{"a":1}``), as Fluent Bit and Vector coerce one to a string;
 * a number column reads a number as its value, in JSON's spelling or as a string (``12``,
-  ``"12"``, ``12.0``, ``1e3``); ``"-"``, ``""``, ``null``, booleans, objects, arrays, other text,
-  negative numbers (not ``-0``: 0) and numbers past the column's digits (9 for an int column,
-  18 for a bigint one) are NULL, as the text formats' ``-`` is. Envoy's own numbers are whole
+  ``"12"``, ``12.0``, ``1e3``); ``"-"``, ``""``, ``null``, booleans, objects, arrays, other text
+  and numbers past the column's digits (9 for an int column, 18 for a bigint one) are NULL, as
+  the text formats' ``-`` is. Envoy's own numbers are whole
   (``%DURATION%`` is milliseconds, truncated by Envoy); a number with a fraction
   (``"duration": 1.5``, from another program's JSON) is stored rounded to the nearest whole
   number, halves up (``1.5`` -> 2, as Athena's and DuckDB's ``CAST(1.5 AS INTEGER)``), and its
@@ -38,7 +38,14 @@ gives the same row, :func:`_read_slow` being the reference):
 * a number past its column's digits is NULL, the rest of its line stored, and the line counted
   in ``logq_aggregator_envoy_numbers_too_large_total`` (:data:`aggregator.envoy.TOO_LARGE`): a
   ``bytes_sent`` past int64 was NULL uncounted, and the same line in a text format is unparsed.
-  Not a ``response_code``: without a status the line is unparsed, as a text line is.
+  Not a ``response_code``: without a status the line is unparsed, as a text line is;
+* a negative number (``-1``, ``"-1"``, ``-0.4``; not ``-0`` nor ``-0.0``: 0) in any number
+  column leaves its line unparsed (:data:`NEGATIVE`), in ``container_logs``, counted in
+  ``logq_aggregator_envoy_parse_failures_total``, as a text line with ``-5`` for
+  ``%BYTES_SENT%`` is: no count, duration or status is below 0, so the line is not Envoy's
+  access line as the column reads it (such a value was NULL, its line stored, counted
+  nowhere). The too-large counter does not take it: a negative is not past the column's
+  digits, and a metric's name, once shipped, is not changed to say so.
 """
 
 from __future__ import annotations
@@ -113,6 +120,10 @@ _DECIMAL = r"^-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?$"
 #: Texts that hold no number: json_format prints an unset number as ``"-"`` (the re-read of
 #: :func:`_numbers_unquoted` makes them null, so every reader must treat them as absent).
 UNSET_NUMBERS = pa.array(["-", ""], pa.string())
+#: A :data:`_DECIMAL` below 0: a minus, then a digit other than 0 before any exponent (``-0``,
+#: ``-0.0`` and ``-0e5`` are 0; ``-1e-400`` is below 0, though a double holds it as -0.0: the
+#: bulk reader's double never gives such a number, :data:`_LONG_NUMBER`).
+_BELOW_ZERO = r"^-[\d.]*[1-9]"
 #: The keys of the number columns.
 _NUMBER_NAMES = frozenset(key for column in INT_COLUMNS for key in ALIASES[column])
 #: The keys of the string columns (times apart: the reader keeps them strings).
@@ -148,7 +159,7 @@ def json_attempt(lines: pa.Array) -> tuple[pa.Array, dict[str, pa.Array]]:
     raw = _read(candidates)
     columns = _typed(raw)
     ok_rows = pc.and_(pc.is_valid(columns["timestamp"]), pc.is_valid(columns["response_code"]))
-    ok_rows = pc.fill_null(ok_rows, False)
+    ok_rows = pc.and_not(pc.fill_null(ok_rows, False), columns.pop(NEGATIVE))
     mask = _spread(looks, ok_rows)
     return mask, {k: v.filter(ok_rows) for k, v in columns.items()}
 
@@ -176,6 +187,11 @@ def _looks_like_json(lines: pa.Array) -> pa.Array:
     if lines.null_count:
         looks &= lines.is_valid().to_numpy(zero_copy_only=False)
     return pa.array(looks)
+
+
+#: The lines with a negative number in a number column (:func:`_typed`): no access lines, as a
+#: text line with ``-5`` for ``%BYTES_SENT%`` is none (module docstring).
+NEGATIVE = "_negative_number"
 
 
 #: Bulk reads :func:`_read` tries before it reads a batch line by line: each after one refusal,
@@ -414,18 +430,18 @@ def _json_text(value: Any) -> str | None:
 
 
 def _typed(raw: dict[str, pa.Array]) -> dict[str, pa.Array]:
-    """The ``envoy_access`` columns of :func:`_read`'s values, :data:`ROUNDED` and
-    :data:`TOO_LARGE`."""
+    """The ``envoy_access`` columns of :func:`_read`'s values, :data:`ROUNDED`,
+    :data:`TOO_LARGE` and :data:`NEGATIVE` (the lines to refuse)."""
     out = {"timestamp": _times(raw["start"])}
     for name in STRING_COLUMNS:
         values = raw[name]
         out[name] = _dash_to_null(values) if name in DASH_IS_NULL else values
-    marks: dict[str, pa.Array | None] = {ROUNDED: None, TOO_LARGE: None}
+    marks: dict[str, pa.Array | None] = {ROUNDED: None, TOO_LARGE: None, NEGATIVE: None}
     for name, typ in INT_COLUMNS.items():
-        out[name], cut, large = _number(raw[name], typ)
+        out[name], cut, large, negative = _number(raw[name], typ)
         if cut is not None and name in WHOLE_ONLY:
             out[name], cut = pc.if_else(cut, pa.scalar(None, typ), out[name]), None
-        for key, mark in ((ROUNDED, cut), (TOO_LARGE, large)):
+        for key, mark in ((ROUNDED, cut), (TOO_LARGE, large), (NEGATIVE, negative)):
             if mark is not None:
                 before = marks[key]
                 marks[key] = mark if before is None else pc.or_(before, mark)
@@ -437,32 +453,35 @@ def _typed(raw: dict[str, pa.Array]) -> dict[str, pa.Array]:
 
 def _number(
     values: pa.Array, typ: pa.DataType
-) -> tuple[pa.Array, pa.Array | None, pa.Array | None]:
-    """A number column's values as ``typ`` (module docstring), which were rounded and which
-    were past the column's digits (None: none; the usual batch, whose numbers are all digits
-    that fit, costs one regex as before)."""
+) -> tuple[pa.Array, pa.Array | None, pa.Array | None, pa.Array | None]:
+    """A number column's values as ``typ`` (module docstring), which were rounded, which were
+    past the column's digits and which were negative (None: none; the usual batch, whose
+    numbers are all digits that fit, costs one regex as before)."""
     digits = _INT_LIMITS[typ]
     limit = 10**digits
     if pa.types.is_integer(values.type):  # typed JSON: the numbers whose digits would fit
         low, high = (pc.min_max(values)[key].as_py() for key in ("min", "max"))
         if high is None or (low >= 0 and high < limit):
-            return pc.cast(values, typ), None, None
+            return pc.cast(values, typ), None, None, None
         fits = pc.and_(pc.greater_equal(values, 0), pc.less(values, limit))
         large = pc.fill_null(pc.greater_equal(values, limit), False)
-        return pc.cast(pc.if_else(fits, values, pa.scalar(None, values.type)), typ), None, large
+        negative = pc.fill_null(pc.less(values, 0), False) if low < 0 else None
+        kept = pc.cast(pc.if_else(fits, values, pa.scalar(None, values.type)), typ)
+        return kept, None, large, negative
     plain = pc.fill_null(pc.match_substring_regex(values, rf"^\d{{1,{digits}}}$"), False)
     whole = pc.cast(pc.if_else(plain, values, pa.scalar(None, pa.string())), typ)
     if pc.all(pc.or_(plain, pc.is_null(values))).as_py():
-        return whole, None, None
+        return whole, None, None, None
     other = pc.and_(
         pc.invert(plain), pc.fill_null(pc.match_substring_regex(values, _DECIMAL), False)
     )
     if not pc.any(other).as_py():
-        return whole, None, None
+        return whole, None, None, None
     texts = pc.if_else(other, values, pa.scalar(None, pa.string()))
+    negative = pc.fill_null(pc.match_substring_regex(texts, _BELOW_ZERO), False)
     number = pc.cast(texts, pa.float64())
     near = pc.round(number, round_mode="half_up")
-    # A negative number is NULL, uncounted; -0.0 is 0 (IEEE: not below 0).
+    # A negative number is NULL (its line refused: _typed); -0.0 is 0 (IEEE: not below 0).
     positive = pc.fill_null(pc.greater_equal(number, 0), False)
     fits = pc.and_(positive, pc.fill_null(pc.less(near, float(limit)), False))
     kept = pc.cast(pc.if_else(fits, near, pa.scalar(None, pa.float64())), typ)
@@ -480,7 +499,7 @@ def _number(
         kept, cut, large = _exact(
             texts, pc.fill_null(doubtful, False), kept, cut, large, limit, typ
         )
-    return pc.coalesce(whole, kept), cut, large
+    return pc.coalesce(whole, kept), cut, large, negative
 
 
 def _exact(
@@ -495,7 +514,7 @@ def _exact(
     """:func:`_number`'s ``kept``, ``cut`` and ``large`` with the ``rows`` of ``texts`` read by
     their decimal digits, one by one (few: Envoy prints whole numbers, which come here only
     past the column's digits). A text :class:`~decimal.Decimal` cannot hold (an exponent of 19
-    digits or more) keeps its double's answer; a negative one is NULL, uncounted."""
+    digits or more) keeps its double's answer; a negative one is NULL (:data:`_BELOW_ZERO`)."""
     values = kept.to_pylist()
     cuts = cut.to_numpy(zero_copy_only=False).copy()
     larges = large.to_numpy(zero_copy_only=False).copy()

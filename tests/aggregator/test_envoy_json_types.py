@@ -127,8 +127,8 @@ NUMBER_CASES: list[tuple[object, int | None, bool]] = [
     (0.4, 0, True),
     (999999999.4, 999999999, True),
     (999999999.5, None, False),  # rounds past 9 digits
-    (-0.4, None, False),
-    (-1, None, False),
+    (-0.0, 0, False),
+    ("-0", 0, False),
     ("-", None, False),
     ("", None, False),
     (None, None, False),
@@ -262,6 +262,42 @@ def test_route_counts_the_lines_with_a_number_too_large_per_service() -> None:
     assert "container_logs" not in routed.tables
 
 
+#: Negative numbers in a number column, in JSON's spellings: no count, duration or status is
+#: below 0, and a text format's ``%BYTES_SENT%`` of ``-5`` leaves its line unparsed.
+NEGATIVE_NUMBERS = ["-1", '"-1"', "-0.4", "-1e400", '"-1.5"', "-99999999999999999999", "-1e-400"]
+
+
+def test_a_negative_number_leaves_its_line_unparsed_as_in_the_text_formats() -> None:
+    """A negative number was NULL, its line stored and counted nowhere; the same value in a
+    text line (``-5`` for ``%BYTES_RECEIVED%``) leaves it unparsed, in container_logs, counted
+    in the parse failures: a JSON line now too, in every reader. ``-0`` and ``-0.0`` are 0."""
+    text = '[2026-11-28T14:00:00.000Z] "GET / HTTP/1.1" 200 - -5 0 1 - "-" "-" "-" "-" "-"'
+    assert parse_lines(pa.array([text])).unparsed.to_pylist() == [0]
+    for key in ("duration", "bytes_received", "bytes_sent", "upstream_service_time"):
+        for number in NEGATIVE_NUMBERS:
+            for parsed in _parsed(_with_raw(key, number)):
+                assert parsed.unparsed.to_pylist()[:1] == [0], (key, number)
+                assert 0 not in parsed.rounded.to_pylist() + parsed.too_large.to_pylist()
+        for zero in ("-0", "-0.0", '"-0"'):
+            assert [row[0] for row in _line_rows(_with_raw(key, zero))] == [
+                _line_rows(_with_raw(key, "0"))[0][0]
+            ] * READS
+
+
+def test_route_counts_a_line_with_a_negative_number_as_a_parse_failure() -> None:
+    def event(service: str, received: str) -> tuple[str, int, dict]:
+        line = _with_raw("bytes_received", received)
+        return (f"logq.{service}", T0, record(line, service=service, format="envoy"))
+
+    events = [event("cart", "3"), event("cart", "-3"), event("recipe", '"-1"')]
+    table = records_table([to_ipc(records_batch(t, pa.array([n]), [r])) for t, n, r in events])
+    routed = route(table)
+    assert routed.parse_failures == {"cart": 1, "recipe": 1}
+    assert routed.tables["envoy_access"].column("bytes_received").to_pylist() == [3]
+    assert routed.tables["container_logs"].num_rows == 2
+    assert routed.numbers_too_large == {}
+
+
 _SCALARS = st.one_of(
     st.none(),
     st.booleans(),
@@ -283,7 +319,14 @@ _KEYS = ("user_agent", "path", "protocol", "duration", "bytes_sent", "upstream_s
 @settings(max_examples=80, deadline=None)
 @given(st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=4))
 def test_any_json_values_read_alike_in_every_reader(values: dict[str, Any]) -> None:
-    _one_row(values)
+    """One row, or none (a negative number) in every reader."""
+    rows = []
+    for parsed in _parsed(json.dumps({**BASE, **values})):
+        if parsed.rows.to_pylist()[:1] == [0]:
+            rows.append({name: column[0].as_py() for name, column in parsed.columns.items()})
+        else:
+            rows.append(None)
+    assert all(row == rows[0] for row in rows), rows
 
 
 #: JSON numbers without a sign, of up to 40 digits and an exponent (``12.5e-3``).
@@ -338,7 +381,8 @@ _SPELLED_NUMBERS = st.builds(
 @given(
     st.sampled_from(["duration", "bytes_sent", "response_code"]), _SPELLED_NUMBERS, st.booleans()
 )
-@example("duration", "-0.0", False)  # NULL, where 0.0 and -0 were 0
+@example("duration", "-0.0", False)  # 0, as 0.0 and -0 are
+@example("duration", "-1e-400", False)  # negative: no row, though its double is -0.0
 @example("duration", "-0", True)
 @example("duration", "1e-400", False)  # 0, uncounted: a double's 0.0
 @example("response_code", "1E-400", True)  # status 0, where 1E-7 is no access line
@@ -347,8 +391,9 @@ def test_any_spelling_of_a_number_is_one_row_in_every_reader(
     key: str, number: str, quoted: bool
 ) -> None:
     """The row of a number is its value's, whatever JSON's spelling, quoted or not: a negative
-    one NULL, a zero (``-0``, ``0e-400``) 0, a fraction below a double's least (``1e-400``)
-    rounded as any other, and a ``response_code`` with a fraction no access line."""
+    one no access line (unparsed, as in the text formats), a zero (``-0``, ``0e-400``) 0, a
+    fraction below a double's least (``1e-400``) rounded as any other, and a ``response_code``
+    with a fraction no access line."""
     column, digits = {
         "duration": ("duration_ms", 9),
         "bytes_sent": ("bytes_sent", 18),
@@ -357,11 +402,11 @@ def test_any_spelling_of_a_number_is_one_row_in_every_reader(
     exact = Decimal(number)
     near = int(exact.to_integral_value(rounding=ROUND_HALF_UP))
     if exact < 0:
-        expected = [(None, False, False)]
+        expected = []  # no access line: unparsed, as in the text formats
     else:
         fits = near < 10**digits
         expected = [(near if fits else None, fits and near != exact, not fits)]
-    if key == "response_code":
+    if key == "response_code" and expected:
         expected = [] if expected[0][0] is None or expected[0][1] else [(near, False, False)]
     line = _with_raw(key, f'"{number}"' if quoted else number)
     for parsed in _parsed(line):
