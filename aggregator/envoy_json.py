@@ -196,8 +196,10 @@ NEGATIVE = "_negative_number"
 
 #: Bulk reads :func:`_read` tries before it reads a batch line by line: each after one refusal,
 #: of the lines not yet blamed for one, or with the numbers unquoted (one round). A batch of
-#: lines odd in as many ways is rare; past it, line by line is what is left.
-_ROUNDS = 5
+#: lines odd in as many ways (four keys each typed two ways) is rare, or made so: each refused
+#: read cost up to a whole bulk read (~3 µs a line), so such a batch costs what line by line
+#: did (~32 µs a line) plus those (~45): bounded, where more rounds would let it cost more.
+_ROUNDS = 4
 
 
 def _read(candidates: pa.Array) -> dict[str, pa.Array]:

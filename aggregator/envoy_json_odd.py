@@ -52,8 +52,11 @@ def conflicting_key(error: Exception) -> str | None:
     """The key (the last part of its JSON pointer) Arrow's ``error`` says two lines typed
     differently; None for any other error."""
     match = _CONFLICT.search(str(error))
-    if match is None:
-        return None
+    return None if match is None else _key(match)
+
+
+def _key(match: re.Match[str]) -> str:
+    """The key of a :data:`_CONFLICT`: its JSON pointer's last part, unescaped (RFC 6901)."""
     return match.group(1).rsplit("/", 1)[-1].replace("~1", "/").replace("~0", "~")
 
 
@@ -71,20 +74,18 @@ def conflicting_rows(lines: pa.Array, error: Exception) -> np.ndarray | None:
     """For a key typed two ways (``error``), the lines whose value of it is of the kind fewer
     lines hold (ties: the later kind, the one Arrow met second); None for another error."""
     match = _CONFLICT.search(str(error))
-    key = conflicting_key(error)
-    if match is None or key is None:
+    if match is None:
         return None
     kinds = [_KIND_STARTS.get(kind) for kind in match.group(2, 3)]
     if None in kinds:
         return None
-    quoted = rf'"{re.escape(key)}"\s*:\s*'
-    found = [
+    quoted = rf'"{re.escape(_key(match))}"\s*:\s*'
+    first, second = (
         pc.fill_null(pc.match_substring_regex(lines, quoted + start), False).to_numpy(
             zero_copy_only=False
         )
         for start in kinds
-    ]
-    first, second = found
+    )
     return first if first.sum() < second.sum() else second
 
 
@@ -120,7 +121,8 @@ def merged(
 ) -> dict[str, pa.Array]:
     """The columns of a batch whose ``odd`` lines were read into ``blamed`` and the others into
     ``rest``, in the batch's order. A number column the bulk reader kept as integers is turned
-    to text, as the line-by-line reader gives it (the same row: :func:`_typed` reads both)."""
+    to text, as the line-by-line reader gives it (the same row:
+    :func:`aggregator.envoy_json._typed` reads both)."""
     kept = int(len(odd) - odd.sum())
     order = np.empty(len(odd), np.int64)
     order[~odd] = np.arange(kept)
