@@ -279,14 +279,18 @@ def _read_bulk(candidates: pa.Array) -> tuple[dict[str, pa.Array], np.ndarray | 
 
 def _ndjson(lines: pa.Array) -> pa.Buffer:
     """``lines`` (no NULLs) as newline-delimited JSON: their bytes with a newline after each,
-    in one numpy pass over the bytes (a Python string per line, joined and encoded, cost ~0.5
-    µs a line more). Invalid UTF-8 is left to the reader, which refuses it as ``json.loads``
-    would."""
-    if not pa.types.is_string(lines.type):  # large strings: as text
-        return pa.py_buffer("".join(f"{line}\n" for line in lines.to_pylist()).encode())
-    offsets, data = offsets_and_bytes(lines)
-    base = int(offsets[0])
-    return pa.py_buffer(np.insert(data[base : int(offsets[-1])], offsets[1:] - base, ord("\n")))
+    joined by one Arrow kernel (~0.04 µs a line; numpy's ``insert``, a mask over every byte,
+    cost ~0.27, and a Python string per line ~0.8). Invalid UTF-8 is left to the reader, which
+    refuses it as ``json.loads`` would."""
+    if not len(lines):
+        return pa.py_buffer(b"")
+    empty = pa.scalar("", lines.type)  # each line, then "" after a newline:
+    joined = pc.binary_join_element_wise(lines, empty, pa.scalar("\n", lines.type))
+    width = np.int64 if pa.types.is_large_string(joined.type) else np.int32
+    ends = np.frombuffer(joined.buffers()[1], width)[
+        joined.offset : joined.offset + len(joined) + 1
+    ]
+    return joined.buffers()[2].slice(int(ends[0]), int(ends[-1] - ends[0]))
 
 
 #: A number key and its colon (group 1), then a quoted value :func:`_numbers_unquoted` rewrites.
