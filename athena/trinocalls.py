@@ -47,8 +47,9 @@ another without a word:
   there (``2024-03-10 22:00:03.719 UTC``): locally they and the column are one type, so those
   the statement shows (``now()``, ``current_timestamp``, ``from_unixtime(x)``, and
   ``date_trunc``, ``date_add`` or an interval added to one: :func:`athena.trinotypes.is_zoned`)
-  print so, and other values as the column. ``localtimestamp``, a ``timestamp(3)`` without
-  a zone, prints with three fraction digits (DuckDB wrote six).
+  print so, and other values as the column. ``localtimestamp`` and ``date_parse``'s answer
+  (:func:`athena.trinotypes.is_parsed`), ``timestamp(3)`` values without a zone, print with
+  three fraction digits (DuckDB wrote six, or none for a whole second).
 * ``CAST(double AS varchar)`` (and REAL) is Java's ``Double.toString``: ``1.0E7`` from 1e7 up
   and ``1.5E-5`` under 1e-3, ``NaN``, ``Infinity``; DuckDB wrote ``10000000.0``, ``1.5e-05``,
   ``nan``, ``inf`` (:data:`athena.trinofuncs.JAVA_NUMBER_TEXT`, which ``format``'s ``%s``
@@ -107,7 +108,7 @@ from typing import Any
 
 from athena.queries import QueryError
 from athena.trinofuncs import JAVA_NUMBER_TEXT, from_template
-from athena.trinotypes import is_floating, is_map, is_row, is_zoned, zone_given
+from athena.trinotypes import is_floating, is_map, is_parsed, is_row, is_zoned, zone_given
 
 #: DuckDB's names of the integer types a CAST may target (as ``DataType.this`` names them).
 _INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INT", "BIGINT"})
@@ -165,7 +166,8 @@ _ZONED_TEXT = "strftime(__x__, '%Y-%m-%d %H:%M:%S.%g') || ' UTC'"
 #: zone): as Trino prints a TIMESTAMP WITH TIME ZONE in a named zone,
 #: ``2026-12-05 22:00:01.954 America/New_York``.
 _AT_ZONE_TEXT = "strftime(__x__, '%Y-%m-%d %H:%M:%S.%g') || ' ' || __zone__"
-#: ``localtimestamp``'s text: a ``timestamp(3)`` in Trino (DuckDB's has six digits).
+#: The text of ``localtimestamp`` and ``date_parse``: a ``timestamp(3)`` in Trino, always three
+#: fraction digits (DuckDB wrote six, or none for a whole second).
 _LOCAL_TEXT = "strftime(__x__, '%Y-%m-%d %H:%M:%S.%g')"
 
 
@@ -361,7 +363,7 @@ def cast(node: Any, adapt: Callable[[Any], Any]) -> Any | None:
         zone = zone_given(node.this)
         if zone is not None:
             return from_template(_AT_ZONE_TEXT, x=value, zone=adapt(zone))
-        if isinstance(node.this, exp.Localtimestamp):
+        if isinstance(node.this, exp.Localtimestamp) or is_parsed(node.this):
             return from_template(_LOCAL_TEXT, x=value)
         java = from_template(JAVA_NUMBER_TEXT, x=value)
         return from_template(_TIMESTAMP_TEXT, x=value, call=call, java=java)

@@ -191,6 +191,31 @@ def is_zoned(node: Any, depth: int = 0) -> bool:
     return False
 
 
+def is_parsed(node: Any, depth: int = 0) -> bool:
+    """Whether ``node`` is visibly Trino's ``date_parse`` answer, a ``timestamp(3)`` without a
+    zone (``DateTimeFunctions.dateParse``), or ``date_trunc``, ``date_add`` or an interval
+    added to or taken from one (each keeps the type), or a column so defined: its text has
+    three fraction digits (``2026-12-06 10:00:00.000``), where DuckDB's TIMESTAMP printed
+    none for a whole second."""
+    from sqlglot import exp
+
+    if depth > _MAX_DEPTH:
+        return False
+    deeper = depth + 1
+    if isinstance(node, exp.StrToTime):
+        return True
+    if isinstance(node, exp.TimestampTrunc | exp.DateAdd | exp.Paren):
+        return is_parsed(node.this, deeper)
+    if isinstance(node, exp.Add | exp.Sub):
+        sides = (node.this, node.expression)
+        intervals = [isinstance(s, exp.Interval) for s in sides]
+        return any(intervals) and any(is_parsed(s, deeper) for s in sides)
+    if isinstance(node, exp.Column):
+        found = definitions(node, deeper)
+        return bool(found) and all(is_parsed(d, deeper) for d in found)
+    return False
+
+
 def zone_given(node: Any, depth: int = 0) -> Any | None:
     """The zone of ``node`` when it is visibly a value of ``x AT TIME ZONE zone`` (a Trino
     TIMESTAMP WITH TIME ZONE in ``zone``, which the local engine holds as the zone's wall time

@@ -666,3 +666,26 @@ def test_date_parse_specifiers_trino_refuses_are_refused(spec: str, says: str) -
     are refused with what to do rather than answered otherwise."""
     with pytest.raises(QueryError, match=re.escape(f"date_parse(): {says}")):
         to_duckdb(f"SELECT date_parse(path, '%Y {spec}') FROM envoy_access", {})
+
+
+def test_cast_of_date_parse_to_text_has_three_fraction_digits(engine: LocalEngine) -> None:
+    """Trino's date_parse is a timestamp(3) (DateTimeFunctions.dateParse), whose text always
+    has three fraction digits (2026-12-06 10:00:00.000); DuckDB's TIMESTAMP printed none for
+    a whole second."""
+    parsed = "date_parse('2026-12-06 10:05','%Y-%m-%d %H:%i')"
+    got = rows(
+        engine,
+        f"SELECT CAST({parsed} AS varchar), CAST(date_trunc('hour', {parsed}) AS varchar), "
+        f"CAST({parsed} + INTERVAL '1' SECOND AS varchar), "
+        "CAST(date_parse('10:05:09.5', '%T.%f') AS varchar), CAST(p AS varchar) "
+        f"FROM (SELECT {parsed} AS p)",
+    )
+    assert got == [
+        (
+            "2026-12-06 10:05:00.000",
+            "2026-12-06 10:00:00.000",
+            "2026-12-06 10:05:01.000",
+            "1970-01-01 10:05:09.500",
+            "2026-12-06 10:05:00.000",
+        )
+    ]
