@@ -242,7 +242,8 @@ def _for_duckdb(node: Any) -> Any:
     * ``logs.envoy_access`` (database-qualified, as written for Athena) reads the local view.
     * ``date_diff(unit, a, b)`` counts whole units, as Trino does (DuckDB's ``date_diff``
       counts unit boundaries crossed; its ``date_sub`` is Trino's meaning): 23:45 to 03:56 the
-      next day is 0 days, not 1.
+      next day is 0 days, not 1. ``from_iso8601_timestamp`` of a literal keeps the text's
+      offset, as Trino's does.
     * ``regexp_extract`` is NULL when the pattern does not match or the group is unset, as in
       Trino (DuckDB gives ''), ``array[i]`` fails outside the array and ``map[key]`` for a
       missing key, as in Trino, ``row[i]`` reads a ROW's field, and ``date_parse`` reads
@@ -316,6 +317,8 @@ def _for_duckdb(node: Any) -> Any:
         return exp.Anonymous(
             this="date_sub", expressions=[unit, _adapted(node.expression), _adapted(node.this)]
         )
+    if isinstance(node, exp.FromISO8601Timestamp):
+        return trinocalls.from_iso8601_timestamp(node, _adapted)
     if isinstance(node, exp.RegexpReplace):
         return trinofuncs.regexp_replace(node, _adapted)
     if isinstance(node, exp.SplitPart):

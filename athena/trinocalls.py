@@ -32,9 +32,12 @@ another without a word:
   an operand of a comparison or ``IN`` (:func:`zoned_comparison`), and ``CAST(... AS
   varchar)`` prints it as Trino, with the zone's name (``2026-12-05 22:00:01.954
   America/New_York``, three fraction digits whatever the precision, the zone as written).
-  Left: a value read through a subquery's ``*`` (not shown) or a ``CASE`` or ``coalesce``
-  of one prints the wall time, and what is made of a wall time in the hour a zone repeats
-  prints as the later instant (:func:`zoned_instant`).
+  ``from_iso8601_timestamp`` of a literal with an offset is a value in that offset
+  (:func:`from_iso8601_timestamp`), and an offset zone (``'+02:00'``) is given to DuckDB as
+  ``GMT+02:00`` (:func:`duckdb_zone`). Left: a value read through a subquery's ``*`` (not
+  shown) or a ``CASE`` or ``coalesce`` of one prints the wall time, and what is made
+  of a wall time in the hour a zone repeats prints as the later instant
+  (:func:`zoned_instant`).
 * ``CAST(double AS integer)`` (and the other integer types): Trino rounds half away from zero
   (``MathFunctions.round``: ``CAST(2.5e0 AS integer)`` is 3), DuckDB half to even (2), so
   ``CAST(avg(duration_ms) AS bigint)`` differed on every .5. Rounded with DuckDB's ``round``
@@ -108,7 +111,15 @@ from typing import Any
 
 from athena.queries import QueryError
 from athena.trinofuncs import JAVA_NUMBER_TEXT, from_template
-from athena.trinotypes import is_floating, is_map, is_parsed, is_row, is_zoned, zone_given
+from athena.trinotypes import (
+    is_floating,
+    is_map,
+    is_parsed,
+    is_row,
+    is_zoned,
+    iso_text_zone,
+    zone_given,
+)
 
 #: DuckDB's names of the integer types a CAST may target (as ``DataType.this`` names them).
 _INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INT", "BIGINT"})
@@ -243,7 +254,40 @@ def at_time_zone(node: Any, adapt: Callable[[Any], Any]) -> Any:
     from sqlglot import exp
 
     value = exp.Cast(this=adapt(node.this), to=exp.DataType.build("TIMESTAMPTZ"))
-    return exp.AtTimeZone(this=value, zone=adapt(node.args["zone"]))
+    return exp.AtTimeZone(this=value, zone=duckdb_zone(adapt(node.args["zone"])))
+
+
+#: A zone of a fixed offset as Trino names one (``+02:00``, ``TimeZoneKey``); DuckDB's ICU
+#: refuses that name ("Unknown TimeZone '+02:00'") and takes ``GMT+02:00``.
+_OFFSET_ZONE = re.compile(r"[+-]\d\d:\d\d")
+
+
+def duckdb_zone(zone: Any) -> Any:
+    """``zone`` (an adapted zone expression) as DuckDB names it: a literal offset ``+02:00``
+    becomes ``GMT+02:00`` (:data:`_OFFSET_ZONE`); any other zone is left as it is. Where the
+    zone is printed (``CAST(... AS varchar)``) Trino's name is kept."""
+    from sqlglot import exp
+
+    if isinstance(zone, exp.Literal) and zone.is_string and _OFFSET_ZONE.fullmatch(zone.this):
+        return exp.Literal.string("GMT" + zone.this)
+    return zone
+
+
+def from_iso8601_timestamp(node: Any, adapt: Callable[[Any], Any]) -> Any:
+    """``node`` (exp.FromISO8601Timestamp): of a literal text with an offset other than zero,
+    Trino's answer is in that offset's zone (:func:`athena.trinotypes.iso_text_zone`), which
+    the local engine holds as every zoned value of the statement, that zone's wall time
+    (``2026-12-06T10:00:00+02:00`` is 10:00, which ``hour()`` reads as Trino's does; printed,
+    compared or cast to text as a value of ``AT TIME ZONE '+02:00'``). Any other call is
+    left to sqlglot's cast to a TIMESTAMP WITH TIME ZONE (the instant, in UTC)."""
+    from sqlglot import exp
+
+    call = node.copy()
+    call.set("this", adapt(node.this))
+    zone = iso_text_zone(node)
+    if zone in (None, "UTC"):
+        return call
+    return exp.AtTimeZone(this=call, zone=duckdb_zone(exp.Literal.string(zone)))
 
 
 def printed_projection(node: Any) -> bool:
@@ -298,10 +342,10 @@ def zoned_instant(node: Any, zone: Any, adapt: Callable[[Any], Any]) -> Any:
     in_where = isinstance(node.find_ancestor(exp.Where, exp.Select), exp.Where)
     if isinstance(bare, exp.AtTimeZone) and (in_where or not grouped):
         value = exp.Cast(this=adapt(bare.this), to=exp.DataType.build("TIMESTAMPTZ"))
-        return from_template(_EXACT_INSTANT, x=value, zone=adapt(zone))
+        return from_template(_EXACT_INSTANT, x=value, zone=duckdb_zone(adapt(zone)))
     inner = exp.Paren(this=node.copy())
     inner.parent = node.parent
-    return exp.AtTimeZone(this=adapt(inner), zone=adapt(zone))
+    return exp.AtTimeZone(this=adapt(inner), zone=duckdb_zone(adapt(zone)))
 
 
 def zoned_comparison(node: Any, adapt: Callable[[Any], Any]) -> Any | None:

@@ -18,6 +18,7 @@ and the rewrites leave it to DuckDB's own meaning.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 #: Nested definitions followed at most (a column of a derived table of a derived table ...).
@@ -168,8 +169,10 @@ def is_zoned(node: Any, depth: int = 0) -> bool:
     """Whether ``node`` is visibly one of Trino's own TIMESTAMP WITH TIME ZONE values in the
     session's zone (UTC on Athena): ``now()``/``current_timestamp``, ``from_unixtime(x)``, or
     ``date_trunc``, ``date_add`` or an interval added to or taken from one (each keeps the
-    type). Not the tables' ``timestamp``, a plain ``timestamp(3)`` on Athena, which the local
-    engine reads as a TIMESTAMP WITH TIME ZONE too (see :mod:`athena.trinocalls`)."""
+    type), and ``from_iso8601_timestamp`` of a literal text in UTC (``Z``, a zero offset or
+    none: :func:`iso_text_zone`). Not the tables' ``timestamp``, a plain ``timestamp(3)`` on
+    Athena, which the local engine reads as a TIMESTAMP WITH TIME ZONE too (see
+    :mod:`athena.trinocalls`)."""
     from sqlglot import exp
 
     if depth > _MAX_DEPTH:
@@ -177,6 +180,8 @@ def is_zoned(node: Any, depth: int = 0) -> bool:
     deeper = depth + 1
     if isinstance(node, exp.CurrentTimestamp):
         return True
+    if isinstance(node, exp.FromISO8601Timestamp):
+        return iso_text_zone(node) == "UTC"
     if isinstance(node, exp.UnixToTime):  # from_unixtime(x, zone) is in that zone
         return not any(node.args.get(k) is not None for k in ("zone", "hours", "minutes"))
     if isinstance(node, exp.TimestampTrunc | exp.DateAdd | exp.Paren):
@@ -221,10 +226,11 @@ def zone_given(node: Any, depth: int = 0) -> Any | None:
     TIMESTAMP WITH TIME ZONE in ``zone``, which the local engine holds as the zone's wall time
     without a zone: see :mod:`athena.trinocalls`): the operator itself, or ``date_trunc``,
     ``date_add``, an interval added to or taken from one, or ``min``, ``max`` or
-    ``arbitrary`` of one (each keeps the type and the zone), or a column so defined. Else
-    None. The zone is the operator's own expression; through a column it must be one string
-    literal (the same in every definition), which means the same outside the query that
-    defines the column."""
+    ``arbitrary`` of one (each keeps the type and the zone), ``from_iso8601_timestamp`` of a
+    literal text with an offset other than zero (in that offset's zone, :func:`iso_text_zone`),
+    or a column so defined. Else None. The zone is the operator's own expression; through a
+    column it must be one string literal (the same in every definition), which means the same
+    outside the query that defines the column."""
     from sqlglot import exp
 
     if depth > _MAX_DEPTH:
@@ -232,6 +238,9 @@ def zone_given(node: Any, depth: int = 0) -> Any | None:
     deeper = depth + 1
     if isinstance(node, exp.AtTimeZone):
         return node.args.get("zone")
+    if isinstance(node, exp.FromISO8601Timestamp):
+        zone = iso_text_zone(node)
+        return exp.Literal.string(zone) if zone not in (None, "UTC") else None
     if isinstance(node, exp.TimestampTrunc | exp.DateAdd | exp.Paren):
         return zone_given(node.this, deeper)
     if type(node).__name__ in _SAME_TYPE_AGGREGATES - {"Sum"}:
@@ -248,6 +257,35 @@ def zone_given(node: Any, depth: int = 0) -> Any | None:
         if zones and len(texts) == 1 and all(isinstance(z, exp.Literal) for z in zones):
             return zones[0]
     return None
+
+
+#: The UTC offset ending an ISO 8601 time as Trino's ``from_iso8601_timestamp`` reads it
+#: (Joda's ``ISODateTimeFormat.dateTimeParser``: ``Z``, ``+HH``, ``+HH:MM`` or ``+HHMM``).
+_ISO_OFFSET = re.compile(r"(?:Z|([+-])(\d\d)(?::?(\d\d))?)$")
+
+
+def iso_text_zone(node: Any) -> str | None:
+    """The zone of Trino's answer to ``from_iso8601_timestamp(text)`` (``node``) when ``text``
+    is a literal: the text's own offset (``+02:00``, as Trino names a zone of a fixed offset),
+    ``UTC`` for ``Z``, a zero offset or none (the session zone, UTC on Athena); None when
+    the text is not a literal or its offset is not one of those spellings. Trino keeps the
+    offset (``DateTimeFunctions.fromISO8601Timestamp``: ``withOffsetParsed``), so ``hour()``
+    of ``2026-12-06T10:00:00+02:00`` is 10 and its text ends ``+02:00``."""
+    from sqlglot import exp
+
+    text = node.this
+    if not (isinstance(text, exp.Literal) and text.is_string):
+        return None
+    _, t, time = text.this.strip().partition("T")
+    if not t or not re.search(r"[Z+-]", time):
+        return "UTC"
+    found = _ISO_OFFSET.search(time)
+    if found is None or found.start() == 0:
+        return None
+    sign, hours, minutes = found.groups()
+    if sign is None or int(hours) * 60 + int(minutes or 0) == 0:
+        return "UTC"
+    return f"{sign}{hours}:{minutes or '00'}"
 
 
 def _cast_kind(node: Any) -> str:

@@ -668,6 +668,49 @@ def test_date_parse_specifiers_trino_refuses_are_refused(spec: str, says: str) -
         to_duckdb(f"SELECT date_parse(path, '%Y {spec}') FROM envoy_access", {})
 
 
+def test_from_iso8601_timestamp_keeps_the_texts_offset(engine: LocalEngine) -> None:
+    """Trino's from_iso8601_timestamp parses with the offset kept (DateTimeFunctions:
+    ISODateTimeFormat.dateTimeParser().withOffsetParsed()): 10:00+02:00 is 08:00Z, its hour()
+    is 10 and its text ends with the zone Trino names that offset, +02:00 (TimeZoneKey);
+    Z or no offset is UTC. Locally the instant was right, but hour() gave UTC's 8 and the
+    text had no zone."""
+    iso = "from_iso8601_timestamp('2026-12-06T10:00:00+02:00')"
+    got = rows(
+        engine,
+        f"SELECT {iso}, hour({iso}), CAST({iso} AS varchar), "
+        "CAST(from_iso8601_timestamp('2026-12-06T10:00:00.5-0530') AS varchar), "
+        "CAST(from_iso8601_timestamp('2026-12-06T10:00:00Z') AS varchar), "
+        "CAST(from_iso8601_timestamp('2026-12-06T10:00:00+00:00') AS varchar), "
+        "CAST(from_iso8601_timestamp('2026-12-06T10:00') AS varchar), "
+        f"{iso} = TIMESTAMP '2026-12-06 08:00', date_format({iso}, '%H:%i')",
+    )
+    assert got == [
+        (
+            utc(2026, 12, 6, 8, 0),
+            10,
+            "2026-12-06 10:00:00.000 +02:00",
+            "2026-12-06 10:00:00.500 -05:30",
+            "2026-12-06 10:00:00.000 UTC",
+            "2026-12-06 10:00:00.000 UTC",
+            "2026-12-06 10:00:00.000 UTC",
+            True,
+            "10:00",
+        )
+    ]
+
+
+def test_an_offset_zone_is_read_as_trino_names_it(engine: LocalEngine) -> None:
+    """Trino takes a fixed offset as a zone (AT TIME ZONE '+02:00', TimeZoneKey's names);
+    DuckDB refused it ("Unknown TimeZone '+02:00'")."""
+    got = rows(
+        engine,
+        "SELECT hour(TIMESTAMP '2026-12-06 08:00' AT TIME ZONE '+02:00'), "
+        "CAST(TIMESTAMP '2026-12-06 08:00' AT TIME ZONE '-03:30' AS varchar), "
+        "TIMESTAMP '2026-12-06 08:00' AT TIME ZONE '+02:00'",
+    )
+    assert got == [(10, "2026-12-06 04:30:00.000 -03:30", utc(2026, 12, 6, 8, 0))]
+
+
 def test_cast_of_date_parse_to_text_has_three_fraction_digits(engine: LocalEngine) -> None:
     """Trino's date_parse is a timestamp(3) (DateTimeFunctions.dateParse), whose text always
     has three fraction digits (2026-12-06 10:00:00.000); DuckDB's TIMESTAMP printed none for
