@@ -32,12 +32,13 @@ another without a word:
   an operand of a comparison or ``IN`` (:func:`zoned_comparison`), and ``CAST(... AS
   varchar)`` prints it as Trino, with the zone's name (``2026-12-05 22:00:01.954
   America/New_York``, three fraction digits whatever the precision, the zone as written).
-  ``from_iso8601_timestamp`` of a literal with an offset is a value in that offset
-  (:func:`from_iso8601_timestamp`), and an offset zone (``'+02:00'``) is given to DuckDB as
-  ``GMT+02:00`` (:func:`duckdb_zone`). Left: a value read through a subquery's ``*`` (not
-  shown) or a ``CASE`` or ``coalesce`` of one prints the wall time, and what is made
-  of a wall time in the hour a zone repeats prints as the later instant
-  (:func:`zoned_instant`).
+  A ``CASE`` or ``coalesce`` of such values in one zone is the instant of the value it picks
+  (:func:`_branch_instants`), ``from_iso8601_timestamp`` of a literal with an offset is a
+  value in that offset (:func:`from_iso8601_timestamp`), and an offset zone (``'+02:00'``)
+  is given to DuckDB as ``GMT+02:00`` (:func:`duckdb_zone`). Left: a value read through a
+  subquery's ``*`` (not shown) or a ``CASE`` of values in different zones prints the wall
+  time, and what is made of a wall time in the hour a zone repeats prints as the later
+  instant (:func:`zoned_instant`).
 * ``CAST(double AS integer)`` (and the other integer types): Trino rounds half away from zero
   (``MathFunctions.round``: ``CAST(2.5e0 AS integer)`` is 3), DuckDB half to even (2), so
   ``CAST(avg(duration_ms) AS bigint)`` differed on every .5. Rounded with DuckDB's ``round``
@@ -324,13 +325,14 @@ def zoned_instant(node: Any, zone: Any, adapt: Callable[[Any], Any]) -> Any:
 
     ``x AT TIME ZONE zone`` itself is ``x`` read as UTC (:data:`_EXACT_INSTANT`), unless the
     SELECT holding it groups its rows, where its GROUP BY may name that very expression and
-    only what is made of it may be printed; that, and any other value (``date_trunc`` of
-    one, a column of a derived table defined by one), is the local engine's wall time in
-    ``zone`` read back in ``zone`` (DuckDB's ``AT TIME ZONE`` of a TIMESTAMP without a zone),
-    which is the instant but in the hour a zone repeats when its clocks go back: a wall time
-    there reads as the later of its two instants (01:30 in New York on the first Sunday of
-    November prints as 06:30Z, also for what was 05:30Z). The value is adapted below a
-    parenthesis, so that it is not taken for a printed column again
+    only what is made of it may be printed; a ``coalesce`` or CASE of such values is the
+    instant of each (:func:`_branch_instants`), on the same condition; that, and any other
+    value (``date_trunc`` of one, a column of a derived table defined by one), is the local
+    engine's wall time in ``zone`` read back in ``zone`` (DuckDB's ``AT TIME ZONE`` of a
+    TIMESTAMP without a zone), which is the instant but in the hour a zone repeats when its
+    clocks go back: a wall time there reads as the later of its two instants (01:30 in New
+    York on the first Sunday of November prints as 06:30Z, also for what was 05:30Z). The
+    value is adapted below a parenthesis, so that it is not taken for a printed column again
     (:func:`printed_projection`)."""
     from sqlglot import exp
 
@@ -340,12 +342,42 @@ def zoned_instant(node: Any, zone: Any, adapt: Callable[[Any], Any]) -> Any:
     select = node.find_ancestor(exp.Select)
     grouped = select is not None and select.args.get("group") is not None
     in_where = isinstance(node.find_ancestor(exp.Where, exp.Select), exp.Where)
+    if isinstance(bare, exp.Coalesce | exp.Case) and (in_where or not grouped):
+        return _branch_instants(bare, adapt)
     if isinstance(bare, exp.AtTimeZone) and (in_where or not grouped):
         value = exp.Cast(this=adapt(bare.this), to=exp.DataType.build("TIMESTAMPTZ"))
         return from_template(_EXACT_INSTANT, x=value, zone=duckdb_zone(adapt(zone)))
     inner = exp.Paren(this=node.copy())
     inner.parent = node.parent
     return exp.AtTimeZone(this=adapt(inner), zone=duckdb_zone(adapt(zone)))
+
+
+def _branch_instants(node: Any, adapt: Callable[[Any], Any]) -> Any:
+    """``node`` (a ``coalesce`` or CASE whose values are zoned, :func:`athena.trinotypes.
+    zone_given`) with each value its instant (:func:`zoned_instant`), its conditions adapted:
+    Trino's answer is the instant of the value it picks. Locally the value picked was the
+    zone's wall time, printed as if UTC (New York's 05:00 as ``05:00Z``, 5 hours off)."""
+    from sqlglot import exp
+
+    def instant(value: Any) -> Any:
+        zone = zone_given(value)
+        return adapt(value) if zone is None else zoned_instant(value, zone, adapt)
+
+    call = node.copy()
+    if isinstance(node, exp.Coalesce):
+        call.set("this", instant(node.this))
+        call.set("expressions", [instant(v) for v in node.expressions])
+        return call
+    if node.args.get("this") is not None:
+        call.set("this", adapt(node.this))
+    for branch, original in zip(
+        call.args.get("ifs") or [], node.args.get("ifs") or [], strict=True
+    ):
+        branch.set("this", adapt(original.this))
+        branch.set("true", instant(original.args["true"]))
+    if node.args.get("default") is not None:
+        call.set("default", instant(node.args["default"]))
+    return call
 
 
 def zoned_comparison(node: Any, adapt: Callable[[Any], Any]) -> Any | None:

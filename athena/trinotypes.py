@@ -226,11 +226,12 @@ def zone_given(node: Any, depth: int = 0) -> Any | None:
     TIMESTAMP WITH TIME ZONE in ``zone``, which the local engine holds as the zone's wall time
     without a zone: see :mod:`athena.trinocalls`): the operator itself, or ``date_trunc``,
     ``date_add``, an interval added to or taken from one, or ``min``, ``max`` or
-    ``arbitrary`` of one (each keeps the type and the zone), ``from_iso8601_timestamp`` of a
-    literal text with an offset other than zero (in that offset's zone, :func:`iso_text_zone`),
-    or a column so defined. Else None. The zone is the operator's own expression; through a
-    column it must be one string literal (the same in every definition), which means the same
-    outside the query that defines the column."""
+    ``arbitrary`` of one (each keeps the type and the zone), a ``coalesce`` or CASE whose
+    every value is one in the same zone (or NULL), ``from_iso8601_timestamp`` of a literal
+    text with an offset other than zero (in that offset's zone, :func:`iso_text_zone`), or a
+    column so defined. Else None. The zone is the operator's own expression; through a column,
+    a ``coalesce`` or a CASE it must be one string literal (the same in every definition or
+    value), which means the same outside the query that defines the column."""
     from sqlglot import exp
 
     if depth > _MAX_DEPTH:
@@ -243,6 +244,8 @@ def zone_given(node: Any, depth: int = 0) -> Any | None:
         return exp.Literal.string(zone) if zone not in (None, "UTC") else None
     if isinstance(node, exp.TimestampTrunc | exp.DateAdd | exp.Paren):
         return zone_given(node.this, deeper)
+    if isinstance(node, exp.Coalesce | exp.Case):
+        return _same_zone([v for v in _branch_values(node) if not isinstance(v, exp.Null)], deeper)
     if type(node).__name__ in _SAME_TYPE_AGGREGATES - {"Sum"}:
         return zone_given(node.this, deeper)
     if isinstance(node, exp.Add | exp.Sub):
@@ -252,11 +255,33 @@ def zone_given(node: Any, depth: int = 0) -> Any | None:
         zones = [zone_given(s, deeper) for s in sides if not isinstance(s, exp.Interval)]
         return zones[0] if zones else None
     if isinstance(node, exp.Column):
-        zones = [zone_given(d, deeper) for d in definitions(node, deeper)]
-        texts = {z.this for z in zones if isinstance(z, exp.Literal) and z.is_string}
-        if zones and len(texts) == 1 and all(isinstance(z, exp.Literal) for z in zones):
-            return zones[0]
+        return _same_zone(definitions(node, deeper), deeper)
     return None
+
+
+def _same_zone(values: list[Any], depth: int) -> Any | None:
+    """The zone of ``values`` (:func:`zone_given`) when each is a value of ``AT TIME ZONE``
+    with the same zone, one string literal; else None (no value, another value among them,
+    or zones the statement does not spell out alike)."""
+    from sqlglot import exp
+
+    zones = [zone_given(v, depth) for v in values]
+    texts = {z.this for z in zones if isinstance(z, exp.Literal) and z.is_string}
+    if zones and len(texts) == 1 and all(isinstance(z, exp.Literal) for z in zones):
+        return zones[0]
+    return None
+
+
+def _branch_values(node: Any) -> list[Any]:
+    """The values ``node`` (a ``coalesce`` or a CASE) may answer: its arguments, or each
+    ``THEN`` and the ``ELSE`` (a CASE without one may answer NULL, as an ``ELSE NULL``)."""
+    from sqlglot import exp
+
+    if isinstance(node, exp.Coalesce):
+        return [node.this, *node.expressions]
+    values = [i.args.get("true") for i in node.args.get("ifs") or []]
+    default = node.args.get("default")
+    return [*values, default if default is not None else exp.Null()]
 
 
 #: The UTC offset ending an ISO 8601 time as Trino's ``from_iso8601_timestamp`` reads it

@@ -711,6 +711,39 @@ def test_an_offset_zone_is_read_as_trino_names_it(engine: LocalEngine) -> None:
     assert got == [(10, "2026-12-06 04:30:00.000 -03:30", utc(2026, 12, 6, 8, 0))]
 
 
+def test_coalesce_and_case_of_at_time_zone_values_are_their_instants(
+    engine: LocalEngine,
+) -> None:
+    """Trino's coalesce and CASE answer the value they pick, a TIMESTAMP WITH TIME ZONE: the
+    same instant as a bare AT TIME ZONE prints (22:00:03.719Z). Locally they printed New
+    York's wall time labelled UTC (18:00:03.719Z, 4 hours off), and compared so."""
+    ny = "\"timestamp\" AT TIME ZONE 'America/New_York'"
+    got = rows(
+        engine,
+        f"SELECT coalesce({ny}, NULL), CASE WHEN response_code >= 0 THEN {ny} END, "
+        f"CASE WHEN response_code < 0 THEN NULL ELSE date_trunc('hour', {ny}) END, "
+        f"hour(coalesce({ny}, {ny})), CAST(coalesce(NULL, {ny}) AS varchar), "
+        f'coalesce({ny}, NULL) = "timestamp" '
+        'FROM envoy_access ORDER BY "timestamp" LIMIT 1',
+    )
+    first = utc(2024, 3, 10, 22, 0, 3, 719000)
+    assert got == [
+        (
+            first,
+            first,
+            utc(2024, 3, 10, 22, 0),
+            18,
+            "2024-03-10 18:00:03.719 America/New_York",
+            True,
+        )
+    ]
+    case = f"CASE WHEN response_code > 0 THEN {ny} END"
+    grouped = rows(
+        engine, f"SELECT {case}, count(*) FROM envoy_access GROUP BY {case} ORDER BY 1 LIMIT 1"
+    )
+    assert grouped == [(first, 1)]
+
+
 def test_cast_of_date_parse_to_text_has_three_fraction_digits(engine: LocalEngine) -> None:
     """Trino's date_parse is a timestamp(3) (DateTimeFunctions.dateParse), whose text always
     has three fraction digits (2026-12-06 10:00:00.000); DuckDB's TIMESTAMP printed none for
