@@ -242,8 +242,9 @@ def _for_duckdb(node: Any) -> Any:
     * ``logs.envoy_access`` (database-qualified, as written for Athena) reads the local view.
     * ``date_diff(unit, a, b)`` counts whole units, as Trino does (DuckDB's ``date_diff``
       counts unit boundaries crossed; its ``date_sub`` is Trino's meaning): 23:45 to 03:56 the
-      next day is 0 days, not 1. ``from_iso8601_timestamp`` of a literal keeps the text's
-      offset, as Trino's does.
+      next day is 0 days, not 1; with a value of ``AT TIME ZONE`` it counts as Trino's
+      (:func:`athena.trinocalls.date_diff`). ``from_iso8601_timestamp`` of a literal keeps
+      the text's offset, as Trino's does.
     * ``regexp_extract`` is NULL when the pattern does not match or the group is unset, as in
       Trino (DuckDB gives ''), ``array[i]`` fails outside the array and ``map[key]`` for a
       missing key, as in Trino, ``row[i]`` reads a ROW's field, and ``date_parse`` reads
@@ -313,10 +314,7 @@ def _for_duckdb(node: Any) -> Any:
             this="quantile_disc", expressions=[_adapted(node.this), _adapted(node.args["quantile"])]
         )
     if isinstance(node, exp.DateDiff) and node.args.get("unit") is not None:
-        unit = exp.Literal.string(node.args["unit"].name.lower())
-        return exp.Anonymous(
-            this="date_sub", expressions=[unit, _adapted(node.expression), _adapted(node.this)]
-        )
+        return trinocalls.date_diff(node, _adapted)
     if isinstance(node, exp.FromISO8601Timestamp):
         return trinocalls.from_iso8601_timestamp(node, _adapted)
     if isinstance(node, exp.RegexpReplace):

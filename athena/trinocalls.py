@@ -33,12 +33,13 @@ another without a word:
   varchar)`` prints it as Trino, with the zone's name (``2026-12-05 22:00:01.954
   America/New_York``, three fraction digits whatever the precision, the zone as written).
   A ``CASE`` or ``coalesce`` of such values in one zone is the instant of the value it picks
-  (:func:`_branch_instants`), ``from_iso8601_timestamp`` of a literal with an offset is a
-  value in that offset (:func:`from_iso8601_timestamp`), and an offset zone (``'+02:00'``)
-  is given to DuckDB as ``GMT+02:00`` (:func:`duckdb_zone`). Left: a value read through a
-  subquery's ``*`` (not shown) or a ``CASE`` of values in different zones prints the wall
-  time, and what is made of a wall time in the hour a zone repeats prints as the later
-  instant (:func:`zoned_instant`).
+  (:func:`_branch_instants`), ``date_diff`` with one counts as Trino's (:func:`date_diff`),
+  ``from_iso8601_timestamp`` of a literal with an offset is a value in that offset
+  (:func:`from_iso8601_timestamp`), and an offset zone (``'+02:00'``) is given to DuckDB as
+  ``GMT+02:00`` (:func:`duckdb_zone`). Left: a value read through a subquery's ``*`` (not
+  shown) or a ``CASE`` of values in different zones prints the wall time, and what is made
+  of a wall time in the hour a zone repeats prints as the later instant
+  (:func:`zoned_instant`).
 * ``CAST(double AS integer)`` (and the other integer types): Trino rounds half away from zero
   (``MathFunctions.round``: ``CAST(2.5e0 AS integer)`` is 3), DuckDB half to even (2), so
   ``CAST(avg(duration_ms) AS bigint)`` differed on every .5. Rounded with DuckDB's ``round``
@@ -419,6 +420,45 @@ def zoned_comparison(node: Any, adapt: Callable[[Any], Any]) -> Any | None:
     for key in keys:
         call.set(key, instant(node.args.get(key)))
     return call
+
+
+#: The units ``date_diff`` counts between instants whatever the zone (Joda's zoned time fields
+#: shift both ends by one offset); the others count on the clock of the first value's zone.
+_TIME_UNITS = frozenset({"millisecond", "second", "minute", "hour"})
+
+
+def date_diff(node: Any, adapt: Callable[[Any], Any]) -> Any:
+    """``node`` (exp.DateDiff with a unit, Trino's ``date_diff(unit, a, b)``) as DuckDB's
+    ``date_sub(unit, a, b)``, which counts whole units as Trino does (DuckDB's ``date_diff``
+    counts boundaries crossed).
+
+    With a value of ``AT TIME ZONE`` on either side (:func:`athena.trinotypes.zone_given`),
+    Trino's is the TIMESTAMP WITH TIME ZONE one (``timestamptz.DateDiff``): a TIMESTAMP on the
+    other side is read in the session zone (UTC), hours and smaller count between the two
+    instants, and days and larger on the clock of the first value's zone (Joda's zoned
+    fields). Locally the zoned side was the zone's wall time, counted against UTC's:
+    ``date_diff('hour', ts, ts AT TIME ZONE 'America/New_York')`` was -5 in winter, Athena 0."""
+    from sqlglot import exp
+
+    unit = node.args["unit"].name.lower()
+    first, second = node.expression, node.this
+    zones = (zone_given(first), zone_given(second))
+    if zones == (None, None):
+        return exp.Anonymous(
+            this="date_sub", expressions=[exp.Literal.string(unit), adapt(first), adapt(second)]
+        )
+
+    def instant(value: Any, zone: Any) -> Any:
+        if zone is not None:
+            return zoned_instant(value, zone, adapt)
+        return exp.Cast(this=adapt(value), to=exp.DataType.build("TIMESTAMPTZ"))
+
+    ends = [instant(first, zones[0]), instant(second, zones[1])]
+    if unit not in _TIME_UNITS:
+        clock = duckdb_zone(adapt(zones[0])) if zones[0] is not None else None
+        clock = clock if clock is not None else exp.Literal.string("UTC")
+        ends = [exp.AtTimeZone(this=end, zone=clock.copy()) for end in ends]
+    return exp.Anonymous(this="date_sub", expressions=[exp.Literal.string(unit), *ends])
 
 
 def cast(node: Any, adapt: Callable[[Any], Any]) -> Any | None:

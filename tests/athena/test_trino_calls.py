@@ -744,6 +744,27 @@ def test_coalesce_and_case_of_at_time_zone_values_are_their_instants(
     assert grouped == [(first, 1)]
 
 
+def test_date_diff_with_an_at_time_zone_value_counts_as_trino(engine: LocalEngine) -> None:
+    """Trino's date_diff of TIMESTAMP WITH TIME ZONE values (timestamptz.DateDiff, Joda's
+    zoned fields): a TIMESTAMP is read in UTC, hours count between the instants, days on the
+    first value's clock. Locally New York's wall time was counted against UTC's: -5 hours.
+    New York's midnights of 2024-03-10 (EST) and 2024-03-11 (EDT) are 23 hours apart: one
+    day on New York's clock, 0 in UTC."""
+    got = rows(
+        engine,
+        "SELECT date_diff('hour', TIMESTAMP '2026-12-06 10:00', "
+        "TIMESTAMP '2026-12-06 10:00' AT TIME ZONE 'America/New_York'), "
+        "date_diff('minute', TIMESTAMP '2026-12-06 10:00' AT TIME ZONE 'Asia/Kolkata', "
+        "TIMESTAMP '2026-12-06 10:30'), "
+        "date_diff('day', TIMESTAMP '2024-03-10 05:00' AT TIME ZONE 'America/New_York', "
+        "TIMESTAMP '2024-03-11 04:00' AT TIME ZONE 'America/New_York'), "
+        "date_diff('day', TIMESTAMP '2024-03-10 05:00', "
+        "TIMESTAMP '2024-03-11 04:00' AT TIME ZONE 'America/New_York'), "
+        "date_diff('hour', TIMESTAMP '2024-03-10 05:00', TIMESTAMP '2024-03-11 04:00')",
+    )
+    assert got == [(0, 30, 1, 0, 23)]
+
+
 def test_cast_of_date_parse_to_text_has_three_fraction_digits(engine: LocalEngine) -> None:
     """Trino's date_parse is a timestamp(3) (DateTimeFunctions.dateParse), whose text always
     has three fraction digits (2026-12-06 10:00:00.000); DuckDB's TIMESTAMP printed none for
