@@ -74,8 +74,9 @@ another without a word:
   local engine says what to write (:data:`athena.engines.local.ROW_POSITION_TEXT`).
 * ``date_parse(text, format)`` reads Trino's specifiers (the ``date_format`` ones: ``%f``
   1 to 9 digits cut to milliseconds, an unknown letter is that letter), a year the text lacks
-  is 1970 and ``%y``'s ``69`` is 2069, as Joda reads them; DuckDB's ``strptime`` took 1900 and
-  1969 and refused ``%q`` and ``%v``. Those Trino refuses are refused, and ``%v``/``%x`` too.
+  is 2000 with a month or day in the format, else 1970, and ``%y``'s ``69`` is 2069, as Joda
+  reads them; DuckDB's ``strptime`` took 1900 (without 29 February) and 1969 and refused
+  ``%q`` and ``%v``. Those Trino refuses are refused, and ``%v``/``%x`` too.
 * ``date_format(ts, format)``: ``%v`` is the ISO week and ``%x`` its year (DuckDB refused
   ``%v``), a letter Trino does not know is that letter, and ``%D %U %u %V %w %X``, which Trino
   refuses, are refused (sqlglot made ``%u`` DuckDB's Monday-based week).
@@ -867,10 +868,11 @@ _DATE_PARSE = {
     "r": "%I:%M:%S %p", "S": "%S", "s": "%S", "T": "%H:%M:%S", "W": "%A", "Y": "%Y", "y": "%y",
     "%": "%%",
 }  # fmt: skip
-#: What Trino's ``date_parse`` gives when DuckDB's ``strptime`` gives ``__r__``: a year the
-#: text does not hold is 1970 (Joda starts from the epoch), where DuckDB takes 1900 (both
-#: years have no 29 February, so the same day and time are valid in both).
-_DATE_PARSE_NO_YEAR = "__r__ + INTERVAL 70 YEAR"
+#: The year Trino's ``date_parse`` gives a text without one (Joda's ``computeMillis``): its
+#: formatter's default year, 2000, when the largest field the format reads is a month or a
+#: day (``DateTimeFormatter.iDefaultYear``), else the epoch's; DuckDB's is 1900, which has no
+#: 29 February. The specifiers of such a field, by Trino's letter:
+_DATE_FIELDS = frozenset("abcdejMmW")
 #: ``%y``: Trino reads two digits as 1970 to 2069 (Joda's ``appendTwoDigitYear(2020)``),
 #: DuckDB as 1969 to 2068, so ``69`` alone differs (2069, not 1969).
 _DATE_PARSE_TWO_DIGITS = (
@@ -886,8 +888,8 @@ def date_parse(node: Any, adapt: Callable[[Any], Any]) -> Any:
     of Trino's specifiers spelled as DuckDB's (:data:`_DATE_PARSE`), any other letter after a
     ``%`` read as that letter, as in Trino; those Trino refuses (as ``date_format`` does) are
     refused, and ``%v``/``%x`` (an ISO week and its year, which DuckDB reads otherwise: the
-    week's Monday, Joda its Thursday) too, with what to do. A format that is not a literal
-    is left to sqlglot's mapping.
+    week's Monday, Joda its Thursday) too, with what to do. A year the text lacks is Joda's
+    (:data:`_DATE_FIELDS`). A format that is not a literal is left to sqlglot's mapping.
 
     Left as it is: a weekday name (``%a``, ``%W``), which DuckDB reads and ignores and Joda
     applies, moving the date within its week, so the answers differ when the text's weekday
@@ -897,11 +899,11 @@ def date_parse(node: Any, adapt: Callable[[Any], Any]) -> Any:
     call, parts = _format_parts(node, adapt, "date_parse", lambda _: _DATE_PARSE_INSTEAD)
     if parts is None:
         return call
-    out: list[str] = []
+    out: list[tuple[bool, str]] = []  # (literal, DuckDB's spelling)
     used: set[str] = set()
     for specifier, char in parts:
         if not specifier:
-            out.append(char)
+            out.append((True, char))
             continue
         if char in "vx":
             raise QueryError(
@@ -910,17 +912,23 @@ def date_parse(node: Any, adapt: Callable[[Any], Any]) -> Any:
                 "itself, or run the statement with --engine athena"
             )
         used.add(char)
-        out.append(_DATE_PARSE.get(char, char))
-    parsed: Any = exp.Anonymous(
-        this="strptime", expressions=[call.this, exp.Literal.string("".join(out))]
-    )
-    if "f" in used:
-        parsed = from_template(_DATE_PARSE_MILLIS, r=parsed)
-    if not used & {"Y", "y"}:
-        parsed = from_template(_DATE_PARSE_NO_YEAR, r=parsed)
-    elif "y" in used and "Y" not in used:
-        parsed = from_template(_DATE_PARSE_TWO_DIGITS, r=parsed)
-    return parsed
+        out.append((char not in _DATE_PARSE, _DATE_PARSE.get(char, char)))
+    text = call.this
+    if not used & {"Y", "y"}:  # the year Joda gives, written before the text
+        year = "2000" if used & _DATE_FIELDS else "1970"
+        text = exp.DPipe(this=exp.Literal.string(f"{year} "), expression=text, safe=True)
+        out.insert(0, (False, "%Y "))
+
+    def parsed(function: str, value: Any, spelled: list[tuple[bool, str]]) -> Any:
+        fmt = exp.Literal.string("".join(part for _, part in spelled))
+        answer: Any = exp.Anonymous(this=function, expressions=[value, fmt])
+        if "f" in used:
+            answer = from_template(_DATE_PARSE_MILLIS, r=answer)
+        if "y" in used and "Y" not in used:
+            answer = from_template(_DATE_PARSE_TWO_DIGITS, r=answer)
+        return answer
+
+    return parsed("strptime", text, out)
 
 
 def divide(node: Any, adapt: Callable[[Any], Any]) -> Any:

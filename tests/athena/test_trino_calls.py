@@ -786,3 +786,26 @@ def test_cast_of_date_parse_to_text_has_three_fraction_digits(engine: LocalEngin
             "2026-12-06 10:05:00.000",
         )
     ]
+
+
+def test_date_parse_without_a_year_is_in_2000_for_a_date(engine: LocalEngine) -> None:
+    """Joda's parser gives a text without a year its default year, 2000, when the format's
+    largest field is a month or a day (DateTimeParserBucket.computeMillis, iDefaultYear of
+    DateTimeFormatter); a time alone stays on 1970-01-01. Locally every such text was in
+    1970, and 29 February failed (DuckDB's 1900 has none)."""
+    got = rows(
+        engine,
+        "SELECT date_parse('12-06', '%m-%d'), date_parse('02-29 10', '%m-%d %H'), "
+        "date_parse('Dec 6', '%b %e'), date_parse('340', '%j'), "
+        "date_parse('22:05:09', '%T'), date_parse('07 PM', '%h %p')",
+    )
+    assert got == [
+        (
+            datetime(2000, 12, 6),
+            datetime(2000, 2, 29, 10, 0),
+            datetime(2000, 12, 6),
+            datetime(2000, 12, 5),
+            datetime(1970, 1, 1, 22, 5, 9),
+            datetime(1970, 1, 1, 19, 0),
+        )
+    ]
