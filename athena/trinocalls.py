@@ -74,9 +74,11 @@ another without a word:
   local engine says what to write (:data:`athena.engines.local.ROW_POSITION_TEXT`).
 * ``date_parse(text, format)`` reads Trino's specifiers (the ``date_format`` ones: ``%f``
   1 to 9 digits cut to milliseconds, an unknown letter is that letter), a year the text lacks
-  is 2000 with a month or day in the format, else 1970, and ``%y``'s ``69`` is 2069, as Joda
-  reads them; DuckDB's ``strptime`` took 1900 (without 29 February) and 1969 and refused
-  ``%q`` and ``%v``. Those Trino refuses are refused, and ``%v``/``%x`` too.
+  is 2000 with a month or day in the format, else 1970, ``%y``'s ``69`` is 2069, and a day of
+  the week (``%a``, ``%W``: short or full name) moves the date within its ISO week, as Joda
+  reads them; DuckDB's ``strptime`` took 1900 (without 29 February) and 1969, ignored the
+  day of the week, and refused ``%q`` and ``%v``. Those Trino refuses are refused, and
+  ``%v``/``%x`` too, and a day of the week without a month and day.
 * ``date_format(ts, format)``: ``%v`` is the ISO week and ``%x`` its year (DuckDB refused
   ``%v``), a letter Trino does not know is that letter, and ``%D %U %u %V %w %X``, which Trino
   refuses, are refused (sqlglot made ``%u`` DuckDB's Monday-based week).
@@ -881,6 +883,16 @@ _DATE_PARSE_TWO_DIGITS = (
 #: ``%f``: Trino's answer is a ``timestamp(3)``, the fraction cut to milliseconds; DuckDB's
 #: ``%n`` (up to 9 digits, as Trino reads) gives nanoseconds.
 _DATE_PARSE_MILLIS = "CAST(date_trunc('millisecond', __r__) AS TIMESTAMP)"
+#: A day of the week read by Joda (``%a``, ``%W``) is set after the day of the month
+#: (``computeMillis`` sets the fields from the largest range down): the date moves within its
+#: ISO week, Monday to Sunday, to that day (``__d__``, 1 for Monday).
+_DATE_PARSE_WEEKDAY = (
+    "list_extract(list_transform([__r__], v -> v + to_days(__d__ - isodow(v))), 1)"
+)
+#: The English names Joda reads for ``%a`` and ``%W`` alike (``TextField.parseInto``: short or
+#: full, as written, lower or upper case), Monday first; longer names are tried first, as
+#: Joda matches the longest.
+_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
 def date_parse(node: Any, adapt: Callable[[Any], Any]) -> Any:
@@ -889,11 +901,9 @@ def date_parse(node: Any, adapt: Callable[[Any], Any]) -> Any:
     ``%`` read as that letter, as in Trino; those Trino refuses (as ``date_format`` does) are
     refused, and ``%v``/``%x`` (an ISO week and its year, which DuckDB reads otherwise: the
     week's Monday, Joda its Thursday) too, with what to do. A year the text lacks is Joda's
-    (:data:`_DATE_FIELDS`). A format that is not a literal is left to sqlglot's mapping.
-
-    Left as it is: a weekday name (``%a``, ``%W``), which DuckDB reads and ignores and Joda
-    applies, moving the date within its week, so the answers differ when the text's weekday
-    is not its date's, or the format has no day."""
+    (:data:`_DATE_FIELDS`), and a day of the week moves the date as Joda's does
+    (:func:`_weekday_parse`), with a month and day; without them it is refused. A format
+    that is not a literal is left to sqlglot's mapping."""
     from sqlglot import exp
 
     call, parts = _format_parts(node, adapt, "date_parse", lambda _: _DATE_PARSE_INSTEAD)
@@ -910,6 +920,10 @@ def date_parse(node: Any, adapt: Callable[[Any], Any]) -> Any:
                 f"date_parse(): %{char} (an ISO week or its year) is read otherwise by the local "
                 "engine (the week's Monday; Athena's Joda gives its Thursday); parse the date "
                 "itself, or run the statement with --engine athena"
+            )
+        if char in "aW" and used & {"a", "W"}:
+            raise QueryError(
+                "date_parse(): the format reads the day of the week twice (%a and %W); keep one"
             )
         used.add(char)
         out.append((char not in _DATE_PARSE, _DATE_PARSE.get(char, char)))
@@ -928,7 +942,52 @@ def date_parse(node: Any, adapt: Callable[[Any], Any]) -> Any:
             answer = from_template(_DATE_PARSE_TWO_DIGITS, r=answer)
         return answer
 
-    return parsed("strptime", text, out)
+    plain = parsed("strptime", text, out)
+    if not used & {"a", "W"}:
+        return plain
+    if not (used & {"d", "e"} and used & {"b", "c", "M", "m"}) and "j" not in used:
+        raise QueryError(
+            "date_parse(): a day of the week (%a, %W) without the date's month and day (%m and "
+            "%d, or %j) is one Athena's Joda sets twice, moving the date by a week or a year "
+            "in ways the local engine does not follow; parse the date with its month and day, "
+            "or run the statement with --engine athena"
+        )
+    return _weekday_parse(text, out, parsed, plain)
+
+
+def _weekday_parse(
+    text: Any,
+    out: list[tuple[bool, str]],
+    parsed: Callable[[str, Any, list[tuple[bool, str]]], Any],
+    plain: Any,
+) -> Any:
+    """``date_parse`` of a format with a day of the week and a whole date (``out``: its one
+    weekday specifier among literals and DuckDB's specifiers), as Joda reads it: its second
+    pass over the fields sets the date again before the weekday, so the weekday moves the
+    date once (:data:`_DATE_PARSE_WEEKDAY`; without a month and day the second pass moves it
+    again, a year on for ``'Tue'`` alone, which :func:`date_parse` refuses). The text, in
+    lower case, is read with each name in turn (:data:`_WEEKDAYS`) in the specifier's place,
+    the literals in lower case too (Joda matches them regardless of case, as DuckDB's
+    specifiers do), and the date is moved to the day named by the first that fits. ``plain``
+    (DuckDB's own reading, the weekday ignored) comes last: when no name fits, its error is
+    the statement's (DuckDB's ``coalesce`` reads an argument only for the rows the ones before
+    left NULL). Lower case lets a name in mixed case through (``mOnday``), which Joda refuses.
+    Locally the weekday was read and ignored, and a full name under ``%a`` refused."""
+    from sqlglot import exp
+
+    at = next(i for i, (literal, part) in enumerate(out) if part in ("%a", "%A") and not literal)
+    lower = exp.Lower(this=text.copy())
+    names = sorted(
+        ((d, name) for d, full in enumerate(_WEEKDAYS, 1) for name in (full, full[:3])),
+        key=lambda dn: -len(dn[1]),
+    )
+    tries = []
+    for day, name in names:
+        spelled = [(True, p.lower()) if literal else (False, p) for literal, p in out]
+        spelled[at] = (True, name.lower())
+        read = parsed("try_strptime", lower.copy(), spelled)
+        tries.append(from_template(_DATE_PARSE_WEEKDAY, r=read, d=exp.Literal.number(day)))
+    return exp.Coalesce(this=tries[0], expressions=[*tries[1:], plain])
 
 
 def divide(node: Any, adapt: Callable[[Any], Any]) -> Any:

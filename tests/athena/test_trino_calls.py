@@ -788,6 +788,44 @@ def test_cast_of_date_parse_to_text_has_three_fraction_digits(engine: LocalEngin
     ]
 
 
+def test_date_parse_applies_a_day_name_as_joda_does(engine: LocalEngine) -> None:
+    """Trino's date_parse (DateTimeFunctions.dateParse: Joda's parseMillis) sets the fields it
+    read from the largest (DateTimeParserBucket.computeMillis): a day of the week (%a, %W:
+    short or full name, as written, lower or upper case) moves the date within its ISO week,
+    after the day of the month. DuckDB read %a and ignored it, and refused a full name:
+    2026-12-06 is a Sunday, so 'Mon 2026-12-06' is Monday 2026-11-30 on Athena. Without a
+    month and day, Joda's second pass over the fields moves the date again ('Tue' alone is
+    Tuesday 2000-12-26: 2000-01-01 moved to 1999-12-28, its year set again to 2000, moved
+    again): refused, saying what to do."""
+    got = rows(
+        engine,
+        "SELECT date_parse('Mon 2026-12-06', '%a %Y-%m-%d'), "
+        "date_parse('Sun 2026-12-06', '%a %Y-%m-%d'), "
+        "date_parse('Monday, 07 Dec 2026 10:00', '%a, %d %b %Y %H:%i'), "
+        "date_parse('FRIDAY 2027-01-01', '%W %Y-%m-%d'), "
+        "date_parse('monday 2027-01-01', '%W %Y-%m-%d'), "
+        "date_parse('Wed 12/3 10:00', '%a %m/%e %H:%i'), date_parse(NULL, '%a %Y-%m-%d')",
+    )
+    assert got == [
+        (
+            datetime(2026, 11, 30),
+            datetime(2026, 12, 6),
+            datetime(2026, 12, 7, 10, 0),
+            datetime(2027, 1, 1),
+            datetime(2026, 12, 28),
+            datetime(2000, 11, 29, 10, 0),
+            None,
+        )
+    ]
+    with pytest.raises(StatementError, match="Could not parse string"):
+        rows(engine, "SELECT date_parse('Mox 2026-12-06', '%a %Y-%m-%d')")
+    with pytest.raises(QueryError, match=re.escape("date_parse(): the format reads the day")):
+        to_duckdb("SELECT date_parse(path, '%a %W %Y-%m-%d') FROM envoy_access", {})
+    for fmt in ("%a", "%a %H:%i", "%a %Y", "%W %Y-%m"):
+        with pytest.raises(QueryError, match=re.escape("without the date's month and day")):
+            to_duckdb(f"SELECT date_parse(path, '{fmt}') FROM envoy_access", {})
+
+
 def test_date_parse_without_a_year_is_in_2000_for_a_date(engine: LocalEngine) -> None:
     """Joda's parser gives a text without a year its default year, 2000, when the format's
     largest field is a month or a day (DateTimeParserBucket.computeMillis, iDefaultYear of
