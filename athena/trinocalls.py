@@ -84,7 +84,11 @@ another without a word:
   refuses, are refused (sqlglot made ``%u`` DuckDB's Monday-based week).
 * ``a / b`` of a DOUBLE or REAL by zero is Infinity or NaN, as in Trino, where the statement
   shows the DOUBLE, a column's definition included (:func:`divide` says why only there);
-  DuckDB failed. Ad-hoc statements only.
+  DuckDB failed. A decimal literal divided by a literal (or a literal by one) is Trino's
+  DECIMAL, rounded half away from zero at the larger scale (``1.0 / 4`` is 0.3; DuckDB's
+  quotient of decimals is the DOUBLE 0.25), computed exactly (:func:`_decimal_quotient`);
+  a division with a column of DECIMALs (``duration_ms / 1000.0``) is still DuckDB's DOUBLE.
+  Ad-hoc statements only.
 * ``upper(s)`` leaves ``ß`` as it is, as Trino's (character by character, Java's
   ``Character.toUpperCase``); DuckDB wrote ``ẞ``. Other letters follow DuckDB's Unicode tables,
   which may differ from Java's for rare scripts. Ad-hoc statements only.
@@ -112,7 +116,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from decimal import ROUND_HALF_UP, Decimal, localcontext
+from typing import Any, NamedTuple
 
 from athena.queries import QueryError
 from athena.trinofuncs import JAVA_NUMBER_TEXT, from_template
@@ -1008,6 +1013,9 @@ def divide(node: Any, adapt: Callable[[Any], Any]) -> Any:
     show (a parameter) still fails on a zero, saying how to write it."""
     from sqlglot import exp
 
+    exact = _decimal_quotient(node)
+    if exact is not None:
+        return exact
     floating = is_floating(node.this) or is_floating(node.expression)
     call = node.copy()
     call.set("this", adapt(node.this))
@@ -1017,6 +1025,75 @@ def divide(node: Any, adapt: Callable[[Any], Any]) -> Any:
     return exp.Anonymous(
         this=exp.to_identifier("/", quoted=True), expressions=[call.this, call.expression]
     )
+
+
+#: Trino's largest DECIMAL precision (DuckDB's too).
+_DECIMAL_DIGITS = 38
+#: The largest INTEGER and BIGINT: the types Trino gives an integer literal (a DECIMAL(10,0) or
+#: DECIMAL(19,0) beside a DECIMAL).
+_INTEGER_MAX, _BIGINT_MAX = 2**31 - 1, 2**63 - 1
+
+
+def _decimal_quotient(node: Any) -> Any | None:
+    """``a / b`` (exp.Div) of two numeric literals, one a decimal (``1.0``), as Trino computes
+    it (``DecimalOperators``: both sides DECIMAL, the result's scale the larger of theirs, its
+    precision ``min(38, a_precision + b_scale + max(b_scale - a_scale, 0))``, rounded half away
+    from zero): ``1.0 / 4`` is 0.3, where DuckDB's quotient of decimals is the DOUBLE 0.25.
+    Computed here, exactly, as a DECIMAL constant. None for any other division (a column's
+    DECIMAL is not typed from the statement), a zero divisor (DuckDB's error stands) or a
+    quotient Trino's precision cannot hold (Athena fails with "Decimal overflow")."""
+    from sqlglot import exp
+
+    left, right = _decimal_literal(node.this), _decimal_literal(node.expression)
+    if left is None or right is None or not (left.decimal or right.decimal) or right.value == 0:
+        return None
+    (a, a_precision, a_scale, _), (b, _, b_scale, _) = left, right
+    scale = max(a_scale, b_scale)
+    precision = min(_DECIMAL_DIGITS, a_precision + b_scale + max(b_scale - a_scale, 0))
+    with localcontext() as context:
+        context.prec = 4 * _DECIMAL_DIGITS  # the widest quotient: 10**76, 38 more digits
+        quotient = (a / b).quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP)
+    if len(quotient.as_tuple().digits) > precision:
+        return None
+    return exp.Cast(
+        this=exp.Literal.string(str(quotient)),
+        to=exp.DataType.build(f"DECIMAL({precision}, {scale})"),
+    )
+
+
+class _Literal(NamedTuple):
+    """A numeric literal as Trino types it beside a DECIMAL."""
+
+    value: Decimal
+    precision: int
+    scale: int
+    decimal: bool
+    """Whether the literal is itself a DECIMAL (``1.0``, ``1.``), not an integer."""
+
+
+def _decimal_literal(node: Any) -> _Literal | None:
+    """The numeric literal ``node`` (in parentheses, negated or not) as Trino types it beside
+    a DECIMAL: ``1.0`` is DECIMAL(2,1) (its digits, leading zeros aside), an integer the
+    DECIMAL of its INTEGER or BIGINT; None for anything else (an exponent makes a DOUBLE)."""
+    from sqlglot import exp
+
+    sign = 1
+    while isinstance(node, exp.Paren | exp.Neg):
+        sign = -sign if isinstance(node, exp.Neg) else sign
+        node = node.this
+    if not isinstance(node, exp.Literal) or node.is_string:
+        return None
+    whole, point, fraction = node.this.partition(".")
+    if not (whole + fraction).isdigit() or not (whole.isascii() and fraction.isascii()):
+        return None
+    if not point:
+        value = int(whole)
+        if value > _BIGINT_MAX:
+            return None
+        return _Literal(Decimal(sign * value), 10 if value <= _INTEGER_MAX else 19, 0, False)
+    digits = len(whole.lstrip("0")) + len(fraction)
+    value = sign * Decimal(f"{whole or 0}.{fraction}")
+    return _Literal(value, max(digits, 1), len(fraction), True)
 
 
 #: Trino's ``upper`` maps each character alone (airlift's ``SliceUtf8.toUpperCase``, Java's

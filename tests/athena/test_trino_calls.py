@@ -847,3 +847,31 @@ def test_date_parse_without_a_year_is_in_2000_for_a_date(engine: LocalEngine) ->
             datetime(1970, 1, 1, 19, 0),
         )
     ]
+
+
+def test_a_decimal_literal_divided_by_a_literal_is_trinos_decimal(engine: LocalEngine) -> None:
+    """Trino types 1.0 a DECIMAL(2,1) and 4 an INTEGER (a DECIMAL(10,0) beside a decimal);
+    their quotient is a DECIMAL with the larger scale, rounded half away from zero
+    (DecimalOperators: r_scale max(a_scale, b_scale), divideShortShortShort): 1.0 / 4 is 0.3
+    on Athena. DuckDB gave the DOUBLE 0.25. Only literals (what the statement shows exactly)."""
+    from decimal import Decimal
+
+    got = rows(
+        engine,
+        "SELECT 1.0 / 4, 1.00 / 3, -1.0 / 4, 10 / 4.0, 1 / 3.00, 2.5 / (2), 1.0 / 4 * 100, "
+        "CAST(1.0 / 4 AS varchar), 7 / 2, 1e0 / 4",
+    )
+    assert got == [
+        (
+            Decimal("0.3"),
+            Decimal("0.33"),
+            Decimal("-0.3"),
+            Decimal("2.5"),
+            Decimal("0.33"),
+            Decimal("1.3"),
+            Decimal("30.0"),
+            "0.3",
+            3,
+            0.25,
+        )
+    ]
