@@ -289,11 +289,14 @@ def from_iso8601_timestamp(node: Any, adapt: Callable[[Any], Any]) -> Any:
     the local engine holds as every zoned value of the statement, that zone's wall time
     (``2026-12-06T10:00:00+02:00`` is 10:00, which ``hour()`` reads as Trino's does; printed,
     compared or cast to text as a value of ``AT TIME ZONE '+02:00'``). Any other call is
-    left to sqlglot's cast to a TIMESTAMP WITH TIME ZONE (the instant, in UTC)."""
+    left to sqlglot's cast to a TIMESTAMP WITH TIME ZONE (the instant, in UTC). A literal is
+    given in upper case: Joda reads ``t`` and ``z`` as ``T`` and ``Z``, DuckDB refused them."""
     from sqlglot import exp
 
     call = node.copy()
     call.set("this", adapt(node.this))
+    if isinstance(node.this, exp.Literal) and node.this.is_string:
+        call.set("this", exp.Literal.string(node.this.this.upper()))
     zone = iso_text_zone(node)
     if zone in (None, "UTC"):
         return call

@@ -286,7 +286,7 @@ def _branch_values(node: Any) -> list[Any]:
 
 #: The UTC offset ending an ISO 8601 time as Trino's ``from_iso8601_timestamp`` reads it
 #: (Joda's ``ISODateTimeFormat.dateTimeParser``: ``Z``, ``+HH``, ``+HH:MM`` or ``+HHMM``).
-_ISO_OFFSET = re.compile(r"(?:Z|([+-])(\d\d)(?::?(\d\d))?)$")
+_ISO_OFFSET = re.compile(r"(?:[Zz]|([+-])(\d\d)(?::?(\d\d))?)$")
 
 
 def iso_text_zone(node: Any) -> str | None:
@@ -301,9 +301,10 @@ def iso_text_zone(node: Any) -> str | None:
     text = node.this
     if not (isinstance(text, exp.Literal) and text.is_string):
         return None
-    _, t, time = text.this.strip().partition("T")
-    if not t or not re.search(r"[Z+-]", time):
+    date_time = re.split(r"[Tt]", text.this.strip(), maxsplit=1)  # Joda's letters: any case
+    if len(date_time) < 2 or not re.search(r"[Zz+-]", date_time[1]):
         return "UTC"
+    time = date_time[1]
     found = _ISO_OFFSET.search(time)
     if found is None or found.start() == 0:
         return None

@@ -672,8 +672,8 @@ def test_from_iso8601_timestamp_keeps_the_texts_offset(engine: LocalEngine) -> N
     """Trino's from_iso8601_timestamp parses with the offset kept (DateTimeFunctions:
     ISODateTimeFormat.dateTimeParser().withOffsetParsed()): 10:00+02:00 is 08:00Z, its hour()
     is 10 and its text ends with the zone Trino names that offset, +02:00 (TimeZoneKey);
-    Z or no offset is UTC. Locally the instant was right, but hour() gave UTC's 8 and the
-    text had no zone."""
+    Z or no offset is UTC; Joda reads t and z as T and Z (DuckDB refused them). Locally the
+    instant was right, but hour() gave UTC's 8 and the text had no zone."""
     iso = "from_iso8601_timestamp('2026-12-06T10:00:00+02:00')"
     got = rows(
         engine,
@@ -682,7 +682,9 @@ def test_from_iso8601_timestamp_keeps_the_texts_offset(engine: LocalEngine) -> N
         "CAST(from_iso8601_timestamp('2026-12-06T10:00:00Z') AS varchar), "
         "CAST(from_iso8601_timestamp('2026-12-06T10:00:00+00:00') AS varchar), "
         "CAST(from_iso8601_timestamp('2026-12-06T10:00') AS varchar), "
-        f"{iso} = TIMESTAMP '2026-12-06 08:00', date_format({iso}, '%H:%i')",
+        f"{iso} = TIMESTAMP '2026-12-06 08:00', date_format({iso}, '%H:%i'), "
+        "hour(from_iso8601_timestamp('2026-12-06t10:00:00-05')), "
+        "CAST(from_iso8601_timestamp('2026-12-06t10:00:00z') AS varchar)",
     )
     assert got == [
         (
@@ -695,6 +697,8 @@ def test_from_iso8601_timestamp_keeps_the_texts_offset(engine: LocalEngine) -> N
             "2026-12-06 10:00:00.000 UTC",
             True,
             "10:00",
+            10,
+            "2026-12-06 10:00:00.000 UTC",
         )
     ]
 
