@@ -120,7 +120,7 @@ from decimal import ROUND_HALF_UP, Decimal, localcontext
 from typing import Any, NamedTuple
 
 from athena.queries import QueryError
-from athena.trinofuncs import JAVA_NUMBER_TEXT, from_template
+from athena.trinofuncs import JAVA_NUMBER_TEXT, duckdb_zone, from_template
 from athena.trinotypes import (
     is_floating,
     is_map,
@@ -265,22 +265,6 @@ def at_time_zone(node: Any, adapt: Callable[[Any], Any]) -> Any:
 
     value = exp.Cast(this=adapt(node.this), to=exp.DataType.build("TIMESTAMPTZ"))
     return exp.AtTimeZone(this=value, zone=duckdb_zone(adapt(node.args["zone"])))
-
-
-#: A zone of a fixed offset as Trino names one (``+02:00``, ``TimeZoneKey``); DuckDB's ICU
-#: refuses that name ("Unknown TimeZone '+02:00'") and takes ``GMT+02:00``.
-_OFFSET_ZONE = re.compile(r"[+-]\d\d:\d\d")
-
-
-def duckdb_zone(zone: Any) -> Any:
-    """``zone`` (an adapted zone expression) as DuckDB names it: a literal offset ``+02:00``
-    becomes ``GMT+02:00`` (:data:`_OFFSET_ZONE`); any other zone is left as it is. Where the
-    zone is printed (``CAST(... AS varchar)``) Trino's name is kept."""
-    from sqlglot import exp
-
-    if isinstance(zone, exp.Literal) and zone.is_string and _OFFSET_ZONE.fullmatch(zone.this):
-        return exp.Literal.string("GMT" + zone.this)
-    return zone
 
 
 def from_iso8601_timestamp(node: Any, adapt: Callable[[Any], Any]) -> Any:

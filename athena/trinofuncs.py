@@ -23,7 +23,8 @@ documented in Trino's "Functions and operators" pages):
     TIMESTAMP on Athena and WITH TIME ZONE (UTC) locally: both print as Athena prints it. A
     TIMESTAMP WITH TIME ZONE of Trino's own (``now()``, ``from_unixtime(x)``) is Java's
     ``ZonedDateTime`` there, ``2024-03-10T22:00:03.719Z[UTC]``: so where the statement shows
-    one (:func:`athena.trinotypes.is_zoned`).
+    one (:func:`athena.trinotypes.is_zoned`), and a value of ``AT TIME ZONE`` with its offset
+    and zone, ``2026-12-06T05:00-05:00[America/New_York]`` (:func:`_java_zoned_text`).
   - ``%s`` of a DOUBLE or REAL: Java's ``Double.toString``, as DuckDB's text between 1e-3 and
     1e7 (``0.5``, ``10000.0``), ``NaN``/``Infinity``, and outside that range Java's ``1.0E7``
     (:data:`JAVA_NUMBER_TEXT`, which ``CAST(x AS varchar)`` prints too).
@@ -51,7 +52,7 @@ from collections.abc import Callable
 from typing import Any
 
 from athena.queries import QueryError
-from athena.trinotypes import is_zoned
+from athena.trinotypes import is_zoned, zone_given
 
 #: A URL's scheme and authority (optional), the part before its path.
 _BEFORE_PATH = "^(?:[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*)?"
@@ -283,7 +284,9 @@ def format_call(node: Any, adapt: Callable[[Any], Any]) -> Any:
         at = int(index) if index is not None else ordinary
         if not 1 <= at <= len(args):
             raise QueryError(f"format(): {spec.group(0)!r} has no argument {at}")
-        zoned = is_zoned(node.expressions[at - 1])
+        original = node.expressions[at - 1]
+        zone = zone_given(original)
+        zoned: Any = adapt(zone) if zone is not None else is_zoned(original)
         parts.append(_conversion(args[at - 1].copy(), flags, width, precision, conversion, zoned))
     parts += _literal(text[pos:])
     if not parts:
@@ -305,15 +308,19 @@ def _literal(text: str) -> list[Any]:
 
 
 def _conversion(
-    arg: Any, flags: str, width: str | None, precision: str | None, conv: str, zoned: bool = False
+    arg: Any, flags: str, width: str | None, precision: str | None, conv: str, zoned: Any = False
 ) -> Any:
     """``coalesce(printf('%<spec>', arg), '<null, padded>')`` for one Java conversion; ``zoned``:
-    the argument is one of Trino's zoned timestamps (:func:`athena.trinotypes.is_zoned`)."""
+    True when the argument is one of Trino's zoned timestamps in UTC
+    (:func:`athena.trinotypes.is_zoned`), the zone (adapted) when it is a value of ``AT TIME
+    ZONE`` (:func:`athena.trinotypes.zone_given`: locally the zone's wall time)."""
     from sqlglot import exp
 
     spec = "%" + flags + (width or "") + (f".{precision}" if precision else "")
     value = arg
-    if conv in "sS" and zoned:
+    if conv in "sS" and isinstance(zoned, exp.Expression):
+        value = _java_zoned_text(arg, zoned)
+    elif conv in "sS" and zoned:
         value = from_template(_JAVA_ZONED_TEXT, text=_java_text(from_template(_MILLIS, x=arg)))
     elif conv in "sS":
         value = _java_text(arg)
@@ -372,6 +379,40 @@ _JAVA_ZONED_TEXT = "__text__ || 'Z[UTC]'"
 _MILLIS = "date_trunc('millisecond', __x__)"
 
 
+#: Java's ``ZoneOffset`` text of the offset of a zone's wall time ``__wall__`` (its seconds
+#: from UTC, ``s``): ``Z`` for none, else ``+05:30``, ``-04:56:02`` with seconds.
+_JAVA_OFFSET = """
+list_extract(list_transform(
+  [CAST(round(epoch(__wall__) - epoch(CAST(__wall__ AT TIME ZONE __zone__ AS TIMESTAMP)))
+    AS BIGINT)],
+  s -> CASE WHEN s = 0 THEN 'Z' ELSE CASE WHEN s < 0 THEN '-' ELSE '+' END
+    || lpad(CAST(abs(s) // 3600 AS VARCHAR), 2, '0') || ':'
+    || lpad(CAST(abs(s) % 3600 // 60 AS VARCHAR), 2, '0')
+    || CASE WHEN abs(s) % 60 = 0 THEN '' ELSE ':' || lpad(CAST(abs(s) % 60 AS VARCHAR), 2, '0')
+       END END), 1)
+"""
+#: The ``[zone]`` Java's ``ZonedDateTime`` writes after the offset for a named zone (not for
+#: a zone that is an offset, ``+02:00``, which Trino hands Java as a ``ZoneOffset``).
+_JAVA_ZONE_NAME = (
+    "CASE WHEN regexp_matches(__zone__, '^[+-][0-9]{2}:[0-9]{2}$') THEN '' "
+    "ELSE '[' || __zone__ || ']' END"
+)
+
+
+def _java_zoned_text(wall: Any, zone: Any) -> Any:
+    """``%s`` of a value of ``AT TIME ZONE zone`` (``wall``: the zone's wall time, as the local
+    engine holds it) as Java's ``ZonedDateTime`` prints Trino's (``FormatFunction``:
+    ``toZonedDateTime``): the wall time, the offset and the zone's name,
+    ``2026-12-06T05:00-05:00[America/New_York]``; ``2026-12-06T10:00+02:00`` in an offset
+    zone. Locally it printed the wall time alone, as if a TIMESTAMP."""
+    from sqlglot import exp
+
+    offset = from_template(_JAVA_OFFSET, wall=wall, zone=duckdb_zone(zone.copy()))
+    name = from_template(_JAVA_ZONE_NAME, zone=zone)
+    text = _java_text(from_template(_MILLIS, x=wall))
+    return exp.DPipe(this=exp.DPipe(this=text, expression=offset), expression=name)
+
+
 def _java_text(arg: Any) -> Any:
     """``arg`` as the text Java's ``%s`` prints of it on Athena (:data:`_JAVA_TEXT`)."""
     return from_template(_JAVA_TEXT, arg=arg, number=from_template(JAVA_NUMBER_TEXT, x=arg))
@@ -404,6 +445,22 @@ list_extract(list_transform([CAST(__x__ AS VARCHAR)], t -> CASE
       || 'E' || CAST(n['exp'] AS VARCHAR)), 1)
 END), 1)
 """
+
+
+#: A zone of a fixed offset as Trino names one (``+02:00``, ``TimeZoneKey``); DuckDB's ICU
+#: refuses that name ("Unknown TimeZone '+02:00'") and takes ``GMT+02:00``.
+_OFFSET_ZONE = re.compile(r"[+-]\d\d:\d\d")
+
+
+def duckdb_zone(zone: Any) -> Any:
+    """``zone`` (an adapted zone expression) as DuckDB names it: a literal offset ``+02:00``
+    becomes ``GMT+02:00`` (:data:`_OFFSET_ZONE`); any other zone is left as it is. Where the
+    zone is printed (``CAST(... AS varchar)``) Trino's name is kept."""
+    from sqlglot import exp
+
+    if isinstance(zone, exp.Literal) and zone.is_string and _OFFSET_ZONE.fullmatch(zone.this):
+        return exp.Literal.string("GMT" + zone.this)
+    return zone
 
 
 def from_template(template: str, **args: Any) -> Any:

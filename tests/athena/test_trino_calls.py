@@ -879,3 +879,26 @@ def test_a_decimal_literal_divided_by_a_literal_is_trinos_decimal(engine: LocalE
             0.25,
         )
     ]
+
+
+def test_format_of_an_at_time_zone_value_prints_javas_zoned_date_time(
+    engine: LocalEngine,
+) -> None:
+    """Trino's format hands Java a TIMESTAMP WITH TIME ZONE as a ZonedDateTime in its zone
+    (FormatFunction.toZonedDateTime): the wall time, the offset and, for a named zone, its
+    name; an offset zone is a ZoneOffset, without a name. Locally %s printed the zone's wall
+    time alone, as a TIMESTAMP (2026-12-06T05:00)."""
+    got = rows(
+        engine,
+        "SELECT format('%s|%s|%s|%s', "
+        "TIMESTAMP '2026-12-06 10:00' AT TIME ZONE 'America/New_York', "
+        "from_iso8601_timestamp('2026-12-06T10:00:00+02:00'), "
+        "TIMESTAMP '2024-07-01 10:00:01.5' AT TIME ZONE 'Europe/London', "
+        "coalesce(TIMESTAMP '2026-12-06 10:00' AT TIME ZONE 'Europe/London', NULL))",
+    )
+    assert got == [
+        (
+            "2026-12-06T05:00-05:00[America/New_York]|2026-12-06T10:00+02:00|"
+            "2024-07-01T11:00:01.500+01:00[Europe/London]|2026-12-06T10:00Z[Europe/London]",
+        )
+    ]
