@@ -74,9 +74,10 @@ another without a word:
   local engine says what to write (:data:`athena.engines.local.ROW_POSITION_TEXT`).
 * ``date_parse(text, format)`` reads Trino's specifiers (the ``date_format`` ones: ``%f``
   1 to 9 digits cut to milliseconds, an unknown letter is that letter), a year the text lacks
-  is 2000 with a month or day in the format, else 1970, ``%y``'s ``69`` is 2069, and a day of
-  the week (``%a``, ``%W``: short or full name) moves the date within its ISO week, as Joda
-  reads them; DuckDB's ``strptime`` took 1900 (without 29 February) and 1969, ignored the
+  is 2000 with a month or day in the format, else 1970, ``%y``'s ``69`` is 2069, a month's
+  name (``%b``, ``%M``) is short or full, and a day of the week (``%a``, ``%W``: short or full
+  name) moves the date within its ISO week, as Joda reads them; DuckDB's ``strptime`` took
+  1900 (without 29 February) and 1969, one length of month name per specifier, ignored the
   day of the week, and refused ``%q`` and ``%v``. Those Trino refuses are refused, and
   ``%v``/``%x`` too, and a day of the week without a month and day.
 * ``date_format(ts, format)``: ``%v`` is the ISO week and ``%x`` its year (DuckDB refused
@@ -114,6 +115,7 @@ altogether (``json_size``, ``any_match``, ``regexp_position``) are in :mod:`athe
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal, localcontext
@@ -936,7 +938,11 @@ def date_parse(node: Any, adapt: Callable[[Any], Any]) -> Any:
 
     plain = parsed("strptime", text, out)
     if not used & {"a", "W"}:
-        return plain
+        spellings = _month_names(out)
+        if len(spellings) == 1:
+            return plain
+        tries = [parsed("try_strptime", text.copy(), spelled) for spelled in spellings]
+        return exp.Coalesce(this=tries[0], expressions=[*tries[1:], plain])
     if not (used & {"d", "e"} and used & {"b", "c", "M", "m"}) and "j" not in used:
         raise QueryError(
             "date_parse(): a day of the week (%a, %W) without the date's month and day (%m and "
@@ -975,11 +981,28 @@ def _weekday_parse(
     )
     tries = []
     for day, name in names:
-        spelled = [(True, p.lower()) if literal else (False, p) for literal, p in out]
-        spelled[at] = (True, name.lower())
-        read = parsed("try_strptime", lower.copy(), spelled)
-        tries.append(from_template(_DATE_PARSE_WEEKDAY, r=read, d=exp.Literal.number(day)))
+        for spelled in _month_names(out):
+            spelled = [(True, p.lower()) if literal else (False, p) for literal, p in spelled]
+            spelled[at] = (True, name.lower())
+            read = parsed("try_strptime", lower.copy(), spelled)
+            tries.append(from_template(_DATE_PARSE_WEEKDAY, r=read, d=exp.Literal.number(day)))
     return exp.Coalesce(this=tries[0], expressions=[*tries[1:], plain])
+
+
+def _month_names(out: list[tuple[bool, str]]) -> list[list[tuple[bool, str]]]:
+    """``out`` (a ``date_parse`` format in DuckDB's spelling) with each month name specifier
+    (``%b``, ``%B``) read as a full name and as a short one, full first: Joda's month text
+    (Trino's ``%b`` and ``%M`` alike) takes either, the longest first (``TextField``), where
+    DuckDB's ``%b`` took ``Dec`` alone and ``%B`` ``December`` alone. Every combination, so one
+    list without such a specifier."""
+    at = [i for i, (literal, part) in enumerate(out) if not literal and part in ("%b", "%B")]
+    spellings = []
+    for names in itertools.product(("%B", "%b"), repeat=len(at)):
+        spelled = list(out)
+        for i, name in zip(at, names, strict=True):
+            spelled[i] = (False, name)
+        spellings.append(spelled)
+    return spellings
 
 
 def divide(node: Any, adapt: Callable[[Any], Any]) -> Any:

@@ -902,3 +902,19 @@ def test_format_of_an_at_time_zone_value_prints_javas_zoned_date_time(
             "2024-07-01T11:00:01.500+01:00[Europe/London]|2026-12-06T10:00Z[Europe/London]",
         )
     ]
+
+
+def test_date_parse_reads_a_month_as_a_short_or_full_name(engine: LocalEngine) -> None:
+    """Trino's %b and %M are both Joda's month text (DateTimeFunctions: appendMonthOfYearShortText,
+    appendMonthOfYearText), which reads a short or a full name (TextField.parseInto); DuckDB's
+    %b took only 'Dec' and %B only 'December', so '06 December 2026' with '%d %b %Y' failed."""
+    got = rows(
+        engine,
+        "SELECT date_parse('06 December 2026', '%d %b %Y'), date_parse('06 Dec 2026', '%d %M %Y'), "
+        "date_parse('Sunday 06 December 2026', '%W %d %b %Y'), date_parse('May 6', '%b %e')",
+    )
+    assert got == [
+        (datetime(2026, 12, 6), datetime(2026, 12, 6), datetime(2026, 12, 6), datetime(2000, 5, 6))
+    ]
+    with pytest.raises(StatementError, match="Could not parse string"):
+        rows(engine, "SELECT date_parse('06 Decembre 2026', '%d %b %Y')")
