@@ -27,6 +27,7 @@ absurdly long pod names) count as absent: they never raise and never cost more t
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Container, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,11 @@ _TEXT_TYPES = frozenset((str, type(None)))
 _MAX_POD_NAME = 253
 _MAX_UID = 64
 _SHORT_ID = 12
+#: The parts of Docker's name of an ECS container, as the ECS agent makes it:
+#: ``ecs-<family>-<revision>-<container name, letters digits and - only>-<random hex>``.
+_DIGITS = re.compile(r"[0-9]+")
+_ECS_CONTAINER = re.compile(r"[A-Za-z0-9-]+")
+_HEX = re.compile(r"[0-9a-f]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +187,33 @@ def family_of(task_definition: object) -> str | None:
     return _str(text.rpartition(":")[0] if ":" in text else text)
 
 
+def ecs_container_name(name: str, task_definition: object) -> str:
+    """The task definition's container name (``app``) of Docker's name for an ECS container,
+    ``ecs-<family>-<revision>-<container>-<hex>`` (the ECS agent's, new at every task), when the
+    record's ``ecs_task_definition`` (``family:revision``, or the family alone from Fluent Bit's
+    ecs filter) names that task; else ``name`` unchanged. logq-shipper reads the same name from
+    the label ``com.amazonaws.ecs.container-name``, so a container keeps one ``container_name``
+    whichever sends its lines. (The agent drops characters other than letters, digits and
+    ``-`` from the container's name: ``my_app`` comes back as ``myapp``.)"""
+    text = _str(task_definition)
+    if text is None or not name.startswith("ecs-"):
+        return name
+    family, colon, revision = text.rpartition(":") if ":" in text else (text, "", "")
+    prefix = f"ecs-{family}-"
+    if not family or not name.startswith(prefix):
+        return name
+    sent_revision, _, rest = name[len(prefix) :].partition("-")
+    container, _, random = rest.rpartition("-")
+    if (
+        not _DIGITS.fullmatch(sent_revision)
+        or (colon and sent_revision != revision)
+        or not _ECS_CONTAINER.fullmatch(container)
+        or not _HEX.fullmatch(random)
+    ):
+        return name
+    return container
+
+
 def fills(
     present: Container[str],
     source: object,
@@ -204,6 +237,10 @@ def fills(
         out[wire.KEY_STREAM] = stream
         if name is not None and name.startswith("/"):
             name = out[wire.KEY_CONTAINER_NAME] = name[1:]
+    if name is not None and task_definition is not None:
+        ecs_name = ecs_container_name(name, task_definition)
+        if ecs_name != name:
+            out[wire.KEY_CONTAINER_NAME] = ecs_name
     if wire.KEY_SERVICE not in present:
         service = family_of(task_definition) or (kube.service if kube else None)
         if not service and stream is not None and _is_short_id(tag, container_id):

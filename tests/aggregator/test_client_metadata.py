@@ -219,11 +219,74 @@ def test_firelens_records_get_family_stream_and_bare_container_name() -> None:
     batch = decode_all_ways("envoy-firelens-0f4e8d2c6b7a4b1e9c3d5f7a9b1c3d5e", records)
     assert column(batch, "service") == ["recipe", "recipe"]  # not one service per task
     assert column(batch, "stream") == ["stdout", "stderr"]
-    assert column(batch, "container_name") == ["ecs-recipe-12-envoy-a4eafbb3d4c7f1e16e00"] * 2
+    # The task definition's container name, as logq-shipper names it on ECS (not Docker's
+    # ecs-recipe-12-envoy-a4eafbb3d4c7f1e16e00, new at every task).
+    assert column(batch, "container_name") == ["envoy"] * 2
     out = routed(batch)
     assert out.tables["envoy_access"]["service"].to_pylist() == ["recipe"]
     assert out.tables["container_logs"]["stream"].to_pylist() == ["stderr"]
     assert out.parse_failures == {"recipe": 0}  # the stderr line is no failed access line
+
+
+@pytest.mark.parametrize(
+    ("docker_name", "task_definition", "expected"),
+    [
+        # Docker's name of an ECS container: ecs-<family>-<revision>-<container>-<20 hex>.
+        ("/ecs-recipe-12-app-e8a4f0d2c1b3a59ae201", "recipe:12", "app"),
+        ("/ecs-recipe-12-order-api-e8a4f0d2c1b3a59ae201", "recipe:12", "order-api"),
+        (
+            "/ecs-my_family-3-ecs-service-connect-1a2B-00aa11bb22cc33dd44ee",
+            "my_family:3",
+            "ecs-service-connect-1a2B",
+        ),
+        # Fluent Bit's ecs filter: ADD container_name $DockerContainerName and
+        # ADD ecs_task_definition $TaskDefinitionFamily (no revision there).
+        ("ecs-recipe-12-app-e8a4f0d2c1b3a59ae201", "recipe", "app"),
+        # Digits in the family and in the container's name.
+        ("/ecs-svc-2-5-3-x-00aa11bb22cc33dd44ee", "svc-2:5", "3-x"),
+        ("/ecs-svc-2-3-x-00aa11bb22cc33dd44ee", "svc:2", "3-x"),
+        # Not that task's container: kept as sent (less Docker's leading /).
+        (
+            "/ecs-other-12-app-e8a4f0d2c1b3a59ae201",
+            "recipe:12",
+            "ecs-other-12-app-e8a4f0d2c1b3a59ae201",
+        ),
+        (
+            "/ecs-recipe-13-app-e8a4f0d2c1b3a59ae201",
+            "recipe:12",
+            "ecs-recipe-13-app-e8a4f0d2c1b3a59ae201",
+        ),
+        ("/ecs-recipe-12-app", "recipe:12", "ecs-recipe-12-app"),
+        ("/app", "recipe:12", "app"),  # Fargate names it as the task definition does
+    ],
+)
+def test_an_ecs_containers_docker_name_becomes_its_task_definition_name(
+    docker_name: str, task_definition: str, expected: str
+) -> None:
+    """FireLens (Docker's fluentd driver) sends Docker's generated name; logq-shipper stores the
+    ECS container name (label com.amazonaws.ecs.container-name): both agree, so a fleet half
+    on FireLens or Fluent Bit and half on logq-shipper gives one name per container."""
+    rec = firelens_record("x", container_name=docker_name, ecs_task_definition=task_definition)
+    batch = decode_all_ways("app-firelens-0f4e8d2c6b7a4b1e9c3d5f7a9b1c3d5e", [rec])
+    assert column(batch, "container_name") == [expected]
+    assert column(batch, "service") == [task_definition.partition(":")[0]]
+
+
+def test_fluent_bit_ecs_filter_records_get_the_task_definitions_container_name() -> None:
+    """Fluent Bit tailing Docker's files on ECS EC2, with its ecs filter's ``ADD
+    ecs_task_definition $TaskDefinitionFamily`` and ``ADD container_name
+    $DockerContainerName``: a ``stream`` key, no ``source``."""
+    tag = f"ecs.var.lib.docker.containers.{DOCKER_ID}.{DOCKER_ID}-json.log"
+    rec = {
+        "log": "hello\n",
+        "stream": "stderr",
+        "ecs_task_definition": "recipe",
+        "container_name": "ecs-recipe-12-app-e8a4f0d2c1b3a59ae201",
+    }
+    batch = decode_all_ways(tag, [rec, dict(rec, container_name="sidecar")])
+    assert column(batch, "container_name") == ["app", "sidecar"]
+    assert column(batch, "service") == ["recipe", "recipe"]
+    assert column(batch, "stream") == ["stderr", "stderr"]
 
 
 def test_docker_fluentd_driver_stream_and_container_name() -> None:
@@ -368,12 +431,12 @@ def test_firelens_through_fluent_logger_lands_by_task_family(
     assert access == [
         {
             "service": "recipe",
-            "container_name": CONSUL_DOCKER_NAME.lstrip("/"),
+            "container_name": "consul-dataplane",
             "path": "/consul?id=5&sort=asc",
         },
         {
             "service": "recipe",
-            "container_name": "ecs-recipe-12-envoy-a4eafbb3d4c7f1e16e00",
+            "container_name": "envoy",
             "path": "/api/items?id=5&sort=asc",
         },
     ]
@@ -432,7 +495,7 @@ def test_a_message_mixing_clients_and_pods_fills_each_record() -> None:
     assert column(batch, "container_name") == [
         ENVOY_NAME,
         "default/db-0/postgres",
-        "ecs-recipe-12-envoy-a4eafbb3d4c7f1e16e00",
+        "envoy",
         None,
         "recipe-envoy-1",
         ENVOY_NAME,
