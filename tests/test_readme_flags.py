@@ -134,3 +134,34 @@ def test_readme_extension_functions_are_refused(
     run = CliRunner().invoke(app, ["sql", statement, "--warehouse", str(tmp_path)])
     assert run.exit_code == 2, run.stderr
     assert "extension, which it does not load" in run.stderr
+
+
+def migration_table_flags() -> set[str]:
+    """The flags the "Coming from Fluent Bit / Fluentd" table of docs/operations.md names in its
+    logq column."""
+    text = OPERATIONS.read_text(encoding="utf-8").split("### Coming from Fluent Bit / Fluentd", 1)
+    rows = [ln for ln in text[1].split("\n## ", 1)[0].splitlines() if ln.startswith("| ")]
+    return {flag for row in rows[2:] for flag in re.findall(r"`(--[a-z-]+)", row.split(" | ")[1])}
+
+
+def test_the_migration_tables_flags_exist() -> None:
+    """A Fluent Bit or Fluentd user follows that table setting by setting: each flag it gives
+    must be one of logq-shipper, logq-aggregator or logq (a renamed flag would send them to
+    one that exits 2)."""
+    import typer.main
+
+    from cli.app import app
+
+    shipper = help_flags(build_parser())
+    serve = argparse.ArgumentParser()
+    add_serve_flags(serve)
+    logq = {
+        opt
+        for command in typer.main.get_command(app).commands.values()
+        for param in command.params
+        for opt in param.opts
+        if opt.startswith("--")
+    }
+    flags = migration_table_flags()
+    assert len(flags) > 30  # the table was found and read
+    assert flags - shipper - help_flags(serve) - logq == set()
