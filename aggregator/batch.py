@@ -172,6 +172,14 @@ def _names_no_service(values: pa.Array) -> pa.Array:
     return pc.fill_null(blank, True)
 
 
+def lacks_service(services: pa.Array) -> bool:
+    """Whether any of ``services`` (a batch's ``service`` column) names no service, so that
+    its record takes its tag's (:func:`service_column`)."""
+    if services.null_count:
+        return True
+    return bool(pc.any(_per_value(services, _names_no_service)).as_py())
+
+
 def service_column(records: pa.Table) -> pa.DictionaryArray:
     """Sanitised service per row: record ``service``, else (none, empty or blank) the tag's
     (:func:`tag_service`)."""

@@ -46,6 +46,7 @@ import pyarrow as pa
 
 from aggregator import big_messages, listen
 from aggregator.allowed import Network, allowed
+from aggregator.batch import lacks_service
 from aggregator.buffer import Buffer
 from aggregator.chunks import RecentChunks, chunk_key, frame_payload, names_data
 from aggregator.declared import DeclaredSize
@@ -64,6 +65,7 @@ from aggregator.inflight import InflightBytes, Share
 from aggregator.metrics import Metrics
 from aggregator.open_files import fd_limit_hint
 from aggregator.stop_reads import CutReader
+from aggregator.tags import PATH_TAG_SERVICE, file_path_tag
 from aggregator.throttle import Throttle
 from aggregator.tls_files import TlsFiles
 from aggregator.udp_heartbeat import answer_heartbeats
@@ -1477,8 +1479,31 @@ class ForwardServer:
                 self.chunks.add(key, wait)
             if bad:
                 self._bad_entries(batch.column("tag")[0].as_py(), bad)
+            self._path_tag_service(batch)
         conn.acks = bool(conn.acks) or chunk is not None
         return wait, chunk
+
+    def _path_tag_service(self, batch: pa.RecordBatch) -> None:
+        """Say, once every WARN_EVERY_SECONDS, that records tagged with a tailed file's path
+        (:func:`aggregator.tags.file_path_tag`) and naming no service are stored under the
+        service ``log``: with every other container tailed so, where nobody looks for them."""
+        tag = batch.column("tag")[0].as_py()
+        if not isinstance(tag, str) or not file_path_tag(tag):
+            return
+        if not lacks_service(batch.column(wire.KEY_SERVICE)):
+            return
+        if self._tag_warnings.due(("path_tag",), time.time()):
+            log.warning(
+                "records tagged with a tailed file's path name no service: stored under the "
+                "tag's last part, %r, with every container tailed so; have Fluent Bit's ecs "
+                "filter ADD ecs_task_definition $TaskDefinitionFamily (ECS EC2), run its "
+                "kubernetes filter (Kubernetes), or give the input a Tag that ends in the "
+                'service: docs/operations.md, "Fluent Bit and Fluentd clients" (said once '
+                "every %.0fs) tag=%s",
+                PATH_TAG_SERVICE,
+                WARN_EVERY_SECONDS,
+                tag,
+            )
 
     def _skip_signal(self, conn: _Conn, obj: list[Any], signal: int) -> ChunkId | None:
         """Ack a message of Fluent Bit's metrics, traces or other non-log signal without storing

@@ -64,3 +64,20 @@ def tag_service(tag: str | None) -> str | None:
         return None
     log = kubelet_log(tag)
     return pod_owner_name(log.pod) if log else tag.rpartition(".")[2]
+
+
+#: The service a tailed ``*.log`` file's path tag gives its records: its last part.
+PATH_TAG_SERVICE = "log"
+
+
+def file_path_tag(tag: str) -> bool:
+    """Whether ``tag`` is a tailed file's path whose last part, ``log``, would be the service:
+    Fluent Bit's ``Tag ecs.*`` on ``/var/lib/docker/containers/*/*.log``, ``Tag kube.*`` on
+    ``/var/log/pods``, Fluentd's ``tag docker.*`` (the path with ``.`` for ``/``; a folder and a
+    file name at least, so ``app.log`` is a tag chosen as it is). Every container tailed so
+    lands in one service, ``log``, unless its records name theirs."""
+    return (
+        tag.endswith("." + PATH_TAG_SERVICE)
+        and tag.count(".") >= 2
+        and tag_service(tag) == PATH_TAG_SERVICE
+    )

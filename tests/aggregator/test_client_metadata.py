@@ -25,7 +25,7 @@ from fluent import sender
 
 from aggregator import batch as routing
 from aggregator import decode as dec
-from aggregator import packed
+from aggregator import packed, tags
 from shipper import wire
 from tests.aggregator.helpers import (
     envoy_line,
@@ -512,3 +512,57 @@ def test_fluent_bit_5_entries_with_metadata_fill_too() -> None:
         batch, _ = dec.decode(obj, 1 << 30)
         assert column(batch, "service") == ["recipe"]
         assert column(batch, "container_name") == [ENVOY_NAME]
+
+
+@pytest.mark.parametrize(
+    ("tag", "is_one"),
+    [
+        (f"ecs.var.lib.docker.containers.{DOCKER_ID}.{DOCKER_ID}-json.log", True),
+        (f"kube.var.log.pods.default_{POD}_0b1c.envoy.0.log", True),  # /var/log/pods
+        ("docker.srv.app.logs.app.log", True),  # Fluentd's in_tail on a plain file
+        (K8S_TAG, False),  # the kubelet's full file name: the pod's owner names the service
+        ("app.log", False),  # chosen as it is: a folder and a file name at least
+        ("kube.var.log.containers.x.gz", False),
+        ("recipe", False),
+    ],
+)
+def test_file_path_tags(tag: str, is_one: bool) -> None:
+    assert tags.file_path_tag(tag) is is_one
+
+
+@pytest.mark.integration
+def test_records_a_file_path_tag_leaves_in_service_log_are_named_in_a_warning(
+    tmp_path: Path,
+) -> None:
+    """Fluent Bit tailing Docker's files on ECS EC2 (``Tag ecs.*``, as its ecs filter's
+    examples do) tags them ``ecs.var.lib.docker.containers.<id>.<id>-json.log``: without the
+    filter's ``ADD ecs_task_definition`` every container of the host lands in one service,
+    ``log``, the tag's last part. The aggregator says so, naming the tag and the fix."""
+    docker_tag = f"ecs.var.lib.docker.containers.{DOCKER_ID}.{DOCKER_ID}-json.log"
+    agg = start_aggregator(tmp_path)
+    now = time.time_ns()
+    try:
+        with agg.connect() as sock:
+            named = {"log": "named", "stream": "stdout", "ecs_task_definition": "recipe"}
+            sock.sendall(wire.encode_packed_forward(docker_tag, [(now, named)], "n1"))
+            # Fluent Bit's kubernetes filter absent, the kubelet's full file name: the pod's
+            # owner names the service, not "log".
+            sock.sendall(wire.encode_packed_forward(K8S_TAG, [(now, {"log": "pod"})], "n2"))
+            sock.sendall(wire.encode_packed_forward("logs.log", [(now, {"log": "x"})], "n3"))
+            assert read_acks(sock, 3) == ["n1", "n2", "n3"]
+            wait_rows(agg.warehouse, "container_logs", 3, agg, timeout=120)
+            quiet = agg.log_text()
+            unnamed = {"log": "unnamed", "stream": "stdout"}
+            sock.sendall(wire.encode_packed_forward(docker_tag, [(now, unnamed)], "u1"))
+            assert read_acks(sock, 1) == ["u1"]
+        logs = wait_rows(agg.warehouse, "container_logs", 4, agg, timeout=120)
+    finally:
+        assert agg.stop() == 0
+    said = agg.log_text()[len(quiet) :]
+    services = dict(zip(logs["message"].to_pylist(), logs["service"].to_pylist(), strict=True))
+    assert services == {"named": "recipe", "pod": "recipe", "x": "log", "unnamed": "log"}
+    # A tag that is not a file's path ("logs.log" names its service on purpose) is not one.
+    assert "name no service" not in quiet
+    assert "name no service: stored under the tag's last part, 'log'" in said
+    assert f"tag={docker_tag}" in said
+    assert "ADD ecs_task_definition $TaskDefinitionFamily" in said
