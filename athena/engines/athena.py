@@ -37,6 +37,7 @@ from athena.engines.result import (
     athena_cost_usd,
     human_bytes,
 )
+from athena.moved_columns import moved_hint
 
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
 
@@ -362,6 +363,9 @@ class AthenaEngine:
                 f", or run logq-aggregator with --athena-database {db}; or pass the right "
                 "--athena-database"
             )
+        moved = moved_hint(reason)
+        if moved:
+            return moved
         if PARTITION_LIMIT.search(reason):
             return (
                 "; the query projects more partitions (hours x services) than Athena allows "

@@ -102,6 +102,7 @@ from athena.engines.result import (
 )
 from athena.engines.spill import spill_directory
 from athena.foreign import DID_NOT_WRITE, ForeignFile, refuse_integer_times
+from athena.moved_columns import moved_hint
 from athena.queries import FILE_ROW_COLUMN, PATH_COLUMN, reads_file_rows
 
 T = TypeVar("T")
@@ -780,7 +781,7 @@ class LocalEngine:
             from athena.queries import unnamed_in_message, unnamed_marker
 
             text = unnamed_in_message(text, unnamed_marker(sql))
-        return failed(f"DuckDB could not run the query: {text}")
+        return failed(f"DuckDB could not run the query: {text}{moved_hint(text)}")
 
     def _foreign(self, exc: Exception, scopes: dict[str, list[Partition]]) -> ForeignFile | None:
         """The file whose column types differ from its table's when ``exc`` is a cast that

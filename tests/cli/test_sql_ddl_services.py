@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from tests.athena.factory import access_frame, write_frame
 from tests.cli.conftest import END, SERVICES, START, Warehouse
@@ -269,6 +270,41 @@ def test_sql_since_until_restrict_rows_not_just_hours(logq, warehouse: Warehouse
     assert "-- rows with 2026-11-27T23:20:00.000Z <= timestamp < 2026-11-28T00:40:00.000Z" in (
         dry.stdout
     )
+
+
+@pytest.mark.parametrize(
+    ("statement", "hint"),
+    [
+        ("SELECT log FROM container_logs", "`log` is a column of the Fluent Bit / Fluentd"),
+        ("SELECT c.log FROM container_logs c", "here it is `message` in container_logs"),
+        ("SELECT kubernetes.pod_name FROM container_logs", "split_part(container_name, '/', 1)"),
+        ("SELECT count(*) FROM envoy_access WHERE year = '2026'", "`dt`, the UTC hour"),
+        ("SELECT count(*) FROM envoy_access WHERE partition_0 = 'x'", "`dt`, the UTC hour"),
+        ("SELECT time FROM container_logs", "here it is `timestamp`"),
+    ],
+)
+def test_a_query_of_the_old_fluent_tables_says_where_its_column_went(
+    logq, warehouse: Warehouse, statement: str, hint: str
+) -> None:
+    """A query written for a hand-written Fluent Bit / Fluentd table: DuckDB's own message
+    offered the look-alike ``host`` for ``log``."""
+    run = logq("sql", statement, "--warehouse", warehouse.uri)
+    assert run.exit_code == 2, run.stderr
+    assert hint in run.stderr
+    assert "Coming from Fluent Bit / Fluentd" in run.stderr
+
+
+def test_athenas_message_of_an_old_tables_column_gets_the_hint_too() -> None:
+    from athena.engines.athena import AthenaEngine
+    from athena.moved_columns import moved_hint
+
+    reason = "COLUMN_NOT_FOUND: line 1:8: Column 'kubernetes.namespace_name' cannot be resolved"
+    engine = AthenaEngine(output="s3://results/logq/", region="us-east-1")
+    assert "split_part(container_name, '/', 1)" in engine.next_step(reason)
+    assert "`stream`" in moved_hint(
+        "COLUMN_NOT_FOUND: line 1:8: Column 'source' cannot be resolved"
+    )
+    assert moved_hint("COLUMN_NOT_FOUND: line 1:8: Column 'nope' cannot be resolved") == ""
 
 
 def test_sql_errors_are_clear(logq, warehouse: Warehouse) -> None:
