@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/discovery_stall.py [--containers 300] [--pods 0] [--files 0]
                                               [--passes 50] [--changed 0] [--src DIR]
-                                              [--gone 0] [--stat-ms 0] [--age 2.5]
+                                              [--gone 0] [--stat-ms 0] [--age 2.5] [--removed 0]
 
 Writes a host of ``--containers`` Docker json-file containers (a ``config.v2.json`` with the
 labels of an ECS task and a dozen image labels), ``--pods`` CRI pod logs and ``--files`` plain
@@ -25,6 +25,14 @@ each pass: nothing is drained). ``--stat-ms`` makes every look at a path in thos
 folders take that long (a slow or hung NFS mount under the root): on the loop, each pass
 stalls it by the looks at every gone source; on the discovery thread, not at all.
 
+``--removed`` measures the start instead: that many containers removed while the shipper was
+down, their checkpoints in the registry and their folders gone, each listing and ``stat`` of
+their folders taking ``--stat-ms`` (a slow NFS mount, or a hung one at a large value). The
+real daemon starts (``Shipper.run``, no aggregator: nothing is sent) and the script prints
+how long after the start the sources found were all started, and when the start's verdicts
+on the removed ones (``removed_while_down``) were all in; each verdict waits for its looks,
+and the sources waited for all of them before they started.
+
 Prints, for the first pass (every ``config.v2.json`` parsed) and the others (metadata cached):
 the pass time (median, max) and the probe's lateness during the passes (p50, p99, max: the
 loop's longest stall), next to its lateness while no pass runs (the machine's noise).
@@ -40,6 +48,7 @@ import argparse
 import asyncio
 import inspect
 import json
+import logging
 import os
 import statistics
 import sys
@@ -101,23 +110,87 @@ def write_config(folder: Path, cid: str, labels: dict[str, str], version: int) -
 
 @contextmanager
 def slow_stats(folders: list[Path], seconds: float) -> Iterator[None]:
-    """``os.stat`` of a path in ``folders`` (``os.path.isfile``, ``isdir``, ``Path.stat``...)
-    sleeps ``seconds`` first, the GIL released, as a call on a slow network mount does."""
+    """``os.stat`` and ``os.listdir`` of a path in ``folders`` (``os.path.isfile``, ``isdir``,
+    ``Path.stat``...) sleep ``seconds`` first, the GIL released, as a call on a slow network
+    mount does."""
     prefixes = tuple(f"{folder}/" for folder in folders)
     names = {str(folder) for folder in folders}
-    real: Callable[..., os.stat_result] = os.stat
+    real_stat: Callable[..., os.stat_result] = os.stat
+    real_listdir: Callable[..., list[str]] = os.listdir
 
-    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+    def slow(path: Any) -> None:
         text = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else ""
         if seconds and (text in names or text.startswith(prefixes)):
             time.sleep(seconds)
-        return real(path, *args, **kwargs)
 
-    os.stat = stat  # type: ignore[assignment]
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        slow(path)
+        return real_stat(path, *args, **kwargs)
+
+    def listdir(path: Any = ".") -> list[str]:
+        slow(path)
+        return real_listdir(path)
+
+    os.stat, os.listdir = stat, listdir  # type: ignore[assignment]
     try:
         yield
     finally:
-        os.stat = real
+        os.stat, os.listdir = real_stat, real_listdir
+
+
+def write_removed(state: Path, docker: Path, count: int) -> list[Path]:
+    """Checkpoints of ``count`` containers removed while the shipper was down, saved in the
+    registry of ``state``: their folders under ``docker`` are not there. Returns the folders."""
+    from shipper.checkpoint import FileState, Registry, file_key
+
+    reg = Registry(state)
+    folders = []
+    try:
+        for i in range(count):
+            cid = f"{i:064x}"[::-1]
+            folder = docker / cid
+            path = folder / f"{cid}-json.log"
+            reg.put(
+                file_key(1, 10_000_000 + i, "f" * 16),
+                FileState(f"docker:{cid}", str(path), f"sid{i}", 10, 10, seen=10),
+            )
+            folders.append(folder)
+        reg.save()
+    finally:
+        reg.close()
+    return folders
+
+
+async def measure_start(
+    args: argparse.Namespace, host: dict[str, Path], state: Path
+) -> dict[str, Any]:
+    """The start of the real daemon with ``--removed`` containers removed while it was down:
+    seconds until every source found was started, and until the removed ones were judged."""
+    from shipper.config import load_config
+    from shipper.daemon import Shipper
+
+    removed = write_removed(state, host["docker"], args.removed)
+    argv = [
+        *("--aggregator", "127.0.0.1:9", "--hostname", "bench", "--retry-timeout", "1"),
+        *("--docker-root", str(host["docker"]), "--cri-root", str(host["cri"])),
+        *("--path", f"{host['plain']}/*.log", "--state-dir", str(state)),
+    ]
+    logging.getLogger("logq").setLevel(logging.ERROR)  # a WARNING per removed container
+    shipper = Shipper(load_config(argv))
+    judged: list[float] = []
+    t0 = time.perf_counter()
+    shipper.metrics.count_loss = lambda *_: judged.append(time.perf_counter() - t0)
+    wanted = args.containers + args.pods + args.files
+    with slow_stats(removed, args.stat_ms / 1000):
+        run = asyncio.create_task(shipper.run())
+        while len(shipper.runners) < wanted:
+            await asyncio.sleep(0.001)
+        started = time.perf_counter() - t0
+        while len(judged) < len(removed):
+            await asyncio.sleep(0.001)
+        shipper.request_stop()
+        await run
+    return {"started": started, "judged": judged[-1] if judged else 0.0, "sources": wanted}
 
 
 class Probe:
@@ -241,10 +314,20 @@ def main() -> None:
     ap.add_argument("--gone", type=int, default=0, help="containers whose log file goes")
     ap.add_argument("--age", type=float, default=2.5, help="seconds between writing and passes")
     ap.add_argument("--stat-ms", type=float, default=0.0, help="a look in their folders takes")
+    ap.add_argument("--removed", type=int, default=0, help="containers removed while down")
     args = ap.parse_args()
     sys.path.insert(0, str(args.src or REPO))
     with tempfile.TemporaryDirectory(prefix="logq-discovery-") as tmp:
         host = make_host(Path(tmp), args.containers, args.pods, args.files)
+        if args.removed:
+            start = asyncio.run(measure_start(args, host, Path(tmp) / "state"))
+            print(
+                f"start: {start['sources']} sources found, {args.removed} containers removed "
+                f"while down (a look there {args.stat_ms:g} ms), code {args.src or REPO}\n"
+                f"  every source started after {start['started'] * 1000:8.1f} ms\n"
+                f"  every removed one judged after {start['judged'] * 1000:8.1f} ms"
+            )
+            return
         # As on a host whose containers started a while ago: folders changed in the last two
         # seconds are listed again at every pass (shipper.listings.RECENT_NS).
         time.sleep(args.age)

@@ -65,7 +65,7 @@ with deferred_interrupts("logq-shipper"):
     from typing import TypeVar
 
     from shipper import checkpoint, gz_pool
-    from shipper.checkpoint import Registry
+    from shipper.checkpoint import FileState, Registry
     from shipper.config import TLS_KEY_PASSWORD_ENV, Config, load_config, weak_key_warning
     from shipper.daemon_threads import DaemonThreads
     from shipper.discover import Discoverer, Scan, SourceSpec, check_roots, node_names
@@ -78,8 +78,8 @@ with deferred_interrupts("logq-shipper"):
     from shipper.logs import announce_metrics, setup_logging
     from shipper.metrics import Metrics
     from shipper.open_files import raise_open_files_limit as raise_limit
-    from shipper.presence import look
-    from shipper.removed import count_removed, gone_files, unfound
+    from shipper.presence import Looking, look
+    from shipper.removed import count_removed, gone_files, unfound_by_source
     from shipper.sender import ForwardClient, tls_context
     from shipper.source import SourceRunner, Window
     from shipper.tls_keys import KeyPairError, load_key_pair
@@ -117,7 +117,11 @@ SAVE_ERROR_LOG_SECONDS = 60.0
 SLOW_PASS_SECONDS = 30.0
 """A discovery pass still running after this long is warned about, and ``/healthz`` answers
 503 until it ends: off the event loop, a pass hung on a dead file system (a stale NFS mount
-under a root) no longer stalls the loop, which ``/livez`` reported, but it finds nothing new."""
+under a root) no longer stalls the loop, which ``/livez`` reported, but it finds nothing new.
+A look of the start at the checkpoints of sources removed while the shipper was down is warned
+about too (not in ``/healthz``: shipping and discovery go on meanwhile)."""
+START_LOOKS_THREAD_NAME = "logq-start-looks"
+"""The thread of the start's looks at sources removed while the shipper was down."""
 
 
 class Shipper:
@@ -190,6 +194,19 @@ class Shipper:
         :attr:`discoverer` and its caches are only ever used from there, one pass at a time.
         A daemon thread: a pass hung on a dead file system does not keep the process alive
         after a stop."""
+        self._pass_looking = Looking()
+        """Where the look of a pass at the sources it missed is (see :meth:`_pass`)."""
+        self._start_looks = DaemonThreads(START_LOOKS_THREAD_NAME)
+        """The thread of the start's looks at the checkpoints of sources removed while the
+        shipper was down (:meth:`_forget_removed`): not the discovery thread, so that one hung
+        there (a checkpoint's folder on a stale NFS mount outside the log roots) holds back
+        neither the sources found nor the passes that find new ones."""
+        self._found_since: set[str] | None = None
+        """While the start's verdicts on removed sources are pending: the keys every pass
+        since the first found (read, excluded, or read by another route). A source found
+        again meanwhile (its folder back, a listing that had failed) is shipped from its
+        checkpoints: its pending verdict, looked at before, is dropped (see
+        :meth:`_judgeable`)."""
         self._excluded: dict[str, tuple[SourceSpec, Exclusion]] = {}
         """The sources excluded at the last pass, each logged once when first seen; also those
         whose file is missing for less than GONE_GRACE_SECONDS (a rotation between rename and
@@ -383,6 +400,7 @@ class Shipper:
         held every read and ack, for as long as a slow file system took. Sources under a
         folder the pass could not list are not looked at: they are kept anyway, and that
         folder may be the one that hangs."""
+        self._pass_looking.folder = None  # (the last pass's look is over)
         scan = self.discoverer.scan()
         found = {spec.key for spec in scan.specs} | scan.excluded.keys()
         missing = {
@@ -390,36 +408,72 @@ class Shipper:
             for key, path in known.items()
             if key not in found and not scan.may_have_missed(path)
         }
-        return replace(scan, looked=look(missing)) if missing else scan
+        return replace(scan, looked=look(missing, self._pass_looking)) if missing else scan
 
-    async def _off_loop(self, work: Callable[[], _T]) -> _T:
+    async def _off_loop(self, work: Callable[[], _T], looking: Looking | None = None) -> _T:
         """``work()`` run on the discovery thread; said (WARNING, ``/healthz`` 503) while it
-        runs longer than :data:`SLOW_PASS_SECONDS`."""
-        started = time.monotonic()
+        runs longer than :data:`SLOW_PASS_SECONDS`, naming the folder of ``looking`` when its
+        look has one, else the log roots."""
         future = asyncio.wrap_future(self._discovery.submit(work))
-        done, _ = await asyncio.wait({future}, timeout=SLOW_PASS_SECONDS)
-        if done:
-            return future.result()
+        return await _said_if_slow(future, lambda: self._slow_pass(looking))
+
+    def _slow_pass(self, looking: Looking | None) -> Callable[[float | None], None]:
+        """Say that a work on the discovery thread is slow; returns what says it is over."""
         log.warning(
             "discovery pass still running after %g s: no new container or file is found, and "
             "none gone is released, until it ends; look for a slow or hung file system (a "
-            "stale NFS mount) under docker_root=%s cri_root=%s paths=%s",
+            "stale NFS mount) %s",
             SLOW_PASS_SECONDS,
-            self.cfg.docker_root,
-            self.cfg.cri_root,
-            ",".join(self.cfg.paths) or "-",
+            self._where(looking),
         )
         self.metrics.set_problem(
             "discovery",
             f"a discovery pass has been running for more than {SLOW_PASS_SECONDS:g} s: new "
             "containers and files are not found (a hung file system under a log root?)",
         )
-        try:
-            return await future
-        finally:  # also when a stop gives up waiting (see _follow)
+
+        def over(took: float | None) -> None:  # also when a stop gives up waiting (_follow)
             self.metrics.set_problem("discovery", None)
-            if future.done():
-                log.info("discovery pass ended after %.1f s", time.monotonic() - started)
+            if took is not None:
+                log.info("discovery pass ended after %.1f s", took)
+
+        return over
+
+    def _where(self, looking: Looking | None) -> str:
+        """Where a look that takes long is, for its warning: the folder it is at, when it
+        says, else under the log roots (a pass's listing)."""
+        if looking is not None and looking.folder is not None:
+            return f"at folder={as_text(looking.folder)}"
+        return "under docker_root={} cri_root={} paths={}".format(
+            self.cfg.docker_root, self.cfg.cri_root, ",".join(self.cfg.paths) or "-"
+        )
+
+    async def _start_look(self, work: Callable[[], _T], looking: Looking) -> _T:
+        """``work()``, a look of the start at sources removed while the shipper was down, run
+        on :attr:`_start_looks`; said (WARNING, naming the folder it is at) while it runs
+        longer than :data:`SLOW_PASS_SECONDS`. The sources found are shipped meanwhile."""
+        future = asyncio.wrap_future(self._start_looks.submit(work))
+        return await _said_if_slow(future, lambda: self._slow_start_look(looking))
+
+    def _slow_start_look(self, looking: Looking) -> Callable[[float | None], None]:
+        """Say that a look of the start is slow; returns what says it is over."""
+        log.warning(
+            "look at the sources removed while the shipper was down still running after %g s: "
+            "their checkpoints are judged (deleted_unread, removed_while_down) and forgotten "
+            "when it ends, the sources found are shipped meanwhile; look for a slow or hung "
+            "file system (a stale NFS mount) %s",
+            SLOW_PASS_SECONDS,
+            self._where(looking),
+        )
+
+        def over(took: float | None) -> None:
+            if took is not None:
+                log.info(
+                    "look at the sources removed while the shipper was down ended after %.1f s",
+                    took,
+                )
+
+        return over
 
     def _note_excluded(self, scan: Scan) -> None:
         """One INFO line per source when it is first found excluded (not at every pass), and
@@ -482,6 +536,8 @@ class Shipper:
         self._note_excluded(scan)
         self._stop_excluded(scan)
         seen = {s.key for s in scan.specs}
+        if self._found_since is not None:  # the start's verdicts are pending
+            self._found_since |= seen | scan.excluded.keys() | scan.read_as
         now = time.monotonic()
         for spec in scan.specs:
             runner = self.runners.get(spec.key)
@@ -605,40 +661,97 @@ class Shipper:
         self._retry_added.set()
         return delay
 
-    def _gc_registry(self, live: set[str]) -> None:
-        """Forget the checkpoints of sources gone for :data:`STALE_CHECKPOINT_SECONDS`; those
-        of ``live`` sources stay, excluded ones included: an exclusion lifted a month later
-        resumes at the checkpoint instead of sending again what was already stored."""
+    def _forget_stale(self, source: str) -> int:
+        """Forget the checkpoints of ``source``, which no pass found since the start, not
+        written for :data:`STALE_CHECKPOINT_SECONDS`; returns how many. Those of sources found
+        stay, excluded ones included: an exclusion lifted a month later resumes at the
+        checkpoint instead of sending again what was already stored."""
         cutoff = time.time() - STALE_CHECKPOINT_SECONDS
-        for key, state in self.registry.items():
-            if state.source not in live and state.updated < cutoff:
-                self.registry.remove(key)
+        stale = [k for k, s in self.registry.items() if s.source == source and s.updated < cutoff]
+        for key in stale:
+            self.registry.remove(key)
+        return len(stale)
 
-    async def _forget_removed(self, scan: Scan) -> bool:
-        """After the first discovery pass: count and forget the checkpoints of files removed
-        while the shipper was down, forget those gone for long and the ``followed`` entries
-        of containers and pods removed. Returns True (for :func:`_unless_stopped`)."""
+    def _judge_removed(self, scan: Scan) -> asyncio.Task[bool]:
+        """After the first discovery pass: judge what was removed while the shipper was down
+        (:meth:`_forget_removed`), in a task of its own. The start does not wait for it: its
+        looks at folders (a removed source's checkpoint may name a folder on a hung NFS mount,
+        outside the log roots) held back every source, all shipping stopped, until they
+        ended. Each verdict is applied when its look comes back, unless its source was found
+        again meanwhile (:meth:`_judgeable`)."""
+        self._found_since = set()
+        unfound: dict[str, dict[str, Path]] = {}
         if scan.complete:
             found = {s.key for s in scan.specs} | scan.excluded.keys()
-            await self._count_removed(found)
-            self._gc_registry(found)
-        await self._prune_followed(scan)
+            # Taken now, before any source starts: the registry holds the previous run's.
+            unfound = unfound_by_source(self.registry, found)
+        as_left = {
+            key: (state, state.updated)
+            for files in unfound.values()
+            for key in files
+            if (state := self.registry.get(key)) is not None
+        }
+        return asyncio.create_task(self._forget_removed(scan, unfound, as_left))
+
+    async def _forget_removed(
+        self,
+        scan: Scan,
+        unfound: dict[str, dict[str, Path]],
+        as_left: dict[str, tuple[FileState, float]],
+    ) -> bool:
+        """Count and forget the checkpoints of files removed while the shipper was down (the
+        files of ``unfound``, by source, as the first pass left them: ``as_left``), forget
+        those gone for long and the ``followed`` entries of containers and pods removed.
+        Returns True."""
+        try:
+            for source, files in unfound.items():
+                await self._count_removed(source, files, as_left)
+            await self._prune_followed(scan)
+        finally:
+            self._found_since = None  # (cancelled by a stop too: the next start judges again)
         return True
 
-    async def _count_removed(self, found: set[str]) -> None:
-        """Count the files of sources removed while the shipper was down (see
-        :mod:`shipper.removed`) before :meth:`_gc_registry` forgets them: found by no pass,
+    async def _count_removed(
+        self, source: str, files: dict[str, Path], as_left: dict[str, tuple[FileState, float]]
+    ) -> None:
+        """Count the files of ``source``, removed while the shipper was down (see
+        :mod:`shipper.removed`): found by no pass,
         their lines not shipped were lost without a count (``deleted_unread``), and lines
-        written while the shipper was down possibly so (``removed_while_down``). Which are
-        gone is looked at on the discovery thread (a folder listed and its files stat'ed per
-        file, which held the loop at start-up on a slow file system); the registry, which
-        nothing else changes before the sources start, is changed here, on the loop."""
-        files = unfound(self.registry, found)
-        gone = await self._off_loop(lambda: gone_files(files)) if files else set()
+        written while the shipper was down possibly so (``removed_while_down``); then
+        :meth:`_forget_stale`. Which are
+        gone is looked at on the thread of the start's looks (a folder listed and its files
+        stat'ed per file, which held the loop, then the start, on a slow file system); the
+        registry is changed here, on the loop, once they come back."""
+        looking = Looking()
+        gone = await self._start_look(lambda: gone_files(files, looking), looking)
+        if not self._judgeable(source):
+            return
+        untouched = {key for key in gone if self._untouched(key, *as_left[key])}
         on_loss = self.metrics.count_loss
         nodes = node_names(self.cfg.hostname)
-        if count_removed(self.registry, found, nodes, on_loss, gone):
+        # Judged before the stale ones are forgotten: those go uncounted.
+        counted = count_removed(self.registry, set(), nodes, on_loss, untouched)
+        if counted + self._forget_stale(source):
             self.checkpoint_changed()
+
+    def _judgeable(self, source: str) -> bool:
+        """Whether the start's verdict on ``source``, a source its first pass did not find,
+        still holds: no pass found it since (its folder back, or a listing that had failed:
+        its runner reads its checkpoints, and a verdict forgetting them under it would count
+        a loss that is none and read its files again), and it runs nowhere."""
+        found = self._found_since or set()
+        return source not in found and source not in self.runners and source not in self._excluded
+
+    def _untouched(self, key: str, was: FileState, updated: float) -> bool:
+        """Whether checkpoint ``key`` of a removed source is as the first pass left it (``was``,
+        written at ``updated``): not taken up since by a running source (the same file found
+        at another path: its runner's checkpoint from then on, whatever source it names), nor
+        held open by one. One file, one source: a verdict does not forget a checkpoint a
+        runner uses."""
+        state = self.registry.get(key)
+        if state is not was or state.updated != updated:
+            return False
+        return not any(key in r.tailer.open_keys() for r in self.runners.values())
 
     async def _prune_followed(self, scan: Scan) -> None:
         """After the first discovery pass: forget the ``followed`` entries of containers and
@@ -647,7 +760,8 @@ class Shipper:
         that could not be listed is there. Pod folders are looked for under ``--cri-root`` and
         under every folder of pods that ``--path`` symlinks (``/var/log/containers``) led to;
         with ``--path`` and a pass that failed somewhere, not at all (those folders are known
-        only from a pass that saw every link)."""
+        only from a pass that saw every link). A source found again meanwhile keeps its entry
+        (:meth:`_judgeable`)."""
         specs = [*scan.specs, *(spec for spec, _ in scan.excluded.values())]
         pod_roots = {s.path.parent.parent.parent for s in specs if s.key.startswith("cri:")}
         if self.cfg.cri_root:
@@ -661,8 +775,12 @@ class Shipper:
         sources = self.registry.followed_sources()
         if not sources:
             return
-        # Looked at on the discovery thread (roots listed, a folder stat'ed per entry).
-        dropped = await self._off_loop(lambda: gone_followed(sources, docker_root, pod_roots))
+        # Looked at on the thread of the start's looks (roots listed, a folder per entry).
+        looking = Looking()
+        dropped = await self._start_look(
+            lambda: gone_followed(sources, docker_root, pod_roots, looking), looking
+        )
+        dropped = [source for source in dropped if self._judgeable(source)]
         for source in dropped:
             self.registry.forget_followed(source)
         if dropped:
@@ -816,18 +934,31 @@ class Shipper:
     async def _ship(self) -> None:
         """The first discovery pass, then the sources it found shipped: to the end of their
         files (``--once``), or followed with the passes after it until a stop. A stop during
-        the first pass does not wait for it either (see :meth:`_follow`)."""
+        the first pass does not wait for it either (see :meth:`_follow`), and the sources do
+        not wait for the start's looks at sources removed while the shipper was down
+        (:meth:`_judge_removed`)."""
         stop = asyncio.ensure_future(self._stop.wait())
         try:
             scan = await _unless_stopped(self._discover(), stop)
-            # The checkpoints and followed entries of what was removed meanwhile are looked
-            # at on the discovery thread too: a stop does not wait for those looks either.
-            done = scan is not None and await _unless_stopped(self._forget_removed(scan), stop)
         finally:
             stop.cancel()
-        if scan is None or not done:  # (a call hung on a dead file system held the stop)
+        if scan is None:  # (a call hung on a dead file system held the stop)
             log.info("stopped during the first discovery pass: no source was started")
             return
+        # The checkpoints and followed entries of what was removed meanwhile are judged from
+        # looks on a thread of their own: neither the sources found nor a stop wait for them.
+        judging = self._judge_removed(scan)
+        try:
+            await self._ship_found(scan, judging)
+        finally:
+            judging.cancel()  # (a stop: the next start judges what is left)
+            with contextlib.suppress(asyncio.CancelledError):
+                await judging
+
+    async def _ship_found(self, scan: Scan, judging: asyncio.Task[bool]) -> None:
+        """Ship the sources of the first pass ``scan``; with ``--once``, wait for the start's
+        verdicts on removed sources (``judging``) too, unless stopped: its final save carries
+        them, as before they held its start."""
         specs = scan.specs
         if not specs and scan.complete:
             log.warning(
@@ -843,6 +974,11 @@ class Shipper:
         self._sync_sources(scan)
         if self.cfg.once:
             await self._wait_once()
+            stop = asyncio.ensure_future(self._stop.wait())
+            try:
+                await _unless_stopped(judging, stop)
+            finally:
+                stop.cancel()
             if self._failure is None:
                 self._failure = self._once_incomplete(scan)
         else:
@@ -1082,6 +1218,23 @@ def _tls(cfg: Config) -> ReloadingTls | None:
     return ReloadingTls(
         (cfg.tls_ca, cfg.tls_cert, cfg.tls_key), lambda: _tls_context(cfg), (ConfigError,), log
     )
+
+
+async def _said_if_slow(
+    future: asyncio.Future[_T], slow: Callable[[], Callable[[float | None], None]]
+) -> _T:
+    """``await future``; once it has run :data:`SLOW_PASS_SECONDS`, ``slow()`` says so and
+    returns what to call when the wait is over (with the seconds it took; None when the wait
+    was given up: a stop)."""
+    started = time.monotonic()
+    done, _ = await asyncio.wait({future}, timeout=SLOW_PASS_SECONDS)
+    if done:
+        return future.result()
+    over = slow()
+    try:
+        return await future
+    finally:
+        over(time.monotonic() - started if future.done() else None)
 
 
 async def _unless_stopped(work: Awaitable[_T], stop: asyncio.Future[bool]) -> _T | None:

@@ -38,9 +38,13 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from shipper.presence import Looking
 
-def _usable(root: Path) -> bool:
+
+def _usable(root: Path, looking: Looking | None = None) -> bool:
     """Whether ``root`` is a folder that lists and holds at least one entry."""
+    if looking is not None:
+        looking.at(root)
     try:
         with os.scandir(root) as it:
             return next(it, None) is not None
@@ -48,8 +52,10 @@ def _usable(root: Path) -> bool:
         return False
 
 
-def _gone(folder: Path) -> bool:
+def _gone(folder: Path, looking: Looking | None = None) -> bool:
     """Whether ``folder`` provably does not exist (ENOENT; any other error: it may)."""
+    if looking is not None:
+        looking.at(folder)
     try:
         os.stat(folder)
     except FileNotFoundError:
@@ -74,7 +80,9 @@ def folders_of(source: str, docker_root: Path | None, pod_roots: Iterable[Path])
     return []
 
 
-def _vouched(sources: list[str], docker_root: Path | None, roots: list[Path]) -> set[str]:
+def _vouched(
+    sources: list[str], docker_root: Path | None, roots: list[Path], looking: Looking | None
+) -> set[str]:
     """The kinds (``docker``, ``cri``) whose roots hold the folder of at least one of
     ``sources``: the entries came from these roots, so a folder missing there is gone."""
     kinds: set[str] = set()
@@ -82,27 +90,38 @@ def _vouched(sources: list[str], docker_root: Path | None, roots: list[Path]) ->
         kind = source.partition(":")[0]
         if kind in kinds:
             continue
-        if any(os.path.isdir(f) for f in folders_of(source, docker_root, roots)):
+        if any(_there(f, looking) for f in folders_of(source, docker_root, roots)):
             kinds.add(kind)
     return kinds
 
 
+def _there(folder: Path, looking: Looking | None) -> bool:
+    """``os.path.isdir(folder)``, the folder kept in ``looking`` first."""
+    if looking is not None:
+        looking.at(folder)
+    return os.path.isdir(folder)
+
+
 def gone_followed(
-    sources: list[str], docker_root: Path | None, pod_roots: Iterable[Path]
+    sources: list[str],
+    docker_root: Path | None,
+    pod_roots: Iterable[Path],
+    looking: Looking | None = None,
 ) -> list[str]:
     """The ``followed`` entries of ``sources`` whose source's folder is gone under every root
     it may be under (see the module's docstring). It lists the roots and stats a folder or
-    more per entry: a work for a thread other than the event loop's (the daemon's discovery
-    thread), whose registry changes on the loop from what it returns."""
-    roots = sorted(root for root in set(pod_roots) if _usable(root))  # looked at once each
-    if docker_root is not None and not _usable(docker_root):
+    more per entry: a work for a thread other than the event loop's (the daemon's thread of
+    the start's looks), whose registry changes on the loop from what it returns; the folder
+    it is at is kept in ``looking``, for the warning about a look that hangs."""
+    roots = sorted(root for root in set(pod_roots) if _usable(root, looking))  # once each
+    if docker_root is not None and not _usable(docker_root, looking):
         docker_root = None
-    vouched = _vouched(sources, docker_root, roots)
+    vouched = _vouched(sources, docker_root, roots, looking)
     gone = []
     for source in sources:
         if source.partition(":")[0] not in vouched:
             continue
         folders = folders_of(source, docker_root, roots)
-        if folders and all(_gone(f) for f in folders):
+        if folders and all(_gone(f, looking) for f in folders):
             gone.append(source)
     return gone

@@ -20,6 +20,24 @@ from pathlib import Path
 from typing import NamedTuple
 
 
+class Looking:
+    """The folder a look on another thread is at now (None: not started), for the warning
+    about a look that takes long (:meth:`shipper.daemon.Shipper._off_loop`): the folder that
+    hangs may be a checkpoint's or a source's outside the log roots (a ``--path`` dropped
+    from the configuration, its NFS mount gone stale), and naming the roots sent the operator
+    to look at the wrong mount. Set by the looking thread, read by the loop: one attribute,
+    replaced whole."""
+
+    __slots__ = ("folder",)
+
+    def __init__(self) -> None:
+        self.folder: Path | None = None
+
+    def at(self, folder: Path) -> None:
+        """The look goes on at ``folder`` (a call that may block follows)."""
+        self.folder = folder
+
+
 class Presence(NamedTuple):
     """What a look at a missing source's live file found."""
 
@@ -29,13 +47,15 @@ class Presence(NamedTuple):
     """The folder of its live file is there (False: its container or pod was removed)."""
 
 
-def look(paths: Mapping[str, Path]) -> dict[str, Presence]:
+def look(paths: Mapping[str, Path], looking: Looking | None = None) -> dict[str, Presence]:
     """The presence of each live file of ``paths`` (by source key), by the rules of
     ``os.path.isfile`` and ``os.path.isdir`` (those the loop applied); the folder of a file
     there is not looked at. A work for the discovery thread: each look may block on a slow
-    file system."""
+    file system (the folder it is at is kept in ``looking``)."""
     looked = {}
     for key, path in paths.items():
+        if looking is not None:
+            looking.at(path.parent)
         if os.path.isfile(path):
             looked[key] = Presence(file=True, folder=True)
         else:

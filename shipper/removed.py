@@ -23,7 +23,7 @@ size the shipper last saw (:attr:`~shipper.checkpoint.FileState.seen`).
   shipper, the last lines of pods deleted meanwhile (A2s18's F2, R4s18).
 
 Whether a file is gone takes a listing of its folder and a ``stat`` of each of its files: the
-daemon has it done on its discovery thread (:func:`gone_files` of :func:`unfound`) and judges
+daemon has it done on a thread of its own (:func:`gone_files`, per source) and judges
 here, on its event loop, what was found (``gone``): on a slow or hung file system, those calls
 held the loop at start-up.
 """
@@ -38,6 +38,7 @@ from pathlib import Path
 
 from shipper.checkpoint import Described, FileState, Registry
 from shipper.discover import pod_owner_name
+from shipper.presence import Looking
 
 log = logging.getLogger("logq.shipper")
 
@@ -48,10 +49,27 @@ def unfound(registry: Registry, found: set[str]) -> dict[str, Path]:
     return {key: Path(state.path) for key, state in registry.items() if state.source not in found}
 
 
-def gone_files(files: Mapping[str, Path]) -> set[str]:
+def unfound_by_source(registry: Registry, found: set[str]) -> dict[str, dict[str, Path]]:
+    """:func:`unfound`, by source: the daemon judges each removed source as soon as its own
+    files were looked at, so that one hung folder holds back no other source's verdict."""
+    by_source: dict[str, dict[str, Path]] = {}
+    for key, state in registry.items():
+        if state.source not in found:
+            by_source.setdefault(state.source, {})[key] = Path(state.path)
+    return by_source
+
+
+def gone_files(files: Mapping[str, Path], looking: Looking | None = None) -> set[str]:
     """The keys of ``files`` (:func:`unfound`) that are provably gone (see :func:`_gone`). It
-    lists a folder and stats its files for each: a work for a thread other than the loop's."""
-    return {key for key, path in files.items() if _gone(key, path)}
+    lists a folder and stats its files for each: a work for a thread other than the loop's
+    (the folder it is at is kept in ``looking``, for the warning about a look that hangs)."""
+    gone = set()
+    for key, path in files.items():
+        if looking is not None:
+            looking.at(path.parent)
+        if _gone(key, path):
+            gone.add(key)
+    return gone
 
 
 def count_removed(

@@ -648,6 +648,14 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         only behind our descriptor, and a restart could not read them."""
         return bool(self.cursors) and self.cursors[0].deleted()
 
+    def open_keys(self) -> set[str]:
+        """The registry keys of the files this source has open, or holds checkpoints of
+        (renamed away and watched, held for a split line, read again from a compressed copy):
+        whatever source an entry names, this tailer moves it on. The daemon's start leaves
+        them alone when it judges the checkpoints of sources removed while it was down."""
+        held = (*self.cursors, *self._lingering, *self._held, *self._holding)
+        return {c.key for c in held} | self._adopted
+
     def settled(self) -> Cursor | None:
         """The live file, when it is all this source has open, is read to its end (the caller
         knows) and nothing here is driven by time: no split line waiting for
