@@ -120,8 +120,10 @@ SLOW_PASS_SECONDS = 30.0
 under a root) no longer stalls the loop, which ``/livez`` reported, but it finds nothing new.
 A look of the start at the checkpoints of sources removed while the shipper was down is warned
 about too (not in ``/healthz``: shipping and discovery go on meanwhile)."""
-START_LOOKS_THREAD_NAME = "logq-start-looks"
+LOOKS_THREAD_NAME = "logq-looks"
 """The thread of the start's looks at sources removed while the shipper was down."""
+CLOSE_LOOKS_THREAD_NAME = "logq-close-looks"
+"""The thread of the looks of sources that end at their folders."""
 
 
 class Shipper:
@@ -196,11 +198,15 @@ class Shipper:
         after a stop."""
         self._pass_looking = Looking()
         """Where the look of a pass at the sources it missed is (see :meth:`_pass`)."""
-        self._start_looks = DaemonThreads(START_LOOKS_THREAD_NAME)
+        self.looks = DaemonThreads(LOOKS_THREAD_NAME)
         """The thread of the start's looks at the checkpoints of sources removed while the
         shipper was down (:meth:`_forget_removed`): not the discovery thread, so that one hung
         there (a checkpoint's folder on a stale NFS mount outside the log roots) holds back
         neither the sources found nor the passes that find new ones."""
+        self.close_looks = DaemonThreads(CLOSE_LOOKS_THREAD_NAME)
+        """The thread of the looks of sources that end at their files
+        (:meth:`shipper.tailer.Tailer.look_at_close`), off the loop; not the start's, whose
+        looks may hang on folders that have nothing to do with them."""
         self._found_since: set[str] | None = None
         """While the start's verdicts on removed sources are pending: the keys every pass
         since the first found (read, excluded, or read by another route). A source found
@@ -452,7 +458,7 @@ class Shipper:
         """``work()``, a look of the start at sources removed while the shipper was down, run
         on :attr:`_start_looks`; said (WARNING, naming the folder it is at) while it runs
         longer than :data:`SLOW_PASS_SECONDS`. The sources found are shipped meanwhile."""
-        future = asyncio.wrap_future(self._start_looks.submit(work))
+        future = asyncio.wrap_future(self.looks.submit(work))
         return await _said_if_slow(future, lambda: self._slow_start_look(looking))
 
     def _slow_start_look(self, looking: Looking) -> Callable[[float | None], None]:
@@ -908,6 +914,8 @@ class Shipper:
                 )
             gz_pool.shutdown()
             self._discovery.shutdown()
+            self.looks.shutdown()
+            self.close_looks.shutdown()
             await self.client.close()
             self.registry.close()
             self.idle_sweep.close()

@@ -935,10 +935,11 @@ class Resume:
             return self.registry.saved_at, False
         return None, True  # no run followed it: all of them
 
-    def _note_read_to_end(self: Tailer) -> None:
+    def _read_to_end_until(self: Tailer) -> float | None:
         """At the end of a tailer whose files were all drained and let go (its source gone:
-        its file renamed away, or deleted, and not made again): note as followed (see
-        :meth:`~shipper.checkpoint.Registry.note_followed`) the time before which every file
+        its file renamed away, or deleted, and not made again): what to note as followed (see
+        :meth:`~shipper.checkpoint.Registry.note_followed`; None: nothing), the time before
+        which every file
         of the source still here that a later first sighting would read was read by this
         tailer -- now when all were; else the last write of the oldest it did not read.
 
@@ -946,9 +947,12 @@ class Resume:
         lines the source wrote in its last moments, before its file was renamed away: found
         again in this process or after a restart, that file was read again whole, every line
         of it sent twice. A file this tailer never opened (one the runtime made as the runner
-        ended, then rotated) still holds lines no run read: the time stays before it."""
-        if self.cursors or self._lingering:
-            return  # still open (a stop, not an end): their checkpoints say what was read
+        ended, then rotated) still holds lines no run read: the time stays before it.
+
+        Only for a tailer :meth:`~shipper.tailer.Tailer.drained` (else its checkpoints say
+        what was read). It lists the folder and opens files: part of
+        :meth:`~shipper.tailer.Tailer.look_at_close` (off the event loop); only reads the
+        tailer's state, the runner's tasks over."""
         last = self.registry.followed_at(self.spec.key)
         since = None if last is None else last - 0.05
         read = {*self._released, *self._passed_over}
@@ -959,12 +963,17 @@ class Resume:
         try:
             siblings = rotated_siblings(rotation_path(self.spec.path))
         except OSError:
-            return  # cannot tell which files are here: nothing noted
+            return None  # cannot tell which files are here: nothing noted
         unread += [self._unread_since(path, since, read) for path in siblings]
         if any(t is not None and t < 0 for t in unread):
-            return  # a file that cannot be opened: nothing noted
-        until = min([until, *(t for t in unread if t is not None)])
-        if last is None or until > last:
+            return None  # a file that cannot be opened: nothing noted
+        return min([until, *(t for t in unread if t is not None)])
+
+    def _note_read_to_end(self: Tailer, until: float | None) -> None:
+        """Note ``until`` (:meth:`_read_to_end_until`, None: nothing) as when the source was
+        last followed, unless a later time is noted already."""
+        last = self.registry.followed_at(self.spec.key)
+        if until is not None and (last is None or until > last):
             self.registry.note_followed(self.spec.key, until)
 
     def _unread_since(

@@ -35,7 +35,7 @@ from shipper.errors import ShipperError
 from shipper.idle_sweep import Sleeper, stamp
 from shipper.lines import Lines
 from shipper.sender import HeldAtStop
-from shipper.tailer import READ_AHEAD_BYTES, Tailer
+from shipper.tailer import READ_AHEAD_BYTES, UNKNOWN_AT_CLOSE, AtClose, Tailer
 
 if TYPE_CHECKING:
     from shipper.config import Endpoint
@@ -323,12 +323,37 @@ class SourceRunner:
                     task.cancel()
             await asyncio.gather(reader, sender, pinner, return_exceptions=True)
             self._unwatch()
-            self.tailer.close()  # its kept lines go (read again from the checkpoint)
+            drained = self.tailer.drained()
+            self.tailer.close_files()  # its kept lines go (read again from the checkpoint)
+            looked = UNKNOWN_AT_CLOSE
+            try:
+                looked = await self._look_at_close(drained)
+            finally:  # also when a stop gave up waiting for the look: nothing noted then
+                self.tailer.close(looked)
             await self._release_held()
             if self.shipper.registry.dirty:
                 # The files' checkpoints were dropped (read to their end and acknowledged):
                 # checkpoints.json forgets them now, not at some other source's next ack.
                 self.shipper.checkpoint_changed()
+
+    async def _look_at_close(self, drained: bool) -> AtClose:
+        """:meth:`Tailer.look_at_close` on the shipper's thread of such looks: on the loop, the
+        ``stat`` of the folder and the live path and the listing of the folder of a source
+        that ends on a hung file system (a stale NFS mount: its container removed) held every
+        other source's reads and acks until they returned. A stop does not wait for it
+        (:attr:`_stopped`): nothing is noted then (a folder gone is found by the next start,
+        :meth:`shipper.daemon.Shipper._prune_followed`)."""
+        work = self.shipper.close_looks.submit(self.tailer.look_at_close, drained)
+        look = asyncio.wrap_future(work)
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait({look, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if look.done():
+            return look.result()
+        look.cancel()  # (not started yet: dropped; else it ends on its own)
+        return UNKNOWN_AT_CLOSE
 
     # -- reading ----------------------------------------------------------------------------
 

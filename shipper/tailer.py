@@ -36,6 +36,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 from shipper import fd_budget
 from shipper.batch import WireRoom
@@ -62,6 +63,20 @@ READ_AHEAD_BYTES = 64 * 1024
 left: the lines past that room are kept for the next message (:meth:`Tailer._fit`). A
 source's reader lowers it to ``--batch-bytes`` (:attr:`Tailer.read_ahead`): its kept lines
 count in ``--max-inflight-bytes``, within the room reserved for a batch."""
+
+
+class AtClose(NamedTuple):
+    """What :meth:`Tailer.look_at_close` found of an ending source's files."""
+
+    gone: bool
+    """Its folder, or its files, are gone: its ``followed`` entry is forgotten."""
+    read_until: float | None
+    """When it was last followed (see :meth:`~shipper.resume.Resume._read_to_end_until`);
+    None: nothing to note."""
+
+
+UNKNOWN_AT_CLOSE = AtClose(gone=False, read_until=None)
+"""Nothing known (not started, or the look was given up: a stop): nothing changes."""
 
 
 class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
@@ -700,26 +715,42 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         except OSError:
             return True
 
-    def close(self) -> None:
+    def drained(self) -> bool:
+        """Whether no file is open or watched any more: every one was read to its end and let
+        go (an end: its file renamed away or deleted), not a stop."""
+        return not (self.cursors or self._lingering)
+
+    def look_at_close(self, drained: bool) -> AtClose:
+        """What :meth:`close` decides from, looked at before it: whether the source's files
+        are gone, and, if it was ``drained`` (:meth:`drained`, asked before its files were
+        closed), when it was last followed (:meth:`_read_to_end_until`). It stats the folder
+        and the live path, lists the folder and opens its files: on the event loop, a source
+        ending on a hung file system (a stale NFS mount) held every other source; the runner
+        has it done on a worker thread, after :meth:`close_files` (it only reads the
+        tailer's state)."""
+        if not self._started:
+            return UNKNOWN_AT_CLOSE
+        if not os.path.isdir(self.spec.path.parent):
+            # Its folder is gone: a removed container or pod, whose key never comes back
+            # (ids are unique). Remembering it would keep an entry per container the host
+            # ever ran (up to checkpoint.MAX_FOLLOWED). A --path folder deleted and made
+            # again holds new files, which a first sighting reads as it should.
+            return AtClose(gone=True, read_until=None)
+        if not self._files_left():
+            # Its files are gone and its folder stays (a CRI container's N.log removed by the
+            # kubelet, its key never used again, while the pod lives on): when it was last
+            # followed tells nothing of files that appear later. Kept, one entry per
+            # container restart stayed in checkpoints.json (up to checkpoint.MAX_FOLLOWED,
+            # rewritten at every save).
+            return AtClose(gone=True, read_until=None)
+        return AtClose(gone=False, read_until=self._read_to_end_until() if drained else None)
+
+    def close_files(self) -> None:
+        """Close every file (their checkpoints stay), before :meth:`look_at_close` runs
+        elsewhere: a look that hangs does not hold descriptors (and the space of deleted
+        files) meanwhile."""
         fd_budget.stop_waiting(self.spec.key)
         self.drop_prepared()
-        if self._started:
-            if os.path.isdir(self.spec.path.parent):
-                if self._files_left():
-                    self._note_read_to_end()
-                else:
-                    # Its files are gone and its folder stays (a CRI container's N.log removed
-                    # by the kubelet, its key never used again, while the pod lives on): when
-                    # it was last followed tells nothing of files that appear later. Kept, one
-                    # entry per container restart stayed in checkpoints.json (up to
-                    # checkpoint.MAX_FOLLOWED, rewritten at every save).
-                    self.registry.forget_followed(self.spec.key)
-            else:
-                # Its folder is gone: a removed container or pod, whose key never comes back
-                # (ids are unique). Remembering it would keep an entry per container the host
-                # ever ran (up to checkpoint.MAX_FOLLOWED). A --path folder deleted and made
-                # again holds new files, which a first sighting reads as it should.
-                self.registry.forget_followed(self.spec.key)
         for c in (*self.cursors, *self._lingering):
             c.close()
         self.cursors.clear()
@@ -728,3 +759,16 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         self._holding.clear()
         self._read_past = None  # their file is closed: read again from its checkpoint
         self.live = None
+
+    def close(self, looked: AtClose | None = None) -> None:
+        """Close every file; forget or note when the source was last followed, from what
+        :meth:`look_at_close` found (``looked``; None: it looks now, on this thread)."""
+        if looked is None:
+            looked = self.look_at_close(self.drained())
+        self.close_files()
+        if not self._started:
+            return
+        if looked.gone:
+            self.registry.forget_followed(self.spec.key)
+        else:
+            self._note_read_to_end(looked.read_until)

@@ -181,7 +181,7 @@ def test_the_start_s_looks_at_removed_sources_do_not_hold_the_loop(
         shipper.request_stop()
         assert await run == 0
         release.set()
-        shipper._start_looks.shutdown(wait=True)
+        shipper.looks.shutdown(wait=True)
 
     asyncio.run(asyncio.wait_for(go(), 60))
     assert ran == [True, True, True]

@@ -7,6 +7,9 @@ log roots) held all shipping until it ended. Now the sources found start at once
 verdict is applied when its look comes back -- unless its file is read meanwhile (its source
 found again, or the same file found at another path): one source per file, nothing shipped
 twice, no loss counted that is none.
+
+So does a source's end: its tailer looks at its folder as it closes (is it there, any file
+left?), which on the event loop held every other source while the folder hung.
 """
 
 from __future__ import annotations
@@ -244,3 +247,93 @@ def test_the_followed_entry_of_a_source_found_again_meanwhile_stays(
         assert shipper.registry.followed_sources() == [back]
     finally:
         shipper.registry.close()
+
+
+def test_a_source_ending_on_a_hung_folder_does_not_hold_the_others(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source whose folder is removed ends, and its tailer looks at that folder as it
+    closes (is it there? any file left?) to forget or note when it was last followed. On the
+    event loop, that ``stat`` on a hung file system (its container's folder on a stale NFS
+    mount) held every other source; now it runs on a thread of its own: a line written to
+    another source while it hangs arrives, and the source's ``followed`` entry is forgotten
+    once it comes back, as before."""
+    live = tmp_path / "logs" / "app" / "app.log"
+    going = tmp_path / "logs" / "going" / "app.log"
+    _write(live, "one\n")
+    _write(going, "g1\n")
+    real_isdir = os.path.isdir
+    started, release = threading.Event(), threading.Event()
+
+    def hung_isdir(path: object) -> bool:
+        # Not the passes' looks (the discovery thread): those find it gone first.
+        if path == going.parent and threading.current_thread().name != "logq-discovery":
+            started.set()
+            release.wait(HANG_SECONDS)
+        return real_isdir(path)  # type: ignore[arg-type]
+
+    async def go() -> None:
+        shipper = Shipper(load_config(_args(tmp_path, receiver)))
+        run = asyncio.create_task(shipper.run())
+        await until(lambda: sorted(receiver.lines()) == ["g1", "one"])
+        monkeypatch.setattr(os.path, "isdir", hung_isdir)
+        shutil.rmtree(going.parent)  # its container removed: the source drains and ends
+        await until(started.is_set)
+        _write(live, "two\n")
+        try:
+            await until(lambda: "two" in receiver.lines(), timeout=10)
+            arrived.append(True)
+        except TimeoutError:
+            arrived.append(False)
+        release.set()
+        key = f"file:{going}"
+        await until(lambda: key not in shipper.runners)
+        followed.extend(shipper.registry.followed_sources())
+        shipper.request_stop()
+        assert await run == 0
+
+    arrived: list[bool] = []
+    followed: list[str] = []
+    asyncio.run(asyncio.wait_for(go(), 60))
+    assert arrived == [True]  # while the look at the folder hung
+    assert followed == [f"file:{live}"]  # the ended source's entry forgotten, as before
+
+
+def test_a_stop_does_not_wait_for_an_ending_source_s_hung_look(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop while an ending source's look at its folder hangs: the shipper exits 0 with its
+    checkpoints saved, the source's files closed, nothing noted of a look that never came
+    back (its ``followed`` entry stays: the next start finds its folder gone)."""
+    live = tmp_path / "logs" / "app" / "app.log"
+    going = tmp_path / "logs" / "going" / "app.log"
+    _write(live, "one\n")
+    _write(going, "g1\n")
+    real_isdir = os.path.isdir
+    started, release = threading.Event(), threading.Event()
+
+    def hung_isdir(path: object) -> bool:
+        if path == going.parent and threading.current_thread().name != "logq-discovery":
+            started.set()
+            release.wait(HANG_SECONDS)
+        return real_isdir(path)  # type: ignore[arg-type]
+
+    async def go() -> None:
+        shipper = Shipper(load_config(_args(tmp_path, receiver)))
+        run = asyncio.create_task(shipper.run())
+        await until(lambda: sorted(receiver.lines()) == ["g1", "one"])
+        monkeypatch.setattr(os.path, "isdir", hung_isdir)
+        shutil.rmtree(going.parent)
+        await until(started.is_set)
+        shipper.request_stop()
+        assert await run == 0
+        release.set()
+        shipper.close_looks.shutdown(wait=True)
+
+    asyncio.run(asyncio.wait_for(go(), 60))
+    assert _saved(tmp_path) == {str(live): len("one\n")}
+    reg = Registry(tmp_path / "state")
+    try:
+        assert sorted(reg.followed_sources()) == sorted([f"file:{live}", f"file:{going}"])
+    finally:
+        reg.close()
