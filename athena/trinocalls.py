@@ -262,10 +262,15 @@ def substr(node: Any, adapt: Callable[[Any], Any]) -> Any:
 
 def at_time_zone(node: Any, adapt: Callable[[Any], Any]) -> Any:
     """``node`` (exp.AtTimeZone) with its value cast to a TIMESTAMP WITH TIME ZONE first, so a
-    value without a zone is read in UTC, the session zone (module docs)."""
+    value without a zone is read in UTC, the session zone (module docs), and a value already
+    in a zone (:func:`athena.trinotypes.zone_given`) is its instant (:func:`zoned_instant`):
+    its wall time read as UTC put ``from_iso8601_timestamp('...10:00+02:00') AT TIME ZONE
+    'UTC'`` at 10:00 UTC, Trino 08:00."""
     from sqlglot import exp
 
-    value = exp.Cast(this=adapt(node.this), to=exp.DataType.build("TIMESTAMPTZ"))
+    inner = zone_given(node.this)  # a value of AT TIME ZONE or an offset ISO text: its instant
+    value = adapt(node.this) if inner is None else zoned_instant(node.this, inner, adapt)
+    value = exp.Cast(this=value, to=exp.DataType.build("TIMESTAMPTZ"))
     return exp.AtTimeZone(this=value, zone=duckdb_zone(adapt(node.args["zone"])))
 
 
@@ -378,12 +383,19 @@ def _branch_instants(node: Any, adapt: Callable[[Any], Any]) -> Any:
     return call
 
 
+#: The operators whose two sides Trino reads as instants when one is a TIMESTAMP WITH TIME ZONE.
+_INSTANT_OPERATORS = frozenset({"EQ", "NEQ", "GT", "GTE", "LT", "LTE", "NullSafeEQ", "NullSafeNEQ"})
+
+
 def zoned_comparison(node: Any, adapt: Callable[[Any], Any]) -> Any | None:
     """``node`` (a comparison, BETWEEN or IN) with each operand that is a value of ``AT TIME
     ZONE`` compared as its instant (:func:`zoned_instant`), as Trino compares a TIMESTAMP WITH
     TIME ZONE (with another, or with a TIMESTAMP read in the session zone, UTC on Athena);
     None when no operand is one. Locally the operand was the zone's wall time, compared with
-    the other side as if it were UTC: 5 hours off for New York."""
+    the other side as if it were UTC: 5 hours off for New York. So too the other readers of
+    the instant: ``greatest``/``least``, ``IS DISTINCT FROM``, ``to_unixtime`` and the
+    difference of two times (``from_iso8601_timestamp('...10:00+02:00')``, held as +02:00's
+    wall time, was 2 hours late in each)."""
     from sqlglot import exp
 
     from athena.trinotypes import zone_given
@@ -405,10 +417,24 @@ def zoned_comparison(node: Any, adapt: Callable[[Any], Any]) -> Any | None:
         if node.args.get("query") is not None:
             call.set("query", adapt(node.args["query"]))
         return call
+    if isinstance(node, exp.Greatest | exp.Least):
+        values = [node.this, *(node.expressions or [])]
+        if all(zone_given(v) is None for v in values):
+            return None
+        call = node.copy()
+        call.set("this", instant(node.this))
+        call.set("expressions", [instant(v) for v in node.expressions or []])
+        return call
     if isinstance(node, exp.Between):
-        keys = ("this", "low", "high")
-    elif isinstance(node, exp.EQ | exp.NEQ | exp.GT | exp.GTE | exp.LT | exp.LTE):
+        keys: tuple[str, ...] = ("this", "low", "high")
+    elif type(node).__name__ in _INSTANT_OPERATORS:
         keys = ("this", "expression")
+    elif isinstance(node, exp.Sub) and not any(
+        isinstance(side, exp.Interval) for side in (node.this, node.expression)
+    ):
+        keys = ("this", "expression")  # the interval between two instants
+    elif isinstance(node, exp.TimeToUnix):
+        keys = ("this",)
     else:
         return None
     if all(zone_given(node.args.get(key)) is None for key in keys):

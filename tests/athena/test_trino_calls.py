@@ -918,3 +918,36 @@ def test_date_parse_reads_a_month_as_a_short_or_full_name(engine: LocalEngine) -
     ]
     with pytest.raises(StatementError, match="Could not parse string"):
         rows(engine, "SELECT date_parse('06 Decembre 2026', '%d %b %Y')")
+
+
+def test_an_offset_iso_timestamp_is_its_instant_where_trino_reads_one(engine: LocalEngine) -> None:
+    """from_iso8601_timestamp('...10:00+02:00') is 08:00Z (Trino keeps the offset, not the
+    instant's meaning): to_unixtime, a difference of two, greatest/least, IS DISTINCT FROM and
+    AT TIME ZONE of it read that instant, as of any AT TIME ZONE value. Locally the value held
+    +02:00's wall time, which those read as if UTC: to_unixtime was 2 hours late, the
+    difference of 10:00+02:00 and 10:00Z 0 (Trino -2 hours), greatest(10:00+02:00, 09:00Z)
+    10:00Z (Trino 09:00Z), and AT TIME ZONE 'UTC' 10:00 UTC (Trino 08:00 UTC)."""
+    iso = "from_iso8601_timestamp('2026-12-06T10:00:00+02:00')"
+    ny = "TIMESTAMP '2026-12-06 10:00' AT TIME ZONE 'America/New_York'"
+    got = rows(
+        engine,
+        f"SELECT to_unixtime({iso}), to_unixtime({ny}), "
+        f"{iso} - from_iso8601_timestamp('2026-12-06T10:00:00Z'), "
+        f"greatest({iso}, from_iso8601_timestamp('2026-12-06T09:00:00Z')), "
+        f"least({iso}, {ny}), {iso} IS DISTINCT FROM TIMESTAMP '2026-12-06 08:00', "
+        f"CAST({iso} AT TIME ZONE 'UTC' AS varchar), hour({iso} AT TIME ZONE 'Asia/Tokyo'), "
+        f"CAST(({ny}) AT TIME ZONE 'Asia/Tokyo' AS varchar)",
+    )
+    assert got == [
+        (
+            utc(2026, 12, 6, 8, 0).timestamp(),
+            utc(2026, 12, 6, 10, 0).timestamp(),
+            "-0 02:00:00.000",
+            utc(2026, 12, 6, 9, 0),
+            utc(2026, 12, 6, 8, 0),
+            False,
+            "2026-12-06 08:00:00.000 UTC",
+            17,
+            "2026-12-06 19:00:00.000 Asia/Tokyo",
+        )
+    ]
