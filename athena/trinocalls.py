@@ -1091,9 +1091,12 @@ def _decimal_quotient(node: Any) -> Any | None:
         quotient = (a / b).quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP)
     if len(quotient.as_tuple().digits) > precision:
         return None
+    # DuckDB writes a DECIMAL(p, p) without its leading 0 ('-.5'), Trino with it: one more
+    # digit of precision, the same value.
+    held = min(_DECIMAL_DIGITS, precision + 1) if precision == scale else precision
     return exp.Cast(
         this=exp.Literal.string(str(quotient)),
-        to=exp.DataType.build(f"DECIMAL({precision}, {scale})"),
+        to=exp.DataType.build(f"DECIMAL({held}, {scale})"),
     )
 
 

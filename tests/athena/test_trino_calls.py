@@ -951,3 +951,17 @@ def test_an_offset_iso_timestamp_is_its_instant_where_trino_reads_one(engine: Lo
             "2026-12-06 19:00:00.000 Asia/Tokyo",
         )
     ]
+
+
+def test_a_decimal_quotient_below_one_has_its_leading_zero(engine: LocalEngine) -> None:
+    """Trino's text of a DECIMAL below one has its 0 (Decimals.toString: -0.5 of -0.5 / 1, a
+    DECIMAL(1,1), and 0.04 of 0.04 / 1); DuckDB writes a DECIMAL whose precision is its scale
+    without it ('-.5', '.04'), so the text of such a quotient lacked it."""
+    got = rows(
+        engine,
+        "SELECT CAST(-0.5 / 1 AS varchar), CAST(0.04 / 1 AS varchar), format('%s', 0.5 / 1), "
+        "-0.5 / 1, CAST(1.0 / 4 AS varchar)",
+    )
+    from decimal import Decimal
+
+    assert got == [("-0.5", "0.04", "0.5", Decimal("-0.5"), "0.3")]
