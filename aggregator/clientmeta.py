@@ -73,10 +73,12 @@ _MAX_POD_NAME = 253
 _MAX_UID = 64
 _SHORT_ID = 12
 #: The parts of Docker's name of an ECS container, as the ECS agent makes it:
-#: ``ecs-<family>-<revision>-<container name, letters digits and - only>-<random hex>``.
+#: ``ecs-<family>-<revision>-<container name, letters digits and - only>-<random hex>``, the
+#: random part 20 hex digits (the agent's ``RandHex``: 10 bytes): a name without one whose
+#: last word reads as hex (``web-cafe``) is not cut there.
 _DIGITS = re.compile(r"[0-9]+")
 _ECS_CONTAINER = re.compile(r"[A-Za-z0-9-]+")
-_HEX = re.compile(r"[0-9a-f]+")
+_HEX = re.compile(r"[0-9a-f]{20}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -257,6 +257,10 @@ def test_firelens_records_get_family_stream_and_bare_container_name() -> None:
             "ecs-recipe-13-app-e8a4f0d2c1b3a59ae201",
         ),
         ("/ecs-recipe-12-app", "recipe:12", "ecs-recipe-12-app"),
+        # The agent's random part is 20 hex digits (RandHex: 10 bytes): a name without it
+        # whose last word reads as hex is not cut there ("web-cafe" is no container "web").
+        ("/ecs-recipe-12-web-cafe", "recipe:12", "ecs-recipe-12-web-cafe"),
+        ("/ecs-recipe-12-web-e8a4f0d2c1b3", "recipe:12", "ecs-recipe-12-web-e8a4f0d2c1b3"),
         ("/app", "recipe:12", "app"),  # Fargate names it as the task definition does
     ],
 )
