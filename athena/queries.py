@@ -345,6 +345,8 @@ def _for_duckdb(node: Any) -> Any:
             return rewritten
     if isinstance(node, exp.Anonymous) and str(node.this).lower() in trinomissing.NAMES:
         return trinomissing.rewrite(node, _adapted)
+    if isinstance(node, exp.CurrentTimezone):
+        return trinomissing.current_timezone()
     if isinstance(node, exp.Anonymous) and str(node.this).lower() in trinofuncs.ATHENA_ONLY:
         raise trinofuncs.athena_only(str(node.this))
     typed = trinofuncs.typed_athena_only(node)

@@ -17,6 +17,9 @@ Trino's documented meaning ("Functions and operators") and its code's where the 
   -1 too for a start past the end; a start or occurrence below 1 fails). Each search starts
   where the last match ended (one character further after an empty one), as DuckDB's
   ``regexp_extract_all`` steps, and sees the whole text (``^``, ``\\b``), as Trino's does.
+* ``every(boolean)``: Trino's alias of ``bool_and`` (aggregate.html#every), DuckDB's too.
+* ``current_timezone()``: the session's zone, UTC on Athena and
+  in the local engine, which sets DuckDB's ``TimeZone`` to UTC (:func:`current_timezone`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from athena.queries import QueryError
 from athena.trinofuncs import from_template
 
 #: What :func:`rewrite` knows, by lower-case name.
-NAMES = frozenset({"json_size", "any_match", "all_match", "none_match", "regexp_position"})
+NAMES = frozenset({"json_size", "any_match", "all_match", "none_match", "regexp_position", "every"})
 
 #: ``json_size``: DuckDB's ``json_type`` is NULL where the path finds nothing.
 _JSON_SIZE = """
@@ -98,6 +101,9 @@ def rewrite(node: Any, adapt: Callable[[Any], Any]) -> Any:
     if name == "json_size":
         _arity(name, args, 2, 2, "json_size(json, json_path)")
         return from_template(_JSON_SIZE, json=args[0], path=args[1])
+    if name == "every":
+        _arity(name, args, 1, 1, "every(boolean)")
+        return exp.Anonymous(this="bool_and", expressions=args)
     if name == "regexp_position":
         _arity(name, args, 2, 4, "regexp_position(string, pattern[, start[, occurrence]])")
         return _regexp_position(args)
@@ -129,3 +135,12 @@ def _regexp_position(args: list[Any]) -> Any:
     start = args[2] if len(args) > 2 else exp.Literal.number(1)
     occurrence = args[3] if len(args) > 3 else exp.Literal.number(1)
     return from_template(_POSITION, s=s, p=pattern, start=start, n=occurrence)
+
+
+def current_timezone() -> Any:
+    """Trino's ``current_timezone()``: the session's zone, which is UTC on Athena and in the
+    local engine (its DuckDB connections set ``TimeZone`` to UTC); DuckDB has no such
+    function ("Scalar Function with name current_timezone does not exist")."""
+    from sqlglot import exp
+
+    return exp.Literal.string("UTC")

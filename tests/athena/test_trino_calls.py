@@ -965,3 +965,24 @@ def test_a_decimal_quotient_below_one_has_its_leading_zero(engine: LocalEngine) 
     from decimal import Decimal
 
     assert got == [("-0.5", "0.04", "0.5", Decimal("-0.5"), "0.3")]
+
+
+def test_every_and_current_timezone_answer_as_trino(engine: LocalEngine) -> None:
+    """https://trino.io/docs/current/functions/aggregate.html#every: an alias of bool_and
+    (TRUE when every value is, NULLs left out, NULL without a value); current_timezone() is
+    the session's zone, UTC on Athena and locally. DuckDB said "Scalar Function with name
+    every does not exist" and the same of current_timezone."""
+    got = rows(
+        engine,
+        "SELECT every(response_code > 0), every(response_code > 300), "
+        "every(CAST(NULL AS boolean)), current_timezone() FROM envoy_access",
+    )
+    assert got == [(True, False, None, "UTC")]
+    by_row = rows(
+        engine,
+        "SELECT every(x) OVER (ORDER BY n) FROM (VALUES (1, true), (2, NULL), (3, false)) "
+        "AS t(n, x) ORDER BY n",
+    )
+    assert by_row == [(True,), (True,), (False,)]
+    with pytest.raises(QueryError, match=re.escape("every(boolean)")):
+        to_duckdb("SELECT every(a, b) FROM envoy_access", {})
