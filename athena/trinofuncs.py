@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from athena.queries import QueryError
 from athena.trinotypes import is_zoned, zone_given
@@ -286,7 +286,7 @@ def format_call(node: Any, adapt: Callable[[Any], Any]) -> Any:
             raise QueryError(f"format(): {spec.group(0)!r} has no argument {at}")
         original = node.expressions[at - 1]
         zone = zone_given(original)
-        zoned: Any = adapt(zone) if zone is not None else is_zoned(original)
+        zoned: Any = _in_zone(original, zone, adapt) if zone is not None else is_zoned(original)
         parts.append(_conversion(args[at - 1].copy(), flags, width, precision, conversion, zoned))
     parts += _literal(text[pos:])
     if not parts:
@@ -312,13 +312,14 @@ def _conversion(
 ) -> Any:
     """``coalesce(printf('%<spec>', arg), '<null, padded>')`` for one Java conversion; ``zoned``:
     True when the argument is one of Trino's zoned timestamps in UTC
-    (:func:`athena.trinotypes.is_zoned`), the zone (adapted) when it is a value of ``AT TIME
-    ZONE`` (:func:`athena.trinotypes.zone_given`: locally the zone's wall time)."""
+    (:func:`athena.trinotypes.is_zoned`), its zone and instant (:class:`_InZone`) when it is a
+    value of ``AT TIME ZONE`` (:func:`athena.trinotypes.zone_given`: locally the zone's wall
+    time)."""
     from sqlglot import exp
 
     spec = "%" + flags + (width or "") + (f".{precision}" if precision else "")
     value = arg
-    if conv in "sS" and isinstance(zoned, exp.Expression):
+    if conv in "sS" and isinstance(zoned, _InZone):
         value = _java_zoned_text(arg, zoned)
     elif conv in "sS" and zoned:
         value = from_template(_JAVA_ZONED_TEXT, text=_java_text(from_template(_MILLIS, x=arg)))
@@ -379,12 +380,11 @@ _JAVA_ZONED_TEXT = "__text__ || 'Z[UTC]'"
 _MILLIS = "date_trunc('millisecond', __x__)"
 
 
-#: Java's ``ZoneOffset`` text of the offset of a zone's wall time ``__wall__`` (its seconds
-#: from UTC, ``s``): ``Z`` for none, else ``+05:30``, ``-04:56:02`` with seconds.
+#: Java's ``ZoneOffset`` text of the offset of a zone's wall time ``__wall__`` at ``__instant__``
+#: (its seconds from UTC, ``s``): ``Z`` for none, else ``+05:30``, ``-04:56:02`` with seconds.
 _JAVA_OFFSET = """
 list_extract(list_transform(
-  [CAST(round(epoch(__wall__) - epoch(CAST(__wall__ AT TIME ZONE __zone__ AS TIMESTAMP)))
-    AS BIGINT)],
+  [CAST(round(epoch(__wall__) - epoch(__instant__)) AS BIGINT)],
   s -> CASE WHEN s = 0 THEN 'Z' ELSE CASE WHEN s < 0 THEN '-' ELSE '+' END
     || lpad(CAST(abs(s) // 3600 AS VARCHAR), 2, '0') || ':'
     || lpad(CAST(abs(s) % 3600 // 60 AS VARCHAR), 2, '0')
@@ -399,16 +399,34 @@ _JAVA_ZONE_NAME = (
 )
 
 
-def _java_zoned_text(wall: Any, zone: Any) -> Any:
-    """``%s`` of a value of ``AT TIME ZONE zone`` (``wall``: the zone's wall time, as the local
-    engine holds it) as Java's ``ZonedDateTime`` prints Trino's (``FormatFunction``:
-    ``toZonedDateTime``): the wall time, the offset and the zone's name,
+class _InZone(NamedTuple):
+    """A value of ``AT TIME ZONE`` as ``format`` prints it: its zone (adapted) and its instant
+    (:func:`athena.trinocalls.zoned_instant`, a TIMESTAMP WITH TIME ZONE)."""
+
+    zone: Any
+    instant: Any
+
+
+def _in_zone(value: Any, zone: Any, adapt: Callable[[Any], Any]) -> _InZone:
+    """``value``'s zone and instant (:class:`_InZone`): the offset is read from the instant,
+    which the wall time alone does not give in the hour a zone repeats (01:30 in New York on
+    2024-11-03 is -04:00 at 05:30Z and -05:00 at 06:30Z)."""
+    from athena.trinocalls import zoned_instant  # it imports this module
+
+    return _InZone(adapt(zone), zoned_instant(value, zone, adapt))
+
+
+def _java_zoned_text(wall: Any, zoned: _InZone) -> Any:
+    """``%s`` of a value of ``AT TIME ZONE`` (``wall``: the zone's wall time, as the local
+    engine holds it; ``zoned``: its zone and instant) as Java's ``ZonedDateTime`` prints
+    Trino's (``FormatFunction``: ``toZonedDateTime``): the wall time, the offset and the zone's
+    name,
     ``2026-12-06T05:00-05:00[America/New_York]``; ``2026-12-06T10:00+02:00`` in an offset
     zone. Locally it printed the wall time alone, as if a TIMESTAMP."""
     from sqlglot import exp
 
-    offset = from_template(_JAVA_OFFSET, wall=wall, zone=duckdb_zone(zone.copy()))
-    name = from_template(_JAVA_ZONE_NAME, zone=zone)
+    offset = from_template(_JAVA_OFFSET, wall=wall, instant=zoned.instant)
+    name = from_template(_JAVA_ZONE_NAME, zone=zoned.zone)
     text = _java_text(from_template(_MILLIS, x=wall))
     return exp.DPipe(this=exp.DPipe(this=text, expression=offset), expression=name)
 

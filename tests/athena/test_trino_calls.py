@@ -986,3 +986,20 @@ def test_every_and_current_timezone_answer_as_trino(engine: LocalEngine) -> None
     assert by_row == [(True,), (True,), (False,)]
     with pytest.raises(QueryError, match=re.escape("every(boolean)")):
         to_duckdb("SELECT every(a, b) FROM envoy_access", {})
+
+
+def test_format_of_an_at_time_zone_value_in_the_repeated_hour_has_its_offset(
+    engine: LocalEngine,
+) -> None:
+    """New York's clocks went back at 06:00Z on 2024-11-03: 05:30Z and 06:30Z are both 01:30
+    there, the first in EDT (-04:00), the second in EST (-05:00), as Java's ZonedDateTime
+    prints them (FormatFunction). The offset was read from the wall time, which takes the
+    later one: both printed -05:00."""
+    got = rows(
+        engine,
+        "SELECT format('%s|%s', TIMESTAMP '2024-11-03 05:30' AT TIME ZONE 'America/New_York', "
+        "TIMESTAMP '2024-11-03 06:30' AT TIME ZONE 'America/New_York')",
+    )
+    assert got == [
+        ("2024-11-03T01:30-04:00[America/New_York]|2024-11-03T01:30-05:00[America/New_York]",)
+    ]
