@@ -1003,3 +1003,28 @@ def test_format_of_an_at_time_zone_value_in_the_repeated_hour_has_its_offset(
     assert got == [
         ("2024-11-03T01:30-04:00[America/New_York]|2024-11-03T01:30-05:00[America/New_York]",)
     ]
+
+
+def test_date_diff_of_zoned_values_across_new_yorks_fall_back(engine: LocalEngine) -> None:
+    """Trino's timestamptz.DateDiff takes the first value's zone (Joda's ZonedChronology): its
+    hours and smaller count between instants, its days to years on that zone's clock. New
+    York went back from EDT to EST at 06:00Z on 2024-11-03: 04:00Z (00:00 EDT) to 04:59Z the
+    next day (23:59 EST) is 24 h 59 min but 0 days on New York's clock, 1 in UTC (a
+    TIMESTAMP first); a week, month or quarter counts New York's clock likewise: 02:45 EDT to
+    02:15 EST is 30 minutes short of a week, a month or a quarter there, 30 minutes over
+    between the instants (UTC's count, 1 quarter with TIMESTAMPs)."""
+    ny = "AT TIME ZONE 'America/New_York'"
+    got = rows(
+        engine,
+        f"SELECT date_diff('hour', TIMESTAMP '2024-11-03 04:00' {ny}, "
+        f"TIMESTAMP '2024-11-03 07:00' {ny}), "
+        f"date_diff('day', TIMESTAMP '2024-11-03 04:00' {ny}, TIMESTAMP '2024-11-04 04:59' {ny}), "
+        f"date_diff('day', TIMESTAMP '2024-11-03 04:00', TIMESTAMP '2024-11-04 04:59' {ny}), "
+        f"date_diff('week', TIMESTAMP '2024-10-27 06:45' {ny}, TIMESTAMP '2024-11-03 07:15'), "
+        f"date_diff('month', TIMESTAMP '2024-10-03 06:45' {ny}, TIMESTAMP '2024-11-03 07:15'), "
+        f"date_diff('quarter', TIMESTAMP '2024-08-03 06:45' {ny}, TIMESTAMP '2024-11-03 07:15'), "
+        "date_diff('quarter', TIMESTAMP '2024-08-03 06:45', TIMESTAMP '2024-11-03 07:15'), "
+        f"date_diff('millisecond', TIMESTAMP '2024-11-03 05:30' {ny}, "
+        f"TIMESTAMP '2024-11-03 06:30' {ny})",
+    )
+    assert got == [(3, 0, 1, 0, 0, 0, 1, 3_600_000)]
