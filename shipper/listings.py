@@ -10,8 +10,11 @@ Fluent Bit's tail list on every scan; a folder's times are what ``find -newer`` 
 Two cases the times alone do not tell:
 
 * a file system with coarse times (whole seconds: ext3, some NFS servers) leaves them unchanged
-  by an entry added within the second the folder was listed: a folder changed in the last
-  :data:`RECENT_NS` is listed again at every pass, until its times are older than that;
+  by an entry added within the second the folder was listed: a listing made while the folder's
+  last change was less than :data:`RECENT_NS` old is not trusted -- the folder is listed again
+  at the next pass, however late it comes (a listing made at its second and a pass 5 s later
+  missed a container's ``1.log`` made in that second, for good) --, and only a listing made
+  once its times were older than that is kept;
 * a folder replaced by another (removed and made again, or renamed over) may be given the
   times of the first (``touch -r``, ``cp -a``, ``rsync -t``): its inode differs, or, if the
   freed inode was reused, its change time (which no program can set back) does.
@@ -29,15 +32,19 @@ from typing import TypeVar
 _T = TypeVar("_T")
 
 RECENT_NS = 2_000_000_000
-"""A folder changed less than this before a pass (by the wall clock) is listed again: its
-times may not have moved for an entry added in the same second (coarse time stamps)."""
+"""A folder changed less than this before a pass (by the wall clock) is listed again, and that
+listing is not kept for the next pass: its times may not move for an entry added in the same
+second (coarse time stamps)."""
 
 
 class Listings:
     """The last listing of each folder looked at, by path, with the version it was made at."""
 
     def __init__(self) -> None:
-        self._kept: dict[str, tuple[tuple[int, int, int, int], object]] = {}
+        self._kept: dict[str, tuple[tuple[int, int, int, int], object, bool]] = {}
+        """By path: the folder's version at the stat before its listing, the listing, and
+        whether it may be trusted while that version holds (its times were not
+        :func:`recent` at that stat)."""
         self._used: set[str] = set()
         self._volatile: set[str] = set()
         self._checked: set[str] = set()
@@ -63,14 +70,17 @@ class Listings:
             return listing()
         version = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
         self._used.add(path)
-        if kept is not None and kept[0] == version and not recent(st):
+        settled = not recent(st)
+        if kept is not None and kept[0] == version and kept[2] and settled:
             self._checked.add(path)
             return kept[1]  # type: ignore[return-value]
-        found = listing()  # after the stat: a change meanwhile moves the times past version
+        # After the stat: a change meanwhile moves the times past version -- unless they are
+        # coarse and it comes within their tick, which an untrusted listing leaves to the next.
+        found = listing()
         if path in self._volatile:
             self._volatile.discard(path)
         else:
-            self._kept[path] = (version, found)
+            self._kept[path] = (version, found, settled)
         return found
 
     def forget(self, path: str) -> None:

@@ -4,6 +4,7 @@ whatever the folder's times say, a new, removed or replaced log file is found.""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,58 @@ def test_a_pod_log_link_is_looked_at_at_every_pass(tmp_path: Path) -> None:
     target.parent.mkdir(parents=True)
     target.write_bytes(b"")
     assert keys(d) == [key("app", "0.log")]
+
+
+def test_a_log_file_made_within_the_tick_of_a_listing_is_found_by_a_later_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole-second times again, the next pass more than 2 s after the change (a
+    --discover-interval of 5 s, the 10 s rescan with inotify, a pass held up): the folder is
+    not recent at that pass, and its times are those of a listing made before the file
+    appeared (in the same second). That listing must not be trusted: it was made while the
+    folder's times could still move without changing."""
+    real = os.stat
+    tick = 10**18
+    clock = [tick + 500_000_000]
+
+    def coarse(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        st = real(path, *args, **kwargs)  # type: ignore[arg-type]
+        return _Stat(st, {"st_mtime_ns": tick, "st_ctime_ns": tick})  # type: ignore[return-value]
+
+    d = discoverer(tmp_path)
+    pod_log(tmp_path, "app", "0.log")
+    monkeypatch.setattr(listings_mod.time, "time_ns", lambda: clock[0])
+    monkeypatch.setattr(listings_mod.os, "stat", coarse)
+    assert keys(d) == [key("app", "0.log")]
+    pod_log(tmp_path, "app", "1.log")  # the container restarted, in the same second
+    pod_log(tmp_path, "sidecar", "0.log")  # a new container, in the same second
+    clock[0] = tick + 5_000_000_000  # the next pass, 5 s later
+    assert keys(d) == [key("app", "0.log"), key("app", "1.log"), key("sidecar", "0.log")]
+    assert keys(d) == [key("app", "0.log"), key("app", "1.log"), key("sidecar", "0.log")]
+
+
+def test_a_pod_folder_made_again_within_the_tick_of_a_listing_is_listed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pod removed and made again with the same name within one second of a listing, its
+    freed inode given back to it (ext3 and ext4 hand a freed inode to the next file), on a
+    file system with whole-second times: the same version, another pod. The next pass finds
+    its containers however late it comes."""
+    real = os.stat
+    tick = 10**18
+    clock = [tick + 500_000_000]
+
+    def same_inode(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        st = real(path, *args, **kwargs)  # type: ignore[arg-type]
+        fields = {"st_mtime_ns": tick, "st_ctime_ns": tick, "st_ino": hash(str(path))}
+        return _Stat(st, fields)  # type: ignore[return-value]
+
+    d = discoverer(tmp_path)
+    pod_log(tmp_path, "app", "0.log")
+    monkeypatch.setattr(listings_mod.time, "time_ns", lambda: clock[0])
+    monkeypatch.setattr(listings_mod.os, "stat", same_inode)
+    assert keys(d) == [key("app", "0.log")]
+    shutil.rmtree(tmp_path / "pods" / POD)
+    pod_log(tmp_path, "web", "0.log")
+    clock[0] = tick + 12_000_000_000  # the next pass: the 10 s rescan with inotify
+    assert keys(d) == [key("web", "0.log")]
