@@ -32,12 +32,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shipper import fd_budget
+from shipper.listings import lately
 
 
 def stamp(st: os.stat_result) -> tuple[int, int, int]:
     """What a write, a truncation or an unlink changes in a file's ``stat``: its size, its
     modification and its change time (which a new link count moves too)."""
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def telling(seen: tuple[int, int, int]) -> bool:
+    """Whether a file's :func:`stamp` moves at every change made after it was taken. Not when
+    its times are whole seconds (a coarse file system's: ext3, some NFS servers) and of the
+    last :data:`~shipper.listings.RECENT_NS`: truncated and written again to the same size
+    within that second, the file keeps its stamp (Tailer._rewritten does not trust such
+    times either). Its source is then woken at the next look, whose turn compares the
+    content, until a turn finds the stamp old enough: a same-size rewrite in the second of a
+    line read was never looked for again, its lines left until the file's next change."""
+    _, mtime_ns, ctime_ns = seen
+    return mtime_ns % 1_000_000_000 != 0 or not lately(mtime_ns, ctime_ns)
 
 
 @dataclass(frozen=True)
@@ -57,7 +70,7 @@ class Sleeper:
     nothing noted: :meth:`~shipper.checkpoint.Registry.note_followed`)."""
     until: float = math.inf
     """Woken anyway at the first look past this (monotonic): a file the watcher refused is
-    offered to it again then."""
+    offered to it again then; a file whose :attr:`seen` is not :func:`telling`, at once."""
 
 
 class IdleSweep:

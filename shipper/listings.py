@@ -101,7 +101,14 @@ class Listings:
 def recent(st: os.stat_result) -> bool:
     """Whether the folder changed within :data:`RECENT_NS` of now (or in the future: another
     machine's clock, on a network file system)."""
-    return time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RECENT_NS
+    return lately(st.st_mtime_ns, st.st_ctime_ns)
+
+
+def lately(*times_ns: int) -> bool:
+    """Whether the latest of these file times is within :data:`RECENT_NS` of now, or in the
+    future: a change within their tick may not have moved them yet, if they are coarse (also
+    the idle sweep's rule, :func:`shipper.idle_sweep.telling`)."""
+    return time.time_ns() - max(times_ns) < RECENT_NS
 
 
 def subfolders(path: str) -> list[os.DirEntry[str]]:

@@ -32,7 +32,7 @@ from shipper.batch import (
 )
 from shipper.discover import SourceSpec
 from shipper.errors import ShipperError
-from shipper.idle_sweep import Sleeper, stamp
+from shipper.idle_sweep import Sleeper, stamp, telling
 from shipper.lines import Lines
 from shipper.sender import HeldAtStop
 from shipper.tailer import READ_AHEAD_BYTES, UNKNOWN_AT_CLOSE, AtClose, Tailer
@@ -610,13 +610,14 @@ class SourceRunner:
         key, registry = self.spec.key, self.shipper.registry
         named = (live.dev, live.ino)
         refused = self._unwatchable  # offered to the watcher again at its time
+        until = refused[2] if refused and refused[:2] == named else math.inf
         sleeper = Sleeper(
             live.fd,
             seen,
             self.spec.path,
             named,
             lambda at: registry.note_followed(key, at),
-            refused[2] if refused and refused[:2] == named else math.inf,
+            until if telling(seen) else -math.inf,
         )
         return sleeper, watched
 

@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
+import shipper.copytruncate as copytruncate_mod
+import shipper.idle_sweep as idle_sweep_mod
 import shipper.inotify as inotify_mod
 import shipper.rotate_wait as rotate_wait
 import shipper.source as source_mod
 import shipper.split_lines as split_lines
 from shipper.config import load_config
 from shipper.daemon import Shipper
+from shipper.idle_sweep import IdleSweep
 from shipper.inotify import FileWatcher
 from shipper.source import SourceRunner
 from tests.shipper.hostgen import docker_line, make_container
@@ -542,3 +547,80 @@ def test_a_rename_no_event_reports_is_followed(tmp_path: Path, receiver: Receive
 
     asyncio.run(scenario())
     assert receiver.lines() == ["first", "first-of-new", "later"]
+
+
+class _WholeSeconds:
+    """An ``os.stat_result`` of a file system with whole-second times (ext3, some NFS
+    servers): its modification and change times rounded down to the second."""
+
+    def __init__(self, st: os.stat_result) -> None:
+        self._st = st
+
+    def __getattr__(self, name: str) -> object:
+        value = getattr(self._st, name)
+        if name in ("st_mtime_ns", "st_ctime_ns"):
+            return value - value % 1_000_000_000
+        return value
+
+
+class _CoarseOs:
+    """``os`` as the sweep, the source and the copytruncate check see it on such a file
+    system."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(os, name)
+
+    @staticmethod
+    def stat(*args: object, **kwargs: object) -> _WholeSeconds:
+        return _WholeSeconds(os.stat(*args, **kwargs))  # type: ignore[arg-type]
+
+    @staticmethod
+    def fstat(fd: int) -> _WholeSeconds:
+        return _WholeSeconds(os.fstat(fd))
+
+
+def asleep_at(sweep: IdleSweep, runner: SourceRunner, size: int) -> bool:
+    """Whether ``runner`` sleeps in ``sweep`` on its file as it was at ``size`` bytes."""
+    slept = sweep._sleepers.get(runner._wake)
+    return slept is not None and slept[0].seen[0] == size
+
+
+@pytest.mark.usefixtures("blind")
+def test_a_same_size_rewrite_within_the_second_of_coarse_times_is_followed(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole-second times: a line written, read, and the file truncated and written again to
+    the same size within that second (copytruncate, then a line of the same length) leaves
+    the file's size and times as the source last saw them. The tailer does not trust such
+    times (Tailer._rewritten compares the content); nor may the sweep: the source takes a
+    turn once the second is over, and the new line arrives within the bound, not at the next
+    write, which may never come."""
+    for module in (idle_sweep_mod, copytruncate_mod, source_mod):
+        monkeypatch.setattr(module, "os", _CoarseOs())
+    docker = tmp_path / "docker"
+    log = make_container(docker, "3" * 64, "app", lines=["zero"])
+
+    async def scenario() -> int:
+        async with running(tmp_path, receiver, docker) as shipper:
+            await until(arrived(receiver, "zero"), WAIT)
+            runner = only_runner(shipper)
+            sweep = shipper.idle_sweep if shipper.file_watcher is not None else shipper.poll_sweep
+            for attempt in range(10):
+                await asleep(shipper, runner, log)
+                await asyncio.sleep(1.02 - time.time() % 1)  # the start of a second
+                second = int(time.time())
+                append(log, f"one-{attempt}", start=10 + attempt)
+                await until(arrived(receiver, f"one-{attempt}"), WAIT)
+                size = log.stat().st_size
+                await until(functools.partial(asleep_at, sweep, runner, size), WAIT)
+                text = "two-" + "x" * (size - len(docker_line("two-", 1)))
+                with open(log, "r+b") as f:
+                    f.truncate(0)
+                    f.write(docker_line(text, 1))
+                assert log.stat().st_size == size
+                await until(arrived(receiver, text), 5.0)
+                if int(time.time()) == second:
+                    return attempt  # all of it within the second: the case looked for
+            pytest.fail("no attempt wrote, read and rewrote the file within one second")
+
+    asyncio.run(scenario())
