@@ -81,7 +81,6 @@ class IdleSweep:
     def __init__(self) -> None:
         self._sleepers: dict[asyncio.Event, tuple[Sleeper, float]] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self._period = 0.0
 
     def __len__(self) -> int:
         return len(self._sleepers)
@@ -90,9 +89,12 @@ class IdleSweep:
         """``wake`` is set at the first look that finds ``sleeper``'s file changed, taken at
         most ``period`` seconds from now."""
         self._sleepers[wake] = sleeper, period
-        if self._timer is None or period < self._period:
-            if self._timer is not None:
-                self._timer.cancel()
+        # Sooner than the look planned, or not at all: armed again a shorter period from now
+        # (a source rotating fast joining), the look the others wait for came that late.
+        timer = self._timer
+        if timer is None or asyncio.get_running_loop().time() + period < timer.when():
+            if timer is not None:
+                timer.cancel()
             self._arm(period)
 
     def woke(self, wake: asyncio.Event) -> None:
@@ -109,7 +111,6 @@ class IdleSweep:
         self._sleepers.clear()
 
     def _arm(self, period: float) -> None:
-        self._period = period
         self._timer = asyncio.get_running_loop().call_later(period, self._sweep)
 
     def _sweep(self) -> None:
