@@ -31,7 +31,7 @@ from shipper.daemon import Shipper
 from shipper.idle_sweep import IdleSweep
 from shipper.inotify import FileWatcher
 from shipper.source import SourceRunner
-from tests.shipper.hostgen import docker_line, make_container
+from tests.shipper.hostgen import cri_line, docker_line, make_container
 from tests.shipper.receiver import Receiver
 from tests.shipper.shipping import shipper_args, until
 
@@ -47,10 +47,11 @@ def long_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @asynccontextmanager
 async def running(
-    tmp_path: Path, receiver: Receiver, docker: Path, poll: str = "0.05"
+    tmp_path: Path, receiver: Receiver, docker: Path, poll: str = "0.05", cri: Path | None = None
 ) -> AsyncIterator[Shipper]:
     args = ("--poll-interval", poll, "--discover-interval", "0.2", "--retry-timeout", "5")
-    shipper = Shipper(load_config(shipper_args(tmp_path, receiver, *args, docker=docker)))
+    config = load_config(shipper_args(tmp_path, receiver, *args, docker=docker, cri=cri))
+    shipper = Shipper(config)
     run = asyncio.create_task(shipper.run())
     try:
         yield shipper
@@ -624,3 +625,65 @@ def test_a_same_size_rewrite_within_the_second_of_coarse_times_is_followed(
             pytest.fail("no attempt wrote, read and rewrote the file within one second")
 
     asyncio.run(scenario())
+
+
+def same_size_line(size: int, prefix: str, i: int) -> tuple[str, bytes]:
+    """A Docker line of ``size`` bytes whose text starts with ``prefix``, and that text."""
+    text = prefix + "x" * (size - len(docker_line(prefix, i)))
+    return text, docker_line(text, i)
+
+
+@pytest.mark.usefixtures("blind")
+def test_a_file_replaced_by_a_copy_of_the_same_size_and_times_is_followed(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """``cp -p`` then ``mv`` over the path: another file, of the same size and modification
+    time, no event. The path names another inode, which the look at the path sees."""
+    docker = tmp_path / "docker"
+    log = make_container(docker, "2" * 64, "app", lines=["one"])
+
+    async def scenario() -> str:
+        async with running(tmp_path, receiver, docker) as shipper:
+            await until(arrived(receiver, "one"), WAIT)
+            await asleep(shipper, only_runner(shipper), log)
+            staged = log.with_name("staged")
+            text, line = same_size_line(log.stat().st_size, "copy-", 1)
+            staged.write_bytes(line)
+            shutil.copystat(log, staged)
+            os.replace(staged, log)
+            await until(arrived(receiver, text), WAIT)
+            return text
+
+    text = asyncio.run(scenario())
+    assert receiver.lines() == ["one", text]
+
+
+@pytest.mark.usefixtures("blind")
+def test_a_kubelet_rotation_of_an_idle_file_is_followed(tmp_path: Path, receiver: Receiver) -> None:
+    """The kubelet renames ``0.log`` to ``0.log.<time>`` and the runtime opens a new
+    ``0.log``, while the source sleeps and no event comes: the last line of the old file and
+    those of the new one arrive, in order, once each."""
+    pods = tmp_path / "pods"
+    folder = pods / "shop_web-0_0f1e2d3c-0000-0000-0000-000000000000" / "app"
+    folder.mkdir(parents=True)
+    log = folder / "0.log"
+    log.write_bytes(cri_line("first", 0))
+
+    async def scenario() -> None:
+        async with running(tmp_path, receiver, tmp_path / "docker", cri=pods) as shipper:
+            await until(arrived(receiver, "first"), WAIT)
+            runner = only_runner(shipper)
+            for n in range(3):
+                await asleep(shipper, runner, log)
+                with open(log, "ab") as f:
+                    f.write(cri_line(f"last-of-{n}", 1))
+                log.rename(folder / f"0.log.20261206-07200{n}")
+                log.write_bytes(cri_line(f"first-of-{n + 1}", 2))
+                await until(arrived(receiver, f"last-of-{n}", f"first-of-{n + 1}"), WAIT)
+
+    asyncio.run(scenario())
+    assert receiver.lines() == [
+        "first",
+        *(t for n in range(3) for t in (f"last-of-{n}", f"first-of-{n + 1}")),
+    ]
+    assert receiver.duplicates == 0
