@@ -27,6 +27,7 @@ from shipper.checkpoint import FileState, file_key
 from shipper.cursor import Cursor
 from shipper.discover import fix_hint, rotated_siblings, skip_not_regular
 from shipper.fingerprint import fingerprint, tail_hash
+from shipper.idle_sweep import stamp
 from shipper.regular import NotRegularFile, open_regular
 from shipper.rotated import modified_since, oldest_first, rotation_path
 
@@ -369,7 +370,7 @@ class Opening:
         st = os.fstat(head.fd)
         if st.st_size != head.read_pos or head.state.offset != head.read_pos:
             return
-        self._parked = (head.dev, head.ino, head.read_pos)
+        self._parked = (head.dev, head.ino, stamp(st))
         self._floor = st.st_mtime_ns
         self.cursors.clear()
         self.live = None
@@ -377,13 +378,16 @@ class Opening:
         log.debug("idle log file closed for a waiting source path=%s", head.path)
 
     def _parked_changed(self: Tailer) -> bool:
-        """Whether the live file closed while idle grew, shrank or was replaced."""
+        """Whether the live file closed while idle grew, shrank, was written (its times: a
+        copytruncate written again to the same size left its inode and size as they were,
+        and the new lines unread until the size next changed) or was replaced. Its last
+        write is :data:`PARK_IDLE_SECONDS` older than its closing: coarse times move too."""
         assert self._parked is not None
-        dev, ino, size = self._parked
+        dev, ino, seen = self._parked
         try:
             st = os.stat(self.spec.path)
         except FileNotFoundError:
             return False  # renamed and not recreated yet, or the container is gone
         except OSError:
             return True  # let the open find out
-        return (st.st_dev, st.st_ino) != (dev, ino) or st.st_size != size
+        return (st.st_dev, st.st_ino) != (dev, ino) or stamp(st) != seen

@@ -211,8 +211,9 @@ class Tailer(Opening, Resume, Pinning, RotateWait, SplitLines, CopyTruncate):
         self._start_retries = 0
         self._kept: set[str] = set()
         """Checkpoints kept after :data:`~shipper.resume.MAX_START_RETRIES`: not counted as lost."""
-        self._parked: tuple[int, int, int] | None = None
-        """(device, inode, size) of the live file closed while idle (see :meth:`_park`)."""
+        self._parked: tuple[int, int, tuple[int, int, int]] | None = None
+        """(device, inode, :func:`~shipper.idle_sweep.stamp`) of the live file closed while
+        idle (see :meth:`_park`)."""
         self._last_data = 0.0
         self._ending = False
         """The source ends (see :meth:`~shipper.split_lines.SplitLines.end`): its open split

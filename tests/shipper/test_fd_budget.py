@@ -32,7 +32,7 @@ from shipper.checkpoint import Registry
 from shipper.discover import SourceSpec
 from shipper.fd_budget import waiting_sources
 from shipper.tailer import Tailer
-from tests.shipper.hostgen import make_container
+from tests.shipper.hostgen import docker_line, make_container
 from tests.shipper.receiver import Receiver
 from tests.shipper.shipping import empty_root
 from tests.shipper.tailing import append_docker, commit, drain, set_clock
@@ -386,3 +386,41 @@ def test_budget_right_after_boot() -> None:
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split()
     assert int(out[0]) > 0 and out[1] == "True"
+
+
+def test_a_parked_file_truncated_and_written_again_to_the_same_size_is_read(
+    tmp_path: Path,
+    reg: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    clock: list[float],
+    own_counts: int,
+) -> None:
+    """An idle live file closed for a waiting source, then copytruncated and written again to
+    the very size it had (a line of the same length): its inode and size are as they were
+    when it was closed, its times are not. It is opened again and the new line read, not
+    left closed until the file's size next changes."""
+    budget = [own_counts + 1]
+    monkeypatch.setattr(fd_budget, "pin_budget", lambda: budget[0])
+    paths = []
+    for i in range(2):
+        d = tmp_path / f"c{i}"
+        d.mkdir()
+        paths.append(d / "c-json.log")
+        append_docker(paths[-1], 0, 1, f"c{i}")
+    tailers = [Tailer(_source(p), reg, "h", 65536) for p in paths]
+    try:
+        assert drain(tailers[0]) == ["c0 0"]
+        assert drain(tailers[1]) == [] and waiting_sources() == 1
+        clock[0] += opening.PARK_IDLE_SECONDS
+        assert not tailers[0].poll()  # closed for the waiting source
+        assert drain(tailers[1]) == ["c1 0"]
+        budget[0] = own_counts + 2
+        size = paths[0].stat().st_size
+        with open(paths[0], "r+b") as f:
+            f.truncate(0)
+            f.write(docker_line("c0 X", 0))  # the same length as "c0 0"
+        assert paths[0].stat().st_size == size
+        assert drain(tailers[0]) == ["c0 X"]
+    finally:
+        for t in tailers:
+            t.close()
