@@ -534,6 +534,7 @@ class Discoverer:
         docker = self._docker(scan)
         for spec, meta in docker:
             found[spec.key] = (spec, meta, ())
+        self.listings.begin_pass()
         cri = _discover_cri(self.cri_root, scan, self.nodes, self._cri, self.listings)
         self.listings.end_pass()
         for spec in cri:

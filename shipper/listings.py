@@ -48,8 +48,11 @@ class Listings:
         self._used: set[str] = set()
         self._volatile: set[str] = set()
         self._checked: set[str] = set()
-        """Folders found unchanged (and not recent) since the last :meth:`end_pass`: not
-        looked at again until the next (the watch list, made right after a pass)."""
+        """Folders found unchanged (and not recent) since the last :meth:`begin_pass`: not
+        looked at again until the next (the watch list, made right after a pass). Forgotten
+        at the start of a pass, not at its end: the watch list's looks, kept for the next
+        pass, had it use the listings made before the event that brought it (a new pod or
+        container found a pass late, at the recheck 0.5 s later or the rescan 10 s later)."""
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -89,13 +92,16 @@ class Listings:
         self._kept.pop(path, None)
         self._volatile.add(path)
 
+    def begin_pass(self) -> None:
+        """A discovery pass starts: every folder is looked at again."""
+        self._checked.clear()
+
     def end_pass(self) -> None:
         """Keep only the folders looked at since the last call (removed ones go)."""
         for path in self._kept.keys() - self._used:
             del self._kept[path]
         self._used.clear()
         self._volatile.clear()
-        self._checked.clear()
 
 
 def recent(st: os.stat_result) -> bool:

@@ -12,6 +12,7 @@ import pytest
 import shipper.listings as listings_mod
 from shipper.discover import Discoverer
 from shipper.exclude import Excluder
+from shipper.inotify import directories_to_watch
 from shipper.listings import Listings
 from tests.shipper.hostgen import cri_line
 
@@ -36,6 +37,12 @@ def pod_log(tmp_path: Path, container: str, name: str) -> Path:
 
 def key(container: str, name: str) -> str:
     return f"cri:{POD}/{container}/{name}"
+
+
+def next_pass(kept: Listings) -> None:
+    """One discovery pass ends and the next begins (as Discoverer.scan calls them)."""
+    kept.end_pass()
+    kept.begin_pass()
 
 
 class Counted:
@@ -63,13 +70,13 @@ def test_an_unchanged_folder_is_not_listed_again_a_changed_one_is(tmp_path: Path
     (folder / "a").touch()
     kept, listing = Listings(), Counted(folder)
     assert kept.get(str(folder), listing) == ["a"]
-    kept.end_pass()
+    next_pass(kept)
     assert kept.get(str(folder), listing) == ["a"]
     assert listing.calls == 1
-    kept.end_pass()
+    next_pass(kept)
     (folder / "b").touch()
     assert kept.get(str(folder), listing) == ["a", "b"]
-    kept.end_pass()
+    next_pass(kept)
     (folder / "a").unlink()
     assert kept.get(str(folder), listing) == ["b"]
     assert listing.calls == 3
@@ -83,7 +90,7 @@ def test_a_folder_changed_in_the_last_two_seconds_is_listed_at_every_pass(
     kept, listing = Listings(), Counted(folder)
     for _ in range(3):
         kept.get(str(folder), listing)
-        kept.end_pass()
+        next_pass(kept)
     assert listing.calls == 3
 
 
@@ -98,7 +105,7 @@ def test_a_folder_replaced_by_another_with_the_same_times_is_listed_again(
     (folder / "a").touch()
     kept, listing = Listings(), Counted(folder)
     assert kept.get(str(folder), listing) == ["a"]
-    kept.end_pass()
+    next_pass(kept)
     other.mkdir()
     (other / "b").touch()
     st = folder.stat()
@@ -228,3 +235,21 @@ def test_a_pod_folder_made_again_within_the_tick_of_a_listing_is_listed_again(
     pod_log(tmp_path, "web", "0.log")
     clock[0] = tick + 12_000_000_000  # the next pass: the 10 s rescan with inotify
     assert keys(d) == [key("web", "0.log")]
+
+
+@pytest.mark.usefixtures("old_enough")
+def test_a_pass_after_the_watch_list_finds_what_appeared_in_between(tmp_path: Path) -> None:
+    """With inotify the watch list is made right after each pass, from the same listings: a
+    pod or a container made after it is found by the next pass (the one its event brings),
+    not a pass later."""
+    d = discoverer(tmp_path)
+    pod_log(tmp_path, "app", "0.log")
+    assert keys(d) == [key("app", "0.log")]
+    directories_to_watch(None, tmp_path / "pods", [], d.listings)
+    pod_log(tmp_path, "sidecar", "0.log")  # a new container of the pod
+    assert keys(d) == [key("app", "0.log"), key("sidecar", "0.log")]
+    directories_to_watch(None, tmp_path / "pods", [], d.listings)
+    other = "shop_api-0_1f1e2d3c-0000-0000-0000-000000000000"
+    (tmp_path / "pods" / other / "api").mkdir(parents=True)
+    (tmp_path / "pods" / other / "api" / "0.log").write_bytes(cri_line("hi"))  # a new pod
+    assert f"cri:{other}/api/0.log" in keys(d)
