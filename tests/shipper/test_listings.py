@@ -253,3 +253,21 @@ def test_a_pass_after_the_watch_list_finds_what_appeared_in_between(tmp_path: Pa
     (tmp_path / "pods" / other / "api").mkdir(parents=True)
     (tmp_path / "pods" / other / "api" / "0.log").write_bytes(cri_line("hi"))  # a new pod
     assert f"cri:{other}/api/0.log" in keys(d)
+
+
+def test_after_the_clock_went_back_a_folder_is_listed_at_every_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wall clock stepped back an hour (NTP, a VM restored): the folders' times are in
+    the future, which says nothing of when they changed; they are listed at every pass, not
+    trusted, until the clock passes them."""
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "a").touch()
+    back = folder.stat().st_mtime_ns - 3600 * 10**9
+    monkeypatch.setattr(listings_mod.time, "time_ns", lambda: back)
+    kept, listing = Listings(), Counted(folder)
+    for _ in range(3):
+        assert kept.get(str(folder), listing) == ["a"]
+        next_pass(kept)
+    assert listing.calls == 3
