@@ -16,7 +16,8 @@ backend (its progress check: an ``fstat`` of each file, only those with somethin
 read): an ``fstat`` of the descriptor the source reads and a ``stat`` of its path. A source is
 woken only when either differs from what it saw before its last read -- its size or times
 changed (written, truncated, unlinked: the link count is in the change time), or its path
-names another file (renamed away) or none --, or when the look fails. The bounds are
+names another file (renamed away) or none --, or when the look fails, or when its times are
+whole seconds of the last 2 s (:func:`telling`: a coarse file system's). The bounds are
 unchanged (one period); what an unchanged file costs is two system calls a period instead of
 a turn.
 """
