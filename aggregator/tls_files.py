@@ -34,7 +34,7 @@ def tls_context(
     Fluentd's ``client_cert_auth`` and Vector's ``verify_certificate``)."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        load_key_pair(ctx, cert, key, key_password, PASSPHRASE_FROM)
+        load_key_pair(ctx, cert, key, key_password, PASSPHRASE_FROM, log)
     except KeyPairError as exc:
         raise CertificateError(str(exc)) from exc
     if client_ca:

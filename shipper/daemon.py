@@ -1263,7 +1263,9 @@ def _tls_context(cfg: Config) -> ssl.SSLContext:
         raise ConfigError(f"cannot load --tls-ca {cfg.tls_ca}: {exc}; it must be PEM") from None
     if cfg.tls_cert is not None and cfg.tls_key is not None:
         try:
-            load_key_pair(ctx, cfg.tls_cert, cfg.tls_key, cfg.tls_key_password, PASSPHRASE_FROM)
+            load_key_pair(
+                ctx, cfg.tls_cert, cfg.tls_key, cfg.tls_key_password, PASSPHRASE_FROM, log
+            )
         except KeyPairError as exc:
             raise ConfigError(str(exc)) from None
     return ctx

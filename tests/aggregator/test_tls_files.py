@@ -17,9 +17,9 @@ from aggregator.metrics import Metrics
 from aggregator.server import ServerLimits
 from aggregator.tls_files import CertificateError, TlsFiles
 from shipper.tls_reload import RELOAD_CHECK_SECONDS
-from tests.aggregator.helpers import serving
+from tests.aggregator.helpers import serving, start_aggregator
 from tests.aggregator.test_inflight import HeldBuffer
-from tests.shipper.tlsgen import encrypted_copy, make_ca_and_server
+from tests.shipper.tlsgen import encrypted_copy, make_ca_and_server, secret_volume
 
 
 async def _trusted(host: str, port: int, ca: Path) -> bool:
@@ -118,3 +118,54 @@ def test_a_file_that_cannot_be_read_is_named_with_what_to_do(tmp_path: Path) -> 
     # Files that are read but are no pair keep their own words.
     with pytest.raises(CertificateError, match="they must be a PEM certificate and its"):
         TlsFiles(str(key), str(cert))
+
+
+def _mode_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [m for m in caplog.messages if "every user" in m]
+
+
+def test_a_key_every_user_can_read_is_warned_about_at_start_and_at_a_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Kubernetes secret mounted with the default mode (0644) leaves the private key readable
+    by every user of the node or container: a WARNING at start names the file (the link and the
+    file it points to, whose mode counts), its mode and what to do; the key is still used (a
+    refusal would stop a fleet at its next restart). A rotation to an exposed key warns again;
+    a key readable by its owner and group only (0400, 0440 with fsGroup) does not warn."""
+    (tmp_path / "new").mkdir()
+    _, cert, key = make_ca_and_server(tmp_path)
+    _, new_cert, new_key = make_ca_and_server(tmp_path / "new")
+    mounted = secret_volume(tmp_path / "secret", {"tls.crt": cert, "tls.key": key}, 0o644)
+    real = (tmp_path / "secret" / "..data" / "tls.key").resolve()
+    now = [0.0]
+    with caplog.at_level(logging.WARNING, logger="logq.aggregator.server"):
+        files = TlsFiles(str(mounted["tls.crt"]), str(mounted["tls.key"]), clock=lambda: now[0])
+    (warning,) = _mode_warnings(caplog)
+    assert warning.startswith(f"--tls-key {mounted['tls.key']} (a link to {real}) can be read by")
+    assert "(mode 0644)" in warning and f"chmod 600 {real}" in warning
+    assert "defaultMode: 0400" in warning
+    caplog.clear()
+    first = files.current()
+    (real.parent / "tls.crt").write_bytes(new_cert.read_bytes())  # rotated in place, same modes
+    real.write_bytes(new_key.read_bytes())
+    now[0] += RELOAD_CHECK_SECONDS
+    with caplog.at_level(logging.WARNING, logger="logq.aggregator.server"):
+        assert files.current() is not first  # the new pair is taken, and still exposed
+    assert len(_mode_warnings(caplog)) == 1
+    caplog.clear()
+    for mode in (0o600, 0o400, 0o440, 0o640):
+        real.chmod(mode)
+        with caplog.at_level(logging.WARNING, logger="logq.aggregator.server"):
+            TlsFiles(str(mounted["tls.crt"]), str(mounted["tls.key"]))
+        assert not _mode_warnings(caplog), (oct(mode), caplog.messages)
+
+
+def test_the_aggregator_warns_of_a_key_every_user_can_read_and_serves(tmp_path: Path) -> None:
+    """The real program: a 0644 key is named in a WARNING at start, and the port listens."""
+    _, cert, key = make_ca_and_server(tmp_path)
+    key.chmod(0o644)
+    proc = start_aggregator(tmp_path, extra=["--tls-cert", str(cert), "--tls-key", str(key)])
+    assert proc.stop() == 0
+    text = proc.log_text()
+    assert f'level=warning logger=logq.aggregator.server msg="--tls-key {key} can be' in text, text
+    assert "(mode 0644)" in text

@@ -79,6 +79,7 @@ def _issue(
             serialization.NoEncryption(),
         )
     )
+    key_pem.chmod(0o600)  # as a private key should be: 0644 is warned about (tls_keys.py)
     return ca_pem, cert_pem, key_pem
 
 
@@ -104,4 +105,21 @@ def encrypted_copy(key: Path, passphrase: str) -> Path:
             serialization.BestAvailableEncryption(passphrase.encode()),
         )
     )
+    out.chmod(0o600)
     return out
+
+
+def secret_volume(folder: Path, files: dict[str, Path], mode: int) -> dict[str, Path]:
+    """``files`` (name: source) laid out as the kubelet mounts a Secret volume in ``folder``:
+    each ``<name>`` a link to ``..data/<name>``, ``..data`` a link to a timestamped folder
+    holding the files with ``mode`` (a volume's ``defaultMode``). The mounted paths, by name."""
+    real = folder / "..2026_12_06_06_00_00.000000001"
+    real.mkdir(parents=True)
+    (folder / "..data").symlink_to(real.name)
+    mounted = {}
+    for name, source in files.items():
+        (real / name).write_bytes(source.read_bytes())
+        (real / name).chmod(mode)
+        (folder / name).symlink_to(f"..data/{name}")
+        mounted[name] = folder / name
+    return mounted
