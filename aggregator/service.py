@@ -51,6 +51,7 @@ from aggregator.dedup import OFFSETS_NAME, OffsetState
 from aggregator.diskguard import GuardedBuffer
 from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, compile_format
 from aggregator.flusher import Flusher, FlushResult
+from aggregator.folders_apart import check_folders_apart
 from aggregator.ledger import LEDGER_DIR, NODES_DIR, Committed, Ledger
 from aggregator.metrics import Metrics, MetricsServer
 from aggregator.open_files import fd_limit_hint
@@ -176,6 +177,7 @@ class Aggregator:
         self.formats = envoy_formats(settings)  # bad formats fail before anything is created
         self.metrics = Metrics()
         self.metrics.unhealthy_after = settings.unhealthy_after
+        check_folders_apart(settings.buffer_dir, settings.warehouse)  # before either is made
         self.warehouse = _open_warehouse(settings.warehouse)
         self.buffer = GuardedBuffer(
             settings.buffer_dir,
