@@ -78,6 +78,7 @@ with deferred_interrupts("logq-shipper"):
     from shipper.logs import announce_metrics, setup_logging
     from shipper.metrics import Metrics
     from shipper.open_files import raise_open_files_limit as raise_limit
+    from shipper.own_files import warn_state_in_paths
     from shipper.presence import Looking, look
     from shipper.removed import count_removed, gone_files, unfound_by_source
     from shipper.sender import ForwardClient, tls_context
@@ -135,6 +136,7 @@ class Shipper:
         self.cfg = cfg
         self.metrics = metrics or Metrics()
         self.registry = Registry(cfg.state_dir)
+        warn_state_in_paths(cfg.paths, cfg.state_dir, cfg.excludes, log)
         self.window = Window(cfg.max_inflight_bytes)
         self.client = ForwardClient(
             cfg.aggregators,
