@@ -69,6 +69,31 @@ class GuardedBuffer(Buffer):
     def full(self) -> bool:
         return super().full or self._short_of_disk()
 
+    def check_limit_fits(self) -> None:
+        """Warn at start when ``--buffer-limit-bytes`` is more than the volume can hold (its
+        free space, what the buffer holds already, less the reserve): the disk, not the limit,
+        then stops appends, and every other file on that volume is left without room. Not
+        refused: data is safe either way (the reserve withholds acks in time)."""
+        try:
+            free, size = disk_space(self.dir)
+        except OSError:
+            return  # the appends say what is wrong with the volume
+        room = free + self.total_bytes - disk_reserve_bytes(self.segment_bytes, size)
+        if self.limit_bytes <= room:
+            return
+        log.warning(
+            "--buffer-limit-bytes %s is more than --buffer-dir %s can hold: its volume has %s "
+            "bytes free and the buffer holds %s, so the disk fills first (acks are then "
+            "withheld at %s bytes free, and other files on that volume get no room); lower "
+            "--buffer-limit-bytes to at most %s, or give the volume more room",
+            f"{self.limit_bytes:,}",
+            self.dir,
+            f"{free:,}",
+            f"{self.total_bytes:,}",
+            f"{disk_reserve_bytes(self.segment_bytes, size):,}",
+            f"{max(room, 0):,}",
+        )
+
     def short_of_disk(self) -> str | None:
         """Why the volume is under the reserve (read again if the last reading is not to be
         trusted), else None. ``full`` does not tell it while the buffer is over its limit."""

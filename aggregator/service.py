@@ -272,6 +272,8 @@ class Aggregator:
                 "data, do not delete them: give the volume more room (or move the directory to a "
                 "bigger one) and start again; the segments are then written to the warehouse",
             ) from exc
+        if not self._draining:  # a drain takes no data: its limit does not matter
+            self.buffer.check_limit_fits()
         offsets = OffsetState(Path(self.settings.buffer_dir) / OFFSETS_NAME).load()
         self.metrics.sources.set_function(lambda: len(offsets))
         self.metrics.sources_evicted = lambda: offsets.evicted
