@@ -14,6 +14,7 @@ Vector users expect.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -340,9 +341,14 @@ def _check(s: Settings, partial: bool = False) -> None:
         if value is not None and not str(value).strip():
             flag = flag_of(name)
             raise ConfigError(f"{flag} is empty (an unset variable?); give a value or leave it out")
-    split_host_port(s.listen, "--listen")
+    host, port = split_host_port(s.listen, "--listen")
     if s.metrics_listen:
-        split_host_port(s.metrics_listen, "--metrics-listen")
+        metrics_host, metrics_port = split_host_port(s.metrics_listen, "--metrics-listen")
+        if port and port == metrics_port and _one_address(host, metrics_host):
+            raise ConfigError(
+                f"--metrics-listen {s.metrics_listen} and --listen {s.listen} name one port "
+                f"({port}) on one address: give the metrics another port (9880 in deploy/)"
+            )
     _check_numbers(s)
     if s.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(
@@ -388,6 +394,27 @@ def _check(s: Settings, partial: bool = False) -> None:
     if not partial and s.users and not s.shared_key:
         raise ConfigError("--user needs --shared-key: user authentication is part of its handshake")
     user_map(s)
+
+
+#: The wildcard addresses, by IP version: every address of that version.
+_EVERY_ADDRESS = {"0.0.0.0": 4, "::": 6}
+
+
+def _one_address(a: str, b: str) -> bool:
+    """Whether listening hosts ``a`` and ``b`` share an address: the same, ``""`` (every
+    address) and anything, or a wildcard and an address of its IP version. Else the second bind
+    of a port failed with "another process listens there", that process being this one. Two
+    names (``localhost``) are compared as written, never resolved here."""
+    if a == b or "" in (a, b):
+        return True
+    return any(_EVERY_ADDRESS.get(x) == _version(y) for x, y in ((a, b), (b, a)))
+
+
+def _version(host: str) -> int | None:
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return None  # a host name
 
 
 def _check_athena(s: Settings) -> None:

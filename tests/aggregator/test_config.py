@@ -22,7 +22,7 @@ from aggregator.config import (
     load_settings,
 )
 from aggregator.state_files import NODE_ID_NAME, SEGMENT_SUFFIX
-from tests.support.procs import console_script
+from tests.support.procs import console_script, free_port
 
 
 def parse(argv: list[str]) -> Settings:
@@ -885,3 +885,50 @@ def test_allow_network_from_flags_or_the_file_checked_at_start(tmp_path: Path) -
     conf.write_text('allow_network = ["10.0.0.0/99"]\n')
     with pytest.raises(ConfigError, match=f"--config {conf}: key 'allow_network'"):
         parse(["--config", str(conf)])
+
+
+@pytest.mark.parametrize(
+    ("listen", "metrics", "refused"),
+    [
+        ("127.0.0.1:24777", "127.0.0.1:24777", True),
+        (":24777", "127.0.0.1:24777", True),  # every address includes 127.0.0.1
+        ("127.0.0.1:24777", "0.0.0.0:24777", True),
+        ("[::1]:24777", "[::]:24777", True),
+        ("127.0.0.1:24777", "127.0.0.1:24778", False),
+        ("10.0.0.1:24777", "127.0.0.1:24777", False),  # two addresses, one port each: fine
+        ("127.0.0.1:0", ":0", False),  # each its own free port
+    ],
+)
+def test_metrics_on_the_forward_port_is_refused(listen: str, metrics: str, refused: bool) -> None:
+    """``--metrics-listen`` on the ``--listen`` port: the start failed on the second bind with
+    ``another process listens there: stop it or pick another port``, the other process being
+    this one. Now a usage error (exit 2) that names both flags."""
+    argv = ["--listen", listen, "--metrics-listen", metrics]
+    if not refused:
+        parse(argv)
+        return
+    with pytest.raises(ConfigError) as caught:
+        parse(argv)
+    assert str(caught.value) == (
+        f"--metrics-listen {metrics} and --listen {listen} name one port (24777) on one "
+        "address: give the metrics another port (9880 in deploy/)"
+    )
+
+
+def test_the_aggregator_exits_2_for_metrics_on_the_forward_port(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [
+            str(console_script("logq-aggregator")),
+            *("--listen", address, "--metrics-listen", address),
+            *("--buffer-dir", str(tmp_path / "b"), "--warehouse", str(tmp_path / "w")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"logq-aggregator: --metrics-listen {address} and --listen {address}")
+    assert not (tmp_path / "b").exists()  # refused before anything was made
