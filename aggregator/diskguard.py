@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,54 @@ def disk_space(directory: Path) -> tuple[int, int]:
     """``(free, size)`` in bytes of the volume of ``directory`` (free: what we may write)."""
     stat = os.statvfs(directory)
     return stat.f_bavail * stat.f_frsize, stat.f_blocks * stat.f_frsize
+
+
+#: File systems held in memory: what they hold is gone when the host restarts.
+MEMORY_FILE_SYSTEMS = frozenset({"tmpfs", "ramfs"})
+#: The mount table of this process's mount namespace (Linux).
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+
+def warn_if_in_memory(directory: Path) -> None:
+    """Warn when the buffer dir ``directory`` is on a file system held in memory (``/dev/shm``,
+    ``/run``, a Kubernetes ``emptyDir`` with ``medium: Memory``): an ack says the records are
+    durable, and there a restart of the host takes them, which the shippers, having their
+    acks, never resend. Not refused: a test rig or a host that drains before it reboots may
+    mean it. Silent where the mount table cannot be read (not Linux)."""
+    try:
+        mounts = MOUNTINFO.read_text(errors="replace")
+    except OSError:
+        return
+    kind = file_system_type(os.path.realpath(directory), mounts)
+    if kind in MEMORY_FILE_SYSTEMS:
+        log.warning(
+            "--buffer-dir %s is on %s, held in memory: acknowledged records waiting there are "
+            "lost if the host restarts before they reach the warehouse; put the buffer dir on "
+            "a disk (a PersistentVolumeClaim, not an emptyDir with medium: Memory)",
+            directory,
+            kind,
+        )
+
+
+def file_system_type(path: str, mountinfo: str) -> str | None:
+    """The type of the file system holding ``path`` (absolute, links resolved) according to
+    ``mountinfo`` (the text of ``/proc/<pid>/mountinfo``): the one mounted at the longest mount
+    point above it, the last one mounted there if several were."""
+    found, longest = None, -1
+    for line in mountinfo.splitlines():
+        head, sep, tail = line.partition(" - ")
+        fields, rest = head.split(), tail.split()
+        if not sep or len(fields) < 5 or not rest:
+            continue
+        point = _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), fields[4])
+        inside = point == "/" or path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= longest:
+            found, longest = rest[0], len(point)
+    return found
+
+
+#: An escaped character of a mount point in mountinfo (``\040``: a space).
+_OCTAL = re.compile(r"\\([0-7]{3})")
 
 
 class GuardedBuffer(Buffer):

@@ -48,7 +48,7 @@ from aggregator.catalog import Catalog
 from aggregator.compact_loop import PeriodicCompaction
 from aggregator.config import Settings, listening_text, split_host_port, user_map
 from aggregator.dedup import OFFSETS_NAME, OffsetState
-from aggregator.diskguard import GuardedBuffer
+from aggregator.diskguard import GuardedBuffer, warn_if_in_memory
 from aggregator.envoy import BUILTIN_FORMATS, EnvoyFormat, compile_format
 from aggregator.flusher import Flusher, FlushResult
 from aggregator.folders_apart import check_folders_apart
@@ -272,8 +272,9 @@ class Aggregator:
                 "data, do not delete them: give the volume more room (or move the directory to a "
                 "bigger one) and start again; the segments are then written to the warehouse",
             ) from exc
-        if not self._draining:  # a drain takes no data: its limit does not matter
+        if not self._draining:  # a drain takes no data: its limit and volume do not matter
             self.buffer.check_limit_fits()
+            warn_if_in_memory(self.buffer.dir)
         offsets = OffsetState(Path(self.settings.buffer_dir) / OFFSETS_NAME).load()
         self.metrics.sources.set_function(lambda: len(offsets))
         self.metrics.sources_evicted = lambda: offsets.evicted

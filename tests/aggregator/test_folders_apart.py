@@ -85,4 +85,4 @@ def test_folders_side_by_side_start_without_a_word(tmp_path: Path) -> None:
     """``warehouse`` and ``warehouse-buffer``: one name the start of the other, not inside it."""
     proc = start_aggregator(tmp_path, warehouse=str(tmp_path / "agg"), name="agg")
     assert proc.stop() == 0
-    assert "level=warning" not in proc.log_text()
+    assert "inside the local --warehouse" not in proc.log_text()
