@@ -11,6 +11,7 @@ are :mod:`aggregator.arguments`.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from aggregator.state_files import NODE_ID_NAME
 from aggregator.tls_files import CertificateError
 from aggregator.twins import TwinRunning
 from athena.warehouse import WarehouseError
+from shipper.file_modes import exposed_config
 from shipper.metric_bounds import MAX_METRICS_CONNECTIONS
 from shipper.startup import run_held
 
@@ -76,6 +78,8 @@ def serve(args: argparse.Namespace, drain: bool = False) -> int:
                 "node-id file); pass the --buffer-dir of the aggregator to write out"
             )
         logs.setup(settings.log_level)
+        if exposed := exposed_config(args.config):
+            logging.getLogger("logq.aggregator").warning("%s", exposed)
         quiet_accept_errors()
         check_open_files_limit(0 if drain else settings.max_connections, MAX_METRICS_CONNECTIONS)
         aggregator = Aggregator(settings)

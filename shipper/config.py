@@ -19,7 +19,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,9 @@ class Config:
     covering every folder, events trigger scans and the full rescan is a safety net run every
     max(this, daemon.FULL_SCAN_SECONDS)."""
     log_level: str = "info"
+    config_file: str | None = None
+    """The ``--config`` file read, if any: its mode is checked at start
+    (:func:`shipper.file_modes.exposed_config`)."""
     given: frozenset[str] = frozenset()
     """Names of the settings given by a flag or the ``--config`` file rather than defaulted
     (``docker_root``...): an explicit root that does not exist is an error, a default one
@@ -654,7 +657,7 @@ def load_config(argv: list[str] | None = None) -> Config:
     from_file = {k: key for k, key in written.items() if args.get(k) is None}
     merged.update({k: v for k, v in args.items() if v is not None and k != "config"})
     try:
-        return _to_config(merged)
+        return replace(_to_config(merged), config_file=args.get("config"))
     except ConfigError as exc:  # a file's value out of range: say where it was written
         raise ConfigError(blame_file(str(exc), args["config"], from_file)) from None
 

@@ -71,6 +71,7 @@ with deferred_interrupts("logq-shipper"):
     from shipper.discover import Discoverer, Scan, SourceSpec, check_roots, node_names
     from shipper.errors import ConfigError, ShipperError, StartError, listen_error
     from shipper.exclude import Excluder, Exclusion
+    from shipper.file_modes import exposed_config
     from shipper.followed import gone_followed
     from shipper.fsnames import as_text
     from shipper.idle_sweep import IdleSweep
@@ -871,6 +872,8 @@ class Shipper:
     async def run(self) -> int:
         if weak := weak_key_warning(self.cfg.shared_key):
             log.warning("%s", weak)
+        if exposed := exposed_config(self.cfg.config_file):
+            log.warning("%s", exposed)
         loop = asyncio.get_running_loop()
         for sig, handler in self._signal_handlers():
             with contextlib.suppress(NotImplementedError, RuntimeError):

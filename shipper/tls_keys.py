@@ -8,7 +8,8 @@ it ran (:mod:`shipper.tls_reload`) would block the event loop on it. So a passph
 given as a function: with none configured it raises, and the error names the flag to pass.
 
 A key file every user of the host can read (a Kubernetes secret mounted with the default mode,
-0644) is loaded with a WARNING (:func:`exposed_key`), at start and at each reload.
+0644) is loaded with a WARNING (:func:`shipper.file_modes.exposed_key`), at start and at each
+reload.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-import stat
 from pathlib import Path
+
+from shipper.file_modes import exposed_key
 
 
 class KeyPairError(ValueError):
@@ -38,7 +40,7 @@ def load_key_pair(
 ) -> None:
     """``ctx.load_cert_chain(cert, key)``, an encrypted key opened with ``password``;
     ``passphrase_from`` names where a passphrase comes from (``--tls-key-password or $…``).
-    A key that loads but every user can read is said on ``log`` (:func:`exposed_key`)."""
+    A key that loads but every user can read is said on ``log``."""
 
     def passphrase() -> str:
         if password is None:
@@ -80,33 +82,3 @@ def _unreadable(path: str | Path, flag: str, what: str) -> str | None:
             f"{flag} {path} cannot be read ({exc.strerror or exc}; {ids}): point it at the PEM "
             f"{what}, a file this user can read"
         )
-
-
-#: Mode bits that let every user of the host read (or replace) a file.
-_OTHERS = stat.S_IROTH | stat.S_IWOTH
-
-
-def exposed_key(key: str | Path) -> str | None:
-    """What to say of a ``--tls-key`` that users other than its owner and group can read or
-    write, None if they cannot. Whoever reads the key can present the certificate as theirs;
-    OpenSSH refuses such keys, but a daemon warns only: a refusal would stop every replica at
-    its next restart, for a mode it ran with until then. The mode is the linked file's (a
-    Kubernetes secret's files are links into ``..data``, whose own mode means nothing); group
-    bits are fine (``fsGroup`` makes the kubelet add group read, 0440)."""
-    try:
-        mode = stat.S_IMODE(os.stat(key).st_mode)
-    except OSError:
-        return None
-    if not mode & _OTHERS:
-        return None
-    real = os.path.realpath(key)
-    shown = str(key) if real == os.path.abspath(key) else f"{key} (a link to {real})"
-    can = " and ".join(
-        word for bit, word in ((stat.S_IROTH, "read"), (stat.S_IWOTH, "written")) if mode & bit
-    )
-    return (
-        f"--tls-key {shown} can be {can} by every user of this host (mode {mode:04o}): whoever "
-        f"reads it can present this certificate as theirs; let only this user read it: "
-        f"chmod 600 {real} (in a Kubernetes secret volume: defaultMode: 0400, the pod's fsGroup "
-        "if the daemon does not run as root)"
-    )

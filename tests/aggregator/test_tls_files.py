@@ -169,3 +169,19 @@ def test_the_aggregator_warns_of_a_key_every_user_can_read_and_serves(tmp_path: 
     text = proc.log_text()
     assert f'level=warning logger=logq.aggregator.server msg="--tls-key {key} can be' in text, text
     assert "(mode 0644)" in text
+
+
+def test_the_aggregator_warns_of_a_config_file_with_secrets_every_user_can_read(
+    tmp_path: Path,
+) -> None:
+    """Its own secrets and those of a ``[shipper]`` table it skips: all of them are exposed."""
+    conf = tmp_path / "logq.toml"
+    conf.write_text('[aggregator]\nshared-key = "k-0123456789abcdef"\n[shipper]\npassword = "pw"\n')
+    conf.chmod(0o644)
+    proc = start_aggregator(tmp_path, extra=["--config", str(conf)])
+    assert proc.stop() == 0
+    text = proc.log_text()
+    said = f'level=warning logger=logq.aggregator msg="--config {conf} can be read by every user'
+    assert said in text, text
+    assert "holds secrets (password, shared-key)" in text
+    assert "k-0123456789abcdef" not in text

@@ -82,3 +82,43 @@ def test_a_rotated_key_every_user_can_read_is_warned_about(
         monkeypatch.setattr(tls_reload, "RELOAD_CHECK_SECONDS", 0.0)
         assert tls.current() is not first  # the new pair is taken
     assert any("can be read by every user" in m for m in caplog.messages), caplog.messages
+
+
+KEY = "a-strong-shared-key-of-32-chars!"
+
+
+@pytest.mark.parametrize(
+    ("mode", "secret", "warned"),
+    [(0o644, True, True), (0o600, True, False), (0o644, False, False)],
+)
+def test_a_config_file_with_secrets_every_user_can_read_is_warned_about(
+    tmp_path: Path, mode: int, secret: bool, warned: bool
+) -> None:
+    """A ``--config`` file holding the shared key (a ConfigMap, a file written with the default
+    umask) gives it to every user of the host: a WARNING names the file, its mode and the keys,
+    never their values. Without secrets, any mode is fine."""
+    conf = tmp_path / "shipper.toml"
+    conf.write_text(f'shared_key = "{KEY}"\n' if secret else 'hostname = "h"\n')
+    conf.chmod(mode)
+    receiver = Receiver(shared_key=KEY if secret else None)
+    try:
+        args = shipper_args(tmp_path, receiver, "--config", str(conf), "--once")
+        done = subprocess.run(
+            [sys.executable, "-m", "shipper.daemon", *args],
+            capture_output=True,
+            text=True,
+            timeout=45,
+            cwd=REPO,
+        )
+    finally:
+        receiver.close()
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if "holds secrets" in line]
+    assert KEY not in done.stderr
+    if not warned:
+        assert not lines, done.stderr
+        return
+    (line,) = lines
+    assert "level=warning logger=logq.shipper" in line
+    assert f"--config {conf} can be read by every user of this host (mode 0644)" in line
+    assert "holds secrets (shared_key)" in line and f"chmod 600 {conf}" in line
